@@ -1,0 +1,59 @@
+"""The `evo-merge` command. Only parses arguments and delegates to the library.
+
+Subcommands live in sibling modules and are imported on first use, so `evo-merge --help`
+stays fast and one command's heavy imports (torch, lm-eval, py-irt) never slow another.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from evo_merge import __version__
+from evo_merge.errors import UserError
+
+# command name -> "module:attribute" under evo_merge.cli
+COMMANDS: dict[str, str] = {
+    "merge": "merge:merge",
+}
+
+
+class _UserErrorExit(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # one line, no "Usage:" block, no traceback
+        click.echo(f"error: {self.message}", err=True)
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(f"evo_merge.cli.{module}"), attr)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise _UserErrorExit(str(exc)) from None
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(__version__, prog_name="evo-merge")
+def cli() -> None:
+    """Evolutionary model-merge search with IRT-estimated fitness."""
+
+
+def main() -> None:
+    cli(prog_name="evo-merge")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

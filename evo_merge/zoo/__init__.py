@@ -1,0 +1,1 @@
+"""The demo model zoo: tiny models built and trained here, offline."""
