@@ -1,0 +1,287 @@
+"""Lazy, read-only access to a model's tensors, one tensor at a time.
+
+A checkpoint is an HF model folder (config.json, `model.safetensors` or shards listed in
+`model.safetensors.index.json`, tokenizer files) or a bare weights file (a plain state dict of
+any torch module). Safetensors files are opened with `safe_open`, which reads only the header:
+a tensor is materialised when asked for, so streaming a merge keeps about one tensor per
+endpoint in memory. Pickle checkpoints can run arbitrary code when loaded, so they are refused
+unless the caller opts in, and then loaded with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+from tokenizers import Tokenizer
+
+from evo_merge.errors import UserError
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+# Dtype codes of the safetensors header (format spec), for shape/dtype without reading data.
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U64": torch.uint64,
+    "U32": torch.uint32,
+    "U16": torch.uint16,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class _WeightsFile(Protocol):
+    """One weights file: its tensor names, their metadata, and one tensor on demand."""
+
+    def names(self) -> list[str]: ...
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]: ...
+    def load(self, name: str) -> torch.Tensor: ...
+
+
+class _SafetensorsFile:
+    def __init__(self, path: Path):
+        try:
+            self._handle = safe_open(str(path), framework="pt")
+            self._meta = {}
+            for name in self._handle.keys():
+                view = self._handle.get_slice(name)
+                self._meta[name] = (tuple(view.get_shape()), _SAFETENSORS_DTYPES[view.get_dtype()])
+        except Exception as err:  # the Rust reader raises its own error types
+            raise UserError(f"{path}: not a readable safetensors file ({err})") from err
+
+    def names(self) -> list[str]:
+        return list(self._meta)
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        return self._meta[name]
+
+    def load(self, name: str) -> torch.Tensor:
+        return self._handle.get_tensor(name)
+
+
+class _PickleFile:
+    def __init__(self, path: Path):
+        # mmap keeps the file on disk until a tensor is asked for; old (non-zip) files cannot.
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except Exception as err:
+            raise UserError(
+                f"{path}: cannot load as a weights-only pickle (it may hold objects other than "
+                f"tensors, or be corrupt): {str(err).splitlines()[0]}"
+            ) from err
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]  # Lightning-style wrapper
+        if not isinstance(state, dict):
+            raise UserError(f"{path}: holds a {type(state).__name__}, not a state dict (name -> tensor)")
+        for key, value in state.items():
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise UserError(f"{path}: entry {key!r} is not a named tensor; expected a plain state dict")
+        self._state: dict[str, torch.Tensor] = state
+
+    def names(self) -> list[str]:
+        return list(self._state)
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        tensor = self._state[name]
+        return tuple(tensor.shape), tensor.dtype
+
+    def load(self, name: str) -> torch.Tensor:
+        return self._state[name].clone()  # an independent copy, like safetensors gives
+
+
+class Checkpoint:
+    """Lazy, read-only access to one model's tensors, one tensor at a time."""
+
+    def __init__(self, path: Path, folder: Path | None, files: list[Path], index: dict[str, str] | None):
+        self.path = path
+        self.folder = folder
+        self.config: dict | None = _read_config(folder) if folder is not None else None
+        self._readers: dict[str, _WeightsFile] = {}
+        readers = {file: _open_weights_file(file) for file in files}
+        if index is None:
+            for reader in readers.values():
+                self._readers.update(dict.fromkeys(reader.names(), reader))
+        else:
+            for name, file_name in index.items():
+                reader = readers[files[0].parent / file_name]
+                if name not in reader.names():
+                    raise UserError(f"{path}: the index maps tensor {name!r} to {file_name}, which does not hold it")
+                self._readers[name] = reader
+        self.names: list[str] = list(self._readers)
+
+    @classmethod
+    def open(cls, path: str | Path, *, allow_pickle: bool = False) -> Checkpoint:
+        """Open a model folder, an index file or a single weights file (headers only)."""
+        path = Path(path).expanduser()
+        folder, files, index = _locate(path)
+        pickles = [f for f in files if f.suffix in PICKLE_SUFFIXES]
+        if pickles and not allow_pickle:
+            raise UserError(
+                f"{pickles[0]} is a pickle checkpoint, which can run code when loaded; convert it to "
+                "safetensors, or pass --allow-pickle to load it with torch.load(weights_only=True)"
+            )
+        return cls(path, folder, files, index)
+
+    def _reader(self, name: str) -> _WeightsFile:
+        if name not in self._readers:
+            raise UserError(f"tensor {name!r} not found in {self.path}")
+        return self._readers[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._reader(name).meta(name)[0]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._reader(name).meta(name)[1]
+
+    def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Load only this tensor; `dtype` casts floating tensors (integer buffers stay as stored)."""
+        tensor = self._reader(name).load(name)
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        return tensor
+
+    def tokenizer_files(self) -> list[Path]:
+        return tokenizer_files(self.folder) if self.folder is not None else []
+
+    def tokenizer_vocab(self) -> dict[str, int] | None:
+        """Token -> id, with added tokens, from tokenizer.json or vocab.json; None if neither."""
+        if self.folder is None:
+            return None
+        if (file := self.folder / "tokenizer.json").is_file():
+            try:
+                return Tokenizer.from_file(str(file)).get_vocab(with_added_tokens=True)
+            except Exception as err:
+                raise UserError(f"{file}: not a readable tokenizer ({err})") from err
+        if (file := self.folder / "vocab.json").is_file():
+            vocab = dict(_read_json(file))
+            if (added := self.folder / "added_tokens.json").is_file():
+                vocab.update(_read_json(added))
+            return vocab
+        return None
+
+    def num_bytes(self) -> int:
+        """Total size of the stored tensors (what a full load in stored dtypes costs)."""
+        total = 0
+        for name in self.names:
+            shape, dtype = self._reader(name).meta(name)
+            total += torch.Size(shape).numel() * dtype.itemsize
+        return total
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._readers
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, {len(self)} tensors)"
+
+    def close(self) -> None:
+        """Drop the file handles (memory maps); the checkpoint cannot be read afterwards."""
+        self._readers = {}
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_checkpoints(paths: Iterable[str | Path], *, allow_pickle: bool = False) -> list[Checkpoint]:
+    return [Checkpoint.open(path, allow_pickle=allow_pickle) for path in paths]
+
+
+def tokenizer_files(folder: Path) -> list[Path]:
+    """The tokenizer files present in a model folder, in a fixed order."""
+    return [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+
+
+def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]:
+    """(model folder, weights files, index name -> file name or None) for a user-given path."""
+    if not path.exists():
+        raise UserError(f"model path not found: {path}")
+    if path.is_dir():
+        folder = path
+        candidates = [folder / SAFETENSORS_INDEX, folder / SAFETENSORS_SINGLE]
+        candidates += sorted(folder.glob("*.safetensors"))
+        candidates += [folder / PICKLE_INDEX, folder / PICKLE_SINGLE]
+        candidates += sorted(f for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
+        found = next((f for f in candidates if f.is_file()), None)
+        if found is None:
+            raise UserError(
+                f"no weights in {folder}: expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX} or a "
+                "single .safetensors file (pickle files with --allow-pickle)"
+            )
+        if found.suffix == ".safetensors" and found.name != SAFETENSORS_SINGLE:
+            others = sorted(folder.glob("*.safetensors"))
+            if len(others) > 1:
+                raise UserError(f"{folder} holds several .safetensors files but no {SAFETENSORS_INDEX}")
+        path = found
+    elif path.name.endswith(".index.json") or path.suffix == ".safetensors" or path.suffix in PICKLE_SUFFIXES:
+        folder = path.parent if (path.parent / "config.json").is_file() or path.name.endswith(".index.json") else None
+    else:
+        raise UserError(f"{path}: not a weights file (expected .safetensors, an .index.json, or a pickle)")
+    if not path.name.endswith(".index.json"):
+        return folder, [path], None
+    index = _read_json(path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{path}: no 'weight_map' mapping tensor names to files")
+    files = [path.parent / name for name in dict.fromkeys(weight_map.values())]
+    for file in files:
+        if not file.is_file():
+            raise UserError(f"{path}: lists shard {file.name}, which is missing")
+    return path.parent, files, weight_map
+
+
+def _open_weights_file(path: Path) -> _WeightsFile:
+    return _SafetensorsFile(path) if path.suffix == ".safetensors" else _PickleFile(path)
+
+
+def _read_config(folder: Path) -> dict | None:
+    file = folder / "config.json"
+    if not file.is_file():
+        return None
+    config = _read_json(file)
+    if not isinstance(config, dict):
+        raise UserError(f"{file}: expected a JSON object")
+    return config
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{file}: not valid JSON ({err})") from err

@@ -1,0 +1,55 @@
+"""Check that endpoints can be merged tensor by tensor, before any merge work starts.
+
+Each checkpoint is compared with the first one; the first mismatch found is reported with both
+paths, in an order that puts the root cause first (an architecture or vocabulary mismatch
+explains the shape mismatches that follow from it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from evo_merge.errors import UserError
+from evo_merge.weights.checkpoint import Checkpoint
+
+CONFIG_KEYS = ("model_type", "architectures", "vocab_size")
+
+
+def check_compatible(checkpoints: Sequence[Checkpoint]) -> None:
+    """Raise UserError naming the first mismatch between checkpoints[0] and any other."""
+    reference = checkpoints[0]
+    for other in checkpoints[1:]:
+        _check_pair(reference, other)
+
+
+def _check_pair(a: Checkpoint, b: Checkpoint) -> None:
+    pair = f"{a.path} and {b.path}"
+    if a.config is not None and b.config is not None:
+        for key in CONFIG_KEYS:
+            if a.config.get(key) != b.config.get(key):
+                raise UserError(
+                    f"config.json '{key}' differs between {pair}: {a.config.get(key)!r} vs {b.config.get(key)!r}"
+                )
+    _check_vocab(a, b, pair)
+    for first, second in ((a, b), (b, a)):
+        missing = next((name for name in first.names if name not in second), None)
+        if missing is not None:
+            raise UserError(f"tensor {missing!r} is in {first.path} but missing from {second.path}")
+    for name in a.names:
+        if a.shape(name) != b.shape(name):
+            raise UserError(f"tensor {name!r} has shape {list(a.shape(name))} vs {list(b.shape(name))} in {pair}")
+        dtypes = a.dtype(name), b.dtype(name)
+        if dtypes[0] != dtypes[1] and not all(d.is_floating_point for d in dtypes):
+            raise UserError(
+                f"tensor {name!r} has dtype {dtypes[0]} vs {dtypes[1]} in {pair}; only floating dtypes can be cast"
+            )
+
+
+def _check_vocab(a: Checkpoint, b: Checkpoint, pair: str) -> None:
+    vocab_a, vocab_b = a.tokenizer_vocab(), b.tokenizer_vocab()
+    if vocab_a is None or vocab_b is None or vocab_a == vocab_b:
+        return
+    if len(vocab_a) != len(vocab_b):
+        raise UserError(f"tokenizer vocabulary size differs between {pair}: {len(vocab_a)} vs {len(vocab_b)}")
+    token = next(t for t in sorted(vocab_a, key=vocab_a.__getitem__) if vocab_b.get(t) != vocab_a[t])
+    raise UserError(f"tokenizers differ between {pair}: token {token!r} has id {vocab_a[token]} vs {vocab_b.get(token)}")

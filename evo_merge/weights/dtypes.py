@@ -1,0 +1,31 @@
+"""The floating dtypes a user may choose for merge computation and for written weights."""
+
+from __future__ import annotations
+
+import torch
+
+from evo_merge.errors import UserError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+ALIASES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """The torch dtype for a user-given name (or dtype); None stays None ("keep as stored")."""
+    if name is None or isinstance(name, torch.dtype) and name in DTYPES.values():
+        return name
+    key = str(name).strip().lower().removeprefix("torch.")
+    key = ALIASES.get(key, key)
+    if key not in DTYPES:
+        choices = ", ".join([*DTYPES, *ALIASES])
+        raise UserError(f"unknown dtype {str(name)!r}; choose one of {choices}")
+    return DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name HF configs use for a dtype (`torch.bfloat16` -> "bfloat16")."""
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,180 @@
+"""Write an HF model folder from a stream of tensors, atomically.
+
+Tensors are consumed one at a time and flushed into safetensors shards, so at most one shard is
+held in memory. Everything is written into a hidden temporary sibling of the output folder,
+which is renamed into place only once complete: an exception or interrupt mid-stream leaves
+neither a half-written model under the final name nor the temporary folder (a hard kill can
+leave the hidden temporary folder, never a partial model).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+
+import torch
+from safetensors.torch import save_file
+
+from evo_merge.errors import UserError
+from evo_merge.weights.checkpoint import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, tokenizer_files
+from evo_merge.weights.dtypes import dtype_name
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+COPIED_FILES = ("config.json", "generation_config.json")
+
+
+def write_model_folder(
+    out: str | Path,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    *,
+    copy_from: str | Path | None = None,
+    config: dict | None = None,
+    extra_files: Mapping[str, str | bytes] = {},
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+) -> Path:
+    """Stream `tensors` into `out` as HF safetensors shards, with config and tokenizer files.
+
+    `copy_from` is a model folder whose config.json, generation_config.json and tokenizer files
+    are copied; `config` keys override its config; `extra_files` (relative path -> text or
+    bytes, e.g. README.md) are written last. `dtype` casts floating tensors on write; the
+    written config's `dtype` (and `torch_dtype`, if present) records the floating dtype actually
+    written. An existing `out` is refused unless `overwrite`, and then replaced only once the
+    new folder is complete.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise UserError(f"output folder {out} already exists (overwrite it explicitly)")
+    source = Path(copy_from).expanduser() if copy_from is not None else None
+    if source is not None and not source.is_dir():
+        raise UserError(f"model folder to copy config and tokenizer from not found: {source}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        written_dtypes = _write_shards(tmp, tensors, dtype, max_shard_bytes)
+        if source is not None:
+            for file in [*(source / name for name in COPIED_FILES), *tokenizer_files(source)]:
+                if file.is_file():
+                    shutil.copy2(file, tmp / file.name)
+        _write_config(tmp, config, written_dtypes)
+        for name, content in extra_files.items():
+            _write_extra(tmp, name, content)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_shards(
+    folder: Path, tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None, max_shard_bytes: int
+) -> set[torch.dtype]:
+    """Write shards as they fill; name them like HF at the end. Returns the floating dtypes written."""
+    shards: list[dict[str, int]] = []  # per shard: name -> bytes, in write order
+    current: dict[str, torch.Tensor] = {}
+    current_bytes = 0
+    storages: set[int] = set()
+    seen: set[str] = set()
+    floating: set[torch.dtype] = set()
+
+    def flush() -> None:
+        save_file(current, str(folder / f"shard-{len(shards)}.part"), metadata={"format": "pt"})
+        shards.append({name: t.numel() * t.element_size() for name, t in current.items()})
+        current.clear()
+        storages.clear()
+
+    for name, tensor in tensors:
+        if name in seen:
+            raise ValueError(f"tensor {name!r} yielded twice")
+        seen.add(name)
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        if tensor.is_floating_point():
+            floating.add(tensor.dtype)
+        tensor = _owning(tensor.contiguous(), storages)
+        size = tensor.numel() * tensor.element_size()
+        if current and current_bytes + size > max_shard_bytes:
+            flush()
+            current_bytes = 0
+        current[name] = tensor
+        current_bytes += size
+    if not seen:
+        raise ValueError("no tensors to write")
+    if current:
+        flush()
+    _name_shards(folder, shards)
+    return floating
+
+
+def _owning(tensor: torch.Tensor, storages: set[int]) -> torch.Tensor:
+    """The tensor, or a copy if its storage is shared (safetensors refuses shared storage)."""
+    storage = tensor.untyped_storage()
+    nbytes = tensor.numel() * tensor.element_size()
+    if nbytes and (storage.data_ptr() in storages or storage.nbytes() != nbytes):
+        tensor = tensor.clone()
+        storage = tensor.untyped_storage()
+    if nbytes:
+        storages.add(storage.data_ptr())
+    return tensor
+
+
+def _name_shards(folder: Path, shards: list[dict[str, int]]) -> None:
+    """`model.safetensors`, or `model-0000k-of-0000n.safetensors` plus the index, as HF names them."""
+    if len(shards) == 1:
+        (folder / "shard-0.part").rename(folder / SAFETENSORS_SINGLE)
+        return
+    weight_map, total = {}, 0
+    for k, sizes in enumerate(shards):
+        file_name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        (folder / f"shard-{k}.part").rename(folder / file_name)
+        weight_map.update(dict.fromkeys(sizes, file_name))
+        total += sum(sizes.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_config(folder: Path, overrides: dict | None, written: set[torch.dtype]) -> None:
+    file = folder / "config.json"
+    if not file.is_file() and overrides is None:
+        return
+    config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    config.update(overrides or {})
+    if len(written) == 1:
+        name = dtype_name(next(iter(written)))
+        config["dtype"] = name
+        if "torch_dtype" in config:
+            config["torch_dtype"] = name
+    file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _write_extra(folder: Path, name: str, content: str | bytes) -> None:
+    relative = PurePosixPath(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ValueError(f"extra file name {name!r} must be a relative path inside the model folder")
+    target = folder / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content, encoding="utf-8")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the complete folder into place; an old `out` is removed only after the swap."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
