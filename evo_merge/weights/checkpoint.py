@@ -63,7 +63,10 @@ _SAFETENSORS_DTYPES = {
 
 
 class _WeightsFile(Protocol):
-    """One weights file: its tensor names, their metadata, and one tensor on demand."""
+    """One weights file: its tensor names, their metadata, and one tensor on demand.
+
+    `load` may return a view of a memory map shared between calls; Checkpoint copies it.
+    """
 
     def names(self) -> list[str]: ...
     def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]: ...
@@ -118,7 +121,7 @@ class _PickleFile:
         return tuple(tensor.shape), tensor.dtype
 
     def load(self, name: str) -> torch.Tensor:
-        return self._state[name].clone()  # an independent copy, like safetensors gives
+        return self._state[name]
 
 
 class Checkpoint:
@@ -166,11 +169,15 @@ class Checkpoint:
         return self._reader(name).meta(name)[1]
 
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Load only this tensor; `dtype` casts floating tensors (integer buffers stay as stored)."""
+        """Load only this tensor, as a copy the caller owns (in-place edits are safe).
+
+        `dtype` casts floating tensors; integer buffers stay as stored.
+        """
         tensor = self._reader(name).load(name)
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        return tensor
+        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+            return tensor.to(dtype)
+        # Both readers hand out views of a private file mapping, shared between calls.
+        return tensor.clone()
 
     def tokenizer_files(self) -> list[Path]:
         return tokenizer_files(self.folder) if self.folder is not None else []

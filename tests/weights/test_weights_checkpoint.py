@@ -1,0 +1,263 @@
+"""Reading checkpoints: HF folders (single, sharded), bare state dicts, pickle opt-in, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from evo_merge.errors import UserError
+from evo_merge.weights import DTYPES, Checkpoint, open_checkpoints, parse_dtype, write_model_folder
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    """What transformers itself reads from the folder: the independent expectation."""
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+def _assert_matches(ckpt: Checkpoint, state: dict[str, torch.Tensor]) -> None:
+    for name in ckpt.names:
+        expected = state[name]
+        assert ckpt.shape(name) == tuple(expected.shape)
+        assert ckpt.dtype(name) == expected.dtype
+        assert torch.equal(ckpt.tensor(name), expected), name
+
+
+def test_reads_single_file_folder(family):
+    base, _ = family
+    with Checkpoint.open(base) as ckpt:
+        assert ckpt.folder == base and ckpt.config["model_type"] in ("llama", "gpt2")
+        assert len(ckpt) == len(ckpt.names) == len(set(ckpt.names)) > 0
+        assert ckpt.names[0] in ckpt and "nope" not in ckpt
+        _assert_matches(ckpt, _state(base))
+        assert [p.name for p in ckpt.tokenizer_files()] == ["tokenizer.json", "tokenizer_config.json"]
+        expected_bytes = sum(t.numel() * 4 for t in (ckpt.tensor(n) for n in ckpt.names))
+        assert ckpt.num_bytes() == expected_bytes
+
+
+@pytest.mark.parametrize("writer", ["transformers", "evo_merge"])
+def test_reads_sharded_folder(family, tmp_path, writer):
+    base, _ = family
+    out = tmp_path / "sharded"
+    if writer == "transformers":
+        AutoModelForCausalLM.from_pretrained(base).save_pretrained(out, max_shard_size="20KB")
+    else:
+        with Checkpoint.open(base) as src:
+            write_model_folder(out, ((n, src.tensor(n)) for n in src.names), max_shard_bytes=20_000)
+    assert len(list(out.glob("model-*-of-*.safetensors"))) > 2
+    with Checkpoint.open(out) as ckpt, Checkpoint.open(base) as single:
+        assert sorted(ckpt.names) == sorted(single.names)
+        for name in single.names:
+            assert torch.equal(ckpt.tensor(name), single.tensor(name))
+    # The index file itself is an accepted path too.
+    assert len(Checkpoint.open(out / "model.safetensors.index.json")) == len(single)
+
+
+def test_bare_safetensors_state_dict_of_plain_module(tmp_path):
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    module.register_buffer("steps", torch.tensor([3, 4], dtype=torch.int64))
+    file = tmp_path / "mlp.safetensors"
+    save_file(module.state_dict(), str(file))
+    ckpt = Checkpoint.open(file)
+    assert ckpt.folder is None and ckpt.config is None and ckpt.tokenizer_files() == []
+    assert sorted(ckpt.names) == sorted(module.state_dict())
+    _assert_matches(ckpt, module.state_dict())
+    # dtype casts floating tensors only: integer buffers keep their values and dtype.
+    assert ckpt.tensor("0.weight", torch.bfloat16).dtype == torch.bfloat16
+    assert torch.equal(ckpt.tensor("steps", torch.float16), torch.tensor([3, 4]))
+    restored = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    restored.register_buffer("steps", torch.zeros(2, dtype=torch.int64))
+    restored.load_state_dict({n: ckpt.tensor(n) for n in ckpt.names})
+    x = torch.randn(3, 4)
+    assert torch.equal(restored(x), module(x))
+
+
+def test_bare_model_safetensors_inside_hf_folder_finds_its_folder(llama_family):
+    base, _ = llama_family
+    ckpt = Checkpoint.open(base / "model.safetensors")
+    assert ckpt.folder == base and ckpt.config["model_type"] == "llama"
+
+
+def test_tensor_is_independent_copy(llama_family):
+    base, _ = llama_family
+    ckpt = Checkpoint.open(base)
+    name = ckpt.names[0]
+    ckpt.tensor(name).zero_()
+    assert ckpt.tensor(name).abs().sum() > 0
+
+
+def _save_pickle(model_dir: Path, out: Path, name: str = "pytorch_model.bin") -> dict[str, torch.Tensor]:
+    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("*.safetensors"))
+    state = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    state = {k: v.clone() for k, v in state.items()}
+    torch.save(state, out / name)
+    return state
+
+
+def test_pickle_refused_without_opt_in_then_loaded(llama_family, tmp_path):
+    base, _ = llama_family
+    state = _save_pickle(base, tmp_path / "pkl")
+    with pytest.raises(UserError, match=r"pytorch_model\.bin.*--allow-pickle"):
+        Checkpoint.open(tmp_path / "pkl")
+    with pytest.raises(UserError, match="--allow-pickle"):
+        Checkpoint.open(tmp_path / "pkl" / "pytorch_model.bin")
+    ckpt = Checkpoint.open(tmp_path / "pkl", allow_pickle=True)
+    assert ckpt.config["model_type"] == "llama"
+    _assert_matches(ckpt, state)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth"])
+def test_pickle_plain_state_dict_files(tmp_path, suffix):
+    state = {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(7)}
+    file = tmp_path / f"weights{suffix}"
+    torch.save(state, file)
+    with pytest.raises(UserError, match="--allow-pickle"):
+        Checkpoint.open(file)
+    _assert_matches(Checkpoint.open(file, allow_pickle=True), state)
+    # Old (non-zip) serialisation cannot be memory-mapped but still loads.
+    legacy = tmp_path / f"legacy{suffix}"
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    _assert_matches(Checkpoint.open(legacy, allow_pickle=True), state)
+
+
+class Payload:
+    """Stands for arbitrary code in a pickle: weights_only must refuse to build it."""
+
+
+def test_pickle_with_arbitrary_object_fails_weights_only(tmp_path):
+    file = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(2), "payload": Payload()}, file)
+    with pytest.raises(UserError, match=r"evil\.pt.*weights-only"):
+        Checkpoint.open(file, allow_pickle=True)
+
+
+def test_pickle_that_is_not_a_state_dict(tmp_path):
+    torch.save([torch.ones(2)], tmp_path / "list.pt")
+    with pytest.raises(UserError, match=r"list\.pt.*not a state dict"):
+        Checkpoint.open(tmp_path / "list.pt", allow_pickle=True)
+    torch.save({"w": torch.ones(2), "step": 3}, tmp_path / "mixed.pt")
+    with pytest.raises(UserError, match=r"mixed\.pt.*'step'"):
+        Checkpoint.open(tmp_path / "mixed.pt", allow_pickle=True)
+
+
+def test_sharded_pickle_index(llama_family, tmp_path):
+    base, _ = llama_family
+    out = tmp_path / "pkl"
+    out.mkdir()
+    state = {k: v.clone() for k, v in _state(base).items()}
+    names = sorted(state)
+    halves = {"pytorch_model-00001-of-00002.bin": names[::2], "pytorch_model-00002-of-00002.bin": names[1::2]}
+    for file, keys in halves.items():
+        torch.save({k: state[k] for k in keys}, out / file)
+    weight_map = {k: f for f, keys in halves.items() for k in keys}
+    (out / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(UserError, match="--allow-pickle"):
+        Checkpoint.open(out)
+    _assert_matches(Checkpoint.open(out, allow_pickle=True), state)
+
+
+def test_safetensors_preferred_over_pickle_in_same_folder(llama_family, tmp_path):
+    base, _ = llama_family
+    folder = tmp_path / "both"
+    shutil.copytree(base, folder)
+    torch.save({"x": torch.ones(1)}, folder / "pytorch_model.bin")
+    assert sorted(Checkpoint.open(folder).names) == sorted(Checkpoint.open(base).names)
+
+
+def test_bad_paths_name_the_culprit(llama_family, tmp_path):
+    base, _ = llama_family
+    with pytest.raises(UserError, match=r"not found: .*missing"):
+        Checkpoint.open(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no weights in .*empty"):
+        Checkpoint.open(tmp_path / "empty")
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    shutil.copy(base / "config.json", config_only)
+    with pytest.raises(UserError, match=r"no weights in .*config_only"):
+        Checkpoint.open(config_only)
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(UserError, match=r"notes\.txt: not a weights file"):
+        Checkpoint.open(tmp_path / "notes.txt")
+    several = tmp_path / "several"
+    several.mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        save_file({"x": torch.ones(1)}, str(several / name))
+    with pytest.raises(UserError, match="several .safetensors"):
+        Checkpoint.open(several)
+
+
+def _corrupt_copy(base: Path, folder: Path, file: str, content: bytes) -> Path:
+    shutil.copytree(base, folder)
+    (folder / file).write_bytes(content)
+    return folder
+
+
+def test_corrupt_files_name_the_file(llama_family, tmp_path):
+    base, _ = llama_family
+    bad = _corrupt_copy(base, tmp_path / "a", "model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(UserError, match=r"model\.safetensors: not a readable safetensors"):
+        Checkpoint.open(bad)
+    truncated = (base / "model.safetensors").read_bytes()[:-100]
+    bad = _corrupt_copy(base, tmp_path / "b", "model.safetensors", truncated)
+    with pytest.raises(UserError, match=r"model\.safetensors: not a readable safetensors"):
+        Checkpoint.open(bad)
+    bad = _corrupt_copy(base, tmp_path / "c", "config.json", b"{oops")
+    with pytest.raises(UserError, match=r"config\.json: not valid JSON"):
+        Checkpoint.open(bad)
+    bad = _corrupt_copy(base, tmp_path / "d", "tokenizer.json", b"{}")
+    with pytest.raises(UserError, match=r"tokenizer\.json: not a readable tokenizer"):
+        Checkpoint.open(bad).tokenizer_vocab()
+
+
+def test_broken_index_names_the_culprit(llama_family, tmp_path):
+    base, _ = llama_family
+    out = tmp_path / "sharded"
+    with Checkpoint.open(base) as src:
+        write_model_folder(out, ((n, src.tensor(n)) for n in src.names), max_shard_bytes=20_000)
+    index_file = out / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    good = index_file.read_text()
+
+    index_file.write_text("[1, 2")
+    with pytest.raises(UserError, match=r"index\.json: not valid JSON"):
+        Checkpoint.open(out)
+    index_file.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(UserError, match="no 'weight_map'"):
+        Checkpoint.open(out)
+    name, shard = next(iter(index["weight_map"].items()))
+    other = next(f for f in index["weight_map"].values() if f != shard)
+    index_file.write_text(json.dumps({"weight_map": {**index["weight_map"], name: other}}))
+    with pytest.raises(UserError, match=f"tensor '{name}'.*does not hold it"):
+        Checkpoint.open(out)
+    index_file.write_text(good)
+    (out / shard).unlink()
+    with pytest.raises(UserError, match=f"lists shard {shard}, which is missing"):
+        Checkpoint.open(out)
+
+
+def test_unknown_tensor_name(llama_family):
+    with pytest.raises(UserError, match=r"tensor 'nope' not found in .*base"):
+        Checkpoint.open(llama_family[0]).tensor("nope")
+
+
+def test_open_checkpoints_keeps_order(llama_family):
+    base, (ft,) = llama_family
+    assert [c.path for c in open_checkpoints([ft, base])] == [ft, base]
+
+
+def test_parse_dtype():
+    assert parse_dtype(None) is None
+    assert parse_dtype("bf16") is parse_dtype("BFloat16") is parse_dtype(torch.bfloat16) is torch.bfloat16
+    assert parse_dtype("fp16") is torch.float16 and parse_dtype("torch.float32") is torch.float32
+    assert set(DTYPES) == {"float32", "bfloat16", "float16"}
+    with pytest.raises(UserError, match=r"unknown dtype 'int8'; choose one of float32, bfloat16, float16"):
+        parse_dtype("int8")
+    with pytest.raises(UserError, match="unknown dtype"):
+        parse_dtype(torch.int64)

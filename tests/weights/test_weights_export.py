@@ -1,0 +1,190 @@
+"""Exporting HF folders: loadable round trips, HF shard layout, shared storage, dtype, atomicity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evo_merge.errors import UserError
+from evo_merge.weights import Checkpoint, write_model_folder
+
+
+def _stream(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    with Checkpoint.open(path) as ckpt:
+        for name in ckpt.names:
+            yield name, ckpt.tensor(name)
+
+
+def _siblings(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir())
+
+
+@pytest.mark.parametrize("max_shard_bytes", [5 * 2**30, 20_000], ids=["single", "sharded"])
+def test_round_trip_loads_generates_and_matches(family, tmp_path, max_shard_bytes):
+    base, _ = family
+    out = write_model_folder(tmp_path / "merged", _stream(base), copy_from=base, max_shard_bytes=max_shard_bytes)
+    assert _siblings(out) == ["merged"]  # no temporary folder left behind
+    sharded = max_shard_bytes < 5 * 2**30
+    assert (out / "model.safetensors.index.json").is_file() == sharded
+    assert (out / "model.safetensors").is_file() != sharded
+
+    original = AutoModelForCausalLM.from_pretrained(base)
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert type(loaded) is type(original)
+    expected, got = original.state_dict(), loaded.state_dict()
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()
+    ids = tokenizer("hello", return_tensors="pt").input_ids
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    generated = loaded.generate(ids, **kwargs)
+    assert generated.shape == (1, ids.shape[1] + 6)
+    assert torch.equal(generated, original.generate(ids, **kwargs))
+    assert (out / "generation_config.json").is_file()
+
+
+def test_shard_layout_and_index(llama_family, tmp_path):
+    base, _ = llama_family
+    limit = 20_000
+    out = write_model_folder(tmp_path / "m", _stream(base), max_shard_bytes=limit)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("model-*.safetensors"))
+    n = len(shards)
+    assert [s.name for s in shards] == [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+    assert set(index["weight_map"].values()) == {s.name for s in shards}
+    with Checkpoint.open(base) as src:
+        assert sorted(index["weight_map"]) == sorted(src.names)
+        assert index["metadata"]["total_size"] == src.num_bytes()
+        sizes = {name: torch.Size(src.shape(name)).numel() * 4 for name in src.names}
+    for shard in shards:
+        with safe_open(str(shard), "pt") as f:
+            keys = list(f.keys())
+            assert f.metadata() == {"format": "pt"}
+        assert all(index["weight_map"][k] == shard.name for k in keys)
+        # A shard exceeds the limit only when it holds one tensor larger than the limit.
+        assert sum(sizes[k] for k in keys) <= limit or len(keys) == 1
+
+
+def test_shared_storage_is_written(tmp_path):
+    big = torch.arange(12.0)
+    shared = torch.nn.Linear(3, 3).weight.detach()
+    tensors = [("a", big[:6]), ("b", big[6:].view(2, 3)), ("tied1", shared), ("tied2", shared), ("t", big.view(3, 4).t())]
+    out = write_model_folder(tmp_path / "m", iter(tensors))
+    with Checkpoint.open(out) as ckpt:
+        for name, tensor in tensors:
+            assert torch.equal(ckpt.tensor(name), tensor), name
+
+
+def test_dtype_cast_on_write_and_config(llama_family, tmp_path):
+    base, _ = llama_family
+    ints = ("counts", torch.arange(4, dtype=torch.int64))
+
+    def stream():
+        yield from _stream(base)
+        yield ints
+
+    out = write_model_folder(tmp_path / "m", stream(), copy_from=base, dtype=torch.bfloat16)
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and "torch_dtype" not in config
+    with Checkpoint.open(out) as ckpt, Checkpoint.open(base) as src:
+        assert ckpt.dtype("counts") == torch.int64 and torch.equal(ckpt.tensor("counts"), ints[1])
+        for name in src.names:
+            assert ckpt.dtype(name) == torch.bfloat16
+            assert torch.equal(ckpt.tensor(name), src.tensor(name).to(torch.bfloat16))
+    model = AutoModelForCausalLM.from_pretrained(out.parent / "m", dtype="auto")
+    assert model.dtype == torch.bfloat16
+
+
+def test_config_overrides_and_legacy_torch_dtype_key(llama_family, tmp_path):
+    base, _ = llama_family
+    out = write_model_folder(
+        tmp_path / "m", _stream(base), copy_from=base, config={"torch_dtype": "float32", "note": "x"}, dtype=torch.float16
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["note"] == "x" and config["model_type"] == "llama"
+    assert config["dtype"] == config["torch_dtype"] == "float16"
+
+
+def test_config_records_dtype_actually_written(llama_family, tmp_path):
+    base, _ = llama_family
+    half = ((name, t.half()) for name, t in _stream(base))
+    out = write_model_folder(tmp_path / "m", half, copy_from=base)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+
+
+def test_extra_files(tmp_path):
+    out = write_model_folder(
+        tmp_path / "m", iter([("w", torch.ones(2))]), extra_files={"README.md": "# hi\n", "sub/blob.bin": b"\x00\x01"}
+    )
+    assert (out / "README.md").read_text() == "# hi\n" and (out / "sub" / "blob.bin").read_bytes() == b"\x00\x01"
+    assert not (out / "config.json").exists()
+    with pytest.raises(ValueError, match="relative path"):
+        write_model_folder(tmp_path / "n", iter([("w", torch.ones(2))]), extra_files={"../escape": "x"})
+    assert _siblings(out) == ["m"]
+
+
+def _failing(path: Path, after: int) -> Iterator[tuple[str, torch.Tensor]]:
+    for i, item in enumerate(_stream(path)):
+        if i == after:
+            raise RuntimeError("merge blew up")
+        yield item
+
+
+def test_failing_iterator_leaves_nothing(llama_family, tmp_path):
+    base, _ = llama_family
+    out = tmp_path / "m"
+    with pytest.raises(RuntimeError, match="merge blew up"):
+        # Small shards: several are already on disk when the iterator fails.
+        write_model_folder(out, _failing(base, after=15), copy_from=base, max_shard_bytes=10_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_refused_without_overwrite(llama_family, tmp_path):
+    base, _ = llama_family
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    consumed = []
+
+    def tracked():
+        for item in _stream(base):
+            consumed.append(item[0])
+            yield item
+
+    with pytest.raises(UserError, match=r"output folder .*m already exists"):
+        write_model_folder(out, tracked())
+    assert consumed == [] and _siblings(out) == ["m"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_only_when_complete(llama_family, tmp_path):
+    base, (ft,) = llama_family
+    out = write_model_folder(tmp_path / "m", _stream(base), copy_from=base)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(RuntimeError, match="merge blew up"):
+        write_model_folder(out, _failing(ft, after=5), copy_from=ft, overwrite=True)
+    assert _siblings(out) == ["m"] and (out / "model.safetensors").read_bytes() == before
+
+    (out / "stale.txt").write_text("old")
+    write_model_folder(out, _stream(ft), copy_from=ft, overwrite=True, max_shard_bytes=20_000)
+    assert _siblings(out) == ["m"] and not (out / "stale.txt").exists() and not (out / "model.safetensors").exists()
+    with Checkpoint.open(out) as got, Checkpoint.open(ft) as want:
+        assert all(torch.equal(got.tensor(n), want.tensor(n)) for n in want.names)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(UserError, match=r"copy config and tokenizer from not found: .*nowhere"):
+        write_model_folder(tmp_path / "m", iter([("w", torch.ones(1))]), copy_from=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="no tensors"):
+        write_model_folder(tmp_path / "m", iter([]))
+    with pytest.raises(ValueError, match="'w' yielded twice"):
+        write_model_folder(tmp_path / "m", iter([("w", torch.ones(1)), ("w", torch.ones(1))]))
+    assert list(tmp_path.iterdir()) == []
