@@ -1,0 +1,26 @@
+"""`evo-merge merge RECIPE.yaml --out DIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="output model folder")
+@click.option("--dtype", default=None, help="computation and output dtype: float32, bfloat16, float16")
+@click.option("--allow-pickle", is_flag=True, help="also read .bin/.pt/.pth checkpoints (weights_only=True)")
+@click.option("--overwrite", is_flag=True, help="replace OUT if it exists (only once the new folder is complete)")
+def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwrite: bool) -> None:
+    """Build one merge from a mergekit-style RECIPE into an HF model folder."""
+    from evo_merge.cli.progress import track
+    from evo_merge.config import Recipe
+    from evo_merge.merge.export import export_merge
+    from evo_merge.merge.plan import plan_from_recipe
+
+    plan = plan_from_recipe(Recipe.load(recipe), root=recipe.parent, dtype=dtype, source=recipe)
+    export_merge(plan, out, allow_pickle=allow_pickle, overwrite=overwrite,
+                 track=lambda items, total: track(items, total, f"merging ({plan.method.name})"))
+    click.echo(f"wrote {out} ({plan.method.name} of {len(plan.models)} model(s) over {plan.base})")

@@ -1,0 +1,154 @@
+"""Merge methods with mergekit's semantics: linear, task arithmetic, TIES, DARE, SLERP.
+
+Defaults follow mergekit so a mergekit recipe gives the same tensors: `normalize` is on for
+linear and TIES and off for task arithmetic and DARE; TIES and DARE trim each tensor on its own
+(mergekit's per-tensor trimming, not the TIES paper's whole-model trimming); weights are applied
+before sign election; an entry whose weighted deltas sum to exactly zero elects the positive sign
+and an entry whose delta is zero never votes.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+
+import torch
+
+from evo_merge.merge.registry import Hyperparameter as H
+from evo_merge.merge.registry import Params, register_method
+
+LAMBDA = H("lambda", 1.0, 0.0, 3.0, help="global scale of the merged task vector")
+WEIGHT_NORMALIZE = H("normalize", False, searchable=False, help="divide by the sum of weights")
+DENSITY = H("density", 1.0, 0.0, 1.0, per_model=True, help="fraction of each task vector kept")
+RESCALE = H("rescale", True, searchable=False, help="DARE: divide survivors by the density")
+SEED = H("seed", 0, 0, 2**31 - 1, searchable=False, help="DARE: seed of the random drops")
+INT8_MASK = H("int8_mask", False, searchable=False, help="accepted for mergekit recipes; no effect")
+
+
+def _normalize_divisor(weights: Sequence[float]) -> float:
+    total = float(sum(weights))
+    return 1.0 if abs(total) < 1e-8 else total
+
+
+@register_method("linear", hyperparameters=[H("normalize", True, searchable=False)])
+def linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """Weighted average of the models (model soup)."""
+    total = sum(weights)
+    out = base * total
+    for delta, weight in zip(deltas, weights):
+        out.add_(delta, alpha=weight)
+    return out / _normalize_divisor(weights) if params["normalize"] else out
+
+
+@register_method(
+    "task_arithmetic",
+    hyperparameters=[LAMBDA, WEIGHT_NORMALIZE],
+    scale=lambda w, p: p["lambda"] / (_normalize_divisor(w) if p["normalize"] else 1.0),
+)
+def task_arithmetic(base, deltas, params: Params, name: str) -> list[torch.Tensor]:
+    """theta_0 + lambda * sum_t c_t tau_t."""
+    return list(deltas)
+
+
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the top `density` fraction of entries by magnitude (at least one)."""
+    if density >= 1:
+        return torch.ones_like(delta, dtype=torch.bool)
+    k = max(1, int(density * delta.numel()))
+    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
+    mask[torch.topk(delta.abs().flatten(), k, sorted=False).indices] = True
+    return mask.view_as(delta)
+
+
+def random_mask(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:
+    """Keep each entry with probability `density`, from a generator seeded by `seed`."""
+    gen = torch.Generator(device=delta.device).manual_seed(seed)
+    return torch.rand(delta.shape, generator=gen, device=delta.device) < density
+
+
+def tensor_seed(seed: int, name: str, model: int) -> int:
+    """A stable per-(tensor, model) seed: the same recipe always drops the same entries."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode()) * 101 + model) % (2**63 - 1)
+
+
+def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
+    """TIES sign election over the stacked, already-weighted deltas: +1 where the sum is >= 0."""
+    return torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(weighted.dtype)
+
+
+def generalized_task_arithmetic(
+    base: torch.Tensor,
+    deltas: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    params: Params,
+    name: str,
+    *,
+    sparsify: str | None,
+    consensus: bool,
+) -> torch.Tensor:
+    """Trim (magnitude or random), optionally elect signs, then sum or average the survivors."""
+    kept = []
+    for t, (delta, density) in enumerate(zip(deltas, params["density"])):
+        if sparsify == "magnitude":
+            delta = delta * magnitude_mask(delta, density)
+        elif sparsify == "random" and density < 1:
+            delta = delta * random_mask(delta, density, tensor_seed(params["seed"], name, t))
+            if params["rescale"]:
+                delta = delta / density
+        kept.append(delta)
+    stacked = torch.stack(kept)
+    w = torch.tensor(list(weights), dtype=stacked.dtype, device=stacked.device)
+    w = w.view(-1, *([1] * (stacked.dim() - 1)))
+    weighted = stacked * w
+    if consensus:
+        agree = (weighted.sign() == elect_sign(weighted)).to(stacked.dtype)
+        mixed = (weighted * agree).sum(dim=0)
+        divisor = (w * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(dim=0)
+        divisor = torch.full_like(mixed, _normalize_divisor(weights))
+    if params["normalize"]:
+        mixed = mixed / divisor
+    if params["lambda"] != 1:
+        mixed = mixed * params["lambda"]
+    return base + mixed
+
+
+@register_method("ties", hyperparameters=[DENSITY, LAMBDA, H("normalize", True, searchable=False), INT8_MASK])
+def ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """TIES: trim by magnitude per tensor, elect signs, average the agreeing entries."""
+    return generalized_task_arithmetic(base, deltas, weights, params, name, sparsify="magnitude", consensus=True)
+
+
+_DARE_PARAMS = [DENSITY, LAMBDA, WEIGHT_NORMALIZE, RESCALE, SEED, INT8_MASK]
+
+
+@register_method("dare_linear", hyperparameters=_DARE_PARAMS)
+def dare_linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """DARE: drop entries at random, rescale survivors, then task arithmetic."""
+    return generalized_task_arithmetic(base, deltas, weights, params, name, sparsify="random", consensus=False)
+
+
+@register_method("dare_ties", hyperparameters=_DARE_PARAMS)
+def dare_ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """DARE drops and rescaling, then TIES sign election."""
+    return generalized_task_arithmetic(base, deltas, weights, params, name, sparsify="random", consensus=True)
+
+
+SLERP_DOT_THRESHOLD = 0.9995
+
+
+@register_method("slerp", hyperparameters=[H("t", 0.5, 0.0, 1.0)], n_models=(1, 1))
+def slerp(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """Spherical interpolation from the base (t=0) to the other model (t=1), per tensor."""
+    t = params["t"]
+    v0, v1 = base, base + deltas[0]
+    dot = float((v0 / (v0.norm() + 1e-8) * (v1 / (v1.norm() + 1e-8))).sum())
+    if abs(dot) > SLERP_DOT_THRESHOLD:  # nearly colinear: the sine formula is unstable
+        return (1 - t) * v0 + t * v1
+    theta = math.acos(dot)
+    s0 = math.sin((1 - t) * theta) / math.sin(theta)
+    s1 = math.sin(t * theta) / math.sin(theta)
+    return s0 * v0 + s1 * v1

@@ -1,0 +1,182 @@
+"""Registry of merge methods: one small per-tensor function each, with declared hyperparameters.
+
+The search reads the declarations to build its genome; recipes are validated against them.
+Every method sees one tensor at a time as (base, task vectors, per-model weights) so that the
+same code serves the streaming file merge and the in-place merger of the search.
+
+A method whose result is ``base + scale * sum_t weight_t * piece_t``, with pieces that do not
+depend on the weights, registers ``pieces`` instead of ``fn``: the in-place merger then computes
+the pieces once (e.g. TSV-M's orthogonalised factors) and each candidate costs one weighted sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import torch
+
+from evo_merge.errors import UserError
+
+ENTRY_POINT_GROUP = "evo_merge.merge_methods"
+
+Params = Mapping[str, Any]
+# fn(base, deltas, weights, params, name) -> merged tensor
+MergeFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Sequence[float], Params, str], torch.Tensor]
+# pieces(base, deltas, params, name) -> one tensor per model
+PiecesFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Params, str], list[torch.Tensor]]
+# scale(weights, params) -> global factor applied to the weighted sum of pieces
+ScaleFn = Callable[[Sequence[float], Params], float]
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """A method parameter: its default, its search range and whether it is set per model."""
+
+    name: str
+    default: float | int | bool
+    low: float | None = None
+    high: float | None = None
+    per_model: bool = False
+    searchable: bool = True
+    help: str = ""
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def coerce(self, value: Any, where: str) -> Any:
+        kind = self.kind
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise UserError(f"{where}: expected true or false, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        if kind is int and float(value) != int(value):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        value = kind(value)
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            raise UserError(f"{where}: {value} is outside [{self.low}, {self.high}]")
+        return value
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    hyperparameters: tuple[Hyperparameter, ...]
+    fn: MergeFn
+    pieces: PiecesFn | None = None
+    scale: ScaleFn | None = None
+    n_models: tuple[int, int | None] = (1, None)  # allowed number of endpoints (min, max)
+    description: str = ""
+    # hyperparameters the pieces depend on: the in-place merger caches pieces per their values
+    piece_params: tuple[str, ...] = field(default=())
+
+    def hyperparameter(self, name: str) -> Hyperparameter | None:
+        return next((h for h in self.hyperparameters if h.name == name), None)
+
+    def resolve(self, params: Params | None, n_models: int, where: str = "parameters") -> dict[str, Any]:
+        """Validate `params`, fill defaults, and broadcast per-model values to lists."""
+        params = dict(params or {})
+        lo, hi = self.n_models
+        if n_models < lo or (hi is not None and n_models > hi):
+            want = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+            raise UserError(f"method {self.name} needs {want} model(s) besides the base, got {n_models}")
+        unknown = sorted(set(params) - {h.name for h in self.hyperparameters})
+        if unknown:
+            known = ", ".join(h.name for h in self.hyperparameters) or "none"
+            raise UserError(f"{where}.{unknown[0]}: unknown parameter for method {self.name} (known: {known})")
+        resolved: dict[str, Any] = {}
+        for hp in self.hyperparameters:
+            value = params.get(hp.name, hp.default)
+            if hp.per_model:
+                values = value if isinstance(value, (list, tuple)) else [value] * n_models
+                if len(values) != n_models:
+                    raise UserError(f"{where}.{hp.name}: expected {n_models} values, got {len(values)}")
+                resolved[hp.name] = [hp.coerce(v, f"{where}.{hp.name}") for v in values]
+            else:
+                resolved[hp.name] = hp.coerce(value, f"{where}.{hp.name}")
+        return resolved
+
+
+_REGISTRY: dict[str, MergeMethod] = {}
+_entry_points_loaded = False
+
+
+def register_method(
+    name: str,
+    *,
+    hyperparameters: Sequence[Hyperparameter] = (),
+    n_models: tuple[int, int | None] = (1, None),
+    scale: ScaleFn | None = None,
+    piece_params: Sequence[str] = (),
+    replace: bool = False,
+) -> Callable[[Callable], Callable]:
+    """Decorator registering a per-tensor merge function.
+
+    Decorate ``fn(base, deltas, weights, params, name) -> tensor``; or, with ``scale=...``, a
+    ``pieces(base, deltas, params, name) -> list[tensor]`` function whose result is combined as
+    ``base + scale(weights, params) * sum_t weights[t] * pieces[t]``.
+    """
+
+    def decorator(func: Callable) -> Callable:
+        if name in _REGISTRY and not replace:
+            raise ValueError(f"merge method {name!r} is already registered")
+        if scale is None:
+            method = MergeMethod(name, tuple(hyperparameters), fn=func, n_models=n_models,
+                                 description=(func.__doc__ or "").strip().split("\n")[0])
+        else:
+            def fn(base, deltas, weights, params, tensor_name, _pieces=func):
+                return combine_pieces(base, _pieces(base, deltas, params, tensor_name), weights,
+                                      scale(weights, params))
+            method = MergeMethod(name, tuple(hyperparameters), fn=fn, pieces=func, scale=scale,
+                                 n_models=n_models, piece_params=tuple(piece_params),
+                                 description=(func.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = method
+        return func
+
+    return decorator
+
+
+def combine_pieces(
+    base: torch.Tensor,
+    pieces: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    scale: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """base + scale * sum_t w_t piece_t, written into `out` when given (no extra allocation)."""
+    out = base.clone() if out is None else out.copy_(base)
+    for piece, weight in zip(pieces, weights):
+        if weight != 0:
+            out.add_(piece, alpha=scale * weight)
+    return out
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()  # importing the plugin module runs its @register_method decorators
+
+
+def get_method(name: str) -> MergeMethod:
+    from evo_merge.merge import methods, subspace  # noqa: F401  (built-ins register on import)
+
+    if name not in _REGISTRY:
+        _load_entry_points()
+    if name not in _REGISTRY:
+        raise UserError(f"unknown merge method {name!r} (known: {', '.join(list_methods())})")
+    return _REGISTRY[name]
+
+
+def list_methods() -> list[str]:
+    from evo_merge.merge import methods, subspace  # noqa: F401
+
+    _load_entry_points()
+    return sorted(_REGISTRY)

@@ -1,0 +1,102 @@
+"""Singular-vector methods: TSV-M, TSV-C and Iso-C (DESIGN.md §3).
+
+They act on 2-D weight matrices; embeddings and the LM head (recognised by name) and all other
+tensors (biases, norms) are treated as plain task vectors unless ``embeddings`` is set.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+from evo_merge.errors import UserError
+from evo_merge.merge.registry import Hyperparameter as H
+from evo_merge.merge.registry import Params, register_method
+
+ALPHA = H("alpha", 1.0, 0.0, 3.0, help="global scale of the merged update")
+EMBEDDINGS = H("embeddings", False, searchable=False, help="also decompose embedding / LM-head matrices")
+_EMBEDDING_NAME = re.compile(r"(embed|wte|wpe|lm_head|embed_out|word_embeddings|position_embeddings)")
+
+
+def is_decomposed(delta: torch.Tensor, name: str, params: Params) -> bool:
+    """Whether a tensor gets the singular-vector treatment."""
+    return delta.dim() == 2 and (params.get("embeddings", False) or not _EMBEDDING_NAME.search(name))
+
+
+def top_k_svd(delta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    return u[:, :k], s[:k], vh[:k].T
+
+
+def nearest_orthogonal(m: torch.Tensor) -> torch.Tensor:
+    """Polar factor of `m` (if m = P S Q^T then P Q^T): the closest matrix with orthonormal columns."""
+    p, _, qh = torch.linalg.svd(m, full_matrices=False)
+    return p @ qh
+
+
+def tsv_rank(delta: torch.Tensor, n_tasks: int) -> int:
+    return max(1, min(delta.shape) // n_tasks)
+
+
+def tsv_m_pieces(deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-task pieces D_t = U_perp[:, block_t] diag(sigma_t) V_perp[:, block_t]^T of one matrix.
+
+    The orthogonalisation does not depend on the task coefficients, so sum_t c_t D_t is the
+    TSV-M merge with sigma_t scaled by c_t.
+    """
+    k = tsv_rank(deltas[0], len(deltas))
+    factors = [top_k_svd(d, k) for d in deltas]
+    u_perp = nearest_orthogonal(torch.cat([u for u, _, _ in factors], dim=1))
+    v_perp = nearest_orthogonal(torch.cat([v for _, _, v in factors], dim=1))
+    pieces = []
+    for t, (_, s, _) in enumerate(factors):
+        block = slice(t * k, (t + 1) * k)
+        pieces.append((u_perp[:, block] * s) @ v_perp[:, block].T)
+    return pieces
+
+
+@register_method(
+    "tsv",
+    hyperparameters=[ALPHA, EMBEDDINGS],
+    scale=lambda w, p: p["alpha"],
+    piece_params=("embeddings",),
+)
+def tsv(base, deltas, params: Params, name: str) -> list[torch.Tensor]:
+    """TSV-M: merge each matrix's top task singular vectors after decorrelating them."""
+    if is_decomposed(deltas[0], name, params):
+        return tsv_m_pieces(deltas)
+    return [d / len(deltas) for d in deltas]
+
+
+@register_method(
+    "tsv_c",
+    hyperparameters=[H("task", 0, 0, None, searchable=False, help="index of the model to reconstruct"),
+                     ALPHA, EMBEDDINGS],
+    scale=lambda w, p: p["alpha"],
+    piece_params=("task", "embeddings"),
+)
+def tsv_c(base, deltas, params: Params, name: str) -> list[torch.Tensor]:
+    """TSV-C: task `task` rebuilt from its top r/T singular triplets (about 1/T of its storage)."""
+    t = params["task"]
+    if t >= len(deltas):
+        raise UserError(f"parameters.task: {t} is not a model index (0..{len(deltas) - 1})")
+    pieces = [torch.zeros_like(d) for d in deltas]
+    delta = deltas[t]
+    if is_decomposed(delta, name, params):
+        u, s, v = top_k_svd(delta, tsv_rank(delta, len(deltas)))
+        pieces[t] = (u * s) @ v.T
+    else:
+        pieces[t] = delta
+    return pieces
+
+
+@register_method("iso_c", hyperparameters=[ALPHA, EMBEDDINGS])
+def iso_c(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """Iso-C: the summed task vector with its singular values flattened to their mean."""
+    total = sum(w * d for w, d in zip(weights, deltas))
+    if is_decomposed(total, name, params):
+        u, s, vh = torch.linalg.svd(total, full_matrices=False)
+        total = s.mean() * (u @ vh)
+    return base + params["alpha"] * total

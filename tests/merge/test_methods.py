@@ -1,0 +1,209 @@
+"""Every merge method against values computed by hand or by an independent implementation."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from evo_merge.errors import UserError
+from evo_merge.merge import get_method, list_methods, register_method
+from evo_merge.merge.registry import Hyperparameter
+from evo_merge.merge.subspace import nearest_orthogonal
+
+
+def run(method, base, deltas, weights=None, name="layers.0.mlp.weight", **params):
+    m = get_method(method)
+    weights = weights or [1.0] * len(deltas)
+    return m.fn(base, deltas, weights, m.resolve(params, len(deltas)), name)
+
+
+T = torch.tensor
+
+
+def test_linear_weighted_average_and_unnormalized_sum():
+    base = T([0.0, 0.0])
+    a, b = T([1.0, 2.0]), T([5.0, -2.0])
+    deltas = [a - base, b - base]
+    assert torch.allclose(run("linear", base, deltas, [1.0, 3.0]), T([4.0, -1.0]))
+    assert torch.allclose(run("linear", base, deltas, [1.0, 3.0], normalize=False), T([16.0, -4.0]))
+
+
+def test_task_arithmetic():
+    base = T([1.0, 1.0, 1.0])
+    deltas = [T([1.0, 0.0, -1.0]), T([0.0, 2.0, 2.0])]
+    out = run("task_arithmetic", base, deltas, [0.5, 1.0], **{"lambda": 2.0})
+    assert torch.allclose(out, T([2.0, 5.0, 4.0]))
+
+
+TIES_DELTAS = [T([3.0, -1.0, 2.0, 0.0, 1.0]), T([-2.0, 2.0, -2.0, 0.0, 1.0]), T([1.0, -4.0, 0.0, 0.0, -1.0])]
+
+
+def test_ties_sign_election_with_ties_and_zeros():
+    # entry 0: 3,-2,1 -> +, mean(3,1)=2; entry 1: -1,2,-4 -> -, mean(-1,-4)=-2.5;
+    # entry 2: 2,-2,0 sums to 0 -> + elected, zero never votes -> 2; entry 3: all zero -> 0;
+    # entry 4: 1,1,-1 -> +, 1
+    out = run("ties", torch.zeros(5), TIES_DELTAS)
+    assert torch.allclose(out, T([2.0, -2.5, 2.0, 0.0, 1.0]))
+
+
+def test_ties_weights_apply_before_election():
+    # weighted first delta: [6,-2,4,0,2]; entry 0: (6+1)/(2+1); entry 1: (-2-4)/(2+1); entry 2: 4/2
+    out = run("ties", torch.zeros(5), TIES_DELTAS, [2.0, 1.0, 1.0])
+    assert torch.allclose(out, T([7 / 3, -2.0, 2.0, 0.0, 1.0]))
+
+
+def test_ties_trims_per_tensor_by_magnitude():
+    deltas = [T([3.0, -1.0, 2.0, 0.0, 1.0]), T([-2.5, 2.0, -1.5, 0.0, 1.0]), T([1.5, -4.0, 0.0, 0.0, -1.0])]
+    # density 0.4 of 5 entries keeps 2 per task: [3,0,2,0,0], [-2.5,2,0,0,0], [1.5,-4,0,0,0]
+    out = run("ties", torch.full((5,), 10.0), deltas, density=0.4)
+    assert torch.allclose(out, 10 + T([2.25, -4.0, 2.0, 0.0, 0.0]))
+
+
+def test_ties_without_normalize_sums_agreeing_entries():
+    out = run("ties", torch.zeros(5), TIES_DELTAS, normalize=False)
+    assert torch.allclose(out, T([4.0, -5.0, 2.0, 0.0, 2.0]))
+
+
+def test_dare_is_deterministic_under_a_seed_and_varies_across_seeds():
+    base, deltas = torch.zeros(1000), [torch.randn(1000), torch.randn(1000)]
+    a = run("dare_linear", base, deltas, density=0.3, seed=7)
+    assert torch.equal(a, run("dare_linear", base, deltas, density=0.3, seed=7))
+    assert not torch.equal(a, run("dare_linear", base, deltas, density=0.3, seed=8))
+    # a different tensor name draws a different mask
+    assert not torch.equal(a, run("dare_linear", base, deltas, density=0.3, seed=7, name="other.weight"))
+
+
+def test_dare_drop_rate_and_unbiasedness():
+    base, delta = torch.zeros(2000), torch.randn(2000)
+    density, n = 0.4, 300
+    outs = torch.stack([run("dare_linear", base, [delta], density=density, seed=s) for s in range(n)])
+    kept = (outs != 0).float().mean()
+    assert abs(kept - density) < 0.01
+    # survivors are rescaled by 1/density, so the mean over seeds tends to the undropped delta
+    sd_of_mean = delta.abs() * math.sqrt((1 - density) / density) / math.sqrt(n)
+    assert ((outs.mean(0) - delta).abs() <= 5 * sd_of_mean + 1e-6).all()
+    assert torch.allclose(outs.mean(0).sum(), delta.sum(), atol=0.05 * delta.abs().sum())
+
+
+def test_dare_ties_elects_signs_after_drops():
+    deltas = [T([1.0, 1.0]), T([-3.0, 1.0])]
+    # density 1: nothing dropped, so dare_ties with rescale equals plain sign election (no normalize)
+    out = run("dare_ties", torch.zeros(2), deltas, density=1.0)
+    assert torch.allclose(out, T([-3.0, 2.0]))
+
+
+def test_slerp_endpoints_midpoint_and_colinear_fallback():
+    base, other = T([1.0, 0.0]), T([0.0, 1.0])
+    delta = [other - base]
+    assert torch.allclose(run("slerp", base, delta, t=0.0), base, atol=1e-6)
+    assert torch.allclose(run("slerp", base, delta, t=1.0), other, atol=1e-6)
+    assert torch.allclose(run("slerp", base, delta, t=0.5), T([math.sqrt(0.5), math.sqrt(0.5)]), atol=1e-6)
+    colinear = [T([2.0, 0.0]) - base]  # same direction: falls back to linear interpolation
+    assert torch.allclose(run("slerp", base, colinear, t=0.25), T([1.25, 0.0]))
+
+
+def test_slerp_needs_exactly_one_other_model():
+    with pytest.raises(UserError, match="exactly 1"):
+        get_method("slerp").resolve({}, 2)
+
+
+def _tsv_reference(deltas, k):
+    """TSV-M written independently with numpy SVDs and scipy's polar decomposition."""
+    us, ss, vs = [], [], []
+    for d in deltas:
+        u, s, vh = np.linalg.svd(d.double().numpy(), full_matrices=False)
+        us.append(u[:, :k]), ss.append(s[:k]), vs.append(vh[:k].T)
+    u_perp, _ = scipy.linalg.polar(np.concatenate(us, 1))
+    v_perp, _ = scipy.linalg.polar(np.concatenate(vs, 1))
+    return u_perp, v_perp, u_perp @ np.diag(np.concatenate(ss)) @ v_perp.T
+
+
+def test_tsv_m_matches_direct_computation_and_stacked_factors_are_orthogonal():
+    gen = torch.Generator().manual_seed(1)
+    deltas = [torch.randn(12, 9, generator=gen) for _ in range(3)]
+    u_perp, v_perp, expected = _tsv_reference(deltas, k=9 // 3)
+    assert np.allclose(u_perp.T @ u_perp, np.eye(9), atol=1e-10)
+    assert np.allclose(v_perp.T @ v_perp, np.eye(9), atol=1e-10)
+    out = run("tsv", torch.zeros(12, 9), deltas)
+    assert np.allclose(out.double().numpy(), expected, atol=1e-4)
+    q = nearest_orthogonal(torch.randn(10, 6, generator=gen))
+    assert torch.allclose(q.T @ q, torch.eye(6), atol=1e-5)
+
+
+def test_tsv_m_coefficients_scale_each_tasks_singular_values():
+    gen = torch.Generator().manual_seed(2)
+    deltas = [torch.randn(8, 8, generator=gen) for _ in range(2)]
+    scaled = [deltas[0] * 0.5, deltas[1] * 2.0]  # scaling tau_t scales sigma_t: same as c_t
+    assert torch.allclose(run("tsv", torch.zeros(8, 8), deltas, [0.5, 2.0]),
+                          run("tsv", torch.zeros(8, 8), scaled), atol=1e-5)
+
+
+def test_tsv_m_of_orthogonal_low_rank_tasks_is_their_sum():
+    # rank k = 4 // 2 = 2 each, in orthogonal row and column spaces: orthogonalisation changes nothing
+    e = torch.eye(4)
+    deltas = [3 * torch.outer(e[0], e[1]) + torch.outer(e[1], e[0]),
+              -2 * torch.outer(e[2], e[3]) + 0.5 * torch.outer(e[3], e[2])]
+    assert torch.allclose(run("tsv", torch.ones(4, 4), deltas), torch.ones(4, 4) + deltas[0] + deltas[1], atol=1e-6)
+
+
+def test_tsv_averages_vectors_and_skips_embeddings():
+    deltas = [T([2.0, 0.0]), T([0.0, 4.0])]
+    assert torch.allclose(run("tsv", torch.zeros(2), deltas, name="norm.weight"), T([1.0, 2.0]))
+    emb = [torch.randn(6, 4), torch.randn(6, 4)]
+    assert torch.allclose(run("tsv", torch.zeros(6, 4), emb, name="model.embed_tokens.weight"), (emb[0] + emb[1]) / 2)
+
+
+def test_tsv_c_is_the_best_rank_k_reconstruction_of_its_task():
+    gen = torch.Generator().manual_seed(3)
+    deltas = [torch.randn(10, 8, generator=gen) for _ in range(4)]
+    out = run("tsv_c", torch.zeros(10, 8), deltas, task=2)
+    u, s, vh = np.linalg.svd(deltas[2].numpy(), full_matrices=False)
+    k = 8 // 4
+    assert np.allclose(out.numpy(), (u[:, :k] * s[:k]) @ vh[:k], atol=1e-5)
+    assert torch.linalg.matrix_rank(out) == k
+
+
+def test_iso_c_flattens_the_spectrum_to_its_mean():
+    gen = torch.Generator().manual_seed(4)
+    deltas = [torch.randn(7, 5, generator=gen) for _ in range(3)]
+    out = run("iso_c", torch.zeros(7, 5), deltas)
+    before = torch.linalg.svdvals(sum(deltas))
+    after = torch.linalg.svdvals(out)
+    assert torch.allclose(after, torch.full_like(after, float(before.mean())), atol=1e-4)
+
+
+def test_registry_declares_hyperparameters_for_the_search():
+    assert {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "tsv", "tsv_c", "iso_c"} <= set(
+        list_methods())
+    density = get_method("ties").hyperparameter("density")
+    assert (density.low, density.high, density.per_model, density.searchable) == (0.0, 1.0, True, True)
+    assert get_method("tsv").pieces is not None and get_method("ties").pieces is None
+
+
+def test_resolve_rejects_bad_parameters():
+    ties = get_method("ties")
+    with pytest.raises(UserError, match="unknown parameter"):
+        ties.resolve({"densty": 0.5}, 2)
+    with pytest.raises(UserError, match="outside"):
+        ties.resolve({"density": 1.5}, 2)
+    with pytest.raises(UserError, match="expected 2 values"):
+        ties.resolve({"density": [0.5]}, 2)
+    with pytest.raises(UserError, match="true or false"):
+        ties.resolve({"normalize": "yes"}, 2)
+    with pytest.raises(UserError, match="unknown merge method"):
+        get_method("frankenmerge")
+
+
+def test_third_party_method_registers_with_a_decorator():
+    @register_method("test_max_abs", hyperparameters=[Hyperparameter("gain", 1.0, 0.0, 2.0)], replace=True)
+    def max_abs(base, deltas, weights, params, name):
+        """Keep the largest-magnitude delta per entry."""
+        stacked = torch.stack(list(deltas))
+        idx = stacked.abs().argmax(0, keepdim=True)
+        return base + params["gain"] * stacked.gather(0, idx)[0]
+
+    assert "test_max_abs" in list_methods()
+    out = run("test_max_abs", torch.zeros(2), [T([1.0, -3.0]), T([-2.0, 1.0])], gain=2.0)
+    assert torch.allclose(out, T([-4.0, -6.0]))
