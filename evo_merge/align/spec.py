@@ -69,6 +69,11 @@ class PermSpec:
         return out
 
     @cached_property
+    def grouped(self) -> set[str]:
+        """Parameters with at least one permuted axis."""
+        return {name for name, axes in self.axes.items() if any(a is not None for a in axes)}
+
+    @cached_property
     def units(self) -> list[list[str]]:
         """Groups that must be solved together (same `tie`), in spec order."""
         units: dict[str, list[str]] = {}
