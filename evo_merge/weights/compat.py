@@ -52,4 +52,6 @@ def _check_vocab(a: Checkpoint, b: Checkpoint, pair: str) -> None:
     if len(vocab_a) != len(vocab_b):
         raise UserError(f"tokenizer vocabulary size differs between {pair}: {len(vocab_a)} vs {len(vocab_b)}")
     token = next(t for t in sorted(vocab_a, key=vocab_a.__getitem__) if vocab_b.get(t) != vocab_a[t])
-    raise UserError(f"tokenizers differ between {pair}: token {token!r} has id {vocab_a[token]} vs {vocab_b.get(token)}")
+    raise UserError(
+        f"tokenizers differ between {pair}: token {token!r} has id {vocab_a[token]} vs {vocab_b.get(token)}"
+    )

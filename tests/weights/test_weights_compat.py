@@ -40,7 +40,8 @@ def test_family_is_compatible(family):
 def test_floating_dtypes_may_differ(llama_family, tmp_path):
     base, (ft,) = llama_family
     with Checkpoint.open(ft) as src:
-        write_model_folder(tmp_path / "bf16", ((n, src.tensor(n)) for n in src.names), copy_from=ft, dtype=torch.bfloat16)
+        tensors = ((n, src.tensor(n)) for n in src.names)
+        write_model_folder(tmp_path / "bf16", tensors, copy_from=ft, dtype=torch.bfloat16)
     check_compatible(open_checkpoints([base, tmp_path / "bf16"]))
 
 

@@ -77,7 +77,8 @@ def test_shard_layout_and_index(llama_family, tmp_path):
 def test_shared_storage_is_written(tmp_path):
     big = torch.arange(12.0)
     shared = torch.nn.Linear(3, 3).weight.detach()
-    tensors = [("a", big[:6]), ("b", big[6:].view(2, 3)), ("tied1", shared), ("tied2", shared), ("t", big.view(3, 4).t())]
+    tensors = [("a", big[:6]), ("b", big[6:].view(2, 3)), ("tied1", shared), ("tied2", shared)]
+    tensors.append(("t", big.view(3, 4).t()))  # non-contiguous view
     out = write_model_folder(tmp_path / "m", iter(tensors))
     with Checkpoint.open(out) as ckpt:
         for name, tensor in tensors:
@@ -107,7 +108,8 @@ def test_dtype_cast_on_write_and_config(llama_family, tmp_path):
 def test_config_overrides_and_legacy_torch_dtype_key(llama_family, tmp_path):
     base, _ = llama_family
     out = write_model_folder(
-        tmp_path / "m", _stream(base), copy_from=base, config={"torch_dtype": "float32", "note": "x"}, dtype=torch.float16
+        tmp_path / "m", _stream(base), copy_from=base, config={"torch_dtype": "float32", "note": "x"},
+        dtype=torch.float16,
     )
     config = json.loads((out / "config.json").read_text())
     assert config["note"] == "x" and config["model_type"] == "llama"
