@@ -9,7 +9,7 @@ import torch
 
 from evo_merge.merge.plan import MergePlan, stream_merge
 from evo_merge.report.card import model_card
-from evo_merge.weights import write_model_folder
+from evo_merge.weights import Checkpoint, write_model_folder
 
 RECIPE_FILE = "merge_recipe.yaml"
 Tracker = Callable[[Iterable, int], Iterable]
@@ -33,11 +33,12 @@ def export_merge(
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()
-    source = plan.tokenizer_source
+    with Checkpoint.open(plan.tokenizer_source, allow_pickle=allow_pickle) as source:
+        folder = source.folder  # None for a bare state dict: no config or tokenizer to copy
     return write_model_folder(
         out,
         tensors,
-        copy_from=source if source.is_dir() else None,  # a bare state dict has no config/tokenizer
+        copy_from=folder,
         dtype=plan.out_dtype,
         extra_files={
             "README.md": model_card(recipe, title=title or Path(out).name, scores=scores),

@@ -1,0 +1,187 @@
+"""Recipes end to end: the merge command, transformers round trips, bit-for-bit rebuilds, in-place."""
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evo_merge.cli import cli
+from evo_merge.config import Recipe
+from evo_merge.merge.inplace import InPlaceMerger
+from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.weights import Checkpoint
+from evo_merge.zoo.tiny import save_tiny_family
+
+METHOD_PARAMS = {
+    "linear": {},
+    "task_arithmetic": {"lambda": 0.8},
+    "ties": {"density": 0.4},
+    "dare_linear": {"density": 0.5, "seed": 3},
+    "dare_ties": {"density": 0.6, "seed": 1},
+    "tsv": {"alpha": 1.2},
+    "tsv_c": {"task": 1},
+    "iso_c": {"alpha": 0.9},
+}
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def family(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    base, fts = save_tiny_family(root, request.param, n_finetunes=2)
+    return root, base, fts
+
+
+def write_recipe(path, method, base, models, weights, params, **extra):
+    recipe = {
+        "merge_method": method,
+        "base_model": str(base),
+        "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(models, weights)],
+        "parameters": params,
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def read_front_matter(readme):
+    text = readme.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def tensors_of(folder):
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(file))
+    return out
+
+
+def test_merged_folder_loads_generates_and_rebuilds_bit_for_bit(family, tmp_path):
+    root, base, fts = family
+    recipe = write_recipe(tmp_path / "r.yaml", "ties", base, fts, [0.7, 0.5], {"density": 0.5})
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("12+30=", return_tensors="pt").input_ids
+    generated = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert generated.shape == (1, ids.shape[1] + 4)
+
+    card = read_front_matter(out / "README.md")
+    assert card["base_model"] == str(base)
+    assert card["merged_models"] == [str(m) for m in fts]
+    assert card["merge_method"] == "ties" and {"merge", "evo-merge"} <= set(card["tags"])
+
+    again = tmp_path / "again"
+    result = CliRunner().invoke(cli, ["merge", str(out / "merge_recipe.yaml"), "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    first, second = tensors_of(out), tensors_of(again)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_merge_differs_from_endpoints_and_matches_hand_formula(family, tmp_path):
+    root, base, fts = family
+    recipe = write_recipe(tmp_path / "ta.yaml", "task_arithmetic", base, fts, [0.5, 0.25], {"lambda": 2.0})
+    out = tmp_path / "ta"
+    assert CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(out)]).exit_code == 0
+    merged, b = tensors_of(out), tensors_of(base)
+    f1, f2 = tensors_of(fts[0]), tensors_of(fts[1])
+    for name in b:
+        expected = b[name] + 2.0 * (0.5 * (f1[name] - b[name]) + 0.25 * (f2[name] - b[name]))
+        assert torch.allclose(merged[name], expected, atol=1e-6), name
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_PARAMS))
+def test_in_place_candidate_equals_file_path(family, method):
+    root, base, fts = family
+    model = AutoModelForCausalLM.from_pretrained(base)
+    merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(f) for f in fts])
+    weights = [0.6, 0.9]
+    merger.apply(method, weights, METHOD_PARAMS[method])
+    recipe = Recipe.model_validate({
+        "merge_method": method, "base_model": str(base),
+        "models": [{"model": str(f), "parameters": {"weight": w}} for f, w in zip(fts, weights)],
+        "parameters": METHOD_PARAMS[method],
+    })
+    _, streamed = stream_merge(plan_from_recipe(recipe))
+    state = model.state_dict()
+    for name, tensor in streamed:
+        assert torch.equal(state[name], tensor), name
+
+
+def test_in_place_merger_reuses_cached_tsv_pieces_across_candidates(family):
+    root, base, fts = family
+    model = AutoModelForCausalLM.from_pretrained(base)
+    merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(f) for f in fts])
+    merger.apply("tsv", [1.0, 1.0])
+    cached = merger._pieces
+    merger.apply("tsv", [0.3, 2.0], {"alpha": 0.5})
+    assert merger._pieces is cached and len(cached) == 1
+
+
+def test_bfloat16_output_and_linear_without_base(family, tmp_path):
+    root, base, fts = family
+    recipe = tmp_path / "soup.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "merge_method": "linear",
+        "models": [{"model": str(m), "parameters": {"weight": 1.0}} for m in fts],
+    }))
+    out = tmp_path / "soup"
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(out), "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    merged, f1, f2 = tensors_of(out), tensors_of(fts[0]), tensors_of(fts[1])
+    for name in merged:
+        assert merged[name].dtype == torch.bfloat16
+        assert torch.allclose(merged[name].float(), ((f1[name] + f2[name]) / 2).bfloat16().float(), atol=1e-2)
+
+
+BAD_RECIPES = {
+    "unknown method": ("merge_method: frankenmerge\nbase_model: {base}\nmodels: [{{model: {ft}}}]\n", "unknown merge method"),
+    "unknown parameter": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nparameters: {{densty: 0.5}}\n",
+                          "parameters.densty: unknown parameter"),
+    "missing model": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: /nope/model}}]\n", "models.0.model"),
+    "malformed yaml": ("merge_method: ties\nmodels: [{{model: {ft}\n", "malformed YAML"),
+    "unknown key": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nslices: []\n", "slices: unknown key"),
+    "wrong type": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: heavy}}}}]\n",
+                   "models.0.parameters.weight"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECIPES))
+def test_bad_recipes_give_one_line_errors_and_exit_2(family, tmp_path, case):
+    root, base, fts = family
+    text, expected = BAD_RECIPES[case]
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text.format(base=base, ft=fts[0]))
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert expected in result.output and "bad.yaml" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_mismatched_shapes_and_pickle_checkpoints_are_refused(tmp_path):
+    base, fts = save_tiny_family(tmp_path / "a", "llama", n_finetunes=1)
+    other, _ = save_tiny_family(tmp_path / "b", "gpt2", n_finetunes=0)
+    recipe = write_recipe(tmp_path / "mix.yaml", "task_arithmetic", base, [other], [1.0], {})
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
+
+    model = AutoModelForCausalLM.from_pretrained(fts[0])
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    model.config.save_pretrained(pickled)
+    recipe = write_recipe(tmp_path / "pk.yaml", "task_arithmetic", base, [pickled], [1.0], {})
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--allow-pickle" in result.output
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o"), "--allow-pickle"])
+    assert result.exit_code == 0, result.output
+    merged, expected = tensors_of(tmp_path / "o"), tensors_of(fts[0])
+    assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in expected)
+
