@@ -17,6 +17,8 @@ from evo_merge.errors import UserError
 # command name -> "module:attribute" under evo_merge.cli
 COMMANDS: dict[str, str] = {
     "merge": "merge:merge",
+    "irt": "irt:irt",
+    "align": "align:align",
 }
 
 

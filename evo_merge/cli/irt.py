@@ -1,0 +1,127 @@
+"""`evo-merge irt fit|anchors|estimate|validate`: parse arguments, delegate to `evo_merge.irt`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from evo_merge.errors import UserError
+from evo_merge.irt import (
+    KINDS, METHODS, Estimator, IRTModel, estimate_table, load_anchors, load_responses, select_anchors,
+)
+from evo_merge.irt import validate as run_validation
+from evo_merge.irt.backends import BACKENDS
+from evo_merge.irt.validate import validation_table
+
+
+def _dims(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        dims = int(value)
+    except ValueError:
+        dims = 0
+    if dims < 1:
+        raise UserError(f"--dims must be 'auto' or a positive integer, not {value!r}")
+    return dims
+
+
+def _int_list(value: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"{option} must be a comma-separated list of positive integers, not {value!r}")
+    return values
+
+
+def _endpoints(value: str | None):
+    """A response file (full rows of the endpoints) or comma-separated training subject ids."""
+    if value is None:
+        return None
+    if Path(value).suffix.lower() in (".csv", ".parquet", ".pq"):
+        return load_responses(value)
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
+@click.group()
+def irt() -> None:
+    """Fit IRT models on response matrices, choose anchors, estimate accuracies."""
+
+
+@irt.command()
+@click.argument("responses", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
+@click.option("--dims", default="auto", show_default=True, help="'auto' (split-half validation) or D.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (pyirt backend).")
+def fit(responses: Path, out: Path, backend: str, dims: str, seed: int, epochs: int | None) -> None:
+    """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
+
+    options = {"epochs": epochs} if epochs is not None and backend == "pyirt" else {}
+    model = IRTModel.fit(load_responses(responses), backend=backend, dims=_dims(dims), seed=seed, **options)
+    model.save(out)
+    click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "
+               f"{len(model.scenarios)} scenario(s), D={model.dims} -> {out}")
+
+
+@irt.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--budget", type=int, required=True, help="Anchors per scenario.")
+@click.option("--method", type=click.Choice(METHODS), default="kmeans-irt", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def anchors(model_dir: Path, budget: int, method: str, seed: int) -> None:
+    """Choose --budget anchor items per scenario, store them in MODEL_DIR and print them."""
+
+    chosen = select_anchors(IRTModel.load(model_dir), budget, method, seed)
+    path = chosen.save(model_dir)
+    for scenario, items in chosen.items.items():
+        click.echo(f"{scenario}: {' '.join(items)}")
+    click.echo(f"stored {path}", err=True)
+
+
+@irt.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--responses", "partial", required=True, type=click.Path(path_type=Path), help="Anchor scores (long).")
+@click.option("--estimator", type=click.Choice(KINDS), default="gpirt", show_default=True)
+@click.option("--endpoints", default=None, help="Endpoint subject ids (comma-separated) or their full responses file.")
+@click.option("--budget", type=int, default=None, help="Which stored anchor set (if several).")
+@click.option("--method", type=click.Choice(METHODS), default=None, help="Which stored anchor set (if several).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="CSV file (default: stdout).")
+def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | None, budget: int | None,
+             method: str | None, out: Path | None) -> None:
+    """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate."""
+
+    model = IRTModel.load(model_dir)
+    est = Estimator(model, load_anchors(model_dir, budget, method), estimator, endpoints=_endpoints(endpoints))
+    table = estimate_table(est, load_responses(partial))
+    text = table.to_csv(index=False)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+
+
+@irt.command()
+@click.argument("responses", type=click.Path(path_type=Path))
+@click.option("--test-frac", type=float, default=0.25, show_default=True)
+@click.option("--budgets", default="10,20,50,100", show_default=True, help="Anchors per scenario, comma-separated.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
+@click.option("--dims", default="auto", show_default=True)
+@click.option("--repeats", type=int, default=1, show_default=True, help="Anchor draws averaged per row.")
+@click.option("--endpoints", default=None, help="Training subject ids (comma-separated): adds mp-IRT rows.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
+def validate(responses: Path, test_frac: float, budgets: str, seed: int, backend: str, dims: str, repeats: int,
+             endpoints: str | None, csv_path: Path | None) -> None:
+    """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
+    ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
+    table = run_validation(load_responses(responses), test_frac=test_frac, budgets=_int_list(budgets, "--budgets"),
+                           seed=seed, backend=backend, dims=_dims(dims), repeats=repeats, endpoints=ends)
+    Console(width=120).print(validation_table(table))
+    if csv_path is not None:
+        table.to_csv(csv_path, index=False)

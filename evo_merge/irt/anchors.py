@@ -1,0 +1,114 @@
+"""Anchor items: the few items per scenario a new subject is evaluated on, with their weights.
+
+Clustered anchors represent their cluster: the item nearest each K-means centroid, weighted by
+the cluster's share of the scenario's items, so Σ w_i y_i estimates the scenario mean.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from evo_merge.errors import UserError
+from evo_merge.irt.model import IRTModel
+
+METHODS = ("kmeans-irt", "kmeans-correctness", "stratified", "random")
+KMEANS_RESTARTS = 10
+
+
+@dataclass(frozen=True)
+class Anchors:
+    method: str
+    budget: int
+    seed: int
+    items: dict[str, list[str]]  # scenario -> anchor item ids
+    weights: dict[str, list[float]]  # scenario -> weights (sum to 1)
+
+    @property
+    def clustered(self) -> bool:
+        """Anchors that stand for strata/clusters: their mean has about a quarter of random sampling's variance."""
+        return self.method != "random"
+
+    def all_items(self) -> list[str]:
+        return [i for items in self.items.values() for i in items]
+
+    def save(self, model_dir: str | Path) -> Path:
+        path = anchors_path(model_dir, self.method, self.budget)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+
+def anchors_path(model_dir: str | Path, method: str, budget: int) -> Path:
+    return Path(model_dir) / "anchors" / f"{method}-{budget}.json"
+
+
+def load_anchors(model_dir: str | Path, budget: int | None = None, method: str | None = None) -> Anchors:
+    """The stored anchor set matching budget/method; either may be omitted when only one set matches."""
+    found = sorted((Path(model_dir) / "anchors").glob("*.json"))
+    names = [p.stem for p in found]
+    match = [p for p in found if (method is None or p.stem.rsplit("-", 1)[0] == method)
+             and (budget is None or p.stem.rsplit("-", 1)[-1] == str(budget))]
+    if len(match) != 1:
+        what = "no" if not match else "several"
+        raise UserError(f"{model_dir}: {what} stored anchor sets match (stored: {', '.join(names) or 'none'}); "
+                        "run `evo-merge irt anchors` or pass --budget/--method")
+    try:
+        data = json.loads(match[0].read_text())
+        anchors = Anchors(**data)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise UserError(f"{match[0]}: corrupt anchors file ({exc})") from None
+    return anchors
+
+
+def _nearest_in_cluster(features: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """K-means (best of several restarts); per cluster the member nearest its centroid and the cluster's share."""
+    km = KMeans(n_clusters=budget, n_init=KMEANS_RESTARTS, random_state=seed).fit(features)
+    dist = np.linalg.norm(features - km.cluster_centers_[km.labels_], axis=1)
+    picks, shares = [], []
+    for c in range(budget):
+        members = np.flatnonzero(km.labels_ == c)
+        if members.size:
+            picks.append(members[np.argmin(dist[members])])
+            shares.append(members.size)
+    shares = np.asarray(shares, dtype=float)
+    return np.asarray(picks), shares / shares.sum()
+
+
+def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: np.random.Generator, seed: int):
+    n = items.size
+    if budget >= n:
+        return items, np.full(n, 1.0 / n)
+    if method == "random":
+        return np.sort(rng.choice(items, budget, replace=False)), np.full(budget, 1.0 / budget)
+    if method == "stratified":  # equal-size strata of item mean score, one random item from each
+        mean = np.nanmean(model.responses[:, items], axis=0)
+        strata = np.array_split(items[np.argsort(mean, kind="stable")], budget)
+        return np.array([rng.choice(s) for s in strata]), np.array([s.size / n for s in strata])
+    if method == "kmeans-correctness":
+        cols = model.responses[:, items]
+        cols = np.where(np.isnan(cols), np.nanmean(cols, axis=0), cols)
+        features = cols.T
+    else:  # kmeans-irt
+        features = np.column_stack([model.alpha[items], model.beta[items]])
+    local, weights = _nearest_in_cluster(features, budget, seed)
+    return items[local], weights
+
+
+def select_anchors(model: IRTModel, budget: int, method: str = "kmeans-irt", seed: int = 0) -> Anchors:
+    """`budget` anchors per scenario (all items of a scenario smaller than that)."""
+    if method not in METHODS:
+        raise UserError(f"unknown anchor method {method!r} (choose from {', '.join(METHODS)})")
+    if not isinstance(budget, int) or budget < 1:
+        raise UserError(f"anchor budget must be a positive integer, not {budget!r}")
+    rng = np.random.default_rng(seed)
+    items, weights = {}, {}
+    for scenario, idx in model.scenario_items().items():
+        picked, w = _select(model, idx, budget, method, rng, seed)
+        items[scenario] = [model.item_ids[j] for j in picked]
+        weights[scenario] = [float(x) for x in w]
+    return Anchors(method, budget, seed, items, weights)

@@ -1,0 +1,99 @@
+"""Fitting backends for the multidimensional 2PL P = σ(α_iᵀθ_l − β_i).
+
+Each backend takes a binary matrix (subjects × items, NaN = not evaluated) and returns the same
+parameters, so the stored model does not depend on how it was fitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from evo_merge.errors import UserError
+
+# weak Gaussian priors of the torch MAP fit (standard deviations)
+THETA_SD, ALPHA_SD, BETA_SD = 1.0, 2.0, 3.0
+
+
+@dataclass(frozen=True)
+class FittedParams:
+    alpha: np.ndarray  # (items, D)
+    beta: np.ndarray  # (items,)
+    theta: np.ndarray  # (subjects, D)
+
+
+def _orient(alpha: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flip each dimension so that discriminations are positive on average (θ up = more able)."""
+    sign = np.where(alpha.sum(axis=0) < 0, -1.0, 1.0)
+    return alpha * sign, theta * sign
+
+
+def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 500) -> FittedParams:
+    """MAP fit with L-BFGS, initialised from a truncated SVD of the centred responses."""
+    torch.manual_seed(seed)
+    observed = ~np.isnan(binary)
+    y = np.where(observed, binary, 0.0)
+    item_mean = np.clip((y.sum(0) + 0.5) / (observed.sum(0) + 1.0), 0.02, 0.98)
+    resid = np.where(observed, binary - item_mean, 0.0)
+    u, s, vt = np.linalg.svd(resid, full_matrices=False)
+    n_subj = binary.shape[0]
+    k = min(dims, s.size)
+    theta0 = np.zeros((n_subj, dims))
+    alpha0 = np.zeros((binary.shape[1], dims))
+    theta0[:, :k] = u[:, :k] * np.sqrt(n_subj)
+    alpha0[:, :k] = 4.0 * vt[:k].T * s[:k] / np.sqrt(n_subj)  # logit slope ≈ 4 × probability slope
+
+    y_t, mask = torch.from_numpy(y), torch.from_numpy(observed.astype(np.float64))
+    theta = torch.tensor(theta0, requires_grad=True)
+    alpha = torch.tensor(alpha0, requires_grad=True)
+    beta = torch.tensor(-np.log(item_mean / (1 - item_mean)), requires_grad=True)
+    n_obs = float(observed.sum())
+    optimiser = torch.optim.LBFGS(
+        [theta, alpha, beta], lr=1.0, max_iter=max_iter, history_size=20,
+        tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        logits = theta @ alpha.T - beta
+        nll = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y_t, reduction="none") * mask).sum()
+        prior = (theta**2).sum() / THETA_SD**2 + (alpha**2).sum() / ALPHA_SD**2 + (beta**2).sum() / BETA_SD**2
+        loss = (nll + 0.5 * prior) / n_obs
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    a, t = _orient(alpha.detach().numpy(), theta.detach().numpy())
+    return FittedParams(a, beta.detach().numpy().copy(), t)
+
+
+def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = 2000, lr: float = 0.1) -> FittedParams:
+    """py-irt's multidim_2pl (variational, seeded); σ(Σ_d a_d(θ_d − b_d)) gives β_i = Σ_d a_id b_id."""
+    try:
+        import pandas as pd
+        import py_irt.anchor_utils
+        import pyro
+        from py_irt.config import IrtConfig
+        from py_irt.dataset import Dataset
+        from py_irt.training import IrtModelTrainer
+    except ImportError as exc:  # py-irt needs Python < 3.12
+        raise UserError(f"backend 'pyirt' is unavailable ({exc}); use --backend torch") from None
+    py_irt.anchor_utils.console.quiet = True  # its own console, not silenced by verbose=False
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    wide = pd.DataFrame(binary, columns=[str(j) for j in range(binary.shape[1])])
+    dataset = Dataset.from_pandas(wide)  # subjects = rows in order, item ix j = column j
+    config = IrtConfig(model_type="multidim_2pl", dims=dims, epochs=epochs, lr=lr, seed=seed, log_every=epochs)
+    trainer = IrtModelTrainer(data_path=None, config=config, dataset=dataset, verbose=False)
+    trainer.train(device="cpu")
+    params = trainer.last_params
+    disc = np.asarray(params["disc"], dtype=float).reshape(binary.shape[1], dims)
+    diff = np.asarray(params["diff"], dtype=float).reshape(binary.shape[1], dims)
+    theta = np.asarray(params["ability"], dtype=float).reshape(binary.shape[0], dims)
+    return FittedParams(disc, (disc * diff).sum(axis=1), theta)
+
+
+BACKENDS: dict[str, Callable[..., FittedParams]] = {"torch": fit_torch, "pyirt": fit_pyirt}

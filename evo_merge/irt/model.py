@@ -1,0 +1,222 @@
+"""The fitted IRT model: item parameters, training abilities and responses, stored in a folder.
+
+A model folder holds `model.json` (format version, backend, D, ids, scenarios, thresholds,
+settings, validation errors) and `params.npz` (α, β, θ, the training responses, and the item
+parameters of a fit on one half of the subjects, used to measure the IRT prediction error on
+the other half for gp-IRT's λ). Anchors are stored beside them (see `anchors.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from evo_merge.errors import UserError
+from evo_merge.irt.ability import map_logistic
+from evo_merge.irt.backends import BACKENDS, THETA_SD
+from evo_merge.irt.responses import ResponseMatrix, accuracy_preserving_threshold, binarise
+
+FORMAT_VERSION = 1
+DIMS_GRID = (1, 2, 3, 4)
+DIMS_TOLERANCE = 0.005  # relative: the smallest D whose held-out log-loss is within 0.5% of the best
+ABILITY_PRIOR_SD = 1.5  # weak prior for new subjects' θ (wider than the training prior N(0, 1))
+NPZ_KEYS = ("alpha", "beta", "theta", "responses", "val_alpha", "val_beta", "val_subjects")
+
+
+def _log_loss(prob: np.ndarray, binary: np.ndarray) -> float:
+    observed = ~np.isnan(binary)
+    p = np.clip(prob[observed], 1e-9, 1 - 1e-9)
+    y = binary[observed]
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+@dataclass
+class IRTModel:
+    """Multidimensional 2PL, P(correct | l, i) = σ(α_iᵀθ_l − β_i), fitted on a response matrix."""
+
+    item_ids: list[str]
+    item_scenarios: list[str]
+    subject_ids: list[str]
+    alpha: np.ndarray
+    beta: np.ndarray
+    theta: np.ndarray
+    responses: np.ndarray  # training scores (subjects × items), NaN = not evaluated
+    thresholds: dict[str, float]
+    val_alpha: np.ndarray  # item parameters fitted on the subjects not in val_subjects
+    val_beta: np.ndarray
+    val_subjects: np.ndarray  # indices of the held-out half
+    backend: str = "torch"
+    seed: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+    dims_errors: dict[int, float] = field(default_factory=dict)
+
+    # ---- derived views -------------------------------------------------------------------
+    @property
+    def dims(self) -> int:
+        return int(self.alpha.shape[1])
+
+    @property
+    def scenarios(self) -> list[str]:
+        return list(dict.fromkeys(self.item_scenarios))
+
+    def scenario_items(self) -> dict[str, np.ndarray]:
+        """Item indices of each scenario, in scenario order."""
+        scen = np.asarray(self.item_scenarios)
+        return {s: np.flatnonzero(scen == s) for s in self.scenarios}
+
+    def item_thresholds(self, items: np.ndarray | None = None) -> np.ndarray:
+        scen = np.asarray(self.item_scenarios)
+        thr = np.array([self.thresholds[s] for s in scen])
+        return thr if items is None else thr[items]
+
+    def item_index(self, item_ids: Sequence[str]) -> np.ndarray:
+        lookup = {item: j for j, item in enumerate(self.item_ids)}
+        missing = [i for i in item_ids if i not in lookup]
+        if missing:
+            raise UserError(f"item {missing[0]} is not in the IRT model")
+        return np.array([lookup[i] for i in item_ids], dtype=int)
+
+    def predict(self, theta: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
+        """P(correct) for abilities theta (S, D) on the given items (all by default)."""
+        alpha, beta = (self.alpha, self.beta) if items is None else (self.alpha[items], self.beta[items])
+        return 1.0 / (1.0 + np.exp(-(theta @ alpha.T - beta)))
+
+    def fit_abilities(self, scores: np.ndarray, items: np.ndarray, prior_sd: float = ABILITY_PRIOR_SD) -> np.ndarray:
+        """MAP θ (S, D) of subjects from their scores (S, n) on `items`, item parameters fixed."""
+        binary = binarise(scores, self.item_thresholds(items))
+        prec = np.eye(self.dims) / prior_sd**2
+        return map_logistic(self.alpha[items], self.beta[items], binary, np.zeros(self.dims), prec)
+
+    # ---- fitting -------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        responses: pd.DataFrame,
+        backend: str = "torch",
+        dims: int | str = "auto",
+        seed: int = 0,
+        dims_grid: Sequence[int] = DIMS_GRID,
+        **backend_options: Any,
+    ) -> "IRTModel":
+        """Fit on a validated long table (see `load_responses`); D by split-half validation if "auto"."""
+        if backend not in BACKENDS:
+            raise UserError(f"unknown IRT backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        if dims != "auto" and (not isinstance(dims, int) or dims < 1):
+            raise UserError(f"dims must be 'auto' or a positive integer, not {dims!r}")
+        matrix = ResponseMatrix.from_long(responses)
+        n_subj = len(matrix.subjects)
+        if n_subj < 4:
+            raise UserError(f"need at least 4 subjects to fit an IRT model, got {n_subj}")
+        scen = np.asarray(matrix.item_scenarios)
+        thresholds = {s: accuracy_preserving_threshold(matrix.scores[:, scen == s]) for s in dict.fromkeys(scen)}
+        thr_items = np.array([thresholds[s] for s in scen])
+        binary = binarise(matrix.scores, thr_items)
+        fit_fn = BACKENDS[backend]
+
+        # split-half: item parameters on one half, log-loss of the other half's held-out items
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(n_subj)
+        held_out, kept = np.sort(perm[: n_subj // 2]), np.sort(perm[n_subj // 2 :])
+        item_half = rng.permutation(binary.shape[1])[: binary.shape[1] // 2]
+        seen = np.zeros(binary.shape[1], dtype=bool)
+        seen[item_half] = True
+        grid = list(dims_grid) if dims == "auto" else [dims]
+        split_fits, errors = {}, {}
+        for d in grid:
+            params = fit_fn(binary[kept], d, seed=seed, **backend_options)
+            y_seen = np.where(seen, binary[held_out], np.nan)
+            theta = map_logistic(params.alpha, params.beta, y_seen, np.zeros(d), np.eye(d) / ABILITY_PRIOR_SD**2)
+            prob = 1.0 / (1.0 + np.exp(-(theta @ params.alpha.T - params.beta)))
+            errors[d] = _log_loss(prob[:, ~seen], binary[held_out][:, ~seen])
+            split_fits[d] = params
+        best = min(errors.values())
+        chosen = min(d for d, e in errors.items() if e <= best * (1 + DIMS_TOLERANCE))
+        full = fit_fn(binary, chosen, seed=seed, **backend_options)
+        return cls(
+            item_ids=matrix.items,
+            item_scenarios=matrix.item_scenarios,
+            subject_ids=matrix.subjects,
+            alpha=full.alpha,
+            beta=full.beta,
+            theta=full.theta,
+            responses=matrix.scores,
+            thresholds=thresholds,
+            val_alpha=split_fits[chosen].alpha,
+            val_beta=split_fits[chosen].beta,
+            val_subjects=held_out,
+            backend=backend,
+            seed=seed,
+            settings={"dims": dims, "dims_grid": grid, "theta_prior_sd": THETA_SD, **backend_options},
+            dims_errors=errors,
+        )
+
+    # ---- storage -------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": "evo-merge-irt",
+            "backend": self.backend,
+            "dims": self.dims,
+            "seed": self.seed,
+            "item_ids": self.item_ids,
+            "item_scenarios": self.item_scenarios,
+            "subject_ids": self.subject_ids,
+            "thresholds": self.thresholds,
+            "settings": self.settings,
+            "dims_errors": {str(d): e for d, e in self.dims_errors.items()},
+        }
+        arrays = {k: getattr(self, k) for k in NPZ_KEYS}
+        np.savez(directory / "params.npz", **arrays)
+        (directory / "model.json").write_text(json.dumps(meta, indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "IRTModel":
+        directory = Path(directory)
+        meta_path, npz_path = directory / "model.json", directory / "params.npz"
+        for p in (meta_path, npz_path):
+            if not p.is_file():
+                raise UserError(f"{directory}: not an IRT model folder ({p.name} missing)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{meta_path}: corrupt model file ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("kind") != "evo-merge-irt":
+            raise UserError(f"{meta_path}: not an evo-merge IRT model")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"{meta_path}: format version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+        try:
+            with np.load(npz_path) as npz:
+                arrays = {k: npz[k] for k in NPZ_KEYS}
+            model = cls(
+                item_ids=list(meta["item_ids"]),
+                item_scenarios=list(meta["item_scenarios"]),
+                subject_ids=list(meta["subject_ids"]),
+                thresholds={str(k): float(v) for k, v in meta["thresholds"].items()},
+                backend=meta["backend"],
+                seed=int(meta["seed"]),
+                settings=dict(meta["settings"]),
+                dims_errors={int(d): float(e) for d, e in meta["dims_errors"].items()},
+                **arrays,
+            )
+        except KeyError as exc:
+            raise UserError(f"{directory}: incomplete IRT model (missing {exc.args[0]!r})") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise UserError(f"{npz_path}: corrupt parameter file ({exc})".splitlines()[0]) from None
+        n_items, n_subj = len(model.item_ids), len(model.subject_ids)
+        consistent = (
+            model.alpha.ndim == 2 and model.alpha.shape[0] == n_items and model.beta.shape == (n_items,)
+            and model.theta.shape == (n_subj, model.dims) and model.responses.shape == (n_subj, n_items)
+            and len(model.item_scenarios) == n_items and meta["dims"] == model.dims
+            and set(model.thresholds) == set(model.item_scenarios)
+        )
+        if not consistent:
+            raise UserError(f"{directory}: model.json and params.npz disagree on the model's shape")
+        return model

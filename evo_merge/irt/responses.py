@@ -1,0 +1,152 @@
+"""Response matrices: load and validate `subject,item,score[,scenario]` tables, binarise scores.
+
+Every consumer (fitting, anchors, validation) works on the same validated long table, so a bad
+file is rejected once, with a message naming the row, item or column at fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evo_merge.errors import UserError
+
+LONG_COLUMNS = ("subject", "item", "score")
+DEFAULT_SCENARIO = "all"
+RESERVED_SCENARIO = "overall"  # the key of the size-weighted total in estimates
+
+
+def load_responses(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or parquet response file (long or wide) into a validated long table."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"responses file {path} not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype={"subject": str, "item": str, "scenario": str})
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            raise UserError(f"{path}: unsupported responses format {suffix!r} (use .csv or .parquet)")
+    except UserError:
+        raise
+    except Exception as exc:  # parser errors of every kind: the file is unreadable
+        raise UserError(f"{path}: cannot read responses ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    return validate_responses(frame, source=str(path))
+
+
+def _wide_to_long(frame: pd.DataFrame) -> pd.DataFrame:
+    subject_col = "subject" if "subject" in frame.columns else frame.columns[0]
+    long = frame.melt(id_vars=[subject_col], var_name="item", value_name="score")
+    return long.rename(columns={subject_col: "subject"})
+
+
+def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.DataFrame:
+    """Check a long or wide table and return the long form with columns subject,item,score,scenario.
+
+    Rows with a missing score mean "not evaluated" and are dropped; an item left with no
+    response at all is an error, as are non-numeric or out-of-range scores and duplicates.
+    """
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise UserError(f"{source}: no responses")
+    is_long = {"subject", "item"} <= set(frame.columns)
+    if is_long:
+        if "score" not in frame.columns:
+            raise UserError(f"{source}: long format needs a 'score' column")
+        long = frame.copy()
+    else:
+        if frame.shape[1] < 2:
+            raise UserError(f"{source}: expected columns subject,item,score or one column per item")
+        long = _wide_to_long(frame)
+    if "scenario" not in long.columns:
+        long["scenario"] = DEFAULT_SCENARIO
+    long = long[["subject", "item", "score", "scenario"]]
+    for col in ("subject", "item"):
+        if long[col].isna().any():
+            row = int(np.flatnonzero(long[col].isna().to_numpy())[0])
+            raise UserError(f"{source}: empty {col} id in row {row + 1}")
+        long[col] = long[col].astype(str)
+    long["scenario"] = long["scenario"].fillna(DEFAULT_SCENARIO).astype(str)
+    if (long["scenario"] == RESERVED_SCENARIO).any():
+        raise UserError(f"{source}: scenario name {RESERVED_SCENARIO!r} is reserved")
+
+    numeric = pd.to_numeric(long["score"], errors="coerce")
+    bad = numeric.isna() & long["score"].notna()
+    if bad.any():
+        row = long[bad].iloc[0]
+        raise UserError(f"{source}: non-numeric score {row['score']!r} for subject {row['subject']}, item {row['item']}")
+    long["score"] = numeric.astype(float)
+    out_of_range = (long["score"] < 0) | (long["score"] > 1) | np.isinf(long["score"])
+    if out_of_range.any():
+        row = long[out_of_range].iloc[0]
+        raise UserError(f"{source}: score {row['score']} out of [0, 1] for subject {row['subject']}, item {row['item']}")
+
+    dup = long.duplicated(["subject", "item"])
+    if dup.any():
+        row = long[dup].iloc[0]
+        raise UserError(f"{source}: duplicate response for subject {row['subject']}, item {row['item']}")
+    per_item = long.groupby("item", sort=False)
+    answered = per_item["score"].count()
+    if (answered == 0).any():
+        raise UserError(f"{source}: item {answered[answered == 0].index[0]} has no responses")
+    n_scen = per_item["scenario"].nunique()
+    if (n_scen > 1).any():
+        raise UserError(f"{source}: item {n_scen[n_scen > 1].index[0]} is listed under several scenarios")
+    long = long.dropna(subset=["score"]).reset_index(drop=True)
+    if long.empty:
+        raise UserError(f"{source}: no responses")
+    return long
+
+
+@dataclass(frozen=True)
+class ResponseMatrix:
+    """Dense view of a long table: scores[subject, item] with NaN where not evaluated."""
+
+    scores: np.ndarray
+    subjects: list[str]
+    items: list[str]
+    item_scenarios: list[str]
+
+    @classmethod
+    def from_long(cls, long: pd.DataFrame, items: list[str] | None = None) -> "ResponseMatrix":
+        """Pivot a validated long table; `items` fixes the column order (unknown items are an error)."""
+        subjects = list(dict.fromkeys(long["subject"]))
+        scen_of = dict(zip(long["item"], long["scenario"]))
+        if items is None:
+            items = list(dict.fromkeys(long["item"]))
+        else:
+            unknown = set(scen_of) - set(items)
+            if unknown:
+                raise UserError(f"item {sorted(unknown)[0]} is not in the IRT model")
+        col = {item: j for j, item in enumerate(items)}
+        row = {s: i for i, s in enumerate(subjects)}
+        scores = np.full((len(subjects), len(items)), np.nan)
+        scores[long["subject"].map(row).to_numpy(), long["item"].map(col).to_numpy()] = long["score"].to_numpy()
+        return cls(scores, subjects, list(items), [scen_of.get(i, DEFAULT_SCENARIO) for i in items])
+
+
+def accuracy_preserving_threshold(values: np.ndarray) -> float:
+    """The cut t for which mean(values >= t) is closest to mean(values); 0.5 for binary scores."""
+    values = values[~np.isnan(values)]
+    if np.isin(values, (0.0, 1.0)).all():
+        return 0.5
+    candidates = np.unique(values)
+    if candidates.size > 256:
+        candidates = np.unique(np.quantile(values, np.linspace(0, 1, 257)))
+    candidates = candidates[candidates > 0]
+    if candidates.size == 0:
+        return 0.5
+    target = values.mean()
+    kept = (values[None, :] >= candidates[:, None]).mean(axis=1)
+    return float(candidates[np.argmin(np.abs(kept - target))])
+
+
+def binarise(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Scores >= the per-item threshold become 1, others 0; NaN (not evaluated) stays NaN."""
+    out = (scores >= thresholds).astype(float)
+    out[np.isnan(scores)] = np.nan
+    return out
