@@ -1,0 +1,188 @@
+"""Library entry point: align N models into one basis with a chosen method.
+
+`align_models` is what the CLI and (later) a campaign's `align:` step call. Pairwise methods
+(weight, activation, mudsc) map every model onto model 0; C2M3 maps all of them jointly into a
+universe expressed in model 0's basis. Either way `Alignment.perms[m]` takes model m into the
+common basis, and `aligned_states` applies them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from evo_merge.align.builders import ARCHS, spec_for
+from evo_merge.align.c2m3 import c2m3
+from evo_merge.align.features import forward
+from evo_merge.align.io import load_data, load_endpoint, write_endpoint
+from evo_merge.align.matching import activation_matching, mudsc_matching, weight_matching
+from evo_merge.align.spec import (
+    Perms,
+    PermSpec,
+    State,
+    apply_permutation,
+    check_same_shapes,
+    identity,
+    load_spec_yaml,
+)
+from evo_merge.errors import UserError
+
+METHODS = ("weight", "activation", "mudsc", "c2m3")
+F_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class Alignment:
+    """Per model, the permutations into the common basis; `f` is MuDSC's balance factor."""
+
+    method: str
+    perms: list[Perms]
+    f: float | None = None
+
+    def to_json(self, names: Sequence[str]) -> dict:
+        return {
+            "method": self.method,
+            "f": self.f,
+            "reference": names[0],
+            "perms": {n: {g: p.tolist() for g, p in perms.items()} for n, perms in zip(names, self.perms)},
+        }
+
+
+def average(states: Sequence[State], weights: Sequence[float] | None = None) -> State:
+    """Weighted average of aligned state dicts (integer buffers come from the first)."""
+    weights = list(weights) if weights is not None else [1.0 / len(states)] * len(states)
+    out = {}
+    for name, tensor in states[0].items():
+        if tensor.is_floating_point():
+            out[name] = sum(w * s[name] for w, s in zip(weights, states)).to(tensor.dtype)
+        else:
+            out[name] = tensor.clone()
+    return out
+
+
+def with_state(model: nn.Module, state: State) -> nn.Module:
+    """A copy of `model` holding `state`."""
+    clone = copy.deepcopy(model)
+    clone.load_state_dict(state)
+    return clone.eval()
+
+
+@torch.no_grad()
+def merge_score(merged: nn.Module, endpoints: Sequence[nn.Module], data: torch.Tensor, labels: torch.Tensor | None) -> float:
+    """Accuracy on `labels`, or (no labels) how often the merge's argmax agrees with each endpoint's."""
+    pred = forward(merged, data).argmax(-1)
+    if labels is not None:
+        return float((pred == labels).double().mean())
+    return float(np.mean([(pred == forward(m, data).argmax(-1)).double().mean() for m in endpoints]))
+
+
+def search_f(
+    spec: PermSpec, ref: nn.Module, other: nn.Module, data: torch.Tensor, labels: torch.Tensor | None = None, *, seed: int = 0
+) -> float:
+    """MuDSC's balance factor: the grid value whose aligned average scores best on `data`."""
+    best, best_score = F_GRID[0], -np.inf
+    for f in F_GRID:
+        perms = mudsc_matching(spec, ref, other, data, f, seed=seed)
+        merged = with_state(ref, average([ref.state_dict(), apply_permutation(spec, other.state_dict(), perms)]))
+        score = merge_score(merged, [ref, other], data, labels)
+        if score > best_score:
+            best, best_score = f, score
+    return best
+
+
+def align_models(
+    spec: PermSpec,
+    states: Sequence[State],
+    method: str,
+    *,
+    modules: Sequence[nn.Module] | None = None,
+    data: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    f: float | None = None,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+) -> Alignment:
+    """Find, per model, the permutations that take it into the common basis.
+
+    `states` are plain state dicts; `modules` (the same models, runnable) and `data` (a batch of
+    inputs) are needed by the activation-based methods; `labels` (optional) guide MuDSC's
+    search for `f` when it is not given.
+    """
+    names = list(names or [f"model {i}" for i in range(len(states))])
+    if len(states) < 2:
+        raise UserError("alignment needs at least two models")
+    if method not in METHODS:
+        raise UserError(f"alignment method {method!r} is not one of {METHODS}")
+    check_same_shapes(list(states), names)
+    split = [spec.split(s) for s in states]
+    sizes = spec.sizes(split[0])
+    if method == "c2m3":
+        return Alignment(method, c2m3(spec, split, seed=seed))
+    if method in ("activation", "mudsc") and (modules is None or data is None):
+        raise UserError(f"alignment method {method} needs runnable models and --data")
+    if method == "mudsc" and f is None:
+        f = search_f(spec, modules[0], modules[1], data, labels, seed=seed)
+    if f is not None and not 0.0 <= f <= 1.0:
+        raise UserError(f"MuDSC balance factor f={f} is not in [0, 1]")
+    perms = [identity(sizes)]
+    for m in range(1, len(states)):
+        if method == "weight":
+            perms.append(weight_matching(spec, split[0], split[m], seed=seed))
+        elif method == "activation":
+            perms.append(activation_matching(spec, modules[0], modules[m], data, seed=seed))
+        else:
+            perms.append(mudsc_matching(spec, modules[0], modules[m], data, f, seed=seed))
+    return Alignment(method, perms, f if method == "mudsc" else None)
+
+
+def aligned_states(spec: PermSpec, states: Sequence[State], alignment: Alignment) -> list[State]:
+    """Every model's state dict mapped into the common basis."""
+    return [apply_permutation(spec, s, p) for s, p in zip(states, alignment.perms)]
+
+
+def align_folders(
+    paths: Sequence[str | Path],
+    arch: str,
+    method: str,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    f: float | None = None,
+    seed: int = 0,
+) -> Alignment:
+    """Load model folders, align them, write each under `out` plus `permutations.json`."""
+    endpoints = [load_endpoint(p) for p in paths]
+    names = _unique_names([e.path for e in endpoints])
+    runnable = all(e.module is not None for e in endpoints)
+    if endpoints[0].module is None and arch in ARCHS:
+        raise UserError(f"{endpoints[0].path}: --arch {arch} needs a config.json describing the model")
+    spec = spec_for(arch, endpoints[0].module) if arch in ARCHS else load_spec_yaml(arch)
+    x, y = load_data(data, endpoints[0]) if data is not None else (None, None)
+    alignment = align_models(
+        spec,
+        [e.state for e in endpoints],
+        method,
+        modules=[e.module for e in endpoints] if runnable else None,
+        data=x,
+        labels=y,
+        f=f,
+        names=names,
+        seed=seed,
+    )
+    out = Path(out)
+    for endpoint, name, state in zip(endpoints, names, aligned_states(spec, [e.state for e in endpoints], alignment)):
+        write_endpoint(endpoint, state, out / name)
+    (out / "permutations.json").write_text(json.dumps(alignment.to_json(names)))
+    return alignment
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    names = [p.resolve().name for p in paths]
+    return [n if names.count(n) == 1 else f"{i}-{n}" for i, n in enumerate(names)]

