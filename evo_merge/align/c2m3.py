@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from evo_merge.align.assign import assign
-from evo_merge.align.spec import Perms, PermSpec, State, compose, inverse
+from evo_merge.align.spec import Perms, PermSpec, State, compose, identity, inverse
 
 Maps = list[dict[str, torch.Tensor]]
 
@@ -130,7 +130,9 @@ def c2m3(
         for unit in spec.units:
             perms |= assign(spec, unit, {g: m_maps[g].double().numpy() for g in unit})
         out.append(perms)
-    return out
+    unchanged = [identity(sizes)] * len(states)
+    # never worse than leaving the models as they are (so aligned models come out unchanged)
+    return out if perm_objective(spec, states, out) > perm_objective(spec, states, unchanged) else unchanged
 
 
 def pairwise(perms: Sequence[Perms], i: int, j: int) -> Perms:

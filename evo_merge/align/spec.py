@@ -154,7 +154,7 @@ def check_same_shapes(states: list[Mapping[str, torch.Tensor]], names: list[str]
     """All models must share parameter names and shapes; name the first difference."""
     ref = states[0]
     for state, who in zip(states[1:], names[1:]):
-        for name in ref.keys() | state.keys():
+        for name in [*ref, *(n for n in state if n not in ref)]:
             if name not in state or name not in ref:
                 where = names[0] if name not in ref else who
                 raise UserError(f"parameter {name} is missing from model {where}")

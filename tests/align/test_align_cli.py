@@ -1,0 +1,144 @@
+"""`evo-merge align` end to end, and one-line errors (exit 2) for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from align_helpers import CONFIGS, trained_like
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from evo_merge.cli import cli
+from evo_merge.zoo.tiny import make_tiny_causal_lm
+from evo_merge.zoo.tokenizer import build_char_tokenizer
+
+
+def _save_plain(folder, config, seed):
+    net = trained_like(config, seed)
+    folder.mkdir(parents=True)
+    save_file(net.state_dict(), folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(config))
+    return net
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, ["align", *map(str, args)])
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_plain_models_aligned_and_idempotent(tmp_path):
+    cfg = CONFIGS["mlp"]
+    nets = [_save_plain(tmp_path / n, cfg, s) for n, s in (("a", 0), ("b", 1), ("c", 2))]
+    result = _run("--models", tmp_path / "a", tmp_path / "b", tmp_path / "c", "--arch", "mlp", "--method", "c2m3", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    perms = json.loads((tmp_path / "out" / "permutations.json").read_text())
+    assert perms["method"] == "c2m3" and set(perms["perms"]) == {"a", "b", "c"}
+    x = torch.randn(8, 20)
+    for name, net in zip("abc", nets):
+        state = load_file(tmp_path / "out" / name / "model.safetensors")
+        clone = trained_like(cfg, 9)
+        clone.load_state_dict(state)
+        torch.testing.assert_close(clone(x), net(x), rtol=1e-4, atol=1e-5)  # same function
+    moved = load_file(tmp_path / "out" / "b" / "model.safetensors")
+    assert not torch.equal(moved["fcs.0.weight"], nets[1].state_dict()["fcs.0.weight"])
+    once = _run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--out", tmp_path / "once")
+    again = _run("--models", tmp_path / "once" / "a", tmp_path / "once" / "b", "--arch", "mlp", "--out", tmp_path / "again")
+    assert once.exit_code == 0 and again.exit_code == 0, again.output
+    assert "model 1: 0 units moved" in again.output
+    for name in ("a", "b"):
+        first = load_file(tmp_path / "once" / name / "model.safetensors")
+        second = load_file(tmp_path / "again" / name / "model.safetensors")
+        assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("arch,method", [("gpt2", "weight"), ("llama", "mudsc")])
+def test_hf_models_written_with_tokenizer(tmp_path, arch, method):
+    tok = build_char_tokenizer()
+    models = []
+    for name, seed in (("m0", 0), ("m1", 1)):
+        model = make_tiny_causal_lm(arch, vocab_size=len(tok), hidden=16, layers=1, heads=2, seed=seed)
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        models.append(model)
+    (tmp_path / "data.txt").write_text("the quick brown fox jumps over the lazy dog. " * 8)
+    result = _run("--models", tmp_path / "m0", tmp_path / "m1", "--arch", arch, "--method", method, "--data", tmp_path / "data.txt", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    out = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "m1").eval()
+    assert (tmp_path / "out" / "m1" / "tokenizer.json").exists()
+    ids = torch.randint(0, len(tok), (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(out(input_ids=ids).logits, models[1](input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_different_widths_named(tmp_path):
+    _save_plain(tmp_path / "a", CONFIGS["mlp"], 0)
+    _save_plain(tmp_path / "b", {**CONFIGS["mlp"], "hidden": [16, 10, 8]}, 0)
+    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--out", tmp_path / "o"), "fcs.1.weight")
+
+
+def test_different_architectures_named(tmp_path):
+    _save_plain(tmp_path / "a", CONFIGS["mlp"], 0)
+    _save_plain(tmp_path / "b", CONFIGS["cnn_bn"], 0)
+    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--out", tmp_path / "o"), "parameter")
+    _one_line_error(_run("--models", tmp_path / "b", tmp_path / "a", "--arch", "mlp", "--out", tmp_path / "o"), "cnn")
+
+
+def _yaml_spec(tmp_path, params):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"params": params}))
+    return path
+
+
+def _mlp_params():
+    return {
+        "fcs.0.weight": ["h0", None], "fcs.0.bias": ["h0"],
+        "fcs.1.weight": ["h1", "h0"], "fcs.1.bias": ["h1"],
+        "fcs.2.weight": ["h2", "h1"], "fcs.2.bias": ["h2"],
+        "fcs.3.weight": [None, "h2"], "fcs.3.bias": [None],
+    }
+
+
+def test_yaml_spec_aligns_bare_state_dicts(tmp_path):
+    a = trained_like(CONFIGS["mlp"], 0)
+    b_net = trained_like(CONFIGS["mlp"], 1)
+    for name, net in (("a", a), ("b", b_net)):
+        (tmp_path / name).mkdir()
+        save_file(net.state_dict(), tmp_path / name / "model.safetensors")  # no config.json
+    spec = _yaml_spec(tmp_path, _mlp_params())
+    result = _run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--method", "weight", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    clone = trained_like(CONFIGS["mlp"], 5)
+    clone.load_state_dict(load_file(tmp_path / "o" / "b" / "model.safetensors"))
+    x = torch.randn(4, 20)
+    torch.testing.assert_close(clone(x), b_net(x), rtol=1e-4, atol=1e-5)
+    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--method", "mudsc", "--out", tmp_path / "o2"), "mudsc")
+
+
+def test_spec_missing_a_parameter_named(tmp_path):
+    _save_plain(tmp_path / "a", CONFIGS["mlp"], 0)
+    _save_plain(tmp_path / "b", CONFIGS["mlp"], 1)
+    params = _mlp_params()
+    del params["fcs.2.bias"]
+    spec = _yaml_spec(tmp_path, params)
+    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--out", tmp_path / "o"), "fcs.2.bias")
+
+
+def test_spec_axis_sizes_disagree_named(tmp_path):
+    _save_plain(tmp_path / "a", CONFIGS["mlp"], 0)
+    _save_plain(tmp_path / "b", CONFIGS["mlp"], 1)
+    params = _mlp_params()
+    params["fcs.2.weight"] = ["h2", "h0"]  # h0 has 16 units, this axis has 12
+    spec = _yaml_spec(tmp_path, params)
+    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--out", tmp_path / "o"), "fcs.2.weight")
