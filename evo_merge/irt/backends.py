@@ -88,7 +88,10 @@ def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = 2000, 
     dataset = Dataset.from_pandas(wide)  # subjects = rows in order, item ix j = column j
     config = IrtConfig(model_type="multidim_2pl", dims=dims, epochs=epochs, lr=lr, seed=seed, log_every=epochs)
     trainer = IrtModelTrainer(data_path=None, config=config, dataset=dataset, verbose=False)
-    trainer.train(device="cpu")
+    try:
+        trainer.train(device="cpu")
+    except ValueError as exc:  # pyro's distribution checks fail once the parameters reach NaN
+        raise UserError(f"py-irt training diverged (lr={lr}): {str(exc).splitlines()[0][:120]}; try a lower learning rate") from None
     params = trainer.last_params
     disc = np.asarray(params["disc"], dtype=float).reshape(binary.shape[1], dims)
     diff = np.asarray(params["diff"], dtype=float).reshape(binary.shape[1], dims)

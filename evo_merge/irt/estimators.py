@@ -25,7 +25,10 @@ from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
 from evo_merge.irt.responses import RESERVED_SCENARIO, ResponseMatrix, binarise, validate_responses
 
 KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt")
-MERGE_COEF_SD = 1.0  # weak prior on mp-IRT's coefficients, centred on the plain average 1/k
+# prior on mp-IRT's coefficients λ: centred on the plain average 1/k, weak along the endpoints'
+# affine hull (merges interpolate), tight on Σλ (a merge is not a rescaled endpoint)
+MERGE_COEF_SD = 0.5
+MERGE_SUM_SD = 0.05
 SIMULATED_MERGES = 200  # merges drawn in the endpoints' span to measure mp-IRT's error for δ
 MERGE3_DELTA = 0.5
 
@@ -130,7 +133,8 @@ class Estimator:
         if self.kind in ("mpirt", "gmpirt"):
             ends = self.endpoint_theta
             k = ends.shape[0]
-            coef = map_logistic(a @ ends.T, b, binary, np.full(k, 1.0 / k), np.eye(k) / MERGE_COEF_SD**2)
+            prec = np.eye(k) / MERGE_COEF_SD**2 + np.ones((k, k)) / MERGE_SUM_SD**2
+            coef = map_logistic(a @ ends.T, b, binary, np.full(k, 1.0 / k), prec)
             return coef @ ends
         dims = a.shape[1]
         return map_logistic(a, b, binary, np.zeros(dims), np.eye(dims) / ABILITY_PRIOR_SD**2)

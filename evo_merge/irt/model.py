@@ -9,6 +9,7 @@ the other half for gp-IRT's λ). Anchors are stored beside them (see `anchors.py
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -208,7 +209,7 @@ class IRTModel:
             )
         except KeyError as exc:
             raise UserError(f"{directory}: incomplete IRT model (missing {exc.args[0]!r})") from None
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise UserError(f"{npz_path}: corrupt parameter file ({exc})".splitlines()[0]) from None
         n_items, n_subj = len(model.item_ids), len(model.subject_ids)
         consistent = (

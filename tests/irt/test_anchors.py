@@ -1,0 +1,108 @@
+"""Anchor selection: budgets, weights as cluster/stratum shares, nearest-to-centroid picks, storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evo_merge.errors import UserError
+from evo_merge.irt import METHODS, IRTModel, load_anchors, select_anchors
+
+
+def make_model(alpha, beta, responses=None, scenarios=None) -> IRTModel:
+    """An IRT model with given item parameters (no fitting), for hand-checkable expectations."""
+    alpha = np.asarray(alpha, dtype=float).reshape(len(beta), -1)
+    n_items = len(beta)
+    responses = np.zeros((4, n_items)) if responses is None else np.asarray(responses, dtype=float)
+    scenarios = scenarios or ["all"] * n_items
+    return IRTModel(
+        item_ids=[f"q{j}" for j in range(n_items)], item_scenarios=scenarios,
+        subject_ids=[f"s{j}" for j in range(responses.shape[0])], alpha=alpha, beta=np.asarray(beta, dtype=float),
+        theta=np.zeros((responses.shape[0], alpha.shape[1])), responses=responses,
+        thresholds={s: 0.5 for s in scenarios}, val_alpha=alpha, val_beta=np.asarray(beta, dtype=float),
+        val_subjects=np.arange(responses.shape[0]),
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_budget_distinct_items_per_scenario(two_scenarios, method):
+    model = two_scenarios[3]
+    anchors = select_anchors(model, 7, method, seed=3)
+    scen_of = dict(zip(model.item_ids, model.item_scenarios))
+    for scenario in ("s0", "s1"):
+        items = anchors.items[scenario]
+        assert len(items) == len(set(items)) == 7
+        assert {scen_of[i] for i in items} == {scenario}
+        assert sum(anchors.weights[scenario]) == pytest.approx(1.0)
+        assert min(anchors.weights[scenario]) > 0
+    assert select_anchors(model, 7, method, seed=3) == anchors  # seeded
+
+
+def test_random_anchors_change_with_the_seed(two_scenarios):
+    model = two_scenarios[3]
+    assert select_anchors(model, 7, "random", seed=0).items != select_anchors(model, 7, "random", seed=1).items
+
+
+def test_kmeans_irt_picks_the_item_nearest_each_centroid_weighted_by_cluster_share():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.5, -2.0], [1.5, 0.0], [3.0, 2.0]])  # (alpha, beta) of three item groups
+    sizes = [10, 20, 30]
+    feats = np.vstack([c + rng.normal(0, 0.05, (n, 2)) for c, n in zip(centres, sizes)])
+    model = make_model(feats[:, :1], feats[:, 1])
+    anchors = select_anchors(model, 3, "kmeans-irt", seed=0)
+    groups = np.repeat([0, 1, 2], sizes)
+    expected = {}
+    for g, n in enumerate(sizes):
+        members = np.flatnonzero(groups == g)
+        nearest = members[np.argmin(np.linalg.norm(feats[members] - feats[members].mean(0), axis=1))]
+        expected[f"q{nearest}"] = n / 60
+    assert dict(zip(anchors.items["all"], anchors.weights["all"])) == pytest.approx(expected)
+
+
+def test_kmeans_correctness_clusters_identical_response_columns():
+    patterns = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]], dtype=float).T  # 4 subjects x 3 patterns
+    responses = np.repeat(patterns, [2, 5, 3], axis=1)  # item j answered like pattern groups[j]
+    model = make_model(np.ones(10), np.zeros(10), responses=responses)
+    anchors = select_anchors(model, 3, "kmeans-correctness", seed=0)
+    group = np.repeat([0, 1, 2], [2, 5, 3])
+    got = {int(group[int(i[1:])]): w for i, w in zip(anchors.items["all"], anchors.weights["all"])}
+    assert got == pytest.approx({0: 0.2, 1: 0.5, 2: 0.3})
+
+
+def test_stratified_takes_one_item_per_difficulty_stratum():
+    means = np.linspace(0.05, 0.95, 9)
+    responses = np.vstack([means] * 3)  # item mean score = means
+    model = make_model(np.ones(9), np.zeros(9), responses=responses)
+    anchors = select_anchors(model, 3, "stratified", seed=0)
+    picked = sorted(int(i[1:]) for i in anchors.items["all"])
+    assert [p // 3 for p in picked] == [0, 1, 2]  # strata {0,1,2}, {3,4,5}, {6,7,8}
+    assert anchors.weights["all"] == pytest.approx([1 / 3] * 3)
+
+
+def test_budget_larger_than_scenario_takes_every_item():
+    model = make_model(np.ones(5), np.zeros(5))
+    anchors = select_anchors(model, 50, "kmeans-irt")
+    assert anchors.items["all"] == [f"q{j}" for j in range(5)] and anchors.weights["all"] == pytest.approx([0.2] * 5)
+
+
+def test_store_and_load(tmp_path, two_scenarios):
+    model = two_scenarios[3]
+    a = select_anchors(model, 5, "kmeans-irt")
+    b = select_anchors(model, 8, "random")
+    a.save(tmp_path), b.save(tmp_path)
+    assert load_anchors(tmp_path, budget=5) == a
+    assert load_anchors(tmp_path, method="random") == b
+    with pytest.raises(UserError, match="several stored anchor sets match"):
+        load_anchors(tmp_path)
+    with pytest.raises(UserError, match="no stored anchor sets match"):
+        load_anchors(tmp_path, budget=99)
+    (tmp_path / "anchors" / "random-8.json").write_text("{broken")
+    with pytest.raises(UserError, match="corrupt anchors file"):
+        load_anchors(tmp_path, method="random")
+
+
+def test_bad_method_or_budget(two_scenarios):
+    with pytest.raises(UserError, match="unknown anchor method 'best'"):
+        select_anchors(two_scenarios[3], 5, "best")
+    with pytest.raises(UserError, match="positive integer"):
+        select_anchors(two_scenarios[3], 0)

@@ -1,0 +1,133 @@
+"""Fitting (both backends), dimension choice, ability fits and the stored model folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import expit
+
+from evo_merge.errors import UserError
+from evo_merge.irt import IRTModel, validate_responses
+from evo_merge.irt.ability import map_logistic
+from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
+
+
+def _recovery(model, gen, theta):
+    beta_r = np.corrcoef(model.beta, gen.beta)[0, 1]
+    acc_r = np.corrcoef(model.predict(model.theta).mean(1), gen.prob(theta).mean(1))[0, 1]
+    return beta_r, acc_r
+
+
+def test_torch_recovers_difficulty_and_accuracy(md2pl, torch_model):
+    gen, theta, _ = md2pl
+    beta_r, acc_r = _recovery(torch_model, gen, theta)
+    assert beta_r >= 0.9 and acc_r >= 0.9, (beta_r, acc_r)
+    assert torch_model.alpha.shape == (500, 2) and torch_model.theta.shape == (100, 2)
+
+
+def test_pyirt_recovers_difficulty_and_accuracy():
+    # small and short: py-irt is slow; the 100 x 500 comparison is in scripts/bench_irt.py
+    gen = make_synthetic_irt(300, dims=1, seed=11)
+    theta, ids = synthetic_abilities(100, dims=1, seed=12)
+    responses = validate_responses(gen.sample(theta, ids, seed=13))
+    model = IRTModel.fit(responses, backend="pyirt", dims=1, seed=0, epochs=150, lr=0.15)
+    beta_r, acc_r = _recovery(model, gen, theta)
+    assert beta_r >= 0.9 and acc_r >= 0.9, (beta_r, acc_r)
+    assert model.backend == "pyirt" and model.settings["epochs"] == 150
+
+
+def test_auto_dims_prefers_one_dimension_on_unidimensional_data():
+    gen = make_synthetic_irt(200, dims=1, seed=21)
+    theta, ids = synthetic_abilities(80, dims=1, seed=22)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=23)), dims="auto", dims_grid=(1, 2, 3))
+    assert model.dims == 1 and set(model.dims_errors) == {1, 2, 3}
+
+
+def test_auto_dims_finds_two_independent_skills():
+    gen = make_synthetic_irt(200, dims=2, seed=31)
+    alpha = np.zeros((200, 2))
+    alpha[:100, 0], alpha[100:, 1] = 2.5, 2.5  # two item blocks, each measuring one skill
+    gen = type(gen)(alpha, gen.beta, gen.item_ids, gen.item_scenarios)
+    theta, ids = synthetic_abilities(80, dims=2, seed=32)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=33)), dims="auto", dims_grid=(1, 2, 3))
+    assert model.dims == 2
+    assert model.dims_errors[2] < model.dims_errors[1]
+
+
+def test_graded_scores_are_binarised_per_scenario_for_fitting():
+    gen = make_synthetic_irt(60, dims=1, n_scenarios=2, seed=41)
+    theta, ids = synthetic_abilities(30, dims=1, seed=42)
+    long = gen.sample(theta, ids, seed=43)
+    graded = long.scenario == "s1"
+    long.loc[graded, "score"] = 0.2 + 0.6 * long.loc[graded, "score"]  # {0, 1} -> {0.2, 0.8}
+    model = IRTModel.fit(validate_responses(long), dims=1)
+    assert model.thresholds == {"s0": 0.5, "s1": 0.8}
+    assert model.responses[:, 30:].max() == pytest.approx(0.8)  # raw scores are kept
+
+
+def test_map_logistic_matches_scipy_and_stays_finite():
+    rng = np.random.default_rng(0)
+    design, offset = rng.normal(size=(15, 2)), rng.normal(size=15)
+    y = (rng.random(15) < 0.6).astype(float)
+    y[3] = np.nan
+    prec = np.eye(2) / 1.5**2
+
+    def neg_post(z):
+        logit = design @ z - offset
+        ok = ~np.isnan(y)
+        return -(y[ok] * logit[ok] - np.logaddexp(0, logit[ok])).sum() + 0.5 * z @ prec @ z
+
+    expected = minimize(neg_post, np.zeros(2), method="BFGS", options={"gtol": 1e-10}).x
+    got = map_logistic(design, offset, y[None], np.zeros(2), prec)[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    all_right = map_logistic(np.abs(design), offset, np.ones((1, 15)), np.zeros(2), prec)[0]
+    assert np.isfinite(all_right).all() and (all_right > 0).all()
+    assert expit(np.abs(design) @ all_right - offset).mean() > 0.7
+
+
+def test_save_load_round_trip(tmp_path, torch_model):
+    torch_model.save(tmp_path / "m")
+    loaded = IRTModel.load(tmp_path / "m")
+    for key in ("alpha", "beta", "theta", "responses", "val_alpha", "val_beta", "val_subjects"):
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(torch_model, key))
+    assert loaded.item_ids == torch_model.item_ids and loaded.thresholds == torch_model.thresholds
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["format_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "params.npz").unlink(), "params.npz missing"),
+        (lambda d: (d / "model.json").write_text("{not json"), "corrupt model file"),
+        (lambda d: (d / "params.npz").write_bytes(b"PK\x03\x04 truncated"), "corrupt parameter file"),
+        (lambda d: _edit(d, format_version=99), "format version 99 is not supported"),
+        (lambda d: _edit(d, kind="something-else"), "not an evo-merge IRT model"),
+        (lambda d: _edit(d, item_ids=["a", "b"]), "disagree on the model's shape"),
+        (lambda d: _edit(d, thresholds=None), "incomplete IRT model"),
+    ],
+)
+def test_corrupt_or_incompatible_folder(tmp_path, torch_model, damage, message):
+    folder = torch_model.save(tmp_path / "m")
+    damage(folder)
+    with pytest.raises(UserError, match=message):
+        IRTModel.load(folder)
+
+
+def _edit(folder, **changes):
+    meta = json.loads((folder / "model.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            del meta[key]
+        else:
+            meta[key] = value
+    (folder / "model.json").write_text(json.dumps(meta))
+
+
+def test_fit_rejects_bad_settings(md2pl):
+    with pytest.raises(UserError, match="unknown IRT backend"):
+        IRTModel.fit(md2pl[2], backend="stan")
+    with pytest.raises(UserError, match="dims must be"):
+        IRTModel.fit(md2pl[2], dims=0)

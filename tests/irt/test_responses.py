@@ -1,0 +1,76 @@
+"""Response-matrix loading, validation errors and the accuracy-preserving binarisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evo_merge.errors import UserError
+from evo_merge.irt.responses import ResponseMatrix, accuracy_preserving_threshold, binarise, load_responses
+
+
+def _write(tmp_path, text, name="r.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_long_csv_with_scenarios_and_missing_rows(tmp_path):
+    path = _write(tmp_path, "subject,item,score,scenario\na,q1,1,math\na,q2,0.5,math\nb,q1,0,math\nb,q3,,code\nc,q3,1,code\n")
+    long = load_responses(path)
+    assert list(long.columns) == ["subject", "item", "score", "scenario"]
+    assert len(long) == 4  # b's empty score means "not evaluated"
+    matrix = ResponseMatrix.from_long(long)
+    assert matrix.subjects == ["a", "b", "c"] and matrix.items == ["q1", "q2", "q3"]
+    assert matrix.item_scenarios == ["math", "math", "code"]
+    expected = np.array([[1, 0.5, np.nan], [0, np.nan, np.nan], [np.nan, np.nan, 1]])
+    np.testing.assert_array_equal(matrix.scores, expected)
+
+
+def test_wide_csv_and_parquet_give_the_same_long_table(tmp_path):
+    wide = _write(tmp_path, "subject,q1,q2\na,1,0\nb,0,\n")
+    long = load_responses(wide)
+    assert sorted(zip(long.subject, long["item"], long.score)) == [("a", "q1", 1.0), ("a", "q2", 0.0), ("b", "q1", 0.0)]
+    assert set(long.scenario) == {"all"}
+    parquet = tmp_path / "r.parquet"
+    pd.DataFrame({"subject": ["a", "a", "b"], "item": ["q1", "q2", "q1"], "score": [1.0, 0.0, 0.0]}).to_parquet(parquet)
+    by = ["subject", "item"]
+    pd.testing.assert_frame_equal(load_responses(parquet).sort_values(by, ignore_index=True), long.sort_values(by, ignore_index=True))
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "message"),
+    [
+        ("subject,item,score\na,q1,yes\n", "r.csv", "non-numeric score 'yes' for subject a, item q1"),
+        ("subject,item,score\na,q1,1.5\n", "r.csv", "score 1.5 out of [0, 1] for subject a, item q1"),
+        ("subject,item,score\na,q1,-1\n", "r.csv", "out of [0, 1]"),
+        ("subject,item,score\na,q1,1\na,q1,0\n", "r.csv", "duplicate response for subject a, item q1"),
+        ("subject,item,score\na,q1,1\na,q2,\n", "r.csv", "item q2 has no responses"),
+        ("subject,q1,q2\na,1,\nb,0,\n", "r.csv", "item q2 has no responses"),
+        ("subject,item,score\n", "r.csv", "no responses"),
+        ("subject,item\na,q1\n", "r.csv", "long format needs a 'score' column"),
+        ("subject,item,score,scenario\na,q1,1,x\nb,q1,0,y\n", "r.csv", "item q1 is listed under several scenarios"),
+        ("subject,item,score,scenario\na,q1,1,overall\n", "r.csv", "scenario name 'overall' is reserved"),
+        ("subject,item,score\na,q1,1\n", "r.txt", "unsupported responses format '.txt'"),
+        ("\x00\x01garbage", "r.parquet", "cannot read responses"),
+    ],
+)
+def test_bad_inputs_raise_one_line_user_errors(tmp_path, text, name, message):
+    with pytest.raises(UserError) as err:
+        load_responses(_write(tmp_path, text, name))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_responses(tmp_path / "nope.csv")
+
+
+def test_threshold_preserves_mean_accuracy():
+    # mean 0.5; cutting at 0.4 keeps 3/6 = 0.5 exactly, any other cut does not
+    values = np.array([0.0, 0.1, 0.3, 0.4, 0.9, 1.0, np.nan])
+    assert accuracy_preserving_threshold(values) == 0.4
+    assert accuracy_preserving_threshold(np.array([0.0, 1.0, 1.0])) == 0.5  # binary: unchanged
+    out = binarise(np.array([[0.3, 0.4, np.nan]]), np.array([0.4, 0.4, 0.4]))
+    np.testing.assert_array_equal(out, [[0.0, 1.0, np.nan]])
