@@ -1,0 +1,56 @@
+"""The `FitnessTask` protocol: what the search needs from anything that scores a model.
+
+A task has stable item ids (strings), optionally a scenario (sub-skill) per item, and scores a
+model on any subset of its items, one score in [0, 1] per item. IRT needs per-item scores, and
+the search scores candidates on a few anchor items only, so both are part of the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import pandas as pd
+
+from evo_merge.errors import UserError
+
+
+@runtime_checkable
+class FitnessTask(Protocol):
+    """Scores a model item by item. `evaluate` returns a float Series indexed by item id."""
+
+    name: str
+
+    @property
+    def item_ids(self) -> list[str]:
+        """All item ids, in a fixed order."""
+        ...
+
+    @property
+    def scenarios(self) -> dict[str, str] | None:
+        """Item id -> scenario (sub-skill), or None when the task has no scenarios."""
+        ...
+
+    def evaluate(self, model: Any, tokenizer: Any = None, item_ids: Sequence[str] | None = None) -> pd.Series:
+        """Scores in [0, 1] for `item_ids` (all items when None), in that order."""
+        ...
+
+
+def item_positions(task_name: str, index: dict[str, int], item_ids: Sequence[str] | None) -> list[int]:
+    """Positions of the requested items; an unknown id is a user error naming it."""
+    if item_ids is None:
+        return list(index.values())
+    missing = [i for i in item_ids if i not in index]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"item {missing[0]!r} is not in task {task_name!r}{more}")
+    return [index[i] for i in item_ids]
+
+
+def score_series(task_name: str, item_ids: Sequence[str], scores: Sequence[float]) -> pd.Series:
+    """Per-item scores as a Series, checked to lie in [0, 1] (IRT needs bounded scores)."""
+    series = pd.Series([float(s) for s in scores], index=pd.Index(list(item_ids), name="item"), name=task_name)
+    bad = series[(series < 0) | (series > 1) | series.isna()]
+    if len(bad):
+        raise UserError(f"task {task_name!r} scored item {bad.index[0]!r} as {bad.iloc[0]}: scores must lie in [0, 1]")
+    return series

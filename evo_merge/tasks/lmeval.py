@@ -1,0 +1,195 @@
+"""lm-eval adapter: any lm-eval task (registry name, YAML file or folder) as a `FitnessTask`.
+
+The lm-eval task object is built once and reused for every candidate; each `evaluate` call
+only builds the requests of the asked items, runs them through lm-eval's HF wrapper around
+the in-memory model, and reads per-item scores from the logged samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from evo_merge.errors import UserError
+from evo_merge.tasks.base import item_positions, score_series
+
+_LOGGERS = ("lm_eval", "lm-eval", "datasets")
+
+
+def _quiet() -> None:
+    for name in _LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@cache
+def _default_manager() -> Any:
+    """lm-eval's full registry, indexed once per process (it takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def _yaml_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for ext in ("*.yaml", "*.yml") for p in path.glob(ext))
+        if not files:
+            raise UserError(f"task folder {path} holds no YAML file")
+        return files
+    return [path]
+
+
+def _local_config(path: Path) -> dict[str, Any]:
+    """A task YAML as a config dict, its local data files made absolute (lm-eval resolves them
+    against the working directory, not the YAML's folder)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    try:
+        cfg = load_yaml(path, resolve_func=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read task file {path}: {exc}") from None
+    if "task" not in cfg:
+        raise UserError(f"task file {path} has no 'task' key")
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    if files is not None:
+        cfg["dataset_kwargs"]["data_files"] = _absolute(files, path.parent, path)
+    return cfg
+
+
+def _absolute(files: Any, root: Path, yaml_path: Path) -> Any:
+    if isinstance(files, dict):
+        return {k: _absolute(v, root, yaml_path) for k, v in files.items()}
+    if isinstance(files, list):
+        return [_absolute(v, root, yaml_path) for v in files]
+    full = (root / files).resolve()
+    if "://" not in str(files) and not any(ch in str(files) for ch in "*?[") and not full.exists():
+        raise UserError(f"data file {files!r} named in {yaml_path} not found (looked for {full})")
+    return str(full)
+
+
+def load_lm_eval_task(spec: str | Path) -> Any:
+    """One lm-eval Task object from a registry name, a task YAML, or a folder of task YAMLs
+    (the first YAML with a `task` key names the task; the folder is the include path)."""
+    from lm_eval.tasks import TaskManager
+
+    _quiet()
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise UserError(f"task file {path} not found")
+        configs = [_local_config(p) for p in _yaml_files(path)]
+        root = path if path.is_dir() else path.parent
+        manager = TaskManager(include_path=str(root), include_defaults=False)
+        spec_to_load: Any = configs[0]
+    else:
+        manager = _default_manager()
+        if str(spec) not in manager.all_tasks:
+            raise UserError(f"unknown task {spec!r}: not a file, a folder, a plugin, a shipped benchmark or an lm-eval task")
+        spec_to_load = str(spec)
+    try:
+        loaded = manager.load([spec_to_load])
+    except FileNotFoundError as exc:
+        raise UserError(f"task {spec}: data file not found: {exc}") from None
+    tasks = loaded["tasks"]
+    if len(tasks) != 1:
+        raise UserError(f"task {spec!r} is a group of {len(tasks)} tasks; name one task: {sorted(tasks)[:5]}")
+    return next(iter(tasks.values()))
+
+
+def _pin_eval_docs(task: Any) -> list[Any]:
+    """Serve the evaluation docs from a list: lm-eval otherwise re-reads its HF dataset row by
+    row (about 0.5 ms a row) twice per call, whatever the number of items asked."""
+    docs = list(task.eval_docs)
+    if task.has_test_docs():
+        task.test_docs = lambda: docs
+    else:
+        task.validation_docs = lambda: docs
+    return docs
+
+
+def _metric_key(task: Any, metric: str | None) -> tuple[str, str]:
+    """(metric, filter) from 'acc', 'exact_match,strip' or None (the task's first of each)."""
+    metrics = list(task._metric_fn_list)
+    filters = [f.name for f in task._filters]
+    name, _, filt = (metric or metrics[0]).partition(",")
+    filt = filt or filters[0]
+    if name not in metrics or filt not in filters:
+        keys = [f"{m},{f}" for m in metrics for f in filters]
+        raise UserError(f"task {task.config.task!r} has no metric {metric!r}; choose one of {keys}")
+    return name, filt
+
+
+class LMEvalTask:
+    """A `FitnessTask` over one lm-eval task; item ids are the docs' `id` field (else their index)."""
+
+    def __init__(
+        self, spec: str | Path, *, metric: str | None = None, batch_size: int = 64, device: str | None = None
+    ) -> None:
+        self.task = load_lm_eval_task(spec)
+        self.name: str = self.task.config.task
+        self.metric, self.filter = _metric_key(self.task, metric)
+        self.batch_size, self.device = batch_size, device
+        docs = _pin_eval_docs(self.task)
+        ids = [str(d["id"]) for d in docs] if docs and all(isinstance(d, dict) and "id" in d for d in docs) else []
+        self._ids = ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))]
+        self._index = {item: i for i, item in enumerate(self._ids)}
+        has_scenarios = docs and all(isinstance(d, dict) and "scenario" in d for d in docs)
+        self._scenarios = {i: str(d["scenario"]) for i, d in zip(self._ids, docs)} if has_scenarios else None
+        self._lm: Any = None
+
+    @property
+    def item_ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def scenarios(self) -> dict[str, str] | None:
+        return dict(self._scenarios) if self._scenarios is not None else None
+
+    def _wrap(self, model: Any, tokenizer: Any) -> Any:
+        """lm-eval's HF wrapper, kept while the same model and tokenizer objects come back
+        (the search merges in place into one model object)."""
+        from lm_eval.models.huggingface import HFLM
+
+        if tokenizer is None:
+            raise UserError(f"task {self.name!r} needs a tokenizer to evaluate a language model")
+        if self.device is not None and str(model.device) != str(self.device):
+            model.to(self.device)
+        lm = self._lm
+        if lm is None or lm.model is not model or lm.tokenizer is not tokenizer or lm.device != model.device:
+            _quiet()
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            self._lm = lm
+        return lm
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_lm": None}  # the wrapper holds a model: never ship it
+
+    def evaluate(self, model: Any, tokenizer: Any = None, item_ids: Sequence[str] | None = None) -> pd.Series:
+        """Per-item scores (the task's metric under its filter) for `item_ids`, in that order."""
+        from lm_eval.evaluator import evaluate
+
+        positions = item_positions(self.name, self._index, item_ids)
+        if not positions:
+            return score_series(self.name, [], [])
+        model.eval()
+        lm = self._wrap(model, tokenizer)
+        # lm-eval pairs the k-th selected doc with the k-th index: indices must be sorted.
+        # Its progress bars would print lines for every candidate: they go to a dropped buffer.
+        with contextlib.redirect_stderr(io.StringIO()):
+            result = evaluate(
+                lm,
+                {"tasks": {self.name: self.task}, "groups": {}, "group_map": {}},
+                samples={self.name: sorted(set(positions))},
+                bootstrap_iters=0,
+                log_samples=True,
+            )
+        by_doc = {
+            s["doc_id"]: s[self.metric] for s in result["samples"][self.name] if s["filter"] == self.filter
+        }
+        return score_series(self.name, [self._ids[p] for p in positions], [by_doc[p] for p in positions])

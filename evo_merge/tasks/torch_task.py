@@ -1,0 +1,60 @@
+"""A classification task on tensors: per-item correctness of a torch module's argmax."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from evo_merge.errors import UserError
+from evo_merge.tasks.base import item_positions, score_series
+
+
+class TorchClassificationTask:
+    """Inputs `x` (N, ...) and integer labels `y` (N,); item i scores 1 if argmax(model(x_i)) == y_i."""
+
+    def __init__(
+        self,
+        name: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        item_ids: Sequence[str] | None = None,
+        scenarios: Sequence[str] | None = None,
+        batch_size: int = 1024,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if len(x) != len(y):
+            raise UserError(f"task {name!r}: {len(x)} inputs but {len(y)} labels")
+        ids = [str(i) for i in (item_ids if item_ids is not None else range(len(y)))]
+        if len(ids) != len(y) or len(set(ids)) != len(ids):
+            raise UserError(f"task {name!r}: item ids must be unique, one per input")
+        self.name, self.x, self.y = name, x, y.long()
+        self.batch_size, self.device = batch_size, torch.device(device)
+        self._ids = ids
+        self._index = {item: i for i, item in enumerate(ids)}
+        self._scenarios = dict(zip(ids, scenarios, strict=True)) if scenarios is not None else None
+
+    @property
+    def item_ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def scenarios(self) -> dict[str, str] | None:
+        return dict(self._scenarios) if self._scenarios is not None else None
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, tokenizer: Any = None, item_ids: Sequence[str] | None = None) -> pd.Series:
+        """Correctness (0/1) per item; `tokenizer` is ignored (the protocol is shared with LMs)."""
+        pos = torch.tensor(item_positions(self.name, self._index, item_ids), dtype=torch.long)
+        was_training = model.training
+        model.eval()
+        correct = []
+        for chunk in pos.split(self.batch_size):
+            logits = model(self.x[chunk].to(self.device))
+            correct.append((logits.argmax(-1).cpu() == self.y[chunk]).float())
+        model.train(was_training)
+        hits = torch.cat(correct) if correct else torch.empty(0)
+        return score_series(self.name, [self._ids[i] for i in pos.tolist()], hits.tolist())
