@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from evo_merge.irt import IRTModel, validate_responses
@@ -29,3 +30,23 @@ def two_scenarios():
     theta, ids = synthetic_abilities(80, dims=2, seed=6)
     responses = validate_responses(gen.sample(theta, ids, seed=7))
     return gen, theta, responses, IRTModel.fit(responses, backend="torch", dims=2, seed=0)
+
+
+@pytest.fixture
+def make_model():
+    return _make_model
+
+
+def _make_model(alpha, beta, responses=None, scenarios=None) -> IRTModel:
+    """An IRT model with given item parameters (no fitting), for hand-checkable expectations."""
+    alpha = np.asarray(alpha, dtype=float).reshape(len(beta), -1)
+    n_items = len(beta)
+    responses = np.zeros((4, n_items)) if responses is None else np.asarray(responses, dtype=float)
+    scenarios = scenarios or ["all"] * n_items
+    return IRTModel(
+        item_ids=[f"q{j}" for j in range(n_items)], item_scenarios=scenarios,
+        subject_ids=[f"s{j}" for j in range(responses.shape[0])], alpha=alpha, beta=np.asarray(beta, dtype=float),
+        theta=np.zeros((responses.shape[0], alpha.shape[1])), responses=responses,
+        thresholds={s: 0.5 for s in scenarios}, val_alpha=alpha, val_beta=np.asarray(beta, dtype=float),
+        val_subjects=np.arange(responses.shape[0]),
+    )

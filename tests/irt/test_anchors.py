@@ -6,22 +6,7 @@ import numpy as np
 import pytest
 
 from evo_merge.errors import UserError
-from evo_merge.irt import METHODS, IRTModel, load_anchors, select_anchors
-
-
-def make_model(alpha, beta, responses=None, scenarios=None) -> IRTModel:
-    """An IRT model with given item parameters (no fitting), for hand-checkable expectations."""
-    alpha = np.asarray(alpha, dtype=float).reshape(len(beta), -1)
-    n_items = len(beta)
-    responses = np.zeros((4, n_items)) if responses is None else np.asarray(responses, dtype=float)
-    scenarios = scenarios or ["all"] * n_items
-    return IRTModel(
-        item_ids=[f"q{j}" for j in range(n_items)], item_scenarios=scenarios,
-        subject_ids=[f"s{j}" for j in range(responses.shape[0])], alpha=alpha, beta=np.asarray(beta, dtype=float),
-        theta=np.zeros((responses.shape[0], alpha.shape[1])), responses=responses,
-        thresholds={s: 0.5 for s in scenarios}, val_alpha=alpha, val_beta=np.asarray(beta, dtype=float),
-        val_subjects=np.arange(responses.shape[0]),
-    )
+from evo_merge.irt import METHODS, load_anchors, select_anchors
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -43,7 +28,7 @@ def test_random_anchors_change_with_the_seed(two_scenarios):
     assert select_anchors(model, 7, "random", seed=0).items != select_anchors(model, 7, "random", seed=1).items
 
 
-def test_kmeans_irt_picks_the_item_nearest_each_centroid_weighted_by_cluster_share():
+def test_kmeans_irt_picks_the_item_nearest_each_centroid_weighted_by_cluster_share(make_model):
     rng = np.random.default_rng(0)
     centres = np.array([[0.5, -2.0], [1.5, 0.0], [3.0, 2.0]])  # (alpha, beta) of three item groups
     sizes = [10, 20, 30]
@@ -59,7 +44,7 @@ def test_kmeans_irt_picks_the_item_nearest_each_centroid_weighted_by_cluster_sha
     assert dict(zip(anchors.items["all"], anchors.weights["all"])) == pytest.approx(expected)
 
 
-def test_kmeans_correctness_clusters_identical_response_columns():
+def test_kmeans_correctness_clusters_identical_response_columns(make_model):
     patterns = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]], dtype=float).T  # 4 subjects x 3 patterns
     responses = np.repeat(patterns, [2, 5, 3], axis=1)  # item j answered like pattern groups[j]
     model = make_model(np.ones(10), np.zeros(10), responses=responses)
@@ -69,7 +54,7 @@ def test_kmeans_correctness_clusters_identical_response_columns():
     assert got == pytest.approx({0: 0.2, 1: 0.5, 2: 0.3})
 
 
-def test_stratified_takes_one_item_per_difficulty_stratum():
+def test_stratified_takes_one_item_per_difficulty_stratum(make_model):
     means = np.linspace(0.05, 0.95, 9)
     responses = np.vstack([means] * 3)  # item mean score = means
     model = make_model(np.ones(9), np.zeros(9), responses=responses)
@@ -79,7 +64,7 @@ def test_stratified_takes_one_item_per_difficulty_stratum():
     assert anchors.weights["all"] == pytest.approx([1 / 3] * 3)
 
 
-def test_budget_larger_than_scenario_takes_every_item():
+def test_budget_larger_than_scenario_takes_every_item(make_model):
     model = make_model(np.ones(5), np.zeros(5))
     anchors = select_anchors(model, 50, "kmeans-irt")
     assert anchors.items["all"] == [f"q{j}" for j in range(5)] and anchors.weights["all"] == pytest.approx([0.2] * 5)

@@ -1,0 +1,129 @@
+"""Estimators against hand-computed values, invariants, and the mp-IRT advantage on merges."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import expit
+
+from evo_merge.errors import UserError
+from evo_merge.irt import Anchors, Estimator, IRTModel, select_anchors, validate_responses
+from evo_merge.irt.model import ABILITY_PRIOR_SD
+from evo_merge.irt.responses import ResponseMatrix
+from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
+
+
+def test_anchor_and_pirt_match_hand_computation(make_model):
+    alpha, beta = np.array([1.0, 2.0, 0.5, 1.5]), np.array([0.0, 1.0, -1.0, 0.5])
+    model = make_model(alpha, beta)
+    anchors = Anchors("kmeans-irt", 2, 0, {"all": ["q0", "q1"]}, {"all": [0.25, 0.75]})
+    scores = {"q0": 1.0, "q1": 0.0}
+    assert Estimator(model, anchors, "anchor").estimate(scores)["all"] == pytest.approx(0.25)
+
+    def neg_post(t):  # y = (1, 0) on items 0, 1, prior N(0, ABILITY_PRIOR_SD²)
+        logit = alpha[:2] * t[0] - beta[:2]
+        return -(logit[0] - np.logaddexp(0, logit[0]) - np.logaddexp(0, logit[1])) + 0.5 * t[0] ** 2 / ABILITY_PRIOR_SD**2
+
+    theta = minimize(neg_post, [0.0]).x[0]
+    unseen = expit(alpha[2:] * theta - beta[2:]).mean()
+    expected = 0.5 * 0.5 + 0.5 * unseen  # (n/N)·mean(seen) + (1 − n/N)·mean σ(unseen)
+    got = Estimator(model, anchors, "pirt").estimate(scores)
+    assert got["all"] == pytest.approx(expected, abs=1e-6)
+    assert got["overall"] == got["all"]
+
+
+def test_all_items_seen_gives_the_exact_mean(two_scenarios):
+    *_, responses, model = two_scenarios
+    anchors = select_anchors(model, 1000, "random")
+    row = ResponseMatrix.from_long(responses, model.item_ids).scores[0]
+    for kind in ("anchor", "pirt", "gpirt"):
+        est = Estimator(model, anchors, kind).estimate(dict(zip(model.item_ids, row)))
+        assert est["s0"] == pytest.approx(row[:100].mean()) and est["s1"] == pytest.approx(row[100:].mean())
+
+
+def test_gpirt_is_a_convex_mix_and_overall_is_size_weighted(two_scenarios):
+    gen, _, responses, model = two_scenarios
+    anchors = select_anchors(model, 10, "kmeans-irt")
+    theta, ids = synthetic_abilities(5, dims=2, seed=99)
+    matrix = ResponseMatrix.from_long(gen.sample(theta, ids, seed=98), model.item_ids)
+    ests = {k: Estimator(model, anchors, k) for k in ("anchor", "pirt", "gpirt")}
+    rows = matrix.scores[:, ests["gpirt"].anchor_idx]
+    out = {k: e.estimate_matrix(rows) for k, e in ests.items()}
+    lam = ests["gpirt"].lam
+    assert ((0 <= lam) & (lam <= 1)).all()
+    np.testing.assert_allclose(out["gpirt"], lam * out["anchor"] + (1 - lam) * out["pirt"])
+    single = ests["gpirt"].estimate(dict(zip(ests["gpirt"].anchor_ids, rows[0])))
+    assert single["overall"] == pytest.approx((single["s0"] + single["s1"]) / 2)  # 100 items each
+
+
+def test_all_correct_or_all_wrong_anchors_give_finite_sensible_estimates(torch_model):
+    anchors = select_anchors(torch_model, 15, "kmeans-irt")
+    est = Estimator(torch_model, anchors, "pirt")
+    high = est.estimate({i: 1.0 for i in est.anchor_ids})["s0"]
+    low = est.estimate({i: 0.0 for i in est.anchor_ids})["s0"]
+    assert 0 < low < 0.25 and 0.75 < high < 1
+
+
+def _merge_setup():
+    gen = make_synthetic_irt(200, dims=3, seed=1)
+    theta, ids = synthetic_abilities(60, dims=3, seed=2)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=3)), dims=3)
+    weights = np.random.default_rng(5).dirichlet(np.ones(2), 60)
+    merged = gen.sample(weights @ theta[:2], [f"x{j}" for j in range(60)], seed=9)
+    return model, ids[:2], ResponseMatrix.from_long(merged, model.item_ids), gen.sample(theta[:2], ids[:2], seed=3)
+
+
+def test_mpirt_beats_pirt_on_merges_in_the_endpoints_span():
+    model, endpoints, merged, endpoint_rows = _merge_setup()
+    errors = {"pirt": [], "mpirt": [], "gmpirt": []}
+    for seed in range(3):
+        anchors = select_anchors(model, 10, "random", seed=seed)
+        for kind in errors:
+            est = Estimator(model, anchors, kind, endpoints=endpoints)
+            pred = est.estimate_matrix(merged.scores[:, est.anchor_idx])
+            errors[kind].append(np.abs(pred - est.scenario_means(merged.scores)).mean())
+    mae = {k: float(np.mean(v)) for k, v in errors.items()}
+    assert mae["mpirt"] < 0.8 * mae["pirt"], mae
+    assert mae["gmpirt"] < mae["pirt"], mae
+
+    # endpoints given as full response rows instead of training ids: nearly the same estimates
+    mp = Estimator(model, anchors, "mpirt", endpoints=endpoints)
+    rows = merged.scores[:, mp.anchor_idx]
+    by_rows = Estimator(model, anchors, "mpirt", endpoints=endpoint_rows)
+    assert np.abs(by_rows.estimate_matrix(rows) - mp.estimate_matrix(rows)).mean() < 0.03
+
+    half = Estimator(model, anchors, "gmpirt", endpoints=endpoints, gmp_delta=0.5)
+    anchor = Estimator(model, anchors, "anchor").estimate_matrix(rows)
+    np.testing.assert_allclose(half.estimate_matrix(rows), 0.5 * anchor + 0.5 * mp.estimate_matrix(rows))
+
+
+def test_estimate_is_fast(torch_model):
+    est = Estimator(torch_model, select_anchors(torch_model, 100, "kmeans-irt"), "gpirt")
+    scores = {i: float(j % 2) for j, i in enumerate(est.anchor_ids)}
+    est.estimate(scores)
+    start = time.perf_counter()
+    for _ in range(20):
+        est.estimate(scores)
+    assert (time.perf_counter() - start) / 20 < 0.05
+
+
+def test_estimator_errors(two_scenarios):
+    model = two_scenarios[3]
+    anchors = select_anchors(model, 5, "random")
+    with pytest.raises(UserError, match="unknown estimator 'magic'"):
+        Estimator(model, anchors, "magic")
+    with pytest.raises(UserError, match="needs endpoint subjects"):
+        Estimator(model, anchors, "mpirt")
+    with pytest.raises(UserError, match="endpoint subject nobody is not among"):
+        Estimator(model, anchors, "mpirt", endpoints=["nobody"])
+    est = Estimator(model, anchors, "gpirt")
+    with pytest.raises(UserError, match="no anchor item of scenario 's1' was scored"):
+        est.estimate({i: 1.0 for i in anchors.items["s0"]})
+    with pytest.raises(UserError, match="out of \\[0, 1\\]"):
+        est.estimate({i: 2.0 for i in est.anchor_ids})
+    partial = Anchors("random", 5, 0, {"s0": anchors.items["s0"]}, {"s0": anchors.weights["s0"]})
+    with pytest.raises(UserError, match="disagree on scenario 's1'"):
+        Estimator(model, partial, "anchor")
