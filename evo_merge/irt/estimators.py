@@ -92,7 +92,8 @@ class Estimator:
     def scenario_means(self, scores: np.ndarray) -> np.ndarray:
         """Mean observed score per scenario (S, K) of full rows of scores (S, items)."""
         observed = ~np.isnan(scores)
-        return (np.where(observed, scores, 0.0) @ self._item_onehot) / (observed @ self._item_onehot)
+        with np.errstate(invalid="ignore"):  # NaN where a subject has no item of the scenario
+            return (np.where(observed, scores, 0.0) @ self._item_onehot) / (observed @ self._item_onehot)
 
     def _anchor_variance(self) -> np.ndarray:
         """σ̂² = v̂/n (random anchors) or v̂/(4n) (clustered), v̂ the training subjects' mean across-item variance."""
@@ -151,7 +152,8 @@ class Estimator:
         """Estimates (S, K) for rows of scores on `anchor_ids` (NaN = not evaluated)."""
         observed = ~np.isnan(anchor_scores)
         weighted = np.where(observed, anchor_scores, 0.0) * self.weights
-        anchor = (weighted @ self._anchor_onehot) / ((observed * self.weights) @ self._anchor_onehot)
+        with np.errstate(invalid="ignore"):  # a scenario with no scored anchor gives NaN
+            anchor = (weighted @ self._anchor_onehot) / ((observed * self.weights) @ self._anchor_onehot)
         if self.kind == "anchor":
             return anchor
         theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta)

@@ -1,0 +1,92 @@
+"""`irt validate` on heterogeneous items, and the `evo-merge irt` commands end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from evo_merge.cli import cli
+from evo_merge.irt import validate, validate_responses
+from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
+
+
+def test_irt_anchors_and_gpirt_beat_random_sampling_by_25_percent_at_n30():
+    gen = make_synthetic_irt(600, dims=2, n_scenarios=2, heterogeneous=True, seed=1)
+    theta, ids = synthetic_abilities(120, dims=2, seed=2)
+    table = validate(validate_responses(gen.sample(theta, ids, seed=3)), budgets=[30], repeats=3,
+                     methods=["kmeans-irt", "random"], dims=2, seed=0)
+    mae = table.set_index(["method", "estimator"])["mae"]
+    assert mae["kmeans-irt", "gpirt"] <= 0.75 * mae["random", "anchor"], table
+    assert table.loc[table.method.eq("random") & table.estimator.eq("anchor"), "vs_baseline"].item() == 1.0
+    assert (table["items"] == 60).all() and (table["saving"] == 10.0).all()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("irt_cli")
+    gen = make_synthetic_irt(80, dims=1, n_scenarios=2, seed=1)
+    theta, ids = synthetic_abilities(40, dims=1, seed=2)
+    full = gen.sample(theta, ids, seed=3)
+    full.to_csv(root / "responses.csv", index=False)
+    return root, full
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, ["irt", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def test_fit_anchors_estimate_validate(files):
+    root, full = files
+    code, out = run("fit", root / "responses.csv", "--out", root / "m", "--dims", "1")
+    assert code == 0 and "D=1" in out
+    code, out = run("anchors", root / "m", "--budget", "5", "--method", "kmeans-irt")
+    assert code == 0
+    listed = {line.split(": ")[0]: line.split(": ")[1].split() for line in out.splitlines() if ": " in line}
+    assert set(listed) == {"s0", "s1"} and all(len(v) == 5 for v in listed.values())
+    partial = full[full["item"].isin(listed["s0"] + listed["s1"])]
+    partial.to_csv(root / "partial.csv", index=False)
+    code, out = run("estimate", root / "m", "--responses", root / "partial.csv", "--estimator", "pirt")
+    assert code == 0
+    table = pd.read_csv(pd.io.common.StringIO(out))
+    assert list(table.columns) == ["subject", "scenario", "estimator", "estimate"]
+    assert len(table) == 40 * 3 and set(table.scenario) == {"s0", "s1", "overall"}
+    assert table.estimate.between(0, 1).all()
+    code, _ = run("estimate", root / "m", "--responses", root / "partial.csv", "--estimator", "gmpirt",
+                  "--endpoints", "m0000,m0001", "--out", root / "est.csv")
+    assert code == 0 and (root / "est.csv").read_text().startswith("subject,scenario,estimator,estimate")
+    code, out = run("validate", root / "responses.csv", "--budgets", "5,10", "--dims", "1", "--csv", root / "v.csv")
+    assert code == 0 and "baseline" in out
+    table = pd.read_csv(root / "v.csv")
+    assert len(table) == 2 * 4 * 3 and np.isfinite(table.mae).all()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "{root}/missing.csv", "--out", "{root}/x"], "not found"),
+        (["fit", "{root}/responses.csv", "--out", "{root}/x", "--dims", "two"], "--dims must be 'auto' or a positive integer"),
+        (["anchors", "{root}/nomodel", "--budget", "3"], "not an IRT model folder"),
+        (["anchors", "{root}/m", "--budget", "0"], "anchor budget must be a positive integer"),
+        (["estimate", "{root}/m", "--responses", "{root}/bad.csv"], "out of [0, 1]"),
+        (["estimate", "{root}/m", "--responses", "{root}/partial.csv", "--estimator", "mpirt"], "needs endpoint subjects"),
+        (["estimate", "{root}/m", "--responses", "{root}/partial.csv", "--estimator", "mpirt", "--endpoints", "zz"],
+         "endpoint subject zz is not among"),
+        (["estimate", "{root}/m", "--responses", "{root}/alien.csv"], "item alien is not in the IRT model"),
+        (["validate", "{root}/responses.csv", "--budgets", "5,x"], "--budgets must be a comma-separated list"),
+        (["validate", "{root}/responses.csv", "--test-frac", "1.5"], "test fraction must be between 0 and 1"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(files, args, message):
+    root, _ = files
+    if not (root / "m").exists():
+        run("fit", root / "responses.csv", "--out", root / "m", "--dims", "1")
+        run("anchors", root / "m", "--budget", "5")
+        pd.DataFrame({"subject": ["a"], "item": ["i00000"], "score": [1.0]}).to_csv(root / "partial.csv", index=False)
+    pd.DataFrame({"subject": ["a"], "item": ["i00000"], "score": [3.0]}).to_csv(root / "bad.csv", index=False)
+    pd.DataFrame({"subject": ["a"], "item": ["alien"], "score": [1.0]}).to_csv(root / "alien.csv", index=False)
+    code, out = run(*[a.format(root=root) for a in args])
+    assert code == 2, out
+    assert out.startswith("error: ") and message in out and out.count("\n") == 1, out
