@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "merge": "merge:merge",
     "irt": "irt:irt",
     "align": "align:align",
+    "eval": "eval:eval_",
+    "zoo": "zoo:zoo",
 }
 
 

@@ -29,11 +29,17 @@ def _quiet() -> None:
 
 
 @cache
-def _default_manager() -> Any:
-    """lm-eval's full registry, indexed once per process (it takes seconds)."""
+def _registry_manager(name: str) -> Any:
+    """A TaskManager over only the lm-eval task folders whose YAML files mention `name`
+    (None when none does): a text scan takes about 3 s, indexing all 14,000 built-in task
+    files about 100 s on a busy 2-core machine."""
+    import lm_eval.tasks
     from lm_eval.tasks import TaskManager
 
-    return TaskManager()
+    root = Path(lm_eval.tasks.__file__).parent
+    needle = name.encode()
+    folders = sorted({str(p.parent) for p in root.rglob("*.yaml") if needle in p.read_bytes()})
+    return TaskManager(include_path=folders, include_defaults=False) if folders else None
 
 
 def _yaml_files(path: Path) -> list[Path]:
@@ -88,8 +94,8 @@ def load_lm_eval_task(spec: str | Path) -> Any:
         manager = TaskManager(include_path=str(root), include_defaults=False)
         spec_to_load: Any = configs[0]
     else:
-        manager = _default_manager()
-        if str(spec) not in manager.all_tasks:
+        manager = _registry_manager(str(spec))
+        if manager is None or str(spec) not in manager.all_tasks + manager.all_groups + manager.all_tags:
             raise UserError(f"unknown task {spec!r}: not a file, a folder, a plugin, a shipped benchmark or an lm-eval task")
         spec_to_load = str(spec)
     try:

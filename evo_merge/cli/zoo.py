@@ -1,0 +1,32 @@
+"""`evo-merge zoo build`: the offline demo model zoos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+KINDS = ("tiny-lm", "mnist")
+
+
+@click.group("zoo")
+def zoo() -> None:
+    """Build the demo model zoos (trained here, offline)."""
+
+
+@zoo.command("build")
+@click.option("--kind", type=click.Choice(KINDS), default="tiny-lm", show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Rebuild even when OUT holds a zoo with the same settings.")
+def build(kind: str, out: Path, seed: int, force: bool) -> None:
+    """Train a zoo (base + endpoints) into OUT; a second build with the same settings reuses it."""
+    if kind == "tiny-lm":
+        from evo_merge.zoo.tinylm import build_tinylm_zoo
+
+        build_tinylm_zoo(out, seed=seed, force=force)
+    else:
+        from evo_merge.zoo.mnist import build_mnist_zoo
+
+        build_mnist_zoo(out, seed=seed)
+    click.echo(f"zoo {kind} -> {out}")

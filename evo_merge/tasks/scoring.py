@@ -1,0 +1,47 @@
+"""Score a saved model folder on a task: the long-format table `subject,item,score[,scenario]`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from evo_merge.errors import UserError
+from evo_merge.tasks.base import FitnessTask
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_causal_lm(model_dir: str | Path) -> tuple[Any, Any]:
+    """(model, tokenizer) from an HF folder; a folder without a tokenizer is a user error."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise UserError(f"model folder {path} has no config.json")
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise UserError(f"model folder {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)})")
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def read_item_ids(path: str | Path) -> list[str]:
+    """Item ids, one per line (a header line `item` and blank lines are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"items file {path} not found")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return ids[1:] if ids and ids[0] == "item" else ids
+
+
+def score_table(
+    task: FitnessTask, model: Any, tokenizer: Any, subject: str, item_ids: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Long format, one row per item: subject, item, score, and scenario when the task has them."""
+    scores = task.evaluate(model, tokenizer, item_ids)
+    table = pd.DataFrame({"subject": subject, "item": scores.index, "score": scores.to_numpy()})
+    scenarios = task.scenarios
+    if scenarios is not None:
+        table["scenario"] = table["item"].map(scenarios)
+    return table

@@ -1,0 +1,124 @@
+"""The lm-eval adapter on shipped benchmarks with a small random LM (exact, if near chance)."""
+
+import shutil
+from importlib.metadata import EntryPoint
+
+import pytest
+from click.testing import CliRunner
+
+from evo_merge.cli import cli
+from evo_merge.errors import UserError
+from evo_merge.tasks import registry
+from evo_merge.tasks.lmeval import LMEvalTask
+from evo_merge.tasks.registry import BENCHMARKS_DIR, resolve_task
+
+
+def test_scores_do_not_depend_on_subset_or_order(char_lm):
+    model, tok = char_lm
+    task = resolve_task("arith", batch_size=8)
+    ids = task.item_ids[:12]
+    forward = task.evaluate(model, tok, ids)
+    backward = task.evaluate(model, tok, ids[::-1])
+    assert backward.index.tolist() == ids[::-1]
+    assert backward[ids].tolist() == forward.tolist()
+    assert task.evaluate(model, tok, [ids[5]]).iloc[0] == forward.iloc[5]
+    assert set(forward.unique()) <= {0.0, 1.0}
+    assert task.scenarios[ids[0]] == "add_2d1d" and len(task.item_ids) == 1200
+
+
+def test_generation_task_uses_its_filtered_metric(char_lm):
+    model, tok = char_lm
+    task = resolve_task("evo_seq")
+    assert (task.metric, task.filter) == ("exact_match", "strip")
+    assert task.evaluate(model, tok, task.item_ids[:4]).tolist() == [0.0] * 4  # random LM
+    with pytest.raises(UserError, match=r"no metric 'acc'.*exact_match,strip"):
+        LMEvalTask(BENCHMARKS_DIR / "seq", metric="acc")
+
+
+def test_local_data_files_resolve_against_the_yaml_not_the_cwd(tmp_path, monkeypatch):
+    shutil.copytree(BENCHMARKS_DIR / "lang", tmp_path / "deep" / "lang")
+    monkeypatch.chdir(tmp_path)
+    by_file = LMEvalTask(tmp_path / "deep" / "lang" / "evo_lang.yaml")
+    by_folder = LMEvalTask("deep/lang")
+    assert by_file.item_ids == by_folder.item_ids and len(by_file.item_ids) == 1200
+
+
+def test_missing_data_file_and_unknown_names_are_user_errors(tmp_path):
+    text = (BENCHMARKS_DIR / "arith" / "evo_arith.yaml").read_text().replace("test.jsonl", "gone.jsonl")
+    (tmp_path / "t.yaml").write_text(text)
+    with pytest.raises(UserError, match="data file 'gone.jsonl' named in .*t.yaml not found"):
+        LMEvalTask(tmp_path / "t.yaml")
+    with pytest.raises(UserError, match="task file .*nothere.yaml not found"):
+        resolve_task(str(tmp_path / "nothere.yaml"))
+    with pytest.raises(UserError, match="unknown task 'no_such_task_zz9'"):
+        resolve_task("no_such_task_zz9")
+
+
+PLUGIN = """
+import torch
+from evo_merge.tasks import TorchClassificationTask
+
+def make_task(batch_size=1024, **settings):
+    return TorchClassificationTask("plug", torch.eye(3), torch.tensor([0, 2, 1]), batch_size=batch_size)
+
+TASK = make_task()
+NOT_A_TASK = 42
+"""
+
+
+def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "evo_plugin_demo.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    made = resolve_task("evo_plugin_demo:make_task", batch_size=2)
+    assert made.batch_size == 2 and made.evaluate(torch.nn.Identity()).tolist() == [1.0, 0.0, 0.0]
+    ep = EntryPoint(name="toy-plugin", value="evo_plugin_demo:TASK", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == registry.ENTRY_POINT_GROUP else [])
+    assert resolve_task("toy-plugin").name == "plug"
+    with pytest.raises(UserError, match="not a FitnessTask"):
+        resolve_task("evo_plugin_demo:NOT_A_TASK")
+    with pytest.raises(UserError, match="no attribute 'missing'"):
+        resolve_task("evo_plugin_demo:missing")
+    with pytest.raises(UserError, match="cannot import module 'no_such_module_zz'"):
+        resolve_task("no_such_module_zz:task")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, char_lm):
+    model, tok = char_lm
+    root = tmp_path_factory.mktemp("models")
+    model.save_pretrained(root / "lm")
+    tok.save_pretrained(root / "lm")
+    model.save_pretrained(root / "no_tokenizer")
+    return root
+
+
+def test_cli_eval_writes_long_format_scores(model_dirs, tmp_path):
+    (tmp_path / "items.txt").write_text("item\narith-test-00003\narith-test-00001\n")
+    out = tmp_path / "scores.csv"
+    args = ["eval", "--model", str(model_dirs / "lm"), "--task", "arith", "--items", str(tmp_path / "items.txt")]
+    result = CliRunner().invoke(cli, [*args, "--batch-size", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "subject,item,score,scenario"
+    assert [line.split(",")[:2] for line in lines[1:]] == [["lm", "arith-test-00003"], ["lm", "arith-test-00001"]]
+    assert all(line.split(",")[3] in {"add_2d1d", "add_2d", "sub_2d", "add_3d"} for line in lines[1:])
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "items", "message"),
+    [
+        ("lm", "arith", "arith-test-99999\n", "item 'arith-test-99999' is not in task 'evo_arith'"),
+        ("no_tokenizer", "arith", None, "has no tokenizer"),
+        ("lm", "nope/missing.yaml", None, "task file nope/missing.yaml not found"),
+    ],
+)
+def test_cli_eval_bad_input_is_one_line_exit_2(model_dirs, tmp_path, model, task, items, message):
+    args = ["eval", "--model", str(model_dirs / model), "--task", task, "--out", str(tmp_path / "s.csv")]
+    if items:
+        (tmp_path / "items.txt").write_text(items)
+        args += ["--items", str(tmp_path / "items.txt")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
