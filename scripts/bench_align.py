@@ -8,7 +8,7 @@ the CNN), and the loss barrier along the linear path from A to the aligned B
 (max_a L(a) - ((1-a) L(0) + a L(1)), test cross-entropy, 11 points; CNN paths with BatchNorm
 reset at each point). Then the time to align two 4x512 MLPs.
 
-    .venv/bin/python scripts/bench_align.py [--zoo DIR] [--markdown FILE]
+    .venv/bin/python scripts/bench_align.py [--zoo DIR] [--markdown FILE] [--threads N]
 """
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=Path("/tmp/evo_merge_mnist_zoo"))
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared machine)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     zoo = build_mnist_zoo(args.zoo)
     manifest = json.loads((zoo / "manifest.json").read_text())
     train = load_file(zoo / manifest["data"]["train"])
@@ -141,7 +142,7 @@ def main() -> None:
                 lines.append("| " + " | ".join(cells) + " |")
             console.print(table)
     seconds = timing(zoo)
-    msg = "align two 4x512 MLPs (2 threads): " + ", ".join(f"{m} {s:.2f} s" for m, s in seconds.items())
+    msg = f"align two 4x512 MLPs ({torch.get_num_threads()} torch threads): " + ", ".join(f"{m} {s:.2f} s" for m, s in seconds.items())
     console.print(msg)
     lines.append(f"\n{msg}")
     if args.markdown:

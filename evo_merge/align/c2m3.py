@@ -32,7 +32,8 @@ def _apply(spec: PermSpec, name: str, tensor: torch.Tensor, maps: dict[str, torc
 
 
 def _universe(spec: PermSpec, states: Sequence[State], maps: Maps) -> list[State]:
-    return [{n: _apply(spec, n, t, m) for n, t in s.items() if n in spec.grouped} for s, m in zip(states, maps)]
+    """Every model mapped into the universe; model 0 (the gauge, identity maps) as it is."""
+    return [dict(states[0])] + [{n: _apply(spec, n, t, m) for n, t in s.items()} for s, m in zip(states[1:], maps[1:])]
 
 
 def _grouped_float(spec: PermSpec, states: Sequence[State]) -> list[State]:
@@ -40,8 +41,9 @@ def _grouped_float(spec: PermSpec, states: Sequence[State]) -> list[State]:
 
 
 def perm_objective(spec: PermSpec, states: Sequence[State], perms: Sequence[Perms]) -> float:
-    """The C2M3 objective of permutations (per model, into a common basis); states are split."""
-    maps = [{g: _as_matrix(p, torch.float32) for g, p in m.items()} for m in perms]
+    """The C2M3 objective of permutations (per model, into a common basis); states are split.
+    Re-expressed in model 0's basis first: the objective does not depend on the gauge."""
+    maps = [{g: _as_matrix(p, torch.float32) for g, p in pairwise(perms, 0, m).items()} for m in range(len(perms))]
     return objective(spec, _grouped_float(spec, states), maps)
 
 
@@ -59,8 +61,8 @@ def objective(spec: PermSpec, states: Sequence[State], maps: Maps) -> float:
 def _gradients(spec: PermSpec, states: Sequence[State], maps: Maps) -> Maps:
     univ = _universe(spec, states, maps)
     summed = {name: sum(u[name] for u in univ) for name in univ[0]}
-    grads: Maps = []
-    for state, m_maps, u in zip(states, maps, univ):
+    grads: Maps = [{}]  # model 0 is the gauge: no gradient needed
+    for state, m_maps, u in zip(states[1:], maps[1:], univ[1:]):
         grad = {}
         for g, members in spec.index.items():
             total = 0
@@ -73,19 +75,21 @@ def _gradients(spec: PermSpec, states: Sequence[State], maps: Maps) -> Maps:
     return grads
 
 
-def _line_search(spec: PermSpec, states: Sequence[State], maps: Maps, direction: Maps) -> float:
-    """The best shared step in [0, 1]; exact, as the objective is a polynomial in the step."""
+def _line_search(spec: PermSpec, states: Sequence[State], maps: Maps, direction: Maps, value: float) -> tuple[float, float]:
+    """The best shared step in [0, 1] and the objective there; exact, as the objective is a
+    polynomial in the step (`value`: the objective at step 0)."""
     degree = 2 * max(sum(g is not None for g in axes) for axes in spec.axes.values())
     steps = np.linspace(0.0, 1.0, degree + 1)
-    values = [
-        objective(spec, states, [{g: p[g] + t * d[g] for g in p} for p, d in zip(maps, direction)]) for t in steps
+    values = [value] + [
+        objective(spec, states, [{g: p[g] + t * d[g] for g in p} for p, d in zip(maps, direction)]) for t in steps[1:]
     ]
     poly = np.polynomial.Polynomial.fit(steps, values, degree)
     candidates = [0.0, 1.0] + [r.real for r in poly.deriv().roots() if abs(r.imag) < 1e-9 and 0 < r.real < 1]
-    return max(candidates, key=poly)
+    best = max(candidates, key=poly)
+    return best, float(poly(best))
 
 
-def _sinkhorn(matrix: torch.Tensor, iters: int = 50) -> torch.Tensor:
+def _sinkhorn(matrix: torch.Tensor, iters: int = 10) -> torch.Tensor:
     for _ in range(iters):
         matrix = matrix / matrix.sum(1, keepdim=True)
         matrix = matrix / matrix.sum(0, keepdim=True)
@@ -99,7 +103,7 @@ def _as_matrix(perm: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 
 def c2m3(
-    spec: PermSpec, states: Sequence[State], *, max_iter: int = 100, tol: float = 1e-7, seed: int = 0
+    spec: PermSpec, states: Sequence[State], *, max_iter: int = 30, tol: float = 1e-5, seed: int = 0
 ) -> list[Perms]:
     """Per model, the permutations into the universe (model 0: identity). States are split."""
     sizes = spec.sizes(states[0])
@@ -118,9 +122,8 @@ def c2m3(
                 best = assign(spec, unit, {g: grads[m][g].double().numpy() for g in unit})
                 vertex |= {g: _as_matrix(best[g], torch.float32) for g in unit}
             direction.append({g: vertex[g] - maps[m][g] for g in sizes})
-        step = _line_search(spec, states, maps, direction)
+        step, new_value = _line_search(spec, states, maps, direction, value)
         maps = [{g: p[g] + step * d[g] for g in p} for p, d in zip(maps, direction)]
-        new_value = objective(spec, states, maps)
         if step == 0.0 or new_value - value <= tol * max(1.0, abs(value)):
             break
         value = new_value

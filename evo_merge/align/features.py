@@ -21,8 +21,9 @@ _HOOK = re.compile(r"^(?P<module>[^:\[]+)(?::(?P<port>in|out))?(?:\[(?P<start>\d
 
 
 def rows(tensor: torch.Tensor, axis: int) -> torch.Tensor:
-    """`tensor` as (units along `axis`, everything else), in float64."""
-    return tensor.movedim(axis, 0).reshape(tensor.shape[axis], -1).double()
+    """`tensor` as (units along `axis`, everything else), in float32 (fast enough, and the
+    assignment only needs the order of scores)."""
+    return tensor.movedim(axis, 0).reshape(tensor.shape[axis], -1).float()
 
 
 def group_rows(spec: PermSpec, group: str, state: Mapping[str, torch.Tensor], perms: Perms | None = None) -> torch.Tensor:
@@ -36,9 +37,10 @@ def group_rows(spec: PermSpec, group: str, state: Mapping[str, torch.Tensor], pe
     return torch.cat(parts, dim=1)
 
 
-def weight_products(spec: PermSpec, group: str, ref: State, other: State, perms: Perms) -> np.ndarray:
-    """Git Re-Basin's C = sum_(param, axis) A(axis->0) . pi(B)(axis->0)^T for one group."""
-    return (group_rows(spec, group, ref) @ group_rows(spec, group, other, perms).T).numpy()
+def weight_products(spec: PermSpec, group: str, ref_rows: torch.Tensor, other: State, perms: Perms) -> np.ndarray:
+    """Git Re-Basin's C = sum_(param, axis) A(axis->0) . pi(B)(axis->0)^T for one group
+    (`ref_rows`: the reference model's `group_rows`, computed once)."""
+    return (ref_rows @ group_rows(spec, group, other, perms).T).double().numpy()
 
 
 def pearson_rows(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -47,7 +49,7 @@ def pearson_rows(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     y = y - y.mean(1, keepdim=True)
     x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
     y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (x @ y.T).numpy()
+    return (x @ y.T).double().numpy()
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,16 @@ Similarity = Callable[[str, Perms], np.ndarray]
 
 
 def coordinate_descent(
-    spec: PermSpec, sizes: dict[str, int], similarity: Similarity, *, seed: int = 0, max_sweeps: int = 100
+    spec: PermSpec,
+    sizes: dict[str, int],
+    similarity: Similarity,
+    *,
+    seed: int = 0,
+    max_sweeps: int = 100,
+    tol: float = 1e-6,
 ) -> tuple[Perms, float]:
-    """Units in random order, each set to its best structured assignment, until no unit improves.
+    """Units in random order, each set to its best structured assignment, until no unit
+    improves its score by more than `tol` (relative).
 
     Returns the permutations of the second model and the final objective sum_g <S_g, P_g>.
     """
@@ -39,7 +46,7 @@ def coordinate_descent(
             new = assign(spec, unit, scores)
             old_value = sum(score_of(scores[g], perms[g]) for g in unit)
             new_value = sum(score_of(scores[g], new[g]) for g in unit)
-            if new_value > old_value + 1e-9 * max(1.0, abs(old_value)):
+            if new_value > old_value + tol * max(1.0, abs(old_value)):
                 perms.update(new)
                 improved = True
         if not improved:
@@ -51,7 +58,8 @@ def coordinate_descent(
 def weight_matching(spec: PermSpec, ref: State, other: State, *, seed: int = 0) -> Perms:
     """Git Re-Basin weight matching of split state `other` onto split state `ref`."""
     sizes = spec.sizes(ref)
-    return coordinate_descent(spec, sizes, lambda g, p: weight_products(spec, g, ref, other, p), seed=seed)[0]
+    ref_rows = {g: group_rows(spec, g, ref) for g in sizes}
+    return coordinate_descent(spec, sizes, lambda g, p: weight_products(spec, g, ref_rows[g], other, p), seed=seed)[0]
 
 
 def _cross(corr: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -74,9 +82,10 @@ def mudsc_similarity(
     ref_state, other_state = spec.split(ref.state_dict()), spec.split(other.state_dict())
     sizes = spec.sizes(ref_state)
     cross = _cross(activation_correlations([ref, other], spec, data), sizes) if f < 1 else {}
+    ref_rows = {g: group_rows(spec, g, ref_state) for g in sizes} if f > 0 else {}
 
     def similarity(g: str, perms: Perms) -> np.ndarray:
-        s_w = pearson_rows(group_rows(spec, g, ref_state), group_rows(spec, g, other_state, perms)) if f > 0 else 0.0
+        s_w = pearson_rows(ref_rows[g], group_rows(spec, g, other_state, perms)) if f > 0 else 0.0
         return f * s_w + (1 - f) * cross[g] if f < 1 else s_w
 
     return sizes, similarity
