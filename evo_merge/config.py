@@ -7,10 +7,10 @@ for linear, task_arithmetic, ties, dare_linear, dare_ties or slerp runs unchange
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evo_merge.errors import UserError
 
@@ -39,7 +39,7 @@ def validate(model: type[M], data: Any, source: str | Path) -> M:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise UserError(f"{source}: {loc}: {msg}") from None
 
 
@@ -86,3 +86,114 @@ class Recipe(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- campaigns
+
+ANCHOR_METHODS = ("kmeans-irt", "kmeans-correctness", "stratified", "random")
+ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full")
+DEFAULT_METHODS = {"task_arithmetic": {}, "ties": {}, "dare_ties": {}, "tsv": {}}
+
+
+class TaskSpec(_Strict):
+    """One objective: a shipped benchmark name, an lm-eval task, a local YAML/folder or `module:attr`."""
+
+    task: str
+    name: str | None = None
+    direction: Literal["maximize", "minimize"] = "maximize"
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="keyword arguments for the task (plugin factory or lm-eval adapter)")
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.task.split(":")[-1]).stem
+
+
+class Coefficients(_Strict):
+    low: float = 0.0
+    high: float = 1.5
+
+    @model_validator(mode="after")
+    def _nonempty(self) -> Coefficients:
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class EstimatorSpec(_Strict):
+    """How candidates are scored: `full` scores every item (the expensive baseline)."""
+
+    kind: Literal["anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full"] = "gpirt"
+    anchors: int = Field(20, ge=1, description="anchor items per task scenario")
+    anchor_method: Literal["kmeans-irt", "kmeans-correctness", "stratified", "random"] = "kmeans-irt"
+    irt_model: str | None = Field(None, description="fitted IRT folder per task name; None: fit from calibration")
+    backend: Literal["torch", "pyirt"] = "torch"
+    dims: int | Literal["auto"] = "auto"
+    warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
+
+
+class AlgorithmSpec(_Strict):
+    name: Literal["nsga2"] = "nsga2"
+    population: int = Field(16, ge=2)
+    generations: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class EvaluatorSpec(_Strict):
+    kind: Literal["local"] = "local"
+    batch_size: int = Field(32, ge=1)
+
+
+class FinalSpec(_Strict):
+    evaluate_top: int = Field(8, ge=1, description="front members evaluated on every item")
+    export: list[Literal["best_per_task", "balanced", "front"]] = Field(default_factory=lambda: ["best_per_task", "balanced"])
+
+
+class Campaign(_Strict):
+    """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
+
+    name: str = "campaign"
+    base_model: str
+    models: list[str] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    methods: dict[str, dict[str, tuple[float, float]]] = Field(default_factory=lambda: dict(DEFAULT_METHODS))
+    coefficients: Coefficients = Field(default_factory=Coefficients)
+    estimator: EstimatorSpec = Field(default_factory=EstimatorSpec)
+    algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
+    evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
+    final: FinalSpec = Field(default_factory=FinalSpec)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: dict[str, dict[str, tuple[float, float]]]) -> dict:
+        from evo_merge.merge import get_method  # the registry knows each method's hyperparameters
+
+        if not methods:
+            raise ValueError("give at least one merge method")
+        for name, ranges in methods.items():
+            try:
+                method = get_method(name)
+            except UserError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            for key, (low, high) in ranges.items():
+                hp = method.hyperparameter(key)
+                if hp is None or not hp.searchable:
+                    known = ", ".join(h.name for h in method.hyperparameters if h.searchable) or "none"
+                    raise ValueError(f"{name}.{key}: not a searchable parameter of {name} (searchable: {known})")
+                if not low < high:
+                    raise ValueError(f"{name}.{key}: empty range [{low}, {high}]")
+        return methods
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> Campaign:
+        labels = [t.label for t in self.tasks]
+        dup = next((label for label in labels if labels.count(label) > 1), None)
+        if dup:
+            raise ValueError(f"two tasks are named {dup!r}: give them distinct `name`s")
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path) -> Campaign:
+        return validate(cls, load_yaml(path), path)

@@ -7,7 +7,6 @@ stays fast and one command's heavy imports (torch, lm-eval, py-irt) never slow a
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
@@ -17,6 +16,12 @@ from evo_merge.errors import UserError
 # command name -> "module:attribute" under evo_merge.cli
 COMMANDS: dict[str, str] = {
     "merge": "merge:merge",
+    "demo": "demo:demo",
+    "run": "campaign:run",
+    "resume": "campaign:resume",
+    "status": "campaign:status",
+    "report": "campaign:report",
+    "export": "campaign:export",
     "irt": "irt:irt",
     "align": "align:align",
     "eval": "eval:eval_",
@@ -57,7 +62,3 @@ def cli() -> None:
 
 def main() -> None:
     cli(prog_name="evo-merge")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -18,9 +18,10 @@ import torch
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
 
-LAMBDA = H("lambda", 1.0, 0.0, 3.0, help="global scale of the merged task vector")
+LAMBDA = H("lambda", 1.0, 0.0, 3.0, help="global scale of the merged task vector", search_range=(0.5, 1.5))
 WEIGHT_NORMALIZE = H("normalize", False, searchable=False, help="divide by the sum of weights")
-DENSITY = H("density", 1.0, 0.0, 1.0, per_model=True, help="fraction of each task vector kept")
+DENSITY = H("density", 1.0, 0.0, 1.0, per_model=True, help="fraction of each task vector kept",
+            search_range=(0.1, 1.0))
 RESCALE = H("rescale", True, searchable=False, help="DARE: divide survivors by the density")
 SEED = H("seed", 0, 0, 2**31 - 1, searchable=False, help="DARE: seed of the random drops")
 INT8_MASK = H("int8_mask", False, searchable=False, help="accepted for mergekit recipes; no effect")

@@ -42,6 +42,7 @@ class Hyperparameter:
     per_model: bool = False
     searchable: bool = True
     help: str = ""
+    search_range: tuple[float, float] | None = None  # where the search looks; default [low, high]
 
     @property
     def kind(self) -> type:

@@ -15,7 +15,7 @@ from evo_merge.errors import UserError
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
 
-ALPHA = H("alpha", 1.0, 0.0, 3.0, help="global scale of the merged update")
+ALPHA = H("alpha", 1.0, 0.0, 3.0, help="global scale of the merged update", search_range=(0.5, 1.5))
 EMBEDDINGS = H("embeddings", False, searchable=False, help="also decompose embedding / LM-head matrices")
 _EMBEDDING_NAME = re.compile(r"(embed|wte|wpe|lm_head|embed_out|word_embeddings|position_embeddings)")
 

@@ -1,0 +1,134 @@
+"""Campaign outputs: pareto.csv, report.md, pareto.png and progress.png (DESIGN.md §8)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pymoo.indicators.hv import HV
+
+from evo_merge.search.space import Candidate
+from evo_merge.search.store import CampaignStore, Evaluation
+
+
+def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) -> pd.DataFrame:
+    """One row per evaluation: id, phase, generation, method, weights, parameters, estimated and measured scores."""
+    rows = []
+    for e in evaluations:
+        candidate = Candidate.from_key(e.key)
+        row = {"id": e.id, "phase": e.phase, "generation": e.generation, "status": e.status,
+               "method": candidate.method, "weights": " ".join(f"{w:g}" for w in candidate.weights),
+               "params": " ".join(f"{k}={v:g}" for k, v in candidate.params), "items": e.items_evaluated}
+        for task in tasks:
+            row[f"est_{task}"] = (e.estimates or {}).get(task)
+            row[f"meas_{task}"] = (e.measured or {}).get(task)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def hypervolume(scores: np.ndarray) -> float:
+    """Hypervolume of maximised scores in [0, 1] against the all-zero reference point."""
+    if len(scores) == 0:
+        return 0.0
+    return float(HV(ref_point=np.zeros(scores.shape[1]))(-np.asarray(scores, dtype=float)))
+
+
+def progress_table(store: CampaignStore, tasks: Sequence[str]) -> pd.DataFrame:
+    """Per generation: hypervolume of all estimates so far and the best estimate per task."""
+    search = [e for e in store.evaluations("search") if e.status == "ok"]
+    rows = []
+    for generation in sorted({e.generation for e in search}):
+        upto = np.array([[e.estimates[t] for t in tasks] for e in search if e.generation <= generation])
+        rows.append({"generation": generation, "hypervolume": hypervolume(upto),
+                     **{f"best_{t}": float(upto[:, i].max()) for i, t in enumerate(tasks)}})
+    return pd.DataFrame(rows)
+
+
+def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y = (tasks[0], tasks[1]) if len(tasks) > 1 else (tasks[0], tasks[0])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    search = table[(table.phase == "search") & (table.status == "ok")]
+    ax.scatter(search[f"est_{x}"], search[f"est_{y}"], s=12, alpha=0.4, label="candidates (estimated)")
+    measured = table[table[f"meas_{x}"].notna() & (table.phase == "search")]
+    ax.scatter(measured[f"est_{x}"], measured[f"est_{y}"], marker="o", facecolors="none", edgecolors="C1",
+               label="front (estimated)")
+    ax.scatter(measured[f"meas_{x}"], measured[f"meas_{y}"], marker="*", s=80, color="C1", label="front (measured)")
+    for _, row in measured.iterrows():
+        ax.plot([row[f"est_{x}"], row[f"meas_{x}"]], [row[f"est_{y}"], row[f"meas_{y}"]], color="C1", lw=0.6)
+    calibration = table[table.phase == "calibration"]
+    ax.scatter(calibration[f"meas_{x}"], calibration[f"meas_{y}"], marker="s", color="k", label="base / endpoints / warm-up")
+    ax.set_xlabel(x), ax.set_ylabel(y), ax.legend(fontsize=7), ax.set_title("Pareto front")
+    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+
+
+def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(progress.generation, progress.hypervolume, marker="o"), a.set_title("hypervolume (estimated)")
+    for t in tasks:
+        b.plot(progress.generation, progress[f"best_{t}"], marker="o", label=t)
+    b.set_title("best estimate per task"), b.legend(fontsize=7)
+    for ax in (a, b):
+        ax.set_xlabel("generation")
+    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+
+
+def write_report(run_dir: Path, store: CampaignStore, tasks: Sequence[str], full_items: int,
+                 exported: dict[str, tuple[int, Path]] | None = None) -> Path:
+    """Write pareto.csv, the plots and report.md; `full_items` is the item count of one full evaluation."""
+    table = evaluation_table(store.evaluations(), tasks)
+    front = table[(table.phase == "search") & table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
+    front.to_csv(run_dir / "pareto.csv", index=False)
+    progress = progress_table(store, tasks)
+    plot_pareto(table, tasks, run_dir / "pareto.png")
+    if len(progress):
+        plot_progress(progress, tasks, run_dir / "progress.png")
+
+    search_items = store.items_evaluated("search")
+    n_search = int(((table.phase == "search")).sum())
+    failed = table[table.status == "failed"]
+    lines = ["# Campaign report", "",
+             f"- evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
+             f"- item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
+             f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)",
+             f"- item evaluations in total (calibration, search, front): {store.items_evaluated():,}", "",
+             "## Reference models and measured front", "", _markdown(_summary(table, tasks)), "",
+             "![Pareto front](pareto.png)", "", "![Progress](progress.png)", ""]
+    if exported:
+        lines += ["## Exported models", ""] + [f"- `{name}`: evaluation {i} → `{path}`" for name, (i, path) in exported.items()]
+        lines.append("")
+    if len(failed):
+        lines += ["## Failures", ""] + [f"- evaluation {r.id} ({r.method}): see state.sqlite" for r in failed.itertuples()]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _summary(table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """Everything measured on all items: base, endpoints, warm-up merges and the front."""
+    measured = table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
+    cols = ["id", "phase", "method", "weights", "params"] + [c for t in tasks for c in (f"est_{t}", f"meas_{t}")]
+    return measured[cols]
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The search: genome, ask-and-tell loop over pymoo, campaign store, evaluators."""

@@ -1,0 +1,327 @@
+"""The campaign: calibrate IRT, run the ask-and-tell search, measure the front, export.
+
+Every evaluation goes through the store first: a candidate evaluated before (in this process or
+one that was killed) is looked up, never evaluated again. The algorithm is checkpointed after
+each generation; it carries its own random state, so a resumed campaign asks for exactly the
+candidates an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.mixed import MixedVariableDuplicateElimination, MixedVariableMating, MixedVariableSampling
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from evo_merge.config import Campaign
+from evo_merge.errors import UserError
+from evo_merge.irt import Estimator, IRTModel, select_anchors
+from evo_merge.search.evaluator import CandidateFailed, ItemScores, LocalEvaluator
+from evo_merge.search.space import Candidate, SearchSpace, objectives
+from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
+from evo_merge.tasks.registry import resolve_task
+
+CALIBRATION, SEARCH = "calibration", "search"
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class RunPaths:
+    """Resolved model paths of a campaign (relative paths are against the campaign file)."""
+
+    base: Path
+    models: list[Path]
+
+
+def resolve_paths(campaign: Campaign, root: Path) -> RunPaths:
+    def resolve(value: str, key: str) -> Path:
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else root / path
+        if not path.exists():
+            raise UserError(f"{key}: model path {value!r} does not exist ({path})")
+        return path.resolve()
+
+    return RunPaths(resolve(campaign.base_model, "base_model"),
+                    [resolve(m, f"models.{i}") for i, m in enumerate(campaign.models)])
+
+
+def base_candidate(n_models: int) -> Candidate:
+    return Candidate("task_arithmetic", (0.0,) * n_models, (("lambda", 1.0),))
+
+
+def endpoint_candidate(i: int, n_models: int) -> Candidate:
+    return Candidate("task_arithmetic", tuple(1.0 if t == i else 0.0 for t in range(n_models)), (("lambda", 1.0),))
+
+
+def make_algorithm(campaign: Campaign, space: SearchSpace) -> NSGA2:
+    spec = campaign.algorithm
+    algorithm = NSGA2(
+        pop_size=spec.population,
+        sampling=MixedVariableSampling(),
+        mating=MixedVariableMating(eliminate_duplicates=MixedVariableDuplicateElimination()),
+        eliminate_duplicates=MixedVariableDuplicateElimination(),
+    )
+    algorithm.setup(space.problem(len(campaign.tasks)), termination=("n_gen", spec.generations), seed=spec.seed)
+    return algorithm
+
+
+def config_fingerprint(campaign: Campaign) -> str:
+    return hashlib.sha256(campaign.model_dump_json().encode()).hexdigest()[:16]
+
+
+class CampaignRunner:
+    def __init__(self, campaign: Campaign, root: Path, run_dir: Path, progress: Progress | None = None):
+        self.campaign = campaign
+        self.paths = resolve_paths(campaign, root)
+        self.run_dir = Path(run_dir)
+        self.store = CampaignStore(self.run_dir)
+        self.progress = progress or (lambda stage, done, total: None)
+        self.task_names = [t.label for t in campaign.tasks]
+        self.directions = [t.direction for t in campaign.tasks]
+        self.space = SearchSpace(campaign.methods, len(self.paths.models),
+                                 (campaign.coefficients.low, campaign.coefficients.high))
+        self._tasks = {t.label: resolve_task(t.task, batch_size=campaign.evaluator.batch_size, **t.options)
+                       for t in campaign.tasks}
+        self._evaluator: LocalEvaluator | None = None
+        self.estimators: dict[str, Estimator] | None = None
+        self._check_fingerprint()
+
+    # ------------------------------------------------------------------ plumbing
+    def _check_fingerprint(self) -> None:
+        stored = self.store.get_meta("config")
+        fingerprint = config_fingerprint(self.campaign)
+        if stored is None:
+            self.store.set_meta("config", fingerprint)
+            atomic_write(self.run_dir / "campaign.yaml", self.campaign_yaml())
+        elif stored != fingerprint:
+            raise UserError(f"{self.run_dir}: holds a different campaign; resume it with its own campaign.yaml "
+                            "or start a new run folder")
+
+    def campaign_yaml(self) -> str:
+        import yaml
+
+        data = self.campaign.model_dump(mode="json")
+        data["base_model"], data["models"] = str(self.paths.base), [str(m) for m in self.paths.models]
+        return yaml.safe_dump(data, sort_keys=False)
+
+    @property
+    def evaluator(self) -> LocalEvaluator:
+        if self._evaluator is None:  # loading models is the slow part of a resume: only when needed
+            self._evaluator = LocalEvaluator(self.paths.base, self.paths.models, self._tasks,
+                                             device=self.campaign.device, dtype=self.campaign.dtype)
+        return self._evaluator
+
+    def all_items(self) -> dict[str, None]:
+        return {name: None for name in self.task_names}
+
+    def task_scores(self, scores: ItemScores) -> dict[str, float]:
+        return {name: float(np.mean(list(scores[name].values()))) for name in self.task_names}
+
+    def evaluate(self, candidate: Candidate, *, phase: str, generation: int | None,
+                 items: Mapping[str, Sequence[str] | None]) -> Evaluation:
+        """Look the candidate up; otherwise evaluate, estimate and store it (failures included)."""
+        known = self.store.get(candidate.key)
+        if known is not None:
+            return known
+        start = time.perf_counter()
+        try:
+            scores = self.evaluator.evaluate(candidate, items)
+            estimates = self.estimate(scores)
+            status, error = "ok", None
+        except (CandidateFailed, RuntimeError, ValueError, FloatingPointError) as exc:
+            scores, estimates, status = {}, None, "failed"
+            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        evaluation = self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method,
+                                    status=status, estimates=estimates, item_scores=scores,
+                                    seconds=time.perf_counter() - start, error=error)
+        if status == "ok" and all(v is None for v in items.values()):
+            evaluation = self.store.add_measurement(candidate.key, self.task_scores(scores), {})
+        return evaluation
+
+    def estimate(self, scores: ItemScores) -> dict[str, float]:
+        if self.estimators is None:  # full evaluation (calibration, or the `full` baseline)
+            return self.task_scores(scores)
+        return {name: float(np.clip(self.estimators[name].estimate(scores[name])["overall"], 0.0, 1.0))
+                for name in self.task_names}
+
+    def fitness(self, evaluation: Evaluation) -> np.ndarray:
+        if evaluation.status != "ok":  # worst possible score on every task
+            return objectives([0.0 if d == "maximize" else 1.0 for d in self.directions], self.directions)
+        return objectives([evaluation.estimates[n] for n in self.task_names], self.directions)
+
+    # ------------------------------------------------------------------ phases
+    def calibrate(self) -> None:
+        """Base and endpoints on all items (+ warm-up merges when IRT is fitted here), then IRT."""
+        spec = self.campaign.estimator
+        n = len(self.paths.models)
+        subjects = [("base", base_candidate(n))] + [(f"endpoint-{i}", endpoint_candidate(i, n)) for i in range(n)]
+        if spec.kind != "full" and spec.irt_model is None and spec.warmup_merges:
+            rng = np.random.default_rng(self.campaign.algorithm.seed + 1)
+            problem = self.space.problem(len(self.task_names))
+            warmup = MixedVariableSampling()(problem, spec.warmup_merges, random_state=rng)
+            subjects += [(f"warmup-{k}", self.space.decode(ind.X)) for k, ind in enumerate(warmup)]
+        usable = []
+        for k, (label, candidate) in enumerate(subjects):
+            self.progress("calibration", k, len(subjects))
+            evaluation = self.evaluate(candidate, phase=CALIBRATION, generation=None, items=self.all_items())
+            if evaluation.status == "ok":
+                usable.append((label, candidate))
+            elif not label.startswith("warmup-"):  # a failed warm-up merge is just left out of the fit
+                raise UserError(f"calibration subject {label} failed to evaluate: {evaluation.error.splitlines()[0]}")
+        self.progress("calibration", len(subjects), len(subjects))
+        subjects = usable
+        if spec.kind == "full":
+            return
+        self.estimators = {name: self._estimator(name, subjects) for name in self.task_names}
+
+    def _responses(self, name: str, subjects: Sequence[tuple[str, Candidate]]) -> pd.DataFrame:
+        scenarios = self._tasks[name].scenarios or {}
+        rows = [(label, item, score, scenarios.get(item, name))
+                for label, candidate in subjects
+                for item, score in self.store.item_scores(candidate.key, name).get(name, {}).items()]
+        return pd.DataFrame(rows, columns=["subject", "item", "score", "scenario"])
+
+    def _estimator(self, name: str, subjects: Sequence[tuple[str, Candidate]]) -> Estimator:
+        spec, seed = self.campaign.estimator, self.campaign.algorithm.seed
+        folder = self.run_dir / "irt" / name
+        endpoints = [label for label, _ in subjects if label.startswith("endpoint-")]
+        if spec.irt_model is not None:
+            model = IRTModel.load(Path(spec.irt_model) / name)
+            endpoint_rows = self._responses(name, [s for s in subjects if s[0] in endpoints])
+            endpoint_arg: Sequence[str] | pd.DataFrame = endpoint_rows
+        elif (folder / "model.json").exists():
+            model, endpoint_arg = IRTModel.load(folder), endpoints
+        else:
+            model = IRTModel.fit(self._responses(name, subjects), backend=spec.backend, dims=spec.dims, seed=seed)
+            model.save(folder)
+            endpoint_arg = endpoints
+        anchors = select_anchors(model, spec.anchors, spec.anchor_method, seed=seed)
+        return Estimator(model, anchors, spec.kind, endpoints=endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None)
+
+    def anchor_items(self) -> dict[str, list[str] | None]:
+        if self.estimators is None:
+            return self.all_items()
+        return {name: list(self.estimators[name].anchor_ids) for name in self.task_names}
+
+    def search(self) -> None:
+        algorithm = self.store.load_checkpoint() or make_algorithm(self.campaign, self.space)
+        items = self.anchor_items()
+        total = self.campaign.algorithm.generations
+        while algorithm.has_next():
+            generation = algorithm.n_gen or 1
+            population = algorithm.ask()
+            fitness = []
+            for k, individual in enumerate(population):
+                self.progress(f"generation {generation}/{total}", k, len(population))
+                evaluation = self.evaluate(self.space.decode(individual.X), phase=SEARCH, generation=generation,
+                                           items=items)
+                fitness.append(self.fitness(evaluation))
+            population.set("F", np.array(fitness))
+            algorithm.tell(infills=population)
+            self.store.save_checkpoint(algorithm)
+            self.progress(f"generation {generation}/{total}", len(population), len(population))
+
+    def front(self) -> list[Evaluation]:
+        """Non-dominated successful search evaluations, by estimated scores."""
+        done = [e for e in self.store.evaluations(SEARCH) if e.status == "ok"]
+        if not done:
+            return []
+        F = np.array([self.fitness(e) for e in done])
+        return [done[i] for i in NonDominatedSorting().do(F, only_non_dominated_front=True)]
+
+    def measure_front(self) -> list[Evaluation]:
+        """Evaluate the best front members on every item (balanced ones first)."""
+        front = sorted(self.front(), key=lambda e: -float(np.mean(list(e.estimates.values()))))
+        chosen = front[: self.campaign.final.evaluate_top]
+        measured = []
+        for k, evaluation in enumerate(chosen):
+            self.progress("full evaluation of the front", k, len(chosen))
+            if evaluation.measured is None:
+                candidate = Candidate.from_key(evaluation.key)
+                missing = {name: self._missing_items(evaluation.key, name) for name in self.task_names}
+                new = self.evaluator.evaluate(candidate, missing)
+                stored = self.store.item_scores(evaluation.key)
+                full = {name: {**stored.get(name, {}), **new[name]} for name in self.task_names}
+                evaluation = self.store.add_measurement(evaluation.key, self.task_scores(full), new)
+            measured.append(evaluation)
+        self.progress("full evaluation of the front", len(chosen), len(chosen))
+        return measured
+
+    def _missing_items(self, key: str, name: str) -> list[str]:
+        have = self.store.item_scores(key, name).get(name, {})
+        return [i for i in self._tasks[name].item_ids if i not in have]
+
+    def run(self) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
+        """The whole campaign: (measured front members, exported picks name -> (evaluation id, folder))."""
+        self.calibrate()
+        self.search()
+        measured = self.measure_front()
+        exported = self.export_picks(measured)
+        self.store.set_meta("finished", True)
+        return measured, exported
+
+    # ------------------------------------------------------------------ export
+    def recipe(self, candidate: Candidate):
+        """The mergekit-style recipe of a candidate, as `evo-merge merge` takes it."""
+        from evo_merge.config import Recipe
+
+        return Recipe.model_validate({
+            "merge_method": candidate.method,
+            "base_model": str(self.paths.base),
+            "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(self.paths.models, candidate.weights)],
+            "parameters": candidate.param_dict,
+            "dtype": "float32",
+            "out_dtype": self.campaign.dtype,
+        })
+
+    def export(self, evaluation: Evaluation, out: Path, *, overwrite: bool = False) -> Path:
+        """Write a candidate as an HF folder from the resident task vectors (no re-read of the endpoints)."""
+        from evo_merge.merge.export import export_merge
+        from evo_merge.merge.plan import plan_from_recipe
+
+        candidate = Candidate.from_key(evaluation.key)
+        plan = plan_from_recipe(self.recipe(candidate))
+        scores = {"estimated": evaluation.estimates or {}, "measured": evaluation.measured or {}}
+        tensors = self.evaluator.merger.tensors(candidate.method, candidate.weights, candidate.param_dict)
+        return export_merge(plan, out, tensors=tensors, overwrite=overwrite, title=out.name,
+                            scores={k: v for k, v in scores.items() if v})
+
+    def picks(self, measured: Sequence[Evaluation]) -> dict[str, Evaluation]:
+        """The configured choices among the measured front: best per task, best balanced, or all."""
+        def score(e: Evaluation, task: str) -> float:
+            value = (e.measured or e.estimates)[task]
+            return value if self.directions[self.task_names.index(task)] == "maximize" else -value
+
+        chosen: dict[str, Evaluation] = {}
+        for pick in self.campaign.final.export:
+            if not measured:
+                break
+            if pick == "best_per_task":
+                for task in self.task_names:
+                    chosen[f"best-{task}"] = max(measured, key=lambda e: score(e, task))
+            elif pick == "balanced":
+                chosen["balanced"] = max(measured, key=lambda e: float(np.mean([score(e, t) for t in self.task_names])))
+            else:
+                chosen.update({f"front-{e.id}": e for e in measured})
+        return chosen
+
+    def export_picks(self, measured: Sequence[Evaluation]) -> dict[str, tuple[int, Path]]:
+        """Export each chosen candidate once, under the first name that picked it."""
+        exported: dict[str, tuple[int, Path]] = {}
+        folders: dict[int, Path] = {}
+        for name, evaluation in self.picks(measured).items():
+            if evaluation.id not in folders:
+                folders[evaluation.id] = self.export(evaluation, self.run_dir / "models" / name, overwrite=True)
+            exported[name] = (evaluation.id, folders[evaluation.id])
+        return exported
+
+    def full_item_count(self) -> int:
+        return sum(len(task.item_ids) for task in self._tasks.values())

@@ -1,0 +1,71 @@
+"""In-process evaluator: one resident model, the in-place merger, the tasks built once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from evo_merge.merge.inplace import InPlaceMerger
+from evo_merge.search.space import Candidate
+from evo_merge.tasks.base import FitnessTask
+from evo_merge.tasks.scoring import load_causal_lm
+from evo_merge.weights import Checkpoint, parse_dtype
+
+ItemScores = dict[str, dict[str, float]]  # task -> item -> score
+
+
+class CandidateFailed(Exception):
+    """The candidate could not be built or scored (NaN weights, OOM, an exception in a task)."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class LocalEvaluator:
+    def __init__(
+        self,
+        base: Path,
+        models: Sequence[Path],
+        tasks: Mapping[str, FitnessTask],
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+    ):
+        self.tasks = dict(tasks)
+        self.device = resolve_device(device)
+        self.model, self.tokenizer = load_causal_lm(base)
+        self.model.to(device=self.device, dtype=parse_dtype(dtype))
+        self.merger = InPlaceMerger(
+            self.model, Checkpoint.open(base), [Checkpoint.open(m) for m in models], device=self.device
+        )
+
+    def build(self, candidate: Candidate) -> torch.nn.Module:
+        try:
+            model = self.merger.apply(candidate.method, candidate.weights, candidate.param_dict)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise CandidateFailed(f"out of memory while merging: {exc}") from exc
+        except RuntimeError as exc:
+            raise CandidateFailed(str(exc)) from exc
+        bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise CandidateFailed(f"non-finite values in merged tensor {bad}")
+        return model
+
+    def evaluate(self, candidate: Candidate, items: Mapping[str, Sequence[str] | None]) -> ItemScores:
+        """Build the candidate in place and score it on `items` per task (None: every item)."""
+        model = self.build(candidate)
+        scores: ItemScores = {}
+        try:
+            for name, item_ids in items.items():
+                series = self.tasks[name].evaluate(model, self.tokenizer, item_ids)
+                scores[name] = {str(k): float(v) for k, v in series.items()}
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise CandidateFailed(f"out of memory while evaluating: {exc}") from exc
+        return scores

@@ -1,0 +1,107 @@
+"""The genome: which method, one coefficient per endpoint, and the method's hyperparameters.
+
+Mixed variables for pymoo (a `Choice` of method, `Real`/`Integer` numbers). Every method's
+hyperparameters are in the genome; only the chosen method's count, so a candidate's identity
+(`Candidate.key`) ignores the others and two genomes that build the same model share one
+evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pymoo.core.problem import Problem
+from pymoo.core.variable import Choice, Integer, Real
+
+from evo_merge.merge import get_method
+
+SIGNIFICANT = 6  # genomes equal to 6 significant digits are the same candidate
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.{SIGNIFICANT}g}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A merge recipe in search form: method, per-endpoint weights, method parameters."""
+
+    method: str
+    weights: tuple[float, ...]
+    params: tuple[tuple[str, Any], ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        return json.dumps([self.method, list(self.weights), [list(p) for p in self.params]])
+
+    @classmethod
+    def from_key(cls, key: str) -> Candidate:
+        method, weights, params = json.loads(key)
+        return cls(method, tuple(weights), tuple((k, v) for k, v in params))
+
+    @property
+    def param_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+class SearchSpace:
+    def __init__(self, methods: Mapping[str, Mapping[str, tuple[float, float]]], n_models: int,
+                 coefficient_range: tuple[float, float]):
+        self.methods = {name: dict(ranges) for name, ranges in methods.items()}
+        self.n_models = n_models
+        self.coefficient_range = coefficient_range
+
+    def _hyper_ranges(self, method: str) -> dict[str, tuple[float, float]]:
+        """Searched hyperparameters: the configured range, else the method's declared range."""
+        m = get_method(method)
+        ranges = {}
+        for hp in m.hyperparameters:
+            if not hp.searchable or hp.kind is bool:
+                continue
+            if hp.name in self.methods[method]:
+                ranges[hp.name] = tuple(self.methods[method][hp.name])
+            elif hp.search_range is not None:
+                ranges[hp.name] = hp.search_range
+            elif hp.low is not None and hp.high is not None:
+                ranges[hp.name] = (hp.low, hp.high)
+        return ranges
+
+    def variables(self) -> dict[str, Any]:
+        variables: dict[str, Any] = {"method": Choice(options=list(self.methods))}
+        for t in range(self.n_models):
+            variables[f"c{t}"] = Real(bounds=self.coefficient_range)
+        for method in self.methods:
+            m = get_method(method)
+            for name, (low, high) in self._hyper_ranges(method).items():
+                kind = Integer if m.hyperparameter(name).kind is int else Real
+                variables[f"{method}.{name}"] = kind(bounds=(low, high))
+        return variables
+
+    def decode(self, x: Mapping[str, Any]) -> Candidate:
+        method = str(x["method"])
+        weights = tuple(_round(float(x[f"c{t}"])) for t in range(self.n_models))
+        params = []
+        for name in self._hyper_ranges(method):
+            value = x[f"{method}.{name}"]
+            params.append((name, int(value) if isinstance(value, (int, np.integer)) else _round(float(value))))
+        return Candidate(method, weights, tuple(sorted(params)))
+
+    def problem(self, n_objectives: int) -> Problem:
+        return MergeProblem(self.variables(), n_objectives)
+
+
+class MergeProblem(Problem):
+    """Only the variables and objective count: evaluation happens outside (ask-and-tell), so the
+    problem pickles with the algorithm and holds no models or runners."""
+
+    def __init__(self, variables: dict[str, Any], n_objectives: int):
+        super().__init__(vars=variables, n_obj=n_objectives)
+
+
+def objectives(scores: Sequence[float], directions: Sequence[str]) -> np.ndarray:
+    """pymoo minimises: negate the scores to maximise."""
+    return np.array([-s if d == "maximize" else s for s, d in zip(scores, directions)], dtype=float)

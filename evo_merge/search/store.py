@@ -1,0 +1,204 @@
+"""The campaign store: every evaluation in SQLite, the algorithm checkpoint beside it.
+
+Any process can open a run folder and read or continue it (as with an Optuna study). Each
+evaluation is committed in its own transaction together with its per-item scores, so a crash
+loses at most the candidate being evaluated; the checkpoint is written to a temporary file and
+renamed, so it is always the last complete generation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY,
+    key TEXT UNIQUE NOT NULL,
+    phase TEXT NOT NULL,           -- calibration | search
+    generation INTEGER,
+    method TEXT NOT NULL,
+    genome TEXT NOT NULL,          -- Candidate.key (JSON)
+    status TEXT NOT NULL,          -- ok | failed
+    estimates TEXT,                -- JSON {task: estimated full score}
+    measured TEXT,                 -- JSON {task: score on every item}, once measured
+    items_evaluated INTEGER NOT NULL DEFAULT 0,
+    seconds REAL,
+    error TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS item_scores (
+    evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+    task TEXT NOT NULL,
+    item TEXT NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (evaluation_id, task, item)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass
+class Evaluation:
+    id: int
+    key: str
+    phase: str
+    generation: int | None
+    method: str
+    status: str
+    estimates: dict[str, float] | None
+    measured: dict[str, float] | None
+    items_evaluated: int
+    seconds: float | None
+    error: str | None
+
+
+class CampaignStore:
+    DB = "state.sqlite"
+    CHECKPOINT = "checkpoint.pkl"
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.run_dir / self.DB, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- evaluations
+    def get(self, key: str) -> Evaluation | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM evaluations WHERE key = ?", (key,)).fetchone()
+        return _evaluation(row) if row else None
+
+    def add(
+        self,
+        key: str,
+        *,
+        phase: str,
+        generation: int | None,
+        method: str,
+        status: str,
+        estimates: Mapping[str, float] | None = None,
+        item_scores: Mapping[str, Mapping[str, float]] | None = None,
+        seconds: float | None = None,
+        error: str | None = None,
+    ) -> Evaluation:
+        """Record one evaluation and its per-item scores atomically."""
+        scores = item_scores or {}
+        n_items = sum(len(s) for s in scores.values())
+        with self._transaction():
+            cursor = self.db.execute(
+                "INSERT INTO evaluations (key, phase, generation, method, genome, status, estimates,"
+                " items_evaluated, seconds, error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, phase, generation, method, key, status, _dumps(estimates), n_items, seconds, error, time.time()),
+            )
+            self._insert_scores(cursor.lastrowid, scores)
+        return self.get(key)
+
+    def add_measurement(self, key: str, measured: Mapping[str, float],
+                        item_scores: Mapping[str, Mapping[str, float]]) -> Evaluation:
+        """Store full-evaluation scores of an existing evaluation (items already stored are kept)."""
+        evaluation = self.get(key)
+        with self._transaction():
+            new = self._insert_scores(evaluation.id, item_scores)
+            self.db.execute(
+                "UPDATE evaluations SET measured = ?, items_evaluated = items_evaluated + ? WHERE id = ?",
+                (_dumps(measured), new, evaluation.id),
+            )
+        return self.get(key)
+
+    def item_scores(self, key: str, task: str | None = None) -> dict[str, dict[str, float]]:
+        evaluation = self.get(key)
+        query = "SELECT task, item, score FROM item_scores WHERE evaluation_id = ?"
+        args: tuple = (evaluation.id,)
+        if task is not None:
+            query, args = query + " AND task = ?", (*args, task)
+        out: dict[str, dict[str, float]] = {}
+        for t, item, score in self.db.execute(query, args):
+            out.setdefault(t, {})[item] = score
+        return out
+
+    def evaluations(self, phase: str | None = None) -> list[Evaluation]:
+        query = f"SELECT {_COLUMNS} FROM evaluations"
+        rows = self.db.execute(query + (" WHERE phase = ? ORDER BY id" if phase else " ORDER BY id"),
+                               (phase,) if phase else ()).fetchall()
+        return [_evaluation(r) for r in rows]
+
+    def items_evaluated(self, phase: str | None = None) -> int:
+        query = "SELECT COALESCE(SUM(items_evaluated), 0) FROM evaluations"
+        return self.db.execute(query + (" WHERE phase = ?" if phase else ""), (phase,) if phase else ()).fetchone()[0]
+
+    # -- key/value metadata (config hash, phase markers)
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    # -- algorithm checkpoint
+    def save_checkpoint(self, algorithm: Any) -> None:
+        atomic_write(self.run_dir / self.CHECKPOINT, pickle.dumps(algorithm))
+
+    def load_checkpoint(self) -> Any | None:
+        path = self.run_dir / self.CHECKPOINT
+        if not path.exists():
+            return None
+        with path.open("rb") as fh:
+            return pickle.load(fh)  # our own file, written by save_checkpoint
+
+    def _insert_scores(self, evaluation_id: int, scores: Mapping[str, Mapping[str, float]]) -> int:
+        rows = [(evaluation_id, task, item, float(score)) for task, items in scores.items() for item, score in items.items()]
+        before = self.db.total_changes
+        self.db.executemany("INSERT OR IGNORE INTO item_scores VALUES (?, ?, ?, ?)", rows)
+        return self.db.total_changes - before
+
+    def _transaction(self):
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+_COLUMNS = "id, key, phase, generation, method, status, estimates, measured, items_evaluated, seconds, error"
+
+
+def _evaluation(row: Iterable) -> Evaluation:
+    id_, key, phase, gen, method, status, est, meas, n, sec, err = row
+    return Evaluation(id_, key, phase, gen, method, status, _loads(est), _loads(meas), n, sec, err)
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temporary sibling, fsync, rename: readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

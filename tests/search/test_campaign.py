@@ -1,0 +1,196 @@
+"""Campaigns end to end on tiny models: outputs, exports, kill -9 and resume, failures, bad configs."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from evo_merge.cli import cli
+from evo_merge.merge import register_method
+from evo_merge.zoo.tiny import save_tiny_family
+
+HERE = Path(__file__).parent
+EVO_MERGE = [sys.executable, "-m", "evo_merge"]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    base, fts = save_tiny_family(root, "llama", n_finetunes=2, noise=0.08)
+    return base, fts
+
+
+def campaign(tmp_path, zoo, **overrides):
+    base, fts = zoo
+    config = {
+        "name": "test",
+        "base_model": str(base),
+        "models": [str(f) for f in fts],
+        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
+                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i}} for i, f in enumerate(fts)],
+        "methods": {"task_arithmetic": {}, "ties": {"density": [0.2, 0.9]}, "tsv": {}},
+        "estimator": {"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1},
+        "algorithm": {"population": 8, "generations": 3, "seed": 3},
+        "final": {"evaluate_top": 3},
+    }
+    config.update(overrides)
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def front_keys(run):
+    db = sqlite3.connect(run / "state.sqlite")
+    return sorted(db.execute("SELECT key, measured FROM evaluations WHERE measured IS NOT NULL AND phase='search'"))
+
+
+def all_keys(run):
+    db = sqlite3.connect(run / "state.sqlite")
+    return sorted(k for (k,) in db.execute("SELECT key FROM evaluations"))
+
+
+def tensors_of(folder):
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(file))
+    return out
+
+
+def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    for name in ("campaign.yaml", "state.sqlite", "checkpoint.pkl", "pareto.csv", "report.md", "pareto.png",
+                 "progress.png"):
+        assert (run / name).is_file(), name
+    report = (run / "report.md").read_text()
+    assert "item evaluations in the search phase" in report
+
+    models = sorted((run / "models").iterdir())
+    assert models, "no model exported"
+    folder = models[0]
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False).shape == (1, 6)
+    card = yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
+    assert set(card["evo_merge_scores"]) == {"estimated", "measured"}
+    assert set(card["evo_merge_scores"]["measured"]) == {"agree0", "agree1"}
+
+    rebuilt = tmp_path / "rebuilt"
+    result = CliRunner().invoke(cli, ["merge", str(folder / "merge_recipe.yaml"), "--out", str(rebuilt)])
+    assert result.exit_code == 0, result.output
+    a, b = tensors_of(folder), tensors_of(rebuilt)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    result = CliRunner().invoke(cli, ["status", str(run)])
+    assert result.exit_code == 0 and "generation 3/3 (finished)" in result.output, result.output
+
+
+def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo):
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)]).exit_code == 0
+    db = sqlite3.connect(run / "state.sqlite")
+    per_candidate = db.execute("SELECT DISTINCT items_evaluated FROM evaluations WHERE phase='search' "
+                               "AND measured IS NULL AND status='ok'").fetchall()
+    assert per_candidate == [(20,)]  # 5 anchors x 2 scenarios x 2 tasks, against 240 items for a full evaluation
+
+
+def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path, zoo):
+    config = campaign(tmp_path, zoo, tasks=[
+        {"task": "agreement_task:AgreementTask", "name": f"agree{i}",
+         "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "delay": 0.05}}
+        for i, f in enumerate(zoo[1])])
+    reference = tmp_path / "uninterrupted"
+    subprocess.run([*EVO_MERGE, "run", str(config), "--out", str(reference)], env=env(), check=True,
+                   capture_output=True, timeout=600)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*EVO_MERGE, "run", str(config), "--out", str(run)], env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if (run / "state.sqlite").exists():
+                try:
+                    rows = sqlite3.connect(run / "state.sqlite").execute(
+                        "SELECT COUNT(*) FROM evaluations WHERE generation = 2").fetchone()[0]
+                except sqlite3.OperationalError:
+                    rows = 0
+                if rows >= 1:
+                    break
+            assert proc.poll() is None, "campaign finished before it could be killed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_rows = len(all_keys(run))
+    assert killed_rows < len(all_keys(reference))  # it really stopped mid-campaign
+
+    result = subprocess.run([*EVO_MERGE, "resume", str(run)], env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert front_keys(run) == front_keys(reference)
+    # every stored evaluation was reused: the resumed run holds exactly the uninterrupted run's evaluations
+    assert all_keys(run) == all_keys(reference)
+
+
+def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo):
+    @register_method("test_fragile", replace=True)
+    def fragile(base, deltas, weights, params, name):
+        """Always fails, like a merge that runs out of memory."""
+        raise RuntimeError("simulated out of memory")
+
+    run = tmp_path / "run"
+    config = campaign(tmp_path, zoo, methods={"test_fragile": {}, "task_arithmetic": {}},
+                      estimator={"kind": "full"})
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    db = sqlite3.connect(run / "state.sqlite")
+    failed = db.execute("SELECT COUNT(*), MIN(error) FROM evaluations WHERE status='failed'").fetchone()
+    assert failed[0] >= 1 and "simulated out of memory" in failed[1]
+    assert "## Failures" in (run / "report.md").read_text()
+    ok = db.execute("SELECT COUNT(*) FROM evaluations WHERE status='ok' AND phase='search'").fetchone()[0]
+    assert ok >= 8 and (run / "models").is_dir()
+
+
+def test_resume_refuses_a_changed_campaign(tmp_path, zoo):
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)]).exit_code == 0
+    changed = campaign(tmp_path, zoo, algorithm={"population": 8, "generations": 3, "seed": 4})
+    result = CliRunner().invoke(cli, ["run", str(changed), "--out", str(run)])
+    assert result.exit_code == 2 and "different campaign" in result.output
+
+
+BAD = {
+    "missing file": ({"base_model": "/nonexistent/base"}, "base_model"),
+    "unknown method": ({"methods": {"frankenmerge": {}}}, "methods: frankenmerge"),
+    "empty range": ({"methods": {"ties": {"density": [0.9, 0.2]}}}, "methods: ties.density: empty range"),
+    "unknown task": ({"tasks": [{"task": "no_such_module:Task"}]}, "no_such_module"),
+    "wrong type": ({"algorithm": {"population": "many"}}, "algorithm.population"),
+    "unknown key": ({"estimatr": {}}, "estimatr: unknown key"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_campaign_configs_give_one_line_errors(tmp_path, zoo, case):
+    overrides, expected = BAD[case]
+    path = campaign(tmp_path, zoo)
+    config = yaml.safe_load(path.read_text())
+    config.update(overrides)
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
