@@ -1,0 +1,89 @@
+"""The tiny-lm zoo at work: adapter throughput, and what a simple merge of its endpoints reaches.
+
+1. Items per second of the lm-eval adapter (all items of each family), and the cost of one
+   small call (20 anchor items, 1 item): a search evaluates thousands of candidates on a few
+   anchors each, so the fixed per-call cost matters as much as the throughput.
+2. `--merge-check`: task arithmetic theta0 + lambda * sum of the task vectors for a few
+   lambdas (with `evo_merge.merge.InPlaceMerger`), accuracy on all items of every family, next
+   to the zoo table: is a merge within reach of the endpoints on their own families?
+
+Usage: `.venv/bin/python scripts/bench_eval.py --zoo ZOO_DIR [--model base] [--merge-check]`
+(build the zoo first with `evo-merge zoo build --out ZOO_DIR`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from evo_merge.tasks.registry import resolve_task
+from evo_merge.tasks.synthetic import FAMILIES
+from evo_merge.zoo.tinylm import load_zoo
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up: builds the HF wrapper, first forward passes
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", type=Path, required=True)
+    parser.add_argument("--model", default="base")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--anchors", type=int, default=20)
+    parser.add_argument("--merge-check", action="store_true")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.5, 0.75, 1.0])
+    args = parser.parse_args()
+    if args.merge_check:
+        merge_check(args.zoo, args.lambdas)
+        return
+    torch.set_num_threads(args.threads)
+    tok, models = load_zoo(args.zoo)
+    model = models[args.model]
+    rows = []
+    for family in FAMILIES:
+        for batch_size in (64, 256):
+            task = resolve_task(family, batch_size=batch_size)
+            ids = task.item_ids
+            full = _timed(lambda: task.evaluate(model, tok, ids), repeats=1)
+            small = _timed(lambda: task.evaluate(model, tok, ids[: args.anchors]), repeats=5)
+            one = _timed(lambda: task.evaluate(model, tok, ids[:1]), repeats=5)
+            rows.append({
+                "task": task.name, "batch": batch_size, "items": len(ids),
+                "all items/s": len(ids) / full, f"{args.anchors} items: s/call": small, "1 item: s/call": one,
+            })
+    print(f"torch threads: {args.threads}; model: {args.model}; machine load (1 min): {os.getloadavg()[0]:.1f}")
+    print(pd.DataFrame(rows).round(3).to_markdown(index=False))
+
+
+def merge_check(zoo: Path, lambdas: list[float]) -> None:
+    from evo_merge.merge.inplace import InPlaceMerger
+    from evo_merge.weights import Checkpoint
+    from evo_merge.zoo.tinylm import zoo_table
+
+    tok, models = load_zoo(zoo)
+    module = models["base"]
+    merger = InPlaceMerger(
+        module, Checkpoint.open(zoo / "base"), [Checkpoint.open(zoo / family) for family in FAMILIES]
+    )
+    rows = []
+    for lam in lambdas:
+        merger.apply("task_arithmetic", [1.0] * len(FAMILIES), {"lambda": lam})
+        row = zoo_table({f"TA lambda={lam}": module}, tok).iloc[0]
+        rows.append(row.rename(f"TA lambda={lam}"))
+    table = pd.concat([pd.read_csv(zoo / "table.csv", index_col="model"), pd.DataFrame(rows)])
+    print("accuracy (%) on all items; TA = task arithmetic of the three endpoints")
+    print(table.round(1).to_markdown())
+
+
+if __name__ == "__main__":
+    main()
