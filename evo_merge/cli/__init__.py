@@ -17,6 +17,7 @@ from evo_merge.errors import UserError
 COMMANDS: dict[str, str] = {
     "merge": "merge:merge",
     "demo": "demo:demo",
+    "init": "demo:init",
     "run": "campaign:run",
     "resume": "campaign:resume",
     "status": "campaign:status",

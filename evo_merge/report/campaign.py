@@ -103,7 +103,8 @@ def write_report(run_dir: Path, store: CampaignStore, tasks: Sequence[str], full
              f"- item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
              f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)",
              f"- item evaluations in total (calibration, search, front): {store.items_evaluated():,}", "",
-             "## Reference models and measured front", "", _markdown(_summary(table, tasks)), "",
+             "## Reference models and measured front", "",
+             _summary(table, tasks).to_markdown(index=False, floatfmt=".3f", missingval=""), "",
              "![Pareto front](pareto.png)", "", "![Progress](progress.png)", ""]
     if exported:
         lines += ["## Exported models", ""] + [f"- `{name}`: evaluation {i} → `{path}`" for name, (i, path) in exported.items()]
@@ -121,14 +122,3 @@ def _summary(table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
     cols = ["id", "phase", "method", "weights", "params"] + [c for t in tasks for c in (f"est_{t}", f"meas_{t}")]
     return measured[cols]
 
-
-def _cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)

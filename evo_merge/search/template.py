@@ -1,0 +1,64 @@
+"""The commented example campaign that `evo-merge init` writes and `evo-merge demo` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TEMPLATE = """\
+# evo-merge campaign: `evo-merge run {name}.yaml --out runs/{name}`
+# Relative paths are taken against this file's folder.
+name: {name}
+
+# The base model and the models fine-tuned from it (HF folders with safetensors).
+base_model: {zoo}/base
+models:
+{models}
+
+# One objective per task: a shipped benchmark (arith, lang, seq), an lm-eval task name,
+# a local lm-eval YAML/folder, or a `module:attribute` plugin (options: its keyword arguments).
+tasks:
+{tasks}
+
+# The merge methods the optimiser chooses among, with search ranges for their
+# hyperparameters ({{}}: the method's own default ranges).
+methods:
+  task_arithmetic: {{}}
+  ties: {{density: [0.1, 1.0]}}
+  dare_ties: {{density: [0.2, 1.0]}}
+  tsv: {{}}
+
+# Range of the per-model coefficients.
+coefficients: {{low: 0.0, high: 1.5}}
+
+# Candidates are scored on `anchors` items per task scenario and their full score is
+# estimated with IRT. With no irt_model, the base, the endpoints and `warmup_merges` random
+# merges are evaluated on every item first and an IRT model is fitted on those responses.
+# kind: anchor | pirt | gpirt | mpirt | gmpirt | full (score every item: the costly baseline)
+estimator:
+  kind: gpirt
+  anchors: {anchors}
+  anchor_method: kmeans-irt
+  warmup_merges: {warmup}
+  backend: torch
+  dims: auto
+
+# NSGA-II over the mixed genome; population x generations candidates at most.
+algorithm: {{name: nsga2, population: {population}, generations: {generations}, seed: 0}}
+
+evaluator: {{kind: local, batch_size: 64}}
+
+# After the search: evaluate the best front members on every item, then export
+# the best model per task and the best balanced one to runs/<name>/models/.
+final: {{evaluate_top: {top}, export: [best_per_task, balanced]}}
+
+dtype: float32
+device: auto
+"""
+
+
+def campaign_text(zoo: Path | str, families: list[str], *, name: str = "demo", anchors: int = 10,
+                  warmup: int = 4, population: int = 10, generations: int = 4, top: int = 3) -> str:
+    models = "\n".join(f"  - {zoo}/{family}" for family in families)
+    tasks = "\n".join(f"  - {{task: {family}}}" for family in families)
+    return TEMPLATE.format(name=name, zoo=zoo, models=models, tasks=tasks, anchors=anchors, warmup=warmup,
+                           population=population, generations=generations, top=top)
