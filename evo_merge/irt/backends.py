@@ -25,13 +25,24 @@ class FittedParams:
     theta: np.ndarray  # (subjects, D)
 
 
-def _orient(alpha: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flip each dimension so that discriminations are positive on average (θ up = more able)."""
+def canonical(alpha: np.ndarray, beta: np.ndarray, theta: np.ndarray) -> FittedParams:
+    """The same predictions with the training abilities whitened (mean 0, identity covariance).
+
+    Backends scale θ differently (a fixed N(0, 1) prior here, learned hierarchical scales in
+    py-irt); whitening makes the prior used for new subjects' abilities mean the same thing for
+    both. θ = θ'C^{1/2} + μ gives α' = αC^{1/2}, β' = β − αμ. Each dimension is then flipped so
+    that discriminations are positive on average (θ up = more able).
+    """
+    mean = theta.mean(axis=0)
+    cov = np.atleast_2d(np.cov(theta, rowvar=False, bias=True)) + 1e-9 * np.eye(theta.shape[1])
+    vals, vecs = np.linalg.eigh(cov)
+    root, inv_root = (vecs * np.sqrt(vals)) @ vecs.T, (vecs / np.sqrt(vals)) @ vecs.T
+    alpha, beta, theta = alpha @ root, beta - alpha @ mean, (theta - mean) @ inv_root
     sign = np.where(alpha.sum(axis=0) < 0, -1.0, 1.0)
-    return alpha * sign, theta * sign
+    return FittedParams(alpha * sign, beta, theta * sign)
 
 
-def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 500) -> FittedParams:
+def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300) -> FittedParams:
     """MAP fit with L-BFGS, initialised from a truncated SVD of the centred responses."""
     torch.manual_seed(seed)
     observed = ~np.isnan(binary)
@@ -53,7 +64,7 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 500)
     n_obs = float(observed.sum())
     optimiser = torch.optim.LBFGS(
         [theta, alpha, beta], lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-7, tolerance_change=1e-9, line_search_fn="strong_wolfe",
     )
 
     def closure() -> torch.Tensor:
@@ -66,8 +77,7 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 500)
         return loss
 
     optimiser.step(closure)
-    a, t = _orient(alpha.detach().numpy(), theta.detach().numpy())
-    return FittedParams(a, beta.detach().numpy().copy(), t)
+    return canonical(alpha.detach().numpy(), beta.detach().numpy(), theta.detach().numpy())
 
 
 def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = 2000, lr: float = 0.1) -> FittedParams:
@@ -96,7 +106,7 @@ def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = 2000, 
     disc = np.asarray(params["disc"], dtype=float).reshape(binary.shape[1], dims)
     diff = np.asarray(params["diff"], dtype=float).reshape(binary.shape[1], dims)
     theta = np.asarray(params["ability"], dtype=float).reshape(binary.shape[0], dims)
-    return FittedParams(disc, (disc * diff).sum(axis=1), theta)
+    return canonical(disc, (disc * diff).sum(axis=1), theta)
 
 
 BACKENDS: dict[str, Callable[..., FittedParams]] = {"torch": fit_torch, "pyirt": fit_pyirt}
