@@ -3,8 +3,8 @@
 Three families with disjoint skills, so that a model fine-tuned on one is weak on the others
 and a merge has something to combine:
 
-- ``arith`` (multiple choice): multi-digit addition and subtraction (the choices differ by
-  at most 3, so the skill is the last digit);
+- ``arith`` (multiple choice): add or subtract 1, add 10, add a digit to a number of 2-3
+  digits (the choices differ in one digit, carries make items harder);
 - ``lang`` (multiple choice): translation to and from a rule-made second language, a fixed
   word-for-word substitution of a small English vocabulary;
 - ``seq`` (generation, exact match): copy, shift and reverse a letter string.
@@ -69,18 +69,23 @@ def _distinct(answer: str, candidates: Iterator[str], k: int = 3) -> list[str]:
     raise RuntimeError("distractor generator ran dry")  # pragma: no cover
 
 
+_ARITH = {  # scenario -> (operator, second operand or None for a random digit, distractor offsets)
+    "inc": ("+", 1, (-2, -1, 1, 2)),
+    "dec": ("-", 1, (-2, -1, 1, 2)),
+    "add_10": ("+", 10, (-20, -10, 10, 20)),
+    "add_1d": ("+", None, (-2, -1, 1, 2)),
+}
+
+
 def _arith(scenario: str, rng: random.Random) -> Doc:
-    lo, hi = (100, 999) if scenario == "add_3d" else (10, 99)
-    a, b = rng.randint(lo, hi), rng.randint(1, 9) if scenario == "add_2d1d" else rng.randint(lo, hi)
-    if scenario == "sub_2d":
-        a, b = max(a, b), min(a, b)
-    op, value = ("-", a - b) if scenario == "sub_2d" else ("+", a + b)
+    op, b, offsets = _ARITH[scenario]
+    a = rng.randint(10, 999)
+    b = rng.randint(2, 9) if b is None else b
+    value = a + b if op == "+" else a - b
 
     def near() -> Iterator[str]:
         while True:
-            cand = value + rng.choice([-3, -2, -1, 1, 2, 3])
-            if cand >= 0:
-                yield str(cand)
+            yield str(value + rng.choice(offsets))
 
     return _mc(f"{a}{op}{b}=", str(value), _distinct(str(value), near()), rng)
 
@@ -119,7 +124,7 @@ def _seq(scenario: str, rng: random.Random) -> Doc:
 
 
 SCENARIOS: dict[str, tuple[str, ...]] = {
-    "arith": ("add_2d1d", "add_2d", "sub_2d", "add_3d"),
+    "arith": ("inc", "dec", "add_10", "add_1d"),
     "lang": ("en2xx_2w", "xx2en_2w", "en2xx_3w", "xx2en_3w"),
     "seq": ("copy_3", "copy_5", "shift_3", "rev_3", "rev_5"),
 }
@@ -150,9 +155,10 @@ def make_items(family: str, split: str, n: int, seed: int = 0) -> list[Doc]:
         doc = _MAKERS[family](scenario, rng)
         if doc["question"] in seen or not _in_split(doc["question"], split):
             misses[scenario] += 1
-            if misses[scenario] > 2000:  # scenario exhausted
+            if misses[scenario] > 2000:  # 2000 misses in a row: scenario exhausted
                 scenarios.remove(scenario)
             continue
+        misses[scenario] = 0
         seen.add(doc["question"])
         docs.append({"id": f"{family}-{split}-{len(docs):05d}", "scenario": scenario, **doc})
     return docs

@@ -34,11 +34,12 @@ class TinyLMSettings(BaseModel):
     layers: int = 4
     heads: int = 4
     batch_size: int = 64
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
     finetune_steps: int = 400
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 2e-3
     n_train: int = 6000
+    pretrain_task_share: float = 0.0  # share of family train lines in the pretraining mixture
     table_items: int | None = None  # evaluation items per family in the table (None: all)
     seed: int = 0
 
@@ -111,13 +112,16 @@ def train_zoo_models(settings: TinyLMSettings) -> tuple[PreTrainedTokenizerBase,
     )
     models: dict[str, PreTrainedModel] = {}
     with Progress(transient=True) as progress:
+        train = {f: [training_text(d) for d in make_items(f, "train", s.n_train, seed=s.seed)] for f in FAMILIES}
         corpus = pretraining_corpus(s.n_train * len(FAMILIES), s.seed)
+        n_task = int(s.pretrain_task_share * len(corpus) / len(FAMILIES))
+        corpus += [line for f in FAMILIES for line in train[f][:n_task]]
         models["base"] = train_lm(
             base, tokenizer, corpus, steps=s.pretrain_steps, lr=s.pretrain_lr,
             batch_size=s.batch_size, seed=s.seed, progress=progress, label="pretrain",
         )
         for i, family in enumerate(FAMILIES):
-            texts = [training_text(d) for d in make_items(family, "train", s.n_train, seed=s.seed)]
+            texts = train[family]
             model = type(base)(base.config)
             model.load_state_dict(models["base"].state_dict())
             models[family] = train_lm(
