@@ -120,7 +120,8 @@ def status(run: Path) -> None:
             console.print(f"best {task}: {best.estimates[task]:.3f} (evaluation {best.id}, {best.method})")
     spent, full = store.items_evaluated("search"), len(search) * runner.full_item_count()
     console.print(f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search "
-                  f"({full / max(spent, 1):.1f}x saving); total {store.items_evaluated():,}")
+                  f"({full / max(spent, 1):.1f}x saving); total with calibration and front "
+                  f"{store.items_evaluated(measured=True):,}")
 
 
 @click.command()

@@ -102,7 +102,9 @@ def write_report(run_dir: Path, store: CampaignStore, tasks: Sequence[str], full
              f"- evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
              f"- item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
              f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)",
-             f"- item evaluations in total (calibration, search, front): {store.items_evaluated():,}", "",
+             f"- item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
+             f"front {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
+             f"{store.items_evaluated(measured=True):,}", "",
              "## Reference models and measured front", "",
              _summary(table, tasks).to_markdown(index=False, floatfmt=".3f", missingval=""), "",
              "![Pareto front](pareto.png)", "", "![Progress](progress.png)", ""]

@@ -9,8 +9,6 @@ candidates an uninterrupted one would have.
 from __future__ import annotations
 
 import hashlib
-import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
 from evo_merge.irt import Estimator, IRTModel, select_anchors
-from evo_merge.search.evaluator import CandidateFailed, ItemScores, LocalEvaluator
+from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, LocalEvaluator
 from evo_merge.search.space import Candidate, SearchSpace, objectives
 from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
 from evo_merge.tasks.registry import resolve_task
@@ -125,26 +123,36 @@ class CampaignRunner:
     def task_scores(self, scores: ItemScores) -> dict[str, float]:
         return {name: float(np.mean(list(scores[name].values()))) for name in self.task_names}
 
-    def evaluate(self, candidate: Candidate, *, phase: str, generation: int | None,
-                 items: Mapping[str, Sequence[str] | None]) -> Evaluation:
-        """Look the candidate up; otherwise evaluate, estimate and store it (failures included)."""
-        known = self.store.get(candidate.key)
-        if known is not None:
-            return known
-        start = time.perf_counter()
-        try:
-            scores = self.evaluator.evaluate(candidate, items)
-            estimates = self.estimate(scores)
-            status, error = "ok", None
-        except (CandidateFailed, RuntimeError, ValueError, FloatingPointError) as exc:
-            scores, estimates, status = {}, None, "failed"
-            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-        evaluation = self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method,
-                                    status=status, estimates=estimates, item_scores=scores,
-                                    seconds=time.perf_counter() - start, error=error)
+    def evaluate_batch(self, candidates: Sequence[Candidate], *, phase: str, generation: int | None,
+                       items: Items, stage: str) -> list[Evaluation]:
+        """Look each candidate up; evaluate, estimate and store the others (failures included).
+
+        Results are stored as they arrive, so an interruption loses only unfinished candidates."""
+        unique = list({c.key: c for c in candidates}.values())
+        todo = [c for c in unique if self.store.get(c.key) is None]
+        done = len(unique) - len(todo)
+        self.progress(stage, done, len(unique))
+        if todo:
+            for index, outcome, seconds in self.evaluator.evaluate_many([(c, items) for c in todo]):
+                self._store_outcome(todo[index], outcome, seconds, phase, generation, items)
+                done += 1
+                self.progress(stage, done, len(unique))
+        return [self.store.get(c.key) for c in candidates]
+
+    def _store_outcome(self, candidate: Candidate, outcome: ItemScores | CandidateFailed, seconds: float,
+                       phase: str, generation: int | None, items: Items) -> None:
+        scores, estimates, status, error = {}, None, "failed", None
+        if isinstance(outcome, CandidateFailed):
+            error = str(outcome)
+        else:
+            try:
+                scores, estimates, status = outcome, self.estimate(outcome), "ok"
+            except (UserError, ValueError, FloatingPointError) as exc:
+                error = f"estimation failed: {exc}"
+        self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method, status=status,
+                       estimates=estimates, item_scores=scores, seconds=seconds, error=error)
         if status == "ok" and all(v is None for v in items.values()):
-            evaluation = self.store.add_measurement(candidate.key, self.task_scores(scores), {})
-        return evaluation
+            self.store.add_measurement(candidate.key, self.task_scores(scores), {})
 
     def estimate(self, scores: ItemScores) -> dict[str, float]:
         if self.estimators is None:  # full evaluation (calibration, or the `full` baseline)
@@ -168,16 +176,12 @@ class CampaignRunner:
             problem = self.space.problem(len(self.task_names))
             warmup = MixedVariableSampling()(problem, spec.warmup_merges, random_state=rng)
             subjects += [(f"warmup-{k}", self.space.decode(ind.X)) for k, ind in enumerate(warmup)]
-        usable = []
-        for k, (label, candidate) in enumerate(subjects):
-            self.progress("calibration", k, len(subjects))
-            evaluation = self.evaluate(candidate, phase=CALIBRATION, generation=None, items=self.all_items())
-            if evaluation.status == "ok":
-                usable.append((label, candidate))
-            elif not label.startswith("warmup-"):  # a failed warm-up merge is just left out of the fit
+        evaluations = self.evaluate_batch([c for _, c in subjects], phase=CALIBRATION, generation=None,
+                                          items=self.all_items(), stage="calibration")
+        for (label, _), evaluation in zip(subjects, evaluations):
+            if evaluation.status != "ok" and not label.startswith("warmup-"):  # failed warm-ups are left out
                 raise UserError(f"calibration subject {label} failed to evaluate: {evaluation.error.splitlines()[0]}")
-        self.progress("calibration", len(subjects), len(subjects))
-        subjects = usable
+        subjects = [s for s, e in zip(subjects, evaluations) if e.status == "ok"]
         if spec.kind == "full":
             return
         self.estimators = {name: self._estimator(name, subjects) for name in self.task_names}
@@ -218,16 +222,12 @@ class CampaignRunner:
         while algorithm.has_next():
             generation = algorithm.n_gen or 1
             population = algorithm.ask()
-            fitness = []
-            for k, individual in enumerate(population):
-                self.progress(f"generation {generation}/{total}", k, len(population))
-                evaluation = self.evaluate(self.space.decode(individual.X), phase=SEARCH, generation=generation,
-                                           items=items)
-                fitness.append(self.fitness(evaluation))
-            population.set("F", np.array(fitness))
+            evaluations = self.evaluate_batch([self.space.decode(ind.X) for ind in population], phase=SEARCH,
+                                              generation=generation, items=items,
+                                              stage=f"generation {generation}/{total}")
+            population.set("F", np.array([self.fitness(e) for e in evaluations]))
             algorithm.tell(infills=population)
             self.store.save_checkpoint(algorithm)
-            self.progress(f"generation {generation}/{total}", len(population), len(population))
 
     def front(self) -> list[Evaluation]:
         """Non-dominated successful search evaluations, by estimated scores."""
@@ -240,20 +240,21 @@ class CampaignRunner:
     def measure_front(self) -> list[Evaluation]:
         """Evaluate the best front members on every item (balanced ones first)."""
         front = sorted(self.front(), key=lambda e: -float(np.mean(list(e.estimates.values()))))
-        chosen = front[: self.campaign.final.evaluate_top]
-        measured = []
-        for k, evaluation in enumerate(chosen):
-            self.progress("full evaluation of the front", k, len(chosen))
-            if evaluation.measured is None:
-                candidate = Candidate.from_key(evaluation.key)
-                missing = {name: self._missing_items(evaluation.key, name) for name in self.task_names}
-                new = self.evaluator.evaluate(candidate, missing)
-                stored = self.store.item_scores(evaluation.key)
-                full = {name: {**stored.get(name, {}), **new[name]} for name in self.task_names}
-                evaluation = self.store.add_measurement(evaluation.key, self.task_scores(full), new)
-            measured.append(evaluation)
-        self.progress("full evaluation of the front", len(chosen), len(chosen))
-        return measured
+        chosen = [e for e in front[: self.campaign.final.evaluate_top]]
+        todo = [e for e in chosen if e.measured is None]
+        stage = "full evaluation of the front"
+        self.progress(stage, 0, len(todo))
+        jobs = [(Candidate.from_key(e.key), {n: self._missing_items(e.key, n) for n in self.task_names}) for e in todo]
+        for done, (index, outcome, _) in enumerate(self.evaluator.evaluate_many(jobs), start=1):
+            key = todo[index].key
+            if isinstance(outcome, CandidateFailed):  # it worked on the anchors: report, keep the estimate
+                self.store.set_meta(f"measure_failed:{key}", str(outcome))
+            else:
+                stored = self.store.item_scores(key)
+                full = {n: {**stored.get(n, {}), **outcome[n]} for n in self.task_names}
+                self.store.add_measurement(key, self.task_scores(full), outcome)
+            self.progress(stage, done, len(todo))
+        return [m for m in (self.store.get(e.key) for e in chosen) if m.measured is not None]
 
     def _missing_items(self, key: str, name: str) -> list[str]:
         have = self.store.item_scores(key, name).get(name, {})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -14,10 +15,15 @@ from evo_merge.tasks.scoring import load_causal_lm
 from evo_merge.weights import Checkpoint, parse_dtype
 
 ItemScores = dict[str, dict[str, float]]  # task -> item -> score
+Items = Mapping[str, Sequence[str] | None]  # task -> item ids (None: every item)
+Job = tuple[Candidate, Items]
 
 
 class CandidateFailed(Exception):
     """The candidate could not be built or scored (NaN weights, OOM, an exception in a task)."""
+
+
+Result = tuple[int, "ItemScores | CandidateFailed", float]  # (job index, scores or failure, seconds)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -57,7 +63,20 @@ class LocalEvaluator:
             raise CandidateFailed(f"non-finite values in merged tensor {bad}")
         return model
 
-    def evaluate(self, candidate: Candidate, items: Mapping[str, Sequence[str] | None]) -> ItemScores:
+    def evaluate_many(self, jobs: Sequence[Job]) -> Iterator[Result]:
+        """Evaluate jobs one after the other, yielding each result as soon as it is known.
+
+        This is the evaluator interface the campaign uses: a distributed evaluator yields the
+        same results in completion order."""
+        for index, (candidate, items) in enumerate(jobs):
+            start = time.perf_counter()
+            try:
+                outcome: ItemScores | CandidateFailed = self.evaluate(candidate, items)
+            except (CandidateFailed, RuntimeError, ValueError, FloatingPointError) as exc:
+                outcome = exc if isinstance(exc, CandidateFailed) else CandidateFailed(f"{type(exc).__name__}: {exc}")
+            yield index, outcome, time.perf_counter() - start
+
+    def evaluate(self, candidate: Candidate, items: Items) -> ItemScores:
         """Build the candidate in place and score it on `items` per task (None: every item)."""
         model = self.build(candidate)
         scores: ItemScores = {}

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     status TEXT NOT NULL,          -- ok | failed
     estimates TEXT,                -- JSON {task: estimated full score}
     measured TEXT,                 -- JSON {task: score on every item}, once measured
-    items_evaluated INTEGER NOT NULL DEFAULT 0,
+    items_evaluated INTEGER NOT NULL DEFAULT 0,   -- when evaluated (anchors, or all items)
+    items_measured INTEGER NOT NULL DEFAULT 0,    -- added later by the full evaluation of the front
     seconds REAL,
     error TEXT,
     created REAL NOT NULL
@@ -112,7 +113,7 @@ class CampaignStore:
         with self._transaction():
             new = self._insert_scores(evaluation.id, item_scores)
             self.db.execute(
-                "UPDATE evaluations SET measured = ?, items_evaluated = items_evaluated + ? WHERE id = ?",
+                "UPDATE evaluations SET measured = ?, items_measured = items_measured + ? WHERE id = ?",
                 (_dumps(measured), new, evaluation.id),
             )
         return self.get(key)
@@ -134,8 +135,10 @@ class CampaignStore:
                                (phase,) if phase else ()).fetchall()
         return [_evaluation(r) for r in rows]
 
-    def items_evaluated(self, phase: str | None = None) -> int:
-        query = "SELECT COALESCE(SUM(items_evaluated), 0) FROM evaluations"
+    def items_evaluated(self, phase: str | None = None, *, measured: bool = False) -> int:
+        """Item evaluations spent in `phase` (all phases when None), plus front measurement if `measured`."""
+        column = "items_evaluated + items_measured" if measured else "items_evaluated"
+        query = f"SELECT COALESCE(SUM({column}), 0) FROM evaluations"
         return self.db.execute(query + (" WHERE phase = ?" if phase else ""), (phase,) if phase else ()).fetchone()[0]
 
     # -- key/value metadata (config hash, phase markers)
