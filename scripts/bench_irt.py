@@ -22,7 +22,7 @@ from evo_merge.irt import Estimator, IRTModel, select_anchors, validate, validat
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 
-console = Console()
+console = Console(width=110)
 
 
 def timed(fn, *args, **kwargs):
@@ -49,9 +49,11 @@ def recovery(pyirt_epochs: int) -> None:
         est = Estimator(model, select_anchors(model, 30, "random", seed=0), "gpirt")
         gp[backend] = est.estimate_matrix(held.scores[:, est.anchor_idx])[:, 0]
         truth = est.scenario_means(held.scores)[:, 0]
-        console.print(f"{backend}: gp-IRT MAE on held-out subjects (30 random anchors) = {np.abs(gp[backend] - truth).mean():.4f}")
+        mae = np.abs(gp[backend] - truth).mean()
+        console.print(f"{backend}: gp-IRT MAE on held-out subjects (30 random anchors) = {mae:.4f}")
     console.print(table)
-    console.print(f"mean |gp-IRT torch - gp-IRT pyirt| on 40 held-out subjects: {np.abs(gp['torch'] - gp['pyirt']).mean():.4f} (target <= 0.02)")
+    gap = np.abs(gp["torch"] - gp["pyirt"]).mean()
+    console.print(f"mean |gp-IRT torch - gp-IRT pyirt| on 40 held-out subjects: {gap:.4f} (target <= 0.02)")
 
 
 def large(pyirt_epochs: int, skip_pyirt: bool) -> None:
@@ -98,16 +100,37 @@ def heterogeneous() -> None:
                       f"-> {100 * (1 - best / base):.0f}% lower (target >= 25% at n=30)")
 
 
+def merges() -> None:
+    """mp-IRT vs p-IRT at n = 10 on merges whose ability lies between two endpoints (3-dim 2PL)."""
+    gen = make_synthetic_irt(200, dims=3, seed=1)
+    theta, ids = synthetic_abilities(60, dims=3, seed=2)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=3)), dims=3)
+    weights = np.random.default_rng(5).dirichlet(np.ones(2), 60)
+    merged_long = gen.sample(weights @ theta[:2], [f"x{j}" for j in range(60)], seed=9)
+    merged = ResponseMatrix.from_long(merged_long, model.item_ids)
+    mae = {k: [] for k in ("anchor", "pirt", "gpirt", "mpirt", "gmpirt")}
+    for seed in range(3):
+        anchors = select_anchors(model, 10, "random", seed=seed)
+        for kind in mae:
+            est = Estimator(model, anchors, kind, endpoints=ids[:2])
+            pred = est.estimate_matrix(merged.scores[:, est.anchor_idx])
+            mae[kind].append(np.abs(pred - est.scenario_means(merged.scores)).mean())
+    console.print("60 merges of 2 endpoints, 10 random anchors (3 draws), MAE: "
+                  + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in mae.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyirt-epochs", type=int, default=1000)
     parser.add_argument("--skip-pyirt-large", action="store_true", help="skip py-irt on 100 x 5,000 (slow)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared machine)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 avoids oversubscription on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     recovery(args.pyirt_epochs)
     large(args.pyirt_epochs, args.skip_pyirt_large)
     heterogeneous()
+    merges()
 
 
 if __name__ == "__main__":

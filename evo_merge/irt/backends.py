@@ -101,7 +101,8 @@ def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = 2000, 
     try:
         trainer.train(device="cpu")
     except ValueError as exc:  # pyro's distribution checks fail once the parameters reach NaN
-        raise UserError(f"py-irt training diverged (lr={lr}): {str(exc).splitlines()[0][:120]}; try a lower learning rate") from None
+        reason = str(exc).splitlines()[0][:120]
+        raise UserError(f"py-irt training diverged (lr={lr}): {reason}; try a lower learning rate") from None
     params = trainer.last_params
     disc = np.asarray(params["disc"], dtype=float).reshape(binary.shape[1], dims)
     diff = np.asarray(params["diff"], dtype=float).reshape(binary.shape[1], dims)

@@ -73,7 +73,8 @@ class Estimator:
         self.anchor_variance = self._anchor_variance()
         self.lam = self._gp_lambda() if kind == "gpirt" else None
         if kind == "gmpirt":
-            self.delta = np.full(len(self.scenarios), float(gmp_delta)) if gmp_delta != "auto" else self._gmp_delta(seed)
+            fixed = gmp_delta != "auto"
+            self.delta = np.full(len(self.scenarios), float(gmp_delta)) if fixed else self._gmp_delta(seed)
 
     # ---- setup ---------------------------------------------------------------------------
     def _endpoint_abilities(self, endpoints: Sequence[str] | pd.DataFrame) -> np.ndarray:
@@ -96,7 +97,10 @@ class Estimator:
             return (np.where(observed, scores, 0.0) @ self._item_onehot) / (observed @ self._item_onehot)
 
     def _anchor_variance(self) -> np.ndarray:
-        """σ̂² = v̂/n (random anchors) or v̂/(4n) (clustered), v̂ the training subjects' mean across-item variance."""
+        """σ̂² = v̂/n (random anchors) or v̂/(4n) (clustered anchors).
+
+        v̂ is the training subjects' mean across-item variance of scores in the scenario.
+        """
         resp = self.model.responses
         observed = ~np.isnan(resp)
         y = np.where(observed, resp, 0.0)
@@ -108,7 +112,10 @@ class Estimator:
         return v_hat / (n * (4.0 if self.anchors.clustered else 1.0))
 
     def _gp_lambda(self) -> np.ndarray:
-        """λ from the p-IRT error on the held-out half of the training subjects (item parameters fitted without them)."""
+        """λ from the p-IRT error on the held-out half of the training subjects.
+
+        Item parameters are those fitted without that half, so b̂ is an honest validation error.
+        """
         held = self.model.responses[self.model.val_subjects]
         theta = self._fit_theta(held[:, self.anchor_idx], self.model.val_alpha, self.model.val_beta)
         pirt = self._pirt(held[:, self.anchor_idx], theta, self.model.val_alpha, self.model.val_beta)
@@ -184,10 +191,12 @@ def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFram
     values = estimator.estimate_matrix(matrix.scores[:, estimator.anchor_idx])
     if np.isnan(values).any():
         s, k = np.argwhere(np.isnan(values))[0]
-        raise UserError(f"subject {matrix.subjects[s]} has no scored anchor item in scenario {estimator.scenarios[k]!r}")
+        scenario = estimator.scenarios[k]
+        raise UserError(f"subject {matrix.subjects[s]} has no scored anchor item in scenario {scenario!r}")
     overall = values @ estimator.sizes / estimator.sizes.sum()
     frame = pd.DataFrame(np.column_stack([values, overall]), index=matrix.subjects,
                          columns=[*estimator.scenarios, RESERVED_SCENARIO])
-    long = frame.rename_axis("subject").reset_index().melt(id_vars="subject", var_name="scenario", value_name="estimate")
+    long = frame.rename_axis("subject").reset_index()
+    long = long.melt(id_vars="subject", var_name="scenario", value_name="estimate")
     long.insert(2, "estimator", estimator.kind)
     return long.sort_values(["subject"], kind="stable").reset_index(drop=True)

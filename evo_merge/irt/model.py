@@ -192,7 +192,8 @@ class IRTModel:
         if not isinstance(meta, dict) or meta.get("kind") != "evo-merge-irt":
             raise UserError(f"{meta_path}: not an evo-merge IRT model")
         if meta.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{meta_path}: format version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+            version = meta.get("format_version")
+            raise UserError(f"{meta_path}: format version {version!r} is not supported (expected {FORMAT_VERSION})")
         try:
             with np.load(npz_path) as npz:
                 arrays = {k: npz[k] for k in NPZ_KEYS}

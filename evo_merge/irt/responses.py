@@ -78,12 +78,14 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
     bad = numeric.isna() & long["score"].notna()
     if bad.any():
         row = long[bad].iloc[0]
-        raise UserError(f"{source}: non-numeric score {row['score']!r} for subject {row['subject']}, item {row['item']}")
+        where = f"subject {row['subject']}, item {row['item']}"
+        raise UserError(f"{source}: non-numeric score {row['score']!r} for {where}")
     long["score"] = numeric.astype(float)
     out_of_range = (long["score"] < 0) | (long["score"] > 1) | np.isinf(long["score"])
     if out_of_range.any():
         row = long[out_of_range].iloc[0]
-        raise UserError(f"{source}: score {row['score']} out of [0, 1] for subject {row['subject']}, item {row['item']}")
+        where = f"subject {row['subject']}, item {row['item']}"
+        raise UserError(f"{source}: score {row['score']} out of [0, 1] for {where}")
 
     dup = long.duplicated(["subject", "item"])
     if dup.any():

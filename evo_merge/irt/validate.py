@@ -25,7 +25,9 @@ DEFAULT_ESTIMATORS = ("anchor", "pirt", "gpirt")
 ENDPOINT_ESTIMATORS = ("mpirt", "gmpirt")
 
 
-def split_subjects(responses: pd.DataFrame, test_frac: float, seed: int, keep_in_train: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_subjects(
+    responses: pd.DataFrame, test_frac: float, seed: int, keep_in_train: Sequence[str] = ()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seeded train/test split of the subjects (never putting `keep_in_train` in the test set)."""
     if not 0.0 < test_frac < 1.0:
         raise UserError(f"test fraction must be between 0 and 1, not {test_frac}")
