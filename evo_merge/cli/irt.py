@@ -38,6 +38,15 @@ def _int_list(value: str, option: str) -> list[int]:
     return values
 
 
+def _delta(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"--gmp-delta must be 'auto' or a number in [0, 1], not {value!r}") from None
+
+
 def _endpoints(value: str | None):
     """A response file (full rows of the endpoints) or comma-separated training subject ids."""
     if value is None:
@@ -91,13 +100,16 @@ def anchors(model_dir: Path, budget: int, method: str, seed: int) -> None:
 @click.option("--endpoints", default=None, help="Endpoint subject ids (comma-separated) or their full responses file.")
 @click.option("--budget", type=int, default=None, help="Which stored anchor set (if several).")
 @click.option("--method", type=click.Choice(METHODS), default=None, help="Which stored anchor set (if several).")
+@click.option("--gmp-delta", default="auto", show_default=True,
+              help="gmpirt anchor weight: 'auto' or a number in [0, 1] (MERGE3 uses 0.5).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="CSV file (default: stdout).")
 def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | None, budget: int | None,
-             method: str | None, out: Path | None) -> None:
+             method: str | None, gmp_delta: str, out: Path | None) -> None:
     """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate."""
 
     model = IRTModel.load(model_dir)
-    est = Estimator(model, load_anchors(model_dir, budget, method), estimator, endpoints=_endpoints(endpoints))
+    est = Estimator(model, load_anchors(model_dir, budget, method), estimator, endpoints=_endpoints(endpoints),
+                    gmp_delta=_delta(gmp_delta))
     table = estimate_table(est, load_responses(partial))
     text = table.to_csv(index=False)
     if out is None:

@@ -52,6 +52,8 @@ class Estimator:
     ) -> None:
         if kind not in KINDS:
             raise UserError(f"unknown estimator {kind!r} (choose from {', '.join(KINDS)})")
+        if gmp_delta != "auto" and not (isinstance(gmp_delta, (int, float)) and 0.0 <= gmp_delta <= 1.0):
+            raise UserError(f"gmp-IRT delta must be 'auto' or a number in [0, 1], not {gmp_delta!r}")
         self.model, self.anchors, self.kind = model, anchors, kind
         self.scenarios = model.scenarios
         unknown = set(anchors.items) ^ set(self.scenarios)

@@ -55,7 +55,7 @@ def test_fit_anchors_estimate_validate(files):
     assert len(table) == 40 * 3 and set(table.scenario) == {"s0", "s1", "overall"}
     assert table.estimate.between(0, 1).all()
     code, _ = run("estimate", root / "m", "--responses", root / "partial.csv", "--estimator", "gmpirt",
-                  "--endpoints", "m0000,m0001", "--out", root / "est.csv")
+                  "--endpoints", "m0000,m0001", "--gmp-delta", "0.5", "--out", root / "est.csv")
     assert code == 0 and (root / "est.csv").read_text().startswith("subject,scenario,estimator,estimate")
     code, out = run("validate", root / "responses.csv", "--budgets", "5,10", "--dims", "1", "--csv", root / "v.csv")
     assert code == 0 and "baseline" in out
@@ -75,6 +75,8 @@ def test_fit_anchors_estimate_validate(files):
         (["estimate", "{root}/m", "--responses", "{root}/partial.csv", "--estimator", "mpirt", "--endpoints", "zz"],
          "endpoint subject zz is not among"),
         (["estimate", "{root}/m", "--responses", "{root}/alien.csv"], "item alien is not in the IRT model"),
+        (["estimate", "{root}/m", "--responses", "{root}/partial.csv", "--estimator", "gmpirt", "--endpoints", "m0000",
+          "--gmp-delta", "1.5"], "gmp-IRT delta must be 'auto' or a number in [0, 1]"),
         (["validate", "{root}/responses.csv", "--budgets", "5,x"], "--budgets must be a comma-separated list"),
         (["validate", "{root}/responses.csv", "--test-frac", "1.5"], "test fraction must be between 0 and 1"),
     ],
