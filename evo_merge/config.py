@@ -149,11 +149,22 @@ class FinalSpec(_Strict):
     export: list[Literal["best_per_task", "balanced", "front"]] = Field(default_factory=lambda: ["best_per_task", "balanced"])
 
 
+class AlignSpec(_Strict):
+    """Align endpoints trained from different initialisations once, before the search."""
+
+    method: Literal["weight", "activation", "mudsc", "c2m3"] = "weight"
+    arch: str = Field(description="mlp, cnn, resnet, llama, gpt2, or a permutation-spec YAML file")
+    data: str | None = Field(None, description="sample for activation-based methods (.safetensors x[,y] or text)")
+    reference: Literal["first", "mean"] = Field("first", description="base of the task vectors after alignment")
+    seed: int = 0
+
+
 class Campaign(_Strict):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
     name: str = "campaign"
-    base_model: str
+    base_model: str | None = Field(None, description="required unless `align` picks the reference")
+    align: AlignSpec | None = None
     models: list[str] = Field(min_length=1)
     tasks: list[TaskSpec] = Field(min_length=1)
     methods: dict[str, dict[str, tuple[float, float]]] = Field(default_factory=lambda: dict(DEFAULT_METHODS))
@@ -185,6 +196,12 @@ class Campaign(_Strict):
                 if not low < high:
                     raise ValueError(f"{name}.{key}: empty range [{low}, {high}]")
         return methods
+
+    @model_validator(mode="after")
+    def _base(self) -> Campaign:
+        if self.base_model is None and self.align is None:
+            raise ValueError("base_model: required (or give `align` to merge models from different initialisations)")
+        return self
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> Campaign:

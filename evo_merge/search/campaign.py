@@ -9,6 +9,7 @@ candidates an uninterrupted one would have.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ class RunPaths:
     models: list[Path]
 
 
-def resolve_paths(campaign: Campaign, root: Path) -> RunPaths:
+def resolve_paths(campaign: Campaign, root: Path, run_dir: Path) -> RunPaths:
     def resolve(value: str, key: str) -> Path:
         path = Path(value).expanduser()
         path = path if path.is_absolute() else root / path
@@ -47,8 +48,31 @@ def resolve_paths(campaign: Campaign, root: Path) -> RunPaths:
             raise UserError(f"{key}: model path {value!r} does not exist ({path})")
         return path.resolve()
 
-    return RunPaths(resolve(campaign.base_model, "base_model"),
-                    [resolve(m, f"models.{i}") for i, m in enumerate(campaign.models)])
+    models = [resolve(m, f"models.{i}") for i, m in enumerate(campaign.models)]
+    if campaign.align is not None:
+        data = resolve(campaign.align.data, "align.data") if campaign.align.data else None
+        return aligned_paths(campaign.align, models, run_dir / "aligned", data)
+    return RunPaths(resolve(campaign.base_model, "base_model"), models)
+
+
+def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> RunPaths:
+    """Align the endpoints once (reused on resume) and return the reference and aligned folders."""
+    from evo_merge.align.api import align_folders
+    from evo_merge.weights import Checkpoint, write_model_folder
+
+    record = out / "permutations.json"
+    if not record.exists():
+        align_folders(models, spec.arch, spec.method, out, data=data, seed=spec.seed)
+    aligned = [out / name for name in json.loads(record.read_text())["perms"]]
+    if spec.reference == "first":
+        return RunPaths(aligned[0], aligned)
+    mean = out / "universe-mean"
+    if not mean.exists():
+        checkpoints = [Checkpoint.open(p) for p in aligned]
+        tensors = ((n, sum(c.tensor(n) for c in checkpoints) / len(checkpoints)) if checkpoints[0].dtype(n).is_floating_point
+                   else (n, checkpoints[0].tensor(n)) for n in checkpoints[0].names)
+        write_model_folder(mean, tensors, copy_from=aligned[0])
+    return RunPaths(mean, aligned)
 
 
 def base_candidate(n_models: int) -> Candidate:
@@ -78,8 +102,8 @@ def config_fingerprint(campaign: Campaign) -> str:
 class CampaignRunner:
     def __init__(self, campaign: Campaign, root: Path, run_dir: Path, progress: Progress | None = None):
         self.campaign = campaign
-        self.paths = resolve_paths(campaign, root)
         self.run_dir = Path(run_dir)
+        self.paths = resolve_paths(campaign, root, self.run_dir)
         self.store = CampaignStore(self.run_dir)
         self.progress = progress or (lambda stage, done, total: None)
         self.task_names = [t.label for t in campaign.tasks]

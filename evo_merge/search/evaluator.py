@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from evo_merge.errors import UserError
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.search.space import Candidate
 from evo_merge.tasks.base import FitnessTask
@@ -24,6 +25,21 @@ class CandidateFailed(Exception):
 
 
 Result = tuple[int, "ItemScores | CandidateFailed", float]  # (job index, scores or failure, seconds)
+
+
+def load_model(folder: Path) -> tuple[torch.nn.Module, object | None]:
+    """(module, tokenizer or None): an HF causal LM, or a plain network described by its config.json."""
+    import json
+
+    config = folder / "config.json"
+    if config.is_file() and "model_type" in json.loads(config.read_text()):
+        return load_causal_lm(folder)
+    from evo_merge.align.io import load_endpoint
+
+    endpoint = load_endpoint(folder)
+    if endpoint.module is None:
+        raise UserError(f"{folder}: config.json does not say how to build the model (no model_type or arch)")
+    return endpoint.module.eval(), None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,7 +60,7 @@ class LocalEvaluator:
     ):
         self.tasks = dict(tasks)
         self.device = resolve_device(device)
-        self.model, self.tokenizer = load_causal_lm(base)
+        self.model, self.tokenizer = load_model(base)
         self.model.to(device=self.device, dtype=parse_dtype(dtype))
         self.merger = InPlaceMerger(
             self.model, Checkpoint.open(base), [Checkpoint.open(m) for m in models], device=self.device

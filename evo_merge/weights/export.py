@@ -144,7 +144,7 @@ def _write_config(folder: Path, overrides: dict | None, written: set[torch.dtype
         return
     config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
     config.update(overrides or {})
-    if len(written) == 1:
+    if len(written) == 1 and "model_type" in config:  # transformers' key; a plain network's config stays as is
         name = dtype_name(next(iter(written)))
         config["dtype"] = name
         if "torch_dtype" in config:

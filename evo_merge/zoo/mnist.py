@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ from rich.table import Table
 from safetensors.torch import load_file, save_file
 
 from evo_merge.align.nets import build_net
+from evo_merge.errors import UserError
 
 LOW, HIGH = tuple(range(5)), tuple(range(5, 10))
 
@@ -62,6 +63,19 @@ def load_model(folder: Path) -> torch.nn.Module:
     net = build_net(json.loads((folder / "config.json").read_text()))
     net.load_state_dict(load_file(folder / "model.safetensors"))
     return net.eval()
+
+
+def mnist_task(zoo: str | Path, split: str = "test", name: str = "mnist", **settings: Any) -> Any:
+    """The zoo's held-out digits as a fitness task (for campaigns: `task: evo_merge.zoo.mnist:mnist_task`)."""
+    from evo_merge.tasks.torch_task import TorchClassificationTask
+
+    file = Path(zoo) / "data" / f"{split}.safetensors"
+    if not file.is_file():
+        raise UserError(f"{file}: no {split} split in the mnist zoo (build it with `evo-merge zoo build --kind mnist`)")
+    data = load_file(file)
+    scenarios = [f"digit-{int(d)}" for d in data["y"]]
+    return TorchClassificationTask(name, data["x"], data["y"], item_ids=[f"{name}-{i:05d}" for i in range(len(data["y"]))],
+                                   scenarios=scenarios, batch_size=settings.get("batch_size", 1024))
 
 
 def _plan(mlp_hidden: Sequence[int], cnn_channels: Sequence[int], n_seeds: int) -> dict[str, tuple[dict, int, tuple]]:

@@ -1,0 +1,52 @@
+"""A campaign over models trained from different seeds: aligned once, then searched like any endpoints."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from evo_merge.cli import cli
+from evo_merge.zoo.mnist import build_mnist_zoo, load_model
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    torch.set_num_threads(1)
+    return build_mnist_zoo(tmp_path_factory.mktemp("mnist"), mlp_hidden=(48, 48), cnn_channels=(2, 2, 2),
+                           n_seeds=2, epochs=2)
+
+
+@pytest.mark.parametrize("reference", ["first", "mean"])
+def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
+    config = tmp_path / "campaign.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": [str(zoo / "mlp-s0"), str(zoo / "mlp-s1")],
+        "align": {"method": "weight", "arch": "mlp", "reference": reference},
+        "tasks": [{"task": "evo_merge.zoo.mnist:mnist_task", "name": "digits", "options": {"zoo": str(zoo)}},
+                  {"task": "evo_merge.zoo.mnist:mnist_task", "name": "digits_train",
+                   "options": {"zoo": str(zoo), "split": "train", "name": "digits_train"}}],
+        "methods": {"linear": {}, "task_arithmetic": {}},
+        "estimator": {"kind": "full"},
+        "algorithm": {"population": 6, "generations": 2, "seed": 0},
+        "final": {"evaluate_top": 2},
+    }))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+
+    record = json.loads((run / "aligned" / "permutations.json").read_text())
+    assert list(record["perms"]) == ["mlp-s0", "mlp-s1"]
+    # alignment permutes hidden units only: the aligned model computes the same function
+    x = load_file(zoo / "data" / "test.safetensors")["x"][:64]
+    original, aligned = load_model(zoo / "mlp-s1"), load_model(run / "aligned" / "mlp-s1")
+    assert torch.allclose(original(x), aligned(x), atol=1e-5)
+    assert not torch.equal(load_file(zoo / "mlp-s1" / "model.safetensors")["fcs.0.weight"],
+                           load_file(run / "aligned" / "mlp-s1" / "model.safetensors")["fcs.0.weight"])
+    if reference == "mean":
+        assert (run / "aligned" / "universe-mean" / "model.safetensors").is_file()
+
+    exported = sorted((run / "models").iterdir())
+    assert exported and load_model(exported[0])(x).shape == (64, 10)
