@@ -1,9 +1,9 @@
 """The `tiny-lm` zoo: a small Llama-style LM pretrained here, then one fine-tune per family.
 
-The base learns the alphabet of every family (English and pseudo-words, numbers, letter
-strings) from a generic mixture but none of the skills; each endpoint is fine-tuned from the
-base on the train split of one shipped family (`evo_merge.tasks.synthetic`), with a small
-learning rate so that task vectors stay small and a merge can combine them.
+The base is pretrained on a mixture: generic lines over every family's symbols (English and
+pseudo-words, numbers, letter strings) plus a small share of each family's train lines, so it
+has seen every format but masters no skill; each endpoint is fine-tuned from the base on the
+train split of one shipped family (`evo_merge.tasks.synthetic`).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ class TinyLMSettings(BaseModel):
     pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
     finetune_steps: int = 400
-    finetune_lr: float = 2e-3
+    finetune_lr: float = 1e-3
     n_train: int = 6000
-    pretrain_task_share: float = 0.0  # share of family train lines in the pretraining mixture
+    pretrain_task_share: float = 0.15  # share of family train lines in the pretraining mixture
     table_items: int | None = None  # evaluation items per family in the table (None: all)
     seed: int = 0
 
