@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "status": "campaign:status",
     "report": "campaign:report",
     "export": "campaign:export",
+    "responses": "responses:responses",
     "irt": "irt:irt",
     "align": "align:align",
     "eval": "eval:eval_",

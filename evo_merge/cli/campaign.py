@@ -9,29 +9,6 @@ import click
 RUN_DIR = click.argument("run", type=click.Path(path_type=Path))
 
 
-class _StageBars:
-    """One rich progress bar per stage (calibration, each generation, the front) with ETA."""
-
-    def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn())
-        self.tasks: dict[str, int] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total)
-        self.progress.update(self.tasks[stage], completed=done, total=total)
-
-    def __enter__(self):
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-
-
 def _runner(run: Path, campaign_file: Path | None = None, progress=None):
     from evo_merge.config import Campaign
     from evo_merge.errors import UserError
@@ -71,7 +48,9 @@ def _run(runner) -> None:
 
     from evo_merge.report.campaign import write_report
 
-    with _StageBars() as bars:
+    from evo_merge.cli.progress import StageBars
+
+    with StageBars() as bars:
         runner.progress = bars
         measured, exported = runner.run()
     report = write_report(runner.run_dir, runner.store, runner.task_names, runner.full_item_count(), exported)

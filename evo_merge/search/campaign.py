@@ -196,10 +196,8 @@ class CampaignRunner:
         n = len(self.paths.models)
         subjects = [("base", base_candidate(n))] + [(f"endpoint-{i}", endpoint_candidate(i, n)) for i in range(n)]
         if spec.kind != "full" and spec.irt_model is None and spec.warmup_merges:
-            rng = np.random.default_rng(self.campaign.algorithm.seed + 1)
-            problem = self.space.problem(len(self.task_names))
-            warmup = MixedVariableSampling()(problem, spec.warmup_merges, random_state=rng)
-            subjects += [(f"warmup-{k}", self.space.decode(ind.X)) for k, ind in enumerate(warmup)]
+            warmup = self.space.sample(spec.warmup_merges, seed=self.campaign.algorithm.seed + 1)
+            subjects += [(f"warmup-{k}", candidate) for k, candidate in enumerate(warmup)]
         evaluations = self.evaluate_batch([c for _, c in subjects], phase=CALIBRATION, generation=None,
                                           items=self.all_items(), stage="calibration")
         for (label, _), evaluation in zip(subjects, evaluations):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pymoo.core.mixed import MixedVariableSampling
 from pymoo.core.problem import Problem
 from pymoo.core.variable import Choice, Integer, Real
 
@@ -92,6 +93,11 @@ class SearchSpace:
 
     def problem(self, n_objectives: int) -> Problem:
         return MergeProblem(self.variables(), n_objectives)
+
+    def sample(self, n: int, seed: int) -> list[Candidate]:
+        """`n` random candidates (uniform over methods and ranges), reproducible from `seed`."""
+        population = MixedVariableSampling()(self.problem(1), n, random_state=np.random.default_rng(seed))
+        return [self.decode(individual.X) for individual in population]
 
 
 class MergeProblem(Problem):

@@ -1,0 +1,40 @@
+"""`evo-merge responses build`: a real response matrix from a model zoo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def responses() -> None:
+    """Response matrices for IRT, from real models."""
+
+
+@responses.command("build")
+@click.option("--zoo", required=True, type=click.Path(path_type=Path), help="zoo folder (base/ + endpoints, zoo.json)")
+@click.option("--tasks", required=True, help="comma-separated task names or paths")
+@click.option("--n-merges", default=60, show_default=True, type=int, help="random merges besides base and endpoints")
+@click.option("--scenario", type=click.Choice(["task", "subskill"]), default="task", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="long-format CSV")
+def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: Path) -> None:
+    """Score the base, the endpoints and N random merges on every item of every task."""
+    from evo_merge.cli.progress import StageBars
+    from evo_merge.errors import UserError
+    from evo_merge.search.responses import build_responses
+    from evo_merge.tasks.registry import resolve_task
+
+    manifest = zoo / "zoo.json"
+    if not manifest.is_file():
+        raise UserError(f"--zoo {zoo}: no zoo.json (build one with `evo-merge zoo build`)")
+    endpoints = [zoo / m for m in json.loads(manifest.read_text())["models"] if m != "base"]
+    resolved = {Path(t).stem if "/" in t else t: resolve_task(t) for t in tasks.split(",") if t}
+    with StageBars() as bars:
+        table = build_responses(zoo / "base", endpoints, resolved, n_merges, seed=seed, scenario=scenario,
+                                progress=lambda done, total: bars("scoring subjects", done, total))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items")
