@@ -1,0 +1,122 @@
+"""MASS storage: the base plus each task's TSV-C factors, and the TSV-M merge of any task subset.
+
+Each 2-D weight keeps task t's top k = r/T singular triplets (U_t, sigma_t, V_t^T); other
+tensors keep the whole task vector. A subset S of tasks is merged as in TSV-M, but over the
+stored triplets of S only: the stacked U and V of S are replaced by their polar factors, so
+the orthogonalisation depends on S (compute it per subset; the caller caches). With S = all
+tasks this is exactly the registered `tsv` method; with one task it is exactly `tsv_c`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from evo_merge.errors import UserError
+from evo_merge.merge.registry import combine_pieces
+from evo_merge.merge.subspace import is_decomposed, nearest_orthogonal, top_k_svd, tsv_rank
+from evo_merge.weights import Checkpoint
+
+COMPUTE_DTYPE = torch.float32
+Triplet = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # u (m, k), s (k,), vt (k, n)
+Track = Callable[[Iterable, int], Iterable]
+_NO_EMBEDDINGS = {"embeddings": False}
+
+
+def factor_key(task: int, name: str, part: str) -> str:
+    """Key of one stored factor: part is u, s, vt (2-D weights) or delta (other tensors)."""
+    return f"task{task}::{name}::{part}"
+
+
+@dataclass
+class MassFactors:
+    """Base tensors (compute dtype) and per-task factors of every floating tensor."""
+
+    base: dict[str, torch.Tensor]
+    lowrank: dict[str, list[Triplet]]  # 2-D weights: one triplet per task
+    dense: dict[str, list[torch.Tensor]]  # other tensors: one task vector per task
+    stored_dtypes: dict[str, torch.dtype]  # the base checkpoint's dtype of each tensor
+
+    @property
+    def n_tasks(self) -> int:
+        return len(next(iter({**self.lowrank, **self.dense}.values())))
+
+    @classmethod
+    def build(cls, base: Checkpoint, endpoints: Sequence[Checkpoint], track: Track | None = None) -> MassFactors:
+        """Decompose each endpoint's task vector, one tensor at a time (nothing else held)."""
+        names = [n for n in base.names if base.dtype(n).is_floating_point]
+        out = cls({}, {}, {}, {})
+        for name in track(names, len(names)) if track else names:
+            theta0 = base.tensor(name, COMPUTE_DTYPE)
+            deltas = [ep.tensor(name, COMPUTE_DTYPE) - theta0 for ep in endpoints]
+            out.base[name] = theta0
+            out.stored_dtypes[name] = base.dtype(name)
+            if is_decomposed(theta0, name, _NO_EMBEDDINGS):
+                k = tsv_rank(theta0, len(endpoints))
+                # vt keeps V^T's rows as the SVD returns them, so products match `tsv_c` bit for bit
+                out.lowrank[name] = [(u.contiguous(), s, v.T.contiguous()) for u, s, v in (top_k_svd(d, k) for d in deltas)]
+            else:
+                out.dense[name] = deltas
+        return out
+
+    def merged(self, tasks: Sequence[int]) -> Iterator[tuple[str, torch.Tensor]]:
+        """The TSV-M merge (alpha 1, unit coefficients) of the stored factors of `tasks`."""
+        weights = [1.0] * len(tasks)
+        for name, theta0 in self.base.items():
+            if name in self.lowrank:
+                pieces = subset_pieces([self.lowrank[name][t] for t in tasks])
+            else:
+                pieces = [self.dense[name][t] / len(tasks) for t in tasks]
+            yield name, combine_pieces(theta0, pieces, weights, 1.0)
+
+    def stored(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(key, tensor) pairs of the task factors to save, in the base checkpoint's dtypes."""
+        for name in self.base:
+            dtype = self.stored_dtypes[name]
+            for t in range(self.n_tasks):
+                if name in self.lowrank:
+                    for part, tensor in zip(("u", "s", "vt"), self.lowrank[name][t]):
+                        yield factor_key(t, name, part), tensor.to(dtype)
+                else:
+                    yield factor_key(t, name, "delta"), self.dense[name][t].to(dtype)
+
+    @classmethod
+    def load(
+        cls, store: Checkpoint, base: Checkpoint, lowrank: Sequence[str], dense: Sequence[str], n_tasks: int
+    ) -> MassFactors:
+        """Read factors saved by `stored` (and the base); a missing tensor is a user error naming it."""
+
+        def read(ckpt: Checkpoint, key: str) -> torch.Tensor:
+            if key not in ckpt:
+                raise UserError(f"{ckpt.path}: MASS tensor {key!r} is missing (incomplete or damaged MASS folder)")
+            return ckpt.tensor(key, COMPUTE_DTYPE)
+
+        out = cls({}, {}, {}, {})
+        for name in [*lowrank, *dense]:
+            out.base[name] = read(base, name)
+            out.stored_dtypes[name] = base.dtype(name)
+            if name in lowrank:
+                out.lowrank[name] = [
+                    tuple(read(store, factor_key(t, name, p)) for p in ("u", "s", "vt")) for t in range(n_tasks)
+                ]
+            else:
+                out.dense[name] = [read(store, factor_key(t, name, "delta")) for t in range(n_tasks)]
+        return out
+
+
+def subset_pieces(triplets: Sequence[Triplet]) -> list[torch.Tensor]:
+    """Per-task TSV-M pieces of one matrix from the stored triplets of a task subset.
+
+    The same arithmetic as `subspace.tsv_m_pieces` after its SVDs. One task needs no
+    orthogonalisation (its singular vectors already are orthonormal): its piece is the TSV-C
+    reconstruction, bit for bit.
+    """
+    if len(triplets) == 1:
+        u, s, vt = triplets[0]
+        return [(u * s) @ vt]
+    k = triplets[0][1].numel()
+    u_perp = nearest_orthogonal(torch.cat([u for u, _, _ in triplets], dim=1))
+    v_perp = nearest_orthogonal(torch.cat([vt.T for _, _, vt in triplets], dim=1))
+    return [(u_perp[:, t * k:(t + 1) * k] * s) @ v_perp[:, t * k:(t + 1) * k].T for t, (_, s, _) in enumerate(triplets)]
