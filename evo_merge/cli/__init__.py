@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "align": "align:align",
     "eval": "eval:eval_",
     "zoo": "zoo:zoo",
+    "mass": "mass:mass",
 }
 
 
