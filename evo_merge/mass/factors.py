@@ -48,17 +48,20 @@ class MassFactors:
         """Decompose each endpoint's task vector, one tensor at a time (nothing else held)."""
         names = [n for n in base.names if base.dtype(n).is_floating_point]
         out = cls({}, {}, {}, {})
+        similarity = _Similarity(len(endpoints))
         for name in track(names, len(names)) if track else names:
             theta0 = base.tensor(name, COMPUTE_DTYPE)
             deltas = [ep.tensor(name, COMPUTE_DTYPE) - theta0 for ep in endpoints]
             out.base[name] = theta0
             out.stored_dtypes[name] = base.dtype(name)
             if is_decomposed(theta0, name, _NO_EMBEDDINGS):
+                similarity.add(theta0, deltas)
                 k = tsv_rank(theta0, len(endpoints))
                 # vt keeps V^T's rows as the SVD returns them, so products match `tsv_c` bit for bit
                 out.lowrank[name] = [(u.contiguous(), s, v.T.contiguous()) for u, s, v in (top_k_svd(d, k) for d in deltas)]
             else:
                 out.dense[name] = deltas
+        similarity.check(base, endpoints)
         return out
 
     def merged(self, tasks: Sequence[int]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -120,3 +123,32 @@ def subset_pieces(triplets: Sequence[Triplet]) -> list[torch.Tensor]:
     u_perp = nearest_orthogonal(torch.cat([u for u, _, _ in triplets], dim=1))
     v_perp = nearest_orthogonal(torch.cat([vt.T for _, _, vt in triplets], dim=1))
     return [(u_perp[:, t * k:(t + 1) * k] * s) @ v_perp[:, t * k:(t + 1) * k].T for t, (_, s, _) in enumerate(triplets)]
+
+
+class _Similarity:
+    """Cosine between each endpoint's and the base's 2-D weights, all matrices together.
+
+    Fine-tunes stay close to their base (near 1); models trained apart are near 0 even when
+    every name and shape matches, and task vectors between them mean nothing.
+    """
+
+    MIN_COSINE = 0.5
+
+    def __init__(self, n: int):
+        self.dots, self.norms, self.base_norm = [0.0] * n, [0.0] * n, 0.0
+
+    def add(self, theta0: torch.Tensor, deltas: Sequence[torch.Tensor]) -> None:
+        self.base_norm += float(theta0.square().sum())
+        for t, delta in enumerate(deltas):
+            theta = theta0 + delta
+            self.dots[t] += float((theta * theta0).sum())
+            self.norms[t] += float(theta.square().sum())
+
+    def check(self, base: Checkpoint, endpoints: Sequence[Checkpoint]) -> None:
+        for ep, dot, norm in zip(endpoints, self.dots, self.norms):
+            cosine = dot / max((norm * self.base_norm) ** 0.5, 1e-30)
+            if cosine < self.MIN_COSINE:
+                raise UserError(
+                    f"{ep.path} does not look fine-tuned from base {base.path}: the cosine of their 2-D weights "
+                    f"is {cosine:.2f} (fine-tunes of a base are near 1, separately trained models near 0)"
+                )

@@ -1,0 +1,144 @@
+"""MASS folders (save/load, card), evaluation through lm-eval and the project's tasks, the CLI."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evo_merge.cli import cli
+from evo_merge.errors import UserError
+from evo_merge.mass import MassModel, load_mass
+from evo_merge.merge.inplace import InPlaceMerger
+from evo_merge.tasks.registry import BENCHMARKS_DIR, resolve_task
+from evo_merge.tasks.synthetic import FAMILIES
+from evo_merge.weights import Checkpoint
+from evo_merge.zoo.tiny import save_tiny_family
+
+
+@pytest.fixture(scope="module")
+def saved(llama_family, tmp_path_factory):
+    base, endpoints = llama_family
+    mass = MassModel.from_checkpoints(base, endpoints, layer=0, threshold=0.3, max_tasks=2, token="last")
+    return mass, mass.save(tmp_path_factory.mktemp("saved") / "mass")
+
+
+def test_round_trip_keeps_factors_routing_and_outputs(saved):
+    mass, folder = saved
+    loaded, tokenizer = load_mass(folder)
+    assert loaded.tasks == ["ft1", "ft2", "ft3"] and loaded.routing == mass.routing
+    for key in [(0,), (1, 2), (0, 1, 2)]:
+        a, b = mass.merged_tensors(key), loaded.merged_tensors(key)
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    ids = tokenizer(["84+1=", "abc", "hello there"], padding=True, return_tensors="pt")
+    assert mass.route(**ids)[1] == loaded.route(**ids)[1]
+    assert torch.equal(mass(**ids).logits, loaded(**ids).logits)
+
+
+def test_folder_is_self_contained_and_says_it_needs_evo_merge(saved, tmp_path):
+    mass, folder = saved
+    assert not (folder / "config.json").exists()  # transformers must not mistake it for a plain model
+    with pytest.raises((OSError, ValueError)):
+        AutoModelForCausalLM.from_pretrained(folder)
+    assert (folder / "base" / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+    card = (folder / "README.md").read_text()
+    assert "library_name: evo-merge" in card and "needs evo-merge to run" in card
+    linked = mass.save(tmp_path / "linked", copy_base=False)
+    assert not (linked / "base").exists()
+    assert json.loads((linked / "mass.json").read_text())["base"] == str(mass.base_path)
+    assert load_mass(linked)[0].route(torch.tensor([[5, 6, 7]]))[1] == mass.route(torch.tensor([[5, 6, 7]]))[1]
+    with pytest.raises(UserError, match="already exists"):
+        mass.save(linked)
+
+
+def test_missing_factor_is_named(saved, tmp_path):
+    _, folder = saved
+    broken = tmp_path / "broken"
+    mass_json = json.loads((folder / "mass.json").read_text())
+    mass_json["base"] = str(folder / "base")
+    broken.mkdir()
+    (broken / "mass.json").write_text(json.dumps(mass_json))
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["task1::model.layers.1.mlp.up_proj.weight::vt"]
+    save_file(tensors, broken / "model.safetensors")
+    with pytest.raises(UserError, match=r"MASS tensor 'task1::model.layers.1.mlp.up_proj.weight::vt' is missing"):
+        load_mass(broken)
+    with pytest.raises(UserError, match="not a MASS folder"):
+        load_mass(folder / "base")
+
+
+def test_pinned_mass_scores_items_like_the_tsv_c_model_and_routed_like_lm_eval(zoo, zoo_mass, tmp_path):
+    from lm_eval import simple_evaluate
+
+    import evo_merge.mass.lmeval  # noqa: F401  (registers evo-merge-mass)
+
+    tok = AutoTokenizer.from_pretrained(zoo / "base")
+    task = resolve_task("arith", batch_size=16)
+    items = task.item_ids[::75]  # 16 items over the scenarios
+    reference = AutoModelForCausalLM.from_pretrained(zoo / "base").eval()
+    merger = InPlaceMerger(reference, Checkpoint.open(zoo / "base"), [Checkpoint.open(zoo / f) for f in FAMILIES])
+    merger.apply("tsv_c", [1.0] * 3, {"task": 0})
+    zoo_mass.pin(["arith"])
+    try:
+        pinned = task.evaluate(zoo_mass, tok, items)
+    finally:
+        zoo_mass.pin(None)
+    assert pinned.tolist() == task.evaluate(reference, tok, items).tolist()
+
+    routed = task.evaluate(zoo_mass, tok, items)
+    folder = zoo_mass.save(tmp_path / "mass")
+    positions = [task.item_ids.index(i) for i in items]
+    result = simple_evaluate(
+        model="evo-merge-mass", model_args=f"path={folder}", batch_size=16,
+        tasks=[task.task], samples={task.name: positions}, bootstrap_iters=0, log_samples=True,
+    )
+    theirs = {s["doc_id"]: s["acc"] for s in result["samples"][task.name]}
+    assert [theirs[p] for p in positions] == routed.tolist()
+    assert BENCHMARKS_DIR.is_dir()
+
+
+def test_cli_builds_and_evaluates_a_mass_folder(zoo, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "mass"
+    models = [str(zoo / f) for f in FAMILIES]
+    built = runner.invoke(cli, ["mass", "build", "--base", str(zoo / "base"), "--models", *models,
+                                "--out", str(out), "--layer", "0", "--max-tasks", "2"])
+    assert built.exit_code == 0, built.output
+    assert "routing at block 0" in built.output
+    assert json.loads((out / "mass.json").read_text())["routing"]["max_tasks"] == 2
+    items = tmp_path / "items.txt"
+    items.write_text("\n".join(resolve_task("seq").item_ids[:8]))
+    scored = runner.invoke(cli, ["mass", "eval", "--model", str(out), "--task", "seq", "--items", str(items),
+                                 "--out", str(tmp_path / "scores.csv")])
+    assert scored.exit_code == 0, scored.output
+    table = pd.read_csv(tmp_path / "scores.csv")
+    assert len(table) == 8 and set(table["score"]) <= {0.0, 1.0} and table["subject"].iloc[0] == "mass"
+
+
+@pytest.mark.parametrize("case", ["layer", "base", "factors", "threshold"])
+def test_cli_bad_input_is_one_line_exit_2(case, zoo, llama_family, saved, tmp_path):
+    base, endpoints = llama_family
+    args = ["mass", "build", "--base", str(base), "--models", *map(str, endpoints), "--out", str(tmp_path / "m")]
+    if case == "layer":
+        args += ["--layer", "7"]
+        expected = "layer 7 is out of range"
+    elif case == "base":
+        other, _ = save_tiny_family(tmp_path / "other", "llama", n_finetunes=0, seed=5)
+        args[3] = str(other)  # same names and shapes, but initialised apart from the fine-tunes
+        expected = "does not look fine-tuned from base"
+    elif case == "threshold":
+        args += ["--threshold", "1.5"]
+        expected = "threshold"
+    else:
+        shutil.copytree(saved[1], tmp_path / "copy")
+        (tmp_path / "copy" / "model.safetensors").unlink()  # the factors file
+        args = ["mass", "eval", "--model", str(tmp_path / "copy"), "--task", "arith", "--out", str(tmp_path / "s.csv")]
+        expected = "no weights in"
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
