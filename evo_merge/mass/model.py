@@ -66,6 +66,11 @@ def _rows(kwargs: dict[str, Any], index: torch.Tensor, batch: int) -> dict[str, 
     return {k: v[index] if torch.is_tensor(v) and v.dim() >= 2 and v.shape[0] == batch else v for k, v in kwargs.items()}
 
 
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+
+
 def _load_module(folder: Path) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
@@ -99,14 +104,33 @@ class MassModel(nn.Module):
         missing = next((n for n in factors.base if n not in self._targets), None)
         if missing is not None:
             raise UserError(f"tensor {missing} has no counterpart in the {type(module).__name__} module")
-        self._router = module.get_submodule(routing.weight.removesuffix(".weight"))
-        conv = isinstance(self._router, Conv1D)  # GPT-2 stores (in, out): input space is U's
-        self._router_bases = [u if conv else vt.T for u, _, vt in factors.lowrank[routing.weight]]
+        self._bind_router()
         pad = module.config.pad_token_id
         self._pad_ids = sorted({LM_EVAL_PAD_ID} | ({pad} if isinstance(pad, int) else set()))
         self._cache: OrderedDict[TaskSet, dict[str, torch.Tensor]] = OrderedDict()
         self._current: TaskSet | None = None
         self._pinned: TaskSet | None = None
+
+    def _bind_router(self) -> None:
+        self._router = self.module.get_submodule(self.routing.weight.removesuffix(".weight"))
+        conv = isinstance(self._router, Conv1D)  # GPT-2 stores (in, out): input space is U's
+        self._router_bases = [u if conv else vt.T for u, _, vt in self.factors.lowrank[self.routing.weight]]
+
+    def set_routing(self, layer: int | None = None, **settings: Any) -> None:
+        """Change the routing block (None: keep it) and any of threshold, max_tasks, token,
+        cache_size; the stored factors serve every block, so nothing is recomputed."""
+        current = self.routing.model_dump(exclude={"layer", "weight"})
+        try:
+            self.routing = routing_config(list(self.factors.base), self.routing.layer if layer is None else layer,
+                                          **{**current, **settings})
+        except ValidationError as err:
+            raise UserError(f"MASS routing settings: {_first_error(err)}") from None
+        self._bind_router()
+
+    def clear_cache(self) -> None:
+        """Drop the merged task sets (the module keeps the weights it holds now)."""
+        self._cache.clear()
+        self._current = None
 
     # --- what HF-model consumers (lm-eval's HFLM, the project's tasks) read ---------------------
     @property
@@ -300,7 +324,7 @@ class MassModel(nn.Module):
             routing = routing_config(base_ckpt.names, layer, threshold=threshold, max_tasks=max_tasks,
                                      token=token, cache_size=cache_size)
         except ValidationError as err:
-            raise UserError(f"MASS routing settings: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from None
+            raise UserError(f"MASS routing settings: {_first_error(err)}") from None
         names = [Path(m).resolve().name for m in models]
         tasks = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
         factors = MassFactors.build(base_ckpt, endpoints, track)

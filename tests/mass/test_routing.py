@@ -85,3 +85,20 @@ def test_inputs_of_each_family_route_to_its_own_endpoint(zoo, zoo_mass):
     for family in FAMILIES:
         assert confusion.loc[family].idxmax() == family
         assert kept[family] >= 0.75
+
+
+def test_routing_can_move_to_another_block_without_rebuilding(llama_family):
+    from evo_merge.mass import MassModel
+
+    base, endpoints = llama_family
+    mass = MassModel.from_checkpoints(base, endpoints, layer=0)
+    ids = torch.randint(3, 100, (4, 7), generator=torch.Generator().manual_seed(1))
+    at0 = mass.routed_state(ids)
+    mass.set_routing(1, max_tasks=1)
+    assert mass.routing.weight == "model.layers.1.mlp.gate_proj.weight" and mass.routing.threshold == 0.2
+    assert not torch.allclose(mass.routed_state(ids), at0)
+    assert all(len(s) == 1 for s in mass.route(ids)[1])
+    with pytest.raises(UserError, match="layer 2 is out of range"):
+        mass.set_routing(2)
+    with pytest.raises(UserError, match="max_tasks"):
+        mass.set_routing(max_tasks=0)
