@@ -58,7 +58,8 @@ class MassFactors:
                 similarity.add(theta0, deltas)
                 k = tsv_rank(theta0, len(endpoints))
                 # vt keeps V^T's rows as the SVD returns them, so products match `tsv_c` bit for bit
-                out.lowrank[name] = [(u.contiguous(), s, v.T.contiguous()) for u, s, v in (top_k_svd(d, k) for d in deltas)]
+                triplets = (top_k_svd(d, k) for d in deltas)
+                out.lowrank[name] = [(u.contiguous(), s, v.T.contiguous()) for u, s, v in triplets]
             else:
                 out.dense[name] = deltas
         similarity.check(base, endpoints)

@@ -63,7 +63,10 @@ def real_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pa
 
 def _rows(kwargs: dict[str, Any], index: torch.Tensor, batch: int) -> dict[str, Any]:
     """kwargs with per-row tensors (batch-first, at least 2-D) restricted to `index`."""
-    return {k: v[index] if torch.is_tensor(v) and v.dim() >= 2 and v.shape[0] == batch else v for k, v in kwargs.items()}
+    def per_row(v: Any) -> bool:
+        return torch.is_tensor(v) and v.dim() >= 2 and v.shape[0] == batch
+
+    return {k: v[index] if per_row(v) else v for k, v in kwargs.items()}
 
 
 def _first_error(err: ValidationError) -> str:
@@ -258,7 +261,8 @@ class MassModel(nn.Module):
             self._use(key)
             index = torch.tensor(rows, device=input_ids.device)
             mask = None if attention_mask is None else attention_mask[index]
-            out = forward(input_ids=input_ids[index], attention_mask=mask, use_cache=False, **_rows(kwargs, index, batch))
+            out = forward(input_ids=input_ids[index], attention_mask=mask, use_cache=False,
+                          **_rows(kwargs, index, batch))
             if logits is None:
                 logits = out.logits.new_empty((batch, *out.logits.shape[1:]))
             logits[index] = out.logits
@@ -274,7 +278,9 @@ class MassModel(nn.Module):
         return self._grouped(sets, self.module, input_ids, attention_mask, kwargs)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
         """HF `generate`, each row served by the task set its prompt routes to.
 
         One task set: the wrapped model's own generate. Several: one batch (so batch-wide
