@@ -58,13 +58,10 @@ class InPlaceMerger:
 
     def _pieces_for(self, method, params: Mapping[str, Any]) -> dict[str, list[torch.Tensor]]:
         key = (method.name, *(repr(params[k]) for k in method.piece_params))
-        if key not in self._pieces:
-            if method.name == "task_arithmetic":  # its pieces are the task vectors: share, don't copy
-                self._pieces[key] = self._deltas
-            else:
-                self._pieces[key] = {
-                    name: method.pieces(self._base[name], self._deltas[name], params, name) for name in self._base
-                }
+        if key not in self._pieces:  # pieces that are the task vectors themselves share their storage
+            self._pieces[key] = {
+                name: method.pieces(self._base[name], self._deltas[name], params, name) for name in self._base
+            }
         return self._pieces[key]
 
     def _merged(
