@@ -4,7 +4,8 @@
    (top-1 task = the family's endpoint; the family's task among the kept ones; tasks kept).
 2. Accuracy (%) per family of the base, each endpoint, TSV-M (all tasks), MASS (routed per
    input, at `--layer`/`--token`) and the oracle (TSV-C of the family's own endpoint), with the
-   share of the TSV-M -> oracle gap that MASS closes; the routing confusion matrix.
+   share of the TSV-M -> oracle gap that MASS closes; the routing confusion matrix; how the
+   rows lm-eval actually sends were routed; MASS keeping at most one task (an ablation).
 3. Inference cost: one MASS forward (pass 1 up to the routing block + one pass 2 per task set
    in the batch, merged weights cached) relative to one forward of the base, on a mixed batch.
 
@@ -40,6 +41,20 @@ def _route(mass: MassModel, tok, prompts: list[str]) -> tuple[list[int], list[tu
     enc = tok(prompts, padding=True, return_tensors="pt")
     probs, sets = mass.route(enc["input_ids"], enc["attention_mask"])
     return probs.argmax(1).tolist(), sets
+
+
+def _logged_routes(mass: MassModel) -> list[tuple[int, ...]]:
+    """A list that collects every task set `mass` routes to from now on (wraps its `route`)."""
+    log: list[tuple[int, ...]] = []
+    route = mass.route
+
+    def logged(*args, **kwargs):
+        probs, sets = route(*args, **kwargs)
+        log.extend(sets)
+        return probs, sets
+
+    mass.route = logged
+    return log
 
 
 def routing_table(mass: MassModel, tok, prompts: dict[str, list[str]], n_layers: int) -> pd.DataFrame:
@@ -144,12 +159,26 @@ def main() -> None:
         mass.pin([t])
         table["oracle (TSV-C own task)"].update(accuracy(mass, tok, {family: items[family]}, args.batch_size))
     mass.pin(None)
-    table["MASS"] = accuracy(mass, tok, items, args.batch_size)
+    routed = _logged_routes(mass)
+    lm_eval_routing = {}
+    table["MASS"] = {}
+    for t, family in enumerate(FAMILIES):
+        routed.clear()
+        table["MASS"].update(accuracy(mass, tok, {family: items[family]}, args.batch_size))
+        lm_eval_routing[family] = {"rows routed": len(routed),
+                                   "own task kept %": 100 * sum(t in s for s in routed) / len(routed),
+                                   "tasks kept (mean)": sum(map(len, routed)) / len(routed)}
+    mass.set_routing(max_tasks=1)
+    table["MASS, at most 1 task"] = accuracy(mass, tok, items, args.batch_size)
+    mass.set_routing(max_tasks=args.max_tasks)
     acc = pd.DataFrame(table).T
     acc["mean"] = acc[list(FAMILIES)].mean(axis=1)
     print("## Accuracy (%) per family\n")
     print(acc.round(1).to_markdown(), "\n")
-    gap = (acc.loc["MASS"] - acc.loc["TSV-M"]) / (acc.loc["oracle (TSV-C own task)"] - acc.loc["TSV-M"])
+    headroom = acc.loc["oracle (TSV-C own task)"] - acc.loc["TSV-M"]
+    gap = ((acc.loc["MASS"] - acc.loc["TSV-M"]) / headroom).where(headroom > 0)  # NaN: the oracle is no better
+    print("routing of the rows lm-eval sends (prompt + answer without its last token; one row per choice):")
+    print(pd.DataFrame(lm_eval_routing).T.round(1).to_markdown(), "\n")
     own = pd.Series({f: acc.loc[f, f] for f in FAMILIES})
     print("share of the TSV-M -> oracle gap closed by MASS:", gap[list(FAMILIES)].round(2).to_dict())
     print("MASS accuracy / own endpoint's accuracy:", (acc.loc["MASS", list(FAMILIES)] / own).round(2).to_dict(), "\n")
