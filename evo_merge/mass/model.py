@@ -114,8 +114,12 @@ class MassModel(nn.Module):
         self._current: TaskSet | None = None
         self._pinned: TaskSet | None = None
 
+    @property
+    def _router(self) -> nn.Module:
+        """The routing block's first MLP layer (looked up, not held: a held one would register twice)."""
+        return self.module.get_submodule(self.routing.weight.removesuffix(".weight"))
+
     def _bind_router(self) -> None:
-        self._router = self.module.get_submodule(self.routing.weight.removesuffix(".weight"))
         conv = isinstance(self._router, Conv1D)  # GPT-2 stores (in, out): input space is U's
         self._router_bases = [u if conv else vt.T for u, _, vt in self.factors.lowrank[self.routing.weight]]
 
