@@ -16,7 +16,7 @@ import torch
 
 from evo_merge.errors import UserError
 from evo_merge.merge.registry import combine_pieces
-from evo_merge.merge.subspace import is_decomposed, nearest_orthogonal, top_k_svd, tsv_rank
+from evo_merge.merge.subspace import is_decomposed, orthogonalised_pieces, top_k_svd, tsv_rank
 from evo_merge.weights import Checkpoint
 
 COMPUTE_DTYPE = torch.float32
@@ -113,18 +113,14 @@ class MassFactors:
 def subset_pieces(triplets: Sequence[Triplet]) -> list[torch.Tensor]:
     """Per-task TSV-M pieces of one matrix from the stored triplets of a task subset.
 
-    The same arithmetic as `subspace.tsv_m_pieces` after its SVDs. One task needs no
+    `subspace.orthogonalised_pieces` of the stored factors. One task needs no
     orthogonalisation (its singular vectors already are orthonormal): its piece is the TSV-C
     reconstruction, bit for bit.
     """
     if len(triplets) == 1:
         u, s, vt = triplets[0]
         return [(u * s) @ vt]
-    k = triplets[0][1].numel()
-    u_perp = nearest_orthogonal(torch.cat([u for u, _, _ in triplets], dim=1))
-    v_perp = nearest_orthogonal(torch.cat([vt.T for _, _, vt in triplets], dim=1))
-    return [(u_perp[:, t * k:(t + 1) * k] * s) @ v_perp[:, t * k:(t + 1) * k].T for t, (_, s, _) in enumerate(triplets)]
-
+    return orthogonalised_pieces([(u, s, vt.T) for u, s, vt in triplets])
 
 class _Similarity:
     """Cosine between each endpoint's and the base's 2-D weights, all matrices together.

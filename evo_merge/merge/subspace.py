@@ -40,21 +40,23 @@ def tsv_rank(delta: torch.Tensor, n_tasks: int) -> int:
     return max(1, min(delta.shape) // n_tasks)
 
 
-def tsv_m_pieces(deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Per-task pieces D_t = U_perp[:, block_t] diag(sigma_t) V_perp[:, block_t]^T of one matrix.
+def orthogonalised_pieces(factors: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """TSV-M pieces from each task's top-k factors (u: m x k, sigma: k, v: n x k) of one matrix.
 
-    The orthogonalisation does not depend on the task coefficients, so sum_t c_t D_t is the
-    TSV-M merge with sigma_t scaled by c_t.
+    D_t = U_perp[:, block_t] diag(sigma_t) V_perp[:, block_t]^T, with U_perp and V_perp the polar
+    factors of the stacked u's and v's. The orthogonalisation does not depend on the task
+    coefficients, so sum_t c_t D_t is the TSV-M merge with sigma_t scaled by c_t.
     """
-    k = tsv_rank(deltas[0], len(deltas))
-    factors = [top_k_svd(d, k) for d in deltas]
+    k = factors[0][1].numel()
     u_perp = nearest_orthogonal(torch.cat([u for u, _, _ in factors], dim=1))
     v_perp = nearest_orthogonal(torch.cat([v for _, _, v in factors], dim=1))
-    pieces = []
-    for t, (_, s, _) in enumerate(factors):
-        block = slice(t * k, (t + 1) * k)
-        pieces.append((u_perp[:, block] * s) @ v_perp[:, block].T)
-    return pieces
+    return [(u_perp[:, t * k:(t + 1) * k] * s) @ v_perp[:, t * k:(t + 1) * k].T for t, (_, s, _) in enumerate(factors)]
+
+
+def tsv_m_pieces(deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-task TSV-M pieces of one matrix from the task vectors (top r/T triplets each)."""
+    k = tsv_rank(deltas[0], len(deltas))
+    return orthogonalised_pieces([top_k_svd(d, k) for d in deltas])
 
 
 @register_method(

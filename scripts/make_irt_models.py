@@ -1,0 +1,69 @@
+"""Fit the IRT models shipped in irt_models/ for the shipped benchmarks, from real responses.
+
+    .venv/bin/python scripts/make_irt_models.py --zoo runs/zoo/tiny-lm --n-merges 60
+
+1. builds (or reuses) the response matrix of the tiny-lm zoo: base, endpoints and N seeded
+   random merges scored on every item of arith, lang and seq (`evo-merge responses build`);
+2. fits one IRT model per family on its sub-skill scenarios and stores it with 20 kmeans-irt
+   anchors per scenario in irt_models/<family>/ (what a campaign's `estimator.irt_model` reads);
+3. prints `irt validate` on the whole matrix with one scenario per family, i.e. n anchors per
+   family, against random sampling with a plain mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from evo_merge.irt import IRTModel, select_anchors, validate, validate_responses
+from evo_merge.irt.validate import validation_table
+from evo_merge.search.responses import build_responses
+from evo_merge.tasks.registry import resolve_task
+
+FAMILIES = ("arith", "lang", "seq")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", type=Path, default=Path("runs/zoo/tiny-lm"))
+    parser.add_argument("--n-merges", type=int, default=60)
+    parser.add_argument("--responses", type=Path, default=Path("runs/responses/tiny-lm.csv"))
+    parser.add_argument("--out", type=Path, default=Path("irt_models"))
+    parser.add_argument("--budgets", default="5,10,20,50")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    if not args.responses.exists():
+        endpoints = [args.zoo / m for m in json.loads((args.zoo / "zoo.json").read_text())["models"] if m != "base"]
+        tasks = {f: resolve_task(f) for f in FAMILIES}
+        table = build_responses(args.zoo / "base", endpoints, tasks, args.n_merges, seed=args.seed,
+                                scenario="subskill",
+                                progress=lambda done, total: print(f"scored {done}/{total} subjects", flush=True))
+        args.responses.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.responses, index=False)
+    table = pd.read_csv(args.responses)
+    print(f"responses: {table.subject.nunique()} subjects x {table.item.nunique()} items")
+
+    for family in FAMILIES:
+        rows = table[table.task == family].assign(scenario=lambda t: t.scenario.str.split(":").str[1])
+        model = IRTModel.fit(validate_responses(rows[["subject", "item", "score", "scenario"]], family),
+                             dims="auto", seed=args.seed)
+        model.save(args.out / family)
+        select_anchors(model, 20, "kmeans-irt", seed=args.seed).save(args.out / family)
+        print(f"{family}: D={model.dims}, {len(model.item_ids)} items, scenarios {model.scenarios} -> {args.out / family}")
+
+    per_family = table.assign(scenario=table.task)[["subject", "item", "score", "scenario"]]
+    endpoints = sorted(s for s in table.subject.unique() if s.startswith("endpoint-"))
+    result = validate(validate_responses(per_family, "responses"), budgets=[int(b) for b in args.budgets.split(",")],
+                      seed=args.seed, endpoints=endpoints)
+    from rich.console import Console
+
+    Console().print(validation_table(result))
+    print(result.round(4).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()
