@@ -3,9 +3,10 @@
 1. Items per second of the lm-eval adapter (all items of each family), and the cost of one
    small call (20 anchor items, 1 item): a search evaluates thousands of candidates on a few
    anchors each, so the fixed per-call cost matters as much as the throughput.
-2. `--merge-check`: task arithmetic theta0 + lambda * sum of the task vectors for a few
-   lambdas (with `evo_merge.merge.InPlaceMerger`), accuracy on all items of every family, next
-   to the zoo table: is a merge within reach of the endpoints on their own families?
+2. `--merge-check`: simple merges of the three endpoints (with `evo_merge.merge.InPlaceMerger`):
+   task arithmetic theta0 + lambda * sum of the task vectors for a few lambdas, TIES at a few
+   densities, TSV-M (alpha 1); accuracy on all items of every family, next to the zoo table:
+   is a merge within reach of the endpoints on their own families?
 
 Usage: `.venv/bin/python scripts/bench_eval.py --zoo ZOO_DIR [--model base] [--merge-check]`
 (build the zoo first with `evo-merge zoo build --out ZOO_DIR`).
@@ -41,10 +42,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--anchors", type=int, default=20)
     parser.add_argument("--merge-check", action="store_true")
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.5, 0.75, 1.0])
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.3, 0.5, 0.75, 1.0])
+    parser.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.3])
     args = parser.parse_args()
     if args.merge_check:
-        merge_check(args.zoo, args.lambdas)
+        torch.set_num_threads(args.threads)
+        merge_check(args.zoo, args.lambdas, args.densities)
         return
     torch.set_num_threads(args.threads)
     tok, models = load_zoo(args.zoo)
@@ -65,7 +68,7 @@ def main() -> None:
     print(pd.DataFrame(rows).round(3).to_markdown(index=False))
 
 
-def merge_check(zoo: Path, lambdas: list[float]) -> None:
+def merge_check(zoo: Path, lambdas: list[float], densities: list[float]) -> None:
     from evo_merge.merge.inplace import InPlaceMerger
     from evo_merge.weights import Checkpoint
     from evo_merge.zoo.tinylm import zoo_table
@@ -75,13 +78,15 @@ def merge_check(zoo: Path, lambdas: list[float]) -> None:
     merger = InPlaceMerger(
         module, Checkpoint.open(zoo / "base"), [Checkpoint.open(zoo / family) for family in FAMILIES]
     )
+    merges = {f"TA lambda={lam}": ("task_arithmetic", {"lambda": lam}) for lam in lambdas}
+    merges |= {f"TIES density={d}": ("ties", {"density": d}) for d in densities}
+    merges["TSV-M alpha=1"] = ("tsv", {})
     rows = []
-    for lam in lambdas:
-        merger.apply("task_arithmetic", [1.0] * len(FAMILIES), {"lambda": lam})
-        row = zoo_table({f"TA lambda={lam}": module}, tok).iloc[0]
-        rows.append(row.rename(f"TA lambda={lam}"))
+    for label, (method, params) in merges.items():
+        merger.apply(method, [1.0] * len(FAMILIES), params)
+        rows.append(zoo_table({label: module}, tok).iloc[0].rename(label))
     table = pd.concat([pd.read_csv(zoo / "table.csv", index_col="model"), pd.DataFrame(rows)])
-    print("accuracy (%) on all items; TA = task arithmetic of the three endpoints")
+    print("accuracy (%) on all items; merges of the three endpoints (weights 1 each)")
     print(table.round(1).to_markdown())
 
 
