@@ -179,19 +179,18 @@ class Campaign(_Strict):
     @field_validator("methods")
     @classmethod
     def _methods(cls, methods: dict[str, dict[str, tuple[float, float]]]) -> dict:
-        from evo_merge.merge import get_method  # the registry knows each method's hyperparameters
+        from evo_merge.merge.kinds import kind_hyperparameters  # each kind declares its hyperparameters
 
         if not methods:
             raise ValueError("give at least one merge method")
         for name, ranges in methods.items():
             try:
-                method = get_method(name)
+                declared = {h.name: h for h in kind_hyperparameters(name) if h.searchable}
             except UserError as exc:
                 raise ValueError(f"{name}: {exc}") from None
             for key, (low, high) in ranges.items():
-                hp = method.hyperparameter(key)
-                if hp is None or not hp.searchable:
-                    known = ", ".join(h.name for h in method.hyperparameters if h.searchable) or "none"
+                if key not in declared:
+                    known = ", ".join(declared) or "none"
                     raise ValueError(f"{name}.{key}: not a searchable parameter of {name} (searchable: {known})")
                 if not low < high:
                     raise ValueError(f"{name}.{key}: empty range [{low}, {high}]")

@@ -10,6 +10,7 @@ import torch
 
 from evo_merge.errors import UserError
 from evo_merge.merge.inplace import InPlaceMerger
+from evo_merge.merge.kinds import MASS
 from evo_merge.search.space import Candidate
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.scoring import load_causal_lm
@@ -59,14 +60,27 @@ class LocalEvaluator:
         dtype: str = "float32",
     ):
         self.tasks = dict(tasks)
-        self.device = resolve_device(device)
+        self.base, self.models = base, list(models)
+        self.device, self.dtype = resolve_device(device), parse_dtype(dtype)
         self.model, self.tokenizer = load_model(base)
-        self.model.to(device=self.device, dtype=parse_dtype(dtype))
+        self.model.to(device=self.device, dtype=self.dtype)
         self.merger = InPlaceMerger(
             self.model, Checkpoint.open(base), [Checkpoint.open(m) for m in models], device=self.device
         )
+        self._mass = None
+
+    def mass_model(self, candidate: Candidate) -> torch.nn.Module:
+        """The MASS model (its factors computed once, on first use) routing with the candidate's settings."""
+        if self._mass is None:
+            from evo_merge.mass import MassModel
+
+            self._mass = MassModel.from_checkpoints(self.base, self.models).to(device=self.device, dtype=self.dtype)
+        self._mass.set_routing(**candidate.param_dict)
+        return self._mass
 
     def build(self, candidate: Candidate) -> torch.nn.Module:
+        if candidate.method == MASS:
+            return self.mass_model(candidate)
         try:
             model = self.merger.apply(candidate.method, candidate.weights, candidate.param_dict)
         except torch.cuda.OutOfMemoryError as exc:

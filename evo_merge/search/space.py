@@ -18,7 +18,7 @@ from pymoo.core.mixed import MixedVariableSampling
 from pymoo.core.problem import Problem
 from pymoo.core.variable import Choice, Integer, Real
 
-from evo_merge.merge import get_method
+from evo_merge.merge.kinds import MASS, kind_hyperparameter, kind_hyperparameters
 
 SIGNIFICANT = 6  # genomes equal to 6 significant digits are the same candidate
 
@@ -58,9 +58,8 @@ class SearchSpace:
 
     def _hyper_ranges(self, method: str) -> dict[str, tuple[float, float]]:
         """Searched hyperparameters: the configured range, else the method's declared range."""
-        m = get_method(method)
         ranges = {}
-        for hp in m.hyperparameters:
+        for hp in kind_hyperparameters(method):
             if not hp.searchable or hp.kind is bool:
                 continue
             if hp.name in self.methods[method]:
@@ -76,15 +75,17 @@ class SearchSpace:
         for t in range(self.n_models):
             variables[f"c{t}"] = Real(bounds=self.coefficient_range)
         for method in self.methods:
-            m = get_method(method)
             for name, (low, high) in self._hyper_ranges(method).items():
-                kind = Integer if m.hyperparameter(name).kind is int else Real
+                kind = Integer if kind_hyperparameter(method, name).kind is int else Real
                 variables[f"{method}.{name}"] = kind(bounds=(low, high))
         return variables
 
     def decode(self, x: Mapping[str, Any]) -> Candidate:
         method = str(x["method"])
-        weights = tuple(_round(float(x[f"c{t}"])) for t in range(self.n_models))
+        if method == MASS:  # routing picks the tasks; endpoint weights play no part
+            weights = (1.0,) * self.n_models
+        else:
+            weights = tuple(_round(float(x[f"c{t}"])) for t in range(self.n_models))
         params = []
         for name in self._hyper_ranges(method):
             value = x[f"{method}.{name}"]

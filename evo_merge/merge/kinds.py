@@ -1,0 +1,39 @@
+"""What a search candidate can be: a registered (static) merge method, or MASS.
+
+A static method writes one set of weights; MASS (`evo_merge.mass`) keeps the base and each
+task's TSV factors and picks, per input, which tasks' merge answers. Both declare their
+hyperparameters the same way, so configs are validated and genomes built from one lookup.
+"""
+
+from __future__ import annotations
+
+from evo_merge.errors import UserError
+from evo_merge.merge.registry import Hyperparameter, get_method, list_methods
+
+MASS = "mass"
+
+# MASS routing settings the search may vary. `layer` has no fixed upper bound: its search
+# range is the base's MLP blocks, found when the campaign opens the base.
+MASS_HYPERPARAMETERS = (
+    Hyperparameter("layer", 0, low=0, help="block whose MLP input is routed on"),
+    Hyperparameter("threshold", 0.2, low=0.0, high=1.0, search_range=(0.05, 0.5),
+                   help="keep tasks with a routing probability above this"),
+    Hyperparameter("max_tasks", 3, low=1, search_range=(1, 3), help="keep at most this many tasks"),
+)
+
+
+def kind_hyperparameters(name: str) -> tuple[Hyperparameter, ...]:
+    """The declared hyperparameters of a candidate kind (raises UserError for unknown names)."""
+    if name == MASS:
+        return MASS_HYPERPARAMETERS
+    if name not in list_methods():
+        raise UserError(f"unknown merge method {name!r} (known: {', '.join(list_kinds())})")
+    return get_method(name).hyperparameters
+
+
+def list_kinds() -> list[str]:
+    return sorted([*list_methods(), MASS])
+
+
+def kind_hyperparameter(name: str, parameter: str) -> Hyperparameter | None:
+    return next((h for h in kind_hyperparameters(name) if h.name == parameter), None)
