@@ -38,29 +38,3 @@ def build(base, first, more, out, layer, threshold, max_tasks, token, link_base)
     model.save(out, copy_base=not link_base)
     click.echo(f"wrote {out}: MASS over {', '.join(model.tasks)}, routing at block {model.routing.layer}")
 
-
-@mass.command("eval")
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="MASS folder.")
-@click.option("--task", "task_spec", required=True, help="Task: lm-eval name, YAML/folder, shipped benchmark, plugin.")
-@click.option("--items", "items_file", type=click.Path(path_type=Path), help="File of item ids, one per line.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--metric", default=None, help="lm-eval metric[,filter], e.g. exact_match,strip.")
-@click.option("--subject", default=None, help="Subject name in the table (default: the folder name).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output CSV.")
-def eval_(model_dir, task_spec, items_file, batch_size, metric, subject, out) -> None:
-    """Write per-item scores `subject,item,score[,scenario]` of a MASS model to OUT."""
-    from transformers.utils import logging as hf_logging
-
-    from evo_merge.mass import load_mass
-    from evo_merge.tasks.registry import resolve_task
-    from evo_merge.tasks.scoring import read_item_ids, score_table
-
-    hf_logging.disable_progress_bar()
-    items = read_item_ids(items_file) if items_file else None
-    model, tokenizer = load_mass(model_dir)
-    settings = {"batch_size": batch_size, "metric": metric}
-    task = resolve_task(task_spec, **{k: v for k, v in settings.items() if v is not None})
-    table = score_table(task, model, tokenizer, subject or model_dir.resolve().name, items)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
-    click.echo(f"{task.name}: {len(table)} items, mean score {table['score'].mean():.4f} -> {out}")

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import yaml
 
 from evo_merge.mass.routing import RoutingConfig
+from evo_merge.report.card import scores_section
 
 
-def mass_card(tasks: Sequence[str], models: Sequence[str], base: str, routing: RoutingConfig) -> str:
-    """README.md text: YAML front matter (base, merged models, routing), then how to run it."""
+def mass_card(
+    tasks: Sequence[str],
+    models: Sequence[str],
+    base: str,
+    routing: RoutingConfig,
+    scores: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
+    """README.md text: YAML front matter (base, merged models, routing, scores), then how to run it."""
     front = {
         "base_model": base,
         "library_name": "evo-merge",
@@ -20,6 +27,8 @@ def mass_card(tasks: Sequence[str], models: Sequence[str], base: str, routing: R
         "mass_tasks": list(tasks),
         "mass_routing": routing.model_dump(),
     }
+    if scores:
+        front["evo_merge_scores"] = {kind: dict(values) for kind, values in scores.items()}
     return "\n".join([
         "---",
         yaml.safe_dump(front, sort_keys=False).rstrip(),
@@ -34,6 +43,7 @@ def mass_card(tasks: Sequence[str], models: Sequence[str], base: str, routing: R
         "to the tasks whose subspaces explain it best and answers with the TSV-M merge of those tasks",
         f"(threshold {routing.threshold}, at most {routing.max_tasks} tasks, token: {routing.token}).",
         "",
+        *scores_section(scores),
         "## Use",
         "",
         "```python",
@@ -42,7 +52,7 @@ def mass_card(tasks: Sequence[str], models: Sequence[str], base: str, routing: R
         "```",
         "",
         "```bash",
-        "evo-merge mass eval --model THIS_FOLDER --task arith --out scores.csv",
+        "evo-merge eval --model THIS_FOLDER --task arith --out scores.csv",
         "```",
         "",
         "lm-eval: `import evo_merge.mass.lmeval` registers the model type `evo-merge-mass`",

@@ -16,7 +16,7 @@ import json
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from evo_merge.mass.factors import MassFactors, Track
 from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_config, routing_probabilities, select_tasks
 from evo_merge.weights import Checkpoint, check_compatible, write_model_folder
 from evo_merge.weights.checkpoint import tokenizer_files
+from evo_merge.weights.export import replace_folder
 
 MASS_JSON = "mass.json"
 FORMAT = "evo-merge-mass"
@@ -341,11 +342,19 @@ class MassModel(nn.Module):
         module = _load_module(base_ckpt.folder)
         return cls(module, factors, routing, tasks, base_ckpt.folder.resolve(), [str(m) for m in models])
 
-    def save(self, out: str | Path, *, copy_base: bool = True) -> Path:
-        """Write a MASS folder (atomically: it appears complete or not at all). `copy_base`
-        False stores the base's absolute path instead of a copy."""
+    def save(
+        self,
+        out: str | Path,
+        *,
+        copy_base: bool = True,
+        overwrite: bool = False,
+        scores: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> Path:
+        """Write a MASS folder (atomically: it appears complete or not at all, and an existing one
+        is replaced only when `overwrite`). `copy_base` False stores the base's absolute path
+        instead of a copy; `scores` (e.g. estimated / measured per task) go in the card."""
         out = Path(out).expanduser()
-        if out.exists():
+        if out.exists() and not overwrite:
             raise UserError(f"output folder {out} already exists")
         meta = {
             "format": FORMAT,
@@ -359,7 +368,7 @@ class MassModel(nn.Module):
         }
         extra = {f.name: f.read_bytes() for f in tokenizer_files(self.base_path)}
         extra[MASS_JSON] = json.dumps(meta, indent=2) + "\n"
-        extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing)
+        extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
@@ -368,7 +377,7 @@ class MassModel(nn.Module):
                 base = Checkpoint.open(self.base_path)
                 write_model_folder(folder / BASE_FOLDER, ((n, base.tensor(n)) for n in base.names),
                                    copy_from=self.base_path)
-            folder.rename(out)
+            replace_folder(folder, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out

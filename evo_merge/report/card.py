@@ -9,6 +9,19 @@ import yaml
 from evo_merge.config import Recipe
 
 
+def scores_section(scores: Mapping[str, Mapping[str, float]] | None) -> list[str]:
+    """Markdown lines of a `## Scores` table: a row per task, a column per score kind."""
+    if not scores:
+        return []
+    tasks = sorted({t for values in scores.values() for t in values})
+    kinds = list(scores)
+    lines = ["## Scores", "", "| task | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for task in tasks:
+        cells = [f"{scores[k][task]:.4f}" if task in scores[k] else "—" for k in kinds]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def model_card(
     recipe: Recipe,
     *,
@@ -51,14 +64,7 @@ def model_card(
         *[f"- `{m.model}` — parameters: {m.parameters or 'defaults'}" for m in recipe.models],
         "",
     ]
-    if scores:
-        tasks = sorted({t for values in scores.values() for t in values})
-        kinds = list(scores)
-        lines += ["## Scores", "", "| task | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
-        for task in tasks:
-            cells = [f"{scores[k][task]:.4f}" if task in scores[k] else "—" for k in kinds]
-            lines.append(f"| {task} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += scores_section(scores)
     lines += [
         "## Reproduce",
         "",

@@ -23,10 +23,12 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
 from evo_merge.irt import Estimator, IRTModel, select_anchors
+from evo_merge.merge.kinds import MASS
 from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, LocalEvaluator
 from evo_merge.search.space import Candidate, SearchSpace, objectives
 from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
 from evo_merge.tasks.registry import resolve_task
+from evo_merge.weights import Checkpoint
 
 CALIBRATION, SEARCH = "calibration", "search"
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -95,6 +97,20 @@ def make_algorithm(campaign: Campaign, space: SearchSpace) -> NSGA2:
     return algorithm
 
 
+def searched_ranges(campaign: Campaign, base: Path) -> dict[str, dict[str, tuple[float, float]]]:
+    """The configured hyperparameter ranges; MASS's routing layer, when not given, ranges over
+    the base's MLP blocks."""
+    methods = {name: dict(ranges) for name, ranges in campaign.methods.items()}
+    if MASS in methods and "layer" not in methods[MASS]:
+        from evo_merge.mass.routing import routing_weights
+
+        layers = list(routing_weights(Checkpoint.open(base).names))
+        if not layers:
+            raise UserError(f"methods.mass: the base {base} has no MLP block to route on")
+        methods[MASS]["layer"] = (layers[0], layers[-1])
+    return methods
+
+
 def config_fingerprint(campaign: Campaign) -> str:
     return hashlib.sha256(campaign.model_dump_json().encode()).hexdigest()[:16]
 
@@ -108,7 +124,7 @@ class CampaignRunner:
         self.progress = progress or (lambda stage, done, total: None)
         self.task_names = [t.label for t in campaign.tasks]
         self.directions = [t.direction for t in campaign.tasks]
-        self.space = SearchSpace(campaign.methods, len(self.paths.models),
+        self.space = SearchSpace(searched_ranges(campaign, self.paths.base), len(self.paths.models),
                                  (campaign.coefficients.low, campaign.coefficients.high))
         self._tasks = {t.label: resolve_task(t.task, batch_size=campaign.evaluator.batch_size, **t.options)
                        for t in campaign.tasks}
@@ -193,6 +209,8 @@ class CampaignRunner:
     def calibrate(self) -> None:
         """Base and endpoints on all items (+ warm-up merges when IRT is fitted here), then IRT."""
         spec = self.campaign.estimator
+        if MASS in self.campaign.methods:
+            self.evaluator.mass  # noqa: B018  (fail before any evaluation if MASS cannot decompose the endpoints)
         n = len(self.paths.models)
         subjects = [("base", base_candidate(n))] + [(f"endpoint-{i}", endpoint_candidate(i, n)) for i in range(n)]
         if spec.kind != "full" and spec.irt_model is None and spec.warmup_merges:
@@ -306,16 +324,19 @@ class CampaignRunner:
         })
 
     def export(self, evaluation: Evaluation, out: Path, *, overwrite: bool = False) -> Path:
-        """Write a candidate as an HF folder from the resident task vectors (no re-read of the endpoints)."""
+        """Write a candidate as an HF folder from the resident task vectors (no re-read of the
+        endpoints); a MASS candidate as a MASS folder."""
         from evo_merge.merge.export import export_merge
         from evo_merge.merge.plan import plan_from_recipe
 
         candidate = Candidate.from_key(evaluation.key)
+        scores = {kind: values for kind, values in
+                  (("estimated", evaluation.estimates), ("measured", evaluation.measured)) if values}
+        if candidate.method == MASS:
+            return self.evaluator.build(candidate).save(out, overwrite=overwrite, scores=scores)
         plan = plan_from_recipe(self.recipe(candidate))
-        scores = {"estimated": evaluation.estimates or {}, "measured": evaluation.measured or {}}
         tensors = self.evaluator.merger.tensors(candidate.method, candidate.weights, candidate.param_dict)
-        return export_merge(plan, out, tensors=tensors, overwrite=overwrite, title=out.name,
-                            scores={k: v for k, v in scores.items() if v})
+        return export_merge(plan, out, tensors=tensors, overwrite=overwrite, title=out.name, scores=scores)
 
     def picks(self, measured: Sequence[Evaluation]) -> dict[str, Evaluation]:
         """The configured choices among the measured front: best per task, best balanced, or all."""

@@ -69,18 +69,20 @@ class LocalEvaluator:
         )
         self._mass = None
 
-    def mass_model(self, candidate: Candidate) -> torch.nn.Module:
-        """The MASS model (its factors computed once, on first use) routing with the candidate's settings."""
+    @property
+    def mass(self):
+        """The MASS model over the base and endpoints (its factors computed once, on first use)."""
         if self._mass is None:
             from evo_merge.mass import MassModel
 
             self._mass = MassModel.from_checkpoints(self.base, self.models).to(device=self.device, dtype=self.dtype)
-        self._mass.set_routing(**candidate.param_dict)
         return self._mass
 
     def build(self, candidate: Candidate) -> torch.nn.Module:
+        """The candidate's model: merged in place into the resident module, or MASS routing with its settings."""
         if candidate.method == MASS:
-            return self.mass_model(candidate)
+            self.mass.set_routing(**candidate.param_dict)
+            return self.mass
         try:
             model = self.merger.apply(candidate.method, candidate.weights, candidate.param_dict)
         except torch.cuda.OutOfMemoryError as exc:

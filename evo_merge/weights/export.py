@@ -63,7 +63,7 @@ def write_model_folder(
         _write_config(tmp, config, written_dtypes)
         for name, content in extra_files.items():
             _write_extra(tmp, name, content)
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -164,7 +164,7 @@ def _write_extra(folder: Path, name: str, content: str | bytes) -> None:
         target.write_text(content, encoding="utf-8")
 
 
-def _replace(tmp: Path, out: Path) -> None:
+def replace_folder(tmp: Path, out: Path) -> None:
     """Move the complete folder into place; an old `out` is removed only after the swap."""
     if not out.exists():
         tmp.rename(out)

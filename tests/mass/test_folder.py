@@ -111,7 +111,7 @@ def test_cli_builds_and_evaluates_a_mass_folder(zoo, tmp_path):
     assert json.loads((out / "mass.json").read_text())["routing"]["max_tasks"] == 2
     items = tmp_path / "items.txt"
     items.write_text("\n".join(resolve_task("seq").item_ids[:8]))
-    scored = runner.invoke(cli, ["mass", "eval", "--model", str(out), "--task", "seq", "--items", str(items),
+    scored = runner.invoke(cli, ["eval", "--model", str(out), "--task", "seq", "--items", str(items),
                                  "--out", str(tmp_path / "scores.csv")])
     assert scored.exit_code == 0, scored.output
     table = pd.read_csv(tmp_path / "scores.csv")
@@ -135,7 +135,7 @@ def test_cli_bad_input_is_one_line_exit_2(case, zoo, llama_family, saved, tmp_pa
     else:
         shutil.copytree(saved[1], tmp_path / "copy")
         (tmp_path / "copy" / "model.safetensors").unlink()  # the factors file
-        args = ["mass", "eval", "--model", str(tmp_path / "copy"), "--task", "arith", "--out", str(tmp_path / "s.csv")]
+        args = ["eval", "--model", str(tmp_path / "copy"), "--task", "arith", "--out", str(tmp_path / "s.csv")]
         expected = "no weights in"
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output

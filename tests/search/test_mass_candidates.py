@@ -1,0 +1,89 @@
+"""MASS as a search candidate: genome, scores equal to a MassModel built by hand, export as a MASS folder."""
+
+import json
+import sqlite3
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from evo_merge.cli import cli
+from evo_merge.mass import MassModel, load_mass
+from evo_merge.zoo.tiny import save_tiny_family
+
+from agreement_task import AgreementTask  # tests/search is on sys.path (pytest's rootdir import mode)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return save_tiny_family(tmp_path_factory.mktemp("zoo"), "llama", n_finetunes=2)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, zoo):
+    base, fts = zoo
+    root = tmp_path_factory.mktemp("mass-run")
+    config = {
+        "base_model": str(base),
+        "models": [str(f) for f in fts],
+        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
+                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i}} for i, f in enumerate(fts)],
+        "methods": {"mass": {"threshold": [0.05, 0.6]}, "task_arithmetic": {}},
+        "estimator": {"kind": "full"},
+        "algorithm": {"population": 8, "generations": 2, "seed": 1},
+        "final": {"evaluate_top": 2, "export": ["balanced"]},
+    }
+    (root / "campaign.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["run", str(root / "campaign.yaml"), "--out", str(root / "run")])
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def mass_rows(run):
+    """(id, key, {task: {item: score}}) of every MASS evaluation."""
+    db = sqlite3.connect(run / "state.sqlite")
+    rows = []
+    for eid, key in db.execute("SELECT id, key FROM evaluations WHERE method='mass' AND status='ok' ORDER BY id"):
+        scores = {}
+        for task, item, score in db.execute("SELECT task, item, score FROM item_scores WHERE evaluation_id=?", (eid,)):
+            scores.setdefault(task, {})[item] = score
+        rows.append((eid, key, scores))
+    return rows
+
+
+def test_mass_candidates_carry_routing_settings_and_no_endpoint_weights(run, zoo):
+    rows = mass_rows(run)
+    assert rows, "the search never tried a MASS candidate"
+    n_layers = MassModel.from_checkpoints(zoo[0], zoo[1]).module.config.num_hidden_layers
+    for _, key, _ in rows:
+        method, weights, params = json.loads(key)
+        params = dict(params)
+        assert weights == [1.0, 1.0]
+        assert set(params) == {"layer", "threshold", "max_tasks"}
+        assert 0 <= params["layer"] < n_layers and 0.05 <= params["threshold"] <= 0.6 and params["max_tasks"] >= 1
+
+
+def test_mass_candidate_scores_equal_a_hand_built_mass_model(run, zoo):
+    base, fts = zoo
+    _, key, stored = mass_rows(run)[0]
+    params = dict(json.loads(key)[2])
+    model = MassModel.from_checkpoints(base, fts, **params)
+    for i, ft in enumerate(fts):
+        task = AgreementTask(str(ft), name=f"agree{i}", seed=i)
+        expected = task.evaluate(model).to_dict()
+        assert stored[f"agree{i}"] == pytest.approx(expected)
+
+
+def test_exported_mass_candidate_is_a_labelled_mass_folder(run, tmp_path):
+    eid, key, _ = mass_rows(run)[0]
+    out = tmp_path / "mass-pick"
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model, _ = load_mass(out)
+    params = dict(json.loads(key)[2])
+    assert (model.routing.layer, model.routing.threshold, model.routing.max_tasks) == (
+        params["layer"], params["threshold"], params["max_tasks"])
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["merge_method"] == "mass" and "needs evo-merge" in card
+    assert set(front["evo_merge_scores"]["estimated"]) == {"agree0", "agree1"}
