@@ -1,4 +1,4 @@
-"""The tiny-lm zoo at work: adapter throughput, and what a simple merge of its endpoints reaches.
+"""A zoo at work (tiny-lm or smollm2): adapter throughput, and what a simple merge of its endpoints reaches.
 
 1. Items per second of the lm-eval adapter (all items of each family), and the cost of one
    small call (20 anchor items, 1 item): a search evaluates thousands of candidates on a few
@@ -9,7 +9,9 @@
    is a merge within reach of the endpoints on their own families?
 
 Usage: `.venv/bin/python scripts/bench_eval.py --zoo ZOO_DIR [--model base] [--merge-check]`
-(build the zoo first with `evo-merge zoo build --out ZOO_DIR`).
+(build the zoo first with `evo-merge zoo build --out ZOO_DIR`). `--items N` uses the first N
+items of each family instead of all (a 135M model on a CPU: ~2-6 items/s), in both modes;
+`--batch-sizes` the lm-eval batch sizes timed.
 """
 
 from __future__ import annotations
@@ -44,31 +46,33 @@ def main() -> None:
     parser.add_argument("--merge-check", action="store_true")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.3, 0.5, 0.75, 1.0])
     parser.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.3])
+    parser.add_argument("--items", type=int, default=None, help="first N items per family (default: all)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
     args = parser.parse_args()
     if args.merge_check:
         torch.set_num_threads(args.threads)
-        merge_check(args.zoo, args.lambdas, args.densities)
+        merge_check(args.zoo, args.lambdas, args.densities, args.items)
         return
     torch.set_num_threads(args.threads)
     tok, models = load_zoo(args.zoo)
     model = models[args.model]
     rows = []
     for family in FAMILIES:
-        for batch_size in (64, 256):
+        for batch_size in args.batch_sizes:
             task = resolve_task(family, batch_size=batch_size)
-            ids = task.item_ids
+            ids = task.item_ids[: args.items]
             full = _timed(lambda: task.evaluate(model, tok, ids), repeats=1)
             small = _timed(lambda: task.evaluate(model, tok, ids[: args.anchors]), repeats=5)
             one = _timed(lambda: task.evaluate(model, tok, ids[:1]), repeats=5)
             rows.append({
                 "task": task.name, "batch": batch_size, "items": len(ids),
-                "all items/s": len(ids) / full, f"{args.anchors} items: s/call": small, "1 item: s/call": one,
+                ("all items/s" if args.items is None else "items/s"): len(ids) / full, f"{args.anchors} items: s/call": small, "1 item: s/call": one,
             })
     print(f"torch threads: {args.threads}; model: {args.model}; machine load (1 min): {os.getloadavg()[0]:.1f}")
     print(pd.DataFrame(rows).round(3).to_markdown(index=False))
 
 
-def merge_check(zoo: Path, lambdas: list[float], densities: list[float]) -> None:
+def merge_check(zoo: Path, lambdas: list[float], densities: list[float], n_items: int | None = None) -> None:
     from evo_merge.merge.inplace import InPlaceMerger
     from evo_merge.weights import Checkpoint
     from evo_merge.zoo.tinylm import zoo_table
@@ -84,9 +88,10 @@ def merge_check(zoo: Path, lambdas: list[float], densities: list[float]) -> None
     rows = []
     for label, (method, params) in merges.items():
         merger.apply(method, [1.0] * len(FAMILIES), params)
-        rows.append(zoo_table({label: module}, tok).iloc[0].rename(label))
+        rows.append(zoo_table({label: module}, tok, n_items).iloc[0].rename(label))
     table = pd.concat([pd.read_csv(zoo / "table.csv", index_col="model"), pd.DataFrame(rows)])
-    print("accuracy (%) on all items; merges of the three endpoints (weights 1 each)")
+    print(f"accuracy (%) on {f'the first {n_items}' if n_items else 'all'} items; merges of the three endpoints (weights 1 each)")
+    print("(zoo rows: from the zoo's table.csv, on the items its build settings name)")
     print(table.round(1).to_markdown())
 
 
