@@ -6,6 +6,7 @@ for linear, task_arithmetic, ties, dare_linear, dare_ties or slerp runs unchange
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -140,8 +141,25 @@ class AlgorithmSpec(_Strict):
 
 
 class EvaluatorSpec(_Strict):
-    kind: Literal["local"] = "local"
-    batch_size: int = Field(32, ge=1)
+    """Where candidates are evaluated: in this process (`local`), or on a dask.distributed cluster
+    (`dask`: an existing scheduler at `address`, or a LocalCluster of `n_workers` processes)."""
+
+    kind: Literal["local", "dask"] = "local"
+    batch_size: int = Field(32, ge=1, description="evaluation batch size passed to every task")
+    address: str | None = Field(None, description="scheduler address (tcp://host:8786) of a running cluster")
+    n_workers: int | None = Field(None, ge=1, description="start a LocalCluster of this many workers "
+                                  "(one per GPU at most when evaluating on GPUs)")
+
+    @model_validator(mode="after")
+    def _placement(self) -> EvaluatorSpec:
+        if self.kind == "local":
+            extra = "address" if self.address is not None else "n_workers" if self.n_workers is not None else None
+            if extra:
+                raise ValueError(f"{extra}: only for kind: dask")
+        elif (self.address is None) == (self.n_workers is None):
+            raise ValueError("kind dask: give either `address` (a running scheduler) or `n_workers` "
+                             "(start a local cluster), not both")
+        return self
 
 
 class FinalSpec(_Strict):
@@ -174,7 +192,14 @@ class Campaign(_Strict):
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
     final: FinalSpec = Field(default_factory=FinalSpec)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "auto"
+    device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
 
     @field_validator("methods")
     @classmethod

@@ -24,7 +24,7 @@ from evo_merge.config import Campaign
 from evo_merge.errors import UserError
 from evo_merge.irt import Estimator, IRTModel, select_anchors
 from evo_merge.merge.kinds import MASS
-from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, LocalEvaluator
+from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, LocalEvaluator, make_evaluator, task_settings
 from evo_merge.search.space import Candidate, SearchSpace, objectives
 from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
 from evo_merge.tasks.registry import resolve_task
@@ -112,7 +112,11 @@ def searched_ranges(campaign: Campaign, base: Path) -> dict[str, dict[str, tuple
 
 
 def config_fingerprint(campaign: Campaign) -> str:
-    return hashlib.sha256(campaign.model_dump_json().encode()).hexdigest()[:16]
+    """Identifies what a run computes: where it is evaluated (local or which cluster) is left out,
+    so a run started locally can be resumed on a cluster and back."""
+    where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"})})
+    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}})
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 class CampaignRunner:
@@ -126,7 +130,7 @@ class CampaignRunner:
         self.directions = [t.direction for t in campaign.tasks]
         self.space = SearchSpace(searched_ranges(campaign, self.paths.base), len(self.paths.models),
                                  (campaign.coefficients.low, campaign.coefficients.high))
-        self._tasks = {t.label: resolve_task(t.task, batch_size=campaign.evaluator.batch_size, **t.options)
+        self._tasks = {t.label: resolve_task(t.task, **task_settings(campaign, t))
                        for t in campaign.tasks}
         self._evaluator: LocalEvaluator | None = None
         self.estimators: dict[str, Estimator] | None = None
@@ -153,8 +157,7 @@ class CampaignRunner:
     @property
     def evaluator(self) -> LocalEvaluator:
         if self._evaluator is None:  # loading models is the slow part of a resume: only when needed
-            self._evaluator = LocalEvaluator(self.paths.base, self.paths.models, self._tasks,
-                                             device=self.campaign.device, dtype=self.campaign.dtype)
+            self._evaluator = make_evaluator(self.campaign, self.paths, self._tasks)
         return self._evaluator
 
     def all_items(self) -> dict[str, None]:
@@ -279,7 +282,8 @@ class CampaignRunner:
 
     def measure_front(self) -> list[Evaluation]:
         """Evaluate the best front members on every item (balanced ones first)."""
-        front = sorted(self.front(), key=lambda e: -float(np.mean(list(e.estimates.values()))))
+        # ties broken by generation and key, not by id: ids follow completion order on a cluster
+        front = sorted(self.front(), key=lambda e: (-float(np.mean(list(e.estimates.values()))), e.generation, e.key))
         chosen = [e for e in front[: self.campaign.final.evaluate_top]]
         todo = [e for e in chosen if e.measured is None]
         stage = "full evaluation of the front"
@@ -302,12 +306,20 @@ class CampaignRunner:
 
     def run(self) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
         """The whole campaign: (measured front members, exported picks name -> (evaluation id, folder))."""
-        self.calibrate()
-        self.search()
-        measured = self.measure_front()
-        exported = self.export_picks(measured)
+        try:
+            self.calibrate()
+            self.search()
+            measured = self.measure_front()
+            exported = self.export_picks(measured)
+        finally:
+            self.close()
         self.store.set_meta("finished", True)
         return measured, exported
+
+    def close(self) -> None:
+        """Stop the evaluator (a dask cluster, or the connection to one); it restarts when needed."""
+        if self._evaluator is not None:
+            self._evaluator.close()
 
     # ------------------------------------------------------------------ export
     def recipe(self, candidate: Candidate):

@@ -44,9 +44,30 @@ def load_model(folder: Path) -> tuple[torch.nn.Module, object | None]:
 
 
 def resolve_device(device: str) -> torch.device:
+    """auto (cuda when available) | cpu | cuda | cuda:N; a GPU that is not there is a user error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise UserError(f"device: {device} asked for, but torch sees {count} CUDA device(s)")
+    return resolved
+
+
+def task_settings(campaign, spec) -> dict:
+    """Constructor settings of a campaign task: the evaluator's batch size unless its options say otherwise."""
+    return {"batch_size": campaign.evaluator.batch_size, **spec.options}
+
+
+def make_evaluator(campaign, paths, tasks: Mapping[str, FitnessTask]):
+    """The campaign's evaluator: in this process (`local`), or over a dask cluster (`dask`, imported
+    only then). Either has `evaluate_many(jobs)` and `close()`."""
+    if campaign.evaluator.kind == "dask":
+        from evo_merge.search.distributed import DaskEvaluator
+
+        return DaskEvaluator.from_campaign(campaign, paths)
+    return LocalEvaluator(paths.base, paths.models, tasks, device=campaign.device, dtype=campaign.dtype)
 
 
 class LocalEvaluator:
@@ -106,7 +127,12 @@ class LocalEvaluator:
                 outcome: ItemScores | CandidateFailed = self.evaluate(candidate, items)
             except (CandidateFailed, RuntimeError, ValueError, FloatingPointError) as exc:
                 outcome = exc if isinstance(exc, CandidateFailed) else CandidateFailed(f"{type(exc).__name__}: {exc}")
+            if self.device.type == "cuda":  # free the candidate's activations before the next one
+                torch.cuda.empty_cache()
             yield index, outcome, time.perf_counter() - start
+
+    def close(self) -> None:
+        """Nothing to release in-process (the interface a cluster evaluator shares)."""
 
     def evaluate(self, candidate: Candidate, items: Items) -> ItemScores:
         """Build the candidate in place and score it on `items` per task (None: every item)."""

@@ -45,6 +45,8 @@ estimator:
 # NSGA-II over the mixed genome; population x generations candidates at most.
 algorithm: {{name: nsga2, population: {population}, generations: {generations}, seed: 0}}
 
+# In this process; or {{kind: dask, n_workers: 2}} / {{kind: dask, address: tcp://host:8786}}
+# (pip install 'evo-merge[distributed]'): workers load the models once, the driver keeps the store.
 evaluator: {{kind: local, batch_size: 64}}
 
 # After the search: evaluate the best front members on every item, then export

@@ -49,11 +49,14 @@ class TorchClassificationTask:
     def evaluate(self, model: torch.nn.Module, tokenizer: Any = None, item_ids: Sequence[str] | None = None) -> pd.Series:
         """Correctness (0/1) per item; `tokenizer` is ignored (the protocol is shared with LMs)."""
         pos = torch.tensor(item_positions(self.name, self._index, item_ids), dtype=torch.long)
+        param = next(model.parameters(), None)  # inputs follow the model (a GPU, bf16 evaluation)
+        device = param.device if param is not None else self.device
+        dtype = param.dtype if param is not None and self.x.is_floating_point() else None
         was_training = model.training
         model.eval()
         correct = []
         for chunk in pos.split(self.batch_size):
-            logits = model(self.x[chunk].to(self.device))
+            logits = model(self.x[chunk].to(device=device, dtype=dtype))
             correct.append((logits.argmax(-1).cpu() == self.y[chunk]).float())
         model.train(was_training)
         hits = torch.cat(correct) if correct else torch.empty(0)

@@ -1,0 +1,244 @@
+"""Evaluate candidates on a dask.distributed cluster (`evaluator: {kind: dask, ...}`).
+
+Each worker process holds one `LocalEvaluator`: the base, the endpoints and the tasks are loaded
+on the worker's first job and kept, keyed by a fingerprint of what to load (`WorkerSpec`), so a
+job ships only a candidate and its item ids and builds the model in place. Jobs are spread over
+the workers; results come back to the driver, which alone writes the campaign store.
+
+A worker that dies mid-evaluation: the scheduler re-runs its jobs on the other workers (the
+nanny restarts the dead one, which reloads on its next job). A job whose workers died
+`distributed.scheduler.allowed-failures` times comes back as `KilledWorker`; it is submitted once
+more, then recorded as a failed candidate (a merge that crashes every worker that builds it).
+
+dask is an optional extra: nothing here imports it until a cluster is needed, and without it a
+dask config is a `UserError` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evo_merge.errors import UserError
+from evo_merge.search.evaluator import CandidateFailed, Items, Job, LocalEvaluator, Result
+
+INSTALL = "pip install 'evo-merge[distributed]'"
+TaskSpecs = tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...]  # (label, task string, settings)
+
+
+def import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise UserError(f"evaluator: kind dask needs dask.distributed, which is not installed: {INSTALL}") from None
+    return distributed
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker loads once: small, picklable, shipped with each job."""
+
+    base: str
+    models: tuple[str, ...]
+    tasks: TaskSpecs
+    device: str
+    dtype: str
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+
+    def build(self) -> LocalEvaluator:
+        from evo_merge.tasks.registry import resolve_task
+
+        tasks = {label: resolve_task(task, **dict(settings)) for label, task, settings in self.tasks}
+        return LocalEvaluator(Path(self.base), [Path(m) for m in self.models], tasks, device=self.device,
+                              dtype=self.dtype)
+
+
+# ---------------------------------------------------------------- worker side
+_EVALUATORS: dict[str, LocalEvaluator] = {}
+_LOCK = threading.Lock()  # one resident model per process: jobs on a multi-threaded worker take turns
+
+
+def _worker_evaluator(spec: WorkerSpec) -> tuple[LocalEvaluator, float]:
+    """This process's evaluator for `spec` (built on first use) and the seconds spent building it."""
+    evaluator = _EVALUATORS.get(spec.fingerprint)
+    if evaluator is not None:
+        return evaluator, 0.0
+    _EVALUATORS.clear()  # another campaign's models: free them first
+    start = time.perf_counter()
+    evaluator = _EVALUATORS[spec.fingerprint] = spec.build()
+    return evaluator, time.perf_counter() - start
+
+
+def _evaluate_job(spec: WorkerSpec, candidate, items: Items) -> tuple[Any, float]:
+    with _LOCK:
+        evaluator, _ = _worker_evaluator(spec)
+        _, outcome, seconds = next(evaluator.evaluate_many([(candidate, items)]))
+    return outcome, seconds
+
+
+def _load(spec: WorkerSpec) -> float:
+    with _LOCK:
+        return _worker_evaluator(spec)[1]
+
+
+# ---------------------------------------------------------------- driver side
+def cluster_gpus(device: str) -> list[int]:
+    """GPUs the local cluster's workers are pinned to, one each (empty: CPU workers)."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return []  # an explicit cuda without a GPU fails in the workers' resolve_device, with its message
+    if device.startswith("cuda:"):
+        return [int(device.split(":")[1])]
+    return list(range(torch.cuda.device_count()))
+
+
+def start_local_cluster(n_workers: int, gpus: Sequence[int] = ()) -> Any:
+    """A cluster of worker processes on this machine, one thread each. With GPUs, at most one
+    worker per GPU, each seeing only its own device (CUDA_VISIBLE_DEVICES, and a `GPU` resource)."""
+    distributed = import_distributed()
+    # no memory limit: a worker holding the models must not be paused or restarted for its size
+    options = {"nthreads": 1, "memory_limit": 0, "silence_logs": logging.ERROR}
+    if not gpus:
+        return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, memory_limit=0, silence_logs=logging.ERROR)
+    workers = {i: {"cls": distributed.Nanny,
+                   "options": {**options, "env": {"CUDA_VISIBLE_DEVICES": str(gpu)}, "resources": {"GPU": 1}}}
+               for i, gpu in enumerate(list(gpus)[:n_workers])}
+    scheduler = {"cls": distributed.Scheduler, "options": {"host": "127.0.0.1", "dashboard": False}}
+    return distributed.SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+
+
+class DaskEvaluator:
+    """`LocalEvaluator.evaluate_many` over a dask cluster, yielding results in completion order.
+
+    The cluster (or the connection to `address`) starts on the first evaluation and stops at
+    `close()`. Nothing here is ever pickled into the algorithm checkpoint."""
+
+    def __init__(self, spec: WorkerSpec, *, address: str | None = None, n_workers: int | None = None,
+                 gpus: Sequence[int] = (), resubmits: int = 1):
+        self._distributed = import_distributed()  # the missing-extra message comes before any work
+        if (address is None) == (n_workers is None):
+            raise UserError("evaluator: kind dask needs either `address` or `n_workers`")
+        self.spec, self.address, self.n_workers, self.gpus = spec, address, n_workers, list(gpus)
+        self.resubmits = resubmits
+        self._client: Any = None
+        self._cluster: Any = None
+        self._local: LocalEvaluator | None = None
+
+    @classmethod
+    def from_campaign(cls, campaign, paths) -> DaskEvaluator:
+        from evo_merge.search.evaluator import task_settings
+
+        spec = campaign.evaluator
+        gpus = cluster_gpus(campaign.device) if spec.n_workers is not None else []
+        tasks = tuple((t.label, t.task, tuple(sorted(task_settings(campaign, t).items()))) for t in campaign.tasks)
+        worker = WorkerSpec(str(paths.base), tuple(str(m) for m in paths.models), tasks,
+                            "cuda" if gpus else campaign.device, campaign.dtype)
+        return cls(worker, address=spec.address, n_workers=spec.n_workers, gpus=gpus)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            distributed = self._distributed
+            if self.address is not None:
+                try:
+                    self._client = distributed.Client(self.address, timeout=30)
+                except OSError as exc:
+                    where = f"evaluator.address: no dask scheduler reachable at {self.address}"
+                    raise UserError(f"{where} ({exc})") from None
+            else:
+                self._cluster = start_local_cluster(self.n_workers, self.gpus)
+                try:
+                    self._client = distributed.Client(self._cluster)
+                except BaseException:
+                    self._cluster.close()
+                    self._cluster = None
+                    raise
+        return self._client
+
+    def workers(self) -> list[str]:
+        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def warm_up(self) -> dict[str, float]:
+        """Load the models on every worker now (in parallel): worker address -> seconds spent loading."""
+        client = self.client
+        client.wait_for_workers(self.n_workers or 1)
+        workers = self.workers()
+        futures = [client.submit(_load, self.spec, workers=[w], allow_other_workers=False, pure=False) for w in workers]
+        return dict(zip(workers, client.gather(futures)))
+
+    def evaluate_many(self, jobs: Sequence[Job]) -> Iterator[Result]:
+        distributed, client = self._distributed, self.client
+        spec = self.spec  # a few hundred bytes: sent with each job (scattered data dies with its workers)
+        index: dict[str, int] = {}
+        live: dict[str, Any] = {}
+        deaths = [0] * len(jobs)
+
+        def submit(i: int) -> Any:
+            candidate, items = jobs[i]
+            future = client.submit(_evaluate_job, spec, candidate, dict(items), pure=False)
+            index[future.key], live[future.key] = i, future
+            return future
+
+        pending = distributed.as_completed([submit(i) for i in range(len(jobs))])
+        try:
+            for future in pending:
+                i = index.pop(future.key)
+                live.pop(future.key)
+                try:
+                    outcome, seconds = future.result()
+                except distributed.KilledWorker:
+                    deaths[i] += 1
+                    if deaths[i] <= self.resubmits:
+                        pending.add(submit(i))
+                        continue
+                    outcome, seconds = CandidateFailed(
+                        "the dask workers evaluating it kept dying (out of memory or a crash in native code)"), 0.0
+                yield i, outcome, seconds
+        finally:
+            if live:  # the caller stopped early (an error, an interrupt): drop the rest
+                client.cancel(list(live.values()))
+
+    # ------------------------------------------------------------ driver-side model
+    @property
+    def local(self) -> LocalEvaluator:
+        """A resident model in the driver, on CPU, built only when asked for (exporting a pick)."""
+        if self._local is None:
+            self._local = WorkerSpec(self.spec.base, self.spec.models, self.spec.tasks, "cpu", self.spec.dtype).build()
+        return self._local
+
+    def __getattr__(self, name: str) -> Any:
+        # the campaign exports picks from the evaluator's resident model (merger, MASS model):
+        # a cluster's models live in the workers, so the driver builds its own on first use
+        if name.startswith("_") or "spec" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.local, name)
+
+    def __getstate__(self) -> dict:
+        raise TypeError("a DaskEvaluator holds a cluster connection and cannot be pickled")
+
+    def close(self) -> None:
+        client, cluster = self._client, self._cluster
+        self._client = self._cluster = None
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+    def __enter__(self) -> DaskEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
