@@ -1,0 +1,206 @@
+"""Distributed evaluation: a 2-worker LocalCluster stores what the local evaluator stores, a worker
+killed mid-generation loses and duplicates nothing, and a dask config without dask says what to install."""
+
+import os
+import pickle
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from evo_merge.cli import cli
+from evo_merge.config import Campaign, validate
+from evo_merge.errors import UserError
+from evo_merge.zoo.tiny import save_tiny_family
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    return save_tiny_family(root, "llama", n_finetunes=2, noise=0.08)
+
+
+def campaign(folder: Path, zoo, *, evaluator=None, task="agreement_task:AgreementTask", **options) -> Path:
+    base, fts = zoo
+    config = {
+        "name": "dist",
+        "base_model": str(base),
+        "models": [str(f) for f in fts],
+        "tasks": [{"task": task, "name": f"agree{i}",
+                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i, **options}}
+                  for i, f in enumerate(fts)],
+        "methods": {"task_arithmetic": {}, "ties": {"density": [0.2, 0.9]}, "tsv": {}},
+        "estimator": {"kind": "gpirt", "anchors": 5, "warmup_merges": 4, "dims": 1},
+        "algorithm": {"population": 8, "generations": 3, "seed": 5},
+        "final": {"evaluate_top": 3},
+        "evaluator": evaluator or {"kind": "local"},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "campaign.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_campaign(config: Path, run: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def stored(run: Path) -> dict:
+    """key -> (phase, status, items evaluated, {task: {item: score}}): everything but ids and timings."""
+    db = sqlite3.connect(run / "state.sqlite")
+    out = {key: (phase, status, n, {}) for key, phase, status, n in
+           db.execute("SELECT key, phase, status, items_evaluated FROM evaluations")}
+    for key, task, item, score in db.execute(
+            "SELECT e.key, s.task, s.item, s.score FROM item_scores s JOIN evaluations e ON e.id = s.evaluation_id"):
+        out[key][3].setdefault(task, {})[item] = score
+    return out
+
+
+def front(run: Path) -> list:
+    db = sqlite3.connect(run / "state.sqlite")
+    return sorted(db.execute("SELECT key, measured FROM evaluations WHERE measured IS NOT NULL AND phase='search'"))
+
+
+def exported(run: Path) -> dict:
+    return {folder.name: {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+            for folder in sorted((run / "models").iterdir())}
+
+
+def children() -> set:
+    return {p for p in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())}
+
+
+def assert_no_new_processes(before: set) -> None:
+    _, alive = psutil.wait_procs(list(children() - before), timeout=15)
+    assert not alive, f"processes left behind: {[p.cmdline() for p in alive]}"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One 2-worker LocalCluster for the campaign tests, reached through `evaluator.address`.
+    Its workers import torch and evo_merge (the slow part, on 2 cores) while the local reference
+    campaign runs; nothing of it may outlive the module."""
+    distributed = pytest.importorskip("distributed")
+    from dying_task import preload
+
+    from evo_merge.search.distributed import start_local_cluster
+
+    before = children()
+    local_cluster = start_local_cluster(2)
+    with distributed.Client(local_cluster) as client:
+        client.wait_for_workers(2)
+        warming = [client.submit(preload, workers=[w], pure=False) for w in client.scheduler_info()["workers"]]
+        yield local_cluster.scheduler_address
+        del warming
+    local_cluster.close()
+    assert_no_new_processes(before)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, zoo, cluster):  # after `cluster`: its workers warm up meanwhile
+    folder = tmp_path_factory.mktemp("local")
+    run_campaign(campaign(folder, zoo), folder / "run")
+    return folder / "run"
+
+
+def test_two_worker_cluster_stores_the_local_evaluations_and_front(tmp_path, zoo, local_run, cluster):
+    run = tmp_path / "run"
+    run_campaign(campaign(tmp_path, zoo, evaluator={"kind": "dask", "address": cluster}), run)
+
+    local, dask = stored(local_run), stored(run)
+    assert sum(1 for v in local.values() if v[0] == "search") >= 16
+    assert dask == local  # same keys, statuses and per-item scores
+    assert front(run) == front(local_run) and front(run)
+    a, b = exported(run), exported(local_run)
+    assert a.keys() == b.keys() and all(torch.equal(a[m][t], b[m][t]) for m in a for t in a[m])
+    checkpoint = (run / "checkpoint.pkl").read_bytes()
+    assert b"distributed" not in checkpoint and pickle.loads(checkpoint).n_gen == 4
+
+
+def test_a_worker_killed_mid_generation_loses_and_duplicates_nothing(tmp_path, zoo, local_run, cluster):
+    flag = tmp_path / "killed.pid"
+    run = tmp_path / "run"
+    config = campaign(tmp_path, zoo, evaluator={"kind": "dask", "address": cluster},
+                      task="dying_task:DyingAgreementTask", kill_flag=str(flag))
+    run_campaign(config, run)
+
+    assert flag.is_file() and int(flag.read_text()) != os.getpid()  # a worker process did die
+    db = sqlite3.connect(run / "state.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM evaluations WHERE status != 'ok'").fetchone()[0] == 0
+    assert stored(run) == stored(local_run)  # every evaluation there once, with the local scores
+    assert front(run) == front(local_run)
+
+
+def test_n_workers_starts_a_local_cluster_and_close_stops_it(tmp_path, zoo):
+    """The `n_workers` path (the campaign runs above reach their cluster by address): the
+    evaluator starts its cluster on first use and leaves no process behind; without a GPU the
+    workers are plain CPU workers, and with GPUs each is pinned to one device (checked without
+    a GPU: the layout, not CUDA)."""
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    from evo_merge.search.distributed import DaskEvaluator, start_local_cluster
+    from evo_merge.search.campaign import resolve_paths
+
+    before = children()
+    spec = Campaign.load(campaign(tmp_path, zoo, evaluator={"kind": "dask", "n_workers": 2}))
+    evaluator = DaskEvaluator.from_campaign(spec, resolve_paths(spec, tmp_path, tmp_path / "run"))
+    try:
+        assert evaluator.spec.device == "auto" and not evaluator.gpus
+        evaluator.client.wait_for_workers(2)
+        assert len(evaluator.workers()) == 2
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(evaluator)
+    finally:
+        evaluator.close()
+    assert_no_new_processes(before)
+
+    with start_local_cluster(3, gpus=[0, 1]) as gpu_cluster, Client(gpu_cluster) as client:
+        client.wait_for_workers(2)
+        seen = client.run(os.getenv, "CUDA_VISIBLE_DEVICES")
+        resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+    assert sorted(seen.values()) == ["0", "1"]
+    assert resources == [{"GPU": 1}, {"GPU": 1}]
+    assert_no_new_processes(before)
+
+
+def test_without_dask_a_dask_config_says_what_to_install(tmp_path, zoo, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now fails
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    config = campaign(tmp_path, zoo, evaluator={"kind": "dask", "n_workers": 2})
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "pip install 'evo-merge[distributed]'" in result.output and "Traceback" not in result.output
+
+    # and nothing imports dask before a dask evaluator is asked for
+    code = ("import sys, evo_merge.cli.campaign, evo_merge.search.campaign, evo_merge.search.distributed; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("evaluator, device, message", [
+    ({"kind": "dask"}, "auto", "give either `address`"),
+    ({"kind": "dask", "n_workers": 2, "address": "tcp://127.0.0.1:8786"}, "auto", "not both"),
+    ({"kind": "dask", "n_workers": 0}, "auto", "evaluator.n_workers"),
+    ({"kind": "local", "n_workers": 2}, "auto", "n_workers: only for kind: dask"),
+    ({"kind": "dask", "workers": 2}, "auto", "evaluator.workers: unknown key"),
+    ({"kind": "ray"}, "auto", "evaluator.kind"),
+    ({"kind": "local"}, "gpu", "device: expected auto, cpu, cuda or cuda:N"),
+])
+def test_evaluator_and_device_settings_are_validated(tmp_path, zoo, evaluator, device, message):
+    config = yaml.safe_load(campaign(tmp_path, zoo).read_text())
+    config.update(evaluator=evaluator, device=device)
+    with pytest.raises(UserError, match=re.escape(message)):
+        validate(Campaign, config, "campaign.yaml")
