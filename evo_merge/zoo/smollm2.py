@@ -187,7 +187,7 @@ def build_smollm2_zoo(
     `out/table.csv` / `out/table.md`, which is also printed.
 
     `device`: None picks CUDA when available, else the CPU. `threads` torch threads on the CPU
-    (one: on a busy 2-core machine two threads made a training step 4-8x slower, not faster)."""
+    (one: on a busy 2-core machine two threads made a training step 5-9x slower, not faster)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
