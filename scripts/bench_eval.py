@@ -10,7 +10,7 @@
 
 Usage: `.venv/bin/python scripts/bench_eval.py --zoo ZOO_DIR [--model base] [--merge-check]`
 (build the zoo first with `evo-merge zoo build --out ZOO_DIR`). `--items N` uses the first N
-items of each family instead of all (a 135M model on a CPU: ~2-6 items/s), in both modes;
+items of each family instead of all (a 135M model on a CPU: ~2-16 items/s), in both modes;
 `--batch-sizes` the lm-eval batch sizes timed.
 """
 
