@@ -66,17 +66,32 @@ def load_anchors(model_dir: str | Path, budget: int | None = None, method: str |
 
 
 def _nearest_in_cluster(features: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """K-means (best of several restarts); per cluster the member nearest its centroid and the cluster's share."""
-    km = KMeans(n_clusters=budget, n_init=KMEANS_RESTARTS, random_state=seed).fit(features)
+    """K-means (best of several restarts); per cluster the member nearest its centroid, weighted
+    by the cluster's share.
+
+    With fewer distinct items than `budget` (few calibration subjects make many items look
+    alike), there are as many clusters as distinct items and the rest of the budget goes to
+    random further members of the largest clusters, each cluster's share split among its picks.
+    """
+    n_clusters = min(budget, len(np.unique(features, axis=0)))
+    km = KMeans(n_clusters=n_clusters, n_init=KMEANS_RESTARTS, random_state=seed).fit(features)
     dist = np.linalg.norm(features - km.cluster_centers_[km.labels_], axis=1)
-    picks, shares = [], []
-    for c in range(budget):
-        members = np.flatnonzero(km.labels_ == c)
-        if members.size:
-            picks.append(members[np.argmin(dist[members])])
-            shares.append(members.size)
-    shares = np.asarray(shares, dtype=float)
-    return np.asarray(picks), shares / shares.sum()
+    members = [np.flatnonzero(km.labels_ == c) for c in range(n_clusters)]
+    members = [m[np.argsort(dist[m], kind="stable")] for m in members if m.size]
+    counts = np.ones(len(members), dtype=int)
+    for _ in range(budget - len(members)):  # extra picks: to the cluster with most members per pick
+        room = np.array([m.size for m in members]) - counts
+        if not room.any():
+            break
+        counts[np.argmax(np.where(room > 0, np.array([m.size for m in members]) / counts, -1))] += 1
+    rng = np.random.default_rng(seed)
+    picks, weights = [], []
+    for m, k in zip(members, counts):
+        chosen = [m[0], *rng.choice(m[1:], k - 1, replace=False)] if k > 1 else [m[0]]
+        picks += chosen
+        weights += [m.size / k] * k
+    weights = np.asarray(weights, dtype=float)
+    return np.asarray(picks), weights / weights.sum()
 
 
 def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: np.random.Generator, seed: int):

@@ -91,3 +91,19 @@ def test_bad_method_or_budget(two_scenarios):
         select_anchors(two_scenarios[3], 5, "best")
     with pytest.raises(UserError, match="positive integer"):
         select_anchors(two_scenarios[3], 0)
+
+
+def test_kmeans_with_fewer_distinct_items_than_the_budget_still_spends_it_with_unbiased_weights():
+    """Few calibration subjects make many items identical: 3 distinct kinds of 50, 30 and 20 items."""
+    import warnings
+
+    from evo_merge.irt.anchors import _nearest_in_cluster
+
+    kind = np.repeat([0, 1, 2], [50, 30, 20])
+    features = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no sklearn ConvergenceWarning about duplicate points
+        picks, weights = _nearest_in_cluster(features, 10, seed=0)
+    assert len(set(picks.tolist())) == 10
+    assert sorted(np.bincount(kind[picks]).tolist()) == [2, 3, 5]  # picks follow the kinds' sizes
+    assert float(weights @ kind[picks]) == pytest.approx(kind.mean())  # weighted mean = population mean
