@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/bench_campaign.py --zoo runs/zoo/tiny-lm --sizes 8x3,12x6
 
-For each campaign size (population x generations), same seed: (a) candidates scored on 20
-anchors per task scenario with gp-IRT, (b) every candidate scored on all items. Prints item
+For each campaign size (population x generations), same seed: (a) candidates scored on
+`--anchors` items per task scenario (default 5: about 20 per task) with gp-IRT, (b) every candidate scored on all items. Prints item
 evaluations in the search phase and in total (IRT calibration and the front's full evaluation
 included), and the hypervolume of each final front measured on all items. Then measures the
 baselines a user would try first (task arithmetic with lambda from a grid, TIES with density 0.2,
@@ -23,19 +23,22 @@ import yaml
 
 from evo_merge.config import Campaign
 from evo_merge.report.campaign import hypervolume
-from evo_merge.search.campaign import CampaignRunner
+from evo_merge.search.campaign import CampaignRunner, config_fingerprint
 from evo_merge.search.space import Candidate
+from evo_merge.search.store import CampaignStore
 from evo_merge.search.template import campaign_text
 
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
-                 anchors: int) -> tuple[CampaignRunner, float]:
+                 anchors: int, reuse: bool) -> tuple[CampaignRunner, float]:
     text = campaign_text(zoo.resolve(), families, name=out.name, anchors=anchors, population=population,
                          generations=generations, top=10_000)
     config = yaml.safe_load(text)
     config["estimator"]["kind"] = kind
-    shutil.rmtree(out, ignore_errors=True)
-    runner = CampaignRunner(Campaign.model_validate(config), zoo, out)
+    campaign = Campaign.model_validate(config)
+    if not reuse or config_fingerprint(campaign) != CampaignStore(out).get_meta("config"):
+        shutil.rmtree(out, ignore_errors=True)
+    runner = CampaignRunner(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
     start = time.perf_counter()
     runner.run()
     return runner, time.perf_counter() - start
@@ -67,7 +70,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=Path("runs/zoo/tiny-lm"))
     parser.add_argument("--sizes", default="8x3,12x6", help="population x generations, comma separated")
-    parser.add_argument("--anchors", type=int, default=20)
+    parser.add_argument("--anchors", type=int, default=5,
+                        help="anchors per task scenario (5 x 4-5 scenarios: about 20 per task)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished runs of the same config in --out (all evaluations are looked up)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
     args = parser.parse_args()
     families = [m for m in json.loads((args.zoo / "zoo.json").read_text())["models"] if m != "base"]
@@ -75,10 +81,11 @@ def main() -> None:
     rows = []
     for size in args.sizes.split(","):
         population, generations = map(int, size.split("x"))
-        irt, t_irt = run_campaign(args.zoo, families, args.out / f"irt-{size}", population, generations, "gpirt",
-                                  args.anchors)
+        irt, t_irt = run_campaign(args.zoo, families, args.out / f"irt-a{args.anchors}-{size}", population,
+                                  generations, "gpirt", args.anchors, args.reuse)
+        # anchors play no part in a full-evaluation run: fixed, so its finished runs are reusable
         full, t_full = run_campaign(args.zoo, families, args.out / f"full-{size}", population, generations, "full",
-                                    args.anchors)
+                                    20, args.reuse)
         search = (irt.store.items_evaluated("search"), full.store.items_evaluated("search"))
         total = (irt.store.items_evaluated(measured=True), full.store.items_evaluated(measured=True))
         hv = (hypervolume(measured_front(irt)), hypervolume(measured_front(full)))

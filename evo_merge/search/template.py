@@ -30,7 +30,8 @@ methods:
 # Range of the per-model coefficients.
 coefficients: {{low: 0.0, high: 1.5}}
 
-# Candidates are scored on `anchors` items per task scenario and their full score is
+# Candidates are scored on `anchors` items per task scenario (the shipped benchmarks have
+# 4-5 scenarios each: 5 anchors is about 20 items per task) and their full score is
 # estimated with IRT. With no irt_model, the base, the endpoints and `warmup_merges` random
 # merges are evaluated on every item first and an IRT model is fitted on those responses.
 # kind: anchor | pirt | gpirt | mpirt | gmpirt | full (score every item: the costly baseline)
@@ -58,7 +59,7 @@ device: auto
 """
 
 
-def campaign_text(zoo: Path | str, families: list[str], *, name: str = "demo", anchors: int = 10,
+def campaign_text(zoo: Path | str, families: list[str], *, name: str = "demo", anchors: int = 5,
                   warmup: int = 4, population: int = 10, generations: int = 4, top: int = 3) -> str:
     models = "\n".join(f"  - {zoo}/{family}" for family in families)
     tasks = "\n".join(f"  - {{task: {family}}}" for family in families)
