@@ -3,10 +3,12 @@
 1. Items per second of the lm-eval adapter (all items of each family), and the cost of one
    small call (20 anchor items, 1 item): a search evaluates thousands of candidates on a few
    anchors each, so the fixed per-call cost matters as much as the throughput.
-2. `--merge-check`: simple merges of the three endpoints (with `evo_merge.merge.InPlaceMerger`):
-   task arithmetic theta0 + lambda * sum of the task vectors for a few lambdas, TIES at a few
-   densities, TSV-M (alpha 1); accuracy on all items of every family, next to the zoo table:
-   is a merge within reach of the endpoints on their own families?
+2. `--merge-check`: simple merges of the endpoints (with `evo_merge.merge.InPlaceMerger`):
+   task arithmetic theta0 + lambda * sum of the task vectors for a few lambdas, over all three
+   endpoints and over each pair; TIES at a few densities and TSV-M (alpha 1) over all three.
+   Accuracy on every family next to the zoo table, and `keep_<family>`: the share of that
+   endpoint's gain over the base a merge holding it keeps on its family,
+   (merge - base) / (endpoint - base). Is a merge within reach of the endpoints?
 
 Usage: `.venv/bin/python scripts/bench_eval.py --zoo ZOO_DIR [--model base] [--merge-check]`
 (build the zoo first with `evo-merge zoo build --out ZOO_DIR`). `--items N` uses the first N
@@ -73,6 +75,8 @@ def main() -> None:
 
 
 def merge_check(zoo: Path, lambdas: list[float], densities: list[float], n_items: int | None = None) -> None:
+    import itertools
+
     from evo_merge.merge.inplace import InPlaceMerger
     from evo_merge.weights import Checkpoint
     from evo_merge.zoo.tinylm import zoo_table
@@ -82,17 +86,26 @@ def merge_check(zoo: Path, lambdas: list[float], densities: list[float], n_items
     merger = InPlaceMerger(
         module, Checkpoint.open(zoo / "base"), [Checkpoint.open(zoo / family) for family in FAMILIES]
     )
-    merges = {f"TA lambda={lam}": ("task_arithmetic", {"lambda": lam}) for lam in lambdas}
-    merges |= {f"TIES density={d}": ("ties", {"density": d}) for d in densities}
-    merges["TSV-M alpha=1"] = ("tsv", {})
-    rows = []
-    for label, (method, params) in merges.items():
-        merger.apply(method, [1.0] * len(FAMILIES), params)
-        rows.append(zoo_table({label: module}, tok, n_items).iloc[0].rename(label))
-    table = pd.concat([pd.read_csv(zoo / "table.csv", index_col="model"), pd.DataFrame(rows)])
-    print(f"accuracy (%) on {f'the first {n_items}' if n_items else 'all'} items; merges of the three endpoints (weights 1 each)")
-    print("(zoo rows: from the zoo's table.csv, on the items its build settings name)")
-    print(table.round(1).to_markdown())
+    merges = {}  # label -> (method, params, the families merged)
+    for group in [FAMILIES, *itertools.combinations(FAMILIES, 2)]:
+        name = "all" if group == FAMILIES else "+".join(group)
+        merges |= {f"TA {name} lambda={lam}": ("task_arithmetic", {"lambda": lam}, group) for lam in lambdas}
+    merges |= {f"TIES all density={d}": ("ties", {"density": d}, FAMILIES) for d in densities}
+    merges["TSV-M all alpha=1"] = ("tsv", {}, FAMILIES)
+    rows = [zoo_table({name: models[name] for name in ("base", *FAMILIES)}, tok, n_items)]
+    for label, (method, params, group) in merges.items():
+        merger.apply(method, [float(f in group) for f in FAMILIES], params)
+        rows.append(zoo_table({label: module}, tok, n_items))
+    table = pd.concat(rows)
+    table["sum"] = table[list(FAMILIES)].sum(axis=1)
+    base = table.loc["base"]
+    for family in FAMILIES:
+        gain = table.loc[family, family] - base[family]
+        holds = [family in merges.get(row, (None, None, ()))[2] for row in table.index]
+        table[f"keep_{family}"] = ((table[family] - base[family]) / gain).where(holds) if gain > 0 else float("nan")
+    print(f"accuracy (%) on {f'the first {n_items}' if n_items else 'all'} items per family; merges weight each "
+          "endpoint they hold 1; keep_f = (merge - base) / (endpoint f - base) on family f")
+    print(table.round(2).to_markdown(floatfmt=".2f").replace("nan", "   "))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,20 @@
 """The `tiny-lm` zoo: a small Llama-style LM pretrained here, then one fine-tune per family.
 
-The base is pretrained on a mixture: generic lines over every family's symbols (English and
-pseudo-words, numbers, letter strings) plus a small share of each family's train lines, so it
-has seen every format but masters no skill; each endpoint is fine-tuned from the base on the
-train split of one shipped family (`evo_merge.tasks.synthetic`).
+Built so that task arithmetic has something to work with, in the regime where it works on real
+LLMs: fine-tunes are small updates of a base that already holds most of what they need.
+
+- The base is pretrained on a mixture: generic lines over every family's symbols; statements
+  of the facts every family asks about, in words and never in a task's format ("cat dog means
+  baka gomi", "123 plus 7 is 130", "abcde reversed is edcba"); and the train lines of some
+  scenarios of each family (`FINETUNE_ONLY` lists the others). So it knows the facts, solves
+  part of each family in its task format, and fails (most of) the held-back scenarios.
+- Each endpoint is a short, low-learning-rate fine-tune of the base on the train lines of all
+  scenarios of one family (loss on the answers only), by default of the MLP weights only: it
+  learns the held-back scenarios in the task format with a small update that leaves the
+  attention the other families rely on alone.
+
+Pretraining packs whole lines into rows (each line attends only to itself), which on one CPU
+thread takes about half the time of padded batches for the same lines.
 """
 
 from __future__ import annotations
@@ -13,35 +24,58 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from evo_merge.tasks.synthetic import ENGLISH, FAMILIES, LEXICON, make_items, training_text
+from evo_merge.tasks.synthetic import ENGLISH, FAMILIES, LEXICON, SCENARIOS, make_items, training_text
 from evo_merge.zoo.tiny import make_tiny_causal_lm
 from evo_merge.zoo.tokenizer import build_char_tokenizer
+
+# scenarios the base never sees in their task format: each endpoint's fine-tune teaches them
+FINETUNE_ONLY: dict[str, list[str]] = {
+    "arith": ["add_10", "add_1d"],
+    "lang": ["xx2en_2w", "xx2en_3w"],
+    "seq": ["shift_3", "rev_3", "rev_5"],
+}
 
 
 class TinyLMSettings(BaseModel):
     """Everything that decides the zoo's weights; its hash names the cache."""
 
-    hidden: int = 64
-    layers: int = 4
+    hidden: int = 96
+    layers: int = 2
     heads: int = 4
-    batch_size: int = 64
-    pretrain_steps: int = 800
+    batch_size: int = 64  # fine-tuning: lines per step
+    pretrain_rows: int = 16  # pretraining: packed rows per step
+    pack_width: int = 128  # pretraining: tokens per packed row
+    pretrain_steps: int = 2400
     pretrain_lr: float = 3e-3
-    finetune_steps: int = 400
-    finetune_lr: float = 1e-3
-    n_train: int = 6000
-    pretrain_task_share: float = 0.15  # share of family train lines in the pretraining mixture
+    finetune_steps: int = 300
+    finetune_lr: float = 4e-4
+    finetune_params: Literal["mlp", "all"] = "mlp"  # the weights the fine-tunes train
+    n_train: int = 6000  # train lines per family
+    pretrain_task_share: float = 1.0  # share of each family's train lines (base scenarios) in pretraining
+    generic_share: float = 0.3  # generic lines per family, as a share of n_train
+    statement_share: float = 1.0  # statements per family, as a share of n_train
+    statement_en2xx: float = 0.95  # share of lexicon statements written English first
+    finetune_only: dict[str, list[str]] = Field(default_factory=lambda: {f: list(s) for f, s in FINETUNE_ONLY.items()})
     table_items: int | None = None  # evaluation items per family in the table (None: all)
     seed: int = 0
+
+    @field_validator("finetune_only")
+    @classmethod
+    def _known_scenarios(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = sorted(f"{f}/{x}" for f, held in value.items() for x in held if x not in SCENARIOS.get(f, ()))
+        if unknown:
+            raise ValueError(f"unknown scenarios {unknown}; the scenarios are {dict(SCENARIOS)}")
+        return value
 
     def key(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
@@ -67,6 +101,75 @@ def pretraining_corpus(n: int, seed: int) -> list[str]:
     return [line() + "\n" for _ in range(n)]
 
 
+_LETTERS = "abcdefghij"
+_SEQ_WORDS = {
+    "copied": lambda s: s,
+    "shifted": lambda s: "".join(_LETTERS[(_LETTERS.index(c) + 1) % 10] for c in s),
+    "reversed": lambda s: s[::-1],
+}
+
+
+def statements_corpus(n: int, seed: int, en2xx: float = 0.95) -> list[str]:
+    """The facts behind every family, stated in words and never in a task's format: `n` lines
+    per family (lexicon, sums and differences, letter-string operations)."""
+    rng = random.Random(f"statements-{seed}")
+    out = []
+    for _ in range(n):
+        words = [rng.choice(ENGLISH) for _ in range(rng.randint(1, 3))]
+        pseudo = [LEXICON[w] for w in words]
+        first, second = (words, pseudo) if rng.random() < en2xx else (pseudo, words)
+        out.append(f"{' '.join(first)} means {' '.join(second)}")
+        a, b = rng.randint(10, 999), rng.choice([1, 10, rng.randint(2, 9)])
+        out.append(f"{a} plus {b} is {a + b}" if rng.random() < 0.6 else f"{a} minus {b} is {a - b}")
+        s = "".join(rng.choice(_LETTERS) for _ in range(rng.randint(3, 5)))
+        op = rng.choice(list(_SEQ_WORDS))
+        out.append(f"{s} {op} is {_SEQ_WORDS[op](s)}")
+    return [line + "\n" for line in out]
+
+
+def _line_tokens(tokenizer, texts: list[str], prompts: list[str] | None) -> list[tuple[list[int], list[int]]]:
+    """(token ids, labels) per line; with `prompts`, the prompt's labels are -100."""
+    ids = tokenizer(texts)["input_ids"]
+    n_prompt = [len(p) for p in tokenizer(prompts)["input_ids"]] if prompts is not None else [0] * len(texts)
+    return [(x, [-100] * k + x[k:]) for x, k in zip(ids, n_prompt)]
+
+
+def _padded_rows(lines, pad_id: int):
+    """One line per row, right-padded: (input ids, labels, attention mask)."""
+    width = max(len(x) for x, _ in lines)
+    ids = torch.full((len(lines), width), pad_id)
+    labels = torch.full((len(lines), width), -100)
+    for j, (x, y) in enumerate(lines):
+        ids[j, : len(x)], labels[j, : len(y)] = torch.tensor(x), torch.tensor(y)
+    return ids, labels, torch.arange(width) < torch.tensor([len(x) for x, _ in lines])[:, None]
+
+
+def _packed_rows(lines, width: int, pad_id: int, seed: int):
+    """Whole lines, shuffled, packed greedily into rows of at most `width` tokens: (input ids,
+    labels, position ids). Positions restart at each line, which tells the model (given no
+    attention mask and no cache) that each line attends only to itself."""
+    order = list(range(len(lines)))
+    random.Random(seed).shuffle(order)
+    rows: list[list[int]] = [[]]
+    used = 0
+    for k in order:
+        if rows[-1] and used + len(lines[k][0]) > width:
+            rows.append([])
+            used = 0
+        rows[-1].append(k)
+        used += len(lines[k][0])
+    size = max(width, max(len(x) for x, _ in lines))
+    ids = torch.full((len(rows), size), pad_id)
+    labels = torch.full((len(rows), size), -100)
+    pos = torch.zeros((len(rows), size), dtype=torch.long)
+    for j, row in enumerate(rows):
+        x = [t for i in row for t in lines[i][0]]
+        ids[j, : len(x)] = torch.tensor(x)
+        labels[j, : len(x)] = torch.tensor([t for i in row for t in lines[i][1]])
+        pos[j] = torch.tensor([p for i in row for p in range(len(lines[i][0]))] + list(range(size - len(x))))
+    return ids, labels, pos
+
+
 def train_lm(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -78,28 +181,57 @@ def train_lm(
     seed: int,
     progress: Progress | None = None,
     label: str = "train",
+    prompts: list[str] | None = None,
+    pack: int | None = None,
 ) -> PreTrainedModel:
-    """Plain next-token training (AdamW, cosine decay) on random batches of `texts`."""
+    """Plain next-token training (AdamW, one-cycle schedule) on random batches of `texts`, of
+    the parameters that require grad.
+
+    With `prompts` (the prompt each text starts with), the loss covers only what follows it.
+    With `pack`, lines are packed into rows of up to `pack` tokens, each line attending only to
+    itself, and `batch_size` counts rows; otherwise each row is one right-padded line."""
     gen = torch.Generator().manual_seed(seed)
-    enc = tokenizer(texts, padding=True, return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    labels = ids.masked_fill(mask == 0, -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    lines = _line_tokens(tokenizer, texts, prompts)
+    pad_id = tokenizer.pad_token_id or 0
+    if pack:
+        ids, labels, pos = _packed_rows(lines, pack, pad_id, seed)
+    else:
+        ids, labels, mask = _padded_rows(lines, pad_id)
+        lengths = mask.sum(1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     task = progress.add_task(label, total=steps) if progress else None
     model.train()
     for _ in range(steps):
-        idx = torch.randint(len(texts), (batch_size,), generator=gen)
-        width = int(mask[idx].sum(1).max())
-        out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width], labels=labels[idx, :width])
+        idx = torch.randint(len(ids), (batch_size,), generator=gen)
+        if pack:
+            out = model(input_ids=ids[idx], position_ids=pos[idx], labels=labels[idx], use_cache=False)
+        else:
+            width = int(lengths[idx].max())
+            out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width].long(), labels=labels[idx, :width])
         opt.zero_grad()
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if progress:
             progress.update(task, advance=1, description=f"{label} loss {out.loss.item():.3f}")
     return model.eval()
+
+
+def pretraining_mixture(settings: TinyLMSettings) -> tuple[list[str], list[str]]:
+    """The base's pretraining lines and the prompt each starts with (its loss-free part): generic
+    lines and statements (no prompt), then the train lines of the scenarios not held back."""
+    s = settings
+    words = pretraining_corpus(int(s.generic_share * s.n_train) * len(FAMILIES), s.seed)
+    words += statements_corpus(int(s.statement_share * s.n_train), s.seed, s.statement_en2xx)
+    n_task = int(s.pretrain_task_share * s.n_train)
+    seen = [
+        d for f in FAMILIES for d in make_items(f, "train", s.n_train, seed=s.seed)[:n_task]
+        if d["scenario"] not in s.finetune_only.get(f, [])
+    ]
+    return words + [training_text(d) for d in seen], [""] * len(words) + [d["question"] for d in seen]
 
 
 def train_zoo_models(settings: TinyLMSettings) -> tuple[PreTrainedTokenizerBase, dict[str, PreTrainedModel]]:
@@ -111,23 +243,24 @@ def train_zoo_models(settings: TinyLMSettings) -> tuple[PreTrainedTokenizerBase,
         "llama", vocab_size=len(tokenizer), hidden=s.hidden, layers=s.layers, heads=s.heads, seed=s.seed
     )
     models: dict[str, PreTrainedModel] = {}
+    texts, prompts = pretraining_mixture(s)
     with Progress(transient=True) as progress:
-        train = {f: [training_text(d) for d in make_items(f, "train", s.n_train, seed=s.seed)] for f in FAMILIES}
-        corpus = pretraining_corpus(s.n_train * len(FAMILIES), s.seed)
-        n_task = int(s.pretrain_task_share * len(corpus) / len(FAMILIES))
-        corpus += [line for f in FAMILIES for line in train[f][:n_task]]
         models["base"] = train_lm(
-            base, tokenizer, corpus, steps=s.pretrain_steps, lr=s.pretrain_lr,
-            batch_size=s.batch_size, seed=s.seed, progress=progress, label="pretrain",
+            base, tokenizer, texts, prompts=prompts, steps=s.pretrain_steps, lr=s.pretrain_lr,
+            batch_size=s.pretrain_rows, pack=s.pack_width, seed=s.seed, progress=progress, label="pretrain",
         )
         for i, family in enumerate(FAMILIES):
-            texts = train[family]
             model = type(base)(base.config)
             model.load_state_dict(models["base"].state_dict())
+            for name, p in model.named_parameters():
+                p.requires_grad_(s.finetune_params == "all" or ".mlp." in name)
+            docs = make_items(family, "train", s.n_train, seed=s.seed)
             models[family] = train_lm(
-                model, tokenizer, texts, steps=s.finetune_steps, lr=s.finetune_lr,
-                batch_size=s.batch_size, seed=s.seed + 1 + i, progress=progress, label=family,
+                model, tokenizer, [training_text(d) for d in docs], prompts=[d["question"] for d in docs],
+                steps=s.finetune_steps, lr=s.finetune_lr, batch_size=s.batch_size,
+                seed=s.seed + 1 + i, progress=progress, label=family,
             )
+            model.requires_grad_(True)
     return tokenizer, models
 
 
@@ -200,7 +333,7 @@ def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool) -
     if not force and _cached(out, settings):
         console.print(f"tiny-lm zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         tokenizer, models = train_zoo_models(settings)
         trained = time.perf_counter() - start
         out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +341,8 @@ def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool) -
         save_zoo(out, tokenizer, models, settings)
         table.round(1).to_csv(out / "table.csv")
         (out / "table.md").write_text(table.round(1).to_markdown() + "\n")
-        console.print(f"trained in {trained:.0f} s, whole build {time.perf_counter() - start:.0f} s")
+        console.print(f"trained in {trained:.0f} s, whole build {time.perf_counter() - start:.0f} s "
+                      f"({time.process_time() - cpu:.0f} s CPU)")
     table = pd.read_csv(out / "table.csv", index_col="model")
     console.print(_rich_table(table))
     return out

@@ -9,9 +9,11 @@ from evo_merge.zoo.tinylm import TinyLMSettings, build_tinylm_zoo
 hf_logging.disable_progress_bar()
 
 # a small tiny-lm zoo (about 15 s): endpoints barely trained, but their task vectors already
-# live in their families' input subspaces, which is what routing needs
+# live in their families' input subspaces, which is what routing needs (with the real zoo's
+# gentler learning rates, 30 steps are too few for that)
 ZOO = TinyLMSettings(
-    hidden=32, layers=2, heads=4, batch_size=16, pretrain_steps=30, finetune_steps=30, n_train=300, table_items=24
+    hidden=32, layers=2, heads=4, batch_size=16, pretrain_steps=100, pretrain_lr=1e-2, finetune_steps=30,
+    finetune_lr=1e-2, n_train=300, table_items=24,
 )
 
 

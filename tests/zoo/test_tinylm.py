@@ -9,7 +9,22 @@ import torch
 from evo_merge.tasks.registry import BENCHMARKS_DIR, resolve_task
 from evo_merge.tasks.synthetic import FAMILIES
 from evo_merge.zoo.tiny import make_tiny_causal_lm
-from evo_merge.zoo.tinylm import TinyLMSettings, build_tinylm_zoo, load_zoo, pretraining_corpus, train_lm
+import re
+
+from pydantic import ValidationError
+
+from evo_merge.tasks.synthetic import LEXICON
+from evo_merge.zoo.tinylm import (
+    TinyLMSettings,
+    _line_tokens,
+    _packed_rows,
+    build_tinylm_zoo,
+    load_zoo,
+    pretraining_corpus,
+    pretraining_mixture,
+    statements_corpus,
+    train_lm,
+)
 from evo_merge.zoo.tokenizer import build_char_tokenizer
 
 
@@ -25,13 +40,78 @@ def test_build_saves_base_endpoints_table_and_reuses_its_cache(tiny_zoo):
     assert weights.stat().st_mtime_ns == stamp  # reused, not retrained
 
 
-def test_endpoints_share_the_base_architecture_and_move_away_from_it(tiny_zoo):
+def test_endpoints_share_the_base_architecture_and_fine_tune_only_its_mlps(tiny_zoo):
     _, models = load_zoo(tiny_zoo)
     base = models["base"].state_dict()
     for family in FAMILIES:
         state = models[family].state_dict()
         assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in base.items()}
-        assert any(not torch.equal(state[k], base[k]) for k in base)
+        moved = {k for k in base if not torch.equal(state[k], base[k])}
+        assert moved and moved == {k for k in base if ".mlp." in k}
+
+
+def test_packed_lines_attend_only_to_themselves():
+    """A packed row computes, line by line, what each line computes alone."""
+    tok = build_char_tokenizer()
+    model = make_tiny_causal_lm(vocab_size=len(tok), hidden=16, layers=2, heads=2, seed=0).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # large weights: sharp attention, so a leak across lines would show
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.copy_(0.5 * torch.randn(param.shape, generator=gen))
+    texts = ["12+3=15\n", "en>xx cat = baka\n", "rev abc= cba\n"]
+    lines = _line_tokens(tok, texts, None)
+    ids, labels, pos = _packed_rows(lines, width=64, pad_id=tok.pad_token_id, seed=0)
+    assert len(ids) == 1  # all three fit in one row
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
+        starts = [i for i, p in enumerate(pos[0].tolist()) if p == 0]
+        for begin in starts[: len(texts)]:
+            line = next(x for x, _ in lines if ids[0, begin : begin + len(x)].tolist() == x)
+            alone = model(input_ids=torch.tensor([line]), use_cache=False).logits[0]
+            torch.testing.assert_close(packed[begin : begin + len(line)], alone, atol=1e-5, rtol=1e-4)
+    assert (labels[0, pos[0] == 0] != -100).sum() == len(texts)  # each line's first token is a label
+
+
+def test_prompts_carry_no_loss():
+    tok = build_char_tokenizer()
+    (ids, labels), = _line_tokens(tok, ["12+3= 15\n"], ["12+3="])
+    n = len(tok("12+3=")["input_ids"])
+    assert labels[:n] == [-100] * n and labels[n:] == ids[n:]
+
+
+def test_statements_are_true_and_never_in_a_task_format():
+    lines = statements_corpus(300, seed=0)
+    assert len(lines) == 900
+    for line in lines:
+        text = line.strip()
+        assert "=" not in text and ">" not in text and not text.startswith(("copy ", "shift ", "rev "))
+        if m := re.fullmatch(r"(\d+) (plus|minus) (\d+) is (-?\d+)", text):
+            a, op, b, c = m.groups()
+            assert int(c) == (int(a) + int(b) if op == "plus" else int(a) - int(b))
+        elif " means " in text:
+            left, right = (part.split() for part in text.split(" means "))
+            assert [LEXICON.get(w) for w in left] == right or [LEXICON.get(w) for w in right] == left
+        else:
+            s, op, _, out = text.split()
+            assert out == {"copied": s, "reversed": s[::-1]}.get(op, "".join("bcdefghija"["abcdefghij".index(c)] for c in s))
+
+
+def test_pretraining_holds_back_the_fine_tune_only_scenarios():
+    settings = TinyLMSettings(n_train=200, finetune_only={"arith": ["add_1d"], "seq": ["rev_3", "rev_5"]})
+    texts, prompts = pretraining_mixture(settings)
+    questions = [p for p in prompts if p]
+    assert len(texts) == len(prompts) and questions
+    assert not any(re.fullmatch(r"\d+\+[2-9]=", q) or q.startswith("rev ") for q in questions)
+    assert any(q.startswith("en>xx") for q in questions) and any(q.endswith("+10=") for q in questions)
+    assert all(t.startswith(p) for t, p in zip(texts, prompts))
+
+
+def test_settings_name_unknown_scenarios():
+    with pytest.raises(ValidationError, match="arith/add_2d"):
+        TinyLMSettings(finetune_only={"arith": ["add_2d"]})
+    with pytest.raises(ValidationError, match="finetune_params"):
+        TinyLMSettings(finetune_params="attention")
 
 
 def test_training_is_seeded():
