@@ -108,10 +108,10 @@ def load_lm_eval_task(spec: str | Path) -> Any:
     return next(iter(tasks.values()))
 
 
-def _pin_eval_docs(task: Any) -> list[Any]:
-    """Serve the evaluation docs from a list: lm-eval otherwise re-reads its HF dataset row by
-    row (about 0.5 ms a row) twice per call, whatever the number of items asked."""
-    docs = list(task.eval_docs)
+def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:
+    """Serve the (first `limit`) evaluation docs from a list: lm-eval otherwise re-reads its HF
+    dataset row by row (about 0.5 ms a row) twice per call, whatever the number of items asked."""
+    docs = list(task.eval_docs)[:limit]
     if task.has_test_docs():
         task.test_docs = lambda: docs
     else:
@@ -135,13 +135,24 @@ class LMEvalTask:
     """A `FitnessTask` over one lm-eval task; item ids are the docs' `id` field (else their index)."""
 
     def __init__(
-        self, spec: str | Path, *, metric: str | None = None, batch_size: int = 64, device: str | None = None
+        self,
+        spec: str | Path,
+        *,
+        metric: str | None = None,
+        batch_size: int = 64,
+        device: str | None = None,
+        limit: int | None = None,
     ) -> None:
+        """`limit`: keep only the first `limit` docs (lm-eval's `--limit`), e.g. to run a slow
+        model on a subset; the shipped benchmarks cycle through their scenarios, so any prefix
+        covers every scenario equally."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise UserError(f"task {spec}: limit must be a positive whole number of items, not {limit!r}")
         self.task = load_lm_eval_task(spec)
         self.name: str = self.task.config.task
         self.metric, self.filter = _metric_key(self.task, metric)
         self.batch_size, self.device = batch_size, device
-        docs = _pin_eval_docs(self.task)
+        docs = _pin_eval_docs(self.task, limit)
         ids = [str(d["id"]) for d in docs] if docs and all(isinstance(d, dict) and "id" in d for d in docs) else []
         self._ids = ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))]
         self._index = {item: i for i, item in enumerate(self._ids)}

@@ -26,6 +26,19 @@ def test_scores_do_not_depend_on_subset_or_order(char_lm):
     assert task.scenarios[ids[0]] == "inc" and len(task.item_ids) == 1200
 
 
+def test_limit_keeps_the_first_items_of_every_scenario_with_the_same_scores(char_lm):
+    model, tok = char_lm
+    whole = resolve_task("arith", batch_size=8)
+    part = resolve_task("arith", batch_size=8, limit=12)
+    assert part.item_ids == whole.item_ids[:12]
+    assert sorted(set(part.scenarios.values())) == ["add_10", "add_1d", "dec", "inc"]
+    assert part.evaluate(model, tok).tolist() == whole.evaluate(model, tok, whole.item_ids[:12]).tolist()
+    with pytest.raises(UserError, match=rf"{whole.item_ids[12]!r} is not in task"):
+        part.evaluate(model, tok, [whole.item_ids[12]])
+    with pytest.raises(UserError, match="limit must be a positive whole number"):
+        LMEvalTask(BENCHMARKS_DIR / "arith", limit=0)
+
+
 def test_generation_task_uses_its_filtered_metric(char_lm):
     model, tok = char_lm
     task = resolve_task("evo_seq")
