@@ -7,11 +7,13 @@ the cluster's share of the scenario's items, so Σ w_i y_i estimates the scenari
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 
 from evo_merge.errors import UserError
 from evo_merge.irt.model import IRTModel
@@ -74,7 +76,9 @@ def _nearest_in_cluster(features: np.ndarray, budget: int, seed: int) -> tuple[n
     random further members of the largest clusters, each cluster's share split among its picks.
     """
     n_clusters = min(budget, len(np.unique(features, axis=0)))
-    km = KMeans(n_clusters=n_clusters, n_init=KMEANS_RESTARTS, random_state=seed).fit(features)
+    with warnings.catch_warnings():  # near-duplicate rows can still leave a cluster empty: skipped below
+        warnings.filterwarnings("ignore", "Number of distinct clusters", ConvergenceWarning)
+        km = KMeans(n_clusters=n_clusters, n_init=KMEANS_RESTARTS, random_state=seed).fit(features)
     dist = np.linalg.norm(features - km.cluster_centers_[km.labels_], axis=1)
     members = [np.flatnonzero(km.labels_ == c) for c in range(n_clusters)]
     members = [m[np.argsort(dist[m], kind="stable")] for m in members if m.size]

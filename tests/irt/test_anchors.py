@@ -101,9 +101,11 @@ def test_kmeans_with_fewer_distinct_items_than_the_budget_still_spends_it_with_u
 
     kind = np.repeat([0, 1, 2], [50, 30, 20])
     features = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])[kind]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no sklearn ConvergenceWarning about duplicate points
-        picks, weights = _nearest_in_cluster(features, 10, seed=0)
-    assert len(set(picks.tolist())) == 10
-    assert sorted(np.bincount(kind[picks]).tolist()) == [2, 3, 5]  # picks follow the kinds' sizes
-    assert float(weights @ kind[picks]) == pytest.approx(kind.mean())  # weighted mean = population mean
+    near = features + 1e-13 * np.arange(len(kind))[:, None]  # distinct rows, but not to k-means
+    for feats in (features, near):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no sklearn ConvergenceWarning about duplicate points
+            picks, weights = _nearest_in_cluster(feats, 10, seed=0)
+        assert len(set(picks.tolist())) == 10
+        assert sorted(np.bincount(kind[picks]).tolist()) == [2, 3, 5]  # picks follow the kinds' sizes
+        assert float(weights @ kind[picks]) == pytest.approx(kind.mean())  # weighted mean = population mean
