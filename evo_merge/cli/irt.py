@@ -127,13 +127,16 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--dims", default="auto", show_default=True)
 @click.option("--repeats", type=int, default=1, show_default=True, help="Anchor draws averaged per row.")
 @click.option("--endpoints", default=None, help="Training subject ids (comma-separated): adds mp-IRT rows.")
+@click.option("--overall", is_flag=True,
+              help="Error of the item-weighted mean over the scenarios (a task's score), not of each scenario.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
 def validate(responses: Path, test_frac: float, budgets: str, seed: int, backend: str, dims: str, repeats: int,
-             endpoints: str | None, csv_path: Path | None) -> None:
+             endpoints: str | None, overall: bool, csv_path: Path | None) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
     table = run_validation(load_responses(responses), test_frac=test_frac, budgets=_int_list(budgets, "--budgets"),
-                           seed=seed, backend=backend, dims=_dims(dims), repeats=repeats, endpoints=ends)
+                           seed=seed, backend=backend, dims=_dims(dims), repeats=repeats, endpoints=ends,
+                           overall=overall)
     Console(width=120).print(validation_table(table))
     if csv_path is not None:
         table.to_csv(csv_path, index=False)

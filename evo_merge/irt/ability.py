@@ -1,4 +1,4 @@
-"""MAP fit of a linear logistic model with a Gaussian prior, batched over subjects (Newton).
+"""MAP fit of a linear logistic model with a Gaussian prior, batched over subjects (damped Newton).
 
 Used for every ability fit with item parameters fixed: θ of a new subject from its anchors
 (p-IRT), the merge coefficients of mp-IRT, the endpoints' θ on all items. The prior keeps the
@@ -11,6 +11,7 @@ import numpy as np
 from scipy.special import expit
 
 MAX_STEP = 3.0  # cap on one Newton step (in parameter norm): keeps far starts from overshooting
+HALVINGS = 30  # backtracking: a step is halved until the objective does not decrease
 
 
 def map_logistic(
@@ -30,7 +31,14 @@ def map_logistic(
     responses = np.atleast_2d(responses)
     observed = ~np.isnan(responses)
     y = np.where(observed, responses, 0.0)
+
+    def objective(z: np.ndarray) -> np.ndarray:
+        eta = z @ design.T - offset
+        d = z - prior_mean
+        return ((y * eta - np.logaddexp(0.0, eta)) * observed).sum(1) - 0.5 * np.einsum("sp,pq,sq->s", d, prior_precision, d)
+
     z = np.tile(prior_mean.astype(float), (responses.shape[0], 1))
+    current = objective(z)
     for _ in range(max_iter):
         prob = expit(z @ design.T - offset)
         grad = ((y - prob) * observed) @ design - (z - prior_mean) @ prior_precision
@@ -39,7 +47,18 @@ def map_logistic(
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
         norm = np.linalg.norm(step, axis=1, keepdims=True)
         step *= np.minimum(1.0, MAX_STEP / np.maximum(norm, 1e-300))
+        # Newton alone overshoots where sharp items (large alpha) saturate the curvature:
+        # halve each row's step until its objective does not decrease (it is concave)
+        todo = np.ones(len(z), dtype=bool)
+        for _ in range(HALVINGS):
+            trial = objective(z + step)
+            todo = trial < current - 1e-12 * np.abs(current)
+            if not todo.any():
+                break
+            step[todo] *= 0.5
+        step[todo] = 0.0
         z += step
+        current = objective(z)
         if np.abs(step).max() < tol:
             break
     return z

@@ -55,8 +55,13 @@ def validate(
     dims: int | str = "auto",
     repeats: int = 1,
     endpoints: Sequence[str] = (),
+    overall: bool = False,
 ) -> pd.DataFrame:
-    """Mean absolute error (over held-out subjects and scenarios, averaged over `repeats` anchor draws)."""
+    """Mean absolute error (over held-out subjects and scenarios, averaged over `repeats` anchor draws).
+
+    `budget` counts anchors per scenario. With `overall`, the error is that of the item-weighted
+    mean over the scenarios (one number per subject): a campaign's task score, when its
+    scenarios are the task's sub-skills."""
     if repeats < 1:
         raise UserError(f"repeats must be at least 1, not {repeats}")
     estimators = list(estimators) + ([e for e in ENDPOINT_ESTIMATORS if e not in estimators] if endpoints else [])
@@ -74,7 +79,10 @@ def validate(
                     for kind in estimators:
                         est = Estimator(model, anchors, kind, endpoints=list(endpoints) or None, seed=seed)
                         pred = est.estimate_matrix(test_matrix.scores[:, est.anchor_idx])
-                        errors[kind].append(float(np.nanmean(np.abs(pred - est.scenario_means(test_matrix.scores)))))
+                        truth = est.scenario_means(test_matrix.scores)
+                        if overall:
+                            pred, truth = pred @ est.sizes / est.sizes.sum(), truth @ est.sizes / est.sizes.sum()
+                        errors[kind].append(float(np.nanmean(np.abs(pred - truth))))
                     progress.advance(task)
                 n_items = len(anchors.all_items())
                 for kind in estimators:

@@ -88,6 +88,26 @@ def test_map_logistic_matches_scipy_and_stays_finite():
     assert expit(np.abs(design) @ all_right - offset).mean() > 0.7
 
 
+def test_map_logistic_converges_on_sharp_items_and_an_ill_conditioned_prior():
+    """mp-IRT's case on real merges: items with alpha up to ~13 and a prior tight on the sum of
+    the merge coefficients. Plain Newton steps overshoot there and land far from the optimum."""
+    rng = np.random.default_rng(1)
+    ends = np.array([-0.35, -0.34, 2.73])[:, None]  # endpoint abilities (1-D)
+    alpha, beta = rng.uniform(2.0, 13.0, (25, 1)), rng.uniform(-6.0, 3.6, 25)
+    design = alpha @ ends.T
+    y = (beta < 0).astype(float)  # the easy items right, the hard ones wrong
+    prior, prec = np.full(3, 1 / 3), np.eye(3) / 0.5**2 + np.ones((3, 3)) / 0.05**2
+
+    def neg_post(z):
+        logit = design @ z - beta
+        return -(y * logit - np.logaddexp(0, logit)).sum() + 0.5 * (z - prior) @ prec @ (z - prior)
+
+    expected = minimize(neg_post, prior, method="BFGS", options={"gtol": 1e-10}).x
+    got = map_logistic(design, beta, y[None], prior, prec)[0]
+    assert neg_post(got) == pytest.approx(neg_post(expected), abs=1e-6)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
 def test_save_load_round_trip(tmp_path, torch_model):
     torch_model.save(tmp_path / "m")
     loaded = IRTModel.load(tmp_path / "m")

@@ -23,6 +23,19 @@ def test_irt_anchors_and_gpirt_beat_random_sampling_by_25_percent_at_n30():
     assert (table["items"] == 60).all() and (table["saving"] == 10.0).all()
 
 
+def test_overall_error_is_that_of_the_item_weighted_mean_of_the_scenarios():
+    """|sum_k w_k e_k| <= sum_k w_k |e_k|: the task-level error never exceeds the scenario-level
+    one (equal-sized scenarios), and is 0 when the anchors are every item."""
+    gen = make_synthetic_irt(100, dims=1, n_scenarios=2, seed=1)
+    theta, ids = synthetic_abilities(40, dims=1, seed=2)
+    data = validate_responses(gen.sample(theta, ids, seed=3))
+    kwargs = dict(budgets=[5, 50], methods=["kmeans-irt", "random"], dims=1, seed=0)
+    per_scenario = validate(data, **kwargs).set_index(["budget", "method", "estimator"])["mae"]
+    task = validate(data, overall=True, **kwargs).set_index(["budget", "method", "estimator"])["mae"]
+    assert (task <= per_scenario + 1e-12).all() and (task < per_scenario).any()
+    assert task[50, "random", "anchor"] == pytest.approx(0.0, abs=1e-12)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("irt_cli")
