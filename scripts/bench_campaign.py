@@ -1,13 +1,14 @@
 """IRT-scored search vs the same search scored on all items, on the demo zoo; plus user baselines.
 
-    .venv/bin/python scripts/bench_campaign.py --zoo runs/zoo/tiny-lm --sizes 8x3,12x6
+    .venv/bin/python scripts/bench_campaign.py --zoo runs/zoo/tiny-lm --sizes 8x4,16x8
 
 For each campaign size (population x generations), same seed: (a) candidates scored on
-`--anchors` items per task scenario (default 5: about 20 per task) with gp-IRT, (b) every candidate scored on all items. Prints item
-evaluations in the search phase and in total (IRT calibration and the front's full evaluation
-included), and the hypervolume of each final front measured on all items. Then measures the
-baselines a user would try first (task arithmetic with lambda from a grid, TIES with density 0.2,
-TSV-M with alpha 1) and checks that the campaign's measured front dominates or matches each.
+`--anchors` items per task scenario (default 5: about 20 per task) with gp-IRT, (b) every
+candidate scored on all items. Prints item evaluations in the search phase and in total (IRT
+calibration and the front's full evaluation included), and the hypervolume of each final front
+measured on all items. Then measures the baselines a user would try first (task arithmetic with
+lambda from a grid, TIES with density 0.2, TSV-M with alpha 1; `scripts/campaign_baselines.py`)
+and checks that the campaign's measured front dominates or matches each.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
+from campaign_baselines import comparison_table, measured_front  # a sibling script
 
 from evo_merge.config import Campaign
 from evo_merge.report.campaign import hypervolume
 from evo_merge.search.campaign import CampaignRunner, config_fingerprint
-from evo_merge.search.space import Candidate
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.template import campaign_text
 
@@ -44,32 +44,10 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     return runner, time.perf_counter() - start
 
 
-def measured_front(runner: CampaignRunner) -> np.ndarray:
-    """Scores measured on all items of the final front members (search evaluations)."""
-    rows = [e.measured for e in runner.store.evaluations("search") if e.measured is not None]
-    scores = np.array([[m[t] for t in runner.task_names] for m in rows])
-    keep = [i for i in range(len(scores)) if not any((scores[j] >= scores[i]).all() and (scores[j] > scores[i]).any()
-                                                      for j in range(len(scores)))]
-    return scores[keep]
-
-
-def baselines(runner: CampaignRunner) -> dict[str, dict[str, float]]:
-    n = len(runner.paths.models)
-    grid = {f"task_arithmetic lambda={lam}": Candidate("task_arithmetic", (1.0,) * n, (("lambda", lam),))
-            for lam in (0.3, 0.5, 0.7, 1.0)}
-    grid["ties density=0.2"] = Candidate("ties", (1.0,) * n, (("density", 0.2), ("lambda", 1.0)))
-    grid["tsv alpha=1"] = Candidate("tsv", (1.0,) * n, (("alpha", 1.0),))
-    out = {}
-    for label, candidate in grid.items():
-        scores = runner.evaluator.evaluate(candidate, runner.all_items())
-        out[label] = runner.task_scores(scores)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=Path("runs/zoo/tiny-lm"))
-    parser.add_argument("--sizes", default="8x3,12x6", help="population x generations, comma separated")
+    parser.add_argument("--sizes", default="8x4,16x8", help="population x generations, comma separated")
     parser.add_argument("--anchors", type=int, default=5,
                         help="anchors per task scenario (5 x 4-5 scenarios: about 20 per task)")
     parser.add_argument("--reuse", action="store_true",
@@ -88,7 +66,7 @@ def main() -> None:
                                     20, args.reuse)
         search = (irt.store.items_evaluated("search"), full.store.items_evaluated("search"))
         total = (irt.store.items_evaluated(measured=True), full.store.items_evaluated(measured=True))
-        hv = (hypervolume(measured_front(irt)), hypervolume(measured_front(full)))
+        hv = (hypervolume(measured_front(irt)[1]), hypervolume(measured_front(full)[1]))
         rows.append((size, search, total, hv, (t_irt, t_full)))
         print(f"[{size}] search items {search[0]:,} vs {search[1]:,} ({search[1] / search[0]:.1f}x); "
               f"total {total[0]:,} vs {total[1]:,} ({total[1] / total[0]:.1f}x); "
@@ -101,17 +79,8 @@ def main() -> None:
         print(f"| {size} | {search[0]:,} / {search[1]:,} | {search[1] / search[0]:.1f}x | {total[0]:,} / {total[1]:,} "
               f"| {total[1] / total[0]:.1f}x | {hv[0]:.4f} / {hv[1]:.4f} | {hv[0] / hv[1]:.3f} |")
 
-    front = measured_front(irt)
-    tasks = irt.task_names
     print(f"\nbaselines vs the IRT campaign's measured front ({args.sizes.split(',')[-1]}), all items:")
-    print("| model | " + " | ".join(tasks) + " | dominated or matched by the front |")
-    print("|---|" + "---|" * (len(tasks) + 1))
-    for label, scores in baselines(irt).items():
-        point = np.array([scores[t] for t in tasks])
-        covered = bool((front >= point - 1e-9).all(axis=1).any())
-        print(f"| {label} | " + " | ".join(f"{scores[t]:.3f}" for t in tasks) + f" | {'yes' if covered else 'NO'} |")
-    for row in front:
-        print("| campaign front | " + " | ".join(f"{v:.3f}" for v in row) + " | |")
+    print(comparison_table(irt))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""A finished campaign against the merges a user would try first, all measured on every item.
+
+    .venv/bin/python scripts/campaign_baselines.py RUN [--lambdas 0.3 0.5 0.7 1.0]
+
+Rows: the base and the endpoints (calibration), task arithmetic (weight 1 per endpoint, lambda
+from a grid), TIES (density 0.2), TSV-M (alpha 1), then the campaign's measured front. A
+baseline is covered when one front member scores at least as much on every task. Baselines are
+evaluated with the campaign's own evaluator and tasks (item subsets included) and are not stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from evo_merge.config import Campaign
+from evo_merge.search.campaign import CampaignRunner, base_candidate, endpoint_candidate
+from evo_merge.search.space import Candidate
+
+
+def baselines(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)) -> dict[str, dict[str, float]]:
+    """Task score per baseline, measured on every item of the campaign's tasks."""
+    n = len(runner.paths.models)
+    grid = {f"task_arithmetic lambda={lam}": Candidate("task_arithmetic", (1.0,) * n, (("lambda", lam),))
+            for lam in lambdas}
+    grid["ties density=0.2"] = Candidate("ties", (1.0,) * n, (("density", 0.2), ("lambda", 1.0)))
+    grid["tsv alpha=1"] = Candidate("tsv", (1.0,) * n, (("alpha", 1.0),))
+    return {label: runner.task_scores(runner.evaluator.evaluate(c, runner.all_items())) for label, c in grid.items()}
+
+
+def measured_front(runner: CampaignRunner) -> tuple[list[str], np.ndarray]:
+    """Labels and all-item scores of the non-dominated search evaluations measured on every item."""
+    rows = [e for e in runner.store.evaluations("search") if e.measured is not None]
+    scores = np.array([[e.measured[t] for t in runner.task_names] for e in rows]).reshape(len(rows), -1)
+    keep = [i for i in range(len(scores))
+            if not any((scores[j] >= scores[i]).all() and (scores[j] > scores[i]).any() for j in range(len(scores)))]
+    return [f"front #{rows[i].id} ({rows[i].method})" for i in keep], scores[keep]
+
+
+def comparison_table(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)) -> str:
+    """Markdown: reference models, baselines (covered by the front or not), the front."""
+    tasks = runner.task_names
+    labels, front = measured_front(runner)
+    lines = ["| model | " + " | ".join(tasks) + " | covered by the front |", "|---|" + "---|" * (len(tasks) + 1)]
+
+    def row(label: str, scores: dict[str, float] | np.ndarray, mark: str = "") -> None:
+        values = [scores[t] for t in tasks] if isinstance(scores, dict) else list(scores)
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {mark} |")
+
+    n = len(runner.paths.models)
+    for label, candidate in [("base", base_candidate(n))] + [(f"endpoint {runner.paths.models[i].name}",
+                                                              endpoint_candidate(i, n)) for i in range(n)]:
+        e = runner.store.get(candidate.key)
+        if e is not None and e.measured:
+            row(label, e.measured)
+    for label, scores in baselines(runner, lambdas).items():
+        point = np.array([scores[t] for t in tasks])
+        row(label, scores, "yes" if len(front) and (front >= point - 1e-9).all(axis=1).any() else "NO")
+    for label, scores in zip(labels, front):
+        row(label, scores)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a finished campaign run folder")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.3, 0.5, 0.7, 1.0])
+    args = parser.parse_args()
+    config = args.run / "campaign.yaml"
+    runner = CampaignRunner(Campaign.load(config), config.parent, args.run)
+    print(comparison_table(runner, tuple(args.lambdas)))
+
+
+if __name__ == "__main__":
+    main()
