@@ -109,7 +109,7 @@ def cost(mass: MassModel, base_model, tok, prompts: dict[str, list[str]], batch:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, required=True)
-    parser.add_argument("--items", type=int, default=300, help="evaluation items per family, spread (0: all)")
+    parser.add_argument("--items", type=int, default=300, help="first N evaluation items per family (0: all)")
     parser.add_argument("--layer", type=int, default=None, help="routing block (default: the middle one)")
     parser.add_argument("--token", choices=["mean", "last"], default="mean")
     parser.add_argument("--threshold", type=float, default=0.2)
@@ -121,11 +121,9 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     zoo = args.zoo
     tok = AutoTokenizer.from_pretrained(zoo / "base")
-    items = {}
-    for f in FAMILIES:
-        ids = resolve_task(f).item_ids
-        step = max(1, len(ids) // args.items) if args.items else 1
-        items[f] = ids[::step][: args.items or None]
+    # the first N: the benchmarks cycle through their scenarios, so a prefix covers each equally
+    # (every k-th item would keep one scenario of a family whose scenario count divides k)
+    items = {f: resolve_task(f).item_ids[: args.items or None] for f in FAMILIES}
     prompts = {f: _prompts(f, items[f]) for f in FAMILIES}
 
     start = time.perf_counter()
