@@ -24,7 +24,7 @@ from campaign_baselines import comparison_table, measured_front  # a sibling scr
 
 from evo_merge.config import Campaign
 from evo_merge.report.campaign import hypervolume
-from evo_merge.search.campaign import CampaignRunner, config_fingerprint
+from evo_merge.search.campaign import CampaignRunner, config_fingerprint, resolve_campaign
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.template import campaign_text
 
@@ -36,7 +36,7 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     config = yaml.safe_load(text)
     config["estimator"]["kind"] = kind
     campaign = Campaign.model_validate(config)
-    if not reuse or config_fingerprint(campaign) != CampaignStore(out).get_meta("config"):
+    if not reuse or config_fingerprint(resolve_campaign(campaign, zoo)) != CampaignStore(out).get_meta("config"):
         shutil.rmtree(out, ignore_errors=True)
     runner = CampaignRunner(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
     start = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,31 @@ class RunPaths:
 
     base: Path
     models: list[Path]
+
+
+def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
+    """The campaign with every relative path made absolute against `root` (the campaign file's
+    folder): models, alignment data and permutation specs, the IRT model folder, local task
+    files. A run stores and fingerprints this form, so it resumes from whatever folder its
+    command runs in."""
+
+    def absolute(value: str) -> str:
+        return os.path.abspath(root / Path(value).expanduser())  # normalised, symlinks kept
+
+    def is_path(value: str) -> bool:  # as the task registry reads it: not a shipped name or a plugin
+        return value.endswith((".yaml", ".yml")) or "/" in value
+
+    tasks = [t.model_copy(update={"task": absolute(t.task)}) if is_path(t.task) else t for t in campaign.tasks]
+    estimator = campaign.estimator
+    if estimator.irt_model is not None:
+        estimator = estimator.model_copy(update={"irt_model": absolute(estimator.irt_model)})
+    align = campaign.align
+    if align is not None:
+        align = align.model_copy(update={"data": align.data and absolute(align.data),
+                                         "arch": absolute(align.arch) if is_path(align.arch) else align.arch})
+    return campaign.model_copy(update={"base_model": campaign.base_model and absolute(campaign.base_model),
+                                       "models": [absolute(m) for m in campaign.models],
+                                       "tasks": tasks, "estimator": estimator, "align": align})
 
 
 def resolve_paths(campaign: Campaign, root: Path, run_dir: Path) -> RunPaths:
@@ -121,11 +147,12 @@ def config_fingerprint(campaign: Campaign) -> str:
 
 class CampaignRunner:
     def __init__(self, campaign: Campaign, root: Path, run_dir: Path, progress: Progress | None = None):
-        self.campaign = campaign
+        self.campaign = resolve_campaign(campaign, Path(root))
         self.run_dir = Path(run_dir)
-        self.paths = resolve_paths(campaign, root, self.run_dir)
+        self.paths = resolve_paths(self.campaign, Path(root), self.run_dir)
         self.store = CampaignStore(self.run_dir)
         self.progress = progress or (lambda stage, done, total: None)
+        campaign = self.campaign
         self.task_names = [t.label for t in campaign.tasks]
         self.directions = [t.direction for t in campaign.tasks]
         self.space = SearchSpace(searched_ranges(campaign, self.paths.base), len(self.paths.models),
@@ -150,9 +177,7 @@ class CampaignRunner:
     def campaign_yaml(self) -> str:
         import yaml
 
-        data = self.campaign.model_dump(mode="json")
-        data["base_model"], data["models"] = str(self.paths.base), [str(m) for m in self.paths.models]
-        return yaml.safe_dump(data, sort_keys=False)
+        return yaml.safe_dump(self.campaign.model_dump(mode="json"), sort_keys=False)
 
     @property
     def evaluator(self) -> LocalEvaluator:

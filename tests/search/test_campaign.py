@@ -173,6 +173,28 @@ def test_resume_refuses_a_changed_campaign(tmp_path, zoo):
     assert result.exit_code == 2 and "different campaign" in result.output
 
 
+def test_a_campaign_with_relative_paths_resumes_from_its_stored_config(tmp_path, zoo, monkeypatch):
+    """Relative paths are taken against the campaign file; the run stores them absolute, so
+    status and resume work from any folder and see the same campaign."""
+    base, fts = zoo
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = campaign(folder, zoo, algorithm={"population": 4, "generations": 2, "seed": 0},
+                    estimator={"kind": "anchor", "anchors": 5}, final={"evaluate_top": 1})
+    config = yaml.safe_load(path.read_text())
+    config["base_model"] = os.path.relpath(base, folder)
+    config["models"] = [os.path.relpath(f, folder) for f in fts]
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)  # neither the config's folder nor the models'
+    result = CliRunner().invoke(cli, ["run", str(path.relative_to(tmp_path)), "--out", "run"])
+    assert result.exit_code == 0, result.output
+    stored = yaml.safe_load((tmp_path / "run" / "campaign.yaml").read_text())
+    assert stored["base_model"] == str(base) and stored["models"] == [str(f) for f in fts]
+    for command in ("status", "resume"):
+        result = CliRunner().invoke(cli, [command, "run"])
+        assert result.exit_code == 0 and "different campaign" not in result.output, result.output
+
+
 BAD = {
     "missing file": ({"base_model": "/nonexistent/base"}, "base_model"),
     "unknown method": ({"methods": {"frankenmerge": {}}}, "methods: frankenmerge"),
