@@ -138,6 +138,9 @@ class AlgorithmSpec(_Strict):
     population: int = Field(16, ge=2)
     generations: int = Field(8, ge=1)
     seed: int = 0
+    seed_standard_merges: bool = Field(
+        False, description="start generation 1 with the standard merges of the configured methods "
+        "(task arithmetic lambda 0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
 
 
 class EvaluatorSpec(_Strict):

@@ -17,16 +17,12 @@ import numpy as np
 
 from evo_merge.config import Campaign
 from evo_merge.search.campaign import CampaignRunner, base_candidate, endpoint_candidate
-from evo_merge.search.space import Candidate
+from evo_merge.search.space import standard_merges
 
 
 def baselines(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)) -> dict[str, dict[str, float]]:
     """Task score per baseline, measured on every item of the campaign's tasks."""
-    n = len(runner.paths.models)
-    grid = {f"task_arithmetic lambda={lam}": Candidate("task_arithmetic", (1.0,) * n, (("lambda", lam),))
-            for lam in lambdas}
-    grid["ties density=0.2"] = Candidate("ties", (1.0,) * n, (("density", 0.2), ("lambda", 1.0)))
-    grid["tsv alpha=1"] = Candidate("tsv", (1.0,) * n, (("alpha", 1.0),))
+    grid = standard_merges(len(runner.paths.models), lambdas)
     return {label: runner.task_scores(runner.evaluator.evaluate(c, runner.all_items())) for label, c in grid.items()}
 
 

@@ -26,7 +26,7 @@ from evo_merge.errors import UserError
 from evo_merge.irt import Estimator, IRTModel, select_anchors
 from evo_merge.merge.kinds import MASS
 from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, LocalEvaluator, make_evaluator, task_settings
-from evo_merge.search.space import Candidate, SearchSpace, objectives
+from evo_merge.search.space import Candidate, SearchSpace, SeededSampling, objectives, standard_merges
 from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
 from evo_merge.tasks.registry import resolve_task
 from evo_merge.weights import Checkpoint
@@ -113,9 +113,13 @@ def endpoint_candidate(i: int, n_models: int) -> Candidate:
 
 def make_algorithm(campaign: Campaign, space: SearchSpace) -> NSGA2:
     spec = campaign.algorithm
+    seeds = []
+    if spec.seed_standard_merges:  # those the genome can express: method searched, values in range
+        seeds = [space.encode(c) for c in standard_merges(space.n_models).values()
+                 if c.method in space.methods and space.decode(space.encode(c)) == c]
     algorithm = NSGA2(
         pop_size=spec.population,
-        sampling=MixedVariableSampling(),
+        sampling=SeededSampling(seeds) if seeds else MixedVariableSampling(),
         mating=MixedVariableMating(eliminate_duplicates=MixedVariableDuplicateElimination()),
         eliminate_duplicates=MixedVariableDuplicateElimination(),
     )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from pymoo.core.mixed import MixedVariableSampling
 from pymoo.core.problem import Problem
+from pymoo.core.sampling import Sampling
 from pymoo.core.variable import Choice, Integer, Real
 
 from evo_merge.merge.kinds import MASS, kind_hyperparameter, kind_hyperparameters
@@ -92,6 +93,21 @@ class SearchSpace:
             params.append((name, int(value) if isinstance(value, (int, np.integer)) else _round(float(value))))
         return Candidate(method, weights, tuple(sorted(params)))
 
+    def encode(self, candidate: Candidate) -> dict[str, Any]:
+        """A genome that decodes to `candidate`, values clipped to the searched ranges; the other
+        methods' hyperparameters sit mid-range (they play no part)."""
+        x: dict[str, Any] = {"method": candidate.method}
+        low, high = self.coefficient_range
+        for t in range(self.n_models):
+            x[f"c{t}"] = float(np.clip(candidate.weights[t], low, high))
+        params = candidate.param_dict
+        for method in self.methods:
+            for name, (lo, hi) in self._hyper_ranges(method).items():
+                value = params.get(name, (lo + hi) / 2) if method == candidate.method else (lo + hi) / 2
+                value = min(max(value, lo), hi)
+                x[f"{method}.{name}"] = round(value) if kind_hyperparameter(method, name).kind is int else float(value)
+        return x
+
     def problem(self, n_objectives: int) -> Problem:
         return MergeProblem(self.variables(), n_objectives)
 
@@ -99,6 +115,28 @@ class SearchSpace:
         """`n` random candidates (uniform over methods and ranges), reproducible from `seed`."""
         population = MixedVariableSampling()(self.problem(1), n, random_state=np.random.default_rng(seed))
         return [self.decode(individual.X) for individual in population]
+
+
+def standard_merges(n_models: int, lambdas: Sequence[float] = (0.3, 0.5, 0.7, 1.0)) -> dict[str, Candidate]:
+    """The merges a user tries first, each endpoint weighted 1: task arithmetic over a lambda
+    grid, TIES at density 0.2, TSV-M at alpha 1."""
+    ones = (1.0,) * n_models
+    out = {f"task_arithmetic lambda={lam}": Candidate("task_arithmetic", ones, (("lambda", lam),)) for lam in lambdas}
+    out["ties density=0.2"] = Candidate("ties", ones, (("density", 0.2), ("lambda", 1.0)))
+    out["tsv alpha=1"] = Candidate("tsv", ones, (("alpha", 1.0),))
+    return out
+
+
+class SeededSampling(Sampling):
+    """The first generation: the given genomes, then random ones (pymoo's mixed-variable sampling)."""
+
+    def __init__(self, genomes: Sequence[Mapping[str, Any]]):
+        super().__init__()
+        self.genomes = [dict(g) for g in genomes]
+
+    def _do(self, problem, n_samples, random_state=None, **kwargs):
+        seeded = self.genomes[:n_samples]
+        return seeded + MixedVariableSampling()._do(problem, n_samples - len(seeded), random_state=random_state)
 
 
 class MergeProblem(Problem):

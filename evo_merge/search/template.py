@@ -44,6 +44,7 @@ estimator:
   dims: auto
 
 # NSGA-II over the mixed genome; population x generations candidates at most.
+# seed_standard_merges: true starts from task arithmetic, TIES and TSV-M with weight 1 each.
 algorithm: {{name: nsga2, population: {population}, generations: {generations}, seed: 0}}
 
 # In this process; or {{kind: dask, n_workers: 2}} / {{kind: dask, address: tcp://host:8786}}

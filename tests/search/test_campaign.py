@@ -195,6 +195,28 @@ def test_a_campaign_with_relative_paths_resumes_from_its_stored_config(tmp_path,
         assert result.exit_code == 0 and "different campaign" not in result.output, result.output
 
 
+def test_seeded_first_generation_starts_from_the_standard_merges(tmp_path, zoo):
+    from evo_merge.search.space import standard_merges
+
+    def first_generation(seeded):
+        run = tmp_path / f"run-{seeded}"
+        path = campaign(tmp_path, zoo, estimator={"kind": "anchor", "anchors": 5}, final={"evaluate_top": 1},
+                        algorithm={"population": 8, "generations": 1, "seed": 3, "seed_standard_merges": seeded})
+        assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
+        db = sqlite3.connect(run / "state.sqlite")
+        return {k for (k,) in db.execute("SELECT key FROM evaluations WHERE phase='search' AND generation="
+                                         "(SELECT MIN(generation) FROM evaluations WHERE phase='search')")}
+
+    merges = standard_merges(2)
+    # the test campaign searches task_arithmetic (lambda in [0.5, 1.5]), ties (density in [0.2, 0.9]) and tsv
+    expressible = {merges[k].key for k in ("task_arithmetic lambda=0.5", "task_arithmetic lambda=0.7",
+                                           "task_arithmetic lambda=1.0", "ties density=0.2", "tsv alpha=1")}
+    seeded, unseeded = first_generation(True), first_generation(False)
+    assert expressible <= seeded and len(seeded) == 8
+    assert merges["task_arithmetic lambda=0.3"].key not in seeded  # below the searched lambda range
+    assert not expressible & unseeded
+
+
 BAD = {
     "missing file": ({"base_model": "/nonexistent/base"}, "base_model"),
     "unknown method": ({"methods": {"frankenmerge": {}}}, "methods: frankenmerge"),
