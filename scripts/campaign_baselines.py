@@ -14,10 +14,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from evo_merge.config import Campaign
-from evo_merge.search.campaign import CampaignRunner, base_candidate, endpoint_candidate
-from evo_merge.search.space import standard_merges
+from evo_merge.search.campaign import CampaignRunner, reference_candidates
+from evo_merge.search.space import objectives, standard_merges
 
 
 def baselines(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)) -> dict[str, dict[str, float]]:
@@ -30,8 +31,10 @@ def measured_front(runner: CampaignRunner) -> tuple[list[str], np.ndarray]:
     """Labels and all-item scores of the non-dominated search evaluations measured on every item."""
     rows = [e for e in runner.store.evaluations("search") if e.measured is not None]
     scores = np.array([[e.measured[t] for t in runner.task_names] for e in rows]).reshape(len(rows), -1)
-    keep = [i for i in range(len(scores))
-            if not any((scores[j] >= scores[i]).all() and (scores[j] > scores[i]).any() for j in range(len(scores)))]
+    if not rows:
+        return [], scores
+    F = np.array([objectives(s, runner.directions) for s in scores])
+    keep = sorted(NonDominatedSorting().do(F, only_non_dominated_front=True))
     return [f"front #{rows[i].id} ({rows[i].method})" for i in keep], scores[keep]
 
 
@@ -45,9 +48,7 @@ def comparison_table(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 
         values = [scores[t] for t in tasks] if isinstance(scores, dict) else list(scores)
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {mark} |")
 
-    n = len(runner.paths.models)
-    for label, candidate in [("base", base_candidate(n))] + [(f"endpoint {runner.paths.models[i].name}",
-                                                              endpoint_candidate(i, n)) for i in range(n)]:
+    for label, candidate in reference_candidates([f"endpoint {m.name}" for m in runner.paths.models]):
         e = runner.store.get(candidate.key)
         if e is not None and e.measured:
             row(label, e.measured)

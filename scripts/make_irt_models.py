@@ -51,21 +51,17 @@ def main() -> None:
     table = pd.read_csv(args.responses)
     print(f"responses: {table.subject.nunique()} subjects x {table.item.nunique()} items")
 
-    for family in FAMILIES:
+    endpoints = sorted(s for s in table.subject.unique() if s.startswith("endpoint-"))
+    tables = []
+    for family in FAMILIES:  # each family on its sub-skill scenarios
         rows = table[table.task == family].assign(scenario=lambda t: t.scenario.str.split(":").str[1])
-        model = IRTModel.fit(validate_responses(rows[["subject", "item", "score", "scenario"]], family),
-                             dims="auto", seed=args.seed)
+        responses = validate_responses(rows[["subject", "item", "score", "scenario"]], family)
+        model = IRTModel.fit(responses, dims="auto", seed=args.seed)
         model.save(args.out / family)
         select_anchors(model, 20, "kmeans-irt", seed=args.seed).save(args.out / family)
         print(f"{family}: D={model.dims}, {len(model.item_ids)} items, scenarios {model.scenarios} -> {args.out / family}")
-
-    endpoints = sorted(s for s in table.subject.unique() if s.startswith("endpoint-"))
-    tables = []
-    for family in FAMILIES:
-        rows = table[table.task == family].assign(scenario=lambda t: t.scenario.str.split(":").str[1])
-        result = validate(validate_responses(rows[["subject", "item", "score", "scenario"]], family),
-                          budgets=[int(b) for b in args.budgets.split(",")], seed=args.seed, endpoints=endpoints,
-                          overall=True, repeats=args.repeats)
+        result = validate(responses, budgets=[int(b) for b in args.budgets.split(",")], seed=args.seed,
+                          endpoints=endpoints, overall=True, repeats=args.repeats)
         tables.append(result.assign(family=family, per_family=result["items"]))
     print("\nfamily accuracy from n anchors per sub-skill scenario: MAE on held-out subjects")
     print(pd.concat(tables).pivot_table(index=["method", "estimator", "budget"], columns="family",
@@ -77,6 +73,7 @@ def main() -> None:
                       repeats=args.repeats)
     print("\none scenario per family, n anchors per family: MAE on held-out subjects")
     print(result.round(4).to_markdown(index=False))
+
 
 if __name__ == "__main__":
     main()

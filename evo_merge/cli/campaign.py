@@ -24,15 +24,13 @@ def _runner(run: Path, campaign_file: Path | None = None, progress=None):
 def _summary_table(runner, measured, exported):
     from rich.table import Table
 
-    from evo_merge.search.campaign import base_candidate, endpoint_candidate
+    from evo_merge.search.campaign import reference_candidates
 
     table = Table(title="endpoints vs chosen merges (estimated / measured on all items)")
     table.add_column("model")
     for task in runner.task_names:
         table.add_column(task, justify="right")
-    n = len(runner.paths.models)
-    refs = [("base", base_candidate(n))] + [(f"endpoint {runner.paths.models[i].name}", endpoint_candidate(i, n))
-                                             for i in range(n)]
+    refs = reference_candidates([f"endpoint {m.name}" for m in runner.paths.models])
     for label, candidate in refs:
         e = runner.store.get(candidate.key)
         if e is not None and e.measured:

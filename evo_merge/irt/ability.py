@@ -49,7 +49,6 @@ def map_logistic(
         step *= np.minimum(1.0, MAX_STEP / np.maximum(norm, 1e-300))
         # Newton alone overshoots where sharp items (large alpha) saturate the curvature:
         # halve each row's step until its objective does not decrease (it is concave)
-        todo = np.ones(len(z), dtype=bool)
         for _ in range(HALVINGS):
             trial = objective(z + step)
             todo = trial < current - 1e-12 * np.abs(current)

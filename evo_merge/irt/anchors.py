@@ -82,12 +82,13 @@ def _nearest_in_cluster(features: np.ndarray, budget: int, seed: int) -> tuple[n
     dist = np.linalg.norm(features - km.cluster_centers_[km.labels_], axis=1)
     members = [np.flatnonzero(km.labels_ == c) for c in range(n_clusters)]
     members = [m[np.argsort(dist[m], kind="stable")] for m in members if m.size]
+    sizes = np.array([m.size for m in members])
     counts = np.ones(len(members), dtype=int)
     for _ in range(budget - len(members)):  # extra picks: to the cluster with most members per pick
-        room = np.array([m.size for m in members]) - counts
+        room = sizes - counts
         if not room.any():
             break
-        counts[np.argmax(np.where(room > 0, np.array([m.size for m in members]) / counts, -1))] += 1
+        counts[np.argmax(np.where(room > 0, sizes / counts, -1))] += 1
     rng = np.random.default_rng(seed)
     picks, weights = [], []
     for m, k in zip(members, counts):

@@ -80,8 +80,9 @@ def validate(
                         est = Estimator(model, anchors, kind, endpoints=list(endpoints) or None, seed=seed)
                         pred = est.estimate_matrix(test_matrix.scores[:, est.anchor_idx])
                         truth = est.scenario_means(test_matrix.scores)
-                        if overall:
-                            pred, truth = pred @ est.sizes / est.sizes.sum(), truth @ est.sizes / est.sizes.sum()
+                        if overall:  # the item-weighted mean over scenarios
+                            share = est.sizes / est.sizes.sum()
+                            pred, truth = pred @ share, truth @ share
                         errors[kind].append(float(np.nanmean(np.abs(pred - truth))))
                     progress.advance(task)
                 n_items = len(anchors.all_items())

@@ -111,12 +111,18 @@ def endpoint_candidate(i: int, n_models: int) -> Candidate:
     return Candidate("task_arithmetic", tuple(1.0 if t == i else 0.0 for t in range(n_models)), (("lambda", 1.0),))
 
 
+def reference_candidates(endpoint_labels: Sequence[str]) -> list[tuple[str, Candidate]]:
+    """("base", the base) then (label, endpoint) for each endpoint, as candidates."""
+    n = len(endpoint_labels)
+    return [("base", base_candidate(n)), *((label, endpoint_candidate(i, n)) for i, label in enumerate(endpoint_labels))]
+
+
 def make_algorithm(campaign: Campaign, space: SearchSpace) -> NSGA2:
     spec = campaign.algorithm
     seeds = []
     if spec.seed_standard_merges:  # those the genome can express: method searched, values in range
-        seeds = [space.encode(c) for c in standard_merges(space.n_models).values()
-                 if c.method in space.methods and space.decode(space.encode(c)) == c]
+        genomes = {c: space.encode(c) for c in standard_merges(space.n_models).values() if c.method in space.methods}
+        seeds = [x for c, x in genomes.items() if space.decode(x) == c]
     algorithm = NSGA2(
         pop_size=spec.population,
         sampling=SeededSampling(seeds) if seeds else MixedVariableSampling(),
@@ -143,9 +149,10 @@ def searched_ranges(campaign: Campaign, base: Path) -> dict[str, dict[str, tuple
 
 def config_fingerprint(campaign: Campaign) -> str:
     """Identifies what a run computes: where it is evaluated (local or which cluster) is left out,
-    so a run started locally can be resumed on a cluster and back."""
+    so a run started locally can be resumed on a cluster and back; so are settings at their
+    defaults, so a setting added in a later version leaves older runs resumable."""
     where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"})})
-    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}})
+    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}}, exclude_defaults=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -243,8 +250,7 @@ class CampaignRunner:
         spec = self.campaign.estimator
         if MASS in self.campaign.methods:
             self.evaluator.mass  # noqa: B018  (fail before any evaluation if MASS cannot decompose the endpoints)
-        n = len(self.paths.models)
-        subjects = [("base", base_candidate(n))] + [(f"endpoint-{i}", endpoint_candidate(i, n)) for i in range(n)]
+        subjects = reference_candidates([f"endpoint-{i}" for i in range(len(self.paths.models))])
         if spec.kind != "full" and spec.irt_model is None and spec.warmup_merges:
             warmup = self.space.sample(spec.warmup_merges, seed=self.campaign.algorithm.seed + 1)
             subjects += [(f"warmup-{k}", candidate) for k, candidate in enumerate(warmup)]

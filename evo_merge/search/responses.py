@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from evo_merge.config import DEFAULT_METHODS
-from evo_merge.search.campaign import base_candidate, endpoint_candidate
+from evo_merge.search.campaign import reference_candidates
 from evo_merge.search.evaluator import CandidateFailed, LocalEvaluator
 from evo_merge.search.space import SearchSpace
 from evo_merge.tasks.base import FitnessTask
@@ -36,8 +36,7 @@ def build_responses(
     scenario per task); `"subskill"` keeps each task's own scenarios, prefixed by the task."""
     n = len(models)
     space = SearchSpace(methods, n, coefficients)
-    subjects = [("base", base_candidate(n))] + [(f"endpoint-{Path(m).name}", endpoint_candidate(i, n))
-                                                for i, m in enumerate(models)]
+    subjects = reference_candidates([f"endpoint-{Path(m).name}" for m in models])
     subjects += [(f"merge-{k:03d}", c) for k, c in enumerate(space.sample(n_merges, seed=seed))]
     evaluator = LocalEvaluator(Path(base), [Path(m) for m in models], tasks)
     rows = []

@@ -109,18 +109,18 @@ def _lang(scenario: str, rng: random.Random) -> Doc:
     return _mc(f"{prefix} {' '.join(source)} =", answer, _distinct(answer, corrupt()), rng)
 
 
-_SEQ_ALPHABET = "abcdefghij"
-_SEQ_OPS: dict[str, Callable[[str], str]] = {
+SEQ_ALPHABET = "abcdefghij"
+SEQ_OPS: dict[str, Callable[[str], str]] = {
     "copy": lambda s: s,
-    "shift": lambda s: "".join(_SEQ_ALPHABET[(_SEQ_ALPHABET.index(c) + 1) % 10] for c in s),
+    "shift": lambda s: "".join(SEQ_ALPHABET[(SEQ_ALPHABET.index(c) + 1) % 10] for c in s),
     "rev": lambda s: s[::-1],
 }
 
 
 def _seq(scenario: str, rng: random.Random) -> Doc:
     op, length = scenario.split("_")
-    s = "".join(rng.choice(_SEQ_ALPHABET) for _ in range(int(length)))
-    return {"question": f"{op} {s}=", "answer": _SEQ_OPS[op](s)}
+    s = "".join(rng.choice(SEQ_ALPHABET) for _ in range(int(length)))
+    return {"question": f"{op} {s}=", "answer": SEQ_OPS[op](s)}
 
 
 SCENARIOS: dict[str, tuple[str, ...]] = {

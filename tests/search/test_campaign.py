@@ -173,6 +173,48 @@ def test_resume_refuses_a_changed_campaign(tmp_path, zoo):
     assert result.exit_code == 2 and "different campaign" in result.output
 
 
+def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zoo):
+    from evo_merge.config import AlgorithmSpec, Campaign
+    from evo_merge.search.campaign import config_fingerprint
+
+    class LaterAlgorithm(AlgorithmSpec):
+        future_option: bool = False
+
+    class LaterCampaign(Campaign):
+        algorithm: LaterAlgorithm = LaterAlgorithm()
+
+    data = yaml.safe_load(campaign(tmp_path, zoo).read_text())
+    now, later = Campaign.model_validate(data), LaterCampaign.model_validate(data)
+    assert config_fingerprint(later) == config_fingerprint(now)
+    changed = LaterCampaign.model_validate({**data, "algorithm": {**data["algorithm"], "future_option": True}})
+    assert config_fingerprint(changed) != config_fingerprint(now)
+
+
+def test_resolve_campaign_makes_every_path_absolute_against_the_campaign_folder(tmp_path):
+    from evo_merge.config import Campaign
+    from evo_merge.search.campaign import resolve_campaign
+
+    campaign = Campaign.model_validate({
+        "base_model": "zoo/base", "models": ["zoo/a", str(tmp_path / "b")],
+        "tasks": [{"task": "arith"}, {"task": "agreement_task:AgreementTask"}, {"task": "tasks/mine.yaml"},
+                  {"task": "other.yml"}],
+        "estimator": {"irt_model": "../irt_models"},
+        "align": {"arch": "specs/perm.yaml", "data": "sample.safetensors"},
+    })
+    folder = tmp_path / "configs"
+    resolved = resolve_campaign(campaign, folder)
+    assert resolved.base_model == str(folder / "zoo" / "base")
+    assert resolved.models == [str(folder / "zoo" / "a"), str(tmp_path / "b")]
+    assert [t.task for t in resolved.tasks] == ["arith", "agreement_task:AgreementTask",  # names, plugins kept
+                                                 str(folder / "tasks" / "mine.yaml"), str(folder / "other.yml")]
+    assert resolved.estimator.irt_model == str(tmp_path / "irt_models")  # normalised
+    assert (resolved.align.arch, resolved.align.data) == (str(folder / "specs" / "perm.yaml"),
+                                                          str(folder / "sample.safetensors"))
+    assert resolve_campaign(resolved, tmp_path / "elsewhere") == resolved  # absolute paths stay put
+    with_shipped_arch = campaign.model_copy(update={"align": campaign.align.model_copy(update={"arch": "mlp"})})
+    assert resolve_campaign(with_shipped_arch, folder).align.arch == "mlp"
+
+
 def test_a_campaign_with_relative_paths_resumes_from_its_stored_config(tmp_path, zoo, monkeypatch):
     """Relative paths are taken against the campaign file; the run stores them absolute, so
     status and resume work from any folder and see the same campaign."""

@@ -1,19 +1,16 @@
 """The tiny-lm zoo (built small) and the adapter against lm-eval's own aggregate on it."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
 import torch
-
-from evo_merge.tasks.registry import BENCHMARKS_DIR, resolve_task
-from evo_merge.tasks.synthetic import FAMILIES
-from evo_merge.zoo.tiny import make_tiny_causal_lm
-import re
-
 from pydantic import ValidationError
 
-from evo_merge.tasks.synthetic import LEXICON
+from evo_merge.tasks.registry import BENCHMARKS_DIR, resolve_task
+from evo_merge.tasks.synthetic import FAMILIES, LEXICON
+from evo_merge.zoo.tiny import make_tiny_causal_lm
 from evo_merge.zoo.tinylm import (
     TinyLMSettings,
     _line_tokens,
@@ -23,6 +20,7 @@ from evo_merge.zoo.tinylm import (
     pretraining_corpus,
     pretraining_mixture,
     statements_corpus,
+    train_docs,
     train_lm,
 )
 from evo_merge.zoo.tokenizer import build_char_tokenizer
@@ -99,7 +97,7 @@ def test_statements_are_true_and_never_in_a_task_format():
 
 def test_pretraining_holds_back_the_fine_tune_only_scenarios():
     settings = TinyLMSettings(n_train=200, finetune_only={"arith": ["add_1d"], "seq": ["rev_3", "rev_5"]})
-    texts, prompts = pretraining_mixture(settings)
+    texts, prompts = pretraining_mixture(settings, train_docs(settings))
     questions = [p for p in prompts if p]
     assert len(texts) == len(prompts) and questions
     assert not any(re.fullmatch(r"\d+\+[2-9]=", q) or q.startswith("rev ") for q in questions)
