@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -35,11 +36,22 @@ def _fresh_venv(folder: Path) -> Path:
     return python
 
 
+def _source_copy(folder: Path) -> Path:
+    """The checkout's files (tracked, and untracked ones git does not ignore) copied to `folder`:
+    a build there cannot pick up stale files from the checkout's own build/ folder."""
+    listed = _run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], ROOT).stdout
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, folder / name)
+    return folder
+
+
 @pytest.mark.slow
 def test_the_wheel_runs_eval_on_a_shipped_benchmark_from_outside_the_checkout(tmp_path):
-    wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
-         tmp_path)
+    wheels, source = tmp_path / "wheels", _source_copy(tmp_path / "source")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+          str(source)], tmp_path)
     (wheel,) = wheels.glob("evo_merge-*.whl")
     python = _fresh_venv(tmp_path / "venv")
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],

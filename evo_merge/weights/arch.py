@@ -54,7 +54,6 @@ CNN = Architecture("cnn", head=("head",), blocks="convs")
 RESNET = Architecture("resnet", head=("head",), blocks="blocks")
 
 ARCHITECTURES: tuple[Architecture, ...] = (LLAMA, GPT2, GPT_NEOX, GPTJ, PHI, FALCON, OPT, MLP, CNN, RESNET)
-PLAIN_ARCHS: tuple[str, ...] = tuple(a.name for a in ARCHITECTURES if not a.is_hf)
 HF_ARCHS: tuple[Architecture, ...] = tuple(a for a in ARCHITECTURES if a.is_hf)
 
 
