@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
@@ -190,7 +191,7 @@ class FinalSpec(_Strict):
 class AlignSpec(_Strict):
     """Align endpoints trained from different initialisations once, before the search."""
 
-    method: Literal["weight", "activation", "mudsc", "c2m3"] = "weight"
+    method: AlignMethod = "weight"
     arch: str = Field(description="mlp, cnn, resnet, llama, gpt2, or a permutation-spec YAML file")
     data: str | None = Field(None, description="sample for activation-based methods (.safetensors x[,y] or text)")
     reference: Literal["first", "mean"] = Field("first", description="base of the task vectors after alignment")
