@@ -86,10 +86,11 @@ def llama_spec(config: Any, param_names: set[str]) -> PermSpec:
     heads = config.num_attention_heads
     if getattr(config, "num_key_value_heads", heads) != heads:
         raise UserError("llama: grouped-query attention (num_key_value_heads != num_attention_heads) is not supported")
-    axes: dict[str, tuple] = {"model.embed_tokens.weight": (None, "res"), "model.norm.weight": ("res",)}
-    groups = {"res": Group(hooks=tuple(f"model.layers.{i}" for i in range(config.num_hidden_layers)))}
+    embed, blocks = f"{LLAMA.embeddings[0]}.weight", LLAMA.blocks
+    axes: dict[str, tuple] = {embed: (None, "res"), "model.norm.weight": ("res",)}
+    groups = {"res": Group(hooks=tuple(f"{blocks}.{i}" for i in range(config.num_hidden_layers)))}
     for i in range(config.num_hidden_layers):
-        p, qk, vo, mlp = f"model.layers.{i}", f"L{i}.qk", f"L{i}.vo", f"L{i}.mlp"
+        p, qk, vo, mlp = f"{blocks}.{i}", f"L{i}.qk", f"L{i}.vo", f"L{i}.mlp"
         attn = f"{p}.self_attn"
         axes |= {f"{attn}.q_proj.weight": (qk, "res"), f"{attn}.k_proj.weight": (qk, "res")}
         axes |= {f"{attn}.v_proj.weight": (vo, "res"), f"{attn}.o_proj.weight": ("res", vo)}
@@ -103,26 +104,26 @@ def llama_spec(config: Any, param_names: set[str]) -> PermSpec:
         groups[qk] = Group(heads, within=False, tie=tie, hooks=(f"{attn}.q_proj", f"{attn}.k_proj"))
         groups[vo] = Group(heads, tie=tie, hooks=(f"{attn}.v_proj",))
         groups[mlp] = Group(hooks=(f"{p}.mlp.down_proj:in",))
-    axes["lm_head.weight"] = (None, "res")
+    axes[f"{LLAMA.head[0]}.weight"] = (None, "res")
     optional = {n for n in axes if n.endswith(".bias")}
     axes = {n: a for n, a in axes.items() if n not in optional or n in param_names}
-    return PermSpec(axes=axes, groups=groups, in_axis={"model.embed_tokens.weight": None})
+    return PermSpec(axes=axes, groups=groups, in_axis={embed: None})
 
 
 def gpt2_spec(config: Any) -> PermSpec:
     """HF GPT-2: Conv1D weights are (in, out); ``c_attn`` is fused QKV along axis 1."""
     h, heads = config.n_embd, config.n_head
+    embeddings = [f"{m}.weight" for m in GPT2.embeddings]  # token and position embeddings
     axes: dict[str, tuple] = {
-        "transformer.wte.weight": (None, "res"),
-        "transformer.wpe.weight": (None, "res"),
+        **dict.fromkeys(embeddings, (None, "res")),
         "transformer.ln_f.weight": ("res",),
         "transformer.ln_f.bias": ("res",),
-        "lm_head.weight": (None, "res"),
+        f"{GPT2.head[0]}.weight": (None, "res"),
     }
-    groups = {"res": Group(hooks=tuple(f"transformer.h.{i}" for i in range(config.n_layer)))}
-    fused, in_axis = {}, {"transformer.wte.weight": None, "transformer.wpe.weight": None}
+    groups = {"res": Group(hooks=tuple(f"{GPT2.blocks}.{i}" for i in range(config.n_layer)))}
+    fused, in_axis = {}, dict.fromkeys(embeddings)
     for i in range(config.n_layer):
-        p, qk, vo, mlp = f"transformer.h.{i}", f"L{i}.qk", f"L{i}.vo", f"L{i}.mlp"
+        p, qk, vo, mlp = f"{GPT2.blocks}.{i}", f"L{i}.qk", f"L{i}.vo", f"L{i}.mlp"
         c_attn = f"{p}.attn.c_attn"
         fused[f"{c_attn}.weight"] = (1, ("q", "k", "v"))
         fused[f"{c_attn}.bias"] = (0, ("q", "k", "v"))

@@ -17,15 +17,15 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Architecture:
-    """Tensor-name facts about one family. Module names are relative to the model root,
-    except `mlp_inputs`, which are relative to a block's MLP module."""
+    """Tensor-name facts about one family: module paths from the model root, except `mlp` (a
+    block's MLP module, "" when the block holds the MLP weights itself) and `mlp_inputs`."""
 
     name: str
     model_types: tuple[str, ...] = ()  # HF config `model_type` values; empty for the plain nets
-    embeddings: tuple[str, ...] = ()  # module names (last component) of token/position embeddings
+    embeddings: tuple[str, ...] = ()  # token (and position) embedding modules
     head: tuple[str, ...] = ()  # the output head (LM head or classifier)
     blocks: str = ""  # the module list holding the numbered blocks
-    mlp: str = "mlp"  # a block's MLP module
+    mlp: str = "mlp"
     mlp_inputs: tuple[str, ...] = ()  # the MLP's first weight(s), in order of preference
 
     @property
@@ -35,20 +35,20 @@ class Architecture:
 
 LLAMA = Architecture(
     "llama", ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "smollm3"),
-    embeddings=("embed_tokens",), head=("lm_head",), blocks="model.layers", mlp_inputs=("gate_proj", "up_proj"),
+    embeddings=("model.embed_tokens",), head=("lm_head",), blocks="model.layers", mlp_inputs=("gate_proj", "up_proj"),
 )
-GPT2 = Architecture("gpt2", ("gpt2",), embeddings=("wte", "wpe"), head=("lm_head",), blocks="transformer.h",
-                    mlp_inputs=("c_fc",))
-GPT_NEOX = Architecture("gpt_neox", ("gpt_neox",), embeddings=("embed_in",), head=("embed_out",),
+GPT2 = Architecture("gpt2", ("gpt2",), embeddings=("transformer.wte", "transformer.wpe"), head=("lm_head",),
+                    blocks="transformer.h", mlp_inputs=("c_fc",))
+GPT_NEOX = Architecture("gpt_neox", ("gpt_neox",), embeddings=("gpt_neox.embed_in",), head=("embed_out",),
                         blocks="gpt_neox.layers", mlp_inputs=("dense_h_to_4h",))
-GPTJ = Architecture("gptj", ("gptj",), embeddings=("wte",), head=("lm_head",), blocks="transformer.h",
+GPTJ = Architecture("gptj", ("gptj",), embeddings=("transformer.wte",), head=("lm_head",), blocks="transformer.h",
                     mlp_inputs=("fc_in",))
-PHI = Architecture("phi", ("phi",), embeddings=("embed_tokens",), head=("lm_head",), blocks="model.layers",
+PHI = Architecture("phi", ("phi",), embeddings=("model.embed_tokens",), head=("lm_head",), blocks="model.layers",
                    mlp_inputs=("fc1",))
-FALCON = Architecture("falcon", ("falcon", "bloom"), embeddings=("word_embeddings", "position_embeddings"),
-                      head=("lm_head",), blocks="transformer.h", mlp_inputs=("dense_h_to_4h",))
-OPT = Architecture("opt", ("opt",), embeddings=("embed_tokens", "embed_positions"), head=("lm_head",),
-                   blocks="model.decoder.layers", mlp_inputs=("fc1",))
+FALCON = Architecture("falcon", ("falcon", "bloom"), embeddings=("transformer.word_embeddings",), head=("lm_head",),
+                      blocks="transformer.h", mlp_inputs=("dense_h_to_4h",))
+OPT = Architecture("opt", ("opt",), embeddings=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
+                   head=("lm_head",), blocks="model.decoder.layers", mlp="", mlp_inputs=("fc1",))
 MLP = Architecture("mlp", blocks="fcs")  # its classifier head is the last of `fcs`
 CNN = Architecture("cnn", head=("head",), blocks="convs")
 RESNET = Architecture("resnet", head=("head",), blocks="blocks")
@@ -57,23 +57,27 @@ ARCHITECTURES: tuple[Architecture, ...] = (LLAMA, GPT2, GPT_NEOX, GPTJ, PHI, FAL
 HF_ARCHS: tuple[Architecture, ...] = tuple(a for a in ARCHITECTURES if a.is_hf)
 
 
+def _last(path: str) -> str:
+    return path.rpartition(".")[2]
+
+
 def _alternatives(names: set[str]) -> str:
     return "|".join(re.escape(n) for n in sorted(names))
 
 
-# An embedding or LM-head tensor of any HF family: one of their module names as a name component.
+# An embedding or LM-head tensor of any HF family, matched by its module's own name so that a
+# bare backbone (no `model.`) or a wrapped model (`base_model.model.`) is recognised too.
 EMBEDDING_NAME = re.compile(
-    rf"(?:^|\.)(?:{_alternatives({n for a in HF_ARCHS for n in a.embeddings + a.head})})(?:\.|$)"
+    rf"(?:^|\.)(?:{_alternatives({_last(m) for a in HF_ARCHS for m in a.embeddings + a.head})})(?:\.|$)"
 )
 
 
 def mlp_input_pattern(arch: Architecture) -> re.Pattern[str]:
-    """`<prefix><last blocks component>.<layer>.<mlp>.<input>.weight`; any prefix, so a bare
-    backbone (no `model.`) and a wrapped one (`base_model.model.`) both match."""
-    block = re.escape(arch.blocks.rpartition(".")[2])
-    return re.compile(
-        rf"^(?:.*\.)?{block}\.(?P<layer>\d+)\.{re.escape(arch.mlp)}\.(?P<proj>{_alternatives(set(arch.mlp_inputs))})\.weight$"
-    )
+    """`<prefix><last blocks component>.<layer>.[<mlp>.]<input>.weight`, with any prefix for the
+    same reason as EMBEDDING_NAME."""
+    block, inputs = re.escape(_last(arch.blocks)), _alternatives(set(arch.mlp_inputs))
+    mlp = rf"{re.escape(arch.mlp)}\." if arch.mlp else ""
+    return re.compile(rf"^(?:.*\.)?{block}\.(?P<layer>\d+)\.{mlp}(?P<proj>{inputs})\.weight$")
 
 
 def hf_model_type(source: Mapping[str, Any] | Any) -> str | None:

@@ -28,9 +28,7 @@ def test_tables_match_the_tensor_names_of_real_models(arch, request):
     layers = model.config.num_hidden_layers
     assert sum(bool(mlp_input_pattern(arch).match(n)) for n in names) == layers * len(arch.mlp_inputs)
     assert all(any(n.startswith(f"{arch.blocks}.{i}.") for n in names) for i in range(layers))
-    special = {n for n in names if EMBEDDING_NAME.search(n)}
-    expected = {n for n in names if n.rsplit(".", 2)[-2] in arch.embeddings + arch.head}
-    assert special == expected and special
+    assert {n for n in names if EMBEDDING_NAME.search(n)} == {f"{m}.weight" for m in arch.embeddings + arch.head}
 
 
 def test_embeddings_and_heads_are_kept_out_of_singular_vector_methods():
@@ -50,6 +48,8 @@ def test_routing_reads_each_architectures_mlp_input():
     assert routing_weights(phi) == {0: "model.layers.0.mlp.fc1.weight", 1: "model.layers.1.mlp.fc1.weight"}
     neox = [f"gpt_neox.layers.{i}.mlp.dense_h_to_4h.weight" for i in range(3)]
     assert list(routing_weights(neox)) == [0, 1, 2]
+    opt = [f"model.decoder.layers.{i}.{p}.weight" for i in range(2) for p in ("fc1", "fc2")]  # no MLP module
+    assert routing_weights(opt) == {0: "model.decoder.layers.0.fc1.weight", 1: "model.decoder.layers.1.fc1.weight"}
     assert routing_weights(["model.layers.0.self_attn.q_proj.weight"]) == {}
 
 
