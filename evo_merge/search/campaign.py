@@ -359,7 +359,7 @@ class CampaignRunner:
     # ------------------------------------------------------------------ export
     def recipe(self, candidate: Candidate):
         """The mergekit-style recipe of a candidate, as `evo-merge merge` takes it."""
-        from evo_merge.config import Recipe
+        from evo_merge.merge.recipe import Recipe
 
         return Recipe.model_validate({
             "merge_method": candidate.method,

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evo_merge.cli import cli
-from evo_merge.config import Recipe
+from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.plan import plan_from_recipe, stream_merge
 from evo_merge.weights import Checkpoint
@@ -146,7 +146,7 @@ BAD_RECIPES = {
                           "parameters.densty: unknown parameter"),
     "missing model": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: /nope/model}}]\n", "models.0.model"),
     "malformed yaml": ("merge_method: ties\nmodels: [{{model: {ft}\n", "malformed YAML"),
-    "unknown key": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nslices: []\n", "slices: unknown key"),
+    "unknown key": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nmodules: {{}}\n", "modules: unknown key"),
     "wrong type": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: heavy}}}}]\n",
                    "models.0.parameters.weight"),
 }
