@@ -23,6 +23,15 @@ METHOD_PARAMS = {
     "tsv": {"alpha": 1.2},
     "tsv_c": {"task": 1},
     "iso_c": {"alpha": 0.9},
+    "della": {"density": 0.5, "seed": 2},
+    "della_linear": {"density": 0.6, "epsilon": 0.1},
+    "breadcrumbs": {"density": 0.8, "gamma": 0.05},
+    "breadcrumbs_ties": {"density": 0.9},
+    "sce": {"select_topk": 0.5},
+    "model_stock": {},
+    "nuslerp": {},
+    "multislerp": {},
+    "karcher": {},
 }
 
 
