@@ -137,3 +137,67 @@ class CampaignRunner:
         """Stop the evaluator (a dask cluster, or the connection to one); it restarts when needed."""
         if self._evaluator is not None:
             self._evaluator.close()
+<<<<<<< HEAD
+=======
+
+    # ------------------------------------------------------------------ export
+    def recipe(self, candidate: Candidate):
+        """The mergekit-style recipe of a candidate, as `evo-merge merge` takes it."""
+        from evo_merge.merge.recipe import Recipe
+
+        return Recipe.model_validate({
+            "merge_method": candidate.method,
+            "base_model": str(self.paths.base),
+            "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(self.paths.models, candidate.weights)],
+            "parameters": candidate.param_dict,
+            "dtype": "float32",
+            "out_dtype": self.campaign.dtype,
+        })
+
+    def export(self, evaluation: Evaluation, out: Path, *, overwrite: bool = False) -> Path:
+        """Write a candidate as an HF folder from the resident task vectors (no re-read of the
+        endpoints); a MASS candidate as a MASS folder."""
+        from evo_merge.merge.export import export_merge
+        from evo_merge.merge.plan import plan_from_recipe
+
+        candidate = Candidate.from_key(evaluation.key)
+        scores = {kind: values for kind, values in
+                  (("estimated", evaluation.estimates), ("measured", evaluation.measured)) if values}
+        if candidate.method == MASS:
+            return self.evaluator.build(candidate).save(out, overwrite=overwrite, scores=scores)
+        plan = plan_from_recipe(self.recipe(candidate))
+        tensors = self.evaluator.merger.tensors(candidate.method, candidate.weights, candidate.param_dict)
+        return export_merge(plan, out, tensors=tensors, overwrite=overwrite, title=out.name, scores=scores)
+
+    def picks(self, measured: Sequence[Evaluation]) -> dict[str, Evaluation]:
+        """The configured choices among the measured front: best per task, best balanced, or all."""
+        def score(e: Evaluation, task: str) -> float:
+            value = (e.measured or e.estimates)[task]
+            return value if self.directions[self.task_names.index(task)] == "maximize" else -value
+
+        chosen: dict[str, Evaluation] = {}
+        for pick in self.campaign.final.export:
+            if not measured:
+                break
+            if pick == "best_per_task":
+                for task in self.task_names:
+                    chosen[f"best-{task}"] = max(measured, key=lambda e: score(e, task))
+            elif pick == "balanced":
+                chosen["balanced"] = max(measured, key=lambda e: float(np.mean([score(e, t) for t in self.task_names])))
+            else:
+                chosen.update({f"front-{e.id}": e for e in measured})
+        return chosen
+
+    def export_picks(self, measured: Sequence[Evaluation]) -> dict[str, tuple[int, Path]]:
+        """Export each chosen candidate once, under the first name that picked it."""
+        exported: dict[str, tuple[int, Path]] = {}
+        folders: dict[int, Path] = {}
+        for name, evaluation in self.picks(measured).items():
+            if evaluation.id not in folders:
+                folders[evaluation.id] = self.export(evaluation, self.run_dir / "models" / name, overwrite=True)
+            exported[name] = (evaluation.id, folders[evaluation.id])
+        return exported
+
+    def full_item_count(self) -> int:
+        return sum(len(task.item_ids) for task in self._tasks.values())
+>>>>>>> i16

@@ -36,6 +36,7 @@ def write_model_folder(
     extra_files: Mapping[str, str | bytes] = {},
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    copy_tokenizer: bool = True,
     overwrite: bool = False,
 ) -> Path:
     """Stream `tensors` into `out` as HF safetensors shards, with config and tokenizer files.
@@ -45,7 +46,8 @@ def write_model_folder(
     bytes, e.g. README.md) are written last. `dtype` casts floating tensors on write; the
     written config's `dtype` (and `torch_dtype`, if present) records the floating dtype actually
     written. An existing `out` is refused unless `overwrite`, and then replaced only once the
-    new folder is complete.
+    new folder is complete. `copy_tokenizer=False` copies only the config files (the caller
+    writes a tokenizer of its own through `extra_files`).
     """
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
@@ -58,7 +60,8 @@ def write_model_folder(
     try:
         written_dtypes = _write_shards(tmp, tensors, dtype, max_shard_bytes)
         if source is not None:
-            for file in [*(source / name for name in COPIED_FILES), *tokenizer_files(source)]:
+            tokenizer = tokenizer_files(source) if copy_tokenizer else []
+            for file in [*(source / name for name in COPIED_FILES), *tokenizer]:
                 if file.is_file():
                     shutil.copy2(file, tmp / file.name)
         _write_config(tmp, config, written_dtypes)
