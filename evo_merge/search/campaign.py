@@ -152,7 +152,10 @@ def config_fingerprint(campaign: Campaign) -> str:
     so a run started locally can be resumed on a cluster and back; so are settings at their
     defaults, so a setting added in a later version leaves older runs resumable."""
     where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"})})
-    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}}, exclude_defaults=True)
+    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"},
+                                          # storage placement and budgets change where, not what (#13)
+                                          "storage": {"placement", "host_budget_gib", "device_budget_gib"}},
+                                 exclude_defaults=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 

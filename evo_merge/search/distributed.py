@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from evo_merge.errors import UserError
+from evo_merge.merge.storage import Storage
 from evo_merge.search.evaluator import CandidateFailed, Items, Job, LocalEvaluator, Result
 
 INSTALL = "pip install 'evo-merge[distributed]'"
@@ -49,6 +50,7 @@ class WorkerSpec:
     tasks: TaskSpecs
     device: str
     dtype: str
+    storage: tuple[str, str] = ("auto", "device")  # (dtype, placement): each worker keeps its own copy
 
     @property
     def fingerprint(self) -> str:
@@ -59,7 +61,7 @@ class WorkerSpec:
 
         tasks = {label: resolve_task(task, **dict(settings)) for label, task, settings in self.tasks}
         return LocalEvaluator(Path(self.base), [Path(m) for m in self.models], tasks, device=self.device,
-                              dtype=self.dtype)
+                              dtype=self.dtype, storage=Storage.parse(*self.storage))
 
 
 # ---------------------------------------------------------------- worker side
@@ -150,7 +152,8 @@ class DaskEvaluator:
         gpus = cluster_gpus(campaign.device) if spec.n_workers is not None else []
         tasks = tuple((t.label, t.task, tuple(sorted(task_settings(campaign, t).items()))) for t in campaign.tasks)
         worker = WorkerSpec(str(paths.base), tuple(str(m) for m in paths.models), tasks,
-                            "cuda" if gpus else campaign.device, campaign.dtype)
+                            "cuda" if gpus else campaign.device, campaign.dtype,
+                            (campaign.storage.dtype, campaign.storage.placement))
         return cls(worker, address=spec.address, n_workers=spec.n_workers, gpus=gpus)
 
     @property
@@ -221,7 +224,8 @@ class DaskEvaluator:
     def local(self) -> LocalEvaluator:
         """A resident model in the driver, on CPU, built only when asked for (exporting a pick)."""
         if self._local is None:
-            self._local = WorkerSpec(self.spec.base, self.spec.models, self.spec.tasks, "cpu", self.spec.dtype).build()
+            self._local = WorkerSpec(self.spec.base, self.spec.models, self.spec.tasks, "cpu", self.spec.dtype,
+                                     self.spec.storage).build()
         return self._local
 
     def __getattr__(self, name: str) -> Any:

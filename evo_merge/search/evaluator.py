@@ -11,6 +11,7 @@ import torch
 from evo_merge.errors import UserError
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.kinds import MASS
+from evo_merge.merge.storage import Stash, Storage
 from evo_merge.search.space import Candidate
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.scoring import load_causal_lm
@@ -67,7 +68,8 @@ def make_evaluator(campaign, paths, tasks: Mapping[str, FitnessTask]):
         from evo_merge.search.distributed import DaskEvaluator
 
         return DaskEvaluator.from_campaign(campaign, paths)
-    return LocalEvaluator(paths.base, paths.models, tasks, device=campaign.device, dtype=campaign.dtype)
+    return LocalEvaluator(paths.base, paths.models, tasks, device=campaign.device, dtype=campaign.dtype,
+                          storage=Storage.of(campaign.storage))
 
 
 class LocalEvaluator:
@@ -79,14 +81,18 @@ class LocalEvaluator:
         *,
         device: str = "auto",
         dtype: str = "float32",
+        storage: Storage = Storage(),
     ):
+        """`dtype` is the evaluated module's; `storage` how the merger and MASS keep what they hold."""
         self.tasks = dict(tasks)
         self.base, self.models = base, list(models)
         self.device, self.dtype = resolve_device(device), parse_dtype(dtype)
+        self.storage = storage
         self.model, self.tokenizer = load_model(base)
         self.model.to(device=self.device, dtype=self.dtype)
         self.merger = InPlaceMerger(
-            self.model, Checkpoint.open(base), [Checkpoint.open(m) for m in models], device=self.device
+            self.model, Checkpoint.open(base), [Checkpoint.open(m) for m in models], device=self.device,
+            storage=storage,
         )
         self._mass = None
 
@@ -96,7 +102,9 @@ class LocalEvaluator:
         if self._mass is None:
             from evo_merge.mass import MassModel
 
-            self._mass = MassModel.from_checkpoints(self.base, self.models).to(device=self.device, dtype=self.dtype)
+            stash = Stash(self.storage, self.device)
+            self._mass = MassModel.from_checkpoints(self.base, self.models, stash=stash).to(device=self.device,
+                                                                                            dtype=self.dtype)
         return self._mass
 
     def build(self, candidate: Candidate) -> torch.nn.Module:
@@ -109,6 +117,8 @@ class LocalEvaluator:
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             raise CandidateFailed(f"out of memory while merging: {exc}") from exc
+        except MemoryError as exc:
+            raise CandidateFailed(f"out of host memory while merging: {exc}") from exc
         except RuntimeError as exc:
             raise CandidateFailed(str(exc)) from exc
         bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
@@ -125,7 +135,7 @@ class LocalEvaluator:
             start = time.perf_counter()
             try:
                 outcome: ItemScores | CandidateFailed = self.evaluate(candidate, items)
-            except (CandidateFailed, RuntimeError, ValueError, FloatingPointError) as exc:
+            except (CandidateFailed, RuntimeError, ValueError, FloatingPointError, MemoryError) as exc:
                 outcome = exc if isinstance(exc, CandidateFailed) else CandidateFailed(f"{type(exc).__name__}: {exc}")
             if self.device.type == "cuda":  # free the candidate's activations before the next one
                 torch.cuda.empty_cache()
