@@ -25,7 +25,12 @@ _EMBEDDING_NAME = re.compile(r"(embed|wte|wpe|lm_head|embed_out|word_embeddings|
 
 def is_decomposed(delta: torch.Tensor, name: str, params: Params) -> bool:
     """Whether a tensor gets the singular-vector treatment."""
-    return delta.dim() == 2 and (params.get("embeddings", False) or not _EMBEDDING_NAME.search(name))
+    return decomposes(delta.shape, name, params.get("embeddings", False))
+
+
+def decomposes(shape: Sequence[int], name: str, embeddings: bool = False) -> bool:
+    """`is_decomposed` from a shape (checkpoint headers suffice)."""
+    return len(shape) == 2 and (embeddings or not _EMBEDDING_NAME.search(name))
 
 
 def top_k_svd(delta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -39,8 +44,10 @@ def nearest_orthogonal(m: torch.Tensor) -> torch.Tensor:
     return p @ qh
 
 
-def tsv_rank(delta: torch.Tensor, n_tasks: int) -> int:
-    return max(1, min(delta.shape) // n_tasks)
+def tsv_rank(delta: torch.Tensor | Sequence[int], n_tasks: int) -> int:
+    """Rank kept per task (r/T) of a matrix, from the matrix or its shape."""
+    shape = delta.shape if isinstance(delta, torch.Tensor) else delta
+    return max(1, min(shape) // n_tasks)
 
 
 def orthogonalised_pieces(factors: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[LowRank]:
