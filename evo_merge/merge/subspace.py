@@ -61,7 +61,9 @@ def orthogonalised_pieces(factors: Sequence[tuple[torch.Tensor, torch.Tensor, to
     k = factors[0][1].numel()
     u_perp = nearest_orthogonal(torch.cat([u for u, _, _ in factors], dim=1))
     v_perp = nearest_orthogonal(torch.cat([v for _, _, v in factors], dim=1))
-    return [LowRank(u_perp[:, t * k:(t + 1) * k], s, v_perp[:, t * k:(t + 1) * k]) for t, (_, s, _) in enumerate(factors)]
+    # s is copied: a view of an SVD's singular values would keep all of them
+    return [LowRank(u_perp[:, t * k:(t + 1) * k], s.clone(), v_perp[:, t * k:(t + 1) * k])
+            for t, (_, s, _) in enumerate(factors)]
 
 
 def tsv_m_pieces(deltas: Sequence[torch.Tensor]) -> list[LowRank]:
