@@ -11,7 +11,7 @@ def campaign_models(campaign_file: Path):
     """(campaign with absolute paths, base path, endpoint paths) as the run will see them; with
     `align`, the endpoints themselves (aligned copies have their shapes)."""
     from evo_merge.config import Campaign
-    from evo_merge.search.campaign import resolve_campaign
+    from evo_merge.search.workspace import resolve_campaign
 
     campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
     base = campaign.base_model or campaign.models[0]

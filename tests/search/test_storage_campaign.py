@@ -2,7 +2,6 @@
 and the settings reaching the evaluator, MASS and the dask workers."""
 
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from evo_merge.config import Campaign
 from evo_merge.merge import register_method
 from evo_merge.merge.footprint import GIB, campaign_plan
 from evo_merge.merge.storage import Storage
-from evo_merge.search.campaign import config_fingerprint
+from evo_merge.search.workspace import config_fingerprint
 from evo_merge.zoo.tiny import save_tiny_family
 
 HERE = Path(__file__).parent
@@ -109,8 +108,10 @@ def test_a_run_resumes_with_another_placement_and_reuses_every_evaluation(tmp_pa
 
 
 def test_an_out_of_memory_error_fails_the_candidate_only(zoo):
-    from evo_merge.search.evaluator import CandidateFailed, LocalEvaluator
-    from evo_merge.search.space import Candidate
+    from evo_merge.search.candidate import Candidate
+    from evo_merge.search.evaluator import CandidateFailed
+    from evo_merge.search.local import LocalEvaluator
+    from evo_merge.search.workbench import Workbench
 
     @register_method("test_host_oom", replace=True)
     def host_oom(base, deltas, weights, params, name):
@@ -118,25 +119,25 @@ def test_an_out_of_memory_error_fails_the_candidate_only(zoo):
         raise MemoryError("simulated")
 
     base, fts = zoo
-    evaluator = LocalEvaluator(base, fts, {}, device="cpu", storage=Storage.parse("bfloat16", "host"))
+    evaluator = LocalEvaluator(Workbench.open(base, fts, device="cpu", storage=Storage.parse("bfloat16", "host")), {})
     jobs = [(Candidate("test_host_oom", (1.0, 1.0), ()), {}), (Candidate("task_arithmetic", (1.0, 0.0), ()), {})]
     outcomes = [outcome for _, outcome, _ in evaluator.evaluate_many(jobs)]
-    assert isinstance(outcomes[0], CandidateFailed) and "out of host memory" in str(outcomes[0])
+    assert isinstance(outcomes[0], CandidateFailed) and "MemoryError" in str(outcomes[0])
     assert outcomes[1] == {}
 
 
 def test_the_evaluator_mass_and_dask_workers_get_the_storage_settings(tmp_path):
     pytest.importorskip("distributed")
-    from evo_merge.search.campaign import RunPaths
+    from evo_merge.mass.candidate import MASS_KIND
     from evo_merge.search.distributed import DaskEvaluator
 
     base, fts = zoo = save_tiny_family(tmp_path, "llama", n_finetunes=2)  # close enough to the base for MASS
     campaign = Campaign.model_validate(config(zoo, storage={"dtype": "bfloat16", "placement": "host"},
                                               evaluator={"kind": "dask", "n_workers": 1}))
-    dask = DaskEvaluator.from_campaign(campaign, RunPaths(base, fts))
+    dask = DaskEvaluator.from_campaign(campaign, base, fts)
     assert dask.spec.storage == ("bfloat16", "host")
-    worker = dask.spec.build()  # what each worker builds (without starting a cluster)
-    assert worker.merger.stash.storage == Storage(torch.bfloat16, "host")
-    assert {d.dtype for ds in worker.merger._deltas.values() for d in ds} == {torch.bfloat16}
-    factors = worker.mass.factors
+    bench = dask.spec.build().bench  # what each worker builds (without starting a cluster)
+    assert bench.merger.stash.storage == Storage(torch.bfloat16, "host")
+    assert {d.dtype for ds in bench.merger._deltas.values() for d in ds} == {torch.bfloat16}
+    factors = MASS_KIND.model(bench).factors
     assert {f.dtype for triplets in factors.lowrank.values() for t in triplets for f in t} == {torch.bfloat16}
