@@ -121,6 +121,16 @@ class AlignSpec(Strict):
     seed: int = 0
 
 
+class StorageSpec(Strict):
+    """How the search keeps the base and task vectors: dtype (auto: the checkpoints' own) and place
+    (`host`: streamed to the device per candidate); budgets override the memory the plan sees."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    placement: Literal["device", "host"] = "device"
+    host_budget_gib: float | None = Field(None, gt=0, description="host memory the run may use")
+    device_budget_gib: float | None = Field(None, gt=0, description="GPU memory the run may use")
+
+
 class Campaign(Strict):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
@@ -138,6 +148,7 @@ class Campaign(Strict):
     final: FinalSpec = Field(default_factory=FinalSpec)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
+    storage: StorageSpec = Field(default_factory=StorageSpec)
 
     @field_validator("device")
     @classmethod

@@ -101,6 +101,9 @@ def _run(runner) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="run folder (created)")
 def run(campaign_file: Path, out: Path) -> None:
     """Start a search campaign in the run folder OUT (an existing run of the same campaign is resumed)."""
+    from evo_merge.cli.plan import check_campaign_fits
+
+    check_campaign_fits(campaign_file)  # memory plan (#13): exit 2 before the run folder or any evaluation
     _run(_runner(out, campaign_file))
 
 
@@ -108,6 +111,9 @@ def run(campaign_file: Path, out: Path) -> None:
 @RUN_DIR
 def resume(run: Path) -> None:
     """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating only what is missing."""
+    from evo_merge.cli.plan import check_campaign_fits
+
+    check_campaign_fits(_campaign_file(run))  # memory plan (#13), as for `run`
     _run(_runner(run))
 
 
