@@ -62,7 +62,8 @@ def config_fingerprint(campaign: Campaign) -> str:
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def _existing(value: str, key: str) -> Path:
+def existing_path(value: str, key: str) -> Path:
+    """The resolved path of a model the campaign names at `key`; a missing one is a user error naming the key."""
     path = Path(value)
     if not path.exists():
         raise UserError(f"{key}: model path {value!r} does not exist")
@@ -102,14 +103,14 @@ class Workspace:
         """Resolve, align once, and bind the run folder to this campaign (or check it is bound to it)."""
         campaign = resolve_campaign(campaign, Path(root))
         run_dir = Path(run_dir)
-        models = [_existing(m, f"models.{i}") for i, m in enumerate(campaign.models)]
+        models = [existing_path(m, f"models.{i}") for i, m in enumerate(campaign.models)]
         store = CampaignStore(run_dir)
         _bind(store, campaign, run_dir)
         if campaign.align is not None:
-            data = _existing(campaign.align.data, "align.data") if campaign.align.data else None
+            data = existing_path(campaign.align.data, "align.data") if campaign.align.data else None
             base, models = aligned_paths(campaign.align, models, run_dir / "aligned", data)
         else:
-            base = _existing(campaign.base_model, "base_model")
+            base = existing_path(campaign.base_model, "base_model")
         return cls(campaign, run_dir, base, models, store)
 
     @property
