@@ -91,12 +91,35 @@ class Recipe(_Strict):
 
 # --------------------------------------------------------------------------- campaigns
 
+# Names that become file or folder names in a run (IRT models, exported picks): no separators,
+# no `..`, no leading dot or dash, so a config can never reach outside its run folder.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def is_safe_name(value: str) -> bool:
+    return bool(SAFE_NAME.fullmatch(value)) and ".." not in value
+
+
+def check_safe_name(value: str) -> str:
+    """`value` if it may become a path component, else ValueError (validators add the key path)."""
+    if not is_safe_name(value):
+        raise ValueError(f"{value!r} is not a safe name: use letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit, without '..'")
+    return value
+
+
+class _Checked(_Strict):
+    """Campaign-side schema: every float must be finite (`.inf` or `.nan` is refused at load)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
 ANCHOR_METHODS = ("kmeans-irt", "kmeans-correctness", "stratified", "random")
 ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full")
 DEFAULT_METHODS = {"task_arithmetic": {}, "ties": {}, "dare_ties": {}, "tsv": {}}
 
 
-class TaskSpec(_Strict):
+class TaskSpec(_Checked):
     """One objective: a shipped benchmark name, an lm-eval task, a local YAML/folder or `module:attr`."""
 
     task: str
@@ -109,8 +132,19 @@ class TaskSpec(_Strict):
     def label(self) -> str:
         return self.name or Path(self.task.split(":")[-1]).stem
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_safe_name(value)
 
-class Coefficients(_Strict):
+    @model_validator(mode="after")
+    def _safe_label(self) -> TaskSpec:
+        if self.name is None and not is_safe_name(self.label):  # the label names IRT and model folders
+            raise ValueError(f"task {self.task!r}: its label {self.label!r} is not a safe folder name; give a `name`")
+        return self
+
+
+class Coefficients(_Checked):
     low: float = 0.0
     high: float = 1.5
 
@@ -121,7 +155,7 @@ class Coefficients(_Strict):
         return self
 
 
-class EstimatorSpec(_Strict):
+class EstimatorSpec(_Checked):
     """How candidates are scored: `full` scores every item (the expensive baseline)."""
 
     kind: Literal["anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full"] = "gpirt"
@@ -133,7 +167,7 @@ class EstimatorSpec(_Strict):
     warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
 
 
-class AlgorithmSpec(_Strict):
+class AlgorithmSpec(_Checked):
     name: Literal["nsga2"] = "nsga2"
     population: int = Field(16, ge=2)
     generations: int = Field(8, ge=1)
@@ -143,7 +177,7 @@ class AlgorithmSpec(_Strict):
         "(task arithmetic lambda 0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
 
 
-class EvaluatorSpec(_Strict):
+class EvaluatorSpec(_Checked):
     """Where candidates are evaluated: in this process (`local`), or on a dask.distributed cluster
     (`dask`: an existing scheduler at `address`, or a LocalCluster of `n_workers` processes)."""
 
@@ -165,12 +199,12 @@ class EvaluatorSpec(_Strict):
         return self
 
 
-class FinalSpec(_Strict):
+class FinalSpec(_Checked):
     evaluate_top: int = Field(8, ge=1, description="front members evaluated on every item")
     export: list[Literal["best_per_task", "balanced", "front"]] = Field(default_factory=lambda: ["best_per_task", "balanced"])
 
 
-class AlignSpec(_Strict):
+class AlignSpec(_Checked):
     """Align endpoints trained from different initialisations once, before the search."""
 
     method: Literal["weight", "activation", "mudsc", "c2m3"] = "weight"
@@ -180,7 +214,17 @@ class AlignSpec(_Strict):
     seed: int = 0
 
 
-class Campaign(_Strict):
+def _inside_domain(hyperparameter: Any, low: float, high: float, where: str) -> None:
+    """A searched range must lie in the hyperparameter's declared domain: refused at load, not
+    when the search first draws a value outside it (after calibration was paid)."""
+    bottom = -float("inf") if hyperparameter.low is None else hyperparameter.low
+    top = float("inf") if hyperparameter.high is None else hyperparameter.high
+    if low < bottom or high > top:
+        raise ValueError(f"{where}: range [{low}, {high}] leaves the domain of {hyperparameter.name} "
+                         f"[{hyperparameter.low}, {hyperparameter.high}]")
+
+
+class Campaign(_Checked):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
     name: str = "campaign"
@@ -222,6 +266,7 @@ class Campaign(_Strict):
                     raise ValueError(f"{name}.{key}: not a searchable parameter of {name} (searchable: {known})")
                 if not low < high:
                     raise ValueError(f"{name}.{key}: empty range [{low}, {high}]")
+                _inside_domain(declared[key], low, high, f"{name}.{key}")
         return methods
 
     @model_validator(mode="after")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -52,6 +54,7 @@ def _run(runner) -> None:
         runner.progress = bars
         measured, exported = runner.run()
     report = write_report(runner.run_dir, runner.store, runner.task_names, runner.full_item_count(), exported)
+    runner.store.mark_finished()  # after the report: a run cut short while writing it is not finished
     console = Console()
     console.print(_summary_table(runner, measured, exported))
     console.print(f"report: {report}")
@@ -64,14 +67,38 @@ def _run(runner) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="run folder (created)")
 def run(campaign_file: Path, out: Path) -> None:
     """Start a search campaign in the run folder OUT (an existing run of the same campaign is resumed)."""
-    _run(_runner(out, campaign_file))
+    from evo_merge.search.store import check_run_folder, remove_unused_run_folder
+
+    check_run_folder(out)
+    new = not out.exists()
+    with _holding(out):
+        try:
+            _run(_runner(out, campaign_file))
+        except Exception:
+            if new:  # a failed start leaves no folder bound to its config
+                remove_unused_run_folder(out)
+            raise
 
 
 @click.command()
 @RUN_DIR
 def resume(run: Path) -> None:
     """Continue an interrupted campaign from its last complete generation, reusing every evaluation."""
-    _run(_runner(run))
+    with _holding(run):
+        _run(_runner(run))
+
+
+@contextmanager
+def _holding(run: Path) -> Iterator[None]:
+    """The run folder's lock for the whole command; Ctrl-C ends with 130 and the way to go on."""
+    from evo_merge.cli.faults import Interrupted
+    from evo_merge.search.lock import RunLock
+
+    with RunLock(run):
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; resume with: evo-merge resume {run}") from None
 
 
 @click.command()
@@ -81,14 +108,12 @@ def status(run: Path) -> None:
     from rich.console import Console
 
     runner = _runner(run)
-    store = runner.store
-    algorithm = store.load_checkpoint()
-    generation = 0 if algorithm is None else algorithm.n_gen - 1
+    store, generations = runner.store, runner.campaign.algorithm.generations
     search = [e for e in store.evaluations("search")]
     ok = [e for e in search if e.status == "ok"]
     console = Console()
-    console.print(f"campaign {runner.campaign.name}: generation {generation}/{runner.campaign.algorithm.generations}"
-                  f"{' (finished)' if store.get_meta('finished') else ''}")
+    console.print(f"campaign {runner.campaign.name}: generation {store.generations_completed()}/{generations}"
+                  f"{' (finished)' if store.finished(generations) else ''}")
     console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, "
                   f"{len(search) - len(ok)} failed)")
     for task in runner.task_names:

@@ -1,9 +1,9 @@
 """The campaign: calibrate IRT, run the ask-and-tell search, measure the front, export.
 
 Every evaluation goes through the store first: a candidate evaluated before (in this process or
-one that was killed) is looked up, never evaluated again. The algorithm is checkpointed after
-each generation; it carries its own random state, so a resumed campaign asks for exactly the
-candidates an uninterrupted one would have.
+one that was killed) is looked up, never evaluated again. A resumed campaign replays the
+algorithm from its seed, which asks for exactly the candidates an uninterrupted one would have,
+all found in the store until the point of interruption.
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ class CampaignRunner:
         return {name: list(self.estimators[name].anchor_ids) for name in self.task_names}
 
     def search(self) -> None:
-        algorithm = self.store.load_checkpoint() or make_algorithm(self.campaign, self.space)
+        algorithm = make_algorithm(self.campaign, self.space)  # replayed: stored candidates are looked up
         items = self.anchor_items()
         total = self.campaign.algorithm.generations
         while algorithm.has_next():
@@ -305,7 +305,7 @@ class CampaignRunner:
                                               stage=f"generation {generation}/{total}")
             population.set("F", np.array([self.fitness(e) for e in evaluations]))
             algorithm.tell(infills=population)
-            self.store.save_checkpoint(algorithm)
+            self.store.complete_generation(generation, [e.key for e in evaluations])
 
     def front(self) -> list[Evaluation]:
         """Non-dominated successful search evaluations, by estimated scores."""
@@ -348,7 +348,6 @@ class CampaignRunner:
             exported = self.export_picks(measured)
         finally:
             self.close()
-        self.store.set_meta("finished", True)
         return measured, exported
 
     def close(self) -> None:

@@ -14,8 +14,9 @@ from evo_merge.tasks.base import FitnessTask
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def load_causal_lm(model_dir: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) from an HF folder; a folder without a tokenizer is a user error."""
+def load_causal_lm(model_dir: str | Path, *, allow_pickle: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) from an HF folder; a folder without a tokenizer is a user error. Pickle
+    weights (.bin) are read only when `allow_pickle`: unpickling a file can run code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(model_dir)
@@ -23,7 +24,10 @@ def load_causal_lm(model_dir: str | Path) -> tuple[Any, Any]:
         raise UserError(f"model folder {path} has no config.json")
     if not any((path / f).is_file() for f in _TOKENIZER_FILES):
         raise UserError(f"model folder {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)})")
-    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    if not allow_pickle and not any(path.glob("*.safetensors")):
+        raise UserError(f"model folder {path} has no .safetensors weights (pickle weights need --allow-pickle)")
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=None if allow_pickle else True)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
 def read_item_ids(path: str | Path) -> list[str]:

@@ -74,9 +74,9 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo):
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)])
     assert result.exit_code == 0, result.output
-    for name in ("campaign.yaml", "state.sqlite", "checkpoint.pkl", "pareto.csv", "report.md", "pareto.png",
-                 "progress.png"):
+    for name in ("campaign.yaml", "state.sqlite", "pareto.csv", "report.md", "pareto.png", "progress.png"):
         assert (run / name).is_file(), name
+    assert not list(run.glob("*.pkl"))  # nothing in a run folder is a pickle
     report = (run / "report.md").read_text()
     assert "item evaluations in the search phase" in report
 
