@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -67,9 +68,12 @@ def write_model_folder(
         _write_config(tmp, config, written_dtypes)
         for name, content in extra_files.items():
             _write_extra(tmp, name, content)
+        _umask_modes(tmp)
         replace_folder(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.strerror:  # name the output, not the hidden file that is gone
+            raise UserError(f"cannot write {out}: {exc.strerror}") from exc
         raise
     return out
 
@@ -198,6 +202,15 @@ def _hidden_sibling(out: Path, kind: str) -> Path:
             return path
         except FileExistsError:
             continue
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give the files the mode a new file gets under the umask (as `folder` got): safetensors
+    writes 0600 and copies keep their source's mode."""
+    mode = stat.S_IMODE(folder.stat().st_mode) & 0o666
+    for file in folder.rglob("*"):
+        if file.is_file():
+            file.chmod(mode)
 
 
 def replace_folder(tmp: Path, out: Path) -> None:
