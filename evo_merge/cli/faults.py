@@ -49,6 +49,7 @@ def as_fault(exc: BaseException) -> Fault | None:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
     raise SystemExit(128 + signum)  # unwinds: temporary folders are removed, the run lock released
 
 

@@ -8,14 +8,13 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from evo_merge.cli import cli
+from test_lmeval import model_dirs  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, char_lm):
+def models(model_dirs, char_lm):
     model, tok = char_lm
-    root = tmp_path_factory.mktemp("models")
-    model.save_pretrained(root / "lm")
-    tok.save_pretrained(root / "lm")
+    root = model_dirs  # holds "lm", a saved model folder
     (root / "pickled").mkdir()
     torch.save(model.state_dict(), root / "pickled" / "pytorch_model.bin")
     model.config.save_pretrained(root / "pickled")
