@@ -10,7 +10,7 @@ import click
 
 @click.command("eval")
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
-              help="HF model folder, or a MASS folder (evo-merge mass build).")
+              help="Model folder (HF, or a plain network with an `arch` config), or a MASS folder.")
 @click.option("--task", "task_spec", required=True, help="Task: lm-eval name, YAML/folder, shipped benchmark, plugin.")
 @click.option("--items", "items_file", type=click.Path(path_type=Path), help="File of item ids, one per line.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
@@ -51,13 +51,15 @@ def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:
 
     from evo_merge.errors import UserError
     from evo_merge.mass.model import MASS_JSON, load_mass
-    from evo_merge.tasks.scoring import load_causal_lm
+    from evo_merge.weights.folder import load_model_folder
 
+    if not allow_pickle and model_dir.is_dir() and not any(model_dir.glob("*.safetensors")):
+        raise UserError(f"model folder {model_dir} has no .safetensors weights (pickle weights need --allow-pickle)")
     try:
         if (model_dir / MASS_JSON).is_file():
             model, tokenizer = load_mass(model_dir)
         else:
-            model, tokenizer = load_causal_lm(model_dir, allow_pickle=allow_pickle)
+            model, tokenizer = load_model_folder(model_dir, allow_pickle=allow_pickle)
     except (OSError, ValueError, SafetensorError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--model {model_dir}: cannot be loaded ({message})") from None

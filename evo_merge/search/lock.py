@@ -13,8 +13,12 @@ import fcntl
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from evo_merge.errors import UserError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 LOCK_FILE = ".evo-merge.lock"
 
@@ -28,7 +32,7 @@ class RunLock:
         self.path = self.run_dir / LOCK_FILE
         self._fd: int | None = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> Self:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

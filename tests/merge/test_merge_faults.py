@@ -81,7 +81,7 @@ def test_a_nan_in_an_input_is_an_error_naming_the_merged_tensor(family, tmp_path
     flipped = tmp_path / "flipped"
     shutil.copytree(ft, flipped)
     tensors = load_file(flipped / "model.safetensors")
-    name = sorted(n for n, t in tensors.items() if t.is_floating_point() and t.dim() == 2)[0]
+    name = min(n for n, t in tensors.items() if t.is_floating_point() and t.dim() == 2)
     tensors[name].view(-1)[3] = float("nan")  # as a flipped exponent bit would
     save_file(tensors, flipped / "model.safetensors", metadata={"format": "pt"})
     code, output = merge(recipe(tmp_path / "r.yaml", "linear", base, flipped), "--out", tmp_path / "out")

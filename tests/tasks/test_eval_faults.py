@@ -6,13 +6,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
+from test_lmeval import model_dirs  # noqa: F401  (a fixture)
 
 from evo_merge.cli import cli
-from test_lmeval import model_dirs  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(scope="module")
-def models(model_dirs, char_lm):
+def models(model_dirs, char_lm):  # noqa: F811
     model, tok = char_lm
     root = model_dirs  # holds "lm", a saved model folder
     (root / "pickled").mkdir()
