@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -73,6 +74,7 @@ def fit(responses: Path, out: Path, backend: str, dims: str, seed: int, epochs: 
 
     options = {"epochs": epochs} if epochs is not None and backend == "pyirt" else {}
     model = IRTModel.fit(load_responses(responses), backend=backend, dims=_dims(dims), seed=seed, **options)
+    shutil.rmtree(out / "anchors", ignore_errors=True)  # chosen on the model being replaced: stale
     model.save(out)
     click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "
                f"{len(model.scenarios)} scenario(s), D={model.dims} -> {out}")
