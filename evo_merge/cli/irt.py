@@ -13,7 +13,7 @@ from evo_merge.irt import (
 )
 from evo_merge.irt import validate as run_validation
 from evo_merge.irt.backends import BACKENDS
-from evo_merge.irt.validate import validation_table
+from evo_merge.irt.validation import validation_table
 
 
 def _dims(value: str) -> int | str:
