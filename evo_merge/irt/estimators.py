@@ -150,7 +150,7 @@ class Estimator:
         a = self.anchors
         if a.method not in SELECTABLE or self.kind == "adaptive":
             return a
-        train = self.model.cv_fold != fold
+        train = ~self.model.cv_held[fold]
         fold_model = replace(self.model, alpha=self.model.cv_alpha[fold], beta=self.model.cv_beta[fold],
                              responses=self.model.responses[train], theta=self.model.theta[train])
         return select_anchors(fold_model, a.budget, a.method, seed=a.seed)
@@ -161,7 +161,7 @@ class Estimator:
         prior = self.random_sampling_variance(self.weights, self._anchor_onehot)
         anchor_err, irt_err = [], []
         for fold in range(self.model.cv_alpha.shape[0]):
-            held = self.model.responses[self.model.cv_fold == fold]
+            held = self.model.responses[self.model.cv_held[fold]]
             if not held.size:
                 continue
             anchors = self._fold_anchors(fold)

@@ -48,5 +48,5 @@ def _make_model(alpha, beta, responses=None, scenarios=None) -> IRTModel:
         subject_ids=[f"s{j}" for j in range(responses.shape[0])], alpha=alpha, beta=np.asarray(beta, dtype=float),
         theta=np.zeros((responses.shape[0], alpha.shape[1])), responses=responses,
         thresholds={s: 0.5 for s in scenarios}, cv_alpha=alpha[None], cv_beta=np.asarray(beta, dtype=float)[None],
-        cv_fold=np.zeros(responses.shape[0], dtype=int),
+        cv_held=np.ones((1, responses.shape[0]), dtype=bool),
     )

@@ -111,7 +111,7 @@ def test_map_logistic_converges_on_sharp_items_and_an_ill_conditioned_prior():
 def test_save_load_round_trip(tmp_path, torch_model):
     torch_model.save(tmp_path / "m")
     loaded = IRTModel.load(tmp_path / "m")
-    for key in ("alpha", "beta", "theta", "responses", "cv_alpha", "cv_beta", "cv_fold"):
+    for key in ("alpha", "beta", "theta", "responses", "cv_alpha", "cv_beta", "cv_held"):
         np.testing.assert_array_equal(getattr(loaded, key), getattr(torch_model, key))
     assert loaded.item_ids == torch_model.item_ids and loaded.thresholds == torch_model.thresholds
     assert json.loads((tmp_path / "m" / "model.json").read_text())["format_version"] == 2
@@ -120,26 +120,28 @@ def test_save_load_round_trip(tmp_path, torch_model):
 def test_format_1_folders_load_with_their_split_half_fit_as_one_fold(tmp_path, torch_model):
     """The shipped irt_models/ are format 1: val_alpha/val_beta fitted without val_subjects."""
     folder = torch_model.save(tmp_path / "m")
-    held = np.flatnonzero(torch_model.cv_fold == 0)
+    held = np.flatnonzero(torch_model.cv_held[0])
     np.savez(folder / "params.npz", alpha=torch_model.alpha, beta=torch_model.beta, theta=torch_model.theta,
              responses=torch_model.responses, val_alpha=torch_model.cv_alpha[0], val_beta=torch_model.cv_beta[0],
              val_subjects=held)
     _edit(folder, format_version=1)
     loaded = IRTModel.load(folder)
     np.testing.assert_array_equal(loaded.cv_alpha, torch_model.cv_alpha[:1])
-    assert (np.flatnonzero(loaded.cv_fold == 0) == held).all() and (loaded.cv_fold[loaded.cv_fold != 0] == -1).all()
+    assert loaded.cv_held.shape == (1, 100) and (np.flatnonzero(loaded.cv_held[0]) == held).all()
 
 
 def test_cross_fit_folds_split_the_subjects_and_each_fit_misses_its_fold(md2pl, torch_model):
-    """Each fold's item parameters come from the other half only: refitting that half alone gives them."""
+    """Two folds of random halves; each fold's item parameters come from the other half only:
+    refitting that half alone gives them."""
     from evo_merge.irt.backends import fit_torch
     from evo_merge.irt.responses import ResponseMatrix
 
-    fold = torch_model.cv_fold
-    assert set(np.unique(fold)) == {0, 1} and abs((fold == 0).sum() - (fold == 1).sum()) <= 1
+    held = torch_model.cv_held
+    assert held.shape == (2, 100) and (held.sum(axis=1) == 50).all() and (held[0] ^ held[1]).all()
     binary = ResponseMatrix.from_long(md2pl[2]).scores
-    refit = fit_torch(binary[fold != 1], 2, seed=0)
-    np.testing.assert_allclose(refit.beta, torch_model.cv_beta[1])
+    for fold in (0, 1):
+        refit = fit_torch(binary[~held[fold]], 2, seed=0)
+        np.testing.assert_allclose(refit.beta, torch_model.cv_beta[fold])
 
 
 def test_dims_are_capped_by_the_number_of_subjects():
