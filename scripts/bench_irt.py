@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -184,11 +186,51 @@ def few_subjects(draws: int, seeds: int) -> None:
     console.print(table)
 
 
+def shipped_responses(family: str):
+    """The tiny-lm responses behind irt_models/<family> (base, 3 endpoints, 60 merges) as a long table."""
+    model = IRTModel.load(Path("irt_models") / family)
+    frame = pd.DataFrame(model.responses, index=model.subject_ids, columns=model.item_ids)
+    long = frame.rename_axis("subject").reset_index().melt(id_vars="subject", var_name="item", value_name="score")
+    long["scenario"] = long["item"].map(dict(zip(model.item_ids, model.item_scenarios)))
+    return validate_responses(long, family)
+
+
+def tiny_lm(draws: int, seeds: int) -> None:
+    """The shipped tiny-lm responses: calibration on 12 subjects (base, endpoints, 8 merges: a
+    campaign's warm-up) or 48, MAE on 16 other merges, per sub-skill scenario."""
+    table = Table(title="tiny-lm responses (irt_models/): MAE / random sampling's MAE, per sub-skill scenario")
+    for col in ("family", "calibration subjects", "items/scenario", "random + mean MAE", "default (auto + gpirt)",
+                "random + gpirt", "adaptive, half the items"):
+        table.add_column(col, justify="right")
+    for family in ("arith", "lang", "seq"):
+        responses = shipped_responses(family)
+        subjects = list(dict.fromkeys(responses.subject))
+        for n_train in (12, 48):
+            rows = {b: {k: [] for k in ("base", "default", "random", "adaptive")} for b in FEW_BUDGETS}
+            for seed in range(seeds):
+                merges = np.random.default_rng(seed).permutation(subjects[4:])
+                train = responses[responses.subject.isin([*subjects[:4], *merges[: n_train - 4]])]
+                model = IRTModel.fit(train, seed=seed)
+                test = ResponseMatrix.from_long(responses[responses.subject.isin(merges[-16:])], model.item_ids).scores
+                for budget, row in rows.items():
+                    base, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=False)
+                    row["base"].append(base)
+                    for key, method in (("default", "auto"), ("random", "random")):
+                        est = Estimator(model, select_anchors(model, budget, method, seed=seed), "gpirt")
+                        row[key].append(_mae(est, test) / base)
+                    row["adaptive"].append(_adaptive_mae(model, test, budget // 2) / base)
+            for budget, row in rows.items():
+                table.add_row(family, str(n_train), str(budget), f"{np.mean(row['base']):.4f}",
+                              *[f"{np.mean(row[k]):.2f}x" for k in ("default", "random", "adaptive")])
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyirt-epochs", type=int, default=1000)
     parser.add_argument("--skip-pyirt-large", action="store_true", help="skip py-irt on 100 x 5,000 (slow)")
-    parser.add_argument("--few-subjects-only", action="store_true", help="only the few-calibration-subjects table")
+    parser.add_argument("--few-subjects-only", action="store_true",
+                        help="only the few-calibration-subjects tables (synthetic and tiny-lm)")
     parser.add_argument("--seeds", type=int, default=3, help="calibration sets per row of the few-subjects table")
     parser.add_argument("--draws", type=int, default=200, help="random-baseline draws per subject")
     parser.add_argument("--threads", type=int, default=1,
@@ -197,6 +239,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     few_subjects(args.draws, args.seeds)
+    tiny_lm(args.draws, args.seeds)
     if args.few_subjects_only:
         return
     recovery(args.pyirt_epochs)

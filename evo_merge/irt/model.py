@@ -248,7 +248,8 @@ class IRTModel:
             model.alpha.ndim == 2 and model.alpha.shape[0] == n_items and model.beta.shape == (n_items,)
             and model.theta.shape == (n_subj, model.dims) and model.responses.shape == (n_subj, n_items)
             and len(model.item_scenarios) == n_items and meta["dims"] == model.dims
-            and model.cv_alpha.shape[1:] == model.alpha.shape and model.cv_held.shape == (model.cv_alpha.shape[0], n_subj)
+            and model.cv_alpha.shape[1:] == model.alpha.shape
+            and model.cv_held.shape == (model.cv_alpha.shape[0], n_subj)
             and set(model.thresholds) == set(model.item_scenarios)
         )
         if not consistent:

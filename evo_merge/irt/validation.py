@@ -54,7 +54,8 @@ def random_baseline(test: np.ndarray, groups: dict[str, np.ndarray], budget: int
     """MAE of random items + plain mean, averaged over `draws` independent draws per subject and
     scenario (they cost no fit), and the spread (SD) of one draw's MAE across draws."""
     rng = np.random.default_rng(seed)
-    sizes = np.array([g.size for g in groups.values()], dtype=float)
+    share = np.array([g.size for g in groups.values()], dtype=float)
+    share /= share.sum()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a draw of unscored items only: NaN, skipped
         truth = np.column_stack([np.nanmean(test[:, g], axis=1) for g in groups.values()])
@@ -62,7 +63,7 @@ def random_baseline(test: np.ndarray, groups: dict[str, np.ndarray], budget: int
         for _ in range(draws):
             picks = [g[rng.random((test.shape[0], g.size)).argsort(axis=1)[:, :budget]] for g in groups.values()]
             pred = np.column_stack([np.nanmean(np.take_along_axis(test, p, axis=1), axis=1) for p in picks])
-            err = np.abs(pred @ (sizes / sizes.sum()) - truth @ (sizes / sizes.sum())) if overall else np.abs(pred - truth)
+            err = np.abs(pred @ share - truth @ share) if overall else np.abs(pred - truth)
             per_draw.append(np.nanmean(err))
     return float(np.mean(per_draw)), float(np.std(per_draw))
 
