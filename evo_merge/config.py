@@ -1,101 +1,25 @@
-"""Schemas for the YAML files users write (merge recipes; campaigns), with errors that name the key.
+"""The campaign schema (`evo-merge run CAMPAIGN.yaml`), with errors that name the key.
 
-Recipes follow mergekit's schema for the methods both tools have, so an existing mergekit recipe
-for linear, task_arithmetic, ties, dare_linear, dare_ties or slerp runs unchanged.
+Merge recipes have their own schema beside the merge engine (`evo_merge.merge.recipe`).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
 from evo_merge.irt.kinds import ANCHOR_METHODS, BACKEND_NAMES, CAMPAIGN_ESTIMATOR_KINDS
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def load_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{where}: malformed YAML: {problem}") from None
-
-
-def validate(model: type[M], data: Any, source: str | Path) -> M:
-    """Build `model` from `data`; on failure name the first bad key path in one line."""
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise UserError(f"{source}: {loc}: {msg}") from None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _scalar_params(value: dict[str, Any]) -> dict[str, Any]:
-    for key, v in value.items():
-        if isinstance(v, (list, dict)):
-            raise ValueError(f"{key}: per-layer gradients and tensor filters are not supported; give one value")
-    return value
-
-
-class ModelEntry(_Strict):
-    model: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("parameters")
-    @classmethod
-    def _scalars(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _scalar_params(value)
-
-
-class Recipe(_Strict):
-    """One merge, in mergekit's schema (plus `out_dtype` and `tokenizer_source` as in mergekit)."""
-
-    merge_method: str
-    base_model: str | None = None
-    models: list[ModelEntry] = Field(min_length=1)
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    dtype: str | None = None
-    out_dtype: str | None = None
-    tokenizer_source: str | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _scalars(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _scalar_params(value)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Recipe:
-        return validate(cls, load_yaml(path), path)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
-
-
-# --------------------------------------------------------------------------- campaigns
+from evo_merge.schema import Strict, load_yaml, validate
 
 DEFAULT_METHODS = {"task_arithmetic": {}, "ties": {}, "dare_ties": {}, "tsv": {}}
 
 
-class TaskSpec(_Strict):
+class TaskSpec(Strict):
     """One objective: a shipped benchmark name, an lm-eval task, a local YAML/folder or `module:attr`."""
 
     task: str
@@ -109,7 +33,7 @@ class TaskSpec(_Strict):
         return self.name or Path(self.task.split(":")[-1]).stem
 
 
-class Coefficients(_Strict):
+class Coefficients(Strict):
     low: float = 0.0
     high: float = 1.5
 
@@ -120,7 +44,7 @@ class Coefficients(_Strict):
         return self
 
 
-class EstimatorSpec(_Strict):
+class EstimatorSpec(Strict):
     """How candidates are scored: `full` scores every item (the expensive baseline)."""
 
     kind: Literal[CAMPAIGN_ESTIMATOR_KINDS] = "gpirt"
@@ -134,8 +58,18 @@ class EstimatorSpec(_Strict):
     warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
 
 
-class AlgorithmSpec(_Strict):
-    name: Literal["nsga2"] = "nsga2"
+# pymoo's MOEA/D is steady-state (one candidate per ask), which would evaluate one candidate at a
+# time; NSGA-III and SMS-EMOA cover many objectives with a generation batched over the evaluator
+MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
+SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "cmaes")
+AlgorithmName = Literal["nsga2", "nsga3", "smsemoa", "ga", "cmaes"]
+
+
+class AlgorithmSpec(Strict):
+    """A pymoo algorithm by name: multi-objective (one objective per task) or single-objective
+    (`ga`, `cmaes`: the weighted sum declared in `objective.weights`)."""
+
+    name: AlgorithmName = "nsga2"
     population: int = Field(16, ge=2)
     generations: int = Field(8, ge=1)
     seed: int = 0
@@ -144,7 +78,14 @@ class AlgorithmSpec(_Strict):
         "(task arithmetic lambda 0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
 
 
-class EvaluatorSpec(_Strict):
+class ObjectiveSpec(Strict):
+    """A single weighted objective over the tasks, for single-objective algorithms (scores are
+    oriented by each task's direction before weighting); every task is still estimated and stored."""
+
+    weights: dict[str, float] | None = Field(None, description="task name -> weight")
+
+
+class EvaluatorSpec(Strict):
     """Where candidates are evaluated: in this process (`local`), or on a dask.distributed cluster
     (`dask`: an existing scheduler at `address`, or a LocalCluster of `n_workers` processes)."""
 
@@ -166,22 +107,32 @@ class EvaluatorSpec(_Strict):
         return self
 
 
-class FinalSpec(_Strict):
+class FinalSpec(Strict):
     evaluate_top: int = Field(8, ge=1, description="front members evaluated on every item")
     export: list[Literal["best_per_task", "balanced", "front"]] = Field(default_factory=lambda: ["best_per_task", "balanced"])
 
 
-class AlignSpec(_Strict):
+class AlignSpec(Strict):
     """Align endpoints trained from different initialisations once, before the search."""
 
-    method: Literal["weight", "activation", "mudsc", "c2m3"] = "weight"
+    method: AlignMethod = "weight"
     arch: str = Field(description="mlp, cnn, resnet, llama, gpt2, or a permutation-spec YAML file")
     data: str | None = Field(None, description="sample for activation-based methods (.safetensors x[,y] or text)")
     reference: Literal["first", "mean"] = Field("first", description="base of the task vectors after alignment")
     seed: int = 0
 
 
-class Campaign(_Strict):
+class StorageSpec(Strict):
+    """How the search keeps the base and task vectors: dtype (auto: the checkpoints' own) and place
+    (`host`: streamed to the device per candidate); budgets override the memory the plan sees."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    placement: Literal["device", "host"] = "device"
+    host_budget_gib: float | None = Field(None, gt=0, description="host memory the run may use")
+    device_budget_gib: float | None = Field(None, gt=0, description="GPU memory the run may use")
+
+
+class Campaign(Strict):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
     name: str = "campaign"
@@ -193,10 +144,12 @@ class Campaign(_Strict):
     coefficients: Coefficients = Field(default_factory=Coefficients)
     estimator: EstimatorSpec = Field(default_factory=EstimatorSpec)
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
     final: FinalSpec = Field(default_factory=FinalSpec)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
+    storage: StorageSpec = Field(default_factory=StorageSpec)
 
     @field_validator("device")
     @classmethod
@@ -237,6 +190,26 @@ class Campaign(_Strict):
         dup = next((label for label in labels if labels.count(label) > 1), None)
         if dup:
             raise ValueError(f"two tasks are named {dup!r}: give them distinct `name`s")
+        return self
+
+    @model_validator(mode="after")
+    def _objectives(self) -> Campaign:
+        labels = [t.label for t in self.tasks]
+        weights = self.objective.weights
+        if weights is not None:
+            unknown = next((k for k in weights if k not in labels), None)
+            if unknown is not None:
+                raise ValueError(f"objective.weights.{unknown}: not a task name (tasks: {', '.join(labels)})")
+            if not any(w > 0 for w in weights.values()):
+                raise ValueError("objective.weights: give at least one positive weight")
+        name = self.algorithm.name
+        if name in SINGLE_OBJECTIVE_ALGORITHMS and weights is None and len(labels) > 1:
+            raise ValueError(f"algorithm.name: {name} optimises one objective; declare objective.weights "
+                             "(e.g. {task: 1, ...}) or pick a multi-objective algorithm")
+        if name in MULTI_OBJECTIVE_ALGORITHMS and weights is not None:
+            raise ValueError(f"objective.weights: {name} optimises every task; weights are for ga or cmaes")
+        if name == "nsga3" and len(labels) < 2:
+            raise ValueError(f"algorithm.name: {name} needs at least two tasks")
         return self
 
     @classmethod

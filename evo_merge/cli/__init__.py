@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "eval": "eval:eval_",
     "zoo": "zoo:zoo",
     "mass": "mass:mass",
+    "plan": "plan:plan",
 }
 
 

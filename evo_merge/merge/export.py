@@ -9,7 +9,7 @@ import torch
 
 from evo_merge.merge.plan import MergePlan, stream_merge
 from evo_merge.report.card import model_card
-from evo_merge.weights import Checkpoint, write_model_folder
+from evo_merge.weights import write_model_folder
 
 RECIPE_FILE = "merge_recipe.yaml"
 Tracker = Callable[[Iterable, int], Iterable]
@@ -33,16 +33,21 @@ def export_merge(
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()
-    with Checkpoint.open(plan.tokenizer_source, allow_pickle=allow_pickle) as source:
-        folder = source.folder  # None for a bare state dict: no config or tokenizer to copy
+    folder = plan.tokenizer_source if plan.tokenizer_source.is_dir() else None  # a bare state dict has none
+    config = dict(plan.config)
+    extra: dict[str, str | bytes] = {}
+    if plan.tokens is not None:
+        config["vocab_size"] = plan.tokens.rows
+        extra.update(plan.tokens.files)
+    extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores)
+    extra[RECIPE_FILE] = recipe.to_yaml()
     return write_model_folder(
         out,
         tensors,
         copy_from=folder,
+        config=config or None,
         dtype=plan.out_dtype,
-        extra_files={
-            "README.md": model_card(recipe, title=title or Path(out).name, scores=scores),
-            RECIPE_FILE: recipe.to_yaml(),
-        },
+        extra_files=extra,
+        copy_tokenizer=plan.tokens is None,
         overwrite=overwrite,
     )

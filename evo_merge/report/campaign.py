@@ -1,4 +1,8 @@
-"""Campaign outputs: pareto.csv, report.md, pareto.png and progress.png (DESIGN.md §8)."""
+"""Campaign outputs: pareto.csv, report.md, pareto.png and progress.png.
+
+Everything is read from the run's store and its facts (tasks, directions, item counts), so a
+report is written without opening a model. Hypervolumes and "best" follow each task's direction.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pymoo.indicators.hv import HV
 
-from evo_merge.search.space import Candidate
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import CampaignStore, Evaluation
+
+
+def facts_objectives(facts: dict) -> Objectives:
+    """The run's objectives from its stored facts."""
+    return Objectives.of([t["name"] for t in facts["tasks"]], [t["direction"] for t in facts["tasks"]],
+                         facts.get("weights"))
 
 
 def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) -> pd.DataFrame:
@@ -28,21 +38,17 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) ->
     return pd.DataFrame(rows)
 
 
-def hypervolume(scores: np.ndarray) -> float:
-    """Hypervolume of maximised scores in [0, 1] against the all-zero reference point."""
-    if len(scores) == 0:
-        return 0.0
-    return float(HV(ref_point=np.zeros(scores.shape[1]))(-np.asarray(scores, dtype=float)))
-
-
-def progress_table(store: CampaignStore, tasks: Sequence[str]) -> pd.DataFrame:
-    """Per generation: hypervolume of all estimates so far and the best estimate per task."""
+def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame:
+    """Per generation: hypervolume of all estimates so far and the best estimate per task (by direction)."""
+    tasks = objectives.names
     search = [e for e in store.evaluations("search") if e.status == "ok"]
+    signs = objectives.signs()
     rows = []
     for generation in sorted({e.generation for e in search}):
         upto = np.array([[e.estimates[t] for t in tasks] for e in search if e.generation <= generation])
-        rows.append({"generation": generation, "hypervolume": hypervolume(upto),
-                     **{f"best_{t}": float(upto[:, i].max()) for i, t in enumerate(tasks)}})
+        best = (upto * signs).max(axis=0) * signs
+        rows.append({"generation": generation, "hypervolume": objectives.hypervolume(upto),
+                     **{f"best_{t}": float(best[i]) for i, t in enumerate(tasks)}})
     return pd.DataFrame(rows)
 
 
@@ -84,13 +90,16 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
     fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
 
 
-def write_report(run_dir: Path, store: CampaignStore, tasks: Sequence[str], full_items: int,
+def write_report(run_dir: Path, store: CampaignStore, facts: dict,
                  exported: dict[str, tuple[int, Path]] | None = None) -> Path:
-    """Write pareto.csv, the plots and report.md; `full_items` is the item count of one full evaluation."""
+    """Write pareto.csv, the plots and report.md from the store and the run's facts."""
+    objectives = facts_objectives(facts)
+    tasks = list(objectives.names)
+    full_items = sum(t["items"] for t in facts["tasks"])
     table = evaluation_table(store.evaluations(), tasks)
     front = table[(table.phase == "search") & table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
     front.to_csv(run_dir / "pareto.csv", index=False)
-    progress = progress_table(store, tasks)
+    progress = progress_table(store, objectives)
     plot_pareto(table, tasks, run_dir / "pareto.png")
     if len(progress):
         plot_progress(progress, tasks, run_dir / "progress.png")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import yaml
 
-from evo_merge.config import Recipe
+from evo_merge.merge.recipe import Recipe
 
 
 def scores_section(scores: Mapping[str, Mapping[str, float]] | None) -> list[str]:
@@ -35,7 +35,8 @@ def model_card(
     field to show how to load it) and tags the merge `merge` and `evo-merge`.
     """
     base = recipe.base_model
-    merged = [m.model for m in recipe.models if m.model != base]
+    merged = [m for m in recipe.references() if m != base]
+    entries = recipe.models or [src for out in recipe.slices for src in out.sources]
     front = {
         "base_model": base or merged[0],
         "library_name": "transformers",
@@ -44,7 +45,7 @@ def model_card(
         "merged_models": merged,
         "merge_parameters": {
             "global": recipe.parameters,
-            "models": {m.model: m.parameters for m in recipe.models},
+            "models": {m.model: m.parameters for m in entries},
         },
     }
     if scores:
@@ -61,7 +62,8 @@ def model_card(
         "",
         "## Merged models",
         "",
-        *[f"- `{m.model}` — parameters: {m.parameters or 'defaults'}" for m in recipe.models],
+        *[f"- `{m.model}`" + (f" layers {list(m.layer_range)}" if hasattr(m, "layer_range") else "")
+          + f" — parameters: {m.parameters or 'defaults'}" for m in entries],
         "",
     ]
     lines += scores_section(scores)

@@ -1,0 +1,37 @@
+"""Export evaluated candidates as model folders, each by its kind, with its scores in the card."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.evaluator import Evaluator
+from evo_merge.search.kinds import candidate_kind
+from evo_merge.search.store import Evaluation
+from evo_merge.search.workspace import Workspace
+
+
+def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *, evaluator: Evaluator | None = None,
+                     overwrite: bool = False) -> Path:
+    """Write one evaluation's candidate to `out`; the evaluator's workbench is reused when it has one."""
+    candidate = Candidate.from_key(evaluation.key)
+    scores = {kind: values for kind, values in
+              (("estimated", evaluation.estimates), ("measured", evaluation.measured)) if values}
+    bench = evaluator.workbench() if evaluator is not None else None
+    return candidate_kind(candidate.method).export(
+        candidate, workspace.base, workspace.models, Path(out), scores=scores, out_dtype=workspace.campaign.dtype,
+        bench=bench, overwrite=overwrite)
+
+
+def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluator: Evaluator | None = None
+                 ) -> dict[str, tuple[int, Path]]:
+    """Export each chosen candidate once, under the first name that picked it, into models/."""
+    exported: dict[str, tuple[int, Path]] = {}
+    folders: dict[int, Path] = {}
+    for name, evaluation in chosen.items():
+        if evaluation.id not in folders:
+            folders[evaluation.id] = export_candidate(workspace, evaluation, workspace.run_dir / "models" / name,
+                                                      evaluator=evaluator, overwrite=True)
+        exported[name] = (evaluation.id, folders[evaluation.id])
+    return exported
