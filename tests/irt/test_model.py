@@ -198,3 +198,17 @@ def test_fit_rejects_bad_settings(md2pl):
         IRTModel.fit(md2pl[2], backend="stan")
     with pytest.raises(UserError, match="dims must be"):
         IRTModel.fit(md2pl[2], dims=0)
+
+
+def test_pyirt_retries_at_a_lower_rate_when_it_diverges(caplog):
+    """lr 5 sends py-irt's variational parameters to NaN: the fit says so and retries at lr x 0.2."""
+    from evo_merge.irt.backends import fit_pyirt
+
+    gen = make_synthetic_irt(60, dims=1, seed=11)
+    theta, _ = synthetic_abilities(30, dims=1, seed=12)
+    binary = (np.random.default_rng(0).random((30, 60)) < gen.prob(theta)).astype(float)
+    with caplog.at_level("INFO", logger="evo_merge.irt"):
+        params = fit_pyirt(binary, 1, epochs=40, lr=5.0)
+    assert "py-irt diverged at lr=5" in caplog.text and "retrying at lr=1" in caplog.text
+    assert "py-irt fit 30 x 60, D=1, 40 epochs" in caplog.text
+    assert np.isfinite(params.beta).all() and np.corrcoef(params.beta, gen.beta)[0, 1] > 0.5
