@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
+from evo_merge.merge.card import Scores, model_card
 from evo_merge.merge.plan import MergePlan, stream_merge
-from evo_merge.report.card import model_card
+from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
+from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import Checkpoint, write_model_folder
 
 RECIPE_FILE = "merge_recipe.yaml"
@@ -22,17 +24,24 @@ def export_merge(
     tensors: Iterator[tuple[str, torch.Tensor]] | None = None,
     allow_pickle: bool = False,
     overwrite: bool = False,
-    scores: Mapping[str, Mapping[str, float]] | None = None,
+    scores: Scores | None = None,
     title: str | None = None,
     track: Tracker | None = None,
+    tasks: Mapping[str, TaskMeta] | None = None,
+    item_scores: ItemScores | None = None,
 ) -> Path:
     """Write the merged folder atomically. `tensors` (e.g. from the in-place merger) replaces the
-    streaming merge when given; they must be the plan's tensors."""
+    streaming merge when given; they must be the plan's tensors.
+
+    `tasks` describes each scored task for the card's `model-index`; `item_scores` (task -> item ->
+    score, every item of a measured pick) adds `results.json` and `item_scores.parquet`, written
+    in the same atomic step as the weights so the card never names results that are missing."""
     if tensors is None:
         total, tensors = stream_merge(plan, allow_pickle=allow_pickle)
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()
+    stderr = {name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None}
     with Checkpoint.open(plan.tokenizer_source, allow_pickle=allow_pickle) as source:
         folder = source.folder  # None for a bare state dict: no config or tokenizer to copy
     return write_model_folder(
@@ -41,8 +50,9 @@ def export_merge(
         copy_from=folder,
         dtype=plan.out_dtype,
         extra_files={
-            "README.md": model_card(recipe, title=title or Path(out).name, scores=scores),
+            "README.md": model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr),
             RECIPE_FILE: recipe.to_yaml(),
+            **(results_files(item_scores, tasks or {}) if item_scores else {}),
         },
         overwrite=overwrite,
     )
