@@ -180,6 +180,25 @@ class AlignSpec(_Strict):
     seed: int = 0
 
 
+class MLflowSpec(_Strict):
+    uri: str | None = Field(None, description="tracking URI (http://host:5000, file:./mlruns); None: MLFLOW_TRACKING_URI")
+    experiment: str = "evo-merge"
+
+
+class WandbSpec(_Strict):
+    project: str
+    mode: Literal["offline", "online"] = "offline"
+    entity: str | None = None
+
+
+class TrackingSpec(_Strict):
+    """Experiment trackers the campaign reports to (`pip install 'evo-merge[tracking]'`); they
+    observe the run and never change what it computes."""
+
+    mlflow: MLflowSpec | None = None
+    wandb: WandbSpec | None = None
+
+
 class Campaign(_Strict):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
@@ -196,6 +215,7 @@ class Campaign(_Strict):
     final: FinalSpec = Field(default_factory=FinalSpec)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
+    tracking: TrackingSpec | None = None
 
     @field_validator("device")
     @classmethod

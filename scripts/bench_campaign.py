@@ -23,8 +23,8 @@ import yaml
 from campaign_baselines import comparison_table, measured_front  # a sibling script
 
 from evo_merge.config import Campaign
-from evo_merge.report.campaign import hypervolume
 from evo_merge.search.campaign import CampaignRunner, config_fingerprint, resolve_campaign
+from evo_merge.search.metrics import hypervolume
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.template import campaign_text
 

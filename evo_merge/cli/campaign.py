@@ -117,12 +117,44 @@ def report(run: Path) -> None:
 @click.option("--pick", "pick", required=True, type=int, help="evaluation id (see pareto.csv or status)")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True)
-def export(run: Path, pick: int, out: Path, overwrite: bool) -> None:
-    """Export one evaluated candidate of a run as an HF model folder."""
+@click.option("--push-to-hub", "repo_id", metavar="ORG/NAME", help="upload the exported folder to this Hub repo")
+@click.option("--private", is_flag=True, help="create the Hub repo private")
+@click.option("--revision", help="Hub branch to upload to (created if missing)")
+@click.option("--dry-run", is_flag=True, help="list what --push-to-hub would upload; upload nothing")
+def export(run: Path, pick: int, out: Path, overwrite: bool, repo_id: str | None, private: bool,
+           revision: str | None, dry_run: bool) -> None:
+    """Export one evaluated candidate of a run as an HF model folder (and push it to the Hub)."""
     from evo_merge.errors import UserError
+    from evo_merge.report.upload import check_repo_id
 
+    if repo_id is not None:
+        check_repo_id(repo_id)  # before the export's minutes, not after
+    elif private or revision or dry_run:
+        raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
     runner = _runner(run)
     evaluation = next((e for e in runner.store.evaluations() if e.id == pick), None)
     if evaluation is None or evaluation.status != "ok":
         raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
-    click.echo(f"wrote {runner.export(evaluation, out, overwrite=overwrite)}")
+    folder = runner.export(evaluation, out, overwrite=overwrite)
+    click.echo(f"wrote {folder}")
+    if repo_id is not None:
+        _push(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
+
+
+def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, dry_run: bool) -> None:
+    from huggingface_hub import get_token
+
+    from evo_merge.report.upload import LOGIN_HINT, plan_upload, push_to_hub
+
+    plan = plan_upload(folder)
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not dry_run:
+        click.echo(f"uploaded: {push_to_hub(plan, repo_id, private=private, revision=revision)}")
+        return
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    click.echo(f"dry run: would upload {len(plan.files)} files to {where}{' (private)' if private else ''}:")
+    for name, size in plan.files:
+        click.echo(f"  {name}  {size:,} bytes")
+    if not get_token():
+        click.echo(f"no token found: {LOGIN_HINT}", err=True)

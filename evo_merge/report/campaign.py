@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from pymoo.indicators.hv import HV
 
+from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.space import Candidate
 from evo_merge.search.store import CampaignStore, Evaluation
 
@@ -28,22 +27,11 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) ->
     return pd.DataFrame(rows)
 
 
-def hypervolume(scores: np.ndarray) -> float:
-    """Hypervolume of maximised scores in [0, 1] against the all-zero reference point."""
-    if len(scores) == 0:
-        return 0.0
-    return float(HV(ref_point=np.zeros(scores.shape[1]))(-np.asarray(scores, dtype=float)))
-
-
 def progress_table(store: CampaignStore, tasks: Sequence[str]) -> pd.DataFrame:
-    """Per generation: hypervolume of all estimates so far and the best estimate per task."""
-    search = [e for e in store.evaluations("search") if e.status == "ok"]
-    rows = []
-    for generation in sorted({e.generation for e in search}):
-        upto = np.array([[e.estimates[t] for t in tasks] for e in search if e.generation <= generation])
-        rows.append({"generation": generation, "hypervolume": hypervolume(upto),
-                     **{f"best_{t}": float(upto[:, i].max()) for i, t in enumerate(tasks)}})
-    return pd.DataFrame(rows)
+    """Per generation: hypervolume of all estimates so far, the best estimate per task, items spent."""
+    evaluations = store.evaluations("search")
+    generations = sorted({e.generation for e in evaluations if e.status == "ok"})
+    return pd.DataFrame([{"generation": g, **generation_metrics(evaluations, tasks, g)} for g in generations])
 
 
 def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
