@@ -133,14 +133,31 @@ class EstimatorSpec(_Strict):
     warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
 
 
+# pymoo's MOEA/D is steady-state (one candidate per ask), which would evaluate one candidate at a
+# time; NSGA-III and SMS-EMOA cover many objectives with a generation batched over the evaluator
+MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
+SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "cmaes")
+AlgorithmName = Literal["nsga2", "nsga3", "smsemoa", "ga", "cmaes"]
+
+
 class AlgorithmSpec(_Strict):
-    name: Literal["nsga2"] = "nsga2"
+    """A pymoo algorithm by name: multi-objective (one objective per task) or single-objective
+    (`ga`, `cmaes`: the weighted sum declared in `objective.weights`)."""
+
+    name: AlgorithmName = "nsga2"
     population: int = Field(16, ge=2)
     generations: int = Field(8, ge=1)
     seed: int = 0
     seed_standard_merges: bool = Field(
         False, description="start generation 1 with the standard merges of the configured methods "
         "(task arithmetic lambda 0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
+
+
+class ObjectiveSpec(_Strict):
+    """A single weighted objective over the tasks, for single-objective algorithms (scores are
+    oriented by each task's direction before weighting); every task is still estimated and stored."""
+
+    weights: dict[str, float] | None = Field(None, description="task name -> weight")
 
 
 class EvaluatorSpec(_Strict):
@@ -211,6 +228,7 @@ class Campaign(_Strict):
     coefficients: Coefficients = Field(default_factory=Coefficients)
     estimator: EstimatorSpec = Field(default_factory=EstimatorSpec)
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
     final: FinalSpec = Field(default_factory=FinalSpec)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -256,6 +274,26 @@ class Campaign(_Strict):
         dup = next((label for label in labels if labels.count(label) > 1), None)
         if dup:
             raise ValueError(f"two tasks are named {dup!r}: give them distinct `name`s")
+        return self
+
+    @model_validator(mode="after")
+    def _objectives(self) -> Campaign:
+        labels = [t.label for t in self.tasks]
+        weights = self.objective.weights
+        if weights is not None:
+            unknown = next((k for k in weights if k not in labels), None)
+            if unknown is not None:
+                raise ValueError(f"objective.weights.{unknown}: not a task name (tasks: {', '.join(labels)})")
+            if not any(w > 0 for w in weights.values()):
+                raise ValueError("objective.weights: give at least one positive weight")
+        name = self.algorithm.name
+        if name in SINGLE_OBJECTIVE_ALGORITHMS and weights is None and len(labels) > 1:
+            raise ValueError(f"algorithm.name: {name} optimises one objective; declare objective.weights "
+                             "(e.g. {task: 1, ...}) or pick a multi-objective algorithm")
+        if name in MULTI_OBJECTIVE_ALGORITHMS and weights is not None:
+            raise ValueError(f"objective.weights: {name} optimises every task; weights are for ga or cmaes")
+        if name == "nsga3" and len(labels) < 2:
+            raise ValueError(f"algorithm.name: {name} needs at least two tasks")
         return self
 
     @classmethod

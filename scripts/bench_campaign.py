@@ -23,10 +23,10 @@ import yaml
 from campaign_baselines import comparison_table, measured_front  # a sibling script
 
 from evo_merge.config import Campaign
-from evo_merge.search.campaign import CampaignRunner, config_fingerprint, resolve_campaign
-from evo_merge.search.metrics import hypervolume
+from evo_merge.cli.template import campaign_text
+from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.store import CampaignStore
-from evo_merge.search.template import campaign_text
+from evo_merge.search.workspace import config_fingerprint, resolve_campaign
 
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
@@ -38,7 +38,7 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     campaign = Campaign.model_validate(config)
     if not reuse or config_fingerprint(resolve_campaign(campaign, zoo)) != CampaignStore(out).get_meta("config"):
         shutil.rmtree(out, ignore_errors=True)
-    runner = CampaignRunner(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
+    runner = CampaignRunner.open(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
     start = time.perf_counter()
     runner.run()
     return runner, time.perf_counter() - start
@@ -66,7 +66,7 @@ def main() -> None:
                                     20, args.reuse)
         search = (irt.store.items_evaluated("search"), full.store.items_evaluated("search"))
         total = (irt.store.items_evaluated(measured=True), full.store.items_evaluated(measured=True))
-        hv = (hypervolume(measured_front(irt)[1]), hypervolume(measured_front(full)[1]))
+        hv = (irt.objectives.hypervolume(measured_front(irt)[1]), full.objectives.hypervolume(measured_front(full)[1]))
         rows.append((size, search, total, hv, (t_irt, t_full)))
         print(f"[{size}] search items {search[0]:,} vs {search[1]:,} ({search[1] / search[0]:.1f}x); "
               f"total {total[0]:,} vs {total[1]:,} ({total[1] / total[0]:.1f}x); "

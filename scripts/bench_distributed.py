@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from evo_merge.search.distributed import DaskEvaluator, WorkerSpec
+from evo_merge.merge.kinds import declared_ranges
 from evo_merge.search.space import SearchSpace
 from evo_merge.tasks.registry import resolve_task
 
@@ -64,7 +65,7 @@ def main() -> None:
 
     rng = random.Random(args.seed)
     items = {f: sorted(rng.sample(resolve_task(f, **dict(settings)).item_ids, args.items)) for f in families}
-    space = SearchSpace({"task_arithmetic": {}, "ties": {}, "tsv": {}}, len(families), (0.0, 1.5))
+    space = SearchSpace({m: declared_ranges(m, {}) for m in ("task_arithmetic", "ties", "tsv")}, len(families), (0.0, 1.5))
     jobs = [(candidate, items) for candidate in space.sample(args.population, seed=args.seed)]
     job_bytes = statistics.mean(len(pickle.dumps((spec, *job))) for job in jobs)
     print(f"zoo {zoo} ({', '.join(families)}), {len(jobs)} candidates x {args.items} items x {len(families)} tasks, "

@@ -110,7 +110,7 @@ def model_index(title: str, measured: Mapping[str, float], tasks: Mapping[str, T
         results.append({
             "task": {"type": "text-generation", "name": name},
             "dataset": dataset,
-            "metrics": [{"type": meta.metric, "value": round(float(value), 6),
+            "metrics": [{"type": meta.metric, "value": float(value),
                          "name": f"{meta.metric} (all {meta.n_items} items)" if meta.n_items else meta.metric,
                          "verified": False}],
         })

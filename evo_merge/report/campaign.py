@@ -1,4 +1,8 @@
-"""Campaign outputs: pareto.csv, report.md, report.html, pareto.png and progress.png."""
+"""Campaign outputs: pareto.csv, report.md, report.html, pareto.png and progress.png.
+
+Everything is read from the run's store and its facts (tasks, directions, item counts), so a
+report is written without opening a model. Hypervolumes and "best" follow each task's direction.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,16 @@ import pandas as pd
 from evo_merge.markup import html_text, md
 from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import write_html_report
+from evo_merge.search.candidate import Candidate
 from evo_merge.search.metrics import generation_metrics
-from evo_merge.search.space import Candidate
+from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import CampaignStore, Evaluation
+
+
+def facts_objectives(facts: dict) -> Objectives:
+    """The run's objectives from its stored facts."""
+    return Objectives.of([t["name"] for t in facts["tasks"]], [t["direction"] for t in facts["tasks"]],
+                         facts.get("weights"))
 
 
 def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) -> pd.DataFrame:
@@ -30,11 +41,12 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) ->
     return pd.DataFrame(rows)
 
 
-def progress_table(store: CampaignStore, tasks: Sequence[str]) -> pd.DataFrame:
-    """Per generation: hypervolume of all estimates so far, the best estimate per task, items spent."""
+def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame:
+    """Per generation: hypervolume of all estimates so far, the best estimate per task (by direction)
+    and the item evaluations spent."""
     evaluations = store.evaluations("search")
     generations = sorted({e.generation for e in evaluations if e.status == "ok"})
-    return pd.DataFrame([{"generation": g, **generation_metrics(evaluations, tasks, g)} for g in generations])
+    return pd.DataFrame([{"generation": g, **generation_metrics(evaluations, objectives, g)} for g in generations])
 
 
 def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
@@ -75,28 +87,17 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
     fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
 
 
-def measured_errors(store: CampaignStore, table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
-    """`table` with `se_<task>`: the standard error of each measured score, from its item scores."""
-    table = table.copy()
-    keys = {e.id: e.key for e in store.evaluations()}
-    for task in tasks:
-        table[f"se_{task}"] = None
-    for index, row in table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)].iterrows():
-        scores = store.item_scores(keys[row["id"]])
-        for task in tasks:
-            if scores.get(task):
-                table.at[index, f"se_{task}"] = mean_and_stderr(scores[task])[1]
-    return table
-
-
-def write_report(run_dir: Path, store: CampaignStore, tasks: Sequence[str], full_items: int,
+def write_report(run_dir: Path, store: CampaignStore, facts: dict,
                  exported: dict[str, tuple[int, Path]] | None = None) -> Path:
-    """Write pareto.csv, the plots, report.md and report.html; `full_items` is the item count of one
-    full evaluation. User strings (task, method and pick names) are escaped in both reports."""
+    """Write pareto.csv, the plots, report.md and report.html from the store and the run's facts.
+    User strings (task, method and pick names) are escaped in both reports."""
+    objectives = facts_objectives(facts)
+    tasks = list(objectives.names)
+    full_items = sum(t["items"] for t in facts["tasks"])
     table = evaluation_table(store.evaluations(), tasks)
     front = table[(table.phase == "search") & table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
     front.to_csv(run_dir / "pareto.csv", index=False)
-    progress = progress_table(store, tasks)
+    progress = progress_table(store, objectives)
     plot_pareto(table, tasks, run_dir / "pareto.png")
     if len(progress):
         plot_progress(progress, tasks, run_dir / "progress.png")
@@ -129,6 +130,20 @@ def write_report(run_dir: Path, store: CampaignStore, tasks: Sequence[str], full
                       facts_html + "<h2>Reference models and measured front</h2>"
                       + summary.to_html(index=False, float_format="{:.3f}".format, na_rep="", escape=True), exported)
     return path
+
+
+def measured_errors(store: CampaignStore, table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """`table` with `se_<task>`: the standard error of each measured score, from its item scores."""
+    table = table.copy()
+    keys = {e.id: e.key for e in store.evaluations()}
+    for task in tasks:
+        table[f"se_{task}"] = None
+    for index, row in table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)].iterrows():
+        scores = store.item_scores(keys[row["id"]])
+        for task in tasks:
+            if scores.get(task):
+                table.at[index, f"se_{task}"] = mean_and_stderr(scores[task])[1]
+    return table
 
 
 def _summary(table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:

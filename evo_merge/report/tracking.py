@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError
-from evo_merge.search.space import Candidate
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.store import CampaignStore, Evaluation
 
 IDS_FILE = "tracking.json"
@@ -80,17 +81,18 @@ def _scores(evaluation: Evaluation) -> dict[str, float]:
 
 
 class _RunIds:
-    """Tracker run ids of a campaign, kept in its run folder so a resume continues the same runs."""
+    """Tracker run ids (and the last generation logged) of a campaign, kept in its run folder so a
+    resume continues the same runs."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / IDS_FILE
         self.ids = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
-    def get(self, tracker: str) -> str | None:
-        return self.ids.get(tracker)
+    def get(self, key: str) -> Any:
+        return self.ids.get(key)
 
-    def set(self, tracker: str, run_id: str) -> None:
-        self.ids[tracker] = run_id
+    def set(self, key: str, value: Any) -> None:
+        self.ids[key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.ids, indent=2) + "\n")
 
@@ -215,6 +217,29 @@ class Trackers:
     def finish(self, run_dir: Path) -> None:
         for tracker in self.trackers:
             tracker.finish(run_dir)
+
+
+def follow_campaign(runner: Any) -> Trackers:
+    """Open a `CampaignRunner`'s trackers and hook them to its study loop: as each generation
+    ends, its evaluations and the generation's metrics. A resumed run replays its stored
+    generations through the loop; those already logged (noted in tracking.json) are not logged twice."""
+    workspace = runner.workspace
+    tracker = open_tracker(workspace.campaign.tracking, workspace.run_dir, workspace.campaign)
+    if not tracker.trackers:
+        return tracker
+    ids = _RunIds(workspace.run_dir)
+
+    def on_generation(generation: int, evaluations: list[Evaluation]) -> None:
+        if generation <= int(ids.get("generation") or 0):
+            return
+        for evaluation in {e.id: e for e in evaluations}.values():
+            tracker.log_evaluation(evaluation)
+        search = workspace.store.evaluations("search")
+        tracker.log_generation(generation, generation_metrics(search, runner.objectives, generation))
+        ids.set("generation", generation)
+
+    runner.on_generation.append(on_generation)
+    return tracker
 
 
 def open_tracker(spec: TrackingSpec | None, run_dir: str | Path, campaign: Campaign) -> Trackers:

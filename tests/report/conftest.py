@@ -1,6 +1,6 @@
 import pytest
 
-from evo_merge.search.space import Candidate
+from evo_merge.search.candidate import Candidate
 from evo_merge.search.store import CampaignStore
 
 TASKS = ["alpha", "beta"]

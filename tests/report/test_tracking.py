@@ -13,6 +13,7 @@ from evo_merge.config import Campaign, TrackingSpec
 from evo_merge.errors import UserError
 from evo_merge.report.tracking import IDS_FILE, open_tracker
 from evo_merge.search.metrics import generation_metrics
+from evo_merge.search.objectives import Objectives
 
 CAMPAIGN = Campaign.model_validate({"name": "tiny", "base_model": "b", "models": ["m1", "m2"],
                                     "tasks": [{"task": "arith", "name": t} for t in TASKS]})
@@ -24,7 +25,7 @@ def run_through(tracker, store):
     for evaluation in evaluations:
         tracker.log_evaluation(evaluation)
     for generation in (1, 2):
-        tracker.log_generation(generation, generation_metrics(evaluations, TASKS, generation))
+        tracker.log_generation(generation, generation_metrics(evaluations, Objectives.of(TASKS, ["maximize"] * 2), generation))
     (store.run_dir / "report.md").write_text("# Campaign report\n")
     tracker.finish(store.run_dir)
 

@@ -75,9 +75,9 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo):
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)])
     assert result.exit_code == 0, result.output
-    for name in ("campaign.yaml", "state.sqlite", "checkpoint.pkl", "pareto.csv", "report.md", "pareto.png",
-                 "progress.png"):
+    for name in ("campaign.yaml", "state.sqlite", "pareto.csv", "report.md", "pareto.png", "progress.png"):
         assert (run / name).is_file(), name
+    assert not (run / "checkpoint.pkl").exists()  # the store is the one source of truth: nothing to unpickle
     report = (run / "report.md").read_text()
     assert "item evaluations in the search phase" in report
 
@@ -109,11 +109,18 @@ def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo):
     assert per_candidate == [(20,)]  # 5 anchors x 2 scenarios x 2 tasks, against 240 items for a full evaluation
 
 
-def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path, zoo):
+@pytest.mark.parametrize("algorithm", [
+    {"name": "nsga2"},  # multi-objective, mixed-variable genome
+    {"name": "cmaes", "objective": {"weights": {"agree0": 1.0, "agree1": 1.0}}},  # single-objective, real vector
+], ids=["nsga2", "cmaes"])
+def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path, zoo, algorithm):
+    algorithm = dict(algorithm)
+    objective = algorithm.pop("objective", None)
     config = campaign(tmp_path, zoo, tasks=[
         {"task": "agreement_task:AgreementTask", "name": f"agree{i}",
          "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "delay": 0.05}}
-        for i, f in enumerate(zoo[1])])
+        for i, f in enumerate(zoo[1])], algorithm={"population": 8, "generations": 3, "seed": 3, **algorithm},
+        **({"objective": objective} if objective else {}))
     reference = tmp_path / "uninterrupted"
     subprocess.run([*EVO_MERGE, "run", str(config), "--out", str(reference)], env=env(), check=True,
                    capture_output=True, timeout=600)
@@ -176,7 +183,7 @@ def test_resume_refuses_a_changed_campaign(tmp_path, zoo):
 
 def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zoo):
     from evo_merge.config import AlgorithmSpec, Campaign
-    from evo_merge.search.campaign import config_fingerprint
+    from evo_merge.search.workspace import config_fingerprint
 
     class LaterAlgorithm(AlgorithmSpec):
         future_option: bool = False
@@ -193,7 +200,7 @@ def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zo
 
 def test_resolve_campaign_makes_every_path_absolute_against_the_campaign_folder(tmp_path):
     from evo_merge.config import Campaign
-    from evo_merge.search.campaign import resolve_campaign
+    from evo_merge.search.workspace import resolve_campaign
 
     campaign = Campaign.model_validate({
         "base_model": "zoo/base", "models": ["zoo/a", str(tmp_path / "b")],
@@ -239,7 +246,7 @@ def test_a_campaign_with_relative_paths_resumes_from_its_stored_config(tmp_path,
 
 
 def test_seeded_first_generation_starts_from_the_standard_merges(tmp_path, zoo):
-    from evo_merge.search.space import standard_merges
+    from evo_merge.search.candidate import standard_merges
 
     def first_generation(seeded):
         run = tmp_path / f"run-{seeded}"
