@@ -11,13 +11,15 @@ from __future__ import annotations
 import html
 import re
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~<>])")
+_LINE_START = re.compile(r"^(\d+)([.)])(?=\s|$)|^([-+=])")  # a list item or setext underline if it began a line
 
 
 def md(text: object) -> str:
     """`text` as literal Markdown inline text: one line, HTML entities, Markdown punctuation escaped."""
     one_line = " ".join(str(text).split())
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
+    escaped = _MD_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
+    return _LINE_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", escaped)
 
 
 def html_text(text: object) -> str:

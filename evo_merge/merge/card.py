@@ -191,7 +191,7 @@ def model_card(
     })
     if (index := model_index(title, (scores or {}).get("measured", {}), tasks or {})):
         front["model-index"] = index
-    over = f" over base {md(base.display)}" if base else ""
+    over = f" over the base model {md(base.display)}" if base else ""
     lines = [*front_matter(front), f"# {md(title)}", "",
              f"Built with [evo-merge](https://pypi.org/project/evo-merge/) using **{md(recipe.merge_method)}**{over}.", ""]
     lines += inputs_section(inputs, base, licenses)
