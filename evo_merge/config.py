@@ -1,102 +1,26 @@
-"""Schemas for the YAML files users write (merge recipes; campaigns), with errors that name the key.
+"""The campaign schema (`evo-merge run CAMPAIGN.yaml`), with errors that name the key.
 
-Recipes follow mergekit's schema for the methods both tools have, so an existing mergekit recipe
-for linear, task_arithmetic, ties, dare_linear, dare_ties or slerp runs unchanged.
+Merge recipes have their own schema beside the merge engine (`evo_merge.merge.recipe`).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def load_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{where}: malformed YAML: {problem}") from None
-
-
-def validate(model: type[M], data: Any, source: str | Path) -> M:
-    """Build `model` from `data`; on failure name the first bad key path in one line."""
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise UserError(f"{source}: {loc}: {msg}") from None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _scalar_params(value: dict[str, Any]) -> dict[str, Any]:
-    for key, v in value.items():
-        if isinstance(v, (list, dict)):
-            raise ValueError(f"{key}: per-layer gradients and tensor filters are not supported; give one value")
-    return value
-
-
-class ModelEntry(_Strict):
-    model: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("parameters")
-    @classmethod
-    def _scalars(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _scalar_params(value)
-
-
-class Recipe(_Strict):
-    """One merge, in mergekit's schema (plus `out_dtype` and `tokenizer_source` as in mergekit)."""
-
-    merge_method: str
-    base_model: str | None = None
-    models: list[ModelEntry] = Field(min_length=1)
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    dtype: str | None = None
-    out_dtype: str | None = None
-    tokenizer_source: str | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _scalars(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _scalar_params(value)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Recipe:
-        return validate(cls, load_yaml(path), path)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
-
-
-# --------------------------------------------------------------------------- campaigns
+from evo_merge.schema import Strict, load_yaml, validate
 
 ANCHOR_METHODS = ("kmeans-irt", "kmeans-correctness", "stratified", "random")
 ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full")
 DEFAULT_METHODS = {"task_arithmetic": {}, "ties": {}, "dare_ties": {}, "tsv": {}}
 
 
-class TaskSpec(_Strict):
+class TaskSpec(Strict):
     """One objective: a shipped benchmark name, an lm-eval task, a local YAML/folder or `module:attr`."""
 
     task: str
@@ -110,7 +34,7 @@ class TaskSpec(_Strict):
         return self.name or Path(self.task.split(":")[-1]).stem
 
 
-class Coefficients(_Strict):
+class Coefficients(Strict):
     low: float = 0.0
     high: float = 1.5
 
@@ -121,7 +45,7 @@ class Coefficients(_Strict):
         return self
 
 
-class EstimatorSpec(_Strict):
+class EstimatorSpec(Strict):
     """How candidates are scored: `full` scores every item (the expensive baseline)."""
 
     kind: Literal["anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full"] = "gpirt"
@@ -140,7 +64,7 @@ SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "cmaes")
 AlgorithmName = Literal["nsga2", "nsga3", "smsemoa", "ga", "cmaes"]
 
 
-class AlgorithmSpec(_Strict):
+class AlgorithmSpec(Strict):
     """A pymoo algorithm by name: multi-objective (one objective per task) or single-objective
     (`ga`, `cmaes`: the weighted sum declared in `objective.weights`)."""
 
@@ -153,14 +77,14 @@ class AlgorithmSpec(_Strict):
         "(task arithmetic lambda 0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
 
 
-class ObjectiveSpec(_Strict):
+class ObjectiveSpec(Strict):
     """A single weighted objective over the tasks, for single-objective algorithms (scores are
     oriented by each task's direction before weighting); every task is still estimated and stored."""
 
     weights: dict[str, float] | None = Field(None, description="task name -> weight")
 
 
-class EvaluatorSpec(_Strict):
+class EvaluatorSpec(Strict):
     """Where candidates are evaluated: in this process (`local`), or on a dask.distributed cluster
     (`dask`: an existing scheduler at `address`, or a LocalCluster of `n_workers` processes)."""
 
@@ -182,33 +106,33 @@ class EvaluatorSpec(_Strict):
         return self
 
 
-class FinalSpec(_Strict):
+class FinalSpec(Strict):
     evaluate_top: int = Field(8, ge=1, description="front members evaluated on every item")
     export: list[Literal["best_per_task", "balanced", "front"]] = Field(default_factory=lambda: ["best_per_task", "balanced"])
 
 
-class AlignSpec(_Strict):
+class AlignSpec(Strict):
     """Align endpoints trained from different initialisations once, before the search."""
 
-    method: Literal["weight", "activation", "mudsc", "c2m3"] = "weight"
+    method: AlignMethod = "weight"
     arch: str = Field(description="mlp, cnn, resnet, llama, gpt2, or a permutation-spec YAML file")
     data: str | None = Field(None, description="sample for activation-based methods (.safetensors x[,y] or text)")
     reference: Literal["first", "mean"] = Field("first", description="base of the task vectors after alignment")
     seed: int = 0
 
 
-class MLflowSpec(_Strict):
+class MLflowSpec(Strict):
     uri: str | None = Field(None, description="tracking URI (http://host:5000, file:./mlruns); None: MLFLOW_TRACKING_URI")
     experiment: str = "evo-merge"
 
 
-class WandbSpec(_Strict):
+class WandbSpec(Strict):
     project: str
     mode: Literal["offline", "online"] = "offline"
     entity: str | None = None
 
 
-class TrackingSpec(_Strict):
+class TrackingSpec(Strict):
     """Experiment trackers the campaign reports to (`pip install 'evo-merge[tracking]'`); they
     observe the run and never change what it computes."""
 
@@ -216,7 +140,7 @@ class TrackingSpec(_Strict):
     wandb: WandbSpec | None = None
 
 
-class Campaign(_Strict):
+class Campaign(Strict):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
     name: str = "campaign"

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
-from evo_merge.config import Recipe
 from evo_merge.markup import md
+from evo_merge.merge.recipe import Recipe
 from evo_merge.tasks.meta import TaskMeta
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -28,26 +28,33 @@ Scores = Mapping[str, Mapping[str, float]]
 
 
 @dataclass(frozen=True)
-class ModelRef:
-    """An input model as a card names it: a Hub id (with revision) or a local folder's name."""
+class CardInput:
+    """An input model as a card names it: a Hub id (with revision) or a local folder's name, and
+    the name of a LoRA adapter applied to it."""
 
     label: str
     hub_id: str | None = None
     revision: str | None = None
     folder: Path | None = None
+    adapter: str | None = None
 
     @property
     def display(self) -> str:
-        return f"{self.hub_id}@{self.revision}" if self.hub_id and self.revision else self.label
+        name = f"{self.hub_id}@{self.revision}" if self.hub_id and self.revision else self.label
+        return f"{name} + LoRA {self.adapter}" if self.adapter else name
 
 
-def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None = None) -> ModelRef:
-    """How the card names the input `reference` (a recipe's `model:` string).
+def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None = None) -> CardInput:
+    """How the card names the input `reference` (a recipe's model string: a folder or
+    `org/name[@rev]`, either followed by `+adapter`).
 
     Explicit `hub_id`/`revision` win; a folder inside the Hub cache (models--org--name/snapshots/
     SHA) is that Hub model at that revision; `org/name[@rev]` that is not a local path is a Hub id;
     anything else is a local folder, named by its last component."""
     path = Path(reference).expanduser()
+    if "+" in reference and not path.exists():
+        model, adapter = reference.rsplit("+", 1)
+        return replace(model_ref(model, hub_id=hub_id, revision=revision), adapter=Path(adapter).name)
     folder = path if path.is_dir() else None
     if hub_id is None and (cached := _CACHE_SNAPSHOT.search(str(reference))):
         hub_id, revision = f"{cached['org']}/{cached['name']}", revision or cached["rev"]
@@ -56,8 +63,19 @@ def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None
         if _HUB_ID.match(name):
             hub_id, revision = name, revision or rev or None
     if hub_id is not None:
-        return ModelRef(hub_id, hub_id, revision, folder)
-    return ModelRef(path.name or reference, folder=folder)
+        return CardInput(hub_id, hub_id, revision, folder or cached_snapshot(hub_id, revision))
+    return CardInput(path.name or reference, folder=folder)
+
+
+def cached_snapshot(hub_id: str, revision: str | None) -> Path | None:
+    """The Hub model's folder in the local cache (for its license), found offline; None if not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in ("README.md", "config.json"):
+        found = try_to_load_from_cache(hub_id, name, revision=revision)
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
 
 
 def read_license(folder: Path | None) -> str | None:
@@ -86,7 +104,7 @@ def read_license(folder: Path | None) -> str | None:
     return None
 
 
-def license_fields(inputs: Sequence[ModelRef]) -> tuple[dict[str, str], dict[str, str | None]]:
+def license_fields(inputs: Sequence[CardInput]) -> tuple[dict[str, str], dict[str, str | None]]:
     """(front-matter license keys, license per input label). One license shared by every input is
     inherited; otherwise `other`, with the list in the prose. Nothing known: no license key."""
     licenses = {ref.display: read_license(ref.folder) for ref in inputs}
@@ -147,8 +165,8 @@ def front_matter(front: Mapping) -> list[str]:
     return ["---", text, "---", ""]
 
 
-def inputs_section(inputs: Sequence[ModelRef], base: ModelRef | None, licenses: Mapping[str, str | None]) -> list[str]:
-    def line(ref: ModelRef) -> str:
+def inputs_section(inputs: Sequence[CardInput], base: CardInput | None, licenses: Mapping[str, str | None]) -> list[str]:
+    def line(ref: CardInput) -> str:
         role = " (base)" if base is not None and ref == base else ""
         where = (f"[{md(ref.hub_id)}](https://huggingface.co/{ref.hub_id})" + (f" at revision {md(ref.revision)}" if ref.revision else "")
                  if ref.hub_id else f"{md(ref.label)}: a local folder, not a Hub model")
@@ -164,7 +182,7 @@ def model_card(
     scores: Scores | None = None,
     tasks: Mapping[str, TaskMeta] | None = None,
     stderr: Mapping[str, float] | None = None,
-    refs: Mapping[str, ModelRef] | None = None,
+    refs: Mapping[str, CardInput] | None = None,
 ) -> str:
     """A README.md for a merged model folder.
 
@@ -174,7 +192,8 @@ def model_card(
     refs = refs or {}
     ref_of = lambda reference: refs.get(reference) or model_ref(reference)  # noqa: E731
     base = ref_of(recipe.base_model) if recipe.base_model else None
-    merged = [ref_of(m.model) for m in recipe.models if m.model != recipe.base_model]
+    merged = [ref_of(m) for m in recipe.references() if m != recipe.base_model]
+    entries = recipe.models or [source for out in recipe.slices for source in out.sources]
     inputs = ([base] if base else []) + merged
     license_keys, licenses = license_fields(inputs)
     hub_ids = list(dict.fromkeys(ref.hub_id for ref in inputs if ref.hub_id))
@@ -187,7 +206,9 @@ def model_card(
         "merge_method": recipe.merge_method,
         "merged_models": [ref.display for ref in merged],
         "merge_parameters": {"global": recipe.parameters,
-                             "models": [{"model": ref_of(m.model).display, "parameters": m.parameters} for m in recipe.models]},
+                             "models": [{"model": ref_of(e.model).display, "parameters": e.parameters,
+                                         **({"layer_range": list(e.layer_range)} if hasattr(e, "layer_range") else {})}
+                                        for e in entries]},
     })
     if (index := model_index(title, (scores or {}).get("measured", {}), tasks or {})):
         front["model-index"] = index

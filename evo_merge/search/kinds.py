@@ -57,7 +57,7 @@ class CandidateKind(Protocol):
 
 def candidate_recipe(candidate: Candidate, base: Path, models: list[Path], out_dtype: str):
     """The mergekit-style recipe of a static-merge candidate, as `evo-merge merge` takes it."""
-    from evo_merge.config import Recipe
+    from evo_merge.merge.recipe import Recipe
 
     return Recipe.model_validate({
         "merge_method": candidate.method,

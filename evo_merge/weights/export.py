@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from evo_merge.errors import UserError
+from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, tokenizer_files
 from evo_merge.weights.dtypes import dtype_name
 
@@ -35,6 +36,7 @@ def write_model_folder(
     extra_files: Mapping[str, str | bytes] = {},
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    copy_tokenizer: bool = True,
     overwrite: bool = False,
 ) -> Path:
     """Stream `tensors` into `out` as HF safetensors shards, with config and tokenizer files.
@@ -44,7 +46,8 @@ def write_model_folder(
     bytes, e.g. README.md) are written last. `dtype` casts floating tensors on write; the
     written config's `dtype` (and `torch_dtype`, if present) records the floating dtype actually
     written. An existing `out` is refused unless `overwrite`, and then replaced only once the
-    new folder is complete.
+    new folder is complete. `copy_tokenizer=False` copies only the config files (the caller
+    writes a tokenizer of its own through `extra_files`).
     """
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
@@ -57,7 +60,8 @@ def write_model_folder(
     try:
         written_dtypes = _write_shards(tmp, tensors, dtype, max_shard_bytes)
         if source is not None:
-            for file in [*(source / name for name in COPIED_FILES), *tokenizer_files(source)]:
+            tokenizer = tokenizer_files(source) if copy_tokenizer else []
+            for file in [*(source / name for name in COPIED_FILES), *tokenizer]:
                 if file.is_file():
                     shutil.copy2(file, tmp / file.name)
         _write_config(tmp, config, written_dtypes)
@@ -144,7 +148,7 @@ def _write_config(folder: Path, overrides: dict | None, written: set[torch.dtype
         return
     config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
     config.update(overrides or {})
-    if len(written) == 1 and "model_type" in config:  # transformers' key; a plain network's config stays as is
+    if len(written) == 1 and hf_model_type(config) is not None:  # a plain network's config stays as is
         name = dtype_name(next(iter(written)))
         config["dtype"] = name
         if "torch_dtype" in config:

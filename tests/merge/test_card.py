@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, GenerationConfig
 
 from evo_merge.cli import cli
-from evo_merge.config import Recipe
+from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.card import model_card, model_ref
 from evo_merge.merge.export import export_merge
 from evo_merge.merge.plan import plan_from_recipe
@@ -65,6 +65,8 @@ def test_hub_inputs_become_base_model_with_revisions(tmp_path):
     assert "at revision 0123456789abcdef" in card.text and str(tmp_path) not in card.content
     ref = model_ref("some/path", hub_id="org/x", revision="abc")
     assert (ref.hub_id, ref.revision, ref.display) == ("org/x", "abc", "org/x@abc")
+    lora = model_ref(f"org/x@abc+{tmp_path}/adapters/my-lora")
+    assert (lora.hub_id, lora.display) == ("org/x", "org/x@abc + LoRA my-lora")
 
 
 def test_license_is_inherited_only_when_all_inputs_agree(zoo, tmp_path):
