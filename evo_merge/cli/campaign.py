@@ -83,7 +83,6 @@ def _run(runner) -> None:
 
     from evo_merge.cli.progress import StageBars
     from evo_merge.report.campaign import write_report
-
     from evo_merge.report.tracking import follow_campaign
 
     workspace = runner.workspace

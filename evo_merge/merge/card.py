@@ -154,8 +154,8 @@ def scores_section(scores: Scores | None, stderr: Mapping[str, float] | None = N
     lines += [f"| {md(task)} | " + " | ".join(cell(k, task) for k in kinds) + " |" for task in tasks]
     lines.append("")
     if "estimated" in scores:
-        lines += ["Estimated scores come from a few anchor items and an IRT model; only measured scores "
-                  "(every item of the task) are in the `model-index` metadata.", ""]
+        lines += [("Estimated scores come from a few anchor items and an IRT model; only measured scores "
+                   "(every item of the task) are in the `model-index` metadata."), ""]
     return lines
 
 
@@ -190,7 +190,10 @@ def model_card(
     task for `model-index`; `stderr` is the measured standard error per task; `refs` overrides how
     a recipe model string is named (e.g. a Hub id and revision the caller resolved)."""
     refs = refs or {}
-    ref_of = lambda reference: refs.get(reference) or model_ref(reference)  # noqa: E731
+
+    def ref_of(reference: str) -> CardInput:
+        return refs.get(reference) or model_ref(reference)
+
     base = ref_of(recipe.base_model) if recipe.base_model else None
     merged = [ref_of(m) for m in recipe.references() if m != recipe.base_model]
     entries = recipe.models or [source for out in recipe.slices for source in out.sources]

@@ -106,11 +106,11 @@ def write_report(run_dir: Path, store: CampaignStore, facts: dict,
     n_search = int(((table.phase == "search")).sum())
     failed = table[table.status == "failed"]
     facts = [f"evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
-             f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
-             f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)",
-             f"item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
-             f"front {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
-             f"{store.items_evaluated(measured=True):,}"]
+             (f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
+              f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)"),
+             (f"item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
+              f"front {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
+              f"{store.items_evaluated(measured=True):,}")]
     summary = _summary(table, tasks)
     lines = ["# Campaign report", "", *[f"- {fact}" for fact in facts], "",
              "## Reference models and measured front", "",

@@ -48,7 +48,7 @@ def reference_label(row: pd.Series) -> str:
     weights = [float(w) for w in str(row["weights"]).split()]
     if not any(weights):
         return "base"
-    if sorted(weights)[-1] == 1.0 and sum(weights) == 1.0 and row["params"] in ("lambda=1", ""):
+    if max(weights) == 1.0 and sum(weights) == 1.0 and row["params"] in ("lambda=1", ""):
         return f"endpoint {weights.index(1.0)}"
     return "warm-up"
 

@@ -11,9 +11,9 @@ from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.kinds import Evidence, candidate_kind
 from evo_merge.search.store import CampaignStore, Evaluation
+from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
-from evo_merge.search.workspace import Workspace
 
 
 def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *, evaluator: Evaluator | None = None,

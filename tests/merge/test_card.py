@@ -12,10 +12,10 @@ from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, GenerationConfig
 
 from evo_merge.cli import cli
-from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.card import model_card, model_ref
 from evo_merge.merge.export import export_merge
 from evo_merge.merge.plan import plan_from_recipe
+from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.results import ITEM_SCORES_FILE, RESULTS_FILE, write_results
 from evo_merge.tasks.meta import TaskMeta, task_meta
 from evo_merge.zoo.tiny import save_tiny_family
@@ -107,7 +107,7 @@ def test_user_strings_cannot_inject_markup_or_end_the_front_matter(zoo, tmp_path
 
 
 def test_export_carries_chat_template_generation_config_and_results(zoo, tmp_path):
-    root, base, fts = zoo
+    _, base, fts = zoo
     templated = tmp_path / "templated-base"
     shutil.copytree(base, templated)
     template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"

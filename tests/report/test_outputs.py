@@ -16,7 +16,7 @@ from evo_merge.report.campaign import write_report
 from evo_merge.report.upload import plan_upload
 from evo_merge.weights import write_model_folder
 
-EXTERNAL = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.I)
+EXTERNAL = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.IGNORECASE)
 
 
 def exported(run):
@@ -58,7 +58,7 @@ def test_report_html_is_self_contained_and_shows_every_front_member(tracked_run)
 def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
     from mlflow import MlflowClient
 
-    _, run, uri = tracked_run
+    _, _, uri = tracked_run
     client = MlflowClient(uri)
     (mlrun,) = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
     assert mlrun.info.status == "FINISHED"

@@ -5,6 +5,7 @@ import json
 import struct
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TASKS
@@ -50,7 +51,7 @@ def test_mlflow_run_holds_generations_evaluations_and_artifacts(small_store, tmp
     assert [(m.step, m.value) for m in measured] == [(3, 0.45)]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.md", "evaluations.json"} <= artifacts
-    rows = json.loads(open(client.download_artifacts(run.info.run_id, "evaluations.json", str(tmp_path))).read())
+    rows = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluations.json", str(tmp_path))).read_text())
     assert [r["id"] for r in rows] == [1, 2, 3, 4] and rows[2]["weight_1"] == 0.5 and rows[2]["measured_beta"] == 0.35
 
     # a resumed campaign continues the same run
@@ -82,7 +83,7 @@ def read_wandb_log(run_dir):
     from wandb.proto import wandb_internal_pb2
 
     (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
-    raw, pos, chunk, out = open(path, "rb").read(), 7, b"", []
+    raw, pos, chunk, out = Path(path).read_bytes(), 7, b"", []
     while pos + 7 <= len(raw):
         if 32768 - pos % 32768 < 7:
             pos += 32768 - pos % 32768
