@@ -91,6 +91,7 @@ def _run(runner) -> None:
         runner.progress = bars
         measured, exported = runner.run()
     store = workspace.store
+    store.set_meta("exported", {name: [eid, str(folder)] for name, (eid, folder) in exported.items()})
     report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
     for evaluation in measured:
         tracker.log_evaluation(evaluation)
@@ -146,11 +147,13 @@ def status(run: Path) -> None:
 @click.command()
 @RUN_DIR
 def report(run: Path) -> None:
-    """(Re)write report.md, pareto.csv and the plots of a run."""
+    """(Re)write report.md, report.html, pareto.csv and the plots of a run."""
     from evo_merge.report.campaign import write_report
 
     store, facts = _store(run)
-    click.echo(f"wrote {write_report(run, store, facts)}")
+    exported = {name: (eid, Path(folder)) for name, (eid, folder) in (store.get_meta("exported") or {}).items()
+                if Path(folder).is_dir()}  # picks exported by `run` / `resume` and still there
+    click.echo(f"wrote {write_report(run, store, facts, exported)}")
 
 
 @click.command()

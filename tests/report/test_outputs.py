@@ -53,6 +53,9 @@ def test_report_html_is_self_contained_and_shows_every_front_member(tracked_run)
         assert f"#{evaluation_id} " in html, evaluation_id
     for folder in exported(run):
         assert f'id="pick-{folder.name}"' in html
+    (run / "report.html").unlink()
+    assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0  # rewritten from the store, cards included
+    assert all(f'id="pick-{folder.name}"' in (run / "report.html").read_text() for folder in exported(run))
 
 
 def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
