@@ -120,3 +120,17 @@ def test_reports_escape_user_strings(small_store, tmp_path):
     assert "## Fake section" not in report and "<b>" not in report and "evil\\`name" in report
     html = (small_store.run_dir / "report.html").read_text()
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html and "<b>" not in html
+
+
+def test_push_goes_no_further_than_the_network_call_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from evo_merge.report.upload import push_to_hub
+
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the test suite never reaches the network
+    folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))], extra_files={"README.md": "# fine\n"})
+    plan = plan_upload(folder)
+    assert [name for name, _ in plan.files] == ["README.md", "model.safetensors"]
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
+        push_to_hub(plan, "me/tiny-merge", private=True, revision="v1")
