@@ -182,20 +182,14 @@ def model_card(
     scores: Scores | None = None,
     tasks: Mapping[str, TaskMeta] | None = None,
     stderr: Mapping[str, float] | None = None,
-    refs: Mapping[str, CardInput] | None = None,
 ) -> str:
     """A README.md for a merged model folder.
 
     `scores` maps a score kind ("estimated", "measured") to {task: value}; `tasks` describes each
-    task for `model-index`; `stderr` is the measured standard error per task; `refs` overrides how
-    a recipe model string is named (e.g. a Hub id and revision the caller resolved)."""
-    refs = refs or {}
-
-    def ref_of(reference: str) -> CardInput:
-        return refs.get(reference) or model_ref(reference)
-
-    base = ref_of(recipe.base_model) if recipe.base_model else None
-    merged = [ref_of(m) for m in recipe.references() if m != recipe.base_model]
+    task for `model-index`; `stderr` is the measured standard error per task. Inputs are named
+    from the recipe's model strings (Hub ids as `org/name@revision`, see `model_ref`)."""
+    base = model_ref(recipe.base_model) if recipe.base_model else None
+    merged = [model_ref(m) for m in recipe.references() if m != recipe.base_model]
     entries = recipe.models or [source for out in recipe.slices for source in out.sources]
     inputs = ([base] if base else []) + merged
     license_keys, licenses = license_fields(inputs)
@@ -209,7 +203,7 @@ def model_card(
         "merge_method": recipe.merge_method,
         "merged_models": [ref.display for ref in merged],
         "merge_parameters": {"global": recipe.parameters,
-                             "models": [{"model": ref_of(e.model).display, "parameters": e.parameters,
+                             "models": [{"model": model_ref(e.model).display, "parameters": e.parameters,
                                          **({"layer_range": list(e.layer_range)} if hasattr(e, "layer_range") else {})}
                                         for e in entries]},
     })
