@@ -176,6 +176,25 @@ def _inside_domain(hyperparameter: Any, low: float, high: float, where: str) -> 
                          f"[{hyperparameter.low}, {hyperparameter.high}]")
 
 
+class MLflowSpec(_Checked):
+    uri: str | None = Field(None, description="tracking URI (http://host:5000, file:./mlruns); None: MLFLOW_TRACKING_URI")
+    experiment: str = "evo-merge"
+
+
+class WandbSpec(_Checked):
+    project: str
+    mode: Literal["offline", "online"] = "offline"
+    entity: str | None = None
+
+
+class TrackingSpec(_Checked):
+    """Experiment trackers the campaign reports to (`pip install 'evo-merge[tracking]'`); they
+    observe the run and never change what it computes."""
+
+    mlflow: MLflowSpec | None = None
+    wandb: WandbSpec | None = None
+
+
 class Campaign(_Checked):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
@@ -194,6 +213,7 @@ class Campaign(_Checked):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    tracking: TrackingSpec | None = None
 
     @field_validator("device")
     @classmethod
