@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
+from evo_merge.irt.kinds import ANCHOR_METHODS, BACKEND_NAMES, CAMPAIGN_ESTIMATOR_KINDS
 from evo_merge.schema import Strict, load_yaml, validate
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
@@ -38,8 +39,6 @@ class _Checked(Strict):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-ANCHOR_METHODS = ("kmeans-irt", "kmeans-correctness", "stratified", "random")
-ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full")
 DEFAULT_METHODS = {"task_arithmetic": {}, "ties": {}, "dare_ties": {}, "tsv": {}}
 
 
@@ -82,13 +81,18 @@ class Coefficients(_Checked):
 class EstimatorSpec(_Checked):
     """How candidates are scored: `full` scores every item (the expensive baseline)."""
 
-    kind: Literal["anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full"] = "gpirt"
+    kind: Literal[CAMPAIGN_ESTIMATOR_KINDS] = "gpirt"
     anchors: int = Field(20, ge=1, description="anchor items per task scenario")
-    anchor_method: Literal["kmeans-irt", "kmeans-correctness", "stratified", "random"] = "kmeans-irt"
+    anchor_method: Literal[ANCHOR_METHODS] = "kmeans-irt"
     irt_model: str | None = Field(None, description="fitted IRT folder per task name; None: fit from calibration")
-    backend: Literal["torch", "pyirt"] = "torch"
+    backend: Literal[BACKEND_NAMES] = "torch"
+    lr: float | None = Field(None, gt=0, description="pyirt backend learning rate (None: its default)")
+    epochs: int | None = Field(None, ge=1, description="pyirt backend training epochs (None: its default)")
     dims: int | Literal["auto"] = "auto"
     warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
+    target_se: float = Field(0.03, gt=0, lt=1, description="adaptive: stop a task's test once its scenarios' "
+                             "standard errors are below this")
+    max_items: int = Field(50, ge=1, description="adaptive: at most this many items per scenario and candidate")
 
 
 # pymoo's MOEA/D is steady-state (one candidate per ask), which would evaluate one candidate at a
@@ -175,6 +179,25 @@ def _inside_domain(hyperparameter: Any, low: float, high: float, where: str) -> 
                          f"[{hyperparameter.low}, {hyperparameter.high}]")
 
 
+class MLflowSpec(_Checked):
+    uri: str | None = Field(None, description="tracking URI (http://host:5000, file:./mlruns); None: MLFLOW_TRACKING_URI")
+    experiment: str = "evo-merge"
+
+
+class WandbSpec(_Checked):
+    project: str
+    mode: Literal["offline", "online"] = "offline"
+    entity: str | None = None
+
+
+class TrackingSpec(_Checked):
+    """Experiment trackers the campaign reports to (`pip install 'evo-merge[tracking]'`); they
+    observe the run and never change what it computes."""
+
+    mlflow: MLflowSpec | None = None
+    wandb: WandbSpec | None = None
+
+
 class Campaign(_Checked):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
@@ -193,6 +216,7 @@ class Campaign(_Checked):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    tracking: TrackingSpec | None = None
 
     @field_validator("device")
     @classmethod

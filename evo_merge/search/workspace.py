@@ -52,13 +52,15 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
 def config_fingerprint(campaign: Campaign) -> str:
     """Identifies what a run computes: where it is evaluated (local or which cluster) is left out,
     so a run started locally can be resumed on a cluster and back; so are settings at their
-    defaults, so a setting added in a later version leaves older runs resumable."""
+    defaults, so a setting added in a later version leaves older runs resumable; so is where it
+    is tracked (trackers observe, they compute nothing)."""
     # storage placement and budgets change where tensors are kept, not what is computed (#13)
     storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
                                                   "device_budget_gib": None})
     where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"}),
                                         "storage": storage})
-    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}}, exclude_defaults=True)
+    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}, "tracking": True},
+                                 exclude_defaults=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
