@@ -23,6 +23,7 @@ from evo_merge.search.front import measure_front, picks
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog, Progress, no_progress
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import Evaluation
@@ -126,6 +127,7 @@ class CampaignRunner:
         try:
             self.calibrate()
             self.search()
+            resolve_front(self.log, self.objectives)
             measured = self.measure_front()
             chosen = picks(measured, self.objectives, self.workspace.campaign.final.export)
             exported = export_picks(self.workspace, chosen, self._evaluator)

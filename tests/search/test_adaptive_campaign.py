@@ -59,3 +59,32 @@ def test_a_replay_continues_every_test_from_the_store(run):
     before = search_items(run)
     assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0
     assert search_items(run) == before
+
+
+def test_refining_continues_a_test_to_a_smaller_error_with_more_items(run):
+    """What `resolve_front` does to an overlapping member: its test goes on at half the target SE."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.campaign import CampaignRunner
+
+    runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+    runner.calibrate()  # replayed: every calibration subject and the IRT models come from the run folder
+    store = runner.workspace.store
+    chosen = max((e for e in store.evaluations("search") if e.status == "ok" and e.measured is None),
+                 key=lambda e: max(e.estimate_se.values()))
+    runner.log.refine([chosen], 0.5, "refine")
+    after = store.get(chosen.key)
+    assert after.items_evaluated > chosen.items_evaluated
+    assert max(after.estimate_se.values()) < max(chosen.estimate_se.values())
+    runner.close()
+
+
+def test_overlap_is_judged_on_every_task():
+    from evo_merge.search.refine import overlapping
+    from evo_merge.search.store import Evaluation
+
+    def ev(i, a, b, se):
+        return Evaluation(i, str(i), "search", 1, "ties", "ok", {"x": a, "y": b}, None, 10, 0.0, None,
+                          {"x": se, "y": se})
+
+    close, near, far = ev(1, 0.50, 0.50, 0.02), ev(2, 0.53, 0.51, 0.02), ev(3, 0.60, 0.40, 0.02)
+    assert [e.id for e in overlapping([close, near, far], ["x", "y"])] == [1, 2]
