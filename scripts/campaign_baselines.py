@@ -25,7 +25,7 @@ from evo_merge.search.scoring import task_scores
 def baselines(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)) -> dict[str, dict[str, float]]:
     """Task score per baseline, measured on every item of the campaign's tasks (not stored)."""
     grid = list(standard_merges(len(runner.workspace.models), lambdas).items())
-    jobs = [(candidate, runner.scoring.all_items()) for _, candidate in grid]
+    jobs = [(candidate, runner.scoring.search_items()) for _, candidate in grid]
     out = {}
     for index, outcome, _ in runner.evaluator().evaluate_many(jobs):
         if not isinstance(outcome, CandidateFailed):

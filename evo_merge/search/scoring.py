@@ -31,16 +31,25 @@ def task_scores(scores: ItemScores, names: Sequence[str]) -> dict[str, float]:
 class Scoring:
     """Holds the fitted estimators once `calibrate` ran; `estimate` turns anchor scores into task scores."""
 
-    def __init__(self, spec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path, seed: int):
+    def __init__(self, spec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path, seed: int,
+                 holdout: Mapping[str, Sequence[str]] | None = None):
         self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
+        self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}
         self.estimators: dict[str, Estimator] | None = None
 
     @property
     def names(self) -> list[str]:
         return list(self.tasks)
 
-    def all_items(self) -> dict[str, None]:
-        return {name: None for name in self.names}
+    def search_items(self) -> dict[str, list[str] | None]:
+        """Every item calibration and the search may see: all but the held-out ones (None: all)."""
+        return {name: [i for i in task.item_ids if i not in self.holdout[name]] if self.holdout[name] else None
+                for name, task in self.tasks.items()}
+
+    def search_scores(self, scores: ItemScores) -> dict[str, float]:
+        """Mean score per task on its search items (the held-out ones left out)."""
+        return task_scores({n: {i: v for i, v in scores[n].items() if i not in self.holdout[n]} for n in self.names},
+                           self.names)
 
     def subjects(self, n_models: int, warmup: Sequence[Candidate]) -> Subjects:
         """Base and endpoints, then warm-up merges when IRT is fitted here."""
@@ -56,7 +65,7 @@ class Scoring:
 
     def anchor_items(self) -> dict[str, list[str] | None]:
         if self.estimators is None:
-            return self.all_items()
+            return self.search_items()
         return {name: list(self.estimators[name].anchor_ids) for name in self.names}
 
     def estimate(self, scores: ItemScores) -> dict[str, float]:
@@ -73,7 +82,8 @@ class Scoring:
         scenarios = self.tasks[name].scenarios or {}
         rows = [(label, item, score, scenarios.get(item, name))
                 for label, candidate in subjects
-                for item, score in self.store.item_scores(candidate.key, name).get(name, {}).items()]
+                for item, score in self.store.item_scores(candidate.key, name).get(name, {}).items()
+                if item not in self.holdout[name]]  # endpoints measured on the holdout since: never fitted on
         return pd.DataFrame(rows, columns=["subject", "item", "score", "scenario"])
 
     def _estimator(self, name: str, subjects: Subjects) -> Estimator:
