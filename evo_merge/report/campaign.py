@@ -13,6 +13,9 @@ import numpy as np
 import pandas as pd
 
 from evo_merge.search.candidate import Candidate
+from evo_merge.search.export import EXPORTED_META
+from evo_merge.search.front import BASELINE, BASELINES_META
+from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import CampaignStore, Evaluation
 
@@ -62,7 +65,7 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 5))
     search = table[(table.phase == "search") & (table.status == "ok")]
     ax.scatter(search[f"est_{x}"], search[f"est_{y}"], s=12, alpha=0.4, label="candidates (estimated)")
-    measured = table[table[f"meas_{x}"].notna() & (table.phase == "search")]
+    measured = table[table[f"meas_{x}"].notna() & table.phase.isin(["search", BASELINE])]
     ax.scatter(measured[f"est_{x}"], measured[f"est_{y}"], marker="o", facecolors="none", edgecolors="C1",
                label="front (estimated)")
     ax.scatter(measured[f"meas_{x}"], measured[f"meas_{y}"], marker="*", s=80, color="C1", label="front (measured)")
@@ -92,12 +95,14 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
 
 def write_report(run_dir: Path, store: CampaignStore, facts: dict,
                  exported: dict[str, tuple[int, Path]] | None = None) -> Path:
-    """Write pareto.csv, the plots and report.md from the store and the run's facts."""
+    """Write pareto.csv, the plots and report.md from the store and the run's facts (the
+    exported picks are the stored ones unless given)."""
+    exported = exported or {name: (i, Path(p)) for name, (i, p) in store.get_meta(EXPORTED_META, {}).items()}
     objectives = facts_objectives(facts)
     tasks = list(objectives.names)
     full_items = sum(t["items"] for t in facts["tasks"])
     table = evaluation_table(store.evaluations(), tasks)
-    front = table[(table.phase == "search") & table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
+    front = table[table.phase.isin(["search", BASELINE]) & table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
     front.to_csv(run_dir / "pareto.csv", index=False)
     progress = progress_table(store, objectives)
     plot_pareto(table, tasks, run_dir / "pareto.png")
@@ -114,8 +119,12 @@ def write_report(run_dir: Path, store: CampaignStore, facts: dict,
              f"- item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
              f"front {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
              f"{store.items_evaluated(measured=True):,}", "",
-             "## Reference models and measured front", "",
-             _summary(table, tasks).to_markdown(index=False, floatfmt=".3f", missingval=""), "",
+             *_holdout_line(store.get_meta(HOLDOUT_META, {})),
+             "## Reference models and measured candidates", "",
+             "Estimated (`est_`) and measured on the search items (`meas_`)"
+             + (", and on the held-out items (`held_`)" if any(store.get_meta(HOLDOUT_META, {}).values()) else "")
+             + "; `baseline`: a standard merge; `picked as`: the exports it was chosen for.", "",
+             _summary(table, tasks, store, exported).to_markdown(index=False, floatfmt=".3f", missingval=""), "",
              "![Pareto front](pareto.png)", "", "![Progress](progress.png)", ""]
     if exported:
         lines += ["## Exported models", ""] + [f"- `{name}`: evaluation {i} → `{path}`" for name, (i, path) in exported.items()]
@@ -127,9 +136,31 @@ def write_report(run_dir: Path, store: CampaignStore, facts: dict,
     return path
 
 
-def _summary(table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
-    """Everything measured on all items: base, endpoints, warm-up merges and the front."""
-    measured = table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
-    cols = ["id", "phase", "method", "weights", "params"] + [c for t in tasks for c in (f"est_{t}", f"meas_{t}")]
-    return measured[cols]
+def _holdout_line(holdout: dict[str, list[str]]) -> list[str]:
+    if not any(holdout.values()):
+        return ["- held-out items: none (every reported score is on items the search chose on)", ""]
+    counts = ", ".join(f"{task} {len(items)}" for task, items in holdout.items())
+    return [f"- held-out items (never seen by calibration, anchors or search): {counts}", ""]
+
+
+def _summary(table: pd.DataFrame, tasks: Sequence[str], store: CampaignStore,
+             exported: dict[str, tuple[int, Path]]) -> pd.DataFrame:
+    """Everything measured on all items: base, endpoints, warm-up merges, baselines and the
+    final phase's candidates, with held-out scores and the picks each was exported as."""
+    measured = table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)].copy()
+    holdout, baselines = store.get_meta(HOLDOUT_META, {}), store.get_meta(BASELINES_META, {})
+    keys = _keys(store, measured.id)
+    held = [held_out_scores(store, key, holdout) or {} for key in keys]
+    measured["baseline"] = [baselines.get(key, "") for key in keys]
+    measured["picked as"] = [", ".join(n for n, (i, _) in exported.items() if i == e) for e in measured.id]
+    columns = [(f"est_{t}", f"meas_{t}") + ((f"held_{t}",) if any(holdout.get(t, ())) else ()) for t in tasks]
+    for t in tasks:
+        measured[f"held_{t}"] = [h.get(t) for h in held]
+    cols = ["id", "phase", "method", "weights", "params", "baseline", "picked as"] + [c for group in columns for c in group]
+    return measured[cols].astype(object).where(measured[cols].notna(), None)  # blank, not nan, where not measured
+
+
+def _keys(store: CampaignStore, ids: Sequence[int]) -> list[str]:
+    by_id = {e.id: e.key for e in store.evaluations()}
+    return [by_id[i] for i in ids]
 

@@ -12,6 +12,8 @@ from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.store import CampaignStore, Evaluation
 from evo_merge.search.workspace import Workspace
 
+EXPORTED_META = "exported"  # store meta: pick name -> [evaluation id, folder]
+
 
 def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[str, float]]:
     """The card's scores: estimated, and measured; with a holdout, `measured` is the held-out
@@ -34,7 +36,8 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
 
 def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluator: Evaluator | None = None
                  ) -> dict[str, tuple[int, Path]]:
-    """Export each chosen candidate once, under the first name that picked it, into models/."""
+    """Export each chosen candidate once, under the first name that picked it, into models/;
+    the picks are recorded in the store for the report."""
     exported: dict[str, tuple[int, Path]] = {}
     folders: dict[int, Path] = {}
     for name, evaluation in chosen.items():
@@ -42,4 +45,5 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
             folders[evaluation.id] = export_candidate(workspace, evaluation, workspace.run_dir / "models" / name,
                                                       evaluator=evaluator, overwrite=True)
         exported[name] = (evaluation.id, folders[evaluation.id])
+    workspace.store.set_meta(EXPORTED_META, {name: [i, str(path)] for name, (i, path) in exported.items()})
     return exported
