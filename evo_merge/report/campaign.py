@@ -117,13 +117,13 @@ def write_report(run_dir: Path, store: CampaignStore, facts: dict,
              f"- item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
              f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)",
              f"- item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
-             f"front {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
+             f"final phase {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
              f"{store.items_evaluated(measured=True):,}", "",
              *_holdout_line(store.get_meta(HOLDOUT_META, {})),
              "## Reference models and measured candidates", "",
-             "Estimated (`est_`) and measured on the search items (`meas_`)"
-             + (", and on the held-out items (`held_`)" if any(store.get_meta(HOLDOUT_META, {}).values()) else "")
-             + "; `baseline`: a standard merge; `picked as`: the exports it was chosen for.", "",
+             ("Estimated (`est_`) and measured on the search items (`meas_`)"
+              + (", and on the held-out items (`held_`)" if any(store.get_meta(HOLDOUT_META, {}).values()) else "")
+              + "; `baseline`: a standard merge; `picked as`: the exports it was chosen for."), "",
              _summary(table, tasks, store, exported).to_markdown(index=False, floatfmt=".3f", missingval=""), "",
              "![Pareto front](pareto.png)", "", "![Progress](progress.png)", ""]
     if exported:

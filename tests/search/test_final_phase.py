@@ -52,7 +52,7 @@ def finished(tmp_path_factory, zoo):  # noqa: F811
 
 
 def test_held_out_items_never_reach_calibration_anchors_or_search(finished):
-    run, runner, before_final, anchors = finished
+    run, _, before_final, anchors = finished
     holdout = CampaignStore(run).get_meta("holdout")
     for task in ("agree0", "agree1"):
         assert len(holdout[task]) == 30  # 25% of 120, stratified: 15 of each scenario (even/odd item numbers)
@@ -68,7 +68,7 @@ def test_held_out_items_never_reach_calibration_anchors_or_search(finished):
 
 
 def test_measured_candidates_carry_search_and_held_out_scores(finished):
-    run, _, _, _ = finished
+    run = finished[0]
     db = sqlite3.connect(run / "state.sqlite")
     holdout = CampaignStore(run).get_meta("holdout")
     measured = db.execute("SELECT id, measured FROM evaluations WHERE measured IS NOT NULL AND phase != 'calibration'")
@@ -85,7 +85,7 @@ def test_measured_candidates_carry_search_and_held_out_scores(finished):
 
 
 def test_picks_are_the_best_measured_candidates_and_cards_show_held_out_scores(finished):
-    run, runner, _, _ = finished
+    run = finished[0]
     store = CampaignStore(run)
     exported = store.get_meta("exported")
     assert {"best-agree0", "best-agree1", "balanced", "mostly-agree0"} <= set(exported)
@@ -109,7 +109,7 @@ def test_picks_are_the_best_measured_candidates_and_cards_show_held_out_scores(f
 
 
 def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(finished):
-    run, runner, _, _ = finished
+    run, runner = finished[:2]
     store = CampaignStore(run)
     space = search_space(runner.workspace)
     expressible = {label: c for label, c in standard_merges(2).items() if space.expressible([c])}
@@ -122,7 +122,7 @@ def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(fi
 
 
 def test_export_measures_a_candidate_that_was_not_measured(finished, tmp_path):
-    run, _, _, _ = finished
+    run = finished[0]
     db = sqlite3.connect(run / "state.sqlite")
     eid, key = db.execute("SELECT id, key FROM evaluations WHERE phase='search' AND status='ok' "
                           "AND measured IS NULL ORDER BY id LIMIT 1").fetchone()
