@@ -17,6 +17,7 @@ import pandas as pd
 from evo_merge.irt import Estimator, IRTModel, select_anchors
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
+from evo_merge.search.holdout import without_items
 from evo_merge.search.store import CampaignStore
 from evo_merge.tasks.base import FitnessTask
 
@@ -90,8 +91,8 @@ class Scoring:
         spec = self.spec
         folder = self.irt_dir / name
         endpoints = [label for label, _ in subjects if label.startswith("endpoint-")]
-        if spec.irt_model is not None:
-            model = IRTModel.load(Path(spec.irt_model) / name)
+        if spec.irt_model is not None:  # fitted elsewhere, perhaps on every item: held-out ones are dropped
+            model = without_items(IRTModel.load(Path(spec.irt_model) / name), self.holdout[name])
             endpoint_arg: Sequence[str] | pd.DataFrame = self._responses(name, [s for s in subjects if s[0] in endpoints])
         elif (folder / "model.json").exists():
             model, endpoint_arg = IRTModel.load(folder), endpoints

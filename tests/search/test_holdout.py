@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from evo_merge.config import FinalSpec
@@ -54,3 +55,25 @@ def test_a_holdout_that_leaves_no_search_items_is_a_user_error():
 def test_bad_holdout_values_are_refused(value):
     with pytest.raises(ValueError):
         FinalSpec(holdout=value)
+
+
+def test_a_model_fitted_elsewhere_chooses_anchors_among_the_search_items_only():
+    from evo_merge.irt import IRTModel, select_anchors
+    from evo_merge.search.holdout import without_items
+
+    n = 12
+    alpha, beta = np.linspace(0.5, 2.0, n).reshape(n, 1), np.linspace(-1, 1, n)
+    responses = (np.arange(4 * n).reshape(4, n) % 3 == 0).astype(float)
+    model = IRTModel(item_ids=[f"q{j}" for j in range(n)], item_scenarios=["a"] * 6 + ["b"] * 6,
+                     subject_ids=[f"s{j}" for j in range(4)], alpha=alpha, beta=beta, theta=np.zeros((4, 1)),
+                     responses=responses, thresholds={"a": 0.5, "b": 0.5}, val_alpha=alpha, val_beta=beta,
+                     val_subjects=np.arange(4))
+    held = frozenset({"q0", "q5", "q7"})
+    kept = without_items(model, held)
+    assert kept.item_ids == [f"q{j}" for j in range(n) if f"q{j}" not in held]
+    assert kept.item_scenarios == ["a"] * 4 + ["b"] * 5
+    assert np.array_equal(kept.alpha[:, 0], np.delete(alpha[:, 0], [0, 5, 7]))
+    assert np.array_equal(kept.responses, np.delete(responses, [0, 5, 7], axis=1))
+    anchors = select_anchors(kept, 3, "random", seed=0)
+    assert set(anchors.all_items()) <= set(kept.item_ids)
+    assert without_items(model, frozenset()) is model
