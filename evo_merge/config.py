@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
@@ -133,9 +134,11 @@ class EstimatorSpec(_Strict):
     warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
 
 
-MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "smsemoa", "moead")
+# pymoo's MOEA/D is steady-state (one candidate per ask), which would evaluate one candidate at a
+# time; NSGA-III and SMS-EMOA cover many objectives with a generation batched over the evaluator
+MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
 SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "cmaes")
-AlgorithmName = Literal["nsga2", "nsga3", "smsemoa", "moead", "ga", "cmaes"]
+AlgorithmName = Literal["nsga2", "nsga3", "smsemoa", "ga", "cmaes"]
 
 
 class AlgorithmSpec(_Strict):
@@ -227,7 +230,7 @@ class FinalSpec(_Strict):
 class AlignSpec(_Strict):
     """Align endpoints trained from different initialisations once, before the search."""
 
-    method: Literal["weight", "activation", "mudsc", "c2m3"] = "weight"
+    method: AlignMethod = "weight"
     arch: str = Field(description="mlp, cnn, resnet, llama, gpt2, or a permutation-spec YAML file")
     data: str | None = Field(None, description="sample for activation-based methods (.safetensors x[,y] or text)")
     reference: Literal["first", "mean"] = Field("first", description="base of the task vectors after alignment")
@@ -309,7 +312,7 @@ class Campaign(_Strict):
                              "(e.g. {task: 1, ...}) or pick a multi-objective algorithm")
         if name in MULTI_OBJECTIVE_ALGORITHMS and weights is not None:
             raise ValueError(f"objective.weights: {name} optimises every task; weights are for ga or cmaes")
-        if name in ("nsga3", "moead") and len(labels) < 2:
+        if name == "nsga3" and len(labels) < 2:
             raise ValueError(f"algorithm.name: {name} needs at least two tasks")
         return self
 

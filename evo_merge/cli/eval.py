@@ -9,7 +9,7 @@ import click
 
 @click.command("eval")
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
-              help="HF model folder, or a MASS folder (evo-merge mass build).")
+              help="Model folder (HF, or a plain network with an `arch` config), or a MASS folder.")
 @click.option("--task", "task_spec", required=True, help="Task: lm-eval name, YAML/folder, shipped benchmark, plugin.")
 @click.option("--items", "items_file", type=click.Path(path_type=Path), help="File of item ids, one per line.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
@@ -23,14 +23,15 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
 
     from evo_merge.mass.model import MASS_JSON, load_mass
     from evo_merge.tasks.registry import resolve_task
-    from evo_merge.tasks.scoring import load_causal_lm, read_item_ids, score_table
+    from evo_merge.tasks.scoring import read_item_ids, score_table
+    from evo_merge.weights.folder import load_model_folder
 
     hf_logging.disable_progress_bar()  # keep errors on one line
     items = read_item_ids(items_file) if items_file else None
     if (model_dir / MASS_JSON).is_file():
         model, tokenizer = load_mass(model_dir)
     else:
-        model, tokenizer = load_causal_lm(model_dir)
+        model, tokenizer = load_model_folder(model_dir)
     settings = {"batch_size": batch_size, "device": device, "metric": metric}
     task = resolve_task(task_spec, **{k: v for k, v in settings.items() if v is not None})
     table = score_table(task, model, tokenizer, subject or model_dir.resolve().name, items)

@@ -6,7 +6,6 @@ tensors (biases, norms) are treated as plain task vectors unless ``embeddings`` 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
@@ -14,15 +13,15 @@ import torch
 from evo_merge.errors import UserError
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
+from evo_merge.weights.arch import EMBEDDING_NAME
 
 ALPHA = H("alpha", 1.0, 0.0, 3.0, help="global scale of the merged update", search_range=(0.5, 1.5))
 EMBEDDINGS = H("embeddings", False, searchable=False, help="also decompose embedding / LM-head matrices")
-_EMBEDDING_NAME = re.compile(r"(embed|wte|wpe|lm_head|embed_out|word_embeddings|position_embeddings)")
 
 
 def is_decomposed(delta: torch.Tensor, name: str, params: Params) -> bool:
     """Whether a tensor gets the singular-vector treatment."""
-    return delta.dim() == 2 and (params.get("embeddings", False) or not _EMBEDDING_NAME.search(name))
+    return delta.dim() == 2 and (params.get("embeddings", False) or not EMBEDDING_NAME.search(name))
 
 
 def top_k_svd(delta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

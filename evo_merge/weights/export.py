@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from evo_merge.errors import UserError
+from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, tokenizer_files
 from evo_merge.weights.dtypes import dtype_name
 
@@ -144,7 +145,7 @@ def _write_config(folder: Path, overrides: dict | None, written: set[torch.dtype
         return
     config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
     config.update(overrides or {})
-    if len(written) == 1 and "model_type" in config:  # transformers' key; a plain network's config stays as is
+    if len(written) == 1 and hf_model_type(config) is not None:  # a plain network's config stays as is
         name = dtype_name(next(iter(written)))
         config["dtype"] = name
         if "torch_dtype" in config:

@@ -108,11 +108,18 @@ def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo):
     assert per_candidate == [(20,)]  # 5 anchors x 2 scenarios x 2 tasks, against 240 items for a full evaluation
 
 
-def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path, zoo):
+@pytest.mark.parametrize("algorithm", [
+    {"name": "nsga2"},  # multi-objective, mixed-variable genome
+    {"name": "cmaes", "objective": {"weights": {"agree0": 1.0, "agree1": 1.0}}},  # single-objective, real vector
+], ids=["nsga2", "cmaes"])
+def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path, zoo, algorithm):
+    algorithm = dict(algorithm)
+    objective = algorithm.pop("objective", None)
     config = campaign(tmp_path, zoo, tasks=[
         {"task": "agreement_task:AgreementTask", "name": f"agree{i}",
          "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "delay": 0.05}}
-        for i, f in enumerate(zoo[1])])
+        for i, f in enumerate(zoo[1])], algorithm={"population": 8, "generations": 3, "seed": 3, **algorithm},
+        **({"objective": objective} if objective else {}))
     reference = tmp_path / "uninterrupted"
     subprocess.run([*EVO_MERGE, "run", str(config), "--out", str(reference)], env=env(), check=True,
                    capture_output=True, timeout=600)
