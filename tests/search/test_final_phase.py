@@ -176,3 +176,16 @@ def test_each_pick_measures_its_top_k_distinct_candidates(tmp_path):
     chosen = {e.key for e in to_measure(store, objectives, balanced, Distinct(_space(), 0.02))}
     # balanced's best (0.8, 0.3), then the front's two ends, then the member farthest from both ends
     assert chosen == {keys[2], keys[0], keys[4], keys[3]}
+
+
+@pytest.mark.parametrize(("final", "expected"), [
+    ({"picks": {"../escape": {"weights": {"agree0": 1}}}}, "final.picks: '../escape': a pick name is a folder name"),
+    ({"picks": {"mine": {"weights": {"agree9": 1}}}}, "final.picks.mine.weights.agree9: not a task name"),
+    ({"picks": {"mine": {"weights": {"agree0": 0}}}}, "final.picks.mine.weights: give at least one positive weight"),
+    ({"holdout": 1.5}, "final.holdout: a fraction must lie in (0, 1)"),
+])
+def test_bad_final_settings_give_one_line_errors(tmp_path, zoo, final, expected):  # noqa: F811
+    path = campaign(tmp_path, zoo, final=final)
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
