@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from evo_merge.config import Recipe
+from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.export import export_merge
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.plan import plan_from_recipe

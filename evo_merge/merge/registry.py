@@ -19,14 +19,15 @@ from typing import Any
 import torch
 
 from evo_merge.errors import UserError
+from evo_merge.merge.pieces import Piece, dense
 
 ENTRY_POINT_GROUP = "evo_merge.merge_methods"
 
 Params = Mapping[str, Any]
 # fn(base, deltas, weights, params, name) -> merged tensor
 MergeFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Sequence[float], Params, str], torch.Tensor]
-# pieces(base, deltas, params, name) -> one tensor per model
-PiecesFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Params, str], list[torch.Tensor]]
+# pieces(base, deltas, params, name) -> one piece per model (a tensor, a factored piece or None)
+PiecesFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Params, str], list[Piece]]
 # scale(weights, params) -> global factor applied to the weighted sum of pieces
 ScaleFn = Callable[[Sequence[float], Params], float]
 
@@ -43,6 +44,7 @@ class Hyperparameter:
     searchable: bool = True
     help: str = ""
     search_range: tuple[float, float] | None = None  # where the search looks; default [low, high]
+    required: bool = False  # mergekit requires it (no default a recipe could rely on)
 
     @property
     def kind(self) -> type:
@@ -64,6 +66,14 @@ class Hyperparameter:
         return value
 
 
+# How a method treats the reference model (mergekit's behaviour for each method):
+#   "required": the merge is taken relative to `base_model`, which the recipe must name;
+#   "optional": relative to `base_model` when named, else to zeros (the method sees whole models);
+#   "first":    the reference is itself merged (Karcher mean, passthrough); without a base it is
+#               the first model, which is then not also an endpoint.
+BASE_MODES = ("required", "optional", "first")
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
@@ -75,6 +85,7 @@ class MergeMethod:
     description: str = ""
     # hyperparameters the pieces depend on: the in-place merger caches pieces per their values
     piece_params: tuple[str, ...] = field(default=())
+    base: str = "required"
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
         return next((h for h in self.hyperparameters if h.name == name), None)
@@ -92,6 +103,8 @@ class MergeMethod:
             raise UserError(f"{where}.{unknown[0]}: unknown parameter for method {self.name} (known: {known})")
         resolved: dict[str, Any] = {}
         for hp in self.hyperparameters:
+            if hp.required and hp.name not in params:
+                raise UserError(f"{where}.{hp.name}: required by method {self.name}")
             value = params.get(hp.name, hp.default)
             if hp.per_model:
                 values = value if isinstance(value, (list, tuple)) else [value] * n_models
@@ -114,27 +127,32 @@ def register_method(
     n_models: tuple[int, int | None] = (1, None),
     scale: ScaleFn | None = None,
     piece_params: Sequence[str] = (),
+    base: str = "required",
     replace: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
 
     Decorate ``fn(base, deltas, weights, params, name) -> tensor``; or, with ``scale=...``, a
-    ``pieces(base, deltas, params, name) -> list[tensor]`` function whose result is combined as
+    ``pieces(base, deltas, params, name) -> list[piece]`` function (tensors, factored pieces or None)
+    whose result is combined as
     ``base + scale(weights, params) * sum_t weights[t] * pieces[t]``.
     """
+
+    if base not in BASE_MODES:
+        raise ValueError(f"base must be one of {BASE_MODES}, got {base!r}")
 
     def decorator(func: Callable) -> Callable:
         if name in _REGISTRY and not replace:
             raise ValueError(f"merge method {name!r} is already registered")
         if scale is None:
-            method = MergeMethod(name, tuple(hyperparameters), fn=func, n_models=n_models,
+            method = MergeMethod(name, tuple(hyperparameters), fn=func, n_models=n_models, base=base,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         else:
             def fn(base, deltas, weights, params, tensor_name, _pieces=func):
                 return combine_pieces(base, _pieces(base, deltas, params, tensor_name), weights,
                                       scale(weights, params))
             method = MergeMethod(name, tuple(hyperparameters), fn=fn, pieces=func, scale=scale,
-                                 n_models=n_models, piece_params=tuple(piece_params),
+                                 n_models=n_models, piece_params=tuple(piece_params), base=base,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         _REGISTRY[name] = method
         return func
@@ -144,16 +162,19 @@ def register_method(
 
 def combine_pieces(
     base: torch.Tensor,
-    pieces: Sequence[torch.Tensor],
+    pieces: Sequence[Piece],
     weights: Sequence[float],
     scale: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """base + scale * sum_t w_t piece_t, written into `out` when given (no extra allocation)."""
+    """base + scale * sum_t w_t piece_t, written into `out` when given (no extra allocation).
+
+    `out` may have a wider dtype than the base and plain-tensor pieces: they are read once each
+    and accumulated in `out`'s dtype (torch's type promotion), never copied to it first."""
     out = base.clone() if out is None else out.copy_(base)
     for piece, weight in zip(pieces, weights):
-        if weight != 0:
-            out.add_(piece, alpha=scale * weight)
+        if weight != 0 and piece is not None:
+            out.add_(dense(piece), alpha=scale * weight)
     return out
 
 
@@ -167,8 +188,6 @@ def _load_entry_points() -> None:
 
 
 def get_method(name: str) -> MergeMethod:
-    from evo_merge.merge import methods, subspace  # noqa: F401  (built-ins register on import)
-
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
@@ -177,7 +196,5 @@ def get_method(name: str) -> MergeMethod:
 
 
 def list_methods() -> list[str]:
-    from evo_merge.merge import methods, subspace  # noqa: F401
-
     _load_entry_points()
     return sorted(_REGISTRY)

@@ -1,4 +1,4 @@
-"""Campaign outputs: pareto.csv, report.md, pareto.png and progress.png.
+"""Campaign outputs: pareto.csv, report.md, report.html, pareto.png and progress.png.
 
 Everything is read from the run's store and its facts (tasks, directions, item counts), so a
 report is written without opening a model. Hypervolumes and "best" follow each task's direction.
@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from evo_merge.markup import html_text, md
+from evo_merge.merge.results import mean_and_stderr
+from evo_merge.report.html import write_html_report
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.export import EXPORTED_META
 from evo_merge.search.front import BASELINE, BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
+from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import CampaignStore, Evaluation
 
@@ -36,23 +38,18 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) ->
                "params": " ".join(f"{k}={v:g}" for k, v in candidate.params), "items": e.items_evaluated}
         for task in tasks:
             row[f"est_{task}"] = (e.estimates or {}).get(task)
+            row[f"est_se_{task}"] = (e.estimate_se or {}).get(task)
             row[f"meas_{task}"] = (e.measured or {}).get(task)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame:
-    """Per generation: hypervolume of all estimates so far and the best estimate per task (by direction)."""
-    tasks = objectives.names
-    search = [e for e in store.evaluations("search") if e.status == "ok"]
-    signs = objectives.signs()
-    rows = []
-    for generation in sorted({e.generation for e in search}):
-        upto = np.array([[e.estimates[t] for t in tasks] for e in search if e.generation <= generation])
-        best = (upto * signs).max(axis=0) * signs
-        rows.append({"generation": generation, "hypervolume": objectives.hypervolume(upto),
-                     **{f"best_{t}": float(best[i]) for i, t in enumerate(tasks)}})
-    return pd.DataFrame(rows)
+    """Per generation: hypervolume of all estimates so far, the best estimate per task (by direction)
+    and the item evaluations spent."""
+    evaluations = store.evaluations("search")
+    generations = sorted({e.generation for e in evaluations if e.status == "ok"})
+    return pd.DataFrame([{"generation": g, **generation_metrics(evaluations, objectives, g)} for g in generations])
 
 
 def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
@@ -95,9 +92,8 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
 
 def write_report(run_dir: Path, store: CampaignStore, facts: dict,
                  exported: dict[str, tuple[int, Path]] | None = None) -> Path:
-    """Write pareto.csv, the plots and report.md from the store and the run's facts (the
-    exported picks are the stored ones unless given)."""
-    exported = exported or {name: (i, Path(p)) for name, (i, p) in store.get_meta(EXPORTED_META, {}).items()}
+    """Write pareto.csv, the plots, report.md and report.html from the store and the run's facts.
+    User strings (task, method and pick names) are escaped in both reports."""
     objectives = facts_objectives(facts)
     tasks = list(objectives.names)
     full_items = sum(t["items"] for t in facts["tasks"])
@@ -112,35 +108,60 @@ def write_report(run_dir: Path, store: CampaignStore, facts: dict,
     search_items = store.items_evaluated("search")
     n_search = int(((table.phase == "search")).sum())
     failed = table[table.status == "failed"]
-    lines = ["# Campaign report", "",
-             f"- evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
-             f"- item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
-             f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)",
-             f"- item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
-             f"final phase {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
-             f"{store.items_evaluated(measured=True):,}", "",
-             *_holdout_line(store.get_meta(HOLDOUT_META, {})),
+    holdout = store.get_meta(HOLDOUT_META, {})
+    facts = [f"evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
+             (f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
+              f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)"),
+             (f"item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
+              f"final phase {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
+              f"{store.items_evaluated(measured=True):,}"),
+             _holdout_fact(holdout)]
+    summary = _summary(table, tasks, store, exported or {})
+    lines = ["# Campaign report", "", *[f"- {fact}" for fact in facts], "",
              "## Reference models and measured candidates", "",
              ("Estimated (`est_`) and measured on the search items (`meas_`)"
-              + (", and on the held-out items (`held_`)" if any(store.get_meta(HOLDOUT_META, {}).values()) else "")
+              + (", and on the held-out items (`held_`)" if any(holdout.values()) else "")
               + "; `baseline`: a standard merge; `picked as`: the exports it was chosen for."), "",
-             _summary(table, tasks, store, exported).to_markdown(index=False, floatfmt=".3f", missingval=""), "",
-             "![Pareto front](pareto.png)", "", "![Progress](progress.png)", ""]
+             summary.map(lambda v: md(v) if isinstance(v, str) else v).rename(columns=md)
+             .to_markdown(index=False, floatfmt=".3f", missingval=""), "",
+             "![Pareto front](pareto.png)", "", "![Progress](progress.png)", "",
+             "Interactive version: report.html (open it in a browser; it needs no network).", ""]
     if exported:
-        lines += ["## Exported models", ""] + [f"- `{name}`: evaluation {i} → `{path}`" for name, (i, path) in exported.items()]
+        lines += ["## Exported models", ""] + [f"- {md(name)}: evaluation {i} → {md(path)}" for name, (i, path) in exported.items()]
         lines.append("")
     if len(failed):
-        lines += ["## Failures", ""] + [f"- evaluation {r.id} ({r.method}): see state.sqlite" for r in failed.itertuples()]
+        lines += ["## Failures", ""] + [f"- evaluation {r.id} ({md(r.method)}): see state.sqlite" for r in failed.itertuples()]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    facts_html = "<ul>" + "".join(f"<li>{html_text(f)}</li>" for f in facts) + "</ul>"
+    write_html_report(run_dir, measured_errors(store, table, tasks), progress, tasks,
+                      facts_html + "<h2>Reference models and measured front</h2>"
+                      + summary.to_html(index=False, float_format="{:.3f}".format, na_rep="", escape=True), exported)
     return path
 
 
-def _holdout_line(holdout: dict[str, list[str]]) -> list[str]:
+def measured_errors(store: CampaignStore, table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """`table` with `se_<task>`: the standard error of each measured score, from its item scores
+    (on the search items, as the measured score is)."""
+    table = table.copy()
+    keys = {e.id: e.key for e in store.evaluations()}
+    holdout = {task: set(items) for task, items in store.get_meta(HOLDOUT_META, {}).items()}
+    for task in tasks:
+        table[f"se_{task}"] = None
+    for index, row in table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)].iterrows():
+        scores = store.item_scores(keys[row["id"]])
+        for task in tasks:
+            search = {i: v for i, v in scores.get(task, {}).items() if i not in holdout.get(task, ())}
+            if search:
+                table.at[index, f"se_{task}"] = mean_and_stderr(search)[1]
+    return table
+
+
+def _holdout_fact(holdout: dict[str, list[str]]) -> str:
     if not any(holdout.values()):
-        return ["- held-out items: none (every reported score is on items the search chose on)", ""]
+        return "held-out items: none (every reported score is on items the search chose on)"
     counts = ", ".join(f"{task} {len(items)}" for task, items in holdout.items())
-    return [f"- held-out items (never seen by calibration, anchors or search): {counts}", ""]
+    return f"held-out items (never seen by calibration, anchors or search): {counts}"
 
 
 def _summary(table: pd.DataFrame, tasks: Sequence[str], store: CampaignStore,
@@ -149,18 +170,14 @@ def _summary(table: pd.DataFrame, tasks: Sequence[str], store: CampaignStore,
     final phase's candidates, with held-out scores and the picks each was exported as."""
     measured = table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)].copy()
     holdout, baselines = store.get_meta(HOLDOUT_META, {}), store.get_meta(BASELINES_META, {})
-    keys = _keys(store, measured.id)
+    by_id = {e.id: e.key for e in store.evaluations()}
+    keys = [by_id[i] for i in measured.id]
     held = [held_out_scores(store, key, holdout) or {} for key in keys]
     measured["baseline"] = [baselines.get(key, "") for key in keys]
     measured["picked as"] = [", ".join(n for n, (i, _) in exported.items() if i == e) for e in measured.id]
-    columns = [(f"est_{t}", f"meas_{t}") + ((f"held_{t}",) if any(holdout.get(t, ())) else ()) for t in tasks]
     for t in tasks:
         measured[f"held_{t}"] = [h.get(t) for h in held]
+    columns = [(f"est_{t}", f"est_se_{t}", f"meas_{t}") + ((f"held_{t}",) if holdout.get(t) else ()) for t in tasks]
     cols = ["id", "phase", "method", "weights", "params", "baseline", "picked as"] + [c for group in columns for c in group]
     return measured[cols].astype(object).where(measured[cols].notna(), None)  # blank, not nan, where not measured
-
-
-def _keys(store: CampaignStore, ids: Sequence[int]) -> list[str]:
-    by_id = {e.id: e.key for e in store.evaluations()}
-    return [by_id[i] for i in ids]
 

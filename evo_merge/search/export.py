@@ -1,19 +1,21 @@
-"""Export evaluated candidates as model folders, each by its kind, with its scores in the card."""
+"""Export evaluated candidates as model folders, each by its kind, with its scores in the card and,
+when measured on every item, the lm-eval-style results files beside the weights."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
+from evo_merge.config import Campaign
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
-from evo_merge.search.kinds import candidate_kind
+from evo_merge.search.kinds import Evidence, candidate_kind
 from evo_merge.search.store import CampaignStore, Evaluation
 from evo_merge.search.workspace import Workspace
-
-EXPORTED_META = "exported"  # store meta: pick name -> [evaluation id, folder]
-
+from evo_merge.tasks.base import FitnessTask
+from evo_merge.tasks.meta import TaskMeta, task_meta
 
 def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[str, float]]:
     """The card's scores: estimated, and measured; with a holdout, `measured` is the held-out
@@ -31,13 +33,33 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(
         candidate, workspace.base, workspace.models, Path(out), scores=card_scores(workspace.store, evaluation),
-        out_dtype=workspace.campaign.dtype, bench=bench, overwrite=overwrite)
+        out_dtype=workspace.campaign.dtype, bench=bench, overwrite=overwrite,
+        evidence=evidence(workspace.store, evaluation))
+
+
+def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[str, FitnessTask]) -> None:
+    """Keep what cards and results files say about each task (dataset, split, metric, version,
+    limit) in the store, so an export from a run folder needs no task object."""
+    store.set_meta("task_meta", {t.label: task_meta(t.label, tasks[t.label], direction=t.direction).as_dict()
+                                 for t in campaign.tasks})
+
+
+def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
+    """The task metadata, and the per-item scores when the evaluation was measured on every item:
+    with a holdout, those of the held-out items, as the card's measured scores are."""
+    tasks = {name: TaskMeta(**meta) for name, meta in (store.get_meta("task_meta") or {}).items()}
+    if not evaluation.measured:
+        return Evidence(tasks, None)
+    scores, holdout = store.item_scores(evaluation.key), store.get_meta(HOLDOUT_META, {})
+    if held_out_scores(store, evaluation.key, holdout) is not None:  # no "all N items" claim on the held-out part
+        scores = {task: {i: scores[task][i] for i in items} for task, items in holdout.items() if items}
+        tasks = {name: replace(meta, n_items=None) if name in scores else meta for name, meta in tasks.items()}
+    return Evidence(tasks, scores)
 
 
 def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluator: Evaluator | None = None
                  ) -> dict[str, tuple[int, Path]]:
-    """Export each chosen candidate once, under the first name that picked it, into models/;
-    the picks are recorded in the store for the report."""
+    """Export each chosen candidate once, under the first name that picked it, into models/."""
     exported: dict[str, tuple[int, Path]] = {}
     folders: dict[int, Path] = {}
     for name, evaluation in chosen.items():
@@ -45,5 +67,4 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
             folders[evaluation.id] = export_candidate(workspace, evaluation, workspace.run_dir / "models" / name,
                                                       evaluator=evaluator, overwrite=True)
         exported[name] = (evaluation.id, folders[evaluation.id])
-    workspace.store.set_meta(EXPORTED_META, {name: [i, str(path)] for name, (i, path) in exported.items()})
     return exported

@@ -92,5 +92,5 @@ def without_items(model: IRTModel, items: frozenset[str]) -> IRTModel:
         return model
     return replace(model, item_ids=[model.item_ids[i] for i in keep],
                    item_scenarios=[model.item_scenarios[i] for i in keep], alpha=model.alpha[keep],
-                   beta=model.beta[keep], responses=model.responses[:, keep], val_alpha=model.val_alpha[keep],
-                   val_beta=model.val_beta[keep])
+                   beta=model.beta[keep], responses=model.responses[:, keep], cv_alpha=model.cv_alpha[:, keep],
+                   cv_beta=model.cv_beta[:, keep])

@@ -66,14 +66,16 @@ def test_a_model_fitted_elsewhere_chooses_anchors_among_the_search_items_only():
     responses = (np.arange(4 * n).reshape(4, n) % 3 == 0).astype(float)
     model = IRTModel(item_ids=[f"q{j}" for j in range(n)], item_scenarios=["a"] * 6 + ["b"] * 6,
                      subject_ids=[f"s{j}" for j in range(4)], alpha=alpha, beta=beta, theta=np.zeros((4, 1)),
-                     responses=responses, thresholds={"a": 0.5, "b": 0.5}, val_alpha=alpha, val_beta=beta,
-                     val_subjects=np.arange(4))
+                     responses=responses, thresholds={"a": 0.5, "b": 0.5}, cv_alpha=np.stack([alpha, 2 * alpha]),
+                     cv_beta=np.stack([beta, -beta]), cv_held=np.ones((2, 4), dtype=bool))
     held = frozenset({"q0", "q5", "q7"})
     kept = without_items(model, held)
     assert kept.item_ids == [f"q{j}" for j in range(n) if f"q{j}" not in held]
     assert kept.item_scenarios == ["a"] * 4 + ["b"] * 5
     assert np.array_equal(kept.alpha[:, 0], np.delete(alpha[:, 0], [0, 5, 7]))
     assert np.array_equal(kept.responses, np.delete(responses, [0, 5, 7], axis=1))
+    assert np.array_equal(kept.cv_alpha[1, :, 0], 2 * np.delete(alpha[:, 0], [0, 5, 7]))
+    assert np.array_equal(kept.cv_beta[1], -np.delete(beta, [0, 5, 7]))
     anchors = select_anchors(kept, 3, "random", seed=0)
     assert set(anchors.all_items()) <= set(kept.item_ids)
     assert without_items(model, frozenset()) is model
