@@ -12,7 +12,9 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-SHIPPED = runpy.run_path(str(ROOT / "evo_merge" / "shipped.py"))["SHIPPED"]  # read, not imported: no torch at build time
+SHIPPED = runpy.run_path(str(ROOT / "evo_merge" / "shipped.py"))[
+    "SHIPPED"
+]  # read, not imported: no torch at build time
 
 
 class BuildWithShippedData(build_py):

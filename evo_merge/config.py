@@ -154,17 +154,30 @@ class FinalSpec(_Checked):
     """After the search: which candidates are measured on every item, which are exported, and
     which items are held out of everything but that measurement."""
 
-    evaluate_top: int = Field(8, ge=0, description="front members spread over the front's extent, measured on every item")
+    evaluate_top: int = Field(
+        8, ge=0, description="front members spread over the front's extent, measured on every item"
+    )
     top_k: int = Field(3, ge=1, description="distinct candidates measured per pick, best estimates first")
-    distinct: float = Field(0.02, ge=0, description="genomes closer than this (max difference in coordinates "
-                            "scaled to their ranges) count as one candidate when choosing what to measure")
-    export: list[Literal["best_per_task", "balanced", "front"]] = Field(default_factory=lambda: ["best_per_task", "balanced"])
+    distinct: float = Field(
+        0.02,
+        ge=0,
+        description="genomes closer than this (max difference in coordinates "
+        "scaled to their ranges) count as one candidate when choosing what to measure",
+    )
+    export: list[Literal["best_per_task", "balanced", "front"]] = Field(
+        default_factory=lambda: ["best_per_task", "balanced"]
+    )
     picks: dict[str, PickSpec] = Field(default_factory=dict, description="named weightings, exported as models/<name>")
     holdout: Literal["auto"] | int | float | None = Field(
-        "auto", description="items per task kept from calibration, anchors and search, measured for the report: "
-        "a fraction in (0, 1), N items, null (none), or auto (20% of tasks with at least 500 items)")
-    baselines: bool = Field(True, description="evaluate the standard merges the genome can express (task "
-                            "arithmetic lambda grid, TIES density 0.2, TSV-M alpha 1) as part of the front")
+        "auto",
+        description="items per task kept from calibration, anchors and search, measured for the report: "
+        "a fraction in (0, 1), N items, null (none), or auto (20% of tasks with at least 500 items)",
+    )
+    baselines: bool = Field(
+        True,
+        description="evaluate the standard merges the genome can express (task "
+        "arithmetic lambda grid, TIES density 0.2, TSV-M alpha 1) as part of the front",
+    )
 
     @field_validator("holdout", mode="before")
     @classmethod
@@ -214,12 +227,16 @@ def _inside_domain(hyperparameter: Any, low: float, high: float, where: str) -> 
     bottom = -float("inf") if hyperparameter.low is None else hyperparameter.low
     top = float("inf") if hyperparameter.high is None else hyperparameter.high
     if low < bottom or high > top:
-        raise ValueError(f"{where}: range [{low}, {high}] leaves the domain of {hyperparameter.name} "
-                         f"[{hyperparameter.low}, {hyperparameter.high}]")
+        raise ValueError(
+            f"{where}: range [{low}, {high}] leaves the domain of {hyperparameter.name} "
+            f"[{hyperparameter.low}, {hyperparameter.high}]"
+        )
 
 
 class MLflowSpec(_Checked):
-    uri: str | None = Field(None, description="tracking URI (http://host:5000, file:./mlruns); None: MLFLOW_TRACKING_URI")
+    uri: str | None = Field(
+        None, description="tracking URI (http://host:5000, file:./mlruns); None: MLFLOW_TRACKING_URI"
+    )
     experiment: str = "evo-merge"
 
 
@@ -311,8 +328,10 @@ class Campaign(_Checked):
                 raise ValueError("objective.weights: give at least one positive weight")
         name = self.algorithm.name
         if name in SINGLE_OBJECTIVE_ALGORITHMS and weights is None and len(labels) > 1:
-            raise ValueError(f"algorithm.name: {name} optimises one objective; declare objective.weights "
-                             "(e.g. {task: 1, ...}) or pick a multi-objective algorithm")
+            raise ValueError(
+                f"algorithm.name: {name} optimises one objective; declare objective.weights "
+                "(e.g. {task: 1, ...}) or pick a multi-objective algorithm"
+            )
         if name in MULTI_OBJECTIVE_ALGORITHMS and weights is not None:
             raise ValueError(f"objective.weights: {name} optimises every task; weights are for ga or cmaes")
         if name == "nsga3" and len(labels) < 2:

@@ -99,7 +99,9 @@ def bench_pair(names, zoo: Path, train, test) -> list[dict]:
     if len(states) > 2:
         start = time.perf_counter()
         found = align_models(spec, states, "c2m3")
-        add(f"C2M3 ({len(states)} models)", aligned_states(spec, states, found), time.perf_counter() - start, path=False)
+        add(
+            f"C2M3 ({len(states)} models)", aligned_states(spec, states, found), time.perf_counter() - start, path=False
+        )
     return rows
 
 
@@ -131,7 +133,10 @@ def main() -> None:
     console = Console()
     lines = []
     for kind in ("mlp", "cnn"):
-        for pair, names in (("different seeds", manifest["seeds"][kind]), ("disjoint classes 0-4/5-9", manifest["disjoint"][kind])):
+        for pair, names in (
+            ("different seeds", manifest["seeds"][kind]),
+            ("disjoint classes 0-4/5-9", manifest["disjoint"][kind]),
+        ):
             rows = bench_pair(names, zoo, train, test)
             title = f"{kind.upper()}, {pair}: test accuracy (10 classes)"
             table = Table(title=title)
@@ -145,7 +150,9 @@ def main() -> None:
                 lines.append("| " + " | ".join(cells) + " |")
             console.print(table)
     seconds = timing(zoo)
-    msg = f"align two 4x512 MLPs ({torch.get_num_threads()} torch threads): " + ", ".join(f"{m} {s:.2f} s" for m, s in seconds.items())
+    msg = f"align two 4x512 MLPs ({torch.get_num_threads()} torch threads): " + ", ".join(
+        f"{m} {s:.2f} s" for m, s in seconds.items()
+    )
     console.print(msg)
     lines.append(f"\n{msg}")
     if args.markdown:

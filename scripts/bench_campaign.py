@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 from campaign_baselines import comparison_table, measured_front  # a sibling script
 
-from evo_merge.config import Campaign
 from evo_merge.cli.template import campaign_text
+from evo_merge.config import Campaign
 from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.workspace import config_fingerprint, resolve_campaign

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from evo_merge.search.distributed import DaskEvaluator, WorkerSpec
 from evo_merge.merge.kinds import declared_ranges
+from evo_merge.search.distributed import DaskEvaluator, WorkerSpec
 from evo_merge.search.space import SearchSpace
 from evo_merge.tasks.registry import resolve_task
 from evo_merge.zoo.manifest import has_zoo, read_zoo
@@ -65,12 +65,16 @@ def main() -> None:
 
     rng = random.Random(args.seed)
     items = {f: sorted(rng.sample(resolve_task(f, **dict(settings)).item_ids, args.items)) for f in families}
-    space = SearchSpace({m: declared_ranges(m, {}) for m in ("task_arithmetic", "ties", "tsv")}, len(families), (0.0, 1.5))
+    space = SearchSpace(
+        {m: declared_ranges(m, {}) for m in ("task_arithmetic", "ties", "tsv")}, len(families), (0.0, 1.5)
+    )
     jobs = [(candidate, items) for candidate in space.sample(args.population, seed=args.seed)]
     job_bytes = statistics.mean(len(pickle.dumps((spec, *job))) for job in jobs)
-    print(f"zoo {zoo} ({', '.join(families)}), {len(jobs)} candidates x {args.items} items x {len(families)} tasks, "
-          f"{args.repeats} generations each, 1 torch thread per process, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"zoo {zoo} ({', '.join(families)}), {len(jobs)} candidates x {args.items} items x {len(families)} tasks, "
+        f"{args.repeats} generations each, 1 torch thread per process, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
 
     rows: dict[str, dict] = {}
     evaluators = {}
@@ -99,27 +103,35 @@ def main() -> None:
             evaluator.close()
 
     steady = {name: min(r["walls"][1:] or r["walls"]) for name, r in rows.items()}
-    print(f"\n{'evaluator':<16}{'start s':>9}{'load s':>8}{'gen 1 s':>9}{'steady s':>10}{'per cand. s':>12}"
-          f"{'busy %':>8}{'vs local':>10}{'vs 1 worker':>13}")
+    print(
+        f"\n{'evaluator':<16}{'start s':>9}{'load s':>8}{'gen 1 s':>9}{'steady s':>10}{'per cand. s':>12}"
+        f"{'busy %':>8}{'vs local':>10}{'vs 1 worker':>13}"
+    )
     for name, r in rows.items():
         per = steady[name] / len(jobs)
         busy_share = 100 * min(r["busy"][1:] or r["busy"]) / (steady[name] * r["workers"])
-        print(f"{name:<16}{r['start']:>9.1f}{r['load']:>8.1f}{r['walls'][0]:>9.2f}{steady[name]:>10.2f}{per:>12.3f}"
-              f"{busy_share:>8.0f}{steady['local'] / steady[name]:>9.2f}x"
-              f"{steady['dask 1 worker'] / steady[name]:>12.2f}x")
+        print(
+            f"{name:<16}{r['start']:>9.1f}{r['load']:>8.1f}{r['walls'][0]:>9.2f}{steady[name]:>10.2f}{per:>12.3f}"
+            f"{busy_share:>8.0f}{steady['local'] / steady[name]:>9.2f}x"
+            f"{steady['dask 1 worker'] / steady[name]:>12.2f}x"
+        )
 
     one, two, local_s = steady["dask 1 worker"], steady["dask 2 workers"], steady["local"]
     r1 = rows["dask 1 worker"]  # the 1-worker time not spent evaluating: dask's share
     overhead_ms = 1000 * max(0.0, one - min(r1["busy"][1:] or r1["busy"])) / len(jobs)
-    print(f"\nspeed-up with 2 workers: {one / two:.2f}x over 1 worker, {local_s / two:.2f}x over local "
-          f"(first generation: {rows['dask 1 worker']['walls'][0] / rows['dask 2 workers']['walls'][0]:.2f}x)")
-    print(f"what limits it: 2 cores shared by both workers, the driver and the scheduler (load average "
-          f"{os.getloadavg()[0]:.1f} now, other processes included); dask's round trip per candidate "
-          f"(~{overhead_ms:.0f} ms here: scheduling, pickling a {job_bytes / 1024:.1f} KiB job and a "
-          f"{result_bytes / 1024:.1f} KiB result) against {local_s / len(jobs) * 1000:.0f} ms of evaluation; "
-          f"and one-off costs every worker pays again: starting ({rows['dask 2 workers']['start']:.0f} s), "
-          f"importing and loading the models ({rows['dask 2 workers']['load']:.1f} s), its own TSV-M/TIES pieces "
-          "in the first generation.")
+    print(
+        f"\nspeed-up with 2 workers: {one / two:.2f}x over 1 worker, {local_s / two:.2f}x over local "
+        f"(first generation: {rows['dask 1 worker']['walls'][0] / rows['dask 2 workers']['walls'][0]:.2f}x)"
+    )
+    print(
+        f"what limits it: 2 cores shared by both workers, the driver and the scheduler (load average "
+        f"{os.getloadavg()[0]:.1f} now, other processes included); dask's round trip per candidate "
+        f"(~{overhead_ms:.0f} ms here: scheduling, pickling a {job_bytes / 1024:.1f} KiB job and a "
+        f"{result_bytes / 1024:.1f} KiB result) against {local_s / len(jobs) * 1000:.0f} ms of evaluation; "
+        f"and one-off costs every worker pays again: starting ({rows['dask 2 workers']['start']:.0f} s), "
+        f"importing and loading the models ({rows['dask 2 workers']['load']:.1f} s), its own TSV-M/TIES pieces "
+        "in the first generation."
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -63,13 +64,19 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             task = resolve_task(family, batch_size=batch_size)
             ids = task.item_ids[: args.items]
-            full = _timed(lambda: task.evaluate(model, tok, ids), repeats=1)
-            small = _timed(lambda: task.evaluate(model, tok, ids[: args.anchors]), repeats=5)
-            one = _timed(lambda: task.evaluate(model, tok, ids[:1]), repeats=5)
-            rows.append({
-                "task": task.name, "batch": batch_size, "items": len(ids),
-                ("all items/s" if args.items is None else "items/s"): len(ids) / full, f"{args.anchors} items: s/call": small, "1 item: s/call": one,
-            })
+            full = _timed(partial(task.evaluate, model, tok, ids), repeats=1)
+            small = _timed(partial(task.evaluate, model, tok, ids[: args.anchors]), repeats=5)
+            one = _timed(partial(task.evaluate, model, tok, ids[:1]), repeats=5)
+            rows.append(
+                {
+                    "task": task.name,
+                    "batch": batch_size,
+                    "items": len(ids),
+                    ("all items/s" if args.items is None else "items/s"): len(ids) / full,
+                    f"{args.anchors} items: s/call": small,
+                    "1 item: s/call": one,
+                }
+            )
     print(f"torch threads: {args.threads}; model: {args.model}; machine load (1 min): {os.getloadavg()[0]:.1f}")
     print(pd.DataFrame(rows).round(3).to_markdown(index=False))
 
@@ -103,8 +110,10 @@ def merge_check(zoo: Path, lambdas: list[float], densities: list[float], n_items
         gain = table.loc[family, family] - base[family]
         holds = [family in merges.get(row, (None, None, ()))[2] for row in table.index]
         table[f"keep_{family}"] = ((table[family] - base[family]) / gain).where(holds) if gain > 0 else float("nan")
-    print(f"accuracy (%) on {f'the first {n_items}' if n_items else 'all'} items per family; merges weight each "
-          "endpoint they hold 1; keep_f = (merge - base) / (endpoint f - base) on family f")
+    print(
+        f"accuracy (%) on {f'the first {n_items}' if n_items else 'all'} items per family; merges weight each "
+        "endpoint they hold 1; keep_f = (merge - base) / (endpoint f - base) on family f"
+    )
     print(table.round(2).to_markdown(floatfmt=".2f").replace("nan", "   "))
 
 

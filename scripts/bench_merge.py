@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.export import export_merge
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.plan import plan_from_recipe
+from evo_merge.merge.recipe import Recipe
 from evo_merge.weights import Checkpoint, load_model_folder, save_model_folder
 
 
@@ -60,14 +60,18 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--endpoints", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-tsv", dest="tsv", action="store_false", help="skip tsv (its SVD precompute is slow on CPU)")
+    parser.add_argument(
+        "--no-tsv", dest="tsv", action="store_false", help="skip tsv (its SVD precompute is slow on CPU)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base, endpoints, n_params = build_models(root, args.hidden, args.layers, args.vocab, args.endpoints)
-        print(f"model: Llama, {n_params / 1e6:.1f}M parameters, {args.endpoints} endpoints, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"model: Llama, {n_params / 1e6:.1f}M parameters, {args.endpoints} endpoints, "
+            f"{torch.get_num_threads()} threads"
+        )
         model, _ = load_model_folder(base)
         start = time.perf_counter()
         merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(p) for p in endpoints])
@@ -90,10 +94,13 @@ def main() -> None:
         t_ref = min(t_ref, timed(reference, args.repeats))  # interleaved again: the machine is noisy
 
         def file_path(method: str) -> None:
-            recipe = Recipe.model_validate({
-                "merge_method": method, "base_model": str(base),
-                "models": [{"model": str(p), "parameters": {"weight": w}} for p, w in zip(endpoints, weights)],
-            })
+            recipe = Recipe.model_validate(
+                {
+                    "merge_method": method,
+                    "base_model": str(base),
+                    "models": [{"model": str(p), "parameters": {"weight": w}} for p, w in zip(endpoints, weights)],
+                }
+            )
             out = export_merge(plan_from_recipe(recipe), root / f"merged-{method}", overwrite=True)
             load_model_folder(out)
 
@@ -107,11 +114,17 @@ def main() -> None:
             t_file_tsv = timed(lambda: file_path("tsv"), 1)
 
     print(f"{'candidate':<34}{'seconds':>10}")
-    rows = [("(a) plain-torch reference", t_ref), ("in-place task_arithmetic", t_ta),
-            ("(b) file path task_arithmetic", t_file_ta)]
+    rows = [
+        ("(a) plain-torch reference", t_ref),
+        ("in-place task_arithmetic", t_ta),
+        ("(b) file path task_arithmetic", t_file_ta),
+    ]
     if args.tsv:
-        rows += [("in-place tsv (pieces cached)", t_tsv), ("tsv one-off SVD precompute", t_tsv_setup),
-                 ("(b) file path tsv", t_file_tsv)]
+        rows += [
+            ("in-place tsv (pieces cached)", t_tsv),
+            ("tsv one-off SVD precompute", t_tsv_setup),
+            ("(b) file path tsv", t_file_tsv),
+        ]
     for label, seconds in rows:
         print(f"{label:<34}{seconds:>10.3f}")
     print(f"in-place task_arithmetic / (a): {t_ta / t_ref:.2f}x   (target <= 1.5x)")

@@ -35,6 +35,7 @@ from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.holdout import held_out_scores
 from evo_merge.tasks.registry import shipped_benchmarks
 
+
 def run_evo_merge(zoo: Path, families: list[str], seed: int, budget: int, population: int, search_items: int,
                   out: Path) -> tuple[CampaignRunner, dict[str, int], float]:
     """One campaign: (its runner, picks name -> evaluation id, wall seconds)."""
@@ -131,7 +132,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=48, help="candidates per campaign (both tools)")
     parser.add_argument("--population", type=int, default=12)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--search-items", type=int, default=120, help="items per task the search sees (the rest is held out)")
+    parser.add_argument("--search-items", type=int, default=120,
+                        help="items per task the search sees (the rest is held out)")
     parser.add_argument("--peer-timeout", type=float, default=3600)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-peer"))
     args = parser.parse_args()
@@ -139,11 +141,13 @@ def main() -> None:
 
     ratios, rows = [], []
     for seed in args.seeds:
-        runner, picks, wall = run_evo_merge(args.zoo, families, seed, args.budget, args.population,
-                                            args.search_items, args.out / f"evo-seed{seed}")
+        runner, picks, wall = run_evo_merge(
+            args.zoo, families, seed, args.budget, args.population, args.search_items, args.out / f"evo-seed{seed}"
+        )
         tasks = list(runner.objectives.names)
-        endpoints = dict(zip(tasks, [c for label, c in reference_candidates(runner.workspace.endpoint_labels())
-                                     if label != "base"]))
+        endpoints = dict(
+            zip(tasks, [c for label, c in reference_candidates(runner.workspace.endpoint_labels()) if label != "base"])
+        )
         items = runner.workspace.store.items_evaluated(measured=True)
         rows.append(f"| {seed} | evo-merge | {items:,} item evaluations, {wall:.0f} s | | |")
         for name, eid in picks.items():
@@ -158,17 +162,23 @@ def main() -> None:
             search, held = scores_of(runner, candidate.key)
             rows.append(f"| {seed} | endpoint {task} | {fmt(search, tasks)} | {fmt(held, tasks)} | |")
         status, peer = run_peer(runner, args.budget, args.out / f"mergekit-seed{seed}", args.peer_timeout)
-        rows.append(f"| {seed} | mergekit-evolve best | {fmt(peer['search'], tasks) if peer else '—'} "
-                    f"| {fmt(peer['held'], tasks) if peer else '—'} | {status} |")
+        rows.append(
+            f"| {seed} | mergekit-evolve best | {fmt(peer['search'], tasks) if peer else '—'} "
+            f"| {fmt(peer['held'], tasks) if peer else '—'} | {status} |"
+        )
         runner.close()
 
-    print(f"\ntasks: {' / '.join(tasks)}; search items: {args.search_items} per task; budget {args.budget} candidates; "
-          f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB\n")
+    print(
+        f"\ntasks: {' / '.join(tasks)}; search items: {args.search_items} per task; budget {args.budget} candidates; "
+        f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB\n"
+    )
     print("| seed | model | search items | held-out items | note |\n|---|---|---|---|---|")
     print("\n".join(rows))
     mean = np.mean(ratios, axis=0)
-    print(f"\nbest-per-task pick / endpoint on its own task, mean over seeds and tasks: "
-          f"{mean[0]:.3f} (search items), {mean[1]:.3f} (held-out items)")
+    print(
+        f"\nbest-per-task pick / endpoint on its own task, mean over seeds and tasks: "
+        f"{mean[0]:.3f} (search items), {mean[1]:.3f} (held-out items)"
+    )
 
 
 if __name__ == "__main__":

@@ -59,18 +59,34 @@ def main() -> None:
         model = IRTModel.fit(responses, dims="auto", seed=args.seed)
         model.save(args.out / family)
         select_anchors(model, 20, "kmeans-irt", seed=args.seed).save(args.out / family)
-        print(f"{family}: D={model.dims}, {len(model.item_ids)} items, scenarios {model.scenarios} -> {args.out / family}")
-        result = validate(responses, budgets=[int(b) for b in args.budgets.split(",")], seed=args.seed,
-                          endpoints=endpoints, overall=True, repeats=args.repeats)
+        print(
+            f"{family}: D={model.dims}, {len(model.item_ids)} items, scenarios {model.scenarios} -> {args.out / family}"
+        )
+        result = validate(
+            responses,
+            budgets=[int(b) for b in args.budgets.split(",")],
+            seed=args.seed,
+            endpoints=endpoints,
+            overall=True,
+            repeats=args.repeats,
+        )
         tables.append(result.assign(family=family, per_family=result["items"]))
     print("\nfamily accuracy from n anchors per sub-skill scenario: MAE on held-out subjects")
-    print(pd.concat(tables).pivot_table(index=["method", "estimator", "budget"], columns="family",
-                                        values=["per_family", "mae"]).round(4).to_markdown())
+    print(
+        pd.concat(tables)
+        .pivot_table(index=["method", "estimator", "budget"], columns="family", values=["per_family", "mae"])
+        .round(4)
+        .to_markdown()
+    )
 
     per_family = table.assign(scenario=table.task)[["subject", "item", "score", "scenario"]]
-    result = validate(validate_responses(per_family, "responses"),
-                      budgets=[int(b) for b in args.family_budgets.split(",")], seed=args.seed, endpoints=endpoints,
-                      repeats=args.repeats)
+    result = validate(
+        validate_responses(per_family, "responses"),
+        budgets=[int(b) for b in args.family_budgets.split(",")],
+        seed=args.seed,
+        endpoints=endpoints,
+        repeats=args.repeats,
+    )
     print("\none scenario per family, n anchors per family: MAE on held-out subjects")
     print(result.round(4).to_markdown(index=False))
 

@@ -27,7 +27,9 @@ def import_graph() -> nx.DiGraph:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
+                    base = ".".join(
+                        [*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])]
+                    )
                 targets = [base, *(f"{base}.{a.name}" for a in node.names)]
             else:
                 continue
@@ -50,6 +52,7 @@ def test_no_import_circle():
 
 
 def test_no_import_climbs_a_floor():
-    climbs = [(a, b) for a, b in import_graph().edges
-              if floor(a) is not None and floor(b) is not None and floor(b) > floor(a)]
+    climbs = [
+        (a, b) for a, b in import_graph().edges if floor(a) is not None and floor(b) is not None and floor(b) > floor(a)
+    ]
     assert climbs == []

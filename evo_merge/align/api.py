@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,8 +22,8 @@ from evo_merge.align.builders import ARCHS, spec_for
 from evo_merge.align.c2m3 import c2m3
 from evo_merge.align.features import forward
 from evo_merge.align.io import load_data, load_endpoint, write_endpoint
-from evo_merge.align.methods import METHODS
 from evo_merge.align.matching import activation_matching, mudsc_matching, weight_matching
+from evo_merge.align.methods import METHODS
 from evo_merge.align.spec import (
     Perms,
     PermSpec,
@@ -75,7 +75,9 @@ def with_state(model: nn.Module, state: State) -> nn.Module:
 
 
 @torch.no_grad()
-def merge_score(merged: nn.Module, endpoints: Sequence[nn.Module], data: torch.Tensor, labels: torch.Tensor | None) -> float:
+def merge_score(
+    merged: nn.Module, endpoints: Sequence[nn.Module], data: torch.Tensor, labels: torch.Tensor | None
+) -> float:
     """Accuracy on `labels`, or (no labels) how often the merge's argmax agrees with each endpoint's."""
     pred = forward(merged, data).argmax(-1)
     if labels is not None:
@@ -84,7 +86,13 @@ def merge_score(merged: nn.Module, endpoints: Sequence[nn.Module], data: torch.T
 
 
 def search_f(
-    spec: PermSpec, ref: nn.Module, other: nn.Module, data: torch.Tensor, labels: torch.Tensor | None = None, *, seed: int = 0
+    spec: PermSpec,
+    ref: nn.Module,
+    other: nn.Module,
+    data: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    seed: int = 0,
 ) -> float:
     """MuDSC's balance factor: the grid value whose aligned average scores best on `data`."""
     best, best_score = F_GRID[0], -np.inf

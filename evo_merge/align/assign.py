@@ -8,7 +8,7 @@ matched score.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment

@@ -8,8 +8,8 @@ stream's permutation; attention heads move as blocks, Q/K and V/O tied to the sa
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -127,7 +127,8 @@ def gpt2_spec(config: Any) -> PermSpec:
         c_attn = f"{p}.attn.c_attn"
         fused[f"{c_attn}.weight"] = (1, ("q", "k", "v"))
         fused[f"{c_attn}.bias"] = (0, ("q", "k", "v"))
-        axes |= {f"{c_attn}.weight#q": ("res", qk), f"{c_attn}.weight#k": ("res", qk), f"{c_attn}.weight#v": ("res", vo)}
+        axes |= {f"{c_attn}.weight#q": ("res", qk), f"{c_attn}.weight#k": ("res", qk)}
+        axes[f"{c_attn}.weight#v"] = ("res", vo)
         axes |= {f"{c_attn}.bias#q": (qk,), f"{c_attn}.bias#k": (qk,), f"{c_attn}.bias#v": (vo,)}
         axes |= {f"{p}.attn.c_proj.weight": (vo, "res"), f"{p}.attn.c_proj.bias": ("res",)}
         axes |= {f"{p}.mlp.c_fc.weight": ("res", mlp), f"{p}.mlp.c_fc.bias": (mlp,)}

@@ -12,7 +12,7 @@ in model 0's basis.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ from evo_merge.align.spec import Perms, PermSpec, State, compose, identity, inve
 Maps = list[dict[str, torch.Tensor]]
 
 
-def _apply(spec: PermSpec, name: str, tensor: torch.Tensor, maps: dict[str, torch.Tensor], skip: int | None = None) -> torch.Tensor:
+def _apply(
+    spec: PermSpec, name: str, tensor: torch.Tensor, maps: dict[str, torch.Tensor], skip: int | None = None
+) -> torch.Tensor:
     for axis, group in enumerate(spec.axes[name]):
         if group is not None and axis != skip:
             moved = tensor.movedim(axis, 0)
@@ -75,7 +77,9 @@ def _gradients(spec: PermSpec, states: Sequence[State], maps: Maps) -> Maps:
     return grads
 
 
-def _line_search(spec: PermSpec, states: Sequence[State], maps: Maps, direction: Maps, value: float) -> tuple[float, float]:
+def _line_search(
+    spec: PermSpec, states: Sequence[State], maps: Maps, direction: Maps, value: float
+) -> tuple[float, float]:
     """The best shared step in [0, 1] and the objective there; exact, as the objective is a
     polynomial in the step (`value`: the objective at step 0)."""
     degree = 2 * max(sum(g is not None for g in axes) for axes in spec.axes.values())

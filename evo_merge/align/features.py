@@ -8,7 +8,7 @@ are read through forward hooks named in the spec and correlated over a data samp
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,9 @@ def rows(tensor: torch.Tensor, axis: int) -> torch.Tensor:
     return tensor.movedim(axis, 0).reshape(tensor.shape[axis], -1).float()
 
 
-def group_rows(spec: PermSpec, group: str, state: Mapping[str, torch.Tensor], perms: Perms | None = None) -> torch.Tensor:
+def group_rows(
+    spec: PermSpec, group: str, state: Mapping[str, torch.Tensor], perms: Perms | None = None
+) -> torch.Tensor:
     """The weight features of every unit of `group` (n x D), other groups permuted by `perms`."""
     parts = []
     for param, axis in spec.index[group]:

@@ -8,7 +8,7 @@ the endpoints' statistics, folding the correction into that layer's weight and b
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

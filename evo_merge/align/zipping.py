@@ -43,12 +43,12 @@ def zip_merge(spec: PermSpec, ref: nn.Module, other: nn.Module, data: torch.Tens
     """The zipped state dict of two models that are already aligned (same basis)."""
     states = [spec.split(ref.state_dict()), spec.split(other.state_dict())]
     sizes = spec.sizes(states[0])
-    for g, n in sizes.items():
+    for g in sizes:
         if spec.groups[g].blocks > 1:
             raise UserError(f"zip does not support block-structured group {g}; use MuDSC align")
     corr = activation_correlations([ref, other], spec, data) if f < 1 else {}
     maps = {}
-    for g, n in sizes.items():
+    for g in sizes:
         sim = 0.0
         if f > 0:
             sim = f * pearson_rows(*(2 * [torch.cat([group_rows(spec, g, s) for s in states])]))

@@ -129,7 +129,8 @@ def run(campaign_file: Path, out: Path) -> None:
 @click.command()
 @RUN_DIR
 def resume(run: Path) -> None:
-    """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating only what is missing."""
+    """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating
+    only what is missing."""
     from evo_merge.cli.plan import check_campaign_fits
 
     check_campaign_fits(_campaign_file(run))  # memory plan (#13), as for `run`
@@ -161,21 +162,27 @@ def status(run: Path) -> None:
     search = store.evaluations("search")
     ok = [e for e in search if e.status == "ok"]
     console = Console()
-    console.print(f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
-                  f"{' (finished)' if store.finished(facts['generations']) else ''}")
+    console.print(
+        f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
+        f"{' (finished)' if store.finished(facts['generations']) else ''}"
+    )
     console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, {len(search) - len(ok)} failed)")
     for task in objectives.names:
         if ok:
             best = max(ok, key=lambda e: objectives.goodness(e.estimates, task))
             se = (best.estimate_se or {}).get(task)
             value = f"{best.estimates[task]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
-            console.print(f"best {task} ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
-                          f"better): {value} (evaluation {best.id}, {best.method})")
+            console.print(
+                f"best {task} ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
+                f"better): {value} (evaluation {best.id}, {best.method})"
+            )
     full_items = sum(t["items"] for t in facts["tasks"])
     spent, full = store.items_evaluated("search"), len(search) * full_items
-    console.print(f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search "
-                  f"({full / max(spent, 1):.1f}x saving); total with calibration and front "
-                  f"{store.items_evaluated(measured=True):,}")
+    console.print(
+        f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search "
+        f"({full / max(spent, 1):.1f}x saving); total with calibration and front "
+        f"{store.items_evaluated(measured=True):,}"
+    )
 
 
 @click.command()
@@ -185,8 +192,11 @@ def report(run: Path) -> None:
     from evo_merge.report.campaign import write_report
 
     store, facts = _store(run)
-    exported = {name: (eid, Path(folder)) for name, (eid, folder) in (store.get_meta("exported") or {}).items()
-                if Path(folder).is_dir()}  # picks exported by `run` / `resume` and still there
+    exported = {
+        name: (eid, Path(folder))
+        for name, (eid, folder) in (store.get_meta("exported") or {}).items()
+        if Path(folder).is_dir()
+    }  # picks exported by `run` / `resume` and still there
     click.echo(f"wrote {write_report(run, store, facts, exported)}")
 
 
@@ -199,8 +209,16 @@ def report(run: Path) -> None:
 @click.option("--private", is_flag=True, help="create the Hub repo private")
 @click.option("--revision", help="Hub branch to upload to (created if missing)")
 @click.option("--dry-run", is_flag=True, help="list what --push-to-hub would upload; upload nothing")
-def export(run: Path, pick: int, out: Path, overwrite: bool, repo_id: str | None, private: bool,
-           revision: str | None, dry_run: bool) -> None:
+def export(
+    run: Path,
+    pick: int,
+    out: Path,
+    overwrite: bool,
+    repo_id: str | None,
+    private: bool,
+    revision: str | None,
+    dry_run: bool,
+) -> None:
     """Export one evaluated candidate of a run as a model folder (merged from the checkpoints by its
     recipe), and push it to the Hugging Face Hub with --push-to-hub. A candidate not yet scored on
     every item (held-out ones included) is measured first and the result stored, so the card and

@@ -24,8 +24,8 @@ def _zoo(zoo: Path) -> list[str]:
               help="tiny-lm zoo folder (built if missing)")
 def init(out: Path, zoo: Path) -> None:
     """Write a commented, runnable example campaign for the demo zoo."""
-    from evo_merge.errors import UserError
     from evo_merge.cli.template import campaign_text
+    from evo_merge.errors import UserError
 
     if out.exists():
         raise UserError(f"{out} already exists; choose another --out")

@@ -24,7 +24,6 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
     from evo_merge.cli.progress import StageBars
     from evo_merge.search.responses import build_responses
     from evo_merge.tasks.registry import resolve_task
-
     from evo_merge.zoo.manifest import read_zoo
 
     endpoints = [zoo / m for m in read_zoo(zoo).endpoints]

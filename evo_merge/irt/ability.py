@@ -8,6 +8,7 @@ estimate finite when every observed response is correct (or every one wrong).
 from __future__ import annotations
 
 import numpy as np
+
 from evo_merge.irt.twopl import logit_2pl, prob_2pl
 
 MAX_STEP = 3.0  # cap on one Newton step (in parameter norm): keeps far starts from overshooting
@@ -35,7 +36,9 @@ def map_logistic(
     def objective(z: np.ndarray) -> np.ndarray:
         eta = logit_2pl(z, design, offset)
         d = z - prior_mean
-        return ((y * eta - np.logaddexp(0.0, eta)) * observed).sum(1) - 0.5 * np.einsum("sp,pq,sq->s", d, prior_precision, d)
+        return ((y * eta - np.logaddexp(0.0, eta)) * observed).sum(1) - 0.5 * np.einsum(
+            "sp,pq,sq->s", d, prior_precision, d
+        )
 
     z = np.tile(prior_mean.astype(float), (responses.shape[0], 1))
     current = objective(z)

@@ -21,8 +21,9 @@ the anchors' effective size, v̂·(1 − n/N)/n_eff with n_eff = (Σw)²/Σw².
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

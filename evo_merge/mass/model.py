@@ -79,7 +79,9 @@ def _first_error(err: ValidationError) -> str:
 def _load_module(folder: Path) -> PreTrainedModel:
     """The base as an HF causal LM (MASS serves `forward`/`generate` through it)."""
     if not is_hf_folder(folder):
-        raise UserError(f"base model folder {folder}: MASS needs a Hugging Face causal LM (config.json with model_type)")
+        raise UserError(
+            f"base model folder {folder}: MASS needs a Hugging Face causal LM (config.json with model_type)"
+        )
     return load_model_folder(folder)[0]
 
 
@@ -129,8 +131,9 @@ class MassModel(nn.Module):
         cache_size; the stored factors serve every block, so nothing is recomputed."""
         current = self.routing.model_dump(exclude={"layer", "weight"})
         try:
-            self.routing = routing_config(list(self.factors.base), self.routing.layer if layer is None else layer,
-                                          **{**current, **settings})
+            self.routing = routing_config(
+                list(self.factors.base), self.routing.layer if layer is None else layer, **{**current, **settings}
+            )
         except ValidationError as err:
             raise UserError(f"MASS routing settings: {_first_error(err)}") from None
         self._bind_router()
@@ -252,8 +255,12 @@ class MassModel(nn.Module):
 
     # --- pass 2 -----------------------------------------------------------------------------
     def _grouped(
-        self, sets: list[TaskSet], forward: Callable[..., Any], input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None, kwargs: dict[str, Any],
+        self,
+        sets: list[TaskSet],
+        forward: Callable[..., Any],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        kwargs: dict[str, Any],
     ) -> CausalLMOutputWithPast:
         """One forward per distinct task set over its rows; logits reassembled in row order."""
         groups: dict[TaskSet, list[int]] = {}
@@ -266,8 +273,9 @@ class MassModel(nn.Module):
             self._use(key)
             index = torch.tensor(rows, device=input_ids.device)
             mask = None if attention_mask is None else attention_mask[index]
-            out = forward(input_ids=input_ids[index], attention_mask=mask, use_cache=False,
-                          **_rows(kwargs, index, batch))
+            out = forward(
+                input_ids=input_ids[index], attention_mask=mask, use_cache=False, **_rows(kwargs, index, batch)
+            )
             if logits is None:
                 logits = out.logits.new_empty((batch, *out.logits.shape[1:]))
             logits[index] = out.logits
@@ -334,8 +342,9 @@ class MassModel(nn.Module):
             raise UserError(f"base {base} must be a model folder (MASS needs its config.json)")
         check_compatible([base_ckpt, *endpoints])
         try:
-            routing = routing_config(base_ckpt.names, layer, threshold=threshold, max_tasks=max_tasks,
-                                     token=token, cache_size=cache_size)
+            routing = routing_config(
+                base_ckpt.names, layer, threshold=threshold, max_tasks=max_tasks, token=token, cache_size=cache_size
+            )
         except ValidationError as err:
             raise UserError(f"MASS routing settings: {_first_error(err)}") from None
         names = [Path(m).resolve().name for m in models]
@@ -377,8 +386,9 @@ class MassModel(nn.Module):
             folder = write_model_folder(tmp / "mass", self.factors.stored(), extra_files=extra)
             if copy_base:
                 base = Checkpoint.open(self.base_path)
-                write_model_folder(folder / BASE_FOLDER, ((n, base.tensor(n)) for n in base.names),
-                                   copy_from=self.base_path)
+                write_model_folder(
+                    folder / BASE_FOLDER, ((n, base.tensor(n)) for n in base.names), copy_from=self.base_path
+                )
             replace_folder(folder, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -415,8 +425,9 @@ def load_mass(path: str | Path, *, device: str | torch.device | None = None) -> 
         routing = RoutingConfig(**meta["routing"])
     except (TypeError, ValidationError) as err:
         raise UserError(f"{path / MASS_JSON}: bad 'routing' ({str(err).splitlines()[0]})") from None
-    factors = MassFactors.load(Checkpoint.open(path), Checkpoint.open(base_dir), meta["lowrank"], meta["dense"],
-                               len(meta["tasks"]))
+    factors = MassFactors.load(
+        Checkpoint.open(path), Checkpoint.open(base_dir), meta["lowrank"], meta["dense"], len(meta["tasks"])
+    )
     model = MassModel(_load_module(base_dir), factors, routing, meta["tasks"], base_dir, meta.get("models", ()))
     if device is not None:
         model.to(device)

@@ -165,11 +165,17 @@ def front_matter(front: Mapping) -> list[str]:
     return ["---", text, "---", ""]
 
 
-def inputs_section(inputs: Sequence[CardInput], base: CardInput | None, licenses: Mapping[str, str | None]) -> list[str]:
+def inputs_section(
+    inputs: Sequence[CardInput], base: CardInput | None, licenses: Mapping[str, str | None]
+) -> list[str]:
     def line(ref: CardInput) -> str:
         role = " (base)" if base is not None and ref == base else ""
-        where = (f"[{md(ref.hub_id)}](https://huggingface.co/{ref.hub_id})" + (f" at revision {md(ref.revision)}" if ref.revision else "")
-                 if ref.hub_id else f"{md(ref.label)}: a local folder, not a Hub model")
+        where = (
+            f"[{md(ref.hub_id)}](https://huggingface.co/{ref.hub_id})"
+            + (f" at revision {md(ref.revision)}" if ref.revision else "")
+            if ref.hub_id
+            else f"{md(ref.label)}: a local folder, not a Hub model"
+        )
         return f"- {where}{role}; license: {md(licenses.get(ref.display) or 'unknown')}"
 
     return ["## Merged models", "", *[line(ref) for ref in inputs], ""]
@@ -197,25 +203,47 @@ def model_card(
     front: dict = {**license_keys}
     if hub_ids:
         front.update(base_model=hub_ids, base_model_relation="merge")
-    front.update({
-        "library_name": "transformers",
-        "tags": list(dict.fromkeys(["merge", "evo-merge", recipe.merge_method])),
-        "merge_method": recipe.merge_method,
-        "merged_models": [ref.display for ref in merged],
-        "merge_parameters": {"global": recipe.parameters,
-                             "models": [{"model": model_ref(e.model).display, "parameters": e.parameters,
-                                         **({"layer_range": list(e.layer_range)} if hasattr(e, "layer_range") else {})}
-                                        for e in entries]},
-    })
-    if (index := model_index(title, (scores or {}).get("measured", {}), tasks or {})):
+    front.update(
+        {
+            "library_name": "transformers",
+            "tags": list(dict.fromkeys(["merge", "evo-merge", recipe.merge_method])),
+            "merge_method": recipe.merge_method,
+            "merged_models": [ref.display for ref in merged],
+            "merge_parameters": {
+                "global": recipe.parameters,
+                "models": [
+                    {
+                        "model": model_ref(e.model).display,
+                        "parameters": e.parameters,
+                        **({"layer_range": list(e.layer_range)} if hasattr(e, "layer_range") else {}),
+                    }
+                    for e in entries
+                ],
+            },
+        }
+    )
+    if index := model_index(title, (scores or {}).get("measured", {}), tasks or {}):
         front["model-index"] = index
     over = f" over the base model {md(base.display)}" if base else ""
-    lines = [*front_matter(front), f"# {md(title)}", "",
-             f"Built with [evo-merge](https://pypi.org/project/evo-merge/) using **{md(recipe.merge_method)}**{over}.", ""]
+    lines = [
+        *front_matter(front),
+        f"# {md(title)}",
+        "",
+        f"Built with [evo-merge](https://pypi.org/project/evo-merge/) using **{md(recipe.merge_method)}**{over}.",
+        "",
+    ]
     lines += inputs_section(inputs, base, licenses)
     if license_keys.get("license") == "other":
         lines += ["The inputs do not share one license (see the list above): check each before use.", ""]
     lines += scores_section(scores, stderr)
-    lines += ["## Reproduce", "", "`merge_recipe.yaml` in this folder rebuilds these weights bit for bit:", "",
-              "```bash", "evo-merge merge merge_recipe.yaml --out merged", "```", ""]
+    lines += [
+        "## Reproduce",
+        "",
+        "`merge_recipe.yaml` in this folder rebuilds these weights bit for bit:",
+        "",
+        "```bash",
+        "evo-merge merge merge_recipe.yaml --out merged",
+        "```",
+        "",
+    ]
     return "\n".join(lines)

@@ -47,7 +47,9 @@ def export_merge(
     if plan.tokens is not None:
         config["vocab_size"] = plan.tokens.rows
         extra.update(plan.tokens.files)
-    stderr = {name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None}
+    stderr = {
+        name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None
+    }
     extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr)
     extra[RECIPE_FILE] = recipe.to_yaml()
     if item_scores:

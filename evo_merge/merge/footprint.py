@@ -85,7 +85,9 @@ class Plan:
             per = f" ({self.workers} workers x {gib(self.host)})" if self.workers > 1 else ""
             return f"needs {gib(self.need_host)} of host memory{per} but {limit(self.budgets[0], self.available_host)}"
         if self.device != "cpu" and self.available_device is not None and self.device_bytes > self.available_device:
-            return f"needs {gib(self.device_bytes)} on {self.device} but {limit(self.budgets[1], self.available_device)}"
+            return (
+                f"needs {gib(self.device_bytes)} on {self.device} but {limit(self.budgets[1], self.available_device)}"
+            )
         return None
 
     @property
@@ -105,8 +107,10 @@ class Plan:
         if self.workers > 1:
             rows.append(row(f"total for {self.workers} workers on this machine", self.need_host))
         rows.append(describe_storage(self.storage))
-        rows.append(f"limit: host: {limit(self.budgets[0], self.available_host)}"
-                    + (f"; {self.device}: {limit(self.budgets[1], self.available_device)}" if gpu else ""))
+        rows.append(
+            f"limit: host: {limit(self.budgets[0], self.available_host)}"
+            + (f"; {self.device}: {limit(self.budgets[1], self.available_device)}" if gpu else "")
+        )
         shortfall = self.shortfall()
         rows.append("fits" if shortfall is None else f"does not fit: {shortfall}")
         if self.alternative:
@@ -121,7 +125,7 @@ def gib(n: int | None) -> str:
 
 
 def limit(label: str, n: int | None) -> str:
-    """"3.00 GiB is available" or "storage.host_budget_gib is 3.00 GiB"."""
+    """ "3.00 GiB is available" or "storage.host_budget_gib is 3.00 GiB"."""
     return f"{label} is {gib(n)}" if label.startswith("storage.") else f"only {gib(n)} is {label}"
 
 
@@ -157,8 +161,10 @@ class Shapes:
     def nbytes(self, dtype: torch.dtype | None, tensors: Sequence[TensorInfo] | None = None) -> int:
         """Bytes of `tensors` (default: all) with floating ones in `dtype` (None: their own)."""
         tensors = self.tensors if tensors is None else tensors
-        return sum(t.numel * (dtype or t.dtype).itemsize if t.dtype.is_floating_point else t.numel * t.dtype.itemsize
-                   for t in tensors)
+        return sum(
+            t.numel * (dtype or t.dtype).itemsize if t.dtype.is_floating_point else t.numel * t.dtype.itemsize
+            for t in tensors
+        )
 
 
 @dataclass(frozen=True)
@@ -207,19 +213,26 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
 
     kept = storage.placement
     dtype = "auto" if storage.dtype is None else str(storage.dtype).removeprefix("torch.")
-    lines = [line("runtime (python, torch, tokenizer)", RUNTIME_BYTES, "host"),
-             line(f"evaluation module ({str(setting.eval_dtype).removeprefix('torch.')})", module, "device"),
-             line(f"base, stored ({dtype})", stored, kept),
-             line(f"task vectors, stored ({T} x {dtype})", T * stored, kept)]
+    lines = [
+        line("runtime (python, torch, tokenizer)", RUNTIME_BYTES, "host"),
+        line(f"evaluation module ({str(setting.eval_dtype).removeprefix('torch.')})", module, "device"),
+        line(f"base, stored ({dtype})", stored, kept),
+        line(f"task vectors, stored ({T} x {dtype})", T * stored, kept),
+    ]
     if "tsv" in setting.methods:
         lines.append(line("TSV-M pieces (rank r/T factors per task)", lowrank_bytes(shapes, T, T, storage.dtype), kept))
     if "tsv_c" in setting.methods:
-        lines.append(line("TSV-C pieces (rank r/T factors, one task)", lowrank_bytes(shapes, T, 1, storage.dtype), kept))
+        lines.append(
+            line("TSV-C pieces (rank r/T factors, one task)", lowrank_bytes(shapes, T, 1, storage.dtype), kept)
+        )
     if "mass" in setting.methods:
         dense = [t for t in shapes.floating if not decomposes(t.shape, t.name)]
         factors = stored + lowrank_bytes(shapes, T, T, storage.dtype) + T * shapes.nbytes(storage.dtype, dense)
-        lines += [line("MASS module", module, "device"), line("MASS factors", factors, kept),
-                  line(f"MASS merge cache ({MASS_CACHE} task sets)", MASS_CACHE * module, "device")]
+        lines += [
+            line("MASS module", module, "device"),
+            line("MASS factors", factors, kept),
+            line(f"MASS merge cache ({MASS_CACHE} task sets)", MASS_CACHE * module, "device"),
+        ]
     lines.append(line("merge work (one tensor at a time)", work_bytes(shapes, setting), "device"))
     tokens = setting.batch_size * ACTIVATION_TOKENS
     activations = tokens * (2 * shapes.vocab + ACTIVATION_FLOATS * shapes.hidden) * 4 if shapes.vocab else 64 * 2**20
@@ -232,8 +245,11 @@ def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shape
     base = Checkpoint.open(base_path)
     endpoints = [Checkpoint.open(m) for m in model_paths]
     config = base.config or {}
-    return Shapes(describe(base, endpoints), int(config.get("vocab_size") or 0),
-                  int(config.get("hidden_size") or config.get("n_embd") or 0))
+    return Shapes(
+        describe(base, endpoints),
+        int(config.get("vocab_size") or 0),
+        int(config.get("hidden_size") or config.get("n_embd") or 0),
+    )
 
 
 def available_ram() -> int | None:
@@ -282,12 +298,21 @@ def target_of(campaign) -> Target:
     return Target(gpu, workers, host, device, (labels[0], labels[1]))
 
 
-def plan_for(campaign, shapes: Shapes, n_models: int, target: Target, storage: Storage,
-             eval_dtype: torch.dtype) -> Plan:
-    setting = Setting(n_models, tuple(campaign.methods), storage, eval_dtype, target.gpu is not None,
-                      campaign.evaluator.batch_size)
-    return Plan(plan_lines(shapes, setting), target.workers, "cpu" if target.gpu is None else str(target.gpu),
-                storage, target.host, target.device, target.budgets)
+def plan_for(
+    campaign, shapes: Shapes, n_models: int, target: Target, storage: Storage, eval_dtype: torch.dtype
+) -> Plan:
+    setting = Setting(
+        n_models, tuple(campaign.methods), storage, eval_dtype, target.gpu is not None, campaign.evaluator.batch_size
+    )
+    return Plan(
+        plan_lines(shapes, setting),
+        target.workers,
+        "cpu" if target.gpu is None else str(target.gpu),
+        storage,
+        target.host,
+        target.device,
+        target.budgets,
+    )
 
 
 def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | Path]) -> Plan:
@@ -299,16 +324,19 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
     if plan.fits:
         return plan
     placements = ("device", "host") if target.gpu is not None else (current.placement,)
-    options = [(Storage(dtype, placement), ev) for ev in dict.fromkeys((eval_dtype, torch.bfloat16))
-               for dtype in dict.fromkeys((current.dtype, torch.bfloat16)) for placement in placements]
+    options = [
+        (Storage(dtype, placement), ev)
+        for ev in dict.fromkeys((eval_dtype, torch.bfloat16))
+        for dtype in dict.fromkeys((current.dtype, torch.bfloat16))
+        for placement in placements
+    ]
     options = [o for o in options if o != (current, eval_dtype)]
     for storage, ev in options:
         other = plan_for(campaign, shapes, len(model_paths), target, storage, ev)
         if other.fits:
             where = "" if target.gpu is None else f", {other.device} {gib(other.device_bytes)}"
             suffix = "" if ev == eval_dtype else str(ev).removeprefix("torch.")
-            plan.alternative = (f"{describe_storage(storage, suffix or None)} fits "
-                                f"(host {gib(other.need_host)}{where})")
+            plan.alternative = f"{describe_storage(storage, suffix or None)} fits (host {gib(other.need_host)}{where})"
             return plan
     lean = plan_for(campaign, shapes, len(model_paths), target, *options[-1])
     plan.alternative = f"no storage setting fits; the leanest ({describe_storage(lean.storage)}) {lean.shortfall()}"

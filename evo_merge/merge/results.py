@@ -50,17 +50,35 @@ def results_json(item_scores: ItemScores, tasks: Mapping[str, TaskMeta]) -> dict
         meta = tasks.get(name) or TaskMeta(name=name, dataset=name, n_items=len(scores))
         mean, stderr = mean_and_stderr(scores)
         key = f"{meta.metric},{meta.filter}"
-        out["results"][name] = {"alias": name, key: mean, f"{meta.metric}_stderr,{meta.filter}": stderr if stderr is not None else "N/A"}
-        out["configs"][name] = {**meta.config, "task": name, "dataset": meta.dataset, "dataset_name": meta.dataset_config,
-                                "split": meta.split, "metric": meta.metric, "filter": meta.filter}
+        out["results"][name] = {
+            "alias": name,
+            key: mean,
+            f"{meta.metric}_stderr,{meta.filter}": stderr if stderr is not None else "N/A",
+        }
+        out["configs"][name] = {
+            **meta.config,
+            "task": name,
+            "dataset": meta.dataset,
+            "dataset_name": meta.dataset_config,
+            "split": meta.split,
+            "metric": meta.metric,
+            "filter": meta.filter,
+        }
         out["versions"][name] = meta.version
         out["n-shot"][name] = meta.num_fewshot
         out["higher_is_better"][name] = {meta.metric: meta.higher_is_better}
         out["n-samples"][name] = {"original": meta.n_items or len(scores), "effective": len(scores)}
-    out["config"] = {"model": "evo-merge", "limit": {n: (tasks[n].limit if n in tasks else None) for n in item_scores},
-                     "bootstrap_iters": 0}
-    out.update(date=time.time(), evo_merge_version=_package_version("evo-merge"),
-               lm_eval_version=_package_version("lm_eval"), transformers_version=_package_version("transformers"))
+    out["config"] = {
+        "model": "evo-merge",
+        "limit": {n: (tasks[n].limit if n in tasks else None) for n in item_scores},
+        "bootstrap_iters": 0,
+    }
+    out.update(
+        date=time.time(),
+        evo_merge_version=_package_version("evo-merge"),
+        lm_eval_version=_package_version("lm_eval"),
+        transformers_version=_package_version("transformers"),
+    )
     return out
 
 
@@ -78,7 +96,9 @@ def results_files(item_scores: ItemScores, tasks: Mapping[str, TaskMeta]) -> dic
     return {RESULTS_FILE: text.encode(), ITEM_SCORES_FILE: buffer.getvalue()}
 
 
-def write_results(folder: str | Path, per_task_item_scores: ItemScores, task_meta: Mapping[str, TaskMeta]) -> list[Path]:
+def write_results(
+    folder: str | Path, per_task_item_scores: ItemScores, task_meta: Mapping[str, TaskMeta]
+) -> list[Path]:
     """Write `results.json` and `item_scores.parquet` into an exported model folder."""
     folder = Path(folder)
     written = []

@@ -69,7 +69,9 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
     for _, row in measured.iterrows():
         ax.plot([row[f"est_{x}"], row[f"meas_{x}"]], [row[f"est_{y}"], row[f"meas_{y}"]], color="C1", lw=0.6)
     calibration = table[table.phase == "calibration"]
-    ax.scatter(calibration[f"meas_{x}"], calibration[f"meas_{y}"], marker="s", color="k", label="base / endpoints / warm-up")
+    ax.scatter(
+        calibration[f"meas_{x}"], calibration[f"meas_{y}"], marker="s", color="k", label="base / endpoints / warm-up"
+    )
     ax.set_xlabel(x), ax.set_ylabel(y), ax.legend(fontsize=7), ax.set_title("Pareto front")
     fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
 
@@ -90,8 +92,9 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
     fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
 
 
-def write_report(run_dir: Path, store: CampaignStore, facts: dict,
-                 exported: dict[str, tuple[int, Path]] | None = None) -> Path:
+def write_report(
+    run_dir: Path, store: CampaignStore, facts: dict, exported: dict[str, tuple[int, Path]] | None = None
+) -> Path:
     """Write pareto.csv, the plots, report.md and report.html from the store and the run's facts.
     User strings (task, method and pick names) are escaped in both reports."""
     objectives = facts_objectives(facts)
@@ -106,37 +109,69 @@ def write_report(run_dir: Path, store: CampaignStore, facts: dict,
         plot_progress(progress, tasks, run_dir / "progress.png")
 
     search_items = store.items_evaluated("search")
-    n_search = int(((table.phase == "search")).sum())
+    n_search = int((table.phase == "search").sum())
     failed = table[table.status == "failed"]
     holdout = store.get_meta(HOLDOUT_META, {})
-    facts = [f"evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
-             (f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
-              f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)"),
-             (f"item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
-              f"final phase {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
-              f"{store.items_evaluated(measured=True):,}"),
-             _holdout_fact(holdout)]
+    facts = [
+        f"evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
+        (
+            f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
+            f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)"
+        ),
+        (
+            f"item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
+            f"final phase {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
+            f"{store.items_evaluated(measured=True):,}"
+        ),
+        _holdout_fact(holdout),
+    ]
     summary = _summary(table, tasks, store, exported or {})
-    lines = ["# Campaign report", "", *[f"- {fact}" for fact in facts], "",
-             "## Reference models and measured candidates", "",
-             ("Estimated (`est_`) and measured on the search items (`meas_`)"
-              + (", and on the held-out items (`held_`)" if any(holdout.values()) else "")
-              + "; `baseline`: a standard merge; `picked as`: the exports it was chosen for."), "",
-             summary.map(lambda v: md(v) if isinstance(v, str) else v).rename(columns=md)
-             .to_markdown(index=False, floatfmt=".3f", missingval=""), "",
-             "![Pareto front](pareto.png)", "", "![Progress](progress.png)", "",
-             "Interactive version: report.html (open it in a browser; it needs no network).", ""]
+    lines = [
+        "# Campaign report",
+        "",
+        *[f"- {fact}" for fact in facts],
+        "",
+        "## Reference models and measured candidates",
+        "",
+        (
+            "Estimated (`est_`) and measured on the search items (`meas_`)"
+            + (", and on the held-out items (`held_`)" if any(holdout.values()) else "")
+            + "; `baseline`: a standard merge; `picked as`: the exports it was chosen for."
+        ),
+        "",
+        summary.map(lambda v: md(v) if isinstance(v, str) else v)
+        .rename(columns=md)
+        .to_markdown(index=False, floatfmt=".3f", missingval=""),
+        "",
+        "![Pareto front](pareto.png)",
+        "",
+        "![Progress](progress.png)",
+        "",
+        "Interactive version: report.html (open it in a browser; it needs no network).",
+        "",
+    ]
     if exported:
-        lines += ["## Exported models", ""] + [f"- {md(name)}: evaluation {i} → {md(path)}" for name, (i, path) in exported.items()]
+        lines += ["## Exported models", ""] + [
+            f"- {md(name)}: evaluation {i} → {md(path)}" for name, (i, path) in exported.items()
+        ]
         lines.append("")
     if len(failed):
-        lines += ["## Failures", ""] + [f"- evaluation {r.id} ({md(r.method)}): see state.sqlite" for r in failed.itertuples()]
+        lines += ["## Failures", ""] + [
+            f"- evaluation {r.id} ({md(r.method)}): see state.sqlite" for r in failed.itertuples()
+        ]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     facts_html = "<ul>" + "".join(f"<li>{html_text(f)}</li>" for f in facts) + "</ul>"
-    write_html_report(run_dir, measured_errors(store, table, tasks), progress, tasks,
-                      facts_html + "<h2>Reference models and measured front</h2>"
-                      + summary.to_html(index=False, float_format="{:.3f}".format, na_rep="", escape=True), exported)
+    write_html_report(
+        run_dir,
+        measured_errors(store, table, tasks),
+        progress,
+        tasks,
+        facts_html
+        + "<h2>Reference models and measured front</h2>"
+        + summary.to_html(index=False, float_format="{:.3f}".format, na_rep="", escape=True),
+        exported,
+    )
     return path
 
 
@@ -164,8 +199,9 @@ def _holdout_fact(holdout: dict[str, list[str]]) -> str:
     return f"held-out items (never seen by calibration, anchors or search): {counts}"
 
 
-def _summary(table: pd.DataFrame, tasks: Sequence[str], store: CampaignStore,
-             exported: dict[str, tuple[int, Path]]) -> pd.DataFrame:
+def _summary(
+    table: pd.DataFrame, tasks: Sequence[str], store: CampaignStore, exported: dict[str, tuple[int, Path]]
+) -> pd.DataFrame:
     """Everything measured on all items: base, endpoints, warm-up merges, baselines and the
     final phase's candidates, with held-out scores and the picks each was exported as."""
     measured = table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)].copy()
@@ -178,6 +214,7 @@ def _summary(table: pd.DataFrame, tasks: Sequence[str], store: CampaignStore,
     for t in tasks:
         measured[f"held_{t}"] = [h.get(t) for h in held]
     columns = [(f"est_{t}", f"est_se_{t}", f"meas_{t}") + ((f"held_{t}",) if holdout.get(t) else ()) for t in tasks]
-    cols = ["id", "phase", "method", "weights", "params", "baseline", "picked as"] + [c for group in columns for c in group]
+    cols = ["id", "phase", "method", "weights", "params", "baseline", "picked as"] + [
+        c for group in columns for c in group
+    ]
     return measured[cols].astype(object).where(measured[cols].notna(), None)  # blank, not nan, where not measured
-

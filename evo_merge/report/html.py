@@ -83,8 +83,16 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str]):
     for label, rows in calibration.groupby(calibration.apply(reference_label, axis=1), sort=False):
         trace(rows, "meas", f"{label} (measured)", marker={"size": 11, "symbol": "square"})
     for _, row in measured.iterrows():  # estimate -> measurement
-        fig.add_trace(go.Scatter(x=[row[f"est_{x}"], row[f"meas_{x}"]], y=[row[f"est_{y}"], row[f"meas_{y}"]],
-                                 mode="lines", line={"color": "#ff7f0e", "width": 1}, hoverinfo="skip", showlegend=False))
+        fig.add_trace(
+            go.Scatter(
+                x=[row[f"est_{x}"], row[f"meas_{x}"]],
+                y=[row[f"est_{y}"], row[f"meas_{y}"]],
+                mode="lines",
+                line={"color": "#ff7f0e", "width": 1},
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
     fig.update_layout(title="Pareto front: estimated and measured", xaxis_title=x, yaxis_title=y, height=600)
     return fig
 
@@ -93,8 +101,9 @@ def progress_figure(progress: pd.DataFrame, tasks: Sequence[str]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("hypervolume (estimated)", "best estimate per task",
-                                                       "item evaluations spent"))
+    fig = make_subplots(
+        rows=1, cols=3, subplot_titles=("hypervolume (estimated)", "best estimate per task", "item evaluations spent")
+    )
     fig.add_trace(go.Scatter(x=progress.generation, y=progress.hypervolume, name="hypervolume"), row=1, col=1)
     for task in tasks:
         fig.add_trace(go.Scatter(x=progress.generation, y=progress[f"best_{task}"], name=f"best {task}"), row=1, col=2)
@@ -113,12 +122,20 @@ def card_html(name: str, folder: Path) -> str:
     if text.startswith("---\n") and "\n---\n" in text[4:]:
         front, body = text[4:].split("\n---\n", 1)
     rendered = MarkdownIt("commonmark", {"html": False}).render(body)
-    return (f'<div class="card" id="pick-{html_text(name)}"><h3>{html_text(name)}</h3>'
-            f"<details><summary>front matter</summary><pre>{html_text(front)}</pre></details>{rendered}</div>")
+    return (
+        f'<div class="card" id="pick-{html_text(name)}"><h3>{html_text(name)}</h3>'
+        f"<details><summary>front matter</summary><pre>{html_text(front)}</pre></details>{rendered}</div>"
+    )
 
 
-def write_html_report(run_dir: Path, table: pd.DataFrame, progress: pd.DataFrame, tasks: Sequence[str],
-                      summary: str, exported: Mapping[str, tuple[int, Path]] | None = None) -> Path:
+def write_html_report(
+    run_dir: Path,
+    table: pd.DataFrame,
+    progress: pd.DataFrame,
+    tasks: Sequence[str],
+    summary: str,
+    exported: Mapping[str, tuple[int, Path]] | None = None,
+) -> Path:
     """Write report.html; `table` has est_/meas_/se_ columns per task, `summary` is trusted HTML."""
     figures = [front_figure(table, tasks)] + ([progress_figure(progress, tasks)] if len(progress) else [])
     parts = ["<h1>Campaign report</h1>", summary]

@@ -18,10 +18,14 @@ from evo_merge.errors import UserError
 from evo_merge.weights import Checkpoint
 
 # an absolute POSIX path of two or more components (not a URL's //host), a home path, a Windows drive
-_LOCAL_PATH = re.compile(r"(?:^|[\s\"'`(\[=,])(~?/(?![/\s])[^\s\"'`)\],]*/[^\s\"'`)\],/][^\s\"'`)\],]*|[A-Za-z]:\\[^\s\"'`]+)")
+_LOCAL_PATH = re.compile(
+    r"(?:^|[\s\"'`(\[=,])(~?/(?![/\s])[^\s\"'`)\],]*/[^\s\"'`)\],/][^\s\"'`)\],]*|[A-Za-z]:\\[^\s\"'`]+)"
+)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 TEXT_SUFFIXES = (".md", ".json", ".yaml", ".yml", ".txt", ".jinja")
-LOGIN_HINT = "log in with `hf auth login` (or set HF_TOKEN to a write token from https://huggingface.co/settings/tokens)"
+LOGIN_HINT = (
+    "log in with `hf auth login` (or set HF_TOKEN to a write token from https://huggingface.co/settings/tokens)"
+)
 
 
 @dataclass
@@ -88,9 +92,13 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool = False, revisi
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=plan.folder, revision=revision,
-                                   allow_patterns=[name for name, _ in plan.files],
-                                   commit_message="Upload merged model exported by evo-merge")
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=plan.folder,
+            revision=revision,
+            allow_patterns=[name for name, _ in plan.files],
+            commit_message="Upload merged model exported by evo-merge",
+        )
     except OfflineModeIsEnabled:
         raise UserError("HF_HUB_OFFLINE is set: unset it to upload") from None
     except (HfHubHTTPError, OSError) as exc:

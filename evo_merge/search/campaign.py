@@ -68,7 +68,9 @@ class CampaignRunner:
 
         workspace = Workspace.open(campaign, root, run_dir)
         spec = workspace.campaign
-        tasks = {t.label: resolve_task(t.task, **task_settings(spec.evaluator.batch_size, t.options)) for t in spec.tasks}
+        tasks = {
+            t.label: resolve_task(t.task, **task_settings(spec.evaluator.batch_size, t.options)) for t in spec.tasks
+        }
         record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()})
         record_task_meta(workspace.store, spec, tasks)
         return cls(workspace, tasks, progress)
@@ -100,8 +102,13 @@ class CampaignRunner:
         space = search_space(self.workspace)
         warmup = space.sample(campaign.estimator.warmup_merges, seed=campaign.algorithm.seed + 1)
         subjects = self.scoring.subjects(len(self.workspace.models), warmup)
-        evaluations = self.log.evaluate([c for _, c in subjects], phase=CALIBRATION, generation=None,
-                                        items=self.scoring.search_items(), stage="calibration")
+        evaluations = self.log.evaluate(
+            [c for _, c in subjects],
+            phase=CALIBRATION,
+            generation=None,
+            items=self.scoring.search_items(),
+            stage="calibration",
+        )
         for (label, _), evaluation in zip(subjects, evaluations):
             if evaluation.status != "ok" and not label.startswith("warmup-"):  # failed warm-ups are left out
                 raise UserError(f"calibration subject {label} failed to evaluate: {evaluation.error.splitlines()[0]}")
@@ -111,33 +118,51 @@ class CampaignRunner:
         spec = self.workspace.campaign.algorithm
         space = search_space(self.workspace)
         seeds = list(standard_merges(space.n_models).values()) if spec.seed_standard_merges else []
-        return make_algorithm(spec.name, space, n_objectives=self.objectives.n_objectives,
-                              population=spec.population, generations=spec.generations, seed=spec.seed, seeds=seeds)
+        return make_algorithm(
+            spec.name,
+            space,
+            n_objectives=self.objectives.n_objectives,
+            population=spec.population,
+            generations=spec.generations,
+            seed=spec.seed,
+            seeds=seeds,
+        )
 
     def search(self) -> None:
         def notify(generation: int, evaluations: list[Evaluation]) -> None:
             for callback in self.on_generation:
                 callback(generation, evaluations)
 
-        run_search(self.algorithm(), self.log, self.objectives, self.scoring.anchor_items(),
-                   self.workspace.campaign.algorithm.generations, notify)
+        run_search(
+            self.algorithm(),
+            self.log,
+            self.objectives,
+            self.scoring.anchor_items(),
+            self.workspace.campaign.algorithm.generations,
+            notify,
+        )
 
     def evaluate_baselines(self) -> None:
         """The standard merges the genome can express, on the anchors like any candidate (those
         the search seeded are looked up): part of the front and picks unless `final.baselines` is off."""
         space = search_space(self.workspace)
-        merges = {c.key: label for label, c in standard_merges(space.n_models).items()
-                  if space.expressible([c])}
+        merges = {c.key: label for label, c in standard_merges(space.n_models).items() if space.expressible([c])}
         self.workspace.store.set_meta(BASELINES_META, merges)
         if self.workspace.campaign.final.baselines:
-            self.log.evaluate([Candidate.from_key(k) for k in merges], phase=BASELINE, generation=None,
-                              items=self.scoring.anchor_items(), stage="baselines")
+            self.log.evaluate(
+                [Candidate.from_key(k) for k in merges],
+                phase=BASELINE,
+                generation=None,
+                items=self.scoring.anchor_items(),
+                stage="baselines",
+            )
 
     def measure_final(self) -> list[Evaluation]:
         """Measure each pick's top candidates, the front's spread and the baselines on every item."""
         references = [c for _, c in reference_candidates(self.workspace.endpoint_labels())]
-        return measure_final(self.log, self.objectives, self.workspace.campaign.final, search_space(self.workspace),
-                             references)
+        return measure_final(
+            self.log, self.objectives, self.workspace.campaign.final, search_space(self.workspace), references
+        )
 
     def run(self) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
         """The whole campaign: (measured candidates, exported picks name -> (evaluation id, folder))."""

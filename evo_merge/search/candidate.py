@@ -59,7 +59,10 @@ def endpoint_candidate(i: int, n_models: int) -> Candidate:
 def reference_candidates(endpoint_labels: list[str] | tuple[str, ...]) -> list[tuple[str, Candidate]]:
     """("base", the base) then (label, endpoint) for each endpoint, as candidates."""
     n = len(endpoint_labels)
-    return [("base", base_candidate(n)), *((label, endpoint_candidate(i, n)) for i, label in enumerate(endpoint_labels))]
+    return [
+        ("base", base_candidate(n)),
+        *((label, endpoint_candidate(i, n)) for i, label in enumerate(endpoint_labels)),
+    ]
 
 
 def standard_merges(n_models: int, lambdas: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)) -> dict[str, Candidate]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.evaluator import CandidateFailed, ItemScores, Items, Job, Result
+from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, Job, Result
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.workbench import Workbench
 from evo_merge.tasks.base import FitnessTask

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.evaluator import CandidateFailed, Evaluator, ItemScores, Items
+from evo_merge.search.evaluator import CandidateFailed, Evaluator, Items, ItemScores
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.store import CampaignStore, Evaluation
 

@@ -25,7 +25,9 @@ class Objectives:
     @classmethod
     def of(cls, names: Sequence[str], directions: Sequence[str],
            weights: Mapping[str, float] | None = None) -> Objectives:
-        return cls(tuple(names), tuple(directions), tuple(float(weights.get(n, 0.0)) for n in names) if weights else None)
+        return cls(
+            tuple(names), tuple(directions), tuple(float(weights.get(n, 0.0)) for n in names) if weights else None
+        )
 
     @property
     def n_objectives(self) -> int:

@@ -123,17 +123,22 @@ class Scoring:
         endpoints = [label for label, _ in subjects if label.startswith("endpoint-")]
         if spec.irt_model is not None:  # fitted elsewhere, perhaps on every item: held-out ones are dropped
             model = without_items(IRTModel.load(Path(spec.irt_model) / name), self.holdout[name])
-            endpoint_arg: Sequence[str] | pd.DataFrame = self._responses(name, [s for s in subjects if s[0] in endpoints])
+            endpoint_subjects = [s for s in subjects if s[0] in endpoints]
+            endpoint_arg: Sequence[str] | pd.DataFrame = self._responses(name, endpoint_subjects)
         elif (folder / "model.json").exists():
             model, endpoint_arg = IRTModel.load(folder), endpoints
         else:
             options = {k: v for k, v in (("lr", spec.lr), ("epochs", spec.epochs)) if v is not None}
-            model = IRTModel.fit(self._responses(name, subjects), backend=spec.backend, dims=spec.dims, seed=self.seed,
-                                 **options)
+            model = IRTModel.fit(
+                self._responses(name, subjects), backend=spec.backend, dims=spec.dims, seed=self.seed, **options
+            )
             model.save(folder)
             endpoint_arg = endpoints
         if spec.kind == "adaptive":  # items chosen per candidate: no fixed anchor set
-            return Estimator(model, None, "adaptive", seed=self.seed, target_se=spec.target_se,
-                             max_items=spec.max_items)
+            return Estimator(
+                model, None, "adaptive", seed=self.seed, target_se=spec.target_se, max_items=spec.max_items
+            )
         anchors = select_anchors(model, spec.anchors, spec.anchor_method, seed=self.seed)
-        return Estimator(model, anchors, spec.kind, endpoints=endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None)
+        return Estimator(
+            model, anchors, spec.kind, endpoints=endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None
+        )

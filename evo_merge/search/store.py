@@ -204,7 +204,9 @@ class CampaignStore:
         return bool(self.get_meta("finished")) and self.generations_completed() >= generations
 
     def _insert_scores(self, evaluation_id: int, scores: Mapping[str, Mapping[str, float]]) -> int:
-        rows = [(evaluation_id, task, item, float(score)) for task, items in scores.items() for item, score in items.items()]
+        rows = [
+            (evaluation_id, task, item, float(score)) for task, items in scores.items() for item, score in items.items()
+        ]
         before = self.db.total_changes
         self.db.executemany("INSERT OR IGNORE INTO item_scores VALUES (?, ?, ?, ?)", rows)
         return self.db.total_changes - before
@@ -224,8 +226,9 @@ class _Transaction:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-_COLUMNS = ("id, key, phase, generation, method, status, estimates, measured, items_evaluated, seconds, error,"
-            " estimate_se")
+_COLUMNS = (
+    "id, key, phase, generation, method, status, estimates, measured, items_evaluated, seconds, error, estimate_se"
+)
 
 
 def _evaluation(row: Iterable) -> Evaluation:
@@ -276,8 +279,9 @@ def check_run_folder(run_dir: Path) -> None:
         return
     entries = {entry.name for entry in run_dir.iterdir()} - {LOCK_FILE}
     if entries and CampaignStore.DB not in entries:
-        raise UserError(f"--out {run_dir}: not empty and not a run folder (no {CampaignStore.DB}); "
-                        "give a new or empty folder")
+        raise UserError(
+            f"--out {run_dir}: not empty and not a run folder (no {CampaignStore.DB}); give a new or empty folder"
+        )
 
 
 def remove_unused_run_folder(run_dir: Path) -> None:

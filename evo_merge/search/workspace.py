@@ -86,8 +86,12 @@ def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tup
     mean = out / "universe-mean"
     if not mean.exists():
         checkpoints = [Checkpoint.open(p) for p in aligned]
-        tensors = ((n, sum(c.tensor(n) for c in checkpoints) / len(checkpoints)) if checkpoints[0].dtype(n).is_floating_point
-                   else (n, checkpoints[0].tensor(n)) for n in checkpoints[0].names)
+        tensors = (
+            (n, sum(c.tensor(n) for c in checkpoints) / len(checkpoints))
+            if checkpoints[0].dtype(n).is_floating_point
+            else (n, checkpoints[0].tensor(n))
+            for n in checkpoints[0].names
+        )
         write_model_folder(mean, tensors, copy_from=aligned[0])
     return mean, aligned
 
@@ -129,16 +133,22 @@ def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> None:
         store.set_meta("config", fingerprint)
         atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
     elif stored != fingerprint:
-        raise UserError(f"{run_dir}: holds a different campaign; resume it with its own {CAMPAIGN_FILE} "
-                        "or start a new run folder")
+        raise UserError(
+            f"{run_dir}: holds a different campaign; resume it with its own {CAMPAIGN_FILE} or start a new run folder"
+        )
 
 
 def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int]) -> None:
     """What reading a run needs, kept in the store: name, tasks (direction, items), generations."""
-    store.set_meta("facts", {
-        "name": campaign.name,
-        "generations": campaign.algorithm.generations,
-        "algorithm": campaign.algorithm.name,
-        "tasks": [{"name": t.label, "direction": t.direction, "items": item_counts[t.label]} for t in campaign.tasks],
-        "weights": campaign.objective.weights,
-    })
+    store.set_meta(
+        "facts",
+        {
+            "name": campaign.name,
+            "generations": campaign.algorithm.generations,
+            "algorithm": campaign.algorithm.name,
+            "tasks": [
+                {"name": t.label, "direction": t.direction, "items": item_counts[t.label]} for t in campaign.tasks
+            ],
+            "weights": campaign.objective.weights,
+        },
+    )

@@ -110,7 +110,9 @@ def load_lm_eval_task(spec: str | Path) -> Any:
     else:
         manager = _registry_manager(str(spec))
         if manager is None or str(spec) not in manager.all_tasks + manager.all_groups + manager.all_tags:
-            raise UserError(f"unknown task {spec!r}: not a file, a folder, a plugin, a shipped benchmark or an lm-eval task")
+            raise UserError(
+                f"unknown task {spec!r}: not a file, a folder, a plugin, a shipped benchmark or an lm-eval task"
+            )
         spec_to_load = str(spec)
     try:
         loaded = manager.load([spec_to_load])
@@ -226,7 +228,5 @@ class LMEvalTask:
                 bootstrap_iters=0,
                 log_samples=True,
             )
-        by_doc = {
-            s["doc_id"]: s[self.metric] for s in result["samples"][self.name] if s["filter"] == self.filter
-        }
+        by_doc = {s["doc_id"]: s[self.metric] for s in result["samples"][self.name] if s["filter"] == self.filter}
         return score_series(self.name, [self._ids[p] for p in positions], [by_doc[p] for p in positions])

@@ -46,7 +46,9 @@ class TorchClassificationTask:
         return dict(self._scenarios) if self._scenarios is not None else None
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, tokenizer: Any = None, item_ids: Sequence[str] | None = None) -> pd.Series:
+    def evaluate(
+        self, model: torch.nn.Module, tokenizer: Any = None, item_ids: Sequence[str] | None = None
+    ) -> pd.Series:
         """Correctness (0/1) per item; `tokenizer` is ignored (the protocol is shared with LMs)."""
         pos = torch.tensor(item_positions(self.name, self._index, item_ids), dtype=torch.long)
         param = next(model.parameters(), None)  # inputs follow the model (a GPU, bf16 evaluation)

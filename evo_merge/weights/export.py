@@ -181,8 +181,10 @@ def _write_extra(folder: Path, name: str, content: str | bytes) -> None:
 
 def is_model_folder(folder: Path) -> bool:
     """Holds weights (safetensors, an index, pickle checkpoints), as a model or MASS folder does."""
-    return any(f.is_file() and (f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES or f.name.endswith(".index.json"))
-               for f in folder.iterdir())
+    return any(
+        f.is_file() and (f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES or f.name.endswith(".index.json"))
+        for f in folder.iterdir()
+    )
 
 
 def check_replaceable(out: Path) -> None:

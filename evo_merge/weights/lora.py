@@ -56,7 +56,9 @@ class LoraCheckpoint(Checkpoint):
             for key in handle.keys():
                 match = _KEY.match(key)
                 if match is None:
-                    raise UserError(f"{weights_file}: {key} is not a LoRA A/B matrix (only LoRA adapters are supported)")
+                    raise UserError(
+                        f"{weights_file}: {key} is not a LoRA A/B matrix (only LoRA adapters are supported)"
+                    )
                 parts = pairs.setdefault(match["module"], {})
                 parts[match["part"][-1]] = handle.get_tensor(key)
                 parts["embedding"] = "embedding" in match["part"]
@@ -77,8 +79,10 @@ class LoraCheckpoint(Checkpoint):
         transpose = parts["embedding"] or bool(config.get("fan_in_fan_out"))  # peft's layouts
         shape = (a.shape[1], b.shape[0]) if transpose else (b.shape[0], a.shape[1])
         if b.shape[1] != rank or tuple(shape) != tuple(self.shape(name)):
-            raise UserError(f"{source}: adapter for {name} has shape {list(shape)} (B {list(b.shape)} x A "
-                            f"{list(a.shape)}) but the model's tensor is {list(self.shape(name))}")
+            raise UserError(
+                f"{source}: adapter for {name} has shape {list(shape)} (B {list(b.shape)} x A "
+                f"{list(a.shape)}) but the model's tensor is {list(self.shape(name))}"
+            )
         return a, b, scale, transpose
 
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:

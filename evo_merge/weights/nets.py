@@ -6,7 +6,8 @@ so a saved state dict can always be rebuilt and run (activation matching, REPAIR
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +16,6 @@ from evo_merge.errors import UserError
 from evo_merge.weights.arch import CNN as CNN_TABLE
 from evo_merge.weights.arch import MLP as MLP_TABLE
 from evo_merge.weights.arch import RESNET as RESNET_TABLE
-
 
 
 def _norm(kind: str | None, channels: int, groups: int) -> nn.Module:

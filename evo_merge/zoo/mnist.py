@@ -11,8 +11,9 @@ training settings, and a model whose settings did not change is reused, not retr
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,9 +23,9 @@ from rich.progress import track
 from rich.table import Table
 from safetensors.torch import load_file, save_file
 
-from evo_merge.weights.nets import build_net
 from evo_merge.errors import UserError
 from evo_merge.weights.folder import load_model_folder, save_model_folder
+from evo_merge.weights.nets import build_net
 
 LOW, HIGH = tuple(range(5)), tuple(range(5, 10))
 
@@ -69,8 +70,14 @@ def mnist_task(zoo: str | Path, split: str = "test", name: str = "mnist", **sett
         raise UserError(f"{file}: no {split} split in the mnist zoo (build it with `evo-merge zoo build --kind mnist`)")
     data = load_file(file)
     scenarios = [f"digit-{int(d)}" for d in data["y"]]
-    return TorchClassificationTask(name, data["x"], data["y"], item_ids=[f"{name}-{i:05d}" for i in range(len(data["y"]))],
-                                   scenarios=scenarios, batch_size=settings.get("batch_size", 1024))
+    return TorchClassificationTask(
+        name,
+        data["x"],
+        data["y"],
+        item_ids=[f"{name}-{i:05d}" for i in range(len(data["y"]))],
+        scenarios=scenarios,
+        batch_size=settings.get("batch_size", 1024),
+    )
 
 
 def _plan(mlp_hidden: Sequence[int], cnn_channels: Sequence[int], n_seeds: int) -> dict[str, tuple[dict, int, tuple]]:
@@ -104,7 +111,13 @@ def build_mnist_zoo(
     plan = _plan(mlp_hidden, cnn_channels, n_seeds)
     for name, (config, offset, classes) in track(plan.items(), description="mnist zoo"):
         folder = out / name
-        settings = {"config": config, "seed": seed * 1000 + offset, "data_seed": seed, "classes": list(classes), "epochs": epochs}
+        settings = {
+            "config": config,
+            "seed": seed * 1000 + offset,
+            "data_seed": seed,
+            "classes": list(classes),
+            "epochs": epochs,
+        }
         cached = folder / "train.json"
         if cached.exists() and json.loads(cached.read_text()) == settings and (folder / "model.safetensors").exists():
             net, _ = load_model_folder(folder)

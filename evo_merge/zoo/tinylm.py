@@ -297,7 +297,10 @@ def save_zoo(
 
 
 def zoo_table(
-    models: dict[str, PreTrainedModel], tokenizer: PreTrainedTokenizerBase, n_items: int | None = None, batch_size: int = 256
+    models: dict[str, PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    n_items: int | None = None,
+    batch_size: int = 256,
 ) -> pd.DataFrame:
     """Accuracy (%) on the first `n_items` (all when None) evaluation items of each shipped
     family: rows = models, columns = families."""
@@ -362,8 +365,10 @@ def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool) -
         save_zoo(out, tokenizer, models, settings)
         table.round(1).to_csv(out / "table.csv")
         (out / "table.md").write_text(table.round(1).to_markdown() + "\n")
-        console.print(f"trained in {trained:.0f} s, whole build {time.perf_counter() - start:.0f} s "
-                      f"({time.process_time() - cpu:.0f} s CPU)")
+        console.print(
+            f"trained in {trained:.0f} s, whole build {time.perf_counter() - start:.0f} s "
+            f"({time.process_time() - cpu:.0f} s CPU)"
+        )
     table = pd.read_csv(out / "table.csv", index_col="model")
     console.print(_rich_table(table))
     return out

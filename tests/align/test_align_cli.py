@@ -40,7 +40,18 @@ def _one_line_error(result, *needles):
 def test_plain_models_aligned_and_idempotent(tmp_path):
     cfg = CONFIGS["mlp"]
     nets = [_save_plain(tmp_path / n, cfg, s) for n, s in (("a", 0), ("b", 1), ("c", 2))]
-    result = _run("--models", tmp_path / "a", tmp_path / "b", tmp_path / "c", "--arch", "mlp", "--method", "c2m3", "--out", tmp_path / "out")
+    result = _run(
+        "--models",
+        tmp_path / "a",
+        tmp_path / "b",
+        tmp_path / "c",
+        "--arch",
+        "mlp",
+        "--method",
+        "c2m3",
+        "--out",
+        tmp_path / "out",
+    )
     assert result.exit_code == 0, result.output
     perms = json.loads((tmp_path / "out" / "permutations.json").read_text())
     assert perms["method"] == "c2m3" and set(perms["perms"]) == {"a", "b", "c"}
@@ -53,7 +64,9 @@ def test_plain_models_aligned_and_idempotent(tmp_path):
     moved = load_file(tmp_path / "out" / "b" / "model.safetensors")
     assert not torch.equal(moved["fcs.0.weight"], nets[1].state_dict()["fcs.0.weight"])
     once = _run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--out", tmp_path / "once")
-    again = _run("--models", tmp_path / "once" / "a", tmp_path / "once" / "b", "--arch", "mlp", "--out", tmp_path / "again")
+    again = _run(
+        "--models", tmp_path / "once" / "a", tmp_path / "once" / "b", "--arch", "mlp", "--out", tmp_path / "again"
+    )
     assert once.exit_code == 0 and again.exit_code == 0, again.output
     assert "model 1: 0 units moved" in again.output
     for name in ("a", "b"):
@@ -72,7 +85,19 @@ def test_hf_models_written_with_tokenizer(tmp_path, arch, method):
         tok.save_pretrained(tmp_path / name)
         models.append(model)
     (tmp_path / "data.txt").write_text("the quick brown fox jumps over the lazy dog. " * 8)
-    result = _run("--models", tmp_path / "m0", tmp_path / "m1", "--arch", arch, "--method", method, "--data", tmp_path / "data.txt", "--out", tmp_path / "out")
+    result = _run(
+        "--models",
+        tmp_path / "m0",
+        tmp_path / "m1",
+        "--arch",
+        arch,
+        "--method",
+        method,
+        "--data",
+        tmp_path / "data.txt",
+        "--out",
+        tmp_path / "out",
+    )
     assert result.exit_code == 0, result.output
     out = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "m1").eval()
     assert (tmp_path / "out" / "m1" / "tokenizer.json").exists()
@@ -84,13 +109,17 @@ def test_hf_models_written_with_tokenizer(tmp_path, arch, method):
 def test_different_widths_named(tmp_path):
     _save_plain(tmp_path / "a", CONFIGS["mlp"], 0)
     _save_plain(tmp_path / "b", {**CONFIGS["mlp"], "hidden": [16, 10, 8]}, 0)
-    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--out", tmp_path / "o"), "fcs.1.weight")
+    _one_line_error(
+        _run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--out", tmp_path / "o"), "fcs.1.weight"
+    )
 
 
 def test_different_architectures_named(tmp_path):
     _save_plain(tmp_path / "a", CONFIGS["mlp"], 0)
     _save_plain(tmp_path / "b", CONFIGS["cnn_bn"], 0)
-    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--out", tmp_path / "o"), "parameter")
+    _one_line_error(
+        _run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--out", tmp_path / "o"), "parameter"
+    )
     _one_line_error(_run("--models", tmp_path / "b", tmp_path / "a", "--arch", "mlp", "--out", tmp_path / "o"), "cnn")
 
 
@@ -102,10 +131,14 @@ def _yaml_spec(tmp_path, params):
 
 def _mlp_params():
     return {
-        "fcs.0.weight": ["h0", None], "fcs.0.bias": ["h0"],
-        "fcs.1.weight": ["h1", "h0"], "fcs.1.bias": ["h1"],
-        "fcs.2.weight": ["h2", "h1"], "fcs.2.bias": ["h2"],
-        "fcs.3.weight": [None, "h2"], "fcs.3.bias": [None],
+        "fcs.0.weight": ["h0", None],
+        "fcs.0.bias": ["h0"],
+        "fcs.1.weight": ["h1", "h0"],
+        "fcs.1.bias": ["h1"],
+        "fcs.2.weight": ["h2", "h1"],
+        "fcs.2.bias": ["h2"],
+        "fcs.3.weight": [None, "h2"],
+        "fcs.3.bias": [None],
     }
 
 
@@ -116,13 +149,18 @@ def test_yaml_spec_aligns_bare_state_dicts(tmp_path):
         (tmp_path / name).mkdir()
         save_file(net.state_dict(), tmp_path / name / "model.safetensors")  # no config.json
     spec = _yaml_spec(tmp_path, _mlp_params())
-    result = _run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--method", "weight", "--out", tmp_path / "o")
+    result = _run(
+        "--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--method", "weight", "--out", tmp_path / "o"
+    )
     assert result.exit_code == 0, result.output
     clone = trained_like(CONFIGS["mlp"], 5)
     clone.load_state_dict(load_file(tmp_path / "o" / "b" / "model.safetensors"))
     x = torch.randn(4, 20)
     torch.testing.assert_close(clone(x), b_net(x), rtol=1e-4, atol=1e-5)
-    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--method", "mudsc", "--out", tmp_path / "o2"), "mudsc")
+    _one_line_error(
+        _run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--method", "mudsc", "--out", tmp_path / "o2"),
+        "mudsc",
+    )
 
 
 def test_spec_missing_a_parameter_named(tmp_path):
@@ -131,7 +169,9 @@ def test_spec_missing_a_parameter_named(tmp_path):
     params = _mlp_params()
     del params["fcs.2.bias"]
     spec = _yaml_spec(tmp_path, params)
-    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--out", tmp_path / "o"), "fcs.2.bias")
+    _one_line_error(
+        _run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--out", tmp_path / "o"), "fcs.2.bias"
+    )
 
 
 def test_spec_axis_sizes_disagree_named(tmp_path):
@@ -140,7 +180,9 @@ def test_spec_axis_sizes_disagree_named(tmp_path):
     params = _mlp_params()
     params["fcs.2.weight"] = ["h2", "h0"]  # h0 has 16 units, this axis has 12
     spec = _yaml_spec(tmp_path, params)
-    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--out", tmp_path / "o"), "fcs.2.weight")
+    _one_line_error(
+        _run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--out", tmp_path / "o"), "fcs.2.weight"
+    )
 
 
 def test_the_schema_the_library_and_the_cli_accept_the_same_methods():

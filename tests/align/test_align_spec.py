@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from align_helpers import CONFIGS, trained_like
 
 from evo_merge.align.builders import spec_for
 from evo_merge.align.spec import apply_permutation, random_permutation
 from evo_merge.zoo.tiny import make_tiny_causal_lm
-
-from align_helpers import CONFIGS, trained_like
 
 
 def _permuted_copy(arch, model, seed):

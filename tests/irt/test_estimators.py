@@ -25,7 +25,9 @@ def test_anchor_and_pirt_match_hand_computation(make_model):
 
     def neg_post(t):  # y = (1, 0) on items 0, 1, prior N(0, ABILITY_PRIOR_SD²)
         logit = alpha[:2] * t[0] - beta[:2]
-        return -(logit[0] - np.logaddexp(0, logit[0]) - np.logaddexp(0, logit[1])) + 0.5 * t[0] ** 2 / ABILITY_PRIOR_SD**2
+        return (
+            -(logit[0] - np.logaddexp(0, logit[0]) - np.logaddexp(0, logit[1])) + 0.5 * t[0] ** 2 / ABILITY_PRIOR_SD**2
+        )
 
     theta = minimize(neg_post, [0.0]).x[0]
     unseen = expit(alpha[2:] * theta - beta[2:]).mean()

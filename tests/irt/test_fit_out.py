@@ -24,5 +24,7 @@ def test_refit_into_the_same_folder_drops_the_old_anchors(tmp_path):
     assert list((tmp_path / "m" / "anchors").glob("*.json"))
     irt("fit", tmp_path / "second.csv", "--out", tmp_path / "m", "--dims", "1")
     assert not (tmp_path / "m" / "anchors").exists()  # they named items of the first model
-    result = CliRunner().invoke(cli, ["irt", "estimate", str(tmp_path / "m"), "--responses", str(tmp_path / "second.csv")])
+    result = CliRunner().invoke(
+        cli, ["irt", "estimate", str(tmp_path / "m"), "--responses", str(tmp_path / "second.csv")]
+    )
     assert result.exit_code == 2 and "irt anchors" in result.output, result.output

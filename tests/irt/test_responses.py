@@ -17,7 +17,9 @@ def _write(tmp_path, text, name="r.csv"):
 
 
 def test_long_csv_with_scenarios_and_missing_rows(tmp_path):
-    path = _write(tmp_path, "subject,item,score,scenario\na,q1,1,math\na,q2,0.5,math\nb,q1,0,math\nb,q3,,code\nc,q3,1,code\n")
+    path = _write(
+        tmp_path, "subject,item,score,scenario\na,q1,1,math\na,q2,0.5,math\nb,q1,0,math\nb,q3,,code\nc,q3,1,code\n"
+    )
     long = load_responses(path)
     assert list(long.columns) == ["subject", "item", "score", "scenario"]
     assert len(long) == 4  # b's empty score means "not evaluated"
@@ -36,7 +38,9 @@ def test_wide_csv_and_parquet_give_the_same_long_table(tmp_path):
     parquet = tmp_path / "r.parquet"
     pd.DataFrame({"subject": ["a", "a", "b"], "item": ["q1", "q2", "q1"], "score": [1.0, 0.0, 0.0]}).to_parquet(parquet)
     by = ["subject", "item"]
-    pd.testing.assert_frame_equal(load_responses(parquet).sort_values(by, ignore_index=True), long.sort_values(by, ignore_index=True))
+    pd.testing.assert_frame_equal(
+        load_responses(parquet).sort_values(by, ignore_index=True), long.sort_values(by, ignore_index=True)
+    )
 
 
 @pytest.mark.parametrize(

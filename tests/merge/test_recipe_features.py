@@ -182,18 +182,43 @@ def test_union_tokenizer_needed_when_vocabularies_differ(deep, tmp_path):
 
 
 BAD = {
-    "layer range out of range": ({"merge_method": "passthrough", "slices": [
-        {"sources": [{"model": "{ft1}", "layer_range": [2, 9]}]}]}, "slices.0.sources.0.layer_range"),
-    "empty gradient": ({"merge_method": "task_arithmetic", "base_model": "{base}", "models": [
-        {"model": "{ft1}", "parameters": {"weight": []}}]}, "weight: expected a value"),
-    "unknown key in a slice": ({"merge_method": "passthrough", "slices": [
-        {"sources": [{"model": "{ft1}", "layer_range": [0, 2], "layers": 3}]}]}, "slices.0.sources.0.layers: unknown key"),
+    "layer range out of range": (
+        {"merge_method": "passthrough", "slices": [{"sources": [{"model": "{ft1}", "layer_range": [2, 9]}]}]},
+        "slices.0.sources.0.layer_range",
+    ),
+    "empty gradient": (
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": "{base}",
+            "models": [{"model": "{ft1}", "parameters": {"weight": []}}],
+        },
+        "weight: expected a value",
+    ),
+    "unknown key in a slice": (
+        {
+            "merge_method": "passthrough",
+            "slices": [{"sources": [{"model": "{ft1}", "layer_range": [0, 2], "layers": 3}]}],
+        },
+        "slices.0.sources.0.layers: unknown key",
+    ),
     "unknown method": ({"merge_method": "frankenmerge", "models": [{"model": "{ft1}"}]}, "unknown merge method"),
-    "unknown filtered parameter": ({"merge_method": "ties", "base_model": "{base}", "models": [{"model": "{ft1}"}],
-                                    "parameters": {"densty": [{"filter": "mlp", "value": 0.5}]}},
-                                   "parameters.densty: unknown parameter"),
-    "models and slices": ({"merge_method": "linear", "models": [{"model": "{ft1}"}], "slices": [
-        {"sources": [{"model": "{ft1}", "layer_range": [0, 2]}]}]}, "exactly one of `models` and `slices`"),
+    "unknown filtered parameter": (
+        {
+            "merge_method": "ties",
+            "base_model": "{base}",
+            "models": [{"model": "{ft1}"}],
+            "parameters": {"densty": [{"filter": "mlp", "value": 0.5}]},
+        },
+        "parameters.densty: unknown parameter",
+    ),
+    "models and slices": (
+        {
+            "merge_method": "linear",
+            "models": [{"model": "{ft1}"}],
+            "slices": [{"sources": [{"model": "{ft1}", "layer_range": [0, 2]}]}],
+        },
+        "exactly one of `models` and `slices`",
+    ),
 }
 
 
@@ -225,10 +250,21 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
     repo, commit = _hub_cache(tmp_path / "hub", deep["base"])
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     recipe = tmp_path / "hub.yaml"
-    recipe.write_text(yaml.safe_dump({"merge_method": "task_arithmetic", "base_model": repo,
-                                      "models": [{"model": str(deep["ft1"]), "parameters": {"weight": 0.5}}]}))
-    done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o")],
-                          env=env, capture_output=True, text=True)
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "task_arithmetic",
+                "base_model": repo,
+                "models": [{"model": str(deep["ft1"]), "parameters": {"weight": 0.5}}],
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     written = yaml.safe_load((tmp_path / "o" / "merge_recipe.yaml").read_text())
     assert written["base_model"] == f"{repo}@{commit}"
@@ -238,7 +274,11 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
     assert all(torch.allclose(t, expected[k], atol=1e-6) for k, t in tensors_of(tmp_path / "o").items())
 
     recipe.write_text(recipe.read_text().replace(repo, "tiny-org/not-cached"))
-    done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o2")],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o2")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "not in the local cache" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o2").exists()

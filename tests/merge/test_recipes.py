@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evo_merge.cli import cli
-from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.recipe import Recipe
 from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family
 
@@ -150,14 +150,24 @@ def test_bfloat16_output_and_linear_without_base(family, tmp_path):
 
 
 BAD_RECIPES = {
-    "unknown method": ("merge_method: frankenmerge\nbase_model: {base}\nmodels: [{{model: {ft}}}]\n", "unknown merge method"),
-    "unknown parameter": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nparameters: {{densty: 0.5}}\n",
-                          "parameters.densty: unknown parameter"),
+    "unknown method": (
+        "merge_method: frankenmerge\nbase_model: {base}\nmodels: [{{model: {ft}}}]\n",
+        "unknown merge method",
+    ),
+    "unknown parameter": (
+        "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nparameters: {{densty: 0.5}}\n",
+        "parameters.densty: unknown parameter",
+    ),
     "missing model": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: /nope/model}}]\n", "models.0.model"),
     "malformed yaml": ("merge_method: ties\nmodels: [{{model: {ft}\n", "malformed YAML"),
-    "unknown key": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nmodules: {{}}\n", "modules: unknown key"),
-    "wrong type": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: heavy}}}}]\n",
-                   "models.0.parameters.weight"),
+    "unknown key": (
+        "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nmodules: {{}}\n",
+        "modules: unknown key",
+    ),
+    "wrong type": (
+        "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: heavy}}}}]\n",
+        "models.0.parameters.weight",
+    ),
 }
 
 
@@ -193,4 +203,3 @@ def test_mismatched_shapes_and_pickle_checkpoints_are_refused(tmp_path):
     assert result.exit_code == 0, result.output
     merged, expected = tensors_of(tmp_path / "o"), tensors_of(fts[0])
     assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in expected)
-

@@ -6,11 +6,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.footprint import Setting, lowrank_bytes, plan_lines, shapes_of
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.pieces import LowRank, Scaled
 from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.storage import Storage
 from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family

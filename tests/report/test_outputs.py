@@ -6,9 +6,9 @@ import re
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import save_file
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
+from safetensors.torch import save_file
 
 from evo_merge.cli import cli
 from evo_merge.errors import UserError

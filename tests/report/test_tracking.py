@@ -26,7 +26,9 @@ def run_through(tracker, store):
     for evaluation in evaluations:
         tracker.log_evaluation(evaluation)
     for generation in (1, 2):
-        tracker.log_generation(generation, generation_metrics(evaluations, Objectives.of(TASKS, ["maximize"] * 2), generation))
+        tracker.log_generation(
+            generation, generation_metrics(evaluations, Objectives.of(TASKS, ["maximize"] * 2), generation)
+        )
     (store.run_dir / "report.md").write_text("# Campaign report\n")
     tracker.finish(store.run_dir)
 
@@ -56,7 +58,11 @@ def test_mlflow_run_holds_generations_evaluations_and_artifacts(small_store, tmp
 
     # a resumed campaign continues the same run
     again = open_tracker(spec, small_store.run_dir, CAMPAIGN)
-    assert again.trackers[0].run_id == run.info.run_id == json.loads((small_store.run_dir / IDS_FILE).read_text())["mlflow"]
+    assert (
+        again.trackers[0].run_id
+        == run.info.run_id
+        == json.loads((small_store.run_dir / IDS_FILE).read_text())["mlflow"]
+    )
 
 
 def test_missing_tracking_package_is_a_user_error_naming_the_extra(small_store, monkeypatch):
@@ -88,10 +94,10 @@ def read_wandb_log(run_dir):
         if 32768 - pos % 32768 < 7:
             pos += 32768 - pos % 32768
             continue
-        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
         if length == 0 and kind == 0:
             break
-        chunk, pos = chunk + raw[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = chunk + raw[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # full or last chunk
             record = wandb_internal_pb2.Record()
             record.ParseFromString(chunk)
@@ -106,9 +112,14 @@ def test_wandb_offline_run_logs_a_step_per_generation(small_store, monkeypatch):
     spec = TrackingSpec.model_validate({"wandb": {"project": "merges", "mode": "offline"}})
     run_through(open_tracker(spec, small_store.run_dir, CAMPAIGN), small_store)
     records = wandb_records(small_store.run_dir)
-    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
-               for kind, r in records if kind == "history"]
-    generations = [(h["generation"], round(h["generation/hypervolume"], 6)) for h in history if "generation/hypervolume" in h]
+    history = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for kind, r in records
+        if kind == "history"
+    ]
+    generations = [
+        (h["generation"], round(h["generation/hypervolume"], 6)) for h in history if "generation/hypervolume" in h
+    ]
     assert generations == [(1, 0.18), (2, 0.21)]
     assert [h["measured/alpha"] for h in history if "measured/alpha" in h] == [0.45]
     assert {"run", "artifact", "exit"} <= {kind for kind, _ in records}

@@ -5,9 +5,8 @@ replay continues from the store without evaluating anything again."""
 import sqlite3
 
 import pytest
-from click.testing import CliRunner
-
 from campaigns import run_campaign, write_campaign  # tests/search is on sys.path
+from click.testing import CliRunner
 
 from evo_merge.cli import cli
 from evo_merge.search.store import CampaignStore

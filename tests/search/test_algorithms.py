@@ -4,9 +4,8 @@ without evaluating anything again (the resume path, minus the kill)."""
 import sqlite3
 
 import pytest
-from click.testing import CliRunner
-
 from campaigns import write_campaign  # tests/search is on sys.path
+from click.testing import CliRunner
 
 from evo_merge.cli import cli
 from evo_merge.zoo.tiny import save_tiny_family

@@ -38,15 +38,22 @@ def card(folder):
     index = yaml.safe_load(text.split("---\n")[1])["model-index"][0]["results"]
     rows = [line.strip("|").split("|") for line in text.split("## Scores")[1].split("\n\n")[1].splitlines()]
     columns = [c.strip().replace("\\", "") for c in rows[0][1:]]
-    table = {c: {r[0].strip().replace("\\", ""): float(r[i + 1].split("±")[0]) for r in rows[2:]} for i, c in enumerate(columns)}
+    table = {
+        c: {r[0].strip().replace("\\", ""): float(r[i + 1].split("±")[0]) for r in rows[2:]}
+        for i, c in enumerate(columns)
+    }
     return {r["task"]["name"]: r["metrics"][0]["value"] for r in index}, table
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, zoo):  # noqa: F811
     tmp = tmp_path_factory.mktemp("final")
-    path = campaign(tmp, zoo, algorithm={"population": 6, "generations": 2, "seed": 1},
-                    final={"holdout": 0.25, "top_k": 2, "evaluate_top": 2, "picks": NAMED})
+    path = campaign(
+        tmp,
+        zoo,
+        algorithm={"population": 6, "generations": 2, "seed": 1},
+        final={"holdout": 0.25, "top_k": 2, "evaluate_top": 2, "picks": NAMED},
+    )
     run = tmp / "run"
     runner = CampaignRunner.open(Campaign.load(path), tmp, run)
     runner.calibrate()
@@ -81,8 +88,11 @@ def test_measured_candidates_carry_search_and_held_out_scores(finished):
     measured = db.execute("SELECT id, measured FROM evaluations WHERE measured IS NOT NULL AND phase != 'calibration'")
     for eid, scores in measured.fetchall():
         for task, value in json.loads(scores).items():
-            items = dict(db.execute("SELECT item, score FROM item_scores WHERE evaluation_id = ? AND task = ?",
-                                    (eid, task)).fetchall())
+            items = dict(
+                db.execute(
+                    "SELECT item, score FROM item_scores WHERE evaluation_id = ? AND task = ?", (eid, task)
+                ).fetchall()
+            )
             assert len(items) == 120  # every item, held-out ones included
             search = [v for i, v in items.items() if i not in set(holdout[task])]
             assert value == pytest.approx(np.mean(search))  # `measured` is the search items' score
@@ -122,8 +132,13 @@ def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(fi
     store = CampaignStore(run)
     space = search_space(runner.workspace)
     expressible = {label: c for label, c in standard_merges(2).items() if space.expressible([c])}
-    assert set(expressible) == {"task_arithmetic lambda=0.5", "task_arithmetic lambda=0.7",
-                                "task_arithmetic lambda=1.0", "ties density=0.2", "tsv alpha=1"}
+    assert set(expressible) == {
+        "task_arithmetic lambda=0.5",
+        "task_arithmetic lambda=0.7",
+        "task_arithmetic lambda=1.0",
+        "ties density=0.2",
+        "tsv alpha=1",
+    }
     for candidate in expressible.values():
         assert store.get(candidate.key).measured is not None
     report = (run / "report.md").read_text().replace("\\", "")  # markdown escapes aside
@@ -133,14 +148,17 @@ def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(fi
 def test_export_measures_a_candidate_that_was_not_measured(finished, tmp_path):
     run = finished[0]
     db = sqlite3.connect(run / "state.sqlite")
-    eid, key = db.execute("SELECT id, key FROM evaluations WHERE phase='search' AND status='ok' "
-                          "AND measured IS NULL ORDER BY id LIMIT 1").fetchone()
+    eid, key = db.execute(
+        "SELECT id, key FROM evaluations WHERE phase='search' AND status='ok' AND measured IS NULL ORDER BY id LIMIT 1"
+    ).fetchone()
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
     evaluation = CampaignStore(run).get(key)
     assert evaluation.measured is not None
-    assert {task: len(items) for task, items in CampaignStore(run).item_scores(key).items()} == {"agree0": 120,
-                                                                                              "agree1": 120}
+    assert {task: len(items) for task, items in CampaignStore(run).item_scores(key).items()} == {
+        "agree0": 120,
+        "agree1": 120,
+    }
     assert set(card(tmp_path / "m")[1]) == {"estimated", "measured_search_items", "measured"}
     assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
     summary = (run / "report.md").read_text().split("## Reference models and measured candidates")[1]
@@ -173,7 +191,7 @@ def test_each_pick_measures_its_top_k_distinct_candidates(tmp_path):
         ((0.3, 0.3), 0.50, 0.30, 0.30),  # dominated, never anyone's top 2
     ]
     keys = []
-    for i, (weights, density, a, b) in enumerate(rows):
+    for weights, density, a, b in rows:
         key = Candidate("ties", weights, (("density", density),)).key
         store.add(key, phase="search", generation=1, method="ties", status="ok", estimates={"a": a, "b": b})
         keys.append(key)
@@ -187,12 +205,21 @@ def test_each_pick_measures_its_top_k_distinct_candidates(tmp_path):
     assert chosen == {keys[2], keys[0], keys[4], keys[3]}
 
 
-@pytest.mark.parametrize(("final", "expected"), [
-    ({"picks": {"../escape": {"weights": {"agree0": 1}}}}, "final.picks: '../escape': a pick name is a folder name"),
-    ({"picks": {"mine": {"weights": {"agree9": 1}}}}, "final.picks.mine.weights.agree9: not a task name"),
-    ({"picks": {"mine": {"weights": {"agree0": 0}}}}, "final.picks.mine.weights: give at least one positive weight"),
-    ({"holdout": 1.5}, "final.holdout: a fraction must lie in (0, 1)"),
-])
+@pytest.mark.parametrize(
+    ("final", "expected"),
+    [
+        (
+            {"picks": {"../escape": {"weights": {"agree0": 1}}}},
+            "final.picks: '../escape': a pick name is a folder name",
+        ),
+        ({"picks": {"mine": {"weights": {"agree9": 1}}}}, "final.picks.mine.weights.agree9: not a task name"),
+        (
+            {"picks": {"mine": {"weights": {"agree0": 0}}}},
+            "final.picks.mine.weights: give at least one positive weight",
+        ),
+        ({"holdout": 1.5}, "final.holdout: a fraction must lie in (0, 1)"),
+    ],
+)
 def test_bad_final_settings_give_one_line_errors(tmp_path, zoo, final, expected):  # noqa: F811
     path = campaign(tmp_path, zoo, final=final)
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])

@@ -5,13 +5,12 @@ import sqlite3
 
 import pytest
 import yaml
+from agreement_task import AgreementTask  # tests/search is on sys.path (pytest's rootdir import mode)
 from click.testing import CliRunner
 
 from evo_merge.cli import cli
 from evo_merge.mass import MassModel, load_mass
 from evo_merge.zoo.tiny import save_tiny_family
-
-from agreement_task import AgreementTask  # tests/search is on sys.path (pytest's rootdir import mode)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
 """Real response matrices from a zoo: every subject scored on every item, ready for IRT."""
 
-import json
 
 import pandas as pd
+from agreement_task import AgreementTask
 from click.testing import CliRunner
 
-from agreement_task import AgreementTask
 from evo_merge.cli import cli
 from evo_merge.irt import IRTModel, validate_responses
 from evo_merge.search.responses import build_responses

@@ -7,10 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from click.testing import CliRunner
-
 from campaigns import agreement_tasks, run_campaign, write_campaign  # tests/search is on sys.path
+from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
 from evo_merge.cli import cli
@@ -34,9 +32,11 @@ def run(tmp_path_factory):
 
 
 def test_status_reads_the_store_only(run):
-    code = ("import sys; from evo_merge.cli import cli\n"
-            "try:\n    cli(['status', sys.argv[1]], standalone_mode=False)\n"
-            "finally:\n    print('heavy:', sorted(m for m in ('torch', 'lm_eval', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys; from evo_merge.cli import cli\n"
+        "try:\n    cli(['status', sys.argv[1]], standalone_mode=False)\n"
+        "finally:\n    print('heavy:', sorted(m for m in ('torch', 'lm_eval', 'transformers') if m in sys.modules))"
+    )
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -52,7 +52,9 @@ def test_bad_models_and_item_lists_are_one_line_exit_2(models, tmp_path, model, 
 
 def test_out_naming_a_folder_is_one_line(models, tmp_path):
     code, output = evaluate(models, tmp_path, "lm", "--out", tmp_path)
-    assert code == 2 and output.strip() == f"error: --out {tmp_path}: is a folder; give the path of the CSV file to write"
+    assert (
+        code == 2 and output.strip() == f"error: --out {tmp_path}: is a folder; give the path of the CSV file to write"
+    )
 
 
 def test_pickle_weights_are_read_with_allow_pickle_and_score_as_safetensors(models, tmp_path):

@@ -12,7 +12,9 @@ from evo_merge.tasks.registry import BENCHMARKS_DIR
 def _yaml_with_include_and_function(folder):
     (folder / "helpers.py").write_text("def double(x):\n    return 2 * x\n")
     (folder / "common.yaml").write_text("output_type: multiple_choice\ntest_split: test\nshared: 1\n")
-    (folder / "task.yaml").write_text("include: common.yaml\ntask: pinned\nshared: 2\nprocess: !function helpers.double\n")
+    (folder / "task.yaml").write_text(
+        "include: common.yaml\ntask: pinned\nshared: 2\nprocess: !function helpers.double\n"
+    )
     return folder / "task.yaml"
 
 

@@ -8,7 +8,6 @@ import torch
 from click.testing import CliRunner
 
 from evo_merge.cli import cli
-
 from evo_merge.errors import UserError
 from evo_merge.zoo import smollm2
 from evo_merge.zoo.smollm2 import INSTALL_HINT, SmolLM2Settings, build_smollm2_zoo, gguf_path, trainable_names

@@ -92,7 +92,9 @@ def test_statements_are_true_and_never_in_a_task_format():
             assert [LEXICON.get(w) for w in left] == right or [LEXICON.get(w) for w in right] == left
         else:
             s, op, _, out = text.split()
-            assert out == {"copied": s, "reversed": s[::-1]}.get(op, "".join("bcdefghija"["abcdefghij".index(c)] for c in s))
+            assert out == {"copied": s, "reversed": s[::-1]}.get(
+                op, "".join("bcdefghija"["abcdefghij".index(c)] for c in s)
+            )
 
 
 def test_pretraining_holds_back_the_fine_tune_only_scenarios():
