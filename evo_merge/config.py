@@ -67,9 +67,34 @@ class TaskSpec(_Checked):
         return self
 
 
+GRANULARITY = re.compile(r"model|layer|blocks:[1-9][0-9]*")
+
+
+def block_size(granularity: str) -> int | None:
+    """Blocks per weight group of a checked granularity; None for one weight per endpoint."""
+    return None if granularity == "model" else int(granularity.removeprefix("blocks:"))
+
+
 class Coefficients(_Checked):
+    """The endpoint coefficients' range, and how finely they vary over the model: `model` (one per
+    endpoint), `blocks:N` (one per endpoint per group of N transformer blocks, plus one for the
+    tensors outside the blocks), `layer` (= `blocks:1`)."""
+
     low: float = 0.0
     high: float = 1.5
+    granularity: str = "model"
+
+    @field_validator("granularity")
+    @classmethod
+    def _granularity(cls, value: str) -> str:
+        match = GRANULARITY.fullmatch(value)
+        if match is None:
+            raise ValueError(f"expected model, layer or blocks:N with N >= 1, got {value!r}")
+        return "blocks:1" if value == "layer" else value  # one spelling per genome, one candidate key
+
+    @property
+    def block_size(self) -> int | None:
+        return block_size(self.granularity)
 
     @model_validator(mode="after")
     def _nonempty(self) -> Coefficients:
