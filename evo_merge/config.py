@@ -275,6 +275,21 @@ class Campaign(_Checked):
         return self
 
     @model_validator(mode="after")
+    def _endpoint_counts(self) -> Campaign:
+        """A method that cannot merge this many endpoints (slerp, nearswap: exactly one) would fail
+        every candidate; refuse it before any evaluation. With `align` the count is known later."""
+        from evo_merge.merge.kinds import MASS
+        from evo_merge.merge.registry import get_method
+
+        n = len(self.models)
+        for name in (m for m in self.methods if m != MASS and self.align is None):
+            low, high = get_method(name).n_models
+            if n < low or (high is not None and n > high):
+                want = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+                raise ValueError(f"methods.{name}: merges {want} model(s) besides the base; the campaign has {n}")
+        return self
+
+    @model_validator(mode="after")
     def _unique_tasks(self) -> Campaign:
         labels = [t.label for t in self.tasks]
         dup = next((label for label in labels if labels.count(label) > 1), None)

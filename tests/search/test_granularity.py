@@ -206,3 +206,12 @@ def test_bad_granularity_is_a_one_line_error(tmp_path, zoo, value):
 def test_layer_is_blocks_1():
     assert Coefficients(granularity="layer").granularity == "blocks:1"
     assert Coefficients(granularity="layer").block_size == 1 and Coefficients().block_size is None
+
+
+def test_a_method_that_cannot_merge_the_campaigns_endpoints_is_refused(tmp_path, zoo):
+    """slerp and nearswap merge exactly one model into the base: with two endpoints every candidate would fail."""
+    path = _campaign(tmp_path, zoo, methods={"della": {}, "slerp": {}})
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "methods.slerp: merges exactly 1 model(s)" in result.output
+    assert not (tmp_path / "run").exists()
