@@ -6,9 +6,8 @@ import sqlite3
 
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
-from safetensors.torch import load_file
+from test_campaign import campaign, tensors_of  # a sibling module: its tiny campaign, its reader
 
 from evo_merge.cli import cli
 from evo_merge.config import Coefficients
@@ -122,36 +121,15 @@ def test_task_arithmetic_groups_weigh_each_block_by_hand(zoo):
 
 
 def _campaign(tmp_path, zoo, **overrides):
-    base, fts = zoo
-    config = {
-        "name": "grouped",
-        "base_model": str(base),
-        "models": [str(f) for f in fts],
-        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
-                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "n_items": 40}}
-                  for i, f in enumerate(fts)],
-        "methods": {"della": {}, "breadcrumbs_ties": {}, "model_stock": {}},
-        "coefficients": {"low": 0.0, "high": 1.2, "granularity": "blocks:1"},
-        "estimator": {"kind": "gpirt", "anchors": 4, "warmup_merges": 4, "dims": 1},
-        "algorithm": {"population": 6, "generations": 2, "seed": 5, "seed_standard_merges": False},
-        "final": {"evaluate_top": 2},
-        "device": "cpu",
-    }
-    config.update(overrides)
-    path = tmp_path / "campaign.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    """test_campaign's tiny campaign, searching new methods over block-group coefficients."""
+    settings = {"methods": {"della": {}, "breadcrumbs_ties": {}, "model_stock": {}},
+                "coefficients": {"low": 0.0, "high": 1.2, "granularity": "blocks:1"},
+                "algorithm": {"population": 6, "generations": 2, "seed": 5}, "final": {"evaluate_top": 2}}
+    return campaign(tmp_path, zoo, **{**settings, **overrides})
 
 
 def _keys(run):
     return sorted(k for (k,) in sqlite3.connect(run / "state.sqlite").execute("SELECT key FROM evaluations"))
-
-
-def _tensors(folder):
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(file))
-    return out
 
 
 def _drop_generation(run, generation):
@@ -181,7 +159,7 @@ def test_block_campaign_with_new_methods_runs_resumes_and_exports_rebuildable_re
         rebuilt = tmp_path / f"rebuilt-{folder.name}"
         result = CliRunner().invoke(cli, ["merge", str(folder / "merge_recipe.yaml"), "--out", str(rebuilt)])
         assert result.exit_code == 0, result.output
-        a, b = _tensors(folder), _tensors(rebuilt)
+        a, b = tensors_of(folder), tensors_of(rebuilt)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     resumed = tmp_path / "resumed"
