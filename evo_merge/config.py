@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
@@ -274,20 +274,21 @@ class Campaign(_Checked):
             raise ValueError("base_model: required (or give `align` to merge models from different initialisations)")
         return self
 
-    @model_validator(mode="after")
-    def _endpoint_counts(self) -> Campaign:
+    @field_validator("methods")
+    @classmethod
+    def _endpoint_counts(cls, methods: dict, info: ValidationInfo) -> dict:
         """A method that cannot merge this many endpoints (slerp, nearswap: exactly one) would fail
         every candidate; refuse it before any evaluation. With `align` the count is known later."""
         from evo_merge.merge.kinds import MASS
         from evo_merge.merge.registry import get_method
 
-        n = len(self.models)
-        for name in (m for m in self.methods if m != MASS and self.align is None):
+        n = len(info.data.get("models") or [])
+        for name in (m for m in methods if m != MASS and n and info.data.get("align") is None):
             low, high = get_method(name).n_models
             if n < low or (high is not None and n > high):
                 want = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
-                raise ValueError(f"methods.{name}: merges {want} model(s) besides the base; the campaign has {n}")
-        return self
+                raise ValueError(f"{name}: merges {want} model(s) besides the base; the campaign has {n}")
+        return methods
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> Campaign:

@@ -191,5 +191,5 @@ def test_a_method_that_cannot_merge_the_campaigns_endpoints_is_refused(tmp_path,
     path = _campaign(tmp_path, zoo, methods={"della": {}, "slerp": {}})
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
-    assert len(result.output.strip().splitlines()) == 1 and "methods.slerp: merges exactly 1 model(s)" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "methods: slerp: merges exactly 1 model(s)" in result.output
     assert not (tmp_path / "run").exists()
