@@ -75,10 +75,9 @@ class SearchSpace:
         has its weight in every group."""
         x: dict[str, Any] = {"method": candidate.method}
         low, high = self.coefficient_range
-        for t, weights in enumerate(candidate.endpoint_weights(self.n_models)):
-            names = self._coefficients(t)
-            for name, weight in zip(names, weights * len(names) if len(weights) == 1 else weights):
-                x[name] = float(np.clip(weight, low, high))
+        names = [name for t in range(self.n_models) for name in self._coefficients(t)]
+        for name, weight in zip(names, self.coefficients(candidate)):
+            x[name] = float(np.clip(weight, low, high))
         params = candidate.param_dict
         for method, ranges in self.methods.items():
             for name, (lo, hi) in ranges.items():
@@ -86,6 +85,14 @@ class SearchSpace:
                 value = min(max(value, lo), hi)
                 x[f"{method}.{name}"] = round(value) if self._is_int(method, name) else float(value)
         return x
+
+    def coefficients(self, candidate: Candidate) -> list[float]:
+        """The candidate's weights laid out as this genome's coefficients, endpoint by endpoint
+        (a model-granularity weight fills its endpoint's groups): comparable across granularities."""
+        out: list[float] = []
+        for weights in candidate.endpoint_weights(self.n_models):
+            out += list(weights) * self.groups if len(weights) == 1 else list(weights)
+        return out
 
     def expressible(self, candidates: Sequence[Candidate]) -> list[dict[str, Any]]:
         """Genomes of the candidates this space can express exactly (method searched, values in range)."""

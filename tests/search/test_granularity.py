@@ -193,3 +193,16 @@ def test_a_method_that_cannot_merge_the_campaigns_endpoints_is_refused(tmp_path,
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and "methods: slerp: merges exactly 1 model(s)" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_near_duplicates_compare_across_granularities():
+    """The final phase's duplicate check lays a model-granularity weight over its endpoint's groups."""
+    from evo_merge.search.front import Distinct
+
+    space = SearchSpace({"ties": {"density": (0.0, 1.0)}}, 2, (0.0, 1.0), "blocks:1", 3)
+    flat = Candidate("ties", (0.5, 0.2), (("density", 0.5),))
+    assert space.coefficients(flat) == [0.5, 0.5, 0.5, 0.2, 0.2, 0.2]
+    close = grouped_candidate("ties", [[0.5, 0.51, 0.5], [0.2, 0.2, 0.21]], (("density", 0.5),), "blocks:1")
+    far = grouped_candidate("ties", [[0.5, 0.9, 0.5], [0.2, 0.2, 0.2]], (("density", 0.5),), "blocks:1")
+    distinct = Distinct(space, tolerance=0.05)
+    assert distinct.same(flat, close) and not distinct.same(flat, far)
