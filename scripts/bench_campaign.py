@@ -64,8 +64,8 @@ def compare_granularities(args: argparse.Namespace, families: list[str], size: s
                                     args.reuse, granularity)
         labels, front = measured_front(runner)
         fronts[granularity] = (runner.objectives.names, labels, front)
-        print(f"| {granularity} | {runner.store.items_evaluated('search'):,} | "
-              f"{runner.store.items_evaluated(measured=True):,} | {runner.objectives.hypervolume(front):.4f} | "
+        print(f"| {granularity} | {runner.workspace.store.items_evaluated('search'):,} | "
+              f"{runner.workspace.store.items_evaluated(measured=True):,} | {runner.objectives.hypervolume(front):.4f} | "
               f"{len(labels)} | {wall:.0f} |", flush=True)
     for granularity, (tasks, labels, front) in fronts.items():
         print(f"\nmeasured front, granularity {granularity}:\n| model | " + " | ".join(tasks) + " |")
@@ -100,8 +100,8 @@ def main() -> None:
         # anchors play no part in a full-evaluation run: fixed, so its finished runs are reusable
         full, t_full = run_campaign(args.zoo, families, args.out / f"full-{size}", population, generations, "full",
                                     20, args.reuse)
-        search = (irt.store.items_evaluated("search"), full.store.items_evaluated("search"))
-        total = (irt.store.items_evaluated(measured=True), full.store.items_evaluated(measured=True))
+        search = (irt.workspace.store.items_evaluated("search"), full.workspace.store.items_evaluated("search"))
+        total = (irt.workspace.store.items_evaluated(measured=True), full.workspace.store.items_evaluated(measured=True))
         hv = (irt.objectives.hypervolume(measured_front(irt)[1]), full.objectives.hypervolume(measured_front(full)[1]))
         rows.append((size, search, total, hv, (t_irt, t_full)))
         print(f"[{size}] search items {search[0]:,} vs {search[1]:,} ({search[1] / search[0]:.1f}x); "
