@@ -72,7 +72,7 @@ def write_model_folder(
         _write_config(tmp, config, written_dtypes)
         for name, content in extra_files.items():
             _write_extra(tmp, name, content)
-        _umask_modes(tmp)
+        umask_modes(tmp)
         replace_folder(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -208,7 +208,7 @@ def _hidden_sibling(out: Path, kind: str) -> Path:
             continue
 
 
-def _umask_modes(folder: Path) -> None:
+def umask_modes(folder: Path) -> None:
     """Give the files the mode a new file gets under the umask (as `folder` got): safetensors
     writes 0600 and copies keep their source's mode."""
     mode = stat.S_IMODE(folder.stat().st_mode) & 0o666
