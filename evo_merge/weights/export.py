@@ -24,7 +24,12 @@ from safetensors.torch import save_file
 
 from evo_merge.errors import UserError
 from evo_merge.weights.arch import hf_model_type
-from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, tokenizer_files
+from evo_merge.weights.checkpoint import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    tokenizer_files,
+)
 from evo_merge.weights.dtypes import dtype_name
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
