@@ -30,7 +30,7 @@ from rich.table import Table
 
 from evo_merge.irt import Estimator, IRTModel, select_anchors, validate, validate_responses
 from evo_merge.irt.adaptive import AdaptiveTest
-from evo_merge.irt.validation import random_baseline
+from evo_merge.irt.validation import BASELINE, random_baseline
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 
@@ -107,7 +107,7 @@ def heterogeneous() -> None:
     pick = table.set_index(["budget", "method", "estimator"])
     for n in (10, 30):
         best = pick.loc[(n, "kmeans-irt", "gpirt"), "mae"]
-        base = pick.loc[(n, "random", "anchor"), "mae"]
+        base = pick.loc[(n, "random", BASELINE), "mae"]
         console.print(f"n={n}/scenario: kmeans-irt + gp-IRT MAE {best:.4f} vs random + mean {base:.4f} "
                       f"-> {100 * (1 - best / base):.0f}% lower (target >= 25% at n=30)")
 
