@@ -28,11 +28,17 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from evo_merge.irt import Estimator, IRTModel, select_anchors, validate, validate_responses
+from evo_merge.irt import (
+    Estimator,
+    IRTModel,
+    select_anchors,
+    validate,
+    validate_responses,
+)
 from evo_merge.irt.adaptive import AdaptiveTest
-from evo_merge.irt.validation import BASELINE, random_baseline
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
+from evo_merge.irt.validation import BASELINE, random_baseline
 
 console = Console(width=110)
 
@@ -156,7 +162,7 @@ def _adaptive_mae(model: IRTModel, test: np.ndarray, max_items: int) -> float:
     adaptive = AdaptiveTest(model, target_se=1e-9, max_items=max_items, step=max(1, max_items // 5))
     errors = []
     for row in test:
-        result = adaptive.run(lambda items: {i: row[model.item_index([i])[0]] for i in items})
+        result = adaptive.run(lambda items, row=row: dict(zip(items, row[model.item_index(items)])))
         errors.append(np.abs(np.array([result[s] for s in model.scenarios]) - adaptive_truth(model, row)).mean())
     return float(np.mean(errors))
 

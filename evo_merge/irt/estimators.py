@@ -21,8 +21,9 @@ the anchors' effective size, v̂·(1 − n/N)/n_eff with n_eff = (Σw)²/Σw².
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,12 @@ from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.irt.anchors import SELECTABLE, Anchors, select_anchors
 from evo_merge.irt.kinds import ESTIMATOR_KINDS
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
-from evo_merge.irt.responses import RESERVED_SCENARIO, ResponseMatrix, binarise, validate_responses
+from evo_merge.irt.responses import (
+    RESERVED_SCENARIO,
+    ResponseMatrix,
+    binarise,
+    validate_responses,
+)
 from evo_merge.irt.result import Estimate
 from evo_merge.irt.twopl import prob_2pl
 
