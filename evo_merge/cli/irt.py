@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import click
@@ -102,6 +103,7 @@ def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float 
 
     options = _backend_options(backend, epochs, lr)
     model = IRTModel.fit(load_responses(responses), backend=backend, dims=_dims(dims), seed=seed, **options)
+    shutil.rmtree(out / "anchors", ignore_errors=True)  # chosen on the model being replaced: stale
     model.save(out)
     click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "
                f"{len(model.scenarios)} scenario(s), D={model.dims} -> {out}")

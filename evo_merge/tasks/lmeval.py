@@ -171,7 +171,7 @@ class LMEvalTask:
         self.task = load_lm_eval_task(spec)
         self.name: str = self.task.config.task
         self.metric, self.filter = _metric_key(self.task, metric)
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.limit = batch_size, device, limit
         docs = _pin_eval_docs(self.task, limit)
         ids = [str(d["id"]) for d in docs] if docs and all(isinstance(d, dict) and "id" in d for d in docs) else []
         self._ids = ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))]

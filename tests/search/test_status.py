@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from huggingface_hub import ModelCard
 
 from evo_merge.cli import cli
 from evo_merge.search.objectives import Objectives
@@ -56,9 +57,8 @@ def test_a_minimised_task_is_best_when_lowest(run):
     output = CliRunner().invoke(cli, ["status", str(run)]).output
     assert f"best disagree1 (lower is better): {lowest:.3f}" in output, output
     measured = [e.measured["disagree1"] for e in store.evaluations("search") if e.measured]
-    cards = [yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
-             for folder in (run / "models").iterdir()]  # a candidate picked twice is exported once
-    exported = [card["evo_merge_scores"]["measured"]["disagree1"] for card in cards]
+    cards = [ModelCard.load(folder / "README.md") for folder in (run / "models").iterdir()]  # picked twice: once
+    exported = [next(r.metric_value for r in card.data.eval_results if r.task_name == "disagree1") for card in cards]
     assert min(measured) == pytest.approx(min(exported)) and max(measured) > min(measured)
 
 
