@@ -37,10 +37,8 @@ DELLA_RESCALE = H("rescale", True, searchable=False, help="divide each survivor 
 
 
 def outlier_trim(params: Params) -> Sparsifier:
-    """Breadcrumbs: drop the `gamma` largest and then the smallest entries to keep `density`.
-
-    mergekit selects `indices[n_bot:-n_top]`, which keeps nothing when `n_top` is 0 (a tensor of
-    fewer than 1/gamma entries); here `n_top = 0` drops no outliers (documented difference)."""
+    """Breadcrumbs: drop the `gamma` largest and then the smallest entries to keep `density`
+    (fewer outliers when both together would leave less than `density`), as mergekit 0.1.5."""
     def trim(delta: torch.Tensor, t: int) -> torch.Tensor:
         density = params["density"][t]
         if density >= 1:
