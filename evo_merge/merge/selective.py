@@ -38,8 +38,8 @@ def model_stock(base, deltas, weights, params: Params, name: str) -> torch.Tenso
 
 
 @register_method("nearswap", n_models=(1, 1), hyperparameters=[
-    H("t", 0.0, 0.0, None, required=True, searchable=False,
-      help="distance below which entries take the other model's value"),
+    H("t", 0.001, 0.0, None, required=True, search_range=(0.0001, 0.01),
+      help="distance below which entries take the other model's value (required in recipes)"),
 ])
 def nearswap(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """NearSwap: take the other model's entry where it is within t of the base's, and blend

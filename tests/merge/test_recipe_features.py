@@ -242,3 +242,25 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
                           env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "not in the local cache" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o2").exists()
+
+
+def test_token_sources_force_and_padding(deep, tmp_path):
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+              "models": [{"model": str(deep["ft1"])}, {"model": str(deep["chat"]), "parameters": {"weight": 0.5}}],
+              "tokenizer": {"source": "union", "pad_to_multiple_of": 8, "tokens": {
+                  "<|im_start|>": {"source": {"kind": "zero"}, "force": True},
+                  "<|im_end|>": {"source": {"kind": "model_token", "model": str(deep["chat"]), "token": "1"}}}}}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    embed = tensors_of(out)["model.embed_tokens.weight"]
+    assert embed.shape[0] == -(-len(tokenizer) // 8) * 8 > len(tokenizer)  # 102 tokens -> 104 rows
+    start, end = tokenizer.convert_tokens_to_ids(CHAT_TOKENS)
+    assert torch.equal(embed[start], torch.zeros(32))  # forced to zeros in every model
+    chat = tensors_of(deep["chat"])["model.embed_tokens.weight"]
+    one = AutoTokenizer.from_pretrained(deep["chat"]).convert_tokens_to_ids("1")
+    # base and ft1 lack <|im_end|>: they take the chat model's row of "1"; the chat model keeps its own
+    expected = chat[one] + 0.5 * (chat[end] - chat[one])
+    assert torch.allclose(embed[end], expected, atol=1e-6)
+    pad = embed[:len(tokenizer)].mean(0)  # padding rows: the mean row (the merge is linear per row)
+    assert torch.allclose(embed[len(tokenizer):], pad.expand(embed.shape[0] - len(tokenizer), -1), atol=1e-6)
