@@ -65,6 +65,14 @@ def merge(tmp_path, recipe, name="out"):
     return result, out
 
 
+def rebuilds_bit_for_bit(folder, tmp_path):
+    again = tmp_path / f"{folder.name}-again"
+    result = CliRunner().invoke(cli, ["merge", str(folder / "merge_recipe.yaml"), "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    first, second = tensors_of(folder), tensors_of(again)
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def generates(folder):
     model = AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -106,7 +114,7 @@ def test_slices_stack_layers_renumbered_and_merge_per_slice(deep, tmp_path):
     assert torch.allclose(merged["lm_head.weight"], 0.25 * f1["lm_head.weight"] + 0.75 * f2["lm_head.weight"],
                           atol=1e-6)  # after the layers: from the last slice
     assert torch.equal(merged["model.embed_tokens.weight"], f1["model.embed_tokens.weight"])  # the first slice
-    assert generates(out)
+    assert generates(out) and rebuilds_bit_for_bit(out, tmp_path)
 
 
 def _lora_adapter(model_dir, out, seed=0):
@@ -167,7 +175,7 @@ def test_published_style_recipe_with_union_tokenizer_lora_gradients_and_filters(
     assert merged["model.embed_tokens.weight"].dtype == torch.bfloat16
     text = tokenizer.apply_chat_template([{"role": "user", "content": "1+1"}], tokenize=False)
     assert text.startswith("<|im_start|>user")
-    assert generates(out)
+    assert generates(out) and rebuilds_bit_for_bit(out, tmp_path)
 
 
 def test_union_tokenizer_needed_when_vocabularies_differ(deep, tmp_path):
@@ -236,6 +244,10 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
     assert f"{repo}@{commit}" in card and "snapshots" not in card
     expected = {k: v + 0.5 * (tensors_of(deep["ft1"])[k] - v) for k, v in tensors_of(deep["base"]).items()}
     assert all(torch.allclose(t, expected[k], atol=1e-6) for k, t in tensors_of(tmp_path / "o").items())
+    done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(tmp_path / "o" / "merge_recipe.yaml"),
+                           "--out", str(tmp_path / "again")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert all(torch.equal(t, tensors_of(tmp_path / "again")[k]) for k, t in tensors_of(tmp_path / "o").items())
 
     recipe.write_text(recipe.read_text().replace(repo, "tiny-org/not-cached"))
     done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o2")],
