@@ -14,7 +14,6 @@ and checks that the campaign's measured front dominates or matches each.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -23,10 +22,11 @@ import yaml
 from campaign_baselines import comparison_table, measured_front  # a sibling script
 
 from evo_merge.config import Campaign
-from evo_merge.report.campaign import hypervolume
-from evo_merge.search.campaign import CampaignRunner, config_fingerprint, resolve_campaign
+from evo_merge.cli.template import campaign_text
+from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.store import CampaignStore
-from evo_merge.search.template import campaign_text
+from evo_merge.search.workspace import config_fingerprint, resolve_campaign
+from evo_merge.zoo.manifest import read_zoo
 
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
@@ -38,7 +38,7 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     campaign = Campaign.model_validate(config)
     if not reuse or config_fingerprint(resolve_campaign(campaign, zoo)) != CampaignStore(out).get_meta("config"):
         shutil.rmtree(out, ignore_errors=True)
-    runner = CampaignRunner(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
+    runner = CampaignRunner.open(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
     start = time.perf_counter()
     runner.run()
     return runner, time.perf_counter() - start
@@ -54,7 +54,7 @@ def main() -> None:
                         help="reuse finished runs of the same config in --out (all evaluations are looked up)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
     args = parser.parse_args()
-    families = [m for m in json.loads((args.zoo / "zoo.json").read_text())["models"] if m != "base"]
+    families = read_zoo(args.zoo).endpoints
 
     rows = []
     for size in args.sizes.split(","):
@@ -66,7 +66,7 @@ def main() -> None:
                                     20, args.reuse)
         search = (irt.store.items_evaluated("search"), full.store.items_evaluated("search"))
         total = (irt.store.items_evaluated(measured=True), full.store.items_evaluated(measured=True))
-        hv = (hypervolume(measured_front(irt)[1]), hypervolume(measured_front(full)[1]))
+        hv = (irt.objectives.hypervolume(measured_front(irt)[1]), full.objectives.hypervolume(measured_front(full)[1]))
         rows.append((size, search, total, hv, (t_irt, t_full)))
         print(f"[{size}] search items {search[0]:,} vs {search[1]:,} ({search[1] / search[0]:.1f}x); "
               f"total {total[0]:,} vs {total[1]:,} ({total[1] / total[0]:.1f}x); "

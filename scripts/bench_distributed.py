@@ -15,7 +15,6 @@ dask's overhead and 2 workers vs 1 the scaling.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import random
@@ -26,8 +25,10 @@ from pathlib import Path
 import torch
 
 from evo_merge.search.distributed import DaskEvaluator, WorkerSpec
+from evo_merge.merge.kinds import declared_ranges
 from evo_merge.search.space import SearchSpace
 from evo_merge.tasks.registry import resolve_task
+from evo_merge.zoo.manifest import has_zoo, read_zoo
 
 
 def timed_generation(evaluator, jobs) -> tuple[float, float]:
@@ -52,19 +53,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    if not (args.zoo / "zoo.json").is_file():
+    if not has_zoo(args.zoo):
         from evo_merge.zoo.tinylm import build_tinylm_zoo
 
         build_tinylm_zoo(args.zoo)
     zoo = args.zoo.resolve()
-    families = [m for m in json.loads((zoo / "zoo.json").read_text())["models"] if m != "base"]
+    families = read_zoo(zoo).endpoints
     settings = (("batch_size", args.batch_size),)
     spec = WorkerSpec(str(zoo / "base"), tuple(str(zoo / f) for f in families),
                       tuple((f, f, settings) for f in families), "cpu", "float32")
 
     rng = random.Random(args.seed)
     items = {f: sorted(rng.sample(resolve_task(f, **dict(settings)).item_ids, args.items)) for f in families}
-    space = SearchSpace({"task_arithmetic": {}, "ties": {}, "tsv": {}}, len(families), (0.0, 1.5))
+    space = SearchSpace({m: declared_ranges(m, {}) for m in ("task_arithmetic", "ties", "tsv")}, len(families), (0.0, 1.5))
     jobs = [(candidate, items) for candidate in space.sample(args.population, seed=args.seed)]
     job_bytes = statistics.mean(len(pickle.dumps((spec, *job))) for job in jobs)
     print(f"zoo {zoo} ({', '.join(families)}), {len(jobs)} candidates x {args.items} items x {len(families)} tasks, "

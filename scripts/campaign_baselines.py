@@ -14,33 +14,37 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from evo_merge.config import Campaign
-from evo_merge.search.campaign import CampaignRunner, reference_candidates
-from evo_merge.search.space import objectives, standard_merges
+from evo_merge.search.campaign import CampaignRunner
+from evo_merge.search.candidate import reference_candidates, standard_merges
+from evo_merge.search.evaluator import CandidateFailed
+from evo_merge.search.scoring import task_scores
 
 
 def baselines(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)) -> dict[str, dict[str, float]]:
-    """Task score per baseline, measured on every item of the campaign's tasks."""
-    grid = standard_merges(len(runner.paths.models), lambdas)
-    return {label: runner.task_scores(runner.evaluator.evaluate(c, runner.all_items())) for label, c in grid.items()}
+    """Task score per baseline, measured on every item of the campaign's tasks (not stored)."""
+    grid = list(standard_merges(len(runner.workspace.models), lambdas).items())
+    jobs = [(candidate, runner.scoring.all_items()) for _, candidate in grid]
+    out = {}
+    for index, outcome, _ in runner.evaluator().evaluate_many(jobs):
+        if not isinstance(outcome, CandidateFailed):
+            out[grid[index][0]] = task_scores(outcome, runner.objectives.names)
+    return out
 
 
 def measured_front(runner: CampaignRunner) -> tuple[list[str], np.ndarray]:
     """Labels and all-item scores of the non-dominated search evaluations measured on every item."""
-    rows = [e for e in runner.store.evaluations("search") if e.measured is not None]
-    scores = np.array([[e.measured[t] for t in runner.task_names] for e in rows]).reshape(len(rows), -1)
-    if not rows:
-        return [], scores
-    F = np.array([objectives(s, runner.directions) for s in scores])
-    keep = sorted(NonDominatedSorting().do(F, only_non_dominated_front=True))
+    names = runner.objectives.names
+    rows = [e for e in runner.workspace.store.evaluations("search") if e.measured is not None]
+    scores = np.array([[e.measured[t] for t in names] for e in rows]).reshape(len(rows), -1)
+    keep = sorted(runner.objectives.non_dominated(scores))
     return [f"front #{rows[i].id} ({rows[i].method})" for i in keep], scores[keep]
 
 
 def comparison_table(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)) -> str:
     """Markdown: reference models, baselines (covered by the front or not), the front."""
-    tasks = runner.task_names
+    tasks = runner.objectives.names
     labels, front = measured_front(runner)
     lines = ["| model | " + " | ".join(tasks) + " | covered by the front |", "|---|" + "---|" * (len(tasks) + 1)]
 
@@ -48,8 +52,8 @@ def comparison_table(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 
         values = [scores[t] for t in tasks] if isinstance(scores, dict) else list(scores)
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {mark} |")
 
-    for label, candidate in reference_candidates([f"endpoint {m.name}" for m in runner.paths.models]):
-        e = runner.store.get(candidate.key)
+    for label, candidate in reference_candidates(runner.workspace.endpoint_labels()):
+        e = runner.workspace.store.get(candidate.key)
         if e is not None and e.measured:
             row(label, e.measured)
     for label, scores in baselines(runner, lambdas).items():
@@ -66,7 +70,7 @@ def main() -> None:
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.3, 0.5, 0.7, 1.0])
     args = parser.parse_args()
     config = args.run / "campaign.yaml"
-    runner = CampaignRunner(Campaign.load(config), config.parent, args.run)
+    runner = CampaignRunner.open(Campaign.load(config), config.parent, args.run)
     print(comparison_table(runner, tuple(args.lambdas)))
 
 

@@ -1,7 +1,13 @@
-"""`evo-merge run | resume | status | report | export`: search campaigns in a run folder."""
+"""`evo-merge run | resume | status | report | export`: search campaigns in a run folder.
+
+`status` and `report` read the run's store only (its facts: tasks, directions, item counts),
+so they open no model and import neither torch models nor lm-eval.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -9,49 +15,90 @@ import click
 RUN_DIR = click.argument("run", type=click.Path(path_type=Path))
 
 
-def _runner(run: Path, campaign_file: Path | None = None, progress=None):
-    from evo_merge.config import Campaign
+def _campaign_file(run: Path) -> Path:
     from evo_merge.errors import UserError
+
+    campaign_file = run / "campaign.yaml"
+    if not campaign_file.is_file():
+        raise UserError(f"{run}: not a campaign run folder (no campaign.yaml)")
+    return campaign_file
+
+
+def _runner(run: Path, campaign_file: Path | None = None):
+    from evo_merge.config import Campaign
     from evo_merge.search.campaign import CampaignRunner
 
-    if campaign_file is None:
-        campaign_file = run / "campaign.yaml"
-        if not campaign_file.is_file():
-            raise UserError(f"{run}: not a campaign run folder (no campaign.yaml)")
-    return CampaignRunner(Campaign.load(campaign_file), campaign_file.parent, run, progress=progress)
+    campaign_file = campaign_file or _campaign_file(run)
+    return CampaignRunner.open(Campaign.load(campaign_file), campaign_file.parent, run)
+
+
+def _workspace(run: Path):
+    from evo_merge.config import Campaign
+    from evo_merge.search.workspace import Workspace
+
+    campaign_file = _campaign_file(run)
+    return Workspace.open(Campaign.load(campaign_file), campaign_file.parent, run)
+
+
+def _store(run: Path):
+    """The run's store and facts, opened without the campaign's models or tasks."""
+    from evo_merge.search.store import CampaignStore
+
+    _campaign_file(run)
+    store = CampaignStore(run)
+    facts = store.get_meta("facts")
+    if facts is None:  # a run folder from before facts were stored: record them once
+        _runner(run)
+        facts = store.get_meta("facts")
+    return store, facts
+
+
+def _objectives(facts: dict):
+    from evo_merge.search.objectives import Objectives
+
+    return Objectives.of([t["name"] for t in facts["tasks"]], [t["direction"] for t in facts["tasks"]],
+                         facts.get("weights"))
 
 
 def _summary_table(runner, measured, exported):
     from rich.table import Table
 
-    from evo_merge.search.campaign import reference_candidates
+    from evo_merge.search.candidate import reference_candidates
 
+    names = runner.objectives.names
     table = Table(title="endpoints vs chosen merges (estimated / measured on all items)")
     table.add_column("model")
-    for task in runner.task_names:
+    for task in names:
         table.add_column(task, justify="right")
-    refs = reference_candidates([f"endpoint {m.name}" for m in runner.paths.models])
-    for label, candidate in refs:
-        e = runner.store.get(candidate.key)
+    for label, candidate in reference_candidates(runner.workspace.endpoint_labels()):
+        e = runner.workspace.store.get(candidate.key)
         if e is not None and e.measured:
-            table.add_row(label, *[f"{e.measured[t]:.3f}" for t in runner.task_names])
+            table.add_row(label, *[f"{e.measured[t]:.3f}" for t in names])
     for name, (eid, _) in exported.items():
         e = next(m for m in measured if m.id == eid)
-        table.add_row(f"{name} ({e.method})", *[f"{e.estimates[t]:.3f} / {e.measured[t]:.3f}" for t in runner.task_names])
+        table.add_row(f"{name} ({e.method})", *[f"{e.estimates[t]:.3f} / {e.measured[t]:.3f}" for t in names])
     return table
 
 
 def _run(runner) -> None:
     from rich.console import Console
 
-    from evo_merge.report.campaign import write_report
-
     from evo_merge.cli.progress import StageBars
+    from evo_merge.report.campaign import write_report
+    from evo_merge.report.tracking import follow_campaign
 
+    workspace = runner.workspace
+    tracker = follow_campaign(runner)  # before any evaluation: a missing package stops nothing paid for
     with StageBars() as bars:
         runner.progress = bars
         measured, exported = runner.run()
-    report = write_report(runner.run_dir, runner.store, runner.task_names, runner.full_item_count(), exported)
+    store = workspace.store
+    store.set_meta("exported", {name: [eid, str(folder)] for name, (eid, folder) in exported.items()})
+    report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
+    for evaluation in measured:
+        tracker.log_evaluation(evaluation)
+    tracker.finish(workspace.run_dir)
+    store.mark_finished()  # after the report: a run cut short while writing it is not finished
     console = Console()
     console.print(_summary_table(runner, measured, exported))
     console.print(f"report: {report}")
@@ -64,14 +111,43 @@ def _run(runner) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="run folder (created)")
 def run(campaign_file: Path, out: Path) -> None:
     """Start a search campaign in the run folder OUT (an existing run of the same campaign is resumed)."""
-    _run(_runner(out, campaign_file))
+    from evo_merge.cli.plan import check_campaign_fits
+    from evo_merge.search.store import check_run_folder, remove_unused_run_folder
+
+    check_campaign_fits(campaign_file)  # memory plan (#13): exit 2 before the run folder or any evaluation
+    check_run_folder(out)
+    new = not out.exists()
+    with _holding(out):
+        try:
+            _run(_runner(out, campaign_file))
+        except Exception:
+            if new:  # a failed start leaves no folder bound to its config
+                remove_unused_run_folder(out)
+            raise
 
 
 @click.command()
 @RUN_DIR
 def resume(run: Path) -> None:
-    """Continue an interrupted campaign from its last complete generation, reusing every evaluation."""
-    _run(_runner(run))
+    """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating only what is missing."""
+    from evo_merge.cli.plan import check_campaign_fits
+
+    check_campaign_fits(_campaign_file(run))  # memory plan (#13), as for `run`
+    with _holding(run):
+        _run(_runner(run))
+
+
+@contextmanager
+def _holding(run: Path) -> Iterator[None]:
+    """The run folder's lock for the whole command; Ctrl-C ends with 130 and the way to go on."""
+    from evo_merge.cli.faults import Interrupted
+    from evo_merge.search.lock import RunLock
+
+    with RunLock(run):
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; resume with: evo-merge resume {run}") from None
 
 
 @click.command()
@@ -80,22 +156,21 @@ def status(run: Path) -> None:
     """Generation, evaluations, best so far and item evaluations spent."""
     from rich.console import Console
 
-    runner = _runner(run)
-    store = runner.store
-    algorithm = store.load_checkpoint()
-    generation = 0 if algorithm is None else algorithm.n_gen - 1
-    search = [e for e in store.evaluations("search")]
+    store, facts = _store(run)
+    objectives = _objectives(facts)
+    search = store.evaluations("search")
     ok = [e for e in search if e.status == "ok"]
     console = Console()
-    console.print(f"campaign {runner.campaign.name}: generation {generation}/{runner.campaign.algorithm.generations}"
-                  f"{' (finished)' if store.get_meta('finished') else ''}")
-    console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, "
-                  f"{len(search) - len(ok)} failed)")
-    for task in runner.task_names:
+    console.print(f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
+                  f"{' (finished)' if store.finished(facts['generations']) else ''}")
+    console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, {len(search) - len(ok)} failed)")
+    for task in objectives.names:
         if ok:
-            best = max(ok, key=lambda e: e.estimates[task])
-            console.print(f"best {task}: {best.estimates[task]:.3f} (evaluation {best.id}, {best.method})")
-    spent, full = store.items_evaluated("search"), len(search) * runner.full_item_count()
+            best = max(ok, key=lambda e: objectives.goodness(e.estimates, task))
+            console.print(f"best {task} ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
+                          f"better): {best.estimates[task]:.3f} (evaluation {best.id}, {best.method})")
+    full_items = sum(t["items"] for t in facts["tasks"])
+    spent, full = store.items_evaluated("search"), len(search) * full_items
     console.print(f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search "
                   f"({full / max(spent, 1):.1f}x saving); total with calibration and front "
                   f"{store.items_evaluated(measured=True):,}")
@@ -104,12 +179,13 @@ def status(run: Path) -> None:
 @click.command()
 @RUN_DIR
 def report(run: Path) -> None:
-    """(Re)write report.md, pareto.csv and the plots of a run."""
+    """(Re)write report.md, report.html, pareto.csv and the plots of a run."""
     from evo_merge.report.campaign import write_report
 
-    runner = _runner(run)
-    path = write_report(runner.run_dir, runner.store, runner.task_names, runner.full_item_count())
-    click.echo(f"wrote {path}")
+    store, facts = _store(run)
+    exported = {name: (eid, Path(folder)) for name, (eid, folder) in (store.get_meta("exported") or {}).items()
+                if Path(folder).is_dir()}  # picks exported by `run` / `resume` and still there
+    click.echo(f"wrote {write_report(run, store, facts, exported)}")
 
 
 @click.command()
@@ -117,12 +193,46 @@ def report(run: Path) -> None:
 @click.option("--pick", "pick", required=True, type=int, help="evaluation id (see pareto.csv or status)")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True)
-def export(run: Path, pick: int, out: Path, overwrite: bool) -> None:
-    """Export one evaluated candidate of a run as an HF model folder."""
+@click.option("--push-to-hub", "repo_id", metavar="ORG/NAME", help="upload the exported folder to this Hub repo")
+@click.option("--private", is_flag=True, help="create the Hub repo private")
+@click.option("--revision", help="Hub branch to upload to (created if missing)")
+@click.option("--dry-run", is_flag=True, help="list what --push-to-hub would upload; upload nothing")
+def export(run: Path, pick: int, out: Path, overwrite: bool, repo_id: str | None, private: bool,
+           revision: str | None, dry_run: bool) -> None:
+    """Export one evaluated candidate of a run as a model folder (merged from the checkpoints by its
+    recipe), and push it to the Hugging Face Hub with --push-to-hub."""
     from evo_merge.errors import UserError
+    from evo_merge.report.upload import check_repo_id
+    from evo_merge.search.export import export_candidate
 
-    runner = _runner(run)
-    evaluation = next((e for e in runner.store.evaluations() if e.id == pick), None)
+    if repo_id is not None:
+        check_repo_id(repo_id)  # before the export's minutes, not after
+    elif private or revision or dry_run:
+        raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
+    workspace = _workspace(run)
+    evaluation = next((e for e in workspace.store.evaluations() if e.id == pick), None)
     if evaluation is None or evaluation.status != "ok":
         raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
-    click.echo(f"wrote {runner.export(evaluation, out, overwrite=overwrite)}")
+    folder = export_candidate(workspace, evaluation, out, overwrite=overwrite)
+    click.echo(f"wrote {folder}")
+    if repo_id is not None:
+        _push(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
+
+
+def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, dry_run: bool) -> None:
+    from huggingface_hub import get_token
+
+    from evo_merge.report.upload import LOGIN_HINT, plan_upload, push_to_hub
+
+    plan = plan_upload(folder)
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not dry_run:
+        click.echo(f"uploaded: {push_to_hub(plan, repo_id, private=private, revision=revision)}")
+        return
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    click.echo(f"dry run: would upload {len(plan.files)} files to {where}{' (private)' if private else ''}:")
+    for name, size in plan.files:
+        click.echo(f"  {name}  {size:,} bytes")
+    if not get_token():
+        click.echo(f"no token found: {LOGIN_HINT}", err=True)

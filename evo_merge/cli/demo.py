@@ -11,12 +11,11 @@ DEFAULT_ZOO = Path("runs/zoo/tiny-lm")
 
 def _zoo(zoo: Path) -> list[str]:
     """Build (or reuse) the tiny-lm zoo; return its endpoint names."""
-    import json
-
+    from evo_merge.zoo.manifest import read_zoo
     from evo_merge.zoo.tinylm import build_tinylm_zoo
 
     build_tinylm_zoo(zoo)
-    return [m for m in json.loads((zoo / "zoo.json").read_text())["models"] if m != "base"]
+    return read_zoo(zoo).endpoints
 
 
 @click.command()
@@ -26,7 +25,7 @@ def _zoo(zoo: Path) -> list[str]:
 def init(out: Path, zoo: Path) -> None:
     """Write a commented, runnable example campaign for the demo zoo."""
     from evo_merge.errors import UserError
-    from evo_merge.search.template import campaign_text
+    from evo_merge.cli.template import campaign_text
 
     if out.exists():
         raise UserError(f"{out} already exists; choose another --out")
@@ -42,7 +41,7 @@ def init(out: Path, zoo: Path) -> None:
 def demo(out: Path, zoo: Path) -> None:
     """Build (or reuse) the tiny-lm zoo and run a short campaign on the shipped benchmarks."""
     from evo_merge.cli.campaign import _run, _runner
-    from evo_merge.search.template import campaign_text
+    from evo_merge.cli.template import campaign_text
 
     families = _zoo(zoo)
     config = out.with_suffix(".yaml")

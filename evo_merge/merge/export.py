@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
+from evo_merge.merge.card import Scores, model_card
 from evo_merge.merge.plan import MergePlan, stream_merge
-from evo_merge.report.card import model_card
+from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
+from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import write_model_folder
 
 RECIPE_FILE = "merge_recipe.yaml"
@@ -22,12 +24,18 @@ def export_merge(
     tensors: Iterator[tuple[str, torch.Tensor]] | None = None,
     allow_pickle: bool = False,
     overwrite: bool = False,
-    scores: Mapping[str, Mapping[str, float]] | None = None,
+    scores: Scores | None = None,
     title: str | None = None,
     track: Tracker | None = None,
+    tasks: Mapping[str, TaskMeta] | None = None,
+    item_scores: ItemScores | None = None,
 ) -> Path:
     """Write the merged folder atomically. `tensors` (e.g. from the in-place merger) replaces the
-    streaming merge when given; they must be the plan's tensors."""
+    streaming merge when given; they must be the plan's tensors.
+
+    `tasks` describes each scored task for the card's `model-index`; `item_scores` (task -> item ->
+    score, every item of a measured pick) adds `results.json` and `item_scores.parquet`, written
+    in the same atomic step as the weights so the card never names results that are missing."""
     if tensors is None:
         total, tensors = stream_merge(plan, allow_pickle=allow_pickle)
         if track is not None:
@@ -39,8 +47,11 @@ def export_merge(
     if plan.tokens is not None:
         config["vocab_size"] = plan.tokens.rows
         extra.update(plan.tokens.files)
-    extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores)
+    stderr = {name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None}
+    extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr)
     extra[RECIPE_FILE] = recipe.to_yaml()
+    if item_scores:
+        extra.update(results_files(item_scores, tasks or {}))
     return write_model_folder(
         out,
         tensors,

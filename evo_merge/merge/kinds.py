@@ -10,6 +10,8 @@ from __future__ import annotations
 from evo_merge.errors import UserError
 from evo_merge.merge.registry import Hyperparameter, get_method, list_methods
 
+Ranges = dict[str, tuple[float, float]]
+
 MASS = "mass"
 
 # MASS routing settings the search may vary. `layer` has no fixed upper bound: its search
@@ -41,3 +43,18 @@ def list_kinds() -> list[str]:
 
 def kind_hyperparameter(name: str, parameter: str) -> Hyperparameter | None:
     return next((h for h in kind_hyperparameters(name) if h.name == parameter), None)
+
+
+def declared_ranges(method: str, configured: Ranges) -> Ranges:
+    """The configured range of each searchable hyperparameter, else its declared one."""
+    ranges: Ranges = {}
+    for hp in kind_hyperparameters(method):
+        if not hp.searchable or hp.kind is bool:
+            continue
+        if hp.name in configured:
+            ranges[hp.name] = tuple(configured[hp.name])
+        elif hp.search_range is not None:
+            ranges[hp.name] = hp.search_range
+        elif hp.low is not None and hp.high is not None:
+            ranges[hp.name] = (hp.low, hp.high)
+    return ranges

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from evo_merge.errors import UserError
-from evo_merge.search.evaluator import CandidateFailed, Items, Job, LocalEvaluator, Result
+from evo_merge.search.evaluator import CandidateFailed, Items, Job, Result, task_settings
+from evo_merge.search.local import LocalEvaluator
 
 INSTALL = "pip install 'evo-merge[distributed]'"
 TaskSpecs = tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...]  # (label, task string, settings)
@@ -49,17 +50,22 @@ class WorkerSpec:
     tasks: TaskSpecs
     device: str
     dtype: str
+    storage: tuple[str, str] = ("auto", "device")  # (dtype, placement): each worker keeps its own copy
 
     @property
     def fingerprint(self) -> str:
         return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
 
     def build(self) -> LocalEvaluator:
+        from evo_merge.search.workbench import Workbench
         from evo_merge.tasks.registry import resolve_task
 
         tasks = {label: resolve_task(task, **dict(settings)) for label, task, settings in self.tasks}
-        return LocalEvaluator(Path(self.base), [Path(m) for m in self.models], tasks, device=self.device,
-                              dtype=self.dtype)
+        from evo_merge.merge.storage import Storage
+
+        bench = Workbench.open(Path(self.base), [Path(m) for m in self.models], device=self.device, dtype=self.dtype,
+                               storage=Storage.parse(*self.storage))
+        return LocalEvaluator(bench, tasks)
 
 
 # ---------------------------------------------------------------- worker side
@@ -126,7 +132,7 @@ def start_local_cluster(n_workers: int, gpus: Sequence[int] = ()) -> Any:
 
 
 class DaskEvaluator:
-    """`LocalEvaluator.evaluate_many` over a dask cluster, yielding results in completion order.
+    """The `Evaluator` interface over a dask cluster, yielding results in completion order.
 
     The cluster (or the connection to `address`) starts on the first evaluation and stops at
     `close()`. Nothing here is ever pickled into the algorithm checkpoint."""
@@ -140,17 +146,16 @@ class DaskEvaluator:
         self.resubmits = resubmits
         self._client: Any = None
         self._cluster: Any = None
-        self._local: LocalEvaluator | None = None
 
     @classmethod
-    def from_campaign(cls, campaign, paths) -> DaskEvaluator:
-        from evo_merge.search.evaluator import task_settings
-
+    def from_campaign(cls, campaign, base: Path, models: Sequence[Path]) -> DaskEvaluator:
         spec = campaign.evaluator
         gpus = cluster_gpus(campaign.device) if spec.n_workers is not None else []
-        tasks = tuple((t.label, t.task, tuple(sorted(task_settings(campaign, t).items()))) for t in campaign.tasks)
-        worker = WorkerSpec(str(paths.base), tuple(str(m) for m in paths.models), tasks,
-                            "cuda" if gpus else campaign.device, campaign.dtype)
+        tasks = tuple((t.label, t.task, tuple(sorted(task_settings(spec.batch_size, t.options).items())))
+                      for t in campaign.tasks)
+        worker = WorkerSpec(str(base), tuple(str(m) for m in models), tasks,
+                            "cuda" if gpus else campaign.device, campaign.dtype,
+                            (campaign.storage.dtype, campaign.storage.placement))
         return cls(worker, address=spec.address, n_workers=spec.n_workers, gpus=gpus)
 
     @property
@@ -216,20 +221,9 @@ class DaskEvaluator:
             if live:  # the caller stopped early (an error, an interrupt): drop the rest
                 client.cancel(list(live.values()))
 
-    # ------------------------------------------------------------ driver-side model
-    @property
-    def local(self) -> LocalEvaluator:
-        """A resident model in the driver, on CPU, built only when asked for (exporting a pick)."""
-        if self._local is None:
-            self._local = WorkerSpec(self.spec.base, self.spec.models, self.spec.tasks, "cpu", self.spec.dtype).build()
-        return self._local
-
-    def __getattr__(self, name: str) -> Any:
-        # the campaign exports picks from the evaluator's resident model (merger, MASS model):
-        # a cluster's models live in the workers, so the driver builds its own on first use
-        if name.startswith("_") or "spec" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.local, name)
+    def workbench(self) -> None:
+        """The models live in the workers: the driver holds none (export builds what it needs)."""
+        return None
 
     def __getstate__(self) -> dict:
         raise TypeError("a DaskEvaluator holds a cluster connection and cannot be pickled")

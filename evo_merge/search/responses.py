@@ -12,9 +12,12 @@ from pathlib import Path
 import pandas as pd
 
 from evo_merge.config import DEFAULT_METHODS
-from evo_merge.search.campaign import reference_candidates
-from evo_merge.search.evaluator import CandidateFailed, LocalEvaluator
+from evo_merge.merge.kinds import declared_ranges
+from evo_merge.search.candidate import reference_candidates
+from evo_merge.search.evaluator import CandidateFailed
+from evo_merge.search.local import LocalEvaluator
 from evo_merge.search.space import SearchSpace
+from evo_merge.search.workbench import Workbench
 from evo_merge.tasks.base import FitnessTask
 
 COLUMNS = ["subject", "item", "score", "scenario", "task", "method", "weights", "params"]
@@ -35,10 +38,10 @@ def build_responses(
     """Long table, one row per (subject, item). `scenario="task"` labels items by task (one IRT
     scenario per task); `"subskill"` keeps each task's own scenarios, prefixed by the task."""
     n = len(models)
-    space = SearchSpace(methods, n, coefficients)
+    space = SearchSpace({m: declared_ranges(m, dict(r)) for m, r in methods.items()}, n, coefficients)
     subjects = reference_candidates([f"endpoint-{Path(m).name}" for m in models])
     subjects += [(f"merge-{k:03d}", c) for k, c in enumerate(space.sample(n_merges, seed=seed))]
-    evaluator = LocalEvaluator(Path(base), [Path(m) for m in models], tasks)
+    evaluator = LocalEvaluator(Workbench.open(Path(base), [Path(m) for m in models]), tasks)
     rows = []
     jobs = [(candidate, {name: None for name in tasks}) for _, candidate in subjects]
     for done, (index, outcome, _) in enumerate(evaluator.evaluate_many(jobs), start=1):

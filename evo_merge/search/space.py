@@ -3,14 +3,12 @@
 Mixed variables for pymoo (a `Choice` of method, `Real`/`Integer` numbers). Every method's
 hyperparameters are in the genome; only the chosen method's count, so a candidate's identity
 (`Candidate.key`) ignores the others and two genomes that build the same model share one
-evaluation.
+evaluation. CMA-ES, which needs a plain real vector, uses `RealEncoding`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,78 +17,43 @@ from pymoo.core.problem import Problem
 from pymoo.core.sampling import Sampling
 from pymoo.core.variable import Choice, Integer, Real
 
-from evo_merge.merge.kinds import MASS, kind_hyperparameter, kind_hyperparameters
-
-SIGNIFICANT = 6  # genomes equal to 6 significant digits are the same candidate
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.{SIGNIFICANT}g}")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A merge recipe in search form: method, per-endpoint weights, method parameters."""
-
-    method: str
-    weights: tuple[float, ...]
-    params: tuple[tuple[str, Any], ...] = field(default=())
-
-    @property
-    def key(self) -> str:
-        return json.dumps([self.method, list(self.weights), [list(p) for p in self.params]])
-
-    @classmethod
-    def from_key(cls, key: str) -> Candidate:
-        method, weights, params = json.loads(key)
-        return cls(method, tuple(weights), tuple((k, v) for k, v in params))
-
-    @property
-    def param_dict(self) -> dict[str, Any]:
-        return dict(self.params)
+from evo_merge.merge.kinds import Ranges, kind_hyperparameter
+from evo_merge.search.candidate import Candidate, round_value
+from evo_merge.search.kinds import candidate_kind
 
 
 class SearchSpace:
-    def __init__(self, methods: Mapping[str, Mapping[str, tuple[float, float]]], n_models: int,
-                 coefficient_range: tuple[float, float]):
+    """`methods` maps each searched method to its searched hyperparameter ranges (already
+    resolved by its kind, e.g. MASS's routing layers from the base)."""
+
+    def __init__(self, methods: Mapping[str, Ranges], n_models: int, coefficient_range: tuple[float, float]):
         self.methods = {name: dict(ranges) for name, ranges in methods.items()}
         self.n_models = n_models
         self.coefficient_range = coefficient_range
 
-    def _hyper_ranges(self, method: str) -> dict[str, tuple[float, float]]:
-        """Searched hyperparameters: the configured range, else the method's declared range."""
-        ranges = {}
-        for hp in kind_hyperparameters(method):
-            if not hp.searchable or hp.kind is bool:
-                continue
-            if hp.name in self.methods[method]:
-                ranges[hp.name] = tuple(self.methods[method][hp.name])
-            elif hp.search_range is not None:
-                ranges[hp.name] = hp.search_range
-            elif hp.low is not None and hp.high is not None:
-                ranges[hp.name] = (hp.low, hp.high)
-        return ranges
+    def _is_int(self, method: str, name: str) -> bool:
+        return kind_hyperparameter(method, name).kind is int
 
     def variables(self) -> dict[str, Any]:
         variables: dict[str, Any] = {"method": Choice(options=list(self.methods))}
         for t in range(self.n_models):
             variables[f"c{t}"] = Real(bounds=self.coefficient_range)
-        for method in self.methods:
-            for name, (low, high) in self._hyper_ranges(method).items():
-                kind = Integer if kind_hyperparameter(method, name).kind is int else Real
+        for method, ranges in self.methods.items():
+            for name, (low, high) in ranges.items():
+                kind = Integer if self._is_int(method, name) else Real
                 variables[f"{method}.{name}"] = kind(bounds=(low, high))
         return variables
 
     def decode(self, x: Mapping[str, Any]) -> Candidate:
         method = str(x["method"])
-        if method == MASS:  # routing picks the tasks; endpoint weights play no part
-            weights = (1.0,) * self.n_models
+        if candidate_kind(method).uses_weights:
+            weights = tuple(round_value(float(x[f"c{t}"])) for t in range(self.n_models))
         else:
-            weights = tuple(_round(float(x[f"c{t}"])) for t in range(self.n_models))
+            weights = (1.0,) * self.n_models
         params = []
-        for name in self._hyper_ranges(method):
+        for name in self.methods[method]:
             value = x[f"{method}.{name}"]
-            params.append((name, int(value) if isinstance(value, (int, np.integer)) else _round(float(value))))
+            params.append((name, int(value) if isinstance(value, (int, np.integer)) else round_value(float(value))))
         return Candidate(method, weights, tuple(sorted(params)))
 
     def encode(self, candidate: Candidate) -> dict[str, Any]:
@@ -101,12 +64,17 @@ class SearchSpace:
         for t in range(self.n_models):
             x[f"c{t}"] = float(np.clip(candidate.weights[t], low, high))
         params = candidate.param_dict
-        for method in self.methods:
-            for name, (lo, hi) in self._hyper_ranges(method).items():
+        for method, ranges in self.methods.items():
+            for name, (lo, hi) in ranges.items():
                 value = params.get(name, (lo + hi) / 2) if method == candidate.method else (lo + hi) / 2
                 value = min(max(value, lo), hi)
-                x[f"{method}.{name}"] = round(value) if kind_hyperparameter(method, name).kind is int else float(value)
+                x[f"{method}.{name}"] = round(value) if self._is_int(method, name) else float(value)
         return x
+
+    def expressible(self, candidates: Sequence[Candidate]) -> list[dict[str, Any]]:
+        """Genomes of the candidates this space can express exactly (method searched, values in range)."""
+        genomes = [(c, self.encode(c)) for c in candidates if c.method in self.methods]
+        return [x for c, x in genomes if self.decode(x) == c]
 
     def problem(self, n_objectives: int) -> Problem:
         return MergeProblem(self.variables(), n_objectives)
@@ -117,36 +85,57 @@ class SearchSpace:
         return [self.decode(individual.X) for individual in population]
 
 
-def standard_merges(n_models: int, lambdas: Sequence[float] = (0.3, 0.5, 0.7, 1.0)) -> dict[str, Candidate]:
-    """The merges a user tries first, each endpoint weighted 1: task arithmetic over a lambda
-    grid, TIES at density 0.2, TSV-M at alpha 1."""
-    ones = (1.0,) * n_models
-    out = {f"task_arithmetic lambda={lam}": Candidate("task_arithmetic", ones, (("lambda", lam),)) for lam in lambdas}
-    out["ties density=0.2"] = Candidate("ties", ones, (("density", 0.2), ("lambda", 1.0)))
-    out["tsv alpha=1"] = Candidate("tsv", ones, (("alpha", 1.0),))
-    return out
+class RealEncoding:
+    """The genome as a vector in [0, 1]^d for real-valued algorithms: the method is the
+    interval of the first coordinate it falls in, integers are rounded after scaling."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+        self.names = [n for n in space.variables() if n != "method"]
+
+    def problem(self, n_objectives: int) -> Problem:
+        d = 1 + len(self.names)
+        return Problem(n_var=d, n_obj=n_objectives, xl=np.zeros(d), xu=np.ones(d))
+
+    def genome(self, vector: Sequence[float]) -> dict[str, Any]:
+        variables = self.space.variables()
+        methods = variables["method"].options
+        x: dict[str, Any] = {"method": methods[min(int(float(vector[0]) * len(methods)), len(methods) - 1)]}
+        for name, value in zip(self.names, vector[1:]):
+            low, high = variables[name].bounds
+            scaled = low + float(np.clip(value, 0.0, 1.0)) * (high - low)
+            x[name] = int(round(scaled)) if isinstance(variables[name], Integer) else scaled
+        return x
+
+    def vector(self, genome: Mapping[str, Any]) -> np.ndarray:
+        variables = self.space.variables()
+        methods = list(variables["method"].options)
+        first = (methods.index(genome["method"]) + 0.5) / len(methods)
+        rest = [(genome[n] - variables[n].bounds[0]) / (variables[n].bounds[1] - variables[n].bounds[0])
+                for n in self.names]
+        return np.array([first, *rest], dtype=float)
 
 
 class SeededSampling(Sampling):
-    """The first generation: the given genomes, then random ones (pymoo's mixed-variable sampling)."""
+    """The first generation: the given genomes, then random ones from `random`."""
 
-    def __init__(self, genomes: Sequence[Mapping[str, Any]]):
+    def __init__(self, genomes: Sequence[Any], random: Sampling):
         super().__init__()
-        self.genomes = [dict(g) for g in genomes]
+        self.genomes, self.random = list(genomes), random
 
     def _do(self, problem, n_samples, random_state=None, **kwargs):
         seeded = self.genomes[:n_samples]
-        return seeded + MixedVariableSampling()._do(problem, n_samples - len(seeded), random_state=random_state)
+        if len(seeded) == n_samples:
+            return np.asarray(seeded, dtype=float) if seeded and isinstance(seeded[0], np.ndarray) else seeded
+        rest = self.random(problem, n_samples - len(seeded), random_state=random_state).get("X")
+        if isinstance(rest, np.ndarray) and rest.dtype != object:  # real vectors
+            return np.vstack([np.asarray(seeded, dtype=float).reshape(-1, problem.n_var), rest])
+        return [*seeded, *rest]
 
 
 class MergeProblem(Problem):
     """Only the variables and objective count: evaluation happens outside (ask-and-tell), so the
-    problem pickles with the algorithm and holds no models or runners."""
+    problem holds no models or runners."""
 
     def __init__(self, variables: dict[str, Any], n_objectives: int):
         super().__init__(vars=variables, n_obj=n_objectives)
-
-
-def objectives(scores: Sequence[float], directions: Sequence[str]) -> np.ndarray:
-    """pymoo minimises: negate the scores to maximise."""
-    return np.array([-s if d == "maximize" else s for s, d in zip(scores, directions)], dtype=float)

@@ -1,0 +1,76 @@
+"""MASS as a search candidate kind (see `evo_merge.search.kinds.CandidateKind`).
+
+The genome varies the routing settings (`layer`, `threshold`, `max_tasks`); the endpoint
+weights play no part, since routing picks the tasks per input. The factors are computed once
+per workbench and kept there; each candidate only moves the router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from evo_merge.errors import UserError
+from evo_merge.merge.kinds import declared_ranges
+from evo_merge.weights import Checkpoint
+
+KEPT = "mass"
+
+
+class MassKind:
+    uses_weights = False
+
+    def searched_ranges(self, method: str, configured: Mapping[str, tuple[float, float]],
+                        base: Path) -> dict[str, tuple[float, float]]:
+        """The configured ranges; the routing layer, unless given, ranges over the base's MLP blocks."""
+        from evo_merge.mass.routing import routing_weights
+
+        ranges = declared_ranges(method, dict(configured))
+        if "layer" not in configured:
+            layers = list(routing_weights(Checkpoint.open(base).names))
+            if not layers:
+                raise UserError(f"methods.mass: the base {base} has no MLP block to route on")
+            ranges["layer"] = (layers[0], layers[-1])
+        return ranges
+
+    def model(self, bench: Any):
+        """The workbench's MASS model (its factors computed on first use)."""
+        if KEPT not in bench.kept:
+            from evo_merge.mass import MassModel
+            from evo_merge.merge.storage import Stash
+
+            stash = Stash(bench.storage, bench.device)  # the factors kept like the merger's task vectors
+            bench.kept[KEPT] = MassModel.from_checkpoints(bench.base, bench.models, stash=stash).to(
+                device=bench.device, dtype=bench.dtype)
+        return bench.kept[KEPT]
+
+    def check(self, bench: Any) -> None:
+        self.model(bench)  # decomposing refuses endpoints not fine-tuned from the base
+
+    def build(self, bench: Any, candidate) -> Any:
+        mass = self.model(bench)
+        mass.set_routing(**candidate.param_dict)
+        return mass
+
+    def export(self, candidate, base: Path, models: list[Path], out: Path, *, scores, out_dtype: str,
+               bench: Any | None, overwrite: bool, evidence: Any = None) -> Path:
+        """A MASS folder (factors, routing, scores); built here when no workbench is at hand.
+        A measured candidate's `evidence` becomes its results files (the card has no model-index:
+        the Hub cannot run a MASS folder)."""
+        from evo_merge.mass import MassModel
+
+        if bench is not None:
+            mass = self.build(bench, candidate)
+        else:
+            mass = MassModel.from_checkpoints(base, models)
+            mass.set_routing(**candidate.param_dict)
+        folder = mass.save(out, overwrite=overwrite, scores=scores)
+        if evidence is not None and evidence.item_scores:
+            from evo_merge.merge.results import write_results
+
+            write_results(folder, evidence.item_scores, evidence.tasks)
+        return folder
+
+
+MASS_KIND = MassKind()

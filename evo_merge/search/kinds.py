@@ -1,0 +1,110 @@
+"""Candidate kinds: what a candidate's method means to the search.
+
+A kind declares its part of the genome (which hyperparameters, over which ranges, whether the
+endpoint weights count), builds a candidate on a `Workbench`, and exports it. A static merge
+method writes one set of weights into the resident module and exports as the recipe
+`evo-merge merge` rebuilds; MASS (`evo_merge.mass.candidate`) routes each input. The search
+looks kinds up in `KINDS` by method name and never branches on one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from evo_merge.merge.kinds import MASS, Ranges, declared_ranges
+from evo_merge.search.candidate import Candidate
+from evo_merge.tasks.meta import TaskMeta
+
+Scores = Mapping[str, Mapping[str, float]]  # "estimated" / "measured" -> task -> score
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How an exported candidate's scores were obtained: each task's metadata (dataset, metric,
+    version) and, for a candidate measured on every item, its per-item scores (task -> item -> score)."""
+
+    tasks: Mapping[str, TaskMeta] = field(default_factory=dict)
+    item_scores: Mapping[str, Mapping[str, float]] | None = None
+
+
+class CandidateKind(Protocol):
+    uses_weights: bool  # False: the endpoint weights play no part (decoded as all 1)
+
+    def searched_ranges(self, method: str, configured: Ranges, base: Path) -> Ranges:
+        """The hyperparameters the genome varies for `method`, with their ranges."""
+        ...
+
+    def check(self, bench: Any) -> None:
+        """Fail before any evaluation if this kind cannot work on the workbench's models."""
+        ...
+
+    def build(self, bench: Any, candidate: Candidate) -> Any:
+        """The candidate's model, ready to score (raises CandidateFailed-worthy errors)."""
+        ...
+
+    def export(self, candidate: Candidate, base: Path, models: list[Path], out: Path, *,
+               scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
+               evidence: Evidence | None = None) -> Path:
+        """Write the candidate as a model folder with its card; `bench` is reused when given;
+        `evidence` (task metadata, and per-item scores of a measured candidate) goes into the
+        card's model-index and the results files."""
+        ...
+
+
+def candidate_recipe(candidate: Candidate, base: Path, models: list[Path], out_dtype: str):
+    """The mergekit-style recipe of a static-merge candidate, as `evo-merge merge` takes it."""
+    from evo_merge.merge.recipe import Recipe
+
+    return Recipe.model_validate({
+        "merge_method": candidate.method,
+        "base_model": str(base),
+        "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(models, candidate.weights)],
+        "parameters": candidate.param_dict,
+        "dtype": "float32",
+        "out_dtype": out_dtype,
+    })
+
+
+class StaticMerge:
+    """A registered merge method: one set of weights, written in place, exported as its recipe."""
+
+    uses_weights = True
+
+    def searched_ranges(self, method: str, configured: Ranges, base: Path) -> Ranges:
+        return declared_ranges(method, configured)
+
+    def check(self, bench: Any) -> None:
+        """The in-place merger checked the endpoints when the workbench opened."""
+
+    def build(self, bench: Any, candidate: Candidate) -> Any:
+        return bench.merger.apply(candidate.method, candidate.weights, candidate.param_dict)
+
+    def export(self, candidate: Candidate, base: Path, models: list[Path], out: Path, *,
+               scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
+               evidence: Evidence | None = None) -> Path:
+        """Streamed from the checkpoints through the recipe, exactly as `evo-merge merge` does:
+        the exported folder is the recipe's merge by construction, whatever the search stored."""
+        from evo_merge.merge.export import export_merge
+        from evo_merge.merge.plan import plan_from_recipe
+
+        plan = plan_from_recipe(candidate_recipe(candidate, base, models, out_dtype))
+        evidence = evidence or Evidence()
+        return export_merge(plan, out, overwrite=overwrite, title=out.name, scores=scores, tasks=evidence.tasks,
+                            item_scores=evidence.item_scores)
+
+
+# method name -> "module:attribute" of its kind; every other method is a static merge
+KINDS: dict[str, str] = {MASS: "evo_merge.mass.candidate:MASS_KIND"}
+STATIC = StaticMerge()
+
+
+def candidate_kind(method: str) -> CandidateKind:
+    target = KINDS.get(method)
+    if target is None:
+        return STATIC
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)

@@ -1,0 +1,64 @@
+"""In-process evaluator: one workbench (resident model, in-place merger), the tasks built once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.evaluator import CandidateFailed, ItemScores, Items, Job, Result
+from evo_merge.search.kinds import candidate_kind
+from evo_merge.search.workbench import Workbench
+from evo_merge.tasks.base import FitnessTask
+
+
+class LocalEvaluator:
+    def __init__(self, bench: Workbench, tasks: Mapping[str, FitnessTask]):
+        self.bench = bench
+        self.tasks = dict(tasks)
+
+    def workbench(self) -> Workbench:
+        return self.bench
+
+    def build(self, candidate: Candidate) -> torch.nn.Module:
+        """The candidate's model on the workbench, checked for non-finite weights."""
+        try:
+            model = candidate_kind(candidate.method).build(self.bench, candidate)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise CandidateFailed(f"out of memory while merging: {exc}") from exc
+        except RuntimeError as exc:
+            raise CandidateFailed(str(exc)) from exc
+        bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise CandidateFailed(f"non-finite values in merged tensor {bad}")
+        return model
+
+    def evaluate(self, candidate: Candidate, items: Items) -> ItemScores:
+        """Build the candidate and score it on `items` per task (None: every item)."""
+        model = self.build(candidate)
+        scores: ItemScores = {}
+        try:
+            for name, item_ids in items.items():
+                series = self.tasks[name].evaluate(model, self.bench.tokenizer, item_ids)
+                scores[name] = {str(k): float(v) for k, v in series.items()}
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise CandidateFailed(f"out of memory while evaluating: {exc}") from exc
+        return scores
+
+    def evaluate_many(self, jobs: Sequence[Job]) -> Iterator[Result]:
+        for index, (candidate, items) in enumerate(jobs):
+            start = time.perf_counter()
+            try:
+                outcome: ItemScores | CandidateFailed = self.evaluate(candidate, items)
+            except (CandidateFailed, RuntimeError, ValueError, FloatingPointError, MemoryError) as exc:
+                outcome = exc if isinstance(exc, CandidateFailed) else CandidateFailed(f"{type(exc).__name__}: {exc}")
+            if self.bench.device.type == "cuda":  # free the candidate's activations before the next one
+                torch.cuda.empty_cache()
+            yield index, outcome, time.perf_counter() - start
+
+    def close(self) -> None:
+        """Nothing to release in-process."""

@@ -1,0 +1,80 @@
+"""Every evaluation goes through the store: looked up first, evaluated only when missing.
+
+A candidate evaluated before (in this process, one that was killed, or a replay) is never
+evaluated again; results are stored as they arrive, so an interruption loses only unfinished
+candidates. The evaluator is asked for only when something is missing, so reading or replaying
+a run loads no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from evo_merge.errors import UserError
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.evaluator import CandidateFailed, Evaluator, ItemScores, Items
+from evo_merge.search.scoring import Scoring, task_scores
+from evo_merge.search.store import CampaignStore, Evaluation
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def no_progress(stage: str, done: int, total: int) -> None:
+    """The default progress callback: silent."""
+
+
+class EvaluationLog:
+    def __init__(self, store: CampaignStore, evaluator: Callable[[], Evaluator], scoring: Scoring,
+                 progress: Progress = no_progress):
+        self.store, self._evaluator, self.scoring, self.progress = store, evaluator, scoring, progress
+
+    def evaluate(self, candidates: Sequence[Candidate], *, phase: str, generation: int | None,
+                 items: Items, stage: str) -> list[Evaluation]:
+        """The stored evaluation of each candidate, evaluating (and storing) the missing ones."""
+        unique = list({c.key: c for c in candidates}.values())
+        todo = [c for c in unique if self.store.get(c.key) is None]
+        done = len(unique) - len(todo)
+        self.progress(stage, done, len(unique))
+        if todo:
+            for index, outcome, seconds in self._evaluator().evaluate_many([(c, items) for c in todo]):
+                self._store(todo[index], outcome, seconds, phase, generation, items)
+                done += 1
+                self.progress(stage, done, len(unique))
+        return [self.store.get(c.key) for c in candidates]
+
+    def _store(self, candidate: Candidate, outcome: ItemScores | CandidateFailed, seconds: float,
+               phase: str, generation: int | None, items: Items) -> None:
+        scores, estimates, status, error = {}, None, "failed", None
+        if isinstance(outcome, CandidateFailed):
+            error = str(outcome)
+        else:
+            try:
+                scores, estimates, status = outcome, self.scoring.estimate(outcome), "ok"
+            except (UserError, ValueError, FloatingPointError) as exc:
+                error = f"estimation failed: {exc}"
+        self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method, status=status,
+                       estimates=estimates, item_scores=scores, seconds=seconds, error=error)
+        if status == "ok" and all(v is None for v in items.values()):
+            self.store.add_measurement(candidate.key, task_scores(scores, self.scoring.names), {})
+
+    def measure(self, evaluations: Sequence[Evaluation], stage: str) -> None:
+        """Score stored evaluations on the items they miss, and record their full scores."""
+        todo = [e for e in evaluations if e.measured is None]
+        self.progress(stage, 0, len(todo))
+        if not todo:
+            return
+        names = self.scoring.names
+        jobs = [(Candidate.from_key(e.key), {n: self._missing(e.key, n) for n in names}) for e in todo]
+        for done, (index, outcome, _) in enumerate(self._evaluator().evaluate_many(jobs), start=1):
+            key = todo[index].key
+            if isinstance(outcome, CandidateFailed):  # it worked on the anchors: report, keep the estimate
+                self.store.set_meta(f"measure_failed:{key}", str(outcome))
+            else:
+                stored = self.store.item_scores(key)
+                full = {n: {**stored.get(n, {}), **outcome[n]} for n in names}
+                self.store.add_measurement(key, task_scores(full, names), outcome)
+            self.progress(stage, done, len(todo))
+
+    def _missing(self, key: str, name: str) -> list[str]:
+        have = self.store.item_scores(key, name).get(name, {})
+        return [i for i in self.scoring.tasks[name].item_ids if i not in have]

@@ -1,0 +1,93 @@
+"""How candidates are scored: calibration subjects, the IRT model per task, anchors, estimates.
+
+Calibration evaluates the base, the endpoints and a few warm-up merges on every item; an IRT
+model per task is fitted on those responses (or loaded), anchors are chosen, and from then on a
+candidate is scored on its anchors and its full score estimated. With `estimator.kind: full`
+every candidate is scored on every item and nothing is estimated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evo_merge.irt import Estimator, IRTModel, select_anchors
+from evo_merge.search.candidate import Candidate, reference_candidates
+from evo_merge.search.evaluator import ItemScores
+from evo_merge.search.store import CampaignStore
+from evo_merge.tasks.base import FitnessTask
+
+Subjects = list[tuple[str, Candidate]]
+
+
+def task_scores(scores: ItemScores, names: Sequence[str]) -> dict[str, float]:
+    """Mean item score per task."""
+    return {name: float(np.mean(list(scores[name].values()))) for name in names}
+
+
+class Scoring:
+    """Holds the fitted estimators once `calibrate` ran; `estimate` turns anchor scores into task scores."""
+
+    def __init__(self, spec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path, seed: int):
+        self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
+        self.estimators: dict[str, Estimator] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.tasks)
+
+    def all_items(self) -> dict[str, None]:
+        return {name: None for name in self.names}
+
+    def subjects(self, n_models: int, warmup: Sequence[Candidate]) -> Subjects:
+        """Base and endpoints, then warm-up merges when IRT is fitted here."""
+        subjects = reference_candidates([f"endpoint-{i}" for i in range(n_models)])
+        if self.spec.kind != "full" and self.spec.irt_model is None:
+            subjects += [(f"warmup-{k}", candidate) for k, candidate in enumerate(warmup)]
+        return subjects
+
+    def fit(self, subjects: Subjects) -> None:
+        """Fit (or load) one estimator per task from the calibration subjects' stored responses."""
+        if self.spec.kind != "full":
+            self.estimators = {name: self._estimator(name, subjects) for name in self.names}
+
+    def anchor_items(self) -> dict[str, list[str] | None]:
+        if self.estimators is None:
+            return self.all_items()
+        return {name: list(self.estimators[name].anchor_ids) for name in self.names}
+
+    def estimate(self, scores: ItemScores) -> dict[str, float]:
+        """Full-score estimates; item scores lie in [0, 1], so an estimate is kept there too."""
+        if self.estimators is None:
+            return task_scores(scores, self.names)
+        return {name: float(np.clip(self.estimators[name].estimate(scores[name])["overall"], 0.0, 1.0))
+                for name in self.names}
+
+    def item_count(self) -> dict[str, int]:
+        return {name: len(task.item_ids) for name, task in self.tasks.items()}
+
+    def _responses(self, name: str, subjects: Subjects) -> pd.DataFrame:
+        scenarios = self.tasks[name].scenarios or {}
+        rows = [(label, item, score, scenarios.get(item, name))
+                for label, candidate in subjects
+                for item, score in self.store.item_scores(candidate.key, name).get(name, {}).items()]
+        return pd.DataFrame(rows, columns=["subject", "item", "score", "scenario"])
+
+    def _estimator(self, name: str, subjects: Subjects) -> Estimator:
+        spec = self.spec
+        folder = self.irt_dir / name
+        endpoints = [label for label, _ in subjects if label.startswith("endpoint-")]
+        if spec.irt_model is not None:
+            model = IRTModel.load(Path(spec.irt_model) / name)
+            endpoint_arg: Sequence[str] | pd.DataFrame = self._responses(name, [s for s in subjects if s[0] in endpoints])
+        elif (folder / "model.json").exists():
+            model, endpoint_arg = IRTModel.load(folder), endpoints
+        else:
+            model = IRTModel.fit(self._responses(name, subjects), backend=spec.backend, dims=spec.dims, seed=self.seed)
+            model.save(folder)
+            endpoint_arg = endpoints
+        anchors = select_anchors(model, spec.anchors, spec.anchor_method, seed=self.seed)
+        return Estimator(model, anchors, spec.kind, endpoints=endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None)

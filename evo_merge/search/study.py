@@ -1,0 +1,45 @@
+"""The search loop: ask the algorithm for a generation, evaluate it through the log, tell.
+
+There is no algorithm checkpoint: the store holds every evaluation, and a pymoo algorithm set up
+with the same seed asks for the same candidates given the same answers, so resuming replays the
+loop from the first generation, answering each ask from the store, and evaluates only what was
+never stored. Nothing is unpickled from a run folder, and the database is the one source of
+truth for how far a run got.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from evo_merge.search.algorithms import SearchAlgorithm
+from evo_merge.search.log import EvaluationLog
+from evo_merge.search.objectives import Objectives
+from evo_merge.search.store import Evaluation
+
+SEARCH = "search"
+GenerationDone = Callable[[int, list[Evaluation]], None]
+
+
+def fitness(evaluation: Evaluation, objectives: Objectives) -> np.ndarray:
+    """What the optimiser minimises; a failed candidate gets the worst score on every task."""
+    scores = evaluation.estimates if evaluation.status == "ok" else objectives.worst()
+    return objectives.minimised(scores)
+
+
+def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectives, items, generations: int,
+               on_generation: GenerationDone | None = None) -> None:
+    """Ask, evaluate (stored answers first), tell, until the algorithm's termination."""
+    algorithm = search.algorithm
+    while algorithm.has_next():
+        generation = algorithm.n_gen or 1
+        population = algorithm.ask()
+        evaluations = log.evaluate([search.to_candidate(ind.X) for ind in population], phase=SEARCH,
+                                   generation=generation, items=items,
+                                   stage=f"generation {generation}/{generations}")
+        population.set("F", np.array([fitness(e, objectives) for e in evaluations]))
+        algorithm.tell(infills=population)
+        log.store.complete_generation(generation, [e.key for e in evaluations])
+        if on_generation is not None:
+            on_generation(generation, evaluations)

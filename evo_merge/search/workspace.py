@@ -1,0 +1,144 @@
+"""A run folder opened for work: the resolved campaign, its model paths, its store.
+
+Opening does the one-off work explicitly (paths resolved against the campaign file, endpoints
+aligned once, the campaign's fingerprint checked against the store) so every later part takes
+a ready `Workspace` and does no work of its own on construction. The facts that `status` and
+`report` need (task names, directions, item counts, generations) are written into the store
+here, so reading a run never opens a model or a task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from evo_merge.config import Campaign
+from evo_merge.errors import UserError
+from evo_merge.search.store import CampaignStore, atomic_write
+
+CAMPAIGN_FILE = "campaign.yaml"
+
+
+def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
+    """The campaign with every relative path made absolute against `root` (the campaign file's
+    folder): models, alignment data and permutation specs, the IRT model folder, local task
+    files. A run stores and fingerprints this form, so it resumes from whatever folder its
+    command runs in."""
+
+    def absolute(value: str) -> str:
+        return os.path.abspath(root / Path(value).expanduser())  # normalised, symlinks kept
+
+    def is_path(value: str) -> bool:  # as the task registry reads it: not a shipped name or a plugin
+        return value.endswith((".yaml", ".yml")) or "/" in value
+
+    tasks = [t.model_copy(update={"task": absolute(t.task)}) if is_path(t.task) else t for t in campaign.tasks]
+    estimator = campaign.estimator
+    if estimator.irt_model is not None:
+        estimator = estimator.model_copy(update={"irt_model": absolute(estimator.irt_model)})
+    align = campaign.align
+    if align is not None:
+        align = align.model_copy(update={"data": align.data and absolute(align.data),
+                                         "arch": absolute(align.arch) if is_path(align.arch) else align.arch})
+    return campaign.model_copy(update={"base_model": campaign.base_model and absolute(campaign.base_model),
+                                       "models": [absolute(m) for m in campaign.models],
+                                       "tasks": tasks, "estimator": estimator, "align": align})
+
+
+def config_fingerprint(campaign: Campaign) -> str:
+    """Identifies what a run computes: where it is evaluated (local or which cluster) is left out,
+    so a run started locally can be resumed on a cluster and back; so are settings at their
+    defaults, so a setting added in a later version leaves older runs resumable; so is where it
+    is tracked (trackers observe, they compute nothing)."""
+    # storage placement and budgets change where tensors are kept, not what is computed (#13)
+    storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
+                                                  "device_budget_gib": None})
+    where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"}),
+                                        "storage": storage})
+    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}, "tracking": True},
+                                 exclude_defaults=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def existing_path(value: str, key: str) -> Path:
+    """The resolved path of a model the campaign names at `key`; a missing one is a user error naming the key."""
+    path = Path(value)
+    if not path.exists():
+        raise UserError(f"{key}: model path {value!r} does not exist")
+    return path.resolve()
+
+
+def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tuple[Path, list[Path]]:
+    """Align the endpoints once (reused on resume): (the reference, the aligned folders)."""
+    from evo_merge.align.api import align_folders
+    from evo_merge.weights import Checkpoint, write_model_folder
+
+    record = out / "permutations.json"
+    if not record.exists():
+        align_folders(models, spec.arch, spec.method, out, data=data, seed=spec.seed)
+    aligned = [out / name for name in json.loads(record.read_text())["perms"]]
+    if spec.reference == "first":
+        return aligned[0], aligned
+    mean = out / "universe-mean"
+    if not mean.exists():
+        checkpoints = [Checkpoint.open(p) for p in aligned]
+        tensors = ((n, sum(c.tensor(n) for c in checkpoints) / len(checkpoints)) if checkpoints[0].dtype(n).is_floating_point
+                   else (n, checkpoints[0].tensor(n)) for n in checkpoints[0].names)
+        write_model_folder(mean, tensors, copy_from=aligned[0])
+    return mean, aligned
+
+
+@dataclass
+class Workspace:
+    campaign: Campaign  # resolved: every path absolute
+    run_dir: Path
+    base: Path
+    models: list[Path]
+    store: CampaignStore
+
+    @classmethod
+    def open(cls, campaign: Campaign, root: Path, run_dir: Path) -> Workspace:
+        """Resolve, align once, and bind the run folder to this campaign (or check it is bound to it)."""
+        campaign = resolve_campaign(campaign, Path(root))
+        run_dir = Path(run_dir)
+        models = [existing_path(m, f"models.{i}") for i, m in enumerate(campaign.models)]
+        store = CampaignStore(run_dir)
+        _bind(store, campaign, run_dir)
+        if campaign.align is not None:
+            data = existing_path(campaign.align.data, "align.data") if campaign.align.data else None
+            base, models = aligned_paths(campaign.align, models, run_dir / "aligned", data)
+        else:
+            base = existing_path(campaign.base_model, "base_model")
+        return cls(campaign, run_dir, base, models, store)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.label for t in self.campaign.tasks]
+
+    def endpoint_labels(self) -> list[str]:
+        return [f"endpoint {m.name}" for m in self.models]
+
+
+def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> None:
+    stored, fingerprint = store.get_meta("config"), config_fingerprint(campaign)
+    if stored is None:
+        store.set_meta("config", fingerprint)
+        atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
+    elif stored != fingerprint:
+        raise UserError(f"{run_dir}: holds a different campaign; resume it with its own {CAMPAIGN_FILE} "
+                        "or start a new run folder")
+
+
+def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int]) -> None:
+    """What reading a run needs, kept in the store: name, tasks (direction, items), generations."""
+    store.set_meta("facts", {
+        "name": campaign.name,
+        "generations": campaign.algorithm.generations,
+        "algorithm": campaign.algorithm.name,
+        "tasks": [{"name": t.label, "direction": t.direction, "items": item_counts[t.label]} for t in campaign.tasks],
+        "weights": campaign.objective.weights,
+    })
