@@ -127,7 +127,7 @@ def sce_mask(stacked: torch.Tensor, topk: float) -> torch.Tensor:
     return mask
 
 
-@register_method("sce", hyperparameters=[
+@register_method("sce", uses_weights=False, hyperparameters=[
     H("select_topk", 1.0, 0.0, 1.0, search_range=(0.1, 1.0), help="fraction of high-variance entries kept"),
     INT8_MASK,
 ])

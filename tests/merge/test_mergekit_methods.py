@@ -137,11 +137,12 @@ NEW_METHODS = ["arcee_fusion", "breadcrumbs", "breadcrumbs_ties", "della", "dell
 
 @pytest.mark.parametrize("method", NEW_METHODS)
 def test_every_sampled_search_candidate_is_a_valid_merge(method):
+    from evo_merge.merge.kinds import declared_ranges
     from evo_merge.search.space import SearchSpace
 
     m = get_method(method)
     n_models = m.n_models[1] or 3
-    for candidate in SearchSpace({method: {}}, n_models, (0.0, 1.5)).sample(16, seed=1):
+    for candidate in SearchSpace({method: declared_ranges(method, {})}, n_models, (0.0, 1.5)).sample(16, seed=1):
         params = m.resolve(candidate.param_dict, n_models)  # in bounds, required ones present
         base = torch.randn(6, 5)
         out = m.fn(base, [torch.randn(6, 5) * 0.1 for _ in range(n_models)], list(candidate.weights), params,
