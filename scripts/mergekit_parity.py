@@ -120,7 +120,7 @@ def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[int
 def run(recipe: Path, mergekit: str | None, work: Path) -> str:
     ours = work / f"{recipe.stem}-evo"
     done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(ours)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return f"| {recipe.stem} | evo-merge failed: {done.stderr.strip().splitlines()[-1]} | | | |"
     if mergekit is None:
@@ -128,7 +128,7 @@ def run(recipe: Path, mergekit: str | None, work: Path) -> str:
     theirs = work / f"{recipe.stem}-mk"
     done = subprocess.run([mergekit, str(recipe), str(theirs), "--quiet", "--random-seed", "0",
                            "--lora-merge-cache", str(work / "lora-cache")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return f"| {recipe.stem} | mergekit failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:80]} | | | |"
     n, same, max_abs, max_rel = compare(tensors(ours), tensors(theirs))

@@ -22,8 +22,8 @@ from evo_merge.merge.registry import MergeMethod, get_method
 from evo_merge.merge.settings import MISSING, layer_position, lookup
 from evo_merge.merge.tokens import TokenPlan, plan_tokens
 from evo_merge.weights import Checkpoint, parse_dtype
-from evo_merge.weights.dtypes import dtype_name
 from evo_merge.weights.compat import check_architectures
+from evo_merge.weights.dtypes import dtype_name
 from evo_merge.weights.references import ModelRef, open_reference, resolve_reference
 
 WEIGHT = "weight"
@@ -79,15 +79,7 @@ class MergePlan:
     names: dict[str, str] = field(default_factory=dict)  # recipe reference -> resolved name
 
     @property
-    def base(self) -> str:
-        return self.refs[self.donor].name
-
-    @property
-    def models(self) -> list[str]:
-        return [r.name for r in self.refs if r.name != self.base]
-
-    @property
-    def tokenizer_source(self) -> Path:
+    def donor_path(self) -> Path:
         return self.refs[self.donor].path
 
     def recipe(self) -> Recipe:
