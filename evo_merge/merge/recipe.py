@@ -24,7 +24,7 @@ def check_setting(key: str, value: Any) -> None:
     if isinstance(value, SCALARS):
         return
     if isinstance(value, dict):
-        raise ValueError(f"{key}: a filtered value must be a list of {{filter, value}} entries")  # noqa: TRY004
+        raise ValueError(f"{key}: a filtered value must be a list of {{filter, value}} entries")
     if not isinstance(value, list) or not value:
         raise ValueError(f"{key}: expected a value, a non-empty list of anchors, or a list of {{filter, value}}")
     if all(isinstance(v, SCALARS) for v in value):
@@ -33,7 +33,7 @@ def check_setting(key: str, value: Any) -> None:
         if not isinstance(cond, dict) or "value" not in cond or set(cond) - {"filter", "value"}:
             raise ValueError(f"{key}.{i}: expected {{filter: NAME_PART, value: VALUE}}")
         if cond.get("filter") is not None and not isinstance(cond["filter"], str):
-            raise ValueError(f"{key}.{i}.filter: expected a string")  # noqa: TRY004 (pydantic reports ValueError)
+            raise ValueError(f"{key}.{i}.filter: expected a string")
         inner = cond["value"]
         if not isinstance(inner, SCALARS) and not (
                 isinstance(inner, list) and inner and all(isinstance(v, SCALARS) for v in inner)):
