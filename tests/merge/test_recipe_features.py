@@ -187,6 +187,14 @@ def test_union_tokenizer_needed_when_vocabularies_differ(deep, tmp_path):
     result, out = merge(tmp_path, recipe, "base_vocab")
     assert result.exit_code == 0, result.output
     assert tensors_of(out)["model.embed_tokens.weight"].shape[0] == len(AutoTokenizer.from_pretrained(deep["base"]))
+    # another model's tokenizer: tokens no merged model has get zero rows (mergekit's rule)
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+              "models": [{"model": str(deep["ft1"])}], "tokenizer_source": f"model:{deep['chat']}"}
+    result, out = merge(tmp_path, recipe, "chat_vocab")
+    assert result.exit_code == 0, result.output
+    embed = tensors_of(out)["model.embed_tokens.weight"]
+    assert embed.shape[0] == len(AutoTokenizer.from_pretrained(deep["chat"])) == 102
+    assert torch.equal(embed[-2:], torch.zeros(2, 32)) and embed[:100].abs().sum() > 0
 
 
 BAD = {
