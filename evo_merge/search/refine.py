@@ -11,21 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
+from evo_merge.search.front import front
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.store import CampaignStore, Evaluation
-from evo_merge.search.study import SEARCH
+from evo_merge.search.store import Evaluation
 
 REFINE_PRECISION = 0.5  # target SE x 0.5, item budget x 2
 STAGE = "resolving the front (adaptive)"
-
-
-def estimated_front(store: CampaignStore, objectives: Objectives) -> list[Evaluation]:
-    done = [e for e in store.evaluations(SEARCH) if e.status == "ok"]
-    points = np.array([objectives.vector(e.estimates) for e in done]).reshape(len(done), len(objectives.names))
-    return [done[i] for i in objectives.non_dominated(points)]
 
 
 def overlapping(members: Sequence[Evaluation], names: Sequence[str]) -> list[Evaluation]:
@@ -44,6 +36,6 @@ def resolve_front(log: EvaluationLog, objectives: Objectives) -> list[Evaluation
     """Refine the overlapping front members (adaptive estimators only); returns those refined."""
     if not log.scoring.adaptive():
         return []
-    unresolved = overlapping(estimated_front(log.store, objectives), objectives.names)
+    unresolved = overlapping(front(log.store, objectives), objectives.names)
     log.refine(unresolved, REFINE_PRECISION, STAGE)
     return unresolved

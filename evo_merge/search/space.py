@@ -64,7 +64,7 @@ class SearchSpace:
         for name in self.methods[method]:
             value = x[f"{method}.{name}"]
             params.append((name, int(value) if isinstance(value, (int, np.integer)) else round_value(float(value))))
-        if not candidate_kind(method).uses_weights:
+        if not candidate_kind(method).uses_weights(method):
             return Candidate(method, (1.0,) * self.n_models, tuple(sorted(params)))
         groups = [[round_value(float(x[n])) for n in self._coefficients(t)] for t in range(self.n_models)]
         return grouped_candidate(method, groups, tuple(sorted(params)), self.granularity)
