@@ -22,7 +22,11 @@ import pandas as pd
 from evo_merge.errors import UserError
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.backends import BACKENDS, THETA_SD
-from evo_merge.irt.responses import ResponseMatrix, accuracy_preserving_threshold, binarise
+from evo_merge.irt.responses import (
+    ResponseMatrix,
+    accuracy_preserving_threshold,
+    binarise,
+)
 from evo_merge.irt.twopl import prob_2pl
 
 FORMAT_VERSION = 2
