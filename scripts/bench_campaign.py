@@ -64,9 +64,12 @@ def compare_granularities(args: argparse.Namespace, families: list[str], size: s
                                     args.reuse, granularity)
         labels, front = measured_front(runner)
         fronts[granularity] = (runner.objectives.names, labels, front)
-        print(f"| {granularity} | {runner.workspace.store.items_evaluated('search'):,} | "
-              f"{runner.workspace.store.items_evaluated(measured=True):,} | {runner.objectives.hypervolume(front):.4f} | "
-              f"{len(labels)} | {wall:.0f} |", flush=True)
+        print(
+            f"| {granularity} | {runner.workspace.store.items_evaluated('search'):,} | "
+            f"{runner.workspace.store.items_evaluated(measured=True):,} | {runner.objectives.hypervolume(front):.4f} | "
+            f"{len(labels)} | {wall:.0f} |",
+            flush=True,
+        )
     for granularity, (tasks, labels, front) in fronts.items():
         print(f"\nmeasured front, granularity {granularity}:\n| model | " + " | ".join(tasks) + " |")
         print("|---|" + "---|" * len(tasks))
@@ -78,12 +81,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=Path("runs/zoo/tiny-lm"))
     parser.add_argument("--sizes", default="8x4,16x8", help="population x generations, comma separated")
-    parser.add_argument("--anchors", type=int, default=5,
-                        help="anchors per task scenario (5 x 4-5 scenarios: about 20 per task)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="reuse finished runs of the same config in --out (all evaluations are looked up)")
-    parser.add_argument("--granularity", default=None, metavar="LIST",
-                        help="compare coefficient granularities instead (e.g. model,blocks:1), IRT-scored")
+    parser.add_argument(
+        "--anchors", type=int, default=5, help="anchors per task scenario (5 x 4-5 scenarios: about 20 per task)"
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse finished runs of the same config in --out (all evaluations are looked up)",
+    )
+    parser.add_argument(
+        "--granularity",
+        default=None,
+        metavar="LIST",
+        help="compare coefficient granularities instead (e.g. model,blocks:1), IRT-scored",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
     args = parser.parse_args()
     families = read_zoo(args.zoo).endpoints
@@ -95,25 +106,44 @@ def main() -> None:
     rows = []
     for size in args.sizes.split(","):
         population, generations = map(int, size.split("x"))
-        irt, t_irt = run_campaign(args.zoo, families, args.out / f"irt-a{args.anchors}-{size}", population,
-                                  generations, "gpirt", args.anchors, args.reuse)
+        irt, t_irt = run_campaign(
+            args.zoo,
+            families,
+            args.out / f"irt-a{args.anchors}-{size}",
+            population,
+            generations,
+            "gpirt",
+            args.anchors,
+            args.reuse,
+        )
         # anchors play no part in a full-evaluation run: fixed, so its finished runs are reusable
-        full, t_full = run_campaign(args.zoo, families, args.out / f"full-{size}", population, generations, "full",
-                                    20, args.reuse)
+        full, t_full = run_campaign(
+            args.zoo, families, args.out / f"full-{size}", population, generations, "full", 20, args.reuse
+        )
         search = (irt.workspace.store.items_evaluated("search"), full.workspace.store.items_evaluated("search"))
-        total = (irt.workspace.store.items_evaluated(measured=True), full.workspace.store.items_evaluated(measured=True))
+        total = (
+            irt.workspace.store.items_evaluated(measured=True),
+            full.workspace.store.items_evaluated(measured=True),
+        )
         hv = (irt.objectives.hypervolume(measured_front(irt)[1]), full.objectives.hypervolume(measured_front(full)[1]))
         rows.append((size, search, total, hv, (t_irt, t_full)))
-        print(f"[{size}] search items {search[0]:,} vs {search[1]:,} ({search[1] / search[0]:.1f}x); "
-              f"total {total[0]:,} vs {total[1]:,} ({total[1] / total[0]:.1f}x); "
-              f"HV {hv[0]:.4f} vs {hv[1]:.4f} ({hv[0] / hv[1]:.3f}); wall {t_irt:.0f} s vs {t_full:.0f} s", flush=True)
+        print(
+            f"[{size}] search items {search[0]:,} vs {search[1]:,} ({search[1] / search[0]:.1f}x); "
+            f"total {total[0]:,} vs {total[1]:,} ({total[1] / total[0]:.1f}x); "
+            f"HV {hv[0]:.4f} vs {hv[1]:.4f} ({hv[0] / hv[1]:.3f}); wall {t_irt:.0f} s vs {t_full:.0f} s",
+            flush=True,
+        )
 
-    print("\n| campaign (pop x gen) | search items IRT / full | ratio | total items IRT / full | ratio "
-          "| HV IRT / full (measured) | ratio |")
+    print(
+        "\n| campaign (pop x gen) | search items IRT / full | ratio | total items IRT / full | ratio "
+        "| HV IRT / full (measured) | ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for size, search, total, hv, _ in rows:
-        print(f"| {size} | {search[0]:,} / {search[1]:,} | {search[1] / search[0]:.1f}x | {total[0]:,} / {total[1]:,} "
-              f"| {total[1] / total[0]:.1f}x | {hv[0]:.4f} / {hv[1]:.4f} | {hv[0] / hv[1]:.3f} |")
+        print(
+            f"| {size} | {search[0]:,} / {search[1]:,} | {search[1] / search[0]:.1f}x | {total[0]:,} / {total[1]:,} "
+            f"| {total[1] / total[0]:.1f}x | {hv[0]:.4f} / {hv[1]:.4f} | {hv[0] / hv[1]:.3f} |"
+        )
 
     print(f"\nbaselines vs the IRT campaign's measured front ({args.sizes.split(',')[-1]}), all items:")
     print(comparison_table(irt))

@@ -198,18 +198,43 @@ def test_union_tokenizer_needed_when_vocabularies_differ(deep, tmp_path):
 
 
 BAD = {
-    "layer range out of range": ({"merge_method": "passthrough", "slices": [
-        {"sources": [{"model": "{ft1}", "layer_range": [2, 9]}]}]}, "slices.0.sources.0.layer_range"),
-    "empty gradient": ({"merge_method": "task_arithmetic", "base_model": "{base}", "models": [
-        {"model": "{ft1}", "parameters": {"weight": []}}]}, "weight: expected a value"),
-    "unknown key in a slice": ({"merge_method": "passthrough", "slices": [
-        {"sources": [{"model": "{ft1}", "layer_range": [0, 2], "layers": 3}]}]}, "slices.0.sources.0.layers: unknown key"),
+    "layer range out of range": (
+        {"merge_method": "passthrough", "slices": [{"sources": [{"model": "{ft1}", "layer_range": [2, 9]}]}]},
+        "slices.0.sources.0.layer_range",
+    ),
+    "empty gradient": (
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": "{base}",
+            "models": [{"model": "{ft1}", "parameters": {"weight": []}}],
+        },
+        "weight: expected a value",
+    ),
+    "unknown key in a slice": (
+        {
+            "merge_method": "passthrough",
+            "slices": [{"sources": [{"model": "{ft1}", "layer_range": [0, 2], "layers": 3}]}],
+        },
+        "slices.0.sources.0.layers: unknown key",
+    ),
     "unknown method": ({"merge_method": "frankenmerge", "models": [{"model": "{ft1}"}]}, "unknown merge method"),
-    "unknown filtered parameter": ({"merge_method": "ties", "base_model": "{base}", "models": [{"model": "{ft1}"}],
-                                    "parameters": {"densty": [{"filter": "mlp", "value": 0.5}]}},
-                                   "parameters.densty: unknown parameter"),
-    "models and slices": ({"merge_method": "linear", "models": [{"model": "{ft1}"}], "slices": [
-        {"sources": [{"model": "{ft1}", "layer_range": [0, 2]}]}]}, "exactly one of `models` and `slices`"),
+    "unknown filtered parameter": (
+        {
+            "merge_method": "ties",
+            "base_model": "{base}",
+            "models": [{"model": "{ft1}"}],
+            "parameters": {"densty": [{"filter": "mlp", "value": 0.5}]},
+        },
+        "parameters.densty: unknown parameter",
+    ),
+    "models and slices": (
+        {
+            "merge_method": "linear",
+            "models": [{"model": "{ft1}"}],
+            "slices": [{"sources": [{"model": "{ft1}", "layer_range": [0, 2]}]}],
+        },
+        "exactly one of `models` and `slices`",
+    ),
 }
 
 
@@ -241,10 +266,22 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
     repo, commit = _hub_cache(tmp_path / "hub", deep["base"])
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     recipe = tmp_path / "hub.yaml"
-    recipe.write_text(yaml.safe_dump({"merge_method": "task_arithmetic", "base_model": repo,
-                                      "models": [{"model": str(deep["ft1"]), "parameters": {"weight": 0.5}}]}))
-    done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o")],
-                          env=env, capture_output=True, text=True, check=False)
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "task_arithmetic",
+                "base_model": repo,
+                "models": [{"model": str(deep["ft1"]), "parameters": {"weight": 0.5}}],
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     written = yaml.safe_load((tmp_path / "o" / "merge_recipe.yaml").read_text())
     assert written["base_model"] == f"{repo}@{commit}"
@@ -252,24 +289,50 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
     assert f"{repo}@{commit}" in card and "snapshots" not in card
     expected = {k: v + 0.5 * (tensors_of(deep["ft1"])[k] - v) for k, v in tensors_of(deep["base"]).items()}
     assert all(torch.allclose(t, expected[k], atol=1e-6) for k, t in tensors_of(tmp_path / "o").items())
-    done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(tmp_path / "o" / "merge_recipe.yaml"),
-                           "--out", str(tmp_path / "again")], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evo_merge",
+            "merge",
+            str(tmp_path / "o" / "merge_recipe.yaml"),
+            "--out",
+            str(tmp_path / "again"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert all(torch.equal(t, tensors_of(tmp_path / "again")[k]) for k, t in tensors_of(tmp_path / "o").items())
 
     recipe.write_text(recipe.read_text().replace(repo, "tiny-org/not-cached"))
-    done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o2")],
-                          env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o2")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 2 and "not in the local cache" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o2").exists()
 
 
 def test_token_sources_force_and_padding(deep, tmp_path):
-    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
-              "models": [{"model": str(deep["ft1"])}, {"model": str(deep["chat"]), "parameters": {"weight": 0.5}}],
-              "tokenizer": {"source": "union", "pad_to_multiple_of": 8, "tokens": {
-                  "<|im_start|>": {"source": {"kind": "zero"}, "force": True},
-                  "<|im_end|>": {"source": {"kind": "model_token", "model": str(deep["chat"]), "token": "1"}}}}}
+    recipe = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(deep["base"]),
+        "models": [{"model": str(deep["ft1"])}, {"model": str(deep["chat"]), "parameters": {"weight": 0.5}}],
+        "tokenizer": {
+            "source": "union",
+            "pad_to_multiple_of": 8,
+            "tokens": {
+                "<|im_start|>": {"source": {"kind": "zero"}, "force": True},
+                "<|im_end|>": {"source": {"kind": "model_token", "model": str(deep["chat"]), "token": "1"}},
+            },
+        },
+    }
     result, out = merge(tmp_path, recipe)
     assert result.exit_code == 0, result.output
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -282,5 +345,5 @@ def test_token_sources_force_and_padding(deep, tmp_path):
     # base and ft1 lack <|im_end|>: they take the chat model's row of "1"; the chat model keeps its own
     expected = chat[one] + 0.5 * (chat[end] - chat[one])
     assert torch.allclose(embed[end], expected, atol=1e-6)
-    pad = embed[:len(tokenizer)].mean(0)  # padding rows: the mean row (the merge is linear per row)
-    assert torch.allclose(embed[len(tokenizer):], pad.expand(embed.shape[0] - len(tokenizer), -1), atol=1e-6)
+    pad = embed[: len(tokenizer)].mean(0)  # padding rows: the mean row (the merge is linear per row)
+    assert torch.allclose(embed[len(tokenizer) :], pad.expand(embed.shape[0] - len(tokenizer), -1), atol=1e-6)

@@ -1,9 +1,8 @@
 import pytest
+from report_store import TASKS  # a plain module: conftest modules of other folders share its name
 
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.store import CampaignStore
-
-from report_store import TASKS  # a plain module: conftest modules of other folders share its name
 
 # (generation, weights, estimates); generation None: calibration, measured on every item
 EVALUATIONS = [
