@@ -87,9 +87,9 @@ def peer_command(runner: CampaignRunner, budget: int, out: Path) -> list[str]:
 
 def score_folder(runner: CampaignRunner, folder: Path) -> tuple[dict[str, float], dict[str, float]]:
     """A merged model folder scored by the campaign's tasks: (search items, held-out items)."""
-    from evo_merge.tasks.scoring import load_causal_lm
+    from evo_merge.weights import load_model_folder
 
-    model, tokenizer = load_causal_lm(folder)
+    model, tokenizer = load_model_folder(folder)
     search, held = {}, {}
     for name, task in runner.tasks.items():
         search[name] = float(task.evaluate(model, tokenizer, runner.scoring.search_items()[name]).mean())

@@ -6,7 +6,6 @@ The evaluator scores the module a kind builds here; export reads the same paths.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,22 +15,7 @@ import torch
 from evo_merge.errors import UserError
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.storage import Storage
-from evo_merge.weights import Checkpoint, parse_dtype
-
-
-def load_model(folder: Path) -> tuple[torch.nn.Module, object | None]:
-    """(module, tokenizer or None): an HF causal LM, or a plain network described by its config.json."""
-    from evo_merge.tasks.scoring import load_causal_lm
-
-    config = folder / "config.json"
-    if config.is_file() and "model_type" in json.loads(config.read_text()):
-        return load_causal_lm(folder)
-    from evo_merge.align.io import load_endpoint
-
-    endpoint = load_endpoint(folder)
-    if endpoint.module is None:
-        raise UserError(f"{folder}: config.json does not say how to build the model (no model_type or arch)")
-    return endpoint.module.eval(), None
+from evo_merge.weights import Checkpoint, load_model_folder, parse_dtype
 
 
 def resolve_device(device: str) -> torch.device:
@@ -63,7 +47,7 @@ class Workbench:
              storage: Storage = Storage()) -> Workbench:
         """Load the base as the resident module and the task vectors into the in-place merger."""
         where, precision = resolve_device(device), parse_dtype(dtype)
-        module, tokenizer = load_model(base)
+        module, tokenizer = load_model_folder(base)
         module.to(device=where, dtype=precision)
         merger = InPlaceMerger(module, Checkpoint.open(base), [Checkpoint.open(m) for m in models], device=where,
                                storage=storage)
