@@ -64,8 +64,8 @@ def main() -> None:
         # anchors play no part in a full-evaluation run: fixed, so its finished runs are reusable
         full, t_full = run_campaign(args.zoo, families, args.out / f"full-{size}", population, generations, "full",
                                     20, args.reuse)
-        search = (irt.store.items_evaluated("search"), full.store.items_evaluated("search"))
-        total = (irt.store.items_evaluated(measured=True), full.store.items_evaluated(measured=True))
+        search = (irt.workspace.store.items_evaluated("search"), full.workspace.store.items_evaluated("search"))
+        total = (irt.workspace.store.items_evaluated(measured=True), full.workspace.store.items_evaluated(measured=True))
         hv = (irt.objectives.hypervolume(measured_front(irt)[1]), full.objectives.hypervolume(measured_front(full)[1]))
         rows.append((size, search, total, hv, (t_irt, t_full)))
         print(f"[{size}] search items {search[0]:,} vs {search[1]:,} ({search[1] / search[0]:.1f}x); "
