@@ -24,6 +24,7 @@ from evo_merge.search.holdout import HOLDOUT_META, holdout_items
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog, Progress, no_progress
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import Evaluation
@@ -144,6 +145,7 @@ class CampaignRunner:
             self.calibrate()
             self.search()
             self.evaluate_baselines()
+            resolve_front(self.log, self.objectives)
             measured = self.measure_final()
             chosen = choose(measured, self.objectives, self.workspace.campaign.final)
             exported = export_picks(self.workspace, chosen, self._evaluator)

@@ -46,7 +46,7 @@ class EvaluationLog:
             self._adapt(unique, stage)
         return [self.store.get(c.key) for c in candidates]
 
-    def _adapt(self, candidates: Sequence[Candidate], stage: str) -> None:
+    def _adapt(self, candidates: Sequence[Candidate], stage: str, precision: float = 1.0) -> None:
         """Score each candidate's next adaptive step until every test is done (or a step fails)."""
         failed: set[str] = set()
         while True:
@@ -54,7 +54,7 @@ class EvaluationLog:
             for candidate in candidates:
                 evaluation = self.store.get(candidate.key)
                 if evaluation.status == "ok" and candidate.key not in failed:
-                    step = self.scoring.next_items(self.store.item_scores(candidate.key))
+                    step = self.scoring.next_items(self.store.item_scores(candidate.key), precision)
                     if step:
                         jobs.append((candidate, step))
             if not jobs:
@@ -87,6 +87,10 @@ class EvaluationLog:
                        estimate_se=se if status == "ok" else None)
         if status == "ok" and items == self.scoring.search_items():
             self.store.add_measurement(candidate.key, self.scoring.search_scores(scores), {})
+
+    def refine(self, evaluations: Sequence[Evaluation], precision: float, stage: str) -> None:
+        """Continue the adaptive tests of stored evaluations to a smaller standard error."""
+        self._adapt([Candidate.from_key(e.key) for e in evaluations], stage, precision)
 
     def measure(self, evaluations: Sequence[Evaluation], stage: str) -> None:
         """Score stored evaluations on the items they miss (held-out ones included), and record

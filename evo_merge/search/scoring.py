@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from evo_merge.irt import Estimator, IRTModel, select_anchors
+from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
 from evo_merge.search.holdout import without_items
@@ -40,6 +41,7 @@ class Scoring:
         self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
         self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}
         self.estimators: dict[str, Estimator] | None = None
+        self._tighter: dict[tuple[str, float], AdaptiveTest] = {}
 
     @property
     def names(self) -> list[str]:
@@ -81,14 +83,28 @@ class Scoring:
         return ({name: float(np.clip(r["overall"], 0.0, 1.0)) for name, r in results.items()},
                 {name: float(r.se["overall"]) for name, r in results.items()})
 
-    def next_items(self, scores: ItemScores) -> dict[str, list[str]] | None:
+    def next_items(self, scores: ItemScores, precision: float = 1.0) -> dict[str, list[str]] | None:
         """An adaptive test's next step per task (None when every task's test is done, or for
-        fixed anchors)."""
+        fixed anchors). `precision` below 1 continues the test to a smaller standard error
+        (target × precision) with a larger item budget (max_items / precision)."""
         if self.estimators is None or self.spec.kind != "adaptive":
             return None
-        steps = {name: self.estimators[name].adaptive.next_items(scores.get(name, {})) for name in self.names}
+        steps = {name: self._test(name, precision).next_items(scores.get(name, {})) for name in self.names}
         steps = {name: items for name, items in steps.items() if items}
         return steps or None
+
+    def adaptive(self) -> bool:
+        return self.estimators is not None and self.spec.kind == "adaptive"
+
+    def _test(self, name: str, precision: float) -> AdaptiveTest:
+        test = self.estimators[name].adaptive
+        if precision == 1.0:
+            return test
+        key = (name, precision)
+        if key not in self._tighter:
+            self._tighter[key] = AdaptiveTest(test.model, test.target_se * precision,
+                                              max(1, round(test.max_items / precision)), test.step, seed=test.seed)
+        return self._tighter[key]
 
     def item_count(self) -> dict[str, int]:
         return {name: len(task.item_ids) for name, task in self.tasks.items()}
