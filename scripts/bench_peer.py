@@ -35,6 +35,7 @@ from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.holdout import held_out_scores
 from evo_merge.tasks.registry import shipped_benchmarks
 
+
 def run_evo_merge(zoo: Path, families: list[str], seed: int, budget: int, population: int, search_items: int,
                   out: Path) -> tuple[CampaignRunner, dict[str, int], float]:
     """One campaign: (its runner, picks name -> evaluation id, wall seconds)."""

@@ -17,6 +17,7 @@ from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
 
+
 def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[str, float]]:
     """The card's scores: estimated, and measured; with a holdout, `measured` is the held-out
     score (items no choice was made on) and the search items' score is `measured_search_items`."""
