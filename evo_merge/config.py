@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
@@ -67,9 +67,34 @@ class TaskSpec(_Checked):
         return self
 
 
+GRANULARITY = re.compile(r"model|layer|blocks:[1-9][0-9]*")
+
+
+def block_size(granularity: str) -> int | None:
+    """Blocks per weight group of a checked granularity; None for one weight per endpoint."""
+    return None if granularity == "model" else int(granularity.removeprefix("blocks:"))
+
+
 class Coefficients(_Checked):
+    """The endpoint coefficients' range, and how finely they vary over the model: `model` (one per
+    endpoint), `blocks:N` (one per endpoint per group of N transformer blocks, plus one for the
+    tensors outside the blocks), `layer` (= `blocks:1`)."""
+
     low: float = 0.0
     high: float = 1.5
+    granularity: str = "model"
+
+    @field_validator("granularity")
+    @classmethod
+    def _granularity(cls, value: str) -> str:
+        match = GRANULARITY.fullmatch(value)
+        if match is None:
+            raise ValueError(f"expected model, layer or blocks:N with N >= 1, got {value!r}")
+        return "blocks:1" if value == "layer" else value  # one spelling per genome, one candidate key
+
+    @property
+    def block_size(self) -> int | None:
+        return block_size(self.granularity)
 
     @model_validator(mode="after")
     def _nonempty(self) -> Coefficients:
@@ -290,6 +315,22 @@ class Campaign(_Checked):
         if self.base_model is None and self.align is None:
             raise ValueError("base_model: required (or give `align` to merge models from different initialisations)")
         return self
+
+    @field_validator("methods")
+    @classmethod
+    def _endpoint_counts(cls, methods: dict, info: ValidationInfo) -> dict:
+        """A method that cannot merge this many endpoints (slerp, nearswap: exactly one) would fail
+        every candidate; refuse it before any evaluation. With `align` the count is known later."""
+        from evo_merge.merge.kinds import MASS
+        from evo_merge.merge.registry import get_method
+
+        n = len(info.data.get("models") or [])
+        for name in (m for m in methods if m != MASS and n and info.data.get("align") is None):
+            low, high = get_method(name).n_models
+            if n < low or (high is not None and n > high):
+                want = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+                raise ValueError(f"{name}: merges {want} model(s) besides the base; the campaign has {n}")
+        return methods
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> Campaign:

@@ -9,6 +9,12 @@ calibration and the front's full evaluation included), and the hypervolume of ea
 measured on all items. Then measures the baselines a user would try first (task arithmetic with
 lambda from a grid, TIES with density 0.2, TSV-M with alpha 1; `scripts/campaign_baselines.py`)
 and checks that the campaign's measured front dominates or matches each.
+
+    .venv/bin/python scripts/bench_campaign.py --zoo runs/zoo/tiny-lm --sizes 16x8 --granularity model,blocks:1
+
+With `--granularity`, runs the IRT-scored campaign once per coefficient granularity instead (same
+seed, population, generations and anchors, so the same item budget) and prints each measured
+front: what a finer genome buys.
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ from evo_merge.zoo.manifest import read_zoo
 
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
-                 anchors: int, reuse: bool) -> tuple[CampaignRunner, float]:
+                 anchors: int, reuse: bool, granularity: str = "model") -> tuple[CampaignRunner, float]:
     text = campaign_text(zoo.resolve(), families, name=out.name, anchors=anchors, population=population,
                          generations=generations, top=10_000)
     config = yaml.safe_load(text)
     config["estimator"]["kind"] = kind
+    config["coefficients"]["granularity"] = granularity
     campaign = Campaign.model_validate(config)
     if not reuse or config_fingerprint(resolve_campaign(campaign, zoo)) != CampaignStore(out).get_meta("config"):
         shutil.rmtree(out, ignore_errors=True)
@@ -42,6 +49,29 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     start = time.perf_counter()
     runner.run()
     return runner, time.perf_counter() - start
+
+
+def compare_granularities(args: argparse.Namespace, families: list[str], size: str) -> None:
+    """One IRT-scored campaign per granularity at one size: items spent, measured hypervolume, the front."""
+    population, generations = map(int, size.split("x"))
+    print(f"\n| granularity ({size}) | search items | total items | HV (measured) | front size | wall s |")
+    print("|---|---|---|---|---|---|")
+    fronts = {}
+    for granularity in args.granularity.split(","):
+        suffix = "" if granularity == "model" else "-" + granularity.replace(":", "")  # model: the default run
+        folder = args.out / f"irt-a{args.anchors}-{size}{suffix}"
+        runner, wall = run_campaign(args.zoo, families, folder, population, generations, "gpirt", args.anchors,
+                                    args.reuse, granularity)
+        labels, front = measured_front(runner)
+        fronts[granularity] = (runner.objectives.names, labels, front)
+        print(f"| {granularity} | {runner.workspace.store.items_evaluated('search'):,} | "
+              f"{runner.workspace.store.items_evaluated(measured=True):,} | {runner.objectives.hypervolume(front):.4f} | "
+              f"{len(labels)} | {wall:.0f} |", flush=True)
+    for granularity, (tasks, labels, front) in fronts.items():
+        print(f"\nmeasured front, granularity {granularity}:\n| model | " + " | ".join(tasks) + " |")
+        print("|---|" + "---|" * len(tasks))
+        for label, scores in zip(labels, front):
+            print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in scores) + " |")
 
 
 def main() -> None:
@@ -52,9 +82,15 @@ def main() -> None:
                         help="anchors per task scenario (5 x 4-5 scenarios: about 20 per task)")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse finished runs of the same config in --out (all evaluations are looked up)")
+    parser.add_argument("--granularity", default=None, metavar="LIST",
+                        help="compare coefficient granularities instead (e.g. model,blocks:1), IRT-scored")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
     args = parser.parse_args()
     families = read_zoo(args.zoo).endpoints
+    if args.granularity:
+        for size in args.sizes.split(","):
+            compare_granularities(args, families, size)
+        return
 
     rows = []
     for size in args.sizes.split(","):

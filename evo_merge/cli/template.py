@@ -27,14 +27,16 @@ methods:
   dare_ties: {{density: [0.2, 1.0]}}
   tsv: {{}}
 
-# Range of the per-model coefficients.
-coefficients: {{low: 0.0, high: 1.5}}
+# Range of the per-model coefficients; granularity: model (one per endpoint), blocks:N (one per
+# endpoint per group of N transformer blocks, plus one for the rest) or layer.
+coefficients: {{low: 0.0, high: 1.5, granularity: model}}
 
 # Candidates are scored on `anchors` items per task scenario (the shipped benchmarks have
 # 4-5 scenarios each: 5 anchors is about 20 items per task) and their full score is
 # estimated with IRT. With no irt_model, the base, the endpoints and `warmup_merges` random
 # merges are evaluated on every item first and an IRT model is fitted on those responses.
-# kind: anchor | pirt | gpirt | mpirt | gmpirt | full (score every item: the costly baseline)
+# kind: anchor | pirt | gpirt | mpirt | gmpirt | adaptive (items chosen per candidate until
+# the standard error is below target_se) | full (score every item: the costly baseline)
 estimator:
   kind: gpirt
   anchors: {anchors}
@@ -43,7 +45,8 @@ estimator:
   backend: torch
   dims: auto
 
-# NSGA-II over the mixed genome; population x generations candidates at most.
+# NSGA-II over the mixed genome (or nsga3 | smsemoa; ga | cmaes with objective: {{weights: ...}});
+# population x generations candidates at most.
 # The first generation starts from task arithmetic, TIES and TSV-M with weight 1 each
 # (seed_standard_merges: false for random merges only).
 algorithm: {{name: nsga2, population: {population}, generations: {generations}, seed: 0}}

@@ -23,6 +23,9 @@ from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
 from evo_merge.weights import Checkpoint, check_compatible
 
+# one weight per endpoint for every tensor, or per tensor name (block-group genomes)
+Weights = Sequence[float] | Mapping[str, Sequence[float]]
+
 
 class InPlaceMerger:
     def __init__(
@@ -87,37 +90,43 @@ class InPlaceMerger:
             return map_piece(piece, self.stash.move)
         return map_piece(piece, self.stash.upcast)
 
-    def _merged(
-        self, method: str, weights: Sequence[float], params: Mapping[str, Any] | None, into_module: bool
-    ) -> Iterator[tuple[str, torch.Tensor]]:
-        m = get_method(method)
-        resolved = m.resolve(params, self.n_models)
+    def _checked(self, weights: Sequence[float]) -> list[float]:
         weights = [float(w) for w in weights]
         if len(weights) != self.n_models:
             raise UserError(f"expected {self.n_models} weights, got {len(weights)}")
+        return weights
+
+    def _merged(
+        self, method: str, weights: Weights, params: Mapping[str, Any] | None, into_module: bool
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        m = get_method(method)
+        resolved = m.resolve(params, self.n_models)
+        table = weights if isinstance(weights, Mapping) else None
+        shared = self._checked(weights) if table is None else None  # the scalar path checks once
         pieces = self._pieces_for(m, resolved) if m.pieces is not None else None
         upcast = self.stash.upcast
         for name, stored_base in self._base.items():
+            w = shared if table is None else self._checked(table[name])
             if pieces is None:
                 deltas = [upcast(d) for d in self._deltas[name]]
-                yield name, merge_tensor(m, upcast(stored_base), deltas, weights, resolved, name)
+                yield name, merge_tensor(m, upcast(stored_base), deltas, w, resolved, name)
                 continue
             target = self._targets[name]
             direct = into_module and target.dtype == self.dtype and target.device == self.device
             out = target if direct else torch.empty(target.shape, dtype=self.dtype, device=self.device)
-            fetched = [self._fetch(p) if w != 0 else None for p, w in zip(pieces[name], weights)]
-            yield name, combine_pieces(self.stash.move(stored_base), fetched, weights, m.scale(weights, resolved),
-                                       out=out)
+            fetched = [self._fetch(p) if x != 0 else None for p, x in zip(pieces[name], w)]
+            yield name, combine_pieces(self.stash.move(stored_base), fetched, w, m.scale(w, resolved), out=out)
 
     def tensors(
-        self, method: str, weights: Sequence[float], params: Mapping[str, Any] | None = None
+        self, method: str, weights: Weights, params: Mapping[str, Any] | None = None
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """The candidate's merged tensors (compute dtype), one at a time, without touching the module."""
         return self._merged(method, weights, params, into_module=False)
 
     @torch.no_grad()
-    def apply(self, method: str, weights: Sequence[float], params: Mapping[str, Any] | None = None) -> nn.Module:
-        """Write the candidate into the module's parameters and return the module."""
+    def apply(self, method: str, weights: Weights, params: Mapping[str, Any] | None = None) -> nn.Module:
+        """Write the candidate into the module's parameters and return the module. `weights` is one
+        weight per endpoint, or a table of them per tensor name (every floating-point tensor)."""
         for name, merged in self._merged(method, weights, params, into_module=True):
             target = self._targets[name]
             if merged is not target:

@@ -26,7 +26,7 @@ from evo_merge.search.log import EvaluationLog, Progress, no_progress
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
-from evo_merge.search.space import SearchSpace
+from evo_merge.search.space import SearchSpace, coefficient_groups
 from evo_merge.search.store import Evaluation
 from evo_merge.search.study import GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
@@ -45,7 +45,9 @@ def search_space(workspace: Workspace) -> SearchSpace:
     campaign = workspace.campaign
     methods = {name: candidate_kind(name).searched_ranges(name, dict(ranges), workspace.base)
                for name, ranges in campaign.methods.items()}
-    return SearchSpace(methods, len(workspace.models), (campaign.coefficients.low, campaign.coefficients.high))
+    coefficients = campaign.coefficients
+    return SearchSpace(methods, len(workspace.models), (coefficients.low, coefficients.high), coefficients.granularity,
+                       coefficient_groups(coefficients.block_size, workspace.base))
 
 
 class CampaignRunner:

@@ -8,6 +8,7 @@ a resumed or replayed search evaluate nothing twice.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,32 +19,54 @@ def round_value(value: float) -> float:
     return float(f"{value:.{SIGNIFICANT}g}")
 
 
+MODEL = "model"  # one weight per endpoint for the whole model
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """Method, per-endpoint weights and method parameters."""
+    """Method, endpoint weights and method parameters. With `granularity` `blocks:N` the weights
+    are each endpoint's group weights in turn (outside the blocks, then each group of N blocks)."""
 
     method: str
     weights: tuple[float, ...]
     params: tuple[tuple[str, Any], ...] = field(default=())
+    granularity: str = MODEL
 
     @property
     def key(self) -> str:
-        return json.dumps([self.method, list(self.weights), [list(p) for p in self.params]])
+        parts = [self.method, list(self.weights), [list(p) for p in self.params]]
+        return json.dumps(parts if self.granularity == MODEL else [*parts, self.granularity])
 
     @classmethod
     def from_key(cls, key: str) -> Candidate:
-        method, weights, params = json.loads(key)
-        return cls(method, tuple(weights), tuple((k, v) for k, v in params))
+        method, weights, params, *granularity = json.loads(key)
+        return cls(method, tuple(weights), tuple((k, v) for k, v in params), *granularity)
 
     @property
     def param_dict(self) -> dict[str, Any]:
         return dict(self.params)
 
+    def endpoint_weights(self, n_models: int) -> list[tuple[float, ...]]:
+        """Each endpoint's weights: one (model granularity) or its group weights."""
+        size = len(self.weights) // n_models
+        return [self.weights[t * size:(t + 1) * size] for t in range(n_models)]
+
     def describe(self) -> str:
         """One line for tables and logs: method, weights, parameters."""
         weights = " ".join(f"{w:g}" for w in self.weights)
         params = " ".join(f"{k}={v:g}" for k, v in self.params)
-        return f"{self.method} [{weights}]" + (f" {params}" if params else "")
+        where = "" if self.granularity == MODEL else f" {self.granularity}"
+        return f"{self.method} [{weights}]{where}" + (f" {params}" if params else "")
+
+
+def grouped_candidate(method: str, groups: Sequence[Sequence[float]], params: tuple[tuple[str, Any], ...],
+                      granularity: str) -> Candidate:
+    """A candidate from each endpoint's group weights. Equal weights in every group build the
+    model-granularity merge, so they get its candidate (and key): seeds, references and
+    evaluations stored by a model-granularity run are shared."""
+    if granularity == MODEL or all(len(set(g)) == 1 for g in groups):
+        return Candidate(method, tuple(g[0] for g in groups), params)
+    return Candidate(method, tuple(w for g in groups for w in g), params, granularity)
 
 
 def base_candidate(n_models: int) -> Candidate:

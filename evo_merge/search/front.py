@@ -67,14 +67,14 @@ class Distinct:
         low, high = self.space.coefficient_range
         ranges = self.space.methods.get(candidate.method, {})
         params = [(v - ranges[k][0]) / (ranges[k][1] - ranges[k][0]) if k in ranges else v for k, v in candidate.params]
-        return np.array([(w - low) / (high - low) for w in candidate.weights] + params, dtype=float)
+        return np.array([(w - low) / (high - low) for w in self.space.coefficients(candidate)] + params, dtype=float)
 
     def same(self, a: Candidate, b: Candidate) -> bool:
         if a.method != b.method or len(a.params) != len(b.params):
             return False
         ca, cb = self._coordinates(a), self._coordinates(b)
-        rounded = np.array_equal(np.round([*a.weights, *a.param_dict.values()], 2),
-                                 np.round([*b.weights, *b.param_dict.values()], 2))
+        rounded = np.array_equal(np.round([*self.space.coefficients(a), *a.param_dict.values()], 2),
+                                 np.round([*self.space.coefficients(b), *b.param_dict.values()], 2))
         return rounded or float(np.max(np.abs(ca - cb), initial=0.0)) < self.tolerance
 
     def first(self, ranked: Sequence[Evaluation], k: int, taken: Sequence[Evaluation] = ()) -> list[Evaluation]:

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from evo_merge.config import block_size
+from evo_merge.merge.groups import group_setting, tensor_weights
 from evo_merge.merge.kinds import MASS, Ranges, declared_ranges
-from evo_merge.search.candidate import Candidate
+from evo_merge.search.candidate import MODEL, Candidate
 from evo_merge.tasks.meta import TaskMeta
+from evo_merge.weights import Checkpoint
 
 Scores = Mapping[str, Mapping[str, float]]  # "estimated" / "measured" -> task -> score
+TENSOR_NAMES = "static.tensor_names"  # the workbench's base tensor names, kept for block-group weights
 
 
 @dataclass(frozen=True)
@@ -57,14 +61,30 @@ class CandidateKind(Protocol):
         ...
 
 
+def tensor_names(base: Path) -> list[str]:
+    """The base's tensor names, from its headers: block-group weights are laid out over them."""
+    with Checkpoint.open(base) as checkpoint:
+        return list(checkpoint.names)
+
+
+def weight_settings(candidate: Candidate, names: list[str], n_models: int) -> list[Any]:
+    """Each endpoint's recipe `weight`: a number, or its group weights as one filter per block."""
+    if candidate.granularity == MODEL:
+        return list(candidate.weights)
+    size = block_size(candidate.granularity)
+    return [group_setting(names, size, values) for values in candidate.endpoint_weights(n_models)]
+
+
 def candidate_recipe(candidate: Candidate, base: Path, models: list[Path], out_dtype: str):
     """The mergekit-style recipe of a static-merge candidate, as `evo-merge merge` takes it."""
     from evo_merge.merge.recipe import Recipe
 
+    names = tensor_names(base) if candidate.granularity != MODEL else []
     return Recipe.model_validate({
         "merge_method": candidate.method,
         "base_model": str(base),
-        "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(models, candidate.weights)],
+        "models": [{"model": str(m), "parameters": {"weight": w}}
+                   for m, w in zip(models, weight_settings(candidate, names, len(models)))],
         "parameters": candidate.param_dict,
         "dtype": "float32",
         "out_dtype": out_dtype,
@@ -87,7 +107,12 @@ class StaticMerge:
         """The in-place merger checked the endpoints when the workbench opened."""
 
     def build(self, bench: Any, candidate: Candidate) -> Any:
-        return bench.merger.apply(candidate.method, candidate.weights, candidate.param_dict)
+        """Block-group weights go to the merger per tensor, read from the settings the export writes."""
+        weights: Any = candidate.weights
+        if candidate.granularity != MODEL:
+            names = bench.kept.setdefault(TENSOR_NAMES, tensor_names(bench.base))
+            weights = tensor_weights(weight_settings(candidate, names, len(bench.models)), names)
+        return bench.merger.apply(candidate.method, weights, candidate.param_dict)
 
     def export(self, candidate: Candidate, base: Path, models: list[Path], out: Path, *,
                scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,

@@ -1,4 +1,7 @@
-"""The genome: which method, one coefficient per endpoint, and the method's hyperparameters.
+"""The genome: which method, endpoint coefficients, and the method's hyperparameters.
+
+One coefficient per endpoint, or (`granularity: blocks:N`) one per endpoint per group of N
+blocks plus one for the tensors outside the blocks (`groups` per endpoint).
 
 Mixed variables for pymoo (a `Choice` of method, `Real`/`Integer` numbers). Every method's
 hyperparameters are in the genome; only the chosen method's count, so a candidate's identity
@@ -9,6 +12,7 @@ evaluation. CMA-ES, which needs a plain real vector, uses `RealEncoding`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,27 +21,37 @@ from pymoo.core.problem import Problem
 from pymoo.core.sampling import Sampling
 from pymoo.core.variable import Choice, Integer, Real
 
+from evo_merge.merge import layers
+from evo_merge.merge.groups import n_groups
 from evo_merge.merge.kinds import Ranges, kind_hyperparameter
-from evo_merge.search.candidate import Candidate, round_value
+from evo_merge.search.candidate import MODEL, Candidate, grouped_candidate, round_value
 from evo_merge.search.kinds import candidate_kind
+from evo_merge.weights import Checkpoint
 
 
 class SearchSpace:
     """`methods` maps each searched method to its searched hyperparameter ranges (already
     resolved by its kind, e.g. MASS's routing layers from the base)."""
 
-    def __init__(self, methods: Mapping[str, Ranges], n_models: int, coefficient_range: tuple[float, float]):
+    def __init__(self, methods: Mapping[str, Ranges], n_models: int, coefficient_range: tuple[float, float],
+                 granularity: str = MODEL, groups: int = 1):
         self.methods = {name: dict(ranges) for name, ranges in methods.items()}
         self.n_models = n_models
         self.coefficient_range = coefficient_range
+        self.granularity, self.groups = granularity, groups
 
     def _is_int(self, method: str, name: str) -> bool:
         return kind_hyperparameter(method, name).kind is int
 
+    def _coefficients(self, t: int) -> list[str]:
+        """Endpoint `t`'s coefficient variables (model granularity keeps the names older runs replay)."""
+        return [f"c{t}"] if self.groups == 1 else [f"c{t}_{g}" for g in range(self.groups)]
+
     def variables(self) -> dict[str, Any]:
         variables: dict[str, Any] = {"method": Choice(options=list(self.methods))}
         for t in range(self.n_models):
-            variables[f"c{t}"] = Real(bounds=self.coefficient_range)
+            for name in self._coefficients(t):
+                variables[name] = Real(bounds=self.coefficient_range)
         for method, ranges in self.methods.items():
             for name, (low, high) in ranges.items():
                 kind = Integer if self._is_int(method, name) else Real
@@ -46,23 +60,24 @@ class SearchSpace:
 
     def decode(self, x: Mapping[str, Any]) -> Candidate:
         method = str(x["method"])
-        if candidate_kind(method).uses_weights(method):
-            weights = tuple(round_value(float(x[f"c{t}"])) for t in range(self.n_models))
-        else:
-            weights = (1.0,) * self.n_models
         params = []
         for name in self.methods[method]:
             value = x[f"{method}.{name}"]
             params.append((name, int(value) if isinstance(value, (int, np.integer)) else round_value(float(value))))
-        return Candidate(method, weights, tuple(sorted(params)))
+        if not candidate_kind(method).uses_weights(method):
+            return Candidate(method, (1.0,) * self.n_models, tuple(sorted(params)))
+        groups = [[round_value(float(x[n])) for n in self._coefficients(t)] for t in range(self.n_models)]
+        return grouped_candidate(method, groups, tuple(sorted(params)), self.granularity)
 
     def encode(self, candidate: Candidate) -> dict[str, Any]:
         """A genome that decodes to `candidate`, values clipped to the searched ranges; the other
-        methods' hyperparameters sit mid-range (they play no part)."""
+        methods' hyperparameters sit mid-range (they play no part). A model-granularity candidate
+        has its weight in every group."""
         x: dict[str, Any] = {"method": candidate.method}
         low, high = self.coefficient_range
-        for t in range(self.n_models):
-            x[f"c{t}"] = float(np.clip(candidate.weights[t], low, high))
+        names = [name for t in range(self.n_models) for name in self._coefficients(t)]
+        for name, weight in zip(names, self.coefficients(candidate)):
+            x[name] = float(np.clip(weight, low, high))
         params = candidate.param_dict
         for method, ranges in self.methods.items():
             for name, (lo, hi) in ranges.items():
@@ -70,6 +85,14 @@ class SearchSpace:
                 value = min(max(value, lo), hi)
                 x[f"{method}.{name}"] = round(value) if self._is_int(method, name) else float(value)
         return x
+
+    def coefficients(self, candidate: Candidate) -> list[float]:
+        """The candidate's weights laid out as this genome's coefficients, endpoint by endpoint
+        (a model-granularity weight fills its endpoint's groups): comparable across granularities."""
+        out: list[float] = []
+        for weights in candidate.endpoint_weights(self.n_models):
+            out += list(weights) * self.groups if len(weights) == 1 else list(weights)
+        return out
 
     def expressible(self, candidates: Sequence[Candidate]) -> list[dict[str, Any]]:
         """Genomes of the candidates this space can express exactly (method searched, values in range)."""
@@ -83,6 +106,15 @@ class SearchSpace:
         """`n` random candidates (uniform over methods and ranges), reproducible from `seed`."""
         population = MixedVariableSampling()(self.problem(1), n, random_state=np.random.default_rng(seed))
         return [self.decode(individual.X) for individual in population]
+
+
+def coefficient_groups(block_size: int | None, base: Path) -> int:
+    """Coefficients per endpoint: 1, or one per group of `block_size` of the base's blocks plus
+    one for the tensors outside them (read from the checkpoint's headers only)."""
+    if block_size is None:
+        return 1
+    with Checkpoint.open(base) as checkpoint:
+        return n_groups(layers.count_layers(checkpoint.names), block_size)
 
 
 class RealEncoding:
