@@ -171,6 +171,7 @@ class Setting:
     eval_dtype: torch.dtype
     on_gpu: bool
     batch_size: int = 32
+    seq_len: int = ACTIVATION_TOKENS
 
 
 def lowrank_bytes(shapes: Shapes, n_models: int, tasks: int, dtype: torch.dtype | None) -> int:
@@ -221,9 +222,9 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
         lines += [line("MASS module", module, "device"), line("MASS factors", factors, kept),
                   line(f"MASS merge cache ({MASS_CACHE} task sets)", MASS_CACHE * module, "device")]
     lines.append(line("merge work (one tensor at a time)", work_bytes(shapes, setting), "device"))
-    tokens = setting.batch_size * ACTIVATION_TOKENS
+    tokens = setting.batch_size * setting.seq_len
     activations = tokens * (2 * shapes.vocab + ACTIVATION_FLOATS * shapes.hidden) * 4 if shapes.vocab else 64 * 2**20
-    lines.append(line(f"activations ({setting.batch_size} x {ACTIVATION_TOKENS} tokens)", activations, "device"))
+    lines.append(line(f"activations ({setting.batch_size} x {setting.seq_len} tokens)", activations, "device"))
     return lines
 
 
