@@ -185,15 +185,18 @@ def lowrank_bytes(shapes: Shapes, n_models: int, tasks: int, dtype: torch.dtype 
 
 def work_bytes(shapes: Shapes, setting: Setting) -> int:
     """Float32 copies of the largest tensor alive while one tensor is merged (the worst method)."""
-    largest = max((t.numel for t in shapes.floating), default=0)
+    largest = max(shapes.floating, key=lambda t: t.numel, default=None)
+    if largest is None:
+        return 0
     copies = 2
     for name in setting.methods:
         if name in SPARSIFYING:
             copies = max(copies, 4 * setting.n_models + 3)
         elif name != "mass" and get_method(name).pieces is None:
             copies = max(copies, setting.n_models + 4)
+    # with `host`, the largest tensor's stored base and task vectors are on the device while it is merged
     staging = setting.n_models + 1 if setting.storage.placement == "host" else 0
-    return largest * (4 * copies + 2 * staging)
+    return largest.numel * (4 * copies + staging * (setting.storage.dtype or largest.dtype).itemsize)
 
 
 def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
