@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,zoo,distributed]"
+	$(BIN)/python -m pip install -q -e ".[dev,zoo,distributed,tracking]"
 	touch $(STAMP)
 
 demo: $(STAMP)

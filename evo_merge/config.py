@@ -1,102 +1,48 @@
-"""Schemas for the YAML files users write (merge recipes; campaigns), with errors that name the key.
+"""The campaign schema (`evo-merge run CAMPAIGN.yaml`), with errors that name the key.
 
-Recipes follow mergekit's schema for the methods both tools have, so an existing mergekit recipe
-for linear, task_arithmetic, ties, dare_linear, dare_ties or slerp runs unchanged.
+Merge recipes have their own schema beside the merge engine (`evo_merge.merge.recipe`).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
+from evo_merge.irt.kinds import ANCHOR_METHODS, BACKEND_NAMES, CAMPAIGN_ESTIMATOR_KINDS
+from evo_merge.schema import Strict, load_yaml, validate
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def load_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{where}: malformed YAML: {problem}") from None
+# Names that become file or folder names in a run (IRT models, exported picks): no separators,
+# no `..`, no leading dot or dash, so a config can never reach outside its run folder.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def validate(model: type[M], data: Any, source: str | Path) -> M:
-    """Build `model` from `data`; on failure name the first bad key path in one line."""
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise UserError(f"{source}: {loc}: {msg}") from None
+def is_safe_name(value: str) -> bool:
+    return bool(SAFE_NAME.fullmatch(value)) and ".." not in value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _scalar_params(value: dict[str, Any]) -> dict[str, Any]:
-    for key, v in value.items():
-        if isinstance(v, (list, dict)):
-            raise ValueError(f"{key}: per-layer gradients and tensor filters are not supported; give one value")
+def check_safe_name(value: str) -> str:
+    """`value` if it may become a path component, else ValueError (validators add the key path)."""
+    if not is_safe_name(value):
+        raise ValueError(f"{value!r} is not a safe name: use letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit, without '..'")
     return value
 
 
-class ModelEntry(_Strict):
-    model: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
+class _Checked(Strict):
+    """A campaign section: every float must be finite (`.inf` or `.nan` is refused at load)."""
 
-    @field_validator("parameters")
-    @classmethod
-    def _scalars(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _scalar_params(value)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class Recipe(_Strict):
-    """One merge, in mergekit's schema (plus `out_dtype` and `tokenizer_source` as in mergekit)."""
-
-    merge_method: str
-    base_model: str | None = None
-    models: list[ModelEntry] = Field(min_length=1)
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    dtype: str | None = None
-    out_dtype: str | None = None
-    tokenizer_source: str | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _scalars(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _scalar_params(value)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Recipe:
-        return validate(cls, load_yaml(path), path)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
-
-
-# --------------------------------------------------------------------------- campaigns
-
-ANCHOR_METHODS = ("kmeans-irt", "kmeans-correctness", "stratified", "random")
-ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full")
 DEFAULT_METHODS = {"task_arithmetic": {}, "ties": {}, "dare_ties": {}, "tsv": {}}
 
 
-class TaskSpec(_Strict):
+class TaskSpec(_Checked):
     """One objective: a shipped benchmark name, an lm-eval task, a local YAML/folder or `module:attr`."""
 
     task: str
@@ -109,8 +55,19 @@ class TaskSpec(_Strict):
     def label(self) -> str:
         return self.name or Path(self.task.split(":")[-1]).stem
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_safe_name(value)
 
-class Coefficients(_Strict):
+    @model_validator(mode="after")
+    def _safe_label(self) -> TaskSpec:
+        if self.name is None and not is_safe_name(self.label):  # the label names IRT and model folders
+            raise ValueError(f"task {self.task!r}: its label {self.label!r} is not a safe folder name; give a `name`")
+        return self
+
+
+class Coefficients(_Checked):
     low: float = 0.0
     high: float = 1.5
 
@@ -121,24 +78,31 @@ class Coefficients(_Strict):
         return self
 
 
-class EstimatorSpec(_Strict):
+class EstimatorSpec(_Checked):
     """How candidates are scored: `full` scores every item (the expensive baseline)."""
 
-    kind: Literal["anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full"] = "gpirt"
+    kind: Literal[CAMPAIGN_ESTIMATOR_KINDS] = "gpirt"
     anchors: int = Field(20, ge=1, description="anchor items per task scenario")
-    anchor_method: Literal["kmeans-irt", "kmeans-correctness", "stratified", "random"] = "kmeans-irt"
+    anchor_method: Literal[ANCHOR_METHODS] = "kmeans-irt"
     irt_model: str | None = Field(None, description="fitted IRT folder per task name; None: fit from calibration")
-    backend: Literal["torch", "pyirt"] = "torch"
+    backend: Literal[BACKEND_NAMES] = "torch"
+    lr: float | None = Field(None, gt=0, description="pyirt backend learning rate (None: its default)")
+    epochs: int | None = Field(None, ge=1, description="pyirt backend training epochs (None: its default)")
     dims: int | Literal["auto"] = "auto"
     warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
+    target_se: float = Field(0.03, gt=0, lt=1, description="adaptive: stop a task's test once its scenarios' "
+                             "standard errors are below this")
+    max_items: int = Field(50, ge=1, description="adaptive: at most this many items per scenario and candidate")
 
 
-MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "smsemoa", "moead")
+# pymoo's MOEA/D is steady-state (one candidate per ask), which would evaluate one candidate at a
+# time; NSGA-III and SMS-EMOA cover many objectives with a generation batched over the evaluator
+MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
 SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "cmaes")
-AlgorithmName = Literal["nsga2", "nsga3", "smsemoa", "moead", "ga", "cmaes"]
+AlgorithmName = Literal["nsga2", "nsga3", "smsemoa", "ga", "cmaes"]
 
 
-class AlgorithmSpec(_Strict):
+class AlgorithmSpec(_Checked):
     """A pymoo algorithm by name: multi-objective (one objective per task) or single-objective
     (`ga`, `cmaes`: the weighted sum declared in `objective.weights`)."""
 
@@ -151,14 +115,14 @@ class AlgorithmSpec(_Strict):
         "(task arithmetic lambda 0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
 
 
-class ObjectiveSpec(_Strict):
+class ObjectiveSpec(_Checked):
     """A single weighted objective over the tasks, for single-objective algorithms (scores are
     oriented by each task's direction before weighting); every task is still estimated and stored."""
 
     weights: dict[str, float] | None = Field(None, description="task name -> weight")
 
 
-class EvaluatorSpec(_Strict):
+class EvaluatorSpec(_Checked):
     """Where candidates are evaluated: in this process (`local`), or on a dask.distributed cluster
     (`dask`: an existing scheduler at `address`, or a LocalCluster of `n_workers` processes)."""
 
@@ -180,22 +144,22 @@ class EvaluatorSpec(_Strict):
         return self
 
 
-class FinalSpec(_Strict):
+class FinalSpec(_Checked):
     evaluate_top: int = Field(8, ge=1, description="front members evaluated on every item")
     export: list[Literal["best_per_task", "balanced", "front"]] = Field(default_factory=lambda: ["best_per_task", "balanced"])
 
 
-class AlignSpec(_Strict):
+class AlignSpec(_Checked):
     """Align endpoints trained from different initialisations once, before the search."""
 
-    method: Literal["weight", "activation", "mudsc", "c2m3"] = "weight"
+    method: AlignMethod = "weight"
     arch: str = Field(description="mlp, cnn, resnet, llama, gpt2, or a permutation-spec YAML file")
     data: str | None = Field(None, description="sample for activation-based methods (.safetensors x[,y] or text)")
     reference: Literal["first", "mean"] = Field("first", description="base of the task vectors after alignment")
     seed: int = 0
 
 
-class StorageSpec(_Strict):
+class StorageSpec(_Checked):
     """How the search keeps the base and task vectors: dtype (auto: the checkpoints' own) and place
     (`host`: streamed to the device per candidate); budgets override the memory the plan sees."""
 
@@ -205,7 +169,36 @@ class StorageSpec(_Strict):
     device_budget_gib: float | None = Field(None, gt=0, description="GPU memory the run may use")
 
 
-class Campaign(_Strict):
+def _inside_domain(hyperparameter: Any, low: float, high: float, where: str) -> None:
+    """A searched range must lie in the hyperparameter's declared domain: refused at load, not
+    when the search first draws a value outside it (after calibration was paid)."""
+    bottom = -float("inf") if hyperparameter.low is None else hyperparameter.low
+    top = float("inf") if hyperparameter.high is None else hyperparameter.high
+    if low < bottom or high > top:
+        raise ValueError(f"{where}: range [{low}, {high}] leaves the domain of {hyperparameter.name} "
+                         f"[{hyperparameter.low}, {hyperparameter.high}]")
+
+
+class MLflowSpec(_Checked):
+    uri: str | None = Field(None, description="tracking URI (http://host:5000, file:./mlruns); None: MLFLOW_TRACKING_URI")
+    experiment: str = "evo-merge"
+
+
+class WandbSpec(_Checked):
+    project: str
+    mode: Literal["offline", "online"] = "offline"
+    entity: str | None = None
+
+
+class TrackingSpec(_Checked):
+    """Experiment trackers the campaign reports to (`pip install 'evo-merge[tracking]'`); they
+    observe the run and never change what it computes."""
+
+    mlflow: MLflowSpec | None = None
+    wandb: WandbSpec | None = None
+
+
+class Campaign(_Checked):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
     name: str = "campaign"
@@ -223,6 +216,7 @@ class Campaign(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    tracking: TrackingSpec | None = None
 
     @field_validator("device")
     @classmethod
@@ -249,6 +243,7 @@ class Campaign(_Strict):
                     raise ValueError(f"{name}.{key}: not a searchable parameter of {name} (searchable: {known})")
                 if not low < high:
                     raise ValueError(f"{name}.{key}: empty range [{low}, {high}]")
+                _inside_domain(declared[key], low, high, f"{name}.{key}")
         return methods
 
     @model_validator(mode="after")
@@ -281,7 +276,7 @@ class Campaign(_Strict):
                              "(e.g. {task: 1, ...}) or pick a multi-objective algorithm")
         if name in MULTI_OBJECTIVE_ALGORITHMS and weights is not None:
             raise ValueError(f"objective.weights: {name} optimises every task; weights are for ga or cmaes")
-        if name in ("nsga3", "moead") and len(labels) < 2:
+        if name == "nsga3" and len(labels) < 2:
             raise ValueError(f"algorithm.name: {name} needs at least two tasks")
         return self
 

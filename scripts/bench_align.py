@@ -29,7 +29,8 @@ from evo_merge.align.api import align_models, aligned_states, average, with_stat
 from evo_merge.align.builders import spec_for
 from evo_merge.align.repair import repair, reset_batchnorm
 from evo_merge.align.zipping import zip_merge
-from evo_merge.zoo.mnist import build_mnist_zoo, load_model
+from evo_merge.weights import load_model_folder
+from evo_merge.zoo.mnist import build_mnist_zoo
 
 SAMPLE = 1000  # training inputs for activations, f search and REPAIR
 
@@ -61,7 +62,7 @@ def barrier(template, a, b, sample, x, y) -> tuple[float, float]:
 
 
 def bench_pair(names, zoo: Path, train, test) -> list[dict]:
-    models = [load_model(zoo / n) for n in names]
+    models = [load_model_folder(zoo / n)[0] for n in names]
     arch = json.loads((zoo / names[0] / "config.json").read_text())["arch"]
     spec = spec_for(arch, models[0])
     states = [m.state_dict() for m in models]
@@ -104,7 +105,7 @@ def bench_pair(names, zoo: Path, train, test) -> list[dict]:
 
 def timing(zoo: Path) -> dict[str, float]:
     """Seconds to align two 4x512 MLPs (seed pair) per method, activation data 1,000 inputs."""
-    models = [load_model(zoo / n) for n in ("mlp-s0", "mlp-s1")]
+    models = [load_model_folder(zoo / n)[0] for n in ("mlp-s0", "mlp-s1")]
     spec = spec_for("mlp", models[0])
     states = [m.state_dict() for m in models]
     sample = load_file(zoo / "data" / "train.safetensors")["x"][:SAMPLE]

@@ -14,7 +14,6 @@ and checks that the campaign's measured front dominates or matches each.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from evo_merge.cli.template import campaign_text
 from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.workspace import config_fingerprint, resolve_campaign
+from evo_merge.zoo.manifest import read_zoo
 
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
@@ -54,7 +54,7 @@ def main() -> None:
                         help="reuse finished runs of the same config in --out (all evaluations are looked up)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
     args = parser.parse_args()
-    families = [m for m in json.loads((args.zoo / "zoo.json").read_text())["models"] if m != "base"]
+    families = read_zoo(args.zoo).endpoints
 
     rows = []
     for size in args.sizes.split(","):

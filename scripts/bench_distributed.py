@@ -15,7 +15,6 @@ dask's overhead and 2 workers vs 1 the scaling.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import random
@@ -29,6 +28,7 @@ from evo_merge.search.distributed import DaskEvaluator, WorkerSpec
 from evo_merge.merge.kinds import declared_ranges
 from evo_merge.search.space import SearchSpace
 from evo_merge.tasks.registry import resolve_task
+from evo_merge.zoo.manifest import has_zoo, read_zoo
 
 
 def timed_generation(evaluator, jobs) -> tuple[float, float]:
@@ -53,12 +53,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    if not (args.zoo / "zoo.json").is_file():
+    if not has_zoo(args.zoo):
         from evo_merge.zoo.tinylm import build_tinylm_zoo
 
         build_tinylm_zoo(args.zoo)
     zoo = args.zoo.resolve()
-    families = [m for m in json.loads((zoo / "zoo.json").read_text())["models"] if m != "base"]
+    families = read_zoo(zoo).endpoints
     settings = (("batch_size", args.batch_size),)
     spec = WorkerSpec(str(zoo / "base"), tuple(str(zoo / f) for f in families),
                       tuple((f, f, settings) for f in families), "cpu", "float32")

@@ -23,12 +23,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from rich.progress import track
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from evo_merge.mass import MassModel
 from evo_merge.tasks.registry import resolve_task
 from evo_merge.tasks.synthetic import FAMILIES
+from evo_merge.weights import load_model_folder
 
 
 def _prompts(family: str, items: list[str]) -> list[str]:
@@ -120,7 +120,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()
     zoo = args.zoo
-    tok = AutoTokenizer.from_pretrained(zoo / "base")
+    tok = load_model_folder(zoo / "base")[1]
     # the first N: the benchmarks cycle through their scenarios, so a prefix covers each equally
     # (every k-th item would keep one scenario of a family whose scenario count divides k)
     items = {f: resolve_task(f).item_ids[: args.items or None] for f in FAMILIES}
@@ -148,7 +148,7 @@ def main() -> None:
 
     table = {}
     for name in track(["base", *FAMILIES], description="endpoints"):
-        model = AutoModelForCausalLM.from_pretrained(zoo / name).eval()
+        model = load_model_folder(zoo / name)[0]
         table[name] = accuracy(model, tok, items, args.batch_size)
     mass.pin(mass.all_tasks)
     table["TSV-M"] = accuracy(mass, tok, items, args.batch_size)
@@ -181,7 +181,7 @@ def main() -> None:
     print("share of the TSV-M -> oracle gap closed by MASS:", gap[list(FAMILIES)].round(2).to_dict())
     print("MASS accuracy / own endpoint's accuracy:", (acc.loc["MASS", list(FAMILIES)] / own).round(2).to_dict(), "\n")
 
-    base_model = AutoModelForCausalLM.from_pretrained(zoo / "base").eval()
+    base_model = load_model_folder(zoo / "base")[0]
     print("## Inference cost (one forward on a mixed batch of prompts)\n")
     print(pd.DataFrame([cost(mass, base_model, tok, prompts, 64, 20)]).round(2).to_markdown(index=False))
 

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from evo_merge.config import Recipe
+from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.export import export_merge
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.plan import plan_from_recipe
-from evo_merge.weights import Checkpoint
+from evo_merge.weights import Checkpoint, load_model_folder, save_model_folder
 
 
 def build_models(root: Path, hidden: int, layers: int, vocab: int, n_endpoints: int) -> tuple[Path, list[Path]]:
@@ -32,14 +32,14 @@ def build_models(root: Path, hidden: int, layers: int, vocab: int, n_endpoints: 
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     paths = [root / "base"]
-    model.save_pretrained(paths[0])
+    save_model_folder(paths[0], model)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     for i in range(n_endpoints):
         with torch.no_grad():
             for name, p in model.state_dict().items():
                 p.copy_(base_state[name] + 0.01 * torch.randn_like(p))
         paths.append(root / f"ft{i}")
-        model.save_pretrained(paths[-1])
+        save_model_folder(paths[-1], model)
     n_params = sum(p.numel() for p in model.parameters())
     return paths[0], paths[1:], n_params
 
@@ -68,7 +68,7 @@ def main() -> None:
         base, endpoints, n_params = build_models(root, args.hidden, args.layers, args.vocab, args.endpoints)
         print(f"model: Llama, {n_params / 1e6:.1f}M parameters, {args.endpoints} endpoints, "
               f"{torch.get_num_threads()} threads")
-        model = AutoModelForCausalLM.from_pretrained(base)
+        model, _ = load_model_folder(base)
         start = time.perf_counter()
         merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(p) for p in endpoints])
         print(f"in-place merger set-up (load base + task vectors): {time.perf_counter() - start:.2f} s")
@@ -95,7 +95,7 @@ def main() -> None:
                 "models": [{"model": str(p), "parameters": {"weight": w}} for p, w in zip(endpoints, weights)],
             })
             out = export_merge(plan_from_recipe(recipe), root / f"merged-{method}", overwrite=True)
-            AutoModelForCausalLM.from_pretrained(out)
+            load_model_folder(out)
 
         t_file_ta = timed(lambda: file_path("task_arithmetic"), 3)
         if args.tsv:

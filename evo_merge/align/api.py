@@ -22,6 +22,7 @@ from evo_merge.align.builders import ARCHS, spec_for
 from evo_merge.align.c2m3 import c2m3
 from evo_merge.align.features import forward
 from evo_merge.align.io import load_data, load_endpoint, write_endpoint
+from evo_merge.align.methods import METHODS
 from evo_merge.align.matching import activation_matching, mudsc_matching, weight_matching
 from evo_merge.align.spec import (
     Perms,
@@ -34,7 +35,6 @@ from evo_merge.align.spec import (
 )
 from evo_merge.errors import UserError
 
-METHODS = ("weight", "activation", "mudsc", "c2m3")
 F_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 

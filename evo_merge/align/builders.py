@@ -9,14 +9,14 @@ stream's permutation; attention heads move as blocks, Q/K and V/O tied to the sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
 from evo_merge.align.spec import Group, PermSpec, load_spec_yaml
 from evo_merge.errors import UserError
-
-ARCHS = ("mlp", "cnn", "resnet", "llama", "gpt2")
+from evo_merge.weights.arch import CNN, GPT2, LLAMA, MLP, RESNET, architecture_of
 
 
 def _norm_params(prefix: str, kind: str | None, group: str) -> dict[str, tuple]:
@@ -144,20 +144,25 @@ def gpt2_spec(config: Any) -> PermSpec:
     return PermSpec(axes=axes, groups=groups, fused=fused, in_axis=in_axis)
 
 
+# the architectures (tables of `weights.arch`) with a built-in permutation spec, sized from the model
+_BUILDERS: dict[str, Callable[[nn.Module], PermSpec]] = {
+    MLP.name: lambda model: mlp_spec(model.net_config),
+    CNN.name: lambda model: cnn_spec(model.net_config),
+    RESNET.name: lambda model: resnet_spec(model.net_config),
+    LLAMA.name: lambda model: llama_spec(model.config, set(model.state_dict())),
+    GPT2.name: lambda model: gpt2_spec(model.config),
+}
+ARCHS = tuple(_BUILDERS)
+
+
 def spec_for(arch: str, model: nn.Module) -> PermSpec:
     """The spec for `arch` (a built-in name or a YAML path), sized from `model`."""
-    if arch in ("mlp", "cnn", "resnet"):
-        config = getattr(model, "net_config", None) or {}
-        if config.get("arch") != arch:
-            raise UserError(f"--arch {arch} does not match the model's config.json arch {config.get('arch')!r}")
-        return {"mlp": mlp_spec, "cnn": cnn_spec, "resnet": resnet_spec}[arch](config)
-    if arch in ("llama", "gpt2"):
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        if model_type != arch:
-            raise UserError(f"--arch {arch} does not match the model's model_type {model_type!r}")
-        if arch == "llama":
-            return llama_spec(model.config, set(model.state_dict()))
-        return gpt2_spec(model.config)
+    if arch in ARCHS:
+        found = architecture_of(model)
+        if found is None or found.name != arch:
+            described = "no architecture we know" if found is None else f"architecture {found.name!r}"
+            raise UserError(f"--arch {arch} does not match the model's config.json ({described})")
+        return _BUILDERS[arch](model)
     if Path(arch).suffix in (".yaml", ".yml"):
         return load_spec_yaml(arch)
     raise UserError(f"--arch {arch!r} is not one of {ARCHS} or a .yaml spec")

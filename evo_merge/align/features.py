@@ -16,6 +16,7 @@ from torch import nn
 
 from evo_merge.align.spec import Perms, PermSpec, State, permute_tensor
 from evo_merge.errors import UserError
+from evo_merge.weights.arch import hf_model_type
 
 _HOOK = re.compile(r"^(?P<module>[^:\[]+)(?::(?P<port>in|out))?(?:\[(?P<start>\d+):(?P<stop>\d+)\])?$")
 
@@ -54,7 +55,7 @@ def pearson_rows(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits of a plain net on inputs, or of an HF causal LM on token ids."""
-    if hasattr(getattr(model, "config", None), "model_type"):
+    if hf_model_type(model) is not None:
         return model(input_ids=x).logits
     return model(x)
 

@@ -1,27 +1,27 @@
 """Reading models and data for alignment, and writing aligned models.
 
-Three kinds of model folder: a Hugging Face causal LM (config.json with `model_type`), a
-reference network of `evo_merge.align.nets` (config.json with `arch` + model.safetensors), or a
-bare `model.safetensors` (weight-only methods). `write_endpoint` is the single place that
-writes a folder, so it can be switched to `evo_merge.weights` without touching anything else.
+Three kinds of model folder: the two `evo_merge.weights.load_model_folder` opens (a Hugging
+Face causal LM, a reference network of `evo_merge.weights.nets`), or a bare `model.safetensors`
+(weight-only methods with a YAML spec), which alignment reads as a state dict only.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from evo_merge.align.nets import build_net
 from evo_merge.align.spec import State
 from evo_merge.errors import UserError
+from evo_merge.weights import save_model_folder, write_model_folder
+from evo_merge.weights.arch import hf_model_type
+from evo_merge.weights.checkpoint import read_config
+from evo_merge.weights.folder import load_model_folder
 
 SEQ_LEN = 32
 
@@ -45,42 +45,24 @@ def _read_state(path: Path) -> State:
 
 
 def load_endpoint(path: str | Path) -> Endpoint:
-    """Load one model folder (never runs remote code)."""
+    """Load one model folder (never runs remote code); in float32, as the matchers compute."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: not a model folder")
-    config_file = path / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.exists() else {}
-    if "model_type" in config:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer.json").exists() else None
-        return Endpoint(path, model.state_dict(), model, tokenizer)
-    state = _read_state(path)
-    if "arch" not in config:
-        return Endpoint(path, state)
-    net = build_net(config)
-    expected = net.state_dict()
-    for name, tensor in state.items():
-        if name not in expected or expected[name].shape != tensor.shape:
-            raise UserError(f"{path}: parameter {name} does not fit the architecture in config.json")
-    net.load_state_dict(state)
-    return Endpoint(path, net.state_dict(), net)
+    config = read_config(path) or {}
+    if hf_model_type(config) is None and "arch" not in config:
+        return Endpoint(path, _read_state(path))
+    module, tokenizer = load_model_folder(path, dtype=torch.float32)
+    return Endpoint(path, module.state_dict(), module, tokenizer)
 
 
 def write_endpoint(endpoint: Endpoint, state: State, out: Path) -> None:
-    """Write `state` as a model folder of the same kind as `endpoint` (HF: save_pretrained)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if hasattr(getattr(endpoint.module, "config", None), "model_type"):
-        endpoint.module.load_state_dict(state)
-        endpoint.module.save_pretrained(out)
-        if endpoint.tokenizer is not None:
-            endpoint.tokenizer.save_pretrained(out)
+    """Write `state` as a model folder of the same kind as `endpoint`, replacing `out`."""
+    if endpoint.module is None:
+        write_model_folder(out, state.items(), copy_from=endpoint.path, overwrite=True)
         return
-    save_file({k: v.contiguous() for k, v in state.items()}, out / "model.safetensors")
-    if (endpoint.path / "config.json").exists():
-        shutil.copyfile(endpoint.path / "config.json", out / "config.json")
+    endpoint.module.load_state_dict(state)
+    save_model_folder(out, endpoint.module, endpoint.tokenizer, overwrite=True)
 
 
 def load_data(path: str | Path, endpoint: Endpoint) -> tuple[torch.Tensor, torch.Tensor | None]:

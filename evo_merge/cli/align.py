@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
+from evo_merge.align.methods import METHODS
+
 
 @click.command("align")
 @click.option("--models", "first", required=True, help="Model folders: --models A B [C ...].")
 @click.argument("more", nargs=-1)
 @click.option("--arch", required=True, help="mlp | cnn | resnet | llama | gpt2 | SPEC.yaml")
 @click.option(
-    "--method", type=click.Choice(["weight", "activation", "mudsc", "c2m3"]), default="weight", show_default=True
+    "--method", type=click.Choice(METHODS), default="weight", show_default=True
 )
 @click.option("--data", type=click.Path(), default=None, help="Inputs: .safetensors with x (and y), or a text file.")
 @click.option("--f", "balance", type=float, default=None, help="MuDSC balance factor (searched if omitted).")

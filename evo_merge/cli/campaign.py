@@ -6,6 +6,8 @@ so they open no model and import neither torch models nor lm-eval.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -83,12 +85,20 @@ def _run(runner) -> None:
 
     from evo_merge.cli.progress import StageBars
     from evo_merge.report.campaign import write_report
+    from evo_merge.report.tracking import follow_campaign
 
+    workspace = runner.workspace
+    tracker = follow_campaign(runner)  # before any evaluation: a missing package stops nothing paid for
     with StageBars() as bars:
         runner.progress = bars
         measured, exported = runner.run()
-    store = runner.workspace.store
-    report = write_report(runner.workspace.run_dir, store, store.get_meta("facts"), exported)
+    store = workspace.store
+    store.set_meta("exported", {name: [eid, str(folder)] for name, (eid, folder) in exported.items()})
+    report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
+    for evaluation in measured:
+        tracker.log_evaluation(evaluation)
+    tracker.finish(workspace.run_dir)
+    store.mark_finished()  # after the report: a run cut short while writing it is not finished
     console = Console()
     console.print(_summary_table(runner, measured, exported))
     console.print(f"report: {report}")
@@ -102,9 +112,18 @@ def _run(runner) -> None:
 def run(campaign_file: Path, out: Path) -> None:
     """Start a search campaign in the run folder OUT (an existing run of the same campaign is resumed)."""
     from evo_merge.cli.plan import check_campaign_fits
+    from evo_merge.search.store import check_run_folder, remove_unused_run_folder
 
     check_campaign_fits(campaign_file)  # memory plan (#13): exit 2 before the run folder or any evaluation
-    _run(_runner(out, campaign_file))
+    check_run_folder(out)
+    new = not out.exists()
+    with _holding(out):
+        try:
+            _run(_runner(out, campaign_file))
+        except Exception:
+            if new:  # a failed start leaves no folder bound to its config
+                remove_unused_run_folder(out)
+            raise
 
 
 @click.command()
@@ -114,7 +133,21 @@ def resume(run: Path) -> None:
     from evo_merge.cli.plan import check_campaign_fits
 
     check_campaign_fits(_campaign_file(run))  # memory plan (#13), as for `run`
-    _run(_runner(run))
+    with _holding(run):
+        _run(_runner(run))
+
+
+@contextmanager
+def _holding(run: Path) -> Iterator[None]:
+    """The run folder's lock for the whole command; Ctrl-C ends with 130 and the way to go on."""
+    from evo_merge.cli.faults import Interrupted
+    from evo_merge.search.lock import RunLock
+
+    with RunLock(run):
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; resume with: evo-merge resume {run}") from None
 
 
 @click.command()
@@ -128,14 +161,16 @@ def status(run: Path) -> None:
     search = store.evaluations("search")
     ok = [e for e in search if e.status == "ok"]
     console = Console()
-    console.print(f"campaign {facts['name']}: generation {store.get_meta('generations_done', 0)}/{facts['generations']}"
-                  f"{' (finished)' if store.get_meta('finished') else ''}")
+    console.print(f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
+                  f"{' (finished)' if store.finished(facts['generations']) else ''}")
     console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, {len(search) - len(ok)} failed)")
     for task in objectives.names:
         if ok:
             best = max(ok, key=lambda e: objectives.goodness(e.estimates, task))
+            se = (best.estimate_se or {}).get(task)
+            value = f"{best.estimates[task]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
             console.print(f"best {task} ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
-                          f"better): {best.estimates[task]:.3f} (evaluation {best.id}, {best.method})")
+                          f"better): {value} (evaluation {best.id}, {best.method})")
     full_items = sum(t["items"] for t in facts["tasks"])
     spent, full = store.items_evaluated("search"), len(search) * full_items
     console.print(f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search "
@@ -146,11 +181,13 @@ def status(run: Path) -> None:
 @click.command()
 @RUN_DIR
 def report(run: Path) -> None:
-    """(Re)write report.md, pareto.csv and the plots of a run."""
+    """(Re)write report.md, report.html, pareto.csv and the plots of a run."""
     from evo_merge.report.campaign import write_report
 
     store, facts = _store(run)
-    click.echo(f"wrote {write_report(run, store, facts)}")
+    exported = {name: (eid, Path(folder)) for name, (eid, folder) in (store.get_meta("exported") or {}).items()
+                if Path(folder).is_dir()}  # picks exported by `run` / `resume` and still there
+    click.echo(f"wrote {write_report(run, store, facts, exported)}")
 
 
 @click.command()
@@ -158,13 +195,46 @@ def report(run: Path) -> None:
 @click.option("--pick", "pick", required=True, type=int, help="evaluation id (see pareto.csv or status)")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True)
-def export(run: Path, pick: int, out: Path, overwrite: bool) -> None:
-    """Export one evaluated candidate of a run as a model folder (merged from the checkpoints by its recipe)."""
+@click.option("--push-to-hub", "repo_id", metavar="ORG/NAME", help="upload the exported folder to this Hub repo")
+@click.option("--private", is_flag=True, help="create the Hub repo private")
+@click.option("--revision", help="Hub branch to upload to (created if missing)")
+@click.option("--dry-run", is_flag=True, help="list what --push-to-hub would upload; upload nothing")
+def export(run: Path, pick: int, out: Path, overwrite: bool, repo_id: str | None, private: bool,
+           revision: str | None, dry_run: bool) -> None:
+    """Export one evaluated candidate of a run as a model folder (merged from the checkpoints by its
+    recipe), and push it to the Hugging Face Hub with --push-to-hub."""
     from evo_merge.errors import UserError
+    from evo_merge.report.upload import check_repo_id
     from evo_merge.search.export import export_candidate
 
+    if repo_id is not None:
+        check_repo_id(repo_id)  # before the export's minutes, not after
+    elif private or revision or dry_run:
+        raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
     workspace = _workspace(run)
     evaluation = next((e for e in workspace.store.evaluations() if e.id == pick), None)
     if evaluation is None or evaluation.status != "ok":
         raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
-    click.echo(f"wrote {export_candidate(workspace, evaluation, out, overwrite=overwrite)}")
+    folder = export_candidate(workspace, evaluation, out, overwrite=overwrite)
+    click.echo(f"wrote {folder}")
+    if repo_id is not None:
+        _push(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
+
+
+def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, dry_run: bool) -> None:
+    from huggingface_hub import get_token
+
+    from evo_merge.report.upload import LOGIN_HINT, plan_upload, push_to_hub
+
+    plan = plan_upload(folder)
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not dry_run:
+        click.echo(f"uploaded: {push_to_hub(plan, repo_id, private=private, revision=revision)}")
+        return
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    click.echo(f"dry run: would upload {len(plan.files)} files to {where}{' (private)' if private else ''}:")
+    for name, size in plan.files:
+        click.echo(f"  {name}  {size:,} bytes")
+    if not get_token():
+        click.echo(f"no token found: {LOGIN_HINT}", err=True)

@@ -11,12 +11,11 @@ DEFAULT_ZOO = Path("runs/zoo/tiny-lm")
 
 def _zoo(zoo: Path) -> list[str]:
     """Build (or reuse) the tiny-lm zoo; return its endpoint names."""
-    import json
-
+    from evo_merge.zoo.manifest import read_zoo
     from evo_merge.zoo.tinylm import build_tinylm_zoo
 
     build_tinylm_zoo(zoo)
-    return [m for m in json.loads((zoo / "zoo.json").read_text())["models"] if m != "base"]
+    return read_zoo(zoo).endpoints
 
 
 @click.command()

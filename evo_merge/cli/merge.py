@@ -16,11 +16,12 @@ import click
 def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwrite: bool) -> None:
     """Build one merge from a mergekit-style RECIPE into an HF model folder."""
     from evo_merge.cli.progress import track
-    from evo_merge.config import Recipe
+    from evo_merge.merge.recipe import Recipe
     from evo_merge.merge.export import export_merge
     from evo_merge.merge.plan import plan_from_recipe
 
-    plan = plan_from_recipe(Recipe.load(recipe), root=recipe.parent, dtype=dtype, source=recipe)
-    export_merge(plan, out, allow_pickle=allow_pickle, overwrite=overwrite,
+    plan = plan_from_recipe(Recipe.load(recipe), root=recipe.parent, dtype=dtype, source=recipe,
+                            allow_pickle=allow_pickle)
+    export_merge(plan, out, overwrite=overwrite,
                  track=lambda items, total: track(items, total, f"merging ({plan.method.name})"))
-    click.echo(f"wrote {out} ({plan.method.name} of {len(plan.models)} model(s) over {plan.base})")
+    click.echo(f"wrote {out} ({plan.method.name} of {len(plan.refs)} model(s), {len(plan.jobs)} tensors)")

@@ -11,16 +11,12 @@ def campaign_models(campaign_file: Path):
     """(campaign with absolute paths, base path, endpoint paths) as the run will see them; with
     `align`, the endpoints themselves (aligned copies have their shapes)."""
     from evo_merge.config import Campaign
-    from evo_merge.errors import UserError
-    from evo_merge.search.workspace import resolve_campaign
+    from evo_merge.search.workspace import existing_path, resolve_campaign
 
     campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
-    named = [("base_model", campaign.base_model or campaign.models[0]),
-             *((f"models.{i}", m) for i, m in enumerate(campaign.models))]
-    for key, path in named:
-        if not Path(path).exists():
-            raise UserError(f"{campaign_file}: {key}: model path {path!r} does not exist")
-    return campaign, named[0][1], campaign.models
+    models = [existing_path(m, f"models.{i}") for i, m in enumerate(campaign.models)]
+    base = existing_path(campaign.base_model, "base_model") if campaign.base_model else models[0]
+    return campaign, base, models
 
 
 def check_campaign_fits(campaign_file: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -23,14 +22,12 @@ def responses() -> None:
 def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: Path) -> None:
     """Score the base, the endpoints and N random merges on every item of every task."""
     from evo_merge.cli.progress import StageBars
-    from evo_merge.errors import UserError
     from evo_merge.search.responses import build_responses
     from evo_merge.tasks.registry import resolve_task
 
-    manifest = zoo / "zoo.json"
-    if not manifest.is_file():
-        raise UserError(f"--zoo {zoo}: no zoo.json (build one with `evo-merge zoo build`)")
-    endpoints = [zoo / m for m in json.loads(manifest.read_text())["models"] if m != "base"]
+    from evo_merge.zoo.manifest import read_zoo
+
+    endpoints = [zoo / m for m in read_zoo(zoo).endpoints]
     resolved = {Path(t).stem if "/" in t else t: resolve_task(t) for t in tasks.split(",") if t}
     with StageBars() as bars:
         table = build_responses(zoo / "base", endpoints, resolved, n_merges, seed=seed, scenario=scenario,

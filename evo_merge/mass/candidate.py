@@ -54,8 +54,10 @@ class MassKind:
         return mass
 
     def export(self, candidate, base: Path, models: list[Path], out: Path, *, scores, out_dtype: str,
-               bench: Any | None, overwrite: bool) -> Path:
-        """A MASS folder (factors, routing, scores); built here when no workbench is at hand."""
+               bench: Any | None, overwrite: bool, evidence: Any = None) -> Path:
+        """A MASS folder (factors, routing, scores); built here when no workbench is at hand.
+        A measured candidate's `evidence` becomes its results files (the card has no model-index:
+        the Hub cannot run a MASS folder)."""
         from evo_merge.mass import MassModel
 
         if bench is not None:
@@ -63,7 +65,12 @@ class MassKind:
         else:
             mass = MassModel.from_checkpoints(base, models)
             mass.set_routing(**candidate.param_dict)
-        return mass.save(out, overwrite=overwrite, scores=scores)
+        folder = mass.save(out, overwrite=overwrite, scores=scores)
+        if evidence is not None and evidence.item_scores:
+            from evo_merge.merge.results import write_results
+
+            write_results(folder, evidence.item_scores, evidence.tasks)
+        return folder
 
 
 MASS_KIND = MassKind()

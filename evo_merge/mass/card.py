@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import yaml
-
+from evo_merge.markup import md
 from evo_merge.mass.routing import RoutingConfig
-from evo_merge.report.card import scores_section
+from evo_merge.merge.card import front_matter, model_ref, scores_section
 
 
 def mass_card(
@@ -17,27 +16,27 @@ def mass_card(
     routing: RoutingConfig,
     scores: Mapping[str, Mapping[str, float]] | None = None,
 ) -> str:
-    """README.md text: YAML front matter (base, merged models, routing, scores), then how to run it."""
+    """README.md text: YAML front matter (base, merged models, routing), then how to run it.
+
+    Inputs are named as on a merged model's card (Hub id or folder name, never a machine path);
+    a MASS folder has no `model-index`: the Hub cannot run it, so its scores stay in the prose."""
+    refs = [model_ref(m) for m in [base, *models]]
+    hub_ids = list(dict.fromkeys(r.hub_id for r in refs if r.hub_id))
     front = {
-        "base_model": base,
+        **({"base_model": hub_ids, "base_model_relation": "merge"} if hub_ids else {}),
         "library_name": "evo-merge",
         "tags": ["merge", "evo-merge", "mass"],
         "merge_method": "mass",
-        "merged_models": list(models),
+        "merged_models": [r.display for r in refs[1:]],
         "mass_tasks": list(tasks),
         "mass_routing": routing.model_dump(),
     }
-    if scores:
-        front["evo_merge_scores"] = {kind: dict(values) for kind, values in scores.items()}
     return "\n".join([
-        "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
-        "---",
-        "",
+        *front_matter(front),
         "# MASS model (needs evo-merge to run)",
         "",
         "This folder is **not** a plain transformers model: it holds a base model and the task",
-        f"singular-vector factors of {len(tasks)} fine-tuned models ({', '.join(tasks)}). For each input,",
+        f"singular-vector factors of {len(tasks)} fine-tuned models ({', '.join(md(t) for t in tasks)}). For each input,",
         "[evo-merge](https://pypi.org/project/evo-merge/) routes the hidden state entering block",
         f"{routing.layer}'s MLP",
         "to the tasks whose subspaces explain it best and answers with the TSV-M merge of those tasks",

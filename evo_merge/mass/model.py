@@ -32,7 +32,7 @@ from evo_merge.mass.card import mass_card
 from evo_merge.mass.factors import MassFactors, Track
 from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_config, routing_probabilities, select_tasks
 from evo_merge.merge.storage import Stash
-from evo_merge.weights import Checkpoint, check_compatible, write_model_folder
+from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import tokenizer_files
 from evo_merge.weights.export import replace_folder
 
@@ -77,11 +77,10 @@ def _first_error(err: ValidationError) -> str:
 
 
 def _load_module(folder: Path) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM
-
-    if not (folder / "config.json").is_file():
-        raise UserError(f"base model folder {folder} has no config.json")
-    return AutoModelForCausalLM.from_pretrained(folder).eval()
+    """The base as an HF causal LM (MASS serves `forward`/`generate` through it)."""
+    if not is_hf_folder(folder):
+        raise UserError(f"base model folder {folder}: MASS needs a Hugging Face causal LM (config.json with model_type)")
+    return load_model_folder(folder)[0]
 
 
 class MassModel(nn.Module):

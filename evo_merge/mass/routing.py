@@ -9,7 +9,6 @@ most probable first), and the most probable task alone when none is.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -17,12 +16,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from evo_merge.errors import UserError
-
-# the first weight of a block's MLP, by architecture family, in order of preference
-_MLP_INPUT = re.compile(
-    r"^(?:.*\.)?(?P<layer>\d+)\.mlp\.(?P<proj>gate_proj|up_proj|c_fc|fc1|fc_in|dense_h_to_4h|w1)\.weight$"
-)
-_PREFERENCE = ("gate_proj", "up_proj", "c_fc", "fc1", "fc_in", "dense_h_to_4h", "w1")
+from evo_merge.weights.arch import HF_ARCHS, mlp_input_pattern
 
 
 class RoutingConfig(BaseModel):
@@ -37,15 +31,19 @@ class RoutingConfig(BaseModel):
 
 
 def routing_weights(names: Sequence[str]) -> dict[int, str]:
-    """Block index -> the name of its MLP's first weight, for every block that has one."""
-    found: dict[int, tuple[int, str]] = {}
-    for name in names:
-        match = _MLP_INPUT.match(name)
-        if match:
-            layer, rank = int(match["layer"]), _PREFERENCE.index(match["proj"])
-            if layer not in found or rank < found[layer][0]:
-                found[layer] = (rank, name)
-    return {layer: name for layer, (_, name) in sorted(found.items())}
+    """Block index -> the name of its MLP's first weight, for every block that has one (by the
+    first architecture table whose MLP input names the tensors use)."""
+    for arch in HF_ARCHS:
+        pattern, found = mlp_input_pattern(arch), {}
+        for name in names:
+            match = pattern.match(name)
+            if match:
+                layer, rank = int(match["layer"]), arch.mlp_inputs.index(match["proj"])
+                if layer not in found or rank < found[layer][0]:
+                    found[layer] = (rank, name)
+        if found:
+            return {layer: name for layer, (_, name) in sorted(found.items())}
+    return {}
 
 
 def routing_config(names: Sequence[str], layer: int | None, **settings) -> RoutingConfig:

@@ -9,4 +9,8 @@ from evo_merge.merge.registry import (
     register_method,
 )
 
+# the built-in methods register themselves on import; importing them here (not from the
+# registry) keeps the registry free of a circle with the modules that use it
+from evo_merge.merge import geometric, methods, selective, sparse, subspace  # noqa: E402,F401  isort: skip
+
 __all__ = ["Hyperparameter", "MergeMethod", "combine_pieces", "get_method", "list_methods", "register_method"]

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
+from evo_merge.merge.card import Scores, model_card
 from evo_merge.merge.plan import MergePlan, stream_merge
-from evo_merge.report.card import model_card
-from evo_merge.weights import Checkpoint, write_model_folder
+from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
+from evo_merge.tasks.meta import TaskMeta
+from evo_merge.weights import write_model_folder
 
 RECIPE_FILE = "merge_recipe.yaml"
 Tracker = Callable[[Iterable, int], Iterable]
@@ -22,27 +24,41 @@ def export_merge(
     tensors: Iterator[tuple[str, torch.Tensor]] | None = None,
     allow_pickle: bool = False,
     overwrite: bool = False,
-    scores: Mapping[str, Mapping[str, float]] | None = None,
+    scores: Scores | None = None,
     title: str | None = None,
     track: Tracker | None = None,
+    tasks: Mapping[str, TaskMeta] | None = None,
+    item_scores: ItemScores | None = None,
 ) -> Path:
     """Write the merged folder atomically. `tensors` (e.g. from the in-place merger) replaces the
-    streaming merge when given; they must be the plan's tensors."""
+    streaming merge when given; they must be the plan's tensors.
+
+    `tasks` describes each scored task for the card's `model-index`; `item_scores` (task -> item ->
+    score, every item of a measured pick) adds `results.json` and `item_scores.parquet`, written
+    in the same atomic step as the weights so the card never names results that are missing."""
     if tensors is None:
         total, tensors = stream_merge(plan, allow_pickle=allow_pickle)
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()
-    with Checkpoint.open(plan.tokenizer_source, allow_pickle=allow_pickle) as source:
-        folder = source.folder  # None for a bare state dict: no config or tokenizer to copy
+    folder = plan.tokenizer_source if plan.tokenizer_source.is_dir() else None  # a bare state dict has none
+    config = dict(plan.config)
+    extra: dict[str, str | bytes] = {}
+    if plan.tokens is not None:
+        config["vocab_size"] = plan.tokens.rows
+        extra.update(plan.tokens.files)
+    stderr = {name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None}
+    extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr)
+    extra[RECIPE_FILE] = recipe.to_yaml()
+    if item_scores:
+        extra.update(results_files(item_scores, tasks or {}))
     return write_model_folder(
         out,
         tensors,
         copy_from=folder,
+        config=config or None,
         dtype=plan.out_dtype,
-        extra_files={
-            "README.md": model_card(recipe, title=title or Path(out).name, scores=scores),
-            RECIPE_FILE: recipe.to_yaml(),
-        },
+        extra_files=extra,
+        copy_tokenizer=plan.tokens is None,
         overwrite=overwrite,
     )

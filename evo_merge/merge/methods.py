@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,7 +24,11 @@ DENSITY = H("density", 1.0, 0.0, 1.0, per_model=True, help="fraction of each tas
             search_range=(0.1, 1.0))
 RESCALE = H("rescale", True, searchable=False, help="DARE: divide survivors by the density")
 SEED = H("seed", 0, 0, 2**31 - 1, searchable=False, help="DARE: seed of the random drops")
-INT8_MASK = H("int8_mask", False, searchable=False, help="accepted for mergekit recipes; no effect")
+INT8_MASK = H("int8_mask", False, searchable=False,
+              help="mergekit's int8 sign masks (a memory saving): accepted, same tensors either way")
+RESCALE_L1 = H("rescale", False, searchable=False, help="scale trimmed task vectors back to their L1 norm")
+IGNORED_RESCALE = H("rescale", False, searchable=False,
+                    help="accepted for mergekit recipes: nothing is trimmed, so nothing is rescaled")
 
 
 def _normalize_divisor(weights: Sequence[float]) -> float:
@@ -32,7 +36,7 @@ def _normalize_divisor(weights: Sequence[float]) -> float:
     return 1.0 if abs(total) < 1e-8 else total
 
 
-@register_method("linear", hyperparameters=[H("normalize", True, searchable=False)])
+@register_method("linear", hyperparameters=[H("normalize", True, searchable=False)], base="optional")
 def linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Weighted average of the models (model soup)."""
     total = sum(weights)
@@ -44,7 +48,7 @@ def linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
 
 @register_method(
     "task_arithmetic",
-    hyperparameters=[LAMBDA, WEIGHT_NORMALIZE],
+    hyperparameters=[LAMBDA, WEIGHT_NORMALIZE, IGNORED_RESCALE, INT8_MASK],
     scale=lambda w, p: p["lambda"] / (_normalize_divisor(w) if p["normalize"] else 1.0),
 )
 def task_arithmetic(base, deltas, params: Params, name: str) -> list[torch.Tensor]:
@@ -78,26 +82,51 @@ def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
     return torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(weighted.dtype)
 
 
+def l1_rescaled(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """`kept` scaled to the L1 norm of `delta` (mergekit's `rescale` for magnitude trimming)."""
+    before, after = delta.abs().sum(), kept.abs().sum()
+    if before < eps or after < eps:
+        return kept
+    return kept * (before / after)
+
+
+Sparsifier = Callable[[torch.Tensor, int], torch.Tensor]  # (task vector, model index) -> trimmed
+
+
+def magnitude_trim(params: Params) -> Sparsifier:
+    """TIES trimming: the top `density` by magnitude, L1-rescaled when `rescale` is set."""
+    def trim(delta: torch.Tensor, t: int) -> torch.Tensor:
+        density = params["density"][t]
+        if density >= 1:
+            return delta
+        kept = delta * magnitude_mask(delta, density)
+        return l1_rescaled(delta, kept) if params["rescale"] else kept
+    return trim
+
+
+def dare_drop(params: Params, name: str) -> Sparsifier:
+    """DARE: keep each entry with probability `density` (seeded per tensor and model), then divide
+    the survivors by `density` when `rescale` is set, so the expected task vector is unchanged."""
+    def drop(delta: torch.Tensor, t: int) -> torch.Tensor:
+        density = params["density"][t]
+        if density >= 1:
+            return delta
+        kept = delta * random_mask(delta, density, tensor_seed(params["seed"], name, t))
+        return kept / density if params["rescale"] else kept
+    return drop
+
+
 def generalized_task_arithmetic(
     base: torch.Tensor,
     deltas: Sequence[torch.Tensor],
     weights: Sequence[float],
     params: Params,
-    name: str,
     *,
-    sparsify: str | None,
+    sparsify: Sparsifier | None,
     consensus: bool,
 ) -> torch.Tensor:
-    """Trim (magnitude or random), optionally elect signs, then sum or average the survivors."""
-    kept = []
-    for t, (delta, density) in enumerate(zip(deltas, params["density"])):
-        if sparsify == "magnitude":
-            delta = delta * magnitude_mask(delta, density)
-        elif sparsify == "random" and density < 1:
-            delta = delta * random_mask(delta, density, tensor_seed(params["seed"], name, t))
-            if params["rescale"]:
-                delta = delta / density
-        kept.append(delta)
+    """Trim each task vector, optionally elect signs, then sum or average the survivors."""
+    kept = [sparsify(delta, t) if sparsify else delta for t, delta in enumerate(deltas)]
     stacked = torch.stack(kept)
     w = torch.tensor(list(weights), dtype=stacked.dtype, device=stacked.device)
     w = w.view(-1, *([1] * (stacked.dim() - 1)))
@@ -117,10 +146,11 @@ def generalized_task_arithmetic(
     return base + mixed
 
 
-@register_method("ties", hyperparameters=[DENSITY, LAMBDA, H("normalize", True, searchable=False), INT8_MASK])
+@register_method("ties", hyperparameters=[DENSITY, LAMBDA, H("normalize", True, searchable=False),
+                                          RESCALE_L1, INT8_MASK])
 def ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """TIES: trim by magnitude per tensor, elect signs, average the agreeing entries."""
-    return generalized_task_arithmetic(base, deltas, weights, params, name, sparsify="magnitude", consensus=True)
+    return generalized_task_arithmetic(base, deltas, weights, params, sparsify=magnitude_trim(params), consensus=True)
 
 
 _DARE_PARAMS = [DENSITY, LAMBDA, WEIGHT_NORMALIZE, RESCALE, SEED, INT8_MASK]
@@ -129,13 +159,15 @@ _DARE_PARAMS = [DENSITY, LAMBDA, WEIGHT_NORMALIZE, RESCALE, SEED, INT8_MASK]
 @register_method("dare_linear", hyperparameters=_DARE_PARAMS)
 def dare_linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DARE: drop entries at random, rescale survivors, then task arithmetic."""
-    return generalized_task_arithmetic(base, deltas, weights, params, name, sparsify="random", consensus=False)
+    return generalized_task_arithmetic(base, deltas, weights, params, sparsify=dare_drop(params, name),
+                                       consensus=False)
 
 
 @register_method("dare_ties", hyperparameters=_DARE_PARAMS)
 def dare_ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DARE drops and rescaling, then TIES sign election."""
-    return generalized_task_arithmetic(base, deltas, weights, params, name, sparsify="random", consensus=True)
+    return generalized_task_arithmetic(base, deltas, weights, params, sparsify=dare_drop(params, name),
+                                       consensus=True)
 
 
 SLERP_DOT_THRESHOLD = 0.9995

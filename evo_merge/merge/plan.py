@@ -1,122 +1,342 @@
 """From a recipe to merged tensors, streamed one tensor at a time.
 
-Memory stays near one tensor per endpoint: each tensor is read from every checkpoint, merged,
-handed to the writer and dropped before the next one is read.
+Planning opens every checkpoint's headers only, turns the recipe (whole models or slices) into
+one job per output tensor (which tensor of which model is the reference, which are merged, and
+the parameters evaluated for that tensor), and checks shapes, so a bad recipe fails before any
+weights are read. Streaming then keeps about one tensor per input in memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from evo_merge.config import Recipe
 from evo_merge.errors import UserError
+from evo_merge.merge import layers
+from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import MergeMethod, get_method
-from evo_merge.weights import Checkpoint, check_compatible, open_checkpoints, parse_dtype
+from evo_merge.merge.settings import MISSING, layer_position, lookup
+from evo_merge.merge.tokens import TokenPlan, plan_tokens
+from evo_merge.weights import Checkpoint, parse_dtype
 from evo_merge.weights.dtypes import dtype_name
+from evo_merge.weights.lora import LoraCheckpoint
+from evo_merge.weights.references import ModelRef, resolve_reference
 
 WEIGHT = "weight"
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One input of a merge group: a model, its parameters and where the recipe says so."""
+
+    model: int
+    params: dict[str, Any]
+    key: str
+    layers: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """The inputs merged together: the whole recipe (`models:`) or one slice."""
+
+    reference: Entry | None  # None: zeros (a method whose base is optional, and none is named)
+    endpoints: list[Entry]
+    levels: list[tuple[str, dict[str, Any]]]  # (key path, settings) below the entries: slice, then recipe
+
+    @property
+    def settings(self) -> list[dict[str, Any]]:
+        return [settings for _, settings in self.levels]
+
+
+@dataclass
+class TensorJob:
+    name: str
+    reference: tuple[int, str] | None  # (model, tensor name)
+    inputs: list[tuple[int, str]]
+    weights: list[float]
+    params: dict[str, Any]
 
 
 @dataclass
 class MergePlan:
-    """A validated recipe: paths resolved, parameters complete, ready to run or to write back."""
+    """A validated recipe: references resolved, one job per output tensor."""
 
     method: MergeMethod
-    base: Path  # the reference the task vectors are taken against
-    models: list[Path]  # endpoints; for linear without a base, the reference is the first of them
-    weights: list[float]
-    params: dict[str, Any]
+    refs: list[ModelRef]
+    jobs: list[TensorJob]
+    source_recipe: Recipe
     dtype: torch.dtype  # computation
-    out_dtype: torch.dtype | None  # None: keep each tensor's dtype in the base
-    tokenizer_source: Path
-    base_given: bool = True
+    out_dtype: torch.dtype | None  # None: keep each tensor's stored dtype
+    donor: int  # the model whose config and tokenizer files the output starts from
+    config: dict[str, Any] = field(default_factory=dict)  # config.json overrides
+    tokens: TokenPlan | None = None
+    allow_pickle: bool = False
+    names: dict[str, str] = field(default_factory=dict)  # recipe reference -> resolved name
+
+    @property
+    def base(self) -> str:
+        return self.refs[self.donor].name
+
+    @property
+    def models(self) -> list[str]:
+        return [r.name for r in self.refs if r.name != self.base]
+
+    @property
+    def tokenizer_source(self) -> Path:
+        return self.refs[self.donor].path
 
     def recipe(self) -> Recipe:
-        """The fully explicit recipe (absolute paths, every default) that rebuilds this merge."""
-        per_model = sorted(h.name for h in self.method.hyperparameters if h.per_model)
-        models = [
-            {"model": str(path), "parameters": {WEIGHT: w, **{k: self.params[k][i] for k in per_model}}}
-            for i, (path, w) in enumerate(zip(self.models, self.weights))
-        ]
-        return Recipe.model_validate({
-            "merge_method": self.method.name,
-            "base_model": str(self.base) if self.base_given else None,
-            "models": models,
-            "parameters": {k: v for k, v in self.params.items() if k not in per_model},
-            "dtype": dtype_name(self.dtype),
-            "out_dtype": dtype_name(self.out_dtype) if self.out_dtype else None,
-            "tokenizer_source": str(self.tokenizer_source),
-        })
+        """The recipe that rebuilds this merge: references resolved (absolute folders, Hub ids
+        with their commit), dtypes explicit, global defaults written out."""
+        data = self.source_recipe.model_dump(exclude_none=True, mode="json")
+        _rename_models(data, self.names)
+        top = data.setdefault("parameters", {})
+        for hp in self.method.hyperparameters:
+            if not hp.per_model and hp.name not in top and not hp.required:
+                top[hp.name] = hp.default
+        data["dtype"] = dtype_name(self.dtype)
+        if self.out_dtype is not None:
+            data["out_dtype"] = dtype_name(self.out_dtype)
+        return Recipe.model_validate(data)
+
+    def open(self) -> list[Checkpoint]:
+        return [open_ref(r, self.allow_pickle) for r in self.refs]
 
 
-def _resolve_path(value: str, root: Path, key: str) -> Path:
-    path = Path(value).expanduser()
-    candidates = [path] if path.is_absolute() else [root / path, Path.cwd() / path]
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate.resolve()
-    raise UserError(f"{key}: model path {value!r} does not exist (looked in {', '.join(map(str, candidates))})")
+def _rename_models(data: dict, names: dict[str, str]) -> None:
+    if "base_model" in data:
+        data["base_model"] = names[data["base_model"]]
+    for entry in data.get("models") or []:
+        entry["model"] = names[entry["model"]]
+    for out in data.get("slices") or []:
+        if "base_model" in out:
+            out["base_model"] = names[out["base_model"]]
+        for src in out["sources"]:
+            src["model"] = names[src["model"]]
+    tokenizer = data.get("tokenizer") or {}
+    for token in (tokenizer.get("tokens") or {}).values():
+        source = token.get("source")
+        if isinstance(source, str) and source in names:
+            token["source"] = names[source]
+        elif isinstance(source, dict) and source.get("model") in names:
+            source["model"] = names[source["model"]]
+    for key in ("tokenizer_source",):
+        if data.get(key) in names:
+            data[key] = names[data[key]]
+    if tokenizer.get("source") in names:
+        tokenizer["source"] = names[tokenizer["source"]]
+
+
+def open_ref(ref: ModelRef, allow_pickle: bool = False) -> Checkpoint:
+    if ref.lora is not None:
+        return LoraCheckpoint.open_with_adapter(ref.path, ref.lora, allow_pickle=allow_pickle)
+    return Checkpoint.open(ref.path, allow_pickle=allow_pickle)
 
 
 def plan_from_recipe(
-    recipe: Recipe, root: Path = Path("."), dtype: str | None = None, source: str | Path | None = None
+    recipe: Recipe, root: Path = Path("."), dtype: str | None = None, source: str | Path | None = None,
+    *, allow_pickle: bool = False,
 ) -> MergePlan:
     """Resolve a recipe. Relative paths are taken against `root` (the recipe's folder), then the CWD.
 
     `source` (the recipe file) prefixes error messages."""
     try:
-        return _plan(recipe, root, dtype)
+        return _plan(recipe, root, dtype, allow_pickle)
     except UserError as exc:
         raise UserError(f"{source}: {exc}" if source else str(exc)) from None
 
 
-def _plan(recipe: Recipe, root: Path, dtype: str | None) -> MergePlan:
-    method = get_method(recipe.merge_method)
-    entries = [(_resolve_path(e.model, root, f"models.{i}.model"), e, i) for i, e in enumerate(recipe.models)]
-    base_given = recipe.base_model is not None
-    if base_given:
-        base = _resolve_path(recipe.base_model, root, "base_model")
-        entries = [e for e in entries if e[0] != base]  # mergekit: a listed base is not an endpoint
-    elif method.name == "linear":  # a soup needs no base: deltas are taken against the first model
-        base = entries[0][0]
-    else:
-        raise UserError(f"base_model: required by method {method.name}")
+def _resolve_all(recipe: Recipe, root: Path) -> tuple[list[ModelRef], dict[str, int]]:
+    """Resolve each distinct reference once; references naming the same model share an index."""
+    keys = [("base_model", recipe.base_model)] if recipe.base_model else []
+    keys += [(f"models.{i}.model", e.model) for i, e in enumerate(recipe.models or [])]
+    for s, out in enumerate(recipe.slices or []):
+        keys += [(f"slices.{s}.base_model", out.base_model)] if out.base_model else []
+        keys += [(f"slices.{s}.sources.{j}.model", src.model) for j, src in enumerate(out.sources)]
+    refs: list[ModelRef] = []
+    index: dict[str, int] = {}
+    for key, value in keys:
+        if value not in index:
+            ref = resolve_reference(value, root, key)
+            index[value] = next((i for i, r in enumerate(refs) if r.name == ref.name), len(refs))
+            if index[value] == len(refs):
+                refs.append(ref)
+    return refs, index
 
-    per_model = {h.name for h in method.hyperparameters if h.per_model}
-    top = dict(recipe.parameters)
-    weights, per_model_values = [], {k: [] for k in per_model}
-    for _, entry, i in entries:
-        params = dict(entry.parameters)
-        weight = params.pop(WEIGHT, top.get(WEIGHT, 1.0))
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise UserError(f"models.{i}.parameters.weight: expected a number, got {weight!r}")
-        weights.append(float(weight))
-        for key, value in params.items():
+
+def _group(method: MergeMethod, base: int | None, entries: list[Entry], levels: list[tuple[str, dict]],
+           where: str) -> Group:
+    """Split a group's entries into the reference and the endpoints, by the method's base mode."""
+    if base is not None:
+        endpoints = [e for e in entries if e.model != base]  # mergekit: a listed base is not an endpoint
+        ref_entry = next((e for e in entries if e.model == base), Entry(base, {}, "base_model"))
+        return Group(ref_entry, endpoints, levels)
+    if method.base == "required":
+        raise UserError(f"{where}base_model: required by method {method.name}")
+    if method.base == "first":
+        return Group(entries[0], entries[1:], levels)
+    return Group(None, entries, levels)
+
+
+def _check_keys(method: MergeMethod, group: Group) -> None:
+    """Every parameter name is one the method declares, at a level where it can apply."""
+    declared = {h.name for h in method.hyperparameters} | {WEIGHT}
+    per_model = {h.name for h in method.hyperparameters if h.per_model} | {WEIGHT}
+    for entry in group.endpoints:
+        for key in entry.params:
             if key not in per_model:
-                raise UserError(f"models.{i}.parameters.{key}: not a per-model parameter of method {method.name}"
-                                f" (per-model: {', '.join(sorted(per_model | {WEIGHT}))})")
-        for key in per_model:
-            per_model_values[key].append(params.get(key, top.get(key, method.hyperparameter(key).default)))
-    top.pop(WEIGHT, None)
-    for key in per_model:
-        top[key] = per_model_values[key]
-    resolved = method.resolve(top, len(entries))
+                raise UserError(f"{entry.key.rsplit('.', 1)[0]}.parameters.{key}: not a per-model parameter of "
+                                f"method {method.name} (per-model: {', '.join(sorted(per_model))})")
+    levels = [(group.reference.key.rsplit(".", 1)[0] + ".parameters", group.reference.params)] \
+        if group.reference else []
+    for where, settings in [*levels, *group.levels]:
+        for key in settings:
+            if key not in declared:
+                known = ", ".join(sorted(declared))
+                raise UserError(f"{where}.{key}: unknown parameter for method {method.name} (known: {known})")
 
-    # as in mergekit, `dtype` is the computation dtype and, unless out_dtype says otherwise, the output's
-    compute = parse_dtype(dtype or recipe.dtype)
+
+def _job(method: MergeMethod, group: Group, out_name: str, names: Sequence[str], ref_name: str,
+         t: float) -> TensorJob:
+    """One output tensor: `names[i]` is the tensor of endpoint i, `ref_name` the reference's."""
+    ref_levels = [group.reference.params] if group.reference is not None else []
+    top: dict[str, Any] = {}
+    for hp in method.hyperparameters:
+        if hp.per_model:
+            values = [lookup(hp.name, [e.params, *group.settings], n, t) for e, n in zip(group.endpoints, names)]
+            if any(v is not MISSING for v in values):
+                top[hp.name] = [hp.default if v is MISSING else v for v in values]
+        else:
+            value = lookup(hp.name, [*ref_levels, *group.settings], out_name, t)
+            if value is not MISSING:
+                top[hp.name] = value
+    weights = []
+    for e, n in zip(group.endpoints, names):
+        weight = lookup(WEIGHT, [e.params, *group.settings], n, t)
+        weight = 1.0 if weight is MISSING else weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise UserError(f"{e.key.rsplit('.', 1)[0]}.parameters.weight: expected a number, got {weight!r}")
+        weights.append(float(weight))
+    params = method.resolve(top, len(group.endpoints))
+    reference = (group.reference.model, ref_name) if group.reference is not None else None
+    return TensorJob(out_name, reference, [(e.model, n) for e, n in zip(group.endpoints, names)], weights, params)
+
+
+def _model_groups(recipe: Recipe, method: MergeMethod, index: dict[str, int]) -> list[Group]:
+    entries = [Entry(index[e.model], dict(e.parameters), f"models.{i}.model") for i, e in enumerate(recipe.models)]
+    base = index[recipe.base_model] if recipe.base_model else None
+    return [_group(method, base, entries, [("parameters", recipe.parameters)], "")]
+
+
+def _slice_groups(recipe: Recipe, method: MergeMethod, index: dict[str, int], counts: list[int]) -> list[Group]:
+    groups = []
+    for s, out in enumerate(recipe.slices):
+        entries = []
+        for j, src in enumerate(out.sources):
+            key = f"slices.{s}.sources.{j}"
+            model = index[src.model]
+            if src.layer_range[1] > counts[model]:
+                raise UserError(f"{key}.layer_range: {list(src.layer_range)} is outside the {counts[model]} "
+                                f"layers of {src.model}")
+            entries.append(Entry(model, dict(src.parameters), f"{key}.model", src.layer_range))
+        lengths = {e.layers[1] - e.layers[0] for e in entries}
+        if len(lengths) > 1:
+            raise UserError(f"slices.{s}.sources: layer ranges differ in length ({sorted(lengths)})")
+        base_name = out.base_model or recipe.base_model
+        base = index[base_name] if base_name else None
+        if base is not None and method.base == "required" and base not in [e.model for e in entries]:
+            raise UserError(f"slices.{s}.sources: the base model {base_name} must be one of the slice's sources")
+        levels = [(f"slices.{s}.parameters", out.parameters), ("parameters", recipe.parameters)]
+        groups.append(_group(method, base, entries, levels, f"slices.{s}."))
+    return groups
+
+
+def _entry_of(group: Group) -> Entry:
+    return group.reference if group.reference is not None else group.endpoints[0]
+
+
+def _model_jobs(method: MergeMethod, group: Group, checkpoints: list[Checkpoint]) -> list[TensorJob]:
+    first = checkpoints[_entry_of(group).model]
+    n_layers = layers.count_layers(first.names)
+    jobs = []
+    for name in first.names:
+        parsed = layers.parse(name)
+        t = layer_position(parsed.index if parsed else None, n_layers)
+        jobs.append(_job(method, group, name, [name] * len(group.endpoints), name, t))
+    return jobs
+
+
+def _slice_jobs(method: MergeMethod, groups: list[Group], checkpoints: list[Checkpoint]) -> list[TensorJob]:
+    """Pre-layer tensors from the first slice, its layers renumbered in order, the rest from the last."""
+    outside = [n for n in checkpoints[_entry_of(groups[0]).model].names if layers.parse(n) is None]
+    jobs = [_job(method, groups[0], n, [n] * len(groups[0].endpoints), n, 0.0)
+            for n in outside if layers.is_pre_layer(n)]
+    out_index = 0
+    for group in groups:
+        lead = _entry_of(group)
+        start, end = lead.layers
+        for offset in range(end - start):
+            t = layer_position(offset, end - start)
+            for tensor in layers.layer_tensors(checkpoints[lead.model].names, start + offset):
+                names = [tensor.at(e.layers[0] + offset) for e in group.endpoints]
+                jobs.append(_job(method, group, tensor.at(out_index), names, tensor.at(start + offset), t))
+            out_index += 1
+    last = groups[-1]
+    jobs += [_job(method, last, n, [n] * len(last.endpoints), n, 0.0) for n in outside if not layers.is_pre_layer(n)]
+    return jobs
+
+
+def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> MergePlan:
+    method = get_method(recipe.merge_method)
+    refs, index = _resolve_all(recipe, root)
+    checkpoints = [open_ref(r, allow_pickle) for r in refs]
+    try:
+        if recipe.slices is not None:
+            groups = _slice_groups(recipe, method, index, [layers.count_layers(c.names) for c in checkpoints])
+        else:
+            groups = _model_groups(recipe, method, index)
+        for group in groups:
+            _check_keys(method, group)
+        jobs = (_slice_jobs(method, groups, checkpoints) if recipe.slices is not None
+                else _model_jobs(method, groups[0], checkpoints))
+        donor = index[recipe.base_model] if recipe.base_model else _entry_of(groups[0]).model
+        tokens = plan_tokens(recipe, refs, index, checkpoints, donor)
+        _check_shapes(jobs, checkpoints, refs, tokens)
+        config = _layer_config(checkpoints[donor], jobs) if recipe.slices is not None else {}
+    finally:
+        for c in checkpoints:
+            c.close()
+    compute = parse_dtype(dtype or recipe.dtype)  # mergekit: `dtype` computes and, by default, is written
     out = parse_dtype(recipe.out_dtype) or compute
-    compute = compute or torch.float32
-    if recipe.tokenizer_source in (None, "base"):
-        tokenizer = base
-    else:
-        tokenizer = _resolve_path(recipe.tokenizer_source, root, "tokenizer_source")
-    return MergePlan(method, base, [p for p, _, _ in entries], weights, resolved, compute, out, tokenizer,
-                     base_given=base_given)
+    names = {value: refs[i].name for value, i in index.items()}
+    return MergePlan(method, refs, jobs, recipe, compute or torch.float32, out, donor, config, tokens, allow_pickle,
+                     names)
+
+
+def _check_shapes(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: list[ModelRef],
+                  tokens: TokenPlan | None) -> None:
+    for job in jobs:
+        sources = ([job.reference] if job.reference else []) + job.inputs
+        shapes = [tuple(checkpoints[m].shape(n)) for m, n in sources]
+        if tokens is not None and tokens.is_embedding(job.name, shapes[0]):
+            shapes = [s[1:] for s in shapes]  # rows follow the output vocabulary
+        for (m, n), shape in zip(sources[1:], shapes[1:]):
+            if shape != shapes[0]:
+                m0, n0 = sources[0]
+                raise UserError(f"tensor {n} has shape {list(shape)} in {refs[m].name} but {n0} has "
+                                f"{list(shapes[0])} in {refs[m0].name}")
+
+
+def _layer_config(donor: Checkpoint, jobs: list[TensorJob]) -> dict[str, Any]:
+    """The output's layer count, under whichever key the donor's config uses."""
+    config = donor.config or {}
+    key = next((k for k in LAYER_COUNT_KEYS if k in config), None)
+    return {key: layers.count_layers(j.name for j in jobs)} if key else {}
 
 
 def merge_tensor(
@@ -135,26 +355,32 @@ def merge_tensor(
         raise RuntimeError(f"{method.name} failed on tensor {name}: {exc}") from exc
 
 
+def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint]) -> torch.Tensor:
+    sources = ([job.reference] if job.reference else []) + job.inputs
+    stored = checkpoints[sources[0][0]].dtype(sources[0][1])
+    if not stored.is_floating_point:
+        return checkpoints[sources[0][0]].tensor(sources[0][1])
+    tensors = [checkpoints[m].tensor(n, plan.dtype) for m, n in sources]
+    if plan.tokens is not None and plan.tokens.is_embedding(job.name, tuple(tensors[0].shape)):
+        tensors = plan.tokens.permute(job, sources, tensors)
+    reference = tensors[0] if job.reference else torch.zeros_like(tensors[0])
+    inputs = tensors[1:] if job.reference else tensors
+    deltas = [x - reference for x in inputs]
+    merged = merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
+    return merged.to(plan.out_dtype or stored)
+
+
 def stream_merge(plan: MergePlan, *, allow_pickle: bool = False) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
-    """Open and check the checkpoints, then yield merged tensors lazily (count, iterator)."""
-    checkpoints = open_checkpoints([plan.base, *plan.models], allow_pickle=allow_pickle)
-    check_compatible(checkpoints)
-    base, others = checkpoints[0], checkpoints[1:]
+    """Open the checkpoints, then yield merged tensors lazily (count, iterator)."""
+    plan.allow_pickle = plan.allow_pickle or allow_pickle
+    checkpoints = plan.open()
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         try:
-            for name in base.names:
-                out_dtype = plan.out_dtype or base.dtype(name)
-                if not base.dtype(name).is_floating_point:
-                    yield name, base.tensor(name)
-                    continue
-                theta0 = base.tensor(name, plan.dtype)
-                deltas = [ck.tensor(name, plan.dtype) - theta0 for ck in others]
-                merged = merge_tensor(plan.method, theta0, deltas, plan.weights, plan.params, name)
-                yield name, merged.to(out_dtype)
+            for job in plan.jobs:
+                yield job.name, _run_job(plan, job, checkpoints)
         finally:
             for ck in checkpoints:
                 ck.close()
 
-    return len(base.names), tensors()
-
+    return len(plan.jobs), tensors()

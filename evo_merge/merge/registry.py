@@ -44,6 +44,7 @@ class Hyperparameter:
     searchable: bool = True
     help: str = ""
     search_range: tuple[float, float] | None = None  # where the search looks; default [low, high]
+    required: bool = False  # mergekit requires it (no default a recipe could rely on)
 
     @property
     def kind(self) -> type:
@@ -65,6 +66,14 @@ class Hyperparameter:
         return value
 
 
+# How a method treats the reference model (mergekit's behaviour for each method):
+#   "required": the merge is taken relative to `base_model`, which the recipe must name;
+#   "optional": relative to `base_model` when named, else to zeros (the method sees whole models);
+#   "first":    the reference is itself merged (Karcher mean, passthrough); without a base it is
+#               the first model, which is then not also an endpoint.
+BASE_MODES = ("required", "optional", "first")
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
@@ -76,6 +85,7 @@ class MergeMethod:
     description: str = ""
     # hyperparameters the pieces depend on: the in-place merger caches pieces per their values
     piece_params: tuple[str, ...] = field(default=())
+    base: str = "required"
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
         return next((h for h in self.hyperparameters if h.name == name), None)
@@ -93,6 +103,8 @@ class MergeMethod:
             raise UserError(f"{where}.{unknown[0]}: unknown parameter for method {self.name} (known: {known})")
         resolved: dict[str, Any] = {}
         for hp in self.hyperparameters:
+            if hp.required and hp.name not in params:
+                raise UserError(f"{where}.{hp.name}: required by method {self.name}")
             value = params.get(hp.name, hp.default)
             if hp.per_model:
                 values = value if isinstance(value, (list, tuple)) else [value] * n_models
@@ -115,6 +127,7 @@ def register_method(
     n_models: tuple[int, int | None] = (1, None),
     scale: ScaleFn | None = None,
     piece_params: Sequence[str] = (),
+    base: str = "required",
     replace: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
@@ -125,18 +138,21 @@ def register_method(
     ``base + scale(weights, params) * sum_t weights[t] * pieces[t]``.
     """
 
+    if base not in BASE_MODES:
+        raise ValueError(f"base must be one of {BASE_MODES}, got {base!r}")
+
     def decorator(func: Callable) -> Callable:
         if name in _REGISTRY and not replace:
             raise ValueError(f"merge method {name!r} is already registered")
         if scale is None:
-            method = MergeMethod(name, tuple(hyperparameters), fn=func, n_models=n_models,
+            method = MergeMethod(name, tuple(hyperparameters), fn=func, n_models=n_models, base=base,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         else:
             def fn(base, deltas, weights, params, tensor_name, _pieces=func):
                 return combine_pieces(base, _pieces(base, deltas, params, tensor_name), weights,
                                       scale(weights, params))
             method = MergeMethod(name, tuple(hyperparameters), fn=fn, pieces=func, scale=scale,
-                                 n_models=n_models, piece_params=tuple(piece_params),
+                                 n_models=n_models, piece_params=tuple(piece_params), base=base,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         _REGISTRY[name] = method
         return func
@@ -172,8 +188,6 @@ def _load_entry_points() -> None:
 
 
 def get_method(name: str) -> MergeMethod:
-    from evo_merge.merge import methods, subspace  # noqa: F401  (built-ins register on import)
-
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
@@ -182,7 +196,5 @@ def get_method(name: str) -> MergeMethod:
 
 
 def list_methods() -> list[str]:
-    from evo_merge.merge import methods, subspace  # noqa: F401
-
     _load_entry_points()
     return sorted(_REGISTRY)

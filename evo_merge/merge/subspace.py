@@ -8,7 +8,6 @@ about (m + n) r numbers per matrix whatever the number of tasks, never a dense c
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
@@ -17,10 +16,10 @@ from evo_merge.errors import UserError
 from evo_merge.merge.pieces import LowRank, Piece, Scaled
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
+from evo_merge.weights.arch import EMBEDDING_NAME
 
 ALPHA = H("alpha", 1.0, 0.0, 3.0, help="global scale of the merged update", search_range=(0.5, 1.5))
 EMBEDDINGS = H("embeddings", False, searchable=False, help="also decompose embedding / LM-head matrices")
-_EMBEDDING_NAME = re.compile(r"(embed|wte|wpe|lm_head|embed_out|word_embeddings|position_embeddings)")
 
 
 def is_decomposed(delta: torch.Tensor, name: str, params: Params) -> bool:
@@ -30,7 +29,7 @@ def is_decomposed(delta: torch.Tensor, name: str, params: Params) -> bool:
 
 def decomposes(shape: Sequence[int], name: str, embeddings: bool = False) -> bool:
     """`is_decomposed` from a shape (checkpoint headers suffice)."""
-    return len(shape) == 2 and (embeddings or not _EMBEDDING_NAME.search(name))
+    return len(shape) == 2 and (embeddings or not EMBEDDING_NAME.search(name))
 
 
 def top_k_svd(delta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

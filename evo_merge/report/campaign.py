@@ -1,4 +1,4 @@
-"""Campaign outputs: pareto.csv, report.md, pareto.png and progress.png.
+"""Campaign outputs: pareto.csv, report.md, report.html, pareto.png and progress.png.
 
 Everything is read from the run's store and its facts (tasks, directions, item counts), so a
 report is written without opening a model. Hypervolumes and "best" follow each task's direction.
@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from evo_merge.markup import html_text, md
+from evo_merge.merge.results import mean_and_stderr
+from evo_merge.report.html import write_html_report
 from evo_merge.search.candidate import Candidate
+from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import CampaignStore, Evaluation
 
@@ -39,17 +42,11 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) ->
 
 
 def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame:
-    """Per generation: hypervolume of all estimates so far and the best estimate per task (by direction)."""
-    tasks = objectives.names
-    search = [e for e in store.evaluations("search") if e.status == "ok"]
-    signs = objectives.signs()
-    rows = []
-    for generation in sorted({e.generation for e in search}):
-        upto = np.array([[e.estimates[t] for t in tasks] for e in search if e.generation <= generation])
-        best = (upto * signs).max(axis=0) * signs
-        rows.append({"generation": generation, "hypervolume": objectives.hypervolume(upto),
-                     **{f"best_{t}": float(best[i]) for i, t in enumerate(tasks)}})
-    return pd.DataFrame(rows)
+    """Per generation: hypervolume of all estimates so far, the best estimate per task (by direction)
+    and the item evaluations spent."""
+    evaluations = store.evaluations("search")
+    generations = sorted({e.generation for e in evaluations if e.status == "ok"})
+    return pd.DataFrame([{"generation": g, **generation_metrics(evaluations, objectives, g)} for g in generations])
 
 
 def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
@@ -92,7 +89,8 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
 
 def write_report(run_dir: Path, store: CampaignStore, facts: dict,
                  exported: dict[str, tuple[int, Path]] | None = None) -> Path:
-    """Write pareto.csv, the plots and report.md from the store and the run's facts."""
+    """Write pareto.csv, the plots, report.md and report.html from the store and the run's facts.
+    User strings (task, method and pick names) are escaped in both reports."""
     objectives = facts_objectives(facts)
     tasks = list(objectives.names)
     full_items = sum(t["items"] for t in facts["tasks"])
@@ -107,24 +105,45 @@ def write_report(run_dir: Path, store: CampaignStore, facts: dict,
     search_items = store.items_evaluated("search")
     n_search = int(((table.phase == "search")).sum())
     failed = table[table.status == "failed"]
-    lines = ["# Campaign report", "",
-             f"- evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
-             f"- item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
-             f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)",
-             f"- item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
-             f"front {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
-             f"{store.items_evaluated(measured=True):,}", "",
+    facts = [f"evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
+             (f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
+              f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)"),
+             (f"item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
+              f"front {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
+              f"{store.items_evaluated(measured=True):,}")]
+    summary = _summary(table, tasks)
+    lines = ["# Campaign report", "", *[f"- {fact}" for fact in facts], "",
              "## Reference models and measured front", "",
-             _summary(table, tasks).to_markdown(index=False, floatfmt=".3f", missingval=""), "",
-             "![Pareto front](pareto.png)", "", "![Progress](progress.png)", ""]
+             summary.map(lambda v: md(v) if isinstance(v, str) else v).rename(columns=md)
+             .to_markdown(index=False, floatfmt=".3f", missingval=""), "",
+             "![Pareto front](pareto.png)", "", "![Progress](progress.png)", "",
+             "Interactive version: report.html (open it in a browser; it needs no network).", ""]
     if exported:
-        lines += ["## Exported models", ""] + [f"- `{name}`: evaluation {i} → `{path}`" for name, (i, path) in exported.items()]
+        lines += ["## Exported models", ""] + [f"- {md(name)}: evaluation {i} → {md(path)}" for name, (i, path) in exported.items()]
         lines.append("")
     if len(failed):
-        lines += ["## Failures", ""] + [f"- evaluation {r.id} ({r.method}): see state.sqlite" for r in failed.itertuples()]
+        lines += ["## Failures", ""] + [f"- evaluation {r.id} ({md(r.method)}): see state.sqlite" for r in failed.itertuples()]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    facts_html = "<ul>" + "".join(f"<li>{html_text(f)}</li>" for f in facts) + "</ul>"
+    write_html_report(run_dir, measured_errors(store, table, tasks), progress, tasks,
+                      facts_html + "<h2>Reference models and measured front</h2>"
+                      + summary.to_html(index=False, float_format="{:.3f}".format, na_rep="", escape=True), exported)
     return path
+
+
+def measured_errors(store: CampaignStore, table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """`table` with `se_<task>`: the standard error of each measured score, from its item scores."""
+    table = table.copy()
+    keys = {e.id: e.key for e in store.evaluations()}
+    for task in tasks:
+        table[f"se_{task}"] = None
+    for index, row in table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)].iterrows():
+        scores = store.item_scores(keys[row["id"]])
+        for task in tasks:
+            if scores.get(task):
+                table.at[index, f"se_{task}"] = mean_and_stderr(scores[task])[1]
+    return table
 
 
 def _summary(table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:

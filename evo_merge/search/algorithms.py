@@ -3,7 +3,7 @@
 Multi-objective algorithms see one objective per task; single-objective ones (`ga`, `cmaes`)
 see the declared weighted sum (`objective.weights`) while every task is still estimated and
 stored. Genetic algorithms work on the mixed-variable genome with pymoo's mixed-variable
-operators; CMA-ES and MOEA/D need plain real vectors and use `RealEncoding`.
+operators; CMA-ES needs a plain real vector and uses `RealEncoding`.
 """
 
 from __future__ import annotations
@@ -56,16 +56,12 @@ def _mixed(name: str, population: int, sampling, n_objectives: int, seed: int) -
     return GA(pop_size=population, **operators)
 
 
-def _real(name: str, population: int, sampling, n_objectives: int, seed: int) -> Algorithm:
-    if name == "cmaes":
-        from pymoo.algorithms.soo.nonconvex.cmaes import CMAES
+def _cmaes(population: int, sampling: SeededSampling) -> Algorithm:
+    """CMA-ES from the first seed (the centre of the box without one), step 0.3 of the box."""
+    from pymoo.algorithms.soo.nonconvex.cmaes import CMAES
 
-        x0 = sampling.genomes[0] if sampling.genomes else None
-        return CMAES(x0=x0, sigma=0.3, pop_size=population, restarts=0)
-    from pymoo.algorithms.moo.moead import MOEAD
-
-    return MOEAD(ref_dirs=_reference_directions(n_objectives, population, seed), sampling=sampling,
-                 n_neighbors=min(15, max(2, population // 2)))
+    x0 = sampling.genomes[0] if sampling.genomes else None
+    return CMAES(x0=x0, sigma=0.3, pop_size=population, restarts=0)
 
 
 def make_algorithm(name: str, space: SearchSpace, *, n_objectives: int, population: int, generations: int,
@@ -73,10 +69,10 @@ def make_algorithm(name: str, space: SearchSpace, *, n_objectives: int, populati
     """The algorithm `name`, set up to stop after `generations`; its first generation starts
     from the `seeds` the space can express, the rest random."""
     genomes = space.expressible(seeds)
-    if name in ("cmaes", "moead"):
+    if name == "cmaes":
         encoding = RealEncoding(space)
         sampling = SeededSampling([encoding.vector(g) for g in genomes], FloatRandomSampling())
-        algorithm = _real(name, population, sampling, n_objectives, seed)
+        algorithm = _cmaes(population, sampling)
         problem = encoding.problem(n_objectives)
         to_candidate = lambda x: space.decode(encoding.genome(x))  # noqa: E731
     else:

@@ -18,7 +18,7 @@ from evo_merge.search.algorithms import SearchAlgorithm, make_algorithm
 from evo_merge.search.candidate import standard_merges
 from evo_merge.search.evaluator import Evaluator, task_settings
 from evo_merge.search.evaluators import make_evaluator
-from evo_merge.search.export import export_picks
+from evo_merge.search.export import export_picks, record_task_meta
 from evo_merge.search.front import measure_front, picks
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog, Progress, no_progress
@@ -67,6 +67,7 @@ class CampaignRunner:
         spec = workspace.campaign
         tasks = {t.label: resolve_task(t.task, **task_settings(spec.evaluator.batch_size, t.options)) for t in spec.tasks}
         record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()})
+        record_task_meta(workspace.store, spec, tasks)
         return cls(workspace, tasks, progress)
 
     @property
@@ -130,8 +131,7 @@ class CampaignRunner:
             exported = export_picks(self.workspace, chosen, self._evaluator)
         finally:
             self.close()
-        self.workspace.store.set_meta("finished", True)
-        return measured, exported
+        return measured, exported  # the CLI marks the run finished once its report is written
 
     def close(self) -> None:
         """Stop the evaluator (a dask cluster, or the connection to one); it restarts when needed."""

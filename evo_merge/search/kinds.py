@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from evo_merge.merge.kinds import MASS, Ranges, declared_ranges
 from evo_merge.search.candidate import Candidate
+from evo_merge.tasks.meta import TaskMeta
 
 Scores = Mapping[str, Mapping[str, float]]  # "estimated" / "measured" -> task -> score
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How an exported candidate's scores were obtained: each task's metadata (dataset, metric,
+    version) and, for a candidate measured on every item, its per-item scores (task -> item -> score)."""
+
+    tasks: Mapping[str, TaskMeta] = field(default_factory=dict)
+    item_scores: Mapping[str, Mapping[str, float]] | None = None
 
 
 class CandidateKind(Protocol):
@@ -36,14 +47,17 @@ class CandidateKind(Protocol):
         ...
 
     def export(self, candidate: Candidate, base: Path, models: list[Path], out: Path, *,
-               scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool) -> Path:
-        """Write the candidate as a model folder with its card; `bench` is reused when given."""
+               scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
+               evidence: Evidence | None = None) -> Path:
+        """Write the candidate as a model folder with its card; `bench` is reused when given;
+        `evidence` (task metadata, and per-item scores of a measured candidate) goes into the
+        card's model-index and the results files."""
         ...
 
 
 def candidate_recipe(candidate: Candidate, base: Path, models: list[Path], out_dtype: str):
     """The mergekit-style recipe of a static-merge candidate, as `evo-merge merge` takes it."""
-    from evo_merge.config import Recipe
+    from evo_merge.merge.recipe import Recipe
 
     return Recipe.model_validate({
         "merge_method": candidate.method,
@@ -70,14 +84,17 @@ class StaticMerge:
         return bench.merger.apply(candidate.method, candidate.weights, candidate.param_dict)
 
     def export(self, candidate: Candidate, base: Path, models: list[Path], out: Path, *,
-               scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool) -> Path:
+               scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
+               evidence: Evidence | None = None) -> Path:
         """Streamed from the checkpoints through the recipe, exactly as `evo-merge merge` does:
         the exported folder is the recipe's merge by construction, whatever the search stored."""
         from evo_merge.merge.export import export_merge
         from evo_merge.merge.plan import plan_from_recipe
 
         plan = plan_from_recipe(candidate_recipe(candidate, base, models, out_dtype))
-        return export_merge(plan, out, overwrite=overwrite, title=out.name, scores=scores)
+        evidence = evidence or Evidence()
+        return export_merge(plan, out, overwrite=overwrite, title=out.name, scores=scores, tasks=evidence.tasks,
+                            item_scores=evidence.item_scores)
 
 
 # method name -> "module:attribute" of its kind; every other method is a static merge

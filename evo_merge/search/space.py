@@ -3,7 +3,7 @@
 Mixed variables for pymoo (a `Choice` of method, `Real`/`Integer` numbers). Every method's
 hyperparameters are in the genome; only the chosen method's count, so a candidate's identity
 (`Candidate.key`) ignores the others and two genomes that build the same model share one
-evaluation. Algorithms that need a plain real vector (CMA-ES, MOEA/D) use `RealEncoding`.
+evaluation. CMA-ES, which needs a plain real vector, uses `RealEncoding`.
 """
 
 from __future__ import annotations

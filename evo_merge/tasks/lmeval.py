@@ -3,6 +3,12 @@
 The lm-eval task object is built once and reused for every candidate; each `evaluate` call
 only builds the requests of the asked items, runs them through lm-eval's HF wrapper around
 the in-memory model, and reads per-item scores from the logged samples.
+
+Only lm-eval's public API is used (TaskManager, Task's config and `higher_is_better`, HFLM,
+`evaluator.evaluate`) except in two functions, each pinned by a test in tests/tasks so that an
+lm-eval release that changes what they rely on fails there: `_read_task_yaml` (lm-eval has no
+public YAML reader that resolves `!function` and `include`) and `_pin_eval_docs` (no public way
+to serve a task's evaluation docs from memory).
 """
 
 from __future__ import annotations
@@ -51,15 +57,23 @@ def _yaml_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _local_config(path: Path) -> dict[str, Any]:
-    """A task YAML as a config dict, its local data files made absolute (lm-eval resolves them
-    against the working directory, not the YAML's folder)."""
+def _read_task_yaml(path: Path) -> dict[str, Any]:
+    """A task YAML as lm-eval reads it: `include`s merged, `!function` tags imported.
+
+    Private lm-eval API (`lm_eval.tasks._yaml_loader`, lm-eval >= 0.4.12): lm-eval's own CLI
+    reads task files with it and there is no public equivalent."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     try:
-        cfg = load_yaml(path, resolve_func=True)
-    except (OSError, ValueError) as exc:
+        return load_yaml(path, resolve_func=True)
+    except (OSError, ValueError, ImportError, AttributeError) as exc:
         raise UserError(f"cannot read task file {path}: {exc}") from None
+
+
+def _local_config(path: Path) -> dict[str, Any]:
+    """A task YAML as a config dict, its local data files made absolute (lm-eval resolves them
+    against the working directory, not the YAML's folder)."""
+    cfg = _read_task_yaml(path)
     if "task" not in cfg:
         raise UserError(f"task file {path} has no 'task' key")
     files = (cfg.get("dataset_kwargs") or {}).get("data_files")
@@ -110,7 +124,10 @@ def load_lm_eval_task(spec: str | Path) -> Any:
 
 def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:
     """Serve the (first `limit`) evaluation docs from a list: lm-eval otherwise re-reads its HF
-    dataset row by row (about 0.5 ms a row) twice per call, whatever the number of items asked."""
+    dataset row by row (about 0.5 ms a row) twice per call, whatever the number of items asked.
+
+    Private use: replaces the task's `test_docs` / `validation_docs` methods, which lm-eval's
+    `eval_docs` and `doc_iterator` read (there is no public hook for a document cache)."""
     docs = list(task.eval_docs)[:limit]
     if task.has_test_docs():
         task.test_docs = lambda: docs
@@ -120,9 +137,12 @@ def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:
 
 
 def _metric_key(task: Any, metric: str | None) -> tuple[str, str]:
-    """(metric, filter) from 'acc', 'exact_match,strip' or None (the task's first of each)."""
-    metrics = list(task._metric_fn_list)
-    filters = [f.name for f in task._filters]
+    """(metric, filter) from 'acc', 'exact_match,strip' or None (the task's first of each).
+
+    The metrics are the keys of the task's public `higher_is_better()`; the filters are the
+    configured `filter_list`, or lm-eval's default filter "none"."""
+    metrics = list(task.higher_is_better())
+    filters = [f["name"] for f in task.config.filter_list or []] or ["none"]
     name, _, filt = (metric or metrics[0]).partition(",")
     filt = filt or filters[0]
     if name not in metrics or filt not in filters:
@@ -151,7 +171,7 @@ class LMEvalTask:
         self.task = load_lm_eval_task(spec)
         self.name: str = self.task.config.task
         self.metric, self.filter = _metric_key(self.task, metric)
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.limit = batch_size, device, limit
         docs = _pin_eval_docs(self.task, limit)
         ids = [str(d["id"]) for d in docs] if docs and all(isinstance(d, dict) and "id" in d for d in docs) else []
         self._ids = ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))]

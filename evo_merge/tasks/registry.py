@@ -2,7 +2,7 @@
 
 Accepted, in this order: a `module:attribute` plugin string; a name registered under the
 entry-point group `evo_merge.tasks`; a path to an lm-eval task YAML or folder; the name of a
-benchmark shipped in `benchmarks/` (`arith` or `evo_arith`); an lm-eval registry task name.
+benchmark shipped with evo-merge (`arith` or `evo_arith`; see `evo_merge.shipped`); an lm-eval registry task name.
 A plugin attribute is either a `FitnessTask` or a callable returning one (called with the
 settings). Resolved tasks are cached per process, so the search builds each task once.
 """
@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from evo_merge.errors import UserError
+from evo_merge.shipped import shipped_dir
 from evo_merge.tasks.base import FitnessTask
 
 ENTRY_POINT_GROUP = "evo_merge.tasks"
-BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCHMARKS_DIR = shipped_dir("benchmarks")
 _PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _CACHE: dict[tuple[str, tuple[tuple[str, Any], ...]], FitnessTask] = {}
 
 
 def shipped_benchmarks() -> dict[str, Path]:
     """Shipped benchmark name (folder name, e.g. `arith`) -> its folder."""
-    if not BENCHMARKS_DIR.is_dir():
+    if BENCHMARKS_DIR is None:
         return {}
     return {p.name: p for p in sorted(BENCHMARKS_DIR.iterdir()) if any(p.glob("*.yaml"))}
 

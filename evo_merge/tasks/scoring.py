@@ -10,20 +10,18 @@ import pandas as pd
 
 from evo_merge.errors import UserError
 from evo_merge.tasks.base import FitnessTask
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+from evo_merge.weights.folder import load_model_folder
 
 
 def load_causal_lm(model_dir: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) from an HF folder; a folder without a tokenizer is a user error."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) from an HF folder; a folder without a tokenizer is a user error.
 
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise UserError(f"model folder {path} has no config.json")
-    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
-        raise UserError(f"model folder {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)})")
-    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    Only `search/evaluator.py` still calls this; everything else opens folders with
+    `evo_merge.weights.load_model_folder`, which this wraps (remove it once the evaluator does too)."""
+    model, tokenizer = load_model_folder(model_dir)
+    if tokenizer is None:
+        raise UserError(f"model folder {model_dir} has no tokenizer")
+    return model, tokenizer
 
 
 def read_item_ids(path: str | Path) -> list[str]:

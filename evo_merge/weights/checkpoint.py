@@ -140,7 +140,7 @@ class Checkpoint:
     def __init__(self, path: Path, folder: Path | None, files: list[Path], index: dict[str, str] | None):
         self.path = path
         self.folder = folder
-        self.config: dict | None = _read_config(folder) if folder is not None else None
+        self.config: dict | None = read_config(folder) if folder is not None else None
         self._readers: dict[str, _WeightsFile] = {}
         readers = {file: _open_weights_file(file) for file in files}
         if index is None:
@@ -306,7 +306,8 @@ def _open_weights_file(path: Path) -> _WeightsFile:
     return _SafetensorsFile(path) if path.suffix == ".safetensors" else _PickleFile(path)
 
 
-def _read_config(folder: Path) -> dict | None:
+def read_config(folder: Path) -> dict | None:
+    """config.json of a model folder as a dict (None when it has none)."""
     file = folder / "config.json"
     if not file.is_file():
         return None

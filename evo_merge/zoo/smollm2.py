@@ -18,7 +18,6 @@ import contextlib
 import copy
 import hashlib
 import importlib.util
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from rich.progress import Progress
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evo_merge.errors import UserError
+from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.tasks.synthetic import FAMILIES, make_items, training_text
 from evo_merge.zoo.tinylm import _cached, _rich_table, save_zoo, train_lm, training_only, zoo_table
 
@@ -109,12 +109,8 @@ def logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts=CHE
 
 def save_base(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
     """Save the base as an HF folder and check that reloading it gives the same logits."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(model.device).eval()
-    tok2 = AutoTokenizer.from_pretrained(folder)
+    save_model_folder(folder, model, tokenizer, overwrite=True)
+    reloaded, tok2 = load_model_folder(folder, device=model.device, dtype=torch.float32)
     if tok2(list(CHECK_PROMPTS))["input_ids"] != tokenizer(list(CHECK_PROMPTS))["input_ids"]:
         raise RuntimeError(f"the tokenizer saved in {folder} encodes differently from the GGUF one")
     if not torch.equal(logits(reloaded, tok2), logits(model, tokenizer)):
@@ -210,9 +206,7 @@ def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, 
         models = {"base": base, **finetune_endpoints(base, tokenizer, settings)}
         trained = time.perf_counter() - start
         table = zoo_table(models, tokenizer, settings.table_items, batch_size=64)
-        save_zoo(out, tokenizer, models, settings)  # type: ignore[arg-type]  # duck-typed settings
-        meta = json.loads((out / "zoo.json").read_text())
-        (out / "zoo.json").write_text(json.dumps({**meta, "kind": "smollm2"}, indent=2))
+        save_zoo(out, tokenizer, models, settings, kind="smollm2")
         table.round(1).to_csv(out / "table.csv")
         (out / "table.md").write_text(table.round(1).to_markdown() + "\n")
         console.print(

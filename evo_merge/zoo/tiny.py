@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from evo_merge.weights.folder import save_model_folder
 from evo_merge.zoo.tokenizer import build_char_tokenizer
 
 ARCHS = ("llama", "gpt2")
@@ -70,8 +71,7 @@ def save_tiny_family(
     for i in range(n_finetunes + 1):
         model = base if i == 0 else _perturbed(base, noise, seed=seed * 1000 + i)
         path = out / ("base" if i == 0 else f"ft{i}")
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+        save_model_folder(path, model, tokenizer, overwrite=True)
         paths.append(path)
     return paths[0], paths[1:]
 

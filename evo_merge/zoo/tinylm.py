@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +46,8 @@ from evo_merge.tasks.synthetic import (
     make_items,
     training_text,
 )
+from evo_merge.weights.folder import load_model_folder, save_model_folder
+from evo_merge.zoo.manifest import BASE, ZooManifest, has_zoo, read_zoo, write_zoo
 from evo_merge.zoo.tiny import make_tiny_causal_lm
 from evo_merge.zoo.tokenizer import build_char_tokenizer
 
@@ -284,13 +285,15 @@ def train_zoo_models(settings: TinyLMSettings) -> tuple[PreTrainedTokenizerBase,
     return tokenizer, models
 
 
-def save_zoo(out: Path, tokenizer: PreTrainedTokenizerBase, models: dict[str, PreTrainedModel], settings: TinyLMSettings) -> None:
-    """HF folders `out/<name>/` (weights + tokenizer) and `out/zoo.json` (settings, names)."""
+def save_zoo(
+    out: Path, tokenizer: PreTrainedTokenizerBase, models: dict[str, PreTrainedModel], settings: BaseModel,
+    kind: str = "tiny-lm",
+) -> None:
+    """HF folders `out/<name>/` (weights + tokenizer) and `out/zoo.json` (settings, names);
+    `settings` has a `key()` (the hash a rebuild compares)."""
     for name, model in models.items():
-        model.save_pretrained(out / name)
-        tokenizer.save_pretrained(out / name)
-    meta = {"kind": "tiny-lm", "settings": settings.model_dump(), "key": settings.key(), "models": list(models)}
-    (out / "zoo.json").write_text(json.dumps(meta, indent=2))
+        save_model_folder(out / name, model, tokenizer, overwrite=True)
+    write_zoo(out, ZooManifest(kind=kind, models=list(models), key=settings.key(), settings=settings.model_dump()))
 
 
 def zoo_table(
@@ -315,19 +318,17 @@ def zoo_table(
 
 def load_zoo(zoo_dir: Path) -> tuple[PreTrainedTokenizerBase, dict[str, PreTrainedModel]]:
     """The saved zoo: tokenizer and models by name (base first)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    meta = json.loads((zoo_dir / "zoo.json").read_text())
-    models = {name: AutoModelForCausalLM.from_pretrained(zoo_dir / name).eval() for name in meta["models"]}
-    return AutoTokenizer.from_pretrained(zoo_dir / "base"), models
+    loaded = {name: load_model_folder(zoo_dir / name) for name in read_zoo(zoo_dir).models}
+    return loaded[BASE][1], {name: model for name, (model, _) in loaded.items()}
 
 
-def _cached(out: Path, settings: TinyLMSettings) -> bool:
-    meta_path = out / "zoo.json"
-    if not meta_path.is_file():
+def _cached(out: Path, settings: BaseModel) -> bool:
+    """Whether `out` holds a complete zoo built with these settings (`settings.key()`)."""
+    if not has_zoo(out):
         return False
-    meta = json.loads(meta_path.read_text())
-    return meta.get("key") == settings.key() and all((out / m / "config.json").is_file() for m in meta["models"]) and (out / "table.csv").is_file()
+    meta = read_zoo(out)
+    complete = all((out / m / "config.json").is_file() for m in meta.models) and (out / "table.csv").is_file()
+    return meta.key == settings.key() and complete
 
 
 def build_tinylm_zoo(

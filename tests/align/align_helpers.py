@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from evo_merge.align.nets import build_net
+from evo_merge.weights.nets import build_net
 
 CONFIGS = {
     "mlp": {"arch": "mlp", "in_dim": 20, "hidden": [16, 12, 8], "classes": 5},

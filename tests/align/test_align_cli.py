@@ -141,3 +141,18 @@ def test_spec_axis_sizes_disagree_named(tmp_path):
     params["fcs.2.weight"] = ["h2", "h0"]  # h0 has 16 units, this axis has 12
     spec = _yaml_spec(tmp_path, params)
     _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", spec, "--out", tmp_path / "o"), "fcs.2.weight")
+
+
+def test_the_schema_the_library_and_the_cli_accept_the_same_methods():
+    from pydantic import ValidationError
+
+    from evo_merge.align.methods import METHODS
+    from evo_merge.cli.align import align
+    from evo_merge.config import AlignSpec
+
+    cli_choices = next(p for p in align.params if p.name == "method").type.choices
+    assert tuple(cli_choices) == METHODS == ("weight", "activation", "mudsc", "c2m3")
+    for method in METHODS:
+        assert AlignSpec(method=method, arch="mlp").method == method
+    with pytest.raises(ValidationError):
+        AlignSpec(method="zip", arch="mlp")

@@ -8,7 +8,8 @@ import pandas as pd
 import torch
 
 from evo_merge.align.builders import spec_for
-from evo_merge.zoo.mnist import build_mnist_zoo, load_model
+from evo_merge.weights import load_model_folder
+from evo_merge.zoo.mnist import build_mnist_zoo
 
 TINY = {"mlp_hidden": (16,), "cnn_channels": (4,), "n_seeds": 2, "epochs": 1}
 
@@ -20,7 +21,7 @@ def test_tiny_zoo_trains_caches_and_rebuilds(tmp_path):
     table = pd.read_csv(out / "accuracy.csv").set_index("model")
     assert table.loc["mlp-s0", "test_acc"] > 0.5  # far above chance (0.1) after one epoch
     assert table.loc["mlp-lo", "test_acc_own_classes"] > table.loc["mlp-lo", "test_acc"]
-    s0, s1 = load_model(out / "mlp-s0"), load_model(out / "mlp-s1")
+    s0, s1 = load_model_folder(out / "mlp-s0")[0], load_model_folder(out / "mlp-s1")[0]
     assert not torch.equal(s0.fcs[0].weight, s1.fcs[0].weight)  # different seeds
     spec_for("mlp", s0).sizes(s0.state_dict())  # config.json rebuilds a spec-compatible net
     stamp = (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evo_merge.cli import cli
-from evo_merge.config import Recipe
+from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.plan import plan_from_recipe, stream_merge
 from evo_merge.weights import Checkpoint
@@ -23,6 +23,15 @@ METHOD_PARAMS = {
     "tsv": {"alpha": 1.2},
     "tsv_c": {"task": 1},
     "iso_c": {"alpha": 0.9},
+    "della": {"density": 0.5, "seed": 2},
+    "della_linear": {"density": 0.6, "epsilon": 0.1},
+    "breadcrumbs": {"density": 0.8, "gamma": 0.05},
+    "breadcrumbs_ties": {"density": 0.9},
+    "sce": {"select_topk": 0.5},
+    "model_stock": {},
+    "nuslerp": {},
+    "multislerp": {},
+    "karcher": {},
 }
 
 
@@ -72,8 +81,8 @@ def test_merged_folder_loads_generates_and_rebuilds_bit_for_bit(family, tmp_path
     assert generated.shape == (1, ids.shape[1] + 4)
 
     card = read_front_matter(out / "README.md")
-    assert card["base_model"] == str(base)
-    assert card["merged_models"] == [str(m) for m in fts]
+    assert "base_model" not in card  # local inputs: no Hub id to name, and never a machine path
+    assert card["merged_models"] == [m.name for m in fts] and str(base) not in (out / "README.md").read_text()
     assert card["merge_method"] == "ties" and {"merge", "evo-merge"} <= set(card["tags"])
 
     again = tmp_path / "again"
@@ -146,7 +155,7 @@ BAD_RECIPES = {
                           "parameters.densty: unknown parameter"),
     "missing model": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: /nope/model}}]\n", "models.0.model"),
     "malformed yaml": ("merge_method: ties\nmodels: [{{model: {ft}\n", "malformed YAML"),
-    "unknown key": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nslices: []\n", "slices: unknown key"),
+    "unknown key": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nmodules: {{}}\n", "modules: unknown key"),
     "wrong type": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: heavy}}}}]\n",
                    "models.0.parameters.weight"),
 }

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from evo_merge.config import Recipe
+from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.footprint import Setting, lowrank_bytes, plan_lines, shapes_of
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.pieces import LowRank, Scaled

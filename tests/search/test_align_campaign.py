@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from evo_merge.cli import cli
-from evo_merge.zoo.mnist import build_mnist_zoo, load_model
+from evo_merge.weights import load_model_folder
+from evo_merge.zoo.mnist import build_mnist_zoo
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
     assert list(record["perms"]) == ["mlp-s0", "mlp-s1"]
     # alignment permutes hidden units only: the aligned model computes the same function
     x = load_file(zoo / "data" / "test.safetensors")["x"][:64]
-    original, aligned = load_model(zoo / "mlp-s1"), load_model(run / "aligned" / "mlp-s1")
+    original, aligned = load_model_folder(zoo / "mlp-s1")[0], load_model_folder(run / "aligned" / "mlp-s1")[0]
     assert torch.allclose(original(x), aligned(x), atol=1e-5)
     assert not torch.equal(load_file(zoo / "mlp-s1" / "model.safetensors")["fcs.0.weight"],
                            load_file(run / "aligned" / "mlp-s1" / "model.safetensors")["fcs.0.weight"])
@@ -49,4 +50,4 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
         assert (run / "aligned" / "universe-mean" / "model.safetensors").is_file()
 
     exported = sorted((run / "models").iterdir())
-    assert exported and load_model(exported[0])(x).shape == (64, 10)
+    assert exported and load_model_folder(exported[0])[0](x).shape == (64, 10)

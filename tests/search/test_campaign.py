@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -85,9 +86,9 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo):
     folder = models[0]
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False).shape == (1, 6)
-    card = yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
-    assert set(card["evo_merge_scores"]) == {"estimated", "measured"}
-    assert set(card["evo_merge_scores"]["measured"]) == {"agree0", "agree1"}
+    card = ModelCard.load(folder / "README.md")
+    assert {r.task_name for r in card.data.eval_results} == {"agree0", "agree1"}  # measured scores only
+    assert "## Scores" in card.text and "estimated" in card.text
 
     rebuilt = tmp_path / "rebuilt"
     result = CliRunner().invoke(cli, ["merge", str(folder / "merge_recipe.yaml"), "--out", str(rebuilt)])
@@ -108,11 +109,18 @@ def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo):
     assert per_candidate == [(20,)]  # 5 anchors x 2 scenarios x 2 tasks, against 240 items for a full evaluation
 
 
-def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path, zoo):
+@pytest.mark.parametrize("algorithm", [
+    {"name": "nsga2"},  # multi-objective, mixed-variable genome
+    {"name": "cmaes", "objective": {"weights": {"agree0": 1.0, "agree1": 1.0}}},  # single-objective, real vector
+], ids=["nsga2", "cmaes"])
+def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path, zoo, algorithm):
+    algorithm = dict(algorithm)
+    objective = algorithm.pop("objective", None)
     config = campaign(tmp_path, zoo, tasks=[
         {"task": "agreement_task:AgreementTask", "name": f"agree{i}",
          "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "delay": 0.05}}
-        for i, f in enumerate(zoo[1])])
+        for i, f in enumerate(zoo[1])], algorithm={"population": 8, "generations": 3, "seed": 3, **algorithm},
+        **({"objective": objective} if objective else {}))
     reference = tmp_path / "uninterrupted"
     subprocess.run([*EVO_MERGE, "run", str(config), "--out", str(reference)], env=env(), check=True,
                    capture_output=True, timeout=600)
@@ -266,6 +274,13 @@ BAD = {
     "unknown task": ({"tasks": [{"task": "no_such_module:Task"}]}, "no_such_module"),
     "wrong type": ({"algorithm": {"population": "many"}}, "algorithm.population"),
     "unknown key": ({"estimatr": {}}, "estimatr: unknown key"),
+    "range outside the domain": ({"methods": {"ties": {"density": [0.1, 1.5]}}},
+                                 "methods: ties.density: range [0.1, 1.5] leaves the domain of density [0.0, 1.0]"),
+    "infinite coefficient": ({"coefficients": {"high": float("inf")}}, "coefficients.high: Input should be a finite"),
+    "nan in a range": ({"methods": {"ties": {"density": [float("nan"), 0.5]}}},
+                       "methods.ties.density.0: Input should be a finite number"),
+    "traversal task name": ({"tasks": [{"task": "arith", "name": "../../x"}]}, "tasks.0.name: '../../x' is not a safe"),
+    "unsafe task label": ({"tasks": [{"task": "my tasks/a b.yaml"}]}, "label 'a b' is not a safe folder name"),
 }
 
 
@@ -280,3 +295,4 @@ def test_bad_campaign_configs_give_one_line_errors(tmp_path, zoo, case):
     assert result.exit_code == 2, result.output
     assert expected in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -123,7 +123,7 @@ def test_cli_eval_writes_long_format_scores(model_dirs, tmp_path):
     ("model", "task", "items", "message"),
     [
         ("lm", "arith", "arith-test-99999\n", "item 'arith-test-99999' is not in task 'evo_arith'"),
-        ("no_tokenizer", "arith", None, "has no tokenizer"),
+        ("no_tokenizer", "arith", None, "task 'evo_arith' needs a tokenizer"),
         ("lm", "nope/missing.yaml", None, "task file nope/missing.yaml not found"),
     ],
 )

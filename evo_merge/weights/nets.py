@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from evo_merge.errors import UserError
+from evo_merge.weights.arch import CNN as CNN_TABLE
+from evo_merge.weights.arch import MLP as MLP_TABLE
+from evo_merge.weights.arch import RESNET as RESNET_TABLE
 
-PLAIN_ARCHS = ("mlp", "cnn", "resnet")
 
 
 def _norm(kind: str | None, channels: int, groups: int) -> nn.Module:
@@ -114,7 +116,7 @@ class ResNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-_CLASSES = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+_CLASSES = {MLP_TABLE.name: MLP, CNN_TABLE.name: CNN, RESNET_TABLE.name: ResNet}  # the plain tables of weights.arch
 
 
 def build_net(config: Mapping[str, Any]) -> nn.Module:
@@ -122,7 +124,7 @@ def build_net(config: Mapping[str, Any]) -> nn.Module:
     kwargs = dict(config)
     arch = kwargs.pop("arch", None)
     if arch not in _CLASSES:
-        raise UserError(f"config.json: arch {arch!r} is not one of {PLAIN_ARCHS}")
+        raise UserError(f"config.json: arch {arch!r} is not one of {tuple(_CLASSES)}")
     try:
         net = _CLASSES[arch](**kwargs).eval()
     except TypeError as exc:

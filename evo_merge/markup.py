@@ -1,0 +1,27 @@
+"""Escaping of user strings (model names, task names, titles) for the Markdown and HTML we write.
+
+A model folder or task may be named anything a file system allows: a backtick, a `<script>` or
+a newline followed by `## Scores` in a name must show as text in a model card or report, never
+become markup or a fake section. YAML front matter is written with `yaml.safe_dump`, which
+quotes what needs quoting, so only Markdown and HTML need this module.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~<>])")
+_LINE_START = re.compile(r"^(\d+)([.)])(?=\s|$)|^([-+=])")  # a list item or setext underline if it began a line
+
+
+def md(text: object) -> str:
+    """`text` as literal Markdown inline text: one line, HTML entities, Markdown punctuation escaped."""
+    one_line = " ".join(str(text).split())
+    escaped = _MD_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
+    return _LINE_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", escaped)
+
+
+def html_text(text: object) -> str:
+    """`text` as literal HTML text or attribute content."""
+    return html.escape(str(text), quote=True)

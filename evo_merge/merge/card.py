@@ -1,0 +1,221 @@
+"""Model-card text for merged models: YAML front matter the Hugging Face Hub reads, then prose.
+
+The card lives with the merge engine (it is written with the weights) and knows nothing of
+campaigns: callers hand it plain values. What the Hub and leaderboards read is in the front
+matter: `base_model` (Hub ids only: the Hub rejects anything else there) with
+`base_model_relation: merge`, the inherited `license`, `tags`, and a `model-index` holding only
+scores MEASURED on all items. Estimates are reported in the prose, never in `model-index`,
+because a leaderboard would take them for measurements. Inputs that are not from the Hub are named
+by folder name with a note: a machine path says nothing to a reader and reveals this machine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from evo_merge.markup import md
+from evo_merge.merge.recipe import Recipe
+from evo_merge.tasks.meta import TaskMeta
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\](?P<rev>[0-9a-f]{7,64})")
+Scores = Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class CardInput:
+    """An input model as a card names it: a Hub id (with revision) or a local folder's name, and
+    the name of a LoRA adapter applied to it."""
+
+    label: str
+    hub_id: str | None = None
+    revision: str | None = None
+    folder: Path | None = None
+    adapter: str | None = None
+
+    @property
+    def display(self) -> str:
+        name = f"{self.hub_id}@{self.revision}" if self.hub_id and self.revision else self.label
+        return f"{name} + LoRA {self.adapter}" if self.adapter else name
+
+
+def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None = None) -> CardInput:
+    """How the card names the input `reference` (a recipe's model string: a folder or
+    `org/name[@rev]`, either followed by `+adapter`).
+
+    Explicit `hub_id`/`revision` win; a folder inside the Hub cache (models--org--name/snapshots/
+    SHA) is that Hub model at that revision; `org/name[@rev]` that is not a local path is a Hub id;
+    anything else is a local folder, named by its last component."""
+    path = Path(reference).expanduser()
+    if "+" in reference and not path.exists():
+        model, adapter = reference.rsplit("+", 1)
+        return replace(model_ref(model, hub_id=hub_id, revision=revision), adapter=Path(adapter).name)
+    folder = path if path.is_dir() else None
+    if hub_id is None and (cached := _CACHE_SNAPSHOT.search(str(reference))):
+        hub_id, revision = f"{cached['org']}/{cached['name']}", revision or cached["rev"]
+    if hub_id is None and folder is None:
+        name, _, rev = reference.partition("@")
+        if _HUB_ID.match(name):
+            hub_id, revision = name, revision or rev or None
+    if hub_id is not None:
+        return CardInput(hub_id, hub_id, revision, folder or cached_snapshot(hub_id, revision))
+    return CardInput(path.name or reference, folder=folder)
+
+
+def cached_snapshot(hub_id: str, revision: str | None) -> Path | None:
+    """The Hub model's folder in the local cache (for its license), found offline; None if not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in ("README.md", "config.json"):
+        found = try_to_load_from_cache(hub_id, name, revision=revision)
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
+def read_license(folder: Path | None) -> str | None:
+    """The `license` an input's README.md front matter (or config.json) declares; None when unknown."""
+    if folder is None:
+        return None
+    readme = folder / "README.md"
+    if readme.is_file():
+        parts = readme.read_text(encoding="utf-8", errors="replace").split("---\n")
+        if len(parts) > 2 and parts[0] == "":
+            try:
+                front = yaml.safe_load(parts[1])
+            except yaml.YAMLError:
+                front = None
+            if isinstance(front, dict) and front.get("license"):
+                return str(front["license"])
+    config = folder / "config.json"
+    if config.is_file():
+        import json
+
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("license")
+        except (ValueError, AttributeError):
+            value = None
+        return str(value) if value else None
+    return None
+
+
+def license_fields(inputs: Sequence[CardInput]) -> tuple[dict[str, str], dict[str, str | None]]:
+    """(front-matter license keys, license per input label). One license shared by every input is
+    inherited; otherwise `other`, with the list in the prose. Nothing known: no license key."""
+    licenses = {ref.display: read_license(ref.folder) for ref in inputs}
+    known = set(licenses.values()) - {None}
+    if not known:
+        return {}, licenses
+    if len(known) == 1 and None not in licenses.values():
+        return {"license": known.pop()}, licenses
+    return {"license": "other", "license_name": "mixed-input-licenses"}, licenses
+
+
+def model_index(title: str, measured: Mapping[str, float], tasks: Mapping[str, TaskMeta]) -> list[dict]:
+    """The Hub's `model-index` block: one result per measured task, `verified: false`."""
+    results = []
+    for name, value in measured.items():
+        meta = tasks.get(name) or TaskMeta(name=name, dataset=name)
+        dataset = {"name": meta.dataset, "type": meta.dataset}
+        dataset.update({k: v for k, v in (("config", meta.dataset_config), ("split", meta.split)) if v})
+        if meta.num_fewshot is not None:
+            dataset["args"] = {"num_few_shot": meta.num_fewshot}
+        results.append({
+            "task": {"type": "text-generation", "name": name},
+            "dataset": dataset,
+            "metrics": [{"type": meta.metric, "value": float(value),
+                         "name": f"{meta.metric} (all {meta.n_items} items)" if meta.n_items else meta.metric,
+                         "verified": False}],
+        })
+    return [{"name": title, "results": results}] if results else []
+
+
+def scores_section(scores: Scores | None, stderr: Mapping[str, float] | None = None) -> list[str]:
+    """Markdown lines of a `## Scores` table: a row per task, a column per score kind; measured
+    values carry their standard error when known."""
+    if not scores:
+        return []
+    stderr = stderr or {}
+    tasks = sorted({t for values in scores.values() for t in values})
+    kinds = list(scores)
+
+    def cell(kind: str, task: str) -> str:
+        if task not in scores[kind]:
+            return "—"
+        se = f" ± {stderr[task]:.4f}" if kind == "measured" and task in stderr else ""
+        return f"{scores[kind][task]:.4f}{se}"
+
+    lines = ["## Scores", "", "| task | " + " | ".join(md(k) for k in kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    lines += [f"| {md(task)} | " + " | ".join(cell(k, task) for k in kinds) + " |" for task in tasks]
+    lines.append("")
+    if "estimated" in scores:
+        lines += [("Estimated scores come from a few anchor items and an IRT model; only measured scores "
+                   "(every item of the task) are in the `model-index` metadata."), ""]
+    return lines
+
+
+def front_matter(front: Mapping) -> list[str]:
+    """YAML front matter lines; `safe_dump` quotes user strings, so no value can end the block."""
+    text = yaml.safe_dump(dict(front), sort_keys=False, allow_unicode=True, width=10**6).rstrip()
+    return ["---", text, "---", ""]
+
+
+def inputs_section(inputs: Sequence[CardInput], base: CardInput | None, licenses: Mapping[str, str | None]) -> list[str]:
+    def line(ref: CardInput) -> str:
+        role = " (base)" if base is not None and ref == base else ""
+        where = (f"[{md(ref.hub_id)}](https://huggingface.co/{ref.hub_id})" + (f" at revision {md(ref.revision)}" if ref.revision else "")
+                 if ref.hub_id else f"{md(ref.label)}: a local folder, not a Hub model")
+        return f"- {where}{role}; license: {md(licenses.get(ref.display) or 'unknown')}"
+
+    return ["## Merged models", "", *[line(ref) for ref in inputs], ""]
+
+
+def model_card(
+    recipe: Recipe,
+    *,
+    title: str = "Merged model",
+    scores: Scores | None = None,
+    tasks: Mapping[str, TaskMeta] | None = None,
+    stderr: Mapping[str, float] | None = None,
+) -> str:
+    """A README.md for a merged model folder.
+
+    `scores` maps a score kind ("estimated", "measured") to {task: value}; `tasks` describes each
+    task for `model-index`; `stderr` is the measured standard error per task. Inputs are named
+    from the recipe's model strings (Hub ids as `org/name@revision`, see `model_ref`)."""
+    base = model_ref(recipe.base_model) if recipe.base_model else None
+    merged = [model_ref(m) for m in recipe.references() if m != recipe.base_model]
+    entries = recipe.models or [source for out in recipe.slices for source in out.sources]
+    inputs = ([base] if base else []) + merged
+    license_keys, licenses = license_fields(inputs)
+    hub_ids = list(dict.fromkeys(ref.hub_id for ref in inputs if ref.hub_id))
+    front: dict = {**license_keys}
+    if hub_ids:
+        front.update(base_model=hub_ids, base_model_relation="merge")
+    front.update({
+        "library_name": "transformers",
+        "tags": list(dict.fromkeys(["merge", "evo-merge", recipe.merge_method])),
+        "merge_method": recipe.merge_method,
+        "merged_models": [ref.display for ref in merged],
+        "merge_parameters": {"global": recipe.parameters,
+                             "models": [{"model": model_ref(e.model).display, "parameters": e.parameters,
+                                         **({"layer_range": list(e.layer_range)} if hasattr(e, "layer_range") else {})}
+                                        for e in entries]},
+    })
+    if (index := model_index(title, (scores or {}).get("measured", {}), tasks or {})):
+        front["model-index"] = index
+    over = f" over the base model {md(base.display)}" if base else ""
+    lines = [*front_matter(front), f"# {md(title)}", "",
+             f"Built with [evo-merge](https://pypi.org/project/evo-merge/) using **{md(recipe.merge_method)}**{over}.", ""]
+    lines += inputs_section(inputs, base, licenses)
+    if license_keys.get("license") == "other":
+        lines += ["The inputs do not share one license (see the list above): check each before use.", ""]
+    lines += scores_section(scores, stderr)
+    lines += ["## Reproduce", "", "`merge_recipe.yaml` in this folder rebuilds these weights bit for bit:", "",
+              "```bash", "evo-merge merge merge_recipe.yaml --out merged", "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""Which block a tensor belongs to, read from its name (`model.layers.3.mlp...`, `transformer.h.3...`).
+
+Slices and gradients need layer indices without an architecture table: every transformers
+decoder names its blocks `<stem>.<index>.<rest>` under one of a few stems.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+_LAYER = re.compile(r"^(?P<stem>(?:.*\.)?(?:layers|h|blocks|block|layer))\.(?P<index>\d+)\.(?P<rest>.+)$")
+_PRE = re.compile(r"(embed_tokens|wte|wpe|word_embeddings|position_embeddings|embed_in)")
+
+
+@dataclass(frozen=True)
+class LayerName:
+    stem: str
+    index: int
+    rest: str
+
+    def at(self, index: int) -> str:
+        return f"{self.stem}.{index}.{self.rest}"
+
+
+def parse(name: str) -> LayerName | None:
+    match = _LAYER.match(name)
+    return LayerName(match["stem"], int(match["index"]), match["rest"]) if match else None
+
+
+def count_layers(names: Iterable[str]) -> int:
+    indices = [p.index for p in map(parse, names) if p is not None]
+    return max(indices) + 1 if indices else 0
+
+
+def layer_tensors(names: Iterable[str], index: int) -> list[LayerName]:
+    """The tensors of block `index`, in checkpoint order."""
+    return [p for p in map(parse, names) if p is not None and p.index == index]
+
+
+def is_pre_layer(name: str) -> bool:
+    """Input embeddings come before the blocks (mergekit takes them from the first slice)."""
+    return bool(_PRE.search(name))

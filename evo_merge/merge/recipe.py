@@ -1,0 +1,159 @@
+"""The merge-recipe schema: mergekit's YAML, validated with errors that name the key path.
+
+A recipe merges whole models (`models:`) or stacks and merges layer ranges (`slices:`). Any
+parameter may be a scalar, a gradient (a list of anchors interpolated over the layers of a
+slice) or a list of `{filter, value}` conditions matched against the tensor name; see
+`evo_merge.merge.settings` for how a setting becomes one value per tensor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from evo_merge.schema import Strict, load_yaml, validate
+
+SCALARS = (bool, int, float, str)
+
+
+def check_setting(key: str, value: Any) -> None:
+    """Raise ValueError unless `value` is a scalar, a non-empty gradient or a list of conditions."""
+    if isinstance(value, SCALARS):
+        return
+    if isinstance(value, dict):
+        raise ValueError(f"{key}: a filtered value must be a list of {{filter, value}} entries")
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{key}: expected a value, a non-empty list of anchors, or a list of {{filter, value}}")
+    if all(isinstance(v, SCALARS) for v in value):
+        return
+    for i, cond in enumerate(value):
+        if not isinstance(cond, dict) or "value" not in cond or set(cond) - {"filter", "value"}:
+            raise ValueError(f"{key}.{i}: expected {{filter: NAME_PART, value: VALUE}}")
+        if cond.get("filter") is not None and not isinstance(cond["filter"], str):
+            raise ValueError(f"{key}.{i}.filter: expected a string")
+        inner = cond["value"]
+        if not isinstance(inner, SCALARS) and not (
+                isinstance(inner, list) and inner and all(isinstance(v, SCALARS) for v in inner)):
+            raise ValueError(f"{key}.{i}.value: expected a value or a non-empty list of anchors")
+
+
+def _check_settings(value: dict[str, Any]) -> dict[str, Any]:
+    for key, setting in value.items():
+        check_setting(key, setting)
+    return value
+
+
+class _WithParameters(Strict):
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("parameters")
+    @classmethod
+    def _settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_settings(value)
+
+
+class ModelEntry(_WithParameters):
+    """One input model (a folder, a Hub id `org/name[@rev]`, or either `+path/to/lora`)."""
+
+    model: str
+
+
+class SliceSource(_WithParameters):
+    """Layers [start, end) of one model."""
+
+    model: str
+    layer_range: tuple[int, int]
+
+    @field_validator("layer_range")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= value[0] < value[1]:
+            raise ValueError(f"expected [start, end) with 0 <= start < end, got {list(value)}")
+        return value
+
+
+class OutputSlice(_WithParameters):
+    """Output layers made from equally long layer ranges of its sources, merged layer by layer."""
+
+    sources: list[SliceSource] = Field(min_length=1)
+    base_model: str | None = None
+    residual_weight: float | None = Field(None, description="accepted for mergekit recipes; mergekit ignores it")
+
+
+class ZeroEmbedding(Strict):
+    kind: Literal["zero"]
+
+
+class ModelTokenEmbedding(Strict):
+    kind: Literal["model_token"]
+    model: str
+    token_id: int | None = None
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelTokenEmbedding:
+        if (self.token_id is None) == (self.token is None):
+            raise ValueError("give exactly one of token_id and token")
+        return self
+
+
+class TokenEmbedding(Strict):
+    """Where an output token's embedding row comes from (a model, a model's other token, or zeros)."""
+
+    source: ZeroEmbedding | ModelTokenEmbedding | str | None = None
+    force: bool = False
+
+
+class TokenizerSpec(Strict):
+    source: str = "union"
+    tokens: dict[str, TokenEmbedding] | None = None
+    pad_to_multiple_of: int | None = Field(None, ge=1)
+
+
+class Recipe(Strict):
+    """One merge, in mergekit's schema."""
+
+    merge_method: str
+    base_model: str | None = None
+    models: list[ModelEntry] | None = Field(None, min_length=1)
+    slices: list[OutputSlice] | None = Field(None, min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None
+    tokenizer: TokenizerSpec | None = None
+    chat_template: str | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_settings(value)
+
+    @model_validator(mode="after")
+    def _inputs(self) -> Recipe:
+        if (self.models is None) == (self.slices is None):
+            raise ValueError("give exactly one of `models` and `slices`")
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise ValueError("give `tokenizer_source` or a `tokenizer` section, not both")
+        return self
+
+    def references(self) -> list[str]:
+        """Every model the recipe names, in first-mention order (base first)."""
+        names = [self.base_model] if self.base_model else []
+        for entry in self.models or []:
+            names.append(entry.model)
+        for out in self.slices or []:
+            names += [out.base_model] if out.base_model else []
+            names += [s.model for s in out.sources]
+        return list(dict.fromkeys(names))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        return validate(cls, load_yaml(path), path)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(exclude_none=True, exclude_defaults=True, mode="json"),
+                              sort_keys=False)

@@ -1,0 +1,148 @@
+"""Sparsifying task-vector methods from mergekit's set: Model Breadcrumbs, DELLA and SCE.
+
+Breadcrumbs and SCE are deterministic and give mergekit's tensors. DELLA drops entries at random
+like DARE and, like DARE here, draws from a generator seeded per (recipe seed, tensor, model), so
+a recipe always rebuilds the same weights whatever the tensor order; mergekit draws from torch's
+global generator instead, so its DELLA and DARE outputs are one sample among many, not ours.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evo_merge.errors import UserError
+from evo_merge.merge.methods import (
+    DENSITY,
+    INT8_MASK,
+    LAMBDA,
+    RESCALE_L1,
+    SEED,
+    WEIGHT_NORMALIZE,
+    Sparsifier,
+    elect_sign,
+    generalized_task_arithmetic,
+    l1_rescaled,
+    tensor_seed,
+)
+from evo_merge.merge.registry import Hyperparameter as H
+from evo_merge.merge.registry import Params, register_method
+
+GAMMA = H("gamma", 0.01, 0.0, 1.0, per_model=True, search_range=(0.0, 0.05),
+          help="Breadcrumbs: fraction of the largest-magnitude entries dropped as outliers")
+EPSILON = H("epsilon", 0.15, 0.0, 1.0, per_model=True, searchable=False,
+            help="DELLA: keep probabilities range over density +/- epsilon by magnitude rank")
+DELLA_DENSITY = H("density", 1.0, 0.0, 1.0, per_model=True, search_range=(0.2, 0.8),
+                  help="expected fraction of each task vector kept")
+DELLA_RESCALE = H("rescale", True, searchable=False, help="divide each survivor by its keep probability")
+
+
+def outlier_trim(params: Params) -> Sparsifier:
+    """Breadcrumbs: drop the `gamma` largest and then the smallest entries to keep `density`.
+
+    mergekit selects `indices[n_bot:-n_top]`, which keeps nothing when `n_top` is 0 (a tensor of
+    fewer than 1/gamma entries); here `n_top = 0` drops no outliers (documented difference)."""
+    def trim(delta: torch.Tensor, t: int) -> torch.Tensor:
+        density = params["density"][t]
+        if density >= 1:
+            return delta
+        n = delta.numel()
+        n_top = int(params["gamma"][t] * n)
+        n_bot = n - int(density * n) - n_top
+        if n_bot < 0:
+            n_top, n_bot = n_top + n_bot, 0
+        order = torch.sort(delta.abs().flatten().float()).indices
+        mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
+        mask[order[n_bot:n - n_top]] = 1
+        kept = delta * mask.view_as(delta)
+        return l1_rescaled(delta, kept) if params["rescale"] else kept
+    return trim
+
+
+def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """Per row, keep probabilities rising linearly with magnitude rank from density - epsilon to
+    density + epsilon (mergekit's MagPrune: ranks within each row; a vector is one row)."""
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(torch.float32)
+    span = max(rows.shape[1] - 1, 1)
+    return ((density - epsilon) + ranks / span * 2 * epsilon).reshape(delta.shape)
+
+
+def della_drop(params: Params, name: str) -> Sparsifier:
+    """DELLA: keep each entry with its rank-based probability p (seeded like DARE), then divide
+    survivors by p when `rescale` is set, so each entry's expectation is its undropped value."""
+    def drop(delta: torch.Tensor, t: int) -> torch.Tensor:
+        density, epsilon = params["density"][t], params["epsilon"][t]
+        if density >= 1:
+            return delta
+        if density <= 0:
+            return torch.zeros_like(delta)
+        if not (0 < density - epsilon and density + epsilon < 1):
+            raise UserError(f"tensor {name}: epsilon {epsilon} must keep density {density} +/- epsilon in (0, 1)")
+        probs = della_probabilities(delta, density, epsilon)
+        gen = torch.Generator(device=delta.device).manual_seed(tensor_seed(params["seed"], name, t))
+        keep = torch.rand(delta.shape, generator=gen, device=delta.device) < probs
+        kept = delta * keep
+        return kept / probs.to(delta.dtype) if params["rescale"] else kept
+    return drop
+
+
+_BREADCRUMBS = [DENSITY, GAMMA, LAMBDA, WEIGHT_NORMALIZE, RESCALE_L1, INT8_MASK]
+
+
+@register_method("breadcrumbs", hyperparameters=_BREADCRUMBS)
+def breadcrumbs(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """Model Breadcrumbs: drop outliers and small entries of each task vector, then add them."""
+    return generalized_task_arithmetic(base, deltas, weights, params, sparsify=outlier_trim(params), consensus=False)
+
+
+@register_method("breadcrumbs_ties", hyperparameters=_BREADCRUMBS)
+def breadcrumbs_ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """Breadcrumbs trimming followed by TIES sign election."""
+    return generalized_task_arithmetic(base, deltas, weights, params, sparsify=outlier_trim(params), consensus=True)
+
+
+_DELLA = [DELLA_DENSITY, EPSILON, LAMBDA, DELLA_RESCALE, SEED, INT8_MASK]
+
+
+@register_method("della", hyperparameters=[*_DELLA, H("normalize", True, searchable=False)])
+def della(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """DELLA: magnitude-ranked random drops (MagPrune), rescaling, then TIES sign election."""
+    return generalized_task_arithmetic(base, deltas, weights, params, sparsify=della_drop(params, name),
+                                       consensus=True)
+
+
+@register_method("della_linear", hyperparameters=[*_DELLA, WEIGHT_NORMALIZE])
+def della_linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """DELLA's drops and rescaling, then task arithmetic."""
+    return generalized_task_arithmetic(base, deltas, weights, params, sparsify=della_drop(params, name),
+                                       consensus=False)
+
+
+def sce_mask(stacked: torch.Tensor, topk: float) -> torch.Tensor:
+    """SCE select: keep the `topk` fraction of entries (of those that vary) with the largest
+    variance across the task vectors."""
+    variance = torch.var(stacked, dim=0, unbiased=False)
+    k = int(torch.count_nonzero(variance) * topk)
+    mask = torch.zeros_like(variance)
+    if k > 0:
+        mask.view(-1)[torch.topk(variance.abs().view(-1), k=k).indices] = 1
+    return mask
+
+
+@register_method("sce", hyperparameters=[
+    H("select_topk", 1.0, 0.0, 1.0, search_range=(0.1, 1.0), help="fraction of high-variance entries kept"),
+    INT8_MASK,
+])
+def sce(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """SCE: select high-variance entries, weight each task by its mean squared delta, erase
+    minority signs. The model weights are not used (as in mergekit)."""
+    stacked = torch.stack(list(deltas))
+    topk = params["select_topk"]
+    if topk < 1:
+        stacked = stacked * (sce_mask(stacked, topk) if topk > 0 else torch.zeros_like(stacked[0]))
+    agree = (stacked.sign() == elect_sign(stacked)).to(stacked.dtype)
+    energy = (stacked ** 2).mean(dim=tuple(range(1, stacked.dim())))
+    total = energy.sum().item()
+    task_weights = torch.full_like(energy, 1 / len(energy)) if abs(total) < 1e-6 else energy / total
+    erased = task_weights.view(-1, *([1] * (stacked.dim() - 1))) * agree
+    return base + (stacked * erased).sum(dim=0) / erased.sum(dim=0).clamp(min=1e-6)

@@ -1,0 +1,174 @@
+"""Merging models whose vocabularies differ: the output tokenizer and embedding rows (mergekit's rules).
+
+`tokenizer_source` (or `tokenizer.source`) is `base` (the base's tokenizer; the first model's
+without a base), `union` (the base's, plus every other token of the models: regular tokens in
+model order, then added tokens, each model's in id order), or a model reference (`model:X` or X).
+Before merging, each model's embedding and LM-head rows are laid out in the output vocabulary.
+A token a model lacks gets, in this order: the row `tokenizer.tokens` names; the one model's row
+if only one has it; the base's row if the base has it; the mean of the rows of the models that
+have it; zeros if none. `force` replaces even rows a model has. Rows padded up to
+`pad_to_multiple_of` get the mean row. `chat_template` (a Jinja string, or `auto`: the template
+most models share) is set on the written tokenizer.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evo_merge.errors import UserError
+from evo_merge.merge import layers
+from evo_merge.merge.recipe import ModelTokenEmbedding, Recipe, ZeroEmbedding
+from evo_merge.weights import Checkpoint
+from evo_merge.weights.references import ModelRef, resolve_reference
+
+_EMBEDDING = ("embed_tokens", "wte", "word_embeddings", "lm_head", "embed_out", "embed_in")
+
+
+@dataclass
+class TokenPlan:
+    """The output vocabulary and, per model, where each output token's row is in its embeddings."""
+
+    vocab: dict[str, int]
+    rows: int  # output rows (the vocabulary padded to pad_to_multiple_of)
+    positions: dict[int, dict[str, int]]  # model -> token -> its row (tokens it has, below its row count)
+    base: int | None
+    tokens: dict[str, Any] = field(default_factory=dict)  # token -> TokenEmbedding from the recipe
+    refs: dict[str, int] = field(default_factory=dict)  # recipe reference -> model index
+    files: dict[str, bytes] = field(default_factory=dict)  # tokenizer files to write
+    model_rows: set[int] = field(default_factory=set)
+
+    def is_embedding(self, name: str, shape: tuple[int, ...]) -> bool:
+        return (len(shape) == 2 and layers.parse(name) is None and shape[0] in self.model_rows
+                and any(part in name for part in _EMBEDDING))
+
+    def permute(self, job: Any, sources: list[tuple[int, str]], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each source's rows laid out in the output vocabulary."""
+        models = [m for m, _ in sources]
+        by_model = dict(zip(models, tensors))
+        defaults = {tok: self._default(tok, models, by_model) for tok in self.vocab}
+        out = []
+        for m, tensor in zip(models, tensors):
+            rows = torch.zeros(self.rows, tensor.shape[1], dtype=tensor.dtype)
+            have = self.positions[m]
+            for tok, i in self.vocab.items():
+                forced = tok in self.tokens and self.tokens[tok].force
+                if tok in have and not forced:
+                    rows[i] = tensor[have[tok]]
+                elif defaults[tok] is not None:
+                    rows[i] = defaults[tok]
+            if self.rows > len(self.vocab):
+                rows[len(self.vocab):] = rows[:len(self.vocab)].mean(dim=0)
+            out.append(rows)
+        return out
+
+    def _default(self, tok: str, models: list[int], by_model: dict[int, torch.Tensor]) -> torch.Tensor | None:
+        have = [m for m in models if tok in self.positions[m]]
+        if tok in self.tokens and self.tokens[tok].source is not None:
+            return self._configured(tok, self.tokens[tok].source, by_model)
+        if len(have) == 1:
+            return by_model[have[0]][self.positions[have[0]][tok]]
+        if not have:
+            return torch.zeros(next(iter(by_model.values())).shape[1])
+        if self.base in have:
+            return by_model[self.base][self.positions[self.base][tok]]
+        return torch.stack([by_model[m][self.positions[m][tok]] for m in have]).mean(dim=0)
+
+    def _configured(self, tok: str, source: Any, by_model: dict[int, torch.Tensor]) -> torch.Tensor:
+        if isinstance(source, ZeroEmbedding):
+            return torch.zeros(next(iter(by_model.values())).shape[1])
+        model_ref = source.model if isinstance(source, ModelTokenEmbedding) else source
+        model = self.refs.get(model_ref)
+        if model is None or model not in by_model:
+            raise UserError(f"tokenizer.tokens.{tok}.source: {model_ref!r} is not one of the merged models")
+        src_tok = tok
+        if isinstance(source, ModelTokenEmbedding):
+            if source.token_id is not None:
+                return by_model[model][source.token_id]
+            src_tok = source.token
+        if src_tok not in self.positions[model]:
+            raise UserError(f"tokenizer.tokens.{tok}.source: token {src_tok!r} is not in {model_ref}")
+        return by_model[model][self.positions[model][src_tok]]
+
+
+def _tokenizer(folder: Path | None, what: str):
+    from transformers import AutoTokenizer
+
+    if folder is None:
+        raise UserError(f"{what}: no tokenizer (a bare weights file)")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as err:  # transformers raises many kinds for unreadable folders
+        raise UserError(f"{what}: cannot load its tokenizer ({str(err).splitlines()[0]})") from None
+
+
+def _union(base_tok, others: list) -> Any:
+    """The base tokenizer plus every token of the others it lacks (regular first, then added)."""
+    have = set(base_tok.get_vocab())
+    regular, added = [], {}
+    for tok in others:
+        special = {t.content: t for t in tok.added_tokens_decoder.values()}
+        for text, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]):
+            if text in special:
+                added.setdefault(text, special[text])
+            elif text not in have and text not in regular:
+                regular.append(text)
+    for text in regular:
+        base_tok.add_tokens(text)
+    for text, info in added.items():
+        if text not in have:
+            base_tok.add_tokens(info)
+    return base_tok
+
+
+def _chat_template(recipe: Recipe, tokenizers: list) -> str | None:
+    template = recipe.chat_template
+    if template != "auto":
+        if template is not None and (len(template) < 20 or "{" not in template):
+            raise UserError(f"chat_template: {template!r} is neither `auto` nor a Jinja template")
+        return template
+    found = [t.chat_template.strip() for t in tokenizers if isinstance(t.chat_template, str) and t.chat_template]
+    return Counter(found).most_common(1)[0][0] if found else None
+
+
+def plan_tokens(recipe: Recipe, refs: list[ModelRef], index: dict[str, int], checkpoints: list[Checkpoint],
+                donor: int) -> TokenPlan | None:
+    """The token plan, or None when the recipe asks for no tokenizer work (files are copied as is)."""
+    spec = recipe.tokenizer
+    source = spec.source if spec is not None else recipe.tokenizer_source
+    if source is None and recipe.chat_template is None:
+        return None
+    source = source or "base"
+    tokenizers = [_tokenizer(c.folder, r.name) for c, r in zip(checkpoints, refs)]
+    positions, model_rows = {}, set()  # before the output tokenizer is built from (and changes) one of them
+    for m, (tok, ckpt) in enumerate(zip(tokenizers, checkpoints)):
+        n_rows = int((ckpt.config or {}).get("vocab_size") or len(tok))
+        model_rows.add(n_rows)
+        positions[m] = {t: i for t, i in tok.get_vocab().items() if i < n_rows}
+    if source == "base":
+        out = tokenizers[donor]
+    elif source == "union":
+        out = _union(tokenizers[donor], [t for i, t in enumerate(tokenizers) if i != donor])
+    else:
+        name = source.removeprefix("model:")
+        ref = refs[index[name]] if name in index else resolve_reference(name, Path("."), "tokenizer_source")
+        out = _tokenizer(ref.path, "tokenizer_source")
+    for text in (spec.tokens or {}) if spec is not None else {}:
+        out.add_tokens(text)
+    out.chat_template = _chat_template(recipe, tokenizers) or out.chat_template
+    vocab = dict(sorted(out.get_vocab().items(), key=lambda kv: kv[1]))
+    pad = spec.pad_to_multiple_of if spec is not None else None
+    rows = len(vocab) if not pad else -(-len(vocab) // pad) * pad
+    return TokenPlan(vocab, rows, positions, donor if recipe.base_model else None,
+                     dict(spec.tokens or {}) if spec is not None else {}, dict(index), _saved(out), model_rows)
+
+
+def _saved(tokenizer) -> dict[str, bytes]:
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}

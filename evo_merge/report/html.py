@@ -1,0 +1,128 @@
+"""report.html: the campaign in one self-contained page to explore, beside report.md.
+
+A static PNG cannot answer "which recipe is this point?" or "how far was the estimate from the
+measurement?". The page holds interactive plotly figures (the front, estimated and measured, with
+recipes and standard errors on hover; the base, endpoints and warm-up merges on the same axes;
+progress per generation) and each exported pick's model card. plotly's JavaScript is embedded,
+so the file opens offline, from disk or as a mailed attachment; nothing is fetched from a network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from evo_merge.markup import html_text
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
+pre{{background:#f6f6f6;padding:.5em;overflow-x:auto}} .card{{border:1px solid #ddd;padding:0 1em;margin:1em 0}}</style>
+</head><body>
+{body}
+</body></html>
+"""
+
+
+def recipe_text(row: pd.Series) -> str:
+    return f"#{row['id']} {row['method']} weights [{row['weights']}]" + (f" {row['params']}" if row["params"] else "")
+
+
+def hover(row: pd.Series, tasks: Sequence[str]) -> str:
+    """Hover text of one evaluation: its recipe, then per task estimate, measurement and SE."""
+    lines = [html_text(recipe_text(row))]
+    for task in tasks:
+        est, meas, se = row.get(f"est_{task}"), row.get(f"meas_{task}"), row.get(f"se_{task}")
+        parts = [f"est {est:.3f}" if pd.notna(est) else None, f"meas {meas:.3f}" if pd.notna(meas) else None,
+                 f"SE {se:.3f}" if se is not None and pd.notna(se) else None]
+        lines.append(f"{html_text(task)}: " + ", ".join(p for p in parts if p))
+    return "<br>".join(lines)
+
+
+def reference_label(row: pd.Series) -> str:
+    """base / endpoint k / warm-up, read from a calibration genome (the base is all-zero weights,
+    an endpoint one weight 1 with lambda 1)."""
+    weights = [float(w) for w in str(row["weights"]).split()]
+    if not any(weights):
+        return "base"
+    if max(weights) == 1.0 and sum(weights) == 1.0 and row["params"] in ("lambda=1", ""):
+        return f"endpoint {weights.index(1.0)}"
+    return "warm-up"
+
+
+def front_figure(table: pd.DataFrame, tasks: Sequence[str]):
+    """The scatter of the first two tasks (a task against itself when there is one)."""
+    import plotly.graph_objects as go
+
+    x, y = (tasks[0], tasks[1]) if len(tasks) > 1 else (tasks[0], tasks[0])
+    fig = go.Figure()
+    ok = table[table.status == "ok"]
+    search = ok[ok.phase == "search"]
+    measured = search[search[f"meas_{x}"].notna() & search[f"meas_{y}"].notna()]
+    calibration = ok[(ok.phase == "calibration") & ok[f"meas_{x}"].notna()]
+
+    def trace(rows: pd.DataFrame, kind: str, name: str, **style) -> None:
+        error = {}
+        if kind == "meas" and f"se_{x}" in rows:
+            error = {"error_x": {"type": "data", "array": rows[f"se_{x}"].tolist()},
+                     "error_y": {"type": "data", "array": rows[f"se_{y}"].tolist()}}
+        fig.add_trace(go.Scatter(x=rows[f"{kind}_{x}"], y=rows[f"{kind}_{y}"], mode="markers", name=name,
+                                 text=[hover(r, tasks) for _, r in rows.iterrows()], hoverinfo="text",
+                                 customdata=rows["id"].tolist(), **error, **style))
+
+    trace(search, "est", "candidates (estimated)", marker={"size": 6, "opacity": 0.35, "color": "#1f77b4"})
+    trace(measured, "est", "front (estimated)", marker={"size": 10, "symbol": "circle-open", "color": "#ff7f0e"})
+    trace(measured, "meas", "front (measured)", marker={"size": 13, "symbol": "star", "color": "#ff7f0e"})
+    for label, rows in calibration.groupby(calibration.apply(reference_label, axis=1), sort=False):
+        trace(rows, "meas", f"{label} (measured)", marker={"size": 11, "symbol": "square"})
+    for _, row in measured.iterrows():  # estimate -> measurement
+        fig.add_trace(go.Scatter(x=[row[f"est_{x}"], row[f"meas_{x}"]], y=[row[f"est_{y}"], row[f"meas_{y}"]],
+                                 mode="lines", line={"color": "#ff7f0e", "width": 1}, hoverinfo="skip", showlegend=False))
+    fig.update_layout(title="Pareto front: estimated and measured", xaxis_title=x, yaxis_title=y, height=600)
+    return fig
+
+
+def progress_figure(progress: pd.DataFrame, tasks: Sequence[str]):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("hypervolume (estimated)", "best estimate per task",
+                                                       "item evaluations spent"))
+    fig.add_trace(go.Scatter(x=progress.generation, y=progress.hypervolume, name="hypervolume"), row=1, col=1)
+    for task in tasks:
+        fig.add_trace(go.Scatter(x=progress.generation, y=progress[f"best_{task}"], name=f"best {task}"), row=1, col=2)
+    fig.add_trace(go.Scatter(x=progress.generation, y=progress["items"], name="items"), row=1, col=3)
+    fig.update_xaxes(title_text="generation")
+    fig.update_layout(height=380, title="Progress per generation")
+    return fig
+
+
+def card_html(name: str, folder: Path) -> str:
+    """An exported pick's README.md: front matter as text, the Markdown rendered with raw HTML off."""
+    from markdown_it import MarkdownIt
+
+    text = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else ""
+    front, body = "", text
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        front, body = text[4:].split("\n---\n", 1)
+    rendered = MarkdownIt("commonmark", {"html": False}).render(body)
+    return (f'<div class="card" id="pick-{html_text(name)}"><h3>{html_text(name)}</h3>'
+            f"<details><summary>front matter</summary><pre>{html_text(front)}</pre></details>{rendered}</div>")
+
+
+def write_html_report(run_dir: Path, table: pd.DataFrame, progress: pd.DataFrame, tasks: Sequence[str],
+                      summary: str, exported: Mapping[str, tuple[int, Path]] | None = None) -> Path:
+    """Write report.html; `table` has est_/meas_/se_ columns per task, `summary` is trusted HTML."""
+    figures = [front_figure(table, tasks)] + ([progress_figure(progress, tasks)] if len(progress) else [])
+    parts = ["<h1>Campaign report</h1>", summary]
+    for k, fig in enumerate(figures):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(k == 0), config={"displaylogo": False}))
+    if exported:
+        parts.append("<h2>Exported models</h2>")
+        parts += [card_html(name, folder) for name, (_, folder) in exported.items()]
+    path = run_dir / "report.html"
+    path.write_text(PAGE.format(title="Campaign report", body="\n".join(parts)), encoding="utf-8")
+    return path

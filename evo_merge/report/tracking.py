@@ -1,0 +1,258 @@
+"""Experiment tracking: a campaign reported live to MLflow and/or Weights & Biases.
+
+People who run long campaigns follow them where they follow their other experiments. The study
+loop reports through the small `Tracker` protocol: one call per finished generation (hypervolume,
+best estimate per task, item evaluations spent), one per stored evaluation (its genome, estimated
+and measured scores), and `finish` with the run folder, which uploads the evaluation table, the
+report and the plots as artifacts. One campaign is one tracker run: its id is kept in the run
+folder (`tracking.json`), so `evo-merge resume` continues the same run. Trackers only observe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
+from evo_merge.errors import UserError
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.metrics import generation_metrics
+from evo_merge.search.store import CampaignStore, Evaluation
+
+IDS_FILE = "tracking.json"
+EXTRA = "pip install 'evo-merge[tracking]'"
+ARTIFACTS = ("campaign.yaml", "report.md", "report.html", "pareto.csv", "pareto.png", "progress.png")
+
+
+class Tracker(Protocol):
+    """What the study loop calls; every method is cheap next to an evaluation."""
+
+    def log_generation(self, generation: int, metrics: Mapping[str, float]) -> None: ...
+
+    def log_evaluation(self, evaluation: Evaluation) -> None: ...
+
+    def finish(self, run_dir: Path) -> None: ...
+
+
+def evaluation_record(evaluation: Evaluation) -> dict[str, Any]:
+    """One evaluation flat: id, phase, generation, status, genome (method, weight per endpoint,
+    parameters), estimated and measured score per task."""
+    candidate = Candidate.from_key(evaluation.key)
+    record: dict[str, Any] = {"id": evaluation.id, "phase": evaluation.phase, "generation": evaluation.generation,
+                              "status": evaluation.status, "method": candidate.method,
+                              "items": evaluation.items_evaluated}
+    record.update({f"weight_{i}": w for i, w in enumerate(candidate.weights)})
+    record.update({f"param_{k}": v for k, v in candidate.params})
+    for kind, scores in (("estimated", evaluation.estimates), ("measured", evaluation.measured)):
+        record.update({f"{kind}_{task}": value for task, value in (scores or {}).items()})
+    return record
+
+
+def flat_params(campaign: Campaign) -> dict[str, str]:
+    """The campaign as dotted key -> text, for a tracker's run parameters."""
+    def walk(prefix: str, value: Any) -> dict[str, str]:
+        if isinstance(value, dict) and value:
+            return {k: v for key, item in value.items() for k, v in walk(f"{prefix}{key}.", item).items()}
+        return {prefix.rstrip("."): json.dumps(value) if isinstance(value, (list, dict)) else str(value)}
+
+    return walk("", campaign.model_dump(mode="json", exclude={"tracking"}))
+
+
+def metric_name(name: str) -> str:
+    """A task label made safe as a metric key (MLflow and W&B allow letters, digits, _-. /)."""
+    return re.sub(r"[^\w\-. /]", "_", name)
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {metric_name(k): float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+def _scores(evaluation: Evaluation) -> dict[str, float]:
+    out = {f"estimated/{t}": v for t, v in (evaluation.estimates or {}).items()}
+    out.update({f"measured/{t}": v for t, v in (evaluation.measured or {}).items()})
+    return _finite(out)
+
+
+class _RunIds:
+    """Tracker run ids (and the last generation logged) of a campaign, kept in its run folder so a
+    resume continues the same runs."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / IDS_FILE
+        self.ids = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def get(self, key: str) -> Any:
+        return self.ids.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        self.ids[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.ids, indent=2) + "\n")
+
+
+def _existing(run_dir: Path) -> list[Path]:
+    return [run_dir / name for name in ARTIFACTS if (run_dir / name).is_file()]
+
+
+def evaluation_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Every evaluation of the run, from its store (complete even when a resume skipped some live calls)."""
+    store = CampaignStore(run_dir)
+    try:
+        return [evaluation_record(e) for e in store.evaluations()]
+    finally:
+        store.close()
+
+
+class MLflowTracker:
+    """One MLflow run per campaign, through `MlflowClient` (no global active run to leak)."""
+
+    def __init__(self, spec: MLflowSpec, run_dir: Path, campaign: Campaign):
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        uri = spec.uri
+        if uri and (uri.startswith("file:") or "://" not in uri):  # asked for by name: MLflow 3 wants an opt-in
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self._errors = MlflowException
+        ids = _RunIds(run_dir)
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            self.run_id = ids.get("mlflow") or self._start(spec, campaign)
+        except MlflowException as exc:
+            raise UserError(f"tracking.mlflow: {str(exc).splitlines()[0]}") from None
+        ids.set("mlflow", self.run_id)
+
+    def _start(self, spec: MLflowSpec, campaign: Campaign) -> str:
+        experiment = self.client.get_experiment_by_name(spec.experiment)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(spec.experiment)
+        run = self.client.create_run(experiment_id, run_name=campaign.name, tags={"evo_merge.campaign": campaign.name})
+        params = flat_params(campaign)
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], v[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run.info.run_id, params=items[start:start + 100])
+        return run.info.run_id
+
+    def _metrics(self, values: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+
+    def log_generation(self, generation: int, metrics: Mapping[str, float]) -> None:
+        self._metrics(_finite({f"generation/{k}": v for k, v in metrics.items()}), generation)
+
+    def log_evaluation(self, evaluation: Evaluation) -> None:
+        self._metrics(_scores(evaluation), evaluation.id)
+
+    def finish(self, run_dir: Path) -> None:
+        self.client.log_dict(self.run_id, evaluation_rows(run_dir), "evaluations.json")
+        for path in _existing(run_dir):
+            self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+
+class WandbTracker:
+    """One W&B run per campaign; `offline` mode writes under the run folder for `wandb sync`."""
+
+    def __init__(self, spec: WandbSpec, run_dir: Path, campaign: Campaign):
+        import wandb
+
+        self.wandb = wandb
+        ids = _RunIds(run_dir)
+        run_id = ids.get("wandb") or uuid.uuid4().hex[:8]
+        try:
+            self.run = wandb.init(project=spec.project, entity=spec.entity, mode=spec.mode, dir=str(run_dir),
+                                  id=run_id, resume="allow", name=campaign.name, config=flat_params(campaign),
+                                  reinit="create_new")
+        except wandb.errors.Error as exc:
+            raise UserError(f"tracking.wandb: {str(exc).splitlines()[0]}") from None
+        ids.set("wandb", run_id)
+        self.run.define_metric("generation")
+        self.run.define_metric("generation/*", step_metric="generation")
+        self.run.define_metric("evaluation")
+        self.run.define_metric("estimated/*", step_metric="evaluation")
+        self.run.define_metric("measured/*", step_metric="evaluation")
+
+    def log_generation(self, generation: int, metrics: Mapping[str, float]) -> None:
+        self.run.log({**_finite({f"generation/{k}": v for k, v in metrics.items()}), "generation": generation})
+
+    def log_evaluation(self, evaluation: Evaluation) -> None:
+        self.run.log({**_scores(evaluation), "evaluation": evaluation.id})
+
+    def finish(self, run_dir: Path) -> None:
+        import pandas as pd
+
+        rows = evaluation_rows(run_dir)
+        self.run.log({"evaluations": self.wandb.Table(dataframe=pd.DataFrame(rows))})
+        artifact = self.wandb.Artifact(f"{metric_name(self.run.name or 'campaign').replace(' ', '_')}-report", type="report")
+        for path in _existing(run_dir):
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+        self.run.finish()
+
+
+class Trackers:
+    """Several trackers as one (MLflow and W&B together); none is a valid, silent tracker."""
+
+    def __init__(self, trackers: Sequence[Tracker] = ()):
+        self.trackers = list(trackers)
+
+    def log_generation(self, generation: int, metrics: Mapping[str, float]) -> None:
+        for tracker in self.trackers:
+            tracker.log_generation(generation, metrics)
+
+    def log_evaluation(self, evaluation: Evaluation) -> None:
+        for tracker in self.trackers:
+            tracker.log_evaluation(evaluation)
+
+    def finish(self, run_dir: Path) -> None:
+        for tracker in self.trackers:
+            tracker.finish(run_dir)
+
+
+def follow_campaign(runner: Any) -> Trackers:
+    """Open a `CampaignRunner`'s trackers and hook them to its study loop: as each generation
+    ends, its evaluations and the generation's metrics. A resumed run replays its stored
+    generations through the loop; those already logged (noted in tracking.json) are not logged twice."""
+    workspace = runner.workspace
+    tracker = open_tracker(workspace.campaign.tracking, workspace.run_dir, workspace.campaign)
+    if not tracker.trackers:
+        return tracker
+    ids = _RunIds(workspace.run_dir)
+
+    def on_generation(generation: int, evaluations: list[Evaluation]) -> None:
+        if generation <= int(ids.get("generation") or 0):
+            return
+        for evaluation in {e.id: e for e in evaluations}.values():
+            tracker.log_evaluation(evaluation)
+        search = workspace.store.evaluations("search")
+        tracker.log_generation(generation, generation_metrics(search, runner.objectives, generation))
+        ids.set("generation", generation)
+
+    runner.on_generation.append(on_generation)
+    return tracker
+
+
+def open_tracker(spec: TrackingSpec | None, run_dir: str | Path, campaign: Campaign) -> Trackers:
+    """The campaign's trackers, started (or continued) before any evaluation, so a missing package
+    or an unreachable server stops the run before it spends anything."""
+    trackers: list[Tracker] = []
+    for key, cls, package in (("mlflow", MLflowTracker, "mlflow"), ("wandb", WandbTracker, "wandb")):
+        sub = getattr(spec, key, None) if spec is not None else None
+        if sub is None:
+            continue
+        try:
+            __import__(package)
+        except ImportError:
+            raise UserError(f"tracking.{key}: the {package} package is not installed ({EXTRA})") from None
+        trackers.append(cls(sub, Path(run_dir), campaign))
+    return Trackers(trackers)

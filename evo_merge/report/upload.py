@@ -1,0 +1,105 @@
+"""Push an exported model folder to the Hugging Face Hub, after checks a reviewer would make.
+
+Refused before any network call: a card that still names a machine path (it would publish this
+machine's folder layout and mean nothing to readers), weights holding NaN or Inf (a broken merge),
+a folder without weights or card. The token comes from where huggingface_hub keeps it (HF_TOKEN,
+`hf auth login`); a dry run lists exactly the files `upload_folder` would send, without a token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from evo_merge.errors import UserError
+from evo_merge.weights import Checkpoint
+
+# an absolute POSIX path of two or more components (not a URL's //host), a home path, a Windows drive
+_LOCAL_PATH = re.compile(r"(?:^|[\s\"'`(\[=,])(~?/(?![/\s])[^\s\"'`)\],]*/[^\s\"'`)\],/][^\s\"'`)\],]*|[A-Za-z]:\\[^\s\"'`]+)")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+TEXT_SUFFIXES = (".md", ".json", ".yaml", ".yml", ".txt", ".jinja")
+LOGIN_HINT = "log in with `hf auth login` (or set HF_TOKEN to a write token from https://huggingface.co/settings/tokens)"
+
+
+@dataclass
+class UploadPlan:
+    """What a push would send: files relative to the folder, with their sizes; warnings to show."""
+
+    folder: Path
+    files: list[tuple[str, int]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def local_paths(text: str) -> list[str]:
+    """Machine paths named in `text` (absolute, home-relative or drive paths)."""
+    return [m.group(1) for m in _LOCAL_PATH.finditer(text)]
+
+
+def check_finite(folder: Path) -> None:
+    """Refuse weights holding NaN or Inf, naming the first such tensor."""
+    with Checkpoint.open(folder) as checkpoint:
+        for name in checkpoint.names:
+            tensor = checkpoint.tensor(name)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise UserError(f"{folder}: tensor {name} holds NaN or Inf; refusing to upload a broken model")
+
+
+def plan_upload(folder: str | Path) -> UploadPlan:
+    """Check `folder` and list what would be uploaded (every visible file, as `upload_folder` sends)."""
+    folder = Path(folder)
+    card = folder / "README.md"
+    if not card.is_file():
+        raise UserError(f"{folder}: no README.md model card; export the pick with evo-merge first")
+    if found := local_paths(card.read_text(encoding="utf-8", errors="replace")):
+        raise UserError(f"{card}: the card names the local path {found[0]}; refusing to publish it")
+    check_finite(folder)
+    plan = UploadPlan(folder)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        plan.files.append((relative.as_posix(), path.stat().st_size))
+        if path.suffix in TEXT_SUFFIXES and path != card and (found := local_paths(path.read_text(errors="replace"))):
+            plan.warnings.append(f"{relative} names local paths (e.g. {found[0]}): readers cannot use them")
+    return plan
+
+
+def hub_token() -> str:
+    """The user's Hub token, or a one-line user error saying how to log in."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise UserError(f"no Hugging Face token found: {LOGIN_HINT}")
+    return token
+
+
+def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool = False, revision: str | None = None) -> str:
+    """Create the repo (and branch `revision`) if needed and upload the planned folder; the commit URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    check_repo_id(repo_id)
+    api = HfApi(token=hub_token())
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=plan.folder, revision=revision,
+                                   allow_patterns=[name for name, _ in plan.files],
+                                   commit_message="Upload merged model exported by evo-merge")
+    except OfflineModeIsEnabled:
+        raise UserError("HF_HUB_OFFLINE is set: unset it to upload") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise UserError(f"upload to {repo_id} failed: {str(exc).splitlines()[0]}") from None
+    return str(commit.commit_url)
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is ORG/NAME as the Hub spells repo ids, else a user error."""
+    if not _REPO_ID.match(repo_id) or ".." in repo_id:
+        raise UserError(f"--push-to-hub {repo_id!r}: expected ORG/NAME (letters, digits, '-', '_', '.')")
+    return repo_id

@@ -1,0 +1,50 @@
+"""Loading and validating the YAML files users write, with errors that name the file and key.
+
+Shared by the campaign schema (`evo_merge.config`) and the merge-recipe schema
+(`evo_merge.merge.recipe`), so both report a bad key the same way: one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from evo_merge.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a missing file or a syntax error is a UserError with line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{where}: malformed YAML: {problem}") from None
+
+
+def validate(model: type[M], data: Any, source: str | Path) -> M:
+    """Build `model` from `data`; on failure name the first bad key path in one line."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise UserError(f"{source}: {loc}: {msg}") from None
+
+
+class Strict(BaseModel):
+    """A schema section where a misspelt key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")

@@ -1,0 +1,27 @@
+"""Per-generation progress of a search: hypervolume, best estimate per task, item evaluations spent.
+
+One definition shared by the report (a row per generation) and experiment trackers (a step per
+generation), so both show the same numbers; it lives with the search so the study loop's
+`on_generation` callbacks can compute it as each generation ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from evo_merge.search.objectives import Objectives
+from evo_merge.search.store import Evaluation
+
+
+def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives, generation: int) -> dict[str, float]:
+    """Over the search evaluations up to `generation`: `hypervolume` of the successful estimates,
+    `best_<task>` by each task's direction, and `items` (item evaluations spent, failures included)."""
+    tasks = objectives.names
+    upto = [e for e in evaluations if e.phase == "search" and e.generation is not None and e.generation <= generation]
+    ok = np.array([[e.estimates[t] for t in tasks] for e in upto if e.status == "ok"]).reshape(-1, len(tasks))
+    signs = objectives.signs()
+    best = (ok * signs).max(axis=0) * signs if len(ok) else np.full(len(tasks), np.nan)
+    return {"hypervolume": objectives.hypervolume(ok), **{f"best_{t}": float(best[i]) for i, t in enumerate(tasks)},
+            "items": float(sum(e.items_evaluated for e in upto))}

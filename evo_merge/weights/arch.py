@@ -1,0 +1,97 @@
+"""Architecture knowledge as data: one table per model family, read by name-based code.
+
+Merging, MASS routing and alignment each need to know a few facts about a model by its tensor
+names: which tensors are embeddings or the output head (kept out of singular-vector methods),
+where the blocks are and which weight is the first one of a block's MLP (what MASS routes on),
+and how to recognise the family from a config. Written once here, like mergekit's architecture
+definitions, a new family is one more table instead of a regex edited in three modules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Tensor-name facts about one family. Module names are relative to the model root,
+    except `mlp_inputs`, which are relative to a block's MLP module."""
+
+    name: str
+    model_types: tuple[str, ...] = ()  # HF config `model_type` values; empty for the plain nets
+    embeddings: tuple[str, ...] = ()  # module names (last component) of token/position embeddings
+    head: tuple[str, ...] = ()  # the output head (LM head or classifier)
+    blocks: str = ""  # the module list holding the numbered blocks
+    mlp: str = "mlp"  # a block's MLP module
+    mlp_inputs: tuple[str, ...] = ()  # the MLP's first weight(s), in order of preference
+
+    @property
+    def is_hf(self) -> bool:
+        return bool(self.model_types)
+
+
+LLAMA = Architecture(
+    "llama", ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "smollm3"),
+    embeddings=("embed_tokens",), head=("lm_head",), blocks="model.layers", mlp_inputs=("gate_proj", "up_proj"),
+)
+GPT2 = Architecture("gpt2", ("gpt2",), embeddings=("wte", "wpe"), head=("lm_head",), blocks="transformer.h",
+                    mlp_inputs=("c_fc",))
+GPT_NEOX = Architecture("gpt_neox", ("gpt_neox",), embeddings=("embed_in",), head=("embed_out",),
+                        blocks="gpt_neox.layers", mlp_inputs=("dense_h_to_4h",))
+GPTJ = Architecture("gptj", ("gptj",), embeddings=("wte",), head=("lm_head",), blocks="transformer.h",
+                    mlp_inputs=("fc_in",))
+PHI = Architecture("phi", ("phi",), embeddings=("embed_tokens",), head=("lm_head",), blocks="model.layers",
+                   mlp_inputs=("fc1",))
+FALCON = Architecture("falcon", ("falcon", "bloom"), embeddings=("word_embeddings", "position_embeddings"),
+                      head=("lm_head",), blocks="transformer.h", mlp_inputs=("dense_h_to_4h",))
+OPT = Architecture("opt", ("opt",), embeddings=("embed_tokens", "embed_positions"), head=("lm_head",),
+                   blocks="model.decoder.layers", mlp_inputs=("fc1",))
+MLP = Architecture("mlp", blocks="fcs")  # its classifier head is the last of `fcs`
+CNN = Architecture("cnn", head=("head",), blocks="convs")
+RESNET = Architecture("resnet", head=("head",), blocks="blocks")
+
+ARCHITECTURES: tuple[Architecture, ...] = (LLAMA, GPT2, GPT_NEOX, GPTJ, PHI, FALCON, OPT, MLP, CNN, RESNET)
+HF_ARCHS: tuple[Architecture, ...] = tuple(a for a in ARCHITECTURES if a.is_hf)
+
+
+def _alternatives(names: set[str]) -> str:
+    return "|".join(re.escape(n) for n in sorted(names))
+
+
+# An embedding or LM-head tensor of any HF family: one of their module names as a name component.
+EMBEDDING_NAME = re.compile(
+    rf"(?:^|\.)(?:{_alternatives({n for a in HF_ARCHS for n in a.embeddings + a.head})})(?:\.|$)"
+)
+
+
+def mlp_input_pattern(arch: Architecture) -> re.Pattern[str]:
+    """`<prefix><last blocks component>.<layer>.<mlp>.<input>.weight`; any prefix, so a bare
+    backbone (no `model.`) and a wrapped one (`base_model.model.`) both match."""
+    block = re.escape(arch.blocks.rpartition(".")[2])
+    return re.compile(
+        rf"^(?:.*\.)?{block}\.(?P<layer>\d+)\.{re.escape(arch.mlp)}\.(?P<proj>{_alternatives(set(arch.mlp_inputs))})\.weight$"
+    )
+
+
+def hf_model_type(source: Mapping[str, Any] | Any) -> str | None:
+    """The HF `model_type` of a config dict or of a module (its `.config`); None for anything
+    else (a plain network, a bare state dict). The one test of "is this an HF model"."""
+    if isinstance(source, Mapping):
+        value = source.get("model_type")
+    else:
+        value = getattr(getattr(source, "config", None), "model_type", None)
+    return value if isinstance(value, str) else None
+
+
+def architecture_of(source: Mapping[str, Any] | Any) -> Architecture | None:
+    """The table for a config dict or a module: by HF `model_type`, or by the plain nets'
+    `arch` key (a module built by `weights.nets` carries it as `net_config`); None if unknown."""
+    model_type = hf_model_type(source)
+    if model_type is not None:
+        return next((a for a in HF_ARCHS if model_type in a.model_types), None)
+    config = source if isinstance(source, Mapping) else getattr(source, "net_config", None) or {}
+    return next((a for a in ARCHITECTURES if not a.is_hf and a.name == config.get("arch")), None)
+

@@ -1,0 +1,123 @@
+"""Open and write a whole model folder as a runnable module: the one entry point for both kinds.
+
+A model folder is either a Hugging Face causal LM (config.json with `model_type`, loaded with
+transformers, never with remote code) or a plain network of `weights.nets` (config.json with
+`arch` + model.safetensors). Evaluation, alignment, MASS, the zoos and the CLI all open and
+write folders here, so what counts as a model folder, and the errors for one that is not, are
+decided once. (Streaming tensor access without building a module is `Checkpoint`.)
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from evo_merge.errors import UserError
+from evo_merge.weights.arch import hf_model_type
+from evo_merge.weights.checkpoint import Checkpoint, read_config, tokenizer_files
+from evo_merge.weights.dtypes import parse_dtype
+from evo_merge.weights.export import replace_folder, write_model_folder
+from evo_merge.weights.nets import build_net
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    """Whether the folder holds a Hugging Face model (its config.json names a `model_type`)."""
+    return hf_model_type(read_config(Path(path)) or {}) is not None
+
+
+def load_model_folder(
+    path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+    *, allow_pickle: bool = False,
+) -> tuple[nn.Module, Any | None]:
+    """(module in eval mode, tokenizer or None) from a model folder.
+
+    `dtype` None keeps the stored floating dtype; `device` None leaves the module on the CPU.
+    The tokenizer is loaded when the folder has tokenizer files (a task that needs one says so).
+    HF pickle weights (.bin) are read only with `allow_pickle` (transformers then loads them
+    with `weights_only`)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{path}: not a model folder")
+    config = read_config(path) or {}
+    torch_dtype = parse_dtype(dtype)
+    if hf_model_type(config) is not None:
+        module, tokenizer = _load_hf(path, torch_dtype, allow_pickle)
+    elif "arch" in config:
+        module, tokenizer = _load_plain(path, config), None
+        if torch_dtype is not None:
+            module.to(dtype=torch_dtype)
+    else:
+        raise UserError(f"{path}: config.json does not say how to build the model (no model_type or arch)")
+    if device is not None:
+        module.to(device)
+    return module.eval(), tokenizer
+
+
+def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool) -> tuple[nn.Module, Any | None]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:  # safetensors unless allowed: a pickle checkpoint can run code when loaded
+        module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto",
+                                                      use_safetensors=None if allow_pickle else True)
+    except OSError as err:
+        raise UserError(f"{path}: cannot load the model ({str(err).splitlines()[0]})") from None
+    tokenizer = AutoTokenizer.from_pretrained(path) if tokenizer_files(path) else None
+    return module, tokenizer
+
+
+def _load_plain(path: Path, config: dict[str, Any]) -> nn.Module:
+    """The network its config describes, with the folder's weights; a tensor that does not fit
+    the architecture is named."""
+    net = build_net(config)
+    expected = net.state_dict()
+    with Checkpoint.open(path) as checkpoint:
+        state = {name: checkpoint.tensor(name) for name in checkpoint.names}
+    for name, tensor in state.items():
+        if name not in expected or expected[name].shape != tensor.shape:
+            raise UserError(f"{path}: parameter {name} does not fit the architecture in config.json")
+    missing = next((name for name in expected if name not in state), None)
+    if missing is not None:
+        raise UserError(f"{path}: parameter {missing} of the architecture in config.json is missing")
+    net.load_state_dict(state)
+    return net
+
+
+def save_model_folder(
+    out: str | Path, module: nn.Module, tokenizer: Any | None = None, *, overwrite: bool = False
+) -> Path:
+    """Write `module` (and its tokenizer) as a model folder `load_model_folder` opens again,
+    atomically: the folder appears complete or not at all. An HF model goes through
+    `save_pretrained` (tied weights, generation config); a plain network is its safetensors
+    state dict plus the config it was built from."""
+    if hf_model_type(module) is None and getattr(module, "net_config", None) is None:
+        raise ValueError(f"{type(module).__name__} is neither an HF model nor a network of evo_merge.weights.nets")
+    out = Path(out).expanduser()
+    with _staged(out, overwrite) as tmp:
+        if hf_model_type(module) is not None:
+            module.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        else:
+            write_model_folder(tmp, module.state_dict().items(), config=dict(module.net_config))
+    return out
+
+
+@contextmanager
+def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden sibling folder to write into, moved onto `out` when the block succeeds."""
+    if out.exists() and not overwrite:
+        raise UserError(f"output folder {out} already exists (overwrite it explicitly)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp / "model"
+        replace_folder(tmp / "model", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

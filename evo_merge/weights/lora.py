@@ -1,0 +1,90 @@
+"""A checkpoint with a PEFT LoRA adapter folded in: W + (alpha / r) B A, one tensor at a time.
+
+The adapter folder holds `adapter_config.json` and `adapter_model.safetensors` (keys such as
+`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`). Folding in directly keeps
+the streaming merge lazy (peft would build the whole model) and needs no peft at run time.
+Every adapter matrix is checked against the model's tensor shape when the checkpoint opens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from evo_merge.errors import UserError
+from evo_merge.weights.checkpoint import Checkpoint
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
+                  r"(?:\.[^.]+)?(?:\.weight)?$")
+
+
+def _pattern_value(patterns: dict, module: str, default: float) -> float:
+    """peft's rank_pattern / alpha_pattern: the first key matching the end of the module name."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?{key}$", module):
+            return value
+    return default
+
+
+class LoraCheckpoint(Checkpoint):
+    """`Checkpoint` whose tensors include a LoRA adapter's update."""
+
+    _updates: dict[str, tuple] = {}
+
+    @classmethod
+    def open_with_adapter(cls, path: Path, adapter: Path, *, allow_pickle: bool = False) -> LoraCheckpoint:
+        checkpoint = cls.open(path, allow_pickle=allow_pickle)
+        checkpoint._load_adapter(adapter)
+        return checkpoint
+
+    def _load_adapter(self, adapter: Path) -> None:
+        config_file, weights_file = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
+        if not config_file.is_file() or not weights_file.is_file():
+            raise UserError(f"{adapter}: expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} (a PEFT LoRA adapter)")
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if config.get("peft_type", "LORA") != "LORA":
+            raise UserError(f"{config_file}: peft_type {config.get('peft_type')!r} is not LORA")
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        with safe_open(str(weights_file), framework="pt") as handle:
+            for key in handle.keys():
+                match = _KEY.match(key)
+                if match is None:
+                    raise UserError(f"{weights_file}: {key} is not a LoRA A/B matrix (only LoRA adapters are supported)")
+                parts = pairs.setdefault(match["module"], {})
+                parts[match["part"][-1]] = handle.get_tensor(key)
+                parts["embedding"] = "embedding" in match["part"]
+        self._updates = {}
+        for module, parts in pairs.items():
+            self._updates[f"{module}.weight"] = self._update(config, module, parts, weights_file)
+
+    def _update(self, config: dict, module: str, parts: dict, source: Path) -> tuple:
+        name = f"{module}.weight"
+        if "A" not in parts or "B" not in parts:
+            raise UserError(f"{source}: module {module} lacks its lora_A or lora_B matrix")
+        if name not in self:
+            raise UserError(f"{source}: adapts {name}, which {self.path} does not have")
+        a, b = parts["A"], parts["B"]
+        rank = a.shape[0]
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", rank))
+        scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+        transpose = parts["embedding"] or bool(config.get("fan_in_fan_out"))  # peft's layouts
+        shape = (a.shape[1], b.shape[0]) if transpose else (b.shape[0], a.shape[1])
+        if b.shape[1] != rank or tuple(shape) != tuple(self.shape(name)):
+            raise UserError(f"{source}: adapter for {name} has shape {list(shape)} (B {list(b.shape)} x A "
+                            f"{list(a.shape)}) but the model's tensor is {list(self.shape(name))}")
+        return a, b, scale, transpose
+
+    def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        weight = super().tensor(name, dtype)
+        if name not in self._updates:
+            return weight
+        a, b, scale, transpose = self._updates[name]
+        update = (b.float() @ a.float()) * scale
+        return (weight.float() + (update.T if transpose else update)).to(weight.dtype)

@@ -1,0 +1,110 @@
+"""Model references as recipes write them: a folder, a Hub id `org/name[@revision]`, and either
+followed by `+path/to/lora` (a PEFT LoRA adapter applied before merging).
+
+A reference that is not an existing path is looked up with huggingface_hub in the user's cache
+(downloading only when HF_HUB_OFFLINE is not set). The merge records the Hub id with the commit
+it resolved to, never the cache path, so the recipe it writes rebuilds the same weights anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from evo_merge.errors import UserError
+
+_REVISION = re.compile(r"^[\w.\-/]+$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved reference: where the weights are, and how a recipe names them."""
+
+    name: str  # folder (absolute) or `org/name@commit`, plus `+adapter` if any
+    path: Path
+    lora: Path | None = None
+
+
+def resolve_reference(value: str, root: Path, key: str) -> ModelRef:
+    """Resolve a recipe's model reference; errors name the recipe key."""
+    model, lora = _split_lora(value, root)
+    path, name = _resolve_model(model, root, key)
+    if lora is None:
+        return ModelRef(name, path)
+    adapter = _local_path(lora, root)
+    if adapter is None or not adapter.is_dir():
+        raise UserError(f"{key}: LoRA adapter folder {lora!r} not found")
+    return ModelRef(f"{name}+{adapter}", path, adapter)
+
+
+def _split_lora(value: str, root: Path) -> tuple[str, str | None]:
+    """`model+adapter` -> (model, adapter); a path that itself contains '+' is kept whole."""
+    if "+" not in value or _local_path(value, root) is not None:
+        return value, None
+    model, adapter = value.rsplit("+", 1)
+    return model, adapter
+
+
+def _local_path(value: str, root: Path) -> Path | None:
+    path = Path(value).expanduser()
+    for candidate in [path] if path.is_absolute() else [root / path, Path.cwd() / path]:
+        if candidate.exists():
+            return candidate.resolve()
+    return None
+
+
+def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
+    local = _local_path(value, root)
+    if local is not None:
+        return local, str(local)
+    repo, _, revision = value.partition("@")
+    if not _looks_like_repo_id(repo) or (revision and not _REVISION.match(revision)):
+        raise UserError(f"{key}: model path {value!r} does not exist and is not a Hub id (org/name[@revision])")
+    path = _snapshot(repo, revision or None, key)
+    return path, f"{repo}@{path.name}"
+
+
+def _looks_like_repo_id(repo: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _snapshot(repo: str, revision: str | None, key: str) -> Path:
+    """The local snapshot folder of a Hub model (weights, config and tokenizer files only)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    where = f"{key}: Hub model {repo}" + (f"@{revision}" if revision else "")
+    try:
+        folder = snapshot_download(
+            repo, revision=revision, local_files_only=offline,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+        )
+    except GatedRepoError:
+        raise UserError(f"{where} is gated: accept its terms on the Hub and log in (huggingface-cli login)") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{where} not found (or private: log in with huggingface-cli login)") from None
+    except RevisionNotFoundError:
+        raise UserError(f"{where}: no such revision") from None
+    except LocalEntryNotFoundError:
+        hint = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
+        raise UserError(f"{where} is not in the local cache and {hint}") from None
+    except (HfHubHTTPError, OSError) as err:
+        raise UserError(f"{where}: {str(err).splitlines()[0]}") from None
+    return Path(folder)

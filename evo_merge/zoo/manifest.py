@@ -1,0 +1,57 @@
+"""`zoo.json`: what a built zoo holds, read and written in one place.
+
+A zoo folder holds `base/`, one model folder per endpoint and `zoo.json` naming them with the
+settings they were built from (their hash decides whether a rebuild can reuse the folder). The
+CLI, the demo and the benchmark scripts only need the model names, the zoo builders the key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from evo_merge.errors import UserError
+
+ZOO_JSON = "zoo.json"
+BASE = "base"
+
+
+class ZooManifest(BaseModel):
+    """The contents of `zoo.json`."""
+
+    kind: str = Field(description="which builder made the zoo (tiny-lm, smollm2)")
+    models: list[str] = Field(description="model folder names, the base first")
+    key: str | None = Field(None, description="hash of the settings: a zoo with the same key is reused")
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The fine-tuned models (every model but the base)."""
+        return [m for m in self.models if m != BASE]
+
+
+def has_zoo(folder: str | Path) -> bool:
+    return (Path(folder) / ZOO_JSON).is_file()
+
+
+def read_zoo(folder: str | Path) -> ZooManifest:
+    """The manifest of a zoo folder; a missing or malformed one is a one-line user error."""
+    file = Path(folder) / ZOO_JSON
+    if not file.is_file():
+        raise UserError(f"{folder}: no {ZOO_JSON} (build a zoo with `evo-merge zoo build`)")
+    try:
+        return ZooManifest.model_validate(json.loads(file.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{file}: not valid JSON ({err})") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"{file}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def write_zoo(folder: str | Path, manifest: ZooManifest) -> Path:
+    file = Path(folder) / ZOO_JSON
+    file.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    return file

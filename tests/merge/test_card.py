@@ -1,0 +1,156 @@
+"""Model cards and results files of exported merges, read back with huggingface_hub and pandas."""
+
+import json
+import math
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+from huggingface_hub import ModelCard
+from transformers import AutoTokenizer, GenerationConfig
+
+from evo_merge.cli import cli
+from evo_merge.merge.card import model_card, model_ref
+from evo_merge.merge.export import export_merge
+from evo_merge.merge.plan import plan_from_recipe
+from evo_merge.merge.recipe import Recipe
+from evo_merge.merge.results import ITEM_SCORES_FILE, RESULTS_FILE, write_results
+from evo_merge.tasks.meta import TaskMeta, task_meta
+from evo_merge.zoo.tiny import save_tiny_family
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cardzoo")
+    base, fts = save_tiny_family(root, "llama", n_finetunes=2)
+    return root, base, fts
+
+
+def recipe_for(base, models, method="ties"):
+    return Recipe.model_validate({
+        "merge_method": method, "base_model": str(base), "parameters": {"density": 0.5},
+        "models": [{"model": str(m), "parameters": {"weight": 0.5}} for m in models]})
+
+
+def with_license(folder, license_id, dest):
+    shutil.copytree(folder, dest)
+    (dest / "README.md").write_text(f"---\nlicense: {license_id}\n---\n# model\n")
+    return dest
+
+
+def test_local_inputs_are_named_by_folder_and_the_card_parses(zoo, tmp_path):
+    root, base, fts = zoo
+    text = model_card(recipe_for(base, fts), title="pick", scores={"measured": {"arith": 0.625}})
+    assert str(root) not in text and str(base) not in text
+    card = ModelCard(text)
+    assert card.data.base_model is None  # the Hub accepts only Hub ids there
+    assert card.data.merged_models == ["ft1", "ft2"]
+    assert set(card.data.tags) == {"merge", "evo-merge", "ties"}
+    assert "ft1: a local folder, not a Hub model" in card.text.replace("\\", "")
+    (result,) = card.data.eval_results
+    assert (result.task_name, result.metric_value, result.verified) == ("arith", 0.625, False)
+
+
+def test_hub_inputs_become_base_model_with_revisions(tmp_path):
+    snapshot = tmp_path / "hub" / "models--org--base-lm" / "snapshots" / "0123456789abcdef"
+    snapshot.mkdir(parents=True)
+    recipe = Recipe.model_validate({"merge_method": "task_arithmetic", "base_model": str(snapshot),
+                                    "models": [{"model": "org/chat-ft@v2"}, {"model": "other/code-ft"}]})
+    card = ModelCard(model_card(recipe))
+    assert card.data.base_model == ["org/base-lm", "org/chat-ft", "other/code-ft"]
+    assert card.data.base_model_relation == "merge"
+    assert card.data.merged_models == ["org/chat-ft@v2", "other/code-ft"]
+    assert "at revision 0123456789abcdef" in card.text and str(tmp_path) not in card.content
+    ref = model_ref("some/path", hub_id="org/x", revision="abc")
+    assert (ref.hub_id, ref.revision, ref.display) == ("org/x", "abc", "org/x@abc")
+    lora = model_ref(f"org/x@abc+{tmp_path}/adapters/my-lora")
+    assert (lora.hub_id, lora.display) == ("org/x", "org/x@abc + LoRA my-lora")
+
+
+def test_license_is_inherited_only_when_all_inputs_agree(zoo, tmp_path):
+    _, base, fts = zoo
+    same = [with_license(p, "apache-2.0", tmp_path / f"same-{p.name}") for p in (base, *fts)]
+    assert ModelCard(model_card(recipe_for(same[0], same[1:]))).data.license == "apache-2.0"
+    mixed = [*same[:2], with_license(fts[1], "mit", tmp_path / "mit-ft2")]
+    card = ModelCard(model_card(recipe_for(mixed[0], mixed[1:])))
+    assert card.data.license == "other"
+    assert "license: mit" in card.text and "license: apache-2.0" in card.text
+    assert ModelCard(model_card(recipe_for(base, fts))).data.license is None  # nothing declared
+
+
+def test_estimates_stay_out_of_model_index(zoo):
+    _, base, fts = zoo
+    meta = {"arith": TaskMeta(name="arith", dataset="evo_arith", split="test", metric="acc", n_items=40)}
+    estimated_only = ModelCard(model_card(recipe_for(base, fts), scores={"estimated": {"arith": 0.9}}, tasks=meta))
+    assert estimated_only.data.eval_results is None and "0.9000" in estimated_only.text
+    both = ModelCard(model_card(recipe_for(base, fts), tasks=meta,
+                                scores={"estimated": {"arith": 0.9}, "measured": {"arith": 0.55}}))
+    (result,) = both.data.eval_results
+    assert (result.dataset_name, result.dataset_split, result.metric_type, result.metric_value) == \
+        ("evo_arith", "test", "acc", 0.55)
+
+
+def test_user_strings_cannot_inject_markup_or_end_the_front_matter(zoo, tmp_path):
+    _, base, fts = zoo
+    evil = tmp_path / "x`<script>alert(1)</script>\n---\n## Scores"
+    shutil.copytree(fts[0], evil)
+    text = model_card(recipe_for(base, [evil, fts[1]]), title="t <img src=x>\n# H",
+                      scores={"measured": {"task`\n## Fake": 0.5}})
+    card = ModelCard(text)  # parses: the name did not close the front matter
+    assert card.data.merged_models[0] == evil.name
+    body = card.text
+    assert "<script>" not in body and "<img" not in body
+    assert [line for line in body.splitlines() if line.startswith("#")] == \
+        ["# t &lt;img src=x&gt; \\# H", "## Merged models", "## Scores", "## Reproduce"]
+
+
+def test_export_carries_chat_template_generation_config_and_results(zoo, tmp_path):
+    _, base, fts = zoo
+    templated = tmp_path / "templated-base"
+    shutil.copytree(base, templated)
+    template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    (templated / "chat_template.jinja").write_text(template)
+    GenerationConfig(max_new_tokens=7, do_sample=False).save_pretrained(templated)
+    items = {"arith": {"a": 1.0, "b": 0.0, "c": 1.0, "d": 1.0}}
+    meta = {"arith": TaskMeta(name="arith", dataset="evo_arith", metric="acc", version="1.0", n_items=4, limit=None)}
+    out = export_merge(plan_from_recipe(recipe_for(templated, fts)), tmp_path / "out", tasks=meta, item_scores=items,
+                       scores={"measured": {"arith": 0.75}})
+    assert AutoTokenizer.from_pretrained(out).chat_template == template
+    assert GenerationConfig.from_pretrained(out).max_new_tokens == 7
+    results = json.loads((out / RESULTS_FILE).read_text())
+    # hand-computed: mean 3/4, sample variance 0.25, stderr sqrt(0.25 / 4)
+    assert results["results"]["arith"]["acc,none"] == 0.75
+    assert math.isclose(results["results"]["arith"]["acc_stderr,none"], 0.25)
+    assert results["versions"]["arith"] == "1.0" and results["n-samples"]["arith"] == {"original": 4, "effective": 4}
+    table = pd.read_parquet(out / ITEM_SCORES_FILE)
+    assert table.set_index("item")["score"].to_dict() == items["arith"]
+    assert "0.7500 ± 0.2500" in (out / "README.md").read_text()
+
+
+def test_write_results_and_task_meta_of_a_shipped_benchmark(tmp_path):
+    from evo_merge.tasks.registry import resolve_task
+
+    task = resolve_task("arith", limit=30)
+    meta = task_meta("arith", task)
+    assert (meta.dataset, meta.split, meta.metric, meta.version, meta.limit, meta.n_items) == \
+        ("evo_arith", "test", "acc", "1.0", 30, 30)
+    scores = {"arith": {i: float(k % 3 == 0) for k, i in enumerate(task.item_ids)}}
+    write_results(tmp_path, scores, {"arith": meta})
+    text = (tmp_path / RESULTS_FILE).read_text()
+    assert "/" + tmp_path.parts[1] not in text  # the task's data file is named, not located
+    results = json.loads(text)
+    assert results["results"]["arith"]["acc,none"] == pytest.approx(10 / 30)
+    assert results["configs"]["arith"]["dataset_kwargs"]["data_files"]["test"] == "test.jsonl"
+    assert yaml.safe_dump(results)  # plain data all the way down
+    assert len(pd.read_parquet(tmp_path / ITEM_SCORES_FILE)) == 30
+
+
+def test_merge_command_card_has_no_machine_path(zoo, tmp_path):
+    root, base, fts = zoo
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_for(base, fts).to_yaml())
+    out = tmp_path / "merged"
+    assert CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(out)]).exit_code == 0
+    assert str(root) not in (out / "README.md").read_text()

@@ -1,0 +1,131 @@
+"""mergekit's methods against hand-computed values, invariants and sampling statistics."""
+
+import math
+
+import pytest
+import torch
+
+from evo_merge.errors import UserError
+from evo_merge.merge import get_method
+from evo_merge.merge.sparse import della_probabilities
+
+T = torch.tensor
+
+
+def run(method, base, deltas, weights=None, name="model.layers.0.mlp.weight", **params):
+    m = get_method(method)
+    weights = weights or [1.0] * len(deltas)
+    return m.fn(base, deltas, weights, m.resolve(params, len(deltas)), name)
+
+
+def test_breadcrumbs_drops_outliers_and_small_entries():
+    delta = T([0.1, -5.0, 0.3, 2.0, -0.2, 0.4, 1.0, -0.05, 0.6, 0.7])
+    # density 0.5 keeps 5 of 10; gamma 0.1 drops the largest (|-5|), then the 4 smallest
+    out = run("breadcrumbs", torch.zeros(10), [delta], density=0.5, gamma=0.1)
+    assert torch.equal(out, T([0.0, 0.0, 0.0, 2.0, 0.0, 0.4, 1.0, 0.0, 0.6, 0.7]))
+    # rescale: the survivors scaled to the L1 norm of the whole task vector
+    scaled = run("breadcrumbs", torch.zeros(10), [delta], density=0.5, gamma=0.1, rescale=True)
+    assert torch.allclose(scaled.abs().sum(), delta.abs().sum())
+
+
+def test_breadcrumbs_ties_elects_signs_after_trimming():
+    deltas = [T([1.0, -2.0]), T([-3.0, 1.0])]
+    out = run("breadcrumbs_ties", torch.zeros(2), deltas)  # density 1: nothing trimmed, sum, no normalize
+    assert torch.equal(out, T([-3.0, -2.0]))
+
+
+def test_sce_weights_tasks_by_energy_and_erases_minority_signs():
+    d1, d2 = T([1.0, 1.0]), T([3.0, -3.0])
+    # energies 1 and 9 -> weights 0.1, 0.9; entry 1: sum -2 elects minus, only d2 votes
+    out = run("sce", torch.zeros(2), [d1, d2], [5.0, 0.1])  # model weights are not used
+    assert torch.allclose(out, T([(0.1 * 1 + 0.9 * 3) / 1.0, -3.0]))
+
+
+def test_model_stock_interpolation_ratio():
+    base = torch.zeros(2)
+    d1, d2 = T([1.0, 0.0]), T([0.0, 1.0])  # orthogonal: cos 0 -> t 0 -> the base
+    assert torch.allclose(run("model_stock", base, [d1, d2]), base)
+    same = [T([1.0, 1.0]), T([2.0, 2.0])]  # cos 1 -> t = 2 / 2 = 1 -> the average
+    assert torch.allclose(run("model_stock", base, same), T([1.5, 1.5]))
+
+
+def test_nuslerp_and_multislerp_reduce_to_slerp_and_keep_norms():
+    a, b = T([1.0, 0.0]), T([0.0, 1.0])
+    zero = torch.zeros(2)
+    mid = T([math.sqrt(0.5), math.sqrt(0.5)])
+    assert torch.allclose(run("nuslerp", zero, [a, b], [1.0, 1.0]), mid, atol=1e-6)
+    assert torch.allclose(run("multislerp", zero, [a, b], [1.0, 1.0]), mid, atol=1e-6)
+    quarter = run("nuslerp", zero, [a, b], [3.0, 1.0])  # t = 1/4 of the angle from a
+    assert torch.allclose(quarter, T([math.cos(math.pi / 8), math.sin(math.pi / 8)]), atol=1e-6)
+
+
+def test_karcher_mean_of_the_base_and_the_models():
+    base = T([1.0, 0.0])
+    deltas = [T([-1.0, 1.0])]  # the other model is (0, 1): the mean direction is 45 degrees
+    out = run("karcher", base, deltas, max_iter=50, tol=1e-9)
+    assert torch.allclose(out, T([math.sqrt(0.5), math.sqrt(0.5)]), atol=1e-5)
+
+
+def test_nearswap_swaps_close_entries_and_blends_far_ones():
+    base, delta = T([0.0, 0.0]), T([0.005, 0.04])
+    out = run("nearswap", base, [delta], t=0.01)  # weight min(1, 0.01/0.005)=1, 0.01/0.04=0.25
+    assert torch.allclose(out, T([0.005, 0.01]))
+    with pytest.raises(UserError, match="parameters.t: required"):
+        get_method("nearswap").resolve({}, 1)
+
+
+def test_arcee_fusion_keeps_only_outlying_changes():
+    base = torch.zeros(4, 8)
+    delta = torch.zeros(4, 8)
+    delta[1, 3] = 2.0
+    out = run("arcee_fusion", base, [delta])
+    assert torch.equal(out, delta)  # the one large change survives; zero changes stay zero
+
+
+def test_passthrough_scales_one_model():
+    assert torch.equal(run("passthrough", T([1.0, -2.0]), [], scale=0.5), T([0.5, -1.0]))
+
+
+def test_della_probabilities_rise_with_magnitude_rank():
+    delta = T([[0.1, -3.0, 0.5, 2.0, -0.01]])
+    probs = della_probabilities(delta, 0.5, 0.1)
+    assert torch.allclose(probs, T([[0.45, 0.6, 0.5, 0.55, 0.4]]))
+
+
+def test_della_keeps_the_expected_density_and_is_unbiased():
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.randn(40, 50, generator=gen)
+    outs = torch.stack([run("della_linear", torch.zeros(40, 50), [delta], density=0.4, epsilon=0.2, seed=s)
+                        for s in range(200)])
+    assert abs(float((outs != 0).float().mean()) - 0.4) < 0.01
+    probs = della_probabilities(delta, 0.4, 0.2)
+    sd = delta.abs() * torch.sqrt((1 - probs) / probs) / math.sqrt(200)
+    assert ((outs.mean(0) - delta).abs() <= 5 * sd + 1e-6).all()
+    # the largest entries are kept more often than the smallest
+    kept = (outs != 0).float().mean(0).flatten()
+    order = delta.abs().flatten().argsort()
+    assert kept[order[-200:]].mean() > kept[order[:200]].mean() + 0.25
+
+
+def test_della_rejects_epsilon_outside_the_density():
+    with pytest.raises(UserError, match="epsilon"):
+        run("della", torch.zeros(10), [torch.randn(10)], density=0.9, epsilon=0.15)
+
+
+def test_mergekit_keys_that_do_not_change_tensors_are_accepted():
+    base, deltas = torch.zeros(3), [T([1.0, -2.0, 0.5]), T([0.5, 1.0, -1.0])]
+    plain = run("task_arithmetic", base, deltas)
+    assert torch.equal(run("task_arithmetic", base, deltas, int8_mask=True, rescale=True), plain)
+    assert torch.equal(run("ties", base, deltas, int8_mask=True), run("ties", base, deltas))
+
+
+def test_new_methods_declare_search_ranges_inside_their_bounds():
+    for name in ("della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "sce"):
+        for hp in get_method(name).hyperparameters:
+            if hp.searchable:
+                low, high = hp.search_range or (hp.low, hp.high)
+                assert hp.low <= low < high <= hp.high, (name, hp.name)
+    della = get_method("della")
+    density, epsilon = della.hyperparameter("density"), della.hyperparameter("epsilon")
+    # every searched density keeps density +/- the default epsilon inside (0, 1)
+    assert density.search_range[0] - epsilon.default > 0 and density.search_range[1] + epsilon.default < 1

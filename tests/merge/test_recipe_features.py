@@ -1,0 +1,244 @@
+"""Published-style recipes: slices, gradients, filters, tokenizer union, LoRA inputs, Hub ids, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evo_merge.cli import cli
+from evo_merge.zoo.tiny import make_tiny_causal_lm
+from evo_merge.zoo.tokenizer import build_char_tokenizer
+
+LAYERS = 4
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _save(model, tokenizer, path):
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory):
+    """A 4-layer Llama base, two perturbed copies, and a copy whose tokenizer adds chat tokens."""
+    root = tmp_path_factory.mktemp("deep")
+    tokenizer = build_char_tokenizer()
+    base = make_tiny_causal_lm("llama", vocab_size=len(tokenizer), layers=LAYERS, seed=3)
+    paths = {"base": _save(base, tokenizer, root / "base")}
+    gen = torch.Generator().manual_seed(5)
+    for name in ("ft1", "ft2"):
+        model = make_tiny_causal_lm("llama", vocab_size=len(tokenizer), layers=LAYERS, seed=3)
+        model.load_state_dict({k: v + 0.02 * torch.randn(v.shape, generator=gen) for k, v in base.state_dict().items()})
+        paths[name] = _save(model, tokenizer, root / name)
+    chat = AutoModelForCausalLM.from_pretrained(paths["ft2"])
+    chat_tok = AutoTokenizer.from_pretrained(paths["ft2"])
+    chat_tok.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
+    chat.resize_token_embeddings(len(chat_tok), mean_resizing=False)
+    with torch.no_grad():
+        chat.get_input_embeddings().weight[-2:] = torch.tensor([[0.5] * 32, [-0.5] * 32])
+    paths["chat"] = _save(chat, chat_tok, root / "chat")
+    return paths
+
+
+def tensors_of(folder):
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(file))
+    return out
+
+
+def merge(tmp_path, recipe, name="out"):
+    file = tmp_path / f"{name}.yaml"
+    file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    out = tmp_path / name
+    result = CliRunner().invoke(cli, ["merge", str(file), "--out", str(out)])
+    return result, out
+
+
+def generates(folder):
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("12+30=", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    return out.shape == (1, ids.shape[1] + 3)
+
+
+def test_gradient_and_filter_follow_mergekits_rule(deep, tmp_path):
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]), "models": [
+        {"model": str(deep["ft1"]), "parameters": {"weight": [{"filter": "self_attn", "value": 0.25},
+                                                             {"value": [0.0, 1.0]}]}}]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    merged, base, ft = tensors_of(out), tensors_of(deep["base"]), tensors_of(deep["ft1"])
+    for name, tensor in merged.items():
+        if "self_attn" in name:
+            weight = 0.25
+        elif ".layers." in name:
+            weight = int(name.split(".layers.")[1].split(".")[0]) / (LAYERS - 1)  # t = i / (n - 1)
+        else:
+            weight = 0.0  # outside the layers t = 0: the first anchor
+        assert torch.allclose(tensor, base[name] + weight * (ft[name] - base[name]), atol=1e-6), name
+
+
+def test_slices_stack_layers_renumbered_and_merge_per_slice(deep, tmp_path):
+    recipe = {"merge_method": "linear", "slices": [
+        {"sources": [{"model": str(deep["ft1"]), "layer_range": [0, 3]}]},
+        {"sources": [{"model": str(deep["ft1"]), "layer_range": [2, 4], "parameters": {"weight": 0.25}},
+                     {"model": str(deep["ft2"]), "layer_range": [1, 3], "parameters": {"weight": 0.75}}]},
+    ]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    merged, f1, f2 = tensors_of(out), tensors_of(deep["ft1"]), tensors_of(deep["ft2"])
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 5
+    q = "model.layers.{}.self_attn.q_proj.weight"
+    assert torch.equal(merged[q.format(2)], f1[q.format(2)])
+    assert torch.allclose(merged[q.format(4)], 0.25 * f1[q.format(3)] + 0.75 * f2[q.format(2)], atol=1e-6)
+    assert torch.allclose(merged["lm_head.weight"], 0.25 * f1["lm_head.weight"] + 0.75 * f2["lm_head.weight"],
+                          atol=1e-6)  # after the layers: from the last slice
+    assert torch.equal(merged["model.embed_tokens.weight"], f1["model.embed_tokens.weight"])  # the first slice
+    assert generates(out)
+
+
+def _lora_adapter(model_dir, out, seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(out)
+    return peft_model.merge_and_unload().state_dict()
+
+
+def test_lora_input_equals_peft_merge_and_shape_mismatch_exits_2(deep, tmp_path):
+    expected = _lora_adapter(deep["ft1"], tmp_path / "adapter")
+    recipe = {"merge_method": "linear", "models": [{"model": f"{deep['ft1']}+{tmp_path / 'adapter'}"}]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    merged = tensors_of(out)
+    assert any(not torch.allclose(expected[k], tensors_of(deep["ft1"])[k]) for k in merged)  # the adapter changes it
+    for name, tensor in merged.items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
+    assert "+" in yaml.safe_load((out / "merge_recipe.yaml").read_text())["models"][0]["model"]
+
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    key = next(k for k in weights if "lora_A" in k)
+    weights[key] = torch.zeros(4, 7)
+    save_file(weights, tmp_path / "adapter" / "adapter_model.safetensors")
+    result, bad = merge(tmp_path, recipe, "bad")
+    assert result.exit_code == 2 and "adapter for" in result.output and "Traceback" not in result.output
+    assert not bad.exists()
+
+
+def test_published_style_recipe_with_union_tokenizer_lora_gradients_and_filters(deep, tmp_path):
+    _lora_adapter(deep["ft1"], tmp_path / "adapter")
+    recipe = {
+        "merge_method": "ties", "base_model": str(deep["base"]),
+        "slices": [{"sources": [
+            {"model": str(deep["base"]), "layer_range": [0, 4]},
+            {"model": f"{deep['ft1']}+{tmp_path / 'adapter'}", "layer_range": [0, 4],
+             "parameters": {"density": [0.3, 0.9], "weight": [{"filter": "mlp", "value": 0.6}, {"value": 0.4}]}},
+            {"model": str(deep["chat"]), "layer_range": [0, 4], "parameters": {"density": 0.5, "weight": 0.5}},
+        ]}],
+        "parameters": {"normalize": True, "int8_mask": True},
+        "dtype": "float32", "out_dtype": "bfloat16",
+        "tokenizer_source": "union", "chat_template": CHATML,
+    }
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    chat_tok = AutoTokenizer.from_pretrained(deep["chat"])
+    assert all(tokenizer.convert_tokens_to_ids(t) == chat_tok.convert_tokens_to_ids(t) for t in CHAT_TOKENS)
+    merged = tensors_of(out)
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == len(tokenizer)
+    embed = merged["model.embed_tokens.weight"].float()
+    # only the chat model has the added tokens: every model gets its row, so the merge keeps it
+    assert torch.allclose(embed[-2:], torch.tensor([[0.5] * 32, [-0.5] * 32]), atol=1e-2)
+    assert merged["model.embed_tokens.weight"].dtype == torch.bfloat16
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "1+1"}], tokenize=False)
+    assert text.startswith("<|im_start|>user")
+    assert generates(out)
+
+
+def test_union_tokenizer_needed_when_vocabularies_differ(deep, tmp_path):
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+              "models": [{"model": str(deep["chat"])}]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 2 and "shape" in result.output
+    recipe["tokenizer"] = {"source": "base"}
+    result, out = merge(tmp_path, recipe, "base_vocab")
+    assert result.exit_code == 0, result.output
+    assert tensors_of(out)["model.embed_tokens.weight"].shape[0] == len(AutoTokenizer.from_pretrained(deep["base"]))
+
+
+BAD = {
+    "layer range out of range": ({"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": "{ft1}", "layer_range": [2, 9]}]}]}, "slices.0.sources.0.layer_range"),
+    "empty gradient": ({"merge_method": "task_arithmetic", "base_model": "{base}", "models": [
+        {"model": "{ft1}", "parameters": {"weight": []}}]}, "weight: expected a value"),
+    "unknown key in a slice": ({"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": "{ft1}", "layer_range": [0, 2], "layers": 3}]}]}, "slices.0.sources.0.layers: unknown key"),
+    "unknown method": ({"merge_method": "frankenmerge", "models": [{"model": "{ft1}"}]}, "unknown merge method"),
+    "unknown filtered parameter": ({"merge_method": "ties", "base_model": "{base}", "models": [{"model": "{ft1}"}],
+                                    "parameters": {"densty": [{"filter": "mlp", "value": 0.5}]}},
+                                   "parameters.densty: unknown parameter"),
+    "models and slices": ({"merge_method": "linear", "models": [{"model": "{ft1}"}], "slices": [
+        {"sources": [{"model": "{ft1}", "layer_range": [0, 2]}]}]}, "exactly one of `models` and `slices`"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_recipes_exit_2_with_the_key(deep, tmp_path, case):
+    recipe, expected = BAD[case]
+    text = yaml.safe_dump(recipe).replace("'{ft1}'", str(deep["ft1"])).replace("'{base}'", str(deep["base"]))
+    text = text.replace("{ft1}", str(deep["ft1"])).replace("{base}", str(deep["base"]))
+    (tmp_path / "bad.yaml").write_text(text)
+    result = CliRunner().invoke(cli, ["merge", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def _hub_cache(root, model_dir, repo="tiny-org/tiny-llama", commit="a" * 40):
+    """The huggingface_hub cache layout: blobs are plain copies here (the hub reads either)."""
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in model_dir.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return repo, commit
+
+
+def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tmp_path):
+    repo, commit = _hub_cache(tmp_path / "hub", deep["base"])
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    recipe = tmp_path / "hub.yaml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "task_arithmetic", "base_model": repo,
+                                      "models": [{"model": str(deep["ft1"]), "parameters": {"weight": 0.5}}]}))
+    done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o")],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    written = yaml.safe_load((tmp_path / "o" / "merge_recipe.yaml").read_text())
+    assert written["base_model"] == f"{repo}@{commit}"
+    card = (tmp_path / "o" / "README.md").read_text()
+    assert f"{repo}@{commit}" in card and "snapshots" not in card
+    expected = {k: v + 0.5 * (tensors_of(deep["ft1"])[k] - v) for k, v in tensors_of(deep["base"]).items()}
+    assert all(torch.allclose(t, expected[k], atol=1e-6) for k, t in tensors_of(tmp_path / "o").items())
+
+    recipe.write_text(recipe.read_text().replace(repo, "tiny-org/not-cached"))
+    done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o2")],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "not in the local cache" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o2").exists()

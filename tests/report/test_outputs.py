@@ -1,0 +1,136 @@
+"""A finished campaign's leaderboard-ready outputs: cards, results files, report.html, tracking, upload."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from huggingface_hub import ModelCard
+
+from evo_merge.cli import cli
+from evo_merge.errors import UserError
+from evo_merge.merge.results import ITEM_SCORES_FILE, RESULTS_FILE
+from evo_merge.report.campaign import write_report
+from evo_merge.report.upload import plan_upload
+from evo_merge.weights import write_model_folder
+
+EXTERNAL = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.IGNORECASE)
+
+
+def exported(run):
+    return sorted(p for p in (run / "models").iterdir() if p.is_dir())
+
+
+def test_exported_picks_have_hub_cards_and_results_files(tracked_run):
+    root, run, _ = tracked_run
+    folders = exported(run)
+    assert folders
+    for folder in folders:
+        text = (folder / "README.md").read_text()
+        assert str(root) not in text and "/tmp" not in text  # no machine path anywhere in the card
+        card = ModelCard(text)
+        measured = {r.task_name: r.metric_value for r in card.data.eval_results}
+        assert set(measured) == {"agree0", "agree1"} and all(not r.verified for r in card.data.eval_results)
+        assert card.data.merged_models == ["ft1", "ft2"] and "merge" in card.data.tags
+        results = json.loads((folder / RESULTS_FILE).read_text())
+        items = pd.read_parquet(folder / ITEM_SCORES_FILE)
+        for task, value in measured.items():
+            assert results["results"][task]["score,none"] == pytest.approx(value)
+            assert items[items.task == task].score.mean() == pytest.approx(value)  # every item, as measured
+            assert results["n-samples"][task]["effective"] == (items.task == task).sum() == 120
+
+
+def test_report_html_is_self_contained_and_shows_every_front_member(tracked_run):
+    _, run, _ = tracked_run
+    html = (run / "report.html").read_text()
+    assert not EXTERNAL.search(html), EXTERNAL.search(html)
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly's JS is inside the file
+    front = pd.read_csv(run / "pareto.csv")
+    assert len(front)
+    for evaluation_id in front.id:
+        assert f"#{evaluation_id} " in html, evaluation_id
+    for folder in exported(run):
+        assert f'id="pick-{folder.name}"' in html
+    (run / "report.html").unlink()
+    assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0  # rewritten from the store, cards included
+    assert all(f'id="pick-{folder.name}"' in (run / "report.html").read_text() for folder in exported(run))
+
+
+def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
+    from mlflow import MlflowClient
+
+    _, _, uri = tracked_run
+    client = MlflowClient(uri)
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert mlrun.info.status == "FINISHED"
+    history = client.get_metric_history(mlrun.info.run_id, "generation/hypervolume")
+    assert [m.step for m in history] == [1, 2, 3]
+    spent = [m.value for m in client.get_metric_history(mlrun.info.run_id, "generation/items")]
+    assert spent == sorted(spent) and spent[-1] > 0
+    artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
+    assert {"report.md", "report.html", "pareto.png", "evaluations.json", "campaign.yaml"} <= artifacts
+    assert client.get_metric_history(mlrun.info.run_id, "measured/agree0")  # the measured front
+
+
+def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path, monkeypatch):
+    _, run, _ = tracked_run
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored token either
+    pick = int(pd.read_csv(run / "pareto.csv").id.iloc[0])
+    out = tmp_path / "pick"
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(out),
+                                      "--push-to-hub", "me/tiny-merge", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[0] for line in result.output.splitlines() if line.startswith("  ")}
+    assert listed == {p.name for p in out.iterdir()} >= {"README.md", "model.safetensors", RESULTS_FILE}
+    assert "hf auth login" in result.output  # said now, before a real upload fails
+
+    again = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(out), "--overwrite",
+                                     "--push-to-hub", "me/tiny-merge"])
+    assert again.exit_code == 2 and "no Hugging Face token found" in again.output and "hf auth login" in again.output
+    bad = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(tmp_path / "x"),
+                                   "--push-to-hub", "../etc"])
+    assert bad.exit_code == 2 and "ORG/NAME" in bad.output and not (tmp_path / "x").exists()
+
+
+def test_upload_refuses_a_card_with_a_local_path_or_weights_with_nan(tmp_path):
+    folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))],
+                                extra_files={"README.md": "---\nbase_model: /home/me/models/base\n---\n"})
+    with pytest.raises(UserError, match="README.md: the card names the local path /home/me/models/base"):
+        plan_upload(folder)
+    broken = write_model_folder(tmp_path / "n", [("ok", torch.ones(2)), ("layer.weight", torch.tensor([1.0, float("nan")]))],
+                                extra_files={"README.md": "# fine\n"})
+    with pytest.raises(UserError, match="tensor layer.weight holds NaN or Inf"):
+        plan_upload(broken)
+
+
+def test_reports_escape_user_strings(small_store, tmp_path):
+    from conftest import TASKS
+
+    small_store.set_meta("facts", {"name": "x", "generations": 2, "weights": None,
+                                   "tasks": [{"name": t, "direction": "maximize", "items": 4} for t in TASKS]})
+    folder = tmp_path / "pick"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# card\n\n<script>alert(1)</script>\n")
+    name = "evil`name\n## Fake section <b>"
+    write_report(small_store.run_dir, small_store, small_store.get_meta("facts"), {name: (3, folder)})
+    report = (small_store.run_dir / "report.md").read_text()
+    assert "## Fake section" not in report and "<b>" not in report and "evil\\`name" in report
+    html = (small_store.run_dir / "report.html").read_text()
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html and "<b>" not in html
+
+
+def test_push_goes_no_further_than_the_network_call_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from evo_merge.report.upload import push_to_hub
+
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the test suite never reaches the network
+    folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))], extra_files={"README.md": "# fine\n"})
+    plan = plan_upload(folder)
+    assert [name for name, _ in plan.files] == ["README.md", "model.safetensors"]
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
+        push_to_hub(plan, "me/tiny-merge", private=True, revision="v1")

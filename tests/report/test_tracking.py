@@ -1,0 +1,114 @@
+"""Experiment tracking against a real MLflow file store and W&B offline runs, read back afterwards."""
+
+import glob
+import json
+import struct
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TASKS
+
+from evo_merge.config import Campaign, TrackingSpec
+from evo_merge.errors import UserError
+from evo_merge.report.tracking import IDS_FILE, open_tracker
+from evo_merge.search.metrics import generation_metrics
+from evo_merge.search.objectives import Objectives
+
+CAMPAIGN = Campaign.model_validate({"name": "tiny", "base_model": "b", "models": ["m1", "m2"],
+                                    "tasks": [{"task": "arith", "name": t} for t in TASKS]})
+
+
+def run_through(tracker, store):
+    """What the study loop does: each evaluation as stored, a step per generation, then finish."""
+    evaluations = store.evaluations()
+    for evaluation in evaluations:
+        tracker.log_evaluation(evaluation)
+    for generation in (1, 2):
+        tracker.log_generation(generation, generation_metrics(evaluations, Objectives.of(TASKS, ["maximize"] * 2), generation))
+    (store.run_dir / "report.md").write_text("# Campaign report\n")
+    tracker.finish(store.run_dir)
+
+
+def test_mlflow_run_holds_generations_evaluations_and_artifacts(small_store, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    spec = TrackingSpec.model_validate({"mlflow": {"uri": uri, "experiment": "merges"}})
+    run_through(open_tracker(spec, small_store.run_dir, CAMPAIGN), small_store)
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("merges").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
+    assert run.data.params["algorithm.population"] == "16"
+    hv = client.get_metric_history(run.info.run_id, "generation/hypervolume")
+    # hand-computed union of boxes: gen 1 (0.6,0.1),(0.4,0.4): 0.4*0.4 + 0.2*0.1; gen 2 adds (0.1,0.7): + 0.1*0.3
+    assert [(m.step, round(m.value, 6)) for m in hv] == [(1, 0.18), (2, 0.21)]
+    items = client.get_metric_history(run.info.run_id, "generation/items")
+    assert [m.value for m in items] == [16.0, 24.0]
+    measured = client.get_metric_history(run.info.run_id, "measured/alpha")
+    assert [(m.step, m.value) for m in measured] == [(3, 0.45)]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.md", "evaluations.json"} <= artifacts
+    rows = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluations.json", str(tmp_path))).read_text())
+    assert [r["id"] for r in rows] == [1, 2, 3, 4] and rows[2]["weight_1"] == 0.5 and rows[2]["measured_beta"] == 0.35
+
+    # a resumed campaign continues the same run
+    again = open_tracker(spec, small_store.run_dir, CAMPAIGN)
+    assert again.trackers[0].run_id == run.info.run_id == json.loads((small_store.run_dir / IDS_FILE).read_text())["mlflow"]
+
+
+def test_missing_tracking_package_is_a_user_error_naming_the_extra(small_store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: `import mlflow` raises ImportError
+    spec = TrackingSpec.model_validate({"mlflow": {"uri": "file:./mlruns"}})
+    with pytest.raises(UserError, match=r"tracking\.mlflow: .*evo-merge\[tracking\]"):
+        open_tracker(spec, small_store.run_dir, CAMPAIGN)
+
+
+def wandb_records(run_dir):
+    """(kind, record) of a finished offline W&B run; its service may still be writing the log
+    after `finish()` returns, so wait (a few seconds at most) for the closing `exit` record."""
+    deadline = time.time() + 60
+    records = read_wandb_log(run_dir)
+    while not any(kind == "exit" for kind, _ in records) and time.time() < deadline:
+        time.sleep(0.2)
+        records = read_wandb_log(run_dir)
+    return records
+
+
+def read_wandb_log(run_dir):
+    """Records of an offline W&B run log, parsed with W&B's own protobuf (records in 32 KiB
+    blocks behind a 7-byte file header, each chunk behind crc/length/type, as in LevelDB's log)."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    raw, pos, chunk, out = Path(path).read_bytes(), 7, b"", []
+    while pos + 7 <= len(raw):
+        if 32768 - pos % 32768 < 7:
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if length == 0 and kind == 0:
+            break
+        chunk, pos = chunk + raw[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # full or last chunk
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            out.append((record.WhichOneof("record_type"), record))
+            chunk = b""
+    return out
+
+
+def test_wandb_offline_run_logs_a_step_per_generation(small_store, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    spec = TrackingSpec.model_validate({"wandb": {"project": "merges", "mode": "offline"}})
+    run_through(open_tracker(spec, small_store.run_dir, CAMPAIGN), small_store)
+    records = wandb_records(small_store.run_dir)
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for kind, r in records if kind == "history"]
+    generations = [(h["generation"], round(h["generation/hypervolume"], 6)) for h in history if "generation/hypervolume" in h]
+    assert generations == [(1, 0.18), (2, 0.21)]
+    assert [h["measured/alpha"] for h in history if "measured/alpha" in h] == [0.45]
+    assert {"run", "artifact", "exit"} <= {kind for kind, _ in records}

@@ -1,0 +1,42 @@
+"""Objectives with directions: what pymoo minimises, the worst point, hypervolume, the front."""
+
+import numpy as np
+import pytest
+
+from evo_merge.search.objectives import Objectives
+
+MIXED = Objectives.of(["acc", "err"], ["maximize", "minimize"])
+
+
+def test_pymoo_minimises_negated_maximised_tasks_and_plain_minimised_ones():
+    assert MIXED.minimised({"acc": 0.8, "err": 0.3}).tolist() == [-0.8, 0.3]
+
+
+def test_a_weighted_objective_is_one_number_over_better_is_higher_scores():
+    weighted = Objectives.of(["acc", "err"], ["maximize", "minimize"], {"acc": 2.0, "err": 1.0})
+    assert weighted.n_objectives == 1
+    # minimised: 2 * (-0.8) + 1 * 0.3
+    assert weighted.minimised({"acc": 0.8, "err": 0.3}).tolist() == pytest.approx([-1.3])
+    # balanced: (2 * 0.8 + 1 * (-0.3)) / 3
+    assert weighted.balanced({"acc": 0.8, "err": 0.3}) == pytest.approx(1.3 / 3)
+
+
+def test_the_worst_point_follows_the_direction():
+    assert MIXED.worst() == {"acc": 0.0, "err": 1.0}
+    assert MIXED.goodness({"acc": 0.4, "err": 0.2}, "err") == -0.2
+
+
+def test_hypervolume_is_measured_from_the_worst_point_by_direction():
+    # one point: the box from (acc 0, err 1) to (acc 0.5, err 0.25) has area 0.5 * 0.75
+    assert MIXED.hypervolume(np.array([[0.5, 0.25]])) == pytest.approx(0.375)
+    # a second point dominated by the first adds nothing; one trading off adds its own box
+    assert MIXED.hypervolume(np.array([[0.5, 0.25], [0.4, 0.5]])) == pytest.approx(0.375)
+    assert MIXED.hypervolume(np.array([[0.5, 0.25], [0.8, 0.5]])) == pytest.approx(0.375 + 0.3 * 0.5)
+    assert MIXED.hypervolume(np.empty((0, 2))) == 0.0
+
+
+def test_the_front_keeps_the_rows_no_other_row_beats_in_both_directions():
+    points = np.array([[0.5, 0.25], [0.4, 0.5], [0.8, 0.5], [0.8, 0.6]])
+    assert sorted(MIXED.non_dominated(points)) == [0, 2]
+    maximise_both = Objectives.of(["a", "b"], ["maximize", "maximize"])
+    assert sorted(maximise_both.non_dominated(points)) == [3]  # row 3, (0.8, 0.6), beats the rest

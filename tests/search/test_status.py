@@ -1,0 +1,75 @@
+"""Reading a run: `status` and `report` open no model and import neither torch nor lm-eval;
+a minimised task is handled by direction in status, hypervolume, picks and the report."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from huggingface_hub import ModelCard
+
+from evo_merge.cli import cli
+from evo_merge.search.objectives import Objectives
+from evo_merge.search.store import CampaignStore
+from evo_merge.zoo.tiny import save_tiny_family
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("status")
+    base, fts = save_tiny_family(root / "zoo", "llama", n_finetunes=2, noise=0.08)
+    config = {
+        "base_model": str(base), "models": [str(f) for f in fts],
+        "tasks": [{"task": "agreement_task:AgreementTask", "name": "agree0",
+                   "options": {"reference": str(fts[0]), "name": "agree0", "seed": 0}},
+                  {"task": "agreement_task:AgreementTask", "name": "disagree1", "direction": "minimize",
+                   "options": {"reference": str(fts[1]), "name": "disagree1", "seed": 1}}],
+        "methods": {"task_arithmetic": {}},
+        "estimator": {"kind": "full"},
+        "algorithm": {"population": 6, "generations": 2, "seed": 2},
+        "final": {"evaluate_top": 3, "export": ["best_per_task"]},
+    }
+    (root / "campaign.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["run", str(root / "campaign.yaml"), "--out", str(root / "run")])
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def test_status_reads_the_store_only(run):
+    code = ("import sys; from evo_merge.cli import cli\n"
+            "try:\n    cli(['status', sys.argv[1]], standalone_mode=False)\n"
+            "finally:\n    print('heavy:', sorted(m for m in ('torch', 'lm_eval', 'transformers') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "heavy: []" in out.stdout and "generation 2/2 (finished)" in out.stdout, out.stdout
+
+
+def test_a_minimised_task_is_best_when_lowest(run):
+    store = CampaignStore(run)
+    ok = [e for e in store.evaluations("search") if e.status == "ok"]
+    lowest = min(e.estimates["disagree1"] for e in ok)
+    output = CliRunner().invoke(cli, ["status", str(run)]).output
+    assert f"best disagree1 (lower is better): {lowest:.3f}" in output, output
+    measured = [e.measured["disagree1"] for e in store.evaluations("search") if e.measured]
+    cards = [ModelCard.load(folder / "README.md") for folder in (run / "models").iterdir()]  # picked twice: once
+    exported = [next(r.metric_value for r in card.data.eval_results if r.task_name == "disagree1") for card in cards]
+    assert min(measured) == pytest.approx(min(exported)) and max(measured) > min(measured)
+
+
+def test_progress_hypervolume_uses_the_worst_point_by_direction(run):
+    from evo_merge.report.campaign import progress_table
+
+    store = CampaignStore(run)
+    objectives = Objectives.of(["agree0", "disagree1"], ["maximize", "minimize"])
+    table = progress_table(store, objectives)
+    ok = [e for e in store.evaluations("search") if e.status == "ok"]
+    rows = [[e.estimates["agree0"], e.estimates["disagree1"]] for e in ok]
+    assert table.hypervolume.iloc[-1] == pytest.approx(objectives.hypervolume(rows))
+    assert table.best_disagree1.iloc[-1] == pytest.approx(min(r[1] for r in rows))
+    assert 0 < table.hypervolume.iloc[-1] <= 1

@@ -1,0 +1,55 @@
+"""The import graph of `evo_merge`: no circle, and no import climbing the floors
+weights < merge < search < report < cli (imports inside functions count too)."""
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+PACKAGE = Path(__file__).parents[1] / "evo_merge"
+FLOORS = {"weights": 0, "merge": 1, "search": 2, "report": 3, "cli": 4}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> nx.DiGraph:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(modules)
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
+                targets = [base, *(f"{base}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name and not target.startswith(name + "."):  # a package's own modules
+                    graph.add_edge(name, target)
+    return graph
+
+
+def floor(module: str) -> int | None:
+    parts = module.split(".")
+    return FLOORS.get(parts[1]) if len(parts) > 1 else None
+
+
+def test_no_import_circle():
+    circles = [sorted(c) for c in nx.strongly_connected_components(import_graph()) if len(c) > 1]
+    assert circles == []
+
+
+def test_no_import_climbs_a_floor():
+    climbs = [(a, b) for a, b in import_graph().edges
+              if floor(a) is not None and floor(b) is not None and floor(b) > floor(a)]
+    assert climbs == []

@@ -1,0 +1,103 @@
+"""The one entry point for model folders: HF causal LMs and plain networks, round trips and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from evo_merge.errors import UserError
+from evo_merge.weights import is_hf_folder, load_model_folder, save_model_folder
+from evo_merge.weights.nets import build_net
+
+MLP = {"arch": "mlp", "in_dim": 6, "hidden": [5], "classes": 3}
+
+
+def test_an_hf_folder_opens_like_transformers_and_round_trips(family, tmp_path):
+    base, _ = family
+    model, tokenizer = load_model_folder(base)
+    reference = AutoModelForCausalLM.from_pretrained(base).eval()
+    ids = torch.tensor([tokenizer("12+3=")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+    assert is_hf_folder(base) and not model.training
+
+    out = save_model_folder(tmp_path / "copy", model, tokenizer)
+    again, tok2 = load_model_folder(out)
+    assert tok2("12+3=")["input_ids"] == tokenizer("12+3=")["input_ids"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+
+
+def test_dtype_and_device_are_applied_on_load(llama_family):
+    model, _ = load_model_folder(llama_family[0], device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_a_plain_network_round_trips_with_its_config(tmp_path):
+    torch.manual_seed(3)
+    net = build_net(MLP)
+    out = save_model_folder(tmp_path / "mlp", net)
+    assert json.loads((out / "config.json").read_text()) == MLP
+    loaded, tokenizer = load_model_folder(out)
+    x = torch.randn(4, 6)
+    assert tokenizer is None and not is_hf_folder(out)
+    assert torch.equal(loaded(x), net(x))
+
+
+def test_writing_is_refused_over_an_existing_folder_unless_asked(tmp_path):
+    net = build_net(MLP)
+    out = tmp_path / "mlp"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    with pytest.raises(UserError, match="already exists"):
+        save_model_folder(out, net)
+    with pytest.raises(UserError, match="not a model folder"):  # overwrite replaces only a model folder
+        save_model_folder(out, net, overwrite=True)
+    (out / "model.safetensors").write_bytes(b"an older model")
+    save_model_folder(out, net, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["mlp"]  # no temporary folder left behind
+
+
+def _plain_folder(root: Path, config: dict, state: dict[str, torch.Tensor]) -> Path:
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps(config))
+    save_file(state, root / "model.safetensors")
+    return root
+
+
+def test_a_tensor_that_does_not_fit_the_architecture_is_named(tmp_path):
+    state = dict(build_net(MLP).state_dict())
+    state["fcs.0.weight"] = torch.zeros(2, 2)
+    with pytest.raises(UserError, match=r"parameter fcs\.0\.weight does not fit"):
+        load_model_folder(_plain_folder(tmp_path / "bad", MLP, state))
+    del state["fcs.0.weight"]
+    with pytest.raises(UserError, match=r"parameter fcs\.0\.weight of the architecture .* is missing"):
+        load_model_folder(_plain_folder(tmp_path / "short", MLP, state))
+
+
+def test_folders_that_are_not_models_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="not a model folder"):
+        load_model_folder(tmp_path / "missing")
+    bare = _plain_folder(tmp_path / "bare", {"hidden": 3}, {"w": torch.zeros(2)})
+    with pytest.raises(UserError, match="no model_type or arch"):
+        load_model_folder(bare)
+    (bare / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_model_folder(bare)
+
+
+def test_an_hf_folder_with_only_a_pickle_is_refused(llama_family, tmp_path):
+    model, _ = load_model_folder(llama_family[0])
+    folder = tmp_path / "pickled"
+    model.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(UserError, match="cannot load the model"):
+        load_model_folder(folder)
