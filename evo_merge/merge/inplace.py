@@ -24,6 +24,9 @@ from evo_merge.merge.storage import Stash, Storage
 from evo_merge.weights import Checkpoint, check_compatible
 
 
+CHUNK = 2**16  # entries combined at a time on the CPU: the float32 partial sums stay in cache
+
+
 class InPlaceMerger:
     def __init__(
         self,
@@ -106,8 +109,26 @@ class InPlaceMerger:
             direct = into_module and target.dtype == self.dtype and target.device == self.device
             out = target if direct else torch.empty(target.shape, dtype=self.dtype, device=self.device)
             fetched = [self._fetch(p) if w != 0 else None for p, w in zip(pieces[name], weights)]
-            yield name, combine_pieces(self.stash.move(stored_base), fetched, weights, m.scale(weights, resolved),
-                                       out=out)
+            base, scale = self.stash.move(stored_base), m.scale(weights, resolved)
+            if into_module and self.device.type == "cpu" and _elementwise(target, base, fetched):
+                yield name, self._combine_in_chunks(target, base, fetched, weights, scale)
+                continue
+            yield name, combine_pieces(base, fetched, weights, scale, out=out)
+
+    def _combine_in_chunks(self, target: torch.Tensor, base: torch.Tensor, pieces: Sequence[torch.Tensor | None],
+                           weights: Sequence[float], scale: float) -> torch.Tensor:
+        """`combine_pieces` into the module a cache-sized chunk at a time (on the CPU): the stored
+        tensors are read once and the module written once, with no float32 copy of the whole
+        tensor going through memory. The operations per entry are the same, so are the bits."""
+        dest, flat_base = target.view(-1), base.view(-1)
+        flat = [p if p is None else p.view(-1) for p in pieces]
+        buffer = torch.empty(min(CHUNK, dest.numel()), dtype=self.dtype)
+        for start in range(0, dest.numel(), CHUNK):
+            part = slice(start, start + CHUNK)
+            out = buffer[: dest[part].numel()]
+            combine_pieces(flat_base[part], [p if p is None else p[part] for p in flat], weights, scale, out=out)
+            dest[part].copy_(out)
+        return target
 
     def tensors(
         self, method: str, weights: Sequence[float], params: Mapping[str, Any] | None = None
@@ -127,6 +148,12 @@ class InPlaceMerger:
     def clear_cache(self) -> None:
         """Drop cached pieces (e.g. between search phases that use different methods)."""
         self._pieces.clear()
+
+
+def _elementwise(target: torch.Tensor, base: torch.Tensor, pieces: Sequence[Any]) -> bool:
+    """Whether a tensor's candidate can be combined chunk by chunk: plain, contiguous tensors only."""
+    tensors = [target, base, *(p for p in pieces if p is not None)]
+    return all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in tensors)
 
 
 def _check_target(base: Checkpoint, targets: Mapping[str, torch.Tensor], name: str, module: nn.Module) -> None:
