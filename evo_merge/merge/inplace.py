@@ -60,7 +60,8 @@ class InPlaceMerger:
             theta0 = base.tensor(name, dtype)
             self._targets[name] = targets[name]
             self._base[name] = self.stash.keep(theta0, stored)
-            self._deltas[name] = [self.stash.keep(ep.tensor(name, dtype) - theta0, stored) for ep in endpoints]
+            # in place: one float32 copy of the tensor per endpoint read, not two
+            self._deltas[name] = [self.stash.keep(ep.tensor(name, dtype).sub_(theta0), stored) for ep in endpoints]
         self._pieces: dict[tuple, dict[str, list[Piece]]] = {}
 
     def _pieces_for(self, method: MergeMethod, params: Mapping[str, Any]) -> dict[str, list[Piece]]:
