@@ -188,7 +188,7 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
     largest = max(shapes.floating, key=lambda t: t.numel, default=None)
     if largest is None:
         return 0
-    copies = 2
+    copies = 3  # the output, one widened stored piece and its expansion (TSV)
     for name in setting.methods:
         if name in SPARSIFYING:
             copies = max(copies, 4 * setting.n_models + 3)

@@ -109,11 +109,14 @@ class InPlaceMerger:
             target = self._targets[name]
             direct = into_module and target.dtype == self.dtype and target.device == self.device
             out = target if direct else torch.empty(target.shape, dtype=self.dtype, device=self.device)
-            fetched = [self._fetch(p) if w != 0 else None for p, w in zip(pieces[name], weights)]
             base, scale = self.stash.move(stored_base), m.scale(weights, resolved)
-            if into_module and self.device.type == "cpu" and _elementwise(target, base, fetched):
-                yield name, self._combine_in_chunks(target, base, fetched, weights, scale)
-                continue
+            if all(p is None or isinstance(p, torch.Tensor) for p in pieces[name]):
+                fetched = [self.stash.move(p) if p is not None and w != 0 else None for p, w in zip(pieces[name], weights)]
+                if into_module and self.device.type == "cpu" and _elementwise(target, base, fetched):
+                    yield name, self._combine_in_chunks(target, base, fetched, weights, scale)
+                    continue
+            else:  # factored pieces are widened one at a time, as the sum reaches them
+                fetched = (self._fetch(p) if w != 0 else None for p, w in zip(pieces[name], weights))
             yield name, combine_pieces(base, fetched, weights, scale, out=out)
 
     def _combine_in_chunks(self, target: torch.Tensor, base: torch.Tensor, pieces: Sequence[torch.Tensor | None],
