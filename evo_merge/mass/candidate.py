@@ -19,7 +19,8 @@ KEPT = "mass"
 
 
 class MassKind:
-    uses_weights = False
+    def uses_weights(self, method: str) -> bool:
+        return False  # routing picks the tasks per input
 
     def searched_ranges(self, method: str, configured: Mapping[str, tuple[float, float]],
                         base: Path) -> dict[str, tuple[float, float]]:

@@ -32,7 +32,9 @@ class Evidence:
 
 
 class CandidateKind(Protocol):
-    uses_weights: bool  # False: the endpoint weights play no part (decoded as all 1)
+    def uses_weights(self, method: str) -> bool:
+        """False when the endpoint weights play no part (the genome decodes them as all 1)."""
+        ...
 
     def searched_ranges(self, method: str, configured: Ranges, base: Path) -> Ranges:
         """The hyperparameters the genome varies for `method`, with their ranges."""
@@ -72,7 +74,11 @@ def candidate_recipe(candidate: Candidate, base: Path, models: list[Path], out_d
 class StaticMerge:
     """A registered merge method: one set of weights, written in place, exported as its recipe."""
 
-    uses_weights = True
+    def uses_weights(self, method: str) -> bool:
+        """As the method declares: some (model_stock, karcher, ...) ignore per-model weights."""
+        from evo_merge.merge import get_method
+
+        return get_method(method).uses_weights
 
     def searched_ranges(self, method: str, configured: Ranges, base: Path) -> Ranges:
         return declared_ranges(method, configured)

@@ -46,7 +46,7 @@ class SearchSpace:
 
     def decode(self, x: Mapping[str, Any]) -> Candidate:
         method = str(x["method"])
-        if candidate_kind(method).uses_weights:
+        if candidate_kind(method).uses_weights(method):
             weights = tuple(round_value(float(x[f"c{t}"])) for t in range(self.n_models))
         else:
             weights = (1.0,) * self.n_models

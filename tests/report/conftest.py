@@ -3,7 +3,8 @@ import pytest
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.store import CampaignStore
 
-TASKS = ["alpha", "beta"]
+from report_store import TASKS  # a plain module: conftest modules of other folders share its name
+
 # (generation, weights, estimates); generation None: calibration, measured on every item
 EVALUATIONS = [
     (None, (0.0, 0.0), {"alpha": 0.2, "beta": 0.3}),

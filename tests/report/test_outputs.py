@@ -6,6 +6,7 @@ import re
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import save_file
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
@@ -100,14 +101,16 @@ def test_upload_refuses_a_card_with_a_local_path_or_weights_with_nan(tmp_path):
                                 extra_files={"README.md": "---\nbase_model: /home/me/models/base\n---\n"})
     with pytest.raises(UserError, match="README.md: the card names the local path /home/me/models/base"):
         plan_upload(folder)
-    broken = write_model_folder(tmp_path / "n", [("ok", torch.ones(2)), ("layer.weight", torch.tensor([1.0, float("nan")]))],
-                                extra_files={"README.md": "# fine\n"})
+    broken = write_model_folder(tmp_path / "n", [("ok", torch.ones(2))], extra_files={"README.md": "# fine\n"})
+    # the writer refuses NaN itself: a folder holding one comes from elsewhere (bit rot, another tool)
+    save_file({"ok": torch.ones(2), "layer.weight": torch.tensor([1.0, float("nan")])},
+              str(broken / "model.safetensors"))
     with pytest.raises(UserError, match="tensor layer.weight holds NaN or Inf"):
         plan_upload(broken)
 
 
 def test_reports_escape_user_strings(small_store, tmp_path):
-    from conftest import TASKS
+    from report_store import TASKS
 
     small_store.set_meta("facts", {"name": "x", "generations": 2, "weights": None,
                                    "tasks": [{"name": t, "direction": "maximize", "items": 4} for t in TASKS]})

@@ -60,3 +60,11 @@ def test_the_first_generation_starts_from_the_seeds(space, name):
     assert seeds[0] in asked
     if name != "cmaes":  # CMA-ES starts its distribution at the first seed and samples around it
         assert seeds[1] in asked and len(asked) == 6
+
+
+def test_methods_that_ignore_the_weights_decode_them_as_ones():
+    """model_stock ignores per-model weights (as in mergekit): genomes differing only there are one candidate."""
+    space = SearchSpace({"model_stock": declared_ranges("model_stock", {})}, 2, (0.0, 1.5))
+    genomes = [{**space.encode(Candidate("model_stock", (w, 1.0 - w))), "method": "model_stock"} for w in (0.1, 0.9)]
+    decoded = [space.decode(g) for g in genomes]
+    assert decoded[0] == decoded[1] and decoded[0].weights == (1.0, 1.0)
