@@ -177,6 +177,7 @@ class Setting:
     eval_dtype: torch.dtype
     on_gpu: bool
     batch_size: int = 32
+    seq_len: int = ACTIVATION_TOKENS
 
 
 def lowrank_bytes(shapes: Shapes, n_models: int, tasks: int, dtype: torch.dtype | None) -> int:
@@ -190,15 +191,18 @@ def lowrank_bytes(shapes: Shapes, n_models: int, tasks: int, dtype: torch.dtype 
 
 def work_bytes(shapes: Shapes, setting: Setting) -> int:
     """Float32 copies of the largest tensor alive while one tensor is merged (the worst method)."""
-    largest = max((t.numel for t in shapes.floating), default=0)
-    copies = 2
+    largest = max(shapes.floating, key=lambda t: t.numel, default=None)
+    if largest is None:
+        return 0
+    copies = 3  # the output, one widened stored piece and its expansion (TSV)
     for name in setting.methods:
         if name in SPARSIFYING:
             copies = max(copies, 4 * setting.n_models + 3)
         elif name != "mass" and get_method(name).pieces is None:
             copies = max(copies, setting.n_models + 4)
+    # with `host`, the largest tensor's stored base and task vectors are on the device while it is merged
     staging = setting.n_models + 1 if setting.storage.placement == "host" else 0
-    return largest * (4 * copies + 2 * staging)
+    return largest.numel * (4 * copies + staging * (setting.storage.dtype or largest.dtype).itemsize)
 
 
 def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
@@ -234,9 +238,9 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
             line(f"MASS merge cache ({MASS_CACHE} task sets)", MASS_CACHE * module, "device"),
         ]
     lines.append(line("merge work (one tensor at a time)", work_bytes(shapes, setting), "device"))
-    tokens = setting.batch_size * ACTIVATION_TOKENS
+    tokens = setting.batch_size * setting.seq_len
     activations = tokens * (2 * shapes.vocab + ACTIVATION_FLOATS * shapes.hidden) * 4 if shapes.vocab else 64 * 2**20
-    lines.append(line(f"activations ({setting.batch_size} x {ACTIVATION_TOKENS} tokens)", activations, "device"))
+    lines.append(line(f"activations ({setting.batch_size} x {setting.seq_len} tokens)", activations, "device"))
     return lines
 
 

@@ -27,6 +27,9 @@ from evo_merge.weights import Checkpoint, check_compatible
 Weights = Sequence[float] | Mapping[str, Sequence[float]]
 
 
+CHUNK = 2**16  # entries combined at a time on the CPU: the float32 partial sums stay in cache
+
+
 class InPlaceMerger:
     def __init__(
         self,
@@ -60,7 +63,8 @@ class InPlaceMerger:
             theta0 = base.tensor(name, dtype)
             self._targets[name] = targets[name]
             self._base[name] = self.stash.keep(theta0, stored)
-            self._deltas[name] = [self.stash.keep(ep.tensor(name, dtype) - theta0, stored) for ep in endpoints]
+            # in place: one float32 copy of the tensor per endpoint read, not two
+            self._deltas[name] = [self.stash.keep(ep.tensor(name, dtype).sub_(theta0), stored) for ep in endpoints]
         self._pieces: dict[tuple, dict[str, list[Piece]]] = {}
 
     def _pieces_for(self, method: MergeMethod, params: Mapping[str, Any]) -> dict[str, list[Piece]]:
@@ -114,8 +118,30 @@ class InPlaceMerger:
             target = self._targets[name]
             direct = into_module and target.dtype == self.dtype and target.device == self.device
             out = target if direct else torch.empty(target.shape, dtype=self.dtype, device=self.device)
-            fetched = [self._fetch(p) if x != 0 else None for p, x in zip(pieces[name], w)]
-            yield name, combine_pieces(self.stash.move(stored_base), fetched, w, m.scale(w, resolved), out=out)
+            base, scale = self.stash.move(stored_base), m.scale(w, resolved)
+            if all(p is None or isinstance(p, torch.Tensor) for p in pieces[name]):
+                fetched = [self.stash.move(p) if p is not None and x != 0 else None for p, x in zip(pieces[name], w)]
+                if into_module and self.device.type == "cpu" and _elementwise(target, base, fetched):
+                    yield name, self._combine_in_chunks(target, base, fetched, w, scale)
+                    continue
+            else:  # factored pieces are widened one at a time, as the sum reaches them
+                fetched = (self._fetch(p) if x != 0 else None for p, x in zip(pieces[name], w))
+            yield name, combine_pieces(base, fetched, w, scale, out=out)
+
+    def _combine_in_chunks(self, target: torch.Tensor, base: torch.Tensor, pieces: Sequence[torch.Tensor | None],
+                           weights: Sequence[float], scale: float) -> torch.Tensor:
+        """`combine_pieces` into the module a cache-sized chunk at a time (on the CPU): the stored
+        tensors are read once and the module written once, with no float32 copy of the whole
+        tensor going through memory. The operations per entry are the same, so are the bits."""
+        dest, flat_base = target.view(-1), base.view(-1)
+        flat = [p if p is None else p.view(-1) for p in pieces]
+        buffer = torch.empty(min(CHUNK, dest.numel()), dtype=self.dtype)
+        for start in range(0, dest.numel(), CHUNK):
+            part = slice(start, start + CHUNK)
+            out = buffer[: dest[part].numel()]
+            combine_pieces(flat_base[part], [p if p is None else p[part] for p in flat], weights, scale, out=out)
+            dest[part].copy_(out)
+        return target
 
     def tensors(
         self, method: str, weights: Weights, params: Mapping[str, Any] | None = None
@@ -136,6 +162,12 @@ class InPlaceMerger:
     def clear_cache(self) -> None:
         """Drop cached pieces (e.g. between search phases that use different methods)."""
         self._pieces.clear()
+
+
+def _elementwise(target: torch.Tensor, base: torch.Tensor, pieces: Sequence[Any]) -> bool:
+    """Whether a tensor's candidate can be combined chunk by chunk: plain, contiguous tensors only."""
+    tensors = [target, base, *(p for p in pieces if p is not None)]
+    return all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in tensors)
 
 
 def _check_target(base: Checkpoint, targets: Mapping[str, torch.Tensor], name: str, module: nn.Module) -> None:

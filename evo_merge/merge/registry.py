@@ -11,7 +11,7 @@ the pieces once (e.g. TSV-M's orthogonalised factors) and each candidate costs o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -166,7 +166,7 @@ def register_method(
 
 def combine_pieces(
     base: torch.Tensor,
-    pieces: Sequence[Piece],
+    pieces: Iterable[Piece],
     weights: Sequence[float],
     scale: float,
     out: torch.Tensor | None = None,

@@ -10,7 +10,10 @@ unless the caller opts in, and then loaded with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
+import sys
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -71,6 +74,7 @@ class _WeightsFile(Protocol):
     def names(self) -> list[str]: ...
     def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]: ...
     def load(self, name: str) -> torch.Tensor: ...
+    def release(self, view: torch.Tensor) -> None: ...
 
 
 class _SafetensorsFile:
@@ -92,6 +96,9 @@ class _SafetensorsFile:
 
     def load(self, name: str) -> torch.Tensor:
         return self._handle.get_tensor(name)
+
+    def release(self, view: torch.Tensor) -> None:
+        drop_mapped_pages(view.data_ptr(), view.numel() * view.element_size())
 
 
 class _PickleFile:
@@ -122,6 +129,9 @@ class _PickleFile:
 
     def load(self, name: str) -> torch.Tensor:
         return self._state[name]
+
+    def release(self, view: torch.Tensor) -> None:
+        """Pickle tensors are views of torch's own mapping: left alone."""
 
 
 class Checkpoint:
@@ -173,11 +183,14 @@ class Checkpoint:
 
         `dtype` casts floating tensors; integer buffers stay as stored.
         """
-        tensor = self._reader(name).load(name)
-        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
-            return tensor.to(dtype)
-        # Both readers hand out views of a private file mapping, shared between calls.
-        return tensor.clone()
+        reader = self._reader(name)
+        view = reader.load(name)
+        if dtype is not None and view.is_floating_point() and view.dtype != dtype:
+            tensor = view.to(dtype)
+        else:  # both readers hand out views of a private file mapping, shared between calls
+            tensor = view.clone()
+        reader.release(view)
+        return tensor
 
     def tokenizer_files(self) -> list[Path]:
         return tokenizer_files(self.folder) if self.folder is not None else []
@@ -224,6 +237,22 @@ class Checkpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def drop_mapped_pages(address: int, length: int) -> None:
+    """Let the kernel unmap the file pages of a tensor that has just been copied out.
+
+    Reading a checkpoint tensor by tensor otherwise leaves every page read resident in the
+    process (counted in its RSS) until the file is closed: a streamed read of T endpoints would
+    look like T models in memory. Only whole pages inside the tensor are dropped; they are
+    re-read from the file if touched again, since nothing ever writes to the mapping."""
+    start = -(-address // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (address + length) // mmap.PAGESIZE * mmap.PAGESIZE
+    if _LIBC is not None and end > start:
+        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED)
 
 
 def open_checkpoints(paths: Iterable[str | Path], *, allow_pickle: bool = False) -> list[Checkpoint]:

@@ -151,3 +151,20 @@ def test_mass_factors_follow_the_storage_and_stay_close_to_float32(family):
     for name, merged in exact.merged([0, 1, 2]):
         assert lean_merged[name].dtype == torch.float32
         assert (lean_merged[name] - merged).norm() <= 2.0**-6 * merged.norm(), name
+
+
+@pytest.mark.parametrize("module_dtype", [torch.float32, torch.bfloat16])
+def test_chunked_combining_on_the_cpu_gives_the_same_bits(family, module_dtype, monkeypatch):
+    import evo_merge.merge.inplace as inplace
+
+    expected = {}
+    for chunk in (inplace.CHUNK, 7):  # whole tensors, then chunks that split every tensor unevenly
+        monkeypatch.setattr(inplace, "CHUNK", chunk)
+        m = merger(family, Storage(torch.bfloat16), module_dtype)
+        m.apply("task_arithmetic", WEIGHTS, {"lambda": 0.8})
+        state = {k: v.clone() for k, v in m.module.state_dict().items()}
+        whole = dict(m.tensors("task_arithmetic", WEIGHTS, {"lambda": 0.8}))  # never chunked
+        for name, tensor in whole.items():
+            assert torch.equal(state[name], tensor.to(module_dtype)), name
+        expected.setdefault("first", state)
+        assert all(torch.equal(expected["first"][k], state[k]) for k in state)
