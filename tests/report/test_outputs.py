@@ -61,7 +61,7 @@ def test_report_html_is_self_contained_and_shows_every_front_member(tracked_run)
 def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
     from mlflow import MlflowClient
 
-    _, _, uri = tracked_run
+    _, run, uri = tracked_run
     client = MlflowClient(uri)
     (mlrun,) = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
     assert mlrun.info.status == "FINISHED"
@@ -72,6 +72,13 @@ def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
     assert {"report.md", "report.html", "pareto.png", "evaluations.json", "campaign.yaml"} <= artifacts
     assert client.get_metric_history(mlrun.info.run_id, "measured/agree0")  # the measured front
+
+    # resume replays the stored generations: same tracker run, nothing logged twice, tracking not
+    # part of what makes a run "a different campaign"
+    assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0
+    (again,) = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert again.info.run_id == mlrun.info.run_id and again.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "generation/hypervolume")] == [1, 2, 3]
 
 
 def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path, monkeypatch):
