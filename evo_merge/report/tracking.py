@@ -193,7 +193,7 @@ class WandbTracker:
 
         rows = evaluation_rows(run_dir)
         self.run.log({"evaluations": self.wandb.Table(dataframe=pd.DataFrame(rows))})
-        artifact = self.wandb.Artifact(f"{metric_name(self.run.name or 'campaign').replace(' ', '_')}-report", type="report")
+        artifact = self.wandb.Artifact(re.sub(r"[^\w.-]", "_", self.run.name or "campaign") + "-report", type="report")
         for path in _existing(run_dir):
             artifact.add_file(str(path))
         self.run.log_artifact(artifact)
