@@ -7,20 +7,42 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
+from evo_merge.irt.kinds import ANCHOR_METHODS, BACKEND_NAMES, CAMPAIGN_ESTIMATOR_KINDS
 from evo_merge.schema import Strict, load_yaml, validate
 
-ANCHOR_METHODS = ("kmeans-irt", "kmeans-correctness", "stratified", "random")
-ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full")
+# Names that become file or folder names in a run (IRT models, exported picks): no separators,
+# no `..`, no leading dot or dash, so a config can never reach outside its run folder.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def is_safe_name(value: str) -> bool:
+    return bool(SAFE_NAME.fullmatch(value)) and ".." not in value
+
+
+def check_safe_name(value: str) -> str:
+    """`value` if it may become a path component, else ValueError (validators add the key path)."""
+    if not is_safe_name(value):
+        raise ValueError(f"{value!r} is not a safe name: use letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit, without '..'")
+    return value
+
+
+class _Checked(Strict):
+    """A campaign section: every float must be finite (`.inf` or `.nan` is refused at load)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
 DEFAULT_METHODS = {"task_arithmetic": {}, "ties": {}, "dare_ties": {}, "tsv": {}}
 
 
-class TaskSpec(Strict):
+class TaskSpec(_Checked):
     """One objective: a shipped benchmark name, an lm-eval task, a local YAML/folder or `module:attr`."""
 
     task: str
@@ -33,8 +55,19 @@ class TaskSpec(Strict):
     def label(self) -> str:
         return self.name or Path(self.task.split(":")[-1]).stem
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_safe_name(value)
 
-class Coefficients(Strict):
+    @model_validator(mode="after")
+    def _safe_label(self) -> TaskSpec:
+        if self.name is None and not is_safe_name(self.label):  # the label names IRT and model folders
+            raise ValueError(f"task {self.task!r}: its label {self.label!r} is not a safe folder name; give a `name`")
+        return self
+
+
+class Coefficients(_Checked):
     low: float = 0.0
     high: float = 1.5
 
@@ -45,14 +78,16 @@ class Coefficients(Strict):
         return self
 
 
-class EstimatorSpec(Strict):
+class EstimatorSpec(_Checked):
     """How candidates are scored: `full` scores every item (the expensive baseline)."""
 
-    kind: Literal["anchor", "pirt", "gpirt", "mpirt", "gmpirt", "full"] = "gpirt"
+    kind: Literal[CAMPAIGN_ESTIMATOR_KINDS] = "gpirt"
     anchors: int = Field(20, ge=1, description="anchor items per task scenario")
-    anchor_method: Literal["kmeans-irt", "kmeans-correctness", "stratified", "random"] = "kmeans-irt"
+    anchor_method: Literal[ANCHOR_METHODS] = "kmeans-irt"
     irt_model: str | None = Field(None, description="fitted IRT folder per task name; None: fit from calibration")
-    backend: Literal["torch", "pyirt"] = "torch"
+    backend: Literal[BACKEND_NAMES] = "torch"
+    lr: float | None = Field(None, gt=0, description="pyirt backend learning rate (None: its default)")
+    epochs: int | None = Field(None, ge=1, description="pyirt backend training epochs (None: its default)")
     dims: int | Literal["auto"] = "auto"
     warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
 
@@ -64,7 +99,7 @@ SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "cmaes")
 AlgorithmName = Literal["nsga2", "nsga3", "smsemoa", "ga", "cmaes"]
 
 
-class AlgorithmSpec(Strict):
+class AlgorithmSpec(_Checked):
     """A pymoo algorithm by name: multi-objective (one objective per task) or single-objective
     (`ga`, `cmaes`: the weighted sum declared in `objective.weights`)."""
 
@@ -77,14 +112,14 @@ class AlgorithmSpec(Strict):
         "(task arithmetic lambda 0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
 
 
-class ObjectiveSpec(Strict):
+class ObjectiveSpec(_Checked):
     """A single weighted objective over the tasks, for single-objective algorithms (scores are
     oriented by each task's direction before weighting); every task is still estimated and stored."""
 
     weights: dict[str, float] | None = Field(None, description="task name -> weight")
 
 
-class EvaluatorSpec(Strict):
+class EvaluatorSpec(_Checked):
     """Where candidates are evaluated: in this process (`local`), or on a dask.distributed cluster
     (`dask`: an existing scheduler at `address`, or a LocalCluster of `n_workers` processes)."""
 
@@ -106,12 +141,12 @@ class EvaluatorSpec(Strict):
         return self
 
 
-class FinalSpec(Strict):
+class FinalSpec(_Checked):
     evaluate_top: int = Field(8, ge=1, description="front members evaluated on every item")
     export: list[Literal["best_per_task", "balanced", "front"]] = Field(default_factory=lambda: ["best_per_task", "balanced"])
 
 
-class AlignSpec(Strict):
+class AlignSpec(_Checked):
     """Align endpoints trained from different initialisations once, before the search."""
 
     method: AlignMethod = "weight"
@@ -121,18 +156,38 @@ class AlignSpec(Strict):
     seed: int = 0
 
 
-class MLflowSpec(Strict):
+class StorageSpec(_Checked):
+    """How the search keeps the base and task vectors: dtype (auto: the checkpoints' own) and place
+    (`host`: streamed to the device per candidate); budgets override the memory the plan sees."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    placement: Literal["device", "host"] = "device"
+    host_budget_gib: float | None = Field(None, gt=0, description="host memory the run may use")
+    device_budget_gib: float | None = Field(None, gt=0, description="GPU memory the run may use")
+
+
+def _inside_domain(hyperparameter: Any, low: float, high: float, where: str) -> None:
+    """A searched range must lie in the hyperparameter's declared domain: refused at load, not
+    when the search first draws a value outside it (after calibration was paid)."""
+    bottom = -float("inf") if hyperparameter.low is None else hyperparameter.low
+    top = float("inf") if hyperparameter.high is None else hyperparameter.high
+    if low < bottom or high > top:
+        raise ValueError(f"{where}: range [{low}, {high}] leaves the domain of {hyperparameter.name} "
+                         f"[{hyperparameter.low}, {hyperparameter.high}]")
+
+
+class MLflowSpec(_Checked):
     uri: str | None = Field(None, description="tracking URI (http://host:5000, file:./mlruns); None: MLFLOW_TRACKING_URI")
     experiment: str = "evo-merge"
 
 
-class WandbSpec(Strict):
+class WandbSpec(_Checked):
     project: str
     mode: Literal["offline", "online"] = "offline"
     entity: str | None = None
 
 
-class TrackingSpec(Strict):
+class TrackingSpec(_Checked):
     """Experiment trackers the campaign reports to (`pip install 'evo-merge[tracking]'`); they
     observe the run and never change what it computes."""
 
@@ -140,7 +195,7 @@ class TrackingSpec(Strict):
     wandb: WandbSpec | None = None
 
 
-class Campaign(Strict):
+class Campaign(_Checked):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
     name: str = "campaign"
@@ -157,6 +212,7 @@ class Campaign(Strict):
     final: FinalSpec = Field(default_factory=FinalSpec)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
+    storage: StorageSpec = Field(default_factory=StorageSpec)
     tracking: TrackingSpec | None = None
 
     @field_validator("device")
@@ -184,6 +240,7 @@ class Campaign(Strict):
                     raise ValueError(f"{name}.{key}: not a searchable parameter of {name} (searchable: {known})")
                 if not low < high:
                     raise ValueError(f"{name}.{key}: empty range [{low}, {high}]")
+                _inside_domain(declared[key], low, high, f"{name}.{key}")
         return methods
 
     @model_validator(mode="after")

@@ -11,14 +11,19 @@ IRT anchors + gp-IRT >= 25% lower MAE than random sampling + mean at n = 30.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from evo_merge.irt import Estimator, IRTModel, select_anchors, validate, validate_responses
+from evo_merge.irt.adaptive import AdaptiveTest
+from evo_merge.irt.validation import random_baseline
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 
@@ -119,14 +124,124 @@ def merges() -> None:
                   + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in mae.items()))
 
 
+FEW_SUBJECTS = (8, 12, 20)
+FEW_BUDGETS = (10, 30, 100)
+
+
+def _few_subjects_data(n_train: int, seed: int):
+    """Mimics the failure seen on real leaderboards: few calibration subjects, many items in
+    clusters of distinct difficulty and sharpness (4 scenarios x 500), and test subjects from a
+    wider, shifted population (out of distribution: stronger and weaker than any calibration one)."""
+    gen = make_synthetic_irt(2000, dims=2, n_scenarios=4, heterogeneous=True, clusters=8, seed=100 + seed)
+    theta, ids = synthetic_abilities(n_train, dims=2, seed=200 + seed)
+    test_theta = synthetic_abilities(40, dims=2, seed=300 + seed)[0] * 1.6 + np.array([0.4, -0.2])
+    train = validate_responses(gen.sample(theta, ids, seed=400 + seed))
+    test = gen.sample(test_theta, [f"t{j}" for j in range(40)], seed=500 + seed)
+    return train, ResponseMatrix.from_long(test, gen.item_ids).scores
+
+
+def _mae(est: Estimator, test: np.ndarray) -> float:
+    return float(np.abs(est.estimate_matrix(test[:, est.anchor_idx]) - est.scenario_means(test)).mean())
+
+
+def _adaptive_mae(model: IRTModel, test: np.ndarray, max_items: int) -> float:
+    """Adaptive testing spending max_items per scenario on each test subject."""
+    adaptive = AdaptiveTest(model, target_se=1e-9, max_items=max_items, step=max(1, max_items // 5))
+    errors = []
+    for row in test:
+        result = adaptive.run(lambda items: {i: row[model.item_index([i])[0]] for i in items})
+        errors.append(np.abs(np.array([result[s] for s in model.scenarios]) - adaptive_truth(model, row)).mean())
+    return float(np.mean(errors))
+
+
+def adaptive_truth(model: IRTModel, row: np.ndarray) -> np.ndarray:
+    return np.array([row[idx].mean() for idx in model.scenario_items().values()])
+
+
+def few_subjects(draws: int, seeds: int) -> None:
+    """MAE vs random sampling with 8/12/20 calibration subjects, and adaptive at half the items."""
+    table = Table(title="Few calibration subjects, out-of-distribution test subjects (4 x 500 items): "
+                        "MAE / random sampling's MAE")
+    for col in ("subjects", "items/scenario", "random + mean MAE", "default (auto + gpirt)",
+                "kmeans-irt + gpirt", "random + gpirt", "adaptive, half the items", "default SE / its RMSE"):
+        table.add_column(col, justify="right")
+    for n_train in FEW_SUBJECTS:
+        for budget in FEW_BUDGETS:
+            ratios = {k: [] for k in ("default", "kmeans", "random", "adaptive")}
+            base_all, calib = [], []
+            for seed in range(seeds):
+                train, test = _few_subjects_data(n_train, seed)
+                model = IRTModel.fit(train, seed=seed)
+                base, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=False)
+                base_all.append(base)
+                for key, method in (("default", "auto"), ("kmeans", "kmeans-irt"), ("random", "random")):
+                    est = Estimator(model, select_anchors(model, budget, method, seed=seed), "gpirt")
+                    ratios[key].append(_mae(est, test) / base)
+                    if key == "default":
+                        err = est.estimate_matrix(test[:, est.anchor_idx]) - est.scenario_means(test)
+                        calib.append(float(np.mean(est.scenario_se / np.sqrt((err**2).mean(axis=0)))))
+                ratios["adaptive"].append(_adaptive_mae(model, test, budget // 2) / base)
+            table.add_row(str(n_train), str(budget), f"{np.mean(base_all):.4f}",
+                          *[f"{np.mean(ratios[k]):.2f}x" for k in ratios], f"{np.mean(calib):.2f}")
+    console.print(table)
+
+
+def shipped_responses(family: str):
+    """The tiny-lm responses behind irt_models/<family> (base, 3 endpoints, 60 merges) as a long table."""
+    model = IRTModel.load(Path("irt_models") / family)
+    frame = pd.DataFrame(model.responses, index=model.subject_ids, columns=model.item_ids)
+    long = frame.rename_axis("subject").reset_index().melt(id_vars="subject", var_name="item", value_name="score")
+    long["scenario"] = long["item"].map(dict(zip(model.item_ids, model.item_scenarios)))
+    return validate_responses(long, family)
+
+
+def tiny_lm(draws: int, seeds: int) -> None:
+    """The shipped tiny-lm responses: calibration on 12 subjects (base, endpoints, 8 merges: a
+    campaign's warm-up) or 48, MAE on 16 other merges, per sub-skill scenario."""
+    table = Table(title="tiny-lm responses (irt_models/): MAE / random sampling's MAE, per sub-skill scenario")
+    for col in ("family", "calibration subjects", "items/scenario", "random + mean MAE", "default (auto + gpirt)",
+                "random + gpirt", "adaptive, half the items"):
+        table.add_column(col, justify="right")
+    for family in ("arith", "lang", "seq"):
+        responses = shipped_responses(family)
+        subjects = list(dict.fromkeys(responses.subject))
+        for n_train in (12, 48):
+            rows = {b: {k: [] for k in ("base", "default", "random", "adaptive")} for b in FEW_BUDGETS}
+            for seed in range(seeds):
+                merges = np.random.default_rng(seed).permutation(subjects[4:])
+                train = responses[responses.subject.isin([*subjects[:4], *merges[: n_train - 4]])]
+                model = IRTModel.fit(train, seed=seed)
+                test = ResponseMatrix.from_long(responses[responses.subject.isin(merges[-16:])], model.item_ids).scores
+                for budget, row in rows.items():
+                    base, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=False)
+                    row["base"].append(base)
+                    for key, method in (("default", "auto"), ("random", "random")):
+                        est = Estimator(model, select_anchors(model, budget, method, seed=seed), "gpirt")
+                        row[key].append(_mae(est, test) / base)
+                    row["adaptive"].append(_adaptive_mae(model, test, budget // 2) / base)
+            for budget, row in rows.items():
+                table.add_row(family, str(n_train), str(budget), f"{np.mean(row['base']):.4f}",
+                              *[f"{np.mean(row[k]):.2f}x" for k in ("default", "random", "adaptive")])
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyirt-epochs", type=int, default=1000)
     parser.add_argument("--skip-pyirt-large", action="store_true", help="skip py-irt on 100 x 5,000 (slow)")
+    parser.add_argument("--few-subjects-only", action="store_true",
+                        help="only the few-calibration-subjects tables (synthetic and tiny-lm)")
+    parser.add_argument("--seeds", type=int, default=3, help="calibration sets per row of the few-subjects table")
+    parser.add_argument("--draws", type=int, default=200, help="random-baseline draws per subject")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 avoids oversubscription on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    few_subjects(args.draws, args.seeds)
+    tiny_lm(args.draws, args.seeds)
+    if args.few_subjects_only:
+        return
     recovery(args.pyirt_epochs)
     large(args.pyirt_epochs, args.skip_pyirt_large)
     heterogeneous()

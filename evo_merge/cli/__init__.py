@@ -11,7 +11,7 @@ import importlib
 import click
 
 from evo_merge import __version__
-from evo_merge.errors import UserError
+from evo_merge.cli.faults import as_fault, exit_cleanly_on_sigterm
 
 # command name -> "module:attribute" under evo_merge.cli
 COMMANDS: dict[str, str] = {
@@ -29,14 +29,8 @@ COMMANDS: dict[str, str] = {
     "eval": "eval:eval_",
     "zoo": "zoo:zoo",
     "mass": "mass:mass",
+    "plan": "plan:plan",
 }
-
-
-class _UserErrorExit(click.ClickException):
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # one line, no "Usage:" block, no traceback
-        click.echo(f"error: {self.message}", err=True)
 
 
 class LazyGroup(click.Group):
@@ -53,15 +47,20 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except UserError as exc:
-            raise _UserErrorExit(str(exc)) from None
+        except (Exception, KeyboardInterrupt) as exc:  # re-raised unless it has a one-line form
+            fault = None if ctx.params.get("debug") else as_fault(exc)
+            if fault is None:
+                raise
+            raise fault from None
 
 
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="evo-merge")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of every error.")
+def cli(debug: bool) -> None:
     """Evolutionary model-merge search with IRT-estimated fitness."""
 
 
 def main() -> None:
+    exit_cleanly_on_sigterm()
     cli(prog_name="evo-merge")

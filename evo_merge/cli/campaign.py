@@ -6,6 +6,8 @@ so they open no model and import neither torch models nor lm-eval.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -96,6 +98,7 @@ def _run(runner) -> None:
     for evaluation in measured:
         tracker.log_evaluation(evaluation)
     tracker.finish(workspace.run_dir)
+    store.mark_finished()  # after the report: a run cut short while writing it is not finished
     console = Console()
     console.print(_summary_table(runner, measured, exported))
     console.print(f"report: {report}")
@@ -108,14 +111,43 @@ def _run(runner) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="run folder (created)")
 def run(campaign_file: Path, out: Path) -> None:
     """Start a search campaign in the run folder OUT (an existing run of the same campaign is resumed)."""
-    _run(_runner(out, campaign_file))
+    from evo_merge.cli.plan import check_campaign_fits
+    from evo_merge.search.store import check_run_folder, remove_unused_run_folder
+
+    check_campaign_fits(campaign_file)  # memory plan (#13): exit 2 before the run folder or any evaluation
+    check_run_folder(out)
+    new = not out.exists()
+    with _holding(out):
+        try:
+            _run(_runner(out, campaign_file))
+        except Exception:
+            if new:  # a failed start leaves no folder bound to its config
+                remove_unused_run_folder(out)
+            raise
 
 
 @click.command()
 @RUN_DIR
 def resume(run: Path) -> None:
     """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating only what is missing."""
-    _run(_runner(run))
+    from evo_merge.cli.plan import check_campaign_fits
+
+    check_campaign_fits(_campaign_file(run))  # memory plan (#13), as for `run`
+    with _holding(run):
+        _run(_runner(run))
+
+
+@contextmanager
+def _holding(run: Path) -> Iterator[None]:
+    """The run folder's lock for the whole command; Ctrl-C ends with 130 and the way to go on."""
+    from evo_merge.cli.faults import Interrupted
+    from evo_merge.search.lock import RunLock
+
+    with RunLock(run):
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; resume with: evo-merge resume {run}") from None
 
 
 @click.command()
@@ -129,8 +161,8 @@ def status(run: Path) -> None:
     search = store.evaluations("search")
     ok = [e for e in search if e.status == "ok"]
     console = Console()
-    console.print(f"campaign {facts['name']}: generation {store.get_meta('generations_done', 0)}/{facts['generations']}"
-                  f"{' (finished)' if store.get_meta('finished') else ''}")
+    console.print(f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
+                  f"{' (finished)' if store.finished(facts['generations']) else ''}")
     console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, {len(search) - len(ok)} failed)")
     for task in objectives.names:
         if ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,25 +17,53 @@ import click
 @click.option("--device", default=None, help="torch device (default: where the model loads).")
 @click.option("--metric", default=None, help="lm-eval metric[,filter], e.g. exact_match,strip.")
 @click.option("--subject", default=None, help="Subject name in the table (default: the folder name).")
+@click.option("--allow-pickle", is_flag=True, help="also read .bin weights (pickle: only from a source you trust)")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output CSV.")
-def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject, out) -> None:
+def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject, allow_pickle, out) -> None:
     """Write long-format per-item scores `subject,item,score[,scenario]` to OUT."""
     from transformers.utils import logging as hf_logging
 
-    from evo_merge.mass.model import MASS_JSON, load_mass
+    from evo_merge.errors import UserError
     from evo_merge.tasks.registry import resolve_task
     from evo_merge.tasks.scoring import read_item_ids, score_table
-    from evo_merge.weights.folder import load_model_folder
 
     hf_logging.disable_progress_bar()  # keep errors on one line
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give the path of the CSV file to write")
     items = read_item_ids(items_file) if items_file else None
-    if (model_dir / MASS_JSON).is_file():
-        model, tokenizer = load_mass(model_dir)
-    else:
-        model, tokenizer = load_model_folder(model_dir)
+    if items == []:
+        raise UserError(f"--items {items_file}: no item ids in it")
+    model, tokenizer = _load(model_dir, allow_pickle)
     settings = {"batch_size": batch_size, "device": device, "metric": metric}
     task = resolve_task(task_spec, **{k: v for k, v in settings.items() if v is not None})
     table = score_table(task, model, tokenizer, subject or model_dir.resolve().name, items)
+    if table.empty:
+        raise UserError(f"task {task.name}: no items to score")
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     click.echo(f"{task.name}: {len(table)} items, mean score {table['score'].mean():.4f} -> {out}")
+
+
+def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:
+    """(model, tokenizer) of an HF or MASS folder, refused on one line when its files are corrupt
+    or a weight is NaN/Inf (scores of such a model would be silently meaningless)."""
+    from safetensors import SafetensorError
+
+    from evo_merge.errors import UserError
+    from evo_merge.mass.model import MASS_JSON, load_mass
+    from evo_merge.weights.folder import load_model_folder
+
+    if not allow_pickle and model_dir.is_dir() and not any(model_dir.glob("*.safetensors")):
+        raise UserError(f"model folder {model_dir} has no .safetensors weights (pickle weights need --allow-pickle)")
+    try:
+        if (model_dir / MASS_JSON).is_file():
+            model, tokenizer = load_mass(model_dir)
+        else:
+            model, tokenizer = load_model_folder(model_dir, allow_pickle=allow_pickle)
+    except (OSError, ValueError, SafetensorError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--model {model_dir}: cannot be loaded ({message})") from None
+    for name, tensor in model.named_parameters():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise UserError(f"--model {model_dir}: tensor {name} holds NaN or Inf")
+    return model, tokenizer

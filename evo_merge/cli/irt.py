@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import click
 from rich.console import Console
 
 from evo_merge.errors import UserError
-from evo_merge.irt import (
-    KINDS, METHODS, Estimator, IRTModel, estimate_table, load_anchors, load_responses, select_anchors,
-)
+from evo_merge.irt import Estimator, IRTModel, estimate_table, load_anchors, load_responses, select_anchors
 from evo_merge.irt import validate as run_validation
-from evo_merge.irt.backends import BACKENDS
-from evo_merge.irt.validate import validation_table
+from evo_merge.irt.kinds import ANCHOR_METHODS, BACKEND_NAMES, ESTIMATOR_KINDS
+from evo_merge.irt.validation import RANDOM_DRAWS, validation_table
 
 
 def _dims(value: str) -> int | str:
@@ -56,23 +56,47 @@ def _endpoints(value: str | None):
     return [s.strip() for s in value.split(",") if s.strip()]
 
 
+def _backend_options(backend: str, epochs: int | None, lr: float | None) -> dict[str, float]:
+    """--epochs/--lr for the pyirt backend (the torch backend's L-BFGS fit has neither)."""
+    options = {"epochs": epochs, "lr": lr}
+    given = {k: v for k, v in options.items() if v is not None}
+    if given and backend != "pyirt":
+        raise UserError(f"--{next(iter(given))} applies to --backend pyirt only")
+    return given
+
+
+def _backend_flags(command):
+    """--backend, --epochs and --lr, shared by `fit` and `validate`."""
+    command = click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                           help="Learning rate (pyirt backend; lowered automatically on divergence).")(command)
+    command = click.option("--epochs", type=click.IntRange(min=1), default=None,
+                           help="Training epochs (pyirt backend).")(command)
+    return click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True)(command)
+
+
 @click.group()
 def irt() -> None:
     """Fit IRT models on response matrices, choose anchors, estimate accuracies."""
+    logger = logging.getLogger("evo_merge.irt")  # fallbacks, retries, fit times: one line each on stderr
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 @irt.command()
 @click.argument("responses", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
-@click.option("--dims", default="auto", show_default=True, help="'auto' (split-half validation) or D.")
+@_backend_flags
+@click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (pyirt backend).")
-def fit(responses: Path, out: Path, backend: str, dims: str, seed: int, epochs: int | None) -> None:
+def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float | None, dims: str, seed: int) -> None:
     """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
 
-    options = {"epochs": epochs} if epochs is not None and backend == "pyirt" else {}
+    options = _backend_options(backend, epochs, lr)
     model = IRTModel.fit(load_responses(responses), backend=backend, dims=_dims(dims), seed=seed, **options)
+    shutil.rmtree(out / "anchors", ignore_errors=True)  # chosen on the model being replaced: stale
     model.save(out)
     click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "
                f"{len(model.scenarios)} scenario(s), D={model.dims} -> {out}")
@@ -81,7 +105,8 @@ def fit(responses: Path, out: Path, backend: str, dims: str, seed: int, epochs: 
 @irt.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--budget", type=int, required=True, help="Anchors per scenario.")
-@click.option("--method", type=click.Choice(METHODS), default="kmeans-irt", show_default=True)
+@click.option("--method", type=click.Choice(ANCHOR_METHODS), default="auto", show_default=True,
+              help="'auto': kmeans-irt with enough calibration subjects, stratified below.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def anchors(model_dir: Path, budget: int, method: str, seed: int) -> None:
     """Choose --budget anchor items per scenario, store them in MODEL_DIR and print them."""
@@ -96,20 +121,21 @@ def anchors(model_dir: Path, budget: int, method: str, seed: int) -> None:
 @irt.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--responses", "partial", required=True, type=click.Path(path_type=Path), help="Anchor scores (long).")
-@click.option("--estimator", type=click.Choice(KINDS), default="gpirt", show_default=True)
+@click.option("--estimator", type=click.Choice(ESTIMATOR_KINDS), default="gpirt", show_default=True,
+              help="adaptive: p-IRT from whatever items each subject was scored on, SE per subject.")
 @click.option("--endpoints", default=None, help="Endpoint subject ids (comma-separated) or their full responses file.")
 @click.option("--budget", type=int, default=None, help="Which stored anchor set (if several).")
-@click.option("--method", type=click.Choice(METHODS), default=None, help="Which stored anchor set (if several).")
+@click.option("--method", type=click.Choice(ANCHOR_METHODS), default=None, help="Which stored anchor set (if several).")
 @click.option("--gmp-delta", default="auto", show_default=True,
               help="gmpirt anchor weight: 'auto' or a number in [0, 1] (MERGE3 uses 0.5).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="CSV file (default: stdout).")
 def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | None, budget: int | None,
              method: str | None, gmp_delta: str, out: Path | None) -> None:
-    """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate."""
+    """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate,se."""
 
     model = IRTModel.load(model_dir)
-    est = Estimator(model, load_anchors(model_dir, budget, method), estimator, endpoints=_endpoints(endpoints),
-                    gmp_delta=_delta(gmp_delta))
+    anchors = None if estimator == "adaptive" else load_anchors(model_dir, budget, method)
+    est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=_delta(gmp_delta))
     table = estimate_table(est, load_responses(partial))
     text = table.to_csv(index=False)
     if out is None:
@@ -123,20 +149,23 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--test-frac", type=float, default=0.25, show_default=True)
 @click.option("--budgets", default="10,20,50,100", show_default=True, help="Anchors per scenario, comma-separated.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
+@_backend_flags
 @click.option("--dims", default="auto", show_default=True)
 @click.option("--repeats", type=int, default=1, show_default=True, help="Anchor draws averaged per row.")
+@click.option("--draws", type=int, default=RANDOM_DRAWS, show_default=True,
+              help="Random draws per subject behind the baseline (random items + mean).")
 @click.option("--endpoints", default=None, help="Training subject ids (comma-separated): adds mp-IRT rows.")
 @click.option("--overall", is_flag=True,
               help="Error of the item-weighted mean over the scenarios (a task's score), not of each scenario.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
-def validate(responses: Path, test_frac: float, budgets: str, seed: int, backend: str, dims: str, repeats: int,
-             endpoints: str | None, overall: bool, csv_path: Path | None) -> None:
+def validate(responses: Path, test_frac: float, budgets: str, seed: int, backend: str, epochs: int | None,
+             lr: float | None, dims: str, repeats: int, draws: int, endpoints: str | None, overall: bool,
+             csv_path: Path | None) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
     table = run_validation(load_responses(responses), test_frac=test_frac, budgets=_int_list(budgets, "--budgets"),
                            seed=seed, backend=backend, dims=_dims(dims), repeats=repeats, endpoints=ends,
-                           overall=overall)
+                           overall=overall, draws=draws, **_backend_options(backend, epochs, lr))
     Console(width=120).print(validation_table(table))
     if csv_path is not None:
         table.to_csv(csv_path, index=False)

@@ -8,7 +8,7 @@ estimate finite when every observed response is correct (or every one wrong).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
+from evo_merge.irt.twopl import logit_2pl, prob_2pl
 
 MAX_STEP = 3.0  # cap on one Newton step (in parameter norm): keeps far starts from overshooting
 HALVINGS = 30  # backtracking: a step is halved until the objective does not decrease
@@ -33,14 +33,14 @@ def map_logistic(
     y = np.where(observed, responses, 0.0)
 
     def objective(z: np.ndarray) -> np.ndarray:
-        eta = z @ design.T - offset
+        eta = logit_2pl(z, design, offset)
         d = z - prior_mean
         return ((y * eta - np.logaddexp(0.0, eta)) * observed).sum(1) - 0.5 * np.einsum("sp,pq,sq->s", d, prior_precision, d)
 
     z = np.tile(prior_mean.astype(float), (responses.shape[0], 1))
     current = objective(z)
     for _ in range(max_iter):
-        prob = expit(z @ design.T - offset)
+        prob = prob_2pl(z, design, offset)
         grad = ((y - prob) * observed) @ design - (z - prior_mean) @ prior_precision
         weight = prob * (1.0 - prob) * observed
         hess = np.einsum("sn,np,nq->spq", weight, design, design) + prior_precision

@@ -1,12 +1,17 @@
 """Anchor items: the few items per scenario a new subject is evaluated on, with their weights.
 
 Clustered anchors represent their cluster: the item nearest each K-means centroid, weighted by
-the cluster's share of the scenario's items, so Σ w_i y_i estimates the scenario mean.
+the cluster's share of the scenario's items, so Σ w_i y_i estimates the scenario mean. Clusters
+are only as good as the item parameters or correctness patterns they are drawn from: with fewer
+than MIN_CLUSTER_SUBJECTS calibration subjects, `choose_anchor_method` falls back to stratified
+sampling (proportional strata of item mean score, never worse than random sampling in
+expectation), and says why.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,10 +21,29 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
 from evo_merge.errors import UserError
+from evo_merge.irt.kinds import ANCHOR_METHODS
 from evo_merge.irt.model import IRTModel
 
-METHODS = ("kmeans-irt", "kmeans-correctness", "stratified", "random")
+log = logging.getLogger(__name__)
+METHODS = ANCHOR_METHODS
+SELECTABLE = tuple(m for m in METHODS if m != "auto")  # the methods "auto" resolves to
+CLUSTERED = ("kmeans-irt", "kmeans-correctness")
+FALLBACK_METHOD = "stratified"
+MIN_CLUSTER_SUBJECTS = 30  # below: clustered anchors fall back (bench_irt.py: kmeans-irt lost to random at 12-20)
 KMEANS_RESTARTS = 10
+
+
+def choose_anchor_method(requested: str, n_subjects: int) -> tuple[str, str | None]:
+    """The method to use for `requested` ("auto" or a kmeans method) with this many calibration
+    subjects, and why it differs from the request (None when it does not)."""
+    if requested not in METHODS:
+        raise UserError(f"unknown anchor method {requested!r} (choose from {', '.join(METHODS)})")
+    if requested not in ("auto", *CLUSTERED):
+        return requested, None
+    if n_subjects >= MIN_CLUSTER_SUBJECTS:
+        return ("kmeans-irt" if requested == "auto" else requested), None
+    return FALLBACK_METHOD, (f"{FALLBACK_METHOD} anchors instead of {requested}: {n_subjects} calibration subjects "
+                             f"are fewer than {MIN_CLUSTER_SUBJECTS}, too few for clusters to beat random sampling")
 
 
 @dataclass(frozen=True)
@@ -120,8 +144,16 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
 
 
 def select_anchors(model: IRTModel, budget: int, method: str = "kmeans-irt", seed: int = 0) -> Anchors:
-    """`budget` anchors per scenario (all items of a scenario smaller than that)."""
-    if method not in METHODS:
+    """`budget` anchors per scenario (all items of a scenario smaller than that).
+
+    "auto" is resolved by `choose_anchor_method` (logged when it falls back); the other methods
+    are used as named, so `irt validate` can show how clustering does with few subjects.
+    """
+    if method == "auto":
+        method, reason = choose_anchor_method(method, len(model.subject_ids))
+        if reason:
+            log.warning(reason)
+    if method not in SELECTABLE:
         raise UserError(f"unknown anchor method {method!r} (choose from {', '.join(METHODS)})")
     if not isinstance(budget, int) or budget < 1:
         raise UserError(f"anchor budget must be a positive integer, not {budget!r}")

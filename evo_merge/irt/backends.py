@@ -6,6 +6,8 @@ parameters, so the stored model does not depend on how it was fitted.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,9 +15,25 @@ import numpy as np
 import torch
 
 from evo_merge.errors import UserError
+from evo_merge.irt.kinds import BACKEND_NAMES
+from evo_merge.irt.twopl import logit_2pl
 
-# weak Gaussian priors of the torch MAP fit (standard deviations)
+log = logging.getLogger(__name__)
+
+# Gaussian priors of the torch MAP fit (standard deviations) with many subjects; with fewer than
+# PRIOR_FULL_SUBJECTS the α and β priors tighten by sqrt(n / PRIOR_FULL_SUBJECTS): ten subjects
+# cannot tell a sharp item (|α| ~ 9, β ~ ±17) from an ordinary one, and near-deterministic items
+# pull held-out abilities to the middle
 THETA_SD, ALPHA_SD, BETA_SD = 1.0, 2.0, 3.0
+PRIOR_FULL_SUBJECTS = 40
+PYIRT_LR, PYIRT_EPOCHS = 0.02, 1000  # py-irt's own defaults (lr 0.1) diverge on many matrices
+PYIRT_RETRIES, PYIRT_LR_FACTOR = 2, 0.2  # on divergence: retry at lr x 0.2, twice
+
+
+def prior_sds(n_subjects: int) -> tuple[float, float]:
+    """(α, β) prior standard deviations: tighter as subjects shrink."""
+    scale = min(1.0, np.sqrt(n_subjects / PRIOR_FULL_SUBJECTS))
+    return ALPHA_SD * scale, BETA_SD * scale
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,7 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300)
     alpha = torch.tensor(alpha0, requires_grad=True)
     beta = torch.tensor(-np.log(item_mean / (1 - item_mean)), requires_grad=True)
     n_obs = float(observed.sum())
+    alpha_sd, beta_sd = prior_sds(n_subj)
     optimiser = torch.optim.LBFGS(
         [theta, alpha, beta], lr=1.0, max_iter=max_iter, history_size=20,
         tolerance_grad=1e-7, tolerance_change=1e-9, line_search_fn="strong_wolfe",
@@ -69,9 +88,9 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300)
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        logits = theta @ alpha.T - beta
+        logits = logit_2pl(theta, alpha, beta)
         nll = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y_t, reduction="none") * mask).sum()
-        prior = (theta**2).sum() / THETA_SD**2 + (alpha**2).sum() / ALPHA_SD**2 + (beta**2).sum() / BETA_SD**2
+        prior = (theta**2).sum() / THETA_SD**2 + (alpha**2).sum() / alpha_sd**2 + (beta**2).sum() / beta_sd**2
         loss = (nll + 0.5 * prior) / n_obs
         loss.backward()
         return loss
@@ -80,34 +99,56 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300)
     return canonical(alpha.detach().numpy(), beta.detach().numpy(), theta.detach().numpy())
 
 
-def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = 2000, lr: float = 0.1) -> FittedParams:
-    """py-irt's multidim_2pl (variational, seeded); σ(Σ_d a_d(θ_d − b_d)) gives β_i = Σ_d a_id b_id."""
+def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = PYIRT_EPOCHS,
+              lr: float = PYIRT_LR) -> FittedParams:
+    """py-irt's multidim_2pl (variational, seeded); σ(Σ_d a_d(θ_d − b_d)) gives β_i = Σ_d a_id b_id.
+
+    Its stochastic optimiser can reach NaN (pyro then rejects a distribution): the fit is retried
+    at a lower learning rate, saying so, before giving up. Each fit's time is logged.
+    """
     try:
-        import pandas as pd
         import py_irt.anchor_utils
-        import pyro
-        from py_irt.config import IrtConfig
-        from py_irt.dataset import Dataset
-        from py_irt.training import IrtModelTrainer
     except ImportError as exc:  # py-irt needs Python < 3.12
         raise UserError(f"backend 'pyirt' is unavailable ({exc}); use --backend torch") from None
     py_irt.anchor_utils.console.quiet = True  # its own console, not silenced by verbose=False
+    rate = lr
+    for attempt in range(PYIRT_RETRIES + 1):
+        start = time.perf_counter()
+        try:
+            params = _train_pyirt(binary, dims, seed, epochs, rate)
+            log.info("py-irt fit %d x %d, D=%d, %d epochs, lr=%g: %.1f s", *binary.shape, dims, epochs, rate,
+                     time.perf_counter() - start)
+            return params
+        except ValueError as exc:  # pyro's distribution checks fail once the parameters reach NaN
+            reason = str(exc).splitlines()[0][:120]
+            if attempt == PYIRT_RETRIES:
+                raise UserError(f"py-irt training diverged (lr={rate:g}, after retries from lr={lr:g}): {reason}; "
+                                "try a lower --lr or --backend torch") from None
+            log.warning("py-irt diverged at lr=%g (%s); retrying at lr=%g", rate, reason[:60], rate * PYIRT_LR_FACTOR)
+            rate *= PYIRT_LR_FACTOR
+
+
+def _train_pyirt(binary: np.ndarray, dims: int, seed: int, epochs: int, lr: float) -> FittedParams:
+    import pandas as pd
+    import pyro
+    from py_irt.config import IrtConfig
+    from py_irt.dataset import Dataset
+    from py_irt.training import IrtModelTrainer
+
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
     wide = pd.DataFrame(binary, columns=[str(j) for j in range(binary.shape[1])])
     dataset = Dataset.from_pandas(wide)  # subjects = rows in order, item ix j = column j
     config = IrtConfig(model_type="multidim_2pl", dims=dims, epochs=epochs, lr=lr, seed=seed, log_every=epochs)
     trainer = IrtModelTrainer(data_path=None, config=config, dataset=dataset, verbose=False)
-    try:
-        trainer.train(device="cpu")
-    except ValueError as exc:  # pyro's distribution checks fail once the parameters reach NaN
-        reason = str(exc).splitlines()[0][:120]
-        raise UserError(f"py-irt training diverged (lr={lr}): {reason}; try a lower learning rate") from None
+    trainer.train(device="cpu")
     params = trainer.last_params
     disc = np.asarray(params["disc"], dtype=float).reshape(binary.shape[1], dims)
     diff = np.asarray(params["diff"], dtype=float).reshape(binary.shape[1], dims)
     theta = np.asarray(params["ability"], dtype=float).reshape(binary.shape[0], dims)
+    if not (np.isfinite(disc).all() and np.isfinite(diff).all() and np.isfinite(theta).all()):
+        raise ValueError("parameters are not finite")
     return canonical(disc, (disc * diff).sum(axis=1), theta)
 
 
-BACKENDS: dict[str, Callable[..., FittedParams]] = {"torch": fit_torch, "pyirt": fit_pyirt}
+BACKENDS: dict[str, Callable[..., FittedParams]] = dict(zip(BACKEND_NAMES, (fit_torch, fit_pyirt)))

@@ -1,4 +1,4 @@
-"""Estimate a subject's accuracy per scenario from its scores on the anchor items.
+"""Estimate a subject's accuracy per scenario, with a standard error, from its anchor scores.
 
 Built once per (model, anchors, kind), then `estimate` is called for every candidate of the
 search, so everything that does not depend on the candidate's scores is precomputed here.
@@ -9,76 +9,108 @@ For a scenario with N items of which n were seen (DESIGN.md §5):
   gpirt   λ·anchor + (1 − λ)·pirt,  λ = b̂²/(σ̂² + b̂²)
   mpirt   pirt with θ̂ = Σ_j λ_j θ_j restricted to the span of the endpoints' abilities
   gmpirt  δ·anchor + (1 − δ)·mpirt
+  adaptive  items chosen one step at a time by information at θ̂ (see `adaptive.py`)
+
+σ̂² (the anchor mean's error) and b̂² (the IRT part's error) are measured, not assumed: each
+fold of the model's cross-fit has item parameters fitted without its subjects; anchors are
+chosen again from those parameters with the same method, and both parts are scored on the
+fold's subjects against their true means. With few calibration subjects these measurements are
+noisy, so each is pooled with PRIOR_SUBJECTS pseudo-subjects at the error of a random sample of
+the anchors' effective size, v̂·(1 − n/N)/n_eff with n_eff = (Σw)²/Σw².
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from evo_merge.errors import UserError
 from evo_merge.irt.ability import map_logistic
-from evo_merge.irt.anchors import Anchors
+from evo_merge.irt.adaptive import AdaptiveTest
+from evo_merge.irt.anchors import SELECTABLE, Anchors, select_anchors
+from evo_merge.irt.kinds import ESTIMATOR_KINDS
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
 from evo_merge.irt.responses import RESERVED_SCENARIO, ResponseMatrix, binarise, validate_responses
+from evo_merge.irt.result import Estimate
+from evo_merge.irt.twopl import prob_2pl
 
-KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt")
+KINDS = ESTIMATOR_KINDS
 # prior on mp-IRT's coefficients λ: centred on the plain average 1/k, weak along the endpoints'
 # affine hull (merges interpolate), tight on Σλ (a merge is not a rescaled endpoint)
 MERGE_COEF_SD = 0.5
 MERGE_SUM_SD = 0.05
 SIMULATED_MERGES = 200  # merges drawn in the endpoints' span to measure mp-IRT's error for δ
 MERGE3_DELTA = 0.5
+PRIOR_SUBJECTS = 4.0  # weight, in subjects, of the random-sampling error pooled with measured ones
 
 
 def _shrink_weight(error: np.ndarray, variance: np.ndarray) -> np.ndarray:
     """b²/(σ² + b²): how much to trust the anchor mean over the IRT prediction."""
-    return error**2 / np.maximum(variance + error**2, 1e-12)
+    return error / np.maximum(variance + error, 1e-12)
+
+
+def _pool(squared_errors: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Mean squared error per scenario over subjects (rows), pooled with the prior."""
+    m = (~np.isnan(squared_errors)).sum(axis=0)
+    return (np.nansum(squared_errors, axis=0) + PRIOR_SUBJECTS * prior) / (m + PRIOR_SUBJECTS)
 
 
 class Estimator:
-    """Accuracy estimates from anchor scores: `estimate({item: score}) -> {scenario: value, "overall": value}`."""
+    """Accuracy estimates from anchor scores: `estimate({item: score})` -> `Estimate`."""
 
     def __init__(
         self,
         model: IRTModel,
-        anchors: Anchors,
+        anchors: Anchors | None,
         kind: str = "gpirt",
         endpoints: Sequence[str] | pd.DataFrame | None = None,
         gmp_delta: float | str = "auto",
         seed: int = 0,
+        **adaptive_options: Any,
     ) -> None:
         if kind not in KINDS:
             raise UserError(f"unknown estimator {kind!r} (choose from {', '.join(KINDS)})")
         if gmp_delta != "auto" and not (isinstance(gmp_delta, (int, float)) and 0.0 <= gmp_delta <= 1.0):
             raise UserError(f"gmp-IRT delta must be 'auto' or a number in [0, 1], not {gmp_delta!r}")
-        self.model, self.anchors, self.kind = model, anchors, kind
+        self.model, self.kind = model, kind
         self.scenarios = model.scenarios
-        unknown = set(anchors.items) ^ set(self.scenarios)
-        if unknown:
-            raise UserError(f"anchors and IRT model disagree on scenario {sorted(unknown)[0]!r}")
-        self.anchor_ids = [i for s in self.scenarios for i in anchors.items[s]]
-        self.anchor_idx = model.item_index(self.anchor_ids)
-        self.weights = np.array([w for s in self.scenarios for w in anchors.weights[s]])
         code = {s: k for k, s in enumerate(self.scenarios)}
-        item_code = np.array([code[s] for s in model.item_scenarios])
-        self._item_onehot = np.eye(len(self.scenarios))[item_code]  # (items, K)
-        self._anchor_onehot = self._item_onehot[self.anchor_idx]  # (n, K)
+        self._item_onehot = np.eye(len(self.scenarios))[[code[s] for s in model.item_scenarios]]  # (items, K)
         self.sizes = self._item_onehot.sum(axis=0)
-        self._thresholds = model.item_thresholds(self.anchor_idx)
-
+        if kind == "adaptive":  # its items depend on the answers: the first step stands for the anchors
+            self.adaptive = AdaptiveTest(model, seed=seed, **adaptive_options)
+            self._set_anchors(self.adaptive.first_step())
+            return
+        if anchors is None:
+            raise UserError(f"estimator {kind} needs anchors")
+        self._set_anchors(anchors)
         self.endpoint_theta = None if endpoints is None else self._endpoint_abilities(endpoints)
         if kind in ("mpirt", "gmpirt") and self.endpoint_theta is None:
             raise UserError(f"estimator {kind} needs endpoint subjects (--endpoints)")
-        self.anchor_variance = self._anchor_variance()
-        self.lam = self._gp_lambda() if kind == "gpirt" else None
+        self.anchor_variance, self.irt_error = self._measured_errors()
+        self.lam = _shrink_weight(self.irt_error, self.anchor_variance) if kind == "gpirt" else None
+        if kind in ("mpirt", "gmpirt"):
+            self.irt_error = self._mp_error(seed)
         if kind == "gmpirt":
             fixed = gmp_delta != "auto"
-            self.delta = np.full(len(self.scenarios), float(gmp_delta)) if fixed else self._gmp_delta(seed)
+            auto = _shrink_weight(self.irt_error, self.anchor_variance)
+            self.delta = np.full(len(self.scenarios), float(gmp_delta)) if fixed else auto
+        self.scenario_se = self._scenario_se()
 
     # ---- setup ---------------------------------------------------------------------------
+    def _set_anchors(self, anchors: Anchors) -> None:
+        unknown = set(anchors.items) ^ set(self.scenarios)
+        if unknown:
+            raise UserError(f"anchors and IRT model disagree on scenario {sorted(unknown)[0]!r}")
+        self.anchors = anchors
+        self.anchor_ids = [i for s in self.scenarios for i in anchors.items[s]]
+        self.anchor_idx = self.model.item_index(self.anchor_ids)
+        self.weights = np.array([w for s in self.scenarios for w in anchors.weights[s]])
+        self._anchor_onehot = self._item_onehot[self.anchor_idx]  # (n, K)
+
     def _endpoint_abilities(self, endpoints: Sequence[str] | pd.DataFrame) -> np.ndarray:
         """θ of the endpoints on all items: training subjects by id, or fitted on full response rows."""
         if isinstance(endpoints, pd.DataFrame):
@@ -98,49 +130,81 @@ class Estimator:
         with np.errstate(invalid="ignore"):  # NaN where a subject has no item of the scenario
             return (np.where(observed, scores, 0.0) @ self._item_onehot) / (observed @ self._item_onehot)
 
-    def _anchor_variance(self) -> np.ndarray:
-        """σ̂² = v̂/n (random anchors) or v̂/(4n) (clustered anchors).
+    def random_sampling_variance(self, weights: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+        """v̂·(1 − n/N)/n_eff: the error² of a random sample of the anchors' effective size.
 
-        v̂ is the training subjects' mean across-item variance of scores in the scenario.
+        v̂ is the training subjects' mean across-item variance of scores in the scenario;
+        n_eff = (Σw)²/Σw² counts unequally weighted anchors as fewer items.
         """
         resp = self.model.responses
         observed = ~np.isnan(resp)
         y = np.where(observed, resp, 0.0)
         count = observed @ self._item_onehot
         mean = (y @ self._item_onehot) / count
-        var = ((y**2) @ self._item_onehot) / count - mean**2
-        v_hat = np.nanmean(var, axis=0)
-        n = self._anchor_onehot.sum(axis=0)
-        return v_hat / (n * (4.0 if self.anchors.clustered else 1.0))
+        v_hat = np.nanmean(((y**2) @ self._item_onehot) / count - mean**2, axis=0)
+        n_eff = (weights @ onehot) ** 2 / np.maximum((weights**2) @ onehot, 1e-300)
+        return v_hat * np.clip(1.0 - onehot.sum(axis=0) / self.sizes, 0.0, 1.0) / n_eff
 
-    def _gp_lambda(self) -> np.ndarray:
-        """λ from the p-IRT error on the held-out half of the training subjects.
+    def _fold_anchors(self, fold: int) -> Anchors:
+        """The anchors this fold's fit would have chosen (the given ones if they cannot be re-chosen)."""
+        a = self.anchors
+        if a.method not in SELECTABLE or self.kind == "adaptive":
+            return a
+        train = ~self.model.cv_held[fold]
+        fold_model = replace(self.model, alpha=self.model.cv_alpha[fold], beta=self.model.cv_beta[fold],
+                             responses=self.model.responses[train], theta=self.model.theta[train])
+        return select_anchors(fold_model, a.budget, a.method, seed=a.seed)
 
-        Item parameters are those fitted without that half, so b̂ is an honest validation error.
-        """
-        held = self.model.responses[self.model.val_subjects]
-        theta = self._fit_theta(held[:, self.anchor_idx], self.model.val_alpha, self.model.val_beta)
-        pirt = self._pirt(held[:, self.anchor_idx], theta, self.model.val_alpha, self.model.val_beta)
-        b_hat = np.nanmean(np.abs(pirt - self.scenario_means(held)), axis=0)
-        return _shrink_weight(b_hat, self.anchor_variance)
+    def _measured_errors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(σ̂², b̂²) per scenario: anchor-mean and IRT errors² on cross-fit held-out subjects, pooled
+        with the random-sampling error of the anchors' effective size."""
+        prior = self.random_sampling_variance(self.weights, self._anchor_onehot)
+        anchor_err, irt_err = [], []
+        for fold in range(self.model.cv_alpha.shape[0]):
+            held = self.model.responses[self.model.cv_held[fold]]
+            if not held.size:
+                continue
+            anchors = self._fold_anchors(fold)
+            idx = self.model.item_index(anchors.all_items())
+            weights = np.array([w for s in self.scenarios for w in anchors.weights[s]])
+            alpha, beta = self.model.cv_alpha[fold], self.model.cv_beta[fold]
+            truth = self.scenario_means(held)
+            anchor_err.append(self._anchor_mean(held[:, idx], weights, idx) - truth)
+            theta = self._fit_theta(held[:, idx], alpha, beta, idx)
+            irt_err.append(self._pirt(held[:, idx], theta, alpha, beta, idx) - truth)
+        if not anchor_err:
+            return prior, prior
+        return _pool(np.concatenate(anchor_err) ** 2, prior), _pool(np.concatenate(irt_err) ** 2, prior)
 
-    def _gmp_delta(self, seed: int) -> np.ndarray:
-        """δ like λ, with b̂ the mp-IRT error on simulated merges drawn in the endpoints' span."""
+    def _mp_error(self, seed: int) -> np.ndarray:
+        """mp-IRT's error² on simulated merges drawn in the endpoints' span (δ like λ)."""
         rng = np.random.default_rng(seed)
         coef = rng.dirichlet(np.ones(self.endpoint_theta.shape[0]), SIMULATED_MERGES)
         prob = self.model.predict(coef @ self.endpoint_theta)
         sampled = (rng.random(prob.shape) < prob).astype(float)
         anchor_scores = sampled[:, self.anchor_idx]
-        theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta)
-        mp = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta)
-        b_hat = np.abs(mp - self.scenario_means(sampled)).mean(axis=0)
-        return _shrink_weight(b_hat, self.anchor_variance)
+        theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta, self.anchor_idx)
+        mp = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta, self.anchor_idx)
+        return ((mp - self.scenario_means(sampled)) ** 2).mean(axis=0)
+
+    def _scenario_se(self) -> np.ndarray:
+        """SE per scenario: the measured error of the kind's estimate (a mix: errors taken as independent)."""
+        if self.kind == "anchor":
+            return np.sqrt(self.anchor_variance)
+        mix = self.lam if self.kind == "gpirt" else self.delta if self.kind == "gmpirt" else 0.0
+        return np.sqrt(mix**2 * self.anchor_variance + (1.0 - mix) ** 2 * self.irt_error)
 
     # ---- estimation ----------------------------------------------------------------------
-    def _fit_theta(self, anchor_scores: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-        binary = binarise(anchor_scores, self._thresholds)
-        a, b = alpha[self.anchor_idx], beta[self.anchor_idx]
-        if self.kind in ("mpirt", "gmpirt"):
+    def _anchor_mean(self, anchor_scores: np.ndarray, weights: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        observed = ~np.isnan(anchor_scores)
+        onehot = self._item_onehot[idx]
+        with np.errstate(invalid="ignore"):  # a scenario with no scored anchor gives NaN
+            return (np.where(observed, anchor_scores, 0.0) * weights) @ onehot / ((observed * weights) @ onehot)
+
+    def _fit_theta(self, anchor_scores: np.ndarray, alpha: np.ndarray, beta: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        binary = binarise(anchor_scores, self.model.item_thresholds(idx))
+        a, b = alpha[idx], beta[idx]
+        if self.kind in ("mpirt", "gmpirt") and self.endpoint_theta is not None:
             ends = self.endpoint_theta
             k = ends.shape[0]
             prec = np.eye(k) / MERGE_COEF_SD**2 + np.ones((k, k)) / MERGE_SUM_SD**2
@@ -149,31 +213,37 @@ class Estimator:
         dims = a.shape[1]
         return map_logistic(a, b, binary, np.zeros(dims), np.eye(dims) / ABILITY_PRIOR_SD**2)
 
-    def _pirt(self, anchor_scores: np.ndarray, theta: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    def _pirt(self, anchor_scores: np.ndarray, theta: np.ndarray, alpha: np.ndarray, beta: np.ndarray,
+              idx: np.ndarray) -> np.ndarray:
         """Seen scores plus predicted unseen ones, over N: the p-IRT estimate (S, K)."""
         observed = ~np.isnan(anchor_scores)
-        prob = 1.0 / (1.0 + np.exp(-(theta @ alpha.T - beta)))
-        predicted_unseen = prob @ self._item_onehot - (prob[:, self.anchor_idx] * observed) @ self._anchor_onehot
-        seen = np.where(observed, anchor_scores, 0.0) @ self._anchor_onehot
+        onehot = self._item_onehot[idx]
+        prob = prob_2pl(theta, alpha, beta)
+        predicted_unseen = prob @ self._item_onehot - (prob[:, idx] * observed) @ onehot
+        seen = np.where(observed, anchor_scores, 0.0) @ onehot
         return (seen + predicted_unseen) / self.sizes
 
     def estimate_matrix(self, anchor_scores: np.ndarray) -> np.ndarray:
         """Estimates (S, K) for rows of scores on `anchor_ids` (NaN = not evaluated)."""
-        observed = ~np.isnan(anchor_scores)
-        weighted = np.where(observed, anchor_scores, 0.0) * self.weights
-        with np.errstate(invalid="ignore"):  # a scenario with no scored anchor gives NaN
-            anchor = (weighted @ self._anchor_onehot) / ((observed * self.weights) @ self._anchor_onehot)
+        anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
         if self.kind == "anchor":
             return anchor
-        theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta)
-        irt = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta)
-        if self.kind in ("pirt", "mpirt"):
+        theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta, self.anchor_idx)
+        irt = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta, self.anchor_idx)
+        if self.kind in ("pirt", "mpirt", "adaptive"):
             return irt
         mix = self.lam if self.kind == "gpirt" else self.delta
         return mix * anchor + (1.0 - mix) * irt
 
-    def estimate(self, scores: Mapping[str, float]) -> dict[str, float]:
-        """Per-scenario estimates and their item-count-weighted mean under "overall"."""
+    def overall_se(self, scenario_se: np.ndarray) -> float:
+        """SE of the item-weighted mean over scenarios, their errors taken as independent."""
+        share = self.sizes / self.sizes.sum()
+        return float(np.sqrt(((share * scenario_se) ** 2).sum()))
+
+    def estimate(self, scores: Mapping[str, float]) -> Estimate:
+        """Per-scenario estimates and their item-count-weighted mean under "overall", with SEs."""
+        if self.kind == "adaptive":
+            return self.adaptive.estimate(scores)
         row = np.array([scores.get(item, np.nan) for item in self.anchor_ids], dtype=float)
         bad = ~np.isnan(row) & ((row < 0) | (row > 1))
         if bad.any():
@@ -184,12 +254,27 @@ class Estimator:
             raise UserError(f"no anchor item of scenario {scenario!r} was scored")
         out = dict(zip(self.scenarios, values.tolist()))
         out[RESERVED_SCENARIO] = float(values @ self.sizes / self.sizes.sum())
-        return out
+        se = dict(zip(self.scenarios, self.scenario_se.tolist()))
+        se[RESERVED_SCENARIO] = self.overall_se(self.scenario_se)
+        items = [i for i, v in zip(self.anchor_ids, row) if not np.isnan(v)]
+        return Estimate(out, se, items)
+
+
+def _adaptive_table(estimator: Estimator, matrix: ResponseMatrix) -> pd.DataFrame:
+    """Adaptive estimates subject by subject: each from the items it was scored on."""
+    rows = []
+    for subject, scores in zip(matrix.subjects, matrix.scores):
+        seen = ~np.isnan(scores)
+        result = estimator.estimate(dict(zip(np.asarray(matrix.items)[seen], scores[seen])))
+        rows += [(subject, k, estimator.kind, v, result.se[k]) for k, v in result.items()]
+    return pd.DataFrame(rows, columns=["subject", "scenario", "estimator", "estimate", "se"])
 
 
 def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFrame:
-    """Estimates for every subject of a validated long table: columns subject,scenario,estimator,estimate."""
+    """Estimates for every subject of a validated long table: columns subject,scenario,estimator,estimate,se."""
     matrix = ResponseMatrix.from_long(responses, estimator.model.item_ids)
+    if estimator.kind == "adaptive":
+        return _adaptive_table(estimator, matrix)
     values = estimator.estimate_matrix(matrix.scores[:, estimator.anchor_idx])
     if np.isnan(values).any():
         s, k = np.argwhere(np.isnan(values))[0]
@@ -201,4 +286,7 @@ def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFram
     long = frame.rename_axis("subject").reset_index()
     long = long.melt(id_vars="subject", var_name="scenario", value_name="estimate")
     long.insert(2, "estimator", estimator.kind)
+    se = {**dict(zip(estimator.scenarios, estimator.scenario_se)),
+          RESERVED_SCENARIO: estimator.overall_se(estimator.scenario_se)}
+    long["se"] = long["scenario"].map(se)
     return long.sort_values(["subject"], kind="stable").reset_index(drop=True)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from evo_merge.irt.twopl import prob_2pl
+
 
 @dataclass(frozen=True)
 class SyntheticIRT:
@@ -20,7 +22,7 @@ class SyntheticIRT:
     item_scenarios: list[str]
 
     def prob(self, theta: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(theta @ self.alpha.T - self.beta)))
+        return prob_2pl(theta, self.alpha, self.beta)
 
     def sample(self, theta: np.ndarray, subject_ids: list[str], seed: int = 0) -> pd.DataFrame:
         """Binary responses of subjects with abilities theta, as a long table."""

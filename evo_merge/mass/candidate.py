@@ -38,8 +38,10 @@ class MassKind:
         """The workbench's MASS model (its factors computed on first use)."""
         if KEPT not in bench.kept:
             from evo_merge.mass import MassModel
+            from evo_merge.merge.storage import Stash
 
-            bench.kept[KEPT] = MassModel.from_checkpoints(bench.base, bench.models).to(
+            stash = Stash(bench.storage, bench.device)  # the factors kept like the merger's task vectors
+            bench.kept[KEPT] = MassModel.from_checkpoints(bench.base, bench.models, stash=stash).to(
                 device=bench.device, dtype=bench.dtype)
         return bench.kept[KEPT]
 

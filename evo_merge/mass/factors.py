@@ -5,17 +5,21 @@ tensors keep the whole task vector. A subset S of tasks is merged as in TSV-M, b
 stored triplets of S only: the stacked U and V of S are replaced by their polar factors, so
 the orthogonalisation depends on S (compute it per subset; the caller caches). With S = all
 tasks this is exactly the registered `tsv` method; with one task it is exactly `tsv_c`.
+
+The factors are kept like the in-place merger's task vectors (`merge.storage`: the storage dtype
+and placement of the campaign) and read back in float32 on the device for each merge.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from evo_merge.errors import UserError
 from evo_merge.merge.registry import combine_pieces
+from evo_merge.merge.storage import Stash, Storage
 from evo_merge.merge.subspace import is_decomposed, orthogonalised_pieces, top_k_svd, tsv_rank
 from evo_merge.weights import Checkpoint
 
@@ -30,50 +34,63 @@ def factor_key(task: int, name: str, part: str) -> str:
     return f"task{task}::{name}::{part}"
 
 
+def _cpu_stash() -> Stash:
+    return Stash(Storage(), torch.device("cpu"), COMPUTE_DTYPE)
+
+
 @dataclass
 class MassFactors:
-    """Base tensors (compute dtype) and per-task factors of every floating tensor."""
+    """Base tensors and per-task factors of every floating tensor, kept by `stash`."""
 
     base: dict[str, torch.Tensor]
     lowrank: dict[str, list[Triplet]]  # 2-D weights: one triplet per task
     dense: dict[str, list[torch.Tensor]]  # other tensors: one task vector per task
     stored_dtypes: dict[str, torch.dtype]  # the base checkpoint's dtype of each tensor
+    stash: Stash = field(default_factory=_cpu_stash)
 
     @property
     def n_tasks(self) -> int:
         return len(next(iter({**self.lowrank, **self.dense}.values())))
 
     @classmethod
-    def build(cls, base: Checkpoint, endpoints: Sequence[Checkpoint], track: Track | None = None) -> MassFactors:
-        """Decompose each endpoint's task vector, one tensor at a time (nothing else held)."""
+    def build(cls, base: Checkpoint, endpoints: Sequence[Checkpoint], track: Track | None = None,
+              stash: Stash | None = None) -> MassFactors:
+        """Decompose each endpoint's task vector, one tensor at a time (nothing else held), on
+        the stash's device; keep the factors in its storage dtype and placement."""
+        stash = stash or _cpu_stash()
         names = [n for n in base.names if base.dtype(n).is_floating_point]
-        out = cls({}, {}, {}, {})
+        out = cls({}, {}, {}, {}, stash)
         similarity = _Similarity(len(endpoints))
         for name in track(names, len(names)) if track else names:
-            theta0 = base.tensor(name, COMPUTE_DTYPE)
-            deltas = [ep.tensor(name, COMPUTE_DTYPE) - theta0 for ep in endpoints]
-            out.base[name] = theta0
+            theta0 = stash.upcast(base.tensor(name, COMPUTE_DTYPE))
+            deltas = [stash.upcast(ep.tensor(name, COMPUTE_DTYPE)) - theta0 for ep in endpoints]
+            dtype = stash.storage.stored_dtype([base, *endpoints], name)
+            out.base[name] = stash.keep(theta0, dtype)
             out.stored_dtypes[name] = base.dtype(name)
             if is_decomposed(theta0, name, _NO_EMBEDDINGS):
                 similarity.add(theta0, deltas)
                 k = tsv_rank(theta0, len(endpoints))
-                # vt keeps V^T's rows as the SVD returns them, so products match `tsv_c` bit for bit
+                # vt keeps V^T's rows as the SVD returns them, so products match `tsv_c` bit for bit;
+                # copies of the top-k slices only (views would keep the whole SVD alive)
                 triplets = (top_k_svd(d, k) for d in deltas)
-                out.lowrank[name] = [(u.contiguous(), s, v.T.contiguous()) for u, s, v in triplets]
+                out.lowrank[name] = [tuple(stash.keep(f, dtype) for f in (u.contiguous(), s.clone(), v.T.clone()))
+                                     for u, s, v in triplets]
             else:
-                out.dense[name] = deltas
+                out.dense[name] = [stash.keep(d, dtype) for d in deltas]
         similarity.check(base, endpoints)
         return out
 
     def merged(self, tasks: Sequence[int]) -> Iterator[tuple[str, torch.Tensor]]:
-        """The TSV-M merge (alpha 1, unit coefficients) of the stored factors of `tasks`."""
+        """The TSV-M merge (alpha 1, unit coefficients) of the stored factors of `tasks`, in
+        float32 on the stash's device."""
         weights = [1.0] * len(tasks)
+        upcast = self.stash.upcast
         for name, theta0 in self.base.items():
             if name in self.lowrank:
-                pieces = subset_pieces([self.lowrank[name][t] for t in tasks])
+                pieces = subset_pieces([tuple(upcast(f) for f in self.lowrank[name][t]) for t in tasks])
             else:
-                pieces = [self.dense[name][t] / len(tasks) for t in tasks]
-            yield name, combine_pieces(theta0, pieces, weights, 1.0)
+                pieces = [upcast(self.dense[name][t]) / len(tasks) for t in tasks]
+            yield name, combine_pieces(upcast(theta0), pieces, weights, 1.0)
 
     def stored(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(key, tensor) pairs of the task factors to save, in the base checkpoint's dtypes."""

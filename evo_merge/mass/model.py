@@ -31,6 +31,7 @@ from evo_merge.errors import UserError
 from evo_merge.mass.card import mass_card
 from evo_merge.mass.factors import MassFactors, Track
 from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_config, routing_probabilities, select_tasks
+from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import tokenizer_files
 from evo_merge.weights.export import replace_folder
@@ -240,7 +241,7 @@ class MassModel(nn.Module):
     ) -> tuple[torch.Tensor, list[TaskSet]]:
         """Per row: routing probabilities over tasks (batch, T) and the kept task set."""
         z = self.routed_state(input_ids, attention_mask)
-        residuals = residual_scores(z, [v.to(z.device) for v in self._router_bases])
+        residuals = residual_scores(z, [v.to(z.device, z.dtype) for v in self._router_bases])
         probs = routing_probabilities(residuals)
         return probs, select_tasks(probs, self.routing.threshold, self.routing.max_tasks)
 
@@ -320,9 +321,11 @@ class MassModel(nn.Module):
         token: str = "mean",
         cache_size: int = 8,
         track: Track | None = None,
+        stash: Stash | None = None,
     ) -> MassModel:
         """Decompose the fine-tuned `models` of `base` (a model folder); task names are the
-        models' folder names. `layer` None routes on the middle block."""
+        models' folder names. `layer` None routes on the middle block. `stash` keeps the factors
+        (storage dtype and placement; default float32 on the CPU)."""
         base_ckpt = Checkpoint.open(base)
         endpoints = [Checkpoint.open(m) for m in models]
         if not endpoints:
@@ -337,7 +340,7 @@ class MassModel(nn.Module):
             raise UserError(f"MASS routing settings: {_first_error(err)}") from None
         names = [Path(m).resolve().name for m in models]
         tasks = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
-        factors = MassFactors.build(base_ckpt, endpoints, track)
+        factors = MassFactors.build(base_ckpt, endpoints, track, stash)
         module = _load_module(base_ckpt.folder)
         return cls(module, factors, routing, tasks, base_ckpt.folder.resolve(), [str(m) for m in models])
 

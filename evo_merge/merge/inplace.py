@@ -1,10 +1,11 @@
 """Write merge candidates straight into one resident torch module, without disk I/O.
 
-The search builds thousands of candidates from the same endpoints. This holds the base and the
-task vectors once (on the evaluation device), caches coefficient-free pieces (TSV-M's
-orthogonalised factors are computed once per model, not per candidate), and overwrites the
-module's parameters in place. It runs exactly the per-tensor code of the file path, so a
-candidate written here equals the model `evo-merge merge` writes from its recipe.
+The search builds thousands of candidates from the same endpoints. This keeps the base and the
+task vectors once (in the storage dtype and placement of `merge.storage`), caches
+coefficient-free pieces (TSV-M's orthogonalised factors are computed once per model, not per
+candidate, and kept factored), and overwrites the module's parameters in place. Each tensor is
+combined in float32 by exactly the per-tensor code of the file path, so with float32 storage a
+candidate written here equals the model `evo-merge merge` writes from its recipe, bit for bit.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import torch
 from torch import nn
 
 from evo_merge.errors import UserError
+from evo_merge.merge.pieces import Piece, map_piece
 from evo_merge.merge.plan import merge_tensor
-from evo_merge.merge.registry import combine_pieces, get_method
+from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
+from evo_merge.merge.storage import Stash, Storage
 from evo_merge.weights import Checkpoint, check_compatible
 
 
@@ -30,39 +33,59 @@ class InPlaceMerger:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        storage: Storage = Storage(),
     ):
+        """Read the checkpoints tensor by tensor: each task vector is taken in `dtype` (float32)
+        and stored at once, so setup holds one tensor per endpoint beyond what is stored."""
         check_compatible([base, *endpoints])
         self.module = module
         self.dtype = dtype
         self.n_models = len(endpoints)
+        self.device = torch.device(device) if device is not None else next(module.parameters()).device
+        self.stash = Stash(storage, self.device, dtype)
         targets = module.state_dict(keep_vars=True)
-        device = torch.device(device) if device is not None else next(module.parameters()).device
         self._targets: dict[str, torch.Tensor] = {}
         self._base: dict[str, torch.Tensor] = {}
         self._deltas: dict[str, list[torch.Tensor]] = {}
         for name in base.names:
-            if name not in targets:
-                raise UserError(f"{base.path}: tensor {name} has no counterpart in the {type(module).__name__} module")
-            if targets[name].shape != torch.Size(base.shape(name)):
-                raise UserError(f"tensor {name}: checkpoint shape {tuple(base.shape(name))} "
-                                f"!= module shape {tuple(targets[name].shape)}")
+            _check_target(base, targets, name, module)
             if not base.dtype(name).is_floating_point:
                 with torch.no_grad():
                     targets[name].copy_(base.tensor(name))
                 continue
-            theta0 = base.tensor(name, dtype).to(device)
+            stored = storage.stored_dtype([base, *endpoints], name)
+            theta0 = base.tensor(name, dtype)
             self._targets[name] = targets[name]
-            self._base[name] = theta0
-            self._deltas[name] = [ep.tensor(name, dtype).to(device) - theta0 for ep in endpoints]
-        self._pieces: dict[tuple, dict[str, list[torch.Tensor]]] = {}
+            self._base[name] = self.stash.keep(theta0, stored)
+            self._deltas[name] = [self.stash.keep(ep.tensor(name, dtype) - theta0, stored) for ep in endpoints]
+        self._pieces: dict[tuple, dict[str, list[Piece]]] = {}
 
-    def _pieces_for(self, method, params: Mapping[str, Any]) -> dict[str, list[torch.Tensor]]:
+    def _pieces_for(self, method: MergeMethod, params: Mapping[str, Any]) -> dict[str, list[Piece]]:
         key = (method.name, *(repr(params[k]) for k in method.piece_params))
-        if key not in self._pieces:  # pieces that are the task vectors themselves share their storage
-            self._pieces[key] = {
-                name: method.pieces(self._base[name], self._deltas[name], params, name) for name in self._base
-            }
+        if key not in self._pieces:
+            self._pieces[key] = {name: self._compute_pieces(method, name, params) for name in self._base}
         return self._pieces[key]
+
+    def _compute_pieces(self, method: MergeMethod, name: str, params: Mapping[str, Any]) -> list[Piece]:
+        """One tensor's pieces, computed in float32 on the device and stored like the task vectors.
+        A piece that is a task vector itself keeps pointing at the stored one (no copy)."""
+        stored = self._deltas[name]
+        deltas = [self.stash.upcast(d) for d in stored]
+        same = {id(d): s for d, s in zip(deltas, stored)}
+        dtype = self._base[name].dtype
+
+        def keep(tensor: torch.Tensor) -> torch.Tensor:
+            return same[id(tensor)] if id(tensor) in same else self.stash.keep(tensor, dtype)
+
+        pieces = method.pieces(self.stash.upcast(self._base[name]), deltas, params, name)
+        return [map_piece(piece, keep) for piece in pieces]
+
+    def _fetch(self, piece: Piece) -> Piece:
+        """A stored piece on the device: plain tensors as stored (the sum reads them in their
+        dtype), factored ones in the compute dtype (they go through a matrix product)."""
+        if piece is None or isinstance(piece, torch.Tensor):
+            return map_piece(piece, self.stash.move)
+        return map_piece(piece, self.stash.upcast)
 
     def _merged(
         self, method: str, weights: Sequence[float], params: Mapping[str, Any] | None, into_module: bool
@@ -73,14 +96,18 @@ class InPlaceMerger:
         if len(weights) != self.n_models:
             raise UserError(f"expected {self.n_models} weights, got {len(weights)}")
         pieces = self._pieces_for(m, resolved) if m.pieces is not None else None
-        for name, theta0 in self._base.items():
+        upcast = self.stash.upcast
+        for name, stored_base in self._base.items():
             if pieces is None:
-                yield name, merge_tensor(m, theta0, self._deltas[name], weights, resolved, name)
+                deltas = [upcast(d) for d in self._deltas[name]]
+                yield name, merge_tensor(m, upcast(stored_base), deltas, weights, resolved, name)
                 continue
             target = self._targets[name]
-            direct = into_module and target.dtype == self.dtype and target.device == theta0.device
-            yield name, combine_pieces(theta0, pieces[name], weights, m.scale(weights, resolved),
-                                       out=target if direct else None)
+            direct = into_module and target.dtype == self.dtype and target.device == self.device
+            out = target if direct else torch.empty(target.shape, dtype=self.dtype, device=self.device)
+            fetched = [self._fetch(p) if w != 0 else None for p, w in zip(pieces[name], weights)]
+            yield name, combine_pieces(self.stash.move(stored_base), fetched, weights, m.scale(weights, resolved),
+                                       out=out)
 
     def tensors(
         self, method: str, weights: Sequence[float], params: Mapping[str, Any] | None = None
@@ -100,3 +127,11 @@ class InPlaceMerger:
     def clear_cache(self) -> None:
         """Drop cached pieces (e.g. between search phases that use different methods)."""
         self._pieces.clear()
+
+
+def _check_target(base: Checkpoint, targets: Mapping[str, torch.Tensor], name: str, module: nn.Module) -> None:
+    if name not in targets:
+        raise UserError(f"{base.path}: tensor {name} has no counterpart in the {type(module).__name__} module")
+    if targets[name].shape != torch.Size(base.shape(name)):
+        raise UserError(f"tensor {name}: checkpoint shape {tuple(base.shape(name))} "
+                        f"!= module shape {tuple(targets[name].shape)}")

@@ -19,14 +19,15 @@ from typing import Any
 import torch
 
 from evo_merge.errors import UserError
+from evo_merge.merge.pieces import Piece, dense
 
 ENTRY_POINT_GROUP = "evo_merge.merge_methods"
 
 Params = Mapping[str, Any]
 # fn(base, deltas, weights, params, name) -> merged tensor
 MergeFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Sequence[float], Params, str], torch.Tensor]
-# pieces(base, deltas, params, name) -> one tensor per model
-PiecesFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Params, str], list[torch.Tensor]]
+# pieces(base, deltas, params, name) -> one piece per model (a tensor, a factored piece or None)
+PiecesFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Params, str], list[Piece]]
 # scale(weights, params) -> global factor applied to the weighted sum of pieces
 ScaleFn = Callable[[Sequence[float], Params], float]
 
@@ -132,7 +133,8 @@ def register_method(
     """Decorator registering a per-tensor merge function.
 
     Decorate ``fn(base, deltas, weights, params, name) -> tensor``; or, with ``scale=...``, a
-    ``pieces(base, deltas, params, name) -> list[tensor]`` function whose result is combined as
+    ``pieces(base, deltas, params, name) -> list[piece]`` function (tensors, factored pieces or None)
+    whose result is combined as
     ``base + scale(weights, params) * sum_t weights[t] * pieces[t]``.
     """
 
@@ -160,16 +162,19 @@ def register_method(
 
 def combine_pieces(
     base: torch.Tensor,
-    pieces: Sequence[torch.Tensor],
+    pieces: Sequence[Piece],
     weights: Sequence[float],
     scale: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """base + scale * sum_t w_t piece_t, written into `out` when given (no extra allocation)."""
+    """base + scale * sum_t w_t piece_t, written into `out` when given (no extra allocation).
+
+    `out` may have a wider dtype than the base and plain-tensor pieces: they are read once each
+    and accumulated in `out`'s dtype (torch's type promotion), never copied to it first."""
     out = base.clone() if out is None else out.copy_(base)
     for piece, weight in zip(pieces, weights):
-        if weight != 0:
-            out.add_(piece, alpha=scale * weight)
+        if weight != 0 and piece is not None:
+            out.add_(dense(piece), alpha=scale * weight)
     return out
 
 

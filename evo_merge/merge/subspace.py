@@ -1,7 +1,9 @@
 """Singular-vector methods: TSV-M, TSV-C and Iso-C (DESIGN.md §3).
 
 They act on 2-D weight matrices; embeddings and the LM head (recognised by name) and all other
-tensors (biases, norms) are treated as plain task vectors unless ``embeddings`` is set.
+tensors (biases, norms) are treated as plain task vectors unless ``embeddings`` is set. TSV-M and
+TSV-C pieces are returned factored (`LowRank`: rank r/T per task), so the in-place merger keeps
+about (m + n) r numbers per matrix whatever the number of tasks, never a dense copy per task.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from evo_merge.errors import UserError
+from evo_merge.merge.pieces import LowRank, Piece, Scaled
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
 from evo_merge.weights.arch import EMBEDDING_NAME
@@ -21,7 +24,12 @@ EMBEDDINGS = H("embeddings", False, searchable=False, help="also decompose embed
 
 def is_decomposed(delta: torch.Tensor, name: str, params: Params) -> bool:
     """Whether a tensor gets the singular-vector treatment."""
-    return delta.dim() == 2 and (params.get("embeddings", False) or not EMBEDDING_NAME.search(name))
+    return decomposes(delta.shape, name, params.get("embeddings", False))
+
+
+def decomposes(shape: Sequence[int], name: str, embeddings: bool = False) -> bool:
+    """`is_decomposed` from a shape (checkpoint headers suffice)."""
+    return len(shape) == 2 and (embeddings or not EMBEDDING_NAME.search(name))
 
 
 def top_k_svd(delta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -35,24 +43,29 @@ def nearest_orthogonal(m: torch.Tensor) -> torch.Tensor:
     return p @ qh
 
 
-def tsv_rank(delta: torch.Tensor, n_tasks: int) -> int:
-    return max(1, min(delta.shape) // n_tasks)
+def tsv_rank(delta: torch.Tensor | Sequence[int], n_tasks: int) -> int:
+    """Rank kept per task (r/T) of a matrix, from the matrix or its shape."""
+    shape = delta.shape if isinstance(delta, torch.Tensor) else delta
+    return max(1, min(shape) // n_tasks)
 
 
-def orthogonalised_pieces(factors: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+def orthogonalised_pieces(factors: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[LowRank]:
     """TSV-M pieces from each task's top-k factors (u: m x k, sigma: k, v: n x k) of one matrix.
 
     D_t = U_perp[:, block_t] diag(sigma_t) V_perp[:, block_t]^T, with U_perp and V_perp the polar
     factors of the stacked u's and v's. The orthogonalisation does not depend on the task
-    coefficients, so sum_t c_t D_t is the TSV-M merge with sigma_t scaled by c_t.
+    coefficients, so sum_t c_t D_t is the TSV-M merge with sigma_t scaled by c_t. The pieces are
+    views of U_perp and V_perp: together they hold (m + n) T k numbers.
     """
     k = factors[0][1].numel()
     u_perp = nearest_orthogonal(torch.cat([u for u, _, _ in factors], dim=1))
     v_perp = nearest_orthogonal(torch.cat([v for _, _, v in factors], dim=1))
-    return [(u_perp[:, t * k:(t + 1) * k] * s) @ v_perp[:, t * k:(t + 1) * k].T for t, (_, s, _) in enumerate(factors)]
+    # s is copied: a view of an SVD's singular values would keep all of them
+    return [LowRank(u_perp[:, t * k:(t + 1) * k], s.clone(), v_perp[:, t * k:(t + 1) * k])
+            for t, (_, s, _) in enumerate(factors)]
 
 
-def tsv_m_pieces(deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def tsv_m_pieces(deltas: Sequence[torch.Tensor]) -> list[LowRank]:
     """Per-task TSV-M pieces of one matrix from the task vectors (top r/T triplets each)."""
     k = tsv_rank(deltas[0], len(deltas))
     return orthogonalised_pieces([top_k_svd(d, k) for d in deltas])
@@ -64,11 +77,11 @@ def tsv_m_pieces(deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     scale=lambda w, p: p["alpha"],
     piece_params=("embeddings",),
 )
-def tsv(base, deltas, params: Params, name: str) -> list[torch.Tensor]:
+def tsv(base, deltas, params: Params, name: str) -> list[Piece]:
     """TSV-M: merge each matrix's top task singular vectors after decorrelating them."""
     if is_decomposed(deltas[0], name, params):
         return tsv_m_pieces(deltas)
-    return [d / len(deltas) for d in deltas]
+    return [Scaled(d, len(deltas)) for d in deltas]
 
 
 @register_method(
@@ -78,16 +91,17 @@ def tsv(base, deltas, params: Params, name: str) -> list[torch.Tensor]:
     scale=lambda w, p: p["alpha"],
     piece_params=("task", "embeddings"),
 )
-def tsv_c(base, deltas, params: Params, name: str) -> list[torch.Tensor]:
+def tsv_c(base, deltas, params: Params, name: str) -> list[Piece]:
     """TSV-C: task `task` rebuilt from its top r/T singular triplets (about 1/T of its storage)."""
     t = params["task"]
     if t >= len(deltas):
         raise UserError(f"parameters.task: {t} is not a model index (0..{len(deltas) - 1})")
-    pieces = [torch.zeros_like(d) for d in deltas]
+    pieces: list[Piece] = [None] * len(deltas)
     delta = deltas[t]
     if is_decomposed(delta, name, params):
         u, s, v = top_k_svd(delta, tsv_rank(delta, len(deltas)))
-        pieces[t] = (u * s) @ v.T
+        # copies of the top-k slices only (views would keep the full SVD alive); v^T keeps its layout
+        pieces[t] = LowRank(u.contiguous(), s.clone(), v.T.clone().T)
     else:
         pieces[t] = delta
     return pieces

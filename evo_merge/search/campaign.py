@@ -131,8 +131,7 @@ class CampaignRunner:
             exported = export_picks(self.workspace, chosen, self._evaluator)
         finally:
             self.close()
-        self.workspace.store.set_meta("finished", True)
-        return measured, exported
+        return measured, exported  # the CLI marks the run finished once its report is written
 
     def close(self) -> None:
         """Stop the evaluator (a dask cluster, or the connection to one); it restarts when needed."""

@@ -50,6 +50,7 @@ class WorkerSpec:
     tasks: TaskSpecs
     device: str
     dtype: str
+    storage: tuple[str, str] = ("auto", "device")  # (dtype, placement): each worker keeps its own copy
 
     @property
     def fingerprint(self) -> str:
@@ -60,7 +61,10 @@ class WorkerSpec:
         from evo_merge.tasks.registry import resolve_task
 
         tasks = {label: resolve_task(task, **dict(settings)) for label, task, settings in self.tasks}
-        bench = Workbench.open(Path(self.base), [Path(m) for m in self.models], device=self.device, dtype=self.dtype)
+        from evo_merge.merge.storage import Storage
+
+        bench = Workbench.open(Path(self.base), [Path(m) for m in self.models], device=self.device, dtype=self.dtype,
+                               storage=Storage.parse(*self.storage))
         return LocalEvaluator(bench, tasks)
 
 
@@ -150,7 +154,8 @@ class DaskEvaluator:
         tasks = tuple((t.label, t.task, tuple(sorted(task_settings(spec.batch_size, t.options).items())))
                       for t in campaign.tasks)
         worker = WorkerSpec(str(base), tuple(str(m) for m in models), tasks,
-                            "cuda" if gpus else campaign.device, campaign.dtype)
+                            "cuda" if gpus else campaign.device, campaign.dtype,
+                            (campaign.storage.dtype, campaign.storage.placement))
         return cls(worker, address=spec.address, n_workers=spec.n_workers, gpus=gpus)
 
     @property

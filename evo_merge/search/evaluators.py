@@ -22,5 +22,8 @@ def make_evaluator(campaign, base, models, tasks: Mapping[str, FitnessTask] | No
     if tasks is None:
         tasks = {t.label: resolve_task(t.task, **task_settings(campaign.evaluator.batch_size, t.options))
                  for t in campaign.tasks}
-    bench = Workbench.open(base, list(models), device=campaign.device, dtype=campaign.dtype)
+    from evo_merge.merge.storage import Storage
+
+    bench = Workbench.open(base, list(models), device=campaign.device, dtype=campaign.dtype,
+                           storage=Storage.of(campaign.storage))
     return LocalEvaluator(bench, tasks)

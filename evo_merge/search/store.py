@@ -1,22 +1,29 @@
-"""The campaign store: every evaluation in SQLite, the algorithm checkpoint beside it.
+"""The campaign store: every evaluation, and which generations are complete, in one SQLite file.
 
 Any process can open a run folder and read or continue it (as with an Optuna study). Each
 evaluation is committed in its own transaction together with its per-item scores, so a crash
-loses at most the candidate being evaluated; the checkpoint is written to a temporary file and
-renamed, so it is always the last complete generation.
+loses at most the candidate being evaluated. The database is the run's only source of truth:
+the search state is rebuilt by replaying the algorithm against it, and nothing in a run folder
+is unpickled (a `checkpoint.pkl` left by an older version is ignored), so opening a run folder
+someone sent you executes nothing from it. A database that fails SQLite's integrity check is
+refused with the way out, never half-read.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
+import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from evo_merge.errors import UserError
+from evo_merge.search.lock import LOCK_FILE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -43,7 +50,13 @@ CREATE TABLE IF NOT EXISTS item_scores (
     PRIMARY KEY (evaluation_id, task, item)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS generations (
+    generation INTEGER PRIMARY KEY,
+    keys TEXT NOT NULL,            -- JSON list of the keys of the population told to the algorithm
+    completed REAL NOT NULL
+);
 """
+TABLES = ("evaluations", "item_scores", "meta", "generations")
 
 
 @dataclass
@@ -63,15 +76,11 @@ class Evaluation:
 
 class CampaignStore:
     DB = "state.sqlite"
-    CHECKPOINT = "checkpoint.pkl"
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.run_dir / self.DB, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        self.db = _open_checked(self.run_dir / self.DB)
 
     def close(self) -> None:
         self.db.close()
@@ -149,16 +158,30 @@ class CampaignStore:
     def set_meta(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
-    # -- algorithm checkpoint
-    def save_checkpoint(self, algorithm: Any) -> None:
-        atomic_write(self.run_dir / self.CHECKPOINT, pickle.dumps(algorithm))
+    # -- progress: generations and the finished flag, checked against the evaluations
+    def complete_generation(self, generation: int, keys: Sequence[str]) -> None:
+        """Record that `generation` was told to the algorithm with the evaluations of `keys`."""
+        self.db.execute("INSERT OR REPLACE INTO generations VALUES (?, ?, ?)",
+                        (generation, json.dumps(sorted(set(keys))), time.time()))
 
-    def load_checkpoint(self) -> Any | None:
-        path = self.run_dir / self.CHECKPOINT
-        if not path.exists():
-            return None
-        with path.open("rb") as fh:
-            return pickle.load(fh)  # our own file, written by save_checkpoint
+    def generations_completed(self) -> int:
+        """The generations 1..n recorded complete whose every evaluation is in the database: a
+        generation whose evaluations were lost (a truncated database) does not count."""
+        have = {key for (key,) in self.db.execute("SELECT key FROM evaluations")}
+        done = 0
+        for generation, keys in self.db.execute("SELECT generation, keys FROM generations ORDER BY generation"):
+            if generation != done + 1 or not have.issuperset(json.loads(keys)):
+                break
+            done = generation
+        return done
+
+    def mark_finished(self) -> None:
+        """Set once the run's outputs (exports and report) are written."""
+        self.set_meta("finished", True)
+
+    def finished(self, generations: int) -> bool:
+        """Finished, and none of the `generations` configured is missing from the database."""
+        return bool(self.get_meta("finished")) and self.generations_completed() >= generations
 
     def _insert_scores(self, evaluation_id: int, scores: Mapping[str, Mapping[str, float]]) -> int:
         rows = [(evaluation_id, task, item, float(score)) for task, items in scores.items() for item, score in items.items()]
@@ -195,6 +218,56 @@ def _dumps(value: Any) -> str | None:
 
 def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
+
+
+def _open_checked(path: Path) -> sqlite3.Connection:
+    """Connect, verify SQLite's quick check and the schema, create the schema in a new database."""
+    way_out = "restore it from a backup, or start the campaign again in a new run folder"
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(verdict.splitlines()[0])
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [t for t in TABLES[:3] if t not in tables]
+        if tables and missing:  # no table at all: a new (or never written) database
+            raise sqlite3.DatabaseError(f"no {', '.join(missing)} table")
+        db.executescript(SCHEMA)
+    except sqlite3.OperationalError as exc:
+        raise UserError(f"{path}: cannot open the campaign database ({exc})") from None
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{path}: corrupt campaign database ({exc}); {way_out}") from None
+    return db
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse to start a campaign in a folder that holds something else: its files would be
+    overwritten by the report and the exported models. New, empty and run folders are fine."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir}: is a file, not a folder")
+    if not run_dir.is_dir():
+        return
+    entries = {entry.name for entry in run_dir.iterdir()} - {LOCK_FILE}
+    if entries and CampaignStore.DB not in entries:
+        raise UserError(f"--out {run_dir}: not empty and not a run folder (no {CampaignStore.DB}); "
+                        "give a new or empty folder")
+
+
+def remove_unused_run_folder(run_dir: Path) -> None:
+    """Remove a run folder in which no evaluation was stored: a start that failed (a bad model
+    path, a task that does not load) leaves nothing bound to its config, so the corrected
+    config starts afresh in the same folder."""
+    db = run_dir / CampaignStore.DB
+    if db.exists():
+        try:
+            with closing(sqlite3.connect(db)) as con:
+                if con.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]:
+                    return
+        except sqlite3.DatabaseError:  # unreadable: not ours to judge, keep it
+            return
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

@@ -40,6 +40,6 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
                                    stage=f"generation {generation}/{generations}")
         population.set("F", np.array([fitness(e, objectives) for e in evaluations]))
         algorithm.tell(infills=population)
-        log.store.set_meta("generations_done", generation)
+        log.store.complete_generation(generation, [e.key for e in evaluations])
         if on_generation is not None:
             on_generation(generation, evaluations)

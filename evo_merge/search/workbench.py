@@ -15,6 +15,7 @@ import torch
 
 from evo_merge.errors import UserError
 from evo_merge.merge.inplace import InPlaceMerger
+from evo_merge.merge.storage import Storage
 from evo_merge.weights import Checkpoint, parse_dtype
 
 
@@ -55,12 +56,16 @@ class Workbench:
     tokenizer: Any
     merger: InPlaceMerger
     kept: dict[str, Any] = field(default_factory=dict)  # per-kind state, built on first use
+    storage: Storage = Storage()  # how the merger and other kinds (MASS) keep what they hold
 
     @classmethod
-    def open(cls, base: Path, models: list[Path], *, device: str = "auto", dtype: str = "float32") -> Workbench:
+    def open(cls, base: Path, models: list[Path], *, device: str = "auto", dtype: str = "float32",
+             storage: Storage = Storage()) -> Workbench:
         """Load the base as the resident module and the task vectors into the in-place merger."""
         where, precision = resolve_device(device), parse_dtype(dtype)
         module, tokenizer = load_model(base)
         module.to(device=where, dtype=precision)
-        merger = InPlaceMerger(module, Checkpoint.open(base), [Checkpoint.open(m) for m in models], device=where)
-        return cls(Path(base), [Path(m) for m in models], where, precision, module, tokenizer, merger)
+        merger = InPlaceMerger(module, Checkpoint.open(base), [Checkpoint.open(m) for m in models], device=where,
+                               storage=storage)
+        return cls(Path(base), [Path(m) for m in models], where, precision, module, tokenizer, merger,
+                   storage=storage)

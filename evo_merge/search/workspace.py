@@ -54,12 +54,18 @@ def config_fingerprint(campaign: Campaign) -> str:
     so a run started locally can be resumed on a cluster and back; so are settings at their
     defaults, so a setting added in a later version leaves older runs resumable; so is where it
     is tracked (trackers observe, they compute nothing)."""
-    where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"})})
-    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}, "tracking": True}, exclude_defaults=True)
+    # storage placement and budgets change where tensors are kept, not what is computed (#13)
+    storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
+                                                  "device_budget_gib": None})
+    where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"}),
+                                        "storage": storage})
+    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}, "tracking": True},
+                                 exclude_defaults=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def _existing(value: str, key: str) -> Path:
+def existing_path(value: str, key: str) -> Path:
+    """The resolved path of a model the campaign names at `key`; a missing one is a user error naming the key."""
     path = Path(value)
     if not path.exists():
         raise UserError(f"{key}: model path {value!r} does not exist")
@@ -99,14 +105,14 @@ class Workspace:
         """Resolve, align once, and bind the run folder to this campaign (or check it is bound to it)."""
         campaign = resolve_campaign(campaign, Path(root))
         run_dir = Path(run_dir)
-        models = [_existing(m, f"models.{i}") for i, m in enumerate(campaign.models)]
+        models = [existing_path(m, f"models.{i}") for i, m in enumerate(campaign.models)]
         store = CampaignStore(run_dir)
         _bind(store, campaign, run_dir)
         if campaign.align is not None:
-            data = _existing(campaign.align.data, "align.data") if campaign.align.data else None
+            data = existing_path(campaign.align.data, "align.data") if campaign.align.data else None
             base, models = aligned_paths(campaign.align, models, run_dir / "aligned", data)
         else:
-            base = _existing(campaign.base_model, "base_model")
+            base = existing_path(campaign.base_model, "base_model")
         return cls(campaign, run_dir, base, models, store)
 
     @property

@@ -4,13 +4,17 @@ Tensors are consumed one at a time and flushed into safetensors shards, so at mo
 held in memory. Everything is written into a hidden temporary sibling of the output folder,
 which is renamed into place only once complete: an exception or interrupt mid-stream leaves
 neither a half-written model under the final name nor the temporary folder (a hard kill can
-leave the hidden temporary folder, never a partial model).
+leave the hidden temporary folder, never a partial model; the CLI turns SIGTERM into an
+exception for that reason). Only a model folder (or an empty one) is ever replaced, a tensor
+holding NaN or Inf is never written, and the folder gets the umask's modes like any other.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -20,7 +24,7 @@ from safetensors.torch import save_file
 
 from evo_merge.errors import UserError
 from evo_merge.weights.arch import hf_model_type
-from evo_merge.weights.checkpoint import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, tokenizer_files
+from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, tokenizer_files
 from evo_merge.weights.dtypes import dtype_name
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
@@ -46,17 +50,18 @@ def write_model_folder(
     bytes, e.g. README.md) are written last. `dtype` casts floating tensors on write; the
     written config's `dtype` (and `torch_dtype`, if present) records the floating dtype actually
     written. An existing `out` is refused unless `overwrite`, and then replaced only once the
-    new folder is complete. `copy_tokenizer=False` copies only the config files (the caller
-    writes a tokenizer of its own through `extra_files`).
+    new folder is complete, and only if it is a model folder or empty. `copy_tokenizer=False`
+    copies only the config files (the caller writes a tokenizer of its own through `extra_files`).
     """
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise UserError(f"output folder {out} already exists (overwrite it explicitly)")
+    check_replaceable(out)
     source = Path(copy_from).expanduser() if copy_from is not None else None
     if source is not None and not source.is_dir():
         raise UserError(f"model folder to copy config and tokenizer from not found: {source}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _hidden_sibling(out, "tmp")
     try:
         written_dtypes = _write_shards(tmp, tensors, dtype, max_shard_bytes)
         if source is not None:
@@ -67,9 +72,12 @@ def write_model_folder(
         _write_config(tmp, config, written_dtypes)
         for name, content in extra_files.items():
             _write_extra(tmp, name, content)
+        _umask_modes(tmp)
         replace_folder(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.strerror:  # name the output, not the hidden file that is gone
+            raise UserError(f"cannot write {out}: {exc.strerror}") from exc
         raise
     return out
 
@@ -100,6 +108,9 @@ def _write_shards(
             tensor = tensor.to(dtype)
         if tensor.is_floating_point():
             floating.add(tensor.dtype)
+            if not bool(torch.isfinite(tensor).all()):  # after the cast: float16 overflows to Inf
+                raise UserError(f"tensor {name}: holds NaN or Inf, not written (a corrupt input, or out of "
+                                f"range for {dtype_name(tensor.dtype)})")
         tensor = _owning(tensor.contiguous(), storages)
         size = tensor.numel() * tensor.element_size()
         if current and current_bytes + size > max_shard_bytes:
@@ -168,8 +179,47 @@ def _write_extra(folder: Path, name: str, content: str | bytes) -> None:
         target.write_text(content, encoding="utf-8")
 
 
+def is_model_folder(folder: Path) -> bool:
+    """Holds weights (safetensors, an index, pickle checkpoints), as a model or MASS folder does."""
+    return any(f.is_file() and (f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES or f.name.endswith(".index.json"))
+               for f in folder.iterdir())
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to replace anything but a model folder or an empty folder: an overwrite must never
+    delete a user's other files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"output {out} is a file, not a model folder; refusing to replace it")
+    if any(out.iterdir()) and not is_model_folder(out):
+        raise UserError(f"output folder {out} is not a model folder (no weights in it); refusing to replace it")
+
+
+def _hidden_sibling(out: Path, kind: str) -> Path:
+    """A new hidden folder next to `out`, created with the umask's mode (mkdtemp's 0700 would be
+    carried into the exported folder)."""
+    while True:
+        path = out.parent / f".{out.name}.{kind}-{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give the files the mode a new file gets under the umask (as `folder` got): safetensors
+    writes 0600 and copies keep their source's mode."""
+    mode = stat.S_IMODE(folder.stat().st_mode) & 0o666
+    for file in folder.rglob("*"):
+        if file.is_file():
+            file.chmod(mode)
+
+
 def replace_folder(tmp: Path, out: Path) -> None:
     """Move the complete folder into place; an old `out` is removed only after the swap."""
+    check_replaceable(out)
     if not out.exists():
         tmp.rename(out)
         return

@@ -33,19 +33,22 @@ def is_hf_folder(path: str | Path) -> bool:
 
 
 def load_model_folder(
-    path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+    *, allow_pickle: bool = False,
 ) -> tuple[nn.Module, Any | None]:
     """(module in eval mode, tokenizer or None) from a model folder.
 
     `dtype` None keeps the stored floating dtype; `device` None leaves the module on the CPU.
-    The tokenizer is loaded when the folder has tokenizer files (a task that needs one says so)."""
+    The tokenizer is loaded when the folder has tokenizer files (a task that needs one says so).
+    HF pickle weights (.bin) are read only with `allow_pickle` (transformers then loads them
+    with `weights_only`)."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"{path}: not a model folder")
     config = read_config(path) or {}
     torch_dtype = parse_dtype(dtype)
     if hf_model_type(config) is not None:
-        module, tokenizer = _load_hf(path, torch_dtype)
+        module, tokenizer = _load_hf(path, torch_dtype, allow_pickle)
     elif "arch" in config:
         module, tokenizer = _load_plain(path, config), None
         if torch_dtype is not None:
@@ -57,11 +60,12 @@ def load_model_folder(
     return module.eval(), tokenizer
 
 
-def _load_hf(path: Path, dtype: torch.dtype | None) -> tuple[nn.Module, Any | None]:
+def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool) -> tuple[nn.Module, Any | None]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:  # safetensors only: a pickle checkpoint can run code when loaded
-        module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True)
+    try:  # safetensors unless allowed: a pickle checkpoint can run code when loaded
+        module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto",
+                                                      use_safetensors=None if allow_pickle else True)
     except OSError as err:
         raise UserError(f"{path}: cannot load the model ({str(err).splitlines()[0]})") from None
     tokenizer = AutoTokenizer.from_pretrained(path) if tokenizer_files(path) else None

@@ -47,6 +47,6 @@ def _make_model(alpha, beta, responses=None, scenarios=None) -> IRTModel:
         item_ids=[f"q{j}" for j in range(n_items)], item_scenarios=scenarios,
         subject_ids=[f"s{j}" for j in range(responses.shape[0])], alpha=alpha, beta=np.asarray(beta, dtype=float),
         theta=np.zeros((responses.shape[0], alpha.shape[1])), responses=responses,
-        thresholds={s: 0.5 for s in scenarios}, val_alpha=alpha, val_beta=np.asarray(beta, dtype=float),
-        val_subjects=np.arange(responses.shape[0]),
+        thresholds={s: 0.5 for s in scenarios}, cv_alpha=alpha[None], cv_beta=np.asarray(beta, dtype=float)[None],
+        cv_held=np.ones((1, responses.shape[0]), dtype=bool),
     )

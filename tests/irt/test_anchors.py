@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,24 @@ def test_kmeans_with_fewer_distinct_items_than_the_budget_still_spends_it_with_u
         assert len(set(picks.tolist())) == 10
         assert sorted(np.bincount(kind[picks]).tolist()) == [2, 3, 5]  # picks follow the kinds' sizes
         assert float(weights @ kind[picks]) == pytest.approx(kind.mean())  # weighted mean = population mean
+
+
+def test_choose_anchor_method_falls_back_below_the_subject_threshold(two_scenarios, caplog):
+    from evo_merge.irt.anchors import MIN_CLUSTER_SUBJECTS, choose_anchor_method
+
+    few = MIN_CLUSTER_SUBJECTS - 1
+    assert choose_anchor_method("auto", MIN_CLUSTER_SUBJECTS) == ("kmeans-irt", None)
+    assert choose_anchor_method("kmeans-correctness", 100) == ("kmeans-correctness", None)
+    assert choose_anchor_method("random", 5) == ("random", None)
+    for requested in ("auto", "kmeans-irt", "kmeans-correctness"):
+        method, reason = choose_anchor_method(requested, few)
+        assert method == "stratified" and f"{few} calibration subjects" in reason
+    with pytest.raises(UserError, match="unknown anchor method 'magic'"):
+        choose_anchor_method("magic", 50)
+    model = two_scenarios[3]  # 80 subjects: auto is kmeans-irt, silently
+    with caplog.at_level("WARNING", logger="evo_merge.irt"):
+        assert select_anchors(model, 5, "auto").method == "kmeans-irt" and not caplog.records
+    small = replace(model, subject_ids=model.subject_ids[:few], responses=model.responses[:few])
+    with caplog.at_level("WARNING", logger="evo_merge.irt"):
+        assert select_anchors(small, 5, "auto").method == "stratified"
+    assert "stratified anchors instead of auto" in caplog.text

@@ -127,3 +127,42 @@ def test_estimator_errors(two_scenarios):
     partial = Anchors("random", 5, 0, {"s0": anchors.items["s0"]}, {"s0": anchors.weights["s0"]})
     with pytest.raises(UserError, match="disagree on scenario 's1'"):
         Estimator(model, partial, "anchor")
+
+
+def test_random_sampling_variance_counts_effective_items(make_model):
+    """v̂·(1 − n/N)/n_eff with n_eff = (Σw)²/Σw²: hand-computed for two weightings of 2 of 4 items."""
+    responses = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 0]], dtype=float)
+    model = make_model(np.ones(4), np.zeros(4), responses=responses)
+    v_hat = np.mean([r.var() for r in responses])  # across-item variance per subject, averaged
+    for weights, n_eff in (([0.5, 0.5], 2.0), ([0.9, 0.1], 1 / 0.82)):
+        anchors = Anchors("random", 2, 0, {"all": ["q0", "q1"]}, {"all": weights})
+        est = Estimator(model, anchors, "anchor")
+        got = est.random_sampling_variance(est.weights, est._anchor_onehot)
+        assert got[0] == pytest.approx(v_hat * 0.5 / n_eff)
+
+
+def test_measured_errors_are_out_of_sample_and_the_se_is_calibrated():
+    """12 calibration subjects, new subjects from a shifted population: the gp-IRT SE per scenario
+    is within a factor 2 of the error it makes on them, and the anchor part's measured error is
+    not the in-sample one (near 0 for clustered anchors on their own calibration subjects)."""
+    gen = make_synthetic_irt(800, dims=2, n_scenarios=2, heterogeneous=True, seed=3)
+    theta, ids = synthetic_abilities(12, dims=2, seed=4)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=5)))
+    new_theta = synthetic_abilities(300, dims=2, seed=6)[0] * 1.3 + 0.3
+    new = ResponseMatrix.from_long(gen.sample(new_theta, [f"n{j}" for j in range(300)], seed=7), model.item_ids)
+    for method in ("kmeans-irt", "random"):
+        est = Estimator(model, select_anchors(model, 20, method), "gpirt")
+        err = est.estimate_matrix(new.scores[:, est.anchor_idx]) - est.scenario_means(new.scores)
+        rmse = np.sqrt((err**2).mean(axis=0))
+        ratio = rmse / est.scenario_se
+        assert (ratio > 0.5).all() and (ratio < 2.0).all(), (method, rmse, est.scenario_se)
+        anchor_only = Estimator(model, est.anchors, "anchor")
+        assert (anchor_only.scenario_se > 0.01).all()
+
+
+def test_all_items_seen_gives_zero_se(two_scenarios):
+    model = two_scenarios[3]
+    anchors = select_anchors(model, 1000, "random")
+    for kind in ("anchor", "gpirt"):
+        est = Estimator(model, anchors, kind).estimate({i: 1.0 for i in model.item_ids})
+        assert est.se == pytest.approx({"s0": 0.0, "s1": 0.0, "overall": 0.0}, abs=1e-9)

@@ -111,10 +111,57 @@ def test_map_logistic_converges_on_sharp_items_and_an_ill_conditioned_prior():
 def test_save_load_round_trip(tmp_path, torch_model):
     torch_model.save(tmp_path / "m")
     loaded = IRTModel.load(tmp_path / "m")
-    for key in ("alpha", "beta", "theta", "responses", "val_alpha", "val_beta", "val_subjects"):
+    for key in ("alpha", "beta", "theta", "responses", "cv_alpha", "cv_beta", "cv_held"):
         np.testing.assert_array_equal(getattr(loaded, key), getattr(torch_model, key))
     assert loaded.item_ids == torch_model.item_ids and loaded.thresholds == torch_model.thresholds
-    assert json.loads((tmp_path / "m" / "model.json").read_text())["format_version"] == 1
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["format_version"] == 2
+
+
+def test_format_1_folders_load_with_their_split_half_fit_as_one_fold(tmp_path, torch_model):
+    """The shipped irt_models/ are format 1: val_alpha/val_beta fitted without val_subjects."""
+    folder = torch_model.save(tmp_path / "m")
+    held = np.flatnonzero(torch_model.cv_held[0])
+    np.savez(folder / "params.npz", alpha=torch_model.alpha, beta=torch_model.beta, theta=torch_model.theta,
+             responses=torch_model.responses, val_alpha=torch_model.cv_alpha[0], val_beta=torch_model.cv_beta[0],
+             val_subjects=held)
+    _edit(folder, format_version=1)
+    loaded = IRTModel.load(folder)
+    np.testing.assert_array_equal(loaded.cv_alpha, torch_model.cv_alpha[:1])
+    assert loaded.cv_held.shape == (1, 100) and (np.flatnonzero(loaded.cv_held[0]) == held).all()
+
+
+def test_cross_fit_folds_split_the_subjects_and_each_fit_misses_its_fold(md2pl, torch_model):
+    """Two folds of random halves; each fold's item parameters come from the other half only:
+    refitting that half alone gives them."""
+    from evo_merge.irt.backends import fit_torch
+    from evo_merge.irt.responses import ResponseMatrix
+
+    held = torch_model.cv_held
+    assert held.shape == (2, 100) and (held.sum(axis=1) == 50).all() and (held[0] ^ held[1]).all()
+    binary = ResponseMatrix.from_long(md2pl[2]).scores
+    for fold in (0, 1):
+        refit = fit_torch(binary[~held[fold]], 2, seed=0)
+        np.testing.assert_allclose(refit.beta, torch_model.cv_beta[fold])
+
+
+def test_dims_are_capped_by_the_number_of_subjects():
+    gen = make_synthetic_irt(120, dims=3, seed=51)
+    theta, ids = synthetic_abilities(10, dims=3, seed=52)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=53)), dims="auto")
+    assert model.dims == 1 and set(model.dims_errors) == {1}  # 10 subjects: D <= 10 // 6
+
+
+def test_priors_tighten_with_few_subjects_so_items_stay_finite():
+    """10 subjects: items everyone got right (or wrong) keep moderate difficulties, unlike an
+    unregularised fit that pushes them towards ±infinity."""
+    from evo_merge.irt.backends import ALPHA_SD, BETA_SD, prior_sds
+
+    assert prior_sds(10) == pytest.approx((ALPHA_SD / 2, BETA_SD / 2)) and prior_sds(400) == (ALPHA_SD, BETA_SD)
+    gen = make_synthetic_irt(300, dims=1, seed=61)
+    theta, ids = synthetic_abilities(10, dims=1, seed=62)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=63)), dims=1)
+    # without the tightening (priors at full strength) this fit reaches |β| 3.8 and |α| 5.0
+    assert np.abs(model.beta).max() < 3.0 and np.linalg.norm(model.alpha, axis=1).max() < 3.5
 
 
 @pytest.mark.parametrize(
@@ -151,3 +198,17 @@ def test_fit_rejects_bad_settings(md2pl):
         IRTModel.fit(md2pl[2], backend="stan")
     with pytest.raises(UserError, match="dims must be"):
         IRTModel.fit(md2pl[2], dims=0)
+
+
+def test_pyirt_retries_at_a_lower_rate_when_it_diverges(caplog):
+    """lr 5 sends py-irt's variational parameters to NaN: the fit says so and retries at lr x 0.2."""
+    from evo_merge.irt.backends import fit_pyirt
+
+    gen = make_synthetic_irt(60, dims=1, seed=11)
+    theta, _ = synthetic_abilities(30, dims=1, seed=12)
+    binary = (np.random.default_rng(0).random((30, 60)) < gen.prob(theta)).astype(float)
+    with caplog.at_level("INFO", logger="evo_merge.irt"):
+        params = fit_pyirt(binary, 1, epochs=40, lr=5.0)
+    assert "py-irt diverged at lr=5" in caplog.text and "retrying at lr=1" in caplog.text
+    assert "py-irt fit 30 x 60, D=1, 40 epochs" in caplog.text
+    assert np.isfinite(params.beta).all() and np.corrcoef(params.beta, gen.beta)[0, 1] > 0.5

@@ -274,6 +274,13 @@ BAD = {
     "unknown task": ({"tasks": [{"task": "no_such_module:Task"}]}, "no_such_module"),
     "wrong type": ({"algorithm": {"population": "many"}}, "algorithm.population"),
     "unknown key": ({"estimatr": {}}, "estimatr: unknown key"),
+    "range outside the domain": ({"methods": {"ties": {"density": [0.1, 1.5]}}},
+                                 "methods: ties.density: range [0.1, 1.5] leaves the domain of density [0.0, 1.0]"),
+    "infinite coefficient": ({"coefficients": {"high": float("inf")}}, "coefficients.high: Input should be a finite"),
+    "nan in a range": ({"methods": {"ties": {"density": [float("nan"), 0.5]}}},
+                       "methods.ties.density.0: Input should be a finite number"),
+    "traversal task name": ({"tasks": [{"task": "arith", "name": "../../x"}]}, "tasks.0.name: '../../x' is not a safe"),
+    "unsafe task label": ({"tasks": [{"task": "my tasks/a b.yaml"}]}, "label 'a b' is not a safe folder name"),
 }
 
 
@@ -288,3 +295,4 @@ def test_bad_campaign_configs_give_one_line_errors(tmp_path, zoo, case):
     assert result.exit_code == 2, result.output
     assert expected in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before anything was written

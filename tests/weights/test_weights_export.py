@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,4 +191,42 @@ def test_bad_arguments(tmp_path):
         write_model_folder(tmp_path / "m", iter([]))
     with pytest.raises(ValueError, match="'w' yielded twice"):
         write_model_folder(tmp_path / "m", iter([("w", torch.ones(1)), ("w", torch.ones(1))]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_folder_and_files_take_the_umask_modes(llama_family, tmp_path):
+    base, _ = llama_family
+    old = os.umask(0o022)
+    try:
+        out = write_model_folder(tmp_path / "m", _stream(base), copy_from=base, max_shard_bytes=20_000)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # not mkdtemp's 0700: others can read the export
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o644}
+
+
+def test_overwrite_replaces_only_a_model_folder_or_an_empty_one(llama_family, tmp_path):
+    base, _ = llama_family
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match=f"output folder {mine} is not a model folder"):
+        write_model_folder(mine, _stream(base), overwrite=True)
+    file = tmp_path / "file"
+    file.write_text("keep")
+    with pytest.raises(UserError, match=f"output {file} is a file"):
+        write_model_folder(file, _stream(base), overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep" and file.read_text() == "keep"
+    assert _siblings(mine) == ["file", "mine"]  # no temporary folder left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (write_model_folder(empty, _stream(base), overwrite=True) / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("value", "dtype"), [(float("nan"), None), (float("inf"), None), (1e6, torch.float16)],
+                         ids=["nan", "inf", "float16-overflow"])
+def test_a_tensor_with_nan_or_inf_is_refused_by_name(tmp_path, value, dtype):
+    tensors = [("fine", torch.ones(3)), ("layers.1.bad", torch.tensor([1.0, value]))]
+    with pytest.raises(UserError, match=r"tensor layers\.1\.bad: holds NaN or Inf"):
+        write_model_folder(tmp_path / "m", iter(tensors), dtype=dtype)
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,58 @@
+"""How a command ends on a fault a user can cause or meet: one line on stderr and an exit code.
+
+Mistakes in input (`UserError`) and faults of the machine (a read-only folder, a full disk, a
+path under a file) are exit 2 with the file named; Ctrl-C is 130 and SIGTERM 143, as shells
+expect, after `finally` blocks have cleaned up. Everything else is a bug and keeps its
+traceback, as does every fault under `evo-merge --debug`.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import sqlite3
+from types import FrameType
+
+import click
+
+from evo_merge.errors import UserError
+
+# SQLite's words for faults of the machine, not of the code
+_SQLITE_FAULTS = ("database or disk is full", "readonly database", "disk I/O error", "unable to open database file")
+
+
+class Fault(click.ClickException):
+    """A fault reported as `error: MESSAGE` on one line, without usage text or traceback."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class Interrupted(Fault):
+    exit_code = 130
+
+
+def as_fault(exc: BaseException) -> Fault | None:
+    """The one-line form of `exc`, or None when it is a bug (it keeps its traceback)."""
+    if isinstance(exc, UserError):
+        return Fault(str(exc))
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted("interrupted")
+    if isinstance(exc, OSError) and exc.errno not in (None, errno.EPIPE):  # click handles a closed pipe
+        where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+        return Fault(f"{where}: {exc.strerror}" if where else exc.strerror or str(exc))
+    if isinstance(exc, sqlite3.OperationalError) and any(words in str(exc) for words in _SQLITE_FAULTS):
+        return Fault(f"campaign database: {exc}")
+    return None
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise SystemExit(128 + signum)  # unwinds: temporary folders are removed, the run lock released
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into an exception, so the cleanup a kill would skip still runs."""
+    signal.signal(signal.SIGTERM, _terminate)

@@ -1,0 +1,39 @@
+"""`evo-merge plan CAMPAIGN.yaml`: the memory a campaign needs, from checkpoint headers, before it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def campaign_models(campaign_file: Path):
+    """(campaign with absolute paths, base path, endpoint paths) as the run will see them; with
+    `align`, the endpoints themselves (aligned copies have their shapes)."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.workspace import existing_path, resolve_campaign
+
+    campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
+    models = [existing_path(m, f"models.{i}") for i, m in enumerate(campaign.models)]
+    base = existing_path(campaign.base_model, "base_model") if campaign.base_model else models[0]
+    return campaign, base, models
+
+
+def check_campaign_fits(campaign_file: Path) -> None:
+    """Stop with exit 2 when the campaign cannot fit (before a run folder is created or resumed)."""
+    from evo_merge.merge.footprint import check_fits
+
+    check_fits(*campaign_models(campaign_file))
+
+
+@click.command()
+@click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=click.Path(path_type=Path))
+def plan(campaign_file: Path) -> None:
+    """Print the host and device memory a campaign needs and whether it fits (exit 2 if not)."""
+    from evo_merge.errors import UserError
+    from evo_merge.merge.footprint import campaign_plan
+
+    result = campaign_plan(*campaign_models(campaign_file))
+    click.echo(result.table())
+    if not result.fits:
+        raise UserError(f"memory plan: the run {result.shortfall()}; {result.alternative}")

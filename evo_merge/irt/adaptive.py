@@ -1,0 +1,157 @@
+"""Adaptive item selection (computerised adaptive testing) for one subject at a time.
+
+Instead of fixed anchors, each subject is scored a few items per step, chosen where they tell
+most about its accuracy: the items whose answer would most reduce the variance of each
+scenario's estimate at the current ability θ̂ (Fisher information p(1 − p)·ααᵀ, projected on the
+direction in which the scenario's accuracy moves with θ). It stops once every scenario's standard
+error is below `target_se` or `max_items` per scenario are spent.
+
+The state is nothing but the scores gathered so far: `next_items(scores)` is a pure function
+of them (and the seed, which breaks ties), so a campaign that stores item scores resumes a
+subject's test exactly where it stopped.
+
+    test = AdaptiveTest(model, target_se=0.03, max_items=40, step=5, seed=0)
+    result = test.run(lambda items: evaluate(candidate, items))   # -> Estimate
+    result, result.se, result.items
+
+The estimate is p-IRT on the items seen; its SE is the posterior's (Laplace approximation at θ̂,
+item parameters taken as known) plus the binomial noise of the unseen items.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+from evo_merge.errors import UserError
+from evo_merge.irt.anchors import Anchors
+from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
+from evo_merge.irt.responses import RESERVED_SCENARIO
+from evo_merge.irt.result import Estimate
+
+Scorer = Callable[[list[str]], Mapping[str, float]]
+TARGET_SE, MAX_ITEMS, STEP = 0.03, 50, 5  # defaults: SE per scenario, items per scenario, items per step
+
+
+class AdaptiveTest:
+    """Chooses items step by step for one subject and estimates its accuracy from the answers."""
+
+    def __init__(self, model: IRTModel, target_se: float = TARGET_SE, max_items: int = MAX_ITEMS,
+                 step: int = STEP, seed: int = 0) -> None:
+        if not target_se > 0:
+            raise UserError(f"adaptive target SE must be positive, not {target_se}")
+        if int(max_items) < 1 or int(step) < 1:
+            raise UserError(f"adaptive max_items and step must be positive integers, not {max_items} and {step}")
+        self.model, self.target_se, self.max_items, self.step = model, float(target_se), int(max_items), int(step)
+        self.seed = seed
+        self.groups = model.scenario_items()
+        self.names = list(self.groups)
+        self.sizes = np.array([g.size for g in self.groups.values()], dtype=float)
+        self._lookup = {item: j for j, item in enumerate(model.item_ids)}
+        # seeded tie-break: among equally informative items, the earlier in this order wins
+        self._rank = np.argsort(np.random.default_rng(seed).permutation(len(model.item_ids)))
+        self._prior = np.eye(model.dims) / ABILITY_PRIOR_SD**2
+
+    # ---- state from scores ---------------------------------------------------------------
+    def _seen(self, scores: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        unknown = [i for i in scores if i not in self._lookup]
+        if unknown:
+            raise UserError(f"item {unknown[0]} is not in the IRT model")
+        idx = np.array([self._lookup[i] for i in scores], dtype=int)
+        values = np.array([scores[i] for i in scores], dtype=float)
+        bad = (values < 0) | (values > 1) | np.isnan(values)
+        if bad.any():
+            raise UserError(f"score {values[bad][0]} of item {list(scores)[int(np.argmax(bad))]} is out of [0, 1]")
+        return idx, values
+
+    def _posterior(self, idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """θ̂ (D,) and the posterior precision H (D, D) from the scored items."""
+        if idx.size:
+            theta = self.model.fit_abilities(values[None, :], idx)[0]
+        else:
+            theta = np.zeros(self.model.dims)
+        a = self.model.alpha[idx]
+        p = self.model.predict(theta[None, :], idx)[0]
+        return theta, (a * (p * (1 - p))[:, None]).T @ a + self._prior
+
+    def _scenario_parts(self, theta: np.ndarray, seen: np.ndarray):
+        """Per scenario: predicted unseen sum, gradient of the accuracy in θ, and binomial variance."""
+        prob = self.model.predict(theta[None, :])[0]
+        w = np.where(seen, 0.0, prob * (1 - prob))
+        for k, items in enumerate(self.groups.values()):
+            unseen = items[~seen[items]]
+            yield k, items, prob[unseen].sum(), w[items] @ self.model.alpha[items] / self.sizes[k], w[items].sum()
+
+    def _state(self, scores: Mapping[str, float]) -> tuple[Estimate, np.ndarray, np.ndarray, np.ndarray]:
+        """The estimate, θ̂, the posterior precision and the seen-item mask after these scores."""
+        idx, values = self._seen(scores)
+        theta, precision = self._posterior(idx, values)
+        seen = np.zeros(len(self.model.item_ids), dtype=bool)
+        seen[idx] = True
+        total = np.zeros(len(self.model.item_ids))
+        total[idx] = values
+        cov = np.linalg.inv(precision)
+        est, se = {}, {}
+        for k, items, unseen_sum, grad, binom in self._scenario_parts(theta, seen):
+            est[self.names[k]] = float((total[items].sum() + unseen_sum) / self.sizes[k])
+            se[self.names[k]] = float(np.sqrt(grad @ cov @ grad + binom / self.sizes[k] ** 2))
+        share = self.sizes / self.sizes.sum()
+        est[RESERVED_SCENARIO] = float(np.array(list(est.values())) @ share)
+        se[RESERVED_SCENARIO] = float(np.sqrt(((share * np.array(list(se.values()))) ** 2).sum()))
+        return Estimate(est, se, list(scores)), theta, precision, seen
+
+    # ---- the public API ------------------------------------------------------------------
+    def estimate(self, scores: Mapping[str, float]) -> Estimate:
+        """p-IRT per scenario from the scored items, with the posterior SE."""
+        return self._state(scores)[0]
+
+    def next_items(self, scores: Mapping[str, float]) -> list[str]:
+        """The next step's items (empty when every SE is below target or the budget is spent)."""
+        current, theta, precision, seen = self._state(scores)
+        picks: list[int] = []
+        for k, items, _, grad, _ in self._scenario_parts(theta, seen):
+            room = min(self.max_items, items.size) - int(seen[items].sum())
+            if current.se[self.names[k]] <= self.target_se or room <= 0:
+                continue
+            picks += self._most_informative(items[~seen[items]], theta, precision, grad, self.sizes[k],
+                                            min(self.step, room))
+        return [self.model.item_ids[j] for j in picks]
+
+    def _most_informative(self, candidates: np.ndarray, theta: np.ndarray, precision: np.ndarray,
+                          grad: np.ndarray, size: float, count: int) -> list[int]:
+        """Greedy: the item that most reduces the scenario's variance, H updated after each pick."""
+        candidates = candidates[np.argsort(self._rank[candidates], kind="stable")]
+        a = self.model.alpha[candidates]
+        p = self.model.predict(theta[None, :], candidates)[0]
+        w = p * (1 - p)
+        chosen: list[int] = []
+        for _ in range(count):
+            cov = np.linalg.inv(precision)
+            proj, spread = a @ cov @ grad, np.einsum("nd,de,ne->n", a, cov, a)
+            gain = w * proj**2 / (1 + w * spread) + w / size**2  # θ-variance reduction + its own noise
+            gain[np.isin(candidates, chosen)] = -np.inf
+            best = int(np.argmax(gain))
+            chosen.append(int(candidates[best]))
+            precision = precision + w[best] * np.outer(a[best], a[best])
+        return chosen
+
+    def first_step(self) -> Anchors:
+        """The items every subject starts with (chosen at the prior), as an equally weighted anchor set."""
+        items = {s: [] for s in self.groups}
+        scen = dict(zip(self.model.item_ids, self.model.item_scenarios))
+        for item in self.next_items({}):
+            items[scen[item]].append(item)
+        weights = {s: [1.0 / len(v)] * len(v) for s, v in items.items()}
+        return Anchors("adaptive", self.step, self.seed, items, weights)
+
+    def run(self, score: Scorer) -> Estimate:
+        """Score step by step with `score(items) -> {item: score}` until done; the result lists the items used."""
+        scores: dict[str, float] = {}
+        while items := self.next_items(scores):
+            answered = score(items)
+            missing = [i for i in items if i not in answered]
+            if missing:
+                raise UserError(f"the evaluator returned no score for item {missing[0]}")
+            scores.update({i: float(answered[i]) for i in items})
+        return self.estimate(scores)

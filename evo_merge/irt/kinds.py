@@ -1,0 +1,15 @@
+"""The allowed values users can name, defined once: the config schema, the CLI's choices and the
+library all read them from here, so adding a kind cannot leave one of them behind.
+
+This module imports nothing, so the config schema can use it without loading torch.
+"""
+
+from __future__ import annotations
+
+# estimators of a candidate's accuracy from a few scored items (see estimators.py, adaptive.py)
+ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "adaptive")
+FULL_EVALUATION = "full"  # a campaign's costly baseline: every item scored, no estimator
+CAMPAIGN_ESTIMATOR_KINDS = (*ESTIMATOR_KINDS, FULL_EVALUATION)
+# "auto" is kmeans-irt with enough calibration subjects, stratified below (anchors.choose_anchor_method)
+ANCHOR_METHODS = ("auto", "kmeans-irt", "kmeans-correctness", "stratified", "random")
+BACKEND_NAMES = ("torch", "pyirt")

@@ -1,0 +1,17 @@
+"""What an estimator returns: estimates that carry their standard errors and the items they used.
+
+A dict subclass, so callers that index `result["overall"]` keep working unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+
+class Estimate(dict):
+    """{scenario: estimate, ..., "overall": estimate} with `.se` (same keys) and `.items` (items used)."""
+
+    def __init__(self, values: Mapping[str, float], se: Mapping[str, float], items: Sequence[str] = ()) -> None:
+        super().__init__(values)
+        self.se: dict[str, float] = dict(se)
+        self.items: list[str] = list(items)

@@ -1,0 +1,150 @@
+"""How good is each (anchor method × estimator × budget) on held-out subjects?
+
+Fits the model on the training subjects only, then scores every held-out subject from its
+anchor responses and compares with its true per-scenario mean. The baseline every other row
+is compared to is random items with a plain mean, averaged over many draws per subject; one
+random anchor set per repeat with every estimator (`random` + `gpirt` among them) shows what
+the anchor method itself adds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from rich.progress import Progress
+from rich.table import Table
+
+from evo_merge.errors import UserError
+from evo_merge.irt.anchors import SELECTABLE, select_anchors
+from evo_merge.irt.estimators import Estimator
+from evo_merge.irt.model import IRTModel
+from evo_merge.irt.responses import ResponseMatrix
+
+DEFAULT_BUDGETS = (10, 20, 50, 100)
+RANDOM_DRAWS = 200  # random draws per subject behind the baseline (2 draws can be 18% off)
+BASELINE = "mean (baseline)"
+DEFAULT_ESTIMATORS = ("anchor", "pirt", "gpirt")
+ENDPOINT_ESTIMATORS = ("mpirt", "gmpirt")
+
+
+def split_subjects(
+    responses: pd.DataFrame, test_frac: float, seed: int, keep_in_train: Sequence[str] = ()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded train/test split of the subjects (never putting `keep_in_train` in the test set)."""
+    if not 0.0 < test_frac < 1.0:
+        raise UserError(f"test fraction must be between 0 and 1, not {test_frac}")
+    subjects = list(dict.fromkeys(responses["subject"]))
+    missing = [s for s in keep_in_train if s not in subjects]
+    if missing:
+        raise UserError(f"endpoint subject {missing[0]} is not in the responses")
+    candidates = np.array([s for s in subjects if s not in set(keep_in_train)])
+    n_test = max(1, int(round(test_frac * len(subjects))))
+    if len(subjects) - n_test < 4 or n_test > candidates.size:
+        raise UserError(f"too few subjects ({len(subjects)}) for a test fraction of {test_frac}")
+    test = set(np.random.default_rng(seed).choice(candidates, n_test, replace=False))
+    is_test = responses["subject"].isin(test)
+    return responses[~is_test], responses[is_test]
+
+
+def random_baseline(test: np.ndarray, groups: dict[str, np.ndarray], budget: int, draws: int, seed: int,
+                    overall: bool) -> tuple[float, float]:
+    """MAE of random items + plain mean, averaged over `draws` independent draws per subject and
+    scenario (they cost no fit), and the spread (SD) of one draw's MAE across draws."""
+    rng = np.random.default_rng(seed)
+    share = np.array([g.size for g in groups.values()], dtype=float)
+    share /= share.sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a draw of unscored items only: NaN, skipped
+        truth = np.column_stack([np.nanmean(test[:, g], axis=1) for g in groups.values()])
+        per_draw = []
+        for _ in range(draws):
+            picks = [g[rng.random((test.shape[0], g.size)).argsort(axis=1)[:, :budget]] for g in groups.values()]
+            pred = np.column_stack([np.nanmean(np.take_along_axis(test, p, axis=1), axis=1) for p in picks])
+            err = np.abs(pred @ share - truth @ share) if overall else np.abs(pred - truth)
+            per_draw.append(np.nanmean(err))
+    return float(np.mean(per_draw)), float(np.std(per_draw))
+
+
+def validate(
+    responses: pd.DataFrame,
+    test_frac: float = 0.25,
+    budgets: Sequence[int] = DEFAULT_BUDGETS,
+    methods: Sequence[str] = SELECTABLE,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    seed: int = 0,
+    backend: str = "torch",
+    dims: int | str = "auto",
+    repeats: int = 1,
+    endpoints: Sequence[str] = (),
+    overall: bool = False,
+    draws: int = RANDOM_DRAWS,
+    **backend_options: float,
+) -> pd.DataFrame:
+    """Mean absolute error (over held-out subjects and scenarios, averaged over `repeats` anchor
+    draws) with its spread over the draws.
+
+    `budget` counts anchors per scenario. The baseline (random items + plain mean) averages
+    `draws` random draws per subject; `random` anchors always get their estimator rows too, so
+    the table shows whether clustering pays. With `overall`, the error is that of the
+    item-weighted mean over the scenarios (one number per subject): a campaign's task score,
+    when its scenarios are the task's sub-skills."""
+    if repeats < 1 or draws < 1:
+        raise UserError(f"repeats and draws must be at least 1, not {repeats} and {draws}")
+    estimators = list(estimators) + ([e for e in ENDPOINT_ESTIMATORS if e not in estimators] if endpoints else [])
+    methods = list(dict.fromkeys([*methods, "random"]))
+    train, test = split_subjects(responses, test_frac, seed, endpoints)
+    model = IRTModel.fit(train, backend=backend, dims=dims, seed=seed, **backend_options)
+    test_scores = ResponseMatrix.from_long(test, items=model.item_ids).scores
+    rows = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("validating", total=len(budgets) * len(methods) * repeats)
+        for budget in budgets:
+            n_items = sum(min(budget, g.size) for g in model.scenario_items().values())
+            for method in methods:
+                errors = _anchor_errors(model, test_scores, budget, method, estimators, seed, repeats, endpoints,
+                                        overall, lambda: progress.advance(task))
+                for kind, values in errors.items():
+                    rows.append({"method": method, "estimator": kind, "budget": budget, "items": n_items,
+                                 "saving": len(model.item_ids) / n_items, "mae": float(np.mean(values)),
+                                 "sd": float(np.std(values)), "draws": len(values)})
+            mae, sd = random_baseline(test_scores, model.scenario_items(), budget, draws, seed, overall)
+            rows.append({"method": "random", "estimator": BASELINE, "budget": budget, "items": n_items,
+                         "saving": len(model.item_ids) / n_items, "mae": mae, "sd": sd, "draws": draws})
+    table = pd.DataFrame(rows)
+    base = table[table.estimator == BASELINE].set_index("budget")["mae"]
+    table["vs_baseline"] = table["mae"] / table["budget"].map(base)
+    return table
+
+
+def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method: str, estimators: Sequence[str],
+                   seed: int, repeats: int, endpoints: Sequence[str], overall: bool, advance) -> dict[str, list[float]]:
+    """MAE per estimator kind and anchor draw (seeds seed .. seed + repeats - 1)."""
+    errors: dict[str, list[float]] = {k: [] for k in estimators}
+    for rep in range(repeats):
+        anchors = select_anchors(model, budget, method, seed=seed + rep)
+        for kind in estimators:
+            est = Estimator(model, anchors, kind, endpoints=list(endpoints) or None, seed=seed)
+            pred = est.estimate_matrix(test_scores[:, est.anchor_idx])
+            truth = est.scenario_means(test_scores)
+            if overall:  # the item-weighted mean over scenarios
+                share = est.sizes / est.sizes.sum()
+                pred, truth = pred @ share, truth @ share
+            errors[kind].append(float(np.nanmean(np.abs(pred - truth))))
+        advance()
+    return errors
+
+
+def validation_table(table: pd.DataFrame) -> Table:
+    """The validation results as a rich table, baseline rows marked, MAE ± its spread over draws."""
+    out = Table(title="IRT validation: mean absolute error on held-out subjects (± SD over anchor draws)")
+    for col in ("budget", "method", "estimator", "items", "saving N/n", "MAE ± SD", "draws", "vs baseline"):
+        out.add_column(col, justify="left" if col in ("method", "estimator") else "right")
+    for r in table.sort_values(["budget", "mae"]).itertuples():
+        baseline = r.estimator == BASELINE
+        out.add_row(str(r.budget), r.method, r.estimator, str(r.items), f"{r.saving:.1f}x",
+                    f"{r.mae:.4f} ± {r.sd:.4f}", str(r.draws),
+                    "" if np.isnan(r.vs_baseline) else f"{r.vs_baseline:.2f}", style="dim" if baseline else None)
+    return out

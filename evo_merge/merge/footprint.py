@@ -1,0 +1,324 @@
+"""The memory plan of a campaign, from checkpoint headers only: what a search holds, where, and
+whether it fits, before anything heavy is loaded.
+
+An out-of-memory error half-way through calibration wastes the time spent loading and tells
+the user little. The plan adds up, per evaluation process (each dask worker holds its own copy),
+the bytes of: the evaluation module; the base and the T task vectors as stored (storage dtype
+and placement); the factored TSV pieces (rank r/T per task); MASS's module, factors and merge
+cache; the per-tensor merge work; activations for one batch; and the Python runtime. It compares
+them with the free GPU memory (`torch.cuda.mem_get_info`) and the host's available RAM, or with
+the budgets of the campaign's `storage`, and when they do not fit names the first storage setting
+that does.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from evo_merge.errors import UserError
+from evo_merge.merge.registry import get_method
+from evo_merge.merge.storage import Storage
+from evo_merge.merge.subspace import decomposes, tsv_rank
+from evo_merge.weights import Checkpoint, parse_dtype
+
+GIB = 2**30
+RUNTIME_BYTES = int(0.75 * GIB)  # python, torch, transformers, a tokenizer: the process before any model
+ACTIVATION_TOKENS = 512  # tokens per sequence the activation estimate assumes
+ACTIVATION_FLOATS = 24  # float32 values per token and hidden unit alive in a forward pass (estimate)
+MASS_CACHE = 8  # merged task sets MASS keeps (its routing cache_size default)
+SPARSIFYING = ("ties", "dare_ties", "dare_linear")  # stack, weigh and mask T task vectors per tensor
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's header: its shape and the widest dtype it has in the checkpoints."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return torch.Size(self.shape).numel()
+
+
+@dataclass(frozen=True)
+class Line:
+    what: str
+    host: int
+    device: int
+
+
+@dataclass
+class Plan:
+    """Bytes per evaluation process, host and device, and what is available for them."""
+
+    lines: list[Line]
+    workers: int  # processes on this machine, each holding its own copy
+    device: str  # "cpu", or the GPU the device column is for
+    storage: Storage
+    available_host: int | None = None  # None: unknown (a remote cluster)
+    available_device: int | None = None
+    budgets: tuple[str, str] = ("available", "available")  # where each limit came from
+    alternative: str | None = None  # the first setting that fits, when this one does not
+
+    @property
+    def host(self) -> int:
+        return sum(line.host for line in self.lines)
+
+    @property
+    def device_bytes(self) -> int:
+        return sum(line.device for line in self.lines)
+
+    @property
+    def need_host(self) -> int:
+        return self.host * self.workers
+
+    def shortfall(self) -> str | None:
+        """What does not fit, in words, or None."""
+        if self.available_host is not None and self.need_host > self.available_host:
+            per = f" ({self.workers} workers x {gib(self.host)})" if self.workers > 1 else ""
+            return f"needs {gib(self.need_host)} of host memory{per} but {limit(self.budgets[0], self.available_host)}"
+        if self.device != "cpu" and self.available_device is not None and self.device_bytes > self.available_device:
+            return f"needs {gib(self.device_bytes)} on {self.device} but {limit(self.budgets[1], self.available_device)}"
+        return None
+
+    @property
+    def fits(self) -> bool:
+        return self.shortfall() is None
+
+    def table(self) -> str:
+        """The plan as a text table, per worker, with the totals and the verdict."""
+        gpu = self.device != "cpu"
+
+        def row(what: str, host: int, device: int | None = None) -> str:
+            return f"{what:<48}{gib(host):>12}" + (f"{gib(device):>12}" if gpu and device is not None else "")
+
+        rows = [f"{'bytes per worker':<48}{'host':>12}" + (f"{self.device:>12}" if gpu else "")]
+        rows += [row(line.what, line.host, line.device) for line in self.lines]
+        rows.append(row("total per worker", self.host, self.device_bytes))
+        if self.workers > 1:
+            rows.append(row(f"total for {self.workers} workers on this machine", self.need_host))
+        rows.append(describe_storage(self.storage))
+        rows.append(f"limit: host: {limit(self.budgets[0], self.available_host)}"
+                    + (f"; {self.device}: {limit(self.budgets[1], self.available_device)}" if gpu else ""))
+        shortfall = self.shortfall()
+        rows.append("fits" if shortfall is None else f"does not fit: {shortfall}")
+        if self.alternative:
+            rows.append(self.alternative)
+        return "\n".join(rows)
+
+
+def gib(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    return f"{n / GIB:.2f} GiB" if n >= GIB // 8 else f"{n / 2**20:.1f} MiB"
+
+
+def limit(label: str, n: int | None) -> str:
+    """"3.00 GiB is available" or "storage.host_budget_gib is 3.00 GiB"."""
+    return f"{label} is {gib(n)}" if label.startswith("storage.") else f"only {gib(n)} is {label}"
+
+
+def describe_storage(storage: Storage, eval_dtype: str | None = None) -> str:
+    dtype = "auto" if storage.dtype is None else str(storage.dtype).removeprefix("torch.")
+    text = f"storage: {{dtype: {dtype}, placement: {storage.placement}}}"
+    return text if eval_dtype is None else f"{text} with dtype: {eval_dtype}"
+
+
+def describe(base: Checkpoint, endpoints: Sequence[Checkpoint]) -> list[TensorInfo]:
+    """The base's tensors with, for floating ones, the widest dtype across all checkpoints."""
+    out = []
+    for name in base.names:
+        dtype = base.dtype(name)
+        if dtype.is_floating_point:
+            dtype = functools.reduce(torch.promote_types, (c.dtype(name) for c in endpoints), dtype)
+        out.append(TensorInfo(name, tuple(base.shape(name)), dtype))
+    return out
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What the plan reads from the headers and config.json."""
+
+    tensors: list[TensorInfo]
+    vocab: int = 0  # 0: not a language model (no logits)
+    hidden: int = 0
+
+    @property
+    def floating(self) -> list[TensorInfo]:
+        return [t for t in self.tensors if t.dtype.is_floating_point]
+
+    def nbytes(self, dtype: torch.dtype | None, tensors: Sequence[TensorInfo] | None = None) -> int:
+        """Bytes of `tensors` (default: all) with floating ones in `dtype` (None: their own)."""
+        tensors = self.tensors if tensors is None else tensors
+        return sum(t.numel * (dtype or t.dtype).itemsize if t.dtype.is_floating_point else t.numel * t.dtype.itemsize
+                   for t in tensors)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The settings the plan depends on."""
+
+    n_models: int
+    methods: tuple[str, ...]
+    storage: Storage
+    eval_dtype: torch.dtype
+    on_gpu: bool
+    batch_size: int = 32
+
+
+def lowrank_bytes(shapes: Shapes, n_models: int, tasks: int, dtype: torch.dtype | None) -> int:
+    """Factored TSV pieces of `tasks` tasks: (m + n + 1) k per decomposed matrix and task, k = r/T."""
+    total = 0
+    for t in shapes.floating:
+        if decomposes(t.shape, t.name):
+            total += tasks * tsv_rank(t.shape, n_models) * (sum(t.shape) + 1) * (dtype or t.dtype).itemsize
+    return total
+
+
+def work_bytes(shapes: Shapes, setting: Setting) -> int:
+    """Float32 copies of the largest tensor alive while one tensor is merged (the worst method)."""
+    largest = max((t.numel for t in shapes.floating), default=0)
+    copies = 2
+    for name in setting.methods:
+        if name in SPARSIFYING:
+            copies = max(copies, 4 * setting.n_models + 3)
+        elif name != "mass" and get_method(name).pieces is None:
+            copies = max(copies, setting.n_models + 4)
+    staging = setting.n_models + 1 if setting.storage.placement == "host" else 0
+    return largest * (4 * copies + 2 * staging)
+
+
+def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
+    """Bytes per evaluation process, by what holds them."""
+    storage, T = setting.storage, setting.n_models
+    stored = shapes.nbytes(storage.dtype, shapes.floating)
+    module = shapes.nbytes(setting.eval_dtype)
+
+    def line(what: str, nbytes: int, where: str) -> Line:
+        on_device = setting.on_gpu and where == "device"
+        return Line(what, 0 if on_device else nbytes, nbytes if on_device else 0)
+
+    kept = storage.placement
+    dtype = "auto" if storage.dtype is None else str(storage.dtype).removeprefix("torch.")
+    lines = [line("runtime (python, torch, tokenizer)", RUNTIME_BYTES, "host"),
+             line(f"evaluation module ({str(setting.eval_dtype).removeprefix('torch.')})", module, "device"),
+             line(f"base, stored ({dtype})", stored, kept),
+             line(f"task vectors, stored ({T} x {dtype})", T * stored, kept)]
+    if "tsv" in setting.methods:
+        lines.append(line("TSV-M pieces (rank r/T factors per task)", lowrank_bytes(shapes, T, T, storage.dtype), kept))
+    if "tsv_c" in setting.methods:
+        lines.append(line("TSV-C pieces (rank r/T factors, one task)", lowrank_bytes(shapes, T, 1, storage.dtype), kept))
+    if "mass" in setting.methods:
+        dense = [t for t in shapes.floating if not decomposes(t.shape, t.name)]
+        factors = stored + lowrank_bytes(shapes, T, T, storage.dtype) + T * shapes.nbytes(storage.dtype, dense)
+        lines += [line("MASS module", module, "device"), line("MASS factors", factors, kept),
+                  line(f"MASS merge cache ({MASS_CACHE} task sets)", MASS_CACHE * module, "device")]
+    lines.append(line("merge work (one tensor at a time)", work_bytes(shapes, setting), "device"))
+    tokens = setting.batch_size * ACTIVATION_TOKENS
+    activations = tokens * (2 * shapes.vocab + ACTIVATION_FLOATS * shapes.hidden) * 4 if shapes.vocab else 64 * 2**20
+    lines.append(line(f"activations ({setting.batch_size} x {ACTIVATION_TOKENS} tokens)", activations, "device"))
+    return lines
+
+
+def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shapes:
+    """Headers of the base and the endpoints (no tensor is read), and the base's config sizes."""
+    base = Checkpoint.open(base_path)
+    endpoints = [Checkpoint.open(m) for m in model_paths]
+    config = base.config or {}
+    return Shapes(describe(base, endpoints), int(config.get("vocab_size") or 0),
+                  int(config.get("hidden_size") or config.get("n_embd") or 0))
+
+
+def available_ram() -> int | None:
+    """The host's available memory (MemAvailable), or None when it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a campaign evaluates: its GPU (None: the CPU), workers on this machine, memory limits."""
+
+    gpu: torch.device | None
+    workers: int
+    host: int | None
+    device: int | None
+    budgets: tuple[str, str] = field(default=("available", "free"))
+
+
+def target_of(campaign) -> Target:
+    """The campaign's evaluation target, with budgets taking the place of measured memory."""
+    gpu = None
+    if campaign.device != "cpu" and torch.cuda.is_available():
+        gpu = torch.device("cuda", 0) if campaign.device in ("auto", "cuda") else torch.device(campaign.device)
+    evaluator, spec = campaign.evaluator, campaign.storage
+    remote = evaluator.kind == "dask" and evaluator.address is not None  # its machines are not measured here
+    workers = 1
+    if evaluator.kind == "dask" and evaluator.n_workers is not None:
+        workers = min(evaluator.n_workers, torch.cuda.device_count()) if gpu is not None else evaluator.n_workers
+    host = available_ram() if not remote else None
+    device = torch.cuda.mem_get_info(gpu)[0] if gpu is not None and not remote else None
+    labels = ["available", "free"]
+    if spec.host_budget_gib is not None:
+        host, labels[0] = int(spec.host_budget_gib * GIB), "storage.host_budget_gib"
+    if spec.device_budget_gib is not None:
+        device, labels[1] = int(spec.device_budget_gib * GIB), "storage.device_budget_gib"
+    return Target(gpu, workers, host, device, (labels[0], labels[1]))
+
+
+def plan_for(campaign, shapes: Shapes, n_models: int, target: Target, storage: Storage,
+             eval_dtype: torch.dtype) -> Plan:
+    setting = Setting(n_models, tuple(campaign.methods), storage, eval_dtype, target.gpu is not None,
+                      campaign.evaluator.batch_size)
+    return Plan(plan_lines(shapes, setting), target.workers, "cpu" if target.gpu is None else str(target.gpu),
+                storage, target.host, target.device, target.budgets)
+
+
+def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | Path]) -> Plan:
+    """The campaign's plan; when it does not fit, `alternative` names the first setting that does
+    (storage first: bfloat16, then host placement; then a bfloat16 evaluation module)."""
+    shapes, target = shapes_of(base_path, model_paths), target_of(campaign)
+    current, eval_dtype = Storage.of(campaign.storage), parse_dtype(campaign.dtype)
+    plan = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype)
+    if plan.fits:
+        return plan
+    placements = ("device", "host") if target.gpu is not None else (current.placement,)
+    options = [(Storage(dtype, placement), ev) for ev in dict.fromkeys((eval_dtype, torch.bfloat16))
+               for dtype in dict.fromkeys((current.dtype, torch.bfloat16)) for placement in placements]
+    options = [o for o in options if o != (current, eval_dtype)]
+    for storage, ev in options:
+        other = plan_for(campaign, shapes, len(model_paths), target, storage, ev)
+        if other.fits:
+            where = "" if target.gpu is None else f", {other.device} {gib(other.device_bytes)}"
+            suffix = "" if ev == eval_dtype else str(ev).removeprefix("torch.")
+            plan.alternative = (f"{describe_storage(storage, suffix or None)} fits "
+                                f"(host {gib(other.need_host)}{where})")
+            return plan
+    lean = plan_for(campaign, shapes, len(model_paths), target, *options[-1])
+    plan.alternative = f"no storage setting fits; the leanest ({describe_storage(lean.storage)}) {lean.shortfall()}"
+    return plan
+
+
+def check_fits(campaign, base_path: str | Path, model_paths: Sequence[str | Path]) -> Plan:
+    """The campaign's plan; a UserError (exit 2) naming the need, the limit and the first setting
+    that fits when it does not fit."""
+    plan = campaign_plan(campaign, base_path, model_paths)
+    if not plan.fits:
+        raise UserError(f"memory plan: the run {plan.shortfall()}; {plan.alternative} (details: evo-merge plan)")
+    return plan

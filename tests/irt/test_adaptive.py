@@ -1,0 +1,111 @@
+"""Adaptive item selection: hand-checkable first pick, stopping rules, determinism and resuming,
+honest standard errors, and fewer items than random sampling for the same error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evo_merge.errors import UserError
+from evo_merge.irt import Estimator
+from evo_merge.irt.adaptive import AdaptiveTest
+from evo_merge.irt.responses import ResponseMatrix
+from evo_merge.irt.synthetic import synthetic_abilities
+
+
+def _scorer(row: np.ndarray, item_ids: list[str]):
+    lookup = dict(zip(item_ids, row))
+    calls = []
+
+    def score(items):
+        calls.append(list(items))
+        return {i: float(lookup[i]) for i in items}
+
+    return score, calls
+
+
+def test_first_pick_is_the_most_informative_item_at_the_prior(make_model):
+    # at θ = 0: p = 0.5 for β = 0, so the sharpest of those items informs most; an even sharper
+    # item far off (β = 6, p ≈ 0.002) tells almost nothing
+    model = make_model([0.5, 1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0, 6.0])
+    test = AdaptiveTest(model, step=1, max_items=5)
+    assert test.next_items({}) == ["q3"]
+    assert test.next_items({"q3": 1.0}) != ["q3"]  # never an item twice
+
+
+def test_stops_at_the_budget_or_the_target(two_scenarios):
+    gen, _, responses, model = two_scenarios
+    row = ResponseMatrix.from_long(responses, model.item_ids).scores[0]
+    score, calls = _scorer(row, model.item_ids)
+    result = AdaptiveTest(model, target_se=1e-6, max_items=12, step=5).run(score)
+    assert [len(c) for c in calls] == [10, 10, 4]  # 5 per scenario per step, the last step fills 12
+    assert len(result.items) == 24 and all(se > 1e-6 for se in result.se.values())
+
+    score, calls = _scorer(row, model.item_ids)
+    loose = AdaptiveTest(model, target_se=0.08, max_items=100, step=5).run(score)
+    assert loose.se["s0"] <= 0.08 and loose.se["s1"] <= 0.08 and len(loose.items) < 200
+
+
+def test_deterministic_given_seed_and_resumes_from_stored_scores(two_scenarios):
+    _, _, responses, model = two_scenarios
+    row = ResponseMatrix.from_long(responses, model.item_ids).scores[3]
+    runs = []
+    for _ in range(2):
+        score, calls = _scorer(row, model.item_ids)
+        runs.append((AdaptiveTest(model, target_se=0.02, max_items=30, seed=7).run(score), calls))
+    assert runs[0][1] == runs[1][1] and runs[0][0] == runs[1][0]
+    # a fresh test given the scores of the first two steps asks for exactly the third step
+    calls = runs[0][1]
+    stored = {i: float(row[model.item_ids.index(i)]) for i in calls[0] + calls[1]}
+    assert AdaptiveTest(model, target_se=0.02, max_items=30, seed=7).next_items(stored) == calls[2]
+
+
+def test_standard_errors_are_honest_when_the_model_is_right(make_model):
+    """Subjects answering from the model's own item parameters: the estimate is within 2 SE of
+    the subject's true mean about 95% of the time."""
+    rng = np.random.default_rng(0)
+    alpha, beta = rng.uniform(0.5, 2.5, 300), rng.normal(0, 1.5, 300)
+    model = make_model(alpha, beta)
+    test = AdaptiveTest(model, target_se=0.04, max_items=60)
+    theta = rng.normal(0, 1, (60, 1))
+    rows = (rng.random((60, 300)) < model.predict(theta)).astype(float)
+    inside = []
+    for row in rows:
+        result = test.run(_scorer(row, model.item_ids)[0])
+        inside.append(abs(result["all"] - row.mean()) <= 2 * result.se["all"])
+    assert 0.85 <= np.mean(inside) <= 1.0, np.mean(inside)
+
+
+def test_fewer_items_than_random_sampling_for_the_same_error(md2pl, torch_model):
+    gen, _, _ = md2pl
+    theta, ids = synthetic_abilities(30, dims=2, seed=41)
+    rows = ResponseMatrix.from_long(gen.sample(theta, ids, seed=42), torch_model.item_ids).scores
+    test = AdaptiveTest(torch_model, target_se=0.035, max_items=80)
+    errors, used = [], []
+    for row in rows:
+        result = test.run(_scorer(row, torch_model.item_ids)[0])
+        errors.append(abs(result["s0"] - row.mean()))
+        used.append(len(result.items))
+    n = int(np.mean(used))
+    rng = np.random.default_rng(1)
+    random_errors = [abs(row[rng.choice(500, n, replace=False)].mean() - row.mean()) for row in rows for _ in range(20)]
+    assert np.mean(errors) < 0.8 * np.mean(random_errors), (np.mean(errors), np.mean(random_errors), n)
+
+
+def test_estimator_kind_adaptive_and_bad_input(two_scenarios):
+    model = two_scenarios[3]
+    est = Estimator(model, None, "adaptive", target_se=0.05, max_items=10, step=2)
+    assert len(est.anchor_ids) == 4  # the first step: 2 per scenario
+    result = est.estimate({i: 1.0 for i in est.anchor_ids})
+    assert set(result) == {"s0", "s1", "overall"} and result.items == est.anchor_ids
+    assert all(0 < v < 1 for v in result.values()) and all(v > 0 for v in result.se.values())
+    with pytest.raises(UserError, match="item nope is not in the IRT model"):
+        est.estimate({"nope": 1.0})
+    with pytest.raises(UserError, match="out of \\[0, 1\\]"):
+        est.estimate({est.anchor_ids[0]: 1.5})
+    with pytest.raises(UserError, match="returned no score for item"):
+        est.adaptive.run(lambda items: {})
+    with pytest.raises(UserError, match="target SE must be positive"):
+        Estimator(model, None, "adaptive", target_se=0)
+    with pytest.raises(UserError, match="needs anchors"):
+        Estimator(model, None, "gpirt")

@@ -1,0 +1,109 @@
+"""`evo-merge merge` when things go wrong: a full disk, SIGTERM, NaN weights, an --out that is not ours."""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from evo_merge.cli import cli
+from evo_merge.zoo.tiny import save_tiny_family
+
+# a linear merge that takes a while per tensor, run through the real entry point
+SLOW_MERGE = '''
+import sys, time
+from evo_merge.cli import main
+from evo_merge.merge import register_method
+
+@register_method("test_slow", replace=True)
+def slow(base, deltas, weights, params, name):
+    """Linear, with time to be terminated mid-write."""
+    time.sleep(0.1)
+    return base + sum(w * d for w, d in zip(weights, deltas))
+
+sys.argv = ["evo-merge", *sys.argv[1:]]
+main()
+'''
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return save_tiny_family(tmp_path_factory.mktemp("llama"), "llama", n_finetunes=1)
+
+
+def recipe(path, method, base, model):
+    path.write_text(yaml.safe_dump({"merge_method": method, "base_model": str(base),
+                                    "models": [{"model": str(model), "parameters": {"weight": 0.5}}]}))
+    return path
+
+
+def merge(*args):
+    result = CliRunner().invoke(cli, ["merge", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def hidden(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(family, tmp_path, monkeypatch):
+    base, (ft,) = family
+    out = tmp_path / "out"
+
+    def full_disk(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    monkeypatch.setattr("evo_merge.weights.export.save_file", full_disk)  # the write site
+    code, output = merge(recipe(tmp_path / "r.yaml", "linear", base, ft), "--out", out)
+    assert code == 2 and output.strip() == f"error: cannot write {out}: No space left on device", output
+    assert not out.exists() and hidden(tmp_path) == []
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_model_folder(family, tmp_path):
+    base, (ft,) = family
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    code, output = merge(recipe(tmp_path / "r.yaml", "linear", base, ft), "--out", out, "--overwrite")
+    assert code == 2 and f"{out} is not a model folder" in output, output
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"] and hidden(tmp_path) == []
+
+
+def test_a_nan_in_an_input_is_an_error_naming_the_merged_tensor(family, tmp_path):
+    base, (ft,) = family
+    flipped = tmp_path / "flipped"
+    shutil.copytree(ft, flipped)
+    tensors = load_file(flipped / "model.safetensors")
+    name = min(n for n, t in tensors.items() if t.is_floating_point() and t.dim() == 2)
+    tensors[name].view(-1)[3] = float("nan")  # as a flipped exponent bit would
+    save_file(tensors, flipped / "model.safetensors", metadata={"format": "pt"})
+    code, output = merge(recipe(tmp_path / "r.yaml", "linear", base, flipped), "--out", tmp_path / "out")
+    assert code == 2 and f"tensor {name}: holds NaN or Inf" in output, output
+    assert not (tmp_path / "out").exists() and hidden(tmp_path) == []
+
+
+def test_sigterm_mid_write_leaves_the_old_folder_and_no_temporary_one(family, tmp_path):
+    base, (ft,) = family
+    out = tmp_path / "out"
+    assert merge(recipe(tmp_path / "fast.yaml", "linear", base, ft), "--out", out)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    slow = recipe(tmp_path / "slow.yaml", "test_slow", base, ft)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_MERGE, "merge", str(slow), "--out", str(out), "--overwrite"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not hidden(tmp_path) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert hidden(tmp_path), "the merge never started writing"
+    time.sleep(0.3)  # some tensors merged
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert hidden(tmp_path) == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
+

@@ -1,0 +1,153 @@
+"""Storage dtype and placement of the in-place merger: exactness in float32, a stated bound in
+bfloat16, factored TSV pieces, and the memory plan against what the merger really holds."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from evo_merge.merge.recipe import Recipe
+from evo_merge.merge.footprint import Setting, lowrank_bytes, plan_lines, shapes_of
+from evo_merge.merge.inplace import InPlaceMerger
+from evo_merge.merge.pieces import LowRank, Scaled
+from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.storage import Storage
+from evo_merge.weights import Checkpoint
+from evo_merge.zoo.tiny import save_tiny_family
+
+WEIGHTS = [0.6, -0.9, 1.3]
+METHOD_PARAMS = {
+    "task_arithmetic": {"lambda": 0.8},
+    "ties": {"density": 0.4},
+    "dare_ties": {"density": 0.6, "seed": 1},
+    "tsv": {"alpha": 1.2},
+    "tsv_c": {"task": 1},
+    "iso_c": {"alpha": 0.9},
+}
+U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return save_tiny_family(tmp_path_factory.mktemp("storage"), "llama", n_finetunes=3)
+
+
+def merger(family, storage=Storage(), module_dtype=torch.float32):
+    base, fts = family
+    model = AutoModelForCausalLM.from_pretrained(base).to(module_dtype)
+    return InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(f) for f in fts], storage=storage)
+
+
+def file_merge(family, method):
+    base, fts = family
+    recipe = Recipe.model_validate({
+        "merge_method": method, "base_model": str(base), "parameters": METHOD_PARAMS[method],
+        "models": [{"model": str(f), "parameters": {"weight": w}} for f, w in zip(fts, WEIGHTS)],
+    })
+    return dict(stream_merge(plan_from_recipe(recipe))[1])
+
+
+@pytest.mark.parametrize("placement", ["device", "host"])
+@pytest.mark.parametrize("method", sorted(METHOD_PARAMS))
+def test_float32_storage_in_either_placement_equals_the_file_merge_bit_for_bit(family, method, placement):
+    m = merger(family, Storage(torch.float32, placement))
+    m.apply(method, WEIGHTS, METHOD_PARAMS[method])
+    state = m.module.state_dict()
+    for name, tensor in file_merge(family, method).items():
+        assert torch.equal(state[name], tensor), name
+
+
+def test_auto_storage_keeps_the_checkpoints_dtype(family, tmp_path):
+    base, fts = family
+    assert {t.dtype for t in load_file(base / "model.safetensors").values()} == {torch.float32}
+    m = merger(family)  # auto
+    assert {t.dtype for d in m._deltas.values() for t in d} == {torch.float32}
+    bf16 = merger(family, Storage.parse("bfloat16", "host"))
+    assert {t.dtype for d in bf16._deltas.values() for t in d} == {torch.bfloat16}
+    assert {t.dtype for t in bf16._base.values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("module_dtype", [torch.float32, torch.bfloat16])
+def test_bfloat16_task_arithmetic_is_within_the_rounding_bound_elementwise(family, module_dtype):
+    """|merged_bf16 - merged_f32| <= 2^-8 (|theta0| + |lambda| sum_t |w_t| |tau_t|) per entry: base and
+    task vectors are each rounded once to bfloat16 and combined in float32."""
+    exact, lean = merger(family, Storage(torch.float32)), merger(family, Storage(torch.bfloat16), module_dtype)
+    lam = METHOD_PARAMS["task_arithmetic"]["lambda"]
+    lean.apply("task_arithmetic", WEIGHTS, {"lambda": lam})
+    state = lean.module.state_dict()
+    for name, merged in exact.tensors("task_arithmetic", WEIGHTS, {"lambda": lam}):
+        magnitude = exact._base[name].abs() + lam * sum(abs(w) * d.abs() for w, d in zip(WEIGHTS, exact._deltas[name]))
+        written = U_BF16 * merged.abs() if module_dtype == torch.bfloat16 else 0  # rounding into a bf16 module
+        bound = U_BF16 * magnitude * (1 + 1e-3) + written + 1e-7
+        assert ((state[name].float() - merged).abs() <= bound).all(), name
+
+
+def test_bfloat16_tsv_is_within_the_stated_bound_per_tensor(family):
+    """||merged_bf16 - merged_f32||_F <= 2^-8 ||theta0||_F + 2^-6 |alpha| sum_t |w_t| ||tau_t||_F per tensor
+    (factors rounded to bfloat16; the SVDs see task vectors rounded once)."""
+    exact, lean = merger(family, Storage(torch.float32)), merger(family, Storage(torch.bfloat16))
+    alpha = METHOD_PARAMS["tsv"]["alpha"]
+    lean_tensors = dict(lean.tensors("tsv", WEIGHTS, {"alpha": alpha}))
+    for name, merged in exact.tensors("tsv", WEIGHTS, {"alpha": alpha}):
+        tau = sum(abs(w) * d.norm() for w, d in zip(WEIGHTS, exact._deltas[name]))
+        bound = U_BF16 * exact._base[name].norm() + 2.0**-6 * alpha * tau
+        assert (lean_tensors[name] - merged).norm() <= bound, name
+
+
+def stored_bytes(tensors):
+    seen, total = set(), 0
+    for t in tensors:
+        if t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def piece_tensors(pieces):
+    for piece in pieces:
+        if isinstance(piece, LowRank):
+            yield from (piece.u, piece.s, piece.v)
+        elif isinstance(piece, Scaled):
+            yield piece.tensor
+        elif piece is not None:
+            yield piece
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tsv_pieces_are_factored_and_the_plan_predicts_every_stored_byte(family, dtype):
+    base, fts = family
+    m = merger(family, Storage(dtype, "host"))
+    m.apply("tsv", WEIGHTS)
+    m.apply("task_arithmetic", WEIGHTS)
+    ta, tsv = m._pieces[("task_arithmetic",)], m._pieces[("tsv", "False")]
+    deltas = {id(t) for d in m._deltas.values() for t in d}
+    assert all(id(p) in deltas for pieces in ta.values() for p in pieces)  # the task vectors themselves
+    for name, pieces in tsv.items():
+        for piece in pieces:
+            assert isinstance(piece, (LowRank, Scaled)), name  # never a dense per-task copy
+            assert not isinstance(piece, Scaled) or id(piece.tensor) in deltas, name
+    # the plan, from headers only, against the bytes really held
+    shapes = shapes_of(base, fts)
+    lines = {line.what.split(" (")[0].split(",")[0]: line.host for line in
+             plan_lines(shapes, Setting(3, ("tsv",), Storage(dtype, "host"), torch.float32, on_gpu=False))}
+    lowrank = [t for pieces in tsv.values() for t in piece_tensors(pieces) if id(t) not in deltas]
+    assert stored_bytes(m._base.values()) == lines["base"]
+    assert stored_bytes(t for d in m._deltas.values() for t in d) == lines["task vectors"]
+    assert stored_bytes(lowrank) == lines["TSV-M pieces"] == lowrank_bytes(shapes, 3, 3, dtype)
+    numel = sum(t.numel() for t in load_file(base / "model.safetensors").values())
+    assert lines["evaluation module"] == 4 * numel
+
+
+def test_mass_factors_follow_the_storage_and_stay_close_to_float32(family):
+    from evo_merge.mass import MassFactors
+    from evo_merge.merge.storage import Stash
+
+    base, fts = family
+    ckpts = Checkpoint.open(base), [Checkpoint.open(f) for f in fts]
+    exact = MassFactors.build(*ckpts)
+    lean = MassFactors.build(*ckpts, stash=Stash(Storage(torch.bfloat16, "host"), torch.device("cpu")))
+    assert {f.dtype for triplets in lean.lowrank.values() for t in triplets for f in t} == {torch.bfloat16}
+    lean_merged = dict(lean.merged([0, 1, 2]))
+    for name, merged in exact.merged([0, 1, 2]):
+        assert lean_merged[name].dtype == torch.float32
+        assert (lean_merged[name] - merged).norm() <= 2.0**-6 * merged.norm(), name

@@ -1,0 +1,229 @@
+"""Run folders across processes: the lock, a checked database, no pickle, no clobbering, clean faults."""
+
+import gc
+import os
+import pickle
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from test_campaign import EVO_MERGE, all_keys, campaign, env, front_keys, zoo  # noqa: F401  (zoo: a fixture)
+
+from evo_merge.cli import cli
+from evo_merge.errors import UserError
+from evo_merge.search.lock import LOCK_FILE, RunLock
+
+HOLD_LOCK = "import sys, time\nfrom evo_merge.search.lock import RunLock\nwith RunLock(sys.argv[1]):\n" \
+            "    print('held', flush=True)\n    time.sleep(120)\n"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, zoo):  # noqa: F811
+    """A finished run (3 generations) and its campaign file; tests work on copies."""
+    root = tmp_path_factory.mktemp("finished")
+    config = campaign(root, zoo)
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(root / "run")])
+    assert result.exit_code == 0, result.output
+    gc.collect()  # the command's own connection: closed, so the log is folded into state.sqlite
+    with closing(sqlite3.connect(root / "run" / "state.sqlite")) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return root / "run", config
+
+
+@pytest.fixture
+def copy(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    return run
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def one_line_error(code, output, *expected):
+    assert code == 2, output
+    assert output.startswith("error: ") and len(output.strip().splitlines()) == 1, output
+    assert all(text in output for text in expected), output
+
+
+def slow_campaign(tmp_path, zoo):  # noqa: F811
+    return campaign(tmp_path, zoo, tasks=[
+        {"task": "agreement_task:AgreementTask", "name": f"agree{i}",
+         "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "delay": 0.05}}
+        for i, f in enumerate(zoo[1])])
+
+
+def start_and_wait(config, run, generation):
+    """`evo-merge run` in a subprocess, returned once an evaluation of `generation` is stored."""
+    proc = subprocess.Popen([*EVO_MERGE, "run", str(config), "--out", str(run)], env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:  # closed at once: a reader left open would keep the killed writer's log index alive
+            with closing(sqlite3.connect(run / "state.sqlite")) as db:
+                if db.execute("SELECT COUNT(*) FROM evaluations WHERE generation IS ?", (generation,)).fetchone()[0]:
+                    return proc
+        except sqlite3.OperationalError:
+            pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("no evaluation stored in time")
+
+
+# ---------------------------------------------------------------- the lock
+
+def test_a_second_process_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_path, zoo):  # noqa: F811
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"run folder {run} is in use by pid {holder.pid}$"):
+            RunLock(run).__enter__()
+        code, out = invoke("run", campaign(tmp_path, zoo), "--out", run)
+        one_line_error(code, out, f"is in use by pid {holder.pid}")
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]  # the refused run wrote nothing
+        os.kill(holder.pid, signal.SIGKILL)
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(run):  # the kernel released the dead holder's lock: taken over at once
+        assert (run / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    with RunLock(run):  # and released again on exit
+        pass
+
+
+def test_resume_of_a_run_in_use_is_refused(copy):
+    with RunLock(copy):
+        code, out = invoke("resume", copy)
+    one_line_error(code, out, f"run folder {copy} is in use by pid {os.getpid()}")
+
+
+# ---------------------------------------------------------------- one source of truth
+
+def test_status_never_reports_finished_with_generations_missing_and_resume_restores_them(finished, copy):
+    db = sqlite3.connect(copy / "state.sqlite")
+    with db:  # the tail of the run lost, as with a truncated write-ahead log
+        db.execute("DELETE FROM item_scores WHERE evaluation_id IN (SELECT id FROM evaluations WHERE generation = 3)")
+        db.execute("DELETE FROM evaluations WHERE generation = 3")
+    db.close()
+    code, out = invoke("status", copy)
+    assert code == 0 and "generation 2/3" in out and "finished" not in out, out
+    code, out = invoke("resume", copy)
+    assert code == 0, out
+    code, out = invoke("status", copy)
+    assert code == 0 and "generation 3/3 (finished)" in out, out
+    assert front_keys(copy) == front_keys(finished[0]) and all_keys(copy) == all_keys(finished[0])
+
+
+def test_kill_9_then_truncated_wal_resumes_to_the_uninterrupted_run(finished, tmp_path, zoo):  # noqa: F811
+    run = tmp_path / "killed"
+    proc = start_and_wait(slow_campaign(tmp_path, zoo), run, generation=3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    wal = run / "state.sqlite-wal"
+    assert wal.stat().st_size > 100_000  # the killed process left its commits in the log
+    os.truncate(wal, wal.stat().st_size // 2)  # the second half lost: generation 2 with it
+    code, out = invoke("status", run)
+    assert code == 0 and "finished" not in out and "generation 3/3" not in out, out
+    result = subprocess.run([*EVO_MERGE, "resume", str(run)], env=env(), capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert front_keys(run) == front_keys(finished[0]) and all_keys(run) == all_keys(finished[0])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_database_is_one_line_naming_the_file_and_the_way_out(copy, damage):
+    db = copy / "state.sqlite"
+    if damage == "garbage":
+        db.write_bytes(b"not a database " * 500)
+    else:
+        os.truncate(db, db.stat().st_size // 2)
+    for command in ("status", "resume"):
+        code, out = invoke(command, copy)
+        one_line_error(code, out, f"{db}: corrupt campaign database", "new run folder")
+
+
+class _Planted:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this object creates the marker folder
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_planted_pickle_executes_nothing(copy, tmp_path):
+    marker = tmp_path / "code-ran"
+    (copy / "checkpoint.pkl").write_bytes(pickle.dumps(_Planted(marker)))
+    for command in ("status", "resume", "report"):
+        code, out = invoke(command, copy)
+        assert code == 0, out
+        assert not marker.exists(), f"{command} unpickled checkpoint.pkl"
+
+
+# ---------------------------------------------------------------- never clobber, leave nothing behind
+
+def test_run_refuses_a_folder_that_is_not_a_run_folder(tmp_path, zoo):  # noqa: F811
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.md").write_text("my notes")
+    code, output = invoke("run", campaign(tmp_path, zoo), "--out", out)
+    one_line_error(code, output, f"--out {out}: not empty and not a run folder")
+    assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "my notes"
+
+
+def test_run_out_naming_a_file_or_a_path_under_a_file_is_one_line(tmp_path, zoo):  # noqa: F811
+    config = campaign(tmp_path, zoo)
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    one_line_error(*invoke("run", config, "--out", file), f"--out {file}: is a file")
+    one_line_error(*invoke("run", config, "--out", file / "run"), str(file / "run"), "Not a directory")
+    assert file.read_text() == "x"
+
+
+def test_a_failed_start_leaves_no_run_folder_and_the_fixed_config_starts(tmp_path, zoo):  # noqa: F811
+    run = tmp_path / "run"
+    path = campaign(tmp_path, zoo, algorithm={"population": 4, "generations": 1, "seed": 0},
+                    estimator={"kind": "anchor", "anchors": 5}, final={"evaluate_top": 1})
+    config = yaml.safe_load(path.read_text())
+    good_task = config["tasks"][1]
+    config["tasks"][1] = {**good_task, "task": "no_such_module_zz:Task"}  # fails once the run folder is open
+    path.write_text(yaml.safe_dump(config))
+    code, out = invoke("run", path, "--out", run)
+    assert code == 2 and "no_such_module_zz" in out, out
+    assert not run.exists()
+    config["tasks"][1] = good_task
+    path.write_text(yaml.safe_dump(config))
+    code, out = invoke("run", path, "--out", run)
+    assert code == 0 and "different campaign" not in out, out
+
+
+# ---------------------------------------------------------------- signals and --debug
+
+def test_ctrl_c_exits_130_with_the_resume_command_and_frees_the_folder(tmp_path, zoo):  # noqa: F811
+    run = tmp_path / "run"
+    proc = start_and_wait(slow_campaign(tmp_path, zoo), run, generation=None)  # during calibration
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"error: interrupted; resume with: evo-merge resume {run}"
+    assert "Traceback" not in stderr
+    with RunLock(run):  # released
+        pass
+    assert all_keys(run)  # what was evaluated is kept for the resume
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["--debug", "run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r")])
+    assert isinstance(result.exception, UserError) and "missing.yaml" in str(result.exception)
+    code, out = invoke("run", tmp_path / "missing.yaml", "--out", tmp_path / "r")
+    one_line_error(code, out, "missing.yaml: no such file")

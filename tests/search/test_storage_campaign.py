@@ -1,0 +1,143 @@
+"""Storage settings in campaigns: the memory plan before a run, the run's identity, OOM failures,
+and the settings reaching the evaluator, MASS and the dask workers."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from evo_merge.cli import cli
+from evo_merge.config import Campaign
+from evo_merge.merge import register_method
+from evo_merge.merge.footprint import GIB, campaign_plan
+from evo_merge.merge.storage import Storage
+from evo_merge.search.workspace import config_fingerprint
+from evo_merge.zoo.tiny import save_tiny_family
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return save_tiny_family(tmp_path_factory.mktemp("zoo"), "llama", n_finetunes=2, noise=0.08)
+
+
+@pytest.fixture(autouse=True)
+def _tasks_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))  # agreement_task, as the other campaign tests use it
+
+
+def config(zoo, **overrides) -> dict:
+    base, fts = zoo
+    data = {
+        "name": "storage",
+        "base_model": str(base),
+        "models": [str(f) for f in fts],
+        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
+                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "n_items": 40}}
+                  for i, f in enumerate(fts)],
+        "methods": {"task_arithmetic": {}, "tsv": {}},
+        "estimator": {"kind": "full"},
+        "algorithm": {"population": 4, "generations": 1, "seed": 1},
+        "final": {"evaluate_top": 2, "export": ["balanced"]},
+        "device": "cpu",
+    }
+    data.update(overrides)
+    return data
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_plan_prints_host_bytes_and_a_campaign_that_cannot_fit_stops_before_any_run(tmp_path, zoo):
+    ok = CliRunner().invoke(cli, ["plan", str(write(tmp_path, config(zoo)))])
+    assert ok.exit_code == 0, ok.output
+    assert "task vectors, stored (2 x auto)" in ok.output and "TSV-M pieces" in ok.output and "fits" in ok.output
+
+    small = write(tmp_path, config(zoo, storage={"host_budget_gib": 0.01}))
+    run = tmp_path / "run"
+    for args in (["plan", str(small)], ["run", str(small), "--out", str(run)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        error = result.output.strip().splitlines()[-1]
+        assert error.startswith("error: memory plan: the run needs") and "storage.host_budget_gib is 10.2 MiB" in error
+        assert "no storage setting fits" in error
+    assert not run.exists()  # stopped before the run folder (and any evaluation)
+
+
+def test_the_error_names_the_first_storage_setting_that_fits(tmp_path, zoo):
+    base, fts = zoo
+    sizes = {}
+    for dtype in ("float32", "bfloat16"):
+        campaign = Campaign.model_validate(config(zoo, storage={"dtype": dtype}))
+        sizes[dtype] = campaign_plan(campaign, base, fts).need_host
+    assert sizes["bfloat16"] < sizes["float32"]
+    budget = (sizes["bfloat16"] + sizes["float32"]) / 2 / GIB
+    result = CliRunner().invoke(cli, ["plan", str(write(tmp_path, config(zoo, storage={"host_budget_gib": budget})))])
+    assert result.exit_code == 2
+    assert "storage: {dtype: bfloat16, placement: device} fits" in result.output.splitlines()[-1]
+
+
+def test_placement_and_budgets_leave_the_run_identity_and_dtype_changes_it(zoo):
+    plain = Campaign.model_validate(config(zoo))
+    moved = Campaign.model_validate(config(zoo, storage={"placement": "host", "host_budget_gib": 12}))
+    lean = Campaign.model_validate(config(zoo, storage={"dtype": "bfloat16"}))
+    assert config_fingerprint(moved) == config_fingerprint(plain) != config_fingerprint(lean)
+
+
+def evaluations(run: Path) -> list:
+    return sorted(sqlite3.connect(run / "state.sqlite").execute("SELECT key, status, estimates FROM evaluations"))
+
+
+def test_a_run_resumes_with_another_placement_and_reuses_every_evaluation(tmp_path, zoo):
+    run = tmp_path / "run"
+    first = CliRunner().invoke(cli, ["run", str(write(tmp_path, config(zoo))), "--out", str(run)])
+    assert first.exit_code == 0, first.output
+    before = evaluations(run)
+    stored = yaml.safe_load((run / "campaign.yaml").read_text())
+    (run / "campaign.yaml").write_text(yaml.safe_dump({**stored, "storage": {"placement": "host"}}))
+    again = CliRunner().invoke(cli, ["resume", str(run)])
+    assert again.exit_code == 0, again.output
+    assert evaluations(run) == before and len(before) >= 4
+
+
+def test_an_out_of_memory_error_fails_the_candidate_only(zoo):
+    from evo_merge.search.candidate import Candidate
+    from evo_merge.search.evaluator import CandidateFailed
+    from evo_merge.search.local import LocalEvaluator
+    from evo_merge.search.workbench import Workbench
+
+    @register_method("test_host_oom", replace=True)
+    def host_oom(base, deltas, weights, params, name):
+        """Runs out of host memory."""
+        raise MemoryError("simulated")
+
+    base, fts = zoo
+    evaluator = LocalEvaluator(Workbench.open(base, fts, device="cpu", storage=Storage.parse("bfloat16", "host")), {})
+    jobs = [(Candidate("test_host_oom", (1.0, 1.0), ()), {}), (Candidate("task_arithmetic", (1.0, 0.0), ()), {})]
+    outcomes = [outcome for _, outcome, _ in evaluator.evaluate_many(jobs)]
+    assert isinstance(outcomes[0], CandidateFailed) and "MemoryError" in str(outcomes[0])
+    assert outcomes[1] == {}
+
+
+def test_the_evaluator_mass_and_dask_workers_get_the_storage_settings(tmp_path):
+    pytest.importorskip("distributed")
+    from evo_merge.mass.candidate import MASS_KIND
+    from evo_merge.search.distributed import DaskEvaluator
+
+    base, fts = zoo = save_tiny_family(tmp_path, "llama", n_finetunes=2)  # close enough to the base for MASS
+    campaign = Campaign.model_validate(config(zoo, storage={"dtype": "bfloat16", "placement": "host"},
+                                              evaluator={"kind": "dask", "n_workers": 1}))
+    dask = DaskEvaluator.from_campaign(campaign, base, fts)
+    assert dask.spec.storage == ("bfloat16", "host")
+    bench = dask.spec.build().bench  # what each worker builds (without starting a cluster)
+    assert bench.merger.stash.storage == Storage(torch.bfloat16, "host")
+    assert {d.dtype for ds in bench.merger._deltas.values() for d in ds} == {torch.bfloat16}
+    factors = MASS_KIND.model(bench).factors
+    assert {f.dtype for triplets in factors.lowrank.values() for t in triplets for f in t} == {torch.bfloat16}

@@ -1,0 +1,63 @@
+"""`evo-merge eval` on inputs that are wrong or damaged: one line and exit 2, never a score of nonsense."""
+
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+from test_lmeval import model_dirs  # noqa: F401  (a fixture)
+
+from evo_merge.cli import cli
+
+
+@pytest.fixture(scope="module")
+def models(model_dirs, char_lm):  # noqa: F811
+    model, tok = char_lm
+    root = model_dirs  # holds "lm", a saved model folder
+    (root / "pickled").mkdir()
+    torch.save(model.state_dict(), root / "pickled" / "pytorch_model.bin")
+    model.config.save_pretrained(root / "pickled")
+    tok.save_pretrained(root / "pickled")
+    shutil.copytree(root / "lm", root / "truncated")
+    weights = root / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    shutil.copytree(root / "lm", root / "nan")
+    tensors = load_file(root / "nan" / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight"].view(-1)[7] = float("inf")  # a flipped exponent bit
+    save_file(tensors, root / "nan" / "model.safetensors", metadata={"format": "pt"})
+    (root / "items.txt").write_text("arith-test-00003\n")
+    (root / "empty.txt").write_text("item\n\n")
+    return root
+
+
+def evaluate(models, tmp_path, model, *extra, items="items.txt"):
+    args = ["eval", "--model", models / model, "--task", "arith", "--items", models / items, *extra]
+    result = CliRunner().invoke(cli, [str(a) for a in args] + (["--out", str(tmp_path / "s.csv")]
+                                                                 if "--out" not in extra else []))
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(("model", "items", "message"), [
+    ("lm", "empty.txt", "empty.txt: no item ids in it"),
+    ("pickled", "items.txt", "has no .safetensors weights (pickle weights need --allow-pickle)"),
+    ("truncated", "items.txt", "cannot be loaded"),
+    ("nan", "items.txt", "tensor model.layers.1.mlp.up_proj.weight holds NaN or Inf"),
+])
+def test_bad_models_and_item_lists_are_one_line_exit_2(models, tmp_path, model, items, message):
+    code, output = evaluate(models, tmp_path, model, items=items)
+    assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
+    assert output.startswith("error: ") and not (tmp_path / "s.csv").exists()
+
+
+def test_out_naming_a_folder_is_one_line(models, tmp_path):
+    code, output = evaluate(models, tmp_path, "lm", "--out", tmp_path)
+    assert code == 2 and output.strip() == f"error: --out {tmp_path}: is a folder; give the path of the CSV file to write"
+
+
+def test_pickle_weights_are_read_with_allow_pickle_and_score_as_safetensors(models, tmp_path):
+    code, output = evaluate(models, tmp_path, "pickled", "--allow-pickle", "--out", tmp_path / "p.csv")
+    assert code == 0, output
+    code, output = evaluate(models, tmp_path, "lm", "--subject", "pickled", "--out", tmp_path / "s.csv")
+    assert code == 0, output
+    assert (tmp_path / "p.csv").read_text() == (tmp_path / "s.csv").read_text()
