@@ -1,16 +1,13 @@
+import sys
+from pathlib import Path
+
 import pytest
 
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.store import CampaignStore
 
-TASKS = ["alpha", "beta"]
-# (generation, weights, estimates); generation None: calibration, measured on every item
-EVALUATIONS = [
-    (None, (0.0, 0.0), {"alpha": 0.2, "beta": 0.3}),
-    (1, (1.0, 0.0), {"alpha": 0.6, "beta": 0.1}),
-    (1, (0.5, 0.5), {"alpha": 0.4, "beta": 0.4}),
-    (2, (0.2, 0.9), {"alpha": 0.1, "beta": 0.7}),
-]
+sys.path.insert(0, str(Path(__file__).parent))  # lets the tests import report_helpers
+from report_helpers import EVALUATIONS, TASKS
 
 
 @pytest.fixture
@@ -32,9 +29,6 @@ def small_store(tmp_path):
 def tracked_run(tmp_path_factory):
     """A finished tiny campaign (two agreement tasks) tracked to an MLflow file store:
     (root, run folder, MLflow tracking URI)."""
-    import sys
-    from pathlib import Path
-
     import yaml
     from click.testing import CliRunner
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
+from safetensors.torch import save_file
 
 from evo_merge.cli import cli
 from evo_merge.errors import UserError
@@ -107,14 +108,16 @@ def test_upload_refuses_a_card_with_a_local_path_or_weights_with_nan(tmp_path):
                                 extra_files={"README.md": "---\nbase_model: /home/me/models/base\n---\n"})
     with pytest.raises(UserError, match="README.md: the card names the local path /home/me/models/base"):
         plan_upload(folder)
-    broken = write_model_folder(tmp_path / "n", [("ok", torch.ones(2)), ("layer.weight", torch.tensor([1.0, float("nan")]))],
-                                extra_files={"README.md": "# fine\n"})
+    broken = tmp_path / "n"  # written by something else: evo-merge itself refuses to write NaN
+    broken.mkdir()
+    save_file({"ok": torch.ones(2), "layer.weight": torch.tensor([1.0, float("nan")])}, broken / "model.safetensors")
+    (broken / "README.md").write_text("# fine\n")
     with pytest.raises(UserError, match="tensor layer.weight holds NaN or Inf"):
         plan_upload(broken)
 
 
 def test_reports_escape_user_strings(small_store, tmp_path):
-    from conftest import TASKS
+    from report_helpers import TASKS
 
     small_store.set_meta("facts", {"name": "x", "generations": 2, "weights": None,
                                    "tasks": [{"name": t, "direction": "maximize", "items": 4} for t in TASKS]})
