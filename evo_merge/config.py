@@ -90,6 +90,9 @@ class EstimatorSpec(_Checked):
     epochs: int | None = Field(None, ge=1, description="pyirt backend training epochs (None: its default)")
     dims: int | Literal["auto"] = "auto"
     warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
+    target_se: float = Field(0.03, gt=0, lt=1, description="adaptive: stop a task's test once its scenarios' "
+                             "standard errors are below this")
+    max_items: int = Field(50, ge=1, description="adaptive: at most this many items per scenario and candidate")
 
 
 # pymoo's MOEA/D is steady-state (one candidate per ask), which would evaluate one candidate at a

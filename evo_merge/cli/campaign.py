@@ -167,8 +167,10 @@ def status(run: Path) -> None:
     for task in objectives.names:
         if ok:
             best = max(ok, key=lambda e: objectives.goodness(e.estimates, task))
+            se = (best.estimate_se or {}).get(task)
+            value = f"{best.estimates[task]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
             console.print(f"best {task} ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
-                          f"better): {best.estimates[task]:.3f} (evaluation {best.id}, {best.method})")
+                          f"better): {value} (evaluation {best.id}, {best.method})")
     full_items = sum(t["items"] for t in facts["tasks"])
     spent, full = store.items_evaluated("search"), len(search) * full_items
     console.print(f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search "

@@ -36,6 +36,7 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) ->
                "params": " ".join(f"{k}={v:g}" for k, v in candidate.params), "items": e.items_evaluated}
         for task in tasks:
             row[f"est_{task}"] = (e.estimates or {}).get(task)
+            row[f"est_se_{task}"] = (e.estimate_se or {}).get(task)
             row[f"meas_{task}"] = (e.measured or {}).get(task)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -149,6 +150,7 @@ def measured_errors(store: CampaignStore, table: pd.DataFrame, tasks: Sequence[s
 def _summary(table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
     """Everything measured on all items: base, endpoints, warm-up merges and the front."""
     measured = table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
-    cols = ["id", "phase", "method", "weights", "params"] + [c for t in tasks for c in (f"est_{t}", f"meas_{t}")]
+    cols = ["id", "phase", "method", "weights", "params"] + [c for t in tasks for c in (f"est_{t}", f"est_se_{t}",
+                                                                                       f"meas_{t}")]
     return measured[cols]
 

@@ -36,7 +36,11 @@ def hover(row: pd.Series, tasks: Sequence[str]) -> str:
     lines = [html_text(recipe_text(row))]
     for task in tasks:
         est, meas, se = row.get(f"est_{task}"), row.get(f"meas_{task}"), row.get(f"se_{task}")
-        parts = [f"est {est:.3f}" if pd.notna(est) else None, f"meas {meas:.3f}" if pd.notna(meas) else None,
+        est_se = row.get(f"est_se_{task}")
+        est_text = None
+        if pd.notna(est):
+            est_text = f"est {est:.3f}" + (f" ± {est_se:.3f}" if est_se is not None and pd.notna(est_se) else "")
+        parts = [est_text, f"meas {meas:.3f}" if pd.notna(meas) else None,
                  f"SE {se:.3f}" if se is not None and pd.notna(se) else None]
         lines.append(f"{html_text(task)}: " + ", ".join(p for p in parts if p))
     return "<br>".join(lines)

@@ -3,7 +3,9 @@
 A candidate evaluated before (in this process, one that was killed, or a replay) is never
 evaluated again; results are stored as they arrive, so an interruption loses only unfinished
 candidates. The evaluator is asked for only when something is missing, so reading or replaying
-a run loads no model.
+a run loads no model. With an adaptive estimator a candidate is scored in steps: after its first
+items, every candidate of the batch whose test wants more items is scored on them, batch by
+batch, each step stored with the estimate it leads to.
 """
 
 from __future__ import annotations
@@ -40,20 +42,49 @@ class EvaluationLog:
                 self._store(todo[index], outcome, seconds, phase, generation, items)
                 done += 1
                 self.progress(stage, done, len(unique))
+        if any(v is not None for v in items.values()):  # anchors: an adaptive test may want more
+            self._adapt(unique, stage)
         return [self.store.get(c.key) for c in candidates]
+
+    def _adapt(self, candidates: Sequence[Candidate], stage: str) -> None:
+        """Score each candidate's next adaptive step until every test is done (or a step fails)."""
+        failed: set[str] = set()
+        while True:
+            jobs = []
+            for candidate in candidates:
+                evaluation = self.store.get(candidate.key)
+                if evaluation.status == "ok" and candidate.key not in failed:
+                    step = self.scoring.next_items(self.store.item_scores(candidate.key))
+                    if step:
+                        jobs.append((candidate, step))
+            if not jobs:
+                return
+            self.progress(f"{stage} (adaptive step)", 0, len(jobs))
+            for done, (index, outcome, seconds) in enumerate(self._evaluator().evaluate_many(jobs), start=1):
+                key = jobs[index][0].key
+                if isinstance(outcome, CandidateFailed):  # keep the estimate from the items it has
+                    self.store.set_meta(f"adaptive_failed:{key}", str(outcome))
+                    failed.add(key)
+                else:
+                    stored = self.store.item_scores(key)
+                    scores = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in self.scoring.names}
+                    estimates, se = self.scoring.estimate(scores)
+                    self.store.add_items(key, outcome, estimates, se, seconds)
+                self.progress(f"{stage} (adaptive step)", done, len(jobs))
 
     def _store(self, candidate: Candidate, outcome: ItemScores | CandidateFailed, seconds: float,
                phase: str, generation: int | None, items: Items) -> None:
-        scores, estimates, status, error = {}, None, "failed", None
+        scores, estimates, se, status, error = {}, None, None, "failed", None
         if isinstance(outcome, CandidateFailed):
             error = str(outcome)
         else:
             try:
-                scores, estimates, status = outcome, self.scoring.estimate(outcome), "ok"
+                (estimates, se), scores, status = self.scoring.estimate(outcome), outcome, "ok"
             except (UserError, ValueError, FloatingPointError) as exc:
                 error = f"estimation failed: {exc}"
         self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method, status=status,
-                       estimates=estimates, item_scores=scores, seconds=seconds, error=error)
+                       estimates=estimates, item_scores=scores, seconds=seconds, error=error,
+                       estimate_se=se if status == "ok" else None)
         if status == "ok" and all(v is None for v in items.values()):
             self.store.add_measurement(candidate.key, task_scores(scores, self.scoring.names), {})
 

@@ -2,8 +2,11 @@
 
 Calibration evaluates the base, the endpoints and a few warm-up merges on every item; an IRT
 model per task is fitted on those responses (or loaded), anchors are chosen, and from then on a
-candidate is scored on its anchors and its full score estimated. With `estimator.kind: full`
-every candidate is scored on every item and nothing is estimated.
+candidate is scored on its anchors and its full score estimated, with a standard error. With
+`estimator.kind: adaptive` the anchors are only the first step of an adaptive test: `next_items`
+says which items each candidate needs next, from the scores it has (a pure function of them, so
+a resumed run continues each test where it stopped). With `estimator.kind: full` every
+candidate is scored on every item and nothing is estimated.
 """
 
 from __future__ import annotations
@@ -59,12 +62,23 @@ class Scoring:
             return self.all_items()
         return {name: list(self.estimators[name].anchor_ids) for name in self.names}
 
-    def estimate(self, scores: ItemScores) -> dict[str, float]:
-        """Full-score estimates; item scores lie in [0, 1], so an estimate is kept there too."""
+    def estimate(self, scores: ItemScores) -> tuple[dict[str, float], dict[str, float] | None]:
+        """(full-score estimate, its standard error) per task; item scores lie in [0, 1], so an
+        estimate is kept there too. Full evaluation estimates nothing: no standard error."""
         if self.estimators is None:
-            return task_scores(scores, self.names)
-        return {name: float(np.clip(self.estimators[name].estimate(scores[name])["overall"], 0.0, 1.0))
-                for name in self.names}
+            return task_scores(scores, self.names), None
+        results = {name: self.estimators[name].estimate(scores[name]) for name in self.names}
+        return ({name: float(np.clip(r["overall"], 0.0, 1.0)) for name, r in results.items()},
+                {name: float(r.se["overall"]) for name, r in results.items()})
+
+    def next_items(self, scores: ItemScores) -> dict[str, list[str]] | None:
+        """An adaptive test's next step per task (None when every task's test is done, or for
+        fixed anchors)."""
+        if self.estimators is None or self.spec.kind != "adaptive":
+            return None
+        steps = {name: self.estimators[name].adaptive.next_items(scores.get(name, {})) for name in self.names}
+        steps = {name: items for name, items in steps.items() if items}
+        return steps or None
 
     def item_count(self) -> dict[str, int]:
         return {name: len(task.item_ids) for name, task in self.tasks.items()}
@@ -86,8 +100,13 @@ class Scoring:
         elif (folder / "model.json").exists():
             model, endpoint_arg = IRTModel.load(folder), endpoints
         else:
-            model = IRTModel.fit(self._responses(name, subjects), backend=spec.backend, dims=spec.dims, seed=self.seed)
+            options = {k: v for k, v in (("lr", spec.lr), ("epochs", spec.epochs)) if v is not None}
+            model = IRTModel.fit(self._responses(name, subjects), backend=spec.backend, dims=spec.dims, seed=self.seed,
+                                 **options)
             model.save(folder)
             endpoint_arg = endpoints
+        if spec.kind == "adaptive":  # items chosen per candidate: no fixed anchor set
+            return Estimator(model, None, "adaptive", seed=self.seed, target_se=spec.target_se,
+                             max_items=spec.max_items)
         anchors = select_anchors(model, spec.anchors, spec.anchor_method, seed=self.seed)
         return Estimator(model, anchors, spec.kind, endpoints=endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None)

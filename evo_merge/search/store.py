@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     genome TEXT NOT NULL,          -- Candidate.key (JSON)
     status TEXT NOT NULL,          -- ok | failed
     estimates TEXT,                -- JSON {task: estimated full score}
+    estimate_se TEXT,              -- JSON {task: standard error of the estimate}
     measured TEXT,                 -- JSON {task: score on every item}, once measured
     items_evaluated INTEGER NOT NULL DEFAULT 0,   -- when evaluated (anchors, or all items)
     items_measured INTEGER NOT NULL DEFAULT 0,    -- added later by the full evaluation of the front
@@ -57,6 +58,8 @@ CREATE TABLE IF NOT EXISTS generations (
 );
 """
 TABLES = ("evaluations", "item_scores", "meta", "generations")
+# columns added after the first release, added to older databases when they are opened
+ADDED_COLUMNS = {"estimate_se": "TEXT"}
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Evaluation:
     items_evaluated: int
     seconds: float | None
     error: str | None
+    estimate_se: dict[str, float] | None = None
 
 
 class CampaignStore:
@@ -102,17 +106,33 @@ class CampaignStore:
         item_scores: Mapping[str, Mapping[str, float]] | None = None,
         seconds: float | None = None,
         error: str | None = None,
+        estimate_se: Mapping[str, float] | None = None,
     ) -> Evaluation:
         """Record one evaluation and its per-item scores atomically."""
         scores = item_scores or {}
         n_items = sum(len(s) for s in scores.values())
         with self._transaction():
             cursor = self.db.execute(
-                "INSERT INTO evaluations (key, phase, generation, method, genome, status, estimates,"
-                " items_evaluated, seconds, error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, phase, generation, method, key, status, _dumps(estimates), n_items, seconds, error, time.time()),
+                "INSERT INTO evaluations (key, phase, generation, method, genome, status, estimates, estimate_se,"
+                " items_evaluated, seconds, error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, phase, generation, method, key, status, _dumps(estimates), _dumps(estimate_se), n_items,
+                 seconds, error, time.time()),
             )
             self._insert_scores(cursor.lastrowid, scores)
+        return self.get(key)
+
+    def add_items(self, key: str, item_scores: Mapping[str, Mapping[str, float]], estimates: Mapping[str, float],
+                  estimate_se: Mapping[str, float] | None, seconds: float) -> Evaluation:
+        """More items scored for an evaluation (an adaptive test's next step), with the estimates
+        they lead to, in one transaction."""
+        evaluation = self.get(key)
+        with self._transaction():
+            new = self._insert_scores(evaluation.id, item_scores)
+            self.db.execute(
+                "UPDATE evaluations SET estimates = ?, estimate_se = ?, items_evaluated = items_evaluated + ?,"
+                " seconds = COALESCE(seconds, 0) + ? WHERE id = ?",
+                (_dumps(estimates), _dumps(estimate_se), new, seconds, evaluation.id),
+            )
         return self.get(key)
 
     def add_measurement(self, key: str, measured: Mapping[str, float],
@@ -204,12 +224,13 @@ class _Transaction:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-_COLUMNS = "id, key, phase, generation, method, status, estimates, measured, items_evaluated, seconds, error"
+_COLUMNS = ("id, key, phase, generation, method, status, estimates, measured, items_evaluated, seconds, error,"
+            " estimate_se")
 
 
 def _evaluation(row: Iterable) -> Evaluation:
-    id_, key, phase, gen, method, status, est, meas, n, sec, err = row
-    return Evaluation(id_, key, phase, gen, method, status, _loads(est), _loads(meas), n, sec, err)
+    id_, key, phase, gen, method, status, est, meas, n, sec, err, se = row
+    return Evaluation(id_, key, phase, gen, method, status, _loads(est), _loads(meas), n, sec, err, _loads(se))
 
 
 def _dumps(value: Any) -> str | None:
@@ -235,6 +256,10 @@ def _open_checked(path: Path) -> sqlite3.Connection:
         if tables and missing:  # no table at all: a new (or never written) database
             raise sqlite3.DatabaseError(f"no {', '.join(missing)} table")
         db.executescript(SCHEMA)
+        columns = {name for _, name, *_ in db.execute("PRAGMA table_info(evaluations)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in columns:
+                db.execute(f"ALTER TABLE evaluations ADD COLUMN {column} {kind}")
     except sqlite3.OperationalError as exc:
         raise UserError(f"{path}: cannot open the campaign database ({exc})") from None
     except sqlite3.DatabaseError as exc:
