@@ -111,7 +111,7 @@ class AlgorithmSpec(_Checked):
     generations: int = Field(8, ge=1)
     seed: int = 0
     seed_standard_merges: bool = Field(
-        False, description="start generation 1 with the standard merges of the configured methods "
+        True, description="start generation 1 with the standard merges of the configured methods "
         "(task arithmetic lambda 0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
 
 
@@ -144,9 +144,48 @@ class EvaluatorSpec(_Checked):
         return self
 
 
+class PickSpec(_Checked):
+    """A user-named pick: the candidate with the best weighted sum of (direction-oriented) task scores."""
+
+    weights: dict[str, float] = Field(min_length=1, description="task name -> weight")
+
+
 class FinalSpec(_Checked):
-    evaluate_top: int = Field(8, ge=1, description="front members evaluated on every item")
+    """After the search: which candidates are measured on every item, which are exported, and
+    which items are held out of everything but that measurement."""
+
+    evaluate_top: int = Field(8, ge=0, description="front members spread over the front's extent, measured on every item")
+    top_k: int = Field(3, ge=1, description="distinct candidates measured per pick, best estimates first")
+    distinct: float = Field(0.02, ge=0, description="genomes closer than this (max difference in coordinates "
+                            "scaled to their ranges) count as one candidate when choosing what to measure")
     export: list[Literal["best_per_task", "balanced", "front"]] = Field(default_factory=lambda: ["best_per_task", "balanced"])
+    picks: dict[str, PickSpec] = Field(default_factory=dict, description="named weightings, exported as models/<name>")
+    holdout: Literal["auto"] | int | float | None = Field(
+        "auto", description="items per task kept from calibration, anchors and search, measured for the report: "
+        "a fraction in (0, 1), N items, null (none), or auto (20% of tasks with at least 500 items)")
+    baselines: bool = Field(True, description="evaluate the standard merges the genome can express (task "
+                            "arithmetic lambda grid, TIES density 0.2, TSV-M alpha 1) as part of the front")
+
+    @field_validator("holdout", mode="before")
+    @classmethod
+    def _holdout(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # `false` turns it off; `true` says nothing about how many
+            if value:
+                raise ValueError("give a fraction in (0, 1), a number of items, auto, or null (none)")
+            return None
+        if isinstance(value, float) and not 0 < value < 1:
+            raise ValueError(f"a fraction must lie in (0, 1), got {value}")
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"a number of items must be at least 0, got {value}")
+        return value or None if value != "auto" else value
+
+    @field_validator("picks")
+    @classmethod
+    def _pick_names(cls, picks: dict[str, PickSpec]) -> dict[str, PickSpec]:
+        bad = next((name for name in picks if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name)), None)
+        if bad is not None:  # the name becomes a folder under models/
+            raise ValueError(f"{bad!r}: a pick name is a folder name: letters, digits, '_', '.', '-'")
+        return picks
 
 
 class AlignSpec(_Checked):
@@ -278,6 +317,17 @@ class Campaign(_Checked):
             raise ValueError(f"objective.weights: {name} optimises every task; weights are for ga or cmaes")
         if name == "nsga3" and len(labels) < 2:
             raise ValueError(f"algorithm.name: {name} needs at least two tasks")
+        return self
+
+    @model_validator(mode="after")
+    def _pick_weights(self) -> Campaign:
+        labels = [t.label for t in self.tasks]
+        for name, pick in self.final.picks.items():
+            unknown = next((k for k in pick.weights if k not in labels), None)
+            if unknown is not None:
+                raise ValueError(f"final.picks.{name}.weights.{unknown}: not a task name (tasks: {', '.join(labels)})")
+            if not any(w > 0 for w in pick.weights.values()):
+                raise ValueError(f"final.picks.{name}.weights: give at least one positive weight")
         return self
 
     @classmethod

@@ -63,6 +63,35 @@ def make_recipes(out: Path) -> None:
                     {"filter": "self_attn", "value": [0.0, 1.0]}, {"value": 0.5}]}},
                     {"model": str(fts[1]), "parameters": {"weight": 0.3}}]}
     (out / "task_arithmetic_gradient_filter.yaml").write_text(yaml.safe_dump(gradient, sort_keys=False))
+    chat, adapter = chat_variant(fts[1], out / "models" / "chat"), lora_adapter(fts[0], out / "models" / "lora")
+    union = {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+             "tokenizer_source": "union", "models": [{"model": f"{fts[0]}+{adapter}", "parameters": {"weight": 0.6}},
+                                                     {"model": str(chat), "parameters": {"weight": 0.4}}]}
+    (out / "task_arithmetic_union_lora.yaml").write_text(yaml.safe_dump(union, sort_keys=False))
+
+
+def chat_variant(model_dir: Path, out: Path) -> Path:
+    """A copy whose tokenizer adds two chat tokens (embedding rows resized), as chat fine-tunes do."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def lora_adapter(model_dir: Path, out: Path) -> Path:
+    """A random (non-zero) PEFT LoRA adapter for the model's attention projections."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -91,14 +120,15 @@ def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[int
 def run(recipe: Path, mergekit: str | None, work: Path) -> str:
     ours = work / f"{recipe.stem}-evo"
     done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(ours)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return f"| {recipe.stem} | evo-merge failed: {done.stderr.strip().splitlines()[-1]} | | | |"
     if mergekit is None:
         return f"| {recipe.stem} | {len(tensors(ours))} (evo-merge only) | | | |"
     theirs = work / f"{recipe.stem}-mk"
-    done = subprocess.run([mergekit, str(recipe), str(theirs), "--quiet", "--random-seed", "0"],
-                          capture_output=True, text=True)
+    done = subprocess.run([mergekit, str(recipe), str(theirs), "--quiet", "--random-seed", "0",
+                           "--lora-merge-cache", str(work / "lora-cache")],
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return f"| {recipe.stem} | mergekit failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:80]} | | | |"
     n, same, max_abs, max_rel = compare(tensors(ours), tensors(theirs))

@@ -32,14 +32,6 @@ def _runner(run: Path, campaign_file: Path | None = None):
     return CampaignRunner.open(Campaign.load(campaign_file), campaign_file.parent, run)
 
 
-def _workspace(run: Path):
-    from evo_merge.config import Campaign
-    from evo_merge.search.workspace import Workspace
-
-    campaign_file = _campaign_file(run)
-    return Workspace.open(Campaign.load(campaign_file), campaign_file.parent, run)
-
-
 def _store(run: Path):
     """The run's store and facts, opened without the campaign's models or tasks."""
     from evo_merge.search.store import CampaignStore
@@ -64,19 +56,27 @@ def _summary_table(runner, measured, exported):
     from rich.table import Table
 
     from evo_merge.search.candidate import reference_candidates
+    from evo_merge.search.holdout import held_out_scores
 
-    names = runner.objectives.names
-    table = Table(title="endpoints vs chosen merges (estimated / measured on all items)")
+    names, store = runner.objectives.names, runner.workspace.store
+    with_holdout = any(runner.holdout.values())
+    table = Table(title="endpoints vs chosen merges (estimated / measured on the search items"
+                  + (" / measured on the held-out items)" if with_holdout else ")"))
     table.add_column("model")
     for task in names:
         table.add_column(task, justify="right")
+
+    def cells(e, scores):
+        held = held_out_scores(store, e.key, runner.holdout) or {}
+        return [" / ".join(f"{s[t]:.3f}" for s in (*scores, held) if t in s) for t in names]
+
     for label, candidate in reference_candidates(runner.workspace.endpoint_labels()):
-        e = runner.workspace.store.get(candidate.key)
+        e = store.get(candidate.key)
         if e is not None and e.measured:
-            table.add_row(label, *[f"{e.measured[t]:.3f}" for t in names])
+            table.add_row(label, *cells(e, [e.measured]))
     for name, (eid, _) in exported.items():
         e = next(m for m in measured if m.id == eid)
-        table.add_row(f"{name} ({e.method})", *[f"{e.estimates[t]:.3f} / {e.measured[t]:.3f}" for t in names])
+        table.add_row(f"{name} ({e.method})", *cells(e, [e.estimates, e.measured]))
     return table
 
 
@@ -202,7 +202,9 @@ def report(run: Path) -> None:
 def export(run: Path, pick: int, out: Path, overwrite: bool, repo_id: str | None, private: bool,
            revision: str | None, dry_run: bool) -> None:
     """Export one evaluated candidate of a run as a model folder (merged from the checkpoints by its
-    recipe), and push it to the Hugging Face Hub with --push-to-hub."""
+    recipe), and push it to the Hugging Face Hub with --push-to-hub. A candidate not yet scored on
+    every item (held-out ones included) is measured first and the result stored, so the card and
+    `evo-merge report` show its measured scores."""
     from evo_merge.errors import UserError
     from evo_merge.report.upload import check_repo_id
     from evo_merge.search.export import export_candidate
@@ -211,11 +213,17 @@ def export(run: Path, pick: int, out: Path, overwrite: bool, repo_id: str | None
         check_repo_id(repo_id)  # before the export's minutes, not after
     elif private or revision or dry_run:
         raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
-    workspace = _workspace(run)
-    evaluation = next((e for e in workspace.store.evaluations() if e.id == pick), None)
-    if evaluation is None or evaluation.status != "ok":
-        raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
-    folder = export_candidate(workspace, evaluation, out, overwrite=overwrite)
+    with _holding(run):
+        runner = _runner(run)
+        store = runner.workspace.store
+        evaluation = next((e for e in store.evaluations() if e.id == pick), None)
+        if evaluation is None or evaluation.status != "ok":
+            raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
+        try:
+            runner.log.measure([evaluation], f"measuring evaluation {pick}")
+        finally:
+            runner.close()
+    folder = export_candidate(runner.workspace, store.get(evaluation.key), out, overwrite=overwrite)
     click.echo(f"wrote {folder}")
     if repo_id is not None:
         _push(folder, repo_id, private=private, revision=revision, dry_run=dry_run)

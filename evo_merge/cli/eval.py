@@ -53,10 +53,11 @@ def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:
     from evo_merge.mass.model import MASS_JSON, load_mass
     from evo_merge.weights.folder import load_model_folder
 
-    if not allow_pickle and model_dir.is_dir() and not any(model_dir.glob("*.safetensors")):
+    mass = (model_dir / MASS_JSON).is_file()
+    if not (mass or allow_pickle) and model_dir.is_dir() and not any(model_dir.glob("*.safetensors")):
         raise UserError(f"model folder {model_dir} has no .safetensors weights (pickle weights need --allow-pickle)")
     try:
-        if (model_dir / MASS_JSON).is_file():
+        if mass:
             model, tokenizer = load_mass(model_dir)
         else:
             model, tokenizer = load_model_folder(model_dir, allow_pickle=allow_pickle)

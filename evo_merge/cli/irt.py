@@ -10,7 +10,14 @@ import click
 from rich.console import Console
 
 from evo_merge.errors import UserError
-from evo_merge.irt import Estimator, IRTModel, estimate_table, load_anchors, load_responses, select_anchors
+from evo_merge.irt import (
+    Estimator,
+    IRTModel,
+    estimate_table,
+    load_anchors,
+    load_responses,
+    select_anchors,
+)
 from evo_merge.irt import validate as run_validation
 from evo_merge.irt.kinds import ANCHOR_METHODS, BACKEND_NAMES, ESTIMATOR_KINDS
 from evo_merge.irt.validation import RANDOM_DRAWS, validation_table

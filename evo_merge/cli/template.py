@@ -44,15 +44,18 @@ estimator:
   dims: auto
 
 # NSGA-II over the mixed genome; population x generations candidates at most.
-# seed_standard_merges: true starts from task arithmetic, TIES and TSV-M with weight 1 each.
+# The first generation starts from task arithmetic, TIES and TSV-M with weight 1 each
+# (seed_standard_merges: false for random merges only).
 algorithm: {{name: nsga2, population: {population}, generations: {generations}, seed: 0}}
 
 # In this process; or {{kind: dask, n_workers: 2}} / {{kind: dask, address: tcp://host:8786}}
 # (pip install 'evo-merge[distributed]'): workers load the models once, the driver keeps the store.
 evaluator: {{kind: local, batch_size: 64}}
 
-# After the search: evaluate the best front members on every item, then export
-# the best model per task and the best balanced one to runs/<name>/models/.
+# After the search: measure on every item each pick's top_k candidates by estimate (default 3)
+# and evaluate_top members spread over the front, then export the best *measured* model per
+# task and the best balanced one to runs/<name>/models/. holdout (default auto: 20% of the
+# items of tasks with 500+ items) keeps items from calibration and search for honest scores.
 final: {{evaluate_top: {top}, export: [best_per_task, balanced]}}
 
 dtype: float32

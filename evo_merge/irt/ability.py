@@ -8,6 +8,7 @@ estimate finite when every observed response is correct (or every one wrong).
 from __future__ import annotations
 
 import numpy as np
+
 from evo_merge.irt.twopl import logit_2pl, prob_2pl
 
 MAX_STEP = 3.0  # cap on one Newton step (in parameter norm): keeps far starts from overshooting

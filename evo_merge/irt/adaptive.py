@@ -20,7 +20,7 @@ item parameters taken as known) plus the binomial noise of the unseen items.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 

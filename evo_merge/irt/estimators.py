@@ -3,7 +3,7 @@
 Built once per (model, anchors, kind), then `estimate` is called for every candidate of the
 search, so everything that does not depend on the candidate's scores is precomputed here.
 
-For a scenario with N items of which n were seen (DESIGN.md §5):
+For a scenario with N items of which n were seen:
   anchor  Σ w_i y_i
   pirt    (n/N)·mean(seen) + (1 − n/N)·mean over unseen items of σ(α_iᵀθ̂ − β_i)
   gpirt   λ·anchor + (1 − λ)·pirt,  λ = b̂²/(σ̂² + b̂²)
@@ -21,8 +21,9 @@ the anchors' effective size, v̂·(1 − n/N)/n_eff with n_eff = (Σw)²/Σw².
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,12 @@ from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.irt.anchors import SELECTABLE, Anchors, select_anchors
 from evo_merge.irt.kinds import ESTIMATOR_KINDS
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
-from evo_merge.irt.responses import RESERVED_SCENARIO, ResponseMatrix, binarise, validate_responses
+from evo_merge.irt.responses import (
+    RESERVED_SCENARIO,
+    ResponseMatrix,
+    binarise,
+    validate_responses,
+)
 from evo_merge.irt.result import Estimate
 from evo_merge.irt.twopl import prob_2pl
 

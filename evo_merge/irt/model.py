@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,11 @@ import pandas as pd
 from evo_merge.errors import UserError
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.backends import BACKENDS, THETA_SD
-from evo_merge.irt.responses import ResponseMatrix, accuracy_preserving_threshold, binarise
+from evo_merge.irt.responses import (
+    ResponseMatrix,
+    accuracy_preserving_threshold,
+    binarise,
+)
 from evo_merge.irt.twopl import prob_2pl
 
 FORMAT_VERSION = 2
@@ -130,7 +135,7 @@ class IRTModel:
         seed: int = 0,
         dims_grid: Sequence[int] = DIMS_GRID,
         **backend_options: Any,
-    ) -> "IRTModel":
+    ) -> IRTModel:
         """Fit on a validated long table (see `load_responses`).
 
         The subjects are split in two halves and each half's item parameters are fitted on the
@@ -210,7 +215,7 @@ class IRTModel:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "IRTModel":
+    def load(cls, directory: str | Path) -> IRTModel:
         directory = Path(directory)
         meta_path, npz_path = directory / "model.json", directory / "params.npz"
         for p in (meta_path, npz_path):

@@ -114,7 +114,7 @@ class ResponseMatrix:
     item_scenarios: list[str]
 
     @classmethod
-    def from_long(cls, long: pd.DataFrame, items: list[str] | None = None) -> "ResponseMatrix":
+    def from_long(cls, long: pd.DataFrame, items: list[str] | None = None) -> ResponseMatrix:
         """Pivot a validated long table; `items` fixes the column order (unknown items are an error)."""
         subjects = list(dict.fromkeys(long["subject"]))
         scen_of = dict(zip(long["item"], long["scenario"]))

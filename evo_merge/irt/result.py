@@ -5,7 +5,7 @@ A dict subclass, so callers that index `result["overall"]` keep working unchange
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 
 class Estimate(dict):

@@ -1,5 +1,8 @@
 """Merge methods (a registry of per-tensor functions), the streaming merge and the in-place merger."""
 
+# the built-in methods register themselves on import; importing them here (not from the
+# registry) keeps the registry free of a circle with the modules that use it
+from evo_merge.merge import geometric, methods, selective, sparse, subspace  # noqa: F401
 from evo_merge.merge.registry import (
     Hyperparameter,
     MergeMethod,
@@ -8,9 +11,5 @@ from evo_merge.merge.registry import (
     list_methods,
     register_method,
 )
-
-# the built-in methods register themselves on import; importing them here (not from the
-# registry) keeps the registry free of a circle with the modules that use it
-from evo_merge.merge import geometric, methods, selective, sparse, subspace  # noqa: E402,F401  isort: skip
 
 __all__ = ["Hyperparameter", "MergeMethod", "combine_pieces", "get_method", "list_methods", "register_method"]

@@ -41,7 +41,7 @@ def export_merge(
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()
-    folder = plan.tokenizer_source if plan.tokenizer_source.is_dir() else None  # a bare state dict has none
+    folder = plan.donor_path if plan.donor_path.is_dir() else None  # a bare state dict has none
     config = dict(plan.config)
     extra: dict[str, str | bytes] = {}
     if plan.tokens is not None:

@@ -30,7 +30,11 @@ def kind_hyperparameters(name: str) -> tuple[Hyperparameter, ...]:
         return MASS_HYPERPARAMETERS
     if name not in list_methods():
         raise UserError(f"unknown merge method {name!r} (known: {', '.join(list_kinds())})")
-    return get_method(name).hyperparameters
+    method = get_method(name)
+    if method.n_models[1] == 0:
+        raise UserError(f"{name} copies one model's tensors (for stacking slices); it merges nothing "
+                        "a search could vary")
+    return method.hyperparameters
 
 
 def list_kinds() -> list[str]:

@@ -5,6 +5,10 @@ linear and TIES and off for task arithmetic and DARE; TIES and DARE trim each te
 (mergekit's per-tensor trimming, not the TIES paper's whole-model trimming); weights are applied
 before sign election; an entry whose weighted deltas sum to exactly zero elects the positive sign
 and an entry whose delta is zero never votes.
+
+DARE is the exception: its drop masks come from a generator seeded per (recipe seed, tensor,
+model), so a recipe rebuilds the same weights in any order, and survivors are divided by the
+density (unbiased); mergekit draws from torch's global generator and rescales to the L1 norm.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ from evo_merge.merge.registry import MergeMethod, get_method
 from evo_merge.merge.settings import MISSING, layer_position, lookup
 from evo_merge.merge.tokens import TokenPlan, plan_tokens
 from evo_merge.weights import Checkpoint, parse_dtype
+from evo_merge.weights.compat import check_architectures
 from evo_merge.weights.dtypes import dtype_name
-from evo_merge.weights.lora import LoraCheckpoint
-from evo_merge.weights.references import ModelRef, resolve_reference
+from evo_merge.weights.references import ModelRef, open_reference, resolve_reference
 
 WEIGHT = "weight"
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -79,15 +79,7 @@ class MergePlan:
     names: dict[str, str] = field(default_factory=dict)  # recipe reference -> resolved name
 
     @property
-    def base(self) -> str:
-        return self.refs[self.donor].name
-
-    @property
-    def models(self) -> list[str]:
-        return [r.name for r in self.refs if r.name != self.base]
-
-    @property
-    def tokenizer_source(self) -> Path:
+    def donor_path(self) -> Path:
         return self.refs[self.donor].path
 
     def recipe(self) -> Recipe:
@@ -105,7 +97,7 @@ class MergePlan:
         return Recipe.model_validate(data)
 
     def open(self) -> list[Checkpoint]:
-        return [open_ref(r, self.allow_pickle) for r in self.refs]
+        return [open_reference(r, self.allow_pickle) for r in self.refs]
 
 
 def _rename_models(data: dict, names: dict[str, str]) -> None:
@@ -130,12 +122,6 @@ def _rename_models(data: dict, names: dict[str, str]) -> None:
             data[key] = names[data[key]]
     if tokenizer.get("source") in names:
         tokenizer["source"] = names[tokenizer["source"]]
-
-
-def open_ref(ref: ModelRef, allow_pickle: bool = False) -> Checkpoint:
-    if ref.lora is not None:
-        return LoraCheckpoint.open_with_adapter(ref.path, ref.lora, allow_pickle=allow_pickle)
-    return Checkpoint.open(ref.path, allow_pickle=allow_pickle)
 
 
 def plan_from_recipe(
@@ -294,8 +280,9 @@ def _slice_jobs(method: MergeMethod, groups: list[Group], checkpoints: list[Chec
 def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> MergePlan:
     method = get_method(recipe.merge_method)
     refs, index = _resolve_all(recipe, root)
-    checkpoints = [open_ref(r, allow_pickle) for r in refs]
+    checkpoints = [open_reference(r, allow_pickle) for r in refs]
     try:
+        check_architectures(checkpoints)
         if recipe.slices is not None:
             groups = _slice_groups(recipe, method, index, [layers.count_layers(c.names) for c in checkpoints])
         else:

@@ -86,6 +86,7 @@ class MergeMethod:
     # hyperparameters the pieces depend on: the in-place merger caches pieces per their values
     piece_params: tuple[str, ...] = field(default=())
     base: str = "required"
+    uses_weights: bool = True  # False: the per-model weights play no part (mergekit ignores them too)
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
         return next((h for h in self.hyperparameters if h.name == name), None)
@@ -128,6 +129,7 @@ def register_method(
     scale: ScaleFn | None = None,
     piece_params: Sequence[str] = (),
     base: str = "required",
+    uses_weights: bool = True,
     replace: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
@@ -146,6 +148,7 @@ def register_method(
             raise ValueError(f"merge method {name!r} is already registered")
         if scale is None:
             method = MergeMethod(name, tuple(hyperparameters), fn=func, n_models=n_models, base=base,
+                                 uses_weights=uses_weights,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         else:
             def fn(base, deltas, weights, params, tensor_name, _pieces=func):
@@ -153,6 +156,7 @@ def register_method(
                                       scale(weights, params))
             method = MergeMethod(name, tuple(hyperparameters), fn=fn, pieces=func, scale=scale,
                                  n_models=n_models, piece_params=tuple(piece_params), base=base,
+                                 uses_weights=uses_weights,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         _REGISTRY[name] = method
         return func

@@ -12,7 +12,7 @@ from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
 
 
-@register_method("model_stock", n_models=(2, None), hyperparameters=[
+@register_method("model_stock", uses_weights=False, n_models=(2, None), hyperparameters=[
     H("filter_wise", False, searchable=False, help="one interpolation ratio per row, not per tensor"),
 ])
 def model_stock(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
@@ -37,9 +37,9 @@ def model_stock(base, deltas, weights, params: Params, name: str) -> torch.Tenso
     return (t * average + (1 - t) * w0).reshape(shape)
 
 
-@register_method("nearswap", n_models=(1, 1), hyperparameters=[
-    H("t", 0.0, 0.0, None, required=True, searchable=False,
-      help="distance below which entries take the other model's value"),
+@register_method("nearswap", uses_weights=False, n_models=(1, 1), hyperparameters=[
+    H("t", 0.001, 0.0, None, required=True, search_range=(0.0001, 0.01),
+      help="distance below which entries take the other model's value (required in recipes)"),
 ])
 def nearswap(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """NearSwap: take the other model's entry where it is within t of the base's, and blend
@@ -57,7 +57,7 @@ def fusion_quantiles(scores: torch.Tensor, qs: list[float]) -> list[torch.Tensor
     return [ordered[int(q * (ordered.numel() - 1))] for q in qs]
 
 
-@register_method("arcee_fusion", n_models=(1, 1))
+@register_method("arcee_fusion", uses_weights=False, n_models=(1, 1))
 def arcee_fusion(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Arcee Fusion: keep the changes whose importance (|delta| times the row's softmax KL
     divergence) exceeds median + 1.5 IQR; drop the rest."""
@@ -71,7 +71,7 @@ def arcee_fusion(base, deltas, weights, params: Params, name: str) -> torch.Tens
     return base + deltas[0] * mask
 
 
-@register_method("passthrough", n_models=(0, 0), base="first", hyperparameters=[
+@register_method("passthrough", uses_weights=False, n_models=(0, 0), base="first", hyperparameters=[
     H("scale", 1.0, None, None, searchable=False, help="multiply the tensor by this"),
 ])
 def passthrough(base, deltas, weights, params: Params, name: str) -> torch.Tensor:

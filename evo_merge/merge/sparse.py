@@ -37,10 +37,8 @@ DELLA_RESCALE = H("rescale", True, searchable=False, help="divide each survivor 
 
 
 def outlier_trim(params: Params) -> Sparsifier:
-    """Breadcrumbs: drop the `gamma` largest and then the smallest entries to keep `density`.
-
-    mergekit selects `indices[n_bot:-n_top]`, which keeps nothing when `n_top` is 0 (a tensor of
-    fewer than 1/gamma entries); here `n_top = 0` drops no outliers (documented difference)."""
+    """Breadcrumbs: drop the `gamma` largest and then the smallest entries to keep `density`
+    (fewer outliers when both together would leave less than `density`), as mergekit 0.1.5."""
     def trim(delta: torch.Tensor, t: int) -> torch.Tensor:
         density = params["density"][t]
         if density >= 1:
@@ -129,7 +127,7 @@ def sce_mask(stacked: torch.Tensor, topk: float) -> torch.Tensor:
     return mask
 
 
-@register_method("sce", hyperparameters=[
+@register_method("sce", uses_weights=False, hyperparameters=[
     H("select_topk", 1.0, 0.0, 1.0, search_range=(0.1, 1.0), help="fraction of high-variance entries kept"),
     INT8_MASK,
 ])

@@ -103,7 +103,7 @@ def _tokenizer(folder: Path | None, what: str):
         raise UserError(f"{what}: no tokenizer (a bare weights file)")
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    except Exception as err:  # transformers raises many kinds for unreadable folders
+    except Exception as err:  # noqa: BLE001  transformers raises many kinds for unreadable folders
         raise UserError(f"{what}: cannot load its tokenizer ({str(err).splitlines()[0]})") from None
 
 

@@ -15,6 +15,8 @@ from evo_merge.markup import html_text, md
 from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import write_html_report
 from evo_merge.search.candidate import Candidate
+from evo_merge.search.front import BASELINE, BASELINES_META
+from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import CampaignStore, Evaluation
@@ -60,7 +62,7 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 5))
     search = table[(table.phase == "search") & (table.status == "ok")]
     ax.scatter(search[f"est_{x}"], search[f"est_{y}"], s=12, alpha=0.4, label="candidates (estimated)")
-    measured = table[table[f"meas_{x}"].notna() & (table.phase == "search")]
+    measured = table[table[f"meas_{x}"].notna() & table.phase.isin(["search", BASELINE])]
     ax.scatter(measured[f"est_{x}"], measured[f"est_{y}"], marker="o", facecolors="none", edgecolors="C1",
                label="front (estimated)")
     ax.scatter(measured[f"meas_{x}"], measured[f"meas_{y}"], marker="*", s=80, color="C1", label="front (measured)")
@@ -96,7 +98,7 @@ def write_report(run_dir: Path, store: CampaignStore, facts: dict,
     tasks = list(objectives.names)
     full_items = sum(t["items"] for t in facts["tasks"])
     table = evaluation_table(store.evaluations(), tasks)
-    front = table[(table.phase == "search") & table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
+    front = table[table.phase.isin(["search", BASELINE]) & table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
     front.to_csv(run_dir / "pareto.csv", index=False)
     progress = progress_table(store, objectives)
     plot_pareto(table, tasks, run_dir / "pareto.png")
@@ -106,15 +108,20 @@ def write_report(run_dir: Path, store: CampaignStore, facts: dict,
     search_items = store.items_evaluated("search")
     n_search = int(((table.phase == "search")).sum())
     failed = table[table.status == "failed"]
+    holdout = store.get_meta(HOLDOUT_META, {})
     facts = [f"evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
              (f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
               f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)"),
              (f"item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
-              f"front {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
-              f"{store.items_evaluated(measured=True):,}")]
-    summary = _summary(table, tasks)
+              f"final phase {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
+              f"{store.items_evaluated(measured=True):,}"),
+             _holdout_fact(holdout)]
+    summary = _summary(table, tasks, store, exported or {})
     lines = ["# Campaign report", "", *[f"- {fact}" for fact in facts], "",
-             "## Reference models and measured front", "",
+             "## Reference models and measured candidates", "",
+             ("Estimated (`est_`) and measured on the search items (`meas_`)"
+              + (", and on the held-out items (`held_`)" if any(holdout.values()) else "")
+              + "; `baseline`: a standard merge; `picked as`: the exports it was chosen for."), "",
              summary.map(lambda v: md(v) if isinstance(v, str) else v).rename(columns=md)
              .to_markdown(index=False, floatfmt=".3f", missingval=""), "",
              "![Pareto front](pareto.png)", "", "![Progress](progress.png)", "",
@@ -134,23 +141,43 @@ def write_report(run_dir: Path, store: CampaignStore, facts: dict,
 
 
 def measured_errors(store: CampaignStore, table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
-    """`table` with `se_<task>`: the standard error of each measured score, from its item scores."""
+    """`table` with `se_<task>`: the standard error of each measured score, from its item scores
+    (on the search items, as the measured score is)."""
     table = table.copy()
     keys = {e.id: e.key for e in store.evaluations()}
+    holdout = {task: set(items) for task, items in store.get_meta(HOLDOUT_META, {}).items()}
     for task in tasks:
         table[f"se_{task}"] = None
     for index, row in table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)].iterrows():
         scores = store.item_scores(keys[row["id"]])
         for task in tasks:
-            if scores.get(task):
-                table.at[index, f"se_{task}"] = mean_and_stderr(scores[task])[1]
+            search = {i: v for i, v in scores.get(task, {}).items() if i not in holdout.get(task, ())}
+            if search:
+                table.at[index, f"se_{task}"] = mean_and_stderr(search)[1]
     return table
 
 
-def _summary(table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
-    """Everything measured on all items: base, endpoints, warm-up merges and the front."""
-    measured = table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
-    cols = ["id", "phase", "method", "weights", "params"] + [c for t in tasks for c in (f"est_{t}", f"est_se_{t}",
-                                                                                       f"meas_{t}")]
-    return measured[cols]
+def _holdout_fact(holdout: dict[str, list[str]]) -> str:
+    if not any(holdout.values()):
+        return "held-out items: none (every reported score is on items the search chose on)"
+    counts = ", ".join(f"{task} {len(items)}" for task, items in holdout.items())
+    return f"held-out items (never seen by calibration, anchors or search): {counts}"
+
+
+def _summary(table: pd.DataFrame, tasks: Sequence[str], store: CampaignStore,
+             exported: dict[str, tuple[int, Path]]) -> pd.DataFrame:
+    """Everything measured on all items: base, endpoints, warm-up merges, baselines and the
+    final phase's candidates, with held-out scores and the picks each was exported as."""
+    measured = table[table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)].copy()
+    holdout, baselines = store.get_meta(HOLDOUT_META, {}), store.get_meta(BASELINES_META, {})
+    by_id = {e.id: e.key for e in store.evaluations()}
+    keys = [by_id[i] for i in measured.id]
+    held = [held_out_scores(store, key, holdout) or {} for key in keys]
+    measured["baseline"] = [baselines.get(key, "") for key in keys]
+    measured["picked as"] = [", ".join(n for n, (i, _) in exported.items() if i == e) for e in measured.id]
+    for t in tasks:
+        measured[f"held_{t}"] = [h.get(t) for h in held]
+    columns = [(f"est_{t}", f"est_se_{t}", f"meas_{t}") + ((f"held_{t}",) if holdout.get(t) else ()) for t in tasks]
+    cols = ["id", "phase", "method", "weights", "params", "baseline", "picked as"] + [c for group in columns for c in group]
+    return measured[cols].astype(object).where(measured[cols].notna(), None)  # blank, not nan, where not measured
 

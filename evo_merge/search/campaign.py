@@ -1,4 +1,4 @@
-"""The campaign: calibrate IRT, run the ask-and-tell search, measure the front, export.
+"""The campaign: calibrate IRT, run the ask-and-tell search, measure the picks' candidates, export.
 
 `CampaignRunner.open` does the one-off work (resolve, align, bind the run folder, build the
 tasks); the runner then composes the parts, each taking its collaborators as arguments:
@@ -15,14 +15,16 @@ from pathlib import Path
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
 from evo_merge.search.algorithms import SearchAlgorithm, make_algorithm
-from evo_merge.search.candidate import standard_merges
+from evo_merge.search.candidate import Candidate, reference_candidates, standard_merges
 from evo_merge.search.evaluator import Evaluator, task_settings
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_picks, record_task_meta
-from evo_merge.search.front import measure_front, picks
+from evo_merge.search.front import BASELINE, BASELINES_META, choose, measure_final
+from evo_merge.search.holdout import HOLDOUT_META, holdout_items
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog, Progress, no_progress
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import Evaluation
@@ -52,8 +54,9 @@ class CampaignRunner:
         campaign = workspace.campaign
         self.workspace, self.tasks, self._factory = workspace, tasks, evaluator_factory
         self.objectives = campaign_objectives(campaign)
+        self.holdout = holdout_items(tasks, campaign.final.holdout, campaign.algorithm.seed)
         self.scoring = Scoring(campaign.estimator, tasks, workspace.store, workspace.run_dir / "irt",
-                               campaign.algorithm.seed)
+                               campaign.algorithm.seed, self.holdout)
         self.log = EvaluationLog(workspace.store, self.evaluator, self.scoring, progress)
         self.on_generation: list[GenerationDone] = []
         self._evaluator: Evaluator | None = None
@@ -91,13 +94,14 @@ class CampaignRunner:
         return self._evaluator
 
     def calibrate(self) -> None:
-        """Base and endpoints on all items (+ warm-up merges when IRT is fitted here), then IRT."""
+        """Base and endpoints on the search items (+ warm-up merges when IRT is fitted here), then IRT."""
         campaign = self.workspace.campaign
+        self.workspace.store.set_meta(HOLDOUT_META, self.holdout)
         space = search_space(self.workspace)
         warmup = space.sample(campaign.estimator.warmup_merges, seed=campaign.algorithm.seed + 1)
         subjects = self.scoring.subjects(len(self.workspace.models), warmup)
         evaluations = self.log.evaluate([c for _, c in subjects], phase=CALIBRATION, generation=None,
-                                        items=self.scoring.all_items(), stage="calibration")
+                                        items=self.scoring.search_items(), stage="calibration")
         for (label, _), evaluation in zip(subjects, evaluations):
             if evaluation.status != "ok" and not label.startswith("warmup-"):  # failed warm-ups are left out
                 raise UserError(f"calibration subject {label} failed to evaluate: {evaluation.error.splitlines()[0]}")
@@ -118,16 +122,32 @@ class CampaignRunner:
         run_search(self.algorithm(), self.log, self.objectives, self.scoring.anchor_items(),
                    self.workspace.campaign.algorithm.generations, notify)
 
-    def measure_front(self) -> list[Evaluation]:
-        return measure_front(self.log, self.objectives, self.workspace.campaign.final.evaluate_top)
+    def evaluate_baselines(self) -> None:
+        """The standard merges the genome can express, on the anchors like any candidate (those
+        the search seeded are looked up): part of the front and picks unless `final.baselines` is off."""
+        space = search_space(self.workspace)
+        merges = {c.key: label for label, c in standard_merges(space.n_models).items()
+                  if space.expressible([c])}
+        self.workspace.store.set_meta(BASELINES_META, merges)
+        if self.workspace.campaign.final.baselines:
+            self.log.evaluate([Candidate.from_key(k) for k in merges], phase=BASELINE, generation=None,
+                              items=self.scoring.anchor_items(), stage="baselines")
+
+    def measure_final(self) -> list[Evaluation]:
+        """Measure each pick's top candidates, the front's spread and the baselines on every item."""
+        references = [c for _, c in reference_candidates(self.workspace.endpoint_labels())]
+        return measure_final(self.log, self.objectives, self.workspace.campaign.final, search_space(self.workspace),
+                             references)
 
     def run(self) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
-        """The whole campaign: (measured front members, exported picks name -> (evaluation id, folder))."""
+        """The whole campaign: (measured candidates, exported picks name -> (evaluation id, folder))."""
         try:
             self.calibrate()
             self.search()
-            measured = self.measure_front()
-            chosen = picks(measured, self.objectives, self.workspace.campaign.final.export)
+            self.evaluate_baselines()
+            resolve_front(self.log, self.objectives)
+            measured = self.measure_final()
+            chosen = choose(measured, self.objectives, self.workspace.campaign.final)
             exported = export_picks(self.workspace, chosen, self._evaluator)
         finally:
             self.close()

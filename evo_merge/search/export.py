@@ -4,28 +4,37 @@ when measured on every item, the lm-eval-style results files beside the weights.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from evo_merge.config import Campaign
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
+from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import Evidence, candidate_kind
 from evo_merge.search.store import CampaignStore, Evaluation
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
 
+def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[str, float]]:
+    """The card's scores: estimated, and measured; with a holdout, `measured` is the held-out
+    score (items no choice was made on) and the search items' score is `measured_search_items`."""
+    held_out = held_out_scores(store, evaluation.key, store.get_meta(HOLDOUT_META, {}))
+    kinds = (("estimated", evaluation.estimates), ("measured", evaluation.measured)) if held_out is None else (
+        ("estimated", evaluation.estimates), ("measured_search_items", evaluation.measured), ("measured", held_out))
+    return {kind: values for kind, values in kinds if values}
+
 
 def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *, evaluator: Evaluator | None = None,
                      overwrite: bool = False) -> Path:
     """Write one evaluation's candidate to `out`; the evaluator's workbench is reused when it has one."""
     candidate = Candidate.from_key(evaluation.key)
-    scores = {kind: values for kind, values in
-              (("estimated", evaluation.estimates), ("measured", evaluation.measured)) if values}
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(
-        candidate, workspace.base, workspace.models, Path(out), scores=scores, out_dtype=workspace.campaign.dtype,
-        bench=bench, overwrite=overwrite, evidence=evidence(workspace.store, evaluation))
+        candidate, workspace.base, workspace.models, Path(out), scores=card_scores(workspace.store, evaluation),
+        out_dtype=workspace.campaign.dtype, bench=bench, overwrite=overwrite,
+        evidence=evidence(workspace.store, evaluation))
 
 
 def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[str, FitnessTask]) -> None:
@@ -36,9 +45,16 @@ def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[st
 
 
 def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
-    """The task metadata, and the per-item scores when the evaluation was measured on every item."""
+    """The task metadata, and the per-item scores when the evaluation was measured on every item:
+    with a holdout, those of the held-out items, as the card's measured scores are."""
     tasks = {name: TaskMeta(**meta) for name, meta in (store.get_meta("task_meta") or {}).items()}
-    return Evidence(tasks, store.item_scores(evaluation.key) if evaluation.measured else None)
+    if not evaluation.measured:
+        return Evidence(tasks, None)
+    scores, holdout = store.item_scores(evaluation.key), store.get_meta(HOLDOUT_META, {})
+    if held_out_scores(store, evaluation.key, holdout) is not None:  # no "all N items" claim on the held-out part
+        scores = {task: {i: scores[task][i] for i in items} for task, items in holdout.items() if items}
+        tasks = {name: replace(meta, n_items=None) if name in scores else meta for name, meta in tasks.items()}
+    return Evidence(tasks, scores)
 
 
 def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluator: Evaluator | None = None

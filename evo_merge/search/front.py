@@ -1,52 +1,141 @@
-"""The front: non-dominated search candidates by estimate, the ones measured on every item, and
-the picks chosen among them (best per task, balanced, or the whole measured front)."""
+"""The final phase: measure what may be exported, then pick among measured candidates.
+
+Estimates rank candidates well on average but not at the top: the best estimate for a task is
+often not the best candidate for it. So for every requested pick (best per task, balanced, each
+named weighting) the `top_k` best candidates *for that pick* by estimate are measured on every
+item, together with front members spread over the front's extent and the standard merges
+(baselines); near-duplicates are skipped so every slot buys a distinct candidate. Picks are then
+chosen on measured scores (search items), never on estimates.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 
+from evo_merge.config import FinalSpec
+from evo_merge.search.candidate import Candidate
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import CampaignStore, Evaluation
 from evo_merge.search.study import SEARCH
 
-MEASURE_STAGE = "full evaluation of the front"
+BASELINE = "baseline"  # phase of the standard merges the search itself did not evaluate
+BASELINES_META = "baselines"  # store meta: candidate key -> baseline label
+MEASURE_STAGE = "final: measuring the picks' candidates"
+PickScore = Callable[[Mapping[str, float]], float]  # task scores -> how good for the pick (higher is better)
+
+
+def candidates(store: CampaignStore) -> list[Evaluation]:
+    """Successful search and baseline evaluations, in a fixed order (ids follow completion order
+    on a cluster, so ties are broken by generation and key)."""
+    done = [e for phase in (SEARCH, BASELINE) for e in store.evaluations(phase) if e.status == "ok"]
+    return sorted(done, key=lambda e: (e.generation or 0, e.key))
 
 
 def front(store: CampaignStore, objectives: Objectives) -> list[Evaluation]:
-    """Non-dominated successful search evaluations, by estimated scores and directions."""
-    done = [e for e in store.evaluations(SEARCH) if e.status == "ok"]
+    """Non-dominated candidates, by estimated scores and directions."""
+    done = candidates(store)
     points = np.array([objectives.vector(e.estimates) for e in done]).reshape(len(done), len(objectives.names))
-    return [done[i] for i in objectives.non_dominated(points)]
+    return [done[i] for i in sorted(objectives.non_dominated(points))]
 
 
-def measure_front(log: EvaluationLog, objectives: Objectives, top: int) -> list[Evaluation]:
-    """Evaluate the `top` front members on every item (balanced ones first); return the measured."""
-    # ties broken by generation and key, not by id: ids follow completion order on a cluster
-    ranked = sorted(front(log.store, objectives),
-                    key=lambda e: (-objectives.balanced(e.estimates), e.generation, e.key))
-    chosen = ranked[:top]
-    log.measure(chosen, MEASURE_STAGE)
-    return [m for m in (log.store.get(e.key) for e in chosen) if m.measured is not None]
+def pick_scores(objectives: Objectives, final: FinalSpec) -> dict[str, PickScore]:
+    """The score each requested pick maximises: a task's oriented score, the balanced mean, or a named weighting."""
+    scores: dict[str, PickScore] = {}
+    if "best_per_task" in final.export:
+        scores.update({f"best-{task}": partial(objectives.goodness, task=task) for task in objectives.names})
+    if "balanced" in final.export:
+        scores["balanced"] = objectives.balanced
+    for name, pick in final.picks.items():
+        scores[name] = Objectives.of(objectives.names, objectives.directions, pick.weights).balanced
+    return scores
 
 
-def picks(measured: Sequence[Evaluation], objectives: Objectives, export: Sequence[str]) -> dict[str, Evaluation]:
-    """The configured choices among the measured front: best per task, best balanced, or all."""
-    chosen: dict[str, Evaluation] = {}
-    if not measured:
+class Distinct:
+    """Whether two candidates are near-duplicates: the same method and either the same recipe
+    rounded to 2 decimals, or every genome coordinate (scaled to its searched range) closer than
+    `tolerance`."""
+
+    def __init__(self, space: SearchSpace, tolerance: float):
+        self.space, self.tolerance = space, tolerance
+
+    def _coordinates(self, candidate: Candidate) -> np.ndarray:
+        low, high = self.space.coefficient_range
+        ranges = self.space.methods.get(candidate.method, {})
+        params = [(v - ranges[k][0]) / (ranges[k][1] - ranges[k][0]) if k in ranges else v for k, v in candidate.params]
+        return np.array([(w - low) / (high - low) for w in candidate.weights] + params, dtype=float)
+
+    def same(self, a: Candidate, b: Candidate) -> bool:
+        if a.method != b.method or len(a.params) != len(b.params):
+            return False
+        ca, cb = self._coordinates(a), self._coordinates(b)
+        rounded = np.array_equal(np.round([*a.weights, *a.param_dict.values()], 2),
+                                 np.round([*b.weights, *b.param_dict.values()], 2))
+        return rounded or float(np.max(np.abs(ca - cb), initial=0.0)) < self.tolerance
+
+    def first(self, ranked: Sequence[Evaluation], k: int, taken: Sequence[Evaluation] = ()) -> list[Evaluation]:
+        """The first `k` of `ranked` that are no near-duplicate of one another nor of `taken`."""
+        chosen: list[Evaluation] = []
+        for e in ranked:
+            if len(chosen) == k:
+                break
+            candidate = Candidate.from_key(e.key)
+            if not any(self.same(candidate, Candidate.from_key(o.key)) for o in (*taken, *chosen)):
+                chosen.append(e)
         return chosen
 
-    def scores(e: Evaluation) -> dict[str, float]:
-        return e.measured or e.estimates
 
-    for pick in export:
-        if pick == "best_per_task":
-            for task in objectives.names:
-                chosen[f"best-{task}"] = max(measured, key=lambda e: objectives.goodness(scores(e), task))
-        elif pick == "balanced":
-            chosen["balanced"] = max(measured, key=lambda e: objectives.balanced(scores(e)))
-        else:
-            chosen.update({f"front-{e.id}": e for e in measured})
+def spread(members: Sequence[Evaluation], objectives: Objectives, n: int, distinct: Distinct) -> list[Evaluation]:
+    """Up to `n` distinct members covering the front's extent: the best estimate per task first,
+    then, one at a time, the member farthest from those chosen (in oriented estimate space)."""
+    chosen: list[Evaluation] = []
+    for task in objectives.names:
+        chosen += distinct.first(sorted(members, key=lambda e: -objectives.goodness(e.estimates, task)), 1, chosen)
+    chosen = chosen[:n]
+    rest = distinct.first(members, len(members), chosen)
+    while len(chosen) < n and rest:
+        points = np.array([objectives.signs() * objectives.vector(e.estimates) for e in chosen])
+        gaps = [float(np.min(np.linalg.norm(points - objectives.signs() * objectives.vector(e.estimates), axis=1)))
+                for e in rest]
+        chosen.append(rest.pop(int(np.argmax(gaps))))
+    return chosen
+
+
+def to_measure(store: CampaignStore, objectives: Objectives, final: FinalSpec, distinct: Distinct) -> list[Evaluation]:
+    """What the final phase measures: each pick's top-k distinct candidates by estimate, the
+    front's spread, and the baselines; in that order, each once."""
+    pool = candidates(store)
+    chosen = [e for score in pick_scores(objectives, final).values()
+              for e in distinct.first(sorted(pool, key=lambda e: -score(e.estimates)), final.top_k)]
+    chosen += spread(front(store, objectives), objectives, final.evaluate_top, distinct)
+    if final.baselines:
+        baselines = store.get_meta(BASELINES_META, {})
+        chosen += [e for e in pool if e.key in baselines]
+    return list({e.key: e for e in chosen}.values())
+
+
+def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, space: SearchSpace,
+                  references: Sequence[Candidate] = ()) -> list[Evaluation]:
+    """Measure the final phase's candidates (and the references' held-out items); return every
+    measured candidate (those measured before, e.g. by `evo-merge export`, included)."""
+    chosen = to_measure(log.store, objectives, final, Distinct(space, final.distinct))
+    log.measure([*chosen, *(e for e in map(log.store.get, (c.key for c in references)) if e is not None)],
+                MEASURE_STAGE)
+    return [e for e in candidates(log.store) if e.measured is not None]
+
+
+def choose(measured: Sequence[Evaluation], objectives: Objectives, final: FinalSpec) -> dict[str, Evaluation]:
+    """Each pick on measured scores (search items): the best measured candidate for it; with
+    `front` in the export list, also every measured candidate no other measured one dominates."""
+    if not measured:
+        return {}
+    chosen = {name: max(measured, key=lambda e: score(e.measured))
+              for name, score in pick_scores(objectives, final).items()}
+    if "front" in final.export:
+        points = np.array([objectives.vector(e.measured) for e in measured])
+        chosen.update({f"front-{measured[i].id}": measured[i] for i in sorted(objectives.non_dominated(points))})
     return chosen

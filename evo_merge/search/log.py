@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import CandidateFailed, Evaluator, ItemScores, Items
-from evo_merge.search.scoring import Scoring, task_scores
+from evo_merge.search.scoring import Scoring
 from evo_merge.search.store import CampaignStore, Evaluation
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -46,7 +46,7 @@ class EvaluationLog:
             self._adapt(unique, stage)
         return [self.store.get(c.key) for c in candidates]
 
-    def _adapt(self, candidates: Sequence[Candidate], stage: str) -> None:
+    def _adapt(self, candidates: Sequence[Candidate], stage: str, precision: float = 1.0) -> None:
         """Score each candidate's next adaptive step until every test is done (or a step fails)."""
         failed: set[str] = set()
         while True:
@@ -54,7 +54,7 @@ class EvaluationLog:
             for candidate in candidates:
                 evaluation = self.store.get(candidate.key)
                 if evaluation.status == "ok" and candidate.key not in failed:
-                    step = self.scoring.next_items(self.store.item_scores(candidate.key))
+                    step = self.scoring.next_items(self.store.item_scores(candidate.key), precision)
                     if step:
                         jobs.append((candidate, step))
             if not jobs:
@@ -85,25 +85,31 @@ class EvaluationLog:
         self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method, status=status,
                        estimates=estimates, item_scores=scores, seconds=seconds, error=error,
                        estimate_se=se if status == "ok" else None)
-        if status == "ok" and all(v is None for v in items.values()):
-            self.store.add_measurement(candidate.key, task_scores(scores, self.scoring.names), {})
+        if status == "ok" and items == self.scoring.search_items():
+            self.store.add_measurement(candidate.key, self.scoring.search_scores(scores), {})
+
+    def refine(self, evaluations: Sequence[Evaluation], precision: float, stage: str) -> None:
+        """Continue the adaptive tests of stored evaluations to a smaller standard error."""
+        self._adapt([Candidate.from_key(e.key) for e in evaluations], stage, precision)
 
     def measure(self, evaluations: Sequence[Evaluation], stage: str) -> None:
-        """Score stored evaluations on the items they miss, and record their full scores."""
-        todo = [e for e in evaluations if e.measured is None]
+        """Score stored evaluations on the items they miss (held-out ones included), and record
+        their scores on the search items."""
+        names = self.scoring.names
+        missing = [(e, {n: items for n in names if (items := self._missing(e.key, n))}) for e in evaluations]
+        todo = [(e, items) for e, items in missing if items and e.status == "ok"]
         self.progress(stage, 0, len(todo))
         if not todo:
             return
-        names = self.scoring.names
-        jobs = [(Candidate.from_key(e.key), {n: self._missing(e.key, n) for n in names}) for e in todo]
+        jobs = [(Candidate.from_key(e.key), items) for e, items in todo]
         for done, (index, outcome, _) in enumerate(self._evaluator().evaluate_many(jobs), start=1):
-            key = todo[index].key
+            key = todo[index][0].key
             if isinstance(outcome, CandidateFailed):  # it worked on the anchors: report, keep the estimate
                 self.store.set_meta(f"measure_failed:{key}", str(outcome))
             else:
                 stored = self.store.item_scores(key)
-                full = {n: {**stored.get(n, {}), **outcome[n]} for n in names}
-                self.store.add_measurement(key, task_scores(full, names), outcome)
+                full = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in names}
+                self.store.add_measurement(key, self.scoring.search_scores(full), outcome)
             self.progress(stage, done, len(todo))
 
     def _missing(self, key: str, name: str) -> list[str]:

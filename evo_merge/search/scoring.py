@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 
 from evo_merge.irt import Estimator, IRTModel, select_anchors
+from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
+from evo_merge.search.holdout import without_items
 from evo_merge.search.store import CampaignStore
 from evo_merge.tasks.base import FitnessTask
 
@@ -34,16 +36,26 @@ def task_scores(scores: ItemScores, names: Sequence[str]) -> dict[str, float]:
 class Scoring:
     """Holds the fitted estimators once `calibrate` ran; `estimate` turns anchor scores into task scores."""
 
-    def __init__(self, spec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path, seed: int):
+    def __init__(self, spec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path, seed: int,
+                 holdout: Mapping[str, Sequence[str]] | None = None):
         self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
+        self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}
         self.estimators: dict[str, Estimator] | None = None
+        self._tighter: dict[tuple[str, float], AdaptiveTest] = {}
 
     @property
     def names(self) -> list[str]:
         return list(self.tasks)
 
-    def all_items(self) -> dict[str, None]:
-        return {name: None for name in self.names}
+    def search_items(self) -> dict[str, list[str] | None]:
+        """Every item calibration and the search may see: all but the held-out ones (None: all)."""
+        return {name: [i for i in task.item_ids if i not in self.holdout[name]] if self.holdout[name] else None
+                for name, task in self.tasks.items()}
+
+    def search_scores(self, scores: ItemScores) -> dict[str, float]:
+        """Mean score per task on its search items (the held-out ones left out)."""
+        return task_scores({n: {i: v for i, v in scores[n].items() if i not in self.holdout[n]} for n in self.names},
+                           self.names)
 
     def subjects(self, n_models: int, warmup: Sequence[Candidate]) -> Subjects:
         """Base and endpoints, then warm-up merges when IRT is fitted here."""
@@ -59,7 +71,7 @@ class Scoring:
 
     def anchor_items(self) -> dict[str, list[str] | None]:
         if self.estimators is None:
-            return self.all_items()
+            return self.search_items()
         return {name: list(self.estimators[name].anchor_ids) for name in self.names}
 
     def estimate(self, scores: ItemScores) -> tuple[dict[str, float], dict[str, float] | None]:
@@ -71,14 +83,28 @@ class Scoring:
         return ({name: float(np.clip(r["overall"], 0.0, 1.0)) for name, r in results.items()},
                 {name: float(r.se["overall"]) for name, r in results.items()})
 
-    def next_items(self, scores: ItemScores) -> dict[str, list[str]] | None:
+    def next_items(self, scores: ItemScores, precision: float = 1.0) -> dict[str, list[str]] | None:
         """An adaptive test's next step per task (None when every task's test is done, or for
-        fixed anchors)."""
+        fixed anchors). `precision` below 1 continues the test to a smaller standard error
+        (target × precision) with a larger item budget (max_items / precision)."""
         if self.estimators is None or self.spec.kind != "adaptive":
             return None
-        steps = {name: self.estimators[name].adaptive.next_items(scores.get(name, {})) for name in self.names}
+        steps = {name: self._test(name, precision).next_items(scores.get(name, {})) for name in self.names}
         steps = {name: items for name, items in steps.items() if items}
         return steps or None
+
+    def adaptive(self) -> bool:
+        return self.estimators is not None and self.spec.kind == "adaptive"
+
+    def _test(self, name: str, precision: float) -> AdaptiveTest:
+        test = self.estimators[name].adaptive
+        if precision == 1.0:
+            return test
+        key = (name, precision)
+        if key not in self._tighter:
+            self._tighter[key] = AdaptiveTest(test.model, test.target_se * precision,
+                                              max(1, round(test.max_items / precision)), test.step, seed=test.seed)
+        return self._tighter[key]
 
     def item_count(self) -> dict[str, int]:
         return {name: len(task.item_ids) for name, task in self.tasks.items()}
@@ -87,15 +113,16 @@ class Scoring:
         scenarios = self.tasks[name].scenarios or {}
         rows = [(label, item, score, scenarios.get(item, name))
                 for label, candidate in subjects
-                for item, score in self.store.item_scores(candidate.key, name).get(name, {}).items()]
+                for item, score in self.store.item_scores(candidate.key, name).get(name, {}).items()
+                if item not in self.holdout[name]]  # endpoints measured on the holdout since: never fitted on
         return pd.DataFrame(rows, columns=["subject", "item", "score", "scenario"])
 
     def _estimator(self, name: str, subjects: Subjects) -> Estimator:
         spec = self.spec
         folder = self.irt_dir / name
         endpoints = [label for label, _ in subjects if label.startswith("endpoint-")]
-        if spec.irt_model is not None:
-            model = IRTModel.load(Path(spec.irt_model) / name)
+        if spec.irt_model is not None:  # fitted elsewhere, perhaps on every item: held-out ones are dropped
+            model = without_items(IRTModel.load(Path(spec.irt_model) / name), self.holdout[name])
             endpoint_arg: Sequence[str] | pd.DataFrame = self._responses(name, [s for s in subjects if s[0] in endpoints])
         elif (folder / "model.json").exists():
             model, endpoint_arg = IRTModel.load(folder), endpoints

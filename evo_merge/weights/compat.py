@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from evo_merge.errors import UserError
 from evo_merge.weights.checkpoint import Checkpoint
 
-CONFIG_KEYS = ("model_type", "architectures", "vocab_size")
+ARCHITECTURE_KEYS = ("model_type", "architectures")
+CONFIG_KEYS = (*ARCHITECTURE_KEYS, "vocab_size")
 
 
 def check_compatible(checkpoints: Sequence[Checkpoint]) -> None:
@@ -22,14 +23,25 @@ def check_compatible(checkpoints: Sequence[Checkpoint]) -> None:
         _check_pair(reference, other)
 
 
+def check_architectures(checkpoints: Sequence[Checkpoint]) -> None:
+    """Raise UserError if two configs name different architectures (vocabularies and depths may
+    differ: recipes with slices or a tokenizer section handle those tensor by tensor)."""
+    for other in checkpoints[1:]:
+        _check_config(checkpoints[0], other, ARCHITECTURE_KEYS)
+
+
+def _check_config(a: Checkpoint, b: Checkpoint, keys: Sequence[str]) -> None:
+    if a.config is None or b.config is None:
+        return
+    for key in keys:
+        if a.config.get(key) != b.config.get(key):
+            raise UserError(f"config.json '{key}' differs between {a.path} and {b.path}: "
+                            f"{a.config.get(key)!r} vs {b.config.get(key)!r}")
+
+
 def _check_pair(a: Checkpoint, b: Checkpoint) -> None:
     pair = f"{a.path} and {b.path}"
-    if a.config is not None and b.config is not None:
-        for key in CONFIG_KEYS:
-            if a.config.get(key) != b.config.get(key):
-                raise UserError(
-                    f"config.json '{key}' differs between {pair}: {a.config.get(key)!r} vs {b.config.get(key)!r}"
-                )
+    _check_config(a, b, CONFIG_KEYS)
     _check_vocab(a, b, pair)
     for first, second in ((a, b), (b, a)):
         missing = next((name for name in first.names if name not in second), None)

@@ -24,7 +24,12 @@ from safetensors.torch import save_file
 
 from evo_merge.errors import UserError
 from evo_merge.weights.arch import hf_model_type
-from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, tokenizer_files
+from evo_merge.weights.checkpoint import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    tokenizer_files,
+)
 from evo_merge.weights.dtypes import dtype_name
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
@@ -72,7 +77,7 @@ def write_model_folder(
         _write_config(tmp, config, written_dtypes)
         for name, content in extra_files.items():
             _write_extra(tmp, name, content)
-        _umask_modes(tmp)
+        umask_modes(tmp)
         replace_folder(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -208,7 +213,7 @@ def _hidden_sibling(out: Path, kind: str) -> Path:
             continue
 
 
-def _umask_modes(folder: Path) -> None:
+def umask_modes(folder: Path) -> None:
     """Give the files the mode a new file gets under the umask (as `folder` got): safetensors
     writes 0600 and copies keep their source's mode."""
     mode = stat.S_IMODE(folder.stat().st_mode) & 0o666

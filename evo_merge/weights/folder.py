@@ -23,7 +23,7 @@ from evo_merge.errors import UserError
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import Checkpoint, read_config, tokenizer_files
 from evo_merge.weights.dtypes import parse_dtype
-from evo_merge.weights.export import replace_folder, write_model_folder
+from evo_merge.weights.export import replace_folder, umask_modes, write_model_folder
 from evo_merge.weights.nets import build_net
 
 
@@ -118,6 +118,7 @@ def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp / "model"
+        umask_modes(tmp / "model")  # save_pretrained writes its safetensors 0600
         replace_folder(tmp / "model", out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,6 +12,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import safe_open
@@ -36,7 +37,7 @@ def _pattern_value(patterns: dict, module: str, default: float) -> float:
 class LoraCheckpoint(Checkpoint):
     """`Checkpoint` whose tensors include a LoRA adapter's update."""
 
-    _updates: dict[str, tuple] = {}
+    _updates: ClassVar[dict[str, tuple]] = {}  # none until an adapter is loaded
 
     @classmethod
     def open_with_adapter(cls, path: Path, adapter: Path, *, allow_pickle: bool = False) -> LoraCheckpoint:
@@ -53,7 +54,7 @@ class LoraCheckpoint(Checkpoint):
             raise UserError(f"{config_file}: peft_type {config.get('peft_type')!r} is not LORA")
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         with safe_open(str(weights_file), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 match = _KEY.match(key)
                 if match is None:
                     raise UserError(f"{weights_file}: {key} is not a LoRA A/B matrix (only LoRA adapters are supported)")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evo_merge.errors import UserError
+from evo_merge.weights.checkpoint import Checkpoint
+from evo_merge.weights.lora import LoraCheckpoint
 
 _REVISION = re.compile(r"^[\w.\-/]+$")
 
@@ -37,6 +39,13 @@ def resolve_reference(value: str, root: Path, key: str) -> ModelRef:
     if adapter is None or not adapter.is_dir():
         raise UserError(f"{key}: LoRA adapter folder {lora!r} not found")
     return ModelRef(f"{name}+{adapter}", path, adapter)
+
+
+def open_reference(ref: ModelRef, allow_pickle: bool = False) -> Checkpoint:
+    """The checkpoint of a resolved reference, with its LoRA adapter folded in if it has one."""
+    if ref.lora is not None:
+        return LoraCheckpoint.open_with_adapter(ref.path, ref.lora, allow_pickle=allow_pickle)
+    return Checkpoint.open(ref.path, allow_pickle=allow_pickle)
 
 
 def _split_lora(value: str, root: Path) -> tuple[str, str | None]:

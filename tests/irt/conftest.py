@@ -9,7 +9,6 @@ from evo_merge.irt import IRTModel, validate_responses
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 
 
-
 @pytest.fixture(scope="session")
 def md2pl():
     """100 subjects x 500 items of a 2-dimensional 2PL: (generator, true theta, long responses)."""

@@ -34,7 +34,7 @@ def test_first_pick_is_the_most_informative_item_at_the_prior(make_model):
 
 
 def test_stops_at_the_budget_or_the_target(two_scenarios):
-    gen, _, responses, model = two_scenarios
+    *_, responses, model = two_scenarios
     row = ResponseMatrix.from_long(responses, model.item_ids).scores[0]
     score, calls = _scorer(row, model.item_ids)
     result = AdaptiveTest(model, target_se=1e-6, max_items=12, step=5).run(score)

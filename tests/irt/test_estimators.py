@@ -10,7 +10,13 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from evo_merge.errors import UserError
-from evo_merge.irt import Anchors, Estimator, IRTModel, select_anchors, validate_responses
+from evo_merge.irt import (
+    Anchors,
+    Estimator,
+    IRTModel,
+    select_anchors,
+    validate_responses,
+)
 from evo_merge.irt.model import ABILITY_PRIOR_SD
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities

@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from evo_merge.errors import UserError
-from evo_merge.irt.responses import ResponseMatrix, accuracy_preserving_threshold, binarise, load_responses
+from evo_merge.irt.responses import (
+    ResponseMatrix,
+    accuracy_preserving_threshold,
+    binarise,
+    load_responses,
+)
 
 
 def _write(tmp_path, text, name="r.csv"):

@@ -129,3 +129,29 @@ def test_new_methods_declare_search_ranges_inside_their_bounds():
     density, epsilon = della.hyperparameter("density"), della.hyperparameter("epsilon")
     # every searched density keeps density +/- the default epsilon inside (0, 1)
     assert density.search_range[0] - epsilon.default > 0 and density.search_range[1] + epsilon.default < 1
+
+
+NEW_METHODS = ["arcee_fusion", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "karcher",
+               "model_stock", "multislerp", "nearswap", "nuslerp", "sce"]
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_every_sampled_search_candidate_is_a_valid_merge(method):
+    from evo_merge.merge.kinds import declared_ranges
+    from evo_merge.search.space import SearchSpace
+
+    m = get_method(method)
+    n_models = m.n_models[1] or 3
+    for candidate in SearchSpace({method: declared_ranges(method, {})}, n_models, (0.0, 1.5)).sample(16, seed=1):
+        params = m.resolve(candidate.param_dict, n_models)  # in bounds, required ones present
+        base = torch.randn(6, 5)
+        out = m.fn(base, [torch.randn(6, 5) * 0.1 for _ in range(n_models)], list(candidate.weights), params,
+                   "model.layers.0.mlp.up_proj.weight")
+        assert out.shape == base.shape and torch.isfinite(out).all()
+
+
+def test_passthrough_is_not_a_search_candidate():
+    from evo_merge.merge.kinds import kind_hyperparameters
+
+    with pytest.raises(UserError, match="passthrough copies"):
+        kind_hyperparameters("passthrough")

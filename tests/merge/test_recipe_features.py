@@ -65,6 +65,14 @@ def merge(tmp_path, recipe, name="out"):
     return result, out
 
 
+def rebuilds_bit_for_bit(folder, tmp_path):
+    again = tmp_path / f"{folder.name}-again"
+    result = CliRunner().invoke(cli, ["merge", str(folder / "merge_recipe.yaml"), "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    first, second = tensors_of(folder), tensors_of(again)
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def generates(folder):
     model = AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -106,7 +114,7 @@ def test_slices_stack_layers_renumbered_and_merge_per_slice(deep, tmp_path):
     assert torch.allclose(merged["lm_head.weight"], 0.25 * f1["lm_head.weight"] + 0.75 * f2["lm_head.weight"],
                           atol=1e-6)  # after the layers: from the last slice
     assert torch.equal(merged["model.embed_tokens.weight"], f1["model.embed_tokens.weight"])  # the first slice
-    assert generates(out)
+    assert generates(out) and rebuilds_bit_for_bit(out, tmp_path)
 
 
 def _lora_adapter(model_dir, out, seed=0):
@@ -167,7 +175,7 @@ def test_published_style_recipe_with_union_tokenizer_lora_gradients_and_filters(
     assert merged["model.embed_tokens.weight"].dtype == torch.bfloat16
     text = tokenizer.apply_chat_template([{"role": "user", "content": "1+1"}], tokenize=False)
     assert text.startswith("<|im_start|>user")
-    assert generates(out)
+    assert generates(out) and rebuilds_bit_for_bit(out, tmp_path)
 
 
 def test_union_tokenizer_needed_when_vocabularies_differ(deep, tmp_path):
@@ -179,6 +187,14 @@ def test_union_tokenizer_needed_when_vocabularies_differ(deep, tmp_path):
     result, out = merge(tmp_path, recipe, "base_vocab")
     assert result.exit_code == 0, result.output
     assert tensors_of(out)["model.embed_tokens.weight"].shape[0] == len(AutoTokenizer.from_pretrained(deep["base"]))
+    # another model's tokenizer: tokens no merged model has get zero rows (mergekit's rule)
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+              "models": [{"model": str(deep["ft1"])}], "tokenizer_source": f"model:{deep['chat']}"}
+    result, out = merge(tmp_path, recipe, "chat_vocab")
+    assert result.exit_code == 0, result.output
+    embed = tensors_of(out)["model.embed_tokens.weight"]
+    assert embed.shape[0] == len(AutoTokenizer.from_pretrained(deep["chat"])) == 102
+    assert torch.equal(embed[-2:], torch.zeros(2, 32)) and embed[:100].abs().sum() > 0
 
 
 BAD = {
@@ -228,7 +244,7 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
     recipe.write_text(yaml.safe_dump({"merge_method": "task_arithmetic", "base_model": repo,
                                       "models": [{"model": str(deep["ft1"]), "parameters": {"weight": 0.5}}]}))
     done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o")],
-                          env=env, capture_output=True, text=True)
+                          env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     written = yaml.safe_load((tmp_path / "o" / "merge_recipe.yaml").read_text())
     assert written["base_model"] == f"{repo}@{commit}"
@@ -236,9 +252,35 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
     assert f"{repo}@{commit}" in card and "snapshots" not in card
     expected = {k: v + 0.5 * (tensors_of(deep["ft1"])[k] - v) for k, v in tensors_of(deep["base"]).items()}
     assert all(torch.allclose(t, expected[k], atol=1e-6) for k, t in tensors_of(tmp_path / "o").items())
+    done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(tmp_path / "o" / "merge_recipe.yaml"),
+                           "--out", str(tmp_path / "again")], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert all(torch.equal(t, tensors_of(tmp_path / "again")[k]) for k, t in tensors_of(tmp_path / "o").items())
 
     recipe.write_text(recipe.read_text().replace(repo, "tiny-org/not-cached"))
     done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o2")],
-                          env=env, capture_output=True, text=True)
+                          env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "not in the local cache" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o2").exists()
+
+
+def test_token_sources_force_and_padding(deep, tmp_path):
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+              "models": [{"model": str(deep["ft1"])}, {"model": str(deep["chat"]), "parameters": {"weight": 0.5}}],
+              "tokenizer": {"source": "union", "pad_to_multiple_of": 8, "tokens": {
+                  "<|im_start|>": {"source": {"kind": "zero"}, "force": True},
+                  "<|im_end|>": {"source": {"kind": "model_token", "model": str(deep["chat"]), "token": "1"}}}}}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    embed = tensors_of(out)["model.embed_tokens.weight"]
+    assert embed.shape[0] == -(-len(tokenizer) // 8) * 8 > len(tokenizer)  # 102 tokens -> 104 rows
+    start, end = tokenizer.convert_tokens_to_ids(CHAT_TOKENS)
+    assert torch.equal(embed[start], torch.zeros(32))  # forced to zeros in every model
+    chat = tensors_of(deep["chat"])["model.embed_tokens.weight"]
+    one = AutoTokenizer.from_pretrained(deep["chat"]).convert_tokens_to_ids("1")
+    # base and ft1 lack <|im_end|>: they take the chat model's row of "1"; the chat model keeps its own
+    expected = chat[one] + 0.5 * (chat[end] - chat[one])
+    assert torch.allclose(embed[end], expected, atol=1e-6)
+    pad = embed[:len(tokenizer)].mean(0)  # padding rows: the mean row (the merge is linear per row)
+    assert torch.allclose(embed[len(tokenizer):], pad.expand(embed.shape[0] - len(tokenizer), -1), atol=1e-6)

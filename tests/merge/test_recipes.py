@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evo_merge.cli import cli
-from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.recipe import Recipe
 from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family
 

@@ -1,13 +1,17 @@
-import sys
-from pathlib import Path
-
 import pytest
 
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.store import CampaignStore
 
-sys.path.insert(0, str(Path(__file__).parent))  # lets the tests import report_helpers
-from report_helpers import EVALUATIONS, TASKS
+from report_store import TASKS  # a plain module: conftest modules of other folders share its name
+
+# (generation, weights, estimates); generation None: calibration, measured on every item
+EVALUATIONS = [
+    (None, (0.0, 0.0), {"alpha": 0.2, "beta": 0.3}),
+    (1, (1.0, 0.0), {"alpha": 0.6, "beta": 0.1}),
+    (1, (0.5, 0.5), {"alpha": 0.4, "beta": 0.4}),
+    (2, (0.2, 0.9), {"alpha": 0.1, "beta": 0.7}),
+]
 
 
 @pytest.fixture
@@ -29,6 +33,9 @@ def small_store(tmp_path):
 def tracked_run(tmp_path_factory):
     """A finished tiny campaign (two agreement tasks) tracked to an MLflow file store:
     (root, run folder, MLflow tracking URI)."""
+    import sys
+    from pathlib import Path
+
     import yaml
     from click.testing import CliRunner
 

@@ -117,7 +117,7 @@ def test_upload_refuses_a_card_with_a_local_path_or_weights_with_nan(tmp_path):
 
 
 def test_reports_escape_user_strings(small_store, tmp_path):
-    from report_helpers import TASKS
+    from report_store import TASKS
 
     small_store.set_meta("facts", {"name": "x", "generations": 2, "weights": None,
                                    "tasks": [{"name": t, "direction": "maximize", "items": 4} for t in TASKS]})

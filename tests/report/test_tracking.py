@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from report_helpers import TASKS
+from report_store import TASKS
 
 from evo_merge.config import Campaign, TrackingSpec
 from evo_merge.errors import UserError

@@ -5,8 +5,9 @@ replay continues from the store without evaluating anything again."""
 import sqlite3
 
 import pytest
-import yaml
 from click.testing import CliRunner
+
+from campaigns import run_campaign, write_campaign  # tests/search is on sys.path
 
 from evo_merge.cli import cli
 from evo_merge.search.store import CampaignStore
@@ -17,19 +18,10 @@ from evo_merge.zoo.tiny import save_tiny_family
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("adaptive")
     base, fts = save_tiny_family(root / "zoo", "llama", n_finetunes=2, noise=0.08)
-    config = {
-        "base_model": str(base), "models": [str(f) for f in fts],
-        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
-                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i}} for i, f in enumerate(fts)],
-        "methods": {"task_arithmetic": {}, "ties": {"density": [0.2, 0.9]}},
-        "estimator": {"kind": "adaptive", "warmup_merges": 5, "dims": 1, "target_se": 0.02, "max_items": 15},
-        "algorithm": {"population": 6, "generations": 2, "seed": 4},
-        "final": {"evaluate_top": 2, "export": ["balanced"]},
-    }
-    (root / "campaign.yaml").write_text(yaml.safe_dump(config))
-    result = CliRunner().invoke(cli, ["run", str(root / "campaign.yaml"), "--out", str(root / "run")])
-    assert result.exit_code == 0, result.output
-    return root / "run"
+    config = write_campaign(root / "campaign.yaml", base, fts, algorithm={"population": 6, "generations": 2, "seed": 4},
+                            estimator={"kind": "adaptive", "warmup_merges": 5, "dims": 1, "target_se": 0.02,
+                                       "max_items": 15})
+    return run_campaign(config, root / "run")
 
 
 def search_items(run):
@@ -41,7 +33,8 @@ def test_candidates_take_more_items_than_the_first_step_and_stay_within_the_budg
     counts = search_items(run)
     first_step = 5 * 2 * 2  # 5 items per scenario, 2 scenarios, 2 tasks: the test's opening step
     assert max(counts.values()) > first_step  # the tests asked for more where the SE was too large
-    assert max(counts.values()) <= 15 * 2 * 2  # max_items per scenario and task
+    # max_items per scenario and task, doubled for front members refined before the final phase
+    assert max(counts.values()) <= 2 * 15 * 2 * 2
     full = 2 * 120  # every item of both tasks
     assert sum(counts.values()) < full * len(counts)
 
@@ -59,3 +52,32 @@ def test_a_replay_continues_every_test_from_the_store(run):
     before = search_items(run)
     assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0
     assert search_items(run) == before
+
+
+def test_refining_continues_a_test_to_a_smaller_error_with_more_items(run):
+    """What `resolve_front` does to an overlapping member: its test goes on at half the target SE."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.campaign import CampaignRunner
+
+    runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+    runner.calibrate()  # replayed: every calibration subject and the IRT models come from the run folder
+    store = runner.workspace.store
+    chosen = max((e for e in store.evaluations("search") if e.status == "ok" and e.measured is None),
+                 key=lambda e: max(e.estimate_se.values()))
+    runner.log.refine([chosen], 0.5, "refine")
+    after = store.get(chosen.key)
+    assert after.items_evaluated > chosen.items_evaluated
+    assert max(after.estimate_se.values()) < max(chosen.estimate_se.values())
+    runner.close()
+
+
+def test_overlap_is_judged_on_every_task():
+    from evo_merge.search.refine import overlapping
+    from evo_merge.search.store import Evaluation
+
+    def ev(i, a, b, se):
+        return Evaluation(i, str(i), "search", 1, "ties", "ok", {"x": a, "y": b}, None, 10, 0.0, None,
+                          {"x": se, "y": se})
+
+    close, near, far = ev(1, 0.50, 0.50, 0.02), ev(2, 0.53, 0.51, 0.02), ev(3, 0.60, 0.40, 0.02)
+    assert [e.id for e in overlapping([close, near, far], ["x", "y"])] == [1, 2]

@@ -4,8 +4,9 @@ without evaluating anything again (the resume path, minus the kill)."""
 import sqlite3
 
 import pytest
-import yaml
 from click.testing import CliRunner
+
+from campaigns import write_campaign  # tests/search is on sys.path
 
 from evo_merge.cli import cli
 from evo_merge.zoo.tiny import save_tiny_family
@@ -17,20 +18,8 @@ def zoo(tmp_path_factory):
 
 
 def config(tmp_path, zoo, name, **extra):
-    base, fts = zoo
-    data = {
-        "base_model": str(base), "models": [str(f) for f in fts],
-        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
-                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i}} for i, f in enumerate(fts)],
-        "methods": {"task_arithmetic": {}, "ties": {"density": [0.2, 0.9]}},
-        "estimator": {"kind": "full"},
-        "algorithm": {"name": name, "population": 4, "generations": 2, "seed": 5},
-        "final": {"evaluate_top": 2, "export": ["balanced"]},
-        **extra,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_campaign(tmp_path / f"{name}.yaml", *zoo, **{
+        "algorithm": {"name": name, "population": 4, "generations": 2, "seed": 5}, **extra})
 
 
 def search_rows(run):

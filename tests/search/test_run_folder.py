@@ -227,3 +227,21 @@ def test_debug_shows_the_traceback(tmp_path):
     assert isinstance(result.exception, UserError) and "missing.yaml" in str(result.exception)
     code, out = invoke("run", tmp_path / "missing.yaml", "--out", tmp_path / "r")
     one_line_error(code, out, "missing.yaml: no such file")
+
+
+def test_a_run_whose_report_failed_is_not_finished_until_resumed(tmp_path, zoo, monkeypatch):  # noqa: F811
+    run = tmp_path / "run"
+    config = campaign(tmp_path, zoo, algorithm={"population": 4, "generations": 1, "seed": 0},
+                      estimator={"kind": "anchor", "anchors": 5}, final={"evaluate_top": 1})
+
+    def full_disk(run_dir, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(run_dir / "report.md"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr("evo_merge.report.campaign.write_report", full_disk)  # the write site
+        code, out = invoke("run", config, "--out", run)
+    assert code == 2 and out.strip().splitlines()[-1] == f"error: {run / 'report.md'}: No space left on device", out
+    code, out = invoke("status", run)
+    assert code == 0 and "generation 1/1" in out and "finished" not in out, out
+    assert invoke("resume", run)[0] == 0
+    assert "generation 1/1 (finished)" in invoke("status", run)[1]

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+
+from campaigns import agreement_tasks, run_campaign, write_campaign  # tests/search is on sys.path
 from huggingface_hub import ModelCard
 
 from evo_merge.cli import cli
@@ -23,21 +25,12 @@ HERE = Path(__file__).parent
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("status")
     base, fts = save_tiny_family(root / "zoo", "llama", n_finetunes=2, noise=0.08)
-    config = {
-        "base_model": str(base), "models": [str(f) for f in fts],
-        "tasks": [{"task": "agreement_task:AgreementTask", "name": "agree0",
-                   "options": {"reference": str(fts[0]), "name": "agree0", "seed": 0}},
-                  {"task": "agreement_task:AgreementTask", "name": "disagree1", "direction": "minimize",
-                   "options": {"reference": str(fts[1]), "name": "disagree1", "seed": 1}}],
-        "methods": {"task_arithmetic": {}},
-        "estimator": {"kind": "full"},
-        "algorithm": {"population": 6, "generations": 2, "seed": 2},
-        "final": {"evaluate_top": 3, "export": ["best_per_task"]},
-    }
-    (root / "campaign.yaml").write_text(yaml.safe_dump(config))
-    result = CliRunner().invoke(cli, ["run", str(root / "campaign.yaml"), "--out", str(root / "run")])
-    assert result.exit_code == 0, result.output
-    return root / "run"
+    tasks = agreement_tasks(fts)
+    tasks[1].update(name="disagree1", direction="minimize")
+    tasks[1]["options"]["name"] = "disagree1"
+    config = write_campaign(root / "campaign.yaml", base, fts, tasks=tasks, methods={"task_arithmetic": {}},
+                            final={"evaluate_top": 3, "export": ["best_per_task"]})
+    return run_campaign(config, root / "run")
 
 
 def test_status_reads_the_store_only(run):

@@ -205,6 +205,19 @@ def test_written_folder_and_files_take_the_umask_modes(llama_family, tmp_path):
     assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o644}
 
 
+def test_a_saved_hf_model_folder_takes_the_umask_modes(tmp_path):
+    from evo_merge.weights.folder import save_model_folder
+    from evo_merge.zoo.tiny import make_tiny_causal_lm
+
+    old = os.umask(0o022)
+    try:
+        out = save_model_folder(tmp_path / "m", make_tiny_causal_lm("llama", vocab_size=16, hidden=8, layers=1, seed=0))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o644}
+
+
 def test_overwrite_replaces_only_a_model_folder_or_an_empty_one(llama_family, tmp_path):
     base, _ = llama_family
     mine = tmp_path / "mine"

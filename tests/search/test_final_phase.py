@@ -1,0 +1,200 @@
+"""The final phase: what is measured, picks on measured scores, held-out items kept from
+everything before it, the standard merges as baselines, and `export --pick` measuring."""
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+from test_campaign import campaign, zoo  # noqa: F401  (the tiny family and the campaign file)
+
+from evo_merge.cli import cli
+from evo_merge.config import Campaign, FinalSpec
+from evo_merge.search.campaign import CampaignRunner, search_space
+from evo_merge.search.candidate import Candidate, standard_merges
+from evo_merge.search.front import Distinct, to_measure
+from evo_merge.search.objectives import Objectives
+from evo_merge.search.space import SearchSpace
+from evo_merge.search.store import CampaignStore
+
+NAMED = {"mostly-agree0": {"weights": {"agree0": 3, "agree1": 1}}}
+
+
+def item_rows(run):
+    """(evaluation key, phase, task, item) of every stored item score."""
+    db = sqlite3.connect(run / "state.sqlite")
+    return db.execute("SELECT e.key, e.phase, s.task, s.item FROM item_scores s "
+                      "JOIN evaluations e ON e.id = s.evaluation_id").fetchall()
+
+
+def card(folder):
+    """The model-index results (task -> value) and the card's `## Scores` table (column -> task -> value)."""
+    text = (folder / "README.md").read_text()
+    index = yaml.safe_load(text.split("---\n")[1])["model-index"][0]["results"]
+    rows = [line.strip("|").split("|") for line in text.split("## Scores")[1].split("\n\n")[1].splitlines()]
+    columns = [c.strip().replace("\\", "") for c in rows[0][1:]]
+    table = {c: {r[0].strip().replace("\\", ""): float(r[i + 1].split("±")[0]) for r in rows[2:]} for i, c in enumerate(columns)}
+    return {r["task"]["name"]: r["metrics"][0]["value"] for r in index}, table
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, zoo):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("final")
+    path = campaign(tmp, zoo, algorithm={"population": 6, "generations": 2, "seed": 1},
+                    final={"holdout": 0.25, "top_k": 2, "evaluate_top": 2, "picks": NAMED})
+    run = tmp / "run"
+    runner = CampaignRunner.open(Campaign.load(path), tmp, run)
+    runner.calibrate()
+    runner.search()
+    runner.evaluate_baselines()
+    before_final = item_rows(run)
+    anchors = {name: set(estimator.anchor_ids) for name, estimator in runner.scoring.estimators.items()}
+    assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0  # the final phase (the rest is looked up)
+    return run, runner, before_final, anchors
+
+
+def test_held_out_items_never_reach_calibration_anchors_or_search(finished):
+    run, _, before_final, anchors = finished
+    holdout = CampaignStore(run).get_meta("holdout")
+    for task in ("agree0", "agree1"):
+        assert len(holdout[task]) == 30  # 25% of 120, stratified: 15 of each scenario (even/odd item numbers)
+        assert sum(int(i[-4:]) % 2 for i in holdout[task]) == 15
+    held = {(task, item) for task, items in holdout.items() for item in items}
+    phases = {phase for _, phase, _, _ in before_final}
+    assert phases == {"calibration", "search", "baseline"} or phases == {"calibration", "search"}
+    assert not [row for row in before_final if (row[2], row[3]) in held]
+    for task in ("agree0", "agree1"):
+        fitted = json.loads((run / "irt" / task / "model.json").read_text())["item_ids"]
+        assert len(fitted) == 90 and not set(fitted) & set(holdout[task])
+        assert anchors[task] and not anchors[task] & set(holdout[task])
+
+
+def test_measured_candidates_carry_search_and_held_out_scores(finished):
+    run = finished[0]
+    db = sqlite3.connect(run / "state.sqlite")
+    holdout = CampaignStore(run).get_meta("holdout")
+    measured = db.execute("SELECT id, measured FROM evaluations WHERE measured IS NOT NULL AND phase != 'calibration'")
+    for eid, scores in measured.fetchall():
+        for task, value in json.loads(scores).items():
+            items = dict(db.execute("SELECT item, score FROM item_scores WHERE evaluation_id = ? AND task = ?",
+                                    (eid, task)).fetchall())
+            assert len(items) == 120  # every item, held-out ones included
+            search = [v for i, v in items.items() if i not in set(holdout[task])]
+            assert value == pytest.approx(np.mean(search))  # `measured` is the search items' score
+    report = (run / "report.md").read_text()
+    assert "held-out items (never seen by calibration, anchors or search): agree0 30, agree1 30" in report
+    assert re.search(r"held\\?_agree0", report) and "picked as" in report  # column names escaped for markdown
+
+
+def test_picks_are_the_best_measured_candidates_and_cards_show_held_out_scores(finished):
+    run = finished[0]
+    store = CampaignStore(run)
+    exported = store.get_meta("exported")
+    assert {"best-agree0", "best-agree1", "balanced", "mostly-agree0"} <= set(exported)
+    measured = [e for phase in ("search", "baseline") for e in store.evaluations(phase) if e.measured]
+    by_id = {e.id: e for e in measured}
+    best = {task: max(e.measured[task] for e in measured) for task in ("agree0", "agree1")}
+    for task in ("agree0", "agree1"):
+        assert by_id[exported[f"best-{task}"][0]].measured[task] == best[task]
+    weighted = max(3 * e.measured["agree0"] + e.measured["agree1"] for e in measured)
+    pick = by_id[exported["mostly-agree0"][0]].measured
+    assert 3 * pick["agree0"] + pick["agree1"] == pytest.approx(weighted)
+
+    holdout = store.get_meta("holdout")
+    folder = Path(exported["mostly-agree0"][1])  # a candidate picked twice is exported once, under its first name
+    index, scores = card(folder)
+    assert set(scores) == {"estimated", "measured_search_items", "measured"}
+    items = store.item_scores(by_id[exported["mostly-agree0"][0]].key)
+    for task in ("agree0", "agree1"):
+        held_out = np.mean([items[task][i] for i in holdout[task]])
+        assert index[task] == pytest.approx(held_out) and scores["measured"][task] == pytest.approx(held_out, abs=5e-5)
+        assert scores["measured_search_items"][task] == pytest.approx(pick[task], abs=5e-5)
+    assert len(pd.read_parquet(folder / "item_scores.parquet")) == 60  # the 30 held-out items of each task
+
+
+def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(finished):
+    run, runner = finished[:2]
+    store = CampaignStore(run)
+    space = search_space(runner.workspace)
+    expressible = {label: c for label, c in standard_merges(2).items() if space.expressible([c])}
+    assert set(expressible) == {"task_arithmetic lambda=0.5", "task_arithmetic lambda=0.7",
+                                "task_arithmetic lambda=1.0", "ties density=0.2", "tsv alpha=1"}
+    for candidate in expressible.values():
+        assert store.get(candidate.key).measured is not None
+    report = (run / "report.md").read_text().replace("\\", "")  # markdown escapes aside
+    assert all(label in report for label in expressible)
+
+
+def test_export_measures_a_candidate_that_was_not_measured(finished, tmp_path):
+    run = finished[0]
+    db = sqlite3.connect(run / "state.sqlite")
+    eid, key = db.execute("SELECT id, key FROM evaluations WHERE phase='search' AND status='ok' "
+                          "AND measured IS NULL ORDER BY id LIMIT 1").fetchone()
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    evaluation = CampaignStore(run).get(key)
+    assert evaluation.measured is not None
+    assert {task: len(items) for task, items in CampaignStore(run).item_scores(key).items()} == {"agree0": 120,
+                                                                                              "agree1": 120}
+    assert set(card(tmp_path / "m")[1]) == {"estimated", "measured_search_items", "measured"}
+    assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
+    summary = (run / "report.md").read_text().split("## Reference models and measured candidates")[1]
+    assert any(re.match(rf"\|\s*{eid}\s*\|", line) for line in summary.splitlines())
+
+
+def _space():
+    return SearchSpace({"ties": {"density": (0.0, 1.0)}, "tsv": {}}, 2, (0.0, 1.0))
+
+
+def test_near_duplicates_are_one_candidate():
+    same = Distinct(_space(), 0.02).same
+    a = Candidate("ties", (0.5, 0.5), (("density", 0.3),))
+    assert same(a, Candidate("ties", (0.51, 0.49), (("density", 0.31),)))  # every coordinate within 2% of its range
+    assert not same(a, Candidate("ties", (0.5, 0.5), (("density", 0.35),)))
+    assert same(a, Candidate("ties", (0.504, 0.5), (("density", 0.3),)))
+    assert not same(a, Candidate("tsv", (0.5, 0.5), ()))
+    assert Distinct(_space(), 0.0).same(a, Candidate("ties", (0.5012, 0.4991), (("density", 0.3004),)))  # rounded
+
+
+def test_each_pick_measures_its_top_k_distinct_candidates(tmp_path):
+    store = CampaignStore(tmp_path)
+    rows = [  # (weights, density, estimated a, estimated b)
+        ((1.0, 0.0), 0.50, 0.90, 0.10),
+        ((1.0, 0.0), 0.505, 0.89, 0.11),  # a near-duplicate of the first: skipped for best-a
+        ((0.8, 0.2), 0.50, 0.80, 0.30),
+        ((0.5, 0.5), 0.50, 0.50, 0.50),
+        ((0.0, 1.0), 0.50, 0.10, 0.90),
+        ((0.1, 0.9), 0.50, 0.20, 0.80),
+        ((0.3, 0.3), 0.50, 0.30, 0.30),  # dominated, never anyone's top 2
+    ]
+    keys = []
+    for i, (weights, density, a, b) in enumerate(rows):
+        key = Candidate("ties", weights, (("density", density),)).key
+        store.add(key, phase="search", generation=1, method="ties", status="ok", estimates={"a": a, "b": b})
+        keys.append(key)
+    objectives = Objectives.of(["a", "b"], ["maximize", "maximize"])
+    final = FinalSpec(top_k=2, evaluate_top=0, baselines=False, export=["best_per_task"])
+    chosen = [e.key for e in to_measure(store, objectives, final, Distinct(_space(), 0.02))]
+    assert chosen == [keys[0], keys[2], keys[4], keys[5]]
+    balanced = FinalSpec(top_k=1, evaluate_top=3, baselines=False, export=["balanced"])
+    chosen = {e.key for e in to_measure(store, objectives, balanced, Distinct(_space(), 0.02))}
+    # balanced's best (0.8, 0.3), then the front's two ends, then the member farthest from both ends
+    assert chosen == {keys[2], keys[0], keys[4], keys[3]}
+
+
+@pytest.mark.parametrize(("final", "expected"), [
+    ({"picks": {"../escape": {"weights": {"agree0": 1}}}}, "final.picks: '../escape': a pick name is a folder name"),
+    ({"picks": {"mine": {"weights": {"agree9": 1}}}}, "final.picks.mine.weights.agree9: not a task name"),
+    ({"picks": {"mine": {"weights": {"agree0": 0}}}}, "final.picks.mine.weights: give at least one positive weight"),
+    ({"holdout": 1.5}, "final.holdout: a fraction must lie in (0, 1)"),
+])
+def test_bad_final_settings_give_one_line_errors(tmp_path, zoo, final, expected):  # noqa: F811
+    path = campaign(tmp_path, zoo, final=final)
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -1,0 +1,81 @@
+"""The holdout split: stratified by scenario, fixed by the seed, sized by the documented rule."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from evo_merge.config import FinalSpec
+from evo_merge.errors import UserError
+from evo_merge.search.holdout import holdout_size, split_items
+
+ITEMS = [f"q{i:03d}" for i in range(200)]
+# three scenarios of unequal sizes: 100, 60, 40 items
+SCENARIOS = {item: "a" if i < 100 else "b" if i < 160 else "c" for i, item in enumerate(ITEMS)}
+
+
+def test_the_split_keeps_each_scenarios_share():
+    held = split_items(ITEMS, SCENARIOS, 50, seed=0)
+    assert len(held) == len(set(held)) == 50
+    assert Counter(SCENARIOS[i] for i in held) == {"a": 25, "b": 15, "c": 10}  # 25% of each
+    assert held == [i for i in ITEMS if i in set(held)]  # in task order
+
+
+def test_the_split_is_fixed_by_the_seed():
+    assert split_items(ITEMS, SCENARIOS, 30, seed=7) == split_items(ITEMS, SCENARIOS, 30, seed=7)
+    assert split_items(ITEMS, SCENARIOS, 30, seed=7) != split_items(ITEMS, SCENARIOS, 30, seed=8)
+
+
+def test_remainders_go_to_the_largest_fractions_and_every_scenario_keeps_a_search_item():
+    # 7 of 200: exact shares 3.5 / 2.1 / 1.4 -> 3 + 2 + 1 = 6, the 7th to the largest remainder (a: 0.5)
+    assert Counter(SCENARIOS[i] for i in split_items(ITEMS, SCENARIOS, 7, seed=0)) == {"a": 4, "b": 2, "c": 1}
+    tiny = {"x0": "x", "y0": "y", "y1": "y"}
+    held = split_items(list(tiny), tiny, 2, seed=0)  # x's share goes unused: its one item stays searchable
+    assert len(held) == 1 and held[0] in ("y0", "y1")
+
+
+def test_no_scenarios_is_one_group():
+    held = split_items(ITEMS, None, 20, seed=1)
+    assert len(held) == 20 and set(held) <= set(ITEMS)
+
+
+@pytest.mark.parametrize(("n_items", "holdout", "expected"), [
+    (499, "auto", 0), (500, "auto", 100), (1200, "auto", 240),  # auto: 20% from 500 items on
+    (120, 0.25, 30), (120, 10, 10), (120, None, 0)])
+def test_holdout_size(n_items, holdout, expected):
+    assert holdout_size("t", n_items, holdout) == expected
+
+
+def test_a_holdout_that_leaves_no_search_items_is_a_user_error():
+    with pytest.raises(UserError, match="final.holdout: 120 leaves no search items in task 't'"):
+        holdout_size("t", 120, 120)
+
+
+@pytest.mark.parametrize("value", [1.5, 1.0, -1, True, "half"])
+def test_bad_holdout_values_are_refused(value):
+    with pytest.raises(ValueError):
+        FinalSpec(holdout=value)
+
+
+def test_a_model_fitted_elsewhere_chooses_anchors_among_the_search_items_only():
+    from evo_merge.irt import IRTModel, select_anchors
+    from evo_merge.search.holdout import without_items
+
+    n = 12
+    alpha, beta = np.linspace(0.5, 2.0, n).reshape(n, 1), np.linspace(-1, 1, n)
+    responses = (np.arange(4 * n).reshape(4, n) % 3 == 0).astype(float)
+    model = IRTModel(item_ids=[f"q{j}" for j in range(n)], item_scenarios=["a"] * 6 + ["b"] * 6,
+                     subject_ids=[f"s{j}" for j in range(4)], alpha=alpha, beta=beta, theta=np.zeros((4, 1)),
+                     responses=responses, thresholds={"a": 0.5, "b": 0.5}, cv_alpha=np.stack([alpha, 2 * alpha]),
+                     cv_beta=np.stack([beta, -beta]), cv_held=np.ones((2, 4), dtype=bool))
+    held = frozenset({"q0", "q5", "q7"})
+    kept = without_items(model, held)
+    assert kept.item_ids == [f"q{j}" for j in range(n) if f"q{j}" not in held]
+    assert kept.item_scenarios == ["a"] * 4 + ["b"] * 5
+    assert np.array_equal(kept.alpha[:, 0], np.delete(alpha[:, 0], [0, 5, 7]))
+    assert np.array_equal(kept.responses, np.delete(responses, [0, 5, 7], axis=1))
+    assert np.array_equal(kept.cv_alpha[1, :, 0], 2 * np.delete(alpha[:, 0], [0, 5, 7]))
+    assert np.array_equal(kept.cv_beta[1], -np.delete(beta, [0, 5, 7]))
+    anchors = select_anchors(kept, 3, "random", seed=0)
+    assert set(anchors.all_items()) <= set(kept.item_ids)
+    assert without_items(model, frozenset()) is model
