@@ -95,10 +95,10 @@ def _run(runner) -> None:
     store = workspace.store
     store.set_meta("exported", {name: [eid, str(folder)] for name, (eid, folder) in exported.items()})
     report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
-    for evaluation in measured:
+    store.mark_finished()  # after the report: a run cut short while writing it is not finished
+    for evaluation in measured:  # trackers last: they observe a run that is already complete
         tracker.log_evaluation(evaluation)
     tracker.finish(workspace.run_dir)
-    store.mark_finished()  # after the report: a run cut short while writing it is not finished
     console = Console()
     console.print(_summary_table(runner, measured, exported))
     console.print(f"report: {report}")

@@ -120,7 +120,6 @@ class MLflowTracker:
         uri = spec.uri
         if uri and (uri.startswith("file:") or "://" not in uri):  # asked for by name: MLflow 3 wants an opt-in
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self._errors = MlflowException
         ids = _RunIds(run_dir)
         try:
             self.client = MlflowClient(tracking_uri=uri)
@@ -130,13 +129,12 @@ class MLflowTracker:
         ids.set("mlflow", self.run_id)
 
     def _start(self, spec: MLflowSpec, campaign: Campaign) -> str:
+        from mlflow.entities import Param
+
         experiment = self.client.get_experiment_by_name(spec.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(spec.experiment)
         run = self.client.create_run(experiment_id, run_name=campaign.name, tags={"evo_merge.campaign": campaign.name})
-        params = flat_params(campaign)
-        from mlflow.entities import Param
-
-        items = [Param(k[:250], v[:6000]) for k, v in params.items()]
+        items = [Param(k[:250], v[:6000]) for k, v in flat_params(campaign).items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=items[start:start + 100])
         return run.info.run_id

@@ -62,7 +62,7 @@ def test_report_html_is_self_contained_and_shows_every_front_member(tracked_run)
 def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
     from mlflow import MlflowClient
 
-    _, _, uri = tracked_run
+    _, run, uri = tracked_run
     client = MlflowClient(uri)
     (mlrun,) = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
     assert mlrun.info.status == "FINISHED"
@@ -73,6 +73,13 @@ def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
     assert {"report.md", "report.html", "pareto.png", "evaluations.json", "campaign.yaml"} <= artifacts
     assert client.get_metric_history(mlrun.info.run_id, "measured/agree0")  # the measured front
+
+    # resume replays the stored generations: same tracker run, nothing logged twice, tracking not
+    # part of what makes a run "a different campaign"
+    assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0
+    (again,) = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert again.info.run_id == mlrun.info.run_id and again.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "generation/hypervolume")] == [1, 2, 3]
 
 
 def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path, monkeypatch):
@@ -101,10 +108,10 @@ def test_upload_refuses_a_card_with_a_local_path_or_weights_with_nan(tmp_path):
                                 extra_files={"README.md": "---\nbase_model: /home/me/models/base\n---\n"})
     with pytest.raises(UserError, match="README.md: the card names the local path /home/me/models/base"):
         plan_upload(folder)
-    broken = write_model_folder(tmp_path / "n", [("ok", torch.ones(2))], extra_files={"README.md": "# fine\n"})
-    # the writer refuses NaN itself: a folder holding one comes from elsewhere (bit rot, another tool)
-    save_file({"ok": torch.ones(2), "layer.weight": torch.tensor([1.0, float("nan")])},
-              str(broken / "model.safetensors"))
+    broken = tmp_path / "n"  # written by something else: evo-merge itself refuses to write NaN
+    broken.mkdir()
+    save_file({"ok": torch.ones(2), "layer.weight": torch.tensor([1.0, float("nan")])}, broken / "model.safetensors")
+    (broken / "README.md").write_text("# fine\n")
     with pytest.raises(UserError, match="tensor layer.weight holds NaN or Inf"):
         plan_upload(broken)
 
