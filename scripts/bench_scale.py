@@ -9,7 +9,8 @@
    host; the device is the CPU here) a fresh process opens the workbench a campaign would (a
    bfloat16 evaluation module and the in-place merger), then builds candidates of task
    arithmetic, TSV-M and TIES, in that order (float32 and host: task arithmetic only, see
-   MODES), each scored by a cheap fitness (one forward pass on fixed random tokens). It reports setup time, per-candidate merge time against the
+   MODES), each scored by a cheap fitness (one forward pass on fixed random tokens). It reports setup time,
+per-candidate merge time against the
    memory-bound floor (the stored tensors read once and the module written once, at the copy
    bandwidth measured in the same process), process max RSS as a multiple of the model's bf16
    size, and the memory plan's prediction next to it (before TIES, and with it).
@@ -57,7 +58,8 @@ def llama_tensors(hidden: int, intermediate: int, layers: int, heads: int, kv_he
         p = f"model.layers.{i}."
         shapes += [(p + "self_attn.q_proj.weight", (hidden, hidden)), (p + "self_attn.k_proj.weight", (kv, hidden)),
                    (p + "self_attn.v_proj.weight", (kv, hidden)), (p + "self_attn.o_proj.weight", (hidden, hidden)),
-                   (p + "mlp.gate_proj.weight", (intermediate, hidden)), (p + "mlp.up_proj.weight", (intermediate, hidden)),
+                   (p + "mlp.gate_proj.weight", (intermediate, hidden)),
+                   (p + "mlp.up_proj.weight", (intermediate, hidden)),
                    (p + "mlp.down_proj.weight", (hidden, intermediate)), (p + "input_layernorm.weight", (hidden,)),
                    (p + "post_attention_layernorm.weight", (hidden,))]
     shapes += [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
@@ -141,7 +143,6 @@ def bandwidth() -> float:
     """Bytes per second of a large in-memory copy (read + write counted)."""
     src, dst = torch.empty(2**27), torch.empty(2**27)  # 512 MiB each
     best = min(timed(lambda: dst.copy_(src)) for _ in range(3))
-    del src, dst
     return 2 * 2**29 / best
 
 
@@ -197,9 +198,9 @@ def child(root: Path, mode: str, repeats: int) -> dict:
         params = METHODS[method]
         candidates = [Candidate(method, tuple((0.5 + torch.rand(T, generator=gen)).tolist()), tuple(params.items()))
                       for _ in range(repeats + 1)]
-        first = timed(lambda: evaluator.build(candidates[0]))
+        first = timed(lambda c=candidates[0]: evaluator.build(c))
         merges = [timed(lambda c=c: evaluator.build(c)) for c in candidates[1:]]
-        fitness = timed(lambda: evaluator.evaluate(candidates[-1], {"forward": None}))
+        fitness = timed(lambda c=candidates[-1]: evaluator.evaluate(c, {"forward": None}))
         read, flops = read_per_candidate(bench.merger, method, ("tsv", "False"))
         out[method] = {"first_s": first, "merge_s": statistics.median(merges), "fitness_s": fitness,
                        "floor_s": (read + module_bytes) / out["bandwidth"], "gemm_floor_s": flops / out["matmul"],
@@ -261,7 +262,8 @@ def extrapolate() -> None:
             cells = []
             for storage, methods in ((Storage(torch.bfloat16, "device"), everything),
                                      (Storage(torch.bfloat16, "host"), everything),
-                                     (Storage(torch.bfloat16, "host"), lean), (Storage(torch.float32, "device"), everything)):
+                                     (Storage(torch.bfloat16, "host"), lean),
+                                     (Storage(torch.float32, "device"), everything)):
                 lines = plan_lines(shapes, Setting(n, methods, storage, torch.bfloat16, True, batch_size=8))
                 host, device = sum(line.host for line in lines), sum(line.device for line in lines)
                 cell = f"{host / GIB:.0f} / {device / GIB:.0f}"
