@@ -10,7 +10,7 @@
    bfloat16 evaluation module and the in-place merger), then builds candidates of task
    arithmetic, TSV-M and TIES, in that order (float32 and host: task arithmetic only, see
    MODES), each scored by a cheap fitness (one forward pass on fixed random tokens). It reports setup time,
-per-candidate merge time against the
+   per-candidate merge time against the
    memory-bound floor (the stored tensors read once and the module written once, at the copy
    bandwidth measured in the same process), process max RSS as a multiple of the model's bf16
    size, and the memory plan's prediction next to it (before TIES, and with it).
