@@ -42,6 +42,7 @@ class Scoring:
         self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}
         self.estimators: dict[str, Estimator] | None = None
         self._tighter: dict[tuple[str, float], AdaptiveTest] = {}
+        self._known: dict[str, frozenset[str]] = {}
 
     @property
     def names(self) -> list[str]:
@@ -79,7 +80,7 @@ class Scoring:
         estimate is kept there too. Full evaluation estimates nothing: no standard error."""
         if self.estimators is None:
             return task_scores(scores, self.names), None
-        results = {name: self.estimators[name].estimate(scores[name]) for name in self.names}
+        results = {name: self.estimators[name].estimate(self._modelled(name, scores)) for name in self.names}
         return ({name: float(np.clip(r["overall"], 0.0, 1.0)) for name, r in results.items()},
                 {name: float(r.se["overall"]) for name, r in results.items()})
 
@@ -89,9 +90,17 @@ class Scoring:
         (target × precision) with a larger item budget (max_items / precision)."""
         if self.estimators is None or self.spec.kind != "adaptive":
             return None
-        steps = {name: self._test(name, precision).next_items(scores.get(name, {})) for name in self.names}
+        steps = {name: self._test(name, precision).next_items(self._modelled(name, scores)) for name in self.names}
         steps = {name: items for name, items in steps.items() if items}
         return steps or None
+
+    def _modelled(self, name: str, scores: ItemScores) -> dict[str, float]:
+        """A task's scores on the items its IRT model knows: a measured candidate also holds
+        held-out items, which the model (fitted on search items only) never saw."""
+        if name not in self._known:
+            self._known[name] = frozenset(self.estimators[name].model.item_ids)
+        known = self._known[name]
+        return {item: value for item, value in scores.get(name, {}).items() if item in known}
 
     def adaptive(self) -> bool:
         return self.estimators is not None and self.spec.kind == "adaptive"

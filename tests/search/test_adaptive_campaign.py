@@ -80,3 +80,16 @@ def test_overlap_is_judged_on_every_task():
 
     close, near, far = ev(1, 0.50, 0.50, 0.02), ev(2, 0.53, 0.51, 0.02), ev(3, 0.60, 0.40, 0.02)
     assert [e.id for e in overlapping([close, near, far], ["x", "y"])] == [1, 2]
+
+
+def test_an_adaptive_campaign_with_held_out_items_resumes(tmp_path):
+    """Measured candidates hold held-out items the IRT model never saw: a replay must not trip on them."""
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
+    config = write_campaign(tmp_path / "campaign.yaml", base, fts, algorithm={"population": 4, "generations": 1, "seed": 4},
+                            estimator={"kind": "adaptive", "warmup_merges": 3, "dims": 1, "max_items": 10},
+                            final={"evaluate_top": 1, "top_k": 1, "export": ["balanced"], "holdout": 0.25})
+    run = run_campaign(config, tmp_path / "run")
+    before = search_items(run)
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert search_items(run) == before
