@@ -85,7 +85,8 @@ def test_overlap_is_judged_on_every_task():
 def test_an_adaptive_campaign_with_held_out_items_resumes(tmp_path):
     """Measured candidates hold held-out items the IRT model never saw: a replay must not trip on them."""
     base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
-    config = write_campaign(tmp_path / "campaign.yaml", base, fts, algorithm={"population": 4, "generations": 1, "seed": 4},
+    config = write_campaign(tmp_path / "campaign.yaml", base, fts,
+                            algorithm={"population": 4, "generations": 1, "seed": 4},
                             estimator={"kind": "adaptive", "warmup_merges": 3, "dims": 1, "max_items": 10},
                             final={"evaluate_top": 1, "top_k": 1, "export": ["balanced"], "holdout": 0.25})
     run = run_campaign(config, tmp_path / "run")
