@@ -11,11 +11,11 @@ def campaign_models(campaign_file: Path):
     """(campaign with absolute paths, base path, endpoint paths) as the run will see them; with
     `align`, the endpoints themselves (aligned copies have their shapes)."""
     from evo_merge.config import Campaign
-    from evo_merge.search.workspace import existing_path, resolve_campaign
+    from evo_merge.search.workspace import model_reference, resolve_campaign
 
     campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
-    models = [existing_path(m, f"models.{i}") for i, m in enumerate(campaign.models)]
-    base = existing_path(campaign.base_model, "base_model") if campaign.base_model else models[0]
+    models = [model_reference(m, f"models.{i}").path for i, m in enumerate(campaign.models)]
+    base = model_reference(campaign.base_model, "base_model").path if campaign.base_model else models[0]
     return campaign, base, models
 
 

@@ -47,6 +47,9 @@ class MassKind:
         return bench.kept[KEPT]
 
     def check(self, bench: Any) -> None:
+        if bench.adapters:
+            raise UserError("methods.mass: MASS decomposes model folders; inputs with a LoRA adapter (+adapter) "
+                            "are merged by the other methods only")
         self.model(bench)  # decomposing refuses endpoints not fine-tuned from the base
 
     def build(self, bench: Any, candidate) -> Any:
@@ -54,7 +57,7 @@ class MassKind:
         mass.set_routing(**candidate.param_dict)
         return mass
 
-    def export(self, candidate, base: Path, models: list[Path], out: Path, *, scores, out_dtype: str,
+    def export(self, candidate, base: str, models: list[str], out: Path, *, scores, out_dtype: str,
                bench: Any | None, overwrite: bool, evidence: Any = None) -> Path:
         """A MASS folder (factors, routing, scores); built here when no workbench is at hand.
         A measured candidate's `evidence` becomes its results files (the card has no model-index:
@@ -63,8 +66,11 @@ class MassKind:
 
         if bench is not None:
             mass = self.build(bench, candidate)
-        else:
-            mass = MassModel.from_checkpoints(base, models)
+        else:  # base and models as recipes name them: the folders they resolve to
+            from evo_merge.weights.references import resolve_reference
+
+            refs = [resolve_reference(str(m), Path.cwd(), "models") for m in (base, *models)]
+            mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]])
             mass.set_routing(**candidate.param_dict)
         folder = mass.save(out, overwrite=overwrite, scores=scores)
         if evidence is not None and evidence.item_scores:

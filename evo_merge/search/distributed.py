@@ -63,7 +63,7 @@ class WorkerSpec:
         tasks = {label: resolve_task(task, **dict(settings)) for label, task, settings in self.tasks}
         from evo_merge.merge.storage import Storage
 
-        bench = Workbench.open(Path(self.base), [Path(m) for m in self.models], device=self.device, dtype=self.dtype,
+        bench = Workbench.open(self.base, list(self.models), device=self.device, dtype=self.dtype,
                                storage=Storage.parse(*self.storage))
         return LocalEvaluator(bench, tasks)
 

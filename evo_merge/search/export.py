@@ -33,7 +33,7 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
     candidate = Candidate.from_key(evaluation.key)
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(
-        candidate, workspace.base, workspace.models, Path(out), scores=card_scores(workspace.store, evaluation),
+        candidate, *workspace.sources(), Path(out), scores=card_scores(workspace.store, evaluation),
         out_dtype=workspace.campaign.dtype, bench=bench, overwrite=overwrite,
         evidence=evidence(workspace.store, evaluation))
 

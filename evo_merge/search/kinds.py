@@ -52,7 +52,7 @@ class CandidateKind(Protocol):
         """The candidate's model, ready to score (raises CandidateFailed-worthy errors)."""
         ...
 
-    def export(self, candidate: Candidate, base: Path, models: list[Path], out: Path, *,
+    def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,
                scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
                evidence: Evidence | None = None) -> Path:
         """Write the candidate as a model folder with its card; `bench` is reused when given;
@@ -75,11 +75,16 @@ def weight_settings(candidate: Candidate, names: list[str], n_models: int) -> li
     return [group_setting(names, size, values) for values in candidate.endpoint_weights(n_models)]
 
 
-def candidate_recipe(candidate: Candidate, base: Path, models: list[Path], out_dtype: str):
+def candidate_recipe(candidate: Candidate, base: str | Path, models: list[str] | list[Path], out_dtype: str):
     """The mergekit-style recipe of a static-merge candidate, as `evo-merge merge` takes it."""
     from evo_merge.merge.recipe import Recipe
 
-    names = tensor_names(base) if candidate.granularity != MODEL else []
+    if candidate.granularity != MODEL:  # a Hub id or `+adapter` reference: its folder holds the names
+        from evo_merge.weights.references import resolve_reference
+
+        names = tensor_names(resolve_reference(str(base), Path.cwd(), "base_model").path)
+    else:
+        names = []
     return Recipe.model_validate({
         "merge_method": candidate.method,
         "base_model": str(base),
@@ -114,7 +119,7 @@ class StaticMerge:
             weights = tensor_weights(weight_settings(candidate, names, len(bench.models)), names)
         return bench.merger.apply(candidate.method, weights, candidate.param_dict)
 
-    def export(self, candidate: Candidate, base: Path, models: list[Path], out: Path, *,
+    def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,
                scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
                evidence: Evidence | None = None) -> Path:
         """Streamed from the checkpoints through the recipe, exactly as `evo-merge merge` does:

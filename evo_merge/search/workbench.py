@@ -15,7 +15,8 @@ import torch
 from evo_merge.errors import UserError
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.storage import Storage
-from evo_merge.weights import Checkpoint, load_model_folder, parse_dtype
+from evo_merge.weights import load_model_folder, parse_dtype
+from evo_merge.weights.references import open_reference, resolve_reference
 
 
 def resolve_device(device: str) -> torch.device:
@@ -42,14 +43,20 @@ class Workbench:
     kept: dict[str, Any] = field(default_factory=dict)  # per-kind state, built on first use
     storage: Storage = Storage()  # how the merger and other kinds (MASS) keep what they hold
 
+    adapters: bool = False  # a LoRA adapter is folded into some input: only the merger sees it
+
     @classmethod
-    def open(cls, base: Path, models: list[Path], *, device: str = "auto", dtype: str = "float32",
+    def open(cls, base: str | Path, models: list[str | Path], *, device: str = "auto", dtype: str = "float32",
              storage: Storage = Storage()) -> Workbench:
-        """Load the base as the resident module and the task vectors into the in-place merger."""
+        """Load the base as the resident module and the task vectors into the in-place merger.
+        `base` and `models` are folders or references as recipes write them (Hub id@commit,
+        `+adapter`), resolved here so that every process (a dask worker too) resolves them alike."""
         where, precision = resolve_device(device), parse_dtype(dtype)
-        module, tokenizer = load_model_folder(base)
+        refs = [resolve_reference(str(m), Path.cwd(), key) for m, key in
+                zip([base, *models], ["base_model", *(f"models.{i}" for i in range(len(models)))])]
+        module, tokenizer = load_model_folder(refs[0].path)
         module.to(device=where, dtype=precision)
-        merger = InPlaceMerger(module, Checkpoint.open(base), [Checkpoint.open(m) for m in models], device=where,
-                               storage=storage)
-        return cls(Path(base), [Path(m) for m in models], where, precision, module, tokenizer, merger,
-                   storage=storage)
+        checkpoints = [open_reference(ref) for ref in refs]
+        merger = InPlaceMerger(module, checkpoints[0], checkpoints[1:], device=where, storage=storage)
+        return cls(refs[0].path, [r.path for r in refs[1:]], where, precision, module, tokenizer, merger,
+                   storage=storage, adapters=any(r.lora is not None for r in refs))

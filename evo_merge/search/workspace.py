@@ -20,6 +20,7 @@ import yaml
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
 from evo_merge.search.store import CampaignStore, atomic_write
+from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference
 
 CAMPAIGN_FILE = "campaign.yaml"
 
@@ -33,6 +34,15 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     def absolute(value: str) -> str:
         return os.path.abspath(root / Path(value).expanduser())  # normalised, symlinks kept
 
+    def model(value: str) -> str:
+        """A local folder made absolute; a Hub id (`org/name[@rev]`, not a local path) kept as
+        written; either may carry `+adapter`, whose folder is made absolute."""
+        name, plus, adapter = value.rpartition("+") if "+" in value else (value, "", "")
+        if plus and Path(absolute(value)).exists():  # a folder whose name holds '+'
+            name, plus, adapter = value, "", ""
+        local = Path(absolute(name)).exists() or not is_hub_id(name)
+        return (absolute(name) if local else name) + (f"+{absolute(adapter)}" if plus else "")
+
     def is_path(value: str) -> bool:  # as the task registry reads it: not a shipped name or a plugin
         return value.endswith((".yaml", ".yml")) or "/" in value
 
@@ -44,8 +54,8 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     if align is not None:
         align = align.model_copy(update={"data": align.data and absolute(align.data),
                                          "arch": absolute(align.arch) if is_path(align.arch) else align.arch})
-    return campaign.model_copy(update={"base_model": campaign.base_model and absolute(campaign.base_model),
-                                       "models": [absolute(m) for m in campaign.models],
+    return campaign.model_copy(update={"base_model": campaign.base_model and model(campaign.base_model),
+                                       "models": [model(m) for m in campaign.models],
                                        "tasks": tasks, "estimator": estimator, "align": align})
 
 
@@ -70,6 +80,14 @@ def existing_path(value: str, key: str) -> Path:
     if not path.exists():
         raise UserError(f"{key}: model path {value!r} does not exist")
     return path.resolve()
+
+
+def model_reference(value: str, key: str) -> ModelRef:
+    """A campaign model: a local folder (absolute after `resolve_campaign`) or a Hub id from the
+    user's cache, optionally `+adapter`; a missing one is a user error naming the key."""
+    if "+" not in value and not is_hub_id(value.partition("@")[0]):
+        existing_path(value, key)  # the plain folder case keeps its own message
+    return resolve_reference(value, Path("/"), key)
 
 
 def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tuple[Path, list[Path]]:
@@ -103,25 +121,33 @@ class Workspace:
     base: Path
     models: list[Path]
     store: CampaignStore
+    references: list[str] | None = None  # base then endpoints as recipes name them (Hub id@commit, +adapter)
 
     @classmethod
     def open(cls, campaign: Campaign, root: Path, run_dir: Path) -> Workspace:
         """Resolve, align once, and bind the run folder to this campaign (or check it is bound to it)."""
         campaign = resolve_campaign(campaign, Path(root))
         run_dir = Path(run_dir)
-        models = [existing_path(m, f"models.{i}") for i, m in enumerate(campaign.models)]
+        refs = [model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)]
         store = CampaignStore(run_dir)
         _bind(store, campaign, run_dir)
         if campaign.align is not None:
             data = existing_path(campaign.align.data, "align.data") if campaign.align.data else None
-            base, models = aligned_paths(campaign.align, models, run_dir / "aligned", data)
-        else:
-            base = existing_path(campaign.base_model, "base_model")
-        return cls(campaign, run_dir, base, models, store)
+            base, models = aligned_paths(campaign.align, [r.path for r in refs], run_dir / "aligned", data)
+            return cls(campaign, run_dir, base, models, store)
+        base = model_reference(campaign.base_model, "base_model")
+        return cls(campaign, run_dir, base.path, [r.path for r in refs], store, [base.name, *(r.name for r in refs)])
 
     @property
     def task_names(self) -> list[str]:
         return [t.label for t in self.campaign.tasks]
+
+    def sources(self) -> tuple[str, list[str]]:
+        """(base, endpoints) as recipes and evaluators name them: folders, or Hub ids with the
+        commit they resolved to, with `+adapter` where a LoRA adapter is folded in."""
+        if self.references is None:
+            return str(self.base), [str(m) for m in self.models]
+        return self.references[0], list(self.references[1:])
 
     def endpoint_labels(self) -> list[str]:
         return [f"endpoint {m.name}" for m in self.models]

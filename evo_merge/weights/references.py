@@ -75,6 +75,11 @@ def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
     return path, f"{repo}@{path.name}"
 
 
+def is_hub_id(value: str) -> bool:
+    """Whether `value` (without `@revision`) has the form of a Hub repo id, `org/name`."""
+    return _looks_like_repo_id(value.partition("@")[0])
+
+
 def _looks_like_repo_id(repo: str) -> bool:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 

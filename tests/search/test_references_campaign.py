@@ -1,0 +1,80 @@
+"""Campaign inputs as recipes name them: a Hub id from the user's cache (offline) as the base and
+a fine-tune with a LoRA adapter folded in as an endpoint. The run searches them like folders and
+its exports name the Hub id with its commit and the adapter, and rebuild bit for bit."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from campaigns import campaign_config  # tests/search is on sys.path
+from evo_merge.zoo.tiny import save_tiny_family
+
+HERE = Path(__file__).parent
+REPO, COMMIT = "tiny-org/tiny-base", "b" * 40
+
+
+def hub_cache(root: Path, model_dir: Path) -> None:
+    """A model saved into the huggingface_hub cache layout (what a download leaves behind)."""
+    snapshot = root / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for file in model_dir.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (root / f"models--{REPO.replace('/', '--')}" / "refs").mkdir()
+    (root / f"models--{REPO.replace('/', '--')}" / "refs" / "main").write_text(COMMIT)
+
+
+def lora_adapter(model_dir: Path, out: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config).save_pretrained(out)
+
+
+def evo_merge(*args, env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evo_merge", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+
+
+def test_a_hub_base_and_a_lora_endpoint_are_searched_and_exported_as_references(tmp_path):
+    pytest.importorskip("peft")
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
+    hub_cache(tmp_path / "hub", base)
+    lora_adapter(fts[1], tmp_path / "adapter")
+    config = campaign_config(REPO, [fts[0], f"{fts[1]}+{tmp_path / 'adapter'}"],
+                             tasks=campaign_config(base, fts)["tasks"],
+                             algorithm={"population": 4, "generations": 1, "seed": 1})
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    done = evo_merge("run", tmp_path / "campaign.yaml", "--out", tmp_path / "run", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stored = yaml.safe_load((tmp_path / "run" / "campaign.yaml").read_text())
+    assert stored["base_model"] == REPO  # kept as written, not made a path
+    folder = tmp_path / "run" / "models" / "balanced"
+    recipe = yaml.safe_load((folder / "merge_recipe.yaml").read_text())
+    assert recipe["base_model"] == f"{REPO}@{COMMIT}"
+    assert recipe["models"][1]["model"].endswith(f"+{tmp_path / 'adapter'}")
+
+    done = evo_merge("merge", folder / "merge_recipe.yaml", "--out", tmp_path / "rebuilt", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = load_file(folder / "model.safetensors"), load_file(tmp_path / "rebuilt" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_hub_id_missing_from_the_cache_is_one_line_naming_the_key(tmp_path):
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(campaign_config("nobody/nothing", fts)))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = evo_merge("run", tmp_path / "campaign.yaml", "--out", tmp_path / "run", env=env)
+    assert done.returncode == 2 and "base_model: Hub model nobody/nothing" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
