@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from campaigns import campaign_config  # tests/search is on sys.path
 from safetensors.torch import load_file
 
-from campaigns import campaign_config  # tests/search is on sys.path
 from evo_merge.zoo.tiny import save_tiny_family
 
 HERE = Path(__file__).parent
