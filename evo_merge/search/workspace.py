@@ -20,7 +20,7 @@ import yaml
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
 from evo_merge.search.store import CampaignStore, atomic_write
-from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference
+from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference, split_adapter
 
 CAMPAIGN_FILE = "campaign.yaml"
 
@@ -37,11 +37,9 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     def model(value: str) -> str:
         """A local folder made absolute; a Hub id (`org/name[@rev]`, not a local path) kept as
         written; either may carry `+adapter`, whose folder is made absolute."""
-        name, plus, adapter = value.rpartition("+") if "+" in value else (value, "", "")
-        if plus and Path(absolute(value)).exists():  # a folder whose name holds '+'
-            name, plus, adapter = value, "", ""
+        name, adapter = split_adapter(value, root)
         local = Path(absolute(name)).exists() or not is_hub_id(name)
-        return (absolute(name) if local else name) + (f"+{absolute(adapter)}" if plus else "")
+        return (absolute(name) if local else name) + (f"+{absolute(adapter)}" if adapter else "")
 
     def is_path(value: str) -> bool:  # as the task registry reads it: not a shipped name or a plugin
         return value.endswith((".yaml", ".yml")) or "/" in value

@@ -31,7 +31,7 @@ class ModelRef:
 
 def resolve_reference(value: str, root: Path, key: str) -> ModelRef:
     """Resolve a recipe's model reference; errors name the recipe key."""
-    model, lora = _split_lora(value, root)
+    model, lora = split_adapter(value, root)
     path, name = _resolve_model(model, root, key)
     if lora is None:
         return ModelRef(name, path)
@@ -48,8 +48,8 @@ def open_reference(ref: ModelRef, allow_pickle: bool = False) -> Checkpoint:
     return Checkpoint.open(ref.path, allow_pickle=allow_pickle)
 
 
-def _split_lora(value: str, root: Path) -> tuple[str, str | None]:
-    """`model+adapter` -> (model, adapter); a path that itself contains '+' is kept whole."""
+def split_adapter(value: str, root: Path) -> tuple[str, str | None]:
+    """`model+adapter` -> (model, adapter or None); a path that itself contains '+' is kept whole."""
     if "+" not in value or _local_path(value, root) is not None:
         return value, None
     model, adapter = value.rsplit("+", 1)
