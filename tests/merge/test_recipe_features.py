@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from hub_layout import save_to_hub_cache  # tests/ is on sys.path (its conftest)
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -250,20 +251,8 @@ def test_bad_recipes_exit_2_with_the_key(deep, tmp_path, case):
     assert not (tmp_path / "o").exists()
 
 
-def _hub_cache(root, model_dir, repo="tiny-org/tiny-llama", commit="a" * 40):
-    """The huggingface_hub cache layout: blobs are plain copies here (the hub reads either)."""
-    repo_dir = root / f"models--{repo.replace('/', '--')}"
-    snapshot = repo_dir / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for file in model_dir.iterdir():
-        (snapshot / file.name).write_bytes(file.read_bytes())
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(commit)
-    return repo, commit
-
-
 def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tmp_path):
-    repo, commit = _hub_cache(tmp_path / "hub", deep["base"])
+    repo, commit = save_to_hub_cache(tmp_path / "hub", deep["base"], "tiny-org/tiny-llama", "a" * 40)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     recipe = tmp_path / "hub.yaml"
     recipe.write_text(

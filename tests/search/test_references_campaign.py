@@ -11,22 +11,13 @@ import pytest
 import torch
 import yaml
 from campaigns import campaign_config  # tests/search is on sys.path
+from hub_layout import save_to_hub_cache  # tests/ is on sys.path (its conftest)
 from safetensors.torch import load_file
 
 from evo_merge.zoo.tiny import save_tiny_family
 
 HERE = Path(__file__).parent
 REPO, COMMIT = "tiny-org/tiny-base", "b" * 40
-
-
-def hub_cache(root: Path, model_dir: Path) -> None:
-    """A model saved into the huggingface_hub cache layout (what a download leaves behind)."""
-    snapshot = root / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for file in model_dir.iterdir():
-        (snapshot / file.name).write_bytes(file.read_bytes())
-    (root / f"models--{REPO.replace('/', '--')}" / "refs").mkdir()
-    (root / f"models--{REPO.replace('/', '--')}" / "refs" / "main").write_text(COMMIT)
 
 
 def lora_adapter(model_dir: Path, out: Path) -> None:
@@ -46,7 +37,7 @@ def evo_merge(*args, env) -> subprocess.CompletedProcess:
 def test_a_hub_base_and_a_lora_endpoint_are_searched_and_exported_as_references(tmp_path):
     pytest.importorskip("peft")
     base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
-    hub_cache(tmp_path / "hub", base)
+    save_to_hub_cache(tmp_path / "hub", base, REPO, COMMIT)
     lora_adapter(fts[1], tmp_path / "adapter")
     config = campaign_config(REPO, [fts[0], f"{fts[1]}+{tmp_path / 'adapter'}"],
                              tasks=campaign_config(base, fts)["tasks"],
