@@ -108,7 +108,9 @@ class EstimatorSpec(_Checked):
 
     kind: Literal[CAMPAIGN_ESTIMATOR_KINDS] = "gpirt"
     anchors: int = Field(20, ge=1, description="anchor items per task scenario")
-    anchor_method: Literal[ANCHOR_METHODS] = "kmeans-irt"
+    anchor_method: Literal[ANCHOR_METHODS] = Field(
+        "auto", description="auto: kmeans-irt with enough calibration subjects (30), stratified below; a "
+        "campaign's base, endpoints and warm-up merges are usually fewer")
     irt_model: str | None = Field(None, description="fitted IRT folder per task name; None: fit from calibration")
     backend: Literal[BACKEND_NAMES] = "torch"
     lr: float | None = Field(None, gt=0, description="pyirt backend learning rate (None: its default)")
@@ -136,8 +138,9 @@ class AlgorithmSpec(_Checked):
     generations: int = Field(8, ge=1)
     seed: int = 0
     seed_standard_merges: bool = Field(
-        True, description="start generation 1 with the standard merges of the configured methods "
-        "(task arithmetic lambda 0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
+        True, description="start generation 1 with each endpoint alone (looked up from calibration; "
+        "not for cmaes) and the standard merges of the configured methods (task arithmetic lambda "
+        "0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
 
 
 class ObjectiveSpec(_Checked):
@@ -277,6 +280,14 @@ class TrackingSpec(_Checked):
 
     mlflow: MLflowSpec | None = None
     wandb: WandbSpec | None = None
+
+
+# Defaults changed since run folders were first written: (section, setting) -> its former default.
+# A run folder stored under a former default resumes with it (search.workspace.config_fingerprint).
+FORMER_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("estimator", "anchor_method"): "kmeans-irt",
+    ("algorithm", "seed_standard_merges"): False,
+}
 
 
 class Campaign(_Checked):

@@ -40,7 +40,7 @@ coefficients: {{low: 0.0, high: 1.5, granularity: model}}
 estimator:
   kind: gpirt
   anchors: {anchors}
-  anchor_method: kmeans-irt
+  anchor_method: auto      # kmeans-irt from 30 calibration subjects, stratified below
   warmup_merges: {warmup}
   backend: torch
   dims: auto

@@ -15,7 +15,7 @@ from pathlib import Path
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
 from evo_merge.search.algorithms import SearchAlgorithm, make_algorithm
-from evo_merge.search.candidate import Candidate, reference_candidates, standard_merges
+from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_candidates, standard_merges
 from evo_merge.search.evaluator import Evaluator, task_settings
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_picks, record_task_meta
@@ -120,6 +120,11 @@ class CampaignRunner:
         spec = self.workspace.campaign.algorithm
         space = search_space(self.workspace)
         seeds = list(standard_merges(space.n_models).values()) if spec.seed_standard_merges else []
+        if seeds and spec.name != "cmaes":
+            # a population also starts from the front's corners, each endpoint alone: they were
+            # scored in calibration (looked up, never picked), and crossing them with the standard
+            # merges breeds the specialists that the best-per-task picks need
+            seeds = [endpoint_candidate(i, space.n_models) for i in range(space.n_models)] + seeds
         return make_algorithm(
             spec.name,
             space,

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import yaml
 
-from evo_merge.config import Campaign
+from evo_merge.config import FORMER_DEFAULTS, Campaign
 from evo_merge.errors import UserError
 from evo_merge.search.store import CampaignStore, atomic_write
 from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference, split_adapter
 
 CAMPAIGN_FILE = "campaign.yaml"
+DEFAULTS_META, DEFAULTS_VERSION = "defaults", 2  # runs without the mark predate FORMER_DEFAULTS
 
 
 def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
@@ -57,11 +58,20 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
                                        "tasks": tasks, "estimator": estimator, "align": align})
 
 
-def config_fingerprint(campaign: Campaign) -> str:
+def config_fingerprint(campaign: Campaign, *, former_defaults: bool = False) -> str:
     """Identifies what a run computes: where it is evaluated (local or which cluster) is left out,
     so a run started locally can be resumed on a cluster and back; so are settings at their
     defaults, so a setting added in a later version leaves older runs resumable; so is where it
-    is tracked (trackers observe, they compute nothing)."""
+    is tracked (trackers observe, they compute nothing). With `former_defaults`, a setting at the
+    value it defaulted to before `FORMER_DEFAULTS` changed it is left out too: the fingerprint a
+    run folder written then holds."""
+    if former_defaults:
+        sections = {}
+        for (section, name), former in FORMER_DEFAULTS.items():
+            spec = sections.get(section, getattr(campaign, section))
+            if getattr(spec, name) == former:
+                sections[section] = spec.model_copy(update={name: type(spec).model_fields[name].default})
+        campaign = campaign.model_copy(update=sections)
     # storage placement and budgets change where tensors are kept, not what is computed (#13)
     storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
                                                   "device_budget_gib": None})
@@ -152,11 +162,16 @@ class Workspace:
 
 
 def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> None:
+    """Bind a new run folder to the campaign, or check an existing one holds it. A folder written
+    before the defaults in `FORMER_DEFAULTS` changed (no `defaults` mark) also matches with them
+    at their former values, which its own campaign.yaml spells out."""
     stored, fingerprint = store.get_meta("config"), config_fingerprint(campaign)
     if stored is None:
         store.set_meta("config", fingerprint)
+        store.set_meta(DEFAULTS_META, DEFAULTS_VERSION)
         atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
-    elif stored != fingerprint:
+    elif stored != fingerprint and not (store.get_meta(DEFAULTS_META) is None
+                                        and stored == config_fingerprint(campaign, former_defaults=True)):
         raise UserError(
             f"{run_dir}: holds a different campaign; resume it with its own {CAMPAIGN_FILE} or start a new run folder"
         )

@@ -1,5 +1,6 @@
 """Campaigns end to end on tiny models: outputs, exports, kill -9 and resume, failures, bad configs."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -198,6 +199,40 @@ def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zo
     assert config_fingerprint(changed) != config_fingerprint(now)
 
 
+def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(tmp_path, zoo):
+    from evo_merge.config import FORMER_DEFAULTS, Campaign
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.workspace import DEFAULTS_META, config_fingerprint
+
+    former = {"estimator": {"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1,
+                            "anchor_method": FORMER_DEFAULTS["estimator", "anchor_method"]},
+              "algorithm": {"population": 8, "generations": 1, "seed": 3,
+                            "seed_standard_merges": FORMER_DEFAULTS["algorithm", "seed_standard_merges"]}}
+
+    def written_by_the_older_version(run, marked):
+        """A finished run whose store holds the fingerprint the older version computed (those
+        settings left out as defaults) and, unless `marked`, no defaults mark."""
+        path = campaign(tmp_path, zoo, **former)
+        assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
+        data = yaml.safe_load((run / "campaign.yaml").read_text())
+        assert data["estimator"]["anchor_method"] == "kmeans-irt"  # its own file spells the former defaults out
+        for section, name in FORMER_DEFAULTS:  # what the older version fingerprinted: those keys left out
+            del data[section][name]
+        store = CampaignStore(run)
+        store.set_meta("config", config_fingerprint(Campaign.model_validate(data)))
+        if not marked:
+            store.db.execute("DELETE FROM meta WHERE key = ?", (DEFAULTS_META,))
+        store.close()
+
+    written_by_the_older_version(tmp_path / "old", marked=False)
+    result = CliRunner().invoke(cli, ["resume", str(tmp_path / "old")])
+    assert result.exit_code == 0 and "different campaign" not in result.output, result.output
+    # a run written by this version with the new defaults is no former one: the same file is refused
+    written_by_the_older_version(tmp_path / "new", marked=True)
+    result = CliRunner().invoke(cli, ["resume", str(tmp_path / "new")])
+    assert result.exit_code == 2 and "different campaign" in result.output
+
+
 def test_resolve_campaign_makes_every_path_absolute_against_the_campaign_folder(tmp_path):
     from evo_merge.config import Campaign
     from evo_merge.search.workspace import resolve_campaign
@@ -250,26 +285,30 @@ def test_a_campaign_with_relative_paths_resumes_from_its_stored_config(tmp_path,
         assert result.exit_code == 0 and "different campaign" not in result.output, result.output
 
 
-def test_seeded_first_generation_starts_from_the_standard_merges(tmp_path, zoo):
-    from evo_merge.search.candidate import standard_merges
+def test_seeded_first_generation_starts_from_the_endpoints_and_the_standard_merges(tmp_path, zoo):
+    from evo_merge.search.candidate import endpoint_candidate, standard_merges
 
     def first_generation(seeded):
+        """(generation 1 as told to the algorithm, the keys the search phase evaluated in it)."""
         run = tmp_path / f"run-{seeded}"
         path = campaign(tmp_path, zoo, estimator={"kind": "anchor", "anchors": 5}, final={"evaluate_top": 1},
                         algorithm={"population": 8, "generations": 1, "seed": 3, "seed_standard_merges": seeded})
         assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
         db = sqlite3.connect(run / "state.sqlite")
-        return {k for (k,) in db.execute("SELECT key FROM evaluations WHERE phase='search' AND generation="
-                                         "(SELECT MIN(generation) FROM evaluations WHERE phase='search')")}
+        (told,) = db.execute("SELECT keys FROM generations WHERE generation = 1").fetchone()
+        searched = {k for (k,) in db.execute("SELECT key FROM evaluations WHERE phase='search' AND generation=1")}
+        return set(json.loads(told)), searched
 
-    merges = standard_merges(2)
+    merges, endpoints = standard_merges(2), {endpoint_candidate(i, 2).key for i in range(2)}
     # the test campaign searches task_arithmetic (lambda in [0.5, 1.5]), ties (density in [0.2, 0.9]) and tsv
     expressible = {merges[k].key for k in ("task_arithmetic lambda=0.5", "task_arithmetic lambda=0.7",
                                            "task_arithmetic lambda=1.0", "ties density=0.2", "tsv alpha=1")}
-    seeded, unseeded = first_generation(True), first_generation(False)
-    assert expressible <= seeded and len(seeded) == 8
+    (seeded, searched), (unseeded, _) = first_generation(True), first_generation(False)
+    assert endpoints | expressible <= seeded and len(seeded) == 8
+    # each endpoint alone was scored in calibration: looked up, not evaluated again by the search
+    assert not endpoints & searched and expressible <= searched
     assert merges["task_arithmetic lambda=0.3"].key not in seeded  # below the searched lambda range
-    assert not expressible & unseeded
+    assert not (expressible | endpoints) & unseeded
 
 
 BAD = {
