@@ -1,12 +1,14 @@
 """IRT-scored search vs the same search scored on all items, on the demo zoo; plus user baselines.
 
-    .venv/bin/python scripts/bench_campaign.py --zoo runs/zoo/tiny-lm --sizes 8x4,16x8
+    .venv/bin/python scripts/bench_campaign.py --zoo runs/zoo/tiny-lm --sizes 8x4,16x8 [--kinds gpirt,adaptive]
 
-For each campaign size (population x generations), same seed: (a) candidates scored on
-`--anchors` items per task scenario (default 5: about 20 per task) with gp-IRT, (b) every
-candidate scored on all items. Prints item evaluations in the search phase and in total (IRT
-calibration and the front's full evaluation included), and the hypervolume of each final front
-measured on all items. Then measures the baselines a user would try first (task arithmetic with
+For each campaign size (population x generations), same seed: (a) candidates scored by each of
+`--kinds` (default gpirt: `--anchors` items per task scenario, default 5, about 20 per task;
+adaptive: items chosen per candidate until the standard error is below target), (b) every
+candidate scored on all items. Prints search items per candidate, item evaluations in the search
+phase and in total (IRT calibration and the final phase included), the hypervolume of each final
+front measured on the search items, and each best-per-task pick against the endpoint trained for
+its task. Then measures the baselines a user would try first (task arithmetic with
 lambda from a grid, TIES with density 0.2, TSV-M with alpha 1; `scripts/campaign_baselines.py`)
 and checks that the campaign's measured front dominates or matches each.
 
@@ -30,7 +32,10 @@ from campaign_baselines import comparison_table, measured_front  # a sibling scr
 from evo_merge.cli.template import campaign_text
 from evo_merge.config import Campaign
 from evo_merge.search.campaign import CampaignRunner
+from evo_merge.search.candidate import reference_candidates
+from evo_merge.search.front import candidates, choose
 from evo_merge.search.store import CampaignStore
+from evo_merge.search.study import SEARCH
 from evo_merge.search.workspace import config_fingerprint, resolve_campaign
 from evo_merge.zoo.manifest import read_zoo
 
@@ -95,6 +100,8 @@ def main() -> None:
         metavar="LIST",
         help="compare coefficient granularities instead (e.g. model,blocks:1), IRT-scored",
     )
+    parser.add_argument("--kinds", default="gpirt", help="estimators compared with full evaluation, e.g. "
+                        "gpirt,adaptive")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
     args = parser.parse_args()
     families = read_zoo(args.zoo).endpoints
@@ -103,51 +110,67 @@ def main() -> None:
             compare_granularities(args, families, size)
         return
 
-    rows = []
+    kinds = args.kinds.split(",")
+    rows, last = [], None
     for size in args.sizes.split(","):
         population, generations = map(int, size.split("x"))
-        irt, t_irt = run_campaign(
-            args.zoo,
-            families,
-            args.out / f"irt-a{args.anchors}-{size}",
-            population,
-            generations,
-            "gpirt",
-            args.anchors,
-            args.reuse,
-        )
         # anchors play no part in a full-evaluation run: fixed, so its finished runs are reusable
         full, t_full = run_campaign(
             args.zoo, families, args.out / f"full-{size}", population, generations, "full", 20, args.reuse
         )
-        search = (irt.workspace.store.items_evaluated("search"), full.workspace.store.items_evaluated("search"))
-        total = (
-            irt.workspace.store.items_evaluated(measured=True),
-            full.workspace.store.items_evaluated(measured=True),
-        )
-        hv = (irt.objectives.hypervolume(measured_front(irt)[1]), full.objectives.hypervolume(measured_front(full)[1]))
-        rows.append((size, search, total, hv, (t_irt, t_full)))
+        for kind in kinds:
+            folder = args.out / (f"irt-a{args.anchors}-{size}" if kind == "gpirt" else f"{kind}-{size}")
+            runner, wall = run_campaign(args.zoo, families, folder, population, generations, kind, args.anchors,
+                                        args.reuse)
+            rows.append((size, kind, *compare(runner, full), wall, t_full))
+            print(f"[{size} {kind}] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)
+            last = runner
+            print(f"  best-per-task picks vs the endpoints (search items): {picks_vs_endpoints(runner)}", flush=True)
+
+    print("\n| campaign (pop x gen) | estimator | items per candidate (search) | search items / full | ratio "
+          "| total items / full | ratio | HV / full (measured) | ratio | wall s / full |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for size, kind, per, search, total, hv, wall, t_full in rows:
         print(
-            f"[{size}] search items {search[0]:,} vs {search[1]:,} ({search[1] / search[0]:.1f}x); "
-            f"total {total[0]:,} vs {total[1]:,} ({total[1] / total[0]:.1f}x); "
-            f"HV {hv[0]:.4f} vs {hv[1]:.4f} ({hv[0] / hv[1]:.3f}); wall {t_irt:.0f} s vs {t_full:.0f} s",
-            flush=True,
+            f"| {size} | {kind} | {per:.1f} | {search[0]:,} / {search[1]:,} | {search[1] / search[0]:.1f}x "
+            f"| {total[0]:,} / {total[1]:,} | {total[1] / total[0]:.1f}x | {hv[0]:.4f} / {hv[1]:.4f} "
+            f"| {hv[0] / hv[1]:.3f} | {wall:.0f} / {t_full:.0f} |"
         )
 
-    print(
-        "\n| campaign (pop x gen) | search items IRT / full | ratio | total items IRT / full | ratio "
-        "| HV IRT / full (measured) | ratio |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for size, search, total, hv, _ in rows:
-        print(
-            f"| {size} | {search[0]:,} / {search[1]:,} | {search[1] / search[0]:.1f}x | {total[0]:,} / {total[1]:,} "
-            f"| {total[1] / total[0]:.1f}x | {hv[0]:.4f} / {hv[1]:.4f} | {hv[0] / hv[1]:.3f} |"
-        )
-
-    print(f"\nbaselines vs the IRT campaign's measured front ({args.sizes.split(',')[-1]}), "
+    print(f"\nbaselines vs the {kinds[-1]} campaign's measured front ({args.sizes.split(',')[-1]}), "
           "on the search items (held-out items left out):")
-    print(comparison_table(irt))
+    print(comparison_table(last))
+
+
+def compare(runner: CampaignRunner, full: CampaignRunner) -> tuple[float, tuple, tuple, tuple]:
+    """(search items per search candidate, search items, total items, measured hypervolume), each
+    as (this run, the full-evaluation run) after the first."""
+    store, full_store = runner.workspace.store, full.workspace.store
+    searched = store.evaluations(SEARCH)
+    search = (store.items_evaluated("search"), full_store.items_evaluated("search"))
+    total = (store.items_evaluated(measured=True), full_store.items_evaluated(measured=True))
+    hv = tuple(run.objectives.hypervolume(measured_front(run)[1]) for run in (runner, full))
+    return search[0] / max(len(searched), 1), search, total, hv
+
+
+def picks_vs_endpoints(runner: CampaignRunner) -> str:
+    """Each best-per-task pick's measured score on its task (search items), and as a multiple of
+    the endpoint named like the task (the zoo's endpoints are), measured alike in calibration."""
+    store, objectives = runner.workspace.store, runner.objectives
+    measured = [e for e in candidates(store) if e.measured is not None]
+    chosen = choose(measured, objectives, runner.workspace.campaign.final)
+    endpoints = {label.removeprefix("endpoint "): store.get(c.key)
+                 for label, c in reference_candidates(runner.workspace.endpoint_labels())[1:]}
+    cells = []
+    for task in objectives.names:
+        pick, ref = chosen.get(f"best-{task}"), endpoints.get(task)
+        if pick is None:
+            continue
+        cell = f"{task} {pick.measured[task]:.3f}"
+        if ref is not None and ref.measured:
+            cell += f" ({pick.measured[task] / ref.measured[task]:.2f}x the endpoint's {ref.measured[task]:.3f})"
+        cells.append(cell)
+    return "; ".join(cells) or "no best-per-task picks"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python scripts/mergekit_parity.py RECIPES_DIR [--mergekit /work/venvs/mergekit/bin/mergekit-yaml]
     python scripts/mergekit_parity.py --make-recipes DIR   # a tiny Llama family and one recipe per method
+        [--evolve-python /work/venvs/mergekit/bin/python]    # + best_config.yaml as mergekit-evolve saves it
 
 Prints one row per recipe: tensors compared, bit-identical, max absolute difference and max
 relative difference (per tensor, max |a - b| / max |b|). mergekit is not a dependency: install it in
@@ -41,7 +42,22 @@ RECIPES = {  # method -> (global parameters, per-model parameters); linear and s
 NO_BASE = {"linear", "multislerp", "karcher"}
 
 
-def make_recipes(out: Path) -> None:
+# mergekit-evolve's own genome code turns a random genotype (per-layer weights, negative weights
+# allowed) into the configuration it saves as best_config.yaml (int8_mask, normalize, bfloat16)
+EVOLVE_SNIPPET = """
+import sys, torch
+from mergekit.evo.genome import ModelGenome, ModelGenomeDefinition
+base, *models = sys.argv[1:-1]
+definition = ModelGenomeDefinition(models=models, base_model=base, merge_method="task_arithmetic",
+                                   layer_granularity=1, allow_negative_weights=True)
+genome = ModelGenome(definition)
+torch.manual_seed(0)
+genotype = 2 * genome.initial_genotype(random=True) - 0.5
+open(sys.argv[-1], "w").write(genome.genotype_merge_config(genotype).to_yaml())
+"""
+
+
+def make_recipes(out: Path, evolve_python: str | None = None) -> None:
     from evo_merge.zoo.tiny import save_tiny_family
 
     base, fts = save_tiny_family(out / "models", "llama", n_finetunes=2)
@@ -68,6 +84,9 @@ def make_recipes(out: Path) -> None:
              "tokenizer_source": "union", "models": [{"model": f"{fts[0]}+{adapter}", "parameters": {"weight": 0.6}},
                                                      {"model": str(chat), "parameters": {"weight": 0.4}}]}
     (out / "task_arithmetic_union_lora.yaml").write_text(yaml.safe_dump(union, sort_keys=False))
+    if evolve_python:
+        subprocess.run([evolve_python, "-c", EVOLVE_SNIPPET, str(base), *map(str, fts),
+                        str(out / "task_arithmetic_evolve_best_config.yaml")], check=True)
 
 
 def chat_variant(model_dir: Path, out: Path) -> Path:
@@ -140,9 +159,11 @@ def main() -> None:
     parser.add_argument("recipes", type=Path, nargs="?")
     parser.add_argument("--make-recipes", type=Path, help="write a tiny model family and recipes here, then stop")
     parser.add_argument("--mergekit", default=shutil.which("mergekit-yaml"), help="mergekit-yaml executable")
+    parser.add_argument("--evolve-python", help="with --make-recipes: a Python with mergekit (its evolve module) to "
+                        "write a best_config.yaml as mergekit-evolve saves it")
     args = parser.parse_args()
     if args.make_recipes:
-        make_recipes(args.make_recipes)
+        make_recipes(args.make_recipes, args.evolve_python)
         return
     if args.recipes is None:
         parser.error("give RECIPES_DIR or --make-recipes DIR")

@@ -200,8 +200,9 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
             copies = max(copies, 4 * setting.n_models + 3)
         elif name != "mass" and get_method(name).pieces is None:
             copies = max(copies, setting.n_models + 4)
-    # with `host`, the largest tensor's stored base and task vectors are on the device while it is merged
-    staging = setting.n_models + 1 if setting.storage.placement == "host" else 0
+    # with `host` on a GPU, the largest tensor's stored base and task vectors are on the device while it
+    # is merged; on a CPU the host is the device, nothing is staged
+    staging = setting.n_models + 1 if setting.storage.placement == "host" and setting.on_gpu else 0
     return largest.numel * (4 * copies + staging * (setting.storage.dtype or largest.dtype).itemsize)
 
 

@@ -50,10 +50,19 @@ def linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     return out / _normalize_divisor(weights) if params["normalize"] else out
 
 
+def _task_arithmetic_in_steps(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
+    """Task arithmetic in mergekit's steps (weighted task vectors, their sum, normalised, scaled,
+    added), each rounded to the compute dtype: a bfloat16 recipe, as mergekit-evolve saves them,
+    gets mergekit's bits. In float32 the fused sum of the pieces is kept, so a campaign candidate
+    and its recipe stay bit-identical."""
+    return generalized_task_arithmetic(base, deltas, weights, params, sparsify=None, consensus=False)
+
+
 @register_method(
     "task_arithmetic",
     hyperparameters=[LAMBDA, WEIGHT_NORMALIZE, IGNORED_RESCALE, INT8_MASK],
     scale=lambda w, p: p["lambda"] / (_normalize_divisor(w) if p["normalize"] else 1.0),
+    narrow=_task_arithmetic_in_steps,
 )
 def task_arithmetic(base, deltas, params: Params, name: str) -> list[torch.Tensor]:
     """theta_0 + lambda * sum_t c_t tau_t."""

@@ -131,13 +131,16 @@ def register_method(
     base: str = "required",
     uses_weights: bool = True,
     replace: bool = False,
+    narrow: MergeFn | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
 
     Decorate ``fn(base, deltas, weights, params, name) -> tensor``; or, with ``scale=...``, a
     ``pieces(base, deltas, params, name) -> list[piece]`` function (tensors, factored pieces or None)
     whose result is combined as
-    ``base + scale(weights, params) * sum_t weights[t] * pieces[t]``.
+    ``base + scale(weights, params) * sum_t weights[t] * pieces[t]``. A pieces method may give
+    `narrow`, an ``fn`` the file path uses when it computes in a dtype narrower than float32 (a
+    bfloat16 recipe): rounding each step where a reference tool rounds it gives that tool's bits.
     """
 
     if base not in BASE_MODES:
@@ -152,6 +155,8 @@ def register_method(
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         else:
             def fn(base, deltas, weights, params, tensor_name, _pieces=func):
+                if narrow is not None and base.dtype.itemsize < 4:
+                    return narrow(base, deltas, weights, params, tensor_name)
                 return combine_pieces(base, _pieces(base, deltas, params, tensor_name), weights,
                                       scale(weights, params))
             method = MergeMethod(name, tuple(hyperparameters), fn=fn, pieces=func, scale=scale,

@@ -179,6 +179,35 @@ def test_published_style_recipe_with_union_tokenizer_lora_gradients_and_filters(
     assert generates(out) and rebuilds_bit_for_bit(out, tmp_path)
 
 
+def test_a_recipe_saved_by_mergekit_evolve_merges_rounding_each_step_as_mergekit(deep, tmp_path):
+    """best_config.yaml as mergekit-evolve writes it: per-layer slices listing the base too,
+    negative weights, int8_mask, normalize false, bfloat16. mergekit computes in the recipe's
+    dtype, rounding the weighted task vectors, their sum and the final add; so must we."""
+    weights = [(0.49, 1.04), (-0.32, -0.24)]  # slice -> (ft1, ft2)
+    recipe = {"base_model": str(deep["base"]), "dtype": "bfloat16", "merge_method": "task_arithmetic",
+              "parameters": {"int8_mask": True, "normalize": False},
+              "slices": [{"sources": [{"layer_range": [2 * s, 2 * s + 2], "model": str(deep[ft]),
+                                       "parameters": {"weight": w[t]}} for t, ft in enumerate(("ft1", "ft2"))]
+                         + [{"layer_range": [2 * s, 2 * s + 2], "model": str(deep["base"])}]}
+                         for s, w in enumerate(weights)]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    merged = tensors_of(out)
+    base, ft1, ft2 = (tensors_of(deep[k]) for k in ("base", "ft1", "ft2"))
+    fused_differs = False
+    for name, tensor in merged.items():
+        if not name.startswith("model.layers."):
+            continue
+        w1, w2 = weights[int(name.split(".")[2]) // 2]
+        b = base[name].bfloat16()
+        d1, d2 = ((ft[name].bfloat16() - b) * torch.tensor(w).bfloat16() for ft, w in ((ft1, w1), (ft2, w2)))
+        mixed = (d1.float() + d2.float()).bfloat16()  # torch sums bfloat16 in float32, rounding once
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, b + mixed), name
+        fused = (base[name] + w1 * (ft1[name] - base[name]) + w2 * (ft2[name] - base[name])).bfloat16()
+        fused_differs |= not torch.equal(tensor, fused)
+    assert fused_differs  # the steps' roundings show: float32 then one cast would not pass the check above
+
+
 def test_union_tokenizer_needed_when_vocabularies_differ(deep, tmp_path):
     recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
               "models": [{"model": str(deep["chat"])}]}
