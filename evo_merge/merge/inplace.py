@@ -27,7 +27,7 @@ from evo_merge.weights import Checkpoint, check_compatible
 Weights = Sequence[float] | Mapping[str, Sequence[float]]
 
 
-CHUNK = 2**16  # entries combined at a time on the CPU: the float32 partial sums stay in cache
+CHUNK = 2**18  # entries combined at a time on the CPU: float32 partial sums stay in cache (fastest of 2^14-2^20)
 
 
 class InPlaceMerger:

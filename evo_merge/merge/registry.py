@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from evo_merge.errors import UserError
-from evo_merge.merge.pieces import Piece, dense
+from evo_merge.merge.pieces import LowRank, Piece, dense
 
 ENTRY_POINT_GROUP = "evo_merge.merge_methods"
 
@@ -182,7 +182,11 @@ def combine_pieces(
     and accumulated in `out`'s dtype (torch's type promotion), never copied to it first."""
     out = base.clone() if out is None else out.copy_(base)
     for piece, weight in zip(pieces, weights):
-        if weight != 0 and piece is not None:
+        if weight == 0 or piece is None:
+            continue
+        if isinstance(piece, LowRank):  # one matrix product accumulated into `out`: no dense copy of the piece
+            out.addmm_(piece.u * piece.s, piece.v.T, alpha=scale * weight)
+        else:
             out.add_(dense(piece), alpha=scale * weight)
     return out
 
