@@ -46,6 +46,16 @@ def test_stops_at_the_budget_or_the_target(two_scenarios):
     assert loose.se["s0"] <= 0.08 and loose.se["s1"] <= 0.08 and len(loose.items) < 200
 
 
+def test_a_scenario_known_at_the_prior_starts_with_no_items(two_scenarios):
+    *_, model = two_scenarios
+    loose = AdaptiveTest(model, target_se=0.9)  # every scenario's SE is below this before any item
+    assert loose.next_items({}) == []
+    first = loose.first_step()
+    assert all(items == [] for items in first.items.values()) and set(first.items) == set(model.scenarios)
+    estimator = Estimator(model, None, "adaptive", target_se=0.9)
+    assert estimator.anchor_ids == []
+
+
 def test_deterministic_given_seed_and_resumes_from_stored_scores(two_scenarios):
     _, _, responses, model = two_scenarios
     row = ResponseMatrix.from_long(responses, model.item_ids).scores[3]
