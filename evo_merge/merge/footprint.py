@@ -197,7 +197,7 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
     copies = 3  # the output, one widened stored piece and its expansion (TSV)
     for name in setting.methods:
         if name in SPARSIFYING:
-            copies = max(copies, 4 * setting.n_models + 3)
+            copies = max(copies, 3 * setting.n_models + 5)  # deltas, their stack, the sign agreement, temporaries
         elif name != "mass" and get_method(name).pieces is None:
             copies = max(copies, setting.n_models + 4)
     # with `host` on a GPU, the largest tensor's stored base and task vectors are on the device while it
