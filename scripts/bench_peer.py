@@ -97,11 +97,16 @@ def score_folder(runner: CampaignRunner, folder: Path) -> tuple[dict[str, float]
     return search, held
 
 
-def run_peer(runner: CampaignRunner, budget: int, out: Path, timeout: float) -> tuple[str, dict | None]:
+def run_peer(runner: CampaignRunner, budget: int, out: Path, timeout: float,
+             executable: str | None) -> tuple[str, dict | None]:
     """(what happened, scores of mergekit-evolve's best merge on the same items or None)."""
     command = peer_command(runner, budget, out)
-    if shutil.which("mergekit-evolve") is None:
+    if executable is None:
         return "not installed: " + " ".join(command), None
+    command[0] = executable
+    probe = subprocess.run([executable, "--help"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:  # e.g. an lm-eval it was not released against
+        return f"mergekit-evolve does not start: {(probe.stderr.strip().splitlines() or ['?'])[-1][:120]}", None
     start = time.perf_counter()
     try:
         subprocess.run(command, check=True, timeout=timeout)
@@ -135,6 +140,8 @@ def main() -> None:
     parser.add_argument("--search-items", type=int, default=120,
                         help="items per task the search sees (the rest is held out)")
     parser.add_argument("--peer-timeout", type=float, default=3600)
+    parser.add_argument("--mergekit-evolve", default=shutil.which("mergekit-evolve"),
+                        help="mergekit-evolve executable (default: the one on PATH)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-peer"))
     args = parser.parse_args()
     families = [m for m in json.loads((args.zoo / "zoo.json").read_text())["models"] if m != "base"]
@@ -161,7 +168,8 @@ def main() -> None:
         for task, candidate in endpoints.items():
             search, held = scores_of(runner, candidate.key)
             rows.append(f"| {seed} | endpoint {task} | {fmt(search, tasks)} | {fmt(held, tasks)} | |")
-        status, peer = run_peer(runner, args.budget, args.out / f"mergekit-seed{seed}", args.peer_timeout)
+        status, peer = run_peer(runner, args.budget, args.out / f"mergekit-seed{seed}", args.peer_timeout,
+                                args.mergekit_evolve)
         rows.append(
             f"| {seed} | mergekit-evolve best | {fmt(peer['search'], tasks) if peer else '—'} "
             f"| {fmt(peer['held'], tasks) if peer else '—'} | {status} |"
