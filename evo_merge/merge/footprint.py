@@ -194,7 +194,9 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
     largest = max(shapes.floating, key=lambda t: t.numel, default=None)
     if largest is None:
         return 0
-    copies = 3  # the output, one widened stored piece and its expansion (TSV)
+    # task arithmetic and TSV: setup's float32 base tensor and one endpoint's; a candidate's output
+    # (plain pieces are added as stored, factored ones accumulated by matrix products)
+    copies = 2
     for name in setting.methods:
         if name in SPARSIFYING:
             copies = max(copies, 3 * setting.n_models + 5)  # deltas, their stack, the sign agreement, temporaries

@@ -75,9 +75,11 @@ class InPlaceMerger:
 
     def _compute_pieces(self, method: MergeMethod, name: str, params: Mapping[str, Any]) -> list[Piece]:
         """One tensor's pieces, computed in float32 on the device and stored like the task vectors.
-        A piece that is a task vector itself keeps pointing at the stored one (no copy)."""
+        The pieces function gets the task vectors as stored and widens those it computes with, so
+        a piece that is a task vector itself (TSV's share of an embedding) points at the stored
+        one, and no float32 copy of every task vector of a 128k-row embedding is made for it."""
         stored = self._deltas[name]
-        deltas = [self.stash.upcast(d) for d in stored]
+        deltas = [self.stash.move(d) for d in stored]  # on the device (a copy only with `host`)
         same = {id(d): s for d, s in zip(deltas, stored)}
         dtype = self._base[name].dtype
 

@@ -138,7 +138,9 @@ def register_method(
     Decorate ``fn(base, deltas, weights, params, name) -> tensor``; or, with ``scale=...``, a
     ``pieces(base, deltas, params, name) -> list[piece]`` function (tensors, factored pieces or None)
     whose result is combined as
-    ``base + scale(weights, params) * sum_t weights[t] * pieces[t]``. A pieces method may give
+    ``base + scale(weights, params) * sum_t weights[t] * pieces[t]``. Its deltas may be narrower
+    than `base` (the in-place merger passes them as stored, e.g. bf16): widen to ``base.dtype``
+    what it computes with, and return a delta itself, unwidened, where it is its own piece. A pieces method may give
     `narrow`, an ``fn`` the file path uses when it computes in a dtype narrower than float32 (a
     bfloat16 recipe): rounding each step where a reference tool rounds it gives that tool's bits.
     """

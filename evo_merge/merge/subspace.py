@@ -80,7 +80,7 @@ def tsv_m_pieces(deltas: Sequence[torch.Tensor]) -> list[LowRank]:
 def tsv(base, deltas, params: Params, name: str) -> list[Piece]:
     """TSV-M: merge each matrix's top task singular vectors after decorrelating them."""
     if is_decomposed(deltas[0], name, params):
-        return tsv_m_pieces(deltas)
+        return tsv_m_pieces([d.to(base.dtype) for d in deltas])
     return [Scaled(d, len(deltas)) for d in deltas]
 
 
@@ -99,7 +99,7 @@ def tsv_c(base, deltas, params: Params, name: str) -> list[Piece]:
     pieces: list[Piece] = [None] * len(deltas)
     delta = deltas[t]
     if is_decomposed(delta, name, params):
-        u, s, v = top_k_svd(delta, tsv_rank(delta, len(deltas)))
+        u, s, v = top_k_svd(delta.to(base.dtype), tsv_rank(delta, len(deltas)))
         # copies of the top-k slices only (views would keep the full SVD alive); v^T keeps its layout
         pieces[t] = LowRank(u.contiguous(), s.clone(), v.T.clone().T)
     else:
