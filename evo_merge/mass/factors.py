@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from evo_merge.errors import UserError
+from evo_merge.merge.pieces import Scaled
 from evo_merge.merge.registry import combine_pieces
 from evo_merge.merge.storage import Stash, Storage
 from evo_merge.merge.subspace import is_decomposed, orthogonalised_pieces, top_k_svd, tsv_rank
@@ -89,7 +90,7 @@ class MassFactors:
             if name in self.lowrank:
                 pieces = subset_pieces([tuple(upcast(f) for f in self.lowrank[name][t]) for t in tasks])
             else:
-                pieces = [upcast(self.dense[name][t]) / len(tasks) for t in tasks]
+                pieces = [Scaled(self.stash.move(self.dense[name][t]), len(tasks)) for t in tasks]  # as TSV-M's
             yield name, combine_pieces(upcast(theta0), pieces, weights, 1.0)
 
     def stored(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from evo_merge.errors import UserError
-from evo_merge.merge.pieces import Piece, map_piece
+from evo_merge.merge.pieces import Piece, Scaled, map_piece
 from evo_merge.merge.plan import merge_tensor
 from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
@@ -90,9 +90,9 @@ class InPlaceMerger:
         return [map_piece(piece, keep) for piece in pieces]
 
     def _fetch(self, piece: Piece) -> Piece:
-        """A stored piece on the device: plain tensors as stored (the sum reads them in their
-        dtype), factored ones in the compute dtype (they go through a matrix product)."""
-        if piece is None or isinstance(piece, torch.Tensor):
+        """A stored piece on the device: plain and scaled tensors as stored (the sum reads them in
+        their dtype), factored ones in the compute dtype (they go through a matrix product)."""
+        if piece is None or isinstance(piece, (torch.Tensor, Scaled)):
             return map_piece(piece, self.stash.move)
         return map_piece(piece, self.stash.upcast)
 
@@ -121,8 +121,8 @@ class InPlaceMerger:
             direct = into_module and target.dtype == self.dtype and target.device == self.device
             out = target if direct else torch.empty(target.shape, dtype=self.dtype, device=self.device)
             base, scale = self.stash.move(stored_base), m.scale(w, resolved)
-            if all(p is None or isinstance(p, torch.Tensor) for p in pieces[name]):
-                fetched = [self.stash.move(p) if p is not None and x != 0 else None for p, x in zip(pieces[name], w)]
+            if all(p is None or isinstance(p, (torch.Tensor, Scaled)) for p in pieces[name]):
+                fetched = [self._fetch(p) if x != 0 else None for p, x in zip(pieces[name], w)]
                 if into_module and self.device.type == "cpu" and _elementwise(target, base, fetched):
                     yield name, self._combine_in_chunks(target, base, fetched, w, scale)
                     continue
@@ -130,18 +130,19 @@ class InPlaceMerger:
                 fetched = (self._fetch(p) if x != 0 else None for p, x in zip(pieces[name], w))
             yield name, combine_pieces(base, fetched, w, scale, out=out)
 
-    def _combine_in_chunks(self, target: torch.Tensor, base: torch.Tensor, pieces: Sequence[torch.Tensor | None],
+    def _combine_in_chunks(self, target: torch.Tensor, base: torch.Tensor, pieces: Sequence[Piece],
                            weights: Sequence[float], scale: float) -> torch.Tensor:
         """`combine_pieces` into the module a cache-sized chunk at a time (on the CPU): the stored
         tensors are read once and the module written once, with no float32 copy of the whole
         tensor going through memory. The operations per entry are the same, so are the bits."""
         dest, flat_base = target.view(-1), base.view(-1)
-        flat = [p if p is None else p.view(-1) for p in pieces]
+        flat = [map_piece(p, lambda t: t.view(-1)) for p in pieces]
         buffer = torch.empty(min(CHUNK, dest.numel()), dtype=self.dtype)
         for start in range(0, dest.numel(), CHUNK):
             part = slice(start, start + CHUNK)
             out = buffer[: dest[part].numel()]
-            combine_pieces(flat_base[part], [p if p is None else p[part] for p in flat], weights, scale, out=out)
+            combine_pieces(flat_base[part], [map_piece(p, lambda t, part=part: t[part]) for p in flat], weights, scale,
+                           out=out)
             dest[part].copy_(out)
         return target
 
@@ -167,8 +168,8 @@ class InPlaceMerger:
 
 
 def _elementwise(target: torch.Tensor, base: torch.Tensor, pieces: Sequence[Any]) -> bool:
-    """Whether a tensor's candidate can be combined chunk by chunk: plain, contiguous tensors only."""
-    tensors = [target, base, *(p for p in pieces if p is not None)]
+    """Whether a tensor's candidate can be combined chunk by chunk: plain or scaled, contiguous tensors only."""
+    tensors = [target, base, *(p.tensor if isinstance(p, Scaled) else p for p in pieces if p is not None)]
     return all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in tensors)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from evo_merge.errors import UserError
-from evo_merge.merge.pieces import LowRank, Piece, dense
+from evo_merge.merge.pieces import LowRank, Piece, Scaled, dense
 
 ENTRY_POINT_GROUP = "evo_merge.merge_methods"
 
@@ -188,6 +188,8 @@ def combine_pieces(
             continue
         if isinstance(piece, LowRank):  # one matrix product accumulated into `out`: no dense copy of the piece
             out.addmm_(piece.u * piece.s, piece.v.T, alpha=scale * weight)
+        elif isinstance(piece, Scaled):  # read as stored, its division folded into the weight
+            out.add_(piece.tensor, alpha=scale * weight / piece.divisor)
         else:
             out.add_(dense(piece), alpha=scale * weight)
     return out

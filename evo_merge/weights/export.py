@@ -16,7 +16,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -68,7 +68,11 @@ def write_model_folder(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _hidden_sibling(out, "tmp")
     try:
-        written_dtypes = _write_shards(tmp, tensors, dtype, max_shard_bytes)
+        try:
+            written_dtypes = _write_shards(tmp, tensors, dtype, max_shard_bytes)
+        finally:  # a generator left mid-way (a full disk) stops now: a progress bar in it ends with it
+            if isinstance(tensors, Generator):
+                tensors.close()
         if source is not None:
             tokenizer = tokenizer_files(source) if copy_tokenizer else []
             for file in [*(source / name for name in COPIED_FILES), *tokenizer]:
