@@ -1,6 +1,7 @@
 """Search at the size users merge: the in-place merger's memory and time on a >= 0.5B Llama.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_scale.py [--root /tmp/bench_scale] [--repeats 3]
+        [--device cuda]   # on a GPU: the module and merges there; adds each method's GPU peak
 
 1. Builds (or reuses under --root) random-weight Llama-architecture checkpoints in bfloat16: a
    base and 3 endpoints that differ from it by small random task vectors (written tensor by
@@ -125,7 +126,7 @@ class ForwardFitness:
     def evaluate(self, model, tokenizer=None, item_ids=None):
         import pandas as pd
 
-        tokens = model(self.inputs).logits[:, -1].argmax(-1)
+        tokens = model(self.inputs.to(model.device)).logits[:, -1].argmax(-1).cpu()
         if self.targets is None:
             self.targets = tokens
         return pd.Series((tokens == self.targets).float().numpy(), index=self.item_ids)
@@ -139,21 +140,24 @@ def rss_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def bandwidth() -> float:
-    """Bytes per second of a large in-memory copy (read + write counted)."""
-    src, dst = torch.empty(2**27), torch.empty(2**27)  # 512 MiB each
+def bandwidth(device: str = "cpu") -> float:
+    """Bytes per second of a large in-memory copy on `device` (read + write counted)."""
+    src, dst = torch.empty(2**27, device=device), torch.empty(2**27, device=device)  # 512 MiB each
     best = min(timed(lambda: dst.copy_(src)) for _ in range(3))
     return 2 * 2**29 / best
 
 
-def matmul_rate() -> float:
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+def matmul_rate(device: str = "cpu") -> float:
+    a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
     return 2 * 1024**3 / min(timed(lambda: a @ b) for _ in range(3))
 
 
 def timed(fn) -> float:
+    """Wall seconds of `fn()`, GPU work included (synchronised when CUDA is in use)."""
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -177,7 +181,7 @@ def read_per_candidate(merger, method: str, key: tuple) -> tuple[int, int]:
     return total, flops
 
 
-def child(root: Path, mode: str, repeats: int) -> dict:
+def child(root: Path, mode: str, repeats: int, device: str = "cpu") -> dict:
     from evo_merge.search.candidate import Candidate
     from evo_merge.search.local import LocalEvaluator
     from evo_merge.search.workbench import Workbench
@@ -188,10 +192,10 @@ def child(root: Path, mode: str, repeats: int) -> dict:
     storage = Storage.parse(dtype, placement)
     out = {"rss_start": rss_peak()}
     start = time.perf_counter()
-    bench = Workbench.open(base, models, device="cpu", dtype="bfloat16", storage=storage)
+    bench = Workbench.open(base, models, device=device, dtype="bfloat16", storage=storage)
     out["setup_s"], out["rss_setup"] = time.perf_counter() - start, rss_peak()
     evaluator = LocalEvaluator(bench, {"forward": ForwardFitness(SMALL["vocab"])})
-    out["bandwidth"], out["matmul"] = bandwidth(), matmul_rate()
+    out["bandwidth"], out["matmul"] = bandwidth(device), matmul_rate(device)
     module_bytes = nbytes(bench.module.state_dict().values())
     gen = torch.Generator().manual_seed(1)
     for method in methods:
@@ -205,6 +209,8 @@ def child(root: Path, mode: str, repeats: int) -> dict:
         out[method] = {"first_s": first, "merge_s": statistics.median(merges), "fitness_s": fitness,
                        "floor_s": (read + module_bytes) / out["bandwidth"], "gemm_floor_s": flops / out["matmul"],
                        "rss_after": rss_peak()}
+        if device.startswith("cuda"):  # what the GPU held at most, next to the host's peak
+            out[method]["device_peak"] = torch.cuda.max_memory_allocated()
         print(f"  {mode}: {method} done ({first:.1f} s first, {statistics.median(merges):.2f} s per candidate)",
               file=sys.stderr, flush=True)
     return out
@@ -224,8 +230,8 @@ def report(results: dict, shapes: Shapes, model_bytes: int) -> None:
     print(f"\nmodel: {sum(t.numel for t in shapes.tensors) / 1e9:.3f}B parameters, bf16 size "
           f"{model_bytes / GIB:.2f} GiB, T = {T} endpoints, 1 thread")
     print("| storage | methods so far | setup s | max RSS, x bf16 size | max RSS GiB | plan GiB | plan error | "
-          "GPU plan: host / device GiB |")
-    print("|---|---|---|---|---|---|---|---|")
+          "GPU plan: host / device GiB | GPU peak GiB (measured) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for mode, r in results.items():
         dtype, placement, methods = MODES[mode]
         storage = Storage.parse(dtype, placement)
@@ -234,7 +240,8 @@ def report(results: dict, shapes: Shapes, model_bytes: int) -> None:
             host = predicted(shapes, storage, methods[:i + 1], False)[0]
             gpu_host, gpu_device = predicted(shapes, storage, methods[:i + 1], True)
             print(f"| {mode} | {' + '.join(methods[:i + 1])} | {r['setup_s']:.0f} | {x(peak)} | {peak / GIB:.2f} | "
-                  f"{host / GIB:.2f} | {(host - peak) / peak:+.0%} | {gpu_host / GIB:.2f} / {gpu_device / GIB:.2f} |")
+                  f"{host / GIB:.2f} | {(host - peak) / peak:+.0%} | {gpu_host / GIB:.2f} / {gpu_device / GIB:.2f} | "
+                  + (f"{r[method]['device_peak'] / GIB:.2f} |" if "device_peak" in r[method] else "- |"))
     target = (2 + T + 1.6) * model_bytes + 1.5 * GIB
     print(f"target for bf16 storage with TSV-M: <= (2 + T + 1.6) x bf16 size + 1.5 GiB = {target / GIB:.2f} GiB")
     print("\n| storage | method | first candidate s | merge s per candidate | memory floor s | ratio | "
@@ -281,13 +288,15 @@ def main() -> None:
     parser.add_argument("--modes", nargs="*", default=list(MODES))
     parser.add_argument("--layers", type=int, default=SMALL["layers"], help="fewer for a smoke run")
     parser.add_argument("--vocab", type=int, default=SMALL["vocab"])
+    parser.add_argument("--device", default="cpu", help="where the module and the merges live (cuda on a GPU)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     SMALL.update(layers=args.layers, vocab=args.vocab)
-    shape_args = ["--root", str(args.root), "--repeats", str(args.repeats), "--layers", str(args.layers),
+    shape_args = ["--root", str(args.root), "--repeats", str(args.repeats), "--device", args.device,
+                  "--layers", str(args.layers),
                   "--vocab", str(args.vocab)]
     if args.child:
-        print(json.dumps(child(args.root, args.child, args.repeats)))
+        print(json.dumps(child(args.root, args.child, args.repeats, args.device)))
         return
     base, models = build_checkpoints(args.root)
     shapes = shapes_of(base, models)
