@@ -55,11 +55,11 @@ def one_line_error(code, output, *expected):
     assert all(text in output for text in expected), output
 
 
-def slow_campaign(tmp_path, zoo):  # noqa: F811
+def slow_campaign(tmp_path, zoo, **overrides):  # noqa: F811
     return campaign(tmp_path, zoo, tasks=[
         {"task": "agreement_task:AgreementTask", "name": f"agree{i}",
          "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "delay": 0.05}}
-        for i, f in enumerate(zoo[1])])
+        for i, f in enumerate(zoo[1])], **overrides)
 
 
 def start_and_wait(config, run, generation):
@@ -211,7 +211,10 @@ def test_a_failed_start_leaves_no_run_folder_and_the_fixed_config_starts(tmp_pat
 
 def test_ctrl_c_exits_130_with_the_resume_command_and_frees_the_folder(tmp_path, zoo):  # noqa: F811
     run = tmp_path / "run"
-    proc = start_and_wait(slow_campaign(tmp_path, zoo), run, generation=None)  # during calibration
+    # long enough that it cannot finish between the poll that sees calibration start and the signal
+    config = slow_campaign(tmp_path, zoo, algorithm={"population": 8, "generations": 30, "seed": 3})
+    proc = start_and_wait(config, run, generation=None)  # during calibration
+    assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
