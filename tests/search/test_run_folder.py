@@ -55,17 +55,20 @@ def one_line_error(code, output, *expected):
     assert all(text in output for text in expected), output
 
 
-def slow_campaign(tmp_path, zoo, **overrides):  # noqa: F811
+def slow_campaign(tmp_path, zoo):  # noqa: F811
     return campaign(tmp_path, zoo, tasks=[
         {"task": "agreement_task:AgreementTask", "name": f"agree{i}",
          "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "delay": 0.05}}
-        for i, f in enumerate(zoo[1])], **overrides)
+        for i, f in enumerate(zoo[1])])
 
 
 def start_and_wait(config, run, generation):
     """`evo-merge run` in a subprocess, returned once an evaluation of `generation` is stored."""
+    # as from a terminal: a shell's background job (CI under `&`) passes SIGINT on ignored, and
+    # Python then never turns Ctrl-C into KeyboardInterrupt
     proc = subprocess.Popen([*EVO_MERGE, "run", str(config), "--out", str(run)], env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline:
         try:  # closed at once: a reader left open would keep the killed writer's log index alive
@@ -211,9 +214,7 @@ def test_a_failed_start_leaves_no_run_folder_and_the_fixed_config_starts(tmp_pat
 
 def test_ctrl_c_exits_130_with_the_resume_command_and_frees_the_folder(tmp_path, zoo):  # noqa: F811
     run = tmp_path / "run"
-    # long enough that it cannot finish between the poll that sees calibration start and the signal
-    config = slow_campaign(tmp_path, zoo, algorithm={"population": 8, "generations": 30, "seed": 3})
-    proc = start_and_wait(config, run, generation=None)  # during calibration
+    proc = start_and_wait(slow_campaign(tmp_path, zoo), run, generation=None)  # during calibration
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
