@@ -3,9 +3,10 @@
 A `pieces` method's candidate is ``base + scale * sum_t w_t piece_t`` (registry.combine_pieces).
 Most pieces are plain tensors, usually the task vectors themselves. TSV's are rank-k products
 U diag(s) V^T: kept as factors they take (m + n + 1) k numbers instead of m n, and a candidate
-expands them with one matrix product. TSV's share of a tensor it does not decompose is the task
-vector divided by T, kept as that division rather than a copy. The file merge and the in-place
-merger expand pieces with the same code, so both give the same bits.
+adds them into its output with one matrix product. TSV's share of a tensor it does not decompose
+is the task vector divided by T, kept as that division rather than a copy and read as stored.
+The file merge and the in-place merger add pieces with the same code (`add_to`), so both give
+the same bits.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class LowRank:
     s: torch.Tensor
     v: torch.Tensor
 
-    def dense(self) -> torch.Tensor:
-        return (self.u * self.s) @ self.v.T
+    def add_to(self, out: torch.Tensor, alpha: float) -> None:
+        out.addmm_(self.u * self.s, self.v.T, alpha=alpha)  # accumulated: no dense copy of the product
 
     def map(self, fn: TensorMap) -> LowRank:
         return LowRank(fn(self.u), fn(self.s), fn(self.v))
@@ -40,8 +41,8 @@ class Scaled:
     tensor: torch.Tensor
     divisor: float
 
-    def dense(self) -> torch.Tensor:
-        return self.tensor / self.divisor
+    def add_to(self, out: torch.Tensor, alpha: float) -> None:
+        out.add_(self.tensor, alpha=alpha / self.divisor)  # the tensor read as stored, its division in the weight
 
     def map(self, fn: TensorMap) -> Scaled:
         return Scaled(fn(self.tensor), self.divisor)
@@ -50,9 +51,12 @@ class Scaled:
 Piece = torch.Tensor | LowRank | Scaled | None  # None: a zero piece, nothing to add
 
 
-def dense(piece: Piece) -> torch.Tensor | None:
-    """The piece as one tensor (a plain tensor is returned as is)."""
-    return piece if piece is None or isinstance(piece, torch.Tensor) else piece.dense()
+def add_to(out: torch.Tensor, piece: torch.Tensor | LowRank | Scaled, alpha: float) -> None:
+    """out += alpha * piece; a plain tensor is read in its own dtype (torch's type promotion)."""
+    if isinstance(piece, torch.Tensor):
+        out.add_(piece, alpha=alpha)
+    else:
+        piece.add_to(out, alpha)
 
 
 def map_piece(piece: Piece, fn: TensorMap) -> Piece:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from evo_merge.errors import UserError
-from evo_merge.merge.pieces import LowRank, Piece, Scaled, dense
+from evo_merge.merge.pieces import Piece, add_to
 
 ENTRY_POINT_GROUP = "evo_merge.merge_methods"
 
@@ -184,14 +184,8 @@ def combine_pieces(
     and accumulated in `out`'s dtype (torch's type promotion), never copied to it first."""
     out = base.clone() if out is None else out.copy_(base)
     for piece, weight in zip(pieces, weights):
-        if weight == 0 or piece is None:
-            continue
-        if isinstance(piece, LowRank):  # one matrix product accumulated into `out`: no dense copy of the piece
-            out.addmm_(piece.u * piece.s, piece.v.T, alpha=scale * weight)
-        elif isinstance(piece, Scaled):  # read as stored, its division folded into the weight
-            out.add_(piece.tensor, alpha=scale * weight / piece.divisor)
-        else:
-            out.add_(dense(piece), alpha=scale * weight)
+        if weight != 0 and piece is not None:
+            add_to(out, piece, scale * weight)
     return out
 
 

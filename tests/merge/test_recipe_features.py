@@ -293,13 +293,11 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
             }
         )
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o")],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    def merge_offline(recipe_file, out):  # a fresh process under the offline Hub-cache environment
+        return subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe_file), "--out", str(out)],
+                              env=env, capture_output=True, text=True, check=False)
+
+    done = merge_offline(recipe, tmp_path / "o")
     assert done.returncode == 0, done.stderr
     written = yaml.safe_load((tmp_path / "o" / "merge_recipe.yaml").read_text())
     assert written["base_model"] == f"{repo}@{commit}"
@@ -307,32 +305,12 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
     assert f"{repo}@{commit}" in card and "snapshots" not in card
     expected = {k: v + 0.5 * (tensors_of(deep["ft1"])[k] - v) for k, v in tensors_of(deep["base"]).items()}
     assert all(torch.allclose(t, expected[k], atol=1e-6) for k, t in tensors_of(tmp_path / "o").items())
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "evo_merge",
-            "merge",
-            str(tmp_path / "o" / "merge_recipe.yaml"),
-            "--out",
-            str(tmp_path / "again"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = merge_offline(tmp_path / "o" / "merge_recipe.yaml", tmp_path / "again")
     assert done.returncode == 0, done.stderr
     assert all(torch.equal(t, tensors_of(tmp_path / "again")[k]) for k, t in tensors_of(tmp_path / "o").items())
 
     recipe.write_text(recipe.read_text().replace(repo, "tiny-org/not-cached"))
-    done = subprocess.run(
-        [sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o2")],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = merge_offline(recipe, tmp_path / "o2")
     assert done.returncode == 2 and "not in the local cache" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o2").exists()
 

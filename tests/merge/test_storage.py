@@ -168,3 +168,19 @@ def test_chunked_combining_on_the_cpu_gives_the_same_bits(family, module_dtype, 
             assert torch.equal(state[name], tensor.to(module_dtype)), name
         expected.setdefault("first", state)
         assert all(torch.equal(expected["first"][k], state[k]) for k in state)
+
+
+def test_host_placement_stages_on_a_gpu_only(family):
+    """On a CPU the host is the device: `host` placement needs what `device` needs; on a GPU the
+    largest tensor's stored base and task vectors are staged there while it is merged."""
+    base, fts = family
+    shapes = shapes_of(base, fts)
+
+    def work(placement, on_gpu):
+        lines = plan_lines(shapes, Setting(3, ("task_arithmetic",), Storage(torch.bfloat16, placement),
+                                           torch.float32, on_gpu=on_gpu))
+        return next(line.host + line.device for line in lines if line.what.startswith("merge work"))
+
+    largest = max(t.numel for t in shapes.floating)
+    assert work("host", on_gpu=False) == work("device", on_gpu=False) == 2 * 4 * largest
+    assert work("host", on_gpu=True) - work("device", on_gpu=True) == 4 * 2 * largest  # T + 1 bf16 copies

@@ -152,6 +152,24 @@ def test_failing_iterator_leaves_nothing(llama_family, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_write_that_fails_mid_way_closes_its_tensor_generator(tmp_path):
+    """What runs inside the generator (a progress bar) ends with the failed write, not at garbage
+    collection: a rich Live display left open breaks the next merge in the same process."""
+    closed = []
+
+    def tensors():
+        try:
+            yield "w", torch.tensor([1.0, float("nan")])
+            yield "v", torch.ones(2)
+        finally:
+            closed.append(True)
+
+    stream = tensors()
+    with pytest.raises(UserError, match="NaN or Inf"):
+        write_model_folder(tmp_path / "m", stream)
+    assert closed == [True]
+
+
 def test_existing_output_refused_without_overwrite(llama_family, tmp_path):
     base, _ = llama_family
     out = tmp_path / "m"
