@@ -8,9 +8,13 @@ adaptive: items chosen per candidate until the standard error is below target), 
 candidate scored on all items. Prints search items per candidate, item evaluations in the search
 phase and in total (IRT calibration and the final phase included), the hypervolume of each final
 front measured on the search items, and each best-per-task pick against the endpoint trained for
-its task. Then measures the baselines a user would try first (task arithmetic with
-lambda from a grid, TIES with density 0.2, TSV-M with alpha 1; `scripts/campaign_baselines.py`)
-and checks that the campaign's measured front dominates or matches each.
+its task, all at the product's default final phase (each pick's 3 best estimates and 8 front
+members spread over the front, measured on every item). The runs measure every estimated front
+member; what a final phase measures is nested in what a larger one measures, so a second table
+gives the total items and hypervolume of smaller and larger final phases from the same runs.
+Then measures the baselines a user would try first (task arithmetic with lambda from a grid,
+TIES with density 0.2, TSV-M with alpha 1; `scripts/campaign_baselines.py`) and checks that the
+campaign's measured front dominates or matches each.
 
     .venv/bin/python scripts/bench_campaign.py --zoo runs/zoo/tiny-lm --sizes 16x8 --granularity model,blocks:1
 
@@ -24,26 +28,31 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import yaml
 from campaign_baselines import comparison_table, measured_front  # a sibling script
 
 from evo_merge.cli.template import campaign_text
-from evo_merge.config import Campaign
-from evo_merge.search.campaign import CampaignRunner
+from evo_merge.config import Campaign, FinalSpec
+from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
-from evo_merge.search.front import candidates, choose
+from evo_merge.search.front import Distinct, candidates, choose, to_measure
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.study import SEARCH
 from evo_merge.search.workspace import config_fingerprint, resolve_campaign
 from evo_merge.zoo.manifest import read_zoo
 
+ALL = 10_000  # evaluate_top of the bench's runs: every estimated front member is measured
+DEFAULT = FinalSpec()  # the final phase a user gets
+FINAL_GRID = ((1, 0), (1, 4), (2, 4), (3, 0), (3, 4), (DEFAULT.top_k, DEFAULT.evaluate_top), (3, ALL))
+
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
                  anchors: int, reuse: bool, granularity: str = "model") -> tuple[CampaignRunner, float]:
     text = campaign_text(zoo.resolve(), families, name=out.name, anchors=anchors, population=population,
-                         generations=generations, top=10_000)
+                         generations=generations, top=ALL)
     config = yaml.safe_load(text)
     config["estimator"]["kind"] = kind
     config["coefficients"]["granularity"] = granularity
@@ -111,7 +120,7 @@ def main() -> None:
         return
 
     kinds = args.kinds.split(",")
-    rows, last = [], None
+    rows, runs, last = [], [], None
     for size in args.sizes.split(","):
         population, generations = map(int, size.split("x"))
         # anchors play no part in a full-evaluation run: fixed, so its finished runs are reusable
@@ -123,6 +132,7 @@ def main() -> None:
             runner, wall = run_campaign(args.zoo, families, folder, population, generations, kind, args.anchors,
                                         args.reuse)
             rows.append((size, kind, *compare(runner, full), wall, t_full))
+            runs.append((size, kind, runner, full))
             print(f"[{size} {kind}] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)
             last = runner
             print(f"  best-per-task picks vs the endpoints (search items): {picks_vs_endpoints(runner)}", flush=True)
@@ -137,27 +147,72 @@ def main() -> None:
             f"| {hv[0] / hv[1]:.3f} | {wall:.0f} / {t_full:.0f} |"
         )
 
-    print(f"\nbaselines vs the {kinds[-1]} campaign's measured front ({args.sizes.split(',')[-1]}), "
-          "on the search items (held-out items left out):")
+    print("\ntotal items (full / this) and measured hypervolume (this / full) by the size of the final phase "
+          f"(default: top_k {DEFAULT.top_k}, evaluate_top {DEFAULT.evaluate_top}):")
+    print(final_phase_table(runs))
+
+    print(f"\nbaselines vs the {kinds[-1]} campaign's measured front ({args.sizes.split(',')[-1]}, every "
+          "estimated front member measured), on the search items (held-out items left out):")
     print(comparison_table(last))
 
 
-def compare(runner: CampaignRunner, full: CampaignRunner) -> tuple[float, tuple, tuple, tuple]:
+def final_keys(runner: CampaignRunner, top_k: int, evaluate_top: int) -> set[str]:
+    """The keys a final phase of this size measures. Its choices are nested (each pick's best
+    estimates first, the front's spread grown one member at a time), so from a run that measured
+    more, every smaller final phase's figures follow exactly, without running it."""
+    workspace = runner.workspace
+    ran = workspace.campaign.final
+    if top_k > ran.top_k or evaluate_top > ran.evaluate_top:
+        raise ValueError(f"the run measured top_k {ran.top_k}, evaluate_top {ran.evaluate_top}: not a superset")
+    final = ran.model_copy(update={"top_k": top_k, "evaluate_top": evaluate_top})
+    chosen = to_measure(workspace.store, runner.objectives, final, Distinct(search_space(workspace), final.distinct))
+    return {e.key for e in chosen}
+
+
+def total_items(runner: CampaignRunner, measured: Collection[str]) -> int:
+    """Item evaluations of the run had its final phase measured only `measured` (calibration's
+    measurements, the references' held-out items, always count)."""
+    rows = runner.workspace.store.db.execute("SELECT key, phase, items_evaluated, items_measured FROM evaluations")
+    return sum(spent + (more if phase == "calibration" or key in measured else 0) for key, phase, spent, more in rows)
+
+
+def compare(runner: CampaignRunner, full: CampaignRunner, top_k: int = DEFAULT.top_k,
+            evaluate_top: int = DEFAULT.evaluate_top) -> tuple[float, tuple, tuple, tuple]:
     """(search items per search candidate, search items, total items, measured hypervolume), each
-    as (this run, the full-evaluation run) after the first."""
+    as (this run, the full-evaluation run) after the first, with a final phase of the given size.
+    Every candidate of the full-evaluation run is measured on the search items as it is searched,
+    so its front is all of them; its final phase adds the held-out items of what it measures."""
     store, full_store = runner.workspace.store, full.workspace.store
     searched = store.evaluations(SEARCH)
     search = (store.items_evaluated("search"), full_store.items_evaluated("search"))
-    total = (store.items_evaluated(measured=True), full_store.items_evaluated(measured=True))
-    hv = tuple(run.objectives.hypervolume(measured_front(run)[1]) for run in (runner, full))
+    chosen, chosen_full = (final_keys(run, top_k, evaluate_top) for run in (runner, full))
+    total = (total_items(runner, chosen), total_items(full, chosen_full))
+    hv = (runner.objectives.hypervolume(measured_front(runner, chosen)[1]),
+          full.objectives.hypervolume(measured_front(full)[1]))
     return search[0] / max(len(searched), 1), search, total, hv
+
+
+def final_phase_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]) -> str:
+    """Total item ratio and measured hypervolume ratio per final-phase size, from the same runs."""
+    lines = ["| campaign | estimator | " + " | ".join(
+        f"top_k {k}, evaluate_top {'all' if n == ALL else n}" for k, n in FINAL_GRID) + " |",
+        "|---|---|" + "---|" * len(FINAL_GRID)]
+    for size, kind, runner, full in runs:
+        cells = []
+        for top_k, evaluate_top in FINAL_GRID:
+            _, _, total, hv = compare(runner, full, top_k, evaluate_top)
+            cells.append(f"{total[1] / total[0]:.1f}x / {hv[0] / hv[1]:.3f}")
+        lines.append(f"| {size} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def picks_vs_endpoints(runner: CampaignRunner) -> str:
     """Each best-per-task pick's measured score on its task (search items), and as a multiple of
-    the endpoint named like the task (the zoo's endpoints are), measured alike in calibration."""
+    the endpoint named like the task (the zoo's endpoints are), measured alike in calibration; the
+    picks of the default final phase."""
     store, objectives = runner.workspace.store, runner.objectives
-    measured = [e for e in candidates(store) if e.measured is not None]
+    chosen_keys = final_keys(runner, DEFAULT.top_k, DEFAULT.evaluate_top)
+    measured = [e for e in candidates(store) if e.measured is not None and e.key in chosen_keys]
     chosen = choose(measured, objectives, runner.workspace.campaign.final)
     endpoints = {label.removeprefix("endpoint "): store.get(c.key)
                  for label, c in reference_candidates(runner.workspace.endpoint_labels())[1:]}

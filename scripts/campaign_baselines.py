@@ -13,6 +13,7 @@ with the campaign's own evaluator on its search items (held-out items left out) 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,12 @@ def baselines(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 0.5, 0.
     return out
 
 
-def measured_front(runner: CampaignRunner) -> tuple[list[str], np.ndarray]:
-    """Labels and measured scores of the non-dominated search and baseline evaluations measured on every item."""
+def measured_front(runner: CampaignRunner, among: Collection[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """Labels and measured scores of the non-dominated search and baseline evaluations measured on
+    every item (only those whose key is in `among`, when given)."""
     names = runner.objectives.names
-    rows = [e for e in candidates(runner.workspace.store) if e.measured is not None]
+    rows = [e for e in candidates(runner.workspace.store)
+            if e.measured is not None and (among is None or e.key in among)]
     scores = np.array([[e.measured[t] for t in names] for e in rows]).reshape(len(rows), -1)
     keep = sorted(runner.objectives.non_dominated(scores))
     return [f"front #{rows[i].id} ({rows[i].method})" for i in keep], scores[keep]
