@@ -54,12 +54,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS generations (
     generation INTEGER PRIMARY KEY,
     keys TEXT NOT NULL,            -- JSON list of the keys of the population told to the algorithm
-    completed REAL NOT NULL
+    completed REAL NOT NULL,
+    told TEXT                      -- JSON {key: [minimised objective values]} told to the algorithm
 );
 """
 TABLES = ("evaluations", "item_scores", "meta", "generations")
 # columns added after the first release, added to older databases when they are opened
-ADDED_COLUMNS = {"estimate_se": "TEXT"}
+ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT"}
 
 
 @dataclass
@@ -179,10 +180,20 @@ class CampaignStore:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # -- progress: generations and the finished flag, checked against the evaluations
-    def complete_generation(self, generation: int, keys: Sequence[str]) -> None:
-        """Record that `generation` was told to the algorithm with the evaluations of `keys`."""
-        self.db.execute("INSERT OR REPLACE INTO generations VALUES (?, ?, ?)",
-                        (generation, json.dumps(sorted(set(keys))), time.time()))
+    def complete_generation(self, generation: int, told: Mapping[str, Sequence[float]]) -> None:
+        """Record that `generation` was told to the algorithm: each key's objective values."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO generations (generation, keys, completed, told) VALUES (?, ?, ?, ?)",
+            (generation, json.dumps(sorted(told)), time.time(),
+             json.dumps({key: [float(v) for v in values] for key, values in told.items()})),
+        )
+
+    def told(self, generation: int) -> dict[str, list[float]]:
+        """What `generation` was told, by key: a replay answers it alike even where a stored
+        estimate changed since (an adaptive test continued before the final phase). Empty for a
+        generation not recorded, or recorded before these values were kept."""
+        row = self.db.execute("SELECT told FROM generations WHERE generation = ?", (generation,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else {}
 
     def generations_completed(self) -> int:
         """The generations 1..n recorded complete whose every evaluation is in the database: a
@@ -259,10 +270,9 @@ def _open_checked(path: Path) -> sqlite3.Connection:
         if tables and missing:  # no table at all: a new (or never written) database
             raise sqlite3.DatabaseError(f"no {', '.join(missing)} table")
         db.executescript(SCHEMA)
-        columns = {name for _, name, *_ in db.execute("PRAGMA table_info(evaluations)")}
-        for column, kind in ADDED_COLUMNS.items():
-            if column not in columns:
-                db.execute(f"ALTER TABLE evaluations ADD COLUMN {column} {kind}")
+        for (table, column), kind in ADDED_COLUMNS.items():
+            if column not in {name for _, name, *_ in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     except sqlite3.OperationalError as exc:
         raise UserError(f"{path}: cannot open the campaign database ({exc})") from None
     except sqlite3.DatabaseError as exc:

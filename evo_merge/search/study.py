@@ -3,8 +3,10 @@
 There is no algorithm checkpoint: the store holds every evaluation, and a pymoo algorithm set up
 with the same seed asks for the same candidates given the same answers, so resuming replays the
 loop from the first generation, answering each ask from the store, and evaluates only what was
-never stored. Nothing is unpickled from a run folder, and the database is the one source of
-truth for how far a run got.
+never stored. Each generation's answers are stored as told: a stored estimate may change later
+(an adaptive test continued before the final phase), and the replay must not see that, or it
+would ask for other candidates. Nothing is unpickled from a run folder, and the database is the
+one source of truth for how far a run got.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
         evaluations = log.evaluate([search.to_candidate(ind.X) for ind in population], phase=SEARCH,
                                    generation=generation, items=items,
                                    stage=f"generation {generation}/{generations}")
-        population.set("F", np.array([fitness(e, objectives) for e in evaluations]))
+        told = log.store.told(generation)  # a replayed generation is answered as it was the first time
+        values = np.array([told.get(e.key, fitness(e, objectives)) for e in evaluations], dtype=float)
+        population.set("F", values)
         algorithm.tell(infills=population)
-        log.store.complete_generation(generation, [e.key for e in evaluations])
+        log.store.complete_generation(generation, {e.key: row for e, row in zip(evaluations, values)})
         if on_generation is not None:
             on_generation(generation, evaluations)

@@ -94,3 +94,29 @@ def test_an_adaptive_campaign_with_held_out_items_resumes(tmp_path):
     result = CliRunner().invoke(cli, ["resume", str(run)])
     assert result.exit_code == 0, result.output
     assert search_items(run) == before
+
+
+def test_a_replay_answers_each_generation_as_it_was_told(tmp_path):
+    """Continuing a front member's test before the final phase changes its stored estimate after
+    its generation was told. A replay (resume, or `run` on a finished folder) must tell the
+    algorithm what it was told then: otherwise later generations ask for other candidates, which
+    are evaluated on top of the finished search and change its front."""
+    import json
+
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
+    config = write_campaign(tmp_path / "campaign.yaml", base, fts,
+                            algorithm={"population": 6, "generations": 3, "seed": 4},
+                            estimator={"kind": "adaptive", "warmup_merges": 3, "dims": 1, "max_items": 10})
+    run = run_campaign(config, tmp_path / "run")
+    db = sqlite3.connect(run / "state.sqlite")
+    told = dict(db.execute("SELECT generation, keys FROM generations"))
+    # what a continued test does to a stored estimate, made large enough to reorder every choice
+    with db:
+        for key, estimates in db.execute("SELECT key, estimates FROM evaluations WHERE phase = 'search'").fetchall():
+            flipped = {task: 1.0 - value for task, value in json.loads(estimates).items()}
+            db.execute("UPDATE evaluations SET estimates = ? WHERE key = ?", (json.dumps(flipped), key))
+    before = search_items(run)
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert search_items(run) == before  # nothing new evaluated
+    assert dict(db.execute("SELECT generation, keys FROM generations")) == told

@@ -144,6 +144,20 @@ def test_kill_9_then_truncated_wal_resumes_to_the_uninterrupted_run(finished, tm
     assert front_keys(run) == front_keys(finished[0]) and all_keys(run) == all_keys(finished[0])
 
 
+def test_a_database_written_before_columns_were_added_resumes_to_the_same_run(finished, copy):
+    """Run folders from earlier versions lack the estimates' standard errors and what each
+    generation was told: opening one adds the columns, and its replay answers from the estimates."""
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db, db:
+        db.execute("ALTER TABLE generations DROP COLUMN told")
+        db.execute("ALTER TABLE evaluations DROP COLUMN estimate_se")
+    code, out = invoke("resume", copy)
+    assert code == 0, out
+    assert front_keys(copy) == front_keys(finished[0]) and all_keys(copy) == all_keys(finished[0])
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        told = [row[0] for row in db.execute("SELECT told FROM generations ORDER BY generation")]
+    assert len(told) == 3 and all(told)  # recorded again as the replay told them
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_corrupt_database_is_one_line_naming_the_file_and_the_way_out(copy, damage):
     db = copy / "state.sqlite"
