@@ -9,9 +9,10 @@ candidate scored on all items. Prints search items per candidate, item evaluatio
 phase and in total (IRT calibration and the final phase included), the hypervolume of each final
 front measured on the search items, and each best-per-task pick against the endpoint trained for
 its task, all at the product's default final phase (each pick's 3 best estimates and 8 front
-members spread over the front, measured on every item). The runs measure every estimated front
-member; what a final phase measures is nested in what a larger one measures, so a second table
-gives the total items and hypervolume of smaller and larger final phases from the same runs.
+members spread over the front, measured on every search item; the picks on the held-out items
+too). The runs measure every estimated front member; what a final phase measures is nested in
+what a larger one measures, so a second table gives the total items and hypervolume of smaller
+and larger final phases from the same runs.
 Then measures the baselines a user would try first (task arithmetic with lambda from a grid,
 TIES with density 0.2, TSV-M with alpha 1; `scripts/campaign_baselines.py`) and checks that the
 campaign's measured front dominates or matches each.
@@ -39,6 +40,7 @@ from evo_merge.config import Campaign, FinalSpec
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.front import Distinct, candidates, choose, to_measure
+from evo_merge.search.holdout import HOLDOUT_META
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.study import SEARCH
 from evo_merge.search.workspace import config_fingerprint, resolve_campaign
@@ -170,10 +172,22 @@ def final_keys(runner: CampaignRunner, top_k: int, evaluate_top: int) -> set[str
 
 
 def total_items(runner: CampaignRunner, measured: Collection[str]) -> int:
-    """Item evaluations of the run had its final phase measured only `measured` (calibration's
-    measurements, the references' held-out items, always count)."""
-    rows = runner.workspace.store.db.execute("SELECT key, phase, items_evaluated, items_measured FROM evaluations")
-    return sum(spent + (more if phase == "calibration" or key in measured else 0) for key, phase, spent, more in rows)
+    """Item evaluations of the run had its final phase measured only `measured` on the search
+    items, and the held-out items of the picks chosen among them (calibration's measurements, the
+    references' held-out items, always count)."""
+    store = runner.workspace.store
+    held = {task: set(items) for task, items in store.get_meta(HOLDOUT_META, {}).items()}
+    picks = {e.key for e in choose([e for e in candidates(store) if e.measured is not None and e.key in measured],
+                                   runner.objectives, runner.workspace.campaign.final).values()}
+    total = 0
+    for key, phase, spent, more in store.db.execute(
+            "SELECT key, phase, items_evaluated, items_measured FROM evaluations"):
+        if phase == "calibration":
+            total += spent + more
+            continue
+        held_scored = sum(len(held.get(task, ()) & set(items)) for task, items in store.item_scores(key).items())
+        total += spent + (more - held_scored if key in measured else 0)
+    return total + len(picks) * sum(map(len, held.values()))
 
 
 def compare(runner: CampaignRunner, full: CampaignRunner, top_k: int = DEFAULT.top_k,

@@ -19,7 +19,7 @@ from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_
 from evo_merge.search.evaluator import Evaluator, task_settings
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_picks, record_task_meta
-from evo_merge.search.front import BASELINE, BASELINES_META, choose, measure_final
+from evo_merge.search.front import BASELINE, BASELINES_META, choose, measure_final, measure_picks
 from evo_merge.search.holdout import HOLDOUT_META, holdout_items
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog, Progress, no_progress
@@ -165,7 +165,7 @@ class CampaignRunner:
             )
 
     def measure_final(self) -> list[Evaluation]:
-        """Measure each pick's top candidates, the front's spread and the baselines on every item."""
+        """Measure each pick's top candidates, the front's spread and the baselines on every search item."""
         references = [c for _, c in reference_candidates(self.workspace.endpoint_labels())]
         return measure_final(
             self.log, self.objectives, self.workspace.campaign.final, search_space(self.workspace), references
@@ -180,6 +180,7 @@ class CampaignRunner:
             resolve_front(self.log, self.objectives)
             measured = self.measure_final()
             chosen = choose(measured, self.objectives, self.workspace.campaign.final)
+            measure_picks(self.log, chosen)
             exported = export_picks(self.workspace, chosen, self._evaluator)
         finally:
             self.close()

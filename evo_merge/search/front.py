@@ -5,7 +5,9 @@ often not the best candidate for it. So for every requested pick (best per task,
 named weighting) the `top_k` best candidates *for that pick* by estimate are measured on every
 item, together with front members spread over the front's extent and the standard merges
 (baselines); near-duplicates are skipped so every slot buys a distinct candidate. Picks are then
-chosen on measured scores (search items), never on estimates.
+chosen on measured scores (search items), never on estimates. Held-out items serve only to
+report what is published, so they are scored for the picks alone (`measure_picks`), and for the
+base and endpoints to compare with.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from evo_merge.search.study import SEARCH
 BASELINE = "baseline"  # phase of the standard merges the search itself did not evaluate
 BASELINES_META = "baselines"  # store meta: candidate key -> baseline label
 MEASURE_STAGE = "final: measuring the picks' candidates"
+HELD_OUT_STAGE = "final: the picks' held-out items"
 PickScore = Callable[[Mapping[str, float]], float]  # task scores -> how good for the pick (higher is better)
 
 
@@ -120,12 +123,18 @@ def to_measure(store: CampaignStore, objectives: Objectives, final: FinalSpec, d
 
 def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, space: SearchSpace,
                   references: Sequence[Candidate] = ()) -> list[Evaluation]:
-    """Measure the final phase's candidates (and the references' held-out items); return every
-    measured candidate (those measured before, e.g. by `evo-merge export`, included)."""
+    """Measure the final phase's candidates on the search items (and the references' held-out
+    items); return every measured candidate (those measured before, e.g. by `evo-merge export`,
+    included)."""
     chosen = to_measure(log.store, objectives, final, Distinct(space, final.distinct))
-    log.measure([*chosen, *(e for e in map(log.store.get, (c.key for c in references)) if e is not None)],
-                MEASURE_STAGE)
+    log.measure(chosen, MEASURE_STAGE, held_out=False)
+    log.measure([e for e in map(log.store.get, (c.key for c in references)) if e is not None], MEASURE_STAGE)
     return [e for e in candidates(log.store) if e.measured is not None]
+
+
+def measure_picks(log: EvaluationLog, chosen: Mapping[str, Evaluation]) -> None:
+    """Score the picks on the held-out items they miss: what their cards and the report publish."""
+    log.measure(list({e.key: e for e in chosen.values()}.values()), HELD_OUT_STAGE)
 
 
 def choose(measured: Sequence[Evaluation], objectives: Objectives, final: FinalSpec) -> dict[str, Evaluation]:

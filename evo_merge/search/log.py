@@ -92,11 +92,12 @@ class EvaluationLog:
         """Continue the adaptive tests of stored evaluations to a smaller standard error."""
         self._adapt([Candidate.from_key(e.key) for e in evaluations], stage, precision)
 
-    def measure(self, evaluations: Sequence[Evaluation], stage: str) -> None:
-        """Score stored evaluations on the items they miss (held-out ones included), and record
-        their scores on the search items."""
+    def measure(self, evaluations: Sequence[Evaluation], stage: str, *, held_out: bool = True) -> None:
+        """Score stored evaluations on the items they miss (the held-out ones too, unless
+        `held_out` is False), and record their scores on the search items."""
         names = self.scoring.names
-        missing = [(e, {n: items for n in names if (items := self._missing(e.key, n))}) for e in evaluations]
+        missing = [(e, {n: items for n in names if (items := self._missing(e.key, n, held_out))})
+                   for e in evaluations]
         todo = [(e, items) for e, items in missing if items and e.status == "ok"]
         self.progress(stage, 0, len(todo))
         if not todo:
@@ -112,6 +113,7 @@ class EvaluationLog:
                 self.store.add_measurement(key, self.scoring.search_scores(full), outcome)
             self.progress(stage, done, len(todo))
 
-    def _missing(self, key: str, name: str) -> list[str]:
+    def _missing(self, key: str, name: str, held_out: bool) -> list[str]:
         have = self.store.item_scores(key, name).get(name, {})
-        return [i for i in self.scoring.tasks[name].item_ids if i not in have]
+        skip = frozenset() if held_out else self.scoring.holdout[name]
+        return [i for i in self.scoring.tasks[name].item_ids if i not in have and i not in skip]

@@ -81,11 +81,16 @@ def test_held_out_items_never_reach_calibration_anchors_or_search(finished):
         assert anchors[task] and not anchors[task] & set(holdout[task])
 
 
-def test_measured_candidates_carry_search_and_held_out_scores(finished):
+def test_measured_candidates_carry_search_scores_and_only_picks_held_out_ones(finished):
+    """Every measured candidate is scored on all search items; the held-out items, which serve
+    only to report what is published, are scored for the picks (and the base and endpoints)."""
     run = finished[0]
+    store = CampaignStore(run)
     db = sqlite3.connect(run / "state.sqlite")
-    holdout = CampaignStore(run).get_meta("holdout")
+    holdout = store.get_meta("holdout")
+    picked = {eid for eid, _ in store.get_meta("exported").values()}
     measured = db.execute("SELECT id, measured FROM evaluations WHERE measured IS NOT NULL AND phase != 'calibration'")
+    held_counts = set()
     for eid, scores in measured.fetchall():
         for task, value in json.loads(scores).items():
             items = dict(
@@ -93,9 +98,16 @@ def test_measured_candidates_carry_search_and_held_out_scores(finished):
                     "SELECT item, score FROM item_scores WHERE evaluation_id = ? AND task = ?", (eid, task)
                 ).fetchall()
             )
-            assert len(items) == 120  # every item, held-out ones included
+            held = set(items) & set(holdout[task])
+            held_counts.add((eid in picked, len(held)))
+            assert len(items) - len(held) == 90  # every search item
             search = [v for i, v in items.items() if i not in set(holdout[task])]
             assert value == pytest.approx(np.mean(search))  # `measured` is the search items' score
+    assert held_counts == {(True, 30), (False, 0)}  # measured candidates that are not picks exist here
+    calibration = [n for (n,) in db.execute(
+        "SELECT COUNT(*) FROM item_scores JOIN evaluations ON evaluations.id = evaluation_id "
+        "WHERE phase = 'calibration' GROUP BY evaluation_id")]
+    assert sorted(calibration)[-3:] == [240] * 3 and set(calibration) == {180, 240}  # base and endpoints: all
     report = (run / "report.md").read_text()
     assert "held-out items (never seen by calibration, anchors or search): agree0 30, agree1 30" in report
     assert re.search(r"held\\?_agree0", report) and "picked as" in report  # column names escaped for markdown
