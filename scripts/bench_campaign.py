@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from collections import Counter
 from collections.abc import Collection
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -171,23 +173,32 @@ def final_keys(runner: CampaignRunner, top_k: int, evaluate_top: int) -> set[str
     return {e.key for e in chosen}
 
 
+@cache
+def held_out_scored(runner: CampaignRunner) -> Counter[str]:
+    """Held-out item scores per evaluation key outside calibration (read once per run: every
+    final-phase size of the table asks)."""
+    store = runner.workspace.store
+    held = {(task, item) for task, items in store.get_meta(HOLDOUT_META, {}).items() for item in items}
+    rows = store.db.execute("SELECT key, task, item FROM item_scores JOIN evaluations ON id = evaluation_id "
+                            "WHERE phase != 'calibration'")
+    return Counter(key for key, task, item in rows if (task, item) in held)
+
+
 def total_items(runner: CampaignRunner, measured: Collection[str]) -> int:
     """Item evaluations of the run had its final phase measured only `measured` on the search
     items, and the held-out items of the picks chosen among them (calibration's measurements, the
     references' held-out items, always count)."""
     store = runner.workspace.store
-    held = {task: set(items) for task, items in store.get_meta(HOLDOUT_META, {}).items()}
     picks = {e.key for e in choose([e for e in candidates(store) if e.measured is not None and e.key in measured],
                                    runner.objectives, runner.workspace.campaign.final).values()}
+    held = held_out_scored(runner)
     total = 0
     for key, phase, spent, more in store.db.execute(
             "SELECT key, phase, items_evaluated, items_measured FROM evaluations"):
-        if phase == "calibration":
-            total += spent + more
-            continue
-        held_scored = sum(len(held.get(task, ()) & set(items)) for task, items in store.item_scores(key).items())
-        total += spent + (more - held_scored if key in measured else 0)
-    return total + len(picks) * sum(map(len, held.values()))
+        final_phase = more - held[key] if key in measured else 0
+        total += spent + (more if phase == "calibration" else final_phase)
+    held_per_pick = sum(map(len, store.get_meta(HOLDOUT_META, {}).values()))
+    return total + len(picks) * held_per_pick
 
 
 def compare(runner: CampaignRunner, full: CampaignRunner, top_k: int = DEFAULT.top_k,

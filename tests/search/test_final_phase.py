@@ -3,6 +3,7 @@ everything before it, the standard merges as baselines, and `export --pick` meas
 
 import json
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -157,16 +158,24 @@ def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(fi
     assert all(label in report for label in expressible)
 
 
-def test_export_measures_a_candidate_that_was_not_measured(finished, tmp_path):
-    run = finished[0]
+@pytest.mark.parametrize("state", ["not measured", "measured on the search items only"])
+def test_export_measures_what_a_candidate_misses(finished, tmp_path, state):
+    """A candidate exported by hand gets what a pick gets: every search item and the held-out
+    ones, whether it was never measured or measured in the final phase without being picked."""
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
     db = sqlite3.connect(run / "state.sqlite")
-    eid, key = db.execute(
-        "SELECT id, key FROM evaluations WHERE phase='search' AND status='ok' AND measured IS NULL ORDER BY id LIMIT 1"
-    ).fetchone()
+    picked = [eid for eid, _ in CampaignStore(run).get_meta("exported").values()]
+    measured = "IS NULL" if state == "not measured" else "IS NOT NULL"
+    eid, key, before = db.execute(
+        f"SELECT id, key, measured FROM evaluations WHERE phase='search' AND status='ok' AND measured {measured} "
+        f"AND id NOT IN ({','.join('?' * len(picked))}) ORDER BY id LIMIT 1", picked).fetchone()
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
     evaluation = CampaignStore(run).get(key)
     assert evaluation.measured is not None
+    if before is not None:
+        assert evaluation.measured == json.loads(before)  # the search items' score is kept, not re-measured
     assert {task: len(items) for task, items in CampaignStore(run).item_scores(key).items()} == {
         "agree0": 120,
         "agree1": 120,
