@@ -190,7 +190,7 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int) -> None:
     table = Table(title="Few calibration subjects, out-of-distribution test subjects (4 x 500 items): "
                         "MAE / random sampling's MAE")
     for col in ("subjects", "items/scenario", "random + mean MAE", "default (auto + gpirt)",
-                "kmeans-irt + gpirt", "random + gpirt", "adaptive, half the items", "default SE / its RMSE"):
+                "kmeans-irt + gpirt", "random + gpirt", "adaptive, half the items", "default RMS SE / its RMSE"):
         table.add_column(col, justify="right")
     for n_train in FEW_SUBJECTS:
         for budget in FEW_BUDGETS:
@@ -204,8 +204,9 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int) -> None:
                 for key, method in (("default", "auto"), ("kmeans", "kmeans-irt"), ("random", "random")):
                     ratios[key].append(_anchors_mae(model, test, budget, method, seed, anchor_draws) / base)
                 est = Estimator(model, select_anchors(model, budget, "auto", seed=seed), "gpirt")
-                err = est.estimate_matrix(test[:, est.anchor_idx]) - est.scenario_means(test)
-                calib.append(float(np.mean(est.scenario_se / np.sqrt((err**2).mean(axis=0)))))
+                values, se = est.estimate_rows(test[:, est.anchor_idx])
+                err = values - est.scenario_means(test)
+                calib.append(float(np.mean(np.sqrt((se**2).mean(axis=0) / (err**2).mean(axis=0)))))
                 ratios["adaptive"].append(_adaptive_mae(model, test, budget // 2) / base)
             table.add_row(str(n_train), str(budget), f"{np.mean(base_all):.4f}",
                           *[_ratio(ratios[k]) for k in ratios], f"{np.mean(calib):.2f}")

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 METHODS = ANCHOR_METHODS
 SELECTABLE = tuple(m for m in METHODS if m != "auto")  # the methods "auto" resolves to
 CLUSTERED = ("kmeans-irt", "kmeans-correctness")
+SAMPLED = ("random", "stratified")  # drawn at random (within strata): their mean's error is the design's
 FALLBACK_METHOD = "stratified"
 MIN_CLUSTER_SUBJECTS = 30  # below: clustered anchors fall back (bench_irt.py: kmeans-irt lost to random at 12-20)
 KMEANS_RESTARTS = 10
@@ -55,9 +56,10 @@ class Anchors:
     weights: dict[str, list[float]]  # scenario -> weights (sum to 1)
 
     @property
-    def clustered(self) -> bool:
-        """Anchors that stand for strata/clusters: their mean has about a quarter of random sampling's variance."""
-        return self.method != "random"
+    def sampled(self) -> bool:
+        """Anchors drawn at random (within strata): their mean is unbiased for every subject, so
+        where it and the IRT prediction disagree beyond its sampling error, the IRT part is off."""
+        return self.method in SAMPLED
 
     def all_items(self) -> list[str]:
         return [i for items in self.items.values() for i in items]

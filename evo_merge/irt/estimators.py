@@ -17,6 +17,13 @@ chosen again from those parameters with the same method, and both parts are scor
 fold's subjects against their true means. With few calibration subjects these measurements are
 noisy, so each is pooled with PRIOR_SUBJECTS pseudo-subjects at the error of a random sample of
 the anchors' effective size, v̂·(1 − n/N)/n_eff with n_eff = (Σw)²/Σw².
+
+A subject unlike every calibration subject (stronger, weaker, another profile) is where the IRT
+part fails, and the calibration's b̂² cannot see it. With sampled anchors (random, stratified)
+the anchor mean is unbiased for every subject, so E[(anchor − pirt)²] ≈ σ̂² + b²: gp-IRT takes
+each subject's b² as the mean of b̂² and what its own anchors show, b̂²·(1 + κ)/2, with κ the
+excess disagreement max((anchor − pirt)² − σ̂², 0)/b̂² averaged over its scenarios. λ and the SE
+are then per subject. Clustered anchors' mean is not unbiased per subject, so they keep b̂².
 """
 
 from __future__ import annotations
@@ -194,7 +201,8 @@ class Estimator:
         return ((mp - self.scenario_means(sampled)) ** 2).mean(axis=0)
 
     def _scenario_se(self) -> np.ndarray:
-        """SE per scenario: the measured error of the kind's estimate (a mix: errors taken as independent)."""
+        """SE per scenario before a subject is seen: the measured error of the kind's estimate (a mix:
+        errors taken as independent). gp-IRT on sampled anchors refines it per subject."""
         if self.kind == "anchor":
             return np.sqrt(self.anchor_variance)
         mix = self.lam if self.kind == "gpirt" else self.delta if self.kind == "gmpirt" else 0.0
@@ -229,17 +237,36 @@ class Estimator:
         seen = np.where(observed, anchor_scores, 0.0) @ onehot
         return (seen + predicted_unseen) / self.sizes
 
-    def estimate_matrix(self, anchor_scores: np.ndarray) -> np.ndarray:
-        """Estimates (S, K) for rows of scores on `anchor_ids` (NaN = not evaluated)."""
+    def _subject_irt_error(self, anchor: np.ndarray, irt: np.ndarray) -> np.ndarray:
+        """b² per subject and scenario (S, K): b̂²·(1 + κ)/2, κ its anchors' excess disagreement."""
+        excess = np.maximum((anchor - irt) ** 2 - self.anchor_variance, 0.0) / np.maximum(self.irt_error, 1e-12)
+        scored = ~np.isnan(excess)
+        with np.errstate(invalid="ignore"):  # a subject with no scored anchor: NaN, as its estimates
+            kappa = np.where(scored, excess, 0.0).sum(axis=1, keepdims=True) / scored.sum(axis=1, keepdims=True)
+        return self.irt_error * (1.0 + kappa) / 2.0
+
+    def estimate_rows(self, anchor_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(estimates, SEs), each (S, K), for rows of scores on `anchor_ids` (NaN = not evaluated)."""
         anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
+        se = np.broadcast_to(self.scenario_se, anchor.shape)
         if self.kind == "anchor":
-            return anchor
+            return anchor, se
         theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta, self.anchor_idx)
         irt = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta, self.anchor_idx)
         if self.kind in ("pirt", "mpirt", "adaptive"):
-            return irt
-        mix = self.lam if self.kind == "gpirt" else self.delta
-        return mix * anchor + (1.0 - mix) * irt
+            return irt, se
+        if self.kind == "gmpirt":
+            return self.delta * anchor + (1.0 - self.delta) * irt, se
+        if not self.anchors.sampled:
+            return self.lam * anchor + (1.0 - self.lam) * irt, se
+        b2 = self._subject_irt_error(anchor, irt)
+        lam = _shrink_weight(b2, self.anchor_variance)
+        se = np.sqrt(lam**2 * self.anchor_variance + (1.0 - lam) ** 2 * b2)
+        return lam * anchor + (1.0 - lam) * irt, se
+
+    def estimate_matrix(self, anchor_scores: np.ndarray) -> np.ndarray:
+        """Estimates (S, K) for rows of scores on `anchor_ids` (NaN = not evaluated)."""
+        return self.estimate_rows(anchor_scores)[0]
 
     def overall_se(self, scenario_se: np.ndarray) -> float:
         """SE of the item-weighted mean over scenarios, their errors taken as independent."""
@@ -254,14 +281,14 @@ class Estimator:
         bad = ~np.isnan(row) & ((row < 0) | (row > 1))
         if bad.any():
             raise UserError(f"score {row[bad][0]} of item {self.anchor_ids[int(np.argmax(bad))]} is out of [0, 1]")
-        values = self.estimate_matrix(row[None, :])[0]
+        values, scenario_se = (x[0] for x in self.estimate_rows(row[None, :]))
         if np.isnan(values).any():
             scenario = self.scenarios[int(np.argmax(np.isnan(values)))]
             raise UserError(f"no anchor item of scenario {scenario!r} was scored")
         out = dict(zip(self.scenarios, values.tolist()))
         out[RESERVED_SCENARIO] = float(values @ self.sizes / self.sizes.sum())
-        se = dict(zip(self.scenarios, self.scenario_se.tolist()))
-        se[RESERVED_SCENARIO] = self.overall_se(self.scenario_se)
+        se = dict(zip(self.scenarios, scenario_se.tolist()))
+        se[RESERVED_SCENARIO] = self.overall_se(scenario_se)
         items = [i for i, v in zip(self.anchor_ids, row) if not np.isnan(v)]
         return Estimate(out, se, items)
 
@@ -281,18 +308,20 @@ def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFram
     matrix = ResponseMatrix.from_long(responses, estimator.model.item_ids)
     if estimator.kind == "adaptive":
         return _adaptive_table(estimator, matrix)
-    values = estimator.estimate_matrix(matrix.scores[:, estimator.anchor_idx])
+    values, se = estimator.estimate_rows(matrix.scores[:, estimator.anchor_idx])
     if np.isnan(values).any():
         s, k = np.argwhere(np.isnan(values))[0]
         scenario = estimator.scenarios[k]
         raise UserError(f"subject {matrix.subjects[s]} has no scored anchor item in scenario {scenario!r}")
+    columns = [*estimator.scenarios, RESERVED_SCENARIO]
     overall = values @ estimator.sizes / estimator.sizes.sum()
-    frame = pd.DataFrame(np.column_stack([values, overall]), index=matrix.subjects,
-                         columns=[*estimator.scenarios, RESERVED_SCENARIO])
-    long = frame.rename_axis("subject").reset_index()
-    long = long.melt(id_vars="subject", var_name="scenario", value_name="estimate")
-    long.insert(2, "estimator", estimator.kind)
-    se = {**dict(zip(estimator.scenarios, estimator.scenario_se)),
-          RESERVED_SCENARIO: estimator.overall_se(estimator.scenario_se)}
-    long["se"] = long["scenario"].map(se)
-    return long.sort_values(["subject"], kind="stable").reset_index(drop=True)
+    overall_se = [estimator.overall_se(row) for row in se]
+
+    def long(table: np.ndarray, name: str) -> pd.DataFrame:
+        frame = pd.DataFrame(table, index=matrix.subjects, columns=columns).rename_axis("subject").reset_index()
+        return frame.melt(id_vars="subject", var_name="scenario", value_name=name)
+
+    out = long(np.column_stack([values, overall]), "estimate")
+    out.insert(2, "estimator", estimator.kind)
+    out["se"] = long(np.column_stack([se, overall_se]), "se")["se"]
+    return out.sort_values(["subject"], kind="stable").reset_index(drop=True)

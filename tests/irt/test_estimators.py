@@ -174,3 +174,49 @@ def test_all_items_seen_gives_zero_se(two_scenarios):
     for kind in ("anchor", "gpirt"):
         est = Estimator(model, anchors, kind).estimate({i: 1.0 for i in model.item_ids})
         assert est.se == pytest.approx({"s0": 0.0, "s1": 0.0, "overall": 0.0}, abs=1e-9)
+
+
+def test_gpirt_on_sampled_anchors_weighs_each_subject_by_its_own_disagreement(two_scenarios):
+    """b² per subject = b̂²·(1 + κ)/2, κ = mean over scenarios of max((anchor − pirt)² − σ̂², 0)/b̂²;
+    λ and the SE follow from it per subject (hand-computed from the anchor and p-IRT estimates)."""
+    gen, _, _, model = two_scenarios
+    anchors = select_anchors(model, 10, "stratified")
+    theta, ids = synthetic_abilities(6, dims=2, seed=41)
+    rows = ResponseMatrix.from_long(gen.sample(theta * 3.0, ids, seed=42), model.item_ids).scores
+    est = {k: Estimator(model, anchors, k) for k in ("anchor", "pirt", "gpirt")}
+    rows = rows[:, est["gpirt"].anchor_idx]
+    a, p = est["anchor"].estimate_matrix(rows), est["pirt"].estimate_matrix(rows)
+    s2, b2 = est["gpirt"].anchor_variance, est["gpirt"].irt_error
+    kappa = (np.maximum((a - p) ** 2 - s2, 0) / b2).mean(axis=1, keepdims=True)
+    b2_subject = b2 * (1 + kappa) / 2
+    lam = b2_subject / (b2_subject + s2)
+    got, se = est["gpirt"].estimate_rows(rows)
+    np.testing.assert_allclose(got, lam * a + (1 - lam) * p)
+    np.testing.assert_allclose(se, np.sqrt(lam**2 * s2 + (1 - lam) ** 2 * b2_subject))
+    assert np.ptp(lam, axis=0).min() > 0  # it differs between subjects
+    one = est["gpirt"].estimate(dict(zip(est["gpirt"].anchor_ids, rows[2])))
+    assert [one.se["s0"], one.se["s1"]] == pytest.approx(se[2].tolist())
+
+
+def test_a_subject_unlike_the_calibration_ones_leans_on_its_sampled_anchors():
+    """8 calibration subjects of narrow ability, new subjects far outside them: the IRT part
+    extrapolates badly, which the calibration's cross-fit cannot see. Weighing each subject by its
+    own anchors' disagreement cuts the error against the calibration's λ, and its SE stays honest
+    where the calibration's SE is overconfident."""
+    gen = make_synthetic_irt(1000, dims=2, n_scenarios=2, heterogeneous=True, clusters=8, seed=100)
+    theta, ids = synthetic_abilities(8, dims=2, seed=200)
+    model = IRTModel.fit(validate_responses(gen.sample(theta * 0.6, ids, seed=400)), seed=0)
+    far = synthetic_abilities(60, dims=2, seed=300)[0] * 2.5 + np.array([1.0, -0.5])
+    new = ResponseMatrix.from_long(gen.sample(far, [f"t{j}" for j in range(60)], seed=500), model.item_ids).scores
+    anchors = select_anchors(model, 20, "stratified", seed=0)
+    est = {k: Estimator(model, anchors, k) for k in ("anchor", "pirt", "gpirt")}
+    rows = new[:, est["gpirt"].anchor_idx]
+    truth = est["gpirt"].scenario_means(new)
+    lam = est["gpirt"].lam
+    calibration_mix = lam * est["anchor"].estimate_matrix(rows) + (1 - lam) * est["pirt"].estimate_matrix(rows)
+    got, se = est["gpirt"].estimate_rows(rows)
+    assert np.abs(got - truth).mean() < 0.8 * np.abs(calibration_mix - truth).mean()
+    rmse = np.sqrt(((got - truth) ** 2).mean(axis=0))
+    assert (0.7 < rmse / np.sqrt((se**2).mean(axis=0))).all() and (rmse / np.sqrt((se**2).mean(axis=0)) < 1.4).all()
+    overconfident = np.sqrt(((calibration_mix - truth) ** 2).mean(axis=0)) / est["gpirt"].scenario_se
+    assert overconfident.max() > 1.4
