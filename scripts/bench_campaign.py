@@ -54,11 +54,12 @@ FINAL_GRID = ((1, 0), (1, 4), (2, 4), (3, 0), (3, 4), (DEFAULT.top_k, DEFAULT.ev
 
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
-                 anchors: int, reuse: bool, granularity: str = "model") -> tuple[CampaignRunner, float]:
+                 anchors: int, reuse: bool, granularity: str = "model", seed: int = 0) -> tuple[CampaignRunner, float]:
     text = campaign_text(zoo.resolve(), families, name=out.name, anchors=anchors, population=population,
                          generations=generations, top=ALL)
     config = yaml.safe_load(text)
     config["estimator"]["kind"] = kind
+    config["algorithm"]["seed"] = seed
     config["coefficients"]["granularity"] = granularity
     campaign = Campaign.model_validate(config)
     if not reuse or config_fingerprint(resolve_campaign(campaign, zoo)) != CampaignStore(out).get_meta("config"):
@@ -79,7 +80,7 @@ def compare_granularities(args: argparse.Namespace, families: list[str], size: s
         suffix = "" if granularity == "model" else "-" + granularity.replace(":", "")  # model: the default run
         folder = args.out / f"irt-a{args.anchors}-{size}{suffix}"
         runner, wall = run_campaign(args.zoo, families, folder, population, generations, "gpirt", args.anchors,
-                                    args.reuse, granularity)
+                                    args.reuse, granularity, args.seed)
         labels, front = measured_front(runner)
         fronts[granularity] = (runner.objectives.names, labels, front)
         print(
@@ -116,6 +117,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="gpirt", help="estimators compared with full evaluation, e.g. "
                         "gpirt,adaptive")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
+    parser.add_argument("--seed", type=int, default=0, help="the campaigns' seed (a search is one trajectory: "
+                        "compare estimators over several seeds, each in its own --out)")
     args = parser.parse_args()
     families = read_zoo(args.zoo).endpoints
     if args.granularity:
@@ -129,12 +132,13 @@ def main() -> None:
         population, generations = map(int, size.split("x"))
         # anchors play no part in a full-evaluation run: fixed, so its finished runs are reusable
         full, t_full = run_campaign(
-            args.zoo, families, args.out / f"full-{size}", population, generations, "full", 20, args.reuse
+            args.zoo, families, args.out / f"full-{size}", population, generations, "full", 20, args.reuse,
+            seed=args.seed,
         )
         for kind in kinds:
             folder = args.out / (f"irt-a{args.anchors}-{size}" if kind == "gpirt" else f"{kind}-{size}")
             runner, wall = run_campaign(args.zoo, families, folder, population, generations, kind, args.anchors,
-                                        args.reuse)
+                                        args.reuse, seed=args.seed)
             rows.append((size, kind, *compare(runner, full), wall, t_full))
             runs.append((size, kind, runner, full))
             print(f"[{size} {kind}] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)

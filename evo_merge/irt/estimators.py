@@ -18,12 +18,17 @@ fold's subjects against their true means. With few calibration subjects these me
 noisy, so each is pooled with PRIOR_SUBJECTS pseudo-subjects at the error of a random sample of
 the anchors' effective size, v̂·(1 − n/N)/n_eff with n_eff = (Σw)²/Σw².
 
-A subject unlike every calibration subject (stronger, weaker, another profile) is where the IRT
-part fails, and the calibration's b̂² cannot see it. With sampled anchors (random, stratified)
-the anchor mean is unbiased for every subject, so E[(anchor − pirt)²] ≈ σ̂² + b²: gp-IRT takes
-each subject's b² as the mean of b̂² and what its own anchors show, b̂²·(1 + κ)/2, with κ the
-excess disagreement max((anchor − pirt)² − σ̂², 0)/b̂² averaged over its scenarios. λ and the SE
-are then per subject. Clustered anchors' mean is not unbiased per subject, so they keep b̂².
+A subject unlike every calibration subject (stronger, weaker, another profile) is where both
+calibration measurements can mislead, so with sampled anchors (random, stratified), whose mean is
+an unbiased random sample for every subject, both are taken per subject:
+  σ²  the measured anchor errors pooled with the random-sampling error at the subject's own
+      accuracy p̃ = (n_eff·anchor + 1)/(n_eff + 2), not the calibration subjects' v̂ (which is 0
+      where they all score 0 or 1);
+  b²  b̂²·(1 + κ)/2, the mean of the calibration's measurement and the subject's own, with κ the
+      excess disagreement max((anchor − pirt)² − σ², 0)/b̂² averaged over its scenarios, since
+      E[(anchor − pirt)²] ≈ σ² + b².
+λ and the SE are then per subject. Clustered anchors are not a random sample of the subject's
+items, so with them gp-IRT keeps the calibration's σ̂² and b̂².
 """
 
 from __future__ import annotations
@@ -65,6 +70,11 @@ def _shrink_weight(error: np.ndarray, variance: np.ndarray) -> np.ndarray:
     return error / np.maximum(variance + error, 1e-12)
 
 
+def _effective_size(weights: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """n_eff = (Σw)²/Σw² per scenario: unequally weighted anchors count as fewer items."""
+    return (weights @ onehot) ** 2 / np.maximum((weights**2) @ onehot, 1e-300)
+
+
 def _pool(squared_errors: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """Mean squared error per scenario over subjects (rows), pooled with the prior."""
     m = (~np.isnan(squared_errors)).sum(axis=0)
@@ -103,7 +113,11 @@ class Estimator:
         self.endpoint_theta = None if endpoints is None else self._endpoint_abilities(endpoints)
         if kind in ("mpirt", "gmpirt") and self.endpoint_theta is None:
             raise UserError(f"estimator {kind} needs endpoint subjects (--endpoints)")
-        self.anchor_variance, self.irt_error = self._measured_errors()
+        self._n_eff = _effective_size(self.weights, self._anchor_onehot)
+        self._sampling = self._sampling_factor(self.weights, self._anchor_onehot)
+        self._anchor_sq, irt_sq = self._measured_errors()
+        prior = self.random_sampling_variance(self.weights, self._anchor_onehot)
+        self.anchor_variance, self.irt_error = _pool(self._anchor_sq, prior), _pool(irt_sq, prior)
         self.lam = _shrink_weight(self.irt_error, self.anchor_variance) if kind == "gpirt" else None
         if kind in ("mpirt", "gmpirt"):
             self.irt_error = self._mp_error(seed)
@@ -155,8 +169,11 @@ class Estimator:
         count = observed @ self._item_onehot
         mean = (y @ self._item_onehot) / count
         v_hat = np.nanmean(((y**2) @ self._item_onehot) / count - mean**2, axis=0)
-        n_eff = (weights @ onehot) ** 2 / np.maximum((weights**2) @ onehot, 1e-300)
-        return v_hat * np.clip(1.0 - onehot.sum(axis=0) / self.sizes, 0.0, 1.0) / n_eff
+        return v_hat * self._sampling_factor(weights, onehot)
+
+    def _sampling_factor(self, weights: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+        """(1 − n/N)/n_eff per scenario: a random sample's error² per unit of across-item variance."""
+        return np.clip(1.0 - onehot.sum(axis=0) / self.sizes, 0.0, 1.0) / _effective_size(weights, onehot)
 
     def _fold_anchors(self, fold: int) -> Anchors:
         """The anchors this fold's fit would have chosen (the given ones if they cannot be re-chosen)."""
@@ -169,10 +186,8 @@ class Estimator:
         return select_anchors(fold_model, a.budget, a.method, seed=a.seed)
 
     def _measured_errors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(σ̂², b̂²) per scenario: anchor-mean and IRT errors² on cross-fit held-out subjects, pooled
-        with the random-sampling error of the anchors' effective size."""
-        prior = self.random_sampling_variance(self.weights, self._anchor_onehot)
-        anchor_err, irt_err = [], []
+        """Squared errors (subjects, K) of the anchor mean and of p-IRT on cross-fit held-out subjects."""
+        anchor_err, irt_err = [np.empty((0, len(self.scenarios)))], [np.empty((0, len(self.scenarios)))]
         for fold in range(self.model.cv_alpha.shape[0]):
             held = self.model.responses[self.model.cv_held[fold]]
             if not held.size:
@@ -185,9 +200,7 @@ class Estimator:
             anchor_err.append(self._anchor_mean(held[:, idx], weights, idx) - truth)
             theta = self._fit_theta(held[:, idx], alpha, beta, idx)
             irt_err.append(self._pirt(held[:, idx], theta, alpha, beta, idx) - truth)
-        if not anchor_err:
-            return prior, prior
-        return _pool(np.concatenate(anchor_err) ** 2, prior), _pool(np.concatenate(irt_err) ** 2, prior)
+        return np.concatenate(anchor_err) ** 2, np.concatenate(irt_err) ** 2
 
     def _mp_error(self, seed: int) -> np.ndarray:
         """mp-IRT's error² on simulated merges drawn in the endpoints' span (δ like λ)."""
@@ -237,9 +250,20 @@ class Estimator:
         seen = np.where(observed, anchor_scores, 0.0) @ onehot
         return (seen + predicted_unseen) / self.sizes
 
-    def _subject_irt_error(self, anchor: np.ndarray, irt: np.ndarray) -> np.ndarray:
+    def _subject_anchor_variance(self, anchor: np.ndarray) -> np.ndarray:
+        """σ² per subject and scenario (S, K): the measured anchor errors pooled with the random-sampling
+        error at this subject's own accuracy, p̃(1 − p̃)·(1 − n/N)/n_eff with p̃ = (n_eff·mean + 1)/(n_eff + 2).
+
+        The calibration's v̂ is no guide for a subject unlike the calibration subjects: where they
+        all score 0 or 1 (a skill only one endpoint has) it is 0, and σ̂² with it, which would
+        give a merge that half-masters the skill an SE of 0 on 5 anchors.
+        """
+        p = (self._n_eff * anchor + 1.0) / (self._n_eff + 2.0)
+        return _pool(self._anchor_sq, p * (1.0 - p) * self._sampling)
+
+    def _subject_irt_error(self, anchor: np.ndarray, irt: np.ndarray, anchor_variance: np.ndarray) -> np.ndarray:
         """b² per subject and scenario (S, K): b̂²·(1 + κ)/2, κ its anchors' excess disagreement."""
-        excess = np.maximum((anchor - irt) ** 2 - self.anchor_variance, 0.0) / np.maximum(self.irt_error, 1e-12)
+        excess = np.maximum((anchor - irt) ** 2 - anchor_variance, 0.0) / np.maximum(self.irt_error, 1e-12)
         scored = ~np.isnan(excess)
         with np.errstate(invalid="ignore"):  # a subject with no scored anchor: NaN, as its estimates
             kappa = np.where(scored, excess, 0.0).sum(axis=1, keepdims=True) / scored.sum(axis=1, keepdims=True)
@@ -250,7 +274,7 @@ class Estimator:
         anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
         se = np.broadcast_to(self.scenario_se, anchor.shape)
         if self.kind == "anchor":
-            return anchor, se
+            return anchor, np.sqrt(self._subject_anchor_variance(anchor)) if self.anchors.sampled else se
         theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta, self.anchor_idx)
         irt = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta, self.anchor_idx)
         if self.kind in ("pirt", "mpirt", "adaptive"):
@@ -259,9 +283,10 @@ class Estimator:
             return self.delta * anchor + (1.0 - self.delta) * irt, se
         if not self.anchors.sampled:
             return self.lam * anchor + (1.0 - self.lam) * irt, se
-        b2 = self._subject_irt_error(anchor, irt)
-        lam = _shrink_weight(b2, self.anchor_variance)
-        se = np.sqrt(lam**2 * self.anchor_variance + (1.0 - lam) ** 2 * b2)
+        s2 = self._subject_anchor_variance(anchor)
+        b2 = self._subject_irt_error(anchor, irt, s2)
+        lam = _shrink_weight(b2, s2)
+        se = np.sqrt(lam**2 * s2 + (1.0 - lam) ** 2 * b2)
         return lam * anchor + (1.0 - lam) * irt, se
 
     def estimate_matrix(self, anchor_scores: np.ndarray) -> np.ndarray:

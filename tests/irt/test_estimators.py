@@ -177,16 +177,17 @@ def test_all_items_seen_gives_zero_se(two_scenarios):
 
 
 def test_gpirt_on_sampled_anchors_weighs_each_subject_by_its_own_disagreement(two_scenarios):
-    """b² per subject = b̂²·(1 + κ)/2, κ = mean over scenarios of max((anchor − pirt)² − σ̂², 0)/b̂²;
-    λ and the SE follow from it per subject (hand-computed from the anchor and p-IRT estimates)."""
+    """b² per subject = b̂²·(1 + κ)/2, κ = mean over scenarios of max((anchor − pirt)² − σ², 0)/b̂²,
+    σ² the subject's anchor-mean error² (the anchor estimator's SE²); λ and the SE follow from both
+    per subject (hand-computed from the anchor and p-IRT estimates)."""
     gen, _, _, model = two_scenarios
     anchors = select_anchors(model, 10, "stratified")
     theta, ids = synthetic_abilities(6, dims=2, seed=41)
     rows = ResponseMatrix.from_long(gen.sample(theta * 3.0, ids, seed=42), model.item_ids).scores
     est = {k: Estimator(model, anchors, k) for k in ("anchor", "pirt", "gpirt")}
     rows = rows[:, est["gpirt"].anchor_idx]
-    a, p = est["anchor"].estimate_matrix(rows), est["pirt"].estimate_matrix(rows)
-    s2, b2 = est["gpirt"].anchor_variance, est["gpirt"].irt_error
+    (a, anchor_se), p = est["anchor"].estimate_rows(rows), est["pirt"].estimate_matrix(rows)
+    s2, b2 = anchor_se**2, est["gpirt"].irt_error
     kappa = (np.maximum((a - p) ** 2 - s2, 0) / b2).mean(axis=1, keepdims=True)
     b2_subject = b2 * (1 + kappa) / 2
     lam = b2_subject / (b2_subject + s2)
@@ -220,3 +221,20 @@ def test_a_subject_unlike_the_calibration_ones_leans_on_its_sampled_anchors():
     assert (0.7 < rmse / np.sqrt((se**2).mean(axis=0))).all() and (rmse / np.sqrt((se**2).mean(axis=0)) < 1.4).all()
     overconfident = np.sqrt(((calibration_mix - truth) ** 2).mean(axis=0)) / est["gpirt"].scenario_se
     assert overconfident.max() > 1.4
+
+
+def test_the_anchor_error_is_taken_at_the_subject_s_own_accuracy(make_model):
+    """Calibration subjects that all score 0 or 1 (a skill only one endpoint has) measure an anchor
+    error of 0; a subject with 3 of 4 random anchors right still has the sampling error of its own
+    accuracy: p̃ = (4·0.75 + 1)/6, p̃(1 − p̃)·(1 − 4/10)/4 pooled with 4 measured zeros, hand-computed."""
+    responses = np.array([[0.0] * 10, [0.0] * 10, [0.0] * 10, [1.0] * 10])
+    model = make_model(np.ones(10), np.zeros(10), responses=responses)
+    anchors = Anchors("random", 4, 0, {"all": ["q0", "q1", "q2", "q3"]}, {"all": [0.25] * 4})
+    est = Estimator(model, anchors, "anchor")
+    assert est.scenario_se[0] == 0.0  # what the calibration alone says
+    for scores, right in (([1.0, 0.0, 1.0, 1.0], 3), ([0.0] * 4, 0)):
+        p = (right + 1) / 6
+        expected = np.sqrt(4 * p * (1 - p) * 0.6 / 4 / (4 + 4))
+        got = est.estimate(dict(zip(est.anchor_ids, scores)))
+        assert got["all"] == pytest.approx(right / 4)
+        assert got.se["all"] == pytest.approx(expected)
