@@ -256,7 +256,7 @@ class Estimator:
 
         The calibration's v̂ is no guide for a subject unlike the calibration subjects: where they
         all score 0 or 1 (a skill only one endpoint has) it is 0, and σ̂² with it, which would
-        give a merge that half-masters the skill an SE of 0 on 5 anchors.
+        give every merge that partly has the skill an SE of 0 there.
         """
         p = (self._n_eff * anchor + 1.0) / (self._n_eff + 2.0)
         return _pool(self._anchor_sq, p * (1.0 - p) * self._sampling)
