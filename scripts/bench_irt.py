@@ -1,10 +1,11 @@
 """IRT engine figures: the default estimator against random sampling with few calibration
 subjects (synthetic out-of-distribution test subjects, and the shipped tiny-lm responses),
-adaptive testing at half the items, py-irt at its defaults, parameter recovery and agreement of
+adaptive testing at half the items, refitting IRT on a search's anchor responses, py-irt at its
+defaults, parameter recovery and agreement of
 the two backends, fit time on 100 subjects x 5,000 items, estimate time per subject, and the
 validation gain of IRT anchors.
 
-    .venv/bin/python scripts/bench_irt.py [--only few-subjects|tiny-lm|pyirt-defaults] [--seeds 3] [--draws 200]
+    .venv/bin/python scripts/bench_irt.py [--only few-subjects|tiny-lm|refit|pyirt-defaults] [--seeds 3] [--draws 200]
         [--anchor-draws 10]
         [--pyirt-epochs 1000] [--skip-pyirt-large] [--threads 2]
 
@@ -253,6 +254,34 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
     console.print(table)
 
 
+def midcampaign_refit(seeds: int) -> None:
+    """Would refitting IRT mid-campaign help? Calibration as a campaign's (base, 3 endpoints, 8
+    merges on every item), then 36 more merges seen on their anchors only, as a search sees them;
+    p-IRT's MAE on 16 other merges from the model fitted without and with those anchor rows (the
+    same anchors: a campaign cannot change them), over random sampling's, one anchor draw per set."""
+    table = Table(title="Refitting IRT on the search's anchor responses: p-IRT MAE / random sampling's MAE")
+    for col in ("family", "items/scenario", "calibration only", "calibration + 36 anchor rows"):
+        table.add_column(col, justify="right")
+    for family in ("arith", "lang", "seq"):
+        responses = shipped_responses(family)
+        subjects = list(dict.fromkeys(responses.subject))
+        for budget in (5, 10):
+            ratios: dict[str, list[float]] = {"before": [], "after": []}
+            for seed in range(seeds):
+                merges = np.random.default_rng(seed).permutation(subjects[4:])
+                calibration = responses[responses.subject.isin([*subjects[:4], *merges[:8]])]
+                model = IRTModel.fit(calibration, seed=seed)
+                test = ResponseMatrix.from_long(responses[responses.subject.isin(merges[-16:])], model.item_ids).scores
+                base, _ = random_baseline(test, model.scenario_items(), budget, 200, seed, overall=False)
+                anchors = select_anchors(model, budget, "auto", seed=seed)
+                searched = responses.subject.isin(merges[8:-16]) & responses.item.isin(anchors.all_items())
+                refit = IRTModel.fit(pd.concat([calibration, responses[searched]]), seed=seed, dims=model.dims)
+                for key, fitted in (("before", model), ("after", refit)):
+                    ratios[key].append(_mae(Estimator(fitted, anchors, "pirt"), test) / base)
+            table.add_row(family, str(budget), _ratio(ratios["before"]), _ratio(ratios["after"]))
+    console.print(table)
+
+
 def pyirt_defaults(families: list[str]) -> None:
     """py-irt at its defaults (dims auto, no lr/epochs given) on the shipped tiny-lm responses and a
     120 x 1,200 four-scenario synthetic matrix: it must fit, and its gp-IRT estimates must stay
@@ -288,9 +317,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyirt-epochs", type=int, default=1000)
     parser.add_argument("--skip-pyirt-large", action="store_true", help="skip py-irt on 100 x 5,000 (slow)")
-    parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "pyirt-defaults"), default=None,
+    parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "pyirt-defaults", "refit"), default=None,
                         help="one part: the few-calibration-subjects tables (synthetic and tiny-lm), the "
-                        "tiny-lm one alone, or py-irt at its defaults")
+                        "tiny-lm one alone, a mid-campaign refit, or py-irt at its defaults")
     parser.add_argument("--pyirt-families", default="arith", help="tiny-lm families for py-irt at its defaults")
     parser.add_argument("--seeds", type=int, default=3, help="calibration sets per row of the few-subjects table")
     parser.add_argument("--draws", type=int, default=200, help="random-baseline draws per subject")
@@ -307,6 +336,8 @@ def main() -> None:
         few_subjects(args.draws, args.seeds, args.anchor_draws)
     if args.only in (None, "few-subjects", "tiny-lm"):
         tiny_lm(args.draws, args.seeds, args.anchor_draws)
+    if args.only in (None, "refit"):
+        midcampaign_refit(args.seeds)
     if args.only in (None, "pyirt-defaults"):
         pyirt_defaults(args.pyirt_families.split(","))
     if args.only is not None:
