@@ -113,10 +113,8 @@ class Estimator:
         self.endpoint_theta = None if endpoints is None else self._endpoint_abilities(endpoints)
         if kind in ("mpirt", "gmpirt") and self.endpoint_theta is None:
             raise UserError(f"estimator {kind} needs endpoint subjects (--endpoints)")
-        self._n_eff = _effective_size(self.weights, self._anchor_onehot)
-        self._sampling = self._sampling_factor(self.weights, self._anchor_onehot)
         self._anchor_sq, irt_sq = self._measured_errors()
-        prior = self.random_sampling_variance(self.weights, self._anchor_onehot)
+        prior = self.random_sampling_variance()
         self.anchor_variance, self.irt_error = _pool(self._anchor_sq, prior), _pool(irt_sq, prior)
         self.lam = _shrink_weight(self.irt_error, self.anchor_variance) if kind == "gpirt" else None
         if kind in ("mpirt", "gmpirt"):
@@ -137,6 +135,9 @@ class Estimator:
         self.anchor_idx = self.model.item_index(self.anchor_ids)
         self.weights = np.array([w for s in self.scenarios for w in anchors.weights[s]])
         self._anchor_onehot = self._item_onehot[self.anchor_idx]  # (n, K)
+        self._n_eff = _effective_size(self.weights, self._anchor_onehot)
+        # (1 − n/N)/n_eff per scenario: a random sample's error² per unit of across-item variance
+        self._sampling = np.clip(1.0 - self._anchor_onehot.sum(axis=0) / self.sizes, 0.0, 1.0) / self._n_eff
 
     def _endpoint_abilities(self, endpoints: Sequence[str] | pd.DataFrame) -> np.ndarray:
         """θ of the endpoints on all items: training subjects by id, or fitted on full response rows."""
@@ -157,7 +158,7 @@ class Estimator:
         with np.errstate(invalid="ignore"):  # NaN where a subject has no item of the scenario
             return (np.where(observed, scores, 0.0) @ self._item_onehot) / (observed @ self._item_onehot)
 
-    def random_sampling_variance(self, weights: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    def random_sampling_variance(self) -> np.ndarray:
         """v̂·(1 − n/N)/n_eff: the error² of a random sample of the anchors' effective size.
 
         v̂ is the training subjects' mean across-item variance of scores in the scenario;
@@ -169,11 +170,7 @@ class Estimator:
         count = observed @ self._item_onehot
         mean = (y @ self._item_onehot) / count
         v_hat = np.nanmean(((y**2) @ self._item_onehot) / count - mean**2, axis=0)
-        return v_hat * self._sampling_factor(weights, onehot)
-
-    def _sampling_factor(self, weights: np.ndarray, onehot: np.ndarray) -> np.ndarray:
-        """(1 − n/N)/n_eff per scenario: a random sample's error² per unit of across-item variance."""
-        return np.clip(1.0 - onehot.sum(axis=0) / self.sizes, 0.0, 1.0) / _effective_size(weights, onehot)
+        return v_hat * self._sampling
 
     def _fold_anchors(self, fold: int) -> Anchors:
         """The anchors this fold's fit would have chosen (the given ones if they cannot be re-chosen)."""

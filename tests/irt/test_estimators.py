@@ -17,6 +17,7 @@ from evo_merge.irt import (
     select_anchors,
     validate_responses,
 )
+from evo_merge.irt.estimators import estimate_table
 from evo_merge.irt.model import ABILITY_PRIOR_SD
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
@@ -145,7 +146,7 @@ def test_random_sampling_variance_counts_effective_items(make_model):
     for weights, n_eff in (([0.5, 0.5], 2.0), ([0.9, 0.1], 1 / 0.82)):
         anchors = Anchors("random", 2, 0, {"all": ["q0", "q1"]}, {"all": weights})
         est = Estimator(model, anchors, "anchor")
-        got = est.random_sampling_variance(est.weights, est._anchor_onehot)
+        got = est.random_sampling_variance()
         assert got[0] == pytest.approx(v_hat * 0.5 / n_eff)
 
 
@@ -238,3 +239,20 @@ def test_the_anchor_error_is_taken_at_the_subject_s_own_accuracy(make_model):
         got = est.estimate(dict(zip(est.anchor_ids, scores)))
         assert got["all"] == pytest.approx(right / 4)
         assert got.se["all"] == pytest.approx(expected)
+
+
+def test_the_estimate_table_carries_each_subject_s_own_se(two_scenarios):
+    """`irt estimate` writes the per-subject SE of gp-IRT on sampled anchors, the same as
+    `Estimator.estimate` gives for that subject, overall included."""
+    gen, _, _, model = two_scenarios
+    est = Estimator(model, select_anchors(model, 10, "stratified"), "gpirt")
+    theta, ids = synthetic_abilities(4, dims=2, seed=43)
+    responses = gen.sample(theta * 2.5, ids, seed=44)
+    table = estimate_table(est, responses).set_index(["subject", "scenario"])
+    scores = ResponseMatrix.from_long(responses, model.item_ids)
+    for subject, row in zip(scores.subjects, scores.scores):
+        one = est.estimate(dict(zip(model.item_ids, row)))
+        for scenario in ("s0", "s1", "overall"):
+            assert table.loc[(subject, scenario), "se"] == pytest.approx(one.se[scenario])
+            assert table.loc[(subject, scenario), "estimate"] == pytest.approx(one[scenario])
+    assert table.xs("s0", level="scenario")["se"].nunique() > 1
