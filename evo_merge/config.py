@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
-from evo_merge.irt.kinds import ANCHOR_METHODS, BACKEND_NAMES, CAMPAIGN_ESTIMATOR_KINDS
+from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, ANCHOR_METHODS, BACKEND_NAMES, CAMPAIGN_ESTIMATOR_KINDS
 from evo_merge.schema import Strict, load_yaml, validate
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
@@ -107,10 +107,13 @@ class EstimatorSpec(_Checked):
     """How candidates are scored: `full` scores every item (the expensive baseline)."""
 
     kind: Literal[CAMPAIGN_ESTIMATOR_KINDS] = "gpirt"
-    anchors: int = Field(20, ge=1, description="anchor items per task scenario")
+    anchors: int = Field(20, ge=1, description="anchor items per task scenario (on average, with neyman)")
     anchor_method: Literal[ANCHOR_METHODS] = Field(
         "auto", description="auto: kmeans-irt with enough calibration subjects (30), stratified below; a "
         "campaign's base, endpoints and warm-up merges are usually fewer")
+    anchor_allocation: Literal[ANCHOR_ALLOCATIONS] = Field(
+        "neyman", description="neyman: a task's anchors (anchors x its scenarios) go where they cut the error "
+        "of its score most; equal: `anchors` in each scenario")
     irt_model: str | None = Field(None, description="fitted IRT folder per task name; None: fit from calibration")
     backend: Literal[BACKEND_NAMES] = "torch"
     lr: float | None = Field(None, gt=0, description="pyirt backend learning rate (None: its default)")
@@ -282,12 +285,15 @@ class TrackingSpec(_Checked):
     wandb: WandbSpec | None = None
 
 
-# Defaults changed since run folders were first written: (section, setting) -> its former default.
-# A run folder stored under a former default resumes with it (search.workspace.config_fingerprint).
-FORMER_DEFAULTS: dict[tuple[str, str], Any] = {
-    ("estimator", "anchor_method"): "kmeans-irt",
-    ("algorithm", "seed_standard_merges"): False,
+# Defaults changed since run folders were first written: (section, setting) -> (its former default,
+# the defaults version that changed it). A run folder marked with an older version (no mark: 1)
+# resumes with the former value of each setting changed after it (search.workspace._bind).
+FORMER_DEFAULTS: dict[tuple[str, str], tuple[Any, int]] = {
+    ("estimator", "anchor_method"): ("kmeans-irt", 2),
+    ("algorithm", "seed_standard_merges"): (False, 2),
+    ("estimator", "anchor_allocation"): ("equal", 3),  # before: no such setting, every scenario `anchors`
 }
+DEFAULTS_VERSION = 3
 
 
 class Campaign(_Checked):

@@ -40,14 +40,16 @@ from campaign_baselines import comparison_table, measured_front  # a sibling scr
 from scipy.stats import spearmanr
 
 from evo_merge.cli.template import campaign_text
-from evo_merge.config import Campaign, FinalSpec
+from evo_merge.config import DEFAULTS_VERSION, Campaign, FinalSpec
+from evo_merge.irt import Estimator, select_anchors
+from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.front import Distinct, candidates, choose, to_measure
 from evo_merge.search.holdout import HOLDOUT_META
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.study import SEARCH
-from evo_merge.search.workspace import config_fingerprint, resolve_campaign
+from evo_merge.search.workspace import DEFAULTS_META, config_fingerprint, resolve_campaign
 from evo_merge.zoo.manifest import read_zoo
 
 ALL = 10_000  # evaluate_top of the bench's runs: every estimated front member is measured
@@ -56,15 +58,22 @@ FINAL_GRID = ((1, 0), (1, 4), (2, 4), (3, 0), (3, 4), (DEFAULT.top_k, DEFAULT.ev
 
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
-                 anchors: int, reuse: bool, granularity: str = "model", seed: int = 0) -> tuple[CampaignRunner, float]:
+                 anchors: int, reuse: bool, granularity: str = "model", seed: int = 0,
+                 allocation: str = "neyman") -> tuple[CampaignRunner, float]:
     text = campaign_text(zoo.resolve(), families, name=out.name, anchors=anchors, population=population,
                          generations=generations, top=ALL)
     config = yaml.safe_load(text)
     config["estimator"]["kind"] = kind
     config["algorithm"]["seed"] = seed
     config["coefficients"]["granularity"] = granularity
+    config["estimator"]["anchor_allocation"] = allocation
     campaign = Campaign.model_validate(config)
-    if not reuse or config_fingerprint(resolve_campaign(campaign, zoo)) != CampaignStore(out).get_meta("config"):
+    store = CampaignStore(out)
+    # a run folder written under older defaults runs with them: stale, unless nothing is estimated
+    stale = (config_fingerprint(resolve_campaign(campaign, zoo)) != store.get_meta("config")
+             or (kind != "full" and store.get_meta(DEFAULTS_META) != DEFAULTS_VERSION))
+    store.close()
+    if not reuse or stale:
         shutil.rmtree(out, ignore_errors=True)
     runner = CampaignRunner.open(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
     start = time.perf_counter()
@@ -82,7 +91,7 @@ def compare_granularities(args: argparse.Namespace, families: list[str], size: s
         suffix = "" if granularity == "model" else "-" + granularity.replace(":", "")  # model: the default run
         folder = args.out / f"irt-a{args.anchors}-{size}{suffix}"
         runner, wall = run_campaign(args.zoo, families, folder, population, generations, "gpirt", args.anchors,
-                                    args.reuse, granularity, args.seed)
+                                    args.reuse, granularity, args.seed, args.allocation)
         labels, front = measured_front(runner)
         fronts[granularity] = (runner.objectives.names, labels, front)
         print(
@@ -118,6 +127,10 @@ def main() -> None:
     )
     parser.add_argument("--kinds", default="gpirt", help="estimators compared with full evaluation, e.g. "
                         "gpirt,adaptive")
+    parser.add_argument("--allocation", default="neyman", choices=ANCHOR_ALLOCATIONS,
+                        help="how each task's anchors are spread over its scenarios (estimator.anchor_allocation)")
+    parser.add_argument("--allocation-draws", type=int, default=0, metavar="N",
+                        help="also estimate the full run's candidates with each allocation over N anchor seeds")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
     parser.add_argument("--seed", type=int, default=0, help="the campaigns' seed (a search is one trajectory: "
                         "compare estimators over several seeds, each in its own --out)")
@@ -138,9 +151,11 @@ def main() -> None:
             seed=args.seed,
         )
         for kind in kinds:
-            folder = args.out / (f"irt-a{args.anchors}-{size}" if kind == "gpirt" else f"{kind}-{size}")
+            anchored = f"{kind}-a{args.anchors}-{args.allocation}-{size}" if kind != "gpirt" else \
+                f"irt-a{args.anchors}-{size}" + ("" if args.allocation == "neyman" else f"-{args.allocation}")
+            folder = args.out / (f"{kind}-{size}" if kind == "adaptive" else anchored)
             runner, wall = run_campaign(args.zoo, families, folder, population, generations, kind, args.anchors,
-                                        args.reuse, seed=args.seed)
+                                        args.reuse, seed=args.seed, allocation=args.allocation)
             rows.append((size, kind, *compare(runner, full), wall, t_full))
             runs.append((size, kind, runner, full))
             print(f"[{size} {kind}] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)
@@ -160,6 +175,10 @@ def main() -> None:
     print("\nthe estimators on the full-evaluation run's search candidates (no search trajectory: every run's "
           "estimator scores the same candidates from their anchors; truth is their score on the search items):")
     print(estimator_table(runs))
+    if args.allocation_draws:
+        print(f"\nanchor allocations on the same candidates, {args.allocation_draws} anchor draws each (the runs' "
+              "IRT models; no search trajectory):")
+        print(allocation_table(runs, args.allocation_draws))
 
     print("\ntotal items (full / this) and measured hypervolume (this / full) by the size of the final phase "
           f"(default: top_k {DEFAULT.top_k}, evaluate_top {DEFAULT.evaluate_top}):")
@@ -274,6 +293,40 @@ def estimator_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]])
         calibration = np.sqrt(((est - truth) ** 2).mean(axis=0) / (se**2).mean(axis=0))
         lines.append(f"| {size} | {kind} | {_cells(mae, '.4f')} | {_cells(rho, '.3f')} | {_cells(calibration, '.2f')} "
                      f"| {hv:.3f} ({len(front)} of {len(truth)}) |")
+    return "\n".join(lines)
+
+
+def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draws: int) -> str:
+    """Each fixed-anchor run's IRT models with its anchor budget spread by each allocation, over
+    `draws` anchor seeds, estimating the full run's candidates (no trajectory, no one draw's luck):
+    mean MAE and Spearman rho per task, and the hypervolume of the front the estimates pick."""
+    lines = ["| campaign | estimator | allocation | MAE per task | Spearman per task | HV of the estimated front / "
+             "of the true front (mean, range) |", "|---|---|---|---|---|---|"]
+    for size, kind, runner, full in runs:
+        scoring, objectives = runner.scoring, runner.objectives
+        store, spec = full.workspace.store, runner.workspace.campaign.estimator
+        if scoring.adaptive() or scoring.estimators is None or spec.kind in ("mpirt", "gmpirt"):
+            continue  # (mp-IRT kinds would need the endpoints' abilities too)
+        rows = [store.item_scores(e.key) for e in store.evaluations(SEARCH) if e.status == "ok"]
+        truth = np.array([objectives.vector(scoring.search_scores(scores)) for scores in rows])
+        for allocation in ANCHOR_ALLOCATIONS:
+            mae, rho, hv = [], [], []
+            for seed in range(draws):
+                values = {}
+                for name, fitted in scoring.estimators.items():
+                    anchors = select_anchors(fitted.model, spec.anchors, spec.anchor_method, seed, allocation)
+                    estimator = Estimator(fitted.model, anchors, spec.kind)
+                    matrix = np.array([[scores[name].get(i, np.nan) for i in estimator.anchor_ids] for scores in rows])
+                    per_scenario = estimator.estimate_matrix(matrix)
+                    values[name] = np.clip(per_scenario @ estimator.sizes / estimator.sizes.sum(), 0.0, 1.0)
+                est = np.array([objectives.vector({n: float(v[j]) for n, v in values.items()})
+                                for j in range(len(rows))])
+                mae.append(np.abs(est - truth).mean(axis=0))
+                rho.append([spearmanr(est[:, k], truth[:, k])[0] for k in range(est.shape[1])])
+                hv.append(objectives.hypervolume(truth[objectives.non_dominated(est)]) / objectives.hypervolume(truth))
+            lines.append(f"| {size} | {kind}, {spec.anchors} anchors | {allocation} "
+                         f"| {_cells(np.mean(mae, axis=0), '.4f')} | {_cells(np.mean(rho, axis=0), '.3f')} "
+                         f"| {np.mean(hv):.3f} ({min(hv):.3f}-{max(hv):.3f}) |")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from evo_merge.irt import (
     select_anchors,
 )
 from evo_merge.irt import validate as run_validation
-from evo_merge.irt.kinds import ANCHOR_METHODS, BACKEND_NAMES, ESTIMATOR_KINDS
+from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, ANCHOR_METHODS, BACKEND_NAMES, ESTIMATOR_KINDS
 from evo_merge.irt.validation import RANDOM_DRAWS, validation_table
 
 
@@ -114,11 +114,13 @@ def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float 
 @click.option("--budget", type=int, required=True, help="Anchors per scenario.")
 @click.option("--method", type=click.Choice(ANCHOR_METHODS), default="auto", show_default=True,
               help="'auto': kmeans-irt with enough calibration subjects, stratified below.")
+@click.option("--allocation", type=click.Choice(ANCHOR_ALLOCATIONS), default="equal", show_default=True,
+              help="'neyman': as many anchors in all, spread where they cut the error of the overall score most.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def anchors(model_dir: Path, budget: int, method: str, seed: int) -> None:
+def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: int) -> None:
     """Choose --budget anchor items per scenario, store them in MODEL_DIR and print them."""
 
-    chosen = select_anchors(IRTModel.load(model_dir), budget, method, seed)
+    chosen = select_anchors(IRTModel.load(model_dir), budget, method, seed, allocation)
     path = chosen.save(model_dir)
     for scenario, items in chosen.items.items():
         click.echo(f"{scenario}: {' '.join(items)}")

@@ -31,8 +31,8 @@ methods:
 # endpoint per group of N transformer blocks, plus one for the rest) or layer.
 coefficients: {{low: 0.0, high: 1.5, granularity: model}}
 
-# Candidates are scored on `anchors` items per task scenario (the shipped benchmarks have
-# 4-5 scenarios each: 5 anchors is about 20 items per task) and their full score is
+# Candidates are scored on `anchors` items per task scenario, on average (the shipped benchmarks
+# have 4-5 scenarios each: 5 anchors is about 20 items per task) and their full score is
 # estimated with IRT. With no irt_model, the base, the endpoints and `warmup_merges` random
 # merges are evaluated on every item first and an IRT model is fitted on those responses.
 # kind: anchor | pirt | gpirt | mpirt | gmpirt | adaptive (items chosen per candidate until
@@ -41,6 +41,7 @@ estimator:
   kind: gpirt
   anchors: {anchors}
   anchor_method: auto      # kmeans-irt from 30 calibration subjects, stratified below
+  anchor_allocation: neyman  # where they cut the task's error most (equal: `anchors` in each)
   warmup_merges: {warmup}
   backend: torch
   dims: auto

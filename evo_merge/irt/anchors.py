@@ -6,6 +6,14 @@ are only as good as the item parameters or correctness patterns they are drawn f
 than MIN_CLUSTER_SUBJECTS calibration subjects, `choose_anchor_method` falls back to stratified
 sampling (proportional strata of item mean score, never worse than random sampling in
 expectation), and says why.
+
+A model's anchors are `budget` per scenario (`equal`), or the same number spread over its
+scenarios where they cut the error of the model's overall, item-weighted score most (`neyman`,
+Neyman's optimal allocation for stratified sampling): scenario k gets n_k ∝ W_k·s_k, with W_k its
+share of the items and s_k² the variance of an item's score within a subject. Candidates are
+merges, which lie between the models they merge, while calibration often holds the base and the
+endpoints at 0 or 1 on a skill; so s_k² is the IRT model's expected item variance at the
+midpoints of pairs of calibration subjects, not at the subjects themselves.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +30,7 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
 from evo_merge.errors import UserError
-from evo_merge.irt.kinds import ANCHOR_METHODS
+from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, ANCHOR_METHODS
 from evo_merge.irt.model import IRTModel
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,7 @@ SAMPLED = ("random", "stratified")  # drawn at random (within strata): their mea
 FALLBACK_METHOD = "stratified"
 MIN_CLUSTER_SUBJECTS = 30  # below: clustered anchors fall back (bench_irt.py: kmeans-irt lost to random at 12-20)
 KMEANS_RESTARTS = 10
+MAX_PAIRS = 256  # calibration-subject midpoints averaged for a scenario's item variance (a random subset beyond)
 
 
 def choose_anchor_method(requested: str, n_subjects: int) -> tuple[str, str | None]:
@@ -54,12 +64,16 @@ class Anchors:
     seed: int
     items: dict[str, list[str]]  # scenario -> anchor item ids
     weights: dict[str, list[float]]  # scenario -> weights (sum to 1)
+    allocation: str = "equal"  # how many per scenario (`allocate`); files written before it: equal
 
     @property
     def sampled(self) -> bool:
         """Anchors drawn at random (within strata): their mean is unbiased for every subject, so
         where it and the IRT prediction disagree beyond its sampling error, the IRT part is off."""
         return self.method in SAMPLED
+
+    def counts(self) -> dict[str, int]:
+        return {scenario: len(items) for scenario, items in self.items.items()}
 
     def all_items(self) -> list[str]:
         return [i for items in self.items.values() for i in items]
@@ -90,6 +104,8 @@ def load_anchors(model_dir: str | Path, budget: int | None = None, method: str |
         anchors = Anchors(**data)
     except (json.JSONDecodeError, TypeError) as exc:
         raise UserError(f"{match[0]}: corrupt anchors file ({exc})") from None
+    if anchors.allocation not in ANCHOR_ALLOCATIONS:
+        raise UserError(f"{match[0]}: corrupt anchors file (unknown allocation {anchors.allocation!r})")
     return anchors
 
 
@@ -145,8 +161,38 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
     return items[local], weights
 
 
-def select_anchors(model: IRTModel, budget: int, method: str = "kmeans-irt", seed: int = 0) -> Anchors:
-    """`budget` anchors per scenario (all items of a scenario smaller than that).
+def midpoint_item_variance(model: IRTModel, seed: int = 0) -> np.ndarray:
+    """p(1 − p) per item, averaged over the midpoints (θ_j + θ_l)/2 of pairs of calibration subjects."""
+    j, k = np.triu_indices(model.theta.shape[0], 1)
+    if j.size > MAX_PAIRS:
+        keep = np.random.default_rng(seed).choice(j.size, MAX_PAIRS, replace=False)
+        j, k = j[keep], k[keep]
+    prob = model.predict((model.theta[j] + model.theta[k]) / 2.0)
+    return (prob * (1.0 - prob)).mean(axis=0)
+
+
+def allocate(model: IRTModel, budget: int, allocation: str = "equal", seed: int = 0) -> dict[str, int]:
+    """Anchors per scenario: `budget` each, all items of a smaller scenario (`equal`); or as many in
+    all, at least one per scenario, added one at a time where the item-weighted mean's sampling
+    variance Σ_k W_k² s_k²/n_k falls most (`neyman`)."""
+    if allocation not in ANCHOR_ALLOCATIONS:
+        raise UserError(f"unknown anchor allocation {allocation!r} (choose from {', '.join(ANCHOR_ALLOCATIONS)})")
+    groups = model.scenario_items()
+    sizes = np.array([idx.size for idx in groups.values()])
+    counts = np.minimum(budget, sizes)
+    if allocation == "neyman":
+        variance = midpoint_item_variance(model, seed)
+        gain = (sizes / sizes.sum()) ** 2 * np.maximum([variance[idx].mean() for idx in groups.values()], 1e-6)
+        total, counts = counts.sum(), np.ones_like(sizes)
+        for _ in range(total - counts.sum()):
+            counts[np.argmax(np.where(counts < sizes, gain / (counts * (counts + 1.0)), -1.0))] += 1
+    return {scenario: int(n) for scenario, n in zip(groups, counts)}
+
+
+def select_anchors(model: IRTModel, budget: int, method: str = "kmeans-irt", seed: int = 0,
+                   allocation: str = "equal", counts: Mapping[str, int] | None = None) -> Anchors:
+    """`budget` anchors per scenario on average, spread over the scenarios by `allocation`, or
+    `counts` per scenario where given (a cross-fit re-chooses anchors of the same design).
 
     "auto" is resolved by `choose_anchor_method` (logged when it falls back); the other methods
     are used as named, so `irt validate` can show how clustering does with few subjects.
@@ -159,10 +205,11 @@ def select_anchors(model: IRTModel, budget: int, method: str = "kmeans-irt", see
         raise UserError(f"unknown anchor method {method!r} (choose from {', '.join(METHODS)})")
     if not isinstance(budget, int) or budget < 1:
         raise UserError(f"anchor budget must be a positive integer, not {budget!r}")
+    counts = dict(counts) if counts is not None else allocate(model, budget, allocation, seed)
     rng = np.random.default_rng(seed)
     items, weights = {}, {}
     for scenario, idx in model.scenario_items().items():
-        picked, w = _select(model, idx, budget, method, rng, seed)
+        picked, w = _select(model, idx, counts[scenario], method, rng, seed)
         items[scenario] = [model.item_ids[j] for j in picked]
         weights[scenario] = [float(x) for x in w]
-    return Anchors(method, budget, seed, items, weights)
+    return Anchors(method, budget, seed, items, weights, allocation)

@@ -173,14 +173,16 @@ class Estimator:
         return v_hat * self._sampling
 
     def _fold_anchors(self, fold: int) -> Anchors:
-        """The anchors this fold's fit would have chosen (the given ones if they cannot be re-chosen)."""
+        """The anchors this fold's fit would have chosen, as many per scenario (the given ones if they
+        cannot be re-chosen)."""
         a = self.anchors
         if a.method not in SELECTABLE or self.kind == "adaptive":
             return a
         train = ~self.model.cv_held[fold]
         fold_model = replace(self.model, alpha=self.model.cv_alpha[fold], beta=self.model.cv_beta[fold],
                              responses=self.model.responses[train], theta=self.model.theta[train])
-        return select_anchors(fold_model, a.budget, a.method, seed=a.seed)
+        return select_anchors(fold_model, a.budget, a.method, seed=a.seed, allocation=a.allocation,
+                              counts=a.counts())
 
     def _measured_errors(self) -> tuple[np.ndarray, np.ndarray]:
         """Squared errors (subjects, K) of the anchor mean and of p-IRT on cross-fit held-out subjects."""

@@ -147,7 +147,8 @@ class Scoring:
             return Estimator(
                 model, None, "adaptive", seed=self.seed, target_se=spec.target_se, max_items=spec.max_items
             )
-        anchors = select_anchors(model, spec.anchors, spec.anchor_method, seed=self.seed)
+        anchors = select_anchors(model, spec.anchors, spec.anchor_method, seed=self.seed,
+                                 allocation=spec.anchor_allocation)
         return Estimator(
             model, anchors, spec.kind, endpoints=endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None
         )

@@ -14,16 +14,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from evo_merge.config import FORMER_DEFAULTS, Campaign
+from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign
 from evo_merge.errors import UserError
 from evo_merge.search.store import CampaignStore, atomic_write
 from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference, split_adapter
 
 CAMPAIGN_FILE = "campaign.yaml"
-DEFAULTS_META, DEFAULTS_VERSION = "defaults", 2  # runs without the mark predate FORMER_DEFAULTS
+DEFAULTS_META = "defaults"  # the DEFAULTS_VERSION a run folder was written under; none: 1
 
 
 def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
@@ -58,20 +59,25 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
                                        "tasks": tasks, "estimator": estimator, "align": align})
 
 
-def config_fingerprint(campaign: Campaign, *, former_defaults: bool = False) -> str:
+def _changed_since(version: int) -> list[tuple[str, str, object]]:
+    """(section, setting, former default) of each default changed after defaults `version`."""
+    return [(section, name, former) for (section, name), (former, changed) in FORMER_DEFAULTS.items()
+            if changed > version]
+
+
+def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> str:
     """Identifies what a run computes: where it is evaluated (local or which cluster) is left out,
     so a run started locally can be resumed on a cluster and back; so are settings at their
     defaults, so a setting added in a later version leaves older runs resumable; so is where it
-    is tracked (trackers observe, they compute nothing). With `former_defaults`, a setting at the
-    value it defaulted to before `FORMER_DEFAULTS` changed it is left out too: the fingerprint a
-    run folder written then holds."""
-    if former_defaults:
-        sections = {}
-        for (section, name), former in FORMER_DEFAULTS.items():
-            spec = sections.get(section, getattr(campaign, section))
-            if getattr(spec, name) == former:
-                sections[section] = spec.model_copy(update={name: type(spec).model_fields[name].default})
-        campaign = campaign.model_copy(update=sections)
+    is tracked (trackers observe, they compute nothing). With an older `written_at`, a setting at
+    the value it defaulted to then, since changed, is left out too: the fingerprint a run folder
+    written then holds."""
+    sections: dict[str, Any] = {}
+    for section, name, former in _changed_since(written_at):
+        spec = sections.get(section, getattr(campaign, section))
+        if getattr(spec, name) == former:
+            sections[section] = spec.model_copy(update={name: type(spec).model_fields[name].default})
+    campaign = campaign.model_copy(update=sections)
     # storage placement and budgets change where tensors are kept, not what is computed (#13)
     storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
                                                   "device_budget_gib": None})
@@ -138,7 +144,7 @@ class Workspace:
         run_dir = Path(run_dir)
         refs = [model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)]
         store = CampaignStore(run_dir)
-        _bind(store, campaign, run_dir)
+        campaign = _bind(store, campaign, run_dir)
         if campaign.align is not None:
             data = existing_path(campaign.align.data, "align.data") if campaign.align.data else None
             base, models = aligned_paths(campaign.align, [r.path for r in refs], run_dir / "aligned", data)
@@ -161,20 +167,34 @@ class Workspace:
         return [f"endpoint {m.name}" for m in self.models]
 
 
-def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> None:
-    """Bind a new run folder to the campaign, or check an existing one holds it. A folder written
-    before the defaults in `FORMER_DEFAULTS` changed (no `defaults` mark) also matches with them
-    at their former values, which its own campaign.yaml spells out."""
+def as_written_at(campaign: Campaign, version: int) -> Campaign:
+    """The campaign a run folder written under defaults `version` runs: each setting changed since
+    and left at today's default (which neither that version's campaign.yaml, written before the
+    setting existed, nor its fingerprint tells from unset) at the default it had then."""
+    sections: dict[str, Any] = {}
+    for section, name, former in _changed_since(version):
+        spec = sections.get(section, getattr(campaign, section))
+        if getattr(spec, name) == type(spec).model_fields[name].default:
+            sections[section] = spec.model_copy(update={name: former})
+    return campaign.model_copy(update=sections)
+
+
+def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
+    """Bind a new run folder to the campaign, or check an existing one holds it; returns the
+    campaign the folder runs. A folder written under older defaults (its `defaults` mark; none:
+    version 1) matches with the settings changed since at their former values, and runs with them."""
     stored, fingerprint = store.get_meta("config"), config_fingerprint(campaign)
     if stored is None:
         store.set_meta("config", fingerprint)
         store.set_meta(DEFAULTS_META, DEFAULTS_VERSION)
         atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
-    elif stored != fingerprint and not (store.get_meta(DEFAULTS_META) is None
-                                        and stored == config_fingerprint(campaign, former_defaults=True)):
+        return campaign
+    version = store.get_meta(DEFAULTS_META) or 1
+    if stored not in (fingerprint, config_fingerprint(campaign, written_at=version)):
         raise UserError(
             f"{run_dir}: holds a different campaign; resume it with its own {CAMPAIGN_FILE} or start a new run folder"
         )
+    return as_written_at(campaign, version)
 
 
 def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -86,6 +87,16 @@ def test_store_and_load(tmp_path, two_scenarios):
     (tmp_path / "anchors" / "random-8.json").write_text("{broken")
     with pytest.raises(UserError, match="corrupt anchors file"):
         load_anchors(tmp_path, method="random")
+    c = select_anchors(model, 4, "stratified", allocation="neyman")
+    path = c.save(tmp_path)
+    assert load_anchors(tmp_path, method="stratified") == c
+    older = json.loads(path.read_text())
+    del older["allocation"]  # written before allocations existed: every scenario got the budget
+    path.write_text(json.dumps(older))
+    assert load_anchors(tmp_path, method="stratified").allocation == "equal"
+    path.write_text(json.dumps({**older, "allocation": "even"}))
+    with pytest.raises(UserError, match="corrupt anchors file"):
+        load_anchors(tmp_path, method="stratified")
 
 
 def test_bad_method_or_budget(two_scenarios):
@@ -132,3 +143,61 @@ def test_choose_anchor_method_falls_back_below_the_subject_threshold(two_scenari
     with caplog.at_level("WARNING", logger="evo_merge.irt"):
         assert select_anchors(small, 5, "auto").method == "stratified"
     assert "stratified anchors instead of auto" in caplog.text
+
+
+def _three_scenarios(make_model):
+    """60 coin-flip items, 60 items everyone gets right, 20 coin-flip items; abilities all 0."""
+    beta = [0.0] * 60 + [-10.0] * 60 + [0.0] * 20
+    scenarios = ["wide"] * 60 + ["sure"] * 60 + ["small"] * 20
+    return make_model(np.zeros(140), beta, scenarios=scenarios)
+
+
+def test_equal_allocation_gives_each_scenario_the_budget_or_all_its_items(make_model):
+    from evo_merge.irt.anchors import allocate
+
+    model = _three_scenarios(make_model)
+    assert allocate(model, 5) == {"wide": 5, "sure": 5, "small": 5}
+    assert allocate(model, 30) == {"wide": 30, "sure": 30, "small": 20}
+
+
+def test_neyman_allocation_spends_the_same_items_where_the_overall_score_is_least_certain(make_model):
+    """Among all allocations of the same 15 items (at least one per scenario), neyman's minimises
+    Σ W_k² s_k²/n_k, the sampling variance of the item-weighted overall mean (checked by brute force)."""
+    from evo_merge.irt.anchors import allocate
+
+    model = _three_scenarios(make_model)
+    counts = allocate(model, 5, "neyman")
+    assert sum(counts.values()) == 15 and counts["sure"] == 1
+    share = {"wide": 60 / 140, "sure": 60 / 140, "small": 20 / 140}
+    var = {"wide": 0.25, "sure": float(1 / (1 + np.exp(-10)) * (1 - 1 / (1 + np.exp(-10)))), "small": 0.25}
+
+    def variance(n):
+        return sum(share[k] ** 2 * var[k] / n[k] for k in n)
+
+    best = min(({"wide": a, "sure": b, "small": 15 - a - b} for a in range(1, 14) for b in range(1, 15 - a)),
+               key=variance)
+    assert counts == best
+    anchors = select_anchors(model, 5, "stratified", allocation="neyman")
+    assert {s: len(items) for s, items in anchors.items.items()} == counts and anchors.allocation == "neyman"
+    assert all(sum(w) == pytest.approx(1.0) for w in anchors.weights.values())
+
+
+def test_neyman_allocation_judges_a_skill_by_the_subjects_between_the_calibration_ones(make_model):
+    """Base at 0 and endpoint at 1 on a sharp skill say its items never vary; a merge between
+    them is at 0.5 there. The midpoint's variance (0.25) is what the allocation uses."""
+    from evo_merge.irt.anchors import allocate, midpoint_item_variance
+
+    alpha = [4.0] * 50 + [0.0] * 50
+    beta = [0.0] * 50 + [2.0] * 50  # the flat scenario: p = σ(−2) for everyone
+    model = make_model(alpha, beta, responses=np.zeros((2, 100)), scenarios=["sharp"] * 50 + ["flat"] * 50)
+    model = replace(model, theta=np.array([[-3.0], [3.0]]))
+    own = model.predict(model.theta)
+    assert (own[:, :50] * (1 - own[:, :50])).max() < 0.01  # at the subjects themselves: nearly certain
+    np.testing.assert_allclose(midpoint_item_variance(model)[:50], 0.25)
+    counts = allocate(model, 4, "neyman")
+    assert counts["sharp"] > counts["flat"] and sum(counts.values()) == 8
+
+
+def test_unknown_allocation_is_a_user_error(two_scenarios):
+    with pytest.raises(UserError, match="allocation 'even'"):
+        select_anchors(two_scenarios[3], 5, "random", allocation="even")

@@ -256,3 +256,15 @@ def test_the_estimate_table_carries_each_subject_s_own_se(two_scenarios):
             assert table.loc[(subject, scenario), "se"] == pytest.approx(one.se[scenario])
             assert table.loc[(subject, scenario), "estimate"] == pytest.approx(one[scenario])
     assert table.xs("s0", level="scenario")["se"].nunique() > 1
+
+
+def test_the_cross_fit_measures_anchors_of_the_same_design(two_scenarios):
+    """Each fold re-chooses the anchors from its own fit, as many per scenario as the estimator's
+    (its neyman allocation would spread them differently): the errors it measures are those of
+    the design the estimator uses."""
+    model = two_scenarios[3]
+    anchors = select_anchors(model, 6, "stratified", seed=1, allocation="neyman", counts={"s0": 9, "s1": 3})
+    assert anchors.counts() == {"s0": 9, "s1": 3}
+    estimator = Estimator(model, anchors, "gpirt")
+    for fold in range(model.cv_alpha.shape[0]):
+        assert estimator._fold_anchors(fold).counts() == {"s0": 9, "s1": 3}

@@ -109,6 +109,19 @@ def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo):
                                "AND measured IS NULL AND status='ok'").fetchall()
     assert per_candidate == [(20,)]  # 5 anchors x 2 scenarios x 2 tasks, against 240 items for a full evaluation
 
+    from evo_merge.config import Campaign
+    from evo_merge.irt.anchors import allocate
+    from evo_merge.search.campaign import CampaignRunner
+
+    runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+    runner.calibrate()  # replayed from the run folder
+    for estimator in runner.scoring.estimators.values():  # the default spreads each task's 10 by neyman
+        anchors = estimator.anchors
+        assert anchors.allocation == "neyman"
+        counts = allocate(estimator.model, 5, "neyman", runner.scoring.seed)
+        assert {s: len(i) for s, i in anchors.items.items()} == counts
+    runner.close()
+
 
 @pytest.mark.parametrize("algorithm", [
     {"name": "nsga2"},  # multi-objective, mixed-variable genome
@@ -205,9 +218,10 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
     from evo_merge.search.workspace import DEFAULTS_META, config_fingerprint
 
     former = {"estimator": {"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1,
-                            "anchor_method": FORMER_DEFAULTS["estimator", "anchor_method"]},
+                            "anchor_method": FORMER_DEFAULTS["estimator", "anchor_method"][0],
+                            "anchor_allocation": FORMER_DEFAULTS["estimator", "anchor_allocation"][0]},
               "algorithm": {"population": 8, "generations": 1, "seed": 3,
-                            "seed_standard_merges": FORMER_DEFAULTS["algorithm", "seed_standard_merges"]}}
+                            "seed_standard_merges": FORMER_DEFAULTS["algorithm", "seed_standard_merges"][0]}}
 
     def written_by_the_older_version(run, marked):
         """A finished run whose store holds the fingerprint the older version computed (those
@@ -231,6 +245,32 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
     written_by_the_older_version(tmp_path / "new", marked=True)
     result = CliRunner().invoke(cli, ["resume", str(tmp_path / "new")])
     assert result.exit_code == 2 and "different campaign" in result.output
+
+
+def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_path, zoo):
+    """A version-2 folder's campaign.yaml has no anchor_allocation, and its fingerprint cannot
+    tell it from today's default (neyman): it must resume with the equal allocation it ran with,
+    not silently score its later candidates on other anchors."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.workspace import DEFAULTS_META, Workspace
+
+    path = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1},
+                    algorithm={"population": 4, "generations": 1, "seed": 0})
+    data = yaml.safe_load(path.read_text())
+    assert "anchor_allocation" not in data["estimator"]
+    runs = {}
+    for version in (2, 3):
+        run = tmp_path / f"v{version}"
+        Workspace.open(Campaign.model_validate(data), path.parent, run).store.close()
+        store = CampaignStore(run)
+        store.set_meta(DEFAULTS_META, version)
+        store.close()
+        runs[version] = Workspace.open(Campaign.model_validate(data), path.parent, run)
+    assert runs[2].campaign.estimator.anchor_allocation == "equal"
+    assert runs[3].campaign.estimator.anchor_allocation == "neyman"
+    for workspace in runs.values():
+        workspace.store.close()
 
 
 def test_resolve_campaign_makes_every_path_absolute_against_the_campaign_folder(tmp_path):
