@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench_campaign.py --zoo runs/zoo/tiny-lm --sizes 8x4,16x8 [--kinds gpirt,adaptive]
 
 For each campaign size (population x generations), same seed: (a) candidates scored by each of
-`--kinds` (default gpirt: `--anchors` items per task scenario, default 5, about 20 per task;
+`--kinds` (default gpirt: `--anchors` items per task scenario on average, default 5, about 20
+per task, spread over a task's scenarios by `--allocation`, default neyman as in a campaign;
 adaptive: items chosen per candidate until the standard error is below target), (b) every
 candidate scored on all items. Prints search items per candidate, item evaluations in the search
 phase and in total (IRT calibration and the final phase included), the hypervolume of each final
@@ -13,6 +14,9 @@ members spread over the front, measured on every search item; the picks on the h
 too). The runs measure every estimated front member; what a final phase measures is nested in
 what a larger one measures, so a second table gives the total items and hypervolume of smaller
 and larger final phases from the same runs.
+With `--allocation-draws N`, the full run's candidates are also estimated with each run's IRT
+models and its anchor budget spread by each allocation, over N anchor seeds: the allocations
+compared without a search trajectory or one anchor draw's luck.
 Then measures the baselines a user would try first (task arithmetic with lambda from a grid,
 TIES with density 0.2, TSV-M with alpha 1; `scripts/campaign_baselines.py`) and checks that the
 campaign's measured front dominates or matches each.

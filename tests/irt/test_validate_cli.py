@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from evo_merge.cli import cli
-from evo_merge.irt import validate, validate_responses
+from evo_merge.irt import load_anchors, validate, validate_responses
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 from evo_merge.irt.validation import BASELINE
 
@@ -77,6 +79,13 @@ def test_fit_anchors_estimate_validate(files):
     code, _ = run("estimate", root / "m", "--responses", root / "partial.csv", "--estimator", "gmpirt",
                   "--endpoints", "m0000,m0001", "--gmp-delta", "0.5", "--out", root / "est.csv")
     assert code == 0 and (root / "est.csv").read_text().startswith("subject,scenario,estimator,estimate,se")
+    # the same budget spread by neyman: as many anchors in all (in a copy: later tests need one stored set)
+    shutil.copytree(root / "m", root / "m-neyman")
+    code, out = run("anchors", root / "m-neyman", "--budget", "5", "--method", "random", "--allocation", "neyman")
+    assert code == 0
+    spread = {line.split(": ")[0]: line.split(": ")[1].split() for line in out.splitlines() if ": " in line}
+    assert sum(map(len, spread.values())) == 10 and min(map(len, spread.values())) >= 1
+    assert load_anchors(root / "m-neyman", method="random").allocation == "neyman"
     code, out = run("validate", root / "responses.csv", "--budgets", "5,10", "--dims", "1", "--csv", root / "v.csv")
     assert code == 0 and "baseline" in out
     table = pd.read_csv(root / "v.csv")
