@@ -268,6 +268,20 @@ def _cells(values, fmt: str) -> str:
     return " / ".join(format(v, fmt) for v in values)
 
 
+def _full_candidates(runner: CampaignRunner, full: CampaignRunner) -> tuple[list, np.ndarray]:
+    """The full run's scored search candidates: their item scores, and their true objective vectors
+    (scores on the search items) as `runner` orients them."""
+    store = full.workspace.store
+    rows = [store.item_scores(e.key) for e in store.evaluations(SEARCH) if e.status == "ok"]
+    return rows, np.array([runner.objectives.vector(runner.scoring.search_scores(scores)) for scores in rows])
+
+
+def _picked_front_hv(runner: CampaignRunner, est: np.ndarray, truth: np.ndarray) -> tuple[float, int]:
+    """The true hypervolume of the front the estimates pick, over the true front's; and its size."""
+    front = runner.objectives.non_dominated(est)
+    return runner.objectives.hypervolume(truth[front]) / runner.objectives.hypervolume(truth), len(front)
+
+
 def estimator_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]) -> str:
     """Per task: MAE, Spearman rank correlation and RMSE over the RMS of the reported SE of each
     fixed-anchor run's estimator on the full run's candidates; and the hypervolume of the front
@@ -279,24 +293,16 @@ def estimator_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]])
         scoring = runner.scoring
         if scoring.adaptive() or scoring.estimators is None:
             continue
-        store = full.workspace.store
-        est, se, truth = [], [], []
-        for evaluation in store.evaluations(SEARCH):
-            if evaluation.status != "ok":
-                continue
-            scores = store.item_scores(evaluation.key)
-            values, errors = scoring.estimate(scores)
-            est.append(runner.objectives.vector(values))
-            se.append(runner.objectives.vector(errors))
-            truth.append(runner.objectives.vector(scoring.search_scores(scores)))
-        est, se, truth = map(np.array, (est, se, truth))
-        front = runner.objectives.non_dominated(est)
-        hv = runner.objectives.hypervolume(truth[front]) / runner.objectives.hypervolume(truth)
+        rows, truth = _full_candidates(runner, full)
+        estimates = [scoring.estimate(scores) for scores in rows]
+        est = np.array([runner.objectives.vector(values) for values, _ in estimates])
+        se = np.array([runner.objectives.vector(errors) for _, errors in estimates])
+        hv, picked = _picked_front_hv(runner, est, truth)
         mae = np.abs(est - truth).mean(axis=0)
         rho = [spearmanr(est[:, k], truth[:, k])[0] for k in range(est.shape[1])]
         calibration = np.sqrt(((est - truth) ** 2).mean(axis=0) / (se**2).mean(axis=0))
         lines.append(f"| {size} | {kind} | {_cells(mae, '.4f')} | {_cells(rho, '.3f')} | {_cells(calibration, '.2f')} "
-                     f"| {hv:.3f} ({len(front)} of {len(truth)}) |")
+                     f"| {hv:.3f} ({picked} of {len(truth)}) |")
     return "\n".join(lines)
 
 
@@ -308,11 +314,10 @@ def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]
              "of the true front (mean, range) |", "|---|---|---|---|---|---|"]
     for size, kind, runner, full in runs:
         scoring, objectives = runner.scoring, runner.objectives
-        store, spec = full.workspace.store, runner.workspace.campaign.estimator
+        spec = runner.workspace.campaign.estimator
         if scoring.adaptive() or scoring.estimators is None or spec.kind in ("mpirt", "gmpirt"):
             continue  # (mp-IRT kinds would need the endpoints' abilities too)
-        rows = [store.item_scores(e.key) for e in store.evaluations(SEARCH) if e.status == "ok"]
-        truth = np.array([objectives.vector(scoring.search_scores(scores)) for scores in rows])
+        rows, truth = _full_candidates(runner, full)
         for allocation in ANCHOR_ALLOCATIONS:
             mae, rho, hv = [], [], []
             for seed in range(draws):
@@ -327,7 +332,7 @@ def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]
                                 for j in range(len(rows))])
                 mae.append(np.abs(est - truth).mean(axis=0))
                 rho.append([spearmanr(est[:, k], truth[:, k])[0] for k in range(est.shape[1])])
-                hv.append(objectives.hypervolume(truth[objectives.non_dominated(est)]) / objectives.hypervolume(truth))
+                hv.append(_picked_front_hv(runner, est, truth)[0])
             lines.append(f"| {size} | {kind}, {spec.anchors} anchors | {allocation} "
                          f"| {_cells(np.mean(mae, axis=0), '.4f')} | {_cells(np.mean(rho, axis=0), '.3f')} "
                          f"| {np.mean(hv):.3f} ({min(hv):.3f}-{max(hv):.3f}) |")
