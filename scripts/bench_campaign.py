@@ -14,6 +14,8 @@ members spread over the front, measured on every search item; the picks on the h
 too). The runs measure every estimated front member; what a final phase measures is nested in
 what a larger one measures, so a second table gives the total items and hypervolume of smaller
 and larger final phases from the same runs.
+`--warmup N` calibrates IRT on N warm-up merges with the base and endpoints (default 4, the
+demo's; a campaign's default is 8), in folders named `-wN`.
 With `--allocation-draws N`, the full run's candidates are also estimated with each run's IRT
 models and its anchor budget spread by each allocation, over N anchor seeds: the allocations
 compared without a search trajectory or one anchor draw's luck.
@@ -63,9 +65,9 @@ FINAL_GRID = ((1, 0), (1, 4), (2, 4), (3, 0), (3, 4), (DEFAULT.top_k, DEFAULT.ev
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
                  anchors: int, reuse: bool, granularity: str = "model", seed: int = 0,
-                 allocation: str = "neyman") -> tuple[CampaignRunner, float]:
+                 allocation: str = "neyman", warmup: int = 4) -> tuple[CampaignRunner, float]:
     text = campaign_text(zoo.resolve(), families, name=out.name, anchors=anchors, population=population,
-                         generations=generations, top=ALL)
+                         generations=generations, top=ALL, warmup=warmup)
     config = yaml.safe_load(text)
     config["estimator"]["kind"] = kind
     config["algorithm"]["seed"] = seed
@@ -133,6 +135,8 @@ def main() -> None:
                         "gpirt,adaptive")
     parser.add_argument("--allocation", default="neyman", choices=ANCHOR_ALLOCATIONS,
                         help="how each task's anchors are spread over its scenarios (estimator.anchor_allocation)")
+    parser.add_argument("--warmup", type=int, default=4, help="warm-up merges calibrating IRT with the base and "
+                        "endpoints (estimator.warmup_merges)")
     parser.add_argument("--allocation-draws", type=int, default=0, metavar="N",
                         help="also estimate the full run's candidates with each allocation over N anchor seeds")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
@@ -157,9 +161,10 @@ def main() -> None:
         for kind in kinds:
             anchored = f"{kind}-a{args.anchors}-{args.allocation}-{size}" if kind != "gpirt" else \
                 f"irt-a{args.anchors}-{size}" + ("" if args.allocation == "neyman" else f"-{args.allocation}")
-            folder = args.out / (f"{kind}-{size}" if kind == "adaptive" else anchored)
+            folder = args.out / ((f"{kind}-{size}" if kind == "adaptive" else anchored)
+                                 + ("" if args.warmup == 4 else f"-w{args.warmup}"))
             runner, wall = run_campaign(args.zoo, families, folder, population, generations, kind, args.anchors,
-                                        args.reuse, seed=args.seed, allocation=args.allocation)
+                                        args.reuse, seed=args.seed, allocation=args.allocation, warmup=args.warmup)
             rows.append((size, kind, *compare(runner, full), wall, t_full))
             runs.append((size, kind, runner, full))
             print(f"[{size} {kind}] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)
