@@ -176,6 +176,9 @@ def status(run: Path) -> None:
                 f"best {task} ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
                 f"better): {value} (evaluation {best.id}, {best.method})"
             )
+    for task, counts in (store.get_meta("anchors") or {}).items():
+        console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("
+                      + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")
     full_items = sum(t["items"] for t in facts["tasks"])
     spent, full = store.items_evaluated("search"), len(search) * full_items
     console.print(

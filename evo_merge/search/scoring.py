@@ -69,6 +69,8 @@ class Scoring:
         """Fit (or load) one estimator per task from the calibration subjects' stored responses."""
         if self.spec.kind != "full":
             self.estimators = {name: self._estimator(name, subjects) for name in self.names}
+        if self.spec.kind not in ("full", "adaptive"):  # where each task's anchors went, for `status`
+            self.store.set_meta("anchors", {name: e.anchors.counts() for name, e in self.estimators.items()})
 
     def anchor_items(self) -> dict[str, list[str] | None]:
         if self.estimators is None:

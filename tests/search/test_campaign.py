@@ -115,11 +115,14 @@ def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo):
 
     runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
     runner.calibrate()  # replayed from the run folder
-    for estimator in runner.scoring.estimators.values():  # the default spreads each task's 10 by neyman
+    status = CliRunner().invoke(cli, ["status", str(run)]).output
+    for task, estimator in runner.scoring.estimators.items():  # the default spreads each task's 10 by neyman
         anchors = estimator.anchors
         assert anchors.allocation == "neyman"
         counts = allocate(estimator.model, 5, "neyman", runner.scoring.seed)
-        assert {s: len(i) for s, i in anchors.items.items()} == counts
+        assert anchors.counts() == counts
+        listed = ", ".join(f"{scenario} {n}" for scenario, n in counts.items())
+        assert f"anchors of {task}: 10 per candidate ({listed})" in status, status
     runner.close()
 
 
