@@ -103,6 +103,7 @@ class Estimator:
         code = {s: k for k, s in enumerate(self.scenarios)}
         self._item_onehot = np.eye(len(self.scenarios))[[code[s] for s in model.item_scenarios]]  # (items, K)
         self.sizes = self._item_onehot.sum(axis=0)
+        self.share = self.sizes / self.sizes.sum()  # each scenario's weight in the overall score
         if kind == "adaptive":  # its items depend on the answers: the first step stands for the anchors
             self.adaptive = AdaptiveTest(model, seed=seed, **adaptive_options)
             self._set_anchors(self.adaptive.first_step())
@@ -292,10 +293,13 @@ class Estimator:
         """Estimates (S, K) for rows of scores on `anchor_ids` (NaN = not evaluated)."""
         return self.estimate_rows(anchor_scores)[0]
 
-    def overall_se(self, scenario_se: np.ndarray) -> float:
-        """SE of the item-weighted mean over scenarios, their errors taken as independent."""
-        share = self.sizes / self.sizes.sum()
-        return float(np.sqrt(((share * scenario_se) ** 2).sum()))
+    def overall(self, values: np.ndarray) -> np.ndarray:
+        """The item-weighted mean over scenarios (the last axis) of per-scenario estimates."""
+        return values @ self.share
+
+    def overall_se(self, scenario_se: np.ndarray) -> np.ndarray:
+        """SE of `overall` from per-scenario SEs (the last axis), their errors taken as independent."""
+        return np.sqrt(((self.share * scenario_se) ** 2).sum(axis=-1))
 
     def estimate(self, scores: Mapping[str, float]) -> Estimate:
         """Per-scenario estimates and their item-count-weighted mean under "overall", with SEs."""
@@ -310,9 +314,9 @@ class Estimator:
             scenario = self.scenarios[int(np.argmax(np.isnan(values)))]
             raise UserError(f"no anchor item of scenario {scenario!r} was scored")
         out = dict(zip(self.scenarios, values.tolist()))
-        out[RESERVED_SCENARIO] = float(values @ self.sizes / self.sizes.sum())
+        out[RESERVED_SCENARIO] = float(self.overall(values))
         se = dict(zip(self.scenarios, scenario_se.tolist()))
-        se[RESERVED_SCENARIO] = self.overall_se(scenario_se)
+        se[RESERVED_SCENARIO] = float(self.overall_se(scenario_se))
         items = [i for i, v in zip(self.anchor_ids, row) if not np.isnan(v)]
         return Estimate(out, se, items)
 
@@ -338,14 +342,12 @@ def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFram
         scenario = estimator.scenarios[k]
         raise UserError(f"subject {matrix.subjects[s]} has no scored anchor item in scenario {scenario!r}")
     columns = [*estimator.scenarios, RESERVED_SCENARIO]
-    overall = values @ estimator.sizes / estimator.sizes.sum()
-    overall_se = [estimator.overall_se(row) for row in se]
 
     def long(table: np.ndarray, name: str) -> pd.DataFrame:
         frame = pd.DataFrame(table, index=matrix.subjects, columns=columns).rename_axis("subject").reset_index()
         return frame.melt(id_vars="subject", var_name="scenario", value_name=name)
 
-    out = long(np.column_stack([values, overall]), "estimate")
+    out = long(np.column_stack([values, estimator.overall(values)]), "estimate")
     out.insert(2, "estimator", estimator.kind)
-    out["se"] = long(np.column_stack([se, overall_se]), "se")["se"]
+    out["se"] = long(np.column_stack([se, estimator.overall_se(se)]), "se")["se"]
     return out.sort_values(["subject"], kind="stable").reset_index(drop=True)

@@ -130,8 +130,7 @@ def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method
             pred = est.estimate_matrix(test_scores[:, est.anchor_idx])
             truth = est.scenario_means(test_scores)
             if overall:  # the item-weighted mean over scenarios
-                share = est.sizes / est.sizes.sum()
-                pred, truth = pred @ share, truth @ share
+                pred, truth = est.overall(pred), est.overall(truth)
             errors[kind].append(float(np.nanmean(np.abs(pred - truth))))
         advance()
     return errors

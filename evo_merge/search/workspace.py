@@ -59,10 +59,19 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
                                        "tasks": tasks, "estimator": estimator, "align": align})
 
 
-def _changed_since(version: int) -> list[tuple[str, str, object]]:
-    """(section, setting, former default) of each default changed after defaults `version`."""
-    return [(section, name, former) for (section, name), (former, changed) in FORMER_DEFAULTS.items()
-            if changed > version]
+def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Campaign:
+    """The campaign with each setting whose default changed after defaults `version` moved from
+    its former default to today's (or, `to_former`, from today's to the former) where it is at one."""
+    sections: dict[str, Any] = {}
+    for (section, name), (former, changed) in FORMER_DEFAULTS.items():
+        if changed <= version:
+            continue
+        spec = sections.get(section, getattr(campaign, section))
+        today = type(spec).model_fields[name].default
+        old, new = (today, former) if to_former else (former, today)
+        if getattr(spec, name) == old:
+            sections[section] = spec.model_copy(update={name: new})
+    return campaign.model_copy(update=sections)
 
 
 def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> str:
@@ -72,12 +81,7 @@ def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION
     is tracked (trackers observe, they compute nothing). With an older `written_at`, a setting at
     the value it defaulted to then, since changed, is left out too: the fingerprint a run folder
     written then holds."""
-    sections: dict[str, Any] = {}
-    for section, name, former in _changed_since(written_at):
-        spec = sections.get(section, getattr(campaign, section))
-        if getattr(spec, name) == former:
-            sections[section] = spec.model_copy(update={name: type(spec).model_fields[name].default})
-    campaign = campaign.model_copy(update=sections)
+    campaign = _swap_defaults(campaign, written_at, to_former=False)
     # storage placement and budgets change where tensors are kept, not what is computed (#13)
     storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
                                                   "device_budget_gib": None})
@@ -171,12 +175,7 @@ def as_written_at(campaign: Campaign, version: int) -> Campaign:
     """The campaign a run folder written under defaults `version` runs: each setting changed since
     and left at today's default (which neither that version's campaign.yaml, written before the
     setting existed, nor its fingerprint tells from unset) at the default it had then."""
-    sections: dict[str, Any] = {}
-    for section, name, former in _changed_since(version):
-        spec = sections.get(section, getattr(campaign, section))
-        if getattr(spec, name) == type(spec).model_fields[name].default:
-            sections[section] = spec.model_copy(update={name: former})
-    return campaign.model_copy(update=sections)
+    return _swap_defaults(campaign, version, to_former=True)
 
 
 def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
