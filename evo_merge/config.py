@@ -209,6 +209,26 @@ class FinalSpec(_Checked):
         description="evaluate the standard merges the genome can express (task "
         "arithmetic lambda grid, TIES density 0.2, TSV-M alpha 1) as part of the front",
     )
+    race: list[float] = Field(
+        default_factory=lambda: [0.125, 0.25, 0.5],
+        description="before measuring them on every item, score the finalists on these growing fractions of "
+        "each task's search items; one that another finalist matches on every task (see race_tolerance) is not "
+        "measured further. []: measure every finalist on every item",
+    )
+    race_tolerance: float = Field(
+        0.01,
+        ge=0,
+        le=0.5,
+        description="a finalist leaves the race when another is, with confidence (2.5 standard errors), at most "
+        "this much worse on every task: it could add at most this much to any task's best",
+    )
+
+    @field_validator("race")
+    @classmethod
+    def _race(cls, stages: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in stages) or stages != sorted(set(stages)):
+            raise ValueError(f"give increasing fractions in (0, 1), got {stages}")
+        return stages
 
     @field_validator("holdout", mode="before")
     @classmethod
@@ -292,8 +312,9 @@ FORMER_DEFAULTS: dict[tuple[str, str], tuple[Any, int]] = {
     ("estimator", "anchor_method"): ("kmeans-irt", 2),
     ("algorithm", "seed_standard_merges"): (False, 2),
     ("estimator", "anchor_allocation"): ("equal", 3),  # before: no such setting, every scenario `anchors`
+    ("final", "race"): ([], 4),  # before: no such setting, every finalist measured on every item
 }
-DEFAULTS_VERSION = 3
+DEFAULTS_VERSION = 4
 
 
 class Campaign(_Checked):

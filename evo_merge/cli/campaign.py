@@ -157,6 +157,8 @@ def status(run: Path) -> None:
     """Generation, evaluations, best so far and item evaluations spent."""
     from rich.console import Console
 
+    from evo_merge.search.race import RACE_META, race_summary
+
     store, facts = _store(run)
     objectives = _objectives(facts)
     search = store.evaluations("search")
@@ -179,6 +181,8 @@ def status(run: Path) -> None:
     for task, counts in (store.get_meta("anchors") or {}).items():
         console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("
                       + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")
+    if race := race_summary(store.get_meta(RACE_META)):
+        console.print(race)
     full_items = sum(t["items"] for t in facts["tasks"])
     spent, full = store.items_evaluated("search"), len(search) * full_items
     console.print(

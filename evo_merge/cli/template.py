@@ -60,6 +60,9 @@ evaluator: {{kind: local, batch_size: 64}}
 # and evaluate_top members spread over the front, then export the best *measured* model per
 # task and the best balanced one to runs/<name>/models/. holdout (default auto: 20% of the
 # items of tasks with 500+ items) keeps items from calibration and search for honest scores.
+# race (default [0.125, 0.25, 0.5]): first score those finalists on these fractions of the
+# items; one that another is, with confidence, at most race_tolerance (0.01) worse than on
+# every task is not measured further ([]: measure them all).
 final: {{evaluate_top: {top}, export: [best_per_task, balanced]}}
 
 dtype: float32

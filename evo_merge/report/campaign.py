@@ -19,6 +19,7 @@ from evo_merge.search.front import BASELINE, BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.race import RACE_META, race_summary
 from evo_merge.search.store import CampaignStore, Evaluation
 
 
@@ -125,6 +126,8 @@ def write_report(
         ),
         _holdout_fact(holdout),
     ]
+    race = store.get_meta(RACE_META)
+    facts += [line] if (line := race_summary(race)) else []
     summary = _summary(table, tasks, store, exported or {})
     lines = [
         "# Campaign report",
@@ -155,6 +158,11 @@ def write_report(
             f"- {md(name)}: evaluation {i} → {md(path)}" for name, (i, path) in exported.items()
         ]
         lines.append("")
+    if race and race["left"]:
+        lines += ["## Left the final-phase race", "",
+                  "Not measured on every item: another finalist was, with confidence, at most "
+                  f"{race['tolerance']:g} worse on every task.", ""] + _race_lines(store, race)
+        lines.append("")
     if len(failed):
         lines += ["## Failures", ""] + [
             f"- evaluation {r.id} ({md(r.method)}): see state.sqlite" for r in failed.itertuples()
@@ -173,6 +181,18 @@ def write_report(
         exported,
     )
     return path
+
+
+def _race_lines(store: CampaignStore, race: dict) -> list[str]:
+    baselines = store.get_meta(BASELINES_META, {})
+    lines = []
+    for key, leaver in race["left"].items():
+        evaluation, winner = store.get(key), store.get(leaver["beaten_by"])
+        label = f", {md(baselines[key])}" if key in baselines else ""
+        lines.append(f"- evaluation {evaluation.id} ({md(evaluation.method)}{label}): left after "
+                     f"{leaver['items']:,} items ({leaver['stage'] * 100:g}% of each task's), matched by "
+                     f"evaluation {winner.id}")
+    return lines
 
 
 def measured_errors(store: CampaignStore, table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:

@@ -167,9 +167,9 @@ class CampaignRunner:
     def measure_final(self) -> list[Evaluation]:
         """Measure each pick's top candidates, the front's spread and the baselines on every search item."""
         references = [c for _, c in reference_candidates(self.workspace.endpoint_labels())]
-        return measure_final(
-            self.log, self.objectives, self.workspace.campaign.final, search_space(self.workspace), references
-        )
+        campaign = self.workspace.campaign
+        return measure_final(self.log, self.objectives, campaign.final, search_space(self.workspace), references,
+                             seed=campaign.algorithm.seed)
 
     def run(self) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
         """The whole campaign: (measured candidates, exported picks name -> (evaluation id, folder))."""

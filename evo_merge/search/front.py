@@ -5,7 +5,9 @@ often not the best candidate for it. So for every requested pick (best per task,
 named weighting) the `top_k` best candidates *for that pick* by estimate are measured on every
 item, together with front members spread over the front's extent and the standard merges
 (baselines); near-duplicates are skipped so every slot buys a distinct candidate. Picks are then
-chosen on measured scores (search items), never on estimates. Held-out items serve only to
+chosen on measured scores (search items), never on estimates. Before that measurement the
+finalists race (`race_finalists`, the statistics in `race`): one that another finalist matches
+on every task within the tolerance is not measured further. Held-out items serve only to
 report what is published, so they are scored for the picks alone (`measure_picks`), and for the
 base and endpoints to compare with.
 """
@@ -19,8 +21,10 @@ import numpy as np
 
 from evo_merge.config import FinalSpec
 from evo_merge.search.candidate import Candidate
+from evo_merge.search.evaluator import Items, ItemScores
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.race import RACE_META, SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import CampaignStore, Evaluation
 from evo_merge.search.study import SEARCH
@@ -121,12 +125,32 @@ def to_measure(store: CampaignStore, objectives: Objectives, final: FinalSpec, d
     return list({e.key: e for e in chosen}.values())
 
 
+def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectives: Objectives, stages: Sequence[float],
+         tolerance: float, seed: int) -> list[Evaluation]:
+    """The finalists that survive the race, scored through the log (stored as they arrive, so a
+    resumed race looks its stages up and takes the same decisions); the leavers go to `RACE_META`."""
+    scoring, store = log.scoring, log.store
+    sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
+                        {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
+
+    def score(keys: Sequence[str], items: Items, label: str) -> dict[str, ItemScores]:
+        log.measure([store.get(k) for k in keys], label, held_out=False, among=items)
+        stored = {k: store.item_scores(k) for k in keys}
+        return {k: s for k, s in stored.items() if all(set(ids) <= s.get(t, {}).keys() for t, ids in items.items())}
+
+    live, left = run_race([e.key for e in finalists], sample, stages, objectives, score, tolerance)
+    store.set_meta(RACE_META, {"finalists": len(finalists), "tolerance": tolerance, "left": left})
+    return [e for e in finalists if e.key in live]
+
+
 def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, space: SearchSpace,
-                  references: Sequence[Candidate] = ()) -> list[Evaluation]:
-    """Measure the final phase's candidates on the search items (and the references' held-out
-    items); return every measured candidate (those measured before, e.g. by `evo-merge export`,
-    included)."""
+                  references: Sequence[Candidate] = (), seed: int = 0) -> list[Evaluation]:
+    """Measure the final phase's candidates on the search items, those that survive its race
+    when `final.race` has stages (and the references' held-out items); return every measured
+    candidate (those measured before, e.g. by `evo-merge export`, included)."""
     chosen = to_measure(log.store, objectives, final, Distinct(space, final.distinct))
+    if final.race:
+        chosen = race_finalists(log, chosen, objectives, final.race, final.race_tolerance, seed)
     log.measure(chosen, MEASURE_STAGE, held_out=False)
     log.measure([e for e in map(log.store.get, (c.key for c in references)) if e is not None], MEASURE_STAGE)
     return [e for e in candidates(log.store) if e.measured is not None]

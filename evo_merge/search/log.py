@@ -92,11 +92,13 @@ class EvaluationLog:
         """Continue the adaptive tests of stored evaluations to a smaller standard error."""
         self._adapt([Candidate.from_key(e.key) for e in evaluations], stage, precision)
 
-    def measure(self, evaluations: Sequence[Evaluation], stage: str, *, held_out: bool = True) -> None:
+    def measure(self, evaluations: Sequence[Evaluation], stage: str, *, held_out: bool = True,
+                among: Items | None = None) -> None:
         """Score stored evaluations on the items they miss (the held-out ones too, unless
-        `held_out` is False), and record their scores on the search items."""
+        `held_out` is False; only those in `among`, a race stage's sample, when given), and record
+        their scores on the search items once they have every one."""
         names = self.scoring.names
-        missing = [(e, {n: items for n in names if (items := self._missing(e.key, n, held_out))})
+        missing = [(e, {n: items for n in names if (items := self._missing(e.key, n, held_out, among))})
                    for e in evaluations]
         todo = [(e, items) for e, items in missing if items and e.status == "ok"]
         self.progress(stage, 0, len(todo))
@@ -110,10 +112,12 @@ class EvaluationLog:
             else:
                 stored = self.store.item_scores(key)
                 full = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in names}
-                self.store.add_measurement(key, self.scoring.search_scores(full), outcome)
+                complete = all(set(self.scoring.search_ids(n)) <= full[n].keys() for n in names)
+                self.store.add_measurement(key, self.scoring.search_scores(full) if complete else None, outcome)
             self.progress(stage, done, len(todo))
 
-    def _missing(self, key: str, name: str, held_out: bool) -> list[str]:
+    def _missing(self, key: str, name: str, held_out: bool, among: Items | None = None) -> list[str]:
         have = self.store.item_scores(key, name).get(name, {})
         skip = frozenset() if held_out else self.scoring.holdout[name]
-        return [i for i in self.scoring.tasks[name].item_ids if i not in have and i not in skip]
+        wanted = self.scoring.tasks[name].item_ids if among is None else among.get(name) or ()
+        return [i for i in wanted if i not in have and i not in skip]

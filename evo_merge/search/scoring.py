@@ -53,6 +53,10 @@ class Scoring:
         return {name: [i for i in task.item_ids if i not in self.holdout[name]] if self.holdout[name] else None
                 for name, task in self.tasks.items()}
 
+    def search_ids(self, name: str) -> list[str]:
+        """A task's search item ids, listed even when nothing is held out."""
+        return [i for i in self.tasks[name].item_ids if i not in self.holdout[name]]
+
     def search_scores(self, scores: ItemScores) -> dict[str, float]:
         """Mean score per task on its search items (the held-out ones left out)."""
         return task_scores({n: {i: v for i, v in scores[n].items() if i not in self.holdout[n]} for n in self.names},

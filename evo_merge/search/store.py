@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     estimate_se TEXT,              -- JSON {task: standard error of the estimate}
     measured TEXT,                 -- JSON {task: score on every item}, once measured
     items_evaluated INTEGER NOT NULL DEFAULT 0,   -- when evaluated (anchors, or all items)
-    items_measured INTEGER NOT NULL DEFAULT 0,    -- added later by the full evaluation of the front
+    items_measured INTEGER NOT NULL DEFAULT 0,    -- added later by the final phase (its race, then every item)
     seconds REAL,
     error TEXT,
     created REAL NOT NULL
@@ -136,14 +136,16 @@ class CampaignStore:
             )
         return self.get(key)
 
-    def add_measurement(self, key: str, measured: Mapping[str, float],
+    def add_measurement(self, key: str, measured: Mapping[str, float] | None,
                         item_scores: Mapping[str, Mapping[str, float]]) -> Evaluation:
-        """Store full-evaluation scores of an existing evaluation (items already stored are kept)."""
+        """Store final-phase item scores of an existing evaluation (items already stored are kept),
+        with its scores on every search item once it has them all (`measured`; None: a race stage)."""
         evaluation = self.get(key)
         with self._transaction():
             new = self._insert_scores(evaluation.id, item_scores)
             self.db.execute(
-                "UPDATE evaluations SET measured = ?, items_measured = items_measured + ? WHERE id = ?",
+                "UPDATE evaluations SET measured = COALESCE(?, measured), items_measured = items_measured + ?"
+                " WHERE id = ?",
                 (_dumps(measured), new, evaluation.id),
             )
         return self.get(key)

@@ -67,7 +67,7 @@ def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Camp
         if changed <= version:
             continue
         spec = sections.get(section, getattr(campaign, section))
-        today = type(spec).model_fields[name].default
+        today = type(spec).model_fields[name].get_default(call_default_factory=True)
         old, new = (today, former) if to_former else (former, today)
         if getattr(spec, name) == old:
             sections[section] = spec.model_copy(update={name: new})

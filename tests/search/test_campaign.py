@@ -224,7 +224,8 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
                             "anchor_method": FORMER_DEFAULTS["estimator", "anchor_method"][0],
                             "anchor_allocation": FORMER_DEFAULTS["estimator", "anchor_allocation"][0]},
               "algorithm": {"population": 8, "generations": 1, "seed": 3,
-                            "seed_standard_merges": FORMER_DEFAULTS["algorithm", "seed_standard_merges"][0]}}
+                            "seed_standard_merges": FORMER_DEFAULTS["algorithm", "seed_standard_merges"][0]},
+              "final": {"evaluate_top": 3, "race": FORMER_DEFAULTS["final", "race"][0]}}
 
     def written_by_the_older_version(run, marked):
         """A finished run whose store holds the fingerprint the older version computed (those
@@ -253,7 +254,8 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
 def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_path, zoo):
     """A version-2 folder's campaign.yaml has no anchor_allocation, and its fingerprint cannot
     tell it from today's default (neyman): it must resume with the equal allocation it ran with,
-    not silently score its later candidates on other anchors."""
+    not silently score its later candidates on other anchors. Likewise a version-3 folder has no
+    final.race: it measures every finalist, as it would have."""
     from evo_merge.config import Campaign
     from evo_merge.search.store import CampaignStore
     from evo_merge.search.workspace import DEFAULTS_META, Workspace
@@ -263,7 +265,7 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     data = yaml.safe_load(path.read_text())
     assert "anchor_allocation" not in data["estimator"]
     runs = {}
-    for version in (2, 3):
+    for version in (2, 3, 4):
         run = tmp_path / f"v{version}"
         Workspace.open(Campaign.model_validate(data), path.parent, run).store.close()
         store = CampaignStore(run)
@@ -272,6 +274,8 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
         runs[version] = Workspace.open(Campaign.model_validate(data), path.parent, run)
     assert runs[2].campaign.estimator.anchor_allocation == "equal"
     assert runs[3].campaign.estimator.anchor_allocation == "neyman"
+    assert runs[2].campaign.final.race == runs[3].campaign.final.race == []
+    assert runs[4].campaign.final.race == [0.125, 0.25, 0.5] and runs[4].campaign.estimator.anchor_allocation == "neyman"
     for workspace in runs.values():
         workspace.store.close()
 

@@ -239,6 +239,8 @@ def test_each_pick_measures_its_top_k_distinct_candidates(tmp_path):
             "final.picks.mine.weights: give at least one positive weight",
         ),
         ({"holdout": 1.5}, "final.holdout: a fraction must lie in (0, 1)"),
+        ({"race": [0.5, 0.25]}, "final.race: give increasing fractions in (0, 1), got [0.5, 0.25]"),
+        ({"race": [0.5, 1.0]}, "final.race: give increasing fractions in (0, 1)"),
     ],
 )
 def test_bad_final_settings_give_one_line_errors(tmp_path, zoo, final, expected):  # noqa: F811

@@ -1,0 +1,143 @@
+"""The final phase as a race: a finalist leaves once another finalist is as good on every task.
+
+Measuring the finalists on every search item is most of a campaign's item bill, and about half
+of them turn out dominated by another finalist once measured: their full measurement buys
+nothing. So first they are scored on growing stratified random samples of each task's search
+items (the same items for all, so two finalists are compared item by item), and after each
+stage a finalist leaves when another one is, with confidence (`RACE_Z` standard errors of the
+paired difference), better on every task, or worse by at most the tolerance: then the leaver
+could have added at most the tolerance to any task's best or to the front. Survivors are
+measured on every item.
+
+Each stage's sample is drawn per scenario (its share of the task, at least one item), from the
+campaign seed, and nested in the next; a finalist's anchors count where they fall in the sample,
+so they are not scored again. The sample is random, so a stage's score is unbiased for the
+task's score on the search items whatever the anchors were. The paired difference's variance is
+measured per scenario, with the finite-population correction, and floored at 1/n so that a
+scenario where two finalists agree on every sampled item is not taken as certain. A leaver keeps
+its partial scores and its estimate; `RACE_META` records at which stage and by whom it was
+beaten, for `status`. Each stage builds every live finalist again: the race trades items for
+merges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from evo_merge.search.evaluator import Items, ItemScores
+from evo_merge.search.objectives import Objectives
+
+RACE_Z = 2.5  # a leaver's paired difference must clear the tolerance by this many SEs on every task
+RACE_META = "race"  # store meta: {"finalists": n, "tolerance": t, "left": {key: {"stage", "items", "beaten_by"}}}
+RACE_STAGE = "final: race"
+SEED_OFFSET = 2  # the sample's seed after the campaign seed's other draws (hold-out, warm-up merges)
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One scenario of a task: its share of the task's search items and its items in sample order."""
+
+    weight: float
+    order: tuple[str, ...]
+
+
+class RaceSample:
+    """Nested stratified samples of each task's search items, one per stage fraction."""
+
+    def __init__(self, items: Mapping[str, Sequence[str]], scenarios: Mapping[str, Mapping[str, str] | None],
+                 seed: int):
+        rng = np.random.default_rng(seed)
+        self.strata: dict[str, list[Stratum]] = {}
+        for task, ids in items.items():
+            groups: dict[str, list[str]] = {}
+            for item in ids:
+                groups.setdefault((scenarios.get(task) or {}).get(item, ""), []).append(item)
+            self.strata[task] = [Stratum(len(g) / len(ids), tuple(g[i] for i in rng.permutation(len(g))))
+                                 for g in groups.values()]
+
+    @staticmethod
+    def _size(stratum: Stratum, fraction: float) -> int:
+        return min(len(stratum.order), max(1, round(fraction * len(stratum.order))))
+
+    def items(self, fraction: float) -> dict[str, list[str]]:
+        """Each task's sample at `fraction` of its search items."""
+        return {task: [i for s in strata for i in s.order[: self._size(s, fraction)]]
+                for task, strata in self.strata.items()}
+
+    def score(self, scores: ItemScores, fraction: float) -> dict[str, float]:
+        """Per task, the sample's estimate of the score on every search item."""
+        return {task: sum(s.weight * float(np.mean([scores[task][i] for i in s.order[: self._size(s, fraction)]]))
+                          for s in strata)
+                for task, strata in self.strata.items()}
+
+    def difference(self, a: ItemScores, b: ItemScores, fraction: float) -> dict[str, tuple[float, float]]:
+        """Per task, b's score minus a's on the sample at `fraction` (stratum means weighted by
+        their shares), with its standard error from the paired item differences."""
+        out = {}
+        for task, strata in self.strata.items():
+            mean = variance = 0.0
+            for s in strata:
+                n, total = self._size(s, fraction), len(s.order)
+                d = np.array([b[task][i] - a[task][i] for i in s.order[:n]])
+                spread = float(np.var(d, ddof=1)) if n > 1 else 1.0
+                mean += s.weight * float(d.mean())
+                variance += s.weight**2 * max(spread, 1.0 / n) / n * (1.0 - n / total)
+            out[task] = (mean, variance**0.5)
+        return out
+
+
+def beaten(scores: Mapping[str, ItemScores], sample: RaceSample, fraction: float, objectives: Objectives,
+           z: float = RACE_Z, tolerance: float = 0.0) -> dict[str, str]:
+    """Finalists that another one, staying, beats on every task by more than `z` SEs (less
+    `tolerance`): loser key -> winner key. Finalists are taken best balanced sample score first,
+    and each is judged against those kept before it, so two within the tolerance of each other do
+    not both leave, and every winner stays in this stage."""
+    signs = dict(zip(objectives.names, objectives.signs()))
+    order = sorted(scores, key=lambda k: -objectives.balanced(sample.score(scores[k], fraction)))
+    kept: list[str] = []
+    out: dict[str, str] = {}
+    for a in order:
+        for b in kept:
+            diff = sample.difference(scores[a], scores[b], fraction)
+            if all(signs[t] * mean - z * se > -tolerance for t, (mean, se) in diff.items()):
+                out[a] = b
+                break
+        else:
+            kept.append(a)
+    return out
+
+
+Score = Callable[[Sequence[str], Items, str], Mapping[str, ItemScores]]
+
+
+def run_race(finalists: Sequence[str], sample: RaceSample, stages: Sequence[float], objectives: Objectives,
+             score: Score, tolerance: float = 0.0) -> tuple[list[str], dict[str, dict]]:
+    """Race `finalists` (keys) through `stages` (growing fractions). `score(keys, items, label)`
+    returns the item scores of the keys that could be scored on `items` (a failed one is left
+    out, and out of the race). Returns the survivors in order, and per leaver its stage, the
+    items per finalist at that stage and its winner."""
+    live, left = list(finalists), {}
+    for fraction in stages:
+        if len(live) < 2:
+            break
+        items = sample.items(fraction)
+        scores = score(live, items, f"{RACE_STAGE} ({fraction * 100:g}% of the items)")
+        for loser, winner in beaten(scores, sample, fraction, objectives, tolerance=tolerance).items():
+            left[loser] = {"stage": fraction, "items": sum(map(len, items.values())), "beaten_by": winner}
+        live = [k for k in live if k in scores and k not in left]
+    return live, left
+
+
+def race_summary(record: Mapping | None) -> str | None:
+    """One line on a stored race: how many finalists left it, at which stage (None: no race ran)."""
+    if not record:
+        return None
+    stages: dict[float, int] = {}
+    for leaver in record["left"].values():
+        stages[leaver["stage"]] = stages.get(leaver["stage"], 0) + 1
+    at = ", ".join(f"{n} at {stage * 100:g}% of the items" for stage, n in sorted(stages.items()))
+    return (f"final-phase race: {len(record['left'])} of {record['finalists']} finalists left it before every "
+            f"item" + (f" ({at})" if at else ""))

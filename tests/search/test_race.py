@@ -1,0 +1,187 @@
+"""The final phase's race: nested stratified samples, paired standard errors that hold, who leaves,
+and a campaign whose finalists race before they are measured on every item."""
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_campaign import campaign, zoo  # noqa: F401  (the tiny family and the campaign file)
+
+from evo_merge.cli import cli
+from evo_merge.config import Campaign
+from evo_merge.search.campaign import CampaignRunner, search_space
+from evo_merge.search.front import Distinct, to_measure
+from evo_merge.search.objectives import Objectives
+from evo_merge.search.race import RACE_META, RaceSample, beaten
+from evo_merge.search.store import CampaignStore
+
+
+def _sample(seed=0):
+    items = {"t": [f"a{i}" for i in range(40)] + [f"b{i}" for i in range(10)]}
+    return RaceSample(items, {"t": {i: i[0] for i in items["t"]}}, seed)
+
+
+def test_samples_are_stratified_nested_and_drawn_from_the_seed():
+    sample = _sample()
+    sizes = {}
+    for fraction in (0.1, 0.25, 0.5):
+        items = sample.items(fraction)["t"]
+        sizes[fraction] = (sum(i[0] == "a" for i in items), sum(i[0] == "b" for i in items))
+    assert sizes == {0.1: (4, 1), 0.25: (10, 2), 0.5: (20, 5)}  # round(2.5) is 2: Python rounds half to even
+    small, large = set(sample.items(0.1)["t"]), set(sample.items(0.25)["t"])
+    assert small < large < set(sample.items(0.5)["t"])
+    assert sample.items(0.25) == _sample().items(0.25) and sample.items(0.25) != _sample(1).items(0.25)
+    assert sorted(i[0] for i in sample.items(0.01)["t"]) == ["a", "b"]  # at least one item of each scenario
+
+
+def test_the_paired_difference_and_its_floor_by_hand():
+    """Two scenarios of 4 items, half of each sampled: b beats a on every item of `x` and ties on
+    `y`. Mean 0.5 * 1 + 0.5 * 0. Neither scenario's differences vary, so each variance is floored
+    at 1/n = 1/2: 0.5^2 * (1/2) / 2 * (1 - 2/4) = 1/32 each, an SE of sqrt(1/16) = 0.25."""
+    ids = [f"x{i}" for i in range(4)] + [f"y{i}" for i in range(4)]
+    sample = RaceSample({"t": ids}, {"t": {i: i[0] for i in ids}}, seed=3)
+    a = {"t": {i: 0.0 for i in ids}}
+    b = {"t": {i: 1.0 if i[0] == "x" else 0.0 for i in ids}}
+    mean, se = sample.difference(a, b, 0.5)["t"]
+    assert mean == pytest.approx(0.5) and se == pytest.approx(0.25)
+    assert sample.difference(a, b, 0.99)["t"] == (pytest.approx(0.5), 0.0)  # every item seen: exact
+    assert sample.score(b, 0.5) == {"t": pytest.approx(0.5)}
+
+
+def test_the_standard_error_matches_the_spread_over_sample_draws():
+    """Two correlated candidates on 600 items in 3 scenarios: over 300 sample draws, the error of
+    the estimated difference against the true one (every item) has the spread the SEs say."""
+    rng = np.random.default_rng(0)
+    ids = [f"i{k}" for k in range(600)]
+    scenario = {i: "abc"[k % 3] for k, i in enumerate(ids)}
+    p = rng.uniform(0.1, 0.9, 600)
+    a_bits = rng.random(600) < p
+    b_bits = np.where(rng.random(600) < 0.2, rng.random(600) < p + 0.05, a_bits)  # agrees on 80% of items
+    a = {"t": dict(zip(ids, a_bits.astype(float)))}
+    b = {"t": dict(zip(ids, b_bits.astype(float)))}
+    truth = float(b_bits.mean() - a_bits.mean())
+    z = []
+    for seed in range(300):
+        mean, se = RaceSample({"t": ids}, {"t": scenario}, seed).difference(a, b, 0.125)["t"]
+        z.append((mean - truth) / se)
+    assert abs(np.mean(z)) < 0.15 and 0.85 < np.std(z) < 1.15
+
+
+def _scores(values):
+    """One item per scenario per task, 200 scenarios: the whole sample is seen, so SEs are 0 and
+    only the means and the tolerance decide."""
+    ids = [f"i{k}" for k in range(200)]
+    return ids, {name: {task: {i: v for i in ids} for task, v in row.items()} for name, row in values.items()}
+
+
+@pytest.mark.parametrize(
+    ("directions", "values", "tolerance", "left"),
+    [
+        # a is below b on both tasks: it leaves, to b; c trades off with b: it stays
+        (("maximize", "maximize"), {"a": (0.2, 0.2), "b": (0.5, 0.5), "c": (0.9, 0.1)}, 0.0, {"a": "b"}),
+        # the second task is minimised: a's 0.8 there is worse than b's 0.3
+        (("maximize", "minimize"), {"a": (0.4, 0.8), "b": (0.5, 0.3)}, 0.0, {"a": "b"}),
+        (("maximize", "minimize"), {"a": (0.4, 0.2), "b": (0.5, 0.3)}, 0.0, {}),
+        # within the tolerance of each other: one leaves, never both (the better balanced one stays)
+        (("maximize", "maximize"), {"a": (0.505, 0.5), "b": (0.5, 0.5)}, 0.01, {"b": "a"}),
+        # each better on one task by more than the tolerance: both stay
+        (("maximize", "maximize"), {"a": (0.52, 0.48), "b": (0.5, 0.5)}, 0.01, {}),
+    ],
+)
+def test_who_leaves(directions, values, tolerance, left):
+    ids, scores = _scores({k: dict(zip(("t", "u"), v)) for k, v in values.items()})
+    sample = RaceSample({"t": ids, "u": ids}, {"t": {i: i for i in ids}, "u": {i: i for i in ids}}, seed=0)
+    objectives = Objectives.of(["t", "u"], directions)
+    assert beaten(scores, sample, 0.5, objectives, tolerance=tolerance) == left
+
+
+def test_noise_alone_does_not_make_a_finalist_leave():
+    """Ten finalists with the same true accuracy on every item's probability: the race has no
+    ground to drop any of them, stage after stage."""
+    rng = np.random.default_rng(1)
+    ids = [f"i{k}" for k in range(400)]
+    p = rng.uniform(0.2, 0.8, 400)
+    scores = {f"c{j}": {t: dict(zip(ids, (rng.random(400) < p).astype(float))) for t in "tu"} for j in range(10)}
+    sample = RaceSample({"t": ids, "u": ids}, {"t": {}, "u": {}}, seed=0)
+    objectives = Objectives.of(["t", "u"], ["maximize", "maximize"])
+    for fraction in (0.125, 0.25, 0.5):
+        assert beaten(scores, sample, fraction, objectives, tolerance=0.01) == {}
+
+
+@pytest.fixture(scope="module")
+def raced(tmp_path_factory, zoo):  # noqa: F811
+    """One campaign's final phase raced (the default) and, from the same search, measured whole."""
+    tmp = tmp_path_factory.mktemp("race")
+    final = {"holdout": 0.25, "top_k": 3, "evaluate_top": 6, "race_tolerance": 0.05}
+    runs = {}
+    for name, race in (("raced", [0.125, 0.25, 0.5]), ("whole", [])):
+        (tmp / name).mkdir()
+        path = campaign(tmp / name, zoo, algorithm={"population": 8, "generations": 2, "seed": 1},
+                        final={**final, "race": race})
+        result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp / name / "run")])
+        assert result.exit_code == 0, result.output
+        runs[name] = tmp / name / "run"
+    runs["config"] = tmp / "raced" / "campaign.yaml"
+    return runs
+
+
+def _measured(run):
+    db = sqlite3.connect(run / "state.sqlite")
+    return {k: json.loads(m) for k, m in db.execute("SELECT key, measured FROM evaluations "
+                                                    "WHERE measured IS NOT NULL AND phase != 'calibration'")}
+
+
+def test_leavers_are_not_measured_and_a_finalist_matches_each(raced):
+    store = CampaignStore(raced["raced"])
+    record = store.get_meta(RACE_META)
+    whole = _measured(raced["whole"])  # the same search: the whole final phase measured
+    measured = _measured(raced["raced"])
+    assert record["left"] and record["finalists"] == len(whole)
+    assert set(measured) | set(record["left"]) == set(whole)
+    assert not set(measured) & set(record["left"])
+    holdout = store.get_meta("holdout")
+    for key, leaver in record["left"].items():
+        scored = store.item_scores(key)
+        # scored on the stage's sample only, never on held-out items, and a measured finalist matches it
+        assert sum(len(v) for v in scored.values()) < 2 * 90 and not set(scored["agree0"]) & set(holdout["agree0"])
+        assert leaver["beaten_by"] in whole
+        winner = whole[leaver["beaten_by"]]  # at most the tolerance worse on every task, measured
+        assert all(winner[t] >= whole[key][t] - 0.05 for t in ("agree0", "agree1"))
+    for key, scores in measured.items():
+        assert scores == whole[key]  # survivors measured on every search item, as without a race
+    spent = {name: CampaignStore(raced[name]).items_evaluated(measured=True) for name in ("raced", "whole")}
+    assert spent["raced"] < spent["whole"]
+
+
+def test_status_and_report_say_who_left_the_race(raced):
+    run = raced["raced"]
+    record = CampaignStore(run).get_meta(RACE_META)
+    result = CliRunner().invoke(cli, ["status", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"final-phase race: {len(record['left'])} of {record['finalists']} finalists left it" in result.output
+    report = (run / "report.md").read_text()
+    assert "## Left the final-phase race" in report
+    assert report.count("matched by evaluation") == len(record["left"])
+
+
+def test_a_resumed_race_takes_the_same_decisions_without_scoring_again(raced):
+    run = raced["raced"]
+    before = CampaignStore(run)
+    spent, record = before.items_evaluated(measured=True), before.get_meta(RACE_META)
+    before.set_meta(RACE_META, None)  # forgotten: the replay must decide again, from the stored scores
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    after = CampaignStore(run)
+    assert after.items_evaluated(measured=True) == spent and after.get_meta(RACE_META) == record
+
+
+def test_finalists_race_from_the_same_set_the_whole_phase_measures(raced):
+    """The race narrows the final phase's set; it does not choose another one."""
+    run, path = raced["raced"], raced["config"]
+    runner = CampaignRunner.open(Campaign.load(path), path.parent, run)
+    final = runner.workspace.campaign.final
+    chosen = to_measure(runner.workspace.store, runner.objectives, final, Distinct(search_space(runner.workspace),
+                                                                                  final.distinct))
+    assert len(chosen) == CampaignStore(run).get_meta(RACE_META)["finalists"]
