@@ -125,10 +125,12 @@ def to_measure(store: CampaignStore, objectives: Objectives, final: FinalSpec, d
     return list({e.key: e for e in chosen}.values())
 
 
-def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectives: Objectives, stages: Sequence[float],
-         tolerance: float, seed: int) -> list[Evaluation]:
+def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectives: Objectives,
+                   stages: Sequence[float], tolerance: float, seed: int) -> list[Evaluation]:
     """The finalists that survive the race, scored through the log (stored as they arrive, so a
-    resumed race looks its stages up and takes the same decisions); the leavers go to `RACE_META`."""
+    resumed race looks its stages up and takes the same decisions); the leavers go to `RACE_META`.
+    A finalist measured before (`export --pick`) races like the others but is no leaver: it has
+    every item already."""
     scoring, store = log.scoring, log.store
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
@@ -139,8 +141,9 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
         return {k: s for k, s in stored.items() if all(set(ids) <= s.get(t, {}).keys() for t, ids in items.items())}
 
     live, left = run_race([e.key for e in finalists], sample, stages, objectives, score, tolerance)
+    left = {key: leaver for key, leaver in left.items() if store.get(key).measured is None}
     store.set_meta(RACE_META, {"finalists": len(finalists), "tolerance": tolerance, "left": left})
-    return [e for e in finalists if e.key in live]
+    return [e for e in finalists if e.key in live or e.measured is not None]
 
 
 def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, space: SearchSpace,
@@ -149,7 +152,7 @@ def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, 
     when `final.race` has stages (and the references' held-out items); return every measured
     candidate (those measured before, e.g. by `evo-merge export`, included)."""
     chosen = to_measure(log.store, objectives, final, Distinct(space, final.distinct))
-    if final.race:
+    if final.race and any(e.measured is None for e in chosen):  # (full evaluation measures every candidate)
         chosen = race_finalists(log, chosen, objectives, final.race, final.race_tolerance, seed)
     log.measure(chosen, MEASURE_STAGE, held_out=False)
     log.measure([e for e in map(log.store.get, (c.key for c in references)) if e is not None], MEASURE_STAGE)

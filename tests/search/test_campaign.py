@@ -275,7 +275,8 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     assert runs[2].campaign.estimator.anchor_allocation == "equal"
     assert runs[3].campaign.estimator.anchor_allocation == "neyman"
     assert runs[2].campaign.final.race == runs[3].campaign.final.race == []
-    assert runs[4].campaign.final.race == [0.125, 0.25, 0.5] and runs[4].campaign.estimator.anchor_allocation == "neyman"
+    assert runs[4].campaign.final.race == [0.125, 0.25, 0.5]
+    assert runs[4].campaign.estimator.anchor_allocation == "neyman"
     for workspace in runs.values():
         workspace.store.close()
 

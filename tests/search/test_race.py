@@ -2,6 +2,7 @@
 and a campaign whose finalists race before they are measured on every item."""
 
 import json
+import shutil
 import sqlite3
 
 import numpy as np
@@ -185,3 +186,24 @@ def test_finalists_race_from_the_same_set_the_whole_phase_measures(raced):
     chosen = to_measure(runner.workspace.store, runner.objectives, final, Distinct(search_space(runner.workspace),
                                                                                   final.distinct))
     assert len(chosen) == CampaignStore(run).get_meta(RACE_META)["finalists"]
+
+
+def test_a_leaver_exported_by_hand_is_measured_and_no_leaver_any_more(raced, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(raced["raced"], run)
+    key = next(iter(CampaignStore(run).get_meta(RACE_META)["left"]))
+    eid = CampaignStore(run).get(key).id
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0  # the race is run again from the store
+    store = CampaignStore(run)
+    assert key not in store.get_meta(RACE_META)["left"] and store.get(key).measured is not None
+    assert len(store.get_meta(RACE_META)["left"]) == len(CampaignStore(raced["raced"]).get_meta(RACE_META)["left"]) - 1
+
+
+def test_full_evaluation_runs_no_race(tmp_path, zoo):  # noqa: F811
+    """Every candidate of a full-evaluation campaign is measured as it is searched: nothing to save."""
+    path = campaign(tmp_path, zoo, estimator={"kind": "full"}, algorithm={"population": 4, "generations": 1})
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert CampaignStore(tmp_path / "run").get_meta(RACE_META) is None
