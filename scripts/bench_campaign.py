@@ -13,7 +13,10 @@ its task, all at the product's default final phase (each pick's 3 best estimates
 members spread over the front, measured on every search item; the picks on the held-out items
 too). The runs measure every estimated front member; what a final phase measures is nested in
 what a larger one measures, so a second table gives the total items and hypervolume of smaller
-and larger final phases from the same runs.
+and larger final phases from the same runs. The runs measure every finalist (`final.race: []`);
+a campaign races them by default, and since the race's decisions depend only on the finalists'
+scores on its samples, a third table replays it on the runs (the campaign's own sample, and
+`--race-draws` others): total items, measured hypervolume, and the merges its stages build.
 `--warmup N` calibrates IRT on N warm-up merges with the base and endpoints (default 4, the
 demo's; a campaign's default is 8), in folders named `-wN`.
 With `--allocation-draws N`, the full run's candidates are also estimated with each run's IRT
@@ -46,16 +49,17 @@ from campaign_baselines import comparison_table, measured_front  # a sibling scr
 from scipy.stats import spearmanr
 
 from evo_merge.cli.template import campaign_text
-from evo_merge.config import DEFAULTS_VERSION, Campaign, FinalSpec
+from evo_merge.config import Campaign, FinalSpec
 from evo_merge.irt import Estimator, select_anchors
 from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.front import Distinct, candidates, choose, to_measure
 from evo_merge.search.holdout import HOLDOUT_META
+from evo_merge.search.race import SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.study import SEARCH
-from evo_merge.search.workspace import DEFAULTS_META, config_fingerprint, resolve_campaign
+from evo_merge.search.workspace import DEFAULTS_META, as_written_at, config_fingerprint, resolve_campaign
 from evo_merge.zoo.manifest import read_zoo
 
 ALL = 10_000  # evaluate_top of the bench's runs: every estimated front member is measured
@@ -73,11 +77,14 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     config["algorithm"]["seed"] = seed
     config["coefficients"]["granularity"] = granularity
     config["estimator"]["anchor_allocation"] = allocation
+    config["final"]["race"] = []  # every finalist measured: the tables replay smaller and raced final phases
     campaign = Campaign.model_validate(config)
+    resolved = resolve_campaign(campaign, zoo)
     store = CampaignStore(out)
-    # a run folder written under older defaults runs with them: stale, unless nothing is estimated
-    stale = (config_fingerprint(resolve_campaign(campaign, zoo)) != store.get_meta("config")
-             or (kind != "full" and store.get_meta(DEFAULTS_META) != DEFAULTS_VERSION))
+    # a run folder written under older defaults runs with them: stale where that differs from today's
+    version = store.get_meta(DEFAULTS_META) or 1
+    stale = (config_fingerprint(resolved, written_at=version) != store.get_meta("config")
+             or (kind != "full" and as_written_at(resolved, version) != resolved))
     store.close()
     if not reuse or stale:
         shutil.rmtree(out, ignore_errors=True)
@@ -139,6 +146,8 @@ def main() -> None:
                         "endpoints (estimator.warmup_merges)")
     parser.add_argument("--allocation-draws", type=int, default=0, metavar="N",
                         help="also estimate the full run's candidates with each allocation over N anchor seeds")
+    parser.add_argument("--race-draws", type=int, default=5, metavar="N",
+                        help="the race's table also over N other sample seeds")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
     parser.add_argument("--seed", type=int, default=0, help="the campaigns' seed (a search is one trajectory: "
                         "compare estimators over several seeds, each in its own --out)")
@@ -189,6 +198,10 @@ def main() -> None:
               "IRT models; no search trajectory):")
         print(allocation_table(runs, args.allocation_draws))
 
+    print(f"\nthe default final phase raced (final.race {DEFAULT.race}, race_tolerance {DEFAULT.race_tolerance}), "
+          "replayed on the runs, which measured every finalist:")
+    print(race_table(runs, args.race_draws))
+
     print("\ntotal items (full / this) and measured hypervolume (this / full) by the size of the final phase "
           f"(default: top_k {DEFAULT.top_k}, evaluate_top {DEFAULT.evaluate_top}):")
     print(final_phase_table(runs))
@@ -198,8 +211,8 @@ def main() -> None:
     print(comparison_table(last))
 
 
-def final_keys(runner: CampaignRunner, top_k: int, evaluate_top: int) -> set[str]:
-    """The keys a final phase of this size measures. Its choices are nested (each pick's best
+def final_keys(runner: CampaignRunner, top_k: int, evaluate_top: int) -> list[str]:
+    """The keys a final phase of this size measures, in its order. Its choices are nested (each pick's best
     estimates first, the front's spread grown one member at a time), so from a run that measured
     more, every smaller final phase's figures follow exactly, without running it."""
     workspace = runner.workspace
@@ -208,7 +221,7 @@ def final_keys(runner: CampaignRunner, top_k: int, evaluate_top: int) -> set[str
         raise ValueError(f"the run measured top_k {ran.top_k}, evaluate_top {ran.evaluate_top}: not a superset")
     final = ran.model_copy(update={"top_k": top_k, "evaluate_top": evaluate_top})
     chosen = to_measure(workspace.store, runner.objectives, final, Distinct(search_space(workspace), final.distinct))
-    return {e.key for e in chosen}
+    return [e.key for e in chosen]
 
 
 @cache
@@ -266,6 +279,75 @@ def final_phase_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]
             _, _, total, hv = compare(runner, full, top_k, evaluate_top)
             cells.append(f"{total[1] / total[0]:.1f}x / {hv[0] / hv[1]:.3f}")
         lines.append(f"| {size} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def raced_final_phase(runner: CampaignRunner, full: CampaignRunner, seed: int) -> tuple[tuple, tuple, int, int]:
+    """The default final phase raced at the product's defaults (`final.race`, `final.race_tolerance`),
+    replayed on this run, which measured every finalist: the race's decisions depend only on the
+    finalists' scores on the sample's items, so it takes those a campaign would. Returns (total
+    items, this and full), (measured HV, this and full), finalists, survivors, and the merges its
+    stages build (each stage builds every live finalist once more). A leaver costs the
+    sample items it lacked before the final phase (its anchors); a survivor what the final phase
+    costs it without a race."""
+    store, scoring = runner.workspace.store, runner.scoring
+    finalists = final_keys(runner, DEFAULT.top_k, DEFAULT.evaluate_top)  # in the campaign's order
+    stored = {key: store.item_scores(key) for key in finalists}
+    sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
+                        {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
+    anchors = {n: set(ids) for n, ids in scoring.anchor_items().items()}
+    seen: dict[str, set] = {}
+    builds = []
+
+    def score(keys, items, label):
+        builds.append(len(keys))
+        for key in keys:
+            seen[key] = {(n, i) for n, ids in items.items() for i in ids if i not in anchors[n]}
+        return {key: stored[key] for key in keys}
+
+    live, left = run_race(finalists, sample, DEFAULT.race, runner.objectives, score, DEFAULT.race_tolerance)
+    full_keys = final_keys(full, DEFAULT.top_k, DEFAULT.evaluate_top)
+    total = (total_items(runner, set(live)) + sum(len(seen[key]) for key in left), total_items(full, full_keys))
+    hv = (runner.objectives.hypervolume(measured_front(runner, set(live))[1]),
+          full.objectives.hypervolume(measured_front(full)[1]))
+    return total, hv, len(finalists), len(live), sum(builds)
+
+
+def perfect_race(runner: CampaignRunner, full: CampaignRunner) -> float:
+    """The total item ratio had a race known the measured scores for free: only the finalists no
+    other finalist dominates (and the picks) measured, nothing spent on samples. No race can save
+    more; the hypervolume is the whole final phase's."""
+    store, objectives = runner.workspace.store, runner.objectives
+    finalists = final_keys(runner, DEFAULT.top_k, DEFAULT.evaluate_top)
+    measured = [e for e in candidates(store) if e.key in finalists]
+    points = np.array([objectives.vector(e.measured) for e in measured])
+    keep = {measured[i].key for i in objectives.non_dominated(points)}
+    keep |= {e.key for e in choose(measured, objectives, runner.workspace.campaign.final).values()}
+    return total_items(full, final_keys(full, DEFAULT.top_k, DEFAULT.evaluate_top)) / total_items(runner, keep)
+
+
+def race_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draws: int) -> str:
+    """Total item ratio and measured hypervolume ratio of the default final phase, measured whole and
+    raced: on the campaign's own sample, and over `draws` other sample seeds (mean, range)."""
+    lines = ["| campaign | estimator | measured whole: total / HV | raced: total / HV (finalists -> measured; "
+             "the cost) "
+             f"| raced, {draws} other samples: total, HV (mean, range) | a perfect race: total |",
+             "|---|---|---|---|---|---|"]
+    for size, kind, runner, full in runs:
+        if runner.scoring.adaptive():
+            continue  # an adaptive test's items per candidate are not stored apart from the final phase's
+        seed = runner.workspace.campaign.algorithm.seed
+        _, _, total, hv = compare(runner, full)
+        own = raced_final_phase(runner, full, seed)
+        more = [raced_final_phase(runner, full, seed + 1000 + k) for k in range(draws)]
+        ratios = [m[0][1] / m[0][0] for m in more]
+        hvs = [m[1][0] / m[1][1] for m in more]
+        saved = total[0] - own[0][0]
+        lines.append(f"| {size} | {kind} | {total[1] / total[0]:.2f}x / {hv[0] / hv[1]:.3f} "
+                     f"| {own[0][1] / own[0][0]:.2f}x / {own[1][0] / own[1][1]:.3f} ({own[2]} -> {own[3]}; "
+                     f"{saved:,} items saved for {own[4]} more merges) "
+                     f"| {np.mean(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}), "
+                     f"{np.mean(hvs):.3f} ({min(hvs):.3f}-{max(hvs):.3f}) | {perfect_race(runner, full):.2f}x |")
     return "\n".join(lines)
 
 
