@@ -22,6 +22,7 @@ merges.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -135,9 +136,7 @@ def race_summary(record: Mapping | None) -> str | None:
     """One line on a stored race: how many finalists left it, at which stage (None: no race ran)."""
     if not record:
         return None
-    stages: dict[float, int] = {}
-    for leaver in record["left"].values():
-        stages[leaver["stage"]] = stages.get(leaver["stage"], 0) + 1
+    stages = Counter(leaver["stage"] for leaver in record["left"].values())
     at = ", ".join(f"{n} at {stage * 100:g}% of the items" for stage, n in sorted(stages.items()))
     return (f"final-phase race: {len(record['left'])} of {record['finalists']} finalists left it before every "
             f"item" + (f" ({at})" if at else ""))
