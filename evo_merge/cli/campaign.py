@@ -157,6 +157,7 @@ def status(run: Path) -> None:
     """Generation, evaluations, best so far and item evaluations spent."""
     from rich.console import Console
 
+    from evo_merge.search.holdout import search_item_count
     from evo_merge.search.race import RACE_META, race_summary
 
     store, facts = _store(run)
@@ -183,8 +184,7 @@ def status(run: Path) -> None:
                       + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")
     if race := race_summary(store.get_meta(RACE_META)):
         console.print(race)
-    full_items = sum(t["items"] for t in facts["tasks"])
-    spent, full = store.items_evaluated("search"), len(search) * full_items
+    spent, full = store.items_evaluated("search"), len(search) * search_item_count(facts, store)
     console.print(
         f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search "
         f"({full / max(spent, 1):.1f}x saving); total with calibration and front "

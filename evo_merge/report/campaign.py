@@ -16,7 +16,7 @@ from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import write_html_report
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.front import BASELINE, BASELINES_META
-from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
+from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
 from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import RACE_META, race_summary
@@ -100,7 +100,7 @@ def write_report(
     User strings (task, method and pick names) are escaped in both reports."""
     objectives = facts_objectives(facts)
     tasks = list(objectives.names)
-    full_items = sum(t["items"] for t in facts["tasks"])
+    full_items = search_item_count(facts, store)
     table = evaluation_table(store.evaluations(), tasks)
     front = table[table.phase.isin(["search", BASELINE]) & table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
     front.to_csv(run_dir / "pareto.csv", index=False)

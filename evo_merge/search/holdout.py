@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from evo_merge.errors import UserError
-from evo_merge.irt import IRTModel
 from evo_merge.search.store import CampaignStore
-from evo_merge.tasks.base import FitnessTask
+
+if TYPE_CHECKING:  # (annotations only: `status` reads the split without loading torch)
+    from evo_merge.irt import IRTModel
+    from evo_merge.tasks.base import FitnessTask
 
 AUTO_MIN_ITEMS = 500
 AUTO_FRACTION = 0.2
@@ -76,6 +79,13 @@ def held_out_scores(store: CampaignStore, key: str, holdout: Mapping[str, Sequen
     if not held or any(v is None for scores in values.values() for v in scores):
         return None
     return {task: float(np.mean(scores)) for task, scores in values.items()}
+
+
+def search_item_count(facts: Mapping, store: CampaignStore) -> int:
+    """Items a full-evaluation search scores each candidate on: every item of every task but the
+    held-out ones (what the search's saving is measured against)."""
+    held = store.get_meta(HOLDOUT_META, {})
+    return sum(t["items"] - len(held.get(t["name"], ())) for t in facts["tasks"])
 
 
 def holdout_items(tasks: Mapping[str, FitnessTask], holdout: Holdout, seed: int) -> dict[str, list[str]]:

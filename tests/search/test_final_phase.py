@@ -248,3 +248,15 @@ def test_bad_final_settings_give_one_line_errors(tmp_path, zoo, final, expected)
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and expected in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_search_saving_is_against_a_search_on_the_search_items(finished):
+    """A full-evaluation search scores its candidates on the search items only (held-out ones are
+    for the picks): 90 of each task's 120 here, so 180 per candidate, not 240."""
+    run = finished[0]
+    store = CampaignStore(run)
+    n_search, spent = len(store.evaluations("search")), store.items_evaluated("search")
+    result = CliRunner().invoke(cli, ["status", str(run)], terminal_width=200)
+    assert f"item evaluations in search: {spent:,} vs {n_search * 180:,} for a full-evaluation search" in result.output
+    assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
+    assert f"a full-evaluation search would have spent {n_search * 180:,}" in (run / "report.md").read_text()
