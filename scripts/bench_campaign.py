@@ -282,11 +282,11 @@ def final_phase_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]
     return "\n".join(lines)
 
 
-def raced_final_phase(runner: CampaignRunner, full: CampaignRunner, seed: int) -> tuple[tuple, tuple, int, int]:
+def raced_final_phase(runner: CampaignRunner, seed: int) -> tuple[int, float, int, int, int]:
     """The default final phase raced at the product's defaults (`final.race`, `final.race_tolerance`),
     replayed on this run, which measured every finalist: the race's decisions depend only on the
-    finalists' scores on the sample's items, so it takes those a campaign would. Returns (total
-    items, this and full), (measured HV, this and full), finalists, survivors, and the merges its
+    finalists' scores on the sample's items, so it takes those a campaign would. Returns the
+    run's total items and measured hypervolume, the finalists, the survivors, and the merges its
     stages build (each stage builds every live finalist once more). A leaver costs the
     sample items it lacked before the final phase (its anchors); a survivor what the final phase
     costs it without a race."""
@@ -306,15 +306,13 @@ def raced_final_phase(runner: CampaignRunner, full: CampaignRunner, seed: int) -
         return {key: stored[key] for key in keys}
 
     live, left = run_race(finalists, sample, DEFAULT.race, runner.objectives, score, DEFAULT.race_tolerance)
-    full_keys = final_keys(full, DEFAULT.top_k, DEFAULT.evaluate_top)
-    total = (total_items(runner, set(live)) + sum(len(seen[key]) for key in left), total_items(full, full_keys))
-    hv = (runner.objectives.hypervolume(measured_front(runner, set(live))[1]),
-          full.objectives.hypervolume(measured_front(full)[1]))
+    total = total_items(runner, set(live)) + sum(len(seen[key]) for key in left)
+    hv = runner.objectives.hypervolume(measured_front(runner, set(live))[1])
     return total, hv, len(finalists), len(live), sum(builds)
 
 
-def perfect_race(runner: CampaignRunner, full: CampaignRunner) -> float:
-    """The total item ratio had a race known the measured scores for free: only the finalists no
+def perfect_race(runner: CampaignRunner) -> int:
+    """The run's total items had a race known the measured scores for free: only the finalists no
     other finalist dominates (and the picks) measured, nothing spent on samples. No race can save
     more; the hypervolume is the whole final phase's."""
     store, objectives = runner.workspace.store, runner.objectives
@@ -323,7 +321,7 @@ def perfect_race(runner: CampaignRunner, full: CampaignRunner) -> float:
     points = np.array([objectives.vector(e.measured) for e in measured])
     keep = {measured[i].key for i in objectives.non_dominated(points)}
     keep |= {e.key for e in choose(measured, objectives, runner.workspace.campaign.final).values()}
-    return total_items(full, final_keys(full, DEFAULT.top_k, DEFAULT.evaluate_top)) / total_items(runner, keep)
+    return total_items(runner, keep)
 
 
 def race_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draws: int) -> str:
@@ -337,17 +335,16 @@ def race_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draw
         if runner.scoring.adaptive():
             continue  # an adaptive test's items per candidate are not stored apart from the final phase's
         seed = runner.workspace.campaign.algorithm.seed
-        _, _, total, hv = compare(runner, full)
-        own = raced_final_phase(runner, full, seed)
-        more = [raced_final_phase(runner, full, seed + 1000 + k) for k in range(draws)]
-        ratios = [m[0][1] / m[0][0] for m in more]
-        hvs = [m[1][0] / m[1][1] for m in more]
-        saved = total[0] - own[0][0]
-        lines.append(f"| {size} | {kind} | {total[1] / total[0]:.2f}x / {hv[0] / hv[1]:.3f} "
-                     f"| {own[0][1] / own[0][0]:.2f}x / {own[1][0] / own[1][1]:.3f} ({own[2]} -> {own[3]}; "
-                     f"{saved:,} items saved for {own[4]} more merges) "
+        _, _, (whole, full_total), (whole_hv, full_hv) = compare(runner, full)
+        total, hv, finalists, survivors, merges = raced_final_phase(runner, seed)
+        more = [raced_final_phase(runner, seed + 1000 + k) for k in range(draws)]
+        ratios = [full_total / m[0] for m in more]
+        hvs = [m[1] / full_hv for m in more]
+        lines.append(f"| {size} | {kind} | {full_total / whole:.2f}x / {whole_hv / full_hv:.3f} "
+                     f"| {full_total / total:.2f}x / {hv / full_hv:.3f} ({finalists} -> {survivors}; "
+                     f"{whole - total:,} items saved for {merges} more merges) "
                      f"| {np.mean(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}), "
-                     f"{np.mean(hvs):.3f} ({min(hvs):.3f}-{max(hvs):.3f}) | {perfect_race(runner, full):.2f}x |")
+                     f"{np.mean(hvs):.3f} ({min(hvs):.3f}-{max(hvs):.3f}) | {full_total / perfect_race(runner):.2f}x |")
     return "\n".join(lines)
 
 

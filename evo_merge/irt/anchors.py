@@ -162,8 +162,10 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
 
 
 def midpoint_item_variance(model: IRTModel, seed: int = 0) -> np.ndarray:
-    """p(1 − p) per item, averaged over the midpoints (θ_j + θ_l)/2 of pairs of calibration subjects."""
-    j, k = np.triu_indices(model.theta.shape[0], 1)
+    """p(1 − p) per item, averaged over the midpoints (θ_j + θ_l)/2 of pairs of calibration subjects
+    (at the one subject's θ when there is only one)."""
+    n = model.theta.shape[0]
+    j, k = np.triu_indices(n, 1 if n > 1 else 0)
     if j.size > MAX_PAIRS:
         keep = np.random.default_rng(seed).choice(j.size, MAX_PAIRS, replace=False)
         j, k = j[keep], k[keep]

@@ -50,8 +50,7 @@ class Scoring:
 
     def search_items(self) -> dict[str, list[str] | None]:
         """Every item calibration and the search may see: all but the held-out ones (None: all)."""
-        return {name: [i for i in task.item_ids if i not in self.holdout[name]] if self.holdout[name] else None
-                for name, task in self.tasks.items()}
+        return {name: self.search_ids(name) if self.holdout[name] else None for name in self.tasks}
 
     def search_ids(self, name: str) -> list[str]:
         """A task's search item ids, listed even when nothing is held out."""

@@ -201,3 +201,15 @@ def test_neyman_allocation_judges_a_skill_by_the_subjects_between_the_calibratio
 def test_unknown_allocation_is_a_user_error(two_scenarios):
     with pytest.raises(UserError, match="allocation 'even'"):
         select_anchors(two_scenarios[3], 5, "random", allocation="even")
+
+
+def test_one_calibration_subject_has_no_pairs_and_its_own_variance_stands(make_model):
+    """With a single calibration subject there is no midpoint: its own p(1 − p) is used, so the
+    allocation stays a real one (it was NaN, which sent every anchor to the first scenario)."""
+    from evo_merge.irt.anchors import allocate, midpoint_item_variance
+
+    model = make_model([1.0] * 20, [0.0] * 10 + [-10.0] * 10, responses=np.zeros((1, 20)),
+                       scenarios=["open"] * 10 + ["sure"] * 10)
+    np.testing.assert_allclose(midpoint_item_variance(model)[:10], 0.25)  # θ 0, β 0: p = 0.5
+    counts = allocate(model, 3, "neyman")
+    assert sum(counts.values()) == 6 and counts["open"] > counts["sure"] >= 1

@@ -15,7 +15,7 @@ from evo_merge.config import Campaign
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.front import Distinct, to_measure
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.race import RACE_META, RaceSample, beaten
+from evo_merge.search.race import RACE_META, SEED_OFFSET, RaceSample, beaten
 from evo_merge.search.store import CampaignStore
 
 
@@ -207,3 +207,22 @@ def test_full_evaluation_runs_no_race(tmp_path, zoo):  # noqa: F811
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert CampaignStore(tmp_path / "run").get_meta(RACE_META) is None
+
+
+def test_a_leaver_is_scored_on_its_anchors_and_its_stage_s_sample_only(raced):
+    """The race's items are the stage's stratified sample of the search items; anchors that fall
+    in it are looked up, not scored again, so a leaver's final-phase items are exactly the sample
+    minus its anchors."""
+    run, path = raced["raced"], raced["config"]
+    runner = CampaignRunner.open(Campaign.load(path), path.parent, run)
+    runner.calibrate()  # every evaluation looked up; the IRT models and anchors loaded
+    scoring, store = runner.scoring, runner.workspace.store
+    anchors = {n: set(ids) for n, ids in scoring.anchor_items().items()}
+    sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
+                        {n: scoring.tasks[n].scenarios for n in scoring.names}, 1 + SEED_OFFSET)
+    for key, leaver in store.get_meta(RACE_META)["left"].items():
+        stage = {n: set(ids) for n, ids in sample.items(leaver["stage"]).items()}
+        assert {n: set(v) for n, v in store.item_scores(key).items()} == {n: anchors[n] | stage[n] for n in stage}
+        row = store.db.execute("SELECT items_measured FROM evaluations WHERE key = ?", (key,)).fetchone()
+        assert row[0] == sum(len(stage[n] - anchors[n]) for n in stage)
+    runner.close()
