@@ -124,6 +124,8 @@ def dare_drop(params: Params, name: str) -> Sparsifier:
         density = params["density"][t]
         if density >= 1:
             return delta
+        if density <= 0:  # nothing kept (and nothing to rescale)
+            return torch.zeros_like(delta)
         kept = delta * random_mask(delta, density, tensor_seed(params["seed"], name, t))
         return kept / density if params["rescale"] else kept
     return drop

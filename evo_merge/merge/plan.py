@@ -84,16 +84,17 @@ class MergePlan:
 
     def recipe(self) -> Recipe:
         """The recipe that rebuilds this merge: references resolved (absolute folders, Hub ids
-        with their commit), dtypes explicit, global defaults written out."""
+        with their commit), global defaults written out, dtypes explicit where one was given (none
+        given means float32 computation with each tensor written in its stored dtype, which only
+        leaving them out says again)."""
         data = self.source_recipe.model_dump(exclude_none=True, mode="json")
         _rename_models(data, self.names)
         top = data.setdefault("parameters", {})
         for hp in self.method.hyperparameters:
             if not hp.per_model and hp.name not in top and not hp.required:
                 top[hp.name] = hp.default
-        data["dtype"] = dtype_name(self.dtype)
         if self.out_dtype is not None:
-            data["out_dtype"] = dtype_name(self.out_dtype)
+            data["dtype"], data["out_dtype"] = dtype_name(self.dtype), dtype_name(self.out_dtype)
         return Recipe.model_validate(data)
 
     def open(self) -> list[Checkpoint]:

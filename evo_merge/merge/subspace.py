@@ -32,15 +32,23 @@ def decomposes(shape: Sequence[int], name: str, embeddings: bool = False) -> boo
     return len(shape) == 2 and (embeddings or not EMBEDDING_NAME.search(name))
 
 
+def svd(m: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD computed in at least float32 (torch has none for bfloat16 or float16, the dtypes a
+    recipe may compute in); factors returned in `dtype`, by default `m`'s."""
+    u, s, vh = torch.linalg.svd(m.float() if m.itemsize < 4 else m, full_matrices=False)
+    dtype = dtype or m.dtype
+    return u.to(dtype), s.to(dtype), vh.to(dtype)
+
+
 def top_k_svd(delta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    u, s, vh = svd(delta)
     return u[:, :k], s[:k], vh[:k].T
 
 
 def nearest_orthogonal(m: torch.Tensor) -> torch.Tensor:
     """Polar factor of `m` (if m = P S Q^T then P Q^T): the closest matrix with orthonormal columns."""
-    p, _, qh = torch.linalg.svd(m, full_matrices=False)
-    return p @ qh
+    p, _, qh = svd(m, torch.promote_types(m.dtype, torch.float32))
+    return (p @ qh).to(m.dtype)
 
 
 def tsv_rank(delta: torch.Tensor | Sequence[int], n_tasks: int) -> int:
@@ -112,6 +120,6 @@ def iso_c(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Iso-C: the summed task vector with its singular values flattened to their mean."""
     total = sum(w * d for w, d in zip(weights, deltas))
     if is_decomposed(total, name, params):
-        u, s, vh = torch.linalg.svd(total, full_matrices=False)
+        u, s, vh = svd(total)
         total = s.mean() * (u @ vh)
     return base + params["alpha"] * total

@@ -87,6 +87,15 @@ def test_dare_drop_rate_and_unbiasedness():
     assert torch.allclose(outs.mean(0).sum(), delta.sum(), atol=0.05 * delta.abs().sum())
 
 
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+def test_dare_density_zero_drops_that_models_task_vector(method):
+    """0 is inside density's range: the model's task vector is dropped whole (there is nothing to
+    rescale), not divided by zero into NaN."""
+    base, kept = T([1.0, -1.0, 0.5]), T([0.5, 2.0, -1.0])
+    out = run(method, base, [T([3.0, -3.0, 4.0]), kept], density=[0.0, 1.0])
+    assert torch.equal(out, base + kept)
+
+
 def test_dare_ties_elects_signs_after_drops():
     deltas = [T([1.0, 1.0]), T([-3.0, 1.0])]
     # density 1: nothing dropped, so dare_ties with rescale equals plain sign election (no normalize)

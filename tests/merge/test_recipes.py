@@ -1,10 +1,12 @@
 """Recipes end to end: the merge command, transformers round trips, bit-for-bit rebuilds, in-place."""
 
+import shutil
+
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evo_merge.cli import cli
@@ -33,6 +35,7 @@ METHOD_PARAMS = {
     "multislerp": {},
     "karcher": {},
 }
+U_HALF = 2.0**-8  # unit roundoff of bfloat16, the coarser of the two half precisions
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -147,6 +150,61 @@ def test_bfloat16_output_and_linear_without_base(family, tmp_path):
     for name in merged:
         assert merged[name].dtype == torch.bfloat16
         assert torch.allclose(merged[name].float(), ((f1[name] + f2[name]) / 2).bfloat16().float(), atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def bf16_family(family, tmp_path_factory):
+    """The family's folders with their weights stored in bfloat16, as most published LMs are."""
+    root, base, fts = family
+    out = tmp_path_factory.mktemp("bf16")
+    copies = []
+    for folder in (base, *fts):
+        copy = shutil.copytree(folder, out / folder.name)
+        for file in copy.glob("*.safetensors"):
+            save_file({k: v.bfloat16() for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
+        copies.append(copy)
+    return copies[0], copies[1:]
+
+
+def test_bfloat16_inputs_without_a_dtype_stay_bfloat16_and_their_recipe_rebuilds_them(bf16_family, tmp_path):
+    """No `dtype`: computed in float32, each tensor written in its stored dtype. The written recipe
+    must say the same, so it leaves the dtypes out (a `dtype: float32` in it rebuilt a float32 model)."""
+    base, fts = bf16_family
+    out, again = tmp_path / "merged", tmp_path / "again"
+    recipe = write_recipe(tmp_path / "r.yaml", "task_arithmetic", base, fts, [0.7, 0.5], {"lambda": 1.0})
+    assert CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(out)]).exit_code == 0
+    written = yaml.safe_load((out / "merge_recipe.yaml").read_text())
+    assert "dtype" not in written and "out_dtype" not in written
+    result = CliRunner().invoke(cli, ["merge", str(out / "merge_recipe.yaml"), "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    first, second = tensors_of(out), tensors_of(again)
+    assert {t.dtype for t in first.values()} == {torch.bfloat16}
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    b, f1, f2 = tensors_of(base), tensors_of(fts[0]), tensors_of(fts[1])
+    name = next(iter(first))
+    b0 = b[name].float()
+    expected = b0 + (0.7 * (f1[name].float() - b0) + 0.5 * (f2[name].float() - b0))
+    assert torch.allclose(first[name].float(), expected, rtol=2 * U_HALF, atol=0)  # one rounding (sum order)
+
+
+@pytest.mark.parametrize("method", ["tsv", "tsv_c", "iso_c"])
+def test_svd_methods_compute_in_half_precision(family, tmp_path, method):
+    """torch has no SVD for bfloat16 or float16: a recipe computing in them (mergekit's usual
+    `dtype: bfloat16`) decomposes in float32 and matches the float32 merge to bfloat16's precision."""
+    root, base, fts = family
+    recipe = write_recipe(tmp_path / "r.yaml", method, base, fts, [0.7, 0.5], METHOD_PARAMS[method])
+    merged = {}
+    for dtype in ("float32", "bfloat16", "float16"):
+        result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / dtype), "--dtype", dtype])
+        assert result.exit_code == 0, result.output
+        merged[dtype] = tensors_of(tmp_path / dtype)
+    b = tensors_of(base)
+    for name, exact in merged["float32"].items():
+        delta = exact - b[name]
+        for dtype in ("bfloat16", "float16"):
+            assert merged[dtype][name].dtype == getattr(torch, dtype)
+            error = (merged[dtype][name].float() - exact).norm()
+            assert error <= 0.05 * delta.norm() + 4 * U_HALF * exact.norm(), (dtype, name)
 
 
 BAD_RECIPES = {
