@@ -52,6 +52,7 @@ from evo_merge.cli.template import campaign_text
 from evo_merge.config import Campaign, FinalSpec
 from evo_merge.irt import Estimator, select_anchors
 from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS
+from evo_merge.search.binding import DEFAULTS_META, as_written_at, config_fingerprint
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.front import Distinct, candidates, choose, to_measure
@@ -59,7 +60,7 @@ from evo_merge.search.holdout import HOLDOUT_META
 from evo_merge.search.race import SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.study import SEARCH
-from evo_merge.search.workspace import DEFAULTS_META, as_written_at, config_fingerprint, resolve_campaign
+from evo_merge.search.workspace import resolve_campaign
 from evo_merge.zoo.manifest import read_zoo
 
 ALL = 10_000  # evaluate_top of the bench's runs: every estimated front member is measured

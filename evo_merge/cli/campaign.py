@@ -13,14 +13,25 @@ from pathlib import Path
 import click
 
 RUN_DIR = click.argument("run", type=click.Path(path_type=Path))
+EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
+
+
+def _in_run(folder: Path, run: Path) -> str:
+    """The exported folder as stored: relative to the run folder where inside it (always, for picks)."""
+    folder, run = Path(folder).resolve(), run.resolve()
+    return str(folder.relative_to(run)) if folder.is_relative_to(run) else str(folder)
 
 
 def _campaign_file(run: Path) -> Path:
+    """The campaign.yaml of an existing run folder (one with its database: resuming a folder whose
+    database is gone would start the campaign over in it)."""
     from evo_merge.errors import UserError
+    from evo_merge.search.store import CampaignStore
 
     campaign_file = run / "campaign.yaml"
-    if not campaign_file.is_file():
-        raise UserError(f"{run}: not a campaign run folder (no campaign.yaml)")
+    for name in (campaign_file.name, CampaignStore.DB):
+        if not (run / name).is_file():
+            raise UserError(f"{run}: not a campaign run folder (no {name})")
     return campaign_file
 
 
@@ -33,15 +44,16 @@ def _runner(run: Path, campaign_file: Path | None = None):
 
 
 def _store(run: Path):
-    """The run's store and facts, opened without the campaign's models or tasks."""
-    from evo_merge.search.store import CampaignStore
+    """The run's store and facts, opened without the campaign's models or tasks (and checked against
+    its campaign.yaml as `resume` checks it); a run that has not recorded its facts is not read."""
+    from evo_merge.errors import UserError
+    from evo_merge.search.binding import open_run
 
-    _campaign_file(run)
-    store = CampaignStore(run)
+    store, _ = open_run(run)
     facts = store.get_meta("facts")
-    if facts is None:  # a run folder from before facts were stored: record them once
-        _runner(run)
-        facts = store.get_meta("facts")
+    if facts is None:  # stopped before its tasks were loaded, or written before facts were stored
+        store.close()
+        raise UserError(f"{run}: the campaign has not recorded its tasks yet; `evo-merge resume {run}` records them")
     return store, facts
 
 
@@ -93,7 +105,8 @@ def _run(runner) -> None:
         runner.progress = bars
         measured, exported = runner.run()
     store = workspace.store
-    store.set_meta("exported", {name: [eid, str(folder)] for name, (eid, folder) in exported.items()})
+    store.set_meta(EXPORTED_META, {name: [eid, _in_run(folder, workspace.run_dir)]
+                                   for name, (eid, folder) in exported.items()})
     report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
     store.mark_finished()  # after the report: a run cut short while writing it is not finished
     for evaluation in measured:  # trackers last: they observe a run that is already complete
@@ -199,11 +212,11 @@ def report(run: Path) -> None:
     from evo_merge.report.campaign import write_report
 
     store, facts = _store(run)
-    exported = {
-        name: (eid, Path(folder))
-        for name, (eid, folder) in (store.get_meta("exported") or {}).items()
-        if Path(folder).is_dir()
-    }  # picks exported by `run` / `resume` and still there
+    exported = {}  # picks exported by `run` / `resume` into this folder, and still there
+    for name, (eid, folder) in (store.get_meta(EXPORTED_META) or {}).items():
+        path = run / folder  # relative: inside the run folder, wherever it was moved or copied
+        if path.is_dir() and (not Path(folder).is_absolute() or path.resolve().is_relative_to(run.resolve())):
+            exported[name] = (eid, path)  # an absolute path (older runs) only where it is this folder's own
     click.echo(f"wrote {write_report(run, store, facts, exported)}")
 
 

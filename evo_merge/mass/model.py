@@ -431,4 +431,4 @@ def load_mass(path: str | Path, *, device: str | torch.device | None = None) -> 
     model = MassModel(_load_module(base_dir), factors, routing, meta["tasks"], base_dir, meta.get("models", ()))
     if device is not None:
         model.to(device)
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, AutoTokenizer.from_pretrained(path, trust_remote_code=False)

@@ -6,6 +6,7 @@ report is written without opening a model. Hypervolumes and "best" follow each t
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_
 from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import RACE_META, race_summary
-from evo_merge.search.store import CampaignStore, Evaluation
+from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
 
 
 def facts_objectives(facts: dict) -> Objectives:
@@ -42,7 +43,9 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) ->
             row[f"est_se_{task}"] = (e.estimate_se or {}).get(task)
             row[f"meas_{task}"] = (e.measured or {}).get(task)
         rows.append(row)
-    return pd.DataFrame(rows)
+    columns = ["id", "phase", "generation", "status", "method", "weights", "params", "items",
+               *(f"{kind}_{task}" for task in tasks for kind in ("est", "est_se", "meas"))]
+    return pd.DataFrame(rows, columns=columns)  # the columns even with no row yet (a run cut short in calibration)
 
 
 def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame:
@@ -74,7 +77,7 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
         calibration[f"meas_{x}"], calibration[f"meas_{y}"], marker="s", color="k", label="base / endpoints / warm-up"
     )
     ax.set_xlabel(x), ax.set_ylabel(y), ax.legend(fontsize=7), ax.set_title("Pareto front")
-    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+    _save(fig, path)
 
 
 def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
@@ -90,7 +93,23 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
     b.set_title("best estimate per task"), b.legend(fontsize=7)
     for ax in (a, b):
         ax.set_xlabel("generation")
-    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+    _save(fig, path)
+
+
+def _shown(folder: Path, run_dir: Path) -> str:
+    """An exported folder as the report names it: relative to the run folder (so the report reads the
+    same after the folder is moved) where inside it."""
+    folder, run_dir = Path(folder).resolve(), Path(run_dir).resolve()
+    return str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else str(folder)
+
+
+def _save(fig, path: Path) -> None:
+    """The figure as a PNG, written like every report file (`atomic_write`)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout(), fig.savefig(buffer, format="png", dpi=110), plt.close(fig)
+    atomic_write(path, buffer.getvalue())
 
 
 def write_report(
@@ -103,7 +122,7 @@ def write_report(
     full_items = search_item_count(facts, store)
     table = evaluation_table(store.evaluations(), tasks)
     front = table[table.phase.isin(["search", BASELINE]) & table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
-    front.to_csv(run_dir / "pareto.csv", index=False)
+    atomic_write(run_dir / "pareto.csv", front.to_csv(index=False))
     progress = progress_table(store, objectives)
     plot_pareto(table, tasks, run_dir / "pareto.png")
     if len(progress):
@@ -155,7 +174,7 @@ def write_report(
     ]
     if exported:
         lines += ["## Exported models", ""] + [
-            f"- {md(name)}: evaluation {i} → {md(path)}" for name, (i, path) in exported.items()
+            f"- {md(name)}: evaluation {i} → {md(_shown(path, run_dir))}" for name, (i, path) in exported.items()
         ]
         lines.append("")
     if race and race["left"]:
@@ -168,7 +187,7 @@ def write_report(
             f"- evaluation {r.id} ({md(r.method)}): see state.sqlite" for r in failed.itertuples()
         ]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
     facts_html = "<ul>" + "".join(f"<li>{html_text(f)}</li>" for f in facts) + "</ul>"
     write_html_report(
         run_dir,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from evo_merge.markup import html_text
+from evo_merge.search.store import atomic_write
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -145,5 +146,5 @@ def write_html_report(
         parts.append("<h2>Exported models</h2>")
         parts += [card_html(name, folder) for name, (_, folder) in exported.items()]
     path = run_dir / "report.html"
-    path.write_text(PAGE.format(title="Campaign report", body="\n".join(parts)), encoding="utf-8")
+    atomic_write(path, PAGE.format(title="Campaign report", body="\n".join(parts)))
     return path

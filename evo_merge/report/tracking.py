@@ -24,7 +24,7 @@ from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.metrics import generation_metrics
-from evo_merge.search.store import CampaignStore, Evaluation
+from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
 
 IDS_FILE = "tracking.json"
 EXTRA = "pip install 'evo-merge[tracking]'"
@@ -94,7 +94,7 @@ class _RunIds:
     def set(self, key: str, value: Any) -> None:
         self.ids[key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.ids, indent=2) + "\n")
+        atomic_write(self.path, json.dumps(self.ids, indent=2) + "\n")
 
 
 def _existing(run_dir: Path) -> list[Path]:

@@ -9,22 +9,30 @@ here, so reading a run never opens a model or a task.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign
+from evo_merge.config import DEFAULTS_VERSION, Campaign
 from evo_merge.errors import UserError
+from evo_merge.search.binding import (
+    CAMPAIGN_FILE,
+    CONFIG_META,
+    DEFAULTS_META,
+    bound_campaign,
+    config_fingerprint,
+)
+from evo_merge.search.lock import LOCK_FILE
 from evo_merge.search.store import CampaignStore, atomic_write
+from evo_merge.weights.digest import weights_digest
 from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference, split_adapter
 
-CAMPAIGN_FILE = "campaign.yaml"
-DEFAULTS_META = "defaults"  # the DEFAULTS_VERSION a run folder was written under; none: 1
+WEIGHTS_META = "weights"  # config key (base_model, models.N) -> digest of its weight files
+# what a folder holds before its campaign is bound: the database (with SQLite's journal files), the lock
+FRESH_RUN_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE}
 
 
 def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
@@ -57,39 +65,6 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     return campaign.model_copy(update={"base_model": campaign.base_model and model(campaign.base_model),
                                        "models": [model(m) for m in campaign.models],
                                        "tasks": tasks, "estimator": estimator, "align": align})
-
-
-def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Campaign:
-    """The campaign with each setting whose default changed after defaults `version` moved from
-    its former default to today's (or, `to_former`, from today's to the former) where it is at one."""
-    sections: dict[str, Any] = {}
-    for (section, name), (former, changed) in FORMER_DEFAULTS.items():
-        if changed <= version:
-            continue
-        spec = sections.get(section, getattr(campaign, section))
-        today = type(spec).model_fields[name].get_default(call_default_factory=True)
-        old, new = (today, former) if to_former else (former, today)
-        if getattr(spec, name) == old:
-            sections[section] = spec.model_copy(update={name: new})
-    return campaign.model_copy(update=sections)
-
-
-def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> str:
-    """Identifies what a run computes: where it is evaluated (local or which cluster) is left out,
-    so a run started locally can be resumed on a cluster and back; so are settings at their
-    defaults, so a setting added in a later version leaves older runs resumable; so is where it
-    is tracked (trackers observe, they compute nothing). With an older `written_at`, a setting at
-    the value it defaulted to then, since changed, is left out too: the fingerprint a run folder
-    written then holds."""
-    campaign = _swap_defaults(campaign, written_at, to_former=False)
-    # storage placement and budgets change where tensors are kept, not what is computed (#13)
-    storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
-                                                  "device_budget_gib": None})
-    where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"}),
-                                        "storage": storage})
-    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}, "tracking": True},
-                                 exclude_defaults=True)
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 def existing_path(value: str, key: str) -> Path:
@@ -146,15 +121,24 @@ class Workspace:
         """Resolve, align once, and bind the run folder to this campaign (or check it is bound to it)."""
         campaign = resolve_campaign(campaign, Path(root))
         run_dir = Path(run_dir)
-        refs = [model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)]
+        refs = {f"models.{i}": model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)}
+        if campaign.align is None:  # aligned campaigns build their own base from the models
+            refs["base_model"] = model_reference(campaign.base_model, "base_model")
         store = CampaignStore(run_dir)
-        campaign = _bind(store, campaign, run_dir)
+        try:
+            campaign = _bind(store, campaign, run_dir)
+            _check_weights(store, refs)
+        except UserError:
+            store.close()
+            raise
+        models = [refs[f"models.{i}"] for i in range(len(campaign.models))]
         if campaign.align is not None:
             data = existing_path(campaign.align.data, "align.data") if campaign.align.data else None
-            base, models = aligned_paths(campaign.align, [r.path for r in refs], run_dir / "aligned", data)
-            return cls(campaign, run_dir, base, models, store)
-        base = model_reference(campaign.base_model, "base_model")
-        return cls(campaign, run_dir, base.path, [r.path for r in refs], store, [base.name, *(r.name for r in refs)])
+            base, aligned = aligned_paths(campaign.align, [r.path for r in models], run_dir / "aligned", data)
+            return cls(campaign, run_dir, base, aligned, store)
+        base = refs["base_model"]
+        names = [base.name, *(r.name for r in models)]
+        return cls(campaign, run_dir, base.path, [r.path for r in models], store, names)
 
     @property
     def task_names(self) -> list[str]:
@@ -171,29 +155,33 @@ class Workspace:
         return [f"endpoint {m.name}" for m in self.models]
 
 
-def as_written_at(campaign: Campaign, version: int) -> Campaign:
-    """The campaign a run folder written under defaults `version` runs: each setting changed since
-    and left at today's default (which neither that version's campaign.yaml, written before the
-    setting existed, nor its fingerprint tells from unset) at the default it had then."""
-    return _swap_defaults(campaign, version, to_former=True)
-
-
 def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
-    """Bind a new run folder to the campaign, or check an existing one holds it; returns the
-    campaign the folder runs. A folder written under older defaults (its `defaults` mark; none:
-    version 1) matches with the settings changed since at their former values, and runs with them."""
-    stored, fingerprint = store.get_meta("config"), config_fingerprint(campaign)
-    if stored is None:
-        store.set_meta("config", fingerprint)
-        store.set_meta(DEFAULTS_META, DEFAULTS_VERSION)
-        atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
-        return campaign
-    version = store.get_meta(DEFAULTS_META) or 1
-    if stored not in (fingerprint, config_fingerprint(campaign, written_at=version)):
-        raise UserError(
-            f"{run_dir}: holds a different campaign; resume it with its own {CAMPAIGN_FILE} or start a new run folder"
-        )
-    return as_written_at(campaign, version)
+    """Bind a new run folder to the campaign, or check an existing one holds it (`bound_campaign`);
+    returns the campaign the folder runs. A store that holds no campaign in a folder that holds a
+    run's files (an emptied or deleted database) is refused, not taken for a new run."""
+    if store.get_meta(CONFIG_META) is not None:
+        return bound_campaign(store, campaign, run_dir)
+    if leftovers := sorted(e.name for e in run_dir.iterdir() if e.name not in FRESH_RUN_FILES):
+        raise UserError(f"{run_dir / CampaignStore.DB}: holds no campaign, but the folder holds a run's files "
+                        f"({', '.join(leftovers)}); restore the database from a backup, or start the campaign "
+                        "in a new run folder")
+    store.set_meta(CONFIG_META, config_fingerprint(campaign))
+    store.set_meta(DEFAULTS_META, DEFAULTS_VERSION)
+    atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
+    return campaign
+
+
+def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
+    """Refuse a run folder whose models' weights changed since it started (a resume would mix scores of
+    two different models under one name); record them on first open (older folders: from now on)."""
+    digests = {key: weights_digest(ref) for key, ref in refs.items()}
+    stored = store.get_meta(WEIGHTS_META, {})
+    for key, digest in digests.items():
+        if stored.get(key, digest) != digest:
+            raise UserError(f"{key} ({refs[key].name}): its weights changed since this run folder was started; "
+                            "resume with the models it started with, or start the campaign in a new run folder")
+    if stored != digests:
+        store.set_meta(WEIGHTS_META, {**stored, **digests})
 
 
 def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int]) -> None:

@@ -9,6 +9,7 @@ decided once. (Streaming tensor access without building a module is `Checkpoint`
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -63,12 +64,17 @@ def load_model_folder(
 def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool) -> tuple[nn.Module, Any | None]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:  # safetensors unless allowed: a pickle checkpoint can run code when loaded
-        module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto",
+    # safetensors unless allowed: a pickle checkpoint can run code when loaded; and never a model
+    # folder's own Python (`auto_map`): transformers would otherwise ask on the terminal, mid-run
+    try:
+        module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", trust_remote_code=False,
                                                       use_safetensors=None if allow_pickle else True)
-    except OSError as err:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if tokenizer_files(path) else None
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: its pickle checkpoint holds objects other than tensors, which could run code; "
+                        "refused (convert it to safetensors where it came from a source you trust)") from None
+    except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load the model ({str(err).splitlines()[0]})") from None
-    tokenizer = AutoTokenizer.from_pretrained(path) if tokenizer_files(path) else None
     return module, tokenizer
 
 

@@ -200,7 +200,7 @@ def test_resume_refuses_a_changed_campaign(tmp_path, zoo):
 
 def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zoo):
     from evo_merge.config import AlgorithmSpec, Campaign
-    from evo_merge.search.workspace import config_fingerprint
+    from evo_merge.search.binding import config_fingerprint
 
     class LaterAlgorithm(AlgorithmSpec):
         future_option: bool = False
@@ -217,8 +217,8 @@ def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zo
 
 def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(tmp_path, zoo):
     from evo_merge.config import FORMER_DEFAULTS, Campaign
+    from evo_merge.search.binding import DEFAULTS_META, config_fingerprint
     from evo_merge.search.store import CampaignStore
-    from evo_merge.search.workspace import DEFAULTS_META, config_fingerprint
 
     former = {"estimator": {"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1,
                             "anchor_method": FORMER_DEFAULTS["estimator", "anchor_method"][0],
@@ -257,8 +257,9 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     not silently score its later candidates on other anchors. Likewise a version-3 folder has no
     final.race: it measures every finalist, as it would have."""
     from evo_merge.config import Campaign
+    from evo_merge.search.binding import DEFAULTS_META
     from evo_merge.search.store import CampaignStore
-    from evo_merge.search.workspace import DEFAULTS_META, Workspace
+    from evo_merge.search.workspace import Workspace
 
     path = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1},
                     algorithm={"population": 4, "generations": 1, "seed": 0})

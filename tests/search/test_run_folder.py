@@ -263,3 +263,104 @@ def test_a_run_whose_report_failed_is_not_finished_until_resumed(tmp_path, zoo, 
     assert code == 0 and "generation 1/1" in out and "finished" not in out, out
     assert invoke("resume", run)[0] == 0
     assert "generation 1/1 (finished)" in invoke("status", run)[1]
+
+
+# ---------------------------------------------------------------- a folder is checked before it is read
+
+@pytest.mark.parametrize("damage", ["emptied", "deleted"])
+def test_a_run_folder_without_its_database_is_refused_never_started_over(copy, damage):
+    db = copy / "state.sqlite"
+    if damage == "emptied":
+        db.write_bytes(b"")
+    else:
+        for path in copy.glob("state.sqlite*"):
+            path.unlink()
+    yaml_before = (copy / "campaign.yaml").read_text()
+    for command in ("status", "report", "resume"):
+        code, out = invoke(command, copy)
+        one_line_error(code, out, "state.sqlite")
+    code, out = invoke("export", copy, "--pick", 1, "--out", copy.parent / "x")
+    one_line_error(code, out, "state.sqlite")
+    assert (copy / "campaign.yaml").read_text() == yaml_before
+    assert damage == "deleted" or not sqlite3.connect(db).execute(
+        "SELECT name FROM sqlite_master WHERE name = 'evaluations'").fetchall() or not all_keys(copy)
+
+
+def test_status_and_report_refuse_an_edited_campaign_as_resume_does(copy):
+    path = copy / "campaign.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["algorithm"]["population"] += 1
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    for command in ("status", "report", "resume"):
+        code, out = invoke(command, copy)
+        one_line_error(code, out, "holds a different campaign")
+
+
+def test_status_never_loads_the_tasks_of_a_run_that_has_not_recorded_them(tmp_path, zoo):  # noqa: F811
+    """Its facts are recorded once the tasks load; before that `status` says so instead of importing
+    the campaign's task code (here a module that does not exist)."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.workspace import Workspace
+
+    config = yaml.safe_load(campaign(tmp_path, zoo).read_text())
+    config["tasks"] = [{"task": "no_such_module_here:Task", "name": "t"}]
+    Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run").store.close()
+    code, out = invoke("status", tmp_path / "run")
+    one_line_error(code, out, "has not recorded its tasks yet", "evo-merge resume")
+
+
+def test_links_planted_in_a_run_folder_are_replaced_never_written_through(copy, tmp_path):
+    victims = {name: tmp_path / f"victim-{name}" for name in (LOCK_FILE, "report.md", "pareto.csv", "pareto.png",
+                                                               "report.html")}
+    for name, victim in victims.items():
+        victim.write_text("precious")
+        (copy / name).unlink(missing_ok=True)
+        (copy / name).symlink_to(victim)
+    code, out = invoke("resume", copy)
+    one_line_error(code, out, LOCK_FILE, "a link")
+    (copy / LOCK_FILE).unlink()
+    code, out = invoke("report", copy)
+    assert code == 0, out
+    assert all(victim.read_text() == "precious" for victim in victims.values())
+    assert not any((copy / name).is_symlink() for name in victims if name != LOCK_FILE)
+
+
+def test_the_report_names_the_run_folders_own_exported_models(copy):
+    code, out = invoke("report", copy)
+    assert code == 0, out
+    listed = (copy / "report.md").read_text().split("## Exported models")[1].split("##")[0]
+    assert "→ models/best-agree0" in listed and str(copy.parent) not in listed
+    shutil.rmtree(copy / "models")  # a copy without its models: the original's are not this run's
+    code, out = invoke("report", copy)
+    assert code == 0, out
+    assert "## Exported models" not in (copy / "report.md").read_text()
+
+
+def test_a_run_whose_models_changed_is_refused(tmp_path, zoo):  # noqa: F811
+    """Two endpoints' weight files swapped after the run started: resuming would store scores of one
+    model under the other's name next to the earlier ones."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.workspace import Workspace
+
+    base, fts = zoo
+    models = [shutil.copytree(f, tmp_path / f.name) for f in fts]
+    config = yaml.safe_load(campaign(tmp_path, (base, models)).read_text())
+    Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run").store.close()
+    Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run").store.close()  # unchanged: fine
+    first, second = (m / "model.safetensors" for m in models)
+    swap = tmp_path / "swap"
+    first.rename(swap), second.rename(first), swap.rename(second)
+    with pytest.raises(UserError, match=r"models\.0 .*weights changed since this run folder was started"):
+        Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
+
+
+def test_a_run_cut_short_in_calibration_has_a_report(tmp_path, zoo):  # noqa: F811
+    from evo_merge.config import Campaign
+    from evo_merge.search.workspace import Workspace, record_facts
+
+    config = yaml.safe_load(campaign(tmp_path, zoo).read_text())
+    workspace = Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
+    record_facts(workspace.store, workspace.campaign, {"agree0": 10, "agree1": 10})
+    workspace.store.close()
+    code, out = invoke("report", tmp_path / "run")
+    assert code == 0, out

@@ -14,7 +14,7 @@ from evo_merge.config import Campaign
 from evo_merge.merge import register_method
 from evo_merge.merge.footprint import GIB, campaign_plan
 from evo_merge.merge.storage import Storage
-from evo_merge.search.workspace import config_fingerprint
+from evo_merge.search.binding import config_fingerprint
 from evo_merge.zoo.tiny import save_tiny_family
 
 HERE = Path(__file__).parent

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,38 @@ def test_an_hf_folder_with_only_a_pickle_is_refused(llama_family, tmp_path):
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     with pytest.raises(UserError, match="cannot load the model"):
         load_model_folder(folder)
+
+
+class _Planted:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this object creates the marker folder
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_an_allowed_pickle_that_is_not_weights_only_is_one_user_error_and_runs_nothing(llama_family, tmp_path):
+    folder = tmp_path / "planted"
+    shutil.copytree(llama_family[0], folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"model.embed_tokens.weight": _Planted(marker)}))
+    with pytest.raises(UserError, match="holds objects other than tensors"):
+        load_model_folder(folder, allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_a_folder_with_its_own_model_code_is_refused_without_asking(llama_family, tmp_path):
+    """transformers asks on the terminal whether to run a folder's `auto_map` code unless told; a
+    run must neither ask mid-campaign nor run it."""
+    folder = tmp_path / "custom"
+    shutil.copytree(llama_family[0], folder)
+    marker = tmp_path / "code-ran"
+    (folder / "modeling_custom.py").write_text(f"import os\nos.mkdir({str(marker)!r})\n")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="customllama", auto_map={"AutoConfig": "modeling_custom.Config",
+                                                      "AutoModelForCausalLM": "modeling_custom.Model"})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="custom code"):
+        load_model_folder(folder)
+    assert not marker.exists()

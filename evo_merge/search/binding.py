@@ -1,0 +1,94 @@
+"""Which campaign a run folder holds: its fingerprint, the defaults it was written under, and the
+check that a campaign (or the folder's own campaign.yaml) is the one its store is bound to.
+
+Torch-free, so `status` and `report` check a folder as strictly as `resume` does without opening a
+model: a store swapped in from another run, an edited campaign.yaml or an emptied database is
+refused on one line instead of being read as this run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign
+from evo_merge.errors import UserError
+from evo_merge.search.store import CampaignStore
+
+CAMPAIGN_FILE = "campaign.yaml"
+DEFAULTS_META = "defaults"  # the DEFAULTS_VERSION a run folder was written under; none: 1
+CONFIG_META = "config"  # the fingerprint of the campaign the folder is bound to
+
+
+def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Campaign:
+    """The campaign with each setting whose default changed after defaults `version` moved from
+    its former default to today's (or, `to_former`, from today's to the former) where it is at one."""
+    sections: dict[str, Any] = {}
+    for (section, name), (former, changed) in FORMER_DEFAULTS.items():
+        if changed <= version:
+            continue
+        spec = sections.get(section, getattr(campaign, section))
+        today = type(spec).model_fields[name].get_default(call_default_factory=True)
+        old, new = (today, former) if to_former else (former, today)
+        if getattr(spec, name) == old:
+            sections[section] = spec.model_copy(update={name: new})
+    return campaign.model_copy(update=sections)
+
+
+def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> str:
+    """Identifies what a run computes: where it is evaluated (local or which cluster) is left out,
+    so a run started locally can be resumed on a cluster and back; so are settings at their
+    defaults, so a setting added in a later version leaves older runs resumable; so is where it
+    is tracked (trackers observe, they compute nothing). With an older `written_at`, a setting at
+    the value it defaulted to then, since changed, is left out too: the fingerprint a run folder
+    written then holds."""
+    campaign = _swap_defaults(campaign, written_at, to_former=False)
+    # storage placement and budgets change where tensors are kept, not what is computed (#13)
+    storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
+                                                  "device_budget_gib": None})
+    where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"}),
+                                        "storage": storage})
+    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}, "tracking": True},
+                                 exclude_defaults=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def as_written_at(campaign: Campaign, version: int) -> Campaign:
+    """The campaign a run folder written under defaults `version` runs: each setting changed since
+    and left at today's default (which neither that version's campaign.yaml, written before the
+    setting existed, nor its fingerprint tells from unset) at the default it had then."""
+    return _swap_defaults(campaign, version, to_former=True)
+
+
+def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
+    """The campaign a bound run folder runs, checked against the fingerprint its store holds. A
+    folder written under older defaults (its `defaults` mark; none: version 1) matches with the
+    settings changed since at their former values, and runs with them."""
+    stored = store.get_meta(CONFIG_META)
+    if stored is None:
+        raise UserError(f"{run_dir / CampaignStore.DB}: holds no campaign (emptied, or from a start that failed); "
+                        "restore it from a backup, or start the campaign again in a new run folder")
+    version = store.get_meta(DEFAULTS_META) or 1
+    if stored not in (config_fingerprint(campaign), config_fingerprint(campaign, written_at=version)):
+        raise UserError(
+            f"{run_dir}: holds a different campaign; resume it with its own {CAMPAIGN_FILE} or start a new run folder"
+        )
+    return as_written_at(campaign, version)
+
+
+def open_run(run_dir: Path) -> tuple[CampaignStore, Campaign]:
+    """The store of an existing run folder and the campaign it runs, read from its own campaign.yaml
+    and checked against the store; nothing is created (reading a run must not start one)."""
+    campaign_file = run_dir / CAMPAIGN_FILE
+    if not campaign_file.is_file():
+        raise UserError(f"{run_dir}: not a campaign run folder (no {CAMPAIGN_FILE})")
+    if not (run_dir / CampaignStore.DB).is_file():
+        raise UserError(f"{run_dir}: not a campaign run folder (no {CampaignStore.DB})")
+    campaign = Campaign.load(campaign_file)
+    store = CampaignStore(run_dir)
+    try:
+        return store, bound_campaign(store, campaign, run_dir)
+    except UserError:
+        store.close()
+        raise
