@@ -49,7 +49,7 @@ def _store(run: Path):
     from evo_merge.errors import UserError
     from evo_merge.search.binding import open_run
 
-    store, _ = open_run(run)
+    store = open_run(run)
     facts = store.get_meta("facts")
     if facts is None:  # stopped before its tasks were loaded, or written before facts were stored
         store.close()

@@ -1,9 +1,11 @@
 """Which campaign a run folder holds: its fingerprint, the defaults it was written under, and the
 check that a campaign (or the folder's own campaign.yaml) is the one its store is bound to.
 
-Torch-free, so `status` and `report` check a folder as strictly as `resume` does without opening a
-model: a store swapped in from another run, an edited campaign.yaml or an emptied database is
-refused on one line instead of being read as this run.
+`status` and `report` check a folder as strictly as `resume` does without opening a model: a
+store swapped in from another run, an edited campaign.yaml or an emptied database is refused on
+one line instead of being read as this run. They stay torch-free where the folder's campaign.yaml
+is the text its store last ran (`CAMPAIGN_TEXT_META`); only an edited one is validated (the method
+registry behind validation loads torch) and fingerprinted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from evo_merge.search.store import CampaignStore
 CAMPAIGN_FILE = "campaign.yaml"
 DEFAULTS_META = "defaults"  # the DEFAULTS_VERSION a run folder was written under; none: 1
 CONFIG_META = "config"  # the fingerprint of the campaign the folder is bound to
+CAMPAIGN_TEXT_META = "campaign_text"  # sha256 of the campaign.yaml the folder last ran with
 
 
 def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Campaign:
@@ -77,18 +80,21 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
     return as_written_at(campaign, version)
 
 
-def open_run(run_dir: Path) -> tuple[CampaignStore, Campaign]:
-    """The store of an existing run folder and the campaign it runs, read from its own campaign.yaml
-    and checked against the store; nothing is created (reading a run must not start one)."""
-    campaign_file = run_dir / CAMPAIGN_FILE
-    if not campaign_file.is_file():
-        raise UserError(f"{run_dir}: not a campaign run folder (no {CAMPAIGN_FILE})")
-    if not (run_dir / CampaignStore.DB).is_file():
-        raise UserError(f"{run_dir}: not a campaign run folder (no {CampaignStore.DB})")
-    campaign = Campaign.load(campaign_file)
+def campaign_text_digest(run_dir: Path) -> str:
+    return hashlib.sha256((run_dir / CAMPAIGN_FILE).read_bytes()).hexdigest()
+
+
+def open_run(run_dir: Path) -> CampaignStore:
+    """The store of an existing run folder, checked against the folder's own campaign.yaml as
+    `resume` checks it; nothing is created (reading a run must not start one)."""
+    for name in (CAMPAIGN_FILE, CampaignStore.DB):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir}: not a campaign run folder (no {name})")
     store = CampaignStore(run_dir)
     try:
-        return store, bound_campaign(store, campaign, run_dir)
+        if store.get_meta(CAMPAIGN_TEXT_META) != campaign_text_digest(run_dir):
+            bound_campaign(store, Campaign.load(run_dir / CAMPAIGN_FILE), run_dir)
     except UserError:
         store.close()
         raise
+    return store

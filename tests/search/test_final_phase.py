@@ -5,7 +5,6 @@ import json
 import re
 import shutil
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -129,7 +128,7 @@ def test_picks_are_the_best_measured_candidates_and_cards_show_held_out_scores(f
     assert 3 * pick["agree0"] + pick["agree1"] == pytest.approx(weighted)
 
     holdout = store.get_meta("holdout")
-    folder = Path(exported["mostly-agree0"][1])  # a candidate picked twice is exported once, under its first name
+    folder = run / exported["mostly-agree0"][1]  # relative; a candidate picked twice is exported once, first name
     index, scores = card(folder)
     assert set(scores) == {"estimated", "measured_search_items", "measured"}
     items = store.item_scores(by_id[exported["mostly-agree0"][0]].key)
