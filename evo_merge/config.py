@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -118,7 +118,8 @@ class EstimatorSpec(_Checked):
     backend: Literal[BACKEND_NAMES] = "torch"
     lr: float | None = Field(None, gt=0, description="pyirt backend learning rate (None: its default)")
     epochs: int | None = Field(None, ge=1, description="pyirt backend training epochs (None: its default)")
-    dims: int | Literal["auto"] = "auto"
+    dims: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="IRT dimensions; auto: chosen on held-out subjects")
     warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
     target_se: float = Field(0.03, gt=0, lt=1, description="adaptive: stop a task's test once its scenarios' "
                              "standard errors are below this")
@@ -139,7 +140,7 @@ class AlgorithmSpec(_Checked):
     name: AlgorithmName = "nsga2"
     population: int = Field(16, ge=2)
     generations: int = Field(8, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     seed_standard_merges: bool = Field(
         True, description="start generation 1 with each endpoint alone (looked up from calibration; "
         "not for cmaes) and the standard merges of the configured methods (task arithmetic lambda "
@@ -259,7 +260,7 @@ class AlignSpec(_Checked):
     arch: str = Field(description="mlp, cnn, resnet, llama, gpt2, or a permutation-spec YAML file")
     data: str | None = Field(None, description="sample for activation-based methods (.safetensors x[,y] or text)")
     reference: Literal["first", "mean"] = Field("first", description="base of the task vectors after alignment")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class StorageSpec(_Checked):
@@ -421,6 +422,8 @@ class Campaign(_Checked):
     def _pick_weights(self) -> Campaign:
         labels = [t.label for t in self.tasks]
         for name, pick in self.final.picks.items():
+            if name == "balanced" or name in {f"best-{label}" for label in labels}:
+                raise ValueError(f"final.picks.{name}: the name of a built-in pick (final.export); choose another")
             unknown = next((k for k in pick.weights if k not in labels), None)
             if unknown is not None:
                 raise ValueError(f"final.picks.{name}.weights.{unknown}: not a task name (tasks: {', '.join(labels)})")

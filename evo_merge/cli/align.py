@@ -16,7 +16,7 @@ from evo_merge.align.methods import METHODS
 )
 @click.option("--data", type=click.Path(), default=None, help="Inputs: .safetensors with x (and y), or a text file.")
 @click.option("--f", "balance", type=float, default=None, help="MuDSC balance factor (searched if omitted).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
 def align(first: str, more: tuple[str, ...], arch: str, method: str, data, balance, seed: int, out: str) -> None:
     """Align models and write each, mapped into the common basis, under OUT."""

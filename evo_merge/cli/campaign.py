@@ -246,11 +246,14 @@ def export(
     from evo_merge.errors import UserError
     from evo_merge.report.upload import check_repo_id
     from evo_merge.search.export import export_candidate
+    from evo_merge.weights.export import check_output_folder
 
     if repo_id is not None:
         check_repo_id(repo_id)  # before the export's minutes, not after
     elif private or revision or dry_run:
         raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
+    _campaign_file(run)  # before the lock, which would create a mistyped folder
+    check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
     with _holding(run):
         runner = _runner(run)
         store = runner.workspace.store

@@ -24,12 +24,15 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     from transformers.utils import logging as hf_logging
 
     from evo_merge.errors import UserError
+    from evo_merge.search.workbench import resolve_device
     from evo_merge.tasks.registry import resolve_task
     from evo_merge.tasks.scoring import read_item_ids, score_table
 
     hf_logging.disable_progress_bar()  # keep errors on one line
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give the path of the CSV file to write")
+    if device is not None:
+        device = str(resolve_device(device, key="--device"))
     items = read_item_ids(items_file) if items_file else None
     if items == []:
         raise UserError(f"--items {items_file}: no item ids in it")

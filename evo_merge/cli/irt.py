@@ -97,7 +97,7 @@ def irt() -> None:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
 @_backend_flags
 @click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float | None, dims: str, seed: int) -> None:
     """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
 
@@ -116,7 +116,7 @@ def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float 
               help="'auto': kmeans-irt with enough calibration subjects, stratified below.")
 @click.option("--allocation", type=click.Choice(ANCHOR_ALLOCATIONS), default="equal", show_default=True,
               help="'neyman': as many anchors in all, spread where they cut the error of the overall score most.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: int) -> None:
     """Choose --budget anchor items per scenario, store them in MODEL_DIR and print them."""
 
@@ -157,7 +157,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.argument("responses", type=click.Path(path_type=Path))
 @click.option("--test-frac", type=float, default=0.25, show_default=True)
 @click.option("--budgets", default="10,20,50,100", show_default=True, help="Anchors per scenario, comma-separated.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @_backend_flags
 @click.option("--dims", default="auto", show_default=True)
 @click.option("--repeats", type=int, default=1, show_default=True, help="Anchor draws averaged per row.")

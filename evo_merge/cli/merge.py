@@ -16,10 +16,16 @@ import click
 def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwrite: bool) -> None:
     """Build one merge from a mergekit-style RECIPE into an HF model folder."""
     from evo_merge.cli.progress import track
+    from evo_merge.errors import UserError
     from evo_merge.merge.export import export_merge
     from evo_merge.merge.plan import plan_from_recipe
     from evo_merge.merge.recipe import Recipe
+    from evo_merge.weights import parse_dtype
 
+    try:
+        parse_dtype(dtype)
+    except UserError as err:
+        raise UserError(f"--dtype: {err}") from None
     plan = plan_from_recipe(Recipe.load(recipe), root=recipe.parent, dtype=dtype, source=recipe,
                             allow_pickle=allow_pickle)
     export_merge(plan, out, overwrite=overwrite,

@@ -15,10 +15,11 @@ def responses() -> None:
 @responses.command("build")
 @click.option("--zoo", required=True, type=click.Path(path_type=Path), help="zoo folder (base/ + endpoints, zoo.json)")
 @click.option("--tasks", required=True, help="comma-separated task names or paths")
-@click.option("--n-merges", default=60, show_default=True, type=int, help="random merges besides base and endpoints")
+@click.option("--n-merges", default=60, show_default=True, type=click.IntRange(min=0),
+              help="random merges besides base and endpoints")
 @click.option("--scenario", type=click.Choice(["task", "subskill"]), default="task", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="long-format CSV")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="long-format CSV")
 def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: Path) -> None:
     """Score the base, the endpoints and N random merges on every item of every task."""
     from evo_merge.cli.progress import StageBars
@@ -28,6 +29,8 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
 
     endpoints = [zoo / m for m in read_zoo(zoo).endpoints]
     resolved = {Path(t).stem if "/" in t else t: resolve_task(t) for t in tasks.split(",") if t}
+    if not resolved:
+        raise click.BadParameter("no task names", param_hint="--tasks")
     with StageBars() as bars:
         table = build_responses(zoo / "base", endpoints, resolved, n_merges, seed=seed, scenario=scenario,
                                 progress=lambda done, total: bars("scoring subjects", done, total))

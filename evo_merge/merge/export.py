@@ -12,6 +12,7 @@ from evo_merge.merge.plan import MergePlan, stream_merge
 from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
 from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import write_model_folder
+from evo_merge.weights.export import check_output_folder
 
 RECIPE_FILE = "merge_recipe.yaml"
 Tracker = Callable[[Iterable, int], Iterable]
@@ -36,6 +37,8 @@ def export_merge(
     `tasks` describes each scored task for the card's `model-index`; `item_scores` (task -> item ->
     score, every item of a measured pick) adds `results.json` and `item_scores.parquet`, written
     in the same atomic step as the weights so the card never names results that are missing."""
+    inputs = [r.path for r in plan.refs] + [r.lora for r in plan.refs if r.lora is not None]
+    check_output_folder(Path(out).expanduser(), overwrite, inputs)
     if tensors is None:
         total, tensors = stream_merge(plan, allow_pickle=allow_pickle)
         if track is not None:

@@ -8,6 +8,7 @@ slice) or a list of `{filter, value}` conditions matched against the tensor name
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +20,20 @@ from evo_merge.schema import Strict, load_yaml, validate
 SCALARS = (bool, int, float, str)
 
 
+def _numbers(value: Any) -> list[float]:
+    """Every float in a setting: a scalar, a gradient's anchors, the values of its conditions."""
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return _numbers(value.get("value")) if isinstance(value, dict) else []
+
+
 def check_setting(key: str, value: Any) -> None:
-    """Raise ValueError unless `value` is a scalar, a non-empty gradient or a list of conditions."""
+    """Raise ValueError unless `value` is a scalar, a non-empty gradient or a list of conditions,
+    every number finite (a NaN weight would merge into NaN tensors)."""
+    if bad := [n for n in _numbers(value) if not math.isfinite(n)]:
+        raise ValueError(f"{key}: expected finite numbers, got {bad[0]}")
     if isinstance(value, SCALARS):
         return
     if isinstance(value, dict):

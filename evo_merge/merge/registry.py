@@ -11,6 +11,7 @@ the pieces once (e.g. TSV-M's orthogonalised factors) and each candidate costs o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -58,6 +59,8 @@ class Hyperparameter:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
         if kind is int and float(value) != int(value):
             raise UserError(f"{where}: expected an integer, got {value!r}")
         value = kind(value)

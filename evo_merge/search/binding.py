@@ -75,7 +75,8 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
     version = store.get_meta(DEFAULTS_META) or 1
     if stored not in (config_fingerprint(campaign), config_fingerprint(campaign, written_at=version)):
         raise UserError(
-            f"{run_dir}: holds a different campaign; resume it with its own {CAMPAIGN_FILE} or start a new run folder"
+            f"{run_dir}: holds a different campaign; resume it with the {CAMPAIGN_FILE} it started with, "
+            "or start a new run folder"
         )
     return as_written_at(campaign, version)
 

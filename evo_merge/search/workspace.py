@@ -126,6 +126,7 @@ class Workspace:
         refs = {f"models.{i}": model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)}
         if campaign.align is None:  # aligned campaigns build their own base from the models
             refs["base_model"] = model_reference(campaign.base_model, "base_model")
+        _check_irt_models(campaign)
         store = CampaignStore(run_dir)
         try:
             campaign = _bind(store, campaign, run_dir)
@@ -175,6 +176,18 @@ def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
     atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
     store.set_meta(CAMPAIGN_TEXT_META, campaign_text_digest(run_dir))
     return campaign
+
+
+def _check_irt_models(campaign: Campaign) -> None:
+    """A campaign scored by fitted IRT models has one per task: checked before anything is evaluated,
+    not when the search first needs it, after calibration."""
+    if campaign.estimator.irt_model is None:
+        return
+    folder = Path(campaign.estimator.irt_model)
+    for task in campaign.tasks:
+        if not (folder / task.label / "model.json").is_file():
+            raise UserError(f"estimator.irt_model: {folder} holds no IRT model for task {task.label} "
+                            f"(no {task.label}/model.json); fit one with `evo-merge irt fit`")
 
 
 def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,18 @@ def _build(spec: str, settings: dict[str, Any]) -> FitnessTask:
     return LMEvalTask(spec, **settings)
 
 
+def _constructed(build: Callable[[], FitnessTask], spec: str, settings: dict[str, Any]) -> FitnessTask:
+    """A task built with the campaign's options: one the task does not take is a user error naming it."""
+    try:
+        return build()
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        name = str(exc).rsplit("argument", 1)[1].strip(" '\"")
+        known = ", ".join(sorted(settings)) or "none"
+        raise UserError(f"task {spec!r}: no option {name!r} (given: {known})") from None
+
+
 def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask:
     """The task a string names (see the module doc); settings (batch_size, device, metric for
     lm-eval tasks) go to the task's constructor or the plugin's factory."""
@@ -77,5 +90,5 @@ def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask
         return spec
     key = (str(spec), tuple(sorted(settings.items())))
     if key not in _CACHE:
-        _CACHE[key] = _build(str(spec), settings)
+        _CACHE[key] = _constructed(lambda: _build(str(spec), settings), str(spec), settings)
     return _CACHE[key]

@@ -16,7 +16,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -59,9 +59,7 @@ def write_model_folder(
     copies only the config files (the caller writes a tokenizer of its own through `extra_files`).
     """
     out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise UserError(f"output folder {out} already exists (overwrite it explicitly)")
-    check_replaceable(out)
+    check_output_folder(out, overwrite)
     source = Path(copy_from).expanduser() if copy_from is not None else None
     if source is not None and not source.is_dir():
         raise UserError(f"model folder to copy config and tokenizer from not found: {source}")
@@ -194,6 +192,18 @@ def is_model_folder(folder: Path) -> bool:
         f.is_file() and (f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES or f.name.endswith(".index.json"))
         for f in folder.iterdir()
     )
+
+
+def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """Refuse an output folder that exists (unless `overwrite`), that is not a model folder or empty,
+    or that is, or holds, one of the `inputs` the merge reads: checked before the work, not after."""
+    if out.exists() and not overwrite:
+        raise UserError(f"output folder {out} already exists (overwrite it explicitly)")
+    check_replaceable(out)
+    target = out.resolve()
+    for source in inputs:
+        if source.resolve().is_relative_to(target):
+            raise UserError(f"output folder {out} is where the merge reads {source}; write it somewhere else")
 
 
 def check_replaceable(out: Path) -> None:

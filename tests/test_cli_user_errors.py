@@ -1,0 +1,110 @@
+"""User mistakes at the CLI's edges: one line naming the key, option or file, exit 2, before any
+work and without touching anything (found by a review that tried them one by one)."""
+
+import shutil
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from evo_merge.cli import cli
+from evo_merge.errors import UserError
+from evo_merge.tasks.registry import resolve_task
+from evo_merge.zoo.tiny import save_tiny_family
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return save_tiny_family(tmp_path_factory.mktemp("family"), "llama", n_finetunes=2)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def one_line_error(code, output, *expected):
+    assert code == 2, output
+    lines = output.strip().splitlines()
+    assert "Traceback" not in output and (len(lines) == 1 or lines[-1].startswith("Error: ")), output
+    assert all(text in output for text in expected), output
+
+
+def campaign(tmp_path, family, **sections):
+    base, fts = family
+    config = {"base_model": str(base), "models": [str(f) for f in fts], "tasks": [{"task": "arith"}],
+              "methods": {"task_arithmetic": {}}, "algorithm": {"population": 4, "generations": 1}}
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(("section", "values", "expected"), [
+    ("estimator", {"dims": -2}, "estimator.dims"),
+    ("estimator", {"dims": 0}, "estimator.dims"),
+    ("algorithm", {"seed": -1}, "algorithm.seed"),
+    ("final", {"picks": {"best-arith": {"weights": {"arith": 1}}}}, "final.picks.best-arith: the name of a built-in"),
+    ("final", {"picks": {"balanced": {"weights": {"arith": 1}}}}, "final.picks.balanced"),
+])
+def test_campaign_values_refused_when_the_file_is_read(tmp_path, family, section, values, expected):
+    one_line_error(*invoke("plan", campaign(tmp_path, family, **{section: values})), expected)
+
+
+def test_a_missing_irt_model_is_refused_before_calibration_and_leaves_no_folder(tmp_path, family):
+    path = campaign(tmp_path, family, estimator={"irt_model": str(tmp_path / "nowhere")})
+    one_line_error(*invoke("run", path, "--out", tmp_path / "run"), "estimator.irt_model", "arith/model.json")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00\x81")
+    for command in ("plan", "merge"):
+        args = (command, path) if command == "plan" else (command, path, "--out", tmp_path / "o")
+        one_line_error(*invoke(*args), "not a UTF-8 text file")
+
+
+@pytest.mark.parametrize("value", [".nan", ".NaN"])
+def test_a_recipe_parameter_that_is_not_finite_is_named(tmp_path, family, value):
+    base, fts = family
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\n"
+                      f"models: [{{model: {fts[0]}, parameters: {{weight: {value}}}}}]\n")
+    one_line_error(*invoke("merge", recipe, "--out", tmp_path / "o"), "models.0.parameters", "weight: expected finite numbers")
+
+
+def test_merge_refuses_to_overwrite_one_of_its_inputs_and_a_bad_dtype_names_the_option(tmp_path, family):
+    base, fts = family
+    target = shutil.copytree(fts[0], tmp_path / "ft")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels: [{{model: {target}}}, "
+                      f"{{model: {fts[1]}}}]\n")
+    before = sorted(p.name for p in target.iterdir())
+    one_line_error(*invoke("merge", recipe, "--out", target, "--overwrite"), "is where the merge reads")
+    assert sorted(p.name for p in target.iterdir()) == before
+    one_line_error(*invoke("merge", recipe, "--out", tmp_path / "o", "--dtype", "float8"), "--dtype", "float8")
+
+
+def test_options_out_of_range_are_click_errors(tmp_path):
+    for args in (["irt", "anchors", tmp_path, "--budget", "3", "--seed", "-1"],
+                 ["responses", "build", "--zoo", tmp_path, "--tasks", "arith", "--n-merges", "-3", "--out", "r.csv"],
+                 ["responses", "build", "--zoo", tmp_path, "--tasks", "arith", "--out", tmp_path],
+                 ["zoo", "build", "--out", __file__]):
+        one_line_error(*invoke(*args))
+
+
+def test_eval_names_a_device_that_is_not_one(family, tmp_path):
+    one_line_error(*invoke("eval", "--model", family[0], "--task", "arith", "--device", "banana",
+                           "--out", tmp_path / "e.csv"), "--device", "banana")
+
+
+def test_export_of_a_mistyped_run_folder_creates_nothing(tmp_path):
+    one_line_error(*invoke("export", tmp_path / "typo", "--pick", "1", "--out", tmp_path / "x"), "not a campaign run")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_task_option_the_task_does_not_take_is_named():
+    with pytest.raises(UserError, match="task 'arith': no option 'bogus'"):
+        resolve_task("arith", bogus=1)
