@@ -72,7 +72,8 @@ def test_a_recipe_parameter_that_is_not_finite_is_named(tmp_path, family, value)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\n"
                       f"models: [{{model: {fts[0]}, parameters: {{weight: {value}}}}}]\n")
-    one_line_error(*invoke("merge", recipe, "--out", tmp_path / "o"), "models.0.parameters", "weight: expected finite numbers")
+    one_line_error(*invoke("merge", recipe, "--out", tmp_path / "o"), "models.0.parameters",
+                   "weight: expected finite numbers")
 
 
 def test_merge_refuses_to_overwrite_one_of_its_inputs_and_a_bad_dtype_names_the_option(tmp_path, family):

@@ -104,7 +104,8 @@ def _snapshot(repo: str, revision: str | None, key: str) -> Path:
     )
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-    where = f"{key}: Hub model {repo}" + (f"@{revision}" if revision else "")
+    # a relative name that is no folder here is taken for a Hub id: say both, a typo'd path is likelier
+    where = f"{key}: no folder {repo} here, and Hub model {repo}" + (f"@{revision}" if revision else "")
     try:
         folder = snapshot_download(
             repo, revision=revision, local_files_only=offline,
