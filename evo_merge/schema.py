@@ -6,6 +6,7 @@ Shared by the campaign schema (`evo_merge.config`) and the merge-recipe schema
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,10 +41,24 @@ def validate(model: type[M], data: Any, source: str | Path) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise UserError(f"{source}: {loc}: {msg}") from None
+        errors = exc.errors()
+        path = _key_path(errors[0]["loc"])
+        # a value that fits no member of a union fails once per member: say what each would take
+        msgs = [_message(e) for e in errors if _key_path(e["loc"]) == path]
+        loc = ".".join(str(part) for part in path) or "(top level)"
+        raise UserError(f"{source}: {loc}: {' | '.join(dict.fromkeys(msgs))}") from None
+
+
+# pydantic names the union member a value was tried against after its key (`literal['auto']`, `int`)
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|constrained-\w+|int|float|str|bool|function-\w+\[.*\])$")
+
+
+def _key_path(loc: tuple) -> tuple:
+    return tuple(part for part in loc if not (isinstance(part, str) and _UNION_MEMBER.match(part)))
+
+
+def _message(error: dict) -> str:
+    return "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
 
 
 class Strict(BaseModel):

@@ -47,6 +47,8 @@ def campaign(tmp_path, family, **sections):
     ("algorithm", {"seed": -1}, "algorithm.seed"),
     ("final", {"picks": {"best-arith": {"weights": {"arith": 1}}}}, "final.picks.best-arith: the name of a built-in"),
     ("final", {"picks": {"balanced": {"weights": {"arith": 1}}}}, "final.picks.balanced"),
+    # a value no member of a union takes: the key path, then what each member would take
+    ("final", {"holdout": "all"}, "final.holdout: Input should be 'auto' | Input should be a valid integer"),
 ])
 def test_campaign_values_refused_when_the_file_is_read(tmp_path, family, section, values, expected):
     one_line_error(*invoke("plan", campaign(tmp_path, family, **{section: values})), expected)
