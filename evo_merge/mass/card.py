@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from evo_merge.markup import md
 from evo_merge.mass.routing import RoutingConfig
-from evo_merge.merge.card import front_matter, model_ref, scores_section
+from evo_merge.merge.card import front_matter, inputs_section, license_fields, model_ref, scores_section
 
 
 def mass_card(
@@ -22,7 +22,9 @@ def mass_card(
     a MASS folder has no `model-index`: the Hub cannot run it, so its scores stay in the prose."""
     refs = [model_ref(m) for m in [base, *models]]
     hub_ids = list(dict.fromkeys(r.hub_id for r in refs if r.hub_id))
+    license_keys, licenses = license_fields(refs)  # inherited as a merged model's card inherits it
     front = {
+        **license_keys,
         **({"base_model": hub_ids, "base_model_relation": "merge"} if hub_ids else {}),
         "library_name": "evo-merge",
         "tags": ["merge", "evo-merge", "mass"],
@@ -44,6 +46,7 @@ def mass_card(
             "to the tasks whose subspaces explain it best and answers with the TSV-M merge of those tasks",
             f"(threshold {routing.threshold}, at most {routing.max_tasks} tasks, token: {routing.token}).",
             "",
+            *inputs_section(refs, refs[0], licenses, license_keys),
             *scores_section(scores),
             "## Use",
             "",

@@ -116,6 +116,13 @@ def license_fields(inputs: Sequence[CardInput]) -> tuple[dict[str, str], dict[st
     return {"license": "other", "license_name": "mixed-input-licenses"}, licenses
 
 
+def _measured_on(meta: TaskMeta) -> str:
+    """The metric's name with the items behind its value: all of them, or the held-out ones."""
+    if meta.held_out is not None:
+        return f"{meta.metric} ({meta.held_out} held-out items" + (f" of {meta.n_items})" if meta.n_items else ")")
+    return f"{meta.metric} (all {meta.n_items} items)" if meta.n_items else meta.metric
+
+
 def model_index(title: str, measured: Mapping[str, float], tasks: Mapping[str, TaskMeta]) -> list[dict]:
     """The Hub's `model-index` block: one result per measured task, `verified: false`."""
     results = []
@@ -129,7 +136,7 @@ def model_index(title: str, measured: Mapping[str, float], tasks: Mapping[str, T
             "task": {"type": "text-generation", "name": name},
             "dataset": dataset,
             "metrics": [{"type": meta.metric, "value": float(value),
-                         "name": f"{meta.metric} (all {meta.n_items} items)" if meta.n_items else meta.metric,
+                         "name": _measured_on(meta),
                          "verified": False}],
         })
     return [{"name": title, "results": results}] if results else []
@@ -155,7 +162,7 @@ def scores_section(scores: Scores | None, stderr: Mapping[str, float] | None = N
     lines.append("")
     if "estimated" in scores:
         lines += [("Estimated scores come from a few anchor items and an IRT model; only measured scores "
-                   "(every item of the task) are in the `model-index` metadata."), ""]
+                   "are in the `model-index` metadata, each named with the items it was measured on."), ""]
     return lines
 
 
@@ -166,8 +173,10 @@ def front_matter(front: Mapping) -> list[str]:
 
 
 def inputs_section(
-    inputs: Sequence[CardInput], base: CardInput | None, licenses: Mapping[str, str | None]
+    inputs: Sequence[CardInput], base: CardInput | None, licenses: Mapping[str, str | None],
+    license_keys: Mapping[str, str],
 ) -> list[str]:
+    """Each input with its role and license; a warning when they do not share one."""
     def line(ref: CardInput) -> str:
         role = " (base)" if base is not None and ref == base else ""
         where = (
@@ -178,7 +187,9 @@ def inputs_section(
         )
         return f"- {where}{role}; license: {md(licenses.get(ref.display) or 'unknown')}"
 
-    return ["## Merged models", "", *[line(ref) for ref in inputs], ""]
+    mixed = ["The inputs do not share one license (see the list above): check each before use.", ""]
+    return ["## Merged models", "", *[line(ref) for ref in inputs], "",
+            *(mixed if license_keys.get("license") == "other" else [])]
 
 
 def model_card(
@@ -232,9 +243,7 @@ def model_card(
         f"Built with [evo-merge](https://pypi.org/project/evo-merge/) using **{md(recipe.merge_method)}**{over}.",
         "",
     ]
-    lines += inputs_section(inputs, base, licenses)
-    if license_keys.get("license") == "other":
-        lines += ["The inputs do not share one license (see the list above): check each before use.", ""]
+    lines += inputs_section(inputs, base, licenses, license_keys)
     lines += scores_section(scores, stderr)
     lines += [
         "## Reproduce",

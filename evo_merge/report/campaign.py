@@ -7,6 +7,7 @@ report is written without opening a model. Hypervolumes and "best" follow each t
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -161,9 +162,7 @@ def write_report(
             + "; `baseline`: a standard merge; `picked as`: the exports it was chosen for."
         ),
         "",
-        summary.map(lambda v: md(v) if isinstance(v, str) else v)
-        .rename(columns=md)
-        .to_markdown(index=False, floatfmt=".3f", missingval=""),
+        summary.map(md).rename(columns=md).to_markdown(index=False, disable_numparse=True),
         "",
         "![Pareto front](pareto.png)",
         "",
@@ -196,7 +195,7 @@ def write_report(
         tasks,
         facts_html
         + "<h2>Reference models and measured front</h2>"
-        + summary.to_html(index=False, float_format="{:.3f}".format, na_rep="", escape=True),
+        + summary.to_html(index=False, escape=True),
         exported,
     )
     return path
@@ -256,4 +255,11 @@ def _summary(
     cols = ["id", "phase", "method", "weights", "params", "baseline", "picked as"] + [
         c for group in columns for c in group
     ]
-    return measured[cols].astype(object).where(measured[cols].notna(), None)  # blank, not nan, where not measured
+    return measured[cols].map(_cell)
+
+
+def _cell(value: object) -> str:
+    """A summary cell as both reports show it: scores to 3 decimals, blank where not measured."""
+    if value is None or isinstance(value, float) and math.isnan(value):
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

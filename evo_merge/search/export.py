@@ -52,9 +52,10 @@ def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
     if not evaluation.measured:
         return Evidence(tasks, None)
     scores, holdout = store.item_scores(evaluation.key), store.get_meta(HOLDOUT_META, {})
-    if held_out_scores(store, evaluation.key, holdout) is not None:  # no "all N items" claim on the held-out part
+    if held_out_scores(store, evaluation.key, holdout) is not None:  # the card says which items, not "all N"
         scores = {task: {i: scores[task][i] for i in items} for task, items in holdout.items() if items}
-        tasks = {name: replace(meta, n_items=None) if name in scores else meta for name, meta in tasks.items()}
+        tasks = {name: replace(meta, held_out=len(scores[name])) if name in scores else meta
+                 for name, meta in tasks.items()}
     return Evidence(tasks, scores)
 
 

@@ -29,7 +29,8 @@ class TaskMeta:
     version: str | None = None
     num_fewshot: int | None = None
     limit: int | None = None
-    n_items: int | None = None
+    n_items: int | None = None  # the task's items
+    held_out: int | None = None  # the scores are on this many held-out items of them, not on every one
     higher_is_better: bool = True
     config: dict[str, Any] = field(default_factory=dict)
 

@@ -12,6 +12,8 @@ from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, GenerationConfig
 
 from evo_merge.cli import cli
+from evo_merge.mass.card import mass_card
+from evo_merge.mass.routing import RoutingConfig
 from evo_merge.merge.card import model_card, model_ref
 from evo_merge.merge.export import export_merge
 from evo_merge.merge.plan import plan_from_recipe
@@ -78,6 +80,19 @@ def test_license_is_inherited_only_when_all_inputs_agree(zoo, tmp_path):
     assert card.data.license == "other"
     assert "license: mit" in card.text and "license: apache-2.0" in card.text
     assert ModelCard(model_card(recipe_for(base, fts))).data.license is None  # nothing declared
+
+
+def test_a_mass_card_inherits_the_license_as_a_merged_models_card_does(zoo, tmp_path):
+    _, base, fts = zoo
+    routing = RoutingConfig(layer=0, weight="model.layers.0.mlp.gate_proj.weight")
+
+    def card(folders):
+        return ModelCard(mass_card(["a", "b"], [str(f) for f in folders[1:]], str(folders[0]), routing))
+
+    same = [with_license(p, "mit", tmp_path / f"same-{p.name}") for p in (base, *fts)]
+    assert card(same).data.license == "mit"
+    mixed = card([*same[:2], with_license(fts[1], "apache-2.0", tmp_path / "apache-ft2")])
+    assert mixed.data.license == "other" and "do not share one license" in mixed.text
 
 
 def test_estimates_stay_out_of_model_index(zoo):

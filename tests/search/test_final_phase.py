@@ -137,6 +137,14 @@ def test_picks_are_the_best_measured_candidates_and_cards_show_held_out_scores(f
         assert index[task] == pytest.approx(held_out) and scores["measured"][task] == pytest.approx(held_out, abs=5e-5)
         assert scores["measured_search_items"][task] == pytest.approx(pick[task], abs=5e-5)
     assert len(pd.read_parquet(folder / "item_scores.parquet")) == 60  # the 30 held-out items of each task
+    # the card and the results file say the scores are on the held-out items, not on every item
+    totals = {t["name"]: t["items"] for t in store.get_meta("facts")["tasks"]}
+    front = yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
+    names = {r["task"]["name"]: r["metrics"][0]["name"] for r in front["model-index"][0]["results"]}
+    samples = json.loads((folder / "results.json").read_text())["n-samples"]
+    for task in ("agree0", "agree1"):
+        assert f"(30 held-out items of {totals[task]})" in names[task]
+        assert samples[task] == {"original": totals[task], "effective": 30}
 
 
 def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(finished):
