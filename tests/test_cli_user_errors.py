@@ -111,3 +111,17 @@ def test_export_of_a_mistyped_run_folder_creates_nothing(tmp_path):
 def test_a_task_option_the_task_does_not_take_is_named():
     with pytest.raises(UserError, match="task 'arith': no option 'bogus'"):
         resolve_task("arith", bogus=1)
+
+
+def test_responses_build_refuses_tasks_that_would_share_a_name_or_an_item(tmp_path):
+    """Keyed by file name, the second of two `tiny.yaml` tasks replaced the first; two tasks with the
+    same item ids gave a matrix `irt fit` refuses. Both are found before any model is scored."""
+    from evo_merge.tasks.registry import shipped_benchmarks
+
+    copies = [shutil.copytree(shipped_benchmarks()["arith"], tmp_path / name) for name in ("a", "b", "c")]
+    (copies[1] / "evo_arith.yaml").rename(copies[1] / "other.yaml")
+    cases = {f"{copies[0]}/evo_arith.yaml,{copies[2]}/evo_arith.yaml": "two tasks named 'evo_arith'",
+             f"{copies[0]}/evo_arith.yaml,{copies[1]}/other.yaml": "is in both 'evo_arith' and 'other'"}
+    for tasks, expected in cases.items():
+        code, out = invoke("responses", "build", "--zoo", tmp_path, "--tasks", tasks, "--out", tmp_path / "r.csv")
+        one_line_error(code, out, "--tasks", expected)

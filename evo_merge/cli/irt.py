@@ -103,8 +103,8 @@ def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float 
 
     options = _backend_options(backend, epochs, lr)
     model = IRTModel.fit(load_responses(responses), backend=backend, dims=_dims(dims), seed=seed, **options)
-    shutil.rmtree(out / "anchors", ignore_errors=True)  # chosen on the model being replaced: stale
     model.save(out)
+    shutil.rmtree(out / "anchors", ignore_errors=True)  # chosen on the model it replaced: stale
     click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "
                f"{len(model.scenarios)} scenario(s), D={model.dims} -> {out}")
 

@@ -24,13 +24,24 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
     """Score the base, the endpoints and N random merges on every item of every task."""
     from evo_merge.cli.progress import StageBars
     from evo_merge.search.responses import build_responses
+    from evo_merge.tasks.base import FitnessTask
     from evo_merge.tasks.registry import resolve_task
     from evo_merge.zoo.manifest import read_zoo
 
-    endpoints = [zoo / m for m in read_zoo(zoo).endpoints]
-    resolved = {Path(t).stem if "/" in t else t: resolve_task(t) for t in tasks.split(",") if t}
-    if not resolved:
+    names = [t for t in tasks.split(",") if t]
+    if not names:
         raise click.BadParameter("no task names", param_hint="--tasks")
+    resolved: dict[str, FitnessTask] = {}
+    owner: dict[str, str] = {}  # item id -> the task that has it: one matrix holds every task's items
+    for spec in names:
+        name = Path(spec).stem if "/" in spec else spec
+        if name in resolved:
+            raise click.BadParameter(f"two tasks named {name!r}; give each a distinct file name", param_hint="--tasks")
+        resolved[name] = resolve_task(spec)
+        if shared := next((i for i in resolved[name].item_ids if i in owner), None):
+            raise click.BadParameter(f"item {shared!r} is in both {owner[shared]!r} and {name!r}", param_hint="--tasks")
+        owner.update(dict.fromkeys(resolved[name].item_ids, name))
+    endpoints = [zoo / m for m in read_zoo(zoo).endpoints]
     with StageBars() as bars:
         table = build_responses(zoo / "base", endpoints, resolved, n_merges, seed=seed, scenario=scenario,
                                 progress=lambda done, total: bars("scoring subjects", done, total))

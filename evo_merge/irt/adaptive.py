@@ -12,7 +12,7 @@ subject's test exactly where it stopped.
 
     test = AdaptiveTest(model, target_se=0.03, max_items=40, step=5, seed=0)
     result = test.run(lambda items: evaluate(candidate, items))   # -> Estimate
-    result, result.se, result.items
+    result, result.se, result.items_used
 
 The estimate is p-IRT on the items seen; its SE is the posterior's (Laplace approximation at θ̂,
 item parameters taken as known) plus the binomial noise of the unseen items.

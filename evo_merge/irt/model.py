@@ -10,6 +10,8 @@ beside them (see `anchors.py`). Format 1 folders (one split-half fit) still load
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -210,8 +212,11 @@ class IRTModel:
             "dims_errors": {str(d): e for d, e in self.dims_errors.items()},
         }
         arrays = {k: getattr(self, k) for k in NPZ_KEYS}
-        np.savez(directory / "params.npz", **arrays)
-        (directory / "model.json").write_text(json.dumps(meta, indent=1))
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
+            np.savez(Path(tmp) / "params.npz", **arrays)
+            (Path(tmp) / "model.json").write_text(json.dumps(meta, indent=1))
+            for name in ("params.npz", "model.json"):  # both written first: a full disk leaves the old model whole
+                os.replace(Path(tmp) / name, directory / name)
         return directory
 
     @classmethod

@@ -9,9 +9,11 @@ from collections.abc import Mapping, Sequence
 
 
 class Estimate(dict):
-    """{scenario: estimate, ..., "overall": estimate} with `.se` (same keys) and `.items` (items used)."""
+    """{scenario: estimate, ..., "overall": estimate} with `.se` (same keys) and `.items_used`.
+
+    Not `.items`: that would hide the dict method every caller iterating an estimate needs."""
 
     def __init__(self, values: Mapping[str, float], se: Mapping[str, float], items: Sequence[str] = ()) -> None:
         super().__init__(values)
         self.se: dict[str, float] = dict(se)
-        self.items: list[str] = list(items)
+        self.items_used: list[str] = list(items)

@@ -39,11 +39,11 @@ def test_stops_at_the_budget_or_the_target(two_scenarios):
     score, calls = _scorer(row, model.item_ids)
     result = AdaptiveTest(model, target_se=1e-6, max_items=12, step=5).run(score)
     assert [len(c) for c in calls] == [10, 10, 4]  # 5 per scenario per step, the last step fills 12
-    assert len(result.items) == 24 and all(se > 1e-6 for se in result.se.values())
+    assert len(result.items_used) == 24 and all(se > 1e-6 for se in result.se.values())
 
     score, calls = _scorer(row, model.item_ids)
     loose = AdaptiveTest(model, target_se=0.08, max_items=100, step=5).run(score)
-    assert loose.se["s0"] <= 0.08 and loose.se["s1"] <= 0.08 and len(loose.items) < 200
+    assert loose.se["s0"] <= 0.08 and loose.se["s1"] <= 0.08 and len(loose.items_used) < 200
 
 
 def test_a_scenario_known_at_the_prior_starts_with_no_items(two_scenarios):
@@ -95,7 +95,7 @@ def test_fewer_items_than_random_sampling_for_the_same_error(md2pl, torch_model)
     for row in rows:
         result = test.run(_scorer(row, torch_model.item_ids)[0])
         errors.append(abs(result["s0"] - row.mean()))
-        used.append(len(result.items))
+        used.append(len(result.items_used))
     n = int(np.mean(used))
     rng = np.random.default_rng(1)
     random_errors = [abs(row[rng.choice(500, n, replace=False)].mean() - row.mean()) for row in rows for _ in range(20)]
@@ -107,7 +107,7 @@ def test_estimator_kind_adaptive_and_bad_input(two_scenarios):
     est = Estimator(model, None, "adaptive", target_se=0.05, max_items=10, step=2)
     assert len(est.anchor_ids) == 4  # the first step: 2 per scenario
     result = est.estimate({i: 1.0 for i in est.anchor_ids})
-    assert set(result) == {"s0", "s1", "overall"} and result.items == est.anchor_ids
+    assert set(result) == {"s0", "s1", "overall"} and result.items_used == est.anchor_ids
     assert all(0 < v < 1 for v in result.values()) and all(v > 0 for v in result.se.values())
     with pytest.raises(UserError, match="item nope is not in the IRT model"):
         est.estimate({"nope": 1.0})

@@ -28,3 +28,36 @@ def test_refit_into_the_same_folder_drops_the_old_anchors(tmp_path):
         cli, ["irt", "estimate", str(tmp_path / "m"), "--responses", str(tmp_path / "second.csv")]
     )
     assert result.exit_code == 2 and "irt anchors" in result.output, result.output
+
+
+def test_a_refit_that_fails_to_write_leaves_the_old_model_and_its_anchors(tmp_path, monkeypatch):
+    """The model is written beside the folder's files and renamed over them only once whole: a full
+    disk mid-write used to leave params.npz new, model.json old and the anchors deleted."""
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(20, dims=1, seed=2)
+    gen.sample(theta, ids, seed=3).to_csv(tmp_path / "r.csv", index=False)
+    irt("fit", tmp_path / "r.csv", "--out", tmp_path / "m", "--dims", "1")
+    irt("anchors", tmp_path / "m", "--budget", "5")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("evo_merge.irt.model.np.savez", full_disk)
+    result = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path / "r.csv"), "--out", str(tmp_path / "m"),
+                                      "--dims", "1", "--seed", "5"])
+    assert result.exit_code == 2, result.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()} == before
+    assert list((tmp_path / "m" / "anchors").glob("*.json"))
+
+
+def test_an_adaptive_estimate_from_the_cli(tmp_path):
+    """`irt estimate --estimator adaptive` crashed: the estimate's `.items` hid the dict method."""
+    gen = make_synthetic_irt(60, dims=1, n_scenarios=2, seed=1)
+    theta, ids = synthetic_abilities(30, dims=1, seed=2)
+    gen.sample(theta, ids, seed=3).to_csv(tmp_path / "r.csv", index=False)
+    new = gen.sample(synthetic_abilities(2, dims=1, seed=9)[0], ["n0", "n1"], seed=4)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    irt("fit", tmp_path / "r.csv", "--out", tmp_path / "m", "--dims", "1")
+    out = irt("estimate", tmp_path / "m", "--responses", tmp_path / "new.csv", "--estimator", "adaptive")
+    assert "n0" in out and "n1" in out
