@@ -10,3 +10,10 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input from the user (a path, a config key, a tensor): fixable without code changes."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line for a one-line error; its type when it has none
+    (lm-eval raises a bare `TypeError` for some configs)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

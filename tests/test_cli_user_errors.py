@@ -125,3 +125,56 @@ def test_responses_build_refuses_tasks_that_would_share_a_name_or_an_item(tmp_pa
     for tasks, expected in cases.items():
         code, out = invoke("responses", "build", "--zoo", tmp_path, "--tasks", tasks, "--out", tmp_path / "r.csv")
         one_line_error(code, out, "--tasks", expected)
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda text: text.replace("doc_to_choice: choices", "doc_to_choice: [choices"), "cannot read task file"),
+    (lambda text: text.replace("doc_to_choice: choices\n", ""), "a multiple_choice task needs doc_to_choice"),
+    (lambda text: text.replace("output_type: multiple_choice", "output_type: bogus"), "lm-eval cannot build it"),
+])
+def test_a_broken_task_yaml_is_one_user_error(tmp_path, edit, expected):
+    from evo_merge.tasks.registry import shipped_benchmarks
+
+    folder = shutil.copytree(shipped_benchmarks()["arith"], tmp_path / "t")
+    path = folder / "evo_arith.yaml"
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(UserError, match=expected):
+        resolve_task(str(path))
+
+
+def test_an_items_file_with_an_id_twice_or_not_utf8_is_named(tmp_path):
+    from evo_merge.tasks.scoring import read_item_ids
+
+    (tmp_path / "twice.txt").write_text("item\na\nb\na\n")
+    with pytest.raises(UserError, match="item 'a' is listed twice"):
+        read_item_ids(tmp_path / "twice.txt")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x81")
+    with pytest.raises(UserError, match="not a UTF-8 text file"):
+        read_item_ids(tmp_path / "binary.txt")
+
+
+class _Plugin:
+    """A plugin task as a user may write one: it answers whatever it is asked, NaN included."""
+
+    name = "plug"
+    item_ids = ["a", "b"]
+    scenarios = None
+
+    def __init__(self, score):
+        self.score = score
+
+    def evaluate(self, model, tokenizer=None, item_ids=None):
+        import pandas as pd
+
+        ids = list(item_ids or self.item_ids)
+        return pd.Series([self.score] * len(ids), index=ids)
+
+
+def test_a_plugin_tasks_scores_are_checked_like_the_built_in_ones():
+    from evo_merge.tasks.scoring import score_table
+
+    assert list(score_table(_Plugin(0.5), None, None, "m", ["b"]).item) == ["b"]
+    with pytest.raises(UserError, match="item 'zzz' is not in task 'plug'"):
+        score_table(_Plugin(0.5), None, None, "m", ["a", "zzz"])
+    with pytest.raises(UserError, match="scores must lie in"):
+        score_table(_Plugin(float("nan")), None, None, "m")

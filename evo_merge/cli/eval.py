@@ -52,7 +52,7 @@ def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:
     or a weight is NaN/Inf (scores of such a model would be silently meaningless)."""
     from safetensors import SafetensorError
 
-    from evo_merge.errors import UserError
+    from evo_merge.errors import UserError, first_line
     from evo_merge.mass.model import MASS_JSON, load_mass
     from evo_merge.weights.folder import load_model_folder
 
@@ -65,8 +65,7 @@ def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:
         else:
             model, tokenizer = load_model_folder(model_dir, allow_pickle=allow_pickle)
     except (OSError, ValueError, SafetensorError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--model {model_dir}: cannot be loaded ({message})") from None
+        raise UserError(f"--model {model_dir}: cannot be loaded ({first_line(exc)})") from None
     for name, tensor in model.named_parameters():
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
             raise UserError(f"--model {model_dir}: tensor {name} holds NaN or Inf")

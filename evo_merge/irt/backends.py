@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.irt.kinds import BACKEND_NAMES
 from evo_merge.irt.twopl import logit_2pl
 
@@ -120,7 +120,7 @@ def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = PYIRT_
                      time.perf_counter() - start)
             return params
         except ValueError as exc:  # pyro's distribution checks fail once the parameters reach NaN
-            reason = str(exc).splitlines()[0][:120]
+            reason = first_line(exc)[:120]
             if attempt == PYIRT_RETRIES:
                 raise UserError(f"py-irt training diverged (lr={rate:g}, after retries from lr={lr:g}): {reason}; "
                                 "try a lower --lr or --backend torch") from None

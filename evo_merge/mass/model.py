@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.pytorch_utils import Conv1D
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.mass.card import mass_card
 from evo_merge.mass.factors import MassFactors, Track
 from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_config, routing_probabilities, select_tasks
@@ -424,7 +424,7 @@ def load_mass(path: str | Path, *, device: str | torch.device | None = None) -> 
     try:
         routing = RoutingConfig(**meta["routing"])
     except (TypeError, ValidationError) as err:
-        raise UserError(f"{path / MASS_JSON}: bad 'routing' ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path / MASS_JSON}: bad 'routing' ({first_line(err)})") from None
     factors = MassFactors.load(
         Checkpoint.open(path), Checkpoint.open(base_dir), meta["lowrank"], meta["dense"], len(meta["tasks"])
     )

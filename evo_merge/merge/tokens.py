@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.merge import layers
 from evo_merge.merge.recipe import ModelTokenEmbedding, Recipe, ZeroEmbedding
 from evo_merge.weights import Checkpoint
@@ -104,7 +104,7 @@ def _tokenizer(folder: Path | None, what: str):
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as err:  # noqa: BLE001  transformers raises many kinds for unreadable folders
-        raise UserError(f"{what}: cannot load its tokenizer ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{what}: cannot load its tokenizer ({first_line(err)})") from None
 
 
 def _union(base_tok, others: list) -> Any:

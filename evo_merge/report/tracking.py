@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
@@ -125,7 +125,7 @@ class MLflowTracker:
             self.client = MlflowClient(tracking_uri=uri)
             self.run_id = ids.get("mlflow") or self._start(spec, campaign)
         except MlflowException as exc:
-            raise UserError(f"tracking.mlflow: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"tracking.mlflow: {first_line(exc)}") from None
         ids.set("mlflow", self.run_id)
 
     def _start(self, spec: MLflowSpec, campaign: Campaign) -> str:
@@ -172,7 +172,7 @@ class WandbTracker:
                                   id=run_id, resume="allow", name=campaign.name, config=flat_params(campaign),
                                   reinit="create_new")
         except wandb.errors.Error as exc:
-            raise UserError(f"tracking.wandb: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"tracking.wandb: {first_line(exc)}") from None
         ids.set("wandb", run_id)
         self.run.define_metric("generation")
         self.run.define_metric("generation/*", step_metric="generation")

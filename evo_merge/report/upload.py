@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.weights import Checkpoint
 
 # an absolute POSIX path of two or more components (not a URL's //host), a home path, a Windows drive
@@ -102,7 +102,7 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool = False, revisi
     except OfflineModeIsEnabled:
         raise UserError("HF_HUB_OFFLINE is set: unset it to upload") from None
     except (HfHubHTTPError, OSError) as exc:
-        raise UserError(f"upload to {repo_id} failed: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"upload to {repo_id} failed: {first_line(exc)}") from None
     return str(commit.commit_url)
 
 

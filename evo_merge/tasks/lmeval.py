@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.tasks.base import item_positions, score_series
 
 _LOGGERS = ("lm_eval", "lm-eval", "datasets")
@@ -66,8 +67,8 @@ def _read_task_yaml(path: Path) -> dict[str, Any]:
 
     try:
         return load_yaml(path, resolve_func=True)
-    except (OSError, ValueError, ImportError, AttributeError) as exc:
-        raise UserError(f"cannot read task file {path}: {exc}") from None
+    except (OSError, ValueError, ImportError, AttributeError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read task file {path}: {first_line(exc)}") from None
 
 
 def _local_config(path: Path) -> dict[str, Any]:
@@ -118,6 +119,8 @@ def load_lm_eval_task(spec: str | Path) -> Any:
         loaded = manager.load([spec_to_load])
     except FileNotFoundError as exc:
         raise UserError(f"task {spec}: data file not found: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a config lm-eval cannot build (a missing doc_to_target, a bad output_type)
+        raise UserError(f"task {spec}: lm-eval cannot build it ({first_line(exc)})") from None
     tasks = loaded["tasks"]
     if len(tasks) != 1:
         raise UserError(f"task {spec!r} is a group of {len(tasks)} tasks; name one task: {sorted(tasks)[:5]}")
@@ -171,7 +174,10 @@ class LMEvalTask:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise UserError(f"task {spec}: limit must be a positive whole number of items, not {limit!r}")
         self.task = load_lm_eval_task(spec)
-        self.name: str = self.task.config.task
+        config = self.task.config
+        if config.output_type == "multiple_choice" and config.doc_to_choice is None:  # lm-eval finds out mid-scoring
+            raise UserError(f"task {spec}: a multiple_choice task needs doc_to_choice")
+        self.name: str = config.task
         self.metric, self.filter = _metric_key(self.task, metric)
         self.batch_size, self.device, self.limit = batch_size, device, limit
         docs = _pin_eval_docs(self.task, limit)

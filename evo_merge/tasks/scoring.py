@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,23 +10,33 @@ from typing import Any
 import pandas as pd
 
 from evo_merge.errors import UserError
-from evo_merge.tasks.base import FitnessTask
+from evo_merge.tasks.base import FitnessTask, item_positions, score_series
 
 
 def read_item_ids(path: str | Path) -> list[str]:
-    """Item ids, one per line (a header line `item` and blank lines are skipped)."""
+    """Item ids, one per line (a header line `item` and blank lines are skipped), each once."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"items file {path} not found")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return ids[1:] if ids and ids[0] == "item" else ids
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"items file {path}: not a UTF-8 text file") from None
+    ids = [line.strip() for line in lines if line.strip()]
+    ids = ids[1:] if ids and ids[0] == "item" else ids
+    if twice := next((i for i, n in Counter(ids).items() if n > 1), None):
+        raise UserError(f"items file {path}: item {twice!r} is listed twice")
+    return ids
 
 
 def score_table(
     task: FitnessTask, model: Any, tokenizer: Any, subject: str, item_ids: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """Long format, one row per item: subject, item, score, and scenario when the task has them."""
+    # a plugin task's answer is checked as the built-in ones check theirs: the items asked for, in [0, 1]
+    item_positions(task.name, {i: k for k, i in enumerate(task.item_ids)}, item_ids)
     scores = task.evaluate(model, tokenizer, item_ids)
+    scores = score_series(task.name, list(scores.index), scores.to_numpy())
     table = pd.DataFrame({"subject": subject, "item": scores.index, "score": scores.to_numpy()})
     scenarios = task.scenarios
     if scenarios is not None:

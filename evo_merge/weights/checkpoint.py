@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -109,7 +109,7 @@ class _PickleFile:
         except Exception as err:
             raise UserError(
                 f"{path}: cannot load as a weights-only pickle (it may hold objects other than "
-                f"tensors, or be corrupt): {str(err).splitlines()[0]}"
+                f"tensors, or be corrupt): {first_line(err)}"
             ) from err
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]  # Lightning-style wrapper

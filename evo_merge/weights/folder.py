@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import Checkpoint, read_config, tokenizer_files
 from evo_merge.weights.dtypes import parse_dtype
@@ -74,7 +74,7 @@ def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool) -> tuple
         raise UserError(f"{path}: its pickle checkpoint holds objects other than tensors, which could run code; "
                         "refused (convert it to safetensors where it came from a source you trust)") from None
     except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot load the model ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path}: cannot load the model ({first_line(err)})") from None
     return module, tokenizer
 
 

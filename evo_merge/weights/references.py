@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.weights.checkpoint import Checkpoint
 from evo_merge.weights.lora import LoraCheckpoint
 
@@ -121,5 +121,5 @@ def _snapshot(repo: str, revision: str | None, key: str) -> Path:
         hint = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
         raise UserError(f"{where} is not in the local cache and {hint}") from None
     except (HfHubHTTPError, OSError) as err:
-        raise UserError(f"{where}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{where}: {first_line(err)}") from None
     return Path(folder)
