@@ -28,7 +28,9 @@ an unbiased random sample for every subject, both are taken per subject:
       excess disagreement max((anchor − pirt)² − σ², 0)/b̂² averaged over its scenarios, since
       E[(anchor − pirt)²] ≈ σ² + b².
 λ and the SE are then per subject. Clustered anchors are not a random sample of the subject's
-items, so with them gp-IRT keeps the calibration's σ̂² and b̂².
+items, so with them gp-IRT keeps the calibration's σ̂² and b̂² for λ; the anchor part's error in the
+SE is still the subject's σ², so a scenario every calibration subject scored alike (v̂ = 0, measured
+errors 0) does not give a candidate that scores otherwise an SE of 0.
 """
 
 from __future__ import annotations
@@ -273,17 +275,18 @@ class Estimator:
         """(estimates, SEs), each (S, K), for rows of scores on `anchor_ids` (NaN = not evaluated)."""
         anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
         se = np.broadcast_to(self.scenario_se, anchor.shape)
+        s2 = self._subject_anchor_variance(anchor)
         if self.kind == "anchor":
-            return anchor, np.sqrt(self._subject_anchor_variance(anchor)) if self.anchors.sampled else se
+            return anchor, np.sqrt(s2)
         theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta, self.anchor_idx)
         irt = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta, self.anchor_idx)
         if self.kind in ("pirt", "mpirt", "adaptive"):
             return irt, se
         if self.kind == "gmpirt":
             return self.delta * anchor + (1.0 - self.delta) * irt, se
-        if not self.anchors.sampled:
-            return self.lam * anchor + (1.0 - self.lam) * irt, se
-        s2 = self._subject_anchor_variance(anchor)
+        if not self.anchors.sampled:  # λ from the calibration; the anchor part's error still the subject's own
+            return self.lam * anchor + (1.0 - self.lam) * irt, np.sqrt(
+                self.lam**2 * s2 + (1.0 - self.lam) ** 2 * self.irt_error)
         b2 = self._subject_irt_error(anchor, irt, s2)
         lam = _shrink_weight(b2, s2)
         se = np.sqrt(lam**2 * s2 + (1.0 - lam) ** 2 * b2)

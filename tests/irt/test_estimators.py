@@ -241,6 +241,23 @@ def test_the_anchor_error_is_taken_at_the_subject_s_own_accuracy(make_model):
         assert got.se["all"] == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("kind", ["anchor", "gpirt"])
+def test_clustered_anchors_keep_the_subject_s_own_anchor_error_in_the_se(make_model, kind):
+    """The same calibration with clustered anchors: they are no random sample, so λ stays the
+    calibration's, but the anchor part's error in the SE is the subject's own (it was 0: a subject
+    scoring 3 of 4 where every calibration subject scored 0 or 1 was reported exact)."""
+    responses = np.array([[0.0] * 10, [0.0] * 10, [0.0] * 10, [1.0] * 10])
+    model = make_model(np.ones(10), np.zeros(10), responses=responses)
+    anchors = Anchors("kmeans-irt", 4, 0, {"all": ["q0", "q1", "q2", "q3"]}, {"all": [0.25] * 4})
+    est = Estimator(model, anchors, kind)
+    got = est.estimate(dict(zip(est.anchor_ids, [1.0, 0.0, 1.0, 1.0])))
+    p = 4 / 6
+    anchor_se = np.sqrt(4 * p * (1 - p) * 0.6 / 4 / (4 + 4))  # as for sampled anchors, above
+    lam = 1.0 if kind == "anchor" else est.lam[0]
+    assert got.se["all"] == pytest.approx(np.sqrt(lam**2 * anchor_se**2 + (1 - lam) ** 2 * est.irt_error[0]))
+    assert got.se["all"] >= lam * anchor_se > 0
+
+
 def test_the_estimate_table_carries_each_subject_s_own_se(two_scenarios):
     """`irt estimate` writes the per-subject SE of gp-IRT on sampled anchors, the same as
     `Estimator.estimate` gives for that subject, overall included."""
