@@ -10,6 +10,7 @@ beside them (see `anchors.py`). Format 1 folders (one split-half fit) still load
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -30,6 +31,8 @@ from evo_merge.irt.responses import (
     binarise,
 )
 from evo_merge.irt.twopl import prob_2pl
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 MIN_SUBJECTS = 4
@@ -146,8 +149,9 @@ class IRTModel:
         their errors on subjects the item parameters never saw. (Folds of the weaker and the
         stronger half, measuring extrapolation, were tried: on bench_irt.py's out-of-distribution
         subjects they changed nothing beyond noise and cost 7% of gp-IRT's accuracy on ordinary
-        ones.) D is capped by the number of subjects (`max_dims`): a handful of subjects cannot
-        support many ability dimensions.
+        ones.) "auto" D is capped by the number of subjects (`max_dims`): a handful of subjects cannot
+        support many ability dimensions. A D given explicitly is fitted as asked, with a warning
+        when it is above that cap.
         """
         if backend not in BACKENDS:
             raise UserError(f"unknown IRT backend {backend!r} (choose from {', '.join(BACKENDS)})")
@@ -168,6 +172,9 @@ class IRTModel:
         seen = np.zeros(binary.shape[1], dtype=bool)
         seen[rng.permutation(binary.shape[1])[: binary.shape[1] // 2]] = True
         cap = max_dims(n_subj)
+        if dims != "auto" and dims > cap:
+            log.warning("D=%d with %d subjects: 'auto' would allow at most %d (held-out abilities overfit)",
+                        dims, n_subj, cap)
         grid = sorted({min(d, cap) for d in dims_grid}) if dims == "auto" else [dims]
         fold_fits, errors = {}, {}
         for d in grid:

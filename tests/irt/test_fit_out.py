@@ -61,3 +61,13 @@ def test_an_adaptive_estimate_from_the_cli(tmp_path):
     irt("fit", tmp_path / "r.csv", "--out", tmp_path / "m", "--dims", "1")
     out = irt("estimate", tmp_path / "m", "--responses", tmp_path / "new.csv", "--estimator", "adaptive")
     assert "n0" in out and "n1" in out
+
+
+def test_an_explicit_d_above_the_subjects_cap_is_fitted_with_a_warning(caplog):
+    from evo_merge.irt import IRTModel, validate_responses
+
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(8, dims=1, seed=2)
+    with caplog.at_level("WARNING", logger="evo_merge.irt"):
+        model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=3)), dims=3)
+    assert model.dims == 3 and "D=3 with 8 subjects: 'auto' would allow at most 1" in caplog.text

@@ -42,6 +42,9 @@ def test_overall_error_is_that_of_the_item_weighted_mean_of_the_scenarios():
     assert (task <= per_scenario + 1e-12).all() and (task < per_scenario).any()
     assert task[50, "random", "anchor"] == pytest.approx(0.0, abs=1e-12)
     assert task[50, "random", BASELINE] == pytest.approx(0.0, abs=1e-12)
+    # random sampling is exact there: no ratio to it (it was inf from 1e-17 over 0)
+    ratios = validate(data, **kwargs).set_index("budget")["vs_baseline"]
+    assert ratios[50].isna().all() and ratios[5].notna().all()
 
 
 @pytest.fixture(scope="module")
