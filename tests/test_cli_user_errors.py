@@ -2,6 +2,7 @@
 work and without touching anything (found by a review that tried them one by one)."""
 
 import shutil
+import sys
 
 import pytest
 import yaml
@@ -94,6 +95,7 @@ def test_options_out_of_range_are_click_errors(tmp_path):
     for args in (["irt", "anchors", tmp_path, "--budget", "3", "--seed", "-1"],
                  ["responses", "build", "--zoo", tmp_path, "--tasks", "arith", "--n-merges", "-3", "--out", "r.csv"],
                  ["responses", "build", "--zoo", tmp_path, "--tasks", "arith", "--out", tmp_path],
+                 ["responses", "build", "--zoo", tmp_path, "--tasks", ",", "--out", "r.csv"],
                  ["zoo", "build", "--out", __file__]):
         one_line_error(*invoke(*args))
 
@@ -108,9 +110,23 @@ def test_export_of_a_mistyped_run_folder_creates_nothing(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
-def test_a_task_option_the_task_does_not_take_is_named():
-    with pytest.raises(UserError, match="task 'arith': no option 'bogus'"):
+def test_a_task_option_the_task_does_not_take_is_named(monkeypatch):
+    """Read from the constructor's or the plugin factory's signature, before any task code runs."""
+    import types
+
+    takes = r"\(it takes: metric, batch_size, device, limit\)"
+    with pytest.raises(UserError, match=r"task 'arith': no option 'bogus' " + takes):
         resolve_task("arith", bogus=1)
+    ran = []
+
+    def factory(reference=None):
+        ran.append(reference)
+        return _Plugin(0.5)
+
+    monkeypatch.setitem(sys.modules, "user_plugin", types.SimpleNamespace(make=factory))
+    with pytest.raises(UserError, match=r"task .user_plugin:make.: no option .refrence. \(it takes: reference\)"):
+        resolve_task("user_plugin:make", refrence="x")
+    assert ran == []
 
 
 def test_responses_build_refuses_tasks_that_would_share_a_name_or_an_item(tmp_path):
@@ -131,6 +147,8 @@ def test_responses_build_refuses_tasks_that_would_share_a_name_or_an_item(tmp_pa
     (lambda text: text.replace("doc_to_choice: choices", "doc_to_choice: [choices"), "cannot read task file"),
     (lambda text: text.replace("doc_to_choice: choices\n", ""), "a multiple_choice task needs doc_to_choice"),
     (lambda text: text.replace("output_type: multiple_choice", "output_type: bogus"), "lm-eval cannot build it"),
+    # lm-eval raises a TypeError without a message here: the error names its type (`errors.first_line`)
+    (lambda text: text.replace("doc_to_target: answer\n", ""), r"lm-eval cannot build it \(TypeError\)"),
 ])
 def test_a_broken_task_yaml_is_one_user_error(tmp_path, edit, expected):
     from evo_merge.tasks.registry import shipped_benchmarks

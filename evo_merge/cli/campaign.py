@@ -16,23 +16,13 @@ RUN_DIR = click.argument("run", type=click.Path(path_type=Path))
 EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
 
 
-def _in_run(folder: Path, run: Path) -> str:
-    """The exported folder as stored: relative to the run folder where inside it (always, for picks)."""
-    folder, run = Path(folder).resolve(), run.resolve()
-    return str(folder.relative_to(run)) if folder.is_relative_to(run) else str(folder)
-
-
 def _campaign_file(run: Path) -> Path:
     """The campaign.yaml of an existing run folder (one with its database: resuming a folder whose
     database is gone would start the campaign over in it)."""
-    from evo_merge.errors import UserError
-    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.binding import CAMPAIGN_FILE, check_run_files
 
-    campaign_file = run / "campaign.yaml"
-    for name in (campaign_file.name, CampaignStore.DB):
-        if not (run / name).is_file():
-            raise UserError(f"{run}: not a campaign run folder (no {name})")
-    return campaign_file
+    check_run_files(run)
+    return run / CAMPAIGN_FILE
 
 
 def _runner(run: Path, campaign_file: Path | None = None):
@@ -98,6 +88,7 @@ def _run(runner) -> None:
     from evo_merge.cli.progress import StageBars
     from evo_merge.report.campaign import write_report
     from evo_merge.report.tracking import follow_campaign
+    from evo_merge.search.store import in_run
 
     workspace = runner.workspace
     tracker = follow_campaign(runner)  # before any evaluation: a missing package stops nothing paid for
@@ -105,7 +96,7 @@ def _run(runner) -> None:
         runner.progress = bars
         measured, exported = runner.run()
     store = workspace.store
-    store.set_meta(EXPORTED_META, {name: [eid, _in_run(folder, workspace.run_dir)]
+    store.set_meta(EXPORTED_META, {name: [eid, in_run(folder, workspace.run_dir)]
                                    for name, (eid, folder) in exported.items()})
     report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
     store.mark_finished()  # after the report: a run cut short while writing it is not finished
@@ -210,13 +201,14 @@ def status(run: Path) -> None:
 def report(run: Path) -> None:
     """(Re)write report.md, report.html, pareto.csv and the plots of a run."""
     from evo_merge.report.campaign import write_report
+    from evo_merge.search.store import in_run
 
     store, facts = _store(run)
-    exported = {}  # picks exported by `run` / `resume` into this folder, and still there
-    for name, (eid, folder) in (store.get_meta(EXPORTED_META) or {}).items():
-        path = run / folder  # relative: inside the run folder, wherever it was moved or copied
-        if path.is_dir() and (not Path(folder).is_absolute() or path.resolve().is_relative_to(run.resolve())):
-            exported[name] = (eid, path)  # an absolute path (older runs) only where it is this folder's own
+    exported = {  # picks exported by `run` / `resume` into this folder (older runs stored absolute paths)
+        name: (eid, run / folder)
+        for name, (eid, folder) in (store.get_meta(EXPORTED_META) or {}).items()
+        if (run / folder).is_dir() and not Path(in_run(run / folder, run)).is_absolute()
+    }
     click.echo(f"wrote {write_report(run, store, facts, exported)}")
 
 

@@ -22,7 +22,7 @@ from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_
 from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import RACE_META, race_summary
-from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
+from evo_merge.search.store import CampaignStore, Evaluation, atomic_write, in_run
 
 
 def facts_objectives(facts: dict) -> Objectives:
@@ -97,13 +97,6 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
     _save(fig, path)
 
 
-def _shown(folder: Path, run_dir: Path) -> str:
-    """An exported folder as the report names it: relative to the run folder (so the report reads the
-    same after the folder is moved) where inside it."""
-    folder, run_dir = Path(folder).resolve(), Path(run_dir).resolve()
-    return str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else str(folder)
-
-
 def _save(fig, path: Path) -> None:
     """The figure as a PNG, written like every report file (`atomic_write`)."""
     import matplotlib.pyplot as plt
@@ -173,7 +166,7 @@ def write_report(
     ]
     if exported:
         lines += ["## Exported models", ""] + [
-            f"- {md(name)}: evaluation {i} → {md(_shown(path, run_dir))}" for name, (i, path) in exported.items()
+            f"- {md(name)}: evaluation {i} → {md(in_run(path, run_dir))}" for name, (i, path) in exported.items()
         ]
         lines.append("")
     if race and race["left"]:

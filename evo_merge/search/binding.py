@@ -85,12 +85,17 @@ def campaign_text_digest(run_dir: Path) -> str:
     return hashlib.sha256((run_dir / CAMPAIGN_FILE).read_bytes()).hexdigest()
 
 
-def open_run(run_dir: Path) -> CampaignStore:
-    """The store of an existing run folder, checked against the folder's own campaign.yaml as
-    `resume` checks it; nothing is created (reading a run must not start one)."""
+def check_run_files(run_dir: Path) -> None:
+    """An existing run folder has its campaign.yaml and its database; opening a store would create one."""
     for name in (CAMPAIGN_FILE, CampaignStore.DB):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir}: not a campaign run folder (no {name})")
+
+
+def open_run(run_dir: Path) -> CampaignStore:
+    """The store of an existing run folder, checked against the folder's own campaign.yaml as
+    `resume` checks it; nothing is created (reading a run must not start one)."""
+    check_run_files(run_dir)
     store = CampaignStore(run_dir)
     try:
         if store.get_meta(CAMPAIGN_TEXT_META) != campaign_text_digest(run_dir):

@@ -312,6 +312,13 @@ def remove_unused_run_folder(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def in_run(folder: Path, run_dir: Path) -> str:
+    """A folder as a run records and shows it: relative to the run folder where inside it (an exported
+    pick always is), so a moved or copied run names its own folders."""
+    folder, run_dir = Path(folder).resolve(), Path(run_dir).resolve()
+    return str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else str(folder)
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a new temporary sibling, fsync, rename: readers see the old or the new file, never
     half; and a link planted at `path` (a run folder someone sent) is replaced, never written through."""

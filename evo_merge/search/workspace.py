@@ -163,10 +163,7 @@ def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
     returns the campaign the folder runs. A store that holds no campaign in a folder that holds a
     run's files (an emptied or deleted database) is refused, not taken for a new run."""
     if store.get_meta(CONFIG_META) is not None:
-        bound = bound_campaign(store, campaign, run_dir)
-        if (run_dir / CAMPAIGN_FILE).is_file():  # the text it now runs with: `status` need not validate it again
-            store.set_meta(CAMPAIGN_TEXT_META, campaign_text_digest(run_dir))
-        return bound
+        return bound_campaign(store, campaign, run_dir)
     if leftovers := sorted(e.name for e in run_dir.iterdir() if e.name not in FRESH_RUN_FILES):
         raise UserError(f"{run_dir / CampaignStore.DB}: holds no campaign, but the folder holds a run's files "
                         f"({', '.join(leftovers)}); restore the database from a backup, or start the campaign "
@@ -174,7 +171,7 @@ def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
     store.set_meta(CONFIG_META, config_fingerprint(campaign))
     store.set_meta(DEFAULTS_META, DEFAULTS_VERSION)
     atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
-    store.set_meta(CAMPAIGN_TEXT_META, campaign_text_digest(run_dir))
+    store.set_meta(CAMPAIGN_TEXT_META, campaign_text_digest(run_dir))  # the text written from what was bound
     return campaign
 
 

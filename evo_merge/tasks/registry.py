@@ -10,6 +10,7 @@ settings). Resolved tasks are cached per process, so the search builds each task
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -33,8 +34,22 @@ def shipped_benchmarks() -> dict[str, Path]:
     return {p.name: p for p in sorted(BENCHMARKS_DIR.iterdir()) if any(p.glob("*.yaml"))}
 
 
+def _made(factory: Callable[..., FitnessTask], spec: str, settings: dict[str, Any], *args: Any) -> FitnessTask:
+    """`factory(*args, **settings)`, an option it does not take named first, from its signature
+    (calling it to find out would run the task's code, and a TypeError from inside is no user's)."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())[len(args):]
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call says
+        return factory(*args, **settings)
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in settings if k not in names]
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params):
+        raise UserError(f"task {spec!r}: no option {unknown[0]!r} (it takes: {', '.join(names) or 'none'})")
+    return factory(*args, **settings)
+
+
 def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
-    task = obj if isinstance(obj, FitnessTask) else obj(**settings) if callable(obj) else None
+    task = obj if isinstance(obj, FitnessTask) else _made(obj, spec, settings) if callable(obj) else None
     if not isinstance(task, FitnessTask):
         raise UserError(f"task plugin {spec!r} is not a FitnessTask nor a callable returning one")
     return task
@@ -63,24 +78,12 @@ def _build(spec: str, settings: dict[str, Any]) -> FitnessTask:
         if ep.name == spec:
             return _from_plugin(ep.load(), spec, settings)
     if Path(spec).exists() or spec.endswith((".yaml", ".yml")) or "/" in spec:
-        return LMEvalTask(spec, **settings)
+        return _made(LMEvalTask, spec, settings, spec)
     shipped = shipped_benchmarks()
     name = spec.removeprefix("evo_")
     if name in shipped:
-        return LMEvalTask(shipped[name], **settings)
-    return LMEvalTask(spec, **settings)
-
-
-def _constructed(build: Callable[[], FitnessTask], spec: str, settings: dict[str, Any]) -> FitnessTask:
-    """A task built with the campaign's options: one the task does not take is a user error naming it."""
-    try:
-        return build()
-    except TypeError as exc:
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        name = str(exc).rsplit("argument", 1)[1].strip(" '\"")
-        known = ", ".join(sorted(settings)) or "none"
-        raise UserError(f"task {spec!r}: no option {name!r} (given: {known})") from None
+        return _made(LMEvalTask, spec, settings, shipped[name])
+    return _made(LMEvalTask, spec, settings, spec)
 
 
 def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask:
@@ -90,5 +93,5 @@ def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask
         return spec
     key = (str(spec), tuple(sorted(settings.items())))
     if key not in _CACHE:
-        _CACHE[key] = _constructed(lambda: _build(str(spec), settings), str(spec), settings)
+        _CACHE[key] = _build(str(spec), settings)
     return _CACHE[key]

@@ -286,7 +286,7 @@ def test_a_run_folder_without_its_database_is_refused_never_started_over(copy, d
         "SELECT name FROM sqlite_master WHERE name = 'evaluations'").fetchall() or not all_keys(copy)
 
 
-def test_status_and_report_refuse_an_edited_campaign_as_resume_does(copy):
+def test_status_and_report_refuse_an_edited_campaign_as_resume_does(finished, copy):
     path = copy / "campaign.yaml"
     config = yaml.safe_load(path.read_text())
     config["algorithm"]["population"] += 1
@@ -294,6 +294,9 @@ def test_status_and_report_refuse_an_edited_campaign_as_resume_does(copy):
     for command in ("status", "report", "resume"):
         code, out = invoke(command, copy)
         one_line_error(code, out, "holds a different campaign")
+    # `run` of the campaign the folder holds goes on; the edited file it did not read stays refused
+    assert invoke("run", finished[1], "--out", copy)[0] == 0
+    one_line_error(*invoke("status", copy), "holds a different campaign")
 
 
 def test_status_never_loads_the_tasks_of_a_run_that_has_not_recorded_them(tmp_path, zoo):  # noqa: F811
