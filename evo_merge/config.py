@@ -183,8 +183,8 @@ class PickSpec(_Checked):
 
 
 class FinalSpec(_Checked):
-    """After the search: which candidates are measured on every item, which are exported, and
-    which items are held out of everything but that measurement."""
+    """After the search: which candidates race and are measured on every item, which are exported,
+    and which items are held out of everything but that measurement."""
 
     evaluate_top: int = Field(
         8, ge=0, description="front members spread over the front's extent, measured on every item"
@@ -211,10 +211,15 @@ class FinalSpec(_Checked):
         "arithmetic lambda grid, TIES density 0.2, TSV-M alpha 1) as part of the front",
     )
     race: list[float] = Field(
-        default_factory=lambda: [0.125, 0.25, 0.5],
+        default_factory=lambda: [0.125, 0.25],
         description="before measuring them on every item, score the finalists on these growing fractions of "
         "each task's search items; one that another finalist matches on every task (see race_tolerance) is not "
         "measured further. []: measure every finalist on every item",
+    )
+    measure_whole: Literal["picks", "survivors"] = Field(
+        "picks",
+        description="after a race, what is measured on every item: the picks only, chosen among the survivors on "
+        "the race's last sample (the same items for all, so compared item by item), or every survivor",
     )
     race_tolerance: float = Field(
         0.01,
@@ -306,16 +311,18 @@ class TrackingSpec(_Checked):
     wandb: WandbSpec | None = None
 
 
-# Defaults changed since run folders were first written: (section, setting) -> (its former default,
-# the defaults version that changed it). A run folder marked with an older version (no mark: 1)
-# resumes with the former value of each setting changed after it (search.workspace._bind).
-FORMER_DEFAULTS: dict[tuple[str, str], tuple[Any, int]] = {
-    ("estimator", "anchor_method"): ("kmeans-irt", 2),
-    ("algorithm", "seed_standard_merges"): (False, 2),
-    ("estimator", "anchor_allocation"): ("equal", 3),  # before: no such setting, every scenario `anchors`
-    ("final", "race"): ([], 4),  # before: no such setting, every finalist measured on every item
+# Defaults changed since run folders were first written: (section, setting) -> each former default
+# with the defaults version that replaced it, oldest first. A run folder marked with an older version
+# (no mark: 1) resumes with the value each setting changed after it had then (search.binding).
+FORMER_DEFAULTS: dict[tuple[str, str], tuple[tuple[Any, int], ...]] = {
+    ("estimator", "anchor_method"): (("kmeans-irt", 2),),
+    ("algorithm", "seed_standard_merges"): ((False, 2),),
+    ("estimator", "anchor_allocation"): (("equal", 3),),  # before: no such setting, every scenario `anchors`
+    # version 4 added the race (before: every finalist measured on every item); 5 dropped its 50% stage
+    ("final", "race"): (([], 4), ([0.125, 0.25, 0.5], 5)),
+    ("final", "measure_whole"): (("survivors", 5),),  # before: no such setting, every survivor measured
 }
-DEFAULTS_VERSION = 4
+DEFAULTS_VERSION = 5
 
 
 class Campaign(_Checked):

@@ -56,13 +56,14 @@ algorithm: {{name: nsga2, population: {population}, generations: {generations}, 
 # (pip install 'evo-merge[distributed]'): workers load the models once, the driver keeps the store.
 evaluator: {{kind: local, batch_size: 64}}
 
-# After the search: measure on every item each pick's top_k candidates by estimate (default 3)
-# and evaluate_top members spread over the front, then export the best *measured* model per
-# task and the best balanced one to runs/<name>/models/. holdout (default auto: 20% of the
-# items of tasks with 500+ items) keeps items from calibration and search for honest scores.
-# race (default [0.125, 0.25, 0.5]): first score those finalists on these fractions of the
-# items; one that another is, with confidence, at most race_tolerance (0.01) worse than on
-# every task is not measured further ([]: measure them all).
+# After the search: each pick's top_k candidates by estimate (default 3) and evaluate_top
+# members spread over the front are finalists. They race (race, default [0.125, 0.25]): scored
+# on these fractions of the search items, one that another is, with confidence, at most
+# race_tolerance (0.01) worse than on every task leaves. The best model per task and the best
+# balanced one are chosen among the rest on the same sampled items, measured on every item
+# (measure_whole: picks; `survivors` measures every one; race: [] measures every finalist) and
+# exported to runs/<name>/models/. holdout (default auto: 20% of the items of tasks with 500+
+# items) keeps items from calibration and search for honest scores.
 final: {{evaluate_top: {top}, export: [best_per_task, balanced]}}
 
 dtype: float32

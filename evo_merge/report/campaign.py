@@ -174,6 +174,12 @@ def write_report(
                   "Not measured on every item: another finalist was, with confidence, at most "
                   f"{race['tolerance']:g} worse on every task.", ""] + _race_lines(store, race)
         lines.append("")
+    if race and (compared := _compared(store, race, tasks)):
+        lines += ["## Compared on the race's last sample", "",
+                  f"Survivors of the race not measured on every item: scored on the same {race['compared']['items']:,} "
+                  f"items ({race['compared']['stage'] * 100:g}% of each task's search items), on which the picks "
+                  "were chosen and then measured whole.", ""] + compared
+        lines.append("")
     if len(failed):
         lines += ["## Failures", ""] + [
             f"- evaluation {r.id} ({md(r.method)}): see state.sqlite" for r in failed.itertuples()
@@ -203,6 +209,19 @@ def _race_lines(store: CampaignStore, race: dict) -> list[str]:
         lines.append(f"- evaluation {evaluation.id} ({md(evaluation.method)}{label}): left after "
                      f"{leaver['items']:,} items ({leaver['stage'] * 100:g}% of each task's), matched by "
                      f"evaluation {winner.id}")
+    return lines
+
+
+def _compared(store: CampaignStore, race: dict, tasks: Sequence[str]) -> list[str]:
+    """One line per race survivor scored only on the last stage's sample: its sample scores."""
+    baselines = store.get_meta(BASELINES_META, {})
+    lines = []
+    for key, scores in race.get("compared", {}).get("scores", {}).items():
+        evaluation = store.get(key)
+        if evaluation.measured is None:
+            label = f", {md(baselines[key])}" if key in baselines else ""
+            lines.append(f"- evaluation {evaluation.id} ({md(evaluation.method)}{label}): "
+                         + ", ".join(f"{md(t)} {scores[t]:.3f}" for t in tasks))
     return lines
 
 

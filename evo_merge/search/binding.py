@@ -26,14 +26,15 @@ CAMPAIGN_TEXT_META = "campaign_text"  # sha256 of the campaign.yaml the folder l
 
 def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Campaign:
     """The campaign with each setting whose default changed after defaults `version` moved from
-    its former default to today's (or, `to_former`, from today's to the former) where it is at one."""
+    the default it had then to today's (or, `to_former`, from today's to that one) where it is at one."""
     sections: dict[str, Any] = {}
-    for (section, name), (former, changed) in FORMER_DEFAULTS.items():
-        if changed <= version:
+    for (section, name), changes in FORMER_DEFAULTS.items():
+        if all(changed <= version for _, changed in changes):
             continue
+        then = next(former for former, changed in changes if changed > version)  # its default at `version`
         spec = sections.get(section, getattr(campaign, section))
         today = type(spec).model_fields[name].get_default(call_default_factory=True)
-        old, new = (today, former) if to_former else (former, today)
+        old, new = (today, then) if to_former else (then, today)
         if getattr(spec, name) == old:
             sections[section] = spec.model_copy(update={name: new})
     return campaign.model_copy(update=sections)

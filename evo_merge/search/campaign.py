@@ -19,7 +19,7 @@ from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_
 from evo_merge.search.evaluator import Evaluator, task_settings
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_picks, record_task_meta
-from evo_merge.search.front import BASELINE, BASELINES_META, choose, measure_final, measure_picks
+from evo_merge.search.front import BASELINE, BASELINES_META, candidates, choose, measure_final, measure_picks
 from evo_merge.search.holdout import HOLDOUT_META, holdout_items
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog, Progress, no_progress
@@ -165,23 +165,25 @@ class CampaignRunner:
             )
 
     def measure_final(self) -> list[Evaluation]:
-        """Measure each pick's top candidates, the front's spread and the baselines on every search item."""
+        """Race each pick's top candidates, the front's spread and the baselines; return what the
+        picks are chosen among (`front.measure_final`)."""
         references = [c for _, c in reference_candidates(self.workspace.endpoint_labels())]
         campaign = self.workspace.campaign
         return measure_final(self.log, self.objectives, campaign.final, search_space(self.workspace), references,
                              seed=campaign.algorithm.seed)
 
     def run(self) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
-        """The whole campaign: (measured candidates, exported picks name -> (evaluation id, folder))."""
+        """The whole campaign: (candidates measured on every search item, exported picks name ->
+        (evaluation id, folder))."""
         try:
             self.calibrate()
             self.search()
             self.evaluate_baselines()
             resolve_front(self.log, self.objectives)
-            measured = self.measure_final()
-            chosen = choose(measured, self.objectives, self.workspace.campaign.final)
-            measure_picks(self.log, chosen)
+            chosen = choose(self.measure_final(), self.objectives, self.workspace.campaign.final)
+            chosen = measure_picks(self.log, chosen)
             exported = export_picks(self.workspace, chosen, self._evaluator)
+            measured = [e for e in candidates(self.workspace.store) if e.measured is not None]
         finally:
             self.close()
         return measured, exported  # the CLI marks the run finished once its report is written

@@ -2,19 +2,21 @@
 
 Estimates rank candidates well on average but not at the top: the best estimate for a task is
 often not the best candidate for it. So for every requested pick (best per task, balanced, each
-named weighting) the `top_k` best candidates *for that pick* by estimate are measured on every
-item, together with front members spread over the front's extent and the standard merges
-(baselines); near-duplicates are skipped so every slot buys a distinct candidate. Picks are then
-chosen on measured scores (search items), never on estimates. Before that measurement the
-finalists race (`race_finalists`, the statistics in `race`): one that another finalist matches
-on every task within the tolerance is not measured further. Held-out items serve only to
-report what is published, so they are scored for the picks alone (`measure_picks`), and for the
-base and endpoints to compare with.
+named weighting) the `top_k` best candidates *for that pick* by estimate are finalists, together
+with front members spread over the front's extent and the standard merges (baselines);
+near-duplicates are skipped so every slot buys a distinct candidate. The finalists race
+(`race_finalists`, the statistics in `race`): one that another finalist matches on every task
+within the tolerance leaves. Picks are then chosen on scored items, never on estimates: on the
+race's last sample, shared by every survivor (`measure_whole: picks`, the default), or on every
+search item (`survivors`). The picks are measured on every item they miss (`measure_picks`):
+held-out items serve only to report what is published, so they are scored for the picks alone,
+and for the base and endpoints to compare with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -31,8 +33,8 @@ from evo_merge.search.study import SEARCH
 
 BASELINE = "baseline"  # phase of the standard merges the search itself did not evaluate
 BASELINES_META = "baselines"  # store meta: candidate key -> baseline label
-MEASURE_STAGE = "final: measuring the picks' candidates"
-HELD_OUT_STAGE = "final: the picks' held-out items"
+MEASURE_STAGE = "final: measuring the finalists"
+PICKS_STAGE = "final: measuring the picks on every item"
 PickScore = Callable[[Mapping[str, float]], float]  # task scores -> how good for the pick (higher is better)
 
 
@@ -126,47 +128,63 @@ def to_measure(store: CampaignStore, objectives: Objectives, final: FinalSpec, d
 
 
 def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectives: Objectives,
-                   stages: Sequence[float], tolerance: float, seed: int) -> list[Evaluation]:
+                   final: FinalSpec, seed: int) -> tuple[list[Evaluation], dict[str, dict[str, float]]]:
     """The finalists that survive the race, scored through the log (stored as they arrive, so a
-    resumed race looks its stages up and takes the same decisions); the leavers go to `RACE_META`.
-    A finalist measured before (`export --pick`) races like the others but is no leaver: it has
-    every item already."""
+    resumed race looks its stages up and takes the same decisions), the leavers recorded in
+    `RACE_META`; and, with `measure_whole: picks`, the survivors' scores on the last stage's
+    sample (those not measured before). A finalist measured before (`export --pick`) races like
+    the others but is no leaver: it has every item already."""
     scoring, store = log.scoring, log.store
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
+    stored: dict[str, ItemScores] = {}
 
     def score(keys: Sequence[str], items: Items, label: str) -> dict[str, ItemScores]:
         log.measure([store.get(k) for k in keys], label, held_out=False, among=items)
-        stored = {k: store.item_scores(k) for k in keys}
-        return {k: s for k, s in stored.items() if all(set(ids) <= s.get(t, {}).keys() for t, ids in items.items())}
+        stored.update({k: store.item_scores(k) for k in keys})
+        return {k: stored[k] for k in keys
+                if all(set(ids) <= stored[k].get(t, {}).keys() for t, ids in items.items())}
 
-    live, left = run_race([e.key for e in finalists], sample, stages, objectives, score, tolerance)
+    live, left, last = run_race([e.key for e in finalists], sample, final.race, objectives, score,
+                                final.race_tolerance)
     left = {key: leaver for key, leaver in left.items() if store.get(key).measured is None}
-    store.set_meta(RACE_META, {"finalists": len(finalists), "tolerance": tolerance, "left": left})
-    return [e for e in finalists if e.key in live or e.measured is not None]
+    record: dict = {"finalists": len(finalists), "tolerance": final.race_tolerance, "left": left}
+    sampled = {}
+    if final.measure_whole == "picks" and last is not None:
+        sampled = {k: sample.score(stored[k], last) for k in live if store.get(k).measured is None}
+        record["compared"] = {"stage": last, "items": sum(map(len, sample.items(last).values())), "scores": sampled}
+    store.set_meta(RACE_META, record)
+    return [e for e in finalists if e.key in live or e.measured is not None], sampled
 
 
 def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, space: SearchSpace,
                   references: Sequence[Candidate] = (), seed: int = 0) -> list[Evaluation]:
     """Measure the final phase's candidates on the search items, those that survive its race
-    when `final.race` has stages (and the references' held-out items); return every measured
-    candidate (those measured before, e.g. by `evo-merge export`, included)."""
+    when `final.race` has stages (and the references' held-out items). Returns what the picks
+    are chosen among: every candidate measured on every search item (those measured before, e.g.
+    by `evo-merge export`, included) and, with `measure_whole: picks`, the race's survivors with
+    their last-stage sample scores in place of a measurement (`measure_picks` measures the picks)."""
     chosen = to_measure(log.store, objectives, final, Distinct(space, final.distinct))
+    sampled: dict[str, dict[str, float]] = {}
     if final.race and any(e.measured is None for e in chosen):  # (full evaluation measures every candidate)
-        chosen = race_finalists(log, chosen, objectives, final.race, final.race_tolerance, seed)
-    log.measure(chosen, MEASURE_STAGE, held_out=False)
+        chosen, sampled = race_finalists(log, chosen, objectives, final, seed)
+    log.measure([e for e in chosen if e.key not in sampled], MEASURE_STAGE, held_out=False)
     log.measure([e for e in map(log.store.get, (c.key for c in references)) if e is not None], MEASURE_STAGE)
-    return [e for e in candidates(log.store) if e.measured is not None]
+    measured = [e for e in candidates(log.store) if e.measured is not None]
+    return measured + [replace(e, measured=sampled[e.key]) for e in chosen if e.key in sampled]
 
 
-def measure_picks(log: EvaluationLog, chosen: Mapping[str, Evaluation]) -> None:
-    """Score the picks on the held-out items they miss: what their cards and the report publish."""
-    log.measure(list({e.key: e for e in chosen.values()}.values()), HELD_OUT_STAGE)
+def measure_picks(log: EvaluationLog, chosen: Mapping[str, Evaluation]) -> dict[str, Evaluation]:
+    """Score the picks on the items they miss: the held-out items, what their cards and the report
+    publish, and the rest of the search items where the race's sample chose them. Returns the
+    picks as stored now."""
+    log.measure(list({e.key: e for e in chosen.values()}.values()), PICKS_STAGE)
+    return {name: log.store.get(e.key) for name, e in chosen.items()}
 
 
 def choose(measured: Sequence[Evaluation], objectives: Objectives, final: FinalSpec) -> dict[str, Evaluation]:
-    """Each pick on measured scores (search items): the best measured candidate for it; with
-    `front` in the export list, also every measured candidate no other measured one dominates."""
+    """Each pick on scored items (`measured`: every search item, or the race's last sample): the
+    best candidate for it; with `front` in the export list, also every candidate no other dominates."""
     if not measured:
         return {}
     chosen = {name: max(measured, key=lambda e: score(e.measured))

@@ -221,11 +221,12 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
     from evo_merge.search.store import CampaignStore
 
     former = {"estimator": {"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1,
-                            "anchor_method": FORMER_DEFAULTS["estimator", "anchor_method"][0],
-                            "anchor_allocation": FORMER_DEFAULTS["estimator", "anchor_allocation"][0]},
+                            "anchor_method": FORMER_DEFAULTS["estimator", "anchor_method"][0][0],
+                            "anchor_allocation": FORMER_DEFAULTS["estimator", "anchor_allocation"][0][0]},
               "algorithm": {"population": 8, "generations": 1, "seed": 3,
-                            "seed_standard_merges": FORMER_DEFAULTS["algorithm", "seed_standard_merges"][0]},
-              "final": {"evaluate_top": 3, "race": FORMER_DEFAULTS["final", "race"][0]}}
+                            "seed_standard_merges": FORMER_DEFAULTS["algorithm", "seed_standard_merges"][0][0]},
+              "final": {"evaluate_top": 3, "race": FORMER_DEFAULTS["final", "race"][0][0],
+                        "measure_whole": FORMER_DEFAULTS["final", "measure_whole"][0][0]}}
 
     def written_by_the_older_version(run, marked):
         """A finished run whose store holds the fingerprint the older version computed (those
@@ -266,7 +267,7 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     data = yaml.safe_load(path.read_text())
     assert "anchor_allocation" not in data["estimator"]
     runs = {}
-    for version in (2, 3, 4):
+    for version in (2, 3, 4, 5):
         run = tmp_path / f"v{version}"
         Workspace.open(Campaign.model_validate(data), path.parent, run).store.close()
         store = CampaignStore(run)
@@ -278,6 +279,9 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     assert runs[2].campaign.final.race == runs[3].campaign.final.race == []
     assert runs[4].campaign.final.race == [0.125, 0.25, 0.5]
     assert runs[4].campaign.estimator.anchor_allocation == "neyman"
+    # every survivor of the race was measured on every item until version 5 (its 50% stage too)
+    assert {runs[v].campaign.final.measure_whole for v in (2, 3, 4)} == {"survivors"}
+    assert (runs[5].campaign.final.race, runs[5].campaign.final.measure_whole) == ([0.125, 0.25], "picks")
     for workspace in runs.values():
         workspace.store.close()
 

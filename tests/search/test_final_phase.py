@@ -82,7 +82,7 @@ def test_held_out_items_never_reach_calibration_anchors_or_search(finished):
 
 
 def test_measured_candidates_carry_search_scores_and_only_picks_held_out_ones(finished):
-    """Every measured candidate is scored on all search items; the held-out items, which serve
+    """Every measured candidate is scored on all search items, and the held-out items, which serve
     only to report what is published, are scored for the picks (and the base and endpoints)."""
     run = finished[0]
     store = CampaignStore(run)
@@ -103,7 +103,7 @@ def test_measured_candidates_carry_search_scores_and_only_picks_held_out_ones(fi
             assert len(items) - len(held) == 90  # every search item
             search = [v for i, v in items.items() if i not in set(holdout[task])]
             assert value == pytest.approx(np.mean(search))  # `measured` is the search items' score
-    assert held_counts == {(True, 30), (False, 0)}  # measured candidates that are not picks exist here
+    assert held_counts == {(True, 30)}  # by default only the picks are measured (test_race: every survivor)
     calibration = [n for (n,) in db.execute(
         "SELECT COUNT(*) FROM item_scores JOIN evaluations ON evaluations.id = evaluation_id "
         "WHERE phase = 'calibration' GROUP BY evaluation_id")]
@@ -159,30 +159,34 @@ def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(fi
         "ties density=0.2",
         "tsv alpha=1",
     }
-    for candidate in expressible.values():
-        assert store.get(candidate.key).measured is not None
+    race = store.get_meta("race")
+    for candidate in expressible.values():  # finalists: measured whole if picked, else raced on samples
+        assert (store.get(candidate.key).measured is not None or candidate.key in race["left"]
+                or candidate.key in race["compared"]["scores"])
     report = (run / "report.md").read_text().replace("\\", "")  # markdown escapes aside
     assert all(label in report for label in expressible)
 
 
-@pytest.mark.parametrize("state", ["not measured", "measured on the search items only"])
+@pytest.mark.parametrize("state", ["not a finalist", "scored on the race's sample only"])
 def test_export_measures_what_a_candidate_misses(finished, tmp_path, state):
     """A candidate exported by hand gets what a pick gets: every search item and the held-out
-    ones, whether it was never measured or measured in the final phase without being picked."""
+    ones, whether it was no finalist or a survivor of the race that was not picked."""
     run = tmp_path / "run"
     shutil.copytree(finished[0], run)
     db = sqlite3.connect(run / "state.sqlite")
-    picked = [eid for eid, _ in CampaignStore(run).get_meta("exported").values()]
-    measured = "IS NULL" if state == "not measured" else "IS NOT NULL"
-    eid, key, before = db.execute(
-        f"SELECT id, key, measured FROM evaluations WHERE phase='search' AND status='ok' AND measured {measured} "
-        f"AND id NOT IN ({','.join('?' * len(picked))}) ORDER BY id LIMIT 1", picked).fetchone()
+    store = CampaignStore(run)
+    picked = [eid for eid, _ in store.get_meta("exported").values()]
+    race = store.get_meta("race")
+    finalists = {*race["left"], *race["compared"]["scores"]}
+    rows = db.execute(f"SELECT id, key, measured FROM evaluations WHERE phase='search' AND status='ok' "
+                      f"AND id NOT IN ({','.join('?' * len(picked))}) ORDER BY id", picked).fetchall()
+    eid, key, before = next(row for row in rows if (row[1] in race["compared"]["scores"]) == (state != "not a finalist")
+                            and (row[1] in finalists) == (state != "not a finalist"))
+    assert before is None
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
     evaluation = CampaignStore(run).get(key)
     assert evaluation.measured is not None
-    if before is not None:
-        assert evaluation.measured == json.loads(before)  # the search items' score is kept, not re-measured
     assert {task: len(items) for task, items in CampaignStore(run).item_scores(key).items()} == {
         "agree0": 120,
         "agree1": 120,

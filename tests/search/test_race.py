@@ -113,14 +113,16 @@ def test_noise_alone_does_not_make_a_finalist_leave():
 
 @pytest.fixture(scope="module")
 def raced(tmp_path_factory, zoo):  # noqa: F811
-    """One campaign's final phase raced (the default) and, from the same search, measured whole."""
+    """One campaign's final phase raced with every survivor measured whole, raced as by default
+    (only the picks measured whole) and, from the same search, measured whole."""
     tmp = tmp_path_factory.mktemp("race")
     final = {"holdout": 0.25, "top_k": 3, "evaluate_top": 6, "race_tolerance": 0.05}
     runs = {}
-    for name, race in (("raced", [0.125, 0.25, 0.5]), ("whole", [])):
+    for name, race in (("raced", {"race": [0.125, 0.25, 0.5], "measure_whole": "survivors"}), ("picks", {}),
+                       ("whole", {"race": []})):
         (tmp / name).mkdir()
         path = campaign(tmp / name, zoo, algorithm={"population": 8, "generations": 2, "seed": 1},
-                        final={**final, "race": race})
+                        final={**final, **race})
         result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp / name / "run")])
         assert result.exit_code == 0, result.output
         runs[name] = tmp / name / "run"
@@ -150,10 +152,55 @@ def test_leavers_are_not_measured_and_a_finalist_matches_each(raced):
         assert leaver["beaten_by"] in whole
         winner = whole[leaver["beaten_by"]]  # at most the tolerance worse on every task, measured
         assert all(winner[t] >= whole[key][t] - 0.05 for t in ("agree0", "agree1"))
+    picked = {eid for eid, _ in store.get_meta("exported").values()}
     for key, scores in measured.items():
         assert scores == whole[key]  # survivors measured on every search item, as without a race
+        if store.get(key).id not in picked:  # held-out items are for the picks alone
+            assert not set(store.item_scores(key)["agree0"]) & set(holdout["agree0"])
+    assert set(measured) - {k for k in measured if store.get(k).id in picked}  # survivors that are no pick
     spent = {name: CampaignStore(raced[name]).items_evaluated(measured=True) for name in ("raced", "whole")}
     assert spent["raced"] < spent["whole"]
+
+
+def test_by_default_the_picks_are_chosen_on_the_race_s_last_sample_and_measured_whole(raced):
+    store, whole = CampaignStore(raced["picks"]), _measured(raced["whole"])
+    record = store.get_meta(RACE_META)
+    compared = record["compared"]
+    assert compared["stage"] == 0.25 and set(compared["scores"]) | set(record["left"]) == set(whole)
+    runner = CampaignRunner.open(Campaign.load(raced["picks"] / "campaign.yaml"), raced["picks"], raced["picks"])
+    runner.calibrate()  # the stored scores and sample, to recompute the survivors' sample scores by hand
+    scoring = runner.scoring
+    sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
+                        {n: scoring.tasks[n].scenarios for n in scoring.names}, 1 + SEED_OFFSET)
+    for key, scores in compared["scores"].items():
+        items = store.item_scores(key)
+        assert scores == pytest.approx({t: sum(share * np.mean([items[t][i] for i in ids])
+                                               for share, ids in _strata(sample, t, 0.25)) for t in scoring.names})
+    runner.close()
+    # each pick is the best survivor on the sample for it, and it alone is measured on every item
+    exported = {name: store.db.execute("SELECT key FROM evaluations WHERE id = ?", (eid,)).fetchone()[0]
+                for name, (eid, _) in store.get_meta("exported").items()}
+    for task in ("agree0", "agree1"):
+        assert exported[f"best-{task}"] == max(compared["scores"], key=lambda k: compared["scores"][k][task])
+    assert exported["balanced"] == max(compared["scores"], key=lambda k: np.mean(list(compared["scores"][k].values())))
+    measured = _measured(raced["picks"])
+    assert set(measured) == set(exported.values())
+    assert all(measured[key] == whole[key] for key in measured)  # measured whole, as without a race
+    spent = {name: CampaignStore(raced[name]).items_evaluated(measured=True) for name in ("picks", "raced", "whole")}
+    assert spent["picks"] < spent["raced"] < spent["whole"]
+    result = CliRunner().invoke(cli, ["status", str(raced["picks"])])
+    assert (f"the {len(compared['scores'])} that stayed were compared on 25% of the items, and only the picks "
+            "among them measured on every item") in " ".join(result.output.split())
+    report = (raced["picks"] / "report.md").read_text()
+    assert report.count("\n- evaluation", report.index("## Compared on the race's last sample")) >= \
+        len(compared["scores"]) - len(set(exported.values()))
+
+
+def _strata(sample, task, fraction):
+    """Per scenario (stratum) of `task`: its share of the task's search items, and its sampled ids at `fraction`."""
+    total = sum(len(stratum.order) for stratum in sample.strata[task])
+    for stratum in sample.strata[task]:
+        yield len(stratum.order) / total, stratum.order[: max(1, round(fraction * len(stratum.order)))]
 
 
 def test_status_and_report_say_who_left_the_race(raced):
