@@ -132,8 +132,8 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
     """The finalists that survive the race, scored through the log (stored as they arrive, so a
     resumed race looks its stages up and takes the same decisions), the leavers recorded in
     `RACE_META`; and, with `measure_whole: picks`, the survivors' scores on the last stage's
-    sample (those not measured before). A finalist measured before (`export --pick`) races like
-    the others but is no leaver: it has every item already."""
+    sample. A finalist measured before (`export --pick`) races like the others but is no leaver:
+    it has every item already."""
     scoring, store = log.scoring, log.store
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
@@ -150,8 +150,9 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
     left = {key: leaver for key, leaver in left.items() if store.get(key).measured is None}
     record: dict = {"finalists": len(finalists), "tolerance": final.race_tolerance, "left": left}
     sampled = {}
-    if final.measure_whole == "picks" and last is not None:
-        sampled = {k: sample.score(stored[k], last) for k in live if store.get(k).measured is None}
+    if final.measure_whole == "picks" and last is not None:  # every survivor, measured whole or not: a
+        # resumed run whose picks were measured must compare them on the sample again, as it first did
+        sampled = {k: sample.score(stored[k], last) for k in live}
         record["compared"] = {"stage": last, "items": sum(map(len, sample.items(last).values())), "scores": sampled}
     store.set_meta(RACE_META, record)
     return [e for e in finalists if e.key in live or e.measured is not None], sampled
@@ -170,7 +171,7 @@ def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, 
         chosen, sampled = race_finalists(log, chosen, objectives, final, seed)
     log.measure([e for e in chosen if e.key not in sampled], MEASURE_STAGE, held_out=False)
     log.measure([e for e in map(log.store.get, (c.key for c in references)) if e is not None], MEASURE_STAGE)
-    measured = [e for e in candidates(log.store) if e.measured is not None]
+    measured = [e for e in candidates(log.store) if e.measured is not None and e.key not in sampled]
     return measured + [replace(e, measured=sampled[e.key]) for e in chosen if e.key in sampled]
 
 

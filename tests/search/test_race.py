@@ -214,6 +214,24 @@ def test_status_and_report_say_who_left_the_race(raced):
     assert report.count("matched by evaluation") == len(record["left"])
 
 
+def test_a_run_cut_after_its_picks_were_measured_resumes_to_the_same_picks(raced, tmp_path):
+    """Killed between measuring the picks and exporting them: the resumed final phase compares the
+    survivors on the race's sample again, measured picks included, and exports what the whole run did."""
+    run = tmp_path / "run"
+    shutil.copytree(raced["picks"], run)
+    store = CampaignStore(run)
+    exported, spent, record = store.get_meta("exported"), store.items_evaluated(measured=True), store.get_meta(RACE_META)
+    store.db.execute("DELETE FROM meta WHERE key IN ('exported', 'finished')")
+    store.db.commit()
+    store.close()
+    shutil.rmtree(run / "models")
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    after = CampaignStore(run)
+    assert after.get_meta("exported") == exported and after.items_evaluated(measured=True) == spent
+    assert after.get_meta(RACE_META) == record  # the measured picks compared on the sample like the rest
+
+
 def test_a_resumed_race_takes_the_same_decisions_without_scoring_again(raced):
     run = raced["raced"]
     before = CampaignStore(run)
