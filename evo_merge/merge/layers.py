@@ -30,8 +30,18 @@ def parse(name: str) -> LayerName | None:
 
 
 def count_layers(names: Iterable[str]) -> int:
-    indices = [p.index for p in map(parse, names) if p is not None]
-    return max(indices) + 1 if indices else 0
+    """Blocks of the longest stack (one stack in a decoder-only model)."""
+    return max(stack_sizes(names).values(), default=0)
+
+
+def stack_sizes(names: Iterable[str]) -> dict[str, int]:
+    """Blocks per stack, by stem: a vision-language checkpoint has two (`model.layers` and
+    `visual.blocks`), and a layer's position is taken within its own."""
+    sizes: dict[str, int] = {}
+    for p in map(parse, names):
+        if p is not None:
+            sizes[p.stem] = max(sizes.get(p.stem, 0), p.index + 1)
+    return sizes
 
 
 def layer_tensors(names: Iterable[str], index: int) -> list[LayerName]:

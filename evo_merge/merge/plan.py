@@ -236,11 +236,25 @@ def _slice_groups(recipe: Recipe, method: MergeMethod, index: dict[str, int], co
             raise UserError(f"slices.{s}.sources: layer ranges differ in length ({sorted(lengths)})")
         base_name = out.base_model or recipe.base_model
         base = index[base_name] if base_name else None
-        if base is not None and method.base == "required" and base not in [e.model for e in entries]:
-            raise UserError(f"slices.{s}.sources: the base model {base_name} must be one of the slice's sources")
+        if base is not None and base not in [e.model for e in entries]:
+            if method.base != "first":  # the base's blocks for the slice are those of a listed source
+                raise UserError(f"slices.{s}.sources: the base model {base_name} must be one of the slice's "
+                                "sources (with its layer_range), or leave base_model out")
+            base = None  # passthrough, karcher: the first source leads, as mergekit does
         levels = [(f"slices.{s}.parameters", out.parameters), ("parameters", recipe.parameters)]
         groups.append(_group(method, base, entries, levels, f"slices.{s}."))
     return groups
+
+
+def _one_stack(checkpoint: Checkpoint, ref: ModelRef) -> int:
+    """The blocks a slice's `layer_range` counts; refused for a checkpoint with two stacks (a
+    vision tower beside the decoder), where a range would not say which it cuts."""
+    sizes = layers.stack_sizes(checkpoint.names)
+    if len(sizes) > 1:
+        stacks = ", ".join(f"{stem} ({n} blocks)" for stem, n in sizes.items())
+        raise UserError(f"slices: {ref.name} has more than one stack of blocks ({stacks}); "
+                        "merge it whole (`models:`), not by slices")
+    return max(sizes.values(), default=0)
 
 
 def _entry_of(group: Group) -> Entry:
@@ -249,11 +263,11 @@ def _entry_of(group: Group) -> Entry:
 
 def _model_jobs(method: MergeMethod, group: Group, checkpoints: list[Checkpoint]) -> list[TensorJob]:
     first = checkpoints[_entry_of(group).model]
-    n_layers = layers.count_layers(first.names)
+    sizes = layers.stack_sizes(first.names)
     jobs = []
     for name in first.names:
         parsed = layers.parse(name)
-        t = layer_position(parsed.index if parsed else None, n_layers)
+        t = layer_position(parsed.index, sizes[parsed.stem]) if parsed else layer_position(None, 0)
         jobs.append(_job(method, group, name, [name] * len(group.endpoints), name, t))
     return jobs
 
@@ -285,7 +299,7 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
     try:
         check_architectures(checkpoints)
         if recipe.slices is not None:
-            groups = _slice_groups(recipe, method, index, [layers.count_layers(c.names) for c in checkpoints])
+            groups = _slice_groups(recipe, method, index, [_one_stack(c, r) for c, r in zip(checkpoints, refs)])
         else:
             groups = _model_groups(recipe, method, index)
         for group in groups:

@@ -7,11 +7,12 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
+from evo_merge.errors import UserError, first_line
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, Job, Result
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.workbench import Workbench
-from evo_merge.tasks.base import FitnessTask
+from evo_merge.tasks.base import FitnessTask, checked_scores
 
 
 class LocalEvaluator:
@@ -29,8 +30,12 @@ class LocalEvaluator:
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             raise CandidateFailed(f"out of memory while merging: {exc}") from exc
+        except UserError:
+            raise
         except RuntimeError as exc:
             raise CandidateFailed(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001  a plugin method may raise anything: this candidate failed
+            raise CandidateFailed(f"{candidate.method}: {type(exc).__name__}: {first_line(exc)}") from exc
         bad = first_non_finite(model)
         if bad is not None:
             raise CandidateFailed(f"non-finite values in merged tensor {bad}")
@@ -42,7 +47,7 @@ class LocalEvaluator:
         scores: ItemScores = {}
         try:
             for name, item_ids in items.items():
-                series = self.tasks[name].evaluate(model, self.bench.tokenizer, item_ids)
+                series = checked_scores(self.tasks[name], model, self.bench.tokenizer, item_ids)
                 scores[name] = {str(k): float(v) for k, v in series.items()}
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
@@ -54,7 +59,9 @@ class LocalEvaluator:
             start = time.perf_counter()
             try:
                 outcome: ItemScores | CandidateFailed = self.evaluate(candidate, items)
-            except (CandidateFailed, RuntimeError, ValueError, FloatingPointError, MemoryError) as exc:
+            except UserError:  # a wrong config or a task breaking its contract: every candidate would fail alike
+                raise
+            except Exception as exc:  # noqa: BLE001  merge or evaluation failed (a plugin may raise anything)
                 outcome = exc if isinstance(exc, CandidateFailed) else CandidateFailed(f"{type(exc).__name__}: {exc}")
             if self.bench.device.type == "cuda":  # free the candidate's activations before the next one
                 torch.cuda.empty_cache()

@@ -54,3 +54,21 @@ def score_series(task_name: str, item_ids: Sequence[str], scores: Sequence[float
     if len(bad):
         raise UserError(f"task {task_name!r} scored item {bad.index[0]!r} as {bad.iloc[0]}: scores must lie in [0, 1]")
     return series
+
+
+def checked_scores(task: FitnessTask, model: Any, tokenizer: Any, item_ids: Sequence[str] | None) -> pd.Series:
+    """`task.evaluate`, its answer held to what the built-in tasks guarantee, since a plugin's may
+    not be: a score for exactly the items asked for (every item when None), each once, in [0, 1].
+    A wrong answer stops the run naming the task and the item, before it reaches the store."""
+    series = task.evaluate(model, tokenizer, item_ids)
+    wanted = list(task.item_ids) if item_ids is None else list(item_ids)
+    got = [str(i) for i in series.index]
+    if len(set(got)) < len(got):
+        twice = next(i for i in got if got.count(i) > 1)
+        raise UserError(f"task {task.name!r} returned item {twice!r} twice")
+    if extra := next((i for i in got if i not in set(wanted)), None):
+        raise UserError(f"task {task.name!r} returned a score for item {extra!r}, which was not asked for")
+    if missing := [i for i in wanted if i not in set(got)]:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"task {task.name!r} returned no score for item {missing[0]!r}{more}")
+    return score_series(task.name, got, series.to_numpy())

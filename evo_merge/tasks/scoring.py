@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from evo_merge.errors import UserError
-from evo_merge.tasks.base import FitnessTask, item_positions, score_series
+from evo_merge.tasks.base import FitnessTask, checked_scores, item_positions
 
 
 def read_item_ids(path: str | Path) -> list[str]:
@@ -33,10 +33,8 @@ def score_table(
     task: FitnessTask, model: Any, tokenizer: Any, subject: str, item_ids: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """Long format, one row per item: subject, item, score, and scenario when the task has them."""
-    # a plugin task's answer is checked as the built-in ones check theirs: the items asked for, in [0, 1]
-    item_positions(task.name, {i: k for k, i in enumerate(task.item_ids)}, item_ids)
-    scores = task.evaluate(model, tokenizer, item_ids)
-    scores = score_series(task.name, list(scores.index), scores.to_numpy())
+    item_positions(task.name, {i: k for k, i in enumerate(task.item_ids)}, item_ids)  # before any scoring
+    scores = checked_scores(task, model, tokenizer, item_ids)
     table = pd.DataFrame({"subject": subject, "item": scores.index, "score": scores.to_numpy()})
     scenarios = task.scenarios
     if scenarios is not None:

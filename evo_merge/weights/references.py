@@ -1,5 +1,5 @@
 """Model references as recipes write them: a folder, a Hub id `org/name[@revision]`, and either
-followed by `+path/to/lora` (a PEFT LoRA adapter applied before merging).
+followed by `+adapter` (a PEFT LoRA adapter applied before merging: a folder or a Hub id too).
 
 A reference that is not an existing path is looked up with huggingface_hub in the user's cache
 (downloading only when HF_HUB_OFFLINE is not set). The merge records the Hub id with the commit
@@ -35,10 +35,20 @@ def resolve_reference(value: str, root: Path, key: str) -> ModelRef:
     path, name = _resolve_model(model, root, key)
     if lora is None:
         return ModelRef(name, path)
-    adapter = _local_path(lora, root)
-    if adapter is None or not adapter.is_dir():
-        raise UserError(f"{key}: LoRA adapter folder {lora!r} not found")
-    return ModelRef(f"{name}+{adapter}", path, adapter)
+    adapter, adapter_name = _resolve_adapter(lora, root, key)
+    return ModelRef(f"{name}+{adapter_name}", path, adapter)
+
+
+def _resolve_adapter(value: str, root: Path, key: str) -> tuple[Path, str]:
+    """A LoRA adapter's folder and how a recipe names it: a local folder, or a Hub id (as models are)."""
+    local = _local_path(value, root)
+    if local is not None and local.is_dir():
+        return local, str(local)
+    repo, _, revision = value.partition("@")
+    if local is not None or not _looks_like_repo_id(repo) or (revision and not _REVISION.match(revision)):
+        raise UserError(f"{key}: LoRA adapter folder {value!r} not found (nor a Hub id, org/name[@revision])")
+    path = _snapshot(repo, revision or None, f"{key} (LoRA adapter)")
+    return path, f"{repo}@{path.name}"
 
 
 def open_reference(ref: ModelRef, allow_pickle: bool = False) -> Checkpoint:

@@ -343,3 +343,58 @@ def test_token_sources_force_and_padding(deep, tmp_path):
     assert torch.allclose(embed[end], expected, atol=1e-6)
     pad = embed[: len(tokenizer)].mean(0)  # padding rows: the mean row (the merge is linear per row)
     assert torch.allclose(embed[len(tokenizer) :], pad.expand(embed.shape[0] - len(tokenizer), -1), atol=1e-6)
+
+
+def test_a_lora_adapter_given_as_a_hub_id_resolves_from_the_cache(deep, tmp_path):
+    expected = _lora_adapter(deep["ft1"], tmp_path / "adapter")
+    save_to_hub_cache(tmp_path / "hub", tmp_path / "adapter", "tiny-org/tiny-lora", "b" * 40)
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "linear",
+                                      "models": [{"model": f"{deep['ft1']}+tiny-org/tiny-lora"}]}))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "evo_merge", "merge", str(recipe), "--out", str(tmp_path / "o")],
+                          env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert all(torch.allclose(t, expected[k], atol=1e-6) for k, t in tensors_of(tmp_path / "o").items())
+    written = yaml.safe_load((tmp_path / "o" / "merge_recipe.yaml").read_text())
+    assert written["models"][0]["model"] == f"{deep['ft1']}+tiny-org/tiny-lora@{'b' * 40}"  # rebuilds anywhere
+
+
+def _two_stacks(folder, value):
+    """A vision-language-like checkpoint: a 4-block decoder and an 8-block vision tower."""
+    folder.mkdir()
+    tensors = {f"model.layers.{i}.mlp.weight": torch.full((2, 2), value) for i in range(4)}
+    tensors |= {f"visual.blocks.{i}.mlp.weight": torch.full((2, 2), value) for i in range(8)}
+    save_file({**tensors, "model.embed_tokens.weight": torch.full((4, 2), value)}, folder / "model.safetensors")
+    return folder
+
+
+def test_a_gradient_runs_over_each_stack_of_blocks_on_its_own_and_slices_of_two_stacks_are_refused(tmp_path):
+    base, tuned = _two_stacks(tmp_path / "base", 0.0), _two_stacks(tmp_path / "ft", 1.0)
+    result, out = merge(tmp_path, {"merge_method": "task_arithmetic", "base_model": str(base),
+                                   "models": [{"model": str(tuned), "parameters": {"weight": [0, 1]}}]})
+    assert result.exit_code == 0, result.output
+    merged = tensors_of(out)
+    for stem, n in (("model.layers", 4), ("visual.blocks", 8)):  # t = i / (n - 1) within the block's own stack
+        for i in range(n):
+            assert torch.allclose(merged[f"{stem}.{i}.mlp.weight"], torch.full((2, 2), i / (n - 1))), (stem, i)
+    result, out = merge(tmp_path, {"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": str(tuned), "layer_range": [0, 2]}]}]}, "sliced")
+    assert result.exit_code == 2 and "more than one stack of blocks" in result.output and not out.exists()
+
+
+def test_a_slice_s_base_must_be_one_of_its_sources_but_passthrough_ignores_it(deep, tmp_path):
+    sources = [{"model": str(deep["ft1"]), "layer_range": [0, 4]}, {"model": str(deep["ft2"]), "layer_range": [0, 4]}]
+    result, out = merge(tmp_path, {"merge_method": "linear", "base_model": str(deep["base"]),
+                                   "slices": [{"sources": sources}]})
+    assert result.exit_code == 2 and "slices.0.sources: the base model" in result.output, result.output
+    assert "Traceback" not in result.output
+    stacked = {"slices": [{"sources": [sources[0] | {"layer_range": [0, 2]}]},
+                          {"sources": [sources[1] | {"layer_range": [1, 4]}]}]}
+    result, with_base = merge(tmp_path, {"merge_method": "passthrough", "base_model": str(deep["base"]), **stacked},
+                              "with-base")
+    assert result.exit_code == 0, result.output
+    result, plain = merge(tmp_path, {"merge_method": "passthrough", **stacked}, "plain")
+    assert result.exit_code == 0, result.output
+    a, b = tensors_of(with_base), tensors_of(plain)  # mergekit's output for both (as checked against it)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -171,11 +171,23 @@ def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path
     assert all_keys(run) == all_keys(reference)
 
 
-def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo):
+FAULTS = {  # how a plugin method fails -> what the stored error says
+    "runtime": (lambda: (_ for _ in ()).throw(RuntimeError("simulated out of memory")), "simulated out of memory"),
+    "key": (lambda: {}["no such entry"], "KeyError: 'no such entry'"),
+    "none": (lambda: None, "TypeError"),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, fault):
+    """Whatever a merge method raises (a plugin may raise anything, or return nothing), the
+    candidate is stored as failed and the campaign goes on."""
+    act, message = FAULTS[fault]
+
     @register_method("test_fragile", replace=True)
     def fragile(base, deltas, weights, params, name):
-        """Always fails, like a merge that runs out of memory."""
-        raise RuntimeError("simulated out of memory")
+        """Always fails."""
+        return act()
 
     run = tmp_path / "run"
     config = campaign(tmp_path, zoo, methods={"test_fragile": {}, "task_arithmetic": {}},
@@ -184,10 +196,29 @@ def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo):
     assert result.exit_code == 0, result.output
     db = sqlite3.connect(run / "state.sqlite")
     failed = db.execute("SELECT COUNT(*), MIN(error) FROM evaluations WHERE status='failed'").fetchone()
-    assert failed[0] >= 1 and "simulated out of memory" in failed[1]
+    assert failed[0] >= 1 and message in failed[1]
     assert "## Failures" in (run / "report.md").read_text()
     ok = db.execute("SELECT COUNT(*) FROM evaluations WHERE status='ok' AND phase='search'").fetchone()[0]
     assert ok >= 8 and (run / "models").is_dir()
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("extra", "returned a score for item 'not-an-item', which was not asked for"),
+    ("missing", "returned no score for item"),
+    ("nan", "scores must lie in [0, 1]"),
+    ("range", "scores must lie in [0, 1]"),
+])
+def test_a_task_answering_wrongly_stops_the_run_before_its_scores_are_stored(tmp_path, zoo, fault, message):
+    base, fts = zoo
+    tasks = [{"task": "faulty_task:FaultyAgreementTask", "name": "agree0",
+              "options": {"reference": str(fts[0]), "name": "agree0", "seed": 0, "fault": fault}}]
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo, tasks=tasks)), "--out", str(run)])
+    assert result.exit_code == 2 and "task 'agree0'" in result.output and message in result.output, result.output
+    assert "Traceback" not in result.output
+    if run.exists():  # stopped on the first wrong answer: what was stored before it is right
+        rows = sqlite3.connect(run / "state.sqlite").execute("SELECT item, score FROM item_scores").fetchall()
+        assert all(0 <= score <= 1 and item.startswith("agree") for item, score in rows)
 
 
 def test_resume_refuses_a_changed_campaign(tmp_path, zoo):

@@ -220,7 +220,8 @@ def test_a_run_cut_after_its_picks_were_measured_resumes_to_the_same_picks(raced
     run = tmp_path / "run"
     shutil.copytree(raced["picks"], run)
     store = CampaignStore(run)
-    exported, spent, record = store.get_meta("exported"), store.items_evaluated(measured=True), store.get_meta(RACE_META)
+    exported, record = store.get_meta("exported"), store.get_meta(RACE_META)
+    spent = store.items_evaluated(measured=True)
     store.db.execute("DELETE FROM meta WHERE key IN ('exported', 'finished')")
     store.db.commit()
     store.close()
