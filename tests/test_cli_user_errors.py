@@ -61,6 +61,15 @@ def test_a_missing_irt_model_is_refused_before_calibration_and_leaves_no_folder(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_that_is_not_there_is_refused_by_the_plan_before_anything_loads(tmp_path, family):
+    path = campaign(tmp_path, family)
+    path.write_text(path.read_text() + "device: cuda\n")
+    for args in (("plan", path), ("run", path, "--out", tmp_path / "run")):
+        one_line_error(*invoke(*args), "device: cuda asked for, but torch sees 0 CUDA device(s)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_file_that_is_not_utf8_is_one_line(tmp_path):
     path = tmp_path / "binary.yaml"
     path.write_bytes(b"\xff\xfe\x00\x81")

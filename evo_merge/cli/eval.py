@@ -24,9 +24,9 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     from transformers.utils import logging as hf_logging
 
     from evo_merge.errors import UserError
-    from evo_merge.search.workbench import resolve_device
     from evo_merge.tasks.registry import resolve_task
     from evo_merge.tasks.scoring import read_item_ids, score_table
+    from evo_merge.weights.devices import resolve_device
 
     hf_logging.disable_progress_bar()  # keep errors on one line
     if out.is_dir():

@@ -25,6 +25,8 @@ from evo_merge.merge.registry import get_method
 from evo_merge.merge.storage import Storage
 from evo_merge.merge.subspace import decomposes, tsv_rank
 from evo_merge.weights import Checkpoint, parse_dtype
+from evo_merge.weights.devices import resolve_device
+from evo_merge.weights.export import DEFAULT_MAX_SHARD_BYTES
 
 GIB = 2**30
 RUNTIME_BYTES = int(0.75 * GIB)  # python, torch, transformers, a tokenizer: the process before any model
@@ -246,11 +248,32 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
             line("MASS factors", factors, kept),
             line(f"MASS merge cache ({MASS_CACHE} task sets)", MASS_CACHE * module, "device"),
         ]
-    lines.append(line("merge work (one tensor at a time)", work_bytes(shapes, setting), "device"))
+    work = work_bytes(shapes, setting)
+    lines.append(line("merge work (one tensor at a time)", work, "device"))
     tokens = setting.batch_size * setting.seq_len
     activations = tokens * (2 * shapes.vocab + ACTIVATION_FLOATS * shapes.hidden) * 4 if shapes.vocab else 64 * 2**20
     lines.append(line(f"activations ({setting.batch_size} x {setting.seq_len} tokens)", activations, "device"))
+    # the search's work and activations are gone while a pick is exported, where they were on the host
+    export = export_bytes(shapes, setting) - (0 if setting.on_gpu else work + activations)
+    if export > 0:
+        lines.append(line("exporting a pick, beyond the search's work", export, "host"))
     return lines
+
+
+def export_bytes(shapes: Shapes, setting: Setting) -> int:
+    """Host bytes of exporting one pick, while the search's state stays resident: the file merge
+    streams one tensor at a time from the checkpoints (T + 1 float32 inputs, T deltas, the method's
+    temporaries and the result) and buffers the output up to one shard. Measured: 9 float32 copies
+    of the largest tensor for task arithmetic with 3 endpoints, the plan's count."""
+    largest = max(shapes.floating, key=lambda t: t.numel, default=None)
+    if largest is None:
+        return 0
+    T, copies = setting.n_models, 2 * setting.n_models + 3
+    for name in setting.methods:
+        if name in STACKING:
+            per_model, fixed = STACKING[name]
+            copies = max(copies, T + 1 + per_model * T + fixed)
+    return largest.numel * 4 * copies + min(shapes.nbytes(None), DEFAULT_MAX_SHARD_BYTES)
 
 
 def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shapes:
@@ -292,12 +315,17 @@ class Target:
 
 
 def target_of(campaign) -> Target:
-    """The campaign's evaluation target, with budgets taking the place of measured memory."""
-    gpu = None
-    if campaign.device != "cpu" and torch.cuda.is_available():
-        gpu = torch.device("cuda", 0) if campaign.device in ("auto", "cuda") else torch.device(campaign.device)
+    """The campaign's evaluation target, with budgets taking the place of measured memory. A GPU
+    asked for and not there stops here, before anything is loaded (a remote cluster's workers
+    check their own)."""
     evaluator, spec = campaign.evaluator, campaign.storage
     remote = evaluator.kind == "dask" and evaluator.address is not None  # its machines are not measured here
+    gpu = None
+    if not remote:
+        device = resolve_device(campaign.device)
+        gpu = torch.device("cuda", device.index or 0) if device.type == "cuda" else None
+    elif campaign.device != "cpu" and torch.cuda.is_available():
+        gpu = torch.device("cuda", 0) if campaign.device in ("auto", "cuda") else torch.device(campaign.device)
     workers = 1
     if evaluator.kind == "dask" and evaluator.n_workers is not None:
         workers = min(evaluator.n_workers, torch.cuda.device_count()) if gpu is not None else evaluator.n_workers
@@ -312,11 +340,11 @@ def target_of(campaign) -> Target:
 
 
 def plan_for(
-    campaign, shapes: Shapes, n_models: int, target: Target, storage: Storage, eval_dtype: torch.dtype
+    campaign, shapes: Shapes, n_models: int, target: Target, storage: Storage, eval_dtype: torch.dtype,
+    batch_size: int | None = None,
 ) -> Plan:
-    setting = Setting(
-        n_models, tuple(campaign.methods), storage, eval_dtype, target.gpu is not None, campaign.evaluator.batch_size
-    )
+    setting = Setting(n_models, tuple(campaign.methods), storage, eval_dtype, target.gpu is not None,
+                      batch_size or campaign.evaluator.batch_size)
     return Plan(
         plan_lines(shapes, setting),
         target.workers,
@@ -329,13 +357,22 @@ def plan_for(
 
 
 def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | Path]) -> Plan:
-    """The campaign's plan; when it does not fit, `alternative` names the first setting that does
-    (storage first: bfloat16, then host placement; then a bfloat16 evaluation module)."""
+    """The campaign's plan; when it does not fit, `alternative` names the first setting that does:
+    a smaller evaluation batch (the activations shrink, the weights stay as they are), then
+    storage (bfloat16, then host placement), then a bfloat16 evaluation module."""
     shapes, target = shapes_of(base_path, model_paths), target_of(campaign)
     current, eval_dtype = Storage.of(campaign.storage), parse_dtype(campaign.dtype)
     plan = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype)
     if plan.fits:
         return plan
+    batch = campaign.evaluator.batch_size // 2
+    while batch >= 1:
+        other = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype, batch)
+        if other.fits:
+            where = "" if target.gpu is None else f", {other.device} {gib(other.device_bytes)}"
+            plan.alternative = f"evaluator: {{batch_size: {batch}}} fits (host {gib(other.need_host)}{where})"
+            return plan
+        batch //= 2
     placements = ("device", "host") if target.gpu is not None else (current.placement,)
     options = [
         (Storage(dtype, placement), ev)

@@ -126,6 +126,12 @@ class MLflowTracker:
             self.run_id = ids.get("mlflow") or self._start(spec, campaign)
         except MlflowException as exc:
             raise UserError(f"tracking.mlflow: {first_line(exc)}") from None
+        try:  # a resumed run continues its MLflow run: it must be in this store, or nothing is logged
+            self.client.get_run(self.run_id)
+        except MlflowException:
+            raise UserError(f"tracking.mlflow: this run logged to MLflow run {self.run_id} (tracking.json), which "
+                            f"the store {self.client.tracking_uri} does not hold; point tracking.mlflow.uri at the "
+                            "store it was logged to") from None
         ids.set("mlflow", self.run_id)
 
     def _start(self, spec: MLflowSpec, campaign: Campaign) -> str:

@@ -16,6 +16,7 @@ from evo_merge.search.store import CampaignStore, Evaluation
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
+from evo_merge.weights.export import sweep_partial_folders
 
 
 def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[str, float]]:
@@ -61,7 +62,10 @@ def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
 
 def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluator: Evaluator | None = None
                  ) -> dict[str, tuple[int, Path]]:
-    """Export each chosen candidate once, under the first name that picked it, into models/."""
+    """Export each chosen candidate once, under the first name that picked it, into models/ (the
+    partial folders a killed export left there first removed: the run's lock keeps others out)."""
+    if (workspace.run_dir / "models").is_dir():
+        sweep_partial_folders(workspace.run_dir / "models")
     exported: dict[str, tuple[int, Path]] = {}
     folders: dict[int, Path] = {}
     for name, evaluation in chosen.items():

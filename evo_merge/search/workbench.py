@@ -12,29 +12,11 @@ from typing import Any
 
 import torch
 
-from evo_merge.errors import UserError
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.storage import Storage
 from evo_merge.weights import load_model_folder, parse_dtype
+from evo_merge.weights.devices import resolve_device
 from evo_merge.weights.references import open_reference, resolve_reference
-
-
-def resolve_device(device: str, key: str = "device") -> torch.device:
-    """auto (cuda when available) | cpu | cuda | cuda:N; another name, or a GPU that is not there, is a
-    user error naming `key`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"{key}: {device!r} is not a device (auto, cpu, cuda or cuda:N)") from None
-    if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (resolved.index or 0) >= count:
-            raise UserError(f"{key}: {device} asked for, but torch sees {count} CUDA device(s)")
-    elif resolved.type != "cpu":
-        raise UserError(f"{key}: {device!r} is not a device evo-merge runs on (auto, cpu, cuda or cuda:N)")
-    return resolved
 
 
 @dataclass

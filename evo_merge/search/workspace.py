@@ -39,9 +39,9 @@ FRESH_RUN_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore
 
 def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     """The campaign with every relative path made absolute against `root` (the campaign file's
-    folder): models, alignment data and permutation specs, the IRT model folder, local task
-    files. A run stores and fingerprints this form, so it resumes from whatever folder its
-    command runs in."""
+    folder): models and LoRA adapters (Hub ids kept), alignment data and permutation specs, the
+    IRT model folder, local task files, a file MLflow store. A run stores and fingerprints this
+    form, so it resumes from whatever folder its command runs in."""
 
     def absolute(value: str) -> str:
         return os.path.abspath(root / Path(value).expanduser())  # normalised, symlinks kept
@@ -50,8 +50,20 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
         """A local folder made absolute; a Hub id (`org/name[@rev]`, not a local path) kept as
         written; either may carry `+adapter`, whose folder is made absolute."""
         name, adapter = split_adapter(value, root)
-        local = Path(absolute(name)).exists() or not is_hub_id(name)
-        return (absolute(name) if local else name) + (f"+{absolute(adapter)}" if adapter else "")
+        return local_or_hub(name) + (f"+{local_or_hub(adapter)}" if adapter else "")
+
+    def local_or_hub(value: str) -> str:
+        local = Path(absolute(value)).exists() or not is_hub_id(value)
+        return absolute(value) if local else value
+
+    def store_uri(uri: str | None) -> str | None:
+        """A file MLflow store written as a relative path (`./mlruns`, `file:./mlruns`) lies in the
+        campaign's folder; servers, databases and names (`databricks`) are kept."""
+        path = uri and uri.removeprefix("file:")
+        if path is None or "://" in path or path.startswith("/") or not (uri.startswith(("file:", ".", "~"))
+                                                                        or "/" in path):
+            return uri
+        return "file:" + absolute(path)
 
     def is_path(value: str) -> bool:  # as the task registry reads it: not a shipped name or a plugin
         return value.endswith((".yaml", ".yml")) or "/" in value
@@ -64,9 +76,13 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     if align is not None:
         align = align.model_copy(update={"data": align.data and absolute(align.data),
                                          "arch": absolute(align.arch) if is_path(align.arch) else align.arch})
+    tracking = campaign.tracking
+    if tracking is not None and tracking.mlflow is not None:
+        mlflow = tracking.mlflow.model_copy(update={"uri": store_uri(tracking.mlflow.uri)})
+        tracking = tracking.model_copy(update={"mlflow": mlflow})
     return campaign.model_copy(update={"base_model": campaign.base_model and model(campaign.base_model),
                                        "models": [model(m) for m in campaign.models],
-                                       "tasks": tasks, "estimator": estimator, "align": align})
+                                       "tasks": tasks, "estimator": estimator, "align": align, "tracking": tracking})
 
 
 def existing_path(value: str, key: str) -> Path:

@@ -12,6 +12,7 @@ holding NaN or Inf is never written, and the folder gets the umask's modes like 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import stat
@@ -215,6 +216,17 @@ def check_replaceable(out: Path) -> None:
         raise UserError(f"output {out} is a file, not a model folder; refusing to replace it")
     if any(out.iterdir()) and not is_model_folder(out):
         raise UserError(f"output folder {out} is not a model folder (no weights in it); refusing to replace it")
+
+
+def sweep_partial_folders(folder: Path) -> list[Path]:
+    """Remove the hidden folders a killed writer left in `folder` (a model half-written, or one
+    replaced half-way): a shard each, gigabytes at size. Only under a lock that keeps every other
+    writer out of `folder`, such as a run folder's."""
+    swept = [p for p in folder.glob(".*.*-*") if p.is_dir() and not p.is_symlink()
+             and re.fullmatch(r"\..+\.(tmp|old)-[0-9a-z_]+", p.name)]
+    for path in swept:
+        shutil.rmtree(path)
+    return swept
 
 
 def _hidden_sibling(out: Path, kind: str) -> Path:

@@ -16,6 +16,7 @@ from evo_merge.merge.footprint import (
     Setting,
     Shapes,
     TensorInfo,
+    export_bytes,
     lowrank_bytes,
     plan_lines,
     shapes_of,
@@ -237,3 +238,54 @@ def test_plan_counts_the_copies_each_stacking_method_keeps_alive():
     for name in methods:
         planned = work_bytes(shapes, Setting(3, (name,), Storage(torch.bfloat16), torch.float32, False)) / (4 * 2**20)
         assert measured[name] <= 1.1 * planned, (name, measured[name], planned)
+
+
+EXPORT_PEAK_SCRIPT = """
+import sys, torch
+from pathlib import Path
+from safetensors.torch import save_file
+from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.recipe import Recipe
+torch.set_num_threads(1)
+def hwm():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+root, rows, cols = Path(sys.argv[1]), 1024, 1024
+g = torch.Generator().manual_seed(0)
+base = (torch.randn(rows, cols, generator=g) * 0.02).bfloat16()
+for k in range(4):
+    (root / f"m{k}").mkdir()
+    tensor = base if k == 0 else base + (torch.randn(rows, cols, generator=g) * 0.001).bfloat16()
+    save_file({"model.embed_tokens.weight": tensor}, root / f"m{k}" / "model.safetensors")
+for name in sys.argv[2:]:
+    recipe = Recipe.model_validate({"merge_method": name, "base_model": str(root / "m0"),
+                                    "models": [{"model": str(root / f"m{k}")} for k in (1, 2, 3)]})
+    _, tensors = stream_merge(plan_from_recipe(recipe, root))
+    open("/proc/self/clear_refs", "w").write("5")
+    before = hwm()
+    merged = [t for _, t in tensors]  # the one tensor, read, merged and kept as an export keeps it for its shard
+    print(name, (hwm() - before) / (4 * rows * cols))
+    del merged, tensors
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux /proc")
+def test_plan_counts_what_exporting_a_pick_holds(tmp_path):
+    """Exporting a pick runs the file merge beside the search's resident state: the plan counts its
+    float32 copies of the largest tensor (2T + 3 for a weighted sum, T + 1 more than the search's
+    count for the stacking sparsifiers) and the output shard; a run once went 0.75 GiB over a budget
+    the plan had accepted, at export."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    methods = ["task_arithmetic", "ties"]
+    run = subprocess.run([sys.executable, "-c", EXPORT_PEAK_SCRIPT, str(tmp_path), *methods], capture_output=True,
+                         text=True, env=env, check=True)
+    measured = {name: float(copies) for name, copies in (line.split() for line in run.stdout.splitlines())}
+    tensor = TensorInfo("model.embed_tokens.weight", (1024, 1024), torch.bfloat16)
+    shapes = Shapes([tensor])
+    for name in methods:
+        setting = Setting(3, (name,), Storage(torch.bfloat16), torch.float32, on_gpu=True)  # all of it on the host
+        planned = (export_bytes(shapes, setting) - shapes.nbytes(None)) / (4 * 2**20)
+        assert planned == (9 if name == "task_arithmetic" else 4 + 3 * 3 + 5)  # 2T + 3; T + 1 + 3T + 5
+        assert measured[name] <= 1.1 * planned, (name, measured[name], planned)
+    lines = plan_lines(shapes, Setting(3, ("task_arithmetic",), Storage(torch.bfloat16), torch.float32, on_gpu=True))
+    assert next(line.host for line in lines if line.what.startswith("exporting a pick")) == \
+        export_bytes(shapes, Setting(3, ("task_arithmetic",), Storage(torch.bfloat16), torch.float32, True))

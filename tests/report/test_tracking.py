@@ -63,6 +63,22 @@ def test_mlflow_run_holds_generations_evaluations_and_artifacts(small_store, tmp
         == run.info.run_id
         == json.loads((small_store.run_dir / IDS_FILE).read_text())["mlflow"]
     )
+    # resumed against another store (a relative URI read from elsewhere): refused before anything is logged
+    elsewhere = TrackingSpec.model_validate({"mlflow": {"uri": (tmp_path / "other").as_uri(), "experiment": "merges"}})
+    with pytest.raises(UserError, match=f"MLflow run {run.info.run_id} .* does not hold"):
+        open_tracker(elsewhere, small_store.run_dir, CAMPAIGN)
+
+
+def test_a_relative_file_store_lies_in_the_campaign_s_folder(tmp_path):
+    from evo_merge.search.workspace import resolve_campaign
+
+    stores = {}
+    for uri in ("file:./mlruns", "./mlruns", "http://host:5000", "databricks", "sqlite:///mlflow.db"):
+        spec = CAMPAIGN.model_copy(update={"tracking": TrackingSpec.model_validate({"mlflow": {"uri": uri}})})
+        stores[uri] = resolve_campaign(spec, tmp_path / "configs").tracking.mlflow.uri
+    assert stores["file:./mlruns"] == stores["./mlruns"] == f"file:{tmp_path / 'configs' / 'mlruns'}"
+    assert [stores[u] for u in ("http://host:5000", "databricks", "sqlite:///mlflow.db")] == \
+        ["http://host:5000", "databricks", "sqlite:///mlflow.db"]
 
 
 def test_missing_tracking_package_is_a_user_error_naming_the_extra(small_store, monkeypatch):

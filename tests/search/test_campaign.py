@@ -329,7 +329,7 @@ def test_resolve_campaign_makes_every_path_absolute_against_the_campaign_folder(
         "align": {"arch": "specs/perm.yaml", "data": "sample.safetensors"},
     })
     folder = tmp_path / "configs"
-    for local in ("zoo/base", "zoo/a"):  # existing folders; `org/name` that is no folder is a Hub id
+    for local in ("zoo/base", "zoo/a", "adapters/x"):  # existing folders; `org/name` that is no folder is a Hub id
         (folder / local).mkdir(parents=True)
     resolved = resolve_campaign(campaign, folder)
     assert resolved.base_model == str(folder / "zoo" / "base")
@@ -343,6 +343,9 @@ def test_resolve_campaign_makes_every_path_absolute_against_the_campaign_folder(
     hub = campaign.model_copy(update={"base_model": "org/model@main", "models": ["zoo/a+adapters/x"]})
     assert resolve_campaign(hub, folder).base_model == "org/model@main"
     assert resolve_campaign(hub, folder).models == [f"{folder / 'zoo' / 'a'}+{folder / 'adapters' / 'x'}"]
+    hub_adapter = campaign.model_copy(update={"models": ["zoo/a+org/lora@main", "org/model+adapters/x"]})
+    assert resolve_campaign(hub_adapter, folder).models == [f"{folder / 'zoo' / 'a'}+org/lora@main",
+                                                            f"org/model+{folder / 'adapters' / 'x'}"]
     with_shipped_arch = campaign.model_copy(update={"align": campaign.align.model_copy(update={"arch": "mlp"})})
     assert resolve_campaign(with_shipped_arch, folder).align.arch == "mlp"
 

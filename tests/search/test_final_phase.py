@@ -271,3 +271,21 @@ def test_the_search_saving_is_against_a_search_on_the_search_items(finished):
     assert f"item evaluations in search: {spent:,} vs {n_search * 180:,} for a full-evaluation search" in result.output
     assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
     assert f"a full-evaluation search would have spent {n_search * 180:,}" in (run / "report.md").read_text()
+
+
+def test_a_resumed_export_removes_what_a_killed_one_left_half_written(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    partial = [run / "models" / ".balanced.tmp-0a1b2c3d", run / "models" / ".best-agree0.old-x_9kq2m1"]
+    for folder in partial:
+        folder.mkdir()
+        (folder / "model-00001-of-00002.safetensors").write_bytes(b"\0" * 1024)
+    kept = run / "models" / "notes.tmp-1234"  # not one of the writer's hidden folders: left alone
+    kept.mkdir()
+    store = CampaignStore(run)
+    store.db.execute("DELETE FROM meta WHERE key IN ('exported', 'finished')")
+    store.db.commit()
+    store.close()
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert not any(folder.exists() for folder in partial) and kept.is_dir()

@@ -74,14 +74,28 @@ def test_plan_prints_host_bytes_and_a_campaign_that_cannot_fit_stops_before_any_
 def test_the_error_names_the_first_storage_setting_that_fits(tmp_path, zoo):
     base, fts = zoo
     sizes = {}
+    one = {"kind": "local", "batch_size": 1}  # no smaller batch to offer first
     for dtype in ("float32", "bfloat16"):
-        campaign = Campaign.model_validate(config(zoo, storage={"dtype": dtype}))
+        campaign = Campaign.model_validate(config(zoo, storage={"dtype": dtype}, evaluator=one))
         sizes[dtype] = campaign_plan(campaign, base, fts).need_host
     assert sizes["bfloat16"] < sizes["float32"]
     budget = (sizes["bfloat16"] + sizes["float32"]) / 2 / GIB
-    result = CliRunner().invoke(cli, ["plan", str(write(tmp_path, config(zoo, storage={"host_budget_gib": budget})))])
+    path = write(tmp_path, config(zoo, storage={"host_budget_gib": budget}, evaluator=one))
+    result = CliRunner().invoke(cli, ["plan", str(path)])
     assert result.exit_code == 2
     assert "storage: {dtype: bfloat16, placement: device} fits" in result.output.splitlines()[-1]
+
+
+def test_a_smaller_evaluation_batch_is_offered_before_another_storage(tmp_path, zoo):
+    """Activations are often the largest line; a smaller batch keeps the stored weights as they are."""
+    base, fts = zoo
+    need = {b: campaign_plan(Campaign.model_validate(config(zoo, evaluator={"kind": "local", "batch_size": b})),
+                             base, fts).need_host for b in (64, 32)}
+    budget = (need[64] + need[32]) / 2 / GIB
+    path = write(tmp_path, config(zoo, storage={"host_budget_gib": budget}, evaluator={"kind": "local",
+                                                                                       "batch_size": 64}))
+    result = CliRunner().invoke(cli, ["plan", str(path)])
+    assert result.exit_code == 2 and "evaluator: {batch_size: 32} fits" in result.output.splitlines()[-1]
 
 
 def test_placement_and_budgets_leave_the_run_identity_and_dtype_changes_it(zoo):

@@ -1,0 +1,25 @@
+"""The device a user names (`device:` in a campaign, `--device`), checked before anything is loaded."""
+
+from __future__ import annotations
+
+import torch
+
+from evo_merge.errors import UserError
+
+
+def resolve_device(device: str, key: str = "device") -> torch.device:
+    """auto (cuda when available) | cpu | cuda | cuda:N; another name, or a GPU that is not there, is a
+    user error naming `key`."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"{key}: {device!r} is not a device (auto, cpu, cuda or cuda:N)") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise UserError(f"{key}: {device} asked for, but torch sees {count} CUDA device(s)")
+    elif resolved.type != "cpu":
+        raise UserError(f"{key}: {device!r} is not a device evo-merge runs on (auto, cpu, cuda or cuda:N)")
+    return resolved
