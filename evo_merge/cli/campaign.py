@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -100,8 +101,9 @@ def _run(runner) -> None:
                                    for name, (eid, folder) in exported.items()})
     report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
     store.mark_finished()  # after the report: a run cut short while writing it is not finished
-    for evaluation in measured:  # trackers last: they observe a run that is already complete
-        tracker.log_evaluation(evaluation)
+    for evaluation in measured:  # trackers last: they observe a run that is already complete; a search
+        # candidate's estimates went with its generation (a baseline's, scored after the search, did not)
+        tracker.log_evaluation(replace(evaluation, estimates=None) if evaluation.phase == "search" else evaluation)
     tracker.finish(workspace.run_dir)
     console = Console()
     console.print(_summary_table(runner, measured, exported))
@@ -190,8 +192,8 @@ def status(run: Path) -> None:
         console.print(race)
     spent, full = store.items_evaluated("search"), len(search) * search_item_count(facts, store)
     console.print(
-        f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search "
-        f"({full / max(spent, 1):.1f}x saving); total with calibration and front "
+        f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
+        + (f" ({full / spent:.1f}x saving)" if spent else "") + "; total with calibration and front "
         f"{store.items_evaluated(measured=True):,}"
     )
 
@@ -209,7 +211,8 @@ def report(run: Path) -> None:
         for name, (eid, folder) in (store.get_meta(EXPORTED_META) or {}).items()
         if (run / folder).is_dir() and not Path(in_run(run / folder, run)).is_absolute()
     }
-    click.echo(f"wrote {write_report(run, store, facts, exported)}")
+    finished = store.finished(facts["generations"])
+    click.echo(f"wrote {write_report(run, store, facts, exported, finished)}")
 
 
 @click.command()

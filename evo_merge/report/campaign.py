@@ -107,10 +107,12 @@ def _save(fig, path: Path) -> None:
 
 
 def write_report(
-    run_dir: Path, store: CampaignStore, facts: dict, exported: dict[str, tuple[int, Path]] | None = None
+    run_dir: Path, store: CampaignStore, facts: dict, exported: dict[str, tuple[int, Path]] | None = None,
+    finished: bool = True,
 ) -> Path:
-    """Write pareto.csv, the plots, report.md and report.html from the store and the run's facts.
-    User strings (task, method and pick names) are escaped in both reports."""
+    """Write pareto.csv, the plots, report.md and report.html from the store and the run's facts
+    (`finished` False: of a run cut short, which the report says first). User strings (task,
+    method and pick names) are escaped in both reports."""
     objectives = facts_objectives(facts)
     tasks = list(objectives.names)
     full_items = search_item_count(facts, store)
@@ -125,8 +127,12 @@ def write_report(
     search_items = store.items_evaluated("search")
     n_search = int((table.phase == "search").sum())
     failed = table[table.status == "failed"]
+    errors = {e.id: (e.error or "").strip().split("\n")[0] for e in store.evaluations() if e.status == "failed"}
     holdout = store.get_meta(HOLDOUT_META, {})
+    unfinished = [f"**not finished**: {store.generations_completed()} of {facts['generations']} generations "
+                  f"searched, no final phase yet; `evo-merge resume {run_dir}` carries it on"] if not finished else []
     facts = [
+        *unfinished,
         f"evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
         (
             f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
@@ -182,7 +188,7 @@ def write_report(
         lines.append("")
     if len(failed):
         lines += ["## Failures", ""] + [
-            f"- evaluation {r.id} ({md(r.method)}): see state.sqlite" for r in failed.itertuples()
+            f"- evaluation {r.id} ({md(r.method)}): {md(errors.get(r.id) or 'no message')}" for r in failed.itertuples()
         ]
     path = run_dir / "report.md"
     atomic_write(path, "\n".join(lines) + "\n")

@@ -197,6 +197,7 @@ def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, 
     db = sqlite3.connect(run / "state.sqlite")
     failed = db.execute("SELECT COUNT(*), MIN(error) FROM evaluations WHERE status='failed'").fetchone()
     assert failed[0] >= 1 and message in failed[1]
+    assert message in (run / "report.md").read_text().split("## Failures")[1]  # each failure with its error
     assert "## Failures" in (run / "report.md").read_text()
     ok = db.execute("SELECT COUNT(*) FROM evaluations WHERE status='ok' AND phase='search'").fetchone()[0]
     assert ok >= 8 and (run / "models").is_dir()
@@ -427,3 +428,23 @@ def test_bad_campaign_configs_give_one_line_errors(tmp_path, zoo, case):
     assert expected in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_tracked_campaign_logs_each_estimate_once_and_the_measured_scores(tmp_path, zoo):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from evo_merge.search.store import CampaignStore
+
+    uri = (tmp_path / "mlruns").as_uri()
+    path = campaign(tmp_path, zoo, algorithm={"population": 4, "generations": 1, "seed": 0},
+                    tracking={"mlflow": {"uri": uri, "experiment": "merges"}})
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("merges").experiment_id])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "estimated/agree0")]
+    assert len(steps) == len(set(steps))  # the picks' estimates are not logged a second time
+    measured = {m.step for m in client.get_metric_history(run.info.run_id, "measured/agree0")}
+    exported = {eid for eid, _ in CampaignStore(tmp_path / "run").get_meta("exported").values()}
+    assert exported <= measured and measured <= set(steps)

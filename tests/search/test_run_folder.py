@@ -367,3 +367,5 @@ def test_a_run_cut_short_in_calibration_has_a_report(tmp_path, zoo):  # noqa: F8
     workspace.store.close()
     code, out = invoke("report", tmp_path / "run")
     assert code == 0, out
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "**not finished**: 0 of 3 generations searched" in report and "evo-merge resume" in report
