@@ -8,6 +8,7 @@ weights are read. Streaming then keeps about one tensor per input in memory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from evo_merge.errors import UserError
 from evo_merge.merge import layers
 from evo_merge.merge.recipe import Recipe
-from evo_merge.merge.registry import MergeMethod, get_method
+from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method
 from evo_merge.merge.settings import MISSING, layer_position, lookup
 from evo_merge.merge.tokens import TokenPlan, plan_tokens
 from evo_merge.weights import Checkpoint, parse_dtype
@@ -28,6 +29,11 @@ from evo_merge.weights.references import ModelRef, open_reference, resolve_refer
 
 WEIGHT = "weight"
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+HEADS = ("lm_head.weight", "embed_out.weight")  # output heads a tied model leaves out
+INPUT_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+# mergekit keys every method accepts, changing no tensor here: int8_mask only picks the dtype of
+# mergekit's intermediate sign masks (methods that mask declare it, so the search knows it)
+ANY_METHOD = {"int8_mask": Hyperparameter("int8_mask", False, searchable=False)}
 
 
 @dataclass(frozen=True)
@@ -118,11 +124,17 @@ def _rename_models(data: dict, names: dict[str, str]) -> None:
             token["source"] = names[source]
         elif isinstance(source, dict) and source.get("model") in names:
             source["model"] = names[source["model"]]
-    for key in ("tokenizer_source",):
-        if data.get(key) in names:
-            data[key] = names[data[key]]
-    if tokenizer.get("source") in names:
-        tokenizer["source"] = names[tokenizer["source"]]
+    if "tokenizer_source" in data:
+        data["tokenizer_source"] = _renamed_source(data["tokenizer_source"], names)
+    if "source" in tokenizer:
+        tokenizer["source"] = _renamed_source(tokenizer["source"], names)
+
+
+def _renamed_source(value: str, names: dict[str, str]) -> str:
+    """A tokenizer source with its model resolved; `model:` stays, so the saved recipe reads as written."""
+    prefix = "model:" if value.startswith("model:") else ""
+    name = value.removeprefix(prefix)
+    return prefix + names[name] if name in names else value
 
 
 def plan_from_recipe(
@@ -182,8 +194,10 @@ def _check_keys(method: MergeMethod, group: Group) -> None:
     levels = [(group.reference.key.rsplit(".", 1)[0] + ".parameters", group.reference.params)] \
         if group.reference else []
     for where, settings in [*levels, *group.levels]:
-        for key in settings:
-            if key not in declared:
+        for key, value in settings.items():
+            if key in ANY_METHOD and key not in declared:
+                ANY_METHOD[key].coerce(value, f"{where}.{key}")
+            elif key not in declared:
                 known = ", ".join(sorted(declared))
                 raise UserError(f"{where}.{key}: unknown parameter for method {method.name} (known: {known})")
 
@@ -307,7 +321,8 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
         jobs = (_slice_jobs(method, groups, checkpoints) if recipe.slices is not None
                 else _model_jobs(method, groups[0], checkpoints))
         donor = index[recipe.base_model] if recipe.base_model else _entry_of(groups[0]).model
-        tokens = plan_tokens(recipe, refs, index, checkpoints, donor)
+        tokens = plan_tokens(recipe, refs, index, checkpoints, donor, root)
+        _use_tied_embeddings(jobs, checkpoints)
         _check_shapes(jobs, checkpoints, refs, tokens)
         config = _layer_config(checkpoints[donor], jobs) if recipe.slices is not None else {}
     finally:
@@ -315,9 +330,30 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
             c.close()
     compute = parse_dtype(dtype or recipe.dtype)  # mergekit: `dtype` computes and, by default, is written
     out = parse_dtype(recipe.out_dtype) or compute
-    names = {value: refs[i].name for value, i in index.items()}
+    names = {**(tokens.names if tokens is not None else {}), **{value: refs[i].name for value, i in index.items()}}
     return MergePlan(method, refs, jobs, recipe, compute or torch.float32, out, donor, config, tokens, allow_pickle,
                      names)
+
+
+def _use_tied_embeddings(jobs: list[TensorJob], checkpoints: list[Checkpoint]) -> None:
+    """A model with tied embeddings (`tie_word_embeddings`) stores no output head: its input
+    embedding is its head, so that tensor stands in for it, as mergekit and transformers read it."""
+    for job in jobs:
+        if job.reference is not None:
+            job.reference = _stored(job.reference, checkpoints)
+        job.inputs = [_stored(source, checkpoints) for source in job.inputs]
+
+
+def _stored(source: tuple[int, str], checkpoints: list[Checkpoint]) -> tuple[int, str]:
+    """(model, name) of the tensor to read: the tied input embedding for a head the model lacks."""
+    model, name = source
+    checkpoint = checkpoints[model]
+    if name in checkpoint or not name.endswith(HEADS) or layers.parse(name) is not None:
+        return source
+    tied = [n for n in checkpoint.names if n.endswith(INPUT_EMBEDDINGS) and layers.parse(n) is None]
+    if not tied:
+        return source
+    return model, max(tied, key=lambda n: len(os.path.commonprefix([n, name])))  # the head's own model's
 
 
 def _check_shapes(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: list[ModelRef],
@@ -326,6 +362,7 @@ def _check_shapes(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: li
         sources = ([job.reference] if job.reference else []) + job.inputs
         shapes = [tuple(checkpoints[m].shape(n)) for m, n in sources]
         if tokens is not None and tokens.is_embedding(job.name, shapes[0]):
+            tokens.check_job(job.name, [m for m, _ in sources], refs)
             shapes = [s[1:] for s in shapes]  # rows follow the output vocabulary
         for (m, n), shape in zip(sources[1:], shapes[1:]):
             if shape != shapes[0]:

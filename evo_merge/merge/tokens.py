@@ -39,9 +39,10 @@ class TokenPlan:
     positions: dict[int, dict[str, int]]  # model -> token -> its row (tokens it has, below its row count)
     base: int | None
     tokens: dict[str, Any] = field(default_factory=dict)  # token -> TokenEmbedding from the recipe
-    refs: dict[str, int] = field(default_factory=dict)  # recipe reference -> model index
+    sources: dict[str, tuple[int, int] | None] = field(default_factory=dict)  # token -> (model, row); None: zeros
     files: dict[str, bytes] = field(default_factory=dict)  # tokenizer files to write
     model_rows: set[int] = field(default_factory=set)
+    names: dict[str, str] = field(default_factory=dict)  # tokenizer references outside the merge -> resolved
 
     def is_embedding(self, name: str, shape: tuple[int, ...]) -> bool:
         return (len(shape) == 2 and layers.parse(name) is None and shape[0] in self.model_rows
@@ -69,8 +70,8 @@ class TokenPlan:
 
     def _default(self, tok: str, models: list[int], by_model: dict[int, torch.Tensor]) -> torch.Tensor | None:
         have = [m for m in models if tok in self.positions[m]]
-        if tok in self.tokens and self.tokens[tok].source is not None:
-            return self._configured(tok, self.tokens[tok].source, by_model)
+        if tok in self.sources:
+            return self._configured(tok, by_model)
         if len(have) == 1:
             return by_model[have[0]][self.positions[have[0]][tok]]
         if not have:
@@ -79,21 +80,23 @@ class TokenPlan:
             return by_model[self.base][self.positions[self.base][tok]]
         return torch.stack([by_model[m][self.positions[m][tok]] for m in have]).mean(dim=0)
 
-    def _configured(self, tok: str, source: Any, by_model: dict[int, torch.Tensor]) -> torch.Tensor:
-        if isinstance(source, ZeroEmbedding):
+    def _configured(self, tok: str, by_model: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The row `tokenizer.tokens` names, resolved and checked when the plan was made."""
+        source = self.sources[tok]
+        if source is None:
             return torch.zeros(next(iter(by_model.values())).shape[1])
-        model_ref = source.model if isinstance(source, ModelTokenEmbedding) else source
-        model = self.refs.get(model_ref)
-        if model is None or model not in by_model:
-            raise UserError(f"tokenizer.tokens.{tok}.source: {model_ref!r} is not one of the merged models")
-        src_tok = tok
-        if isinstance(source, ModelTokenEmbedding):
-            if source.token_id is not None:
-                return by_model[model][source.token_id]
-            src_tok = source.token
-        if src_tok not in self.positions[model]:
-            raise UserError(f"tokenizer.tokens.{tok}.source: token {src_tok!r} is not in {model_ref}")
-        return by_model[model][self.positions[model][src_tok]]
+        model, row = source
+        if model not in by_model:
+            raise UserError(f"tokenizer.tokens.{tok}.source: its model is not merged into this tensor")
+        return by_model[model][row]
+
+    def check_job(self, name: str, models: list[int], refs: list[ModelRef]) -> None:
+        """A token's configured source model must be among those merged into each embedding
+        tensor (with slices, a model may be left out of the first or last slice)."""
+        for tok, source in self.sources.items():
+            if source is not None and source[0] not in models:
+                raise UserError(f"tokenizer.tokens.{tok}.source: {refs[source[0]].name} is not one of the "
+                                f"models merged into {name}")
 
 
 def _tokenizer(folder: Path | None, what: str):
@@ -137,35 +140,86 @@ def _chat_template(recipe: Recipe, tokenizers: list) -> str | None:
 
 
 def plan_tokens(recipe: Recipe, refs: list[ModelRef], index: dict[str, int], checkpoints: list[Checkpoint],
-                donor: int) -> TokenPlan | None:
-    """The token plan, or None when the recipe asks for no tokenizer work (files are copied as is)."""
+                donor: int, root: Path = Path(".")) -> TokenPlan | None:
+    """The token plan, or None when the recipe asks for no tokenizer work (files are copied as is).
+
+    References (the tokenizer source, token sources) are resolved as models are: against `root`,
+    the recipe's folder, so a recipe merges the same from any working directory."""
     spec = recipe.tokenizer
     source = spec.source if spec is not None else recipe.tokenizer_source
     if source is None and recipe.chat_template is None:
         return None
     source = source or "base"
     tokenizers = [_tokenizer(c.folder, r.name) for c, r in zip(checkpoints, refs)]
-    positions, model_rows = {}, set()  # before the output tokenizer is built from (and changes) one of them
+    positions, model_rows, n_rows = {}, set(), []  # before the output tokenizer is built from (and changes) one
     for m, (tok, ckpt) in enumerate(zip(tokenizers, checkpoints)):
-        n_rows = int((ckpt.config or {}).get("vocab_size") or len(tok))
-        model_rows.add(n_rows)
-        positions[m] = {t: i for t, i in tok.get_vocab().items() if i < n_rows}
+        n_rows.append(int((ckpt.config or {}).get("vocab_size") or len(tok)))
+        model_rows.add(n_rows[m])
+        positions[m] = {t: i for t, i in tok.get_vocab().items() if i < n_rows[m]}
+    names: dict[str, str] = {}
     if source == "base":
         out = tokenizers[donor]
     elif source == "union":
         out = _union(tokenizers[donor], [t for i, t in enumerate(tokenizers) if i != donor])
     else:
         name = source.removeprefix("model:")
-        ref = refs[index[name]] if name in index else resolve_reference(name, Path("."), "tokenizer_source")
-        out = _tokenizer(ref.path, "tokenizer_source")
-    for text in (spec.tokens or {}) if spec is not None else {}:
+        key = "tokenizer.source" if spec is not None else "tokenizer_source"
+        ref = refs[index[name]] if name in index else resolve_reference(name, root, key)
+        names[name] = ref.name
+        out = _tokenizer(ref.path, key)
+    tokens = dict(spec.tokens or {}) if spec is not None else {}
+    merged = _Merged(refs, index, root, names)
+    sources = {tok: _token_source(tok, t.source, merged, positions, n_rows)
+               for tok, t in tokens.items() if t.source is not None}
+    for text in tokens:
         out.add_tokens(text)
     out.chat_template = _chat_template(recipe, tokenizers) or out.chat_template
     vocab = dict(sorted(out.get_vocab().items(), key=lambda kv: kv[1]))
     pad = spec.pad_to_multiple_of if spec is not None else None
     rows = len(vocab) if not pad else -(-len(vocab) // pad) * pad
-    return TokenPlan(vocab, rows, positions, donor if recipe.base_model else None,
-                     dict(spec.tokens or {}) if spec is not None else {}, dict(index), _saved(out), model_rows)
+    return TokenPlan(vocab, rows, positions, donor if recipe.base_model else None, tokens, sources, _saved(out),
+                     model_rows, names)
+
+
+def _token_source(tok: str, source: Any, merged: _Merged, positions: dict[int, dict[str, int]],
+                  n_rows: list[int]) -> tuple[int, int] | None:
+    """(model, row) of a `tokenizer.tokens` source, checked before any weights are read: the model
+    is one of the merge's and the token or row is in its embeddings (None: zeros)."""
+    if isinstance(source, ZeroEmbedding):
+        return None
+    key = f"tokenizer.tokens.{tok}.source"
+    model_ref = source.model if isinstance(source, ModelTokenEmbedding) else source
+    model = merged.find(model_ref, key)
+    if isinstance(source, ModelTokenEmbedding) and source.token_id is not None:
+        if not 0 <= source.token_id < n_rows[model]:
+            raise UserError(f"{key}: token_id {source.token_id} is outside the {n_rows[model]} embedding rows "
+                            f"of {model_ref}")
+        return model, source.token_id
+    src_tok = source.token if isinstance(source, ModelTokenEmbedding) else tok
+    if src_tok not in positions[model]:
+        raise UserError(f"{key}: token {src_tok!r} is not in {model_ref}")
+    return model, positions[model][src_tok]
+
+
+@dataclass
+class _Merged:
+    """The merge's models, found by any spelling of their reference; each new spelling is
+    recorded with its resolved name, for the recipe the merge saves."""
+
+    refs: list[ModelRef]
+    index: dict[str, int]
+    root: Path
+    names: dict[str, str]
+
+    def find(self, value: str, key: str) -> int:
+        if value in self.index:
+            return self.index[value]
+        name = resolve_reference(value, self.root, key).name
+        for i, ref in enumerate(self.refs):
+            if ref.name == name:
+                self.names[value] = name
+                return i
+        raise UserError(f"{key}: {value!r} is not one of the merged models")
 
 
 def _saved(tokenizer) -> dict[str, bytes]:

@@ -4,6 +4,10 @@ The adapter folder holds `adapter_config.json` and `adapter_model.safetensors` (
 `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`). Folding in directly keeps
 the streaming merge lazy (peft would build the whole model) and needs no peft at run time.
 Every adapter matrix is checked against the model's tensor shape when the checkpoint opens.
+
+Besides A/B matrices an adapter may hold whole tensors, which replace the model's before the
+update is added (what peft's load and merge_and_unload give): `X.base_layer.weight`, saved for an
+adapted embedding layer (save_embedding_layers), and `X.weight` of a `modules_to_save` module.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 from safetensors import safe_open
 
 from evo_merge.errors import UserError
-from evo_merge.weights.checkpoint import Checkpoint
+from evo_merge.weights.checkpoint import Checkpoint, _SafetensorsFile
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -52,20 +56,32 @@ class LoraCheckpoint(Checkpoint):
         config = json.loads(config_file.read_text(encoding="utf-8"))
         if config.get("peft_type", "LORA") != "LORA":
             raise UserError(f"{config_file}: peft_type {config.get('peft_type')!r} is not LORA")
+        if config.get("use_dora"):
+            raise UserError(f"{config_file}: a DoRA adapter (use_dora), which is not supported; only plain LoRA")
         pairs: dict[str, dict[str, torch.Tensor]] = {}
+        whole: dict[str, str] = {}  # model tensor -> adapter key of the tensor replacing it
         with safe_open(str(weights_file), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 match = _KEY.match(key)
                 if match is None:
-                    raise UserError(
-                        f"{weights_file}: {key} is not a LoRA A/B matrix (only LoRA adapters are supported)"
-                    )
+                    whole[self._replaced(key, weights_file)] = key
+                    continue
                 parts = pairs.setdefault(match["module"], {})
                 parts[match["part"][-1]] = handle.get_tensor(key)
                 parts["embedding"] = "embedding" in match["part"]
+        if whole:
+            replacements = _Replacements(weights_file, whole, {name: self.dtype(name) for name in whole})
+            self._readers.update(dict.fromkeys(whole, replacements))
         self._updates = {}
         for module, parts in pairs.items():
             self._updates[f"{module}.weight"] = self._update(config, module, parts, weights_file)
+
+    def _replaced(self, key: str, source: Path) -> str:
+        """The model tensor a whole tensor of the adapter replaces (peft's names, less its prefixes)."""
+        name = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        if name not in self:
+            raise UserError(f"{source}: {key} is neither a LoRA A/B matrix nor a tensor of {self.path}")
+        return name
 
     def _update(self, config: dict, module: str, parts: dict, source: Path) -> tuple:
         name = f"{module}.weight"
@@ -93,3 +109,27 @@ class LoraCheckpoint(Checkpoint):
         a, b, scale, transpose = self._updates[name]
         update = (b.float() @ a.float()) * scale
         return (weight.float() + (update.T if transpose else update)).to(weight.dtype)
+
+
+class _Replacements:
+    """The adapter's whole tensors, read lazily under the model's names and in the model's dtypes
+    (peft loads them into the model's parameters, which keep theirs)."""
+
+    def __init__(self, path: Path, keys: dict[str, str], dtypes: dict[str, torch.dtype]):
+        self._file = _SafetensorsFile(path)
+        self._keys, self._dtypes = keys, dtypes
+
+    def names(self) -> list[str]:
+        return list(self._keys)
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        return self._file.meta(self._keys[name])[0], self._dtypes[name]
+
+    def load(self, name: str) -> torch.Tensor:
+        view = self._file.load(self._keys[name])
+        tensor = view.to(self._dtypes[name], copy=True)
+        self._file.release(view)
+        return tensor
+
+    def release(self, view: torch.Tensor) -> None:
+        """`load` hands out a copy, its mapped pages already dropped: nothing to release."""

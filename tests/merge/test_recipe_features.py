@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -147,6 +148,116 @@ def test_lora_input_equals_peft_merge_and_shape_mismatch_exits_2(deep, tmp_path)
     result, bad = merge(tmp_path, recipe, "bad")
     assert result.exit_code == 2 and "adapter for" in result.output and "Traceback" not in result.output
     assert not bad.exists()
+
+
+def _adapter_with_whole_tensors(trained_on, out, kind):
+    """A LoRA adapter saved with peft's defaults that also stores whole tensors: the embedding it
+    adapts (`...embed_tokens.base_layer.weight`) or a `modules_to_save` head (`...lm_head.weight`)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(trained_on)
+    if kind == "embedding":
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False)
+    else:
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"],
+                            init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    if kind == "modules_to_save":
+        with torch.no_grad():  # the trained copy of the head, unlike the one of the model it is applied to
+            peft_model.base_model.model.lm_head.modules_to_save["default"].weight.add_(0.1)
+    peft_model.save_pretrained(out)
+    return load_file(out / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["embedding", "modules_to_save"])
+def test_lora_adapter_whole_tensors_replace_the_model_s_as_peft_merge_and_unload(deep, tmp_path, kind):
+    from peft import PeftModel
+
+    saved = _adapter_with_whole_tensors(deep["base"], tmp_path / "adapter", kind)
+    whole = "model.embed_tokens.weight" if kind == "embedding" else "lm_head.weight"
+    assert any(k.endswith("base_layer.weight") if kind == "embedding" else k == f"base_model.model.{whole}"
+               for k in saved)  # peft's defaults stored the whole tensor
+    ft1 = AutoModelForCausalLM.from_pretrained(deep["ft1"])
+    expected = PeftModel.from_pretrained(ft1, tmp_path / "adapter").merge_and_unload().state_dict()
+    result, out = merge(tmp_path, {"merge_method": "linear",
+                                   "models": [{"model": f"{deep['ft1']}+{tmp_path / 'adapter'}"}]})
+    assert result.exit_code == 0, result.output
+    merged = tensors_of(out)
+    assert merged.keys() == tensors_of(deep["ft1"]).keys()
+    for name, tensor in merged.items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
+    assert not torch.allclose(merged[whole], tensors_of(deep["ft1"])[whole], atol=1e-3)  # the adapter's, not ft1's
+
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    weights["base_model.model.model.no_such.weight"] = torch.zeros(2)
+    save_file(weights, tmp_path / "adapter" / "adapter_model.safetensors")
+    result, bad = merge(tmp_path, {"merge_method": "linear",
+                                   "models": [{"model": f"{deep['ft1']}+{tmp_path / 'adapter'}"}]}, "bad")
+    assert result.exit_code == 2 and "no_such.weight is neither a LoRA A/B matrix" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not bad.exists()
+
+
+def _tied_copy(folder, out):
+    """`folder` as a tied-embedding checkpoint: tie_word_embeddings set, no lm_head.weight stored."""
+    shutil.copytree(folder, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    weights = tensors_of(out)
+    del weights["lm_head.weight"]
+    for file in out.glob("*.safetensors"):
+        file.unlink()
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def test_a_tied_model_s_input_embedding_stands_in_for_its_missing_output_head(deep, tmp_path):
+    tied = _tied_copy(deep["ft1"], tmp_path / "tied")
+    result, out = merge(tmp_path, {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+                                   "models": [{"model": str(tied), "parameters": {"weight": 0.5}}]})
+    assert result.exit_code == 0, result.output
+    merged, base, ft = tensors_of(out), tensors_of(deep["base"]), tensors_of(deep["ft1"])
+    assert merged.keys() == base.keys()
+    head = base["lm_head.weight"] + 0.5 * (ft["model.embed_tokens.weight"] - base["lm_head.weight"])  # as mergekit
+    assert torch.allclose(merged["lm_head.weight"], head, atol=1e-6)
+    for name in base.keys() - {"lm_head.weight"}:
+        assert torch.allclose(merged[name], base[name] + 0.5 * (ft[name] - base[name]), atol=1e-6), name
+    assert generates(out)
+
+
+def test_tokenizer_source_resolves_against_the_recipe_s_folder_and_is_saved_resolved(deep, tmp_path):
+    project = tmp_path / "project"
+    for name in ("base", "ft1", "chat"):
+        shutil.copytree(deep[name], project / name)
+    recipe = {"merge_method": "linear", "models": [{"model": "./base"}, {"model": "./ft1"}],
+              "tokenizer_source": "model:./chat"}
+    result, out = merge(project, recipe)  # the recipe in project/, the working directory elsewhere
+    assert result.exit_code == 0, result.output
+    assert len(AutoTokenizer.from_pretrained(out)) == len(AutoTokenizer.from_pretrained(deep["chat"])) == 102
+    saved = yaml.safe_load((out / "merge_recipe.yaml").read_text())
+    assert saved["tokenizer_source"] == f"model:{(project / 'chat').resolve()}"
+    assert rebuilds_bit_for_bit(out, tmp_path)
+
+
+TOKEN_SOURCE_ERRORS = {
+    "token_id beyond the model's rows": ({"kind": "model_token", "model": "{ft1}", "token_id": 5000},
+                                         "token_id 5000 is outside the 100 embedding rows"),
+    "a model outside the merge": ("{ft2}", "is not one of the merged models"),
+    "a token the model lacks": ({"kind": "model_token", "model": "{ft1}", "token": "<nope>"},
+                                "token '<nope>' is not in"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOKEN_SOURCE_ERRORS))
+def test_token_sources_are_checked_before_merging(deep, tmp_path, case):
+    source, expected = TOKEN_SOURCE_ERRORS[case]
+    text = yaml.safe_dump(source).replace("{ft1}", str(deep["ft1"])).replace("{ft2}", str(deep["ft2"]))
+    recipe = {"merge_method": "linear", "models": [{"model": str(deep["ft1"])}, {"model": str(deep["chat"])}],
+              "tokenizer": {"source": "union", "tokens": {"<|im_start|>": {"source": yaml.safe_load(text)}}}}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 2, result.output
+    assert "tokenizer.tokens.<|im_start|>.source: " in result.output and expected in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_published_style_recipe_with_union_tokenizer_lora_gradients_and_filters(deep, tmp_path):

@@ -10,9 +10,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evo_merge.cli import cli
+from evo_merge.errors import UserError
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.plan import plan_from_recipe, stream_merge
 from evo_merge.merge.recipe import Recipe
+from evo_merge.merge.registry import get_method, list_methods
 from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family
 
@@ -205,6 +207,27 @@ def test_svd_methods_compute_in_half_precision(family, tmp_path, method):
             assert merged[dtype][name].dtype == getattr(torch, dtype)
             error = (merged[dtype][name].float() - exact).norm()
             assert error <= 0.05 * delta.norm() + 4 * U_HALF * exact.norm(), (dtype, name)
+
+
+def test_int8_mask_is_accepted_by_every_method_changes_nothing_and_is_not_searched(tmp_path):
+    """mergekit's int8_mask only picks the dtype of its intermediate sign masks: every method takes
+    it (README), the tensors are those of the same recipe without it, and the search leaves it be."""
+    base, fts = save_tiny_family(tmp_path, "llama", n_finetunes=2)
+    for name in list_methods():
+        method = get_method(name)
+        count = method.n_models[1] if method.n_models[1] is not None else 2
+        recipe = {"merge_method": name, "base_model": str(base),
+                  "models": [{"model": str(m)} for m in [base, *fts][-count:] if count] or [{"model": str(base)}],
+                  "parameters": {"t": 0.3} if method.hyperparameter("t") else {}}
+        plain = dict(stream_merge(plan_from_recipe(Recipe.model_validate(recipe)))[1])
+        recipe["parameters"] = {**recipe["parameters"], "int8_mask": True}
+        masked = dict(stream_merge(plan_from_recipe(Recipe.model_validate(recipe)))[1])
+        assert plain.keys() == masked.keys() and all(torch.equal(plain[k], masked[k]) for k in plain), name
+        assert all(h.name != "int8_mask" for h in method.hyperparameters if h.searchable), name
+    recipe = {"merge_method": "slerp", "base_model": str(base), "models": [{"model": str(fts[0])}],
+              "parameters": {"int8_mask": "yes"}}
+    with pytest.raises(UserError, match=r"^parameters\.int8_mask: expected true or false, got 'yes'$"):
+        plan_from_recipe(Recipe.model_validate(recipe))
 
 
 BAD_RECIPES = {
