@@ -14,7 +14,6 @@ from pathlib import Path
 import click
 
 RUN_DIR = click.argument("run", type=click.Path(path_type=Path))
-EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
 
 
 def _campaign_file(run: Path) -> Path:
@@ -89,7 +88,7 @@ def _run(runner) -> None:
     from evo_merge.cli.progress import StageBars
     from evo_merge.report.campaign import write_report
     from evo_merge.report.tracking import follow_campaign
-    from evo_merge.search.store import in_run
+    from evo_merge.search.store import EXPORTED_META, in_run
 
     workspace = runner.workspace
     tracker = follow_campaign(runner)  # before any evaluation: a missing package stops nothing paid for
@@ -203,7 +202,7 @@ def status(run: Path) -> None:
 def report(run: Path) -> None:
     """(Re)write report.md, report.html, pareto.csv and the plots of a run."""
     from evo_merge.report.campaign import write_report
-    from evo_merge.search.store import in_run
+    from evo_merge.search.store import EXPORTED_META, in_run
 
     store, facts = _store(run)
     exported = {  # picks exported by `run` / `resume` into this folder (older runs stored absolute paths)

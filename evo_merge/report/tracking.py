@@ -24,7 +24,7 @@ from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError, first_line
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.metrics import generation_metrics
-from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
+from evo_merge.search.store import EXPORTED_META, CampaignStore, Evaluation, atomic_write
 
 IDS_FILE = "tracking.json"
 EXTRA = "pip install 'evo-merge[tracking]'"
@@ -102,10 +102,14 @@ def _existing(run_dir: Path) -> list[Path]:
 
 
 def evaluation_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Every evaluation of the run, from its store (complete even when a resume skipped some live calls)."""
+    """Every evaluation of the run, from its store (complete even when a resume skipped some live
+    calls), with the picks it was exported as (`picked_as`, names joined by commas)."""
     store = CampaignStore(run_dir)
     try:
-        return [evaluation_record(e) for e in store.evaluations()]
+        picked: dict[int, list[str]] = {}
+        for name, (eid, _) in (store.get_meta(EXPORTED_META) or {}).items():
+            picked.setdefault(eid, []).append(name)
+        return [{**evaluation_record(e), "picked_as": ",".join(picked.get(e.id, []))} for e in store.evaluations()]
     finally:
         store.close()
 

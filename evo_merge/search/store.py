@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS generations (
 TABLES = ("evaluations", "item_scores", "meta", "generations")
 # columns added after the first release, added to older databases when they are opened
 ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT"}
+EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
 
 
 @dataclass

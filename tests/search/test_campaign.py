@@ -448,3 +448,7 @@ def test_a_tracked_campaign_logs_each_estimate_once_and_the_measured_scores(tmp_
     measured = {m.step for m in client.get_metric_history(run.info.run_id, "measured/agree0")}
     exported = {eid for eid, _ in CampaignStore(tmp_path / "run").get_meta("exported").values()}
     assert exported <= measured and measured <= set(steps)
+    rows = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluations.json", str(tmp_path))).read_text())
+    picks = CampaignStore(tmp_path / "run").get_meta("exported")
+    assert {r["id"]: r["picked_as"] for r in rows if r["picked_as"]} == {
+        eid: ",".join(n for n, (i, _) in picks.items() if i == eid) for eid in exported}
