@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -31,8 +31,11 @@ def facts_objectives(facts: dict) -> Objectives:
                          facts.get("weights"))
 
 
-def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) -> pd.DataFrame:
-    """One row per evaluation: id, phase, generation, method, weights, parameters, estimated and measured scores."""
+def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str],
+                     sampled: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+    """One row per evaluation: id, phase, generation, method, weights, parameters, estimated and
+    measured scores, and (`sample_`) the race's sample scores of a survivor not measured whole."""
+    sampled = sampled or {}
     rows = []
     for e in evaluations:
         candidate = Candidate.from_key(e.key)
@@ -43,9 +46,10 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str]) ->
             row[f"est_{task}"] = (e.estimates or {}).get(task)
             row[f"est_se_{task}"] = (e.estimate_se or {}).get(task)
             row[f"meas_{task}"] = (e.measured or {}).get(task)
+            row[f"sample_{task}"] = sampled[e.key].get(task) if e.measured is None and e.key in sampled else None
         rows.append(row)
     columns = ["id", "phase", "generation", "status", "method", "weights", "params", "items",
-               *(f"{kind}_{task}" for task in tasks for kind in ("est", "est_se", "meas"))]
+               *(f"{kind}_{task}" for task in tasks for kind in ("est", "est_se", "meas", "sample"))]
     return pd.DataFrame(rows, columns=columns)  # the columns even with no row yet (a run cut short in calibration)
 
 
@@ -71,6 +75,10 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
     ax.scatter(measured[f"est_{x}"], measured[f"est_{y}"], marker="o", facecolors="none", edgecolors="C1",
                label="front (estimated)")
     ax.scatter(measured[f"meas_{x}"], measured[f"meas_{y}"], marker="*", s=80, color="C1", label="front (measured)")
+    sampled = table[table[f"sample_{x}"].notna()]
+    if len(sampled):
+        ax.scatter(sampled[f"sample_{x}"], sampled[f"sample_{y}"], marker="x", s=40, color="C2",
+                   label="race survivors (sample scores)")
     for _, row in measured.iterrows():
         ax.plot([row[f"est_{x}"], row[f"meas_{x}"]], [row[f"est_{y}"], row[f"meas_{y}"]], color="C1", lw=0.6)
     calibration = table[table.phase == "calibration"]
@@ -116,8 +124,11 @@ def write_report(
     objectives = facts_objectives(facts)
     tasks = list(objectives.names)
     full_items = search_item_count(facts, store)
-    table = evaluation_table(store.evaluations(), tasks)
-    front = table[table.phase.isin(["search", BASELINE]) & table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)]
+    race = store.get_meta(RACE_META)
+    table = evaluation_table(store.evaluations(), tasks, ((race or {}).get("compared") or {}).get("scores"))
+    scored = (table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)
+              | table[[f"sample_{t}" for t in tasks]].notna().all(axis=1))  # race survivors: their sample scores
+    front = table[table.phase.isin(["search", BASELINE]) & scored]
     atomic_write(run_dir / "pareto.csv", front.to_csv(index=False))
     progress = progress_table(store, objectives)
     plot_pareto(table, tasks, run_dir / "pareto.png")
@@ -145,7 +156,6 @@ def write_report(
         ),
         _holdout_fact(holdout),
     ]
-    race = store.get_meta(RACE_META)
     facts += [line] if (line := race_summary(race)) else []
     summary = _summary(table, tasks, store, exported or {})
     lines = [
@@ -175,7 +185,7 @@ def write_report(
             f"- {md(name)}: evaluation {i} → {md(in_run(path, run_dir))}" for name, (i, path) in exported.items()
         ]
         lines.append("")
-    if race and race["left"]:
+    if race and _race_lines(store, race):
         lines += ["## Left the final-phase race", "",
                   "Not measured on every item: another finalist was, with confidence, at most "
                   f"{race['tolerance']:g} worse on every task.", ""] + _race_lines(store, race)
@@ -200,7 +210,8 @@ def write_report(
         tasks,
         facts_html
         + "<h2>Reference models and measured front</h2>"
-        + summary.to_html(index=False, escape=True),
+        + summary.to_html(index=False, escape=True)
+        + _compared_html(table, tasks),
         exported,
     )
     return path
@@ -211,11 +222,24 @@ def _race_lines(store: CampaignStore, race: dict) -> list[str]:
     lines = []
     for key, leaver in race["left"].items():
         evaluation, winner = store.get(key), store.get(leaver["beaten_by"])
+        if evaluation.measured is not None:  # measured since (`export --pick`): in the measured table
+            continue
         label = f", {md(baselines[key])}" if key in baselines else ""
         lines.append(f"- evaluation {evaluation.id} ({md(evaluation.method)}{label}): left after "
                      f"{leaver['items']:,} items ({leaver['stage'] * 100:g}% of each task's), matched by "
                      f"evaluation {winner.id}")
     return lines
+
+
+def _compared_html(table: pd.DataFrame, tasks: Sequence[str]) -> str:
+    """The race's survivors not measured whole, with their sample scores (none: nothing)."""
+    rows = table[table[f"sample_{tasks[0]}"].notna()]
+    if not len(rows):
+        return ""
+    shown = rows[["id", "phase", "method", "weights", "params", *(f"sample_{t}" for t in tasks)]]
+    return ("<h2>Compared on the race's last sample</h2><p>Survivors of the final-phase race not measured on "
+            "every item: their scores on the race's last sample, on which the picks were chosen.</p>"
+            + shown.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.3f}"))
 
 
 def _compared(store: CampaignStore, race: dict, tasks: Sequence[str]) -> list[str]:

@@ -81,6 +81,10 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str]):
     trace(search, "est", "candidates (estimated)", marker={"size": 6, "opacity": 0.35, "color": "#1f77b4"})
     trace(measured, "est", "front (estimated)", marker={"size": 10, "symbol": "circle-open", "color": "#ff7f0e"})
     trace(measured, "meas", "front (measured)", marker={"size": 13, "symbol": "star", "color": "#ff7f0e"})
+    if f"sample_{x}" in ok:  # race survivors not measured whole: their scores on the race's sample
+        sampled = ok[ok[f"sample_{x}"].notna() & ok[f"sample_{y}"].notna()]
+        trace(sampled, "sample", "race survivors (sample scores)",
+              marker={"size": 9, "symbol": "x", "color": "#2ca02c"})
     for label, rows in calibration.groupby(calibration.apply(reference_label, axis=1), sort=False):
         trace(rows, "meas", f"{label} (measured)", marker={"size": 11, "symbol": "square"})
     for _, row in measured.iterrows():  # estimate -> measurement

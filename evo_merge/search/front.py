@@ -128,34 +128,35 @@ def to_measure(store: CampaignStore, objectives: Objectives, final: FinalSpec, d
 
 
 def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectives: Objectives,
-                   final: FinalSpec, seed: int) -> tuple[list[Evaluation], dict[str, dict[str, float]]]:
+                   final: FinalSpec, seed: int) -> tuple[list[Evaluation], Callable[[str], dict[str, float]] | None]:
     """The finalists that survive the race, scored through the log (stored as they arrive, so a
     resumed race looks its stages up and takes the same decisions), the leavers recorded in
-    `RACE_META`; and, with `measure_whole: picks`, the survivors' scores on the last stage's
-    sample. A finalist measured before (`export --pick`) races like the others but is no leaver:
-    it has every item already."""
+    `RACE_META`; and, with `measure_whole: picks`, the score on the last stage's sample of a
+    candidate that has its items (every survivor, and every candidate measured whole), the
+    survivors' recorded too. A finalist measured before (`export --pick`) races like the others
+    but is no leaver: it has every item already."""
     scoring, store = log.scoring, log.store
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
-    stored: dict[str, ItemScores] = {}
 
     def score(keys: Sequence[str], items: Items, label: str) -> dict[str, ItemScores]:
         log.measure([store.get(k) for k in keys], label, held_out=False, among=items)
-        stored.update({k: store.item_scores(k) for k in keys})
-        return {k: stored[k] for k in keys
-                if all(set(ids) <= stored[k].get(t, {}).keys() for t, ids in items.items())}
+        stored = {k: store.item_scores(k) for k in keys}
+        return {k: s for k, s in stored.items() if all(set(ids) <= s.get(t, {}).keys() for t, ids in items.items())}
 
     live, left, last = run_race([e.key for e in finalists], sample, final.race, objectives, score,
                                 final.race_tolerance)
     left = {key: leaver for key, leaver in left.items() if store.get(key).measured is None}
     record: dict = {"finalists": len(finalists), "tolerance": final.race_tolerance, "left": left}
-    sampled = {}
-    if final.measure_whole == "picks" and last is not None:  # every survivor, measured whole or not: a
-        # resumed run whose picks were measured must compare them on the sample again, as it first did
-        sampled = {k: sample.score(stored[k], last) for k in live}
-        record["compared"] = {"stage": last, "items": sum(map(len, sample.items(last).values())), "scores": sampled}
+    on_sample = None
+    if final.measure_whole == "picks" and last is not None:
+        def on_sample(key: str) -> dict[str, float]:
+            return sample.score(store.item_scores(key), last)
+
+        record["compared"] = {"stage": last, "items": sum(map(len, sample.items(last).values())),
+                              "scores": {k: on_sample(k) for k in live}}
     store.set_meta(RACE_META, record)
-    return [e for e in finalists if e.key in live or e.measured is not None], sampled
+    return [e for e in finalists if e.key in live or e.measured is not None], on_sample
 
 
 def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, space: SearchSpace,
@@ -163,16 +164,21 @@ def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, 
     """Measure the final phase's candidates on the search items, those that survive its race
     when `final.race` has stages (and the references' held-out items). Returns what the picks
     are chosen among: every candidate measured on every search item (those measured before, e.g.
-    by `evo-merge export`, included) and, with `measure_whole: picks`, the race's survivors with
-    their last-stage sample scores in place of a measurement (`measure_picks` measures the picks)."""
+    by `evo-merge export`, included) and the race's survivors. With `measure_whole: picks`, all of
+    them carry their scores on the race's last sample in place of a measurement, so that none is
+    compared on other items than the rest (`measure_picks` then measures the picks)."""
     chosen = to_measure(log.store, objectives, final, Distinct(space, final.distinct))
-    sampled: dict[str, dict[str, float]] = {}
+    on_sample = None
     if final.race and any(e.measured is None for e in chosen):  # (full evaluation measures every candidate)
-        chosen, sampled = race_finalists(log, chosen, objectives, final, seed)
-    log.measure([e for e in chosen if e.key not in sampled], MEASURE_STAGE, held_out=False)
+        chosen, on_sample = race_finalists(log, chosen, objectives, final, seed)
+    if on_sample is None:
+        log.measure(chosen, MEASURE_STAGE, held_out=False)
     log.measure([e for e in map(log.store.get, (c.key for c in references)) if e is not None], MEASURE_STAGE)
-    measured = [e for e in candidates(log.store) if e.measured is not None and e.key not in sampled]
-    return measured + [replace(e, measured=sampled[e.key]) for e in chosen if e.key in sampled]
+    measured = [e for e in candidates(log.store) if e.measured is not None]
+    if on_sample is None:
+        return measured
+    pool = {e.key: e for e in [*measured, *chosen]}
+    return [replace(e, measured=on_sample(key)) for key, e in pool.items()]
 
 
 def measure_picks(log: EvaluationLog, chosen: Mapping[str, Evaluation]) -> dict[str, Evaluation]:

@@ -142,13 +142,14 @@ def run_race(finalists: Sequence[str], sample: RaceSample, stages: Sequence[floa
 def race_summary(record: Mapping | None) -> str | None:
     """One line on a stored race: how many finalists left it, at which stage, and, where only the
     picks were measured on every item, on what the survivors were compared (None: no race ran)."""
-    if not record:
+    if not record or record["finalists"] < 2:  # no stage runs for a single finalist
         return None
     stages = Counter(leaver["stage"] for leaver in record["left"].values())
     at = ", ".join(f"{n} at {stage * 100:g}% of the items" for stage, n in sorted(stages.items()))
     line = (f"final-phase race: {len(record['left'])} of {record['finalists']} finalists left it before every "
             f"item" + (f" ({at})" if at else ""))
     if compared := record.get("compared"):
-        line += (f"; the {len(compared['scores'])} that stayed were compared on {compared['stage'] * 100:g}% of the "
-                 "items, and only the picks among them measured on every item")
+        n = len(compared["scores"])
+        line += (f"; the {n} that stayed {'was' if n == 1 else 'were'} compared on {compared['stage'] * 100:g}% "
+                 "of the items, and only the picks among them measured on every item")
     return line

@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from test_campaign import campaign, zoo  # noqa: F401  (the tiny family and the campaign file)
@@ -194,6 +195,13 @@ def test_by_default_the_picks_are_chosen_on_the_race_s_last_sample_and_measured_
     report = (raced["picks"] / "report.md").read_text()
     assert report.count("\n- evaluation", report.index("## Compared on the race's last sample")) >= \
         len(compared["scores"]) - len(set(exported.values()))
+    # the front files show the survivors scored on the sample too, not the measured picks alone
+    pareto = pd.read_csv(raced["picks"] / "pareto.csv")
+    ids = {store.get(k).id for k in compared["scores"]}
+    assert ids <= set(pareto["id"]) and pareto["sample_agree0"].notna().sum() == len(ids - set(
+        store.get(k).id for k in measured))
+    assert "Compared on the race&#x27;s last sample" in (raced["picks"] / "report.html").read_text() or \
+        "Compared on the race's last sample" in (raced["picks"] / "report.html").read_text()
 
 
 def _strata(sample, task, fraction):
@@ -231,6 +239,41 @@ def test_a_run_cut_after_its_picks_were_measured_resumes_to_the_same_picks(raced
     after = CampaignStore(run)
     assert after.get_meta("exported") == exported and after.items_evaluated(measured=True) == spent
     assert after.get_meta(RACE_META) == record  # the measured picks compared on the sample like the rest
+
+
+def test_a_candidate_exported_by_hand_competes_for_the_picks_on_the_same_sample(raced, tmp_path):
+    """Measured whole by `export --pick` (a leaver, or no finalist at all), a candidate takes part
+    in the picks like a survivor, scored on the race's sample as they are: its whole score against
+    their sample scores would favour whichever the sample flatters."""
+    run = tmp_path / "run"
+    shutil.copytree(raced["picks"], run)
+    store = CampaignStore(run)
+    record = store.get_meta(RACE_META)
+    leaver = next(k for (k,) in store.db.execute("SELECT key FROM evaluations WHERE phase = 'search' AND status = 'ok' "
+                                                 "ORDER BY id") if k not in record["compared"]["scores"])
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(store.get(leaver).id), "--out",
+                                      str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    store.db.execute("DELETE FROM meta WHERE key IN ('exported', 'finished')")
+    store.db.commit()
+    store.close()
+    runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+    runner.calibrate()
+    scoring = runner.scoring
+    sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
+                        {n: scoring.tasks[n].scenarios for n in scoring.names}, 1 + SEED_OFFSET)
+    offered = runner.measure_final()  # what the picks are chosen among (the race looked up, nothing scored)
+    store = runner.workspace.store
+    on_sample = {e.key: sample.score(store.item_scores(e.key), 0.25) for e in offered}
+    assert leaver in on_sample and all(e.measured == pytest.approx(on_sample[e.key]) for e in offered)
+    runner.close()
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    store = CampaignStore(run)
+    exported = {name: store.db.execute("SELECT key FROM evaluations WHERE id = ?", (eid,)).fetchone()[0]
+                for name, (eid, _) in store.get_meta("exported").items()}
+    for task in ("agree0", "agree1"):
+        assert on_sample[exported[f"best-{task}"]][task] == max(s[task] for s in on_sample.values())
 
 
 def test_a_resumed_race_takes_the_same_decisions_without_scoring_again(raced):
