@@ -387,11 +387,15 @@ def merge_tensor(
     name: str,
 ) -> torch.Tensor:
     try:
-        return method.fn(base, deltas, weights, params, name)
+        merged = method.fn(base, deltas, weights, params, name)
     except UserError:
         raise
     except RuntimeError as exc:  # e.g. SVD failing to converge on a degenerate matrix
         raise RuntimeError(f"{method.name} failed on tensor {name}: {exc}") from exc
+    if not isinstance(merged, torch.Tensor) or merged.shape != base.shape:  # a plugin's slip, named here
+        got = f"shape {list(merged.shape)}" if isinstance(merged, torch.Tensor) else type(merged).__name__
+        raise RuntimeError(f"{method.name} returned {got} for tensor {name}, not a tensor of shape {list(base.shape)}")
+    return merged
 
 
 def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint]) -> torch.Tensor:

@@ -174,7 +174,8 @@ def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path
 FAULTS = {  # how a plugin method fails -> what the stored error says
     "runtime": (lambda: (_ for _ in ()).throw(RuntimeError("simulated out of memory")), "simulated out of memory"),
     "key": (lambda: {}["no such entry"], "KeyError: 'no such entry'"),
-    "none": (lambda: None, "TypeError"),
+    "none": (lambda: None, "test_fragile returned NoneType for tensor"),
+    "shape": (lambda: torch.zeros(3), "test_fragile returned shape [3] for tensor"),
 }
 
 
@@ -197,7 +198,8 @@ def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, 
     db = sqlite3.connect(run / "state.sqlite")
     failed = db.execute("SELECT COUNT(*), MIN(error) FROM evaluations WHERE status='failed'").fetchone()
     assert failed[0] >= 1 and message in failed[1]
-    assert message in (run / "report.md").read_text().split("## Failures")[1]  # each failure with its error
+    report = (run / "report.md").read_text().replace("\\", "")  # markdown escapes aside
+    assert message in report.split("## Failures")[1]  # each failure with its error
     assert "## Failures" in (run / "report.md").read_text()
     ok = db.execute("SELECT COUNT(*) FROM evaluations WHERE status='ok' AND phase='search'").fetchone()[0]
     assert ok >= 8 and (run / "models").is_dir()
