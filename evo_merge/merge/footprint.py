@@ -203,12 +203,9 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
         return 0
     # task arithmetic and TSV: setup's float32 base tensor and one endpoint's; a candidate's output
     # (plain pieces are added as stored, factored ones accumulated by matrix products)
-    copies = 2
+    copies = max(2, _stacked(setting))
     for name in setting.methods:
-        if name in STACKING:
-            per_model, fixed = STACKING[name]
-            copies = max(copies, per_model * setting.n_models + fixed)
-        elif name != "mass" and get_method(name).pieces is None:
+        if name not in STACKING and name != "mass" and get_method(name).pieces is None:
             copies = max(copies, setting.n_models + 4)
     # with `host` on a GPU, the largest tensor's stored base and task vectors are on the device while it
     # is merged; on a CPU the host is the device, nothing is staged
@@ -268,12 +265,15 @@ def export_bytes(shapes: Shapes, setting: Setting) -> int:
     largest = max(shapes.floating, key=lambda t: t.numel, default=None)
     if largest is None:
         return 0
-    T, copies = setting.n_models, 2 * setting.n_models + 3
-    for name in setting.methods:
-        if name in STACKING:
-            per_model, fixed = STACKING[name]
-            copies = max(copies, T + 1 + per_model * T + fixed)
+    T = setting.n_models
+    copies = max(2 * T + 3, T + 1 + _stacked(setting))
     return largest.numel * 4 * copies + min(shapes.nbytes(None), DEFAULT_MAX_SHARD_BYTES)
+
+
+def _stacked(setting: Setting) -> int:
+    """Float32 copies of the largest tensor the stacking sparsifiers among the methods keep alive
+    while they merge it (0: none of them is searched)."""
+    return max((a * setting.n_models + b for name, (a, b) in STACKING.items() if name in setting.methods), default=0)
 
 
 def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shapes:
@@ -369,8 +369,7 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
     while batch >= 1:
         other = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype, batch)
         if other.fits:
-            where = "" if target.gpu is None else f", {other.device} {gib(other.device_bytes)}"
-            plan.alternative = f"evaluator: {{batch_size: {batch}}} fits (host {gib(other.need_host)}{where})"
+            plan.alternative = f"evaluator: {{batch_size: {batch}}} fits ({_needs(other)})"
             return plan
         batch //= 2
     placements = ("device", "host") if target.gpu is not None else (current.placement,)
@@ -384,13 +383,17 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
     for storage, ev in options:
         other = plan_for(campaign, shapes, len(model_paths), target, storage, ev)
         if other.fits:
-            where = "" if target.gpu is None else f", {other.device} {gib(other.device_bytes)}"
             suffix = "" if ev == eval_dtype else str(ev).removeprefix("torch.")
-            plan.alternative = f"{describe_storage(storage, suffix or None)} fits (host {gib(other.need_host)}{where})"
+            plan.alternative = f"{describe_storage(storage, suffix or None)} fits ({_needs(other)})"
             return plan
     lean = plan_for(campaign, shapes, len(model_paths), target, *options[-1])
     plan.alternative = f"no storage setting fits; the leanest ({describe_storage(lean.storage)}) {lean.shortfall()}"
     return plan
+
+
+def _needs(plan: Plan) -> str:
+    """What a plan that fits needs, as the suggestion shows it."""
+    return f"host {gib(plan.need_host)}" + ("" if plan.device == "cpu" else f", {plan.device} {gib(plan.device_bytes)}")
 
 
 def check_fits(campaign, base_path: str | Path, model_paths: Sequence[str | Path]) -> Plan:

@@ -125,7 +125,8 @@ def write_report(
     tasks = list(objectives.names)
     full_items = search_item_count(facts, store)
     race = store.get_meta(RACE_META)
-    table = evaluation_table(store.evaluations(), tasks, ((race or {}).get("compared") or {}).get("scores"))
+    evaluations = store.evaluations()
+    table = evaluation_table(evaluations, tasks, ((race or {}).get("compared") or {}).get("scores"))
     scored = (table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)
               | table[[f"sample_{t}" for t in tasks]].notna().all(axis=1))  # race survivors: their sample scores
     front = table[table.phase.isin(["search", BASELINE]) & scored]
@@ -138,7 +139,7 @@ def write_report(
     search_items = store.items_evaluated("search")
     n_search = int((table.phase == "search").sum())
     failed = table[table.status == "failed"]
-    errors = {e.id: (e.error or "").strip().split("\n")[0] for e in store.evaluations() if e.status == "failed"}
+    errors = {e.id: (e.error or "").strip().split("\n")[0] for e in evaluations if e.status == "failed"}
     holdout = store.get_meta(HOLDOUT_META, {})
     unfinished = [f"**not finished**: {store.generations_completed()} of {facts['generations']} generations "
                   f"searched, no final phase yet; `evo-merge resume {run_dir}` carries it on"] if not finished else []
@@ -185,17 +186,20 @@ def write_report(
             f"- {md(name)}: evaluation {i} → {md(in_run(path, run_dir))}" for name, (i, path) in exported.items()
         ]
         lines.append("")
-    if race and _race_lines(store, race):
+    race_lines = _race_lines(store, race) if race else []
+    if race_lines:
         lines += ["## Left the final-phase race", "",
                   "Not measured on every item: another finalist was, with confidence, at most "
-                  f"{race['tolerance']:g} worse on every task.", ""] + _race_lines(store, race)
+                  f"{race['tolerance']:g} worse on every task.", ""] + race_lines
         lines.append("")
-    if race and (compared := _compared(store, race, tasks)):
+    baselines = store.get_meta(BASELINES_META, {})
+    compared = _compared(table, {e.id: baselines[e.key] for e in evaluations if e.key in baselines}, tasks)
+    if len(compared):
         lines += ["## Compared on the race's last sample", "",
                   f"Survivors of the race not measured on every item: scored on the same {race['compared']['items']:,} "
                   f"items ({race['compared']['stage'] * 100:g}% of each task's search items), on which the picks "
-                  "were chosen and then measured whole.", ""] + compared
-        lines.append("")
+                  "were chosen and then measured whole.", "",
+                  compared.map(md).rename(columns=md).to_markdown(index=False, disable_numparse=True), ""]
     if len(failed):
         lines += ["## Failures", ""] + [
             f"- evaluation {r.id} ({md(r.method)}): {md(errors.get(r.id) or 'no message')}" for r in failed.itertuples()
@@ -211,7 +215,9 @@ def write_report(
         facts_html
         + "<h2>Reference models and measured front</h2>"
         + summary.to_html(index=False, escape=True)
-        + _compared_html(table, tasks),
+        + ("<h2>Compared on the race's last sample</h2><p>Survivors of the final-phase race not measured on every "
+           "item: their scores on the race's last sample, on which the picks were chosen.</p>"
+           + compared.to_html(index=False, escape=True) if len(compared) else ""),
         exported,
     )
     return path
@@ -231,28 +237,13 @@ def _race_lines(store: CampaignStore, race: dict) -> list[str]:
     return lines
 
 
-def _compared_html(table: pd.DataFrame, tasks: Sequence[str]) -> str:
-    """The race's survivors not measured whole, with their sample scores (none: nothing)."""
+def _compared(table: pd.DataFrame, baselines: Mapping[int, str], tasks: Sequence[str]) -> pd.DataFrame:
+    """The race's survivors not measured whole (`sample_` scores, see `evaluation_table`), one row
+    each for both reports: id, method, baseline label (by evaluation id), sample score per task."""
     rows = table[table[f"sample_{tasks[0]}"].notna()]
-    if not len(rows):
-        return ""
-    shown = rows[["id", "phase", "method", "weights", "params", *(f"sample_{t}" for t in tasks)]]
-    return ("<h2>Compared on the race's last sample</h2><p>Survivors of the final-phase race not measured on "
-            "every item: their scores on the race's last sample, on which the picks were chosen.</p>"
-            + shown.to_html(index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.3f}"))
-
-
-def _compared(store: CampaignStore, race: dict, tasks: Sequence[str]) -> list[str]:
-    """One line per race survivor scored only on the last stage's sample: its sample scores."""
-    baselines = store.get_meta(BASELINES_META, {})
-    lines = []
-    for key, scores in race.get("compared", {}).get("scores", {}).items():
-        evaluation = store.get(key)
-        if evaluation.measured is None:
-            label = f", {md(baselines[key])}" if key in baselines else ""
-            lines.append(f"- evaluation {evaluation.id} ({md(evaluation.method)}{label}): "
-                         + ", ".join(f"{md(t)} {scores[t]:.3f}" for t in tasks))
-    return lines
+    return pd.DataFrame({"id": rows.id.astype(str), "method": rows.method,
+                         "baseline": [baselines.get(i, "") for i in rows.id],
+                         **{f"sample_{t}": rows[f"sample_{t}"].map(_cell) for t in tasks}})
 
 
 def measured_errors(store: CampaignStore, table: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 
@@ -150,6 +150,7 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
     record: dict = {"finalists": len(finalists), "tolerance": final.race_tolerance, "left": left}
     on_sample = None
     if final.measure_whole == "picks" and last is not None:
+        @cache  # the survivors' scores serve the record here and the picks' choice after
         def on_sample(key: str) -> dict[str, float]:
             return sample.score(store.item_scores(key), last)
 

@@ -59,11 +59,11 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     def store_uri(uri: str | None) -> str | None:
         """A file MLflow store written as a relative path (`./mlruns`, `file:./mlruns`) lies in the
         campaign's folder; servers, databases and names (`databricks`) are kept."""
-        path = uri and uri.removeprefix("file:")
-        if path is None or "://" in path or path.startswith("/") or not (uri.startswith(("file:", ".", "~"))
-                                                                        or "/" in path):
-            return uri
-        return "file:" + absolute(path)
+        if uri is None:
+            return None
+        path = uri.removeprefix("file:")
+        relative_path = (uri.startswith(("file:", ".", "~")) or "/" in path) and "://" not in path
+        return "file:" + absolute(path) if relative_path and not path.startswith("/") else uri
 
     def is_path(value: str) -> bool:  # as the task registry reads it: not a shipped name or a plugin
         return value.endswith((".yaml", ".yml")) or "/" in value

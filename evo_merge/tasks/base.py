@@ -7,6 +7,7 @@ the search scores candidates on a few anchor items only, so both are part of the
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,12 +64,13 @@ def checked_scores(task: FitnessTask, model: Any, tokenizer: Any, item_ids: Sequ
     series = task.evaluate(model, tokenizer, item_ids)
     wanted = list(task.item_ids) if item_ids is None else list(item_ids)
     got = [str(i) for i in series.index]
-    if len(set(got)) < len(got):
-        twice = next(i for i in got if got.count(i) > 1)
+    asked, answered = set(wanted), set(got)  # once: this runs on every evaluation, thousands of items each
+    if len(answered) < len(got):
+        twice = next(i for i, n in Counter(got).items() if n > 1)
         raise UserError(f"task {task.name!r} returned item {twice!r} twice")
-    if extra := next((i for i in got if i not in set(wanted)), None):
+    if extra := next((i for i in got if i not in asked), None):
         raise UserError(f"task {task.name!r} returned a score for item {extra!r}, which was not asked for")
-    if missing := [i for i in wanted if i not in set(got)]:
+    if missing := [i for i in wanted if i not in answered]:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(f"task {task.name!r} returned no score for item {missing[0]!r}{more}")
     return score_series(task.name, got, series.to_numpy())
