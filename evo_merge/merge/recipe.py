@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from evo_merge.merge.chat_templates import chat_template_text
 from evo_merge.schema import Strict, load_yaml, validate
 
 SCALARS = (bool, int, float, str)
@@ -144,6 +145,12 @@ class Recipe(Strict):
     @classmethod
     def _settings(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_settings(value)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        chat_template_text(value)  # the name is kept, as the recipe wrote it
+        return value
 
     @model_validator(mode="after")
     def _inputs(self) -> Recipe:

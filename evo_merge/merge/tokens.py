@@ -7,8 +7,8 @@ Before merging, each model's embedding and LM-head rows are laid out in the outp
 A token a model lacks gets, in this order: the row `tokenizer.tokens` names; the one model's row
 if only one has it; the base's row if the base has it; the mean of the rows of the models that
 have it; zeros if none. `force` replaces even rows a model has. Rows padded up to
-`pad_to_multiple_of` get the mean row. `chat_template` (a Jinja string, or `auto`: the template
-most models share) is set on the written tokenizer.
+`pad_to_multiple_of` get the mean row. `chat_template` (a Jinja string, a named format such as
+`chatml`, or `auto`: the template most models share) is set on the written tokenizer.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 from evo_merge.errors import UserError, first_line
 from evo_merge.merge import layers
+from evo_merge.merge.chat_templates import chat_template_text
 from evo_merge.merge.recipe import ModelTokenEmbedding, Recipe, ZeroEmbedding
 from evo_merge.weights import Checkpoint
 from evo_merge.weights.references import ModelRef, resolve_reference
@@ -130,10 +131,8 @@ def _union(base_tok, others: list) -> Any:
 
 
 def _chat_template(recipe: Recipe, tokenizers: list) -> str | None:
-    template = recipe.chat_template
+    template = chat_template_text(recipe.chat_template)  # the recipe checked it
     if template != "auto":
-        if template is not None and (len(template) < 20 or "{" not in template):
-            raise UserError(f"chat_template: {template!r} is neither `auto` nor a Jinja template")
         return template
     found = [t.chat_template.strip() for t in tokenizers if isinstance(t.chat_template, str) and t.chat_template]
     return Counter(found).most_common(1)[0][0] if found else None

@@ -376,6 +376,10 @@ BAD = {
         },
         "exactly one of `models` and `slices`",
     ),
+    "unknown chat format": (
+        {"merge_method": "linear", "models": [{"model": "{ft1}"}], "chat_template": "vicuna"},
+        "chat_template: 'vicuna' is neither `auto`, a named format (chatml, llama3",
+    ),
 }
 
 
@@ -509,3 +513,17 @@ def test_a_slice_s_base_must_be_one_of_its_sources_but_passthrough_ignores_it(de
     assert result.exit_code == 0, result.output
     a, b = tensors_of(with_base), tensors_of(plain)  # mergekit's output for both (as checked against it)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_named_chat_format_is_written_into_the_tokenizer_and_the_recipe_keeps_its_name(deep, tmp_path):
+    recipe = {"merge_method": "linear", "models": [{"model": str(deep["ft1"])}, {"model": str(deep["ft2"])}],
+              "chat_template": "llama3"}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": " 1+1 "}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text == (f"{tokenizer.bos_token}<|start_header_id|>user<|end_header_id|>\n\n1+1<|eot_id|>\n"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert yaml.safe_load((out / "merge_recipe.yaml").read_text())["chat_template"] == "llama3"
+    assert rebuilds_bit_for_bit(out, tmp_path)
