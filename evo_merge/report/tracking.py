@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError, first_line
+from evo_merge.search.campaign import CALIBRATION
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.store import EXPORTED_META, CampaignStore, Evaluation, atomic_write
@@ -230,7 +231,8 @@ class Trackers:
 
 def follow_campaign(runner: Any) -> Trackers:
     """Open a `CampaignRunner`'s trackers and hook them to its study loop: as each generation
-    ends, its evaluations and the generation's metrics. A resumed run replays its stored
+    ends, its evaluations and the generation's metrics; with the first, the calibration merges
+    (base, endpoints, warm-ups), measured before the search. A resumed run replays its stored
     generations through the loop; those already logged (noted in tracking.json) are not logged twice."""
     workspace = runner.workspace
     tracker = open_tracker(workspace.campaign.tracking, workspace.run_dir, workspace.campaign)
@@ -239,8 +241,11 @@ def follow_campaign(runner: Any) -> Trackers:
     ids = _RunIds(workspace.run_dir)
 
     def on_generation(generation: int, evaluations: list[Evaluation]) -> None:
-        if generation <= int(ids.get("generation") or 0):
+        logged = int(ids.get("generation") or 0)
+        if generation <= logged:
             return
+        if not logged:  # the calibration merges (base, endpoints, warm-ups) first, measured before the search
+            evaluations = workspace.store.evaluations(CALIBRATION) + evaluations
         for evaluation in {e.id: e for e in evaluations}.values():
             tracker.log_evaluation(evaluation)
         search = workspace.store.evaluations("search")

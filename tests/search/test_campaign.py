@@ -448,8 +448,11 @@ def test_a_tracked_campaign_logs_each_estimate_once_and_the_measured_scores(tmp_
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "estimated/agree0")]
     assert len(steps) == len(set(steps))  # the picks' estimates are not logged a second time
     measured = {m.step for m in client.get_metric_history(run.info.run_id, "measured/agree0")}
-    exported = {eid for eid, _ in CampaignStore(tmp_path / "run").get_meta("exported").values()}
-    assert exported <= measured and measured <= set(steps)
+    store = CampaignStore(tmp_path / "run")
+    exported = {eid for eid, _ in store.get_meta("exported").values()}
+    calibration = {e.id for e in store.evaluations("calibration") if e.measured}
+    assert calibration and calibration <= measured  # base, endpoints and warm-ups too
+    assert exported <= measured and measured <= set(steps) | calibration
     rows = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluations.json", str(tmp_path))).read_text())
     picks = CampaignStore(tmp_path / "run").get_meta("exported")
     assert {r["id"]: r["picked_as"] for r in rows if r["picked_as"]} == {
