@@ -77,7 +77,10 @@ class _WeightsFile(Protocol):
     def release(self, view: torch.Tensor) -> None: ...
 
 
-class _SafetensorsFile:
+class SafetensorsFile:
+    """One safetensors file, read lazily by name: shapes and dtypes from its header, a tensor when
+    asked (memory-mapped), its pages dropped when released. Also reads a LoRA adapter's file."""
+
     def __init__(self, path: Path):
         try:
             self._handle = safe_open(str(path), framework="pt")
@@ -303,7 +306,7 @@ def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]
 
 
 def _open_weights_file(path: Path) -> _WeightsFile:
-    return _SafetensorsFile(path) if path.suffix == ".safetensors" else _PickleFile(path)
+    return SafetensorsFile(path) if path.suffix == ".safetensors" else _PickleFile(path)
 
 
 def read_config(folder: Path) -> dict | None:

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 
 from evo_merge.errors import UserError
-from evo_merge.weights.checkpoint import Checkpoint, _SafetensorsFile
+from evo_merge.weights.checkpoint import Checkpoint, SafetensorsFile
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -116,7 +116,7 @@ class _Replacements:
     (peft loads them into the model's parameters, which keep theirs)."""
 
     def __init__(self, path: Path, keys: dict[str, str], dtypes: dict[str, torch.dtype]):
-        self._file = _SafetensorsFile(path)
+        self._file = SafetensorsFile(path)
         self._keys, self._dtypes = keys, dtypes
 
     def names(self) -> list[str]:
