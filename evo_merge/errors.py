@@ -7,6 +7,10 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class UserError(Exception):
     """Bad input from the user (a path, a config key, a tensor): fixable without code changes."""
@@ -17,3 +21,17 @@ def first_line(exc: BaseException) -> str:
     (lm-eval raises a bare `TypeError` for some configs)."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+@contextmanager
+def naming_file(path: str | Path) -> Iterator[None]:
+    """User errors raised inside start with `path` (the config they are about), unless they already
+    start with a path that exists: a key alone (`models.1: ...`) does not say which file."""
+    try:
+        yield
+    except UserError as exc:
+        text = str(exc)
+        head = text.split(": ", 1)[0]
+        if head != text and (head == str(path) or Path(head).exists()):
+            raise
+        raise UserError(f"{path}: {text}") from None

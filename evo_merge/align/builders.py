@@ -157,14 +157,19 @@ _BUILDERS: dict[str, Callable[[nn.Module], PermSpec]] = {
 ARCHS = tuple(_BUILDERS)
 
 
-def spec_for(arch: str, model: nn.Module) -> PermSpec:
-    """The spec for `arch` (a built-in name or a YAML path), sized from `model`."""
+def check_arch(arch: str, source: Any, key: str = "--arch") -> None:
+    """`arch` is a .yaml spec, or a built-in one that matches `source` (a config dict or a module);
+    errors name `key`, the option or campaign key it came from."""
     if arch in ARCHS:
-        found = architecture_of(model)
+        found = architecture_of(source)
         if found is None or found.name != arch:
             described = "no architecture we know" if found is None else f"architecture {found.name!r}"
-            raise UserError(f"--arch {arch} does not match the model's config.json ({described})")
-        return _BUILDERS[arch](model)
-    if Path(arch).suffix in (".yaml", ".yml"):
-        return load_spec_yaml(arch)
-    raise UserError(f"--arch {arch!r} is not one of {ARCHS} or a .yaml spec")
+            raise UserError(f"{key} {arch} does not match the model's config.json ({described})")
+    elif Path(arch).suffix not in (".yaml", ".yml"):
+        raise UserError(f"{key} {arch!r} is not one of {ARCHS} or a .yaml spec")
+
+
+def spec_for(arch: str, model: nn.Module, key: str = "--arch") -> PermSpec:
+    """The spec for `arch` (a built-in name or a YAML path), sized from `model`."""
+    check_arch(arch, model, key)
+    return _BUILDERS[arch](model) if arch in ARCHS else load_spec_yaml(arch)

@@ -27,10 +27,12 @@ def _campaign_file(run: Path) -> Path:
 
 def _runner(run: Path, campaign_file: Path | None = None):
     from evo_merge.config import Campaign
+    from evo_merge.errors import naming_file
     from evo_merge.search.campaign import CampaignRunner
 
     campaign_file = campaign_file or _campaign_file(run)
-    return CampaignRunner.open(Campaign.load(campaign_file), campaign_file.parent, run)
+    with naming_file(campaign_file):
+        return CampaignRunner.open(Campaign.load(campaign_file), campaign_file.parent, run)
 
 
 def _store(run: Path):
@@ -68,17 +70,19 @@ def _summary_table(runner, measured, exported):
     for task in names:
         table.add_column(task, justify="right")
 
-    def cells(e, scores):
+    def cells(e, estimated: bool):
+        """Each task's scores in the title's order; a baseline, measured, has no estimate ('-')."""
         held = held_out_scores(store, e.key, runner.holdout) or {}
-        return [" / ".join(f"{s[t]:.3f}" for s in (*scores, held) if t in s) for t in names]
+        scores = [(e.estimates or {}) if estimated else {}, e.measured or {}] + ([held] if with_holdout else [])
+        return [" / ".join(f"{s[t]:.3f}" if t in s else "-" for s in scores) for t in names]
 
     for label, candidate in reference_candidates(runner.workspace.endpoint_labels()):
         e = store.get(candidate.key)
         if e is not None and e.measured:
-            table.add_row(label, *cells(e, [e.measured]))
+            table.add_row(label, *cells(e, False))
     for name, (eid, _) in exported.items():
         e = next(m for m in measured if m.id == eid)
-        table.add_row(f"{name} ({e.method})", *cells(e, [e.estimates, e.measured]))
+        table.add_row(f"{name} ({e.method})", *cells(e, True))
     return table
 
 

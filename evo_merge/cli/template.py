@@ -62,8 +62,8 @@ evaluator: {{kind: local, batch_size: 64}}
 # race_tolerance (0.01) worse than on every task leaves. The best model per task and the best
 # balanced one are chosen among the rest on the same sampled items, measured on every item
 # (measure_whole: picks; `survivors` measures every one; race: [] measures every finalist) and
-# exported to runs/<name>/models/. holdout (default auto: 20% of the items of tasks with 500+
-# items) keeps items from calibration and search for honest scores.
+# exported to models/ in the run folder (`run`'s --out). holdout (default auto: 20% of the
+# items of tasks with 500+ items) keeps items from calibration and search for honest scores.
 final: {{evaluate_top: {top}, export: [best_per_task, balanced]}}
 
 dtype: float32

@@ -70,9 +70,12 @@ class CampaignRunner:
 
         workspace = Workspace.open(campaign, root, run_dir)
         spec = workspace.campaign
-        tasks = {
-            t.label: resolve_task(t.task, **task_settings(spec.evaluator.batch_size, t.options)) for t in spec.tasks
-        }
+        tasks = {}
+        for i, t in enumerate(spec.tasks):
+            try:
+                tasks[t.label] = resolve_task(t.task, **task_settings(spec.evaluator.batch_size, t.options))
+            except UserError as exc:
+                raise UserError(f"tasks.{i}: {exc}") from None
         record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()})
         record_task_meta(workspace.store, spec, tasks)
         return cls(workspace, tasks, progress)

@@ -11,19 +11,22 @@ candidate is scored on every item and nothing is estimated.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from evo_merge.irt import Estimator, IRTModel, select_anchors
+from evo_merge.irt import Estimator, IRTModel, choose_anchor_method, select_anchors
 from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
 from evo_merge.search.holdout import without_items
 from evo_merge.search.store import CampaignStore
 from evo_merge.tasks.base import FitnessTask
+
+log = logging.getLogger(__name__)
 
 Subjects = list[tuple[str, Candidate]]
 
@@ -39,6 +42,7 @@ class Scoring:
     def __init__(self, spec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path, seed: int,
                  holdout: Mapping[str, Sequence[str]] | None = None):
         self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
+        self._said: set[str] = set()  # fallbacks of `auto` anchors already logged (said once, not per task)
         self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}
         self.estimators: dict[str, Estimator] | None = None
         self._tighter: dict[tuple[str, float], AdaptiveTest] = {}
@@ -152,8 +156,13 @@ class Scoring:
             return Estimator(
                 model, None, "adaptive", seed=self.seed, target_se=spec.target_se, max_items=spec.max_items
             )
-        anchors = select_anchors(model, spec.anchors, spec.anchor_method, seed=self.seed,
-                                 allocation=spec.anchor_allocation)
+        method = spec.anchor_method
+        if method == "auto":
+            method, reason = choose_anchor_method(method, len(model.subject_ids))
+            if reason and reason not in self._said:
+                self._said.add(reason)
+                log.warning(reason)
+        anchors = select_anchors(model, spec.anchors, method, seed=self.seed, allocation=spec.anchor_allocation)
         return Estimator(
             model, anchors, spec.kind, endpoints=endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None
         )

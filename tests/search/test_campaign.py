@@ -1,6 +1,7 @@
 """Campaigns end to end on tiny models: outputs, exports, kill -9 and resume, failures, bad configs."""
 
 import json
+import re
 import os
 import signal
 import sqlite3
@@ -72,10 +73,15 @@ def tensors_of(folder):
     return out
 
 
-def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo):
+def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo, caplog):
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)])
     assert result.exit_code == 0, result.output
+    assert caplog.text.count("stratified anchors instead of auto") == 1  # said once, not once per task
+    # the summary's baselines have no estimate: their one measurement is in the measured slot
+    baselines = [line for line in result.output.splitlines() if "endpoint ft" in line or "│ base " in line]
+    assert len(baselines) == 3 and all(len(re.findall(r"- / \d\.\d{3}", line)) == 2 for line in baselines), \
+        result.output
     for name in ("campaign.yaml", "state.sqlite", "pareto.csv", "report.md", "pareto.png", "progress.png"):
         assert (run / name).is_file(), name
     assert not (run / "checkpoint.pkl").exists()  # the store is the one source of truth: nothing to unpickle
@@ -402,10 +408,13 @@ def test_seeded_first_generation_starts_from_the_endpoints_and_the_standard_merg
 
 
 BAD = {
-    "missing file": ({"base_model": "/nonexistent/base"}, "base_model"),
+    "missing file": ({"base_model": "/nonexistent/base"}, "campaign.yaml: base_model"),
+    "missing endpoint": ({"models": ["/nonexistent/m"]}, "campaign.yaml: models.0: model path"),
+    "unknown shipped task": ({"tasks": [{"task": "arith"}, {"task": "seqx"}]}, "campaign.yaml: tasks.1: unknown task"),
+    "architecture of another model": ({"align": {"arch": "mlp"}}, "campaign.yaml: align.arch mlp does not match"),
     "unknown method": ({"methods": {"frankenmerge": {}}}, "methods: frankenmerge"),
     "empty range": ({"methods": {"ties": {"density": [0.9, 0.2]}}}, "methods: ties.density: empty range"),
-    "unknown task": ({"tasks": [{"task": "no_such_module:Task"}]}, "no_such_module"),
+    "unknown task": ({"tasks": [{"task": "no_such_module:Task"}]}, "campaign.yaml: tasks.0: task plugin"),
     "wrong type": ({"algorithm": {"population": "many"}}, "algorithm.population"),
     "unknown key": ({"estimatr": {}}, "estimatr: unknown key"),
     "range outside the domain": ({"methods": {"ties": {"density": [0.1, 1.5]}}},
