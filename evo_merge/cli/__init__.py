@@ -7,6 +7,7 @@ stays fast and one command's heavy imports (torch, lm-eval, py-irt) never slow a
 from __future__ import annotations
 
 import importlib
+import traceback
 
 import click
 
@@ -48,9 +49,11 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (Exception, KeyboardInterrupt) as exc:  # re-raised unless it has a one-line form
-            fault = None if ctx.params.get("debug") else as_fault(exc)
+            fault = as_fault(exc)
             if fault is None:
                 raise
+            if ctx.params.get("debug"):  # the traceback too, and the exit code a script expects
+                traceback.print_exc()
             raise fault from None
 
 

@@ -215,7 +215,8 @@ def report(run: Path) -> None:
         if (run / folder).is_dir() and not Path(in_run(run / folder, run)).is_absolute()
     }
     finished = store.finished(facts["generations"])
-    click.echo(f"wrote {write_report(run, store, facts, exported, finished)}")
+    report = write_report(run, store, facts, exported, finished)
+    click.echo(f"wrote {report}, report.html, pareto.csv and the plots in {run}")
 
 
 @click.command()

@@ -23,18 +23,21 @@ def mass() -> None:
 @click.option("--token", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
               help="Route on the mean over the input's tokens or on its last token.")
 @click.option("--link-base", is_flag=True, help="Store the base's path instead of a copy of it.")
-def build(base, first, more, out, layer, threshold, max_tasks, token, link_base) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def build(base, first, more, out, layer, threshold, max_tasks, token, link_base, overwrite) -> None:
     """Decompose each model's task vector (TSV-C factors) and write a MASS folder to OUT."""
     from transformers.utils import logging as hf_logging
 
     from evo_merge.cli.progress import track
     from evo_merge.mass import MassModel
+    from evo_merge.weights.export import refuse_existing
 
+    refuse_existing(out, overwrite)  # before the decomposition, not after it
     hf_logging.disable_progress_bar()
     model = MassModel.from_checkpoints(
         base, [first, *more], layer=layer, threshold=threshold, max_tasks=max_tasks, token=token,
         track=lambda items, total: track(items, total, "decomposing task vectors"),
     )
-    model.save(out, copy_base=not link_base)
+    model.save(out, copy_base=not link_base, overwrite=overwrite)
     click.echo(f"wrote {out}: MASS over {', '.join(model.tasks)}, routing at block {model.routing.layer}")
 

@@ -150,7 +150,8 @@ class Estimator:
         lookup = {s: j for j, s in enumerate(self.model.subject_ids)}
         missing = [s for s in endpoints if s not in lookup]
         if missing:
-            raise UserError(f"endpoint subject {missing[0]} is not among the IRT model's training subjects")
+            raise UserError(f"endpoint subject {missing[0]} is not among the IRT model's training subjects "
+                            f"({', '.join(self.model.subject_ids)})")
         if not endpoints:
             raise UserError("no endpoint subjects given")
         return self.model.theta[[lookup[s] for s in endpoints]]

@@ -34,7 +34,7 @@ from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_confi
 from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import tokenizer_files
-from evo_merge.weights.export import replace_folder
+from evo_merge.weights.export import refuse_existing, replace_folder
 
 MASS_JSON = "mass.json"
 FORMAT = "evo-merge-mass"
@@ -365,8 +365,7 @@ class MassModel(nn.Module):
         is replaced only when `overwrite`). `copy_base` False stores the base's absolute path
         instead of a copy; `scores` (e.g. estimated / measured per task) go in the card."""
         out = Path(out).expanduser()
-        if out.exists() and not overwrite:
-            raise UserError(f"output folder {out} already exists")
+        refuse_existing(out, overwrite)
         meta = {
             "format": FORMAT,
             "version": 1,

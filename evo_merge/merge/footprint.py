@@ -102,7 +102,7 @@ class Plan:
         return self.shortfall() is None
 
     def table(self) -> str:
-        """The plan as a text table, per worker, with the totals and the verdict."""
+        """The plan as a text table, per worker, with the totals (and `fits` when it does)."""
         gpu = self.device != "cpu"
 
         def row(what: str, host: int, device: int | None = None) -> str:
@@ -118,10 +118,8 @@ class Plan:
             f"limit: host: {limit(self.budgets[0], self.available_host)}"
             + (f"; {self.device}: {limit(self.budgets[1], self.available_device)}" if gpu else "")
         )
-        shortfall = self.shortfall()
-        rows.append("fits" if shortfall is None else f"does not fit: {shortfall}")
-        if self.alternative:
-            rows.append(self.alternative)
+        if self.fits:  # otherwise the command's error gives the shortfall and the setting that fits
+            rows.append("fits")
         return "\n".join(rows)
 
 

@@ -50,7 +50,9 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str],
         rows.append(row)
     columns = ["id", "phase", "generation", "status", "method", "weights", "params", "items",
                *(f"{kind}_{task}" for task in tasks for kind in ("est", "est_se", "meas", "sample"))]
-    return pd.DataFrame(rows, columns=columns)  # the columns even with no row yet (a run cut short in calibration)
+    table = pd.DataFrame(rows, columns=columns)  # the columns even with no row yet (a run cut short in calibration)
+    table["generation"] = table["generation"].astype("Int64")  # an integer, blank for calibration (not 1.0)
+    return table
 
 
 def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame:

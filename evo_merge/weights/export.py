@@ -195,11 +195,16 @@ def is_model_folder(folder: Path) -> bool:
     )
 
 
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """An existing output folder is replaced only when asked: the error says how to ask."""
+    if out.exists() and not overwrite:
+        raise UserError(f"output folder {out} already exists (--overwrite, or overwrite=True from Python, replaces it)")
+
+
 def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
     """Refuse an output folder that exists (unless `overwrite`), that is not a model folder or empty,
     or that is, or holds, one of the `inputs` the merge reads: checked before the work, not after."""
-    if out.exists() and not overwrite:
-        raise UserError(f"output folder {out} already exists (overwrite it explicitly)")
+    refuse_existing(out, overwrite)
     check_replaceable(out)
     target = out.resolve()
     for source in inputs:

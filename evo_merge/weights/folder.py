@@ -24,7 +24,7 @@ from evo_merge.errors import UserError, first_line
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import Checkpoint, read_config, tokenizer_files
 from evo_merge.weights.dtypes import parse_dtype
-from evo_merge.weights.export import replace_folder, umask_modes, write_model_folder
+from evo_merge.weights.export import refuse_existing, replace_folder, umask_modes, write_model_folder
 from evo_merge.weights.nets import build_net
 
 
@@ -118,8 +118,7 @@ def save_model_folder(
 @contextmanager
 def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
     """A hidden sibling folder to write into, moved onto `out` when the block succeeds."""
-    if out.exists() and not overwrite:
-        raise UserError(f"output folder {out} already exists (overwrite it explicitly)")
+    refuse_existing(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

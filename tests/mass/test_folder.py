@@ -109,6 +109,11 @@ def test_cli_builds_and_evaluates_a_mass_folder(zoo, tmp_path):
     assert built.exit_code == 0, built.output
     assert "routing at block 0" in built.output
     assert json.loads((out / "mass.json").read_text())["routing"]["max_tasks"] == 2
+    again = ["mass", "build", "--base", str(zoo / "base"), "--models", *models, "--out", str(out), "--layer", "1"]
+    refused = runner.invoke(cli, again)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output, refused.output
+    assert runner.invoke(cli, [*again, "--overwrite"]).exit_code == 0
+    assert json.loads((out / "mass.json").read_text())["routing"]["layer"] == 1
     items = tmp_path / "items.txt"
     items.write_text("\n".join(resolve_task("seq").item_ids[:8]))
     scored = runner.invoke(cli, ["eval", "--model", str(out), "--task", "seq", "--items", str(items),

@@ -1,8 +1,8 @@
 """Campaigns end to end on tiny models: outputs, exports, kill -9 and resume, failures, bad configs."""
 
 import json
-import re
 import os
+import re
 import signal
 import sqlite3
 import subprocess

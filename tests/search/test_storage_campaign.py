@@ -68,6 +68,7 @@ def test_plan_prints_host_bytes_and_a_campaign_that_cannot_fit_stops_before_any_
         error = result.output.strip().splitlines()[-1]
         assert error.startswith("error: memory plan: the run needs") and "storage.host_budget_gib is 10.2 MiB" in error
         assert "no storage setting fits" in error
+        assert result.output.count("memory plan") == 1 and "no storage setting fits" not in result.output[:-len(error)]
     assert not run.exists()  # stopped before the run folder (and any evaluation)
 
 
