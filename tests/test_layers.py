@@ -56,3 +56,16 @@ def test_no_import_climbs_a_floor():
         (a, b) for a, b in import_graph().edges if floor(a) is not None and floor(b) is not None and floor(b) > floor(a)
     ]
     assert climbs == []
+
+
+
+def test_the_config_schema_reads_only_tables_and_the_method_registry_from_higher_floors():
+    """config.py is the lowest floor. It reads the allowed-value tables higher packages define (one
+    table each for the schema, the CLI and the library), which import nothing of evo_merge, so the
+    schema loads no model code; and, inside its validator, the merge methods' declared
+    hyperparameters (plugins register methods at run time, so no table can hold them)."""
+    graph = import_graph()
+    tables = {"evo_merge.align.methods", "evo_merge.irt.kinds"}
+    assert set(graph.successors("evo_merge.config")) == tables | {
+        "evo_merge.errors", "evo_merge.schema", "evo_merge.merge.kinds", "evo_merge.merge.registry"}
+    assert all(not list(graph.successors(m)) for m in tables)
