@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -104,9 +103,9 @@ def _run(runner) -> None:
                                    for name, (eid, folder) in exported.items()})
     report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
     store.mark_finished()  # after the report: a run cut short while writing it is not finished
-    for evaluation in measured:  # trackers last: they observe a run that is already complete; a search
-        # candidate's estimates went with its generation (a baseline's, scored after the search, did not)
-        tracker.log_evaluation(replace(evaluation, estimates=None) if evaluation.phase == "search" else evaluation)
+    for evaluation in measured:  # trackers last: they observe a run that is already complete (each
+        # evaluation's estimates and measurements once: a search candidate's estimates went with its generation)
+        tracker.log_evaluation(evaluation)
     tracker.finish(workspace.run_dir)
     console = Console()
     console.print(_summary_table(runner, measured, exported))

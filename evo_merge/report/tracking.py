@@ -17,6 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,15 +88,19 @@ class _RunIds:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / IDS_FILE
-        self.ids = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def _read(self) -> dict[str, Any]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def get(self, key: str) -> Any:
-        return self.ids.get(key)
+        return self._read().get(key)
 
     def set(self, key: str, value: Any) -> None:
-        self.ids[key] = value
+        """Read, change, write: several holders in one process (each tracker, the study loop's hook)
+        keep each other's keys."""
+        ids = {**self._read(), key: value}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, json.dumps(self.ids, indent=2) + "\n")
+        atomic_write(self.path, json.dumps(ids, indent=2) + "\n")
 
 
 def _existing(run_dir: Path) -> list[Path]:
@@ -211,34 +216,55 @@ class WandbTracker:
 
 
 class Trackers:
-    """Several trackers as one (MLflow and W&B together); none is a valid, silent tracker."""
+    """Several trackers as one (MLflow and W&B together); none is a valid, silent tracker.
 
-    def __init__(self, trackers: Sequence[Tracker] = ()):
+    With a run folder, each evaluation's estimates and measurements are logged once: what was
+    logged is noted in tracking.json (`logged`: evaluation id -> parts), so a resume, a run cut
+    short while logging its final phase, or a search that measures every item (`kind: full`)
+    logs nothing twice."""
+
+    def __init__(self, trackers: Sequence[Tracker] = (), run_dir: Path | None = None):
         self.trackers = list(trackers)
+        self._ids = _RunIds(run_dir) if run_dir is not None and self.trackers else None
 
     def log_generation(self, generation: int, metrics: Mapping[str, float]) -> None:
         for tracker in self.trackers:
             tracker.log_generation(generation, metrics)
 
     def log_evaluation(self, evaluation: Evaluation) -> None:
+        logged = dict(self._ids.get("logged") or {}) if self._ids is not None else {}
+        done = set(logged.get(str(evaluation.id), ()))
+        parts = {"estimated": evaluation.estimates, "measured": evaluation.measured}
+        new = {part for part, scores in parts.items() if scores and part not in done}
+        if not new:
+            return
+        evaluation = replace(evaluation, estimates=evaluation.estimates if "estimated" in new else None,
+                             measured=evaluation.measured if "measured" in new else None)
         for tracker in self.trackers:
             tracker.log_evaluation(evaluation)
+        if self._ids is not None:
+            self._ids.set("logged", {**logged, str(evaluation.id): sorted(done | new)})
 
     def finish(self, run_dir: Path) -> None:
         for tracker in self.trackers:
             tracker.finish(run_dir)
+        if self._ids is not None:
+            self._ids.set("finished", True)  # a later `resume` of the finished run has nothing to log
 
 
 def follow_campaign(runner: Any) -> Trackers:
     """Open a `CampaignRunner`'s trackers and hook them to its study loop: as each generation
     ends, its evaluations and the generation's metrics; with the first, the calibration merges
     (base, endpoints, warm-ups), measured before the search. A resumed run replays its stored
-    generations through the loop; those already logged (noted in tracking.json) are not logged twice."""
+    generations through the loop; those already logged (noted in tracking.json) are not logged twice,
+    and a finished run logged to the end opens no tracker."""
     workspace = runner.workspace
+    ids = _RunIds(workspace.run_dir)
+    if ids.get("finished"):  # everything was logged: no tracker run is reopened (W&B would start another file)
+        return Trackers()
     tracker = open_tracker(workspace.campaign.tracking, workspace.run_dir, workspace.campaign)
     if not tracker.trackers:
         return tracker
-    ids = _RunIds(workspace.run_dir)
 
     def on_generation(generation: int, evaluations: list[Evaluation]) -> None:
         logged = int(ids.get("generation") or 0)
@@ -269,4 +295,4 @@ def open_tracker(spec: TrackingSpec | None, run_dir: str | Path, campaign: Campa
         except ImportError:
             raise UserError(f"tracking.{key}: the {package} package is not installed ({EXTRA})") from None
         trackers.append(cls(sub, Path(run_dir), campaign))
-    return Trackers(trackers)
+    return Trackers(trackers, Path(run_dir))

@@ -69,6 +69,30 @@ def test_mlflow_run_holds_generations_evaluations_and_artifacts(small_store, tmp
         open_tracker(elsewhere, small_store.run_dir, CAMPAIGN)
 
 
+def test_each_estimate_and_measurement_is_logged_once_across_resumes(small_store, tmp_path):
+    """A search that measures every item logs `measured` with its generation; the final phase, a
+    resume, or a run cut short while logging offers it again: the MLflow history keeps one point."""
+    from dataclasses import replace
+
+    from mlflow import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    spec = TrackingSpec.model_validate({"mlflow": {"uri": uri, "experiment": "merges"}})
+    evaluation = small_store.evaluations()[2]
+    measured = replace(evaluation, measured={"alpha": 0.45, "beta": 0.35})
+    first = open_tracker(spec, small_store.run_dir, CAMPAIGN)
+    first.log_evaluation(measured)  # with its generation, estimated and measured
+    again = open_tracker(spec, small_store.run_dir, CAMPAIGN)  # a resume: another process
+    again.log_evaluation(measured)
+    again.log_evaluation(replace(evaluation, measured=None))
+    client = MlflowClient(uri)
+    run_id = first.trackers[0].run_id
+    for name in ("measured/alpha", "estimated/alpha"):
+        assert len(client.get_metric_history(run_id, name)) == 1, name
+    ids = json.loads((small_store.run_dir / IDS_FILE).read_text())
+    assert ids["mlflow"] == run_id and ids["logged"] == {str(evaluation.id): ["estimated", "measured"]}
+
+
 def test_a_relative_file_store_lies_in_the_campaign_s_folder(tmp_path):
     from evo_merge.search.workspace import resolve_campaign
 

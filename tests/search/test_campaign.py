@@ -466,3 +466,12 @@ def test_a_tracked_campaign_logs_each_estimate_once_and_the_measured_scores(tmp_
     picks = CampaignStore(tmp_path / "run").get_meta("exported")
     assert {r["id"]: r["picked_as"] for r in rows if r["picked_as"]} == {
         eid: ",".join(n for n, (i, _) in picks.items() if i == eid) for eid in exported}
+
+    def history():
+        return {name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
+                for name in ("estimated/agree0", "measured/agree0", "generation/hypervolume")}
+
+    before, artifacts = history(), client.list_artifacts(run.info.run_id)
+    result = CliRunner().invoke(cli, ["resume", str(tmp_path / "run")])  # a finished run: nothing new to log
+    assert result.exit_code == 0, result.output
+    assert history() == before and len(client.list_artifacts(run.info.run_id)) == len(artifacts)
