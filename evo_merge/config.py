@@ -154,6 +154,10 @@ class ObjectiveSpec(_Checked):
     weights: dict[str, float] | None = Field(None, description="task name -> weight")
 
 
+# what dask.distributed connects to: an optional scheme, a host (IPv6 in brackets) and a port
+_DASK_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d{1,5}$")
+
+
 class EvaluatorSpec(_Checked):
     """Where candidates are evaluated: in this process (`local`), or on a dask.distributed cluster
     (`dask`: an existing scheduler at `address`, or a LocalCluster of `n_workers` processes)."""
@@ -163,6 +167,14 @@ class EvaluatorSpec(_Checked):
     address: str | None = Field(None, description="scheduler address (tcp://host:8786) of a running cluster")
     n_workers: int | None = Field(None, ge=1, description="start a LocalCluster of this many workers "
                                   "(one per GPU at most when evaluating on GPUs)")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not _DASK_ADDRESS.match(value):
+            raise ValueError(f"{value!r} is not a dask scheduler address: [tcp|tls|ucx|ws|wss://]HOST:PORT, "
+                             "e.g. tcp://head:8786")
+        return value
 
     @model_validator(mode="after")
     def _placement(self) -> EvaluatorSpec:

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.search.evaluator import CandidateFailed, Items, Job, Result, task_settings
 from evo_merge.search.local import LocalEvaluator
 
 INSTALL = "pip install 'evo-merge[distributed]'"
+WORKER_WAIT_S = 60  # how long a campaign waits for a worker to join a running scheduler
 TaskSpecs = tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...]  # (label, task string, settings)
 
 
@@ -96,6 +97,13 @@ def _load(spec: WorkerSpec) -> float:
         return _worker_evaluator(spec)[1]
 
 
+def _worker_version() -> str:
+    """Run on each worker before any job: it answers only where evo-merge can be imported."""
+    from evo_merge import __version__
+
+    return __version__
+
+
 # ---------------------------------------------------------------- driver side
 def cluster_gpus(device: str) -> list[int]:
     """GPUs the local cluster's workers are pinned to, one each (empty: CPU workers)."""
@@ -131,6 +139,28 @@ def start_local_cluster(n_workers: int, gpus: Sequence[int] = ()) -> Any:
                                        silence_logs=logging.ERROR)
 
 
+def _check_workers(client: Any, address: str) -> None:
+    """A running scheduler has a worker that can run evo-merge, or the campaign stops here: jobs
+    sent to a scheduler without one, or to workers that cannot unpickle them, would wait forever."""
+    from evo_merge import __version__
+
+    where = f"evaluator.address: the dask scheduler at {address}"
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except TimeoutError:
+        raise UserError(f"{where} has no worker (waited {WORKER_WAIT_S} s); start one where evo-merge is "
+                        f"installed: dask worker {address}") from None
+    try:
+        versions = client.run(_worker_version)
+    except Exception as exc:  # what a worker raised while unpickling or running the probe
+        raise UserError(f"{where}: a worker cannot run evo-merge ({type(exc).__name__}: {first_line(exc)}); "
+                        "install it, and the campaign's task and method plugins, where the workers run") from None
+    other = {worker: version for worker, version in versions.items() if version != __version__}
+    if other:
+        worker, version = next(iter(other.items()))
+        raise UserError(f"{where}: worker {worker} runs evo-merge {version}, this process {__version__}")
+
+
 class DaskEvaluator:
     """The `Evaluator` interface over a dask cluster, yielding results in completion order.
 
@@ -164,10 +194,16 @@ class DaskEvaluator:
             distributed = self._distributed
             if self.address is not None:
                 try:
-                    self._client = distributed.Client(self.address, timeout=30)
-                except OSError as exc:
+                    client = distributed.Client(self.address, timeout=30)
+                except (OSError, ValueError) as exc:  # unreachable; an address dask cannot parse
                     where = f"evaluator.address: no dask scheduler reachable at {self.address}"
-                    raise UserError(f"{where} ({exc})") from None
+                    raise UserError(f"{where} ({first_line(exc)})") from None
+                try:
+                    _check_workers(client, self.address)
+                except BaseException:
+                    client.close()
+                    raise
+                self._client = client
             else:
                 self._cluster = start_local_cluster(self.n_workers, self.gpus)
                 try:

@@ -197,6 +197,7 @@ def test_without_dask_a_dask_config_says_what_to_install(tmp_path, zoo, monkeypa
     ({"kind": "local", "n_workers": 2}, "auto", "n_workers: only for kind: dask"),
     ({"kind": "dask", "workers": 2}, "auto", "evaluator.workers: unknown key"),
     ({"kind": "ray"}, "auto", "evaluator.kind"),
+    ({"kind": "dask", "address": "http://127.0.0.1:8786"}, "auto", "is not a dask scheduler address"),
     ({"kind": "local"}, "gpu", "device: expected auto, cpu, cuda or cuda:N"),
 ])
 def test_evaluator_and_device_settings_are_validated(tmp_path, zoo, evaluator, device, message):
@@ -204,3 +205,38 @@ def test_evaluator_and_device_settings_are_validated(tmp_path, zoo, evaluator, d
     config.update(evaluator=evaluator, device=device)
     with pytest.raises(UserError, match=re.escape(message)):
         validate(Campaign, config, "campaign.yaml")
+
+
+def test_a_scheduler_without_a_worker_that_can_run_evo_merge_is_refused_in_one_line(tmp_path, zoo, monkeypatch):
+    """Jobs sent to such a scheduler would wait forever: no worker, or one that cannot import
+    evo_merge (it cannot unpickle a job)."""
+    distributed = pytest.importorskip("distributed")
+    import evo_merge.search.distributed as dist
+
+    monkeypatch.setattr(dist, "WORKER_WAIT_S", 2)
+    before = children()
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
+                                  dashboard_address=None) as scheduler:
+        config = campaign(tmp_path, zoo, evaluator={"kind": "dask", "address": scheduler.scheduler_address})
+        result = CliRunner().invoke(cli, ["run", str(config), "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2 and "has no worker (waited 2 s)" in result.output, result.output
+        assert not (tmp_path / "run").exists()
+
+        broken = tmp_path / "site" / "evo_merge"
+        broken.mkdir(parents=True)
+        (broken / "__init__.py").write_text("raise ImportError('evo_merge is not installed here')\n")
+        env = {**os.environ, "PYTHONPATH": str(broken.parent)}
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", scheduler.scheduler_address,
+                                   "--nthreads", "1", "--no-nanny"], env=env, cwd=tmp_path,  # not the checkout
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with distributed.Client(scheduler.scheduler_address) as client:
+                client.wait_for_workers(1, timeout=60)
+            result = CliRunner().invoke(cli, ["run", str(config), "--out", str(tmp_path / "run")])
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    assert result.exit_code == 2 and "a worker cannot run evo-merge" in result.output, result.output
+    error = result.output.strip().splitlines()[-1]  # after the progress bar
+    assert error.startswith("error: evaluator.address:") and "evo_merge is not installed here" in error
+    assert_no_new_processes(before)
