@@ -119,8 +119,9 @@ def load_lm_eval_task(spec: str | Path) -> Any:
         loaded = manager.load([spec_to_load])
     except FileNotFoundError as exc:
         raise UserError(f"task {spec}: data file not found: {exc}") from None
-    except (TypeError, ValueError) as exc:  # a config lm-eval cannot build (a missing doc_to_target, a bad output_type)
-        raise UserError(f"task {spec}: lm-eval cannot build it ({first_line(exc)})") from None
+    except Exception as exc:  # whatever lm-eval and datasets raise for a config or data they cannot use: a
+        # missing doc_to_target, a split the data lacks (KeyError), a corrupt data file, a dataset not cached
+        raise UserError(f"task {spec}: lm-eval cannot build it ({type(exc).__name__}: {first_line(exc)})") from None
     tasks = loaded["tasks"]
     if len(tasks) != 1:
         raise UserError(f"task {spec!r} is a group of {len(tasks)} tasks; name one task: {sorted(tasks)[:5]}")
@@ -156,6 +157,19 @@ def _metric_key(task: Any, metric: str | None) -> tuple[str, str]:
     return name, filt
 
 
+def _check_metric_loads(spec: str | Path, config: Any, name: str) -> None:
+    """lm-eval accepts a `metric_list` metric it cannot find (it logs an error) and fails with a
+    KeyError when scoring: after the calibration models were evaluated on every item. Checked here,
+    with lm-eval's public registry lookup, unless the task scores with its own process_results."""
+    from lm_eval.api.registry import get_metric
+
+    if config.process_results is not None:
+        return
+    entry = next((m for m in config.metric_list or [] if m.get("metric") == name), {})
+    if isinstance(entry.get("metric", name), str) and get_metric(name, bool(entry.get("hf_evaluate"))) is None:
+        raise UserError(f"task {spec}: metric_list: metric {name!r} is neither lm-eval's nor in the evaluate library")
+
+
 class LMEvalTask:
     """A `FitnessTask` over one lm-eval task; item ids are the docs' `id` field (else their index)."""
 
@@ -179,6 +193,7 @@ class LMEvalTask:
             raise UserError(f"task {spec}: a multiple_choice task needs doc_to_choice")
         self.name: str = config.task
         self.metric, self.filter = _metric_key(self.task, metric)
+        _check_metric_loads(spec, config, self.metric)
         self.batch_size, self.device, self.limit = batch_size, device, limit
         docs = _pin_eval_docs(self.task, limit)
         ids = [str(d["id"]) for d in docs] if docs and all(isinstance(d, dict) and "id" in d for d in docs) else []

@@ -1,5 +1,6 @@
 """The lm-eval adapter on shipped benchmarks with a small random LM (exact, if near chance)."""
 
+import re
 import shutil
 from importlib.metadata import EntryPoint
 
@@ -65,6 +66,32 @@ def test_missing_data_file_and_unknown_names_are_user_errors(tmp_path):
         resolve_task(str(tmp_path / "nothere.yaml"))
     with pytest.raises(UserError, match="unknown task 'no_such_task_zz9'"):
         resolve_task("no_such_task_zz9")
+
+
+def _arith_variant(folder, **edits):
+    """The shipped arith task YAML and its data copied to `folder`, with text replacements."""
+    text = (BENCHMARKS_DIR / "arith" / "evo_arith.yaml").read_text()
+    data = (BENCHMARKS_DIR / "arith" / "test.jsonl").read_text()
+    for old, new in edits.get("yaml", []):
+        text = text.replace(old, new)
+    (folder / "t.yaml").write_text(text)
+    (folder / "test.jsonl").write_text(edits.get("data", data))
+    return folder / "t.yaml"
+
+
+@pytest.mark.parametrize("case, edits, message", [
+    ("split the data lacks", {"yaml": [("test_split: test", "test_split: validation")]}, "KeyError: 'validation'"),
+    ("corrupt data file", {"data": '{"question": "1+1", "choices": ["2", \n'}, "lm-eval cannot build it"),
+    ("unknown metric", {"yaml": [("metric: acc", "metric: nosuchmetric")]},
+     "metric_list: metric 'nosuchmetric' is neither lm-eval's"),
+])
+def test_task_yamls_lm_eval_cannot_use_are_one_line_errors_at_load(tmp_path, monkeypatch, case, edits, message):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = _arith_variant(tmp_path, **edits)
+    with pytest.raises(UserError, match=re.escape(message)) as caught:
+        LMEvalTask(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
 PLUGIN = """
