@@ -23,6 +23,13 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def described(exc: BaseException) -> str:
+    """An exception from a library we call with the user's input, as `Type: first line` (`Type` alone
+    when it has no message): the type says what went wrong where the message is terse (KeyError: 'x')."""
+    line = first_line(exc)
+    return line if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"
+
+
 @contextmanager
 def naming_file(path: str | Path) -> Iterator[None]:
     """User errors raised inside start with `path` (the config they are about), unless they already

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evo_merge.errors import UserError, first_line
+from evo_merge.errors import UserError, described, first_line
 from evo_merge.search.evaluator import CandidateFailed, Items, Job, Result, task_settings
 from evo_merge.search.local import LocalEvaluator
 
@@ -153,7 +153,7 @@ def _check_workers(client: Any, address: str) -> None:
     try:
         versions = client.run(_worker_version)
     except Exception as exc:  # what a worker raised while unpickling or running the probe
-        raise UserError(f"{where}: a worker cannot run evo-merge ({type(exc).__name__}: {first_line(exc)}); "
+        raise UserError(f"{where}: a worker cannot run evo-merge ({described(exc)}); "
                         "install it, and the campaign's task and method plugins, where the workers run") from None
     other = {worker: version for worker, version in versions.items() if version != __version__}
     if other:

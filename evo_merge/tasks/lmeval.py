@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from evo_merge.errors import UserError, first_line
+from evo_merge.errors import UserError, described, first_line
 from evo_merge.tasks.base import item_positions, score_series
 
 _LOGGERS = ("lm_eval", "lm-eval", "datasets")
@@ -121,7 +121,7 @@ def load_lm_eval_task(spec: str | Path) -> Any:
         raise UserError(f"task {spec}: data file not found: {exc}") from None
     except Exception as exc:  # whatever lm-eval and datasets raise for a config or data they cannot use: a
         # missing doc_to_target, a split the data lacks (KeyError), a corrupt data file, a dataset not cached
-        raise UserError(f"task {spec}: lm-eval cannot build it ({type(exc).__name__}: {first_line(exc)})") from None
+        raise UserError(f"task {spec}: lm-eval cannot build it ({described(exc)})") from None
     tasks = loaded["tasks"]
     if len(tasks) != 1:
         raise UserError(f"task {spec!r} is a group of {len(tasks)} tasks; name one task: {sorted(tasks)[:5]}")
