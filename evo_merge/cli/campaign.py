@@ -141,7 +141,7 @@ def resume(run: Path) -> None:
     only what is missing."""
     from evo_merge.cli.plan import check_campaign_fits
 
-    check_campaign_fits(_campaign_file(run))  # memory plan (#13), as for `run`
+    check_campaign_fits(_campaign_file(run), resuming=True)  # memory plan (#13), as for `run`
     with _holding(run):
         _run(_runner(run))
 

@@ -25,11 +25,12 @@ def campaign_models(campaign_file: Path):
     return campaign, base, models
 
 
-def check_campaign_fits(campaign_file: Path) -> None:
-    """Stop with exit 2 when the campaign cannot fit (before a run folder is created or resumed)."""
+def check_campaign_fits(campaign_file: Path, *, resuming: bool = False) -> None:
+    """Stop with exit 2 when the campaign cannot fit (before a run folder is created or resumed);
+    `resuming` suggests only what a resume may change."""
     from evo_merge.merge.footprint import check_fits
 
-    check_fits(*campaign_models(campaign_file))
+    check_fits(*campaign_models(campaign_file), resuming=resuming)
 
 
 @click.command()

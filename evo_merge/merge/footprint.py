@@ -354,16 +354,18 @@ def plan_for(
     )
 
 
-def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | Path]) -> Plan:
+def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | Path], *,
+                  resuming: bool = False) -> Plan:
     """The campaign's plan; when it does not fit, `alternative` names the first setting that does:
     a smaller evaluation batch (the activations shrink, the weights stay as they are), then
-    storage (bfloat16, then host placement), then a bfloat16 evaluation module."""
+    storage (bfloat16, then host placement), then a bfloat16 evaluation module. `resuming`: only
+    what a run folder lets a resume change (placement, budgets); the rest is part of what it computes."""
     shapes, target = shapes_of(base_path, model_paths), target_of(campaign)
     current, eval_dtype = Storage.of(campaign.storage), parse_dtype(campaign.dtype)
     plan = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype)
     if plan.fits:
         return plan
-    batch = campaign.evaluator.batch_size // 2
+    batch = 0 if resuming else campaign.evaluator.batch_size // 2
     while batch >= 1:
         other = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype, batch)
         if other.fits:
@@ -376,8 +378,13 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
         for ev in dict.fromkeys((eval_dtype, torch.bfloat16))
         for dtype in dict.fromkeys((current.dtype, torch.bfloat16))
         for placement in placements
+        if not resuming or (dtype, ev) == (current.dtype, eval_dtype)
     ]
     options = [o for o in options if o != (current, eval_dtype)]
+    if not options:  # a resume on a CPU machine: nothing it may change
+        plan.alternative = ("a resume keeps this run's batch size and dtypes: start the campaign in a new run "
+                            "folder with a smaller evaluator.batch_size")
+        return plan
     for storage, ev in options:
         other = plan_for(campaign, shapes, len(model_paths), target, storage, ev)
         if other.fits:
@@ -394,10 +401,11 @@ def _needs(plan: Plan) -> str:
     return f"host {gib(plan.need_host)}" + ("" if plan.device == "cpu" else f", {plan.device} {gib(plan.device_bytes)}")
 
 
-def check_fits(campaign, base_path: str | Path, model_paths: Sequence[str | Path]) -> Plan:
+def check_fits(campaign, base_path: str | Path, model_paths: Sequence[str | Path], *,
+               resuming: bool = False) -> Plan:
     """The campaign's plan; a UserError (exit 2) naming the need, the limit and the first setting
-    that fits when it does not fit."""
-    plan = campaign_plan(campaign, base_path, model_paths)
+    that fits (that a resume may change, when `resuming`) when it does not fit."""
+    plan = campaign_plan(campaign, base_path, model_paths, resuming=resuming)
     if not plan.fits:
         raise UserError(f"memory plan: the run {plan.shortfall()}; {plan.alternative} (details: evo-merge plan)")
     return plan

@@ -99,6 +99,19 @@ def test_a_smaller_evaluation_batch_is_offered_before_another_storage(tmp_path, 
     assert result.exit_code == 2 and "evaluator: {batch_size: 32} fits" in result.output.splitlines()[-1]
 
 
+def test_a_resume_that_does_not_fit_is_offered_only_what_a_resume_may_change(tmp_path, zoo):
+    """Batch size and dtypes are part of what a run computes: a resume cannot take them."""
+    base, fts = zoo
+    need = {b: campaign_plan(Campaign.model_validate(config(zoo, evaluator={"kind": "local", "batch_size": b})),
+                             base, fts).need_host for b in (64, 32)}
+    budget = (need[64] + need[32]) / 2 / GIB
+    campaign = Campaign.model_validate(config(zoo, storage={"host_budget_gib": budget},
+                                              evaluator={"kind": "local", "batch_size": 64}))
+    assert "batch_size: 32" in campaign_plan(campaign, base, fts).alternative
+    resumed = campaign_plan(campaign, base, fts, resuming=True).alternative
+    assert "batch_size: 32" not in resumed and "a resume keeps this run's batch size" in resumed
+
+
 def test_placement_and_budgets_leave_the_run_identity_and_dtype_changes_it(zoo):
     plain = Campaign.model_validate(config(zoo))
     moved = Campaign.model_validate(config(zoo, storage={"placement": "host", "host_budget_gib": 12}))
