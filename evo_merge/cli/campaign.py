@@ -241,6 +241,7 @@ def export(
     recipe), and push it to the Hugging Face Hub with --push-to-hub. A candidate not yet scored on
     every item (held-out ones included) is measured first and the result stored, so the card and
     `evo-merge report` show its measured scores."""
+    from evo_merge.cli.progress import StageBars
     from evo_merge.errors import UserError
     from evo_merge.report.upload import check_repo_id
     from evo_merge.search.export import export_candidate
@@ -252,17 +253,20 @@ def export(
         raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
     _campaign_file(run)  # before the lock, which would create a mistyped folder
     check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
-    with _holding(run):
-        runner = _runner(run)
-        store = runner.workspace.store
-        evaluation = next((e for e in store.evaluations() if e.id == pick), None)
-        if evaluation is None or evaluation.status != "ok":
-            raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
-        try:
-            runner.log.measure([evaluation], f"measuring evaluation {pick}")
-        finally:
-            runner.close()
-    folder = export_candidate(runner.workspace, store.get(evaluation.key), out, overwrite=overwrite)
+    with StageBars() as bars:  # measuring and the file merge take minutes at size
+        with _holding(run):
+            runner = _runner(run)
+            runner.progress = bars
+            store = runner.workspace.store
+            evaluation = next((e for e in store.evaluations() if e.id == pick), None)
+            if evaluation is None or evaluation.status != "ok":
+                raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
+            try:
+                runner.log.measure([evaluation], f"measuring evaluation {pick}")
+            finally:
+                runner.close()
+        folder = export_candidate(runner.workspace, store.get(evaluation.key), out, overwrite=overwrite,
+                                  progress=bars)
     click.echo(f"wrote {folder}")
     if repo_id is not None:
         _push(folder, repo_id, private=private, revision=revision, dry_run=dry_run)

@@ -58,7 +58,7 @@ class MassKind:
         return mass
 
     def export(self, candidate, base: str, models: list[str], out: Path, *, scores, out_dtype: str,
-               bench: Any | None, overwrite: bool, evidence: Any = None) -> Path:
+               bench: Any | None, overwrite: bool, evidence: Any = None, track: Any = None) -> Path:
         """A MASS folder (factors, routing, scores); built here when no workbench is at hand.
         A measured candidate's `evidence` becomes its results files (the card has no model-index:
         the Hub cannot run a MASS folder)."""
@@ -70,7 +70,7 @@ class MassKind:
             from evo_merge.weights.references import resolve_reference
 
             refs = [resolve_reference(str(m), Path.cwd(), "models") for m in (base, *models)]
-            mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]])
+            mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]], track=track)
             mass.set_routing(**candidate.param_dict)
         folder = mass.save(out, overwrite=overwrite, scores=scores)
         if evidence is not None and evidence.item_scores:

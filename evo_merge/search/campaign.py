@@ -185,7 +185,7 @@ class CampaignRunner:
             resolve_front(self.log, self.objectives)
             chosen = choose(self.measure_final(), self.objectives, self.workspace.campaign.final)
             chosen = measure_picks(self.log, chosen)
-            exported = export_picks(self.workspace, chosen, self._evaluator)
+            exported = export_picks(self.workspace, chosen, self._evaluator, self.progress)
             measured = [e for e in candidates(self.workspace.store) if e.measured is not None]
         finally:
             self.close()

@@ -12,6 +12,7 @@ from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import Evidence, candidate_kind
+from evo_merge.search.log import Progress, no_progress, stage_track
 from evo_merge.search.store import CampaignStore, Evaluation
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
@@ -29,14 +30,15 @@ def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[
 
 
 def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *, evaluator: Evaluator | None = None,
-                     overwrite: bool = False) -> Path:
-    """Write one evaluation's candidate to `out`; the evaluator's workbench is reused when it has one."""
+                     overwrite: bool = False, progress: Progress = no_progress) -> Path:
+    """Write one evaluation's candidate to `out`; the evaluator's workbench is reused when it has one.
+    `progress` gets a stage `exporting NAME` over the tensors written."""
     candidate = Candidate.from_key(evaluation.key)
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(
         candidate, *workspace.sources(), Path(out), scores=card_scores(workspace.store, evaluation),
         out_dtype=workspace.campaign.dtype, bench=bench, overwrite=overwrite,
-        evidence=evidence(workspace.store, evaluation))
+        evidence=evidence(workspace.store, evaluation), track=stage_track(progress, f"exporting {Path(out).name}"))
 
 
 def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[str, FitnessTask]) -> None:
@@ -60,8 +62,8 @@ def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
     return Evidence(tasks, scores)
 
 
-def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluator: Evaluator | None = None
-                 ) -> dict[str, tuple[int, Path]]:
+def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluator: Evaluator | None = None,
+                 progress: Progress = no_progress) -> dict[str, tuple[int, Path]]:
     """Export each chosen candidate once, under the first name that picked it, into models/ (the
     partial folders a killed export left there first removed: the run's lock keeps others out)."""
     if (workspace.run_dir / "models").is_dir():
@@ -71,6 +73,6 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     for name, evaluation in chosen.items():
         if evaluation.id not in folders:
             folders[evaluation.id] = export_candidate(workspace, evaluation, workspace.run_dir / "models" / name,
-                                                      evaluator=evaluator, overwrite=True)
+                                                      evaluator=evaluator, overwrite=True, progress=progress)
         exported[name] = (evaluation.id, folders[evaluation.id])
     return exported

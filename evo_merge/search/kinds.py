@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from evo_merge.config import block_size
+from evo_merge.merge.export import Tracker
 from evo_merge.merge.groups import group_setting, tensor_weights
 from evo_merge.merge.kinds import MASS, Ranges, declared_ranges
 from evo_merge.search.candidate import MODEL, Candidate
@@ -54,10 +55,10 @@ class CandidateKind(Protocol):
 
     def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,
                scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
-               evidence: Evidence | None = None) -> Path:
+               evidence: Evidence | None = None, track: Tracker | None = None) -> Path:
         """Write the candidate as a model folder with its card; `bench` is reused when given;
         `evidence` (task metadata, and per-item scores of a measured candidate) goes into the
-        card's model-index and the results files."""
+        card's model-index and the results files; `track` wraps the tensors written, for a bar."""
         ...
 
 
@@ -121,7 +122,7 @@ class StaticMerge:
 
     def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,
                scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
-               evidence: Evidence | None = None) -> Path:
+               evidence: Evidence | None = None, track: Tracker | None = None) -> Path:
         """Streamed from the checkpoints through the recipe, exactly as `evo-merge merge` does:
         the exported folder is the recipe's merge by construction, whatever the search stored."""
         from evo_merge.merge.export import export_merge
@@ -130,7 +131,7 @@ class StaticMerge:
         plan = plan_from_recipe(candidate_recipe(candidate, base, models, out_dtype))
         evidence = evidence or Evidence()
         return export_merge(plan, out, overwrite=overwrite, title=out.name, scores=scores, tasks=evidence.tasks,
-                            item_scores=evidence.item_scores)
+                            item_scores=evidence.item_scores, track=track)
 
 
 # method name -> "module:attribute" of its kind; every other method is a static merge

@@ -10,7 +10,7 @@ batch, each step stored with the estimate it leads to.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
@@ -23,6 +23,18 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 def no_progress(stage: str, done: int, total: int) -> None:
     """The default progress callback: silent."""
+
+
+def stage_track(progress: Progress, stage: str) -> Callable[[Iterable, int], Iterator]:
+    """A file merge's `track` (items, total) reporting to `progress` as `stage`: an export's
+    tensors get a bar like the campaign's stages (minutes at 7B)."""
+    def track(items: Iterable, total: int) -> Iterator:
+        progress(stage, 0, total)
+        for done, item in enumerate(items, 1):
+            yield item
+            progress(stage, done, total)
+
+    return track
 
 
 class EvaluationLog:

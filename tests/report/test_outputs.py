@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from evo_merge.cli import cli
 from evo_merge.errors import UserError
@@ -93,6 +93,8 @@ def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path,
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(out),
                                       "--push-to-hub", "me/tiny-merge", "--dry-run"])
     assert result.exit_code == 0, result.output
+    tensors = len(load_file(out / "model.safetensors"))
+    assert re.search(rf"exporting pick .* {tensors}/{tensors}", result.output), result.output  # a bar on stderr
     listed = {line.split()[0] for line in result.output.splitlines() if line.startswith("  ")}
     assert listed == {p.name for p in out.iterdir()} >= {"README.md", "model.safetensors", RESULTS_FILE}
     assert "hf auth login" in result.output  # said now, before a real upload fails

@@ -78,6 +78,7 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo, 
     result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)])
     assert result.exit_code == 0, result.output
     assert caplog.text.count("stratified anchors instead of auto") == 1  # said once, not once per task
+    assert "exporting best-agree0" in result.output  # the picks' file merges have their bars too
     # the summary's baselines have no estimate: their one measurement is in the measured slot
     baselines = [line for line in result.output.splitlines() if "endpoint ft" in line or "│ base " in line]
     assert len(baselines) == 3 and all(len(re.findall(r"- / \d\.\d{3}", line)) == 2 for line in baselines), \
