@@ -253,18 +253,19 @@ def export(
         raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
     _campaign_file(run)  # before the lock, which would create a mistyped folder
     check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
-    with StageBars() as bars:  # measuring and the file merge take minutes at size
-        with _holding(run):
-            runner = _runner(run)
-            runner.progress = bars
-            store = runner.workspace.store
-            evaluation = next((e for e in store.evaluations() if e.id == pick), None)
-            if evaluation is None or evaluation.status != "ok":
-                raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
-            try:
+    with _holding(run):
+        runner = _runner(run)
+        store = runner.workspace.store
+        evaluation = next((e for e in store.evaluations() if e.id == pick), None)
+        if evaluation is None or evaluation.status != "ok":
+            raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
+        try:
+            with StageBars() as bars:  # measuring and the file merge take minutes at size
+                runner.progress = bars
                 runner.log.measure([evaluation], f"measuring evaluation {pick}")
-            finally:
-                runner.close()
+        finally:
+            runner.close()
+    with StageBars() as bars:
         folder = export_candidate(runner.workspace, store.get(evaluation.key), out, overwrite=overwrite,
                                   progress=bars)
     click.echo(f"wrote {folder}")

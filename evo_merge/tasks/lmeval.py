@@ -31,8 +31,13 @@ _LOGGERS = ("lm_eval", "lm-eval", "datasets")
 
 
 def _quiet() -> None:
+    """lm-eval's and datasets' chatter off: their log lines, and the 'Generating test split' bars
+    datasets draws the first time it reads a task's data (the commands draw their own bars)."""
+    import datasets
+
     for name in _LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    datasets.disable_progress_bars()
 
 
 @cache
