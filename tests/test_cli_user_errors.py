@@ -205,3 +205,20 @@ def test_a_plugin_tasks_scores_are_checked_like_the_built_in_ones():
         score_table(_Plugin(0.5), None, None, "m", ["a", "zzz"])
     with pytest.raises(UserError, match="scores must lie in"):
         score_table(_Plugin(float("nan")), None, None, "m")
+
+
+def test_errors_about_a_config_name_its_file_once(tmp_path):
+    """`naming_file` puts the config's path before a key-only message, and leaves a message that
+    already starts with a path alone (a run folder's, the config's own)."""
+    from evo_merge.errors import naming_file
+
+    config, run = tmp_path / "c.yaml", tmp_path / "run"
+    run.mkdir()
+    cases = {"models.1: no folder x": f"{config}: models.1: no folder x",
+             f"{run}: holds a different campaign": f"{run}: holds a different campaign",
+             f"{config}: tasks.0: unknown": f"{config}: tasks.0: unknown",
+             "unknown task 'x'": f"{config}: unknown task 'x'"}
+    for raised, shown in cases.items():
+        with pytest.raises(UserError) as caught, naming_file(config):
+            raise UserError(raised)
+        assert str(caught.value) == shown

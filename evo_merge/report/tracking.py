@@ -226,14 +226,14 @@ class Trackers:
     def __init__(self, trackers: Sequence[Tracker] = (), run_dir: Path | None = None):
         self.trackers = list(trackers)
         self._ids = _RunIds(run_dir) if run_dir is not None and self.trackers else None
+        self._logged: dict[str, list[str]] = dict(self._ids.get("logged") or {}) if self._ids is not None else {}
 
     def log_generation(self, generation: int, metrics: Mapping[str, float]) -> None:
         for tracker in self.trackers:
             tracker.log_generation(generation, metrics)
 
     def log_evaluation(self, evaluation: Evaluation) -> None:
-        logged = dict(self._ids.get("logged") or {}) if self._ids is not None else {}
-        done = set(logged.get(str(evaluation.id), ()))
+        done = set(self._logged.get(str(evaluation.id), ()))
         parts = {"estimated": evaluation.estimates, "measured": evaluation.measured}
         new = {part for part, scores in parts.items() if scores and part not in done}
         if not new:
@@ -242,8 +242,9 @@ class Trackers:
                              measured=evaluation.measured if "measured" in new else None)
         for tracker in self.trackers:
             tracker.log_evaluation(evaluation)
-        if self._ids is not None:
-            self._ids.set("logged", {**logged, str(evaluation.id): sorted(done | new)})
+        if self._ids is not None:  # read once at open, written after each evaluation (this process alone logs)
+            self._logged[str(evaluation.id)] = sorted(done | new)
+            self._ids.set("logged", self._logged)
 
     def finish(self, run_dir: Path) -> None:
         for tracker in self.trackers:

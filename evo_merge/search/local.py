@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
-from evo_merge.errors import UserError, first_line
+from evo_merge.errors import UserError, described
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, Job, Result
 from evo_merge.search.kinds import candidate_kind
@@ -35,7 +35,7 @@ class LocalEvaluator:
         except RuntimeError as exc:
             raise CandidateFailed(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001  a plugin method may raise anything: this candidate failed
-            raise CandidateFailed(f"{candidate.method}: {type(exc).__name__}: {first_line(exc)}") from exc
+            raise CandidateFailed(f"{candidate.method}: {described(exc)}") from exc
         bad = first_non_finite(model)
         if bad is not None:
             raise CandidateFailed(f"non-finite values in merged tensor {bad}")
@@ -62,7 +62,7 @@ class LocalEvaluator:
             except UserError:  # a wrong config or a task breaking its contract: every candidate would fail alike
                 raise
             except Exception as exc:  # noqa: BLE001  merge or evaluation failed (a plugin may raise anything)
-                outcome = exc if isinstance(exc, CandidateFailed) else CandidateFailed(f"{type(exc).__name__}: {exc}")
+                outcome = exc if isinstance(exc, CandidateFailed) else CandidateFailed(described(exc))
             if self.bench.device.type == "cuda":  # free the candidate's activations before the next one
                 torch.cuda.empty_cache()
             yield index, outcome, time.perf_counter() - start

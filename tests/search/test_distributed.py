@@ -240,3 +240,16 @@ def test_a_scheduler_without_a_worker_that_can_run_evo_merge_is_refused_in_one_l
     error = result.output.strip().splitlines()[-1]  # after the progress bar
     assert error.startswith("error: evaluator.address:") and "evo_merge is not installed here" in error
     assert_no_new_processes(before)
+
+
+def test_workers_running_another_evo_merge_version_are_refused(cluster, monkeypatch):
+    """A cluster's workers run the evo-merge installed where they run: another version might
+    merge or score differently from the run so far."""
+    import evo_merge
+    from evo_merge.search.distributed import DaskEvaluator, WorkerSpec
+
+    monkeypatch.setattr(evo_merge, "__version__", "0.0.0-driver")  # the workers are other processes
+    evaluator = DaskEvaluator(WorkerSpec("b", (), (), "cpu", "float32"), address=cluster)
+    with pytest.raises(UserError, match=r"runs evo-merge .*, this process 0\.0\.0-driver"):
+        _ = evaluator.client  # connecting runs the worker check
+    assert evaluator._client is None  # the connection was closed, not kept

@@ -94,6 +94,21 @@ def test_task_yamls_lm_eval_cannot_use_are_one_line_errors_at_load(tmp_path, mon
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_a_first_read_of_a_task_s_data_draws_no_dataset_bars(tmp_path):
+    """On a fresh datasets cache, `datasets` draws 'Generating test split' bars; the commands draw
+    their own, and a one-line error must stay one line."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"from evo_merge.tasks.lmeval import LMEvalTask; LMEvalTask({str(BENCHMARKS_DIR / 'arith')!r})"
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "fresh"), "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "fresh").is_dir()  # the data was read into the fresh cache
+    assert "Generating" not in done.stderr + done.stdout, done.stderr
+
+
 PLUGIN = """
 import torch
 from evo_merge.tasks import TorchClassificationTask
