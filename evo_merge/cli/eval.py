@@ -7,13 +7,16 @@ from typing import Any
 
 import click
 
+from evo_merge.config import EvaluatorSpec
+
 
 @click.command("eval")
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="Model folder (HF, or a plain network with an `arch` config), or a MASS folder.")
 @click.option("--task", "task_spec", required=True, help="Task: lm-eval name, YAML/folder, shipped benchmark, plugin.")
 @click.option("--items", "items_file", type=click.Path(path_type=Path), help="File of item ids, one per line.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=EvaluatorSpec.model_fields["batch_size"].default, show_default=True,
+              type=click.IntRange(min=1), help="as a campaign's evaluator.batch_size")
 @click.option("--device", default=None, help="torch device (default: where the model loads).")
 @click.option("--metric", default=None, help="lm-eval metric[,filter], e.g. exact_match,strip.")
 @click.option("--subject", default=None, help="Subject name in the table (default: the folder name).")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from evo_merge.config import EvaluatorSpec
+
 TEMPLATE = """\
 # evo-merge campaign: `evo-merge run {name}.yaml --out runs/{name}`
 # Relative paths are taken against this file's folder.
@@ -54,7 +56,7 @@ algorithm: {{name: nsga2, population: {population}, generations: {generations}, 
 
 # In this process; or {{kind: dask, n_workers: 2}} / {{kind: dask, address: tcp://host:8786}}
 # (pip install 'evo-merge[distributed]'): workers load the models once, the driver keeps the store.
-evaluator: {{kind: local, batch_size: 64}}
+evaluator: {{kind: local, batch_size: {batch_size}}}
 
 # After the search: each pick's top_k candidates by estimate (default 3) and evaluate_top
 # members spread over the front are finalists. They race (race, default [0.125, 0.25]): scored
@@ -76,4 +78,5 @@ def campaign_text(zoo: Path | str, families: list[str], *, name: str = "demo", a
     models = "\n".join(f"  - {zoo}/{family}" for family in families)
     tasks = "\n".join(f"  - {{task: {family}}}" for family in families)
     return TEMPLATE.format(name=name, zoo=zoo, models=models, tasks=tasks, anchors=anchors, warmup=warmup,
-                           population=population, generations=generations, top=top)
+                           population=population, generations=generations, top=top,
+                           batch_size=EvaluatorSpec.model_fields["batch_size"].default)
