@@ -5,8 +5,8 @@ defaults, parameter recovery and agreement of
 the two backends, fit time on 100 subjects x 5,000 items, estimate time per subject, and the
 validation gain of IRT anchors.
 
-    .venv/bin/python scripts/bench_irt.py [--only few-subjects|tiny-lm|refit|pyirt-defaults] [--seeds 3] [--draws 200]
-        [--anchor-draws 10]
+    .venv/bin/python scripts/bench_irt.py [--only few-subjects|tiny-lm|refit|sparse-calibration|pyirt-defaults]
+        [--seeds 3] [--draws 200] [--anchor-draws 10]
         [--pyirt-epochs 1000] [--skip-pyirt-large] [--threads 2]
 
 Targets (issues 3 and 17): with >= 8 calibration subjects the default estimator's MAE <= 1.0x
@@ -282,6 +282,40 @@ def midcampaign_refit(seeds: int) -> None:
     console.print(table)
 
 
+def sparse_calibration(seeds: int, anchor_draws: int) -> None:
+    """Would warm-up merges measured on part of the items calibrate as well at a lower cost? At
+    the cost of 4 warm-ups on every item: 8 warm-ups on half of each scenario's items, and 12 on a
+    third (base and endpoints on every item), against 4 and 8 whole ones; gp-IRT with `auto`
+    anchors, MAE on 16 other merges over random sampling's, per sub-skill scenario."""
+    settings = (("4 whole", 4, 1.0), ("8 whole", 8, 1.0), ("8 on 1/2", 8, 1 / 2), ("12 on 1/3", 12, 1 / 3))
+    table = Table(title="Warm-up merges on part of the items: gp-IRT MAE / random sampling's MAE")
+    for col in ("family", "warm-up merges", "cost in whole merges", *map(str, FEW_BUDGETS)):
+        table.add_column(col, justify="right")
+    for family in ("arith", "lang", "seq"):
+        responses = shipped_responses(family)
+        subjects = list(dict.fromkeys(responses.subject))
+        ratios = {name: {b: [] for b in FEW_BUDGETS} for name, _, _ in settings}
+        for seed in range(seeds):
+            merges = np.random.default_rng(seed).permutation(subjects[4:])
+            for name, n_merges, share in settings:
+                train = responses[responses.subject.isin([*subjects[:4], *merges[:n_merges]])]
+                if share < 1:  # each warm-up keeps its own random share of every scenario's items
+                    warm = train.subject.isin(merges[:n_merges])
+                    kept = train[warm].groupby(["subject", "scenario"], group_keys=False).sample(
+                        frac=share, random_state=1000 + seed)
+                    train = pd.concat([train[~warm], kept])
+                model = IRTModel.fit(train, seed=seed)
+                test = ResponseMatrix.from_long(responses[responses.subject.isin(merges[-16:])], model.item_ids).scores
+                for budget in FEW_BUDGETS:
+                    base, _ = random_baseline(test, model.scenario_items(), budget, 200, seed, overall=False)
+                    ratios[name][budget].append(_anchors_mae(model, test, budget, "auto", seed, anchor_draws) / base)
+        for name, n_merges, share in settings:
+            row = (family, name, f"{n_merges * share:.0f}", *[_ratio(ratios[name][b]) for b in FEW_BUDGETS])
+            table.add_row(*row)
+            console.print(" | ".join(row))
+    console.print(table)
+
+
 def pyirt_defaults(families: list[str]) -> None:
     """py-irt at its defaults (dims auto, no lr/epochs given) on the shipped tiny-lm responses and a
     120 x 1,200 four-scenario synthetic matrix: it must fit, and its gp-IRT estimates must stay
@@ -317,9 +351,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyirt-epochs", type=int, default=1000)
     parser.add_argument("--skip-pyirt-large", action="store_true", help="skip py-irt on 100 x 5,000 (slow)")
-    parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "pyirt-defaults", "refit"), default=None,
-                        help="one part: the few-calibration-subjects tables (synthetic and tiny-lm), the "
-                        "tiny-lm one alone, a mid-campaign refit, or py-irt at its defaults")
+    parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "pyirt-defaults", "refit", "sparse-calibration"),
+                        default=None, help="one part: the few-calibration-subjects tables (synthetic and tiny-lm), "
+                        "the tiny-lm one alone, a mid-campaign refit, py-irt at its defaults, or warm-up merges "
+                        "measured on part of the items")
     parser.add_argument("--pyirt-families", default="arith", help="tiny-lm families for py-irt at its defaults")
     parser.add_argument("--seeds", type=int, default=3, help="calibration sets per row of the few-subjects table")
     parser.add_argument("--draws", type=int, default=200, help="random-baseline draws per subject")
@@ -338,6 +373,8 @@ def main() -> None:
         tiny_lm(args.draws, args.seeds, args.anchor_draws)
     if args.only in (None, "refit"):
         midcampaign_refit(args.seeds)
+    if args.only in (None, "sparse-calibration"):
+        sparse_calibration(args.seeds, args.anchor_draws)
     if args.only in (None, "pyirt-defaults"):
         pyirt_defaults(args.pyirt_families.split(","))
     if args.only is not None:
