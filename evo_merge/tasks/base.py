@@ -37,6 +37,31 @@ class FitnessTask(Protocol):
         ...
 
 
+class ItemTable:
+    """The protocol's item side for a task whose items sit at fixed positions (a dataset's rows,
+    a tensor's): ids and scenarios as the protocol reads them, and the positions of requested
+    ids, an unknown one a user error naming it. Subclasses call `_set_items` once."""
+
+    name: str
+
+    def _set_items(self, ids: Sequence[str], scenarios: Sequence[str] | None) -> None:
+        self._ids = list(ids)
+        self._index = {item: i for i, item in enumerate(self._ids)}
+        self._scenarios = dict(zip(self._ids, scenarios, strict=True)) if scenarios is not None else None
+
+    @property
+    def item_ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def scenarios(self) -> dict[str, str] | None:
+        return dict(self._scenarios) if self._scenarios is not None else None
+
+    def _positions(self, item_ids: Sequence[str] | None) -> list[int]:
+        """Positions of `item_ids` (every item when None), in that order."""
+        return item_positions(self.name, self._index, item_ids)
+
+
 def item_positions(task_name: str, index: dict[str, int], item_ids: Sequence[str] | None) -> list[int]:
     """Positions of the requested items; an unknown id is a user error naming it."""
     if item_ids is None:

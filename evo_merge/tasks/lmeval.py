@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from evo_merge.errors import UserError, described, first_line
-from evo_merge.tasks.base import item_positions, score_series
+from evo_merge.tasks.base import ItemTable, score_series
 
 _LOGGERS = ("lm_eval", "lm-eval", "datasets")
 
@@ -175,7 +175,7 @@ def _check_metric_loads(spec: str | Path, config: Any, name: str) -> None:
         raise UserError(f"task {spec}: metric_list: metric {name!r} is neither lm-eval's nor in the evaluate library")
 
 
-class LMEvalTask:
+class LMEvalTask(ItemTable):
     """A `FitnessTask` over one lm-eval task; item ids are the docs' `id` field (else their index)."""
 
     def __init__(
@@ -202,19 +202,10 @@ class LMEvalTask:
         self.batch_size, self.device, self.limit = batch_size, device, limit
         docs = _pin_eval_docs(self.task, limit)
         ids = [str(d["id"]) for d in docs] if docs and all(isinstance(d, dict) and "id" in d for d in docs) else []
-        self._ids = ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))]
-        self._index = {item: i for i, item in enumerate(self._ids)}
         has_scenarios = docs and all(isinstance(d, dict) and "scenario" in d for d in docs)
-        self._scenarios = {i: str(d["scenario"]) for i, d in zip(self._ids, docs)} if has_scenarios else None
+        self._set_items(ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))],
+                        [str(d["scenario"]) for d in docs] if has_scenarios else None)
         self._lm: Any = None
-
-    @property
-    def item_ids(self) -> list[str]:
-        return list(self._ids)
-
-    @property
-    def scenarios(self) -> dict[str, str] | None:
-        return dict(self._scenarios) if self._scenarios is not None else None
 
     def _wrap(self, model: Any, tokenizer: Any) -> Any:
         """lm-eval's HF wrapper, kept while the same model and tokenizer objects come back
@@ -239,7 +230,7 @@ class LMEvalTask:
         """Per-item scores (the task's metric under its filter) for `item_ids`, in that order."""
         from lm_eval.evaluator import evaluate
 
-        positions = item_positions(self.name, self._index, item_ids)
+        positions = self._positions(item_ids)
         if not positions:
             return score_series(self.name, [], [])
         model.eval()

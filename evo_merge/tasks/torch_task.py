@@ -9,10 +9,10 @@ import pandas as pd
 import torch
 
 from evo_merge.errors import UserError
-from evo_merge.tasks.base import item_positions, score_series
+from evo_merge.tasks.base import ItemTable, score_series
 
 
-class TorchClassificationTask:
+class TorchClassificationTask(ItemTable):
     """Inputs `x` (N, ...) and integer labels `y` (N,); item i scores 1 if argmax(model(x_i)) == y_i."""
 
     def __init__(
@@ -33,24 +33,14 @@ class TorchClassificationTask:
             raise UserError(f"task {name!r}: item ids must be unique, one per input")
         self.name, self.x, self.y = name, x, y.long()
         self.batch_size, self.device = batch_size, torch.device(device)
-        self._ids = ids
-        self._index = {item: i for i, item in enumerate(ids)}
-        self._scenarios = dict(zip(ids, scenarios, strict=True)) if scenarios is not None else None
-
-    @property
-    def item_ids(self) -> list[str]:
-        return list(self._ids)
-
-    @property
-    def scenarios(self) -> dict[str, str] | None:
-        return dict(self._scenarios) if self._scenarios is not None else None
+        self._set_items(ids, scenarios)
 
     @torch.no_grad()
     def evaluate(
         self, model: torch.nn.Module, tokenizer: Any = None, item_ids: Sequence[str] | None = None
     ) -> pd.Series:
         """Correctness (0/1) per item; `tokenizer` is ignored (the protocol is shared with LMs)."""
-        pos = torch.tensor(item_positions(self.name, self._index, item_ids), dtype=torch.long)
+        pos = torch.tensor(self._positions(item_ids), dtype=torch.long)
         param = next(model.parameters(), None)  # inputs follow the model (a GPU, bf16 evaluation)
         device = param.device if param is not None else self.device
         dtype = param.dtype if param is not None and self.x.is_floating_point() else None
