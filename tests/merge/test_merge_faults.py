@@ -103,7 +103,7 @@ def test_sigterm_mid_write_leaves_the_old_folder_and_no_temporary_one(family, tm
     assert hidden(tmp_path), "the merge never started writing"
     time.sleep(0.3)  # some tensors merged
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
     assert hidden(tmp_path) == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
 
