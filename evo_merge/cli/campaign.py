@@ -103,8 +103,8 @@ def _run(runner) -> None:
                                    for name, (eid, folder) in exported.items()})
     report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
     store.mark_finished()  # after the report: a run cut short while writing it is not finished
-    for evaluation in measured:  # trackers last: they observe a run that is already complete (each
-        # evaluation's estimates and measurements once: a search candidate's estimates went with its generation)
+    for evaluation in store.evaluations():  # trackers last: they observe a run that is already complete;
+        # what they have not logged yet (measurements, the baselines, estimates refined since their generation)
         tracker.log_evaluation(evaluation)
     tracker.finish(workspace.run_dir)
     console = Console()
@@ -166,6 +166,7 @@ def status(run: Path) -> None:
     from rich.console import Console
 
     from evo_merge.search.holdout import search_item_count
+    from evo_merge.search.metrics import item_totals
     from evo_merge.search.race import RACE_META, race_summary
 
     store, facts = _store(run)
@@ -195,8 +196,7 @@ def status(run: Path) -> None:
     spent, full = store.items_evaluated("search"), len(search) * search_item_count(facts, store)
     console.print(
         f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
-        + (f" ({full / spent:.1f}x saving)" if spent else "") + "; total with calibration and front "
-        f"{store.items_evaluated(measured=True):,}"
+        + (f" ({full / spent:.1f}x saving)" if spent else "") + f"; in total {item_totals(store)}"
     )
 
 

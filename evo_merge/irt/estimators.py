@@ -140,7 +140,9 @@ class Estimator:
         self._anchor_onehot = self._item_onehot[self.anchor_idx]  # (n, K)
         self._n_eff = _effective_size(self.weights, self._anchor_onehot)
         # (1 − n/N)/n_eff per scenario: a random sample's error² per unit of across-item variance
-        self._sampling = np.clip(1.0 - self._anchor_onehot.sum(axis=0) / self.sizes, 0.0, 1.0) / self._n_eff
+        # a scenario with no anchor (an adaptive test's, before its first step) has no anchor mean: ∞
+        unsampled = np.clip(1.0 - self._anchor_onehot.sum(axis=0) / self.sizes, 0.0, 1.0)
+        self._sampling = np.divide(unsampled, self._n_eff, out=np.full_like(unsampled, np.inf), where=self._n_eff > 0)
 
     def _endpoint_abilities(self, endpoints: Sequence[str] | pd.DataFrame) -> np.ndarray:
         """θ of the endpoints on all items: training subjects by id, or fitted on full response rows."""

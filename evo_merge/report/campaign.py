@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evo_merge.markup import html_text, md
@@ -19,7 +20,7 @@ from evo_merge.report.html import write_html_report
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.front import BASELINE, BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
-from evo_merge.search.metrics import generation_metrics
+from evo_merge.search.metrics import item_totals, recorded_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import RACE_META, race_summary
 from evo_merge.search.store import CampaignStore, Evaluation, atomic_write, in_run
@@ -55,12 +56,22 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str],
     return table
 
 
+def mark_front(scored: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
+    """The scored finalists with a `front` column: True where no other row dominates the row's
+    scores (measured on every search item, else on the race's sample). Finalists that stayed in
+    the race are not all on the front: one may be worse on every task by less than the race's
+    tolerance, or (measured whole) by more."""
+    shown = [[row[f"meas_{t}"] if pd.notna(row[f"meas_{t}"]) else row[f"sample_{t}"] for t in objectives.names]
+             for _, row in scored.iterrows()]
+    on_front = set(objectives.non_dominated(np.array(shown, dtype=float).reshape(-1, len(objectives.names))))
+    return scored.assign(front=[i in on_front for i in range(len(scored))])
+
+
 def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame:
     """Per generation: hypervolume of all estimates so far, the best estimate per task (by direction)
-    and the item evaluations spent."""
-    evaluations = store.evaluations("search")
-    generations = sorted({e.generation for e in evaluations if e.status == "ok"})
-    return pd.DataFrame([{"generation": g, **generation_metrics(evaluations, objectives, g)} for g in generations])
+    and the item evaluations spent, as the generation ended (what the trackers logged)."""
+    generations = sorted({e.generation for e in store.evaluations("search") if e.status == "ok"})
+    return pd.DataFrame([{"generation": g, **recorded_metrics(store, objectives, g)} for g in generations])
 
 
 def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
@@ -75,8 +86,9 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
     ax.scatter(search[f"est_{x}"], search[f"est_{y}"], s=12, alpha=0.4, label="candidates (estimated)")
     measured = table[table[f"meas_{x}"].notna() & table.phase.isin(["search", BASELINE])]
     ax.scatter(measured[f"est_{x}"], measured[f"est_{y}"], marker="o", facecolors="none", edgecolors="C1",
-               label="front (estimated)")
-    ax.scatter(measured[f"meas_{x}"], measured[f"meas_{y}"], marker="*", s=80, color="C1", label="front (measured)")
+               label="finalists (estimated)")
+    ax.scatter(measured[f"meas_{x}"], measured[f"meas_{y}"], marker="*", s=80, color="C1",
+               label="finalists (measured)")
     sampled = table[table[f"sample_{x}"].notna()]
     if len(sampled):
         ax.scatter(sampled[f"sample_{x}"], sampled[f"sample_{y}"], marker="x", s=40, color="C2",
@@ -131,7 +143,7 @@ def write_report(
     table = evaluation_table(evaluations, tasks, ((race or {}).get("compared") or {}).get("scores"))
     scored = (table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)
               | table[[f"sample_{t}" for t in tasks]].notna().all(axis=1))  # race survivors: their sample scores
-    front = table[table.phase.isin(["search", BASELINE]) & scored]
+    front = mark_front(table[table.phase.isin(["search", BASELINE]) & scored], objectives)
     atomic_write(run_dir / "pareto.csv", front.to_csv(index=False))
     progress = progress_table(store, objectives)
     plot_pareto(table, tasks, run_dir / "pareto.png")
@@ -152,11 +164,7 @@ def write_report(
             f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
             f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)"
         ),
-        (
-            f"item evaluations in total (calibration {store.items_evaluated('calibration'):,}, search, "
-            f"final phase {store.items_evaluated(measured=True) - store.items_evaluated():,}): "
-            f"{store.items_evaluated(measured=True):,}"
-        ),
+        f"item evaluations in total: {item_totals(store)}",
         _holdout_fact(holdout),
     ]
     facts += [line] if (line := race_summary(race)) else []

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from evo_merge.markup import html_text
+from evo_merge.search.front import BASELINE
 from evo_merge.search.store import atomic_write
 
 PAGE = """<!DOCTYPE html>
@@ -66,7 +67,8 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str]):
     fig = go.Figure()
     ok = table[table.status == "ok"]
     search = ok[ok.phase == "search"]
-    measured = search[search[f"meas_{x}"].notna() & search[f"meas_{y}"].notna()]
+    finalists = ok[ok.phase.isin(["search", BASELINE])]  # the standard merges compete for the picks too
+    measured = finalists[finalists[f"meas_{x}"].notna() & finalists[f"meas_{y}"].notna()]
     calibration = ok[(ok.phase == "calibration") & ok[f"meas_{x}"].notna()]
 
     def trace(rows: pd.DataFrame, kind: str, name: str, **style) -> None:
@@ -79,8 +81,8 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str]):
                                  customdata=rows["id"].tolist(), **error, **style))
 
     trace(search, "est", "candidates (estimated)", marker={"size": 6, "opacity": 0.35, "color": "#1f77b4"})
-    trace(measured, "est", "front (estimated)", marker={"size": 10, "symbol": "circle-open", "color": "#ff7f0e"})
-    trace(measured, "meas", "front (measured)", marker={"size": 13, "symbol": "star", "color": "#ff7f0e"})
+    trace(measured, "est", "finalists (estimated)", marker={"size": 10, "symbol": "circle-open", "color": "#ff7f0e"})
+    trace(measured, "meas", "finalists (measured)", marker={"size": 13, "symbol": "star", "color": "#ff7f0e"})
     if f"sample_{x}" in ok:  # race survivors not measured whole: their scores on the race's sample
         sampled = ok[ok[f"sample_{x}"].notna() & ok[f"sample_{y}"].notna()]
         trace(sampled, "sample", "race survivors (sample scores)",
@@ -118,8 +120,9 @@ def progress_figure(progress: pd.DataFrame, tasks: Sequence[str]):
     return fig
 
 
-def card_html(name: str, folder: Path) -> str:
-    """An exported pick's README.md: front matter as text, the Markdown rendered with raw HTML off."""
+def card_html(names: Sequence[str], folder: Path) -> str:
+    """An exported folder's README.md under the picks it is: front matter as text, the Markdown
+    rendered with raw HTML off."""
     from markdown_it import MarkdownIt
 
     text = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else ""
@@ -128,7 +131,8 @@ def card_html(name: str, folder: Path) -> str:
         front, body = text[4:].split("\n---\n", 1)
     rendered = MarkdownIt("commonmark", {"html": False}).render(body)
     return (
-        f'<div class="card" id="pick-{html_text(name)}"><h3>{html_text(name)}</h3>'
+        f'<div class="card" id="pick-{html_text(names[0])}"><h3>{html_text(", ".join(names))} '
+        f"(<code>{html_text(folder.name)}</code>)</h3>"
         f"<details><summary>front matter</summary><pre>{html_text(front)}</pre></details>{rendered}</div>"
     )
 
@@ -148,7 +152,10 @@ def write_html_report(
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(k == 0), config={"displaylogo": False}))
     if exported:
         parts.append("<h2>Exported models</h2>")
-        parts += [card_html(name, folder) for name, (_, folder) in exported.items()]
+        folders: dict[Path, list[str]] = {}  # picks that chose one candidate share its folder
+        for name, (_, folder) in exported.items():
+            folders.setdefault(Path(folder), []).append(name)
+        parts += [card_html(names, folder) for folder, names in folders.items()]
     path = run_dir / "report.html"
     atomic_write(path, PAGE.format(title="Campaign report", body="\n".join(parts)))
     return path

@@ -25,7 +25,7 @@ from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError, first_line
 from evo_merge.search.campaign import CALIBRATION
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.metrics import generation_metrics
+from evo_merge.search.metrics import recorded_metrics
 from evo_merge.search.store import EXPORTED_META, CampaignStore, Evaluation, atomic_write
 
 IDS_FILE = "tracking.json"
@@ -221,7 +221,8 @@ class Trackers:
     With a run folder, each evaluation's estimates and measurements are logged once: what was
     logged is noted in tracking.json (`logged`: evaluation id -> parts), so a resume, a run cut
     short while logging its final phase, or a search that measures every item (`kind: full`)
-    logs nothing twice."""
+    logs nothing twice. An estimate refined later (an adaptive test continued before the final
+    phase) is a new estimate and is logged too, so the tracker ends with the report's figures."""
 
     def __init__(self, trackers: Sequence[Tracker] = (), run_dir: Path | None = None):
         self.trackers = list(trackers)
@@ -234,11 +235,14 @@ class Trackers:
 
     def log_evaluation(self, evaluation: Evaluation) -> None:
         done = set(self._logged.get(str(evaluation.id), ()))
-        parts = {"estimated": evaluation.estimates, "measured": evaluation.measured}
+        # an estimate is named by the items behind it: an adaptive test continued before the final
+        # phase gives a new one, logged again (at the same step); a ledger written before kept "estimated"
+        estimated = "estimated" if "estimated" in done else f"estimated@{evaluation.items_evaluated}"
+        parts = {estimated: evaluation.estimates, "measured": evaluation.measured}
         new = {part for part, scores in parts.items() if scores and part not in done}
         if not new:
             return
-        evaluation = replace(evaluation, estimates=evaluation.estimates if "estimated" in new else None,
+        evaluation = replace(evaluation, estimates=evaluation.estimates if estimated in new else None,
                              measured=evaluation.measured if "measured" in new else None)
         for tracker in self.trackers:
             tracker.log_evaluation(evaluation)
@@ -275,8 +279,7 @@ def follow_campaign(runner: Any) -> Trackers:
             evaluations = workspace.store.evaluations(CALIBRATION) + evaluations
         for evaluation in {e.id: e for e in evaluations}.values():
             tracker.log_evaluation(evaluation)
-        search = workspace.store.evaluations("search")
-        tracker.log_generation(generation, generation_metrics(search, runner.objectives, generation))
+        tracker.log_generation(generation, recorded_metrics(workspace.store, runner.objectives, generation))
         ids.set("generation", generation)
 
     runner.on_generation.append(on_generation)

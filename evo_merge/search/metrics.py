@@ -1,8 +1,9 @@
 """Per-generation progress of a search: hypervolume, best estimate per task, item evaluations spent.
 
 One definition shared by the report (a row per generation) and experiment trackers (a step per
-generation), so both show the same numbers; it lives with the search so the study loop's
-`on_generation` callbacks can compute it as each generation ends.
+generation), so both show the same numbers. The study loop computes it as each generation ends
+and stores it with the generation: an adaptive test continued before the final phase changes
+stored estimates and items later, and a generation's progress is what the search had then.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.store import Evaluation
+from evo_merge.search.store import CampaignStore, Evaluation
 
 
 def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives, generation: int) -> dict[str, float]:
@@ -25,3 +26,18 @@ def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives
     best = (ok * signs).max(axis=0) * signs if len(ok) else np.full(len(tasks), np.nan)
     return {"hypervolume": objectives.hypervolume(ok), **{f"best_{t}": float(best[i]) for i, t in enumerate(tasks)},
             "items": float(sum(e.items_evaluated for e in upto))}
+
+
+def recorded_metrics(store: CampaignStore, objectives: Objectives, generation: int) -> dict[str, float]:
+    """`generation`'s metrics as stored when it ended; recomputed from the store for a folder
+    written before they were stored."""
+    stored = store.metrics(generation)
+    return stored if stored is not None else generation_metrics(store.evaluations("search"), objectives, generation)
+
+
+def item_totals(store: CampaignStore) -> str:
+    """'N (calibration a, search b, baseline c, final phase d)': every item evaluation of the run,
+    each phase's share named, so the parts add up to the total."""
+    phases = store.items_by_phase()
+    parts = ", ".join(f"{phase} {n:,}" for phase, n in phases.items() if n or phase in ("search", "final phase"))
+    return f"{sum(phases.values()):,} ({parts})"

@@ -4,7 +4,9 @@ Two front members overlap when, on every task, their estimates lie within the su
 standard errors: the front's order between them is noise. With an adaptive estimator, each
 overlapping member's test is continued to a smaller standard error (half the target, twice the
 item budget) once, so the measured front starts from the members that really differ. Fixed
-anchors have no further items to give, so nothing happens for the other estimators.
+anchors have no further items to give, so nothing happens for the other estimators. Which members
+overlap is decided once, on the search's estimates, and stored: refining changes the estimates,
+so deciding again (on a resume, after a kill mid-way) would refine others.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from evo_merge.search.store import Evaluation
 
 REFINE_PRECISION = 0.5  # target SE x 0.5, item budget x 2
 STAGE = "resolving the front (adaptive)"
+RESOLVED_META = "front_refined"  # keys of the overlapping front members, as first decided
 
 
 def overlapping(members: Sequence[Evaluation], names: Sequence[str]) -> list[Evaluation]:
@@ -36,6 +39,10 @@ def resolve_front(log: EvaluationLog, objectives: Objectives) -> list[Evaluation
     """Refine the overlapping front members (adaptive estimators only); returns those refined."""
     if not log.scoring.adaptive():
         return []
-    unresolved = overlapping(front(log.store, objectives), objectives.names)
-    log.refine(unresolved, REFINE_PRECISION, STAGE)
+    keys = log.store.get_meta(RESOLVED_META)
+    if keys is None:
+        keys = [e.key for e in overlapping(front(log.store, objectives), objectives.names)]
+        log.store.set_meta(RESOLVED_META, keys)
+    unresolved = [log.store.get(key) for key in keys]
+    log.refine(unresolved, REFINE_PRECISION, STAGE)  # a test already at its precision asks for nothing
     return unresolved

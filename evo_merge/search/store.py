@@ -56,12 +56,14 @@ CREATE TABLE IF NOT EXISTS generations (
     generation INTEGER PRIMARY KEY,
     keys TEXT NOT NULL,            -- JSON list of the keys of the population told to the algorithm
     completed REAL NOT NULL,
-    told TEXT                      -- JSON {key: [minimised objective values]} told to the algorithm
+    told TEXT,                     -- JSON {key: [minimised objective values]} told to the algorithm
+    metrics TEXT                   -- JSON {name: value}: the search as the generation ended (search.metrics)
 );
 """
 TABLES = ("evaluations", "item_scores", "meta", "generations")
 # columns added after the first release, added to older databases when they are opened
-ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT"}
+ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT",
+                 ("generations", "metrics"): "TEXT"}
 EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
 
 
@@ -175,6 +177,12 @@ class CampaignStore:
         query = f"SELECT COALESCE(SUM({column}), 0) FROM evaluations"
         return self.db.execute(query + (" WHERE phase = ?" if phase else ""), (phase,) if phase else ()).fetchone()[0]
 
+    def items_by_phase(self) -> dict[str, int]:
+        """Item evaluations per phase in the order the phases began (calibration, search, baseline),
+        then the final phase's (`final phase`: its race and the items measured whole)."""
+        rows = self.db.execute("SELECT phase, SUM(items_evaluated) FROM evaluations GROUP BY phase ORDER BY MIN(id)")
+        return {**dict(rows.fetchall()), "final phase": self.items_evaluated(measured=True) - self.items_evaluated()}
+
     # -- key/value metadata (config hash, phase markers)
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -184,13 +192,23 @@ class CampaignStore:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # -- progress: generations and the finished flag, checked against the evaluations
-    def complete_generation(self, generation: int, told: Mapping[str, Sequence[float]]) -> None:
-        """Record that `generation` was told to the algorithm: each key's objective values."""
+    def complete_generation(self, generation: int, told: Mapping[str, Sequence[float]],
+                            metrics: Mapping[str, float] | None = None) -> None:
+        """Record that `generation` was told to the algorithm: each key's objective values, and the
+        search's metrics as it ended. A replayed generation keeps the metrics first recorded: stored
+        estimates may have changed since (an adaptive test continued before the final phase)."""
         self.db.execute(
-            "INSERT OR REPLACE INTO generations (generation, keys, completed, told) VALUES (?, ?, ?, ?)",
+            "INSERT INTO generations (generation, keys, completed, told, metrics) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (generation) DO UPDATE SET keys = excluded.keys, completed = excluded.completed, "
+            "told = excluded.told, metrics = COALESCE(generations.metrics, excluded.metrics)",
             (generation, json.dumps(sorted(told)), time.time(),
-             json.dumps({key: [float(v) for v in values] for key, values in told.items()})),
+             json.dumps({key: [float(v) for v in values] for key, values in told.items()}), _dumps(metrics)),
         )
+
+    def metrics(self, generation: int) -> dict[str, float] | None:
+        """The search's metrics as `generation` ended; None where not recorded (an older folder)."""
+        row = self.db.execute("SELECT metrics FROM generations WHERE generation = ?", (generation,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
 
     def told(self, generation: int) -> dict[str, list[float]]:
         """What `generation` was told, by key: a replay answers it alike even where a stored

@@ -17,6 +17,7 @@ import numpy as np
 
 from evo_merge.search.algorithms import SearchAlgorithm
 from evo_merge.search.log import EvaluationLog
+from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import Evaluation
 
@@ -44,6 +45,7 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
         values = np.array([told.get(e.key, fitness(e, objectives)) for e in evaluations], dtype=float)
         population.set("F", values)
         algorithm.tell(infills=population)
-        log.store.complete_generation(generation, {e.key: row for e, row in zip(evaluations, values)})
+        metrics = generation_metrics(log.store.evaluations(SEARCH), objectives, generation)
+        log.store.complete_generation(generation, {e.key: row for e, row in zip(evaluations, values)}, metrics)
         if on_generation is not None:
             on_generation(generation, evaluations)

@@ -90,7 +90,36 @@ def test_each_estimate_and_measurement_is_logged_once_across_resumes(small_store
     for name in ("measured/alpha", "estimated/alpha"):
         assert len(client.get_metric_history(run_id, name)) == 1, name
     ids = json.loads((small_store.run_dir / IDS_FILE).read_text())
-    assert ids["mlflow"] == run_id and ids["logged"] == {str(evaluation.id): ["estimated", "measured"]}
+    assert ids["mlflow"] == run_id and ids["logged"] == {str(evaluation.id): ["estimated@8", "measured"]}
+
+
+def test_an_estimate_refined_later_is_logged_again_and_ends_as_stored(small_store, tmp_path):
+    """An adaptive test continued before the final phase gives an evaluation more items and a new
+    estimate after its generation logged the first: the tracker must end with the stored one. A
+    ledger written before estimates were named by their items ("estimated") logs none again."""
+    from dataclasses import replace
+
+    from mlflow import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    spec = TrackingSpec.model_validate({"mlflow": {"uri": uri, "experiment": "merges"}})
+    first, second = small_store.evaluations()[1:3]
+    tracker = open_tracker(spec, small_store.run_dir, CAMPAIGN)
+    tracker.log_evaluation(first)
+    tracker.log_evaluation(second)
+    refined = replace(first, estimates={"alpha": 0.66, "beta": 0.12}, items_evaluated=first.items_evaluated + 6)
+    tracker.log_evaluation(refined)
+    tracker.log_evaluation(refined)  # a resume offers it again: once is enough
+    client = MlflowClient(uri)
+    run_id = tracker.trackers[0].run_id
+    history = client.get_metric_history(run_id, "estimated/alpha")
+    assert sorted((m.step, m.value) for m in history) == [(first.id, 0.6), (first.id, 0.66), (second.id, 0.4)]
+    ids = json.loads((small_store.run_dir / IDS_FILE).read_text())
+    ids["logged"][str(second.id)] = ["estimated"]  # as an older version wrote it
+    (small_store.run_dir / IDS_FILE).write_text(json.dumps(ids))
+    resumed = open_tracker(spec, small_store.run_dir, CAMPAIGN)
+    resumed.log_evaluation(replace(second, items_evaluated=second.items_evaluated + 6))
+    assert len(client.get_metric_history(run_id, "estimated/beta")) == 3  # first, refined first, second
 
 
 def test_a_relative_file_store_lies_in_the_campaign_s_folder(tmp_path):

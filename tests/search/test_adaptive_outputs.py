@@ -1,0 +1,135 @@
+"""An adaptive campaign's outputs agree with each other and stay put: its front members' tests are
+continued before the final phase, after their generations were reported, so the report's progress,
+the tracker's metrics and a resume must all read the search as it was, and the item totals must add
+up with the standard merges the search did not seed (found by a review of the outputs)."""
+
+import json
+import shutil
+import sqlite3
+
+import pandas as pd
+import pytest
+from campaigns import run_campaign, write_campaign  # tests/search is on sys.path
+from click.testing import CliRunner
+
+from evo_merge.cli import cli
+from evo_merge.report.campaign import evaluation_table, facts_objectives, progress_table
+from evo_merge.report.html import front_figure
+from evo_merge.search.refine import RESOLVED_META
+from evo_merge.search.store import CampaignStore
+from evo_merge.zoo.tiny import save_tiny_family
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adaptive-outputs")
+    base, fts = save_tiny_family(root / "zoo", "llama", n_finetunes=2, noise=0.08)
+    config = write_campaign(root / "campaign.yaml", base, fts,
+                            algorithm={"population": 6, "generations": 2, "seed": 4, "seed_standard_merges": False},
+                            estimator={"kind": "adaptive", "warmup_merges": 4, "dims": 1, "target_se": 0.02,
+                                       "max_items": 12},
+                            tracking={"mlflow": {"uri": (root / "mlruns").as_uri(), "experiment": "adaptive"}})
+    return run_campaign(config, root / "run")
+
+
+def state(run):
+    db = sqlite3.connect(run / "state.sqlite")
+    try:
+        return db.execute("SELECT key, items_evaluated, items_measured, estimates FROM evaluations").fetchall()
+    finally:
+        db.close()
+
+
+def test_the_tracker_ends_with_the_report_s_figures(run):
+    from mlflow import MlflowClient
+
+    ids = json.loads((run / "tracking.json").read_text())
+    store = CampaignStore(run)
+    objectives = facts_objectives(store.get_meta("facts"))
+    client = MlflowClient((run.parent / "mlruns").as_uri())
+    progress = progress_table(store, objectives).set_index("generation")
+    for name in ("hypervolume", "items", *(f"best_{t}" for t in objectives.names)):
+        logged = {m.step: m.value for m in client.get_metric_history(ids["mlflow"], f"generation/{name}")}
+        assert logged == pytest.approx(progress[name].to_dict()), name
+    refined = 0
+    for evaluation in store.evaluations():
+        for task, value in (evaluation.estimates or {}).items():
+            history = [m for m in client.get_metric_history(ids["mlflow"], f"estimated/{task}")
+                       if m.step == evaluation.id]
+            assert value in [m.value for m in history], (evaluation.id, task)
+            refined += len(history) > 1
+    assert refined, "no estimate was refined before the final phase: the test shows nothing"
+    store.close()
+
+
+def test_resuming_the_finished_run_changes_nothing(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = state(copy)
+    result = CliRunner().invoke(cli, ["resume", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert state(copy) == before
+
+
+def test_the_front_is_resolved_once_on_the_search_s_estimates(run, tmp_path):
+    """Which members overlap is decided once: deciding again on refined estimates (a resume, a
+    kill mid-way) would refine others. Made certain here by making every candidate overlap."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.campaign import CampaignRunner
+    from evo_merge.search.refine import resolve_front
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    db = sqlite3.connect(copy / "state.sqlite")
+    with db:
+        db.execute("UPDATE evaluations SET estimates = ?, estimate_se = ? WHERE phase = 'search'",
+                   (json.dumps({"agree0": 0.5, "agree1": 0.5}), json.dumps({"agree0": 0.3, "agree1": 0.3})))
+    db.close()
+    before = state(copy)
+    runner = CampaignRunner.open(Campaign.load(copy / "campaign.yaml"), copy, copy)
+    runner.calibrate()
+    assert runner.workspace.store.get_meta(RESOLVED_META) is not None
+    resolve_front(runner.log, runner.objectives)
+    runner.close()
+    assert state(copy) == before
+
+
+def test_the_item_totals_add_up_with_the_unseeded_baselines(run):
+    store = CampaignStore(run)
+    phases = store.items_by_phase()
+    assert phases["baseline"] > 0  # the standard merges, not seeded, scored on their own
+    total = store.items_evaluated(measured=True)
+    assert sum(phases.values()) == total
+    line = next(ln for ln in (run / "report.md").read_text().splitlines() if "item evaluations in total" in ln)
+    parts = [int(n.replace(",", "")) for n in line.split("(", 1)[1].replace(")", "").split()
+             if n.replace(",", "").isdigit()]
+    assert line.split(": ", 1)[1].startswith(f"{total:,} (") and sum(parts) == total, line
+    status = CliRunner().invoke(cli, ["status", str(run)]).output
+    assert f"in total {total:,} (calibration" in status, status
+    store.close()
+
+
+def test_pareto_csv_marks_the_non_dominated_finalists(run):
+    front = pd.read_csv(run / "pareto.csv")
+    tasks = ["agree0", "agree1"]
+    shown = [[r[f"meas_{t}"] if pd.notna(r[f"meas_{t}"]) else r[f"sample_{t}"] for t in tasks]
+             for _, r in front.iterrows()]
+
+    def dominated(i):
+        return any(all(b >= a for a, b in zip(shown[i], other)) and other != shown[i] for other in shown)
+
+    assert list(front["front"]) == [not dominated(i) for i in range(len(shown))]
+
+
+def test_the_html_plot_shows_measured_standard_merges_with_the_finalists():
+    rows = [{"id": 1, "phase": "search", "generation": 1, "status": "ok", "est": 0.5, "meas": 0.52},
+            {"id": 2, "phase": "baseline", "generation": None, "status": "ok", "est": 0.6, "meas": 0.61},
+            {"id": 3, "phase": "search", "generation": 1, "status": "ok", "est": 0.4, "meas": None}]
+    table = pd.DataFrame([{"id": r["id"], "phase": r["phase"], "generation": r["generation"], "status": r["status"],
+                           "method": "ties", "weights": "1 1", "params": "", "items": 10,
+                           **{f"{k}_{t}": r[k] for t in ("a", "b") for k in ("est", "meas")},
+                           **{f"{k}_{t}": None for t in ("a", "b") for k in ("est_se", "sample")}} for r in rows])
+    figure = front_figure(table, ["a", "b"])
+    measured = next(t for t in figure.data if t.name == "finalists (measured)")
+    assert list(measured.customdata) == [1, 2]
+    assert evaluation_table([], ["a"]).empty
