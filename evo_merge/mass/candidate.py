@@ -7,7 +7,7 @@ per workbench and kept there; each candidate only moves the router.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,8 @@ class MassKind:
         return mass
 
     def export(self, candidate, base: str, models: list[str], out: Path, *, scores, out_dtype: str,
-               bench: Any | None, overwrite: bool, evidence: Any = None, track: Any = None) -> Path:
+               bench: Any | None, overwrite: bool, evidence: Any = None, track: Any = None,
+               chosen_as: Sequence[str] = ()) -> Path:
         """A MASS folder (factors, routing, scores); built here when no workbench is at hand.
         A measured candidate's `evidence` becomes its results files (the card has no model-index:
         the Hub cannot run a MASS folder)."""
@@ -72,7 +73,7 @@ class MassKind:
             refs = [resolve_reference(str(m), Path.cwd(), "models") for m in (base, *models)]
             mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]], track=track)
             mass.set_routing(**candidate.param_dict)
-        folder = mass.save(out, overwrite=overwrite, scores=scores)
+        folder = mass.save(out, overwrite=overwrite, scores=scores, chosen_as=chosen_as)
         if evidence is not None and evidence.item_scores:
             from evo_merge.merge.results import write_results
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from evo_merge.markup import md
 from evo_merge.mass.routing import RoutingConfig
-from evo_merge.merge.card import front_matter, inputs_section, license_fields, model_ref, scores_section
+from evo_merge.merge.card import chosen_section, front_matter, inputs_section, license_fields, model_ref, scores_section
 
 
 def mass_card(
@@ -15,6 +15,7 @@ def mass_card(
     base: str,
     routing: RoutingConfig,
     scores: Mapping[str, Mapping[str, float]] | None = None,
+    chosen_as: Sequence[str] = (),
 ) -> str:
     """README.md text: YAML front matter (base, merged models, routing), then how to run it.
 
@@ -46,6 +47,7 @@ def mass_card(
             "to the tasks whose subspaces explain it best and answers with the TSV-M merge of those tasks",
             f"(threshold {routing.threshold}, at most {routing.max_tasks} tasks, token: {routing.token}).",
             "",
+            *chosen_section(chosen_as),
             *inputs_section(refs, refs[0], licenses, license_keys),
             *scores_section(scores),
             "## Use",

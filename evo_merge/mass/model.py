@@ -360,10 +360,12 @@ class MassModel(nn.Module):
         copy_base: bool = True,
         overwrite: bool = False,
         scores: Mapping[str, Mapping[str, float]] | None = None,
+        chosen_as: Sequence[str] = (),
     ) -> Path:
         """Write a MASS folder (atomically: it appears complete or not at all, and an existing one
         is replaced only when `overwrite`). `copy_base` False stores the base's absolute path
-        instead of a copy; `scores` (e.g. estimated / measured per task) go in the card."""
+        instead of a copy; `scores` (e.g. estimated / measured per task) and `chosen_as` (the
+        campaign picks it is) go in the card."""
         out = Path(out).expanduser()
         refuse_existing(out, overwrite)
         meta = {
@@ -378,7 +380,7 @@ class MassModel(nn.Module):
         }
         extra = {f.name: f.read_bytes() for f in tokenizer_files(self.base_path)}
         extra[MASS_JSON] = json.dumps(meta, indent=2) + "\n"
-        extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores)
+        extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores, chosen_as)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:

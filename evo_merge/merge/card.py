@@ -166,6 +166,16 @@ def scores_section(scores: Scores | None, stderr: Mapping[str, float] | None = N
     return lines
 
 
+def chosen_section(chosen_as: Sequence[str]) -> list[str]:
+    """Which of its campaign's picks the model is: a candidate that several picks chose is
+    exported once, and its card names every one of them."""
+    if not chosen_as:
+        return []
+    names = [md(name) for name in chosen_as]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+    return [f"Chosen by its evo-merge campaign as {listed}.", ""]
+
+
 def front_matter(front: Mapping) -> list[str]:
     """YAML front matter lines; `safe_dump` quotes user strings, so no value can end the block."""
     text = yaml.safe_dump(dict(front), sort_keys=False, allow_unicode=True, width=10**6).rstrip()
@@ -199,11 +209,13 @@ def model_card(
     scores: Scores | None = None,
     tasks: Mapping[str, TaskMeta] | None = None,
     stderr: Mapping[str, float] | None = None,
+    chosen_as: Sequence[str] = (),
 ) -> str:
     """A README.md for a merged model folder.
 
     `scores` maps a score kind ("estimated", "measured") to {task: value}; `tasks` describes each
-    task for `model-index`; `stderr` is the measured standard error per task. Inputs are named
+    task for `model-index`; `stderr` is the measured standard error per task; `chosen_as`, the
+    campaign picks it is (`chosen_section`). Inputs are named
     from the recipe's model strings (Hub ids as `org/name@revision`, see `model_ref`)."""
     base = model_ref(recipe.base_model) if recipe.base_model else None
     merged = [model_ref(m) for m in recipe.references() if m != recipe.base_model]
@@ -242,6 +254,7 @@ def model_card(
         "",
         f"Built with [evo-merge](https://pypi.org/project/evo-merge/) using **{md(recipe.merge_method)}**{over}.",
         "",
+        *chosen_section(chosen_as),
     ]
     lines += inputs_section(inputs, base, licenses, license_keys)
     lines += scores_section(scores, stderr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ def export_merge(
     track: Tracker | None = None,
     tasks: Mapping[str, TaskMeta] | None = None,
     item_scores: ItemScores | None = None,
+    chosen_as: Sequence[str] = (),
 ) -> Path:
     """Write the merged folder atomically. `tensors` (e.g. from the in-place merger) replaces the
     streaming merge when given; they must be the plan's tensors.
@@ -53,7 +54,8 @@ def export_merge(
     stderr = {
         name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None
     }
-    extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr)
+    extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr,
+                                    chosen_as=chosen_as)
     extra[RECIPE_FILE] = recipe.to_yaml()
     if item_scores:
         extra.update(results_files(item_scores, tasks or {}))

@@ -3,7 +3,7 @@ when measured on every item, the lm-eval-style results files beside the weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,15 +30,17 @@ def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[
 
 
 def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *, evaluator: Evaluator | None = None,
-                     overwrite: bool = False, progress: Progress = no_progress) -> Path:
+                     overwrite: bool = False, progress: Progress = no_progress, chosen_as: Sequence[str] = ()) -> Path:
     """Write one evaluation's candidate to `out`; the evaluator's workbench is reused when it has one.
-    `progress` gets a stage `exporting NAME` over the tensors written."""
+    `progress` gets a stage `exporting NAME` over the tensors written; `chosen_as` names the picks
+    it is, in its card."""
     candidate = Candidate.from_key(evaluation.key)
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(
         candidate, *workspace.sources(), Path(out), scores=card_scores(workspace.store, evaluation),
         out_dtype=workspace.campaign.dtype, bench=bench, overwrite=overwrite,
-        evidence=evidence(workspace.store, evaluation), track=stage_track(progress, f"exporting {Path(out).name}"))
+        evidence=evidence(workspace.store, evaluation), track=stage_track(progress, f"exporting {Path(out).name}"),
+        chosen_as=chosen_as)
 
 
 def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[str, FitnessTask]) -> None:
@@ -64,15 +66,20 @@ def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
 
 def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluator: Evaluator | None = None,
                  progress: Progress = no_progress) -> dict[str, tuple[int, Path]]:
-    """Export each chosen candidate once, under the first name that picked it, into models/ (the
-    partial folders a killed export left there first removed: the run's lock keeps others out)."""
+    """Export each chosen candidate once, under the first name that picked it, into models/, its
+    card naming every pick it is (the partial folders a killed export left there first removed:
+    the run's lock keeps others out)."""
     if (workspace.run_dir / "models").is_dir():
         sweep_partial_folders(workspace.run_dir / "models")
+    names: dict[int, list[str]] = {}
+    for name, evaluation in chosen.items():
+        names.setdefault(evaluation.id, []).append(name)
     exported: dict[str, tuple[int, Path]] = {}
     folders: dict[int, Path] = {}
     for name, evaluation in chosen.items():
         if evaluation.id not in folders:
-            folders[evaluation.id] = export_candidate(workspace, evaluation, workspace.run_dir / "models" / name,
-                                                      evaluator=evaluator, overwrite=True, progress=progress)
+            folders[evaluation.id] = export_candidate(
+                workspace, evaluation, workspace.run_dir / "models" / name, evaluator=evaluator, overwrite=True,
+                progress=progress, chosen_as=names[evaluation.id])
         exported[name] = (evaluation.id, folders[evaluation.id])
     return exported

@@ -10,7 +10,7 @@ looks kinds up in `KINDS` by method name and never branches on one.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,10 +55,11 @@ class CandidateKind(Protocol):
 
     def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,
                scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
-               evidence: Evidence | None = None, track: Tracker | None = None) -> Path:
+               evidence: Evidence | None = None, track: Tracker | None = None, chosen_as: Sequence[str] = ()) -> Path:
         """Write the candidate as a model folder with its card; `bench` is reused when given;
         `evidence` (task metadata, and per-item scores of a measured candidate) goes into the
-        card's model-index and the results files; `track` wraps the tensors written, for a bar."""
+        card's model-index and the results files; `track` wraps the tensors written, for a bar;
+        `chosen_as` names the campaign picks it is, in the card."""
         ...
 
 
@@ -122,7 +123,7 @@ class StaticMerge:
 
     def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,
                scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
-               evidence: Evidence | None = None, track: Tracker | None = None) -> Path:
+               evidence: Evidence | None = None, track: Tracker | None = None, chosen_as: Sequence[str] = ()) -> Path:
         """Streamed from the checkpoints through the recipe, exactly as `evo-merge merge` does:
         the exported folder is the recipe's merge by construction, whatever the search stored."""
         from evo_merge.merge.export import export_merge
@@ -131,7 +132,7 @@ class StaticMerge:
         plan = plan_from_recipe(candidate_recipe(candidate, base, models, out_dtype))
         evidence = evidence or Evidence()
         return export_merge(plan, out, overwrite=overwrite, title=out.name, scores=scores, tasks=evidence.tasks,
-                            item_scores=evidence.item_scores, track=track)
+                            item_scores=evidence.item_scores, track=track, chosen_as=chosen_as)
 
 
 # method name -> "module:attribute" of its kind; every other method is a static merge

@@ -169,3 +169,28 @@ def test_merge_command_card_has_no_machine_path(zoo, tmp_path):
     out = tmp_path / "merged"
     assert CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(out)]).exit_code == 0
     assert str(root) not in (out / "README.md").read_text()
+
+
+def test_a_card_names_every_pick_its_model_is(zoo, tmp_path):
+    """Picks that chose one candidate share one exported folder: its card says so, and the report
+    shows the card once, under every pick."""
+    from evo_merge.report.html import write_html_report
+
+    _, base, fts = zoo
+    routing = RoutingConfig(layer=0, weight="model.layers.0.mlp.gate_proj.weight")
+    merged = ModelCard(model_card(recipe_for(base, fts), title="best-arith", chosen_as=["best-arith", "balanced"]))
+    assert "Chosen by its evo-merge campaign as best-arith and balanced." in merged.text
+    assert "Chosen by" not in model_card(recipe_for(base, fts))  # a merge outside a campaign
+    three = mass_card(["a", "b"], [str(f) for f in fts], str(base), routing, chosen_as=["x", "y", "z_w"])
+    assert r"Chosen by its evo-merge campaign as x, y and z\_w." in three
+    folder = tmp_path / "models" / "best-arith"
+    folder.mkdir(parents=True)
+    (folder / "README.md").write_text(str(merged))
+    (tmp_path / "models" / "lonely").mkdir()
+    from evo_merge.report.campaign import evaluation_table
+
+    html = write_html_report(tmp_path, evaluation_table([], ["arith"]), pd.DataFrame(), ["arith"],
+                             "", {"best-arith": (3, folder), "balanced": (3, folder),
+                                  "best-lang": (4, tmp_path / "models" / "lonely")}).read_text()
+    assert html.count('<div class="card"') == 2
+    assert "<h3>best-arith, balanced (<code>best-arith</code>)</h3>" in html
