@@ -46,12 +46,15 @@ class EvaluationLog:
                  items: Items, stage: str) -> list[Evaluation]:
         """The stored evaluation of each candidate, evaluating (and storing) the missing ones."""
         unique = list({c.key: c for c in candidates}.values())
+        whole = items == self.scoring.search_items()
+        if whole:
+            self._measure_stored(unique)
         todo = [c for c in unique if self.store.get(c.key) is None]
         done = len(unique) - len(todo)
         self.progress(stage, done, len(unique))
         if todo:
             for index, outcome, seconds in self._evaluator().evaluate_many([(c, items) for c in todo]):
-                self._store(todo[index], outcome, seconds, phase, generation, items)
+                self._store(todo[index], outcome, seconds, phase, generation, whole)
                 done += 1
                 self.progress(stage, done, len(unique))
         if any(v is not None for v in items.values()):  # anchors: an adaptive test may want more
@@ -84,8 +87,19 @@ class EvaluationLog:
                     self.store.add_items(key, outcome, estimates, se, seconds)
                 self.progress(f"{stage} (adaptive step)", done, len(jobs))
 
+    def _measure_stored(self, candidates: Sequence[Candidate]) -> None:
+        """Give a stored candidate scored on every search item its measurement, where a version
+        that stored the two apart was killed between them (a full-evaluation search then chose
+        its picks without it)."""
+        for candidate in candidates:
+            stored = self.store.get(candidate.key)
+            if stored is not None and stored.status == "ok" and stored.measured is None:
+                scores = self.store.item_scores(candidate.key)
+                self.store.add_measurement(candidate.key, self.scoring.search_scores(scores), {})
+
     def _store(self, candidate: Candidate, outcome: ItemScores | CandidateFailed, seconds: float,
-               phase: str, generation: int | None, items: Items) -> None:
+               phase: str, generation: int | None, whole: bool) -> None:
+        """Store an evaluation; scored on every search item (`whole`), with its measurement, at once."""
         scores, estimates, se, status, error = {}, None, None, "failed", None
         if isinstance(outcome, CandidateFailed):
             error = str(outcome)
@@ -96,9 +110,8 @@ class EvaluationLog:
                 error = f"estimation failed: {exc}"
         self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method, status=status,
                        estimates=estimates, item_scores=scores, seconds=seconds, error=error,
-                       estimate_se=se if status == "ok" else None)
-        if status == "ok" and items == self.scoring.search_items():
-            self.store.add_measurement(candidate.key, self.scoring.search_scores(scores), {})
+                       estimate_se=se if status == "ok" else None,
+                       measured=self.scoring.search_scores(scores) if status == "ok" and whole else None)
 
     def refine(self, evaluations: Sequence[Evaluation], precision: float, stage: str) -> None:
         """Continue the adaptive tests of stored evaluations to a smaller standard error."""

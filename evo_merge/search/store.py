@@ -112,16 +112,18 @@ class CampaignStore:
         seconds: float | None = None,
         error: str | None = None,
         estimate_se: Mapping[str, float] | None = None,
+        measured: Mapping[str, float] | None = None,
     ) -> Evaluation:
-        """Record one evaluation and its per-item scores atomically."""
+        """Record one evaluation and its per-item scores atomically; `measured`, its scores on every
+        search item when it was scored on them all, in the same transaction."""
         scores = item_scores or {}
         n_items = sum(len(s) for s in scores.values())
         with self._transaction():
             cursor = self.db.execute(
                 "INSERT INTO evaluations (key, phase, generation, method, genome, status, estimates, estimate_se,"
-                " items_evaluated, seconds, error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, phase, generation, method, key, status, _dumps(estimates), _dumps(estimate_se), n_items,
-                 seconds, error, time.time()),
+                " measured, items_evaluated, seconds, error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, phase, generation, method, key, status, _dumps(estimates), _dumps(estimate_se),
+                 _dumps(measured), n_items, seconds, error, time.time()),
             )
             self._insert_scores(cursor.lastrowid, scores)
         return self.get(key)
@@ -184,6 +186,12 @@ class CampaignStore:
         return {**dict(rows.fetchall()), "final phase": self.items_evaluated(measured=True) - self.items_evaluated()}
 
     # -- key/value metadata (config hash, phase markers)
+    def set_metas(self, values: Mapping[str, Any]) -> None:
+        """Several metadata keys in one transaction: all of them, or none after a kill."""
+        with self._transaction():
+            for key, value in values.items():
+                self.set_meta(key, value)
+
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default

@@ -45,7 +45,8 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
         values = np.array([told.get(e.key, fitness(e, objectives)) for e in evaluations], dtype=float)
         population.set("F", values)
         algorithm.tell(infills=population)
-        metrics = generation_metrics(log.store.evaluations(SEARCH), objectives, generation)
+        # a replayed generation keeps the metrics it was stored with (estimates may have changed since)
+        metrics = None if told else generation_metrics(log.store.evaluations(SEARCH), objectives, generation)
         log.store.complete_generation(generation, {e.key: row for e, row in zip(evaluations, values)}, metrics)
         if on_generation is not None:
             on_generation(generation, evaluations)

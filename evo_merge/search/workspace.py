@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,7 +35,8 @@ from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference,
 
 WEIGHTS_META = "weights"  # config key (base_model, models.N) -> digest of its weight files
 # what a folder holds before its campaign is bound: the database (with SQLite's journal files), the lock
-FRESH_RUN_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE}
+# what a run folder holds before its store is bound (campaign.yaml: a bind cut short after writing it)
+FRESH_RUN_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE, CAMPAIGN_FILE}
 
 
 def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
@@ -179,16 +181,24 @@ def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
     returns the campaign the folder runs. A store that holds no campaign in a folder that holds a
     run's files (an emptied or deleted database) is refused, not taken for a new run."""
     if store.get_meta(CONFIG_META) is not None:
-        return bound_campaign(store, campaign, run_dir)
+        bound = bound_campaign(store, campaign, run_dir)
+        if not (run_dir / CAMPAIGN_FILE).is_file():  # bound by a version that wrote the file after, and killed
+            _write_campaign(store, bound, run_dir, {})
+        return bound
     if leftovers := sorted(e.name for e in run_dir.iterdir() if e.name not in FRESH_RUN_FILES):
         raise UserError(f"{run_dir / CampaignStore.DB}: holds no campaign, but the folder holds a run's files "
                         f"({', '.join(leftovers)}); restore the database from a backup, or start the campaign "
                         "in a new run folder")
-    store.set_meta(CONFIG_META, config_fingerprint(campaign))
-    store.set_meta(DEFAULTS_META, DEFAULTS_VERSION)
-    atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
-    store.set_meta(CAMPAIGN_TEXT_META, campaign_text_digest(run_dir))  # the text written from what was bound
+    _write_campaign(store, campaign, run_dir, {CONFIG_META: config_fingerprint(campaign),
+                                               DEFAULTS_META: DEFAULTS_VERSION})
     return campaign
+
+
+def _write_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path, binding: dict[str, Any]) -> None:
+    """The folder's campaign.yaml first, then (one transaction) the binding and the file's digest:
+    a kill between them leaves an unbound store beside the file, which the next start binds."""
+    atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
+    store.set_metas({**binding, CAMPAIGN_TEXT_META: campaign_text_digest(run_dir)})
 
 
 def _check_irt_models(campaign: Campaign) -> None:

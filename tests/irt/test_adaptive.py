@@ -119,3 +119,19 @@ def test_estimator_kind_adaptive_and_bad_input(two_scenarios):
         Estimator(model, None, "adaptive", target_se=0)
     with pytest.raises(UserError, match="needs anchors"):
         Estimator(model, None, "gpirt")
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_scenario_known_at_the_prior_starts_with_no_items_and_no_warning(two_scenarios):
+    """An adaptive test can open with no item in a scenario (known well enough at the prior): its
+    anchor mean has no sample, an infinite sampling error, and no divide-by-zero on the way."""
+    from evo_merge.irt.anchors import Anchors
+
+    model = two_scenarios[3]
+    opening = Estimator(model, None, "adaptive", target_se=0.05, max_items=10, step=2).anchors
+    first = model.scenarios[0]
+    empty = Anchors("adaptive", 2, 0, {s: [] if s == first else v for s, v in opening.items.items()},
+                    {s: [] if s == first else w for s, w in opening.weights.items()})
+    est = Estimator(model, None, "adaptive", target_se=0.05, max_items=10, step=2)
+    est._set_anchors(empty)
+    assert np.isinf(est._sampling[0]) and np.isfinite(est._sampling[1:]).all()

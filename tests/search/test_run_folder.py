@@ -370,3 +370,40 @@ def test_a_run_cut_short_in_calibration_has_a_report(tmp_path, zoo):  # noqa: F8
     assert code == 0, out
     report = (tmp_path / "run" / "report.md").read_text()
     assert "**not finished**: 0 of 3 generations searched" in report and "evo-merge resume" in report
+
+
+def test_a_measurement_lost_between_two_writes_is_restored_on_resume(finished, copy):
+    """An older version stored a candidate scored on every search item, then its measurement, in
+    two transactions: a kill between them left it unmeasured for good (a full-evaluation search
+    then chose other picks). Now both go in one, and a resume restores what such a kill lost."""
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db, db:
+        key, measured = db.execute("SELECT key, measured FROM evaluations WHERE phase = 'calibration' "
+                                   "ORDER BY id DESC LIMIT 1").fetchone()
+        assert measured is not None
+        db.execute("UPDATE evaluations SET measured = NULL WHERE key = ?", (key,))
+    code, out = invoke("resume", copy)
+    assert code == 0, out
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        restored = db.execute("SELECT measured FROM evaluations WHERE key = ?", (key,)).fetchone()[0]
+    assert restored == measured
+    assert front_keys(copy) == front_keys(finished[0]) and all_keys(copy) == all_keys(finished[0])
+
+
+def test_a_bind_cut_short_either_side_of_writing_campaign_yaml_starts_or_resumes(finished, copy, tmp_path):
+    """The campaign file is written first and the binding after, in one transaction: a kill
+    between them leaves the file beside an unbound store, which `run` binds. A folder an older
+    version bound before writing the file gets it back from `run`, and opens again."""
+    from evo_merge.search.store import CampaignStore
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(finished[0] / "campaign.yaml", fresh / "campaign.yaml")
+    CampaignStore(fresh).close()  # created, never bound
+    code, out = invoke("run", finished[1], "--out", fresh)
+    assert code == 0, out
+    assert front_keys(fresh) == front_keys(finished[0])
+    (copy / "campaign.yaml").unlink()  # bound, then killed before the file was written
+    code, out = invoke("run", finished[1], "--out", copy)
+    assert code == 0, out
+    code, out = invoke("status", copy)
+    assert code == 0 and "generation 3/3 (finished)" in out, out
