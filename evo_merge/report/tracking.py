@@ -29,6 +29,7 @@ from evo_merge.search.metrics import recorded_metrics
 from evo_merge.search.store import EXPORTED_META, CampaignStore, Evaluation, atomic_write
 
 IDS_FILE = "tracking.json"
+RUN_KEY_TAG = "evo_merge.run_key"
 EXTRA = "pip install 'evo-merge[tracking]'"
 ARTIFACTS = ("campaign.yaml", "report.md", "report.html", "pareto.csv", "pareto.png", "progress.png")
 
@@ -133,33 +134,49 @@ class MLflowTracker:
         ids = _RunIds(run_dir)
         try:
             self.client = MlflowClient(tracking_uri=uri)
-            self.run_id = ids.get("mlflow") or self._start(spec, campaign)
+            self.run_id = ids.get("mlflow") or self._start(spec, campaign, ids)
         except MlflowException as exc:
             raise UserError(f"tracking.mlflow: {first_line(exc)}") from None
         try:  # a resumed run continues its MLflow run: it must be in this store, or nothing is logged
-            self.client.get_run(self.run_id)
+            run = self.client.get_run(self.run_id)
         except MlflowException:
             raise UserError(f"tracking.mlflow: this run logged to MLflow run {self.run_id} (tracking.json), which "
                             f"the store {self.client.tracking_uri} does not hold; point tracking.mlflow.uri at the "
                             "store it was logged to") from None
         ids.set("mlflow", self.run_id)
+        self._held = self._points(run)
 
-    def _start(self, spec: MLflowSpec, campaign: Campaign) -> str:
+    def _start(self, spec: MLflowSpec, campaign: Campaign, ids: _RunIds) -> str:
+        """The campaign's MLflow run, found by a key noted in tracking.json before the run is created:
+        a campaign stopped between creating it and noting its id continues that run, not a second one."""
         from mlflow.entities import Param
 
+        key = ids.get("mlflow_key") or uuid.uuid4().hex
+        ids.set("mlflow_key", key)
         experiment = self.client.get_experiment_by_name(spec.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(spec.experiment)
-        run = self.client.create_run(experiment_id, run_name=campaign.name, tags={"evo_merge.campaign": campaign.name})
+        found = self.client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'")
+        run = found[0] if found else self.client.create_run(
+            experiment_id, run_name=campaign.name, tags={"evo_merge.campaign": campaign.name, RUN_KEY_TAG: key})
         items = [Param(k[:250], v[:6000]) for k, v in flat_params(campaign).items()]
-        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch (same values: no-op)
             self.client.log_batch(run.info.run_id, params=items[start:start + 100])
         return run.info.run_id
+
+    def _points(self, run: Any) -> dict[tuple[str, int], float]:
+        """The last value the run holds at each metric and step: a campaign stopped between logging a
+        point and noting it in tracking.json offers it again when resumed, and MLflow would keep both."""
+        history = [m for key in run.data.metrics for m in self.client.get_metric_history(self.run_id, key)]
+        return {(m.key, m.step): m.value for m in sorted(history, key=lambda m: m.timestamp)}
 
     def _metrics(self, values: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+        points = {(k, step): v for k, v in values.items() if self._held.get((k, step)) != v}
+        if points:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, s) for (k, s), v in points.items()])
+            self._held.update(points)
 
     def log_generation(self, generation: int, metrics: Mapping[str, float]) -> None:
         self._metrics(_finite({f"generation/{k}": v for k, v in metrics.items()}), generation)

@@ -6,6 +6,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from report_store import TASKS
@@ -91,6 +92,75 @@ def test_each_estimate_and_measurement_is_logged_once_across_resumes(small_store
         assert len(client.get_metric_history(run_id, name)) == 1, name
     ids = json.loads((small_store.run_dir / IDS_FILE).read_text())
     assert ids["mlflow"] == run_id and ids["logged"] == {str(evaluation.id): ["estimated@8", "measured"]}
+
+
+class Stopped(BaseException):
+    """The process dying at a line: nothing after it runs (a BaseException, so no handler takes it)."""
+
+
+def stop_when_noting(monkeypatch, key):
+    """Stop the process the next time tracking.json is written with `key`: after the tracker call
+    it records, before the note."""
+    from evo_merge.report import tracking
+
+    write = tracking._RunIds.set
+
+    def set_or_stop(self, name, value):
+        if name == key:
+            monkeypatch.setattr(tracking._RunIds, "set", write)
+            raise Stopped(name)
+        write(self, name, value)
+
+    monkeypatch.setattr(tracking._RunIds, "set", set_or_stop)
+
+
+def test_a_run_stopped_between_creating_its_mlflow_run_and_noting_it_continues_that_run(
+        small_store, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    spec = TrackingSpec.model_validate({"mlflow": {"uri": uri, "experiment": "merges"}})
+    stop_when_noting(monkeypatch, "mlflow")
+    with pytest.raises(Stopped):
+        open_tracker(spec, small_store.run_dir, CAMPAIGN)
+    resumed = open_tracker(spec, small_store.run_dir, CAMPAIGN)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("merges").experiment_id])
+    assert resumed.trackers[0].run_id == run.info.run_id
+    assert run.data.params["algorithm.population"] == "16"
+
+
+@pytest.mark.parametrize("note", ["logged", "generation"])
+def test_points_logged_before_a_stop_are_not_logged_again_by_the_resume(small_store, tmp_path, monkeypatch, note):
+    """Stopped between logging to MLflow and noting it in tracking.json: the resume offers the same
+    points again, and the run keeps one of each."""
+    from mlflow import MlflowClient
+
+    from evo_merge.report.tracking import follow_campaign
+
+    uri = (tmp_path / "mlruns").as_uri()
+    spec = TrackingSpec.model_validate({"mlflow": {"uri": uri, "experiment": "merges"}})
+    objectives = Objectives.of(TASKS, ["maximize"] * 2)
+    evaluations = small_store.evaluations()
+
+    def generation_one():  # what follow_campaign reads of a CampaignRunner
+        workspace = SimpleNamespace(run_dir=small_store.run_dir, store=small_store,
+                                    campaign=CAMPAIGN.model_copy(update={"tracking": spec}))
+        runner = SimpleNamespace(workspace=workspace, objectives=objectives, on_generation=[])
+        tracker = follow_campaign(runner)
+        runner.on_generation[0](1, evaluations)
+        return tracker
+
+    stop_when_noting(monkeypatch, note)
+    with pytest.raises(Stopped):
+        generation_one()
+    run_id = generation_one().trackers[0].run_id
+    client = MlflowClient(uri)
+    for key in client.get_run(run_id).data.metrics:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+    assert [m.step for m in client.get_metric_history(run_id, "generation/hypervolume")] == [1]
+    assert len(client.get_metric_history(run_id, "estimated/alpha")) == len(evaluations)
 
 
 def test_an_estimate_refined_later_is_logged_again_and_ends_as_stored(small_store, tmp_path):
