@@ -13,7 +13,7 @@ from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import Evidence, candidate_kind
 from evo_merge.search.log import Progress, no_progress, stage_track
-from evo_merge.search.store import CampaignStore, Evaluation
+from evo_merge.search.store import EXPORTED_META, CampaignStore, Evaluation, in_run
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
@@ -68,18 +68,26 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
                  progress: Progress = no_progress) -> dict[str, tuple[int, Path]]:
     """Export each chosen candidate once, under the first name that picked it, into models/, its
     card naming every pick it is (the partial folders a killed export left there first removed:
-    the run's lock keeps others out)."""
-    if (workspace.run_dir / "models").is_dir():
-        sweep_partial_folders(workspace.run_dir / "models")
+    the run's lock keeps others out). A pick the run already exported as the same candidate and
+    folder is kept as it is (a folder is written whole or not at all): the resume of a finished
+    run rewrites no model, and a kill during it cannot leave a pick missing."""
+    run_dir = workspace.run_dir
+    if (run_dir / "models").is_dir():
+        sweep_partial_folders(run_dir / "models")
     names: dict[int, list[str]] = {}
     for name, evaluation in chosen.items():
         names.setdefault(evaluation.id, []).append(name)
+    done = workspace.store.get_meta(EXPORTED_META) or {}
     exported: dict[str, tuple[int, Path]] = {}
     folders: dict[int, Path] = {}
     for name, evaluation in chosen.items():
-        if evaluation.id not in folders:
-            folders[evaluation.id] = export_candidate(
-                workspace, evaluation, workspace.run_dir / "models" / name, evaluator=evaluator, overwrite=True,
-                progress=progress, chosen_as=names[evaluation.id])
+        out = run_dir / "models" / name
+        if evaluation.id in folders:
+            pass  # exported under the first name that picked it
+        elif out.is_dir() and all(done.get(n) == [evaluation.id, in_run(out, run_dir)] for n in names[evaluation.id]):
+            folders[evaluation.id] = out
+        else:
+            folders[evaluation.id] = export_candidate(workspace, evaluation, out, evaluator=evaluator, overwrite=True,
+                                                      progress=progress, chosen_as=names[evaluation.id])
         exported[name] = (evaluation.id, folders[evaluation.id])
     return exported

@@ -19,6 +19,7 @@ from test_campaign import EVO_MERGE, all_keys, campaign, env, front_keys, zoo  #
 from evo_merge.cli import cli
 from evo_merge.errors import UserError
 from evo_merge.search.lock import LOCK_FILE, RunLock
+from evo_merge.search.store import CampaignStore
 
 HOLD_LOCK = "import sys, time\nfrom evo_merge.search.lock import RunLock\nwith RunLock(sys.argv[1]):\n" \
             "    print('held', flush=True)\n    time.sleep(120)\n"
@@ -393,7 +394,6 @@ def test_a_bind_cut_short_either_side_of_writing_campaign_yaml_starts_or_resumes
     """The campaign file is written first and the binding after, in one transaction: a kill
     between them leaves the file beside an unbound store, which `run` binds. A folder an older
     version bound before writing the file gets it back from `run`, and opens again."""
-    from evo_merge.search.store import CampaignStore
 
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -407,3 +407,24 @@ def test_a_bind_cut_short_either_side_of_writing_campaign_yaml_starts_or_resumes
     assert code == 0, out
     code, out = invoke("status", copy)
     assert code == 0 and "generation 3/3 (finished)" in out, out
+
+
+def test_a_finished_run_resumed_keeps_its_exported_picks_and_restores_a_missing_one(copy):
+    """The resume of a finished run rewrites no model (a 7B pick is minutes of writing, and a kill
+    while one was replaced left it missing); a pick folder deleted since is exported again."""
+    store = CampaignStore(copy)
+    exported = store.get_meta("exported")
+    store.close()
+    folders = {copy / folder for _, folder in exported.values()}
+    assert len(folders) >= 2
+    shards = {folder: {f: f.stat().st_mtime_ns for f in folder.glob("*.safetensors")} for folder in folders}
+    gone = sorted(folders)[0]
+    shutil.rmtree(gone)
+    code, output = invoke("resume", copy)
+    assert code == 0, output
+    for folder in folders - {gone}:
+        assert {f: f.stat().st_mtime_ns for f in folder.glob("*.safetensors")} == shards[folder], folder
+    assert sorted(f.name for f in gone.glob("*.safetensors")) == sorted(f.name for f in shards[gone])
+    store = CampaignStore(copy)
+    assert store.get_meta("exported") == exported
+    store.close()
