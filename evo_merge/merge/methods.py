@@ -70,12 +70,18 @@ def task_arithmetic(base, deltas, params: Params, name: str) -> list[torch.Tenso
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the top `density` fraction of entries by magnitude (at least one)."""
+    """Keep the top `density` fraction of entries by magnitude (at least one). Of the entries tied
+    with the last one kept (many, in bfloat16), the first by position are kept: the same entries
+    on every device and torch version, so a candidate built on a GPU and its recipe rebuilt on a
+    CPU agree (topk, like mergekit's unstable argsort, picks among ties in no set order)."""
     if density >= 1:
         return torch.ones_like(delta, dtype=torch.bool)
-    k = max(1, int(density * delta.numel()))
-    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
-    mask[torch.topk(delta.abs().flatten(), k, sorted=False).indices] = True
+    magnitude = delta.abs().flatten()
+    k = max(1, int(density * magnitude.numel()))
+    cut = torch.topk(magnitude, k, sorted=False).values.min()
+    mask = magnitude > cut
+    tied = torch.nonzero(magnitude == cut).squeeze(1)
+    mask[tied[: k - int(mask.sum())]] = True
     return mask.view_as(delta)
 
 

@@ -8,6 +8,7 @@ weights are read. Streaming then keeps about one tensor per input in memory.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,13 +20,15 @@ import torch
 from evo_merge.errors import UserError
 from evo_merge.merge import layers
 from evo_merge.merge.recipe import Recipe
-from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method
+from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method, list_methods
 from evo_merge.merge.settings import MISSING, layer_position, lookup
 from evo_merge.merge.tokens import TokenPlan, plan_tokens
 from evo_merge.weights import Checkpoint, parse_dtype
 from evo_merge.weights.compat import check_architectures
 from evo_merge.weights.dtypes import dtype_name
 from evo_merge.weights.references import ModelRef, open_reference, resolve_reference
+
+log = logging.getLogger(__name__)
 
 WEIGHT = "weight"
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -182,24 +185,36 @@ def _group(method: MergeMethod, base: int | None, entries: list[Entry], levels: 
     return Group(None, entries, levels)
 
 
-def _check_keys(method: MergeMethod, group: Group) -> None:
-    """Every parameter name is one the method declares, at a level where it can apply."""
+def _check_keys(method: MergeMethod, group: Group) -> list[str]:
+    """Every parameter name is one the method declares, at a level where it can apply. A name
+    another method declares (`normalize` on model_stock, a per-model `lambda`), which mergekit
+    ignores, is ignored with a line saying so (published recipes carry them); any other name is
+    refused (a typo would otherwise change nothing, silently)."""
     declared = {h.name for h in method.hyperparameters} | {WEIGHT}
     per_model = {h.name for h in method.hyperparameters if h.per_model} | {WEIGHT}
+    anywhere = {h.name for name in list_methods() for h in get_method(name).hyperparameters}
+    ignored = []
     for entry in group.endpoints:
         for key in entry.params:
-            if key not in per_model:
-                raise UserError(f"{entry.key.rsplit('.', 1)[0]}.parameters.{key}: not a per-model parameter of "
-                                f"method {method.name} (per-model: {', '.join(sorted(per_model))})")
+            where = f"{entry.key.rsplit('.', 1)[0]}.parameters.{key}"
+            if key in per_model:
+                continue
+            if key not in anywhere:
+                raise UserError(f"{where}: not a per-model parameter of method {method.name} "
+                                f"(per-model: {', '.join(sorted(per_model))})")
+            ignored.append(f"{where}: ignored, not a per-model parameter of method {method.name} (as mergekit does)")
     levels = [(group.reference.key.rsplit(".", 1)[0] + ".parameters", group.reference.params)] \
         if group.reference else []
     for where, settings in [*levels, *group.levels]:
         for key, value in settings.items():
             if key in ANY_METHOD and key not in declared:
                 ANY_METHOD[key].coerce(value, f"{where}.{key}")
+            elif key in anywhere and key not in declared:
+                ignored.append(f"{where}.{key}: ignored, method {method.name} does not use it (as mergekit does)")
             elif key not in declared:
                 known = ", ".join(sorted(declared))
                 raise UserError(f"{where}.{key}: unknown parameter for method {method.name} (known: {known})")
+    return ignored
 
 
 def _job(method: MergeMethod, group: Group, out_name: str, names: Sequence[str], ref_name: str,
@@ -316,8 +331,8 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
             groups = _slice_groups(recipe, method, index, [_one_stack(c, r) for c, r in zip(checkpoints, refs)])
         else:
             groups = _model_groups(recipe, method, index)
-        for group in groups:
-            _check_keys(method, group)
+        for line in dict.fromkeys(line for group in groups for line in _check_keys(method, group)):
+            log.warning(line)
         jobs = (_slice_jobs(method, groups, checkpoints) if recipe.slices is not None
                 else _model_jobs(method, groups[0], checkpoints))
         donor = index[recipe.base_model] if recipe.base_model else _entry_of(groups[0]).model

@@ -54,6 +54,8 @@ class Hyperparameter:
     def coerce(self, value: Any, where: str) -> Any:
         kind = self.kind
         if kind is bool:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (0, 1):
+                return bool(value)  # older mergekit saved every parameter as a number (int8_mask: 1.0)
             if not isinstance(value, bool):
                 raise UserError(f"{where}: expected true or false, got {value!r}")
             return value

@@ -61,6 +61,22 @@ def test_ties_trims_per_tensor_by_magnitude():
     assert torch.allclose(out, 10 + T([2.25, -4.0, 2.0, 0.0, 0.0]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_ties_trimming_keeps_the_first_of_entries_tied_at_the_cut(dtype):
+    """bfloat16 task vectors hold many equal magnitudes: the cut must keep exactly k entries, the
+    ones a stable descending sort puts first (position breaks ties), on every device."""
+    from evo_merge.merge.methods import magnitude_mask
+
+    generator = torch.Generator().manual_seed(0)
+    delta = (torch.randint(-3, 4, (4000,), generator=generator).to(torch.float32) / 4).to(dtype)
+    for density in (0.1, 0.33, 0.5, 0.9):
+        k = int(density * delta.numel())
+        expected = torch.zeros(delta.numel(), dtype=torch.bool)
+        expected[torch.argsort(delta.abs().float(), descending=True, stable=True)[:k]] = True
+        mask = magnitude_mask(delta, density)
+        assert int(mask.sum()) == k and torch.equal(mask, expected), density
+
+
 def test_ties_without_normalize_sums_agreeing_entries():
     out = run("ties", torch.zeros(5), TIES_DELTAS, normalize=False)
     assert torch.allclose(out, T([4.0, -5.0, 2.0, 0.0, 2.0]))

@@ -230,6 +230,43 @@ def test_int8_mask_is_accepted_by_every_method_changes_nothing_and_is_not_search
         plan_from_recipe(Recipe.model_validate(recipe))
 
 
+def test_flags_saved_as_numbers_and_keys_mergekit_ignores_merge_as_mergekit_merges_them(family, tmp_path, caplog):
+    """Published recipes carry `int8_mask: 1.0` (older mergekit saved every parameter as a number)
+    and keys the method does not use (`normalize` on model_stock, a per-model `lambda` on
+    della_linear): mergekit merges them, and so does this tool, naming what it ignored; a name
+    no method declares is still refused."""
+    root, base, fts = family
+    recipe = {"merge_method": "ties", "base_model": str(base),
+              "models": [{"model": str(m), "parameters": {"weight": 0.5, "density": 0.5}} for m in fts],
+              "parameters": {"normalize": 1.0, "int8_mask": 0.0}}
+    as_flags = {**recipe, "parameters": {"normalize": True, "int8_mask": False}}
+    numbers = dict(stream_merge(plan_from_recipe(Recipe.model_validate(recipe)))[1])
+    flags = dict(stream_merge(plan_from_recipe(Recipe.model_validate(as_flags)))[1])
+    assert all(torch.equal(numbers[k], flags[k]) for k in flags)
+    with pytest.raises(UserError, match=r"^parameters\.normalize: expected true or false, got 0\.5$"):
+        plan_from_recipe(Recipe.model_validate({**recipe, "parameters": {"normalize": 0.5}}))
+
+    stock = {"merge_method": "model_stock", "base_model": str(base), "models": [{"model": str(m)} for m in fts]}
+    plain = dict(stream_merge(plan_from_recipe(Recipe.model_validate(stock)))[1])
+    caplog.clear()
+    extra = dict(stream_merge(plan_from_recipe(Recipe.model_validate({**stock, "parameters": {"normalize": True}})))[1])
+    assert all(torch.equal(plain[k], extra[k]) for k in plain)
+    assert [r.getMessage() for r in caplog.records] == [
+        "parameters.normalize: ignored, method model_stock does not use it (as mergekit does)"]
+    della = {"merge_method": "della_linear", "base_model": str(base), "parameters": {"lambda": 1.0},
+             "models": [{"model": str(m), "parameters": {"weight": 0.5, "density": 0.5, "epsilon": 0.1}} for m in fts]}
+    plain = dict(stream_merge(plan_from_recipe(Recipe.model_validate(della)))[1])
+    della["models"][0]["parameters"]["lambda"] = 0.25
+    caplog.clear()
+    extra = dict(stream_merge(plan_from_recipe(Recipe.model_validate(della)))[1])
+    assert all(torch.equal(plain[k], extra[k]) for k in plain)
+    assert [r.getMessage() for r in caplog.records] == [
+        "models.0.parameters.lambda: ignored, not a per-model parameter of method della_linear (as mergekit does)"]
+    della["models"][0]["parameters"]["lambada"] = 0.25
+    with pytest.raises(UserError, match=r"^models\.0\.parameters\.lambada: not a per-model parameter"):
+        plan_from_recipe(Recipe.model_validate(della))
+
+
 BAD_RECIPES = {
     "unknown method": (
         "merge_method: frankenmerge\nbase_model: {base}\nmodels: [{{model: {ft}}}]\n",
