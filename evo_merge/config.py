@@ -17,8 +17,9 @@ from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, ANCHOR_METHODS, BACKEND_NAME
 from evo_merge.schema import Strict, load_yaml, validate
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
-# no `..`, no leading dot or dash, so a config can never reach outside its run folder.
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# no `..`, no leading dot or dash, so a config can never reach outside its run folder; at most 100
+# characters, so `best-<task>` and its hidden temporary sibling stay within a file name's 255.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def is_safe_name(value: str) -> bool:
@@ -28,7 +29,7 @@ def is_safe_name(value: str) -> bool:
 def check_safe_name(value: str) -> str:
     """`value` if it may become a path component, else ValueError (validators add the key path)."""
     if not is_safe_name(value):
-        raise ValueError(f"{value!r} is not a safe name: use letters, digits, '.', '_' and '-', "
+        raise ValueError(f"{value!r} is not a safe name: use up to 100 letters, digits, '.', '_' and '-', "
                          "starting with a letter or digit, without '..'")
     return value
 
@@ -441,7 +442,7 @@ class Campaign(_Checked):
     def _pick_weights(self) -> Campaign:
         labels = [t.label for t in self.tasks]
         for name, pick in self.final.picks.items():
-            if name == "balanced" or name in {f"best-{label}" for label in labels}:
+            if name == "balanced" or name in {f"best-{label}" for label in labels} or re.fullmatch(r"front-\d+", name):
                 raise ValueError(f"final.picks.{name}: the name of a built-in pick (final.export); choose another")
             unknown = next((k for k in pick.weights if k not in labels), None)
             if unknown is not None:

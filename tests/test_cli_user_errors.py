@@ -48,11 +48,27 @@ def campaign(tmp_path, family, **sections):
     ("algorithm", {"seed": -1}, "algorithm.seed"),
     ("final", {"picks": {"best-arith": {"weights": {"arith": 1}}}}, "final.picks.best-arith: the name of a built-in"),
     ("final", {"picks": {"balanced": {"weights": {"arith": 1}}}}, "final.picks.balanced"),
+    # `export: [front]` writes front-<id> folders: a pick of that name would be replaced by one
+    ("final", {"picks": {"front-2": {"weights": {"arith": 1}}}}, "final.picks.front-2: the name of a built-in"),
     # a value no member of a union takes: the key path, then what each member would take
     ("final", {"holdout": "all"}, "final.holdout: Input should be 'auto' | Input should be a valid integer"),
 ])
 def test_campaign_values_refused_when_the_file_is_read(tmp_path, family, section, values, expected):
     one_line_error(*invoke("plan", campaign(tmp_path, family, **{section: values})), expected)
+
+
+def test_a_task_name_too_long_for_its_pick_folder_is_refused_when_the_file_is_read(tmp_path, family):
+    """`best-<task>` becomes a folder (and a hidden sibling while written): a 240-character name
+    passed the plan and the whole search, then failed at export on every resume."""
+    path = campaign(tmp_path, family)
+    config = yaml.safe_load(path.read_text())
+    config["tasks"] = [{"task": "arith", "name": "a" * 101}]
+    path.write_text(yaml.safe_dump(config))
+    one_line_error(*invoke("plan", path), "tasks.0.name", "up to 100")
+    config["tasks"] = [{"task": "arith", "name": "a" * 100}]
+    path.write_text(yaml.safe_dump(config))
+    code, output = invoke("plan", path)
+    assert code == 0, output
 
 
 def test_a_missing_irt_model_is_refused_before_calibration_and_leaves_no_folder(tmp_path, family):

@@ -107,7 +107,7 @@ def _run(runner) -> None:
         # what they have not logged yet (measurements, the baselines, estimates refined since their generation)
         tracker.log_evaluation(evaluation)
     tracker.finish(workspace.run_dir)
-    console = Console()
+    console = Console(markup=False)  # names and paths are the user's: '[/b]' is text
     console.print(_summary_table(runner, measured, exported))
     console.print(f"report: {report}")
     for name, (_, folder) in exported.items():
@@ -173,7 +173,7 @@ def status(run: Path) -> None:
     objectives = _objectives(facts)
     search = store.evaluations("search")
     ok = [e for e in search if e.status == "ok"]
-    console = Console()
+    console = Console(markup=False)  # names and paths are the user's: '[/b]' is text
     console.print(
         f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
         f"{' (finished)' if store.finished(facts['generations']) else ''}"

@@ -175,6 +175,6 @@ def validate(responses: Path, test_frac: float, budgets: str, seed: int, backend
     table = run_validation(load_responses(responses), test_frac=test_frac, budgets=_int_list(budgets, "--budgets"),
                            seed=seed, backend=backend, dims=_dims(dims), repeats=repeats, endpoints=ends,
                            overall=overall, draws=draws, **_backend_options(backend, epochs, lr))
-    Console(width=120).print(validation_table(table))
+    Console(width=120, markup=False).print(validation_table(table))
     if csv_path is not None:
         table.to_csv(csv_path, index=False)

@@ -17,7 +17,7 @@ def _bars(**options) -> Progress:
 
 
 def _columns() -> tuple:
-    return TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    return TextColumn("{task.description:<28}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
 
 
 def track(items: Iterable[T], total: int, description: str = "working") -> Iterator[T]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign
 from evo_merge.errors import UserError
-from evo_merge.search.store import CampaignStore
+from evo_merge.search.store import CampaignStore, check_no_links
 
 CAMPAIGN_FILE = "campaign.yaml"
 DEFAULTS_META = "defaults"  # the DEFAULTS_VERSION a run folder was written under; none: 1
@@ -91,6 +91,7 @@ def check_run_files(run_dir: Path) -> None:
     for name in (CAMPAIGN_FILE, CampaignStore.DB):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir}: not a campaign run folder (no {name})")
+    check_no_links(run_dir)
 
 
 def open_run(run_dir: Path) -> CampaignStore:

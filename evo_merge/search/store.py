@@ -310,6 +310,16 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return db
 
 
+def check_no_links(run_dir: Path) -> None:
+    """Refuse a run folder holding a link: a campaign writes its entries (models/, the report, the
+    database) through it, so a received folder could have `resume` replace folders elsewhere. The
+    run folder itself may be a link, or lie on any disk."""
+    links = sorted(entry for entry in run_dir.iterdir() if entry.is_symlink()) if run_dir.is_dir() else []
+    if links:
+        raise UserError(f"{links[0]}: is a link (to {os.readlink(links[0])}); a run folder's entries are written "
+                        "through, so links are refused: put the whole run folder where its files should be (--out)")
+
+
 def check_run_folder(run_dir: Path) -> None:
     """Refuse to start a campaign in a folder that holds something else: its files would be
     overwritten by the report and the exported models. New, empty and run folders are fine."""
@@ -317,6 +327,7 @@ def check_run_folder(run_dir: Path) -> None:
         raise UserError(f"--out {run_dir}: is a file, not a folder")
     if not run_dir.is_dir():
         return
+    check_no_links(run_dir)
     entries = {entry.name for entry in run_dir.iterdir()} - {LOCK_FILE}
     if entries and CampaignStore.DB not in entries:
         raise UserError(

@@ -202,7 +202,7 @@ def build_smollm2_zoo(
 
 def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, device: str | None) -> Path:
     settings = (settings or SmolLM2Settings()).model_copy(update={"seed": seed})
-    console = Console()
+    console = Console(markup=False)  # paths are the user's: "[/b]" is text
     gguf_path(settings.gguf_file)  # a missing wheel fails here, cached zoo or not
     if not force and _cached(out, settings):
         console.print(f"smollm2 zoo in {out} is up to date (settings {settings.key()}); reusing it")

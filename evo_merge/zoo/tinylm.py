@@ -353,7 +353,7 @@ def build_tinylm_zoo(
 
 def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool) -> Path:
     settings = (settings or TinyLMSettings()).model_copy(update={"seed": seed})
-    console = Console()
+    console = Console(markup=False)  # paths are the user's: "[/b]" is text
     if not force and _cached(out, settings):
         console.print(f"tiny-lm zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:
