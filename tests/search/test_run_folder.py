@@ -314,7 +314,7 @@ def test_status_never_loads_the_tasks_of_a_run_that_has_not_recorded_them(tmp_pa
     one_line_error(code, out, "has not recorded its tasks yet", "evo-merge resume")
 
 
-def test_links_planted_in_a_run_folder_are_replaced_never_written_through(copy, tmp_path):
+def test_links_planted_in_a_run_folder_are_refused_never_written_through(copy, tmp_path):
     victims = {name: tmp_path / f"victim-{name}" for name in (LOCK_FILE, "report.md", "pareto.csv", "pareto.png",
                                                                "report.html")}
     for name, victim in victims.items():
