@@ -18,13 +18,21 @@ from evo_merge.errors import UserError
 M = TypeVar("M", bound=BaseModel)
 
 
+MAX_VALUES = 1_000_000  # far above any campaign or recipe; a YAML alias bomb is far above it
+
+
 def load_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a missing file or a syntax error is a UserError with line and column."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if _expanded_size(data) > MAX_VALUES:
+            raise UserError(f"{path}: holds more than {MAX_VALUES:,} values once its YAML aliases are expanded")
+        return data
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as exc:
@@ -32,6 +40,23 @@ def load_yaml(path: str | Path) -> Any:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{where}: malformed YAML: {problem}") from None
+
+
+def _expanded_size(data: Any) -> int:
+    """How many values `data` holds once YAML aliases are expanded: nine nested lists of ten
+    aliases each load as nine small objects and hold 10⁹ values, which validating walks one by
+    one. Counted once per shared object, so the count itself costs what the file does."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) not in sizes:
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            sizes[id(node)] = 1 + sum(size(child) for child in children)
+        return sizes[id(node)]
+
+    return size(data)
 
 
 def validate(model: type[M], data: Any, source: str | Path) -> M:

@@ -238,3 +238,18 @@ def test_errors_about_a_config_name_its_file_once(tmp_path):
         with pytest.raises(UserError) as caught, naming_file(config):
             raise UserError(raised)
         assert str(caught.value) == shown
+
+
+@pytest.mark.parametrize("command", ["merge", "plan"])
+def test_a_yaml_alias_bomb_or_a_deep_nesting_is_one_line_at_once(tmp_path, command):
+    """672 bytes of aliases expand to 10⁹ values, which validation walked (minutes and gigabytes
+    before it named an unknown key); 5,000 nested lists were a RecursionError traceback."""
+    lines = ["a0: &a0 [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\nmerge_method: linear\nparameters: {weight: *a8}\nextra: 1\n")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("merge_method: linear\nparameters: {weight: " + "[" * 5000 + "1" + "]" * 5000 + "}\n")
+    args = {"merge": ["--out", str(tmp_path / "out")], "plan": []}[command]
+    one_line_error(*invoke(command, bomb, *args), f"{bomb}: holds more than 1,000,000 values")
+    one_line_error(*invoke(command, deep, *args), f"{deep}: nested too deeply")
