@@ -45,6 +45,12 @@ def _store(run: Path):
     if facts is None:  # stopped before its tasks were loaded, or written before facts were stored
         store.close()
         raise UserError(f"{run}: the campaign has not recorded its tasks yet; `evo-merge resume {run}` records them")
+    tasks = facts.get("tasks") if isinstance(facts, dict) else None
+    if not (isinstance(tasks, list) and tasks and all(isinstance(t, dict) and {"name", "direction"} <= t.keys()
+                                                      for t in tasks)
+            and isinstance(facts.get("generations"), int) and isinstance(facts.get("name"), str)):
+        store.close()
+        raise store.damaged("meta 'facts'")
     return store, facts
 
 

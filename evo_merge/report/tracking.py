@@ -91,7 +91,16 @@ class _RunIds:
         self.path = Path(run_dir) / IDS_FILE
 
     def _read(self) -> dict[str, Any]:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+        if not self.path.is_file():
+            return {}
+        try:
+            ids = json.loads(self.path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            ids = None
+        if not isinstance(ids, dict):
+            raise UserError(f"{self.path}: damaged (not the JSON object evo-merge writes); restore it from a backup, "
+                            "or delete it to log the rest of the campaign to a new tracker run")
+        return ids
 
     def get(self, key: str) -> Any:
         return self._read().get(key)

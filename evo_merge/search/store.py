@@ -94,10 +94,29 @@ class CampaignStore:
     def close(self) -> None:
         self.db.close()
 
+    def damaged(self, where: str) -> UserError:
+        """A value the store wrote that no longer reads as written: the database was edited or damaged."""
+        return UserError(f"{self.run_dir / self.DB}: {where} is damaged (edited, or not written by evo-merge); "
+                         "restore it from a backup, or start the campaign again in a new run folder")
+
+    def _json(self, text: str | None, where: str) -> Any:
+        try:
+            return None if text is None else json.loads(text)
+        except (json.JSONDecodeError, TypeError):
+            raise self.damaged(where) from None
+
+    def _evaluation(self, row: Iterable) -> Evaluation:
+        id_, key, phase, gen, method, status, *scores, n, sec, err, se = row
+        est, meas = (self._json(text, f"evaluation {id_}") for text in scores)
+        se = self._json(se, f"evaluation {id_}")
+        if not all(_is_scores(value) for value in (est, meas, se)):
+            raise self.damaged(f"evaluation {id_}")
+        return Evaluation(id_, key, phase, gen, method, status, est, meas, n, sec, err, se)
+
     # -- evaluations
     def get(self, key: str) -> Evaluation | None:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM evaluations WHERE key = ?", (key,)).fetchone()
-        return _evaluation(row) if row else None
+        return self._evaluation(row) if row else None
 
     def add(
         self,
@@ -171,7 +190,7 @@ class CampaignStore:
         query = f"SELECT {_COLUMNS} FROM evaluations"
         rows = self.db.execute(query + (" WHERE phase = ? ORDER BY id" if phase else " ORDER BY id"),
                                (phase,) if phase else ()).fetchall()
-        return [_evaluation(r) for r in rows]
+        return [self._evaluation(r) for r in rows]
 
     def items_evaluated(self, phase: str | None = None, *, measured: bool = False) -> int:
         """Item evaluations spent in `phase` (all phases when None), plus front measurement if `measured`."""
@@ -194,7 +213,7 @@ class CampaignStore:
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        return self._json(row[0], f"meta {key!r}") if row else default
 
     def set_meta(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
@@ -216,14 +235,14 @@ class CampaignStore:
     def metrics(self, generation: int) -> dict[str, float] | None:
         """The search's metrics as `generation` ended; None where not recorded (an older folder)."""
         row = self.db.execute("SELECT metrics FROM generations WHERE generation = ?", (generation,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
+        return self._json(row[0], f"generation {generation}'s metrics") if row and row[0] else None
 
     def told(self, generation: int) -> dict[str, list[float]]:
         """What `generation` was told, by key: a replay answers it alike even where a stored
         estimate changed since (an adaptive test continued before the final phase). Empty for a
         generation not recorded, or recorded before these values were kept."""
         row = self.db.execute("SELECT told FROM generations WHERE generation = ?", (generation,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else {}
+        return self._json(row[0], f"generation {generation}'s told values") if row and row[0] else {}
 
     def generations_completed(self) -> int:
         """The generations 1..n recorded complete whose every evaluation is in the database: a
@@ -231,7 +250,7 @@ class CampaignStore:
         have = {key for (key,) in self.db.execute("SELECT key FROM evaluations")}
         done = 0
         for generation, keys in self.db.execute("SELECT generation, keys FROM generations ORDER BY generation"):
-            if generation != done + 1 or not have.issuperset(json.loads(keys)):
+            if generation != done + 1 or not have.issuperset(self._json(keys, f"generation {generation}")):
                 break
             done = generation
         return done
@@ -272,17 +291,13 @@ _COLUMNS = (
 )
 
 
-def _evaluation(row: Iterable) -> Evaluation:
-    id_, key, phase, gen, method, status, est, meas, n, sec, err, se = row
-    return Evaluation(id_, key, phase, gen, method, status, _loads(est), _loads(meas), n, sec, err, _loads(se))
-
-
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _loads(value: str | None) -> Any:
-    return None if value is None else json.loads(value)
+def _is_scores(value: Any) -> bool:
+    return value is None or isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items())
 
 
 def _open_checked(path: Path) -> sqlite3.Connection:

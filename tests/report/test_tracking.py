@@ -163,6 +163,14 @@ def test_points_logged_before_a_stop_are_not_logged_again_by_the_resume(small_st
     assert len(client.get_metric_history(run_id, "estimated/alpha")) == len(evaluations)
 
 
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_a_damaged_tracking_json_is_one_user_error_naming_it(small_store, tmp_path, text):
+    (small_store.run_dir / IDS_FILE).write_text(text)
+    spec = TrackingSpec.model_validate({"mlflow": {"uri": (tmp_path / "mlruns").as_uri(), "experiment": "merges"}})
+    with pytest.raises(UserError, match=f"^{small_store.run_dir / IDS_FILE}: damaged"):
+        open_tracker(spec, small_store.run_dir, CAMPAIGN)
+
+
 def test_an_estimate_refined_later_is_logged_again_and_ends_as_stored(small_store, tmp_path):
     """An adaptive test continued before the final phase gives an evaluation more items and a new
     estimate after its generation logged the first: the tracker must end with the stored one. A

@@ -452,3 +452,29 @@ def test_status_and_the_end_of_a_run_print_names_with_brackets_as_text(copy):
     store.close()
     code, output = invoke("status", copy)
     assert code == 0 and "campaign x[/b]y" in output, output
+
+
+@pytest.mark.parametrize(("edit", "where"), [
+    ("UPDATE evaluations SET estimates = '{not json' WHERE id = 3", "evaluation 3 is damaged"),
+    ("UPDATE evaluations SET measured = '[0.5]' WHERE id = 2", "evaluation 2 is damaged"),
+    ("UPDATE meta SET value = '{\"name\": \"c\"}' WHERE key = 'facts'", "meta 'facts' is damaged"),
+    ("UPDATE generations SET keys = 'x' WHERE generation = 1", "generation 1 is damaged"),
+])
+def test_a_damaged_database_is_an_error_naming_what_is_damaged(copy, edit, where):
+    """An edited or damaged state.sqlite: each command that reads the damaged value says so in one
+    error line, exit 2 (they were JSONDecodeError and KeyError tracebacks). What a run writes again
+    as it goes (its facts, each replayed generation) `resume` repairs."""
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        db.execute(edit)
+        db.commit()
+    repaired = "evaluation" not in where
+    for command in ("status", "report", *(() if repaired else ("resume",))):
+        code, output = invoke(command, copy)
+        assert code == 2 and "Traceback" not in output, output
+        assert output.strip().splitlines()[-1] == (
+            f"error: {copy / 'state.sqlite'}: {where} (edited, or not written by evo-merge); restore it from a "
+            "backup, or start the campaign again in a new run folder"), output
+    if repaired:
+        for command in ("resume", "status"):
+            code, output = invoke(command, copy)
+            assert code == 0, output
