@@ -93,12 +93,16 @@ class AdaptiveTest:
         total[idx] = values
         cov = np.linalg.inv(precision)
         est, se = {}, {}
+        share = self.sizes / self.sizes.sum()
+        overall_grad, overall_binom = np.zeros(len(theta)), 0.0
         for k, items, unseen_sum, grad, binom in self._scenario_parts(theta, seen):
             est[self.names[k]] = float((total[items].sum() + unseen_sum) / self.sizes[k])
             se[self.names[k]] = float(np.sqrt(grad @ cov @ grad + binom / self.sizes[k] ** 2))
-        share = self.sizes / self.sizes.sum()
+            overall_grad += share[k] * grad
+            overall_binom += share[k] ** 2 * binom / self.sizes[k] ** 2
         est[RESERVED_SCENARIO] = float(np.array(list(est.values())) @ share)
-        se[RESERVED_SCENARIO] = float(np.sqrt(((share * np.array(list(se.values()))) ** 2).sum()))
+        # every scenario's estimate moves with the one θ̂: the overall's gradient, not independent parts
+        se[RESERVED_SCENARIO] = float(np.sqrt(overall_grad @ cov @ overall_grad + overall_binom))
         return Estimate(est, se, list(scores)), theta, precision, seen
 
     # ---- the public API ------------------------------------------------------------------

@@ -72,6 +72,27 @@ def _shrink_weight(error: np.ndarray, variance: np.ndarray) -> np.ndarray:
     return error / np.maximum(variance + error, 1e-12)
 
 
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Pooled correlation of two errors about 0 (their bias counts), in [0, 1]: a negative one
+    measured on a few subjects is noise, and taking it would make SEs smaller than the errors."""
+    scale = np.sqrt((x**2).sum() * (y**2).sum())
+    return float(np.clip((x * y).sum() / scale, 0.0, 1.0)) if scale > 0 else 0.0
+
+
+def _cross_correlation(errors: np.ndarray) -> float:
+    """The mean correlation of a subject's errors between two scenarios (columns), in [0, 1]."""
+    k = errors.shape[1]
+    pairs = [_correlation(errors[:, i], errors[:, j]) for i in range(k) for j in range(i + 1, k)]
+    return float(np.mean(pairs)) if pairs else 0.0
+
+
+def overall_se(share: np.ndarray, scenario_se: np.ndarray, correlation: float) -> np.ndarray:
+    """SE of Σ_k share_k · estimate_k from per-scenario SEs (the last axis), every two scenarios'
+    errors correlated by `correlation`."""
+    weighted = share * scenario_se
+    return np.sqrt((1.0 - correlation) * (weighted**2).sum(axis=-1) + correlation * weighted.sum(axis=-1) ** 2)
+
+
 def _effective_size(weights: np.ndarray, onehot: np.ndarray) -> np.ndarray:
     """n_eff = (Σw)²/Σw² per scenario: unequally weighted anchors count as fewer items."""
     return (weights @ onehot) ** 2 / np.maximum((weights**2) @ onehot, 1e-300)
@@ -116,7 +137,8 @@ class Estimator:
         self.endpoint_theta = None if endpoints is None else self._endpoint_abilities(endpoints)
         if kind in ("mpirt", "gmpirt") and self.endpoint_theta is None:
             raise UserError(f"estimator {kind} needs endpoint subjects (--endpoints)")
-        self._anchor_sq, irt_sq = self._measured_errors()
+        anchor_err, irt_err = self._measured_errors()
+        self._anchor_sq, irt_sq = anchor_err**2, irt_err**2
         prior = self.random_sampling_variance()
         self.anchor_variance, self.irt_error = _pool(self._anchor_sq, prior), _pool(irt_sq, prior)
         self.lam = _shrink_weight(self.irt_error, self.anchor_variance) if kind == "gpirt" else None
@@ -126,6 +148,11 @@ class Estimator:
             fixed = gmp_delta != "auto"
             auto = _shrink_weight(self.irt_error, self.anchor_variance)
             self.delta = np.full(len(self.scenarios), float(gmp_delta)) if fixed else auto
+        # the anchor mean and p-IRT err together (θ̂ is fitted on the anchors the mean is taken
+        # over), and a subject's scenarios err together (one θ̂): both measured, not assumed 0
+        self.parts_correlation = _correlation(anchor_err, irt_err)
+        mix = self._mix()
+        self.scenario_correlation = _cross_correlation(mix * anchor_err + (1.0 - mix) * irt_err)
         self.scenario_se = self._scenario_se()
 
     # ---- setup ---------------------------------------------------------------------------
@@ -191,7 +218,7 @@ class Estimator:
                               counts=a.counts())
 
     def _measured_errors(self) -> tuple[np.ndarray, np.ndarray]:
-        """Squared errors (subjects, K) of the anchor mean and of p-IRT on cross-fit held-out subjects."""
+        """Errors (subjects, K) of the anchor mean and of p-IRT on cross-fit held-out subjects."""
         anchor_err, irt_err = [np.empty((0, len(self.scenarios)))], [np.empty((0, len(self.scenarios)))]
         for fold in range(self.model.cv_alpha.shape[0]):
             held = self.model.responses[self.model.cv_held[fold]]
@@ -205,7 +232,7 @@ class Estimator:
             anchor_err.append(self._anchor_mean(held[:, idx], weights, idx) - truth)
             theta = self._fit_theta(held[:, idx], alpha, beta, idx)
             irt_err.append(self._pirt(held[:, idx], theta, alpha, beta, idx) - truth)
-        return np.concatenate(anchor_err) ** 2, np.concatenate(irt_err) ** 2
+        return np.concatenate(anchor_err), np.concatenate(irt_err)
 
     def _mp_error(self, seed: int) -> np.ndarray:
         """mp-IRT's error² on simulated merges drawn in the endpoints' span (δ like λ)."""
@@ -218,13 +245,19 @@ class Estimator:
         mp = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta, self.anchor_idx)
         return ((mp - self.scenario_means(sampled)) ** 2).mean(axis=0)
 
+    def _mix(self) -> np.ndarray | float:
+        """The anchor mean's weight in the kind's estimate (1: the anchor mean alone, 0: IRT alone)."""
+        return {"anchor": 1.0, "gpirt": self.lam, "gmpirt": getattr(self, "delta", None)}.get(self.kind, 0.0)
+
+    def _mixed_se(self, mix: np.ndarray | float, anchor_variance: np.ndarray, irt_error: np.ndarray) -> np.ndarray:
+        """SE of mix·(anchor mean) + (1 − mix)·(IRT part), with the parts' measured correlation."""
+        return np.sqrt(mix**2 * anchor_variance + (1.0 - mix) ** 2 * irt_error
+                       + 2.0 * mix * (1.0 - mix) * self.parts_correlation * np.sqrt(anchor_variance * irt_error))
+
     def _scenario_se(self) -> np.ndarray:
-        """SE per scenario before a subject is seen: the measured error of the kind's estimate (a mix:
-        errors taken as independent). gp-IRT on sampled anchors refines it per subject."""
-        if self.kind == "anchor":
-            return np.sqrt(self.anchor_variance)
-        mix = self.lam if self.kind == "gpirt" else self.delta if self.kind == "gmpirt" else 0.0
-        return np.sqrt(mix**2 * self.anchor_variance + (1.0 - mix) ** 2 * self.irt_error)
+        """SE per scenario before a subject is seen: the measured error of the kind's estimate.
+        gp-IRT on sampled anchors refines it per subject."""
+        return self._mixed_se(self._mix(), self.anchor_variance, self.irt_error)
 
     # ---- estimation ----------------------------------------------------------------------
     def _anchor_mean(self, anchor_scores: np.ndarray, weights: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -288,12 +321,10 @@ class Estimator:
         if self.kind == "gmpirt":
             return self.delta * anchor + (1.0 - self.delta) * irt, se
         if not self.anchors.sampled:  # λ from the calibration; the anchor part's error still the subject's own
-            return self.lam * anchor + (1.0 - self.lam) * irt, np.sqrt(
-                self.lam**2 * s2 + (1.0 - self.lam) ** 2 * self.irt_error)
+            return self.lam * anchor + (1.0 - self.lam) * irt, self._mixed_se(self.lam, s2, self.irt_error)
         b2 = self._subject_irt_error(anchor, irt, s2)
         lam = _shrink_weight(b2, s2)
-        se = np.sqrt(lam**2 * s2 + (1.0 - lam) ** 2 * b2)
-        return lam * anchor + (1.0 - lam) * irt, se
+        return lam * anchor + (1.0 - lam) * irt, self._mixed_se(lam, s2, b2)
 
     def estimate_matrix(self, anchor_scores: np.ndarray) -> np.ndarray:
         """Estimates (S, K) for rows of scores on `anchor_ids` (NaN = not evaluated)."""
@@ -304,8 +335,9 @@ class Estimator:
         return values @ self.share
 
     def overall_se(self, scenario_se: np.ndarray) -> np.ndarray:
-        """SE of `overall` from per-scenario SEs (the last axis), their errors taken as independent."""
-        return np.sqrt(((self.share * scenario_se) ** 2).sum(axis=-1))
+        """SE of `overall` from per-scenario SEs (the last axis), their errors correlated as measured
+        on the held-out calibration subjects (taken as independent, the SE was half the error)."""
+        return overall_se(self.share, scenario_se, self.scenario_correlation)
 
     def estimate(self, scores: Mapping[str, float]) -> Estimate:
         """Per-scenario estimates and their item-count-weighted mean under "overall", with SEs."""

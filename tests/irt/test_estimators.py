@@ -169,6 +169,26 @@ def test_measured_errors_are_out_of_sample_and_the_se_is_calibrated():
         assert (anchor_only.scenario_se > 0.01).all()
 
 
+def test_the_overall_se_counts_that_a_subject_s_scenarios_err_together():
+    """One θ̂ drives every scenario's estimate, so their errors move together: taken as independent,
+    the SE of `overall` (a campaign task's SE) was about half its error. With the correlation the
+    cross-fit measures, the RMS SE of `overall` matches its RMS error on new subjects."""
+    gen = make_synthetic_irt(1200, dims=2, n_scenarios=4, seed=11)
+    theta, ids = synthetic_abilities(60, dims=2, seed=12)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=13)), dims=2, seed=0)
+    new = ResponseMatrix.from_long(gen.sample(synthetic_abilities(200, dims=2, seed=14)[0],
+                                              [f"n{j}" for j in range(200)], seed=15), model.item_ids)
+    est = Estimator(model, select_anchors(model, 30, "stratified", seed=0), "gpirt")
+    values, se = est.estimate_rows(new.scores[:, est.anchor_idx])
+    truth = est.scenario_means(new.scores)
+    error = est.overall(values) - est.overall(truth)
+    independent = np.sqrt(((est.share * se) ** 2).sum(axis=1))
+    rms = lambda x: float(np.sqrt((x**2).mean()))  # noqa: E731
+    assert 0.3 < est.scenario_correlation < 1
+    assert rms(independent) < 0.8 * rms(error)  # the old SE: too small
+    assert 0.8 < rms(est.overall_se(se)) / rms(error) < 1.25, (rms(est.overall_se(se)), rms(error))
+
+
 def test_all_items_seen_gives_zero_se(two_scenarios):
     model = two_scenarios[3]
     anchors = select_anchors(model, 1000, "random")
@@ -180,7 +200,8 @@ def test_all_items_seen_gives_zero_se(two_scenarios):
 def test_gpirt_on_sampled_anchors_weighs_each_subject_by_its_own_disagreement(two_scenarios):
     """b² per subject = b̂²·(1 + κ)/2, κ = mean over scenarios of max((anchor − pirt)² − σ², 0)/b̂²,
     σ² the subject's anchor-mean error² (the anchor estimator's SE²); λ and the SE follow from both
-    per subject (hand-computed from the anchor and p-IRT estimates)."""
+    per subject (hand-computed from the anchor and p-IRT estimates), the SE with the covariance of
+    the two parts (θ̂ is fitted on the anchors the mean is taken over)."""
     gen, _, _, model = two_scenarios
     anchors = select_anchors(model, 10, "stratified")
     theta, ids = synthetic_abilities(6, dims=2, seed=41)
@@ -194,7 +215,10 @@ def test_gpirt_on_sampled_anchors_weighs_each_subject_by_its_own_disagreement(tw
     lam = b2_subject / (b2_subject + s2)
     got, se = est["gpirt"].estimate_rows(rows)
     np.testing.assert_allclose(got, lam * a + (1 - lam) * p)
-    np.testing.assert_allclose(se, np.sqrt(lam**2 * s2 + (1 - lam) ** 2 * b2_subject))
+    rho = est["gpirt"].parts_correlation  # the two parts' errors, correlated as the cross-fit measured
+    assert 0 < rho < 1
+    np.testing.assert_allclose(se, np.sqrt(lam**2 * s2 + (1 - lam) ** 2 * b2_subject
+                                           + 2 * lam * (1 - lam) * rho * np.sqrt(s2 * b2_subject)))
     assert np.ptp(lam, axis=0).min() > 0  # it differs between subjects
     one = est["gpirt"].estimate(dict(zip(est["gpirt"].anchor_ids, rows[2])))
     assert [one.se["s0"], one.se["s1"]] == pytest.approx(se[2].tolist())
