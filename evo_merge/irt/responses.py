@@ -45,6 +45,16 @@ def _wide_to_long(frame: pd.DataFrame) -> pd.DataFrame:
     return long.rename(columns={subject_col: "subject"})
 
 
+def _check_long_columns(columns: pd.Index, source: str) -> None:
+    """A `score` column makes a long table: missing `subject` or `item` there is a misnamed column
+    (`model,item,score`), not a wide table with an item called score, which would melt into a
+    second `score` column."""
+    missing = [c for c in ("subject", "item") if c not in columns]
+    if "score" in columns and missing:
+        raise UserError(f"{source}: a long table needs columns subject,item,score; missing "
+                        f"{', '.join(map(repr, missing))} (columns: {', '.join(map(str, columns))})")
+
+
 def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.DataFrame:
     """Check a long or wide table and return the long form with columns subject,item,score,scenario.
 
@@ -53,6 +63,7 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
     """
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise UserError(f"{source}: no responses")
+    _check_long_columns(frame.columns, source)
     is_long = {"subject", "item"} <= set(frame.columns)
     if is_long:
         if "score" not in frame.columns:

@@ -83,3 +83,17 @@ def test_threshold_preserves_mean_accuracy():
     assert accuracy_preserving_threshold(np.array([0.0, 1.0, 1.0])) == 0.5  # binary: unchanged
     out = binarise(np.array([[0.3, 0.4, np.nan]]), np.array([0.4, 0.4, 0.4]))
     np.testing.assert_array_equal(out, [[0.0, 1.0, np.nan]])
+
+
+@pytest.mark.parametrize(
+    ("header", "missing"),
+    [("model,item,score", "missing 'subject'"), ("subject,items,score", "missing 'item'"),
+     ("model,items,score", "missing 'subject', 'item'")],
+)
+def test_a_long_file_with_a_misnamed_id_column_is_refused_naming_it(tmp_path, header, missing):
+    """A `score` column makes it long: read as wide, it melted into a second `score` column (a pandas crash)."""
+    path = _write(tmp_path, f"{header}\nm0,q1,1\nm1,q1,0\n")
+    with pytest.raises(UserError) as err:
+        load_responses(path)
+    columns = header.replace(",", ", ")
+    assert str(err.value) == f"{path}: a long table needs columns subject,item,score; {missing} (columns: {columns})"
