@@ -6,6 +6,8 @@ file is rejected once, with a message naming the row, item or column at fault.
 
 from __future__ import annotations
 
+import csv
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ def load_responses(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            frame = pd.read_csv(path, dtype={"subject": str, "item": str, "scenario": str})
+            frame = _read_csv(path)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
@@ -37,6 +39,22 @@ def load_responses(path: str | Path) -> pd.DataFrame:
     except Exception as exc:  # parser errors of every kind: the file is unreadable
         raise UserError(f"{path}: cannot read responses ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     return validate_responses(frame, source=str(path))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV response file, its header checked as written: pandas would read a second `q3` as a new
+    item `q3.1`."""
+    counts = Counter(_csv_header(path))
+    repeated = [name for name, n in counts.items() if n > 1]
+    if repeated:
+        raise UserError(f"{path}: column {repeated[0]!r} appears {counts[repeated[0]]} times in the header")
+    return pd.read_csv(path, dtype={"subject": str, "item": str, "scenario": str})
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The first non-blank row of a CSV file, as written."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        return next((row for row in csv.reader(handle) if row), [])
 
 
 def _wide_to_long(frame: pd.DataFrame) -> pd.DataFrame:

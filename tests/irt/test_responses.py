@@ -97,3 +97,11 @@ def test_a_long_file_with_a_misnamed_id_column_is_refused_naming_it(tmp_path, he
         load_responses(path)
     columns = header.replace(",", ", ")
     assert str(err.value) == f"{path}: a long table needs columns subject,item,score; {missing} (columns: {columns})"
+
+
+def test_a_column_named_twice_is_refused_naming_it(tmp_path):
+    """pandas renamed the second q3 to q3.1: one item silently became two, one of them not in the file."""
+    path = _write(tmp_path, "subject,q1,q3,q2,q3\na,1,0,1,1\nb,0,1,0,0\n")
+    with pytest.raises(UserError) as err:
+        load_responses(path)
+    assert str(err.value) == f"{path}: column 'q3' appears 2 times in the header"
