@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas._libs.parsers import STR_NA_VALUES  # read_csv's default missing-value spellings
 
 from evo_merge.errors import UserError
 
 LONG_COLUMNS = ("subject", "item", "score")
+ID_COLUMNS = ("subject", "item", "scenario")
 DEFAULT_SCENARIO = "all"
 RESERVED_SCENARIO = "overall"  # the key of the size-weighted total in estimates
 
@@ -43,12 +45,21 @@ def load_responses(path: str | Path) -> pd.DataFrame:
 
 def _read_csv(path: Path) -> pd.DataFrame:
     """A CSV response file, its header checked as written: pandas would read a second `q3` as a new
-    item `q3.1`."""
-    counts = Counter(_csv_header(path))
+    item `q3.1`.
+
+    Ids are text and only an empty id cell is missing: pandas' default spellings of missing
+    (`NA`, `None`, `null`, `nan`) are ids like any other, as in a parquet file. Scores keep
+    them: a score written `NA` is not evaluated, as before.
+    """
+    header = _csv_header(path)
+    counts = Counter(header)
     repeated = [name for name, n in counts.items() if n > 1]
     if repeated:
         raise UserError(f"{path}: column {repeated[0]!r} appears {counts[repeated[0]]} times in the header")
-    return pd.read_csv(path, dtype={"subject": str, "item": str, "scenario": str})
+    ids = [j for j, name in enumerate(header) if name in ID_COLUMNS]
+    # keyed by position, not name: pandas renames an unnamed column (`Unnamed: 3`)
+    missing = {j: [""] if j in ids else STR_NA_VALUES for j in range(len(header))}
+    return pd.read_csv(path, dtype={j: str for j in ids}, keep_default_na=False, na_values=missing)
 
 
 def _csv_header(path: Path) -> list[str]:

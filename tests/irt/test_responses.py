@@ -105,3 +105,16 @@ def test_a_column_named_twice_is_refused_naming_it(tmp_path):
     with pytest.raises(UserError) as err:
         load_responses(path)
     assert str(err.value) == f"{path}: column 'q3' appears 2 times in the header"
+
+
+def test_ids_spelled_like_missing_values_are_ids_and_scores_keep_their_missing_spellings(tmp_path):
+    """pandas read NA/None/null/nan as missing even with dtype=str: an item NA was refused as an
+    empty id, a scenario NA merged into the default one (a parquet file kept them)."""
+    text = ("subject,item,score,scenario\nNone,NA,1,NA\nnull,NA,0,NA\nNone,nan,NA,EU\nnull,nan,0.5,EU\n"
+            "None,N/A,,\nnull,N/A,1,\n")
+    long = load_responses(_write(tmp_path, text))
+    assert sorted(map(tuple, long.to_numpy().tolist())) == [  # a score NA or empty: not evaluated
+        ("None", "NA", 1.0, "NA"), ("null", "N/A", 1.0, "all"), ("null", "NA", 0.0, "NA"), ("null", "nan", 0.5, "EU"),
+    ]
+    with pytest.raises(UserError, match="empty item id in row 2"):  # an empty id cell is still missing
+        load_responses(_write(tmp_path, "subject,item,score\nNA,q1,1\nNA,,0\n"))
