@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,16 +48,20 @@ def _read_csv(path: Path) -> pd.DataFrame:
     """A CSV response file, its header checked as written: pandas would read a second `q3` as a new
     item `q3.1`.
 
-    Ids are text and only an empty id cell is missing: pandas' default spellings of missing
-    (`NA`, `None`, `null`, `nan`) are ids like any other, as in a parquet file. Scores keep
-    them: a score written `NA` is not evaluated, as before.
+    Ids are text (a wide file's subject column too, whatever it is called: `007` stays `007`) and
+    only an empty id cell is missing: pandas' default spellings of missing (`NA`, `None`, `null`,
+    `nan`) are ids like any other, as in a parquet file. Scores keep them: a score written `NA` is
+    not evaluated, as before.
     """
     header = _csv_header(path)
     counts = Counter(header)
     repeated = [name for name, n in counts.items() if n > 1]
     if repeated:
         raise UserError(f"{path}: column {repeated[0]!r} appears {counts[repeated[0]]} times in the header")
-    ids = [j for j, name in enumerate(header) if name in ID_COLUMNS]
+    text = set(ID_COLUMNS)
+    if header:
+        text.add(_subject_column(header))
+    ids = [j for j, name in enumerate(header) if name in text]
     # keyed by position, not name: pandas renames an unnamed column (`Unnamed: 3`)
     missing = {j: [""] if j in ids else STR_NA_VALUES for j in range(len(header))}
     return pd.read_csv(path, dtype={j: str for j in ids}, keep_default_na=False, na_values=missing)
@@ -68,8 +73,13 @@ def _csv_header(path: Path) -> list[str]:
         return next((row for row in csv.reader(handle) if row), [])
 
 
+def _subject_column(columns: Sequence[str]) -> str:
+    """The subject column of a wide table: `subject`, else the first."""
+    return "subject" if "subject" in columns else columns[0]
+
+
 def _wide_to_long(frame: pd.DataFrame) -> pd.DataFrame:
-    subject_col = "subject" if "subject" in frame.columns else frame.columns[0]
+    subject_col = _subject_column(frame.columns)
     long = frame.melt(id_vars=[subject_col], var_name="item", value_name="score")
     return long.rename(columns={subject_col: "subject"})
 

@@ -118,3 +118,11 @@ def test_ids_spelled_like_missing_values_are_ids_and_scores_keep_their_missing_s
     ]
     with pytest.raises(UserError, match="empty item id in row 2"):  # an empty id cell is still missing
         load_responses(_write(tmp_path, "subject,item,score\nNA,q1,1\nNA,,0\n"))
+
+
+def test_a_wide_csv_keeps_subject_ids_as_text_whatever_its_subject_column_is_called(tmp_path):
+    """Text was forced only on a column named `subject`: under `model`, 007 was read as the number 7."""
+    long = load_responses(_write(tmp_path, "model,q1,q2\n007,1,0\n1e3,0,1\n"))
+    assert sorted(zip(long.subject, long["item"], long.score)) == [
+        ("007", "q1", 1.0), ("007", "q2", 0.0), ("1e3", "q1", 0.0), ("1e3", "q2", 1.0),
+    ]
