@@ -13,6 +13,7 @@ from evo_merge.errors import UserError
 from evo_merge.irt import (
     Estimator,
     IRTModel,
+    choose_anchor_method,
     estimate_table,
     load_anchors,
     load_responses,
@@ -134,7 +135,8 @@ def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: in
               help="adaptive: p-IRT from whatever items each subject was scored on, SE per subject.")
 @click.option("--endpoints", default=None, help="Endpoint subject ids (comma-separated) or their full responses file.")
 @click.option("--budget", type=int, default=None, help="Which stored anchor set (if several).")
-@click.option("--method", type=click.Choice(ANCHOR_METHODS), default=None, help="Which stored anchor set (if several).")
+@click.option("--method", type=click.Choice(ANCHOR_METHODS), default=None,
+              help="Which stored anchor set (if several); 'auto' as `irt anchors` resolved it.")
 @click.option("--gmp-delta", default="auto", show_default=True,
               help="gmpirt anchor weight: 'auto' or a number in [0, 1] (MERGE3 uses 0.5).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="CSV file (default: stdout).")
@@ -143,6 +145,8 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate,se."""
 
     model = IRTModel.load(model_dir)
+    if method == "auto":  # `irt anchors --method auto` stored its set under the method auto resolved to
+        method = choose_anchor_method(method, len(model.subject_ids))[0]
     anchors = None if estimator == "adaptive" else load_anchors(model_dir, budget, method)
     est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=_delta(gmp_delta))
     table = estimate_table(est, load_responses(partial))

@@ -71,3 +71,18 @@ def test_an_explicit_d_above_the_subjects_cap_is_fitted_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="evo_merge.irt"):
         model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=3)), dims=3)
     assert model.dims == 3 and "D=3 with 8 subjects: 'auto' would allow at most 1" in caplog.text
+
+
+def test_estimate_method_auto_finds_the_set_anchors_method_auto_stored(tmp_path):
+    """`irt anchors --method auto` stores the set under the method it resolved to (stratified with
+    20 subjects): `irt estimate --method auto` compared the literal 'auto' and never matched it."""
+    gen = make_synthetic_irt(60, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(20, dims=1, seed=2)
+    gen.sample(theta, ids, seed=3).to_csv(tmp_path / "r.csv", index=False)
+    irt("fit", tmp_path / "r.csv", "--out", tmp_path / "m", "--dims", "1")
+    irt("anchors", tmp_path / "m", "--budget", "5", "--method", "auto")
+    irt("anchors", tmp_path / "m", "--budget", "5", "--method", "random", "--seed", "1")
+    assert sorted(p.name for p in (tmp_path / "m" / "anchors").iterdir()) == ["random-5.json", "stratified-5.json"]
+    estimate = ("estimate", tmp_path / "m", "--responses", tmp_path / "r.csv", "--budget", "5", "--method")
+    auto = irt(*estimate, "auto")
+    assert auto == irt(*estimate, "stratified") and auto != irt(*estimate, "random")
