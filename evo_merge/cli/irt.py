@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, naming_file
 from evo_merge.irt import (
     Estimator,
     IRTModel,
@@ -102,8 +102,10 @@ def irt() -> None:
 def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float | None, dims: str, seed: int) -> None:
     """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
 
-    options = _backend_options(backend, epochs, lr)
-    model = IRTModel.fit(load_responses(responses), backend=backend, dims=_dims(dims), seed=seed, **options)
+    options, dims_value = _backend_options(backend, epochs, lr), _dims(dims)  # option errors: not the file's
+    data = load_responses(responses)
+    with naming_file(responses):  # too few subjects, or py-irt diverging on them
+        model = IRTModel.fit(data, backend=backend, dims=dims_value, seed=seed, **options)
     model.save(out)
     shutil.rmtree(out / "anchors", ignore_errors=True)  # chosen on the model it replaced: stale
     click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "
@@ -149,7 +151,8 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
         method = choose_anchor_method(method, len(model.subject_ids))[0]
     anchors = None if estimator == "adaptive" else load_anchors(model_dir, budget, method)
     est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=_delta(gmp_delta))
-    table = estimate_table(est, load_responses(partial))
+    with naming_file(partial):  # an item the model lacks, a subject without a scenario's anchors
+        table = estimate_table(est, load_responses(partial))
     text = table.to_csv(index=False)
     if out is None:
         click.echo(text, nl=False)

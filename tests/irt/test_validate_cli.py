@@ -145,3 +145,25 @@ def test_bad_input_exits_2_with_one_line(files, args, message):
     code, out = run(*[a.format(root=root) for a in args])
     assert code == 2, out
     assert out.startswith("error: ") and message in out and out.count("\n") == 1, out
+
+
+def test_errors_about_a_responses_file_start_with_its_name(tmp_path):
+    """Too few subjects, an unknown item and a subject without a scenario's anchors did not say which file."""
+    rng = np.random.default_rng(0)
+    full = pd.DataFrame([(f"m{i}", f"i{j}", float(rng.random() < 0.5), f"s{j // 30}") for i in range(12)
+                         for j in range(60)], columns=["subject", "item", "score", "scenario"])
+    files = {"cal": full, "three": full[full.subject.isin(["m0", "m1", "m2"])],
+             "unknown": full[full.subject.eq("m0")].replace({"item": {"i0": "zzz"}}),
+             "no_s1": full[full.subject.eq("m0") & full.scenario.eq("s0")]}
+    for name, table in files.items():
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+    assert run("fit", tmp_path / "cal.csv", "--out", tmp_path / "m", "--dims", "1")[0] == 0
+    assert run("anchors", tmp_path / "m", "--budget", "5", "--method", "random")[0] == 0
+    three, unknown, no_s1 = (tmp_path / f"{name}.csv" for name in ("three", "unknown", "no_s1"))
+    cases = [  # (command, the file it concerns, message)
+        (("fit", three, "--out", tmp_path / "x"), three, "need at least 4 subjects to fit an IRT model, got 3"),
+        (("estimate", tmp_path / "m", "--responses", unknown), unknown, "item zzz is not in the IRT model"),
+        (("estimate", tmp_path / "m", "--responses", no_s1), no_s1,
+         "subject m0 has no scored anchor item in scenario 's1'"),
+    ]
+    assert [run(*args) for args, _, _ in cases] == [(2, f"error: {path}: {message}\n") for _, path, message in cases]
