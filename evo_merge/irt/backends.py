@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ class FittedParams:
     alpha: np.ndarray  # (items, D)
     beta: np.ndarray  # (items,)
     theta: np.ndarray  # (subjects, D)
+    lr: float | None = None  # py-irt's rate after divergence retries (None: L-BFGS has none)
 
 
 def canonical(alpha: np.ndarray, beta: np.ndarray, theta: np.ndarray) -> FittedParams:
@@ -104,7 +106,8 @@ def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = PYIRT_
     """py-irt's multidim_2pl (variational, seeded); σ(Σ_d a_d(θ_d − b_d)) gives β_i = Σ_d a_id b_id.
 
     Its stochastic optimiser can reach NaN (pyro then rejects a distribution): the fit is retried
-    at a lower learning rate, saying so, before giving up. Each fit's time is logged.
+    at a lower learning rate, saying so in one line (pyro's own NaN warnings are silenced), before
+    giving up. Each fit's rate and time are logged, and the rate is returned with the parameters.
     """
     try:
         import py_irt.anchor_utils
@@ -115,10 +118,12 @@ def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = PYIRT_
     for attempt in range(PYIRT_RETRIES + 1):
         start = time.perf_counter()
         try:
-            params = _train_pyirt(binary, dims, seed, epochs, rate)
+            with warnings.catch_warnings():  # the retry line says it: two lines per NaN only repeat it
+                warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+                params = _train_pyirt(binary, dims, seed, epochs, rate)
             log.info("py-irt fit %d x %d, D=%d, %d epochs, lr=%g: %.1f s", *binary.shape, dims, epochs, rate,
                      time.perf_counter() - start)
-            return params
+            return replace(params, lr=rate)
         except ValueError as exc:  # pyro's distribution checks fail once the parameters reach NaN
             reason = first_line(exc)[:120]
             if attempt == PYIRT_RETRIES:

@@ -183,6 +183,9 @@ class IRTModel:
         best = min(errors.values())
         chosen = min(d for d, e in errors.items() if e <= best * (1 + DIMS_TOLERANCE))
         full = fit_fn(binary, chosen, seed=seed, **backend_options)
+        settings = {"dims": dims, "dims_grid": grid, "theta_prior_sd": THETA_SD, **backend_options}
+        if full.lr is not None:  # py-irt: each fit restarts at `lr` and may retry lower, so say what each used
+            settings |= {"lr_used": full.lr, "cv_lr_used": [p.lr for p in fold_fits[chosen]]}
         return cls(
             item_ids=matrix.items,
             item_scenarios=matrix.item_scenarios,
@@ -197,7 +200,7 @@ class IRTModel:
             cv_held=np.stack([fold == 0, fold == 1]),
             backend=backend,
             seed=seed,
-            settings={"dims": dims, "dims_grid": grid, "theta_prior_sd": THETA_SD, **backend_options},
+            settings=settings,
             dims_errors=errors,
         )
 

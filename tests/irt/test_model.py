@@ -212,3 +212,40 @@ def test_pyirt_retries_at_a_lower_rate_when_it_diverges(caplog):
     assert "py-irt diverged at lr=5" in caplog.text and "retrying at lr=1" in caplog.text
     assert "py-irt fit 30 x 60, D=1, 40 epochs" in caplog.text
     assert np.isfinite(params.beta).all() and np.corrcoef(params.beta, gen.beta)[0, 1] > 0.5
+
+
+def test_pyirt_divergence_leaves_only_the_retry_line_and_returns_the_rate_used(caplog):
+    """pyro's NaN warnings (two lines each) reached stderr around the one-line retry message."""
+    import warnings
+
+    from evo_merge.irt.backends import fit_pyirt
+
+    gen = make_synthetic_irt(60, dims=1, seed=11)
+    theta, _ = synthetic_abilities(6, dims=1, seed=12)  # 6 x 60 at lr 3: pyro's loss reaches NaN
+    binary = (np.random.default_rng(0).random((6, 60)) < gen.prob(theta)).astype(float)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("INFO", logger="evo_merge.irt"):
+        warnings.simplefilter("always")
+        params = fit_pyirt(binary, 1, epochs=40, lr=3.0)
+    assert [str(w.message) for w in caught if "NaN" in str(w.message)] == []
+    assert "py-irt diverged at lr=3" in caplog.text
+    fitted = [r.args for r in caplog.records if r.getMessage().startswith("py-irt fit")]
+    assert len(fitted) == 1 and params.lr == fitted[0][4] < 5.0  # the rate its fit line gives
+
+
+def test_model_settings_record_the_rate_each_pyirt_fit_used(md2pl, monkeypatch):
+    """settings recorded the requested lr; the folds and the full fit each restart there and may
+    retry lower, so one model can mix rates."""
+    from evo_merge.irt import backends
+
+    responses = md2pl[2][md2pl[2].subject.isin(md2pl[2].subject.unique()[:20])]
+
+    def diverging(binary, dims, seed, epochs, lr):  # the full fit (20 subjects) needs lr <= 0.5, a fold 2
+        if lr > (0.5 if binary.shape[0] == 20 else 2.0):
+            raise ValueError("Expected parameter concentration to be positive")
+        return backends.fit_torch(binary, dims, seed)
+
+    monkeypatch.setattr(backends, "_train_pyirt", diverging)
+    model = IRTModel.fit(responses, backend="pyirt", dims=1, seed=0, lr=5.0)
+    assert model.settings["lr"] == 5.0  # as requested
+    assert model.settings["lr_used"] == pytest.approx(0.2)  # 5 -> 1 -> 0.2
+    assert model.settings["cv_lr_used"] == [pytest.approx(1.0)] * 2  # 5 -> 1
