@@ -373,8 +373,10 @@ def _stored(source: tuple[int, str], checkpoints: list[Checkpoint]) -> tuple[int
 
 def _check_shapes(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: list[ModelRef],
                   tokens: TokenPlan | None) -> None:
+    """Refuse, before any tensor is read, inputs of one output tensor that cannot be merged together."""
     for job in jobs:
         sources = ([job.reference] if job.reference else []) + job.inputs
+        _check_floating(sources, checkpoints, refs)
         shapes = [tuple(checkpoints[m].shape(n)) for m, n in sources]
         if tokens is not None and tokens.is_embedding(job.name, shapes[0]):
             tokens.check_job(job.name, [m for m, _ in sources], refs)
@@ -384,6 +386,19 @@ def _check_shapes(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: li
                 m0, n0 = sources[0]
                 raise UserError(f"tensor {n} has shape {list(shape)} in {refs[m].name} but {n0} has "
                                 f"{list(shapes[0])} in {refs[m0].name}")
+
+
+def _check_floating(sources: list[tuple[int, str]], checkpoints: list[Checkpoint], refs: list[ModelRef]) -> None:
+    """A tensor floating in one input and integer in another is refused: the merge would cast the
+    integers to floats (or copy the first input's integers), silently. Float dtypes may differ
+    (bfloat16 and float32 inputs are normal: each is cast to the computation dtype)."""
+    dtypes = [checkpoints[m].dtype(n) for m, n in sources]
+    for (m, n), dtype in zip(sources[1:], dtypes[1:]):
+        if dtype.is_floating_point != dtypes[0].is_floating_point:
+            m0, n0 = sources[0]
+            raise UserError(f"tensor {n} is {dtype_name(dtype)} in {refs[m].name} but {n0} is "
+                            f"{dtype_name(dtypes[0])} in {refs[m0].name}: integer and floating tensors "
+                            "cannot be merged")
 
 
 def _layer_config(donor: Checkpoint, jobs: list[TensorJob]) -> dict[str, Any]:

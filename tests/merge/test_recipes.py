@@ -302,6 +302,29 @@ def test_bad_recipes_give_one_line_errors_and_exit_2(family, tmp_path, case):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_tensor_integer_in_one_model_and_floating_in_another_is_refused(tmp_path):
+    base, (ft,) = save_tiny_family(tmp_path, "llama", n_finetunes=1, seed=4)
+    weights = load_file(ft / "model.safetensors")
+    name = next(n for n in sorted(weights) if n.endswith("mlp.up_proj.weight"))
+    weights[name] = weights[name].to(torch.int32)
+    save_file(weights, ft / "model.safetensors")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "models": [
+        {"model": str(m), "parameters": {"weight": 0.5}} for m in (base, ft)]}))
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line, = result.output.strip().splitlines()
+    assert f"tensor {name} is int32 in {ft}" in line and f"is float32 in {base}" in line
+    assert not (tmp_path / "o").exists()
+
+    weights[name] = load_file(base / "model.safetensors")[name].to(torch.bfloat16)  # floats may differ
+    save_file(weights, ft / "model.safetensors")
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    expected = load_file(base / "model.safetensors")[name] * 0.5 + weights[name].float() * 0.5
+    assert torch.allclose(tensors_of(tmp_path / "o")[name], expected, atol=1e-6)
+
+
 def test_mismatched_shapes_and_pickle_checkpoints_are_refused(tmp_path):
     base, fts = save_tiny_family(tmp_path / "a", "llama", n_finetunes=1)
     other, _ = save_tiny_family(tmp_path / "b", "gpt2", n_finetunes=0)
