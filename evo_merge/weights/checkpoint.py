@@ -263,8 +263,34 @@ def open_checkpoints(paths: Iterable[str | Path], *, allow_pickle: bool = False)
 
 
 def tokenizer_files(folder: Path) -> list[Path]:
-    """The tokenizer files present in a model folder, in a fixed order."""
-    return [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    """The tokenizer files present in a model folder, in a fixed order (a link out of it refused)."""
+    return [file for name in TOKENIZER_FILES if (file := model_file(folder, name)) is not None]
+
+
+def model_file(folder: Path, name: str) -> Path | None:
+    """`folder/name` if it is a file (None if not), for copying into an output folder.
+
+    A link whose target lies outside the model (see `link_root`) is refused, naming it: copied, the
+    target (`merges.txt -> ~/.ssh/id_rsa`) would land in a world-readable output that export uploads.
+    """
+    file = folder / name
+    if not file.is_file():
+        return None
+    target = file.resolve()
+    if not target.is_relative_to(link_root(folder)):
+        raise UserError(f"{file}: links to {target}, outside the model folder; refusing to copy it into the output "
+                        "(copy the file into the model folder if it belongs to the model)")
+    return file
+
+
+def link_root(folder: Path) -> Path:
+    """The folder a model's files may link into: the model folder itself, or for a snapshot of the
+    Hugging Face Hub cache (`models--org--name/snapshots/<commit>`, whose files link to
+    `../../blobs/<hash>`), its repo's cache folder `models--org--name`."""
+    real = folder.resolve()
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        return real.parent.parent
+    return real
 
 
 def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]:

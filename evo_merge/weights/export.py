@@ -29,6 +29,7 @@ from evo_merge.weights.checkpoint import (
     PICKLE_SUFFIXES,
     SAFETENSORS_INDEX,
     SAFETENSORS_SINGLE,
+    model_file,
     tokenizer_files,
 )
 from evo_merge.weights.dtypes import dtype_name
@@ -64,6 +65,7 @@ def write_model_folder(
     source = Path(copy_from).expanduser() if copy_from is not None else None
     if source is not None and not source.is_dir():
         raise UserError(f"model folder to copy config and tokenizer from not found: {source}")
+    copied = _copied_files(source, copy_tokenizer) if source is not None else []  # refused before any work
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _hidden_sibling(out, "tmp")
     try:
@@ -72,11 +74,8 @@ def write_model_folder(
         finally:  # a generator left mid-way (a full disk) stops now: a progress bar in it ends with it
             if isinstance(tensors, Generator):
                 tensors.close()
-        if source is not None:
-            tokenizer = tokenizer_files(source) if copy_tokenizer else []
-            for file in [*(source / name for name in COPIED_FILES), *tokenizer]:
-                if file.is_file():
-                    shutil.copy2(file, tmp / file.name)
+        for file in copied:
+            shutil.copy2(file, tmp / file.name)
         _write_config(tmp, config, written_dtypes)
         for name, content in extra_files.items():
             _write_extra(tmp, name, content)
@@ -88,6 +87,12 @@ def write_model_folder(
             raise UserError(f"cannot write {out}: {exc.strerror}") from exc
         raise
     return out
+
+
+def _copied_files(source: Path, copy_tokenizer: bool) -> list[Path]:
+    """The config (and tokenizer) files of `source` to copy; a link out of the model is refused."""
+    configs = [file for name in COPIED_FILES if (file := model_file(source, name)) is not None]
+    return configs + (tokenizer_files(source) if copy_tokenizer else [])
 
 
 def _write_shards(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_layout import save_to_hub_cache  # tests/ is on sys.path (its conftest)
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -261,3 +262,36 @@ def test_a_tensor_with_nan_or_inf_is_refused_by_name(tmp_path, value, dtype):
     with pytest.raises(UserError, match=r"tensor layers\.1\.bad: holds NaN or Inf"):
         write_model_folder(tmp_path / "m", iter(tensors), dtype=dtype)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["merges.txt", "config.json"])
+def test_a_copied_file_linking_out_of_the_model_folder_is_refused(llama_family, tmp_path, name):
+    base, _ = llama_family
+    secret = tmp_path / "secret.txt"
+    secret.write_text("api_key=hunter2")
+    secret.chmod(0o600)
+    model = tmp_path / "model"
+    model.mkdir()
+    for file in base.iterdir():
+        (model / file.name).write_bytes(file.read_bytes())
+    (model / name).unlink(missing_ok=True)
+    (model / name).symlink_to(Path("..") / "secret.txt")
+    with pytest.raises(UserError, match=f"{model / name}: links to {secret}, outside the model folder"):
+        write_model_folder(tmp_path / "out", _stream(base), copy_from=model)
+    assert _siblings(tmp_path / "out") == ["model", "secret.txt"]  # nothing written, not even a hidden folder
+
+
+def test_a_hub_cache_snapshot_linking_into_its_blobs_is_copied(llama_family, tmp_path):
+    base, _ = llama_family
+    save_to_hub_cache(tmp_path / "hub", base, "org/tiny", "c" * 40, linked=True)
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("c" * 40)
+    assert (snapshot / "tokenizer.json").is_symlink()
+    out = write_model_folder(tmp_path / "out", _stream(base), copy_from=snapshot)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert not (out / name).is_symlink() and (out / name).read_bytes() == (base / name).read_bytes()
+
+    secret = tmp_path / "hub" / "secret.txt"  # inside the cache, outside this repo's folder
+    secret.write_text("api_key=hunter2")
+    (snapshot / "merges.txt").symlink_to(Path("../../..") / "secret.txt")
+    with pytest.raises(UserError, match=f"merges.txt: links to {secret}, outside the model folder"):
+        write_model_folder(tmp_path / "out2", _stream(base), copy_from=snapshot)
