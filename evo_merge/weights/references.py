@@ -18,6 +18,7 @@ from evo_merge.weights.checkpoint import Checkpoint
 from evo_merge.weights.lora import LoraCheckpoint
 
 _REVISION = re.compile(r"^[\w.\-/]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def _resolve_adapter(value: str, root: Path, key: str) -> tuple[Path, str]:
     if local is not None and local.is_dir():
         return local, str(local)
     repo, _, revision = value.partition("@")
-    if local is not None or not _looks_like_repo_id(repo) or (revision and not _REVISION.match(revision)):
+    if local is not None or not _looks_like_repo_id(repo) or (revision and not _is_revision(revision)):
         raise UserError(f"{key}: LoRA adapter folder {value!r} not found (nor a Hub id, org/name[@revision])")
     path = _snapshot(repo, revision or None, f"{key} (LoRA adapter)")
     return path, f"{repo}@{path.name}"
@@ -79,7 +80,7 @@ def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
     if local is not None:
         return local, str(local)
     repo, _, revision = value.partition("@")
-    if not _looks_like_repo_id(repo) or (revision and not _REVISION.match(revision)):
+    if not _looks_like_repo_id(repo) or (revision and not _is_revision(revision)):
         raise UserError(f"{key}: model path {value!r} does not exist and is not a Hub id (org/name[@revision])")
     path = _snapshot(repo, revision or None, key)
     return path, f"{repo}@{path.name}"
@@ -88,6 +89,12 @@ def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
 def is_hub_id(value: str) -> bool:
     """Whether `value` (without `@revision`) has the form of a Hub repo id, `org/name`."""
     return _looks_like_repo_id(value.partition("@")[0])
+
+
+def _is_revision(revision: str) -> bool:
+    """A branch, tag or commit name: huggingface_hub joins it to the cache's refs/ folder, so a part
+    `..` (or an empty one, `/x`) would read a file elsewhere as the commit to load."""
+    return bool(_REVISION.match(revision)) and all(part not in ("", ".", "..") for part in revision.split("/"))
 
 
 def _looks_like_repo_id(repo: str) -> bool:
@@ -115,7 +122,8 @@ def _snapshot(repo: str, revision: str | None, key: str) -> Path:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     # a relative name that is no folder here is taken for a Hub id: say both, a typo'd path is likelier
-    where = f"{key}: no folder {repo} here, and Hub model {repo}" + (f"@{revision}" if revision else "")
+    model = repo + (f"@{revision}" if revision else "")
+    where = f"{key}: no folder {repo} here, and Hub model {model}"
     try:
         folder = snapshot_download(
             repo, revision=revision, local_files_only=offline,
@@ -132,4 +140,20 @@ def _snapshot(repo: str, revision: str | None, key: str) -> Path:
         raise UserError(f"{where} is not in the local cache and {hint}") from None
     except (HfHubHTTPError, OSError) as err:
         raise UserError(f"{where}: {first_line(err)}") from None
-    return Path(folder)
+    return _checked_snapshot(Path(folder), repo, f"{key}: Hub model {model}")
+
+
+def _checked_snapshot(folder: Path, repo: str, where: str) -> Path:
+    """The snapshot folder, refused unless it really is `snapshots/<commit>` of the repo's cache folder:
+    a refs file holding `../..`, or a snapshot that is a link, would load weights from elsewhere
+    under the repo's name (and the saved recipe and card would claim them)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    repo_folder = Path(constants.HF_HUB_CACHE).expanduser().resolve() / repo_folder_name(repo_id=repo,
+                                                                                         repo_type="model")
+    real = folder.resolve()
+    if real.parent != repo_folder.resolve() / "snapshots" or not _COMMIT.match(real.name):
+        raise UserError(f"{where} resolves to {real}, not a commit's snapshot folder in {repo_folder}/snapshots "
+                        "(a refs file or snapshot link in the cache points elsewhere); refusing it")
+    return real

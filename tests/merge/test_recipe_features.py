@@ -430,6 +430,57 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
     assert not (tmp_path / "o2").exists()
 
 
+def _hub_merge(tmp_path, monkeypatch, model):
+    """`merge` in this process of a linear recipe of `model` (a Hub id), offline from tmp_path/hub."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = tmp_path / "hub.yaml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": model}]}))
+    return CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")])
+
+
+def test_a_hub_snapshot_of_links_into_its_blobs_merges_with_its_tokenizer(deep, tmp_path, monkeypatch):
+    save_to_hub_cache(tmp_path / "hub", deep["base"], "tiny-org/linked", "c" * 40, linked=True)
+    result = _hub_merge(tmp_path, monkeypatch, "tiny-org/linked")
+    assert result.exit_code == 0, result.output
+    assert all(torch.equal(t, tensors_of(deep["base"])[k]) for k, t in tensors_of(tmp_path / "o").items())
+    for name in ("tokenizer.json", "config.json"):
+        assert not (tmp_path / "o" / name).is_symlink()
+    assert (tmp_path / "o" / "tokenizer.json").read_bytes() == (deep["base"] / "tokenizer.json").read_bytes()
+    recipe = yaml.safe_load((tmp_path / "o" / "merge_recipe.yaml").read_text())
+    assert recipe["models"][0]["model"] == f"tiny-org/linked@{'c' * 40}"
+
+
+@pytest.mark.parametrize("case", ["refs file", "snapshot link", "revision"])
+def test_a_hub_id_resolving_outside_its_cache_folder_is_refused(deep, tmp_path, monkeypatch, case):
+    commit = "d" * 40
+    repo_dir = tmp_path / "hub" / "models--tiny-org--evil"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "snapshots").mkdir()
+    model = "tiny-org/evil"
+    if case == "refs file":  # snapshots/../../../elsewhere: a folder beside the cache
+        shutil.copytree(deep["ft1"], tmp_path / "elsewhere")
+        (repo_dir / "refs" / "main").write_text("../../../elsewhere")
+        outside = tmp_path / "elsewhere"
+    elif case == "snapshot link":
+        (repo_dir / "refs" / "main").write_text(commit)
+        (repo_dir / "snapshots" / commit).symlink_to(deep["ft1"])
+        outside = deep["ft1"]
+    else:  # a revision naming another repo's refs file
+        save_to_hub_cache(tmp_path / "hub", deep["ft1"], "tiny-org/other", commit)
+        model = "tiny-org/evil@../../models--tiny-org--other/refs/main"
+    result = _hub_merge(tmp_path, monkeypatch, model)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line, = result.output.strip().splitlines()
+    if case == "revision":
+        assert f"models.0.model: model path {model!r} does not exist and is not a Hub id" in line
+    else:
+        assert f"models.0.model: Hub model {model} resolves to {outside.resolve()}, not a commit's snapshot" in line
+    assert not (tmp_path / "o").exists()
+
+
 def test_token_sources_force_and_padding(deep, tmp_path):
     recipe = {
         "merge_method": "task_arithmetic",
