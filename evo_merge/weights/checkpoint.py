@@ -324,11 +324,23 @@ def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise UserError(f"{path}: no 'weight_map' mapping tensor names to files")
+    for name in weight_map.values():
+        _check_shard_name(path, name)
     files = [path.parent / name for name in dict.fromkeys(weight_map.values())]
     for file in files:
         if not file.is_file():
             raise UserError(f"{path}: lists shard {file.name}, which is missing")
     return path.parent, files, weight_map
+
+
+def _check_shard_name(index: Path, name: object) -> None:
+    """A shard is a weights file beside its index, named plainly: a path (`/elsewhere/x.safetensors`,
+    `../x`, `shards/x`) would read weights from outside the model folder, which its digest does not
+    cover, and a name without a weights suffix would be read as a pickle without --allow-pickle."""
+    plain = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+    if not plain or not (name.endswith(".safetensors") or Path(name).suffix in PICKLE_SUFFIXES):
+        raise UserError(f"{index}: shard {name!r} is not the name of a weights file beside the index "
+                        "(no folders; .safetensors, or a pickle)")
 
 
 def _open_weights_file(path: Path) -> _WeightsFile:

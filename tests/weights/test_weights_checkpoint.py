@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
@@ -240,6 +241,26 @@ def test_broken_index_names_the_culprit(llama_family, tmp_path):
     (out / shard).unlink()
     with pytest.raises(UserError, match=f"lists shard {shard}, which is missing"):
         Checkpoint.open(out)
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent", "subfolder", "not weights"])
+def test_a_shard_name_that_is_not_a_weights_file_beside_the_index_is_refused(llama_family, tmp_path, where):
+    """A shard elsewhere would be read although the folder does not hold it (nor its digest cover it)."""
+    base, _ = llama_family
+    model = tmp_path / "model"
+    shutil.copytree(base, model)
+    shard = model / "model.safetensors"
+    name = {"absolute": str(tmp_path / "elsewhere.safetensors"), "parent": "../elsewhere.safetensors",
+            "subfolder": "shards/model.safetensors", "not weights": "model.dat"}[where]
+    target = (model / name).resolve()
+    target.parent.mkdir(exist_ok=True)
+    shard.rename(target)
+    with safe_open(target, "pt") as handle:
+        names = list(handle.keys())  # noqa: SIM118 (a safetensors handle, not a dict)
+    index_file = model / "model.safetensors.index.json"
+    index_file.write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(names, name)}))
+    with pytest.raises(UserError, match=f"{index_file}: shard {name!r} is not the name of a weights file"):
+        Checkpoint.open(model)
 
 
 def test_unknown_tensor_name(llama_family):
