@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors import safe_open
 
 from evo_merge.errors import UserError
 from evo_merge.weights.checkpoint import Checkpoint, SafetensorsFile
@@ -38,6 +37,17 @@ def _pattern_value(patterns: dict, module: str, default: float) -> float:
     return default
 
 
+def _read_config(file: Path) -> dict:
+    """adapter_config.json as a dict; unreadable or not an object is one line naming the file."""
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{file}: expected a JSON object (a PEFT adapter config)")
+    return config
+
+
 class LoraCheckpoint(Checkpoint):
     """`Checkpoint` whose tensors include a LoRA adapter's update."""
 
@@ -53,24 +63,24 @@ class LoraCheckpoint(Checkpoint):
         config_file, weights_file = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
         if not config_file.is_file() or not weights_file.is_file():
             raise UserError(f"{adapter}: expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} (a PEFT LoRA adapter)")
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config = _read_config(config_file)
         if config.get("peft_type", "LORA") != "LORA":
             raise UserError(f"{config_file}: peft_type {config.get('peft_type')!r} is not LORA")
         if config.get("use_dora"):
             raise UserError(f"{config_file}: a DoRA adapter (use_dora), which is not supported; only plain LoRA")
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         whole: dict[str, str] = {}  # model tensor -> adapter key of the tensor replacing it
-        with safe_open(str(weights_file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-                match = _KEY.match(key)
-                if match is None:
-                    whole[self._replaced(key, weights_file)] = key
-                    continue
-                parts = pairs.setdefault(match["module"], {})
-                parts[match["part"][-1]] = handle.get_tensor(key)
-                parts["embedding"] = "embedding" in match["part"]
+        weights = SafetensorsFile(weights_file)  # a corrupt file is one line naming it
+        for key in weights.names():
+            match = _KEY.match(key)
+            if match is None:
+                whole[self._replaced(key, weights_file)] = key
+                continue
+            parts = pairs.setdefault(match["module"], {})
+            parts[match["part"][-1]] = weights.load(key)
+            parts["embedding"] = "embedding" in match["part"]
         if whole:
-            replacements = _Replacements(weights_file, whole, {name: self.dtype(name) for name in whole})
+            replacements = _Replacements(weights, whole, {name: self.dtype(name) for name in whole})
             self._readers.update(dict.fromkeys(whole, replacements))
         self._updates = {}
         for module, parts in pairs.items():
@@ -115,8 +125,8 @@ class _Replacements:
     """The adapter's whole tensors, read lazily under the model's names and in the model's dtypes
     (peft loads them into the model's parameters, which keep theirs)."""
 
-    def __init__(self, path: Path, keys: dict[str, str], dtypes: dict[str, torch.dtype]):
-        self._file = SafetensorsFile(path)
+    def __init__(self, file: SafetensorsFile, keys: dict[str, str], dtypes: dict[str, torch.dtype]):
+        self._file = file
         self._keys, self._dtypes = keys, dtypes
 
     def names(self) -> list[str]:

@@ -130,6 +130,25 @@ def _lora_adapter(model_dir, out, seed=0):
     return peft_model.merge_and_unload().state_dict()
 
 
+@pytest.mark.parametrize(("file", "content", "expected"), [
+    ("adapter_config.json", b"{not json", "not valid JSON"),
+    ("adapter_config.json", b"[4]", "expected a JSON object"),
+    ("adapter_model.safetensors", b"\x10" + b"\0" * 7 + b"{}", "not a readable safetensors"),
+])
+def test_a_malformed_lora_adapter_file_is_one_line_naming_it(deep, tmp_path, file, content, expected):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.zeros(2, 32)},
+              adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
+    (adapter / file).write_bytes(content)
+    result, out = merge(tmp_path, {"merge_method": "linear", "models": [{"model": f"{deep['ft1']}+{adapter}"}]})
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line, = result.output.strip().splitlines()
+    assert f"{adapter / file}: {expected}" in line
+    assert not out.exists()
+
+
 def test_lora_input_equals_peft_merge_and_shape_mismatch_exits_2(deep, tmp_path):
     expected = _lora_adapter(deep["ft1"], tmp_path / "adapter")
     recipe = {"merge_method": "linear", "models": [{"model": f"{deep['ft1']}+{tmp_path / 'adapter'}"}]}
