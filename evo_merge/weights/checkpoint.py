@@ -343,6 +343,11 @@ def _check_shard_name(index: Path, name: object) -> None:
                         "(no folders; .safetensors, or a pickle)")
 
 
+def weight_files(path: Path) -> list[Path]:
+    """The weights files that a checkpoint of `path` (a folder, index or file) reads."""
+    return _locate(path.expanduser())[1]
+
+
 def _open_weights_file(path: Path) -> _WeightsFile:
     return SafetensorsFile(path) if path.suffix == ".safetensors" else _PickleFile(path)
 

@@ -1,6 +1,8 @@
 """Run folders across processes: the lock, a checked database, no pickle, no clobbering, clean faults."""
 
 import gc
+import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -12,8 +14,10 @@ import time
 from contextlib import closing
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
 from test_campaign import EVO_MERGE, all_keys, campaign, env, front_keys, zoo  # noqa: F401  (zoo: a fixture)
 
 from evo_merge.cli import cli
@@ -356,6 +360,54 @@ def test_a_run_whose_models_changed_is_refused(tmp_path, zoo):  # noqa: F811
     first.rename(swap), second.rename(first), swap.rename(second)
     with pytest.raises(UserError, match=r"models\.0 .*weights changed since this run folder was started"):
         Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
+
+
+def _digest_as_recorded_before(*folders):
+    """What older versions recorded for a model: name, size and 64 sampled 4 KiB blocks of each
+    .safetensors file at the top of the folders (an adapter's config left out)."""
+    digest = hashlib.sha256()
+    for file in (f for folder in folders for f in sorted(folder.glob("*.safetensors"))):
+        size = file.stat().st_size
+        digest.update(f"{file.name}\0{size}\0".encode())
+        with file.open("rb") as fh:
+            for k in range(64):
+                fh.seek(size * k // 64)
+                digest.update(fh.read(4096))
+    return digest.hexdigest()[:16]
+
+
+def test_a_lora_endpoint_whose_adapter_config_changed_is_refused(tmp_path, zoo):  # noqa: F811
+    """lora_alpha scales the adapter's update: changed after the run started, the endpoint is another
+    model. A folder recorded before the config was fingerprinted resumes unchanged, then is checked."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.workspace import WEIGHTS_META, Workspace
+
+    base, fts = zoo
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    module = "model.layers.0.mlp.up_proj"
+    rows, cols = load_file(fts[0] / "model.safetensors")[f"{module}.weight"].shape
+    torch.manual_seed(0)
+    save_file({f"base_model.model.{module}.lora_A.weight": torch.randn(2, cols),
+               f"base_model.model.{module}.lora_B.weight": torch.randn(rows, 2)}, adapter / "adapter_model.safetensors")
+    config_file = adapter / "adapter_config.json"
+    config_file.write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["up_proj"]}))
+    config = yaml.safe_load(campaign(tmp_path, (base, [f"{fts[0]}+{adapter}", fts[1]])).read_text())
+
+    def open_run():
+        Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run").store.close()
+
+    open_run()
+    with closing(CampaignStore(tmp_path / "run")) as store:  # as an older version recorded it
+        store.set_meta(WEIGHTS_META, {"models.0": _digest_as_recorded_before(fts[0], adapter),
+                                      "models.1": _digest_as_recorded_before(fts[1]),
+                                      "base_model": _digest_as_recorded_before(base)})
+    open_run()  # unchanged: resumes
+    config_file.write_text(config_file.read_text().replace('"lora_alpha": 4', '"lora_alpha": 40'))
+    with pytest.raises(UserError, match=r"models\.0 .*\+.*adapter\): its weights changed since this run folder"):
+        open_run()
+    config_file.write_text(config_file.read_text().replace('"lora_alpha": 40', '"lora_alpha": 4'))
+    open_run()
 
 
 def test_a_run_cut_short_in_calibration_has_a_report(tmp_path, zoo):  # noqa: F811

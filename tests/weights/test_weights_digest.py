@@ -1,0 +1,44 @@
+"""The weights digest a run folder records: it covers what a checkpoint of the reference reads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from evo_merge.weights import Checkpoint, write_model_folder
+from evo_merge.weights.digest import weights_digest
+from evo_merge.weights.references import ModelRef
+
+
+def test_the_digest_covers_the_shards_of_an_index_given_as_the_path(llama_family, tmp_path):
+    base, _ = llama_family
+    with Checkpoint.open(base) as src:
+        write_model_folder(tmp_path / "m", ((n, src.tensor(n)) for n in src.names), max_shard_bytes=20_000)
+    ref = ModelRef("m", tmp_path / "m" / "model.safetensors.index.json")
+    before = weights_digest(ref)
+    shard = sorted((tmp_path / "m").glob("model-*.safetensors"))[-1]
+    tensors = load_file(shard)
+    save_file({k: -v for k, v in tensors.items()}, shard)  # same names and sizes, other weights
+    assert weights_digest(ref) != before
+
+
+def test_the_digest_covers_a_lora_adapters_config(llama_family, tmp_path):
+    base, _ = llama_family
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    torch.manual_seed(0)
+    module = "base_model.model.model.layers.0.mlp.up_proj"
+    save_file({f"{module}.lora_A.weight": torch.randn(2, 8), f"{module}.lora_B.weight": torch.randn(16, 2)},
+              adapter / "adapter_model.safetensors")
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["up_proj"]}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    ref = ModelRef("m+a", base, adapter)
+    before = weights_digest(ref)
+    shutil.copy(adapter / "adapter_config.json", tmp_path / "saved.json")
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 40}))
+    assert weights_digest(ref) != before
+    shutil.copy(tmp_path / "saved.json", adapter / "adapter_config.json")
+    assert weights_digest(ref) == before
