@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pandas._libs.parsers import STR_NA_VALUES  # read_csv's default missing-value spellings
 
 from evo_merge.errors import UserError
 
@@ -54,17 +53,21 @@ def _read_csv(path: Path) -> pd.DataFrame:
     not evaluated, as before.
     """
     header = _csv_header(path)
+    if not header:
+        raise UserError(f"{path}: empty (no header row)")
     counts = Counter(header)
     repeated = [name for name, n in counts.items() if n > 1]
     if repeated:
         raise UserError(f"{path}: column {repeated[0]!r} appears {counts[repeated[0]]} times in the header")
-    text = set(ID_COLUMNS)
-    if header:
-        text.add(_subject_column(header))
+    text = {*ID_COLUMNS, _subject_column(header)}
+    # by position, not name: pandas renames an unnamed column (`Unnamed: 3`). Two reads, as read_csv
+    # takes its default missing spellings for every column or for none
     ids = [j for j, name in enumerate(header) if name in text]
-    # keyed by position, not name: pandas renames an unnamed column (`Unnamed: 3`)
-    missing = {j: [""] if j in ids else STR_NA_VALUES for j in range(len(header))}
-    return pd.read_csv(path, dtype={j: str for j in ids}, keep_default_na=False, na_values=missing)
+    scores = [j for j in range(len(header)) if j not in ids]
+    reads = [(columns, options) for columns, options in
+             ((ids, {"dtype": str, "keep_default_na": False, "na_values": [""]}), (scores, {})) if columns]
+    frame = pd.concat([pd.read_csv(path, usecols=columns, **options) for columns, options in reads], axis=1)
+    return frame.iloc[:, np.argsort([j for columns, _ in reads for j in columns])]  # the file's column order
 
 
 def _csv_header(path: Path) -> list[str]:

@@ -126,3 +126,10 @@ def test_a_wide_csv_keeps_subject_ids_as_text_whatever_its_subject_column_is_cal
     assert sorted(zip(long.subject, long["item"], long.score)) == [
         ("007", "q1", 1.0), ("007", "q2", 0.0), ("1e3", "q1", 0.0), ("1e3", "q2", 1.0),
     ]
+
+
+def test_an_empty_csv_is_named_as_empty(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("\n\n")
+    with pytest.raises(UserError, match=f"^{path}: empty \\(no header row\\)$"):
+        load_responses(path)
