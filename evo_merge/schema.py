@@ -32,7 +32,7 @@ def load_yaml(path: str | Path) -> Any:
             raise UserError(f"{path}: holds more than {MAX_VALUES:,} values once its YAML aliases are expanded")
         return data
     except RecursionError:
-        raise UserError(f"{path}: nested too deeply") from None
+        raise UserError(f"{path}: nested too deeply (or a YAML alias inside its own anchor)") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as exc:

@@ -73,8 +73,11 @@ def _shrink_weight(error: np.ndarray, variance: np.ndarray) -> np.ndarray:
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
-    """Pooled correlation of two errors about 0 (their bias counts), in [0, 1]: a negative one
+    """Pooled correlation of two errors about 0 (their bias counts), in [0, 1], over the cells where
+    both are known (a held-out subject with no item in a scenario has none there): a negative one
     measured on a few subjects is noise, and taking it would make SEs smaller than the errors."""
+    known = np.isfinite(x) & np.isfinite(y)
+    x, y = x[known], y[known]
     scale = np.sqrt((x**2).sum() * (y**2).sum())
     return float(np.clip((x * y).sum() / scale, 0.0, 1.0)) if scale > 0 else 0.0
 
@@ -86,7 +89,7 @@ def _cross_correlation(errors: np.ndarray) -> float:
     return float(np.mean(pairs)) if pairs else 0.0
 
 
-def overall_se(share: np.ndarray, scenario_se: np.ndarray, correlation: float) -> np.ndarray:
+def weighted_sum_se(share: np.ndarray, scenario_se: np.ndarray, correlation: float) -> np.ndarray:
     """SE of Σ_k share_k · estimate_k from per-scenario SEs (the last axis), every two scenarios'
     errors correlated by `correlation`."""
     weighted = share * scenario_se
@@ -337,7 +340,7 @@ class Estimator:
     def overall_se(self, scenario_se: np.ndarray) -> np.ndarray:
         """SE of `overall` from per-scenario SEs (the last axis), their errors correlated as measured
         on the held-out calibration subjects (taken as independent, the SE was half the error)."""
-        return overall_se(self.share, scenario_se, self.scenario_correlation)
+        return weighted_sum_se(self.share, scenario_se, self.scenario_correlation)
 
     def estimate(self, scores: Mapping[str, float]) -> Estimate:
         """Per-scenario estimates and their item-count-weighted mean under "overall", with SEs."""

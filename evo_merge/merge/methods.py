@@ -76,7 +76,7 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     CPU agree (topk, like mergekit's unstable argsort, picks among ties in no set order)."""
     if density >= 1:
         return torch.ones_like(delta, dtype=torch.bool)
-    magnitude = delta.abs().flatten()
+    magnitude = delta.abs().flatten().nan_to_num(nan=torch.inf)  # a NaN ranks first, as in topk
     k = max(1, int(density * magnitude.numel()))
     cut = torch.topk(magnitude, k, sorted=False).values.min()
     mask = magnitude > cut

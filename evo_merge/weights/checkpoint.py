@@ -270,27 +270,27 @@ def tokenizer_files(folder: Path) -> list[Path]:
 def model_file(folder: Path, name: str) -> Path | None:
     """`folder/name` if it is a file (None if not), for copying into an output folder.
 
-    A link whose target lies outside the model (see `link_root`) is refused, naming it: copied, the
-    target (`merges.txt -> ~/.ssh/id_rsa`) would land in a world-readable output that export uploads.
+    A link whose target is neither in the model folder nor a Hub cache blob (see `is_model_own`) is
+    refused, naming it: copied, the target (`merges.txt -> ~/.ssh/id_rsa`) would land in a
+    world-readable output that export uploads.
     """
     file = folder / name
     if not file.is_file():
         return None
     target = file.resolve()
-    if not target.is_relative_to(link_root(folder)):
+    if not is_model_own(folder, target):
         raise UserError(f"{file}: links to {target}, outside the model folder; refusing to copy it into the output "
                         "(copy the file into the model folder if it belongs to the model)")
     return file
 
 
-def link_root(folder: Path) -> Path:
-    """The folder a model's files may link into: the model folder itself, or for a snapshot of the
-    Hugging Face Hub cache (`models--org--name/snapshots/<commit>`, whose files link to
-    `../../blobs/<hash>`), its repo's cache folder `models--org--name`."""
-    real = folder.resolve()
-    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
-        return real.parent.parent
-    return real
+def is_model_own(folder: Path, target: Path) -> bool:
+    """Whether a model folder's file may resolve to `target`: a file in the folder itself, or a blob
+    of a Hugging Face Hub cache repo (`<repo>/blobs/<hash>` beside `<repo>/snapshots/`), which a
+    snapshot, a subfolder of one or a folder of links to one (`ln -s …/snapshots/<commit>/* .`)
+    point to, under any repo folder name or disk."""
+    blobs = target.parent
+    return target.is_relative_to(folder.resolve()) or blobs.name == "blobs" and (blobs.parent / "snapshots").is_dir()
 
 
 def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]:

@@ -189,6 +189,22 @@ def test_the_overall_se_counts_that_a_subject_s_scenarios_err_together():
     assert 0.8 < rms(est.overall_se(se)) / rms(error) < 1.25, (rms(est.overall_se(se)), rms(error))
 
 
+def test_a_calibration_subject_missing_a_scenario_leaves_the_measured_correlations_as_they_were():
+    """The cross-fit's errors are NaN where a held-out subject has no item in a scenario; the
+    correlations are taken over the known cells (one NaN set both to 0, and the SEs shrank)."""
+    gen = make_synthetic_irt(600, dims=2, n_scenarios=3, seed=21)
+    theta, ids = synthetic_abilities(40, dims=2, seed=22)
+    responses = validate_responses(gen.sample(theta, ids, seed=23))
+    gap = responses[~((responses.subject == ids[5]) & (responses.scenario == responses.scenario.iloc[0]))]
+    correlations = []
+    for table in (responses, gap):
+        model = IRTModel.fit(validate_responses(table), dims=2, seed=0)
+        est = Estimator(model, select_anchors(model, 20, "stratified", seed=0), "gpirt")
+        correlations.append((est.parts_correlation, est.scenario_correlation))
+    assert min(correlations[0]) > 0.2
+    np.testing.assert_allclose(correlations[1], correlations[0], atol=0.1)
+
+
 def test_all_items_seen_gives_zero_se(two_scenarios):
     model = two_scenarios[3]
     anchors = select_anchors(model, 1000, "random")

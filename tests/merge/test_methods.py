@@ -77,6 +77,14 @@ def test_ties_trimming_keeps_the_first_of_entries_tied_at_the_cut(dtype):
         assert int(mask.sum()) == k and torch.equal(mask, expected), density
 
 
+def test_ties_trimming_keeps_k_entries_when_a_delta_holds_nan():
+    """A NaN ranks first (as topk ranks it): the cut stays at the k-th largest, k entries kept."""
+    from evo_merge.merge.methods import magnitude_mask
+
+    mask = magnitude_mask(T([float("nan"), 3.0, 2.0, 1.0, 0.5, 0.1]), 0.5)
+    assert mask.tolist() == [True, True, True, False, False, False]
+
+
 def test_ties_without_normalize_sums_agreeing_entries():
     out = run("ties", torch.zeros(5), TIES_DELTAS, normalize=False)
     assert torch.allclose(out, T([4.0, -5.0, 2.0, 0.0, 2.0]))

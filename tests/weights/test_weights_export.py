@@ -295,3 +295,25 @@ def test_a_hub_cache_snapshot_linking_into_its_blobs_is_copied(llama_family, tmp
     (snapshot / "merges.txt").symlink_to(Path("../../..") / "secret.txt")
     with pytest.raises(UserError, match=f"merges.txt: links to {secret}, outside the model folder"):
         write_model_folder(tmp_path / "out2", _stream(base), copy_from=snapshot)
+
+
+@pytest.mark.parametrize("layout", ["folder of links", "renamed repo folder on another disk"])
+def test_links_to_a_hub_cache_s_blobs_are_copied_whatever_folder_points_to_them(llama_family, tmp_path, layout):
+    """A folder of links into a snapshot (`ln -s …/snapshots/<commit>/* mymodel/`), or a repo
+    folder kept elsewhere under another name: the files are a Hub repo's blobs, the model's own."""
+    base, _ = llama_family
+    save_to_hub_cache(tmp_path / "hub", base, "org/tiny", "c" * 40, linked=True)
+    repo = tmp_path / "hub" / "models--org--tiny"
+    if layout == "folder of links":
+        model = tmp_path / "mymodel"
+        model.mkdir()
+        for file in (repo / "snapshots" / ("c" * 40)).iterdir():
+            (model / file.name).symlink_to(file)
+    else:
+        store = tmp_path / "bigdisk" / "tiny-store"
+        store.parent.mkdir()
+        repo.rename(store)
+        repo.symlink_to(store)
+        model = repo / "snapshots" / ("c" * 40)
+    out = write_model_folder(tmp_path / "out", _stream(base), copy_from=model)
+    assert (out / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
