@@ -184,7 +184,9 @@ def status(run: Path) -> None:
         f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
         f"{' (finished)' if store.finished(facts['generations']) else ''}"
     )
-    console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, {len(search) - len(ok)} failed)")
+    unmeasured = len(store.measure_failures())
+    console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, {len(search) - len(ok)} failed"
+                  + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
     for task in objectives.names:
         if ok:
             best = max(ok, key=lambda e: objectives.goodness(e.estimates, task))

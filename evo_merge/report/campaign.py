@@ -154,12 +154,15 @@ def write_report(
     n_search = int((table.phase == "search").sum())
     failed = table[table.status == "failed"]
     errors = {e.id: (e.error or "").strip().split("\n")[0] for e in evaluations if e.status == "failed"}
+    measure_failures = store.measure_failures()  # worked on their anchors, failed when measured in the final phase
+    unmeasured = [(e, measure_failures[e.key]) for e in evaluations if e.key in measure_failures]
     holdout = store.get_meta(HOLDOUT_META, {})
     unfinished = [f"**not finished**: {store.generations_completed()} of {facts['generations']} generations "
                   f"searched, no final phase yet; `evo-merge resume {run_dir}` carries it on"] if not finished else []
     facts = [
         *unfinished,
-        f"evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed)",
+        f"evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed"
+        + (f", {len(unmeasured)} failed when measured in the final phase" if unmeasured else "") + ")",
         (
             f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
             f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)"
@@ -210,10 +213,11 @@ def write_report(
                   f"items ({race['compared']['stage'] * 100:g}% of each task's search items), on which the picks "
                   "were chosen and then measured whole.", "",
                   compared.map(md).rename(columns=md).to_markdown(index=False, disable_numparse=True), ""]
-    if len(failed):
+    if len(failed) or unmeasured:
         lines += ["## Failures", ""] + [
             f"- evaluation {r.id} ({md(r.method)}): {md(errors.get(r.id) or 'no message')}" for r in failed.itertuples()
-        ]
+        ] + [f"- evaluation {e.id} ({md(e.method)}), measured in the final phase: {md(error.strip().splitlines()[0])}"
+             for e, error in unmeasured]
     path = run_dir / "report.md"
     atomic_write(path, "\n".join(lines) + "\n")
     facts_html = "<ul>" + "".join(f"<li>{html_text(f)}</li>" for f in facts) + "</ul>"

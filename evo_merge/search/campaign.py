@@ -19,7 +19,7 @@ from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_
 from evo_merge.search.evaluator import Evaluator, task_settings
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_picks, record_task_meta
-from evo_merge.search.front import BASELINE, BASELINES_META, candidates, choose, measure_final, measure_picks
+from evo_merge.search.front import BASELINE, BASELINES_META, candidates, measure_final, measure_picks
 from evo_merge.search.holdout import HOLDOUT_META, holdout_items
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog, Progress, no_progress
@@ -183,8 +183,7 @@ class CampaignRunner:
             self.search()
             self.evaluate_baselines()
             resolve_front(self.log, self.objectives)
-            chosen = choose(self.measure_final(), self.objectives, self.workspace.campaign.final)
-            chosen = measure_picks(self.log, chosen)
+            chosen = measure_picks(self.log, self.measure_final(), self.objectives, self.workspace.campaign.final)
             exported = export_picks(self.workspace, chosen, self._evaluator, self.progress)
             measured = [e for e in candidates(self.workspace.store) if e.measured is not None]
         finally:

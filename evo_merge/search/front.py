@@ -147,7 +147,9 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
     live, left, last = run_race([e.key for e in finalists], sample, final.race, objectives, score,
                                 final.race_tolerance)
     left = {key: leaver for key, leaver in left.items() if store.get(key).measured is None}
-    record: dict = {"finalists": len(finalists), "tolerance": final.race_tolerance, "left": left}
+    failures = store.measure_failures()
+    record: dict = {"finalists": len(finalists), "tolerance": final.race_tolerance, "left": left,
+                    "failed": sorted(e.key for e in finalists if e.key in failures)}
     on_sample = None
     if final.measure_whole == "picks" and last is not None:
         @cache  # the survivors' scores serve the record here and the picks' choice after
@@ -182,12 +184,18 @@ def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, 
     return [replace(e, measured=on_sample(key)) for key, e in pool.items()]
 
 
-def measure_picks(log: EvaluationLog, chosen: Mapping[str, Evaluation]) -> dict[str, Evaluation]:
-    """Score the picks on the items they miss: the held-out items, what their cards and the report
-    publish, and the rest of the search items where the race's sample chose them. Returns the
-    picks as stored now."""
-    log.measure(list({e.key: e for e in chosen.values()}.values()), PICKS_STAGE)
-    return {name: log.store.get(e.key) for name, e in chosen.items()}
+def measure_picks(log: EvaluationLog, pool: Sequence[Evaluation], objectives: Objectives,
+                  final: FinalSpec) -> dict[str, Evaluation]:
+    """Choose the picks among `pool` (`choose`) and score them on the items they miss: the
+    held-out items, what their cards and the report publish, and the rest of the search items
+    where the race's sample chose them. A pick whose scoring fails is no pick (it would be
+    exported unmeasured): the picks are chosen again without it. Returns the picks as stored."""
+    while True:
+        failed = log.store.measure_failures()
+        chosen = choose([e for e in pool if e.key not in failed], objectives, final)
+        log.measure(list({e.key: e for e in chosen.values()}.values()), PICKS_STAGE)
+        if not any(e.key in log.store.measure_failures() for e in chosen.values()):
+            return {name: log.store.get(e.key) for name, e in chosen.items()}
 
 
 def choose(measured: Sequence[Evaluation], objectives: Objectives, final: FinalSpec) -> dict[str, Evaluation]:

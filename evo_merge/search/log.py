@@ -16,7 +16,7 @@ from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import CandidateFailed, Evaluator, Items, ItemScores
 from evo_merge.search.scoring import Scoring
-from evo_merge.search.store import CampaignStore, Evaluation
+from evo_merge.search.store import MEASURE_FAILED, CampaignStore, Evaluation
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -125,7 +125,8 @@ class EvaluationLog:
         names = self.scoring.names
         missing = [(e, {n: items for n in names if (items := self._missing(e.key, n, held_out, among))})
                    for e in evaluations]
-        todo = [(e, items) for e, items in missing if items and e.status == "ok"]
+        failed = self.store.measure_failures()  # not tried again on a resume: the same decisions follow
+        todo = [(e, items) for e, items in missing if items and e.status == "ok" and e.key not in failed]
         self.progress(stage, 0, len(todo))
         if not todo:
             return
@@ -133,7 +134,7 @@ class EvaluationLog:
         for done, (index, outcome, _) in enumerate(self._evaluator().evaluate_many(jobs), start=1):
             key = todo[index][0].key
             if isinstance(outcome, CandidateFailed):  # it worked on the anchors: report, keep the estimate
-                self.store.set_meta(f"measure_failed:{key}", str(outcome))
+                self.store.set_meta(MEASURE_FAILED + key, str(outcome))
             else:
                 stored = self.store.item_scores(key)
                 full = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in names}

@@ -148,6 +148,8 @@ def race_summary(record: Mapping | None) -> str | None:
     at = ", ".join(f"{n} at {stage * 100:g}% of the items" for stage, n in sorted(stages.items()))
     line = (f"final-phase race: {len(record['left'])} of {record['finalists']} finalists left it before every "
             f"item" + (f" ({at})" if at else ""))
+    if failed := record.get("failed"):
+        line += f"; {len(failed)} could not be scored (see the failures)"
     if compared := record.get("compared"):
         n = len(compared["scores"])
         line += (f"; the {n} that stayed {'was' if n == 1 else 'were'} compared on {compared['stage'] * 100:g}% "

@@ -65,6 +65,7 @@ TABLES = ("evaluations", "item_scores", "meta", "generations")
 ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT",
                  ("generations", "metrics"): "TEXT"}
 EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
+MEASURE_FAILED = "measure_failed:"  # + key: the error of a final-phase measurement that failed
 
 
 @dataclass
@@ -214,6 +215,12 @@ class CampaignStore:
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return self._json(row[0], f"meta {key!r}") if row else default
+
+    def measure_failures(self) -> dict[str, str]:
+        """Candidate key -> error, for each final-phase measurement that failed (the candidate
+        worked on its anchors, so it keeps its search evaluation and estimate)."""
+        rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE ?", (MEASURE_FAILED + "%",)).fetchall()
+        return {key.removeprefix(MEASURE_FAILED): self._json(value, f"meta {key!r}") for key, value in rows}
 
     def set_meta(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))

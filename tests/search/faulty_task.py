@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from agreement_task import AgreementTask
 
@@ -21,4 +23,13 @@ class FaultyAgreementTask(AgreementTask):
             scores.iloc[0] = np.nan
         elif self.fault == "range":
             scores = scores * 5
+        elif self.fault in ("race", "picks") and self._fails_on(model, len(scores)):
+            raise RuntimeError("scorer blew up on this model")
         return scores
+
+    def _fails_on(self, model, n_items: int) -> bool:
+        """Half the models fail (by their weights), and only on the final phase's item counts:
+        the race's samples (`race`: 11-30 items) or a pick's rest (`picks`: 31 to all but one)."""
+        low, high = (10, 30) if self.fault == "race" else (30, len(self._ids) - 1)
+        weights = next(model.parameters()).detach().float().numpy().tobytes()
+        return low < n_items <= high and hashlib.sha256(weights).digest()[0] % 2 == 0

@@ -289,3 +289,34 @@ def test_a_resumed_export_removes_what_a_killed_one_left_half_written(finished, 
     result = CliRunner().invoke(cli, ["resume", str(run)])
     assert result.exit_code == 0, result.output
     assert not any(folder.exists() for folder in partial) and kept.is_dir()
+
+
+@pytest.mark.parametrize("fault", ["race", "picks"])
+def test_finalists_or_picks_that_fail_when_measured_are_reported_and_picks_are_measured(tmp_path, zoo, fault):  # noqa: F811
+    """A plugin task that raises for some models, only when the final phase scores them (the race's
+    samples, or a pick's remaining items): the run finished (a pick failing crashed it, every
+    resume too), every exported pick is measured (one was exported with estimates only), and
+    status and the report name the failures (they were silent)."""
+    base, fts = zoo
+    tasks = [{"task": "faulty_task:FaultyAgreementTask", "name": f"agree{i}",
+              "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "fault": fault}}
+             for i, f in enumerate(fts)]
+    config = campaign(tmp_path, zoo, tasks=tasks)
+    run = tmp_path / "run"
+    for command in (["run", str(config), "--out", str(run)], ["resume", str(run)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, result.output
+    store = CampaignStore(run)
+    failures, exported = store.measure_failures(), store.get_meta("exported")
+    assert failures and set(failures.values()) == {"RuntimeError: scorer blew up on this model"}
+    for eid, folder in exported.values():
+        evaluation = next(e for e in store.evaluations() if e.id == eid)
+        assert evaluation.measured is not None and evaluation.key not in failures
+        assert (run / folder / "results.json").is_file()
+    store.close()
+    status = CliRunner().invoke(cli, ["status", str(run)])
+    assert f"{len(failures)} failed when measured in the final phase" in status.output
+    report = (run / "report.md").read_text()
+    assert report.count("measured in the final phase: RuntimeError: scorer blew up") == len(failures)
+    if fault == "race":
+        assert f"{len(failures)} could not be scored" in report
