@@ -273,6 +273,9 @@ def export(
                 runner.log.measure([evaluation], f"measuring evaluation {pick}")
         finally:
             runner.close()
+        if error := store.measure_failures().get(evaluation.key):  # an export is measured, or not written
+            raise UserError(f"--pick {pick}: scoring it on every item failed ({error.strip().splitlines()[0]}); "
+                            "not exported")
     with StageBars() as bars:
         folder = export_candidate(runner.workspace, store.get(evaluation.key), out, overwrite=overwrite,
                                   progress=bars)

@@ -320,3 +320,9 @@ def test_finalists_or_picks_that_fail_when_measured_are_reported_and_picks_are_m
     assert report.count("measured in the final phase: RuntimeError: scorer blew up") == len(failures)
     if fault == "race":
         assert f"{len(failures)} could not be scored" in report
+    store = CampaignStore(run)
+    failed_id = next(e.id for e in store.evaluations() if e.key in failures)
+    store.close()
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(failed_id), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "scoring it on every item failed (RuntimeError" in result.output, result.output
+    assert not (tmp_path / "x").exists()
