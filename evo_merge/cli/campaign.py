@@ -45,13 +45,20 @@ def _store(run: Path):
     if facts is None:  # stopped before its tasks were loaded, or written before facts were stored
         store.close()
         raise UserError(f"{run}: the campaign has not recorded its tasks yet; `evo-merge resume {run}` records them")
-    tasks = facts.get("tasks") if isinstance(facts, dict) else None
-    if not (isinstance(tasks, list) and tasks and all(isinstance(t, dict) and {"name", "direction"} <= t.keys()
-                                                      for t in tasks)
-            and isinstance(facts.get("generations"), int) and isinstance(facts.get("name"), str)):
+    if not _facts_readable(facts):
         store.close()
         raise store.damaged("meta 'facts'")
     return store, facts
+
+
+def _facts_readable(facts: object) -> bool:
+    """Whether the facts a run recorded have what `status` and `report` read: its name, its
+    generations and each task's name and direction."""
+    if not isinstance(facts, dict) or not isinstance(facts.get("name"), str):
+        return False
+    tasks = facts.get("tasks")
+    return (isinstance(facts.get("generations"), int) and isinstance(tasks, list) and bool(tasks)
+            and all(isinstance(t, dict) and {"name", "direction"} <= t.keys() for t in tasks))
 
 
 def _objectives(facts: dict):

@@ -250,7 +250,9 @@ class Estimator:
 
     def _mix(self) -> np.ndarray | float:
         """The anchor mean's weight in the kind's estimate (1: the anchor mean alone, 0: IRT alone)."""
-        return {"anchor": 1.0, "gpirt": self.lam, "gmpirt": getattr(self, "delta", None)}.get(self.kind, 0.0)
+        if self.kind == "anchor":
+            return 1.0
+        return self.lam if self.kind == "gpirt" else self.delta if self.kind == "gmpirt" else 0.0
 
     def _mixed_se(self, mix: np.ndarray | float, anchor_variance: np.ndarray, irt_error: np.ndarray) -> np.ndarray:
         """SE of mix·(anchor mean) + (1 − mix)·(IRT part), with the parts' measured correlation."""

@@ -185,14 +185,13 @@ def _group(method: MergeMethod, base: int | None, entries: list[Entry], levels: 
     return Group(None, entries, levels)
 
 
-def _check_keys(method: MergeMethod, group: Group) -> list[str]:
+def _check_keys(method: MergeMethod, group: Group, anywhere: set[str]) -> list[str]:
     """Every parameter name is one the method declares, at a level where it can apply. A name
     another method declares (`normalize` on model_stock, a per-model `lambda`), which mergekit
     ignores, is ignored with a line saying so (published recipes carry them); any other name is
-    refused (a typo would otherwise change nothing, silently)."""
+    refused (a typo would otherwise change nothing, silently). `anywhere`: every method's names."""
     declared = {h.name for h in method.hyperparameters} | {WEIGHT}
     per_model = {h.name for h in method.hyperparameters if h.per_model} | {WEIGHT}
-    anywhere = {h.name for name in list_methods() for h in get_method(name).hyperparameters}
     ignored = []
     for entry in group.endpoints:
         for key in entry.params:
@@ -331,7 +330,8 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
             groups = _slice_groups(recipe, method, index, [_one_stack(c, r) for c, r in zip(checkpoints, refs)])
         else:
             groups = _model_groups(recipe, method, index)
-        for line in dict.fromkeys(line for group in groups for line in _check_keys(method, group)):
+        anywhere = {h.name for name in list_methods() for h in get_method(name).hyperparameters}
+        for line in dict.fromkeys(line for group in groups for line in _check_keys(method, group, anywhere)):
             log.warning(line)
         jobs = (_slice_jobs(method, groups, checkpoints) if recipe.slices is not None
                 else _model_jobs(method, groups[0], checkpoints))

@@ -78,16 +78,13 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     for name, evaluation in chosen.items():
         names.setdefault(evaluation.id, []).append(name)
     done = workspace.store.get_meta(EXPORTED_META) or {}
-    exported: dict[str, tuple[int, Path]] = {}
     folders: dict[int, Path] = {}
-    for name, evaluation in chosen.items():
+    for name, evaluation in chosen.items():  # each candidate under the first name that picked it
         out = run_dir / "models" / name
         if evaluation.id in folders:
-            pass  # exported under the first name that picked it
-        elif out.is_dir() and all(done.get(n) == [evaluation.id, in_run(out, run_dir)] for n in names[evaluation.id]):
-            folders[evaluation.id] = out
-        else:
-            folders[evaluation.id] = export_candidate(workspace, evaluation, out, evaluator=evaluator, overwrite=True,
-                                                      progress=progress, chosen_as=names[evaluation.id])
-        exported[name] = (evaluation.id, folders[evaluation.id])
-    return exported
+            continue
+        kept = out.is_dir() and all(done.get(n) == [evaluation.id, in_run(out, run_dir)] for n in names[evaluation.id])
+        folders[evaluation.id] = out if kept else export_candidate(
+            workspace, evaluation, out, evaluator=evaluator, overwrite=True, progress=progress,
+            chosen_as=names[evaluation.id])
+    return {name: (evaluation.id, folders[evaluation.id]) for name, evaluation in chosen.items()}

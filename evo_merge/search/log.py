@@ -47,9 +47,11 @@ class EvaluationLog:
         """The stored evaluation of each candidate, evaluating (and storing) the missing ones."""
         unique = list({c.key: c for c in candidates}.values())
         whole = items == self.scoring.search_items()
+        stored = [e for c in unique if (e := self.store.get(c.key)) is not None]
         if whole:
-            self._measure_stored(unique)
-        todo = [c for c in unique if self.store.get(c.key) is None]
+            self._measure_stored(stored)
+        have = {e.key for e in stored}
+        todo = [c for c in unique if c.key not in have]
         done = len(unique) - len(todo)
         self.progress(stage, done, len(unique))
         if todo:
@@ -87,15 +89,14 @@ class EvaluationLog:
                     self.store.add_items(key, outcome, estimates, se, seconds)
                 self.progress(f"{stage} (adaptive step)", done, len(jobs))
 
-    def _measure_stored(self, candidates: Sequence[Candidate]) -> None:
-        """Give a stored candidate scored on every search item its measurement, where a version
+    def _measure_stored(self, stored: Sequence[Evaluation]) -> None:
+        """Give a stored evaluation scored on every search item its measurement, where a version
         that stored the two apart was killed between them (a full-evaluation search then chose
         its picks without it)."""
-        for candidate in candidates:
-            stored = self.store.get(candidate.key)
-            if stored is not None and stored.status == "ok" and stored.measured is None:
-                scores = self.store.item_scores(candidate.key)
-                self.store.add_measurement(candidate.key, self.scoring.search_scores(scores), {})
+        for evaluation in stored:
+            if evaluation.status == "ok" and evaluation.measured is None:
+                scores = self.store.item_scores(evaluation.key)
+                self.store.add_measurement(evaluation.key, self.scoring.search_scores(scores), {})
 
     def _store(self, candidate: Candidate, outcome: ItemScores | CandidateFailed, seconds: float,
                phase: str, generation: int | None, whole: bool) -> None:

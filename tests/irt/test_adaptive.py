@@ -135,3 +135,25 @@ def test_a_scenario_known_at_the_prior_starts_with_no_items_and_no_warning(two_s
     est = Estimator(model, None, "adaptive", target_se=0.05, max_items=10, step=2)
     est._set_anchors(empty)
     assert np.isinf(est._sampling[0]) and np.isfinite(est._sampling[1:]).all()
+
+
+def test_the_overall_se_follows_the_one_ability_every_scenario_shares(make_model):
+    """Four scenarios driven by one θ̂ err together: the SE of `overall` from the posterior's
+    covariance matches its error on subjects answering from the model, where combining the
+    scenario SEs as independent (the SE before) is too small."""
+    rng = np.random.default_rng(1)
+    alpha, beta = rng.uniform(0.5, 2.5, 400), rng.normal(0, 1.5, 400)
+    model = make_model(alpha, beta, scenarios=[f"s{j % 4}" for j in range(400)])
+    test = AdaptiveTest(model, target_se=0.05, max_items=10, step=5)
+    theta = rng.normal(0, 1, (120, 1))
+    rows = (rng.random((120, 400)) < model.predict(theta)).astype(float)
+    errors, se, independent = [], [], []
+    share = np.full(4, 0.25)
+    for row in rows:
+        result = test.run(_scorer(row, model.item_ids)[0])
+        errors.append(result["overall"] - row.mean())
+        se.append(result.se["overall"])
+        independent.append(np.sqrt(((share * [result.se[f"s{k}"] for k in range(4)]) ** 2).sum()))
+    rmse = np.sqrt(np.mean(np.square(errors)))
+    assert 0.8 < np.sqrt(np.mean(np.square(se))) / rmse < 1.25, (np.sqrt(np.mean(np.square(se))), rmse)
+    assert np.sqrt(np.mean(np.square(independent))) < 0.8 * rmse
