@@ -165,6 +165,9 @@ class EvaluatorSpec(_Checked):
 
     kind: Literal["local", "dask"] = "local"
     batch_size: int = Field(32, ge=1, description="evaluation batch size passed to every task")
+    sequence_tokens: int = Field(
+        512, ge=1, description="the longest sequence the tasks score (prompt and continuation, in tokens): the "
+        "memory plan sizes a batch's activations by it; it changes no result")
     address: str | None = Field(None, description="scheduler address (tcp://host:8786) of a running cluster")
     n_workers: int | None = Field(None, ge=1, description="start a LocalCluster of this many workers "
                                   "(one per GPU at most when evaluating on GPUs)")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from evo_merge.config import EvaluatorSpec
 from evo_merge.errors import UserError
 from evo_merge.merge.registry import get_method
 from evo_merge.merge.storage import Storage
@@ -30,7 +31,7 @@ from evo_merge.weights.export import DEFAULT_MAX_SHARD_BYTES
 
 GIB = 2**30
 RUNTIME_BYTES = int(0.75 * GIB)  # python, torch, transformers, a tokenizer: the process before any model
-ACTIVATION_TOKENS = 512  # tokens per sequence the activation estimate assumes
+ACTIVATION_TOKENS = EvaluatorSpec.model_fields["sequence_tokens"].default  # tokens per sequence, unless set
 ACTIVATION_FLOATS = 24  # float32 values per token and hidden unit alive in a forward pass (estimate)
 MASS_CACHE = 8  # merged task sets MASS keeps (its routing cache_size default)
 # float32 copies of the largest tensor alive while these methods merge it, as (a, b) for a·T + b with T
@@ -247,7 +248,8 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
     lines.append(line("merge work (one tensor at a time)", work, "device"))
     tokens = setting.batch_size * setting.seq_len
     activations = tokens * (2 * shapes.vocab + ACTIVATION_FLOATS * shapes.hidden) * 4 if shapes.vocab else 64 * 2**20
-    lines.append(line(f"activations ({setting.batch_size} x {setting.seq_len} tokens)", activations, "device"))
+    lines.append(line(f"activations ({setting.batch_size} x {setting.seq_len} tokens: batch_size x sequence_tokens)",
+                      activations, "device"))
     # the search's work and activations are gone while a pick is exported, where they were on the host
     export = export_bytes(shapes, setting) - (0 if setting.on_gpu else work + activations)
     if export > 0:
@@ -342,7 +344,7 @@ def plan_for(
     batch_size: int | None = None,
 ) -> Plan:
     setting = Setting(n_models, tuple(campaign.methods), storage, eval_dtype, target.gpu is not None,
-                      batch_size or campaign.evaluator.batch_size)
+                      batch_size or campaign.evaluator.batch_size, campaign.evaluator.sequence_tokens)
     return Plan(
         plan_lines(shapes, setting),
         target.workers,

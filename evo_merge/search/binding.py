@@ -44,16 +44,17 @@ def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION
     """Identifies what a run computes: where it is evaluated (local or which cluster) is left out,
     so a run started locally can be resumed on a cluster and back; so are settings at their
     defaults, so a setting added in a later version leaves older runs resumable; so is where it
-    is tracked (trackers observe, they compute nothing). With an older `written_at`, a setting at
-    the value it defaulted to then, since changed, is left out too: the fingerprint a run folder
-    written then holds."""
+    is tracked (trackers observe, they compute nothing), and the sequence length the memory plan
+    assumes. With an older `written_at`, a setting at the value it defaulted to then, since
+    changed, is left out too: the fingerprint a run folder written then holds."""
     campaign = _swap_defaults(campaign, written_at, to_former=False)
     # storage placement and budgets change where tensors are kept, not what is computed (#13)
     storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
                                                   "device_budget_gib": None})
     where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"}),
                                         "storage": storage})
-    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers"}, "tracking": True},
+    # the sequence length only sizes the memory plan's activations
+    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers", "sequence_tokens"}, "tracking": True},
                                  exclude_defaults=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 

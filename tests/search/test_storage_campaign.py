@@ -169,3 +169,24 @@ def test_the_evaluator_mass_and_dask_workers_get_the_storage_settings(tmp_path):
     assert {d.dtype for ds in bench.merger._deltas.values() for d in ds} == {torch.bfloat16}
     factors = MASS_KIND.model(bench).factors
     assert {f.dtype for triplets in factors.lowrank.values() for t in triplets for f in t} == {torch.bfloat16}
+
+
+def test_the_plan_sizes_activations_by_the_tasks_sequence_length_which_leaves_the_run_identity(zoo):
+    """Long prompts (few-shot lm-eval tasks) hold far more logits than the 512 tokens assumed by default."""
+    base, fts = zoo
+    hf = yaml.safe_load((Path(base) / "config.json").read_text())  # JSON is YAML
+    per_token = (2 * hf["vocab_size"] + 24 * hf["hidden_size"]) * 4  # float32 logits twice, 24 floats per unit
+
+    def campaign(**evaluator) -> Campaign:
+        return Campaign.model_validate(config(zoo, evaluator={"kind": "local", "batch_size": 8, **evaluator}))
+
+    def activations(plan) -> int:
+        line = next(line for line in plan.lines if line.what.startswith("activations"))
+        return line.host + line.device
+
+    plain, long = campaign(), campaign(sequence_tokens=4096)
+    assert activations(campaign_plan(plain, base, fts)) == 8 * 512 * per_token
+    long_plan = campaign_plan(long, base, fts)
+    assert activations(long_plan) == 8 * 4096 * per_token
+    assert any("8 x 4096 tokens" in line.what for line in long_plan.lines)
+    assert config_fingerprint(long) == config_fingerprint(plain)
