@@ -14,6 +14,11 @@ from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.workbench import Workbench
 from evo_merge.tasks.base import FitnessTask, checked_scores
 
+# what to change when scoring runs out of memory: the activations, which the memory plan sizes by
+# these two settings (a base or endpoint failing so in calibration stops the run with this line)
+EVALUATION_OOM_HINT = ("a smaller evaluator.batch_size needs less; the memory plan assumes sequences of "
+                       "evaluator.sequence_tokens tokens")
+
 
 class LocalEvaluator:
     def __init__(self, bench: Workbench, tasks: Mapping[str, FitnessTask]):
@@ -49,9 +54,9 @@ class LocalEvaluator:
             for name, item_ids in items.items():
                 series = checked_scores(self.tasks[name], model, self.bench.tokenizer, item_ids)
                 scores[name] = {str(k): float(v) for k, v in series.items()}
-        except torch.cuda.OutOfMemoryError as exc:
-            torch.cuda.empty_cache()
-            raise CandidateFailed(f"out of memory while evaluating: {exc}") from exc
+        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+            torch.cuda.empty_cache()  # a no-op without CUDA
+            raise CandidateFailed(f"out of memory while evaluating ({EVALUATION_OOM_HINT}): {described(exc)}") from exc
         return scores
 
     def evaluate_many(self, jobs: Sequence[Job]) -> Iterator[Result]:

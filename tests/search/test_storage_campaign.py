@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from agreement_task import AgreementTask  # tests/search is on sys.path (pytest's rootdir import mode)
 from click.testing import CliRunner
 
 from evo_merge.cli import cli
@@ -146,12 +147,24 @@ def test_an_out_of_memory_error_fails_the_candidate_only(zoo):
         """Runs out of host memory."""
         raise MemoryError("simulated")
 
+    class HungryTask(AgreementTask):
+        def evaluate(self, model, tokenizer, item_ids=None):
+            if len(item_ids) > 2:  # a batch too large for the memory left
+                raise MemoryError("simulated")
+            return super().evaluate(model, tokenizer, item_ids)
+
     base, fts = zoo
-    evaluator = LocalEvaluator(Workbench.open(base, fts, device="cpu", storage=Storage.parse("bfloat16", "host")), {})
-    jobs = [(Candidate("test_host_oom", (1.0, 1.0), ()), {}), (Candidate("task_arithmetic", (1.0, 0.0), ()), {})]
+    task = HungryTask(str(fts[0]), n_items=4)
+    bench = Workbench.open(base, fts, device="cpu", storage=Storage.parse("bfloat16", "host"))
+    evaluator = LocalEvaluator(bench, {"agree": task})
+    some, many = {"agree": task.item_ids[:2]}, {"agree": task.item_ids}
+    jobs = [(Candidate("test_host_oom", (1.0, 1.0), ()), some), (Candidate("task_arithmetic", (1.0, 0.0), ()), many),
+            (Candidate("task_arithmetic", (1.0, 0.0), ()), some)]
     outcomes = [outcome for _, outcome, _ in evaluator.evaluate_many(jobs)]
     assert isinstance(outcomes[0], CandidateFailed) and "MemoryError" in str(outcomes[0])
-    assert outcomes[1] == {}
+    assert isinstance(outcomes[1], CandidateFailed)
+    assert str(outcomes[1]).startswith("out of memory while evaluating") and "evaluator.batch_size" in str(outcomes[1])
+    assert set(outcomes[2]["agree"]) == set(task.item_ids[:2])
 
 
 def test_the_evaluator_mass_and_dask_workers_get_the_storage_settings(tmp_path):
