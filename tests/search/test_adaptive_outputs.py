@@ -23,7 +23,10 @@ from evo_merge.zoo.tiny import save_tiny_family
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("adaptive-outputs")
-    base, fts = save_tiny_family(root / "zoo", "llama", n_finetunes=2, noise=0.08)
+    # fine-tunes close to the base: every merge agrees with both on most items, so front members lie
+    # within each other's SEs whatever the trajectory, and their tests are continued (with 0.08
+    # whether any overlapped turned on the trajectory, which changes with package versions)
+    base, fts = save_tiny_family(root / "zoo", "llama", n_finetunes=2, noise=0.01)
     config = write_campaign(root / "campaign.yaml", base, fts,
                             algorithm={"population": 6, "generations": 2, "seed": 4, "seed_standard_merges": False},
                             estimator={"kind": "adaptive", "warmup_merges": 4, "dims": 1, "target_se": 0.02,
