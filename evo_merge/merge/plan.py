@@ -335,11 +335,14 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
             log.warning(line)
         jobs = (_slice_jobs(method, groups, checkpoints) if recipe.slices is not None
                 else _model_jobs(method, groups[0], checkpoints))
+        jobs += _own_head_jobs(method, groups[-1], jobs, checkpoints)  # the last group gives the post-layer tensors
         donor = index[recipe.base_model] if recipe.base_model else _entry_of(groups[0]).model
         tokens = plan_tokens(recipe, refs, index, checkpoints, donor, root)
+        untied = _untied_config(jobs, checkpoints)  # before a missing head is read as its embedding
         _use_tied_embeddings(jobs, checkpoints)
         _check_shapes(jobs, checkpoints, refs, tokens)
         config = _layer_config(checkpoints[donor], jobs) if recipe.slices is not None else {}
+        config.update(untied if checkpoints[donor].config is not None else {})
     finally:
         for c in checkpoints:
             c.close()
@@ -348,6 +351,35 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
     names = {**(tokens.names if tokens is not None else {}), **{value: refs[i].name for value, i in index.items()}}
     return MergePlan(method, refs, jobs, recipe, compute or torch.float32, out, donor, config, tokens, allow_pickle,
                      names)
+
+
+def _is_own_head(checkpoint: Checkpoint, name: str) -> bool:
+    """Whether `name` is an output head the model stores as its own. A head stored by a model
+    whose config ties it (`tie_word_embeddings: true`; some trainers save the copy) is its
+    embedding again, as transformers loads it."""
+    return (name in checkpoint and name.endswith(HEADS) and layers.parse(name) is None
+            and (checkpoint.config or {}).get("tie_word_embeddings") is not True)
+
+
+def _own_head_jobs(method: MergeMethod, group: Group, jobs: list[TensorJob],
+                   checkpoints: list[Checkpoint]) -> list[TensorJob]:
+    """Jobs for an output head the reference leaves out (tied embeddings) but an endpoint has of
+    its own: the reference's embedding stands in for its head, as mergekit reads it, instead of
+    the endpoint's head being dropped and the output answering with the merged embedding alone."""
+    planned = {job.name for job in jobs}
+    heads = dict.fromkeys(n for e in group.endpoints for n in checkpoints[e.model].names
+                          if n not in planned and _is_own_head(checkpoints[e.model], n))
+    return [_job(method, group, n, [n] * len(group.endpoints), n, layer_position(None, 0)) for n in heads]
+
+
+def _untied_config(jobs: list[TensorJob], checkpoints: list[Checkpoint]) -> dict[str, Any]:
+    """`tie_word_embeddings: false` where a merged head takes an input's own head: the output's
+    head then differs from its embedding, and a tied config would have transformers drop it."""
+    for job in jobs:
+        sources = ([job.reference] if job.reference else []) + job.inputs
+        if any(_is_own_head(checkpoints[m], n) for m, n in sources):
+            return {"tie_word_embeddings": False}
+    return {}
 
 
 def _use_tied_embeddings(jobs: list[TensorJob], checkpoints: list[Checkpoint]) -> None:

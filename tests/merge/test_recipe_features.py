@@ -217,13 +217,16 @@ def test_lora_adapter_whole_tensors_replace_the_model_s_as_peft_merge_and_unload
     assert len(result.output.strip().splitlines()) == 1 and not bad.exists()
 
 
-def _tied_copy(folder, out):
-    """`folder` as a tied-embedding checkpoint: tie_word_embeddings set, no lm_head.weight stored."""
+def _tied_copy(folder, out, store_head=False):
+    """`folder` as a tied-embedding checkpoint: tie_word_embeddings set, no lm_head.weight stored
+    (`store_head`: a copy of the embedding stored under it, as some trainers save tied models)."""
     shutil.copytree(folder, out)
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
     weights = tensors_of(out)
     del weights["lm_head.weight"]
+    if store_head:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
     for file in out.glob("*.safetensors"):
         file.unlink()
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
@@ -242,6 +245,36 @@ def test_a_tied_model_s_input_embedding_stands_in_for_its_missing_output_head(de
     for name in base.keys() - {"lm_head.weight"}:
         assert torch.allclose(merged[name], base[name] + 0.5 * (ft[name] - base[name]), atol=1e-6), name
     assert generates(out)
+
+
+def test_an_endpoint_s_own_head_is_merged_into_an_untied_output_when_the_base_is_tied(deep, tmp_path):
+    tied_base = _tied_copy(deep["base"], tmp_path / "tied-base")
+    result, out = merge(tmp_path, {"merge_method": "task_arithmetic", "base_model": str(tied_base),
+                                   "models": [{"model": str(deep["ft1"]), "parameters": {"weight": 0.5}}]})
+    assert result.exit_code == 0, result.output
+    merged, base, ft = tensors_of(out), tensors_of(deep["base"]), tensors_of(deep["ft1"])
+    embedding = base["model.embed_tokens.weight"]  # the tied base's head
+    expected = {name: base[name] + 0.5 * (ft[name] - base[name]) for name in base.keys() - {"lm_head.weight"}}
+    expected["lm_head.weight"] = embedding + 0.5 * (ft["lm_head.weight"] - embedding)
+    assert merged.keys() == expected.keys()
+    assert all(torch.allclose(merged[n], expected[n], atol=1e-6) for n in expected)
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    model = AutoModelForCausalLM.from_pretrained(out)
+    hand = AutoModelForCausalLM.from_config(model.config)
+    hand.load_state_dict(expected)
+    ids = torch.tensor([[1, 20, 33, 7]])
+    assert torch.allclose(model(ids).logits, hand(ids).logits, atol=1e-5)
+    assert rebuilds_bit_for_bit(out, tmp_path)
+
+
+def test_a_head_copy_stored_by_a_tied_endpoint_keeps_the_output_tied(deep, tmp_path):
+    tied_base = _tied_copy(deep["base"], tmp_path / "tied-base")
+    copy = _tied_copy(deep["ft1"], tmp_path / "tied-ft", store_head=True)
+    result, out = merge(tmp_path, {"merge_method": "task_arithmetic", "base_model": str(tied_base),
+                                   "models": [{"model": str(copy)}]})
+    assert result.exit_code == 0, result.output
+    assert tensors_of(out).keys() == tensors_of(tied_base).keys()  # no head stored: tied, like its inputs
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
 
 
 def test_tokenizer_source_resolves_against_the_recipe_s_folder_and_is_saved_resolved(deep, tmp_path):
