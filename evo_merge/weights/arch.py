@@ -45,6 +45,9 @@ GPTJ = Architecture("gptj", ("gptj",), embeddings=("transformer.wte",), head=("l
                     mlp_inputs=("fc_in",))
 PHI = Architecture("phi", ("phi",), embeddings=("model.embed_tokens",), head=("lm_head",), blocks="model.layers",
                    mlp_inputs=("fc1",))
+# Phi-3 fuses the MLP's gate and up projections: gate_up_proj reads the MLP input, as gate_proj does
+PHI3 = Architecture("phi3", ("phi3",), embeddings=("model.embed_tokens",), head=("lm_head",), blocks="model.layers",
+                    mlp_inputs=("gate_up_proj",))
 FALCON = Architecture("falcon", ("falcon", "bloom"), embeddings=("transformer.word_embeddings",), head=("lm_head",),
                       blocks="transformer.h", mlp_inputs=("dense_h_to_4h",))
 OPT = Architecture("opt", ("opt",), embeddings=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
@@ -53,7 +56,7 @@ MLP = Architecture("mlp", blocks="fcs")  # its classifier head is the last of `f
 CNN = Architecture("cnn", head=("head",), blocks="convs")
 RESNET = Architecture("resnet", head=("head",), blocks="blocks")
 
-ARCHITECTURES: tuple[Architecture, ...] = (LLAMA, GPT2, GPT_NEOX, GPTJ, PHI, FALCON, OPT, MLP, CNN, RESNET)
+ARCHITECTURES: tuple[Architecture, ...] = (LLAMA, GPT2, GPT_NEOX, GPTJ, PHI, PHI3, FALCON, OPT, MLP, CNN, RESNET)
 HF_ARCHS: tuple[Architecture, ...] = tuple(a for a in ARCHITECTURES if a.is_hf)
 
 

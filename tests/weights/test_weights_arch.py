@@ -59,3 +59,35 @@ def test_plain_networks_are_recognised_by_their_config():
     assert architecture_of({"arch": "resnet"}).name == "resnet"
     assert architecture_of({"model_type": "mamba"}) is None and architecture_of({}) is None
     assert len({a.name for a in ARCHITECTURES}) == len(ARCHITECTURES)
+
+
+def test_mass_routes_phi3_on_its_fused_gate_up_projection(tmp_path):
+    """Phi-3's MLP input weight is the fused gate_up_proj: MASS builds on it, and with every task
+    selected it answers as the TSV-M merge does."""
+    import torch
+    from transformers import AutoModelForCausalLM, Phi3Config
+
+    from evo_merge.mass import MassModel
+    from evo_merge.merge.inplace import InPlaceMerger
+    from evo_merge.weights import Checkpoint
+
+    config = Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(tmp_path / "base")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(1)
+    for name in ("ft0", "ft1", "ft2"):
+        model.load_state_dict({k: v + 0.02 * torch.randn(v.shape, generator=gen) for k, v in state.items()})
+        model.save_pretrained(tmp_path / name)
+    base, endpoints = tmp_path / "base", [tmp_path / f"ft{i}" for i in range(3)]
+
+    names = Checkpoint.open(base).names
+    assert routing_weights(names) == {i: f"model.layers.{i}.mlp.gate_up_proj.weight" for i in range(2)}
+    mass = MassModel.from_checkpoints(base, endpoints, threshold=0.0, max_tasks=3)  # every task passes
+    reference = AutoModelForCausalLM.from_pretrained(base).eval()
+    InPlaceMerger(reference, Checkpoint.open(base), [Checkpoint.open(e) for e in endpoints]).apply("tsv", [1.0] * 3)
+    ids = torch.randint(1, 64, (3, 7), generator=gen)
+    assert mass.route(ids)[1] == [(0, 1, 2)] * 3
+    assert torch.equal(mass(ids).logits, reference(ids).logits)
