@@ -22,7 +22,7 @@ from evo_merge.merge.pieces import Scaled
 from evo_merge.merge.registry import combine_pieces
 from evo_merge.merge.storage import Stash, Storage
 from evo_merge.merge.subspace import is_decomposed, orthogonalised_pieces, top_k_svd, tsv_rank
-from evo_merge.weights import Checkpoint
+from evo_merge.weights import Checkpoint, heads
 
 COMPUTE_DTYPE = torch.float32
 Triplet = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # u (m, k), s (k,), vt (k, n)
@@ -59,13 +59,20 @@ class MassFactors:
         """Decompose each endpoint's task vector, one tensor at a time (nothing else held), on
         the stash's device; keep the factors in its storage dtype and placement."""
         stash = stash or _cpu_stash()
-        names = [n for n in base.names if base.dtype(n).is_floating_point]
+        untie = heads.heads_to_untie(base, endpoints)
+        if untie:
+            raise UserError(f"MASS: an endpoint has an output head of its own ({untie[0]}) but the base {base.path} "
+                            "ties its head to its embedding; MASS routes on the base's tied model (merge them "
+                            "with the other methods, which write an untied output)")
+        names = [n for n in heads.merge_targets(base, endpoints) if base.dtype(n).is_floating_point]
         out = cls({}, {}, {}, {}, stash)
         similarity = _Similarity(len(endpoints))
         for name in track(names, len(names)) if track else names:
+            sources = [heads.source_name(c, name) for c in (base, *endpoints)]  # a tied head is the embedding
             theta0 = stash.upcast(base.tensor(name, COMPUTE_DTYPE))
-            deltas = [stash.upcast(ep.tensor(name, COMPUTE_DTYPE)) - theta0 for ep in endpoints]
-            dtype = stash.storage.stored_dtype([base, *endpoints], name)
+            deltas = [stash.upcast(ep.tensor(source, COMPUTE_DTYPE)) - theta0
+                      for ep, source in zip(endpoints, sources[1:])]
+            dtype = stash.storage.stored_dtype([base, *endpoints], sources)
             out.base[name] = stash.keep(theta0, dtype)
             out.stored_dtypes[name] = base.dtype(name)
             if is_decomposed(theta0, name, _NO_EMBEDDINGS):

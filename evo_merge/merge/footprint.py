@@ -25,7 +25,7 @@ from evo_merge.errors import UserError
 from evo_merge.merge.registry import get_method
 from evo_merge.merge.storage import Storage
 from evo_merge.merge.subspace import decomposes, tsv_rank
-from evo_merge.weights import Checkpoint, parse_dtype
+from evo_merge.weights import Checkpoint, heads, parse_dtype
 from evo_merge.weights.devices import resolve_device
 from evo_merge.weights.export import DEFAULT_MAX_SHARD_BYTES
 
@@ -142,13 +142,15 @@ def describe_storage(storage: Storage, eval_dtype: str | None = None) -> str:
 
 
 def describe(base: Checkpoint, endpoints: Sequence[Checkpoint]) -> list[TensorInfo]:
-    """The base's tensors with, for floating ones, the widest dtype across all checkpoints."""
+    """The tensors the merges write (the base's, and a head to untie), with, for floating ones,
+    the widest dtype across all checkpoints."""
     out = []
-    for name in base.names:
-        dtype = base.dtype(name)
+    for name in heads.merge_targets(base, endpoints):
+        sources = [heads.source_name(c, name) for c in (base, *endpoints)]
+        dtype = base.dtype(sources[0])
         if dtype.is_floating_point:
-            dtype = functools.reduce(torch.promote_types, (c.dtype(name) for c in endpoints), dtype)
-        out.append(TensorInfo(name, tuple(base.shape(name)), dtype))
+            dtype = functools.reduce(torch.promote_types, (c.dtype(n) for c, n in zip(endpoints, sources[1:])), dtype)
+        out.append(TensorInfo(name, tuple(base.shape(sources[0])), dtype))
     return out
 
 

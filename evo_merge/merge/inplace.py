@@ -21,7 +21,7 @@ from evo_merge.merge.pieces import Piece, Scaled, map_piece
 from evo_merge.merge.plan import merge_tensor
 from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
-from evo_merge.weights import Checkpoint, check_compatible
+from evo_merge.weights import Checkpoint, check_compatible, heads
 
 # one weight per endpoint for every tensor, or per tensor name (block-group genomes)
 Weights = Sequence[float] | Mapping[str, Sequence[float]]
@@ -53,18 +53,24 @@ class InPlaceMerger:
         self._targets: dict[str, torch.Tensor] = {}
         self._base: dict[str, torch.Tensor] = {}
         self._deltas: dict[str, list[torch.Tensor]] = {}
-        for name in base.names:
-            _check_target(base, targets, name, module)
-            if not base.dtype(name).is_floating_point:
+        for name in heads.merge_targets(base, endpoints):
+            # each input's own tensor, or the embedding its tied head is (`heads`)
+            sources = [heads.source_name(c, name) for c in (base, *endpoints)]
+            _check_target(base, targets, name, sources[0], module)
+            if not base.dtype(sources[0]).is_floating_point:
                 with torch.no_grad():
-                    targets[name].copy_(base.tensor(name))
+                    targets[name].copy_(base.tensor(sources[0]))
                 continue
-            stored = storage.stored_dtype([base, *endpoints], name)
-            theta0 = base.tensor(name, dtype)
+            stored = storage.stored_dtype([base, *endpoints], sources)
+            theta0 = base.tensor(sources[0], dtype)
+            if sources[0] != name and sources[0] in targets and targets[name] is targets[sources[0]]:
+                raise UserError(f"tensor {name}: an endpoint has it of its own, but the module ties it to "
+                                f"{sources[0]}; load the base untied (`load_model_folder(..., untie=True)`)")
             self._targets[name] = targets[name]
             self._base[name] = self.stash.keep(theta0, stored)
             # in place: one float32 copy of the tensor per endpoint read, not two
-            self._deltas[name] = [self.stash.keep(ep.tensor(name, dtype).sub_(theta0), stored) for ep in endpoints]
+            self._deltas[name] = [self.stash.keep(ep.tensor(source, dtype).sub_(theta0), stored)
+                                  for ep, source in zip(endpoints, sources[1:])]
         self._pieces: dict[tuple, dict[str, list[Piece]]] = {}
 
     def _pieces_for(self, method: MergeMethod, params: Mapping[str, Any]) -> dict[str, list[Piece]]:
@@ -173,9 +179,10 @@ def _elementwise(target: torch.Tensor, base: torch.Tensor, pieces: Sequence[Any]
     return all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in tensors)
 
 
-def _check_target(base: Checkpoint, targets: Mapping[str, torch.Tensor], name: str, module: nn.Module) -> None:
+def _check_target(base: Checkpoint, targets: Mapping[str, torch.Tensor], name: str, source: str,
+                  module: nn.Module) -> None:
     if name not in targets:
         raise UserError(f"{base.path}: tensor {name} has no counterpart in the {type(module).__name__} module")
-    if targets[name].shape != torch.Size(base.shape(name)):
-        raise UserError(f"tensor {name}: checkpoint shape {tuple(base.shape(name))} "
+    if targets[name].shape != torch.Size(base.shape(source)):
+        raise UserError(f"tensor {name}: checkpoint shape {tuple(base.shape(source))} "
                         f"!= module shape {tuple(targets[name].shape)}")

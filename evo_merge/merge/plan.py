@@ -9,7 +9,6 @@ weights are read. Streaming then keeps about one tensor per input in memory.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method, list_methods
 from evo_merge.merge.settings import MISSING, layer_position, lookup
 from evo_merge.merge.tokens import TokenPlan, plan_tokens
-from evo_merge.weights import Checkpoint, parse_dtype
+from evo_merge.weights import Checkpoint, heads, parse_dtype
 from evo_merge.weights.compat import check_architectures
 from evo_merge.weights.dtypes import dtype_name
 from evo_merge.weights.references import ModelRef, open_reference, resolve_reference
@@ -32,8 +31,6 @@ log = logging.getLogger(__name__)
 
 WEIGHT = "weight"
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
-HEADS = ("lm_head.weight", "embed_out.weight")  # output heads a tied model leaves out
-INPUT_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
 # mergekit keys every method accepts, changing no tensor here: int8_mask only picks the dtype of
 # mergekit's intermediate sign masks (methods that mask declare it, so the search knows it)
 ANY_METHOD = {"int8_mask": Hyperparameter("int8_mask", False, searchable=False)}
@@ -353,23 +350,15 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
                      names)
 
 
-def _is_own_head(checkpoint: Checkpoint, name: str) -> bool:
-    """Whether `name` is an output head the model stores as its own. A head stored by a model
-    whose config ties it (`tie_word_embeddings: true`; some trainers save the copy) is its
-    embedding again, as transformers loads it."""
-    return (name in checkpoint and name.endswith(HEADS) and layers.parse(name) is None
-            and (checkpoint.config or {}).get("tie_word_embeddings") is not True)
-
-
 def _own_head_jobs(method: MergeMethod, group: Group, jobs: list[TensorJob],
                    checkpoints: list[Checkpoint]) -> list[TensorJob]:
     """Jobs for an output head the reference leaves out (tied embeddings) but an endpoint has of
     its own: the reference's embedding stands in for its head, as mergekit reads it, instead of
     the endpoint's head being dropped and the output answering with the merged embedding alone."""
     planned = {job.name for job in jobs}
-    heads = dict.fromkeys(n for e in group.endpoints for n in checkpoints[e.model].names
-                          if n not in planned and _is_own_head(checkpoints[e.model], n))
-    return [_job(method, group, n, [n] * len(group.endpoints), n, layer_position(None, 0)) for n in heads]
+    found = dict.fromkeys(n for e in group.endpoints for n in checkpoints[e.model].names
+                          if n not in planned and heads.is_own_head(checkpoints[e.model], n))
+    return [_job(method, group, n, [n] * len(group.endpoints), n, layer_position(None, 0)) for n in found]
 
 
 def _untied_config(jobs: list[TensorJob], checkpoints: list[Checkpoint]) -> dict[str, Any]:
@@ -377,7 +366,7 @@ def _untied_config(jobs: list[TensorJob], checkpoints: list[Checkpoint]) -> dict
     head then differs from its embedding, and a tied config would have transformers drop it."""
     for job in jobs:
         sources = ([job.reference] if job.reference else []) + job.inputs
-        if any(_is_own_head(checkpoints[m], n) for m, n in sources):
+        if any(heads.is_own_head(checkpoints[m], n) for m, n in sources):
             return {"tie_word_embeddings": False}
     return {}
 
@@ -387,20 +376,9 @@ def _use_tied_embeddings(jobs: list[TensorJob], checkpoints: list[Checkpoint]) -
     embedding is its head, so that tensor stands in for it, as mergekit and transformers read it."""
     for job in jobs:
         if job.reference is not None:
-            job.reference = _stored(job.reference, checkpoints)
-        job.inputs = [_stored(source, checkpoints) for source in job.inputs]
-
-
-def _stored(source: tuple[int, str], checkpoints: list[Checkpoint]) -> tuple[int, str]:
-    """(model, name) of the tensor to read: the tied input embedding for a head the model lacks."""
-    model, name = source
-    checkpoint = checkpoints[model]
-    if name in checkpoint or not name.endswith(HEADS) or layers.parse(name) is not None:
-        return source
-    tied = [n for n in checkpoint.names if n.endswith(INPUT_EMBEDDINGS) and layers.parse(n) is None]
-    if not tied:
-        return source
-    return model, max(tied, key=lambda n: len(os.path.commonprefix([n, name])))  # the head's own model's
+            m, name = job.reference
+            job.reference = m, heads.source_name(checkpoints[m], name)
+        job.inputs = [(m, heads.source_name(checkpoints[m], name)) for m, name in job.inputs]
 
 
 def _check_shapes(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: list[ModelRef],

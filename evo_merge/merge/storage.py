@@ -40,11 +40,12 @@ class Storage:
         """From a campaign's `storage` settings (config.StorageSpec)."""
         return cls.parse(spec.dtype, spec.placement)
 
-    def stored_dtype(self, checkpoints: Sequence[Checkpoint], name: str) -> torch.dtype:
-        """The dtype tensor `name` is kept in: the chosen one, or the widest of the checkpoints'."""
+    def stored_dtype(self, checkpoints: Sequence[Checkpoint], names: Sequence[str]) -> torch.dtype:
+        """The dtype a tensor is kept in, read as `names[i]` from checkpoint i: the chosen one, or
+        the widest of the checkpoints'."""
         if self.dtype is not None:
             return self.dtype
-        return functools.reduce(torch.promote_types, (c.dtype(name) for c in checkpoints))
+        return functools.reduce(torch.promote_types, (c.dtype(n) for c, n in zip(checkpoints, names)))
 
 
 class Stash:

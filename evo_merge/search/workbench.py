@@ -14,7 +14,7 @@ import torch
 
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.storage import Storage
-from evo_merge.weights import load_model_folder, parse_dtype
+from evo_merge.weights import heads, load_model_folder, parse_dtype
 from evo_merge.weights.devices import resolve_device
 from evo_merge.weights.references import open_reference, resolve_reference
 
@@ -42,9 +42,11 @@ class Workbench:
         where, precision = resolve_device(device), parse_dtype(dtype)
         refs = [resolve_reference(str(m), Path.cwd(), key) for m, key in
                 zip([base, *models], ["base_model", *(f"models.{i}" for i in range(len(models)))])]
-        module, tokenizer = load_model_folder(refs[0].path)
-        module.to(device=where, dtype=precision)
         checkpoints = [open_reference(ref) for ref in refs]
+        # an endpoint's own head where the base ties its head to its embedding: the module holds both
+        untie = bool(heads.heads_to_untie(checkpoints[0], checkpoints[1:]))
+        module, tokenizer = load_model_folder(refs[0].path, untie=untie)
+        module.to(device=where, dtype=precision)
         merger = InPlaceMerger(module, checkpoints[0], checkpoints[1:], device=where, storage=storage)
         return cls(refs[0].path, [r.path for r in refs[1:]], where, precision, module, tokenizer, merger,
                    storage=storage, adapters=any(r.lora is not None for r in refs))

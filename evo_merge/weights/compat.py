@@ -2,7 +2,8 @@
 
 Each checkpoint is compared with the first one; the first mismatch found is reported with both
 paths, in an order that puts the root cause first (an architecture or vocabulary mismatch
-explains the shape mismatches that follow from it).
+explains the shape mismatches that follow from it). A model with tied embeddings is compared
+through its embedding where another stores a head (`heads`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from evo_merge.errors import UserError
+from evo_merge.weights import heads
 from evo_merge.weights.checkpoint import Checkpoint
 
 ARCHITECTURE_KEYS = ("model_type", "architectures")
@@ -43,14 +45,15 @@ def _check_pair(a: Checkpoint, b: Checkpoint) -> None:
     pair = f"{a.path} and {b.path}"
     _check_config(a, b, CONFIG_KEYS)
     _check_vocab(a, b, pair)
-    for first, second in ((a, b), (b, a)):
-        missing = next((name for name in first.names if name not in second), None)
+    for first, second in ((a, b), (b, a)):  # a tied model's head is its embedding (`heads`)
+        missing = next((n for n in heads.merged_names(first) if heads.source_name(second, n) not in second), None)
         if missing is not None:
             raise UserError(f"tensor {missing!r} is in {first.path} but missing from {second.path}")
-    for name in a.names:
-        if a.shape(name) != b.shape(name):
-            raise UserError(f"tensor {name!r} has shape {list(a.shape(name))} vs {list(b.shape(name))} in {pair}")
-        dtypes = a.dtype(name), b.dtype(name)
+    for name in heads.merged_names(a):
+        in_a, in_b = heads.source_name(a, name), heads.source_name(b, name)
+        if a.shape(in_a) != b.shape(in_b):
+            raise UserError(f"tensor {name!r} has shape {list(a.shape(in_a))} vs {list(b.shape(in_b))} in {pair}")
+        dtypes = a.dtype(in_a), b.dtype(in_b)
         if dtypes[0] != dtypes[1] and not all(d.is_floating_point for d in dtypes):
             raise UserError(
                 f"tensor {name!r} has dtype {dtypes[0]} vs {dtypes[1]} in {pair}; only floating dtypes can be cast"

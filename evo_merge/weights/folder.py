@@ -13,7 +13,7 @@ import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +35,22 @@ def is_hf_folder(path: str | Path) -> bool:
 
 def load_model_folder(
     path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-    *, allow_pickle: bool = False,
+    *, allow_pickle: bool = False, untie: bool = False,
 ) -> tuple[nn.Module, Any | None]:
     """(module in eval mode, tokenizer or None) from a model folder.
 
     `dtype` None keeps the stored floating dtype; `device` None leaves the module on the CPU.
     The tokenizer is loaded when the folder has tokenizer files (a task that needs one says so).
     HF pickle weights (.bin) are read only with `allow_pickle` (transformers then loads them
-    with `weights_only`)."""
+    with `weights_only`). `untie` gives a model with tied embeddings a head of its own, equal to
+    its embedding: merging in another model's own head needs one."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"{path}: not a model folder")
     config = read_config(path) or {}
     torch_dtype = parse_dtype(dtype)
     if hf_model_type(config) is not None:
-        module, tokenizer = _load_hf(path, torch_dtype, allow_pickle)
+        module, tokenizer = _load_hf(path, torch_dtype, allow_pickle, untie)
     elif "arch" in config:
         module, tokenizer = _load_plain(path, config), None
         if torch_dtype is not None:
@@ -61,21 +62,40 @@ def load_model_folder(
     return module.eval(), tokenizer
 
 
-def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool) -> tuple[nn.Module, Any | None]:
+def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool,
+             untie: bool) -> tuple[nn.Module, Any | None]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # safetensors unless allowed: a pickle checkpoint can run code when loaded; and never a model
     # folder's own Python (`auto_map`): transformers would otherwise ask on the terminal, mid-run
     try:
-        module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", trust_remote_code=False,
-                                                      use_safetensors=None if allow_pickle else True)
+        untied = {"tie_word_embeddings": False} if untie else {}
+        with _quiet_transformers() if untie else nullcontext():  # the head it starts is set below
+            module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", trust_remote_code=False,
+                                                          use_safetensors=None if allow_pickle else True, **untied)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if tokenizer_files(path) else None
     except pickle.UnpicklingError:
         raise UserError(f"{path}: its pickle checkpoint holds objects other than tensors, which could run code; "
                         "refused (convert it to safetensors where it came from a source you trust)") from None
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load the model ({first_line(err)})") from None
+    if untie:
+        with torch.no_grad():
+            module.get_output_embeddings().weight.copy_(module.get_input_embeddings().weight)
     return module, tokenizer
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warning that the untied head was newly initialised: it is set right after."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _load_plain(path: Path, config: dict[str, Any]) -> nn.Module:

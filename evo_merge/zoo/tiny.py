@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from evo_merge.weights.folder import save_model_folder
@@ -82,3 +85,22 @@ def _perturbed(model: PreTrainedModel, noise: float, seed: int) -> PreTrainedMod
     state = {k: v + noise * torch.randn(v.shape, generator=gen) for k, v in model.state_dict().items()}
     clone.load_state_dict(state)
     return clone.eval()
+
+
+def tie_embeddings(folder: str | Path, out: str | Path, *, store_head: bool = False) -> Path:
+    """A copy of a tiny model folder as a tied-embedding checkpoint, as Llama-3.2-1B/3B and Qwen2.5
+    ship: `tie_word_embeddings: true` and no `lm_head.weight` stored (`store_head`: a copy of the
+    embedding stored under that name, as some trainers save tied models)."""
+    folder, out = Path(folder), Path(out)
+    shutil.copytree(folder, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}, indent=2))
+    weights = {}
+    for file in sorted(out.glob("*.safetensors")):
+        weights.update(load_file(file))
+        file.unlink()
+    del weights["lm_head.weight"]
+    if store_head:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out

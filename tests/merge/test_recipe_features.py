@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evo_merge.cli import cli
-from evo_merge.zoo.tiny import make_tiny_causal_lm
+from evo_merge.zoo.tiny import make_tiny_causal_lm, tie_embeddings
 from evo_merge.zoo.tokenizer import build_char_tokenizer
 
 LAYERS = 4
@@ -217,24 +217,8 @@ def test_lora_adapter_whole_tensors_replace_the_model_s_as_peft_merge_and_unload
     assert len(result.output.strip().splitlines()) == 1 and not bad.exists()
 
 
-def _tied_copy(folder, out, store_head=False):
-    """`folder` as a tied-embedding checkpoint: tie_word_embeddings set, no lm_head.weight stored
-    (`store_head`: a copy of the embedding stored under it, as some trainers save tied models)."""
-    shutil.copytree(folder, out)
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
-    weights = tensors_of(out)
-    del weights["lm_head.weight"]
-    if store_head:
-        weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
-    for file in out.glob("*.safetensors"):
-        file.unlink()
-    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    return out
-
-
 def test_a_tied_model_s_input_embedding_stands_in_for_its_missing_output_head(deep, tmp_path):
-    tied = _tied_copy(deep["ft1"], tmp_path / "tied")
+    tied = tie_embeddings(deep["ft1"], tmp_path / "tied")
     result, out = merge(tmp_path, {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
                                    "models": [{"model": str(tied), "parameters": {"weight": 0.5}}]})
     assert result.exit_code == 0, result.output
@@ -248,7 +232,7 @@ def test_a_tied_model_s_input_embedding_stands_in_for_its_missing_output_head(de
 
 
 def test_an_endpoint_s_own_head_is_merged_into_an_untied_output_when_the_base_is_tied(deep, tmp_path):
-    tied_base = _tied_copy(deep["base"], tmp_path / "tied-base")
+    tied_base = tie_embeddings(deep["base"], tmp_path / "tied-base")
     result, out = merge(tmp_path, {"merge_method": "task_arithmetic", "base_model": str(tied_base),
                                    "models": [{"model": str(deep["ft1"]), "parameters": {"weight": 0.5}}]})
     assert result.exit_code == 0, result.output
@@ -268,8 +252,8 @@ def test_an_endpoint_s_own_head_is_merged_into_an_untied_output_when_the_base_is
 
 
 def test_a_head_copy_stored_by_a_tied_endpoint_keeps_the_output_tied(deep, tmp_path):
-    tied_base = _tied_copy(deep["base"], tmp_path / "tied-base")
-    copy = _tied_copy(deep["ft1"], tmp_path / "tied-ft", store_head=True)
+    tied_base = tie_embeddings(deep["base"], tmp_path / "tied-base")
+    copy = tie_embeddings(deep["ft1"], tmp_path / "tied-ft", store_head=True)
     result, out = merge(tmp_path, {"merge_method": "task_arithmetic", "base_model": str(tied_base),
                                    "models": [{"model": str(copy)}]})
     assert result.exit_code == 0, result.output

@@ -1,0 +1,100 @@
+"""Campaigns over models with tied embeddings (Llama-3.2-1B/3B, Qwen2.5 up to 3B, Gemma) mixed with
+models that store a head: a tied model's head is its embedding, a stored copy of it is not a head of
+its own, and an endpoint's own head next to a tied base makes the evaluated model untied."""
+
+import json
+
+import pytest
+import torch
+from campaigns import run_campaign, write_campaign  # tests/search is on sys.path
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from evo_merge.cli import cli
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.kinds import candidate_kind
+from evo_merge.search.store import EXPORTED_META, CampaignStore
+from evo_merge.search.workbench import Workbench
+from evo_merge.zoo.tiny import save_tiny_family, tie_embeddings
+
+HEAD, EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
+WEIGHTS = (0.6, 0.3)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tied")
+    base, (ft1, ft2) = save_tiny_family(root / "untied", "llama", n_finetunes=2)  # close enough for MASS
+    return {
+        "base": base, "ft1": ft1, "ft2": ft2,
+        "tied base": tie_embeddings(base, root / "tied-base"),
+        "tied base with a copy": tie_embeddings(base, root / "tied-base-copy", store_head=True),
+        "tied ft1": tie_embeddings(ft1, root / "tied-ft1"),
+        "tied ft1 with a copy": tie_embeddings(ft1, root / "tied-ft1-copy", store_head=True),
+        "tied ft2": tie_embeddings(ft2, root / "tied-ft2"),
+    }
+
+
+def head_of(folder) -> torch.Tensor:
+    """The head transformers computes with: the stored one, or the embedding a tied model uses."""
+    weights = load_file(folder / "model.safetensors")
+    tied = json.loads((folder / "config.json").read_text()).get("tie_word_embeddings") is True
+    return weights[EMBEDDING] if tied else weights[HEAD]
+
+
+# (base, endpoints, whether the evaluated model and the exported pick need a head of their own)
+CASES = {
+    "tied base, an endpoint storing a head copy": ("tied base", ["tied ft1 with a copy", "tied ft2"], False),
+    "a base storing a copy, tied endpoints": ("tied base with a copy", ["tied ft1", "tied ft2"], False),
+    "untied base, a tied endpoint": ("base", ["tied ft1", "ft2"], True),
+    "tied base, an endpoint with a head of its own": ("tied base", ["ft1", "tied ft2"], True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_in_place_merge_computes_with_each_model_s_own_head(family, case):
+    base_key, endpoint_keys, untied = CASES[case]
+    base, endpoints = family[base_key], [family[k] for k in endpoint_keys]
+    bench = Workbench.open(base, endpoints, device="cpu")
+    module = bench.merger.apply("task_arithmetic", WEIGHTS)
+    expected = head_of(base) + sum(w * (head_of(e) - head_of(base)) for w, e in zip(WEIGHTS, endpoints))
+    assert torch.allclose(module.get_output_embeddings().weight, expected, atol=1e-6)
+    shared = module.get_output_embeddings().weight is module.get_input_embeddings().weight
+    assert shared is not untied
+
+
+def test_a_campaign_with_an_endpoint_s_own_head_next_to_a_tied_base_exports_what_it_evaluated(family, tmp_path):
+    """The pick is written untied, with the head the campaign scored (the campaign was refused:
+    'tensor lm_head.weight is in ft1 but missing from the base')."""
+    base, endpoints = family["tied base"], [family["ft1"], family["tied ft2"]]
+    run = run_campaign(write_campaign(tmp_path / "campaign.yaml", base, endpoints), tmp_path / "run")
+    store = CampaignStore(run)
+    exported = store.get_meta(EXPORTED_META)
+    keys = {e.id: e.key for e in store.evaluations()}
+    store.close()
+    bench = Workbench.open(base, endpoints, device="cpu")
+    for eid, folder in exported.values():
+        pick = run / folder
+        assert json.loads((pick / "config.json").read_text())["tie_word_embeddings"] is False
+        saved = load_file(pick / "model.safetensors")
+        candidate = Candidate.from_key(keys[eid])
+        evaluated = candidate_kind(candidate.method).build(bench, candidate).state_dict()
+        assert saved.keys() == evaluated.keys()
+        assert all(torch.equal(saved[n], evaluated[n]) for n in saved), folder
+        loaded = AutoModelForCausalLM.from_pretrained(pick).eval()
+        ids = torch.tensor([[1, 20, 33, 7]])
+        assert torch.equal(loaded(ids).logits, bench.module(ids).logits)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mass_builds_where_the_base_s_tied_model_holds_the_merge_and_refuses_an_endpoint_s_own_head(
+        family, case, tmp_path):
+    base_key, endpoint_keys, untied = CASES[case]
+    args = ["mass", "build", "--base", str(family[base_key]), "--models",
+            *(str(family[k]) for k in endpoint_keys), "--out", str(tmp_path / "mass")]
+    result = CliRunner().invoke(cli, args)
+    refused = base_key.startswith("tied") and untied
+    assert result.exit_code == (2 if refused else 0), result.output
+    if refused:
+        assert "has an output head of its own (lm_head.weight)" in result.output.splitlines()[-1]
