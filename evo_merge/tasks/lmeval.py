@@ -5,10 +5,11 @@ only builds the requests of the asked items, runs them through lm-eval's HF wrap
 the in-memory model, and reads per-item scores from the logged samples.
 
 Only lm-eval's public API is used (TaskManager, Task's config and `higher_is_better`, HFLM,
-`evaluator.evaluate`) except in two functions, each pinned by a test in tests/tasks so that an
+`evaluator.evaluate`) except in three functions, each pinned by a test in tests/tasks so that an
 lm-eval release that changes what they rely on fails there: `_read_task_yaml` (lm-eval has no
-public YAML reader that resolves `!function` and `include`) and `_pin_eval_docs` (no public way
-to serve a task's evaluation docs from memory).
+public YAML reader that resolves `!function` and `include`), `_pin_eval_docs` (no public way
+to serve a task's evaluation docs from memory) and `_fix_fewshot_contexts` (no public way to give
+each doc the few-shot examples a full lm-eval run gives it, whichever docs are asked).
 """
 
 from __future__ import annotations
@@ -147,6 +148,28 @@ def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:
     return docs
 
 
+def _fix_fewshot_contexts(task: Any, docs: list[Any]) -> None:
+    """Each doc's few-shot prompt as lm-eval's own full run builds it: drawn once, in doc order,
+    from the sampler seeded as `simple_evaluate` seeds it (lm-eval's default few-shot seed).
+
+    lm-eval's sampler is one random stream consumed doc by doc and `evaluator.evaluate` never
+    seeds it, so otherwise a doc's examples would change from call to call and with which docs
+    are asked before it (anchors against all items), and its score with them.
+
+    Private use: replaces the task's `fewshot_context` method, which `build_all_requests` calls
+    once per doc with the doc object served by `_pin_eval_docs` (and, as here, no chat template
+    or system instruction)."""
+    from lm_eval.defaults import DEFAULT_OTHER_SEED
+
+    shots = task.config.num_fewshot or 0
+    if shots == 0:
+        return
+    task.set_fewshot_seed(DEFAULT_OTHER_SEED)
+    contexts = {id(doc): task.fewshot_context(doc, num_fewshot=shots, gen_prefix=task.doc_to_prefix(doc))
+                for doc in docs}
+    task.fewshot_context = lambda doc, **_: contexts[id(doc)]
+
+
 def _metric_key(task: Any, metric: str | None) -> tuple[str, str]:
     """(metric, filter) from 'acc', 'exact_match,strip' or None (the task's first of each).
 
@@ -201,6 +224,7 @@ class LMEvalTask(ItemTable):
         _check_metric_loads(spec, config, self.metric)
         self.batch_size, self.device, self.limit = batch_size, device, limit
         docs = _pin_eval_docs(self.task, limit)
+        _fix_fewshot_contexts(self.task, docs)
         ids = [str(d["id"]) for d in docs] if docs and all(isinstance(d, dict) and "id" in d for d in docs) else []
         has_scenarios = docs and all(isinstance(d, dict) and "scenario" in d for d in docs)
         self._set_items(ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))],

@@ -1,0 +1,61 @@
+"""evo-merge's per-item scores against lm-eval's own run of the same task on the same model."""
+
+import copy
+
+import lm_eval
+import pytest
+import torch
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+
+from evo_merge.tasks.lmeval import LMEvalTask
+from evo_merge.tasks.registry import BENCHMARKS_DIR
+
+MULTIPLE_CHOICE = "doc_to_text: question\noutput_type: multiple_choice\ndoc_to_choice: choices\ndoc_to_target: answer\n"
+
+
+@pytest.fixture(scope="module")
+def sharp_lm(char_lm):
+    """The small random LM with its weights scaled up: its choices then depend on the prompt
+    (at the usual init scale its predictions are nearly uniform, whatever precedes them)."""
+    model, tok = char_lm
+    sharp = copy.deepcopy(model)
+    with torch.no_grad():
+        for weight in sharp.parameters():
+            weight.mul_(20)
+    return sharp, tok
+
+
+def local_task(folder, name, body, splits):
+    """A task YAML over slices of the shipped arith items: `splits` maps split -> (start, stop)."""
+    rows = (BENCHMARKS_DIR / "arith" / "test.jsonl").read_text().splitlines()
+    for split, (start, stop) in splits.items():
+        (folder / f"{split}.jsonl").write_text("\n".join(rows[start:stop]) + "\n")
+    files = "".join(f"    {split}: {folder / split}.jsonl\n" for split in splits)
+    path = folder / f"{name}.yaml"
+    head = f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n{files}test_split: test\n"
+    path.write_text(head + body)
+    return path
+
+
+def lm_eval_run(path, name, model, tok, batch_size):
+    """lm-eval's own scores: its aggregate results and its logged per-doc samples."""
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+    manager = TaskManager(include_path=str(path.parent), include_defaults=False)
+    out = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=manager, log_samples=True, bootstrap_iters=0)
+    return out["results"][name], out["samples"][name]
+
+
+@pytest.mark.parametrize("fewshot", ["fewshot_split: train\n", ""])  # from its own split; from the test docs
+def test_few_shot_scores_match_lm_eval_whichever_items_are_asked(tmp_path, sharp_lm, fewshot):
+    model, tok = sharp_lm
+    body = MULTIPLE_CHOICE + fewshot + "num_fewshot: 3\n"
+    path = local_task(tmp_path, "fewshot", body, {"test": (0, 24), "train": (600, 630)})
+    results, samples = lm_eval_run(path, "fewshot", model, tok, batch_size=8)
+    task = LMEvalTask(path, batch_size=8)
+    scores = task.evaluate(model, tok)
+    assert scores.tolist() == [float(s["acc"]) for s in sorted(samples, key=lambda s: s["doc_id"])]
+    assert scores.mean() == results["acc,none"]
+    some = task.item_ids[5:9]
+    assert task.evaluate(model, tok, some).tolist() == scores[some].tolist()
+    assert task.evaluate(model, tok, some[::-1]).tolist() == scores[some[::-1]].tolist()
