@@ -198,6 +198,20 @@ def _check_metric_loads(spec: str | Path, config: Any, name: str) -> None:
         raise UserError(f"task {spec}: metric_list: metric {name!r} is neither lm-eval's nor in the evaluate library")
 
 
+def _check_per_item_score(spec: str | Path, task: Any, name: str) -> None:
+    """A fitness is the mean of per-item scores: a metric lm-eval aggregates otherwise (perplexity,
+    bleu, f1, mcc: per-item values that are log-likelihoods or pairs) failed after the calibration
+    models were scored. Read from the task's public `aggregation()`."""
+    from lm_eval.api.registry import get_aggregation
+
+    aggregate = task.aggregation()[name]
+    if aggregate is not get_aggregation("mean"):
+        raise UserError(
+            f"task {spec}: metric {name!r} is aggregated by {getattr(aggregate, '__name__', aggregate)}, not "
+            "averaged over items; a fitness needs a per-item score in [0, 1] such as acc or exact_match"
+        )
+
+
 class LMEvalTask(ItemTable):
     """A `FitnessTask` over one lm-eval task; item ids are the docs' `id` field (else their index)."""
 
@@ -222,6 +236,7 @@ class LMEvalTask(ItemTable):
         self.name: str = config.task
         self.metric, self.filter = _metric_key(self.task, metric)
         _check_metric_loads(spec, config, self.metric)
+        _check_per_item_score(spec, self.task, self.metric)
         self.batch_size, self.device, self.limit = batch_size, device, limit
         docs = _pin_eval_docs(self.task, limit)
         _fix_fewshot_contexts(self.task, docs)

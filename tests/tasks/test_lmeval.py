@@ -94,6 +94,25 @@ def test_task_yamls_lm_eval_cannot_use_are_one_line_errors_at_load(tmp_path, mon
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
+LOGLIKELIHOOD = [("output_type: multiple_choice", "output_type: loglikelihood"), ("doc_to_choice: choices\n", ""),
+                 ("doc_to_target: answer", 'doc_to_target: "{{choices[answer]}}"')]
+DEFAULT_AGGREGATION = ("    aggregation: mean\n    higher_is_better: true\n", "")
+
+
+@pytest.mark.parametrize("edits, message", [
+    ([*LOGLIKELIHOOD, DEFAULT_AGGREGATION, ("metric: acc", "metric: perplexity")],
+     "metric 'perplexity' is aggregated by perplexity, not averaged over items"),
+    ([DEFAULT_AGGREGATION, ("metric: acc", "metric: mcc")], "metric 'mcc' is aggregated by matthews_corrcoef"),
+    ([DEFAULT_AGGREGATION, ("metric: acc", "metric: brier_score")], "metric 'brier_score' is aggregated by brier"),
+])
+def test_metrics_that_are_not_per_item_scores_are_refused_at_load(tmp_path, edits, message):
+    """They failed (a traceback, or a score outside [0, 1]) after the calibration models were scored."""
+    path = _arith_variant(tmp_path, yaml=edits)
+    with pytest.raises(UserError, match=re.escape(message)) as caught:
+        LMEvalTask(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_a_first_read_of_a_task_s_data_draws_no_dataset_bars(tmp_path):
     """On a fresh datasets cache, `datasets` draws 'Generating test split' bars; the commands draw
     their own, and a one-line error must stay one line."""
