@@ -20,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 import yaml
@@ -111,6 +111,8 @@ def load_lm_eval_task(spec: str | Path) -> Any:
         if not path.exists():
             raise UserError(f"task file {path} not found")
         configs = [_local_config(p) for p in _yaml_files(path)]
+        if isinstance(members := configs[0]["task"], list):  # a group YAML: lm-eval would read it as a task config
+            _refuse_group(spec, [m if isinstance(m, str) else m.get("task", m) for m in members])
         root = path if path.is_dir() else path.parent
         manager = TaskManager(include_path=str(root), include_defaults=False)
         spec_to_load: Any = configs[0]
@@ -130,8 +132,12 @@ def load_lm_eval_task(spec: str | Path) -> Any:
         raise UserError(f"task {spec}: lm-eval cannot build it ({described(exc)})") from None
     tasks = loaded["tasks"]
     if len(tasks) != 1:
-        raise UserError(f"task {spec!r} is a group of {len(tasks)} tasks; name one task: {sorted(tasks)[:5]}")
+        _refuse_group(spec, sorted(tasks))
     return next(iter(tasks.values()))
+
+
+def _refuse_group(spec: str | Path, members: list[Any]) -> NoReturn:
+    raise UserError(f"task {str(spec)!r} is a group of {len(members)} tasks; name one task: {members[:5]}")
 
 
 def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:

@@ -94,6 +94,18 @@ def test_task_yamls_lm_eval_cannot_use_are_one_line_errors_at_load(tmp_path, mon
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_a_local_group_is_refused_naming_its_tasks(tmp_path):
+    """A group YAML was read as a task config: 'TaskConfig got an unexpected keyword argument'."""
+    for part in ("part_a", "part_b"):
+        (tmp_path / part).mkdir()
+        _arith_variant(tmp_path / part, yaml=[("task: evo_arith", f"task: {part}")])
+    (tmp_path / "both.yaml").write_text("group: both\ntask: [part_a, part_b]\n")
+    for spec in (tmp_path / "both.yaml", tmp_path):
+        with pytest.raises(UserError, match=re.escape("is a group of 2 tasks; name one task: ['part_a', 'part_b']")):
+            LMEvalTask(spec)
+    assert LMEvalTask(tmp_path / "part_b" / "t.yaml").name == "part_b"
+
+
 LOGLIKELIHOOD = [("output_type: multiple_choice", "output_type: loglikelihood"), ("doc_to_choice: choices\n", ""),
                  ("doc_to_target: answer", 'doc_to_target: "{{choices[answer]}}"')]
 DEFAULT_AGGREGATION = ("    aggregation: mean\n    higher_is_better: true\n", "")
