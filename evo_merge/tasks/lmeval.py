@@ -1,6 +1,6 @@
-"""lm-eval adapter: any lm-eval task (registry name, YAML file or folder) as a `FitnessTask`.
+"""lm-eval adapter: any lm-eval task or group (registry name, YAML file or folder) as a `FitnessTask`.
 
-The lm-eval task object is built once and reused for every candidate; each `evaluate` call
+The lm-eval task objects are built once and reused for every candidate; each `evaluate` call
 only builds the requests of the asked items, runs them through lm-eval's HF wrapper around
 the in-memory model, and reads per-item scores from the logged samples.
 
@@ -20,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -83,10 +83,64 @@ def _local_config(path: Path) -> dict[str, Any]:
     cfg = _read_task_yaml(path)
     if "task" not in cfg:
         raise UserError(f"task file {path} has no 'task' key")
+    return _with_absolute_files(cfg, path)
+
+
+def _with_absolute_files(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     files = (cfg.get("dataset_kwargs") or {}).get("data_files")
     if files is not None:
         cfg["dataset_kwargs"]["data_files"] = _absolute(files, path.parent, path)
     return cfg
+
+
+def _local_configs(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The task configs a local YAML or folder names, and the name they go by: one task (the
+    first YAML), or a group YAML's members (`group: g`, `task: [a, b, ...]`), each a task YAML
+    found by its `task` name under the group's folder (a member group's own members in turn),
+    or written inline. Members are read as task files are: lm-eval would read their local data
+    files against the working directory."""
+    first = _yaml_files(path)[0]
+    cfg = _local_config(first)
+    if not isinstance(cfg["task"], list):
+        return str(cfg["task"]), [cfg]
+    named: dict[str, Path] = {}
+    for file in sorted(p for ext in ("*.yaml", "*.yml") for p in first.parent.rglob(ext)):
+        if file != first and (name := _task_name(file)) is not None:
+            named.setdefault(name, file)
+
+    def members(group: dict[str, Any], where: Path) -> list[dict[str, Any]]:
+        out = []
+        for member in group["task"]:
+            if isinstance(member, dict):
+                out.append(_with_absolute_files(dict(member), where))
+            elif str(member) in named:
+                found = _local_config(named[str(member)])
+                out += members(found, named[str(member)]) if isinstance(found["task"], list) else [found]
+            else:
+                raise UserError(f"group {where}: task {member!r} is in no task YAML under {first.parent}")
+        return out
+
+    return str(cfg.get("group") or first.stem), members(cfg, first)
+
+
+def _task_name(path: Path) -> str | None:
+    """The `task` (or a group's `group`) a YAML file names, read as text: member files are found by
+    name without importing every `!function` of the folder."""
+    try:
+        data = yaml.load(path.read_text(), Loader=_NamesOnly)
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    name = data.get("group") if isinstance(data.get("task"), list) else data.get("task")
+    return str(name) if isinstance(name, (str, int)) else None
+
+
+class _NamesOnly(yaml.SafeLoader):
+    """A YAML loader that reads lm-eval's `!function` tags as plain strings."""
+
+
+_NamesOnly.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
 
 
 def _absolute(files: Any, root: Path, yaml_path: Path) -> Any:
@@ -100,9 +154,10 @@ def _absolute(files: Any, root: Path, yaml_path: Path) -> Any:
     return str(full)
 
 
-def load_lm_eval_task(spec: str | Path) -> Any:
-    """One lm-eval Task object from a registry name, a task YAML, or a folder of task YAMLs
-    (the first YAML with a `task` key names the task; the folder is the include path)."""
+def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
+    """The lm-eval Task objects a spec names, by task name, and the name they go by: one task from
+    a registry name, a task YAML or a folder of task YAMLs (the first YAML names it; the folder
+    is the include path), or a group's tasks (a registry group such as `mmlu`, or a group YAML)."""
     from lm_eval.tasks import TaskManager
 
     _quiet()
@@ -110,34 +165,26 @@ def load_lm_eval_task(spec: str | Path) -> Any:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
             raise UserError(f"task file {path} not found")
-        configs = [_local_config(p) for p in _yaml_files(path)]
-        if isinstance(members := configs[0]["task"], list):  # a group YAML: lm-eval would read it as a task config
-            _refuse_group(spec, [m if isinstance(m, str) else m.get("task", m) for m in members])
+        name, to_load = _local_configs(path)
         root = path if path.is_dir() else path.parent
         manager = TaskManager(include_path=str(root), include_defaults=False)
-        spec_to_load: Any = configs[0]
     else:
         manager = _registry_manager(str(spec))
         if manager is None or str(spec) not in manager.all_tasks + manager.all_groups + manager.all_tags:
             raise UserError(
                 f"unknown task {spec!r}: not a file, a folder, a plugin, a shipped benchmark or an lm-eval task"
             )
-        spec_to_load = str(spec)
+        name, to_load = str(spec), [str(spec)]
     try:
-        loaded = manager.load([spec_to_load])
+        tasks = manager.load(to_load)["tasks"]
     except FileNotFoundError as exc:
         raise UserError(f"task {spec}: data file not found: {exc}") from None
     except Exception as exc:  # whatever lm-eval and datasets raise for a config or data they cannot use: a
         # missing doc_to_target, a split the data lacks (KeyError), a corrupt data file, a dataset not cached
         raise UserError(f"task {spec}: lm-eval cannot build it ({described(exc)})") from None
-    tasks = loaded["tasks"]
-    if len(tasks) != 1:
-        _refuse_group(spec, sorted(tasks))
-    return next(iter(tasks.values()))
-
-
-def _refuse_group(spec: str | Path, members: list[Any]) -> NoReturn:
-    raise UserError(f"task {str(spec)!r} is a group of {len(members)} tasks; name one task: {members[:5]}")
+    if not tasks:
+        raise UserError(f"task {spec}: names no lm-eval task")
+    return (next(iter(tasks)) if len(tasks) == 1 else name), dict(sorted(tasks.items()))
 
 
 def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:
@@ -174,6 +221,15 @@ def _fix_fewshot_contexts(task: Any, docs: list[Any]) -> None:
     contexts = {id(doc): task.fewshot_context(doc, num_fewshot=shots, gen_prefix=task.doc_to_prefix(doc))
                 for doc in docs}
     task.fewshot_context = lambda doc, **_: contexts[id(doc)]
+
+
+def _doc_items(docs: list[Any]) -> tuple[list[str], list[str] | None]:
+    """(item ids, scenarios or None) of a task's docs: their `id` fields where every doc has a
+    distinct one (else their positions), their `scenario` fields where every doc has one."""
+    ids = [str(d["id"]) for d in docs] if docs and all(isinstance(d, dict) and "id" in d for d in docs) else []
+    has_scenarios = docs and all(isinstance(d, dict) and "scenario" in d for d in docs)
+    return (ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))],
+            [str(d["scenario"]) for d in docs] if has_scenarios else None)
 
 
 def _metric_key(task: Any, metric: str | None) -> tuple[str, str]:
@@ -219,7 +275,13 @@ def _check_per_item_score(spec: str | Path, task: Any, name: str) -> None:
 
 
 class LMEvalTask(ItemTable):
-    """A `FitnessTask` over one lm-eval task; item ids are the docs' `id` field (else their index)."""
+    """A `FitnessTask` over one lm-eval task, or a group of them.
+
+    One task's item ids are its docs' `id` field (else their index), its scenarios their
+    `scenario` field where every doc has one. A group's items are `<task>/<id>` and each of its
+    tasks is a scenario (MMLU's subjects, as tinyBenchmarks treats them), scored with the same
+    metric; its fitness is the mean over all its items (lm-eval's group score with
+    `weight_by_size`)."""
 
     def __init__(
         self,
@@ -230,26 +292,35 @@ class LMEvalTask(ItemTable):
         device: str | None = None,
         limit: int | None = None,
     ) -> None:
-        """`limit`: keep only the first `limit` docs (lm-eval's `--limit`), e.g. to run a slow
-        model on a subset; the shipped benchmarks cycle through their scenarios, so any prefix
-        covers every scenario equally."""
+        """`limit`: keep only the first `limit` docs of each task (lm-eval's `--limit`), e.g. to
+        run a slow model on a subset; the shipped benchmarks cycle through their scenarios, so any
+        prefix covers every scenario equally."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise UserError(f"task {spec}: limit must be a positive whole number of items, not {limit!r}")
-        self.task = load_lm_eval_task(spec)
-        config = self.task.config
-        if config.output_type == "multiple_choice" and config.doc_to_choice is None:  # lm-eval finds out mid-scoring
-            raise UserError(f"task {spec}: a multiple_choice task needs doc_to_choice")
-        self.name: str = config.task
-        self.metric, self.filter = _metric_key(self.task, metric)
-        _check_metric_loads(spec, config, self.metric)
-        _check_per_item_score(spec, self.task, self.metric)
+        self.name, self.tasks = load_lm_eval_tasks(spec)
+        keys = {}
+        for name, task in self.tasks.items():
+            config = task.config
+            if config.output_type == "multiple_choice" and config.doc_to_choice is None:  # found out mid-scoring
+                raise UserError(f"task {spec}: {name}: a multiple_choice task needs doc_to_choice")
+            keys[name] = _metric_key(task, metric)
+            _check_metric_loads(spec, config, keys[name][0])
+            _check_per_item_score(spec, task, keys[name][0])
+        self.metric, self.filter = keys[next(iter(self.tasks))]
+        if other := next((n for n, k in keys.items() if k != (self.metric, self.filter)), None):
+            raise UserError(f"task {spec}: {other} scores with {','.join(keys[other])}, another of its tasks with "
+                            f"{self.metric},{self.filter}; name the metric (`metric:` in the task's options)")
         self.batch_size, self.device, self.limit = batch_size, device, limit
-        docs = _pin_eval_docs(self.task, limit)
-        _fix_fewshot_contexts(self.task, docs)
-        ids = [str(d["id"]) for d in docs] if docs and all(isinstance(d, dict) and "id" in d for d in docs) else []
-        has_scenarios = docs and all(isinstance(d, dict) and "scenario" in d for d in docs)
-        self._set_items(ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))],
-                        [str(d["scenario"]) for d in docs] if has_scenarios else None)
+        ids, scenarios, self._where = [], [], []
+        for name, task in self.tasks.items():
+            docs = _pin_eval_docs(task, limit)
+            _fix_fewshot_contexts(task, docs)
+            own = _doc_items(docs)
+            grouped = len(self.tasks) > 1
+            ids += [f"{name}/{i}" for i in own[0]] if grouped else own[0]
+            scenarios += [name] * len(docs) if grouped else own[1] or []
+            self._where += [(name, k) for k in range(len(docs))]
+        self._set_items(ids, scenarios if scenarios else None)
         self._lm: Any = None
 
     def _wrap(self, model: Any, tokenizer: Any) -> Any:
@@ -280,15 +351,21 @@ class LMEvalTask(ItemTable):
             return score_series(self.name, [], [])
         model.eval()
         lm = self._wrap(model, tokenizer)
-        # lm-eval pairs the k-th selected doc with the k-th index: indices must be sorted.
-        # Its progress bars would print lines for every candidate: they go to a dropped buffer.
+        asked: dict[str, set[int]] = {}
+        for p in positions:
+            name, doc = self._where[p]
+            asked.setdefault(name, set()).add(doc)
+        # one run over every task asked (lm-eval batches their requests together); it pairs the k-th
+        # selected doc with the k-th index, so indices are sorted. Its progress bars would print
+        # lines for every candidate: they go to a dropped buffer.
         with contextlib.redirect_stderr(io.StringIO()):
             result = evaluate(
                 lm,
-                {"tasks": {self.name: self.task}, "groups": {}, "group_map": {}},
-                samples={self.name: sorted(set(positions))},
+                {"tasks": {name: self.tasks[name] for name in asked}, "groups": {}, "group_map": {}},
+                samples={name: sorted(docs) for name, docs in asked.items()},
                 bootstrap_iters=0,
                 log_samples=True,
             )
-        by_doc = {s["doc_id"]: s[self.metric] for s in result["samples"][self.name] if s["filter"] == self.filter}
-        return score_series(self.name, [self._ids[p] for p in positions], [by_doc[p] for p in positions])
+        by_doc = {(name, s["doc_id"]): s[self.metric] for name in asked
+                  for s in result["samples"][name] if s["filter"] == self.filter}
+        return score_series(self.name, [self._ids[p] for p in positions], [by_doc[self._where[p]] for p in positions])

@@ -94,7 +94,7 @@ def test_pinned_mass_scores_items_like_the_tsv_c_model_and_routed_like_lm_eval(z
     positions = [task.item_ids.index(i) for i in items]
     result = simple_evaluate(
         model="evo-merge-mass", model_args=f"path={folder}", batch_size=16,
-        tasks=[task.task], samples={task.name: positions}, bootstrap_iters=0, log_samples=True,
+        tasks=[task.tasks[task.name]], samples={task.name: positions}, bootstrap_iters=0, log_samples=True,
     )
     theirs = {s["doc_id"]: s["acc"] for s in result["samples"][task.name]}
     assert [theirs[p] for p in positions] == routed.tolist()

@@ -94,16 +94,16 @@ def test_task_yamls_lm_eval_cannot_use_are_one_line_errors_at_load(tmp_path, mon
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_a_local_group_is_refused_naming_its_tasks(tmp_path):
-    """A group YAML was read as a task config: 'TaskConfig got an unexpected keyword argument'."""
-    for part in ("part_a", "part_b"):
-        (tmp_path / part).mkdir()
-        _arith_variant(tmp_path / part, yaml=[("task: evo_arith", f"task: {part}")])
-    (tmp_path / "both.yaml").write_text("group: both\ntask: [part_a, part_b]\n")
-    for spec in (tmp_path / "both.yaml", tmp_path):
-        with pytest.raises(UserError, match=re.escape("is a group of 2 tasks; name one task: ['part_a', 'part_b']")):
-            LMEvalTask(spec)
-    assert LMEvalTask(tmp_path / "part_b" / "t.yaml").name == "part_b"
+def test_a_local_group_reads_its_members_data_files_beside_them_and_names_a_missing_member(tmp_path):
+    """(A group YAML was refused; its scores against lm-eval's: test_lmeval_fidelity.py.)"""
+    (tmp_path / "part_a").mkdir()
+    _arith_variant(tmp_path / "part_a", yaml=[("task: evo_arith", "task: part_a")])  # data file: test.jsonl
+    (tmp_path / "both.yaml").write_text("group: both\ntask: [part_a, part_z]\n")
+    with pytest.raises(UserError, match=re.escape("task 'part_z' is in no task YAML under")):
+        LMEvalTask(tmp_path / "both.yaml")
+    (tmp_path / "both.yaml").write_text("group: both\ntask: [part_a]\n")
+    task = LMEvalTask(tmp_path / "both.yaml", limit=5)
+    assert task.name == "part_a" and task.item_ids[0] == "arith-test-00000"  # one task: its own ids and scenarios
 
 
 LOGLIKELIHOOD = [("output_type: multiple_choice", "output_type: loglikelihood"), ("doc_to_choice: choices\n", ""),

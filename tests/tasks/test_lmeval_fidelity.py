@@ -59,3 +59,39 @@ def test_few_shot_scores_match_lm_eval_whichever_items_are_asked(tmp_path, sharp
     some = task.item_ids[5:9]
     assert task.evaluate(model, tok, some).tolist() == scores[some].tolist()
     assert task.evaluate(model, tok, some[::-1]).tolist() == scores[some[::-1]].tolist()
+
+
+def group_of_tasks(root):
+    """A group YAML over two tasks in subfolders, one of them itself a group of one task, each over
+    its own slice of the arith items (data files named absolutely, for lm-eval's own run)."""
+    rows = (BENCHMARKS_DIR / "arith" / "test.jsonl").read_text().splitlines()
+    for name, (start, stop) in {"part_a": (0, 14), "part_b": (14, 24)}.items():
+        (root / name).mkdir()
+        (root / name / "test.jsonl").write_text("\n".join(rows[start:stop]) + "\n")
+        data = root / name / "test.jsonl"
+        head = f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        (root / name / "t.yaml").write_text(head + MULTIPLE_CHOICE)
+    (root / "part_b" / "inner.yaml").write_text("group: inner\ntask: [part_b]\n")
+    (root / "both.yaml").write_text("group: both\ntask: [part_a, inner]\n")
+    return root / "both.yaml"
+
+
+def test_a_group_s_tasks_are_its_scenarios_scored_as_lm_eval_scores_each(tmp_path, sharp_lm):
+    """Groups (MMLU's subjects, a leaderboard's suite) were refused; each task is now a scenario."""
+    model, tok = sharp_lm
+    path = group_of_tasks(tmp_path)
+    task = LMEvalTask(path, batch_size=8)
+    assert task.name == "both" and len(task.item_ids) == 24
+    assert task.item_ids[0] == "part_a/arith-test-00000" and set(task.scenarios.values()) == {"part_a", "part_b"}
+    scores = task.evaluate(model, tok)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=8)
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    out = lm_eval.simple_evaluate(model=lm, tasks=["part_a", "part_b"], task_manager=manager, log_samples=True,
+                                  bootstrap_iters=0)
+    for name in ("part_a", "part_b"):
+        theirs = [float(s["acc"]) for s in sorted(out["samples"][name], key=lambda s: s["doc_id"])]
+        ours = scores[[i for i in task.item_ids if task.scenarios[i] == name]]
+        assert ours.tolist() == theirs and ours.mean() == out["results"][name]["acc,none"]
+    some = [task.item_ids[20], task.item_ids[3], task.item_ids[15]]  # both tasks, out of order
+    assert task.evaluate(model, tok, some).tolist() == scores[some].tolist()
+    assert LMEvalTask(tmp_path, batch_size=8).item_ids == task.item_ids  # the folder names the same group

@@ -5,8 +5,13 @@ If an lm-eval release changes its YAML reader or stops reading evaluation docs t
 
 import shutil
 
-from evo_merge.tasks.lmeval import LMEvalTask, _metric_key, _pin_eval_docs, _read_task_yaml, load_lm_eval_task
+from evo_merge.tasks.lmeval import LMEvalTask, _metric_key, _pin_eval_docs, _read_task_yaml, load_lm_eval_tasks
 from evo_merge.tasks.registry import BENCHMARKS_DIR
+
+
+def arith_task():
+    name, tasks = load_lm_eval_tasks(BENCHMARKS_DIR / "arith")
+    return tasks[name]
 
 
 def _yaml_with_include_and_function(folder):
@@ -26,7 +31,7 @@ def test_the_yaml_reader_merges_includes_and_imports_functions(tmp_path):
 
 
 def test_lm_eval_reads_evaluation_docs_through_the_pinned_list():
-    task = load_lm_eval_task(BENCHMARKS_DIR / "arith")
+    task = arith_task()
     docs = _pin_eval_docs(task, limit=6)
     assert len(docs) == 6
     served = [doc for _, doc in task.doc_iterator(samples=[1, 4])]
@@ -34,7 +39,7 @@ def test_lm_eval_reads_evaluation_docs_through_the_pinned_list():
 
 
 def test_metrics_and_filters_come_from_the_public_task_api(tmp_path):
-    arith = load_lm_eval_task(BENCHMARKS_DIR / "arith")
+    arith = arith_task()
     assert _metric_key(arith, None) == ("acc", "none")
     folder = tmp_path / "default_metrics"
     shutil.copytree(BENCHMARKS_DIR / "arith", folder)
@@ -43,5 +48,5 @@ def test_metrics_and_filters_come_from_the_public_task_api(tmp_path):
     yaml.write_text(text[: text.index("metric_list:")])  # multiple choice with lm-eval's default metrics
     task = LMEvalTask(yaml)
     assert (task.metric, task.filter) == ("acc", "none")
-    assert set(task.task.higher_is_better()) >= {"acc", "acc_norm"}
-    assert _metric_key(task.task, "acc_norm") == ("acc_norm", "none")
+    assert set(task.tasks[task.name].higher_is_better()) >= {"acc", "acc_norm"}
+    assert _metric_key(task.tasks[task.name], "acc_norm") == ("acc_norm", "none")
