@@ -86,6 +86,25 @@ def test_a_gpu_that_is_not_there_is_refused_by_the_plan_before_anything_loads(tm
     assert not (tmp_path / "run").exists()
 
 
+def test_an_endpoint_of_another_architecture_or_vocabulary_is_named_by_plan_and_run(tmp_path, family):
+    """`plan` (and the plan `run` makes first) read every endpoint's headers: a gpt2 endpoint was
+    `tensor 'lm_head.weight' not found`, and one with 8 more tokens "fit" and `run` stopped only
+    once calibration had begun."""
+    from evo_merge.weights.folder import save_model_folder
+    from evo_merge.zoo.tiny import make_tiny_causal_lm
+    from evo_merge.zoo.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    gpt2 = save_tiny_family(tmp_path / "gpt2", "gpt2", n_finetunes=1)[1][0]
+    wider = tmp_path / "wider"
+    save_model_folder(wider, make_tiny_causal_lm("llama", vocab_size=len(tokenizer) + 8), tokenizer)
+    for other, expected in ((gpt2, "'model_type' differs"), (wider, "'vocab_size' differs")):
+        path = campaign(tmp_path, (family[0], [family[1][0], other]))
+        for args in (("plan", path), ("run", path, "--out", tmp_path / "run")):
+            one_line_error(*invoke(*args), expected, str(other))
+        assert not (tmp_path / "run").exists()
+
+
 def test_a_file_that_is_not_utf8_is_one_line(tmp_path):
     path = tmp_path / "binary.yaml"
     path.write_bytes(b"\xff\xfe\x00\x81")

@@ -25,7 +25,7 @@ from evo_merge.errors import UserError
 from evo_merge.merge.registry import get_method
 from evo_merge.merge.storage import Storage
 from evo_merge.merge.subspace import decomposes, tsv_rank
-from evo_merge.weights import Checkpoint, heads, parse_dtype
+from evo_merge.weights import Checkpoint, check_compatible, heads, parse_dtype
 from evo_merge.weights.devices import resolve_device
 from evo_merge.weights.export import DEFAULT_MAX_SHARD_BYTES
 
@@ -279,9 +279,13 @@ def _stacked(setting: Setting) -> int:
 
 
 def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shapes:
-    """Headers of the base and the endpoints (no tensor is read), and the base's config sizes."""
+    """Headers of the base and the endpoints (no tensor is read), and the base's config sizes.
+    Checked for compatibility first, as the merger will check them: an endpoint of another
+    architecture or vocabulary is named by what differs, here before the run starts, rather than
+    by the first tensor it lacks (or, with the same tensors, only once calibration has begun)."""
     base = Checkpoint.open(base_path)
     endpoints = [Checkpoint.open(m) for m in model_paths]
+    check_compatible([base, *endpoints])
     config = base.config or {}
     return Shapes(
         describe(base, endpoints),
