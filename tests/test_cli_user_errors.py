@@ -105,6 +105,20 @@ def test_an_endpoint_of_another_architecture_or_vocabulary_is_named_by_plan_and_
         assert not (tmp_path / "run").exists()
 
 
+def test_demo_refuses_a_folder_of_other_files_before_building_the_zoo(tmp_path, monkeypatch):
+    """`demo --out` built the zoo first (minutes), then ran the campaign into a folder of other
+    files, left a `state.sqlite` among them and told the user to restore it from a backup; `--out .`
+    was a ValueError traceback. It is checked as `run --out` is, before anything is built."""
+    other, zoo = tmp_path / "notes", tmp_path / "zoo"
+    other.mkdir()
+    (other / "report.md").write_text("mine")
+    one_line_error(*invoke("demo", "--out", other, "--zoo", zoo), "not empty and not a run folder")
+    monkeypatch.chdir(other)
+    one_line_error(*invoke("demo", "--out", ".", "--zoo", zoo), "not empty and not a run folder")
+    assert [p.name for p in other.iterdir()] == ["report.md"] and not zoo.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
 def test_a_file_that_is_not_utf8_is_one_line(tmp_path):
     path = tmp_path / "binary.yaml"
     path.write_bytes(b"\xff\xfe\x00\x81")

@@ -132,6 +132,12 @@ def _run(runner) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="run folder (created)")
 def run(campaign_file: Path, out: Path) -> None:
     """Start a search campaign in the run folder OUT (an existing run of the same campaign is resumed)."""
+    start_campaign(campaign_file, out)
+
+
+def start_campaign(campaign_file: Path, out: Path) -> None:
+    """`run` (and `demo`): the memory plan and the folder checked first, then the campaign run under
+    the folder's lock; a start that fails leaves no folder."""
     from evo_merge.cli.plan import check_campaign_fits
     from evo_merge.search.store import check_run_folder, remove_unused_run_folder
 

@@ -40,11 +40,14 @@ def init(out: Path, zoo: Path) -> None:
 @click.option("--zoo", default=str(DEFAULT_ZOO), type=click.Path(path_type=Path), show_default=True)
 def demo(out: Path, zoo: Path) -> None:
     """Build (or reuse) the tiny-lm zoo and run a short campaign on the shipped benchmarks."""
-    from evo_merge.cli.campaign import _run, _runner
+    from evo_merge.cli.campaign import start_campaign
     from evo_merge.cli.template import campaign_text
+    from evo_merge.search.store import check_run_folder
 
+    check_run_folder(out)  # before the zoo's minutes: a folder of other files is refused, as by `run`
+    folder = out.resolve()  # `--out .` has a name only once resolved
     families = _zoo(zoo)
-    config = out.with_suffix(".yaml")
+    config = folder.parent / f"{folder.name}.yaml"  # beside the run folder: runs/demo.yaml
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(campaign_text(Path(zoo).resolve(), families, name=out.name))
-    _run(_runner(out, config))
+    config.write_text(campaign_text(Path(zoo).resolve(), families, name=folder.name))
+    start_campaign(config, out)
