@@ -11,12 +11,11 @@ from evo_merge.align.methods import METHODS
 @click.option("--models", "first", required=True, help="Model folders: --models A B [C ...].")
 @click.argument("more", nargs=-1)
 @click.option("--arch", required=True, help="mlp | cnn | resnet | llama | gpt2 | SPEC.yaml")
-@click.option(
-    "--method", type=click.Choice(METHODS), default="weight", show_default=True
-)
+@click.option("--method", type=click.Choice(METHODS), default="weight", show_default=True,
+              help="Weight matching, or matching on activations of --data (activation, mudsc, c2m3).")
 @click.option("--data", type=click.Path(), default=None, help="Inputs: .safetensors with x (and y), or a text file.")
 @click.option("--f", "balance", type=float, default=None, help="MuDSC balance factor (searched if omitted).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the matching.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
 def align(first: str, more: tuple[str, ...], arch: str, method: str, data, balance, seed: int, out: str) -> None:
     """Align models and write each, mapped into the common basis, under OUT."""

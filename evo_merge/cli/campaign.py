@@ -129,7 +129,8 @@ def _run(runner) -> None:
 
 @click.command()
 @click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="run folder (created)")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="run folder (created; a run of the same campaign in it is resumed)")
 def run(campaign_file: Path, out: Path) -> None:
     """Start a search campaign in the run folder OUT (an existing run of the same campaign is resumed)."""
     start_campaign(campaign_file, out)
@@ -242,8 +243,8 @@ def report(run: Path) -> None:
 @click.command()
 @RUN_DIR
 @click.option("--pick", "pick", required=True, type=int, help="evaluation id (see pareto.csv or status)")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--overwrite", is_flag=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="model folder to write")
+@click.option("--overwrite", is_flag=True, help="replace OUT if it is a model folder (once the new one is complete)")
 @click.option("--push-to-hub", "repo_id", metavar="ORG/NAME", help="upload the exported folder to this Hub repo")
 @click.option("--private", is_flag=True, help="create the Hub repo private")
 @click.option("--revision", help="Hub branch to upload to (created if missing)")

@@ -19,7 +19,8 @@ def _zoo(zoo: Path) -> list[str]:
 
 
 @click.command()
-@click.option("--out", default="campaign.yaml", type=click.Path(path_type=Path), show_default=True)
+@click.option("--out", default="campaign.yaml", type=click.Path(path_type=Path), show_default=True,
+              help="campaign file to write (refused if it exists)")
 @click.option("--zoo", default=str(DEFAULT_ZOO), type=click.Path(path_type=Path), show_default=True,
               help="tiny-lm zoo folder (built if missing)")
 def init(out: Path, zoo: Path) -> None:
@@ -36,8 +37,10 @@ def init(out: Path, zoo: Path) -> None:
 
 
 @click.command()
-@click.option("--out", default="runs/demo", type=click.Path(path_type=Path), show_default=True)
-@click.option("--zoo", default=str(DEFAULT_ZOO), type=click.Path(path_type=Path), show_default=True)
+@click.option("--out", default="runs/demo", type=click.Path(path_type=Path), show_default=True,
+              help="run folder (created; the demo's run in it is resumed), its campaign written beside it as OUT.yaml")
+@click.option("--zoo", default=str(DEFAULT_ZOO), type=click.Path(path_type=Path), show_default=True,
+              help="tiny-lm zoo folder (built if missing)")
 def demo(out: Path, zoo: Path) -> None:
     """Build (or reuse) the tiny-lm zoo and run a short campaign on the shipped benchmarks."""
     from evo_merge.cli.campaign import start_campaign

@@ -79,7 +79,8 @@ def _backend_flags(command):
                            help="Learning rate (pyirt backend; lowered automatically on divergence).")(command)
     command = click.option("--epochs", type=click.IntRange(min=1), default=None,
                            help="Training epochs (pyirt backend).")(command)
-    return click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True)(command)
+    return click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True,
+                        help="IRT fitting backend (pyirt: py-irt, Python < 3.12).")(command)
 
 
 @click.group()
@@ -98,7 +99,8 @@ def irt() -> None:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
 @_backend_flags
 @click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the fit and of the subjects --dims auto holds out.")
 def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float | None, dims: str, seed: int) -> None:
     """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
 
@@ -119,7 +121,8 @@ def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float 
               help="'auto': kmeans-irt with enough calibration subjects, stratified below.")
 @click.option("--allocation", type=click.Choice(ANCHOR_ALLOCATIONS), default="equal", show_default=True,
               help="'neyman': as many anchors in all, spread where they cut the error of the overall score most.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the clustering or sampling.")
 def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: int) -> None:
     """Choose --budget anchor items per scenario, store them in MODEL_DIR and print them."""
 
@@ -162,11 +165,12 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 
 @irt.command()
 @click.argument("responses", type=click.Path(path_type=Path))
-@click.option("--test-frac", type=float, default=0.25, show_default=True)
+@click.option("--test-frac", type=float, default=0.25, show_default=True, help="Share of subjects held out.")
 @click.option("--budgets", default="10,20,50,100", show_default=True, help="Anchors per scenario, comma-separated.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the held-out split and the anchor draws.")
 @_backend_flags
-@click.option("--dims", default="auto", show_default=True)
+@click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
 @click.option("--repeats", type=int, default=1, show_default=True, help="Anchor draws averaged per row.")
 @click.option("--draws", type=int, default=RANDOM_DRAWS, show_default=True,
               help="Random draws per subject behind the baseline (random items + mean).")

@@ -10,7 +10,8 @@ import click
 @click.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="output model folder")
-@click.option("--dtype", default=None, help="computation and output dtype: float32, bfloat16, float16")
+@click.option("--dtype", default=None,
+              help="computation and output dtype: float32, bfloat16, float16 (default: the recipe's)")
 @click.option("--allow-pickle", is_flag=True, help="also read .bin/.pt/.pth checkpoints (weights_only=True)")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists (only once the new folder is complete)")
 def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwrite: bool) -> None:

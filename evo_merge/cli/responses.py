@@ -17,8 +17,9 @@ def responses() -> None:
 @click.option("--tasks", required=True, help="comma-separated task names or paths")
 @click.option("--n-merges", default=60, show_default=True, type=click.IntRange(min=0),
               help="random merges besides base and endpoints")
-@click.option("--scenario", type=click.Choice(["task", "subskill"]), default="task", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--scenario", type=click.Choice(["task", "subskill"]), default="task", show_default=True,
+              help="IRT scenario of each item: its task, or the task's own scenario (TASK:SCENARIO)")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="seed of the random merges")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="long-format CSV")
 def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: Path) -> None:
     """Score the base, the endpoints and N random merges on every item of every task."""

@@ -1,0 +1,23 @@
+"""`evo-merge COMMAND --help` is where a new user learns the options: every option of every
+command says what it means (a review found `demo --out`, `export --out/--overwrite` and a dozen
+others printed with their type alone)."""
+
+import click
+
+from evo_merge.cli import cli
+
+
+def _commands(group: click.Group, ctx: click.Context, path: tuple[str, ...] = ()):
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, ctx, (*path, name))
+        else:
+            yield " ".join((*path, name)), command
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    ctx = click.Context(cli)
+    silent = [f"{name} {option.opts[0]}" for name, command in _commands(cli, ctx)
+              for option in command.params if isinstance(option, click.Option) and not option.help]
+    assert silent == []
