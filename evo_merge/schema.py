@@ -6,9 +6,12 @@ Shared by the campaign schema (`evo_merge.config`) and the merge-recipe schema
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -67,11 +70,19 @@ def validate(model: type[M], data: Any, source: str | Path) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        path = _key_path(errors[0]["loc"])
+        path = _key_path(_first(errors)["loc"])
         # a value that fits no member of a union fails once per member: say what each would take
-        msgs = [_message(e) for e in errors if _key_path(e["loc"]) == path]
+        msgs = [_message(e, model) for e in errors if _key_path(e["loc"]) == path]
         loc = ".".join(str(part) for part in path) or "(top level)"
         raise UserError(f"{source}: {loc}: {' | '.join(dict.fromkeys(msgs))}") from None
+
+
+def _first(errors: list[dict]) -> dict:
+    """The error to report: the first, unless a required key is missing beside an unknown one, which
+    is then most likely its misspelling (`merge_methd`) and is reported, with the key it resembles."""
+    missing = {_key_path(e["loc"])[:-1] for e in errors if e["type"] == "missing"}
+    return next((e for e in errors if e["type"] == "extra_forbidden" and _key_path(e["loc"])[:-1] in missing),
+                errors[0])
 
 
 # pydantic names the union member a value was tried against after its key (`literal['auto']`, `int`)
@@ -82,8 +93,44 @@ def _key_path(loc: tuple) -> tuple:
     return tuple(part for part in loc if not (isinstance(part, str) and _UNION_MEMBER.match(part)))
 
 
-def _message(error: dict) -> str:
-    return "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+def _message(error: dict, model: type[BaseModel]) -> str:
+    if error["type"] != "extra_forbidden":
+        return error["msg"].removeprefix("Value error, ")
+    path = _key_path(error["loc"])
+    close = difflib.get_close_matches(str(path[-1]), _keys_at(model, path[:-1]), n=1)
+    return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+
+def _keys_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """The keys the schema section at `path` takes: a misspelt key (`method`, `populaton`) is named
+    with the one it most resembles, as a new user cannot tell a typo from a key that does not exist."""
+    kinds: list[Any] = [model]
+    for part in path:
+        kinds = [inner for kind in kinds for inner in _inside(kind, part)]
+    return [name for kind in kinds for name in _fields(kind)]
+
+
+def _inside(kind: Any, part: str | int) -> list[Any]:
+    """The types a value of type `kind` may hold at key or index `part`."""
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        field = kind.model_fields.get(part) if isinstance(part, str) else None
+        return [field.annotation] if field is not None else []
+    origin, args = get_origin(kind), get_args(kind)
+    if origin in (Union, types.UnionType):
+        return [inner for arg in args for inner in _inside(arg, part)]
+    if origin in (list, tuple, Sequence) and isinstance(part, int) and args:
+        return [args[0]]
+    if origin in (dict, Mapping) and len(args) == 2:
+        return [args[1]]
+    return []
+
+
+def _fields(kind: Any) -> list[str]:
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return list(kind.model_fields)
+    if get_origin(kind) in (Union, types.UnionType):
+        return [name for arg in get_args(kind) for name in _fields(arg)]
+    return []
 
 
 class Strict(BaseModel):

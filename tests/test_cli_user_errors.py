@@ -9,7 +9,10 @@ import yaml
 from click.testing import CliRunner
 
 from evo_merge.cli import cli
+from evo_merge.config import Campaign
 from evo_merge.errors import UserError
+from evo_merge.merge.recipe import Recipe
+from evo_merge.schema import validate
 from evo_merge.tasks.registry import resolve_task
 from evo_merge.zoo.tiny import save_tiny_family
 
@@ -117,6 +120,38 @@ def test_demo_refuses_a_folder_of_other_files_before_building_the_zoo(tmp_path, 
     one_line_error(*invoke("demo", "--out", ".", "--zoo", zoo), "not empty and not a run folder")
     assert [p.name for p in other.iterdir()] == ["report.md"] and not zoo.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    ({"method": {"ties": {}}}, "method: unknown key (did you mean 'methods'?)"),
+    ({"algorithm": {"populaton": 8}}, "algorithm.populaton: unknown key (did you mean 'population'?)"),
+    ({"tasks": [{"task": "arith", "option": {"limit": 3}}]}, "tasks.0.option: unknown key (did you mean 'options'?)"),
+    ({"final": {"picks": {"mine": {"weight": {"arith": 1}}}}},
+     "final.picks.mine.weight: unknown key (did you mean 'weights'?)"),
+    ({"tracking": {"mlflow": {"url": "./mlruns"}}}, "tracking.mlflow.url: unknown key (did you mean 'uri'?)"),
+    ({"storage": {"xyz": 1}}, "storage.xyz: unknown key"),  # nothing like it: no guess
+])
+def test_a_misspelt_key_is_named_with_the_key_it_resembles(tmp_path, family, edit, expected):
+    """A new user cannot tell a typo from a key that does not exist: `method: unknown key` said neither."""
+    path = campaign(tmp_path, family)
+    config = {**yaml.safe_load(path.read_text()), **edit}
+    with pytest.raises(UserError) as error:
+        validate(Campaign, config, "c.yaml")
+    assert str(error.value) == f"c.yaml: {expected}"
+
+
+@pytest.mark.parametrize(("key", "typo", "expected"), [
+    ("parameters", "paramters", "models.0.paramters: unknown key (did you mean 'parameters'?)"),
+    # a required key misspelt: the misspelling, not `merge_method: Field required`
+    ("merge_method", "merge_methd", "merge_methd: unknown key (did you mean 'merge_method'?)"),
+])
+def test_a_misspelt_recipe_key_is_named_with_the_key_it_resembles(family, key, typo, expected):
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(family[0]),
+              "models": [{"model": str(family[1][0]), "parameters": {"weight": 1.0}}]}
+    text = yaml.safe_dump(recipe).replace(f"{key}:", f"{typo}:")
+    with pytest.raises(UserError) as error:
+        validate(Recipe, yaml.safe_load(text), "r.yaml")
+    assert str(error.value) == f"r.yaml: {expected}"
 
 
 def test_a_file_that_is_not_utf8_is_one_line(tmp_path):
