@@ -55,3 +55,18 @@ def write_zoo(folder: str | Path, manifest: ZooManifest) -> Path:
     file = Path(folder) / ZOO_JSON
     file.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     return file
+
+
+def claim_zoo_folder(folder: str | Path, kind: str) -> None:
+    """Refuse a folder that holds anything but a zoo, before the build's minutes: `--zoo ~/models`
+    would have its `base/` replaced by the zoo's. Mark a new one as a zoo being built (a manifest
+    without a key, which no build reuses), so a build killed half-way starts again in it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a zoo folder")
+    if has_zoo(folder):
+        return
+    if folder.is_dir() and any(folder.iterdir()):
+        raise UserError(f"{folder}: not empty and not a zoo folder (no {ZOO_JSON}); give a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_zoo(folder, ZooManifest(kind=kind, models=[]))

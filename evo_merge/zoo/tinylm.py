@@ -47,7 +47,7 @@ from evo_merge.tasks.synthetic import (
     training_text,
 )
 from evo_merge.weights.folder import load_model_folder, save_model_folder
-from evo_merge.zoo.manifest import BASE, ZooManifest, has_zoo, read_zoo, write_zoo
+from evo_merge.zoo.manifest import BASE, ZooManifest, claim_zoo_folder, has_zoo, read_zoo, write_zoo
 from evo_merge.zoo.tiny import make_tiny_causal_lm
 from evo_merge.zoo.tokenizer import build_char_tokenizer
 
@@ -357,6 +357,7 @@ def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool) -
     if not force and _cached(out, settings):
         console.print(f"tiny-lm zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:
+        claim_zoo_folder(out, "tiny-lm")
         start, cpu = time.perf_counter(), time.process_time()
         tokenizer, models = train_zoo_models(settings)
         trained = time.perf_counter() - start

@@ -11,3 +11,8 @@ SMOKE = TinyLMSettings(
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
     return build_tinylm_zoo(tmp_path_factory.mktemp("tiny_zoo"), settings=SMOKE)
+
+
+@pytest.fixture
+def smoke_settings():
+    return SMOKE

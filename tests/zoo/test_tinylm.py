@@ -8,8 +8,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from evo_merge.errors import UserError
 from evo_merge.tasks.registry import BENCHMARKS_DIR, resolve_task
 from evo_merge.tasks.synthetic import FAMILIES, LEXICON
+from evo_merge.weights.folder import save_model_folder
 from evo_merge.zoo.tiny import make_tiny_causal_lm
 from evo_merge.zoo.tinylm import (
     TinyLMSettings,
@@ -152,3 +154,22 @@ def test_adapter_reproduces_lm_eval_simple_evaluate(tiny_zoo, family, monkeypatc
     assert ours.mean() == pytest.approx(result["results"][task.name][key], abs=1e-12)
     theirs = {s["doc_id"]: s[task.metric] for s in result["samples"][task.name] if s["filter"] == task.filter}
     assert ours.tolist() == [theirs[p] for p in positions]
+
+
+def test_a_folder_of_other_models_is_refused_before_training_and_a_killed_build_starts_again(tmp_path, smoke_settings):
+    """`init --zoo ~/models` (or `zoo build --out`) trained for minutes, then replaced the user's
+    `base/` model folder with the zoo's base."""
+
+    mine = tmp_path / "models"
+    save_model_folder(mine / "base", make_tiny_causal_lm("gpt2", vocab_size=40))
+    before = {p.name: p.stat().st_mtime_ns for p in (mine / "base").iterdir()}
+    with pytest.raises(UserError, match="models: not empty and not a zoo folder"):
+        build_tinylm_zoo(mine, settings=smoke_settings)
+    assert {p.name: p.stat().st_mtime_ns for p in (mine / "base").iterdir()} == before
+    assert sorted(p.name for p in mine.iterdir()) == ["base"]
+    # a build killed after it began writing: its own folder, marked when it started, builds again
+    zoo = tmp_path / "zoo"
+    (zoo / "base").mkdir(parents=True)
+    (zoo / "zoo.json").write_text(json.dumps({"kind": "tiny-lm", "models": []}))
+    build_tinylm_zoo(zoo, settings=smoke_settings)
+    assert json.loads((zoo / "zoo.json").read_text())["models"] == ["base", *FAMILIES]
