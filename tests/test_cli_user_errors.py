@@ -108,6 +108,20 @@ def test_an_endpoint_of_another_architecture_or_vocabulary_is_named_by_plan_and_
         assert not (tmp_path / "run").exists()
 
 
+def test_a_pickled_endpoint_in_a_campaign_is_not_told_to_use_an_option_run_does_not_have(tmp_path, family):
+    """`plan` and `run` said "pass --allow-pickle", which neither has: a campaign reads safetensors only."""
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = shutil.copytree(family[1][0], tmp_path / "pickled", ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(load_file(family[1][0] / "model.safetensors"), pickled / "pytorch_model.bin")
+    path = campaign(tmp_path, (family[0], [pickled, family[1][1]]))
+    for args in (("plan", path), ("run", path, "--out", tmp_path / "run")):
+        one_line_error(*invoke(*args), "pickled/pytorch_model.bin is a pickle checkpoint",
+                       "a campaign reads safetensors only")
+    assert not (tmp_path / "run").exists()
+
+
 def test_demo_refuses_a_folder_of_other_files_before_building_the_zoo(tmp_path, monkeypatch):
     """`demo --out` built the zoo first (minutes), then ran the campaign into a folder of other
     files, left a `state.sqlite` among them and told the user to restore it from a backup; `--out .`

@@ -166,7 +166,8 @@ class Checkpoint:
         if pickles and not allow_pickle:
             raise UserError(
                 f"{pickles[0]} is a pickle checkpoint, which can run code when loaded; convert it to "
-                "safetensors, or pass --allow-pickle to load it with torch.load(weights_only=True)"
+                "safetensors (a campaign reads safetensors only; `merge --allow-pickle`, or allow_pickle=True "
+                "from Python, loads it with torch.load(weights_only=True))"
             )
         return cls(path, folder, files, index)
 
@@ -307,7 +308,7 @@ def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]
         if found is None:
             raise UserError(
                 f"no weights in {folder}: expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX} or a "
-                "single .safetensors file (pickle files with --allow-pickle)"
+                "single .safetensors file (pickle files with `merge --allow-pickle`)"
             )
         if found.suffix == ".safetensors" and found.name != SAFETENSORS_SINGLE:
             others = sorted(folder.glob("*.safetensors"))
