@@ -1,6 +1,6 @@
-"""`evo-merge COMMAND --help` is where a new user learns the options: every option of every
-command says what it means (a review found `demo --out`, `export --out/--overwrite` and a dozen
-others printed with their type alone)."""
+"""Where a new user learns the commands: a mistyped one is named with the one it resembles, and in
+`evo-merge COMMAND --help` every option of every command says what it means (a review found
+`demo --out`, `export --out/--overwrite` and a dozen others printed with their type alone)."""
 
 import click
 
@@ -21,3 +21,14 @@ def test_every_option_of_every_command_has_a_help_text():
     silent = [f"{name} {option.opts[0]}" for name, command in _commands(cli, ctx)
               for option in command.params if isinstance(option, click.Option) and not option.help]
     assert silent == []
+
+
+def test_a_mistyped_command_is_named_with_the_one_it_resembles():
+    """Commands load on first use, so click had none to guess from: `evo-merge statsu` said only
+    "No such command"."""
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, ["statsu", "runs/c1"])
+    assert result.exit_code == 2 and "No such command 'statsu'. Did you mean 'status'?" in result.output
+    result = CliRunner().invoke(cli, ["frobnicate"])
+    assert result.exit_code == 2 and "No such command 'frobnicate'." in result.output and "Did you" not in result.output

@@ -6,6 +6,7 @@ stays fast and one command's heavy imports (torch, lm-eval, py-irt) never slow a
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import traceback
 
@@ -44,6 +45,15 @@ class LazyGroup(click.Group):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(f"evo_merge.cli.{module}"), attr)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        """A mistyped command is named with the one it resembles: click draws its guesses from the
+        commands it has loaded, and this group loads none before one is chosen."""
+        name = args[0] if args else ""
+        close = difflib.get_close_matches(name, COMMANDS, n=1) if name not in COMMANDS else []
+        if close and not name.startswith("-"):
+            ctx.fail(f"No such command {name!r}. Did you mean {close[0]!r}?")
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context):
         try:
