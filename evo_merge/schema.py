@@ -64,8 +64,10 @@ def _expanded_size(data: Any) -> int:
 
 def validate(model: type[M], data: Any, source: str | Path) -> M:
     """Build `model` from `data`; on failure name the first bad key path in one line."""
+    if data is None:
+        raise UserError(f"{source}: the file is empty")
     if not isinstance(data, dict):
-        raise UserError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise UserError(f"{source}: expected a mapping of keys at the top level, not {_kind(data)}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -94,11 +96,24 @@ def _key_path(loc: tuple) -> tuple:
 
 
 def _message(error: dict, model: type[BaseModel]) -> str:
+    if error["type"] == "model_type":  # pydantic says "a valid dictionary or instance of TaskSpec"
+        return f"expected a mapping of keys ({{key: value, ...}}), not {_kind(error['input'])}"
     if error["type"] != "extra_forbidden":
         return error["msg"].removeprefix("Value error, ")
     path = _key_path(error["loc"])
     close = difflib.get_close_matches(str(path[-1]), _keys_at(model, path[:-1]), n=1)
     return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in YAML's words: `tasks: [arith]` holds a string, not a mapping."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float, str)):
+        return f"{'the string' if isinstance(value, str) else 'the number'} {value!r}"
+    return "a list" if isinstance(value, list) else type(value).__name__
 
 
 def _keys_at(model: type[BaseModel], path: tuple) -> list[str]:

@@ -154,6 +154,21 @@ def test_a_misspelt_key_is_named_with_the_key_it_resembles(tmp_path, family, edi
     assert str(error.value) == f"c.yaml: {expected}"
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", "the file is empty"),
+    ("- arith\n", "expected a mapping of keys at the top level, not a list"),
+    # the README writes {task: arith}; a bare name was "a valid dictionary or instance of TaskSpec"
+    ("base_model: {base}\nmodels: [{ft}]\ntasks: [arith]\n",
+     "tasks.0: expected a mapping of keys ({{key: value, ...}}), not the string 'arith'"),
+    ("base_model: {base}\nmodels: [{ft}]\ntasks: [{{task: arith}}]\nestimator: gpirt\n",
+     "estimator: expected a mapping of keys ({{key: value, ...}}), not the string 'gpirt'"),
+])
+def test_a_value_where_a_section_belongs_is_named_in_yaml_words(tmp_path, family, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text.format(base=family[0], ft=family[1][0]))
+    one_line_error(*invoke("plan", path), "c.yaml: " + expected.format())
+
+
 @pytest.mark.parametrize(("key", "typo", "expected"), [
     ("parameters", "paramters", "models.0.paramters: unknown key (did you mean 'parameters'?)"),
     # a required key misspelt: the misspelling, not `merge_method: Field required`
