@@ -7,6 +7,7 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,7 @@ def naming_file(path: str | Path) -> Iterator[None]:
         yield
     except UserError as exc:
         text = str(exc)
-        head = text.split(": ", 1)[0]
+        head = re.sub(r":\d+:\d+$", "", text.split(": ", 1)[0])  # a YAML error's `FILE:LINE:COL`
         if head != text and (head == str(path) or Path(head).exists()):
             raise
         raise UserError(f"{path}: {text}") from None

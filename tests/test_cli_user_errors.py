@@ -330,6 +330,8 @@ def test_errors_about_a_config_name_its_file_once(tmp_path):
     cases = {"models.1: no folder x": f"{config}: models.1: no folder x",
              f"{run}: holds a different campaign": f"{run}: holds a different campaign",
              f"{config}: tasks.0: unknown": f"{config}: tasks.0: unknown",
+             # a YAML error names the file with its line and column: it was named twice
+             f"{config}:2:1: malformed YAML: x": f"{config}:2:1: malformed YAML: x",
              "unknown task 'x'": f"{config}: unknown task 'x'"}
     for raised, shown in cases.items():
         with pytest.raises(UserError) as caught, naming_file(config):
