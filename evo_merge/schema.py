@@ -30,7 +30,7 @@ def load_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
         if _expanded_size(data) > MAX_VALUES:
             raise UserError(f"{path}: holds more than {MAX_VALUES:,} values once its YAML aliases are expanded")
         return data
@@ -43,6 +43,23 @@ def load_yaml(path: str | Path) -> Any:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{where}: malformed YAML: {problem}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load` keeps the last of two equal keys: a `methods:` pasted above the one a
+    template already has was ignored without a word. A key given twice is refused with both lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` entries may be overridden: that is what merge keys are for
+            key = self.construct_object(key_node)
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first on line {lines[key]})", key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 def _expanded_size(data: Any) -> int:

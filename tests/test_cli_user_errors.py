@@ -339,6 +339,21 @@ def test_errors_about_a_config_name_its_file_once(tmp_path):
         assert str(caught.value) == shown
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, family):
+    """PyYAML keeps the last of two equal keys: a `methods:` pasted above the template's own was
+    ignored without a word. Merge keys (`<<: *defaults`) may still be overridden."""
+    from evo_merge.schema import load_yaml
+
+    path = campaign(tmp_path, family)
+    path.write_text("methods: {ties: {density: [0.1, 0.5]}}\n" + path.read_text())
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("methods:") and i > 1)
+    one_line_error(*invoke("plan", path),
+                   f"campaign.yaml:{line}:1: malformed YAML: key 'methods' given twice (first on line 1)")
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("a: &defaults {b: 1, c: 2}\nd: {<<: *defaults, b: 3}\n")
+    assert load_yaml(merged) == {"a": {"b": 1, "c": 2}, "d": {"b": 3, "c": 2}}
+
+
 @pytest.mark.parametrize("command", ["merge", "plan"])
 def test_a_yaml_alias_bomb_or_a_deep_nesting_is_one_line_at_once(tmp_path, command):
     """672 bytes of aliases expand to 10⁹ values, which validation walked (minutes and gigabytes
