@@ -92,8 +92,9 @@ def validate(model: type[M], data: Any, source: str | Path) -> M:
         path = _key_path(_first(errors)["loc"])
         # a value that fits no member of a union fails once per member: say what each would take
         msgs = [_message(e, model) for e in errors if _key_path(e["loc"]) == path]
-        loc = ".".join(str(part) for part in path) or "(top level)"
-        raise UserError(f"{source}: {loc}: {' | '.join(dict.fromkeys(msgs))}") from None
+        key = ".".join(str(part) for part in path)
+        where = f"{key}: " if key else ""  # a check of the whole campaign names its keys itself
+        raise UserError(f"{source}: {where}{' | '.join(dict.fromkeys(msgs))}") from None
 
 
 def _first(errors: list[dict]) -> dict:

@@ -60,6 +60,11 @@ def test_campaign_values_refused_when_the_file_is_read(tmp_path, family, section
     one_line_error(*invoke("plan", campaign(tmp_path, family, **{section: values})), expected)
 
 
+def test_a_check_of_the_whole_campaign_names_its_key_without_a_top_level_marker(tmp_path, family):
+    path = campaign(tmp_path, family, final={"picks": {"mine": {"weights": {"arth": 1}}}})
+    one_line_error(*invoke("plan", path), f"{path}: final.picks.mine.weights.arth: not a task name (tasks: arith)")
+
+
 def test_a_task_name_too_long_for_its_pick_folder_is_refused_when_the_file_is_read(tmp_path, family):
     """`best-<task>` becomes a folder (and a hidden sibling while written): a 240-character name
     passed the plan and the whole search, then failed at export on every resume."""
