@@ -148,8 +148,8 @@ def start_campaign(campaign_file: Path, out: Path) -> None:
     with _holding(out):
         try:
             _run(_runner(out, campaign_file))
-        except Exception:
-            if new:  # a failed start leaves no folder bound to its config
+        except (Exception, KeyboardInterrupt):
+            if new:  # a failed or interrupted start leaves no folder bound to its config
                 remove_unused_run_folder(out)
             raise
 
@@ -171,11 +171,14 @@ def _holding(run: Path) -> Iterator[None]:
     """The run folder's lock for the whole command; Ctrl-C ends with 130 and the way to go on."""
     from evo_merge.cli.faults import Interrupted
     from evo_merge.search.lock import RunLock
+    from evo_merge.search.store import CampaignStore
 
     with RunLock(run):
         try:
             yield
         except KeyboardInterrupt:
+            if not (run / CampaignStore.DB).exists():  # removed: nothing had been evaluated
+                raise Interrupted("interrupted before the first evaluation; nothing kept") from None
             raise Interrupted(f"interrupted; resume with: evo-merge resume {run}") from None
 
 

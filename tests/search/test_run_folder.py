@@ -110,6 +110,21 @@ def test_a_second_process_is_refused_and_a_killed_holders_lock_is_taken_over(tmp
         pass
 
 
+def test_ctrl_c_before_the_first_evaluation_leaves_no_folder_for_the_corrected_campaign(tmp_path, zoo):  # noqa: F811
+    """A start interrupted before anything was evaluated kept a folder bound to its campaign: the
+    campaign corrected after the Ctrl-C was then `holds a different campaign` there."""
+    config, run = campaign(tmp_path, zoo), tmp_path / "run"
+    interrupted = yaml.safe_load(config.read_text())
+    interrupted["tasks"][0]["task"] = "interrupted_task:InterruptedAgreementTask"
+    config.write_text(yaml.safe_dump(interrupted))
+    code, out = invoke("run", config, "--out", run)
+    assert code == 130 and "interrupted before the first evaluation; nothing kept" in out, out
+    assert not run.exists()
+    config = campaign(tmp_path, zoo, algorithm={"population": 4, "generations": 1, "seed": 2})
+    code, out = invoke("run", config, "--out", run)
+    assert code == 0, out
+
+
 def test_resume_of_a_run_in_use_is_refused(copy):
     with RunLock(copy):
         code, out = invoke("resume", copy)
