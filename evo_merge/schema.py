@@ -116,6 +116,8 @@ def _key_path(loc: tuple) -> tuple:
 def _message(error: dict, model: type[BaseModel]) -> str:
     if error["type"] == "model_type":  # pydantic says "a valid dictionary or instance of TaskSpec"
         return f"expected a mapping of keys ({{key: value, ...}}), not {_kind(error['input'])}"
+    if error["type"] == "tuple_type":  # the schemas' tuples are ranges: [low, high], [start, end]
+        return f"expected a list of two values ([low, high]), not {_kind(error['input'])}"
     if error["type"] != "extra_forbidden":
         return error["msg"].removeprefix("Value error, ")
     path = _key_path(error["loc"])
