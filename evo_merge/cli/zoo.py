@@ -32,5 +32,5 @@ def build(kind: str, out: Path, seed: int, force: bool) -> None:
     else:
         from evo_merge.zoo.mnist import build_mnist_zoo
 
-        build_mnist_zoo(out, seed=seed)
+        build_mnist_zoo(out, seed=seed, force=force)
     click.echo(f"zoo {kind} -> {out}")

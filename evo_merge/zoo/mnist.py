@@ -100,8 +100,10 @@ def build_mnist_zoo(
     cnn_channels: Sequence[int] = (16, 32, 32),
     n_seeds: int = 3,
     epochs: int = 12,
+    force: bool = False,
 ) -> Path:
-    """Train (or reuse) the zoo under `out`; write data, `manifest.json` and an accuracy table."""
+    """Train (or reuse, unless `force`) the zoo under `out`; write data, `manifest.json` and an
+    accuracy table."""
     out = Path(out)
     data = load_mnist(seed)
     (out / "data").mkdir(parents=True, exist_ok=True)
@@ -119,7 +121,8 @@ def build_mnist_zoo(
             "epochs": epochs,
         }
         cached = folder / "train.json"
-        if cached.exists() and json.loads(cached.read_text()) == settings and (folder / "model.safetensors").exists():
+        if (not force and cached.exists() and json.loads(cached.read_text()) == settings
+                and (folder / "model.safetensors").exists()):
             net, _ = load_model_folder(folder)
         else:
             keep = torch.isin(data["y_train"], torch.tensor(classes))

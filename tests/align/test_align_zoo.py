@@ -27,3 +27,5 @@ def test_tiny_zoo_trains_caches_and_rebuilds(tmp_path):
     stamp = (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns
     build_mnist_zoo(tmp_path / "zoo", seed=0, **TINY)
     assert (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
+    build_mnist_zoo(tmp_path / "zoo", seed=0, force=True, **TINY)  # `zoo build --force` was ignored here
+    assert (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns != stamp
