@@ -27,6 +27,9 @@ MAX_VALUES = 1_000_000  # far above any campaign or recipe; a YAML alias bomb is
 def load_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a missing file or a syntax error is a UserError with line and column."""
     path = Path(path)
+    if path.is_dir():  # a run or model folder given for its campaign or recipe: name what it holds
+        inside = sorted(f.name for f in path.glob("*.yaml"))
+        raise UserError(f"{path}: a folder, not a YAML file" + (f" (it holds {', '.join(inside)})" if inside else ""))
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:

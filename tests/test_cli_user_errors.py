@@ -235,6 +235,18 @@ def test_eval_names_a_device_that_is_not_one(family, tmp_path):
                            "--out", tmp_path / "e.csv"), "--device", "banana")
 
 
+def test_a_file_given_for_a_run_folder_and_a_folder_for_a_yaml_file_are_named_as_such(tmp_path, family):
+    """`resume campaign.yaml` said "not a campaign run folder (no campaign.yaml)", and `run RUN`,
+    `plan RUN` or `merge MODEL_FOLDER` said "no such file" of a folder that is there."""
+    config = campaign(tmp_path, family)
+    for command in ("resume", "status", "report"):
+        one_line_error(*invoke(command, config), f"{config}: a file, not a run folder")
+    (tmp_path / "notes.txt").write_text("")
+    for args in (("plan", tmp_path), ("run", tmp_path, "--out", tmp_path / "run"),
+                 ("merge", tmp_path, "--out", tmp_path / "o")):
+        one_line_error(*invoke(*args), f"{tmp_path}: a folder, not a YAML file (it holds campaign.yaml)")
+
+
 def test_export_of_a_mistyped_run_folder_creates_nothing(tmp_path):
     one_line_error(*invoke("export", tmp_path / "typo", "--pick", "1", "--out", tmp_path / "x"), "not a campaign run")
     assert not (tmp_path / "typo").exists()

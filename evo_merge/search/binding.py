@@ -89,6 +89,8 @@ def campaign_text_digest(run_dir: Path) -> str:
 
 def check_run_files(run_dir: Path) -> None:
     """An existing run folder has its campaign.yaml and its database; opening a store would create one."""
+    if run_dir.is_file():  # `resume campaign.yaml`: the campaign given where its run folder belongs
+        raise UserError(f"{run_dir}: a file, not a run folder (give the folder `evo-merge run --out` wrote)")
     for name in (CAMPAIGN_FILE, CampaignStore.DB):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir}: not a campaign run folder (no {name})")
