@@ -11,6 +11,7 @@ registry behind validation loads torch) and fingerprinted.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ CAMPAIGN_FILE = "campaign.yaml"
 DEFAULTS_META = "defaults"  # the DEFAULTS_VERSION a run folder was written under; none: 1
 CONFIG_META = "config"  # the fingerprint of the campaign the folder is bound to
 CAMPAIGN_TEXT_META = "campaign_text"  # sha256 of the campaign.yaml the folder last ran with
+CONFIG_DATA_META = "config_data"  # what the fingerprint hashes: names the settings an edited campaign changed
 
 
 def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Campaign:
@@ -41,11 +43,16 @@ def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Camp
 
 
 def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> str:
-    """Identifies what a run computes: where it is evaluated (local or which cluster) is left out,
-    so a run started locally can be resumed on a cluster and back; so are settings at their
-    defaults, so a setting added in a later version leaves older runs resumable; so is where it
-    is tracked (trackers observe, they compute nothing), and the sequence length the memory plan
-    assumes. With an older `written_at`, a setting at the value it defaulted to then, since
+    """Identifies what a run computes (`fingerprinted`, hashed)."""
+    return hashlib.sha256(fingerprinted(campaign, written_at=written_at).encode()).hexdigest()[:16]
+
+
+def fingerprinted(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> str:
+    """What identifies a run's computation, as JSON: where it is evaluated (local or which
+    cluster) is left out, so a run started locally can be resumed on a cluster and back; so are
+    settings at their defaults, so a setting added in a later version leaves older runs resumable;
+    so is where it is tracked (trackers observe, they compute nothing), and the sequence length the
+    memory plan assumes. With an older `written_at`, a setting at the value it defaulted to then, since
     changed, is left out too: the fingerprint a run folder written then holds."""
     campaign = _swap_defaults(campaign, written_at, to_former=False)
     # storage placement and budgets change where tensors are kept, not what is computed (#13)
@@ -54,9 +61,8 @@ def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION
     where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"}),
                                         "storage": storage})
     # the sequence length only sizes the memory plan's activations
-    data = where.model_dump_json(exclude={"evaluator": {"address", "n_workers", "sequence_tokens"}, "tracking": True},
+    return where.model_dump_json(exclude={"evaluator": {"address", "n_workers", "sequence_tokens"}, "tracking": True},
                                  exclude_defaults=True)
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 def as_written_at(campaign: Campaign, version: int) -> Campaign:
@@ -76,11 +82,26 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
                         "restore it from a backup, or start the campaign again in a new run folder")
     version = store.get_meta(DEFAULTS_META) or 1
     if stored not in (config_fingerprint(campaign), config_fingerprint(campaign, written_at=version)):
+        started = store.get_meta(CONFIG_DATA_META)  # none in folders bound before it was stored
+        given = fingerprinted(campaign, written_at=version)  # in the form the folder stored it
+        changed = "" if started is None else _changed(json.loads(started), json.loads(given))
         raise UserError(
-            f"{run_dir}: holds a different campaign; resume it with the {CAMPAIGN_FILE} it started with, "
+            f"{run_dir}: holds a different campaign{changed}; resume it with the {CAMPAIGN_FILE} it started with, "
             "or start a new run folder"
         )
     return as_written_at(campaign, version)
+
+
+def _changed(started: dict, given: dict) -> str:
+    """` (changed: algorithm.population, methods)`: the keys whose settings differ, first three."""
+    def differ(a: Any, b: Any, prefix: str) -> list[str]:
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            return [] if a == b else [prefix]
+        return [key for name in dict.fromkeys([*a, *b])
+                for key in differ(a.get(name), b.get(name), f"{prefix}.{name}" if prefix else name)]
+
+    keys = differ(started, given, "")
+    return f" (changed: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" if keys else ""
 
 
 def campaign_text_digest(run_dir: Path) -> str:

@@ -22,11 +22,13 @@ from evo_merge.errors import UserError
 from evo_merge.search.binding import (
     CAMPAIGN_FILE,
     CAMPAIGN_TEXT_META,
+    CONFIG_DATA_META,
     CONFIG_META,
     DEFAULTS_META,
     bound_campaign,
     campaign_text_digest,
     config_fingerprint,
+    fingerprinted,
 )
 from evo_merge.search.lock import LOCK_FILE
 from evo_merge.search.store import CampaignStore, atomic_write
@@ -190,6 +192,7 @@ def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
                         f"({', '.join(leftovers)}); restore the database from a backup, or start the campaign "
                         "in a new run folder")
     _write_campaign(store, campaign, run_dir, {CONFIG_META: config_fingerprint(campaign),
+                                               CONFIG_DATA_META: fingerprinted(campaign),
                                                DEFAULTS_META: DEFAULTS_VERSION})
     return campaign
 

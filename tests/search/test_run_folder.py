@@ -308,16 +308,22 @@ def test_a_run_folder_without_its_database_is_refused_never_started_over(copy, d
 
 
 def test_status_and_report_refuse_an_edited_campaign_as_resume_does(finished, copy):
+    """...naming the settings changed (a user who edited the file for a longer search saw only that
+    it was "a different campaign")."""
     path = copy / "campaign.yaml"
     config = yaml.safe_load(path.read_text())
     config["algorithm"]["population"] += 1
+    config["methods"]["dare_ties"] = {}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     for command in ("status", "report", "resume"):
         code, out = invoke(command, copy)
-        one_line_error(code, out, "holds a different campaign")
+        one_line_error(code, out, "holds a different campaign (changed: methods.dare_ties, algorithm.population)")
     # `run` of the campaign the folder holds goes on; the edited file it did not read stays refused
     assert invoke("run", finished[1], "--out", copy)[0] == 0
-    one_line_error(*invoke("status", copy), "holds a different campaign")
+    one_line_error(*invoke("status", copy), "holds a different campaign (changed: ")
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db, db:  # bound before the settings were stored
+        db.execute("DELETE FROM meta WHERE key = 'config_data'")
+    one_line_error(*invoke("status", copy), "holds a different campaign; resume it")
 
 
 def test_status_never_loads_the_tasks_of_a_run_that_has_not_recorded_them(tmp_path, zoo):  # noqa: F811
