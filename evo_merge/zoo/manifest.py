@@ -58,13 +58,16 @@ def write_zoo(folder: str | Path, manifest: ZooManifest) -> Path:
 
 
 def claim_zoo_folder(folder: str | Path, kind: str) -> None:
-    """Refuse a folder that holds anything but a zoo, before the build's minutes: `--zoo ~/models`
-    would have its `base/` replaced by the zoo's. Mark a new one as a zoo being built (a manifest
-    without a key, which no build reuses), so a build killed half-way starts again in it."""
+    """Refuse a folder that holds anything but a zoo of this kind, before the build's minutes:
+    `--zoo ~/models` would have its `base/` replaced by the zoo's. Mark a new one as a zoo being
+    built (a manifest without a key, which no build reuses), so a build killed half-way starts
+    again in it."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: is a file, not a zoo folder")
     if has_zoo(folder):
+        if (built := read_zoo(folder).kind) != kind:  # `init --zoo` given the smollm2 zoo: hours of work
+            raise UserError(f"{folder}: holds a {built} zoo, not a {kind} one; give another folder")
         return
     if folder.is_dir() and any(folder.iterdir()):
         raise UserError(f"{folder}: not empty and not a zoo folder (no {ZOO_JSON}); give a new or empty folder")
