@@ -323,6 +323,17 @@ class LMEvalTask(ItemTable):
         self._set_items(ids, scenarios if scenarios else None)
         self._lm: Any = None
 
+    @property
+    def lm_eval_config(self) -> dict[str, Any]:
+        """The task's lm-eval config as a dict (what a card and a results file describe it by); a
+        group's: its name and tasks, and the dataset, split and shots its tasks share."""
+        configs = [task.config.to_dict() for task in self.tasks.values()]
+        if len(configs) == 1:
+            return configs[0]
+        shared = {key: configs[0].get(key) for key in ("dataset_path", "dataset_name", "test_split", "num_fewshot")
+                  if all(c.get(key) == configs[0].get(key) for c in configs)}
+        return {"task": self.name, "group": self.name, "tasks": list(self.tasks), **shared}
+
     def _wrap(self, model: Any, tokenizer: Any) -> Any:
         """lm-eval's HF wrapper, kept while the same model and tokenizer objects come back
         (the search merges in place into one model object)."""

@@ -56,11 +56,10 @@ def task_meta(label: str, task: Any, *, direction: str = "maximize") -> TaskMeta
     """The metadata of a resolved task under its campaign label (lm-eval adapter or plugin)."""
     n_items = len(task.item_ids)
     higher = direction == "maximize"
-    config = getattr(getattr(task, "task", None), "config", None)
-    if config is None:  # a plugin: what it declares, else its name
+    raw = getattr(task, "lm_eval_config", None)
+    if raw is None:  # a plugin: what it declares, else its name
         return TaskMeta(name=label, dataset=str(getattr(task, "dataset", label)),
                         metric=str(getattr(task, "metric", "score")), n_items=n_items, higher_is_better=higher)
-    raw = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
     path = raw.get("dataset_path") or label
     version = (raw.get("metadata") or {}).get("version")
     return TaskMeta(

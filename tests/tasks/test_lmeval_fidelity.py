@@ -9,6 +9,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from evo_merge.tasks.lmeval import LMEvalTask
+from evo_merge.tasks.meta import task_meta
 from evo_merge.tasks.registry import BENCHMARKS_DIR
 
 MULTIPLE_CHOICE = "doc_to_text: question\noutput_type: multiple_choice\ndoc_to_choice: choices\ndoc_to_target: answer\n"
@@ -95,3 +96,6 @@ def test_a_group_s_tasks_are_its_scenarios_scored_as_lm_eval_scores_each(tmp_pat
     some = [task.item_ids[20], task.item_ids[3], task.item_ids[15]]  # both tasks, out of order
     assert task.evaluate(model, tok, some).tolist() == scores[some].tolist()
     assert LMEvalTask(tmp_path, batch_size=8).item_ids == task.item_ids  # the folder names the same group
+    meta = task_meta("suite", task)  # what its cards and results file say
+    assert (meta.dataset, meta.metric, meta.num_fewshot, meta.n_items) == ("both", "acc", 0, 24)
+    assert meta.config["tasks"] == ["part_a", "part_b"]
