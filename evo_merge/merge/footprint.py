@@ -366,20 +366,18 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
                   resuming: bool = False) -> Plan:
     """The campaign's plan; when it does not fit, `alternative` names the first setting that does:
     a smaller evaluation batch (the activations shrink, the weights stay as they are), then
-    storage (bfloat16, then host placement), then a bfloat16 evaluation module. `resuming`: only
-    what a run folder lets a resume change (placement, budgets); the rest is part of what it computes."""
+    storage (bfloat16, then host placement), then a bfloat16 evaluation module, each of those
+    with the campaign's batch and then smaller ones (neither bf16 storage nor a batch of 1 alone
+    may fit where both together do, as in a 0.3B campaign under a 7.2 GiB budget). `resuming`:
+    only what a run folder lets a resume change (placement, budgets); the rest is part of what it
+    computes."""
     shapes, target = shapes_of(base_path, model_paths), target_of(campaign)
     current, eval_dtype = Storage.of(campaign.storage), parse_dtype(campaign.dtype)
     plan = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype)
     if plan.fits:
         return plan
-    batch = 0 if resuming else campaign.evaluator.batch_size // 2
-    while batch >= 1:
-        other = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype, batch)
-        if other.fits:
-            plan.alternative = f"evaluator: {{batch_size: {batch}}} fits ({_needs(other)})"
-            return plan
-        batch //= 2
+    batch = campaign.evaluator.batch_size
+    batches = [batch] if resuming else [batch >> k for k in range(batch.bit_length())]  # 32, 16, ..., 1
     placements = ("device", "host") if target.gpu is not None else (current.placement,)
     options = [
         (Storage(dtype, placement), ev)
@@ -388,20 +386,35 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
         for placement in placements
         if not resuming or (dtype, ev) == (current.dtype, eval_dtype)
     ]
-    options = [o for o in options if o != (current, eval_dtype)]
-    if not options:  # a resume on a CPU machine: nothing it may change
+    ordered = [(current, eval_dtype), *(o for o in options if o != (current, eval_dtype))]
+    settings = [(storage, ev, b) for storage, ev in ordered for b in batches][1:]  # the first is the campaign's own
+    if not settings:  # nothing leaner to offer: a resume on a CPU machine, or batch 1 with bf16 everywhere
         plan.alternative = ("a resume keeps this run's batch size and dtypes: start the campaign in a new run "
-                            "folder with a smaller evaluator.batch_size")
+                            "folder with a smaller evaluator.batch_size") if resuming else \
+            "no leaner storage setting or batch size exists"
         return plan
-    for storage, ev in options:
-        other = plan_for(campaign, shapes, len(model_paths), target, storage, ev)
+    for storage, ev, b in settings:
+        other = plan_for(campaign, shapes, len(model_paths), target, storage, ev, b)
         if other.fits:
-            suffix = "" if ev == eval_dtype else str(ev).removeprefix("torch.")
-            plan.alternative = f"{describe_storage(storage, suffix or None)} fits ({_needs(other)})"
+            plan.alternative = f"{_changes(current, eval_dtype, batch, storage, ev, b)} fits ({_needs(other)})"
             return plan
-    lean = plan_for(campaign, shapes, len(model_paths), target, *options[-1])
-    plan.alternative = f"no storage setting fits; the leanest ({describe_storage(lean.storage)}) {lean.shortfall()}"
+    storage, ev, b = settings[-1]
+    lean = plan_for(campaign, shapes, len(model_paths), target, storage, ev, b)
+    plan.alternative = (f"no storage setting or batch size fits; the leanest "
+                        f"({_changes(None, eval_dtype, batch, storage, ev, b)}) {lean.shortfall()}")
     return plan
+
+
+def _changes(current: Storage | None, eval_dtype: torch.dtype, batch: int, storage: Storage, ev: torch.dtype,
+             b: int) -> str:
+    """The settings that differ from the campaign's, as a user would write them (`current` None:
+    the storage always named)."""
+    parts = []
+    if (storage, ev) != (current, eval_dtype):
+        parts.append(describe_storage(storage, None if ev == eval_dtype else str(ev).removeprefix("torch.")))
+    if b != batch:
+        parts.append(f"evaluator: {{batch_size: {b}}}")
+    return " and ".join(parts)
 
 
 def _needs(plan: Plan) -> str:

@@ -68,8 +68,9 @@ def test_plan_prints_host_bytes_and_a_campaign_that_cannot_fit_stops_before_any_
         assert result.exit_code == 2, result.output
         error = result.output.strip().splitlines()[-1]
         assert error.startswith("error: memory plan: the run needs") and "storage.host_budget_gib is 10.2 MiB" in error
-        assert "no storage setting fits" in error
-        assert result.output.count("memory plan") == 1 and "no storage setting fits" not in result.output[:-len(error)]
+        assert "no storage setting or batch size fits; the leanest (storage: {dtype: bfloat16" in error
+        assert "evaluator: {batch_size: 1})" in error
+        assert result.output.count("memory plan") == 1 and "the leanest" not in result.output[:-len(error)]
     assert not run.exists()  # stopped before the run folder (and any evaluation)
 
 
@@ -98,6 +99,50 @@ def test_a_smaller_evaluation_batch_is_offered_before_another_storage(tmp_path, 
                                                                                        "batch_size": 64}))
     result = CliRunner().invoke(cli, ["plan", str(path)])
     assert result.exit_code == 2 and "evaluator: {batch_size: 32} fits" in result.output.splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """Three copies of a Llama whose weights outweigh the plan's activation steps (the plan reads
+    headers only: the copies need not differ)."""
+    from evo_merge.zoo.tiny import make_tiny_causal_lm
+    from evo_merge.zoo.tokenizer import build_char_tokenizer
+
+    root, tokenizer = tmp_path_factory.mktemp("wide"), build_char_tokenizer()
+    model = make_tiny_causal_lm("llama", vocab_size=len(tokenizer), hidden=256, layers=6)
+    for name in ("base", "a", "b"):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root / "base", [root / "a", root / "b"]
+
+
+def test_storage_and_a_smaller_batch_together_are_offered_when_neither_alone_fits(tmp_path, wide):
+    """At size, bf16 storage alone or a batch of 1 alone can both fall short where the two together
+    fit: the plan said no storage setting fits."""
+    base, fts = wide
+
+    def need(dtype: str, batch: int) -> int:
+        campaign = Campaign.model_validate(config(wide, storage={"dtype": dtype},
+                                                  evaluator={"kind": "local", "batch_size": batch}))
+        return campaign_plan(campaign, base, fts).need_host
+
+    alone = min(need("float32", 1), need("bfloat16", 8))
+    assert need("bfloat16", 4) < alone  # the case: only the combination fits under the budget below
+    budget = (need("bfloat16", 4) + alone) / 2 / GIB
+    path = write(tmp_path, config(wide, storage={"dtype": "float32", "host_budget_gib": budget},
+                                  evaluator={"kind": "local", "batch_size": 8}))
+    result = CliRunner().invoke(cli, ["plan", str(path)])
+    assert result.exit_code == 2
+    assert ("storage: {dtype: bfloat16, placement: device} and evaluator: {batch_size: 4} fits"
+            in result.output.splitlines()[-1])
+
+
+def test_a_new_campaign_with_nothing_leaner_to_offer_is_not_told_about_resumes(tmp_path, zoo):
+    path = write(tmp_path, config(zoo, dtype="bfloat16", storage={"dtype": "bfloat16", "host_budget_gib": 0.01},
+                                  evaluator={"kind": "local", "batch_size": 1}))
+    result = CliRunner().invoke(cli, ["plan", str(path)])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1].endswith("no leaner storage setting or batch size exists")
 
 
 def test_a_resume_that_does_not_fit_is_offered_only_what_a_resume_may_change(tmp_path, zoo):
