@@ -5,13 +5,17 @@ held in memory. Everything is written into a hidden temporary sibling of the out
 which is renamed into place only once complete: an exception or interrupt mid-stream leaves
 neither a half-written model under the final name nor the temporary folder (a hard kill can
 leave the hidden temporary folder, never a partial model; the CLI turns SIGTERM into an
-exception for that reason). Only a model folder (or an empty one) is ever replaced, a tensor
+exception for that reason). The writer holds an flock on its temporary folder, so the next write
+to the same output removes what a killed one left (shards: gigabytes at size) and leaves a live
+writer's alone. Only a model folder (or an empty one) is ever replaced, a tensor
 holding NaN or Inf is never written, and the folder gets the umask's modes like any other.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import secrets
 import shutil
@@ -67,7 +71,8 @@ def write_model_folder(
         raise UserError(f"model folder to copy config and tokenizer from not found: {source}")
     copied = _copied_files(source, copy_tokenizer) if source is not None else []  # refused before any work
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _hidden_sibling(out, "tmp")
+    sweep_stale_siblings(out)
+    tmp, held = _held_sibling(out)
     try:
         try:
             written_dtypes = _write_shards(tmp, tensors, dtype, max_shard_bytes)
@@ -86,6 +91,8 @@ def write_model_folder(
         if isinstance(exc, OSError) and exc.strerror:  # name the output, not the hidden file that is gone
             raise UserError(f"cannot write {out}: {exc.strerror}") from exc
         raise
+    finally:
+        os.close(held)
     return out
 
 
@@ -237,6 +244,50 @@ def sweep_partial_folders(folder: Path) -> list[Path]:
     for path in swept:
         shutil.rmtree(path)
     return swept
+
+
+def sweep_stale_siblings(out: Path) -> list[Path]:
+    """Remove the hidden folders a killed write to `out` left beside it (`.NAME.tmp-*`, and
+    `.NAME.old-*` from a replace cut short), unless a writer of `out` is alive: each holds an flock
+    on its temporary folder, which the kernel drops when the writer dies (kill -9 included)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-[0-9a-z_]+")
+    found = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    locks: dict[Path, int] = {}
+    try:
+        for path in found:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:  # a writer finished meanwhile, or not ours to open
+                continue
+            locks[path] = fd
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live writer of `out`: its replace may need its .old folder
+                return []
+        for path in locks:  # under the locks: a writer whose new folder this is waits, then takes another
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        for fd in locks.values():
+            os.close(fd)
+    return list(locks)
+
+
+def _held_sibling(out: Path) -> tuple[Path, int]:
+    """A new hidden temporary folder next to `out` and a descriptor holding its flock; taken again
+    should a sweep have removed the folder between its creation and the lock."""
+    while True:
+        tmp = _hidden_sibling(out, "tmp")
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                return tmp, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _hidden_sibling(out: Path, kind: str) -> Path:

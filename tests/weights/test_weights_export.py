@@ -171,6 +171,52 @@ def test_a_write_that_fails_mid_way_closes_its_tensor_generator(tmp_path):
     assert closed == [True]
 
 
+WRITER = """
+import sys, time
+from pathlib import Path
+import torch
+from evo_merge.weights import write_model_folder
+
+def tensors():
+    for i in range(3):
+        yield f"w{i}", torch.ones(1000)
+    Path(sys.argv[2]).touch()  # two shards are on disk
+    time.sleep(600)
+    yield "late", torch.ones(1)
+
+write_model_folder(Path(sys.argv[1]), tensors(), max_shard_bytes=5000)
+"""
+
+
+def test_what_a_killed_write_left_is_removed_by_the_next_write_to_that_output_not_before(tmp_path):
+    """A hard kill leaves the hidden temporary folder with the shards written so far (gigabytes at
+    size); nothing else could remove it. A live writer's folder is left alone."""
+    import subprocess
+    import sys
+    import time
+
+    out, ready = tmp_path / "m", tmp_path.parent / f"{tmp_path.name}-ready"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(ready)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert writer.poll() is None and time.monotonic() < deadline, "the writer did not start"
+            time.sleep(0.05)
+        partial = [p for p in tmp_path.iterdir() if p.name.startswith(".m.tmp-")]
+        assert len(partial) == 1 and len(list(partial[0].glob("*.part"))) == 2
+
+        write_model_folder(out, [("w", torch.zeros(2))])  # beside a live writer: its folder stays
+        assert partial[0].is_dir() and _siblings(out) == sorted(["m", partial[0].name])
+    finally:
+        writer.kill()
+        writer.wait()
+    write_model_folder(out, [("w", torch.ones(2))], overwrite=True)
+    assert _siblings(out) == ["m"]
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("w"), torch.ones(2))
+
+
 def test_existing_output_refused_without_overwrite(llama_family, tmp_path):
     base, _ = llama_family
     out = tmp_path / "m"
