@@ -1,9 +1,13 @@
 """Rich progress helpers shared by commands: bars on stderr, so stdout keeps only results (a user
-who sends stdout to a log still sees the bars, and the log holds no bar frames)."""
+who sends stdout to a log still sees the bars, and the log holds no bar frames). Where stderr is
+not a terminal (`nohup ... 2> log`, a batch job) rich draws nothing until the bars stop, so a
+campaign of hours said nothing until it ended: there each stage is a line as it advances instead."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
@@ -13,7 +17,45 @@ T = TypeVar("T")
 
 
 def _bars(**options) -> Progress:
-    return Progress(*_columns(), console=Console(stderr=True), **options)
+    console = Console(stderr=True)
+    return Progress(*_columns(), console=console, disable=not console.is_terminal, **options)
+
+
+@contextmanager
+def _shown(progress: Progress) -> Iterator[Progress]:
+    """The bars drawn while inside; disabled ones not started at all (their stop prints a blank line)."""
+    if progress.disable:
+        yield progress
+        return
+    with progress:
+        yield progress
+
+
+class StageLines:
+    """A stage's progress as plain lines, for a console that is not a terminal: when it advances,
+    at most every `every` seconds, and when it ends (with its time)."""
+
+    def __init__(self, console: Console, every: float = 30.0):
+        self.console, self.every = console, every
+        self.times: dict[str, tuple[float, float]] = {}  # stage -> (started, last line)
+        self.ended: set[str] = set()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.console.is_terminal or stage in self.ended:
+            return
+        now = time.monotonic()
+        started, last = self.times.setdefault(stage, (now, now))
+        if done >= total:
+            self.console.print(f"{stage}: {done}/{total} in {_elapsed(now - started)}", markup=False, highlight=False)
+            self.ended.add(stage)
+        elif done and now - last >= self.every:
+            self.console.print(f"{stage}: {done}/{total} ({_elapsed(now - started)})", markup=False, highlight=False)
+            self.times[stage] = (started, now)
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
 def _columns() -> tuple:
@@ -22,11 +64,13 @@ def _columns() -> tuple:
 
 def track(items: Iterable[T], total: int, description: str = "working") -> Iterator[T]:
     """Iterate with a progress bar on stderr (count and ETA)."""
-    with _bars(transient=True) as progress:
+    with _shown(_bars(transient=True)) as progress:
         task = progress.add_task(description, total=total)
-        for item in items:
+        lines = StageLines(progress.console)
+        for done, item in enumerate(items, 1):
             yield item
             progress.advance(task)
+            lines(description, done, total)
 
 
 class StageBars:
@@ -34,16 +78,20 @@ class StageBars:
 
     def __init__(self):
         self.progress = _bars()
+        self.lines = StageLines(self.progress.console)
         self.tasks: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=total)
         self.progress.update(self.tasks[stage], completed=done, total=total)
+        self.lines(stage, done, total)
 
     def __enter__(self):
-        self.progress.start()
+        if not self.progress.disable:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if not self.progress.disable:
+            self.progress.stop()

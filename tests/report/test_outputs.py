@@ -94,7 +94,7 @@ def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path,
                                       "--push-to-hub", "me/tiny-merge", "--dry-run"])
     assert result.exit_code == 0, result.output
     tensors = len(load_file(out / "model.safetensors"))
-    assert re.search(rf"exporting pick .* {tensors}/{tensors}", result.output), result.output  # a bar on stderr
+    assert re.search(rf"exporting pick.* {tensors}/{tensors}", result.output), result.output  # a bar on stderr
     listed = {line.split()[0] for line in result.output.splitlines() if line.startswith("  ")}
     assert listed == {p.name for p in out.iterdir()} >= {"README.md", "model.safetensors", RESULTS_FILE}
     assert "hf auth login" in result.output  # said now, before a real upload fails

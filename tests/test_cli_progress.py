@@ -1,0 +1,40 @@
+"""Progress where stderr is not a terminal (a log file, a batch job): lines as stages advance."""
+
+from io import StringIO
+
+from rich.console import Console
+
+from evo_merge.cli.progress import StageBars, StageLines, track
+
+
+def test_a_log_gets_each_stage_as_it_ends_not_only_when_the_run_ends(capsys):
+    """rich draws bars only on a terminal and, elsewhere, prints them once when they stop: a
+    campaign of hours sent to a log said nothing until it ended."""
+    with StageBars() as bars:
+        for done in range(3):
+            bars("calibration", done, 2)
+        bars("generation 1/2", 0, 4)
+        bars("generation 1/2", 1, 4)
+        during = capsys.readouterr().err
+    assert during.splitlines() == ["calibration: 2/2 in 0:00:00"]
+    assert capsys.readouterr().err == ""  # no bar frames when they stop
+
+
+def test_a_long_stage_says_how_far_it_is_at_most_every_interval():
+    log = StringIO()
+    lines = StageLines(Console(file=log), every=0.0)
+    for done in range(4):
+        lines("exporting best-a", done, 3)
+    lines("exporting best-a", 3, 3)  # said once
+    assert log.getvalue().splitlines() == ["exporting best-a: 1/3 (0:00:00)", "exporting best-a: 2/3 (0:00:00)",
+                                           "exporting best-a: 3/3 in 0:00:00"]
+    quiet = StringIO()
+    lines = StageLines(Console(file=quiet), every=3600.0)
+    for done in range(4):
+        lines("exporting best-a", done, 3)
+    assert quiet.getvalue().splitlines() == ["exporting best-a: 3/3 in 0:00:00"]
+
+
+def test_a_merge_sent_to_a_log_says_when_it_ends(capsys):
+    assert list(track(range(5), 5, "merging (ties)")) == list(range(5))
+    assert capsys.readouterr().err.splitlines() == ["merging (ties): 5/5 in 0:00:00"]
