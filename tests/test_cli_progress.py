@@ -4,7 +4,7 @@ from io import StringIO
 
 from rich.console import Console
 
-from evo_merge.cli.progress import StageBars, StageLines, track
+from evo_merge.cli.progress import STAGE_LINE, StageBars, StageLines, track
 
 
 def test_a_log_gets_each_stage_as_it_ends_not_only_when_the_run_ends(capsys):
@@ -28,6 +28,7 @@ def test_a_long_stage_says_how_far_it_is_at_most_every_interval():
     lines("exporting best-a", 3, 3)  # said once
     assert log.getvalue().splitlines() == ["exporting best-a: 1/3 (0:00:00)", "exporting best-a: 2/3 (0:00:00)",
                                            "exporting best-a: 3/3 in 0:00:00"]
+    assert all(STAGE_LINE.match(line) for line in log.getvalue().splitlines())  # what tests of one-line errors skip
     quiet = StringIO()
     lines = StageLines(Console(file=quiet), every=3600.0)
     for done in range(4):

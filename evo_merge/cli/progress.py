@@ -5,6 +5,7 @@ campaign of hours said nothing until it ended: there each stage is a line as it 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,9 @@ def _shown(progress: Progress) -> Iterator[Progress]:
         return
     with progress:
         yield progress
+
+
+STAGE_LINE = re.compile(r"^.+: \d+/\d+ (in \d+:\d\d:\d\d|\(\d+:\d\d:\d\d\))$")  # what StageLines prints
 
 
 class StageLines:
