@@ -337,8 +337,9 @@ FORMER_DEFAULTS: dict[tuple[str, str], tuple[tuple[Any, int], ...]] = {
     # version 4 added the race (before: every finalist measured on every item); 5 dropped its 50% stage
     ("final", "race"): (([], 4), ([0.125, 0.25, 0.5], 5)),
     ("final", "measure_whole"): (("survivors", 5),),  # before: no such setting, every survivor measured
+    ("", "dtype"): (("float32", 6),),  # "" : a top-level setting; before 6, bf16 models were evaluated in float32
 }
-DEFAULTS_VERSION = 5
+DEFAULTS_VERSION = 6
 
 
 class Campaign(_Checked):
@@ -356,7 +357,8 @@ class Campaign(_Checked):
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
     final: FinalSpec = Field(default_factory=FinalSpec)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="the evaluation module's dtype, and the exported picks': auto = the base's own")
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
     storage: StorageSpec = Field(default_factory=StorageSpec)
     tracking: TrackingSpec | None = None

@@ -69,7 +69,9 @@ evaluator: {{kind: local, batch_size: {batch_size}}}
 # items of tasks with 500+ items) keeps items from calibration and search for honest scores.
 final: {{evaluate_top: {top}, export: [best_per_task, balanced]}}
 
-dtype: float32
+# The evaluation module's dtype, and the exported picks': auto = the base's own (bfloat16 for a
+# bfloat16 model; float32 here); or float32 | bfloat16 | float16.
+dtype: auto
 device: auto
 """
 

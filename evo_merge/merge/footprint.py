@@ -25,8 +25,9 @@ from evo_merge.errors import UserError
 from evo_merge.merge.registry import get_method
 from evo_merge.merge.storage import Storage
 from evo_merge.merge.subspace import decomposes, tsv_rank
-from evo_merge.weights import Checkpoint, check_compatible, heads, parse_dtype
+from evo_merge.weights import Checkpoint, check_compatible, heads
 from evo_merge.weights.devices import resolve_device
+from evo_merge.weights.dtypes import model_dtype
 from evo_merge.weights.export import DEFAULT_MAX_SHARD_BYTES
 
 GIB = 2**30
@@ -161,6 +162,7 @@ class Shapes:
     tensors: list[TensorInfo]
     vocab: int = 0  # 0: not a language model (no logits)
     hidden: int = 0
+    floating_dtype: torch.dtype = torch.float32  # the base's own (`Checkpoint.floating_dtype`): what "auto" is
 
     @property
     def floating(self) -> list[TensorInfo]:
@@ -291,6 +293,7 @@ def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shape
         describe(base, endpoints),
         int(config.get("vocab_size") or 0),
         int(config.get("hidden_size") or config.get("n_embd") or 0),
+        base.floating_dtype,
     )
 
 
@@ -372,7 +375,7 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
     only what a run folder lets a resume change (placement, budgets); the rest is part of what it
     computes."""
     shapes, target = shapes_of(base_path, model_paths), target_of(campaign)
-    current, eval_dtype = Storage.of(campaign.storage), parse_dtype(campaign.dtype)
+    current, eval_dtype = Storage.of(campaign.storage), model_dtype(campaign.dtype, shapes)
     plan = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype)
     if plan.fits:
         return plan

@@ -29,17 +29,19 @@ CONFIG_DATA_META = "config_data"  # what the fingerprint hashes: names the setti
 def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Campaign:
     """The campaign with each setting whose default changed after defaults `version` moved from
     the default it had then to today's (or, `to_former`, from today's to that one) where it is at one."""
-    sections: dict[str, Any] = {}
+    sections: dict[str, Any] = {}  # section ("" for the campaign's own settings) -> its updates
     for (section, name), changes in FORMER_DEFAULTS.items():
         if all(changed <= version for _, changed in changes):
             continue
         then = next(former for former, changed in changes if changed > version)  # its default at `version`
-        spec = sections.get(section, getattr(campaign, section))
+        spec = getattr(campaign, section) if section else campaign
         today = type(spec).model_fields[name].get_default(call_default_factory=True)
         old, new = (today, then) if to_former else (then, today)
         if getattr(spec, name) == old:
-            sections[section] = spec.model_copy(update={name: new})
-    return campaign.model_copy(update=sections)
+            sections.setdefault(section, {})[name] = new
+    updates = {section: getattr(campaign, section).model_copy(update=changed)
+               for section, changed in sections.items() if section}
+    return campaign.model_copy(update={**updates, **sections.get("", {})})
 
 
 def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> str:

@@ -38,7 +38,7 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(
         candidate, *workspace.sources(), Path(out), scores=card_scores(workspace.store, evaluation),
-        out_dtype=workspace.campaign.dtype, bench=bench, overwrite=overwrite,
+        out_dtype=workspace.dtype_name(), bench=bench, overwrite=overwrite,
         evidence=evidence(workspace.store, evaluation), track=stage_track(progress, f"exporting {Path(out).name}"),
         chosen_as=chosen_as)
 

@@ -14,8 +14,9 @@ import torch
 
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.storage import Storage
-from evo_merge.weights import heads, load_model_folder, parse_dtype
+from evo_merge.weights import heads, load_model_folder
 from evo_merge.weights.devices import resolve_device
+from evo_merge.weights.dtypes import model_dtype
 from evo_merge.weights.references import open_reference, resolve_reference
 
 
@@ -34,15 +35,17 @@ class Workbench:
     adapters: bool = False  # a LoRA adapter is folded into some input: only the merger sees it
 
     @classmethod
-    def open(cls, base: str | Path, models: list[str | Path], *, device: str = "auto", dtype: str = "float32",
+    def open(cls, base: str | Path, models: list[str | Path], *, device: str = "auto", dtype: str = "auto",
              storage: Storage = Storage()) -> Workbench:
         """Load the base as the resident module and the task vectors into the in-place merger.
         `base` and `models` are folders or references as recipes write them (Hub id@commit,
-        `+adapter`), resolved here so that every process (a dask worker too) resolves them alike."""
-        where, precision = resolve_device(device), parse_dtype(dtype)
+        `+adapter`), resolved here so that every process (a dask worker too) resolves them alike.
+        `dtype` "auto": the module in the base's own dtype."""
+        where = resolve_device(device)
         refs = [resolve_reference(str(m), Path.cwd(), key) for m, key in
                 zip([base, *models], ["base_model", *(f"models.{i}" for i in range(len(models)))])]
         checkpoints = [open_reference(ref) for ref in refs]
+        precision = model_dtype(dtype, checkpoints[0])
         # an endpoint's own head where the base ties its head to its embedding: the module holds both
         untie = bool(heads.heads_to_untie(checkpoints[0], checkpoints[1:]))
         module, tokenizer = load_model_folder(refs[0].path, untie=untie)

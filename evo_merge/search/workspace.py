@@ -174,6 +174,15 @@ class Workspace:
             return str(self.base), [str(m) for m in self.models]
         return self.references[0], list(self.references[1:])
 
+    def dtype_name(self) -> str:
+        """The evaluation dtype by name, "auto" resolved from the base's headers: the dtype the picks
+        are exported in (the one they were scored in), written into their recipes as such."""
+        from evo_merge.weights import Checkpoint  # torch: only where a pick is exported
+        from evo_merge.weights.dtypes import dtype_name, model_dtype
+
+        with Checkpoint.open(self.base) as base:
+            return dtype_name(model_dtype(self.campaign.dtype, base))
+
     def endpoint_labels(self) -> list[str]:
         return [f"endpoint {m.name}" for m in self.models]
 

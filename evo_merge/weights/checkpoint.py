@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import mmap
 import sys
 import zipfile
@@ -195,6 +196,16 @@ class Checkpoint:
             tensor = view.clone()
         reader.release(view)
         return tensor
+
+    @property
+    def floating_dtype(self) -> torch.dtype:
+        """The floating dtype most of the model's parameters are stored in (float32 where none is
+        floating), read from the headers: what a model loaded with transformers' `dtype="auto"` is in."""
+        entries: dict[torch.dtype, int] = {}
+        for name in self.names:
+            if (dtype := self.dtype(name)).is_floating_point:
+                entries[dtype] = entries.get(dtype, 0) + math.prod(self.shape(name))
+        return max(entries, key=entries.__getitem__) if entries else torch.float32
 
     def tokenizer_files(self) -> list[Path]:
         return tokenizer_files(self.folder) if self.folder is not None else []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from evo_merge.errors import UserError
@@ -12,6 +14,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 ALIASES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+AUTO = "auto"  # a model's own dtype
 
 
 def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
@@ -24,6 +27,13 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
         choices = ", ".join([*DTYPES, *ALIASES])
         raise UserError(f"unknown dtype {str(name)!r}; choose one of {choices}")
     return DTYPES[key]
+
+
+def model_dtype(name: str, base: Any) -> torch.dtype:
+    """A campaign's evaluation dtype: `name`, or for "auto" the dtype most of the base's floating
+    parameters are stored in (`Checkpoint.floating_dtype`): bfloat16 for a bfloat16 model, which
+    float32 would hold (and export) at twice the size."""
+    return base.floating_dtype if name == AUTO else parse_dtype(name)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -267,7 +267,8 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
               "algorithm": {"population": 8, "generations": 1, "seed": 3,
                             "seed_standard_merges": FORMER_DEFAULTS["algorithm", "seed_standard_merges"][0][0]},
               "final": {"evaluate_top": 3, "race": FORMER_DEFAULTS["final", "race"][0][0],
-                        "measure_whole": FORMER_DEFAULTS["final", "measure_whole"][0][0]}}
+                        "measure_whole": FORMER_DEFAULTS["final", "measure_whole"][0][0]},
+              "dtype": FORMER_DEFAULTS["", "dtype"][0][0]}  # "": a top-level setting
 
     def written_by_the_older_version(run, marked):
         """A finished run whose store holds the fingerprint the older version computed (those
@@ -277,7 +278,7 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
         data = yaml.safe_load((run / "campaign.yaml").read_text())
         assert data["estimator"]["anchor_method"] == "kmeans-irt"  # its own file spells the former defaults out
         for section, name in FORMER_DEFAULTS:  # what the older version fingerprinted: those keys left out
-            del data[section][name]
+            del (data[section] if section else data)[name]
         store = CampaignStore(run)
         store.set_meta("config", config_fingerprint(Campaign.model_validate(data)))
         if not marked:

@@ -248,3 +248,40 @@ def test_the_plan_sizes_activations_by_the_tasks_sequence_length_which_leaves_th
     assert activations(long_plan) == 8 * 4096 * per_token
     assert any("8 x 4096 tokens" in line.what for line in long_plan.lines)
     assert config_fingerprint(long) == config_fingerprint(plain)
+
+
+def bfloat16_copy(folder: Path, out: Path) -> Path:
+    """A model folder with its weights stored in bfloat16, as most 1B-8B checkpoints are."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, out)
+    weights = {name: t.to(torch.bfloat16) for name, t in load_file(out / "model.safetensors").items()}
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    return out
+
+
+def test_a_bfloat16_model_is_evaluated_and_exported_in_bfloat16_unless_a_dtype_is_set(tmp_path, zoo):
+    """`dtype: auto` (the default): float32 held a 7B module at 28 GB and exported 32 GB picks."""
+    from safetensors.torch import load_file
+
+    from evo_merge.search.workbench import Workbench
+
+    base, fts = zoo
+    base16, fts16 = bfloat16_copy(base, tmp_path / "base"), [bfloat16_copy(f, tmp_path / f.name) for f in fts]
+    assert Workbench.open(base16, fts16, device="cpu").module.dtype == torch.bfloat16
+    assert Workbench.open(base16, fts16, device="cpu", dtype="float32").module.dtype == torch.float32
+    assert Workbench.open(base, fts, device="cpu").module.dtype == torch.float32  # a float32 model stays so
+    data = config((base16, fts16))
+    plan = campaign_plan(Campaign.model_validate(data), base16, fts16)
+    assert any(line.what == "evaluation module (bfloat16)" for line in plan.lines)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(write(tmp_path, data)), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    pick = next((run / "models").iterdir())
+    assert {t.dtype for t in load_file(pick / "model.safetensors").values()} == {torch.bfloat16}
+    assert yaml.safe_load((pick / "merge_recipe.yaml").read_text())["out_dtype"] == "bfloat16"
