@@ -149,8 +149,11 @@ def _absolute(files: Any, root: Path, yaml_path: Path) -> Any:
     if isinstance(files, list):
         return [_absolute(v, root, yaml_path) for v in files]
     full = (root / files).resolve()
-    if "://" not in str(files) and not any(ch in str(files) for ch in "*?[") and not full.exists():
-        raise UserError(f"data file {files!r} named in {yaml_path} not found (looked for {full})")
+    if "://" not in str(files) and not any(ch in str(files) for ch in "*?["):
+        if not full.exists():
+            raise UserError(f"data file {files!r} named in {yaml_path} not found (looked for {full})")
+        if full.is_file() and full.stat().st_size == 0:  # lm-eval's loader would fail with a bare StopIteration
+            raise UserError(f"data file {files!r} named in {yaml_path} is empty: the task has no items")
     return str(full)
 
 
@@ -314,6 +317,8 @@ class LMEvalTask(ItemTable):
         ids, scenarios, self._where = [], [], []
         for name, task in self.tasks.items():
             docs = _pin_eval_docs(task, limit)
+            if not docs:
+                raise UserError(f"task {spec}: {name} has no items in its evaluation split")
             _fix_fewshot_contexts(task, docs)
             own = _doc_items(docs)
             grouped = len(self.tasks) > 1

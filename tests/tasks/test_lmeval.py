@@ -94,6 +94,13 @@ def test_task_yamls_lm_eval_cannot_use_are_one_line_errors_at_load(tmp_path, mon
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_an_empty_data_file_is_named_as_such(tmp_path):
+    """It was 'lm-eval cannot build it (StopIteration)'."""
+    path = _arith_variant(tmp_path, data="")
+    with pytest.raises(UserError, match="data file 'test.jsonl' named in .* is empty: the task has no items"):
+        LMEvalTask(path)
+
+
 def test_a_local_group_reads_its_members_data_files_beside_them_and_names_a_missing_member(tmp_path):
     """(A group YAML was refused; its scores against lm-eval's: test_lmeval_fidelity.py.)"""
     (tmp_path / "part_a").mkdir()
