@@ -73,6 +73,12 @@ class InPlaceMerger:
                                   for ep, source in zip(endpoints, sources[1:])]
         self._pieces: dict[tuple, dict[str, list[Piece]]] = {}
 
+    @property
+    def names(self) -> list[str]:
+        """The floating tensors it merges: the base's, and the heads it unties (`heads.merge_targets`);
+        a weight table gives each of them its weights."""
+        return list(self._base)
+
     def _pieces_for(self, method: MergeMethod, params: Mapping[str, Any]) -> dict[str, list[Piece]]:
         key = (method.name, *(repr(params[k]) for k in method.piece_params))
         if key not in self._pieces:

@@ -114,11 +114,12 @@ class StaticMerge:
         """The in-place merger checked the endpoints when the workbench opened."""
 
     def build(self, bench: Any, candidate: Candidate) -> Any:
-        """Block-group weights go to the merger per tensor, read from the settings the export writes."""
+        """Block-group weights go to the merger per tensor, read from the settings the export writes
+        (laid out over the base's tensors), for every tensor it merges: a head it unties included."""
         weights: Any = candidate.weights
         if candidate.granularity != MODEL:
             names = bench.kept.setdefault(TENSOR_NAMES, tensor_names(bench.base))
-            weights = tensor_weights(weight_settings(candidate, names, len(bench.models)), names)
+            weights = tensor_weights(weight_settings(candidate, names, len(bench.models)), bench.merger.names)
         return bench.merger.apply(candidate.method, weights, candidate.param_dict)
 
     def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,

@@ -98,3 +98,22 @@ def test_mass_builds_where_the_base_s_tied_model_holds_the_merge_and_refuses_an_
     assert result.exit_code == (2 if refused else 0), result.output
     if refused:
         assert "has an output head of its own (lm_head.weight)" in result.output.splitlines()[-1]
+
+
+def test_a_block_group_candidate_merges_the_head_an_endpoint_has_of_its_own_as_its_recipe_does(family, tmp_path):
+    """The per-tensor weights were laid out over the tied base's tensors only: every block-group
+    candidate failed with KeyError 'lm_head.weight'."""
+    from evo_merge.merge import layers
+    from evo_merge.merge.export import export_merge
+    from evo_merge.merge.plan import plan_from_recipe
+    from evo_merge.search.kinds import candidate_recipe, tensor_names
+
+    base, endpoints = family["tied base"], [family["ft1"], family["tied ft2"]]
+    bench = Workbench.open(base, endpoints, device="cpu")
+    blocks = layers.count_layers(tensor_names(base))
+    weights = (0.6, *(0.5 + 0.1 * i for i in range(blocks)), 0.3, *[0.2] * blocks)
+    candidate = Candidate("task_arithmetic", weights, (), "blocks:1")
+    evaluated = candidate_kind(candidate.method).build(bench, candidate).state_dict()
+    recipe = candidate_recipe(candidate, str(base), [str(e) for e in endpoints], "float32")
+    saved = load_file(export_merge(plan_from_recipe(recipe), tmp_path / "pick", title="pick") / "model.safetensors")
+    assert HEAD in saved and all(torch.equal(saved[n], evaluated[n]) for n in saved)
