@@ -221,9 +221,27 @@ def _fix_fewshot_contexts(task: Any, docs: list[Any]) -> None:
     if shots == 0:
         return
     task.set_fewshot_seed(DEFAULT_OTHER_SEED)
-    contexts = {id(doc): task.fewshot_context(doc, num_fewshot=shots, gen_prefix=task.doc_to_prefix(doc))
-                for doc in docs}
-    task.fewshot_context = lambda doc, **_: contexts[id(doc)]
+    task.fewshot_context = _FixedContexts(
+        [(doc, task.fewshot_context(doc, num_fewshot=shots, gen_prefix=task.doc_to_prefix(doc))) for doc in docs])
+
+
+class _FixedContexts:
+    """Each pinned doc's few-shot prompt, found by the doc object lm-eval passes back. A copy of
+    the task (pickled, deep-copied) holds copies of the docs: its lookup is keyed by those, not by
+    the originals' ids (a KeyError on the first few-shot item scored)."""
+
+    def __init__(self, pairs: list[tuple[Any, str]]) -> None:
+        self.pairs = pairs
+        self._by_doc = {id(doc): context for doc, context in pairs}
+
+    def __call__(self, doc: Any, **_: Any) -> str:
+        return self._by_doc[id(doc)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"pairs": self.pairs}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["pairs"])
 
 
 def _doc_items(docs: list[Any]) -> tuple[list[str], list[str] | None]:

@@ -99,3 +99,15 @@ def test_a_group_s_tasks_are_its_scenarios_scored_as_lm_eval_scores_each(tmp_pat
     meta = task_meta("suite", task)  # what its cards and results file say
     assert (meta.dataset, meta.metric, meta.num_fewshot, meta.n_items) == ("both", "acc", 0, 24)
     assert meta.config["tasks"] == ["part_a", "part_b"]
+
+
+def test_a_few_shot_task_shipped_to_another_process_scores_as_the_original(tmp_path, sharp_lm):
+    """`__getstate__` keeps a task shippable: its fixed few-shot prompts were keyed by the ids of
+    the original docs, so a copy failed with a KeyError on its first item."""
+    cloudpickle = pytest.importorskip("cloudpickle")  # what dask ships objects with
+    model, tok = sharp_lm
+    path = local_task(tmp_path, "fewshot", MULTIPLE_CHOICE + "fewshot_split: train\nnum_fewshot: 3\n",
+                      {"test": (0, 8), "train": (600, 630)})
+    task = LMEvalTask(path, batch_size=8)
+    shipped = cloudpickle.loads(cloudpickle.dumps(task))
+    assert shipped.evaluate(model, tok).tolist() == task.evaluate(model, tok).tolist()
