@@ -76,6 +76,10 @@ class CampaignRunner:
                 tasks[t.label] = resolve_task(t.task, **task_settings(spec.evaluator.batch_size, t.options))
             except UserError as exc:
                 raise UserError(f"tasks.{i}: {exc}") from None
+            if t.direction == "maximize" and getattr(tasks[t.label], "higher_is_better", True) is False:
+                # a lower-is-better metric maximised: the whole search would run the wrong way
+                raise UserError(f"tasks.{i}: task {t.label!r} scores with a metric that is better lower "
+                                "(its higher_is_better is false); set `direction: minimize` on it")
         record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()})
         record_task_meta(workspace.store, spec, tasks)
         return cls(workspace, tasks, progress)

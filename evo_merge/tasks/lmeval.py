@@ -347,6 +347,11 @@ class LMEvalTask(ItemTable):
         self._lm: Any = None
 
     @property
+    def higher_is_better(self) -> bool:
+        """Whether the task's metric is better higher, as lm-eval's `higher_is_better` says."""
+        return bool(next(iter(self.tasks.values())).higher_is_better()[self.metric])
+
+    @property
     def lm_eval_config(self) -> dict[str, Any]:
         """The task's lm-eval config as a dict (what a card and a results file describe it by); a
         group's: its name and tasks, and the dataset, split and shots its tasks share."""

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -477,3 +478,26 @@ def test_a_tracked_campaign_logs_each_estimate_once_and_the_measured_scores(tmp_
     result = CliRunner().invoke(cli, ["resume", str(tmp_path / "run")])  # a finished run: nothing new to log
     assert result.exit_code == 0, result.output
     assert history() == before and len(client.list_artifacts(run.info.run_id)) == len(artifacts)
+
+
+def test_a_metric_that_is_better_lower_must_be_minimised(tmp_path, zoo):
+    """lm-eval says which way a metric is better; maximising a lower-is-better one ran the whole
+    search the wrong way without a word."""
+    from evo_merge.tasks.registry import BENCHMARKS_DIR
+
+    (tmp_path / "errors").mkdir()
+    text = (BENCHMARKS_DIR / "arith" / "evo_arith.yaml").read_text()
+    text = text.replace("task: evo_arith", "task: arith_errors")
+    text = text.replace("higher_is_better: true", "higher_is_better: false")
+    (tmp_path / "errors" / "t.yaml").write_text(text)
+    shutil.copy(BENCHMARKS_DIR / "arith" / "test.jsonl", tmp_path / "errors" / "test.jsonl")
+    task = {"task": str(tmp_path / "errors" / "t.yaml"), "options": {"limit": 8}}
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo, tasks=[task])), "--out", str(run)])
+    assert result.exit_code == 2 and not run.exists(), result.output
+    assert result.output.strip().splitlines()[-1].endswith("set `direction: minimize` on it")
+    from evo_merge.config import Campaign
+    from evo_merge.search.campaign import CampaignRunner
+
+    minimised = campaign(tmp_path, zoo, tasks=[{**task, "direction": "minimize"}])
+    CampaignRunner.open(Campaign.load(minimised), tmp_path, tmp_path / "min").close()  # accepted
