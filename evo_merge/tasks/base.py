@@ -18,7 +18,10 @@ from evo_merge.errors import UserError
 
 @runtime_checkable
 class FitnessTask(Protocol):
-    """Scores a model item by item. `evaluate` returns a float Series indexed by item id."""
+    """Scores a model item by item. `evaluate` returns a float Series indexed by item id.
+
+    Optional: a `higher_is_better` attribute; False makes a campaign refuse to maximise the task
+    (its `direction` must be `minimize`), as the lm-eval adapter reads it from lm-eval."""
 
     name: str
 
