@@ -105,22 +105,25 @@ def _local_configs(path: Path) -> tuple[str, list[dict[str, Any]]]:
         return str(cfg["task"]), [cfg]
     named: dict[str, Path] = {}
     for file in sorted(p for ext in ("*.yaml", "*.yml") for p in first.parent.rglob(ext)):
-        if file != first and (name := _task_name(file)) is not None:
+        if (name := _task_name(file)) is not None:
             named.setdefault(name, file)
 
-    def members(group: dict[str, Any], where: Path) -> list[dict[str, Any]]:
+    def members(group: dict[str, Any], where: Path, within: tuple[Path, ...]) -> list[dict[str, Any]]:
         out = []
         for member in group["task"]:
             if isinstance(member, dict):
                 out.append(_with_absolute_files(dict(member), where))
-            elif str(member) in named:
-                found = _local_config(named[str(member)])
-                out += members(found, named[str(member)]) if isinstance(found["task"], list) else [found]
-            else:
+                continue
+            file = named.get(str(member))
+            if file is None:
                 raise UserError(f"group {where}: task {member!r} is in no task YAML under {first.parent}")
+            if file in within:  # a group that contains itself would be read forever
+                raise UserError(f"group {where}: member {member!r} is the group {file} itself, or contains it")
+            found = _local_config(file)
+            out += members(found, file, (*within, file)) if isinstance(found["task"], list) else [found]
         return out
 
-    return str(cfg.get("group") or first.stem), members(cfg, first)
+    return str(cfg.get("group") or first.stem), members(cfg, first, (first,))
 
 
 def _task_name(path: Path) -> str | None:
@@ -332,18 +335,18 @@ class LMEvalTask(ItemTable):
             raise UserError(f"task {spec}: {other} scores with {','.join(keys[other])}, another of its tasks with "
                             f"{self.metric},{self.filter}; name the metric (`metric:` in the task's options)")
         self.batch_size, self.device, self.limit = batch_size, device, limit
+        grouped = len(self.tasks) > 1  # a group: ids <task>/<id>, each task a scenario
         ids, scenarios, self._where = [], [], []
         for name, task in self.tasks.items():
             docs = _pin_eval_docs(task, limit)
             if not docs:
                 raise UserError(f"task {spec}: {name} has no items in its evaluation split")
             _fix_fewshot_contexts(task, docs)
-            own = _doc_items(docs)
-            grouped = len(self.tasks) > 1
-            ids += [f"{name}/{i}" for i in own[0]] if grouped else own[0]
-            scenarios += [name] * len(docs) if grouped else own[1] or []
+            own_ids, own_scenarios = _doc_items(docs)
+            ids += [f"{name}/{i}" for i in own_ids] if grouped else own_ids
+            scenarios += [name] * len(docs) if grouped else own_scenarios or []
             self._where += [(name, k) for k in range(len(docs))]
-        self._set_items(ids, scenarios if scenarios else None)
+        self._set_items(ids, scenarios or None)
         self._lm: Any = None
 
     @property

@@ -108,6 +108,13 @@ def test_a_local_group_reads_its_members_data_files_beside_them_and_names_a_miss
     (tmp_path / "both.yaml").write_text("group: both\ntask: [part_a, part_z]\n")
     with pytest.raises(UserError, match=re.escape("task 'part_z' is in no task YAML under")):
         LMEvalTask(tmp_path / "both.yaml")
+    (tmp_path / "both.yaml").write_text("group: both\ntask: [inner]\n")
+    (tmp_path / "inner.yaml").write_text("group: inner\ntask: [part_a, other]\n")  # inner and other contain each other
+    (tmp_path / "other.yaml").write_text("group: other\ntask: [inner]\n")
+    with pytest.raises(UserError, match="member 'inner' is the group .*inner.yaml itself, or contains it"):
+        LMEvalTask(tmp_path / "both.yaml")  # was a RecursionError traceback
+    (tmp_path / "inner.yaml").unlink()
+    (tmp_path / "other.yaml").unlink()
     (tmp_path / "both.yaml").write_text("group: both\ntask: [part_a]\n")
     task = LMEvalTask(tmp_path / "both.yaml", limit=5)
     assert task.name == "part_a" and task.item_ids[0] == "arith-test-00000"  # one task: its own ids and scenarios
