@@ -285,3 +285,15 @@ def test_a_bfloat16_model_is_evaluated_and_exported_in_bfloat16_unless_a_dtype_i
     pick = next((run / "models").iterdir())
     assert {t.dtype for t in load_file(pick / "model.safetensors").values()} == {torch.bfloat16}
     assert yaml.safe_load((pick / "merge_recipe.yaml").read_text())["out_dtype"] == "bfloat16"
+
+
+def test_a_run_folder_written_before_dtype_auto_resumes_in_float32(zoo):
+    """Defaults version 6 made `dtype: auto` the default: a folder written before ran in float32,
+    and binds and resumes so, whether its campaign.yaml spells the dtype out or not."""
+    from evo_merge.search.binding import as_written_at
+
+    unset, spelled = Campaign.model_validate(config(zoo)), Campaign.model_validate(config(zoo, dtype="float32"))
+    assert unset.dtype == "auto" and as_written_at(unset, 6).dtype == "auto"
+    assert as_written_at(unset, 5).dtype == "float32" and as_written_at(spelled, 5).dtype == "float32"
+    assert config_fingerprint(spelled, written_at=5) == config_fingerprint(unset, written_at=5)
+    assert config_fingerprint(spelled) != config_fingerprint(unset)  # today float32 is a setting of its own
