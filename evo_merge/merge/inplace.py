@@ -63,9 +63,6 @@ class InPlaceMerger:
                 continue
             stored = storage.stored_dtype([base, *endpoints], sources)
             theta0 = base.tensor(sources[0], dtype)
-            if sources[0] != name and sources[0] in targets and targets[name] is targets[sources[0]]:
-                raise UserError(f"tensor {name}: an endpoint has it of its own, but the module ties it to "
-                                f"{sources[0]}; load the base untied (`load_model_folder(..., untie=True)`)")
             self._targets[name] = targets[name]
             self._base[name] = self.stash.keep(theta0, stored)
             # in place: one float32 copy of the tensor per endpoint read, not two
@@ -192,3 +189,6 @@ def _check_target(base: Checkpoint, targets: Mapping[str, torch.Tensor], name: s
     if targets[name].shape != torch.Size(base.shape(source)):
         raise UserError(f"tensor {name}: checkpoint shape {tuple(base.shape(source))} "
                         f"!= module shape {tuple(targets[name].shape)}")
+    if source != name and targets.get(source) is targets[name]:  # a head to untie, in a module that ties it
+        raise UserError(f"tensor {name}: an endpoint has it of its own, but the module ties it to "
+                        f"{source}; load the base untied (`load_model_folder(..., untie=True)`)")

@@ -117,3 +117,15 @@ def test_a_block_group_candidate_merges_the_head_an_endpoint_has_of_its_own_as_i
     recipe = candidate_recipe(candidate, str(base), [str(e) for e in endpoints], "float32")
     saved = load_file(export_merge(plan_from_recipe(recipe), tmp_path / "pick", title="pick") / "model.safetensors")
     assert HEAD in saved and all(torch.equal(saved[n], evaluated[n]) for n in saved)
+
+
+def test_an_in_place_merger_over_a_tied_module_refuses_a_head_to_untie(family):
+    """Writing an endpoint's own head into a module that ties it would overwrite its embedding."""
+    from evo_merge.errors import UserError
+    from evo_merge.merge.inplace import InPlaceMerger
+    from evo_merge.weights import Checkpoint, load_model_folder
+
+    module, _ = load_model_folder(family["tied base"])  # tied, as the base's config says
+    checkpoints = [Checkpoint.open(family[k]) for k in ("tied base", "ft1", "tied ft2")]
+    with pytest.raises(UserError, match="the module ties it to model.embed_tokens.weight; load the base untied"):
+        InPlaceMerger(module, checkpoints[0], checkpoints[1:], device="cpu")
