@@ -33,7 +33,7 @@ from evo_merge.mass.factors import MassFactors, Track
 from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_config, routing_probabilities, select_tasks
 from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
-from evo_merge.weights.checkpoint import tokenizer_files
+from evo_merge.weights.checkpoint import copied_tokenizer_files
 from evo_merge.weights.export import refuse_existing, replace_folder
 
 MASS_JSON = "mass.json"
@@ -378,7 +378,7 @@ class MassModel(nn.Module):
             "lowrank": list(self.factors.lowrank),
             "dense": list(self.factors.dense),
         }
-        extra = {f.name: f.read_bytes() for f in tokenizer_files(self.base_path)}
+        extra = {f.name: f.read_bytes() for f in copied_tokenizer_files(self.base_path)}
         extra[MASS_JSON] = json.dumps(meta, indent=2) + "\n"
         extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores, chosen_as)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from evo_merge.merge import layers
 from evo_merge.merge.chat_templates import chat_template_text
 from evo_merge.merge.recipe import ModelTokenEmbedding, Recipe, ZeroEmbedding
 from evo_merge.weights import Checkpoint
-from evo_merge.weights.checkpoint import tokenizer_files
+from evo_merge.weights.checkpoint import copied_tokenizer_files
 from evo_merge.weights.references import ModelRef, resolve_reference
 
 _EMBEDDING = ("embed_tokens", "wte", "word_embeddings", "lm_head", "embed_out", "embed_in")
@@ -106,7 +106,7 @@ def _tokenizer(folder: Path | None, what: str):
 
     if folder is None:
         raise UserError(f"{what}: no tokenizer (a bare weights file)")
-    tokenizer_files(folder)  # a link out of the model is refused before transformers reads (and re-saves) it
+    copied_tokenizer_files(folder)  # a link out of the model is refused before transformers reads (and re-saves) it
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as err:  # noqa: BLE001  transformers raises many kinds for unreadable folders

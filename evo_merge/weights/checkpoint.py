@@ -275,7 +275,14 @@ def open_checkpoints(paths: Iterable[str | Path], *, allow_pickle: bool = False)
 
 
 def tokenizer_files(folder: Path) -> list[Path]:
-    """The tokenizer files present in a model folder, in a fixed order (a link out of it refused)."""
+    """The tokenizer files present in a model folder, in a fixed order, for reading (a fine-tune's
+    `tokenizer.json` may well link to its base's)."""
+    return [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+
+
+def copied_tokenizer_files(folder: Path) -> list[Path]:
+    """The tokenizer files, for copying into an output folder: a link out of the model is refused
+    (`model_file`)."""
     return [file for name in TOKENIZER_FILES if (file := model_file(folder, name)) is not None]
 
 

@@ -33,8 +33,8 @@ from evo_merge.weights.checkpoint import (
     PICKLE_SUFFIXES,
     SAFETENSORS_INDEX,
     SAFETENSORS_SINGLE,
+    copied_tokenizer_files,
     model_file,
-    tokenizer_files,
 )
 from evo_merge.weights.dtypes import dtype_name
 
@@ -99,7 +99,7 @@ def write_model_folder(
 def _copied_files(source: Path, copy_tokenizer: bool) -> list[Path]:
     """The config (and tokenizer) files of `source` to copy; a link out of the model is refused."""
     configs = [file for name in COPIED_FILES if (file := model_file(source, name)) is not None]
-    return configs + (tokenizer_files(source) if copy_tokenizer else [])
+    return configs + (copied_tokenizer_files(source) if copy_tokenizer else [])
 
 
 def _write_shards(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evo_merge.errors import UserError
-from evo_merge.weights import Checkpoint, write_model_folder
+from evo_merge.weights import Checkpoint, load_model_folder, write_model_folder
 
 
 def _stream(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -325,6 +326,20 @@ def test_a_copied_file_linking_out_of_the_model_folder_is_refused(llama_family, 
     with pytest.raises(UserError, match=f"{model / name}: links to {secret}, outside the model folder"):
         write_model_folder(tmp_path / "out", _stream(base), copy_from=model)
     assert _siblings(tmp_path / "out") == ["model", "secret.txt"]  # nothing written, not even a hidden folder
+
+
+def test_a_fine_tune_whose_tokenizer_links_to_its_base_s_loads_but_is_not_copied(llama_family, tmp_path):
+    """Reading a linked file leaks nothing: only copying it into an output is refused. The check sat
+    in the shared file lister, so such a fine-tune could not even be loaded as a campaign's base."""
+    base, _ = llama_family
+    model = tmp_path / "model"
+    shutil.copytree(base, model)
+    (model / "tokenizer.json").unlink()
+    (model / "tokenizer.json").symlink_to(base / "tokenizer.json")
+    module, tokenizer = load_model_folder(model)
+    assert tokenizer is not None and module is not None
+    with pytest.raises(UserError, match="tokenizer.json: links to .*outside the model folder"):
+        write_model_folder(tmp_path / "out", _stream(base), copy_from=model)
 
 
 def test_a_hub_cache_snapshot_linking_into_its_blobs_is_copied(llama_family, tmp_path):
