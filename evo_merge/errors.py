@@ -20,8 +20,14 @@ class UserError(Exception):
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line for a one-line error; its type when it has none
     (lm-eval raises a bare `TypeError` for some configs)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return message_line(str(exc), type(exc).__name__)
+
+
+def message_line(text: str | None, empty: str = "no message") -> str:
+    """A stored or raised message's first line, `empty` when it has none (a bare `RuntimeError()`
+    while merging is stored as a failure with an empty message)."""
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else empty
 
 
 def described(exc: BaseException) -> str:

@@ -267,7 +267,7 @@ def export(
     every item (held-out ones included) is measured first and the result stored, so the card and
     `evo-merge report` show its measured scores."""
     from evo_merge.cli.progress import StageBars
-    from evo_merge.errors import UserError
+    from evo_merge.errors import UserError, message_line
     from evo_merge.report.upload import check_repo_id
     from evo_merge.search.export import export_candidate
     from evo_merge.weights.export import check_output_folder
@@ -290,8 +290,9 @@ def export(
                 runner.log.measure([evaluation], f"measuring evaluation {pick}")
         finally:
             runner.close()
-        if error := store.measure_failures().get(evaluation.key):  # an export is measured, or not written
-            raise UserError(f"--pick {pick}: scoring it on every item failed ({error.strip().splitlines()[0]}); "
+        error = store.measure_failures().get(evaluation.key)
+        if error is not None:  # an export is measured, or not written (a failure's message may be empty)
+            raise UserError(f"--pick {pick}: scoring it on every item failed ({message_line(error)}); "
                             "not exported")
     with StageBars() as bars:
         folder = export_candidate(runner.workspace, store.get(evaluation.key), out, overwrite=overwrite,

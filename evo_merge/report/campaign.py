@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evo_merge.errors import message_line
 from evo_merge.markup import html_text, md
 from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import write_html_report
@@ -153,7 +154,7 @@ def write_report(
     search_items = store.items_evaluated("search")
     n_search = int((table.phase == "search").sum())
     failed = table[table.status == "failed"]
-    errors = {e.id: (e.error or "").strip().split("\n")[0] for e in evaluations if e.status == "failed"}
+    errors = {e.id: message_line(e.error) for e in evaluations if e.status == "failed"}
     measure_failures = store.measure_failures()  # worked on their anchors, failed when measured in the final phase
     unmeasured = [(e, measure_failures[e.key]) for e in evaluations if e.key in measure_failures]
     holdout = store.get_meta(HOLDOUT_META, {})
@@ -215,8 +216,8 @@ def write_report(
                   compared.map(md).rename(columns=md).to_markdown(index=False, disable_numparse=True), ""]
     if len(failed) or unmeasured:
         lines += ["## Failures", ""] + [
-            f"- evaluation {r.id} ({md(r.method)}): {md(errors.get(r.id) or 'no message')}" for r in failed.itertuples()
-        ] + [f"- evaluation {e.id} ({md(e.method)}), measured in the final phase: {md(error.strip().splitlines()[0])}"
+            f"- evaluation {r.id} ({md(r.method)}): {md(errors[r.id])}" for r in failed.itertuples()
+        ] + [f"- evaluation {e.id} ({md(e.method)}), measured in the final phase: {md(message_line(error))}"
              for e, error in unmeasured]
     path = run_dir / "report.md"
     atomic_write(path, "\n".join(lines) + "\n")

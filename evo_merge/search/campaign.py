@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from evo_merge.config import Campaign
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, message_line
 from evo_merge.search.algorithms import SearchAlgorithm, make_algorithm
 from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_candidates, standard_merges
 from evo_merge.search.evaluator import Evaluator, task_settings
@@ -120,7 +120,7 @@ class CampaignRunner:
         )
         for (label, _), evaluation in zip(subjects, evaluations):
             if evaluation.status != "ok" and not label.startswith("warmup-"):  # failed warm-ups are left out
-                raise UserError(f"calibration subject {label} failed to evaluate: {evaluation.error.splitlines()[0]}")
+                raise UserError(f"calibration subject {label} failed to evaluate: {message_line(evaluation.error)}")
         self.scoring.fit([s for s, e in zip(subjects, evaluations) if e.status == "ok"])
 
     def algorithm(self) -> SearchAlgorithm:

@@ -100,11 +100,15 @@ class CampaignStore:
         return UserError(f"{self.run_dir / self.DB}: {where} is damaged (edited, or not written by evo-merge); "
                          "restore it from a backup, or start the campaign again in a new run folder")
 
-    def _json(self, text: str | None, where: str) -> Any:
+    def _json(self, text: str | None, where: str, kind: type | None = None) -> Any:
+        """`text` parsed; damaged when it is not JSON, or not of `kind` where one is given."""
         try:
-            return None if text is None else json.loads(text)
+            value = None if text is None else json.loads(text)
         except (json.JSONDecodeError, TypeError):
             raise self.damaged(where) from None
+        if kind is not None and not isinstance(value, kind):
+            raise self.damaged(where)
+        return value
 
     def _evaluation(self, row: Iterable) -> Evaluation:
         id_, key, phase, gen, method, status, *scores, n, sec, err, se = row
@@ -220,7 +224,7 @@ class CampaignStore:
         """Candidate key -> error, for each final-phase measurement that failed (the candidate
         worked on its anchors, so it keeps its search evaluation and estimate)."""
         rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE ?", (MEASURE_FAILED + "%",)).fetchall()
-        return {key.removeprefix(MEASURE_FAILED): self._json(value, f"meta {key!r}") for key, value in rows}
+        return {key.removeprefix(MEASURE_FAILED): self._json(value, f"meta {key!r}", str) for key, value in rows}
 
     def set_meta(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
@@ -257,7 +261,7 @@ class CampaignStore:
         have = {key for (key,) in self.db.execute("SELECT key FROM evaluations")}
         done = 0
         for generation, keys in self.db.execute("SELECT generation, keys FROM generations ORDER BY generation"):
-            if generation != done + 1 or not have.issuperset(self._json(keys, f"generation {generation}")):
+            if generation != done + 1 or not have.issuperset(self._json(keys, f"generation {generation}", list)):
                 break
             done = generation
         return done

@@ -9,9 +9,9 @@ from agreement_task import AgreementTask
 
 
 class FaultyAgreementTask(AgreementTask):
-    def __init__(self, reference: str, fault: str, **settings):
+    def __init__(self, reference: str, fault: str, failures: str | None = None, **settings):
         super().__init__(reference, **settings)
-        self.fault = fault
+        self.fault, self.failures = fault, failures  # failures: a file each raise adds a line to
 
     def evaluate(self, model, tokenizer=None, item_ids=None):
         scores = super().evaluate(model, tokenizer, item_ids)
@@ -24,6 +24,9 @@ class FaultyAgreementTask(AgreementTask):
         elif self.fault == "range":
             scores = scores * 5
         elif self.fault in ("race", "picks") and self._fails_on(model, len(scores)):
+            if self.failures:
+                with open(self.failures, "a") as log:
+                    log.write("failed\n")
             raise RuntimeError("scorer blew up on this model")
         return scores
 

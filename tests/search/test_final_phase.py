@@ -298,14 +298,19 @@ def test_finalists_or_picks_that_fail_when_measured_are_reported_and_picks_are_m
     resume too), every exported pick is measured (one was exported with estimates only), and
     status and the report name the failures (they were silent)."""
     base, fts = zoo
+    raised = tmp_path / "raised.txt"
     tasks = [{"task": "faulty_task:FaultyAgreementTask", "name": f"agree{i}",
-              "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "fault": fault}}
+              "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "fault": fault,
+                          "failures": str(raised)}}
              for i, f in enumerate(fts)]
     config = campaign(tmp_path, zoo, tasks=tasks)
     run = tmp_path / "run"
+    times_raised = []
     for command in (["run", str(config), "--out", str(run)], ["resume", str(run)]):
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 0, result.output
+        times_raised.append(len(raised.read_text().splitlines()))
+    assert times_raised[0] > 0 and times_raised[1] == times_raised[0]  # a recorded failure is not tried again
     store = CampaignStore(run)
     failures, exported = store.measure_failures(), store.get_meta("exported")
     assert failures and set(failures.values()) == {"RuntimeError: scorer blew up on this model"}
@@ -326,3 +331,17 @@ def test_finalists_or_picks_that_fail_when_measured_are_reported_and_picks_are_m
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(failed_id), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "scoring it on every item failed (RuntimeError" in result.output, result.output
     assert not (tmp_path / "x").exists()
+
+    # a failure stored with no message (a bare RuntimeError()): an IndexError traceback in the report and export
+    store = CampaignStore(run)
+    store.set_meta(f"measure_failed:{next(e.key for e in store.evaluations() if e.id == failed_id)}", "")
+    store.close()
+    assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
+    assert "measured in the final phase: no message" in (run / "report.md").read_text()
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(failed_id), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "failed (no message); not exported" in result.output, result.output
+    store = CampaignStore(run)
+    store.set_meta(f"measure_failed:{next(e.key for e in store.evaluations() if e.id == failed_id)}", 5)
+    store.close()
+    result = CliRunner().invoke(cli, ["report", str(run)])  # not text: an AttributeError traceback
+    assert result.exit_code == 2 and "measure_failed:" in result.output and "is damaged" in result.output

@@ -532,6 +532,7 @@ def test_status_and_the_end_of_a_run_print_names_with_brackets_as_text(copy):
     ("UPDATE evaluations SET measured = '[0.5]' WHERE id = 2", "evaluation 2 is damaged"),
     ("UPDATE meta SET value = '{\"name\": \"c\"}' WHERE key = 'facts'", "meta 'facts' is damaged"),
     ("UPDATE generations SET keys = 'x' WHERE generation = 1", "generation 1 is damaged"),
+    ("UPDATE generations SET keys = '5' WHERE generation = 1", "generation 1 is damaged"),  # JSON, not a list
 ])
 def test_a_damaged_database_is_an_error_naming_what_is_damaged(copy, edit, where):
     """An edited or damaged state.sqlite: each command that reads the damaged value says so in one
