@@ -343,9 +343,10 @@ def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise UserError(f"{path}: no 'weight_map' mapping tensor names to files")
-    for name in weight_map.values():
+    shards = list(dict.fromkeys(weight_map.values()))  # a few files, named once per tensor
+    for name in shards:
         _check_shard_name(path, name)
-    files = [path.parent / name for name in dict.fromkeys(weight_map.values())]
+    files = [path.parent / name for name in shards]
     for file in files:
         if not file.is_file():
             raise UserError(f"{path}: lists shard {file.name}, which is missing")
@@ -374,12 +375,15 @@ def _open_weights_file(path: Path) -> _WeightsFile:
 def read_config(folder: Path) -> dict | None:
     """config.json of a model folder as a dict (None when it has none)."""
     file = folder / "config.json"
-    if not file.is_file():
-        return None
-    config = _read_json(file)
-    if not isinstance(config, dict):
-        raise UserError(f"{file}: expected a JSON object")
-    return config
+    return read_json_object(file) if file.is_file() else None
+
+
+def read_json_object(file: Path, what: str = "a JSON object") -> dict:
+    """A JSON file holding an object (a config); unreadable or anything else is one line naming it."""
+    value = _read_json(file)
+    if not isinstance(value, dict):
+        raise UserError(f"{file}: expected {what}")
+    return value
 
 
 def _read_json(file: Path) -> Any:

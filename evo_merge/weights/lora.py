@@ -12,7 +12,6 @@ adapted embedding layer (save_embedding_layers), and `X.weight` of a `modules_to
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import ClassVar
 import torch
 
 from evo_merge.errors import UserError
-from evo_merge.weights.checkpoint import Checkpoint, SafetensorsFile
+from evo_merge.weights.checkpoint import Checkpoint, SafetensorsFile, read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -35,17 +34,6 @@ def _pattern_value(patterns: dict, module: str, default: float) -> float:
         if re.match(rf"(.*\.)?{key}$", module):
             return value
     return default
-
-
-def _read_config(file: Path) -> dict:
-    """adapter_config.json as a dict; unreadable or not an object is one line naming the file."""
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{file}: not valid JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{file}: expected a JSON object (a PEFT adapter config)")
-    return config
 
 
 class LoraCheckpoint(Checkpoint):
@@ -63,7 +51,7 @@ class LoraCheckpoint(Checkpoint):
         config_file, weights_file = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
         if not config_file.is_file() or not weights_file.is_file():
             raise UserError(f"{adapter}: expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} (a PEFT LoRA adapter)")
-        config = _read_config(config_file)
+        config = read_json_object(config_file, "a JSON object (a PEFT adapter config)")
         if config.get("peft_type", "LORA") != "LORA":
             raise UserError(f"{config_file}: peft_type {config.get('peft_type')!r} is not LORA")
         if config.get("use_dora"):
