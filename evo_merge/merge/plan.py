@@ -23,7 +23,7 @@ from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method, li
 from evo_merge.merge.settings import MISSING, layer_position, lookup
 from evo_merge.merge.tokens import TokenPlan, plan_tokens
 from evo_merge.weights import Checkpoint, heads, parse_dtype
-from evo_merge.weights.compat import check_architectures
+from evo_merge.weights.compat import castable, check_architectures
 from evo_merge.weights.dtypes import dtype_name
 from evo_merge.weights.references import ModelRef, open_reference, resolve_reference
 
@@ -386,7 +386,7 @@ def _check_shapes(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: li
     """Refuse, before any tensor is read, inputs of one output tensor that cannot be merged together."""
     for job in jobs:
         sources = ([job.reference] if job.reference else []) + job.inputs
-        _check_floating(sources, checkpoints, refs)
+        _check_dtypes(sources, checkpoints, refs)
         shapes = [tuple(checkpoints[m].shape(n)) for m, n in sources]
         if tokens is not None and tokens.is_embedding(job.name, shapes[0]):
             tokens.check_job(job.name, [m for m, _ in sources], refs)
@@ -398,17 +398,15 @@ def _check_shapes(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: li
                                 f"{list(shapes[0])} in {refs[m0].name}")
 
 
-def _check_floating(sources: list[tuple[int, str]], checkpoints: list[Checkpoint], refs: list[ModelRef]) -> None:
-    """A tensor floating in one input and integer in another is refused: the merge would cast the
-    integers to floats (or copy the first input's integers), silently. Float dtypes may differ
-    (bfloat16 and float32 inputs are normal: each is cast to the computation dtype)."""
+def _check_dtypes(sources: list[tuple[int, str]], checkpoints: list[Checkpoint], refs: list[ModelRef]) -> None:
+    """The inputs of one output tensor in dtypes that merge (`compat.castable`), else refused naming
+    both models: an integer tensor merged with a floating or another integer one was cast silently."""
     dtypes = [checkpoints[m].dtype(n) for m, n in sources]
     for (m, n), dtype in zip(sources[1:], dtypes[1:]):
-        if dtype.is_floating_point != dtypes[0].is_floating_point:
+        if not castable(dtypes[0], dtype):
             m0, n0 = sources[0]
             raise UserError(f"tensor {n} is {dtype_name(dtype)} in {refs[m].name} but {n0} is "
-                            f"{dtype_name(dtypes[0])} in {refs[m0].name}: integer and floating tensors "
-                            "cannot be merged")
+                            f"{dtype_name(dtypes[0])} in {refs[m0].name}: only floating dtypes can be cast")
 
 
 def _layer_config(donor: Checkpoint, jobs: list[TensorJob]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from evo_merge.errors import UserError
 from evo_merge.weights import heads
 from evo_merge.weights.checkpoint import Checkpoint
@@ -23,6 +25,13 @@ def check_compatible(checkpoints: Sequence[Checkpoint]) -> None:
     reference = checkpoints[0]
     for other in checkpoints[1:]:
         _check_pair(reference, other)
+
+
+def castable(first: torch.dtype, other: torch.dtype) -> bool:
+    """Whether one tensor stored in these two dtypes in two inputs can be merged: floating dtypes
+    may differ (bfloat16 and float32 inputs are normal, each cast to the computation dtype); an
+    integer tensor must be the same in both (merging would cast it, or copy the first input's)."""
+    return first == other or (first.is_floating_point and other.is_floating_point)
 
 
 def check_architectures(checkpoints: Sequence[Checkpoint]) -> None:
@@ -54,7 +63,7 @@ def _check_pair(a: Checkpoint, b: Checkpoint) -> None:
         if a.shape(in_a) != b.shape(in_b):
             raise UserError(f"tensor {name!r} has shape {list(a.shape(in_a))} vs {list(b.shape(in_b))} in {pair}")
         dtypes = a.dtype(in_a), b.dtype(in_b)
-        if dtypes[0] != dtypes[1] and not all(d.is_floating_point for d in dtypes):
+        if not castable(*dtypes):
             raise UserError(
                 f"tensor {name!r} has dtype {dtypes[0]} vs {dtypes[1]} in {pair}; only floating dtypes can be cast"
             )

@@ -324,6 +324,14 @@ def test_a_tensor_integer_in_one_model_and_floating_in_another_is_refused(tmp_pa
     expected = load_file(base / "model.safetensors")[name] * 0.5 + weights[name].float() * 0.5
     assert torch.allclose(tensors_of(tmp_path / "o")[name], expected, atol=1e-6)
 
+    # integers of two widths: refused as campaigns refuse them (the file merge let them through)
+    weights[name] = weights[name].to(torch.int32)
+    save_file(weights, ft / "model.safetensors")
+    base_weights = load_file(base / "model.safetensors")
+    save_file({**base_weights, name: base_weights[name].to(torch.int64)}, base / "model.safetensors")
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 2 and f"tensor {name} is int32 in {ft}" in result.output, result.output
+
 
 def test_mismatched_shapes_and_pickle_checkpoints_are_refused(tmp_path):
     base, fts = save_tiny_family(tmp_path / "a", "llama", n_finetunes=1)
