@@ -142,8 +142,8 @@ def start_campaign(campaign_file: Path, out: Path) -> None:
     from evo_merge.cli.plan import check_campaign_fits
     from evo_merge.search.store import check_run_folder, remove_unused_run_folder
 
-    check_campaign_fits(campaign_file)  # memory plan (#13): exit 2 before the run folder or any evaluation
-    check_run_folder(out)
+    check_run_folder(out)  # links and foreign folders refused before the plan reads a store in it
+    check_campaign_fits(campaign_file, out)  # memory plan (#13): exit 2 before the run folder or any evaluation
     new = not out.exists()
     with _holding(out):
         try:
@@ -161,7 +161,7 @@ def resume(run: Path) -> None:
     only what is missing."""
     from evo_merge.cli.plan import check_campaign_fits
 
-    check_campaign_fits(_campaign_file(run), resuming=True)  # memory plan (#13), as for `run`
+    check_campaign_fits(_campaign_file(run), run)  # memory plan (#13), as for `run`
     with _holding(run):
         _run(_runner(run))
 

@@ -25,12 +25,19 @@ def campaign_models(campaign_file: Path):
     return campaign, base, models
 
 
-def check_campaign_fits(campaign_file: Path, *, resuming: bool = False) -> None:
-    """Stop with exit 2 when the campaign cannot fit (before a run folder is created or resumed);
-    `resuming` suggests only what a resume may change."""
+def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
+    """Stop with exit 2 when the campaign cannot fit in `run_dir` (before the folder is created or
+    resumed). A folder a campaign is bound to runs it under the defaults it was written under (a
+    folder from before `dtype: auto` evaluates in float32, whatever the file given now leaves
+    unset), and only what a resume may change is suggested."""
     from evo_merge.merge.footprint import check_fits
+    from evo_merge.search.binding import as_written_at, bound_defaults
 
-    check_fits(*campaign_models(campaign_file), resuming=resuming)
+    campaign, base, models = campaign_models(campaign_file)
+    version = bound_defaults(run_dir)
+    if version is not None:
+        campaign = as_written_at(campaign, version)
+    check_fits(campaign, base, models, resuming=version is not None)
 
 
 @click.command()

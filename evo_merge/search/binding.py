@@ -82,7 +82,7 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
     if stored is None:
         raise UserError(f"{run_dir / CampaignStore.DB}: holds no campaign (emptied, or from a start that failed); "
                         "restore it from a backup, or start the campaign again in a new run folder")
-    version = store.get_meta(DEFAULTS_META) or 1
+    version = _defaults_version(store)
     if stored not in (config_fingerprint(campaign), config_fingerprint(campaign, written_at=version)):
         started = store.get_meta(CONFIG_DATA_META)  # none in folders bound before it was stored
         given = fingerprinted(campaign, written_at=version)  # in the form the folder stored it
@@ -92,6 +92,22 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
             "or start a new run folder"
         )
     return as_written_at(campaign, version)
+
+
+def _defaults_version(store: CampaignStore) -> int:
+    return store.get_meta(DEFAULTS_META) or 1  # folders written before the mark: version 1
+
+
+def bound_defaults(run_dir: Path) -> int | None:
+    """The defaults version of the campaign a run folder is bound to (what `bound_campaign` runs it
+    under); None for a folder no campaign is bound to yet: new, empty, or left by a start that failed."""
+    if not (run_dir / CampaignStore.DB).is_file():
+        return None
+    store = CampaignStore(run_dir)
+    try:
+        return None if store.get_meta(CONFIG_META) is None else _defaults_version(store)
+    finally:
+        store.close()
 
 
 def _changed(started: dict, given: dict) -> str:

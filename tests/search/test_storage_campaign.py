@@ -297,3 +297,37 @@ def test_a_run_folder_written_before_dtype_auto_resumes_in_float32(zoo):
     assert as_written_at(unset, 5).dtype == "float32" and as_written_at(spelled, 5).dtype == "float32"
     assert config_fingerprint(spelled, written_at=5) == config_fingerprint(unset, written_at=5)
     assert config_fingerprint(spelled) != config_fingerprint(unset)  # today float32 is a setting of its own
+
+
+def test_run_into_a_folder_written_before_dtype_auto_plans_what_it_resumes(tmp_path, zoo):
+    """`run CAMPAIGN --out OLD` resumes a folder written before `dtype: auto` in float32 even where
+    the file leaves the dtype unset: the memory plan must count float32 too, and offer only what a
+    resume may change (not a dtype, which would make it another campaign)."""
+    from evo_merge.search.binding import CONFIG_DATA_META, CONFIG_META, DEFAULTS_META, fingerprinted
+    from evo_merge.search.store import CampaignStore
+
+    base, fts = zoo
+    base16, fts16 = bfloat16_copy(base, tmp_path / "base"), [bfloat16_copy(f, tmp_path / f.name) for f in fts]
+    one = {"kind": "local", "batch_size": 1}
+    need = {dtype: campaign_plan(Campaign.model_validate(config((base16, fts16), dtype=dtype, evaluator=one)),
+                                 base16, fts16).need_host for dtype in ("auto", "float32")}
+    assert need["auto"] < need["float32"]
+    budget = {"host_budget_gib": (need["auto"] + need["float32"]) / 2 / GIB}  # not part of a run's identity
+    spelled = config((base16, fts16), dtype="float32", evaluator=one)
+    run, spelled_file = tmp_path / "run", write(tmp_path, spelled)
+    assert CliRunner().invoke(cli, ["run", str(spelled_file), "--out", str(run)]).exit_code == 0
+    store = CampaignStore(run)  # as the run folder a version-5 evo-merge wrote: float32 was the default
+    old = Campaign.load(spelled_file)
+    store.set_metas({DEFAULTS_META: 5, CONFIG_META: config_fingerprint(old, written_at=5),
+                     CONFIG_DATA_META: fingerprinted(old, written_at=5)})
+    store.close()
+
+    unset = write(tmp_path, config((base16, fts16), evaluator=one, storage=budget))
+    result = CliRunner().invoke(cli, ["run", str(unset), "--out", str(run)])
+    assert result.exit_code == 2, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert "memory plan" in error and "a resume keeps this run's batch size and dtypes" in error
+    roomy = write(tmp_path, config((base16, fts16), evaluator=one))
+    assert CliRunner().invoke(cli, ["run", str(roomy), "--out", str(run)]).exit_code == 0  # the same campaign
+    fresh = CliRunner().invoke(cli, ["run", str(unset), "--out", str(tmp_path / "new")])
+    assert fresh.exit_code == 0, fresh.output  # a new folder runs in bfloat16, which fits
