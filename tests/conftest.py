@@ -12,3 +12,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _methods_a_test_registers_stay_in_it():
+    """A test's own merge methods (some fail on purpose) must not reach tests that try every method."""
+    from evo_merge.merge import registry
+
+    before = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)

@@ -14,7 +14,10 @@ import click
               help="computation and output dtype: float32, bfloat16, float16 (default: the recipe's)")
 @click.option("--allow-pickle", is_flag=True, help="also read .bin/.pt/.pth checkpoints (weights_only=True)")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists (only once the new folder is complete)")
-def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwrite: bool) -> None:
+@click.option("--device", default="cpu", show_default=True,
+              help="where each tensor is combined: cpu, cuda, cuda:N or auto (a GPU makes TSV-M's SVDs "
+                   "practical at 7B); inputs are read and the output written on the host")
+def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwrite: bool, device: str) -> None:
     """Build one merge from a mergekit-style RECIPE into an HF model folder."""
     from evo_merge.cli.progress import track
     from evo_merge.errors import UserError
@@ -22,13 +25,15 @@ def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwr
     from evo_merge.merge.plan import plan_from_recipe
     from evo_merge.merge.recipe import Recipe
     from evo_merge.weights import parse_dtype
+    from evo_merge.weights.devices import resolve_device
 
     try:
         parse_dtype(dtype)
     except UserError as err:
         raise UserError(f"--dtype: {err}") from None
+    where = resolve_device(device, key="--device")
     plan = plan_from_recipe(Recipe.load(recipe), root=recipe.parent, dtype=dtype, source=recipe,
                             allow_pickle=allow_pickle)
-    export_merge(plan, out, overwrite=overwrite,
+    export_merge(plan, out, overwrite=overwrite, device=where,
                  track=lambda items, total: track(items, total, f"merging ({plan.method.name})"))
     click.echo(f"wrote {out} ({plan.method.name} of {len(plan.refs)} model(s), {len(plan.jobs)} tensors)")

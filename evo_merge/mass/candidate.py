@@ -59,8 +59,9 @@ class MassKind:
 
     def export(self, candidate, base: str, models: list[str], out: Path, *, scores, out_dtype: str,
                bench: Any | None, overwrite: bool, evidence: Any = None, track: Any = None,
-               chosen_as: Sequence[str] = ()) -> Path:
-        """A MASS folder (factors, routing, scores); built here when no workbench is at hand.
+               chosen_as: Sequence[str] = (), device: str = "cpu") -> Path:
+        """A MASS folder (factors, routing, scores); built here, its factors on `device`, when no
+        workbench is at hand.
         A measured candidate's `evidence` becomes its results files (the card has no model-index:
         the Hub cannot run a MASS folder)."""
         from evo_merge.mass import MassModel
@@ -68,10 +69,15 @@ class MassKind:
         if bench is not None:
             mass = self.build(bench, candidate)
         else:  # base and models as recipes name them: the folders they resolve to
+            import torch
+
+            from evo_merge.mass.factors import COMPUTE_DTYPE
+            from evo_merge.merge.storage import Stash, Storage
             from evo_merge.weights.references import resolve_reference
 
             refs = [resolve_reference(str(m), Path.cwd(), "models") for m in (base, *models)]
-            mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]], track=track)
+            stash = Stash(Storage(), torch.device(device), COMPUTE_DTYPE)
+            mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]], track=track, stash=stash)
             mass.set_routing(**candidate.param_dict)
         folder = mass.save(out, overwrite=overwrite, scores=scores, chosen_as=chosen_as)
         if evidence is not None and evidence.item_scores:

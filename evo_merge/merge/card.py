@@ -210,8 +210,10 @@ def model_card(
     tasks: Mapping[str, TaskMeta] | None = None,
     stderr: Mapping[str, float] | None = None,
     chosen_as: Sequence[str] = (),
+    device: str = "cpu",
 ) -> str:
-    """A README.md for a merged model folder.
+    """A README.md for a merged model folder, built on `device` (its Reproduce section says how to
+    rebuild it there).
 
     `scores` maps a score kind ("estimated", "measured") to {task: value}; `tasks` describes each
     task for `model-index`; `stderr` is the measured standard error per task; `chosen_as`, the
@@ -261,11 +263,18 @@ def model_card(
     lines += [
         "## Reproduce",
         "",
-        "`merge_recipe.yaml` in this folder rebuilds these weights bit for bit:",
-        "",
-        "```bash",
-        "evo-merge merge merge_recipe.yaml --out merged",
-        "```",
+        *reproduce_lines(device),
         "",
     ]
     return "\n".join(lines)
+
+
+def reproduce_lines(device: str) -> list[str]:
+    """How to rebuild the folder: bit for bit on the device type it was merged on; elsewhere equal
+    to rounding, except the entries DARE and DELLA drop, which each device type's generator draws."""
+    if device == "cpu":
+        return ["`merge_recipe.yaml` in this folder rebuilds these weights bit for bit:", "",
+                "```bash", "evo-merge merge merge_recipe.yaml --out merged", "```"]
+    return [f"`merge_recipe.yaml` in this folder rebuilds these weights bit for bit on a {device} device of the "
+            "kind they were merged on (on another device, equal to rounding; DARE and DELLA draw other drops):",
+            "", "```bash", f"evo-merge merge merge_recipe.yaml --out merged --device {device}", "```"]

@@ -31,17 +31,19 @@ def export_merge(
     tasks: Mapping[str, TaskMeta] | None = None,
     item_scores: ItemScores | None = None,
     chosen_as: Sequence[str] = (),
+    device: torch.device | str = "cpu",
 ) -> Path:
     """Write the merged folder atomically. `tensors` (e.g. from the in-place merger) replaces the
     streaming merge when given; they must be the plan's tensors.
 
     `tasks` describes each scored task for the card's `model-index`; `item_scores` (task -> item ->
     score, every item of a measured pick) adds `results.json` and `item_scores.parquet`, written
-    in the same atomic step as the weights so the card never names results that are missing."""
+    in the same atomic step as the weights so the card never names results that are missing.
+    The streaming merge combines each tensor on `device` (`stream_merge`); the card says so."""
     inputs = [r.path for r in plan.refs] + [r.lora for r in plan.refs if r.lora is not None]
     check_output_folder(Path(out).expanduser(), overwrite, inputs)
     if tensors is None:
-        total, tensors = stream_merge(plan, allow_pickle=allow_pickle)
+        total, tensors = stream_merge(plan, allow_pickle=allow_pickle, device=device)
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()
@@ -55,7 +57,7 @@ def export_merge(
         name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None
     }
     extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr,
-                                    chosen_as=chosen_as)
+                                    chosen_as=chosen_as, device=torch.device(device).type)
     extra[RECIPE_FILE] = recipe.to_yaml()
     if item_scores:
         extra.update(results_files(item_scores, tasks or {}))

@@ -254,24 +254,29 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
     activations = tokens * (2 * shapes.vocab + ACTIVATION_FLOATS * shapes.hidden) * 4 if shapes.vocab else 64 * 2**20
     lines.append(line(f"activations ({setting.batch_size} x {setting.seq_len} tokens: batch_size x sequence_tokens)",
                       activations, "device"))
-    # the search's work and activations are gone while a pick is exported, where they were on the host
-    export = export_bytes(shapes, setting) - (0 if setting.on_gpu else work + activations)
-    if export > 0:
-        lines.append(line("exporting a pick, beyond the search's work", export, "host"))
+    # a pick is merged on the device (`stream_merge`) once the search's work and activations are gone
+    merging, host = export_bytes(shapes, setting)
+    if setting.on_gpu:
+        lines.append(line("exporting a pick: inputs read, shard written", host, "host"))
+    beyond = merging + (0 if setting.on_gpu else host) - work - activations
+    if beyond > 0:
+        lines.append(line("exporting a pick, beyond the search's work", beyond, "device"))
     return lines
 
 
-def export_bytes(shapes: Shapes, setting: Setting) -> int:
-    """Host bytes of exporting one pick, while the search's state stays resident: the file merge
-    streams one tensor at a time from the checkpoints (T + 1 float32 inputs, T deltas, the method's
-    temporaries and the result) and buffers the output up to one shard. Measured: 9 float32 copies
-    of the largest tensor for task arithmetic with 3 endpoints, the plan's count."""
+def export_bytes(shapes: Shapes, setting: Setting) -> tuple[int, int]:
+    """(device, host) bytes of exporting one pick, while the search's state stays resident. The file
+    merge streams one tensor at a time: its T + 1 inputs are read in float32 and the output buffered
+    up to one shard on the host; on the device, T + 1 inputs, T deltas, the method's temporaries and
+    the result (a CPU holds both). Measured on a CPU: 9 float32 copies of the largest tensor for
+    task arithmetic with 3 endpoints, the plan's count."""
     largest = max(shapes.floating, key=lambda t: t.numel, default=None)
     if largest is None:
-        return 0
+        return 0, 0
     T = setting.n_models
     copies = max(2 * T + 3, T + 1 + _stacked(setting))
-    return largest.numel * 4 * copies + min(shapes.nbytes(None), DEFAULT_MAX_SHARD_BYTES)
+    read = (T + 1) * largest.numel * 4 + min(shapes.nbytes(None), DEFAULT_MAX_SHARD_BYTES)
+    return largest.numel * 4 * (copies - (0 if setting.on_gpu else T + 1)), read
 
 
 def _stacked(setting: Setting) -> int:

@@ -426,7 +426,7 @@ def merge_tensor(
 ) -> torch.Tensor:
     try:
         merged = method.fn(base, deltas, weights, params, name)
-    except UserError:
+    except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (another device, or failing)
         raise
     except RuntimeError as exc:  # e.g. SVD failing to converge on a degenerate matrix
         raise RuntimeError(f"{method.name} failed on tensor {name}: {exc}") from exc
@@ -436,7 +436,10 @@ def merge_tensor(
     return merged
 
 
-def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint]) -> torch.Tensor:
+def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint], device: torch.device) -> torch.Tensor:
+    """One output tensor, on the host. Its inputs are read (and their token rows permuted) on the
+    host and combined on `device`; a job the device has no memory left for is combined on the
+    host instead, so a long export never dies on its largest tensor (the embeddings)."""
     sources = ([job.reference] if job.reference else []) + job.inputs
     stored = checkpoints[sources[0][0]].dtype(sources[0][1])
     if not stored.is_floating_point:
@@ -444,22 +447,40 @@ def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint]) -> 
     tensors = [checkpoints[m].tensor(n, plan.dtype) for m, n in sources]
     if plan.tokens is not None and plan.tokens.is_embedding(job.name, tuple(tensors[0].shape)):
         tensors = plan.tokens.permute(job, sources, tensors)
+    try:
+        merged = _combine(plan, job, [t.to(device) for t in tensors])
+    except torch.OutOfMemoryError:
+        if device.type == "cpu":
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("tensor %s: out of memory on %s; merged on the CPU (equal to rounding)", job.name, device)
+        merged = _combine(plan, job, tensors)
+    return merged.to(device="cpu", dtype=plan.out_dtype or stored)
+
+
+def _combine(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor]) -> torch.Tensor:
     reference = tensors[0] if job.reference else torch.zeros_like(tensors[0])
     inputs = tensors[1:] if job.reference else tensors
     deltas = [x - reference for x in inputs]
-    merged = merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
-    return merged.to(plan.out_dtype or stored)
+    return merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
 
 
-def stream_merge(plan: MergePlan, *, allow_pickle: bool = False) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
-    """Open the checkpoints, then yield merged tensors lazily (count, iterator)."""
+def stream_merge(plan: MergePlan, *, allow_pickle: bool = False,
+                 device: torch.device | str = "cpu") -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
+    """Open the checkpoints, then yield merged tensors lazily (count, iterator), each combined on
+    `device` and returned on the host. A GPU makes the singular-vector methods practical at 7B
+    (TSV-M's SVDs take hours on a CPU); outputs agree with the CPU's to rounding, and DARE's and
+    DELLA's drops are drawn by the device's own generator, so a recipe rebuilds them bit for bit
+    on the device type that built them."""
     plan.allow_pickle = plan.allow_pickle or allow_pickle
+    device = torch.device(device)
     checkpoints = plan.open()
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         try:
             for job in plan.jobs:
-                yield job.name, _run_job(plan, job, checkpoints)
+                yield job.name, _run_job(plan, job, checkpoints, device)
         finally:
             for ck in checkpoints:
                 ck.close()

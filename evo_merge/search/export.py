@@ -31,16 +31,19 @@ def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[
 
 def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *, evaluator: Evaluator | None = None,
                      overwrite: bool = False, progress: Progress = no_progress, chosen_as: Sequence[str] = ()) -> Path:
-    """Write one evaluation's candidate to `out`; the evaluator's workbench is reused when it has one.
-    `progress` gets a stage `exporting NAME` over the tensors written; `chosen_as` names the picks
-    it is, in its card."""
+    """Write one evaluation's candidate to `out`, merged on the campaign's device where this process
+    has it (`available_device`); the evaluator's workbench is reused when it has one. `progress`
+    gets a stage `exporting NAME` over the tensors written; `chosen_as` names the picks it is, in
+    its card."""
+    from evo_merge.weights.devices import available_device
+
     candidate = Candidate.from_key(evaluation.key)
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(
         candidate, *workspace.sources(), Path(out), scores=card_scores(workspace.store, evaluation),
         out_dtype=workspace.dtype_name(), bench=bench, overwrite=overwrite,
         evidence=evidence(workspace.store, evaluation), track=stage_track(progress, f"exporting {Path(out).name}"),
-        chosen_as=chosen_as)
+        chosen_as=chosen_as, device=str(available_device(workspace.campaign.device)))
 
 
 def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[str, FitnessTask]) -> None:

@@ -55,8 +55,9 @@ class CandidateKind(Protocol):
 
     def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,
                scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
-               evidence: Evidence | None = None, track: Tracker | None = None, chosen_as: Sequence[str] = ()) -> Path:
-        """Write the candidate as a model folder with its card; `bench` is reused when given;
+               evidence: Evidence | None = None, track: Tracker | None = None, chosen_as: Sequence[str] = (),
+               device: str = "cpu") -> Path:
+        """Write the candidate as a model folder with its card, computed on `device`; `bench` is reused when given;
         `evidence` (task metadata, and per-item scores of a measured candidate) goes into the
         card's model-index and the results files; `track` wraps the tensors written, for a bar;
         `chosen_as` names the campaign picks it is, in the card."""
@@ -124,7 +125,8 @@ class StaticMerge:
 
     def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,
                scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
-               evidence: Evidence | None = None, track: Tracker | None = None, chosen_as: Sequence[str] = ()) -> Path:
+               evidence: Evidence | None = None, track: Tracker | None = None, chosen_as: Sequence[str] = (),
+               device: str = "cpu") -> Path:
         """Streamed from the checkpoints through the recipe, exactly as `evo-merge merge` does:
         the exported folder is the recipe's merge by construction, whatever the search stored."""
         from evo_merge.merge.export import export_merge
@@ -133,7 +135,7 @@ class StaticMerge:
         plan = plan_from_recipe(candidate_recipe(candidate, base, models, out_dtype))
         evidence = evidence or Evidence()
         return export_merge(plan, out, overwrite=overwrite, title=out.name, scores=scores, tasks=evidence.tasks,
-                            item_scores=evidence.item_scores, track=track, chosen_as=chosen_as)
+                            item_scores=evidence.item_scores, track=track, chosen_as=chosen_as, device=device)
 
 
 # method name -> "module:attribute" of its kind; every other method is a static merge

@@ -23,3 +23,13 @@ def resolve_device(device: str, key: str = "device") -> torch.device:
     elif resolved.type != "cpu":
         raise UserError(f"{key}: {device!r} is not a device evo-merge runs on (auto, cpu, cuda or cuda:N)")
     return resolved
+
+
+def available_device(device: str) -> torch.device:
+    """The campaign's device where this process has it, else the host: an export from a run folder
+    on a machine without the campaign's GPU (or in the main process of a cluster whose workers hold
+    the GPUs) merges on the CPU, as correctly, only slower."""
+    try:
+        return resolve_device(device)
+    except UserError:
+        return torch.device("cpu")

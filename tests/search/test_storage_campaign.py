@@ -192,6 +192,11 @@ def test_an_out_of_memory_error_fails_the_candidate_only(zoo):
         """Runs out of host memory."""
         raise MemoryError("simulated")
 
+    @register_method("test_device_oom_merge", replace=True)
+    def device_oom(base, deltas, weights, params, name):
+        """Runs out of GPU memory (torch.cuda.OutOfMemoryError is this class)."""
+        raise torch.OutOfMemoryError("simulated")
+
     class HungryTask(AgreementTask):
         def evaluate(self, model, tokenizer, item_ids=None):
             if len(item_ids) > 2:  # a batch too large for the memory left
@@ -204,8 +209,10 @@ def test_an_out_of_memory_error_fails_the_candidate_only(zoo):
     evaluator = LocalEvaluator(bench, {"agree": task})
     some, many = {"agree": task.item_ids[:2]}, {"agree": task.item_ids}
     jobs = [(Candidate("test_host_oom", (1.0, 1.0), ()), some), (Candidate("task_arithmetic", (1.0, 0.0), ()), many),
-            (Candidate("task_arithmetic", (1.0, 0.0), ()), some)]
+            (Candidate("task_arithmetic", (1.0, 0.0), ()), some),
+            (Candidate("test_device_oom_merge", (1.0, 1.0), ()), some)]
     outcomes = [outcome for _, outcome, _ in evaluator.evaluate_many(jobs)]
+    assert isinstance(outcomes[3], CandidateFailed) and str(outcomes[3]).startswith("out of memory while merging")
     assert isinstance(outcomes[0], CandidateFailed) and "MemoryError" in str(outcomes[0])
     assert isinstance(outcomes[1], CandidateFailed)
     assert str(outcomes[1]).startswith("out of memory while evaluating") and "evaluator.batch_size" in str(outcomes[1])
