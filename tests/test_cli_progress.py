@@ -39,3 +39,26 @@ def test_a_long_stage_says_how_far_it_is_at_most_every_interval():
 def test_a_merge_sent_to_a_log_says_when_it_ends(capsys):
     assert list(track(range(5), 5, "merging (ties)")) == list(range(5))
     assert capsys.readouterr().err.splitlines() == ["merging (ties): 5/5 in 0:00:00"]
+
+
+def test_a_candidate_s_items_are_a_line_only_while_one_takes_long_and_their_bar_goes_with_its_stage():
+    """At 7B one candidate takes minutes on every item: its items are followed beside the stage,
+    but a log gets no line per candidate, only one every interval while a candidate is scored."""
+    from evo_merge.search.evaluator import ITEMS_SUFFIX
+
+    log = StringIO()
+    lines = StageLines(Console(file=log), every=0.0)
+    for _candidate in range(2):
+        for done in (0, 512, 1024, 1200):
+            lines("calibration" + ITEMS_SUFFIX, done, 1200)
+    lines("calibration", 2, 2)
+    assert log.getvalue().splitlines() == 2 * [f"calibration{ITEMS_SUFFIX}: 512/1200 (0:00:00)",
+                                               f"calibration{ITEMS_SUFFIX}: 1024/1200 (0:00:00)"] + [
+        "calibration: 2/2 in 0:00:00"]
+    assert all(STAGE_LINE.match(line) for line in log.getvalue().splitlines())
+    bars = StageBars()
+    bars("calibration", 0, 2)
+    bars("calibration" + ITEMS_SUFFIX, 512, 1200)
+    assert len(bars.progress.tasks) == 2
+    bars("calibration", 2, 2)
+    assert [t.description for t in bars.progress.tasks] == ["calibration"]

@@ -14,6 +14,8 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from evo_merge.search.evaluator import ITEMS_SUFFIX
+
 T = TypeVar("T")
 
 
@@ -49,6 +51,14 @@ class StageLines:
             return
         now = time.monotonic()
         started, last = self.times.setdefault(stage, (now, now))
+        if stage.endswith(ITEMS_SUFFIX):  # one candidate's items, again for each: a line only while one takes long
+            if done >= total:
+                del self.times[stage]
+            elif done and now - last >= self.every:
+                self.console.print(f"{stage}: {done}/{total} ({_elapsed(now - started)})", markup=False,
+                                   highlight=False)
+                self.times[stage] = (started, now)
+            return
         if done >= total:
             self.console.print(f"{stage}: {done}/{total} in {_elapsed(now - started)}", markup=False, highlight=False)
             self.ended.add(stage)
@@ -89,6 +99,8 @@ class StageBars:
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=total)
         self.progress.update(self.tasks[stage], completed=done, total=total)
+        if done >= total and stage + ITEMS_SUFFIX in self.tasks:  # its candidates' items bar goes with it
+            self.progress.remove_task(self.tasks.pop(stage + ITEMS_SUFFIX))
         self.lines(stage, done, total)
 
     def __enter__(self):

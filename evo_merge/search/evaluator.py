@@ -8,7 +8,7 @@ comes back as `CandidateFailed`, never as an exception, so one bad merge never s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from evo_merge.search.candidate import Candidate
@@ -26,12 +26,16 @@ class CandidateFailed(Exception):
 
 
 Result = tuple[int, "ItemScores | CandidateFailed", float]  # (job index, scores or failure, seconds)
+# (items scored, items asked) of the job being scored: a 7B model spends minutes on one job
+ItemsScored = Callable[[int, int], None]
+ITEMS_SUFFIX = " · items"  # the progress stage, beside a campaign stage, that follows one candidate's items
 
 
 @runtime_checkable
 class Evaluator(Protocol):
-    def evaluate_many(self, jobs: Sequence[Job]) -> Iterator[Result]:
-        """Score every job, yielding (job index, scores or CandidateFailed, seconds)."""
+    def evaluate_many(self, jobs: Sequence[Job], items_scored: ItemsScored | None = None) -> Iterator[Result]:
+        """Score every job, yielding (job index, scores or CandidateFailed, seconds); `items_scored`
+        follows the job in progress where the evaluator can see its items (in this process)."""
         ...
 
     def workbench(self) -> Workbench | None:

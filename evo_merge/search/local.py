@@ -9,7 +9,7 @@ import torch
 
 from evo_merge.errors import UserError, described
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, Job, Result
+from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, ItemsScored, Job, Result
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.workbench import Workbench
 from evo_merge.tasks.base import FitnessTask, checked_scores
@@ -18,6 +18,9 @@ from evo_merge.tasks.base import FitnessTask, checked_scores
 # these two settings (a base or endpoint failing so in calibration stops the run with this line)
 EVALUATION_OOM_HINT = ("a smaller evaluator.batch_size needs less; the memory plan assumes sequences of "
                        "evaluator.sequence_tokens tokens")
+# a task is asked for at most this many items at a time, so a long evaluation reports as it goes;
+# a task's scores do not depend on which items are asked with them (lm-eval's included: tested)
+ITEMS_PER_CALL = 512
 
 
 class LocalEvaluator:
@@ -46,24 +49,32 @@ class LocalEvaluator:
             raise CandidateFailed(f"non-finite values in merged tensor {bad}")
         return model
 
-    def evaluate(self, candidate: Candidate, items: Items) -> ItemScores:
-        """Build the candidate and score it on `items` per task (None: every item)."""
+    def evaluate(self, candidate: Candidate, items: Items, items_scored: ItemsScored | None = None) -> ItemScores:
+        """Build the candidate and score it on `items` per task (None: every item), at most
+        `ITEMS_PER_CALL` at a time, telling `items_scored` after each call."""
         model = self.build(candidate)
-        scores: ItemScores = {}
+        asked = {name: list(self.tasks[name].item_ids if ids is None else ids) for name, ids in items.items()}
+        total, done = sum(map(len, asked.values())), 0
+        scores: ItemScores = {name: {} for name in asked}
         try:
-            for name, item_ids in items.items():
-                series = checked_scores(self.tasks[name], model, self.bench.tokenizer, item_ids)
-                scores[name] = {str(k): float(v) for k, v in series.items()}
+            for name, ids in asked.items():
+                for start in range(0, len(ids), ITEMS_PER_CALL):
+                    part = ids[start:start + ITEMS_PER_CALL]
+                    series = checked_scores(self.tasks[name], model, self.bench.tokenizer, part)
+                    scores[name].update((str(k), float(v)) for k, v in series.items())
+                    done += len(part)
+                    if items_scored is not None:
+                        items_scored(done, total)
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
             torch.cuda.empty_cache()  # a no-op without CUDA
             raise CandidateFailed(f"out of memory while evaluating ({EVALUATION_OOM_HINT}): {described(exc)}") from exc
         return scores
 
-    def evaluate_many(self, jobs: Sequence[Job]) -> Iterator[Result]:
+    def evaluate_many(self, jobs: Sequence[Job], items_scored: ItemsScored | None = None) -> Iterator[Result]:
         for index, (candidate, items) in enumerate(jobs):
             start = time.perf_counter()
             try:
-                outcome: ItemScores | CandidateFailed = self.evaluate(candidate, items)
+                outcome: ItemScores | CandidateFailed = self.evaluate(candidate, items, items_scored)
             except UserError:  # a wrong config or a task breaking its contract: every candidate would fail alike
                 raise
             except Exception as exc:  # noqa: BLE001  merge or evaluation failed (a plugin may raise anything)

@@ -1,0 +1,69 @@
+"""A candidate scored on many items reports them as it goes, and its scores are those of one call."""
+
+from pathlib import Path
+
+import pytest
+from agreement_task import AgreementTask  # tests/search is on sys.path (pytest's rootdir import mode)
+
+from evo_merge.search import local
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.evaluator import ITEMS_SUFFIX
+from evo_merge.search.local import LocalEvaluator
+from evo_merge.search.log import EvaluationLog
+from evo_merge.search.workbench import Workbench
+from evo_merge.tasks.base import checked_scores
+from evo_merge.zoo.tiny import save_tiny_family
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    base, fts = save_tiny_family(tmp_path_factory.mktemp("zoo"), "llama", n_finetunes=2, noise=0.08)
+    tasks = {f"agree{i}": AgreementTask(str(f), name=f"agree{i}", n_items=10, seed=i) for i, f in enumerate(fts)}
+    return Workbench.open(base, fts, device="cpu"), tasks
+
+
+def test_every_item_is_scored_in_calls_of_a_bounded_size_each_reported(bench, monkeypatch):
+    workbench, tasks = bench
+    monkeypatch.setattr(local, "ITEMS_PER_CALL", 4)
+    asked = []
+    for task in tasks.values():
+        monkeypatch.setattr(task, "evaluate", lambda m, t, ids, _f=task.evaluate: asked.append(ids) or _f(m, t, ids))
+    evaluator, told = LocalEvaluator(workbench, tasks), []
+    candidate = Candidate("task_arithmetic", (0.6, 0.4), ())
+    scores = evaluator.evaluate(candidate, {"agree0": None, "agree1": tasks["agree1"].item_ids[:5]},
+                                lambda done, total: told.append((done, total)))
+    assert [len(ids) for ids in asked] == [4, 4, 2, 4, 1]
+    assert told == [(4, 15), (8, 15), (10, 15), (14, 15), (15, 15)]
+    model = evaluator.build(candidate)  # the same model scored on all its items in one call each
+    whole = {"agree0": checked_scores(tasks["agree0"], model, workbench.tokenizer, None),
+             "agree1": checked_scores(tasks["agree1"], model, workbench.tokenizer, tasks["agree1"].item_ids[:5])}
+    assert scores == {name: {str(k): float(v) for k, v in series.items()} for name, series in whole.items()}
+
+
+def test_a_campaign_stage_follows_its_candidates_items(bench, tmp_path: Path, monkeypatch):
+    from evo_merge.search.store import CampaignStore
+
+    workbench, tasks = bench
+    monkeypatch.setattr(local, "ITEMS_PER_CALL", 4)
+    seen = []
+
+    class Everything:  # scores every item: the log stores them as scored (what the stage shows is under test)
+        names = list(tasks)
+
+        def search_items(self):
+            return {name: None for name in tasks}
+
+        def estimate(self, scores):
+            return {n: sum(s.values()) / len(s) for n, s in scores.items()}, None
+
+        def search_scores(self, scores):
+            return self.estimate(scores)[0]
+
+    log = EvaluationLog(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, tasks), Everything(),
+                        progress=lambda stage, done, total: seen.append((stage, done, total)))
+    log.evaluate([Candidate("task_arithmetic", (1.0, 0.0), ()), Candidate("task_arithmetic", (0.0, 1.0), ())],
+                 phase="calibration", generation=None, items={name: None for name in tasks}, stage="calibration")
+    items = [(done, total) for stage, done, total in seen if stage == "calibration" + ITEMS_SUFFIX]
+    assert items == 2 * [(4, 20), (8, 20), (10, 20), (14, 20), (18, 20), (20, 20)]
+    assert [s for s in seen if s[0] == "calibration"] == [("calibration", 0, 2), ("calibration", 1, 2),
+                                                          ("calibration", 2, 2)]
