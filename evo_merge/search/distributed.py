@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -116,6 +117,16 @@ def cluster_gpus(device: str) -> list[int]:
     return list(range(torch.cuda.device_count()))
 
 
+def visible_device(gpu: int) -> str:
+    """The CUDA_VISIBLE_DEVICES entry that shows a worker the GPU this process calls cuda:`gpu`.
+    A worker's variable names the machine's GPUs, not this process's: under
+    CUDA_VISIBLE_DEVICES=2,3 this process's cuda:0 is the machine's GPU 2 (or a UUID), and a
+    worker given 0 would run on a GPU this process was kept off."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    entries = [entry.strip() for entry in visible.split(",")] if visible is not None else []
+    return entries[gpu] if gpu < len(entries) else str(gpu)
+
+
 def start_local_cluster(n_workers: int, gpus: Sequence[int] = ()) -> Any:
     """A cluster of worker processes on this machine, one thread each. With GPUs, at most one
     worker per GPU, each seeing only its own device (CUDA_VISIBLE_DEVICES, and a `GPU` resource)."""
@@ -133,7 +144,8 @@ def start_local_cluster(n_workers: int, gpus: Sequence[int] = ()) -> Any:
                                             memory_limit=0, silence_logs=logging.ERROR, dashboard_address=None,
                                             scheduler_kwargs=scheduler)
         workers = {i: {"cls": distributed.Nanny,
-                       "options": {**options, "env": {"CUDA_VISIBLE_DEVICES": str(gpu)}, "resources": {"GPU": 1}}}
+                       "options": {**options, "env": {"CUDA_VISIBLE_DEVICES": visible_device(gpu)},
+                                   "resources": {"GPU": 1}}}
                    for i, gpu in enumerate(list(gpus)[:n_workers])}
         return distributed.SpecCluster(workers=workers, scheduler={"cls": distributed.Scheduler, "options": scheduler},
                                        silence_logs=logging.ERROR)

@@ -253,3 +253,23 @@ def test_workers_running_another_evo_merge_version_are_refused(cluster, monkeypa
     with pytest.raises(UserError, match=r"runs evo-merge .*, this process 0\.0\.0-driver"):
         _ = evaluator.client  # connecting runs the worker check
     assert evaluator._client is None  # the connection was closed, not kept
+
+
+def test_gpu_workers_are_pinned_to_the_gpus_this_process_sees(monkeypatch):
+    """cluster_gpus counts GPUs as this process sees them; under CUDA_VISIBLE_DEVICES=2,3 its
+    cuda:0 and cuda:1 are the machine's GPUs 2 and 3, and the workers' variable must name those
+    (0 and 1 would put them on GPUs this process was kept off). Checked without a GPU: the layout."""
+    from types import SimpleNamespace
+
+    from evo_merge.search import distributed
+
+    started = {}
+    fake = SimpleNamespace(Nanny=object, Scheduler=object,
+                           SpecCluster=lambda workers, **_: started.update(workers) or "cluster")
+    monkeypatch.setattr(distributed, "import_distributed", lambda: fake)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-5f3c")
+    assert distributed.start_local_cluster(2, gpus=[0, 1]) == "cluster"
+    assert [w["options"]["env"]["CUDA_VISIBLE_DEVICES"] for w in started.values()] == ["2", "GPU-5f3c"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    distributed.start_local_cluster(1, gpus=[1])
+    assert started[0]["options"]["env"]["CUDA_VISIBLE_DEVICES"] == "1"
