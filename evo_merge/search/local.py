@@ -78,7 +78,9 @@ class LocalEvaluator:
             except UserError:  # a wrong config or a task breaking its contract: every candidate would fail alike
                 raise
             except Exception as exc:  # noqa: BLE001  merge or evaluation failed (a plugin may raise anything)
-                outcome = exc if isinstance(exc, CandidateFailed) else CandidateFailed(described(exc))
+                # a new exception, not `exc`: the traceback of `exc` (or of its cause) holds the frames of the
+                # failed merge or forward pass, whose tensors would stay on the GPU while the next candidate runs
+                outcome = CandidateFailed(str(exc) if isinstance(exc, CandidateFailed) else described(exc))
             if self.bench.device.type == "cuda":  # free the candidate's activations before the next one
                 torch.cuda.empty_cache()
             yield index, outcome, time.perf_counter() - start

@@ -1,8 +1,15 @@
 """The local evaluator's check for non-finite merged weights."""
 
+import weakref
+from types import SimpleNamespace
+
+import pytest
 import torch
 from torch import nn
 
+from evo_merge.search import local
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.evaluator import CandidateFailed
 from evo_merge.search.local import first_non_finite
 
 
@@ -31,3 +38,28 @@ def test_a_finite_tensor_whose_sum_overflows_is_not_flagged():
     with torch.no_grad():
         model[0].weight.fill_(60000.0)  # float16 max is 65504: the sum overflows, no entry does
     assert not torch.isfinite(model[0].weight.sum()) and first_non_finite(model) is None
+
+
+def _runs_out_of_memory(held: list) -> None:
+    work = torch.ones(1000)  # what a merge or a forward pass holds on the GPU when it runs out
+    held.append(weakref.ref(work))
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("where", ["merging", "evaluating"])
+def test_a_candidate_out_of_memory_keeps_nothing_of_its_attempt(monkeypatch, where):
+    """The failure yielded for a candidate that ran out of memory holds no frame of the attempt:
+    its traceback kept the merge's or the forward pass's tensors alive while the next candidate
+    was built and scored (every later candidate on that GPU then ran short too)."""
+    held: list = []
+    model = nn.Linear(2, 2)
+
+    def build(bench, candidate):
+        return _runs_out_of_memory(held) if where == "merging" else model
+
+    monkeypatch.setattr(local, "candidate_kind", lambda method: SimpleNamespace(build=build))
+    task = SimpleNamespace(evaluate=lambda model, tokenizer, items: _runs_out_of_memory(held))
+    evaluator = local.LocalEvaluator(SimpleNamespace(device=torch.device("cpu"), tokenizer=None), {"t": task})
+    _, outcome, _ = next(evaluator.evaluate_many([(Candidate("linear", (1.0,)), {"t": None})]))
+    assert isinstance(outcome, CandidateFailed) and f"out of memory while {where}" in str(outcome)
+    assert held[0]() is None
