@@ -48,7 +48,9 @@ def outlier_trim(params: Params) -> Sparsifier:
         n_bot = n - int(density * n) - n_top
         if n_bot < 0:
             n_top, n_bot = n_top + n_bot, 0
-        order = torch.sort(delta.abs().flatten().float()).indices
+        # stable: tied magnitudes (many, in bfloat16) are cut by position, the same entries on every
+        # device (an unstable sort breaks ties one way on a CPU and another on a GPU)
+        order = torch.sort(delta.abs().flatten().float(), stable=True).indices
         mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
         mask[order[n_bot:n - n_top]] = 1
         kept = delta * mask.view_as(delta)
@@ -58,9 +60,10 @@ def outlier_trim(params: Params) -> Sparsifier:
 
 def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """Per row, keep probabilities rising linearly with magnitude rank from density - epsilon to
-    density + epsilon (mergekit's MagPrune: ranks within each row; a vector is one row)."""
+    density + epsilon (mergekit's MagPrune: ranks within each row; a vector is one row). Tied
+    magnitudes are ranked by position, as on every device (`outlier_trim`)."""
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
-    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(torch.float32)
+    ranks = rows.abs().argsort(dim=1, stable=True).argsort(dim=1).to(torch.float32)
     span = max(rows.shape[1] - 1, 1)
     return ((density - epsilon) + ranks / span * 2 * epsilon).reshape(delta.shape)
 

@@ -92,6 +92,23 @@ def test_della_probabilities_rise_with_magnitude_rank():
     assert torch.allclose(probs, T([[0.45, 0.6, 0.5, 0.55, 0.4]]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_breadcrumbs_and_della_rank_tied_magnitudes_by_position(dtype):
+    """bfloat16 task vectors hold many equal magnitudes: Breadcrumbs' cuts and DELLA's ranks order
+    them as a stable ascending sort does (position breaks ties), the same entries on every device;
+    an unstable sort breaks ties its own way on a CPU and another on a GPU."""
+    generator = torch.Generator().manual_seed(0)
+    delta = (torch.randint(-3, 4, (4000,), generator=generator).to(torch.float32) / 4).to(dtype)
+    order = torch.argsort(delta.abs().float(), stable=True)
+    kept = run("breadcrumbs", torch.zeros(4000, dtype=dtype), [delta], density=0.5, gamma=0.1) != 0
+    expected = torch.zeros(4000, dtype=torch.bool)
+    expected[order[1600:3600]] = True  # the 400 largest (gamma) and the 1600 smallest dropped
+    assert torch.equal(kept, expected & (delta != 0))
+    ranks = torch.empty(4000, dtype=torch.float32)
+    ranks[order] = torch.arange(4000, dtype=torch.float32)
+    assert torch.equal(della_probabilities(delta, 0.5, 0.1), (0.5 - 0.1) + ranks / 3999 * 2 * 0.1)
+
+
 def test_della_keeps_the_expected_density_and_is_unbiased():
     gen = torch.Generator().manual_seed(0)
     delta = torch.randn(40, 50, generator=gen)
