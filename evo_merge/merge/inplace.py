@@ -22,6 +22,7 @@ from evo_merge.merge.plan import merge_tensor
 from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
 from evo_merge.weights import Checkpoint, check_compatible, heads
+from evo_merge.weights.devices import indexed
 
 # one weight per endpoint for every tensor, or per tensor name (block-group genomes)
 Weights = Sequence[float] | Mapping[str, Sequence[float]]
@@ -47,7 +48,9 @@ class InPlaceMerger:
         self.module = module
         self.dtype = dtype
         self.n_models = len(endpoints)
-        self.device = torch.device(device) if device is not None else next(module.parameters()).device
+        # indexed: `auto` and `cuda` are cuda, which `target.device == self.device` (cuda:0) never
+        # equalled, so every tensor of every candidate went through a float32 copy on the GPU
+        self.device = indexed(torch.device(device)) if device is not None else next(module.parameters()).device
         self.stash = Stash(storage, self.device, dtype)
         targets = module.state_dict(keep_vars=True)
         self._targets: dict[str, torch.Tensor] = {}

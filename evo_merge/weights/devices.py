@@ -33,3 +33,12 @@ def available_device(device: str) -> torch.device:
         return resolve_device(device)
     except UserError:
         return torch.device("cpu")
+
+
+def indexed(device: torch.device) -> torch.device:
+    """`device` as a tensor on it names it: a bare cuda with the index of the GPU it means (the
+    current one). torch.device("cuda") != torch.device("cuda:0"), so a bare cuda never equals a
+    tensor's device."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device

@@ -95,3 +95,16 @@ def test_a_card_built_on_a_gpu_names_the_device_its_rebuild_needs(family, tmp_pa
 def test_exports_merge_on_the_campaign_s_device_where_this_machine_has_it():
     assert available_device("cpu") == available_device("auto") == torch.device("cpu")
     assert available_device("cuda:1") == torch.device("cpu")  # a run folder copied off its GPU machine
+
+
+def test_the_in_place_merger_names_a_bare_cuda_as_its_tensors_do(monkeypatch):
+    """`auto` and `cuda` resolve to a bare cuda, which never equals a parameter's device (cuda:0):
+    the in-place merger's direct write into the module (`target.device == self.device`) was
+    never taken on a GPU. Checked without a GPU: which device is meant, no CUDA work."""
+    from evo_merge.weights.devices import indexed
+
+    assert torch.device("cuda") != torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert indexed(torch.device("cuda")) == torch.device("cuda", 1)
+    assert indexed(torch.device("cuda:0")) == torch.device("cuda", 0)
+    assert indexed(torch.device("cpu")) == torch.device("cpu")
