@@ -60,8 +60,9 @@ class MassKind:
     def export(self, candidate, base: str, models: list[str], out: Path, *, scores, out_dtype: str,
                bench: Any | None, overwrite: bool, evidence: Any = None, track: Any = None,
                chosen_as: Sequence[str] = (), device: str = "cpu") -> Path:
-        """A MASS folder (factors, routing, scores); built here, its factors on `device`, when no
-        workbench is at hand.
+        """A MASS folder (factors, routing, scores); built here when no workbench is at hand, its
+        task vectors decomposed on `device` and the factors kept on the host (a cluster's driver
+        shares its GPU with a worker's model).
         A measured candidate's `evidence` becomes its results files (the card has no model-index:
         the Hub cannot run a MASS folder)."""
         from evo_merge.mass import MassModel
@@ -76,7 +77,7 @@ class MassKind:
             from evo_merge.weights.references import resolve_reference
 
             refs = [resolve_reference(str(m), Path.cwd(), "models") for m in (base, *models)]
-            stash = Stash(Storage(), torch.device(device), COMPUTE_DTYPE)
+            stash = Stash(Storage(placement="host"), torch.device(device), COMPUTE_DTYPE)
             mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]], track=track, stash=stash)
             mass.set_routing(**candidate.param_dict)
         folder = mass.save(out, overwrite=overwrite, scores=scores, chosen_as=chosen_as)

@@ -471,8 +471,9 @@ def stream_merge(plan: MergePlan, *, allow_pickle: bool = False,
     """Open the checkpoints, then yield merged tensors lazily (count, iterator), each combined on
     `device` and returned on the host. A GPU makes the singular-vector methods practical at 7B
     (TSV-M's SVDs take hours on a CPU); outputs agree with the CPU's to rounding, and DARE's and
-    DELLA's drops are drawn by the device's own generator, so a recipe rebuilds them bit for bit
-    on the device type that built them."""
+    DELLA's drops are drawn by the device's own generator (on a GPU, its draws for a large tensor
+    may depend on the GPU model), so a recipe rebuilds them bit for bit on the kind of device that
+    built them."""
     plan.allow_pickle = plan.allow_pickle or allow_pickle
     device = torch.device(device)
     checkpoints = plan.open()
