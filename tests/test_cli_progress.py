@@ -62,3 +62,18 @@ def test_a_candidate_s_items_are_a_line_only_while_one_takes_long_and_their_bar_
     assert len(bars.progress.tasks) == 2
     bars("calibration", 2, 2)
     assert [t.description for t in bars.progress.tasks] == ["calibration"]
+
+
+def test_each_candidate_s_items_bar_runs_on_its_own_clock():
+    """The items bar is reused by every candidate of a stage: rich keeps a task it saw finish
+    finished (time remaining 0) when its count goes back, so from the second candidate on (with
+    the same number of items: every candidate of a calibration or a generation) it said 0:00:00."""
+    from evo_merge.search.evaluator import ITEMS_SUFFIX
+
+    bars, stage = StageBars(), "calibration" + ITEMS_SUFFIX
+    bars("calibration", 0, 2)
+    for done in (512, 1024):  # the first candidate
+        bars(stage, done, 1024)
+    bars(stage, 512, 1024)  # the second one's first call
+    task = next(t for t in bars.progress.tasks if t.description == stage)
+    assert not task.finished and task.time_remaining != 0 and task.completed == 512

@@ -98,10 +98,17 @@ class StageBars:
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=total)
+        elif stage.endswith(ITEMS_SUFFIX) and done <= self._completed(stage):
+            # the next candidate's items (a count never goes back within one): rich keeps a task it
+            # saw finish finished, so the bar said 0:00:00 remaining for every candidate after the first
+            self.progress.reset(self.tasks[stage], total=total, completed=done)
         self.progress.update(self.tasks[stage], completed=done, total=total)
         if done >= total and stage + ITEMS_SUFFIX in self.tasks:  # its candidates' items bar goes with it
             self.progress.remove_task(self.tasks.pop(stage + ITEMS_SUFFIX))
         self.lines(stage, done, total)
+
+    def _completed(self, stage: str) -> float:
+        return next(task.completed for task in self.progress.tasks if task.id == self.tasks[stage])
 
     def __enter__(self):
         if not self.progress.disable:
