@@ -95,7 +95,12 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
 
 
 def _defaults_version(store: CampaignStore) -> int:
-    return store.get_meta(DEFAULTS_META) or 1  # folders written before the mark: version 1
+    """The folder's defaults version; a mark that is not one is damaged (compared with versions, it
+    was a TypeError traceback)."""
+    version = store.get_meta(DEFAULTS_META)
+    if version is not None and type(version) is not int:
+        raise store.damaged(f"meta {DEFAULTS_META!r}")
+    return version or 1  # folders written before the mark: version 1
 
 
 def bound_defaults(run_dir: Path) -> int | None:

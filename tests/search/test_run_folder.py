@@ -552,3 +552,17 @@ def test_a_damaged_database_is_an_error_naming_what_is_damaged(copy, edit, where
         for command in ("resume", "status"):
             code, output = invoke(command, copy)
             assert code == 0, output
+
+
+def test_a_damaged_defaults_mark_is_an_error_naming_it(copy, finished):
+    """The defaults version a folder was written under (meta 'defaults'), read to plan and bind the
+    campaign a resume runs: one that is not a version was a TypeError traceback."""
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        db.execute("UPDATE meta SET value = '\"2\"' WHERE key = 'defaults'")
+        db.commit()
+    for args in (("resume", copy), ("run", finished[1], "--out", copy)):
+        code, output = invoke(*args)
+        assert code == 2 and "Traceback" not in output, output
+        assert output.strip().splitlines()[-1] == (
+            f"error: {copy / 'state.sqlite'}: meta 'defaults' is damaged (edited, or not written by evo-merge); "
+            "restore it from a backup, or start the campaign again in a new run folder"), output
