@@ -454,7 +454,8 @@ def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint], dev
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        log.warning("tensor %s: out of memory on %s; merged on the CPU (equal to rounding)", job.name, device)
+        log.warning("tensor %s: out of memory on %s; merged on the CPU (equal to rounding; DARE and DELLA draw "
+                    "other drops there)", job.name, device)
         merged = _combine(plan, job, tensors)
     return merged.to(device="cpu", dtype=plan.out_dtype or stored)
 

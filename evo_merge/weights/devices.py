@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from evo_merge.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str, key: str = "device") -> torch.device:
@@ -28,10 +32,13 @@ def resolve_device(device: str, key: str = "device") -> torch.device:
 def available_device(device: str) -> torch.device:
     """The campaign's device where this process has it, else the host: an export from a run folder
     on a machine without the campaign's GPU (or in the main process of a cluster whose workers hold
-    the GPUs) merges on the CPU, as correctly, only slower."""
+    the GPUs) merges on the CPU, slower, equal to rounding, but DARE and DELLA draw other drops
+    there than the GPU did for the candidate scored, which a warning says."""
     try:
         return resolve_device(device)
-    except UserError:
+    except UserError as err:
+        log.warning("%s; merging on the CPU (equal to rounding, but DARE and DELLA draw other drops than the "
+                    "candidate scored on the GPU)", err)
         return torch.device("cpu")
 
 
