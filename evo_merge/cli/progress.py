@@ -52,9 +52,11 @@ class StageLines:
         now = time.monotonic()
         started, last = self.times.setdefault(stage, (now, now))
         if stage.endswith(ITEMS_SUFFIX):  # one candidate's items, again for each: a line only while one takes long
-            if done >= total:
+            if done == 0:  # a candidate starts (the one before may have failed partway): its own clock
+                self.times[stage] = (now, now)
+            elif done >= total:
                 del self.times[stage]
-            elif done and now - last >= self.every:
+            elif now - last >= self.every:
                 self.console.print(f"{stage}: {done}/{total} ({_elapsed(now - started)})", markup=False,
                                    highlight=False)
                 self.times[stage] = (started, now)

@@ -51,10 +51,13 @@ class LocalEvaluator:
 
     def evaluate(self, candidate: Candidate, items: Items, items_scored: ItemsScored | None = None) -> ItemScores:
         """Build the candidate and score it on `items` per task (None: every item), at most
-        `ITEMS_PER_CALL` at a time, telling `items_scored` after each call."""
-        model = self.build(candidate)
+        `ITEMS_PER_CALL` at a time, telling `items_scored` as it starts (0: the merge is built) and
+        after each call."""
         asked = {name: list(self.tasks[name].item_ids if ids is None else ids) for name, ids in items.items()}
         total, done = sum(map(len, asked.values())), 0
+        if items_scored is not None:
+            items_scored(0, total)
+        model = self.build(candidate)
         scores: ItemScores = {name: {} for name in asked}
         try:
             for name, ids in asked.items():

@@ -33,7 +33,7 @@ def test_every_item_is_scored_in_calls_of_a_bounded_size_each_reported(bench, mo
     scores = evaluator.evaluate(candidate, {"agree0": None, "agree1": tasks["agree1"].item_ids[:5]},
                                 lambda done, total: told.append((done, total)))
     assert [len(ids) for ids in asked] == [4, 4, 2, 4, 1]
-    assert told == [(4, 15), (8, 15), (10, 15), (14, 15), (15, 15)]
+    assert told == [(0, 15), (4, 15), (8, 15), (10, 15), (14, 15), (15, 15)]  # 0: its merge is being built
     model = evaluator.build(candidate)  # the same model scored on all its items in one call each
     whole = {"agree0": checked_scores(tasks["agree0"], model, workbench.tokenizer, None),
              "agree1": checked_scores(tasks["agree1"], model, workbench.tokenizer, tasks["agree1"].item_ids[:5])}
@@ -64,6 +64,6 @@ def test_a_campaign_stage_follows_its_candidates_items(bench, tmp_path: Path, mo
     log.evaluate([Candidate("task_arithmetic", (1.0, 0.0), ()), Candidate("task_arithmetic", (0.0, 1.0), ())],
                  phase="calibration", generation=None, items={name: None for name in tasks}, stage="calibration")
     items = [(done, total) for stage, done, total in seen if stage == "calibration" + ITEMS_SUFFIX]
-    assert items == 2 * [(4, 20), (8, 20), (10, 20), (14, 20), (18, 20), (20, 20)]
+    assert items == 2 * [(0, 20), (4, 20), (8, 20), (10, 20), (14, 20), (18, 20), (20, 20)]
     assert [s for s in seen if s[0] == "calibration"] == [("calibration", 0, 2), ("calibration", 1, 2),
                                                           ("calibration", 2, 2)]
