@@ -25,29 +25,44 @@ def campaign_models(campaign_file: Path):
     return campaign, base, models
 
 
-def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
-    """Stop with exit 2 when the campaign cannot fit in `run_dir` (before the folder is created or
-    resumed). A folder a campaign is bound to runs it under the defaults it was written under (a
-    folder from before `dtype: auto` evaluates in float32, whatever the file given now leaves
-    unset), and only what a resume may change is suggested."""
-    from evo_merge.merge.footprint import check_fits
+def planned_campaign(campaign_file: Path, run_dir: Path | None):
+    """(campaign, base, endpoints, resuming) as the run in `run_dir` will see them. A folder a
+    campaign is bound to runs it under the defaults it was written under (a folder from before
+    `dtype: auto` evaluates in float32, whatever the file given now leaves unset), and only what a
+    resume may change is to be suggested."""
     from evo_merge.search.binding import as_written_at, bound_defaults
 
     campaign, base, models = campaign_models(campaign_file)
-    version = bound_defaults(run_dir)
+    version = None if run_dir is None else bound_defaults(run_dir)
     if version is not None:
         campaign = as_written_at(campaign, version)
-    check_fits(campaign, base, models, resuming=version is not None)
+    return campaign, base, models, version is not None
+
+
+def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
+    """Stop with exit 2 when the campaign cannot fit in `run_dir` (before the folder is created or
+    resumed), naming the `plan` command that prints the same plan."""
+    from evo_merge.merge.footprint import check_fits
+
+    campaign, base, models, resuming = planned_campaign(campaign_file, run_dir)
+    check_fits(campaign, base, models, resuming=resuming, details=f"evo-merge plan {campaign_file} --out {run_dir}")
 
 
 @click.command()
 @click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=click.Path(path_type=Path))
-def plan(campaign_file: Path) -> None:
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="the run folder: a campaign bound to it is planned as it resumes there (with the defaults "
+                   "it was written under), and only what a resume may change is suggested")
+def plan(campaign_file: Path, out: Path | None) -> None:
     """Print the host and device memory a campaign needs and whether it fits (exit 2 if not)."""
     from evo_merge.errors import UserError
     from evo_merge.merge.footprint import campaign_plan
+    from evo_merge.search.store import check_run_folder
 
-    result = campaign_plan(*campaign_models(campaign_file))
+    if out is not None:
+        check_run_folder(out)
+    campaign, base, models, resuming = planned_campaign(campaign_file, out)
+    result = campaign_plan(campaign, base, models, resuming=resuming)
     click.echo(result.table())
     if not result.fits:
         raise UserError(f"memory plan: the run {result.shortfall()}; {result.alternative}")

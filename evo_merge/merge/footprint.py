@@ -431,10 +431,11 @@ def _needs(plan: Plan) -> str:
 
 
 def check_fits(campaign, base_path: str | Path, model_paths: Sequence[str | Path], *,
-               resuming: bool = False) -> Plan:
+               resuming: bool = False, details: str = "evo-merge plan") -> Plan:
     """The campaign's plan; a UserError (exit 2) naming the need, the limit and the first setting
-    that fits (that a resume may change, when `resuming`) when it does not fit."""
+    that fits (that a resume may change, when `resuming`) when it does not fit, and `details`, the
+    command printing the whole plan."""
     plan = campaign_plan(campaign, base_path, model_paths, resuming=resuming)
     if not plan.fits:
-        raise UserError(f"memory plan: the run {plan.shortfall()}; {plan.alternative} (details: evo-merge plan)")
+        raise UserError(f"memory plan: the run {plan.shortfall()}; {plan.alternative} (details: {details})")
     return plan

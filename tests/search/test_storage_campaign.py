@@ -334,6 +334,12 @@ def test_run_into_a_folder_written_before_dtype_auto_plans_what_it_resumes(tmp_p
     assert result.exit_code == 2, result.output
     error = result.output.strip().splitlines()[-1]
     assert "memory plan" in error and "a resume keeps this run's batch size and dtypes" in error
+    assert error.endswith(f"(details: evo-merge plan {unset} --out {run})")
+    detailed = CliRunner().invoke(cli, ["plan", str(unset), "--out", str(run)])  # the plan the error points to
+    assert detailed.exit_code == 2 and "evaluation module (float32)" in detailed.output
+    assert "a resume keeps" in detailed.output.strip().splitlines()[-1]
+    new_folder = CliRunner().invoke(cli, ["plan", str(unset)])
+    assert new_folder.exit_code == 0 and "evaluation module (bfloat16)" in new_folder.output
     roomy = write(tmp_path, config((base16, fts16), evaluator=one))
     assert CliRunner().invoke(cli, ["run", str(roomy), "--out", str(run)]).exit_code == 0  # the same campaign
     fresh = CliRunner().invoke(cli, ["run", str(unset), "--out", str(tmp_path / "new")])
