@@ -88,6 +88,20 @@ class MassFactors:
         similarity.check(base, endpoints)
         return out
 
+    def follow(self, device: torch.device) -> None:
+        """Merge on `device` from now on: the factors move there, or stay on the host (pinned for a
+        GPU) with `host` placement, as the stash keeps them."""
+        stash = Stash(self.stash.storage, device, self.stash.compute)
+
+        def kept(tensor: torch.Tensor) -> torch.Tensor:
+            return stash.keep(tensor, tensor.dtype)
+
+        self.base = {name: kept(t) for name, t in self.base.items()}
+        self.lowrank = {name: [tuple(kept(f) for f in triplet) for triplet in triplets]
+                        for name, triplets in self.lowrank.items()}
+        self.dense = {name: [kept(d) for d in deltas] for name, deltas in self.dense.items()}
+        self.stash = stash
+
     def merged(self, tasks: Sequence[int]) -> Iterator[tuple[str, torch.Tensor]]:
         """The TSV-M merge (alpha 1, unit coefficients) of the stored factors of `tasks`, in
         float32 on the stash's device."""

@@ -138,6 +138,18 @@ class MassModel(nn.Module):
             raise UserError(f"MASS routing settings: {_first_error(err)}") from None
         self._bind_router()
 
+    def to(self, *args: Any, **kwargs: Any) -> MassModel:
+        """`nn.Module.to`, with the factors following the module to its device (`load_mass(device=)`,
+        lm-eval's and evo-merge's tasks move a model so): the factors are not parameters, and left
+        behind they made every routing merge run on the CPU. Merged task sets cached for the old
+        device are dropped."""
+        super().to(*args, **kwargs)
+        self._targets = self.module.state_dict(keep_vars=True)  # a move may give the module new parameters
+        if self.factors.stash.device != self.device:
+            self.factors.follow(self.device)
+            self._cache.clear()
+        return self
+
     def clear_cache(self) -> None:
         """Drop the merged task sets (the module keeps the weights it holds now)."""
         self._cache.clear()

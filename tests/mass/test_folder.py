@@ -40,6 +40,24 @@ def test_round_trip_keeps_factors_routing_and_outputs(saved):
     assert torch.equal(mass(**ids).logits, loaded(**ids).logits)
 
 
+def test_the_factors_follow_the_model_to_its_device(saved):
+    """`load_mass(device=)`, lm-eval and the project's tasks move a MASS model with `.to`; its
+    factors are no parameters, and left on the host they made every routing merge run on the CPU.
+    `meta` stands in for a GPU: torch moves tensors there on any machine."""
+    _, folder = saved
+    loaded, _ = load_mass(folder)
+    loaded.merged_tensors((0, 1))
+    loaded.to(torch.float32)  # a dtype only: nothing moves, the cached task set stays
+    assert loaded.factors.stash.device == torch.device("cpu") and len(loaded._cache) == 1
+    moved, _ = load_mass(folder, device="meta")
+    factors = moved.factors
+    tensors = [*factors.base.values(), *(f for ts in factors.lowrank.values() for t in ts for f in t),
+               *(d for ds in factors.dense.values() for d in ds)]
+    assert factors.stash.device == moved.device == torch.device("meta")
+    assert tensors and {t.device.type for t in tensors} == {"meta"}
+    assert {t.device.type for t in moved.merged_tensors((0, 1)).values()} == {"meta"}  # merged where the model is
+
+
 def test_folder_is_self_contained_and_says_it_needs_evo_merge(saved, tmp_path):
     mass, folder = saved
     assert not (folder / "config.json").exists()  # transformers must not mistake it for a plain model
