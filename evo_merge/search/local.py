@@ -12,15 +12,12 @@ from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, ItemsScored, Job, Result
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.workbench import Workbench
-from evo_merge.tasks.base import FitnessTask, checked_scores
+from evo_merge.tasks.base import FitnessTask, scores_in_parts
 
 # what to change when scoring runs out of memory: the activations, which the memory plan sizes by
 # these two settings (a base or endpoint failing so in calibration stops the run with this line)
 EVALUATION_OOM_HINT = ("a smaller evaluator.batch_size needs less; the memory plan assumes sequences of "
                        "evaluator.sequence_tokens tokens")
-# a task is asked for at most this many items at a time, so a long evaluation reports as it goes;
-# a task's scores do not depend on which items are asked with them (lm-eval's included: tested)
-ITEMS_PER_CALL = 512
 
 
 class LocalEvaluator:
@@ -50,24 +47,26 @@ class LocalEvaluator:
         return model
 
     def evaluate(self, candidate: Candidate, items: Items, items_scored: ItemsScored | None = None) -> ItemScores:
-        """Build the candidate and score it on `items` per task (None: every item), at most
-        `ITEMS_PER_CALL` at a time, telling `items_scored` as it starts (0: the merge is built) and
-        after each call."""
+        """Build the candidate and score it on `items` per task (None: every item), telling
+        `items_scored` as it starts (0: the merge is built) and as the items are scored
+        (`scores_in_parts`)."""
         asked = {name: list(self.tasks[name].item_ids if ids is None else ids) for name, ids in items.items()}
         total, done = sum(map(len, asked.values())), 0
+
+        def scored(n: int) -> None:
+            nonlocal done
+            done += n
+            if items_scored is not None:
+                items_scored(done, total)
+
         if items_scored is not None:
             items_scored(0, total)
         model = self.build(candidate)
-        scores: ItemScores = {name: {} for name in asked}
+        scores: ItemScores = {}
         try:
             for name, ids in asked.items():
-                for start in range(0, len(ids), ITEMS_PER_CALL):
-                    part = ids[start:start + ITEMS_PER_CALL]
-                    series = checked_scores(self.tasks[name], model, self.bench.tokenizer, part)
-                    scores[name].update((str(k), float(v)) for k, v in series.items())
-                    done += len(part)
-                    if items_scored is not None:
-                        items_scored(done, total)
+                series = scores_in_parts(self.tasks[name], model, self.bench.tokenizer, ids, scored)
+                scores[name] = {str(k): float(v) for k, v in series.items()}
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
             torch.cuda.empty_cache()  # a no-op without CUDA
             raise CandidateFailed(f"out of memory while evaluating ({EVALUATION_OOM_HINT}): {described(exc)}") from exc

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from evo_merge.errors import UserError
-from evo_merge.tasks.base import FitnessTask, checked_scores, item_positions
+from evo_merge.tasks.base import FitnessTask, item_positions, scores_in_parts
 
 
 def read_item_ids(path: str | Path) -> list[str]:
@@ -30,11 +30,13 @@ def read_item_ids(path: str | Path) -> list[str]:
 
 
 def score_table(
-    task: FitnessTask, model: Any, tokenizer: Any, subject: str, item_ids: Sequence[str] | None = None
+    task: FitnessTask, model: Any, tokenizer: Any, subject: str, item_ids: Sequence[str] | None = None,
+    scored: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Long format, one row per item: subject, item, score, and scenario when the task has them."""
+    """Long format, one row per item: subject, item, score, and scenario when the task has them;
+    `scored(n)` is told as the items are scored (`scores_in_parts`)."""
     item_positions(task.name, {i: k for k, i in enumerate(task.item_ids)}, item_ids)  # before any scoring
-    scores = checked_scores(task, model, tokenizer, item_ids)
+    scores = scores_in_parts(task, model, tokenizer, item_ids, scored)
     table = pd.DataFrame({"subject": subject, "item": scores.index, "score": scores.to_numpy()})
     scenarios = task.scenarios
     if scenarios is not None:

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 from agreement_task import AgreementTask  # tests/search is on sys.path (pytest's rootdir import mode)
 
-from evo_merge.search import local
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import ITEMS_SUFFIX
 from evo_merge.search.local import LocalEvaluator
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.workbench import Workbench
+from evo_merge.tasks import base
 from evo_merge.tasks.base import checked_scores
 from evo_merge.zoo.tiny import save_tiny_family
 
@@ -24,7 +24,7 @@ def bench(tmp_path_factory):
 
 def test_every_item_is_scored_in_calls_of_a_bounded_size_each_reported(bench, monkeypatch):
     workbench, tasks = bench
-    monkeypatch.setattr(local, "ITEMS_PER_CALL", 4)
+    monkeypatch.setattr(base, "ITEMS_PER_CALL", 4)
     asked = []
     for task in tasks.values():
         monkeypatch.setattr(task, "evaluate", lambda m, t, ids, _f=task.evaluate: asked.append(ids) or _f(m, t, ids))
@@ -44,7 +44,7 @@ def test_a_campaign_stage_follows_its_candidates_items(bench, tmp_path: Path, mo
     from evo_merge.search.store import CampaignStore
 
     workbench, tasks = bench
-    monkeypatch.setattr(local, "ITEMS_PER_CALL", 4)
+    monkeypatch.setattr(base, "ITEMS_PER_CALL", 4)
     seen = []
 
     class Everything:  # scores every item: the log stores them as scored (what the stage shows is under test)

@@ -63,3 +63,17 @@ def test_pickle_weights_are_read_with_allow_pickle_and_score_as_safetensors(mode
     code, output = evaluate(models, tmp_path, "lm", "--subject", "pickled", "--out", tmp_path / "s.csv")
     assert code == 0, output
     assert (tmp_path / "p.csv").read_text() == (tmp_path / "s.csv").read_text()
+
+
+def test_a_long_evaluation_reports_its_items_and_scores_them_as_one_call_would(models, tmp_path, monkeypatch):
+    """At 7B one task takes minutes: `eval` scores it in parts, each told (a line in a log)."""
+    from evo_merge.tasks import base
+
+    (models / "many.txt").write_text("".join(f"arith-test-{i:05d}\n" for i in range(12)))
+    code, output = evaluate(models, tmp_path, "lm", "--out", tmp_path / "whole.csv", items="many.txt")
+    assert code == 0, output
+    monkeypatch.setattr(base, "ITEMS_PER_CALL", 5)
+    code, output = evaluate(models, tmp_path, "lm", "--out", tmp_path / "parts.csv", items="many.txt")
+    assert code == 0, output
+    assert (tmp_path / "parts.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    assert "scoring evo_arith: 12/12 in 0:00:" in output
