@@ -207,9 +207,10 @@ def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:
     return docs
 
 
-def _fix_fewshot_contexts(task: Any, docs: list[Any]) -> None:
+def _fix_fewshot_contexts(task: Any, docs: list[Any], seed: int | None = None) -> None:
     """Each doc's few-shot prompt as lm-eval's own full run builds it: drawn once, in doc order,
-    from the sampler seeded as `simple_evaluate` seeds it (lm-eval's default few-shot seed).
+    from the sampler seeded as `simple_evaluate` seeds it (`seed`, its `fewshot_random_seed`;
+    None: lm-eval's default few-shot seed).
 
     lm-eval's sampler is one random stream consumed doc by doc and `evaluator.evaluate` never
     seeds it, so otherwise a doc's examples would change from call to call and with which docs
@@ -223,7 +224,7 @@ def _fix_fewshot_contexts(task: Any, docs: list[Any]) -> None:
     shots = task.config.num_fewshot or 0
     if shots == 0:
         return
-    task.set_fewshot_seed(DEFAULT_OTHER_SEED)
+    task.set_fewshot_seed(DEFAULT_OTHER_SEED if seed is None else seed)
     task.fewshot_context = _FixedContexts(
         [(doc, task.fewshot_context(doc, num_fewshot=shots, gen_prefix=task.doc_to_prefix(doc))) for doc in docs])
 
@@ -315,12 +316,17 @@ class LMEvalTask(ItemTable):
         batch_size: int = 64,
         device: str | None = None,
         limit: int | None = None,
+        fewshot_seed: int | None = None,
     ) -> None:
         """`limit`: keep only the first `limit` docs of each task (lm-eval's `--limit`), e.g. to
         run a slow model on a subset; the shipped benchmarks cycle through their scenarios, so any
-        prefix covers every scenario equally."""
+        prefix covers every scenario equally. `fewshot_seed`: the seed drawing a few-shot task's
+        examples, as lm-eval's `--seed` (its fourth value) or `simple_evaluate(fewshot_random_seed=)`
+        sets it; None: lm-eval's default."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise UserError(f"task {spec}: limit must be a positive whole number of items, not {limit!r}")
+        if fewshot_seed is not None and (isinstance(fewshot_seed, bool) or not isinstance(fewshot_seed, int)):
+            raise UserError(f"task {spec}: fewshot_seed must be a whole number, not {fewshot_seed!r}")
         self.name, self.tasks = load_lm_eval_tasks(spec)
         keys = {}
         for name, task in self.tasks.items():
@@ -341,7 +347,7 @@ class LMEvalTask(ItemTable):
             docs = _pin_eval_docs(task, limit)
             if not docs:
                 raise UserError(f"task {spec}: {name} has no items in its evaluation split")
-            _fix_fewshot_contexts(task, docs)
+            _fix_fewshot_contexts(task, docs, fewshot_seed)
             own_ids, own_scenarios = _doc_items(docs)
             ids += [f"{name}/{i}" for i in own_ids] if grouped else own_ids
             scenarios += [name] * len(docs) if grouped else own_scenarios or []

@@ -8,6 +8,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
+from evo_merge.errors import UserError
 from evo_merge.tasks.lmeval import LMEvalTask
 from evo_merge.tasks.meta import task_meta
 from evo_merge.tasks.registry import BENCHMARKS_DIR
@@ -60,6 +61,24 @@ def test_few_shot_scores_match_lm_eval_whichever_items_are_asked(tmp_path, sharp
     some = task.item_ids[5:9]
     assert task.evaluate(model, tok, some).tolist() == scores[some].tolist()
     assert task.evaluate(model, tok, some[::-1]).tolist() == scores[some[::-1]].tolist()
+
+
+def test_a_few_shot_seed_draws_the_examples_lm_eval_s_run_with_that_seed_draws(tmp_path, sharp_lm):
+    model, tok = sharp_lm
+    path = local_task(tmp_path, "fewshot", MULTIPLE_CHOICE + "fewshot_split: train\nnum_fewshot: 3\n",
+                      {"test": (0, 24), "train": (600, 630)})
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=8)
+    manager = TaskManager(include_path=str(path.parent), include_defaults=False)
+    out = lm_eval.simple_evaluate(model=lm, tasks=["fewshot"], task_manager=manager, log_samples=True,
+                                  bootstrap_iters=0, fewshot_random_seed=7)
+    theirs = [float(s["acc"]) for s in sorted(out["samples"]["fewshot"], key=lambda s: s["doc_id"])]
+    seeded, default = LMEvalTask(path, batch_size=8, fewshot_seed=7), LMEvalTask(path, batch_size=8)
+    assert seeded.evaluate(model, tok).tolist() == theirs
+    contexts = [(d, seeded.tasks["fewshot"].fewshot_context(d)) for d in seeded.tasks["fewshot"].eval_docs]
+    assert [c for _, c in contexts] != [default.tasks["fewshot"].fewshot_context(d)
+                                        for d in default.tasks["fewshot"].eval_docs]  # another draw than 1234's
+    with pytest.raises(UserError, match="fewshot_seed must be a whole number"):
+        LMEvalTask(path, fewshot_seed="7")
 
 
 def group_of_tasks(root):
