@@ -256,7 +256,7 @@ def test_a_task_option_the_task_does_not_take_is_named(monkeypatch):
     """Read from the constructor's or the plugin factory's signature, before any task code runs."""
     import types
 
-    takes = r"\(it takes: metric, batch_size, device, limit\)"
+    takes = r"\(it takes: metric, batch_size, device, limit, fewshot_seed\)"
     with pytest.raises(UserError, match=r"task 'arith': no option 'bogus' " + takes):
         resolve_task("arith", bogus=1)
     ran = []
