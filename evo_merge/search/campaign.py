@@ -27,7 +27,7 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace, coefficient_groups
-from evo_merge.search.store import Evaluation
+from evo_merge.search.store import EVALUATED_ON_META, Evaluation
 from evo_merge.search.study import GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
 from evo_merge.tasks.base import FitnessTask
@@ -101,6 +101,8 @@ class CampaignRunner:
             if bench is not None:  # fail before any evaluation when a kind cannot work on these models
                 for method in ws.campaign.methods:
                     candidate_kind(method).check(bench)
+                if ws.store.get_meta(EVALUATED_ON_META) is None:  # what a later export compares with
+                    ws.store.set_meta(EVALUATED_ON_META, bench.device.type)
             self._evaluator = evaluator
         return self._evaluator
 

@@ -3,6 +3,7 @@ when measured on every item, the lm-eval-style results files beside the weights.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,11 +14,13 @@ from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import Evidence, candidate_kind
 from evo_merge.search.log import Progress, no_progress, stage_track
-from evo_merge.search.store import EXPORTED_META, CampaignStore, Evaluation, in_run
+from evo_merge.search.store import EVALUATED_ON_META, EXPORTED_META, CampaignStore, Evaluation, in_run
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
 from evo_merge.weights.export import sweep_partial_folders
+
+log = logging.getLogger(__name__)
 
 
 def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[str, float]]:
@@ -37,13 +40,18 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
     its card."""
     from evo_merge.weights.devices import available_device
 
+    device = available_device(workspace.campaign.device)  # warns where the campaign named a device not here
+    ran_on = workspace.store.get_meta(EVALUATED_ON_META)
+    if workspace.campaign.device == "auto" and ran_on not in (None, device.type):
+        log.warning("the run evaluated on %s, this export merges on %s: equal to rounding, but DARE and DELLA draw "
+                    "other drops than the candidate scored", ran_on, device.type)
     candidate = Candidate.from_key(evaluation.key)
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(
         candidate, *workspace.sources(), Path(out), scores=card_scores(workspace.store, evaluation),
         out_dtype=workspace.dtype_name(), bench=bench, overwrite=overwrite,
         evidence=evidence(workspace.store, evaluation), track=stage_track(progress, f"exporting {Path(out).name}"),
-        chosen_as=chosen_as, device=str(available_device(workspace.campaign.device)))
+        chosen_as=chosen_as, device=str(device))
 
 
 def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[str, FitnessTask]) -> None:

@@ -65,6 +65,7 @@ TABLES = ("evaluations", "item_scores", "meta", "generations")
 ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT",
                  ("generations", "metrics"): "TEXT"}
 EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
+EVALUATED_ON_META = "evaluated_on"  # the device type the run first evaluated on ("cuda", "cpu")
 MEASURE_FAILED = "measure_failed:"  # + key: the error of a final-phase measurement that failed
 
 

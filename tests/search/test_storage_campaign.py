@@ -344,3 +344,28 @@ def test_run_into_a_folder_written_before_dtype_auto_plans_what_it_resumes(tmp_p
     assert CliRunner().invoke(cli, ["run", str(roomy), "--out", str(run)]).exit_code == 0  # the same campaign
     fresh = CliRunner().invoke(cli, ["run", str(unset), "--out", str(tmp_path / "new")])
     assert fresh.exit_code == 0, fresh.output  # a new folder runs in bfloat16, which fits
+
+
+def test_an_export_on_another_device_than_the_run_evaluated_on_says_so(tmp_path, zoo, caplog):
+    """`device: auto` on a GPU machine, the run folder exported later on a laptop: the export merges
+    on the CPU, which equals the GPU to rounding but draws DARE's and DELLA's drops otherwise."""
+    import logging
+
+    from evo_merge.search.store import EVALUATED_ON_META, CampaignStore
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(write(tmp_path, config(zoo, device="auto"))), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    store = CampaignStore(run)
+    assert store.get_meta(EVALUATED_ON_META) == "cpu"
+    eid = store.evaluations("search")[0].id
+    args = ["export", str(run), "--pick", str(eid), "--out"]
+    with caplog.at_level(logging.WARNING, logger="evo_merge.search.export"):
+        assert CliRunner().invoke(cli, [*args, str(tmp_path / "same")]).exit_code == 0
+        assert not caplog.records  # evaluated and exported on the CPU
+        store.set_meta(EVALUATED_ON_META, "cuda")  # as a GPU machine's run would have recorded
+        assert CliRunner().invoke(cli, [*args, str(tmp_path / "elsewhere")]).exit_code == 0
+    store.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "the run evaluated on cuda, this export merges on cpu: equal to rounding, but DARE and DELLA draw other "
+        "drops than the candidate scored"]
