@@ -40,9 +40,11 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
     its card."""
     from evo_merge.weights.devices import available_device
 
-    device = available_device(workspace.campaign.device)  # warns where the campaign named a device not here
-    ran_on = workspace.store.get_meta(EVALUATED_ON_META)
-    if workspace.campaign.device == "auto" and ran_on not in (None, device.type):
+    named = workspace.campaign.device
+    device = available_device(named)
+    # where the candidates were scored: recorded by a local run; else the device the campaign names
+    ran_on = workspace.store.get_meta(EVALUATED_ON_META) or (None if named == "auto" else named.split(":")[0])
+    if ran_on not in (None, device.type):
         log.warning("the run evaluated on %s, this export merges on %s: equal to rounding, but DARE and DELLA draw "
                     "other drops than the candidate scored", ran_on, device.type)
     candidate = Candidate.from_key(evaluation.key)

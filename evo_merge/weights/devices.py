@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from evo_merge.errors import UserError
-
-log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str, key: str = "device") -> torch.device:
@@ -32,13 +28,11 @@ def resolve_device(device: str, key: str = "device") -> torch.device:
 def available_device(device: str) -> torch.device:
     """The campaign's device where this process has it, else the host: an export from a run folder
     on a machine without the campaign's GPU (or in the main process of a cluster whose workers hold
-    the GPUs) merges on the CPU, slower, equal to rounding, but DARE and DELLA draw other drops
-    there than the GPU did for the candidate scored, which a warning says."""
+    the GPUs) merges on the CPU, slower and equal to rounding (the export says when DARE's and
+    DELLA's drops differ from the candidate scored)."""
     try:
         return resolve_device(device)
-    except UserError as err:
-        log.warning("%s; merging on the CPU (equal to rounding, but DARE and DELLA draw other drops than the "
-                    "candidate scored on the GPU)", err)
+    except UserError:
         return torch.device("cpu")
 
 

@@ -93,14 +93,9 @@ def test_a_card_built_on_a_gpu_names_the_device_its_rebuild_needs(family, tmp_pa
 
 
 @NO_GPU
-def test_exports_merge_on_the_campaign_s_device_where_this_machine_has_it(caplog):
-    with caplog.at_level(logging.WARNING, logger="evo_merge.weights.devices"):
-        assert available_device("cpu") == available_device("auto") == torch.device("cpu")
-        assert not caplog.records
-        assert available_device("cuda:1") == torch.device("cpu")  # a run folder copied off its GPU machine
-    assert [r.getMessage() for r in caplog.records] == [
-        "device: cuda:1 asked for, but torch sees 0 CUDA device(s); merging on the CPU (equal to rounding, but DARE "
-        "and DELLA draw other drops than the candidate scored on the GPU)"]
+def test_exports_merge_on_the_campaign_s_device_where_this_machine_has_it():
+    assert available_device("cpu") == available_device("auto") == torch.device("cpu")
+    assert available_device("cuda:1") == torch.device("cpu")  # a run folder copied off its GPU machine
 
 
 def test_the_in_place_merger_names_a_bare_cuda_as_its_tensors_do(monkeypatch):
