@@ -43,16 +43,9 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     model, tokenizer = _load(model_dir, allow_pickle)
     settings = {"batch_size": batch_size, "device": device, "metric": metric}
     task = resolve_task(task_spec, **{k: v for k, v in settings.items() if v is not None})
-    total = len(task.item_ids if items is None else items)
     with StageBars() as bars:  # minutes at 7B: a bar on a terminal, a line every 30 s in a log
-        done = 0
-
-        def scored(n: int) -> None:
-            nonlocal done
-            done += n
-            bars(f"scoring {task.name}", done, total)
-
-        table = score_table(task, model, tokenizer, subject or model_dir.resolve().name, items, scored)
+        table = score_table(task, model, tokenizer, subject or model_dir.resolve().name, items,
+                            lambda done, total: bars(f"scoring {task.name}", done, total))
     if table.empty:
         raise UserError(f"task {task.name}: no items to score")
     out.parent.mkdir(parents=True, exist_ok=True)

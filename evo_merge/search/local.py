@@ -51,22 +51,17 @@ class LocalEvaluator:
         `items_scored` as it starts (0: the merge is built) and as the items are scored
         (`scores_in_parts`)."""
         asked = {name: list(self.tasks[name].item_ids if ids is None else ids) for name, ids in items.items()}
-        total, done = sum(map(len, asked.values())), 0
-
-        def scored(n: int) -> None:
-            nonlocal done
-            done += n
-            if items_scored is not None:
-                items_scored(done, total)
-
+        total, before = sum(map(len, asked.values())), 0  # `before`: the items of the tasks scored already
         if items_scored is not None:
             items_scored(0, total)
         model = self.build(candidate)
         scores: ItemScores = {}
         try:
             for name, ids in asked.items():
-                series = scores_in_parts(self.tasks[name], model, self.bench.tokenizer, ids, scored)
+                told = None if items_scored is None else lambda done, _, skip=before: items_scored(skip + done, total)
+                series = scores_in_parts(self.tasks[name], model, self.bench.tokenizer, ids, told)
                 scores[name] = {str(k): float(v) for k, v in series.items()}
+                before += len(ids)
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
             torch.cuda.empty_cache()  # a no-op without CUDA
             raise CandidateFailed(f"out of memory while evaluating ({EVALUATION_OOM_HINT}): {described(exc)}") from exc

@@ -109,13 +109,13 @@ def checked_scores(task: FitnessTask, model: Any, tokenizer: Any, item_ids: Sequ
 
 
 def scores_in_parts(task: FitnessTask, model: Any, tokenizer: Any, item_ids: Sequence[str] | None,
-                    scored: Callable[[int], None] | None = None) -> pd.Series:
+                    scored: Callable[[int, int], None] | None = None) -> pd.Series:
     """`checked_scores` of the items (every item when None), asked at most `ITEMS_PER_CALL` at a
-    time, `scored(n)` told after each call: at 7B one task's items take minutes."""
+    time, `scored(done, total)` told after each call: at 7B one task's items take minutes."""
     ids = list(task.item_ids if item_ids is None else item_ids)
     parts = []
     for start in range(0, len(ids), ITEMS_PER_CALL):
         parts.append(checked_scores(task, model, tokenizer, ids[start:start + ITEMS_PER_CALL]))
         if scored is not None:
-            scored(len(parts[-1]))
+            scored(min(start + ITEMS_PER_CALL, len(ids)), len(ids))
     return pd.concat(parts) if parts else checked_scores(task, model, tokenizer, [])

@@ -31,10 +31,10 @@ def read_item_ids(path: str | Path) -> list[str]:
 
 def score_table(
     task: FitnessTask, model: Any, tokenizer: Any, subject: str, item_ids: Sequence[str] | None = None,
-    scored: Callable[[int], None] | None = None,
+    scored: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Long format, one row per item: subject, item, score, and scenario when the task has them;
-    `scored(n)` is told as the items are scored (`scores_in_parts`)."""
+    `scored(done, total)` is told as the items are scored (`scores_in_parts`)."""
     item_positions(task.name, {i: k for k, i in enumerate(task.item_ids)}, item_ids)  # before any scoring
     scores = scores_in_parts(task, model, tokenizer, item_ids, scored)
     table = pd.DataFrame({"subject": subject, "item": scores.index, "score": scores.to_numpy()})
