@@ -55,7 +55,6 @@ def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
                    "it was written under), and only what a resume may change is suggested")
 def plan(campaign_file: Path, out: Path | None) -> None:
     """Print the host and device memory a campaign needs and whether it fits (exit 2 if not)."""
-    from evo_merge.errors import UserError
     from evo_merge.merge.footprint import campaign_plan
     from evo_merge.search.store import check_run_folder
 
@@ -65,4 +64,4 @@ def plan(campaign_file: Path, out: Path | None) -> None:
     result = campaign_plan(campaign, base, models, resuming=resuming)
     click.echo(result.table())
     if not result.fits:
-        raise UserError(f"memory plan: the run {result.shortfall()}; {result.alternative}")
+        raise result.refusal()

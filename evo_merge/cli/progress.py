@@ -50,23 +50,23 @@ class StageLines:
         if self.console.is_terminal or stage in self.ended:
             return
         now = time.monotonic()
+        # one candidate's items, again for each: no line when they end, and a clock of their own
+        per_candidate = stage.endswith(ITEMS_SUFFIX)
+        if per_candidate and done == 0:  # a candidate starts (the one before may have failed partway)
+            self.times[stage] = (now, now)
         started, last = self.times.setdefault(stage, (now, now))
-        if stage.endswith(ITEMS_SUFFIX):  # one candidate's items, again for each: a line only while one takes long
-            if done == 0:  # a candidate starts (the one before may have failed partway): its own clock
-                self.times[stage] = (now, now)
-            elif done >= total:
-                del self.times[stage]
-            elif now - last >= self.every:
-                self.console.print(f"{stage}: {done}/{total} ({_elapsed(now - started)})", markup=False,
-                                   highlight=False)
-                self.times[stage] = (started, now)
-            return
         if done >= total:
-            self.console.print(f"{stage}: {done}/{total} in {_elapsed(now - started)}", markup=False, highlight=False)
-            self.ended.add(stage)
+            if per_candidate:
+                del self.times[stage]
+            else:
+                self._say(f"{stage}: {done}/{total} in {_elapsed(now - started)}")
+                self.ended.add(stage)
         elif done and now - last >= self.every:
-            self.console.print(f"{stage}: {done}/{total} ({_elapsed(now - started)})", markup=False, highlight=False)
+            self._say(f"{stage}: {done}/{total} ({_elapsed(now - started)})")
             self.times[stage] = (started, now)
+
+    def _say(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False)
 
 
 def _elapsed(seconds: float) -> str:

@@ -103,6 +103,12 @@ class Plan:
     def fits(self) -> bool:
         return self.shortfall() is None
 
+    def refusal(self, details: str | None = None) -> UserError:
+        """The error a plan that does not fit stops with: the need, the limit, the first setting that
+        fits, and `details`, the command printing the whole plan (none from that command itself)."""
+        where = f" (details: {details})" if details else ""
+        return UserError(f"memory plan: the run {self.shortfall()}; {self.alternative}{where}")
+
     def table(self) -> str:
         """The plan as a text table, per worker, with the totals (and `fits` when it does)."""
         gpu = self.device != "cpu"
@@ -437,5 +443,5 @@ def check_fits(campaign, base_path: str | Path, model_paths: Sequence[str | Path
     command printing the whole plan."""
     plan = campaign_plan(campaign, base_path, model_paths, resuming=resuming)
     if not plan.fits:
-        raise UserError(f"memory plan: the run {plan.shortfall()}; {plan.alternative} (details: {details})")
+        raise plan.refusal(details)
     return plan

@@ -452,8 +452,7 @@ def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint], dev
     except torch.OutOfMemoryError:
         if device.type == "cpu":
             raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # a no-op without CUDA
         log.warning("tensor %s: out of memory on %s; merged on the CPU (equal to rounding; DARE and DELLA draw "
                     "other drops there)", job.name, device)
         merged = _combine(plan, job, tensors)
