@@ -121,7 +121,12 @@ class EstimatorSpec(_Checked):
     epochs: int | None = Field(None, ge=1, description="pyirt backend training epochs (None: its default)")
     dims: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="IRT dimensions; auto: chosen on held-out subjects")
-    warmup_merges: int = Field(8, ge=0, description="random merges evaluated on all items to calibrate IRT")
+    warmup_merges: int = Field(8, ge=0, description="merges evaluated on every search item to calibrate IRT with "
+                               "the base and the endpoints (see warmup_standard)")
+    warmup_standard: bool = Field(
+        True, description="the first warm-up merges are the standard merges the genome expresses, where they are "
+        "candidates (final.baselines): measured whole once, they calibrate IRT and compete exactly measured; "
+        "the rest are random")
     target_se: float = Field(0.03, gt=0, lt=1, description="adaptive: stop a task's test once its scenarios' "
                              "standard errors are below this")
     max_items: int = Field(50, ge=1, description="adaptive: at most this many items per scenario and candidate")
@@ -338,8 +343,9 @@ FORMER_DEFAULTS: dict[tuple[str, str], tuple[tuple[Any, int], ...]] = {
     ("final", "race"): (([], 4), ([0.125, 0.25, 0.5], 5)),
     ("final", "measure_whole"): (("survivors", 5),),  # before: no such setting, every survivor measured
     ("", "dtype"): (("float32", 6),),  # "" : a top-level setting; before 6, bf16 models were evaluated in float32
+    ("estimator", "warmup_standard"): ((False, 7),),  # before 7, every warm-up merge was random
 }
-DEFAULTS_VERSION = 6
+DEFAULTS_VERSION = 7
 
 
 class Campaign(_Checked):

@@ -303,13 +303,16 @@ def raced_final_phase(runner: CampaignRunner, seed: int) -> tuple[int, float, fl
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
     anchors = {n: set(ids) for n, ids in scoring.anchor_items().items()}
+    search_items = sum(len(scoring.search_ids(n)) for n in scoring.names)
+    whole_before = {key for key in finalists if store.get(key).items_evaluated >= search_items}  # warm-ups
     seen: dict[str, set] = {}
     builds = []
 
     def score(keys, items, label):
-        builds.append(len(keys))
+        builds.append(len(set(keys) - whole_before))  # a finalist measured whole is not built again
         for key in keys:
-            seen[key] = {(n, i) for n, ids in items.items() for i in ids if i not in anchors[n]}
+            seen[key] = set() if key in whole_before else \
+                {(n, i) for n, ids in items.items() for i in ids if i not in anchors[n]}
         return {key: stored[key] for key in keys}
 
     live, left, last = run_race(finalists, sample, DEFAULT.race, objectives, score, DEFAULT.race_tolerance)

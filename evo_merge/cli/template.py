@@ -35,8 +35,9 @@ coefficients: {{low: 0.0, high: 1.5, granularity: model}}
 
 # Candidates are scored on `anchors` items per task scenario, on average (the shipped benchmarks
 # have 4-5 scenarios each: 5 anchors is about 20 items per task) and their full score is
-# estimated with IRT. With no irt_model, the base, the endpoints and `warmup_merges` random
-# merges are evaluated on every item first and an IRT model is fitted on those responses.
+# estimated with IRT. With no irt_model, the base, the endpoints and `warmup_merges` merges (the
+# standard merges first: they compete measured; then random ones) are evaluated on every item
+# first and an IRT model is fitted on those responses.
 # kind: anchor | pirt | gpirt | mpirt | gmpirt | adaptive (items chosen per candidate until
 # the standard error is below target_se) | full (score every item: the costly baseline)
 estimator:

@@ -10,6 +10,7 @@ pick) and `export`. The evaluator is created only when something must be evaluat
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain, zip_longest
 from pathlib import Path
 
 from evo_merge.config import Campaign
@@ -107,23 +108,43 @@ class CampaignRunner:
         return self._evaluator
 
     def calibrate(self) -> None:
-        """Base and endpoints on the search items (+ warm-up merges when IRT is fitted here), then IRT."""
-        campaign = self.workspace.campaign
+        """Base and endpoints on the search items (+ warm-up merges when IRT is fitted here), then
+        IRT. Warm-ups that are standard merges are stored as baselines: candidates, measured."""
         self.workspace.store.set_meta(HOLDOUT_META, self.holdout)
-        space = search_space(self.workspace)
-        warmup = space.sample(campaign.estimator.warmup_merges, seed=campaign.algorithm.seed + 1)
-        subjects = self.scoring.subjects(len(self.workspace.models), warmup)
-        evaluations = self.log.evaluate(
-            [c for _, c in subjects],
-            phase=CALIBRATION,
-            generation=None,
-            items=self.scoring.search_items(),
-            stage="calibration",
-        )
-        for (label, _), evaluation in zip(subjects, evaluations):
+        standard, random = self.warmup_merges(search_space(self.workspace))
+        subjects = self.scoring.subjects(len(self.workspace.models), standard + random)
+        as_baseline = {c.key for c in standard}
+        evaluations: dict[str, Evaluation] = {}
+        for phase, stage, standard_ones in ((CALIBRATION, "calibration", False),
+                                            (BASELINE, "calibration: standard merges", True)):
+            group = [c for _, c in subjects if (c.key in as_baseline) == standard_ones]
+            if group:
+                done = self.log.evaluate(group, phase=phase, generation=None, items=self.scoring.search_items(),
+                                         stage=stage)
+                evaluations.update((e.key, e) for e in done)
+        for label, candidate in subjects:
+            evaluation = evaluations[candidate.key]
             if evaluation.status != "ok" and not label.startswith("warmup-"):  # failed warm-ups are left out
                 raise UserError(f"calibration subject {label} failed to evaluate: {message_line(evaluation.error)}")
-        self.scoring.fit([s for s, e in zip(subjects, evaluations) if e.status == "ok"])
+        self.scoring.fit([(label, c) for label, c in subjects if evaluations[c.key].status == "ok"])
+
+    def warmup_merges(self, space: SearchSpace) -> tuple[list[Candidate], list[Candidate]]:
+        """IRT's warm-up merges: (standard merges, random merges). Where the standard merges are
+        candidates (`final.baselines`) and `warmup_standard` is on, those the genome expresses come
+        first, one method after another: measured on every search item once, they calibrate IRT
+        and then compete in the search and the final phase with their measured scores, where random
+        warm-ups are measured only to calibrate. Random merges fill the rest."""
+        campaign = self.workspace.campaign
+        n = campaign.estimator.warmup_merges
+        standard: list[Candidate] = []
+        if campaign.estimator.warmup_standard and campaign.final.baselines:
+            by_method: dict[str, list[Candidate]] = {}
+            for candidate in standard_merges(space.n_models).values():
+                if space.expressible([candidate]):
+                    by_method.setdefault(candidate.method, []).append(candidate)
+            standard = [c for c in chain.from_iterable(zip_longest(*by_method.values())) if c is not None][:n]
+        random = space.sample(n - len(standard), seed=campaign.algorithm.seed + 1) if n > len(standard) else []
+        return standard, random
 
     def algorithm(self) -> SearchAlgorithm:
         spec = self.workspace.campaign.algorithm

@@ -264,7 +264,8 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
 
     former = {"estimator": {"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1,
                             "anchor_method": FORMER_DEFAULTS["estimator", "anchor_method"][0][0],
-                            "anchor_allocation": FORMER_DEFAULTS["estimator", "anchor_allocation"][0][0]},
+                            "anchor_allocation": FORMER_DEFAULTS["estimator", "anchor_allocation"][0][0],
+                            "warmup_standard": FORMER_DEFAULTS["estimator", "warmup_standard"][0][0]},
               "algorithm": {"population": 8, "generations": 1, "seed": 3,
                             "seed_standard_merges": FORMER_DEFAULTS["algorithm", "seed_standard_merges"][0][0]},
               "final": {"evaluate_top": 3, "race": FORMER_DEFAULTS["final", "race"][0][0],
@@ -310,7 +311,7 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     data = yaml.safe_load(path.read_text())
     assert "anchor_allocation" not in data["estimator"]
     runs = {}
-    for version in (2, 3, 4, 5):
+    for version in (2, 3, 4, 5, 6, 7):
         run = tmp_path / f"v{version}"
         Workspace.open(Campaign.model_validate(data), path.parent, run).store.close()
         store = CampaignStore(run)
@@ -325,6 +326,8 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     # every survivor of the race was measured on every item until version 5 (its 50% stage too)
     assert {runs[v].campaign.final.measure_whole for v in (2, 3, 4)} == {"survivors"}
     assert (runs[5].campaign.final.race, runs[5].campaign.final.measure_whole) == ([0.125, 0.25], "picks")
+    # every warm-up merge was random until version 7; since, the standard merges come first
+    assert [runs[v].campaign.estimator.warmup_standard for v in (6, 7)] == [False, True]
     for workspace in runs.values():
         workspace.store.close()
 
@@ -404,8 +407,9 @@ def test_seeded_first_generation_starts_from_the_endpoints_and_the_standard_merg
                                            "task_arithmetic lambda=1.0", "ties density=0.2", "tsv alpha=1")}
     (seeded, searched), (unseeded, _) = first_generation(True), first_generation(False)
     assert endpoints | expressible <= seeded and len(seeded) == 8
-    # each endpoint alone was scored in calibration: looked up, not evaluated again by the search
-    assert not endpoints & searched and expressible <= searched
+    # each endpoint alone, and each standard merge (the first warm-ups), was scored in calibration:
+    # looked up, not evaluated again by the search
+    assert not (endpoints | expressible) & searched
     assert merges["task_arithmetic lambda=0.3"].key not in seeded  # below the searched lambda range
     assert not (expressible | endpoints) & unseeded
 

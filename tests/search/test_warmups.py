@@ -1,0 +1,104 @@
+"""Warm-up merges: the standard merges calibrate IRT first and stand among the candidates measured."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evo_merge.config import Campaign
+from evo_merge.search.campaign import CALIBRATION, CampaignRunner, search_space
+from evo_merge.search.candidate import standard_merges
+from evo_merge.search.front import BASELINE, candidates
+from evo_merge.search.study import SEARCH
+from evo_merge.zoo.tiny import save_tiny_family
+
+sys.path.insert(0, str(Path(__file__).parent))  # agreement_task, the plugin task the campaigns score
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    return save_tiny_family(root, "llama", n_finetunes=2, noise=0.08)
+
+
+def open_runner(tmp_path, zoo, warmups, **sections) -> CampaignRunner:
+    base, fts = zoo
+    config = {
+        "name": "warm", "base_model": str(base), "models": [str(f) for f in fts],
+        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
+                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i}} for i, f in enumerate(fts)],
+        "methods": {"task_arithmetic": {}, "ties": {"density": [0.2, 0.9]}, "tsv": {}},
+        "estimator": {"kind": "gpirt", "anchors": 3, "warmup_merges": warmups, "dims": 1},
+        "algorithm": {"population": 6, "generations": 1, "seed": 3},
+        **sections,
+    }
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return CampaignRunner.open(Campaign.load(path), tmp_path, tmp_path / "run")
+
+
+def search_item_count(runner):
+    return sum(len(runner.scoring.search_ids(name)) for name in runner.scoring.names)
+
+
+def fitted_subjects(runner) -> int:
+    return len(json.loads((runner.workspace.run_dir / "irt" / "agree0" / "model.json").read_text())["subject_ids"])
+
+
+def test_the_standard_merges_are_the_first_warm_ups_one_method_after_another(tmp_path, zoo):
+    runner = open_runner(tmp_path, zoo, warmups=5)
+    standard = standard_merges(2)
+    runner.calibrate()
+    store = runner.workspace.store
+    baselines = store.evaluations(BASELINE)
+    # task arithmetic, TIES, TSV-M, then task arithmetic's next lambdas (0.3 lies outside lambda's
+    # searched range, 0.5-1.5: the genome cannot express it)
+    expected = [standard[label].key for label in ("task_arithmetic lambda=0.5", "ties density=0.2", "tsv alpha=1",
+                                                  "task_arithmetic lambda=0.7", "task_arithmetic lambda=1.0")]
+    assert sorted(e.key for e in baselines) == sorted(expected)
+    assert len(store.evaluations(CALIBRATION)) == 3  # base and the two endpoints: no random warm-up left
+    for evaluation in baselines:  # measured on every search item, once
+        assert evaluation.items_evaluated == search_item_count(runner)
+        assert evaluation.measured == pytest.approx(evaluation.estimates)
+    assert fitted_subjects(runner) == 8  # base, 2 endpoints, 5 warm-ups
+    runner.search()
+    # the search seeds the standard merges: it looks them up, spending nothing more on them
+    after = {e.key: e for e in store.evaluations(BASELINE)}
+    assert {k: e.items_evaluated for k, e in after.items()} == {e.key: e.items_evaluated for e in baselines}
+    assert not {e.key for e in store.evaluations(SEARCH)} & set(expected)
+    # and they compete for the front with their measured scores
+    assert set(expected) <= {e.key for e in candidates(store)}
+    runner.close()
+
+
+def test_random_merges_fill_the_warm_ups_past_the_standard_ones(tmp_path, zoo):
+    runner = open_runner(tmp_path, zoo, warmups=8)
+    runner.calibrate()
+    store = runner.workspace.store
+    assert len(store.evaluations(BASELINE)) == 5  # all the standard merges this genome expresses
+    assert len(store.evaluations(CALIBRATION)) == 3 + 3
+    assert fitted_subjects(runner) == 11
+    runner.close()
+
+
+@pytest.mark.parametrize("sections", [{"final": {"baselines": False}}, {"estimator": {
+    "kind": "gpirt", "anchors": 3, "warmup_merges": 4, "dims": 1, "warmup_standard": False}}],
+    ids=["baselines-off", "warmup-standard-off"])
+def test_without_the_standard_merges_among_the_candidates_every_warm_up_is_random(tmp_path, zoo, sections):
+    runner = open_runner(tmp_path, zoo, warmups=4, **sections)
+    runner.calibrate()
+    store = runner.workspace.store
+    assert store.evaluations(BASELINE) == []
+    warmups = [e.key for e in store.evaluations(CALIBRATION)][3:]
+    assert len(warmups) == 4 and not set(warmups) & {c.key for c in standard_merges(2).values()}
+    runner.close()
+
+
+def test_fewer_warm_ups_than_standard_merges_take_one_of_each_method_first(tmp_path, zoo):
+    runner = open_runner(tmp_path, zoo, warmups=2)
+    standard, random = runner.warmup_merges(search_space(runner.workspace))
+    merges = standard_merges(2)
+    assert standard == [merges["task_arithmetic lambda=0.5"], merges["ties density=0.2"]] and random == []
+    runner.close()
