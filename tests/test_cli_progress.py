@@ -44,21 +44,21 @@ def test_a_merge_sent_to_a_log_says_when_it_ends(capsys):
 def test_a_candidate_s_items_are_a_line_only_while_one_takes_long_and_their_bar_goes_with_its_stage():
     """At 7B one candidate takes minutes on every item: its items are followed beside the stage,
     but a log gets no line per candidate, only one every interval while a candidate is scored."""
-    from evo_merge.search.evaluator import ITEMS_SUFFIX
+    from evo_merge.search.evaluator import ITEMS, JOB_PARTS
 
     log = StringIO()
     lines = StageLines(Console(file=log), every=0.0)
     for _candidate in range(2):
         for done in (0, 512, 1024, 1200):
-            lines("calibration" + ITEMS_SUFFIX, done, 1200)
+            lines("calibration" + JOB_PARTS[ITEMS], done, 1200)
     lines("calibration", 2, 2)
-    assert log.getvalue().splitlines() == 2 * [f"calibration{ITEMS_SUFFIX}: 512/1200 (0:00:00)",
-                                               f"calibration{ITEMS_SUFFIX}: 1024/1200 (0:00:00)"] + [
+    assert log.getvalue().splitlines() == 2 * [f"calibration{JOB_PARTS[ITEMS]}: 512/1200 (0:00:00)",
+                                               f"calibration{JOB_PARTS[ITEMS]}: 1024/1200 (0:00:00)"] + [
         "calibration: 2/2 in 0:00:00"]
     assert all(STAGE_LINE.match(line) for line in log.getvalue().splitlines())
     bars = StageBars()
     bars("calibration", 0, 2)
-    bars("calibration" + ITEMS_SUFFIX, 512, 1200)
+    bars("calibration" + JOB_PARTS[ITEMS], 512, 1200)
     assert len(bars.progress.tasks) == 2
     bars("calibration", 2, 2)
     assert [t.description for t in bars.progress.tasks] == ["calibration"]
@@ -68,12 +68,32 @@ def test_each_candidate_s_items_bar_runs_on_its_own_clock():
     """The items bar is reused by every candidate of a stage: rich keeps a task it saw finish
     finished (time remaining 0) when its count goes back, so from the second candidate on (with
     the same number of items: every candidate of a calibration or a generation) it said 0:00:00."""
-    from evo_merge.search.evaluator import ITEMS_SUFFIX
+    from evo_merge.search.evaluator import ITEMS, JOB_PARTS
 
-    bars, stage = StageBars(), "calibration" + ITEMS_SUFFIX
+    bars, stage = StageBars(), "calibration" + JOB_PARTS[ITEMS]
     bars("calibration", 0, 2)
     for done in (512, 1024):  # the first candidate
         bars(stage, done, 1024)
     bars(stage, 512, 1024)  # the second one's first call
     task = next(t for t in bars.progress.tasks if t.description == stage)
     assert not task.finished and task.time_remaining != 0 and task.completed == 512
+
+
+def test_a_candidate_s_merge_is_followed_like_its_items_and_goes_with_its_stage():
+    from evo_merge.search.evaluator import ITEMS, JOB_PARTS, MERGING
+
+    log = StringIO()
+    lines = StageLines(Console(file=log), every=0.0)
+    for _candidate in range(2):
+        for done in (0, 100, 219):
+            lines("generation 1" + JOB_PARTS[MERGING], done, 219)
+    assert log.getvalue().splitlines() == 2 * [f"generation 1{JOB_PARTS[MERGING]}: 100/219 (0:00:00)"]
+    bars = StageBars()
+    bars("generation 1", 0, 16)
+    bars("generation 1" + JOB_PARTS[MERGING], 219, 219)
+    bars("generation 1" + JOB_PARTS[MERGING], 3, 219)  # the next candidate's merge: its own clock
+    task = next(t for t in bars.progress.tasks if t.description.endswith(JOB_PARTS[MERGING]))
+    assert not task.finished and task.completed == 3
+    bars("generation 1" + JOB_PARTS[ITEMS], 5, 65)
+    bars("generation 1", 16, 16)
+    assert [t.description for t in bars.progress.tasks] == ["generation 1"]

@@ -14,7 +14,9 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from evo_merge.search.evaluator import ITEMS_SUFFIX
+from evo_merge.search.evaluator import JOB_PARTS
+
+PER_CANDIDATE = tuple(JOB_PARTS.values())  # the suffixes of the stages that follow one candidate at a time
 
 T = TypeVar("T")
 
@@ -50,8 +52,8 @@ class StageLines:
         if self.console.is_terminal or stage in self.ended:
             return
         now = time.monotonic()
-        # one candidate's items, again for each: no line when they end, and a clock of their own
-        per_candidate = stage.endswith(ITEMS_SUFFIX)
+        # one candidate's merge or items, again for each: no line when they end, and a clock of their own
+        per_candidate = stage.endswith(PER_CANDIDATE)
         if per_candidate and done == 0:  # a candidate starts (the one before may have failed partway)
             self.times[stage] = (now, now)
         started, last = self.times.setdefault(stage, (now, now))
@@ -100,13 +102,15 @@ class StageBars:
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=total)
-        elif stage.endswith(ITEMS_SUFFIX) and done <= self._completed(stage):
-            # the next candidate's items (a count never goes back within one): rich keeps a task it
-            # saw finish finished, so the bar said 0:00:00 remaining for every candidate after the first
+        elif stage.endswith(PER_CANDIDATE) and done <= self._completed(stage):
+            # the next candidate's (a count never goes back within one): rich keeps a task it saw
+            # finish finished, so the bar said 0:00:00 remaining for every candidate after the first
             self.progress.reset(self.tasks[stage], total=total, completed=done)
         self.progress.update(self.tasks[stage], completed=done, total=total)
-        if done >= total and stage + ITEMS_SUFFIX in self.tasks:  # its candidates' items bar goes with it
-            self.progress.remove_task(self.tasks.pop(stage + ITEMS_SUFFIX))
+        if done >= total:  # its candidates' merge and items bars go with it
+            for suffix in PER_CANDIDATE:
+                if stage + suffix in self.tasks:
+                    self.progress.remove_task(self.tasks.pop(stage + suffix))
         self.lines(stage, done, total)
 
     def _completed(self, stage: str) -> float:

@@ -10,7 +10,7 @@ candidate written here equals the model `evo-merge merge` writes from its recipe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -72,6 +72,7 @@ class InPlaceMerger:
             self._deltas[name] = [self.stash.keep(ep.tensor(source, dtype).sub_(theta0), stored)
                                   for ep, source in zip(endpoints, sources[1:])]
         self._pieces: dict[tuple, dict[str, list[Piece]]] = {}
+        self.on_tensor: Callable[[int, int], None] | None = None  # told (written, tensors) by `apply`
 
     @property
     def names(self) -> list[str]:
@@ -79,11 +80,14 @@ class InPlaceMerger:
         a weight table gives each of them its weights."""
         return list(self._base)
 
-    def _pieces_for(self, method: MergeMethod, params: Mapping[str, Any]) -> dict[str, list[Piece]]:
-        key = (method.name, *(repr(params[k]) for k in method.piece_params))
-        if key not in self._pieces:
-            self._pieces[key] = {name: self._compute_pieces(method, name, params) for name in self._base}
-        return self._pieces[key]
+    def _pieces_of(self, method: MergeMethod, params: Mapping[str, Any], name: str) -> list[Piece]:
+        """One tensor's pieces, computed when a candidate first needs them and kept: the first
+        candidate of a method with pieces (TSV-M's SVDs) computes them as it merges, tensor after
+        tensor, so its progress shows, and a candidate that fails partway leaves those done kept."""
+        cache = self._pieces.setdefault((method.name, *(repr(params[k]) for k in method.piece_params)), {})
+        if name not in cache:
+            cache[name] = self._compute_pieces(method, name, params)
+        return cache[name]
 
     def _compute_pieces(self, method: MergeMethod, name: str, params: Mapping[str, Any]) -> list[Piece]:
         """One tensor's pieces, computed in float32 on the device and stored like the task vectors.
@@ -121,25 +125,25 @@ class InPlaceMerger:
         resolved = m.resolve(params, self.n_models)
         table = weights if isinstance(weights, Mapping) else None
         shared = self._checked(weights) if table is None else None  # the scalar path checks once
-        pieces = self._pieces_for(m, resolved) if m.pieces is not None else None
         upcast = self.stash.upcast
         for name, stored_base in self._base.items():
             w = shared if table is None else self._checked(table[name])
-            if pieces is None:
+            if m.pieces is None:
                 deltas = [upcast(d) for d in self._deltas[name]]
                 yield name, merge_tensor(m, upcast(stored_base), deltas, w, resolved, name)
                 continue
+            pieces = self._pieces_of(m, resolved, name)
             target = self._targets[name]
             direct = into_module and target.dtype == self.dtype and target.device == self.device
             out = target if direct else torch.empty(target.shape, dtype=self.dtype, device=self.device)
             base, scale = self.stash.move(stored_base), m.scale(w, resolved)
-            if all(p is None or isinstance(p, (torch.Tensor, Scaled)) for p in pieces[name]):
-                fetched = [self._fetch(p) if x != 0 else None for p, x in zip(pieces[name], w)]
+            if all(p is None or isinstance(p, (torch.Tensor, Scaled)) for p in pieces):
+                fetched = [self._fetch(p) if x != 0 else None for p, x in zip(pieces, w)]
                 if into_module and self.device.type == "cpu" and _elementwise(target, base, fetched):
                     yield name, self._combine_in_chunks(target, base, fetched, w, scale)
                     continue
             else:  # factored pieces are widened one at a time, as the sum reaches them
-                fetched = (self._fetch(p) if x != 0 else None for p, x in zip(pieces[name], w))
+                fetched = (self._fetch(p) if x != 0 else None for p, x in zip(pieces, w))
             yield name, combine_pieces(base, fetched, w, scale, out=out)
 
     def _combine_in_chunks(self, target: torch.Tensor, base: torch.Tensor, pieces: Sequence[Piece],
@@ -168,10 +172,15 @@ class InPlaceMerger:
     def apply(self, method: str, weights: Weights, params: Mapping[str, Any] | None = None) -> nn.Module:
         """Write the candidate into the module's parameters and return the module. `weights` is one
         weight per endpoint, or a table of them per tensor name (every floating-point tensor)."""
-        for name, merged in self._merged(method, weights, params, into_module=True):
+        total = len(self._base)
+        if self.on_tensor is not None:
+            self.on_tensor(0, total)
+        for done, (name, merged) in enumerate(self._merged(method, weights, params, into_module=True), start=1):
             target = self._targets[name]
             if merged is not target:
                 target.copy_(merged)
+            if self.on_tensor is not None:
+                self.on_tensor(done, total)
         return self.module
 
     def clear_cache(self) -> None:

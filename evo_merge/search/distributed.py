@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from evo_merge.errors import UserError, described, first_line
-from evo_merge.search.evaluator import CandidateFailed, Items, ItemsScored, Job, Result, task_settings
+from evo_merge.search.evaluator import CandidateFailed, Items, Job, JobProgress, Result, task_settings
 from evo_merge.search.local import LocalEvaluator
 
 INSTALL = "pip install 'evo-merge[distributed]'"
@@ -237,8 +237,8 @@ class DaskEvaluator:
         futures = [client.submit(_load, self.spec, workers=[w], allow_other_workers=False, pure=False) for w in workers]
         return dict(zip(workers, client.gather(futures)))
 
-    def evaluate_many(self, jobs: Sequence[Job], items_scored: ItemsScored | None = None) -> Iterator[Result]:
-        """Jobs run on the workers, several at once: progress is told by whole jobs (`items_scored` unused)."""
+    def evaluate_many(self, jobs: Sequence[Job], job_progress: JobProgress | None = None) -> Iterator[Result]:
+        """Jobs run on the workers, several at once: progress is told by whole jobs (`job_progress` unused)."""
         distributed, client = self._distributed, self.client
         spec = self.spec  # a few hundred bytes: sent with each job (scattered data dies with its workers)
         index: dict[str, int] = {}

@@ -26,16 +26,19 @@ class CandidateFailed(Exception):
 
 
 Result = tuple[int, "ItemScores | CandidateFailed", float]  # (job index, scores or failure, seconds)
-# (items scored, items asked) of the job being scored: a 7B model spends minutes on one job
-ItemsScored = Callable[[int, int], None]
-ITEMS_SUFFIX = " · items"  # the progress stage, beside a campaign stage, that follows one candidate's items
+# (done, total, part) of the job in progress: a 7B model spends minutes on one job, merging its
+# tensors (TSV-M's first candidate decomposes each) and scoring its items; `part` is one of JOB_PARTS
+JobProgress = Callable[..., None]
+MERGING, ITEMS = "merging", "items"
+JOB_PARTS = {MERGING: " · merging", ITEMS: " · items"}  # part -> the progress stage's suffix, beside a campaign stage
 
 
 @runtime_checkable
 class Evaluator(Protocol):
-    def evaluate_many(self, jobs: Sequence[Job], items_scored: ItemsScored | None = None) -> Iterator[Result]:
-        """Score every job, yielding (job index, scores or CandidateFailed, seconds); `items_scored`
-        follows the job in progress where the evaluator can see its items (in this process)."""
+    def evaluate_many(self, jobs: Sequence[Job], job_progress: JobProgress | None = None) -> Iterator[Result]:
+        """Score every job, yielding (job index, scores or CandidateFailed, seconds); `job_progress`
+        follows the job in progress (its tensors merged, its items scored) where the evaluator can
+        see them (in this process)."""
         ...
 
     def workbench(self) -> Workbench | None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 
 import torch
 
 from evo_merge.errors import UserError, described
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.evaluator import CandidateFailed, Items, ItemScores, ItemsScored, Job, Result
+from evo_merge.search.evaluator import MERGING, CandidateFailed, Items, ItemScores, Job, JobProgress, Result
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.workbench import Workbench
 from evo_merge.tasks.base import FitnessTask, scores_in_parts
@@ -28,8 +29,10 @@ class LocalEvaluator:
     def workbench(self) -> Workbench:
         return self.bench
 
-    def build(self, candidate: Candidate) -> torch.nn.Module:
-        """The candidate's model on the workbench, checked for non-finite weights."""
+    def build(self, candidate: Candidate, merged: Callable[[int, int], None] | None = None) -> torch.nn.Module:
+        """The candidate's model on the workbench, checked for non-finite weights; `merged` is told
+        (tensors written, tensors) as the in-place merger writes them (not by other kinds, MASS)."""
+        self.bench.merger.on_tensor = merged
         try:
             model = candidate_kind(candidate.method).build(self.bench, candidate)
         except torch.cuda.OutOfMemoryError as exc:
@@ -41,24 +44,27 @@ class LocalEvaluator:
             raise CandidateFailed(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001  a plugin method may raise anything: this candidate failed
             raise CandidateFailed(f"{candidate.method}: {described(exc)}") from exc
+        finally:
+            self.bench.merger.on_tensor = None
         bad = first_non_finite(model)
         if bad is not None:
             raise CandidateFailed(f"non-finite values in merged tensor {bad}")
         return model
 
-    def evaluate(self, candidate: Candidate, items: Items, items_scored: ItemsScored | None = None) -> ItemScores:
+    def evaluate(self, candidate: Candidate, items: Items, job_progress: JobProgress | None = None) -> ItemScores:
         """Build the candidate and score it on `items` per task (None: every item), telling
-        `items_scored` as it starts (0: the merge is built) and as the items are scored
-        (`scores_in_parts`)."""
+        `job_progress` as it starts (0 items: the merge is built), as the merge writes its tensors
+        (a first TSV-M candidate decomposes each of them: minutes at 7B) and as the items are
+        scored (`scores_in_parts`)."""
         asked = {name: list(self.tasks[name].item_ids if ids is None else ids) for name, ids in items.items()}
         total, before = sum(map(len, asked.values())), 0  # `before`: the items of the tasks scored already
-        if items_scored is not None:
-            items_scored(0, total)
-        model = self.build(candidate)
+        if job_progress is not None:
+            job_progress(0, total)
+        model = self.build(candidate, None if job_progress is None else partial(job_progress, part=MERGING))
         scores: ItemScores = {}
         try:
             for name, ids in asked.items():
-                told = None if items_scored is None else lambda done, _, skip=before: items_scored(skip + done, total)
+                told = None if job_progress is None else lambda done, _, skip=before: job_progress(skip + done, total)
                 series = scores_in_parts(self.tasks[name], model, self.bench.tokenizer, ids, told)
                 scores[name] = {str(k): float(v) for k, v in series.items()}
                 before += len(ids)
@@ -67,11 +73,11 @@ class LocalEvaluator:
             raise CandidateFailed(f"out of memory while evaluating ({EVALUATION_OOM_HINT}): {described(exc)}") from exc
         return scores
 
-    def evaluate_many(self, jobs: Sequence[Job], items_scored: ItemsScored | None = None) -> Iterator[Result]:
+    def evaluate_many(self, jobs: Sequence[Job], job_progress: JobProgress | None = None) -> Iterator[Result]:
         for index, (candidate, items) in enumerate(jobs):
             start = time.perf_counter()
             try:
-                outcome: ItemScores | CandidateFailed = self.evaluate(candidate, items, items_scored)
+                outcome: ItemScores | CandidateFailed = self.evaluate(candidate, items, job_progress)
             except UserError:  # a wrong config or a task breaking its contract: every candidate would fail alike
                 raise
             except Exception as exc:  # noqa: BLE001  merge or evaluation failed (a plugin may raise anything)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.evaluator import ITEMS_SUFFIX, CandidateFailed, Evaluator, Items, ItemScores, ItemsScored
+from evo_merge.search.evaluator import ITEMS, JOB_PARTS, CandidateFailed, Evaluator, Items, ItemScores, JobProgress
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.store import MEASURE_FAILED, CampaignStore, Evaluation
 
@@ -56,7 +56,7 @@ class EvaluationLog:
         self.progress(stage, done, len(unique))
         if todo:
             jobs = [(c, items) for c in todo]
-            for index, outcome, seconds in self._evaluator().evaluate_many(jobs, self._items(stage)):
+            for index, outcome, seconds in self._evaluator().evaluate_many(jobs, self._job(stage)):
                 self._store(todo[index], outcome, seconds, phase, generation, whole)
                 done += 1
                 self.progress(stage, done, len(unique))
@@ -64,9 +64,10 @@ class EvaluationLog:
             self._adapt(unique, stage)
         return [self.store.get(c.key) for c in candidates]
 
-    def _items(self, stage: str) -> ItemsScored:
-        """The progress of each candidate's items within `stage` (minutes per candidate at 7B)."""
-        return lambda done, total: self.progress(stage + ITEMS_SUFFIX, done, total)
+    def _job(self, stage: str) -> JobProgress:
+        """The progress of each candidate within `stage`, its merge and its items apart (minutes
+        per candidate at 7B), as a stage of its own beside it."""
+        return lambda done, total, part=ITEMS: self.progress(stage + JOB_PARTS[part], done, total)
 
     def _adapt(self, candidates: Sequence[Candidate], stage: str, precision: float = 1.0) -> None:
         """Score each candidate's next adaptive step until every test is done (or a step fails)."""
@@ -137,7 +138,7 @@ class EvaluationLog:
         if not todo:
             return
         jobs = [(Candidate.from_key(e.key), items) for e, items in todo]
-        for done, (index, outcome, _) in enumerate(self._evaluator().evaluate_many(jobs, self._items(stage)), start=1):
+        for done, (index, outcome, _) in enumerate(self._evaluator().evaluate_many(jobs, self._job(stage)), start=1):
             key = todo[index][0].key
             if isinstance(outcome, CandidateFailed):  # it worked on the anchors: report, keep the estimate
                 self.store.set_meta(MEASURE_FAILED + key, str(outcome))

@@ -6,7 +6,7 @@ import pytest
 from agreement_task import AgreementTask  # tests/search is on sys.path (pytest's rootdir import mode)
 
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.evaluator import ITEMS_SUFFIX
+from evo_merge.search.evaluator import ITEMS, JOB_PARTS, MERGING
 from evo_merge.search.local import LocalEvaluator
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.workbench import Workbench
@@ -31,9 +31,13 @@ def test_every_item_is_scored_in_calls_of_a_bounded_size_each_reported(bench, mo
     evaluator, told = LocalEvaluator(workbench, tasks), []
     candidate = Candidate("task_arithmetic", (0.6, 0.4), ())
     scores = evaluator.evaluate(candidate, {"agree0": None, "agree1": tasks["agree1"].item_ids[:5]},
-                                lambda done, total: told.append((done, total)))
+                                lambda done, total, part=ITEMS: told.append((part, done, total)))
     assert [len(ids) for ids in asked] == [4, 4, 2, 4, 1]
-    assert told == [(0, 15), (4, 15), (8, 15), (10, 15), (14, 15), (15, 15)]  # 0: its merge is being built
+    items = [(done, total) for part, done, total in told if part == ITEMS]
+    assert items == [(0, 15), (4, 15), (8, 15), (10, 15), (14, 15), (15, 15)]  # 0: its merge is being built
+    # between the first two, the merge tells each tensor it writes
+    n = len([t for t in workbench.module.state_dict().values() if t.is_floating_point()])
+    assert told[1:n + 2] == [(MERGING, done, n) for done in range(n + 1)] and told[n + 2][0] == ITEMS
     model = evaluator.build(candidate)  # the same model scored on all its items in one call each
     whole = {"agree0": checked_scores(tasks["agree0"], model, workbench.tokenizer, None),
              "agree1": checked_scores(tasks["agree1"], model, workbench.tokenizer, tasks["agree1"].item_ids[:5])}
@@ -63,7 +67,19 @@ def test_a_campaign_stage_follows_its_candidates_items(bench, tmp_path: Path, mo
                         progress=lambda stage, done, total: seen.append((stage, done, total)))
     log.evaluate([Candidate("task_arithmetic", (1.0, 0.0), ()), Candidate("task_arithmetic", (0.0, 1.0), ())],
                  phase="calibration", generation=None, items={name: None for name in tasks}, stage="calibration")
-    items = [(done, total) for stage, done, total in seen if stage == "calibration" + ITEMS_SUFFIX]
+    items = [(done, total) for stage, done, total in seen if stage == "calibration" + JOB_PARTS[ITEMS]]
     assert items == 2 * [(0, 20), (4, 20), (8, 20), (10, 20), (14, 20), (18, 20), (20, 20)]
     assert [s for s in seen if s[0] == "calibration"] == [("calibration", 0, 2), ("calibration", 1, 2),
                                                           ("calibration", 2, 2)]
+
+
+def test_a_first_tsv_m_candidate_tells_its_decomposition_tensor_by_tensor(bench):
+    """TSV-M's first candidate decomposes every tensor (minutes at 7B): that shows as its merge's
+    progress, one tensor after another (that the tensors equal the file path's, decomposed all at
+    once before: tests/merge/test_recipes.py)."""
+    workbench, tasks = bench
+    workbench.merger.clear_cache()
+    evaluator, told = LocalEvaluator(workbench, tasks), []
+    evaluator.build(Candidate("tsv", (1.0, 0.5), (("alpha", 1.0),)), lambda done, total: told.append((done, total)))
+    assert told[0][0] == 0 and [done for done, _ in told] == list(range(told[0][1] + 1))
+    assert workbench.merger.on_tensor is None  # told only while building
