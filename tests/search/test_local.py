@@ -59,7 +59,8 @@ def test_a_candidate_out_of_memory_keeps_nothing_of_its_attempt(monkeypatch, whe
 
     monkeypatch.setattr(local, "candidate_kind", lambda method: SimpleNamespace(build=build))
     task = SimpleNamespace(item_ids=["i0"], evaluate=lambda model, tokenizer, items: _runs_out_of_memory(held))
-    evaluator = local.LocalEvaluator(SimpleNamespace(device=torch.device("cpu"), tokenizer=None), {"t": task})
+    bench = SimpleNamespace(device=torch.device("cpu"), tokenizer=None, merger=SimpleNamespace(on_tensor=None))
+    evaluator = local.LocalEvaluator(bench, {"t": task})
     _, outcome, _ = next(evaluator.evaluate_many([(Candidate("linear", (1.0,)), {"t": None})]))
     assert isinstance(outcome, CandidateFailed) and f"out of memory while {where}" in str(outcome)
     assert held[0]() is None
