@@ -133,14 +133,17 @@ class CampaignRunner:
         candidates (`final.baselines`) and `warmup_standard` is on, those the genome expresses come
         first, one method after another: measured on every search item once, they calibrate IRT
         and then compete in the search and the final phase with their measured scores, where random
-        warm-ups are measured only to calibrate. Random merges fill the rest."""
+        warm-ups are measured only to calibrate. Random merges fill the rest. A standard merge that
+        is an endpoint (with one endpoint, task arithmetic at lambda 1 is the endpoint itself) is
+        calibrated as that endpoint already: no warm-up, nor a candidate."""
         campaign = self.workspace.campaign
         n = campaign.estimator.warmup_merges
         standard: list[Candidate] = []
         if campaign.estimator.warmup_standard and campaign.final.baselines:
+            endpoints = {endpoint_candidate(i, space.n_models).key for i in range(space.n_models)}
             by_method: dict[str, list[Candidate]] = {}
             for candidate in standard_merges(space.n_models).values():
-                if space.expressible([candidate]):
+                if candidate.key not in endpoints and space.expressible([candidate]):
                     by_method.setdefault(candidate.method, []).append(candidate)
             standard = [c for c in chain.from_iterable(zip_longest(*by_method.values())) if c is not None][:n]
         random = space.sample(n - len(standard), seed=campaign.algorithm.seed + 1) if n > len(standard) else []

@@ -102,3 +102,20 @@ def test_fewer_warm_ups_than_standard_merges_take_one_of_each_method_first(tmp_p
     merges = standard_merges(2)
     assert standard == [merges["task_arithmetic lambda=0.5"], merges["ties density=0.2"]] and random == []
     runner.close()
+
+
+def test_with_one_endpoint_the_standard_merge_that_is_the_endpoint_stays_a_reference(tmp_path, zoo):
+    # with one endpoint, task arithmetic at lambda 1 (weight 1) builds the endpoint itself
+    runner = open_runner(tmp_path, zoo, warmups=5, models=[str(zoo[1][0])])
+    merges = standard_merges(1)
+    endpoint = merges["task_arithmetic lambda=1.0"]
+    runner.calibrate()
+    store = runner.workspace.store
+    assert store.get(endpoint.key).phase == CALIBRATION  # a reference model, not a candidate
+    assert endpoint.key not in {e.key for e in candidates(store)}
+    assert sorted(e.key for e in store.evaluations(BASELINE)) == sorted(
+        merges[label].key for label in ("task_arithmetic lambda=0.5", "ties density=0.2", "tsv alpha=1",
+                                        "task_arithmetic lambda=0.7"))
+    # base, the endpoint, 4 standard merges and 1 random one: IRT fitted on each model's responses once
+    assert len(store.evaluations()) == fitted_subjects(runner) == 7
+    runner.close()
