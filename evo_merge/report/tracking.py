@@ -25,6 +25,7 @@ from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError, first_line
 from evo_merge.search.campaign import CALIBRATION
 from evo_merge.search.candidate import Candidate
+from evo_merge.search.front import BASELINE
 from evo_merge.search.metrics import recorded_metrics
 from evo_merge.search.store import EXPORTED_META, CampaignStore, Evaluation, atomic_write
 
@@ -301,8 +302,10 @@ def follow_campaign(runner: Any) -> Trackers:
         logged = int(ids.get("generation") or 0)
         if generation <= logged:
             return
-        if not logged:  # the calibration merges (base, endpoints, warm-ups) first, measured before the search
-            evaluations = workspace.store.evaluations(CALIBRATION) + evaluations
+        if not logged:  # the calibration merges (base, endpoints, warm-ups) first, measured before the search:
+            # the standard warm-ups are stored as baselines (the search seeds them, or never evaluates them)
+            store = workspace.store
+            evaluations = store.evaluations(CALIBRATION) + store.evaluations(BASELINE) + evaluations
         for evaluation in {e.id: e for e in evaluations}.values():
             tracker.log_evaluation(evaluation)
         tracker.log_generation(generation, recorded_metrics(workspace.store, runner.objectives, generation))

@@ -119,3 +119,28 @@ def test_with_one_endpoint_the_standard_merge_that_is_the_endpoint_stays_a_refer
     # base, the endpoint, 4 standard merges and 1 random one: IRT fitted on each model's responses once
     assert len(store.evaluations()) == fitted_subjects(runner) == 7
     runner.close()
+
+
+@pytest.mark.parametrize("algorithm", [{"seed_standard_merges": False}, {"name": "cmaes"}], ids=["unseeded", "cmaes"])
+def test_the_tracker_logs_the_standard_warm_ups_with_the_calibration_once(tmp_path, zoo, algorithm):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from evo_merge.report.tracking import follow_campaign
+
+    uri = (tmp_path / "mlruns").as_uri()
+    runner = open_runner(tmp_path, zoo, warmups=4,
+                         algorithm={"population": 4, "generations": 2, "seed": 3, **algorithm},
+                         objective={"weights": {"agree0": 1, "agree1": 1}} if algorithm.get("name") else {},
+                         tracking={"mlflow": {"uri": uri, "experiment": "warm"}})
+    follow_campaign(runner)
+    runner.calibrate()
+    runner.search()  # the search does not evaluate the standard merges: none is in its generations
+    runner.close()
+    store = runner.workspace.store
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("warm").experiment_id])
+    logged = [m.step for m in client.get_metric_history(run.info.run_id, "measured/agree0")]
+    # every model measured in calibration, the standard warm-ups too, as the first generation ended
+    measured = [e.id for e in store.evaluations() if e.measured is not None]
+    assert len(store.evaluations(BASELINE)) == 4 and sorted(logged) == sorted(measured)
