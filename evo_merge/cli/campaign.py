@@ -196,6 +196,8 @@ def status(run: Path) -> None:
     objectives = _objectives(facts)
     search = store.evaluations("search")
     ok = [e for e in search if e.status == "ok"]
+    # the best among the candidates: the standard merges (baselines, measured as warm-ups) compete too
+    competing = ok + [e for e in store.evaluations("baseline") if e.status == "ok"]
     console = Console(markup=False)  # names and paths are the user's: '[/b]' is text
     console.print(
         f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
@@ -205,8 +207,8 @@ def status(run: Path) -> None:
     console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, {len(search) - len(ok)} failed"
                   + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
     for task in objectives.names:
-        if ok:
-            best = max(ok, key=lambda e: objectives.goodness(e.estimates, task))
+        if competing:
+            best = max(competing, key=lambda e: objectives.goodness(e.estimates, task))
             se = (best.estimate_se or {}).get(task)
             value = f"{best.estimates[task]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
             console.print(

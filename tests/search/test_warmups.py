@@ -1,12 +1,15 @@
 """Warm-up merges: the standard merges calibrate IRT first and stand among the candidates measured."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from evo_merge.cli import cli
 from evo_merge.config import Campaign
 from evo_merge.search.campaign import CALIBRATION, CampaignRunner, search_space
 from evo_merge.search.candidate import standard_merges
@@ -144,3 +147,22 @@ def test_the_tracker_logs_the_standard_warm_ups_with_the_calibration_once(tmp_pa
     # every model measured in calibration, the standard warm-ups too, as the first generation ended
     measured = [e.id for e in store.evaluations() if e.measured is not None]
     assert len(store.evaluations(BASELINE)) == 4 and sorted(logged) == sorted(measured)
+
+
+def test_status_names_the_best_candidate_even_where_it_is_a_standard_warm_up(tmp_path, zoo):
+    runner = open_runner(tmp_path, zoo, warmups=5)
+    runner.calibrate()
+    runner.search()
+    runner.close()
+    store = runner.workspace.store
+    competing = {e.id: e for e in store.evaluations() if e.phase in ("search", "baseline") and e.status == "ok"}
+    output = " ".join(CliRunner().invoke(cli, ["status", str(runner.workspace.run_dir)]).output.split())
+    best_phases = set()
+    for task in ("agree0", "agree1"):
+        line = re.search(rf"best {task} \(higher is better\): ([\d.]+)(?: ± [\d.]+)? \(evaluation (\d+)", output)
+        assert line, output  # (the first generation is the seeds alone, every one looked up)
+        value, evaluation = line.groups()
+        top = max(e.estimates[task] for e in competing.values())
+        assert value == f"{top:.3f}" and competing[int(evaluation)].estimates[task] == top, output
+        best_phases.add(competing[int(evaluation)].phase)
+    assert "baseline" in best_phases  # in this campaign a standard merge leads a task
