@@ -152,12 +152,16 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
                     "failed": sorted(e.key for e in finalists if e.key in failures)}
     on_sample = None
     if final.measure_whole == "picks" and last is not None:
+        whole = sum(len(scoring.search_ids(n)) for n in scoring.names)
+
         @cache  # the survivors' scores serve the record here and the picks' choice after
         def on_sample(key: str) -> dict[str, float]:
             return sample.score(store.item_scores(key), last)
 
         record["compared"] = {"stage": last, "items": sum(map(len, sample.items(last).values())),
-                              "scores": {k: on_sample(k) for k in live}}
+                              "scores": {k: on_sample(k) for k in live},
+                              # evaluated on every search item before the final phase (the standard warm-ups)
+                              "measured": sorted(k for k in live if store.get(k).items_evaluated >= whole)}
     store.set_meta(RACE_META, record)
     return [e for e in finalists if e.key in live or e.measured is not None], on_sample
 

@@ -38,7 +38,8 @@ from evo_merge.search.objectives import Objectives
 
 RACE_Z = 2.5  # a leaver's paired difference must clear the tolerance by this many SEs on every task
 RACE_META = "race"  # store meta: {"finalists": n, "tolerance": t, "left": {key: {"stage", "items", "beaten_by"}},
-#   and with `measure_whole: picks`, "compared": {"stage": f, "items": n, "scores": {key: {task: score}}}}
+#   and with `measure_whole: picks`, "compared": {"stage": f, "items": n, "scores": {key: {task: score}},
+#   "measured": [keys of the survivors measured whole before the final phase]}}
 RACE_STAGE = "final: race"
 SEED_OFFSET = 2  # the sample's seed after the campaign seed's other draws (hold-out, warm-up merges)
 
@@ -151,7 +152,8 @@ def race_summary(record: Mapping | None) -> str | None:
     if failed := record.get("failed"):
         line += f"; {len(failed)} could not be scored (see the failures)"
     if compared := record.get("compared"):
-        n = len(compared["scores"])
+        n, before = len(compared["scores"]), len(compared.get("measured", ()))
         line += (f"; the {n} that stayed {'was' if n == 1 else 'were'} compared on {compared['stage'] * 100:g}% "
-                 "of the items, and only the picks among them measured on every item")
+                 "of the items, and only the picks among them measured on every item"
+                 + (f", besides the {before} measured whole before the final phase" if before else ""))
     return line
