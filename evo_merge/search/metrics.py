@@ -35,9 +35,14 @@ def recorded_metrics(store: CampaignStore, objectives: Objectives, generation: i
     return stored if stored is not None else generation_metrics(store.evaluations("search"), objectives, generation)
 
 
+PHASE_NAMES = {"baseline": "standard merges"}  # a phase as the item totals name it: the baselines are those merges
+
+
 def item_totals(store: CampaignStore) -> str:
-    """'N (calibration a, search b, baseline c, final phase d)': every item evaluation of the run,
-    each phase's share named, so the parts add up to the total."""
+    """'N (calibration a, search b, standard merges c, final phase d)': every item evaluation of
+    the run, each phase's share named, so the parts add up to the total. The standard merges'
+    share is mostly their measurement as warm-ups, which reads as spent on baselines otherwise."""
     phases = store.items_by_phase()
-    parts = ", ".join(f"{phase} {n:,}" for phase, n in phases.items() if n or phase in ("search", "final phase"))
+    parts = ", ".join(f"{PHASE_NAMES.get(phase, phase)} {n:,}" for phase, n in phases.items()
+                      if n or phase in ("search", "final phase"))
     return f"{sum(phases.values()):,} ({parts})"

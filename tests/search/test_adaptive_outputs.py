@@ -107,6 +107,7 @@ def test_the_item_totals_add_up_with_the_unseeded_baselines(run):
     parts = [int(n.replace(",", "")) for n in line.split("(", 1)[1].replace(")", "").split()
              if n.replace(",", "").isdigit()]
     assert line.split(": ", 1)[1].startswith(f"{total:,} (") and sum(parts) == total, line
+    assert f"standard merges {phases['baseline']:,}" in line  # named for what they are, not "baseline"
     status = CliRunner().invoke(cli, ["status", str(run)]).output
     assert f"in total {total:,} (calibration" in status, status
     store.close()
