@@ -113,20 +113,13 @@ class CampaignRunner:
         self.workspace.store.set_meta(HOLDOUT_META, self.holdout)
         standard, random = self.warmup_merges(search_space(self.workspace))
         subjects = self.scoring.subjects(len(self.workspace.models), standard + random)
-        as_baseline = {c.key for c in standard}
-        evaluations: dict[str, Evaluation] = {}
-        for phase, stage, standard_ones in ((CALIBRATION, "calibration", False),
-                                            (BASELINE, "calibration: standard merges", True)):
-            group = [c for _, c in subjects if (c.key in as_baseline) == standard_ones]
-            if group:
-                done = self.log.evaluate(group, phase=phase, generation=None, items=self.scoring.search_items(),
-                                         stage=stage)
-                evaluations.update((e.key, e) for e in done)
-        for label, candidate in subjects:
-            evaluation = evaluations[candidate.key]
+        evaluations = self.log.evaluate([c for _, c in subjects], phase=CALIBRATION, generation=None,
+                                        items=self.scoring.search_items(), stage="calibration",
+                                        phases={c.key: BASELINE for c in standard})
+        for (label, _), evaluation in zip(subjects, evaluations):
             if evaluation.status != "ok" and not label.startswith("warmup-"):  # failed warm-ups are left out
                 raise UserError(f"calibration subject {label} failed to evaluate: {message_line(evaluation.error)}")
-        self.scoring.fit([(label, c) for label, c in subjects if evaluations[c.key].status == "ok"])
+        self.scoring.fit([s for s, e in zip(subjects, evaluations) if e.status == "ok"])
 
     def warmup_merges(self, space: SearchSpace) -> tuple[list[Candidate], list[Candidate]]:
         """IRT's warm-up merges: (standard merges, random merges). Where the standard merges are

@@ -10,7 +10,7 @@ batch, each step stored with the estimate it leads to.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
@@ -43,8 +43,9 @@ class EvaluationLog:
         self.store, self._evaluator, self.scoring, self.progress = store, evaluator, scoring, progress
 
     def evaluate(self, candidates: Sequence[Candidate], *, phase: str, generation: int | None,
-                 items: Items, stage: str) -> list[Evaluation]:
-        """The stored evaluation of each candidate, evaluating (and storing) the missing ones."""
+                 items: Items, stage: str, phases: Mapping[str, str] | None = None) -> list[Evaluation]:
+        """The stored evaluation of each candidate, evaluating (and storing) the missing ones, in
+        `phase` or, for a key in `phases`, in its own (one batch: a cluster runs them together)."""
         unique = list({c.key: c for c in candidates}.values())
         whole = items == self.scoring.search_items()
         stored = [e for c in unique if (e := self.store.get(c.key)) is not None]
@@ -57,7 +58,8 @@ class EvaluationLog:
         if todo:
             jobs = [(c, items) for c in todo]
             for index, outcome, seconds in self._evaluator().evaluate_many(jobs, self._job(stage)):
-                self._store(todo[index], outcome, seconds, phase, generation, whole)
+                candidate = todo[index]
+                self._store(candidate, outcome, seconds, (phases or {}).get(candidate.key, phase), generation, whole)
                 done += 1
                 self.progress(stage, done, len(unique))
         if any(v is not None for v in items.values()):  # anchors: an adaptive test may want more

@@ -166,3 +166,17 @@ def test_status_names_the_best_candidate_even_where_it_is_a_standard_warm_up(tmp
         assert value == f"{top:.3f}" and competing[int(evaluation)].estimates[task] == top, output
         best_phases.add(competing[int(evaluation)].phase)
     assert "baseline" in best_phases  # in this campaign a standard merge leads a task
+
+
+def test_calibration_is_one_batch_whatever_the_phases(tmp_path, zoo):
+    """References, random and standard warm-ups go to the evaluator together: a cluster runs
+    them at once, and the calibration bar counts them all."""
+    runner = open_runner(tmp_path, zoo, warmups=7)
+    evaluator, batches, stages = runner.evaluator(), [], []
+    original = evaluator.evaluate_many
+    evaluator.evaluate_many = lambda jobs, progress=None: batches.append(len(jobs)) or original(jobs, progress)
+    runner.progress = lambda stage, done, total: stages.append((stage, total))
+    runner.calibrate()
+    assert batches == [3 + 7]  # base, 2 endpoints, 5 standard merges and 2 random ones
+    assert {total for stage, total in stages if stage == "calibration"} == {10}
+    runner.close()
