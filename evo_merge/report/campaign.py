@@ -19,12 +19,13 @@ from evo_merge.markup import html_text, md
 from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import write_html_report
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.front import BASELINE, BASELINES_META
+from evo_merge.search.front import BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
 from evo_merge.search.metrics import item_totals, recorded_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import RACE_META, race_summary
 from evo_merge.search.store import CampaignStore, Evaluation, atomic_write, in_run
+from evo_merge.search.study import BASELINE
 
 
 def facts_objectives(facts: dict) -> Objectives:
@@ -71,7 +72,9 @@ def mark_front(scored: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
 def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame:
     """Per generation: hypervolume of all estimates so far, the best estimate per task (by direction)
     and the item evaluations spent, as the generation ended (what the trackers logged)."""
-    generations = sorted({e.generation for e in store.evaluations("search") if e.status == "ok"})
+    # a first generation the search looked up whole (its seeds: endpoints and standard warm-ups) has a row too
+    generations = sorted({e.generation for e in store.evaluations("search") if e.status == "ok"}
+                         | set(range(1, store.generations_completed() + 1)))
     return pd.DataFrame([{"generation": g, **recorded_metrics(store, objectives, g)} for g in generations])
 
 

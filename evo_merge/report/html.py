@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from evo_merge.markup import html_text
-from evo_merge.search.front import BASELINE
 from evo_merge.search.store import atomic_write
+from evo_merge.search.study import BASELINE
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>

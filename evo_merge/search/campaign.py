@@ -20,7 +20,7 @@ from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_
 from evo_merge.search.evaluator import Evaluator, task_settings
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_picks, record_task_meta
-from evo_merge.search.front import BASELINE, BASELINES_META, candidates, measure_final, measure_picks
+from evo_merge.search.front import BASELINES_META, candidates, measure_final, measure_picks
 from evo_merge.search.holdout import HOLDOUT_META, holdout_items
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog, Progress, no_progress
@@ -29,7 +29,7 @@ from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace, coefficient_groups
 from evo_merge.search.store import EVALUATED_ON_META, Evaluation
-from evo_merge.search.study import GenerationDone, run_search
+from evo_merge.search.study import BASELINE, GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
 from evo_merge.tasks.base import FitnessTask
 

@@ -29,9 +29,8 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import RACE_META, SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import CampaignStore, Evaluation
-from evo_merge.search.study import SEARCH
+from evo_merge.search.study import BASELINE, SEARCH
 
-BASELINE = "baseline"  # phase of the standard merges the search itself did not evaluate
 BASELINES_META = "baselines"  # store meta: candidate key -> baseline label
 MEASURE_STAGE = "final: measuring the finalists"
 PICKS_STAGE = "final: measuring the picks on every item"

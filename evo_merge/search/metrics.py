@@ -16,12 +16,16 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import CampaignStore, Evaluation
 
 
-def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives, generation: int) -> dict[str, float]:
-    """Over the search evaluations up to `generation`: `hypervolume` of the successful estimates,
-    `best_<task>` by each task's direction, and `items` (item evaluations spent, failures included)."""
+def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives, generation: int,
+                       known: Sequence[Evaluation] = ()) -> dict[str, float]:
+    """Over the search evaluations up to `generation` and the candidates `known` before the search
+    (the standard merges measured as warm-ups, which the search looks up): `hypervolume` of the
+    successful estimates, `best_<task>` by each task's direction, and `items` (item evaluations the
+    search spent, failures included; the warm-ups' are calibration's)."""
     tasks = objectives.names
     upto = [e for e in evaluations if e.phase == "search" and e.generation is not None and e.generation <= generation]
-    ok = np.array([[e.estimates[t] for t in tasks] for e in upto if e.status == "ok"]).reshape(-1, len(tasks))
+    scored = [e for e in [*upto, *known] if e.status == "ok"]
+    ok = np.array([[e.estimates[t] for t in tasks] for e in scored]).reshape(-1, len(tasks))
     signs = objectives.signs()
     best = (ok * signs).max(axis=0) * signs if len(ok) else np.full(len(tasks), np.nan)
     return {"hypervolume": objectives.hypervolume(ok), **{f"best_{t}": float(best[i]) for i, t in enumerate(tasks)},

@@ -22,6 +22,7 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import Evaluation
 
 SEARCH = "search"
+BASELINE = "baseline"  # phase of the standard merges: warm-ups measured before the search, or scored after it
 GenerationDone = Callable[[int, list[Evaluation]], None]
 
 
@@ -46,7 +47,8 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
         population.set("F", values)
         algorithm.tell(infills=population)
         # a replayed generation keeps the metrics it was stored with (estimates may have changed since)
-        metrics = None if told else generation_metrics(log.store.evaluations(SEARCH), objectives, generation)
+        metrics = None if told else generation_metrics(log.store.evaluations(SEARCH), objectives, generation,
+                                                       known=log.store.evaluations(BASELINE))
         log.store.complete_generation(generation, {e.key: row for e, row in zip(evaluations, values)}, metrics)
         if on_generation is not None:
             on_generation(generation, evaluations)

@@ -5,6 +5,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -13,8 +14,8 @@ from evo_merge.cli import cli
 from evo_merge.config import Campaign
 from evo_merge.search.campaign import CALIBRATION, CampaignRunner, search_space
 from evo_merge.search.candidate import standard_merges
-from evo_merge.search.front import BASELINE, candidates
-from evo_merge.search.study import SEARCH
+from evo_merge.search.front import candidates
+from evo_merge.search.study import BASELINE, SEARCH
 from evo_merge.zoo.tiny import save_tiny_family
 
 sys.path.insert(0, str(Path(__file__).parent))  # agreement_task, the plugin task the campaigns score
@@ -179,4 +180,25 @@ def test_calibration_is_one_batch_whatever_the_phases(tmp_path, zoo):
     runner.calibrate()
     assert batches == [3 + 7]  # base, 2 endpoints, 5 standard merges and 2 random ones
     assert {total for stage, total in stages if stage == "calibration"} == {10}
+    runner.close()
+
+
+def test_the_progress_counts_the_standard_warm_ups_from_the_first_generation(tmp_path, zoo):
+    """A population of 6 with 2 endpoints and 5 standard merges is all seeds in generation 1: the
+    search looks every one up. Its progress row still exists, and shows the standard merges (they
+    were search candidates before they became warm-ups); their items count as calibration's."""
+    from evo_merge.report.campaign import progress_table
+
+    runner = open_runner(tmp_path, zoo, warmups=5)
+    runner.calibrate()
+    runner.search()
+    store, objectives = runner.workspace.store, runner.objectives
+    assert not [e for e in store.evaluations(SEARCH) if e.generation == 1]  # all looked up
+    table = progress_table(store, objectives).set_index("generation")
+    standard = [e for e in store.evaluations(BASELINE)]
+    for task in objectives.names:
+        assert table.loc[1, f"best_{task}"] == pytest.approx(max(e.estimates[task] for e in standard))
+    points = [[e.estimates[t] for t in objectives.names] for e in standard]
+    assert table.loc[1, "hypervolume"] == pytest.approx(objectives.hypervolume(np.array(points)))
+    assert table.loc[1, "items"] == 0
     runner.close()
