@@ -56,7 +56,7 @@ from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS
 from evo_merge.search.binding import DEFAULTS_META, as_written_at, config_fingerprint
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
-from evo_merge.search.front import Distinct, candidates, choose, to_measure
+from evo_merge.search.front import Distinct, candidates, choose, measured_before, to_measure
 from evo_merge.search.holdout import HOLDOUT_META
 from evo_merge.search.race import SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.store import CampaignStore
@@ -303,8 +303,7 @@ def raced_final_phase(runner: CampaignRunner, seed: int) -> tuple[int, float, fl
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
     anchors = {n: set(ids) for n, ids in scoring.anchor_items().items()}
-    search_items = sum(len(scoring.search_ids(n)) for n in scoring.names)
-    whole_before = {key for key in finalists if store.get(key).items_evaluated >= search_items}  # warm-ups
+    whole_before = measured_before(runner.log, finalists)  # the standard warm-ups: nothing left to score
     seen: dict[str, set] = {}
     builds = []
 

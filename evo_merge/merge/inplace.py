@@ -80,14 +80,11 @@ class InPlaceMerger:
         a weight table gives each of them its weights."""
         return list(self._base)
 
-    def _pieces_of(self, method: MergeMethod, params: Mapping[str, Any], name: str) -> list[Piece]:
-        """One tensor's pieces, computed when a candidate first needs them and kept: the first
-        candidate of a method with pieces (TSV-M's SVDs) computes them as it merges, tensor after
-        tensor, so its progress shows, and a candidate that fails partway leaves those done kept."""
-        cache = self._pieces.setdefault((method.name, *(repr(params[k]) for k in method.piece_params)), {})
-        if name not in cache:
-            cache[name] = self._compute_pieces(method, name, params)
-        return cache[name]
+    def _pieces_cache(self, method: MergeMethod, params: Mapping[str, Any]) -> dict[str, list[Piece]]:
+        """The pieces kept for `method` at `params`, per tensor, filled as candidates need them: the
+        first candidate of a method with pieces (TSV-M's SVDs) computes them as it merges, tensor
+        after tensor, so its progress shows, and one that fails partway leaves those done kept."""
+        return self._pieces.setdefault((method.name, *(repr(params[k]) for k in method.piece_params)), {})
 
     def _compute_pieces(self, method: MergeMethod, name: str, params: Mapping[str, Any]) -> list[Piece]:
         """One tensor's pieces, computed in float32 on the device and stored like the task vectors.
@@ -126,13 +123,16 @@ class InPlaceMerger:
         table = weights if isinstance(weights, Mapping) else None
         shared = self._checked(weights) if table is None else None  # the scalar path checks once
         upcast = self.stash.upcast
+        cache = self._pieces_cache(m, resolved) if m.pieces is not None else None
         for name, stored_base in self._base.items():
             w = shared if table is None else self._checked(table[name])
-            if m.pieces is None:
+            if cache is None:
                 deltas = [upcast(d) for d in self._deltas[name]]
                 yield name, merge_tensor(m, upcast(stored_base), deltas, w, resolved, name)
                 continue
-            pieces = self._pieces_of(m, resolved, name)
+            if name not in cache:
+                cache[name] = self._compute_pieces(m, name, resolved)
+            pieces = cache[name]
             target = self._targets[name]
             direct = into_module and target.dtype == self.dtype and target.device == self.device
             out = target if direct else torch.empty(target.shape, dtype=self.dtype, device=self.device)

@@ -8,7 +8,7 @@ comes back as `CandidateFailed`, never as an exception, so one bad merge never s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from evo_merge.search.candidate import Candidate
@@ -26,11 +26,15 @@ class CandidateFailed(Exception):
 
 
 Result = tuple[int, "ItemScores | CandidateFailed", float]  # (job index, scores or failure, seconds)
-# (done, total, part) of the job in progress: a 7B model spends minutes on one job, merging its
-# tensors (TSV-M's first candidate decomposes each) and scoring its items; `part` is one of JOB_PARTS
-JobProgress = Callable[..., None]
 MERGING, ITEMS = "merging", "items"
 JOB_PARTS = {MERGING: " · merging", ITEMS: " · items"}  # part -> the progress stage's suffix, beside a campaign stage
+
+
+class JobProgress(Protocol):
+    """Told (done, total) of a part of the job in progress: a 7B model spends minutes on one job,
+    merging its tensors (TSV-M's first candidate decomposes each) and scoring its items."""
+
+    def __call__(self, done: int, total: int, part: str = ITEMS) -> None: ...
 
 
 @runtime_checkable

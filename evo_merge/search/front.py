@@ -15,7 +15,7 @@ and for the base and endpoints to compare with.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import cache, partial
 
@@ -151,18 +151,23 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
                     "failed": sorted(e.key for e in finalists if e.key in failures)}
     on_sample = None
     if final.measure_whole == "picks" and last is not None:
-        whole = sum(len(scoring.search_ids(n)) for n in scoring.names)
-
         @cache  # the survivors' scores serve the record here and the picks' choice after
         def on_sample(key: str) -> dict[str, float]:
             return sample.score(store.item_scores(key), last)
 
         record["compared"] = {"stage": last, "items": sum(map(len, sample.items(last).values())),
                               "scores": {k: on_sample(k) for k in live},
-                              # evaluated on every search item before the final phase (the standard warm-ups)
-                              "measured": sorted(k for k in live if store.get(k).items_evaluated >= whole)}
+                              "measured": sorted(measured_before(log, live))}
     store.set_meta(RACE_META, record)
     return [e for e in finalists if e.key in live or e.measured is not None], on_sample
+
+
+def measured_before(log: EvaluationLog, keys: Iterable[str]) -> set[str]:
+    """The keys of standard merges scored on every search item when first stored, before any
+    final phase: the warm-ups. (`items_evaluated` counts what an evaluation was first scored on;
+    the final phase's measurement adds to `items_measured`.)"""
+    whole = sum(len(log.scoring.search_ids(name)) for name in log.scoring.names)
+    return {k for k in keys if (e := log.store.get(k)).phase == BASELINE and e.items_evaluated >= whole}
 
 
 def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, space: SearchSpace,

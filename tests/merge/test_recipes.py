@@ -138,6 +138,32 @@ def test_in_place_merger_reuses_cached_tsv_pieces_across_candidates(family):
     assert merger._pieces is cached and len(cached) == 1
 
 
+def test_a_tsv_candidate_failing_partway_keeps_the_decompositions_it_made(family, monkeypatch):
+    """TSV-M's pieces are computed as the merge reaches each tensor (minutes per tensor at 7B): a
+    candidate that fails partway (out of memory) leaves those done, and the next computes the rest
+    only, to the same model as a merge that never failed."""
+    root, base, fts = family
+    model = AutoModelForCausalLM.from_pretrained(base)
+    merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(f) for f in fts])
+    computed, original = [], merger._compute_pieces
+
+    def compute(method, name, params):
+        if len(computed) == 3:
+            raise torch.OutOfMemoryError("the fourth tensor's SVD")
+        computed.append(name)
+        return original(method, name, params)
+
+    monkeypatch.setattr(merger, "_compute_pieces", compute)
+    with pytest.raises(torch.OutOfMemoryError):
+        merger.apply("tsv", [1.0, 1.0])
+    monkeypatch.setattr(merger, "_compute_pieces", lambda m, n, p: computed.append(n) or original(m, n, p))
+    merger.apply("tsv", [1.0, 1.0])
+    assert len(computed) == len(set(computed)) == len(merger._base)  # each tensor decomposed once
+    fresh = AutoModelForCausalLM.from_pretrained(base)
+    InPlaceMerger(fresh, Checkpoint.open(base), [Checkpoint.open(f) for f in fts]).apply("tsv", [1.0, 1.0])
+    assert all(torch.equal(t, fresh.state_dict()[k]) for k, t in model.state_dict().items())
+
+
 def test_bfloat16_output_and_linear_without_base(family, tmp_path):
     root, base, fts = family
     recipe = tmp_path / "soup.yaml"
