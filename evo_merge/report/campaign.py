@@ -88,11 +88,14 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 5))
     search = table[(table.phase == "search") & (table.status == "ok")]
     ax.scatter(search[f"est_{x}"], search[f"est_{y}"], s=12, alpha=0.4, label="candidates (estimated)")
-    measured = table[table[f"meas_{x}"].notna() & table.phase.isin(["search", BASELINE])]
+    measured = table[table[f"meas_{x}"].notna() & (table.phase == "search")]
+    standard = table[table[f"meas_{x}"].notna() & (table.phase == BASELINE)]  # measured as warm-ups
     ax.scatter(measured[f"est_{x}"], measured[f"est_{y}"], marker="o", facecolors="none", edgecolors="C1",
                label="finalists (estimated)")
     ax.scatter(measured[f"meas_{x}"], measured[f"meas_{y}"], marker="*", s=80, color="C1",
                label="finalists (measured)")
+    ax.scatter(standard[f"meas_{x}"], standard[f"meas_{y}"], marker="D", s=40, color="C4",
+               label="standard merges (measured)")
     sampled = table[table[f"sample_{x}"].notna()]
     if len(sampled):
         ax.scatter(sampled[f"sample_{x}"], sampled[f"sample_{y}"], marker="x", s=40, color="C2",

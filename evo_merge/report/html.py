@@ -67,8 +67,11 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str]):
     fig = go.Figure()
     ok = table[table.status == "ok"]
     search = ok[ok.phase == "search"]
-    finalists = ok[ok.phase.isin(["search", BASELINE])]  # the standard merges compete for the picks too
-    measured = finalists[finalists[f"meas_{x}"].notna() & finalists[f"meas_{y}"].notna()]
+    both = ok[f"meas_{x}"].notna() & ok[f"meas_{y}"].notna()
+    measured = ok[(ok.phase == "search") & both]
+    # the standard merges are measured whole as warm-ups, before any final phase: a trace of their own, not
+    # "finalists", though they compete for the picks with them
+    standard = ok[(ok.phase == BASELINE) & both]
     calibration = ok[(ok.phase == "calibration") & ok[f"meas_{x}"].notna()]
 
     def trace(rows: pd.DataFrame, kind: str, name: str, **style) -> None:
@@ -83,6 +86,7 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str]):
     trace(search, "est", "candidates (estimated)", marker={"size": 6, "opacity": 0.35, "color": "#1f77b4"})
     trace(measured, "est", "finalists (estimated)", marker={"size": 10, "symbol": "circle-open", "color": "#ff7f0e"})
     trace(measured, "meas", "finalists (measured)", marker={"size": 13, "symbol": "star", "color": "#ff7f0e"})
+    trace(standard, "meas", "standard merges (measured)", marker={"size": 11, "symbol": "diamond", "color": "#9467bd"})
     if f"sample_{x}" in ok:  # race survivors not measured whole: their scores on the race's sample
         sampled = ok[ok[f"sample_{x}"].notna() & ok[f"sample_{y}"].notna()]
         trace(sampled, "sample", "race survivors (sample scores)",
