@@ -5,6 +5,11 @@ on the worker's first job and kept, keyed by a fingerprint of what to load (`Wor
 job ships only a candidate and its item ids and builds the model in place. Jobs are spread over
 the workers; results come back to the driver, which alone writes the campaign store.
 
+The progress of a job (its tensors merged, its items scored) is sent by the worker as dask events
+on a topic of the call's own, at most every `RELAY_EVERY_S` seconds per part, and told to the
+caller's `job_progress` on the driver's own thread, for one job at a time (the oldest running one
+that reports), as in one process: several workers' jobs would otherwise share one bar.
+
 A worker that dies mid-evaluation: the scheduler re-runs its jobs on the other workers (the
 nanny restarts the dead one, which reloads on its next job). A job whose workers died
 `distributed.scheduler.allowed-failures` times comes back as `KilledWorker`; it is submitted once
@@ -19,19 +24,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from evo_merge.errors import UserError, described, first_line
-from evo_merge.search.evaluator import CandidateFailed, Items, Job, JobProgress, Result, task_settings
+from evo_merge.search.evaluator import ITEMS, CandidateFailed, Items, Job, JobProgress, Result, task_settings
 from evo_merge.search.local import LocalEvaluator
 
 INSTALL = "pip install 'evo-merge[distributed]'"
 WORKER_WAIT_S = 60  # how long a campaign waits for a worker to join a running scheduler
+RELAY_EVERY_S = 0.5  # a worker sends a part's progress at most this often (and its start and end)
+POLL_S = 0.1  # the driver's wait between looks for finished jobs and progress (dask's own wait is 0.1 s)
 TaskSpecs = tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...]  # (label, task string, settings)
 
 
@@ -86,10 +95,28 @@ def _worker_evaluator(spec: WorkerSpec) -> tuple[LocalEvaluator, float]:
     return evaluator, time.perf_counter() - start
 
 
-def _evaluate_job(spec: WorkerSpec, candidate, items: Items) -> tuple[Any, float]:
+class _Relay:
+    """A worker's `JobProgress` for job `index`: dask events on `topic`, each part's start and end
+    and at most one every `RELAY_EVERY_S` seconds between (a 7B merge writes hundreds of tensors)."""
+
+    def __init__(self, topic: str, index: int):
+        self.topic, self.index = topic, index
+        self.sent: dict[str, float] = {}  # part -> when its last event went
+
+    def __call__(self, done: int, total: int, part: str = ITEMS) -> None:
+        from distributed import get_worker
+
+        now = time.monotonic()
+        if done == 0 or done >= total or now - self.sent.get(part, -RELAY_EVERY_S) >= RELAY_EVERY_S:
+            self.sent[part] = now
+            get_worker().log_event(self.topic, (self.index, done, total, part))
+
+
+def _evaluate_job(spec: WorkerSpec, candidate, items: Items, relay: tuple[str, int] | None = None) -> tuple[Any, float]:
     with _LOCK:
         evaluator, _ = _worker_evaluator(spec)
-        _, outcome, seconds = next(evaluator.evaluate_many([(candidate, items)]))
+        progress = None if relay is None else _Relay(*relay)
+        _, outcome, seconds = next(evaluator.evaluate_many([(candidate, items)], progress))
     return outcome, seconds
 
 
@@ -238,35 +265,65 @@ class DaskEvaluator:
         return dict(zip(workers, client.gather(futures)))
 
     def evaluate_many(self, jobs: Sequence[Job], job_progress: JobProgress | None = None) -> Iterator[Result]:
-        """Jobs run on the workers, several at once: progress is told by whole jobs (`job_progress` unused)."""
+        """Jobs run on the workers, several at once, yielded as they finish; `job_progress` follows
+        one running job at a time (see the module's docstring), on this thread."""
         distributed, client = self._distributed, self.client
         spec = self.spec  # a few hundred bytes: sent with each job (scattered data dies with its workers)
         index: dict[str, int] = {}
         live: dict[str, Any] = {}
         deaths = [0] * len(jobs)
+        topic = None if job_progress is None else f"evo-merge-progress-{uuid.uuid4().hex}"
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        followed: int | None = None  # the job whose progress is told
 
         def submit(i: int) -> Any:
             candidate, items = jobs[i]
-            future = client.submit(_evaluate_job, spec, candidate, dict(items), pure=False)
+            relay = None if topic is None else (topic, i)
+            future = client.submit(_evaluate_job, spec, candidate, dict(items), relay, pure=False)
             index[future.key], live[future.key] = i, future
             return future
 
+        def tell() -> None:  # the events received since: in order, a finished job's late ones dropped
+            nonlocal followed
+            running = set(index.values())
+            while True:
+                try:
+                    i, done, total, part = events.get_nowait()
+                except queue.Empty:
+                    return
+                if i not in running:
+                    continue
+                if followed not in running:
+                    followed = i
+                if i == followed:
+                    job_progress(done, total, part)
+
+        if topic is not None:
+            client.subscribe_topic(topic, lambda event: events.put(event[1]))  # called on dask's thread
         pending = distributed.as_completed([submit(i) for i in range(len(jobs))])
         try:
-            for future in pending:
-                i = index.pop(future.key)
-                live.pop(future.key)
-                try:
-                    outcome, seconds = future.result()
-                except distributed.KilledWorker:
-                    deaths[i] += 1
-                    if deaths[i] <= self.resubmits:
-                        pending.add(submit(i))
-                        continue
-                    outcome, seconds = CandidateFailed(
-                        "the dask workers evaluating it kept dying (out of memory or a crash in native code)"), 0.0
-                yield i, outcome, seconds
+            while not pending.is_empty():
+                if topic is not None:
+                    tell()
+                finished = pending.next_batch(block=topic is None)
+                if not finished:
+                    time.sleep(POLL_S)
+                for future in finished:
+                    i = index.pop(future.key)
+                    live.pop(future.key)
+                    try:
+                        outcome, seconds = future.result()
+                    except distributed.KilledWorker:
+                        deaths[i] += 1
+                        if deaths[i] <= self.resubmits:
+                            pending.add(submit(i))
+                            continue
+                        outcome, seconds = CandidateFailed(
+                            "the dask workers evaluating it kept dying (out of memory or a crash in native code)"), 0.0
+                    yield i, outcome, seconds
         finally:
+            if topic is not None:
+                client.unsubscribe_topic(topic)
             if live:  # the caller stopped early (an error, an interrupt): drop the rest
                 client.cancel(list(live.values()))
 

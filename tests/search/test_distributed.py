@@ -7,6 +7,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -273,3 +274,37 @@ def test_gpu_workers_are_pinned_to_the_gpus_this_process_sees(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     distributed.start_local_cluster(1, gpus=[1])
     assert started[0]["options"]["env"]["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_a_cluster_tells_each_jobs_merge_and_items_on_this_thread(tmp_path, zoo, cluster):
+    """A 7B job spends minutes merging and scoring on a worker: its progress comes back as it goes,
+    told on the driver's thread (the bars are not thread-safe), one job at a time, every part from
+    its start, and nothing of a job already yielded."""
+    from evo_merge.search.candidate import standard_merges
+    from evo_merge.search.distributed import DaskEvaluator
+    from evo_merge.search.evaluator import ITEMS, MERGING
+    from evo_merge.search.workspace import Workspace
+
+    spec = Campaign.load(campaign(tmp_path, zoo, evaluator={"kind": "dask", "address": cluster}, delay=0.3))
+    workspace = Workspace.open(spec, tmp_path, tmp_path / "run")
+    told, yielded = [], set()
+    jobs = [(c, {"agree0": None, "agree1": None}) for c in list(standard_merges(2).values())[:3]]
+
+    def progress(done, total, part=ITEMS):
+        told.append((threading.current_thread() is threading.main_thread(), done, total, part, frozenset(yielded)))
+
+    with DaskEvaluator.from_campaign(spec, workspace.base, workspace.models) as evaluator:
+        for index, outcome, _ in evaluator.evaluate_many(jobs, progress):
+            assert isinstance(outcome, dict), outcome
+            yielded.add(index)
+    assert told and all(on_main for on_main, *_ in told)
+    parts = {part: [(done, total) for _, done, total, p, _ in told if p == part] for part in (MERGING, ITEMS)}
+    assert parts[MERGING] and parts[ITEMS]
+    assert {total for _, total in parts[ITEMS]} == {240}  # 120 items of each task
+    assert all(0 <= done <= total for part in parts.values() for done, total in part)
+    assert told[0][1:4] == (0, 240, ITEMS)  # the first job followed from its start
+    # one job at a time: a part's count goes back only when the next job is followed, which is
+    # after a job was yielded (a finished job's late events are dropped)
+    for before, after in zip(told, told[1:]):
+        if after[3] == before[3] and after[1] < before[1]:
+            assert after[4] > before[4], (before, after)
