@@ -25,8 +25,10 @@ from evo_merge.merge import register_method
 
 @register_method("test_slow", replace=True)
 def slow(base, deltas, weights, params, name):
-    """Linear, with time to be terminated mid-write."""
-    time.sleep(0.1)
+    """Linear, with time to be terminated mid-write: 21 s for the 21 tensors, so a loaded machine
+    (the signal comes 0.3 s after the writing starts) cannot let it finish first; SIGTERM ends
+    the sleep at once."""
+    time.sleep(1.0)
     return base + sum(w * d for w, d in zip(weights, deltas))
 
 sys.argv = ["evo-merge", *sys.argv[1:]]
