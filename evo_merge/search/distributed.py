@@ -7,8 +7,9 @@ the workers; results come back to the driver, which alone writes the campaign st
 
 The progress of a job (its tensors merged, its items scored) is sent by the worker as dask events
 on a topic of the call's own, at most every `RELAY_EVERY_S` seconds per part, and told to the
-caller's `job_progress` on the driver's own thread, for one job at a time (the oldest running one
-that reports), as in one process: several workers' jobs would otherwise share one bar.
+caller's `job_progress` on the driver's own thread, for one job at a time (once the job followed
+has finished, the next running job to report), as in one process: several workers' jobs would
+otherwise share one bar.
 
 A worker that dies mid-evaluation: the scheduler re-runs its jobs on the other workers (the
 nanny restarts the dead one, which reloads on its next job). A job whose workers died
@@ -100,16 +101,17 @@ class _Relay:
     and at most one every `RELAY_EVERY_S` seconds between (a 7B merge writes hundreds of tensors)."""
 
     def __init__(self, topic: str, index: int):
+        from distributed import get_worker
+
         self.topic, self.index = topic, index
+        self.send = get_worker().log_event  # made in the job, on its worker; called once per tensor
         self.sent: dict[str, float] = {}  # part -> when its last event went
 
     def __call__(self, done: int, total: int, part: str = ITEMS) -> None:
-        from distributed import get_worker
-
         now = time.monotonic()
         if done == 0 or done >= total or now - self.sent.get(part, -RELAY_EVERY_S) >= RELAY_EVERY_S:
             self.sent[part] = now
-            get_worker().log_event(self.topic, (self.index, done, total, part))
+            self.send(self.topic, (self.index, done, total, part))
 
 
 def _evaluate_job(spec: WorkerSpec, candidate, items: Items, relay: tuple[str, int] | None = None) -> tuple[Any, float]:

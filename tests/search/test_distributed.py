@@ -308,3 +308,30 @@ def test_a_cluster_tells_each_jobs_merge_and_items_on_this_thread(tmp_path, zoo,
     for before, after in zip(told, told[1:]):
         if after[3] == before[3] and after[1] < before[1]:
             assert after[4] > before[4], (before, after)
+
+
+def test_a_worker_relays_each_parts_start_and_end_and_at_most_two_events_a_second_between(monkeypatch):
+    """A 7B merge writes hundreds of tensors: each would be an event through the scheduler."""
+    distributed = pytest.importorskip("distributed")
+    from evo_merge.search import distributed as relays
+    from evo_merge.search.evaluator import ITEMS, MERGING
+
+    sent, now = [], [0.0]
+
+    class Worker:  # where the events go: recorded, on a clock of the test's own
+        def log_event(self, topic, message):
+            sent.append((topic, now[0], *message))
+
+    monkeypatch.setattr(distributed, "get_worker", Worker)
+    monkeypatch.setattr(relays.time, "monotonic", lambda: now[0])
+    relay = relays._Relay("topic", 7)
+    relay(0, 240)  # the job starts
+    for done, at in [(1, 0.0), (2, 0.1), (3, 0.4), (4, 0.6), (5, 0.7), (6, 1.2), (9, 1.3)]:
+        now[0] = at
+        relay(done, 9, MERGING)
+    relay(120, 240)  # another part's clock: sent, though a merging event just went
+    relay(240, 240)  # an end always goes
+    assert [(t, done, part) for _, t, _, done, _, part in sent] == [
+        (0.0, 0, ITEMS), (0.0, 1, MERGING), (0.6, 4, MERGING), (1.2, 6, MERGING), (1.3, 9, MERGING),
+        (1.3, 120, ITEMS), (1.3, 240, ITEMS)]
+    assert {(topic, index) for topic, _, index, *_ in sent} == {("topic", 7)}
