@@ -94,8 +94,9 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
                label="finalists (estimated)")
     ax.scatter(measured[f"meas_{x}"], measured[f"meas_{y}"], marker="*", s=80, color="C1",
                label="finalists (measured)")
-    ax.scatter(standard[f"meas_{x}"], standard[f"meas_{y}"], marker="D", s=40, color="C4",
-               label="standard merges (measured)")
+    if len(standard):  # none where final.baselines is off
+        ax.scatter(standard[f"meas_{x}"], standard[f"meas_{y}"], marker="D", s=40, color="C4",
+                   label="standard merges (measured)")
     sampled = table[table[f"sample_{x}"].notna()]
     if len(sampled):
         ax.scatter(sampled[f"sample_{x}"], sampled[f"sample_{y}"], marker="x", s=40, color="C2",

@@ -86,7 +86,9 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str]):
     trace(search, "est", "candidates (estimated)", marker={"size": 6, "opacity": 0.35, "color": "#1f77b4"})
     trace(measured, "est", "finalists (estimated)", marker={"size": 10, "symbol": "circle-open", "color": "#ff7f0e"})
     trace(measured, "meas", "finalists (measured)", marker={"size": 13, "symbol": "star", "color": "#ff7f0e"})
-    trace(standard, "meas", "standard merges (measured)", marker={"size": 11, "symbol": "diamond", "color": "#9467bd"})
+    if len(standard):  # none where final.baselines is off: no legend entry for them
+        trace(standard, "meas", "standard merges (measured)",
+              marker={"size": 11, "symbol": "diamond", "color": "#9467bd"})
     if f"sample_{x}" in ok:  # race survivors not measured whole: their scores on the race's sample
         sampled = ok[ok[f"sample_{x}"].notna() & ok[f"sample_{y}"].notna()]
         trace(sampled, "sample", "race survivors (sample scores)",

@@ -137,4 +137,6 @@ def test_the_html_plot_shows_measured_standard_merges_beside_the_finalists():
     figure = front_figure(table, ["a", "b"])
     traces = {t.name: list(t.customdata) for t in figure.data if t.name}
     assert traces["finalists (measured)"] == [1] and traces["standard merges (measured)"] == [2]
+    without = front_figure(table[table.phase != "baseline"], ["a", "b"])
+    assert "standard merges (measured)" not in {t.name for t in without.data}  # none: no legend entry
     assert evaluation_table([], ["a"]).empty
