@@ -16,7 +16,8 @@ what a larger one measures, so a second table gives the total items and hypervol
 and larger final phases from the same runs. The runs measure every finalist (`final.race: []`);
 a campaign races them by default, and since the race's decisions depend only on the finalists'
 scores on its samples, a third table replays it on the runs (the campaign's own sample, and
-`--race-draws` others): total items, measured hypervolume, and the merges its stages build.
+`--race-draws` others): total items, measured hypervolume, and the merges its stages build;
+`--race 0.125` (repeatable) replays other stages (`final.race`) the same way, a table each.
 `--warmup N` calibrates IRT on N warm-up merges with the base and endpoints (default 4, the
 demo's; a campaign's default is 8), in folders named `-wN`.
 With `--allocation-draws N`, the full run's candidates are also estimated with each run's IRT
@@ -39,7 +40,7 @@ import argparse
 import shutil
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -151,6 +152,8 @@ def main() -> None:
                         help="also estimate the full run's candidates with each allocation over N anchor seeds")
     parser.add_argument("--race-draws", type=int, default=5, metavar="N",
                         help="the race's table also over N other sample seeds")
+    parser.add_argument("--race", action="append", default=[], metavar="STAGES", type=race_stages,
+                        help="also replay the race with these stages (final.race), e.g. 0.125 or 0.125,0.25")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
     parser.add_argument("--seed", type=int, default=0, help="the campaigns' seed (a search is one trajectory: "
                         "compare estimators over several seeds, each in its own --out)")
@@ -204,6 +207,9 @@ def main() -> None:
     print(f"\nthe default final phase raced (final.race {DEFAULT.race}, race_tolerance {DEFAULT.race_tolerance}), "
           "replayed on the runs, which measured every finalist:")
     print(race_table(runs, args.race_draws))
+    for stages in args.race:
+        print(f"\nthe same final phase raced with final.race {stages} instead, replayed alike:")
+        print(race_table(runs, args.race_draws, stages))
 
     print("\ntotal items (full / this) and measured hypervolume (this / full) by the size of the final phase "
           f"(default: top_k {DEFAULT.top_k}, evaluate_top {DEFAULT.evaluate_top}):")
@@ -286,17 +292,27 @@ def final_phase_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]
     return "\n".join(lines)
 
 
-def raced_final_phase(runner: CampaignRunner, seed: int) -> tuple[int, float, float, int, int, int]:
-    """The default final phase raced at the product's defaults (`final.race`, `race_tolerance`,
-    `measure_whole`), replayed on this run, which measured every finalist: the race's decisions
-    and the picks depend only on the finalists' scores on the sample's items, so it takes those a
-    campaign would. Returns the run's total items; the measured hypervolume of the front the
-    campaign reports (with `measure_whole: picks`, the survivors no other dominates on the
-    sample: measured here, since the run measured them, though the campaign measures only its
-    picks) and of the measured candidates alone (the picks); the finalists; the survivors; and
-    the merges its stages build (each stage builds every live finalist once more). A finalist
-    scored on samples only costs the sample items it lacked before the final phase (its anchors);
-    one measured whole what the final phase costs it without a race."""
+def race_stages(text: str) -> list[float]:
+    """`--race`: comma-separated sample fractions, growing, each in (0, 1)."""
+    stages = [float(part) for part in text.split(",")]
+    if not stages or any(not 0 < f < 1 for f in stages) or stages != sorted(set(stages)):
+        raise argparse.ArgumentTypeError(f"{text!r}: growing fractions in (0, 1), e.g. 0.125,0.25")
+    return stages
+
+
+def raced_final_phase(runner: CampaignRunner, seed: int,
+                      stages: Sequence[float] = DEFAULT.race) -> tuple[int, float, float, int, int, int]:
+    """The default final phase raced at the product's defaults (`race_tolerance`, `measure_whole`;
+    `final.race` unless other `stages` are given), replayed on this run, which measured every
+    finalist: the race's decisions and the picks depend only on the finalists' scores on the
+    sample's items, so it takes those a campaign would. Returns the run's total items; the
+    measured hypervolume of the front the campaign reports (with `measure_whole: picks`, the
+    survivors no other dominates on the sample: measured here, since the run measured them,
+    though the campaign measures only its picks) and of the measured candidates alone (the
+    picks); the finalists; the survivors; and the merges its stages build (each stage builds
+    every live finalist once more). A finalist scored on samples only costs the sample items it
+    lacked before the final phase (its anchors); one measured whole what the final phase costs
+    it without a race."""
     store, scoring, objectives = runner.workspace.store, runner.scoring, runner.objectives
     finalists = final_keys(runner, DEFAULT.top_k, DEFAULT.evaluate_top)  # in the campaign's order
     stored = {key: store.item_scores(key) for key in finalists}
@@ -314,7 +330,7 @@ def raced_final_phase(runner: CampaignRunner, seed: int) -> tuple[int, float, fl
                 {(n, i) for n, ids in items.items() for i in ids if i not in anchors[n]}
         return {key: stored[key] for key in keys}
 
-    live, left, last = run_race(finalists, sample, DEFAULT.race, objectives, score, DEFAULT.race_tolerance)
+    live, left, last = run_race(finalists, sample, stages, objectives, score, DEFAULT.race_tolerance)
     truth = {e.key: e for e in candidates(store) if e.key in finalists}
     if DEFAULT.measure_whole == "survivors" or last is None:
         whole, shown = set(live), set(live)
@@ -343,7 +359,8 @@ def perfect_race(runner: CampaignRunner) -> int:
     return total_items(runner, keep)
 
 
-def race_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draws: int) -> str:
+def race_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draws: int,
+               stages: Sequence[float] = DEFAULT.race) -> str:
     """Total item ratio and measured hypervolume ratio of the default final phase, measured whole and
     raced: on the campaign's own sample, and over `draws` other sample seeds (mean, range)."""
     lines = ["| campaign | estimator | measured whole: total / HV | raced: total / HV of the front shown / of the "
@@ -355,8 +372,8 @@ def race_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draw
             continue  # an adaptive test's items per candidate are not stored apart from the final phase's
         seed = runner.workspace.campaign.algorithm.seed
         _, _, (whole, full_total), (whole_hv, full_hv) = compare(runner, full)
-        total, hv, hv_picks, finalists, survivors, merges = raced_final_phase(runner, seed)
-        more = [raced_final_phase(runner, seed + 1000 + k) for k in range(draws)]
+        total, hv, hv_picks, finalists, survivors, merges = raced_final_phase(runner, seed, stages)
+        more = [raced_final_phase(runner, seed + 1000 + k, stages) for k in range(draws)]
         ratios = [full_total / m[0] for m in more]
         hvs = [m[1] / full_hv for m in more]
         lines.append(f"| {size} | {kind} | {full_total / whole:.2f}x / {whole_hv / full_hv:.3f} "
