@@ -446,7 +446,7 @@ def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]
                     anchors = select_anchors(fitted.model, spec.anchors, spec.anchor_method, seed, allocation)
                     estimator = Estimator(fitted.model, anchors, spec.kind)
                     matrix = np.array([[scores[name].get(i, np.nan) for i in estimator.anchor_ids] for scores in rows])
-                    values[name] = np.clip(estimator.overall(estimator.estimate_matrix(matrix)), 0.0, 1.0)
+                    values[name] = np.clip(estimator.estimate_with_overall(matrix)[0][:, -1], 0.0, 1.0)
                 est = np.array([objectives.vector({n: float(v[j]) for n, v in values.items()})
                                 for j in range(len(rows))])
                 mae.append(np.abs(est - truth).mean(axis=0))

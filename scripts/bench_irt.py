@@ -155,16 +155,22 @@ def _few_subjects_data(n_train: int, seed: int):
     return train, ResponseMatrix.from_long(test, gen.item_ids).scores
 
 
-def _mae(est: Estimator, test: np.ndarray) -> float:
-    return float(np.abs(est.estimate_matrix(test[:, est.anchor_idx]) - est.scenario_means(test)).mean())
+def _mae(est: Estimator, test: np.ndarray, overall: bool = False) -> float:
+    """MAE per scenario, or of the overall score over all items (a campaign task's fitness)."""
+    values = est.estimate_with_overall(test[:, est.anchor_idx])[0]
+    truth = est.scenario_means(test)
+    if overall:
+        return float(np.abs(values[:, -1] - est.overall(truth)).mean())
+    return float(np.abs(values[:, :-1] - truth).mean())
 
 
-def _anchors_mae(model: IRTModel, test: np.ndarray, budget: int, method: str, seed: int, draws: int) -> float:
+def _anchors_mae(model: IRTModel, test: np.ndarray, budget: int, method: str, seed: int, draws: int,
+                 overall: bool = False) -> float:
     """gp-IRT's MAE averaged over `draws` anchor sets (stratified and random anchors are random
     draws, and one draw's MAE can be off by several percent): the estimator's expected error on
     this calibration set, as the baseline's is."""
     return float(np.mean([_mae(Estimator(model, select_anchors(model, budget, method, seed=1000 * seed + d), "gpirt"),
-                                test) for d in range(draws)]))
+                                test, overall) for d in range(draws)]))
 
 
 def _ratio(values: list[float]) -> str:
@@ -191,12 +197,13 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int) -> None:
     table = Table(title="Few calibration subjects, out-of-distribution test subjects (4 x 500 items): "
                         "MAE / random sampling's MAE")
     for col in ("subjects", "items/scenario", "random + mean MAE", "default (auto + gpirt)",
-                "kmeans-irt + gpirt", "random + gpirt", "adaptive, half the items", "default RMS SE / its RMSE"):
+                "kmeans-irt + gpirt", "random + gpirt", "adaptive, half the items", "default RMS SE / its RMSE",
+                "overall: random + mean MAE", "overall: default", "overall: RMS SE / RMSE"):
         table.add_column(col, justify="right")
     for n_train in FEW_SUBJECTS:
         for budget in FEW_BUDGETS:
-            ratios = {k: [] for k in ("default", "kmeans", "random", "adaptive")}
-            base_all, calib = [], []
+            ratios = {k: [] for k in ("default", "kmeans", "random", "adaptive", "overall")}
+            base_all, calib, overall_base, overall_calib = [], [], [], []
             for seed in range(seeds):
                 train, test = _few_subjects_data(n_train, seed)
                 model = IRTModel.fit(train, seed=seed)
@@ -204,13 +211,21 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int) -> None:
                 base_all.append(base)
                 for key, method in (("default", "auto"), ("kmeans", "kmeans-irt"), ("random", "random")):
                     ratios[key].append(_anchors_mae(model, test, budget, method, seed, anchor_draws) / base)
+                overall, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=True)
+                overall_base.append(overall)
+                ratios["overall"].append(_anchors_mae(model, test, budget, "auto", seed, anchor_draws, True) / overall)
                 est = Estimator(model, select_anchors(model, budget, "auto", seed=seed), "gpirt")
-                values, se = est.estimate_rows(test[:, est.anchor_idx])
-                err = values - est.scenario_means(test)
-                calib.append(float(np.mean(np.sqrt((se**2).mean(axis=0) / (err**2).mean(axis=0)))))
+                values, se = est.estimate_with_overall(test[:, est.anchor_idx])
+                truth = est.scenario_means(test)
+                err = values - np.column_stack([truth, est.overall(truth)])
+                rms_ratio = np.sqrt((se**2).mean(axis=0) / (err**2).mean(axis=0))
+                calib.append(float(np.mean(rms_ratio[:-1])))
+                overall_calib.append(float(rms_ratio[-1]))
                 ratios["adaptive"].append(_adaptive_mae(model, test, budget // 2) / base)
             table.add_row(str(n_train), str(budget), f"{np.mean(base_all):.4f}",
-                          *[_ratio(ratios[k]) for k in ratios], f"{np.mean(calib):.2f}")
+                          *[_ratio(ratios[k]) for k in ("default", "kmeans", "random", "adaptive")],
+                          f"{np.mean(calib):.2f}", f"{np.mean(overall_base):.4f}", _ratio(ratios["overall"]),
+                          f"{np.mean(overall_calib):.2f}")
     console.print(table)
 
 
@@ -228,13 +243,14 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
     campaign's warm-up) or 48, MAE on 16 other merges, per sub-skill scenario."""
     table = Table(title="tiny-lm responses (irt_models/): MAE / random sampling's MAE, per sub-skill scenario")
     for col in ("family", "calibration subjects", "items/scenario", "random + mean MAE", "default (auto + gpirt)",
-                "random + gpirt", "adaptive, half the items"):
+                "random + gpirt", "adaptive, half the items", "overall: random + mean MAE", "overall: default"):
         table.add_column(col, justify="right")
     for family in ("arith", "lang", "seq"):
         responses = shipped_responses(family)
         subjects = list(dict.fromkeys(responses.subject))
         for n_train in (12, 48):
-            rows = {b: {k: [] for k in ("base", "default", "random", "adaptive")} for b in FEW_BUDGETS}
+            rows = {b: {k: [] for k in ("base", "default", "random", "adaptive", "overall base", "overall")}
+                    for b in FEW_BUDGETS}
             for seed in range(seeds):
                 merges = np.random.default_rng(seed).permutation(subjects[4:])
                 train = responses[responses.subject.isin([*subjects[:4], *merges[: n_train - 4]])]
@@ -246,9 +262,13 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
                     for key, method in (("default", "auto"), ("random", "random")):
                         row[key].append(_anchors_mae(model, test, budget, method, seed, anchor_draws) / base)
                     row["adaptive"].append(_adaptive_mae(model, test, budget // 2) / base)
+                    overall, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=True)
+                    row["overall base"].append(overall)
+                    row["overall"].append(_anchors_mae(model, test, budget, "auto", seed, anchor_draws, True) / overall)
             for budget, row in rows.items():
                 cells = [family, str(n_train), str(budget), f"{np.mean(row['base']):.4f}",
-                         *[_ratio(row[k]) for k in ("default", "random", "adaptive")]]
+                         *[_ratio(row[k]) for k in ("default", "random", "adaptive")],
+                         f"{np.mean(row['overall base']):.4f}", _ratio(row["overall"])]
                 table.add_row(*cells)
                 console.print(" | ".join(cells))  # as it comes: each family takes minutes
     console.print(table)

@@ -31,6 +31,16 @@ an unbiased random sample for every subject, both are taken per subject:
 items, so with them gp-IRT keeps the calibration's σ̂² and b̂² for λ; the anchor part's error in the
 SE is still the subject's σ², so a scenario every calibration subject scored alike (v̂ = 0, measured
 errors 0) does not give a candidate that scores otherwise an SE of 0.
+
+The task's overall score is not the item-weighted mean of these per-scenario estimates for
+gp-IRT: one θ̂ drives every scenario's IRT part, so its errors move together across scenarios
+(cross-fit correlation up to 0.95 for subjects outside the calibration population), while the
+anchor means of different scenarios are independent samples that average out. Mixed scenario by
+scenario, the overall kept the IRT part's whole bias and lost to random sampling on such subjects.
+So gp-IRT mixes again at the overall level: λ_o·Σ s_k anchor_k + (1 − λ_o)·Σ s_k pirt_k, with
+λ_o = B²/(V + B²), V the overall anchor mean's error² (Σ s_k² σ_k², independent scenarios) and B²
+the overall IRT part's, b̂² combined over scenarios with their measured correlation, refined per
+subject by its own overall disagreement as b² is per scenario.
 """
 
 from __future__ import annotations
@@ -157,6 +167,11 @@ class Estimator:
         mix = self._mix()
         self.scenario_correlation = _cross_correlation(mix * anchor_err + (1.0 - mix) * irt_err)
         self.scenario_se = self._scenario_se()
+        if kind == "gpirt":  # the overall's own mix: its two parts' errors over scenarios, as measured
+            # sampled anchors are independent draws per scenario; clustered ones err as measured
+            self.anchor_correlation = 0.0 if anchors.sampled else _cross_correlation(anchor_err)
+            irt_sd = weighted_sum_se(self.share, np.sqrt(self.irt_error), _cross_correlation(irt_err))
+            self.overall_irt_error = float(irt_sd**2)
 
     # ---- setup ---------------------------------------------------------------------------
     def _set_anchors(self, anchors: Anchors) -> None:
@@ -312,37 +327,68 @@ class Estimator:
             kappa = np.where(scored, excess, 0.0).sum(axis=1, keepdims=True) / scored.sum(axis=1, keepdims=True)
         return self.irt_error * (1.0 + kappa) / 2.0
 
-    def estimate_rows(self, anchor_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(estimates, SEs), each (S, K), for rows of scores on `anchor_ids` (NaN = not evaluated)."""
+    def estimate_with_overall(self, anchor_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(estimates, SEs), each (S, K + 1), for rows of scores on `anchor_ids` (NaN = not
+        evaluated): per scenario, then the overall score over all items."""
         anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
         se = np.broadcast_to(self.scenario_se, anchor.shape)
         s2 = self._subject_anchor_variance(anchor)
         if self.kind == "anchor":
-            return anchor, np.sqrt(s2)
+            return self._with_overall(anchor, np.sqrt(s2))
         theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta, self.anchor_idx)
         irt = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta, self.anchor_idx)
         if self.kind in ("pirt", "mpirt", "adaptive"):
-            return irt, se
+            return self._with_overall(irt, se)
         if self.kind == "gmpirt":
-            return self.delta * anchor + (1.0 - self.delta) * irt, se
+            return self._with_overall(self.delta * anchor + (1.0 - self.delta) * irt, se)
         if not self.anchors.sampled:  # λ from the calibration; the anchor part's error still the subject's own
-            return self.lam * anchor + (1.0 - self.lam) * irt, self._mixed_se(self.lam, s2, self.irt_error)
-        b2 = self._subject_irt_error(anchor, irt, s2)
-        lam = _shrink_weight(b2, s2)
-        return lam * anchor + (1.0 - lam) * irt, self._mixed_se(lam, s2, b2)
+            lam, b2 = self.lam, self.irt_error
+        else:
+            b2 = self._subject_irt_error(anchor, irt, s2)
+            lam = _shrink_weight(b2, s2)
+        overall, overall_se = self._gp_overall(anchor, irt, s2)
+        return (np.column_stack([lam * anchor + (1.0 - lam) * irt, overall]),
+                np.column_stack([self._mixed_se(lam, s2, b2), overall_se]))
+
+    def _with_overall(self, values: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-scenario estimates and SEs with the overall's appended: their item-weighted mean, its SE
+        with the scenarios' errors correlated as measured on the held-out calibration subjects (taken
+        as independent, the SE was half the error)."""
+        return (np.column_stack([values, self.overall(values)]),
+                np.column_stack([se, weighted_sum_se(self.share, se, self.scenario_correlation)]))
+
+    def _gp_overall(self, anchor: np.ndarray, irt: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """gp-IRT's overall estimate and its SE, each (S,): the overall anchor mean and p-IRT mixed by
+        λ_o = B²/(V + B²), V the anchor part's error² (the subject's own σ² combined over scenarios),
+        B² the IRT part's (per subject on sampled anchors: B̂²·(1 + κ_o)/2, κ_o its overall excess
+        disagreement, as b² per scenario; on clustered anchors λ_o is the calibration's)."""
+        a, p = self.overall(anchor), self.overall(irt)
+        v = weighted_sum_se(self.share, np.sqrt(s2), self.anchor_correlation) ** 2
+        big_b2 = self.overall_irt_error
+        if self.anchors.sampled:
+            excess = np.maximum((a - p) ** 2 - v, 0.0) / max(big_b2, 1e-12)
+            b2 = big_b2 * (1.0 + excess) / 2.0
+            lam = _shrink_weight(b2, v)
+        else:
+            b2 = big_b2
+            v_cal = weighted_sum_se(self.share, np.sqrt(self.anchor_variance), self.anchor_correlation) ** 2
+            lam = _shrink_weight(np.asarray(b2), v_cal)
+        return lam * a + (1.0 - lam) * p, self._mixed_se(lam, v, b2)
+
+    def estimate_rows(self, anchor_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(estimates, SEs), each (S, K), per scenario, for rows of scores on `anchor_ids`."""
+        values, se = self.estimate_with_overall(anchor_scores)
+        return values[:, :-1], se[:, :-1]
 
     def estimate_matrix(self, anchor_scores: np.ndarray) -> np.ndarray:
         """Estimates (S, K) for rows of scores on `anchor_ids` (NaN = not evaluated)."""
         return self.estimate_rows(anchor_scores)[0]
 
     def overall(self, values: np.ndarray) -> np.ndarray:
-        """The item-weighted mean over scenarios (the last axis) of per-scenario estimates."""
+        """The item-weighted mean over scenarios (the last axis): a subject's overall score from
+        its per-scenario scores (gp-IRT's overall estimate is mixed on its own: `estimate_with_overall`)."""
         return values @ self.share
 
-    def overall_se(self, scenario_se: np.ndarray) -> np.ndarray:
-        """SE of `overall` from per-scenario SEs (the last axis), their errors correlated as measured
-        on the held-out calibration subjects (taken as independent, the SE was half the error)."""
-        return weighted_sum_se(self.share, scenario_se, self.scenario_correlation)
 
     def estimate(self, scores: Mapping[str, float]) -> Estimate:
         """Per-scenario estimates and their item-count-weighted mean under "overall", with SEs."""
@@ -352,14 +398,12 @@ class Estimator:
         bad = ~np.isnan(row) & ((row < 0) | (row > 1))
         if bad.any():
             raise UserError(f"score {row[bad][0]} of item {self.anchor_ids[int(np.argmax(bad))]} is out of [0, 1]")
-        values, scenario_se = (x[0] for x in self.estimate_rows(row[None, :]))
+        values, se = (x[0] for x in self.estimate_with_overall(row[None, :]))
         if np.isnan(values).any():
             scenario = self.scenarios[int(np.argmax(np.isnan(values)))]
             raise UserError(f"no anchor item of scenario {scenario!r} was scored")
-        out = dict(zip(self.scenarios, values.tolist()))
-        out[RESERVED_SCENARIO] = float(self.overall(values))
-        se = dict(zip(self.scenarios, scenario_se.tolist()))
-        se[RESERVED_SCENARIO] = float(self.overall_se(scenario_se))
+        keys = [*self.scenarios, RESERVED_SCENARIO]
+        out, se = dict(zip(keys, values.tolist())), dict(zip(keys, se.tolist()))
         items = [i for i, v in zip(self.anchor_ids, row) if not np.isnan(v)]
         return Estimate(out, se, items)
 
@@ -379,7 +423,7 @@ def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFram
     matrix = ResponseMatrix.from_long(responses, estimator.model.item_ids)
     if estimator.kind == "adaptive":
         return _adaptive_table(estimator, matrix)
-    values, se = estimator.estimate_rows(matrix.scores[:, estimator.anchor_idx])
+    values, se = estimator.estimate_with_overall(matrix.scores[:, estimator.anchor_idx])
     if np.isnan(values).any():
         s, k = np.argwhere(np.isnan(values))[0]
         scenario = estimator.scenarios[k]
@@ -390,7 +434,7 @@ def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFram
         frame = pd.DataFrame(table, index=matrix.subjects, columns=columns).rename_axis("subject").reset_index()
         return frame.melt(id_vars="subject", var_name="scenario", value_name=name)
 
-    out = long(np.column_stack([values, estimator.overall(values)]), "estimate")
+    out = long(values, "estimate")
     out.insert(2, "estimator", estimator.kind)
-    out["se"] = long(np.column_stack([se, estimator.overall_se(se)]), "se")["se"]
+    out["se"] = long(se, "se")["se"]
     return out.sort_values(["subject"], kind="stable").reset_index(drop=True)

@@ -128,10 +128,10 @@ def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method
         anchors = select_anchors(model, budget, method, seed=seed + rep)
         for kind in estimators:
             est = Estimator(model, anchors, kind, endpoints=list(endpoints) or None, seed=seed)
-            pred = est.estimate_matrix(test_scores[:, est.anchor_idx])
+            pred = est.estimate_with_overall(test_scores[:, est.anchor_idx])[0]
             truth = est.scenario_means(test_scores)
-            if overall:  # the item-weighted mean over scenarios
-                pred, truth = est.overall(pred), est.overall(truth)
+            # the item-weighted mean over scenarios, estimated as the estimator estimates it
+            pred, truth = (pred[:, -1], est.overall(truth)) if overall else (pred[:, :-1], truth)
             errors[kind].append(float(np.nanmean(np.abs(pred - truth))))
         advance()
     return errors

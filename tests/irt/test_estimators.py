@@ -21,6 +21,7 @@ from evo_merge.irt.estimators import estimate_table
 from evo_merge.irt.model import ABILITY_PRIOR_SD
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
+from evo_merge.irt.validation import random_baseline
 
 
 def test_anchor_and_pirt_match_hand_computation(make_model):
@@ -53,7 +54,10 @@ def test_all_items_seen_gives_the_exact_mean(two_scenarios):
         assert est["s0"] == pytest.approx(row[:100].mean()) and est["s1"] == pytest.approx(row[100:].mean())
 
 
-def test_gpirt_is_a_convex_mix_and_overall_is_size_weighted(two_scenarios):
+def test_gpirt_is_a_convex_mix_per_scenario_and_again_overall(two_scenarios):
+    """Per scenario λ·anchor + (1 − λ)·pirt; the overall mixes the two parts' overalls (their
+    size-weighted means) again, by λ_o = B̂²/(V + B̂²): V the overall anchor mean's error² from the
+    scenarios' (correlated as measured: clustered anchors), B̂² the IRT part's (hand-computed)."""
     gen, _, responses, model = two_scenarios
     anchors = select_anchors(model, 10, "kmeans-irt")
     theta, ids = synthetic_abilities(5, dims=2, seed=99)
@@ -64,8 +68,16 @@ def test_gpirt_is_a_convex_mix_and_overall_is_size_weighted(two_scenarios):
     lam = ests["gpirt"].lam
     assert ((0 <= lam) & (lam <= 1)).all()
     np.testing.assert_allclose(out["gpirt"], lam * out["anchor"] + (1 - lam) * out["pirt"])
-    single = ests["gpirt"].estimate(dict(zip(ests["gpirt"].anchor_ids, rows[0])))
-    assert single["overall"] == pytest.approx((single["s0"] + single["s1"]) / 2)  # 100 items each
+    singles = {k: e.estimate(dict(zip(e.anchor_ids, rows[0]))) for k, e in ests.items()}
+    for kind in ("anchor", "pirt"):  # 100 items each
+        assert singles[kind]["overall"] == pytest.approx((singles[kind]["s0"] + singles[kind]["s1"]) / 2)
+    gp = ests["gpirt"]
+    s0, s1 = np.sqrt(gp.anchor_variance)
+    v = 0.25 * (s0**2 + s1**2 + 2 * gp.anchor_correlation * s0 * s1)
+    lam_overall = gp.overall_irt_error / (v + gp.overall_irt_error)
+    assert 0 < lam_overall < 1
+    assert singles["gpirt"]["overall"] == pytest.approx(
+        lam_overall * singles["anchor"]["overall"] + (1 - lam_overall) * singles["pirt"]["overall"])
 
 
 def test_all_correct_or_all_wrong_anchors_give_finite_sensible_estimates(torch_model):
@@ -178,15 +190,17 @@ def test_the_overall_se_counts_that_a_subject_s_scenarios_err_together():
     model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=13)), dims=2, seed=0)
     new = ResponseMatrix.from_long(gen.sample(synthetic_abilities(200, dims=2, seed=14)[0],
                                               [f"n{j}" for j in range(200)], seed=15), model.item_ids)
-    est = Estimator(model, select_anchors(model, 30, "stratified", seed=0), "gpirt")
-    values, se = est.estimate_rows(new.scores[:, est.anchor_idx])
-    truth = est.scenario_means(new.scores)
-    error = est.overall(values) - est.overall(truth)
-    independent = np.sqrt(((est.share * se) ** 2).sum(axis=1))
     rms = lambda x: float(np.sqrt((x**2).mean()))  # noqa: E731
-    assert 0.3 < est.scenario_correlation < 1
-    assert rms(independent) < 0.8 * rms(error)  # the old SE: too small
-    assert 0.8 < rms(est.overall_se(se)) / rms(error) < 1.25, (rms(est.overall_se(se)), rms(error))
+    truth = None
+    for kind in ("pirt", "gpirt"):  # the overall of one θ̂; gp-IRT's mixed again at the overall level
+        est = Estimator(model, select_anchors(model, 30, "stratified", seed=0), kind)
+        values, se = est.estimate_with_overall(new.scores[:, est.anchor_idx])
+        truth = est.overall(est.scenario_means(new.scores))
+        error = values[:, -1] - truth
+        independent = np.sqrt(((est.share * se[:, :-1]) ** 2).sum(axis=1))
+        assert 0.3 < est.scenario_correlation < 1
+        assert rms(independent) < 0.8 * rms(error), kind  # the old SE: too small
+        assert 0.8 < rms(se[:, -1]) / rms(error) < 1.25, (kind, rms(se[:, -1]), rms(error))
 
 
 def test_a_calibration_subject_missing_a_scenario_leaves_the_measured_correlations_as_they_were():
@@ -325,3 +339,27 @@ def test_the_cross_fit_measures_anchors_of_the_same_design(two_scenarios):
     estimator = Estimator(model, anchors, "gpirt")
     for fold in range(model.cv_alpha.shape[0]):
         assert estimator._fold_anchors(fold).counts() == {"s0": 9, "s1": 3}
+
+
+def test_the_overall_of_a_subject_unlike_the_calibration_ones_does_not_lose_to_random_sampling():
+    """The reported failure, at the task level: with 8 calibration subjects and subjects from a
+    wider, shifted population, one θ̂ biases every scenario's IRT part the same way, so the
+    item-weighted mean of gp-IRT's per-scenario estimates lost to random items + plain mean (whose
+    scenarios' errors average out). gp-IRT's own overall mix does not, and it is closer than that mean."""
+    gen = make_synthetic_irt(2000, dims=2, n_scenarios=4, heterogeneous=True, clusters=8, seed=102)
+    theta, ids = synthetic_abilities(8, dims=2, seed=202)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=402)), dims=2, seed=0)
+    wide = synthetic_abilities(40, dims=2, seed=302)[0] * 1.6 + np.array([0.4, -0.2])
+    test = ResponseMatrix.from_long(gen.sample(wide, [f"t{j}" for j in range(40)], seed=502), model.item_ids).scores
+    budget = 10  # items per scenario (measured: 0.87x random's error, the mean of scenarios 1.13x)
+    random_mae, _ = random_baseline(test, model.scenario_items(), budget, 200, 0, overall=True)
+    own, mean_of_scenarios = [], []
+    for draw in range(5):
+        est = Estimator(model, select_anchors(model, budget, "stratified", seed=draw), "gpirt")
+        values = est.estimate_with_overall(test[:, est.anchor_idx])[0]
+        truth = est.overall(est.scenario_means(test))
+        own.append(np.abs(values[:, -1] - truth).mean())
+        mean_of_scenarios.append(np.abs(est.overall(values[:, :-1]) - truth).mean())
+    assert est.overall_irt_error > 2 * (est.irt_error @ est.share**2)  # far from independent: they move together
+    own, mean_of_scenarios = np.mean(own), np.mean(mean_of_scenarios)
+    assert own < random_mae < mean_of_scenarios, (own, random_mae, mean_of_scenarios)
