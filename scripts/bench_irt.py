@@ -1,11 +1,13 @@
 """IRT engine figures: the default estimator against random sampling with few calibration
-subjects (synthetic out-of-distribution test subjects, and the shipped tiny-lm responses),
+subjects (synthetic out-of-distribution test subjects, a leaderboard-like 10 x 11 benchmarks
+matrix, and the shipped tiny-lm responses), per scenario and for the overall score,
 adaptive testing at half the items, refitting IRT on a search's anchor responses, py-irt at its
 defaults, parameter recovery and agreement of
 the two backends, fit time on 100 subjects x 5,000 items, estimate time per subject, and the
 validation gain of IRT anchors.
 
-    .venv/bin/python scripts/bench_irt.py [--only few-subjects|tiny-lm|refit|sparse-calibration|pyirt-defaults]
+    .venv/bin/python scripts/bench_irt.py
+        [--only few-subjects|tiny-lm|leaderboard|refit|sparse-calibration|pyirt-defaults]
         [--seeds 3] [--draws 200] [--anchor-draws 10]
         [--pyirt-epochs 1000] [--skip-pyirt-large] [--threads 2]
 
@@ -155,22 +157,45 @@ def _few_subjects_data(n_train: int, seed: int):
     return train, ResponseMatrix.from_long(test, gen.item_ids).scores
 
 
-def _mae(est: Estimator, test: np.ndarray, overall: bool = False) -> float:
-    """MAE per scenario, or of the overall score over all items (a campaign task's fitness)."""
+TARGETS = ("scenarios", "overall", "mean of scenarios")
+
+
+def _mae(est: Estimator, test: np.ndarray, target: str = "scenarios") -> float:
+    """MAE per scenario, of the overall score over all items (a campaign task's fitness), or of
+    the item-weighted mean of the per-scenario estimates (gp-IRT's overall before it was mixed
+    on its own)."""
     values = est.estimate_with_overall(test[:, est.anchor_idx])[0]
     truth = est.scenario_means(test)
-    if overall:
+    if target == "overall":
         return float(np.abs(values[:, -1] - est.overall(truth)).mean())
+    if target == "mean of scenarios":
+        return float(np.abs(est.overall(values[:, :-1]) - est.overall(truth)).mean())
     return float(np.abs(values[:, :-1] - truth).mean())
 
 
 def _anchors_mae(model: IRTModel, test: np.ndarray, budget: int, method: str, seed: int, draws: int,
-                 overall: bool = False) -> float:
+                 target: str = "scenarios") -> float:
     """gp-IRT's MAE averaged over `draws` anchor sets (stratified and random anchors are random
     draws, and one draw's MAE can be off by several percent): the estimator's expected error on
     this calibration set, as the baseline's is."""
     return float(np.mean([_mae(Estimator(model, select_anchors(model, budget, method, seed=1000 * seed + d), "gpirt"),
-                                test, overall) for d in range(draws)]))
+                               test, target) for d in range(draws)]))
+
+
+def _overall_ratios(model: IRTModel, test: np.ndarray, budget: int, seed: int, draws: int,
+                    anchor_draws: int) -> tuple[float, float, float]:
+    """The overall score's random + mean MAE, and the default's overall and mean-of-scenarios
+    MAE over it."""
+    base, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=True)
+    return (base, *(_anchors_mae(model, test, budget, "auto", seed, anchor_draws, t) / base for t in TARGETS[1:]))
+
+
+def _overall_table(title: str) -> Table:
+    table = Table(title=title)
+    for col in ("subjects", "items/scenario", "random + mean MAE", "default: overall mixed on its own",
+                "default: mean of its scenarios", "RMS SE / RMSE"):
+        table.add_column(col, justify="right")
+    return table
 
 
 def _ratio(values: list[float]) -> str:
@@ -193,16 +218,17 @@ def adaptive_truth(model: IRTModel, row: np.ndarray) -> np.ndarray:
 
 
 def few_subjects(draws: int, seeds: int, anchor_draws: int) -> None:
-    """MAE vs random sampling with 8/12/20 calibration subjects, and adaptive at half the items."""
+    """MAE vs random sampling with 8/12/20 calibration subjects, and adaptive at half the items;
+    then the same for the overall score over the 4 scenarios."""
     table = Table(title="Few calibration subjects, out-of-distribution test subjects (4 x 500 items): "
                         "MAE / random sampling's MAE")
     for col in ("subjects", "items/scenario", "random + mean MAE", "default (auto + gpirt)",
-                "kmeans-irt + gpirt", "random + gpirt", "adaptive, half the items", "default RMS SE / its RMSE",
-                "overall: random + mean MAE", "overall: default", "overall: RMS SE / RMSE"):
+                "kmeans-irt + gpirt", "random + gpirt", "adaptive, half the items", "default RMS SE / its RMSE"):
         table.add_column(col, justify="right")
+    overall_table = _overall_table("The same, overall score (all 2,000 items): MAE / random sampling's MAE")
     for n_train in FEW_SUBJECTS:
         for budget in FEW_BUDGETS:
-            ratios = {k: [] for k in ("default", "kmeans", "random", "adaptive", "overall")}
+            ratios = {k: [] for k in ("default", "kmeans", "random", "adaptive", "overall", "mean of scenarios")}
             base_all, calib, overall_base, overall_calib = [], [], [], []
             for seed in range(seeds):
                 train, test = _few_subjects_data(n_train, seed)
@@ -211,21 +237,57 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int) -> None:
                 base_all.append(base)
                 for key, method in (("default", "auto"), ("kmeans", "kmeans-irt"), ("random", "random")):
                     ratios[key].append(_anchors_mae(model, test, budget, method, seed, anchor_draws) / base)
-                overall, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=True)
+                overall, mixed, mean = _overall_ratios(model, test, budget, seed, draws, anchor_draws)
                 overall_base.append(overall)
-                ratios["overall"].append(_anchors_mae(model, test, budget, "auto", seed, anchor_draws, True) / overall)
-                est = Estimator(model, select_anchors(model, budget, "auto", seed=seed), "gpirt")
-                values, se = est.estimate_with_overall(test[:, est.anchor_idx])
-                truth = est.scenario_means(test)
-                err = values - np.column_stack([truth, est.overall(truth)])
-                rms_ratio = np.sqrt((se**2).mean(axis=0) / (err**2).mean(axis=0))
-                calib.append(float(np.mean(rms_ratio[:-1])))
-                overall_calib.append(float(rms_ratio[-1]))
+                ratios["overall"].append(mixed)
+                ratios["mean of scenarios"].append(mean)
+                rms = _se_over_error(model, test, budget, seed)
+                calib.append(float(np.mean(rms[:-1])))
+                overall_calib.append(float(rms[-1]))
                 ratios["adaptive"].append(_adaptive_mae(model, test, budget // 2) / base)
-            table.add_row(str(n_train), str(budget), f"{np.mean(base_all):.4f}",
-                          *[_ratio(ratios[k]) for k in ("default", "kmeans", "random", "adaptive")],
-                          f"{np.mean(calib):.2f}", f"{np.mean(overall_base):.4f}", _ratio(ratios["overall"]),
-                          f"{np.mean(overall_calib):.2f}")
+            cells = [str(n_train), str(budget), f"{np.mean(base_all):.4f}",
+                     *[_ratio(ratios[k]) for k in ("default", "kmeans", "random", "adaptive")], f"{np.mean(calib):.2f}"]
+            overall_cells = [str(n_train), str(budget), f"{np.mean(overall_base):.4f}", _ratio(ratios["overall"]),
+                             _ratio(ratios["mean of scenarios"]), f"{np.mean(overall_calib):.2f}"]
+            table.add_row(*cells)
+            overall_table.add_row(*overall_cells)
+            console.print(" | ".join(cells), "||", " | ".join(overall_cells[2:]))  # as it comes, ranges whole
+    console.print(table)
+    console.print(overall_table)
+
+
+def _se_over_error(model: IRTModel, test: np.ndarray, budget: int, seed: int) -> np.ndarray:
+    """The default's RMS SE over its RMSE per scenario, then for the overall (one anchor draw)."""
+    est = Estimator(model, select_anchors(model, budget, "auto", seed=seed), "gpirt")
+    values, se = est.estimate_with_overall(test[:, est.anchor_idx])
+    truth = est.scenario_means(test)
+    err = values - np.column_stack([truth, est.overall(truth)])
+    return np.sqrt((se**2).mean(axis=0) / (err**2).mean(axis=0))
+
+
+def leaderboard(draws: int, seeds: int, anchor_draws: int) -> None:
+    """A public leaderboard's shape, where the default once lost at the task level: 10 calibration
+    subjects, 11 benchmarks (scenarios) of 400 items, 3-dim abilities, test subjects from a wider,
+    shifted population; the overall over all benchmarks against random sampling's."""
+    table = _overall_table("Leaderboard-like: 10 calibration subjects, 11 x 400 items, out-of-distribution "
+                           "test subjects; overall score, MAE / random sampling's")
+    for budget in FEW_BUDGETS:
+        rows = {k: [] for k in ("base", "overall", "mean of scenarios", "se")}
+        for seed in range(seeds):
+            gen = make_synthetic_irt(11 * 400, dims=3, n_scenarios=11, heterogeneous=True, clusters=12, seed=700 + seed)
+            theta, ids = synthetic_abilities(10, dims=3, seed=710 + seed)
+            model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=720 + seed)), seed=seed)
+            wide = synthetic_abilities(40, dims=3, seed=730 + seed)[0] * 1.6 + np.array([0.4, -0.2, 0.1])
+            test = ResponseMatrix.from_long(gen.sample(wide, [f"t{j}" for j in range(40)], seed=740 + seed),
+                                            model.item_ids).scores
+            for key, value in zip(("base", "overall", "mean of scenarios"),
+                                  _overall_ratios(model, test, budget, seed, draws, anchor_draws)):
+                rows[key].append(value)
+            rows["se"].append(_se_over_error(model, test, budget, seed)[-1])
+        cells = ["10", str(budget), f"{np.mean(rows['base']):.4f}", _ratio(rows["overall"]),
+                 _ratio(rows["mean of scenarios"]), f"{np.mean(rows['se']):.2f}"]
+        table.add_row(*cells)
+        console.print(" | ".join(cells))
     console.print(table)
 
 
@@ -262,9 +324,9 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
                     for key, method in (("default", "auto"), ("random", "random")):
                         row[key].append(_anchors_mae(model, test, budget, method, seed, anchor_draws) / base)
                     row["adaptive"].append(_adaptive_mae(model, test, budget // 2) / base)
-                    overall, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=True)
+                    overall, mixed, _ = _overall_ratios(model, test, budget, seed, draws, anchor_draws)
                     row["overall base"].append(overall)
-                    row["overall"].append(_anchors_mae(model, test, budget, "auto", seed, anchor_draws, True) / overall)
+                    row["overall"].append(mixed)
             for budget, row in rows.items():
                 cells = [family, str(n_train), str(budget), f"{np.mean(row['base']):.4f}",
                          *[_ratio(row[k]) for k in ("default", "random", "adaptive")],
@@ -371,7 +433,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyirt-epochs", type=int, default=1000)
     parser.add_argument("--skip-pyirt-large", action="store_true", help="skip py-irt on 100 x 5,000 (slow)")
-    parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "pyirt-defaults", "refit", "sparse-calibration"),
+    parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "leaderboard", "pyirt-defaults", "refit",
+                                           "sparse-calibration"),
                         default=None, help="one part: the few-calibration-subjects tables (synthetic and tiny-lm), "
                         "the tiny-lm one alone, a mid-campaign refit, py-irt at its defaults, or warm-up merges "
                         "measured on part of the items")
@@ -391,6 +454,8 @@ def main() -> None:
         few_subjects(args.draws, args.seeds, args.anchor_draws)
     if args.only in (None, "few-subjects", "tiny-lm"):
         tiny_lm(args.draws, args.seeds, args.anchor_draws)
+    if args.only in (None, "leaderboard"):
+        leaderboard(args.draws, args.seeds, args.anchor_draws)
     if args.only in (None, "refit"):
         midcampaign_refit(args.seeds)
     if args.only in (None, "sparse-calibration"):
