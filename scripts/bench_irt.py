@@ -162,8 +162,8 @@ TARGETS = ("scenarios", "overall", "mean of scenarios")
 
 def _mae(est: Estimator, test: np.ndarray, target: str = "scenarios") -> float:
     """MAE per scenario, of the overall score over all items (a campaign task's fitness), or of
-    the item-weighted mean of the per-scenario estimates (gp-IRT's overall before it was mixed
-    on its own)."""
+    the item-weighted mean of the per-scenario estimates (gp-IRT's overall before it leaned on the
+    overall anchor mean)."""
     values = est.estimate_with_overall(test[:, est.anchor_idx])[0]
     truth = est.scenario_means(test)
     if target == "overall":
@@ -192,7 +192,7 @@ def _overall_ratios(model: IRTModel, test: np.ndarray, budget: int, seed: int, d
 
 def _overall_table(title: str) -> Table:
     table = Table(title=title)
-    for col in ("subjects", "items/scenario", "random + mean MAE", "default: overall mixed on its own",
+    for col in ("subjects", "items/scenario", "random + mean MAE", "default: overall",
                 "default: mean of its scenarios", "RMS SE / RMSE"):
         table.add_column(col, justify="right")
     return table

@@ -32,15 +32,14 @@ items, so with them gp-IRT keeps the calibration's σ̂² and b̂² for λ; the 
 SE is still the subject's σ², so a scenario every calibration subject scored alike (v̂ = 0, measured
 errors 0) does not give a candidate that scores otherwise an SE of 0.
 
-The task's overall score is not the item-weighted mean of these per-scenario estimates for
-gp-IRT: one θ̂ drives every scenario's IRT part, so its errors move together across scenarios
-(cross-fit correlation up to 0.95 for subjects outside the calibration population), while the
-anchor means of different scenarios are independent samples that average out. Mixed scenario by
-scenario, the overall kept the IRT part's whole bias and lost to random sampling on such subjects.
-So gp-IRT mixes again at the overall level: λ_o·Σ s_k anchor_k + (1 − λ_o)·Σ s_k pirt_k, with
-λ_o = B²/(V + B²), V the overall anchor mean's error² (Σ s_k² σ_k², independent scenarios) and B²
-the overall IRT part's, b̂² combined over scenarios with their measured correlation, refined per
-subject by its own overall disagreement as b² is per scenario.
+The task's overall score is not simply the item-weighted mean M of these per-scenario mixes
+for gp-IRT: one θ̂ drives every scenario's IRT part, so its errors move together across scenarios
+(cross-fit correlation up to 0.97 for subjects outside the calibration population), while the
+anchor means of different scenarios are independent samples that average out. M kept the IRT
+part's whole bias and lost to random sampling at the task level on such subjects. So the overall
+is μ·A + (1 − μ)·M, A the overall anchor mean, μ the weight minimising its error given each part's
+measured correlation over scenarios (`_overall_shrink`): 0 when they are independent (each λ_k is
+then already its scenario's best weight), towards 1 as the IRT errors move together.
 """
 
 from __future__ import annotations
@@ -99,11 +98,17 @@ def _cross_correlation(errors: np.ndarray) -> float:
     return float(np.mean(pairs)) if pairs else 0.0
 
 
+def _sum_covariance(x: np.ndarray, y: np.ndarray, sd: np.ndarray, correlation: float) -> np.ndarray:
+    """Cov(Σ_k x_k e_k, Σ_k y_k e_k) over the last axis, e_k errors of SD sd_k, every two of them
+    correlated by `correlation`."""
+    return (1.0 - correlation) * (x * y * sd**2).sum(axis=-1) + correlation * (x * sd).sum(axis=-1) * (y * sd).sum(
+        axis=-1)
+
+
 def weighted_sum_se(share: np.ndarray, scenario_se: np.ndarray, correlation: float) -> np.ndarray:
     """SE of Σ_k share_k · estimate_k from per-scenario SEs (the last axis), every two scenarios'
     errors correlated by `correlation`."""
-    weighted = share * scenario_se
-    return np.sqrt((1.0 - correlation) * (weighted**2).sum(axis=-1) + correlation * weighted.sum(axis=-1) ** 2)
+    return np.sqrt(_sum_covariance(share, share, scenario_se, correlation))
 
 
 def _effective_size(weights: np.ndarray, onehot: np.ndarray) -> np.ndarray:
@@ -167,11 +172,10 @@ class Estimator:
         mix = self._mix()
         self.scenario_correlation = _cross_correlation(mix * anchor_err + (1.0 - mix) * irt_err)
         self.scenario_se = self._scenario_se()
-        if kind == "gpirt":  # the overall's own mix: its two parts' errors over scenarios, as measured
-            # sampled anchors are independent draws per scenario; clustered ones err as measured
-            self.anchor_correlation = 0.0 if anchors.sampled else _cross_correlation(anchor_err)
-            irt_sd = weighted_sum_se(self.share, np.sqrt(self.irt_error), _cross_correlation(irt_err))
-            self.overall_irt_error = float(irt_sd**2)
+        # how each part's errors move together over a subject's scenarios, for gp-IRT's overall:
+        # sampled anchors are independent draws per scenario; clustered ones and θ̂ err as measured
+        self.anchor_correlation = 0.0 if anchors.sampled else _cross_correlation(anchor_err)
+        self.irt_correlation = _cross_correlation(irt_err)
 
     # ---- setup ---------------------------------------------------------------------------
     def _set_anchors(self, anchors: Anchors) -> None:
@@ -343,12 +347,15 @@ class Estimator:
             return self._with_overall(self.delta * anchor + (1.0 - self.delta) * irt, se)
         if not self.anchors.sampled:  # λ from the calibration; the anchor part's error still the subject's own
             lam, b2 = self.lam, self.irt_error
+            mu = self._overall_shrink(lam, self.anchor_variance, b2)
         else:
             b2 = self._subject_irt_error(anchor, irt, s2)
             lam = _shrink_weight(b2, s2)
-        overall, overall_se = self._gp_overall(anchor, irt, s2)
-        return (np.column_stack([lam * anchor + (1.0 - lam) * irt, overall]),
-                np.column_stack([self._mixed_se(lam, s2, b2), overall_se]))
+            mu = self._overall_shrink(lam, s2, b2)
+        mixed = lam * anchor + (1.0 - lam) * irt
+        overall = mu * self.overall(anchor) + (1.0 - mu) * self.overall(mixed)
+        return (np.column_stack([mixed, overall]),
+                np.column_stack([self._mixed_se(lam, s2, b2), self._overall_se(mu, lam, s2, b2)]))
 
     def _with_overall(self, values: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-scenario estimates and SEs with the overall's appended: their item-weighted mean, its SE
@@ -357,23 +364,29 @@ class Estimator:
         return (np.column_stack([values, self.overall(values)]),
                 np.column_stack([se, weighted_sum_se(self.share, se, self.scenario_correlation)]))
 
-    def _gp_overall(self, anchor: np.ndarray, irt: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """gp-IRT's overall estimate and its SE, each (S,): the overall anchor mean and p-IRT mixed by
-        λ_o = B²/(V + B²), V the anchor part's error² (the subject's own σ² combined over scenarios),
-        B² the IRT part's (per subject on sampled anchors: B̂²·(1 + κ_o)/2, κ_o its overall excess
-        disagreement, as b² per scenario; on clustered anchors λ_o is the calibration's)."""
-        a, p = self.overall(anchor), self.overall(irt)
-        v = weighted_sum_se(self.share, np.sqrt(s2), self.anchor_correlation) ** 2
-        big_b2 = self.overall_irt_error
-        if self.anchors.sampled:
-            excess = np.maximum((a - p) ** 2 - v, 0.0) / max(big_b2, 1e-12)
-            b2 = big_b2 * (1.0 + excess) / 2.0
-            lam = _shrink_weight(b2, v)
-        else:
-            b2 = big_b2
-            v_cal = weighted_sum_se(self.share, np.sqrt(self.anchor_variance), self.anchor_correlation) ** 2
-            lam = _shrink_weight(np.asarray(b2), v_cal)
-        return lam * a + (1.0 - lam) * p, self._mixed_se(lam, v, b2)
+    def _overall_shrink(self, lam: np.ndarray, s2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+        """μ per subject: how far gp-IRT's overall moves from the mean of its scenarios' mixes M to the
+        overall anchor mean A, minimising the error of μ·A + (1 − μ)·M. A − M = Σ s_k(1 − λ_k)(ε_k − β_k)
+        (ε the anchor means' errors, β the IRT part's), so μ = [Var Σwβ − Cov(Σwε, Σsλε)]/[Var Σwε +
+        Var Σwβ], w = s(1 − λ): 0 when the scenarios' IRT errors are independent (each λ_k is then
+        already the best weight), towards 1 as they move together."""
+        w, v = self.share * (1.0 - lam), self.share * lam
+        sigma, b = np.sqrt(s2), np.sqrt(b2)
+        irt_part = _sum_covariance(w, w, b, self.irt_correlation)
+        numerator = irt_part - _sum_covariance(w, v, sigma, self.anchor_correlation)
+        denominator = _sum_covariance(w, w, sigma, self.anchor_correlation) + irt_part
+        return np.clip(numerator / np.maximum(denominator, 1e-300), 0.0, 1.0)
+
+    def _overall_se(self, mu: np.ndarray, lam: np.ndarray, s2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+        """SE of gp-IRT's overall Σ_k c_k ε_k + d_k β_k, c = s(μ + (1 − μ)λ), d = s(1 − μ)(1 − λ): each
+        part's errors correlated over scenarios as measured, and the two parts within a scenario."""
+        mu = np.asarray(mu)[..., None]
+        c, d = self.share * (mu + (1.0 - mu) * lam), self.share * (1.0 - mu) * (1.0 - lam)
+        sigma, b = np.sqrt(s2), np.sqrt(b2)
+        variance = (_sum_covariance(c, c, sigma, self.anchor_correlation)
+                    + _sum_covariance(d, d, b, self.irt_correlation)
+                    + 2.0 * self.parts_correlation * (c * d * sigma * b).sum(axis=-1))
+        return np.sqrt(variance)
 
     def estimate_rows(self, anchor_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(estimates, SEs), each (S, K), per scenario, for rows of scores on `anchor_ids`."""
@@ -386,7 +399,7 @@ class Estimator:
 
     def overall(self, values: np.ndarray) -> np.ndarray:
         """The item-weighted mean over scenarios (the last axis): a subject's overall score from
-        its per-scenario scores (gp-IRT's overall estimate is mixed on its own: `estimate_with_overall`)."""
+        its per-scenario scores (gp-IRT's overall estimate is not: `estimate_with_overall`)."""
         return values @ self.share
 
 

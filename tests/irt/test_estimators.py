@@ -54,10 +54,12 @@ def test_all_items_seen_gives_the_exact_mean(two_scenarios):
         assert est["s0"] == pytest.approx(row[:100].mean()) and est["s1"] == pytest.approx(row[100:].mean())
 
 
-def test_gpirt_is_a_convex_mix_per_scenario_and_again_overall(two_scenarios):
-    """Per scenario λ·anchor + (1 − λ)·pirt; the overall mixes the two parts' overalls (their
-    size-weighted means) again, by λ_o = B̂²/(V + B̂²): V the overall anchor mean's error² from the
-    scenarios' (correlated as measured: clustered anchors), B̂² the IRT part's (hand-computed)."""
+def test_gpirt_is_a_convex_mix_per_scenario_and_its_overall_leans_on_the_anchors_by_mu(two_scenarios):
+    """Per scenario λ·anchor + (1 − λ)·pirt. The overall is μ·A + (1 − μ)·M, A and M the size-weighted
+    means of the anchor means and of the mixes, μ = [Var Σwβ − Cov(Σwε, Σvε)]/[Var Σwε + Var Σwβ]
+    with w = s(1 − λ), v = sλ, ε the anchor means' errors (SDs σ̂, correlated ρ_a) and β the IRT
+    part's (b̂, ρ_b): hand-computed for two equal scenarios on clustered anchors (the calibration's
+    σ̂², b̂², λ)."""
     gen, _, responses, model = two_scenarios
     anchors = select_anchors(model, 10, "kmeans-irt")
     theta, ids = synthetic_abilities(5, dims=2, seed=99)
@@ -65,19 +67,41 @@ def test_gpirt_is_a_convex_mix_per_scenario_and_again_overall(two_scenarios):
     ests = {k: Estimator(model, anchors, k) for k in ("anchor", "pirt", "gpirt")}
     rows = matrix.scores[:, ests["gpirt"].anchor_idx]
     out = {k: e.estimate_matrix(rows) for k, e in ests.items()}
-    lam = ests["gpirt"].lam
+    gp = ests["gpirt"]
+    lam = gp.lam
     assert ((0 <= lam) & (lam <= 1)).all()
     np.testing.assert_allclose(out["gpirt"], lam * out["anchor"] + (1 - lam) * out["pirt"])
     singles = {k: e.estimate(dict(zip(e.anchor_ids, rows[0]))) for k, e in ests.items()}
     for kind in ("anchor", "pirt"):  # 100 items each
         assert singles[kind]["overall"] == pytest.approx((singles[kind]["s0"] + singles[kind]["s1"]) / 2)
-    gp = ests["gpirt"]
-    s0, s1 = np.sqrt(gp.anchor_variance)
-    v = 0.25 * (s0**2 + s1**2 + 2 * gp.anchor_correlation * s0 * s1)
-    lam_overall = gp.overall_irt_error / (v + gp.overall_irt_error)
-    assert 0 < lam_overall < 1
-    assert singles["gpirt"]["overall"] == pytest.approx(
-        lam_overall * singles["anchor"]["overall"] + (1 - lam_overall) * singles["pirt"]["overall"])
+    (sa0, sa1), (sb0, sb1) = np.sqrt(gp.anchor_variance), np.sqrt(gp.irt_error)
+    ra, rb = gp.anchor_correlation, gp.irt_correlation
+    (w0, w1), (v0, v1) = 0.5 * (1 - lam), 0.5 * lam
+    var_w_eps = w0**2 * sa0**2 + w1**2 * sa1**2 + 2 * ra * w0 * w1 * sa0 * sa1
+    var_w_beta = w0**2 * sb0**2 + w1**2 * sb1**2 + 2 * rb * w0 * w1 * sb0 * sb1
+    cov_w_v = w0 * v0 * sa0**2 + w1 * v1 * sa1**2 + ra * (w0 * v1 + w1 * v0) * sa0 * sa1
+    mu = np.clip((var_w_beta - cov_w_v) / (var_w_eps + var_w_beta), 0, 1)
+    assert 0 < mu < 1
+    anchor_mean, mixes = singles["anchor"]["overall"], (singles["gpirt"]["s0"] + singles["gpirt"]["s1"]) / 2
+    assert singles["gpirt"]["overall"] == pytest.approx(mu * anchor_mean + (1 - mu) * mixes)
+
+
+def test_with_independent_scenarios_gpirt_s_overall_is_the_mean_of_its_scenarios(two_scenarios):
+    """Each λ_k = b²/(σ² + b²) is the best weight of its scenario, so with the scenarios' errors
+    independent (correlations set to 0) μ is 0 and the overall is the size-weighted mean of the mixes;
+    with the IRT errors moving together (1), it leans on the overall anchor mean."""
+    gen, _, _, model = two_scenarios
+    est = Estimator(model, select_anchors(model, 10, "stratified"), "gpirt")
+    theta, ids = synthetic_abilities(6, dims=2, seed=41)
+    rows = ResponseMatrix.from_long(gen.sample(theta * 2.0, ids, seed=42), model.item_ids).scores[:, est.anchor_idx]
+    anchor = Estimator(model, est.anchors, "anchor").estimate_with_overall(rows)[0][:, -1]
+    est.anchor_correlation, est.irt_correlation = 0.0, 0.0
+    values = est.estimate_with_overall(rows)[0]
+    np.testing.assert_allclose(values[:, -1], est.overall(values[:, :-1]))
+    est.irt_correlation = 1.0
+    together = est.estimate_with_overall(rows)[0][:, -1]
+    assert (np.abs(together - anchor) <= np.abs(values[:, -1] - anchor) + 1e-12).all()
+    assert (np.abs(together - anchor) < np.abs(values[:, -1] - anchor)).any()
 
 
 def test_all_correct_or_all_wrong_anchors_give_finite_sensible_estimates(torch_model):
@@ -360,6 +384,6 @@ def test_the_overall_of_a_subject_unlike_the_calibration_ones_does_not_lose_to_r
         truth = est.overall(est.scenario_means(test))
         own.append(np.abs(values[:, -1] - truth).mean())
         mean_of_scenarios.append(np.abs(est.overall(values[:, :-1]) - truth).mean())
-    assert est.overall_irt_error > 2 * (est.irt_error @ est.share**2)  # far from independent: they move together
+    assert est.irt_correlation > 0.5  # the scenarios' IRT errors move together
     own, mean_of_scenarios = np.mean(own), np.mean(mean_of_scenarios)
     assert own < random_mae < mean_of_scenarios, (own, random_mae, mean_of_scenarios)
