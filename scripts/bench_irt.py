@@ -157,37 +157,34 @@ def _few_subjects_data(n_train: int, seed: int):
     return train, ResponseMatrix.from_long(test, gen.item_ids).scores
 
 
-TARGETS = ("scenarios", "overall", "mean of scenarios")
-
-
-def _mae(est: Estimator, test: np.ndarray, target: str = "scenarios") -> float:
-    """MAE per scenario, of the overall score over all items (a campaign task's fitness), or of
-    the item-weighted mean of the per-scenario estimates (gp-IRT's overall before it leaned on the
-    overall anchor mean)."""
+def _mae(est: Estimator, test: np.ndarray) -> dict[str, float]:
+    """MAE per scenario ("scenarios"), of the overall score over all items (a campaign task's
+    fitness), and of the item-weighted mean of the per-scenario estimates ("mean of scenarios":
+    gp-IRT's overall before it leaned on the overall anchor mean), from one estimate."""
     values = est.estimate_with_overall(test[:, est.anchor_idx])[0]
     truth = est.scenario_means(test)
-    if target == "overall":
-        return float(np.abs(values[:, -1] - est.overall(truth)).mean())
-    if target == "mean of scenarios":
-        return float(np.abs(est.overall(values[:, :-1]) - est.overall(truth)).mean())
-    return float(np.abs(values[:, :-1] - truth).mean())
+    overall = est.overall(truth)
+    return {"scenarios": float(np.abs(values[:, :-1] - truth).mean()),
+            "overall": float(np.abs(values[:, -1] - overall).mean()),
+            "mean of scenarios": float(np.abs(est.overall(values[:, :-1]) - overall).mean())}
 
 
-def _anchors_mae(model: IRTModel, test: np.ndarray, budget: int, method: str, seed: int, draws: int,
-                 target: str = "scenarios") -> float:
-    """gp-IRT's MAE averaged over `draws` anchor sets (stratified and random anchors are random
-    draws, and one draw's MAE can be off by several percent): the estimator's expected error on
-    this calibration set, as the baseline's is."""
-    return float(np.mean([_mae(Estimator(model, select_anchors(model, budget, method, seed=1000 * seed + d), "gpirt"),
-                               test, target) for d in range(draws)]))
+def _anchors_mae(model: IRTModel, test: np.ndarray, budget: int, method: str, seed: int,
+                 draws: int) -> dict[str, float]:
+    """gp-IRT's MAEs (`_mae`) averaged over `draws` anchor sets (stratified and random anchors are
+    random draws, and one draw's MAE can be off by several percent): the estimator's expected
+    error on this calibration set, as the baseline's is."""
+    maes = [_mae(Estimator(model, select_anchors(model, budget, method, seed=1000 * seed + d), "gpirt"), test)
+            for d in range(draws)]
+    return {key: float(np.mean([m[key] for m in maes])) for key in maes[0]}
 
 
 def _overall_ratios(model: IRTModel, test: np.ndarray, budget: int, seed: int, draws: int,
-                    anchor_draws: int) -> tuple[float, float, float]:
+                    maes: dict[str, float]) -> tuple[float, float, float]:
     """The overall score's random + mean MAE, and the default's overall and mean-of-scenarios
-    MAE over it."""
+    MAEs (`maes`, from `_anchors_mae`) over it."""
     base, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=True)
-    return (base, *(_anchors_mae(model, test, budget, "auto", seed, anchor_draws, t) / base for t in TARGETS[1:]))
+    return base, maes["overall"] / base, maes["mean of scenarios"] / base
 
 
 def _overall_table(title: str) -> Table:
@@ -235,9 +232,11 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int) -> None:
                 model = IRTModel.fit(train, seed=seed)
                 base, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=False)
                 base_all.append(base)
-                for key, method in (("default", "auto"), ("kmeans", "kmeans-irt"), ("random", "random")):
-                    ratios[key].append(_anchors_mae(model, test, budget, method, seed, anchor_draws) / base)
-                overall, mixed, mean = _overall_ratios(model, test, budget, seed, draws, anchor_draws)
+                maes = {key: _anchors_mae(model, test, budget, method, seed, anchor_draws)
+                        for key, method in (("default", "auto"), ("kmeans", "kmeans-irt"), ("random", "random"))}
+                for key, mae in maes.items():
+                    ratios[key].append(mae["scenarios"] / base)
+                overall, mixed, mean = _overall_ratios(model, test, budget, seed, draws, maes["default"])
                 overall_base.append(overall)
                 ratios["overall"].append(mixed)
                 ratios["mean of scenarios"].append(mean)
@@ -280,8 +279,9 @@ def leaderboard(draws: int, seeds: int, anchor_draws: int) -> None:
             wide = synthetic_abilities(40, dims=3, seed=730 + seed)[0] * 1.6 + np.array([0.4, -0.2, 0.1])
             test = ResponseMatrix.from_long(gen.sample(wide, [f"t{j}" for j in range(40)], seed=740 + seed),
                                             model.item_ids).scores
+            maes = _anchors_mae(model, test, budget, "auto", seed, anchor_draws)
             for key, value in zip(("base", "overall", "mean of scenarios"),
-                                  _overall_ratios(model, test, budget, seed, draws, anchor_draws)):
+                                  _overall_ratios(model, test, budget, seed, draws, maes)):
                 rows[key].append(value)
             rows["se"].append(_se_over_error(model, test, budget, seed)[-1])
         cells = ["10", str(budget), f"{np.mean(rows['base']):.4f}", _ratio(rows["overall"]),
@@ -322,10 +322,12 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
                 for budget, row in rows.items():
                     base, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=False)
                     row["base"].append(base)
-                    for key, method in (("default", "auto"), ("random", "random")):
-                        row[key].append(_anchors_mae(model, test, budget, method, seed, anchor_draws) / base)
+                    maes = {key: _anchors_mae(model, test, budget, method, seed, anchor_draws)
+                            for key, method in (("default", "auto"), ("random", "random"))}
+                    for key, mae in maes.items():
+                        row[key].append(mae["scenarios"] / base)
                     row["adaptive"].append(_adaptive_mae(model, test, budget // 2) / base)
-                    overall, mixed, mean = _overall_ratios(model, test, budget, seed, draws, anchor_draws)
+                    overall, mixed, mean = _overall_ratios(model, test, budget, seed, draws, maes["default"])
                     row["overall base"].append(overall)
                     row["overall"].append(mixed)
                     row["mean"].append(mean)
@@ -361,7 +363,7 @@ def midcampaign_refit(seeds: int) -> None:
                 searched = responses.subject.isin(merges[8:-16]) & responses.item.isin(anchors.all_items())
                 refit = IRTModel.fit(pd.concat([calibration, responses[searched]]), seed=seed, dims=model.dims)
                 for key, fitted in (("before", model), ("after", refit)):
-                    ratios[key].append(_mae(Estimator(fitted, anchors, "pirt"), test) / base)
+                    ratios[key].append(_mae(Estimator(fitted, anchors, "pirt"), test)["scenarios"] / base)
             table.add_row(family, str(budget), _ratio(ratios["before"]), _ratio(ratios["after"]))
     console.print(table)
 
@@ -392,7 +394,8 @@ def sparse_calibration(seeds: int, anchor_draws: int) -> None:
                 test = ResponseMatrix.from_long(responses[responses.subject.isin(merges[-16:])], model.item_ids).scores
                 for budget in FEW_BUDGETS:
                     base, _ = random_baseline(test, model.scenario_items(), budget, 200, seed, overall=False)
-                    ratios[name][budget].append(_anchors_mae(model, test, budget, "auto", seed, anchor_draws) / base)
+                    mae = _anchors_mae(model, test, budget, "auto", seed, anchor_draws)["scenarios"]
+                    ratios[name][budget].append(mae / base)
         for name, n_merges, share in settings:
             row = (family, name, f"{n_merges * share:.0f}", *[_ratio(ratios[name][b]) for b in FEW_BUDGETS])
             table.add_row(*row)

@@ -34,7 +34,7 @@ errors 0) does not give a candidate that scores otherwise an SE of 0.
 
 The task's overall score is not simply the item-weighted mean M of these per-scenario mixes
 for gp-IRT: one θ̂ drives every scenario's IRT part, so its errors move together across scenarios
-(cross-fit correlation up to 0.97 for subjects outside the calibration population), while the
+(cross-fit correlation 0.85-0.99 for subjects outside the calibration population), while the
 anchor means of different scenarios are independent samples that average out. M kept the IRT
 part's whole bias and lost to random sampling at the task level on such subjects. So the overall
 is μ·A + (1 − μ)·M, A the overall anchor mean, μ the weight minimising its error given each part's
@@ -101,8 +101,9 @@ def _cross_correlation(errors: np.ndarray) -> float:
 def _sum_covariance(x: np.ndarray, y: np.ndarray, sd: np.ndarray, correlation: float) -> np.ndarray:
     """Cov(Σ_k x_k e_k, Σ_k y_k e_k) over the last axis, e_k errors of SD sd_k, every two of them
     correlated by `correlation`."""
-    return (1.0 - correlation) * (x * y * sd**2).sum(axis=-1) + correlation * (x * sd).sum(axis=-1) * (y * sd).sum(
-        axis=-1)
+    independent = (x * y * sd**2).sum(axis=-1)
+    together = (x * sd).sum(axis=-1) * (y * sd).sum(axis=-1)
+    return (1.0 - correlation) * independent + correlation * together
 
 
 def weighted_sum_se(share: np.ndarray, scenario_se: np.ndarray, correlation: float) -> np.ndarray:

@@ -88,9 +88,9 @@ def validate(
 
     `budget` counts anchors per scenario. The baseline (random items + plain mean) averages
     `draws` random draws per subject; `random` anchors always get their estimator rows too, so
-    the table shows whether clustering pays. With `overall`, the error is that of the
-    item-weighted mean over the scenarios (one number per subject): a campaign's task score,
-    when its scenarios are the task's sub-skills."""
+    the table shows whether clustering pays. With `overall`, the error is that of the overall
+    score (the item-weighted mean of the scenarios' true scores; one number per subject) as each
+    estimator estimates it: a campaign's task score, when its scenarios are the task's sub-skills."""
     if repeats < 1 or draws < 1:
         raise UserError(f"repeats and draws must be at least 1, not {repeats} and {draws}")
     estimators = list(estimators) + ([e for e in ENDPOINT_ESTIMATORS if e not in estimators] if endpoints else [])

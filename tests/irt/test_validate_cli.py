@@ -11,8 +11,12 @@ from click.testing import CliRunner
 
 from evo_merge.cli import cli
 from evo_merge.irt import load_anchors, validate, validate_responses
+from evo_merge.irt.anchors import select_anchors
+from evo_merge.irt.estimators import Estimator
+from evo_merge.irt.model import IRTModel
+from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
-from evo_merge.irt.validation import BASELINE
+from evo_merge.irt.validation import BASELINE, split_subjects
 
 
 def test_irt_anchors_and_gpirt_beat_random_sampling_by_25_percent_at_n30():
@@ -49,6 +53,24 @@ def test_overall_error_is_that_of_the_item_weighted_mean_of_the_scenarios():
     # random sampling is exact there: no ratio to it (it was inf from 1e-17 over 0)
     ratios = validate(data, **kwargs).set_index("budget")["vs_baseline"]
     assert ratios[50].isna().all() and ratios[5].notna().all()
+
+
+def test_validate_overall_scores_gpirt_s_own_overall_estimate():
+    """A campaign's task score is gp-IRT's own overall estimate (not the mean of its scenarios'):
+    `irt validate --overall` measures that one, recomputed here from the same split, fit and anchors."""
+    gen = make_synthetic_irt(200, dims=1, n_scenarios=4, seed=5)
+    theta, ids = synthetic_abilities(40, dims=1, seed=6)
+    data = validate_responses(gen.sample(theta, ids, seed=7))
+    table = validate(data, budgets=[5], methods=["random"], estimators=["gpirt"], dims=1, seed=0, overall=True)
+    got = table.set_index(["method", "estimator"]).loc[("random", "gpirt"), "mae"]
+    train, test = split_subjects(data, 0.25, 0)
+    model = IRTModel.fit(train, dims=1, seed=0)
+    est = Estimator(model, select_anchors(model, 5, "random", seed=0), "gpirt")
+    scores = ResponseMatrix.from_long(test, items=model.item_ids).scores
+    values = est.estimate_with_overall(scores[:, est.anchor_idx])[0]
+    truth = est.overall(est.scenario_means(scores))
+    assert got == pytest.approx(np.abs(values[:, -1] - truth).mean())
+    assert got != pytest.approx(np.abs(est.overall(values[:, :-1]) - truth).mean())
 
 
 @pytest.fixture(scope="module")
