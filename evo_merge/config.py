@@ -110,7 +110,7 @@ class EstimatorSpec(_Checked):
     kind: Literal[CAMPAIGN_ESTIMATOR_KINDS] = "gpirt"
     anchors: int = Field(20, ge=1, description="anchor items per task scenario (on average, with neyman)")
     anchor_method: Literal[ANCHOR_METHODS] = Field(
-        "auto", description="auto: kmeans-irt with enough calibration subjects (30), stratified below; a "
+        "auto", description="auto: stratified-irt with enough calibration subjects (30), stratified below; a "
         "campaign's base, endpoints and warm-up merges are usually fewer")
     anchor_allocation: Literal[ANCHOR_ALLOCATIONS] = Field(
         "neyman", description="neyman: a task's anchors (anchors x its scenarios) go where they cut the error "
@@ -336,7 +336,9 @@ class TrackingSpec(_Checked):
 # with the defaults version that replaced it, oldest first. A run folder marked with an older version
 # (no mark: 1) resumes with the value each setting changed after it had then (search.binding).
 FORMER_DEFAULTS: dict[tuple[str, str], tuple[tuple[Any, int], ...]] = {
-    ("estimator", "anchor_method"): (("kmeans-irt", 2),),
+    # before 8, `auto` was kmeans-irt from 30 calibration subjects and stratified below: what kmeans-irt
+    # itself is today (version 2 added that fallback, which kmeans-irt has had since); 8 made it stratified-irt
+    ("estimator", "anchor_method"): (("kmeans-irt", 8),),
     ("algorithm", "seed_standard_merges"): ((False, 2),),
     ("estimator", "anchor_allocation"): (("equal", 3),),  # before: no such setting, every scenario `anchors`
     # version 4 added the race (before: every finalist measured on every item); 5 dropped its 50% stage
@@ -345,7 +347,7 @@ FORMER_DEFAULTS: dict[tuple[str, str], tuple[tuple[Any, int], ...]] = {
     ("", "dtype"): (("float32", 6),),  # "" : a top-level setting; before 6, bf16 models were evaluated in float32
     ("estimator", "warmup_standard"): ((False, 7),),  # before 7, every warm-up merge was random
 }
-DEFAULTS_VERSION = 7
+DEFAULTS_VERSION = 8
 
 
 class Campaign(_Checked):

@@ -8,7 +8,7 @@ validation gain of IRT anchors.
 
     .venv/bin/python scripts/bench_irt.py
         [--only few-subjects|tiny-lm|leaderboard|refit|sparse-calibration|pyirt-defaults]
-        [--seeds 3] [--draws 200] [--anchor-draws 10]
+        [--subjects 8,12,20,40] [--seeds 3] [--draws 200] [--anchor-draws 10]
         [--pyirt-epochs 1000] [--skip-pyirt-large] [--threads 2]
 
 Targets (issues 3 and 17): with >= 8 calibration subjects the default estimator's MAE <= 1.0x
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ def merges() -> None:
                   + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in mae.items()))
 
 
-FEW_SUBJECTS = (8, 12, 20)
+FEW_SUBJECTS = (8, 12, 20, 40)  # 40: past MIN_CLUSTER_SUBJECTS, where auto clusters the items
 FEW_BUDGETS = (10, 30, 100)
 
 
@@ -214,16 +215,17 @@ def adaptive_truth(model: IRTModel, row: np.ndarray) -> np.ndarray:
     return np.array([row[idx].mean() for idx in model.scenario_items().values()])
 
 
-def few_subjects(draws: int, seeds: int, anchor_draws: int) -> None:
-    """MAE vs random sampling with 8/12/20 calibration subjects, and adaptive at half the items;
-    then the same for the overall score over the 4 scenarios."""
+def few_subjects(draws: int, seeds: int, anchor_draws: int, subjects: Sequence[int] = FEW_SUBJECTS) -> None:
+    """MAE vs random sampling with 8/12/20 calibration subjects (and 40, where `auto` anchors are
+    clusters' strata), and adaptive at half the items; then the same for the overall score over
+    the 4 scenarios."""
     table = Table(title="Few calibration subjects, out-of-distribution test subjects (4 x 500 items): "
                         "MAE / random sampling's MAE")
     for col in ("subjects", "items/scenario", "random + mean MAE", "default (auto + gpirt)",
                 "kmeans-irt + gpirt", "random + gpirt", "adaptive, half the items", "default RMS SE / its RMSE"):
         table.add_column(col, justify="right")
     overall_table = _overall_table("The same, overall score (all 2,000 items): MAE / random sampling's MAE")
-    for n_train in FEW_SUBJECTS:
+    for n_train in subjects:
         for budget in FEW_BUDGETS:
             ratios = {k: [] for k in ("default", "kmeans", "random", "adaptive", "overall", "mean of scenarios")}
             base_all, calib, overall_base, overall_calib = [], [], [], []
@@ -444,6 +446,8 @@ def main() -> None:
                         "the tiny-lm one alone, a mid-campaign refit, py-irt at its defaults, or warm-up merges "
                         "measured on part of the items")
     parser.add_argument("--pyirt-families", default="arith", help="tiny-lm families for py-irt at its defaults")
+    parser.add_argument("--subjects", default=",".join(map(str, FEW_SUBJECTS)),
+                        help="calibration subjects per row of the synthetic few-subjects table")
     parser.add_argument("--seeds", type=int, default=3, help="calibration sets per row of the few-subjects table")
     parser.add_argument("--draws", type=int, default=200, help="random-baseline draws per subject")
     parser.add_argument("--anchor-draws", type=int, default=10,
@@ -456,7 +460,7 @@ def main() -> None:
     logging.getLogger("evo_merge.irt.backends").setLevel(logging.INFO)  # py-irt retries and fit times
     logging.getLogger("evo_merge.irt.anchors").setLevel(logging.ERROR)  # "stratified instead of auto", per draw
     if args.only in (None, "few-subjects"):
-        few_subjects(args.draws, args.seeds, args.anchor_draws)
+        few_subjects(args.draws, args.seeds, args.anchor_draws, [int(n) for n in args.subjects.split(",")])
     if args.only in (None, "few-subjects", "tiny-lm"):
         tiny_lm(args.draws, args.seeds, args.anchor_draws)
     if args.only in (None, "leaderboard"):

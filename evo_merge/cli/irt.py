@@ -118,7 +118,7 @@ def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float 
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--budget", type=int, required=True, help="Anchors per scenario.")
 @click.option("--method", type=click.Choice(ANCHOR_METHODS), default="auto", show_default=True,
-              help="'auto': kmeans-irt with enough calibration subjects, stratified below.")
+              help="'auto': stratified-irt with enough calibration subjects, stratified below.")
 @click.option("--allocation", type=click.Choice(ANCHOR_ALLOCATIONS), default="equal", show_default=True,
               help="'neyman': as many anchors in all, spread where they cut the error of the overall score most.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,

@@ -43,7 +43,7 @@ coefficients: {{low: 0.0, high: 1.5, granularity: model}}
 estimator:
   kind: gpirt
   anchors: {anchors}
-  anchor_method: auto      # kmeans-irt from 30 calibration subjects, stratified below
+  anchor_method: auto      # stratified-irt from 30 calibration subjects, stratified below
   anchor_allocation: neyman  # where they cut the task's error most (equal: `anchors` in each)
   warmup_merges: {warmup}
   backend: torch

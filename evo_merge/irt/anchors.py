@@ -1,11 +1,16 @@
 """Anchor items: the few items per scenario a new subject is evaluated on, with their weights.
 
 Clustered anchors represent their cluster: the item nearest each K-means centroid, weighted by
-the cluster's share of the scenario's items, so Σ w_i y_i estimates the scenario mean. Clusters
-are only as good as the item parameters or correctness patterns they are drawn from: with fewer
-than MIN_CLUSTER_SUBJECTS calibration subjects, `choose_anchor_method` falls back to stratified
-sampling (proportional strata of item mean score, never worse than random sampling in
-expectation), and says why.
+the cluster's share of the scenario's items, so Σ w_i y_i estimates the scenario mean. That mean
+is right for subjects who answer a cluster's items alike, as the calibration subjects did, and
+biased for one who does not (a merge stronger or weaker than any of them, or with another
+profile), however many anchors it gets. `stratified-irt` uses the same clusters of item
+parameters as strata and draws random members in each (two per stratum on average), so its
+weighted mean is unbiased for every subject, like a random sample's, and is as precise as the
+clusters are homogeneous. `auto` (the default) is stratified-irt with at least MIN_CLUSTER_SUBJECTS
+calibration subjects, and stratified sampling (proportional strata of item mean score, never
+worse than random sampling in expectation) below, where the item parameters are too noisy to
+cluster; it says why. kmeans-irt and kmeans-correctness fall back the same way below it.
 
 A model's anchors are `budget` per scenario (`equal`), or the same number spread over its
 scenarios where they cut the error of the model's overall, item-weighted score most (`neyman`,
@@ -37,9 +42,13 @@ log = logging.getLogger(__name__)
 METHODS = ANCHOR_METHODS
 SELECTABLE = tuple(m for m in METHODS if m != "auto")  # the methods "auto" resolves to
 CLUSTERED = ("kmeans-irt", "kmeans-correctness")
-SAMPLED = ("random", "stratified")  # drawn at random (within strata): their mean's error is the design's
+# drawn at random (within strata): their mean's error is the design's, for every subject
+SAMPLED = ("random", "stratified", "stratified-irt")
+AUTO_METHOD = "stratified-irt"  # what "auto" is with enough calibration subjects
 FALLBACK_METHOD = "stratified"
 MIN_CLUSTER_SUBJECTS = 30  # below: clustered anchors fall back (bench_irt.py: kmeans-irt lost to random at 12-20)
+# stratified-irt's picks per stratum on average: with one each, a stratum of a third of the items got one item
+STRATUM_PICKS = 2
 KMEANS_RESTARTS = 10
 MAX_PAIRS = 256  # calibration-subject midpoints averaged for a scenario's item variance (a random subset beyond)
 
@@ -52,7 +61,7 @@ def choose_anchor_method(requested: str, n_subjects: int) -> tuple[str, str | No
     if requested not in ("auto", *CLUSTERED):
         return requested, None
     if n_subjects >= MIN_CLUSTER_SUBJECTS:
-        return ("kmeans-irt" if requested == "auto" else requested), None
+        return (AUTO_METHOD if requested == "auto" else requested), None
     return FALLBACK_METHOD, (f"{FALLBACK_METHOD} anchors instead of {requested}: {n_subjects} calibration subjects "
                              f"are fewer than {MIN_CLUSTER_SUBJECTS}, too few for clusters to beat random sampling")
 
@@ -109,33 +118,39 @@ def load_anchors(model_dir: str | Path, budget: int | None = None, method: str |
     return anchors
 
 
-def _nearest_in_cluster(features: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """K-means (best of several restarts); per cluster the member nearest its centroid, weighted
-    by the cluster's share.
-
-    With fewer distinct items than `budget` (few calibration subjects make many items look
-    alike), there are as many clusters as distinct items and the rest of the budget goes to
-    random further members of the largest clusters, each cluster's share split among its picks.
-    """
-    n_clusters = min(budget, len(np.unique(features, axis=0)))
+def _clusters(features: np.ndarray, n_clusters: int, seed: int) -> list[np.ndarray]:
+    """K-means (best of several restarts) with at most as many clusters as distinct items (few
+    calibration subjects make many items look alike): each cluster's members, nearest its centroid first."""
+    n_clusters = min(n_clusters, len(np.unique(features, axis=0)))
     with warnings.catch_warnings():  # near-duplicate rows can still leave a cluster empty: skipped below
         warnings.filterwarnings("ignore", "Number of distinct clusters", ConvergenceWarning)
         km = KMeans(n_clusters=n_clusters, n_init=KMEANS_RESTARTS, random_state=seed).fit(features)
     dist = np.linalg.norm(features - km.cluster_centers_[km.labels_], axis=1)
     members = [np.flatnonzero(km.labels_ == c) for c in range(n_clusters)]
-    members = [m[np.argsort(dist[m], kind="stable")] for m in members if m.size]
-    sizes = np.array([m.size for m in members])
-    counts = np.ones(len(members), dtype=int)
-    for _ in range(budget - len(members)):  # extra picks: to the cluster with most members per pick
+    return [m[np.argsort(dist[m], kind="stable")] for m in members if m.size]
+
+
+def _spread(sizes: np.ndarray, budget: int) -> np.ndarray:
+    """Picks per cluster: one each, then each further pick to the cluster with most members per pick."""
+    counts = np.ones(sizes.size, dtype=int)
+    for _ in range(budget - sizes.size):
         room = sizes - counts
         if not room.any():
             break
         counts[np.argmax(np.where(room > 0, sizes / counts, -1))] += 1
-    rng = np.random.default_rng(seed)
+    return counts
+
+
+def _from_clusters(members: list[np.ndarray], budget: int, rng: np.random.Generator,
+                   nearest_first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`budget` picks spread over the clusters (`_spread`), each weighted by its cluster's share over
+    the cluster's picks: the member nearest the centroid and random further ones (`nearest_first`),
+    or random members only (a stratified sample, unbiased for every subject)."""
+    counts = _spread(np.array([m.size for m in members]), budget)
     picks, weights = [], []
     for m, k in zip(members, counts):
-        chosen = [m[0], *rng.choice(m[1:], k - 1, replace=False)] if k > 1 else [m[0]]
-        picks += chosen
+        chosen = [m[0], *rng.choice(m[1:], k - 1, replace=False)] if nearest_first else rng.choice(m, k, replace=False)
+        picks += list(chosen)
         weights += [m.size / k] * k
     weights = np.asarray(weights, dtype=float)
     return np.asarray(picks), weights / weights.sum()
@@ -151,13 +166,17 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
         mean = np.nanmean(model.responses[:, items], axis=0)
         strata = np.array_split(items[np.argsort(mean, kind="stable")], budget)
         return np.array([rng.choice(s) for s in strata]), np.array([s.size / n for s in strata])
-    if method == "kmeans-correctness":
+    if method == "kmeans-correctness":  # clusters of the calibration subjects' answers
         cols = model.responses[:, items]
-        cols = np.where(np.isnan(cols), np.nanmean(cols, axis=0), cols)
-        features = cols.T
-    else:  # kmeans-irt
+        features = np.where(np.isnan(cols), np.nanmean(cols, axis=0), cols).T
+    else:  # clusters of the items' IRT parameters
         features = np.column_stack([model.alpha[items], model.beta[items]])
-    local, weights = _nearest_in_cluster(features, budget, seed)
+    if method == "stratified-irt":
+        members = _clusters(features, max(1, budget // STRATUM_PICKS), seed)
+        local, weights = _from_clusters(members, budget, rng, nearest_first=False)
+    else:  # extra picks from a generator of their own, as always: a run folder re-chooses the same items
+        local, weights = _from_clusters(_clusters(features, budget, seed), budget, np.random.default_rng(seed),
+                                        nearest_first=True)
     return items[local], weights
 
 

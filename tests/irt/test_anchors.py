@@ -47,6 +47,50 @@ def test_kmeans_irt_picks_the_item_nearest_each_centroid_weighted_by_cluster_sha
     assert dict(zip(anchors.items["all"], anchors.weights["all"])) == pytest.approx(expected)
 
 
+def _three_item_groups(make_model):
+    """60 items in three well-separated groups of IRT parameters (10, 20, 30 items; k-means finds
+    them whatever its seed), the items of each spread in difficulty."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.5, -4.0], [1.5, 0.0], [3.0, 4.0]])  # (alpha, beta) of each group
+    sizes = [10, 20, 30]
+    feats = np.vstack([c + np.column_stack([rng.normal(0, 0.05, n), np.linspace(-0.5, 0.5, n)])
+                       for c, n in zip(centres, sizes)])
+    return make_model(feats[:, :1], feats[:, 1]), np.repeat([0, 1, 2], sizes)
+
+
+def test_stratified_irt_draws_random_members_of_the_clusters_weighted_by_share_over_picks(make_model):
+    model, group = _three_item_groups(make_model)
+    anchors = select_anchors(model, 6, "stratified-irt", seed=0)  # 6 // 2 = 3 strata: the three groups
+    picked = np.array([int(i[1:]) for i in anchors.items["all"]])
+    counts = np.bincount(group[picked], minlength=3)
+    assert counts.tolist() == [1, 2, 3]  # picks follow the strata's sizes
+    share = np.bincount(group) / group.size
+    assert anchors.weights["all"] == pytest.approx([share[g] / counts[g] for g in group[picked]])  # all 1/6
+    draws = {tuple(select_anchors(model, 6, "stratified-irt", seed=s).items["all"]) for s in range(5)}
+    assert len(draws) == 5  # random members: the seed changes them
+
+
+def test_stratified_irt_anchor_mean_is_unbiased_for_a_subject_unlike_the_calibration(make_model):
+    """A subject who gets a stratum's easier half right and its harder half wrong: kmeans-irt's
+    centroid items stand for their clusters with the calibration subjects' answers, not this one's,
+    and miss its accuracy by the same amount on every seed; stratified-irt's mean, over seeds, is its
+    accuracy (the design is unbiased for every subject: E Σ w y = Σ_h (N_h/N)·mean_h(y))."""
+    model, group = _three_item_groups(make_model)
+    rank = np.concatenate([np.argsort(np.argsort(model.beta[group == g])) for g in range(3)])
+    size = np.bincount(group)[group]
+    y = (rank < 0.3 * size).astype(float)  # the easiest 30% of each group right
+    truth = y.mean()
+
+    def anchor_mean(method, seed):
+        anchors = select_anchors(model, 6, method, seed=seed)
+        return float(np.dot(anchors.weights["all"], y[[int(i[1:]) for i in anchors.items["all"]]]))
+
+    stratified = [anchor_mean("stratified-irt", s) for s in range(150)]
+    kmeans = [anchor_mean("kmeans-irt", s) for s in range(5)]
+    assert abs(np.mean(stratified) - truth) < 3 * np.std(stratified) / np.sqrt(len(stratified))
+    assert min(abs(np.array(kmeans) - truth)) > 0.15  # the centroid items: off by as much on every seed
+
+
 def test_kmeans_correctness_clusters_identical_response_columns(make_model):
     patterns = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]], dtype=float).T  # 4 subjects x 3 patterns
     responses = np.repeat(patterns, [2, 5, 3], axis=1)  # item j answered like pattern groups[j]
@@ -110,7 +154,7 @@ def test_kmeans_with_fewer_distinct_items_than_the_budget_still_spends_it_with_u
     """Few calibration subjects make many items identical: 3 distinct kinds of 50, 30 and 20 items."""
     import warnings
 
-    from evo_merge.irt.anchors import _nearest_in_cluster
+    from evo_merge.irt.anchors import _clusters, _from_clusters
 
     kind = np.repeat([0, 1, 2], [50, 30, 20])
     features = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])[kind]
@@ -118,7 +162,8 @@ def test_kmeans_with_fewer_distinct_items_than_the_budget_still_spends_it_with_u
     for feats in (features, near):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no sklearn ConvergenceWarning about duplicate points
-            picks, weights = _nearest_in_cluster(feats, 10, seed=0)
+            members = _clusters(feats, 10, seed=0)
+            picks, weights = _from_clusters(members, 10, np.random.default_rng(0), nearest_first=True)
         assert len(set(picks.tolist())) == 10
         assert sorted(np.bincount(kind[picks]).tolist()) == [2, 3, 5]  # picks follow the kinds' sizes
         assert float(weights @ kind[picks]) == pytest.approx(kind.mean())  # weighted mean = population mean
@@ -128,7 +173,9 @@ def test_choose_anchor_method_falls_back_below_the_subject_threshold(two_scenari
     from evo_merge.irt.anchors import MIN_CLUSTER_SUBJECTS, choose_anchor_method
 
     few = MIN_CLUSTER_SUBJECTS - 1
-    assert choose_anchor_method("auto", MIN_CLUSTER_SUBJECTS) == ("kmeans-irt", None)
+    assert choose_anchor_method("auto", MIN_CLUSTER_SUBJECTS) == ("stratified-irt", None)
+    assert choose_anchor_method("kmeans-irt", MIN_CLUSTER_SUBJECTS) == ("kmeans-irt", None)
+    assert choose_anchor_method("stratified-irt", 5) == ("stratified-irt", None)  # a random design: no fallback
     assert choose_anchor_method("kmeans-correctness", 100) == ("kmeans-correctness", None)
     assert choose_anchor_method("random", 5) == ("random", None)
     for requested in ("auto", "kmeans-irt", "kmeans-correctness"):
@@ -136,9 +183,9 @@ def test_choose_anchor_method_falls_back_below_the_subject_threshold(two_scenari
         assert method == "stratified" and f"{few} calibration subjects" in reason
     with pytest.raises(UserError, match="unknown anchor method 'magic'"):
         choose_anchor_method("magic", 50)
-    model = two_scenarios[3]  # 80 subjects: auto is kmeans-irt, silently
+    model = two_scenarios[3]  # 80 subjects: auto is stratified-irt, silently
     with caplog.at_level("WARNING", logger="evo_merge.irt"):
-        assert select_anchors(model, 5, "auto").method == "kmeans-irt" and not caplog.records
+        assert select_anchors(model, 5, "auto").method == "stratified-irt" and not caplog.records
     small = replace(model, subject_ids=model.subject_ids[:few], responses=model.responses[:few])
     with caplog.at_level("WARNING", logger="evo_merge.irt"):
         assert select_anchors(small, 5, "auto").method == "stratified"

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from evo_merge.cli import cli
 from evo_merge.irt import load_anchors, validate, validate_responses
-from evo_merge.irt.anchors import select_anchors
+from evo_merge.irt.anchors import SELECTABLE, select_anchors
 from evo_merge.irt.estimators import Estimator
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
@@ -118,7 +118,7 @@ def test_fit_anchors_estimate_validate(files):
     code, out = run("validate", root / "responses.csv", "--budgets", "5,10", "--dims", "1", "--csv", root / "v.csv")
     assert code == 0 and "baseline" in out
     table = pd.read_csv(root / "v.csv")
-    assert len(table) == 2 * (4 * 3 + 1) and np.isfinite(table.mae).all()
+    assert len(table) == 2 * (len(SELECTABLE) * 3 + 1) and np.isfinite(table.mae).all()
 
 
 @pytest.mark.parametrize(

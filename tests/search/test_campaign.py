@@ -302,6 +302,7 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     not silently score its later candidates on other anchors. Likewise a version-3 folder has no
     final.race: it measures every finalist, as it would have."""
     from evo_merge.config import Campaign
+    from evo_merge.irt import choose_anchor_method
     from evo_merge.search.binding import DEFAULTS_META
     from evo_merge.search.store import CampaignStore
     from evo_merge.search.workspace import Workspace
@@ -311,7 +312,7 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     data = yaml.safe_load(path.read_text())
     assert "anchor_allocation" not in data["estimator"]
     runs = {}
-    for version in (2, 3, 4, 5, 6, 7):
+    for version in (2, 3, 4, 5, 6, 7, 8):
         run = tmp_path / f"v{version}"
         Workspace.open(Campaign.model_validate(data), path.parent, run).store.close()
         store = CampaignStore(run)
@@ -328,6 +329,12 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     assert (runs[5].campaign.final.race, runs[5].campaign.final.measure_whole) == ([0.125, 0.25], "picks")
     # every warm-up merge was random until version 7; since, the standard merges come first
     assert [runs[v].campaign.estimator.warmup_standard for v in (6, 7)] == [False, True]
+    # `auto` anchors were kmeans-irt from 30 calibration subjects until version 8 (stratified below,
+    # as kmeans-irt still falls back): the same anchors today; since, stratified-irt from 30
+    assert {runs[v].campaign.estimator.anchor_method for v in range(2, 8)} == {"kmeans-irt"}
+    assert runs[8].campaign.estimator.anchor_method == "auto"
+    assert [choose_anchor_method("kmeans-irt", n)[0] for n in (12, 30)] == ["stratified", "kmeans-irt"]
+    assert [choose_anchor_method("auto", n)[0] for n in (12, 30)] == ["stratified", "stratified-irt"]
     for workspace in runs.values():
         workspace.store.close()
 
