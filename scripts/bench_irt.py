@@ -188,10 +188,11 @@ def _overall_ratios(model: IRTModel, test: np.ndarray, budget: int, seed: int, d
     return base, maes["overall"] / base, maes["mean of scenarios"] / base
 
 
-def _overall_table(title: str) -> Table:
+def _overall_table(title: str, kmeans: bool = False) -> Table:
     table = Table(title=title)
+    extra = ["kmeans-irt + gpirt: overall"] if kmeans else []
     for col in ("subjects", "items/scenario", "random + mean MAE", "default: overall",
-                "default: mean of its scenarios", "RMS SE / RMSE"):
+                "default: mean of its scenarios", *extra, "RMS SE / RMSE"):
         table.add_column(col, justify="right")
     return table
 
@@ -224,10 +225,12 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int, subjects: Sequence[i
     for col in ("subjects", "items/scenario", "random + mean MAE", "default (auto + gpirt)",
                 "kmeans-irt + gpirt", "random + gpirt", "adaptive, half the items", "default RMS SE / its RMSE"):
         table.add_column(col, justify="right")
-    overall_table = _overall_table("The same, overall score (all 2,000 items): MAE / random sampling's MAE")
+    overall_table = _overall_table("The same, overall score (all 2,000 items): MAE / random sampling's MAE",
+                                   kmeans=True)
     for n_train in subjects:
         for budget in FEW_BUDGETS:
-            ratios = {k: [] for k in ("default", "kmeans", "random", "adaptive", "overall", "mean of scenarios")}
+            ratios = {k: [] for k in ("default", "kmeans", "random", "adaptive", "overall", "mean of scenarios",
+                                      "kmeans overall")}
             base_all, calib, overall_base, overall_calib = [], [], [], []
             for seed in range(seeds):
                 train, test = _few_subjects_data(n_train, seed)
@@ -242,6 +245,7 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int, subjects: Sequence[i
                 overall_base.append(overall)
                 ratios["overall"].append(mixed)
                 ratios["mean of scenarios"].append(mean)
+                ratios["kmeans overall"].append(maes["kmeans"]["overall"] / overall)
                 rms = _se_over_error(model, test, budget, seed)
                 calib.append(float(np.mean(rms[:-1])))
                 overall_calib.append(float(rms[-1]))
@@ -249,7 +253,8 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int, subjects: Sequence[i
             cells = [str(n_train), str(budget), f"{np.mean(base_all):.4f}",
                      *[_ratio(ratios[k]) for k in ("default", "kmeans", "random", "adaptive")], f"{np.mean(calib):.2f}"]
             overall_cells = [str(n_train), str(budget), f"{np.mean(overall_base):.4f}", _ratio(ratios["overall"]),
-                             _ratio(ratios["mean of scenarios"]), f"{np.mean(overall_calib):.2f}"]
+                             _ratio(ratios["mean of scenarios"]), _ratio(ratios["kmeans overall"]),
+                             f"{np.mean(overall_calib):.2f}"]
             table.add_row(*cells)
             overall_table.add_row(*overall_cells)
             console.print(" | ".join(cells), "||", " | ".join(overall_cells[2:]))  # as it comes, ranges whole
@@ -307,14 +312,15 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
     campaign's warm-up) or 48, MAE on 16 other merges, per sub-skill scenario."""
     table = Table(title="tiny-lm responses (irt_models/): MAE / random sampling's MAE, per sub-skill scenario")
     for col in ("family", "calibration subjects", "items/scenario", "random + mean MAE", "default (auto + gpirt)",
-                "random + gpirt", "adaptive, half the items", "overall: random + mean MAE", "overall: default",
-                "overall: mean of its scenarios"):
+                "kmeans-irt + gpirt", "random + gpirt", "adaptive, half the items", "overall: random + mean MAE",
+                "overall: default", "overall: mean of its scenarios", "overall: kmeans-irt + gpirt"):
         table.add_column(col, justify="right")
     for family in ("arith", "lang", "seq"):
         responses = shipped_responses(family)
         subjects = list(dict.fromkeys(responses.subject))
         for n_train in (12, 48):
-            rows = {b: {k: [] for k in ("base", "default", "random", "adaptive", "overall base", "overall", "mean")}
+            rows = {b: {k: [] for k in ("base", "default", "kmeans", "random", "adaptive", "overall base", "overall",
+                                        "mean", "kmeans overall")}
                     for b in FEW_BUDGETS}
             for seed in range(seeds):
                 merges = np.random.default_rng(seed).permutation(subjects[4:])
@@ -325,7 +331,7 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
                     base, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=False)
                     row["base"].append(base)
                     maes = {key: _anchors_mae(model, test, budget, method, seed, anchor_draws)
-                            for key, method in (("default", "auto"), ("random", "random"))}
+                            for key, method in (("default", "auto"), ("kmeans", "kmeans-irt"), ("random", "random"))}
                     for key, mae in maes.items():
                         row[key].append(mae["scenarios"] / base)
                     row["adaptive"].append(_adaptive_mae(model, test, budget // 2) / base)
@@ -333,10 +339,12 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
                     row["overall base"].append(overall)
                     row["overall"].append(mixed)
                     row["mean"].append(mean)
+                    row["kmeans overall"].append(maes["kmeans"]["overall"] / overall)
             for budget, row in rows.items():
                 cells = [family, str(n_train), str(budget), f"{np.mean(row['base']):.4f}",
-                         *[_ratio(row[k]) for k in ("default", "random", "adaptive")],
-                         f"{np.mean(row['overall base']):.4f}", _ratio(row["overall"]), _ratio(row["mean"])]
+                         *[_ratio(row[k]) for k in ("default", "kmeans", "random", "adaptive")],
+                         f"{np.mean(row['overall base']):.4f}",
+                         *[_ratio(row[k]) for k in ("overall", "mean", "kmeans overall")]]
                 table.add_row(*cells)
                 console.print(" | ".join(cells))  # as it comes: each family takes minutes
     console.print(table)

@@ -24,6 +24,7 @@ DEFAULTS_META = "defaults"  # the DEFAULTS_VERSION a run folder was written unde
 CONFIG_META = "config"  # the fingerprint of the campaign the folder is bound to
 CAMPAIGN_TEXT_META = "campaign_text"  # sha256 of the campaign.yaml the folder last ran with
 CONFIG_DATA_META = "config_data"  # what the fingerprint hashes: names the settings an edited campaign changed
+OPTIONS_SORTED_SINCE = 8  # defaults version from which a task's options are fingerprinted in name order
 
 
 def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Campaign:
@@ -54,9 +55,14 @@ def fingerprinted(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> 
     cluster) is left out, so a run started locally can be resumed on a cluster and back; so are
     settings at their defaults, so a setting added in a later version leaves older runs resumable;
     so is where it is tracked (trackers observe, they compute nothing), and the sequence length the
-    memory plan assumes. With an older `written_at`, a setting at the value it defaulted to then, since
-    changed, is left out too: the fingerprint a run folder written then holds."""
+    memory plan assumes. A task's options are keyword arguments, so their order in the file is left
+    out too (a folder written before defaults version 8 holds them in the file's order). With an older
+    `written_at`, a setting at the value it defaulted to then, since changed, is left out too: the
+    fingerprint a run folder written then holds."""
     campaign = _swap_defaults(campaign, written_at, to_former=False)
+    if written_at >= OPTIONS_SORTED_SINCE:
+        tasks = [task.model_copy(update={"options": dict(sorted(task.options.items()))}) for task in campaign.tasks]
+        campaign = campaign.model_copy(update={"tasks": tasks})
     # storage placement and budgets change where tensors are kept, not what is computed (#13)
     storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
                                                   "device_budget_gib": None})

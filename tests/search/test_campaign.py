@@ -257,6 +257,24 @@ def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zo
     assert config_fingerprint(changed) != config_fingerprint(now)
 
 
+def test_reordering_a_tasks_options_keeps_the_fingerprint(tmp_path, zoo):
+    """Options are keyword arguments: their order in the file computes nothing, so a campaign.yaml
+    whose options an editor reordered still resumes its run folder. A folder written before version
+    8 holds the file's order, and is still matched by it."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.binding import config_fingerprint
+
+    data = yaml.safe_load(campaign(tmp_path, zoo).read_text())
+    reordered = {**data, "tasks": [{**t, "options": dict(reversed(t["options"].items()))} for t in data["tasks"]]}
+    now, edited = Campaign.model_validate(data), Campaign.model_validate(reordered)
+    assert list(edited.tasks[0].options) != list(now.tasks[0].options)
+    assert config_fingerprint(edited) == config_fingerprint(now)
+    assert config_fingerprint(edited, written_at=7) != config_fingerprint(now, written_at=7)
+    changed = {**data, "tasks": [{**data["tasks"][0], "options": {**data["tasks"][0]["options"], "seed": 9}},
+                                 *data["tasks"][1:]]}
+    assert config_fingerprint(Campaign.model_validate(changed)) != config_fingerprint(now)
+
+
 def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(tmp_path, zoo):
     from evo_merge.config import FORMER_DEFAULTS, Campaign
     from evo_merge.search.binding import DEFAULTS_META, config_fingerprint
