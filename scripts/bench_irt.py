@@ -174,10 +174,15 @@ def _anchors_mae(model: IRTModel, test: np.ndarray, budget: int, method: str, se
                  draws: int) -> dict[str, float]:
     """gp-IRT's MAEs (`_mae`) averaged over `draws` anchor sets (stratified and random anchors are
     random draws, and one draw's MAE can be off by several percent): the estimator's expected
-    error on this calibration set, as the baseline's is."""
+    error on this calibration set, as the baseline's is; and each average's standard error over
+    the draws ("<key> draw se"): one draw's anchors serve every test subject, so its MAE is one
+    noisy number, and 10 draws leave a set's ratio a few percent either way."""
     maes = [_mae(Estimator(model, select_anchors(model, budget, method, seed=1000 * seed + d), "gpirt"), test)
             for d in range(draws)]
-    return {key: float(np.mean([m[key] for m in maes])) for key in maes[0]}
+    means = {key: float(np.mean([m[key] for m in maes])) for key in maes[0]}
+    spread = {f"{key} draw se": float(np.std([m[key] for m in maes], ddof=1) / np.sqrt(draws)) if draws > 1 else np.nan
+              for key in maes[0]}
+    return means | spread
 
 
 def _overall_ratios(model: IRTModel, test: np.ndarray, budget: int, seed: int, draws: int,
@@ -192,9 +197,15 @@ def _overall_table(title: str, kmeans: bool = False) -> Table:
     table = Table(title=title)
     extra = ["kmeans-irt + gpirt: overall"] if kmeans else []
     for col in ("subjects", "items/scenario", "random + mean MAE", "default: overall",
-                "default: mean of its scenarios", *extra, "RMS SE / RMSE"):
+                "default: a set's ratio, SE over anchor draws", "default: mean of its scenarios", *extra,
+                "RMS SE / RMSE"):
         table.add_column(col, justify="right")
     return table
+
+
+def _draw_se(values: list[float]) -> str:
+    """The RMS over calibration sets of the SE of a set's ratio over its anchor draws."""
+    return f"±{np.sqrt(np.mean(np.square(values))):.3f}"
 
 
 def _ratio(values: list[float]) -> str:
@@ -229,8 +240,8 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int, subjects: Sequence[i
                                    kmeans=True)
     for n_train in subjects:
         for budget in FEW_BUDGETS:
-            ratios = {k: [] for k in ("default", "kmeans", "random", "adaptive", "overall", "mean of scenarios",
-                                      "kmeans overall")}
+            ratios = {k: [] for k in ("default", "kmeans", "random", "adaptive", "overall", "overall draw se",
+                                      "mean of scenarios", "kmeans overall")}
             base_all, calib, overall_base, overall_calib = [], [], [], []
             for seed in range(seeds):
                 train, test = _few_subjects_data(n_train, seed)
@@ -246,6 +257,7 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int, subjects: Sequence[i
                 ratios["overall"].append(mixed)
                 ratios["mean of scenarios"].append(mean)
                 ratios["kmeans overall"].append(maes["kmeans"]["overall"] / overall)
+                ratios["overall draw se"].append(maes["default"]["overall draw se"] / overall)
                 rms = _se_over_error(model, test, budget, seed)
                 calib.append(float(np.mean(rms[:-1])))
                 overall_calib.append(float(rms[-1]))
@@ -253,8 +265,8 @@ def few_subjects(draws: int, seeds: int, anchor_draws: int, subjects: Sequence[i
             cells = [str(n_train), str(budget), f"{np.mean(base_all):.4f}",
                      *[_ratio(ratios[k]) for k in ("default", "kmeans", "random", "adaptive")], f"{np.mean(calib):.2f}"]
             overall_cells = [str(n_train), str(budget), f"{np.mean(overall_base):.4f}", _ratio(ratios["overall"]),
-                             _ratio(ratios["mean of scenarios"]), _ratio(ratios["kmeans overall"]),
-                             f"{np.mean(overall_calib):.2f}"]
+                             _draw_se(ratios["overall draw se"]), _ratio(ratios["mean of scenarios"]),
+                             _ratio(ratios["kmeans overall"]), f"{np.mean(overall_calib):.2f}"]
             table.add_row(*cells)
             overall_table.add_row(*overall_cells)
             console.print(" | ".join(cells), "||", " | ".join(overall_cells[2:]))  # as it comes, ranges whole
@@ -277,22 +289,24 @@ def leaderboard(draws: int, seeds: int, anchor_draws: int) -> None:
     shifted population; the overall over all benchmarks against random sampling's."""
     table = _overall_table("Leaderboard-like: 10 calibration subjects, 11 x 400 items, out-of-distribution "
                            "test subjects; overall score, MAE / random sampling's")
-    for budget in FEW_BUDGETS:
-        rows = {k: [] for k in ("base", "overall", "mean of scenarios", "se")}
-        for seed in range(seeds):
-            gen = make_synthetic_irt(11 * 400, dims=3, n_scenarios=11, heterogeneous=True, clusters=12, seed=700 + seed)
-            theta, ids = synthetic_abilities(10, dims=3, seed=710 + seed)
-            model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=720 + seed)), seed=seed)
-            wide = synthetic_abilities(40, dims=3, seed=730 + seed)[0] * 1.6 + np.array([0.4, -0.2, 0.1])
-            test = ResponseMatrix.from_long(gen.sample(wide, [f"t{j}" for j in range(40)], seed=740 + seed),
-                                            model.item_ids).scores
+    rows = {b: {k: [] for k in ("base", "overall", "draw se", "mean of scenarios", "se")} for b in FEW_BUDGETS}
+    for seed in range(seeds):
+        gen = make_synthetic_irt(11 * 400, dims=3, n_scenarios=11, heterogeneous=True, clusters=12, seed=700 + seed)
+        theta, ids = synthetic_abilities(10, dims=3, seed=710 + seed)
+        model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=720 + seed)), seed=seed)
+        wide = synthetic_abilities(40, dims=3, seed=730 + seed)[0] * 1.6 + np.array([0.4, -0.2, 0.1])
+        test = ResponseMatrix.from_long(gen.sample(wide, [f"t{j}" for j in range(40)], seed=740 + seed),
+                                        model.item_ids).scores
+        for budget, row in rows.items():
             maes = _anchors_mae(model, test, budget, "auto", seed, anchor_draws)
             for key, value in zip(("base", "overall", "mean of scenarios"),
                                   _overall_ratios(model, test, budget, seed, draws, maes)):
-                rows[key].append(value)
-            rows["se"].append(_se_over_error(model, test, budget, seed)[-1])
-        cells = ["10", str(budget), f"{np.mean(rows['base']):.4f}", _ratio(rows["overall"]),
-                 _ratio(rows["mean of scenarios"]), f"{np.mean(rows['se']):.2f}"]
+                row[key].append(value)
+            row["draw se"].append(maes["overall draw se"] / row["base"][-1])
+            row["se"].append(_se_over_error(model, test, budget, seed)[-1])
+    for budget, row in rows.items():
+        cells = ["10", str(budget), f"{np.mean(row['base']):.4f}", _ratio(row["overall"]), _draw_se(row["draw se"]),
+                 _ratio(row["mean of scenarios"]), f"{np.mean(row['se']):.2f}"]
         table.add_row(*cells)
         console.print(" | ".join(cells))
     console.print(table)
