@@ -111,7 +111,7 @@ class EstimatorSpec(_Checked):
     anchors: int = Field(20, ge=1, description="anchor items per task scenario (on average, with neyman)")
     anchor_method: Literal[ANCHOR_METHODS] = Field(
         "auto", description="auto: stratified-irt with enough calibration subjects (30), stratified below; a "
-        "campaign's base, endpoints and warm-up merges are usually fewer")
+        "campaign's base, endpoints and warm-up merges are usually fewer. auto-kmeans: kmeans-irt with enough")
     anchor_allocation: Literal[ANCHOR_ALLOCATIONS] = Field(
         "neyman", description="neyman: a task's anchors (anchors x its scenarios) go where they cut the error "
         "of its score most; equal: `anchors` in each scenario")
@@ -336,9 +336,9 @@ class TrackingSpec(_Checked):
 # with the defaults version that replaced it, oldest first. A run folder marked with an older version
 # (no mark: 1) resumes with the value each setting changed after it had then (search.binding).
 FORMER_DEFAULTS: dict[tuple[str, str], tuple[tuple[Any, int], ...]] = {
-    # before 8, `auto` was kmeans-irt from 30 calibration subjects and stratified below: what kmeans-irt
-    # itself is today (version 2 added that fallback, which kmeans-irt has had since); 8 made it stratified-irt
-    ("estimator", "anchor_method"): (("kmeans-irt", 8),),
+    # version 2's `auto` was kmeans-irt from 30 calibration subjects, stratified below (`auto-kmeans` since
+    # version 8, whose `auto` is stratified-irt from 30)
+    ("estimator", "anchor_method"): (("kmeans-irt", 2), ("auto-kmeans", 8)),
     ("algorithm", "seed_standard_merges"): ((False, 2),),
     ("estimator", "anchor_allocation"): (("equal", 3),),  # before: no such setting, every scenario `anchors`
     # version 4 added the race (before: every finalist measured on every item); 5 dropped its 50% stage

@@ -118,7 +118,8 @@ def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float 
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--budget", type=int, required=True, help="Anchors per scenario.")
 @click.option("--method", type=click.Choice(ANCHOR_METHODS), default="auto", show_default=True,
-              help="'auto': stratified-irt with enough calibration subjects, stratified below.")
+              help="'auto': stratified-irt with enough calibration subjects, stratified below; "
+              "'auto-kmeans': kmeans-irt with enough (the default before defaults version 8).")
 @click.option("--allocation", type=click.Choice(ANCHOR_ALLOCATIONS), default="equal", show_default=True,
               help="'neyman': as many anchors in all, spread where they cut the error of the overall score most.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -150,7 +151,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate,se."""
 
     model = IRTModel.load(model_dir)
-    if method == "auto":  # `irt anchors --method auto` stored its set under the method auto resolved to
+    if method is not None:  # `irt anchors --method auto` stored its set under the method auto resolved to
         method = choose_anchor_method(method, len(model.subject_ids))[0]
     anchors = None if estimator == "adaptive" else load_anchors(model_dir, budget, method)
     est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=_delta(gmp_delta))

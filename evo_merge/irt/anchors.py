@@ -10,7 +10,8 @@ weighted mean is unbiased for every subject, like a random sample's, and is as p
 clusters are homogeneous. `auto` (the default) is stratified-irt with at least MIN_CLUSTER_SUBJECTS
 calibration subjects, and stratified sampling (proportional strata of item mean score, never
 worse than random sampling in expectation) below, where the item parameters are too noisy to
-cluster; it says why. kmeans-irt and kmeans-correctness fall back the same way below it.
+cluster; it says why. `auto-kmeans` (the default before defaults version 8) is kmeans-irt with
+enough calibration subjects and stratified below; the other methods are used as named.
 
 A model's anchors are `budget` per scenario (`equal`), or the same number spread over its
 scenarios where they cut the error of the model's overall, item-weighted score most (`neyman`,
@@ -40,11 +41,11 @@ from evo_merge.irt.model import IRTModel
 
 log = logging.getLogger(__name__)
 METHODS = ANCHOR_METHODS
-SELECTABLE = tuple(m for m in METHODS if m != "auto")  # the methods "auto" resolves to
-CLUSTERED = ("kmeans-irt", "kmeans-correctness")
+# the automatic methods: what each is with at least MIN_CLUSTER_SUBJECTS calibration subjects (FALLBACK_METHOD below)
+AUTOMATIC = {"auto": "stratified-irt", "auto-kmeans": "kmeans-irt"}
+SELECTABLE = tuple(m for m in METHODS if m not in AUTOMATIC)  # the methods used as named
 # drawn at random (within strata): their mean's error is the design's, for every subject
 SAMPLED = ("random", "stratified", "stratified-irt")
-AUTO_METHOD = "stratified-irt"  # what "auto" is with enough calibration subjects
 FALLBACK_METHOD = "stratified"
 MIN_CLUSTER_SUBJECTS = 30  # below: clustered anchors fall back (bench_irt.py: kmeans-irt lost to random at 12-20)
 # stratified-irt's picks per stratum on average: with one each, a stratum of a third of the items got one item
@@ -54,14 +55,15 @@ MAX_PAIRS = 256  # calibration-subject midpoints averaged for a scenario's item 
 
 
 def choose_anchor_method(requested: str, n_subjects: int) -> tuple[str, str | None]:
-    """The method to use for `requested` ("auto" or a kmeans method) with this many calibration
-    subjects, and why it differs from the request (None when it does not)."""
+    """The method to use for `requested` with this many calibration subjects (an automatic one
+    resolved, the others as named), and why it is not what the automatic one names with enough
+    subjects (None when it is, or nothing was resolved)."""
     if requested not in METHODS:
         raise UserError(f"unknown anchor method {requested!r} (choose from {', '.join(METHODS)})")
-    if requested not in ("auto", *CLUSTERED):
+    if requested not in AUTOMATIC:
         return requested, None
     if n_subjects >= MIN_CLUSTER_SUBJECTS:
-        return (AUTO_METHOD if requested == "auto" else requested), None
+        return AUTOMATIC[requested], None
     return FALLBACK_METHOD, (f"{FALLBACK_METHOD} anchors instead of {requested}: {n_subjects} calibration subjects "
                              f"are fewer than {MIN_CLUSTER_SUBJECTS}, too few for clusters to beat random sampling")
 
@@ -215,10 +217,10 @@ def select_anchors(model: IRTModel, budget: int, method: str = "kmeans-irt", see
     """`budget` anchors per scenario on average, spread over the scenarios by `allocation`, or
     `counts` per scenario where given (a cross-fit re-chooses anchors of the same design).
 
-    "auto" is resolved by `choose_anchor_method` (logged when it falls back); the other methods
-    are used as named, so `irt validate` can show how clustering does with few subjects.
+    The automatic methods are resolved by `choose_anchor_method` (logged when they fall back); the
+    others are used as named, so `irt validate` can show how clustering does with few subjects.
     """
-    if method == "auto":
+    if method in AUTOMATIC:
         method, reason = choose_anchor_method(method, len(model.subject_ids))
         if reason:
             log.warning(reason)

@@ -10,8 +10,9 @@ from __future__ import annotations
 ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "adaptive")
 FULL_EVALUATION = "full"  # a campaign's costly baseline: every item scored, no estimator
 CAMPAIGN_ESTIMATOR_KINDS = (*ESTIMATOR_KINDS, FULL_EVALUATION)
-# "auto" is stratified-irt with enough calibration subjects, stratified below (anchors.choose_anchor_method)
-ANCHOR_METHODS = ("auto", "stratified-irt", "kmeans-irt", "kmeans-correctness", "stratified", "random")
+# "auto" is stratified-irt with enough calibration subjects, stratified below; "auto-kmeans" (the
+# default before defaults version 8) kmeans-irt with enough, stratified below (anchors.choose_anchor_method)
+ANCHOR_METHODS = ("auto", "auto-kmeans", "stratified-irt", "kmeans-irt", "kmeans-correctness", "stratified", "random")
 # how a model's anchors are spread over its scenarios (anchors.allocate)
 ANCHOR_ALLOCATIONS = ("equal", "neyman")
 BACKEND_NAMES = ("torch", "pyirt")

@@ -42,7 +42,7 @@ class Scoring:
     def __init__(self, spec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path, seed: int,
                  holdout: Mapping[str, Sequence[str]] | None = None):
         self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
-        self._said: set[str] = set()  # fallbacks of `auto` anchors already logged (said once, not per task)
+        self._said: set[str] = set()  # fallbacks of automatic anchors already logged (said once, not per task)
         self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}
         self.estimators: dict[str, Estimator] | None = None
         self._tighter: dict[tuple[str, float], AdaptiveTest] = {}
@@ -156,12 +156,10 @@ class Scoring:
             return Estimator(
                 model, None, "adaptive", seed=self.seed, target_se=spec.target_se, max_items=spec.max_items
             )
-        method = spec.anchor_method
-        if method == "auto":
-            method, reason = choose_anchor_method(method, len(model.subject_ids))
-            if reason and reason not in self._said:
-                self._said.add(reason)
-                log.warning(reason)
+        method, reason = choose_anchor_method(spec.anchor_method, len(model.subject_ids))  # an automatic one resolved
+        if reason and reason not in self._said:
+            self._said.add(reason)
+            log.warning(reason)
         anchors = select_anchors(model, spec.anchors, method, seed=self.seed, allocation=spec.anchor_allocation)
         return Estimator(
             model, anchors, spec.kind, endpoints=endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None

@@ -174,11 +174,10 @@ def test_choose_anchor_method_falls_back_below_the_subject_threshold(two_scenari
 
     few = MIN_CLUSTER_SUBJECTS - 1
     assert choose_anchor_method("auto", MIN_CLUSTER_SUBJECTS) == ("stratified-irt", None)
-    assert choose_anchor_method("kmeans-irt", MIN_CLUSTER_SUBJECTS) == ("kmeans-irt", None)
-    assert choose_anchor_method("stratified-irt", 5) == ("stratified-irt", None)  # a random design: no fallback
-    assert choose_anchor_method("kmeans-correctness", 100) == ("kmeans-correctness", None)
-    assert choose_anchor_method("random", 5) == ("random", None)
-    for requested in ("auto", "kmeans-irt", "kmeans-correctness"):
+    assert choose_anchor_method("auto-kmeans", MIN_CLUSTER_SUBJECTS) == ("kmeans-irt", None)
+    for named in ("stratified-irt", "kmeans-irt", "kmeans-correctness", "random"):  # used as named
+        assert choose_anchor_method(named, 5) == choose_anchor_method(named, 100) == (named, None)
+    for requested in ("auto", "auto-kmeans"):
         method, reason = choose_anchor_method(requested, few)
         assert method == "stratified" and f"{few} calibration subjects" in reason
     with pytest.raises(UserError, match="unknown anchor method 'magic'"):

@@ -314,6 +314,37 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
     assert result.exit_code == 2 and "different campaign" in result.output
 
 
+def test_a_run_written_before_auto_anchors_changed_resumes_with_the_anchors_it_chose(tmp_path, zoo):
+    """Defaults version 8 changed what `auto` anchors are: a version-7 folder, calibrated on fewer than
+    30 subjects (stratified anchors then and now, but not what kmeans-irt would pick), re-chooses
+    the same anchors when it resumes, so its later candidates are scored on the items its earlier
+    ones were."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.binding import DEFAULTS_META
+    from evo_merge.search.campaign import CampaignRunner
+    from evo_merge.search.store import CampaignStore
+
+    path = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1},
+                    algorithm={"population": 4, "generations": 1, "seed": 0})
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
+
+    def anchors():
+        runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+        runner.calibrate()  # replayed from the run folder
+        chosen = {name: (e.anchors.method, e.anchor_ids) for name, e in runner.scoring.estimators.items()}
+        method = runner.workspace.campaign.estimator.anchor_method
+        runner.close()
+        return method, chosen
+
+    method, today = anchors()
+    assert method == "auto" and {m for m, _ in today.values()} == {"stratified"}
+    store = CampaignStore(run)
+    store.set_meta(DEFAULTS_META, 7)
+    store.close()
+    assert anchors() == ("auto-kmeans", today)
+
+
 def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_path, zoo):
     """A version-2 folder's campaign.yaml has no anchor_allocation, and its fingerprint cannot
     tell it from today's default (neyman): it must resume with the equal allocation it ran with,
@@ -347,11 +378,11 @@ def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_p
     assert (runs[5].campaign.final.race, runs[5].campaign.final.measure_whole) == ([0.125, 0.25], "picks")
     # every warm-up merge was random until version 7; since, the standard merges come first
     assert [runs[v].campaign.estimator.warmup_standard for v in (6, 7)] == [False, True]
-    # `auto` anchors were kmeans-irt from 30 calibration subjects until version 8 (stratified below,
-    # as kmeans-irt still falls back): the same anchors today; since, stratified-irt from 30
-    assert {runs[v].campaign.estimator.anchor_method for v in range(2, 8)} == {"kmeans-irt"}
+    # `auto` anchors were kmeans-irt from 30 calibration subjects until version 8, stratified below:
+    # `auto-kmeans` today; since, stratified-irt from 30
+    assert {runs[v].campaign.estimator.anchor_method for v in range(2, 8)} == {"auto-kmeans"}
     assert runs[8].campaign.estimator.anchor_method == "auto"
-    assert [choose_anchor_method("kmeans-irt", n)[0] for n in (12, 30)] == ["stratified", "kmeans-irt"]
+    assert [choose_anchor_method("auto-kmeans", n)[0] for n in (12, 30)] == ["stratified", "kmeans-irt"]
     assert [choose_anchor_method("auto", n)[0] for n in (12, 30)] == ["stratified", "stratified-irt"]
     for workspace in runs.values():
         workspace.store.close()
