@@ -47,7 +47,7 @@ SELECTABLE = tuple(m for m in METHODS if m not in AUTOMATIC)  # the methods used
 # drawn at random (within strata): their mean's error is the design's, for every subject
 SAMPLED = ("random", "stratified", "stratified-irt")
 FALLBACK_METHOD = "stratified"
-MIN_CLUSTER_SUBJECTS = 30  # below: clustered anchors fall back (bench_irt.py: kmeans-irt lost to random at 12-20)
+MIN_CLUSTER_SUBJECTS = 30  # below: automatic anchors are stratified (bench_irt.py: kmeans-irt lost to random at 12-20)
 # stratified-irt's picks per stratum on average: with one each, a stratum of a third of the items got one item
 STRATUM_PICKS = 2
 KMEANS_RESTARTS = 10
