@@ -1,0 +1,80 @@
+"""Anchor methods compared on a campaign's candidates, with pre-fitted IRT models (no search trajectory).
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_anchor_methods.py --zoo runs/zoo/tiny-lm \
+        --full runs/b16-s0-new/full-16x8 --seed 0 [--full ... --seed ...] \
+        [--irt-model irt_models] [--methods kmeans-irt,stratified-irt] [--anchors 5] [--draws 10]
+
+A campaign with `estimator.irt_model` scores its candidates with models fitted elsewhere, on 30 or
+more subjects, where `auto` anchors cluster the items. This takes the candidates of finished
+full-evaluation runs (`bench_campaign.py`'s `full-*` folders, every candidate measured on every
+item), estimates each task's score with gp-IRT on each anchor method's anchors (the campaign's
+neyman allocation, `--anchors` per scenario on average, `--draws` anchor seeds), the models'
+held-out items left out as a campaign does, and prints per method the MAE per task and the
+measured hypervolume of the front the estimates pick over the true front's (mean and range over
+the draws): what the anchors alone change in what a campaign would pick.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from bench_campaign import _full_candidates, _picked_front_hv, run_campaign  # a sibling script
+
+from evo_merge.irt import Estimator, IRTModel, select_anchors
+from evo_merge.search.holdout import without_items
+from evo_merge.zoo.manifest import read_zoo
+
+
+def compare(full_run: Path, seed: int, zoo: Path, irt_model: Path, methods: list[str], anchors: int,
+            draws: int) -> list[str]:
+    """Table rows for one full run: per method, MAE per task and the picked front's HV ratio."""
+    population, generations = map(int, full_run.name.removeprefix("full-").split("x"))
+    full, _ = run_campaign(zoo, read_zoo(zoo).endpoints, full_run, population, generations, "full", 20, True,
+                           seed=seed)  # finished: looked up, not evaluated again
+    rows, truth = _full_candidates(full, full)
+    objectives = full.objectives
+    models = {name: without_items(IRTModel.load(irt_model / name), full.scoring.holdout[name])
+              for name in objectives.names}
+    lines = []
+    for method in methods:
+        mae, hv = [], []
+        for draw in range(draws):
+            values = {}
+            for name, model in models.items():
+                estimator = Estimator(model, select_anchors(model, anchors, method, draw, "neyman"), "gpirt")
+                matrix = np.array([[scores[name].get(i, np.nan) for i in estimator.anchor_ids] for scores in rows])
+                values[name] = np.clip(estimator.estimate_with_overall(matrix)[0][:, -1], 0.0, 1.0)
+            est = np.array([objectives.vector({n: float(v[j]) for n, v in values.items()}) for j in range(len(rows))])
+            mae.append(np.abs(est - truth).mean(axis=0))
+            hv.append(_picked_front_hv(full, est, truth)[0])
+        cells = " / ".join(f"{v:.3f}" for v in np.mean(mae, axis=0))
+        lines.append(f"| {seed} | {len(rows)} | {method} | {cells} | {np.mean(hv):.3f} ({min(hv):.3f}-{max(hv):.3f}) |")
+    full.close()
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", type=Path, default=Path("runs/zoo/tiny-lm"))
+    parser.add_argument("--full", type=Path, action="append", required=True,
+                        help="a finished full-evaluation run folder (full-PxG), repeatable")
+    parser.add_argument("--seed", type=int, action="append", required=True, help="each --full run's seed, in order")
+    parser.add_argument("--irt-model", type=Path, default=Path("irt_models"), help="a fitted IRT folder per task")
+    parser.add_argument("--methods", default="kmeans-irt,stratified-irt")
+    parser.add_argument("--anchors", type=int, default=5, help="anchors per scenario, on average")
+    parser.add_argument("--draws", type=int, default=10, help="anchor seeds per method")
+    args = parser.parse_args()
+    if len(args.full) != len(args.seed):
+        parser.error("give one --seed per --full run")
+    print("| seed | candidates | anchor method | MAE per task | HV of the estimated front / of the true front |")
+    print("|---|---|---|---|---|")
+    for full_run, seed in zip(args.full, args.seed):
+        for line in compare(full_run, seed, args.zoo, args.irt_model, args.methods.split(","), args.anchors,
+                            args.draws):
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
