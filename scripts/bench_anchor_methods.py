@@ -20,9 +20,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from bench_campaign import _full_candidates, _picked_front_hv, run_campaign  # a sibling script
+from bench_campaign import _full_candidates, _picked_front_hv, estimated_vectors, run_campaign  # a sibling script
 
-from evo_merge.irt import Estimator, IRTModel, select_anchors
+from evo_merge.irt import IRTModel
 from evo_merge.search.holdout import without_items
 from evo_merge.zoo.manifest import read_zoo
 
@@ -41,12 +41,7 @@ def compare(full_run: Path, seed: int, zoo: Path, irt_model: Path, methods: list
     for method in methods:
         mae, hv = [], []
         for draw in range(draws):
-            values = {}
-            for name, model in models.items():
-                estimator = Estimator(model, select_anchors(model, anchors, method, draw, "neyman"), "gpirt")
-                matrix = np.array([[scores[name].get(i, np.nan) for i in estimator.anchor_ids] for scores in rows])
-                values[name] = np.clip(estimator.estimate_with_overall(matrix)[0][:, -1], 0.0, 1.0)
-            est = np.array([objectives.vector({n: float(v[j]) for n, v in values.items()}) for j in range(len(rows))])
+            est = estimated_vectors(models, rows, objectives, anchors, method, draw, "neyman")
             mae.append(np.abs(est - truth).mean(axis=0))
             hv.append(_picked_front_hv(full, est, truth)[0])
         cells = " / ".join(f"{v:.3f}" for v in np.mean(mae, axis=0))

@@ -52,7 +52,7 @@ from scipy.stats import spearmanr
 
 from evo_merge.cli.template import campaign_text
 from evo_merge.config import Campaign, FinalSpec
-from evo_merge.irt import Estimator, select_anchors
+from evo_merge.irt import Estimator, IRTModel, select_anchors
 from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS
 from evo_merge.search.binding import DEFAULTS_META, as_written_at, config_fingerprint
 from evo_merge.search.campaign import CampaignRunner, search_space
@@ -426,6 +426,19 @@ def estimator_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]])
     return "\n".join(lines)
 
 
+def estimated_vectors(models: dict[str, IRTModel], rows: list, objectives, anchors: int, method: str, seed: int,
+                      allocation: str, kind: str = "gpirt") -> np.ndarray:
+    """Each candidate's objective vector (rows of item scores) estimated by `kind` from its scores on
+    the anchors `method` picks with `seed` from each task's IRT model (`models`), each task's estimate
+    its overall score, clipped to [0, 1]."""
+    values = {}
+    for name, model in models.items():
+        estimator = Estimator(model, select_anchors(model, anchors, method, seed, allocation), kind)
+        matrix = np.array([[scores[name].get(i, np.nan) for i in estimator.anchor_ids] for scores in rows])
+        values[name] = np.clip(estimator.estimate_with_overall(matrix)[0][:, -1], 0.0, 1.0)
+    return np.array([objectives.vector({n: float(v[j]) for n, v in values.items()}) for j in range(len(rows))])
+
+
 def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draws: int) -> str:
     """Each fixed-anchor run's IRT models with its anchor budget spread by each allocation, over
     `draws` anchor seeds, estimating the full run's candidates (no trajectory, no one draw's luck):
@@ -438,17 +451,12 @@ def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]
         if scoring.adaptive() or scoring.estimators is None or spec.kind in ("mpirt", "gmpirt"):
             continue  # (mp-IRT kinds would need the endpoints' abilities too)
         rows, truth = _full_candidates(runner, full)
+        models = {name: fitted.model for name, fitted in scoring.estimators.items()}
         for allocation in ANCHOR_ALLOCATIONS:
             mae, rho, hv = [], [], []
             for seed in range(draws):
-                values = {}
-                for name, fitted in scoring.estimators.items():
-                    anchors = select_anchors(fitted.model, spec.anchors, spec.anchor_method, seed, allocation)
-                    estimator = Estimator(fitted.model, anchors, spec.kind)
-                    matrix = np.array([[scores[name].get(i, np.nan) for i in estimator.anchor_ids] for scores in rows])
-                    values[name] = np.clip(estimator.estimate_with_overall(matrix)[0][:, -1], 0.0, 1.0)
-                est = np.array([objectives.vector({n: float(v[j]) for n, v in values.items()})
-                                for j in range(len(rows))])
+                est = estimated_vectors(models, rows, objectives, spec.anchors, spec.anchor_method, seed, allocation,
+                                        spec.kind)
                 mae.append(np.abs(est - truth).mean(axis=0))
                 rho.append([spearmanr(est[:, k], truth[:, k])[0] for k in range(est.shape[1])])
                 hv.append(_picked_front_hv(runner, est, truth)[0])
