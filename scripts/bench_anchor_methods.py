@@ -1,17 +1,17 @@
 """Anchor methods compared on a campaign's candidates, with pre-fitted IRT models (no search trajectory).
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_anchor_methods.py --zoo runs/zoo/tiny-lm \
-        --full runs/b16-s0-new/full-16x8 --seed 0 [--full ... --seed ...] \
+    PYTHONPATH=. .venv/bin/python scripts/bench_anchor_methods.py runs/b16-s0-new/full-16x8 [RUN ...] \
         [--irt-model irt_models] [--methods kmeans-irt,stratified-irt] [--anchors 5] [--draws 10]
 
 A campaign with `estimator.irt_model` scores its candidates with models fitted elsewhere, on 30 or
 more subjects, where `auto` anchors cluster the items. This takes the candidates of finished
 full-evaluation runs (`bench_campaign.py`'s `full-*` folders, every candidate measured on every
-item), estimates each task's score with gp-IRT on each anchor method's anchors (the campaign's
-neyman allocation, `--anchors` per scenario on average, `--draws` anchor seeds), the models'
-held-out items left out as a campaign does, and prints per method the MAE per task and the
-measured hypervolume of the front the estimates pick over the true front's (mean and range over
-the draws): what the anchors alone change in what a campaign would pick.
+item; opened as they are, never run again), estimates each task's score with gp-IRT on each
+anchor method's anchors (the campaign's neyman allocation, `--anchors` per scenario on average,
+`--draws` anchor seeds), the models' held-out items left out as a campaign does, and prints per
+method the MAE per task and the measured hypervolume of the front the estimates pick over the
+true front's (mean and range over the draws): what the anchors alone change in what a campaign
+would pick.
 """
 
 from __future__ import annotations
@@ -20,19 +20,18 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from bench_campaign import _full_candidates, _picked_front_hv, estimated_vectors, run_campaign  # a sibling script
+from bench_campaign import _full_candidates, _picked_front_hv, estimated_vectors  # a sibling script
 
+from evo_merge.config import Campaign
 from evo_merge.irt import IRTModel
+from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.holdout import without_items
-from evo_merge.zoo.manifest import read_zoo
 
 
-def compare(full_run: Path, seed: int, zoo: Path, irt_model: Path, methods: list[str], anchors: int,
-            draws: int) -> list[str]:
+def compare(full_run: Path, irt_model: Path, methods: list[str], anchors: int, draws: int) -> list[str]:
     """Table rows for one full run: per method, MAE per task and the picked front's HV ratio."""
-    population, generations = map(int, full_run.name.removeprefix("full-").split("x"))
-    full, _ = run_campaign(zoo, read_zoo(zoo).endpoints, full_run, population, generations, "full", 20, True,
-                           seed=seed)  # finished: looked up, not evaluated again
+    full = CampaignRunner.open(Campaign.load(full_run / "campaign.yaml"), full_run, full_run)
+    seed = full.workspace.campaign.algorithm.seed
     rows, truth = _full_candidates(full, full)
     objectives = full.objectives
     models = {name: without_items(IRTModel.load(irt_model / name), full.scoring.holdout[name])
@@ -52,22 +51,16 @@ def compare(full_run: Path, seed: int, zoo: Path, irt_model: Path, methods: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo", type=Path, default=Path("runs/zoo/tiny-lm"))
-    parser.add_argument("--full", type=Path, action="append", required=True,
-                        help="a finished full-evaluation run folder (full-PxG), repeatable")
-    parser.add_argument("--seed", type=int, action="append", required=True, help="each --full run's seed, in order")
+    parser.add_argument("runs", type=Path, nargs="+", help="finished full-evaluation run folders")
     parser.add_argument("--irt-model", type=Path, default=Path("irt_models"), help="a fitted IRT folder per task")
     parser.add_argument("--methods", default="kmeans-irt,stratified-irt")
     parser.add_argument("--anchors", type=int, default=5, help="anchors per scenario, on average")
     parser.add_argument("--draws", type=int, default=10, help="anchor seeds per method")
     args = parser.parse_args()
-    if len(args.full) != len(args.seed):
-        parser.error("give one --seed per --full run")
     print("| seed | candidates | anchor method | MAE per task | HV of the estimated front / of the true front |")
     print("|---|---|---|---|---|")
-    for full_run, seed in zip(args.full, args.seed):
-        for line in compare(full_run, seed, args.zoo, args.irt_model, args.methods.split(","), args.anchors,
-                            args.draws):
+    for full_run in args.runs:
+        for line in compare(full_run, args.irt_model, args.methods.split(","), args.anchors, args.draws):
             print(line, flush=True)
 
 

@@ -59,6 +59,7 @@ from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.front import Distinct, candidates, choose, measured_before, to_measure
 from evo_merge.search.holdout import HOLDOUT_META
+from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.store import CampaignStore
 from evo_merge.search.study import SEARCH
@@ -426,8 +427,8 @@ def estimator_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]])
     return "\n".join(lines)
 
 
-def estimated_vectors(models: dict[str, IRTModel], rows: list, objectives, anchors: int, method: str, seed: int,
-                      allocation: str, kind: str = "gpirt") -> np.ndarray:
+def estimated_vectors(models: dict[str, IRTModel], rows: list, objectives: Objectives, anchors: int, method: str,
+                      seed: int, allocation: str, kind: str = "gpirt") -> np.ndarray:
     """Each candidate's objective vector (rows of item scores) estimated by `kind` from its scores on
     the anchors `method` picks with `seed` from each task's IRT model (`models`), each task's estimate
     its overall score, clipped to [0, 1]."""

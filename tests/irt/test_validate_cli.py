@@ -121,6 +121,28 @@ def test_fit_anchors_estimate_validate(files):
     assert len(table) == 2 * (len(SELECTABLE) * 3 + 1) and np.isfinite(table.mae).all()
 
 
+def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
+    """With 30 or more subjects `irt anchors --method auto-kmeans` (the former auto) stores kmeans-irt
+    anchors and `--method auto` stratified-irt ones; `irt estimate --method M` resolves M the same way,
+    so each reads its own set, and an automatic method whose set was never stored is one line naming
+    the stored ones, not a traceback."""
+    root, full = files  # 40 subjects
+    model_dir = tmp_path / "m"
+    assert run("fit", root / "responses.csv", "--out", model_dir, "--dims", "1")[0] == 0
+    code, out = run("anchors", model_dir, "--budget", "4", "--method", "auto-kmeans")
+    assert code == 0 and load_anchors(model_dir).method == "kmeans-irt"
+    items = [i for line in out.splitlines() if ": " in line for i in line.split(": ")[1].split()]
+    full[full["item"].isin(items)].to_csv(tmp_path / "partial.csv", index=False)
+    code, out = run("estimate", model_dir, "--responses", tmp_path / "partial.csv", "--method", "auto-kmeans")
+    assert code == 0 and "overall" in out
+    code, out = run("estimate", model_dir, "--responses", tmp_path / "partial.csv", "--method", "auto")
+    assert code == 2 and "stored: kmeans-irt-4" in out and "Traceback" not in out
+    assert run("anchors", model_dir, "--budget", "4", "--method", "auto")[0] == 0
+    assert load_anchors(model_dir, method="stratified-irt").sampled
+    code, out = run("estimate", model_dir, "--responses", root / "responses.csv", "--method", "auto")
+    assert code == 0 and "overall" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
