@@ -1,13 +1,14 @@
 """IRT engine figures: the default estimator against random sampling with few calibration
 subjects (synthetic out-of-distribution test subjects, a leaderboard-like 10 x 11 benchmarks
-matrix, and the shipped tiny-lm responses), per scenario and for the overall score,
+matrix, the shipped tiny-lm responses, and the real responses of 72 unlike classifiers on MNIST
+digits), per scenario and for the overall score,
 adaptive testing at half the items, refitting IRT on a search's anchor responses, py-irt at its
 defaults, parameter recovery and agreement of
 the two backends, fit time on 100 subjects x 5,000 items, estimate time per subject, and the
 validation gain of IRT anchors.
 
     .venv/bin/python scripts/bench_irt.py
-        [--only few-subjects|tiny-lm|leaderboard|refit|sparse-calibration|pyirt-defaults]
+        [--only few-subjects|tiny-lm|leaderboard|classifiers|refit|sparse-calibration|pyirt-defaults]
         [--subjects 8,12,20,40] [--seeds 3] [--draws 200] [--anchor-draws 10]
         [--pyirt-epochs 1000] [--skip-pyirt-large] [--threads 2]
 
@@ -364,6 +365,66 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
     console.print(table)
 
 
+def _long(scores: np.ndarray, subjects: Sequence[str], item_ids: Sequence[str], scenarios: np.ndarray) -> pd.DataFrame:
+    """A (subjects, items) score matrix as validated long responses."""
+    return validate_responses(pd.DataFrame({
+        "subject": np.repeat(list(subjects), len(item_ids)), "item": np.tile(list(item_ids), len(subjects)),
+        "score": scores.ravel(), "scenario": np.tile(scenarios, len(subjects))}))
+
+
+def classifiers(draws: int, seeds: int, anchor_draws: int) -> None:
+    """Real responses of unlike models (`classifier_responses`: 72 scikit-learn classifiers of 18
+    families on 3,000 MNIST digits, each digit class a benchmark of about 300 items): calibration
+    on 10 or 21 models drawn at random (the issue's two leaderboards: about 10 models and 11
+    benchmarks, 21 models and one), or drawn among the weaker half only (trained on 100-300
+    digits) with every model trained on 1,000-2,000 as the test subjects, all stronger than any
+    calibration model; the default against random sampling per benchmark and overall, and on the
+    3,000 items as one benchmark."""
+    from classifier_responses import classifier_responses  # a sibling script (scikit-learn, mlxtend)
+
+    data = classifier_responses()
+    weak = np.flatnonzero(data.train_sizes <= 300)
+    strong = np.flatnonzero(data.train_sizes > 300)
+    table = Table(title="72 scikit-learn classifiers on MNIST (10 digit benchmarks x ~300 items): "
+                        "MAE / random sampling's MAE")
+    for col in ("calibration models", "test models", "benchmarks", "items/benchmark", "random + mean MAE",
+                "default (auto + gpirt)", "random + gpirt", "overall: random + mean MAE", "overall: default",
+                "default: a set's ratio, SE over anchor draws"):
+        table.add_column(col, justify="right")
+    settings = [("random 10", 10, False, False), ("random 21", 21, False, False),
+                ("weaker 10", 10, True, False), ("weaker 21", 21, True, False), ("random 21", 21, False, True)]
+    for label, n_train, weaker, single in settings:
+        scenarios = np.full(len(data.item_ids), "all") if single else data.scenarios
+        rows = {b: {k: [] for k in ("base", "default", "random", "overall base", "overall", "draw se")}
+                for b in FEW_BUDGETS}
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            train = rng.permutation(weak if weaker else len(data.models))[:n_train]
+            test = strong if weaker else np.setdiff1d(np.arange(len(data.models)), train)
+            model = IRTModel.fit(_long(data.scores[train], [data.models[i] for i in train], data.item_ids, scenarios),
+                                 seed=seed)
+            matrix = data.scores[test][:, [data.item_ids.index(i) for i in model.item_ids]]
+            for budget, row in rows.items():
+                base, _ = random_baseline(matrix, model.scenario_items(), budget, draws, seed, overall=False)
+                maes = {key: _anchors_mae(model, matrix, budget, method, seed, anchor_draws)
+                        for key, method in (("default", "auto"), ("random", "random"))}
+                row["base"].append(base)
+                for key, mae in maes.items():
+                    row[key].append(mae["scenarios"] / base)
+                overall, mixed, _ = _overall_ratios(model, matrix, budget, seed, draws, maes["default"])
+                row["overall base"].append(overall)
+                row["overall"].append(mixed)
+                row["draw se"].append(maes["default"]["overall draw se"] / overall)
+        for budget, row in rows.items():
+            cells = [label, "36 stronger" if weaker else f"the other {len(data.models) - n_train}",
+                     "1" if single else "10", str(budget), f"{np.mean(row['base']):.4f}",
+                     _ratio(row["default"]), _ratio(row["random"]), f"{np.mean(row['overall base']):.4f}",
+                     _ratio(row["overall"]), _draw_se(row["draw se"])]
+            table.add_row(*cells)
+            console.print(" | ".join(cells))  # as it comes
+    console.print(table)
+
+
 def midcampaign_refit(seeds: int) -> None:
     """Would refitting IRT mid-campaign help? Calibration as a campaign's (base, 3 endpoints, 8
     merges on every item), then 36 more merges seen on their anchors only, as a search sees them;
@@ -462,11 +523,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyirt-epochs", type=int, default=1000)
     parser.add_argument("--skip-pyirt-large", action="store_true", help="skip py-irt on 100 x 5,000 (slow)")
-    parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "leaderboard", "pyirt-defaults", "refit",
-                                           "sparse-calibration"),
+    parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "leaderboard", "classifiers", "pyirt-defaults",
+                                           "refit", "sparse-calibration"),
                         default=None, help="one part: the few-calibration-subjects tables (synthetic and tiny-lm), "
-                        "the tiny-lm one alone, a mid-campaign refit, py-irt at its defaults, or warm-up merges "
-                        "measured on part of the items")
+                        "the tiny-lm one alone, the leaderboard-shaped or classifier responses, a mid-campaign refit, "
+                        "py-irt at its defaults, or warm-up merges measured on part of the items")
     parser.add_argument("--pyirt-families", default="arith", help="tiny-lm families for py-irt at its defaults")
     parser.add_argument("--subjects", default=",".join(map(str, FEW_SUBJECTS)),
                         help="calibration subjects per row of the synthetic few-subjects table")
@@ -487,6 +548,8 @@ def main() -> None:
         tiny_lm(args.draws, args.seeds, args.anchor_draws)
     if args.only in (None, "leaderboard"):
         leaderboard(args.draws, args.seeds, args.anchor_draws)
+    if args.only in (None, "classifiers"):
+        classifiers(args.draws, args.seeds, args.anchor_draws)
     if args.only in (None, "refit"):
         midcampaign_refit(args.seeds)
     if args.only in (None, "sparse-calibration"):
