@@ -26,7 +26,9 @@ an unbiased random sample for every subject, both are taken per subject:
       where they all score 0 or 1);
   b²  b̂²·(1 + κ)/2, the mean of the calibration's measurement and the subject's own, with κ the
       excess disagreement max((anchor − pirt)² − σ², 0)/b̂² averaged over its scenarios, since
-      E[(anchor − pirt)²] ≈ σ² + b².
+      E[(anchor − pirt)²] ≈ σ² + b²; then the same check once more on the task's overall scores,
+      where the anchors of every scenario count together, raising b² by (1 + κ_T)/2 where that
+      disagreement is the larger (`_task_disagreement`).
 λ and the SE are then per subject. Clustered anchors are not a random sample of the subject's
 items, so with them gp-IRT keeps the calibration's σ̂² and b̂² for λ; the anchor part's error in the
 SE is still the subject's σ², so a scenario every calibration subject scored alike (v̂ = 0, measured
@@ -325,12 +327,37 @@ class Estimator:
         return _pool(self._anchor_sq, p * (1.0 - p) * self._sampling)
 
     def _subject_irt_error(self, anchor: np.ndarray, irt: np.ndarray, anchor_variance: np.ndarray) -> np.ndarray:
-        """b² per subject and scenario (S, K): b̂²·(1 + κ)/2, κ its anchors' excess disagreement."""
+        """b² per subject and scenario (S, K): b̂²·(1 + κ)/2, κ its anchors' excess disagreement over
+        its scenarios; then raised by the task-level check (`_task_disagreement`) where that is larger."""
         excess = np.maximum((anchor - irt) ** 2 - anchor_variance, 0.0) / np.maximum(self.irt_error, 1e-12)
         scored = ~np.isnan(excess)
         with np.errstate(invalid="ignore"):  # a subject with no scored anchor: NaN, as its estimates
             kappa = np.where(scored, excess, 0.0).sum(axis=1, keepdims=True) / scored.sum(axis=1, keepdims=True)
-        return self.irt_error * (1.0 + kappa) / 2.0
+        b2 = self.irt_error * (1.0 + kappa) / 2.0
+        return b2 * np.maximum((1.0 + self._task_disagreement(anchor, irt, anchor_variance, b2)) / 2.0, 1.0)[:, None]
+
+    def _task_disagreement(self, anchor: np.ndarray, irt: np.ndarray, anchor_variance: np.ndarray,
+                           irt_error: np.ndarray) -> np.ndarray:
+        """κ_T per subject (S,): the excess disagreement of the overall anchor mean and the overall IRT
+        part, max(D² − Var Σ sε, 0)/Var Σ sβ with D = Σ s_k(anchor_k − pirt_k), over what the IRT errors
+        `irt_error` (b², with their measured correlation) expect; 0 where a scenario has no scored anchor,
+        and with one scenario (whose own check has already seen everything its anchors show).
+
+        A subject unlike every calibration subject (stronger than all of them, say) sends θ̂ the same
+        way in every scenario, so the IRT part errs the same way everywhere. Each scenario's check
+        sees that on its few anchors only, within their sampling noise; summed over the task, the
+        disagreement has all the anchors' precision. It only ever raises b² (the per-scenario check
+        already lowers it where the anchors agree), so it moves little for subjects like the
+        calibration ones (bench_irt.py: 0.00-0.02 of random sampling's error) and cuts the error
+        where every test model is stronger than every calibration model (real classifier responses).
+        """
+        if self.share.size == 1:
+            return np.zeros(anchor.shape[0])
+        d = self.overall(anchor) - self.overall(irt)
+        sampling = _sum_covariance(self.share, self.share, np.sqrt(anchor_variance), self.anchor_correlation)
+        expected = _sum_covariance(self.share, self.share, np.sqrt(irt_error), self.irt_correlation)
+        excess = np.maximum(d**2 - sampling, 0.0) / np.maximum(expected, 1e-12)
+        return np.where(np.isnan(excess), 0.0, excess)
 
     def estimate_with_overall(self, anchor_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(estimates, SEs), each (S, K + 1), for rows of scores on `anchor_ids` (NaN = not

@@ -278,6 +278,84 @@ def test_gpirt_on_sampled_anchors_weighs_each_subject_by_its_own_disagreement(tw
     assert [one.se["s0"], one.se["s1"]] == pytest.approx(se[2].tolist())
 
 
+def test_a_bias_every_scenario_shares_raises_b2_by_the_task_level_check(two_scenarios):
+    """After the per-scenario b², the same check on the task's overall scores (hand-computed):
+    D = Σ s_k(anchor_k − pirt_k), κ_T = max(D² − Σ s²σ², 0)/Var Σ sβ (β's SDs the per-scenario b,
+    correlated as the cross-fit measured), b² × max(1, (1 + κ_T)/2). Subjects far above the
+    calibration population: some have a task-level disagreement their scenarios' few anchors do
+    not show (b² raised), others not (b² as it was), and λ, the overall's μ and the SEs follow."""
+    gen, _, _, model = two_scenarios
+    anchors = select_anchors(model, 10, "stratified")
+    theta, ids = synthetic_abilities(8, dims=2, seed=41)
+    rows = ResponseMatrix.from_long(gen.sample(theta + 3.0, ids, seed=42), model.item_ids).scores
+    est = {k: Estimator(model, anchors, k) for k in ("anchor", "pirt", "gpirt")}
+    gp = est["gpirt"]
+    rows = rows[:, gp.anchor_idx]
+    (a, anchor_se), p = est["anchor"].estimate_rows(rows), est["pirt"].estimate_matrix(rows)
+    s2, b2, share, rho = anchor_se**2, gp.irt_error, gp.share, gp.irt_correlation
+    kappa = (np.maximum((a - p) ** 2 - s2, 0) / b2).mean(axis=1, keepdims=True)
+    b2_subject = b2 * (1 + kappa) / 2
+    d = (a - p) @ share
+    expected = (1 - rho) * (share**2 * b2_subject).sum(axis=1) + rho * (share * np.sqrt(b2_subject)).sum(axis=1) ** 2
+    kappa_task = np.maximum(d**2 - (share**2 * s2).sum(axis=1), 0) / expected
+    factor = np.maximum((1 + kappa_task) / 2, 1)
+    assert (factor > 1.2).sum() >= 2 and (factor == 1).sum() >= 4  # both cases among these subjects
+    b2_task = b2_subject * factor[:, None]
+    lam = b2_task / (b2_task + s2)
+    got, se = gp.estimate_rows(rows)
+    np.testing.assert_allclose(got, lam * a + (1 - lam) * p)
+    np.testing.assert_allclose(se, np.sqrt(lam**2 * s2 + (1 - lam) ** 2 * b2_task
+                                           + 2 * lam * (1 - lam) * gp.parts_correlation * np.sqrt(s2 * b2_task)))
+    flagged = factor > 1  # their anchors weigh more, and their SEs grow with the error the check found
+    lam_before = b2_subject / (b2_subject + s2)
+    assert (lam[flagged] > lam_before[flagged]).all() and np.allclose(lam[~flagged], lam_before[~flagged])
+
+
+def test_with_one_scenario_the_task_level_check_adds_nothing():
+    """One scenario is the whole task: its own check has seen everything the anchors show, so b²
+    stays b̂²·(1 + κ)/2, for subjects far outside the calibration population too."""
+    gen = make_synthetic_irt(300, dims=1, n_scenarios=1, heterogeneous=True, seed=9)
+    theta, ids = synthetic_abilities(10, dims=1, seed=10)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=11)), dims=1, seed=0)
+    far, far_ids = synthetic_abilities(8, dims=1, seed=12)
+    est = {k: Estimator(model, select_anchors(model, 10, "stratified"), k) for k in ("anchor", "pirt", "gpirt")}
+    rows = ResponseMatrix.from_long(gen.sample(far + 3.0, far_ids, seed=13), model.item_ids).scores
+    rows = rows[:, est["gpirt"].anchor_idx]
+    (a, anchor_se), p = est["anchor"].estimate_rows(rows), est["pirt"].estimate_matrix(rows)
+    s2, b2 = anchor_se**2, est["gpirt"].irt_error
+    b2_subject = b2 * (1 + np.maximum((a - p) ** 2 - s2, 0) / b2) / 2
+    assert (b2_subject > 1.5 * b2).any()  # the scenario's own check did see these subjects
+    lam = b2_subject / (b2_subject + s2)
+    np.testing.assert_allclose(est["gpirt"].estimate_rows(rows)[0], lam * a + (1 - lam) * p)
+
+
+def test_the_task_level_check_cuts_the_error_where_every_subject_is_stronger_than_the_calibration_ones(
+        monkeypatch):
+    """Test subjects all far stronger than 8 calibration subjects, 8 scenarios of 4 anchors: θ̂
+    extrapolates the same way in every scenario, each scenario's 4 anchors see it only within
+    their noise, the task's 32 together see it. Measured (this seed, 6 anchor draws): overall MAE
+    0.038 with the check against 0.040 without, per scenario 0.099 against 0.104."""
+    gen = make_synthetic_irt(1200, dims=1, n_scenarios=8, heterogeneous=True, clusters=8, seed=121)
+    theta, ids = synthetic_abilities(8, dims=1, seed=221)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=421)), dims=1, seed=0)
+    strong = synthetic_abilities(40, dims=1, seed=321)[0] * 0.5 + 2.5
+    test = ResponseMatrix.from_long(gen.sample(strong, [f"t{j}" for j in range(40)], seed=521), model.item_ids).scores
+
+    def errors() -> np.ndarray:
+        out = []
+        for draw in range(6):
+            est = Estimator(model, select_anchors(model, 4, "stratified", seed=draw), "gpirt")
+            values = est.estimate_with_overall(test[:, est.anchor_idx])[0]
+            truth = est.scenario_means(test)
+            out.append([np.abs(values[:, -1] - est.overall(truth)).mean(), np.abs(values[:, :-1] - truth).mean()])
+        return np.mean(out, axis=0)
+
+    with_check = errors()
+    monkeypatch.setattr(Estimator, "_task_disagreement", lambda self, anchor, *rest: np.zeros(len(anchor)))
+    without = errors()
+    assert (with_check < 0.97 * without).all(), (with_check, without)
+
+
 def test_a_subject_unlike_the_calibration_ones_leans_on_its_sampled_anchors():
     """8 calibration subjects of narrow ability, new subjects far outside them: the IRT part
     extrapolates badly, which the calibration's cross-fit cannot see. Weighing each subject by its
