@@ -191,6 +191,7 @@ def status(run: Path) -> None:
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.metrics import item_totals
     from evo_merge.search.race import RACE_META, race_summary
+    from evo_merge.search.store import MIXED_META
 
     store, facts = _store(run)
     objectives = _objectives(facts)
@@ -218,6 +219,10 @@ def status(run: Path) -> None:
     for task, counts in (store.get_meta("anchors") or {}).items():
         console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("
                       + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")
+    if mixed := store.get_meta(MIXED_META):
+        console.print("estimates: this folder was scored by estimator revisions " + " and ".join(
+            "unrecorded (before revisions)" if r == 0 else str(r) for r in mixed)
+            + "; candidates scored after it was reopened use the later (CHANGELOG.md, IRT standard errors)")
     if race := race_summary(store.get_meta(RACE_META)):
         console.print(race)
     spent, full = store.items_evaluated("search"), len(search) * search_item_count(facts, store)

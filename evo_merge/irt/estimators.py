@@ -76,6 +76,11 @@ MERGE_SUM_SD = 0.05
 SIMULATED_MERGES = 200  # merges drawn in the endpoints' span to measure mp-IRT's error for δ
 MERGE3_DELTA = 0.5
 PRIOR_SUBJECTS = 4.0  # weight, in subjects, of the random-sampling error pooled with measured ones
+# raised whenever a change moves the estimates (or SEs) the same anchor scores give; a run folder
+# records it (search/scoring.py), so one resumed across such a change says that its estimates mix
+# two formulas. 1: the task-level check of each subject against its anchors (CHANGELOG, IRT
+# standard errors); folders from before record none.
+ESTIMATOR_REVISION = 1
 
 
 def _shrink_weight(error: np.ndarray, variance: np.ndarray) -> np.ndarray:

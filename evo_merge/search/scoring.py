@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evo_merge.irt import Estimator, IRTModel, choose_anchor_method, select_anchors
+from evo_merge.irt import ESTIMATOR_REVISION, Estimator, IRTModel, choose_anchor_method, select_anchors
 from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
 from evo_merge.search.holdout import without_items
-from evo_merge.search.store import CampaignStore
+from evo_merge.search.store import MIXED_META, REVISION_META, CampaignStore
 from evo_merge.tasks.base import FitnessTask
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,30 @@ class Scoring:
         """Fit (or load) one estimator per task from the calibration subjects' stored responses."""
         if self.spec.kind != "full":
             self.estimators = {name: self._estimator(name, subjects) for name in self.names}
+            self._record_revision()
         if self.spec.kind not in ("full", "adaptive"):  # where each task's anchors went, for `status`
             self.store.set_meta("anchors", {name: e.anchors.counts() for name, e in self.estimators.items()})
+
+    def _record_revision(self) -> None:
+        """Record the estimator revision candidates are scored with. A folder reopened across a change
+        of the formulas says so, once, and keeps the revisions it was scored with (`status` shows
+        them): its stored estimates stay as they were, since the search's replay answers each
+        generation with what it was told, but candidates scored from now on are estimated the new
+        way, and the final phase chooses finalists among estimates of both."""
+        recorded = self.store.get_meta(REVISION_META)
+        if recorded == ESTIMATOR_REVISION:
+            return
+        estimated = sum(e.estimate_se is not None for e in self.store.evaluations())
+        if estimated:
+            before = "an estimator from before revisions were recorded" if recorded is None else \
+                f"estimator revision {recorded}"
+            log.warning(f"this run folder's {estimated} estimated candidates were scored by {before}; this "
+                        f"evo-merge estimates with revision {ESTIMATOR_REVISION}, so any candidate it scores here "
+                        "is estimated otherwise and the folder's estimates may mix the two (what changed: "
+                        "CHANGELOG.md, IRT standard errors)")
+            held = set(self.store.get_meta(MIXED_META) or [recorded or 0])
+            self.store.set_meta(MIXED_META, sorted(held | {ESTIMATOR_REVISION}))
+        self.store.set_meta(REVISION_META, ESTIMATOR_REVISION)
 
     def anchor_items(self) -> dict[str, list[str] | None]:
         if self.estimators is None:

@@ -66,6 +66,8 @@ ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told")
                  ("generations", "metrics"): "TEXT"}
 EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
 EVALUATED_ON_META = "evaluated_on"  # the device type the run first evaluated on ("cuda", "cpu")
+REVISION_META = "estimator_revision"  # the estimator revision candidates are scored with (irt.ESTIMATOR_REVISION)
+MIXED_META = "estimator_revisions"  # where a resumed folder's estimates mix revisions: those it holds (0: unrecorded)
 MEASURE_FAILED = "measure_failed:"  # + key: the error of a final-phase measurement that failed
 
 

@@ -345,6 +345,46 @@ def test_a_run_written_before_auto_anchors_changed_resumes_with_the_anchors_it_c
     assert anchors() == ("auto-kmeans", today)
 
 
+def test_a_folder_reopened_across_an_estimator_revision_says_so(tmp_path, zoo, caplog):
+    """A run records the estimator revision it scores with. Reopened by an evo-merge whose formulas
+    changed since (here: a folder from before revisions were recorded), it says so once, keeps the
+    revisions it was scored with, and `status` shows them; a folder of this revision says nothing."""
+    from evo_merge.config import Campaign
+    from evo_merge.irt import ESTIMATOR_REVISION
+    from evo_merge.search.campaign import CampaignRunner
+    from evo_merge.search.store import MIXED_META, REVISION_META, CampaignStore
+
+    path = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1},
+                    algorithm={"population": 4, "generations": 1, "seed": 0})
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
+
+    def reopen() -> list[str]:
+        caplog.clear()
+        runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+        runner.calibrate()  # replayed from the run folder
+        runner.close()
+        return [r.getMessage() for r in caplog.records if "estimator" in r.getMessage()]
+
+    store = CampaignStore(run)
+    assert store.get_meta(REVISION_META) == ESTIMATOR_REVISION and store.get_meta(MIXED_META) is None
+    store.db.execute("DELETE FROM meta WHERE key = ?", (REVISION_META,))  # as a folder from before
+    store.close()
+    assert "revisions" not in CliRunner().invoke(cli, ["status", str(run)]).output
+    said = reopen()
+    assert len(said) == 1 and "before revisions were recorded" in said[0]
+    assert f"estimates with revision {ESTIMATOR_REVISION}" in said[0]
+    store = CampaignStore(run)
+    assert store.get_meta(MIXED_META) == [0, ESTIMATOR_REVISION]
+    assert store.get_meta(REVISION_META) == ESTIMATOR_REVISION
+    store.close()
+    assert reopen() == []  # said once
+    status = CliRunner().invoke(cli, ["status", str(run)])
+    assert status.exit_code == 0
+    shown = " ".join(status.output.split())  # (the console wraps long lines)
+    assert f"estimator revisions unrecorded (before revisions) and {ESTIMATOR_REVISION};" in shown
+
+
 def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_path, zoo):
     """A version-2 folder's campaign.yaml has no anchor_allocation, and its fingerprint cannot
     tell it from today's default (neyman): it must resume with the equal allocation it ran with,
