@@ -366,13 +366,6 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
     console.print(table)
 
 
-def _long(scores: np.ndarray, subjects: Sequence[str], item_ids: Sequence[str], scenarios: np.ndarray) -> pd.DataFrame:
-    """A (subjects, items) score matrix as validated long responses."""
-    return validate_responses(pd.DataFrame({
-        "subject": np.repeat(list(subjects), len(item_ids)), "item": np.tile(list(item_ids), len(subjects)),
-        "score": scores.ravel(), "scenario": np.tile(scenarios, len(subjects))}))
-
-
 def classifiers(draws: int, seeds: int, anchor_draws: int) -> None:
     """Real responses of unlike models (`irt.classifiers`: 72 scikit-learn classifiers of 18
     families on 3,000 MNIST digits, each digit class a benchmark of about 300 items): calibration
@@ -393,16 +386,14 @@ def classifiers(draws: int, seeds: int, anchor_draws: int) -> None:
     settings = [("random 10", 10, False, False), ("random 21", 21, False, False),
                 ("weaker 10", 10, True, False), ("weaker 21", 21, True, False), ("random 21", 21, False, True)]
     for label, n_train, weaker, single in settings:
-        scenarios = np.full(len(data.item_ids), "all") if single else data.scenarios
         rows = {b: {k: [] for k in ("base", "default", "random", "overall base", "overall", "draw se")}
                 for b in FEW_BUDGETS}
         for seed in range(seeds):
             rng = np.random.default_rng(seed)
             train = rng.permutation(weak if weaker else len(data.models))[:n_train]
             test = strong if weaker else np.setdiff1d(np.arange(len(data.models)), train)
-            model = IRTModel.fit(_long(data.scores[train], [data.models[i] for i in train], data.item_ids, scenarios),
-                                 seed=seed)
-            matrix = data.scores[test][:, [data.item_ids.index(i) for i in model.item_ids]]
+            model = IRTModel.fit(data.responses(train, one_scenario=single), seed=seed)
+            matrix = ResponseMatrix.from_long(data.responses(test, one_scenario=single), model.item_ids).scores
             for budget, row in rows.items():
                 base, _ = random_baseline(matrix, model.scenario_items(), budget, draws, seed, overall=False)
                 maes = {key: _anchors_mae(model, matrix, budget, method, seed, anchor_draws)

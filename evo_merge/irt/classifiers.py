@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from sklearn.base import ClassifierMixin
 from sklearn.decomposition import PCA
 from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
@@ -59,6 +60,17 @@ class ClassifierResponses:
     train_sizes: np.ndarray  # (models,)
     item_ids: list[str]
     scenarios: np.ndarray  # (items,) the digit class: "d0" ... "d9"
+
+    def responses(self, models: Sequence[int], one_scenario: bool = False) -> pd.DataFrame:
+        """The rows `models` as a validated long table (subject, item, score, scenario): what
+        `IRTModel.fit` and `ResponseMatrix.from_long` take. `one_scenario`: every item in one."""
+        from evo_merge.irt.responses import validate_responses
+
+        names = [self.models[i] for i in models]
+        scenarios = np.full(len(self.item_ids), "all") if one_scenario else self.scenarios
+        return validate_responses(pd.DataFrame({
+            "subject": np.repeat(names, len(self.item_ids)), "item": np.tile(self.item_ids, len(names)),
+            "score": self.scores[list(models)].ravel(), "scenario": np.tile(scenarios, len(names))}))
 
 
 def _images(dataset: str) -> tuple[np.ndarray, np.ndarray]:

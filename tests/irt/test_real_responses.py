@@ -6,11 +6,11 @@ small leaderboard, and estimates the other 26 from a few anchors per scenario.""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from evo_merge.irt import Estimator, IRTModel, select_anchors, validate_responses
+from evo_merge.irt import Estimator, IRTModel, select_anchors
 from evo_merge.irt.classifiers import classifier_responses
+from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.validation import random_baseline
 
 FAMILIES = ("logreg-weak", "svc-rbf", "knn1", "knn7", "tree", "gaussian-nb", "bernoulli-nb", "centroid", "ridge")
@@ -27,16 +27,12 @@ def test_on_real_classifier_responses_gpirt_beats_random_sampling(digits_respons
     random sampling's MAE at 5 / 10 items per digit, the overall over the 10 digits 0.78x / 0.87x
     (worst set 0.89x). kmeans-irt anchors, the default the issue saw lose, fail it."""
     data = digits_responses
-    scores, names, item_ids, scenarios = data.scores, data.models, data.item_ids, data.scenarios
     ratios = {(budget, part): [] for budget in (5, 10) for part in ("scenarios", "overall")}
     for seed in range(3):
-        order = np.random.default_rng(seed).permutation(len(names))
+        order = np.random.default_rng(seed).permutation(len(data.models))
         train, test = order[:10], order[10:]
-        responses = pd.DataFrame({"subject": np.repeat([names[i] for i in train], len(item_ids)),
-                                  "item": np.tile(item_ids, len(train)), "score": scores[train].ravel(),
-                                  "scenario": np.tile(scenarios, len(train))})
-        model = IRTModel.fit(validate_responses(responses), seed=0)
-        matrix = scores[test][:, [item_ids.index(i) for i in model.item_ids]]
+        model = IRTModel.fit(data.responses(train), seed=0)
+        matrix = ResponseMatrix.from_long(data.responses(test), model.item_ids).scores
         for budget in (5, 10):
             errors = []
             for draw in range(5):
