@@ -13,7 +13,7 @@ import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool,
     # folder's own Python (`auto_map`): transformers would otherwise ask on the terminal, mid-run
     try:
         untied = {"tie_word_embeddings": False} if untie else {}
-        with _quiet_transformers() if untie else nullcontext():  # the head it starts is set below
+        with _quiet_transformers(untie):
             module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", trust_remote_code=False,
                                                           use_safetensors=None if allow_pickle else True, **untied)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if tokenizer_files(path) else None
@@ -86,16 +86,22 @@ def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool,
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers' warning that the untied head was newly initialised: it is set right after."""
+def _quiet_transformers(untie: bool) -> Iterator[None]:
+    """transformers' loading bar (a run shows its own progress, and a bar in a log file is a
+    line of carriage returns), and with `untie` its warning that the untied head was newly
+    initialised: it is set right after."""
     from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    if untie:
+        hf_logging.set_verbosity_error()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _load_plain(path: Path, config: dict[str, Any]) -> nn.Module:

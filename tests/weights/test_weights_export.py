@@ -378,3 +378,16 @@ def test_links_to_a_hub_cache_s_blobs_are_copied_whatever_folder_points_to_them(
         model = repo / "snapshots" / ("c" * 40)
     out = write_model_folder(tmp_path / "out", _stream(base), copy_from=model)
     assert (out / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.parametrize("untie", [False, True])
+def test_loading_a_model_folder_draws_no_transformers_bar_and_leaves_its_setting(llama_family, capfd, untie):
+    """transformers 5 draws a "Loading weights" bar per model; a run shows its own progress, and in
+    a log file that bar is a line of carriage returns."""
+    from transformers.utils import logging as hf_logging
+
+    base, _ = llama_family
+    hf_logging.enable_progress_bar()
+    load_model_folder(base, untie=untie)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting, restored
