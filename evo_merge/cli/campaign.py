@@ -9,8 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from evo_merge.search.store import CampaignStore
 
 RUN_DIR = click.argument("run", type=click.Path(path_type=Path))
 
@@ -199,7 +205,8 @@ def status(run: Path) -> None:
     ok = [e for e in search if e.status == "ok"]
     # the best among the candidates: the standard merges (baselines, measured as warm-ups) compete too
     competing = ok + [e for e in store.evaluations("baseline") if e.status == "ok"]
-    console = Console(markup=False)  # names and paths are the user's: '[/b]' is text
+    # names and paths are the user's ('[/b]' is text); a line is one line in a pipe, for grep
+    console = Console(markup=False, soft_wrap=True)
     console.print(
         f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
         f"{' (finished)' if store.finished(facts['generations']) else ''}"
@@ -213,9 +220,10 @@ def status(run: Path) -> None:
             se = (best.estimate_se or {}).get(task)
             value = f"{best.estimates[task]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
             console.print(
-                f"best {task} ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
+                f"best {task} estimate ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
                 f"better): {value} (evaluation {best.id}, {best.method})"
             )
+    _print_picks(console, store, objectives.names)
     for task, counts in (store.get_meta("anchors") or {}).items():
         console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("
                       + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")
@@ -230,6 +238,29 @@ def status(run: Path) -> None:
         f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
         + (f" ({full / spent:.1f}x saving)" if spent else "") + f"; in total {item_totals(store)}"
     )
+
+
+def _print_picks(console: Console, store: CampaignStore, tasks: list[str]) -> None:
+    """The exported picks with what the final phase measured: the best estimates above are the
+    search's, and the race can find one of them over-estimated (it is then not a pick)."""
+    from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
+    from evo_merge.search.store import EXPORTED_META
+
+    picks = store.get_meta(EXPORTED_META) or {}
+    holdout = store.get_meta(HOLDOUT_META, {})
+    by_id = {e.id: e for e in store.evaluations()} if picks else {}
+    if picks:
+        console.print("picks, measured on every search item" + (" / on the held-out items:" if any(holdout.values())
+                                                                 else ":"))
+    for name, (eid, folder) in picks.items():
+        evaluation = by_id.get(eid)
+        if evaluation is None or not evaluation.measured:  # not written by a run: said, not guessed
+            console.print(f"  {name}: evaluation {eid}, not measured; {folder}")
+            continue
+        held = held_out_scores(store, evaluation.key, holdout) or {}
+        scores = ", ".join(f"{t} {evaluation.measured[t]:.3f}" + (f" / {held[t]:.3f}" if t in held else "")
+                           for t in tasks)
+        console.print(f"  {name}: evaluation {eid} ({evaluation.method}): {scores}; {folder}")
 
 
 @click.command()

@@ -152,6 +152,20 @@ def test_picks_are_the_best_measured_candidates_and_cards_show_held_out_scores(f
         assert samples[task] == {"original": totals[task], "effective": 30}
 
 
+def test_status_shows_each_pick_on_the_search_and_the_held_out_items_as_its_card(finished):
+    run = finished[0]
+    output = CliRunner().invoke(cli, ["status", str(run)]).output
+    assert "picks, measured on every search item / on the held-out items:" in output, output
+    for name, (eid, folder) in CampaignStore(run).get_meta("exported").items():
+        line = next(li for li in output.splitlines() if li.startswith(f"  {name}: evaluation {eid} "))
+        _, scores = card(run / folder)
+        for task in ("agree0", "agree1"):
+            shown = re.search(rf"{task} ([\d.]+) / ([\d.]+)", line)
+            assert shown, line
+            assert float(shown[1]) == pytest.approx(scores["measured_search_items"][task], abs=6e-4)
+            assert float(shown[2]) == pytest.approx(scores["measured"][task], abs=6e-4)
+
+
 def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(finished):
     run, runner = finished[:2]
     store = CampaignStore(run)

@@ -160,7 +160,8 @@ def test_status_names_the_best_candidate_even_where_it_is_a_standard_warm_up(tmp
     output = " ".join(CliRunner().invoke(cli, ["status", str(runner.workspace.run_dir)]).output.split())
     best_phases = set()
     for task in ("agree0", "agree1"):
-        line = re.search(rf"best {task} \(higher is better\): ([\d.]+)(?: ± [\d.]+)? \(evaluation (\d+)", output)
+        line = re.search(rf"best {task} estimate \(higher is better\): ([\d.]+)(?: ± [\d.]+)? \(evaluation (\d+)",
+                         output)
         assert line, output  # (the first generation is the seeds alone, every one looked up)
         value, evaluation = line.groups()
         top = max(e.estimates[task] for e in competing.values())
