@@ -16,7 +16,7 @@ import click
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.store import CampaignStore, Evaluation
 
 RUN_DIR = click.argument("run", type=click.Path(path_type=Path))
 
@@ -223,7 +223,7 @@ def status(run: Path) -> None:
                 f"best {task} estimate ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
                 f"better): {value} (evaluation {best.id}, {best.method})"
             )
-    _print_picks(console, store, objectives.names)
+    _print_picks(console, store)
     for task, counts in (store.get_meta("anchors") or {}).items():
         console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("
                       + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")
@@ -240,27 +240,39 @@ def status(run: Path) -> None:
     )
 
 
-def _print_picks(console: Console, store: CampaignStore, tasks: list[str]) -> None:
+def _measured_on(store: CampaignStore) -> str:
+    from evo_merge.search.holdout import HOLDOUT_META
+
+    held = any(store.get_meta(HOLDOUT_META, {}).values())
+    return "measured on every search item" + (" / on the held-out items" if held else "")
+
+
+def _measured_scores(store: CampaignStore, evaluation: Evaluation) -> str:
+    """`arith 0.846 / 0.896, lang ...`: a measured candidate's score per task on the search items,
+    and on the held-out items where the task holds some out."""
+    from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
+
+    held = held_out_scores(store, evaluation.key, store.get_meta(HOLDOUT_META, {})) or {}
+    return ", ".join(f"{task} {score:.3f}" + (f" / {held[task]:.3f}" if task in held else "")
+                     for task, score in evaluation.measured.items())
+
+
+def _print_picks(console: Console, store: CampaignStore) -> None:
     """The exported picks with what the final phase measured: the best estimates above are the
     search's, and the race can find one of them over-estimated (it is then not a pick)."""
-    from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
     from evo_merge.search.store import EXPORTED_META
 
     picks = store.get_meta(EXPORTED_META) or {}
-    holdout = store.get_meta(HOLDOUT_META, {})
     by_id = {e.id: e for e in store.evaluations()} if picks else {}
     if picks:
-        console.print("picks, measured on every search item" + (" / on the held-out items:" if any(holdout.values())
-                                                                 else ":"))
+        console.print(f"picks, {_measured_on(store)}:")
     for name, (eid, folder) in picks.items():
         evaluation = by_id.get(eid)
         if evaluation is None or not evaluation.measured:  # not written by a run: said, not guessed
             console.print(f"  {name}: evaluation {eid}, not measured; {folder}")
             continue
-        held = held_out_scores(store, evaluation.key, holdout) or {}
-        scores = ", ".join(f"{t} {evaluation.measured[t]:.3f}" + (f" / {held[t]:.3f}" if t in held else "")
-                           for t in tasks)
-        console.print(f"  {name}: evaluation {eid} ({evaluation.method}): {scores}; {folder}")
+        console.print(f"  {name}: evaluation {eid} ({evaluation.method}): {_measured_scores(store, evaluation)}; "
+                      f"{folder}")
 
 
 @click.command()
@@ -335,7 +347,9 @@ def export(
     with StageBars() as bars:
         folder = export_candidate(runner.workspace, store.get(evaluation.key), out, overwrite=overwrite,
                                   progress=bars)
-    click.echo(f"wrote {folder}")
+    measured = store.get(evaluation.key)
+    click.echo(f"wrote {folder}: evaluation {pick} ({measured.method}), {_measured_on(store)}: "
+               f"{_measured_scores(store, measured)}")
     if repo_id is not None:
         _push(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
 

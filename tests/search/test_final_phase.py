@@ -210,7 +210,14 @@ def test_export_measures_what_a_candidate_misses(finished, tmp_path, state):
         "agree0": 120,
         "agree1": 120,
     }
-    assert set(card(tmp_path / "m")[1]) == {"estimated", "measured_search_items", "measured"}
+    scores = card(tmp_path / "m")[1]
+    assert set(scores) == {"estimated", "measured_search_items", "measured"}
+    said = re.search(r"measured on every search item / on the held-out items: agree0 ([\d.]+) / ([\d.]+), "
+                     r"agree1 ([\d.]+) / ([\d.]+)", result.output)  # what it measured, said as the card says it
+    assert said, result.output
+    assert [float(v) for v in said.groups()] == pytest.approx(
+        [scores[kind][task] for task in ("agree0", "agree1") for kind in ("measured_search_items", "measured")],
+        abs=6e-4)
     assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
     summary = (run / "report.md").read_text().split("## Reference models and measured candidates")[1]
     assert any(re.match(rf"\|\s*{eid}\s*\|", line) for line in summary.splitlines())
