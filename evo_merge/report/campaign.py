@@ -116,6 +116,7 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(progress.generation, progress.hypervolume, marker="o"), a.set_title("hypervolume (estimated)")
@@ -124,6 +125,7 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
     b.set_title("best estimate per task"), b.legend(fontsize=7)
     for ax in (a, b):
         ax.set_xlabel("generation")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no generation 2.5
     _save(fig, path)
 
 

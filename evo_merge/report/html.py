@@ -9,6 +9,7 @@ so the file opens offline, from disk or as a mailed attachment; nothing is fetch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -121,7 +122,8 @@ def progress_figure(progress: pd.DataFrame, tasks: Sequence[str]):
     for task in tasks:
         fig.add_trace(go.Scatter(x=progress.generation, y=progress[f"best_{task}"], name=f"best {task}"), row=1, col=2)
     fig.add_trace(go.Scatter(x=progress.generation, y=progress["items"], name="items"), row=1, col=3)
-    fig.update_xaxes(title_text="generation")
+    step = max(1, math.ceil(len(progress) / 10))  # whole generations only, at most about ten ticks
+    fig.update_xaxes(title_text="generation", dtick=step)
     fig.update_layout(height=380, title="Progress per generation")
     return fig
 

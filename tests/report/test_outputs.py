@@ -148,3 +148,12 @@ def test_push_goes_no_further_than_the_network_call_offline(tmp_path, monkeypatc
     assert [name for name, _ in plan.files] == ["README.md", "model.safetensors"]
     with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
         push_to_hub(plan, "me/tiny-merge", private=True, revision="v1")
+
+
+@pytest.mark.parametrize(("generations", "step"), [(4, 1), (10, 1), (11, 2), (60, 6)])
+def test_progress_ticks_whole_generations_at_most_about_ten(generations, step):
+    from evo_merge.report.html import progress_figure
+
+    progress = pd.DataFrame({"generation": range(1, generations + 1), "hypervolume": 0.5, "best_t": 0.5, "items": 10})
+    fig = progress_figure(progress, ["t"])
+    assert {axis.dtick for axis in (fig.layout.xaxis, fig.layout.xaxis2, fig.layout.xaxis3)} == {step}
