@@ -7,6 +7,7 @@ report is written without opening a model. Hypervolumes and "best" follow each t
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -78,14 +79,31 @@ def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame
     return pd.DataFrame([{"generation": g, **recorded_metrics(store, objectives, g)} for g in generations])
 
 
+PARETO_PANELS = 6  # pairs of tasks drawn in pareto.png: every pair of the first four tasks
+
+
 def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
+    """One panel per pair of tasks (a task alone against itself), so no task is left off the
+    picture; the legend once, on the first."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x, y = (tasks[0], tasks[1]) if len(tasks) > 1 else (tasks[0], tasks[0])
-    fig, ax = plt.subplots(figsize=(6, 5))
+    pairs = list(itertools.combinations(tasks, 2))[:PARETO_PANELS] if len(tasks) > 1 else [(tasks[0], tasks[0])]
+    cols = min(3, len(pairs))
+    rows = math.ceil(len(pairs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5 * rows), squeeze=False)
+    for ax, (x, y) in zip(axes.flat, pairs):
+        _pareto_panel(ax, table, x, y)
+    for ax in axes.flat[len(pairs):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Pareto front")
+    _save(fig, path)
+
+
+def _pareto_panel(ax, table: pd.DataFrame, x: str, y: str) -> None:
     search = table[(table.phase == "search") & (table.status == "ok")]
     ax.scatter(search[f"est_{x}"], search[f"est_{y}"], s=12, alpha=0.4, label="candidates (estimated)")
     measured = table[table[f"meas_{x}"].notna() & (table.phase == "search")]
@@ -107,8 +125,7 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
     ax.scatter(
         calibration[f"meas_{x}"], calibration[f"meas_{y}"], marker="s", color="k", label="base / endpoints / warm-up"
     )
-    ax.set_xlabel(x), ax.set_ylabel(y), ax.legend(fontsize=7), ax.set_title("Pareto front")
-    _save(fig, path)
+    ax.set_xlabel(x), ax.set_ylabel(y)
 
 
 def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:

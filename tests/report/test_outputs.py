@@ -157,3 +157,18 @@ def test_progress_ticks_whole_generations_at_most_about_ten(generations, step):
     progress = pd.DataFrame({"generation": range(1, generations + 1), "hypervolume": 0.5, "best_t": 0.5, "items": 10})
     fig = progress_figure(progress, ["t"])
     assert {axis.dtick for axis in (fig.layout.xaxis, fig.layout.xaxis2, fig.layout.xaxis3)} == {step}
+
+
+@pytest.mark.parametrize(("tasks", "panels"), [(["a"], 1), (["a", "b"], 1), (["a", "b", "c"], 3), (list("abcde"), 6)])
+def test_pareto_png_has_a_panel_per_pair_of_tasks(tmp_path, tasks, panels):
+    """No task is left off the picture (with three tasks the third was); beyond four, the first four's pairs."""
+    import matplotlib.image
+
+    from evo_merge.report.campaign import plot_pareto
+
+    columns = [f"{kind}_{t}" for t in tasks for kind in ("est", "meas", "sample")]
+    rows = [{"phase": phase, "status": "ok", **dict.fromkeys(columns, value)}
+            for phase, value in (("calibration", 0.2), ("search", 0.5))]
+    plot_pareto(pd.DataFrame(rows), tasks, tmp_path / "pareto.png")
+    height, width, _ = matplotlib.image.imread(tmp_path / "pareto.png").shape
+    assert (round(width / 660), round(height / 550)) == (min(panels, 3), -(-panels // 3))  # 6 x 5 in. at 110 dpi each
