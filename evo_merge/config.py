@@ -13,7 +13,14 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from evo_merge.align.methods import AlignMethod
 from evo_merge.errors import UserError
-from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, ANCHOR_METHODS, BACKEND_NAMES, CAMPAIGN_ESTIMATOR_KINDS
+from evo_merge.irt.kinds import (
+    ANCHOR_ALLOCATIONS,
+    ANCHOR_METHODS,
+    BACKEND_NAMES,
+    CAMPAIGN_ESTIMATOR_KINDS,
+    DEFAULT_ANCHOR_METHOD,
+    DEFAULT_ESTIMATOR_KIND,
+)
 from evo_merge.schema import Strict, load_yaml, validate
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
@@ -107,11 +114,11 @@ class Coefficients(_Checked):
 class EstimatorSpec(_Checked):
     """How candidates are scored: `full` scores every item (the expensive baseline)."""
 
-    kind: Literal[CAMPAIGN_ESTIMATOR_KINDS] = "gpirt"
+    kind: Literal[CAMPAIGN_ESTIMATOR_KINDS] = DEFAULT_ESTIMATOR_KIND
     anchors: int = Field(20, ge=1, description="anchor items per task scenario (on average, with neyman)")
     anchor_method: Literal[ANCHOR_METHODS] = Field(
-        "auto", description="auto: stratified-irt with enough calibration subjects (30), stratified below; a "
-        "campaign's base, endpoints and warm-up merges are usually fewer. auto-kmeans: kmeans-irt with enough")
+        DEFAULT_ANCHOR_METHOD, description="auto: stratified-irt with enough calibration subjects (30), stratified "
+        "below; a campaign's base, endpoints and warm-up merges are usually fewer. auto-kmeans: kmeans-irt with enough")
     anchor_allocation: Literal[ANCHOR_ALLOCATIONS] = Field(
         "neyman", description="neyman: a task's anchors (anchors x its scenarios) go where they cut the error "
         "of its score most; equal: `anchors` in each scenario")

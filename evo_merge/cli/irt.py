@@ -20,8 +20,15 @@ from evo_merge.irt import (
     select_anchors,
 )
 from evo_merge.irt import validate as run_validation
-from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, ANCHOR_METHODS, BACKEND_NAMES, ESTIMATOR_KINDS
-from evo_merge.irt.validation import RANDOM_DRAWS, validation_table
+from evo_merge.irt.kinds import (
+    ANCHOR_ALLOCATIONS,
+    ANCHOR_METHODS,
+    BACKEND_NAMES,
+    DEFAULT_ANCHOR_METHOD,
+    DEFAULT_ESTIMATOR_KIND,
+    ESTIMATOR_KINDS,
+)
+from evo_merge.irt.validation import RANDOM_DRAWS, default_summary, validation_table
 
 
 def _dims(value: str) -> int | str:
@@ -117,7 +124,7 @@ def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float 
 @irt.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--budget", type=int, required=True, help="Anchors per scenario.")
-@click.option("--method", type=click.Choice(ANCHOR_METHODS), default="auto", show_default=True,
+@click.option("--method", type=click.Choice(ANCHOR_METHODS), default=DEFAULT_ANCHOR_METHOD, show_default=True,
               help="'auto': stratified-irt with enough calibration subjects, stratified below; "
               "'auto-kmeans': kmeans-irt with enough (the default before defaults version 8).")
 @click.option("--allocation", type=click.Choice(ANCHOR_ALLOCATIONS), default="equal", show_default=True,
@@ -137,7 +144,7 @@ def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: in
 @irt.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--responses", "partial", required=True, type=click.Path(path_type=Path), help="Anchor scores (long).")
-@click.option("--estimator", type=click.Choice(ESTIMATOR_KINDS), default="gpirt", show_default=True,
+@click.option("--estimator", type=click.Choice(ESTIMATOR_KINDS), default=DEFAULT_ESTIMATOR_KIND, show_default=True,
               help="adaptive: p-IRT from whatever items each subject was scored on, SE per subject.")
 @click.option("--endpoints", default=None, help="Endpoint subject ids (comma-separated) or their full responses file.")
 @click.option("--budget", type=int, default=None, help="Which stored anchor set (if several).")
@@ -187,6 +194,9 @@ def validate(responses: Path, test_frac: float, budgets: str, seed: int, backend
     table = run_validation(load_responses(responses), test_frac=test_frac, budgets=_int_list(budgets, "--budgets"),
                            seed=seed, backend=backend, dims=_dims(dims), repeats=repeats, endpoints=ends,
                            overall=overall, draws=draws, **_backend_options(backend, epochs, lr))
-    Console(width=120, markup=False).print(validation_table(table))
+    console = Console(width=120, markup=False)
+    console.print(validation_table(table))
+    if summary := default_summary(table):
+        console.print(summary, soft_wrap=True)
     if csv_path is not None:
         table.to_csv(csv_path, index=False)

@@ -36,7 +36,7 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
 from evo_merge.errors import UserError
-from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, ANCHOR_METHODS
+from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, ANCHOR_METHODS, DEFAULT_ANCHOR_METHOD
 from evo_merge.irt.model import IRTModel
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def allocate(model: IRTModel, budget: int, allocation: str = "equal", seed: int 
     return {scenario: int(n) for scenario, n in zip(groups, counts)}
 
 
-def select_anchors(model: IRTModel, budget: int, method: str = "kmeans-irt", seed: int = 0,
+def select_anchors(model: IRTModel, budget: int, method: str = DEFAULT_ANCHOR_METHOD, seed: int = 0,
                    allocation: str = "equal", counts: Mapping[str, int] | None = None) -> Anchors:
     """`budget` anchors per scenario on average, spread over the scenarios by `allocation`, or
     `counts` per scenario where given (a cross-fit re-chooses anchors of the same design).

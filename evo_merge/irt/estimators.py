@@ -57,7 +57,7 @@ from evo_merge.errors import UserError
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.irt.anchors import SELECTABLE, Anchors, select_anchors
-from evo_merge.irt.kinds import ESTIMATOR_KINDS
+from evo_merge.irt.kinds import DEFAULT_ESTIMATOR_KIND, ESTIMATOR_KINDS
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
 from evo_merge.irt.responses import (
     RESERVED_SCENARIO,
@@ -137,7 +137,7 @@ class Estimator:
         self,
         model: IRTModel,
         anchors: Anchors | None,
-        kind: str = "gpirt",
+        kind: str = DEFAULT_ESTIMATOR_KIND,
         endpoints: Sequence[str] | pd.DataFrame | None = None,
         gmp_delta: float | str = "auto",
         seed: int = 0,

@@ -13,6 +13,9 @@ CAMPAIGN_ESTIMATOR_KINDS = (*ESTIMATOR_KINDS, FULL_EVALUATION)
 # "auto" is stratified-irt with enough calibration subjects, stratified below; "auto-kmeans" (the
 # default before defaults version 8) kmeans-irt with enough, stratified below (anchors.choose_anchor_method)
 ANCHOR_METHODS = ("auto", "auto-kmeans", "stratified-irt", "kmeans-irt", "kmeans-correctness", "stratified", "random")
+# what a campaign, `evo-merge irt` and the library use unless told otherwise
+DEFAULT_ESTIMATOR_KIND = "gpirt"
+DEFAULT_ANCHOR_METHOD = "auto"
 # how a model's anchors are spread over its scenarios (anchors.allocate)
 ANCHOR_ALLOCATIONS = ("equal", "neyman")
 BACKEND_NAMES = ("torch", "pyirt")

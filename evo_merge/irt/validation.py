@@ -18,8 +18,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from evo_merge.errors import UserError
-from evo_merge.irt.anchors import SELECTABLE, select_anchors
+from evo_merge.irt.anchors import SELECTABLE, choose_anchor_method, select_anchors
 from evo_merge.irt.estimators import Estimator
+from evo_merge.irt.kinds import DEFAULT_ANCHOR_METHOD, DEFAULT_ESTIMATOR_KIND
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
 
@@ -117,7 +118,20 @@ def validate(
     base = table[table.estimator == BASELINE].set_index("budget")["mae"]
     # no ratio where random sampling is exact (the budget covers every item): shown blank, not inf
     table["vs_baseline"] = table["mae"] / table["budget"].map(base).replace(0.0, np.nan)
+    # what a campaign or `irt anchors` / `irt estimate` would use on a model fitted on these subjects
+    default_method = choose_anchor_method(DEFAULT_ANCHOR_METHOD, len(model.subject_ids))[0]
+    table["default"] = (table.method == default_method) & (table.estimator == DEFAULT_ESTIMATOR_KIND)
     return table
+
+
+def default_summary(table: pd.DataFrame) -> str:
+    """One line on the row a user gets without choosing: does the default pay on these responses?"""
+    rows = table[table["default"]].sort_values("budget")
+    if rows.empty:  # the default estimator was not among those validated
+        return ""
+    ratios = ", ".join(f"{r.vs_baseline:.2f}x at {r.budget}" for r in rows.itertuples() if not np.isnan(r.vs_baseline))
+    return (f"default ({DEFAULT_ANCHOR_METHOD} anchors, here {rows.method.iloc[0]}, + {DEFAULT_ESTIMATOR_KIND}): "
+            f"{ratios or 'no ratio'} (its MAE over random sampling's, by anchors per scenario)")
 
 
 def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method: str, estimators: Sequence[str],
@@ -138,13 +152,14 @@ def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method
 
 
 def validation_table(table: pd.DataFrame) -> Table:
-    """The validation results as a rich table, baseline rows marked, MAE ± its spread over draws."""
+    """The validation results as a rich table, the baseline and the default rows marked, MAE ± its
+    spread over draws."""
     out = Table(title="IRT validation: mean absolute error on held-out subjects (± SD over anchor draws)")
     for col in ("budget", "method", "estimator", "items", "saving N/n", "MAE ± SD", "draws", "vs baseline"):
         out.add_column(col, justify="left" if col in ("method", "estimator") else "right")
     for r in table.sort_values(["budget", "mae"]).itertuples():
-        baseline = r.estimator == BASELINE
-        out.add_row(str(r.budget), r.method, r.estimator, str(r.items), f"{r.saving:.1f}x",
-                    f"{r.mae:.4f} ± {r.sd:.4f}", str(r.draws),
-                    "" if np.isnan(r.vs_baseline) else f"{r.vs_baseline:.2f}", style="dim" if baseline else None)
+        style = "dim" if r.estimator == BASELINE else "bold" if r.default else None
+        out.add_row(str(r.budget), r.method, f"{r.estimator} (default)" if r.default else r.estimator, str(r.items),
+                    f"{r.saving:.1f}x", f"{r.mae:.4f} ± {r.sd:.4f}", str(r.draws),
+                    "" if np.isnan(r.vs_baseline) else f"{r.vs_baseline:.2f}", style=style)
     return out

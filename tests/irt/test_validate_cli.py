@@ -119,6 +119,21 @@ def test_fit_anchors_estimate_validate(files):
     assert code == 0 and "baseline" in out
     table = pd.read_csv(root / "v.csv")
     assert len(table) == 2 * (len(SELECTABLE) * 3 + 1) and np.isfinite(table.mae).all()
+    # 30 training subjects: the default is stratified-irt anchors + gp-IRT, marked and summed up
+    default = table[table["default"]]
+    assert set(zip(default.method, default.estimator, default.budget)) == {("stratified-irt", "gpirt", 5),
+                                                                          ("stratified-irt", "gpirt", 10)}
+    ratios = ", ".join(f"{r:.2f}x at {b}" for b, r in zip(default.budget, default.vs_baseline))
+    assert f"default (auto anchors, here stratified-irt, + gpirt): {ratios} " in out, out
+    assert "gpirt (default)" in out
+
+
+def test_validate_marks_the_fallback_default_with_few_calibration_subjects(files):
+    """With fewer than 30 training subjects a campaign's `auto` anchors are stratified: that row is the default."""
+    _, full = files
+    subjects = sorted(full.subject.unique())[:20]
+    table = validate(validate_responses(full[full.subject.isin(subjects)]), budgets=[5], methods=SELECTABLE, dims=1)
+    assert set(zip(*[table.loc[table["default"], c] for c in ("method", "estimator")])) == {("stratified", "gpirt")}
 
 
 def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
