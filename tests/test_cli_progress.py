@@ -36,6 +36,15 @@ def test_a_long_stage_says_how_far_it_is_at_most_every_interval():
     assert quiet.getvalue().splitlines() == ["exporting best-a: 3/3 in 0:00:00"]
 
 
+def test_a_stage_with_nothing_to_do_is_not_a_line():
+    log = StringIO()
+    lines = StageLines(Console(file=log), every=0.0)
+    lines("final: race (12.5% of the items)", 0, 0)
+    lines("baselines", 0, 1)
+    lines("baselines", 1, 1)
+    assert log.getvalue().splitlines() == ["baselines: 1/1 in 0:00:00"]
+
+
 def test_a_merge_sent_to_a_log_says_when_it_ends(capsys):
     assert list(track(range(5), 5, "merging (ties)")) == list(range(5))
     assert capsys.readouterr().err.splitlines() == ["merging (ties): 5/5 in 0:00:00"]
@@ -97,3 +106,26 @@ def test_a_candidate_s_merge_is_followed_like_its_items_and_goes_with_its_stage(
     bars("generation 1" + JOB_PARTS[ITEMS], 5, 65)
     bars("generation 1", 16, 16)
     assert [t.description for t in bars.progress.tasks] == ["generation 1"]
+
+
+def test_results_sent_to_a_file_are_not_folded_at_80_columns(monkeypatch):
+    """A row of the run's summary (a pick and three tasks' est / search / held-out) is about 100
+    characters: folded at 80 in a log, its numbers were cut over two lines."""
+    from rich.table import Table
+
+    from evo_merge.cli.console import PIPE_WIDTH, results_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    table = Table("model", "arith", "lang", "seq")
+    table.add_row("best-arith (task_arithmetic)", *["0.837 / 0.846 / 0.896"] * 3)
+    log = StringIO()
+    console = results_console(file=log)
+    assert console.width == PIPE_WIDTH
+    console.print(table)
+    assert any(line.count("0.837 / 0.846 / 0.896") == 3 for line in log.getvalue().splitlines())
+    monkeypatch.setenv("COLUMNS", "60")  # said by the user: kept
+    assert results_console(file=StringIO()).width == 60
+    assert results_console(file=StringIO(), width=90).width == 90
+    named = StringIO()
+    results_console(file=named).print("[/b]")  # a user's name is text, not markup (rich would raise)
+    assert named.getvalue() == "[/b]\n"

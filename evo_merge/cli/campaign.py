@@ -105,8 +105,7 @@ def _summary_table(runner, measured, exported):
 
 
 def _run(runner) -> None:
-    from rich.console import Console
-
+    from evo_merge.cli.console import results_console
     from evo_merge.cli.progress import StageBars
     from evo_merge.report.campaign import write_report
     from evo_merge.report.tracking import follow_campaign
@@ -126,7 +125,7 @@ def _run(runner) -> None:
         # what they have not logged yet (measurements, the baselines, estimates refined since their generation)
         tracker.log_evaluation(evaluation)
     tracker.finish(workspace.run_dir)
-    console = Console(markup=False)  # names and paths are the user's: '[/b]' is text
+    console = results_console()
     console.print(_summary_table(runner, measured, exported))
     console.print(f"report: {report}")
     for name, (_, folder) in exported.items():
@@ -191,9 +190,8 @@ def _holding(run: Path) -> Iterator[None]:
 @click.command()
 @RUN_DIR
 def status(run: Path) -> None:
-    """Generation, evaluations, best so far and item evaluations spent."""
-    from rich.console import Console
-
+    """Generation, evaluations, best estimates, the picks as measured and item evaluations spent."""
+    from evo_merge.cli.console import results_console
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.metrics import item_totals
     from evo_merge.search.race import RACE_META, race_summary
@@ -205,8 +203,7 @@ def status(run: Path) -> None:
     ok = [e for e in search if e.status == "ok"]
     # the best among the candidates: the standard merges (baselines, measured as warm-ups) compete too
     competing = ok + [e for e in store.evaluations("baseline") if e.status == "ok"]
-    # names and paths are the user's ('[/b]' is text); a line is one line in a pipe, for grep
-    console = Console(markup=False, soft_wrap=True)
+    console = results_console(soft_wrap=True)  # a line is one line in a pipe, for grep
     console.print(
         f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
         f"{' (finished)' if store.finished(facts['generations']) else ''}"

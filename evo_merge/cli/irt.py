@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import click
-from rich.console import Console
 
+from evo_merge.cli.console import results_console
 from evo_merge.errors import UserError, naming_file
 from evo_merge.irt import (
     Estimator,
@@ -194,7 +194,7 @@ def validate(responses: Path, test_frac: float, budgets: str, seed: int, backend
     table = run_validation(load_responses(responses), test_frac=test_frac, budgets=_int_list(budgets, "--budgets"),
                            seed=seed, backend=backend, dims=_dims(dims), repeats=repeats, endpoints=ends,
                            overall=overall, draws=draws, **_backend_options(backend, epochs, lr))
-    console = Console(width=120, markup=False)
+    console = results_console(width=120)  # the table is about 112 wide: never folded
     console.print(validation_table(table))
     if summary := default_summary(table):
         console.print(summary, soft_wrap=True)

@@ -1,7 +1,8 @@
 """Rich progress helpers shared by commands: bars on stderr, so stdout keeps only results (a user
 who sends stdout to a log still sees the bars, and the log holds no bar frames). Where stderr is
 not a terminal (`nohup ... 2> log`, a batch job) rich draws nothing until the bars stop, so a
-campaign of hours said nothing until it ended: there each stage is a line as it advances instead."""
+campaign of hours said nothing until it ended: there each stage is a line as it advances instead.
+Results go to stdout (`console.results_console`)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class StageLines:
         self.ended: set[str] = set()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.console.is_terminal or stage in self.ended:
+        # a stage with nothing to do (a finished run's resume: "race: 0/0") is not a line
+        if self.console.is_terminal or stage in self.ended or total == 0:
             return
         now = time.monotonic()
         # one candidate's merge or items, again for each: no line when they end, and a clock of their own
