@@ -28,7 +28,7 @@ from evo_merge.irt.kinds import (
     DEFAULT_ESTIMATOR_KIND,
     ESTIMATOR_KINDS,
 )
-from evo_merge.irt.validation import RANDOM_DRAWS, default_summary, validation_table
+from evo_merge.irt.validation import HOLD_OUTS, RANDOM_DRAWS, default_summary, validation_table
 
 
 def _dims(value: str) -> int | str:
@@ -173,6 +173,9 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 
 @irt.command()
 @click.argument("responses", type=click.Path(path_type=Path))
+@click.option("--hold-out", type=click.Choice(HOLD_OUTS), default="random", show_default=True,
+              help="Which subjects are held out: at random, or the strongest / weakest by mean score (unlike "
+              "every training subject, as a campaign's best merges can be).")
 @click.option("--test-frac", type=float, default=0.25, show_default=True, help="Share of subjects held out.")
 @click.option("--budgets", default="10,20,50,100", show_default=True, help="Anchors per scenario, comma-separated.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -186,16 +189,16 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--overall", is_flag=True,
               help="Error of the item-weighted mean over the scenarios (a task's score), not of each scenario.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
-def validate(responses: Path, test_frac: float, budgets: str, seed: int, backend: str, epochs: int | None,
-             lr: float | None, dims: str, repeats: int, draws: int, endpoints: str | None, overall: bool,
-             csv_path: Path | None) -> None:
+def validate(responses: Path, hold_out: str, test_frac: float, budgets: str, seed: int, backend: str,
+             epochs: int | None, lr: float | None, dims: str, repeats: int, draws: int, endpoints: str | None,
+             overall: bool, csv_path: Path | None) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
     table = run_validation(load_responses(responses), test_frac=test_frac, budgets=_int_list(budgets, "--budgets"),
                            seed=seed, backend=backend, dims=_dims(dims), repeats=repeats, endpoints=ends,
-                           overall=overall, draws=draws, **_backend_options(backend, epochs, lr))
+                           overall=overall, draws=draws, hold_out=hold_out, **_backend_options(backend, epochs, lr))
     console = results_console(width=120)  # the table is about 112 wide: never folded
-    console.print(validation_table(table))
+    console.print(validation_table(table, hold_out))
     if summary := default_summary(table):
         console.print(summary, soft_wrap=True)
     if csv_path is not None:

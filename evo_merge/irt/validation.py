@@ -29,14 +29,20 @@ RANDOM_DRAWS = 200  # random draws per subject behind the baseline (2 draws can 
 BASELINE = "mean (baseline)"
 DEFAULT_ESTIMATORS = ("anchor", "pirt", "gpirt")
 ENDPOINT_ESTIMATORS = ("mpirt", "gmpirt")
+# which subjects are held out: drawn at random (like the calibration ones), or those scoring best or
+# worst on average (unlike every calibration subject: merges that beat their endpoints are such)
+HOLD_OUTS = ("random", "strongest", "weakest")
 
 
 def split_subjects(
-    responses: pd.DataFrame, test_frac: float, seed: int, keep_in_train: Sequence[str] = ()
+    responses: pd.DataFrame, test_frac: float, seed: int, keep_in_train: Sequence[str] = (), hold_out: str = "random"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Seeded train/test split of the subjects (never putting `keep_in_train` in the test set)."""
+    """Train/test split of the subjects (never putting `keep_in_train` in the test set): seeded at
+    random, or the `strongest` / `weakest` by mean score."""
     if not 0.0 < test_frac < 1.0:
         raise UserError(f"test fraction must be between 0 and 1, not {test_frac}")
+    if hold_out not in HOLD_OUTS:
+        raise UserError(f"unknown hold-out {hold_out!r} (choose from {', '.join(HOLD_OUTS)})")
     subjects = list(dict.fromkeys(responses["subject"]))
     missing = [s for s in keep_in_train if s not in subjects]
     if missing:
@@ -45,7 +51,12 @@ def split_subjects(
     n_test = max(1, int(round(test_frac * len(subjects))))
     if len(subjects) - n_test < 4 or n_test > candidates.size:
         raise UserError(f"too few subjects ({len(subjects)}) for a test fraction of {test_frac}")
-    test = set(np.random.default_rng(seed).choice(candidates, n_test, replace=False))
+    if hold_out == "random":
+        test = set(np.random.default_rng(seed).choice(candidates, n_test, replace=False))
+    else:
+        mean = responses.groupby("subject", sort=False)["score"].mean().reindex(candidates).to_numpy()
+        order = np.argsort(-mean if hold_out == "strongest" else mean, kind="stable")
+        test = set(candidates[order[:n_test]])
     is_test = responses["subject"].isin(test)
     return responses[~is_test], responses[is_test]
 
@@ -82,6 +93,7 @@ def validate(
     endpoints: Sequence[str] = (),
     overall: bool = False,
     draws: int = RANDOM_DRAWS,
+    hold_out: str = "random",
     **backend_options: float,
 ) -> pd.DataFrame:
     """Mean absolute error (over held-out subjects and scenarios, averaged over `repeats` anchor
@@ -91,12 +103,14 @@ def validate(
     `draws` random draws per subject; `random` anchors always get their estimator rows too, so
     the table shows whether clustering pays. With `overall`, the error is that of the overall
     score (the item-weighted mean of the scenarios' true scores; one number per subject) as each
-    estimator estimates it: a campaign's task score, when its scenarios are the task's sub-skills."""
+    estimator estimates it: a campaign's task score, when its scenarios are the task's sub-skills.
+    `hold_out` (`split_subjects`) chooses the test subjects: `strongest` asks whether subjects
+    better than every calibration subject, as a campaign's best merges can be, are estimated well."""
     if repeats < 1 or draws < 1:
         raise UserError(f"repeats and draws must be at least 1, not {repeats} and {draws}")
     estimators = list(estimators) + ([e for e in ENDPOINT_ESTIMATORS if e not in estimators] if endpoints else [])
     methods = list(dict.fromkeys([*methods, "random"]))
-    train, test = split_subjects(responses, test_frac, seed, endpoints)
+    train, test = split_subjects(responses, test_frac, seed, endpoints, hold_out)
     model = IRTModel.fit(train, backend=backend, dims=dims, seed=seed, **backend_options)
     test_scores = ResponseMatrix.from_long(test, items=model.item_ids).scores
     rows = []
@@ -151,10 +165,11 @@ def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method
     return errors
 
 
-def validation_table(table: pd.DataFrame) -> Table:
+def validation_table(table: pd.DataFrame, hold_out: str = "random") -> Table:
     """The validation results as a rich table, the baseline and the default rows marked, MAE ± its
     spread over draws."""
-    out = Table(title="IRT validation: mean absolute error on held-out subjects (± SD over anchor draws)")
+    held = "held-out subjects" if hold_out == "random" else f"the {hold_out} subjects, held out"
+    out = Table(title=f"IRT validation: mean absolute error on {held} (± SD over anchor draws)")
     for col in ("budget", "method", "estimator", "items", "saving N/n", "MAE ± SD", "draws", "vs baseline"):
         out.add_column(col, justify="left" if col in ("method", "estimator") else "right")
     for r in table.sort_values(["budget", "mae"]).itertuples():

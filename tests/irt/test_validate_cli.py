@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from evo_merge.cli import cli
+from evo_merge.errors import UserError
 from evo_merge.irt import load_anchors, validate, validate_responses
 from evo_merge.irt.anchors import SELECTABLE, select_anchors
 from evo_merge.irt.estimators import Estimator
@@ -73,6 +74,23 @@ def test_validate_overall_scores_gpirt_s_own_overall_estimate():
     assert got != pytest.approx(np.abs(est.overall(values[:, :-1]) - truth).mean())
 
 
+@pytest.mark.parametrize("hold_out", ["strongest", "weakest"])
+def test_a_strongest_or_weakest_hold_out_tests_on_subjects_unlike_every_training_one(hold_out):
+    gen = make_synthetic_irt(60, dims=1, n_scenarios=2, seed=1)
+    theta, ids = synthetic_abilities(20, dims=1, seed=2)
+    data = validate_responses(gen.sample(theta, ids, seed=3))
+    train, test = split_subjects(data, 0.25, 0, keep_in_train=["m0000"], hold_out=hold_out)
+    assert test.subject.nunique() == 5 and "m0000" not in set(test.subject)
+    tested = test.groupby("subject")["score"].mean()
+    trained = train.groupby("subject")["score"].mean().drop("m0000")  # kept in training whatever it scores
+    if hold_out == "strongest":
+        assert tested.min() >= trained.max()
+    else:
+        assert tested.max() <= trained.min()
+    with pytest.raises(UserError, match="unknown hold-out 'best'"):
+        split_subjects(data, 0.25, 0, hold_out="best")
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("irt_cli")
@@ -126,6 +144,8 @@ def test_fit_anchors_estimate_validate(files):
     ratios = ", ".join(f"{r:.2f}x at {b}" for b, r in zip(default.budget, default.vs_baseline))
     assert f"default (auto anchors, here stratified-irt, + gpirt): {ratios} " in out, out
     assert "gpirt (default)" in out
+    code, out = run("validate", root / "responses.csv", "--budgets", "5", "--dims", "1", "--hold-out", "strongest")
+    assert code == 0 and "mean absolute error on the strongest subjects, held out" in out, out
 
 
 def test_validate_marks_the_fallback_default_with_few_calibration_subjects(files):
