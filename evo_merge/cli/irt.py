@@ -199,7 +199,7 @@ def validate(responses: Path, hold_out: str, test_frac: float, budgets: str, see
                            overall=overall, draws=draws, hold_out=hold_out, **_backend_options(backend, epochs, lr))
     console = results_console(width=120)  # the table is about 112 wide: never folded
     console.print(validation_table(table, hold_out))
-    if summary := default_summary(table):
+    if summary := default_summary(table, overall):
         console.print(summary, soft_wrap=True)
     if csv_path is not None:
         table.to_csv(csv_path, index=False)

@@ -138,14 +138,15 @@ def validate(
     return table
 
 
-def default_summary(table: pd.DataFrame) -> str:
+def default_summary(table: pd.DataFrame, overall: bool = False) -> str:
     """One line on the row a user gets without choosing: does the default pay on these responses?"""
     rows = table[table["default"]].sort_values("budget")
     if rows.empty:  # the default estimator was not among those validated
         return ""
     ratios = ", ".join(f"{r.vs_baseline:.2f}x at {r.budget}" for r in rows.itertuples() if not np.isnan(r.vs_baseline))
     return (f"default ({DEFAULT_ANCHOR_METHOD} anchors, here {rows.method.iloc[0]}, + {DEFAULT_ESTIMATOR_KIND}): "
-            f"{ratios or 'no ratio'} (its MAE over random sampling's, by anchors per scenario)")
+            f"{ratios or 'no ratio'} (its MAE{' of the overall score' if overall else ''} over random sampling's, "
+            "by anchors per scenario)")
 
 
 def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method: str, estimators: Sequence[str],

@@ -144,8 +144,10 @@ def test_fit_anchors_estimate_validate(files):
     ratios = ", ".join(f"{r:.2f}x at {b}" for b, r in zip(default.budget, default.vs_baseline))
     assert f"default (auto anchors, here stratified-irt, + gpirt): {ratios} " in out, out
     assert "gpirt (default)" in out
-    code, out = run("validate", root / "responses.csv", "--budgets", "5", "--dims", "1", "--hold-out", "strongest")
+    code, out = run("validate", root / "responses.csv", "--budgets", "5", "--dims", "1", "--hold-out", "strongest",
+                    "--overall")
     assert code == 0 and "mean absolute error on the strongest subjects, held out" in out, out
+    assert "(its MAE of the overall score over random sampling's" in out
 
 
 def test_validate_marks_the_fallback_default_with_few_calibration_subjects(files):
