@@ -7,7 +7,6 @@ report is written without opening a model. Hypervolumes and "best" follow each t
 from __future__ import annotations
 
 import io
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from evo_merge.errors import message_line
 from evo_merge.markup import html_text, md
 from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import write_html_report
+from evo_merge.report.pairs import task_pairs
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.front import BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
@@ -79,18 +79,14 @@ def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame
     return pd.DataFrame([{"generation": g, **recorded_metrics(store, objectives, g)} for g in generations])
 
 
-PARETO_PANELS = 6  # pairs of tasks drawn in pareto.png: every pair of the first four tasks
-
-
 def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
-    """One panel per pair of tasks (a task alone against itself), so no task is left off the
-    picture; the legend once, on the first."""
+    """One panel per pair of tasks (`task_pairs`); the legend once, on the first."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = list(itertools.combinations(tasks, 2))[:PARETO_PANELS] if len(tasks) > 1 else [(tasks[0], tasks[0])]
+    pairs = task_pairs(tasks)
     cols = min(3, len(pairs))
     rows = math.ceil(len(pairs) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5 * rows), squeeze=False)

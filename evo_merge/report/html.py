@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from evo_merge.markup import html_text
+from evo_merge.report.pairs import task_pairs
 from evo_merge.search.store import atomic_write
 from evo_merge.search.study import BASELINE
 
@@ -60,11 +61,11 @@ def reference_label(row: pd.Series) -> str:
     return "warm-up"
 
 
-def front_figure(table: pd.DataFrame, tasks: Sequence[str]):
-    """The scatter of the first two tasks (a task against itself when there is one)."""
+def front_figure(table: pd.DataFrame, tasks: Sequence[str], pair: tuple[str, str]):
+    """The scatter of one pair of tasks (`pairs.task_pairs`); the hover names every task's scores."""
     import plotly.graph_objects as go
 
-    x, y = (tasks[0], tasks[1]) if len(tasks) > 1 else (tasks[0], tasks[0])
+    x, y = pair
     fig = go.Figure()
     ok = table[table.status == "ok"]
     search = ok[ok.phase == "search"]
@@ -107,7 +108,8 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str]):
                 showlegend=False,
             )
         )
-    fig.update_layout(title="Pareto front: estimated and measured", xaxis_title=x, yaxis_title=y, height=600)
+    fig.update_layout(title=f"Pareto front: estimated and measured ({x} vs {y})" if x != y else
+                      "Pareto front: estimated and measured", xaxis_title=x, yaxis_title=y, height=600)
     return fig
 
 
@@ -154,7 +156,8 @@ def write_html_report(
     exported: Mapping[str, tuple[int, Path]] | None = None,
 ) -> Path:
     """Write report.html; `table` has est_/meas_/se_ columns per task, `summary` is trusted HTML."""
-    figures = [front_figure(table, tasks)] + ([progress_figure(progress, tasks)] if len(progress) else [])
+    figures = [front_figure(table, tasks, pair) for pair in task_pairs(tasks)]
+    figures += [progress_figure(progress, tasks)] if len(progress) else []
     parts = ["<h1>Campaign report</h1>", summary]
     for k, fig in enumerate(figures):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(k == 0), config={"displaylogo": False}))

@@ -134,9 +134,23 @@ def test_the_html_plot_shows_measured_standard_merges_beside_the_finalists():
                            "method": "ties", "weights": "1 1", "params": "", "items": 10,
                            **{f"{k}_{t}": r[k] for t in ("a", "b") for k in ("est", "meas")},
                            **{f"{k}_{t}": None for t in ("a", "b") for k in ("est_se", "sample")}} for r in rows])
-    figure = front_figure(table, ["a", "b"])
+    figure = front_figure(table, ["a", "b"], ("a", "b"))
     traces = {t.name: list(t.customdata) for t in figure.data if t.name}
     assert traces["finalists (measured)"] == [1] and traces["standard merges (measured)"] == [2]
-    without = front_figure(table[table.phase != "baseline"], ["a", "b"])
+    without = front_figure(table[table.phase != "baseline"], ["a", "b"], ("a", "b"))
     assert "standard merges (measured)" not in {t.name for t in without.data}  # none: no legend entry
     assert evaluation_table([], ["a"]).empty
+
+
+def test_report_html_draws_a_front_figure_per_pair_of_tasks(tmp_path):
+    """With three tasks the third was left off the front figure, as off pareto.png."""
+    from evo_merge.report.html import write_html_report
+
+    tasks = ["a", "b", "c"]
+    table = pd.DataFrame([{"id": 1, "phase": "search", "generation": 1, "status": "ok", "method": "ties",
+                           "weights": "1 1", "params": "", "items": 10,
+                           **{f"{k}_{t}": 0.5 for t in tasks for k in ("est", "meas")},
+                           **{f"{k}_{t}": None for t in tasks for k in ("est_se", "sample")}}])
+    html = write_html_report(tmp_path, table, pd.DataFrame(), tasks, "<p>summary</p>").read_text()
+    titles = [f"Pareto front: estimated and measured ({x} vs {y})" for x, y in (("a", "b"), ("a", "c"), ("b", "c"))]
+    assert all(html.count(title) == 1 for title in titles), [html.count(t) for t in titles]
