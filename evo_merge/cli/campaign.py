@@ -211,13 +211,18 @@ def status(run: Path) -> None:
     unmeasured = len(store.measure_failures())
     console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, {len(search) - len(ok)} failed"
                   + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
+    search_items = search_item_count(facts, store)
     for task in objectives.names:
         if competing:
             best = max(competing, key=lambda e: objectives.goodness(e.estimates, task))
             se = (best.estimate_se or {}).get(task)
             value = f"{best.estimates[task]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+            # a standard merge, or any candidate of a full-evaluation run, is scored on every search item, no SE
+            # (an estimate of a folder from before standard errors has none either, and few items)
+            measured = se is None and best.items_evaluated >= search_items
             console.print(
-                f"best {task} estimate ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
+                f"best {task} {'measured' if measured else 'estimate'} "
+                f"({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
                 f"better): {value} (evaluation {best.id}, {best.method})"
             )
     _print_picks(console, store)
@@ -230,7 +235,7 @@ def status(run: Path) -> None:
             + "; candidates scored after it was reopened use the later (CHANGELOG.md, IRT standard errors)")
     if race := race_summary(store.get_meta(RACE_META)):
         console.print(race)
-    spent, full = store.items_evaluated("search"), len(search) * search_item_count(facts, store)
+    spent, full = store.items_evaluated("search"), len(search) * search_items
     console.print(
         f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
         + (f" ({full / spent:.1f}x saving)" if spent else "") + f"; in total {item_totals(store)}"
