@@ -112,11 +112,13 @@ class Plan:
     def table(self) -> str:
         """The plan as a text table, per worker, with the totals (and `fits` when it does)."""
         gpu = self.device != "cpu"
+        labels = [line.what for line in self.lines] + [f"total for {self.workers} workers on this machine"]
+        width = max(48, *(len(label) + 2 for label in labels))  # a long label does not push its figures out of line
 
         def row(what: str, host: int, device: int | None = None) -> str:
-            return f"{what:<48}{gib(host):>12}" + (f"{gib(device):>12}" if gpu and device is not None else "")
+            return f"{what:<{width}}{gib(host):>12}" + (f"{gib(device):>12}" if gpu and device is not None else "")
 
-        rows = [f"{'bytes per worker':<48}{'host':>12}" + (f"{self.device:>12}" if gpu else "")]
+        rows = [f"{'bytes per worker':<{width}}{'host':>12}" + (f"{self.device:>12}" if gpu else "")]
         rows += [row(line.what, line.host, line.device) for line in self.lines]
         rows.append(row("total per worker", self.host, self.device_bytes))
         if self.workers > 1:
