@@ -160,7 +160,6 @@ def write_report(
     method and pick names) are escaped in both reports."""
     objectives = facts_objectives(facts)
     tasks = list(objectives.names)
-    full_items = search_item_count(facts, store)
     race = store.get_meta(RACE_META)
     evaluations = store.evaluations()
     table = evaluation_table(evaluations, tasks, ((race or {}).get("compared") or {}).get("scores"))
@@ -173,28 +172,60 @@ def write_report(
     if len(progress):
         plot_progress(progress, tasks, run_dir / "progress.png")
 
+    lines_of_facts = _run_facts(run_dir, store, facts, table, finished, race)
+    summary = _summary(table, tasks, store, exported or {})
+    baselines = store.get_meta(BASELINES_META, {})
+    compared = _compared(table, {e.id: baselines[e.key] for e in evaluations if e.key in baselines}, tasks)
+    path = run_dir / "report.md"
+    atomic_write(path, _markdown(run_dir, store, evaluations, table, lines_of_facts, summary, compared, exported,
+                                 race))
+    facts_html = "<ul>" + "".join(f"<li>{html_text(f)}</li>" for f in lines_of_facts) + "</ul>"
+    write_html_report(
+        run_dir,
+        measured_errors(store, table, tasks),
+        progress,
+        tasks,
+        facts_html
+        + "<h2>Reference models and measured front</h2>"
+        + summary.to_html(index=False, escape=True)
+        + ("<h2>Compared on the race's last sample</h2><p>Survivors of the final-phase race not measured on every "
+           "item: their scores on the race's last sample, on which the picks were chosen.</p>"
+           + compared.to_html(index=False, escape=True) if len(compared) else ""),
+        exported,
+    )
+    return path
+
+
+def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataFrame, finished: bool,
+               race: dict | None) -> list[str]:
+    """The report's opening lines: whether it is finished, evaluations, items spent, held-out items, the race."""
     search_items = store.items_evaluated("search")
+    full_items = search_item_count(facts, store)
     n_search = int((table.phase == "search").sum())
-    failed = table[table.status == "failed"]
-    errors = {e.id: message_line(e.error) for e in evaluations if e.status == "failed"}
-    measure_failures = store.measure_failures()  # worked on their anchors, failed when measured in the final phase
-    unmeasured = [(e, measure_failures[e.key]) for e in evaluations if e.key in measure_failures]
-    holdout = store.get_meta(HOLDOUT_META, {})
+    n_failed = int((table.status == "failed").sum())
+    unmeasured = len(store.measure_failures())  # worked on their anchors, failed when measured in the final phase
     unfinished = [f"**not finished**: {store.generations_completed()} of {facts['generations']} generations "
                   f"searched, no final phase yet; `evo-merge resume {run_dir}` carries it on"] if not finished else []
-    facts = [
+    lines = [
         *unfinished,
-        f"evaluations: {len(table)} ({n_search} search candidates, {len(failed)} failed"
-        + (f", {len(unmeasured)} failed when measured in the final phase" if unmeasured else "") + ")",
+        f"evaluations: {len(table)} ({n_search} search candidates, {n_failed} failed"
+        + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")",
         (
             f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
             f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)"
         ),
         f"item evaluations in total: {item_totals(store)}",
-        _holdout_fact(holdout),
+        _holdout_fact(store.get_meta(HOLDOUT_META, {})),
     ]
-    facts += [line] if (line := race_summary(race)) else []
-    summary = _summary(table, tasks, store, exported or {})
+    return lines + ([line] if (line := race_summary(race)) else [])
+
+
+def _markdown(run_dir: Path, store: CampaignStore, evaluations: Sequence[Evaluation], table: pd.DataFrame,
+              facts: list[str], summary: pd.DataFrame, compared: pd.DataFrame,
+              exported: dict[str, tuple[int, Path]] | None, race: dict | None) -> str:
+    """report.md: the facts, the measured table, the plots, the exports, the race's leavers and its
+    last sample, the failures."""
+    holdout = store.get_meta(HOLDOUT_META, {})
     lines = [
         "# Campaign report",
         "",
@@ -228,36 +259,22 @@ def write_report(
                   "Not measured on every item: another finalist was, with confidence, at most "
                   f"{race['tolerance']:g} worse on every task.", ""] + race_lines
         lines.append("")
-    baselines = store.get_meta(BASELINES_META, {})
-    compared = _compared(table, {e.id: baselines[e.key] for e in evaluations if e.key in baselines}, tasks)
     if len(compared):
         lines += ["## Compared on the race's last sample", "",
                   f"Survivors of the race not measured on every item: scored on the same {race['compared']['items']:,} "
                   f"items ({race['compared']['stage'] * 100:g}% of each task's search items), on which the picks "
                   "were chosen and then measured whole.", "",
                   compared.map(md).rename(columns=md).to_markdown(index=False, disable_numparse=True), ""]
+    failed = table[table.status == "failed"]
+    measure_failures = store.measure_failures()
+    unmeasured = [(e, measure_failures[e.key]) for e in evaluations if e.key in measure_failures]
     if len(failed) or unmeasured:
+        errors = {e.id: message_line(e.error) for e in evaluations if e.status == "failed"}
         lines += ["## Failures", ""] + [
             f"- evaluation {r.id} ({md(r.method)}): {md(errors[r.id])}" for r in failed.itertuples()
         ] + [f"- evaluation {e.id} ({md(e.method)}), measured in the final phase: {md(message_line(error))}"
              for e, error in unmeasured]
-    path = run_dir / "report.md"
-    atomic_write(path, "\n".join(lines) + "\n")
-    facts_html = "<ul>" + "".join(f"<li>{html_text(f)}</li>" for f in facts) + "</ul>"
-    write_html_report(
-        run_dir,
-        measured_errors(store, table, tasks),
-        progress,
-        tasks,
-        facts_html
-        + "<h2>Reference models and measured front</h2>"
-        + summary.to_html(index=False, escape=True)
-        + ("<h2>Compared on the race's last sample</h2><p>Survivors of the final-phase race not measured on every "
-           "item: their scores on the race's last sample, on which the picks were chosen.</p>"
-           + compared.to_html(index=False, escape=True) if len(compared) else ""),
-        exported,
-    )
-    return path
+    return "\n".join(lines) + "\n"
 
 
 def _race_lines(store: CampaignStore, race: dict) -> list[str]:
