@@ -346,10 +346,9 @@ def export(
         if error is not None:  # an export is measured, or not written (a failure's message may be empty)
             raise UserError(f"--pick {pick}: scoring it on every item failed ({message_line(error)}); "
                             "not exported")
+    measured = store.get(evaluation.key)  # as the measurement left it
     with StageBars() as bars:
-        folder = export_candidate(runner.workspace, store.get(evaluation.key), out, overwrite=overwrite,
-                                  progress=bars)
-    measured = store.get(evaluation.key)
+        folder = export_candidate(runner.workspace, measured, out, overwrite=overwrite, progress=bars)
     click.echo(f"wrote {folder}: evaluation {pick} ({measured.method}), {_measured_on(store)}: "
                f"{_measured_scores(store, measured)}")
     if repo_id is not None:
