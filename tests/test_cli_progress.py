@@ -113,7 +113,7 @@ def test_results_sent_to_a_file_are_not_folded_at_80_columns(monkeypatch):
     characters: folded at 80 in a log, its numbers were cut over two lines."""
     from rich.table import Table
 
-    from evo_merge.cli.console import PIPE_WIDTH, results_console
+    from evo_merge.console import PIPE_WIDTH, results_console
 
     monkeypatch.delenv("COLUMNS", raising=False)
     table = Table("model", "arith", "lang", "seq")

@@ -105,8 +105,8 @@ def _summary_table(runner, measured, exported):
 
 
 def _run(runner) -> None:
-    from evo_merge.cli.console import results_console
     from evo_merge.cli.progress import StageBars
+    from evo_merge.console import results_console
     from evo_merge.report.campaign import write_report
     from evo_merge.report.tracking import follow_campaign
     from evo_merge.search.store import EXPORTED_META, in_run
@@ -191,7 +191,7 @@ def _holding(run: Path) -> Iterator[None]:
 @RUN_DIR
 def status(run: Path) -> None:
     """Generation, evaluations, best estimates, the picks as measured and item evaluations spent."""
-    from evo_merge.cli.console import results_console
+    from evo_merge.console import results_console
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.metrics import item_totals
     from evo_merge.search.race import RACE_META, race_summary

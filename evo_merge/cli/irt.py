@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from evo_merge.cli.console import results_console
+from evo_merge.console import results_console
 from evo_merge.errors import UserError, naming_file
 from evo_merge.irt import (
     Estimator,

@@ -2,7 +2,7 @@
 who sends stdout to a log still sees the bars, and the log holds no bar frames). Where stderr is
 not a terminal (`nohup ... 2> log`, a batch job) rich draws nothing until the bars stop, so a
 campaign of hours said nothing until it ended: there each stage is a line as it advances instead.
-Results go to stdout (`console.results_console`)."""
+Results go to stdout (`evo_merge.console.results_console`)."""
 
 from __future__ import annotations
 

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 from safetensors.torch import load_file, save_file
 
+from evo_merge.console import results_console
 from evo_merge.errors import UserError
 from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.weights.nets import build_net
@@ -158,4 +158,4 @@ def _print(table: pd.DataFrame) -> None:
         view.add_column(col)
     for row in table.itertuples(index=False):
         view.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
-    Console().print(view)
+    results_console().print(view)

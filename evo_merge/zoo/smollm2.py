@@ -26,10 +26,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 from pydantic import BaseModel
-from rich.console import Console
 from rich.progress import Progress
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from evo_merge.console import results_console
 from evo_merge.errors import UserError
 from evo_merge.tasks.synthetic import FAMILIES, make_items, training_text
 from evo_merge.weights.folder import load_model_folder, save_model_folder
@@ -203,7 +203,7 @@ def build_smollm2_zoo(
 
 def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, device: str | None) -> Path:
     settings = (settings or SmolLM2Settings()).model_copy(update={"seed": seed})
-    console = Console(markup=False)  # paths are the user's: "[/b]" is text
+    console = results_console(soft_wrap=True)
     gguf_path(settings.gguf_file)  # a missing wheel fails here, cached zoo or not
     if not force and _cached(out, settings):
         console.print(f"smollm2 zoo in {out} is up to date (settings {settings.key()}); reusing it")

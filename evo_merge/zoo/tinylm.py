@@ -30,11 +30,11 @@ from typing import Literal
 import pandas as pd
 import torch
 from pydantic import BaseModel, Field, field_validator
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from evo_merge.console import results_console
 from evo_merge.tasks.synthetic import (
     ENGLISH,
     FAMILIES,
@@ -353,7 +353,7 @@ def build_tinylm_zoo(
 
 def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool) -> Path:
     settings = (settings or TinyLMSettings()).model_copy(update={"seed": seed})
-    console = Console(markup=False)  # paths are the user's: "[/b]" is text
+    console = results_console(soft_wrap=True)
     if not force and _cached(out, settings):
         console.print(f"tiny-lm zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:

@@ -1,4 +1,4 @@
-"""The console a command prints its results to (stdout; progress goes to stderr, `progress.py`)."""
+"""The console a command prints its results to (stdout; progress goes to stderr, `cli/progress.py`)."""
 
 from __future__ import annotations
 
