@@ -109,7 +109,7 @@ def _run(runner) -> None:
     from evo_merge.console import results_console
     from evo_merge.report.campaign import write_report
     from evo_merge.report.tracking import follow_campaign
-    from evo_merge.search.store import EXPORTED_META, in_run
+    from evo_merge.search.store import in_run
 
     workspace = runner.workspace
     tracker = follow_campaign(runner)  # before any evaluation: a missing package stops nothing paid for
@@ -117,8 +117,7 @@ def _run(runner) -> None:
         runner.progress = bars
         measured, exported = runner.run()
     store = workspace.store
-    store.set_meta(EXPORTED_META, {name: [eid, in_run(folder, workspace.run_dir)]
-                                   for name, (eid, folder) in exported.items()})
+    store.set_exported({name: (eid, in_run(folder, workspace.run_dir)) for name, (eid, folder) in exported.items()})
     report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
     store.mark_finished()  # after the report: a run cut short while writing it is not finished
     for evaluation in store.evaluations():  # trackers last: they observe a run that is already complete;
@@ -195,21 +194,21 @@ def status(run: Path) -> None:
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.metrics import item_totals
     from evo_merge.search.race import RACE_META, race_summary
-    from evo_merge.search.store import MIXED_META
 
     store, facts = _store(run)
     objectives = _objectives(facts)
-    search = store.evaluations("search")
+    evaluations = store.evaluations()  # read once: a long run holds thousands
+    search = [e for e in evaluations if e.phase == "search"]
     ok = [e for e in search if e.status == "ok"]
     # the best among the candidates: the standard merges (baselines, measured as warm-ups) compete too
-    competing = ok + [e for e in store.evaluations("baseline") if e.status == "ok"]
+    competing = ok + [e for e in evaluations if e.phase == "baseline" and e.status == "ok"]
     console = results_console(soft_wrap=True)  # a line is one line in a pipe, for grep
     console.print(
         f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
         f"{' (finished)' if store.finished(facts['generations']) else ''}"
     )
     unmeasured = len(store.measure_failures())
-    console.print(f"evaluations: {len(store.evaluations())} ({len(search)} search, {len(search) - len(ok)} failed"
+    console.print(f"evaluations: {len(evaluations)} ({len(search)} search, {len(search) - len(ok)} failed"
                   + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
     search_items = search_item_count(facts, store)
     for task in objectives.names:
@@ -225,11 +224,12 @@ def status(run: Path) -> None:
                 f"({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
                 f"better): {value} (evaluation {best.id}, {best.method})"
             )
-    _print_picks(console, store)
+    if store.finished(facts["generations"]):  # a run cut short may hold the picks of an earlier end
+        _print_picks(console, store, {e.id: e for e in evaluations})
     for task, counts in (store.get_meta("anchors") or {}).items():
         console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("
                       + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")
-    if mixed := store.get_meta(MIXED_META):
+    if mixed := store.estimator_revisions()[1]:
         console.print("estimates: this folder was scored by estimator revisions " + " and ".join(
             "unrecorded (before revisions)" if r == 0 else str(r) for r in mixed)
             + "; candidates scored after it was reopened use the later (CHANGELOG.md, IRT standard errors)")
@@ -259,19 +259,16 @@ def _measured_scores(store: CampaignStore, evaluation: Evaluation) -> str:
                      for task, score in evaluation.measured.items())
 
 
-def _print_picks(console: Console, store: CampaignStore) -> None:
+def _print_picks(console: Console, store: CampaignStore, by_id: dict[int, Evaluation]) -> None:
     """The exported picks with what the final phase measured: the best estimates above are the
     search's, and the race can find one of them over-estimated (it is then not a pick)."""
-    from evo_merge.search.store import EXPORTED_META
-
-    picks = store.get_meta(EXPORTED_META) or {}
-    by_id = {e.id: e for e in store.evaluations()} if picks else {}
+    picks = store.exported()
     if picks:
         console.print(f"picks, {_measured_on(store)}:")
     for name, (eid, folder) in picks.items():
         evaluation = by_id.get(eid)
-        if evaluation is None or not evaluation.measured:  # not written by a run: said, not guessed
-            console.print(f"  {name}: evaluation {eid}, not measured; {folder}")
+        if evaluation is None or not evaluation.measured:  # a folder that lost its tail: said, not guessed
+            console.print(f"  {name}: evaluation {eid}, not found measured; {folder}")
             continue
         console.print(f"  {name}: evaluation {eid} ({evaluation.method}): {_measured_scores(store, evaluation)}; "
                       f"{folder}")
@@ -282,12 +279,12 @@ def _print_picks(console: Console, store: CampaignStore) -> None:
 def report(run: Path) -> None:
     """(Re)write report.md, report.html, pareto.csv and the plots of a run."""
     from evo_merge.report.campaign import write_report
-    from evo_merge.search.store import EXPORTED_META, in_run
+    from evo_merge.search.store import in_run
 
     store, facts = _store(run)
     exported = {  # picks exported by `run` / `resume` into this folder (older runs stored absolute paths)
         name: (eid, run / folder)
-        for name, (eid, folder) in (store.get_meta(EXPORTED_META) or {}).items()
+        for name, (eid, folder) in store.exported().items()
         if (run / folder).is_dir() and not Path(in_run(run / folder, run)).is_absolute()
     }
     finished = store.finished(facts["generations"])

@@ -26,7 +26,7 @@ from evo_merge.errors import UserError, first_line
 from evo_merge.search.campaign import CALIBRATION
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.metrics import recorded_metrics
-from evo_merge.search.store import EXPORTED_META, CampaignStore, Evaluation, atomic_write
+from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
 from evo_merge.search.study import BASELINE
 
 IDS_FILE = "tracking.json"
@@ -124,7 +124,7 @@ def evaluation_rows(run_dir: Path) -> list[dict[str, Any]]:
     store = CampaignStore(run_dir)
     try:
         picked: dict[int, list[str]] = {}
-        for name, (eid, _) in (store.get_meta(EXPORTED_META) or {}).items():
+        for name, (eid, _) in store.exported().items():
             picked.setdefault(eid, []).append(name)
         return [{**evaluation_record(e), "picked_as": ",".join(picked.get(e.id, []))} for e in store.evaluations()]
     finally:

@@ -14,7 +14,7 @@ from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import Evidence, candidate_kind
 from evo_merge.search.log import Progress, no_progress, stage_track
-from evo_merge.search.store import EVALUATED_ON_META, EXPORTED_META, CampaignStore, Evaluation, in_run
+from evo_merge.search.store import EVALUATED_ON_META, CampaignStore, Evaluation, in_run
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
@@ -90,13 +90,13 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     names: dict[int, list[str]] = {}
     for name, evaluation in chosen.items():
         names.setdefault(evaluation.id, []).append(name)
-    done = workspace.store.get_meta(EXPORTED_META) or {}
+    done = workspace.store.exported()
     folders: dict[int, Path] = {}
     for name, evaluation in chosen.items():  # each candidate under the first name that picked it
         out = run_dir / "models" / name
         if evaluation.id in folders:
             continue
-        kept = out.is_dir() and all(done.get(n) == [evaluation.id, in_run(out, run_dir)] for n in names[evaluation.id])
+        kept = out.is_dir() and all(done.get(n) == (evaluation.id, in_run(out, run_dir)) for n in names[evaluation.id])
         folders[evaluation.id] = out if kept else export_candidate(
             workspace, evaluation, out, evaluator=evaluator, overwrite=True, progress=progress,
             chosen_as=names[evaluation.id])

@@ -86,7 +86,7 @@ class Scoring:
         them): its stored estimates stay as they were, since the search's replay answers each
         generation with what it was told, but candidates scored from now on are estimated the new
         way, and the final phase chooses finalists among estimates of both."""
-        recorded = self.store.get_meta(REVISION_META)
+        recorded, mixed = self.store.estimator_revisions()
         if recorded == ESTIMATOR_REVISION:
             return
         estimated = sum(e.estimate_se is not None for e in self.store.evaluations())
@@ -97,7 +97,7 @@ class Scoring:
                         f"evo-merge estimates with revision {ESTIMATOR_REVISION}, so any candidate it scores here "
                         "is estimated otherwise and the folder's estimates may mix the two (what changed: "
                         "CHANGELOG.md, IRT standard errors)")
-            held = set(self.store.get_meta(MIXED_META) or [recorded or 0])
+            held = set(mixed or [recorded or 0])
             self.store.set_meta(MIXED_META, sorted(held | {ESTIMATOR_REVISION}))
         self.store.set_meta(REVISION_META, ESTIMATOR_REVISION)
 

@@ -223,6 +223,29 @@ class CampaignStore:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return self._json(row[0], f"meta {key!r}") if row else default
 
+    def exported(self) -> dict[str, tuple[int, str]]:
+        """Pick name -> (evaluation id, its folder as `run` recorded it: relative to the run folder,
+        absolute in older runs); damaged where it is not what a run writes."""
+        value = self.get_meta(EXPORTED_META, {})
+        if not isinstance(value, dict) or not all(isinstance(v, list) and len(v) == 2 and type(v[0]) is int
+                                                  and isinstance(v[1], str) for v in value.values()):
+            raise self.damaged(f"meta {EXPORTED_META!r}")
+        return {name: (eid, folder) for name, (eid, folder) in value.items()}
+
+    def set_exported(self, exported: Mapping[str, tuple[int, str]]) -> None:
+        self.set_meta(EXPORTED_META, {name: [eid, folder] for name, (eid, folder) in exported.items()})
+
+    def estimator_revisions(self) -> tuple[int | None, list[int]]:
+        """(the estimator revision candidates are scored with, None in a folder from before
+        revisions were recorded; the revisions a reopened folder's estimates mix, 0 for unrecorded,
+        [] where they do not mix); damaged where they are not what a run writes."""
+        recorded, mixed = self.get_meta(REVISION_META), self.get_meta(MIXED_META, [])
+        if recorded is not None and type(recorded) is not int:
+            raise self.damaged(f"meta {REVISION_META!r}")
+        if not isinstance(mixed, list) or not all(type(r) is int for r in mixed):
+            raise self.damaged(f"meta {MIXED_META!r}")
+        return recorded, mixed
+
     def measure_failures(self) -> dict[str, str]:
         """Candidate key -> error, for each final-phase measurement that failed (the candidate
         worked on its anchors, so it keeps its search evaluation and estimate)."""

@@ -141,6 +141,7 @@ def test_status_never_reports_finished_with_generations_missing_and_resume_resto
     db.close()
     code, out = invoke("status", copy)
     assert code == 0 and "generation 2/3" in out and "finished" not in out, out
+    assert "picks, measured" not in out  # those of the run's first end: the tail they came from is lost
     code, out = invoke("resume", copy)
     assert code == 0, out
     code, out = invoke("status", copy)
@@ -566,3 +567,24 @@ def test_a_damaged_defaults_mark_is_an_error_naming_it(copy, finished):
         assert output.strip().splitlines()[-1] == (
             f"error: {copy / 'state.sqlite'}: meta 'defaults' is damaged (edited, or not written by evo-merge); "
             "restore it from a backup, or start the campaign again in a new run folder"), output
+
+
+@pytest.mark.parametrize(("key", "value", "where", "commands"), [
+    ("exported", '"x"', "meta 'exported'", ("status", "report", "resume")),
+    ("exported", '{"best-a": [1]}', "meta 'exported'", ("status", "report")),
+    ("estimator_revisions", "5", "meta 'estimator_revisions'", ("status",)),
+    ("estimator_revision", '"1"', "meta 'estimator_revision'", ("resume",)),
+])
+def test_a_damaged_record_of_the_picks_or_the_estimator_revisions_is_an_error_naming_it(copy, key, value, where,
+                                                                                      commands):
+    """What `run` records of its picks, and of the estimator revisions it scored with, read by the
+    commands that show or reuse them: an edited value was an AttributeError or TypeError traceback."""
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        db.commit()
+    for command in commands:
+        code, output = invoke(command, copy)
+        assert code == 2 and "Traceback" not in output, output
+        assert output.strip().splitlines()[-1] == (
+            f"error: {copy / 'state.sqlite'}: {where} is damaged (edited, or not written by evo-merge); restore it "
+            "from a backup, or start the campaign again in a new run folder"), output

@@ -71,6 +71,17 @@ def test_status_lists_the_picks_as_their_cards_report_them(run):
         assert line.endswith(f"; models/{folder.name}")
 
 
+def test_a_pick_whose_evaluation_is_gone_is_said_not_guessed(run, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(run, tmp_path / "run")
+    store = CampaignStore(copy)
+    store.set_exported({"best-agree0": (999, "models/best-agree0")})
+    store.close()
+    output = CliRunner().invoke(cli, ["status", str(copy)]).output
+    assert "  best-agree0: evaluation 999, not found measured; models/best-agree0" in output, output
+
+
 def test_progress_hypervolume_uses_the_worst_point_by_direction(run):
     from evo_merge.report.campaign import progress_table
 
