@@ -20,6 +20,7 @@ import yaml
 
 from evo_merge.markup import md
 from evo_merge.merge.recipe import Recipe
+from evo_merge.merge.registry import ENTRY_POINT_GROUP, method_origin
 from evo_merge.tasks.meta import TaskMeta
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -265,6 +266,7 @@ def model_card(
         "",
         *reproduce_lines(device),
         "",
+        *plugin_lines(recipe.merge_method),
     ]
     return "\n".join(lines)
 
@@ -278,3 +280,11 @@ def reproduce_lines(device: str) -> list[str]:
     return [f"`merge_recipe.yaml` in this folder rebuilds these weights bit for bit on a {device} device of the "
             "kind they were merged on (on another device, equal to rounding; DARE and DELLA draw other drops):",
             "", "```bash", f"evo-merge merge merge_recipe.yaml --out merged --device {device}", "```"]
+
+
+def plugin_lines(method: str) -> list[str]:
+    """A method of your own is not in evo-merge: whoever rebuilds the merge needs its plugin."""
+    if (origin := method_origin(method)) is None:
+        return []
+    return [f"`{method}` is not one of evo-merge's methods: it comes from {md(origin)}, which must be installed "
+            f"(its entry point in the group `{ENTRY_POINT_GROUP}` registers the method) before the command above.", ""]

@@ -8,7 +8,7 @@ hyperparameters the same way, so configs are validated and genomes built from on
 from __future__ import annotations
 
 from evo_merge.errors import UserError
-from evo_merge.merge.registry import Hyperparameter, get_method, list_methods
+from evo_merge.merge.registry import PLUGIN_HINT, Hyperparameter, get_method, list_methods
 
 Ranges = dict[str, tuple[float, float]]
 
@@ -29,7 +29,7 @@ def kind_hyperparameters(name: str) -> tuple[Hyperparameter, ...]:
     if name == MASS:
         return MASS_HYPERPARAMETERS
     if name not in list_methods():
-        raise UserError(f"unknown merge method {name!r} (known: {', '.join(list_kinds())})")
+        raise UserError(f"unknown merge method {name!r} (known: {', '.join(list_kinds())}){PLUGIN_HINT}")
     method = get_method(name)
     if method.n_models[1] == 0:
         raise UserError(f"{name} copies one model's tensors (for stacking slices); it merges nothing "

@@ -92,6 +92,7 @@ class MergeMethod:
     piece_params: tuple[str, ...] = field(default=())
     base: str = "required"
     uses_weights: bool = True  # False: the per-model weights play no part (mergekit ignores them too)
+    module: str = ""  # where the decorated function is defined: a method of your own names its plugin
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
         return next((h for h in self.hyperparameters if h.name == name), None)
@@ -158,7 +159,7 @@ def register_method(
             raise ValueError(f"merge method {name!r} is already registered")
         if scale is None:
             method = MergeMethod(name, tuple(hyperparameters), fn=func, n_models=n_models, base=base,
-                                 uses_weights=uses_weights,
+                                 uses_weights=uses_weights, module=func.__module__,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         else:
             def fn(base, deltas, weights, params, tensor_name, _pieces=func):
@@ -168,7 +169,7 @@ def register_method(
                                       scale(weights, params))
             method = MergeMethod(name, tuple(hyperparameters), fn=fn, pieces=func, scale=scale,
                                  n_models=n_models, piece_params=tuple(piece_params), base=base,
-                                 uses_weights=uses_weights,
+                                 uses_weights=uses_weights, module=func.__module__,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         _REGISTRY[name] = method
         return func
@@ -207,8 +208,25 @@ def get_method(name: str) -> MergeMethod:
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
-        raise UserError(f"unknown merge method {name!r} (known: {', '.join(list_methods())})")
+        raise UserError(f"unknown merge method {name!r} (known: {', '.join(list_methods())}){PLUGIN_HINT}")
     return _REGISTRY[name]
+
+
+PLUGIN_HINT = ("; a method of your own is found through an installed package's entry point in the group "
+               f"{ENTRY_POINT_GROUP}")
+
+
+def method_origin(name: str) -> str | None:
+    """Where a method of your own comes from, for the model cards of its merges (whoever rebuilds
+    one needs it): the installed package whose entry point registered it ("my-merges 0.1"), else
+    the module that defines it; None for evo-merge's own methods."""
+    module = get_method(name).module
+    if module.split(".")[0] == "evo_merge":
+        return None
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if (module == ep.module or module.startswith(f"{ep.module}.")) and ep.dist is not None:
+            return f"the package {ep.dist.name} {ep.dist.version}"
+    return f"the module {module}"
 
 
 def list_methods() -> list[str]:

@@ -55,12 +55,27 @@ def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
     return task
 
 
+def _import_hint(module_name: str, exc: ImportError) -> str:
+    """What to do when the plugin's own module is not found: the `evo-merge` command does not
+    import from the working directory, so a `my_tasks.py` beside the campaign is not found
+    until its folder is on PYTHONPATH (or its package is installed)."""
+    top = module_name.split(".")[0]
+    if getattr(exc, "name", None) != top:  # the module was found; something it imports was not
+        return ""
+    here = Path.cwd()
+    for path in (here / f"{top}.py", here / top / "__init__.py"):
+        if path.is_file():
+            return f"; {path} is not on the import path: run with PYTHONPATH={here}, or install its package"
+    return "; a plugin module must be importable: add its folder to PYTHONPATH, or install its package"
+
+
 def _import_attribute(spec: str) -> Any:
     module_name, attr = spec.split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"task plugin {spec!r}: cannot import module {module_name!r} ({exc})") from None
+        hint = _import_hint(module_name, exc)
+        raise UserError(f"task plugin {spec!r}: cannot import module {module_name!r} ({exc}){hint}") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

@@ -6,6 +6,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
@@ -194,3 +195,61 @@ def test_a_card_names_every_pick_its_model_is(zoo, tmp_path):
                                   "best-lang": (4, tmp_path / "models" / "lonely")}).read_text()
     assert html.count('<div class="card"') == 2
     assert "<h3>best-arith, balanced (<code>best-arith</code>)</h3>" in html
+
+
+PLUGIN_METHOD = '''
+import torch
+from evo_merge.merge import Hyperparameter, register_method
+
+
+@register_method("test_plugin_max_abs", hyperparameters=[Hyperparameter("gain", 1.0, 0.0, 2.0)])
+def max_abs(base, deltas, weights, params, name):
+    stacked = torch.stack([w * d for w, d in zip(weights, deltas)])
+    return base + params["gain"] * stacked.gather(0, stacked.abs().argmax(0, keepdim=True))[0]
+'''
+
+
+def install_plugin(root):
+    """A method of your own, installed as pip installs a package: its module, and a dist-info
+    folder whose entry point names the module (found by importlib.metadata, nothing patched)."""
+    (root / "evo_test_merges").mkdir(parents=True)
+    (root / "evo_test_merges" / "__init__.py").write_text("from evo_test_merges import methods  # noqa: F401\n")
+    (root / "evo_test_merges" / "methods.py").write_text(PLUGIN_METHOD)
+    info = root / "evo_test_merges-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evo-test-merges\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[evo_merge.merge_methods]\nmax_abs = evo_test_merges\n")
+
+
+def test_a_plugin_methods_merge_names_the_package_it_needs(zoo, tmp_path, monkeypatch):
+    """`merge_recipe.yaml` rebuilds a merge only where its method is installed: without the
+    plugin the command says where methods of one's own come from, and the card of a merge built
+    with it names the package and version to install."""
+    from safetensors.torch import load_file
+
+    from evo_merge.merge import registry
+
+    _, base, fts = zoo
+    recipe = tmp_path / "r.yaml"
+    plugin_recipe = recipe_for(base, fts, method="test_plugin_max_abs").to_yaml()
+    recipe.write_text(plugin_recipe.replace("density: 0.5", "gain: 2.0"))
+    out = tmp_path / "merged"
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    missing = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(out)])
+    assert missing.exit_code == 2 and "unknown merge method 'test_plugin_max_abs'" in missing.output
+    assert "installed package's entry point in the group evo_merge.merge_methods" in missing.output
+
+    install_plugin(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    done = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    card = (out / "README.md").read_text()
+    assert ("`test_plugin_max_abs` is not one of evo-merge's methods: it comes from the package "
+            "evo-test-merges 0.3") in card
+    name = "model.layers.0.mlp.up_proj.weight"
+    theta0, tau = load_file(base / "model.safetensors")[name], [load_file(f / "model.safetensors")[name] for f in fts]
+    deltas = torch.stack([0.5 * (t - theta0) for t in tau])
+    expected = theta0 + 2.0 * deltas.gather(0, deltas.abs().argmax(0, keepdim=True))[0]
+    assert torch.allclose(load_file(out / "model.safetensors")[name], expected)
+    assert "evo-merge's methods" not in model_card(recipe_for(base, fts))  # a built-in method's card

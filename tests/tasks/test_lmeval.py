@@ -180,8 +180,26 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch):
         resolve_task("evo_plugin_demo:NOT_A_TASK")
     with pytest.raises(UserError, match="no attribute 'missing'"):
         resolve_task("evo_plugin_demo:missing")
-    with pytest.raises(UserError, match="cannot import module 'no_such_module_zz'"):
+    with pytest.raises(UserError, match="cannot import module 'no_such_module_zz'.*add its folder to PYTHONPATH"):
         resolve_task("no_such_module_zz:task")
+
+
+def test_a_plugin_beside_the_campaign_is_named_with_the_path_that_imports_it(tmp_path, monkeypatch):
+    """The `evo-merge` command does not import from the working directory: a user's
+    `my_tasks.py` there is named, with the PYTHONPATH that finds it; a module that is found but
+    imports something missing is not sent to PYTHONPATH."""
+    (tmp_path / "evo_unlisted_tasks.py").write_text(PLUGIN)
+    (tmp_path / "evo_broken_tasks.py").write_text("import zz_not_installed_dep\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as unlisted:
+        resolve_task("evo_unlisted_tasks:make_task")
+    assert str(unlisted.value).endswith(f"{tmp_path / 'evo_unlisted_tasks.py'} is not on the import path: run with "
+                                        f"PYTHONPATH={tmp_path}, or install its package")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError) as broken:
+        resolve_task("evo_broken_tasks:task")
+    assert str(broken.value) == ("task plugin 'evo_broken_tasks:task': cannot import module 'evo_broken_tasks' "
+                                 "(No module named 'zz_not_installed_dep')")
 
 
 @pytest.fixture(scope="module")
