@@ -9,6 +9,7 @@ pick) and `export`. The evaluator is created only when something must be evaluat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from itertools import chain, zip_longest
 from pathlib import Path
@@ -25,6 +26,7 @@ from evo_merge.search.holdout import HOLDOUT_META, holdout_items
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog, Progress, no_progress
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.race import small_pick_samples
 from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace, coefficient_groups
@@ -32,6 +34,8 @@ from evo_merge.search.store import EVALUATED_ON_META, Evaluation
 from evo_merge.search.study import BASELINE, GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
 from evo_merge.tasks.base import FitnessTask
+
+log = logging.getLogger(__name__)
 
 CALIBRATION = "calibration"
 
@@ -201,6 +205,11 @@ class CampaignRunner:
     def run(self) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
         """The whole campaign: (candidates measured on every search item, exported picks name ->
         (evaluation id, folder))."""
+        campaign = self.workspace.campaign
+        if not self.workspace.store.finished(campaign.algorithm.generations):
+            searched = {name: len(task.item_ids) - len(self.holdout.get(name, ())) for name, task in self.tasks.items()}
+            if note := small_pick_samples(searched, campaign.final.race, campaign.final.measure_whole):
+                log.warning(note)  # now, while the campaign can still be given a larger last stage
         try:
             self.calibrate()
             self.search()

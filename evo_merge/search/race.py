@@ -27,6 +27,7 @@ and cut the final phase's items by a further third to a half (README, "What IRT 
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ RACE_META = "race"  # store meta: {"finalists": n, "tolerance": t, "left": {key:
 #   "measured": [keys of the survivors measured whole before the final phase]}}
 RACE_STAGE = "final: race"
 SEED_OFFSET = 2  # the sample's seed after the campaign seed's other draws (hold-out, warm-up merges)
+# Below this many items a task's best finalist is chosen on a sample that can miss it by up to about
+# a point of accuracy (scripts/bench_pick_sample.py, 200-item tasks: 0.6-1.2 points on 50 items,
+# 0.8-2.4 on 25, 0.2-0.4 on 100)
+MIN_PICK_SAMPLE = 100
 
 
 @dataclass(frozen=True)
@@ -157,3 +162,24 @@ def race_summary(record: Mapping | None) -> str | None:
                  "of the items, and only the picks among them measured on every item"
                  + (f", besides the {before} measured whole before the final phase" if before else ""))
     return line
+
+
+def small_pick_samples(search_items: Mapping[str, int], stages: Sequence[float], measure_whole: str) -> str | None:
+    """A note for the start of a run whose picks will be chosen on a race sample of fewer than
+    `MIN_PICK_SAMPLE` items of some task (tasks of a few hundred items, e.g. an lm-eval `limit`),
+    while the user can still give the race a larger last stage. None when the samples are large
+    enough, there is no race, or every survivor is measured whole (the picks are then chosen on
+    every item)."""
+    if not stages or measure_whole != "picks":
+        return None
+    fraction = stages[-1]
+    small = {task: n for task, n in search_items.items() if round(fraction * n) < min(n, MIN_PICK_SAMPLE)}
+    if not small:
+        return None
+    where = ", ".join(f"about {round(fraction * n)} of {task}'s {n}" for task, n in small.items())
+    fewest = min(small.values())
+    larger = (f"race: [{math.ceil(100 * MIN_PICK_SAMPLE / fewest) / 100:g}] chooses on {MIN_PICK_SAMPLE}, "
+              if fewest >= 2 * MIN_PICK_SAMPLE else "")
+    return (f"final.race: the picks will be chosen on the race's last sample, {where} search items; a sample of fewer "
+            f"than {MIN_PICK_SAMPLE} can miss a task's best finalist by up to about a point of accuracy: {larger}"
+            "race: [] on every item")

@@ -79,6 +79,8 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo, 
     result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)])
     assert result.exit_code == 0, result.output
     assert caplog.text.count("stratified anchors instead of auto") == 1  # said once, not once per task
+    # 120-item tasks (none held out): the picks are chosen on 30 items of each, said once, before calibration
+    assert caplog.text.count("the picks will be chosen on the race's last sample, about 30 of agree0's 120") == 1
     assert "exporting best-agree0" in result.output  # the picks' file merges have their bars too
     # the summary's baselines have no estimate: their one measurement is in the measured slot
     baselines = [line for line in result.output.splitlines() if "endpoint ft" in line or "│ base " in line]
@@ -107,6 +109,9 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo, 
 
     result = CliRunner().invoke(cli, ["status", str(run)])
     assert result.exit_code == 0 and "generation 3/3 (finished)" in result.output, result.output
+    caplog.clear()
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0 and "picks will be chosen" not in caplog.text  # nothing left to choose
 
 
 def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo):

@@ -342,3 +342,21 @@ def test_a_leaver_is_scored_on_its_anchors_and_its_stage_s_sample_only(raced):
         row = store.db.execute("SELECT items_measured FROM evaluations WHERE key = ?", (key,)).fetchone()
         assert row[0] == sum(len(stage[n] - anchors[n]) for n in stage)
     runner.close()
+
+
+def test_a_run_choosing_its_picks_on_fewer_than_100_items_of_a_task_says_so_first():
+    """The picks are chosen on the race's last sample: 50 items of a 200-item task can miss its best
+    finalist by about a point (scripts/bench_pick_sample.py), so the run says so while the race can
+    still be changed, with a last stage that samples 100 items where the task has 200 or more."""
+    from evo_merge.search.race import MIN_PICK_SAMPLE, small_pick_samples
+
+    assert MIN_PICK_SAMPLE == 100
+    note = small_pick_samples({"arith": 960, "gsm8k": 200, "tiny": 40}, [0.125, 0.25], "picks")
+    assert note == ("final.race: the picks will be chosen on the race's last sample, about 50 of gsm8k's 200, "
+                    "about 10 of tiny's 40 search items; a sample of fewer than 100 can miss a task's best "
+                    "finalist by up to about a point of accuracy: race: [] on every item")
+    assert "race: [0.34] chooses on 100, race: []" in small_pick_samples({"mmlu": 300}, [0.25], "picks")
+    assert 0.34 * 300 >= 100 > 0.33 * 300  # the stage suggested samples 100 items, not 99
+    assert small_pick_samples({"arith": 960, "seq": 400}, [0.125, 0.25], "picks") is None  # 100 of 400: enough
+    assert small_pick_samples({"gsm8k": 200}, [0.125, 0.25], "survivors") is None  # chosen on every item
+    assert small_pick_samples({"gsm8k": 200}, [], "picks") is None  # no race: every finalist measured
