@@ -206,10 +206,10 @@ class CampaignRunner:
         """The whole campaign: (candidates measured on every search item, exported picks name ->
         (evaluation id, folder))."""
         campaign = self.workspace.campaign
-        if not self.workspace.store.finished(campaign.algorithm.generations):
+        if not self.workspace.store.items_evaluated():  # a new run: its race can still be changed
             searched = {name: len(task.item_ids) - len(self.holdout.get(name, ())) for name, task in self.tasks.items()}
             if note := small_pick_samples(searched, campaign.final.race, campaign.final.measure_whole):
-                log.warning(note)  # now, while the campaign can still be given a larger last stage
+                log.warning(note)
         try:
             self.calibrate()
             self.search()

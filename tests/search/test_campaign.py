@@ -111,7 +111,7 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo, 
     assert result.exit_code == 0 and "generation 3/3 (finished)" in result.output, result.output
     caplog.clear()
     result = CliRunner().invoke(cli, ["resume", str(run)])
-    assert result.exit_code == 0 and "picks will be chosen" not in caplog.text  # nothing left to choose
+    assert result.exit_code == 0 and "picks will be chosen" not in caplog.text  # said to a new run only
 
 
 def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo):

@@ -362,6 +362,7 @@ def test_an_export_on_another_device_than_the_run_evaluated_on_says_so(tmp_path,
     assert store.get_meta(EVALUATED_ON_META) == "cpu"
     eid = store.evaluations("search")[0].id
     args = ["export", str(run), "--pick", str(eid), "--out"]
+    caplog.clear()  # what the run said
     with caplog.at_level(logging.WARNING, logger="evo_merge.search.export"):
         assert CliRunner().invoke(cli, [*args, str(tmp_path / "same")]).exit_code == 0
         assert not caplog.records  # evaluated and exported on the CPU
