@@ -97,7 +97,7 @@ def _summary_table(runner, measured, exported):
     for label, candidate in reference_candidates(runner.workspace.endpoint_labels()):
         e = store.get(candidate.key)
         if e is not None and e.measured:
-            table.add_row(label, *cells(e, False))
+            table.add_row(runner.workspace.base_label() if label == "base" else label, *cells(e, False))
     for name, (eid, _) in exported.items():
         e = next(m for m in measured if m.id == eid)
         table.add_row(f"{name} ({e.method})", *cells(e, True))

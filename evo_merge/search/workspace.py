@@ -186,6 +186,16 @@ class Workspace:
     def endpoint_labels(self) -> list[str]:
         return [f"endpoint {m.name}" for m in self.models]
 
+    def base_label(self) -> str:
+        """What the base is, for tables beside the endpoints: an aligned campaign has none of its
+        own, and with `reference: first` its base is the first endpoint, a row that repeats it."""
+        align = self.campaign.align
+        if align is None:
+            return "base"
+        if align.reference == "first":
+            return f"base (= endpoint {self.models[0].name}, the alignment's reference)"
+        return "base (the mean of the aligned endpoints)"
+
 
 def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
     """Bind a new run folder to the campaign, or check an existing one holds it (`bound_campaign`);

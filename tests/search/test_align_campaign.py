@@ -48,6 +48,10 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
                            load_file(run / "aligned" / "mlp-s1" / "model.safetensors")["fcs.0.weight"])
     if reference == "mean":
         assert (run / "aligned" / "universe-mean" / "model.safetensors").is_file()
+    # the summary says what the base of an aligned campaign is (with `first`, a row repeating an endpoint)
+    base = {"first": "base (= endpoint mlp-s0, the alignment's reference)",
+            "mean": "base (the mean of the aligned endpoints)"}[reference]
+    assert f"│ {base} " in result.output, result.output
 
     exported = sorted((run / "models").iterdir())
     assert exported and load_model_folder(exported[0])[0](x).shape == (64, 10)
