@@ -45,11 +45,19 @@ def _store(run: Path):
     its campaign.yaml as `resume` checks it); a run that has not recorded its facts is not read."""
     from evo_merge.errors import UserError
     from evo_merge.search.binding import open_run
+    from evo_merge.search.lock import holder
 
-    store = open_run(run)
+    try:
+        store = open_run(run)
+    except UserError:
+        if pid := holder(run):  # a run that has not written its campaign yet
+            raise UserError(f"{run}: a run is starting here (pid {pid}); it has not written its campaign yet") from None
+        raise
     facts = store.get_meta("facts")
-    if facts is None:  # stopped before its tasks were loaded, or written before facts were stored
+    if facts is None:  # starting, stopped before its tasks were loaded, or written before facts were stored
         store.close()
+        if pid := holder(run):
+            raise UserError(f"{run}: a run is starting here (pid {pid}); it has not recorded its tasks yet")
         raise UserError(f"{run}: the campaign has not recorded its tasks yet; `evo-merge resume {run}` records them")
     if not _facts_readable(facts):
         store.close()
@@ -192,6 +200,7 @@ def status(run: Path) -> None:
     """Generation, evaluations, best estimates, the picks as measured and item evaluations spent."""
     from evo_merge.console import results_console
     from evo_merge.search.holdout import search_item_count
+    from evo_merge.search.lock import holder
     from evo_merge.search.metrics import item_totals
     from evo_merge.search.race import RACE_META, race_summary
 
@@ -203,10 +212,11 @@ def status(run: Path) -> None:
     # the best among the candidates: the standard merges (baselines, measured as warm-ups) compete too
     competing = ok + [e for e in evaluations if e.phase == "baseline" and e.status == "ok"]
     console = results_console(soft_wrap=True)  # a line is one line in a pipe, for grep
-    console.print(
-        f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']}"
-        f"{' (finished)' if store.finished(facts['generations']) else ''}"
-    )
+    pid, finished = holder(run), store.finished(facts["generations"])
+    state = (f"running: pid {pid}" if pid else "finished" if finished
+             else f"not running: `evo-merge resume {run}` goes on")  # interrupted, killed, or died
+    console.print(f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']} "
+                  f"({state})")
     unmeasured = len(store.measure_failures())
     console.print(f"evaluations: {len(evaluations)} ({len(search)} search, {len(search) - len(ok)} failed"
                   + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
@@ -224,7 +234,7 @@ def status(run: Path) -> None:
                 f"({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
                 f"better): {value} (evaluation {best.id}, {best.method})"
             )
-    if store.finished(facts["generations"]):  # a run cut short may hold the picks of an earlier end
+    if finished:  # a run cut short may hold the picks of an earlier end
         _print_picks(console, store, {e.id: e for e in evaluations})
     for task, counts in (store.get_meta("anchors") or {}).items():
         console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("

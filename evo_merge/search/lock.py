@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -23,11 +24,12 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 LOCK_FILE = ".evo-merge.lock"
+LOCK_TRIES, LOCK_WAIT_S = 5, 0.05  # a lock held longer than 0.2 s is another run's
 
 
 class RunLock:
     """`with RunLock(run_dir):` holds the run folder (created if missing) or raises UserError
-    "run folder X is in use by pid N" at once, without waiting."""
+    "run folder X is in use by pid N" within 0.2 s, without waiting for the other run."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -44,12 +46,16 @@ class RunLock:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise UserError(f"{self.path}: not a regular file, so not the run folder's lock; remove it")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise UserError(f"run folder {self.run_dir} is in use by pid {holder}") from None
+        for attempt in range(LOCK_TRIES):  # `holder` (status) takes the lock shared for an instant
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == LOCK_TRIES - 1:
+                    pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise UserError(f"run folder {self.run_dir} is in use by pid {pid}") from None
+                time.sleep(LOCK_WAIT_S)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -60,3 +66,24 @@ class RunLock:
         if self._fd is not None:  # the file stays: removing it would let a waiter lock a stale inode
             os.close(self._fd)  # closing the only descriptor releases the flock
             self._fd = None
+
+
+def holder(run_dir: str | Path) -> str | None:
+    """The pid of the `run` or `resume` working in `run_dir` now, or None when none is (a process
+    that died released the lock). Looks without taking the lock for longer than the look, and
+    without creating the lock file: `status` reads a folder another process may be writing."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no lock file (no run has worked here), or not one a run would have made
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -22,7 +22,7 @@ from test_campaign import EVO_MERGE, all_keys, campaign, env, front_keys, zoo  #
 
 from evo_merge.cli import cli
 from evo_merge.errors import UserError
-from evo_merge.search.lock import LOCK_FILE, RunLock
+from evo_merge.search.lock import LOCK_FILE, RunLock, holder
 from evo_merge.search.store import CampaignStore
 
 HOLD_LOCK = "import sys, time\nfrom evo_merge.search.lock import RunLock\nwith RunLock(sys.argv[1]):\n" \
@@ -92,22 +92,55 @@ def start_and_wait(config, run, generation):
 
 def test_a_second_process_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_path, zoo):  # noqa: F811
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(UserError, match=f"run folder {run} is in use by pid {holder.pid}$"):
+        assert process.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"run folder {run} is in use by pid {process.pid}$"):
             RunLock(run).__enter__()
         code, out = invoke("run", campaign(tmp_path, zoo), "--out", run)
-        one_line_error(code, out, f"is in use by pid {holder.pid}")
+        one_line_error(code, out, f"is in use by pid {process.pid}")
         assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]  # the refused run wrote nothing
-        os.kill(holder.pid, signal.SIGKILL)
+        os.kill(process.pid, signal.SIGKILL)
     finally:
-        holder.kill()
-        holder.wait()
+        process.kill()
+        process.wait()
+    assert holder(run) is None  # `status` sees the dead holder's lock released
     with RunLock(run):  # the kernel released the dead holder's lock: taken over at once
         assert (run / LOCK_FILE).read_text() == f"{os.getpid()}\n"
     with RunLock(run):  # and released again on exit
         pass
+
+
+def test_status_says_whether_a_run_is_working_in_the_folder(copy, tmp_path):
+    """A user checking on a campaign learns whether it is still running, and which process, or
+    stopped (interrupted, killed, died), and how to go on; looking creates no lock file."""
+    assert holder(tmp_path / "nothing") is None and not (tmp_path / "nothing").exists()
+    with RunLock(copy):  # a `resume` working in the folder
+        assert holder(copy) == str(os.getpid())
+        code, out = invoke("status", copy)
+        assert code == 0 and f"generation 3/3 (running: pid {os.getpid()})" in out, out
+    code, out = invoke("status", copy)
+    assert code == 0 and "generation 3/3 (finished)" in out, out
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:  # as a run killed before its end leaves it
+        db.execute("DELETE FROM meta WHERE key = 'finished'")
+        db.commit()
+    code, out = invoke("status", copy)
+    assert code == 0 and f"generation 3/3 (not running: `evo-merge resume {copy}` goes on)" in out, out
+
+
+def test_a_status_looking_at_the_lock_does_not_turn_a_starting_run_away(tmp_path):
+    """`holder` takes the lock shared for an instant: a run starting in that instant waits it out."""
+    import fcntl
+    import threading
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        pass
+    fd = os.open(run / LOCK_FILE, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a look that lasts 50 ms, far longer than a real one
+    threading.Timer(0.05, os.close, (fd,)).start()
+    with RunLock(run):
+        assert (run / LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 
 def test_ctrl_c_before_the_first_evaluation_leaves_no_folder_for_the_corrected_campaign(tmp_path, zoo):  # noqa: F811
