@@ -206,6 +206,7 @@ class CampaignRunner:
         """The whole campaign: (candidates measured on every search item, exported picks name ->
         (evaluation id, folder))."""
         campaign = self.workspace.campaign
+        self.scoring.check_fitted_models()
         if not self.workspace.store.items_evaluated():  # a new run: its race can still be changed
             searched = {name: len(task.item_ids) - len(self.holdout.get(name, ())) for name, task in self.tasks.items()}
             if note := small_pick_samples(searched, campaign.final.race, campaign.final.measure_whole):

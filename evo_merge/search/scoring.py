@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evo_merge.errors import UserError
 from evo_merge.irt import ESTIMATOR_REVISION, Estimator, IRTModel, choose_anchor_method, select_anchors
 from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.search.candidate import Candidate, reference_candidates
@@ -71,6 +72,34 @@ class Scoring:
         if self.spec.kind != "full" and self.spec.irt_model is None:
             subjects += [(f"warmup-{k}", candidate) for k, candidate in enumerate(warmup)]
         return subjects
+
+    def fitted_model(self, name: str) -> IRTModel:
+        """Task `name`'s model from `irt_model`, on its search items: a model fitted on other items
+        (another version of the task, another `limit`, a run's `irt/` with another hold-out split)
+        would choose anchors the task does not hold, or estimate a score over other items, so it
+        is refused, naming what differs."""
+        folder = Path(self.spec.irt_model) / name
+        model = without_items(IRTModel.load(folder), self.holdout[name])  # fitted on every item, perhaps
+        fitted, searched = set(model.item_ids), set(self.search_ids(name))
+        if fitted != searched:
+            missing, extra = sorted(searched - fitted), sorted(fitted - searched)
+            differs = []
+            if missing:
+                differs.append(f"{len(missing)} of the task's {len(searched)} search items are not in it "
+                               f"(e.g. {missing[0]})")
+            if extra:
+                differs.append(f"{len(extra)} of its items are not search items of the task (e.g. {extra[0]})")
+            raise UserError(f"estimator.irt_model: {folder} was fitted on other items than task {name}'s: "
+                            f"{'; '.join(differs)}. "
+                            "Fit it on this task's responses, or, for a run's irt/ folder, reuse it with the same "
+                            "algorithm.seed and final.holdout (they choose the held-out items)")
+        return model
+
+    def check_fitted_models(self) -> None:
+        """Before anything is evaluated: every task's `irt_model` holds the task's search items."""
+        if self.spec.irt_model is not None and self.spec.kind != "full":
+            for name in self.names:
+                self.fitted_model(name)
 
     def fit(self, subjects: Subjects) -> None:
         """Fit (or load) one estimator per task from the calibration subjects' stored responses."""
@@ -161,8 +190,8 @@ class Scoring:
         spec = self.spec
         folder = self.irt_dir / name
         endpoints = [label for label, _ in subjects if label.startswith("endpoint-")]
-        if spec.irt_model is not None:  # fitted elsewhere, perhaps on every item: held-out ones are dropped
-            model = without_items(IRTModel.load(Path(spec.irt_model) / name), self.holdout[name])
+        if spec.irt_model is not None:  # fitted elsewhere
+            model = self.fitted_model(name)
             endpoint_subjects = [s for s in subjects if s[0] in endpoints]
             endpoint_arg: Sequence[str] | pd.DataFrame = self._responses(name, endpoint_subjects)
         elif (folder / "model.json").exists():

@@ -188,13 +188,14 @@ class Workspace:
 
     def base_label(self) -> str:
         """What the base is, for tables beside the endpoints: an aligned campaign has none of its
-        own, and with `reference: first` its base is the first endpoint, a row that repeats it."""
+        own, and with `reference: first` its base is the first endpoint (a row that repeats it),
+        with `mean` the mean of the aligned endpoints."""
         align = self.campaign.align
         if align is None:
             return "base"
         if align.reference == "first":
-            return f"base (= endpoint {self.models[0].name}, the alignment's reference)"
-        return "base (the mean of the aligned endpoints)"
+            return f"base (= endpoint {self.models[0].name})"
+        return "base (mean of the endpoints)"
 
 
 def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:

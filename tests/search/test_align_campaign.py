@@ -35,7 +35,7 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
         "final": {"evaluate_top": 2},
     }))
     run = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
 
     record = json.loads((run / "aligned" / "permutations.json").read_text())
@@ -49,8 +49,7 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
     if reference == "mean":
         assert (run / "aligned" / "universe-mean" / "model.safetensors").is_file()
     # the summary says what the base of an aligned campaign is (with `first`, a row repeating an endpoint)
-    base = {"first": "base (= endpoint mlp-s0, the alignment's reference)",
-            "mean": "base (the mean of the aligned endpoints)"}[reference]
+    base = {"first": "base (= endpoint mlp-s0)", "mean": "base (mean of the endpoints)"}[reference]
     assert f"│ {base} " in result.output, result.output
 
     exported = sorted((run / "models").iterdir())

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,40 @@ def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo):
         listed = ", ".join(f"{scenario} {n}" for scenario, n in counts.items())
         assert f"anchors of {task}: 10 per candidate ({listed})" in status, status
     runner.close()
+
+
+def test_a_follow_up_campaign_reuses_a_runs_irt_models_on_the_same_items_only(tmp_path, zoo):
+    """`estimator.irt_model: RUN/irt` spares a second campaign on the same models and tasks its
+    warm-up merges; models fitted on other items (another split of held-out items, another
+    version of the task) are refused before anything is evaluated, naming what differs."""
+    small = {"population": 4, "generations": 1, "seed": 3}
+    first = tmp_path / "first"
+    args = ["run", str(campaign(tmp_path, zoo, algorithm=small, final={"evaluate_top": 2, "holdout": 20})), "--out"]
+    assert CliRunner().invoke(cli, [*args, str(first)]).exit_code == 0
+    reuse = {"kind": "gpirt", "anchors": 5, "dims": 1, "irt_model": str(first / "irt")}
+
+    again = tmp_path / "again"
+    config = campaign(tmp_path, zoo, algorithm=small, final={"evaluate_top": 2, "holdout": 20}, estimator=reuse)
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    with closing(sqlite3.connect(again / "state.sqlite")) as db:  # base and endpoints only: no warm-up merges
+        assert db.execute("SELECT COUNT(*) FROM evaluations WHERE phase = 'calibration'").fetchone() == (3,)
+
+    other_split = campaign(tmp_path, zoo, algorithm={**small, "seed": 4}, final={"evaluate_top": 2, "holdout": 20},
+                           estimator=reuse)
+    result = CliRunner().invoke(cli, ["run", str(other_split), "--out", str(tmp_path / "other")])
+    assert result.exit_code == 2 and not (tmp_path / "other").exists(), result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: estimator.irt_model: {first / 'irt' / 'agree0'} was fitted on other items than "
+                           "task agree0's: ") and "search items are not in it" in line and "reuse it with the same "\
+        "algorithm.seed and final.holdout" in line, line
+    tasks = yaml.safe_load(config.read_text())["tasks"]
+    tasks[1]["options"]["n_items"] = 100
+    fewer = campaign(tmp_path, zoo, algorithm=small, final={"evaluate_top": 2, "holdout": 20}, estimator=reuse,
+                     tasks=tasks)
+    result = CliRunner().invoke(cli, ["run", str(fewer), "--out", str(tmp_path / "fewer")])
+    assert result.exit_code == 2 and "task agree1's: " in result.output and "of its items are not search items of "\
+        "the task" in result.output, result.output
 
 
 @pytest.mark.parametrize("algorithm", [
