@@ -85,6 +85,23 @@ def test_a_missing_irt_model_is_refused_before_calibration_and_leaves_no_folder(
     assert not (tmp_path / "run").exists()
 
 
+def test_an_endpoint_listed_twice_or_the_base_as_an_endpoint_is_refused_before_anything_runs(tmp_path, family):
+    """A copy-paste slip in `models`: the same folder twice (or through a link), or the base
+    itself, made a search over coefficients of a repeated or zero task vector, silently."""
+    base, fts = family
+    link = tmp_path / "same-ft"
+    link.symlink_to(fts[0], target_is_directory=True)
+    for models, expected in (([fts[0], fts[1], fts[0]], f"models.2 ({fts[0]}): the same model as models.0"),
+                             ([fts[0], link], f"models.1 ({fts[0]}): the same model as models.0"),  # resolved
+                             ([fts[0], base], f"models.1 ({base}): the base model; list each endpoint once")):
+        path = campaign(tmp_path, family)
+        path.write_text(path.read_text().replace(f"- {fts[1]}\n", "".join(f"- {m}\n" for m in models[1:])))
+        assert yaml.safe_load(path.read_text())["models"] == [str(m) for m in models]
+        for args in (("plan", path), ("run", path, "--out", tmp_path / "run")):
+            one_line_error(*invoke(*args), expected)
+        assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
 def test_a_gpu_that_is_not_there_is_refused_by_the_plan_before_anything_loads(tmp_path, family):
     path = campaign(tmp_path, family)

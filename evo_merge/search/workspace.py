@@ -146,6 +146,7 @@ class Workspace:
         refs = {f"models.{i}": model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)}
         if campaign.align is None:  # aligned campaigns build their own base from the models
             refs["base_model"] = model_reference(campaign.base_model, "base_model")
+        check_distinct(refs)
         _check_irt_models(campaign)
         store = CampaignStore(run_dir)
         try:
@@ -222,6 +223,23 @@ def _write_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path, bin
     a kill between them leaves an unbound store beside the file, which the next start binds."""
     atomic_write(run_dir / CAMPAIGN_FILE, yaml.safe_dump(campaign.model_dump(mode="json"), sort_keys=False))
     store.set_metas({**binding, CAMPAIGN_TEXT_META: campaign_text_digest(run_dir)})
+
+
+def check_distinct(refs: dict[str, ModelRef]) -> None:
+    """Each endpoint once, and none the base: a model listed twice splits one task vector over two
+    coefficients, and the base as an endpoint adds a task vector of zeros; both make the genome
+    larger and the search slower for nothing, and are a mistake in the list more often than not.
+    Two references are the same model when they name the same folder (links resolved) with the
+    same adapter; copies of a folder are not looked for (a sampled digest could not tell two
+    fine-tunes that differ only in a few layers apart)."""
+    seen: dict[tuple[Path, Path | None], str] = {}
+    for key in sorted(refs, key=lambda k: k != "base_model"):  # the base first: "models.2 is the base"
+        ref = refs[key]
+        same = (ref.path.resolve(), ref.lora.resolve() if ref.lora is not None else None)
+        if same in seen:
+            what = "the base model" if seen[same] == "base_model" else f"the same model as {seen[same]}"
+            raise UserError(f"{key} ({ref.name}): {what}; list each endpoint once, and not the base")
+        seen[same] = key
 
 
 def _check_irt_models(campaign: Campaign) -> None:
