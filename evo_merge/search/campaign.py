@@ -208,7 +208,7 @@ class CampaignRunner:
         campaign = self.workspace.campaign
         self.scoring.check_fitted_models()
         if not self.workspace.store.items_evaluated():  # a new run: its race can still be changed
-            searched = {name: len(task.item_ids) - len(self.holdout.get(name, ())) for name, task in self.tasks.items()}
+            searched = {name: len(self.scoring.search_ids(name)) for name in self.tasks}
             if note := small_pick_samples(searched, campaign.final.race, campaign.final.measure_whole):
                 log.warning(note)
         try:

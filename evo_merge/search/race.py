@@ -178,8 +178,8 @@ def small_pick_samples(search_items: Mapping[str, int], stages: Sequence[float],
         return None
     where = ", ".join(f"about {round(fraction * n)} of {task}'s {n}" for task, n in small.items())
     fewest = min(small.values())
-    larger = (f"race: [{math.ceil(100 * MIN_PICK_SAMPLE / fewest) / 100:g}] chooses on {MIN_PICK_SAMPLE}, "
-              if fewest >= 2 * MIN_PICK_SAMPLE else "")
+    stage = math.ceil(MIN_PICK_SAMPLE / fewest * 100) / 100  # two decimals, rounded up: it samples MIN_PICK_SAMPLE
+    larger = f"race: [{stage:g}] chooses on {MIN_PICK_SAMPLE}, " if fewest >= 2 * MIN_PICK_SAMPLE else ""
     return (f"final.race: the picks will be chosen on the race's last sample, {where} search items; a sample of fewer "
             f"than {MIN_PICK_SAMPLE} can miss a task's best finalist by up to about a point of accuracy: {larger}"
             "race: [] on every item")
