@@ -14,7 +14,9 @@ from evo_merge.config import EvaluatorSpec
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="Model folder (HF, or a plain network with an `arch` config), or a MASS folder.")
 @click.option("--task", "task_spec", required=True, help="Task: lm-eval name, YAML/folder, shipped benchmark, plugin.")
-@click.option("--items", "items_file", type=click.Path(path_type=Path), help="File of item ids, one per line.")
+@click.option("--items", "items_file", type=click.Path(path_type=Path),
+              help="File of item ids, one per line; or an anchor set `irt anchors` stored (MODEL/anchors/*.json): "
+                   "its anchors that are items of the task.")
 @click.option("--batch-size", default=EvaluatorSpec.model_fields["batch_size"].default, show_default=True,
               type=click.IntRange(min=1), help="as a campaign's evaluator.batch_size")
 @click.option("--device", default=None, help="torch device (default: where the model loads).")
@@ -28,6 +30,7 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
 
     from evo_merge.cli.progress import StageBars
     from evo_merge.errors import UserError
+    from evo_merge.irt.anchors import read_anchors
     from evo_merge.tasks.registry import resolve_task
     from evo_merge.tasks.scoring import read_item_ids, score_table
     from evo_merge.weights.devices import resolve_device
@@ -37,12 +40,15 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
         raise UserError(f"--out {out}: is a folder; give the path of the CSV file to write")
     if device is not None:
         device = str(resolve_device(device, key="--device"))
-    items = read_item_ids(items_file) if items_file else None
+    anchors = items_file is not None and items_file.suffix == ".json"
+    items = (read_anchors(items_file).all_items() if anchors else read_item_ids(items_file)) if items_file else None
     if items == []:
         raise UserError(f"--items {items_file}: no item ids in it")
     model, tokenizer = _load(model_dir, allow_pickle)
     settings = {"batch_size": batch_size, "device": device, "metric": metric}
     task = resolve_task(task_spec, **{k: v for k, v in settings.items() if v is not None})
+    if anchors:
+        items = _task_anchors(items, task, items_file)
     with StageBars() as bars:  # minutes at 7B: a bar on a terminal, a line every 30 s in a log
         table = score_table(task, model, tokenizer, subject or model_dir.resolve().name, items,
                             lambda done, total: bars(f"scoring {task.name}", done, total))
@@ -51,6 +57,21 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     click.echo(f"{task.name}: {len(table)} items, mean score {table['score'].mean():.4f} -> {out}")
+
+
+def _task_anchors(anchors: list[str], task: Any, file: Path) -> list[str]:
+    """The anchors of `file` that are items of `task`: an IRT model fitted over several tasks
+    (`responses build --tasks a,b`) stores one set for all of them, scored one task at a time."""
+    from evo_merge.errors import UserError
+
+    held = set(task.item_ids)
+    mine = [item for item in anchors if item in held]
+    if not mine:
+        raise UserError(f"--items {file}: none of its {len(anchors)} anchors is an item of task {task.name}")
+    if len(mine) < len(anchors):
+        click.echo(f"{file}: {len(mine)} of its {len(anchors)} anchors are items of task {task.name}; scoring those",
+                   err=True)
+    return mine
 
 
 def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:

@@ -110,13 +110,20 @@ def load_anchors(model_dir: str | Path, budget: int | None = None, method: str |
         what = "no" if not match else "several"
         raise UserError(f"{model_dir}: {what} stored anchor sets match (stored: {', '.join(names) or 'none'}); "
                         "run `evo-merge irt anchors` or pass --budget/--method")
+    return read_anchors(match[0])
+
+
+def read_anchors(path: str | Path) -> Anchors:
+    """One stored anchor set (`MODEL/anchors/<method>-<budget>.json`), checked as it is read."""
+    path = Path(path)
     try:
-        data = json.loads(match[0].read_text())
-        anchors = Anchors(**data)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise UserError(f"{match[0]}: corrupt anchors file ({exc})") from None
+        anchors = Anchors(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: corrupt anchors file ({exc})") from None
     if anchors.allocation not in ANCHOR_ALLOCATIONS:
-        raise UserError(f"{match[0]}: corrupt anchors file (unknown allocation {anchors.allocation!r})")
+        raise UserError(f"{path}: corrupt anchors file (unknown allocation {anchors.allocation!r})")
+    if not isinstance(anchors.items, dict) or not all(isinstance(v, list) for v in anchors.items.values()):
+        raise UserError(f"{path}: corrupt anchors file (items is not a scenario -> list of item ids)")
     return anchors
 
 

@@ -224,6 +224,32 @@ def test_cli_eval_writes_long_format_scores(model_dirs, tmp_path):
     assert all(line.split(",")[3] in {"inc", "dec", "add_10", "add_1d"} for line in lines[1:])
 
 
+def test_cli_eval_scores_the_anchors_irt_anchors_stored_that_are_items_of_the_task(model_dirs, tmp_path):
+    """`irt anchors` stores a set for every scenario of its model, over several tasks when the
+    model was fitted on them together; `eval --items SET.json` scores this task's, one task at a time."""
+    import json
+
+    from evo_merge.irt.anchors import Anchors
+
+    arith = {"inc": ["arith-test-00000", "arith-test-00004"], "dec": ["arith-test-00001"]}
+    stored = Anchors("stratified", 2, 0, items={**{f"arith:{k}": v for k, v in arith.items()},
+                                                  "seq:copy_3": ["seq-test-00000", "seq-test-00001"]},
+                     weights={}).save(tmp_path / "model")
+    out = tmp_path / "scores.csv"
+    args = ["eval", "--model", str(model_dirs / "lm"), "--task", "arith", "--items", str(stored), "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"{stored}: 3 of its 5 anchors are items of task evo_arith; scoring those" in result.output
+    assert [line.split(",")[1] for line in out.read_text().splitlines()[1:]] == [i for v in arith.values() for i in v]
+    args[args.index("arith")] = "lang"
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and f"--items {stored}: none of its 5 anchors is an item of task evo_lang" \
+        in result.output, result.output
+    stored.write_text(json.dumps({"method": "stratified", "budget": 2, "seed": 0, "items": ["x"], "weights": {}}))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "corrupt anchors file" in result.output, result.output
+
+
 @pytest.mark.parametrize(
     ("model", "task", "items", "message"),
     [
