@@ -20,6 +20,9 @@ scores on its samples, a third table replays it on the runs (the campaign's own 
 `--race 0.125` (repeatable) replays other stages (`final.race`) the same way, a table each.
 `--warmup N` calibrates IRT on N warm-up merges with the base and endpoints (default 4, the
 demo's; a campaign's default is 8), in folders named `-wN`.
+With `--follow-up`, each IRT-scored campaign is followed by one on the same models, tasks and
+seed that reuses its fitted IRT models (`estimator.irt_model: FOLDER/irt`: no warm-up merges),
+compared alike in every table.
 With `--allocation-draws N`, the full run's candidates are also estimated with each run's IRT
 models and its anchor budget spread by each allocation, over N anchor seeds: the allocations
 compared without a search trajectory or one anchor draw's luck.
@@ -73,11 +76,13 @@ FINAL_GRID = ((1, 0), (1, 4), (2, 4), (3, 0), (3, 4), (DEFAULT.top_k, DEFAULT.ev
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
                  anchors: int, reuse: bool, granularity: str = "model", seed: int = 0,
-                 allocation: str = "neyman", warmup: int = 4) -> tuple[CampaignRunner, float]:
+                 allocation: str = "neyman", warmup: int = 4, irt_model: Path | None = None
+                 ) -> tuple[CampaignRunner, float]:
     text = campaign_text(zoo.resolve(), families, name=out.name, anchors=anchors, population=population,
                          generations=generations, top=ALL, warmup=warmup)
     config = yaml.safe_load(text)
     config["estimator"]["kind"] = kind
+    config["estimator"]["irt_model"] = None if irt_model is None else str(irt_model.resolve())
     config["algorithm"]["seed"] = seed
     config["coefficients"]["granularity"] = granularity
     config["estimator"]["anchor_allocation"] = allocation
@@ -155,6 +160,9 @@ def main() -> None:
                         help="the race's table also over N other sample seeds")
     parser.add_argument("--race", action="append", default=[], metavar="STAGES", type=race_stages,
                         help="also replay the race with these stages (final.race), e.g. 0.125 or 0.125,0.25")
+    parser.add_argument("--follow-up", action="store_true",
+                        help="after each IRT-scored campaign, a follow-up on the same models and tasks reusing "
+                             "its fitted models (estimator.irt_model: its irt/), in a folder named -followup")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-campaign"))
     parser.add_argument("--seed", type=int, default=0, help="the campaigns' seed (a search is one trajectory: "
                         "compare estimators over several seeds, each in its own --out)")
@@ -186,6 +194,13 @@ def main() -> None:
             print(f"[{size} {kind}] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)
             last = runner
             print(f"  best-per-task picks vs the endpoints (search items): {picks_vs_endpoints(runner)}", flush=True)
+            if args.follow_up and kind not in ("full", "adaptive"):
+                follow, wall = run_campaign(args.zoo, families, folder.with_name(folder.name + "-followup"),
+                                            population, generations, kind, args.anchors, args.reuse, seed=args.seed,
+                                            allocation=args.allocation, warmup=args.warmup, irt_model=folder / "irt")
+                rows.append((size, f"{kind}, follow-up", *compare(follow, full), wall, t_full))
+                runs.append((size, f"{kind}, follow-up", follow, full))
+                print(f"[{size} {kind}, follow-up] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)
 
     print("\n| campaign (pop x gen) | estimator | items per candidate (search) | search items / full | ratio "
           "| total items / full | ratio | HV / full (measured) | ratio | wall s / full |")
