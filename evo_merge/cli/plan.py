@@ -21,7 +21,7 @@ def campaign_models(campaign_file: Path):
         refs = {f"models.{i}": model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)}
         if campaign.base_model:
             refs["base_model"] = model_reference(campaign.base_model, "base_model")
-        check_distinct(refs)
+        check_distinct(refs if campaign.align is None else {k: v for k, v in refs.items() if k != "base_model"})
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]
         base = refs["base_model"].path if campaign.base_model else models[0]
         if campaign.align is not None:
