@@ -36,7 +36,7 @@ def regrets(full_run: Path, task_items: int, finalists: int, among: int, draws: 
     scored = [e for e in store.evaluations() if e.status == "ok" and e.measured]
     rows = []
     for task, fitness in runner.tasks.items():
-        items = [i for i in fitness.item_ids if i not in set(runner.holdout.get(task, ()))]
+        items = runner.scoring.search_ids(task)
         scores = np.array([[s[task][i] for i in items] for s in (store.item_scores(e.key, task) for e in scored)])
         scenario = fitness.scenarios or {}
         out = {f: [] for f in FRACTIONS}

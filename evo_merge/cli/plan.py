@@ -13,17 +13,14 @@ def campaign_models(campaign_file: Path):
     from evo_merge.align.builders import check_arch
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
-    from evo_merge.search.workspace import check_distinct, model_reference, resolve_campaign
+    from evo_merge.search.workspace import campaign_references, resolve_campaign
     from evo_merge.weights.checkpoint import read_config
 
     with naming_file(campaign_file):
         campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
-        refs = {f"models.{i}": model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)}
-        if campaign.base_model:
-            refs["base_model"] = model_reference(campaign.base_model, "base_model")
-        check_distinct(refs if campaign.align is None else {k: v for k, v in refs.items() if k != "base_model"})
+        refs = campaign_references(campaign)  # as the run resolves and checks them
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]
-        base = refs["base_model"].path if campaign.base_model else models[0]
+        base = refs["base_model"].path if "base_model" in refs else models[0]  # aligned copies have its shapes
         if campaign.align is not None:
             check_arch(campaign.align.arch, read_config(models[0]) or {}, "align.arch")
     return campaign, base, models

@@ -117,7 +117,11 @@ def read_anchors(path: str | Path) -> Anchors:
     """One stored anchor set (`MODEL/anchors/<method>-<budget>.json`), checked as it is read."""
     path = Path(path)
     try:
-        anchors = Anchors(**json.loads(path.read_text()))
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the anchors file ({exc.strerror or exc})") from None
+    try:
+        anchors = Anchors(**json.loads(text))
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: corrupt anchors file ({exc})") from None
     if anchors.allocation not in ANCHOR_ALLOCATIONS:

@@ -52,7 +52,7 @@ class RunLock:
                 break
             except BlockingIOError:
                 if attempt == LOCK_TRIES - 1:
-                    pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                    pid = _pid(fd)
                     os.close(fd)
                     raise UserError(f"run folder {self.run_dir} is in use by pid {pid}") from None
                 time.sleep(LOCK_WAIT_S)
@@ -82,8 +82,13 @@ def holder(run_dir: str | Path) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            return _pid(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _pid(fd: int) -> str:
+    """The pid the lock's holder wrote into the file (`unknown` in the instant before it does)."""
+    return os.read(fd, 32).decode(errors="replace").strip() or "unknown"

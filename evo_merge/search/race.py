@@ -179,6 +179,7 @@ def small_pick_samples(search_items: Mapping[str, int], stages: Sequence[float],
     where = ", ".join(f"about {round(fraction * n)} of {task}'s {n}" for task, n in small.items())
     fewest = min(small.values())
     stage = math.ceil(MIN_PICK_SAMPLE / fewest * 100) / 100  # two decimals, rounded up: it samples MIN_PICK_SAMPLE
+    # a last stage over half the task saves little over measuring every finalist: then only `race: []`
     larger = f"race: [{stage:g}] chooses on {MIN_PICK_SAMPLE}, " if fewest >= 2 * MIN_PICK_SAMPLE else ""
     return (f"final.race: the picks will be chosen on the race's last sample, {where} search items; a sample of fewer "
             f"than {MIN_PICK_SAMPLE} can miss a task's best finalist by up to about a point of accuracy: {larger}"

@@ -48,6 +48,7 @@ class Scoring:
         self.estimators: dict[str, Estimator] | None = None
         self._tighter: dict[tuple[str, float], AdaptiveTest] = {}
         self._known: dict[str, frozenset[str]] = {}
+        self._fitted: dict[str, IRTModel] = {}  # `irt_model`'s, checked and loaded once
 
     @property
     def names(self) -> list[str]:
@@ -78,6 +79,8 @@ class Scoring:
         (another version of the task, another `limit`, a run's `irt/` with another hold-out split)
         would choose anchors the task does not hold, or estimate a score over other items, so it
         is refused, naming what differs."""
+        if name in self._fitted:
+            return self._fitted[name]
         folder = Path(self.spec.irt_model) / name
         model = without_items(IRTModel.load(folder), self.holdout[name])  # fitted on every item, perhaps
         fitted, searched = set(model.item_ids), set(self.search_ids(name))
@@ -93,6 +96,7 @@ class Scoring:
                             f"{'; '.join(differs)}. "
                             "Fit it on this task's responses, or, for a run's irt/ folder, reuse it with the same "
                             "algorithm.seed and final.holdout (they choose the held-out items)")
+        self._fitted[name] = model
         return model
 
     def check_fitted_models(self) -> None:

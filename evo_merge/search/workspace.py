@@ -143,10 +143,7 @@ class Workspace:
         """Resolve, align once, and bind the run folder to this campaign (or check it is bound to it)."""
         campaign = resolve_campaign(campaign, Path(root))
         run_dir = Path(run_dir)
-        refs = {f"models.{i}": model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)}
-        if campaign.align is None:  # aligned campaigns build their own base from the models
-            refs["base_model"] = model_reference(campaign.base_model, "base_model")
-        check_distinct(refs)
+        refs = campaign_references(campaign)
         _check_irt_models(campaign)
         store = CampaignStore(run_dir)
         try:
@@ -225,7 +222,18 @@ def _write_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path, bin
     store.set_metas({**binding, CAMPAIGN_TEXT_META: campaign_text_digest(run_dir)})
 
 
-def check_distinct(refs: dict[str, ModelRef]) -> None:
+def campaign_references(campaign: Campaign) -> dict[str, ModelRef]:
+    """Key (`models.N`, `base_model`) -> the model it names, for a campaign with absolute paths
+    (`resolve_campaign`); each endpoint once and none the base (`_check_distinct`). An aligned
+    campaign has no base of its own: it builds one from the models, so `base_model` is not read."""
+    refs = {f"models.{i}": model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)}
+    if campaign.align is None:
+        refs["base_model"] = model_reference(campaign.base_model, "base_model")
+    _check_distinct(refs)
+    return refs
+
+
+def _check_distinct(refs: dict[str, ModelRef]) -> None:
     """Each endpoint once, and none the base: a model listed twice splits one task vector over two
     coefficients, and the base as an endpoint adds a task vector of zeros; both make the genome
     larger and the search slower for nothing, and are a mistake in the list more often than not.

@@ -34,6 +34,11 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
         "algorithm": {"population": 6, "generations": 2, "seed": 0},
         "final": {"evaluate_top": 2},
     }))
+    # an aligned campaign builds its own base: a `base_model` beside `align` is not read, by the plan either
+    with_base = tmp_path / "with-base.yaml"
+    with_base.write_text(config.read_text() + f"base_model: {zoo / 'mlp-s0'}\n")
+    result = CliRunner().invoke(cli, ["plan", str(with_base)])
+    assert result.exit_code == 0 and "fits" in result.output, result.output
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

@@ -115,6 +115,11 @@ def test_status_says_whether_a_run_is_working_in_the_folder(copy, tmp_path):
     """A user checking on a campaign learns whether it is still running, and which process, or
     stopped (interrupted, killed, died), and how to go on; looking creates no lock file."""
     assert holder(tmp_path / "nothing") is None and not (tmp_path / "nothing").exists()
+    starting = tmp_path / "starting"
+    with RunLock(starting):  # a run that has taken its folder and written nothing else yet
+        code, out = invoke("status", starting)
+    one_line_error(code, out, f"{starting}: a run is starting here (pid {os.getpid()}); it has not written its "
+                              "campaign yet")
     with RunLock(copy):  # a `resume` working in the folder
         assert holder(copy) == str(os.getpid())
         code, out = invoke("status", copy)

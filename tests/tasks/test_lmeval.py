@@ -245,6 +245,11 @@ def test_cli_eval_scores_the_anchors_irt_anchors_stored_that_are_items_of_the_ta
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and f"--items {stored}: none of its 5 anchors is an item of task evo_lang" \
         in result.output, result.output
+    args[args.index(str(stored))] = str(tmp_path / "nowhere.json")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and f"{tmp_path / 'nowhere.json'}: cannot read the anchors file (No such file" \
+        in result.output and "Traceback" not in result.output, result.output
+    args[args.index(str(tmp_path / "nowhere.json"))] = str(stored)
     stored.write_text(json.dumps({"method": "stratified", "budget": 2, "seed": 0, "items": ["x"], "weights": {}}))
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and "corrupt anchors file" in result.output, result.output
