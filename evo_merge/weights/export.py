@@ -25,6 +25,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from evo_merge.errors import UserError
@@ -114,7 +115,7 @@ def _write_shards(
     floating: set[torch.dtype] = set()
 
     def flush() -> None:
-        save_file(current, str(folder / f"shard-{len(shards)}.part"), metadata={"format": "pt"})
+        save_safetensors(current, folder / f"shard-{len(shards)}.part")
         shards.append({name: t.numel() * t.element_size() for name, t in current.items()})
         current.clear()
         storages.clear()
@@ -144,6 +145,23 @@ def _write_shards(
         flush()
     _name_shards(folder, shards)
     return floating
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' `save_file`, with its I/O failures raised as the OSError they are: the library
+    raises its own error for a full disk or a file-size limit, which names neither the file nor the
+    fault a user can act on."""
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except SafetensorError as exc:
+        code = _OS_ERROR.search(str(exc))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from exc
 
 
 def _owning(tensor: torch.Tensor, storages: set[int]) -> torch.Tensor:

@@ -20,10 +20,11 @@ import pandas as pd
 import torch
 from rich.progress import track
 from rich.table import Table
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from evo_merge.console import results_console
 from evo_merge.errors import UserError
+from evo_merge.weights.export import save_safetensors
 from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.weights.nets import build_net
 
@@ -107,8 +108,8 @@ def build_mnist_zoo(
     out = Path(out)
     data = load_mnist(seed)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    save_file({"x": data["x_train"], "y": data["y_train"]}, out / "data" / "train.safetensors")
-    save_file({"x": data["x_test"], "y": data["y_test"]}, out / "data" / "test.safetensors")
+    save_safetensors({"x": data["x_train"], "y": data["y_train"]}, out / "data" / "train.safetensors")
+    save_safetensors({"x": data["x_test"], "y": data["y_test"]}, out / "data" / "test.safetensors")
     rows = []
     plan = _plan(mlp_hidden, cnn_channels, n_seeds)
     for name, (config, offset, classes) in track(plan.items(), description="mnist zoo"):

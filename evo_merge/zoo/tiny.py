@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from evo_merge.weights.export import save_safetensors
 from evo_merge.weights.folder import save_model_folder
 from evo_merge.zoo.tokenizer import build_char_tokenizer
 
@@ -102,5 +103,5 @@ def tie_embeddings(folder: str | Path, out: str | Path, *, store_head: bool = Fa
     del weights["lm_head.weight"]
     if store_head:
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
-    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    save_safetensors(weights, out / "model.safetensors")
     return out
