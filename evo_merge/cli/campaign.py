@@ -213,10 +213,10 @@ def status(run: Path) -> None:
     competing = ok + [e for e in evaluations if e.phase == "baseline" and e.status == "ok"]
     console = results_console(soft_wrap=True)  # a line is one line in a pipe, for grep
     pid, finished = holder(run), store.finished(facts["generations"])
-    state = (f"running: pid {pid}" if pid else "finished" if finished
+    done = store.generations_completed()
+    state = (f"running: pid {pid}" + _time_left(store, facts["generations"] - done) if pid else "finished" if finished
              else f"not running: `evo-merge resume {run}` goes on")  # interrupted, killed, or died
-    console.print(f"campaign {facts['name']}: generation {store.generations_completed()}/{facts['generations']} "
-                  f"({state})")
+    console.print(f"campaign {facts['name']}: generation {done}/{facts['generations']} ({state})")
     unmeasured = len(store.measure_failures())
     console.print(f"evaluations: {len(evaluations)} ({len(search)} search, {len(search) - len(ok)} failed"
                   + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
@@ -250,6 +250,18 @@ def status(run: Path) -> None:
         f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
         + (f" ({full / spent:.1f}x saving)" if spent else "") + f"; in total {item_totals(store)}"
     )
+
+
+def _time_left(store: CampaignStore, remaining: int) -> str:
+    """`; in the final phase`, or `; about 0:42:10 left in the search (0:05:16 a generation)`
+    from the generations so far; nothing before two have ended."""
+    from evo_merge.cli.progress import hms
+    from evo_merge.search.metrics import search_time_left
+
+    if remaining <= 0:
+        return "; in the final phase"
+    left = search_time_left(store.generation_ends()[: store.generations_completed()], remaining)
+    return f"; about {hms(left[0])} left in the search ({hms(left[1])} a generation)" if left else ""
 
 
 def _measured_on(store: CampaignStore) -> str:

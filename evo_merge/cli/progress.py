@@ -63,17 +63,18 @@ class StageLines:
             if per_candidate:
                 del self.times[stage]
             else:
-                self._say(f"{stage}: {done}/{total} in {_elapsed(now - started)}")
+                self._say(f"{stage}: {done}/{total} in {hms(now - started)}")
                 self.ended.add(stage)
         elif done and now - last >= self.every:
-            self._say(f"{stage}: {done}/{total} ({_elapsed(now - started)})")
+            self._say(f"{stage}: {done}/{total} ({hms(now - started)})")
             self.times[stage] = (started, now)
 
     def _say(self, line: str) -> None:
         self.console.print(line, markup=False, highlight=False)
 
 
-def _elapsed(seconds: float) -> str:
+def hms(seconds: float) -> str:
+    """`1:02:03`: a duration as the progress lines and `status` write it."""
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 

@@ -39,6 +39,16 @@ def recorded_metrics(store: CampaignStore, objectives: Objectives, generation: i
     return stored if stored is not None else generation_metrics(store.evaluations("search"), objectives, generation)
 
 
+def search_time_left(ends: Sequence[float], remaining: int) -> tuple[float, float] | None:
+    """(seconds left in the search, seconds per generation) from when the generations ended: the
+    median time between two ends, so the hours a run lay stopped before a resume do not count.
+    None with fewer than two ends, or nothing left."""
+    if remaining <= 0 or len(ends) < 2:
+        return None
+    per_generation = float(np.median(np.diff(ends)))
+    return per_generation * remaining, per_generation
+
+
 PHASE_NAMES = {"baseline": "standard merges"}  # a phase as the item totals name it: the baselines are those merges
 
 

@@ -259,11 +259,12 @@ class CampaignStore:
     def complete_generation(self, generation: int, told: Mapping[str, Sequence[float]],
                             metrics: Mapping[str, float] | None = None) -> None:
         """Record that `generation` was told to the algorithm: each key's objective values, and the
-        search's metrics as it ended. A replayed generation keeps the metrics first recorded: stored
-        estimates may have changed since (an adaptive test continued before the final phase)."""
+        search's metrics as it ended. A replayed generation keeps the metrics and the time first
+        recorded: stored estimates may have changed since (an adaptive test continued before the
+        final phase), and `status` reckons the time left from when generations really ended."""
         self.db.execute(
             "INSERT INTO generations (generation, keys, completed, told, metrics) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (generation) DO UPDATE SET keys = excluded.keys, completed = excluded.completed, "
+            "ON CONFLICT (generation) DO UPDATE SET keys = excluded.keys, "
             "told = excluded.told, metrics = COALESCE(generations.metrics, excluded.metrics)",
             (generation, json.dumps(sorted(told)), time.time(),
              json.dumps({key: [float(v) for v in values] for key, values in told.items()}), _dumps(metrics)),
@@ -280,6 +281,11 @@ class CampaignStore:
         generation not recorded, or recorded before these values were kept."""
         row = self.db.execute("SELECT told FROM generations WHERE generation = ?", (generation,)).fetchone()
         return self._json(row[0], f"generation {generation}'s told values") if row and row[0] else {}
+
+    def generation_ends(self) -> list[float]:
+        """When each recorded generation was first told to the algorithm (seconds since the epoch),
+        in generation order."""
+        return [end for (end,) in self.db.execute("SELECT completed FROM generations ORDER BY generation")]
 
     def generations_completed(self) -> int:
         """The generations 1..n recorded complete whose every evaluation is in the database: a

@@ -120,10 +120,10 @@ def test_status_says_whether_a_run_is_working_in_the_folder(copy, tmp_path):
         code, out = invoke("status", starting)
     one_line_error(code, out, f"{starting}: a run is starting here (pid {os.getpid()}); it has not written its "
                               "campaign yet")
-    with RunLock(copy):  # a `resume` working in the folder
+    with RunLock(copy):  # a `resume` working in the folder, its search done
         assert holder(copy) == str(os.getpid())
         code, out = invoke("status", copy)
-        assert code == 0 and f"generation 3/3 (running: pid {os.getpid()})" in out, out
+        assert code == 0 and f"generation 3/3 (running: pid {os.getpid()}; in the final phase)" in out, out
     code, out = invoke("status", copy)
     assert code == 0 and "generation 3/3 (finished)" in out, out
     with closing(sqlite3.connect(copy / "state.sqlite")) as db:  # as a run killed before its end leaves it
@@ -131,6 +131,14 @@ def test_status_says_whether_a_run_is_working_in_the_folder(copy, tmp_path):
         db.commit()
     code, out = invoke("status", copy)
     assert code == 0 and f"generation 3/3 (not running: `evo-merge resume {copy}` goes on)" in out, out
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:  # generation 3 under way, 1 and 2 took 100 s
+        db.execute("DELETE FROM generations WHERE generation = 3")
+        db.execute("UPDATE generations SET completed = 1e9 + 100 * generation")
+        db.commit()
+    with RunLock(copy):
+        code, out = invoke("status", copy)
+    assert code == 0 and (f"generation 2/3 (running: pid {os.getpid()}; about 0:01:40 left in the search "
+                          "(0:01:40 a generation))") in out, out
 
 
 def test_a_status_looking_at_the_lock_does_not_turn_a_starting_run_away(tmp_path):

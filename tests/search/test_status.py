@@ -93,3 +93,19 @@ def test_progress_hypervolume_uses_the_worst_point_by_direction(run):
     assert table.hypervolume.iloc[-1] == pytest.approx(objectives.hypervolume(rows))
     assert table.best_disagree1.iloc[-1] == pytest.approx(min(r[1] for r in rows))
     assert 0 < table.hypervolume.iloc[-1] <= 1
+
+
+def test_the_time_left_in_the_search_skips_the_hours_a_run_lay_stopped():
+    from evo_merge.search.metrics import search_time_left
+
+    ends = [0.0, 60.0, 120.0, 3720.0, 3780.0]  # killed after generation 3, resumed an hour later
+    assert search_time_left(ends, 3) == (180.0, 60.0)
+    assert search_time_left(ends[:1], 3) is None and search_time_left(ends, 0) is None
+
+
+def test_a_replayed_generation_keeps_when_it_first_ended(tmp_path):
+    store = CampaignStore(tmp_path)
+    store.complete_generation(1, {"a": [0.1]})
+    first = store.generation_ends()
+    store.complete_generation(1, {"a": [0.1]})  # a resume replays it
+    assert store.generation_ends() == first
