@@ -24,7 +24,9 @@ from evo_merge.config import EvaluatorSpec
 @click.option("--subject", default=None, help="Subject name in the table (default: the folder name).")
 @click.option("--allow-pickle", is_flag=True, help="also read .bin weights (pickle: only from a source you trust)")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output CSV.")
-def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject, allow_pickle, out) -> None:
+@click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise, before any scoring)")
+def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject, allow_pickle, out,
+          overwrite) -> None:
     """Write long-format per-item scores `subject,item,score[,scenario]` to OUT."""
     from transformers.utils import logging as hf_logging
 
@@ -38,6 +40,8 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     hf_logging.disable_progress_bar()  # keep errors on one line
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give the path of the CSV file to write")
+    if out.exists() and not overwrite:  # another model's scores, minutes of work at 7B
+        raise UserError(f"--out {out}: already exists (--overwrite replaces it)")
     if device is not None:
         device = str(resolve_device(device, key="--device"))
     anchors = items_file is not None and items_file.suffix == ".json"

@@ -57,6 +57,17 @@ def test_out_naming_a_folder_is_one_line(models, tmp_path):
     )
 
 
+def test_existing_scores_are_kept_unless_overwrite(models, tmp_path):
+    """Another model's scores in OUT are not replaced by a second command to the same path."""
+    out = tmp_path / "s.csv"
+    out.write_text("subject,item,score\nother,arith-test-00003,1.0\n")
+    code, output = evaluate(models, tmp_path, "lm")
+    assert code == 2 and output.strip() == f"error: --out {out}: already exists (--overwrite replaces it)", output
+    assert out.read_text() == "subject,item,score\nother,arith-test-00003,1.0\n"
+    code, output = evaluate(models, tmp_path, "lm", "--overwrite")
+    assert code == 0 and out.read_text().splitlines()[1].startswith("lm,arith-test-00003,"), output
+
+
 def test_pickle_weights_are_read_with_allow_pickle_and_score_as_safetensors(models, tmp_path):
     code, output = evaluate(models, tmp_path, "pickled", "--allow-pickle", "--out", tmp_path / "p.csv")
     assert code == 0, output

@@ -242,6 +242,7 @@ def test_cli_eval_scores_the_anchors_irt_anchors_stored_that_are_items_of_the_ta
     assert f"{stored}: 3 of its 5 anchors are items of task evo_arith; scoring those" in result.output
     assert [line.split(",")[1] for line in out.read_text().splitlines()[1:]] == [i for v in arith.values() for i in v]
     args[args.index("arith")] = "lang"
+    args.append("--overwrite")  # what follows is refused before the existing scores are touched
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and f"--items {stored}: none of its 5 anchors is an item of task evo_lang" \
         in result.output, result.output
