@@ -11,10 +11,12 @@ DEFAULT_ZOO = Path("runs/zoo/tiny-lm")
 
 def _zoo(zoo: Path) -> list[str]:
     """Build (or reuse) the tiny-lm zoo; return its endpoint names."""
+    from evo_merge.cli.progress import StageBars
     from evo_merge.zoo.manifest import read_zoo
     from evo_merge.zoo.tinylm import build_tinylm_zoo
 
-    build_tinylm_zoo(zoo)
+    with StageBars() as bars:  # 5 minutes of training: a bar on a terminal, a line every 30 s in a log
+        build_tinylm_zoo(zoo, progress=bars)
     return read_zoo(zoo).endpoints
 
 

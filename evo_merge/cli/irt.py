@@ -193,10 +193,14 @@ def validate(responses: Path, hold_out: str, test_frac: float, budgets: str, see
              epochs: int | None, lr: float | None, dims: str, repeats: int, draws: int, endpoints: str | None,
              overall: bool, csv_path: Path | None) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
+    from evo_merge.cli.progress import StageBars
+
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
-    table = run_validation(load_responses(responses), test_frac=test_frac, budgets=_int_list(budgets, "--budgets"),
-                           seed=seed, backend=backend, dims=_dims(dims), repeats=repeats, endpoints=ends,
-                           overall=overall, draws=draws, hold_out=hold_out, **_backend_options(backend, epochs, lr))
+    with StageBars() as bars:
+        table = run_validation(load_responses(responses), test_frac=test_frac,
+                               budgets=_int_list(budgets, "--budgets"), seed=seed, backend=backend, dims=_dims(dims),
+                               repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,
+                               progress=bars, **_backend_options(backend, epochs, lr))
     console = results_console(width=120)  # the table is about 112 wide: never folded
     console.print(validation_table(table, hold_out))
     if summary := default_summary(table, overall):

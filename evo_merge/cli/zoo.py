@@ -21,16 +21,14 @@ def zoo() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even when OUT holds a zoo with the same settings.")
 def build(kind: str, out: Path, seed: int, force: bool) -> None:
     """Train a zoo (base + endpoints) into OUT; a second build with the same settings reuses it."""
+    from evo_merge.cli.progress import StageBars
+
     if kind == "tiny-lm":
-        from evo_merge.zoo.tinylm import build_tinylm_zoo
-
-        build_tinylm_zoo(out, seed=seed, force=force)
+        from evo_merge.zoo.tinylm import build_tinylm_zoo as build_zoo
     elif kind == "smollm2":
-        from evo_merge.zoo.smollm2 import build_smollm2_zoo
-
-        build_smollm2_zoo(out, seed=seed, force=force)
+        from evo_merge.zoo.smollm2 import build_smollm2_zoo as build_zoo
     else:
-        from evo_merge.zoo.mnist import build_mnist_zoo
-
-        build_mnist_zoo(out, seed=seed, force=force)
+        from evo_merge.zoo.mnist import build_mnist_zoo as build_zoo
+    with StageBars() as bars:  # minutes of training: a bar on a terminal, a line every 30 s in a log
+        build_zoo(out, seed=seed, force=force, progress=bars)
     click.echo(f"zoo {kind} -> {out}")

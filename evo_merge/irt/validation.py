@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from rich.progress import Progress
 from rich.table import Table
 
 from evo_merge.errors import UserError
@@ -23,6 +22,7 @@ from evo_merge.irt.estimators import Estimator
 from evo_merge.irt.kinds import DEFAULT_ANCHOR_METHOD, DEFAULT_ESTIMATOR_KIND
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
+from evo_merge.progress import Progress, no_progress
 
 DEFAULT_BUDGETS = (10, 20, 50, 100)
 RANDOM_DRAWS = 200  # random draws per subject behind the baseline (2 draws can be 18% off)
@@ -94,6 +94,7 @@ def validate(
     overall: bool = False,
     draws: int = RANDOM_DRAWS,
     hold_out: str = "random",
+    progress: Progress = no_progress,
     **backend_options: float,
 ) -> pd.DataFrame:
     """Mean absolute error (over held-out subjects and scenarios, averaged over `repeats` anchor
@@ -114,20 +115,26 @@ def validate(
     model = IRTModel.fit(train, backend=backend, dims=dims, seed=seed, **backend_options)
     test_scores = ResponseMatrix.from_long(test, items=model.item_ids).scores
     rows = []
-    with Progress(transient=True) as progress:
-        task = progress.add_task("validating", total=len(budgets) * len(methods) * repeats)
-        for budget in budgets:
-            n_items = sum(min(budget, g.size) for g in model.scenario_items().values())
-            for method in methods:
-                errors = _anchor_errors(model, test_scores, budget, method, estimators, seed, repeats, endpoints,
-                                        overall, lambda: progress.advance(task))
-                for kind, values in errors.items():
-                    rows.append({"method": method, "estimator": kind, "budget": budget, "items": n_items,
-                                 "saving": len(model.item_ids) / n_items, "mae": float(np.mean(values)),
-                                 "sd": float(np.std(values)), "draws": len(values)})
-            mae, sd = random_baseline(test_scores, model.scenario_items(), budget, draws, seed, overall)
-            rows.append({"method": "random", "estimator": BASELINE, "budget": budget, "items": n_items,
-                         "saving": len(model.item_ids) / n_items, "mae": mae, "sd": sd, "draws": draws})
+    total, done = len(budgets) * len(methods) * repeats, 0
+    progress("validating", done, total)
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        progress("validating", done, total)
+
+    for budget in budgets:
+        n_items = sum(min(budget, g.size) for g in model.scenario_items().values())
+        for method in methods:
+            errors = _anchor_errors(model, test_scores, budget, method, estimators, seed, repeats, endpoints,
+                                    overall, advance)
+            for kind, values in errors.items():
+                rows.append({"method": method, "estimator": kind, "budget": budget, "items": n_items,
+                             "saving": len(model.item_ids) / n_items, "mae": float(np.mean(values)),
+                             "sd": float(np.std(values)), "draws": len(values)})
+        mae, sd = random_baseline(test_scores, model.scenario_items(), budget, draws, seed, overall)
+        rows.append({"method": "random", "estimator": BASELINE, "budget": budget, "items": n_items,
+                     "saving": len(model.item_ids) / n_items, "mae": mae, "sd": sd, "draws": draws})
     table = pd.DataFrame(rows)
     base = table[table.estimator == BASELINE].set_index("budget")["mae"]
     # no ratio where random sampling is exact (the budget covers every item): shown blank, not inf

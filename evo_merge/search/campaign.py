@@ -16,6 +16,7 @@ from pathlib import Path
 
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError, message_line
+from evo_merge.progress import Progress, no_progress
 from evo_merge.search.algorithms import SearchAlgorithm, make_algorithm
 from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_candidates, standard_merges
 from evo_merge.search.evaluator import Evaluator, task_settings
@@ -24,7 +25,7 @@ from evo_merge.search.export import export_picks, record_task_meta
 from evo_merge.search.front import BASELINES_META, candidates, measure_final, measure_picks
 from evo_merge.search.holdout import HOLDOUT_META, holdout_items
 from evo_merge.search.kinds import candidate_kind
-from evo_merge.search.log import EvaluationLog, Progress, no_progress
+from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import small_pick_samples
 from evo_merge.search.refine import resolve_front

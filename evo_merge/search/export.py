@@ -9,11 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from evo_merge.config import Campaign
+from evo_merge.progress import Progress, no_progress
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import Evidence, candidate_kind
-from evo_merge.search.log import Progress, no_progress, stage_track
+from evo_merge.search.log import stage_track
 from evo_merge.search.store import EVALUATED_ON_META, CampaignStore, Evaluation, in_run
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask

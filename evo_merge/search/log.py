@@ -13,16 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from evo_merge.errors import UserError
+from evo_merge.progress import Progress, no_progress
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import ITEMS, JOB_PARTS, CandidateFailed, Evaluator, Items, ItemScores, JobProgress
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.store import MEASURE_FAILED, CampaignStore, Evaluation
-
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-def no_progress(stage: str, done: int, total: int) -> None:
-    """The default progress callback: silent."""
 
 
 def stage_track(progress: Progress, stage: str) -> Callable[[Iterable, int], Iterator]:

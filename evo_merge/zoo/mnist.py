@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import track
 from rich.table import Table
 from safetensors.torch import load_file
 
 from evo_merge.console import results_console
 from evo_merge.errors import UserError
+from evo_merge.progress import Progress, no_progress
 from evo_merge.weights.export import save_safetensors
 from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.weights.nets import build_net
@@ -102,6 +102,7 @@ def build_mnist_zoo(
     n_seeds: int = 3,
     epochs: int = 12,
     force: bool = False,
+    progress: Progress = no_progress,
 ) -> Path:
     """Train (or reuse, unless `force`) the zoo under `out`; write data, `manifest.json` and an
     accuracy table."""
@@ -112,7 +113,8 @@ def build_mnist_zoo(
     save_safetensors({"x": data["x_test"], "y": data["y_test"]}, out / "data" / "test.safetensors")
     rows = []
     plan = _plan(mlp_hidden, cnn_channels, n_seeds)
-    for name, (config, offset, classes) in track(plan.items(), description="mnist zoo"):
+    progress("mnist zoo", 0, len(plan))
+    for done, (name, (config, offset, classes)) in enumerate(plan.items(), 1):
         folder = out / name
         settings = {
             "config": config,
@@ -140,6 +142,7 @@ def build_mnist_zoo(
                 "test_acc_own_classes": accuracy(net, data["x_test"][own], data["y_test"][own]),
             }
         )
+        progress("mnist zoo", done, len(plan))
     table = pd.DataFrame(rows)
     table.to_csv(out / "accuracy.csv", index=False)
     kinds = ("mlp", "cnn")

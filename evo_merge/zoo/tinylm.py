@@ -30,11 +30,11 @@ from typing import Literal
 import pandas as pd
 import torch
 from pydantic import BaseModel, Field, field_validator
-from rich.progress import Progress
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evo_merge.console import results_console
+from evo_merge.progress import Progress, no_progress
 from evo_merge.tasks.synthetic import (
     ENGLISH,
     FAMILIES,
@@ -187,7 +187,7 @@ def train_lm(
     lr: float,
     batch_size: int,
     seed: int,
-    progress: Progress | None = None,
+    progress: Progress = no_progress,
     label: str = "train",
     prompts: list[str] | None = None,
     pack: int | None = None,
@@ -209,9 +209,8 @@ def train_lm(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    task = progress.add_task(label, total=steps) if progress else None
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(len(ids), (batch_size,), generator=gen)
         if pack:
             out = model(input_ids=ids[idx], position_ids=pos[idx], labels=labels[idx], use_cache=False)
@@ -223,8 +222,7 @@ def train_lm(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        if progress:
-            progress.update(task, advance=1, description=f"{label} loss {out.loss.item():.3f}")
+        progress(label, step + 1, steps)
     return model.eval()
 
 
@@ -256,7 +254,8 @@ def pretraining_mixture(settings: TinyLMSettings, train: dict[str, list[Doc]]) -
     return words + [training_text(d) for d in seen], [""] * len(words) + [d["question"] for d in seen]
 
 
-def train_zoo_models(settings: TinyLMSettings) -> tuple[PreTrainedTokenizerBase, dict[str, PreTrainedModel]]:
+def train_zoo_models(settings: TinyLMSettings, progress: Progress = no_progress,
+                     ) -> tuple[PreTrainedTokenizerBase, dict[str, PreTrainedModel]]:
     """The base and one endpoint per family, in memory (name -> model)."""
     tokenizer = build_char_tokenizer()
     tokenizer.padding_side = "right"
@@ -267,21 +266,20 @@ def train_zoo_models(settings: TinyLMSettings) -> tuple[PreTrainedTokenizerBase,
     models: dict[str, PreTrainedModel] = {}
     train = train_docs(s)
     texts, prompts = pretraining_mixture(s, train)
-    with Progress(transient=True) as progress:
-        models["base"] = train_lm(
-            base, tokenizer, texts, prompts=prompts, steps=s.pretrain_steps, lr=s.pretrain_lr,
-            batch_size=s.pretrain_rows, pack=s.pack_width, seed=s.seed, progress=progress, label="pretrain",
-        )
-        for i, family in enumerate(FAMILIES):
-            model = type(base)(base.config)
-            model.load_state_dict(models["base"].state_dict())
-            docs = train[family]
-            with training_only(model, lambda name: s.finetune_params == "all" or ".mlp." in name):
-                models[family] = train_lm(
-                    model, tokenizer, [training_text(d) for d in docs], prompts=[d["question"] for d in docs],
-                    steps=s.finetune_steps, lr=s.finetune_lr, batch_size=s.batch_size,
-                    seed=s.seed + 1 + i, progress=progress, label=family,
-                )
+    models["base"] = train_lm(
+        base, tokenizer, texts, prompts=prompts, steps=s.pretrain_steps, lr=s.pretrain_lr,
+        batch_size=s.pretrain_rows, pack=s.pack_width, seed=s.seed, progress=progress, label="pretraining the base",
+    )
+    for i, family in enumerate(FAMILIES):
+        model = type(base)(base.config)
+        model.load_state_dict(models["base"].state_dict())
+        docs = train[family]
+        with training_only(model, lambda name: s.finetune_params == "all" or ".mlp." in name):
+            models[family] = train_lm(
+                model, tokenizer, [training_text(d) for d in docs], prompts=[d["question"] for d in docs],
+                steps=s.finetune_steps, lr=s.finetune_lr, batch_size=s.batch_size,
+                seed=s.seed + 1 + i, progress=progress, label=f"fine-tuning {family}",
+            )
     return tokenizer, models
 
 
@@ -301,21 +299,22 @@ def zoo_table(
     tokenizer: PreTrainedTokenizerBase,
     n_items: int | None = None,
     batch_size: int = 256,
+    progress: Progress = no_progress,
 ) -> pd.DataFrame:
     """Accuracy (%) on the first `n_items` (all when None) evaluation items of each shipped
     family: rows = models, columns = families."""
     from evo_merge.tasks.registry import resolve_task
 
-    rows = {}
-    with Progress(transient=True) as progress:
-        job = progress.add_task("zoo table", total=len(models) * len(FAMILIES))
-        for name, model in models.items():
-            rows[name] = {}
-            for family in FAMILIES:
-                task = resolve_task(family, batch_size=batch_size)
-                items = task.item_ids[:n_items] if n_items else None
-                rows[name][family] = 100 * float(task.evaluate(model, tokenizer, items).mean())
-                progress.advance(job)
+    rows: dict[str, dict[str, float]] = {name: {} for name in models}
+    total, done = len(models) * len(FAMILIES), 0
+    progress("zoo table", done, total)
+    for name, model in models.items():
+        for family in FAMILIES:
+            task = resolve_task(family, batch_size=batch_size)
+            items = task.item_ids[:n_items] if n_items else None
+            rows[name][family] = 100 * float(task.evaluate(model, tokenizer, items).mean())
+            done += 1
+            progress("zoo table", done, total)
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
 
@@ -335,7 +334,8 @@ def _cached(out: Path, settings: BaseModel) -> bool:
 
 
 def build_tinylm_zoo(
-    out: str | Path, seed: int = 0, settings: TinyLMSettings | None = None, force: bool = False, threads: int = 1
+    out: str | Path, seed: int = 0, settings: TinyLMSettings | None = None, force: bool = False, threads: int = 1,
+    progress: Progress = no_progress,
 ) -> Path:
     """Train (or reuse, when `out` holds a zoo built with the same settings) the tiny-lm zoo:
     `out/base`, `out/<family>` HF folders, `out/zoo.json`, and the accuracy table
@@ -346,12 +346,12 @@ def build_tinylm_zoo(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _build(Path(out), seed, settings, force)
+        return _build(Path(out), seed, settings, force, progress)
     finally:
         torch.set_num_threads(previous)
 
 
-def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool) -> Path:
+def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool, progress: Progress) -> Path:
     settings = (settings or TinyLMSettings()).model_copy(update={"seed": seed})
     console = results_console(soft_wrap=True)
     if not force and _cached(out, settings):
@@ -359,10 +359,10 @@ def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool) -
     else:
         claim_zoo_folder(out, "tiny-lm")
         start, cpu = time.perf_counter(), time.process_time()
-        tokenizer, models = train_zoo_models(settings)
+        tokenizer, models = train_zoo_models(settings, progress)
         trained = time.perf_counter() - start
         out.mkdir(parents=True, exist_ok=True)
-        table = zoo_table(models, tokenizer, settings.table_items)
+        table = zoo_table(models, tokenizer, settings.table_items, progress=progress)
         save_zoo(out, tokenizer, models, settings)
         table.round(1).to_csv(out / "table.csv")
         (out / "table.md").write_text(table.round(1).to_markdown() + "\n")

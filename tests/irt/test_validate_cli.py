@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -135,6 +136,8 @@ def test_fit_anchors_estimate_validate(files):
     assert load_anchors(root / "m-neyman", method="random").allocation == "neyman"
     code, out = run("validate", root / "responses.csv", "--budgets", "5,10", "--dims", "1", "--csv", root / "v.csv")
     assert code == 0 and "baseline" in out
+    # sent to a log (not a terminal), its progress is a line, as a campaign's stages are
+    assert re.search(rf"^validating: {2 * len(SELECTABLE)}/{2 * len(SELECTABLE)} in \d+:\d\d:\d\d$", out, re.M), out
     table = pd.read_csv(root / "v.csv")
     assert len(table) == 2 * (len(SELECTABLE) * 3 + 1) and np.isfinite(table.mae).all()
     # 30 training subjects: the default is stratified-irt anchors + gp-IRT, marked and summed up

@@ -175,5 +175,11 @@ def test_a_folder_of_other_models_is_refused_before_training_and_a_killed_build_
     zoo = tmp_path / "zoo"
     (zoo / "base").mkdir(parents=True)
     (zoo / "zoo.json").write_text(json.dumps({"kind": "tiny-lm", "models": []}))
-    build_tinylm_zoo(zoo, settings=smoke_settings)
+    seen: dict[str, list[tuple[int, int]]] = {}  # minutes of training, said as they go (a line every 30 s in a log)
+    build_tinylm_zoo(zoo, settings=smoke_settings,
+                     progress=lambda stage, *count: seen.setdefault(stage, []).append(count))
     assert json.loads((zoo / "zoo.json").read_text())["models"] == ["base", *FAMILIES]
+    assert list(seen) == ["pretraining the base", *(f"fine-tuning {f}" for f in FAMILIES), "zoo table"]
+    steps = {"pretraining the base": smoke_settings.pretrain_steps, "zoo table": 4 * len(FAMILIES),
+             **{f"fine-tuning {f}": smoke_settings.finetune_steps for f in FAMILIES}}
+    assert all(counts[-1] == (steps[stage], steps[stage]) for stage, counts in seen.items()), seen

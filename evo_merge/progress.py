@@ -1,0 +1,16 @@
+"""How long work says how far it has come: a callback `(stage, done, total)`.
+
+Work on every floor (a campaign's stages, a zoo's training, `irt validate`'s fits) reports
+through it and never draws; a command draws it (`cli/progress.py`: a bar on a terminal, a line
+as a stage advances in a log, where rich alone would print nothing until the work ended).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def no_progress(stage: str, done: int, total: int) -> None:
+    """The default progress callback: silent."""
