@@ -87,8 +87,8 @@ def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool,
 
 @contextmanager
 def _quiet_transformers(untie: bool) -> Iterator[None]:
-    """transformers' loading bar (a run shows its own progress, and a bar in a log file is a
-    line of carriage returns), and with `untie` its warning that the untied head was newly
+    """transformers' loading and saving bars (a run shows its own progress, and a bar in a log
+    file is a line of carriage returns), and with `untie` its warning that the untied head was newly
     initialised: it is set right after."""
     from transformers.utils import logging as hf_logging
 
@@ -133,7 +133,8 @@ def save_model_folder(
     out = Path(out).expanduser()
     with _staged(out, overwrite) as tmp:
         if hf_model_type(module) is not None:
-            module.save_pretrained(tmp)
+            with _quiet_transformers(untie=False):
+                module.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         else:

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evo_merge.errors import UserError
-from evo_merge.weights import Checkpoint, load_model_folder, write_model_folder
+from evo_merge.weights import Checkpoint, load_model_folder, save_model_folder, write_model_folder
 
 
 def _stream(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -391,3 +391,16 @@ def test_loading_a_model_folder_draws_no_transformers_bar_and_leaves_its_setting
     load_model_folder(base, untie=untie)
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting, restored
+
+
+def test_saving_a_model_folder_draws_no_transformers_bar(llama_family, tmp_path, capfd):
+    """Nor its "Writing model shards" bar: a zoo build's log held one per model saved."""
+    from transformers.utils import logging as hf_logging
+
+    base, _ = llama_family
+    model, tokenizer = load_model_folder(base)
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    save_model_folder(tmp_path / "copy", model, tokenizer)
+    assert "Writing model shards" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
