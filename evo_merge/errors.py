@@ -49,3 +49,16 @@ def naming_file(path: str | Path) -> Iterator[None]:
         if head != text and (head == str(path) or Path(head).exists()):
             raise
         raise UserError(f"{path}: {text}") from None
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """An OSError raised inside names `path` when it names no file: a write that fails part-way
+    (a full disk, a file-size limit) carries no file name, and `No space left on device` alone does
+    not say where the command was writing."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc

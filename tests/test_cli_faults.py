@@ -21,3 +21,20 @@ def test_user_and_machine_faults_are_one_line_and_bugs_are_not():
     for bug in (ValueError("x"), KeyError("k"), sqlite3.OperationalError("near 'SELEC': syntax error"),
                 BrokenPipeError(errno.EPIPE, "Broken pipe"), OSError("no errno")):
         assert as_fault(bug) is None, bug
+
+
+def test_a_write_that_fails_part_way_names_where_it_was_writing():
+    """A write() that fails (a full disk) carries no file name; `writing` gives it the path, and
+    leaves alone a fault that names its own file, or is no OS fault."""
+    import pytest
+
+    from evo_merge.errors import writing
+
+    with pytest.raises(OSError) as caught, writing("/runs/r/report.md"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert as_fault(caught.value).message == "/runs/r/report.md: No space left on device"
+    with pytest.raises(OSError) as caught, writing("/runs/r"):
+        raise PermissionError(errno.EACCES, "Permission denied", "/runs/r/x")
+    assert caught.value.filename == "/runs/r/x"
+    with pytest.raises(ValueError), writing("/runs/r"):
+        raise ValueError("not an OS fault")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from evo_merge.console import results_console
-from evo_merge.errors import UserError, naming_file
+from evo_merge.errors import UserError, naming_file, writing
 from evo_merge.irt import (
     Estimator,
     IRTModel,
@@ -168,7 +168,8 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     if out is None:
         click.echo(text, nl=False)
     else:
-        out.write_text(text)
+        with writing(out):
+            out.write_text(text)
 
 
 @irt.command()
@@ -206,4 +207,5 @@ def validate(responses: Path, hold_out: str, test_frac: float, budgets: str, see
     if summary := default_summary(table, overall):
         console.print(summary, soft_wrap=True)
     if csv_path is not None:
-        table.to_csv(csv_path, index=False)
+        with writing(csv_path):
+            table.to_csv(csv_path, index=False)

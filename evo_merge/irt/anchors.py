@@ -35,7 +35,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, writing
 from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, ANCHOR_METHODS, DEFAULT_ANCHOR_METHOD
 from evo_merge.irt.model import IRTModel
 
@@ -92,7 +92,8 @@ class Anchors:
     def save(self, model_dir: str | Path) -> Path:
         path = anchors_path(model_dir, self.method, self.budget)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1))
+        with writing(path):
+            path.write_text(json.dumps(asdict(self), indent=1))
         return path
 
 

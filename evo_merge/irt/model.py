@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, writing
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.backends import BACKENDS, THETA_SD
 from evo_merge.irt.responses import (
@@ -222,7 +222,7 @@ class IRTModel:
             "dims_errors": {str(d): e for d, e in self.dims_errors.items()},
         }
         arrays = {k: getattr(self, k) for k in NPZ_KEYS}
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
+        with writing(directory), tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
             np.savez(Path(tmp) / "params.npz", **arrays)
             (Path(tmp) / "model.json").write_text(json.dumps(meta, indent=1))
             for name in ("params.npz", "model.json"):  # both written first: a full disk leaves the old model whole

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, writing
 from evo_merge.search.lock import LOCK_FILE
 
 SCHEMA = """
@@ -420,7 +420,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     half; and a link planted at `path` (a run folder someone sent) is replaced, never written through."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with writing(path), os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -2,7 +2,6 @@
 
 import errno
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import time
 import pytest
 import yaml
 from click.testing import CliRunner
+from limits import file_size_limit  # tests/ is on sys.path (its conftest)
 from safetensors.torch import load_file, save_file
 
 from evo_merge.cli import cli
@@ -57,13 +57,6 @@ def hidden(folder):
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-def _file_size_limit(limit: int) -> None:
-    """In the child: files may not grow past `limit` bytes, and a write past it fails with EFBIG
-    instead of killing the process, as a full disk fails a write with ENOSPC."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
-
 def test_a_write_the_disk_refuses_is_one_line_and_leaves_nothing(family, tmp_path):
     """Through safetensors' own writer (it raises its own error type for an I/O failure), run
     as a user runs it."""
@@ -73,7 +66,7 @@ def test_a_write_the_disk_refuses_is_one_line_and_leaves_nothing(family, tmp_pat
     proc = subprocess.run(
         [sys.executable, "-c", "from evo_merge.cli import main; main()", "merge",
          str(recipe(tmp_path / "r.yaml", "linear", base, ft)), "--out", str(out)],
-        capture_output=True, text=True, timeout=300, preexec_fn=lambda: _file_size_limit(shard // 2))
+        capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(shard // 2))
     lines = [line for line in proc.stderr.strip().splitlines() if not STAGE_LINE.match(line)]
     assert proc.returncode == 2 and lines == [f"error: cannot write {out}: {os.strerror(errno.EFBIG)}"], proc.stderr
     assert not out.exists() and hidden(tmp_path) == []
