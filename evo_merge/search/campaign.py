@@ -31,7 +31,7 @@ from evo_merge.search.race import small_pick_samples
 from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace, coefficient_groups
-from evo_merge.search.store import EVALUATED_ON_META, Evaluation
+from evo_merge.search.store import CALIBRATION_META, EVALUATED_ON_META, Evaluation
 from evo_merge.search.study import BASELINE, GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
 from evo_merge.tasks.base import FitnessTask
@@ -118,6 +118,7 @@ class CampaignRunner:
         self.workspace.store.set_meta(HOLDOUT_META, self.holdout)
         standard, random = self.warmup_merges(search_space(self.workspace))
         subjects = self.scoring.subjects(len(self.workspace.models), standard + random)
+        self.workspace.store.set_meta(CALIBRATION_META, len(subjects))
         evaluations = self.log.evaluate([c for _, c in subjects], phase=CALIBRATION, generation=None,
                                         items=self.scoring.search_items(), stage="calibration",
                                         phases={c.key: BASELINE for c in standard})

@@ -65,6 +65,7 @@ TABLES = ("evaluations", "item_scores", "meta", "generations")
 ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT",
                  ("generations", "metrics"): "TEXT"}
 EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
+CALIBRATION_META = "calibration_subjects"  # how many subjects calibration measures: `status` counts them off
 EVALUATED_ON_META = "evaluated_on"  # the device type the run first evaluated on ("cuda", "cpu")
 REVISION_META = "estimator_revision"  # the estimator revision candidates are scored with (irt.ESTIMATOR_REVISION)
 MIXED_META = "estimator_revisions"  # where a resumed folder's estimates mix revisions: those it holds (0: unrecorded)

@@ -139,6 +139,15 @@ def test_status_says_whether_a_run_is_working_in_the_folder(copy, tmp_path):
         code, out = invoke("status", copy)
     assert code == 0 and (f"generation 2/3 (running: pid {os.getpid()}; about 0:01:40 left in the search "
                           "(0:01:40 a generation))") in out, out
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:  # calibration under way: 3 subjects to go
+        measured, = db.execute("SELECT COUNT(*) FROM evaluations WHERE phase IN ('calibration', 'baseline')").fetchone()
+        db.execute("DELETE FROM generations")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'calibration_subjects'", (str(measured + 3),))
+        db.commit()
+    with RunLock(copy):
+        code, out = invoke("status", copy)
+    assert code == 0 and (f"generation 0/3 (running: pid {os.getpid()}; calibrating: {measured} of {measured + 3} "
+                          "subjects measured)") in out, out
 
 
 def test_a_status_looking_at_the_lock_does_not_turn_a_starting_run_away(tmp_path):
