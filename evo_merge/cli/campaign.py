@@ -197,7 +197,8 @@ def _holding(run: Path) -> Iterator[None]:
 @click.command()
 @RUN_DIR
 def status(run: Path) -> None:
-    """Generation, evaluations, best estimates, the picks as measured and item evaluations spent."""
+    """Generation (and, while a run works, how far calibration is or the time the search has left),
+    evaluations, best estimates, the picks as measured and item evaluations spent."""
     from evo_merge.console import results_console
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
