@@ -392,6 +392,17 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
     plan = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype)
     if plan.fits:
         return plan
+    plan.alternative = _leaner(campaign, shapes, len(model_paths), target, current, eval_dtype, resuming)
+    if "sequence_tokens" not in campaign.evaluator.model_fields_set:  # the plan assumed the default
+        plan.alternative += (f"; the activations are sized for {ACTIVATION_TOKENS}-token sequences, "
+                             "evaluator.sequence_tokens' default: where the tasks' prompts and answers are "
+                             "shorter, set it to their length for a closer plan")
+    return plan
+
+
+def _leaner(campaign, shapes: Shapes, n_models: int, target: Target, current: Storage, eval_dtype: torch.dtype,
+            resuming: bool) -> str:
+    """The first setting that fits, in words, or why none is offered."""
     batch = campaign.evaluator.batch_size
     batches = [batch] if resuming else [batch >> k for k in range(batch.bit_length())]  # 32, 16, ..., 1
     placements = ("device", "host") if target.gpu is not None else (current.placement,)
@@ -405,20 +416,16 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
     ordered = [(current, eval_dtype), *(o for o in options if o != (current, eval_dtype))]
     settings = [(storage, ev, b) for storage, ev in ordered for b in batches][1:]  # the first is the campaign's own
     if not settings:  # nothing leaner to offer: a resume on a CPU machine, or batch 1 with bf16 everywhere
-        plan.alternative = ("a resume keeps this run's batch size and dtypes: start the campaign in a new run "
-                            "folder with a smaller evaluator.batch_size") if resuming else \
-            "no leaner storage setting or batch size exists"
-        return plan
+        return ("a resume keeps this run's batch size and dtypes: start the campaign in a new run folder with a "
+                "smaller evaluator.batch_size") if resuming else "no leaner storage setting or batch size exists"
     for storage, ev, b in settings:
-        other = plan_for(campaign, shapes, len(model_paths), target, storage, ev, b)
+        other = plan_for(campaign, shapes, n_models, target, storage, ev, b)
         if other.fits:
-            plan.alternative = f"{_changes(current, eval_dtype, batch, storage, ev, b)} fits ({_needs(other)})"
-            return plan
+            return f"{_changes(current, eval_dtype, batch, storage, ev, b)} fits ({_needs(other)})"
     storage, ev, b = settings[-1]
-    lean = plan_for(campaign, shapes, len(model_paths), target, storage, ev, b)
-    plan.alternative = (f"no storage setting or batch size fits; the leanest "
-                        f"({_changes(None, eval_dtype, batch, storage, ev, b)}) {lean.shortfall()}")
-    return plan
+    lean = plan_for(campaign, shapes, n_models, target, storage, ev, b)
+    return (f"no storage setting or batch size fits; the leanest "
+            f"({_changes(None, eval_dtype, batch, storage, ev, b)}) {lean.shortfall()}")
 
 
 def _changes(current: Storage | None, eval_dtype: torch.dtype, batch: int, storage: Storage, ev: torch.dtype,

@@ -101,6 +101,13 @@ def test_a_smaller_evaluation_batch_is_offered_before_another_storage(tmp_path, 
                                                                                        "batch_size": 64}))
     result = CliRunner().invoke(cli, ["plan", str(path)])
     assert result.exit_code == 2 and "evaluator: {batch_size: 32} fits" in result.output.splitlines()[-1]
+    # the activations were sized for the default 512 tokens: short tasks are told how to plan closer
+    assert "the activations are sized for 512-token sequences, evaluator.sequence_tokens' default" in result.output
+    short = write(tmp_path, config(zoo, storage={"host_budget_gib": budget},
+                                   evaluator={"kind": "local", "batch_size": 64, "sequence_tokens": 512}))
+    result = CliRunner().invoke(cli, ["plan", str(short)])
+    assert result.exit_code == 2 and "evaluator: {batch_size: 32} fits" in result.output.splitlines()[-1]
+    assert "sequence_tokens' default" not in result.output  # set by the user: nothing to say
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +151,8 @@ def test_a_new_campaign_with_nothing_leaner_to_offer_is_not_told_about_resumes(t
                                   evaluator={"kind": "local", "batch_size": 1}))
     result = CliRunner().invoke(cli, ["plan", str(path)])
     assert result.exit_code == 2
-    assert result.output.splitlines()[-1].endswith("no leaner storage setting or batch size exists")
+    last = result.output.splitlines()[-1]
+    assert "no leaner storage setting or batch size exists;" in last and "resume" not in last
 
 
 def test_a_resume_that_does_not_fit_is_offered_only_what_a_resume_may_change(tmp_path, zoo):
