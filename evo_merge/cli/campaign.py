@@ -215,7 +215,7 @@ def status(run: Path) -> None:
     console = results_console(soft_wrap=True)  # a line is one line in a pipe, for grep
     pid, finished = holder(run), store.finished(facts["generations"])
     done = store.generations_completed()
-    state = (f"running: pid {pid}" + _where(store, evaluations, facts["generations"] - done) if pid
+    state = (f"running: pid {pid}" + _where(store, evaluations, done, facts["generations"]) if pid
              else "finished" if finished else f"not running: `evo-merge resume {run}` goes on")  # killed, or died
     console.print(f"campaign {facts['name']}: generation {done}/{facts['generations']} ({state})")
     unmeasured = len(store.measure_failures())
@@ -253,7 +253,7 @@ def status(run: Path) -> None:
     )
 
 
-def _where(store: CampaignStore, evaluations: list[Evaluation], remaining: int) -> str:
+def _where(store: CampaignStore, evaluations: list[Evaluation], done: int, generations: int) -> str:
     """Where a working run is: `; calibrating: 5 of 12 subjects measured` (hours at 7B), `; about
     0:42:10 left in the search (0:05:16 a generation)` once two generations have ended, or `; in
     the final phase`."""
@@ -261,13 +261,13 @@ def _where(store: CampaignStore, evaluations: list[Evaluation], remaining: int) 
     from evo_merge.search.metrics import search_time_left
     from evo_merge.search.store import CALIBRATION_META
 
-    if remaining <= 0:
+    if done >= generations:
         return "; in the final phase"
     planned = store.get_meta(CALIBRATION_META)
     measured = sum(e.phase in ("calibration", "baseline") for e in evaluations)  # warm-ups are stored as baselines
     if planned and measured < planned:
         return f"; calibrating: {measured} of {planned} subjects measured"
-    left = search_time_left(store.generation_ends()[: store.generations_completed()], remaining)
+    left = search_time_left(store.generation_ends()[:done], generations - done)
     return f"; about {hms(left[0])} left in the search ({hms(left[1])} a generation)" if left else ""
 
 

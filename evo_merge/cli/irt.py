@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from evo_merge.console import results_console
-from evo_merge.errors import UserError, naming_file, writing
+from evo_merge.errors import UserError, naming_file
 from evo_merge.irt import (
     Estimator,
     IRTModel,
@@ -29,6 +29,7 @@ from evo_merge.irt.kinds import (
     ESTIMATOR_KINDS,
 )
 from evo_merge.irt.validation import HOLD_OUTS, RANDOM_DRAWS, default_summary, validation_table
+from evo_merge.search.store import atomic_write
 
 
 def _dims(value: str) -> int | str:
@@ -168,8 +169,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     if out is None:
         click.echo(text, nl=False)
     else:
-        with writing(out):
-            out.write_text(text)
+        atomic_write(out, text)
 
 
 @irt.command()
@@ -207,5 +207,4 @@ def validate(responses: Path, hold_out: str, test_frac: float, budgets: str, see
     if summary := default_summary(table, overall):
         console.print(summary, soft_wrap=True)
     if csv_path is not None:
-        with writing(csv_path):
-            table.to_csv(csv_path, index=False)
+        atomic_write(csv_path, table.to_csv(index=False))

@@ -393,7 +393,8 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
     if plan.fits:
         return plan
     plan.alternative = _leaner(campaign, shapes, len(model_paths), target, current, eval_dtype, resuming)
-    if "sequence_tokens" not in campaign.evaluator.model_fields_set:  # the plan assumed the default
+    largest = max(plan.lines, key=lambda line: line.host + line.device).what
+    if largest.startswith("activations") and "sequence_tokens" not in campaign.evaluator.model_fields_set:
         plan.alternative += (f"; the activations are sized for {ACTIVATION_TOKENS}-token sequences, "
                              "evaluator.sequence_tokens' default: where the tasks' prompts and answers are "
                              "shorter, set it to their length for a closer plan")

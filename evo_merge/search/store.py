@@ -419,7 +419,10 @@ def in_run(folder: Path, run_dir: Path) -> str:
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a new temporary sibling, fsync, rename: readers see the old or the new file, never
     half; and a link planted at `path` (a run folder someone sent) is replaced, never written through."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # a missing or read-only folder: named as the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         with writing(path), os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)

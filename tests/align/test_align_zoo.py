@@ -25,7 +25,9 @@ def test_tiny_zoo_trains_caches_and_rebuilds(tmp_path):
     assert not torch.equal(s0.fcs[0].weight, s1.fcs[0].weight)  # different seeds
     spec_for("mlp", s0).sizes(s0.state_dict())  # config.json rebuilds a spec-compatible net
     stamp = (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns
-    build_mnist_zoo(tmp_path / "zoo", seed=0, **TINY)
+    said = []  # its models one by one, as `zoo build` shows them
+    build_mnist_zoo(tmp_path / "zoo", seed=0, progress=lambda *count: said.append(count), **TINY)
     assert (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
+    assert said == [("mnist zoo", done, 8) for done in range(9)]  # 2 kinds x (2 seeds + 2 disjoint halves)
     build_mnist_zoo(tmp_path / "zoo", seed=0, force=True, **TINY)  # `zoo build --force` was ignored here
     assert (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns != stamp

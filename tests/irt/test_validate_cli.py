@@ -127,6 +127,8 @@ def test_fit_anchors_estimate_validate(files):
     code, _ = run("estimate", root / "m", "--responses", root / "partial.csv", "--estimator", "gmpirt",
                   "--endpoints", "m0000,m0001", "--gmp-delta", "0.5", "--out", root / "est.csv")
     assert code == 0 and (root / "est.csv").read_text().startswith("subject,scenario,estimator,estimate,se")
+    code, out = run("estimate", root / "m", "--responses", root / "partial.csv", "--out", root / "no" / "est.csv")
+    assert code == 2 and out.strip().splitlines()[-1] == f"error: {root / 'no' / 'est.csv'}: No such file or directory"
     # the same budget spread by neyman: as many anchors in all (in a copy: later tests need one stored set)
     shutil.copytree(root / "m", root / "m-neyman")
     code, out = run("anchors", root / "m-neyman", "--budget", "5", "--method", "random", "--allocation", "neyman")
