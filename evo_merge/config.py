@@ -122,6 +122,10 @@ class EstimatorSpec(_Checked):
     anchor_allocation: Literal[ANCHOR_ALLOCATIONS] = Field(
         "neyman", description="neyman: a task's anchors (anchors x its scenarios) go where they cut the error "
         "of its score most; equal: `anchors` in each scenario")
+    anchor_sets: int = Field(
+        8, ge=1, description="anchor sets drawn per task (each of `anchors` per scenario); each candidate is scored "
+        "on one, chosen by its key: with few anchors, one set shared by every candidate makes the same errors for "
+        "all of them and the front follows that set's luck")
     irt_model: str | None = Field(None, description="fitted IRT folder per task name; None: fit from calibration")
     backend: Literal[BACKEND_NAMES] = "torch"
     lr: float | None = Field(None, gt=0, description="pyirt backend learning rate (None: its default)")
@@ -218,6 +222,10 @@ class FinalSpec(_Checked):
         8, ge=0, description="front members spread over the front's extent, measured on every item"
     )
     top_k: int = Field(3, ge=1, description="distinct candidates measured per pick, best estimates first")
+    pool_estimates: bool = Field(
+        True, description="choose the finalists on estimates pooled over similar recipes (a Gaussian process over "
+        "the genome, each estimate weighted by its standard error, measured candidates as exact) rather than on "
+        "each candidate's own: with few anchors, a candidate's neighbours add to what its own anchors say")
     distinct: float = Field(
         0.02,
         ge=0,
@@ -353,8 +361,10 @@ FORMER_DEFAULTS: dict[tuple[str, str], tuple[tuple[Any, int], ...]] = {
     ("final", "measure_whole"): (("survivors", 5),),  # before: no such setting, every survivor measured
     ("", "dtype"): (("float32", 6),),  # "" : a top-level setting; before 6, bf16 models were evaluated in float32
     ("estimator", "warmup_standard"): ((False, 7),),  # before 7, every warm-up merge was random
+    ("estimator", "anchor_sets"): ((1, 9),),  # before 9, one anchor set for every candidate
+    ("final", "pool_estimates"): ((False, 9),),  # before 9, finalists chosen on each candidate's own estimates
 }
-DEFAULTS_VERSION = 8
+DEFAULTS_VERSION = 9
 
 
 class Campaign(_Checked):

@@ -19,7 +19,10 @@ scores on its samples, a third table replays it on the runs (the campaign's own 
 `--race-draws` others): total items, measured hypervolume, and the merges its stages build;
 `--race 0.125` (repeatable) replays other stages (`final.race`) the same way, a table each.
 `--warmup N` calibrates IRT on N warm-up merges with the base and endpoints (default 4, the
-demo's; a campaign's default is 8), in folders named `-wN`.
+demo's; a campaign's default is 8), in folders named `-wN`. `--one-set` scores every candidate on one
+anchor set and `--no-pool` chooses the finalists on each one's own estimates, as before defaults
+version 9 (`estimator.anchor_sets: 1`, `final.pool_estimates: false`), in folders named `-one-set`
+and `-own`.
 With `--follow-up`, each IRT-scored campaign is followed by one on the same models, tasks and
 seed that reuses its fitted IRT models (`estimator.irt_model: FOLDER/irt`: no warm-up merges),
 compared alike in every table.
@@ -76,8 +79,8 @@ FINAL_GRID = ((1, 0), (1, 4), (2, 4), (3, 0), (3, 4), (DEFAULT.top_k, DEFAULT.ev
 
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
                  anchors: int, reuse: bool, granularity: str = "model", seed: int = 0,
-                 allocation: str = "neyman", warmup: int = 4, irt_model: Path | None = None
-                 ) -> tuple[CampaignRunner, float]:
+                 allocation: str = "neyman", warmup: int = 4, irt_model: Path | None = None,
+                 one_set: bool = False, pool: bool = True) -> tuple[CampaignRunner, float]:
     text = campaign_text(zoo.resolve(), families, name=out.name, anchors=anchors, population=population,
                          generations=generations, top=ALL, warmup=warmup)
     config = yaml.safe_load(text)
@@ -86,6 +89,9 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     config["algorithm"]["seed"] = seed
     config["coefficients"]["granularity"] = granularity
     config["estimator"]["anchor_allocation"] = allocation
+    if one_set:  # as before defaults version 9: one anchor set for every candidate
+        config["estimator"]["anchor_sets"] = 1
+    config["final"]["pool_estimates"] = pool
     config["final"]["race"] = []  # every finalist measured: the tables replay smaller and raced final phases
     config["final"]["measure_whole"] = "survivors"  # (what it was without a race; keeps older runs reusable)
     campaign = Campaign.model_validate(config)
@@ -152,6 +158,12 @@ def main() -> None:
                         "gpirt,adaptive")
     parser.add_argument("--allocation", default="neyman", choices=ANCHOR_ALLOCATIONS,
                         help="how each task's anchors are spread over its scenarios (estimator.anchor_allocation)")
+    parser.add_argument("--one-set", action="store_true",
+                        help="one anchor set for every candidate (estimator.anchor_sets 1, the default before "
+                        "version 9), in folders named -one-set")
+    parser.add_argument("--no-pool", action="store_true",
+                        help="finalists chosen on each candidate's own estimates (final.pool_estimates false, the "
+                        "default before version 9), in folders named -own")
     parser.add_argument("--warmup", type=int, default=4, help="warm-up merges calibrating IRT with the base and "
                         "endpoints (estimator.warmup_merges)")
     parser.add_argument("--allocation-draws", type=int, default=0, metavar="N",
@@ -186,9 +198,11 @@ def main() -> None:
             anchored = f"{kind}-a{args.anchors}-{args.allocation}-{size}" if kind != "gpirt" else \
                 f"irt-a{args.anchors}-{size}" + ("" if args.allocation == "neyman" else f"-{args.allocation}")
             folder = args.out / ((f"{kind}-{size}" if kind == "adaptive" else anchored)
-                                 + ("" if args.warmup == 4 else f"-w{args.warmup}"))
+                                 + ("" if args.warmup == 4 else f"-w{args.warmup}")
+                                 + ("-one-set" if args.one_set else "") + ("-own" if args.no_pool else ""))
             runner, wall = run_campaign(args.zoo, families, folder, population, generations, kind, args.anchors,
-                                        args.reuse, seed=args.seed, allocation=args.allocation, warmup=args.warmup)
+                                        args.reuse, seed=args.seed, allocation=args.allocation, warmup=args.warmup,
+                                        one_set=args.one_set, pool=not args.no_pool)
             rows.append((size, kind, *compare(runner, full), wall, t_full))
             runs.append((size, kind, runner, full))
             print(f"[{size} {kind}] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)
@@ -197,7 +211,8 @@ def main() -> None:
             if args.follow_up and kind not in ("full", "adaptive"):
                 follow, wall = run_campaign(args.zoo, families, folder.with_name(folder.name + "-followup"),
                                             population, generations, kind, args.anchors, args.reuse, seed=args.seed,
-                                            allocation=args.allocation, warmup=args.warmup, irt_model=folder / "irt")
+                                            allocation=args.allocation, warmup=args.warmup, irt_model=folder / "irt",
+                                            one_set=args.one_set, pool=not args.no_pool)
                 rows.append((size, f"{kind}, follow-up", *compare(follow, full), wall, t_full))
                 runs.append((size, f"{kind}, follow-up", follow, full))
                 print(f"[{size} {kind}, follow-up] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)
@@ -334,7 +349,6 @@ def raced_final_phase(runner: CampaignRunner, seed: int,
     stored = {key: store.item_scores(key) for key in finalists}
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
-    anchors = {n: set(ids) for n, ids in scoring.anchor_items().items()}
     whole_before = measured_before(runner.log, finalists)  # the standard warm-ups: nothing left to score
     seen: dict[str, set] = {}
     builds = []
@@ -343,7 +357,7 @@ def raced_final_phase(runner: CampaignRunner, seed: int,
         builds.append(len(set(keys) - whole_before))  # a finalist measured whole is not built again
         for key in keys:
             seen[key] = set() if key in whole_before else \
-                {(n, i) for n, ids in items.items() for i in ids if i not in anchors[n]}
+                {(n, i) for n, ids in items.items() for i in ids if i not in scoring.anchor_items(key)[n]}
         return {key: stored[key] for key in keys}
 
     live, left, last = run_race(finalists, sample, stages, objectives, score, DEFAULT.race_tolerance)
@@ -404,12 +418,13 @@ def _cells(values, fmt: str) -> str:
     return " / ".join(format(v, fmt) for v in values)
 
 
-def _full_candidates(runner: CampaignRunner, full: CampaignRunner) -> tuple[list, np.ndarray]:
-    """The full run's scored search candidates: their item scores, and their true objective vectors
-    (scores on the search items) as `runner` orients them."""
+def _full_candidates(runner: CampaignRunner, full: CampaignRunner) -> tuple[list[str], list, np.ndarray]:
+    """The full run's scored search candidates: their keys, their item scores, and their true
+    objective vectors (scores on the search items) as `runner` orients them."""
     store = full.workspace.store
-    rows = [store.item_scores(e.key) for e in store.evaluations(SEARCH) if e.status == "ok"]
-    return rows, np.array([runner.objectives.vector(runner.scoring.search_scores(scores)) for scores in rows])
+    keys = [e.key for e in store.evaluations(SEARCH) if e.status == "ok"]
+    rows = [store.item_scores(key) for key in keys]
+    return keys, rows, np.array([runner.objectives.vector(runner.scoring.search_scores(scores)) for scores in rows])
 
 
 def _picked_front_hv(runner: CampaignRunner, est: np.ndarray, truth: np.ndarray) -> tuple[float, int]:
@@ -429,8 +444,8 @@ def estimator_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]])
         scoring = runner.scoring
         if scoring.adaptive() or scoring.estimators is None:
             continue
-        rows, truth = _full_candidates(runner, full)
-        estimates = [scoring.estimate(scores) for scores in rows]
+        keys, rows, truth = _full_candidates(runner, full)
+        estimates = [scoring.estimate(scores, key) for key, scores in zip(keys, rows)]  # each on its anchor set
         est = np.array([runner.objectives.vector(values) for values, _ in estimates])
         se = np.array([runner.objectives.vector(errors) for _, errors in estimates])
         hv, picked = _picked_front_hv(runner, est, truth)
@@ -466,7 +481,7 @@ def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]
         spec = runner.workspace.campaign.estimator
         if scoring.adaptive() or scoring.estimators is None or spec.kind in ("mpirt", "gmpirt"):
             continue  # (mp-IRT kinds would need the endpoints' abilities too)
-        rows, truth = _full_candidates(runner, full)
+        _, rows, truth = _full_candidates(runner, full)
         models = {name: fitted.model for name, fitted in scoring.estimators.items()}
         for allocation in ANCHOR_ALLOCATIONS:
             mae, rho, hv = [], [], []

@@ -176,7 +176,7 @@ class CampaignRunner:
             self.algorithm(),
             self.log,
             self.objectives,
-            self.scoring.anchor_items(),
+            self.scoring.anchor_items,
             self.workspace.campaign.algorithm.generations,
             notify,
         )
@@ -192,7 +192,7 @@ class CampaignRunner:
                 [Candidate.from_key(k) for k in merges],
                 phase=BASELINE,
                 generation=None,
-                items=self.scoring.anchor_items(),
+                items=self.scoring.anchor_items,
                 stage="baselines",
             )
 

@@ -2,7 +2,8 @@
 
 Estimates rank candidates well on average but not at the top: the best estimate for a task is
 often not the best candidate for it. So for every requested pick (best per task, balanced, each
-named weighting) the `top_k` best candidates *for that pick* by estimate are finalists, together
+named weighting) the `top_k` best candidates *for that pick* by estimate (pooled over similar
+recipes, `pool_estimates`: a candidate's neighbours correct its own few anchors) are finalists, together
 with front members spread over the front's extent and the standard merges (baselines);
 near-duplicates are skipped so every slot buys a distinct candidate. The finalists race
 (`race_finalists`, the statistics in `race`): one that another finalist matches on every task
@@ -26,12 +27,14 @@ from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Items, ItemScores
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.pooling import pooled
 from evo_merge.search.race import RACE_META, SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import CampaignStore, Evaluation
 from evo_merge.search.study import BASELINE, SEARCH
 
 BASELINES_META = "baselines"  # store meta: candidate key -> baseline label
+POOLED_META = "pooled_estimates"  # candidate key -> its pooled estimates, as the final phase first pooled them
 MEASURE_STAGE = "final: measuring the finalists"
 PICKS_STAGE = "final: measuring the picks on every item"
 PickScore = Callable[[Mapping[str, float]], float]  # task scores -> how good for the pick (higher is better)
@@ -46,9 +49,13 @@ def candidates(store: CampaignStore) -> list[Evaluation]:
 
 def front(store: CampaignStore, objectives: Objectives) -> list[Evaluation]:
     """Non-dominated candidates, by estimated scores and directions."""
-    done = candidates(store)
-    points = np.array([objectives.vector(e.estimates) for e in done]).reshape(len(done), len(objectives.names))
-    return [done[i] for i in sorted(objectives.non_dominated(points))]
+    return non_dominated(candidates(store), objectives)
+
+
+def non_dominated(evaluations: Sequence[Evaluation], objectives: Objectives) -> list[Evaluation]:
+    points = np.array([objectives.vector(e.estimates) for e in evaluations])
+    points = points.reshape(len(evaluations), len(objectives.names))
+    return [evaluations[i] for i in sorted(objectives.non_dominated(points))]
 
 
 def pick_scores(objectives: Objectives, final: FinalSpec) -> dict[str, PickScore]:
@@ -114,16 +121,32 @@ def spread(members: Sequence[Evaluation], objectives: Objectives, n: int, distin
 
 
 def to_measure(store: CampaignStore, objectives: Objectives, final: FinalSpec, distinct: Distinct) -> list[Evaluation]:
-    """What the final phase measures: each pick's top-k distinct candidates by estimate, the
-    front's spread, and the baselines; in that order, each once."""
+    """What the final phase measures: each pick's top-k distinct candidates by estimate (pooled
+    over similar recipes with `pool_estimates`), the front's spread, and the baselines; in that
+    order, each once. Returned as stored (with their own estimates)."""
     pool = candidates(store)
+    ranked = pooled_as_first(store, pool, distinct.space, objectives.names) if final.pool_estimates else pool
     chosen = [e for score in pick_scores(objectives, final).values()
-              for e in distinct.first(sorted(pool, key=lambda e: -score(e.estimates)), final.top_k)]
-    chosen += spread(front(store, objectives), objectives, final.evaluate_top, distinct)
+              for e in distinct.first(sorted(ranked, key=lambda e: -score(e.estimates)), final.top_k)]
+    chosen += spread(non_dominated(ranked, objectives), objectives, final.evaluate_top, distinct)
     if final.baselines:
         baselines = store.get_meta(BASELINES_META, {})
-        chosen += [e for e in pool if e.key in baselines]
-    return list({e.key: e for e in chosen}.values())
+        chosen += [e for e in ranked if e.key in baselines]
+    own = {e.key: e for e in pool}
+    return list({e.key: own[e.key] for e in chosen}.values())
+
+
+def pooled_as_first(store: CampaignStore, pool: Sequence[Evaluation], space: SearchSpace,
+                    names: Sequence[str]) -> list[Evaluation]:
+    """`pool` with the estimates pooled over similar recipes (`pooling.pooled`) when the final
+    phase first chose its finalists, stored then: pooling leans on measured candidates, so the
+    measurements the final phase (or `export --pick`) adds would move them, and a resumed final
+    phase would choose other finalists."""
+    stored = store.get_meta(POOLED_META)
+    if stored is None:
+        stored = {e.key: e.estimates for e in pooled(pool, space, names)}
+        store.set_meta(POOLED_META, stored)
+    return [replace(e, estimates=stored.get(e.key, e.estimates)) for e in pool]
 
 
 def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectives: Objectives,
@@ -182,6 +205,8 @@ def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, 
     on_sample = None
     if final.race and any(e.measured is None for e in chosen):  # (full evaluation measures every candidate)
         chosen, on_sample = race_finalists(log, chosen, objectives, final, seed)
+    elif (record := log.store.get_meta(RACE_META)) is not None:  # every leaver since measured (`export --pick`)
+        log.store.set_meta(RACE_META, {**record, "left": {}})
     if on_sample is None:
         log.measure(chosen, MEASURE_STAGE, held_out=False)
     log.measure([e for e in map(log.store.get, (c.key for c in references)) if e is not None], MEASURE_STAGE)

@@ -38,26 +38,30 @@ class EvaluationLog:
         self.store, self._evaluator, self.scoring, self.progress = store, evaluator, scoring, progress
 
     def evaluate(self, candidates: Sequence[Candidate], *, phase: str, generation: int | None,
-                 items: Items, stage: str, phases: Mapping[str, str] | None = None) -> list[Evaluation]:
-        """The stored evaluation of each candidate, evaluating (and storing) the missing ones, in
-        `phase` or, for a key in `phases`, in its own (one batch: a cluster runs them together)."""
+                 items: Items | Callable[[str], Items], stage: str,
+                 phases: Mapping[str, str] | None = None) -> list[Evaluation]:
+        """The stored evaluation of each candidate, evaluating (and storing) the missing ones, on
+        `items` (or `items(key)`: each candidate's anchors), in `phase` or, for a key in `phases`,
+        in its own (one batch: a cluster runs them together)."""
         unique = list({c.key: c for c in candidates}.values())
-        whole = items == self.scoring.search_items()
+        wanted = {c.key: items(c.key) if callable(items) else items for c in unique}
+        search = self.scoring.search_items()
+        whole = {key: asked == search for key, asked in wanted.items()}
         stored = [e for c in unique if (e := self.store.get(c.key)) is not None]
-        if whole:
-            self._measure_stored(stored)
+        self._measure_stored([e for e in stored if whole[e.key]])
         have = {e.key for e in stored}
         todo = [c for c in unique if c.key not in have]
         done = len(unique) - len(todo)
         self.progress(stage, done, len(unique))
         if todo:
-            jobs = [(c, items) for c in todo]
+            jobs = [(c, wanted[c.key]) for c in todo]
             for index, outcome, seconds in self._evaluator().evaluate_many(jobs, self._job(stage)):
                 candidate = todo[index]
-                self._store(candidate, outcome, seconds, (phases or {}).get(candidate.key, phase), generation, whole)
+                self._store(candidate, outcome, seconds, (phases or {}).get(candidate.key, phase), generation,
+                            whole[candidate.key])
                 done += 1
                 self.progress(stage, done, len(unique))
-        if any(v is not None for v in items.values()):  # anchors: an adaptive test may want more
+        if not all(whole.values()):  # anchors: an adaptive test may want more
             self._adapt(unique, stage)
         return [self.store.get(c.key) for c in candidates]
 
@@ -88,7 +92,7 @@ class EvaluationLog:
                 else:
                     stored = self.store.item_scores(key)
                     scores = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in self.scoring.names}
-                    estimates, se = self.scoring.estimate(scores)
+                    estimates, se = self.scoring.estimate(scores, key)
                     self.store.add_items(key, outcome, estimates, se, seconds)
                 self.progress(f"{stage} (adaptive step)", done, len(jobs))
 
@@ -109,7 +113,7 @@ class EvaluationLog:
             error = str(outcome)
         else:
             try:
-                (estimates, se), scores, status = self.scoring.estimate(outcome), outcome, "ok"
+                (estimates, se), scores, status = self.scoring.estimate(outcome, candidate.key), outcome, "ok"
             except (UserError, ValueError, FloatingPointError) as exc:
                 error = f"estimation failed: {exc}"
         self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method, status=status,

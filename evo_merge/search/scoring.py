@@ -2,7 +2,10 @@
 
 Calibration evaluates the base, the endpoints and a few warm-up merges on every item; an IRT
 model per task is fitted on those responses (or loaded), anchors are chosen, and from then on a
-candidate is scored on its anchors and its full score estimated, with a standard error. With
+candidate is scored on its anchors and its full score estimated, with a standard error. The
+anchors come in `anchor_sets` sets of the same design, each candidate scored on the one its key
+hashes to: with one set for all, every candidate shares that set's sampling error, so the front
+follows its luck; with several, neighbours' errors differ. With
 `estimator.kind: adaptive` the anchors are only the first step of an adaptive test: `next_items`
 says which items each candidate needs next, from the scores it has (a pure function of them, so
 a resumed run continues each test where it stopped). With `estimator.kind: full` every
@@ -11,6 +14,7 @@ candidate is scored on every item and nothing is estimated.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,7 +49,8 @@ class Scoring:
         self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
         self._said: set[str] = set()  # fallbacks of automatic anchors already logged (said once, not per task)
         self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}
-        self.estimators: dict[str, Estimator] | None = None
+        self.estimators: dict[str, Estimator] | None = None  # the first anchor set's (what `status` shows)
+        self._sets: list[dict[str, Estimator]] = []  # every anchor set's estimators (`estimator.anchor_sets`)
         self._tighter: dict[tuple[str, float], AdaptiveTest] = {}
         self._known: dict[str, frozenset[str]] = {}
         self._fitted: dict[str, IRTModel] = {}  # `irt_model`'s, checked and loaded once
@@ -108,7 +113,10 @@ class Scoring:
     def fit(self, subjects: Subjects) -> None:
         """Fit (or load) one estimator per task from the calibration subjects' stored responses."""
         if self.spec.kind != "full":
-            self.estimators = {name: self._estimator(name, subjects) for name in self.names}
+            sets = 1 if self.spec.kind == "adaptive" else self.spec.anchor_sets
+            per_task = {name: self._estimators(name, subjects, sets) for name in self.names}
+            self._sets = [{name: per_task[name][s] for name in self.names} for s in range(sets)]
+            self.estimators = self._sets[0]
             self._record_revision()
         if self.spec.kind not in ("full", "adaptive"):  # where each task's anchors went, for `status`
             self.store.set_meta("anchors", {name: e.anchors.counts() for name, e in self.estimators.items()})
@@ -134,17 +142,26 @@ class Scoring:
             self.store.set_meta(MIXED_META, sorted(held | {ESTIMATOR_REVISION}))
         self.store.set_meta(REVISION_META, ESTIMATOR_REVISION)
 
-    def anchor_items(self) -> dict[str, list[str] | None]:
+    def anchor_set(self, key: str) -> dict[str, Estimator]:
+        """The estimators of the anchor set candidate `key` is scored on: one of `anchor_sets`,
+        chosen by a hash of the key, so a candidate keeps its set on a resume and on any worker."""
+        digest = hashlib.sha256(key.encode()).digest()
+        return self._sets[int.from_bytes(digest[:8], "big") % len(self._sets)]
+
+    def anchor_items(self, key: str) -> dict[str, list[str] | None]:
+        """The items candidate `key` is first scored on: its anchor set's, or every search item."""
         if self.estimators is None:
             return self.search_items()
-        return {name: list(self.estimators[name].anchor_ids) for name in self.names}
+        return {name: list(estimator.anchor_ids) for name, estimator in self.anchor_set(key).items()}
 
-    def estimate(self, scores: ItemScores) -> tuple[dict[str, float], dict[str, float] | None]:
-        """(full-score estimate, its standard error) per task; item scores lie in [0, 1], so an
-        estimate is kept there too. Full evaluation estimates nothing: no standard error."""
+    def estimate(self, scores: ItemScores, key: str) -> tuple[dict[str, float], dict[str, float] | None]:
+        """(full-score estimate, its standard error) per task of candidate `key` from its `scores`
+        (on its anchor set's items); item scores lie in [0, 1], so an estimate is kept there too.
+        Full evaluation estimates nothing: no standard error."""
         if self.estimators is None:
             return task_scores(scores, self.names), None
-        results = {name: self.estimators[name].estimate(self._modelled(name, scores)) for name in self.names}
+        estimators = self.anchor_set(key)
+        results = {name: estimators[name].estimate(self._modelled(name, scores)) for name in self.names}
         return ({name: float(np.clip(r["overall"], 0.0, 1.0)) for name, r in results.items()},
                 {name: float(r.se["overall"]) for name, r in results.items()})
 
@@ -190,7 +207,9 @@ class Scoring:
                 if item not in self.holdout[name]]  # endpoints measured on the holdout since: never fitted on
         return pd.DataFrame(rows, columns=["subject", "item", "score", "scenario"])
 
-    def _estimator(self, name: str, subjects: Subjects) -> Estimator:
+    def _estimators(self, name: str, subjects: Subjects, sets: int) -> list[Estimator]:
+        """Task `name`'s IRT model, fitted (or loaded) once, and an estimator on each of `sets`
+        anchor sets drawn from it (the first with the campaign's seed, as before there were sets)."""
         spec = self.spec
         folder = self.irt_dir / name
         endpoints = [label for label, _ in subjects if label.startswith("endpoint-")]
@@ -208,14 +227,14 @@ class Scoring:
             model.save(folder)
             endpoint_arg = endpoints
         if spec.kind == "adaptive":  # items chosen per candidate: no fixed anchor set
-            return Estimator(
+            return [Estimator(
                 model, None, "adaptive", seed=self.seed, target_se=spec.target_se, max_items=spec.max_items
-            )
+            )]
         method, reason = choose_anchor_method(spec.anchor_method, len(model.subject_ids))  # an automatic one resolved
         if reason and reason not in self._said:
             self._said.add(reason)
             log.warning(reason)
-        anchors = select_anchors(model, spec.anchors, method, seed=self.seed, allocation=spec.anchor_allocation)
-        return Estimator(
-            model, anchors, spec.kind, endpoints=endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None
-        )
+        endpoint_arg = endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None
+        return [Estimator(model, select_anchors(model, spec.anchors, method, seed=self.seed + s,
+                                                allocation=spec.anchor_allocation), spec.kind, endpoints=endpoint_arg)
+                for s in range(sets)]

@@ -94,6 +94,19 @@ class SearchSpace:
             out += list(weights) * self.groups if len(weights) == 1 else list(weights)
         return out
 
+    def coordinates(self, candidate: Candidate) -> np.ndarray:
+        """Where a candidate lies among recipes, each coordinate in [0, 1]: its method (one-hot),
+        its coefficients and its method's searched hyperparameters, scaled by their ranges; the
+        other methods' hyperparameters are 0, since they play no part. Parameters outside the
+        genome (a standard merge's fixed TIES density) are left out."""
+        low, high = self.coefficient_range
+        method = [float(candidate.method == m) for m in self.methods]
+        coefficients = [(w - low) / (high - low) for w in self.coefficients(candidate)]
+        params = candidate.param_dict
+        hyper = [(params[name] - lo) / (hi - lo) if m == candidate.method and name in params and hi > lo else 0.0
+                 for m, ranges in self.methods.items() for name, (lo, hi) in ranges.items()]
+        return np.array([*method, *coefficients, *hyper], dtype=float)
+
     def expressible(self, candidates: Sequence[Candidate]) -> list[dict[str, Any]]:
         """Genomes of the candidates this space can express exactly (method searched, values in range)."""
         genomes = [(c, self.encode(c)) for c in candidates if c.method in self.methods]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from evo_merge.search.algorithms import SearchAlgorithm
+from evo_merge.search.evaluator import Items
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
@@ -32,9 +33,11 @@ def fitness(evaluation: Evaluation, objectives: Objectives) -> np.ndarray:
     return objectives.minimised(scores)
 
 
-def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectives, items, generations: int,
+def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectives,
+               items: Items | Callable[[str], Items], generations: int,
                on_generation: GenerationDone | None = None) -> None:
-    """Ask, evaluate (stored answers first), tell, until the algorithm's termination."""
+    """Ask, evaluate on `items` (or each candidate's, `items(key)`; stored answers first), tell,
+    until the algorithm's termination."""
     algorithm = search.algorithm
     while algorithm.has_next():
         generation = algorithm.n_gen or 1

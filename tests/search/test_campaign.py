@@ -137,6 +137,19 @@ def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo):
         assert anchors.counts() == counts
         listed = ", ".join(f"{scenario} {n}" for scenario, n in counts.items())
         assert f"anchors of {task}: 10 per candidate ({listed})" in status, status
+    # each candidate scored on exactly its own anchor set's items: sets of the same design, drawn apart
+    store, used = runner.workspace.store, set()
+    for (key,) in db.execute("SELECT key FROM evaluations WHERE phase='search' AND status='ok' "
+                             "AND items_measured = 0"):  # (the final phase adds its race's items)
+        evaluation = store.get(key)
+        if evaluation.measured is None:
+            items = runner.scoring.anchor_items(evaluation.key)
+            assert {n: set(v) for n, v in store.item_scores(evaluation.key).items()} == \
+                {n: set(v) for n, v in items.items()}
+            used.add(tuple(tuple(sorted(v)) for v in items.values()))
+            for task, estimator in runner.scoring.anchor_set(evaluation.key).items():
+                assert estimator.anchors.counts() == runner.scoring.estimators[task].anchors.counts()
+    assert len(used) > 1
     runner.close()
 
 
@@ -641,3 +654,35 @@ def test_a_metric_that_is_better_lower_must_be_minimised(tmp_path, zoo):
 
     minimised = campaign(tmp_path, zoo, tasks=[{**task, "direction": "minimize"}])
     CampaignRunner.open(Campaign.load(minimised), tmp_path, tmp_path / "min").close()  # accepted
+
+
+def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
+    """Defaults version 9 scores each candidate on one of 8 anchor sets; a version-8 folder scored
+    every candidate on one, so it resumes with that one (the first set, the campaign's seed),
+    and a candidate it scores later gets the anchors its earlier ones had."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.binding import DEFAULTS_META
+    from evo_merge.search.campaign import CampaignRunner
+    from evo_merge.search.candidate import Candidate
+    from evo_merge.search.store import CampaignStore
+
+    path = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1},
+                    algorithm={"population": 4, "generations": 1, "seed": 0})
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
+
+    def scoring():
+        runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+        runner.calibrate()  # replayed from the run folder
+        runner.close()
+        return runner.workspace.campaign.estimator.anchor_sets, runner.scoring
+
+    sets, today = scoring()
+    keys = [Candidate("task_arithmetic", (w / 10, 1 - w / 10), (("lambda", 1.0),)).key for w in range(11)]
+    assert sets == 8 and len({str(today.anchor_items(k)) for k in keys}) > 1
+    store = CampaignStore(run)
+    store.set_meta(DEFAULTS_META, 8)
+    store.close()
+    sets, before = scoring()
+    first = {n: list(e.anchor_ids) for n, e in today.estimators.items()}  # the first set: the campaign's seed
+    assert sets == 1 and all(before.anchor_items(k) == first for k in keys)

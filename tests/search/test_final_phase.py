@@ -19,6 +19,7 @@ from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import Candidate, standard_merges
 from evo_merge.search.front import Distinct, to_measure
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.race import RACE_META
 from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import CampaignStore
 
@@ -60,7 +61,10 @@ def finished(tmp_path_factory, zoo):  # noqa: F811
     runner.search()
     runner.evaluate_baselines()
     before_final = item_rows(run)
-    anchors = {name: set(estimator.anchor_ids) for name, estimator in runner.scoring.estimators.items()}
+    anchors = {name: set() for name in runner.scoring.names}  # every candidate's, whichever anchor set it drew
+    for evaluation in runner.workspace.store.evaluations():
+        for name, ids in runner.scoring.anchor_items(evaluation.key).items():
+            anchors[name] |= set(ids)
     assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0  # the final phase (the rest is looked up)
     return run, runner, before_final, anchors
 
@@ -118,19 +122,22 @@ def test_measured_candidates_carry_search_scores_and_only_picks_held_out_ones(fi
     assert re.search(r"held\\?_agree0", report) and "picked as" in report  # column names escaped for markdown
 
 
-def test_picks_are_the_best_measured_candidates_and_cards_show_held_out_scores(finished):
+def test_picks_are_the_best_on_the_race_s_sample_and_cards_show_held_out_scores(finished):
+    """By default the picks are chosen on the race's last sample, the same items for every
+    survivor (test_race: on every item, without a race)."""
     run = finished[0]
     store = CampaignStore(run)
     exported = store.get_meta("exported")
     assert {"best-agree0", "best-agree1", "balanced", "mostly-agree0"} <= set(exported)
     measured = [e for phase in ("search", "baseline") for e in store.evaluations(phase) if e.measured]
     by_id = {e.id: e for e in measured}
-    best = {task: max(e.measured[task] for e in measured) for task in ("agree0", "agree1")}
+    on_sample = store.get_meta(RACE_META)["compared"]["scores"]
     for task in ("agree0", "agree1"):
-        assert by_id[exported[f"best-{task}"][0]].measured[task] == best[task]
-    weighted = max(3 * e.measured["agree0"] + e.measured["agree1"] for e in measured)
+        assert on_sample[by_id[exported[f"best-{task}"][0]].key][task] == max(v[task] for v in on_sample.values())
+    weighted = max(3 * v["agree0"] + v["agree1"] for v in on_sample.values())
+    picked = on_sample[by_id[exported["mostly-agree0"][0]].key]
+    assert 3 * picked["agree0"] + picked["agree1"] == pytest.approx(weighted)
     pick = by_id[exported["mostly-agree0"][0]].measured
-    assert 3 * pick["agree0"] + pick["agree1"] == pytest.approx(weighted)
 
     holdout = store.get_meta("holdout")
     folder = run / exported["mostly-agree0"][1]  # relative; a candidate picked twice is exported once, first name

@@ -57,7 +57,7 @@ def test_a_campaign_stage_follows_its_candidates_items(bench, tmp_path: Path, mo
         def search_items(self):
             return {name: None for name in tasks}
 
-        def estimate(self, scores):
+        def estimate(self, scores, key=None):
             return {n: sum(s.values()) / len(s) for n, s in scores.items()}, None
 
         def search_scores(self, scores):

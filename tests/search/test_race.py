@@ -118,7 +118,8 @@ def raced(tmp_path_factory, zoo):  # noqa: F811
     """One campaign's final phase raced with every survivor measured whole, raced as by default
     (only the picks measured whole) and, from the same search, measured whole."""
     tmp = tmp_path_factory.mktemp("race")
-    final = {"holdout": 0.25, "top_k": 3, "evaluate_top": 6, "race_tolerance": 0.05}
+    # a tolerance under which finalists of this small search leave the race (the tests need leavers)
+    final = {"holdout": 0.25, "top_k": 3, "evaluate_top": 6, "race_tolerance": 0.08}
     runs = {}
     for name, race in (("raced", {"race": [0.125, 0.25, 0.5], "measure_whole": "survivors"}), ("picks", {}),
                        ("whole", {"race": []})):
@@ -333,10 +334,10 @@ def test_a_leaver_is_scored_on_its_anchors_and_its_stage_s_sample_only(raced):
     runner = CampaignRunner.open(Campaign.load(path), path.parent, run)
     runner.calibrate()  # every evaluation looked up; the IRT models and anchors loaded
     scoring, store = runner.scoring, runner.workspace.store
-    anchors = {n: set(ids) for n, ids in scoring.anchor_items().items()}
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, 1 + SEED_OFFSET)
     for key, leaver in store.get_meta(RACE_META)["left"].items():
+        anchors = {n: set(ids) for n, ids in scoring.anchor_items(key).items()}  # its anchor set's
         stage = {n: set(ids) for n, ids in sample.items(leaver["stage"]).items()}
         assert {n: set(v) for n, v in store.item_scores(key).items()} == {n: anchors[n] | stage[n] for n in stage}
         row = store.db.execute("SELECT items_measured FROM evaluations WHERE key = ?", (key,)).fetchone()
