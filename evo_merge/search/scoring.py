@@ -235,6 +235,9 @@ class Scoring:
             self._said.add(reason)
             log.warning(reason)
         endpoint_arg = endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None
-        return [Estimator(model, select_anchors(model, spec.anchors, method, seed=self.seed + s,
-                                                allocation=spec.anchor_allocation), spec.kind, endpoints=endpoint_arg)
-                for s in range(sets)]
+        first = select_anchors(model, spec.anchors, method, seed=self.seed, allocation=spec.anchor_allocation)
+        # the other sets with the first's count per scenario (an allocation may draw on the seed)
+        drawn = [first] + [select_anchors(model, spec.anchors, method, seed=self.seed + s,
+                                          allocation=spec.anchor_allocation, counts=first.counts())
+                           for s in range(1, sets)]
+        return [Estimator(model, anchors, spec.kind, endpoints=endpoint_arg) for anchors in drawn]
