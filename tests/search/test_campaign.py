@@ -372,30 +372,42 @@ def test_a_run_written_before_auto_anchors_changed_resumes_with_the_anchors_it_c
     30 subjects (stratified anchors then and now, but not what kmeans-irt would pick), re-chooses
     the same anchors when it resumes, so its later candidates are scored on the items its earlier
     ones were."""
+    run = _small_gpirt_run(tmp_path, zoo)
+
+    def anchors(runner):
+        chosen = {name: (e.anchors.method, e.anchor_ids) for name, e in runner.scoring.estimators.items()}
+        return runner.workspace.campaign.estimator.anchor_method, chosen
+
+    method, today = anchors(_calibrated(run))
+    assert method == "auto" and {m for m, _ in today.values()} == {"stratified"}
+    assert anchors(_calibrated(run, written_at=7)) == ("auto-kmeans", today)
+
+
+def _small_gpirt_run(tmp_path, zoo):
+    """A finished 4 x 1 gp-IRT campaign with 3 anchors per scenario, for the resume tests."""
+    path = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1},
+                    algorithm={"population": 4, "generations": 1, "seed": 0})
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
+    return run
+
+
+def _calibrated(run, written_at=None):
+    """The run reopened (as marked written under defaults `written_at`, where given), its
+    calibration replayed from the folder, so its scoring is as a resume would have it."""
     from evo_merge.config import Campaign
     from evo_merge.search.binding import DEFAULTS_META
     from evo_merge.search.campaign import CampaignRunner
     from evo_merge.search.store import CampaignStore
 
-    path = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1},
-                    algorithm={"population": 4, "generations": 1, "seed": 0})
-    run = tmp_path / "run"
-    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
-
-    def anchors():
-        runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
-        runner.calibrate()  # replayed from the run folder
-        chosen = {name: (e.anchors.method, e.anchor_ids) for name, e in runner.scoring.estimators.items()}
-        method = runner.workspace.campaign.estimator.anchor_method
-        runner.close()
-        return method, chosen
-
-    method, today = anchors()
-    assert method == "auto" and {m for m, _ in today.values()} == {"stratified"}
-    store = CampaignStore(run)
-    store.set_meta(DEFAULTS_META, 7)
-    store.close()
-    assert anchors() == ("auto-kmeans", today)
+    if written_at is not None:
+        store = CampaignStore(run)
+        store.set_meta(DEFAULTS_META, written_at)
+        store.close()
+    runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+    runner.calibrate()
+    runner.close()
+    return runner
 
 
 def test_a_folder_reopened_across_an_estimator_revision_says_so(tmp_path, zoo, caplog):
@@ -660,29 +672,14 @@ def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
     """Defaults version 9 scores each candidate on one of 8 anchor sets; a version-8 folder scored
     every candidate on one, so it resumes with that one (the first set, the campaign's seed),
     and a candidate it scores later gets the anchors its earlier ones had."""
-    from evo_merge.config import Campaign
-    from evo_merge.search.binding import DEFAULTS_META
-    from evo_merge.search.campaign import CampaignRunner
     from evo_merge.search.candidate import Candidate
-    from evo_merge.search.store import CampaignStore
 
-    path = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1},
-                    algorithm={"population": 4, "generations": 1, "seed": 0})
-    run = tmp_path / "run"
-    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
-
-    def scoring():
-        runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
-        runner.calibrate()  # replayed from the run folder
-        runner.close()
-        return runner.workspace.campaign.estimator.anchor_sets, runner.scoring
-
-    sets, today = scoring()
+    run = _small_gpirt_run(tmp_path, zoo)
+    today = _calibrated(run)
     keys = [Candidate("task_arithmetic", (w / 10, 1 - w / 10), (("lambda", 1.0),)).key for w in range(11)]
-    assert sets == 8 and len({str(today.anchor_items(k)) for k in keys}) > 1
-    store = CampaignStore(run)
-    store.set_meta(DEFAULTS_META, 8)
-    store.close()
-    sets, before = scoring()
-    first = {n: list(e.anchor_ids) for n, e in today.estimators.items()}  # the first set: the campaign's seed
-    assert sets == 1 and all(before.anchor_items(k) == first for k in keys)
+    assert today.workspace.campaign.estimator.anchor_sets == 8
+    assert len({str(today.scoring.anchor_items(k)) for k in keys}) > 1
+    before = _calibrated(run, written_at=8)
+    first = {n: list(e.anchor_ids) for n, e in today.scoring.estimators.items()}  # the first set: the campaign's seed
+    assert before.workspace.campaign.estimator.anchor_sets == 1
+    assert all(before.scoring.anchor_items(k) == first for k in keys)
