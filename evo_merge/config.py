@@ -123,9 +123,9 @@ class EstimatorSpec(_Checked):
         "neyman", description="neyman: a task's anchors (anchors x its scenarios) go where they cut the error "
         "of its score most; equal: `anchors` in each scenario")
     anchor_sets: int = Field(
-        8, ge=1, description="anchor sets drawn per task (each of `anchors` per scenario); each candidate is scored "
-        "on one, chosen by its key: with few anchors, one set shared by every candidate makes the same errors for "
-        "all of them and the front follows that set's luck")
+        8, ge=1, le=1000, description="anchor sets drawn per task (each of `anchors` per scenario); each candidate "
+        "is scored on one, chosen by its key: with few anchors, one set shared by every candidate makes the same "
+        "errors for all of them and the front follows that set's luck")
     irt_model: str | None = Field(None, description="fitted IRT folder per task name; None: fit from calibration")
     backend: Literal[BACKEND_NAMES] = "torch"
     lr: float | None = Field(None, gt=0, description="pyirt backend learning rate (None: its default)")

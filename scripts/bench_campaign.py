@@ -356,8 +356,9 @@ def raced_final_phase(runner: CampaignRunner, seed: int,
     def score(keys, items, label):
         builds.append(len(set(keys) - whole_before))  # a finalist measured whole is not built again
         for key in keys:
+            anchors = {(n, i) for n, ids in scoring.anchor_items(key).items() for i in ids}  # its own set's
             seen[key] = set() if key in whole_before else \
-                {(n, i) for n, ids in items.items() for i in ids if i not in scoring.anchor_items(key)[n]}
+                {(n, i) for n, ids in items.items() for i in ids} - anchors
         return {key: stored[key] for key in keys}
 
     live, left, last = run_race(finalists, sample, stages, objectives, score, DEFAULT.race_tolerance)

@@ -49,6 +49,8 @@ def campaign(tmp_path, family, **sections):
     ("estimator", {"dims": -2}, "estimator.dims"),
     ("estimator", {"dims": 0}, "estimator.dims"),
     ("algorithm", {"seed": -1}, "algorithm.seed"),
+    ("estimator", {"anchor_sets": 0}, "estimator.anchor_sets"),
+    ("estimator", {"anchor_sets": 100000}, "estimator.anchor_sets"),  # an estimator per set: it would never start
     ("final", {"picks": {"best-arith": {"weights": {"arith": 1}}}}, "final.picks.best-arith: the name of a built-in"),
     ("final", {"picks": {"balanced": {"weights": {"arith": 1}}}}, "final.picks.balanced"),
     # `export: [front]` writes front-<id> folders: a pick of that name would be replaced by one

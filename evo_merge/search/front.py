@@ -79,10 +79,11 @@ class Distinct:
         self.space, self.tolerance = space, tolerance
 
     def _coordinates(self, candidate: Candidate) -> np.ndarray:
-        low, high = self.space.coefficient_range
-        ranges = self.space.methods.get(candidate.method, {})
-        params = [(v - ranges[k][0]) / (ranges[k][1] - ranges[k][0]) if k in ranges else v for k, v in candidate.params]
-        return np.array([(w - low) / (high - low) for w in self.space.coefficients(candidate)] + params, dtype=float)
+        """The recipe's coordinates (`SearchSpace.coordinates`), and any parameter outside the
+        genome as it is: two merges that differ there are two candidates."""
+        searched = self.space.methods.get(candidate.method, {})
+        fixed = [float(v) for k, v in candidate.params if k not in searched]
+        return np.concatenate([self.space.coordinates(candidate), fixed])
 
     def same(self, a: Candidate, b: Candidate) -> bool:
         if a.method != b.method or len(a.params) != len(b.params):

@@ -38,9 +38,11 @@ FIT_AT_MOST = 500  # the kernel is fitted on at most this many candidates (the f
 
 def pooled(evaluations: Sequence[Evaluation], space: SearchSpace, names: Sequence[str]) -> list[Evaluation]:
     """`evaluations` with each estimated one's `estimates` replaced by the pooled estimate per task.
-    Where a candidate has no standard error (full evaluation, folders from before SEs), or there
-    are fewer than `MIN_CANDIDATES`, the estimates stay as they are."""
-    usable = all(e.measured is not None or e.estimate_se is not None for e in evaluations)
+    Where a candidate has no finite standard error for a task (full evaluation, folders from before
+    SEs), or there are fewer than `MIN_CANDIDATES`, the estimates stay as they are."""
+    usable = all(e.measured is not None or (e.estimate_se is not None and
+                                           all(np.isfinite(e.estimate_se.get(n, np.nan)) for n in names))
+                 for e in evaluations)
     if len(evaluations) < MIN_CANDIDATES or not usable or all(e.measured is not None for e in evaluations):
         return list(evaluations)
     x = np.array([space.coordinates(Candidate.from_key(e.key)) for e in evaluations])

@@ -49,11 +49,16 @@ class Scoring:
         self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
         self._said: set[str] = set()  # fallbacks of automatic anchors already logged (said once, not per task)
         self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}
-        self.estimators: dict[str, Estimator] | None = None  # the first anchor set's (what `status` shows)
         self._sets: list[dict[str, Estimator]] = []  # every anchor set's estimators (`estimator.anchor_sets`)
         self._tighter: dict[tuple[str, float], AdaptiveTest] = {}
         self._known: dict[str, frozenset[str]] = {}
         self._fitted: dict[str, IRTModel] = {}  # `irt_model`'s, checked and loaded once
+
+    @property
+    def estimators(self) -> dict[str, Estimator] | None:
+        """The first anchor set's estimators, one per task (what `status` lists; the IRT models
+        every set shares); None before `fit`, and for full evaluation."""
+        return self._sets[0] if self._sets else None
 
     @property
     def names(self) -> list[str]:
@@ -116,7 +121,6 @@ class Scoring:
             sets = 1 if self.spec.kind == "adaptive" else self.spec.anchor_sets
             per_task = {name: self._estimators(name, subjects, sets) for name in self.names}
             self._sets = [{name: per_task[name][s] for name in self.names} for s in range(sets)]
-            self.estimators = self._sets[0]
             self._record_revision()
         if self.spec.kind not in ("full", "adaptive"):  # where each task's anchors went, for `status`
             self.store.set_meta("anchors", {name: e.anchors.counts() for name, e in self.estimators.items()})

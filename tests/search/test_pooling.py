@@ -1,5 +1,7 @@
 """Estimates pooled over similar recipes (search.pooling) and the final phase choosing on them."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -76,6 +78,9 @@ def test_estimates_without_standard_errors_or_too_few_candidates_stay_as_they_ar
     unscored = [Evaluation(e.id, e.key, e.phase, e.generation, e.method, e.status, e.estimates, None, 4, None, None)
                 for e in evaluations]
     assert pooled(unscored, SPACE, ["t"]) == unscored  # full evaluation, folders from before SEs
+    # a degenerate SE: one NaN made every pooled estimate NaN, and the finalists were sorted on NaN
+    undefined = [replace(evaluations[0], estimate_se={"t": float("nan")}), *evaluations[1:]]
+    assert pooled(undefined, SPACE, ["t"]) == undefined
     assert pooled(evaluations[:5], SPACE, ["t"]) == evaluations[:5]
 
 
