@@ -162,9 +162,6 @@ class AlgorithmSpec(_Checked):
         True, description="start generation 1 with each endpoint alone (looked up from calibration; "
         "not for cmaes) and the standard merges of the configured methods (task arithmetic lambda "
         "0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
-    pool_estimates: bool = Field(
-        False, description="tell the optimiser each new candidate's estimate pooled over the similar recipes "
-        "evaluated so far (as `final.pool_estimates` does for the finalists) rather than its own")
 
 
 class ObjectiveSpec(_Checked):

@@ -80,7 +80,7 @@ FINAL_GRID = ((1, 0), (1, 4), (2, 4), (3, 0), (3, 4), (DEFAULT.top_k, DEFAULT.ev
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
                  anchors: int, reuse: bool, granularity: str = "model", seed: int = 0,
                  allocation: str = "neyman", warmup: int = 4, irt_model: Path | None = None,
-                 one_set: bool = False, pool: bool = True, pool_search: bool = False) -> tuple[CampaignRunner, float]:
+                 one_set: bool = False, pool: bool = True) -> tuple[CampaignRunner, float]:
     text = campaign_text(zoo.resolve(), families, name=out.name, anchors=anchors, population=population,
                          generations=generations, top=ALL, warmup=warmup)
     config = yaml.safe_load(text)
@@ -92,7 +92,6 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     if one_set:  # as before defaults version 9: one anchor set for every candidate
         config["estimator"]["anchor_sets"] = 1
     config["final"]["pool_estimates"] = pool
-    config["algorithm"]["pool_estimates"] = pool_search
     config["final"]["race"] = []  # every finalist measured: the tables replay smaller and raced final phases
     config["final"]["measure_whole"] = "survivors"  # (what it was without a race; keeps older runs reusable)
     campaign = Campaign.model_validate(config)
@@ -165,8 +164,6 @@ def main() -> None:
     parser.add_argument("--no-pool", action="store_true",
                         help="finalists chosen on each candidate's own estimates (final.pool_estimates false, the "
                         "default before version 9), in folders named -own")
-    parser.add_argument("--pool-search", action="store_true",
-                        help="the optimiser told pooled estimates (algorithm.pool_estimates), in folders named -ps")
     parser.add_argument("--warmup", type=int, default=4, help="warm-up merges calibrating IRT with the base and "
                         "endpoints (estimator.warmup_merges)")
     parser.add_argument("--allocation-draws", type=int, default=0, metavar="N",
@@ -202,10 +199,10 @@ def main() -> None:
                 f"irt-a{args.anchors}-{size}" + ("" if args.allocation == "neyman" else f"-{args.allocation}")
             folder = args.out / ((f"{kind}-{size}" if kind == "adaptive" else anchored)
                                  + ("" if args.warmup == 4 else f"-w{args.warmup}")
-                                 + ("-one-set" if args.one_set else "") + ("-own" if args.no_pool else "") + ("-ps" if args.pool_search else ""))
+                                 + ("-one-set" if args.one_set else "") + ("-own" if args.no_pool else ""))
             runner, wall = run_campaign(args.zoo, families, folder, population, generations, kind, args.anchors,
                                         args.reuse, seed=args.seed, allocation=args.allocation, warmup=args.warmup,
-                                        one_set=args.one_set, pool=not args.no_pool, pool_search=args.pool_search)
+                                        one_set=args.one_set, pool=not args.no_pool)
             rows.append((size, kind, *compare(runner, full), wall, t_full))
             runs.append((size, kind, runner, full))
             print(f"[{size} {kind}] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)

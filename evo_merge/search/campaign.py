@@ -27,7 +27,6 @@ from evo_merge.search.holdout import HOLDOUT_META, holdout_items
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.pooling import pooled
 from evo_merge.search.race import small_pick_samples
 from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
@@ -180,14 +179,7 @@ class CampaignRunner:
             self.scoring.anchor_items,
             self.workspace.campaign.algorithm.generations,
             notify,
-            self.pooled if self.workspace.campaign.algorithm.pool_estimates else None,
         )
-
-    def pooled(self, evaluations: list[Evaluation]) -> list[Evaluation]:
-        """`evaluations` with their estimates pooled over every candidate evaluated so far (`pooling.pooled`)."""
-        pool = {e.key: e for e in pooled(candidates(self.workspace.store), search_space(self.workspace),
-                                         self.objectives.names)}
-        return [pool.get(e.key, e) for e in evaluations]
 
     def evaluate_baselines(self) -> None:
         """The standard merges the genome can express, on the anchors like any candidate (those

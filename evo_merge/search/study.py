@@ -25,7 +25,6 @@ from evo_merge.search.store import Evaluation
 SEARCH = "search"
 BASELINE = "baseline"  # phase of the standard merges: warm-ups measured before the search, or scored after it
 GenerationDone = Callable[[int, list[Evaluation]], None]
-Answer = Callable[[list[Evaluation]], list[Evaluation]]  # a generation's evaluations -> what the optimiser is told
 
 
 def fitness(evaluation: Evaluation, objectives: Objectives) -> np.ndarray:
@@ -36,10 +35,9 @@ def fitness(evaluation: Evaluation, objectives: Objectives) -> np.ndarray:
 
 def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectives,
                items: Items | Callable[[str], Items], generations: int,
-               on_generation: GenerationDone | None = None, answer: Answer | None = None) -> None:
-    """Ask, evaluate on `items` (or each candidate's, `items(key)`; stored answers first), tell
-    (each evaluation's fitness, or that of what `answer` makes of the generation), until the
-    algorithm's termination."""
+               on_generation: GenerationDone | None = None) -> None:
+    """Ask, evaluate on `items` (or each candidate's, `items(key)`; stored answers first), tell,
+    until the algorithm's termination."""
     algorithm = search.algorithm
     while algorithm.has_next():
         generation = algorithm.n_gen or 1
@@ -48,8 +46,7 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
                                    generation=generation, items=items,
                                    stage=f"generation {generation}/{generations}")
         told = log.store.told(generation)  # a replayed generation is answered as it was the first time
-        answered = answer(evaluations) if answer is not None and not told else evaluations
-        values = np.array([told.get(e.key, fitness(e, objectives)) for e in answered], dtype=float)
+        values = np.array([told.get(e.key, fitness(e, objectives)) for e in evaluations], dtype=float)
         population.set("F", values)
         algorithm.tell(infills=population)
         # a replayed generation keeps the metrics it was stored with (estimates may have changed since)
