@@ -200,6 +200,7 @@ def status(run: Path) -> None:
     """Generation (and, while a run works, how far calibration is or the time the search has left),
     evaluations, best estimates, the picks as measured and item evaluations spent."""
     from evo_merge.console import results_console
+    from evo_merge.search.front import POOLED_META
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
     from evo_merge.search.metrics import item_totals
@@ -244,6 +245,9 @@ def status(run: Path) -> None:
         console.print("estimates: this folder was scored by estimator revisions " + " and ".join(
             "unrecorded (before revisions)" if r == 0 else str(r) for r in mixed)
             + "; candidates scored after it was reopened use the later (CHANGELOG.md, IRT standard errors)")
+    if pooled := store.get_meta(POOLED_META):
+        console.print(f"finalists chosen on estimates pooled over similar recipes ({len(pooled)} candidates; "
+                      "report.md and pareto.csv show each finalist's as pool_<task>)")
     if race := race_summary(store.get_meta(RACE_META)):
         console.print(race)
     spent, full = store.items_evaluated("search"), len(search) * search_items

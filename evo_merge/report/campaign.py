@@ -20,7 +20,7 @@ from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import write_html_report
 from evo_merge.report.pairs import task_pairs
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.front import BASELINES_META
+from evo_merge.search.front import BASELINES_META, POOLED_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
 from evo_merge.search.metrics import item_totals, recorded_metrics
 from evo_merge.search.objectives import Objectives
@@ -36,10 +36,13 @@ def facts_objectives(facts: dict) -> Objectives:
 
 
 def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str],
-                     sampled: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
-    """One row per evaluation: id, phase, generation, method, weights, parameters, estimated and
-    measured scores, and (`sample_`) the race's sample scores of a survivor not measured whole."""
-    sampled = sampled or {}
+                     sampled: Mapping[str, Mapping[str, float]] | None = None,
+                     pooled: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+    """One row per evaluation: id, phase, generation, method, weights, parameters, estimated
+    scores with their SE, (`pool_`) the estimates pooled over similar recipes that the final phase
+    chose its finalists on, measured scores, and (`sample_`) the race's sample scores of a
+    survivor not measured whole."""
+    sampled, pooled = sampled or {}, pooled or {}
     rows = []
     for e in evaluations:
         candidate = Candidate.from_key(e.key)
@@ -49,11 +52,12 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str],
         for task in tasks:
             row[f"est_{task}"] = (e.estimates or {}).get(task)
             row[f"est_se_{task}"] = (e.estimate_se or {}).get(task)
+            row[f"pool_{task}"] = pooled[e.key].get(task) if e.key in pooled else None
             row[f"meas_{task}"] = (e.measured or {}).get(task)
             row[f"sample_{task}"] = sampled[e.key].get(task) if e.measured is None and e.key in sampled else None
         rows.append(row)
     columns = ["id", "phase", "generation", "status", "method", "weights", "params", "items",
-               *(f"{kind}_{task}" for task in tasks for kind in ("est", "est_se", "meas", "sample"))]
+               *(f"{kind}_{task}" for task in tasks for kind in ("est", "est_se", "pool", "meas", "sample"))]
     table = pd.DataFrame(rows, columns=columns)  # the columns even with no row yet (a run cut short in calibration)
     table["generation"] = table["generation"].astype("Int64")  # an integer, blank for calibration (not 1.0)
     return table
@@ -162,7 +166,8 @@ def write_report(
     tasks = list(objectives.names)
     race = store.get_meta(RACE_META)
     evaluations = store.evaluations()
-    table = evaluation_table(evaluations, tasks, ((race or {}).get("compared") or {}).get("scores"))
+    table = evaluation_table(evaluations, tasks, ((race or {}).get("compared") or {}).get("scores"),
+                             store.get_meta(POOLED_META))
     scored = (table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)
               | table[[f"sample_{t}" for t in tasks]].notna().all(axis=1))  # race survivors: their sample scores
     front = mark_front(table[table.phase.isin(["search", BASELINE]) & scored], objectives)
@@ -236,6 +241,8 @@ def _markdown(run_dir: Path, store: CampaignStore, evaluations: Sequence[Evaluat
         (
             "Estimated (`est_`) and measured on the search items (`meas_`)"
             + (", and on the held-out items (`held_`)" if any(holdout.values()) else "")
+            + ("; `pool_`: the estimate pooled over similar recipes, on which the final phase chose what to measure"
+               if table.filter(like="pool_").notna().any().any() else "")
             + "; `baseline`: a standard merge; `picked as`: the exports it was chosen for."
         ),
         "",
@@ -338,7 +345,9 @@ def _summary(
     measured["picked as"] = [", ".join(n for n, (i, _) in exported.items() if i == e) for e in measured.id]
     for t in tasks:
         measured[f"held_{t}"] = [h.get(t) for h in held]
-    columns = [(f"est_{t}", f"est_se_{t}", f"meas_{t}") + ((f"held_{t}",) if holdout.get(t) else ()) for t in tasks]
+    pooled = measured.filter(like="pool_").notna().any().any()
+    columns = [(f"est_{t}", f"est_se_{t}") + ((f"pool_{t}",) if pooled else ()) + (f"meas_{t}",)
+               + ((f"held_{t}",) if holdout.get(t) else ()) for t in tasks]
     cols = ["id", "phase", "method", "weights", "params", "baseline", "picked as"] + [
         c for group in columns for c in group
     ]

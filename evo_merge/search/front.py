@@ -34,7 +34,7 @@ from evo_merge.search.store import CampaignStore, Evaluation
 from evo_merge.search.study import BASELINE, SEARCH
 
 BASELINES_META = "baselines"  # store meta: candidate key -> baseline label
-POOLED_META = "pooled_estimates"  # candidate key -> its pooled estimates, as the final phase first pooled them
+POOLED_META = "pooled_estimates"  # key of a candidate pooled -> its pooled estimates, as the final phase first chose
 MEASURE_STAGE = "final: measuring the finalists"
 PICKS_STAGE = "final: measuring the picks on every item"
 PickScore = Callable[[Mapping[str, float]], float]  # task scores -> how good for the pick (higher is better)
@@ -145,7 +145,7 @@ def pooled_as_first(store: CampaignStore, pool: Sequence[Evaluation], space: Sea
     phase would choose other finalists."""
     stored = store.get_meta(POOLED_META)
     if stored is None:
-        stored = {e.key: e.estimates for e in pooled(pool, space, names)}
+        stored = {e.key: e.estimates for e in pooled(pool, space, names) if e.measured is None}  # (measured: as is)
         store.set_meta(POOLED_META, stored)
     return [replace(e, estimates=stored.get(e.key, e.estimates)) for e in pool]
 

@@ -61,6 +61,31 @@ def test_report_html_is_self_contained_and_shows_every_front_member(tracked_run)
     assert all(f'id="pick-{folder.name}"' in (run / "report.html").read_text() for folder in exported(run))
 
 
+def test_the_reports_and_status_show_the_pooled_estimates_the_finalists_were_chosen_on(tracked_run):
+    """A finalist measured below its own estimate may have been chosen on its pooled one: both are
+    shown beside the measured score, as the final phase stored them."""
+    from evo_merge.search.front import POOLED_META
+    from evo_merge.search.store import CampaignStore
+
+    _, run, _ = tracked_run
+    store = CampaignStore(run)
+    pooled, evaluations = store.get_meta(POOLED_META), {e.id: e for e in store.evaluations()}
+    store.close()
+    assert pooled and all(e.key not in pooled for e in evaluations.values() if e.phase == "baseline")  # warm-ups
+    front = pd.read_csv(run / "pareto.csv")
+    finalists = front[front.phase == "search"]
+    assert len(finalists) and finalists.id.map(lambda i: evaluations[i].key in pooled).all()
+    for task in ("agree0", "agree1"):
+        stored = [pooled[evaluations[i].key][task] for i in finalists.id]
+        assert list(finalists[f"pool_{task}"]) == pytest.approx(stored)
+        assert (finalists[f"pool_{task}"] != finalists[f"est_{task}"]).any()  # pooling moved some
+        assert front[front.phase == "baseline"][f"pool_{task}"].isna().all()
+    report = (run / "report.md").read_text()
+    assert "| pool\\_agree0 " in report and "`pool_`: the estimate pooled over similar recipes" in report
+    status = CliRunner().invoke(cli, ["status", str(run)]).output
+    assert f"finalists chosen on estimates pooled over similar recipes ({len(pooled)} candidates;" in status
+
+
 def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
     from mlflow import MlflowClient
 
