@@ -200,11 +200,11 @@ def status(run: Path) -> None:
     """Generation (and, while a run works, how far calibration is or the time the search has left),
     evaluations, best estimates, the picks as measured and item evaluations spent."""
     from evo_merge.console import results_console
-    from evo_merge.search.front import POOLED_META
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
     from evo_merge.search.metrics import item_totals
     from evo_merge.search.race import RACE_META, race_summary
+    from evo_merge.search.store import POOLED_META
 
     store, facts = _store(run)
     objectives = _objectives(facts)

@@ -20,12 +20,12 @@ from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import write_html_report
 from evo_merge.report.pairs import task_pairs
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.front import BASELINES_META, POOLED_META
+from evo_merge.search.front import BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
 from evo_merge.search.metrics import item_totals, recorded_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import RACE_META, race_summary
-from evo_merge.search.store import CampaignStore, Evaluation, atomic_write, in_run
+from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation, atomic_write, in_run
 from evo_merge.search.study import BASELINE
 
 

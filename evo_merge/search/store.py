@@ -66,6 +66,7 @@ ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told")
                  ("generations", "metrics"): "TEXT"}
 EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
 CALIBRATION_META = "calibration_subjects"  # how many subjects calibration measures: `status` counts them off
+POOLED_META = "pooled_estimates"  # key of a candidate pooled -> its pooled estimates, as the final phase first chose
 EVALUATED_ON_META = "evaluated_on"  # the device type the run first evaluated on ("cuda", "cpu")
 REVISION_META = "estimator_revision"  # the estimator revision candidates are scored with (irt.ESTIMATOR_REVISION)
 MIXED_META = "estimator_revisions"  # where a resumed folder's estimates mix revisions: those it holds (0: unrecorded)

@@ -64,8 +64,7 @@ def test_report_html_is_self_contained_and_shows_every_front_member(tracked_run)
 def test_the_reports_and_status_show_the_pooled_estimates_the_finalists_were_chosen_on(tracked_run):
     """A finalist measured below its own estimate may have been chosen on its pooled one: both are
     shown beside the measured score, as the final phase stored them."""
-    from evo_merge.search.front import POOLED_META
-    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.store import POOLED_META, CampaignStore
 
     _, run, _ = tracked_run
     store = CampaignStore(run)

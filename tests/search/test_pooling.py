@@ -8,11 +8,11 @@ import pytest
 from evo_merge.config import FinalSpec
 from evo_merge.search import pooling
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.front import POOLED_META, Distinct, to_measure
+from evo_merge.search.front import Distinct, to_measure
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.pooling import pooled
 from evo_merge.search.space import SearchSpace
-from evo_merge.search.store import CampaignStore, Evaluation
+from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation
 
 SPACE = SearchSpace({"task_arithmetic": {}, "ties": {"density": (0.1, 0.9)}}, 2, (0.0, 1.5))
 
