@@ -65,6 +65,7 @@ from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.front import Distinct, candidates, choose, measured_before, to_measure
 from evo_merge.search.holdout import HOLDOUT_META
+from evo_merge.search.lock import RunLock
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.store import CampaignStore
@@ -104,9 +105,10 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     store.close()
     if not reuse or stale:
         shutil.rmtree(out, ignore_errors=True)
-    runner = CampaignRunner.open(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
-    start = time.perf_counter()
-    runner.run()
+    with RunLock(out):  # as `evo-merge run` holds it: two benches reusing one folder would both export into it
+        runner = CampaignRunner.open(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
+        start = time.perf_counter()
+        runner.run()
     return runner, time.perf_counter() - start
 
 
