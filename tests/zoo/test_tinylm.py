@@ -183,3 +183,23 @@ def test_a_folder_of_other_models_is_refused_before_training_and_a_killed_build_
     steps = {"pretraining the base": smoke_settings.pretrain_steps, "zoo table": 4 * len(FAMILIES),
              **{f"fine-tuning {f}": smoke_settings.finetune_steps for f in FAMILIES}}
     assert all(counts[-1] == (steps[stage], steps[stage]) for stage, counts in seen.items()), seen
+
+
+def test_zoo_build_on_the_command_line_says_each_stage_as_it_ends(tmp_path, smoke_settings, monkeypatch):
+    """`evo-merge zoo build` passes its bars to the build: minutes of training said stage by stage
+    in a log, and a second build reuses the zoo."""
+    from click.testing import CliRunner
+
+    from evo_merge.cli import cli
+    from evo_merge.zoo import tinylm
+
+    monkeypatch.setattr(tinylm, "TinyLMSettings", lambda: smoke_settings)  # the default settings, small
+    result = CliRunner().invoke(cli, ["zoo", "build", "--out", str(tmp_path / "zoo"), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    ended = [line.split(" in ")[0] for line in result.output.splitlines() if re.match(r"^[\w -]+: \d+/\d+ in ", line)]
+    steps = {"pretraining the base": smoke_settings.pretrain_steps,
+             **{f"fine-tuning {f}": smoke_settings.finetune_steps for f in FAMILIES}, "zoo table": 4 * len(FAMILIES)}
+    assert ended == [f"{stage}: {n}/{n}" for stage, n in steps.items()], result.output
+    assert json.loads((tmp_path / "zoo" / "zoo.json").read_text())["models"] == ["base", *FAMILIES]
+    again = CliRunner().invoke(cli, ["zoo", "build", "--out", str(tmp_path / "zoo"), "--seed", "1"])
+    assert again.exit_code == 0 and "is up to date" in again.output and "pretraining" not in again.output, again.output
