@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 DEFAULT_ZOO = Path("runs/zoo/tiny-lm")
+ZOO = click.option("--zoo", default=str(DEFAULT_ZOO), type=click.Path(path_type=Path), show_default=True,
+                   help="tiny-lm zoo folder (built if missing)")
 
 
 def _zoo(zoo: Path) -> list[str]:
@@ -23,8 +25,7 @@ def _zoo(zoo: Path) -> list[str]:
 @click.command()
 @click.option("--out", default="campaign.yaml", type=click.Path(path_type=Path), show_default=True,
               help="campaign file to write (refused if it exists)")
-@click.option("--zoo", default=str(DEFAULT_ZOO), type=click.Path(path_type=Path), show_default=True,
-              help="tiny-lm zoo folder (built if missing)")
+@ZOO
 def init(out: Path, zoo: Path) -> None:
     """Write a commented, runnable example campaign for the demo zoo."""
     from evo_merge.cli.template import campaign_text
@@ -41,8 +42,7 @@ def init(out: Path, zoo: Path) -> None:
 @click.command()
 @click.option("--out", default="runs/demo", type=click.Path(path_type=Path), show_default=True,
               help="run folder (created; the demo's run in it is resumed), its campaign written beside it as OUT.yaml")
-@click.option("--zoo", default=str(DEFAULT_ZOO), type=click.Path(path_type=Path), show_default=True,
-              help="tiny-lm zoo folder (built if missing)")
+@ZOO
 def demo(out: Path, zoo: Path) -> None:
     """Build (or reuse) the tiny-lm zoo and run a short campaign on the shipped benchmarks."""
     from evo_merge.cli.campaign import start_campaign
