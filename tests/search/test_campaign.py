@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from campaigns import campaign_config  # tests/search is on sys.path
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
@@ -36,19 +37,10 @@ def zoo(tmp_path_factory):
 
 
 def campaign(tmp_path, zoo, **overrides):
-    base, fts = zoo
-    config = {
-        "name": "test",
-        "base_model": str(base),
-        "models": [str(f) for f in fts],
-        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
-                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i}} for i, f in enumerate(fts)],
-        "methods": {"task_arithmetic": {}, "ties": {"density": [0.2, 0.9]}, "tsv": {}},
+    config = campaign_config(*zoo, **{
+        "name": "test", "methods": {"task_arithmetic": {}, "ties": {"density": [0.2, 0.9]}, "tsv": {}},
         "estimator": {"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1},
-        "algorithm": {"population": 8, "generations": 3, "seed": 3},
-        "final": {"evaluate_top": 3},
-    }
-    config.update(overrides)
+        "algorithm": {"population": 8, "generations": 3, "seed": 3}, "final": {"evaluate_top": 3}, **overrides})
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from agreement_task import AgreementTask  # tests/search is on sys.path (pytest's rootdir import mode)
+from campaigns import agreement_tasks, campaign_config
 from click.testing import CliRunner
 
 from evo_merge.cli import cli
@@ -32,22 +33,9 @@ def _tasks_importable(monkeypatch):
 
 
 def config(zoo, **overrides) -> dict:
-    base, fts = zoo
-    data = {
-        "name": "storage",
-        "base_model": str(base),
-        "models": [str(f) for f in fts],
-        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
-                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "n_items": 40}}
-                  for i, f in enumerate(fts)],
-        "methods": {"task_arithmetic": {}, "tsv": {}},
-        "estimator": {"kind": "full"},
-        "algorithm": {"population": 4, "generations": 1, "seed": 1},
-        "final": {"evaluate_top": 2, "export": ["balanced"]},
-        "device": "cpu",
-    }
-    data.update(overrides)
-    return data
+    return campaign_config(*zoo, **{
+        "name": "storage", "tasks": agreement_tasks(zoo[1], n_items=40), "methods": {"task_arithmetic": {}, "tsv": {}},
+        "algorithm": {"population": 4, "generations": 1, "seed": 1}, "device": "cpu", **overrides})
 
 
 def write(tmp_path, data) -> Path:
