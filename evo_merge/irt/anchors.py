@@ -19,9 +19,7 @@ Neyman's optimal allocation for stratified sampling): scenario k gets n_k ∝ W_
 share of the items and s_k² the variance of an item's score within a subject. Candidates are
 merges, which lie between the models they merge, while calibration often holds the base and the
 endpoints at 0 or 1 on a skill; so s_k² is the IRT model's expected item variance at the
-midpoints of pairs of calibration subjects, not at the subjects themselves. `compromise` takes
-the mean of the two counts: with few calibration subjects that model's variances can be wrong
-for candidates unlike them, and halfway to `equal` bounds what that costs.
+midpoints of pairs of calibration subjects, not at the subjects themselves.
 """
 
 from __future__ import annotations
@@ -211,7 +209,7 @@ def midpoint_item_variance(model: IRTModel, seed: int = 0) -> np.ndarray:
 def allocate(model: IRTModel, budget: int, allocation: str = "equal", seed: int = 0) -> dict[str, int]:
     """Anchors per scenario: `budget` each, all items of a smaller scenario (`equal`); or as many in
     all, at least one per scenario, added one at a time where the item-weighted mean's sampling
-    variance Σ_k W_k² s_k²/n_k falls most (`neyman`); or the mean of those two (`compromise`)."""
+    variance Σ_k W_k² s_k²/n_k falls most (`neyman`)."""
     if allocation not in ANCHOR_ALLOCATIONS:
         raise UserError(f"unknown anchor allocation {allocation!r} (choose from {', '.join(ANCHOR_ALLOCATIONS)})")
     groups = model.scenario_items()
@@ -223,12 +221,6 @@ def allocate(model: IRTModel, budget: int, allocation: str = "equal", seed: int 
         total, counts = counts.sum(), np.ones_like(sizes)
         for _ in range(total - counts.sum()):
             counts[np.argmax(np.where(counts < sizes, gain / (counts * (counts + 1.0)), -1.0))] += 1
-    if allocation == "compromise":  # halfway between the two, as many in all: a half goes up where equal gave more
-        neyman = np.array(list(allocate(model, budget, "neyman", seed).values()))
-        odd = np.flatnonzero((counts + neyman) % 2)  # an even number of them: both sum to the same total
-        up = odd[np.argsort(neyman[odd] - counts[odd], kind="stable")][: odd.size // 2]
-        counts = (counts + neyman) // 2
-        counts[up] += 1
     return {scenario: int(n) for scenario, n in zip(groups, counts)}
 
 

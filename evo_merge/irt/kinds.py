@@ -17,5 +17,5 @@ ANCHOR_METHODS = ("auto", "auto-kmeans", "stratified-irt", "kmeans-irt", "kmeans
 DEFAULT_ESTIMATOR_KIND = "gpirt"
 DEFAULT_ANCHOR_METHOD = "auto"
 # how a model's anchors are spread over its scenarios (anchors.allocate)
-ANCHOR_ALLOCATIONS = ("equal", "neyman", "compromise")
+ANCHOR_ALLOCATIONS = ("equal", "neyman")
 BACKEND_NAMES = ("torch", "pyirt")

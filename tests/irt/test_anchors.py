@@ -228,24 +228,6 @@ def test_neyman_allocation_spends_the_same_items_where_the_overall_score_is_leas
     assert all(sum(w) == pytest.approx(1.0) for w in anchors.weights.values())
 
 
-def test_compromise_allocation_lies_halfway_between_equal_and_neyman_with_as_many_items(make_model):
-    """Each scenario gets the mean of its equal and neyman counts; where that is a half, the halves
-    go up where equal gave more, so the total stays the same."""
-    from evo_merge.irt.anchors import allocate
-
-    model = _three_scenarios(make_model)
-    equal, neyman = allocate(model, 5), allocate(model, 5, "neyman")
-    assert neyman == {"wide": 10, "sure": 1, "small": 4}  # the brute-force optimum of the test above
-    assert allocate(model, 5, "compromise") == {"wide": 7, "sure": 3, "small": 5}  # (7.5, 3, 4.5): small's half up
-    for budget in (1, 2, 5, 8, 30):
-        counts = allocate(model, budget, "compromise")
-        equal, neyman = allocate(model, budget), allocate(model, budget, "neyman")
-        assert sum(counts.values()) == sum(equal.values())
-        assert all(abs(counts[k] - (equal[k] + neyman[k]) / 2) <= 0.5 for k in counts), (budget, counts)
-    anchors = select_anchors(model, 5, "stratified", allocation="compromise")
-    assert {s: len(items) for s, items in anchors.items.items()} == {"wide": 7, "sure": 3, "small": 5}
-
-
 def test_neyman_allocation_judges_a_skill_by_the_subjects_between_the_calibration_ones(make_model):
     """Base at 0 and endpoint at 1 on a sharp skill say its items never vary; a merge between
     them is at 0.5 there. The midpoint's variance (0.25) is what the allocation uses."""
