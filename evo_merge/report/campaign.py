@@ -242,7 +242,7 @@ def _markdown(run_dir: Path, store: CampaignStore, evaluations: Sequence[Evaluat
             "Estimated (`est_`) and measured on the search items (`meas_`)"
             + (", and on the held-out items (`held_`)" if any(holdout.values()) else "")
             + ("; `pool_`: the estimate pooled over similar recipes, on which the final phase chose what to measure"
-               if table.filter(like="pool_").notna().any().any() else "")
+               if any(column.startswith("pool_") for column in summary.columns) else "")
             + "; `baseline`: a standard merge; `picked as`: the exports it was chosen for."
         ),
         "",
@@ -345,7 +345,7 @@ def _summary(
     measured["picked as"] = [", ".join(n for n, (i, _) in exported.items() if i == e) for e in measured.id]
     for t in tasks:
         measured[f"held_{t}"] = [h.get(t) for h in held]
-    pooled = measured.filter(like="pool_").notna().any().any()
+    pooled = measured[[f"pool_{t}" for t in tasks]].notna().any().any()  # (a task's name may hold "pool_")
     columns = [(f"est_{t}", f"est_se_{t}") + ((f"pool_{t}",) if pooled else ()) + (f"meas_{t}",)
                + ((f"held_{t}",) if holdout.get(t) else ()) for t in tasks]
     cols = ["id", "phase", "method", "weights", "params", "baseline", "picked as"] + [

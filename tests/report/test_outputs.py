@@ -85,6 +85,32 @@ def test_the_reports_and_status_show_the_pooled_estimates_the_finalists_were_cho
     assert f"finalists chosen on estimates pooled over similar recipes ({len(pooled)} candidates;" in status
 
 
+@pytest.mark.parametrize("pooled", [False, True])
+def test_a_pool_column_appears_only_where_the_final_phase_pooled(tmp_path, pooled):
+    """A task may be named `carpool_qa`: its `est_`/`meas_` columns hold "pool_", which once
+    read as pooled estimates and gave every report of such a run empty pool columns."""
+    from evo_merge.search.candidate import Candidate
+    from evo_merge.search.store import POOLED_META, CampaignStore
+
+    tasks = ["carpool_qa", "b"]
+    store = CampaignStore(tmp_path / "run")
+    store.set_meta("facts", {"name": "x", "generations": 1, "weights": None,
+                             "tasks": [{"name": t, "direction": "maximize", "items": 4} for t in tasks]})
+    key = Candidate("task_arithmetic", (0.5, 0.5), (("lambda", 1.0),)).key
+    store.add(key, phase="search", generation=1, method="task_arithmetic", status="ok",
+              estimates={"carpool_qa": 0.6, "b": 0.4}, estimate_se={"carpool_qa": 0.05, "b": 0.05},
+              item_scores={t: {f"{t}-{i}": 1.0 for i in range(2)} for t in tasks}, seconds=0.1)
+    store.add_measurement(key, {"carpool_qa": 0.55, "b": 0.45}, {})
+    if pooled:
+        store.set_meta(POOLED_META, {key: {"carpool_qa": 0.58, "b": 0.42}})
+    write_report(store.run_dir, store, store.get_meta("facts"))
+    report = (store.run_dir / "report.md").read_text()
+    front = pd.read_csv(store.run_dir / "pareto.csv")
+    assert ("pool\\_carpool\\_qa" in report) == pooled and ("`pool_`:" in report) == pooled
+    assert list(front["pool_carpool_qa"].fillna(-1)) == ([0.58] if pooled else [-1])
+    store.close()
+
+
 def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
     from mlflow import MlflowClient
 
