@@ -46,6 +46,7 @@ def _store(run: Path):
     from evo_merge.errors import UserError
     from evo_merge.search.binding import open_run
     from evo_merge.search.lock import holder
+    from evo_merge.search.store import FACTS_META
 
     try:
         store = open_run(run)
@@ -53,33 +54,13 @@ def _store(run: Path):
         if pid := holder(run):  # a run that has not written its campaign yet
             raise UserError(f"{run}: a run is starting here (pid {pid}); it has not written its campaign yet") from None
         raise
-    facts = store.get_meta("facts")
+    facts = store.get_meta(FACTS_META)
     if facts is None:  # starting, stopped before its tasks were loaded, or written before facts were stored
         store.close()
         if pid := holder(run):
             raise UserError(f"{run}: a run is starting here (pid {pid}); it has not recorded its tasks yet")
         raise UserError(f"{run}: the campaign has not recorded its tasks yet; `evo-merge resume {run}` records them")
-    if not _facts_readable(facts):
-        store.close()
-        raise store.damaged("meta 'facts'")
     return store, facts
-
-
-def _facts_readable(facts: object) -> bool:
-    """Whether the facts a run recorded have what `status` and `report` read: its name, its
-    generations and each task's name and direction."""
-    if not isinstance(facts, dict) or not isinstance(facts.get("name"), str):
-        return False
-    tasks = facts.get("tasks")
-    return (isinstance(facts.get("generations"), int) and isinstance(tasks, list) and bool(tasks)
-            and all(isinstance(t, dict) and {"name", "direction"} <= t.keys() for t in tasks))
-
-
-def _objectives(facts: dict):
-    from evo_merge.search.objectives import Objectives
-
-    return Objectives.of([t["name"] for t in facts["tasks"]], [t["direction"] for t in facts["tasks"]],
-                         facts.get("weights"))
 
 
 def _summary_table(runner, measured, exported):
@@ -117,7 +98,7 @@ def _run(runner) -> None:
     from evo_merge.console import results_console
     from evo_merge.report.campaign import write_report
     from evo_merge.report.tracking import follow_campaign
-    from evo_merge.search.store import in_run
+    from evo_merge.search.store import FACTS_META, in_run
 
     workspace = runner.workspace
     tracker = follow_campaign(runner)  # before any evaluation: a missing package stops nothing paid for
@@ -126,7 +107,7 @@ def _run(runner) -> None:
         measured, exported = runner.run()
     store = workspace.store
     store.set_exported({name: (eid, in_run(folder, workspace.run_dir)) for name, (eid, folder) in exported.items()})
-    report = write_report(workspace.run_dir, store, store.get_meta("facts"), exported)
+    report = write_report(workspace.run_dir, store, store.get_meta(FACTS_META), exported)
     store.mark_finished()  # after the report: a run cut short while writing it is not finished
     for evaluation in store.evaluations():  # trackers last: they observe a run that is already complete;
         # what they have not logged yet (measurements, the baselines, estimates refined since their generation)
@@ -203,11 +184,12 @@ def status(run: Path) -> None:
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
     from evo_merge.search.metrics import item_totals
+    from evo_merge.search.objectives import Objectives
     from evo_merge.search.race import RACE_META, race_summary
-    from evo_merge.search.store import POOLED_META
+    from evo_merge.search.store import ANCHORS_META, POOLED_META
 
     store, facts = _store(run)
-    objectives = _objectives(facts)
+    objectives = Objectives.of_facts(facts)
     evaluations = store.evaluations()  # read once: a long run holds thousands
     search = [e for e in evaluations if e.phase == "search"]
     ok = [e for e in search if e.status == "ok"]
@@ -238,7 +220,7 @@ def status(run: Path) -> None:
             )
     if finished:  # a run cut short may hold the picks of an earlier end
         _print_picks(console, store, {e.id: e for e in evaluations})
-    for task, counts in (store.get_meta("anchors") or {}).items():
+    for task, counts in store.get_meta(ANCHORS_META, {}).items():
         console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("
                       + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")
     if mixed := store.estimator_revisions()[1]:

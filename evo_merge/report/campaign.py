@@ -29,12 +29,6 @@ from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation, atomi
 from evo_merge.search.study import BASELINE
 
 
-def facts_objectives(facts: dict) -> Objectives:
-    """The run's objectives from its stored facts."""
-    return Objectives.of([t["name"] for t in facts["tasks"]], [t["direction"] for t in facts["tasks"]],
-                         facts.get("weights"))
-
-
 def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str],
                      sampled: Mapping[str, Mapping[str, float]] | None = None,
                      pooled: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
@@ -162,7 +156,7 @@ def write_report(
     """Write pareto.csv, the plots, report.md and report.html from the store and the run's facts
     (`finished` False: of a run cut short, which the report says first). User strings (task,
     method and pick names) are escaped in both reports."""
-    objectives = facts_objectives(facts)
+    objectives = Objectives.of_facts(facts)
     tasks = list(objectives.names)
     race = store.get_meta(RACE_META)
     evaluations = store.evaluations()

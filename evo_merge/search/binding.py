@@ -15,15 +15,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import Json
+
 from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign
 from evo_merge.errors import UserError
-from evo_merge.search.store import CampaignStore, check_no_links
+from evo_merge.search.store import CampaignStore, Record, check_no_links
 
 CAMPAIGN_FILE = "campaign.yaml"
-DEFAULTS_META = "defaults"  # the DEFAULTS_VERSION a run folder was written under; none: 1
-CONFIG_META = "config"  # the fingerprint of the campaign the folder is bound to
-CAMPAIGN_TEXT_META = "campaign_text"  # sha256 of the campaign.yaml the folder last ran with
-CONFIG_DATA_META = "config_data"  # what the fingerprint hashes: names the settings an edited campaign changed
+DEFAULTS_META = Record("defaults", int)  # the DEFAULTS_VERSION a run folder was written under; none: 1
+CONFIG_META = Record("config", str)  # the fingerprint of the campaign the folder is bound to
+CAMPAIGN_TEXT_META = Record("campaign_text", str)  # sha256 of the campaign.yaml the folder last ran with
+CONFIG_DATA_META = Record("config_data", Json[dict[str, Any]])  # what the fingerprint hashes (JSON text):
+#   names the settings an edited campaign changed
 OPTIONS_SORTED_SINCE = 8  # defaults version from which a task's options are fingerprinted in name order
 
 
@@ -92,7 +95,7 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
     if stored not in (config_fingerprint(campaign), config_fingerprint(campaign, written_at=version)):
         started = store.get_meta(CONFIG_DATA_META)  # none in folders bound before it was stored
         given = fingerprinted(campaign, written_at=version)  # in the form the folder stored it
-        changed = "" if started is None else _changed(json.loads(started), json.loads(given))
+        changed = "" if started is None else _changed(started, json.loads(given))
         raise UserError(
             f"{run_dir}: holds a different campaign{changed}; resume it with the {CAMPAIGN_FILE} it started with, "
             "or start a new run folder"
@@ -101,12 +104,8 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
 
 
 def _defaults_version(store: CampaignStore) -> int:
-    """The folder's defaults version; a mark that is not one is damaged (compared with versions, it
-    was a TypeError traceback)."""
-    version = store.get_meta(DEFAULTS_META)
-    if version is not None and type(version) is not int:
-        raise store.damaged(f"meta {DEFAULTS_META!r}")
-    return version or 1  # folders written before the mark: version 1
+    """The folder's defaults version (folders written before the mark: version 1)."""
+    return store.get_meta(DEFAULTS_META) or 1
 
 
 def bound_defaults(run_dir: Path) -> int | None:

@@ -15,13 +15,14 @@ from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import Evidence, candidate_kind
 from evo_merge.search.log import stage_track
-from evo_merge.search.store import EVALUATED_ON_META, CampaignStore, Evaluation, in_run
+from evo_merge.search.store import EVALUATED_ON_META, CampaignStore, Evaluation, Record, in_run
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
 from evo_merge.weights.export import sweep_partial_folders
 
 log = logging.getLogger(__name__)
+TASK_META = Record("task_meta", dict[str, TaskMeta])  # store meta: what cards and results files say of each task
 
 
 def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[str, float]]:
@@ -60,14 +61,14 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
 def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[str, FitnessTask]) -> None:
     """Keep what cards and results files say about each task (dataset, split, metric, version,
     limit) in the store, so an export from a run folder needs no task object."""
-    store.set_meta("task_meta", {t.label: task_meta(t.label, tasks[t.label], direction=t.direction).as_dict()
+    store.set_meta(TASK_META, {t.label: task_meta(t.label, tasks[t.label], direction=t.direction).as_dict()
                                  for t in campaign.tasks})
 
 
 def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
     """The task metadata, and the per-item scores when the evaluation was measured on every item:
     with a holdout, those of the held-out items, as the card's measured scores are."""
-    tasks = {name: TaskMeta(**meta) for name, meta in (store.get_meta("task_meta") or {}).items()}
+    tasks = store.get_meta(TASK_META, {})
     if not evaluation.measured:
         return Evidence(tasks, None)
     scores, holdout = store.item_scores(evaluation.key), store.get_meta(HOLDOUT_META, {})

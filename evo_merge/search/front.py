@@ -30,10 +30,10 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.pooling import pooled
 from evo_merge.search.race import RACE_META, SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.space import SearchSpace
-from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation
+from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation, Record
 from evo_merge.search.study import BASELINE, SEARCH
 
-BASELINES_META = "baselines"  # store meta: candidate key -> baseline label
+BASELINES_META = Record("baselines", dict[str, str])  # store meta: candidate key -> baseline label
 MEASURE_STAGE = "final: measuring the finalists"
 PICKS_STAGE = "final: measuring the picks on every item"
 PickScore = Callable[[Mapping[str, float]], float]  # task scores -> how good for the pick (higher is better)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from evo_merge.errors import UserError
-from evo_merge.search.store import CampaignStore
+from evo_merge.search.store import CampaignStore, Record
 
 if TYPE_CHECKING:  # (annotations only: `status` reads the split without loading torch)
     from evo_merge.irt import IRTModel
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # (annotations only: `status` reads the split without loading
 
 AUTO_MIN_ITEMS = 500
 AUTO_FRACTION = 0.2
-HOLDOUT_META = "holdout"  # store meta: task -> held-out item ids
+HOLDOUT_META = Record("holdout", dict[str, list[str]])  # store meta: task -> held-out item ids
 
 Holdout = str | int | float | None  # "auto", N items per task, a fraction in (0, 1), or None (off)
 

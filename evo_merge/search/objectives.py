@@ -29,6 +29,12 @@ class Objectives:
             tuple(names), tuple(directions), tuple(float(weights.get(n, 0.0)) for n in names) if weights else None
         )
 
+    @classmethod
+    def of_facts(cls, facts: Mapping) -> Objectives:
+        """The objectives of a run from its stored facts (`store.Facts`)."""
+        tasks = facts["tasks"]
+        return cls.of([t["name"] for t in tasks], [t["direction"] for t in tasks], facts["weights"])
+
     @property
     def n_objectives(self) -> int:
         """How many objectives the optimiser sees (1 with a weighted sum)."""

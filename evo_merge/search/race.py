@@ -33,14 +33,37 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from typing_extensions import NotRequired, TypedDict
 
 from evo_merge.search.evaluator import Items, ItemScores
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.store import Record
+
+
+class Leaver(TypedDict):
+    stage: float  # the fraction of the items at which it left
+    items: int
+    beaten_by: str  # the key of the finalist it was worse than
+
+
+class Compared(TypedDict):
+    """With `measure_whole: picks`: on what the survivors were compared."""
+    stage: float
+    items: int
+    scores: dict[str, dict[str, float]]  # key -> task -> score on the last stage's sample
+    measured: NotRequired[list[str]]  # the survivors measured whole before the final phase
+
+
+class RaceRecord(TypedDict):
+    finalists: int
+    tolerance: float
+    left: dict[str, Leaver]  # key -> where it left the race
+    failed: NotRequired[list[str]]  # finalists that could not be scored
+    compared: NotRequired[Compared]
+
 
 RACE_Z = 2.5  # a leaver's paired difference must clear the tolerance by this many SEs on every task
-RACE_META = "race"  # store meta: {"finalists": n, "tolerance": t, "left": {key: {"stage", "items", "beaten_by"}},
-#   and with `measure_whole: picks`, "compared": {"stage": f, "items": n, "scores": {key: {task: score}},
-#   "measured": [keys of the survivors measured whole before the final phase]}}
+RACE_META = Record("race", RaceRecord)  # store meta: the race as it was run
 RACE_STAGE = "final: race"
 SEED_OFFSET = 2  # the sample's seed after the campaign seed's other draws (hold-out, warm-up merges)
 # Below this many items a task's best finalist is chosen on a sample that can miss it by up to about

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from evo_merge.search.front import front
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.store import Evaluation
+from evo_merge.search.store import Evaluation, Record
 
 REFINE_PRECISION = 0.5  # target SE x 0.5, item budget x 2
 STAGE = "resolving the front (adaptive)"
-RESOLVED_META = "front_refined"  # keys of the overlapping front members, as first decided
+RESOLVED_META = Record("front_refined", list[str])  # keys of the overlapping front members, as first decided
 
 
 def overlapping(members: Sequence[Evaluation], names: Sequence[str]) -> list[Evaluation]:

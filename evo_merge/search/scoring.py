@@ -28,7 +28,7 @@ from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
 from evo_merge.search.holdout import without_items
-from evo_merge.search.store import MIXED_META, REVISION_META, CampaignStore
+from evo_merge.search.store import ANCHORS_META, MIXED_META, REVISION_META, CampaignStore
 from evo_merge.tasks.base import FitnessTask
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Scoring:
             self._sets = [{name: per_task[name][s] for name in self.names} for s in range(sets)]
             self._record_revision()
         if self.spec.kind not in ("full", "adaptive"):  # where each task's anchors went, for `status`
-            self.store.set_meta("anchors", {name: e.anchors.counts() for name, e in self.estimators.items()})
+            self.store.set_meta(ANCHORS_META, {name: e.anchors.counts() for name, e in self.estimators.items()})
 
     def _record_revision(self) -> None:
         """Record the estimator revision candidates are scored with. A folder reopened across a change

@@ -20,8 +20,12 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from evo_merge.errors import UserError, writing
 from evo_merge.search.lock import LOCK_FILE
@@ -64,12 +68,47 @@ TABLES = ("evaluations", "item_scores", "meta", "generations")
 # columns added after the first release, added to older databases when they are opened
 ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT",
                  ("generations", "metrics"): "TEXT"}
-EXPORTED_META = "exported"  # pick name -> [evaluation id, its folder relative to the run folder]
-CALIBRATION_META = "calibration_subjects"  # how many subjects calibration measures: `status` counts them off
-POOLED_META = "pooled_estimates"  # key of a candidate pooled -> its pooled estimates, as the final phase first chose
-EVALUATED_ON_META = "evaluated_on"  # the device type the run first evaluated on ("cuda", "cpu")
-REVISION_META = "estimator_revision"  # the estimator revision candidates are scored with (irt.ESTIMATOR_REVISION)
-MIXED_META = "estimator_revisions"  # where a resumed folder's estimates mix revisions: those it holds (0: unrecorded)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A metadata record of the store: its key and the shape a run writes it in. Read back, a value
+    not of that shape (checked strictly: "1" is no 1) is the store's one-line damaged error, where
+    it was a traceback wherever the value was first used (a status line, a report's table)."""
+
+    key: str
+    shape: Any = Any
+
+
+class TaskFacts(TypedDict):
+    name: str
+    direction: Literal["maximize", "minimize"]
+    items: int  # the task's items, held-out ones included
+
+
+class Facts(TypedDict):
+    """What reading a run needs without its models or tasks (`status`, `report`)."""
+    name: str
+    generations: int
+    algorithm: str
+    tasks: Annotated[list[TaskFacts], Field(min_length=1)]
+    weights: dict[str, float] | None  # objective.weights: the optimiser sees their weighted sum
+
+
+FACTS_META = Record("facts", Facts)
+EXPORTED_META = Record("exported", dict[str, tuple[int, str]])  # pick name -> [evaluation id, its folder
+#   relative to the run folder (absolute in older runs)]
+CALIBRATION_META = Record("calibration_subjects", int)  # how many subjects calibration measures: `status`
+#   counts them off
+POOLED_META = Record("pooled_estimates", dict[str, dict[str, float]])  # key of a candidate pooled -> its pooled
+#   estimates, as the final phase first chose
+EVALUATED_ON_META = Record("evaluated_on", str)  # the device type the run first evaluated on ("cuda", "cpu")
+REVISION_META = Record("estimator_revision", int)  # the estimator revision candidates are scored with
+#   (irt.ESTIMATOR_REVISION)
+ANCHORS_META = Record("anchors", dict[str, dict[str, int]])  # task -> scenario -> anchors per candidate, for `status`
+FINISHED_META = Record("finished", bool)  # set when the run's final phase and exports are done
+MIXED_META = Record("estimator_revisions", list[int])  # where a resumed folder's estimates mix revisions: those it
+#   holds (0: unrecorded)
 MEASURE_FAILED = "measure_failed:"  # + key: the error of a final-phase measurement that failed
 
 
@@ -221,18 +260,21 @@ class CampaignStore:
             for key, value in values.items():
                 self.set_meta(key, value)
 
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return self._json(row[0], f"meta {key!r}") if row else default
+    def get_meta(self, key: str | Record, default: Any = None) -> Any:
+        """The value stored under `key` (`default` where there is none), of the record's shape."""
+        record = key if isinstance(key, Record) else Record(key)
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (record.key,)).fetchone()
+        if row is None:
+            return default
+        try:
+            return _adapter(record.shape).validate_json(row[0], strict=True)
+        except ValidationError:
+            raise self.damaged(f"meta {record.key!r}") from None
 
     def exported(self) -> dict[str, tuple[int, str]]:
         """Pick name -> (evaluation id, its folder as `run` recorded it: relative to the run folder,
-        absolute in older runs); damaged where it is not what a run writes."""
-        value = self.get_meta(EXPORTED_META, {})
-        if not isinstance(value, dict) or not all(isinstance(v, list) and len(v) == 2 and type(v[0]) is int
-                                                  and isinstance(v[1], str) for v in value.values()):
-            raise self.damaged(f"meta {EXPORTED_META!r}")
-        return {name: (eid, folder) for name, (eid, folder) in value.items()}
+        absolute in older runs)."""
+        return self.get_meta(EXPORTED_META, {})
 
     def set_exported(self, exported: Mapping[str, tuple[int, str]]) -> None:
         self.set_meta(EXPORTED_META, {name: [eid, folder] for name, (eid, folder) in exported.items()})
@@ -241,12 +283,7 @@ class CampaignStore:
         """(the estimator revision candidates are scored with, None in a folder from before
         revisions were recorded; the revisions a reopened folder's estimates mix, 0 for unrecorded,
         [] where they do not mix); damaged where they are not what a run writes."""
-        recorded, mixed = self.get_meta(REVISION_META), self.get_meta(MIXED_META, [])
-        if recorded is not None and type(recorded) is not int:
-            raise self.damaged(f"meta {REVISION_META!r}")
-        if not isinstance(mixed, list) or not all(type(r) is int for r in mixed):
-            raise self.damaged(f"meta {MIXED_META!r}")
-        return recorded, mixed
+        return self.get_meta(REVISION_META), self.get_meta(MIXED_META, [])
 
     def measure_failures(self) -> dict[str, str]:
         """Candidate key -> error, for each final-phase measurement that failed (the candidate
@@ -254,7 +291,8 @@ class CampaignStore:
         rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE ?", (MEASURE_FAILED + "%",)).fetchall()
         return {key.removeprefix(MEASURE_FAILED): self._json(value, f"meta {key!r}", str) for key, value in rows}
 
-    def set_meta(self, key: str, value: Any) -> None:
+    def set_meta(self, key: str | Record, value: Any) -> None:
+        key = key.key if isinstance(key, Record) else key
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # -- progress: generations and the finished flag, checked against the evaluations
@@ -302,11 +340,11 @@ class CampaignStore:
 
     def mark_finished(self) -> None:
         """Set once the run's outputs (exports and report) are written."""
-        self.set_meta("finished", True)
+        self.set_meta(FINISHED_META, True)
 
     def finished(self, generations: int) -> bool:
         """Finished, and none of the `generations` configured is missing from the database."""
-        return bool(self.get_meta("finished")) and self.generations_completed() >= generations
+        return bool(self.get_meta(FINISHED_META)) and self.generations_completed() >= generations
 
     def _insert_scores(self, evaluation_id: int, scores: Mapping[str, Mapping[str, float]]) -> int:
         rows = [
@@ -334,6 +372,11 @@ class _Transaction:
 _COLUMNS = (
     "id, key, phase, generation, method, status, estimates, measured, items_evaluated, seconds, error, estimate_se"
 )
+
+
+@cache
+def _adapter(shape: Any) -> TypeAdapter:
+    return TypeAdapter(shape)
 
 
 def _dumps(value: Any) -> str | None:

@@ -31,11 +31,11 @@ from evo_merge.search.binding import (
     fingerprinted,
 )
 from evo_merge.search.lock import LOCK_FILE
-from evo_merge.search.store import CampaignStore, atomic_write
+from evo_merge.search.store import FACTS_META, CampaignStore, Record, atomic_write
 from evo_merge.weights.digest import legacy_weights_digest, weights_digest
 from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference, split_adapter
 
-WEIGHTS_META = "weights"  # config key (base_model, models.N) -> digest of its weight files
+WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
 # what a folder holds before its campaign is bound: the database (with SQLite's journal files), the lock
 # what a run folder holds before its store is bound (campaign.yaml: a bind cut short after writing it)
 FRESH_RUN_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE, CAMPAIGN_FILE}
@@ -282,7 +282,7 @@ def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
 def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int]) -> None:
     """What reading a run needs, kept in the store: name, tasks (direction, items), generations."""
     store.set_meta(
-        "facts",
+        FACTS_META,
         {
             "name": campaign.name,
             "generations": campaign.algorithm.generations,

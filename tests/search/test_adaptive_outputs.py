@@ -13,10 +13,11 @@ from campaigns import run_campaign, write_campaign  # tests/search is on sys.pat
 from click.testing import CliRunner
 
 from evo_merge.cli import cli
-from evo_merge.report.campaign import evaluation_table, facts_objectives, progress_table
+from evo_merge.report.campaign import evaluation_table, progress_table
 from evo_merge.report.html import front_figure
+from evo_merge.search.objectives import Objectives
 from evo_merge.search.refine import RESOLVED_META
-from evo_merge.search.store import CampaignStore
+from evo_merge.search.store import FACTS_META, CampaignStore
 from evo_merge.zoo.tiny import save_tiny_family
 
 
@@ -48,7 +49,7 @@ def test_the_tracker_ends_with_the_report_s_figures(run):
 
     ids = json.loads((run / "tracking.json").read_text())
     store = CampaignStore(run)
-    objectives = facts_objectives(store.get_meta("facts"))
+    objectives = Objectives.of_facts(store.get_meta(FACTS_META))
     client = MlflowClient((run.parent / "mlruns").as_uri())
     progress = progress_table(store, objectives).set_index("generation")
     for name in ("hypervolume", "items", *(f"best_{t}" for t in objectives.names)):

@@ -362,7 +362,7 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
         store = CampaignStore(run)
         store.set_meta("config", config_fingerprint(Campaign.model_validate(data)))
         if not marked:
-            store.db.execute("DELETE FROM meta WHERE key = ?", (DEFAULTS_META,))
+            store.db.execute("DELETE FROM meta WHERE key = ?", (DEFAULTS_META.key,))
         store.close()
 
     written_by_the_older_version(tmp_path / "old", marked=False)
@@ -440,7 +440,7 @@ def test_a_folder_reopened_across_an_estimator_revision_says_so(tmp_path, zoo, c
 
     store = CampaignStore(run)
     assert store.get_meta(REVISION_META) == ESTIMATOR_REVISION and store.get_meta(MIXED_META) is None
-    store.db.execute("DELETE FROM meta WHERE key = ?", (REVISION_META,))  # as a folder from before
+    store.db.execute("DELETE FROM meta WHERE key = ?", (REVISION_META.key,))  # as a folder from before
     store.close()
     assert "revisions" not in CliRunner().invoke(cli, ["status", str(run)]).output
     said = reopen()

@@ -115,7 +115,7 @@ def test_the_final_phase_pools_once_and_keeps_its_choice_when_measurements_arriv
     store.add_measurement(first[0], {"t": 0.0, "u": 0.0}, {})
     assert [e.key for e in to_measure(store, objectives, final, distinct)] == first
     assert store.get_meta(POOLED_META) == stored
-    store.db.execute("DELETE FROM meta WHERE key = ?", (POOLED_META,))
+    store.db.execute("DELETE FROM meta WHERE key = ?", (POOLED_META.key,))
     store.db.commit()
     assert [e.key for e in to_measure(store, objectives, final, distinct)] != first  # what storing them prevents
     plain = _store(tmp_path / "plain")

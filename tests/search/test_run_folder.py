@@ -629,11 +629,21 @@ def test_a_damaged_defaults_mark_is_an_error_naming_it(copy, finished):
     ("exported", '{"best-a": [1]}', "meta 'exported'", ("status", "report")),
     ("estimator_revisions", "5", "meta 'estimator_revisions'", ("status",)),
     ("estimator_revision", '"1"', "meta 'estimator_revision'", ("resume",)),
+    ("pooled_estimates", '{"k": 0.5}', "meta 'pooled_estimates'", ("status", "report")),
+    ("anchors", '{"agree0": 20}', "meta 'anchors'", ("status",)),
+    ("race", '{"finalists": 3, "left": []}', "meta 'race'", ("status", "report")),
+    ("holdout", '["agree0"]', "meta 'holdout'", ("status", "report")),
+    ("baselines", '["ta"]', "meta 'baselines'", ("report",)),
+    ("finished", '"yes"', "meta 'finished'", ("status", "report")),
+    ("weights", '"digest"', "meta 'weights'", ("resume",)),
+    ("facts", '{"name": "c", "generations": 2, "algorithm": "nsga2", "tasks": [], "weights": null}',
+     "meta 'facts'", ("status", "report")),
 ])
-def test_a_damaged_record_of_the_picks_or_the_estimator_revisions_is_an_error_naming_it(copy, key, value, where,
-                                                                                      commands):
-    """What `run` records of its picks, and of the estimator revisions it scored with, read by the
-    commands that show or reuse them: an edited value was an AttributeError or TypeError traceback."""
+def test_a_damaged_record_of_the_run_is_an_error_naming_it(copy, key, value, where, commands):
+    """What a run records beside its evaluations (its picks, estimator revisions, pooled estimates,
+    anchors, race, held-out items, standard merges, weights, facts, end), read by the
+    commands that show or reuse them: a record not of the shape a run writes was an AttributeError,
+    TypeError or KeyError traceback wherever it was first used."""
     with closing(sqlite3.connect(copy / "state.sqlite")) as db:
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
         db.commit()

@@ -370,7 +370,7 @@ def test_an_export_on_another_device_than_the_run_evaluated_on_says_so(tmp_path,
     with caplog.at_level(logging.WARNING, logger="evo_merge.search.export"):
         assert CliRunner().invoke(cli, [*args, str(tmp_path / "same")]).exit_code == 0
         assert not caplog.records  # evaluated and exported on the CPU
-        store.db.execute("DELETE FROM meta WHERE key = ?", (EVALUATED_ON_META,))  # a dask run records none
+        store.db.execute("DELETE FROM meta WHERE key = ?", (EVALUATED_ON_META.key,))  # a dask run records none
         assert CliRunner().invoke(cli, [*args, str(tmp_path / "unknown")]).exit_code == 0
         assert not caplog.records  # `auto`, nothing recorded: no device to compare with
         store.set_meta(EVALUATED_ON_META, "cuda")  # as a GPU machine's run would have recorded
