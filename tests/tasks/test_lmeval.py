@@ -163,6 +163,20 @@ def make_task(batch_size=1024, **settings):
 
 TASK = make_task()
 NOT_A_TASK = 42
+
+
+class Numbered:
+    name, scenarios = "numbered", None
+
+    def __init__(self, ids):
+        self.item_ids = ids
+
+    def evaluate(self, model, tokenizer=None, item_ids=None):
+        raise AssertionError("not evaluated")
+
+
+NUMBERED = Numbered([0, 1, 2])
+REPEATED = Numbered(["a", "b", "a"])
 """
 
 
@@ -178,6 +192,11 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch):
     assert resolve_task("toy-plugin").name == "plug"
     with pytest.raises(UserError, match="not a FitnessTask"):
         resolve_task("evo_plugin_demo:NOT_A_TASK")
+    # ids are stored as text and matched as given: an int id would be found under no name
+    with pytest.raises(UserError, match=r"NUMBERED': item ids must be strings, not int \(0\)"):
+        resolve_task("evo_plugin_demo:NUMBERED")
+    with pytest.raises(UserError, match=r"REPEATED': item ids must be unique \(1 repeated\)"):
+        resolve_task("evo_plugin_demo:REPEATED")
     with pytest.raises(UserError, match="no attribute 'missing'"):
         resolve_task("evo_plugin_demo:missing")
     with pytest.raises(UserError, match="cannot import module 'no_such_module_zz'.*add its folder to PYTHONPATH"):
