@@ -23,10 +23,11 @@ from typing import Any, Protocol
 
 from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError, first_line
+from evo_merge.search.campaign import CALIBRATION
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.metrics import recorded_metrics
 from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
-from evo_merge.search.study import BASELINE, CALIBRATION
+from evo_merge.search.study import BASELINE
 
 IDS_FILE = "tracking.json"
 RUN_KEY_TAG = "evo_merge.run_key"

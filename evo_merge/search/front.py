@@ -31,7 +31,7 @@ from evo_merge.search.pooling import pooled
 from evo_merge.search.race import RACE_META, SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation, Record
-from evo_merge.search.study import BASELINE, CALIBRATION, SEARCH
+from evo_merge.search.study import BASELINE, SEARCH
 
 BASELINES_META = Record("baselines", dict[str, str])  # store meta: candidate key -> baseline label
 MEASURE_STAGE = "final: measuring the finalists"
@@ -141,16 +141,10 @@ def pooled_as_first(store: CampaignStore, pool: Sequence[Evaluation], space: Sea
     """`pool` with the estimates pooled over similar recipes (`pooling.pooled`) when the final
     phase first chose its finalists, stored then: pooling leans on measured candidates, so the
     measurements the final phase (or `export --pick`) adds would move them, and a resumed final
-    phase would choose other finalists. The calibration's merges the space expresses (the base, the
-    endpoints, the random warm-ups: measured on every search item) are pooled over too, as the
-    measured points they are: a specialist bred next to its endpoint is pooled with the endpoint's
-    score, not only with its estimated neighbours'."""
+    phase would choose other finalists."""
     stored = store.get_meta(POOLED_META)
     if stored is None:
-        measured = [e for e in store.evaluations(CALIBRATION) if e.status == "ok" and e.measured is not None
-                    and Candidate.from_key(e.key).method in space.methods]
-        stored = {e.key: e.estimates for e in pooled(pool, space, names, measured)
-                  if e.measured is None}  # (measured: as is)
+        stored = {e.key: e.estimates for e in pooled(pool, space, names) if e.measured is None}  # (measured: as is)
         store.set_meta(POOLED_META, stored)
     return [replace(e, estimates=stored.get(e.key, e.estimates)) for e in pool]
 

@@ -36,24 +36,21 @@ MIN_CANDIDATES = 8  # fewer: too few neighbours to learn a length scale from; th
 FIT_AT_MOST = 500  # the kernel is fitted on at most this many candidates (the fit is cubic); all are pooled
 
 
-def pooled(evaluations: Sequence[Evaluation], space: SearchSpace, names: Sequence[str],
-           measured: Sequence[Evaluation] = ()) -> list[Evaluation]:
-    """`evaluations` with each estimated one's `estimates` replaced by the pooled estimate per task;
-    `measured`: other merges measured on every item (a campaign's calibration subjects), pooled over
-    as exact points, not returned. Where a candidate has no finite standard error for a task (full
-    evaluation, folders from before SEs), or there are fewer than `MIN_CANDIDATES`, the estimates
-    stay as they are."""
+def pooled(evaluations: Sequence[Evaluation], space: SearchSpace, names: Sequence[str]) -> list[Evaluation]:
+    """`evaluations` with each estimated one's `estimates` replaced by the pooled estimate per task.
+    Where a candidate has no finite standard error for a task (full evaluation, folders from before
+    SEs), or there are fewer than `MIN_CANDIDATES`, the estimates stay as they are."""
     usable = all(e.measured is not None or (e.estimate_se is not None and
                                            all(np.isfinite(e.estimate_se.get(n, np.nan)) for n in names))
                  for e in evaluations)
     if len(evaluations) < MIN_CANDIDATES or not usable or all(e.measured is not None for e in evaluations):
         return list(evaluations)
-    points = [*evaluations, *measured]
-    x = np.array([space.coordinates(Candidate.from_key(e.key)) for e in points])
+    x = np.array([space.coordinates(Candidate.from_key(e.key)) for e in evaluations])
     means = {}
     for name in names:
-        y = np.array([e.measured[name] if e.measured is not None else e.estimates[name] for e in points])
-        noise = np.array([MEASURED_NOISE if e.measured is not None else e.estimate_se[name] ** 2 for e in points])
+        y = np.array([e.measured[name] if e.measured is not None else e.estimates[name] for e in evaluations])
+        noise = np.array([MEASURED_NOISE if e.measured is not None else e.estimate_se[name] ** 2
+                          for e in evaluations])
         means[name] = _posterior_mean(x, y, noise)
     return [e if e.measured is not None else
             replace(e, estimates={**e.estimates, **{n: float(np.clip(means[n][i], 0.0, 1.0)) for n in names}})

@@ -121,32 +121,3 @@ def test_the_final_phase_pools_once_and_keeps_its_choice_when_measurements_arriv
     plain = _store(tmp_path / "plain")
     own = [e.key for e in to_measure(plain, objectives, final.model_copy(update={"pool_estimates": False}), distinct)]
     assert plain.get_meta(POOLED_META) is None and own != first  # each candidate's own estimates choose others
-
-
-def test_the_final_phase_pools_over_the_calibrations_measured_merges(tmp_path):
-    """The base, the endpoints and the random warm-ups are measured on every search item: the
-    final phase pools over them as exact points, so a specialist bred next to its endpoint, whose
-    own anchors flatter it, is pooled onto the endpoint's measured score. They are no candidates:
-    nothing of theirs is stored as pooled. A calibration merge of a method the space does not
-    search is left out (its coordinates would place it nowhere)."""
-    store = _store(tmp_path / "run")
-    endpoint = Candidate("task_arithmetic", (1.5, 0.0), (("lambda", 1.0),))
-    true = _truth(endpoint.weights)
-    store.add(endpoint.key, phase="calibration", generation=None, method="task_arithmetic", status="ok",
-              estimates={"t": true, "u": 1 - true}, measured={"t": true, "u": 1 - true})
-    other = Candidate("dare_ties", (1.5, 0.0), (("density", 0.5),))
-    store.add(other.key, phase="calibration", generation=None, method="dare_ties", status="ok",
-              estimates={"t": 0.0, "u": 0.0}, measured={"t": 0.0, "u": 0.0})
-    twin = Candidate("task_arithmetic", (1.499, 0.0))
-    store.add(twin.key, phase="search", generation=2, method="task_arithmetic", status="ok",
-              estimates={"t": true + 0.2, "u": 0.8 - true}, estimate_se={"t": 0.06, "u": 0.06})
-    objectives = Objectives.of(["t", "u"], ["maximize", "maximize"])
-    to_measure(store, objectives, FinalSpec(top_k=2, evaluate_top=4, baselines=False), Distinct(SPACE, 0.02))
-    stored = store.get_meta(POOLED_META)
-    assert endpoint.key not in stored and other.key not in stored and twin.key in stored
-    assert abs(stored[twin.key]["t"] - true) < 0.05, stored[twin.key]  # was 0.2 off; over estimates only, 0.11
-    alone = _store(tmp_path / "alone")
-    alone.add(twin.key, phase="search", generation=2, method="task_arithmetic", status="ok",
-              estimates={"t": true + 0.2, "u": 0.8 - true}, estimate_se={"t": 0.06, "u": 0.06})
-    to_measure(alone, objectives, FinalSpec(top_k=2, evaluate_top=4, baselines=False), Distinct(SPACE, 0.02))
-    assert abs(alone.get_meta(POOLED_META)[twin.key]["t"] - true) > 0.08
