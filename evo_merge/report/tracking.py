@@ -23,11 +23,10 @@ from typing import Any, Protocol
 
 from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError, first_line
-from evo_merge.search.campaign import CALIBRATION
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.metrics import recorded_metrics
 from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
-from evo_merge.search.study import BASELINE
+from evo_merge.search.study import BASELINE, CALIBRATION
 
 IDS_FILE = "tracking.json"
 RUN_KEY_TAG = "evo_merge.run_key"

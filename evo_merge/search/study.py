@@ -22,6 +22,7 @@ from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import Evaluation
 
+CALIBRATION = "calibration"  # phase of the base, the endpoints and the random warm-ups: measured to fit IRT
 SEARCH = "search"
 BASELINE = "baseline"  # phase of the standard merges: warm-ups measured before the search, or scored after it
 GenerationDone = Callable[[int, list[Evaluation]], None]

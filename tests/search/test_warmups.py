@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from evo_merge.cli import cli
 from evo_merge.config import Campaign
-from evo_merge.search.campaign import CALIBRATION, CampaignRunner, search_space
+from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import standard_merges
 from evo_merge.search.front import candidates
-from evo_merge.search.study import BASELINE, SEARCH
+from evo_merge.search.study import BASELINE, CALIBRATION, SEARCH
 from evo_merge.zoo.tiny import save_tiny_family
 
 sys.path.insert(0, str(Path(__file__).parent))  # agreement_task, the plugin task the campaigns score
