@@ -74,7 +74,8 @@ ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told")
 class Record:
     """A metadata record of the store: its key and the shape a run writes it in. Read back, a value
     not of that shape (checked strictly: "1" is no 1) is the store's one-line damaged error, where
-    it was a traceback wherever the value was first used (a status line, a report's table)."""
+    it was a traceback wherever the value was first used (a status line, a report's table). A
+    field added to a shape later must be optional (`NotRequired`, `| None`): older folders lack it."""
 
     key: str
     shape: Any = Any
