@@ -177,20 +177,25 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--hold-out", type=click.Choice(HOLD_OUTS), default="random", show_default=True,
               help="Which subjects are held out: at random, or the strongest / weakest by mean score (unlike "
               "every training subject, as a campaign's best merges can be).")
-@click.option("--test-frac", type=float, default=0.25, show_default=True, help="Share of subjects held out.")
+@click.option("--test-frac", type=float, default=0.25, show_default=True,
+              help="Share of subjects held out (one split; see --folds).")
+@click.option("--folds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Hold every subject out once, over this many fits (random hold-out), instead of one split: "
+              "with a few dozen subjects one split's verdict rests on a handful.")
 @click.option("--budgets", default="10,20,50,100", show_default=True, help="Anchors per scenario, comma-separated.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the held-out split and the anchor draws.")
 @_backend_flags
 @click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
-@click.option("--repeats", type=int, default=1, show_default=True, help="Anchor draws averaged per row.")
+@click.option("--repeats", type=int, default=5, show_default=True,
+              help="Anchor draws averaged per row (one draw's anchors serve every held-out subject).")
 @click.option("--draws", type=int, default=RANDOM_DRAWS, show_default=True,
               help="Random draws per subject behind the baseline (random items + mean).")
 @click.option("--endpoints", default=None, help="Training subject ids (comma-separated): adds mp-IRT rows.")
 @click.option("--overall", is_flag=True,
               help="Error of the item-weighted mean over the scenarios (a task's score), not of each scenario.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
-def validate(responses: Path, hold_out: str, test_frac: float, budgets: str, seed: int, backend: str,
+def validate(responses: Path, hold_out: str, test_frac: float, folds: int, budgets: str, seed: int, backend: str,
              epochs: int | None, lr: float | None, dims: str, repeats: int, draws: int, endpoints: str | None,
              overall: bool, csv_path: Path | None) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
@@ -198,7 +203,7 @@ def validate(responses: Path, hold_out: str, test_frac: float, budgets: str, see
 
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
     with StageBars() as bars:
-        table = run_validation(load_responses(responses), test_frac=test_frac,
+        table = run_validation(load_responses(responses), test_frac=test_frac, folds=folds,
                                budgets=_int_list(budgets, "--budgets"), seed=seed, backend=backend, dims=_dims(dims),
                                repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,
                                progress=bars, **_backend_options(backend, epochs, lr))

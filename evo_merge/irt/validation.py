@@ -32,6 +32,11 @@ ENDPOINT_ESTIMATORS = ("mpirt", "gmpirt")
 # which subjects are held out: drawn at random (like the calibration ones), or those scoring best or
 # worst on average (unlike every calibration subject: merges that beat their endpoints are such)
 HOLD_OUTS = ("random", "strongest", "weakest")
+# fewer held-out subjects than this: the summary says its verdict is noisy (3 subjects of a synthetic
+# 12-model leaderboard gave the default 1.28x, 1.41x, 0.37x at 10 / 30 / 100 items on one split and
+# anchor draw; 4 folds and 5 draws 0.80x, 0.73x, 0.72x; docs/irt.md)
+FEW_HELD_OUT = 10
+FEW_DRAWS = 5  # fewer anchor draws: one draw's anchors serve every held-out subject, its MAE is one noisy number
 
 
 def split_subjects(
@@ -59,6 +64,27 @@ def split_subjects(
         test = set(candidates[order[:n_test]])
     is_test = responses["subject"].isin(test)
     return responses[~is_test], responses[is_test]
+
+
+def subject_folds(responses: pd.DataFrame, folds: int, seed: int,
+                  keep_in_train: Sequence[str] = ()) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """`folds` train/test splits whose test sets partition the subjects (but `keep_in_train`),
+    seeded: each subject is held out once, so a verdict rests on every subject, not on the few
+    one split holds out."""
+    subjects = list(dict.fromkeys(responses["subject"]))
+    missing = [s for s in keep_in_train if s not in subjects]
+    if missing:
+        raise UserError(f"endpoint subject {missing[0]} is not in the responses")
+    candidates = np.array([s for s in subjects if s not in set(keep_in_train)])
+    if folds < 2 or folds > candidates.size or len(subjects) - -(-candidates.size // folds) < 4:
+        raise UserError(f"cannot make {folds} folds of {len(subjects)} subjects (each needs a held-out subject "
+                        "and at least 4 to fit on)")
+    order = np.random.default_rng(seed).permutation(candidates)
+    splits = []
+    for part in np.array_split(order, folds):
+        is_test = responses["subject"].isin(set(part))
+        splits.append((responses[~is_test], responses[is_test]))
+    return splits
 
 
 def random_baseline(test: np.ndarray, groups: dict[str, np.ndarray], budget: int, draws: int, seed: int,
@@ -94,6 +120,7 @@ def validate(
     overall: bool = False,
     draws: int = RANDOM_DRAWS,
     hold_out: str = "random",
+    folds: int = 1,
     progress: Progress = no_progress,
     **backend_options: float,
 ) -> pd.DataFrame:
@@ -106,16 +133,19 @@ def validate(
     score (the item-weighted mean of the scenarios' true scores; one number per subject) as each
     estimator estimates it: a campaign's task score, when its scenarios are the task's sub-skills.
     `hold_out` (`split_subjects`) chooses the test subjects: `strongest` asks whether subjects
-    better than every calibration subject, as a campaign's best merges can be, are estimated well."""
+    better than every calibration subject, as a campaign's best merges can be, are estimated well.
+    With `folds` K > 1 (random hold-out only) every subject is held out once, over K fits
+    (`subject_folds`), and each row pools the K folds' errors, weighted by their held-out
+    subjects: a leaderboard of a dozen models holds out 3 in one split, too few for a verdict."""
     if repeats < 1 or draws < 1:
         raise UserError(f"repeats and draws must be at least 1, not {repeats} and {draws}")
+    if folds > 1 and hold_out != "random":
+        raise UserError(f"folds hold every subject out once: they go with a random hold-out, not {hold_out!r}")
     estimators = list(estimators) + ([e for e in ENDPOINT_ESTIMATORS if e not in estimators] if endpoints else [])
     methods = list(dict.fromkeys([*methods, "random"]))
-    train, test = split_subjects(responses, test_frac, seed, endpoints, hold_out)
-    model = IRTModel.fit(train, backend=backend, dims=dims, seed=seed, **backend_options)
-    test_scores = ResponseMatrix.from_long(test, items=model.item_ids).scores
-    rows = []
-    total, done = len(budgets) * len(methods) * repeats, 0
+    splits = ([split_subjects(responses, test_frac, seed, endpoints, hold_out)] if folds <= 1
+              else subject_folds(responses, folds, seed, endpoints))
+    total, done = len(splits) * len(budgets) * len(methods) * repeats, 0
     progress("validating", done, total)
 
     def advance() -> None:
@@ -123,18 +153,35 @@ def validate(
         done += 1
         progress("validating", done, total)
 
+    errors: dict[tuple[int, str, str], list[np.ndarray]] = {}  # (budget, method, kind) -> per fold, MAE per draw
+    baselines: dict[int, list[tuple[float, float]]] = {}  # budget -> per fold, (MAE, SD of one draw's)
+    held: list[int] = []
+    for train, test in splits:
+        model = IRTModel.fit(train, backend=backend, dims=dims, seed=seed, **backend_options)
+        test_scores = ResponseMatrix.from_long(test, items=model.item_ids).scores
+        held.append(test_scores.shape[0])
+        for budget in budgets:
+            for method in methods:
+                for kind, values in _anchor_errors(model, test_scores, budget, method, estimators, seed, repeats,
+                                                   endpoints, overall, advance).items():
+                    errors.setdefault((budget, method, kind), []).append(np.array(values))
+            baselines.setdefault(budget, []).append(random_baseline(test_scores, model.scenario_items(), budget,
+                                                                    draws, seed, overall))
+    share = np.array(held, dtype=float) / sum(held)  # each fold's weight: its held-out subjects
+    scenario_sizes = [g.size for g in model.scenario_items().values()]
+    rows = []
     for budget in budgets:
-        n_items = sum(min(budget, g.size) for g in model.scenario_items().values())
-        for method in methods:
-            errors = _anchor_errors(model, test_scores, budget, method, estimators, seed, repeats, endpoints,
-                                    overall, advance)
-            for kind, values in errors.items():
-                rows.append({"method": method, "estimator": kind, "budget": budget, "items": n_items,
-                             "saving": len(model.item_ids) / n_items, "mae": float(np.mean(values)),
-                             "sd": float(np.std(values)), "draws": len(values)})
-        mae, sd = random_baseline(test_scores, model.scenario_items(), budget, draws, seed, overall)
-        rows.append({"method": "random", "estimator": BASELINE, "budget": budget, "items": n_items,
-                     "saving": len(model.item_ids) / n_items, "mae": mae, "sd": sd, "draws": draws})
+        n_items = sum(min(budget, size) for size in scenario_sizes)
+        row = {"budget": budget, "items": n_items, "saving": len(model.item_ids) / n_items, "held_out": sum(held),
+               "folds": len(splits)}
+        for (b, method, kind), per_fold in errors.items():
+            if b == budget:
+                pooled = share @ np.vstack(per_fold)  # MAE per draw over every held-out subject
+                rows.append(row | {"method": method, "estimator": kind, "mae": float(pooled.mean()),
+                                   "sd": float(pooled.std()), "draws": pooled.size})
+        mae, sd = np.array(baselines[budget]).T
+        rows.append(row | {"method": "random", "estimator": BASELINE, "mae": float(share @ mae),
+                           "sd": float(np.sqrt(share**2 @ sd**2)), "draws": draws})  # the folds' draws are independent
     table = pd.DataFrame(rows)
     base = table[table.estimator == BASELINE].set_index("budget")["mae"]
     # no ratio where random sampling is exact (the budget covers every item): shown blank, not inf
@@ -151,9 +198,16 @@ def default_summary(table: pd.DataFrame, overall: bool = False) -> str:
     if rows.empty:  # the default estimator was not among those validated
         return ""
     ratios = ", ".join(f"{r.vs_baseline:.2f}x at {r.budget}" for r in rows.itertuples() if not np.isnan(r.vs_baseline))
+    held, draws, folds = (int(rows[column].iloc[0]) for column in ("held_out", "draws", "folds"))
+    fixes = ((["--folds 4 holds every subject out once"] if held < FEW_HELD_OUT and folds == 1 else [])
+             + (["--repeats 5 averages more anchor draws"] if draws < FEW_DRAWS else []))
+    caution = ""
+    if held < FEW_HELD_OUT or draws < FEW_DRAWS:
+        caution = (f"; {held} held-out subject{'s' if held > 1 else ''} and {draws} anchor "
+                   f"draw{'s' if draws > 1 else ''}: a noisy verdict" + (f" ({'; '.join(fixes)})" if fixes else ""))
     return (f"default ({DEFAULT_ANCHOR_METHOD} anchors, here {rows.method.iloc[0]}, + {DEFAULT_ESTIMATOR_KIND}): "
             f"{ratios or 'no ratio'} (its MAE{' of the overall score' if overall else ''} over random sampling's, "
-            "by anchors per scenario)")
+            f"by anchors per scenario{caution})")
 
 
 def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method: str, estimators: Sequence[str],

@@ -18,7 +18,7 @@ from evo_merge.irt.estimators import Estimator
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
-from evo_merge.irt.validation import BASELINE, split_subjects
+from evo_merge.irt.validation import BASELINE, RANDOM_DRAWS, random_baseline, split_subjects, subject_folds
 
 
 def test_irt_anchors_and_gpirt_beat_random_sampling_by_25_percent_at_n30():
@@ -139,7 +139,8 @@ def test_fit_anchors_estimate_validate(files):
     code, out = run("validate", root / "responses.csv", "--budgets", "5,10", "--dims", "1", "--csv", root / "v.csv")
     assert code == 0 and "baseline" in out
     # sent to a log (not a terminal), its progress is a line, as a campaign's stages are
-    assert re.search(rf"^validating: {2 * len(SELECTABLE)}/{2 * len(SELECTABLE)} in \d+:\d\d:\d\d$", out, re.M), out
+    steps = 2 * len(SELECTABLE) * 5  # budgets x anchor methods x the default 5 anchor draws
+    assert re.search(rf"^validating: {steps}/{steps} in \d+:\d\d:\d\d$", out, re.M), out
     table = pd.read_csv(root / "v.csv")
     assert len(table) == 2 * (len(SELECTABLE) * 3 + 1) and np.isfinite(table.mae).all()
     # 30 training subjects: the default is stratified-irt anchors + gp-IRT, marked and summed up
@@ -148,11 +149,51 @@ def test_fit_anchors_estimate_validate(files):
                                                                           ("stratified-irt", "gpirt", 10)}
     ratios = ", ".join(f"{r:.2f}x at {b}" for b, r in zip(default.budget, default.vs_baseline))
     assert f"default (auto anchors, here stratified-irt, + gpirt): {ratios} " in out, out
+    assert "noisy verdict" not in out  # 10 held-out subjects, 5 anchor draws
     assert "gpirt (default)" in out
     code, out = run("validate", root / "responses.csv", "--budgets", "5", "--dims", "1", "--hold-out", "strongest",
                     "--overall")
     assert code == 0 and "mean absolute error on the strongest subjects, held out" in out, out
     assert "(its MAE of the overall score over random sampling's" in out
+
+
+def test_folds_hold_every_subject_out_once_and_pool_their_errors(files):
+    """With `folds`, each subject (endpoints aside) is held out once, and each row is the folds'
+    errors weighted by their held-out subjects: the baseline row is the weighted mean of each
+    fold's own random-sampling baseline."""
+    _, full = files
+    data = validate_responses(full[full.subject.isin(sorted(full.subject.unique())[:14])])
+    splits = subject_folds(data, 4, seed=0, keep_in_train=["m0000"])
+    held = [test.subject.unique() for _, test in splits]
+    assert sorted(s for part in held for s in part) == sorted(set(data.subject) - {"m0000"})
+    assert [len(h) for h in held] == [4, 3, 3, 3] and all("m0000" in set(train.subject) for train, _ in splits)
+    table = validate(data, budgets=[5], methods=["stratified"], dims=1, folds=4, endpoints=["m0000"], repeats=2)
+    assert (table.held_out == 13).all() and (table.folds == 4).all()
+    assert (table.draws[table.estimator != BASELINE] == 2).all()
+    expected = 0.0
+    for train, test in splits:
+        model = IRTModel.fit(train, dims=1, seed=0)
+        scores = ResponseMatrix.from_long(test, items=model.item_ids).scores
+        expected += random_baseline(scores, model.scenario_items(), 5, RANDOM_DRAWS, 0, False)[0] * len(scores) / 13
+    assert table.loc[table.estimator == BASELINE, "mae"].item() == pytest.approx(expected)
+    with pytest.raises(UserError, match="folds hold every subject out once: they go with a random hold-out"):
+        validate(data, budgets=[5], dims=1, folds=4, hold_out="strongest")
+    with pytest.raises(UserError, match="cannot make 15 folds of 14 subjects"):
+        subject_folds(data, 15, seed=0)
+    with pytest.raises(UserError, match="cannot make 2 folds of 6 subjects"):  # 3 left to fit on
+        subject_folds(data[data.subject.isin(sorted(data.subject.unique())[:6])], 2, seed=0)
+
+
+def test_a_verdict_from_few_subjects_or_one_anchor_draw_says_it_is_noisy(files):
+    root, full = files
+    full[full.subject.isin(sorted(full.subject.unique())[:12])].to_csv(root / "twelve.csv", index=False)
+    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--repeats", "1")
+    assert code == 0 and ("; 3 held-out subjects and 1 anchor draw: a noisy verdict (--folds 4 holds every subject "
+                          "out once; --repeats 5 averages more anchor draws))") in out, out
+    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--folds", "4")
+    assert code == 0 and "noisy verdict" not in out and "12 held-out" not in out, out
+    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--folds", "3", "--repeats", "2")
+    assert code == 0 and "; 12 held-out subjects and 2 anchor draws: a noisy verdict (--repeats 5 averages" in out
 
 
 def test_validate_marks_the_fallback_default_with_few_calibration_subjects(files):
