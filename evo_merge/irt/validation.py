@@ -48,11 +48,7 @@ def split_subjects(
         raise UserError(f"test fraction must be between 0 and 1, not {test_frac}")
     if hold_out not in HOLD_OUTS:
         raise UserError(f"unknown hold-out {hold_out!r} (choose from {', '.join(HOLD_OUTS)})")
-    subjects = list(dict.fromkeys(responses["subject"]))
-    missing = [s for s in keep_in_train if s not in subjects]
-    if missing:
-        raise UserError(f"endpoint subject {missing[0]} is not in the responses")
-    candidates = np.array([s for s in subjects if s not in set(keep_in_train)])
+    subjects, candidates = _subjects(responses, keep_in_train)
     n_test = max(1, int(round(test_frac * len(subjects))))
     if len(subjects) - n_test < 4 or n_test > candidates.size:
         raise UserError(f"too few subjects ({len(subjects)}) for a test fraction of {test_frac}")
@@ -66,16 +62,21 @@ def split_subjects(
     return responses[~is_test], responses[is_test]
 
 
+def _subjects(responses: pd.DataFrame, keep_in_train: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Every subject, and those that may be held out (all but `keep_in_train`, which must be there)."""
+    subjects = list(dict.fromkeys(responses["subject"]))
+    missing = [s for s in keep_in_train if s not in subjects]
+    if missing:
+        raise UserError(f"endpoint subject {missing[0]} is not in the responses")
+    return subjects, np.array([s for s in subjects if s not in set(keep_in_train)])
+
+
 def subject_folds(responses: pd.DataFrame, folds: int, seed: int,
                   keep_in_train: Sequence[str] = ()) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
     """`folds` train/test splits whose test sets partition the subjects (but `keep_in_train`),
     seeded: each subject is held out once, so a verdict rests on every subject, not on the few
     one split holds out."""
-    subjects = list(dict.fromkeys(responses["subject"]))
-    missing = [s for s in keep_in_train if s not in subjects]
-    if missing:
-        raise UserError(f"endpoint subject {missing[0]} is not in the responses")
-    candidates = np.array([s for s in subjects if s not in set(keep_in_train)])
+    subjects, candidates = _subjects(responses, keep_in_train)
     if folds < 2 or folds > candidates.size or len(subjects) - -(-candidates.size // folds) < 4:
         raise UserError(f"cannot make {folds} folds of {len(subjects)} subjects (each needs a held-out subject "
                         "and at least 4 to fit on)")
@@ -187,6 +188,7 @@ def validate(
     # no ratio where random sampling is exact (the budget covers every item): shown blank, not inf
     table["vs_baseline"] = table["mae"] / table["budget"].map(base).replace(0.0, np.nan)
     # what a campaign or `irt anchors` / `irt estimate` would use on a model fitted on these subjects
+    # (the last fold's: folds differ by one training subject at most)
     default_method = choose_anchor_method(DEFAULT_ANCHOR_METHOD, len(model.subject_ids))[0]
     table["default"] = (table.method == default_method) & (table.estimator == DEFAULT_ESTIMATOR_KIND)
     return table
