@@ -653,3 +653,22 @@ def test_a_damaged_record_of_the_run_is_an_error_naming_it(copy, key, value, whe
         assert output.strip().splitlines()[-1] == (
             f"error: {copy / 'state.sqlite'}: {where} is damaged (edited, or not written by evo-merge); restore it "
             "from a backup, or start the campaign again in a new run folder"), output
+
+
+def test_records_written_by_older_versions_still_read(copy):
+    """The shapes records are read against take what earlier versions wrote: a race record from
+    before finalists' failures were kept (no `failed`) and before the survivors measured whole
+    were named (`compared` without `measured`), and `exported` folders given as absolute paths."""
+    store = CampaignStore(copy)
+    race = store.get_meta("race")
+    old = {key: value for key, value in race.items() if key != "failed"}
+    if "compared" in old:
+        old["compared"] = {key: value for key, value in old["compared"].items() if key != "measured"}
+    exported = {name: [eid, str(copy / folder)] for name, (eid, folder) in store.get_meta("exported").items()}
+    store.set_metas({"race": old, "exported": exported})
+    store.db.commit()
+    store.close()
+    for command in ("status", "report"):
+        code, output = invoke(command, copy)
+        assert code == 0 and "damaged" not in output, output
+    assert "final-phase race" in invoke("status", copy)[1]
