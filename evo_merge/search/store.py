@@ -255,7 +255,7 @@ class CampaignStore:
         return {**dict(rows.fetchall()), "final phase": self.items_evaluated(measured=True) - self.items_evaluated()}
 
     # -- key/value metadata (config hash, phase markers)
-    def set_metas(self, values: Mapping[str, Any]) -> None:
+    def set_metas(self, values: Mapping[str | Record, Any]) -> None:
         """Several metadata keys in one transaction: all of them, or none after a kill."""
         with self._transaction():
             for key, value in values.items():
@@ -265,10 +265,12 @@ class CampaignStore:
         """The value stored under `key` (`default` where there is none), of the record's shape."""
         record = key if isinstance(key, Record) else Record(key)
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (record.key,)).fetchone()
-        if row is None:
-            return default
+        return default if row is None else self._read(record, row[0])
+
+    def _read(self, record: Record, text: str) -> Any:
+        """A stored meta value checked against its record's shape; damaged where it is not of it."""
         try:
-            return _adapter(record.shape).validate_json(row[0], strict=True)
+            return _adapter(record.shape).validate_json(text, strict=True)
         except ValidationError:
             raise self.damaged(f"meta {record.key!r}") from None
 
@@ -290,7 +292,7 @@ class CampaignStore:
         """Candidate key -> error, for each final-phase measurement that failed (the candidate
         worked on its anchors, so it keeps its search evaluation and estimate)."""
         rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE ?", (MEASURE_FAILED + "%",)).fetchall()
-        return {key.removeprefix(MEASURE_FAILED): self._json(value, f"meta {key!r}", str) for key, value in rows}
+        return {key.removeprefix(MEASURE_FAILED): self._read(Record(key, str), value) for key, value in rows}
 
     def set_meta(self, key: str | Record, value: Any) -> None:
         key = key.key if isinstance(key, Record) else key

@@ -52,7 +52,7 @@ def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
     task = obj if isinstance(obj, FitnessTask) else _made(obj, spec, settings) if callable(obj) else None
     if not isinstance(task, FitnessTask):
         raise UserError(f"task plugin {spec!r} is not a FitnessTask nor a callable returning one")
-    ids = task.item_ids
+    ids = list(task.item_ids)
     if bad := [i for i in ids if not isinstance(i, str)]:  # stored as text, matched as given
         raise UserError(f"task plugin {spec!r}: item ids must be strings, not {type(bad[0]).__name__} ({bad[0]!r})")
     if len(set(ids)) != len(ids):

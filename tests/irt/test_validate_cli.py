@@ -263,6 +263,9 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
         ),
         (["validate", "{root}/responses.csv", "--budgets", "5,x"], "--budgets must be a comma-separated list"),
         (["validate", "{root}/responses.csv", "--test-frac", "1.5"], "test fraction must be between 0 and 1"),
+        (["validate", "{root}/responses.csv", "--folds", "4", "--hold-out", "strongest"],
+         "folds hold every subject out once: they go with a random hold-out, not 'strongest'"),
+        (["validate", "{root}/responses.csv", "--folds", "41"], "cannot make 41 folds of 40 subjects"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(files, args, message):

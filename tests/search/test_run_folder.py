@@ -666,7 +666,6 @@ def test_records_written_by_older_versions_still_read(copy):
         old["compared"] = {key: value for key, value in old["compared"].items() if key != "measured"}
     exported = {name: [eid, str(copy / folder)] for name, (eid, folder) in store.get_meta("exported").items()}
     store.set_metas({"race": old, "exported": exported})
-    store.db.commit()
     store.close()
     for command in ("status", "report"):
         code, output = invoke(command, copy)
