@@ -1,7 +1,9 @@
 """Search at the size users merge: the in-place merger's memory and time on a >= 0.5B Llama.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_scale.py [--root /tmp/bench_scale] [--repeats 3]
-        [--device cuda]   # on a GPU: the module and merges there; adds each method's GPU peak
+        [--device cuda]   # on a GPU: the module and merges there; adds each method's GPU peak and
+                          # task arithmetic through torch's eager ops next to the one-pass kernel
+        [--shape 7B] [--methods task_arithmetic ties] [--mode-timeout 300]
 
 1. Builds (or reuses under --root) random-weight Llama-architecture checkpoints in bfloat16: a
    base and 3 endpoints that differ from it by small random task vectors (written tensor by
@@ -16,6 +18,10 @@
    bandwidth measured in the same process), process max RSS as a multiple of the model's bf16
    size, and the memory plan's prediction next to it (before TIES, and with it).
 3. Prints the plan extrapolated to 7B, 13B and 70B Llama shapes with 3 and 8 endpoints.
+
+`--shape 7B` builds Llama-2-7B's shape instead (13.5 GB per checkpoint, 54 GB for the four; on a
+GPU the random weights are drawn there). A storage mode that runs past `--mode-timeout` reports
+the methods it finished.
 """
 
 from __future__ import annotations
@@ -68,8 +74,8 @@ def llama_tensors(hidden: int, intermediate: int, layers: int, heads: int, kv_he
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def build_checkpoints(root: Path, noise: float = 1e-3) -> tuple[Path, list[Path]]:
-    """Base + T endpoints in bf16 (endpoint = base + noise * N(0, 1), per tensor, seeded)."""
+def build_checkpoints(root: Path, noise: float = 1e-3, device: str = "cpu") -> tuple[Path, list[Path]]:
+    """Base + T endpoints in bf16 (endpoint = base + noise * N(0, 1), per tensor, seeded on `device`)."""
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
@@ -78,6 +84,7 @@ def build_checkpoints(root: Path, noise: float = 1e-3) -> tuple[Path, list[Path]
     folders = [root / "base", *(root / f"ft{t}" for t in range(T))]
     if (root / "done").exists():
         return folders[0], folders[1:]
+    device = "cpu" if device == "cpu" else indexed_cuda(device)
     s = SMALL
     config = LlamaConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["intermediate"],
                          num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
@@ -90,12 +97,13 @@ def build_checkpoints(root: Path, noise: float = 1e-3) -> tuple[Path, list[Path]
         tokenizer.save_pretrained(folder)
         state = {}
         for k, info in enumerate(tensors):
-            gen = torch.Generator().manual_seed(k)
-            base = torch.ones(info.shape) if len(info.shape) == 1 else 0.02 * torch.randn(info.shape, generator=gen)
+            gen = torch.Generator(device).manual_seed(k)
+            base = (torch.ones(info.shape, device=device) if len(info.shape) == 1
+                    else 0.02 * torch.randn(info.shape, generator=gen, device=device))
             if index:
                 gen.manual_seed(1_000_003 * index + k)
-                base += noise * torch.randn(info.shape, generator=gen)
-            state[info.name] = base.to(torch.bfloat16)
+                base += noise * torch.randn(info.shape, generator=gen, device=device)
+            state[info.name] = base.to(torch.bfloat16).cpu()
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         del state
         print(f"  wrote {folder}", flush=True)
@@ -132,6 +140,10 @@ class ForwardFitness:
         return pd.Series((tokens == self.targets).float().numpy(), index=self.item_ids)
 
 
+def indexed_cuda(device: str) -> str:
+    return device if ":" in device else device + ":0"
+
+
 def rss_peak() -> int:
     """This process's max RSS (VmHWM: unlike ru_maxrss, not inherited from the parent through exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -145,6 +157,13 @@ def bandwidth(device: str = "cpu") -> float:
     src, dst = torch.empty(2**27, device=device), torch.empty(2**27, device=device)  # 512 MiB each
     best = min(timed(lambda: dst.copy_(src)) for _ in range(3))
     return 2 * 2**29 / best
+
+
+def host_to_device(device: str) -> float:
+    """Bytes per second of a large pinned host-to-GPU copy (what `placement: host` streams at)."""
+    src, dst = torch.empty(2**27, pin_memory=True), torch.empty(2**27, device=device)
+    best = min(timed(lambda: dst.copy_(src, non_blocking=True)) for _ in range(3))
+    return 2**29 / best
 
 
 def matmul_rate(device: str = "cpu") -> float:
@@ -181,12 +200,14 @@ def read_per_candidate(merger, method: str, key: tuple) -> tuple[int, int]:
     return total, flops
 
 
-def child(root: Path, mode: str, repeats: int, device: str = "cpu") -> dict:
-    from evo_merge.search.candidate import Candidate
+def child(root: Path, mode: str, repeats: int, device: str = "cpu", only: list[str] | None = None) -> None:
+    """Measure one storage mode; prints the results so far as a JSON line after each method."""
     from evo_merge.search.local import LocalEvaluator
     from evo_merge.search.workbench import Workbench
 
-    torch.set_num_threads(1)
+    gpu = device.startswith("cuda")
+    if not gpu:
+        torch.set_num_threads(1)
     base, models = build_checkpoints(root)
     dtype, placement, methods = MODES[mode]
     storage = Storage.parse(dtype, placement)
@@ -195,65 +216,132 @@ def child(root: Path, mode: str, repeats: int, device: str = "cpu") -> dict:
     bench = Workbench.open(base, models, device=device, dtype="bfloat16", storage=storage)
     out["setup_s"], out["rss_setup"] = time.perf_counter() - start, rss_peak()
     evaluator = LocalEvaluator(bench, {"forward": ForwardFitness(SMALL["vocab"])})
+    if gpu:
+        out["device_setup"] = torch.cuda.max_memory_allocated()
     out["bandwidth"], out["matmul"] = bandwidth(device), matmul_rate(device)
     module_bytes = nbytes(bench.module.state_dict().values())
+    if gpu:
+        out["h2d"], out["module_bytes"] = host_to_device(device), module_bytes
+        torch.cuda.reset_peak_memory_stats()  # the probes' buffers (1.5 GiB) are no part of a campaign
     gen = torch.Generator().manual_seed(1)
-    for method in methods:
-        params = METHODS[method]
-        candidates = [Candidate(method, tuple((0.5 + torch.rand(T, generator=gen)).tolist()), tuple(params.items()))
-                      for _ in range(repeats + 1)]
+    # on a GPU task arithmetic is measured twice: the one-pass kernel, then torch's eager ops
+    runs = [(m, True) for m in (only or methods)]
+    if gpu and "task_arithmetic" in (only or methods):
+        runs.insert(runs.index(("task_arithmetic", True)) + 1, ("task_arithmetic", False))
+    for method, fused in runs:
+        label = method if fused or not gpu else f"{method}, eager"
+        bench.merger.fused, bench.merger._fused_ran = gpu and fused, False  # whether this method's merges used it
+        if gpu:  # each method's own peak
+            torch.cuda.reset_peak_memory_stats()
+        candidates = candidates_of(method, gen, repeats + 1)
         first = timed(lambda c=candidates[0]: evaluator.build(c))
         merges = [timed(lambda c=c: evaluator.build(c)) for c in candidates[1:]]
         fitness = timed(lambda c=candidates[-1]: evaluator.evaluate(c, {"forward": None}))
         read, flops = read_per_candidate(bench.merger, method, ("tsv", "False"))
-        out[method] = {"first_s": first, "merge_s": statistics.median(merges), "fitness_s": fitness,
-                       "floor_s": (read + module_bytes) / out["bandwidth"], "gemm_floor_s": flops / out["matmul"],
-                       "rss_after": rss_peak()}
-        if device.startswith("cuda"):  # what the GPU held at most, next to the host's peak
-            out[method]["device_peak"] = torch.cuda.max_memory_allocated()
-        print(f"  {mode}: {method} done ({first:.1f} s first, {statistics.median(merges):.2f} s per candidate)",
+        floor = (read + module_bytes) / out["bandwidth"]
+        if gpu and placement == "host":  # the stored tensors cross the host link, the module is written on the GPU
+            floor = read / out["h2d"] + module_bytes / out["bandwidth"]
+        out[label] = {"first_s": first, "merge_s": statistics.median(merges), "fitness_s": fitness,
+                      "floor_s": floor, "gemm_floor_s": flops / out["matmul"], "rss_after": rss_peak(),
+                      "fused": bench.merger._fused_ran}
+        if gpu:  # what the GPU held at most, next to the host's peak
+            out[label]["device_peak"] = torch.cuda.max_memory_allocated()
+        print(f"  {mode}: {label} done ({first:.1f} s first, {statistics.median(merges):.3f} s per candidate)",
               file=sys.stderr, flush=True)
-    return out
+        print(json.dumps(out), flush=True)
+    if gpu and "task_arithmetic" in (only or methods):
+        out["kernel_check"] = kernel_against_eager(evaluator, candidates_of("task_arithmetic", gen)[0])
+        print(json.dumps(out), flush=True)
+
+
+def candidates_of(method: str, gen: torch.Generator, n: int = 1) -> list:
+    from evo_merge.search.candidate import Candidate
+
+    return [Candidate(method, tuple((0.5 + torch.rand(T, generator=gen)).tolist()), tuple(METHODS[method].items()))
+            for _ in range(n)]
+
+
+def kernel_against_eager(evaluator, candidate) -> dict:
+    """The one-pass kernel's module against torch's eager sum for one candidate: the share of
+    identical entries and the largest difference over eps * |eager value| (about one unit in the
+    last place per 1.0)."""
+    merger = evaluator.bench.merger
+    merger.fused = True
+    evaluator.build(candidate)
+    kernel = {name: p.detach().cpu() for name, p in merger.module.named_parameters()}
+    merger.fused = False
+    evaluator.build(candidate)
+    same = total = 0
+    worst = 0.0
+    for name, p in merger.module.named_parameters():  # compared where the module lives, a tensor at a time
+        eager, mine = p.detach().float(), kernel[name].to(p.device).float()
+        same, total = same + int((eager == mine).sum()), total + eager.numel()
+        spacing = torch.finfo(p.dtype).eps * eager.abs().clamp_min(torch.finfo(p.dtype).tiny)
+        worst = max(worst, float(((eager - mine).abs() / spacing).max()))
+    return {"identical": same / total, "max_diff_in_eps": worst, "fused": merger._fused_ran}
 
 
 # ----------------------------------------------------------------------------- report (parent)
-def predicted(shapes: Shapes, storage: Storage, methods: tuple[str, ...], on_gpu: bool) -> tuple[int, int]:
+def predicted(shapes: Shapes, storage: Storage, methods: tuple[str, ...], on_gpu: bool) -> tuple[int, int, int]:
+    """The plan's (host, device, activations) bytes."""
     setting = Setting(T, methods, storage, torch.bfloat16, on_gpu, batch_size=FITNESS_BATCH, seq_len=FITNESS_LEN)
     lines = plan_lines(shapes, setting)
-    return sum(line.host for line in lines), sum(line.device for line in lines)
+    activations = next(line.device + line.host for line in lines if line.what.startswith("activations"))
+    return sum(line.host for line in lines), sum(line.device for line in lines), activations
 
 
-def report(results: dict, shapes: Shapes, model_bytes: int) -> None:
+def measured(r: dict) -> list[str]:
+    """The methods a mode measured, in order ('task_arithmetic, eager' after the kernel's row)."""
+    return [k for k, v in r.items() if isinstance(v, dict) and k != "kernel_check"]
+
+
+def report(results: dict, shapes: Shapes, model_bytes: int, gpu: bool) -> None:
     def x(n: int) -> str:
         return f"{n / model_bytes:.2f}x"
 
     print(f"\nmodel: {sum(t.numel for t in shapes.tensors) / 1e9:.3f}B parameters, bf16 size "
-          f"{model_bytes / GIB:.2f} GiB, T = {T} endpoints, 1 thread")
+          f"{model_bytes / GIB:.2f} GiB, T = {T} endpoints" + ("" if gpu else ", 1 thread"))
     print("| storage | methods so far | setup s | max RSS, x bf16 size | max RSS GiB | plan GiB | plan error | "
-          "GPU plan: host / device GiB | GPU peak GiB (measured) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "GPU plan: host / device GiB | GPU peak GiB (measured) | GPU peak / (module + activations) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mode, r in results.items():
-        dtype, placement, methods = MODES[mode]
+        dtype, placement, _ = MODES[mode]
         storage = Storage.parse(dtype, placement)
-        for i, method in enumerate(methods):
-            peak = r[method]["rss_after"]
-            host = predicted(shapes, storage, methods[:i + 1], False)[0]
-            gpu_host, gpu_device = predicted(shapes, storage, methods[:i + 1], True)
-            print(f"| {mode} | {' + '.join(methods[:i + 1])} | {r['setup_s']:.0f} | {x(peak)} | {peak / GIB:.2f} | "
+        so_far: list[str] = []
+        for label in measured(r):
+            method = label.split(",")[0]
+            so_far += [] if method in so_far else [method]
+            peak = r[label]["rss_after"]
+            host = predicted(shapes, storage, tuple(so_far), gpu)[0]
+            gpu_host, gpu_device, activations = predicted(shapes, storage, tuple(so_far), True)
+            cells = "- | - |"
+            if "device_peak" in r[label]:
+                held = r[label]["device_peak"]
+                cells = f"{held / GIB:.2f} | {held / (r['module_bytes'] + activations):.2f} |"
+            print(f"| {mode} | {label} | {r['setup_s']:.0f} | {x(peak)} | {peak / GIB:.2f} | "
                   f"{host / GIB:.2f} | {(host - peak) / peak:+.0%} | {gpu_host / GIB:.2f} / {gpu_device / GIB:.2f} | "
-                  + (f"{r[method]['device_peak'] / GIB:.2f} |" if "device_peak" in r[method] else "- |"))
+                  + cells)
     target = (2 + T + 1.6) * model_bytes + 1.5 * GIB
     print(f"target for bf16 storage with TSV-M: <= (2 + T + 1.6) x bf16 size + 1.5 GiB = {target / GIB:.2f} GiB")
     print("\n| storage | method | first candidate s | merge s per candidate | memory floor s | ratio | "
           "GEMM floor s | fitness s |")
     print("|---|---|---|---|---|---|---|---|")
     for mode, r in results.items():
-        for method in MODES[mode][2]:
-            m = r[method]
-            print(f"| {mode} | {method} | {m['first_s']:.1f} | {m['merge_s']:.2f} | {m['floor_s']:.2f} | "
-                  f"{m['merge_s'] / m['floor_s']:.1f}x | {m['gemm_floor_s']:.2f} | {m['fitness_s']:.2f} |")
+        for label in measured(r):
+            m = r[label]
+            kernel = "" if not gpu or "eager" in label or not label.startswith("task") else (
+                " (kernel)" if m["fused"] else " (no kernel: float32 storage, or a failed compile)")
+            print(f"| {mode} | {label}{kernel} | {m['first_s']:.2f} | {m['merge_s']:.4f} | {m['floor_s']:.4f} | "
+                  f"{m['merge_s'] / m['floor_s']:.1f}x | {m['gemm_floor_s']:.4f} | {m['fitness_s']:.3f} |")
+    for mode, r in results.items():
+        if "kernel_check" in r:
+            check = r["kernel_check"]
+            print(f"{mode}: the kernel's module against the eager sum's (one task arithmetic candidate): "
+                  f"{check['identical']:.6%} of entries identical, largest difference "
+                  f"{check['max_diff_in_eps']:.2f} x eps x |value|" + ("" if check["fused"] else " (kernel never ran)"))
     r = next(iter(results.values()))
-    print(f"copy bandwidth {r['bandwidth'] / 1e9:.1f} GB/s, float32 GEMM {r['matmul'] / 1e9:.0f} GFLOP/s")
+    print(f"copy bandwidth {r['bandwidth'] / 1e9:.1f} GB/s, float32 GEMM {r['matmul'] / 1e9:.0f} GFLOP/s"
+          + (f", pinned host-to-GPU {r['h2d'] / 1e9:.1f} GB/s" if "h2d" in r else ""))
 
 
 def extrapolate() -> None:
@@ -286,32 +374,49 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench_scale"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="*", default=list(MODES))
-    parser.add_argument("--layers", type=int, default=SMALL["layers"], help="fewer for a smoke run")
-    parser.add_argument("--vocab", type=int, default=SMALL["vocab"])
+    parser.add_argument("--methods", nargs="*", choices=list(METHODS), help="instead of each mode's own")
+    parser.add_argument("--shape", choices=["0.5B", "7B"], default="0.5B")
+    parser.add_argument("--layers", type=int, help="fewer for a smoke run")
+    parser.add_argument("--vocab", type=int)
     parser.add_argument("--device", default="cpu", help="where the module and the merges live (cuda on a GPU)")
+    parser.add_argument("--mode-timeout", type=float, help="seconds per storage mode; what finished is kept")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    SMALL.update(layers=args.layers, vocab=args.vocab)
+    if args.shape != "0.5B":
+        SMALL.update(LLAMAS[args.shape])
+    SMALL.update({k: v for k, v in (("layers", args.layers), ("vocab", args.vocab)) if v is not None})
     shape_args = ["--root", str(args.root), "--repeats", str(args.repeats), "--device", args.device,
-                  "--layers", str(args.layers),
-                  "--vocab", str(args.vocab)]
+                  "--shape", args.shape, "--layers", str(SMALL["layers"]), "--vocab", str(SMALL["vocab"]),
+                  *(["--methods", *args.methods] if args.methods else [])]
     if args.child:
-        print(json.dumps(child(args.root, args.child, args.repeats, args.device)))
+        child(args.root, args.child, args.repeats, args.device, args.methods)
         return
-    base, models = build_checkpoints(args.root)
+    base, models = build_checkpoints(args.root, device=args.device)
     shapes = shapes_of(base, models)
     results = {}
     for mode in args.modes:
         saved = args.root / f"result-{mode.replace(' / ', '-')}.json"  # a mode measured before is not re-run
         if not saved.exists():
-            done = subprocess.run([sys.executable, __file__, *shape_args, "--child", mode], stdout=subprocess.PIPE,
-                                  text=True)
-            if done.returncode:
-                sys.exit(f"{mode} failed (exit {done.returncode})")
-            saved.write_text(done.stdout.strip().splitlines()[-1])
-        results[mode] = json.loads(saved.read_text())
+            try:
+                done = subprocess.run([sys.executable, __file__, *shape_args, "--child", mode],
+                                      stdout=subprocess.PIPE, text=True, timeout=args.mode_timeout)
+                output, failed = done.stdout, done.returncode
+            except subprocess.TimeoutExpired as stopped:
+                output, failed = stopped.stdout or "", "timeout"
+                output = output.decode() if isinstance(output, bytes) else output
+            lines = [line for line in output.splitlines() if line.startswith("{")]
+            if failed:
+                print(f"{mode} stopped ({failed}); " + ("keeping what it measured" if lines else "nothing measured"),
+                      flush=True)
+            if not lines:
+                continue
+            (saved if not failed else saved.with_suffix(".partial.json")).write_text(lines[-1])
+            results[mode] = json.loads(lines[-1])
+        else:
+            results[mode] = json.loads(saved.read_text())
         print(f"{mode}: {json.dumps(results[mode])}", flush=True)
-    report(results, shapes, shapes.nbytes(None))
+    if results:
+        report(results, shapes, shapes.nbytes(None), args.device.startswith("cuda"))
     extrapolate()
 
 

@@ -185,6 +185,89 @@ def test_chunked_combining_on_the_cpu_gives_the_same_bits(family, module_dtype, 
         assert all(torch.equal(expected["first"][k], state[k]) for k in state)
 
 
+@pytest.fixture
+def kernel_for_every_tensor(monkeypatch):
+    """The tiny family's tensors are all below the size a GPU gives the kernel."""
+    import evo_merge.merge.inplace as inplace
+
+    monkeypatch.setattr(inplace, "FUSED_MIN_ENTRIES", 0)
+
+
+@pytest.mark.parametrize("module_dtype", [torch.float32, torch.bfloat16])
+def test_the_one_pass_kernel_writes_the_float32_sum_of_the_stored_tensors(family, module_dtype,
+                                                                          kernel_for_every_tensor):
+    """The compiled kernel (a GPU's path, compiled here for the CPU) against the sum in float64 of
+    the same stored bfloat16 tensors: within the T + 1 float32 roundings of accumulating them,
+    plus the one into a bfloat16 module. It runs for every tensor of task arithmetic."""
+    m = merger(family, Storage(torch.bfloat16), module_dtype)
+    m.fused, lam = True, 0.8
+    m.apply("task_arithmetic", WEIGHTS, {"lambda": lam})
+    assert m.fused and m._fused_ran
+    state = m.module.state_dict()
+    for name, base in m._base.items():
+        terms = [base.double(), *(lam * w * d.double() for w, d in zip(WEIGHTS, m._deltas[name]))]
+        exact, magnitude = sum(terms), sum(t.abs() for t in terms)
+        bound = len(terms) * 2.0**-24 * magnitude * (1 + 1e-6)
+        if module_dtype == torch.bfloat16:
+            bound = bound + U_BF16 * exact.abs()
+        assert ((state[name].double() - exact).abs() <= bound).all(), name
+
+
+def test_the_one_pass_kernel_reads_scaled_pieces_with_their_divisor(family, kernel_for_every_tensor):
+    """TSV-M's pieces mix factored matrices (eager) with scaled vectors and embeddings (the kernel):
+    both merges agree to float32 rounding, tensor by tensor."""
+    fused, eager = merger(family, Storage(torch.bfloat16)), merger(family, Storage(torch.bfloat16))
+    fused.fused = True
+    fused.apply("tsv", WEIGHTS, METHOD_PARAMS["tsv"])
+    eager.apply("tsv", WEIGHTS, METHOD_PARAMS["tsv"])
+    assert fused._fused_ran and not eager._fused_ran
+    kinds = {type(p) for pieces in fused._pieces[("tsv", "False")].values() for p in pieces}
+    assert Scaled in kinds and LowRank in kinds
+    theirs = eager.module.state_dict()
+    for name, tensor in fused.module.state_dict().items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_small_tensors_and_float32_storage_keep_the_eager_sum(family, monkeypatch):
+    """Below FUSED_MIN_ENTRIES a kernel call costs more than the traffic it saves; float32 storage
+    keeps the eager sum so that it equals the file merge bit for bit."""
+    import evo_merge.merge.inplace as inplace
+
+    small = merger(family, Storage(torch.bfloat16))
+    small.fused = True
+    small.apply("task_arithmetic", WEIGHTS, {"lambda": 0.8})
+    assert small.fused and not small._fused_ran
+    monkeypatch.setattr(inplace, "FUSED_MIN_ENTRIES", 0)
+    exact = merger(family, Storage(torch.float32))
+    exact.fused = True
+    exact.apply("task_arithmetic", WEIGHTS, {"lambda": 0.8})
+    assert not exact._fused_ran
+
+
+def test_a_kernel_that_cannot_be_compiled_falls_back_to_the_eager_sum_once(family, monkeypatch, caplog,
+                                                                             kernel_for_every_tensor):
+    import evo_merge.merge.inplace as inplace
+
+    calls = []
+
+    def no_compiler(*args):
+        calls.append(args)
+        raise RuntimeError("Cannot find a working triton installation\nmore lines")
+
+    monkeypatch.setattr(inplace, "fused_combine", no_compiler)
+    m, eager = merger(family, Storage(torch.bfloat16)), merger(family, Storage(torch.bfloat16))
+    m.fused = True
+    m.apply("task_arithmetic", WEIGHTS, {"lambda": 0.8})
+    m.apply("task_arithmetic", WEIGHTS, {"lambda": 0.8})
+    eager.apply("task_arithmetic", WEIGHTS, {"lambda": 0.8})
+    assert len(calls) == 1 and not m.fused  # tried once, then the eager sum for every tensor
+    assert [r.getMessage() for r in caplog.records if "could not be compiled" in r.getMessage()] == [
+        "the one-pass merge kernel could not be compiled for cpu (RuntimeError: Cannot find a working triton "
+        "installation); merging with torch's eager ops, which move about 4x the bytes"]
+    theirs = eager.module.state_dict()
+    assert all(torch.equal(t, theirs[k]) for k, t in m.module.state_dict().items())
+
+
 def test_host_placement_stages_on_a_gpu_only(family):
     """On a CPU the host is the device: `host` placement needs what `device` needs; on a GPU the
     largest tensor's stored base and task vectors are staged there while it is merged."""
