@@ -268,6 +268,29 @@ def test_a_kernel_that_cannot_be_compiled_falls_back_to_the_eager_sum_once(famil
     assert all(torch.equal(t, theirs[k]) for k, t in m.module.state_dict().items())
 
 
+def test_slabs_hand_out_aligned_views_that_never_overlap(monkeypatch):
+    """Pinned host memory for `host` on a GPU is packed into power-of-two slabs (here unpinned, the
+    same code): every kept tensor reads back as itself after all others were written, starts on an
+    ALIGN boundary, and a slab grows to fit a tensor up to SLAB_MAX; a larger one gets its own."""
+    import evo_merge.merge.storage as storage
+
+    monkeypatch.setattr(storage, "SLAB_MIN", 1024)
+    monkeypatch.setattr(storage, "SLAB_MAX", 8192)
+    gen = torch.Generator().manual_seed(0)
+    originals = [torch.randn(shape, generator=gen).to(dtype) for shape, dtype in [
+        ((100,), torch.bfloat16), ((3, 7), torch.float32), ((), torch.float16), ((0, 4), torch.bfloat16),
+        ((40, 40), torch.bfloat16), ((1500,), torch.float32), ((5,), torch.float64), ((300, 10), torch.float32)]]
+    slabs = storage.Slabs(pin=False)
+    kept = [slabs.copy(t) for t in originals]
+    for original, copy in zip(originals, kept):
+        assert copy.dtype == original.dtype and copy.shape == original.shape and torch.equal(copy, original)
+    inside = [c for c in kept if any(c.untyped_storage().data_ptr() == s.data_ptr() for s in slabs.slabs)]
+    assert len(inside) == len(kept) - 1  # the 12,000-byte tensor is over SLAB_MAX: a buffer of its own
+    assert all((c.data_ptr() - c.untyped_storage().data_ptr()) % storage.ALIGN == 0 for c in inside if c.numel())
+    # bytes per slab: 200 + 84 | 2 + 0 | 3200 | 6000 + 40 (each slab twice the last, or what a tensor needs)
+    assert [s.numel() for s in slabs.slabs] == [1024, 2048, 4096, 8192]
+
+
 def test_host_placement_stages_on_a_gpu_only(family):
     """On a CPU the host is the device: `host` placement needs what `device` needs; on a GPU the
     largest tensor's stored base and task vectors are staged there while it is merged."""
