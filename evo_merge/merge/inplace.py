@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 2**18  # entries combined at a time on the CPU: float32 partial sums stay in cache (fastest of 2^14-2^20)
 # tensors at least this large go through the compiled kernel on a GPU. A call of it costs about
-# 130-220 us of the host's time against about 100 us for the eager ops (H200), which the kernel
+# 140-250 us of the host's time against about 100 us for the eager ops (H200), which the kernel
 # repays only where the eager ops' 4x traffic takes longer: from about 2^24 entries
 FUSED_MIN_ENTRIES = 2**24
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from evo_merge.merge.footprint import (
+    RUNTIME_BYTES,
     STACKING,
     Setting,
     Shapes,
@@ -331,6 +332,27 @@ for name in sys.argv[1:]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux /proc")
+def test_the_gpu_plan_counts_the_base_loaded_on_the_host_before_it_moves():
+    """On a GPU the module is read on the host in the checkpoints' dtype, then moved: with
+    `device` placement and a model over the export's 5 GiB shard, that is the host's peak (the
+    runtime plus the model). Headers only: an 8 GiB model of 64 bf16 8192 x 8192 matrices."""
+    tensors = [TensorInfo("model.embed_tokens.weight", (1000, 64), torch.bfloat16),
+               *(TensorInfo(f"model.layers.{i}.mlp.up_proj.weight", (8192, 8192), torch.bfloat16) for i in range(64))]
+    shapes = Shapes(tensors, 1000, 64)
+    model = shapes.nbytes(None)
+    for placement in ("device", "host"):
+        setting = Setting(3, ("task_arithmetic",), Storage(torch.bfloat16, placement), torch.bfloat16, True)
+        lines = plan_lines(shapes, setting)
+        host = sum(line.host for line in lines)
+        loading = [line for line in lines if line.what.startswith("loading the base")]
+        if placement == "device":
+            assert host == RUNTIME_BYTES + model and len(loading) == 1
+        else:  # the stored base and task vectors on the host are more than the loading's peak
+            assert host >= RUNTIME_BYTES + 4 * model and not loading
+    cpu = plan_lines(shapes, Setting(3, ("task_arithmetic",), Storage(torch.bfloat16), torch.bfloat16, False))
+    assert not [line for line in cpu if line.what.startswith("loading the base")]
+
+
 def test_plan_counts_the_copies_each_stacking_method_keeps_alive():
     """The plan's merge work against the peak resident memory of one tensor's merge, in float32 copies
     of it (13-17 with 3 endpoints): the sparsifiers that stack every task vector (breadcrumbs, DELLA,
