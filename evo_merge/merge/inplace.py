@@ -7,8 +7,8 @@ candidate, and kept factored), and overwrites the module's parameters in place. 
 combined in float32 by exactly the per-tensor code of the file path, so with float32 storage a
 candidate written here equals the model `evo-merge merge` writes from its recipe, bit for bit.
 On a GPU with narrower storage (bfloat16), elementwise candidates go through one compiled
-kernel per tensor (`merge.fused`): the merge there is bound by memory traffic, and the eager
-ops move about four times the bytes the sum needs.
+kernel per large tensor (`merge.fused`, from FUSED_MIN_ENTRIES): the merge there is bound by
+memory traffic, and the eager ops move about four times the bytes the sum needs.
 """
 
 from __future__ import annotations
