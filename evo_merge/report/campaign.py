@@ -267,14 +267,17 @@ def _markdown(run_dir: Path, store: CampaignStore, evaluations: Sequence[Evaluat
                   "were chosen and then measured whole.", "",
                   compared.map(md).rename(columns=md).to_markdown(index=False, disable_numparse=True), ""]
     failed = table[table.status == "failed"]
-    measure_failures = store.measure_failures()
+    measure_failures, adaptive_failures = store.measure_failures(), store.adaptive_failures()
     unmeasured = [(e, measure_failures[e.key]) for e in evaluations if e.key in measure_failures]
-    if len(failed) or unmeasured:
+    stopped = [(e, adaptive_failures[e.key]) for e in evaluations if e.key in adaptive_failures]
+    if len(failed) or unmeasured or stopped:
         errors = {e.id: message_line(e.error) for e in evaluations if e.status == "failed"}
         lines += ["## Failures", ""] + [
             f"- evaluation {r.id} ({md(r.method)}): {md(errors[r.id])}" for r in failed.itertuples()
         ] + [f"- evaluation {e.id} ({md(e.method)}), measured in the final phase: {md(message_line(error))}"
-             for e, error in unmeasured]
+             for e, error in unmeasured] + [
+            f"- evaluation {e.id} ({md(e.method)}), an adaptive step (its estimate keeps the {e.items_evaluated:,} "
+            f"items it had): {md(message_line(error))}" for e, error in stopped]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ from evo_merge.progress import Progress, no_progress
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import ITEMS, JOB_PARTS, CandidateFailed, Evaluator, Items, ItemScores, JobProgress
 from evo_merge.search.scoring import Scoring
-from evo_merge.search.store import MEASURE_FAILED, CampaignStore, Evaluation
+from evo_merge.search.store import ADAPTIVE_FAILED, MEASURE_FAILED, CampaignStore, Evaluation
 
 
 def stage_track(progress: Progress, stage: str) -> Callable[[Iterable, int], Iterator]:
@@ -72,7 +72,7 @@ class EvaluationLog:
 
     def _adapt(self, candidates: Sequence[Candidate], stage: str, precision: float = 1.0) -> None:
         """Score each candidate's next adaptive step until every test is done (or a step fails)."""
-        failed: set[str] = set()
+        failed = set(self.store.adaptive_failures())  # not tried again on a resume: the same decisions follow
         while True:
             jobs = []
             for candidate in candidates:
@@ -87,7 +87,7 @@ class EvaluationLog:
             for done, (index, outcome, seconds) in enumerate(self._evaluator().evaluate_many(jobs), start=1):
                 key = jobs[index][0].key
                 if isinstance(outcome, CandidateFailed):  # keep the estimate from the items it has
-                    self.store.set_meta(f"adaptive_failed:{key}", str(outcome))
+                    self.store.set_meta(ADAPTIVE_FAILED + key, str(outcome))
                     failed.add(key)
                 else:
                     stored = self.store.item_scores(key)

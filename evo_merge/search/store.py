@@ -111,6 +111,7 @@ FINISHED_META = Record("finished", bool)  # set when the run's final phase and e
 MIXED_META = Record("estimator_revisions", list[int])  # where a resumed folder's estimates mix revisions: those it
 #   holds (0: unrecorded)
 MEASURE_FAILED = "measure_failed:"  # + key: the error of a final-phase measurement that failed
+ADAPTIVE_FAILED = "adaptive_failed:"  # + key: the error of an adaptive test's step that failed
 
 
 @dataclass
@@ -291,8 +292,16 @@ class CampaignStore:
     def measure_failures(self) -> dict[str, str]:
         """Candidate key -> error, for each final-phase measurement that failed (the candidate
         worked on its anchors, so it keeps its search evaluation and estimate)."""
-        rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE ?", (MEASURE_FAILED + "%",)).fetchall()
-        return {key.removeprefix(MEASURE_FAILED): self._read(Record(key, str), value) for key, value in rows}
+        return self._failures(MEASURE_FAILED)
+
+    def adaptive_failures(self) -> dict[str, str]:
+        """Candidate key -> error, for each adaptive test stopped by a step that failed (the
+        candidate keeps the estimate from the items it had)."""
+        return self._failures(ADAPTIVE_FAILED)
+
+    def _failures(self, prefix: str) -> dict[str, str]:
+        rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE ?", (prefix + "%",)).fetchall()
+        return {key.removeprefix(prefix): self._read(Record(key, str), value) for key, value in rows}
 
     def set_meta(self, key: str | Record, value: Any) -> None:
         key = key.key if isinstance(key, Record) else key

@@ -19,8 +19,8 @@ from evo_merge.tasks.base import item_positions, score_series
 
 class AgreementTask:
     def __init__(self, reference: str, name: str = "agree", n_items: int = 120, seq_len: int = 6, seed: int = 0,
-                 delay: float = 0.0, **_settings):
-        self.name, self.delay = name, delay
+                 delay: float = 0.0, broken: Sequence[str] = (), **_settings):
+        self.name, self.delay, self.broken = name, delay, frozenset(broken)  # `broken`: items whose scorer raises
         ref = AutoModelForCausalLM.from_pretrained(reference).eval()
         gen = torch.Generator().manual_seed(seed)
         self.inputs = torch.randint(4, ref.config.vocab_size, (n_items, seq_len), generator=gen)
@@ -40,6 +40,8 @@ class AgreementTask:
     @torch.no_grad()
     def evaluate(self, model, tokenizer=None, item_ids: Sequence[str] | None = None) -> pd.Series:
         positions = item_positions(self.name, self._index, item_ids)
+        if crashed := sorted(self.broken & {self._ids[p] for p in positions}):
+            raise RuntimeError(f"the scorer crashed on {crashed[0]}")
         time.sleep(self.delay)  # lets a test kill the campaign mid-generation
         logits = model(self.inputs[positions]).logits[:, -1]
         correct = (logits.argmax(-1) == self.targets[positions]).float()

@@ -1,0 +1,96 @@
+"""An adaptive test whose next step fails: the candidate keeps the estimate from the items it
+had, the failure is stored, a resume does not try the step again (the same decisions follow as
+in a run that was never interrupted), and the report lists it."""
+
+import pytest
+from agreement_task import AgreementTask  # tests/search is on sys.path
+from click.testing import CliRunner
+
+from evo_merge.cli import cli
+from evo_merge.markup import md
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.local import LocalEvaluator
+from evo_merge.search.log import EvaluationLog
+from evo_merge.search.store import ADAPTIVE_FAILED, CampaignStore
+from evo_merge.search.workbench import Workbench
+from evo_merge.zoo.tiny import save_tiny_family
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    base, fts = save_tiny_family(tmp_path_factory.mktemp("zoo"), "llama", n_finetunes=2, noise=0.08)
+    return Workbench.open(base, fts, device="cpu"), fts
+
+
+def agreement(fts, broken=()) -> dict[str, AgreementTask]:
+    return {f"agree{i}": AgreementTask(str(f), name=f"agree{i}", n_items=12, seed=i, broken=broken)
+            for i, f in enumerate(fts)}
+
+
+class Stepwise:
+    """A test of 2 more items per task per step, in item order, up to 8: the IRT test's stand-in
+    (under test is what the log does when a step fails, not how steps are chosen)."""
+
+    def __init__(self, tasks):
+        self.tasks, self.names = tasks, list(tasks)
+
+    def search_items(self):
+        return {name: None for name in self.tasks}
+
+    def next_items(self, scores, precision=1.0):
+        steps = {n: [i for i in t.item_ids if i not in scores.get(n, {})][:2]
+                 for n, t in self.tasks.items() if len(scores.get(n, {})) < 8}
+        return steps or None
+
+    def estimate(self, scores, key=None):
+        return {n: sum(s.values()) / len(s) for n, s in scores.items()}, None
+
+
+def test_a_failed_step_is_kept_and_not_tried_again_on_a_resume(family, tmp_path):
+    workbench, fts = family
+    first = {name: task.item_ids[:4] for name, task in agreement(fts).items()}
+    candidates = [Candidate("task_arithmetic", (1.0, 0.0), ()), Candidate("task_arithmetic", (0.3, 0.9), ())]
+    broken = agreement(fts, broken=["agree1-0006"])  # the second step of agree1 asks for items 4 and 5, the third 6
+    store = CampaignStore(tmp_path)
+    log = EvaluationLog(store, lambda: LocalEvaluator(workbench, broken), Stepwise(broken))
+    evaluations = log.evaluate(candidates, phase="search", generation=1, items=first, stage="search")
+    failures = store.adaptive_failures()
+    assert set(failures) == {c.key for c in candidates}
+    assert all("the scorer crashed on agree1-0006" in error for error in failures.values())
+    for evaluation in evaluations:  # 4 first items and one step of 2 per task, then the failed step
+        assert evaluation.status == "ok" and evaluation.items_evaluated == 2 * 6
+        assert {n: len(s) for n, s in store.item_scores(evaluation.key).items()} == {"agree0": 6, "agree1": 6}
+    assert store.get_meta(ADAPTIVE_FAILED + candidates[0].key) == failures[candidates[0].key]
+
+    healed = agreement(fts)  # the scorer works again: a resume still makes the decision the run made
+    again = EvaluationLog(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, healed), Stepwise(healed))
+    resumed = again.evaluate(candidates, phase="search", generation=1, items=first, stage="search")
+    assert [e.items_evaluated for e in resumed] == [12, 12]
+
+    fresh = tmp_path / "fresh"  # without a failure the same tests run to their 8 items per task
+    clean = EvaluationLog(CampaignStore(fresh), lambda: LocalEvaluator(workbench, healed), Stepwise(healed))
+    assert [e.items_evaluated for e in clean.evaluate(candidates, phase="search", generation=1, items=first,
+                                                      stage="search")] == [16, 16]
+
+
+def test_the_report_lists_a_stopped_adaptive_test(tmp_path):
+    """A finished adaptive campaign with a step's failure recorded as the log records it: the
+    report's failures name the evaluation, the items its estimate rests on and the error."""
+    from campaigns import run_campaign, write_campaign
+
+    root = tmp_path / "zoo"
+    base, fts = save_tiny_family(root, "llama", n_finetunes=2, noise=0.08)
+    config = write_campaign(tmp_path / "campaign.yaml", base, fts, algorithm={"population": 6, "generations": 2,
+                                                                             "seed": 4},
+                            estimator={"kind": "adaptive", "warmup_merges": 5, "dims": 1, "target_se": 0.02,
+                                       "max_items": 10})
+    run = run_campaign(config, tmp_path / "run")
+    store = CampaignStore(run)
+    evaluation = next(e for e in store.evaluations("search") if e.status == "ok" and e.measured is None)
+    store.set_meta(ADAPTIVE_FAILED + evaluation.key, "RuntimeError: the scorer crashed on agree1-0006")
+    store.close()
+    result = CliRunner().invoke(cli, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    report = (run / "report.md").read_text()
+    assert (f"- evaluation {evaluation.id} ({md(evaluation.method)}), an adaptive step (its estimate keeps the "
+            f"{evaluation.items_evaluated:,} items it had): RuntimeError: the scorer crashed on agree1-0006") in report
