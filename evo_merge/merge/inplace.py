@@ -22,7 +22,7 @@ from torch import nn
 
 from evo_merge.errors import UserError
 from evo_merge.merge.fused import fused_combine
-from evo_merge.merge.pieces import Piece, Scaled, map_piece
+from evo_merge.merge.pieces import Piece, Scaled, elementwise_term, map_piece
 from evo_merge.merge.plan import merge_tensor
 from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
@@ -170,13 +170,10 @@ class InPlaceMerger:
               scale: float) -> bool:
         """`combine_pieces` into the module by the compiled kernel; False (and the eager ops from
         then on, said once) when this torch cannot compile for the device, which shows at the first
-        call. The coefficients are those `add_to` applies: scale * w, over a scaled piece's divisor."""
-        tensors, coefficients = [], []
-        for piece, weight in zip(pieces, weights):
-            if piece is not None and weight != 0:
-                plain = isinstance(piece, torch.Tensor)
-                tensors.append(piece if plain else piece.tensor)
-                coefficients.append(scale * weight if plain else scale * weight / piece.divisor)
+        call. The terms are those `add_to` adds (`elementwise_term`)."""
+        terms = [elementwise_term(piece, scale * weight) for piece, weight in zip(pieces, weights)
+                 if piece is not None and weight != 0]
+        tensors, coefficients = [t for t, _ in terms], [c for _, c in terms]
         try:
             fused_combine(target, base, tensors, coefficients)
         except torch.OutOfMemoryError:

@@ -41,9 +41,6 @@ class Scaled:
     tensor: torch.Tensor
     divisor: float
 
-    def add_to(self, out: torch.Tensor, alpha: float) -> None:
-        out.add_(self.tensor, alpha=alpha / self.divisor)  # the tensor read as stored, its division in the weight
-
     def map(self, fn: TensorMap) -> Scaled:
         return Scaled(fn(self.tensor), self.divisor)
 
@@ -51,12 +48,20 @@ class Scaled:
 Piece = torch.Tensor | LowRank | Scaled | None  # None: a zero piece, nothing to add
 
 
+def elementwise_term(piece: torch.Tensor | Scaled, alpha: float) -> tuple[torch.Tensor, float]:
+    """The stored tensor and coefficient of alpha * piece, for a plain or scaled piece: a scaled
+    piece's division goes into the coefficient, and the tensor is read as stored. The eager sum
+    (`add_to`) and the GPU's compiled one (`merge.fused`) both take their terms from here."""
+    return (piece, alpha) if isinstance(piece, torch.Tensor) else (piece.tensor, alpha / piece.divisor)
+
+
 def add_to(out: torch.Tensor, piece: torch.Tensor | LowRank | Scaled, alpha: float) -> None:
     """out += alpha * piece; a plain tensor is read in its own dtype (torch's type promotion)."""
-    if isinstance(piece, torch.Tensor):
-        out.add_(piece, alpha=alpha)
-    else:
+    if isinstance(piece, LowRank):
         piece.add_to(out, alpha)
+    else:
+        tensor, coefficient = elementwise_term(piece, alpha)
+        out.add_(tensor, alpha=coefficient)
 
 
 def map_piece(piece: Piece, fn: TensorMap) -> Piece:

@@ -300,7 +300,9 @@ class CampaignStore:
         return self._failures(ADAPTIVE_FAILED)
 
     def _failures(self, prefix: str) -> dict[str, str]:
-        rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE ?", (prefix + "%",)).fetchall()
+        # a prefix compared as text: LIKE would read the prefixes' `_` as any character
+        query = "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?"
+        rows = self.db.execute(query, (len(prefix), prefix)).fetchall()
         return {key.removeprefix(prefix): self._read(Record(key, str), value) for key, value in rows}
 
     def set_meta(self, key: str | Record, value: Any) -> None:
