@@ -276,8 +276,9 @@ def _markdown(run_dir: Path, store: CampaignStore, evaluations: Sequence[Evaluat
             f"- evaluation {r.id} ({md(r.method)}): {md(errors[r.id])}" for r in failed.itertuples()
         ] + [f"- evaluation {e.id} ({md(e.method)}), measured in the final phase: {md(message_line(error))}"
              for e, error in unmeasured] + [
-            f"- evaluation {e.id} ({md(e.method)}), an adaptive step (the test stopped there; its estimate keeps the "
-            f"items it had): {md(message_line(error))}" for e, error in stopped]
+            f"- evaluation {e.id} ({md(e.method)}), an adaptive step (the test stopped there; "
+            f"{'measured on every item since' if e.measured else 'its estimate keeps the items it had'}): "
+            f"{md(message_line(error))}" for e, error in stopped]
     return "\n".join(lines) + "\n"
 
 

@@ -76,7 +76,7 @@ def test_a_failed_step_is_kept_and_not_tried_again_on_a_resume(family, tmp_path)
 
 def test_the_report_lists_a_stopped_adaptive_test(tmp_path):
     """A finished adaptive campaign with a step's failure recorded as the log records it: the
-    report's failures name the evaluation and the error."""
+    report's failures name the evaluation and the error, and whether the final phase measured it whole since."""
     from campaigns import run_campaign, write_campaign
 
     root = tmp_path / "zoo"
@@ -88,10 +88,15 @@ def test_the_report_lists_a_stopped_adaptive_test(tmp_path):
     run = run_campaign(config, tmp_path / "run")
     store = CampaignStore(run)
     evaluation = next(e for e in store.evaluations("search") if e.status == "ok" and e.measured is None)
-    store.set_meta(ADAPTIVE_FAILED + evaluation.key, "RuntimeError: the scorer crashed on agree1-0006")
+    finalist = next(e for e in store.evaluations() if e.status == "ok" and e.measured)
+    for stopped in (evaluation, finalist):
+        store.set_meta(ADAPTIVE_FAILED + stopped.key, "RuntimeError: the scorer crashed on agree1-0006")
     store.close()
     result = CliRunner().invoke(cli, ["report", str(run)])
     assert result.exit_code == 0, result.output
     report = (run / "report.md").read_text()
     assert (f"- evaluation {evaluation.id} ({md(evaluation.method)}), an adaptive step (the test stopped there; its "
             "estimate keeps the items it had): RuntimeError: the scorer crashed on agree1-0006") in report
+    # a test the final phase measured whole since: its estimate no longer rests on the items it had
+    assert (f"- evaluation {finalist.id} ({md(finalist.method)}), an adaptive step (the test stopped there; measured "
+            "on every item since): RuntimeError: the scorer crashed on agree1-0006") in report
