@@ -306,10 +306,12 @@ class AlignSpec(_Checked):
 
 class StorageSpec(_Checked):
     """How the search keeps the base and task vectors: dtype (auto: the checkpoints' own) and place
-    (`host`: streamed to the device per candidate); budgets override the memory the plan sees."""
+    (`host`: in host memory, streamed to the device per candidate; `disk`: in files mapped into
+    memory, in `disk_dir`); budgets override the memory the plan sees."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    placement: Literal["device", "host"] = "device"
+    placement: Literal["device", "host", "disk"] = "device"
+    disk_dir: str | None = Field(None, description="folder of `disk` placement's files (default: the run folder)")
     host_budget_gib: float | None = Field(None, gt=0, description="host memory the run may use")
     device_budget_gib: float | None = Field(None, gt=0, description="GPU memory the run may use")
 

@@ -8,15 +8,17 @@
 1. Builds (or reuses under --root) random-weight Llama-architecture checkpoints in bfloat16: a
    base and 3 endpoints that differ from it by small random task vectors (written tensor by
    tensor; ~1 GB each on disk).
-2. For each storage setting (float32 on the device, bfloat16 on the device, bfloat16 on the
-   host; the device is the CPU here) a fresh process opens the workbench a campaign would (a
+2. For each storage setting (float32 on the device, bfloat16 on the device, on the host and on
+   disk; the device is the CPU here) a fresh process opens the workbench a campaign would (a
    bfloat16 evaluation module and the in-place merger), then builds candidates of task
    arithmetic, TSV-M and TIES, in that order (float32 and host: task arithmetic only, see
    MODES), each scored by a cheap fitness (one forward pass on fixed random tokens). It reports setup time,
    per-candidate merge time against the
    memory-bound floor (the stored tensors read once and the module written once, at the copy
    bandwidth measured in the same process), process max RSS as a multiple of the model's bf16
-   size, and the memory plan's prediction next to it (before TIES, and with it).
+   size, and the memory plan's prediction next to it (before TIES, and with it). The process's
+   anonymous memory (RssAnon: what the page cache cannot take back) is reported beside it, and
+   for `disk` a merge after the stored tensors' pages were reclaimed from memory (MADV_PAGEOUT).
 3. Prints the plan extrapolated to 7B, 13B and 70B Llama shapes with 3 and 8 endpoints.
 
 `--shape 7B` builds Llama-2-7B's shape instead (13.5 GB per checkpoint, 54 GB for the four; on a
@@ -27,7 +29,9 @@ the methods it finished.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -46,9 +50,11 @@ T = 3
 # core) and TIES's per-tensor work on top of 4 (T + 1) bytes per parameter would crowd a 24 GiB machine
 MODES = {"float32 / device": ("float32", "device", ("task_arithmetic",)),
          "bfloat16 / device": ("bfloat16", "device", ("task_arithmetic", "tsv", "ties")),
-         "bfloat16 / host": ("bfloat16", "host", ("task_arithmetic",))}  # on a CPU, the same memory as device
+         "bfloat16 / host": ("bfloat16", "host", ("task_arithmetic",)),  # on a CPU, the same memory as device
+         "bfloat16 / disk": ("bfloat16", "disk", ("task_arithmetic",))}  # in files under --root/stash
 METHODS = {"task_arithmetic": {"lambda": 1.0}, "tsv": {"alpha": 1.0}, "ties": {"density": 0.4}}
 FITNESS_BATCH, FITNESS_LEN = 4, 32
+MADV_PAGEOUT = 21  # linux/mman.h, since Linux 5.4
 # Llama-3.2-1B-like shape at half width: 128k vocabulary, grouped-query attention, ~0.51B parameters
 SMALL = dict(hidden=1024, intermediate=2816, layers=22, heads=16, kv_heads=4, vocab=128256)
 LLAMAS = {"7B": dict(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000),
@@ -152,6 +158,33 @@ def rss_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def rss_anon() -> int:
+    """This process's resident anonymous memory now (RssAnon): its own, without the file pages
+    (mapped files, as `disk` placement keeps the stored weights) the kernel may drop and read back."""
+    return _status("RssAnon")
+
+
+def rss_file() -> int:
+    """Resident pages of mapped files (RssFile): libraries, and `disk` placement's stored tensors."""
+    return _status("RssFile")
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def page_out(buffers) -> bool:
+    """Write the mapped files' pages back and reclaim them from memory (Linux MADV_PAGEOUT), so the
+    next candidate reads the stored tensors from the disk; False where the kernel refuses."""
+    os.sync()
+    libc = ctypes.CDLL(None, use_errno=True)
+    return all(libc.madvise(ctypes.c_void_p(b.data_ptr()), ctypes.c_size_t(b.numel()), MADV_PAGEOUT) == 0
+               for b in buffers)
+
+
 def bandwidth(device: str = "cpu") -> float:
     """Bytes per second of a large in-memory copy on `device` (read + write counted)."""
     src, dst = torch.empty(2**27, device=device), torch.empty(2**27, device=device)  # 512 MiB each
@@ -210,11 +243,13 @@ def child(root: Path, mode: str, repeats: int, device: str = "cpu", only: list[s
         torch.set_num_threads(1)
     base, models = build_checkpoints(root)
     dtype, placement, methods = MODES[mode]
-    storage = Storage.parse(dtype, placement)
+    stash = root / "stash"
+    stash.mkdir(exist_ok=True)
+    storage = Storage.parse(dtype, placement, str(stash) if placement == "disk" else None)
     out = {"rss_start": rss_peak()}
     start = time.perf_counter()
     bench = Workbench.open(base, models, device=device, dtype="bfloat16", storage=storage)
-    out["setup_s"], out["rss_setup"] = time.perf_counter() - start, rss_peak()
+    out["setup_s"], out["rss_setup"], out["anon_setup"] = time.perf_counter() - start, rss_peak(), rss_anon()
     evaluator = LocalEvaluator(bench, {"forward": ForwardFitness(SMALL["vocab"])})
     if gpu:
         out["device_setup"] = torch.cuda.max_memory_allocated()
@@ -243,7 +278,10 @@ def child(root: Path, mode: str, repeats: int, device: str = "cpu", only: list[s
             floor = read / out["h2d"] + module_bytes / out["bandwidth"]
         out[label] = {"first_s": first, "merge_s": statistics.median(merges), "fitness_s": fitness,
                       "floor_s": floor, "gemm_floor_s": flops / out["matmul"], "rss_after": rss_peak(),
-                      "fused": bench.merger._fused_ran}
+                      "anon_after": rss_anon(), "fused": bench.merger._fused_ran}
+        if placement == "disk" and page_out(bench.merger.stash._slabs.slabs):  # read back from the disk
+            out[label]["rss_file_paged_out"] = rss_file()
+            out[label]["cold_s"] = timed(lambda c=candidates[0]: evaluator.build(c))
         if gpu:  # what the GPU held at most, next to the host's peak
             out[label]["device_peak"] = torch.cuda.max_memory_allocated()
         print(f"  {mode}: {label} done ({first:.1f} s first, {statistics.median(merges):.3f} s per candidate)",
@@ -301,9 +339,10 @@ def report(results: dict, shapes: Shapes, model_bytes: int, gpu: bool) -> None:
 
     print(f"\nmodel: {sum(t.numel for t in shapes.tensors) / 1e9:.3f}B parameters, bf16 size "
           f"{model_bytes / GIB:.2f} GiB, T = {T} endpoints" + ("" if gpu else ", 1 thread"))
-    print("| storage | methods so far | setup s | max RSS, x bf16 size | max RSS GiB | plan GiB | plan error | "
-          "GPU plan: host / device GiB | GPU peak GiB (measured) | GPU peak / (module + activations) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| storage | methods so far | setup s | max RSS, x bf16 size | max RSS GiB | RssAnon GiB after setup / "
+          "merges | plan GiB | plan error | GPU plan: host / device GiB | GPU peak GiB (measured) | "
+          "GPU peak / (module + activations) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for mode, r in results.items():
         dtype, placement, _ = MODES[mode]
         storage = Storage.parse(dtype, placement)
@@ -318,21 +357,24 @@ def report(results: dict, shapes: Shapes, model_bytes: int, gpu: bool) -> None:
             if "device_peak" in r[label]:
                 held = r[label]["device_peak"]
                 cells = f"{held / GIB:.2f} | {held / (r['module_bytes'] + activations):.2f} |"
-            print(f"| {mode} | {label} | {r['setup_s']:.0f} | {x(peak)} | {peak / GIB:.2f} | "
+            anon = f"{r.get('anon_setup', 0) / GIB:.2f} / {r[label].get('anon_after', 0) / GIB:.2f}"
+            print(f"| {mode} | {label} | {r['setup_s']:.0f} | {x(peak)} | {peak / GIB:.2f} | {anon} | "
                   f"{host / GIB:.2f} | {(host - peak) / peak:+.0%} | {gpu_host / GIB:.2f} / {gpu_device / GIB:.2f} | "
                   + cells)
     target = (2 + T + 1.6) * model_bytes + 1.5 * GIB
     print(f"target for bf16 storage with TSV-M: <= (2 + T + 1.6) x bf16 size + 1.5 GiB = {target / GIB:.2f} GiB")
     print("\n| storage | method | first candidate s | merge s per candidate | memory floor s | ratio | "
-          "GEMM floor s | fitness s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "GEMM floor s | fitness s | from the disk s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for mode, r in results.items():
         for label in measured(r):
             m = r[label]
             kernel = "" if not gpu or "eager" in label or not label.startswith("task") else (
                 " (kernel)" if m["fused"] else " (no kernel: float32 storage, or a failed compile)")
+            cold = f"{m['cold_s']:.2f} (RssFile paged out to {m['rss_file_paged_out'] / GIB:.2f} GiB)" if (
+                "cold_s" in m) else "-"
             print(f"| {mode} | {label}{kernel} | {m['first_s']:.2f} | {m['merge_s']:.4f} | {m['floor_s']:.4f} | "
-                  f"{m['merge_s'] / m['floor_s']:.1f}x | {m['gemm_floor_s']:.4f} | {m['fitness_s']:.3f} |")
+                  f"{m['merge_s'] / m['floor_s']:.1f}x | {m['gemm_floor_s']:.4f} | {m['fitness_s']:.3f} | {cold} |")
     for mode, r in results.items():
         if "kernel_check" in r:
             check = r["kernel_check"]
@@ -347,8 +389,9 @@ def report(results: dict, shapes: Shapes, model_bytes: int, gpu: bool) -> None:
 def extrapolate() -> None:
     print("\nplan for Llama shapes on one GPU (bf16 checkpoints and module, batch 8 x 512 tokens), host / device GiB;"
           " 'all' = task arithmetic + TSV-M + TIES; ratio = device / (module + activations):")
-    print("| model | T | bf16, device, all | bf16, host, all | bf16, host, TA + TSV-M (ratio) | float32, device, all |")
-    print("|---|---|---|---|---|---|")
+    print("| model | T | bf16, device, all | bf16, host, all | bf16, host, TA + TSV-M (ratio) | float32, device, all | "
+          "bf16, disk, all (disk) |")
+    print("|---|---|---|---|---|---|---|")
     everything, lean = tuple(METHODS), ("task_arithmetic", "tsv")
     for name, shape in LLAMAS.items():
         shapes = Shapes(llama_tensors(**shape), shape["vocab"], shape["hidden"])
@@ -358,10 +401,13 @@ def extrapolate() -> None:
             for storage, methods in ((Storage(torch.bfloat16, "device"), everything),
                                      (Storage(torch.bfloat16, "host"), everything),
                                      (Storage(torch.bfloat16, "host"), lean),
-                                     (Storage(torch.float32, "device"), everything)):
+                                     (Storage(torch.float32, "device"), everything),
+                                     (Storage(torch.bfloat16, "disk"), everything)):
                 lines = plan_lines(shapes, Setting(n, methods, storage, torch.bfloat16, True, batch_size=8))
                 host, device = sum(line.host for line in lines), sum(line.device for line in lines)
                 cell = f"{host / GIB:.0f} / {device / GIB:.0f}"
+                if storage.placement == "disk":
+                    cell += f" ({sum(line.disk for line in lines) / GIB:.0f})"
                 if methods == lean:
                     activations = next(line.device for line in lines if line.what.startswith("activations"))
                     cell += f" ({device / (module + activations):.2f})"

@@ -14,6 +14,7 @@ that does.
 from __future__ import annotations
 
 import functools
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class Line:
     what: str
     host: int
     device: int
+    disk: int = 0  # `disk` placement's files: the page cache holds what RAM allows, the rest is read back
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Plan:
     available_device: int | None = None
     budgets: tuple[str, str] = ("available", "available")  # where each limit came from
     alternative: str | None = None  # the first setting that fits, when this one does not
+    available_disk: int | None = None  # free space in `storage.directory` (None: not known yet)
 
     @property
     def host(self) -> int:
@@ -88,8 +91,15 @@ class Plan:
     def need_host(self) -> int:
         return self.host * self.workers
 
+    @property
+    def need_disk(self) -> int:
+        return sum(line.disk for line in self.lines) * self.workers
+
     def shortfall(self) -> str | None:
         """What does not fit, in words, or None."""
+        if self.available_disk is not None and self.need_disk > self.available_disk:
+            return (f"needs {gib(self.need_disk)} of files in {self.storage.directory} for storage placement disk but "
+                    f"only {gib(self.available_disk)} is free there")
         if self.available_host is not None and self.need_host > self.available_host:
             per = f" ({self.workers} workers x {gib(self.host)})" if self.workers > 1 else ""
             return f"needs {gib(self.need_host)} of host memory{per} but {limit(self.budgets[0], self.available_host)}"
@@ -124,6 +134,10 @@ class Plan:
         if self.workers > 1:
             rows.append(row(f"total for {self.workers} workers on this machine", self.need_host))
         rows.append(describe_storage(self.storage))
+        if self.need_disk:
+            rows.append(f"disk: {gib(self.need_disk)} of files in {self.storage.directory or 'the run folder'} "
+                        f"(free: {gib(self.available_disk)}), read back for each candidate from the page cache as "
+                        "far as the host's RAM holds them")
         rows.append(
             f"limit: host: {limit(self.budgets[0], self.available_host)}"
             + (f"; {self.device}: {limit(self.budgets[1], self.available_device)}" if gpu else "")
@@ -218,9 +232,9 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
     for name in setting.methods:
         if name not in STACKING and name != "mass" and get_method(name).pieces is None:
             copies = max(copies, setting.n_models + 4)
-    # with `host` on a GPU, the largest tensor's stored base and task vectors are on the device while it
-    # is merged; on a CPU the host is the device, nothing is staged
-    staging = setting.n_models + 1 if setting.storage.placement == "host" and setting.on_gpu else 0
+    # with `host` or `disk` on a GPU, the largest tensor's stored base and task vectors are on the device
+    # while it is merged; on a CPU they are read where they are kept, nothing is staged
+    staging = setting.n_models + 1 if setting.storage.placement != "device" and setting.on_gpu else 0
     return largest.numel * (4 * copies + staging * (setting.storage.dtype or largest.dtype).itemsize)
 
 
@@ -231,6 +245,8 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
     module = shapes.nbytes(setting.eval_dtype)
 
     def line(what: str, nbytes: int, where: str) -> Line:
+        if where == "disk":
+            return Line(what, 0, 0, nbytes)
         on_device = setting.on_gpu and where == "device"
         return Line(what, 0 if on_device else nbytes, nbytes if on_device else 0)
 
@@ -340,6 +356,7 @@ class Target:
     host: int | None
     device: int | None
     budgets: tuple[str, str] = field(default=("available", "free"))
+    disk: int | None = None  # free space where `disk` placement would keep its files (None: not known)
 
 
 def target_of(campaign) -> Target:
@@ -364,7 +381,20 @@ def target_of(campaign) -> Target:
         host, labels[0] = int(spec.host_budget_gib * GIB), "storage.host_budget_gib"
     if spec.device_budget_gib is not None:
         device, labels[1] = int(spec.device_budget_gib * GIB), "storage.device_budget_gib"
-    return Target(gpu, workers, host, device, (labels[0], labels[1]))
+    disk = free_disk(spec.disk_dir) if spec.disk_dir is not None and not remote else None
+    return Target(gpu, workers, host, device, (labels[0], labels[1]), disk)
+
+
+def free_disk(directory: str) -> int | None:
+    """Free bytes on the file system that holds `directory`, or would once it is created (its
+    nearest existing parent); None when none can be read."""
+    path = Path(directory)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def plan_for(
@@ -381,6 +411,7 @@ def plan_for(
         target.host,
         target.device,
         target.budgets,
+        available_disk=target.disk if storage.placement == "disk" else None,
     )
 
 
@@ -388,7 +419,7 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
                   resuming: bool = False) -> Plan:
     """The campaign's plan; when it does not fit, `alternative` names the first setting that does:
     a smaller evaluation batch (the activations shrink, the weights stay as they are), then
-    storage (bfloat16, then host placement), then a bfloat16 evaluation module, each of those
+    storage (bfloat16, then host placement, then disk), then a bfloat16 evaluation module, each of those
     with the campaign's batch and then smaller ones (neither bf16 storage nor a batch of 1 alone
     may fit where both together do, as in a 0.3B campaign under a 7.2 GiB budget). `resuming`:
     only what a run folder lets a resume change (placement, budgets); the rest is part of what it
@@ -412,19 +443,23 @@ def _leaner(campaign, shapes: Shapes, n_models: int, target: Target, current: St
     """The first setting that fits, in words, or why none is offered."""
     batch = campaign.evaluator.batch_size
     batches = [batch] if resuming else [batch >> k for k in range(batch.bit_length())]  # 32, 16, ..., 1
-    placements = ("device", "host") if target.gpu is not None else (current.placement,)
+    # `disk` (on a CPU too: it keeps the stored weights out of RAM) is read back for every candidate
+    placements = ("device", "host", "disk") if target.gpu is not None else tuple(dict.fromkeys((current.placement,
+                                                                                              "disk")))
     options = [
-        (Storage(dtype, placement), ev)
+        (Storage(dtype, placement, current.directory), ev)
         for ev in dict.fromkeys((eval_dtype, torch.bfloat16))
         for dtype in dict.fromkeys((current.dtype, torch.bfloat16))
         for placement in placements
         if not resuming or (dtype, ev) == (current.dtype, eval_dtype)
     ]
+    options.sort(key=lambda option: option[0].placement == "disk")  # every way of keeping them in memory first
     ordered = [(current, eval_dtype), *(o for o in options if o != (current, eval_dtype))]
     settings = [(storage, ev, b) for storage, ev in ordered for b in batches][1:]  # the first is the campaign's own
-    if not settings:  # nothing leaner to offer: a resume on a CPU machine, or batch 1 with bf16 everywhere
-        return ("a resume keeps this run's batch size and dtypes: start the campaign in a new run folder with a "
-                "smaller evaluator.batch_size") if resuming else "no leaner storage setting or batch size exists"
+    resume = ("a resume keeps this run's batch size and dtypes: start the campaign in a new run folder with a "
+              "smaller evaluator.batch_size")
+    if not settings:  # nothing leaner to offer: a resume on disk, or batch 1 with bf16 everywhere on disk
+        return resume if resuming else "no leaner storage setting or batch size exists"
     for storage, ev, b in settings:
         other = plan_for(campaign, shapes, n_models, target, storage, ev, b)
         if other.fits:
@@ -432,7 +467,8 @@ def _leaner(campaign, shapes: Shapes, n_models: int, target: Target, current: St
     storage, ev, b = settings[-1]
     lean = plan_for(campaign, shapes, n_models, target, storage, ev, b)
     return (f"no storage setting or batch size fits; the leanest "
-            f"({_changes(None, eval_dtype, batch, storage, ev, b)}) {lean.shortfall()}")
+            f"({_changes(None, eval_dtype, batch, storage, ev, b)}) {lean.shortfall()}" + (f"; {resume}" if resuming
+                                                                                         else ""))
 
 
 def _changes(current: Storage | None, eval_dtype: torch.dtype, batch: int, storage: Storage, ev: torch.dtype,

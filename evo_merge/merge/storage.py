@@ -6,21 +6,26 @@ The storage dtype (default: the checkpoints' own, e.g. bfloat16) halves that wit
 how a candidate is computed: every stored tensor is read back and combined in float32, one
 tensor at a time. Placement `host` keeps the stored tensors in (pinned) host memory and streams
 each one to the device when a candidate is built, so the evaluation module is the only full
-model on the device.
+model on the device. Placement `disk` keeps them in files instead, mapped into memory: the
+operating system's page cache holds what RAM allows and reads the rest back for each candidate,
+so a 7B campaign over 3 endpoints (50 GiB stored) runs on a 24 GiB GPU and 32 GiB of RAM.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from evo_merge.errors import UserError
 from evo_merge.weights import Checkpoint, parse_dtype
 
-Placement = Literal["device", "host"]
+Placement = Literal["device", "host", "disk"]
 AUTO = "auto"
 SLAB_MIN, SLAB_MAX = 2**26, 2**30  # bytes of the first and the largest pinned slab
 ALIGN = 512  # bytes: where each kept tensor starts in a slab (any dtype's view, aligned copies)
@@ -28,19 +33,21 @@ ALIGN = 512  # bytes: where each kept tensor starts in a slab (any dtype's view,
 
 @dataclass(frozen=True)
 class Storage:
-    """Storage dtype (None: each tensor's own floating dtype in the checkpoints) and placement."""
+    """Storage dtype (None: each tensor's own floating dtype in the checkpoints), placement, and the
+    folder of `disk` placement's files (None: the system's temporary folder)."""
 
     dtype: torch.dtype | None = None
     placement: Placement = "device"
+    directory: str | None = None
 
     @classmethod
-    def parse(cls, dtype: str = AUTO, placement: Placement = "device") -> Storage:
-        return cls(None if dtype == AUTO else parse_dtype(dtype), placement)
+    def parse(cls, dtype: str = AUTO, placement: Placement = "device", directory: str | None = None) -> Storage:
+        return cls(None if dtype == AUTO else parse_dtype(dtype), placement, directory)
 
     @classmethod
     def of(cls, spec) -> Storage:
         """From a campaign's `storage` settings (config.StorageSpec)."""
-        return cls.parse(spec.dtype, spec.placement)
+        return cls.parse(spec.dtype, spec.placement, spec.disk_dir)
 
     def stored_dtype(self, checkpoints: Sequence[Checkpoint], names: Sequence[str]) -> torch.dtype:
         """The dtype a tensor is kept in, read as `names[i]` from checkpoint i: the chosen one, or
@@ -51,31 +58,60 @@ class Storage:
 
 
 class Slabs:
-    """Host memory for kept tensors, handed out from a few large buffers.
+    """Host memory for kept tensors, handed out from a few large buffers: pinned (`pin`), mapped
+    from files in `directory`, or plain.
 
     Torch's pinned-memory allocator rounds every allocation up to a power of two. Pinned one by
     one, a 7B model's MLP matrices (90 MB in bfloat16) take 128 MB each: an H200 run kept 50 GiB
     of task vectors in 68 GiB of host RAM. The slabs are powers of two themselves (64 MiB, doubling
-    up to 1 GiB), so the store wastes only the tail of each slab it leaves for the next one."""
+    up to 1 GiB), so the store wastes only the tail of each slab it leaves for the next one. A file
+    costs one memory map each, which the slabs keep to a few hundred for a 70B model."""
 
-    def __init__(self, pin: bool):
-        self.pin = pin
+    def __init__(self, pin: bool = False, directory: str | None = None):
+        self.pin, self.directory = pin, directory
         self.slabs: list[torch.Tensor] = []
         self._used = 0
+
+    def _buffer(self, length: int) -> torch.Tensor:
+        if self.directory is None:
+            return torch.empty(length, dtype=torch.uint8, pin_memory=self.pin)
+        return mapped_buffer(self.directory, length)
 
     def copy(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` copied into a slab: a view of the slab's bytes in its dtype and shape."""
         size = tensor.numel() * tensor.element_size()
         start = -(-self._used // ALIGN) * ALIGN
         if not self.slabs or start + size > self.slabs[-1].numel():
-            if size > SLAB_MAX:  # a buffer of its own (a 70B model's embedding), rounded like any allocation
-                return tensor.pin_memory() if self.pin else tensor.clone()
+            if size > SLAB_MAX:  # a buffer of its own (a 70B model's embedding)
+                return self._buffer(size).view(tensor.dtype).view(tensor.shape).copy_(tensor)
             grown = 2 * self.slabs[-1].numel() if self.slabs else SLAB_MIN
             length = min(SLAB_MAX, max(grown, 1 << max(size - 1, 0).bit_length()))
-            self.slabs.append(torch.empty(length, dtype=torch.uint8, pin_memory=self.pin))
+            self.slabs.append(self._buffer(length))
             start = 0
         self._used = start + size
         return self.slabs[-1][start:start + size].view(tensor.dtype).view(tensor.shape).copy_(tensor)
+
+
+def mapped_buffer(directory: str, length: int) -> torch.Tensor:
+    """`length` bytes of a new file in `directory`, mapped into memory and already unlinked: the
+    kernel frees its blocks when the process ends however it ends (kill -9 too), so no run leaves
+    tens of GiB behind. The blocks are reserved first (posix_fallocate): a full disk is an error
+    here, not a SIGBUS when a page of the map is first written."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="evo-merge-stash-", dir=directory)
+    except OSError as exc:
+        raise UserError(f"storage.disk_dir: cannot write a file in {directory} ({exc.strerror})") from None
+    try:
+        try:  # macOS has no posix_fallocate: a file of that length, its blocks taken as pages are written
+            reserve = getattr(os, "posix_fallocate", lambda fd, offset, n: os.ftruncate(fd, offset + n))
+            reserve(fd, 0, max(length, 1))
+        except OSError as exc:
+            raise UserError(f"storage.disk_dir: {directory} has no room for {length / 2**30:.2f} GiB more of the "
+                            f"stored weights ({exc.strerror}); free some or choose another folder") from None
+        return torch.from_file(path, shared=True, size=length, dtype=torch.uint8)
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 class Stash:
@@ -83,8 +119,9 @@ class Stash:
 
     def __init__(self, storage: Storage, device: torch.device, compute: torch.dtype = torch.float32):
         self.storage, self.device, self.compute = storage, device, compute
-        # pinned host memory for `host` on a GPU, so the copies to it run asynchronously
-        self._slabs = Slabs(pin=True) if storage.placement == "host" and device.type == "cuda" else None
+        # pinned host memory for `host` on a GPU, so the copies to it run asynchronously; files for `disk`
+        self._slabs = (Slabs(directory=storage.directory or tempfile.gettempdir()) if storage.placement == "disk"
+                       else Slabs(pin=True) if storage.placement == "host" and device.type == "cuda" else None)
 
     def keep(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """`tensor` in the storage dtype and place; the same tensor when it already is."""

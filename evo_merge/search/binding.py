@@ -66,8 +66,8 @@ def fingerprinted(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> 
     if written_at >= OPTIONS_SORTED_SINCE:
         tasks = [task.model_copy(update={"options": dict(sorted(task.options.items()))}) for task in campaign.tasks]
         campaign = campaign.model_copy(update={"tasks": tasks})
-    # storage placement and budgets change where tensors are kept, not what is computed (#13)
-    storage = campaign.storage.model_copy(update={"placement": "device", "host_budget_gib": None,
+    # storage placement, its folder and the budgets change where tensors are kept, not what is computed
+    storage = campaign.storage.model_copy(update={"placement": "device", "disk_dir": None, "host_budget_gib": None,
                                                   "device_budget_gib": None})
     where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"}),
                                         "storage": storage})

@@ -100,7 +100,7 @@ class CampaignRunner:
         """The evaluator, created on first need: loading models is the slow part of a resume."""
         if self._evaluator is None:
             ws = self.workspace
-            evaluator = self._factory(ws.campaign, *ws.sources(), self.tasks)
+            evaluator = self._factory(ws.evaluation_campaign(), *ws.sources(), self.tasks)
             bench = evaluator.workbench()
             if bench is not None:  # fail before any evaluation when a kind cannot work on these models
                 for method in ws.campaign.methods:

@@ -62,7 +62,8 @@ class WorkerSpec:
     tasks: TaskSpecs
     device: str
     dtype: str
-    storage: tuple[str, str] = ("auto", "device")  # (dtype, placement): each worker keeps its own copy
+    # (dtype, placement, disk_dir): each worker keeps its own copy (`disk`: its own files there)
+    storage: tuple[str, str, str | None] = ("auto", "device", None)
 
     @property
     def fingerprint(self) -> str:
@@ -226,7 +227,7 @@ class DaskEvaluator:
                       for t in campaign.tasks)
         worker = WorkerSpec(str(base), tuple(str(m) for m in models), tasks,
                             "cuda" if gpus else campaign.device, campaign.dtype,
-                            (campaign.storage.dtype, campaign.storage.placement))
+                            (campaign.storage.dtype, campaign.storage.placement, campaign.storage.disk_dir))
         return cls(worker, address=spec.address, n_workers=spec.n_workers, gpus=gpus)
 
     @property

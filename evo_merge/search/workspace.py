@@ -44,8 +44,8 @@ FRESH_RUN_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore
 def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     """The campaign with every relative path made absolute against `root` (the campaign file's
     folder): models and LoRA adapters (Hub ids kept), alignment data and permutation specs, the
-    IRT model folder, local task files, a file MLflow store. A run stores and fingerprints this
-    form, so it resumes from whatever folder its command runs in."""
+    IRT model folder, local task files, a file MLflow store, `disk` placement's folder. A run
+    stores and fingerprints this form, so it resumes from whatever folder its command runs in."""
 
     def absolute(value: str) -> str:
         return os.path.abspath(root / Path(value).expanduser())  # normalised, symlinks kept
@@ -84,9 +84,23 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     if tracking is not None and tracking.mlflow is not None:
         mlflow = tracking.mlflow.model_copy(update={"uri": store_uri(tracking.mlflow.uri)})
         tracking = tracking.model_copy(update={"mlflow": mlflow})
+    storage = campaign.storage
+    if storage.disk_dir is not None:
+        storage = storage.model_copy(update={"disk_dir": absolute(storage.disk_dir)})
     return campaign.model_copy(update={"base_model": campaign.base_model and model(campaign.base_model),
                                        "models": [model(m) for m in campaign.models],
-                                       "tasks": tasks, "estimator": estimator, "align": align, "tracking": tracking})
+                                       "tasks": tasks, "estimator": estimator, "align": align, "tracking": tracking,
+                                       "storage": storage})
+
+
+def with_disk_dir(campaign: Campaign, run_dir: Path) -> Campaign:
+    """The campaign with `disk` placement's files in the run folder unless `storage.disk_dir` names
+    another folder: the disk a user chose for a run's outputs, not the system's temporary folder,
+    which is often small or held in RAM."""
+    storage = campaign.storage
+    if storage.placement != "disk" or storage.disk_dir is not None:
+        return campaign
+    return campaign.model_copy(update={"storage": storage.model_copy(update={"disk_dir": os.path.abspath(run_dir)})})
 
 
 def existing_path(value: str, key: str) -> Path:
@@ -171,6 +185,10 @@ class Workspace:
         if self.references is None:
             return str(self.base), [str(m) for m in self.models]
         return self.references[0], list(self.references[1:])
+
+    def evaluation_campaign(self) -> Campaign:
+        """The campaign as its evaluator reads it (`with_disk_dir`)."""
+        return with_disk_dir(self.campaign, self.run_dir)
 
     def dtype_name(self) -> str:
         """The evaluation dtype by name, "auto" resolved from the base's headers: the dtype the picks

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from evo_merge.merge.footprint import (
+    GIB,
     RUNTIME_BYTES,
     STACKING,
     Setting,
@@ -63,9 +64,9 @@ def file_merge(family, method):
     return dict(stream_merge(plan_from_recipe(recipe))[1])
 
 
-@pytest.mark.parametrize("placement", ["device", "host"])
+@pytest.mark.parametrize("placement", ["device", "host", "disk"])
 @pytest.mark.parametrize("method", sorted(METHOD_PARAMS))
-def test_float32_storage_in_either_placement_equals_the_file_merge_bit_for_bit(family, method, placement):
+def test_float32_storage_in_any_placement_equals_the_file_merge_bit_for_bit(family, method, placement):
     m = merger(family, Storage(torch.float32, placement))
     m.apply(method, WEIGHTS, METHOD_PARAMS[method])
     state = m.module.state_dict()
@@ -290,6 +291,76 @@ def test_slabs_hand_out_aligned_views_that_never_overlap(monkeypatch):
     assert all((c.data_ptr() - c.untyped_storage().data_ptr()) % storage.ALIGN == 0 for c in inside if c.numel())
     # bytes per slab: 200 + 84 | 2 + 0 | 3200 | 6000 + 40 (each slab twice the last, or what a tensor needs)
     assert [s.numel() for s in slabs.slabs] == [1024, 2048, 4096, 8192]
+
+
+def mapped_ranges(slabs) -> list[tuple[int, int]]:
+    return [(s.data_ptr(), s.data_ptr() + s.numel()) for s in slabs.slabs]
+
+
+def test_disk_placement_keeps_every_stored_tensor_in_unlinked_mapped_files(family, tmp_path):
+    """`disk`: the base, the task vectors and TSV-M's pieces all live in the memory-mapped files,
+    whose names are gone from the folder at once (nothing is left behind however the run ends),
+    and a candidate has the bits `host` placement gives it."""
+    on_disk = merger(family, Storage(torch.bfloat16, "disk", str(tmp_path)))
+    in_ram = merger(family, Storage(torch.bfloat16, "host"))
+    for m in (on_disk, in_ram):
+        m.apply("tsv", WEIGHTS, METHOD_PARAMS["tsv"])
+    assert all(torch.equal(a, b) for a, b in zip(on_disk.module.state_dict().values(),
+                                                 in_ram.module.state_dict().values()))
+    on_disk.apply("ties", WEIGHTS, METHOD_PARAMS["ties"])
+    in_ram.apply("ties", WEIGHTS, METHOD_PARAMS["ties"])
+    assert all(torch.equal(a, b) for a, b in zip(on_disk.module.state_dict().values(),
+                                                 in_ram.module.state_dict().values()))
+    assert list(tmp_path.iterdir()) == []
+    ranges = mapped_ranges(on_disk.stash._slabs)
+    pieces = [t for ps in on_disk._pieces[("tsv", "False")].values() for t in piece_tensors(ps)]
+    stored = [*on_disk._base.values(), *(t for d in on_disk._deltas.values() for t in d), *pieces]
+    assert all(any(lo <= t.data_ptr() < hi for lo, hi in ranges) for t in stored if t.numel())
+    maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    assert not maps or maps.count(f"{tmp_path}/evo-merge-stash-") >= len(ranges)  # mapped, "(deleted)"
+
+
+def test_disk_placement_in_a_folder_it_cannot_use_is_a_user_error(family, tmp_path, monkeypatch):
+    import errno
+
+    from evo_merge.errors import UserError
+
+    with pytest.raises(UserError, match=r"storage.disk_dir: cannot write a file in .*missing"):
+        merger(family, Storage(torch.bfloat16, "disk", str(tmp_path / "missing")))
+
+    def full(fd, offset, length):  # the file system's answer when the blocks are not there
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(UserError, match=r"storage.disk_dir: .* has no room for 0.06 GiB more .*No space left"):
+        merger(family, Storage(torch.bfloat16, "disk", str(tmp_path)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_placement_keeps_the_stored_weights_out_of_the_plan_s_memory(family, tmp_path):
+    """The stored lines move to the disk column; on a GPU the largest tensor is staged as with `host`."""
+    from evo_merge.merge.footprint import Line, Plan
+
+    base, fts = family
+    shapes = shapes_of(base, fts)
+
+    def lines(placement, on_gpu=False):
+        setting = Setting(3, ("task_arithmetic", "tsv"), Storage(torch.bfloat16, placement, str(tmp_path)),
+                          torch.float32, on_gpu=on_gpu)
+        return {line.what.split(" (")[0].split(",")[0]: line for line in plan_lines(shapes, setting)}
+
+    ram, disk = lines("host"), lines("disk")
+    for what in ("base", "task vectors", "TSV-M pieces"):
+        assert (disk[what].host, disk[what].device, disk[what].disk) == (0, 0, ram[what].host) and ram[what].host
+    assert {w: (line.host, line.device) for w, line in disk.items() if not line.disk} == {
+        w: (line.host, line.device) for w, line in ram.items() if not disk[w].disk}
+    assert lines("disk", on_gpu=True)["merge work"] == lines("host", on_gpu=True)["merge work"]
+
+    plan = Plan([Line("runtime", 100, 0), Line("task vectors", 0, 0, 3 * GIB)], workers=2, device="cpu",
+                storage=Storage(torch.bfloat16, "disk", "/data/stash"), available_host=GIB, available_disk=5 * GIB)
+    assert plan.need_disk == 6 * GIB and plan.shortfall() == (
+        "needs 6.00 GiB of files in /data/stash for storage placement disk but only 5.00 GiB is free there")
+    assert "disk: 6.00 GiB of files in /data/stash (free: 5.00 GiB)" in plan.table()
 
 
 def test_host_placement_stages_on_a_gpu_only(family):

@@ -144,7 +144,8 @@ def test_storage_and_a_smaller_batch_together_are_offered_when_neither_alone_fit
 
 
 def test_a_new_campaign_with_nothing_leaner_to_offer_is_not_told_about_resumes(tmp_path, zoo):
-    path = write(tmp_path, config(zoo, dtype="bfloat16", storage={"dtype": "bfloat16", "host_budget_gib": 0.01},
+    path = write(tmp_path, config(zoo, dtype="bfloat16", storage={"dtype": "bfloat16", "placement": "disk",
+                                                                  "host_budget_gib": 0.01},
                                   evaluator={"kind": "local", "batch_size": 1}))
     result = CliRunner().invoke(cli, ["plan", str(path)])
     assert result.exit_code == 2
@@ -167,6 +168,8 @@ def test_a_resume_that_does_not_fit_is_offered_only_what_a_resume_may_change(tmp
 def test_placement_and_budgets_leave_the_run_identity_and_dtype_changes_it(zoo):
     plain = Campaign.model_validate(config(zoo))
     moved = Campaign.model_validate(config(zoo, storage={"placement": "host", "host_budget_gib": 12}))
+    on_disk = Campaign.model_validate(config(zoo, storage={"placement": "disk", "disk_dir": "/scratch"}))
+    assert config_fingerprint(on_disk) == config_fingerprint(plain)
     lean = Campaign.model_validate(config(zoo, storage={"dtype": "bfloat16"}))
     assert config_fingerprint(moved) == config_fingerprint(plain) != config_fingerprint(lean)
 
@@ -185,6 +188,46 @@ def test_a_run_resumes_with_another_placement_and_reuses_every_evaluation(tmp_pa
     again = CliRunner().invoke(cli, ["resume", str(run)])
     assert again.exit_code == 0, again.output
     assert evaluations(run) == before and len(before) >= 4
+
+
+def test_a_campaign_with_disk_placement_scores_as_in_memory_and_leaves_no_file(tmp_path, zoo):
+    """The stored weights in files in the run folder (the default) or in `disk_dir`, relative to the
+    campaign file: every evaluation as with `device`, and no file left once the run is done."""
+    scores = {}
+    for name, storage in (("device", {"dtype": "bfloat16"}),
+                          ("disk", {"dtype": "bfloat16", "placement": "disk"}),
+                          ("disk_dir", {"dtype": "bfloat16", "placement": "disk", "disk_dir": "scratch"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scratch").mkdir()
+        run = tmp_path / name / "run"
+        result = CliRunner().invoke(cli, ["run", str(write(tmp_path / name, config(zoo, storage=storage))),
+                                          "--out", str(run)])
+        assert result.exit_code == 0, result.output
+        scores[name] = evaluations(run)
+        assert not [p for p in (tmp_path / name).rglob("*") if "evo-merge-stash" in p.name]
+        assert yaml.safe_load((run / "campaign.yaml").read_text())["storage"].get("disk_dir") in (
+            None, str(tmp_path / name / "scratch"))
+    assert scores["disk"] == scores["device"] == scores["disk_dir"] and len(scores["device"]) >= 4
+
+
+def test_the_plan_offers_disk_placement_when_the_stored_weights_do_not_fit_in_memory(tmp_path, zoo):
+    base, fts = zoo
+    one = {"kind": "local", "batch_size": 1}
+    need = {placement: campaign_plan(Campaign.model_validate(config(
+        zoo, storage={"dtype": "bfloat16", "placement": placement, "disk_dir": str(tmp_path)}, evaluator=one)),
+        base, fts) for placement in ("device", "disk")}
+    assert need["disk"].need_disk > 0 and need["disk"].need_host < need["device"].need_host
+    assert need["disk"].need_host + need["disk"].need_disk == need["device"].need_host
+    budget = (need["disk"].need_host + need["device"].need_host) / 2 / GIB
+    path = write(tmp_path, config(zoo, storage={"dtype": "bfloat16", "host_budget_gib": budget}, evaluator=one))
+    result = CliRunner().invoke(cli, ["plan", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "storage: {dtype: bfloat16, placement: disk} fits" in result.output.splitlines()[-1]
+    moved = write(tmp_path, config(zoo, storage={"dtype": "bfloat16", "host_budget_gib": budget,
+                                                 "placement": "disk"}, evaluator=one))
+    result = CliRunner().invoke(cli, ["plan", str(moved), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert f"of files in {tmp_path / 'run'} (free: " in result.output and result.output.rstrip().endswith("fits")
 
 
 def test_an_out_of_memory_error_fails_the_candidate_only(zoo):
@@ -234,7 +277,7 @@ def test_the_evaluator_mass_and_dask_workers_get_the_storage_settings(tmp_path):
     campaign = Campaign.model_validate(config(zoo, storage={"dtype": "bfloat16", "placement": "host"},
                                               evaluator={"kind": "dask", "n_workers": 1}))
     dask = DaskEvaluator.from_campaign(campaign, base, fts)
-    assert dask.spec.storage == ("bfloat16", "host")
+    assert dask.spec.storage == ("bfloat16", "host", None)
     bench = dask.spec.build().bench  # what each worker builds (without starting a cluster)
     assert bench.merger.stash.storage == Storage(torch.bfloat16, "host")
     assert {d.dtype for ds in bench.merger._deltas.values() for d in ds} == {torch.bfloat16}
@@ -339,11 +382,12 @@ def test_run_into_a_folder_written_before_dtype_auto_plans_what_it_resumes(tmp_p
     result = CliRunner().invoke(cli, ["run", str(unset), "--out", str(run)])
     assert result.exit_code == 2, result.output
     error = result.output.strip().splitlines()[-1]
-    assert "memory plan" in error and "a resume keeps this run's batch size and dtypes" in error
+    # the placement, which a resume may change, and not the dtypes
+    assert "memory plan" in error and "; storage: {dtype: auto, placement: disk} fits (host " in error
     assert error.endswith(f"(details: evo-merge plan {unset} --out {run})")
     detailed = CliRunner().invoke(cli, ["plan", str(unset), "--out", str(run)])  # the plan the error points to
     assert detailed.exit_code == 2 and "evaluation module (float32)" in detailed.output
-    assert "a resume keeps" in detailed.output.strip().splitlines()[-1]
+    assert "storage: {dtype: auto, placement: disk} fits" in detailed.output.strip().splitlines()[-1]
     new_folder = CliRunner().invoke(cli, ["plan", str(unset)])
     assert new_folder.exit_code == 0 and "evaluation module (bfloat16)" in new_folder.output
     roomy = write(tmp_path, config((base16, fts16), evaluator=one))
