@@ -125,22 +125,27 @@ class Plan:
         labels = [line.what for line in self.lines] + [f"total for {self.workers} workers on this machine"]
         width = max(48, *(len(label) + 2 for label in labels))  # a long label does not push its figures out of line
 
-        def row(what: str, host: int, device: int | None = None) -> str:
-            return f"{what:<{width}}{gib(host):>12}" + (f"{gib(device):>12}" if gpu and device is not None else "")
+        on_disk = self.need_disk > 0
 
-        rows = [f"{'bytes per worker':<{width}}{'host':>12}" + (f"{self.device:>12}" if gpu else "")]
-        rows += [row(line.what, line.host, line.device) for line in self.lines]
-        rows.append(row("total per worker", self.host, self.device_bytes))
+        def row(what: str, host: int, device: int | None = None, disk: int | None = None) -> str:
+            return (f"{what:<{width}}{gib(host):>12}" + (f"{gib(device):>12}" if gpu and device is not None else "")
+                    + (f"{gib(disk):>12}" if on_disk and disk is not None else ""))
+
+        rows = [f"{'bytes per worker':<{width}}{'host':>12}" + (f"{self.device:>12}" if gpu else "")
+                + (f"{'disk':>12}" if on_disk else "")]
+        rows += [row(line.what, line.host, line.device, line.disk) for line in self.lines]
+        rows.append(row("total per worker", self.host, self.device_bytes, self.need_disk // self.workers))
         if self.workers > 1:
-            rows.append(row(f"total for {self.workers} workers on this machine", self.need_host))
+            rows.append(row(f"total for {self.workers} workers on this machine", self.need_host,
+                            disk=self.need_disk))
         rows.append(describe_storage(self.storage))
-        if self.need_disk:
-            rows.append(f"disk: {gib(self.need_disk)} of files in {self.storage.directory or 'the run folder'} "
-                        f"(free: {gib(self.available_disk)}), read back for each candidate from the page cache as "
-                        "far as the host's RAM holds them")
+        if on_disk:  # the page cache is not counted: the more RAM is free, the less each candidate reads
+            rows.append(f"disk: files in {self.storage.directory or 'the run folder'}, read back for each "
+                        "candidate (from the page cache as far as the host's RAM holds them)")
         rows.append(
             f"limit: host: {limit(self.budgets[0], self.available_host)}"
             + (f"; {self.device}: {limit(self.budgets[1], self.available_device)}" if gpu else "")
+            + (f"; disk: {gib(self.available_disk)} is free there" if on_disk else "")
         )
         if self.fits:  # otherwise the command's error gives the shortfall and the setting that fits
             rows.append("fits")

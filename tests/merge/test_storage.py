@@ -360,7 +360,10 @@ def test_disk_placement_keeps_the_stored_weights_out_of_the_plan_s_memory(family
                 storage=Storage(torch.bfloat16, "disk", "/data/stash"), available_host=GIB, available_disk=5 * GIB)
     assert plan.need_disk == 6 * GIB and plan.shortfall() == (
         "needs 6.00 GiB of files in /data/stash for storage placement disk but only 5.00 GiB is free there")
-    assert "disk: 6.00 GiB of files in /data/stash (free: 5.00 GiB)" in plan.table()
+    table = plan.table().splitlines()
+    assert table[0].endswith("host        disk") and table[2].endswith("0.0 MiB    3.00 GiB")
+    assert table[-1].endswith("disk: 5.00 GiB is free there") and "files in /data/stash" in table[-2]  # no "fits"
+    assert table[4].startswith("total for 2 workers") and table[4].endswith("6.00 GiB")
 
 
 def test_host_placement_stages_on_a_gpu_only(family):

@@ -227,7 +227,8 @@ def test_the_plan_offers_disk_placement_when_the_stored_weights_do_not_fit_in_me
                                                  "placement": "disk"}, evaluator=one))
     result = CliRunner().invoke(cli, ["plan", str(moved), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
-    assert f"of files in {tmp_path / 'run'} (free: " in result.output and result.output.rstrip().endswith("fits")
+    assert f"disk: files in {tmp_path / 'run'}, read back" in result.output and "GiB is free there" in result.output
+    assert result.output.rstrip().endswith("fits")
 
 
 def test_an_out_of_memory_error_fails_the_candidate_only(zoo):
