@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy
 import torch
 
 from evo_merge.errors import UserError
@@ -93,7 +94,7 @@ class Slabs:
 
 
 def mapped_buffer(directory: str, length: int) -> torch.Tensor:
-    """`length` bytes of a new file in `directory`, mapped into memory and already unlinked: the
+    """`length` bytes of a new file in `directory`, unlinked at once and mapped into memory: the
     kernel frees its blocks when the process ends however it ends (kill -9 too), so no run leaves
     tens of GiB behind. The blocks are reserved first (posix_fallocate): a full disk is an error
     here, not a SIGBUS when a page of the map is first written."""
@@ -101,17 +102,15 @@ def mapped_buffer(directory: str, length: int) -> torch.Tensor:
         fd, path = tempfile.mkstemp(prefix="evo-merge-stash-", dir=directory)
     except OSError as exc:
         raise UserError(f"storage.disk_dir: cannot write a file in {directory} ({exc.strerror})") from None
-    try:
+    os.unlink(path)  # before its blocks are taken: a kill from here on leaves no file behind
+    with os.fdopen(fd, "r+b") as file:
         try:  # macOS has no posix_fallocate: a file of that length, its blocks taken as pages are written
             reserve = getattr(os, "posix_fallocate", lambda fd, offset, n: os.ftruncate(fd, offset + n))
             reserve(fd, 0, max(length, 1))
         except OSError as exc:
             raise UserError(f"storage.disk_dir: {directory} has no room for {length / 2**30:.2f} GiB more of the "
                             f"stored weights ({exc.strerror}); free some or choose another folder") from None
-        return torch.from_file(path, shared=True, size=length, dtype=torch.uint8)
-    finally:
-        os.close(fd)
-        os.unlink(path)
+        return torch.from_numpy(numpy.memmap(file, dtype=numpy.uint8, mode="r+", shape=(length,)))  # a map of its own
 
 
 class Stash:
