@@ -30,6 +30,7 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     """Write long-format per-item scores `subject,item,score[,scenario]` to OUT."""
     from transformers.utils import logging as hf_logging
 
+    from evo_merge.cli.outputs import check_output_file
     from evo_merge.cli.progress import StageBars
     from evo_merge.errors import UserError
     from evo_merge.irt.anchors import read_anchors
@@ -39,10 +40,7 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     from evo_merge.weights.devices import resolve_device
 
     hf_logging.disable_progress_bar()  # keep errors on one line
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give the path of the CSV file to write")
-    if out.exists() and not overwrite:  # another model's scores, minutes of work at 7B
-        raise UserError(f"--out {out}: already exists (--overwrite replaces it)")
+    check_output_file(out, overwrite)  # another model's scores, minutes of work at 7B
     if device is not None:
         device = str(resolve_device(device, key="--device"))
     anchors = items_file is not None and items_file.suffix == ".json"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from evo_merge.cli.outputs import check_irt_model_folder
 from evo_merge.console import results_console
 from evo_merge.errors import UserError, naming_file
 from evo_merge.irt import (
@@ -105,13 +106,16 @@ def irt() -> None:
 @irt.command()
 @click.argument("responses", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
+@click.option("--overwrite", is_flag=True, help="replace the IRT model in --out, and its anchors")
 @_backend_flags
 @click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the fit and of the subjects --dims auto holds out.")
-def fit(responses: Path, out: Path, backend: str, epochs: int | None, lr: float | None, dims: str, seed: int) -> None:
+def fit(responses: Path, out: Path, overwrite: bool, backend: str, epochs: int | None, lr: float | None, dims: str,
+        seed: int) -> None:
     """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
 
+    check_irt_model_folder(out, overwrite)  # before the fit's minutes
     options, dims_value = _backend_options(backend, epochs, lr), _dims(dims)  # option errors: not the file's
     data = load_responses(responses)
     with naming_file(responses):  # too few subjects, or py-irt diverging on them

@@ -20,9 +20,11 @@ def responses() -> None:
 @click.option("--scenario", type=click.Choice(["task", "subskill"]), default="task", show_default=True,
               help="IRT scenario of each item: its task, or the task's own scenario (TASK:SCENARIO)")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="seed of the random merges")
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="long-format CSV")
-def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: Path) -> None:
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="long-format CSV")
+@click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise, before any scoring)")
+def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: Path, overwrite: bool) -> None:
     """Score the base, the endpoints and N random merges on every item of every task."""
+    from evo_merge.cli.outputs import check_output_file
     from evo_merge.cli.progress import StageBars
     from evo_merge.search.responses import build_responses
     from evo_merge.search.store import atomic_write
@@ -30,6 +32,7 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
     from evo_merge.tasks.registry import resolve_task
     from evo_merge.zoo.manifest import read_zoo
 
+    check_output_file(out, overwrite)
     names = [t for t in tasks.split(",") if t]
     if not names:
         raise click.BadParameter("no task names", param_hint="--tasks")

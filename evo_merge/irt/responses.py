@@ -26,6 +26,8 @@ RESERVED_SCENARIO = "overall"  # the key of the size-weighted total in estimates
 def load_responses(path: str | Path) -> pd.DataFrame:
     """Read a CSV or parquet response file (long or wide) into a validated long table."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"responses file {path} is a folder; give the CSV or parquet file")
     if not path.is_file():
         raise UserError(f"responses file {path} not found")
     suffix = path.suffix.lower()

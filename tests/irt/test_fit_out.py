@@ -28,7 +28,11 @@ def test_refit_into_the_same_folder_drops_the_old_anchors(tmp_path):
     irt("fit", tmp_path / "first.csv", "--out", tmp_path / "m", "--dims", "1")
     irt("anchors", tmp_path / "m", "--budget", "5")
     assert list((tmp_path / "m" / "anchors").glob("*.json"))
-    irt("fit", tmp_path / "second.csv", "--out", tmp_path / "m", "--dims", "1")
+    refused = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path / "second.csv"), "--out", str(tmp_path / "m")])
+    assert refused.exit_code == 2 and refused.output.strip().splitlines()[-1] == (
+        f"error: --out {tmp_path / 'm'}: holds an IRT model already (--overwrite replaces it and its anchors)")
+    assert list((tmp_path / "m" / "anchors").glob("*.json"))  # checked before the fit, nothing touched
+    irt("fit", tmp_path / "second.csv", "--out", tmp_path / "m", "--dims", "1", "--overwrite")
     assert not (tmp_path / "m" / "anchors").exists()  # they named items of the first model
     result = CliRunner().invoke(
         cli, ["irt", "estimate", str(tmp_path / "m"), "--responses", str(tmp_path / "second.csv")]
@@ -49,13 +53,31 @@ def test_a_refit_that_fails_to_write_leaves_the_old_model_and_its_anchors(tmp_pa
     before = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
     proc = subprocess.run(
         [sys.executable, "-c", "from evo_merge.cli import main; main()", "irt", "fit", str(tmp_path / "r.csv"),
-         "--out", str(model), "--dims", "1", "--seed", "5"],
+         "--out", str(model), "--dims", "1", "--seed", "5", "--overwrite"],
         capture_output=True, text=True, timeout=300,
         preexec_fn=file_size_limit((model / "params.npz").stat().st_size // 2))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == \
         f"error: {model}: {os.strerror(errno.EFBIG)}", proc.stderr
     assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == before
     assert list((model / "anchors").glob("*.json")) and not [p for p in model.iterdir() if p.name.startswith(".")]
+
+
+def test_fit_never_writes_into_a_file_or_a_folder_of_other_files(tmp_path):
+    """`--out` names the model folder: a file, or a folder holding the user's files and no model, is
+    refused with --overwrite too (a fit wrote model.json and params.npz among them), before the fit."""
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    gen.sample(*synthetic_abilities(20, dims=1, seed=2), seed=3).to_csv(tmp_path / "r.csv", index=False)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep")
+    (tmp_path / "file").write_text("keep")
+    for out, why in ((tmp_path / "notes", "holds files and no IRT model; refusing to write into it"),
+                     (tmp_path / "file", "is a file; give the folder to write the model into")):
+        for extra in ([], ["--overwrite"]):
+            result = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path / "r.csv"), "--out", str(out), *extra])
+            assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == f"error: --out {out}: {why}"
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"] and (tmp_path / "file").read_text() == "keep"
+    result = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and f"responses file {tmp_path} is a folder" in result.output
 
 
 def test_an_adaptive_estimate_from_the_cli(tmp_path):

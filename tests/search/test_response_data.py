@@ -27,6 +27,19 @@ def test_build_responses_scores_base_endpoints_and_random_merges(tmp_path):
     assert len(model.item_ids) == 80
 
 
+def test_responses_build_never_replaces_a_file_unasked(tmp_path):
+    """An existing --out is refused before any scoring (it was replaced without a word); with
+    --overwrite the command goes on (here to the missing manifest)."""
+    out = tmp_path / "r.csv"
+    out.write_text("another matrix")
+    args = ["responses", "build", "--zoo", str(tmp_path), "--tasks", "arith", "--out", str(out)]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2 and refused.output.strip().splitlines()[-1] == (
+        f"error: --out {out}: already exists (--overwrite replaces it)") and out.read_text() == "another matrix"
+    onwards = CliRunner().invoke(cli, [*args, "--overwrite"])
+    assert onwards.exit_code == 2 and "zoo.json" in onwards.output
+
+
 def test_responses_build_needs_a_zoo_manifest(tmp_path):
     result = CliRunner().invoke(cli, ["responses", "build", "--zoo", str(tmp_path), "--tasks", "arith",
                                       "--out", str(tmp_path / "r.csv")])

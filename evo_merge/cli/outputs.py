@@ -1,0 +1,40 @@
+"""Where a command's outputs may go: checked before its work (minutes of scoring or fitting), so a
+mistyped `--out` never replaces a file or folder of the user's that the command did not write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evo_merge.errors import UserError
+
+
+def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:
+    """A file the command writes whole (a CSV): not a folder, and an existing one only with --overwrite."""
+    if out.is_dir():
+        raise UserError(f"{option} {out}: is a folder; give the path of the file to write")
+    if out.exists() and not overwrite:
+        raise UserError(f"{option} {out}: already exists (--overwrite replaces it)")
+
+
+def check_irt_model_folder(out: Path, overwrite: bool, option: str = "--out") -> None:
+    """A folder `irt fit` writes a model into: new or empty, or an IRT model folder with --overwrite
+    (its stored anchors go with the model they were chosen on); never a file or another folder."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{option} {out}: is a file; give the folder to write the model into")
+    if not any(out.iterdir()):
+        return
+    if not _is_irt_model(out):
+        raise UserError(f"{option} {out}: holds files and no IRT model; refusing to write into it")
+    if not overwrite:
+        raise UserError(f"{option} {out}: holds an IRT model already (--overwrite replaces it and its anchors)")
+
+
+def _is_irt_model(folder: Path) -> bool:
+    try:
+        meta = json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("kind") == "evo-merge-irt"
