@@ -32,7 +32,7 @@ from evo_merge.search.binding import (
 )
 from evo_merge.search.lock import LOCK_FILE
 from evo_merge.search.store import FACTS_META, CampaignStore, Record, atomic_write
-from evo_merge.weights.digest import legacy_weights_digest, weights_digest
+from evo_merge.weights.digest import former_weights_digests, weights_digest
 from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference, split_adapter
 
 WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
@@ -284,13 +284,13 @@ def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
     """Refuse a run folder whose models' weights changed since it started (a resume would mix scores of
     two different models under one name); record them on first open (older folders: from now on).
 
-    A record made before the digest covered exactly the files read (an adapter's config, an index's
-    shards) is checked with the digest it was made with, then replaced by the current one."""
+    A record made by an earlier digest (before every tensor's ends were read; before it covered
+    exactly the files read) is checked with the digest it was made with, then replaced by the current one."""
     digests = {key: weights_digest(ref) for key, ref in refs.items()}
     stored = store.get_meta(WEIGHTS_META, {})
     for key, digest in digests.items():
         recorded = stored.get(key, digest)
-        if recorded != digest and recorded != legacy_weights_digest(refs[key]):
+        if recorded != digest and recorded not in former_weights_digests(refs[key]):
             raise UserError(f"{key} ({refs[key].name}): its weights changed since this run folder was started; "
                             "resume with the models it started with, or start the campaign in a new run folder")
     if stored != digests:

@@ -75,7 +75,8 @@ def test_fit_never_writes_into_a_file_or_a_folder_of_other_files(tmp_path):
         for extra in ([], ["--overwrite"]):
             result = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path / "r.csv"), "--out", str(out), *extra])
             assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == f"error: --out {out}: {why}"
-    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"] and (tmp_path / "file").read_text() == "keep"
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
+    assert (tmp_path / "file").read_text() == "keep"
     result = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and f"responses file {tmp_path} is a folder" in result.output
 

@@ -480,6 +480,15 @@ def test_a_lora_endpoint_whose_adapter_config_changed_is_refused(tmp_path, zoo):
                                       "models.1": _digest_as_recorded_before(fts[1]),
                                       "base_model": _digest_as_recorded_before(base)})
     open_run()  # unchanged: resumes
+    with closing(CampaignStore(tmp_path / "run")) as store:  # as the version before every tensor's ends recorded it
+        from evo_merge.search.workspace import campaign_references, resolve_campaign
+        from evo_merge.weights.digest import former_weights_digests, weights_digest
+
+        refs = campaign_references(resolve_campaign(Campaign.model_validate(config), tmp_path))
+        store.set_meta(WEIGHTS_META, {key: former_weights_digests(ref)[0] for key, ref in refs.items()})
+    open_run()  # unchanged: resumes, and records today's digest
+    with closing(CampaignStore(tmp_path / "run")) as store:
+        assert store.get_meta(WEIGHTS_META) == {key: weights_digest(ref) for key, ref in refs.items()}
     config_file.write_text(config_file.read_text().replace('"lora_alpha": 4', '"lora_alpha": 40'))
     with pytest.raises(UserError, match=r"models\.0 .*\+.*adapter\): its weights changed since this run folder"):
         open_run()

@@ -42,3 +42,20 @@ def test_the_digest_covers_a_lora_adapters_config(llama_family, tmp_path):
     assert weights_digest(ref) != before
     shutil.copy(tmp_path / "saved.json", adapter / "adapter_config.json")
     assert weights_digest(ref) == before
+
+
+def test_the_digest_sees_one_small_tensor_edited_where_the_samples_miss_it(tmp_path):
+    """A norm scaled by hand in a file of 16 MB: the 64 evenly spaced samples miss its 256 bytes
+    (the former digest stays the same), every tensor's ends do not."""
+    from evo_merge.weights.digest import former_weights_digests
+
+    torch.manual_seed(0)
+    weights = {"model.embed.weight": torch.randn(2048, 2048), "model.norm.weight": torch.ones(64)}
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file(weights, folder / "model.safetensors")
+    ref = ModelRef("m", folder)
+    before, former = weights_digest(ref), former_weights_digests(ref)[0]
+    save_file({**weights, "model.norm.weight": weights["model.norm.weight"] * 1.5}, folder / "model.safetensors")
+    assert former_weights_digests(ref)[0] == former  # what run folders recorded until now could not tell
+    assert weights_digest(ref) != before
