@@ -35,6 +35,10 @@ def _runner(run: Path, campaign_file: Path | None = None):
     from evo_merge.errors import naming_file
     from evo_merge.search.campaign import CampaignRunner
 
+    if campaign_file is None:  # the folder's own file: an edit of it is named as such (`open_run`)
+        from evo_merge.search.binding import open_run
+
+        open_run(run).close()
     campaign_file = campaign_file or _campaign_file(run)
     with naming_file(campaign_file):
         return CampaignRunner.open(Campaign.load(campaign_file), campaign_file.parent, run)

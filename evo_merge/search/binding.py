@@ -87,20 +87,28 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
     """The campaign a bound run folder runs, checked against the fingerprint its store holds. A
     folder written under older defaults (its `defaults` mark; none: version 1) matches with the
     settings changed since at their former values, and runs with them."""
-    stored = store.get_meta(CONFIG_META)
-    if stored is None:
+    if store.get_meta(CONFIG_META) is None:
         raise UserError(f"{run_dir / CampaignStore.DB}: holds no campaign (emptied, or from a start that failed); "
                         "restore it from a backup, or start the campaign again in a new run folder")
-    version = _defaults_version(store)
-    if stored not in (config_fingerprint(campaign), config_fingerprint(campaign, written_at=version)):
-        started = store.get_meta(CONFIG_DATA_META)  # none in folders bound before it was stored
-        given = fingerprinted(campaign, written_at=version)  # in the form the folder stored it
-        changed = "" if started is None else _changed(started, json.loads(given))
+    changed = differences(store, campaign)
+    if changed is not None:
         raise UserError(
             f"{run_dir}: holds a different campaign{changed}; resume it with the {CAMPAIGN_FILE} it started with, "
             "or start a new run folder"
         )
-    return as_written_at(campaign, version)
+    return as_written_at(campaign, _defaults_version(store))
+
+
+def differences(store: CampaignStore, campaign: Campaign) -> str | None:
+    """None when the store's campaign is `campaign` (under the defaults the folder was written
+    with), else the settings that differ, as ` (changed: a.b, c)` (empty for a folder bound before
+    its settings were stored)."""
+    version = _defaults_version(store)
+    if store.get_meta(CONFIG_META) in (config_fingerprint(campaign), config_fingerprint(campaign, written_at=version)):
+        return None
+    started = store.get_meta(CONFIG_DATA_META)  # none in folders bound before it was stored
+    given = fingerprinted(campaign, written_at=version)  # in the form the folder stored it
+    return "" if started is None else _changed(started, json.loads(given))
 
 
 def _defaults_version(store: CampaignStore) -> int:
@@ -153,8 +161,26 @@ def open_run(run_dir: Path) -> CampaignStore:
     store = CampaignStore(run_dir)
     try:
         if store.get_meta(CAMPAIGN_TEXT_META) != campaign_text_digest(run_dir):
-            bound_campaign(store, Campaign.load(run_dir / CAMPAIGN_FILE), run_dir)
+            if store.get_meta(CONFIG_META) is None:
+                bound_campaign(store, Campaign.load(run_dir / CAMPAIGN_FILE), run_dir)  # its refusal
+            changed = differences(store, Campaign.load(run_dir / CAMPAIGN_FILE))
+            if changed is not None:  # the run's own record is intact: the file is what changed
+                raise UserError(f"{run_dir / CAMPAIGN_FILE}: edited since the run started{changed}; undo the edit "
+                                f"(`evo-merge run CAMPAIGN.yaml --out {run_dir}` with the campaign it started with "
+                                "writes it back), or start the edited campaign in a new run folder")
     except UserError:
         store.close()
         raise
     return store
+
+
+def edited_away(store: CampaignStore, run_dir: Path) -> bool:
+    """Whether the folder's campaign.yaml no longer holds the campaign its store records (an edit of
+    the identity, or a file that no longer loads), so a start with the right campaign writes it back;
+    an edit of what a resume may change (placement, budgets) is kept."""
+    if store.get_meta(CAMPAIGN_TEXT_META) == campaign_text_digest(run_dir):
+        return False
+    try:
+        return differences(store, Campaign.load(run_dir / CAMPAIGN_FILE)) is not None
+    except UserError:
+        return True

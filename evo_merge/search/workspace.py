@@ -28,6 +28,7 @@ from evo_merge.search.binding import (
     bound_campaign,
     campaign_text_digest,
     config_fingerprint,
+    edited_away,
     fingerprinted,
 )
 from evo_merge.search.lock import LOCK_FILE
@@ -220,7 +221,8 @@ def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
     run's files (an emptied or deleted database) is refused, not taken for a new run."""
     if store.get_meta(CONFIG_META) is not None:
         bound = bound_campaign(store, campaign, run_dir)
-        if not (run_dir / CAMPAIGN_FILE).is_file():  # bound by a version that wrote the file after, and killed
+        # bound by a version that wrote the file after, and killed; or the file edited since
+        if not (run_dir / CAMPAIGN_FILE).is_file() or edited_away(store, run_dir):
             _write_campaign(store, bound, run_dir, {})
         return bound
     if leftovers := sorted(e.name for e in run_dir.iterdir() if e.name not in FRESH_RUN_FILES):

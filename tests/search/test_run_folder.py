@@ -371,15 +371,23 @@ def test_status_and_report_refuse_an_edited_campaign_as_resume_does(finished, co
     config["algorithm"]["population"] += 1
     config["methods"]["dare_ties"] = {}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    edited = path.read_text()
     for command in ("status", "report", "resume"):
         code, out = invoke(command, copy)
-        one_line_error(code, out, "holds a different campaign (changed: methods.dare_ties, algorithm.population)")
-    # `run` of the campaign the folder holds goes on; the edited file it did not read stays refused
+        one_line_error(code, out, f"{path}: edited since the run started (changed: methods.dare_ties, "
+                                  f"algorithm.population); undo the edit (`evo-merge run CAMPAIGN.yaml --out {copy}`")
+    # `run` of the campaign the folder holds goes on, and writes the file back (status failed on it for good)
     assert invoke("run", finished[1], "--out", copy)[0] == 0
-    one_line_error(*invoke("status", copy), "holds a different campaign (changed: ")
+    restored = yaml.safe_load(path.read_text())
+    assert restored["algorithm"]["population"] == config["algorithm"]["population"] - 1
+    assert invoke("status", copy)[0] == 0
+    moved = {**restored, "storage": {**restored["storage"], "placement": "host"}}
+    path.write_text(yaml.safe_dump(moved, sort_keys=False))  # what a resume may change is the folder's to keep
+    assert invoke("run", finished[1], "--out", copy)[0] == 0 and yaml.safe_load(path.read_text()) == moved
+    path.write_text(edited)
     with closing(sqlite3.connect(copy / "state.sqlite")) as db, db:  # bound before the settings were stored
         db.execute("DELETE FROM meta WHERE key = 'config_data'")
-    one_line_error(*invoke("status", copy), "holds a different campaign; resume it")
+    one_line_error(*invoke("status", copy), f"{path}: edited since the run started; undo the edit")
 
 
 def test_status_never_loads_the_tasks_of_a_run_that_has_not_recorded_them(tmp_path, zoo):  # noqa: F811
