@@ -228,12 +228,15 @@ def is_model_folder(folder: Path) -> bool:
 def refuse_existing(out: Path, overwrite: bool) -> None:
     """An existing output folder is replaced only when asked: the error says how to ask."""
     if out.exists() and not overwrite:
-        raise UserError(f"output folder {out} already exists (--overwrite, or overwrite=True from Python, replaces it)")
+        raise UserError(f"output folder {out} already exists (--overwrite replaces it)")
 
 
 def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
     """Refuse an output folder that exists (unless `overwrite`), that is not a model folder or empty,
-    or that is, or holds, one of the `inputs` the merge reads: checked before the work, not after."""
+    or that is, or holds, one of the `inputs` the merge reads: checked before the work, not after.
+    A file is refused first: --overwrite would not replace it, so the error does not offer it."""
+    if out.exists() and not out.is_dir():
+        check_replaceable(out)
     refuse_existing(out, overwrite)
     check_replaceable(out)
     target = out.resolve()
@@ -248,7 +251,7 @@ def check_replaceable(out: Path) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise UserError(f"output {out} is a file, not a model folder; refusing to replace it")
+        raise UserError(f"output {out} is a file, not a model folder; give a folder to write the model into")
     if any(out.iterdir()) and not is_model_folder(out):
         raise UserError(f"output folder {out} is not a model folder (no weights in it); refusing to replace it")
 

@@ -404,3 +404,18 @@ def test_saving_a_model_folder_draws_no_transformers_bar(llama_family, tmp_path,
     save_model_folder(tmp_path / "copy", model, tokenizer)
     assert "Writing model shards" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()
+
+
+def test_an_output_that_is_a_file_is_refused_without_offering_overwrite(tmp_path):
+    """`merge`/`export --out FILE` said "already exists (--overwrite ... replaces it)", and with
+    --overwrite that it is a file: the first answer is the one that holds."""
+    from evo_merge.weights.export import check_output_folder
+
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(UserError) as refused:
+            check_output_folder(out, overwrite)
+        assert str(refused.value) == (f"output {out} is a file, not a model folder; "
+                                      "give a folder to write the model into")
+    assert out.read_text() == "mine"
