@@ -104,6 +104,17 @@ def test_an_endpoint_listed_twice_or_the_base_as_an_endpoint_is_refused_before_a
         assert not (tmp_path / "run").exists()
 
 
+def test_a_campaign_model_folder_without_weights_is_named_by_its_file_and_key(tmp_path, family):
+    """It said only "no weights in FOLDER", where a missing folder names the campaign and the key."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    path = campaign(tmp_path, family)
+    path.write_text(path.read_text().replace(f"- {family[1][1]}\n", f"- {empty}\n"))
+    for args in (("plan", path), ("run", path, "--out", tmp_path / "run")):
+        one_line_error(*invoke(*args), f"error: {path}: models.1: no weights in {empty}: expected model.safetensors")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
 def test_a_gpu_that_is_not_there_is_refused_by_the_plan_before_anything_loads(tmp_path, family):
     path = campaign(tmp_path, family)

@@ -33,6 +33,7 @@ from evo_merge.search.binding import (
 )
 from evo_merge.search.lock import LOCK_FILE
 from evo_merge.search.store import FACTS_META, CampaignStore, Record, atomic_write
+from evo_merge.weights.checkpoint import weight_files
 from evo_merge.weights.digest import former_weights_digests, weights_digest
 from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference, split_adapter
 
@@ -249,6 +250,11 @@ def campaign_references(campaign: Campaign) -> dict[str, ModelRef]:
     refs = {f"models.{i}": model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)}
     if campaign.align is None:
         refs["base_model"] = model_reference(campaign.base_model, "base_model")
+    for key, ref in refs.items():  # a folder without weights, named by its key as a missing one is
+        try:
+            weight_files(ref.path)
+        except UserError as exc:
+            raise UserError(f"{key}: {exc}") from None
     _check_distinct(refs)
     return refs
 
