@@ -42,10 +42,15 @@ def load_yaml(path: str | Path) -> Any:
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{where}: malformed YAML: {problem}") from None
+        raise malformed_yaml(path, exc) from None
+
+
+def malformed_yaml(path: Path, exc: yaml.YAMLError) -> UserError:
+    """`FILE:LINE:COLUMN: malformed YAML: PROBLEM`, where the parser gave the place."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return UserError(f"{where}: malformed YAML: {problem}")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -316,7 +316,8 @@ def test_responses_build_refuses_tasks_that_would_share_a_name_or_an_item(tmp_pa
 
 
 @pytest.mark.parametrize(("edit", "expected"), [
-    (lambda text: text.replace("doc_to_choice: choices", "doc_to_choice: [choices"), "cannot read task file"),
+    (lambda text: text.replace("doc_to_choice: choices", "doc_to_choice: [choices"),
+     r"evo_arith.yaml:\d+:\d+: malformed YAML: did not find expected ',' or '\]'"),  # where, as a campaign's errors say
     (lambda text: text.replace("doc_to_choice: choices\n", ""), "a multiple_choice task needs doc_to_choice"),
     (lambda text: text.replace("output_type: multiple_choice", "output_type: bogus"), "lm-eval cannot build it"),
     # lm-eval raises a TypeError without a message here: the error names its type (`errors.first_line`)

@@ -26,6 +26,7 @@ import pandas as pd
 import yaml
 
 from evo_merge.errors import UserError, described, first_line
+from evo_merge.schema import malformed_yaml
 from evo_merge.tasks.base import ItemTable, score_series
 
 _LOGGERS = ("lm_eval", "lm-eval", "datasets")
@@ -73,7 +74,9 @@ def _read_task_yaml(path: Path) -> dict[str, Any]:
 
     try:
         return load_yaml(path, resolve_func=True)
-    except (OSError, ValueError, ImportError, AttributeError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:  # where in the file, as a campaign's own YAML errors say
+        raise malformed_yaml(path, exc) from None
+    except (OSError, ValueError, ImportError, AttributeError) as exc:
         raise UserError(f"cannot read task file {path}: {first_line(exc)}") from None
 
 
