@@ -298,6 +298,9 @@ def test_a_task_option_the_task_does_not_take_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "user_plugin", types.SimpleNamespace(make=factory))
     with pytest.raises(UserError, match=r"task .user_plugin:make.: no option .refrence. \(it takes: reference\)"):
         resolve_task("user_plugin:make", refrence="x")
+    with pytest.raises(UserError, match=r"no option 'batch_size' \(it takes: reference; a campaign passes "
+                                        r"evaluator.batch_size to every task\)"):  # the user wrote neither
+        resolve_task("user_plugin:make", batch_size=8)
     assert ran == []
 
 

@@ -44,7 +44,9 @@ def _made(factory: Callable[..., FitnessTask], spec: str, settings: dict[str, An
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = [k for k in settings if k not in names]
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in params):
-        raise UserError(f"task {spec!r}: no option {unknown[0]!r} (it takes: {', '.join(names) or 'none'})")
+        # a campaign gives every task evaluator.batch_size unless its options set one: say so, the user wrote neither
+        source = "; a campaign passes evaluator.batch_size to every task" if unknown[0] == "batch_size" else ""
+        raise UserError(f"task {spec!r}: no option {unknown[0]!r} (it takes: {', '.join(names) or 'none'}{source})")
     return factory(*args, **settings)
 
 
