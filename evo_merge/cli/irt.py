@@ -128,7 +128,8 @@ def fit(responses: Path, out: Path, overwrite: bool, backend: str, epochs: int |
 
 @irt.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--budget", type=int, required=True, help="Anchors per scenario.")
+@click.option("--budget", type=click.IntRange(min=1), required=True,
+              help="Anchors per scenario (a scenario with fewer items gets them all).")
 @click.option("--method", type=click.Choice(ANCHOR_METHODS), default=DEFAULT_ANCHOR_METHOD, show_default=True,
               help="'auto': stratified-irt with enough calibration subjects, stratified below; "
               "'auto-kmeans': kmeans-irt with enough (the default before defaults version 8).")
@@ -152,7 +153,7 @@ def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: in
 @click.option("--estimator", type=click.Choice(ESTIMATOR_KINDS), default=DEFAULT_ESTIMATOR_KIND, show_default=True,
               help="adaptive: p-IRT from whatever items each subject was scored on, SE per subject.")
 @click.option("--endpoints", default=None, help="Endpoint subject ids (comma-separated) or their full responses file.")
-@click.option("--budget", type=int, default=None, help="Which stored anchor set (if several).")
+@click.option("--budget", type=click.IntRange(min=1), default=None, help="Which stored anchor set (if several).")
 @click.option("--method", type=click.Choice(ANCHOR_METHODS), default=None,
               help="Which stored anchor set (if several); 'auto' as `irt anchors` resolved it.")
 @click.option("--gmp-delta", default="auto", show_default=True,

@@ -235,7 +235,6 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
             "--dims must be 'auto' or a positive integer",
         ),
         (["anchors", "{root}/nomodel", "--budget", "3"], "not an IRT model folder"),
-        (["anchors", "{root}/m", "--budget", "0"], "anchor budget must be a positive integer"),
         (["estimate", "{root}/m", "--responses", "{root}/bad.csv"], "out of [0, 1]"),
         (
             ["estimate", "{root}/m", "--responses", "{root}/partial.csv", "--estimator", "mpirt"],
@@ -279,6 +278,12 @@ def test_bad_input_exits_2_with_one_line(files, args, message):
     code, out = run(*[a.format(root=root) for a in args])
     assert code == 2, out
     assert out.startswith("error: ") and message in out and out.count("\n") == 1, out
+
+
+def test_a_budget_below_one_is_refused_by_its_option_before_the_model_is_read(tmp_path):
+    """It printed the anchor method's fallback notice first, then an error that named no option."""
+    result = CliRunner().invoke(cli, ["irt", "anchors", str(tmp_path / "no-model"), "--budget", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--budget': 0 is not in the range x>=1" in result.output
 
 
 def test_errors_about_a_responses_file_start_with_its_name(tmp_path):
