@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from evo_merge.errors import UserError
 
@@ -177,6 +177,22 @@ def _fields(kind: Any) -> list[str]:
 
 
 class Strict(BaseModel):
-    """A schema section where a misspelt key is an error, not silently ignored."""
+    """A schema section where a misspelt key is an error, not silently ignored, and so is a
+    `true`/`false` where a number goes (pydantic reads it as 1 or 0: `population: true` was
+    refused as "greater than or equal to 2", which named no mistake the user made)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and not _admits_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"a number or a name goes here, not the boolean {str(value).lower()}")
+        return value
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type takes a boolean as itself (bool, Any, or a union or container holding one)."""
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_admits_bool(arg) for arg in get_args(annotation))

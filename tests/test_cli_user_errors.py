@@ -57,6 +57,9 @@ def campaign(tmp_path, family, **sections):
     ("final", {"picks": {"front-2": {"weights": {"arith": 1}}}}, "final.picks.front-2: the name of a built-in"),
     # a value no member of a union takes: the key path, then what each member would take
     ("final", {"holdout": "all"}, "final.holdout: Input should be 'auto' | Input should be a valid integer"),
+    # pydantic reads true as 1: the error was "greater than or equal to 2", about no value the user wrote
+    ("algorithm", {"population": True}, "algorithm.population: a number or a name goes here, not the boolean true"),
+    ("final", {"holdout": True}, "final.holdout: give a fraction in (0, 1), a number of items"),  # its own rule
 ])
 def test_campaign_values_refused_when_the_file_is_read(tmp_path, family, section, values, expected):
     one_line_error(*invoke("plan", campaign(tmp_path, family, **{section: values})), expected)

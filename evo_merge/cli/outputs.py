@@ -10,9 +10,9 @@ from evo_merge.errors import UserError
 
 
 def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:
-    """A file the command writes whole (a CSV): not a folder, and an existing one only with --overwrite."""
+    """A CSV file the command writes whole: not a folder, and an existing one only with --overwrite."""
     if out.is_dir():
-        raise UserError(f"{option} {out}: is a folder; give the path of the file to write")
+        raise UserError(f"{option} {out}: is a folder; give the path of the CSV file to write")
     if out.exists() and not overwrite:
         raise UserError(f"{option} {out}: already exists (--overwrite replaces it)")
 
