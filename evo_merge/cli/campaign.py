@@ -365,10 +365,20 @@ def export(
     measured = store.get(evaluation.key)  # as the measurement left it
     with StageBars() as bars:
         folder = export_candidate(runner.workspace, measured, out, overwrite=overwrite, progress=bars)
-    click.echo(f"wrote {folder}: evaluation {pick} ({measured.method}), {_measured_on(store)}: "
+    click.echo(f"wrote {folder}: evaluation {pick} ({_what(runner.workspace, measured)}), {_measured_on(store)}: "
                f"{_measured_scores(store, measured)}")
     if repo_id is not None:
         _push(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
+
+
+def _what(workspace, evaluation) -> str:
+    """The base or endpoint an evaluation is (a task arithmetic candidate of weights 0 and 1 to the
+    search), else its method."""
+    from evo_merge.search.candidate import reference_candidates
+
+    labels = {c.key: label for label, c in reference_candidates(workspace.endpoint_labels())}
+    label = labels.get(evaluation.key)
+    return evaluation.method if label is None else workspace.base_label() if label == "base" else label
 
 
 def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, dry_run: bool) -> None:

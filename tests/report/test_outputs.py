@@ -2,6 +2,7 @@
 
 import json
 import re
+from contextlib import closing
 
 import pandas as pd
 import pytest
@@ -155,6 +156,22 @@ def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path,
     bad = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(tmp_path / "x"),
                                    "--push-to-hub", "../etc"])
     assert bad.exit_code == 2 and "ORG/NAME" in bad.output and not (tmp_path / "x").exists()
+
+
+def test_exporting_the_base_or_an_endpoint_says_which_it_is(tracked_run, tmp_path):
+    """They are task arithmetic candidates of weights 0 and 1 to the search: the line said only that."""
+    from evo_merge.search.candidate import Candidate, base_candidate, endpoint_candidate
+    from evo_merge.search.store import CampaignStore
+
+    _, run, _ = tracked_run
+    with closing(CampaignStore(run)) as store:
+        n = len(Candidate.from_key(store.evaluations()[0].key).weights)
+        ids = {store.get(c.key).id: label for c, label in ((base_candidate(n), "base"),
+                                                            (endpoint_candidate(0, n), "endpoint "))}
+    for eid, label in ids.items():
+        result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / str(eid))])
+        assert result.exit_code == 0, result.output
+        assert f"evaluation {eid} ({label}" in result.output.strip().splitlines()[-1]
 
 
 def test_upload_refuses_a_card_with_a_local_path_or_weights_with_nan(tmp_path):
