@@ -424,9 +424,10 @@ def campaign_plan(campaign, base_path: str | Path, model_paths: Sequence[str | P
                   resuming: bool = False) -> Plan:
     """The campaign's plan; when it does not fit, `alternative` names the first setting that does:
     a smaller evaluation batch (the activations shrink, the weights stay as they are), then
-    storage (bfloat16, then host placement, then disk), then a bfloat16 evaluation module, each of those
+    storage (bfloat16, then host placement), then a bfloat16 evaluation module, each of those
     with the campaign's batch and then smaller ones (neither bf16 storage nor a batch of 1 alone
-    may fit where both together do, as in a 0.3B campaign under a 7.2 GiB budget). `resuming`:
+    may fit where both together do, as in a 0.3B campaign under a 7.2 GiB budget); `disk`
+    placement only after every setting that keeps the stored weights in memory. `resuming`:
     only what a run folder lets a resume change (placement, budgets); the rest is part of what it
     computes."""
     shapes, target = shapes_of(base_path, model_paths), target_of(campaign)
@@ -471,9 +472,9 @@ def _leaner(campaign, shapes: Shapes, n_models: int, target: Target, current: St
             return f"{_changes(current, eval_dtype, batch, storage, ev, b)} fits ({_needs(other)})"
     storage, ev, b = settings[-1]
     lean = plan_for(campaign, shapes, n_models, target, storage, ev, b)
-    return (f"no storage setting or batch size fits; the leanest "
-            f"({_changes(None, eval_dtype, batch, storage, ev, b)}) {lean.shortfall()}" + (f"; {resume}" if resuming
-                                                                                         else ""))
+    leanest = (f"no storage setting or batch size fits; the leanest "
+               f"({_changes(None, eval_dtype, batch, storage, ev, b)}) {lean.shortfall()}")
+    return f"{leanest}; {resume}" if resuming else leanest
 
 
 def _changes(current: Storage | None, eval_dtype: torch.dtype, batch: int, storage: Storage, ev: torch.dtype,

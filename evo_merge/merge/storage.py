@@ -8,7 +8,7 @@ tensor at a time. Placement `host` keeps the stored tensors in (pinned) host mem
 each one to the device when a candidate is built, so the evaluation module is the only full
 model on the device. Placement `disk` keeps them in files instead, mapped into memory: the
 operating system's page cache holds what RAM allows and reads the rest back for each candidate,
-so a 7B campaign over 3 endpoints (50 GiB stored) runs on a 24 GiB GPU and 32 GiB of RAM.
+so the plan of a 7B campaign over 3 endpoints (50 GiB stored) fits a 24 GiB GPU and 32 GiB of RAM.
 """
 
 from __future__ import annotations

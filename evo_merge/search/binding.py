@@ -161,9 +161,10 @@ def open_run(run_dir: Path) -> CampaignStore:
     store = CampaignStore(run_dir)
     try:
         if store.get_meta(CAMPAIGN_TEXT_META) != campaign_text_digest(run_dir):
+            in_file = Campaign.load(run_dir / CAMPAIGN_FILE)
             if store.get_meta(CONFIG_META) is None:
-                bound_campaign(store, Campaign.load(run_dir / CAMPAIGN_FILE), run_dir)  # its refusal
-            changed = differences(store, Campaign.load(run_dir / CAMPAIGN_FILE))
+                bound_campaign(store, in_file, run_dir)  # its refusal
+            changed = differences(store, in_file)
             if changed is not None:  # the run's own record is intact: the file is what changed
                 raise UserError(f"{run_dir / CAMPAIGN_FILE}: edited since the run started{changed}; undo the edit "
                                 f"(`evo-merge run CAMPAIGN.yaml --out {run_dir}` with the campaign it started with "
