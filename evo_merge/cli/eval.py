@@ -49,9 +49,15 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
         raise UserError(f"--items {items_file}: no item ids in it")
     model, tokenizer = _load(model_dir, allow_pickle)
     settings = {"batch_size": batch_size, "device": device, "metric": metric}
-    task = resolve_task(task_spec, **{k: v for k, v in settings.items() if v is not None})
+    try:  # named as the user gave it: a shipped benchmark's lm-eval task has a name of its own
+        task = resolve_task(task_spec, **{k: v for k, v in settings.items() if v is not None})
+    except UserError as exc:
+        raise UserError(f"--task {task_spec}: {exc}") from None
     if anchors:
         items = _task_anchors(items, task, items_file)
+    known = set(task.item_ids)
+    if items is not None and (unknown := next((i for i in items if i not in known), None)):
+        raise UserError(f"--items {items_file}: item {unknown!r} is not in task {task_spec!r}")
     with StageBars() as bars:  # minutes at 7B: a bar on a terminal, a line every 30 s in a log
         table = score_table(task, model, tokenizer, subject or model_dir.resolve().name, items,
                             lambda done, total: bars(f"scoring {task.name}", done, total))

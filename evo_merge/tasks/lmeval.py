@@ -271,7 +271,8 @@ def _metric_key(task: Any, metric: str | None) -> tuple[str, str]:
     filt = filt or filters[0]
     if name not in metrics or filt not in filters:
         keys = [f"{m},{f}" for m in metrics for f in filters]
-        raise UserError(f"task {task.config.task!r} has no metric {metric!r}; choose one of {keys}")
+        raise UserError(f"task {task.config.task!r} has no metric {metric!r} (its `metric` option); choose one of "
+                        f"{', '.join(keys)}")
     return name, filt
 
 

@@ -278,7 +278,8 @@ def test_cli_eval_scores_the_anchors_irt_anchors_stored_that_are_items_of_the_ta
 @pytest.mark.parametrize(
     ("model", "task", "items", "message"),
     [
-        ("lm", "arith", "arith-test-99999\n", "item 'arith-test-99999' is not in task 'evo_arith'"),
+        # named as the user gave them: the items file and the task (its lm-eval task is evo_arith)
+        ("lm", "arith", "arith-test-99999\n", "items.txt: item 'arith-test-99999' is not in task 'arith'"),
         ("no_tokenizer", "arith", None, "task 'evo_arith' needs a tokenizer"),
         ("lm", "nope/missing.yaml", None, "task file nope/missing.yaml not found"),
     ],
@@ -291,3 +292,11 @@ def test_cli_eval_bad_input_is_one_line_exit_2(model_dirs, tmp_path, model, task
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_eval_names_the_task_as_given_and_the_metric_option(model_dirs, tmp_path):
+    args = ["eval", "--model", str(model_dirs / "lm"), "--task", "arith", "--metric", "nosuch", "--out",
+            str(tmp_path / "s.csv")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and result.output.strip() == (
+        "error: --task arith: task 'evo_arith' has no metric 'nosuch' (its `metric` option); choose one of acc,none")
