@@ -284,6 +284,12 @@ def test_the_evaluator_mass_and_dask_workers_get_the_storage_settings(tmp_path):
     assert {d.dtype for ds in bench.merger._deltas.values() for d in ds} == {torch.bfloat16}
     factors = MASS_KIND.model(bench).factors
     assert {f.dtype for triplets in factors.lowrank.values() for t in triplets for f in t} == {torch.bfloat16}
+    on_disk = Campaign.model_validate(config(zoo, storage={"placement": "disk", "disk_dir": str(tmp_path)},
+                                             evaluator={"kind": "dask", "n_workers": 1}))
+    spec = DaskEvaluator.from_campaign(on_disk, base, fts).spec
+    assert spec.storage == ("auto", "disk", str(tmp_path))
+    assert spec.build().bench.merger.stash.storage == Storage(None, "disk", str(tmp_path))  # each worker's own files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("evo-merge-stash")]
 
 
 def test_the_plan_sizes_activations_by_the_tasks_sequence_length_which_leaves_the_run_identity(zoo):
