@@ -78,11 +78,33 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
         return torch.ones_like(delta, dtype=torch.bool)
     magnitude = delta.abs().flatten().nan_to_num(nan=torch.inf)  # a NaN ranks first, as in topk
     k = max(1, int(density * magnitude.numel()))
-    cut = torch.topk(magnitude, k, sorted=False).values.min()
+    cut = kth_largest(magnitude, k)
     mask = magnitude > cut
     tied = torch.nonzero(magnitude == cut).squeeze(1)
     mask[tied[: k - int(mask.sum())]] = True
     return mask.view_as(delta)
+
+
+TOP_BITS = 16  # float32 keys bucketed by sign, exponent and 7 mantissa bits: 32,641 buckets up to +inf
+
+
+def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest of a flat tensor of non-negative values (NaN excluded), exactly as
+    `topk(values, k).values.min()` gives it, in two passes instead of a selection over them all.
+
+    A non-negative float32 orders as its bits do read as an int32: a count of each bucket of the
+    top TOP_BITS bits finds the bucket that holds the k-th largest, and only that bucket's values
+    are then ranked. On a CPU a TIES merge spent 60% of its time trimming, mostly in `topk` (1.1B
+    parameters: 175 s a candidate); this finds the cut 2.8-4.0x faster on 11.5M entries, and the
+    tensor's whole TIES merge 1.38x (`scripts/bench_trim.py`)."""
+    if values.dtype != torch.float32 or not values.is_contiguous():
+        return torch.topk(values, k, sorted=False).values.min()
+    buckets = torch.bitwise_right_shift(values.view(torch.int32), 32 - TOP_BITS - 1)  # the sign bit is 0
+    at_least = torch.bincount(buckets, minlength=(0x7F800000 >> (32 - TOP_BITS - 1)) + 1).flip(0).cumsum(0)
+    top = int(torch.searchsorted(at_least, torch.tensor(k, device=values.device)))  # buckets counted from the top
+    inside = values[buckets == at_least.numel() - 1 - top]
+    rank = k - (int(at_least[top - 1]) if top else 0)  # within the bucket, from its largest
+    return torch.kthvalue(inside, inside.numel() - rank + 1).values
 
 
 def random_mask(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:

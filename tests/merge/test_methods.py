@@ -240,3 +240,18 @@ def test_third_party_method_registers_with_a_decorator():
     assert "test_max_abs" in list_methods()
     out = run("test_max_abs", torch.zeros(2), [T([1.0, -3.0]), T([-2.0, 1.0])], gain=2.0)
     assert torch.allclose(out, T([-4.0, -6.0]))
+
+
+def test_the_bucketed_kth_largest_is_topks_on_every_kind_of_value():
+    """The trim's cut by bucketed float32 bits against torch.topk's: ties (bfloat16 values widened,
+    small integers), zeros, +inf (a NaN's rank), subnormals, and k from 1 to all of them."""
+    from evo_merge.merge.methods import kth_largest
+
+    gen = torch.Generator().manual_seed(3)
+    for kind in range(5):
+        for n in (1, 7, 1000, 4099):
+            x = torch.randn(n, generator=gen)
+            x = [x, x.bfloat16().float(), torch.randint(0, 4, (n,), generator=gen).float(),
+                 torch.where(torch.rand(n, generator=gen) < 0.1, torch.inf, x), x * 1e-40][kind].abs()
+            for k in sorted({1, max(1, n // 3), max(1, n // 2), n}):
+                assert torch.equal(kth_largest(x, k), torch.topk(x, k, sorted=False).values.min()), (kind, n, k)
