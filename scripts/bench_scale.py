@@ -152,10 +152,7 @@ def indexed_cuda(device: str) -> str:
 
 def rss_peak() -> int:
     """This process's max RSS (VmHWM: unlike ru_maxrss, not inherited from the parent through exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def rss_anon() -> int:

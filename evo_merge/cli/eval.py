@@ -35,6 +35,7 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     from evo_merge.errors import UserError
     from evo_merge.irt.anchors import read_anchors
     from evo_merge.search.store import atomic_write
+    from evo_merge.tasks.base import item_positions
     from evo_merge.tasks.registry import resolve_task
     from evo_merge.tasks.scoring import read_item_ids, score_table
     from evo_merge.weights.devices import resolve_device
@@ -55,9 +56,11 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
         raise UserError(f"--task {task_spec}: {exc}") from None
     if anchors:
         items = _task_anchors(items, task, items_file)
-    known = set(task.item_ids)
-    if items is not None and (unknown := next((i for i in items if i not in known), None)):
-        raise UserError(f"--items {items_file}: item {unknown!r} is not in task {task_spec!r}")
+    if items is not None:  # the task's own check, naming the file and the task as the user gave them
+        try:
+            item_positions(task_spec, {item: n for n, item in enumerate(task.item_ids)}, items)
+        except UserError as exc:
+            raise UserError(f"--items {items_file}: {exc}") from None
     with StageBars() as bars:  # minutes at 7B: a bar on a terminal, a line every 30 s in a log
         table = score_table(task, model, tokenizer, subject or model_dir.resolve().name, items,
                             lambda done, total: bars(f"scoring {task.name}", done, total))

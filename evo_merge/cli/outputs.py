@@ -26,15 +26,17 @@ def check_irt_model_folder(out: Path, overwrite: bool, option: str = "--out") ->
         raise UserError(f"{option} {out}: is a file; give the folder to write the model into")
     if not any(out.iterdir()):
         return
-    if not _is_irt_model(out):
+    if not _holds_irt_model(out):
         raise UserError(f"{option} {out}: holds files and no IRT model; refusing to write into it")
     if not overwrite:
         raise UserError(f"{option} {out}: holds an IRT model already (--overwrite replaces it and its anchors)")
 
 
-def _is_irt_model(folder: Path) -> bool:
+def _holds_irt_model(folder: Path) -> bool:
+    from evo_merge.irt.model import MODEL_KIND
+
     try:
         meta = json.loads((folder / "model.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and meta.get("kind") == "evo-merge-irt"
+    return isinstance(meta, dict) and meta.get("kind") == MODEL_KIND

@@ -35,6 +35,7 @@ from evo_merge.irt.twopl import prob_2pl
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
+MODEL_KIND = "evo-merge-irt"  # model.json's "kind": what tells an IRT model folder from other folders
 MIN_SUBJECTS = 4
 SUBJECTS_PER_DIM = 6  # D <= n_subjects / 6: 8-11 subjects fit one dimension, 12-17 at most two
 DIMS_GRID = (1, 2, 3, 4)
@@ -210,7 +211,7 @@ class IRTModel:
         directory.mkdir(parents=True, exist_ok=True)
         meta = {
             "format_version": FORMAT_VERSION,
-            "kind": "evo-merge-irt",
+            "kind": MODEL_KIND,
             "backend": self.backend,
             "dims": self.dims,
             "seed": self.seed,
@@ -240,7 +241,7 @@ class IRTModel:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{meta_path}: corrupt model file ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("kind") != "evo-merge-irt":
+        if not isinstance(meta, dict) or meta.get("kind") != MODEL_KIND:
             raise UserError(f"{meta_path}: not an evo-merge IRT model")
         version = meta.get("format_version")
         if version not in (1, FORMAT_VERSION):

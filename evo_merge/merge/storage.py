@@ -28,7 +28,7 @@ from evo_merge.weights import Checkpoint, parse_dtype
 
 Placement = Literal["device", "host", "disk"]
 AUTO = "auto"
-SLAB_MIN, SLAB_MAX = 2**26, 2**30  # bytes of the first and the largest pinned slab
+SLAB_MIN, SLAB_MAX = 2**26, 2**30  # bytes of the first and the largest slab
 ALIGN = 512  # bytes: where each kept tensor starts in a slab (any dtype's view, aligned copies)
 
 
@@ -110,7 +110,11 @@ def mapped_buffer(directory: str, length: int) -> torch.Tensor:
         except OSError as exc:
             raise UserError(f"storage.disk_dir: {directory} has no room for {length / 2**30:.2f} GiB more of the "
                             f"stored weights ({exc.strerror}); free some or choose another folder") from None
-        return torch.from_numpy(numpy.memmap(file, dtype=numpy.uint8, mode="r+", shape=(length,)))  # a map of its own
+        try:  # a map of its own: the file may be closed
+            return torch.from_numpy(numpy.memmap(file, dtype=numpy.uint8, mode="r+", shape=(length,)))
+        except (OSError, ValueError) as exc:  # a file system that cannot map files (some network ones)
+            raise UserError(f"storage.disk_dir: files in {directory} cannot be mapped into memory ({exc}); "
+                            "choose a folder on a local disk") from None
 
 
 class Stash:

@@ -334,6 +334,14 @@ def test_disk_placement_in_a_folder_it_cannot_use_is_a_user_error(family, tmp_pa
     monkeypatch.setattr(os, "posix_fallocate", full)
     with pytest.raises(UserError, match=r"storage.disk_dir: .* has no room for 0.06 GiB more .*No space left"):
         merger(family, Storage(torch.bfloat16, "disk", str(tmp_path)))
+    monkeypatch.undo()
+
+    def unmappable(*args, **kwargs):  # what mmap says on a file system that cannot map files
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+
+    monkeypatch.setattr("numpy.memmap", unmappable)
+    with pytest.raises(UserError, match=r"storage.disk_dir: files in .* cannot be mapped into memory .*No such device"):
+        merger(family, Storage(torch.bfloat16, "disk", str(tmp_path)))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -210,6 +210,20 @@ def test_a_campaign_with_disk_placement_scores_as_in_memory_and_leaves_no_file(t
     assert scores["disk"] == scores["device"] == scores["disk_dir"] and len(scores["device"]) >= 4
 
 
+def test_disk_placement_keeps_its_files_in_the_run_folder_unless_disk_dir_names_another(tmp_path, zoo):
+    """The run folder's disk, which the user chose for the run's outputs, not the system's temporary
+    folder (often small, or held in RAM); a `disk_dir` of the campaign's own is kept as it is."""
+    from evo_merge.search.workspace import with_disk_dir
+
+    run = tmp_path / "runs" / "r"
+    default = Campaign.model_validate(config(zoo, storage={"placement": "disk"}))
+    named = Campaign.model_validate(config(zoo, storage={"placement": "disk", "disk_dir": "/scratch"}))
+    in_memory = Campaign.model_validate(config(zoo, storage={"placement": "host"}))
+    assert with_disk_dir(default, run).storage.disk_dir == str(run)
+    assert with_disk_dir(named, run) == named and with_disk_dir(in_memory, run) == in_memory
+    assert Storage.of(with_disk_dir(default, run).storage) == Storage(None, "disk", str(run))
+
+
 def test_the_plan_offers_disk_placement_when_the_stored_weights_do_not_fit_in_memory(tmp_path, zoo):
     base, fts = zoo
     one = {"kind": "local", "batch_size": 1}
