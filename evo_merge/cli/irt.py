@@ -21,6 +21,7 @@ from evo_merge.irt import (
     select_anchors,
 )
 from evo_merge.irt import validate as run_validation
+from evo_merge.irt.anchors import SELECTABLE
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
@@ -43,6 +44,15 @@ def _dims(value: str) -> int | str:
     if dims < 1:
         raise UserError(f"--dims must be 'auto' or a positive integer, not {value!r}")
     return dims
+
+
+def _methods(value: str) -> list[str]:
+    """--methods: known anchor method names, comma-separated (checked here, before any fit)."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in ANCHOR_METHODS]
+    if not names or unknown:
+        raise UserError(f"--methods must name anchor methods from {', '.join(ANCHOR_METHODS)}, not {value!r}")
+    return names
 
 
 def _int_list(value: str, option: str) -> list[int]:
@@ -188,6 +198,9 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
               help="Hold every subject out once, over this many fits (random hold-out), instead of one split: "
               "with a few dozen subjects one split's verdict rests on a handful.")
 @click.option("--budgets", default="10,20,50,100", show_default=True, help="Anchors per scenario, comma-separated.")
+@click.option("--methods", default=",".join(SELECTABLE), show_default=True,
+              help="Anchor methods to validate, comma-separated ('auto': the one a campaign would use); random "
+              "anchors are always among them. Fewer methods, a faster run.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the held-out split and the anchor draws.")
 @_backend_flags
@@ -200,16 +213,18 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--overall", is_flag=True,
               help="Error of the item-weighted mean over the scenarios (a task's score), not of each scenario.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
-def validate(responses: Path, hold_out: str, test_frac: float, folds: int, budgets: str, seed: int, backend: str,
-             epochs: int | None, lr: float | None, dims: str, repeats: int, draws: int, endpoints: str | None,
-             overall: bool, csv_path: Path | None) -> None:
+def validate(responses: Path, hold_out: str, test_frac: float, folds: int, budgets: str, methods: str, seed: int,
+             backend: str, epochs: int | None, lr: float | None, dims: str, repeats: int, draws: int,
+             endpoints: str | None, overall: bool, csv_path: Path | None) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
     from evo_merge.cli.progress import StageBars
 
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
+    anchor_methods, budget_list = _methods(methods), _int_list(budgets, "--budgets")
     with StageBars() as bars:
         table = run_validation(load_responses(responses), test_frac=test_frac, folds=folds,
-                               budgets=_int_list(budgets, "--budgets"), seed=seed, backend=backend, dims=_dims(dims),
+                               budgets=budget_list, methods=anchor_methods, seed=seed,
+                               backend=backend, dims=_dims(dims),
                                repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,
                                progress=bars, **_backend_options(backend, epochs, lr))
     console = results_console(width=120)  # the table is about 112 wide: never folded

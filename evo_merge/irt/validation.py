@@ -137,15 +137,18 @@ def validate(
     better than every calibration subject, as a campaign's best merges can be, are estimated well.
     With `folds` K > 1 (random hold-out only) every subject is held out once, over K fits
     (`subject_folds`), and each row pools the K folds' errors, weighted by their held-out
-    subjects: a leaderboard of a dozen models holds out 3 in one split, too few for a verdict."""
+    subjects: a leaderboard of a dozen models holds out 3 in one split, too few for a verdict.
+    `methods` may name the automatic ones (`auto`), resolved as a campaign would resolve them for
+    the fewest training subjects of any split."""
     if repeats < 1 or draws < 1:
         raise UserError(f"repeats and draws must be at least 1, not {repeats} and {draws}")
     if folds > 1 and hold_out != "random":
         raise UserError(f"folds hold every subject out once: they go with a random hold-out, not {hold_out!r}")
     estimators = list(estimators) + ([e for e in ENDPOINT_ESTIMATORS if e not in estimators] if endpoints else [])
-    methods = list(dict.fromkeys([*methods, "random"]))
     splits = ([split_subjects(responses, test_frac, seed, endpoints, hold_out)] if folds <= 1
               else subject_folds(responses, folds, seed, endpoints))
+    n_train = min(train["subject"].nunique() for train, _ in splits)
+    methods = list(dict.fromkeys([*(choose_anchor_method(m, n_train)[0] for m in methods), "random"]))
     total, done = len(splits) * len(budgets) * len(methods) * repeats, 0
     progress("validating", done, total)
 
@@ -188,8 +191,7 @@ def validate(
     # no ratio where random sampling is exact (the budget covers every item): shown blank, not inf
     table["vs_baseline"] = table["mae"] / table["budget"].map(base).replace(0.0, np.nan)
     # what a campaign or `irt anchors` / `irt estimate` would use on a model fitted on these subjects
-    # (the last fold's: folds differ by one training subject at most)
-    default_method = choose_anchor_method(DEFAULT_ANCHOR_METHOD, len(model.subject_ids))[0]
+    default_method = choose_anchor_method(DEFAULT_ANCHOR_METHOD, n_train)[0]
     table["default"] = (table.method == default_method) & (table.estimator == DEFAULT_ESTIMATOR_KIND)
     return table
 

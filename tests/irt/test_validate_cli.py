@@ -204,6 +204,23 @@ def test_validate_marks_the_fallback_default_with_few_calibration_subjects(files
     assert set(zip(*[table.loc[table["default"], c] for c in ("method", "estimator")])) == {("stratified", "gpirt")}
 
 
+def test_validate_methods_auto_is_the_default_s_row_and_random_only(files):
+    """`--methods auto` validates what a campaign would use, resolved for the fewest training subjects
+    of any fold (stratified below 30), and random anchors: the rows of a full run's, faster."""
+    root, full = files
+    full[full.subject.isin(sorted(full.subject.unique())[:20])].to_csv(root / "twenty.csv", index=False)
+    code, out = run("validate", root / "twenty.csv", "--budgets", "5", "--dims", "1", "--folds", "2",
+                    "--repeats", "2", "--methods", "auto", "--csv", root / "auto.csv")
+    assert code == 0, out
+    table = pd.read_csv(root / "auto.csv")
+    assert set(table.method) == {"stratified", "random"}
+    assert table.loc[table["default"], ["method", "estimator"]].values.tolist() == [["stratified", "gpirt"]]
+    subset = validate(validate_responses(full[full.subject.isin(sorted(full.subject.unique())[:20])]), budgets=[5],
+                      methods=["stratified"], dims=1, folds=2, repeats=2)
+    assert np.allclose(table.sort_values(["method", "estimator"])["mae"],
+                       subset.sort_values(["method", "estimator"])["mae"])
+
+
 def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
     """With 30 or more subjects `irt anchors --method auto-kmeans` (the former auto) stores kmeans-irt
     anchors and `--method auto` stratified-irt ones; `irt estimate --method M` resolves M the same way,
@@ -265,6 +282,7 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
         (["validate", "{root}/responses.csv", "--folds", "4", "--hold-out", "strongest"],
          "folds hold every subject out once: they go with a random hold-out, not 'strongest'"),
         (["validate", "{root}/responses.csv", "--folds", "41"], "cannot make 41 folds of 40 subjects"),
+        (["validate", "{root}/responses.csv", "--methods", "auto,centroids"], "--methods must name anchor methods"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(files, args, message):
