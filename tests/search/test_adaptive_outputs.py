@@ -24,16 +24,25 @@ from evo_merge.zoo.tiny import save_tiny_family
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("adaptive-outputs")
-    # fine-tunes close to the base: every merge agrees with both on most items, so front members lie
-    # within each other's SEs whatever the trajectory, and their tests are continued (with 0.08
-    # whether any overlapped turned on the trajectory, which changes with package versions)
+    # fine-tunes close to the base: merges agree with both on most items, so front members often lie
+    # within each other's SEs and their tests are continued. Whether any do turns on the trajectory,
+    # which moves with package versions (seed 4 had two overlapping members, then one search member
+    # on the front beside the standard merges): the run is the first of a few seeds that refined some
     base, fts = save_tiny_family(root / "zoo", "llama", n_finetunes=2, noise=0.01)
-    config = write_campaign(root / "campaign.yaml", base, fts,
-                            algorithm={"population": 6, "generations": 2, "seed": 4, "seed_standard_merges": False},
-                            estimator={"kind": "adaptive", "warmup_merges": 4, "dims": 1, "target_se": 0.02,
-                                       "max_items": 12},
-                            tracking={"mlflow": {"uri": (root / "mlruns").as_uri(), "experiment": "adaptive"}})
-    return run_campaign(config, root / "run")
+    for seed in (0, 1, 2, 4):
+        config = write_campaign(root / f"campaign-{seed}.yaml", base, fts,
+                                algorithm={"population": 6, "generations": 2, "seed": seed,
+                                           "seed_standard_merges": False},
+                                estimator={"kind": "adaptive", "warmup_merges": 4, "dims": 1, "target_se": 0.02,
+                                           "max_items": 12},
+                                tracking={"mlflow": {"uri": (root / "mlruns").as_uri(), "experiment": "adaptive"}})
+        out = run_campaign(config, root / f"run-{seed}")
+        store = CampaignStore(out)
+        refined = store.get_meta(RESOLVED_META)
+        store.close()
+        if refined:
+            return out
+    pytest.fail("no seed's front had members within each other's SEs: the tests of refined estimates show nothing")
 
 
 def state(run):
