@@ -222,9 +222,8 @@ def validate(responses: Path, hold_out: str, test_frac: float, folds: int, budge
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
     anchor_methods, budget_list = _methods(methods), _int_list(budgets, "--budgets")
     with StageBars() as bars:
-        table = run_validation(load_responses(responses), test_frac=test_frac, folds=folds,
-                               budgets=budget_list, methods=anchor_methods, seed=seed,
-                               backend=backend, dims=_dims(dims),
+        table = run_validation(load_responses(responses), test_frac=test_frac, folds=folds, budgets=budget_list,
+                               methods=anchor_methods, seed=seed, backend=backend, dims=_dims(dims),
                                repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,
                                progress=bars, **_backend_options(backend, epochs, lr))
     console = results_console(width=120)  # the table is about 112 wide: never folded
