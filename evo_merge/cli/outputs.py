@@ -9,34 +9,33 @@ from pathlib import Path
 from evo_merge.errors import UserError
 
 
-def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:
-    """A CSV file the command writes whole: not a folder, and an existing one only with --overwrite."""
+def check_output_file(out: Path, overwrite: bool) -> None:
+    """--out, a CSV file the command writes whole: not a folder, and an existing one only with --overwrite."""
     if out.is_dir():
-        raise UserError(f"{option} {out}: is a folder; give the path of the CSV file to write")
+        raise UserError(f"--out {out}: is a folder; give the path of the CSV file to write")
     if out.exists() and not overwrite:
-        raise UserError(f"{option} {out}: already exists (--overwrite replaces it)")
+        raise UserError(f"--out {out}: already exists (--overwrite replaces it)")
 
 
-def check_irt_model_folder(out: Path, overwrite: bool, option: str = "--out") -> None:
-    """A folder `irt fit` writes a model into: new or empty, or an IRT model folder with --overwrite
+def check_irt_model_folder(out: Path, overwrite: bool) -> None:
+    """--out, a folder `irt fit` writes a model into: new or empty, or an IRT model folder with --overwrite
     (its stored anchors go with the model they were chosen on); never a file or another folder."""
     if not out.exists():
         return
     if not out.is_dir():
-        raise UserError(f"{option} {out}: is a file; give the folder to write the model into")
+        raise UserError(f"--out {out}: is a file; give the folder to write the model into")
     if not any(out.iterdir()):
         return
     if not _holds_irt_model(out):
-        raise UserError(f"{option} {out}: holds files and no IRT model; refusing to write into it")
+        raise UserError(f"--out {out}: holds files and no IRT model; refusing to write into it")
     if not overwrite:
-        raise UserError(f"{option} {out}: holds an IRT model already (--overwrite replaces it and its anchors)")
+        raise UserError(f"--out {out}: holds an IRT model already (--overwrite replaces it and its anchors)")
 
 
 def _holds_irt_model(folder: Path) -> bool:
-    from evo_merge.irt.model import MODEL_KIND
+    from evo_merge.irt.model import is_model_meta
 
     try:
-        meta = json.loads((folder / "model.json").read_text())
+        return is_model_meta(json.loads((folder / "model.json").read_text()))
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and meta.get("kind") == MODEL_KIND

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 MODEL_KIND = "evo-merge-irt"  # model.json's "kind": what tells an IRT model folder from other folders
+
+
+def is_model_meta(meta: Any) -> bool:
+    """Whether a parsed model.json is an evo-merge IRT model's."""
+    return isinstance(meta, dict) and meta.get("kind") == MODEL_KIND
 MIN_SUBJECTS = 4
 SUBJECTS_PER_DIM = 6  # D <= n_subjects / 6: 8-11 subjects fit one dimension, 12-17 at most two
 DIMS_GRID = (1, 2, 3, 4)
@@ -241,7 +246,7 @@ class IRTModel:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{meta_path}: corrupt model file ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("kind") != MODEL_KIND:
+        if not is_model_meta(meta):
             raise UserError(f"{meta_path}: not an evo-merge IRT model")
         version = meta.get("format_version")
         if version not in (1, FORMAT_VERSION):

@@ -450,8 +450,8 @@ def _leaner(campaign, shapes: Shapes, n_models: int, target: Target, current: St
     batch = campaign.evaluator.batch_size
     batches = [batch] if resuming else [batch >> k for k in range(batch.bit_length())]  # 32, 16, ..., 1
     # `disk` (on a CPU too: it keeps the stored weights out of RAM) is read back for every candidate
-    placements = ("device", "host", "disk") if target.gpu is not None else tuple(dict.fromkeys((current.placement,
-                                                                                              "disk")))
+    kept_here = ("device", "host") if target.gpu is not None else (current.placement,)
+    placements = tuple(dict.fromkeys((*kept_here, "disk")))
     options = [
         (Storage(dtype, placement, current.directory), ev)
         for ev in dict.fromkeys((eval_dtype, torch.bfloat16))

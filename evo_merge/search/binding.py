@@ -87,9 +87,7 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
     """The campaign a bound run folder runs, checked against the fingerprint its store holds. A
     folder written under older defaults (its `defaults` mark; none: version 1) matches with the
     settings changed since at their former values, and runs with them."""
-    if store.get_meta(CONFIG_META) is None:
-        raise UserError(f"{run_dir / CampaignStore.DB}: holds no campaign (emptied, or from a start that failed); "
-                        "restore it from a backup, or start the campaign again in a new run folder")
+    _require_campaign(store, run_dir)
     changed = differences(store, campaign)
     if changed is not None:
         raise UserError(
@@ -97,6 +95,13 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
             "or start a new run folder"
         )
     return as_written_at(campaign, _defaults_version(store))
+
+
+def _require_campaign(store: CampaignStore, run_dir: Path) -> None:
+    """Refuse a store that records no campaign: a resume would take it for a new run."""
+    if store.get_meta(CONFIG_META) is None:
+        raise UserError(f"{run_dir / CampaignStore.DB}: holds no campaign (emptied, or from a start that failed); "
+                        "restore it from a backup, or start the campaign again in a new run folder")
 
 
 def differences(store: CampaignStore, campaign: Campaign) -> str | None:
@@ -160,11 +165,9 @@ def open_run(run_dir: Path) -> CampaignStore:
     check_run_files(run_dir)
     store = CampaignStore(run_dir)
     try:
+        _require_campaign(store, run_dir)  # a store that lost it is damaged, whatever the file says
         if store.get_meta(CAMPAIGN_TEXT_META) != campaign_text_digest(run_dir):
-            in_file = Campaign.load(run_dir / CAMPAIGN_FILE)
-            if store.get_meta(CONFIG_META) is None:
-                bound_campaign(store, in_file, run_dir)  # its refusal
-            changed = differences(store, in_file)
+            changed = differences(store, Campaign.load(run_dir / CAMPAIGN_FILE))
             if changed is not None:  # the run's own record is intact: the file is what changed
                 raise UserError(f"{run_dir / CAMPAIGN_FILE}: edited since the run started{changed}; undo the edit "
                                 f"(`evo-merge run CAMPAIGN.yaml --out {run_dir}` with the campaign it started with "

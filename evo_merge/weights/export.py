@@ -234,11 +234,10 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
 def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
     """Refuse an output folder that exists (unless `overwrite`), that is not a model folder or empty,
     or that is, or holds, one of the `inputs` the merge reads: checked before the work, not after.
-    A file is refused first: --overwrite would not replace it, so the error does not offer it."""
-    if out.exists() and not out.is_dir():
-        check_replaceable(out)
-    refuse_existing(out, overwrite)
+    What --overwrite would not replace either (a file, a folder of other files) is refused first,
+    so the error does not offer it."""
     check_replaceable(out)
+    refuse_existing(out, overwrite)
     target = out.resolve()
     for source in inputs:
         if source.resolve().is_relative_to(target):

@@ -688,3 +688,18 @@ def test_records_written_by_older_versions_still_read(copy):
         code, output = invoke(command, copy)
         assert code == 0 and "damaged" not in output, output
     assert "final-phase race" in invoke("status", copy)[1]
+
+
+@pytest.mark.parametrize("also_text", [False, True])
+def test_a_store_that_lost_its_campaign_is_refused_by_every_command(copy, also_text):
+    """The campaign's fingerprint deleted from state.sqlite (and with it the campaign.yaml digest, so
+    `open_run` reads the file): `status`, `report` and `resume` each refuse it in one line, never
+    taking the folder for a new run."""
+    keys = ("config", "campaign_text") if also_text else ("config",)
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        db.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in keys])
+        db.commit()
+    for command in ("status", "report", "resume"):
+        code, output = invoke(command, copy)
+        one_line_error(code, output, f"{copy / 'state.sqlite'}: holds no campaign (emptied, or from a start "
+                       "that failed); restore it from a backup")

@@ -230,9 +230,15 @@ def test_existing_output_refused_without_overwrite(llama_family, tmp_path):
             consumed.append(item[0])
             yield item
 
-    with pytest.raises(UserError, match=r"output folder .*m already exists"):
-        write_model_folder(out, tracked())
+    # a folder of other files: --overwrite would not replace it either, so the error does not offer it
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=r"output folder .*m is not a model folder .*refusing to replace it"):
+            write_model_folder(out, tracked(), overwrite=overwrite)
     assert consumed == [] and _siblings(out) == ["m"] and (out / "keep.txt").read_text() == "mine"
+    model = write_model_folder(tmp_path / "model", _stream(base))
+    with pytest.raises(UserError, match=r"output folder .*model already exists \(--overwrite replaces it\)"):
+        write_model_folder(model, tracked())
+    assert consumed == []
 
 
 def test_overwrite_replaces_only_when_complete(llama_family, tmp_path):
