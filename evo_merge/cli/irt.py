@@ -102,6 +102,16 @@ def _backend_flags(command):
                         help="IRT fitting backend (pyirt: py-irt, Python < 3.12).")(command)
 
 
+def _layout_flags(command):
+    """--items-as-rows and --scenarios: how a RESPONSES file is laid out, shared by `fit` and `validate`."""
+    command = click.option("--scenarios", "scenarios", type=click.Path(path_type=Path), default=None,
+                           help="CSV item,scenario naming each item's scenario (benchmark), for a file without "
+                           "a scenario column.")(command)
+    return click.option("--items-as-rows", is_flag=True,
+                        help="RESPONSES is wide with one row per item (ids in its first column) and one column "
+                        "per subject, as leaderboards often export it.")(command)
+
+
 @click.group()
 def irt() -> None:
     """Fit IRT models on response matrices, choose anchors, estimate accuracies."""
@@ -117,17 +127,18 @@ def irt() -> None:
 @click.argument("responses", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
 @click.option("--overwrite", is_flag=True, help="replace the IRT model in --out, and its anchors")
+@_layout_flags
 @_backend_flags
 @click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the fit and of the subjects --dims auto holds out.")
-def fit(responses: Path, out: Path, overwrite: bool, backend: str, epochs: int | None, lr: float | None, dims: str,
-        seed: int) -> None:
+def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenarios: Path | None, backend: str,
+        epochs: int | None, lr: float | None, dims: str, seed: int) -> None:
     """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
 
     check_irt_model_folder(out, overwrite)  # before the fit's minutes
     options, dims_value = _backend_options(backend, epochs, lr), _dims(dims)  # option errors: not the file's
-    data = load_responses(responses)
+    data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
     with naming_file(responses):  # too few subjects, or py-irt diverging on them
         model = IRTModel.fit(data, backend=backend, dims=dims_value, seed=seed, **options)
     model.save(out)
@@ -203,6 +214,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
               "anchors are always among them. Fewer methods, a faster run.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the held-out split and the anchor draws.")
+@_layout_flags
 @_backend_flags
 @click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
 @click.option("--repeats", type=int, default=5, show_default=True,
@@ -214,15 +226,16 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
               help="Error of the item-weighted mean over the scenarios (a task's score), not of each scenario.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
 def validate(responses: Path, hold_out: str, test_frac: float, folds: int, budgets: str, methods: str, seed: int,
-             backend: str, epochs: int | None, lr: float | None, dims: str, repeats: int, draws: int,
-             endpoints: str | None, overall: bool, csv_path: Path | None) -> None:
+             items_as_rows: bool, scenarios: Path | None, backend: str, epochs: int | None, lr: float | None,
+             dims: str, repeats: int, draws: int, endpoints: str | None, overall: bool, csv_path: Path | None) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
     from evo_merge.cli.progress import StageBars
 
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
     anchor_methods, budget_list = _methods(methods), _int_list(budgets, "--budgets")
     with StageBars() as bars:
-        table = run_validation(load_responses(responses), test_frac=test_frac, folds=folds, budgets=budget_list,
+        data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
+        table = run_validation(data, test_frac=test_frac, folds=folds, budgets=budget_list,
                                methods=anchor_methods, seed=seed, backend=backend, dims=_dims(dims),
                                repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,
                                progress=bars, **_backend_options(backend, epochs, lr))

@@ -7,6 +7,7 @@ file is rejected once, with a message naming the row, item or column at fault.
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,27 +23,95 @@ ID_COLUMNS = ("subject", "item", "scenario")
 DEFAULT_SCENARIO = "all"
 RESERVED_SCENARIO = "overall"  # the key of the size-weighted total in estimates
 
+log = logging.getLogger(__name__)
 
-def load_responses(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or parquet response file (long or wide) into a validated long table."""
+
+# a wide table this many times taller than wide is more likely items by subjects (a leaderboard's
+# usual export) than subjects by items: said in one line, since a campaign never has that shape
+TALL_RATIO = 10
+
+
+def load_responses(path: str | Path, *, items_as_rows: bool = False,
+                   scenarios: str | Path | None = None) -> pd.DataFrame:
+    """Read a CSV or parquet response file (long or wide) into a validated long table.
+
+    `items_as_rows`: the file is wide with one row per item (its first column, or `item`, the item
+    ids) and one column per subject, as leaderboards often export their matrices. `scenarios`: a
+    CSV file `item,scenario` naming each item's scenario, for a wide file (which has no scenario
+    column) or a long one without one.
+    """
     path = Path(path)
+    frame = _read_table(path, "responses")
+    if items_as_rows:
+        frame = _items_by_subjects(frame, path)
+    elif not {"subject", "item"} <= set(frame.columns) and len(frame) >= TALL_RATIO * max(frame.shape[1] - 1, 1):
+        log.warning("%s: read as %d subjects x %d items (one row per subject); if its rows are items, "
+                    "pass --items-as-rows", path, len(frame), frame.shape[1] - 1)
+    if scenarios is not None:
+        frame = _with_scenarios(frame, Path(scenarios), path)
+    return validate_responses(frame, source=str(path))
+
+
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    """A CSV or parquet file as written, every parser error a one-line `UserError` naming it."""
     if path.is_dir():
-        raise UserError(f"responses file {path} is a folder; give the CSV or parquet file")
+        raise UserError(f"{what} file {path} is a folder; give the CSV or parquet file")
     if not path.is_file():
-        raise UserError(f"responses file {path} not found")
+        raise UserError(f"{what} file {path} not found")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            frame = _read_csv(path)
-        elif suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            raise UserError(f"{path}: unsupported responses format {suffix!r} (use .csv or .parquet)")
+            return _read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
     except UserError:
         raise
     except Exception as exc:  # parser errors of every kind: the file is unreadable
-        raise UserError(f"{path}: cannot read responses ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    return validate_responses(frame, source=str(path))
+        raise UserError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    raise UserError(f"{path}: unsupported {what} format {suffix!r} (use .csv or .parquet)")
+
+
+def _items_by_subjects(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A wide table of one row per item turned into one row per subject."""
+    if "score" in frame.columns or {"subject", "item"} <= set(frame.columns):
+        raise UserError(f"{path}: --items-as-rows is for a wide table (one row per item, one column per "
+                        "subject); this one is long (subject,item,score)")
+    if frame.shape[1] < 2:
+        raise UserError(f"{path}: expected an item column and one column per subject")
+    ids = "item" if "item" in frame.columns else frame.columns[0]
+    if frame[ids].isna().any():
+        row = int(np.flatnonzero(frame[ids].isna().to_numpy())[0])
+        raise UserError(f"{path}: empty item id in row {row + 1}")
+    repeated = frame[ids][frame[ids].duplicated()]
+    if len(repeated):
+        raise UserError(f"{path}: item {repeated.iloc[0]!r} has more than one row")
+    return frame.set_index(ids).T.rename_axis("subject").reset_index()
+
+
+def _with_scenarios(frame: pd.DataFrame, mapping_path: Path, path: Path) -> pd.DataFrame:
+    """The long table of `frame` with each item's scenario from an `item,scenario` file."""
+    if "scenario" in frame.columns:
+        raise UserError(f"{path} has a scenario column already; drop it or --scenarios {mapping_path}")
+    mapping = _read_table(mapping_path, "scenarios")
+    missing = [c for c in ("item", "scenario") if c not in mapping.columns]
+    if missing:
+        raise UserError(f"{mapping_path}: a scenarios file needs columns item,scenario; missing {missing[0]!r}")
+    for col in ("item", "scenario"):
+        if mapping[col].isna().any():
+            row = int(np.flatnonzero(mapping[col].isna().to_numpy())[0])
+            raise UserError(f"{mapping_path}: empty {col} in row {row + 1}")
+    mapping = mapping.astype({"item": str, "scenario": str})
+    twice = mapping.drop_duplicates(["item", "scenario"])["item"].duplicated()
+    if twice.any():
+        item = mapping.drop_duplicates(["item", "scenario"])["item"][twice].iloc[0]
+        raise UserError(f"{mapping_path}: item {item!r} is given more than one scenario")
+    long = frame.copy() if {"subject", "item"} <= set(frame.columns) else _wide_to_long(frame)
+    scenario_of = dict(zip(mapping["item"], mapping["scenario"]))
+    long["scenario"] = long["item"].astype(str).map(scenario_of)
+    if long["scenario"].isna().any():
+        item = long["item"][long["scenario"].isna()].iloc[0]
+        raise UserError(f"{mapping_path}: no scenario for item {item!r} of {path}")
+    return long
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

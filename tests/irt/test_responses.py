@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -133,3 +135,79 @@ def test_an_empty_csv_is_named_as_empty(tmp_path):
     path.write_text("\n\n")
     with pytest.raises(UserError, match=f"^{path}: empty \\(no header row\\)$"):
         load_responses(path)
+
+
+def _by(frame):
+    return frame.sort_values(["subject", "item"], ignore_index=True)
+
+
+def test_items_as_rows_reads_the_transpose_of_a_wide_table(tmp_path):
+    """A leaderboard's items-by-models export reads as the same long table as its transpose, ids
+    kept as written (`007`, a model called `NA`), an empty score not evaluated."""
+    rows = _write(tmp_path, ",gpt,NA\n007,1,0\nq2,0.5,\nq3,0,1\n", "rows.csv")
+    subjects = _write(tmp_path, "subject,007,q2,q3\ngpt,1,0.5,0\nNA,0,,1\n", "subjects.csv")
+    long = load_responses(rows, items_as_rows=True)
+    pd.testing.assert_frame_equal(_by(long), _by(load_responses(subjects)))
+    assert set(long.subject) == {"gpt", "NA"} and "007" in set(long["item"]) and len(long) == 5
+    parquet = tmp_path / "rows.parquet"
+    pd.DataFrame({"item": ["007", "q2", "q3"], "gpt": [1, 0.5, 0], "NA": [0, np.nan, 1]}).to_parquet(parquet)
+    pd.testing.assert_frame_equal(_by(load_responses(parquet, items_as_rows=True)), _by(long))
+
+
+def test_a_scenarios_file_names_each_item_s_scenario(tmp_path):
+    mapping = _write(tmp_path, "item,scenario\nq1,math\nq2,code\nq3,code\nunused,other\n", "map.csv")
+    wide = _write(tmp_path, "subject,q1,q2,q3\na,1,0,1\nb,0,1,\n")
+    long = load_responses(wide, scenarios=mapping)
+    assert dict(zip(long["item"], long.scenario)) == {"q1": "math", "q2": "code", "q3": "code"}
+    plain = _write(tmp_path, "subject,item,score\na,q1,1\na,q2,0\nb,q3,1\n", "long.csv")
+    assert dict(zip(*load_responses(plain, scenarios=mapping)[["item", "scenario"]].to_numpy().T)) == {
+        "q1": "math", "q2": "code", "q3": "code"}
+    rows = _write(tmp_path, "item,a,b\nq1,1,0\nq2,0,1\nq3,1,\n", "rows.csv")
+    pd.testing.assert_frame_equal(_by(load_responses(rows, items_as_rows=True, scenarios=mapping)), _by(long))
+    assert ResponseMatrix.from_long(long).item_scenarios == ["math", "code", "code"]
+
+
+@pytest.mark.parametrize(
+    ("responses", "mapping", "message"),
+    [
+        ("subject,q1,q2\na,1,0\n", "item,scenario\nq1,math\n", "map.csv: no scenario for item 'q2' of"),
+        ("subject,q1\na,1\n", "item,scenario\nq1,math\nq1,code\n", "item 'q1' is given more than one scenario"),
+        ("subject,q1\na,1\n", "item,benchmark\nq1,math\n", "needs columns item,scenario; missing 'scenario'"),
+        ("subject,q1\na,1\n", "item,scenario\nq1,\n", "map.csv: empty scenario in row 1"),
+        ("subject,item,score,scenario\na,q1,1,x\n", "item,scenario\nq1,math\n", "has a scenario column already"),
+    ],
+)
+def test_a_bad_scenarios_file_is_refused_naming_it(tmp_path, responses, mapping, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_responses(_write(tmp_path, responses), scenarios=_write(tmp_path, mapping, "map.csv"))
+
+
+def test_a_missing_scenarios_file_is_named(tmp_path):
+    with pytest.raises(UserError, match="scenarios file .*nope.csv not found"):
+        load_responses(_write(tmp_path, "subject,q1\na,1\n"), scenarios=tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("subject,item,score\na,q1,1\n", "--items-as-rows is for a wide table"),
+        ("item,a\nq1,1\nq1,0\n", "item 'q1' has more than one row"),
+        ("item,a\n,1\n", "empty item id in row 1"),
+    ],
+)
+def test_items_as_rows_refuses_what_is_not_items_by_subjects(tmp_path, text, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_responses(_write(tmp_path, text), items_as_rows=True)
+
+
+def test_a_table_far_taller_than_wide_says_how_to_read_items_as_rows(tmp_path, caplog):
+    tall = "model,m1,m2\n" + "".join(f"q{i},1,0\n" for i in range(20))
+    path = _write(tmp_path, tall)
+    with caplog.at_level("WARNING", logger="evo_merge.irt.responses"):
+        load_responses(path)
+    assert "read as 20 subjects x 2 items" in caplog.text and "--items-as-rows" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evo_merge.irt.responses"):
+        load_responses(path, items_as_rows=True)
+        load_responses(_write(tmp_path, "subject,q1,q2\na,1,0\nb,0,1\n", "square.csv"))
+    assert caplog.text == ""

@@ -107,6 +107,26 @@ def run(*args):
     return result.exit_code, result.output
 
 
+def test_a_leaderboard_s_items_by_models_file_fits_and_validates_with_its_scenarios(files):
+    """Items as rows, scenarios in a file of their own: the fit and the validation read the same
+    table as the long file's, scenario for scenario."""
+    root, full = files
+    full.pivot(index="item", columns="subject", values="score").to_csv(root / "rows.csv")
+    full[["item", "scenario"]].drop_duplicates().to_csv(root / "map.csv", index=False)
+    layout = ["--items-as-rows", "--scenarios", root / "map.csv"]
+    code, out = run("fit", root / "rows.csv", *layout, "--out", root / "rows-m", "--dims", "1")
+    assert code == 0 and "40 subjects, 80 items, 2 scenario(s)" in out, out
+    assert IRTModel.load(root / "rows-m").scenarios == ["s0", "s1"]
+    args = ["--budgets", "5", "--methods", "random", "--repeats", "1", "--draws", "20", "--dims", "1"]
+    tables = [run("validate", path, *extra, *args, "--csv", root / f"{name}.csv")
+              for name, path, extra in (("v-rows", root / "rows.csv", layout), ("v-long", root / "responses.csv", []))]
+    assert [code for code, _ in tables] == [0, 0], tables
+    rows, long = (pd.read_csv(root / f"{name}.csv") for name in ("v-rows", "v-long"))
+    pd.testing.assert_frame_equal(rows, long)
+    code, out = run("validate", root / "rows.csv", "--items-as-rows", "--scenarios", root / "no-map.csv", *args)
+    assert code == 2 and out.strip().splitlines() == [f"error: scenarios file {root / 'no-map.csv'} not found"]
+
+
 def test_fit_anchors_estimate_validate(files):
     root, full = files
     code, out = run("fit", root / "responses.csv", "--out", root / "m", "--dims", "1")
