@@ -14,6 +14,8 @@ that does.
 from __future__ import annotations
 
 import functools
+import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,6 +80,7 @@ class Plan:
     budgets: tuple[str, str] = ("available", "available")  # where each limit came from
     alternative: str | None = None  # the first setting that fits, when this one does not
     available_disk: int | None = None  # free space in `storage.directory` (None: not known yet)
+    disk_in_memory: str | None = None  # the RAM-backed file system `storage.directory` is on (tmpfs), if it is
 
     @property
     def host(self) -> int:
@@ -89,7 +92,8 @@ class Plan:
 
     @property
     def need_host(self) -> int:
-        return self.host * self.workers
+        """Host memory for every worker, with `disk` placement's files where the folder keeps them in RAM."""
+        return self.host * self.workers + (self.need_disk if self.disk_in_memory else 0)
 
     @property
     def need_disk(self) -> int:
@@ -102,6 +106,9 @@ class Plan:
                     f"only {gib(self.available_disk)} is free there")
         if self.available_host is not None and self.need_host > self.available_host:
             per = f" ({self.workers} workers x {gib(self.host)})" if self.workers > 1 else ""
+            if self.disk_in_memory:
+                per += (f" with the {gib(self.need_disk)} of disk placement's files, which {self.storage.directory} "
+                        f"keeps in memory ({self.disk_in_memory})")
             return f"needs {gib(self.need_host)} of host memory{per} but {limit(self.budgets[0], self.available_host)}"
         if self.device != "cpu" and self.available_device is not None and self.device_bytes > self.available_device:
             return (
@@ -135,11 +142,15 @@ class Plan:
                 + (f"{'disk':>12}" if on_disk else "")]
         rows += [row(line.what, line.host, line.device, line.disk) for line in self.lines]
         rows.append(row("total per worker", self.host, self.device_bytes, self.need_disk // self.workers))
-        if self.workers > 1:
+        if self.workers > 1 or self.disk_in_memory:
             rows.append(row(f"total for {self.workers} workers on this machine", self.need_host,
                             disk=self.need_disk))
         rows.append(describe_storage(self.storage))
-        if on_disk:  # the page cache is not counted: the more RAM is free, the less each candidate reads
+        if self.disk_in_memory:
+            rows.append(f"disk: files in {self.storage.directory}, a {self.disk_in_memory} folder: they take host "
+                        "memory as the other placements do (counted in the host total); choose a folder on a disk "
+                        "(storage.disk_dir) to keep them out of RAM")
+        elif on_disk:  # the page cache is not counted: the more RAM is free, the less each candidate reads
             rows.append(f"disk: files in {self.storage.directory or 'the run folder'}, read back for each "
                         "candidate (from the page cache as far as the host's RAM holds them)")
         rows.append(
@@ -362,6 +373,7 @@ class Target:
     device: int | None
     budgets: tuple[str, str] = field(default=("available", "free"))
     disk: int | None = None  # free space where `disk` placement would keep its files (None: not known)
+    disk_in_memory: str | None = None  # the RAM-backed file system (tmpfs) that folder is on, if it is
 
 
 def target_of(campaign) -> Target:
@@ -386,20 +398,55 @@ def target_of(campaign) -> Target:
         host, labels[0] = int(spec.host_budget_gib * GIB), "storage.host_budget_gib"
     if spec.device_budget_gib is not None:
         device, labels[1] = int(spec.device_budget_gib * GIB), "storage.device_budget_gib"
-    disk = free_disk(spec.disk_dir) if spec.disk_dir is not None and not remote else None
-    return Target(gpu, workers, host, device, (labels[0], labels[1]), disk)
+    here = spec.disk_dir is not None and not remote
+    disk, in_memory = (free_disk(spec.disk_dir), memory_filesystem(spec.disk_dir)) if here else (None, None)
+    return Target(gpu, workers, host, device, (labels[0], labels[1]), disk, in_memory)
 
 
-def free_disk(directory: str) -> int | None:
-    """Free bytes on the file system that holds `directory`, or would once it is created (its
-    nearest existing parent); None when none can be read."""
+def _existing(directory: str) -> Path:
+    """`directory`, or the nearest parent that exists: where it would be created."""
     path = Path(directory)
     while not path.exists() and path != path.parent:
         path = path.parent
+    return path
+
+
+def free_disk(directory: str) -> int | None:
+    """Free bytes on the file system that holds `directory`, or would once it is created; None when
+    none can be read."""
     try:
-        return shutil.disk_usage(path).free
+        return shutil.disk_usage(_existing(directory)).free
     except OSError:
         return None
+
+
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")  # file systems whose files are pages of RAM
+MOUNTS = Path("/proc/self/mounts")
+
+
+def memory_filesystem(directory: str, mounts: Path = MOUNTS) -> str | None:
+    """The type of the file system holding `directory` (or where it would be created) when that
+    keeps its files in RAM (tmpfs, ramfs: /dev/shm, and /tmp on many systems), else None; None
+    too where the mount table cannot be read (not Linux).
+
+    `disk` placement moves the stored weights into files to keep them out of RAM: in such a
+    folder they stay in RAM, and a plan counting them as disk would let a 7B campaign start that
+    the kernel then kills."""
+    try:
+        table = mounts.read_text()
+    except OSError:
+        return None
+    path = os.path.realpath(_existing(directory))
+    best, kind = "", None
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # `\040` is a space
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the last of equal mounts is the one in effect
+            best, kind = point, fields[2]
+    return kind if kind in MEMORY_FILESYSTEMS else None
 
 
 def plan_for(
@@ -417,6 +464,7 @@ def plan_for(
         target.device,
         target.budgets,
         available_disk=target.disk if storage.placement == "disk" else None,
+        disk_in_memory=target.disk_in_memory if storage.placement == "disk" else None,
     )
 
 

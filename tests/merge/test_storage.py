@@ -506,3 +506,38 @@ def test_plan_counts_what_exporting_a_pick_holds(tmp_path):
         line.device for what, line in lines.items() if what.startswith("activations"))
     beyond = lines.get("exporting a pick, beyond the search's work")
     assert (beyond.device if beyond else 0) == max(0, 9 * copy - search)
+
+
+def test_a_folder_on_a_ram_backed_file_system_is_recognised_from_the_mount_table(tmp_path):
+    """The deepest mount holding the folder decides (the last of equal ones, as mounted over), its
+    escaped spaces read back; a folder not made yet counts as where it would be created."""
+    from evo_merge.merge.footprint import memory_filesystem
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /dev/shm tmpfs rw 0 0\n"
+                      f"tmpfs {tmp_path}/ram\\040disk tmpfs rw 0 0\n/dev/vdb {tmp_path}/ram\\040disk/mnt ext4 rw 0 0\n"
+                      f"ramfs {tmp_path}/over ext4 rw 0 0\nramfs {tmp_path}/over ramfs rw 0 0\n")
+    for folder in ("ram disk/mnt", "over", "plain"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert memory_filesystem(str(tmp_path / "ram disk"), mounts) == "tmpfs"
+    assert memory_filesystem(str(tmp_path / "ram disk" / "not-yet" / "made"), mounts) == "tmpfs"
+    assert memory_filesystem(str(tmp_path / "ram disk" / "mnt" / "stash"), mounts) is None
+    assert memory_filesystem(str(tmp_path / "over"), mounts) == "ramfs"
+    assert memory_filesystem(str(tmp_path / "plain"), mounts) is None
+    assert memory_filesystem(str(tmp_path / "plain"), tmp_path / "no-mount-table") is None
+
+
+def test_disk_placement_s_files_in_a_ram_backed_folder_count_as_host_memory():
+    from evo_merge.merge.footprint import Line, Plan
+
+    lines = [Line("runtime", GIB, 0), Line("task vectors", 0, 0, 3 * GIB)]
+    storage = Storage(torch.bfloat16, "disk", "/dev/shm/stash")
+    on_disk = Plan(lines, workers=1, device="cpu", storage=storage, available_host=2 * GIB, available_disk=8 * GIB)
+    in_ram = Plan(lines, workers=1, device="cpu", storage=storage, available_host=2 * GIB, available_disk=8 * GIB,
+                  disk_in_memory="tmpfs")
+    assert on_disk.fits and on_disk.need_host == GIB
+    assert in_ram.need_host == 4 * GIB and in_ram.shortfall() == (
+        "needs 4.00 GiB of host memory with the 3.00 GiB of disk placement's files, which /dev/shm/stash keeps in "
+        "memory (tmpfs) but only 2.00 GiB is available")
+    table = in_ram.table()
+    assert "total for 1 workers on this machine" in table and "a tmpfs folder: they take host memory" in table

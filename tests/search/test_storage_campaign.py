@@ -1,7 +1,9 @@
 """Storage settings in campaigns: the memory plan before a run, the run's identity, OOM failures,
 and the settings reaching the evaluator, MASS and the dask workers."""
 
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from click.testing import CliRunner
 from evo_merge.cli import cli
 from evo_merge.config import Campaign
 from evo_merge.merge import register_method
-from evo_merge.merge.footprint import GIB, campaign_plan
+from evo_merge.merge.footprint import GIB, campaign_plan, memory_filesystem
 from evo_merge.merge.storage import Storage
 from evo_merge.search.binding import config_fingerprint
 from evo_merge.zoo.tiny import save_tiny_family
@@ -243,6 +245,34 @@ def test_the_plan_offers_disk_placement_when_the_stored_weights_do_not_fit_in_me
     assert result.exit_code == 0, result.output
     assert f"disk: files in {tmp_path / 'run'}, read back" in result.output and "GiB is free there" in result.output
     assert result.output.rstrip().endswith("fits")
+
+
+@pytest.mark.skipif(memory_filesystem("/dev/shm") is None, reason="no RAM-backed /dev/shm here")
+def test_disk_placement_in_a_ram_backed_folder_is_planned_as_memory(tmp_path, zoo):
+    """`disk` placement in a tmpfs folder keeps the weights in RAM: the plan counts them there,
+    refuses a budget they do not fit in, and does not offer `disk` as the way out."""
+    base, fts = zoo
+    one = {"kind": "local", "batch_size": 1}
+    ram = tempfile.mkdtemp(prefix="evo-merge-test-", dir="/dev/shm")
+    try:
+        storage = {"dtype": "bfloat16", "placement": "disk"}
+        on_disk, in_ram = (campaign_plan(Campaign.model_validate(config(
+            zoo, storage={**storage, "disk_dir": folder}, evaluator=one)), base, fts)
+            for folder in (str(tmp_path), ram))
+        assert in_ram.disk_in_memory == "tmpfs" and on_disk.disk_in_memory is None
+        assert in_ram.need_host == on_disk.need_host + on_disk.need_disk
+        budget = (on_disk.need_host + in_ram.need_host) / 2 / GIB
+        path = write(tmp_path, config(zoo, storage={**storage, "disk_dir": ram, "host_budget_gib": budget},
+                                      evaluator=one))
+        result = CliRunner().invoke(cli, ["plan", str(path), "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2
+        assert f"which {ram} keeps in memory (tmpfs)" in result.output and "a tmpfs folder" in result.output
+        host = write(tmp_path, config(zoo, storage={"dtype": "bfloat16", "placement": "host", "disk_dir": ram,
+                                                    "host_budget_gib": budget}, evaluator=one))
+        result = CliRunner().invoke(cli, ["plan", str(host), "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2 and "placement: disk} fits" not in result.output
+    finally:
+        shutil.rmtree(ram)
 
 
 def test_an_out_of_memory_error_fails_the_candidate_only(zoo):
