@@ -102,14 +102,17 @@ def _backend_flags(command):
                         help="IRT fitting backend (pyirt: py-irt, Python < 3.12).")(command)
 
 
+ITEMS_AS_ROWS = click.option("--items-as-rows", is_flag=True,
+                             help="the responses file is wide with one row per item (ids in its first column) and "
+                             "one column per subject, as leaderboards often export it.")
+
+
 def _layout_flags(command):
     """--items-as-rows and --scenarios: how a RESPONSES file is laid out, shared by `fit` and `validate`."""
     command = click.option("--scenarios", "scenarios", type=click.Path(path_type=Path), default=None,
                            help="CSV item,scenario naming each item's scenario (benchmark), for a file without "
                            "a scenario column.")(command)
-    return click.option("--items-as-rows", is_flag=True,
-                        help="RESPONSES is wide with one row per item (ids in its first column) and one column "
-                        "per subject, as leaderboards often export it.")(command)
+    return ITEMS_AS_ROWS(command)
 
 
 @click.group()
@@ -179,9 +182,10 @@ def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: in
               help="Which stored anchor set (if several); 'auto' as `irt anchors` resolved it.")
 @click.option("--gmp-delta", default="auto", show_default=True,
               help="gmpirt anchor weight: 'auto' or a number in [0, 1] (MERGE3 uses 0.5).")
+@ITEMS_AS_ROWS
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="CSV file (default: stdout).")
 def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | None, budget: int | None,
-             method: str | None, gmp_delta: str, out: Path | None) -> None:
+             method: str | None, gmp_delta: str, items_as_rows: bool, out: Path | None) -> None:
     """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate,se."""
 
     model = IRTModel.load(model_dir)
@@ -190,7 +194,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     anchors = None if estimator == "adaptive" else load_anchors(model_dir, budget, method)
     est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=_delta(gmp_delta))
     with naming_file(partial):  # an item the model lacks, a subject without a scenario's anchors
-        table = estimate_table(est, load_responses(partial))
+        table = estimate_table(est, load_responses(partial, items_as_rows=items_as_rows))
     text = table.to_csv(index=False)
     if out is None:
         click.echo(text, nl=False)

@@ -125,6 +125,16 @@ def test_a_leaderboard_s_items_by_models_file_fits_and_validates_with_its_scenar
     pd.testing.assert_frame_equal(rows, long)
     code, out = run("validate", root / "rows.csv", "--items-as-rows", "--scenarios", root / "no-map.csv", *args)
     assert code == 2 and out.strip().splitlines() == [f"error: scenarios file {root / 'no-map.csv'} not found"]
+    # new models' anchor scores in the same layout estimate as their long table does
+    assert run("anchors", root / "rows-m", "--budget", "5", "--method", "random")[0] == 0
+    chosen = load_anchors(root / "rows-m").all_items()
+    partial = full[full["item"].isin(chosen)]
+    partial.pivot(index="item", columns="subject", values="score").to_csv(root / "partial-rows.csv")
+    partial.to_csv(root / "partial-long.csv", index=False)
+    estimates = [run("estimate", root / "rows-m", "--responses", root / f"partial-{name}.csv", *extra)
+                 for name, extra in (("rows", ["--items-as-rows"]), ("long", []))]
+    assert [code for code, _ in estimates] == [0, 0] and estimates[0][1] == estimates[1][1]
+    assert len(estimates[0][1].splitlines()) == 1 + 40 * 3
 
 
 def test_fit_anchors_estimate_validate(files):
