@@ -101,10 +101,9 @@ def _with_scenarios(frame: pd.DataFrame, mapping_path: Path, path: Path) -> pd.D
             row = int(np.flatnonzero(mapping[col].isna().to_numpy())[0])
             raise UserError(f"{mapping_path}: empty {col} in row {row + 1}")
     mapping = mapping.astype({"item": str, "scenario": str})
-    twice = mapping.drop_duplicates(["item", "scenario"])["item"].duplicated()
-    if twice.any():
-        item = mapping.drop_duplicates(["item", "scenario"])["item"][twice].iloc[0]
-        raise UserError(f"{mapping_path}: item {item!r} is given more than one scenario")
+    pairs = mapping.drop_duplicates(["item", "scenario"])["item"]  # a row repeated as written is harmless
+    if pairs.duplicated().any():
+        raise UserError(f"{mapping_path}: item {pairs[pairs.duplicated()].iloc[0]!r} is given more than one scenario")
     long = frame.copy() if {"subject", "item"} <= set(frame.columns) else _wide_to_long(frame)
     scenario_of = dict(zip(mapping["item"], mapping["scenario"]))
     long["scenario"] = long["item"].astype(str).map(scenario_of)
