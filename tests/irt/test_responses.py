@@ -155,7 +155,7 @@ def test_items_as_rows_reads_the_transpose_of_a_wide_table(tmp_path):
 
 
 def test_a_scenarios_file_names_each_item_s_scenario(tmp_path):
-    mapping = _write(tmp_path, "item,scenario\nq1,math\nq2,code\nq3,code\nunused,other\n", "map.csv")
+    mapping = _write(tmp_path, "item,scenario\nq1,math\nq2,code\nq3,code\nunused,other\nq1,math\n", "map.csv")
     wide = _write(tmp_path, "subject,q1,q2,q3\na,1,0,1\nb,0,1,\n")
     long = load_responses(wide, scenarios=mapping)
     assert dict(zip(long["item"], long.scenario)) == {"q1": "math", "q2": "code", "q3": "code"}
