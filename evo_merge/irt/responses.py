@@ -127,6 +127,10 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: empty (no header row)")
     counts = Counter(header)
     repeated = [name for name, n in counts.items() if n > 1]
+    if repeated and all(_is_number(cell) for cell in header):  # a matrix exported without ids
+        raise UserError(f"{path}: its first row is scores ({', '.join(header[:3])}, ...), not a header; add one: "
+                        "subject,<item ids> for one row per subject, or item,<subject ids> for one row per item "
+                        "(with --items-as-rows)")
     if repeated:
         raise UserError(f"{path}: column {repeated[0]!r} appears {counts[repeated[0]]} times in the header")
     text = {*ID_COLUMNS, _subject_column(header)}
@@ -138,6 +142,14 @@ def _read_csv(path: Path) -> pd.DataFrame:
              ((ids, {"dtype": str, "keep_default_na": False, "na_values": [""]}), (scores, {})) if columns]
     frame = pd.concat([pd.read_csv(path, usecols=columns, **options) for columns, options in reads], axis=1)
     return frame.iloc[:, np.argsort([j for columns, _ in reads for j in columns])]  # the file's column order
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _csv_header(path: Path) -> list[str]:

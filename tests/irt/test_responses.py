@@ -109,6 +109,18 @@ def test_a_column_named_twice_is_refused_naming_it(tmp_path):
     assert str(err.value) == f"{path}: column 'q3' appears 2 times in the header"
 
 
+def test_a_matrix_exported_without_a_header_is_told_to_add_one(tmp_path):
+    """A leaderboard's bare 0/1 matrix: its first row of scores was reported as one column named
+    many times."""
+    path = _write(tmp_path, "1,0,1.0,1\n0,0,1,0\n")
+    with pytest.raises(UserError) as err:
+        load_responses(path)
+    assert str(err.value) == (f"{path}: its first row is scores (1, 0, 1.0, ...), not a header; add one: "
+                              "subject,<item ids> for one row per subject, or item,<subject ids> for one row "
+                              "per item (with --items-as-rows)")
+    assert len(load_responses(_write(tmp_path, "subject,0,1,2\na,1,0,1\n", "numbered.csv"))) == 3  # numbered items
+
+
 def test_ids_spelled_like_missing_values_are_ids_and_scores_keep_their_missing_spellings(tmp_path):
     """pandas read NA/None/null/nan as missing even with dtype=str: an item NA was refused as an
     empty id, a scenario NA merged into the default one (a parquet file kept them)."""
