@@ -142,9 +142,9 @@ class Plan:
                 + (f"{'disk':>12}" if on_disk else "")]
         rows += [row(line.what, line.host, line.device, line.disk) for line in self.lines]
         rows.append(row("total per worker", self.host, self.device_bytes, self.need_disk // self.workers))
-        if self.workers > 1 or self.disk_in_memory:
-            rows.append(row(f"total for {self.workers} workers on this machine", self.need_host,
-                            disk=self.need_disk))
+        if self.workers > 1 or self.disk_in_memory:  # the files in memory: counted in this total's host column
+            what = f"total for {self.workers} workers on this machine" if self.workers > 1 else "total on this machine"
+            rows.append(row(what, self.need_host, disk=self.need_disk))
         rows.append(describe_storage(self.storage))
         if self.disk_in_memory:
             rows.append(f"disk: files in {self.storage.directory}, a {self.disk_in_memory} folder: they take host "
