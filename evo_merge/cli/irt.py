@@ -103,7 +103,7 @@ def _backend_flags(command):
 
 
 ITEMS_AS_ROWS = click.option("--items-as-rows", is_flag=True,
-                             help="the responses file is wide with one row per item (ids in its first column) and "
+                             help="The responses file is wide with one row per item (ids in its first column) and "
                              "one column per subject, as leaderboards often export it.")
 
 
