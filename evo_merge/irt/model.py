@@ -36,11 +36,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 MODEL_KIND = "evo-merge-irt"  # model.json's "kind": what tells an IRT model folder from other folders
-
-
-def is_model_meta(meta: Any) -> bool:
-    """Whether a parsed model.json is an evo-merge IRT model's."""
-    return isinstance(meta, dict) and meta.get("kind") == MODEL_KIND
 MIN_SUBJECTS = 4
 SUBJECTS_PER_DIM = 6  # D <= n_subjects / 6: 8-11 subjects fit one dimension, 12-17 at most two
 DIMS_GRID = (1, 2, 3, 4)
@@ -48,6 +43,11 @@ DIMS_TOLERANCE = 0.005  # relative: the smallest D whose held-out log-loss is wi
 ABILITY_PRIOR_SD = 1.5  # weak prior for new subjects' θ (wider than the training prior N(0, 1))
 NPZ_KEYS = ("alpha", "beta", "theta", "responses", "cv_alpha", "cv_beta", "cv_held")
 V1_KEYS = ("alpha", "beta", "theta", "responses", "val_alpha", "val_beta", "val_subjects")
+
+
+def is_model_meta(meta: Any) -> bool:
+    """Whether a parsed model.json is an evo-merge IRT model's."""
+    return isinstance(meta, dict) and meta.get("kind") == MODEL_KIND
 
 
 def max_dims(n_subjects: int) -> int:

@@ -44,7 +44,7 @@ def load_responses(path: str | Path, *, items_as_rows: bool = False,
     frame = _read_table(path, "responses")
     if items_as_rows:
         frame = _items_by_subjects(frame, path)
-    elif not {"subject", "item"} <= set(frame.columns) and len(frame) >= TALL_RATIO * max(frame.shape[1] - 1, 1):
+    elif not _is_long(frame) and len(frame) >= TALL_RATIO * max(frame.shape[1] - 1, 1):
         log.warning("%s: read as %d subjects x %d items (one row per subject); if its rows are items, "
                     "pass --items-as-rows", path, len(frame), frame.shape[1] - 1)
     if scenarios is not None:
@@ -73,7 +73,7 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
 
 def _items_by_subjects(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     """A wide table of one row per item turned into one row per subject."""
-    if "score" in frame.columns or {"subject", "item"} <= set(frame.columns):
+    if "score" in frame.columns or _is_long(frame):
         raise UserError(f"{path}: --items-as-rows is for a wide table (one row per item, one column per "
                         "subject); this one is long (subject,item,score)")
     if frame.shape[1] < 2:
@@ -85,6 +85,11 @@ def _items_by_subjects(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     repeated = frame[ids][frame[ids].duplicated()]
     if len(repeated):
         raise UserError(f"{path}: item {repeated.iloc[0]!r} has more than one row")
+    # turned into columns, these would read as the table's own: write such a file long instead
+    reserved = frame[ids][frame[ids].astype(str).isin(ID_COLUMNS + LONG_COLUMNS)]
+    if len(reserved):
+        raise UserError(f"{path}: an item called {reserved.iloc[0]!r} cannot be a column of a wide table; "
+                        "write the responses long (subject,item,score[,scenario]) or rename the item")
     return frame.set_index(ids).T.rename_axis("subject").reset_index()
 
 
@@ -104,7 +109,7 @@ def _with_scenarios(frame: pd.DataFrame, mapping_path: Path, path: Path) -> pd.D
     pairs = mapping.drop_duplicates(["item", "scenario"])["item"]  # a row repeated as written is harmless
     if pairs.duplicated().any():
         raise UserError(f"{mapping_path}: item {pairs[pairs.duplicated()].iloc[0]!r} is given more than one scenario")
-    long = frame.copy() if {"subject", "item"} <= set(frame.columns) else _wide_to_long(frame)
+    long = frame.copy() if _is_long(frame) else _wide_to_long(frame)
     scenario_of = dict(zip(mapping["item"], mapping["scenario"]))
     long["scenario"] = long["item"].astype(str).map(scenario_of)
     if long["scenario"].isna().any():
@@ -158,6 +163,11 @@ def _csv_header(path: Path) -> list[str]:
         return next((row for row in csv.reader(handle) if row), [])
 
 
+def _is_long(frame: pd.DataFrame) -> bool:
+    """Whether a table is long (a `subject` and an `item` column), not wide."""
+    return {"subject", "item"} <= set(frame.columns)
+
+
 def _subject_column(columns: Sequence[str]) -> str:
     """The subject column of a wide table: `subject`, else the first."""
     return "subject" if "subject" in columns else columns[0]
@@ -188,8 +198,7 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise UserError(f"{source}: no responses")
     _check_long_columns(frame.columns, source)
-    is_long = {"subject", "item"} <= set(frame.columns)
-    if is_long:
+    if _is_long(frame):
         if "score" not in frame.columns:
             raise UserError(f"{source}: long format needs a 'score' column")
         long = frame.copy()

@@ -205,6 +205,8 @@ def test_a_missing_scenarios_file_is_named(tmp_path):
         ("subject,item,score\na,q1,1\n", "--items-as-rows is for a wide table"),
         ("item,a\nq1,1\nq1,0\n", "item 'q1' has more than one row"),
         ("item,a\n,1\n", "empty item id in row 1"),
+        ("item,a\nq1,1\nsubject,0\n", "an item called 'subject' cannot be a column of a wide table"),
+        ("item,a\nscore,1\n", "an item called 'score' cannot be a column of a wide table"),
     ],
 )
 def test_items_as_rows_refuses_what_is_not_items_by_subjects(tmp_path, text, message):
