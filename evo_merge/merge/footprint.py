@@ -126,6 +126,15 @@ class Plan:
         where = f" (details: {details})" if details else ""
         return UserError(f"memory plan: the run {self.shortfall()}; {self.alternative}{where}")
 
+    def _free_disk(self) -> str:
+        """The free space for `disk` placement's files, or why it is not known: the folder is the
+        run folder, which a plan without one (`evo-merge plan` with no --out) does not know."""
+        if self.available_disk is not None:
+            return f"{gib(self.available_disk)} is free there"
+        if self.storage.directory is None:
+            return "the run folder's free space is checked when the run starts (or by plan --out RUN)"
+        return f"the free space in {self.storage.directory} could not be read"
+
     def table(self) -> str:
         """The plan as a text table, per worker, with the totals (and `fits` when it does)."""
         gpu = self.device != "cpu"
@@ -156,7 +165,7 @@ class Plan:
         rows.append(
             f"limit: host: {limit(self.budgets[0], self.available_host)}"
             + (f"; {self.device}: {limit(self.budgets[1], self.available_device)}" if gpu else "")
-            + (f"; disk: {gib(self.available_disk)} is free there" if on_disk else "")
+            + (f"; disk: {self._free_disk()}" if on_disk else "")
         )
         if self.fits:  # otherwise the command's error gives the shortfall and the setting that fits
             rows.append("fits")

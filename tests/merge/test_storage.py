@@ -372,6 +372,12 @@ def test_disk_placement_keeps_the_stored_weights_out_of_the_plan_s_memory(family
     assert table[0].endswith("host        disk") and table[2].endswith("0.0 MiB    3.00 GiB")
     assert table[-1].endswith("disk: 5.00 GiB is free there") and "files in /data/stash" in table[-2]  # no "fits"
     assert table[4].startswith("total for 2 workers") and table[4].endswith("6.00 GiB")
+    # no run folder named (`evo-merge plan` without --out): where the free space is checked, not "unknown"
+    unplaced = Plan(plan.lines, workers=1, device="cpu", storage=Storage(torch.bfloat16, "disk"), available_host=GIB)
+    assert unplaced.table().splitlines()[-2].endswith(
+        "disk: the run folder's free space is checked when the run starts (or by plan --out RUN)")
+    unread = Plan(plan.lines, workers=1, device="cpu", storage=plan.storage, available_host=GIB)
+    assert unread.table().splitlines()[-2].endswith("disk: the free space in /data/stash could not be read")
 
 
 def test_host_placement_stages_on_a_gpu_only(family):
