@@ -243,7 +243,7 @@ def validate(responses: Path, hold_out: str, test_frac: float, folds: int, budge
                                methods=anchor_methods, seed=seed, backend=backend, dims=_dims(dims),
                                repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,
                                progress=bars, **_backend_options(backend, epochs, lr))
-    console = results_console(width=120)  # the table is about 112 wide: never folded
+    console = results_console(width=140)  # the table is about 135 wide: never folded
     console.print(validation_table(table, hold_out))
     if summary := default_summary(table, overall):
         console.print(summary, soft_wrap=True)

@@ -4,7 +4,9 @@ Fits the model on the training subjects only, then scores every held-out subject
 anchor responses and compares with its true per-scenario mean. The baseline every other row
 is compared to is random items with a plain mean, averaged over many draws per subject; one
 random anchor set per repeat with every estimator (`random` + `gpirt` among them) shows what
-the anchor method itself adds.
+the anchor method itself adds. Each row also says whether the estimator's standard errors can be
+believed on these responses: the share of its errors beyond 2 SE (about 5% where the SEs are
+right and the errors normal) and its RMS SE over its RMSE.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ HOLD_OUTS = ("random", "strongest", "weakest")
 # anchor draw; 4 folds and 5 draws 0.80x, 0.73x, 0.72x; docs/irt.md)
 FEW_HELD_OUT = 10
 FEW_DRAWS = 5  # fewer anchor draws: one draw's anchors serve every held-out subject, its MAE is one noisy number
+# per anchor draw, what `_anchor_errors` measures over the held-out subjects' estimates
+DRAW_STATS = ("mae", "beyond_2se", "mean_se2", "mean_err2")
+ROUND_OFF = 1e-9  # an error this small is an exact estimate's round-off (SE 0), not one beyond its SE
 
 
 def split_subjects(
@@ -157,7 +162,7 @@ def validate(
         done += 1
         progress("validating", done, total)
 
-    errors: dict[tuple[int, str, str], list[np.ndarray]] = {}  # (budget, method, kind) -> per fold, MAE per draw
+    errors: dict[tuple[int, str, str], list[np.ndarray]] = {}  # (budget, method, kind) -> per fold, DRAW_STATS per draw
     baselines: dict[int, list[tuple[float, float]]] = {}  # budget -> per fold, (MAE, SD of one draw's)
     held: list[int] = []
     for train, test in splits:
@@ -180,12 +185,17 @@ def validate(
                "folds": len(splits)}
         for (b, method, kind), per_fold in errors.items():
             if b == budget:
-                pooled = share @ np.vstack(per_fold)  # MAE per draw over every held-out subject
-                rows.append(row | {"method": method, "estimator": kind, "mae": float(pooled.mean()),
-                                   "sd": float(pooled.std()), "draws": pooled.size})
+                # DRAW_STATS per draw over every held-out subject, each fold weighted by its subjects
+                mae, beyond, se2, err2 = np.tensordot(share, np.stack(per_fold), axes=1).T
+                with np.errstate(invalid="ignore", divide="ignore"):  # exact estimates: no ratio
+                    ratio = float(np.sqrt(se2.mean() / err2.mean()))
+                rows.append(row | {"method": method, "estimator": kind, "mae": float(mae.mean()),
+                                   "sd": float(mae.std()), "draws": mae.size, "beyond_2se": float(beyond.mean()),
+                                   "se_ratio": ratio})
         mae, sd = np.array(baselines[budget]).T
         rows.append(row | {"method": "random", "estimator": BASELINE, "mae": float(share @ mae),
-                           "sd": float(np.sqrt(share**2 @ sd**2)), "draws": draws})  # the folds' draws are independent
+                           "sd": float(np.sqrt(share**2 @ sd**2)), "draws": draws,  # the folds' draws are independent
+                           "beyond_2se": np.nan, "se_ratio": np.nan})  # a plain mean states no SE
     table = pd.DataFrame(rows)
     base = table[table.estimator == BASELINE].set_index("budget")["mae"]
     # no ratio where random sampling is exact (the budget covers every item): shown blank, not inf
@@ -209,38 +219,49 @@ def default_summary(table: pd.DataFrame, overall: bool = False) -> str:
     if held < FEW_HELD_OUT or draws < FEW_DRAWS:
         caution = (f"; {held} held-out subject{'s' if held > 1 else ''} and {draws} anchor "
                    f"draw{'s' if draws > 1 else ''}: a noisy verdict" + (f" ({'; '.join(fixes)})" if fixes else ""))
+    beyond = " / ".join(f"{r.beyond_2se:.1%}" for r in rows.itertuples() if not np.isnan(r.beyond_2se))
+    stated = f"; {beyond} of its errors beyond 2 SE (about 5% where its SEs are right)" if beyond else ""
     return (f"default ({DEFAULT_ANCHOR_METHOD} anchors, here {rows.method.iloc[0]}, + {DEFAULT_ESTIMATOR_KIND}): "
             f"{ratios or 'no ratio'} (its MAE{' of the overall score' if overall else ''} over random sampling's, "
-            f"by anchors per scenario{caution})")
+            f"by anchors per scenario{caution}){stated}")
 
 
 def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method: str, estimators: Sequence[str],
-                   seed: int, repeats: int, endpoints: Sequence[str], overall: bool, advance) -> dict[str, list[float]]:
-    """MAE per estimator kind and anchor draw (seeds seed .. seed + repeats - 1)."""
-    errors: dict[str, list[float]] = {k: [] for k in estimators}
+                   seed: int, repeats: int, endpoints: Sequence[str], overall: bool, advance) -> dict[str, np.ndarray]:
+    """Per estimator kind, one row of DRAW_STATS per anchor draw (seeds seed .. seed + repeats - 1):
+    the MAE, the share of errors beyond 2 SE, and the mean squared SE and error."""
+    stats: dict[str, list[tuple[float, ...]]] = {k: [] for k in estimators}
     for rep in range(repeats):
         anchors = select_anchors(model, budget, method, seed=seed + rep)
         for kind in estimators:
             est = Estimator(model, anchors, kind, endpoints=list(endpoints) or None, seed=seed)
-            pred = est.estimate_with_overall(test_scores[:, est.anchor_idx])[0]
+            pred, se = est.estimate_with_overall(test_scores[:, est.anchor_idx])
             truth = est.scenario_means(test_scores)
             # the item-weighted mean over scenarios, estimated as the estimator estimates it
-            pred, truth = (pred[:, -1], est.overall(truth)) if overall else (pred[:, :-1], truth)
-            errors[kind].append(float(np.nanmean(np.abs(pred - truth))))
+            pred, se, truth = ((pred[:, -1], se[:, -1], est.overall(truth)) if overall
+                               else (pred[:, :-1], se[:, :-1], truth))
+            error = np.abs(pred - truth)
+            stated = ~np.isnan(error) & ~np.isnan(se)
+            beyond = error[stated] > np.maximum(2.0 * se[stated], ROUND_OFF)
+            stats[kind].append((float(np.nanmean(error)), float(np.mean(beyond)),
+                                float(np.mean(se[stated] ** 2)), float(np.mean(error[stated] ** 2))))
         advance()
-    return errors
+    return {kind: np.array(rows) for kind, rows in stats.items()}
 
 
 def validation_table(table: pd.DataFrame, hold_out: str = "random") -> Table:
     """The validation results as a rich table, the baseline and the default rows marked, MAE ± its
-    spread over draws."""
+    spread over draws, and how far each estimator's SEs hold (errors beyond 2 SE, RMS SE / RMSE)."""
     held = "held-out subjects" if hold_out == "random" else f"the {hold_out} subjects, held out"
     out = Table(title=f"IRT validation: mean absolute error on {held} (± SD over anchor draws)")
-    for col in ("budget", "method", "estimator", "items", "saving N/n", "MAE ± SD", "draws", "vs baseline"):
+    for col in ("budget", "method", "estimator", "items", "saving N/n", "MAE ± SD", "draws", "vs baseline",
+                "> 2 SE", "SE / RMSE"):
         out.add_column(col, justify="left" if col in ("method", "estimator") else "right")
     for r in table.sort_values(["budget", "mae"]).itertuples():
         style = "dim" if r.estimator == BASELINE else "bold" if r.default else None
         out.add_row(str(r.budget), r.method, f"{r.estimator} (default)" if r.default else r.estimator, str(r.items),
                     f"{r.saving:.1f}x", f"{r.mae:.4f} ± {r.sd:.4f}", str(r.draws),
-                    "" if np.isnan(r.vs_baseline) else f"{r.vs_baseline:.2f}", style=style)
+                    "" if np.isnan(r.vs_baseline) else f"{r.vs_baseline:.2f}",
+                    "" if np.isnan(r.beyond_2se) else f"{r.beyond_2se:.1%}",
+                    "" if np.isnan(r.se_ratio) else f"{r.se_ratio:.2f}", style=style)
     return out

@@ -57,6 +57,20 @@ def test_overall_error_is_that_of_the_item_weighted_mean_of_the_scenarios():
     assert ratios[50].isna().all() and ratios[5].notna().all()
 
 
+def test_validate_says_how_far_each_estimator_s_standard_errors_hold():
+    """The anchor mean of random anchors has a binomial error, which its SE states: about 5% of
+    its errors lie beyond 2 SE and its RMS SE is its RMSE, up to the sampling of 40 subjects x 2
+    scenarios x 3 draws. Where the anchors are every item, no error and none beyond."""
+    gen = make_synthetic_irt(400, dims=1, n_scenarios=2, seed=1)
+    theta, ids = synthetic_abilities(160, dims=1, seed=2)
+    data = validate_responses(gen.sample(theta, ids, seed=3))
+    table = validate(data, budgets=[40, 200], methods=["random"], dims=1, repeats=3, seed=0)
+    row = table.set_index(["budget", "estimator"])
+    assert 0.01 <= row.loc[(40, "anchor"), "beyond_2se"] <= 0.10, table
+    assert 0.8 <= row.loc[(40, "anchor"), "se_ratio"] <= 1.25, table
+    assert row.loc[(200, "anchor"), "beyond_2se"] == 0.0 and row.loc[(200, "anchor"), "mae"] < 1e-15
+
+
 def test_validate_overall_scores_gpirt_s_own_overall_estimate():
     """A campaign's task score is gp-IRT's own overall estimate (not the mean of its scenarios'):
     `irt validate --overall` measures that one, recomputed here from the same split, fit and anchors."""
@@ -181,6 +195,11 @@ def test_fit_anchors_estimate_validate(files):
     assert f"default (auto anchors, here stratified-irt, + gpirt): {ratios} " in out, out
     assert "noisy verdict" not in out  # 10 held-out subjects, 5 anchor draws
     assert "gpirt (default)" in out
+    # and how far its SEs hold: the share of its errors beyond 2 SE, in the summary and the CSV
+    beyond = " / ".join(f"{r:.1%}" for r in default.beyond_2se)
+    assert f"; {beyond} of its errors beyond 2 SE (about 5% where its SEs are right)" in out, out
+    assert table.loc[table.estimator == BASELINE, ["beyond_2se", "se_ratio"]].isna().all().all()
+    assert table.loc[table.estimator != BASELINE, "se_ratio"].gt(0).all()
     code, out = run("validate", root / "responses.csv", "--budgets", "5", "--dims", "1", "--hold-out", "strongest",
                     "--overall")
     assert code == 0 and "mean absolute error on the strongest subjects, held out" in out, out
