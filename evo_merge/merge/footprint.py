@@ -26,7 +26,7 @@ import torch
 from evo_merge.config import EvaluatorSpec
 from evo_merge.errors import UserError
 from evo_merge.merge.registry import get_method
-from evo_merge.merge.storage import Storage
+from evo_merge.merge.storage import Storage, slab_bytes
 from evo_merge.merge.subspace import decomposes, tsv_rank
 from evo_merge.weights import Checkpoint, check_compatible, heads
 from evo_merge.weights.devices import resolve_device
@@ -283,6 +283,9 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
         line(f"base, stored ({dtype})", stored, kept),
         line(f"task vectors, stored ({T} x {dtype})", T * stored, kept),
     ]
+    if kept == "disk" or (kept == "host" and setting.on_gpu):  # packed into slabs (`storage.Slabs`)
+        sizes = [shapes.nbytes(storage.dtype, [t]) for t in shapes.floating for _ in range(T + 1)]
+        lines.append(line("stored tensors' slabs: ends left unused", slab_bytes(sizes) - sum(sizes), kept))
     if "tsv" in setting.methods:
         lines.append(line("TSV-M pieces (rank r/T factors per task)", lowrank_bytes(shapes, T, T, storage.dtype), kept))
     if "tsv_c" in setting.methods:

@@ -289,8 +289,40 @@ def test_slabs_hand_out_aligned_views_that_never_overlap(monkeypatch):
     inside = [c for c in kept if any(c.untyped_storage().data_ptr() == s.data_ptr() for s in slabs.slabs)]
     assert len(inside) == len(kept) - 1  # the 12,000-byte tensor is over SLAB_MAX: a buffer of its own
     assert all((c.data_ptr() - c.untyped_storage().data_ptr()) % storage.ALIGN == 0 for c in inside if c.numel())
-    # bytes per slab: 200 + 84 | 2 + 0 | 3200 | 6000 + 40 (each slab twice the last, or what a tensor needs)
+    # bytes per slab: 200 + 84 | 2 + 0 | 3200 + 40 | 6000 (each slab twice the last, or what a tensor needs;
+    # the 40 bytes fill the end that fits them most tightly, not the newest slab's)
     assert [s.numel() for s in slabs.slabs] == [1024, 2048, 4096, 8192]
+    assert kept[6].untyped_storage().data_ptr() == slabs.slabs[2].data_ptr()
+    assert kept[6].data_ptr() - slabs.slabs[2].data_ptr() == 3584  # 3,200 rounded up to ALIGN
+
+
+def test_the_plan_counts_the_slabs_the_stored_tensors_take(family, tmp_path, monkeypatch):
+    """`disk` placement (and `host` on a GPU) packs the stored tensors into slabs, whose unused
+    ends the plan counts (an H200 run of a 7B campaign peaked 3.5 GiB above a plan that did not):
+    the files mapped for the base and the task vectors are the plan's bytes to the byte. Small
+    slabs here, so the tiny model's tensors fill many and leave ends."""
+    import evo_merge.merge.storage as storage
+
+    base, fts = family
+    shapes = shapes_of(base, fts)
+    largest = max(shapes.nbytes(torch.bfloat16, [t]) for t in shapes.floating)
+    monkeypatch.setattr(storage, "SLAB_MAX", 1 << (largest - 1).bit_length())
+    monkeypatch.setattr(storage, "SLAB_MIN", storage.SLAB_MAX // 8)
+    on_disk = merger(family, Storage(torch.bfloat16, "disk", str(tmp_path)))
+    mapped = sum(s.numel() for s in on_disk.stash._slabs.slabs)
+
+    def planned(placement, on_gpu):
+        setting = Setting(3, ("task_arithmetic",), Storage(torch.bfloat16, placement, str(tmp_path)), torch.float32,
+                          on_gpu=on_gpu)
+        return {line.what: line for line in plan_lines(shapes, setting)}
+
+    lines = planned("disk", False)
+    ends = lines["stored tensors' slabs: ends left unused"].disk
+    assert len(on_disk.stash._slabs.slabs) > 4 and ends > 0
+    assert lines["base, stored (bfloat16)"].disk + lines["task vectors, stored (3 x bfloat16)"].disk + ends == mapped
+    # pinned slabs for `host` on a GPU, counted in host memory; plain tensors on a CPU: no ends
+    assert planned("host", True)["stored tensors' slabs: ends left unused"].host == ends
+    assert not any("slabs" in what for what in planned("host", False))
 
 
 def mapped_ranges(slabs) -> list[tuple[int, int]]:
