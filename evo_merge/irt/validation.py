@@ -39,8 +39,6 @@ HOLD_OUTS = ("random", "strongest", "weakest")
 # anchor draw; 4 folds and 5 draws 0.80x, 0.73x, 0.72x; docs/irt.md)
 FEW_HELD_OUT = 10
 FEW_DRAWS = 5  # fewer anchor draws: one draw's anchors serve every held-out subject, its MAE is one noisy number
-# per anchor draw, what `_anchor_errors` measures over the held-out subjects' estimates
-DRAW_STATS = ("mae", "beyond_2se", "mean_se2", "mean_err2")
 ROUND_OFF = 1e-9  # an error this small is an exact estimate's round-off (SE 0), not one beyond its SE
 
 
@@ -162,7 +160,8 @@ def validate(
         done += 1
         progress("validating", done, total)
 
-    errors: dict[tuple[int, str, str], list[np.ndarray]] = {}  # (budget, method, kind) -> per fold, DRAW_STATS per draw
+    # (budget, method, kind) -> per fold, `_anchor_errors`' four figures per draw
+    errors: dict[tuple[int, str, str], list[np.ndarray]] = {}
     baselines: dict[int, list[tuple[float, float]]] = {}  # budget -> per fold, (MAE, SD of one draw's)
     held: list[int] = []
     for train, test in splits:
@@ -185,7 +184,7 @@ def validate(
                "folds": len(splits)}
         for (b, method, kind), per_fold in errors.items():
             if b == budget:
-                # DRAW_STATS per draw over every held-out subject, each fold weighted by its subjects
+                # each draw's figures over every held-out subject, each fold weighted by its subjects
                 mae, beyond, se2, err2 = np.tensordot(share, np.stack(per_fold), axes=1).T
                 with np.errstate(invalid="ignore", divide="ignore"):  # exact estimates: no ratio
                     ratio = float(np.sqrt(se2.mean() / err2.mean()))
@@ -228,8 +227,8 @@ def default_summary(table: pd.DataFrame, overall: bool = False) -> str:
 
 def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method: str, estimators: Sequence[str],
                    seed: int, repeats: int, endpoints: Sequence[str], overall: bool, advance) -> dict[str, np.ndarray]:
-    """Per estimator kind, one row of DRAW_STATS per anchor draw (seeds seed .. seed + repeats - 1):
-    the MAE, the share of errors beyond 2 SE, and the mean squared SE and error."""
+    """Per estimator kind, one row per anchor draw (seeds seed .. seed + repeats - 1): the MAE, the
+    share of errors beyond 2 SE, and the mean squared SE and error."""
     stats: dict[str, list[tuple[float, ...]]] = {k: [] for k in estimators}
     for rep in range(repeats):
         anchors = select_anchors(model, budget, method, seed=seed + rep)
