@@ -166,8 +166,9 @@ def rss_file() -> int:
     return _status("RssFile")
 
 
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _status(key: str, pid: int | str = "self") -> int:
+    """Bytes of a /proc/PID/status memory figure (0 where it is not there)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{key}:"):
             return int(line.split()[1]) * 1024
     return 0

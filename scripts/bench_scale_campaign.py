@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import bench_scale  # beside this file: the checkpoints, their shapes, /proc/PID/status
 import pandas as pd
 import torch
 
@@ -54,12 +55,12 @@ class LogitChoice(ItemTable):
     @torch.no_grad()
     def evaluate(self, model, tokenizer=None, item_ids: Sequence[str] | None = None) -> pd.Series:
         positions = self._positions(item_ids)
+        device = next(model.parameters()).device
         scores: dict[int, float] = {}
         for length in LENGTHS:  # one prompt length per batch: no padding
             same = [p for p in positions if self.lengths[p] == length]
             for start in range(0, len(same), self.batch_size):
                 batch = same[start:start + self.batch_size]
-                device = next(model.parameters()).device
                 logits = model(torch.stack([self.prompts[p] for p in batch]).to(device)).logits[:, -1].float()
                 pair = self.pairs[batch].to(device)
                 won = logits.gather(1, pair[:, :1]) > logits.gather(1, pair[:, 1:])
@@ -125,13 +126,11 @@ def anon_peak(pid: int, stop: threading.Event, peak: list[int]) -> None:
     """Poll `pid`'s resident anonymous memory (RssAnon) every 0.2 s into peak[0]: max RSS also
     counts the resident pages of mapped files (checkpoints read through safetensors' maps,
     `disk` placement's files), which the kernel can drop; RssAnon is what it cannot."""
-    status = Path(f"/proc/{pid}/status")
     while not stop.wait(0.2):
         try:
-            line = next(x for x in status.read_text().splitlines() if x.startswith("RssAnon:"))
-        except (OSError, StopIteration):
+            peak[0] = max(peak[0], bench_scale._status("RssAnon", pid))
+        except OSError:  # the process has just ended
             continue
-        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
 
 
 def measured(command: list[str], log: Path, env: dict[str, str]) -> dict:
@@ -198,9 +197,6 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, help="the commands' logs (default: beside the run folder)")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import bench_scale  # the checkpoints and their shapes
 
     if args.shape != "0.5B":
         bench_scale.SMALL.update(bench_scale.LLAMAS[args.shape])

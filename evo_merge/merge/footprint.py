@@ -283,7 +283,7 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
         line(f"base, stored ({dtype})", stored, kept),
         line(f"task vectors, stored ({T} x {dtype})", T * stored, kept),
     ]
-    if kept == "disk" or (kept == "host" and setting.on_gpu):  # packed into slabs (`storage.Slabs`)
+    if storage.uses_slabs(setting.on_gpu):
         sizes = [shapes.nbytes(storage.dtype, [t]) for t in shapes.floating for _ in range(T + 1)]
         lines.append(line("stored tensors' slabs: ends left unused", slab_bytes(sizes) - sum(sizes), kept))
     if "tsv" in setting.methods:

@@ -51,6 +51,11 @@ class Storage:
         """From a campaign's `storage` settings (config.StorageSpec)."""
         return cls.parse(spec.dtype, spec.placement, spec.disk_dir)
 
+    def uses_slabs(self, on_gpu: bool) -> bool:
+        """Whether the stored tensors are packed into `Slabs`: files for `disk`, pinned memory for
+        `host` on a GPU (on a CPU `host` tensors are plain ones, as `device` ones are)."""
+        return self.placement == "disk" or (self.placement == "host" and on_gpu)
+
     def stored_dtype(self, checkpoints: Sequence[Checkpoint], names: Sequence[str]) -> torch.dtype:
         """The dtype a tensor is kept in, read as `names[i]` from checkpoint i: the chosen one, or
         the widest of the checkpoints'."""
@@ -167,8 +172,11 @@ class Stash:
     def __init__(self, storage: Storage, device: torch.device, compute: torch.dtype = torch.float32):
         self.storage, self.device, self.compute = storage, device, compute
         # pinned host memory for `host` on a GPU, so the copies to it run asynchronously; files for `disk`
-        self._slabs = (Slabs(directory=storage.directory or tempfile.gettempdir()) if storage.placement == "disk"
-                       else Slabs(pin=True) if storage.placement == "host" and device.type == "cuda" else None)
+        self._slabs: Slabs | None = None
+        if storage.placement == "disk":
+            self._slabs = Slabs(directory=storage.directory or tempfile.gettempdir())
+        elif storage.uses_slabs(device.type == "cuda"):
+            self._slabs = Slabs(pin=True)
 
     def keep(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """`tensor` in the storage dtype and place; the same tensor when it already is."""

@@ -320,9 +320,17 @@ def test_the_plan_counts_the_slabs_the_stored_tensors_take(family, tmp_path, mon
     ends = lines["stored tensors' slabs: ends left unused"].disk
     assert len(on_disk.stash._slabs.slabs) > 4 and ends > 0
     assert lines["base, stored (bfloat16)"].disk + lines["task vectors, stored (3 x bfloat16)"].disk + ends == mapped
-    # pinned slabs for `host` on a GPU, counted in host memory; plain tensors on a CPU: no ends
+    # pinned slabs for `host` on a GPU, counted in host memory; plain tensors on a CPU: no ends. The
+    # stash keeps them as the plan counts them, a disk_dir set or not (pinned memory is taken at the
+    # first tensor kept, so a stash for a GPU is made here without one)
     assert planned("host", True)["stored tensors' slabs: ends left unused"].host == ends
     assert not any("slabs" in what for what in planned("host", False))
+    host = Storage(torch.bfloat16, "host", str(tmp_path))
+    assert storage.Stash(host, torch.device("cpu"))._slabs is None
+    pinned = storage.Stash(host, torch.device("cuda", 0))._slabs
+    assert pinned.pin and pinned.directory is None
+    assert storage.Stash(Storage(torch.bfloat16, "disk", str(tmp_path)), torch.device("cpu"))._slabs.directory == str(
+        tmp_path)
 
 
 def mapped_ranges(slabs) -> list[tuple[int, int]]:
