@@ -141,9 +141,11 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
 
     check_irt_model_folder(out, overwrite)  # before the fit's minutes
     options, dims_value = _backend_options(backend, epochs, lr), _dims(dims)  # option errors: not the file's
+    from evo_merge.cli.progress import StageBars
+
     data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
-    with naming_file(responses):  # too few subjects, or py-irt diverging on them
-        model = IRTModel.fit(data, backend=backend, dims=dims_value, seed=seed, **options)
+    with naming_file(responses), StageBars() as bars:  # too few subjects, or py-irt diverging on them
+        model = IRTModel.fit(data, backend=backend, dims=dims_value, seed=seed, progress=bars, **options)
     model.save(out)
     shutil.rmtree(out / "anchors", ignore_errors=True)  # chosen on the model it replaced: stale
     click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "

@@ -31,6 +31,7 @@ from evo_merge.irt.responses import (
     binarise,
 )
 from evo_merge.irt.twopl import prob_2pl
+from evo_merge.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ SUBJECTS_PER_DIM = 6  # D <= n_subjects / 6: 8-11 subjects fit one dimension, 12
 DIMS_GRID = (1, 2, 3, 4)
 DIMS_TOLERANCE = 0.005  # relative: the smallest D whose held-out log-loss is within 0.5% of the best
 ABILITY_PRIOR_SD = 1.5  # weak prior for new subjects' θ (wider than the training prior N(0, 1))
+FIT_STAGE = "fitting IRT"  # the progress stage of `IRTModel.fit`
 NPZ_KEYS = ("alpha", "beta", "theta", "responses", "cv_alpha", "cv_beta", "cv_held")
 V1_KEYS = ("alpha", "beta", "theta", "responses", "val_alpha", "val_beta", "val_subjects")
 
@@ -145,6 +147,7 @@ class IRTModel:
         dims: int | str = "auto",
         seed: int = 0,
         dims_grid: Sequence[int] = DIMS_GRID,
+        progress: Progress = no_progress,
         **backend_options: Any,
     ) -> IRTModel:
         """Fit on a validated long table (see `load_responses`).
@@ -157,7 +160,9 @@ class IRTModel:
         subjects they changed nothing beyond noise and cost 7% of gp-IRT's accuracy on ordinary
         ones.) "auto" D is capped by the number of subjects (`max_dims`): a handful of subjects cannot
         support many ability dimensions. A D given explicitly is fitted as asked, with a warning
-        when it is above that cap.
+        when it is above that cap. `progress` counts the fits (two per D tried, then the chosen D on
+        every subject): on a leaderboard of hundreds of models and tens of thousands of items each
+        takes a minute or more.
         """
         if backend not in BACKENDS:
             raise UserError(f"unknown IRT backend {backend!r} (choose from {', '.join(BACKENDS)})")
@@ -183,12 +188,18 @@ class IRTModel:
                         dims, n_subj, cap)
         grid = sorted({min(d, cap) for d in dims_grid}) if dims == "auto" else [dims]
         fold_fits, errors = {}, {}
+        total = 2 * len(grid) + 1
+        progress(FIT_STAGE, 0, total)
         for d in grid:
-            fold_fits[d] = [fit_fn(binary[fold != f], d, seed=seed, **backend_options) for f in (0, 1)]
+            fold_fits[d] = []
+            for f in (0, 1):
+                fold_fits[d].append(fit_fn(binary[fold != f], d, seed=seed, **backend_options))
+                progress(FIT_STAGE, 2 * grid.index(d) + f + 1, total)
             errors[d] = float(np.mean([_held_out_loss(p, binary[fold == f], seen) for f, p in enumerate(fold_fits[d])]))
         best = min(errors.values())
         chosen = min(d for d, e in errors.items() if e <= best * (1 + DIMS_TOLERANCE))
         full = fit_fn(binary, chosen, seed=seed, **backend_options)
+        progress(FIT_STAGE, total, total)
         settings = {"dims": dims, "dims_grid": grid, "theta_prior_sd": THETA_SD, **backend_options}
         if full.lr is not None:  # py-irt: each fit restarts at `lr` and may retry lower, so say what each used
             settings |= {"lr_used": full.lr, "cv_lr_used": [p.lr for p in fold_fits[chosen]]}

@@ -153,7 +153,6 @@ def validate(
     n_train = min(train["subject"].nunique() for train, _ in splits)
     methods = list(dict.fromkeys([*(choose_anchor_method(m, n_train)[0] for m in methods), "random"]))
     total, done = len(splits) * len(budgets) * len(methods) * repeats, 0
-    progress("validating", done, total)
 
     def advance() -> None:
         nonlocal done
@@ -164,8 +163,13 @@ def validate(
     errors: dict[tuple[int, str, str], list[np.ndarray]] = {}
     baselines: dict[int, list[tuple[float, float]]] = {}  # budget -> per fold, (MAE, SD of one draw's)
     held: list[int] = []
-    for train, test in splits:
-        model = IRTModel.fit(train, backend=backend, dims=dims, seed=seed, **backend_options)
+    for i, (train, test) in enumerate(splits):
+        def fitting(stage: str, fit_done: int, fit_total: int, i: int = i) -> None:  # every split's fits, one count
+            progress(stage, i * fit_total + fit_done, len(splits) * fit_total)
+
+        model = IRTModel.fit(train, backend=backend, dims=dims, seed=seed, progress=fitting, **backend_options)
+        if i == 0:  # its clock starts once the first fit is done
+            progress("validating", done, total)
         test_scores = ResponseMatrix.from_long(test, items=model.item_ids).scores
         held.append(test_scores.shape[0])
         for budget in budgets:

@@ -12,6 +12,7 @@ from scipy.special import expit
 from evo_merge.errors import UserError
 from evo_merge.irt import IRTModel, validate_responses
 from evo_merge.irt.ability import map_logistic
+from evo_merge.irt.model import FIT_STAGE
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 
 
@@ -249,3 +250,14 @@ def test_model_settings_record_the_rate_each_pyirt_fit_used(md2pl, monkeypatch):
     assert model.settings["lr"] == 5.0  # as requested
     assert model.settings["lr_used"] == pytest.approx(0.2)  # 5 -> 1 -> 0.2
     assert model.settings["cv_lr_used"] == [pytest.approx(1.0)] * 2  # 5 -> 1
+
+
+def test_a_fit_counts_its_fits_as_it_goes():
+    """Two fits per D tried (each half of the subjects), then the chosen D on every subject: the
+    progress a leaderboard-sized fit shows instead of minutes of nothing."""
+    gen = make_synthetic_irt(60, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(24, dims=1, seed=2)
+    calls = []
+    IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=3)), dims="auto", dims_grid=(1, 2, 3),
+                 progress=lambda *call: calls.append(call))
+    assert calls == [(FIT_STAGE, done, 7) for done in range(8)]

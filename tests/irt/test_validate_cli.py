@@ -155,6 +155,8 @@ def test_fit_anchors_estimate_validate(files):
     root, full = files
     code, out = run("fit", root / "responses.csv", "--out", root / "m", "--dims", "1")
     assert code == 0 and "D=1" in out
+    # its fits (D=1 on each half, then on everyone) as a line in a log: a large matrix takes minutes
+    assert re.search(r"^fitting IRT: 3/3 in \d+:\d\d:\d\d$", out, re.M), out
     code, out = run("anchors", root / "m", "--budget", "5", "--method", "kmeans-irt")
     assert code == 0
     listed = {line.split(": ")[0]: line.split(": ")[1].split() for line in out.splitlines() if ": " in line}
@@ -185,6 +187,7 @@ def test_fit_anchors_estimate_validate(files):
     # sent to a log (not a terminal), its progress is a line, as a campaign's stages are
     steps = 2 * len(SELECTABLE) * 5  # budgets x anchor methods x the default 5 anchor draws
     assert re.search(rf"^validating: {steps}/{steps} in \d+:\d\d:\d\d$", out, re.M), out
+    assert out.index("fitting IRT: 3/3") < out.index("validating:"), out
     table = pd.read_csv(root / "v.csv")
     assert len(table) == 2 * (len(SELECTABLE) * 3 + 1) and np.isfinite(table.mae).all()
     # 30 training subjects: the default is stratified-irt anchors + gp-IRT, marked and summed up
