@@ -77,7 +77,9 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300)
     theta0[:, :k] = u[:, :k] * np.sqrt(n_subj)
     alpha0[:, :k] = 4.0 * vt[:k].T * s[:k] / np.sqrt(n_subj)  # logit slope ≈ 4 × probability slope
 
-    y_t, mask = torch.from_numpy(y), torch.from_numpy(observed.astype(np.float64))
+    # a dense matrix (every subject scored on every item, as leaderboards are) needs no mask: one
+    # pass fewer over the subjects x items cells, a fifth of a large fit's time
+    y_t, mask = torch.from_numpy(y), None if observed.all() else torch.from_numpy(observed.astype(np.float64))
     theta = torch.tensor(theta0, requires_grad=True)
     alpha = torch.tensor(alpha0, requires_grad=True)
     beta = torch.tensor(-np.log(item_mean / (1 - item_mean)), requires_grad=True)
@@ -91,7 +93,7 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300)
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
         logits = logit_2pl(theta, alpha, beta)
-        nll = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y_t, reduction="none") * mask).sum()
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_t, weight=mask, reduction="sum")
         prior = (theta**2).sum() / THETA_SD**2 + (alpha**2).sum() / alpha_sd**2 + (beta**2).sum() / beta_sd**2
         loss = (nll + 0.5 * prior) / n_obs
         loss.backward()
