@@ -261,3 +261,40 @@ def test_a_fit_counts_its_fits_as_it_goes():
     IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=3)), dims="auto", dims_grid=(1, 2, 3),
                  progress=lambda *call: calls.append(call))
     assert calls == [(FIT_STAGE, done, 7) for done in range(8)]
+
+
+@pytest.mark.parametrize("missing", [0.0, 0.05])
+def test_a_large_matrix_is_fitted_in_float32_and_predicts_as_float64_does(monkeypatch, missing):
+    """Above FLOAT32_CELLS the torch fit runs in float32 (four times faster on a leaderboard's
+    matrix); its predictions must stay those of the float64 fit, and what it returns float64."""
+    from evo_merge.irt import backends
+
+    gen = make_synthetic_irt(1500, dims=2, n_scenarios=3, seed=1)
+    theta, _ = synthetic_abilities(60, dims=2, seed=2)
+    rng = np.random.default_rng(3)
+    binary = (rng.random((60, 1500)) < gen.prob(theta)).astype(float)
+    binary[rng.random(binary.shape) < missing] = np.nan
+    wide = backends.fit_torch(binary, 2)
+    assert backends.fit_dtype(binary) == np.float64
+    monkeypatch.setattr(backends, "FLOAT32_CELLS", binary.size)
+    assert backends.fit_dtype(binary) == np.float32
+    narrow = backends.fit_torch(binary, 2)
+    assert {p.dtype for p in (narrow.alpha, narrow.beta, narrow.theta)} == {np.dtype(np.float64)}
+    p64, p32 = (expit(f.theta @ f.alpha.T - f.beta) for f in (wide, narrow))
+    assert np.abs(p64 - p32).mean() < 1e-3 and np.abs(p64.mean(axis=1) - p32.mean(axis=1)).max() < 2e-3
+    assert not np.array_equal(p64, p32)  # it did run in the other precision
+
+
+def test_every_fit_of_a_model_runs_in_the_precision_its_whole_matrix_chose(monkeypatch):
+    """The folds' fits (half the subjects) in the same precision as the full fit, as recorded."""
+    from evo_merge.irt import backends
+
+    gen = make_synthetic_irt(80, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(20, dims=1, seed=2)
+    data = validate_responses(gen.sample(theta, ids, seed=3))
+    assert IRTModel.fit(data, dims=1).settings["dtype"] == "float64"
+    used = []
+    fit = backends.fit_torch
+    monkeypatch.setattr(backends, "FLOAT32_CELLS", 20 * 80)
+    monkeypatch.setitem(backends.BACKENDS, "torch", lambda *a, **k: used.append(k["dtype"]) or fit(*a, **k))
+    assert IRTModel.fit(data, dims=1).settings["dtype"] == "float32" and used == ["float32"] * 3
