@@ -138,11 +138,10 @@ def irt() -> None:
 def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenarios: Path | None, backend: str,
         epochs: int | None, lr: float | None, dims: str, seed: int) -> None:
     """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
+    from evo_merge.cli.progress import StageBars
 
     check_irt_model_folder(out, overwrite)  # before the fit's minutes
     options, dims_value = _backend_options(backend, epochs, lr), _dims(dims)  # option errors: not the file's
-    from evo_merge.cli.progress import StageBars
-
     data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
     with naming_file(responses), StageBars() as bars:  # too few subjects, or py-irt diverging on them
         model = IRTModel.fit(data, backend=backend, dims=dims_value, seed=seed, progress=bars, **options)

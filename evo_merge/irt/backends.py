@@ -91,10 +91,10 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300,
     theta0[:, :k] = u[:, :k] * np.sqrt(n_subj)
     alpha0[:, :k] = 4.0 * vt[:k].T * s[:k] / np.sqrt(n_subj)  # logit slope ≈ 4 × probability slope
 
-    # a dense matrix (every subject scored on every item, as leaderboards are) needs no mask: one
-    # pass fewer over the subjects x items cells, a fifth of a large fit's time
     dtype = fit_dtype(binary) if dtype is None else np.dtype(dtype)
     y_t = torch.from_numpy(y.astype(dtype))
+    # a dense matrix (every subject scored on every item, as leaderboards are) needs no mask: one
+    # pass fewer over the subjects x items cells, a fifth of a large fit's time
     mask = None if observed.all() else torch.from_numpy(observed.astype(dtype))
     theta = torch.tensor(theta0.astype(dtype), requires_grad=True)
     alpha = torch.tensor(alpha0.astype(dtype), requires_grad=True)
