@@ -68,6 +68,12 @@ def fit_dtype(binary: np.ndarray) -> np.dtype:
     return np.dtype(np.float32 if binary.size >= FLOAT32_CELLS else np.float64)
 
 
+def matrix_options(backend: str, binary: np.ndarray) -> dict[str, str]:
+    """What a backend takes from the model's whole matrix, so that every fit of the model (each
+    fold's on part of the subjects too) gets the same: the torch fit's precision."""
+    return {"dtype": fit_dtype(binary).name} if backend == "torch" else {}
+
+
 def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300,
               dtype: str | None = None) -> FittedParams:
     """MAP fit with L-BFGS, initialised from a truncated SVD of the centred responses.
@@ -92,7 +98,7 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300,
     alpha0[:, :k] = 4.0 * vt[:k].T * s[:k] / np.sqrt(n_subj)  # logit slope ≈ 4 × probability slope
 
     dtype = fit_dtype(binary) if dtype is None else np.dtype(dtype)
-    y_t = torch.from_numpy(y.astype(dtype))
+    y_t = torch.from_numpy(y.astype(dtype, copy=False))
     # a dense matrix (every subject scored on every item, as leaderboards are) needs no mask: one
     # pass fewer over the subjects x items cells, a fifth of a large fit's time
     mask = None if observed.all() else torch.from_numpy(observed.astype(dtype))

@@ -24,7 +24,7 @@ import pandas as pd
 
 from evo_merge.errors import UserError, writing
 from evo_merge.irt.ability import map_logistic
-from evo_merge.irt.backends import BACKENDS, THETA_SD, fit_dtype
+from evo_merge.irt.backends import BACKENDS, THETA_SD, matrix_options
 from evo_merge.irt.responses import (
     ResponseMatrix,
     accuracy_preserving_threshold,
@@ -176,8 +176,7 @@ class IRTModel:
         thresholds = {s: accuracy_preserving_threshold(matrix.scores[:, scen == s]) for s in dict.fromkeys(scen)}
         binary = binarise(matrix.scores, np.array([thresholds[s] for s in scen]))
         fit_fn = BACKENDS[backend]
-        if backend == "torch":  # one precision for every fit of the model, chosen by the whole matrix
-            backend_options = {"dtype": fit_dtype(binary).name, **backend_options}
+        backend_options = {**matrix_options(backend, binary), **backend_options}
 
         rng = np.random.default_rng(seed)
         fold = np.zeros(n_subj, dtype=int)
