@@ -31,7 +31,12 @@ def map_logistic(
     """
     responses = np.atleast_2d(responses)
     observed = ~np.isnan(responses)
+    kept = observed.any(0)
+    if not kept.all():  # an item no row observed adds nothing: drop it (a held-out loss hides half the items)
+        design, offset, responses, observed = design[kept], offset[kept], responses[:, kept], observed[:, kept]
     y = np.where(observed, responses, 0.0)
+    # each item's xxᵀ, flattened: the Hessians of all rows are then one matrix product
+    outer = (design[:, :, None] * design[:, None, :]).reshape(len(design), design.shape[1] ** 2)
 
     def objective(z: np.ndarray) -> np.ndarray:
         eta = logit_2pl(z, design, offset)
@@ -46,7 +51,7 @@ def map_logistic(
         prob = prob_2pl(z, design, offset)
         grad = ((y - prob) * observed) @ design - (z - prior_mean) @ prior_precision
         weight = prob * (1.0 - prob) * observed
-        hess = np.einsum("sn,np,nq->spq", weight, design, design) + prior_precision
+        hess = (weight @ outer).reshape(-1, *prior_precision.shape) + prior_precision
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
         norm = np.linalg.norm(step, axis=1, keepdims=True)
         step *= np.minimum(1.0, MAX_STEP / np.maximum(norm, 1e-300))
@@ -60,7 +65,7 @@ def map_logistic(
             step[todo] *= 0.5
         step[todo] = 0.0
         z += step
-        current = objective(z)
+        current = np.where(todo, current, trial)  # a row's last trial is its new objective, or it did not move
         if np.abs(step).max() < tol:
             break
     return z

@@ -89,6 +89,30 @@ def test_map_logistic_matches_scipy_and_stays_finite():
     assert expit(np.abs(design) @ all_right - offset).mean() > 0.7
 
 
+def test_map_logistic_fits_each_row_on_its_own_observed_items():
+    """A batch where rows miss different items and some items are missed by every row (as in the
+    held-out loss of `dims: auto`): each row is its own MAP fit, and with nothing observed at all
+    every row stays at the prior mean."""
+    rng = np.random.default_rng(2)
+    design, offset = rng.normal(size=(40, 3)), rng.normal(size=40)
+    y = (rng.random((4, 40)) < 0.5).astype(float)
+    y[rng.random((4, 40)) < 0.3] = np.nan
+    y[:, 10:25] = np.nan  # observed by nobody
+    prior, prec = np.array([0.2, -0.1, 0.0]), np.eye(3) / 1.5**2
+
+    def neg_post(z, row):
+        ok = ~np.isnan(row)
+        logit = design[ok] @ z - offset[ok]
+        return -(row[ok] * logit - np.logaddexp(0, logit)).sum() + 0.5 * (z - prior) @ prec @ (z - prior)
+
+    got = map_logistic(design, offset, y, prior, prec)
+    for s, row in enumerate(y):
+        expected = minimize(neg_post, prior, args=(row,), method="BFGS", options={"gtol": 1e-10}).x
+        np.testing.assert_allclose(got[s], expected, atol=1e-5)
+    none_seen = map_logistic(design, offset, np.full((2, 40), np.nan), prior, prec)
+    np.testing.assert_array_equal(none_seen, np.tile(prior, (2, 1)))
+
+
 def test_map_logistic_converges_on_sharp_items_and_an_ill_conditioned_prior():
     """mp-IRT's case on real merges: items with alpha up to ~13 and a prior tight on the sum of
     the merge coefficients. Plain Newton steps overshoot there and land far from the optimum."""
