@@ -24,6 +24,7 @@ midpoints of pairs of calibration subjects, not at the subjects themselves.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -51,6 +52,8 @@ MIN_CLUSTER_SUBJECTS = 30  # below: automatic anchors are stratified (bench_irt.
 # stratified-irt's picks per stratum on average: with one each, a stratum of a third of the items got one item
 STRATUM_PICKS = 2
 KMEANS_RESTARTS = 10
+CLUSTER_MEMO = 256  # k-means results remembered (`_clusters`)
+_CLUSTERS: dict[tuple, list[np.ndarray]] = {}
 MAX_PAIRS = 256  # calibration-subject midpoints averaged for a scenario's item variance (a random subset beyond)
 
 
@@ -134,14 +137,29 @@ def read_anchors(path: str | Path) -> Anchors:
 
 def _clusters(features: np.ndarray, n_clusters: int, seed: int) -> list[np.ndarray]:
     """K-means (best of several restarts) with at most as many clusters as distinct items (few
-    calibration subjects make many items look alike): each cluster's members, nearest its centroid first."""
+    calibration subjects make many items look alike): each cluster's members, nearest its centroid first.
+
+    Remembered for the last `CLUSTER_MEMO` calls: every estimator kind on the same anchors re-chooses
+    its cross-fit folds' anchors (`irt validate` asks for the same k-means three times a draw), and
+    on a leaderboard's scenarios of thousands of items each k-means takes a tenth of a second or more.
+    """
+    key = (hashlib.blake2b(np.ascontiguousarray(features).tobytes(), digest_size=16).digest(),
+           features.shape, features.dtype.str, n_clusters, seed)
+    if (known := _CLUSTERS.get(key)) is not None:
+        return known
     n_clusters = min(n_clusters, len(np.unique(features, axis=0)))
     with warnings.catch_warnings():  # near-duplicate rows can still leave a cluster empty: skipped below
         warnings.filterwarnings("ignore", "Number of distinct clusters", ConvergenceWarning)
         km = KMeans(n_clusters=n_clusters, n_init=KMEANS_RESTARTS, random_state=seed).fit(features)
     dist = np.linalg.norm(features - km.cluster_centers_[km.labels_], axis=1)
     members = [np.flatnonzero(km.labels_ == c) for c in range(n_clusters)]
-    return [m[np.argsort(dist[m], kind="stable")] for m in members if m.size]
+    clusters = [m[np.argsort(dist[m], kind="stable")] for m in members if m.size]
+    for m in clusters:
+        m.setflags(write=False)  # shared by every caller that asks again
+    if len(_CLUSTERS) >= CLUSTER_MEMO:
+        del _CLUSTERS[next(iter(_CLUSTERS))]  # the oldest
+    _CLUSTERS[key] = clusters
+    return clusters
 
 
 def _spread(sizes: np.ndarray, budget: int) -> np.ndarray:

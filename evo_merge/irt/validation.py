@@ -91,6 +91,11 @@ def subject_folds(responses: pd.DataFrame, folds: int, seed: int,
     return splits
 
 
+def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k smallest keys (in no order)."""
+    return keys.argsort(axis=1) if k >= keys.shape[1] else np.argpartition(keys, k - 1, axis=1)[:, :k]
+
+
 def random_baseline(test: np.ndarray, groups: dict[str, np.ndarray], budget: int, draws: int, seed: int,
                     overall: bool) -> tuple[float, float]:
     """MAE of random items + plain mean, averaged over `draws` independent draws per subject and
@@ -103,7 +108,8 @@ def random_baseline(test: np.ndarray, groups: dict[str, np.ndarray], budget: int
         truth = np.column_stack([np.nanmean(test[:, g], axis=1) for g in groups.values()])
         per_draw = []
         for _ in range(draws):
-            picks = [g[rng.random((test.shape[0], g.size)).argsort(axis=1)[:, :budget]] for g in groups.values()]
+            # each subject's `budget` items of smallest random key: a uniform sample without replacement
+            picks = [g[_smallest(rng.random((test.shape[0], g.size)), budget)] for g in groups.values()]
             pred = np.column_stack([np.nanmean(np.take_along_axis(test, p, axis=1), axis=1) for p in picks])
             err = np.abs(pred @ share - truth @ share) if overall else np.abs(pred - truth)
             per_draw.append(np.nanmean(err))

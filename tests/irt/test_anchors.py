@@ -47,6 +47,24 @@ def test_kmeans_irt_picks_the_item_nearest_each_centroid_weighted_by_cluster_sha
     assert dict(zip(anchors.items["all"], anchors.weights["all"])) == pytest.approx(expected)
 
 
+def test_kmeans_anchors_follow_the_item_parameters_asked_about_not_a_remembered_clustering(make_model):
+    """k-means results are remembered between calls (every estimator kind re-chooses its folds'
+    anchors): a model whose parameters changed, even in the same arrays in place, gets its own."""
+    from evo_merge.irt import anchors as anchor_module
+
+    rng = np.random.default_rng(3)
+    alpha, beta = rng.normal(size=(60, 1)), rng.normal(size=60)
+    model = make_model(alpha, beta)
+    first = select_anchors(model, 4, "kmeans-irt", seed=0)
+    assert select_anchors(model, 4, "kmeans-irt", seed=0) == first
+    beta[:] = np.where(np.arange(60) < 30, -5.0, 5.0) + rng.normal(0, 0.5, 60)
+    assert model.beta is beta
+    moved = select_anchors(model, 4, "kmeans-irt", seed=0)
+    assert moved != first
+    anchor_module._CLUSTERS.clear()
+    assert select_anchors(model, 4, "kmeans-irt", seed=0) == moved  # what k-means gives afresh
+
+
 def _three_item_groups(make_model):
     """60 items in three well-separated groups of IRT parameters (10, 20, 30 items; k-means finds
     them whatever its seed), the items of each spread in difficulty."""
