@@ -174,9 +174,14 @@ def _subject_column(columns: Sequence[str]) -> str:
 
 
 def _wide_to_long(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell, item by item (as `DataFrame.melt` orders them; melt itself takes a slice per
+    column, seconds on a leaderboard's tens of thousands of items)."""
     subject_col = _subject_column(frame.columns)
-    long = frame.melt(id_vars=[subject_col], var_name="item", value_name="score")
-    return long.rename(columns={subject_col: "subject"})
+    scores = frame.drop(columns=subject_col)
+    n_subjects, n_items = scores.shape
+    return pd.DataFrame({"subject": np.tile(frame[subject_col].to_numpy(), n_items),
+                         "item": np.repeat(scores.columns.to_numpy(), n_subjects),
+                         "score": scores.to_numpy().ravel(order="F")})
 
 
 def _check_long_columns(columns: pd.Index, source: str) -> None:
