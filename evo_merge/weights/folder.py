@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from evo_merge.errors import UserError, first_line
+from evo_merge.weights import heads
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import Checkpoint, read_config, tokenizer_files
-from evo_merge.weights.dtypes import parse_dtype
+from evo_merge.weights.compat import castable
+from evo_merge.weights.dtypes import dtype_name, parse_dtype
 from evo_merge.weights.export import refuse_existing, replace_folder, umask_modes, write_model_folder
 from evo_merge.weights.nets import build_net
 
@@ -71,18 +73,44 @@ def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool,
     try:
         untied = {"tie_word_embeddings": False} if untie else {}
         with _quiet_transformers(untie):
-            module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", trust_remote_code=False,
-                                                          use_safetensors=None if allow_pickle else True, **untied)
+            module, loading = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype or "auto", trust_remote_code=False, use_safetensors=None if allow_pickle else True,
+                output_loading_info=True, ignore_mismatched_sizes=True, **untied)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if tokenizer_files(path) else None
     except pickle.UnpicklingError:
         raise UserError(f"{path}: its pickle checkpoint holds objects other than tensors, which could run code; "
                         "refused (convert it to safetensors where it came from a source you trust)") from None
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load the model ({first_line(err)})") from None
+    _check_fits(path, module, loading, allow_pickle, untie)
     if untie:
         with torch.no_grad():
             module.get_output_embeddings().weight.copy_(module.get_input_embeddings().weight)
     return module, tokenizer
+
+
+def _check_fits(path: Path, module: nn.Module, loading: dict[str, Any], allow_pickle: bool, untie: bool) -> None:
+    """Raise UserError naming the first stored tensor that does not fit the model config.json describes.
+
+    transformers loads such a folder anyway, and it would be scored as if nothing were wrong: a tensor
+    missing from the weights is initialised at random, one of another shape is reinitialised (asked for
+    with `ignore_mismatched_sizes`: the default is a traceback), an integer tensor is cast into a
+    floating parameter. Its loading info names the first two; dtypes follow the rule a merge applies
+    (`castable`). With `untie`, the head a tied model does not store is filled from its embedding."""
+    state = module.state_dict()  # in the model's order: a mismatched embedding is named first
+    mismatched = {name: (stored, expected) for name, stored, expected in loading["mismatched_keys"]}
+    if name := next((n for n in state if n in mismatched), None):
+        stored, expected = mismatched[name]
+        raise UserError(f"{path}: tensor {name!r} has shape {list(stored)} where config.json gives {list(expected)}")
+    with Checkpoint.open(path, allow_pickle=allow_pickle) as checkpoint:
+        filled = untie and heads.ties_embeddings(checkpoint)
+        missing = (n for n in state if n in loading["missing_keys"] and not (filled and heads.is_head(n)))
+        if name := next(missing, None):
+            raise UserError(f"{path}: tensor {name!r} of the model in config.json is missing from its weights")
+        for name in checkpoint.names:
+            if name in state and not castable(dtype := checkpoint.dtype(name), state[name].dtype):
+                raise UserError(f"{path}: tensor {name!r} has dtype {dtype_name(dtype)} where the model has "
+                                f"{dtype_name(state[name].dtype)}; only floating dtypes can be cast")
 
 
 @contextmanager

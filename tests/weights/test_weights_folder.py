@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from evo_merge.cli import cli
 from evo_merge.errors import UserError
 from evo_merge.weights import is_hf_folder, load_model_folder, save_model_folder
 from evo_merge.weights.nets import build_net
+from evo_merge.zoo.tiny import tie_embeddings
 
 MLP = {"arch": "mlp", "in_dim": 6, "hidden": [5], "classes": 3}
 
@@ -139,3 +142,67 @@ def test_a_folder_with_its_own_model_code_is_refused_without_asking(llama_family
     with pytest.raises(UserError, match="custom code"):
         load_model_folder(folder)
     assert not marker.exists()
+
+
+def _broken(base: Path, out: Path, edit) -> Path:
+    """A copy of `base` whose weights `edit` changed (it edits the name -> tensor dict in place)."""
+    shutil.copytree(base, out)
+    tensors = load_file(out / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+HEAD, BLOCK = "lm_head.weight", "model.layers.0.mlp.down_proj.weight"
+BROKEN_WEIGHTS = {  # what transformers itself loads with a traceback, or silently with random or cast weights
+    "short-head": (lambda t: t.update({HEAD: t[HEAD][:-1].clone()}), rf"tensor '{HEAD}' has shape \[\d+, 32\] where "
+                   r"config.json gives \[\d+, 32\]"),
+    "missing": (lambda t: t.pop(BLOCK), rf"tensor '{BLOCK}' of the model in config.json is missing from its weights"),
+    "int-head": (lambda t: t.update({HEAD: t[HEAD].to(torch.int32)}),
+                 rf"tensor '{HEAD}' has dtype int32 where the model has float32; only floating dtypes can be cast"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_WEIGHTS)
+def test_hf_weights_that_do_not_fit_the_config_are_named(llama_family, tmp_path, case):
+    edit, message = BROKEN_WEIGHTS[case]
+    folder = _broken(llama_family[0], tmp_path / case, edit)
+    with pytest.raises(UserError, match=f"^{folder}: {message}$"):
+        load_model_folder(folder)
+
+
+def test_a_config_that_does_not_fit_the_weights_names_the_first_tensor(gpt2_family, tmp_path):
+    folder = tmp_path / "wider"
+    shutil.copytree(gpt2_family[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "n_embd": 2 * config["n_embd"]}))
+    with pytest.raises(UserError, match=r"tensor 'transformer\.wte\.weight' has shape \[\d+, 32\] where config\.json "
+                                        r"gives \[\d+, 64\]"):
+        load_model_folder(folder)
+
+
+def test_eval_of_a_broken_hf_folder_is_one_line_exit_2(llama_family, tmp_path):
+    folder = _broken(llama_family[0], tmp_path / "short", BROKEN_WEIGHTS["short-head"][0])
+    args = ["eval", "--model", str(folder), "--task", "seq", "--out", str(tmp_path / "e.csv")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"{folder}: tensor '{HEAD}' has shape" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "e.csv").exists()
+
+
+def test_valid_hf_folders_still_load_tied_sharded_and_in_bfloat16(llama_family, tmp_path):
+    base = llama_family[0]
+    tied = tie_embeddings(base, tmp_path / "tied")  # no lm_head.weight stored: the head is the embedding
+    model, _ = load_model_folder(tied)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    untied, _ = load_model_folder(tied, untie=True)
+    assert torch.equal(untied.get_output_embeddings().weight, model.get_input_embeddings().weight)
+    assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
+
+    reference, tokenizer = load_model_folder(base)
+    reference.to(torch.bfloat16).save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    sharded, _ = load_model_folder(tmp_path / "sharded")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert {p.dtype for p in sharded.parameters()} == {torch.bfloat16}
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(sharded.state_dict()[name], tensor), name
