@@ -217,10 +217,11 @@ def status(run: Path) -> None:
             # a standard merge, or any candidate of a full-evaluation run, is scored on every search item, no SE
             # (an estimate of a folder from before standard errors has none either, and few items)
             measured = se is None and best.items_evaluated >= search_items
+            # the search's best, by what it was told: a candidate the final phase measured higher than
+            # its estimate does not count here (the picks below are chosen on measurements)
             console.print(
-                f"best {task} {'measured' if measured else 'estimate'} "
-                f"({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} is "
-                f"better): {value} (evaluation {best.id}, {best.method})"
+                f"best {task} in the search ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} "
+                f"is better): {value} {'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method})"
             )
     if finished:  # a run cut short may hold the picks of an earlier end
         _print_picks(console, store, {e.id: e for e in evaluations})

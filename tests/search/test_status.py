@@ -49,7 +49,7 @@ def test_a_minimised_task_is_best_when_lowest(run):
     ok = [e for e in store.evaluations("search") if e.status == "ok"]
     lowest = min(e.estimates["disagree1"] for e in ok)
     output = CliRunner().invoke(cli, ["status", str(run)]).output
-    assert f"best disagree1 measured (lower is better): {lowest:.3f}" in output, output  # a full-evaluation run
+    assert f"best disagree1 in the search (lower is better): {lowest:.3f} measured" in output, output  # full evaluation
     measured = [e.measured["disagree1"] for e in store.evaluations("search") if e.measured]
     cards = [ModelCard.load(folder / "README.md") for folder in (run / "models").iterdir()]  # picked twice: once
     exported = [next(r.metric_value for r in card.data.eval_results if r.task_name == "disagree1") for card in cards]
