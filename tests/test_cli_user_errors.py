@@ -174,6 +174,32 @@ def test_demo_refuses_a_folder_of_other_files_before_building_the_zoo(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
 
 
+def test_demo_keeps_a_campaign_file_it_did_not_write_and_names_its_own_run_folder(tmp_path, monkeypatch):
+    """`demo --out DIR` wrote DIR.yaml over whatever was there (a user's notes; a demo campaign
+    edited since), and its first line named `--out runs/DIR` wherever the run folder was."""
+    from evo_merge.cli import campaign as campaign_cli
+    from evo_merge.cli import demo as demo_cli
+
+    config, zoo = tmp_path / "mine.yaml", tmp_path / "zoo"
+    config.write_text("my notes\n")
+    one_line_error(*invoke("demo", "--out", tmp_path / "mine", "--zoo", zoo), f"{config} exists and is not",
+                   f"evo-merge run {config} --out {tmp_path / 'mine'}")
+    assert config.read_text() == "my notes\n" and not zoo.exists()  # refused before the zoo's minutes
+
+    started = []
+    monkeypatch.setattr(demo_cli, "_zoo", lambda zoo: ["arith", "seq"])  # a zoo's endpoints, without training it
+    monkeypatch.setattr(campaign_cli, "start_campaign", lambda path, out: started.append((path, out)))
+    config.unlink()
+    assert invoke("demo", "--out", tmp_path / "mine", "--zoo", zoo)[0] == 0
+    written = config.read_text()
+    assert written.splitlines()[0] == f"# evo-merge campaign: `evo-merge run {config} --out {tmp_path / 'mine'}`"
+    assert invoke("demo", "--out", tmp_path / "mine", "--zoo", zoo)[0] == 0  # a rerun: the same file, resumed
+    assert started == [(config, tmp_path / "mine")] * 2
+    config.write_text(written.replace("population: 10", "population: 12"))
+    one_line_error(*invoke("demo", "--out", tmp_path / "mine", "--zoo", zoo), "edited since?")
+    assert "population: 12" in config.read_text() and len(started) == 2
+
+
 @pytest.mark.parametrize(("edit", "expected"), [
     ({"method": {"ties": {}}}, "method: unknown key (did you mean 'methods'?)"),
     ({"algorithm": {"populaton": 8}}, "algorithm.populaton: unknown key (did you mean 'population'?)"),

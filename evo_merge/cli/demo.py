@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -41,18 +42,33 @@ def init(out: Path, zoo: Path) -> None:
 
 @click.command()
 @click.option("--out", default="runs/demo", type=click.Path(path_type=Path), show_default=True,
-              help="run folder (created; the demo's run in it is resumed), its campaign written beside it as OUT.yaml")
+              help="run folder (created; the demo's run in it is resumed), its campaign written beside it as OUT.yaml "
+                   "(a file there the demo did not write is left alone, and the demo stops)")
 @ZOO
 def demo(out: Path, zoo: Path) -> None:
     """Build (or reuse) the tiny-lm zoo and run a short campaign on the shipped benchmarks."""
     from evo_merge.cli.campaign import start_campaign
-    from evo_merge.cli.template import campaign_text
+    from evo_merge.cli.template import campaign_text, run_command
     from evo_merge.search.store import check_run_folder
 
     check_run_folder(out)  # before the zoo's minutes: a folder of other files is refused, as by `run`
     folder = out.resolve()  # `--out .` has a name only once resolved
-    families = _zoo(zoo)
     config = folder.parent / f"{folder.name}.yaml"  # beside the run folder: runs/demo.yaml
+    command = run_command(config, folder)
+    _check_own_file(config, lambda text: text.startswith(f"# evo-merge campaign: `{command}`\n"))  # before the zoo
+    text = campaign_text(Path(zoo).resolve(), _zoo(zoo), name=folder.name, command=command)
+    _check_own_file(config, lambda written: written == text)  # the demo's, as written: a rerun resumes its run
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(campaign_text(Path(zoo).resolve(), families, name=folder.name))
+    config.write_text(text)
     start_campaign(config, out)
+
+
+def _check_own_file(config: Path, is_demos: Callable[[str], bool]) -> None:
+    """The demo writes its campaign beside its run folder: a file there that it did not write (or
+    one edited since) is the user's, and is not replaced."""
+    from evo_merge.cli.template import run_command
+    from evo_merge.errors import UserError
+
+    if config.exists() and not (config.is_file() and is_demos(config.read_text(errors="replace"))):
+        raise UserError(f"{config} exists and is not the campaign the demo writes there (edited since?); it is left "
+                        f"as it is: run it with `{run_command(config, config.with_suffix(''))}`, or move it away")

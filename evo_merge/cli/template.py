@@ -7,7 +7,7 @@ from pathlib import Path
 from evo_merge.config import EvaluatorSpec
 
 TEMPLATE = """\
-# evo-merge campaign: `evo-merge run {name}.yaml --out runs/{name}`
+# evo-merge campaign: `{command}`
 # Relative paths are taken against this file's folder.
 name: {name}
 
@@ -77,10 +77,17 @@ device: auto
 """
 
 
-def campaign_text(zoo: Path | str, families: list[str], *, name: str = "demo", anchors: int = 5,
-                  warmup: int = 4, population: int = 10, generations: int = 4, top: int = 3) -> str:
+def run_command(campaign_file: Path | str, run_dir: Path | str) -> str:
+    """The command that runs a campaign file into its run folder, as the file's first line gives it."""
+    return f"evo-merge run {campaign_file} --out {run_dir}"
+
+
+def campaign_text(zoo: Path | str, families: list[str], *, name: str = "demo", command: str | None = None,
+                  anchors: int = 5, warmup: int = 4, population: int = 10, generations: int = 4, top: int = 3) -> str:
+    """The example campaign; its first line names `command` (default: `name`.yaml into runs/`name`)."""
     models = "\n".join(f"  - {zoo}/{family}" for family in families)
     tasks = "\n".join(f"  - {{task: {family}}}" for family in families)
-    return TEMPLATE.format(name=name, zoo=zoo, models=models, tasks=tasks, anchors=anchors, warmup=warmup,
-                           population=population, generations=generations, top=top,
+    command = command or run_command(f"{name}.yaml", f"runs/{name}")
+    return TEMPLATE.format(name=name, command=command, zoo=zoo, models=models, tasks=tasks, anchors=anchors,
+                           warmup=warmup, population=population, generations=generations, top=top,
                            batch_size=EvaluatorSpec.model_fields["batch_size"].default)
