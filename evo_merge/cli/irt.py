@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from evo_merge.cli.outputs import check_irt_model_folder
+from evo_merge.cli.outputs import check_irt_model_folder, check_output_file
 from evo_merge.console import results_console
 from evo_merge.errors import UserError, naming_file
 from evo_merge.irt import (
@@ -185,9 +185,12 @@ def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: in
               help="gmpirt anchor weight: 'auto' or a number in [0, 1] (MERGE3 uses 0.5).")
 @ITEMS_AS_ROWS
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="CSV file (default: stdout).")
+@click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise, before any estimate)")
 def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | None, budget: int | None,
-             method: str | None, gmp_delta: str, items_as_rows: bool, out: Path | None) -> None:
+             method: str | None, gmp_delta: str, items_as_rows: bool, out: Path | None, overwrite: bool) -> None:
     """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate,se."""
+    if out is not None:
+        check_output_file(out, overwrite)
 
     model = IRTModel.load(model_dir)
     if method is not None:  # `irt anchors --method auto` stored its set under the method auto resolved to
@@ -230,12 +233,20 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--overall", is_flag=True,
               help="Error of the item-weighted mean over the scenarios (a task's score), not of each scenario.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
-def validate(responses: Path, hold_out: str, test_frac: float, folds: int, budgets: str, methods: str, seed: int,
-             items_as_rows: bool, scenarios: Path | None, backend: str, epochs: int | None, lr: float | None,
-             dims: str, repeats: int, draws: int, endpoints: str | None, overall: bool, csv_path: Path | None) -> None:
+@click.option("--overwrite", is_flag=True, help="replace an existing --csv file (refused otherwise, before any fit)")
+@click.pass_context
+def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: float, folds: int, budgets: str,
+             methods: str, seed: int, items_as_rows: bool, scenarios: Path | None, backend: str, epochs: int | None,
+             lr: float | None, dims: str, repeats: int, draws: int, endpoints: str | None, overall: bool,
+             csv_path: Path | None, overwrite: bool) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
     from evo_merge.cli.progress import StageBars
 
+    if folds > 1 and ctx.get_parameter_source("test_frac") is not click.core.ParameterSource.DEFAULT:
+        raise UserError(f"--test-frac and --folds {folds} do not go together: each fold holds out 1/{folds} of "
+                        "the subjects")
+    if csv_path is not None:
+        check_output_file(csv_path, overwrite, "--csv")
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
     anchor_methods, budget_list = _methods(methods), _int_list(budgets, "--budgets")
     with StageBars() as bars:

@@ -9,12 +9,12 @@ from pathlib import Path
 from evo_merge.errors import UserError
 
 
-def check_output_file(out: Path, overwrite: bool) -> None:
-    """--out, a CSV file the command writes whole: not a folder, and an existing one only with --overwrite."""
+def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:
+    """`option`, a CSV file the command writes whole: not a folder, and an existing one only with --overwrite."""
     if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give the path of the CSV file to write")
+        raise UserError(f"{option} {out}: is a folder; give the path of the CSV file to write")
     if out.exists() and not overwrite:
-        raise UserError(f"--out {out}: already exists (--overwrite replaces it)")
+        raise UserError(f"{option} {out}: already exists (--overwrite replaces it)")
 
 
 def check_irt_model_folder(out: Path, overwrite: bool) -> None:

@@ -116,3 +116,31 @@ def test_estimate_method_auto_finds_the_set_anchors_method_auto_stored(tmp_path)
     estimate = ("estimate", tmp_path / "m", "--responses", tmp_path / "r.csv", "--budget", "5", "--method")
     auto = irt(*estimate, "auto")
     assert auto == irt(*estimate, "stratified") and auto != irt(*estimate, "random")
+
+
+def test_estimate_and_validate_keep_an_existing_output_file_and_refuse_before_working(tmp_path):
+    """`irt estimate --out` replaced any file silently (eval and responses build refuse without
+    --overwrite), an --out or --csv that is a folder failed only after the work, naming a temporary
+    file, and `validate --test-frac` with `--folds` was ignored without a word."""
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(20, dims=1, seed=2)
+    gen.sample(theta, ids, seed=3).to_csv(tmp_path / "r.csv", index=False)
+    irt("fit", tmp_path / "r.csv", "--out", tmp_path / "m", "--dims", "1")
+    irt("anchors", tmp_path / "m", "--budget", "5")
+    mine, folder = tmp_path / "mine.csv", tmp_path / "folder"
+    mine.write_text("mine\n")
+    folder.mkdir()
+    estimate = ("estimate", tmp_path / "m", "--responses", tmp_path / "r.csv", "--out")
+    validate = ("validate", tmp_path / "r.csv", "--budgets", "5", "--methods", "random", "--repeats", "1")
+    for args, expected in (
+        ((*estimate, mine), f"--out {mine}: already exists (--overwrite replaces it)"),
+        ((*estimate, folder), f"--out {folder}: is a folder"),
+        ((*validate, "--csv", mine), f"--csv {mine}: already exists (--overwrite replaces it)"),
+        ((*validate, "--csv", folder), f"--csv {folder}: is a folder"),
+        ((*validate, "--folds", "4", "--test-frac", "0.5"), "--test-frac and --folds 4 do not go together"),
+    ):
+        result = CliRunner().invoke(cli, ["irt", *map(str, args)])
+        assert result.exit_code == 2 and expected in result.output and "fitting" not in result.output, result.output
+    assert mine.read_text() == "mine\n" and not any(folder.iterdir())
+    irt(*estimate, mine, "--overwrite")
+    assert mine.read_text().startswith("subject,scenario,estimator,estimate,se")
