@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,7 +39,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     generation INTEGER,
     method TEXT NOT NULL,
     genome TEXT NOT NULL,          -- Candidate.key (JSON)
-    status TEXT NOT NULL,          -- ok | failed
+    status TEXT NOT NULL,          -- ok | failed (STATUSES)
     estimates TEXT,                -- JSON {task: estimated full score}
     estimate_se TEXT,              -- JSON {task: standard error of the estimate}
     measured TEXT,                 -- JSON {task: score on every item}, once measured
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS generations (
 );
 """
 TABLES = ("evaluations", "item_scores", "meta", "generations")
+STATUSES = ("ok", "failed")  # an evaluation's status: scored (estimates, maybe measured), or failed (its error)
 # columns added after the first release, added to older databases when they are opened
 ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT",
                  ("generations", "metrics"): "TEXT"}
@@ -150,19 +152,32 @@ class CampaignStore:
         """`text` parsed; damaged when it is not JSON, or not of `kind` where one is given."""
         try:
             value = None if text is None else json.loads(text)
-        except (json.JSONDecodeError, TypeError):
+        except (ValueError, TypeError):  # ValueError: JSONDecodeError, or an integer of too many digits
             raise self.damaged(where) from None
         if kind is not None and not isinstance(value, kind):
             raise self.damaged(where)
         return value
 
     def _evaluation(self, row: Iterable) -> Evaluation:
-        id_, key, phase, gen, method, status, *scores, n, sec, err, se = row
-        est, meas = (self._json(text, f"evaluation {id_}") for text in scores)
-        se = self._json(se, f"evaluation {id_}")
-        if not all(_is_scores(value) for value in (est, meas, se)):
-            raise self.damaged(f"evaluation {id_}")
-        return Evaluation(id_, key, phase, gen, method, status, est, meas, n, sec, err, se)
+        """A row of evaluations read back against what `add`, `add_items` and `add_measurement`
+        write, each column checked; damaged, naming the column, where one is not."""
+        id_, key, genome, phase, gen, method, status, est, meas, n, sec, err, se = row
+        where = f"evaluation {id_} (evaluations.{{}})".format
+        scores = {column: self._json(text, where(column))
+                  for column, text in (("estimates", est), ("measured", meas), ("estimate_se", se))}
+        parts = self._json(key, where("key"), list)  # Candidate.key: [method, weights, params(, granularity)]
+        if not (3 <= len(parts) <= 4 and isinstance(parts[0], str)):
+            raise self.damaged(where("key"))
+        for column, ok in (("genome", genome == key), ("method", method == parts[0]), ("phase", type(phase) is str),
+                           ("generation", gen is None or type(gen) is int), ("status", status in STATUSES),
+                           ("items_evaluated", type(n) is int and n >= 0), ("seconds", sec is None or _finite(sec)),
+                           ("error", err is None or type(err) is str),
+                           ("estimates", status != "ok" or scores["estimates"] is not None),  # a failed one has none
+                           *((column, _is_scores(value)) for column, value in scores.items())):
+            if not ok:
+                raise self.damaged(where(column))
+        return Evaluation(id_, key, phase, gen, method, status, scores["estimates"], scores["measured"], n, sec,
+                          err, scores["estimate_se"])
 
     # -- evaluations
     def get(self, key: str) -> Evaluation | None:
@@ -234,6 +249,8 @@ class CampaignStore:
             query, args = query + " AND task = ?", (*args, task)
         out: dict[str, dict[str, float]] = {}
         for t, item, score in self.db.execute(query, args):
+            if not (_finite(score) and 0 <= score <= 1):  # a task's item scores lie in [0, 1] (tasks.base)
+                raise self.damaged(f"evaluation {evaluation.id} (item_scores.score)")
             out.setdefault(t, {})[item] = score
         return out
 
@@ -384,7 +401,8 @@ class _Transaction:
 
 
 _COLUMNS = (
-    "id, key, phase, generation, method, status, estimates, measured, items_evaluated, seconds, error, estimate_se"
+    "id, key, genome, phase, generation, method, status, estimates, measured, items_evaluated, seconds, error,"
+    " estimate_se"
 )
 
 
@@ -397,9 +415,19 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+def _finite(value: Any) -> bool:
+    """A number a run writes: an int or a finite float ("1" and True are none; NaN, Infinity, and an
+    integer past a float's range are refused)."""
+    return type(value) in (int, float) and -_LARGEST <= value <= _LARGEST
+
+
+_LARGEST = sys.float_info.max
+
+
 def _is_scores(value: Any) -> bool:
-    return value is None or isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items())
+    """None, or {task: finite number}: estimates, SEs and measurements as a run writes them (JSON
+    reads NaN and Infinity, which a run never writes: its item scores lie in [0, 1])."""
+    return value is None or isinstance(value, dict) and all(isinstance(k, str) and _finite(v) for k, v in value.items())
 
 
 def _open_checked(path: Path) -> sqlite3.Connection:
