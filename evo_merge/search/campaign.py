@@ -207,6 +207,7 @@ class CampaignRunner:
         (evaluation id, folder))."""
         campaign = self.workspace.campaign
         self.scoring.check_fitted_models()
+        kept = self._exported_picks()  # before anything runs: a run that lost generations chooses again
         if not self.workspace.store.items_evaluated():  # a new run: its race can still be changed
             searched = {name: len(self.scoring.search_ids(name)) for name in self.tasks}
             if note := small_pick_samples(searched, campaign.final.race, campaign.final.measure_whole):
@@ -216,12 +217,27 @@ class CampaignRunner:
             self.search()
             self.evaluate_baselines()
             resolve_front(self.log, self.objectives)
-            chosen = measure_picks(self.log, self.measure_final(), self.objectives, self.workspace.campaign.final)
+            pool = self.measure_final()
+            chosen = kept or measure_picks(self.log, pool, self.objectives, campaign.final)
             exported = export_picks(self.workspace, chosen, self._evaluator, self.progress)
             measured = [e for e in candidates(self.workspace.store) if e.measured is not None]
         finally:
             self.close()
         return measured, exported  # the CLI marks the run finished once its report is written
+
+    def _exported_picks(self) -> dict[str, Evaluation]:
+        """A finished run's picks as it exported them (none for a run still under way): they are not
+        chosen again on its resume, where a candidate measured since (`export --pick`) would take a
+        pick's place and replace a folder that may already be published."""
+        store = self.workspace.store
+        try:
+            if not store.finished(self.workspace.campaign.algorithm.generations):
+                return {}
+        except UserError:  # a damaged generation record, which the replay writes again: not finished
+            return {}
+        by_id = {e.id: e for e in store.evaluations()}
+        picks = {name: by_id.get(eid) for name, (eid, _) in store.exported().items()}
+        return picks if all(picks.values()) else {}
 
     def close(self) -> None:
         """Stop the evaluator (a dask cluster, or the connection to one); it restarts when needed."""

@@ -239,3 +239,16 @@ def test_pareto_png_has_a_panel_per_pair_of_tasks(tmp_path, tasks, panels):
     plot_pareto(pd.DataFrame(rows), tasks, tmp_path / "pareto.png")
     height, width, _ = matplotlib.image.imread(tmp_path / "pareto.png").shape
     assert (round(width / 660), round(height / 550)) == (min(panels, 3), -(-panels // 3))  # 6 x 5 in. at 110 dpi each
+
+
+def test_export_into_the_run_s_own_pick_folders_is_refused(tracked_run):
+    """`export --pick N --out RUN/models/best-x --overwrite` replaced a pick the run records as another
+    evaluation: status, report and resume went on naming that one."""
+    _, run, _ = tracked_run
+    pick = next((run / "models").iterdir())
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in pick.iterdir())
+    for out in (pick, run / "models" / "new"):
+        result = CliRunner().invoke(cli, ["export", str(run), "--pick", "1", "--out", str(out), "--overwrite"])
+        assert result.exit_code == 2 and "inside the run's models/ folder" in result.output, result.output
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in pick.iterdir()) == before
+    assert not (run / "models" / "new").exists()

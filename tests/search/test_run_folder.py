@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import sqlite3
@@ -22,6 +23,7 @@ from test_campaign import EVO_MERGE, all_keys, campaign, env, front_keys, zoo  #
 
 from evo_merge.cli import cli
 from evo_merge.errors import UserError
+from evo_merge.search.front import candidates
 from evo_merge.search.lock import LOCK_FILE, RunLock, holder
 from evo_merge.search.store import CampaignStore
 
@@ -575,6 +577,30 @@ def test_a_finished_run_resumed_keeps_its_exported_picks_and_restores_a_missing_
     store.close()
 
 
+def test_a_finished_run_resumed_keeps_its_picks_when_a_candidate_measured_since_beats_them(copy, tmp_path):
+    """`export --pick` measures a candidate on every item; resuming the finished run chose the
+    picks again among all measured candidates and replaced the pick folders with that one."""
+    store = CampaignStore(copy)
+    exported = store.get_meta("exported")
+    picked = {eid for eid, _ in exported.values()}
+    outsider = next(e for e in candidates(store) if e.id not in picked and e.measured is None)
+    store.close()
+    code, output = invoke("export", copy, "--pick", outsider.id, "--out", tmp_path / "outsider")
+    assert code == 0, output
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db, db:  # ... and it answered every item right
+        db.execute("UPDATE item_scores SET score = 1.0 WHERE evaluation_id = ?", (outsider.id,))
+        measured = json.loads(db.execute("SELECT measured FROM evaluations WHERE id = ?", (outsider.id,)).fetchone()[0])
+        db.execute("UPDATE evaluations SET measured = ? WHERE id = ?",
+                   (json.dumps(dict.fromkeys(measured, 1.0)), outsider.id))
+    shards = {f: f.stat().st_mtime_ns for f in (copy / "models").rglob("*.safetensors")}
+    code, output = invoke("resume", copy)
+    assert code == 0, output
+    store = CampaignStore(copy)
+    assert store.get_meta("exported") == exported
+    store.close()
+    assert {f: f.stat().st_mtime_ns for f in (copy / "models").rglob("*.safetensors")} == shards
+
+
 def test_a_run_folder_holding_a_link_is_refused_and_nothing_outside_it_changes(copy, tmp_path):
     """A received run folder whose models/ links elsewhere: `resume` would sweep and replace the
     folders there (a user's own model folder lost its notes)."""
@@ -601,8 +627,8 @@ def test_status_and_the_end_of_a_run_print_names_with_brackets_as_text(copy):
 
 
 @pytest.mark.parametrize(("edit", "where"), [
-    ("UPDATE evaluations SET estimates = '{not json' WHERE id = 3", "evaluation 3 is damaged"),
-    ("UPDATE evaluations SET measured = '[0.5]' WHERE id = 2", "evaluation 2 is damaged"),
+    ("UPDATE evaluations SET estimates = '{not json' WHERE id = 3", "evaluation 3 (evaluations.estimates) is damaged"),
+    ("UPDATE evaluations SET measured = '[0.5]' WHERE id = 2", "evaluation 2 (evaluations.measured) is damaged"),
     ("UPDATE meta SET value = '{\"name\": \"c\"}' WHERE key = 'facts'", "meta 'facts' is damaged"),
     ("UPDATE generations SET keys = 'x' WHERE generation = 1", "generation 1 is damaged"),
     ("UPDATE generations SET keys = '5' WHERE generation = 1", "generation 1 is damaged"),  # JSON, not a list
@@ -625,6 +651,65 @@ def test_a_damaged_database_is_an_error_naming_what_is_damaged(copy, edit, where
         for command in ("resume", "status"):
             code, output = invoke(command, copy)
             assert code == 0, output
+
+
+def _written_store(folder):
+    """A store written as a run writes it: a calibration evaluation measured on every item, a
+    search one with estimates and SEs, and a failed one; (store, the search one's key)."""
+    from evo_merge.search.candidate import Candidate
+    store = CampaignStore(folder)
+    keys = [Candidate("task_arithmetic", weights, (("lambda", 1.0),)).key for weights in ((0.0, 0.0), (1.0, 0.5))]
+    items = {"a": {"a-0": 1.0, "a-1": 0.0}, "b": {"b-0": 0.5}}
+    store.add(keys[0], phase="calibration", generation=None, method="task_arithmetic", status="ok",
+              estimates={"a": 0.5, "b": 0.5}, item_scores=items, seconds=1.5, measured={"a": 0.5, "b": 0.5})
+    store.add(keys[1], phase="search", generation=1, method="task_arithmetic", status="ok",
+              estimates={"a": 0.6, "b": 0.4}, estimate_se={"a": 0.05, "b": 0.07}, item_scores=items, seconds=2.0)
+    store.add(Candidate("ties", (1.0, 1.0), (("density", 0.2), ("lambda", 1.0))).key, phase="search", generation=1,
+              method="ties", status="failed", seconds=0.5, error="CUDA out of memory")
+    return store, keys[1]
+
+
+@pytest.mark.parametrize(("edit", "column"), [
+    ("UPDATE item_scores SET score = 'abc' WHERE evaluation_id = 2 AND item = 'a-0'", "item_scores.score"),
+    ("UPDATE item_scores SET score = 5.0 WHERE evaluation_id = 2 AND item = 'a-0'", "item_scores.score"),
+    ("UPDATE evaluations SET generation = 'x' WHERE id = 2", "evaluations.generation"),
+    ("""UPDATE evaluations SET measured = '{"a": NaN, "b": 0.78}' WHERE id = 2""", "evaluations.measured"),
+    ("""UPDATE evaluations SET estimates = '{"a": Infinity, "b": 0.4}' WHERE id = 2""", "evaluations.estimates"),
+    ("""UPDATE evaluations SET estimate_se = '{"a": NaN, "b": 0.07}' WHERE id = 2""", "evaluations.estimate_se"),
+    ("""UPDATE evaluations SET estimates = '{"a": 1""" + "0" * 400 + """, "b": 0.4}' WHERE id = 2""",
+     "evaluations.estimates"),  # an integer no float holds
+    ("UPDATE evaluations SET estimates = NULL WHERE id = 2", "evaluations.estimates"),  # scored, with no scores
+    ("UPDATE evaluations SET status = 'weird' WHERE id = 2", "evaluations.status"),
+    ("UPDATE evaluations SET method = 'nosuch' WHERE id = 2", "evaluations.method"),
+    ("UPDATE evaluations SET items_evaluated = 'many' WHERE id = 2", "evaluations.items_evaluated"),
+    ("UPDATE evaluations SET genome = '{bad' WHERE id = 2", "evaluations.genome"),
+    ("UPDATE evaluations SET key = 'x', genome = 'x' WHERE id = 2", "evaluations.key"),
+    ("UPDATE evaluations SET seconds = 'slow' WHERE id = 2", "evaluations.seconds"),
+    ("UPDATE evaluations SET error = X'6f6f6d' WHERE id = 2", "evaluations.error"),  # bytes, not text
+])
+def test_an_edited_evaluation_is_damaged_naming_its_id_and_column(tmp_path, edit, column):
+    """Each column of an evaluation and its item scores read back against what a run writes: a
+    score of text was a ValueError traceback, a generation of text a TypeError, NaN scores and an
+    unknown method were taken, and an evaluation of another status vanished from every reader."""
+    store, key = _written_store(tmp_path)
+    store.db.execute(edit)
+    where = re.escape(f"{tmp_path / 'state.sqlite'}: evaluation 2 ({column}) is damaged (edited")
+    readers = [lambda key: store.evaluations(), store.get]  # `get` finds no evaluation by a key edited away
+    readers = {"item_scores.score": [store.item_scores], "evaluations.key": readers[:1]}.get(column, readers)
+    for read in readers:
+        with pytest.raises(UserError, match=where):
+            read(key)
+    store.close()
+
+
+def test_a_store_as_a_run_writes_it_reads_back_unchanged(tmp_path):
+    store, key = _written_store(tmp_path)
+    ok, search, failed = store.evaluations()
+    assert (search.generation, search.estimates, search.estimate_se, search.measured, search.items_evaluated) == (
+        1, {"a": 0.6, "b": 0.4}, {"a": 0.05, "b": 0.07}, None, 3)
+    assert (failed.status, failed.estimates, failed.error) == ("failed", None, "CUDA out of memory")
+    assert store.item_scores(key) == {"a": {"a-0": 1.0, "a-1": 0.0}, "b": {"b-0": 0.5}}
+    store.close()
 
 
 def test_a_damaged_defaults_mark_is_an_error_naming_it(copy, finished):
