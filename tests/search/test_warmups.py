@@ -160,14 +160,14 @@ def test_status_names_the_best_candidate_even_where_it_is_a_standard_warm_up(tmp
     output = " ".join(CliRunner().invoke(cli, ["status", str(runner.workspace.run_dir)]).output.split())
     best_phases = set()
     for task in ("agree0", "agree1"):
-        line = re.search(rf"best {task} (estimate|measured) \(higher is better\): ([\d.]+)(?: ± [\d.]+)? "
-                         r"\(evaluation (\d+)", output)
+        line = re.search(rf"best {task} in the search \(higher is better\): ([\d.]+)(?: ± [\d.]+)? "
+                         r"(estimated|measured) \(evaluation (\d+)", output)
         assert line, output  # (the first generation is the seeds alone, every one looked up)
-        label, value, evaluation = line.groups()
+        value, label, evaluation = line.groups()
         top = max(e.estimates[task] for e in competing.values())
         best = competing[int(evaluation)]
         assert value == f"{top:.3f}" and best.estimates[task] == top, output
-        assert label == ("measured" if best.phase == "baseline" else "estimate"), output  # a standard merge is measured
+        assert label == ("measured" if best.phase == "baseline" else "estimated"), output  # a standard merge: measured
         best_phases.add(best.phase)
     assert "baseline" in best_phases  # in this campaign a standard merge leads a task
 
