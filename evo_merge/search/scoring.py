@@ -211,6 +211,17 @@ class Scoring:
                 if item not in self.holdout[name]]  # endpoints measured on the holdout since: never fitted on
         return pd.DataFrame(rows, columns=["subject", "item", "score", "scenario"])
 
+    @staticmethod
+    def _own_model(folder: Path) -> IRTModel:
+        """The IRT model this run fitted and saved; a damaged one says the way on, since the run can fit it
+        again from the calibration responses it stores."""
+        try:
+            return IRTModel.load(folder)
+        except UserError as err:
+            raise UserError(f"{err}; this run fitted it: remove {folder} and `evo-merge resume` fits it again "
+                            "from the stored calibration (its candidates after that are estimated by the new fit)"
+                            ) from None
+
     def _estimators(self, name: str, subjects: Subjects, sets: int) -> list[Estimator]:
         """Task `name`'s IRT model, fitted (or loaded) once, and an estimator on each of `sets`
         anchor sets drawn from it (the first with the campaign's seed, as before there were sets)."""
@@ -222,7 +233,7 @@ class Scoring:
             endpoint_subjects = [s for s in subjects if s[0] in endpoints]
             endpoint_arg: Sequence[str] | pd.DataFrame = self._responses(name, endpoint_subjects)
         elif (folder / "model.json").exists():
-            model, endpoint_arg = IRTModel.load(folder), endpoints
+            model, endpoint_arg = self._own_model(folder), endpoints
         else:
             options = {k: v for k, v in (("lr", spec.lr), ("epochs", spec.epochs)) if v is not None}
             model = IRTModel.fit(

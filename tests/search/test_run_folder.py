@@ -788,3 +788,20 @@ def test_a_store_that_lost_its_campaign_is_refused_by_every_command(copy, also_t
         code, output = invoke(command, copy)
         one_line_error(code, output, f"{copy / 'state.sqlite'}: holds no campaign (emptied, or from a start "
                        "that failed); restore it from a backup")
+
+
+def test_a_damaged_irt_model_of_the_run_names_the_way_on(copy):
+    """A truncated RUN/irt/<task>/params.npz stopped resume with 'corrupt parameter file' and no way
+    on; the run can fit it again from the calibration it stores."""
+    folder = next(p for p in (copy / "irt").iterdir() if (p / "params.npz").exists())
+    params = folder / "params.npz"
+    params.write_bytes(params.read_bytes()[:100])
+    code, output = invoke("resume", copy)
+    last = output.strip().splitlines()[-1]  # after the calibration's replay line
+    assert code == 2 and "Traceback" not in output, output
+    assert last.startswith(f"error: {params}: corrupt parameter file"), output
+    assert f"remove {folder} and `evo-merge resume`" in last, output
+    shutil.rmtree(folder)
+    code, output = invoke("resume", copy)
+    assert code == 0, output
+    assert (folder / "params.npz").exists()
