@@ -29,7 +29,7 @@ import json
 import logging
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +124,18 @@ def read_anchors(path: str | Path) -> Anchors:
         text = path.read_text()
     except OSError as exc:
         raise UserError(f"{path}: cannot read the anchors file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not an anchors file (not UTF-8 text)") from None
     try:
-        anchors = Anchors(**json.loads(text))
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise UserError(f"{path}: corrupt anchors file ({exc})") from None
+    keys = [f.name for f in fields(Anchors)]
+    required = {f.name for f in fields(Anchors) if f.default is MISSING}
+    if not (isinstance(data, dict) and required <= data.keys() <= set(keys)):
+        raise UserError(f"{path}: not an anchors file (one written by `evo-merge irt anchors` holds "
+                        f"{', '.join(keys)})")
+    anchors = Anchors(**data)
     if anchors.allocation not in ANCHOR_ALLOCATIONS:
         raise UserError(f"{path}: corrupt anchors file (unknown allocation {anchors.allocation!r})")
     if not isinstance(anchors.items, dict) or not all(isinstance(v, list) for v in anchors.items.values()):

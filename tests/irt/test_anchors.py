@@ -159,6 +159,15 @@ def test_store_and_load(tmp_path, two_scenarios):
     path.write_text(json.dumps({**older, "allocation": "even"}))
     with pytest.raises(UserError, match="corrupt anchors file"):
         load_anchors(tmp_path, method="stratified")
+    for other, what in ((json.dumps({"x": 1}), "not an anchors file .one written by `evo-merge irt anchors` "
+                                                "holds method, budget, seed, items, weights, allocation"),
+                        (json.dumps({**older, "extra": 1}), "not an anchors file"), ("[]", "not an anchors file")):
+        path.write_text(other)  # another JSON file given as anchors: named as such, not a TypeError's text
+        with pytest.raises(UserError, match=what):
+            load_anchors(tmp_path, method="stratified")
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        load_anchors(tmp_path, method="stratified")
 
 
 def test_bad_method_or_budget(two_scenarios):
