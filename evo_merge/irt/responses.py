@@ -138,6 +138,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
                         "(with --items-as-rows)")
     if repeated:
         raise UserError(f"{path}: column {repeated[0]!r} appears {counts[repeated[0]]} times in the header")
+    _check_row_lengths(path, len(header))
     text = {*ID_COLUMNS, _subject_column(header)}
     # by position, not name: pandas renames an unnamed column (`Unnamed: 3`). Two reads, as read_csv
     # takes its default missing spellings for every column or for none
@@ -155,6 +156,28 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _check_row_lengths(path: Path, n_fields: int) -> None:
+    """Every non-blank line has the header's number of fields. pandas reads the columns asked for and
+    drops a row's extra fields (`s2,i3,1,oops`) without a word, and pads a short row with missing
+    scores (a file cut mid-row): a line that is not a row of the table is named instead."""
+    data = path.read_bytes()
+    if b'"' in data:  # quoted fields may hold commas and line breaks: the csv module counts them
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            bad = next(((reader.line_num, len(row)) for row in reader if row and len(row) != n_fields), None)
+    else:  # a leaderboard's file of millions of cells: counted in numpy
+        raw = np.frombuffer(data, dtype=np.uint8)
+        ends = np.append(np.flatnonzero(raw == ord("\n")), raw.size)
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        commas = np.flatnonzero(raw == ord(","))
+        fields = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
+        blank = ends - starts - (raw[np.maximum(ends - 1, 0)] == ord("\r")) <= 0
+        wrong = np.flatnonzero(~blank & (fields != n_fields))
+        bad = (int(wrong[0]) + 1, int(fields[wrong[0]])) if wrong.size else None
+    if bad is not None:
+        raise UserError(f"{path}: line {bad[0]} has {bad[1]} fields where the header has {n_fields}")
 
 
 def _csv_header(path: Path) -> list[str]:

@@ -225,3 +225,23 @@ def test_a_table_far_taller_than_wide_says_how_to_read_items_as_rows(tmp_path, c
         load_responses(path, items_as_rows=True)
         load_responses(_write(tmp_path, "subject,q1,q2\na,1,0\nb,0,1\n", "square.csv"))
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("subject,item,score\ns1,i1,1\ns2,i3,1,oops\ns2,i1,0\n", "line 3 has 4 fields where the header has 3"),
+    ("subject,item,score\r\ns1,i1,1\r\n\r\ns2,i1", "line 4 has 2 fields where the header has 3"),  # cut mid-row
+    ("subject,q1,q2\na,1,0\nb,1\n", "line 3 has 2 fields where the header has 3"),
+    ('subject,item,score\n"s,1",i1,1\ns2,i1,0,0\n', "line 3 has 4 fields where the header has 3"),  # quoted
+])
+def test_a_row_unlike_the_header_is_named_not_cut_or_padded(tmp_path, text, message):
+    """pandas dropped a row's extra fields silently (it reads the columns asked for) and padded a
+    short row with a missing score, read as 'not evaluated'."""
+    with pytest.raises(UserError, match=f"r.csv: {message}$"):
+        load_responses(_write(tmp_path, text))
+
+
+def test_blank_lines_and_windows_line_ends_are_rows_as_before(tmp_path):
+    table = load_responses(_write(tmp_path, '\r\nsubject,item,score\r\n"s,1",i1,1\r\n\r\ns2,i1,0\r\n\r\n'))
+    assert table[["subject", "score"]].values.tolist() == [["s,1", 1.0], ["s2", 0.0]]
+    table = load_responses(_write(tmp_path, "subject,item,score\n\ns1,i1,1\n\n\ns2,i1,0"))
+    assert table["score"].tolist() == [1.0, 0.0]
