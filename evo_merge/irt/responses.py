@@ -163,7 +163,7 @@ def _check_row_lengths(path: Path, n_fields: int) -> None:
     drops a row's extra fields (`s2,i3,1,oops`) without a word, and pads a short row with missing
     scores (a file cut mid-row): a line that is not a row of the table is named instead."""
     data = path.read_bytes()
-    if b'"' in data:  # quoted fields may hold commas and line breaks: the csv module counts them
+    if b'"' in data or b"\n" not in data:  # quoted fields (commas, line breaks inside) or \r lines: csv counts
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             bad = next(((reader.line_num, len(row)) for row in reader if row and len(row) != n_fields), None)

@@ -29,6 +29,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from evo_merge.errors import UserError, writing
+from evo_merge.search.candidate import Candidate
 from evo_merge.search.lock import LOCK_FILE
 
 SCHEMA = """
@@ -165,10 +166,12 @@ class CampaignStore:
         where = f"evaluation {id_} (evaluations.{{}})".format
         scores = {column: self._json(text, where(column))
                   for column, text in (("estimates", est), ("measured", meas), ("estimate_se", se))}
-        parts = self._json(key, where("key"), list)  # Candidate.key: [method, weights, params(, granularity)]
-        if not (3 <= len(parts) <= 4 and isinstance(parts[0], str)):
-            raise self.damaged(where("key"))
-        for column, ok in (("genome", genome == key), ("method", method == parts[0]), ("phase", type(phase) is str),
+        try:
+            candidate = Candidate.from_key(key)
+        except (ValueError, TypeError):  # not JSON, or not a candidate's layout
+            raise self.damaged(where("key")) from None
+        for column, ok in (("genome", genome == key), ("method", method == candidate.method),
+                           ("phase", type(phase) is str),
                            ("generation", gen is None or type(gen) is int), ("status", status in STATUSES),
                            ("items_evaluated", type(n) is int and n >= 0), ("seconds", sec is None or _finite(sec)),
                            ("error", err is None or type(err) is str),

@@ -245,3 +245,5 @@ def test_blank_lines_and_windows_line_ends_are_rows_as_before(tmp_path):
     assert table[["subject", "score"]].values.tolist() == [["s,1", 1.0], ["s2", 0.0]]
     table = load_responses(_write(tmp_path, "subject,item,score\n\ns1,i1,1\n\n\ns2,i1,0"))
     assert table["score"].tolist() == [1.0, 0.0]
+    (tmp_path / "mac.csv").write_bytes(b"subject,item,score\rs1,i1,1\rs2,i1,0\r")  # old Mac line ends
+    assert load_responses(tmp_path / "mac.csv")["score"].tolist() == [1.0, 0.0]

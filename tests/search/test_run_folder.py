@@ -684,6 +684,8 @@ def _written_store(folder):
     ("UPDATE evaluations SET items_evaluated = 'many' WHERE id = 2", "evaluations.items_evaluated"),
     ("UPDATE evaluations SET genome = '{bad' WHERE id = 2", "evaluations.genome"),
     ("UPDATE evaluations SET key = 'x', genome = 'x' WHERE id = 2", "evaluations.key"),
+    ("""UPDATE evaluations SET key = '["ties", [1]]', genome = '["ties", [1]]' WHERE id = 2""",
+     "evaluations.key"),  # JSON, not a candidate's [method, weights, params]
     ("UPDATE evaluations SET seconds = 'slow' WHERE id = 2", "evaluations.seconds"),
     ("UPDATE evaluations SET error = X'6f6f6d' WHERE id = 2", "evaluations.error"),  # bytes, not text
 ])
