@@ -146,6 +146,40 @@ def test_an_endpoint_of_another_architecture_or_vocabulary_is_named_by_plan_and_
         assert not (tmp_path / "run").exists()
 
 
+def test_a_task_or_an_adapter_run_would_refuse_is_named_by_plan_as_run_names_it(tmp_path, family):
+    """`plan` printed "fits" for a campaign `run` then refused: an unknown task, a `model+folder`
+    whose folder is no adapter, an adapter whose matrices do not fit the model's tensors, an IRT
+    model folder without the task's model."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    base, fts = family
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2}))
+    module = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{module}.lora_A.weight": torch.zeros(2, 3), f"{module}.lora_B.weight": torch.zeros(5, 2)},
+              adapter / "adapter_model.safetensors")
+    good = yaml.safe_load(campaign(tmp_path, family).read_text())
+    cases = {
+        "task": ({"tasks": [{"task": "arith"}, {"task": "nosuch"}]}, ["tasks.1: unknown task 'nosuch'"]),
+        "not-adapter": ({"models": [str(fts[0]), f"{base}+{fts[1]}"]}, ["models.1: ", "expected adapter_config.json"]),
+        "wrong-shape": ({"models": [str(fts[0]), f"{fts[1]}+{adapter}"]},
+                        ["models.1: ", "adapter for model.layers.0.self_attn.q_proj.weight has shape [5, 3]"]),
+        "irt-model": ({"estimator": {"irt_model": str(adapter)}}, ["estimator.irt_model: ", "no arith/model.json"]),
+    }
+    for name, (change, expected) in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**good, **change}))
+        for args in (("plan", path), ("run", path, "--out", tmp_path / "run")):
+            one_line_error(*invoke(*args), str(path), *expected)
+        assert not (tmp_path / "run").exists()
+    code, output = invoke("plan", campaign(tmp_path, family))
+    assert code == 0 and "tasks: arith (" in output, output
+
+
 def test_a_pickled_endpoint_in_a_campaign_is_not_told_to_use_an_option_run_does_not_have(tmp_path, family):
     """`plan` and `run` said "pass --allow-pickle", which neither has: a campaign reads safetensors only."""
     import torch

@@ -13,12 +13,13 @@ def campaign_models(campaign_file: Path):
     from evo_merge.align.builders import check_arch
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
-    from evo_merge.search.workspace import campaign_references, resolve_campaign
+    from evo_merge.search.workspace import campaign_references, check_irt_models, resolve_campaign
     from evo_merge.weights.checkpoint import read_config
 
     with naming_file(campaign_file):
         campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
         refs = campaign_references(campaign)  # as the run resolves and checks them
+        check_irt_models(campaign)
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]
         base = refs["base_model"].path if "base_model" in refs else models[0]  # aligned copies have its shapes
         if campaign.align is not None:
@@ -58,14 +59,20 @@ def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
               help="the run folder: a campaign bound to it is planned as it resumes there (with the defaults "
                    "it was written under), and only what a resume may change is suggested")
 def plan(campaign_file: Path, out: Path | None) -> None:
-    """Print the host and device memory a campaign needs and whether it fits (exit 2 if not)."""
+    """Print the host and device memory a campaign needs and whether it fits (exit 2 if not); its
+    models and tasks are checked as `run` checks them, so a plan that passes is one `run` starts."""
+    from evo_merge.errors import naming_file
     from evo_merge.merge.footprint import campaign_plan
+    from evo_merge.search.evaluator import campaign_tasks
     from evo_merge.search.store import check_run_folder
 
     if out is not None:
         check_run_folder(out)
     campaign, base, models, resuming = planned_campaign(campaign_file, out)
+    with naming_file(campaign_file):
+        tasks = campaign_tasks(campaign)
     result = campaign_plan(campaign, base, models, resuming=resuming)
+    click.echo("tasks: " + ", ".join(f"{name} ({len(task.item_ids):,} items)" for name, task in tasks.items()))
     click.echo(result.table())
     if not result.fits:
         raise result.refusal()

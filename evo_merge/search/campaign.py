@@ -19,7 +19,7 @@ from evo_merge.errors import UserError, message_line
 from evo_merge.progress import Progress, no_progress
 from evo_merge.search.algorithms import SearchAlgorithm, make_algorithm
 from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_candidates, standard_merges
-from evo_merge.search.evaluator import Evaluator, task_settings
+from evo_merge.search.evaluator import Evaluator, campaign_tasks
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_picks, record_task_meta
 from evo_merge.search.front import BASELINES_META, candidates, measure_final, measure_picks
@@ -70,20 +70,9 @@ class CampaignRunner:
     @classmethod
     def open(cls, campaign: Campaign, root: Path, run_dir: Path, progress: Progress = no_progress) -> CampaignRunner:
         """Open (or create) the run folder for `campaign` and build its tasks."""
-        from evo_merge.tasks.registry import resolve_task
-
         workspace = Workspace.open(campaign, root, run_dir)
         spec = workspace.campaign
-        tasks = {}
-        for i, t in enumerate(spec.tasks):
-            try:
-                tasks[t.label] = resolve_task(t.task, **task_settings(spec.evaluator.batch_size, t.options))
-            except UserError as exc:
-                raise UserError(f"tasks.{i}: {exc}") from None
-            if t.direction == "maximize" and getattr(tasks[t.label], "higher_is_better", True) is False:
-                # a lower-is-better metric maximised: the whole search would run the wrong way
-                raise UserError(f"tasks.{i}: task {t.label!r} scores with a metric that is better lower "
-                                "(its higher_is_better is false); set `direction: minimize` on it")
+        tasks = campaign_tasks(spec)
         record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()})
         record_task_meta(workspace.store, spec, tasks)
         return cls(workspace, tasks, progress)

@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
 
 if TYPE_CHECKING:
+    from evo_merge.config import Campaign
     from evo_merge.search.workbench import Workbench
+    from evo_merge.tasks.base import FitnessTask
 
 ItemScores = dict[str, dict[str, float]]  # task -> item -> score
 Items = Mapping[str, Sequence[str] | None]  # task -> item ids (None: every item)
@@ -57,3 +60,21 @@ class Evaluator(Protocol):
 def task_settings(batch_size: int, options: Mapping[str, object]) -> dict:
     """Constructor settings of a campaign task: the evaluator's batch size unless its options say otherwise."""
     return {"batch_size": batch_size, **options}
+
+
+def campaign_tasks(campaign: Campaign) -> dict[str, FitnessTask]:
+    """The campaign's tasks by label, built as its evaluator scores them; an error names the task's
+    key (`tasks.N`). `plan` builds them too, so that a task `run` would refuse is named before it."""
+    from evo_merge.tasks.registry import resolve_task
+
+    tasks = {}
+    for i, t in enumerate(campaign.tasks):
+        try:
+            tasks[t.label] = resolve_task(t.task, **task_settings(campaign.evaluator.batch_size, t.options))
+        except UserError as exc:
+            raise UserError(f"tasks.{i}: {exc}") from None
+        if t.direction == "maximize" and getattr(tasks[t.label], "higher_is_better", True) is False:
+            # a lower-is-better metric maximised: the whole search would run the wrong way
+            raise UserError(f"tasks.{i}: task {t.label!r} scores with a metric that is better lower "
+                            "(its higher_is_better is false); set `direction: minimize` on it")
+    return tasks

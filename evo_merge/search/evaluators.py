@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from evo_merge.search.evaluator import Evaluator, task_settings
+from evo_merge.search.evaluator import Evaluator, campaign_tasks
 from evo_merge.tasks.base import FitnessTask
 
 
@@ -17,11 +17,9 @@ def make_evaluator(campaign, base, models, tasks: Mapping[str, FitnessTask] | No
         return DaskEvaluator.from_campaign(campaign, base, models)
     from evo_merge.search.local import LocalEvaluator
     from evo_merge.search.workbench import Workbench
-    from evo_merge.tasks.registry import resolve_task
 
     if tasks is None:
-        tasks = {t.label: resolve_task(t.task, **task_settings(campaign.evaluator.batch_size, t.options))
-                 for t in campaign.tasks}
+        tasks = campaign_tasks(campaign)
     from evo_merge.merge.storage import Storage
 
     bench = Workbench.open(base, list(models), device=campaign.device, dtype=campaign.dtype,

@@ -35,7 +35,7 @@ from evo_merge.search.lock import LOCK_FILE
 from evo_merge.search.store import FACTS_META, CampaignStore, Record, atomic_write
 from evo_merge.weights.checkpoint import weight_files
 from evo_merge.weights.digest import former_weights_digests, weights_digest
-from evo_merge.weights.references import ModelRef, is_hub_id, resolve_reference, split_adapter
+from evo_merge.weights.references import ModelRef, is_hub_id, open_reference, resolve_reference, split_adapter
 
 WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
 # what a folder holds before its campaign is bound: the database (with SQLite's journal files), the lock
@@ -160,7 +160,7 @@ class Workspace:
         campaign = resolve_campaign(campaign, Path(root))
         run_dir = Path(run_dir)
         refs = campaign_references(campaign)
-        _check_irt_models(campaign)
+        check_irt_models(campaign)
         store = CampaignStore(run_dir)
         try:
             campaign = _bind(store, campaign, run_dir)
@@ -253,6 +253,8 @@ def campaign_references(campaign: Campaign) -> dict[str, ModelRef]:
     for key, ref in refs.items():  # a folder without weights, named by its key as a missing one is
         try:
             weight_files(ref.path)
+            if ref.lora is not None:  # an adapter that does not fit its model: refused by `plan` too
+                open_reference(ref)
         except UserError as exc:
             raise UserError(f"{key}: {exc}") from None
     _check_distinct(refs)
@@ -276,7 +278,7 @@ def _check_distinct(refs: dict[str, ModelRef]) -> None:
         seen[same] = key
 
 
-def _check_irt_models(campaign: Campaign) -> None:
+def check_irt_models(campaign: Campaign) -> None:
     """A campaign scored by fitted IRT models has one per task: checked before anything is evaluated,
     not when the search first needs it, after calibration."""
     if campaign.estimator.irt_model is None:
