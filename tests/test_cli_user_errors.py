@@ -399,8 +399,11 @@ def test_a_broken_task_yaml_is_one_user_error(tmp_path, edit, expected):
         resolve_task(str(path))
 
 
-def test_an_items_file_with_an_id_twice_or_not_utf8_is_named(tmp_path):
+def test_an_items_file_with_an_id_twice_or_not_utf8_or_a_folder_is_named(tmp_path):
     from evo_merge.tasks.scoring import read_item_ids
+
+    with pytest.raises(UserError, match="is a folder; give the file of item ids"):  # was "not found"
+        read_item_ids(tmp_path)
 
     (tmp_path / "twice.txt").write_text("item\na\nb\na\n")
     with pytest.raises(UserError, match="item 'a' is listed twice"):

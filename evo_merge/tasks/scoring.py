@@ -16,6 +16,8 @@ from evo_merge.tasks.base import FitnessTask, item_positions, scores_in_parts
 def read_item_ids(path: str | Path) -> list[str]:
     """Item ids, one per line (a header line `item` and blank lines are skipped), each once."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"items file {path} is a folder; give the file of item ids (one per line)")
     if not path.is_file():
         raise UserError(f"items file {path} not found")
     try:
