@@ -40,14 +40,16 @@ def _normalize_divisor(weights: Sequence[float]) -> float:
     return 1.0 if abs(total) < 1e-8 else total
 
 
-@register_method("linear", hyperparameters=[H("normalize", True, searchable=False)], base="optional")
+@register_method("linear", hyperparameters=[H("normalize", True, searchable=False)], base="averaged")
 def linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
-    """Weighted average of the models (model soup)."""
+    """Weighted average of the models (model soup). Weights summing to 0 give NaN or inf, as in
+    mergekit, which the merge refuses: a guard dividing by 1 instead wrote the weighted sum (all
+    zeros, or a difference of models) as if it were an average."""
     total = sum(weights)
     out = base * total
     for delta, weight in zip(deltas, weights):
         out.add_(delta, alpha=weight)
-    return out / _normalize_divisor(weights) if params["normalize"] else out
+    return out / total if params["normalize"] else out
 
 
 def _task_arithmetic_in_steps(base, deltas, weights, params: Params, name: str) -> torch.Tensor:

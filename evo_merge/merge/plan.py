@@ -172,7 +172,9 @@ def _group(method: MergeMethod, base: int | None, entries: list[Entry], levels: 
            where: str) -> Group:
     """Split a group's entries into the reference and the endpoints, by the method's base mode."""
     if base is not None:
-        endpoints = [e for e in entries if e.model != base]  # mergekit: a listed base is not an endpoint
+        # mergekit: a listed base is not an endpoint, except in an average of every listed model (its
+        # task vector is 0 there, so it adds its weight to the divisor only)
+        endpoints = entries if method.base == "averaged" else [e for e in entries if e.model != base]
         ref_entry = next((e for e in entries if e.model == base), Entry(base, {}, "base_model"))
         return Group(ref_entry, endpoints, levels)
     if method.base == "required":
@@ -235,6 +237,9 @@ def _job(method: MergeMethod, group: Group, out_name: str, names: Sequence[str],
             raise UserError(f"{e.key.rsplit('.', 1)[0]}.parameters.weight: expected a number, got {weight!r}")
         weights.append(float(weight))
     params = method.resolve(top, len(group.endpoints))
+    if method.name == "linear" and params["normalize"] and abs(sum(weights)) < 1e-8:  # mergekit: NaN, inf
+        raise UserError(f"linear: the weights of tensor {out_name} sum to {sum(weights):g}, which normalize "
+                        "cannot divide by (set parameters.normalize: false for a weighted sum)")
     reference = (group.reference.model, ref_name) if group.reference is not None else None
     return TensorJob(out_name, reference, [(e.model, n) for e, n in zip(group.endpoints, names)], weights, params)
 

@@ -75,8 +75,11 @@ class Hyperparameter:
 #   "required": the merge is taken relative to `base_model`, which the recipe must name;
 #   "optional": relative to `base_model` when named, else to zeros (the method sees whole models);
 #   "first":    the reference is itself merged (Karcher mean, passthrough); without a base it is
-#               the first model, which is then not also an endpoint.
-BASE_MODES = ("required", "optional", "first")
+#               the first model, which is then not also an endpoint;
+#   "averaged": as "optional", and a base listed among the models is averaged with them at its
+#               weight (linear: mergekit's average takes every listed model); elsewhere a listed
+#               base is the reference only.
+BASE_MODES = ("required", "optional", "first", "averaged")
 
 
 @dataclass(frozen=True)

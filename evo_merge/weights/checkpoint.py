@@ -323,6 +323,10 @@ def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]
         candidates += [folder / PICKLE_INDEX, folder / PICKLE_SINGLE]
         candidates += sorted(f for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
         found = next((f for f in candidates if f.is_file()), None)
+        if found is None and (broken := next((f for f in candidates if f.is_symlink()), None)):
+            # a Hub cache snapshot links to blobs: one deleted, or a download cut short, leaves the link
+            raise UserError(f"{broken} is a link to a missing file ({broken.readlink()}): an incomplete "
+                            "download, or a cache entry removed; fetch the model again")
         if found is None:
             raise UserError(
                 f"no weights in {folder}: expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX} or a "

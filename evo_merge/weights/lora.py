@@ -28,11 +28,28 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lor
                   r"(?:\.[^.]+)?(?:\.weight)?$")
 
 
-def _pattern_value(patterns: dict, module: str, default: float) -> float:
-    """peft's rank_pattern / alpha_pattern: the first key matching the end of the module name."""
+PEFT_LORA_ALPHA = 8  # peft's LoraConfig default, for a config that leaves lora_alpha out
+
+
+def _number(value: object, where: str) -> float:
+    """A config value that must be a number: a string or a boolean would fail in the arithmetic."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _pattern_value(patterns: object, module: str, default: float, where: str) -> float:
+    """peft's alpha_pattern: the value of the first key (a regular expression, as peft reads it)
+    matching the end of the module name."""
+    if not isinstance(patterns, dict):
+        raise UserError(f"{where}: expected a mapping of module patterns to numbers, got {patterns!r}")
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?{key}$", module):
-            return value
+        try:
+            matched = re.match(rf"(.*\.)?{key}$", module)
+        except re.error as exc:
+            raise UserError(f"{where}: {key!r} is not a regular expression ({exc})") from None
+        if matched:
+            return _number(value, f"{where}.{key}")
     return default
 
 
@@ -70,6 +87,8 @@ class LoraCheckpoint(Checkpoint):
         if whole:
             replacements = _Replacements(weights, whole, {name: self.dtype(name) for name in whole})
             self._readers.update(dict.fromkeys(whole, replacements))
+        if not pairs and not whole:  # merged, it would be the model itself, as if the adapter were applied
+            raise UserError(f"{weights_file}: holds no LoRA matrices (lora_A/lora_B) and no tensors: an empty adapter")
         self._updates = {}
         for module, parts in pairs.items():
             self._updates[f"{module}.weight"] = self._update(config, module, parts, weights_file)
@@ -89,7 +108,9 @@ class LoraCheckpoint(Checkpoint):
             raise UserError(f"{source}: adapts {name}, which {self.path} does not have")
         a, b = parts["A"], parts["B"]
         rank = a.shape[0]
-        alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", rank))
+        config_file = source.parent / ADAPTER_CONFIG
+        alpha = _number(config.get("lora_alpha", PEFT_LORA_ALPHA), f"{config_file}: lora_alpha")
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, module, alpha, f"{config_file}: alpha_pattern")
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         transpose = parts["embedding"] or bool(config.get("fan_in_fan_out"))  # peft's layouts
         shape = (a.shape[1], b.shape[0]) if transpose else (b.shape[0], a.shape[1])

@@ -134,11 +134,20 @@ def _lora_adapter(model_dir, out, seed=0):
     ("adapter_config.json", b"{not json", "not valid JSON"),
     ("adapter_config.json", b"[4]", "expected a JSON object"),
     ("adapter_model.safetensors", b"\x10" + b"\0" * 7 + b"{}", "not a readable safetensors"),
+    # wrong types in the config were a TypeError, AttributeError or re.error traceback
+    ("adapter_config.json", b'{"lora_alpha": "eight"}', "lora_alpha: expected a number, got 'eight'"),
+    ("adapter_config.json", b'{"lora_alpha": true}', "lora_alpha: expected a number, got True"),
+    ("adapter_config.json", b'{"alpha_pattern": {"up_proj": "x"}}', "alpha_pattern.up_proj: expected a number"),
+    ("adapter_config.json", b'{"alpha_pattern": [1, 2]}', "alpha_pattern: expected a mapping"),
+    ("adapter_config.json", b'{"alpha_pattern": {"up_proj(": 3}}', "alpha_pattern: 'up_proj(' is not a regular"),
+    # an adapter of nothing merged as the bare model, as if applied
+    ("adapter_model.safetensors", b"\x02\0\0\0\0\0\0\0{}", "holds no LoRA matrices"),
 ])
 def test_a_malformed_lora_adapter_file_is_one_line_naming_it(deep, tmp_path, file, content, expected):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    save_file({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.zeros(2, 32)},
+    save_file({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.zeros(2, 32),
+               "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": torch.zeros(64, 2)},
               adapter / "adapter_model.safetensors")
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
     (adapter / file).write_bytes(content)
@@ -147,6 +156,19 @@ def test_a_malformed_lora_adapter_file_is_one_line_naming_it(deep, tmp_path, fil
     line, = result.output.strip().splitlines()
     assert f"{adapter / file}: {expected}" in line
     assert not out.exists()
+
+
+def test_an_adapter_config_without_lora_alpha_scales_by_peft_s_default_alpha(deep, tmp_path):
+    """peft's LoraConfig defaults lora_alpha to 8: the update is (8 / r) B A, not B A (alpha = r)."""
+    expected = _lora_adapter(deep["ft1"], tmp_path / "adapter")  # r 4, lora_alpha 8: scale 2
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({k: v for k, v in config.items() if k != "lora_alpha"}))
+    lora = f"{deep['ft1']}+{tmp_path / 'adapter'}"
+    result, out = merge(tmp_path, {"merge_method": "linear", "models": [{"model": lora}]})
+    assert result.exit_code == 0, result.output
+    for name, tensor in tensors_of(out).items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
 
 
 def test_lora_input_equals_peft_merge_and_shape_mismatch_exits_2(deep, tmp_path):
@@ -614,3 +636,27 @@ def test_a_named_chat_format_is_written_into_the_tokenizer_and_the_recipe_keeps_
                     "<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert yaml.safe_load((out / "merge_recipe.yaml").read_text())["chat_template"] == "llama3"
     assert rebuilds_bit_for_bit(out, tmp_path)
+
+
+def test_linear_averages_a_listed_base_at_its_weight_as_mergekit_does(deep, tmp_path):
+    """mergekit's linear takes the weighted mean of every listed model, the base among them: it was
+    dropped with its weight (the result (0.6 ft1 + 0.5 ft2) / 1.1). An unlisted base adds nothing."""
+    b, f1, f2 = (tensors_of(deep[k]) for k in ("base", "ft1", "ft2"))
+    models = [{"model": str(deep[k]), "parameters": {"weight": w}} for k, w in (("ft1", 0.6), ("ft2", 0.5))]
+    listed = [{"model": str(deep["base"]), "parameters": {"weight": 0.2}}, *models]
+    for name, entries, expected in (
+        ("listed", listed, {k: (0.2 * b[k] + 0.6 * f1[k] + 0.5 * f2[k]) / 1.3 for k in b}),
+        ("unlisted", models, {k: (0.6 * f1[k] + 0.5 * f2[k]) / 1.1 for k in b}),
+    ):
+        result, out = merge(tmp_path, {"merge_method": "linear", "base_model": str(deep["base"]), "models": entries,
+                                       "dtype": "float32"}, name)
+        assert result.exit_code == 0, result.output
+        merged = tensors_of(out)
+        for key, value in expected.items():
+            torch.testing.assert_close(merged[key], value, rtol=0, atol=1e-6)
+        rebuilds_bit_for_bit(out, tmp_path)
+    result, out = merge(tmp_path, {"merge_method": "linear", "dtype": "float32", "models": [
+        {"model": str(deep["ft1"]), "parameters": {"weight": 1.0}},
+        {"model": str(deep["ft2"]), "parameters": {"weight": -1.0}}]}, "cancel")
+    assert result.exit_code == 2 and "sum to 0, which normalize cannot divide by" in result.output, result.output
+    assert not out.exists()  # was written: ft1 - ft2, as if an average

@@ -282,3 +282,13 @@ def test_parse_dtype():
         parse_dtype("int8")
     with pytest.raises(UserError, match="unknown dtype"):
         parse_dtype(torch.int64)
+
+
+def test_a_weights_link_to_a_missing_blob_is_named_as_such(tmp_path):
+    """A Hub cache snapshot whose blob was deleted said "no weights … expected model.safetensors",
+    beside a model.safetensors that is there, as a broken link."""
+    from evo_merge.weights.checkpoint import weight_files
+
+    (tmp_path / "model.safetensors").symlink_to(tmp_path / "blobs" / "0a1b")
+    with pytest.raises(UserError, match=r"model.safetensors is a link to a missing file .*blobs/0a1b"):
+        weight_files(tmp_path)
