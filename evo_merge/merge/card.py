@@ -38,6 +38,7 @@ class CardInput:
     revision: str | None = None
     folder: Path | None = None
     adapter: str | None = None
+    adapter_folder: Path | None = None  # for the adapter's own license
 
     @property
     def display(self) -> str:
@@ -55,7 +56,9 @@ def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None
     path = Path(reference).expanduser()
     if "+" in reference and not path.exists():
         model, adapter = reference.rsplit("+", 1)
-        return replace(model_ref(model, hub_id=hub_id, revision=revision), adapter=Path(adapter).name)
+        adapter_ref = model_ref(adapter)  # a folder, or a Hub id with its cached snapshot
+        return replace(model_ref(model, hub_id=hub_id, revision=revision), adapter=adapter_ref.display,
+                       adapter_folder=adapter_ref.folder)
     folder = path if path.is_dir() else None
     if hub_id is None and (cached := _CACHE_SNAPSHOT.search(str(reference))):
         hub_id, revision = f"{cached['org']}/{cached['name']}", revision or cached["rev"]
@@ -109,6 +112,8 @@ def license_fields(inputs: Sequence[CardInput]) -> tuple[dict[str, str], dict[st
     """(front-matter license keys, license per input label). One license shared by every input is
     inherited; otherwise `other`, with the list in the prose. Nothing known: no license key."""
     licenses = {ref.display: read_license(ref.folder) for ref in inputs}
+    # an adapter is an input of its own: its weights are in the merge too
+    licenses |= {f"LoRA {ref.adapter}": read_license(ref.adapter_folder) for ref in inputs if ref.adapter}
     known = set(licenses.values()) - {None}
     if not known:
         return {}, licenses
@@ -196,7 +201,9 @@ def inputs_section(
             if ref.hub_id
             else f"{md(ref.label)}: a local folder, not a Hub model"
         )
-        return f"- {where}{role}; license: {md(licenses.get(ref.display) or 'unknown')}"
+        adapter = (f", with LoRA adapter {md(ref.adapter)} (its license: "
+                   f"{md(licenses.get(f'LoRA {ref.adapter}') or 'unknown')})") if ref.adapter else ""
+        return f"- {where}{role}{adapter}; license: {md(licenses.get(ref.display) or 'unknown')}"
 
     mixed = ["The inputs do not share one license (see the list above): check each before use.", ""]
     return ["## Merged models", "", *[line(ref) for ref in inputs], "",

@@ -253,3 +253,17 @@ def test_a_plugin_methods_merge_names_the_package_it_needs(zoo, tmp_path, monkey
     expected = theta0 + 2.0 * deltas.gather(0, deltas.abs().argmax(0, keepdim=True))[0]
     assert torch.allclose(load_file(out / "model.safetensors")[name], expected)
     assert "evo-merge's methods" not in model_card(recipe_for(base, fts))  # a built-in method's card
+
+
+def test_a_lora_input_is_named_with_its_adapter_whose_license_counts(zoo, tmp_path):
+    """The prose named `base+lora` as the bare base ("base" twice), and the license ignored the adapter."""
+    _, base, fts = zoo
+    same = [with_license(p, "apache-2.0", tmp_path / f"same-{p.name}") for p in (base, fts[0])]
+    unlicensed = tmp_path / "my-lora"
+    unlicensed.mkdir()
+    licensed = with_license(unlicensed, "apache-2.0", tmp_path / "licensed-lora")
+    card = ModelCard(model_card(recipe_for(same[0], [f"{same[1]}+{licensed}"], "task_arithmetic")))
+    assert card.data.license == "apache-2.0"
+    assert "with LoRA adapter licensed-lora (its license: apache-2.0)" in card.text.replace("\\", "")
+    card = ModelCard(model_card(recipe_for(same[0], [f"{same[1]}+{unlicensed}"], "task_arithmetic")))
+    assert card.data.license == "other" and "with LoRA adapter my-lora (its license: unknown)" in card.text
