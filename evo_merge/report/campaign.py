@@ -17,7 +17,7 @@ import pandas as pd
 from evo_merge.errors import message_line
 from evo_merge.markup import html_text, md
 from evo_merge.merge.results import mean_and_stderr
-from evo_merge.report.html import write_html_report
+from evo_merge.report.html import reference_label, write_html_report
 from evo_merge.report.pairs import task_pairs
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.front import BASELINES_META
@@ -77,8 +77,9 @@ def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame
     return pd.DataFrame([{"generation": g, **recorded_metrics(store, objectives, g)} for g in generations])
 
 
-def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
-    """One panel per pair of tasks (`task_pairs`); the legend once, on the first."""
+def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path, endpoints: Sequence[str] = ()) -> None:
+    """One panel per pair of tasks (`task_pairs`); the legend once, on the first; the base and the
+    endpoints named beside their points (`endpoints`: the run's names for them)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +90,7 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
     rows = math.ceil(len(pairs) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5 * rows), squeeze=False)
     for ax, (x, y) in zip(axes.flat, pairs):
-        _pareto_panel(ax, table, x, y)
+        _pareto_panel(ax, table, x, y, endpoints)
     for ax in axes.flat[len(pairs):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
@@ -97,28 +98,29 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
     _save(fig, path)
 
 
-def _pareto_panel(ax, table: pd.DataFrame, x: str, y: str) -> None:
+def _pareto_panel(ax, table: pd.DataFrame, x: str, y: str, endpoints: Sequence[str]) -> None:
+    def scatter(rows: pd.DataFrame, kind: str, **style) -> None:  # nothing to draw: no legend entry either
+        if len(rows):
+            ax.scatter(rows[f"{kind}_{x}"], rows[f"{kind}_{y}"], **style)
+
     search = table[(table.phase == "search") & (table.status == "ok")]
-    ax.scatter(search[f"est_{x}"], search[f"est_{y}"], s=12, alpha=0.4, label="candidates (estimated)")
+    scatter(search, "est", s=12, alpha=0.4, label="candidates (estimated)")
     measured = table[table[f"meas_{x}"].notna() & (table.phase == "search")]
     standard = table[table[f"meas_{x}"].notna() & (table.phase == BASELINE)]  # measured as warm-ups
-    ax.scatter(measured[f"est_{x}"], measured[f"est_{y}"], marker="o", facecolors="none", edgecolors="C1",
-               label="finalists (estimated)")
-    ax.scatter(measured[f"meas_{x}"], measured[f"meas_{y}"], marker="*", s=80, color="C1",
-               label="finalists (measured)")
-    if len(standard):  # none where final.baselines is off
-        ax.scatter(standard[f"meas_{x}"], standard[f"meas_{y}"], marker="D", s=40, color="C4",
-                   label="standard merges (measured)")
-    sampled = table[table[f"sample_{x}"].notna()]
-    if len(sampled):
-        ax.scatter(sampled[f"sample_{x}"], sampled[f"sample_{y}"], marker="x", s=40, color="C2",
-                   label="race survivors (sample scores)")
+    scatter(measured, "est", marker="o", facecolors="none", edgecolors="C1", label="finalists (estimated)")
+    scatter(measured, "meas", marker="*", s=80, color="C1", label="finalists (measured)")
+    scatter(standard, "meas", marker="D", s=40, color="C4", label="standard merges (measured)")
+    scatter(table[table[f"sample_{x}"].notna()], "sample", marker="x", s=40, color="C2",
+            label="race survivors (sample scores)")
     for _, row in measured.iterrows():
         ax.plot([row[f"est_{x}"], row[f"meas_{x}"]], [row[f"est_{y}"], row[f"meas_{y}"]], color="C1", lw=0.6)
     calibration = table[table.phase == "calibration"]
-    ax.scatter(
-        calibration[f"meas_{x}"], calibration[f"meas_{y}"], marker="s", color="k", label="base / endpoints / warm-up"
-    )
+    scatter(calibration, "meas", marker="s", color="k", label="base / endpoints / warm-up")
+    for _, row in calibration.iterrows():
+        label = reference_label(row, endpoints)
+        if label != "warm-up" and pd.notna(row[f"meas_{x}"]):
+            ax.annotate(label.removeprefix("endpoint "), (row[f"meas_{x}"], row[f"meas_{y}"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel(x), ax.set_ylabel(y)
 
 
@@ -167,7 +169,7 @@ def write_report(
     front = mark_front(table[table.phase.isin(["search", BASELINE]) & scored], objectives)
     atomic_write(run_dir / "pareto.csv", front.to_csv(index=False))
     progress = progress_table(store, objectives)
-    plot_pareto(table, tasks, run_dir / "pareto.png")
+    plot_pareto(table, tasks, run_dir / "pareto.png", facts.get("endpoints", ()))
     if len(progress):
         plot_progress(progress, tasks, run_dir / "progress.png")
 
@@ -191,6 +193,7 @@ def write_report(
            "item: their scores on the race's last sample, on which the picks were chosen.</p>"
            + compared.to_html(index=False, escape=True) if len(compared) else ""),
         exported,
+        facts.get("endpoints", ()),
     )
     return path
 
@@ -216,6 +219,8 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
         f"item evaluations in total: {item_totals(store)}",
         _holdout_fact(store.get_meta(HOLDOUT_META, {})),
     ]
+    if endpoints := facts.get("endpoints"):  # runs from before they were recorded: the campaign file says
+        lines.append("endpoints, in the order of each recipe's weights: " + ", ".join(endpoints))
     return lines + ([line] if (line := race_summary(race)) else [])
 
 

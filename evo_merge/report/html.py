@@ -50,19 +50,22 @@ def hover(row: pd.Series, tasks: Sequence[str]) -> str:
     return "<br>".join(lines)
 
 
-def reference_label(row: pd.Series) -> str:
-    """base / endpoint k / warm-up, read from a calibration genome (the base is all-zero weights,
-    an endpoint one weight 1 with lambda 1)."""
+def reference_label(row: pd.Series, endpoints: Sequence[str] = ()) -> str:
+    """base / endpoint NAME / warm-up, read from a calibration genome (the base is all-zero weights,
+    an endpoint one weight 1 with lambda 1); an endpoint by its number where `endpoints` (the run's
+    names for them, which runs from before they were recorded lack) does not name it."""
     weights = [float(w) for w in str(row["weights"]).split()]
     if not any(weights):
         return "base"
     if max(weights) == 1.0 and sum(weights) == 1.0 and row["params"] in ("lambda=1", ""):
-        return f"endpoint {weights.index(1.0)}"
+        k = weights.index(1.0)
+        return f"endpoint {endpoints[k] if k < len(endpoints) else k}"
     return "warm-up"
 
 
-def front_figure(table: pd.DataFrame, tasks: Sequence[str], pair: tuple[str, str]):
-    """The scatter of one pair of tasks (`pairs.task_pairs`); the hover names every task's scores."""
+def front_figure(table: pd.DataFrame, tasks: Sequence[str], pair: tuple[str, str], endpoints: Sequence[str] = ()):
+    """The scatter of one pair of tasks (`pairs.task_pairs`); the hover names every task's scores,
+    the legend each endpoint by `endpoints`."""
     import plotly.graph_objects as go
 
     x, y = pair
@@ -77,6 +80,8 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str], pair: tuple[str, str
     calibration = ok[(ok.phase == "calibration") & ok[f"meas_{x}"].notna()]
 
     def trace(rows: pd.DataFrame, kind: str, name: str, **style) -> None:
+        if rows.empty:  # nothing to draw: no legend entry either
+            return
         error = {}
         if kind == "meas" and f"se_{x}" in rows:
             error = {"error_x": {"type": "data", "array": rows[f"se_{x}"].tolist()},
@@ -88,14 +93,13 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str], pair: tuple[str, str
     trace(search, "est", "candidates (estimated)", marker={"size": 6, "opacity": 0.35, "color": "#1f77b4"})
     trace(measured, "est", "finalists (estimated)", marker={"size": 10, "symbol": "circle-open", "color": "#ff7f0e"})
     trace(measured, "meas", "finalists (measured)", marker={"size": 13, "symbol": "star", "color": "#ff7f0e"})
-    if len(standard):  # none where final.baselines is off: no legend entry for them
-        trace(standard, "meas", "standard merges (measured)",
-              marker={"size": 11, "symbol": "diamond", "color": "#9467bd"})
+    trace(standard, "meas", "standard merges (measured)", marker={"size": 11, "symbol": "diamond", "color": "#9467bd"})
     if f"sample_{x}" in ok:  # race survivors not measured whole: their scores on the race's sample
         sampled = ok[ok[f"sample_{x}"].notna() & ok[f"sample_{y}"].notna()]
         trace(sampled, "sample", "race survivors (sample scores)",
               marker={"size": 9, "symbol": "x", "color": "#2ca02c"})
-    for label, rows in calibration.groupby(calibration.apply(reference_label, axis=1), sort=False):
+    labels = calibration.apply(reference_label, axis=1, endpoints=endpoints) if len(calibration) else None
+    for label, rows in calibration.groupby(labels, sort=False) if labels is not None else ():
         trace(rows, "meas", f"{label} (measured)", marker={"size": 11, "symbol": "square"})
     for _, row in measured.iterrows():  # estimate -> measurement
         fig.add_trace(
@@ -154,9 +158,11 @@ def write_html_report(
     tasks: Sequence[str],
     summary: str,
     exported: Mapping[str, tuple[int, Path]] | None = None,
+    endpoints: Sequence[str] = (),
 ) -> Path:
-    """Write report.html; `table` has est_/meas_/se_ columns per task, `summary` is trusted HTML."""
-    figures = [front_figure(table, tasks, pair) for pair in task_pairs(tasks)]
+    """Write report.html; `table` has est_/meas_/se_ columns per task, `summary` is trusted HTML,
+    `endpoints` the endpoints' names."""
+    figures = [front_figure(table, tasks, pair, endpoints) for pair in task_pairs(tasks)]
     figures += [progress_figure(progress, tasks)] if len(progress) else []
     parts = ["<h1>Campaign report</h1>", summary]
     for k, fig in enumerate(figures):

@@ -180,7 +180,7 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
 
         record["compared"] = {"stage": last, "items": sum(map(len, sample.items(last).values())),
                               "scores": {k: on_sample(k) for k in live},
-                              "measured": sorted(measured_before(log, live))}
+                              "measured": sorted(measured_before(log, [e.key for e in finalists]))}
     store.set_meta(RACE_META, record)
     return [e for e in finalists if e.key in live or e.measured is not None], on_sample
 

@@ -181,9 +181,10 @@ def race_summary(record: Mapping | None) -> str | None:
         line += f"; {len(failed)} could not be scored (see the failures)"
     if compared := record.get("compared"):
         n, before = len(compared["scores"]), len(compared.get("measured", ()))
+        if before:  # warm-ups: no leavers, whether they stayed or not (they keep their scores on every item)
+            line += f"; {before} of them had been measured on every item before the final phase (warm-ups)"
         line += (f"; the {n} that stayed {'was' if n == 1 else 'were'} compared on {compared['stage'] * 100:g}% "
-                 "of the items, and only the picks among them measured on every item"
-                 + (f", besides the {before} measured whole before the final phase" if before else ""))
+                 "of the items, and only the picks among them measured on every item")
     return line
 
 

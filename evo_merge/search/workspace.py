@@ -35,7 +35,14 @@ from evo_merge.search.lock import LOCK_FILE
 from evo_merge.search.store import FACTS_META, CampaignStore, Record, atomic_write
 from evo_merge.weights.checkpoint import weight_files
 from evo_merge.weights.digest import former_weights_digests, weights_digest
-from evo_merge.weights.references import ModelRef, is_hub_id, open_reference, resolve_reference, split_adapter
+from evo_merge.weights.references import (
+    ModelRef,
+    is_hub_id,
+    open_reference,
+    resolve_reference,
+    short_label,
+    split_adapter,
+)
 
 WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
 # what a folder holds before its campaign is bound: the database (with SQLite's journal files), the lock
@@ -202,7 +209,9 @@ class Workspace:
             return dtype_name(model_dtype(self.campaign.dtype, base))
 
     def endpoint_labels(self) -> list[str]:
-        return [f"endpoint {m.name}" for m in self.models]
+        """`endpoint NAME` per endpoint, named as the campaign names it (a Hub id, `+adapter`), not by
+        the folder it resolved to (a snapshot's commit hash, the adapter's base folder)."""
+        return [f"endpoint {short_label(m)}" for m in self.campaign.models]
 
     def base_label(self) -> str:
         """What the base is, for tables beside the endpoints: an aligned campaign has none of its
@@ -212,7 +221,7 @@ class Workspace:
         if align is None:
             return "base"
         if align.reference == "first":
-            return f"base (= endpoint {self.models[0].name})"
+            return f"base (= endpoint {short_label(self.campaign.models[0])})"
         return "base (mean of the endpoints)"
 
 
@@ -319,5 +328,6 @@ def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str
                 {"name": t.label, "direction": t.direction, "items": item_counts[t.label]} for t in campaign.tasks
             ],
             "weights": campaign.objective.weights,
+            "endpoints": [short_label(m) for m in campaign.models],  # as tables name them
         },
     )

@@ -59,6 +59,14 @@ def open_reference(ref: ModelRef, allow_pickle: bool = False) -> Checkpoint:
     return Checkpoint.open(ref.path, allow_pickle=allow_pickle)
 
 
+def short_label(value: str) -> str:
+    """A model reference as tables name it: a folder by its name, a Hub id without its revision,
+    `+adapter` kept (`base+lora1` is not the base). A snapshot folder's name is a commit hash."""
+    model, lora = split_adapter(value, Path("/"))
+    parts = [model] if lora is None else [model, lora]
+    return "+".join(Path(p).name if _local_path(p, Path("/")) is not None else p.partition("@")[0] for p in parts)
+
+
 def split_adapter(value: str, root: Path) -> tuple[str, str | None]:
     """`model+adapter` -> (model, adapter or None); a path that itself contains '+' is kept whole."""
     if "+" not in value or _local_path(value, root) is not None:

@@ -164,3 +164,17 @@ def test_report_html_draws_a_front_figure_per_pair_of_tasks(tmp_path):
     html = write_html_report(tmp_path, table, pd.DataFrame(), tasks, "<p>summary</p>").read_text()
     titles = [f"Pareto front: estimated and measured ({x} vs {y})" for x, y in (("a", "b"), ("a", "c"), ("b", "c"))]
     assert all(html.count(title) == 1 for title in titles), [html.count(t) for t in titles]
+
+
+def test_the_html_plot_names_endpoints_as_the_campaign_does_and_draws_no_empty_legend_entries():
+    """An endpoint's legend entry read "endpoint 0"; finalists nobody measured had entries with no points."""
+    rows = [{"id": 1, "phase": "calibration", "weights": "0 0", "params": "lambda=1"},
+            {"id": 2, "phase": "calibration", "weights": "0 1", "params": "lambda=1"},
+            {"id": 3, "phase": "search", "weights": "1 1", "params": ""}]
+    table = pd.DataFrame([{**r, "generation": 1, "status": "ok", "method": "task_arithmetic", "items": 10,
+                           **{f"{k}_{t}": 0.5 for t in ("a", "b") for k in ("est", "meas")},
+                           **{f"{k}_{t}": None for t in ("a", "b") for k in ("est_se", "sample")}} for r in rows])
+    table.loc[table.phase == "search", ["meas_a", "meas_b"]] = None
+    names = {t.name for t in front_figure(table, ["a", "b"], ("a", "b"), ["acme/arith", "lang+lora1"]).data if t.name}
+    assert names == {"candidates (estimated)", "base (measured)", "endpoint lang+lora1 (measured)"}
+    assert "endpoint 1 (measured)" in {t.name for t in front_figure(table, ["a", "b"], ("a", "b")).data}  # older runs

@@ -193,11 +193,13 @@ def test_by_default_the_picks_are_chosen_on_the_race_s_last_sample_and_measured_
     spent = {name: CampaignStore(raced[name]).items_evaluated(measured=True) for name in ("picks", "raced", "whole")}
     assert spent["picks"] < spent["raced"] < spent["whole"]
     result = CliRunner().invoke(cli, ["status", str(raced["picks"])])
-    # the standard merges among the survivors were measured whole before the race, as warm-ups
-    before = [k for k in compared["scores"] if store.get(k).phase == "baseline" and store.get(k).items_evaluated == 180]
-    assert before and (f"the {len(compared['scores'])} that stayed were compared on 25% of the items, and only the "
-                       f"picks among them measured on every item, besides the {len(before)} measured whole before "
-                       "the final phase") in " ".join(result.output.split())
+    # the standard merges among the finalists were measured whole before the race, as warm-ups: counted
+    # apart, stayed or not (a warm-up that fell behind is no leaver; it was left out of every count)
+    before = [k for k in set(compared["scores"]) | set(record["left"]) | set(measured)
+              if store.get(k).phase == "baseline" and store.get(k).items_evaluated == 180]
+    assert before and (f"{len(before)} of them had been measured on every item before the final phase (warm-ups); "
+                       f"the {len(compared['scores'])} that stayed were compared on 25% of the items, and only the "
+                       "picks among them measured on every item") in " ".join(result.output.split())
     report = (raced["picks"] / "report.md").read_text()
     section = report.split("## Compared on the race's last sample")[1].split("\n## ")[0]
     unmeasured = {store.get(k).id for k in compared["scores"] if store.get(k).measured is None}
@@ -361,3 +363,16 @@ def test_a_run_choosing_its_picks_on_fewer_than_100_items_of_a_task_says_so_firs
     assert small_pick_samples({"arith": 960, "seq": 400}, [0.125, 0.25], "picks") is None  # 100 of 400: enough
     assert small_pick_samples({"gsm8k": 200}, [0.125, 0.25], "survivors") is None  # chosen on every item
     assert small_pick_samples({"gsm8k": 200}, [], "picks") is None  # no race: every finalist measured
+
+
+def test_the_race_line_counts_warm_ups_that_fell_behind_so_that_its_counts_add_up():
+    """4 finalists, none left, 2 compared: the 2 others were warm-ups measured whole, which the line
+    left out ("0 of 4 finalists left it …; the 2 that stayed …")."""
+    from evo_merge.search.race import race_summary
+
+    record = {"finalists": 4, "left": {}, "compared": {"stage": 0.25, "scores": {"a": {}, "b": {}},
+                                                       "measured": ["c", "d"]}}
+    assert race_summary(record) == (
+        "final-phase race: 0 of 4 finalists left it before every item; 2 of them had been measured on every item "
+        "before the final phase (warm-ups); the 2 that stayed were compared on 25% of the items, and only the picks "
+        "among them measured on every item")

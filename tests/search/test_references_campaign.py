@@ -48,6 +48,7 @@ def test_a_hub_base_and_a_lora_endpoint_are_searched_and_exported_as_references(
 
     done = evo_merge("run", tmp_path / "campaign.yaml", "--out", tmp_path / "run", env=env)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "endpoint ft2+adapter" in done.stdout  # was "endpoint ft2": the fine-tune without its adapter
     stored = yaml.safe_load((tmp_path / "run" / "campaign.yaml").read_text())
     assert stored["base_model"] == REPO  # kept as written, not made a path
     folder = tmp_path / "run" / "models" / "balanced"
@@ -70,3 +71,17 @@ def test_a_hub_id_missing_from_the_cache_is_one_line_naming_the_key(tmp_path):
     assert done.returncode == 2 and "base_model: no folder nobody/nothing here, and Hub model nobody/nothing" \
         in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_tables_name_a_reference_as_the_campaign_does_not_by_the_folder_it_resolved_to(tmp_path):
+    """A Hub id's snapshot folder is named by its commit hash, and `model+adapter` resolves to the
+    model's folder: an endpoint read "endpoint 95ae2952…" or "endpoint base" (the base, it seemed)."""
+    from evo_merge.weights.references import short_label
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "lora 1").mkdir()
+    assert short_label(REPO) == REPO
+    assert short_label(f"{REPO}@{COMMIT}") == REPO
+    assert short_label(str(tmp_path / "base")) == "base"
+    assert short_label(f"{tmp_path / 'base'}+{tmp_path / 'lora 1'}") == "base+lora 1"
+    assert short_label(f"{REPO}+tiny-org/adapter@v2") == f"{REPO}+tiny-org/adapter"
