@@ -180,6 +180,23 @@ def test_a_task_or_an_adapter_run_would_refuse_is_named_by_plan_as_run_names_it(
     assert code == 0 and "tasks: arith (" in output, output
 
 
+def test_mass_over_a_lora_endpoint_is_refused_by_plan_as_by_run(tmp_path, family):
+    """MASS decomposes model folders: `plan` said "fits" and `run` refused it once the models loaded."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    base, fts = family
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(fts[1]),
+                                peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path / "adapter")
+    path = campaign(tmp_path, (base, [fts[0], f"{fts[1]}+{tmp_path / 'adapter'}"]))
+    config = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**config, "methods": {"task_arithmetic": {}, "mass": {}}}))
+    for args in (("plan", path), ("run", path, "--out", tmp_path / "run")):
+        one_line_error(*invoke(*args), "methods.mass: MASS decomposes model folders")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_pickled_endpoint_in_a_campaign_is_not_told_to_use_an_option_run_does_not_have(tmp_path, family):
     """`plan` and `run` said "pass --allow-pickle", which neither has: a campaign reads safetensors only."""
     import torch

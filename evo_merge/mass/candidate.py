@@ -46,10 +46,13 @@ class MassKind:
                 device=bench.device, dtype=bench.dtype)
         return bench.kept[KEPT]
 
-    def check(self, bench: Any) -> None:
-        if bench.adapters:
+    def check_inputs(self, adapters: bool) -> None:
+        if adapters:
             raise UserError("methods.mass: MASS decomposes model folders; inputs with a LoRA adapter (+adapter) "
                             "are merged by the other methods only")
+
+    def check(self, bench: Any) -> None:
+        self.check_inputs(bench.adapters)
         self.model(bench)  # decomposing refuses endpoints not fine-tuned from the base
 
     def build(self, bench: Any, candidate) -> Any:

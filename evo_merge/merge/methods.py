@@ -22,7 +22,8 @@ import torch
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
 
-LAMBDA = H("lambda", 1.0, 0.0, 3.0, help="global scale of the merged task vector", search_range=(0.5, 1.5))
+# any real number, as in mergekit (a negative one subtracts the task vectors: forgetting a skill)
+LAMBDA = H("lambda", 1.0, help="global scale of the merged task vector", search_range=(0.5, 1.5))
 WEIGHT_NORMALIZE = H("normalize", False, searchable=False, help="divide by the sum of weights")
 DENSITY = H("density", 1.0, 0.0, 1.0, per_model=True, help="fraction of each task vector kept",
             search_range=(0.1, 1.0))
@@ -224,7 +225,7 @@ def dare_ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
 SLERP_DOT_THRESHOLD = 0.9995
 
 
-@register_method("slerp", hyperparameters=[H("t", 0.5, 0.0, 1.0)], n_models=(1, 1))
+@register_method("slerp", hyperparameters=[H("t", 0.5, 0.0, 1.0, required=True)], n_models=(1, 1))
 def slerp(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Spherical interpolation from the base (t=0) to the other model (t=1), per tensor."""
     t = params["t"]

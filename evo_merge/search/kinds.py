@@ -45,6 +45,11 @@ class CandidateKind(Protocol):
         """The hyperparameters the genome varies for `method`, with their ranges."""
         ...
 
+    def check_inputs(self, adapters: bool) -> None:
+        """Fail before any model loads if this kind cannot take the campaign's inputs (`adapters`:
+        a LoRA adapter is folded into some input): `plan` and `run` both ask."""
+        ...
+
     def check(self, bench: Any) -> None:
         """Fail before any evaluation if this kind cannot work on the workbench's models."""
         ...
@@ -110,6 +115,9 @@ class StaticMerge:
 
     def searched_ranges(self, method: str, configured: Ranges, base: Path) -> Ranges:
         return declared_ranges(method, configured)
+
+    def check_inputs(self, adapters: bool) -> None:
+        """Every input folds in: the merger reads adapters tensor by tensor."""
 
     def check(self, bench: Any) -> None:
         """The in-place merger checked the endpoints when the workbench opened."""

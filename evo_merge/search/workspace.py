@@ -31,6 +31,7 @@ from evo_merge.search.binding import (
     edited_away,
     fingerprinted,
 )
+from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.lock import LOCK_FILE
 from evo_merge.search.store import FACTS_META, CampaignStore, Record, atomic_write
 from evo_merge.weights.checkpoint import weight_files
@@ -267,6 +268,9 @@ def campaign_references(campaign: Campaign) -> dict[str, ModelRef]:
         except UserError as exc:
             raise UserError(f"{key}: {exc}") from None
     _check_distinct(refs)
+    adapters = any(ref.lora is not None for ref in refs.values())
+    for method in campaign.methods:  # a kind that cannot take these inputs, named before any model loads
+        candidate_kind(method).check_inputs(adapters)
     return refs
 
 

@@ -141,7 +141,9 @@ def test_new_methods_declare_search_ranges_inside_their_bounds():
         for hp in get_method(name).hyperparameters:
             if hp.searchable:
                 low, high = hp.search_range or (hp.low, hp.high)
-                assert hp.low <= low < high <= hp.high, (name, hp.name)
+                bottom = -float("inf") if hp.low is None else hp.low  # lambda: any real number
+                top = float("inf") if hp.high is None else hp.high
+                assert bottom <= low < high <= top, (name, hp.name)
     della = get_method("della")
     density, epsilon = della.hyperparameter("density"), della.hyperparameter("epsilon")
     # every searched density keeps density +/- the default epsilon inside (0, 1)

@@ -660,3 +660,18 @@ def test_linear_averages_a_listed_base_at_its_weight_as_mergekit_does(deep, tmp_
         {"model": str(deep["ft2"]), "parameters": {"weight": -1.0}}]}, "cancel")
     assert result.exit_code == 2 and "sum to 0, which normalize cannot divide by" in result.output, result.output
     assert not out.exists()  # was written: ft1 - ft2, as if an average
+
+
+def test_slerp_requires_t_and_lambda_takes_any_real_number_as_mergekit_does(deep, tmp_path):
+    """slerp without `t` was merged at 0.5; a negative lambda (subtracting a task vector, to forget
+    a skill) was refused as outside [0, 3], the search's domain, where mergekit takes it."""
+    result, out = merge(tmp_path, {"merge_method": "slerp", "base_model": str(deep["base"]),
+                                   "models": [{"model": str(deep["ft1"])}]}, "slerp")
+    assert result.exit_code == 2 and "parameters.t: required by method slerp" in result.output, result.output
+    result, out = merge(tmp_path, {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+                                   "models": [{"model": str(deep["ft1"])}], "parameters": {"lambda": -1.0},
+                                   "dtype": "float32"}, "negated")
+    assert result.exit_code == 0, result.output
+    b, f1, merged = tensors_of(deep["base"]), tensors_of(deep["ft1"]), tensors_of(out)
+    for key in b:
+        torch.testing.assert_close(merged[key], b[key] - (f1[key] - b[key]), rtol=0, atol=1e-6)
