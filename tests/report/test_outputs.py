@@ -234,7 +234,7 @@ def test_pareto_png_has_a_panel_per_pair_of_tasks(tmp_path, tasks, panels):
     from evo_merge.report.campaign import plot_pareto
 
     columns = [f"{kind}_{t}" for t in tasks for kind in ("est", "meas", "sample")]
-    rows = [{"phase": phase, "status": "ok", **dict.fromkeys(columns, value)}
+    rows = [{"phase": phase, "status": "ok", "weights": "0 0", "params": "", **dict.fromkeys(columns, value)}
             for phase, value in (("calibration", 0.2), ("search", 0.5))]
     plot_pareto(pd.DataFrame(rows), tasks, tmp_path / "pareto.png")
     height, width, _ = matplotlib.image.imread(tmp_path / "pareto.png").shape
