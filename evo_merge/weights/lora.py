@@ -12,6 +12,8 @@ adapted embedding layer (save_embedding_layers), and `X.weight` of a `modules_to
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import re
 from pathlib import Path
@@ -21,6 +23,8 @@ import torch
 
 from evo_merge.errors import UserError
 from evo_merge.weights.checkpoint import Checkpoint, SafetensorsFile, read_json_object
+
+log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -36,6 +40,12 @@ def _number(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{where}: expected a number, got {value!r}")
     return float(value)
+
+
+@functools.cache
+def _warn_once(line: str) -> None:
+    """A campaign opens an adapter more than once (its plan, its models, each export): one line."""
+    log.warning(line)
 
 
 def _pattern_value(patterns: object, module: str, default: float, where: str) -> float:
@@ -73,6 +83,7 @@ class LoraCheckpoint(Checkpoint):
             raise UserError(f"{config_file}: peft_type {config.get('peft_type')!r} is not LORA")
         if config.get("use_dora"):
             raise UserError(f"{config_file}: a DoRA adapter (use_dora), which is not supported; only plain LoRA")
+        self._check_trained_on(config.get("base_model_name_or_path"), config_file)
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         whole: dict[str, str] = {}  # model tensor -> adapter key of the tensor replacing it
         weights = SafetensorsFile(weights_file)  # a corrupt file is one line naming it
@@ -92,6 +103,17 @@ class LoraCheckpoint(Checkpoint):
         self._updates = {}
         for module, parts in pairs.items():
             self._updates[f"{module}.weight"] = self._update(config, module, parts, weights_file)
+
+    def _check_trained_on(self, trained_on: object, config_file: Path) -> None:
+        """Say so when the adapter names, as the model it was trained on, another folder on this
+        machine: shapes shared by a family fold in without a word. A Hub id, or a path that is not
+        here (the training machine's), cannot be compared, and says nothing."""
+        if not isinstance(trained_on, str) or not trained_on or not Path(trained_on).is_dir():
+            return
+        folder = self.path if self.path.is_dir() else self.path.parent
+        if Path(trained_on).resolve() != folder.resolve():
+            _warn_once(f"{config_file}: the adapter was trained on {trained_on} (base_model_name_or_path) and "
+                       f"is applied to {folder}")
 
     def _replaced(self, key: str, source: Path) -> str:
         """The model tensor a whole tensor of the adapter replaces (peft's names, less its prefixes)."""

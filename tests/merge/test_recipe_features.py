@@ -675,3 +675,16 @@ def test_slerp_requires_t_and_lambda_takes_any_real_number_as_mergekit_does(deep
     b, f1, merged = tensors_of(deep["base"]), tensors_of(deep["ft1"]), tensors_of(out)
     for key in b:
         torch.testing.assert_close(merged[key], b[key] - (f1[key] - b[key]), rtol=0, atol=1e-6)
+
+
+def test_an_adapter_applied_to_another_folder_than_it_was_trained_on_says_so(deep, tmp_path, caplog):
+    """A fine-tune of the same family shares every shape: the adapter folded in without a word."""
+    _lora_adapter(deep["ft1"], tmp_path / "adapter")  # base_model_name_or_path: ft1's folder
+    for model, warned in (("ft1", False), ("ft2", True)):
+        caplog.clear()
+        result, _ = merge(tmp_path, {"merge_method": "linear",
+                                     "models": [{"model": f"{deep[model]}+{tmp_path / 'adapter'}"}]}, model)
+        assert result.exit_code == 0, result.output
+        lines = [r.getMessage() for r in caplog.records if "the adapter was trained on" in r.getMessage()]
+        assert bool(lines) == warned, lines
+        assert not warned or f"trained on {deep['ft1']}" in lines[0] and f"applied to {deep['ft2']}" in lines[0]
