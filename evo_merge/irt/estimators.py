@@ -364,12 +364,22 @@ class Estimator:
         excess = np.maximum(d**2 - sampling, 0.0) / np.maximum(expected, 1e-12)
         return np.where(np.isnan(excess), 0.0, excess)
 
+    def unscored_fraction(self, anchor_scores: np.ndarray) -> np.ndarray:
+        """n_eff of the anchor set over n_eff of the anchors each row scored, per scenario (S, K): 1
+        where every anchor was scored (a campaign's candidates), ∞ where none was. The anchor mean's
+        error grows by this factor; the calibration measured it with every anchor scored."""
+        observed = (~np.isnan(anchor_scores)) * self.weights
+        n_eff = (observed @ self._anchor_onehot) ** 2 / np.maximum((observed**2) @ self._anchor_onehot, 1e-300)
+        return np.divide(self._n_eff, n_eff, out=np.full(n_eff.shape, np.inf), where=n_eff > 0)
+
     def estimate_with_overall(self, anchor_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(estimates, SEs), each (S, K + 1), for rows of scores on `anchor_ids` (NaN = not
-        evaluated): per scenario, then the overall score over all items."""
+        evaluated): per scenario, then the overall score over all items. A row that scored only
+        some anchors has its anchor mean's variance grown by `unscored_fraction` (gp-IRT then
+        leans on the IRT part as much as that warrants)."""
         anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
         se = np.broadcast_to(self.scenario_se, anchor.shape)
-        s2 = self._subject_anchor_variance(anchor)
+        s2 = self._subject_anchor_variance(anchor) * self.unscored_fraction(anchor_scores)
         if self.kind == "anchor":
             return self._with_overall(anchor, np.sqrt(s2))
         theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta, self.anchor_idx)
@@ -445,8 +455,9 @@ class Estimator:
         if bad.any():
             raise UserError(f"score {row[bad][0]} of item {self.anchor_ids[int(np.argmax(bad))]} is out of [0, 1]")
         values, se = (x[0] for x in self.estimate_with_overall(row[None, :]))
-        if np.isnan(values).any():
-            scenario = self.scenarios[int(np.argmax(np.isnan(values)))]
+        unscored = np.isinf(self.unscored_fraction(row[None, :])[0]) | np.isnan(values[:-1])
+        if unscored.any():  # p-IRT would give its prior there, as if measured
+            scenario = self.scenarios[int(np.argmax(unscored))]
             raise UserError(f"no anchor item of scenario {scenario!r} was scored")
         keys = [*self.scenarios, RESERVED_SCENARIO]
         out, se = dict(zip(keys, values.tolist())), dict(zip(keys, se.tolist()))
@@ -469,9 +480,11 @@ def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFram
     matrix = ResponseMatrix.from_long(responses, estimator.model.item_ids)
     if estimator.kind == "adaptive":
         return _adaptive_table(estimator, matrix)
-    values, se = estimator.estimate_with_overall(matrix.scores[:, estimator.anchor_idx])
-    if np.isnan(values).any():
-        s, k = np.argwhere(np.isnan(values))[0]
+    scores = matrix.scores[:, estimator.anchor_idx]
+    values, se = estimator.estimate_with_overall(scores)
+    unscored = np.isinf(estimator.unscored_fraction(scores))  # p-IRT would give its prior there, as if measured
+    if unscored.any() or np.isnan(values).any():
+        s, k = np.argwhere(unscored | np.isnan(values[:, :-1]))[0]
         scenario = estimator.scenarios[k]
         raise UserError(f"subject {matrix.subjects[s]} has no scored anchor item in scenario {scenario!r}")
     columns = [*estimator.scenarios, RESERVED_SCENARIO]

@@ -465,3 +465,34 @@ def test_the_overall_of_a_subject_unlike_the_calibration_ones_does_not_lose_to_r
     assert est.irt_correlation > 0.5  # the scenarios' IRT errors move together
     own, mean_of_scenarios = np.mean(own), np.mean(mean_of_scenarios)
     assert own < random_mae < mean_of_scenarios, (own, random_mae, mean_of_scenarios)
+
+
+@pytest.mark.parametrize("kind", ["anchor", "pirt", "gpirt"])
+def test_a_subject_scoring_no_anchor_of_a_scenario_is_refused_by_every_kind(two_scenarios, kind):
+    """p-IRT gave a subject with no scored anchor its prior, with the SE of a fully scored one."""
+    model = two_scenarios[3]
+    anchors = select_anchors(model, 5, "random")
+    est = Estimator(model, anchors, kind)
+    with pytest.raises(UserError, match="no anchor item of scenario 's1' was scored"):
+        est.estimate({i: 1.0 for i in anchors.items["s0"]})
+
+
+def test_the_anchor_variance_of_a_subject_that_scored_some_anchors_grows_by_the_effective_count(two_scenarios):
+    """One of 10 random anchors scored per scenario kept the SE of all 10 (the estimate 8 SE off)."""
+    gen, _, _, model = two_scenarios
+    anchors = select_anchors(model, 10, "random")
+    est = Estimator(model, anchors, "anchor")
+    theta, ids = synthetic_abilities(1, dims=2, seed=43)
+    row = dict(zip(model.item_ids, ResponseMatrix.from_long(gen.sample(theta, ids, seed=44), model.item_ids).scores[0]))
+    full = est.estimate(row)
+    kept = {s: items[:1] for s, items in anchors.items.items()}
+    one = est.estimate({i: row[i] for items in kept.values() for i in items})
+    # equal weights: n_eff 10 -> 1, so the variance at the subject's one-anchor means is 10x what a fully
+    # scored subject with those means would get
+    at_means = est._subject_anchor_variance(np.array([[one["s0"], one["s1"]]]))[0]
+    for k, s in enumerate(("s0", "s1")):
+        assert one.se[s] ** 2 == pytest.approx(10 * at_means[k], rel=1e-9)
+        assert one.se[s] > 2.5 * full.se[s]
+    gp = Estimator(model, anchors, "gpirt")
+    assert all(gp.estimate({i: row[i] for items in kept.values() for i in items}).se[s] > gp.estimate(row).se[s]
+               for s in ("s0", "s1"))
