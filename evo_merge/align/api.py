@@ -189,8 +189,33 @@ def align_folders(
     out = Path(out)
     for endpoint, name, state in zip(endpoints, names, aligned_states(spec, [e.state for e in endpoints], alignment)):
         write_endpoint(endpoint, state, out / name)
-    (out / "permutations.json").write_text(json.dumps(alignment.to_json(names)))
+    (out / PERMUTATIONS_FILE).write_text(json.dumps(alignment.to_json(names)))
     return alignment
+
+
+PERMUTATIONS_FILE = "permutations.json"
+
+
+def check_alignment_output(out: Path, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+    """`align --out`: a new folder, or an earlier alignment's with --overwrite; never a folder that
+    holds an input (the aligned copies would replace the originals) or other files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder to write the aligned models into")
+    target = out.resolve()
+    for source in inputs:
+        if Path(source).resolve().is_relative_to(target):
+            raise UserError(f"--out {out} holds the input {source}: its aligned copy would replace it; "
+                            "write the alignment somewhere else")
+    if out.exists() and any(out.iterdir()):
+        check_alignment_folder(out)
+        if not overwrite:
+            raise UserError(f"--out {out} holds an earlier alignment (--overwrite replaces it)")
+
+
+def check_alignment_folder(out: Path) -> None:
+    """Only an alignment's own output is replaced whole (`replace_folder`)."""
+    if out.exists() and any(out.iterdir()) and not (out / PERMUTATIONS_FILE).is_file():
+        raise UserError(f"--out {out} is not an alignment's output (no {PERMUTATIONS_FILE}); refusing to replace it")
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:

@@ -17,11 +17,26 @@ from evo_merge.align.methods import METHODS
 @click.option("--f", "balance", type=float, default=None, help="MuDSC balance factor (searched if omitted).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the matching.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
-def align(first: str, more: tuple[str, ...], arch: str, method: str, data, balance, seed: int, out: str) -> None:
+@click.option("--overwrite", is_flag=True, help="replace an earlier alignment in --out (once the new one is written)")
+def align(first: str, more: tuple[str, ...], arch: str, method: str, data, balance, seed: int, out: str,
+          overwrite: bool) -> None:
     """Align models and write each, mapped into the common basis, under OUT."""
-    from evo_merge.align.api import align_folders
+    import shutil
+    import tempfile
+    from pathlib import Path
 
-    result = align_folders([first, *more], arch, method, out, data=data, f=balance, seed=seed)
+    from evo_merge.align.api import align_folders, check_alignment_folder, check_alignment_output
+    from evo_merge.weights.export import replace_folder
+
+    target = Path(out)
+    check_alignment_output(target, overwrite, [first, *more])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:  # written beside OUT, moved into place whole: a failed run leaves OUT as it was
+        result = align_folders([first, *more], arch, method, tmp / "aligned", data=data, f=balance, seed=seed)
+        replace_folder(tmp / "aligned", target, check=check_alignment_folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     for i, perms in enumerate(result.perms):
         moved = sum(int((p != range(len(p))).sum()) for p in perms.values())
         click.echo(f"model {i}: {moved} units moved")

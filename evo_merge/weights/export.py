@@ -21,7 +21,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -331,9 +331,10 @@ def umask_modes(folder: Path) -> None:
             file.chmod(mode)
 
 
-def replace_folder(tmp: Path, out: Path) -> None:
-    """Move the complete folder into place; an old `out` is removed only after the swap."""
-    check_replaceable(out)
+def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None] = check_replaceable) -> None:
+    """Move the complete folder into place; an old `out` is removed only after the swap, and only
+    what `check` lets through is replaced (a model folder, by default)."""
+    check(out)
     if not out.exists():
         tmp.rename(out)
         return

@@ -198,3 +198,28 @@ def test_the_schema_the_library_and_the_cli_accept_the_same_methods():
         assert AlignSpec(method=method, arch="mlp").method == method
     with pytest.raises(ValidationError):
         AlignSpec(method="zip", arch="mlp")
+
+
+def test_out_never_replaces_an_input_and_replaces_an_earlier_alignment_only_with_overwrite(tmp_path):
+    """`--out` holding the inputs wrote the aligned copies over the originals; an earlier output was
+    written into, so a 3-model alignment's third model stayed beside a 2-model one's files."""
+    cfg = CONFIGS["mlp"]
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        _save_plain(tmp_path / "zoo" / name, cfg, seed)
+    zoo = tmp_path / "zoo"
+    original = (zoo / "b" / "model.safetensors").read_bytes()
+    _one_line_error(_run("--models", zoo / "a", zoo / "b", "--arch", "mlp", "--out", zoo), "holds the input")
+    assert (zoo / "b" / "model.safetensors").read_bytes() == original
+    out = tmp_path / "out"
+    assert _run("--models", zoo / "a", zoo / "b", zoo / "c", "--arch", "mlp", "--out", out).exit_code == 0
+    _one_line_error(_run("--models", zoo / "a", zoo / "b", "--arch", "mlp", "--out", out), "--overwrite replaces it")
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c", "permutations.json"]
+    failed = _run("--models", zoo / "a", zoo / "b", "--arch", "gpt2", "--out", out, "--overwrite")
+    assert failed.exit_code == 2 and sorted(p.name for p in out.iterdir()) == ["a", "b", "c", "permutations.json"]
+    assert _run("--models", zoo / "a", zoo / "b", "--arch", "mlp", "--out", out, "--overwrite").exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "permutations.json"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    _one_line_error(_run("--models", zoo / "a", zoo / "b", "--arch", "mlp", "--out", tmp_path / "other",
+                         "--overwrite"), "not an alignment's output")
