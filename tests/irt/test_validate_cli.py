@@ -376,3 +376,21 @@ def test_errors_about_a_responses_file_start_with_its_name(tmp_path):
          "subject m0 has no scored anchor item in scenario 's1'"),
     ]
     assert [run(*args) for args, _, _ in cases] == [(2, f"error: {path}: {message}\n") for _, path, message in cases]
+
+
+def test_anchors_of_another_seed_replace_a_stored_set_only_with_overwrite(tmp_path):
+    """`irt anchors` replaced the set subjects had been scored on; `estimate` then refused them or,
+    with p-IRT, estimated them from nothing."""
+    rng = np.random.default_rng(0)
+    full = pd.DataFrame([(f"m{i}", f"i{j}", float(rng.random() < 0.5), f"s{j // 30}") for i in range(12)
+                         for j in range(60)], columns=["subject", "item", "score", "scenario"])
+    full.to_csv(tmp_path / "cal.csv", index=False)
+    assert run("fit", tmp_path / "cal.csv", "--out", tmp_path / "m", "--dims", "1")[0] == 0
+    stored = tmp_path / "m" / "anchors" / "random-5.json"
+    assert run("anchors", tmp_path / "m", "--budget", "5", "--method", "random")[0] == 0
+    first = stored.read_text()
+    assert run("anchors", tmp_path / "m", "--budget", "5", "--method", "random")[0] == 0  # the same set: kept
+    code, out = run("anchors", tmp_path / "m", "--budget", "5", "--method", "random", "--seed", "1")
+    assert code == 2 and "holds other random anchors of budget 5" in out and stored.read_text() == first
+    assert run("anchors", tmp_path / "m", "--budget", "5", "--method", "random", "--seed", "1", "--overwrite")[0] == 0
+    assert stored.read_text() != first
