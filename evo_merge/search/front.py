@@ -236,7 +236,10 @@ def choose(measured: Sequence[Evaluation], objectives: Objectives, final: FinalS
     best candidate for it; with `front` in the export list, also every candidate no other dominates."""
     if not measured:
         return {}
-    chosen = {name: max(measured, key=lambda e: score(e.measured))
+    # a tie on the pick's own score (common: a task of 120 items scores in steps of 1/120) goes to the
+    # candidate better on the other tasks, never to one another candidate dominates
+    elsewhere = Objectives.of(objectives.names, objectives.directions).balanced
+    chosen = {name: max(measured, key=lambda e: (score(e.measured), elsewhere(e.measured)))
               for name, score in pick_scores(objectives, final).items()}
     if "front" in final.export:
         points = np.array([objectives.vector(e.measured) for e in measured])

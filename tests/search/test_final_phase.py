@@ -378,3 +378,19 @@ def test_finalists_or_picks_that_fail_when_measured_are_reported_and_picks_are_m
     store.close()
     result = CliRunner().invoke(cli, ["report", str(run)])  # not text: an AttributeError traceback
     assert result.exit_code == 2 and "measure_failed:" in result.output and "is damaged" in result.output
+
+
+def test_a_tie_on_a_pick_s_task_goes_to_the_candidate_better_elsewhere_never_a_dominated_one():
+    """best-arith was candidate 11 (arith 0.900, seq 0.817) beside candidate 17 (0.900, 1.000),
+    the first stored of two tied on arith."""
+    from evo_merge.search.front import choose
+    from evo_merge.search.store import Evaluation
+
+    def evaluation(id_, arith, seq):
+        scores = {"arith": arith, "seq": seq}
+        return Evaluation(id_, f"k{id_}", "search", 1, "mass", "ok", scores, scores, 10, 1.0, None)
+
+    measured = [evaluation(11, 0.9, 0.817), evaluation(17, 0.9, 1.0), evaluation(3, 0.5, 1.0)]
+    objectives = Objectives.of(["arith", "seq"], ["maximize", "maximize"])
+    chosen = choose(measured, objectives, FinalSpec())
+    assert chosen["best-arith"].id == 17 and chosen["best-seq"].id == 17
