@@ -197,6 +197,17 @@ def test_mass_over_a_lora_endpoint_is_refused_by_plan_as_by_run(tmp_path, family
     assert not (tmp_path / "run").exists()
 
 
+def test_too_few_calibration_subjects_are_refused_before_calibration_naming_the_key(tmp_path, family):
+    """The base, 2 endpoints and no warm-up: `run` calibrated on every item, then stopped with
+    "need at least 4 subjects"; `plan` said it fits."""
+    path = campaign(tmp_path, family, estimator={"warmup_merges": 0})
+    for args in (("plan", path), ("run", path, "--out", tmp_path / "run")):
+        one_line_error(*invoke(*args), "estimator.warmup_merges: 0 gives 3 calibration subjects", "set it to 1")
+    assert not (tmp_path / "run").exists()
+    full = campaign(tmp_path, family, estimator={"warmup_merges": 0, "kind": "full"})  # no IRT: nothing to fit
+    assert invoke("plan", full)[0] == 0
+
+
 def test_a_pickled_endpoint_in_a_campaign_is_not_told_to_use_an_option_run_does_not_have(tmp_path, family):
     """`plan` and `run` said "pass --allow-pickle", which neither has: a campaign reads safetensors only."""
     import torch

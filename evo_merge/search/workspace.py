@@ -19,6 +19,7 @@ import yaml
 
 from evo_merge.config import DEFAULTS_VERSION, Campaign
 from evo_merge.errors import UserError
+from evo_merge.irt.model import MIN_SUBJECTS
 from evo_merge.search.binding import (
     CAMPAIGN_FILE,
     CAMPAIGN_TEXT_META,
@@ -293,7 +294,16 @@ def _check_distinct(refs: dict[str, ModelRef]) -> None:
 
 def check_irt_models(campaign: Campaign) -> None:
     """A campaign scored by fitted IRT models has one per task: checked before anything is evaluated,
-    not when the search first needs it, after calibration."""
+    not when the search first needs it, after calibration. One that fits them has enough
+    calibration subjects to (the base, the endpoints, the warm-ups): checked before calibration,
+    the costly part, is paid."""
+    spec = campaign.estimator
+    if spec.irt_model is None and spec.kind != "full":
+        subjects = 1 + len(campaign.models) + spec.warmup_merges
+        if subjects < MIN_SUBJECTS:
+            raise UserError(f"estimator.warmup_merges: {spec.warmup_merges} gives {subjects} calibration subjects "
+                            f"(the base, {len(campaign.models)} endpoint(s) and the warm-ups); an IRT model needs "
+                            f"{MIN_SUBJECTS}: set it to {MIN_SUBJECTS - 1 - len(campaign.models)} or more")
     if campaign.estimator.irt_model is None:
         return
     folder = Path(campaign.estimator.irt_model)
