@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -30,6 +31,7 @@ from evo_merge.schema import malformed_yaml
 from evo_merge.tasks.base import ItemTable, score_series
 
 _LOGGERS = ("lm_eval", "lm-eval", "datasets")
+log = logging.getLogger(__name__)
 
 
 def _quiet() -> None:
@@ -253,11 +255,17 @@ class _FixedContexts:
 
 def _doc_items(docs: list[Any]) -> tuple[list[str], list[str] | None]:
     """(item ids, scenarios or None) of a task's docs: their `id` fields where every doc has a
-    distinct one (else their positions), their `scenario` fields where every doc has one."""
-    ids = [str(d["id"]) for d in docs] if docs and all(isinstance(d, dict) and "id" in d for d in docs) else []
-    has_scenarios = docs and all(isinstance(d, dict) and "scenario" in d for d in docs)
+    distinct one (else their positions), their `scenario` fields where every doc has one. A field
+    the data loader filled with None for a doc that lacks it counts as missing (a scenario "None")."""
+    def every(field: str) -> bool:
+        return bool(docs) and all(isinstance(d, dict) and d.get(field) is not None for d in docs)
+
+    ids = [str(d["id"]) for d in docs] if every("id") else []
+    if ids and len(set(ids)) < len(ids):  # items named by position: anchors and --items lists by id would not match
+        twice = next(i for i, n in Counter(ids).items() if n > 1)
+        log.warning("task items are named by their position: id %r is given to more than one document", twice)
     return (ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))],
-            [str(d["scenario"]) for d in docs] if has_scenarios else None)
+            [str(d["scenario"]) for d in docs] if every("scenario") else None)
 
 
 def _metric_key(task: Any, metric: str | None) -> tuple[str, str]:

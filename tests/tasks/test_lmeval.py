@@ -300,3 +300,16 @@ def test_cli_eval_names_the_task_as_given_and_the_metric_option(model_dirs, tmp_
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and result.output.strip() == (
         "error: --task arith: task 'evo_arith' has no metric 'nosuch' (its `metric` option); choose one of acc,none")
+
+
+def test_a_doc_without_a_scenario_or_an_id_twice_is_not_taken_at_its_word(caplog):
+    """The data loader fills a missing `scenario` with None: one doc without it made a one-item
+    scenario "None". A repeated id names every item by position: said, naming the id."""
+    from evo_merge.tasks.lmeval import _doc_items
+
+    docs = [{"id": "q0", "scenario": "a"}, {"id": "q1", "scenario": None}, {"id": "q2", "scenario": "b"}]
+    assert _doc_items(docs) == (["q0", "q1", "q2"], None)
+    assert _doc_items([{**d, "scenario": "a"} for d in docs]) == (["q0", "q1", "q2"], ["a", "a", "a"])
+    twice = [{"id": "q0"}, {"id": "q1"}, {"id": "q1"}]
+    assert _doc_items(twice) == (["0", "1", "2"], None)
+    assert "id 'q1' is given to more than one document" in caplog.text
