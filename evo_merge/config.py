@@ -303,6 +303,13 @@ class AlignSpec(_Checked):
     reference: Literal["first", "mean"] = Field("first", description="base of the task vectors after alignment")
     seed: int = Field(0, ge=0)
 
+    @model_validator(mode="after")
+    def _sample_for_activations(self) -> AlignSpec:
+        if self.method in ("activation", "mudsc") and self.data is None:  # refused by `run` once models loaded
+            raise ValueError(f"method {self.method} matches the models' activations on a sample: give it as `data` "
+                             "(.safetensors x[,y] or a text file), or use method: weight")
+        return self
+
 
 class StorageSpec(_Checked):
     """How the search keeps the base and task vectors: dtype (auto: the checkpoints' own) and place
@@ -422,6 +429,8 @@ class Campaign(_Checked):
     def _base(self) -> Campaign:
         if self.base_model is None and self.align is None:
             raise ValueError("base_model: required (or give `align` to merge models from different initialisations)")
+        if self.align is not None and len(self.models) < 2:
+            raise ValueError(f"models: align needs at least two models to put into one basis, got {len(self.models)}")
         return self
 
     @field_validator("methods")

@@ -13,7 +13,7 @@ def campaign_models(campaign_file: Path):
     from evo_merge.align.builders import check_arch
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
-    from evo_merge.search.workspace import campaign_references, check_irt_models, resolve_campaign
+    from evo_merge.search.workspace import campaign_references, check_irt_models, existing_path, resolve_campaign
     from evo_merge.weights.checkpoint import read_config
 
     with naming_file(campaign_file):
@@ -24,6 +24,8 @@ def campaign_models(campaign_file: Path):
         base = refs["base_model"].path if "base_model" in refs else models[0]  # aligned copies have its shapes
         if campaign.align is not None:
             check_arch(campaign.align.arch, read_config(models[0]) or {}, "align.arch")
+            if campaign.align.data is not None:
+                existing_path(campaign.align.data, "align.data", "data file")
     return campaign, base, models
 
 

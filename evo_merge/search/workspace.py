@@ -114,11 +114,12 @@ def with_disk_dir(campaign: Campaign, run_dir: Path) -> Campaign:
     return campaign.model_copy(update={"storage": storage.model_copy(update={"disk_dir": os.path.abspath(run_dir)})})
 
 
-def existing_path(value: str, key: str) -> Path:
-    """The resolved path of a model the campaign names at `key`; a missing one is a user error naming the key."""
+def existing_path(value: str, key: str, what: str = "model path") -> Path:
+    """The resolved path of a model (or `what`) the campaign names at `key`; a missing one is a user
+    error naming the key."""
     path = Path(value)
     if not path.exists():
-        raise UserError(f"{key}: model path {value!r} does not exist")
+        raise UserError(f"{key}: {what} {value!r} does not exist")
     return path.resolve()
 
 
@@ -179,7 +180,7 @@ class Workspace:
             raise
         models = [refs[f"models.{i}"] for i in range(len(campaign.models))]
         if campaign.align is not None:
-            data = existing_path(campaign.align.data, "align.data") if campaign.align.data else None
+            data = existing_path(campaign.align.data, "align.data", "data file") if campaign.align.data else None
             base, aligned = aligned_paths(campaign.align, [r.path for r in models], run_dir / "aligned", data)
             return cls(campaign, run_dir, base, aligned, store)
         base = refs["base_model"]

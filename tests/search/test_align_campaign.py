@@ -59,3 +59,23 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
 
     exported = sorted((run / "models").iterdir())
     assert exported and load_model_folder(exported[0])[0](x).shape == (64, 10)
+
+
+@pytest.mark.parametrize(("align", "models", "expected"), [
+    ({"method": "activation", "arch": "mlp"}, 2, "align: method activation matches the models' activations"),
+    ({"method": "weight", "arch": "mlp"}, 1, "models: align needs at least two models"),
+    ({"method": "activation", "arch": "mlp", "data": "nope.safetensors"}, 2, "align.data: data file"),
+])
+def test_an_align_section_run_would_refuse_is_refused_by_plan_naming_its_key(tmp_path, zoo, align, models, expected):
+    """`plan` said "fits" and `run` refused after loading the models, naming `--data` (an option
+    campaigns do not have) or no key at all, and calling a data file a "model path"."""
+    config = tmp_path / "campaign.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": [str(zoo / f"mlp-s{i}") for i in range(models)], "align": align,
+        "tasks": [{"task": "evo_merge.zoo.mnist:mnist_task", "name": "digits", "options": {"zoo": str(zoo)}}],
+        "methods": {"task_arithmetic": {}}, "estimator": {"kind": "full"},
+    }))
+    for args in (["plan", str(config)], ["run", str(config), "--out", str(tmp_path / "run")]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "run").exists()
