@@ -165,16 +165,17 @@ def align_folders(
     f: float | None = None,
     seed: int = 0,
     arch_key: str = "--arch",
+    data_key: str = "--data",
 ) -> Alignment:
     """Load model folders, align them, write each under `out` plus `permutations.json` (errors
-    about `arch` name `arch_key`, the option or campaign key it came from)."""
+    about `arch` and `data` name `arch_key` and `data_key`, the option or campaign key each came from)."""
     endpoints = [load_endpoint(p) for p in paths]
     names = _unique_names([e.path for e in endpoints])
     runnable = all(e.module is not None for e in endpoints)
     if endpoints[0].module is None and arch in ARCHS:
         raise UserError(f"{endpoints[0].path}: {arch_key} {arch} needs a config.json describing the model")
     spec = spec_for(arch, endpoints[0].module, arch_key) if arch in ARCHS else load_spec_yaml(arch)
-    x, y = load_data(data, endpoints[0]) if data is not None else (None, None)
+    x, y = load_data(data, endpoints[0], data_key) if data is not None else (None, None)
     alignment = align_models(
         spec,
         [e.state for e in endpoints],

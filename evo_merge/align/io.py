@@ -65,21 +65,41 @@ def write_endpoint(endpoint: Endpoint, state: State, out: Path) -> None:
     save_model_folder(out, endpoint.module, endpoint.tokenizer, overwrite=True)
 
 
-def load_data(path: str | Path, endpoint: Endpoint) -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_data(path: str | Path, endpoint: Endpoint, key: str = "--data") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Inputs for activation statistics: a .safetensors file with `x` (and optional labels `y`),
-    or for language models a text file, tokenized and cut into sequences of SEQ_LEN tokens."""
+    or for language models a text file, tokenized and cut into sequences of SEQ_LEN tokens.
+    Errors name `key`, the option or campaign key the file came from."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"--data {path}: no such file")
+        raise UserError(f"{key} {path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{key} {path}: a folder; give a .safetensors file (x[,y]) or a text file")
     if path.suffix == ".safetensors":
-        tensors = load_file(path)
+        try:
+            tensors = load_file(path)
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{key} {path}: not a readable safetensors file ({exc})") from None
         if "x" not in tensors:
-            raise UserError(f"--data {path}: needs a tensor named 'x'")
+            raise UserError(f"{key} {path}: needs a tensor named 'x'")
+        _check_fits(tensors["x"], endpoint, f"{key} {path}")
         return tensors["x"], tensors.get("y")
     if endpoint.tokenizer is None:
-        raise UserError(f"--data {path}: text data needs a model folder with a tokenizer")
+        raise UserError(f"{key} {path}: text data needs a model folder with a tokenizer")
     ids = endpoint.tokenizer(path.read_text())["input_ids"]
     n = len(ids) // SEQ_LEN
     if n == 0:
-        raise UserError(f"--data {path}: fewer than {SEQ_LEN} tokens")
+        raise UserError(f"{key} {path}: fewer than {SEQ_LEN} tokens")
     return torch.tensor(ids[: n * SEQ_LEN]).view(n, SEQ_LEN), None
+
+
+def _check_fits(x: torch.Tensor, endpoint: Endpoint, where: str) -> None:
+    """The model runs on two of the inputs: one of another width, or images given to a language
+    model, failed deep in the matching with a traceback."""
+    if endpoint.module is None or x.ndim == 0 or len(x) == 0:
+        return
+    try:
+        with torch.no_grad():
+            endpoint.module.eval()(x[:2])
+    except (RuntimeError, IndexError, TypeError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{where}: the models cannot take its x (shape {list(x.shape)}, {x.dtype}): {detail}") from None

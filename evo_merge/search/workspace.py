@@ -138,7 +138,8 @@ def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tup
 
     record = out / "permutations.json"
     if not record.exists():
-        align_folders(models, spec.arch, spec.method, out, data=data, seed=spec.seed, arch_key="align.arch")
+        align_folders(models, spec.arch, spec.method, out, data=data, seed=spec.seed, arch_key="align.arch",
+                      data_key="align.data")
     aligned = [out / name for name in json.loads(record.read_text())["perms"]]
     if spec.reference == "first":
         return aligned[0], aligned

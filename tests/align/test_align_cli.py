@@ -195,7 +195,7 @@ def test_the_schema_the_library_and_the_cli_accept_the_same_methods():
     cli_choices = next(p for p in align.params if p.name == "method").type.choices
     assert tuple(cli_choices) == METHODS == ("weight", "activation", "mudsc", "c2m3")
     for method in METHODS:
-        assert AlignSpec(method=method, arch="mlp").method == method
+        assert AlignSpec(method=method, arch="mlp", data="sample.safetensors").method == method
     with pytest.raises(ValidationError):
         AlignSpec(method="zip", arch="mlp")
 
@@ -223,3 +223,19 @@ def test_out_never_replaces_an_input_and_replaces_an_earlier_alignment_only_with
     (tmp_path / "other" / "notes.txt").write_text("mine")
     _one_line_error(_run("--models", zoo / "a", zoo / "b", "--arch", "mlp", "--out", tmp_path / "other",
                          "--overwrite"), "not an alignment's output")
+
+
+def test_a_sample_the_models_cannot_take_is_one_line_naming_it(tmp_path):
+    """x of another width, a file that is no safetensors and a folder were tracebacks (exit 1)."""
+    cfg = CONFIGS["mlp"]
+    for name, seed in (("a", 0), ("b", 1)):
+        _save_plain(tmp_path / name, cfg, seed)
+    save_file({"x": torch.randn(6, 21)}, tmp_path / "wide.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00")
+    models = ("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--method", "activation")
+    cases = [(tmp_path / "wide.safetensors", "the models cannot take its x (shape [6, 21]"),
+             (tmp_path / "junk.safetensors", "not a readable safetensors file"),
+             (tmp_path, "a folder; give a .safetensors file")]
+    for data, expected in cases:
+        _one_line_error(_run(*models, "--data", data, "--out", tmp_path / "out"), f"--data {data}", expected)
+    assert not (tmp_path / "out").exists()
