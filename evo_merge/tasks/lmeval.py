@@ -268,6 +268,23 @@ def _doc_items(docs: list[Any]) -> tuple[list[str], list[str] | None]:
             [str(d["scenario"]) for d in docs] if every("scenario") else None)
 
 
+def _check_targets(spec: str | Path, name: str, task: Any, docs: list[Any], ids: list[str]) -> None:
+    """A multiple-choice doc whose answer is none of its choices (an index past them, a text not
+    among them) scores 0 whatever the model says; lm-eval logs a warning, which is hidden."""
+    for doc, item in zip(docs, ids):
+        try:
+            target, choices = task.doc_to_target(doc), task.doc_to_choice(doc)
+        except Exception:  # noqa: BLE001  a template lm-eval cannot render fails when scored, with its own error
+            return
+        golds = target if isinstance(target, list) else [target]
+        for gold in golds:
+            index = isinstance(gold, int) and not isinstance(gold, bool)
+            if not (0 <= gold < len(choices) if index else gold in choices):
+                raise UserError(f"task {spec}: {name}: item {item}'s answer {gold!r} is none of its {len(choices)} "
+                                "choices (doc_to_target against doc_to_choice): it would score 0 whatever the "
+                                "model says")
+
+
 def _metric_key(task: Any, metric: str | None) -> tuple[str, str]:
     """(metric, filter) from 'acc', 'exact_match,strip' or None (the task's first of each).
 
@@ -361,6 +378,8 @@ class LMEvalTask(ItemTable):
                 raise UserError(f"task {spec}: {name} has no items in its evaluation split")
             _fix_fewshot_contexts(task, docs, fewshot_seed)
             own_ids, own_scenarios = _doc_items(docs)
+            if task.config.output_type == "multiple_choice":
+                _check_targets(spec, name, task, docs, own_ids)
             ids += [f"{name}/{i}" for i in own_ids] if grouped else own_ids
             scenarios += [name] * len(docs) if grouped else own_scenarios or []
             self._where += [(name, k) for k in range(len(docs))]

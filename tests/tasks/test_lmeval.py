@@ -313,3 +313,13 @@ def test_a_doc_without_a_scenario_or_an_id_twice_is_not_taken_at_its_word(caplog
     twice = [{"id": "q0"}, {"id": "q1"}, {"id": "q1"}]
     assert _doc_items(twice) == (["0", "1", "2"], None)
     assert "id 'q1' is given to more than one document" in caplog.text
+
+
+@pytest.mark.parametrize(("answer", "shown"), [('"answer":7', "7"), ('"answer":"eighty"', "'eighty'")])
+def test_a_multiple_choice_answer_that_is_none_of_its_choices_is_refused_at_load(tmp_path, answer, shown):
+    """`answer: 7` with 4 choices scored 0 whatever the model said (lm-eval's warning is hidden)."""
+    data = (BENCHMARKS_DIR / "arith" / "test.jsonl").read_text().splitlines()
+    first = re.sub(r'"answer":\d+', answer, data[1])
+    path = _arith_variant(tmp_path, data="\n".join([data[0], first, *data[2:20]]) + "\n")
+    with pytest.raises(UserError, match=re.escape(f"item arith-test-00001's answer {shown} is none of its 4 choices")):
+        LMEvalTask(path)
