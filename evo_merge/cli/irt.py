@@ -69,9 +69,12 @@ def _delta(value: str) -> float | str:
     if value == "auto":
         return value
     try:
-        return float(value)
+        delta = float(value)
     except ValueError:
-        raise UserError(f"--gmp-delta must be 'auto' or a number in [0, 1], not {value!r}") from None
+        delta = float("nan")
+    if not 0.0 <= delta <= 1.0:
+        raise UserError(f"--gmp-delta must be 'auto' or a number in [0, 1], not {value!r}")
+    return delta
 
 
 def _endpoints(value: str | None):
@@ -199,12 +202,12 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate,se."""
     if out is not None:
         check_output_file(out, overwrite)
-
+    delta = _delta(gmp_delta)  # an option's mistake before the model is read
     model = IRTModel.load(model_dir)
     if method is not None:  # `irt anchors --method auto` stored its set under the method auto resolved to
         method = choose_anchor_method(method, len(model.subject_ids))[0]
     anchors = None if estimator == "adaptive" else load_anchors(model_dir, budget, method)
-    est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=_delta(gmp_delta))
+    est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=delta)
     with naming_file(partial):  # an item the model lacks, a subject without a scenario's anchors
         table = estimate_table(est, load_responses(partial, items_as_rows=items_as_rows))
     text = table.to_csv(index=False)
@@ -219,7 +222,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--hold-out", type=click.Choice(HOLD_OUTS), default="random", show_default=True,
               help="Which subjects are held out: at random, or the strongest / weakest by mean score (unlike "
               "every training subject, as a campaign's best merges can be).")
-@click.option("--test-frac", type=float, default=0.25, show_default=True,
+@click.option("--test-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25, show_default=True,
               help="Share of subjects held out (one split; see --folds).")
 @click.option("--folds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Hold every subject out once, over this many fits (random hold-out), instead of one split: "
@@ -233,9 +236,9 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @_layout_flags
 @_backend_flags
 @click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
-@click.option("--repeats", type=int, default=5, show_default=True,
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Anchor draws averaged per row (one draw's anchors serve every held-out subject).")
-@click.option("--draws", type=int, default=RANDOM_DRAWS, show_default=True,
+@click.option("--draws", type=click.IntRange(min=1), default=RANDOM_DRAWS, show_default=True,
               help="Random draws per subject behind the baseline (random items + mean).")
 @click.option("--endpoints", default=None, help="Training subject ids (comma-separated): adds mp-IRT rows.")
 @click.option("--overall", is_flag=True,

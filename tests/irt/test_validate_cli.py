@@ -327,10 +327,9 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
                 "--gmp-delta",
                 "1.5",
             ],
-            "gmp-IRT delta must be 'auto' or a number in [0, 1]",
+            "--gmp-delta must be 'auto' or a number in [0, 1]",
         ),
         (["validate", "{root}/responses.csv", "--budgets", "5,x"], "--budgets must be a comma-separated list"),
-        (["validate", "{root}/responses.csv", "--test-frac", "1.5"], "test fraction must be between 0 and 1"),
         (["validate", "{root}/responses.csv", "--folds", "4", "--hold-out", "strongest"],
          "folds hold every subject out once: they go with a random hold-out, not 'strongest'"),
         (["validate", "{root}/responses.csv", "--folds", "41"], "cannot make 41 folds of 40 subjects"),
@@ -394,3 +393,16 @@ def test_anchors_of_another_seed_replace_a_stored_set_only_with_overwrite(tmp_pa
     assert code == 2 and "holds other random anchors of budget 5" in out and stored.read_text() == first
     assert run("anchors", tmp_path / "m", "--budget", "5", "--method", "random", "--seed", "1", "--overwrite")[0] == 0
     assert stored.read_text() != first
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("validate", "r.csv", "--test-frac", "0"), "Invalid value for '--test-frac'"),
+    (("validate", "r.csv", "--repeats", "0"), "Invalid value for '--repeats'"),
+    (("validate", "r.csv", "--draws", "0"), "Invalid value for '--draws'"),
+    (("estimate", "m", "--responses", "r.csv", "--gmp-delta", "2"), "--gmp-delta must be 'auto' or a number in [0, 1]"),
+])
+def test_an_option_out_of_its_range_is_named_before_any_file_is_read(tmp_path, args, expected):
+    """These said "test fraction must be …", "repeats and draws must be …", "gmp-IRT delta …",
+    naming no option, and some only after the responses were read."""
+    code, out = run(*(str(tmp_path / a) if a in ("r.csv", "m") else a for a in args))
+    assert code == 2 and expected in out, out
