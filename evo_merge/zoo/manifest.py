@@ -41,7 +41,10 @@ def read_zoo(folder: str | Path) -> ZooManifest:
     """The manifest of a zoo folder; a missing or malformed one is a one-line user error."""
     file = Path(folder) / ZOO_JSON
     if not file.is_file():
-        raise UserError(f"{folder}: no {ZOO_JSON} (build a zoo with `evo-merge zoo build`)")
+        if (Path(folder) / "manifest.json").is_file():  # the mnist zoo: classifiers, no language-model tasks
+            raise UserError(f"{folder}: an mnist zoo (its manifest.json); this takes a tiny-lm or smollm2 zoo, "
+                            f"which names its models in {ZOO_JSON}")
+        raise UserError(f"{folder}: no {ZOO_JSON} (build a tiny-lm or smollm2 zoo with `evo-merge zoo build`)")
     try:
         return ZooManifest.model_validate(json.loads(file.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

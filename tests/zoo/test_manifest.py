@@ -19,6 +19,9 @@ def test_round_trip_and_errors(tmp_path):
     assert not has_zoo(tmp_path)
     with pytest.raises(UserError, match="no zoo.json"):
         read_zoo(tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")  # an mnist zoo: was told to build a zoo, which it is
+    with pytest.raises(UserError, match="an mnist zoo .*this takes a tiny-lm or smollm2 zoo"):
+        read_zoo(tmp_path)
     write_zoo(tmp_path, ZooManifest(kind="custom", models=["base", "a", "b"]))
     assert has_zoo(tmp_path) and read_zoo(tmp_path).endpoints == ["a", "b"]
     (tmp_path / "zoo.json").write_text(json.dumps({"kind": "custom", "models": "base"}))
