@@ -364,7 +364,7 @@ class Estimator:
         excess = np.maximum(d**2 - sampling, 0.0) / np.maximum(expected, 1e-12)
         return np.where(np.isnan(excess), 0.0, excess)
 
-    def unscored_fraction(self, anchor_scores: np.ndarray) -> np.ndarray:
+    def anchor_variance_factor(self, anchor_scores: np.ndarray) -> np.ndarray:
         """n_eff of the anchor set over n_eff of the anchors each row scored, per scenario (S, K): 1
         where every anchor was scored (a campaign's candidates), ∞ where none was. The anchor mean's
         error grows by this factor; the calibration measured it with every anchor scored."""
@@ -375,11 +375,11 @@ class Estimator:
     def estimate_with_overall(self, anchor_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(estimates, SEs), each (S, K + 1), for rows of scores on `anchor_ids` (NaN = not
         evaluated): per scenario, then the overall score over all items. A row that scored only
-        some anchors has its anchor mean's variance grown by `unscored_fraction` (gp-IRT then
+        some anchors has its anchor mean's variance grown by `anchor_variance_factor` (gp-IRT then
         leans on the IRT part as much as that warrants)."""
         anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
         se = np.broadcast_to(self.scenario_se, anchor.shape)
-        s2 = self._subject_anchor_variance(anchor) * self.unscored_fraction(anchor_scores)
+        s2 = self._subject_anchor_variance(anchor) * self.anchor_variance_factor(anchor_scores)
         if self.kind == "anchor":
             return self._with_overall(anchor, np.sqrt(s2))
         theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta, self.anchor_idx)
@@ -455,7 +455,7 @@ class Estimator:
         if bad.any():
             raise UserError(f"score {row[bad][0]} of item {self.anchor_ids[int(np.argmax(bad))]} is out of [0, 1]")
         values, se = (x[0] for x in self.estimate_with_overall(row[None, :]))
-        unscored = np.isinf(self.unscored_fraction(row[None, :])[0]) | np.isnan(values[:-1])
+        unscored = np.isinf(self.anchor_variance_factor(row[None, :])[0]) | np.isnan(values[:-1])
         if unscored.any():  # p-IRT would give its prior there, as if measured
             scenario = self.scenarios[int(np.argmax(unscored))]
             raise UserError(f"no anchor item of scenario {scenario!r} was scored")
@@ -482,7 +482,7 @@ def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFram
         return _adaptive_table(estimator, matrix)
     scores = matrix.scores[:, estimator.anchor_idx]
     values, se = estimator.estimate_with_overall(scores)
-    unscored = np.isinf(estimator.unscored_fraction(scores))  # p-IRT would give its prior there, as if measured
+    unscored = np.isinf(estimator.anchor_variance_factor(scores))  # p-IRT would give its prior there, as if measured
     if unscored.any() or np.isnan(values).any():
         s, k = np.argwhere(unscored | np.isnan(values[:, :-1]))[0]
         scenario = estimator.scenarios[k]
