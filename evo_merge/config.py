@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from evo_merge.align.methods import AlignMethod
+from evo_merge.align.methods import NEEDS_DATA, AlignMethod
 from evo_merge.errors import UserError
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
@@ -305,7 +305,7 @@ class AlignSpec(_Checked):
 
     @model_validator(mode="after")
     def _sample_for_activations(self) -> AlignSpec:
-        if self.method in ("activation", "mudsc") and self.data is None:  # refused by `run` once models loaded
+        if self.method in NEEDS_DATA and self.data is None:  # refused by `run` once models loaded
             raise ValueError(f"method {self.method} matches the models' activations on a sample: give it as `data` "
                              "(.safetensors x[,y] or a text file), or use method: weight")
         return self

@@ -23,7 +23,7 @@ from evo_merge.align.c2m3 import c2m3
 from evo_merge.align.features import forward
 from evo_merge.align.io import load_data, load_endpoint, write_endpoint
 from evo_merge.align.matching import activation_matching, mudsc_matching, weight_matching
-from evo_merge.align.methods import METHODS
+from evo_merge.align.methods import METHODS, NEEDS_DATA
 from evo_merge.align.spec import (
     Perms,
     PermSpec,
@@ -133,7 +133,7 @@ def align_models(
     sizes = spec.sizes(split[0])
     if method == "c2m3":
         return Alignment(method, c2m3(spec, split, seed=seed))
-    if method in ("activation", "mudsc") and (modules is None or data is None):
+    if method in NEEDS_DATA and (modules is None or data is None):
         raise UserError(f"alignment method {method} needs runnable models and --data")
     if method == "mudsc" and f is None:
         f = search_f(spec, modules[0], modules[1], data, labels, seed=seed)

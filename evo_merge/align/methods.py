@@ -7,3 +7,4 @@ from typing import Literal, get_args
 
 AlignMethod = Literal["weight", "activation", "mudsc", "c2m3"]
 METHODS: tuple[str, ...] = get_args(AlignMethod)
+NEEDS_DATA: tuple[str, ...] = ("activation", "mudsc")  # they match activations on a sample of inputs

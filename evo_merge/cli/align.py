@@ -21,22 +21,15 @@ from evo_merge.align.methods import METHODS
 def align(first: str, more: tuple[str, ...], arch: str, method: str, data, balance, seed: int, out: str,
           overwrite: bool) -> None:
     """Align models and write each, mapped into the common basis, under OUT."""
-    import shutil
-    import tempfile
     from pathlib import Path
 
     from evo_merge.align.api import align_folders, check_alignment_folder, check_alignment_output
-    from evo_merge.weights.export import replace_folder
+    from evo_merge.weights.export import staged_folder
 
     target = Path(out)
     check_alignment_output(target, overwrite, [first, *more])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:  # written beside OUT, moved into place whole: a failed run leaves OUT as it was
-        result = align_folders([first, *more], arch, method, tmp / "aligned", data=data, f=balance, seed=seed)
-        replace_folder(tmp / "aligned", target, check=check_alignment_folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staged_folder(target, check=check_alignment_folder) as folder:  # a failed run leaves OUT as it was
+        result = align_folders([first, *more], arch, method, folder, data=data, f=balance, seed=seed)
     for i, perms in enumerate(result.perms):
         moved = sum(int((p != range(len(p))).sum()) for p in perms.values())
         click.echo(f"model {i}: {moved} units moved")

@@ -55,20 +55,19 @@ def demo(out: Path, zoo: Path) -> None:
     folder = out.resolve()  # `--out .` has a name only once resolved
     config = folder.parent / f"{folder.name}.yaml"  # beside the run folder: runs/demo.yaml
     command = run_command(config, folder)
-    _check_own_file(config, lambda text: text.startswith(f"# evo-merge campaign: `{command}`\n"))  # before the zoo
+    _check_own_file(config, command, lambda text: text.startswith(f"# evo-merge campaign: `{command}`\n"))  # pre-zoo
     text = campaign_text(Path(zoo).resolve(), _zoo(zoo), name=folder.name, command=command)
-    _check_own_file(config, lambda written: written == text)  # the demo's, as written: a rerun resumes its run
+    _check_own_file(config, command, lambda written: written == text)  # the demo's, as written: a rerun resumes it
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(text)
     start_campaign(config, out)
 
 
-def _check_own_file(config: Path, is_demos: Callable[[str], bool]) -> None:
+def _check_own_file(config: Path, command: str, is_demos: Callable[[str], bool]) -> None:
     """The demo writes its campaign beside its run folder: a file there that it did not write (or
-    one edited since) is the user's, and is not replaced."""
-    from evo_merge.cli.template import run_command
+    one edited since) is the user's, and is not replaced; `command` runs it."""
     from evo_merge.errors import UserError
 
     if config.exists() and not (config.is_file() and is_demos(config.read_text(errors="replace"))):
         raise UserError(f"{config} exists and is not the campaign the demo writes there (edited since?); it is left "
-                        f"as it is: run it with `{run_command(config, config.with_suffix(''))}`, or move it away")
+                        f"as it is: run it with `{command}`, or move it away")

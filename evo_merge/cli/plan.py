@@ -13,13 +13,13 @@ def campaign_models(campaign_file: Path):
     from evo_merge.align.builders import check_arch
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
-    from evo_merge.search.workspace import campaign_references, check_irt_models, existing_path, resolve_campaign
+    from evo_merge.search.workspace import campaign_references, check_estimator, existing_path, resolve_campaign
     from evo_merge.weights.checkpoint import read_config
 
     with naming_file(campaign_file):
         campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
         refs = campaign_references(campaign)  # as the run resolves and checks them
-        check_irt_models(campaign)
+        check_estimator(campaign)
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]
         base = refs["base_model"].path if "base_model" in refs else models[0]  # aligned copies have its shapes
         if campaign.align is not None:
@@ -62,7 +62,8 @@ def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
                    "it was written under), and only what a resume may change is suggested")
 def plan(campaign_file: Path, out: Path | None) -> None:
     """Print the host and device memory a campaign needs and whether it fits (exit 2 if not); its
-    models and tasks are checked as `run` checks them, so a plan that passes is one `run` starts."""
+    models, tasks, estimator and `align` section are checked as `run` checks them before it loads
+    a model (what needs the models loaded, such as MASS's decomposition, `run` finds out)."""
     from evo_merge.errors import naming_file
     from evo_merge.merge.footprint import campaign_plan
     from evo_merge.search.evaluator import campaign_tasks

@@ -372,6 +372,11 @@ class Estimator:
         n_eff = (observed @ self._anchor_onehot) ** 2 / np.maximum((observed**2) @ self._anchor_onehot, 1e-300)
         return np.divide(self._n_eff, n_eff, out=np.full(n_eff.shape, np.inf), where=n_eff > 0)
 
+    def unscored(self, anchor_scores: np.ndarray) -> np.ndarray:
+        """(S, K): True where a row scored no anchor of the scenario. Its estimate there is no
+        measurement (p-IRT would give the prior's, with a full SE): `estimate` refuses it."""
+        return np.isinf(self.anchor_variance_factor(anchor_scores))
+
     def estimate_with_overall(self, anchor_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(estimates, SEs), each (S, K + 1), for rows of scores on `anchor_ids` (NaN = not
         evaluated): per scenario, then the overall score over all items. A row that scored only
@@ -454,11 +459,10 @@ class Estimator:
         bad = ~np.isnan(row) & ((row < 0) | (row > 1))
         if bad.any():
             raise UserError(f"score {row[bad][0]} of item {self.anchor_ids[int(np.argmax(bad))]} is out of [0, 1]")
-        values, se = (x[0] for x in self.estimate_with_overall(row[None, :]))
-        unscored = np.isinf(self.anchor_variance_factor(row[None, :])[0]) | np.isnan(values[:-1])
-        if unscored.any():  # p-IRT would give its prior there, as if measured
+        if (unscored := self.unscored(row[None, :])[0]).any():
             scenario = self.scenarios[int(np.argmax(unscored))]
             raise UserError(f"no anchor item of scenario {scenario!r} was scored")
+        values, se = (x[0] for x in self.estimate_with_overall(row[None, :]))
         keys = [*self.scenarios, RESERVED_SCENARIO]
         out, se = dict(zip(keys, values.tolist())), dict(zip(keys, se.tolist()))
         items = [i for i, v in zip(self.anchor_ids, row) if not np.isnan(v)]
@@ -481,12 +485,11 @@ def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFram
     if estimator.kind == "adaptive":
         return _adaptive_table(estimator, matrix)
     scores = matrix.scores[:, estimator.anchor_idx]
-    values, se = estimator.estimate_with_overall(scores)
-    unscored = np.isinf(estimator.anchor_variance_factor(scores))  # p-IRT would give its prior there, as if measured
-    if unscored.any() or np.isnan(values).any():
-        s, k = np.argwhere(unscored | np.isnan(values[:, :-1]))[0]
+    if (unscored := estimator.unscored(scores)).any():
+        s, k = np.argwhere(unscored)[0]
         scenario = estimator.scenarios[k]
         raise UserError(f"subject {matrix.subjects[s]} has no scored anchor item in scenario {scenario!r}")
+    values, se = estimator.estimate_with_overall(scores)
     columns = [*estimator.scenarios, RESERVED_SCENARIO]
 
     def long(table: np.ndarray, name: str) -> pd.DataFrame:

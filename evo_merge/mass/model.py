@@ -13,8 +13,6 @@ safetensors, the tokenizer, a model card, and the base model in `base/` (or a pa
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,7 +32,7 @@ from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_confi
 from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import copied_tokenizer_files
-from evo_merge.weights.export import refuse_existing, replace_folder
+from evo_merge.weights.export import refuse_existing, staged_folder
 
 MASS_JSON = "mass.json"
 FORMAT = "evo-merge-mass"
@@ -393,18 +391,13 @@ class MassModel(nn.Module):
         extra = {f.name: f.read_bytes() for f in copied_tokenizer_files(self.base_path)}
         extra[MASS_JSON] = json.dumps(meta, indent=2) + "\n"
         extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores, chosen_as)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            folder = write_model_folder(tmp / "mass", self.factors.stored(), extra_files=extra)
+        with staged_folder(out) as folder:
+            write_model_folder(folder, self.factors.stored(), extra_files=extra)
             if copy_base:
                 base = Checkpoint.open(self.base_path)
                 write_model_folder(
                     folder / BASE_FOLDER, ((n, base.tensor(n)) for n in base.names), copy_from=self.base_path
                 )
-            replace_folder(folder, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return out
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from evo_merge.config import DEFAULTS_VERSION, Campaign
 from evo_merge.errors import UserError
+from evo_merge.irt.kinds import FULL_EVALUATION
 from evo_merge.irt.model import MIN_SUBJECTS
 from evo_merge.search.binding import (
     CAMPAIGN_FILE,
@@ -133,10 +134,10 @@ def model_reference(value: str, key: str) -> ModelRef:
 
 def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tuple[Path, list[Path]]:
     """Align the endpoints once (reused on resume): (the reference, the aligned folders)."""
-    from evo_merge.align.api import align_folders
+    from evo_merge.align.api import PERMUTATIONS_FILE, align_folders
     from evo_merge.weights import Checkpoint, write_model_folder
 
-    record = out / "permutations.json"
+    record = out / PERMUTATIONS_FILE
     if not record.exists():
         align_folders(models, spec.arch, spec.method, out, data=data, seed=spec.seed, arch_key="align.arch",
                       data_key="align.data")
@@ -171,7 +172,7 @@ class Workspace:
         campaign = resolve_campaign(campaign, Path(root))
         run_dir = Path(run_dir)
         refs = campaign_references(campaign)
-        check_irt_models(campaign)
+        check_estimator(campaign)
         store = CampaignStore(run_dir)
         try:
             campaign = _bind(store, campaign, run_dir)
@@ -294,18 +295,29 @@ def _check_distinct(refs: dict[str, ModelRef]) -> None:
         seen[same] = key
 
 
-def check_irt_models(campaign: Campaign) -> None:
-    """A campaign scored by fitted IRT models has one per task: checked before anything is evaluated,
-    not when the search first needs it, after calibration. One that fits them has enough
-    calibration subjects to (the base, the endpoints, the warm-ups): checked before calibration,
-    the costly part, is paid."""
+def check_estimator(campaign: Campaign) -> None:
+    """What the estimator needs, checked before anything is evaluated (`plan` and `run`): enough
+    calibration subjects to fit IRT on, or an IRT model for every task."""
+    _check_calibration_size(campaign)
+    _check_irt_models(campaign)
+
+
+def _check_calibration_size(campaign: Campaign) -> None:
+    """A campaign that fits IRT has the subjects to (the base, the endpoints, the warm-ups): found
+    out after calibration, the costly part, was paid."""
     spec = campaign.estimator
-    if spec.irt_model is None and spec.kind != "full":
-        subjects = 1 + len(campaign.models) + spec.warmup_merges
-        if subjects < MIN_SUBJECTS:
-            raise UserError(f"estimator.warmup_merges: {spec.warmup_merges} gives {subjects} calibration subjects "
-                            f"(the base, {len(campaign.models)} endpoint(s) and the warm-ups); an IRT model needs "
-                            f"{MIN_SUBJECTS}: set it to {MIN_SUBJECTS - 1 - len(campaign.models)} or more")
+    if spec.irt_model is not None or spec.kind == FULL_EVALUATION:
+        return
+    subjects = 1 + len(campaign.models) + spec.warmup_merges
+    if subjects < MIN_SUBJECTS:
+        raise UserError(f"estimator.warmup_merges: {spec.warmup_merges} gives {subjects} calibration subjects "
+                        f"(the base, {len(campaign.models)} endpoint(s) and the warm-ups); an IRT model needs "
+                        f"{MIN_SUBJECTS}: set it to {MIN_SUBJECTS - 1 - len(campaign.models)} or more")
+
+
+def _check_irt_models(campaign: Campaign) -> None:
+    """A campaign scored by fitted IRT models has one per task: checked before anything is evaluated,
+    not when the search first needs it, after calibration."""
     if campaign.estimator.irt_model is None:
         return
     folder = Path(campaign.estimator.irt_model)

@@ -21,7 +21,8 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -329,6 +330,21 @@ def umask_modes(folder: Path) -> None:
     for file in folder.rglob("*"):
         if file.is_file():
             file.chmod(mode)
+
+
+@contextmanager
+def staged_folder(out: Path, check: Callable[[Path], None] = check_replaceable) -> Iterator[Path]:
+    """A folder to write in a hidden sibling of `out`, moved onto `out` whole when the block
+    succeeds (`replace_folder`, replacing only what `check` lets through); a failed block leaves
+    `out` as it was and nothing beside it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp / "staged"
+        umask_modes(tmp / "staged")  # mkdtemp's 0700 and safetensors' 0600 are not the user's
+        replace_folder(tmp / "staged", out, check)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None] = check_replaceable) -> None:

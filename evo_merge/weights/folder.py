@@ -10,8 +10,6 @@ decided once. (Streaming tensor access without building a module is `Checkpoint`
 from __future__ import annotations
 
 import pickle
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +24,7 @@ from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import Checkpoint, read_config, tokenizer_files
 from evo_merge.weights.compat import castable
 from evo_merge.weights.dtypes import dtype_name, parse_dtype
-from evo_merge.weights.export import refuse_existing, replace_folder, umask_modes, write_model_folder
+from evo_merge.weights.export import refuse_existing, staged_folder, write_model_folder
 from evo_merge.weights.nets import build_net
 
 
@@ -172,13 +170,7 @@ def save_model_folder(
 
 @contextmanager
 def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A hidden sibling folder to write into, moved onto `out` when the block succeeds."""
+    """A folder to write the model into, moved onto `out` when the block succeeds."""
     refuse_existing(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp / "model"
-        umask_modes(tmp / "model")  # save_pretrained writes its safetensors 0600
-        replace_folder(tmp / "model", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staged_folder(out) as folder:
+        yield folder

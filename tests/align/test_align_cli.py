@@ -223,6 +223,8 @@ def test_out_never_replaces_an_input_and_replaces_an_earlier_alignment_only_with
     (tmp_path / "other" / "notes.txt").write_text("mine")
     _one_line_error(_run("--models", zoo / "a", zoo / "b", "--arch", "mlp", "--out", tmp_path / "other",
                          "--overwrite"), "not an alignment's output")
+    (tmp_path / "file").write_text("mine")
+    _one_line_error(_run("--models", zoo / "a", zoo / "b", "--arch", "mlp", "--out", tmp_path / "file"), "is a file")
 
 
 def test_a_sample_the_models_cannot_take_is_one_line_naming_it(tmp_path):
