@@ -53,7 +53,8 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     try:  # named as the user gave it: a shipped benchmark's lm-eval task has a name of its own
         task = resolve_task(task_spec, **{k: v for k, v in settings.items() if v is not None})
     except UserError as exc:
-        raise UserError(f"--task {task_spec}: {exc}") from None
+        text = str(exc).removeprefix(f"task {task_spec}: ").removeprefix(f"task file {task_spec}: ")
+        raise UserError(f"--task {task_spec}: {text}") from None
     if anchors:
         items = _task_anchors(items, task, items_file)
     if items is not None:  # the task's own check, naming the file and the task as the user gave them

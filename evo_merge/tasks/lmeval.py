@@ -41,6 +41,8 @@ def _quiet() -> None:
 
     for name in _LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # its one error: a metric it cannot find, logged once per lookup before our own one-line refusal
+    logging.getLogger("lm_eval.api.registry").setLevel(logging.CRITICAL)  # (`_check_metric_loads`)
     datasets.disable_progress_bars()
 
 
@@ -88,7 +90,26 @@ def _local_config(path: Path) -> dict[str, Any]:
     cfg = _read_task_yaml(path)
     if "task" not in cfg:
         raise UserError(f"task file {path} has no 'task' key")
+    _check_templates(cfg, path)
     return _with_absolute_files(cfg, path)
+
+
+TEMPLATE_KEYS = ("description", "doc_to_text", "doc_to_target", "doc_to_choice", "gen_prefix")
+
+
+def _check_templates(cfg: dict[str, Any], path: Path) -> None:
+    """Each Jinja template of a task file compiled as lm-eval compiles it: lm-eval's own error
+    (`TemplateSyntaxError: unexpected end of template`) names neither the file nor the key.
+    `lm_eval.utils.env` is the environment lm-eval renders templates with (its filters too)."""
+    from jinja2 import TemplateError
+    from lm_eval.utils import env
+
+    for key in TEMPLATE_KEYS:
+        if isinstance(template := cfg.get(key), str):
+            try:
+                env.from_string(template)
+            except TemplateError as exc:
+                raise UserError(f"task file {path}: {key}: not a valid Jinja template ({described(exc)})") from None
 
 
 def _with_absolute_files(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -98,13 +119,12 @@ def _with_absolute_files(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _local_configs(path: Path) -> tuple[str, list[dict[str, Any]]]:
-    """The task configs a local YAML or folder names, and the name they go by: one task (the
-    first YAML), or a group YAML's members (`group: g`, `task: [a, b, ...]`), each a task YAML
+def _local_configs(first: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The task configs a local YAML (a folder's first) names, and the name they go by: one task,
+    or a group YAML's members (`group: g`, `task: [a, b, ...]`), each a task YAML
     found by its `task` name under the group's folder (a member group's own members in turn),
     or written inline. Members are read as task files are: lm-eval would read their local data
     files against the working directory."""
-    first = _yaml_files(path)[0]
     cfg = _local_config(first)
     if not isinstance(cfg["task"], list):
         return str(cfg["task"]), [cfg]
@@ -172,12 +192,15 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     from lm_eval.tasks import TaskManager
 
     _quiet()
-    path = Path(spec)
+    path, label = Path(spec), str(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
             raise UserError(f"task file {path} not found")
-        name, to_load = _local_configs(path)
+        first = _yaml_files(path)[0]
+        name, to_load = _local_configs(first)
         root = path if path.is_dir() else path.parent
+        if path.is_dir():  # which of its files lm-eval could not build
+            label = f"{spec} (read as {first.name}, the folder's first YAML)"
         manager = TaskManager(include_path=str(root), include_defaults=False)
     else:
         manager = _registry_manager(str(spec))
@@ -189,12 +212,12 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     try:
         tasks = manager.load(to_load)["tasks"]
     except FileNotFoundError as exc:
-        raise UserError(f"task {spec}: data file not found: {exc}") from None
+        raise UserError(f"task {label}: data file not found: {exc}") from None
     except Exception as exc:  # whatever lm-eval and datasets raise for a config or data they cannot use: a
         # missing doc_to_target, a split the data lacks (KeyError), a corrupt data file, a dataset not cached
-        raise UserError(f"task {spec}: lm-eval cannot build it ({described(exc)})") from None
+        raise UserError(f"task {label}: lm-eval cannot build it ({described(exc)})") from None
     if not tasks:
-        raise UserError(f"task {spec}: names no lm-eval task")
+        raise UserError(f"task {label}: names no lm-eval task")
     return (next(iter(tasks)) if len(tasks) == 1 else name), dict(sorted(tasks.items()))
 
 

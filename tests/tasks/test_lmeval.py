@@ -323,3 +323,39 @@ def test_a_multiple_choice_answer_that_is_none_of_its_choices_is_refused_at_load
     path = _arith_variant(tmp_path, data="\n".join([data[0], first, *data[2:20]]) + "\n")
     with pytest.raises(UserError, match=re.escape(f"item arith-test-00001's answer {shown} is none of its 4 choices")):
         LMEvalTask(path)
+
+
+def test_a_broken_template_names_its_file_and_key_and_a_folder_names_the_yaml_it_was_read_as(model_dirs, tmp_path):
+    """lm-eval's `TemplateSyntaxError: unexpected end of template` named neither the file nor the key;
+    a folder's errors did not say which of its YAMLs was read; the CLI said `--task X: task X:`."""
+    path = _arith_variant(tmp_path, yaml=[("doc_to_text: ", 'doc_to_text: "{{question" #')])
+    with pytest.raises(UserError, match=re.escape(f"task file {path}: doc_to_text: not a valid Jinja template")):
+        LMEvalTask(path)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    good = _arith_variant(folder)
+    good.rename(folder / "b_good.yaml")
+    _arith_variant(folder, yaml=[("output_type: multiple_choice", "output_type: bogus")]).rename(folder / "a.yaml")
+    args = ["eval", "--model", str(model_dirs / "lm"), "--task", str(folder), "--out", str(tmp_path / "s.csv")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and result.output.startswith(
+        f"error: --task {folder}: task {folder} (read as a.yaml, the folder's first YAML): lm-eval cannot build it"
+    ), result.output
+    args[4] = str(path)
+    result = CliRunner().invoke(cli, args)
+    assert result.output.strip() == (f"error: --task {path}: doc_to_text: not a valid Jinja template "
+                                     "(TemplateSyntaxError: unexpected end of template, expected 'end of print "
+                                     "statement'.)"), result.output
+
+
+def test_an_unknown_metric_is_one_line_without_lm_eval_s_own_error_lines(model_dirs, tmp_path):
+    """lm-eval logs 'X not found in the evaluate library!' at ERROR, twice, before our refusal."""
+    import subprocess
+    import sys
+
+    path = _arith_variant(tmp_path, yaml=[("metric: acc", "metric: nosuchmetric")])
+    args = ["eval", "--model", str(model_dirs / "lm"), "--task", str(path), "--out", str(tmp_path / "s.csv")]
+    done = subprocess.run([sys.executable, "-m", "evo_merge", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and (done.stdout + done.stderr).strip() == (
+        f"error: --task {path}: metric_list: metric 'nosuchmetric' is neither lm-eval's nor in the evaluate library"
+    ), done.stdout + done.stderr
