@@ -28,6 +28,7 @@ from evo_merge.irt.kinds import (
     BACKEND_NAMES,
     DEFAULT_ANCHOR_METHOD,
     DEFAULT_ESTIMATOR_KIND,
+    ENDPOINT_ESTIMATORS,
     ESTIMATOR_KINDS,
 )
 from evo_merge.irt.validation import HOLD_OUTS, RANDOM_DRAWS, default_summary, validation_table
@@ -203,10 +204,13 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     if out is not None:
         check_output_file(out, overwrite)
     delta = _delta(gmp_delta)  # an option's mistake before the model is read
+    if endpoints is not None and estimator not in ENDPOINT_ESTIMATORS:  # it would be ignored without a word
+        raise UserError(f"--endpoints: only {' and '.join(ENDPOINT_ESTIMATORS)} use the endpoints, not --estimator "
+                        f"{estimator}")
     model = IRTModel.load(model_dir)
     if method is not None:  # `irt anchors --method auto` stored its set under the method auto resolved to
         method = choose_anchor_method(method, len(model.subject_ids))[0]
-    anchors = None if estimator == "adaptive" else load_anchors(model_dir, budget, method)
+    anchors = None if estimator == "adaptive" else load_anchors(model_dir, budget, method, model.item_ids)
     est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=delta)
     with naming_file(partial):  # an item the model lacks, a subject without a scenario's anchors
         table = estimate_table(est, load_responses(partial, items_as_rows=items_as_rows))

@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
@@ -104,8 +104,11 @@ def anchors_path(model_dir: str | Path, method: str, budget: int) -> Path:
     return Path(model_dir) / "anchors" / f"{method}-{budget}.json"
 
 
-def load_anchors(model_dir: str | Path, budget: int | None = None, method: str | None = None) -> Anchors:
-    """The stored anchor set matching budget/method; either may be omitted when only one set matches."""
+def load_anchors(model_dir: str | Path, budget: int | None = None, method: str | None = None,
+                 item_ids: Collection[str] | None = None) -> Anchors:
+    """The stored anchor set matching budget/method; either may be omitted when only one set matches.
+    With the model's `item_ids`, a set holding items of another model (a file copied in from another
+    folder) is refused naming the file: the estimate said only "item … is not in the IRT model"."""
     found = sorted((Path(model_dir) / "anchors").glob("*.json"))
     names = [p.stem for p in found]
     match = [p for p in found if (method is None or p.stem.rsplit("-", 1)[0] == method)
@@ -114,7 +117,12 @@ def load_anchors(model_dir: str | Path, budget: int | None = None, method: str |
         what = "no" if not match else "several"
         raise UserError(f"{model_dir}: {what} stored anchor sets match (stored: {', '.join(names) or 'none'}); "
                         "run `evo-merge irt anchors` or pass --budget/--method")
-    return read_anchors(match[0])
+    anchors = read_anchors(match[0])
+    known = set(item_ids) if item_ids is not None else None
+    if known is not None and (alien := next((i for i in anchors.all_items() if i not in known), None)) is not None:
+        raise UserError(f"{match[0]}: item {alien} is not in the IRT model of {model_dir}: these anchors were chosen "
+                        "on another model (`evo-merge irt anchors` chooses this model's)")
+    return anchors
 
 
 def read_anchors(path: str | Path) -> Anchors:

@@ -57,7 +57,7 @@ from evo_merge.errors import UserError
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.irt.anchors import SELECTABLE, Anchors, select_anchors
-from evo_merge.irt.kinds import DEFAULT_ESTIMATOR_KIND, ESTIMATOR_KINDS
+from evo_merge.irt.kinds import DEFAULT_ESTIMATOR_KIND, ENDPOINT_ESTIMATORS, ESTIMATOR_KINDS
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
 from evo_merge.irt.responses import (
     RESERVED_SCENARIO,
@@ -161,14 +161,14 @@ class Estimator:
             raise UserError(f"estimator {kind} needs anchors")
         self._set_anchors(anchors)
         self.endpoint_theta = None if endpoints is None else self._endpoint_abilities(endpoints)
-        if kind in ("mpirt", "gmpirt") and self.endpoint_theta is None:
+        if kind in ENDPOINT_ESTIMATORS and self.endpoint_theta is None:
             raise UserError(f"estimator {kind} needs endpoint subjects (--endpoints)")
         anchor_err, irt_err = self._measured_errors()
         self._anchor_sq, irt_sq = anchor_err**2, irt_err**2
         prior = self.random_sampling_variance()
         self.anchor_variance, self.irt_error = _pool(self._anchor_sq, prior), _pool(irt_sq, prior)
         self.lam = _shrink_weight(self.irt_error, self.anchor_variance) if kind == "gpirt" else None
-        if kind in ("mpirt", "gmpirt"):
+        if kind in ENDPOINT_ESTIMATORS:
             self.irt_error = self._mp_error(seed)
         if kind == "gmpirt":
             fixed = gmp_delta != "auto"
@@ -301,7 +301,7 @@ class Estimator:
     def _fit_theta(self, anchor_scores: np.ndarray, alpha: np.ndarray, beta: np.ndarray, idx: np.ndarray) -> np.ndarray:
         binary = binarise(anchor_scores, self.model.item_thresholds(idx))
         a, b = alpha[idx], beta[idx]
-        if self.kind in ("mpirt", "gmpirt") and self.endpoint_theta is not None:
+        if self.kind in ENDPOINT_ESTIMATORS and self.endpoint_theta is not None:
             ends = self.endpoint_theta
             k = ends.shape[0]
             prec = np.eye(k) / MERGE_COEF_SD**2 + np.ones((k, k)) / MERGE_SUM_SD**2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # estimators of a candidate's accuracy from a few scored items (see estimators.py, adaptive.py)
 ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "adaptive")
+ENDPOINT_ESTIMATORS = ("mpirt", "gmpirt")  # those that need the endpoints' abilities (merge-aware)
 FULL_EVALUATION = "full"  # a campaign's costly baseline: every item scored, no estimator
 CAMPAIGN_ESTIMATOR_KINDS = (*ESTIMATOR_KINDS, FULL_EVALUATION)
 # "auto" is stratified-irt with enough calibration subjects, stratified below; "auto-kmeans" (the

@@ -21,7 +21,7 @@ from rich.table import Table
 from evo_merge.errors import UserError
 from evo_merge.irt.anchors import SELECTABLE, choose_anchor_method, select_anchors
 from evo_merge.irt.estimators import Estimator
-from evo_merge.irt.kinds import DEFAULT_ANCHOR_METHOD, DEFAULT_ESTIMATOR_KIND
+from evo_merge.irt.kinds import DEFAULT_ANCHOR_METHOD, DEFAULT_ESTIMATOR_KIND, ENDPOINT_ESTIMATORS
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.progress import Progress, no_progress
@@ -30,7 +30,6 @@ DEFAULT_BUDGETS = (10, 20, 50, 100)
 RANDOM_DRAWS = 200  # random draws per subject behind the baseline (2 draws can be 18% off)
 BASELINE = "mean (baseline)"
 DEFAULT_ESTIMATORS = ("anchor", "pirt", "gpirt")
-ENDPOINT_ESTIMATORS = ("mpirt", "gmpirt")
 # which subjects are held out: drawn at random (like the calibration ones), or those scoring best or
 # worst on average (unlike every calibration subject: merges that beat their endpoints are such)
 HOLD_OUTS = ("random", "strongest", "weakest")

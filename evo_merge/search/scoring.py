@@ -25,6 +25,7 @@ import pandas as pd
 from evo_merge.errors import UserError
 from evo_merge.irt import ESTIMATOR_REVISION, Estimator, IRTModel, choose_anchor_method, select_anchors
 from evo_merge.irt.adaptive import AdaptiveTest
+from evo_merge.irt.kinds import ENDPOINT_ESTIMATORS
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
 from evo_merge.search.holdout import without_items
@@ -249,7 +250,7 @@ class Scoring:
         if reason and reason not in self._said:
             self._said.add(reason)
             log.warning(reason)
-        endpoint_arg = endpoint_arg if spec.kind in ("mpirt", "gmpirt") else None
+        endpoint_arg = endpoint_arg if spec.kind in ENDPOINT_ESTIMATORS else None
         first = select_anchors(model, spec.anchors, method, seed=self.seed, allocation=spec.anchor_allocation)
         # the other sets with the first's count per scenario (an allocation may draw on the seed)
         drawn = [first] + [select_anchors(model, spec.anchors, method, seed=self.seed + s,

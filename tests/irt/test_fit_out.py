@@ -81,6 +81,26 @@ def test_fit_never_writes_into_a_file_or_a_folder_of_other_files(tmp_path):
     assert result.exit_code == 2 and f"responses file {tmp_path} is a folder" in result.output
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_the_work(tmp_path, monkeypatch):
+    """`irt fit --out /proc/x` fitted for minutes, then said "/proc/x: No such file or directory"
+    without naming --out; `irt estimate` and `eval` write their CSV the same way."""
+    import evo_merge.irt.model
+
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    gen.sample(*synthetic_abilities(20, dims=1, seed=2), seed=3).to_csv(tmp_path / "r.csv", index=False)
+    (tmp_path / "file").write_text("keep")
+    fitted = []
+    monkeypatch.setattr(evo_merge.irt.model.IRTModel, "fit", lambda *a, **k: fitted.append(1))
+    for out, why in (("/proc/evo-merge-test", "cannot write there"),
+                     (tmp_path / "file" / "m", f"{tmp_path / 'file'} is a file, not a folder")):
+        result = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path / "r.csv"), "--out", str(out)])
+        assert result.exit_code == 2 and result.output.strip().startswith(f"error: --out {out}: {why}"), result.output
+        result = CliRunner().invoke(cli, ["irt", "estimate", str(tmp_path), "--responses", str(tmp_path / "r.csv"),
+                                          "--out", f"{out}.csv"])
+        assert result.exit_code == 2 and result.output.strip().startswith(f"error: --out {out}.csv: {why}")
+    assert fitted == []
+
+
 def test_an_adaptive_estimate_from_the_cli(tmp_path):
     """`irt estimate --estimator adaptive` crashed: the estimate's `.items` hid the dict method."""
     gen = make_synthetic_irt(60, dims=1, n_scenarios=2, seed=1)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from evo_merge.cli import cli
 from evo_merge.errors import UserError
 from evo_merge.irt import load_anchors, validate, validate_responses
-from evo_merge.irt.anchors import SELECTABLE, select_anchors
+from evo_merge.irt.anchors import SELECTABLE, Anchors, select_anchors
 from evo_merge.irt.estimators import Estimator
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
@@ -314,6 +314,14 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
             "endpoint subject zz is not among",
         ),
         (["estimate", "{root}/m", "--responses", "{root}/alien.csv"], "item alien is not in the IRT model"),
+        (  # a set copied in from another model's folder: it named neither file nor model
+            ["estimate", "{root}/foreign", "--responses", "{root}/partial.csv"],
+            "anchors/stratified-1.json: item alien is not in the IRT model of",
+        ),
+        (  # it was ignored without a word
+            ["estimate", "{root}/m", "--responses", "{root}/partial.csv", "--endpoints", "m0000"],
+            "--endpoints: only mpirt and gmpirt use the endpoints, not --estimator gpirt",
+        ),
         (
             [
                 "estimate",
@@ -344,6 +352,10 @@ def test_bad_input_exits_2_with_one_line(files, args, message):
         pd.DataFrame({"subject": ["a"], "item": ["i00000"], "score": [1.0]}).to_csv(root / "partial.csv", index=False)
     pd.DataFrame({"subject": ["a"], "item": ["i00000"], "score": [3.0]}).to_csv(root / "bad.csv", index=False)
     pd.DataFrame({"subject": ["a"], "item": ["alien"], "score": [1.0]}).to_csv(root / "alien.csv", index=False)
+    if not (root / "foreign").exists():
+        shutil.copytree(root / "m", root / "foreign")
+        shutil.rmtree(root / "foreign" / "anchors")
+        Anchors("stratified", 1, 0, {"s0": ["alien"]}, {"s0": [1.0]}).save(root / "foreign")
     code, out = run(*[a.format(root=root) for a in args])
     assert code == 2, out
     assert out.startswith("error: ") and message in out and out.count("\n") == 1, out
