@@ -217,6 +217,18 @@ def _check_long_columns(columns: pd.Index, source: str) -> None:
                         f"{', '.join(map(repr, missing))} (columns: {', '.join(map(str, columns))})")
 
 
+def _check_scenario_cells(long: pd.DataFrame, source: str) -> None:
+    """An item without a scenario is in the default one; an item whose scenario is empty in some rows
+    only is a gap in the file (it was reported as "listed under several scenarios")."""
+    empty = long["scenario"].isna()
+    named = set(long.loc[~empty, "item"])
+    if (gaps := np.flatnonzero(empty.to_numpy() & long["item"].isin(named).to_numpy())).size:
+        item = long["item"].iloc[gaps[0]]
+        scenario = long.loc[~empty & (long["item"] == item), "scenario"].iloc[0]
+        raise UserError(f"{source}: empty scenario in row {gaps[0] + 1} for item {item}, which other rows put in "
+                        f"{scenario!r}")
+
+
 def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.DataFrame:
     """Check a long or wide table and return the long form with columns subject,item,score,scenario.
 
@@ -242,6 +254,7 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
             row = int(np.flatnonzero(long[col].isna().to_numpy())[0])
             raise UserError(f"{source}: empty {col} id in row {row + 1}")
         long[col] = long[col].astype(str)
+    _check_scenario_cells(long, source)
     long["scenario"] = long["scenario"].fillna(DEFAULT_SCENARIO).astype(str)
     if (long["scenario"] == RESERVED_SCENARIO).any():
         raise UserError(f"{source}: scenario name {RESERVED_SCENARIO!r} is reserved")
@@ -270,6 +283,9 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
     n_scen = per_item["scenario"].nunique()
     if (n_scen > 1).any():
         raise UserError(f"{source}: item {n_scen[n_scen > 1].index[0]} is listed under several scenarios")
+    scored = long.groupby("subject", sort=False)["score"].count()
+    if (unscored := scored.index[scored == 0]).size and scored.gt(0).any():  # a model not evaluated yet
+        log.warning("%s: left out %d subject(s) with no scores: %s", source, unscored.size, ", ".join(unscored[:5]))
     long = long.dropna(subset=["score"]).reset_index(drop=True)
     if long.empty:
         raise UserError(f"{source}: no responses")

@@ -247,3 +247,17 @@ def test_blank_lines_and_windows_line_ends_are_rows_as_before(tmp_path):
     assert table["score"].tolist() == [1.0, 0.0]
     (tmp_path / "mac.csv").write_bytes(b"subject,item,score\rs1,i1,1\rs2,i1,0\r")  # old Mac line ends
     assert load_responses(tmp_path / "mac.csv")["score"].tolist() == [1.0, 0.0]
+
+
+def test_a_scenario_missing_from_some_rows_of_an_item_is_named_and_an_unscored_subject_is_said(tmp_path, caplog):
+    """One empty scenario cell was reported as "item q1 is listed under several scenarios"; a subject
+    with no scores at all (a model column not filled in yet) was left out without a word."""
+    gap = "subject,item,score,scenario\na,q1,1,s\na,q2,0,s\nb,q1,0,\nb,q2,1,s\n"
+    with pytest.raises(UserError, match=re.escape("empty scenario in row 3 for item q1, which other rows put in 's'")):
+        load_responses(_write(tmp_path, gap))
+    none = "subject,item,score,scenario\na,q1,1,\nb,q1,0,\n"  # no scenario for an item anywhere: the default one
+    assert set(load_responses(_write(tmp_path, none, "none.csv"))["scenario"]) == {"all"}
+    with caplog.at_level("WARNING", logger="evo_merge.irt.responses"):
+        long = load_responses(_write(tmp_path, "subject,q1,q2\na,1,0\nlate,,\nb,0,1\n", "wide.csv"))
+    assert sorted(set(long["subject"])) == ["a", "b"]
+    assert "left out 1 subject(s) with no scores: late" in caplog.text

@@ -314,6 +314,10 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
             "endpoint subject zz is not among",
         ),
         (["estimate", "{root}/m", "--responses", "{root}/alien.csv"], "item alien is not in the IRT model"),
+        (  # a scenario column contradicting the model was ignored
+            ["estimate", "{root}/m", "--responses", "{root}/elsewhere.csv"],
+            "item i00000 is in scenario 'gsm' here but in 's0' in the IRT model",
+        ),
         (  # a set copied in from another model's folder: it named neither file nor model
             ["estimate", "{root}/foreign", "--responses", "{root}/partial.csv"],
             "anchors/stratified-1.json: item alien is not in the IRT model of",
@@ -352,6 +356,8 @@ def test_bad_input_exits_2_with_one_line(files, args, message):
         pd.DataFrame({"subject": ["a"], "item": ["i00000"], "score": [1.0]}).to_csv(root / "partial.csv", index=False)
     pd.DataFrame({"subject": ["a"], "item": ["i00000"], "score": [3.0]}).to_csv(root / "bad.csv", index=False)
     pd.DataFrame({"subject": ["a"], "item": ["alien"], "score": [1.0]}).to_csv(root / "alien.csv", index=False)
+    pd.DataFrame({"subject": ["a"], "item": ["i00000"], "score": [1.0], "scenario": ["gsm"]}).to_csv(
+        root / "elsewhere.csv", index=False)
     if not (root / "foreign").exists():
         shutil.copytree(root / "m", root / "foreign")
         shutil.rmtree(root / "foreign" / "anchors")
