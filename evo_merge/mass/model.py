@@ -33,6 +33,7 @@ from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import copied_tokenizer_files
 from evo_merge.weights.export import refuse_existing, staged_folder
+from evo_merge.weights.references import ModelRef, check_distinct
 
 MASS_JSON = "mass.json"
 FORMAT = "evo-merge-mass"
@@ -344,10 +345,13 @@ class MassModel(nn.Module):
         """Decompose the fine-tuned `models` of `base` (a model folder); task names are the
         models' folder names. `layer` None routes on the middle block. `stash` keeps the factors
         (storage dtype and placement; default float32 on the CPU)."""
+        if not models:
+            raise UserError("MASS needs at least one fine-tuned model besides the base")
+        # a campaign refuses these; a routed task of zeros or twice over was built without a word
+        check_distinct({"base": ModelRef(str(base), Path(base)),
+                        **{f"model {i + 1}": ModelRef(str(m), Path(m)) for i, m in enumerate(models)}}, "base")
         base_ckpt = Checkpoint.open(base)
         endpoints = [Checkpoint.open(m) for m in models]
-        if not endpoints:
-            raise UserError("MASS needs at least one fine-tuned model besides the base")
         if base_ckpt.folder is None:
             raise UserError(f"base {base} must be a model folder (MASS needs its config.json)")
         check_compatible([base_ckpt, *endpoints])

@@ -40,6 +40,7 @@ from evo_merge.weights.checkpoint import weight_files
 from evo_merge.weights.digest import former_weights_digests, weights_digest
 from evo_merge.weights.references import (
     ModelRef,
+    check_distinct,
     is_hub_id,
     open_reference,
     resolve_reference,
@@ -259,7 +260,7 @@ def _write_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path, bin
 
 def campaign_references(campaign: Campaign) -> dict[str, ModelRef]:
     """Key (`models.N`, `base_model`) -> the model it names, for a campaign with absolute paths
-    (`resolve_campaign`); each endpoint once and none the base (`_check_distinct`). An aligned
+    (`resolve_campaign`); each endpoint once and none the base (`check_distinct`). An aligned
     campaign has no base of its own: it builds one from the models, so `base_model` is not read."""
     refs = {f"models.{i}": model_reference(m, f"models.{i}") for i, m in enumerate(campaign.models)}
     if campaign.align is None:
@@ -271,28 +272,11 @@ def campaign_references(campaign: Campaign) -> dict[str, ModelRef]:
                 open_reference(ref)
         except UserError as exc:
             raise UserError(f"{key}: {exc}") from None
-    _check_distinct(refs)
+    check_distinct(refs, "base_model")
     adapters = any(ref.lora is not None for ref in refs.values())
     for method in campaign.methods:  # a kind that cannot take these inputs, named before any model loads
         candidate_kind(method).check_inputs(adapters)
     return refs
-
-
-def _check_distinct(refs: dict[str, ModelRef]) -> None:
-    """Each endpoint once, and none the base: a model listed twice splits one task vector over two
-    coefficients, and the base as an endpoint adds a task vector of zeros; both make the genome
-    larger and the search slower for nothing, and are a mistake in the list more often than not.
-    Two references are the same model when they name the same folder (links resolved) with the
-    same adapter; copies of a folder are not looked for (a sampled digest could not tell two
-    fine-tunes that differ only in a few layers apart)."""
-    seen: dict[tuple[Path, Path | None], str] = {}
-    for key in sorted(refs, key=lambda k: k != "base_model"):  # the base first: "models.2 is the base"
-        ref = refs[key]
-        same = (ref.path.resolve(), ref.lora.resolve() if ref.lora is not None else None)
-        if same in seen:
-            what = "the base model" if seen[same] == "base_model" else f"the same model as {seen[same]}"
-            raise UserError(f"{key} ({ref.name}): {what}; list each endpoint once, and not the base")
-        seen[same] = key
 
 
 def check_estimator(campaign: Campaign) -> None:

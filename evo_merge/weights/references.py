@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,23 @@ def _resolve_adapter(value: str, root: Path, key: str) -> tuple[Path, str]:
         raise UserError(f"{key}: LoRA adapter folder {value!r} not found (nor a Hub id, org/name[@revision])")
     path = _snapshot(repo, revision or None, f"{key} (LoRA adapter)")
     return path, f"{repo}@{path.name}"
+
+
+def check_distinct(refs: Mapping[str, ModelRef], base: str) -> None:
+    """Each endpoint once, and none the base: a model listed twice splits one task vector over two
+    coefficients, and the base as an endpoint adds a task vector of zeros; both make the genome
+    larger and the search slower for nothing, and are a mistake in the list more often than not.
+    Two references are the same model when they name the same folder (links resolved) with the
+    same adapter; copies of a folder are not looked for (a sampled digest could not tell two
+    fine-tunes that differ only in a few layers apart)."""
+    seen: dict[tuple[Path, Path | None], str] = {}
+    for key in sorted(refs, key=lambda k: k != base):  # the base (its key) first: "models.2 is the base"
+        ref = refs[key]
+        same = (ref.path.resolve(), ref.lora.resolve() if ref.lora is not None else None)
+        if same in seen:
+            what = "the base model" if seen[same] == base else f"the same model as {seen[same]}"
+            raise UserError(f"{key} ({ref.name}): {what}; list each endpoint once, and not the base")
+        seen[same] = key
 
 
 def open_reference(ref: ModelRef, allow_pickle: bool = False) -> Checkpoint:

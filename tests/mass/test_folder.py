@@ -142,7 +142,7 @@ def test_cli_builds_and_evaluates_a_mass_folder(zoo, tmp_path):
     assert len(table) == 8 and set(table["score"]) <= {0.0, 1.0} and table["subject"].iloc[0] == "mass"
 
 
-@pytest.mark.parametrize("case", ["layer", "base", "factors", "threshold"])
+@pytest.mark.parametrize("case", ["layer", "base", "factors", "threshold", "base again", "twice"])
 def test_cli_bad_input_is_one_line_exit_2(case, zoo, llama_family, saved, tmp_path):
     base, endpoints = llama_family
     args = ["mass", "build", "--base", str(base), "--models", *map(str, endpoints), "--out", str(tmp_path / "m")]
@@ -156,6 +156,12 @@ def test_cli_bad_input_is_one_line_exit_2(case, zoo, llama_family, saved, tmp_pa
     elif case == "threshold":
         args += ["--threshold", "1.5"]
         expected = "threshold"
+    elif case == "base again":  # a routed task of zeros, built without a word (a campaign refuses it)
+        args.insert(args.index("--out"), str(base))
+        expected = f"model 4 ({base}): the base model; list each endpoint once, and not the base"
+    elif case == "twice":
+        args.insert(args.index("--out"), str(endpoints[0]))
+        expected = f"model 4 ({endpoints[0]}): the same model as model 1"
     else:
         shutil.copytree(saved[1], tmp_path / "copy")
         (tmp_path / "copy" / "model.safetensors").unlink()  # the factors file
