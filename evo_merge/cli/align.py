@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from evo_merge.align.methods import METHODS
+from evo_merge.errors import UserError
 
 
 @click.command("align")
@@ -26,6 +27,8 @@ def align(first: str, more: tuple[str, ...], arch: str, method: str, data, balan
     from evo_merge.align.api import align_folders, check_alignment_folder, check_alignment_output
     from evo_merge.weights.export import staged_folder
 
+    if balance is not None and method != "mudsc":  # the other methods have no balance: it was ignored silently
+        raise UserError(f"--f is MuDSC's balance factor; --method {method} does not use it")
     target = Path(out)
     check_alignment_output(target, overwrite, [first, *more])
     with staged_folder(target, check=check_alignment_folder) as folder:  # a failed run leaves OUT as it was

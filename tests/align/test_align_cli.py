@@ -241,3 +241,12 @@ def test_a_sample_the_models_cannot_take_is_one_line_naming_it(tmp_path):
     for data, expected in cases:
         _one_line_error(_run(*models, "--data", data, "--out", tmp_path / "out"), f"--data {data}", expected)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_balance_factor_is_refused_by_a_method_without_one(tmp_path):
+    """`--f` with `--method weight` was ignored without a word: only MuDSC balances."""
+    for name, seed in (("a", 0), ("b", 1)):
+        _save_plain(tmp_path / name, CONFIGS["mlp"], seed)
+    result = _run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--f", "0.3", "--out", tmp_path / "o")
+    _one_line_error(result, "--f is MuDSC's balance factor; --method weight does not use it")
+    assert not (tmp_path / "o").exists()
