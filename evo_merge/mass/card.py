@@ -6,7 +6,13 @@ from collections.abc import Mapping, Sequence
 
 from evo_merge.markup import md
 from evo_merge.mass.routing import RoutingConfig
-from evo_merge.merge.card import chosen_section, front_matter, inputs_section, license_fields, model_ref, scores_section
+from evo_merge.merge.card import CardInput, chosen_section, front_matter, inputs_section, model_ref, scores_section
+from evo_merge.merge.licenses import card_license
+
+
+def mass_inputs(base: str, models: Sequence[str]) -> list[CardInput]:
+    """The base, then the models, as the card names them."""
+    return [model_ref(m) for m in [base, *models]]
 
 
 def mass_card(
@@ -21,11 +27,11 @@ def mass_card(
 
     Inputs are named as on a merged model's card (Hub id or folder name, never a machine path);
     a MASS folder has no `model-index`: the Hub cannot run it, so its scores stay in the prose."""
-    refs = [model_ref(m) for m in [base, *models]]
+    refs = mass_inputs(base, models)
     hub_ids = list(dict.fromkeys(r.hub_id for r in refs if r.hub_id))
-    license_keys, licenses = license_fields(refs)  # inherited as a merged model's card inherits it
+    licenses = card_license(refs)  # inherited as a merged model's card inherits it
     front = {
-        **license_keys,
+        **licenses.keys,
         **({"base_model": hub_ids, "base_model_relation": "merge"} if hub_ids else {}),
         "library_name": "evo-merge",
         "tags": ["merge", "evo-merge", "mass"],
@@ -48,7 +54,7 @@ def mass_card(
             f"(threshold {routing.threshold}, at most {routing.max_tasks} tasks, token: {routing.token}).",
             "",
             *chosen_section(chosen_as),
-            *inputs_section(refs, refs[0], licenses, license_keys),
+            *inputs_section(refs, refs[0], licenses),
             *scores_section(scores),
             "## Use",
             "",

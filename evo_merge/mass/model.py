@@ -26,9 +26,10 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.pytorch_utils import Conv1D
 
 from evo_merge.errors import UserError, first_line
-from evo_merge.mass.card import mass_card
+from evo_merge.mass.card import mass_card, mass_inputs
 from evo_merge.mass.factors import MassFactors, Track
 from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_config, routing_probabilities, select_tasks
+from evo_merge.merge.licenses import card_license
 from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import copied_tokenizer_files
@@ -395,6 +396,7 @@ class MassModel(nn.Module):
         extra = {f.name: f.read_bytes() for f in copied_tokenizer_files(self.base_path)}
         extra[MASS_JSON] = json.dumps(meta, indent=2) + "\n"
         extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores, chosen_as)
+        extra.update(card_license(mass_inputs(str(self.base_path), self.models)).files)
         with staged_folder(out) as folder:
             write_model_folder(folder, self.factors.stored(), extra_files=extra)
             if copy_base:

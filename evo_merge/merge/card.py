@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from evo_merge.markup import md
+from evo_merge.merge.licenses import MIXED_FILE, CardLicense, card_license
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import ENTRY_POINT_GROUP, method_origin
 from evo_merge.tasks.meta import TaskMeta
@@ -80,46 +81,6 @@ def cached_snapshot(hub_id: str, revision: str | None) -> Path | None:
         if isinstance(found, str):
             return Path(found).parent
     return None
-
-
-def read_license(folder: Path | None) -> str | None:
-    """The `license` an input's README.md front matter (or config.json) declares; None when unknown."""
-    if folder is None:
-        return None
-    readme = folder / "README.md"
-    if readme.is_file():
-        parts = readme.read_text(encoding="utf-8", errors="replace").split("---\n")
-        if len(parts) > 2 and parts[0] == "":
-            try:
-                front = yaml.safe_load(parts[1])
-            except yaml.YAMLError:
-                front = None
-            if isinstance(front, dict) and front.get("license"):
-                return str(front["license"])
-    config = folder / "config.json"
-    if config.is_file():
-        import json
-
-        try:
-            value = json.loads(config.read_text(encoding="utf-8")).get("license")
-        except (ValueError, AttributeError):
-            value = None
-        return str(value) if value else None
-    return None
-
-
-def license_fields(inputs: Sequence[CardInput]) -> tuple[dict[str, str], dict[str, str | None]]:
-    """(front-matter license keys, license per input label). One license shared by every input is
-    inherited; otherwise `other`, with the list in the prose. Nothing known: no license key."""
-    licenses = {ref.display: read_license(ref.folder) for ref in inputs}
-    # an adapter is an input of its own: its weights are in the merge too
-    licenses |= {f"LoRA {ref.adapter}": read_license(ref.adapter_folder) for ref in inputs if ref.adapter}
-    known = set(licenses.values()) - {None}
-    if not known:
-        return {}, licenses
-    if len(known) == 1 and None not in licenses.values():
-        return {"license": known.pop()}, licenses
-    return {"license": "other", "license_name": "mixed-input-licenses"}, licenses
 
 
 def _measured_on(meta: TaskMeta) -> str:
@@ -188,11 +149,11 @@ def front_matter(front: Mapping) -> list[str]:
     return ["---", text, "---", ""]
 
 
-def inputs_section(
-    inputs: Sequence[CardInput], base: CardInput | None, licenses: Mapping[str, str | None],
-    license_keys: Mapping[str, str],
-) -> list[str]:
+def inputs_section(inputs: Sequence[CardInput], base: CardInput | None, licenses: CardLicense) -> list[str]:
     """Each input with its role and license; a warning when they do not share one."""
+    def label(key: str) -> str:
+        return md(lic.label) if (lic := licenses.per_input.get(key)) is not None else "unknown"
+
     def line(ref: CardInput) -> str:
         role = " (base)" if base is not None and ref == base else ""
         where = (
@@ -201,13 +162,13 @@ def inputs_section(
             if ref.hub_id
             else f"{md(ref.label)}: a local folder, not a Hub model"
         )
-        adapter = (f", with LoRA adapter {md(ref.adapter)} (its license: "
-                   f"{md(licenses.get(f'LoRA {ref.adapter}') or 'unknown')})") if ref.adapter else ""
-        return f"- {where}{role}{adapter}; license: {md(licenses.get(ref.display) or 'unknown')}"
+        adapter = f", with LoRA adapter {md(ref.adapter)} (its license: {label(f'LoRA {ref.adapter}')})" \
+            if ref.adapter else ""
+        return f"- {where}{role}{adapter}; license: {label(ref.display)}"
 
-    mixed = ["The inputs do not share one license (see the list above): check each before use.", ""]
-    return ["## Merged models", "", *[line(ref) for ref in inputs], "",
-            *(mixed if license_keys.get("license") == "other" else [])]
+    mixed = [f"The inputs do not share one license (see the list above and {MIXED_FILE}): check each before use.",
+             ""]
+    return ["## Merged models", "", *[line(ref) for ref in inputs], "", *(mixed if licenses.mixed else [])]
 
 
 def model_card(
@@ -227,13 +188,12 @@ def model_card(
     task for `model-index`; `stderr` is the measured standard error per task; `chosen_as`, the
     campaign picks it is (`chosen_section`). Inputs are named
     from the recipe's model strings (Hub ids as `org/name@revision`, see `model_ref`)."""
-    base = model_ref(recipe.base_model) if recipe.base_model else None
-    merged = [model_ref(m) for m in recipe.references() if m != recipe.base_model]
+    base, merged = card_inputs(recipe)
     entries = recipe.models or [source for out in recipe.slices for source in out.sources]
     inputs = ([base] if base else []) + merged
-    license_keys, licenses = license_fields(inputs)
+    licenses = card_license(inputs)
     hub_ids = list(dict.fromkeys(ref.hub_id for ref in inputs if ref.hub_id))
-    front: dict = {**license_keys}
+    front: dict = {**licenses.keys}
     if hub_ids:
         front.update(base_model=hub_ids, base_model_relation="merge")
     front.update(
@@ -266,7 +226,7 @@ def model_card(
         "",
         *chosen_section(chosen_as),
     ]
-    lines += inputs_section(inputs, base, licenses, license_keys)
+    lines += inputs_section(inputs, base, licenses)
     lines += scores_section(scores, stderr)
     lines += [
         "## Reproduce",
@@ -276,6 +236,18 @@ def model_card(
         *plugin_lines(recipe.merge_method),
     ]
     return "\n".join(lines)
+
+
+def card_inputs(recipe: Recipe) -> tuple[CardInput | None, list[CardInput]]:
+    """(the base, the merged models) as the card names them."""
+    base = model_ref(recipe.base_model) if recipe.base_model else None
+    return base, [model_ref(m) for m in recipe.references() if m != recipe.base_model]
+
+
+def license_files(recipe: Recipe) -> dict[str, str]:
+    """The files the card's license link names, written beside it (`card_license`)."""
+    base, merged = card_inputs(recipe)
+    return card_license(([base] if base else []) + merged).files
 
 
 def reproduce_lines(device: str) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from evo_merge.merge.card import Scores, model_card
+from evo_merge.merge.card import Scores, license_files, model_card
 from evo_merge.merge.plan import MergePlan, stream_merge
 from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
 from evo_merge.tasks.meta import TaskMeta
@@ -58,6 +58,7 @@ def export_merge(
     }
     extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr,
                                     chosen_as=chosen_as, device=torch.device(device).type)
+    extra.update(license_files(recipe))
     extra[RECIPE_FILE] = recipe.to_yaml()
     if item_scores:
         extra.update(results_files(item_scores, tasks or {}))

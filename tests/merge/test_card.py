@@ -83,6 +83,41 @@ def test_license_is_inherited_only_when_all_inputs_agree(zoo, tmp_path):
     assert ModelCard(model_card(recipe_for(base, fts))).data.license is None  # nothing declared
 
 
+def with_other_license(folder, dest, name="deepseek", link="LICENSE", text="DEEPSEEK LICENSE AGREEMENT\n"):
+    shutil.copytree(folder, dest)
+    (dest / "README.md").write_text(f"---\nlicense: other\nlicense_name: {name}\nlicense_link: {link}\n---\n# m\n")
+    if text is not None:
+        (dest / link).write_text(text)
+    return dest
+
+
+def test_an_other_license_keeps_its_name_and_a_link_that_resolves_and_mixed_ones_are_listed(zoo, tmp_path):
+    """`license: other` was inherited without `license_name` or `license_link` (the Hub's card spec asks
+    for both), and inputs of different licenses gave `other` with no link to what applies."""
+    _, base, fts = zoo
+    same = [with_other_license(p, tmp_path / f"ds-{p.name}") for p in (base, *fts)]
+    out = export_merge(plan_from_recipe(recipe_for(same[0], same[1:])), tmp_path / "merged")
+    card = ModelCard.load(out / "README.md")
+    assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", "deepseek", "LICENSE")
+    assert (out / "LICENSE").read_text() == "DEEPSEEK LICENSE AGREEMENT\n"  # the link names a file that is there
+    assert "license: other (deepseek)" in card.text.replace("\\", "") and "do not share one license" not in card.text
+
+    # the file is not in the folder, but the input is a Hub model: a URL into its repository at its revision
+    snapshot = tmp_path / "hub" / "models--org--ds-base" / "snapshots" / "0123456789abcdef"
+    shutil.copytree(with_other_license(base, tmp_path / "nofile", text=None), snapshot)
+    card = ModelCard(model_card(Recipe.model_validate({"merge_method": "task_arithmetic", "base_model": str(snapshot),
+                                                       "models": [{"model": str(m)} for m in same[1:]]})))
+    assert card.data.license_link == "https://huggingface.co/org/ds-base/blob/0123456789abcdef/LICENSE"
+
+    mixed = [same[0], with_license(fts[0], "mit", tmp_path / "mit-ft1"), same[2]]
+    out = export_merge(plan_from_recipe(recipe_for(mixed[0], mixed[1:])), tmp_path / "mixed")
+    card = ModelCard.load(out / "README.md")
+    assert (card.data.license, card.data.license_name, card.data.license_link) == (
+        "other", "mixed-input-licenses", "LICENSE.md")
+    listing = (out / "LICENSE.md").read_text().replace("\\", "")
+    assert "- ds-base: other (deepseek)" in listing and "- mit-ft1: mit" in listing and not (out / "LICENSE").exists()
+
+
 def test_a_mass_card_inherits_the_license_as_a_merged_models_card_does(zoo, tmp_path):
     _, base, fts = zoo
     routing = RoutingConfig(layer=0, weight="model.layers.0.mlp.gate_proj.weight")

@@ -1,0 +1,165 @@
+"""The license a merged model's card declares, read from its inputs' cards.
+
+One license shared by every input is inherited. The Hub's card spec asks a license outside its
+list (`license: other`) for a `license_name` and a `license_link` ("LICENSE" for a file in the
+repository, or a URL): an inherited one keeps the inputs' name, and its link is the input's own
+license file copied beside the weights, or a URL into the input's Hub repository at its revision.
+Inputs that do not share a license make the merge `other` too, named `mixed-input-licenses` and
+linked to a LICENSE.md listing each input's license: a leaderboard reads the link, and a reader
+learns that every input's terms apply.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from evo_merge.markup import md
+
+if TYPE_CHECKING:  # the card's view of an input; imported there, not here, to keep one direction
+    from evo_merge.merge.card import CardInput
+
+OTHER = "other"
+MIXED = "mixed-input-licenses"
+MIXED_FILE = "LICENSE.md"
+MAX_LICENSE_BYTES = 1 << 20  # a license file copied beside the weights: text, not a stray archive
+# files a model folder holds for other reasons: a card's license_link naming one is not copied over ours
+OWN_FILES = {"README.md", "config.json", "merge_recipe.yaml", "results.json"}
+
+
+@dataclass(frozen=True)
+class License:
+    """A card's license keys: `license` (a Hub identifier, or `other`), and with `other` the
+    `license_name` and `license_link` it gives."""
+
+    id: str
+    name: str | None = None
+    link: str | None = None
+
+    @property
+    def label(self) -> str:
+        """As the card's prose names it: `other (deepseek)` says more than `other`."""
+        return f"{self.id} ({self.name})" if self.id == OTHER and self.name else self.id
+
+
+def read_license(folder: Path | None) -> License | None:
+    """The license an input's README.md front matter (or config.json) declares; None when unknown."""
+    if folder is None:
+        return None
+    readme = folder / "README.md"
+    if readme.is_file():
+        parts = readme.read_text(encoding="utf-8", errors="replace").split("---\n")
+        if len(parts) > 2 and parts[0] == "":
+            try:
+                front = yaml.safe_load(parts[1])
+            except yaml.YAMLError:
+                front = None
+            if isinstance(front, dict) and front.get("license"):
+                name, link = front.get("license_name"), front.get("license_link")
+                return License(str(front["license"]), str(name) if name else None, str(link) if link else None)
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("license")
+        except (ValueError, AttributeError):
+            value = None
+        return License(str(value)) if value else None
+    return None
+
+
+@dataclass(frozen=True)
+class CardLicense:
+    """What a merged card says of licenses: its front-matter keys, each input's license by the
+    card's label for it, and the files the folder gets with it (a copied or listed license)."""
+
+    keys: dict[str, str]
+    per_input: dict[str, License | None]
+    files: dict[str, str]
+
+    @property
+    def mixed(self) -> bool:
+        return self.keys.get("license_name") == MIXED
+
+
+def card_license(inputs: Sequence[CardInput]) -> CardLicense:
+    """The license of a merge of `inputs` (see the module's docstring); nothing known, no keys."""
+    per_input = {ref.display: read_license(ref.folder) for ref in inputs}
+    # an adapter is an input of its own: its weights are in the merge too
+    per_input |= {f"LoRA {ref.adapter}": read_license(ref.adapter_folder) for ref in inputs if ref.adapter}
+    known = {(lic.id, lic.name) for lic in per_input.values() if lic is not None}
+    if not known:
+        return CardLicense({}, per_input, {})
+    if len(known) == 1 and None not in per_input.values():
+        shared = next(lic for lic in per_input.values() if lic is not None)
+        if shared.id != OTHER:
+            return CardLicense({"license": shared.id}, per_input, {})
+        keys, files = {"license": OTHER, "license_name": shared.name or "other-input-license"}, {}
+        link, copied = _inherited_link(inputs)
+        if link is not None:
+            keys["license_link"] = link
+        files.update(copied)
+        return CardLicense(keys, per_input, files)
+    listing = _listing(inputs, per_input)
+    return CardLicense({"license": OTHER, "license_name": MIXED, "license_link": MIXED_FILE}, per_input,
+                       {MIXED_FILE: listing})
+
+
+def _inherited_link(inputs: Sequence[CardInput]) -> tuple[str | None, dict[str, str]]:
+    """(license_link, files to write) for a shared `other` license: a URL as given; a file of an
+    input's folder copied beside the weights under its own name; else a URL into the input's Hub
+    repository; else none (a link to a file the folder lacks would be broken)."""
+    for ref in inputs:
+        lic = read_license(ref.folder)
+        if lic is None or not lic.link:
+            continue
+        if "://" in lic.link:
+            return lic.link, {}
+        if (text := _license_text(ref.folder, lic.link)) is not None:
+            return Path(lic.link).name, {Path(lic.link).name: text}
+        if ref.hub_id:
+            return _hub_url(ref, lic.link), {}
+    return None, {}
+
+
+def _license_text(folder: Path | None, link: str) -> str | None:
+    """The text of the license file `link` names in `folder`: a plain file of the folder itself
+    (no `..`, no sub-folder), UTF-8, not one of a model folder's own files."""
+    if folder is None or Path(link).name != link or link in OWN_FILES:
+        return None
+    path = folder / link
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_LICENSE_BYTES:
+            return None
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _hub_url(ref: CardInput, link: str) -> str:
+    return f"https://huggingface.co/{ref.hub_id}/blob/{ref.revision or 'main'}/{link.lstrip('./')}"
+
+
+def _listing(inputs: Sequence[CardInput], per_input: Mapping[str, License | None]) -> str:
+    """LICENSE.md of a merge whose inputs do not share a license: each input and its license."""
+    def where(ref: CardInput, lic: License) -> str:
+        if lic.link and "://" in lic.link:
+            return f" ({lic.link})"
+        if lic.link and ref.hub_id:
+            return f" ({_hub_url(ref, lic.link)})"
+        return f" (https://huggingface.co/{ref.hub_id})" if ref.hub_id else ""
+
+    lines = ["# Licenses of the merged models", "",
+             "These weights are computed from the models below, which do not share one license. Each "
+             "model's license applies to what was taken from it: check all of them before use.", ""]
+    for ref in inputs:
+        lic = per_input.get(ref.display)
+        lines.append(f"- {md(ref.display)}: {md(lic.label) + where(ref, lic) if lic else 'unknown'}")
+        if ref.adapter:
+            adapter = per_input.get(f"LoRA {ref.adapter}")
+            lines.append(f"- LoRA adapter {md(ref.adapter)}: {md(adapter.label) if adapter else 'unknown'}")
+    return "\n".join([*lines, ""])
