@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from evo_merge.markup import md
 from evo_merge.mass.routing import RoutingConfig
-from evo_merge.merge.card import CardInput, chosen_section, front_matter, inputs_section, model_ref, scores_section
+from evo_merge.merge.card import chosen_section, front_matter, inputs_section, scores_section
+from evo_merge.merge.card_inputs import CardInput, model_ref
 from evo_merge.merge.licenses import card_license
 
 

@@ -15,14 +15,11 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
 from evo_merge.markup import md
-
-if TYPE_CHECKING:  # the card's view of an input; imported there, not here, to keep one direction
-    from evo_merge.merge.card import CardInput
+from evo_merge.merge.card_inputs import CardInput
 
 OTHER = "other"
 MIXED = "mixed-input-licenses"

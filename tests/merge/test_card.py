@@ -15,7 +15,8 @@ from transformers import AutoTokenizer, GenerationConfig
 from evo_merge.cli import cli
 from evo_merge.mass.card import mass_card
 from evo_merge.mass.routing import RoutingConfig
-from evo_merge.merge.card import model_card, model_ref
+from evo_merge.merge.card import model_card
+from evo_merge.merge.card_inputs import model_ref
 from evo_merge.merge.export import export_merge
 from evo_merge.merge.plan import plan_from_recipe
 from evo_merge.merge.recipe import Recipe

@@ -1,0 +1,66 @@
+"""How a model card names its inputs: a Hub id with its revision (found in a recipe's model string,
+or in a folder of the Hub cache), or a local folder by its name: a machine path says nothing to a
+reader and reveals this machine. Shared by the card and its license."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\](?P<rev>[0-9a-f]{7,64})")
+
+
+@dataclass(frozen=True)
+class CardInput:
+    """An input model as a card names it: a Hub id (with revision) or a local folder's name, and
+    the name of a LoRA adapter applied to it."""
+
+    label: str
+    hub_id: str | None = None
+    revision: str | None = None
+    folder: Path | None = None
+    adapter: str | None = None
+    adapter_folder: Path | None = None  # for the adapter's own license
+
+    @property
+    def display(self) -> str:
+        name = f"{self.hub_id}@{self.revision}" if self.hub_id and self.revision else self.label
+        return f"{name} + LoRA {self.adapter}" if self.adapter else name
+
+
+def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None = None) -> CardInput:
+    """How the card names the input `reference` (a recipe's model string: a folder or
+    `org/name[@rev]`, either followed by `+adapter`).
+
+    Explicit `hub_id`/`revision` win; a folder inside the Hub cache (models--org--name/snapshots/
+    SHA) is that Hub model at that revision; `org/name[@rev]` that is not a local path is a Hub id;
+    anything else is a local folder, named by its last component."""
+    path = Path(reference).expanduser()
+    if "+" in reference and not path.exists():
+        model, adapter = reference.rsplit("+", 1)
+        adapter_ref = model_ref(adapter)  # a folder, or a Hub id with its cached snapshot
+        return replace(model_ref(model, hub_id=hub_id, revision=revision), adapter=adapter_ref.display,
+                       adapter_folder=adapter_ref.folder)
+    folder = path if path.is_dir() else None
+    if hub_id is None and (cached := _CACHE_SNAPSHOT.search(str(reference))):
+        hub_id, revision = f"{cached['org']}/{cached['name']}", revision or cached["rev"]
+    if hub_id is None and folder is None:
+        name, _, rev = reference.partition("@")
+        if _HUB_ID.match(name):
+            hub_id, revision = name, revision or rev or None
+    if hub_id is not None:
+        return CardInput(hub_id, hub_id, revision, folder or cached_snapshot(hub_id, revision))
+    return CardInput(path.name or reference, folder=folder)
+
+
+def cached_snapshot(hub_id: str, revision: str | None) -> Path | None:
+    """The Hub model's folder in the local cache (for its license), found offline; None if not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in ("README.md", "config.json"):
+        found = try_to_load_from_cache(hub_id, name, revision=revision)
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
