@@ -142,6 +142,14 @@ class EstimatorSpec(_Checked):
                              "standard errors are below this")
     max_items: int = Field(50, ge=1, description="adaptive: at most this many items per scenario and candidate")
 
+    @model_validator(mode="after")
+    def _backend_settings(self) -> EstimatorSpec:
+        """The torch backend's fit (L-BFGS) has neither: accepted, they failed the run after calibration."""
+        given = next((key for key in ("lr", "epochs") if getattr(self, key) is not None), None)
+        if given is not None and self.backend != "pyirt":
+            raise ValueError(f"{given}: applies to backend: pyirt only (the {self.backend} backend's fit has none)")
+        return self
+
 
 # pymoo's MOEA/D is steady-state (one candidate per ask), which would evaluate one candidate at a
 # time; NSGA-III and SMS-EMOA cover many objectives with a generation batched over the evaluator
@@ -161,7 +169,7 @@ class AlgorithmSpec(_Checked):
     seed_standard_merges: bool = Field(
         True, description="start generation 1 with each endpoint alone (looked up from calibration; "
         "not for cmaes) and the standard merges of the configured methods (task arithmetic lambda "
-        "0.3-1, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
+        "0.3-1 within its range, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
 
 
 class ObjectiveSpec(_Checked):

@@ -67,8 +67,10 @@ def mnist_task(zoo: str | Path, split: str = "test", name: str = "mnist", **sett
     from evo_merge.tasks.torch_task import TorchClassificationTask
 
     file = Path(zoo) / "data" / f"{split}.safetensors"
-    if not file.is_file():
-        raise UserError(f"{file}: no {split} split in the mnist zoo (build it with `evo-merge zoo build --kind mnist`)")
+    if not file.is_file():  # a campaign passes its options as written: a relative one is the working directory's
+        where = "" if Path(zoo).is_absolute() else f" (a relative zoo is the working directory's: {Path.cwd()})"
+        raise UserError(f"{file}: no {split} split in the mnist zoo{where}; build it with "
+                        "`evo-merge zoo build --kind mnist`")
     data = load_file(file)
     scenarios = [f"digit-{int(d)}" for d in data["y"]]
     return TorchClassificationTask(

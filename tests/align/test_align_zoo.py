@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
+import pytest
 import torch
 
 from evo_merge.align.builders import spec_for
@@ -31,3 +33,17 @@ def test_tiny_zoo_trains_caches_and_rebuilds(tmp_path):
     assert said == [("mnist zoo", done, 8) for done in range(9)]  # 2 kinds x (2 seeds + 2 disjoint halves)
     build_mnist_zoo(tmp_path / "zoo", seed=0, force=True, **TINY)  # `zoo build --force` was ignored here
     assert (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_a_relative_zoo_option_that_is_not_there_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """A campaign passes task options as written: `zoo: zoo/mnist` is the working directory's, and
+    the error only said to build the zoo, which was there beside the campaign file."""
+    from evo_merge.errors import UserError
+    from evo_merge.zoo.mnist import mnist_task
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=re.escape(f"(a relative zoo is the working directory's: {tmp_path})")):
+        mnist_task("zoo/mnist")
+    with pytest.raises(UserError) as caught:
+        mnist_task(tmp_path / "zoo")
+    assert "working directory" not in str(caught.value)

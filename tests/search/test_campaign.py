@@ -599,6 +599,9 @@ BAD = {
                        "methods.ties.density.0: Input should be a finite number"),
     "traversal task name": ({"tasks": [{"task": "arith", "name": "../../x"}]}, "tasks.0.name: '../../x' is not a safe"),
     "unsafe task label": ({"tasks": [{"task": "my tasks/a b.yaml"}]}, "label 'a b' is not a safe folder name"),
+    # accepted, they failed the run with a traceback once calibration had measured every item
+    "learning rate for torch": ({"estimator": {"lr": 0.1}}, "estimator: lr: applies to backend: pyirt only"),
+    "epochs for torch": ({"estimator": {"epochs": 5}}, "estimator: epochs: applies to backend: pyirt only"),
 }
 
 
