@@ -297,7 +297,7 @@ def _print_picks(console: Console, store: CampaignStore, by_id: dict[int, Evalua
 @click.command()
 @RUN_DIR
 def report(run: Path) -> None:
-    """(Re)write report.md, report.html, pareto.csv and the plots of a run."""
+    """(Re)write report.md, report.html, evaluations.csv, pareto.csv and the plots of a run."""
     from evo_merge.report.campaign import write_report
     from evo_merge.search.store import in_run
 
@@ -309,12 +309,12 @@ def report(run: Path) -> None:
     }
     finished = store.finished(facts["generations"])
     report = write_report(run, store, facts, exported, finished)
-    click.echo(f"wrote {report}, report.html, pareto.csv and the plots in {run}")
+    click.echo(f"wrote {report}, report.html, evaluations.csv, pareto.csv and the plots in {run}")
 
 
 @click.command()
 @RUN_DIR
-@click.option("--pick", "pick", required=True, type=int, help="evaluation id (see pareto.csv or status)")
+@click.option("--pick", "pick", required=True, type=int, help="evaluation id (the id column of evaluations.csv)")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="model folder to write")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it is a model folder (once the new one is complete)")
 @click.option("--push-to-hub", "repo_id", metavar="ORG/NAME", help="upload the exported folder to this Hub repo")

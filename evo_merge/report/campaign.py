@@ -1,4 +1,4 @@
-"""Campaign outputs: pareto.csv, report.md, report.html, pareto.png and progress.png.
+"""Campaign outputs: evaluations.csv, pareto.csv, report.md, report.html, pareto.png and progress.png.
 
 Everything is read from the run's store and its facts (tasks, directions, item counts), so a
 report is written without opening a model. Hypervolumes and "best" follow each task's direction.
@@ -155,7 +155,8 @@ def write_report(
     run_dir: Path, store: CampaignStore, facts: dict, exported: dict[str, tuple[int, Path]] | None = None,
     finished: bool = True,
 ) -> Path:
-    """Write pareto.csv, the plots, report.md and report.html from the store and the run's facts
+    """Write evaluations.csv (every evaluation, with the id `export --pick` takes), pareto.csv, the
+    plots, report.md and report.html from the store and the run's facts
     (`finished` False: of a run cut short, which the report says first). User strings (task,
     method and pick names) are escaped in both reports."""
     objectives = Objectives.of_facts(facts)
@@ -167,6 +168,7 @@ def write_report(
     scored = (table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)
               | table[[f"sample_{t}" for t in tasks]].notna().all(axis=1))  # race survivors: their sample scores
     front = mark_front(table[table.phase.isin(["search", BASELINE]) & scored], objectives)
+    atomic_write(run_dir / "evaluations.csv", table.to_csv(index=False))
     atomic_write(run_dir / "pareto.csv", front.to_csv(index=False))
     progress = progress_table(store, objectives)
     plot_pareto(table, tasks, run_dir / "pareto.png", facts.get("endpoints", ()))

@@ -252,3 +252,20 @@ def test_export_into_the_run_s_own_pick_folders_is_refused(tracked_run):
         assert result.exit_code == 2 and "inside the run's models/ folder" in result.output, result.output
     assert sorted((p.name, p.stat().st_mtime_ns) for p in pick.iterdir()) == before
     assert not (run / "models" / "new").exists()
+
+
+def test_evaluations_csv_holds_every_evaluation_with_the_id_export_takes(tracked_run):
+    """pareto.csv holds the finalists and report.md the measured candidates: most search candidates'
+    ids, which `export --pick` takes, were in neither (only in state.sqlite)."""
+    from evo_merge.search.store import CampaignStore
+
+    _, run, _ = tracked_run
+    store = CampaignStore(run)
+    stored = {e.id: e for e in store.evaluations()}
+    store.close()
+    table = pd.read_csv(run / "evaluations.csv")
+    assert sorted(table.id) == sorted(stored) and len(table) > len(pd.read_csv(run / "pareto.csv"))
+    for row in table.itertuples():
+        evaluation = stored[row.id]
+        assert (row.phase, row.status, row.items) == (evaluation.phase, evaluation.status, evaluation.items_evaluated)
+        assert row.est_agree0 == pytest.approx((evaluation.estimates or {}).get("agree0", float("nan")), nan_ok=True)
