@@ -175,14 +175,18 @@ def race_summary(record: Mapping | None) -> str | None:
         return None
     stages = Counter(leaver["stage"] for leaver in record["left"].values())
     at = ", ".join(f"{n} at {stage * 100:g}% of the items" for stage, n in sorted(stages.items()))
-    line = (f"final-phase race: {len(record['left'])} of {record['finalists']} finalists left it before every "
-            f"item" + (f" ({at})" if at else ""))
+    compared = record.get("compared")
+    # warm-ups, measured on every item before, race but never leave: counted apart so the counts add up
+    before = len(compared.get("measured", ())) if compared else 0
+    line = (f"final-phase race: {len(record['left'])} of {record['finalists'] - before} finalists left it before "
+            f"every item" + (f" ({at})" if at else ""))
+    if before:
+        line += (f"; {before} more {'was a warm-up' if before == 1 else 'were warm-ups'} measured on every item "
+                 "before the final phase, which the race does not drop")
     if failed := record.get("failed"):
         line += f"; {len(failed)} could not be scored (see the failures)"
-    if compared := record.get("compared"):
-        n, before = len(compared["scores"]), len(compared.get("measured", ()))
-        if before:  # warm-ups: no leavers, whether they stayed or not (they keep their scores on every item)
-            line += f"; {before} of them had been measured on every item before the final phase (warm-ups)"
+    if compared:
+        n = record["finalists"] - len(record["left"])  # the survivors and every warm-up: what the picks are among
         line += (f"; the {n} that stayed {'was' if n == 1 else 'were'} compared on {compared['stage'] * 100:g}% "
                  "of the items, and only the picks among them measured on every item")
     return line

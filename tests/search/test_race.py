@@ -197,9 +197,12 @@ def test_by_default_the_picks_are_chosen_on_the_race_s_last_sample_and_measured_
     # apart, stayed or not (a warm-up that fell behind is no leaver; it was left out of every count)
     before = [k for k in set(compared["scores"]) | set(record["left"]) | set(measured)
               if store.get(k).phase == "baseline" and store.get(k).items_evaluated == 180]
-    assert before and (f"{len(before)} of them had been measured on every item before the final phase (warm-ups); "
-                       f"the {len(compared['scores'])} that stayed were compared on 25% of the items, and only the "
-                       "picks among them measured on every item") in " ".join(result.output.split())
+    raced_count, kept = record["finalists"] - len(before), record["finalists"] - len(record["left"])
+    assert before and (f"{len(record['left'])} of {raced_count} finalists left it before every item") in " ".join(
+        result.output.split())
+    assert (f"{len(before)} more were warm-ups measured on every item before the final phase, which the race does "
+            f"not drop; the {kept} that stayed were compared on 25% of the items, and only the picks among them "
+            "measured on every item") in " ".join(result.output.split())
     report = (raced["picks"] / "report.md").read_text()
     section = report.split("## Compared on the race's last sample")[1].split("\n## ")[0]
     unmeasured = {store.get(k).id for k in compared["scores"] if store.get(k).measured is None}
@@ -367,12 +370,13 @@ def test_a_run_choosing_its_picks_on_fewer_than_100_items_of_a_task_says_so_firs
 
 def test_the_race_line_counts_warm_ups_that_fell_behind_so_that_its_counts_add_up():
     """4 finalists, none left, 2 compared: the 2 others were warm-ups measured whole, which the line
-    left out ("0 of 4 finalists left it …; the 2 that stayed …")."""
+    left out ("0 of 4 finalists left it …; the 2 that stayed …"); then it counted them among the
+    finalists that could leave, and the picks were chosen among all 4, not the 2 "that stayed"."""
     from evo_merge.search.race import race_summary
 
     record = {"finalists": 4, "left": {}, "compared": {"stage": 0.25, "scores": {"a": {}, "b": {}},
                                                        "measured": ["c", "d"]}}
     assert race_summary(record) == (
-        "final-phase race: 0 of 4 finalists left it before every item; 2 of them had been measured on every item "
-        "before the final phase (warm-ups); the 2 that stayed were compared on 25% of the items, and only the picks "
-        "among them measured on every item")
+        "final-phase race: 0 of 2 finalists left it before every item; 2 more were warm-ups measured on every item "
+        "before the final phase, which the race does not drop; the 4 that stayed were compared on 25% of the items, "
+        "and only the picks among them measured on every item")
