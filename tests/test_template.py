@@ -17,3 +17,28 @@ def test_the_template_is_a_valid_campaign_at_the_default_batch_size(tmp_path):
 def test_eval_scores_at_a_campaigns_default_batch_size():
     option = next(p for p in eval_.params if p.name == "batch_size")
     assert option.default == EvaluatorSpec().batch_size
+
+
+def test_init_writes_the_command_it_prints_as_the_file_s_first_line(tmp_path, monkeypatch):
+    """`init --out sub/x.yaml` printed `evo-merge run sub/x.yaml ...` but wrote `evo-merge run x.yaml ...`
+    as the file's first line, which fails from where `init` ran."""
+    from click.testing import CliRunner
+
+    from evo_merge.cli import cli
+    from evo_merge.zoo.manifest import ZooManifest, write_zoo
+    from evo_merge.zoo.tinylm import TinyLMSettings
+
+    zoo = tmp_path / "zoo"
+    for model in ("base", "arith", "lang"):  # a zoo as complete as `init` checks, not trained here
+        (zoo / model).mkdir(parents=True)
+        (zoo / model / "config.json").write_text("{}")
+    (zoo / "table.csv").write_text("model\n")
+    write_zoo(zoo, ZooManifest(kind="tiny-lm", models=["base", "arith", "lang"], key=TinyLMSettings().key()))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["init", "--out", "sub/x.yaml", "--zoo", str(zoo)])
+    assert result.exit_code == 0, result.output
+    assert "reusing it" in result.output  # nothing trained
+    last = result.output.strip().splitlines()[-1]
+    assert last == "wrote sub/x.yaml; run it with: evo-merge run sub/x.yaml --out runs/x"
+    assert (tmp_path / "sub" / "x.yaml").read_text().splitlines()[0] == (
+        "# evo-merge campaign: `evo-merge run sub/x.yaml --out runs/x`")

@@ -29,15 +29,16 @@ def _zoo(zoo: Path) -> list[str]:
 @ZOO
 def init(out: Path, zoo: Path) -> None:
     """Write a commented, runnable example campaign for the demo zoo."""
-    from evo_merge.cli.template import campaign_text
+    from evo_merge.cli.template import campaign_text, run_command
     from evo_merge.errors import UserError
 
     if out.exists():
         raise UserError(f"{out} already exists; choose another --out")
     families = _zoo(zoo)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(campaign_text(Path(zoo).resolve(), families, name=out.stem))
-    click.echo(f"wrote {out}; run it with: evo-merge run {out} --out runs/{out.stem}")
+    command = run_command(out, f"runs/{out.stem}")  # the file's first line says what the console says
+    out.write_text(campaign_text(Path(zoo).resolve(), families, name=out.stem, command=command))
+    click.echo(f"wrote {out}; run it with: {command}")
 
 
 @click.command()

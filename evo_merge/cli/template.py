@@ -51,8 +51,8 @@ estimator:
 
 # NSGA-II over the mixed genome (or nsga3 | smsemoa; ga | cmaes with objective: {{weights: ...}});
 # population x generations candidates at most.
-# The first generation starts from task arithmetic, TIES and TSV-M with weight 1 each
-# (seed_standard_merges: false for random merges only).
+# The first generation starts from each endpoint alone and task arithmetic, TIES and TSV-M with
+# weight 1 each (seed_standard_merges: false for random merges only).
 algorithm: {{name: nsga2, population: {population}, generations: {generations}, seed: 0}}
 
 # In this process; or {{kind: dask, n_workers: 2}} / {{kind: dask, address: tcp://host:8786}}
@@ -62,8 +62,8 @@ evaluator: {{kind: local, batch_size: {batch_size}}}
 
 # After the search: each pick's top_k candidates by estimate (default 3) and evaluate_top
 # members spread over the front are finalists. They race (race, default [0.125, 0.25]): scored
-# on these fractions of the search items, one that another is, with confidence, at most
-# race_tolerance (0.01) worse than on every task leaves. The best model per task and the best
+# on these fractions of the search items; a finalist leaves when another is, with confidence,
+# at most race_tolerance (0.01) below it on every task. The best model per task and the best
 # balanced one are chosen among the rest on the same sampled items, measured on every item
 # (measure_whole: picks; `survivors` measures every one; race: [] measures every finalist) and
 # exported to models/ in the run folder (`run`'s --out). holdout (default auto: 20% of the
