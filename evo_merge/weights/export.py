@@ -99,9 +99,26 @@ def write_model_folder(
 
 
 def _copied_files(source: Path, copy_tokenizer: bool) -> list[Path]:
-    """The config (and tokenizer) files of `source` to copy; a link out of the model is refused."""
+    """The config (and tokenizer) files of `source` to copy, and the code files its config's
+    `auto_map` names; a link out of the model is refused."""
     configs = [file for name in COPIED_FILES if (file := model_file(source, name)) is not None]
-    return configs + (copied_tokenizer_files(source) if copy_tokenizer else [])
+    code = [file for name in auto_map_files(source) if (file := model_file(source, name)) is not None]
+    return configs + code + (copied_tokenizer_files(source) if copy_tokenizer else [])
+
+
+def auto_map_files(folder: Path) -> list[str]:
+    """The module files a config's `auto_map` names in the folder itself (`modeling_x.XModel` ->
+    `modeling_x.py`; a class in another repository, `repo--module.Class`, is not a file here). The
+    output keeps its config's `auto_map`, so it keeps the code: without it a load that opts in with
+    `trust_remote_code` failed. The files are copied, never imported."""
+    try:
+        auto_map = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    values = auto_map.values() if isinstance(auto_map, dict) else []
+    refs = [r for v in values for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    names = {f"{r.rsplit('.', 1)[0]}.py" for r in refs if "." in r and "--" not in r}
+    return sorted(n for n in names if re.fullmatch(r"[\w.-]+\.py", n) and ".." not in n)
 
 
 def _write_shards(

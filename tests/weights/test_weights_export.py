@@ -425,3 +425,27 @@ def test_an_output_that_is_a_file_is_refused_without_offering_overwrite(tmp_path
         assert str(refused.value) == (f"output {out} is a file, not a model folder; "
                                       "give a folder to write the model into")
     assert out.read_text() == "mine"
+
+
+def test_code_files_the_config_s_auto_map_names_are_copied_so_an_opted_in_load_works(tmp_path):
+    """The output kept the donor's `auto_map` but not its code: `from_pretrained(..., trust_remote_code=True)`
+    failed with 'does not appear to have a file named configuration_x.py'. The files are copied, not run."""
+    from evo_merge.zoo.tiny import save_tiny_family
+
+    base, _ = save_tiny_family(tmp_path / "family", "llama", n_finetunes=0)
+    (base / "configuration_x.py").write_text(
+        "from transformers import LlamaConfig\n\n\nclass XConfig(LlamaConfig):\n    model_type = 'llama'\n")
+    (base / "modeling_x.py").write_text(
+        "from transformers import LlamaForCausalLM\n\nfrom .configuration_x import XConfig\n\n\n"
+        "class XForCausalLM(LlamaForCausalLM):\n    config_class = XConfig\n")
+    config = json.loads((base / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM",
+                          "AutoTokenizer": ["other/repo--tokenization_y.YTokenizer", None]}  # another repo's: no file
+    (base / "config.json").write_text(json.dumps(config))
+    checkpoint = Checkpoint.open(base)
+    out = write_model_folder(tmp_path / "out", ((n, checkpoint.tensor(n)) for n in checkpoint.names), copy_from=base)
+    assert (out / "configuration_x.py").is_file() and (out / "modeling_x.py").is_file()
+    assert not list(out.glob("tokenization_y*"))
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert type(model).__name__ == "XForCausalLM"
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
