@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
+from evo_merge.errors import UserError
 from evo_merge.merge.card import Scores, license_files, model_card
 from evo_merge.merge.plan import MergePlan, stream_merge
 from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
 from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import write_model_folder
-from evo_merge.weights.export import check_output_folder
+from evo_merge.weights.export import NonFiniteTensor, check_output_folder
 
 RECIPE_FILE = "merge_recipe.yaml"
 Tracker = Callable[[Iterable, int], Iterable]
@@ -62,13 +63,28 @@ def export_merge(
     extra[RECIPE_FILE] = recipe.to_yaml()
     if item_scores:
         extra.update(results_files(item_scores, tasks or {}))
-    return write_model_folder(
-        out,
-        tensors,
-        copy_from=folder,
-        config=config or None,
-        dtype=plan.out_dtype,
-        extra_files=extra,
-        copy_tokenizer=plan.tokens is None,
-        overwrite=overwrite,
-    )
+    try:
+        return write_model_folder(
+            out,
+            tensors,
+            copy_from=folder,
+            config=config or None,
+            dtype=plan.out_dtype,
+            extra_files=extra,
+            copy_tokenizer=plan.tokens is None,
+            overwrite=overwrite,
+        )
+    except NonFiniteTensor as exc:
+        raise UserError(f"{exc}; {_non_finite_inputs(plan, exc.name)}") from None
+
+
+def _non_finite_inputs(plan: MergePlan, name: str) -> str:
+    """Which inputs hold NaN or Inf in tensor `name`: with several inputs of many GB, "a corrupt
+    input" left the user to scan them all. None of them: the merge itself overflowed."""
+    bad = []
+    for ref, checkpoint in zip(plan.refs, plan.open()):
+        if name in checkpoint.names and not bool(torch.isfinite(checkpoint.tensor(name).float()).all()):
+            bad.append(ref.name)
+    if bad:
+        return f"it is not finite in {', '.join(bad)}"
+    return "every input is finite there: the merge overflowed the output dtype"

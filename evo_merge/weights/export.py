@@ -98,6 +98,15 @@ def write_model_folder(
     return out
 
 
+class NonFiniteTensor(UserError):
+    """A tensor holding NaN or Inf, refused before it is written; `name` lets the caller, who knows
+    the inputs, say which of them holds it."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 def _copied_files(source: Path, copy_tokenizer: bool) -> list[Path]:
     """The config (and tokenizer) files of `source` to copy, and the code files its config's
     `auto_map` names; a link out of the model is refused."""
@@ -148,8 +157,8 @@ def _write_shards(
         if tensor.is_floating_point():
             floating.add(tensor.dtype)
             if not bool(torch.isfinite(tensor).all()):  # after the cast: float16 overflows to Inf
-                raise UserError(f"tensor {name}: holds NaN or Inf, not written (a corrupt input, or out of "
-                                f"range for {dtype_name(tensor.dtype)})")
+                raise NonFiniteTensor(name, f"tensor {name}: holds NaN or Inf, not written (a corrupt input, or out "
+                                            f"of range for {dtype_name(tensor.dtype)})")
         tensor = _owning(tensor.contiguous(), storages)
         size = tensor.numel() * tensor.element_size()
         if current and current_bytes + size > max_shard_bytes:

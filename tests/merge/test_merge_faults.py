@@ -82,7 +82,8 @@ def test_overwrite_refuses_a_folder_that_is_not_a_model_folder(family, tmp_path)
     assert [p.name for p in out.iterdir()] == ["thesis.tex"] and hidden(tmp_path) == []
 
 
-def test_a_nan_in_an_input_is_an_error_naming_the_merged_tensor(family, tmp_path):
+def test_a_nan_in_an_input_is_an_error_naming_the_merged_tensor_and_the_input(family, tmp_path):
+    """The tensor was named, the input not: with several inputs of many GB, the user scanned them all."""
     base, (ft,) = family
     flipped = tmp_path / "flipped"
     shutil.copytree(ft, flipped)
@@ -92,7 +93,14 @@ def test_a_nan_in_an_input_is_an_error_naming_the_merged_tensor(family, tmp_path
     save_file(tensors, flipped / "model.safetensors", metadata={"format": "pt"})
     code, output = merge(recipe(tmp_path / "r.yaml", "linear", base, flipped), "--out", tmp_path / "out")
     assert code == 2 and f"tensor {name}: holds NaN or Inf" in output, output
+    assert f"; it is not finite in {flipped}" in output and f"{base}," not in output, output
     assert not (tmp_path / "out").exists() and hidden(tmp_path) == []
+    overflow = tmp_path / "overflow.yaml"  # finite inputs, a result float16 cannot hold
+    overflow.write_text(yaml.safe_dump({"merge_method": "task_arithmetic", "base_model": str(base),
+                                        "out_dtype": "float16", "parameters": {"lambda": 1e9},
+                                        "models": [{"model": str(ft)}]}))
+    code, output = merge(overflow, "--out", tmp_path / "out")
+    assert code == 2 and "every input is finite there: the merge overflowed the output dtype" in output, output
 
 
 def test_sigterm_mid_write_leaves_the_old_folder_and_no_temporary_one(family, tmp_path):
