@@ -105,6 +105,14 @@ class SafetensorsFile:
         drop_mapped_pages(view.data_ptr(), view.numel() * view.element_size())
 
 
+def _unpickling_reason(err: Exception) -> str:
+    """What torch's weights-only loader refused, on one line: its message opens with a paragraph
+    suggesting `weights_only=False`, the advice a file that smuggles code in is written for, and
+    names what it refused (`unsupported GLOBAL posix.system`) only further down."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), first_line(err))
+
+
 class _PickleFile:
     def __init__(self, path: Path):
         # mmap keeps the file on disk until a tensor is asked for; old (non-zip) files cannot.
@@ -113,7 +121,7 @@ class _PickleFile:
         except Exception as err:
             raise UserError(
                 f"{path}: cannot load as a weights-only pickle (it may hold objects other than "
-                f"tensors, or be corrupt): {first_line(err)}"
+                f"tensors, or be corrupt): {_unpickling_reason(err)}"
             ) from err
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]  # Lightning-style wrapper

@@ -292,3 +292,26 @@ def test_a_weights_link_to_a_missing_blob_is_named_as_such(tmp_path):
     (tmp_path / "model.safetensors").symlink_to(tmp_path / "blobs" / "0a1b")
     with pytest.raises(UserError, match=r"model.safetensors is a link to a missing file .*blobs/0a1b"):
         weight_files(tmp_path)
+
+
+class _Smuggled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this object would create the marker folder
+        import os
+
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_pickle_smuggling_code_is_refused_naming_what_it_holds_not_suggesting_to_unblock_it(tmp_path):
+    """The refusal quoted torch's first paragraph, which says re-running with `weights_only=False` "will
+    likely succeed": the advice such a file is made for. What was refused came 1,000 characters later."""
+    marker = tmp_path / "code-ran"
+    torch.save({"w": torch.zeros(2), "x": _Smuggled(marker)}, tmp_path / "weights.pt")
+    with pytest.raises(UserError) as caught:
+        Checkpoint.open(tmp_path / "weights.pt", allow_pickle=True)
+    message = str(caught.value)
+    assert "cannot load as a weights-only pickle" in message and "GLOBAL posix.mkdir" in message, message
+    assert "weights_only" not in message and "\n" not in message and len(message) < 400, message
+    assert not marker.exists()
