@@ -60,7 +60,6 @@ from evo_merge.irt.anchors import SELECTABLE, Anchors, select_anchors
 from evo_merge.irt.kinds import DEFAULT_ESTIMATOR_KIND, ENDPOINT_ESTIMATORS, ESTIMATOR_KINDS
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
 from evo_merge.irt.responses import (
-    DEFAULT_SCENARIO,
     RESERVED_SCENARIO,
     ResponseMatrix,
     binarise,
@@ -480,21 +479,9 @@ def _adaptive_table(estimator: Estimator, matrix: ResponseMatrix) -> pd.DataFram
     return pd.DataFrame(rows, columns=["subject", "scenario", "estimator", "estimate", "se"])
 
 
-def _check_scenarios(responses: pd.DataFrame, model: IRTModel) -> None:
-    """A scenario column that contradicts the model (the file of another benchmark's model, or a
-    relabelling) was ignored: estimates came out under the model's scenarios without a word."""
-    given = responses[responses["scenario"] != DEFAULT_SCENARIO]
-    modelled = given["item"].map(dict(zip(model.item_ids, model.item_scenarios)))
-    if (clash := given[modelled != given["scenario"]]).size:
-        item, scenario = clash["item"].iloc[0], clash["scenario"].iloc[0]
-        raise UserError(f"item {item} is in scenario {scenario!r} here but in {modelled[clash.index[0]]!r} in the IRT "
-                        "model: the scores are of another model's items, or drop the scenario column")
-
-
 def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFrame:
     """Estimates for every subject of a validated long table: columns subject,scenario,estimator,estimate,se."""
     matrix = ResponseMatrix.from_long(responses, estimator.model.item_ids)
-    _check_scenarios(responses, estimator.model)
     if estimator.kind == "adaptive":
         return _adaptive_table(estimator, matrix)
     scores = matrix.scores[:, estimator.anchor_idx]

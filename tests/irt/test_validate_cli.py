@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 
@@ -314,10 +315,6 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
             "endpoint subject zz is not among",
         ),
         (["estimate", "{root}/m", "--responses", "{root}/alien.csv"], "item alien is not in the IRT model"),
-        (  # a scenario column contradicting the model was ignored
-            ["estimate", "{root}/m", "--responses", "{root}/elsewhere.csv"],
-            "item i00000 is in scenario 'gsm' here but in 's0' in the IRT model",
-        ),
         (  # a set copied in from another model's folder: it named neither file nor model
             ["estimate", "{root}/foreign", "--responses", "{root}/partial.csv"],
             "anchors/stratified-1.json: item alien is not in the IRT model of",
@@ -356,8 +353,6 @@ def test_bad_input_exits_2_with_one_line(files, args, message):
         pd.DataFrame({"subject": ["a"], "item": ["i00000"], "score": [1.0]}).to_csv(root / "partial.csv", index=False)
     pd.DataFrame({"subject": ["a"], "item": ["i00000"], "score": [3.0]}).to_csv(root / "bad.csv", index=False)
     pd.DataFrame({"subject": ["a"], "item": ["alien"], "score": [1.0]}).to_csv(root / "alien.csv", index=False)
-    pd.DataFrame({"subject": ["a"], "item": ["i00000"], "score": [1.0], "scenario": ["gsm"]}).to_csv(
-        root / "elsewhere.csv", index=False)
     if not (root / "foreign").exists():
         shutil.copytree(root / "m", root / "foreign")
         shutil.rmtree(root / "foreign" / "anchors")
@@ -424,3 +419,19 @@ def test_an_option_out_of_its_range_is_named_before_any_file_is_read(tmp_path, a
     naming no option, and some only after the responses were read."""
     code, out = run(*(str(tmp_path / a) if a in ("r.csv", "m") else a for a in args))
     assert code == 2 and expected in out, out
+
+
+def test_estimate_takes_scenarios_from_the_model_not_the_responses_file(tmp_path, files):
+    """The documented pipeline: `responses build --scenario subskill` fits `arith:inc`, `eval` writes the
+    task's own `inc`. A check refusing the difference broke it; the model's scenarios are the ones used."""
+    root, full = files
+    model = tmp_path / "m"
+    assert run("fit", root / "responses.csv", "--out", model, "--dims", "1")[0] == 0
+    assert run("anchors", model, "--budget", "5")[0] == 0
+    anchors = load_anchors(model).all_items()
+    partial = full[full.item.isin(anchors) & (full.subject == full.subject.iloc[0])].copy()
+    partial.to_csv(tmp_path / "as-fitted.csv", index=False)
+    partial.assign(scenario="renamed").to_csv(tmp_path / "renamed.csv", index=False)
+    outputs = [run("estimate", model, "--responses", tmp_path / name) for name in ("as-fitted.csv", "renamed.csv")]
+    assert [code for code, _ in outputs] == [0, 0] and outputs[0][1] == outputs[1][1]
+    assert set(pd.read_csv(io.StringIO(outputs[0][1])).scenario) == {*full.scenario.unique(), "overall"}
