@@ -118,8 +118,8 @@ def load_anchors(model_dir: str | Path, budget: int | None = None, method: str |
         raise UserError(f"{model_dir}: {what} stored anchor sets match (stored: {', '.join(names) or 'none'}); "
                         "run `evo-merge irt anchors` or pass --budget/--method")
     anchors = read_anchors(match[0])
-    known = set(item_ids) if item_ids is not None else None
-    if known is not None and (alien := next((i for i in anchors.all_items() if i not in known), None)) is not None:
+    known = set(item_ids or ())
+    if item_ids is not None and (alien := next((i for i in anchors.all_items() if i not in known), None)):
         raise UserError(f"{match[0]}: item {alien} is not in the IRT model of {model_dir}: these anchors were chosen "
                         "on another model (`evo-merge irt anchors` chooses this model's)")
     return anchors

@@ -96,7 +96,7 @@ def card_license(inputs: Sequence[CardInput]) -> CardLicense:
         if shared.id != OTHER:
             return CardLicense({"license": shared.id}, per_input, {})
         keys, files = {"license": OTHER, "license_name": shared.name or "other-input-license"}, {}
-        link, copied = _inherited_link(inputs)
+        link, copied = _inherited_link(inputs, per_input)
         if link is not None:
             keys["license_link"] = link
         files.update(copied)
@@ -106,12 +106,13 @@ def card_license(inputs: Sequence[CardInput]) -> CardLicense:
                        {MIXED_FILE: listing})
 
 
-def _inherited_link(inputs: Sequence[CardInput]) -> tuple[str | None, dict[str, str]]:
+def _inherited_link(inputs: Sequence[CardInput], per_input: Mapping[str, License | None],
+                    ) -> tuple[str | None, dict[str, str]]:
     """(license_link, files to write) for a shared `other` license: a URL as given; a file of an
     input's folder copied beside the weights under its own name; else a URL into the input's Hub
     repository; else none (a link to a file the folder lacks would be broken)."""
     for ref in inputs:
-        lic = read_license(ref.folder)
+        lic = per_input.get(ref.display)
         if lic is None or not lic.link:
             continue
         if "://" in lic.link:
