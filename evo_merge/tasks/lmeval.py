@@ -391,7 +391,8 @@ class LMEvalTask(ItemTable):
         self.metric, self.filter = keys[next(iter(self.tasks))]
         if other := next((n for n, k in keys.items() if k != (self.metric, self.filter)), None):
             raise UserError(f"task {spec}: {other} scores with {','.join(keys[other])}, another of its tasks with "
-                            f"{self.metric},{self.filter}; name the metric (`metric:` in the task's options)")
+                            f"{self.metric},{self.filter}; name a metric they all have (`metric:` in the task's "
+                            "options), or give them as tasks of their own")
         self.batch_size, self.device, self.limit = batch_size, device, limit
         grouped = len(self.tasks) > 1  # a group: ids <task>/<id>, each task a scenario
         ids, scenarios, self._where = [], [], []

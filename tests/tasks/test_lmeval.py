@@ -359,3 +359,16 @@ def test_an_unknown_metric_is_one_line_without_lm_eval_s_own_error_lines(model_d
     assert done.returncode == 2 and (done.stdout + done.stderr).strip() == (
         f"error: --task {path}: metric_list: metric 'nosuchmetric' is neither lm-eval's nor in the evaluate library"
     ), done.stdout + done.stderr
+
+
+def test_a_group_whose_tasks_score_with_different_metrics_is_refused_with_advice_that_can_be_followed(tmp_path):
+    """The advice was to name the metric, which cannot work when no metric is every member's."""
+    (tmp_path / "part_a").mkdir()
+    _arith_variant(tmp_path / "part_a", yaml=[("task: evo_arith", "task: part_a")])
+    (tmp_path / "part_b").mkdir()
+    _arith_variant(tmp_path / "part_b", yaml=[("task: evo_arith", "task: part_b"), ("metric: acc", "metric: acc_norm")])
+    (tmp_path / "both.yaml").write_text("group: both\ntask: [part_a, part_b]\n")
+    with pytest.raises(UserError, match=re.escape(
+            "part_b scores with acc_norm,none, another of its tasks with acc,none; name a metric they all have "
+            "(`metric:` in the task's options), or give them as tasks of their own")):
+        LMEvalTask(tmp_path / "both.yaml")
