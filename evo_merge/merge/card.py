@@ -51,9 +51,11 @@ def model_index(title: str, measured: Mapping[str, float], tasks: Mapping[str, T
     return [{"name": title, "results": results}] if results else []
 
 
-def scores_section(scores: Scores | None, stderr: Mapping[str, float] | None = None) -> list[str]:
+def scores_section(scores: Scores | None, stderr: Mapping[str, float] | None = None,
+                   note: str | None = None) -> list[str]:
     """Markdown lines of a `## Scores` table: a row per task, a column per score kind; measured
-    values carry their standard error when known."""
+    values carry their standard error when known; `note` says what they were measured on where
+    that is not these weights bit for bit."""
     if not scores:
         return []
     stderr = stderr or {}
@@ -72,6 +74,8 @@ def scores_section(scores: Scores | None, stderr: Mapping[str, float] | None = N
     if "estimated" in scores:
         lines += [("Estimated scores come from a few anchor items and an IRT model; only measured scores "
                    "are in the `model-index` metadata, each named with the items it was measured on."), ""]
+    if note:
+        lines += [note[0].upper() + note[1:] + ".", ""]  # the caller's own sentence, not a user's string
     return lines
 
 
@@ -122,6 +126,7 @@ def model_card(
     stderr: Mapping[str, float] | None = None,
     chosen_as: Sequence[str] = (),
     device: str = "cpu",
+    scores_note: str | None = None,
 ) -> str:
     """A README.md for a merged model folder, built on `device` (its Reproduce section says how to
     rebuild it there).
@@ -169,7 +174,7 @@ def model_card(
         *chosen_section(chosen_as),
     ]
     lines += inputs_section(inputs, base, licenses)
-    lines += scores_section(scores, stderr)
+    lines += scores_section(scores, stderr, scores_note)
     lines += [
         "## Reproduce",
         "",

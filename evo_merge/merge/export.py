@@ -33,6 +33,7 @@ def export_merge(
     item_scores: ItemScores | None = None,
     chosen_as: Sequence[str] = (),
     device: torch.device | str = "cpu",
+    scores_note: str | None = None,
 ) -> Path:
     """Write the merged folder atomically. `tensors` (e.g. from the in-place merger) replaces the
     streaming merge when given; they must be the plan's tensors.
@@ -58,7 +59,7 @@ def export_merge(
         name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None
     }
     extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr,
-                                    chosen_as=chosen_as, device=torch.device(device).type)
+                                    chosen_as=chosen_as, device=torch.device(device).type, scores_note=scores_note)
     extra.update(license_files(recipe))
     extra[RECIPE_FILE] = recipe.to_yaml()
     if item_scores:

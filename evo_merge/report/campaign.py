@@ -20,6 +20,7 @@ from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import reference_label, write_html_report
 from evo_merge.report.pairs import task_pairs
 from evo_merge.search.candidate import Candidate
+from evo_merge.search.export import rounded_storage_note
 from evo_merge.search.front import BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
 from evo_merge.search.metrics import item_totals, recorded_metrics
@@ -223,6 +224,8 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
     ]
     if endpoints := facts.get("endpoints"):  # runs from before they were recorded: the campaign file says
         lines.append("endpoints, in the order of each recipe's weights: " + ", ".join(endpoints))
+    if note := rounded_storage_note(facts.get("stored_dtype")):
+        lines.append(note)
     return lines + ([line] if (line := race_summary(race)) else [])
 
 

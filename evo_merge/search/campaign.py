@@ -73,7 +73,8 @@ class CampaignRunner:
         workspace = Workspace.open(campaign, root, run_dir)
         spec = workspace.campaign
         tasks = campaign_tasks(spec)
-        record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()})
+        record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()},
+                     workspace.stored_dtype_name())
         record_task_meta(workspace.store, spec, tasks)
         return cls(workspace, tasks, progress)
 

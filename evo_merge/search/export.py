@@ -15,7 +15,7 @@ from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import Evidence, candidate_kind
 from evo_merge.search.log import stage_track
-from evo_merge.search.store import EVALUATED_ON_META, CampaignStore, Evaluation, Record, in_run
+from evo_merge.search.store import EVALUATED_ON_META, FACTS_META, CampaignStore, Evaluation, Record, in_run
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
@@ -65,18 +65,31 @@ def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[st
                                  for t in campaign.tasks})
 
 
+def rounded_storage_note(stored_dtype: str | None) -> str | None:
+    """The line a report and a card give scores measured on task vectors stored narrower than
+    float32: the search's candidate and the exported pick (the float32 merge of its recipe) differ by
+    that rounding, and can answer a few items differently. None for float32 (or a run from before
+    the dtype was recorded)."""
+    if stored_dtype in (None, "float32"):
+        return None
+    return (f"scores were measured on merges of task vectors stored in {stored_dtype} (`storage.dtype`), each rounded "
+            "once; an exported pick is the float32 merge of its recipe (`merge_recipe.yaml`) and can score a little "
+            "differently (`storage.dtype: float32` measures exactly the exported weights)")
+
+
 def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
     """The task metadata, and the per-item scores when the evaluation was measured on every item:
     with a holdout, those of the held-out items, as the card's measured scores are."""
     tasks = store.get_meta(TASK_META, {})
+    note = rounded_storage_note((store.get_meta(FACTS_META) or {}).get("stored_dtype"))
     if not evaluation.measured:
-        return Evidence(tasks, None)
+        return Evidence(tasks, None, note)
     scores, holdout = store.item_scores(evaluation.key), store.get_meta(HOLDOUT_META, {})
     if held_out_scores(store, evaluation.key, holdout) is not None:  # the card says which items, not "all N"
         scores = {task: {i: scores[task][i] for i in items} for task, items in holdout.items() if items}
         tasks = {name: replace(meta, held_out=len(scores[name])) if name in scores else meta
                  for name, meta in tasks.items()}
-    return Evidence(tasks, scores)
+    return Evidence(tasks, scores, note)
 
 
 def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluator: Evaluator | None = None,

@@ -34,6 +34,7 @@ class Evidence:
 
     tasks: Mapping[str, TaskMeta] = field(default_factory=dict)
     item_scores: Mapping[str, Mapping[str, float]] | None = None
+    note: str | None = None  # what the scores were measured on, where that is not the exported weights
 
 
 class CandidateKind(Protocol):
@@ -143,7 +144,8 @@ class StaticMerge:
         plan = plan_from_recipe(candidate_recipe(candidate, base, models, out_dtype))
         evidence = evidence or Evidence()
         return export_merge(plan, out, overwrite=overwrite, title=out.name, scores=scores, tasks=evidence.tasks,
-                            item_scores=evidence.item_scores, track=track, chosen_as=chosen_as, device=device)
+                            item_scores=evidence.item_scores, track=track, chosen_as=chosen_as, device=device,
+                            scores_note=evidence.note)
 
 
 # method name -> "module:attribute" of its kind; every other method is a static merge

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from evo_merge.errors import UserError, writing
 from evo_merge.search.candidate import Candidate
@@ -97,6 +97,8 @@ class Facts(TypedDict):
     algorithm: str
     tasks: Annotated[list[TaskFacts], Field(min_length=1)]
     weights: dict[str, float] | None  # objective.weights: the optimiser sees their weighted sum
+    endpoints: NotRequired[list[str]]  # as the campaign names them (runs from before: none)
+    stored_dtype: NotRequired[str]  # what the task vectors were stored in, so the scores measured on
 
 
 FACTS_META = Record("facts", Facts)

@@ -208,11 +208,20 @@ class Workspace:
     def dtype_name(self) -> str:
         """The evaluation dtype by name, "auto" resolved from the base's headers: the dtype the picks
         are exported in (the one they were scored in), written into their recipes as such."""
-        from evo_merge.weights import Checkpoint  # torch: only where a pick is exported
+        return self._resolved_dtype(self.campaign.dtype)
+
+    def stored_dtype_name(self) -> str:
+        """The dtype the search keeps the task vectors in (`storage.dtype`, "auto" resolved from the
+        base's headers): narrower than float32, each is rounded once, and a candidate scored is not
+        bit for bit the float32 merge its recipe exports (docs/memory.md, exactness)."""
+        return self._resolved_dtype(self.campaign.storage.dtype)
+
+    def _resolved_dtype(self, name: str) -> str:
+        from evo_merge.weights import Checkpoint  # torch: only where a pick is exported or a run opens
         from evo_merge.weights.dtypes import dtype_name, model_dtype
 
         with Checkpoint.open(self.base) as base:
-            return dtype_name(model_dtype(self.campaign.dtype, base))
+            return dtype_name(model_dtype(name, base))
 
     def endpoint_labels(self) -> list[str]:
         """`endpoint NAME` per endpoint, named as the campaign names it (a Hub id, `+adapter`), not by
@@ -328,8 +337,9 @@ def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
         store.set_meta(WEIGHTS_META, {**stored, **digests})
 
 
-def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int]) -> None:
-    """What reading a run needs, kept in the store: name, tasks (direction, items), generations."""
+def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int], stored_dtype: str) -> None:
+    """What reading a run needs, kept in the store: name, tasks (direction, items), generations, and
+    the dtype the task vectors are stored in (what the scores were measured on)."""
     store.set_meta(
         FACTS_META,
         {
@@ -341,5 +351,6 @@ def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str
             ],
             "weights": campaign.objective.weights,
             "endpoints": [short_label(m) for m in campaign.models],  # as tables name them
+            "stored_dtype": stored_dtype,
         },
     )

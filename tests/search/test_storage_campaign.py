@@ -480,3 +480,24 @@ def test_an_export_on_another_device_than_the_run_evaluated_on_says_so(tmp_path,
     assert [r.getMessage() for r in caplog.records] == [
         "the run evaluated on cuda, this export merges on cpu: equal to rounding, but DARE and DELLA draw other "
         "drops than the candidate scored"]
+
+
+def test_scores_measured_on_narrower_stored_task_vectors_say_so_in_the_report_and_the_cards(tmp_path, zoo):
+    """With bf16 storage (the default for bf16 checkpoints) a candidate is scored on task vectors
+    rounded once, while its export is the float32 merge of its recipe: a card's measured scores were
+    presented as the exported weights' own, which can answer some items differently."""
+    said = "scores were measured on merges of task vectors stored in bfloat16 (`storage.dtype`)"
+    for name, storage in (("bf16", {"dtype": "bfloat16"}), ("fp32", {})):
+        folder = tmp_path / name
+        folder.mkdir()
+        run = folder / "run"
+        result = CliRunner().invoke(cli, ["run", str(write(folder, config(zoo, storage=storage))), "--out", str(run)])
+        assert result.exit_code == 0, result.output
+        cards = [p / "README.md" for p in (run / "models").iterdir()]
+        assert cards and (run / "report.md").is_file()
+        if name == "bf16":
+            assert said in (run / "report.md").read_text()
+            assert all(said[0].upper() + said[1:] in card.read_text() for card in cards)
+        else:  # the tiny family is float32: auto stores float32, and the picks are what was scored
+            assert "stored in" not in (run / "report.md").read_text()
+            assert not any("stored in" in card.read_text() for card in cards)
