@@ -13,6 +13,7 @@ def campaign_models(campaign_file: Path):
     from evo_merge.align.builders import check_arch
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
+    from evo_merge.merge.storage import check_disk_dir
     from evo_merge.search.workspace import campaign_references, check_estimator, existing_path, resolve_campaign
     from evo_merge.weights.checkpoint import read_config
 
@@ -22,6 +23,9 @@ def campaign_models(campaign_file: Path):
         check_estimator(campaign)
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]
         base = refs["base_model"].path if "base_model" in refs else models[0]  # aligned copies have its shapes
+        storage, evaluator = campaign.storage, campaign.evaluator
+        if storage.placement == "disk" and storage.disk_dir and not (evaluator.kind == "dask" and evaluator.address):
+            check_disk_dir(storage.disk_dir)  # a remote cluster's workers keep their files on their own machines
         if campaign.align is not None:
             check_arch(campaign.align.arch, read_config(models[0]) or {}, "align.arch")
             if campaign.align.data is not None:

@@ -19,6 +19,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy
@@ -140,6 +141,21 @@ class Slabs:
         if slab == len(self.slabs):
             self.slabs.append(self._buffer(self._packer.lengths[slab]))
         return self.slabs[slab][start:start + size].view(tensor.dtype).view(tensor.shape).copy_(tensor)
+
+
+def check_disk_dir(directory: str) -> None:
+    """The folder `disk` placement keeps its files in: an existing folder a file can be made in.
+    `plan` passed a missing folder or a file (and said "fits"), or planned /proc as a full disk that
+    nothing fits; `run` refused them only as it kept the first tensor."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise UserError(f"storage.disk_dir: {directory} is {'a file' if path.exists() else 'not found'}; give an "
+                        "existing folder on a local disk")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise UserError(f"storage.disk_dir: cannot write a file in {directory} ({exc.strerror})") from None
 
 
 def mapped_buffer(directory: str, length: int) -> torch.Tensor:

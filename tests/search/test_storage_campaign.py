@@ -501,3 +501,18 @@ def test_scores_measured_on_narrower_stored_task_vectors_say_so_in_the_report_an
         else:  # the tiny family is float32: auto stores float32, and the picks are what was scored
             assert "stored in" not in (run / "report.md").read_text()
             assert not any("stored in" in card.read_text() for card in cards)
+
+
+def test_plan_refuses_a_disk_dir_run_would_refuse(tmp_path, zoo):
+    """A missing folder or a file: `plan` said "fits" (exit 0) and `run` refused; /proc: `plan` said
+    nothing fits and offered `disk` placement, the setting that failed, as the way out."""
+    (tmp_path / "file").write_text("not a folder")
+    cases = {str(tmp_path / "missing"): "is not found", str(tmp_path / "file"): "is a file",
+             "/proc/sys": "cannot write a file in /proc/sys"}
+    for disk_dir, expected in cases.items():
+        path = write(tmp_path, config(zoo, storage={"placement": "disk", "disk_dir": disk_dir}))
+        for args in (["plan", str(path)], ["run", str(path), "--out", str(tmp_path / "run")]):
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 2 and "storage.disk_dir: " in result.output and expected in result.output, (
+                result.output)
+            assert "Traceback" not in result.output and not (tmp_path / "run").exists()
