@@ -72,29 +72,23 @@ def write_model_folder(
     if source is not None and not source.is_dir():
         raise UserError(f"model folder to copy config and tokenizer from not found: {source}")
     copied = _copied_files(source, copy_tokenizer) if source is not None else []  # refused before any work
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_siblings(out)
-    tmp, held = _held_sibling(out)
     try:
-        try:
-            written_dtypes = _write_shards(tmp, tensors, dtype, max_shard_bytes)
-        finally:  # a generator left mid-way (a full disk) stops now: a progress bar in it ends with it
-            if isinstance(tensors, Generator):
-                tensors.close()
-        for file in copied:
-            shutil.copy2(file, tmp / file.name)
-        _write_config(tmp, config, written_dtypes)
-        for name, content in extra_files.items():
-            _write_extra(tmp, name, content)
-        umask_modes(tmp)
-        replace_folder(tmp, out)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.strerror:  # name the output, not the hidden file that is gone
+        with staged_folder(out) as tmp:
+            tmp.mkdir()
+            try:
+                written_dtypes = _write_shards(tmp, tensors, dtype, max_shard_bytes)
+            finally:  # a generator left mid-way (a full disk) stops now: a progress bar in it ends with it
+                if isinstance(tensors, Generator):
+                    tensors.close()
+            for file in copied:
+                shutil.copy2(file, tmp / file.name)
+            _write_config(tmp, config, written_dtypes)
+            for name, content in extra_files.items():
+                _write_extra(tmp, name, content)
+    except OSError as exc:
+        if exc.strerror:  # name the output, not the hidden file that is gone
             raise UserError(f"cannot write {out}: {exc.strerror}") from exc
         raise
-    finally:
-        os.close(held)
     return out
 
 
@@ -360,17 +354,22 @@ def umask_modes(folder: Path) -> None:
 
 @contextmanager
 def staged_folder(out: Path, check: Callable[[Path], None] = check_replaceable) -> Iterator[Path]:
-    """A folder to write in a hidden sibling of `out`, moved onto `out` whole when the block
-    succeeds (`replace_folder`, replacing only what `check` lets through); a failed block leaves
-    `out` as it was and nothing beside it."""
+    """A new folder to write `out` in, in a hidden sibling of it, moved onto `out` whole when the
+    block succeeds (`replace_folder`, replacing only what `check` lets through); a failed block
+    leaves `out` as it was. The sibling is held under an flock while it is written, so a later
+    writer sweeps it (`sweep_stale_siblings`) only if this one died, kill -9 included. The folder
+    yielded does not exist yet: writers that create their folder (`save_pretrained`,
+    `write_model_folder`) take it as they take a new `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    sweep_stale_siblings(out)
+    tmp, held = _held_sibling(out)
     try:
         yield tmp / "staged"
-        umask_modes(tmp / "staged")  # mkdtemp's 0700 and safetensors' 0600 are not the user's
+        umask_modes(tmp / "staged")  # safetensors writes 0600, and copies keep their source's mode
         replace_folder(tmp / "staged", out, check)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.close(held)
 
 
 def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None] = check_replaceable) -> None:

@@ -205,7 +205,7 @@ def test_what_a_killed_write_left_is_removed_by_the_next_write_to_that_output_no
             assert writer.poll() is None and time.monotonic() < deadline, "the writer did not start"
             time.sleep(0.05)
         partial = [p for p in tmp_path.iterdir() if p.name.startswith(".m.tmp-")]
-        assert len(partial) == 1 and len(list(partial[0].glob("*.part"))) == 2
+        assert len(partial) == 1 and len(list(partial[0].rglob("*.part"))) == 2
 
         write_model_folder(out, [("w", torch.zeros(2))])  # beside a live writer: its folder stays
         assert partial[0].is_dir() and _siblings(out) == sorted(["m", partial[0].name])
