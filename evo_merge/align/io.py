@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from evo_merge.align.spec import State
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.weights import save_model_folder, write_model_folder
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import read_config
@@ -101,5 +101,5 @@ def _check_fits(x: torch.Tensor, endpoint: Endpoint, where: str) -> None:
         with torch.no_grad():
             endpoint.module.eval()(x[:2])
     except (RuntimeError, IndexError, TypeError, ValueError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{where}: the models cannot take its x (shape {list(x.shape)}, {x.dtype}): {detail}") from None
+        raise UserError(f"{where}: the models cannot take its x (shape {list(x.shape)}, {x.dtype}): "
+                        f"{first_line(exc)}") from None

@@ -41,11 +41,19 @@ def _normalize_divisor(weights: Sequence[float]) -> float:
     return 1.0 if abs(total) < 1e-8 else total
 
 
-@register_method("linear", hyperparameters=[H("normalize", True, searchable=False)], base="averaged")
+def _average_divisible(weights: Sequence[float], params: Params) -> str | None:
+    """Weights summing to 0 give NaN or inf, as in mergekit: a guard dividing by 1 instead wrote the
+    weighted sum (all zeros, or a difference of models) as if it were an average."""
+    if params["normalize"] and abs(sum(weights)) < 1e-8:
+        return (f"the weights sum to {sum(weights):g}, which normalize cannot divide by (set parameters.normalize: "
+                "false for a weighted sum)")
+    return None
+
+
+@register_method("linear", hyperparameters=[H("normalize", True, searchable=False)], base="averaged",
+                 check=_average_divisible)
 def linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
-    """Weighted average of the models (model soup). Weights summing to 0 give NaN or inf, as in
-    mergekit, which the merge refuses: a guard dividing by 1 instead wrote the weighted sum (all
-    zeros, or a difference of models) as if it were an average."""
+    """Weighted average of the models (model soup)."""
     total = sum(weights)
     out = base * total
     for delta, weight in zip(deltas, weights):

@@ -237,9 +237,8 @@ def _job(method: MergeMethod, group: Group, out_name: str, names: Sequence[str],
             raise UserError(f"{e.key.rsplit('.', 1)[0]}.parameters.weight: expected a number, got {weight!r}")
         weights.append(float(weight))
     params = method.resolve(top, len(group.endpoints))
-    if method.name == "linear" and params["normalize"] and abs(sum(weights)) < 1e-8:  # mergekit: NaN, inf
-        raise UserError(f"linear: the weights of tensor {out_name} sum to {sum(weights):g}, which normalize "
-                        "cannot divide by (set parameters.normalize: false for a weighted sum)")
+    if method.check is not None and (why := method.check(weights, params)) is not None:
+        raise UserError(f"{method.name}: tensor {out_name}: {why}")
     reference = (group.reference.model, ref_name) if group.reference is not None else None
     return TensorJob(out_name, reference, [(e.model, n) for e, n in zip(group.endpoints, names)], weights, params)
 
@@ -429,6 +428,8 @@ def merge_tensor(
     params: dict[str, Any],
     name: str,
 ) -> torch.Tensor:
+    if method.check is not None and (why := method.check(weights, params)) is not None:  # a campaign's candidate
+        raise RuntimeError(f"{method.name}: tensor {name}: {why}")
     try:
         merged = method.fn(base, deltas, weights, params, name)
     except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (another device, or failing)

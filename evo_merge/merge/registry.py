@@ -31,6 +31,8 @@ MergeFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Sequence[float], Param
 PiecesFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Params, str], list[Piece]]
 # scale(weights, params) -> global factor applied to the weighted sum of pieces
 ScaleFn = Callable[[Sequence[float], Params], float]
+# why these weights and parameters cannot be merged by the method (None: they can), before any tensor
+CheckFn = Callable[[Sequence[float], Params], str | None]
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class MergeMethod:
     piece_params: tuple[str, ...] = field(default=())
     base: str = "required"
     uses_weights: bool = True  # False: the per-model weights play no part (mergekit ignores them too)
+    check: CheckFn | None = None
     module: str = ""  # where the decorated function is defined: a method of your own names its plugin
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
@@ -141,6 +144,7 @@ def register_method(
     uses_weights: bool = True,
     replace: bool = False,
     narrow: MergeFn | None = None,
+    check: CheckFn | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
 
@@ -152,6 +156,8 @@ def register_method(
     what it computes with, and return a delta itself, unwidened, where it is its own piece. A pieces method may give
     `narrow`, an ``fn`` the file path uses when it computes in a dtype narrower than float32 (a
     bfloat16 recipe): rounding each step where a reference tool rounds it gives that tool's bits.
+    `check(weights, params)` says why a merge cannot be computed (None: it can): a recipe is refused
+    with it before any tensor, a campaign's candidate fails with it.
     """
 
     if base not in BASE_MODES:
@@ -162,7 +168,7 @@ def register_method(
             raise ValueError(f"merge method {name!r} is already registered")
         if scale is None:
             method = MergeMethod(name, tuple(hyperparameters), fn=func, n_models=n_models, base=base,
-                                 uses_weights=uses_weights, module=func.__module__,
+                                 uses_weights=uses_weights, check=check, module=func.__module__,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         else:
             def fn(base, deltas, weights, params, tensor_name, _pieces=func):
@@ -172,7 +178,7 @@ def register_method(
                                       scale(weights, params))
             method = MergeMethod(name, tuple(hyperparameters), fn=fn, pieces=func, scale=scale,
                                  n_models=n_models, piece_params=tuple(piece_params), base=base,
-                                 uses_weights=uses_weights, module=func.__module__,
+                                 uses_weights=uses_weights, check=check, module=func.__module__,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         _REGISTRY[name] = method
         return func

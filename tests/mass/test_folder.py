@@ -172,3 +172,20 @@ def test_cli_bad_input_is_one_line_exit_2(case, zoo, llama_family, saved, tmp_pa
     # stages that ended before it are lines of their own where stderr is not a terminal (cli.progress)
     lines = [line for line in result.output.strip().splitlines() if not STAGE_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
+
+
+def test_a_mass_folder_of_inputs_under_different_licenses_lists_them_as_its_card_links(llama_family, tmp_path):
+    """The card's `license_link` named a LICENSE.md the MASS folder did not have."""
+    from huggingface_hub import ModelCard
+
+    base, endpoints = llama_family
+    copies = []
+    for folder, license_id in zip([base, *endpoints[:2]], ["mit", "mit", "apache-2.0"]):
+        copy = shutil.copytree(folder, tmp_path / folder.name)
+        (copy / "README.md").write_text(f"---\nlicense: {license_id}\n---\n# model\n")
+        copies.append(copy)
+    out = MassModel.from_checkpoints(copies[0], copies[1:], layer=0).save(tmp_path / "mass")
+    card = ModelCard.load(out / "README.md")
+    assert (card.data.license, card.data.license_link) == ("other", "LICENSE.md")
+    listing = (out / "LICENSE.md").read_text()
+    assert "mit" in listing and "apache-2.0" in listing

@@ -589,3 +589,11 @@ def test_disk_placement_s_files_in_a_ram_backed_folder_count_as_host_memory():
     assert "total on this machine" in table and "a tmpfs folder: they take host memory" in table
     assert [line for line in table.splitlines() if line.startswith("total on this machine")][0].split()[-4:] == [
         "4.00", "GiB", "3.00", "GiB"]
+
+
+def test_a_method_s_weight_check_refuses_a_candidate_as_it_refuses_a_recipe(family):
+    """A linear candidate whose weights sum to 0 was written as NaN and failed only as "non-finite
+    weights"; the recipe path refused it by a check on the method's name. One check, the method's."""
+    with pytest.raises(RuntimeError, match="linear: tensor .*: the weights sum to 0, which normalize cannot divide"):
+        merger(family).apply("linear", [1.0, -0.5, -0.5])
+    assert torch.isfinite(next(merger(family).apply("linear", [1.0, 1.0, 1.0]).parameters())).all()
