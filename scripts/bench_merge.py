@@ -20,6 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from evo_merge.merge.export import export_merge
 from evo_merge.merge.inplace import InPlaceMerger
+from evo_merge.merge.pieces import stored_tensors
 from evo_merge.merge.plan import plan_from_recipe
 from evo_merge.merge.recipe import Recipe
 from evo_merge.weights import Checkpoint, load_model_folder, save_model_folder
@@ -81,7 +82,8 @@ def main() -> None:
         # (a) the memory-bound floor: copy the base, add each weighted task vector, all resident
         targets = [merger._targets[n] for n in merger._base]
         bases = list(merger._base.values())
-        deltas = [[merger._deltas[n][t] for n in merger._base] for t in range(args.endpoints)]
+        # what a candidate reads per endpoint: its task vector, or its endpoint (bfloat16 checkpoints)
+        deltas = [[stored_tensors(merger._deltas[n][t])[0] for n in merger._base] for t in range(args.endpoints)]
 
         def reference() -> None:
             with torch.no_grad():

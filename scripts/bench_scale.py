@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from evo_merge.merge.footprint import GIB, Setting, Shapes, TensorInfo, plan_lines, shapes_of
-from evo_merge.merge.pieces import LowRank, Scaled
+from evo_merge.merge.pieces import LowRank, Scaled, stored_tensors
 from evo_merge.merge.storage import Storage
 
 T = 3
@@ -219,7 +219,7 @@ def read_per_candidate(merger, method: str, key: tuple) -> tuple[int, int]:
     """(bytes of stored tensors a candidate reads, float32 flops of expanding factored pieces)."""
     base = nbytes(merger._base.values())
     if method != "tsv":
-        return base + nbytes(d for ds in merger._deltas.values() for d in ds), 0
+        return base + nbytes(t for ds in merger._deltas.values() for d in ds for t in stored_tensors(d)), 0
     total, flops = base, 0
     for pieces in merger._pieces[key].values():
         for piece in pieces:
@@ -227,7 +227,7 @@ def read_per_candidate(merger, method: str, key: tuple) -> tuple[int, int]:
                 total += nbytes((piece.u, piece.s, piece.v))
                 flops += 2 * piece.u.shape[0] * piece.v.shape[0] * piece.s.numel()
             elif isinstance(piece, Scaled):
-                total += nbytes([piece.tensor])
+                total += nbytes(stored_tensors(piece))
     return total, flops
 
 

@@ -257,6 +257,10 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
     for name in setting.methods:
         if name not in STACKING and name != "mass" and get_method(name).pieces is None:
             copies = max(copies, setting.n_models + 4)
+        elif name in ("tsv", "tsv_c") and (setting.storage.dtype or largest.dtype).itemsize < 4:
+            # its pieces are computed from the task vectors in float32: formed from endpoints kept in
+            # the checkpoints' narrower dtype, and the base they are taken from (`InPlaceMerger`)
+            copies = max(copies, setting.n_models + 1)
     # with `host` or `disk` on a GPU, the largest tensor's stored base and task vectors are on the device
     # while it is merged; on a CPU they are read where they are kept, nothing is staged
     staging = setting.n_models + 1 if setting.storage.placement != "device" and setting.on_gpu else 0

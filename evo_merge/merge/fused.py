@@ -1,5 +1,8 @@
 """A candidate's tensor in one pass over memory on a GPU: base + sum_t c_t piece_t.
 
+A piece may be an endpoint whose task vector is taken from the base (`pieces.Endpoint`): the
+kernel reads it and subtracts the base in float32, in registers, as the eager sum does.
+
 Torch's eager ops widen each bfloat16 stored tensor to a float32 copy and add it into a float32
 buffer, which is then narrowed into the module: about 4x the bytes the sum needs to read and
 write. On a GPU that traffic is the merge's whole cost, so there this sum is compiled
@@ -19,23 +22,29 @@ from collections.abc import Sequence
 import torch
 
 
-def _combine(target: torch.Tensor, base: torch.Tensor, pieces: list[torch.Tensor], coefficients: list[float]) -> None:
-    acc = base.to(torch.float32)
-    for piece, coefficient in zip(pieces, coefficients):
-        acc = acc + coefficient * piece.to(torch.float32)
+def _combine(target: torch.Tensor, base: torch.Tensor, pieces: list[torch.Tensor], coefficients: list[float],
+             relative: list[bool]) -> None:
+    wide = base.to(torch.float32)
+    acc = wide
+    for piece, coefficient, from_base in zip(pieces, coefficients, relative):
+        term = piece.to(torch.float32)
+        acc = acc + coefficient * (term - wide if from_base else term)
     target.copy_(acc)
 
 
 @functools.cache
 def _compiled():
-    # dynamic: one graph for every tensor length; floats stay arguments (dynamo's default)
+    # dynamic: one graph for every tensor length; floats stay arguments (dynamo's default); one
+    # graph per pattern of `relative` flags (a Python bool is a constant to dynamo)
     return torch.compile(_combine, dynamic=True)
 
 
 def fused_combine(target: torch.Tensor, base: torch.Tensor, pieces: Sequence[torch.Tensor],
-                  coefficients: Sequence[float]) -> None:
-    """target = base + sum_t coefficients[t] * pieces[t], summed in float32, written in place.
+                  coefficients: Sequence[float], relative: Sequence[bool]) -> None:
+    """target = base + sum_t coefficients[t] * (pieces[t] - base if relative[t] else pieces[t]),
+    summed in float32, written in place.
 
     All tensors contiguous, of the target's number of entries, on one device; the pieces in any
     floating dtype. Zero-coefficient pieces are the caller's to drop (they cost a read)."""
-    _compiled()(target.view(-1), base.view(-1), [p.view(-1) for p in pieces], [float(c) for c in coefficients])
+    _compiled()(target.view(-1), base.view(-1), [p.view(-1) for p in pieces], [float(c) for c in coefficients],
+                [bool(r) for r in relative])

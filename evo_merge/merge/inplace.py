@@ -4,8 +4,12 @@ The search builds thousands of candidates from the same endpoints. This keeps th
 task vectors once (in the storage dtype and placement of `merge.storage`), caches
 coefficient-free pieces (TSV-M's orthogonalised factors are computed once per model, not per
 candidate, and kept factored), and overwrites the module's parameters in place. Each tensor is
-combined in float32 by exactly the per-tensor code of the file path, so with float32 storage a
-candidate written here equals the model `evo-merge merge` writes from its recipe, bit for bit.
+combined in float32 by exactly the per-tensor code of the file path. A task vector is kept
+exactly where its storage dtype allows: as itself in float32, and as its endpoint in the
+checkpoints' own narrower dtype (bfloat16 checkpoints, `auto`), the difference then formed in
+float32 as a candidate is built. Either way a candidate written here equals the model
+`evo-merge merge` writes from its recipe, bit for bit. Only a storage dtype narrower than the
+checkpoints' (float32 checkpoints kept in bfloat16 by choice) rounds the task vectors, once each.
 On a GPU with narrower storage (bfloat16), elementwise candidates go through one compiled
 kernel per large tensor (`merge.fused`, from FUSED_MIN_ENTRIES): the merge there is bound by
 memory traffic, and the eager ops move about four times the bytes the sum needs.
@@ -22,7 +26,7 @@ from torch import nn
 
 from evo_merge.errors import UserError
 from evo_merge.merge.fused import fused_combine
-from evo_merge.merge.pieces import Piece, Scaled, elementwise_term, map_piece
+from evo_merge.merge.pieces import ELEMENTWISE, Endpoint, Piece, elementwise_term, map_piece
 from evo_merge.merge.plan import merge_tensor
 from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
@@ -53,8 +57,8 @@ class InPlaceMerger:
         dtype: torch.dtype = torch.float32,
         storage: Storage = Storage(),
     ):
-        """Read the checkpoints tensor by tensor: each task vector is taken in `dtype` (float32)
-        and stored at once, so setup holds one tensor per endpoint beyond what is stored."""
+        """Read the checkpoints tensor by tensor and store each task vector at once (`_keep_task`),
+        so setup holds one tensor per endpoint beyond what is stored."""
         check_compatible([base, *endpoints])
         self.module = module
         self.dtype = dtype
@@ -66,7 +70,7 @@ class InPlaceMerger:
         targets = module.state_dict(keep_vars=True)
         self._targets: dict[str, torch.Tensor] = {}
         self._base: dict[str, torch.Tensor] = {}
-        self._deltas: dict[str, list[torch.Tensor]] = {}
+        self._deltas: dict[str, list[torch.Tensor | Endpoint]] = {}  # a stored task vector, or its endpoint
         for name in heads.merge_targets(base, endpoints):
             # each input's own tensor, or the embedding its tied head is (`heads`)
             sources = [heads.source_name(c, name) for c in (base, *endpoints)]
@@ -79,8 +83,9 @@ class InPlaceMerger:
             theta0 = base.tensor(sources[0], dtype)
             self._targets[name] = targets[name]
             self._base[name] = self.stash.keep(theta0, stored)
-            # in place: one float32 copy of the tensor per endpoint read, not two
-            self._deltas[name] = [self.stash.keep(ep.tensor(source, dtype).sub_(theta0), stored)
+            # endpoints only over an exact base: their task vectors are taken from the stored one
+            exact_base = stored != dtype and _holds(stored, theta0)
+            self._deltas[name] = [self._keep_task(ep.tensor(source, dtype), theta0, stored, exact_base)
                                   for ep, source in zip(endpoints, sources[1:])]
         self._pieces: dict[tuple, dict[str, list[Piece]]] = {}
         # the compiled one-pass sum for elementwise candidates over narrower-than-float32 storage;
@@ -88,6 +93,25 @@ class InPlaceMerger:
         self.fused = self.device.type == "cuda"
         self._fused_ran = False
         self.on_tensor: Callable[[int, int], None] | None = None  # told (written, tensors) by `apply`
+
+    def _keep_task(self, endpoint: torch.Tensor, theta0: torch.Tensor, stored: torch.dtype,
+                   exact_base: bool) -> torch.Tensor | Endpoint:
+        """One endpoint's task vector (`endpoint`, `theta0`: its tensor and the base's, in the
+        compute dtype), stored: as its endpoint where the storage dtype holds it and the base
+        exactly but not their difference (bfloat16 checkpoints kept in bfloat16); else the
+        difference, stored in `stored`: exact in float32, rounded once where a narrower dtype was
+        chosen for wider checkpoints, or the endpoint is a LoRA adapter's float32 sum."""
+        if exact_base and _holds(stored, endpoint):
+            return Endpoint(self.stash.keep(endpoint, stored))
+        return self.stash.keep(endpoint.sub_(theta0), stored)  # in place: no second float32 copy
+
+    def _task_vector(self, stored: torch.Tensor | Endpoint, base: torch.Tensor) -> torch.Tensor:
+        """A stored task vector on the device in the compute dtype; an endpoint's is formed there
+        from `base` (the stored base in the compute dtype), as the file merge forms it."""
+        if not isinstance(stored, Endpoint):
+            return self.stash.upcast(stored)
+        wide = self.stash.upcast(stored.tensor)
+        return wide - base if wide is stored.tensor else wide.sub_(base)  # never into the stored tensor
 
     @property
     def names(self) -> list[str]:
@@ -103,24 +127,27 @@ class InPlaceMerger:
 
     def _compute_pieces(self, method: MergeMethod, name: str, params: Mapping[str, Any]) -> list[Piece]:
         """One tensor's pieces, computed in float32 on the device and stored like the task vectors.
-        The pieces function gets the task vectors as stored and widens those it computes with, so
-        a piece that is a task vector itself (TSV's share of an embedding) points at the stored
-        one, and no float32 copy of every task vector of a 128k-row embedding is made for it."""
+        The pieces function gets stored task vectors as stored and widens those it computes with,
+        so a piece that is a task vector itself (TSV's share of an embedding) points at the stored
+        one, and no float32 copy of every task vector of a 128k-row embedding is made for it. One
+        kept as its endpoint is formed in float32 (the pieces of the file merge see those bits)."""
         stored = self._deltas[name]
-        deltas = [self.stash.move(d) for d in stored]  # on the device (a copy only with `host`)
+        base = self.stash.upcast(self._base[name])
+        # on the device (a copy only with `host`)
+        deltas = [self._task_vector(d, base) if isinstance(d, Endpoint) else self.stash.move(d) for d in stored]
         same = {id(d): s for d, s in zip(deltas, stored)}
         dtype = self._base[name].dtype
 
-        def keep(tensor: torch.Tensor) -> torch.Tensor:
+        def keep(tensor: torch.Tensor) -> torch.Tensor | Endpoint:
             return same[id(tensor)] if id(tensor) in same else self.stash.keep(tensor, dtype)
 
-        pieces = method.pieces(self.stash.upcast(self._base[name]), deltas, params, name)
+        pieces = method.pieces(base, deltas, params, name)
         return [map_piece(piece, keep) for piece in pieces]
 
     def _fetch(self, piece: Piece) -> Piece:
-        """A stored piece on the device: plain and scaled tensors as stored (the sum reads them in
-        their dtype), factored ones in the compute dtype (they go through a matrix product)."""
-        if piece is None or isinstance(piece, (torch.Tensor, Scaled)):
+        """A stored piece on the device: plain, scaled and endpoint tensors as stored (the sum reads
+        them in their dtype), factored ones in the compute dtype (they go through a matrix product)."""
+        if piece is None or isinstance(piece, ELEMENTWISE):
             return map_piece(piece, self.stash.move)
         return map_piece(piece, self.stash.upcast)
 
@@ -142,15 +169,16 @@ class InPlaceMerger:
         for name, stored_base in self._base.items():
             w = shared if table is None else self._checked(table[name])
             if cache is None:
-                deltas = [upcast(d) for d in self._deltas[name]]
-                yield name, merge_tensor(m, upcast(stored_base), deltas, w, resolved, name)
+                base = upcast(stored_base)
+                deltas = [self._task_vector(d, base) for d in self._deltas[name]]
+                yield name, merge_tensor(m, base, deltas, w, resolved, name)
                 continue
             if name not in cache:
                 cache[name] = self._compute_pieces(m, name, resolved)
             pieces = cache[name]
             target = self._targets[name]
             base, scale = self.stash.move(stored_base), m.scale(w, resolved)
-            if all(p is None or isinstance(p, (torch.Tensor, Scaled)) for p in pieces):
+            if all(p is None or isinstance(p, ELEMENTWISE) for p in pieces):
                 fetched = [self._fetch(p) if x != 0 else None for p, x in zip(pieces, w)]
                 if into_module and _elementwise(target, base, fetched):
                     if (self.fused and base.dtype != self.dtype and target.numel() >= FUSED_MIN_ENTRIES
@@ -173,9 +201,9 @@ class InPlaceMerger:
         call. The terms are those `add_to` adds (`elementwise_term`)."""
         terms = [elementwise_term(piece, scale * weight) for piece, weight in zip(pieces, weights)
                  if piece is not None and weight != 0]
-        tensors, coefficients = [t for t, _ in terms], [c for _, c in terms]
+        tensors, coefficients, relative = [t for t, _, _ in terms], [c for _, c, _ in terms], [r for _, _, r in terms]
         try:
-            fused_combine(target, base, tensors, coefficients)
+            fused_combine(target, base, tensors, coefficients, relative)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:
@@ -232,9 +260,15 @@ class InPlaceMerger:
         self._pieces.clear()
 
 
+def _holds(dtype: torch.dtype, tensor: torch.Tensor) -> bool:
+    """Whether `dtype` holds every entry of `tensor` exactly (its checkpoint's dtype says so,
+    except for an endpoint that is a LoRA adapter's sum, formed in float32)."""
+    return bool((tensor.to(dtype) == tensor).all())  # compared in the wider dtype, cast entry by entry
+
+
 def _elementwise(target: torch.Tensor, base: torch.Tensor, pieces: Sequence[Any]) -> bool:
     """Whether a tensor's candidate can be combined chunk by chunk: plain or scaled, contiguous tensors only."""
-    tensors = [target, base, *(p.tensor if isinstance(p, Scaled) else p for p in pieces if p is not None)]
+    tensors = [target, base, *(elementwise_term(p, 1.0)[0] for p in pieces if p is not None)]
     return all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in tensors)
 
 

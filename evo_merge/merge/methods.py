@@ -74,6 +74,7 @@ def _task_arithmetic_in_steps(base, deltas, weights, params: Params, name: str) 
     hyperparameters=[LAMBDA, WEIGHT_NORMALIZE, IGNORED_RESCALE, INT8_MASK],
     scale=lambda w, p: p["lambda"] / (_normalize_divisor(w) if p["normalize"] else 1.0),
     narrow=_task_arithmetic_in_steps,
+    pieces_are_task_vectors=True,
 )
 def task_arithmetic(base, deltas, params: Params, name: str) -> list[torch.Tensor]:
     """theta_0 + lambda * sum_t c_t tau_t."""

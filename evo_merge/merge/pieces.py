@@ -5,8 +5,9 @@ Most pieces are plain tensors, usually the task vectors themselves. TSV's are ra
 U diag(s) V^T: kept as factors they take (m + n + 1) k numbers instead of m n, and a candidate
 adds them into its output with one matrix product. TSV's share of a tensor it does not decompose
 is the task vector divided by T, kept as that division rather than a copy and read as stored.
-The file merge and the in-place merger add pieces with the same code (`add_to`), so both give
-the same bits.
+The in-place merger keeps a task vector of bfloat16 checkpoints as its endpoint (`Endpoint`),
+which bfloat16 holds exactly, where the difference itself would be rounded. The file merge and
+the in-place merger add pieces with the same code (`add_to`), so both give the same bits.
 """
 
 from __future__ import annotations
@@ -35,33 +36,60 @@ class LowRank:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """endpoint - base, a task vector kept as the fine-tuned tensor it comes from and taken from
+    the base of the sum it is added to, in that sum's dtype (float32), when a candidate is built.
+
+    A task vector of two bfloat16 tensors rounded to bfloat16 is off by up to half a unit in its
+    last place; their difference formed in float32 is exact, as the file merge forms it. Kept so,
+    a candidate is the merge its recipe rebuilds, at the same memory."""
+
+    tensor: torch.Tensor
+
+    def map(self, fn: TensorMap) -> Endpoint:
+        return Endpoint(fn(self.tensor))
+
+
+@dataclass(frozen=True)
 class Scaled:
     """tensor / divisor, computed when a candidate is built."""
 
-    tensor: torch.Tensor
+    tensor: torch.Tensor | Endpoint
     divisor: float
 
     def map(self, fn: TensorMap) -> Scaled:
-        return Scaled(fn(self.tensor), self.divisor)
+        return Scaled(map_piece(self.tensor, fn), self.divisor)
 
 
-Piece = torch.Tensor | LowRank | Scaled | None  # None: a zero piece, nothing to add
+Piece = torch.Tensor | LowRank | Scaled | Endpoint | None  # None: a zero piece, nothing to add
+ELEMENTWISE = (torch.Tensor, Scaled, Endpoint)  # the pieces a candidate adds entry by entry
 
 
-def elementwise_term(piece: torch.Tensor | Scaled, alpha: float) -> tuple[torch.Tensor, float]:
-    """The stored tensor and coefficient of alpha * piece, for a plain or scaled piece: a scaled
-    piece's division goes into the coefficient, and the tensor is read as stored. The eager sum
-    (`add_to`) and the GPU's compiled one (`merge.fused`) both take their terms from here."""
-    return (piece, alpha) if isinstance(piece, torch.Tensor) else (piece.tensor, alpha / piece.divisor)
+def elementwise_term(piece: torch.Tensor | Scaled | Endpoint, alpha: float) -> tuple[torch.Tensor, float, bool]:
+    """The stored tensor, coefficient and whether the base is taken from it, of alpha * piece, for
+    a plain, scaled or endpoint piece: a scaled piece's division goes into the coefficient, and the
+    tensor is read as stored. The eager sum (`add_to`) and the GPU's compiled one (`merge.fused`)
+    both take their terms from here."""
+    if isinstance(piece, Scaled):
+        tensor, coefficient, relative = elementwise_term(piece.tensor, alpha)
+        return tensor, coefficient / piece.divisor, relative
+    return (piece.tensor, alpha, True) if isinstance(piece, Endpoint) else (piece, alpha, False)
 
 
-def add_to(out: torch.Tensor, piece: torch.Tensor | LowRank | Scaled, alpha: float) -> None:
-    """out += alpha * piece; a plain tensor is read in its own dtype (torch's type promotion)."""
+def add_to(out: torch.Tensor, piece: torch.Tensor | LowRank | Scaled | Endpoint, alpha: float,
+           base: torch.Tensor | None = None) -> None:
+    """out += alpha * piece; a plain tensor is read in its own dtype (torch's type promotion). An
+    endpoint piece needs the `base` its task vector is taken from: the difference is formed in
+    out's dtype first, as the file merge forms a task vector, so both give the same bits."""
     if isinstance(piece, LowRank):
         piece.add_to(out, alpha)
-    else:
-        tensor, coefficient = elementwise_term(piece, alpha)
-        out.add_(tensor, alpha=coefficient)
+        return
+    tensor, coefficient, relative = elementwise_term(piece, alpha)
+    if relative:
+        if base is None:
+            raise ValueError("an endpoint piece is added relative to a base; none was given")
+        tensor = tensor.to(out.dtype, copy=True).sub_(base)
+    out.add_(tensor, alpha=coefficient)
 
 
 def map_piece(piece: Piece, fn: TensorMap) -> Piece:
@@ -69,3 +97,14 @@ def map_piece(piece: Piece, fn: TensorMap) -> Piece:
     if piece is None:
         return None
     return fn(piece) if isinstance(piece, torch.Tensor) else piece.map(fn)
+
+
+def stored_tensors(piece: Piece) -> list[torch.Tensor]:
+    """The tensors a piece keeps (for counting its bytes)."""
+    if piece is None:
+        return []
+    if isinstance(piece, torch.Tensor):
+        return [piece]
+    if isinstance(piece, LowRank):
+        return [piece.u, piece.s, piece.v]
+    return stored_tensors(piece.tensor)

@@ -98,6 +98,9 @@ class MergeMethod:
     base: str = "required"
     uses_weights: bool = True  # False: the per-model weights play no part (mergekit ignores them too)
     check: CheckFn | None = None
+    # every piece is a task vector, or one divided by a number: kept as exactly as the task vectors
+    # are (`merge.storage.rounds`), where computed pieces (TSV's factors) are kept in the storage dtype
+    pieces_are_task_vectors: bool = False
     module: str = ""  # where the decorated function is defined: a method of your own names its plugin
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
@@ -145,6 +148,7 @@ def register_method(
     replace: bool = False,
     narrow: MergeFn | None = None,
     check: CheckFn | None = None,
+    pieces_are_task_vectors: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
 
@@ -157,7 +161,10 @@ def register_method(
     `narrow`, an ``fn`` the file path uses when it computes in a dtype narrower than float32 (a
     bfloat16 recipe): rounding each step where a reference tool rounds it gives that tool's bits.
     `check(weights, params)` says why a merge cannot be computed (None: it can): a recipe is refused
-    with it before any tensor, a campaign's candidate fails with it.
+    with it before any tensor, a campaign's candidate fails with it. `pieces_are_task_vectors`: the
+    pieces are only task vectors (each possibly divided by a number) and None, so a search keeps them
+    exactly where it keeps the task vectors exactly, and its candidates' scores are the exported
+    merges' own; computed pieces are kept in the storage dtype, rounded below float32.
     """
 
     if base not in BASE_MODES:
@@ -179,6 +186,7 @@ def register_method(
             method = MergeMethod(name, tuple(hyperparameters), fn=fn, pieces=func, scale=scale,
                                  n_models=n_models, piece_params=tuple(piece_params), base=base,
                                  uses_weights=uses_weights, check=check, module=func.__module__,
+                                 pieces_are_task_vectors=pieces_are_task_vectors,
                                  description=(func.__doc__ or "").strip().split("\n")[0])
         _REGISTRY[name] = method
         return func
@@ -196,11 +204,12 @@ def combine_pieces(
     """base + scale * sum_t w_t piece_t, written into `out` when given (no extra allocation).
 
     `out` may have a wider dtype than the base and plain-tensor pieces: they are read once each
-    and accumulated in `out`'s dtype (torch's type promotion), never copied to it first."""
+    and accumulated in `out`'s dtype (torch's type promotion), never copied to it first. An
+    endpoint piece's task vector is taken from `base` (`pieces.Endpoint`)."""
     out = base.clone() if out is None else out.copy_(base)
     for piece, weight in zip(pieces, weights):
         if weight != 0 and piece is not None:
-            add_to(out, piece, scale * weight)
+            add_to(out, piece, scale * weight, base=base)
     return out
 
 

@@ -26,6 +26,7 @@ import numpy
 import torch
 
 from evo_merge.errors import UserError
+from evo_merge.merge.registry import get_method
 from evo_merge.weights import Checkpoint, parse_dtype
 
 Placement = Literal["device", "host", "disk"]
@@ -63,6 +64,34 @@ class Storage:
         if self.dtype is not None:
             return self.dtype
         return functools.reduce(torch.promote_types, (c.dtype(n) for c, n in zip(checkpoints, names)))
+
+
+def keeps_task_vectors_exactly(storage: Storage, checkpoints: Sequence[Checkpoint], adapters: bool) -> bool:
+    """Whether `InPlaceMerger` keeps every task vector of these checkpoints exactly: `auto` keeps
+    each tensor in its widest input dtype, which holds the endpoints (kept as such below float32);
+    a chosen dtype must hold every input's. A LoRA adapter's endpoint is its sum with the model,
+    formed in float32: only float32 holds it (`adapters`: some endpoint is one)."""
+    dtypes = {c.dtype(n) for c in checkpoints for n in c.names if c.dtype(n).is_floating_point}
+    wanted = dtypes | ({torch.float32} if adapters else set())
+    if storage.dtype is None:
+        return not adapters or all(d.itemsize >= 4 for d in dtypes)
+    return all(torch.promote_types(d, storage.dtype) == storage.dtype for d in wanted)
+
+
+def rounds(method: str, kept: torch.dtype, task_vectors_exact: bool) -> bool:
+    """Whether a search's candidate of `method` can differ from the merge its recipe rebuilds, with
+    tensors kept in `kept` and the task vectors kept exactly or not (`InPlaceMerger` keeps a task
+    vector exactly in float32, and as its endpoint in the checkpoints' own narrower dtype; not where
+    a dtype narrower than the checkpoints' was chosen, or an endpoint is a LoRA adapter's sum).
+    Computed pieces (TSV's factors) and MASS's factors are kept in `kept`, rounded below float32."""
+    if not task_vectors_exact:
+        return True
+    if kept.itemsize >= 4:
+        return False
+    if method == "mass":
+        return True
+    m = get_method(method)
+    return m.pieces is not None and not m.pieces_are_task_vectors
 
 
 def _aligned(offset: int) -> int:

@@ -224,7 +224,7 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
     ]
     if endpoints := facts.get("endpoints"):  # runs from before they were recorded: the campaign file says
         lines.append("endpoints, in the order of each recipe's weights: " + ", ".join(endpoints))
-    if note := rounded_storage_note(facts.get("stored_dtype")):
+    if note := rounded_storage_note(facts):
         lines.append(note)
     return lines + ([line] if (line := race_summary(race)) else [])
 

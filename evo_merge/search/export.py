@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from evo_merge.config import Campaign
 from evo_merge.progress import Progress, no_progress
@@ -65,23 +66,29 @@ def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[st
                                  for t in campaign.tasks})
 
 
-def rounded_storage_note(stored_dtype: str | None) -> str | None:
-    """The line a report and a card give scores measured on task vectors stored narrower than
-    float32: the search's candidate and the exported pick (the float32 merge of its recipe) differ by
-    that rounding, and can answer a few items differently. None for float32 (or a run from before
-    the dtype was recorded)."""
-    if stored_dtype in (None, "float32"):
+def rounded_storage_note(facts: Mapping[str, Any] | None, method: str | None = None) -> str | None:
+    """The line a report (`method` None) or a pick's card gives scores measured on candidates the
+    search rounded as it kept their tensors (`Workspace.rounded_methods`): the exported pick is the
+    merge of its recipe and can answer a few items differently. None where the scores are the
+    exported merges' own, and for a run from before the dtype was recorded."""
+    facts = facts or {}
+    stored = facts.get("stored_dtype")
+    if stored in (None, "float32"):
         return None
-    return (f"scores were measured on merges of task vectors stored in {stored_dtype} (`storage.dtype`), each rounded "
-            "once; an exported pick is the float32 merge of its recipe (`merge_recipe.yaml`) and can score a little "
-            "differently (`storage.dtype: float32` measures exactly the exported weights)")
+    rounded = facts.get("rounded_methods")
+    if rounded is not None and (not rounded or method is not None and method not in rounded):
+        return None
+    which = "" if method is not None or rounded is None else f" of {', '.join(rounded)} candidates"
+    return (f"scores{which} were measured on merges of tensors stored in {stored} (`storage.dtype`), rounded once "
+            "(docs/memory.md, exactness); an exported pick is the merge of its recipe (`merge_recipe.yaml`) and can "
+            "score a little differently (`storage.dtype: float32` measures exactly the exported weights)")
 
 
 def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
     """The task metadata, and the per-item scores when the evaluation was measured on every item:
     with a holdout, those of the held-out items, as the card's measured scores are."""
     tasks = store.get_meta(TASK_META, {})
-    note = rounded_storage_note((store.get_meta(FACTS_META) or {}).get("stored_dtype"))
+    note = rounded_storage_note(store.get_meta(FACTS_META), evaluation.method)
     if not evaluation.measured:
         return Evidence(tasks, None, note)
     scores, holdout = store.item_scores(evaluation.key), store.get_meta(HOLDOUT_META, {})

@@ -98,7 +98,10 @@ class Facts(TypedDict):
     tasks: Annotated[list[TaskFacts], Field(min_length=1)]
     weights: dict[str, float] | None  # objective.weights: the optimiser sees their weighted sum
     endpoints: NotRequired[list[str]]  # as the campaign names them (runs from before: none)
-    stored_dtype: NotRequired[str]  # what the task vectors were stored in, so the scores measured on
+    stored_dtype: NotRequired[str]  # what the search kept its tensors in
+    # the methods whose candidates were rounded as kept, so a report and a card say their scores are
+    # a merge's a little off the exported picks (a run from before it was recorded: all, below float32)
+    rounded_methods: NotRequired[list[str]]
 
 
 FACTS_META = Record("facts", Facts)

@@ -216,6 +216,23 @@ class Workspace:
         bit for bit the float32 merge its recipe exports (docs/memory.md, exactness)."""
         return self._resolved_dtype(self.campaign.storage.dtype)
 
+    def rounded_methods(self) -> list[str]:
+        """The campaign's methods whose candidates the search rounds as it keeps their tensors
+        (`merge.storage.rounds`, from the checkpoints' headers): their scores are measured on merges
+        a little off the exported picks (docs/memory.md, exactness)."""
+        from evo_merge.merge.storage import Storage, keeps_task_vectors_exactly, rounds
+        from evo_merge.weights import Checkpoint, parse_dtype
+
+        adapters = any(split_adapter(m, self.run_dir)[1] for m in self.campaign.models)
+        checkpoints = [Checkpoint.open(path) for path in (self.base, *self.models)]
+        try:
+            exact = keeps_task_vectors_exactly(Storage.of(self.campaign.storage), checkpoints, adapters)
+        finally:
+            for checkpoint in checkpoints:
+                checkpoint.close()
+        kept = parse_dtype(self.stored_dtype_name())
+        return [method for method in self.campaign.methods if rounds(method, kept, exact)]
+
     def _resolved_dtype(self, name: str) -> str:
         from evo_merge.weights import Checkpoint  # torch: only where a pick is exported or a run opens
         from evo_merge.weights.dtypes import dtype_name, model_dtype
@@ -337,9 +354,18 @@ def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
         store.set_meta(WEIGHTS_META, {**stored, **digests})
 
 
-def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int], stored_dtype: str) -> None:
-    """What reading a run needs, kept in the store: name, tasks (direction, items), generations, and
-    the dtype the task vectors are stored in (what the scores were measured on)."""
+def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int], stored_dtype: str,
+                 rounded_methods: list[str]) -> None:
+    """What reading a run needs, kept in the store: name, tasks (direction, items), generations, the
+    dtype the search keeps tensors in and the methods whose candidates it rounds (what the scores were
+    measured on). A run begun before the methods were recorded kept every task vector rounded below
+    float32, and keeps saying so (no `rounded_methods`) when resumed."""
+    try:
+        previous = store.get_meta(FACTS_META)
+    except UserError:  # damaged: written anew, which repairs it
+        previous = None
+    rounding = {} if previous is not None and "rounded_methods" not in previous else {
+        "rounded_methods": rounded_methods}
     store.set_meta(
         FACTS_META,
         {
@@ -352,5 +378,6 @@ def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str
             "weights": campaign.objective.weights,
             "endpoints": [short_label(m) for m in campaign.models],  # as tables name them
             "stored_dtype": stored_dtype,
+            **rounding,
         },
     )

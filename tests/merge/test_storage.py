@@ -2,13 +2,14 @@
 bfloat16, factored TSV pieces, and the memory plan against what the merger really holds."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from evo_merge.merge.footprint import (
@@ -25,10 +26,10 @@ from evo_merge.merge.footprint import (
     work_bytes,
 )
 from evo_merge.merge.inplace import InPlaceMerger
-from evo_merge.merge.pieces import LowRank, Scaled
+from evo_merge.merge.pieces import Endpoint, LowRank, Scaled, stored_tensors
 from evo_merge.merge.plan import plan_from_recipe, stream_merge
 from evo_merge.merge.recipe import Recipe
-from evo_merge.merge.storage import Storage
+from evo_merge.merge.storage import Storage, rounds
 from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family
 
@@ -72,6 +73,91 @@ def test_float32_storage_in_any_placement_equals_the_file_merge_bit_for_bit(fami
     state = m.module.state_dict()
     for name, tensor in file_merge(family, method).items():
         assert torch.equal(state[name], tensor), name
+
+
+@pytest.fixture(scope="module")
+def bf16_family(family, tmp_path_factory):
+    """The family with its weights stored in bfloat16, as most published LMs are."""
+    out = tmp_path_factory.mktemp("bf16")
+    copies = []
+    for folder in (family[0], *family[1]):
+        copy = Path(shutil.copytree(folder, out / folder.name))
+        for file in copy.glob("*.safetensors"):
+            save_file({k: v.bfloat16() for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
+        copies.append(copy)
+    return copies[0], copies[1:]
+
+
+@pytest.mark.parametrize("placement", ["device", "disk"])
+@pytest.mark.parametrize("module_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method", sorted(METHOD_PARAMS))
+def test_bfloat16_checkpoints_in_auto_storage_give_the_file_merge_bit_for_bit(bf16_family, method, module_dtype,
+                                                                               placement, tmp_path):
+    """Kept in bfloat16, each task vector is its endpoint, which bfloat16 holds exactly; the
+    difference is formed in float32 as the file merge forms it. A candidate is then the model its
+    recipe rebuilds, bits and all (the file merge computes in float32 and writes bfloat16). With
+    the difference itself rounded to bfloat16, cards reported scores the exported picks missed.
+    TSV's factors are computed, and kept in bfloat16 (`rounds`): its tensors without factors
+    (embeddings, norms: the endpoints divided by T) are exact."""
+    m = merger(bf16_family, Storage(None, placement, str(tmp_path)), module_dtype)
+    assert {type(d) for ds in m._deltas.values() for d in ds} == {Endpoint}
+    assert {d.tensor.dtype for ds in m._deltas.values() for d in ds} == {torch.bfloat16}
+    m.apply(method, WEIGHTS, METHOD_PARAMS[method])
+    state, rounded = m.module.state_dict(), rounds(method, torch.bfloat16, task_vectors_exact=True)
+    assert rounded == method.startswith("tsv")
+    factored = {name for cache in m._pieces.values() for name, pieces in cache.items()
+                if any(isinstance(p, LowRank) for p in pieces)}
+    exact = [name for name in m.names if not (rounded and name in factored)]
+    assert len(exact) >= len(m.names) // 3
+    merged = file_merge(bf16_family, method)
+    for name in exact:
+        assert merged[name].dtype == torch.bfloat16 and torch.equal(state[name].to(torch.bfloat16), merged[name]), name
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_an_endpoint_at_weight_one_is_rebuilt_exactly_from_bfloat16_storage(bf16_family, fused, monkeypatch):
+    """Task arithmetic at lambda 1 with one endpoint at weight 1 is that endpoint: base + (e - b)
+    with e - b exact in float32 gives e back, in the eager sum and in the compiled kernel (the
+    GPU's path, compiled here for the CPU). A rounded task vector gave a report row for
+    'endpoint ft1' of 0.98 where ft1 scores 1.00."""
+    import evo_merge.merge.inplace as inplace
+
+    monkeypatch.setattr(inplace, "FUSED_MIN_ENTRIES", 0)
+    m = merger(bf16_family, module_dtype=torch.bfloat16)
+    m.fused = fused
+    m.apply("task_arithmetic", [1.0, 0.0, 0.0], {"lambda": 1.0})
+    assert m._fused_ran == fused
+    state, endpoint = m.module.state_dict(), load_file(bf16_family[1][0] / "model.safetensors")
+    assert all(torch.equal(state[name], tensor) for name, tensor in endpoint.items())
+
+
+def test_the_one_pass_kernel_takes_endpoint_pieces_from_the_base(bf16_family, kernel_for_every_tensor):
+    """TSV-M over bfloat16 checkpoints: factored matrices, and endpoints divided by T (its share of
+    the tensors it does not decompose) through the kernel, against the eager sum to float32
+    rounding (the kernel may fuse a multiply-add)."""
+    fused, eager = merger(bf16_family), merger(bf16_family)
+    fused.fused = True
+    for m in (fused, eager):
+        m.apply("tsv", WEIGHTS, METHOD_PARAMS["tsv"])
+    assert fused._fused_ran
+    pieces = [p for ps in fused._pieces[("tsv", "False")].values() for p in ps]
+    assert any(isinstance(p, Scaled) and isinstance(p.tensor, Endpoint) for p in pieces)
+    assert any(isinstance(p, LowRank) for p in pieces)
+    theirs = eager.module.state_dict()
+    for name, tensor in fused.module.state_dict().items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_a_storage_dtype_narrower_than_the_checkpoints_keeps_rounded_task_vectors(family, bf16_family):
+    """Endpoints are kept only where the storage dtype holds them exactly: float32 checkpoints
+    kept in bfloat16 by choice keep their task vectors, rounded once (an endpoint rounded to
+    bfloat16 would lose most of a small task vector), and float32 storage keeps exact task vectors."""
+    narrowed, wide = merger(family, Storage(torch.bfloat16)), merger(bf16_family, Storage(torch.float32))
+    assert {type(d) for ds in narrowed._deltas.values() for d in ds} == {torch.Tensor}
+    assert {d.dtype for ds in wide._deltas.values() for d in ds} == {torch.float32}
+    wide.apply("ties", WEIGHTS, METHOD_PARAMS["ties"])
+    state = wide.module.state_dict()
+    assert all(torch.equal(state[k].bfloat16(), t) for k, t in file_merge(bf16_family, "ties").items())
 
 
 def test_auto_storage_keeps_the_checkpoints_dtype(family, tmp_path):
@@ -121,13 +207,7 @@ def stored_bytes(tensors):
 
 
 def piece_tensors(pieces):
-    for piece in pieces:
-        if isinstance(piece, LowRank):
-            yield from (piece.u, piece.s, piece.v)
-        elif isinstance(piece, Scaled):
-            yield piece.tensor
-        elif piece is not None:
-            yield piece
+    return [t for piece in pieces for t in stored_tensors(piece)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -483,10 +483,10 @@ def test_an_export_on_another_device_than_the_run_evaluated_on_says_so(tmp_path,
 
 
 def test_scores_measured_on_narrower_stored_task_vectors_say_so_in_the_report_and_the_cards(tmp_path, zoo):
-    """With bf16 storage (the default for bf16 checkpoints) a candidate is scored on task vectors
-    rounded once, while its export is the float32 merge of its recipe: a card's measured scores were
-    presented as the exported weights' own, which can answer some items differently."""
-    said = "scores were measured on merges of task vectors stored in bfloat16 (`storage.dtype`)"
+    """bf16 storage chosen for float32 checkpoints rounds every task vector once, while a pick's
+    export is the merge of its recipe: a card's measured scores were presented as the exported
+    weights' own, which can answer some items differently."""
+    said = "were measured on merges of tensors stored in bfloat16 (`storage.dtype`), rounded once"
     for name, storage in (("bf16", {"dtype": "bfloat16"}), ("fp32", {})):
         folder = tmp_path / name
         folder.mkdir()
@@ -496,11 +496,81 @@ def test_scores_measured_on_narrower_stored_task_vectors_say_so_in_the_report_an
         cards = [p / "README.md" for p in (run / "models").iterdir()]
         assert cards and (run / "report.md").is_file()
         if name == "bf16":
-            assert said in (run / "report.md").read_text()
-            assert all(said[0].upper() + said[1:] in card.read_text() for card in cards)
+            assert f"scores of task_arithmetic, tsv candidates {said}" in (run / "report.md").read_text()
+            assert all(f"Scores {said}" in card.read_text() for card in cards)
         else:  # the tiny family is float32: auto stores float32, and the picks are what was scored
             assert "stored in" not in (run / "report.md").read_text()
             assert not any("stored in" in card.read_text() for card in cards)
+
+
+@pytest.fixture(scope="module")
+def bf16_zoo(zoo, tmp_path_factory):
+    """The zoo with its weights stored in bfloat16, as most published LMs are."""
+    from safetensors.torch import load_file, save_file
+
+    out, copies = tmp_path_factory.mktemp("bf16_zoo"), []
+    for folder in (zoo[0], *zoo[1]):
+        copy = Path(shutil.copytree(folder, out / folder.name))
+        for file in copy.glob("*.safetensors"):
+            save_file({k: v.bfloat16() for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
+        copies.append(copy)
+    return copies[0], copies[1:]
+
+
+def test_a_bfloat16_campaign_scores_the_very_weights_its_picks_export(tmp_path, bf16_zoo):
+    """`auto` storage over bf16 checkpoints keeps each task vector as its endpoint (exact), so the
+    candidate scored is the pick exported, bit for bit, and no card or report line says otherwise.
+    With the task vectors rounded to bf16 a 52M family's cards said 0.93 / 0.89 / 0.92 where the
+    exported weights score 0.92 / 0.88 / 0.90."""
+    from safetensors.torch import load_file
+
+    from evo_merge.search.candidate import Candidate
+    from evo_merge.search.store import EXPORTED_META, FACTS_META, CampaignStore
+    from evo_merge.search.workbench import Workbench
+
+    methods = {"task_arithmetic": {}, "ties": {"density": [0.2, 0.9]}}
+    run = tmp_path / "run"
+    path = write(tmp_path, config(bf16_zoo, methods=methods))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    store = CampaignStore(run)
+    facts, exported = store.get_meta(FACTS_META), store.get_meta(EXPORTED_META)
+    keys = {evaluation.id: evaluation.key for evaluation in store.evaluations()}
+    store.close()
+    assert exported and facts["stored_dtype"] == "bfloat16" and facts["rounded_methods"] == []
+    assert "stored in" not in (run / "report.md").read_text()
+    bench = Workbench.open(*bf16_zoo, device="cpu")
+    assert bench.module.dtype == torch.bfloat16
+    for evaluation_id, folder in exported.values():
+        assert "stored in" not in (run / folder / "README.md").read_text()
+        candidate = Candidate.from_key(keys[evaluation_id])
+        state = bench.merger.apply(candidate.method, candidate.weights, dict(candidate.params)).state_dict()
+        written = load_file(run / folder / "model.safetensors")
+        assert written and all(torch.equal(state[name], tensor) for name, tensor in written.items()), folder
+
+
+def test_the_methods_a_storage_rounds_are_named_from_the_checkpoints(tmp_path, zoo, bf16_zoo):
+    """Which candidates differ from their recipes' merges: every method's where a narrower dtype
+    is chosen for wider checkpoints, TSV's alone (its factors) over bf16 checkpoints kept in bf16,
+    none in float32. A card says so for its own method only."""
+    from evo_merge.search.export import rounded_storage_note
+    from evo_merge.search.workspace import Workspace
+
+    cases = [(zoo, {"dtype": "bfloat16"}, ["task_arithmetic", "tsv"]), (zoo, {}, []), (bf16_zoo, {}, ["tsv"]),
+             (bf16_zoo, {"dtype": "float32"}, [])]
+    for i, (family, storage, expected) in enumerate(cases):
+        spec = Campaign.model_validate(config(family, storage=storage))
+        workspace = Workspace.open(spec, tmp_path, tmp_path / f"{i}")
+        try:
+            assert workspace.rounded_methods() == expected, (i, storage)
+        finally:
+            workspace.store.close()
+    facts = {"stored_dtype": "bfloat16", "rounded_methods": ["tsv"]}
+    assert rounded_storage_note(facts, "task_arithmetic") is None
+    assert rounded_storage_note(facts).startswith("scores of tsv candidates were measured")
+    assert rounded_storage_note(facts, "tsv").startswith("scores were measured")
+    assert rounded_storage_note({**facts, "rounded_methods": []}) is None
+    assert rounded_storage_note({"stored_dtype": "bfloat16"}, "task_arithmetic").startswith("scores were measured")
 
 
 def test_plan_refuses_a_disk_dir_run_would_refuse(tmp_path, zoo):
@@ -516,3 +586,33 @@ def test_plan_refuses_a_disk_dir_run_would_refuse(tmp_path, zoo):
             assert result.exit_code == 2 and "storage.disk_dir: " in result.output and expected in result.output, (
                 result.output)
             assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_a_run_begun_before_the_rounded_methods_were_recorded_keeps_saying_it_rounded(tmp_path, bf16_zoo):
+    """An older version kept every task vector of bf16 checkpoints rounded: its scores stay noted
+    as measured on that rounding when the run is resumed by this one, which rounds only TSV's."""
+    from evo_merge.search.export import rounded_storage_note
+    from evo_merge.search.store import FACTS_META
+    from evo_merge.search.workspace import Workspace, record_facts
+
+    def facts_after_open(edit=None):
+        workspace = Workspace.open(Campaign.model_validate(config(bf16_zoo)), tmp_path, tmp_path / "run")
+        try:
+            if edit is not None:
+                edit(workspace.store)
+            record_facts(workspace.store, workspace.campaign, {"agree0": 40, "agree1": 40},
+                         workspace.stored_dtype_name(), workspace.rounded_methods())
+            return workspace.store.get_meta(FACTS_META)
+        finally:
+            workspace.store.close()
+
+    assert facts_after_open()["rounded_methods"] == ["tsv"]
+
+    def as_an_older_version_wrote(store):
+        older = store.get_meta(FACTS_META)
+        del older["rounded_methods"]
+        store.set_meta(FACTS_META, older)
+
+    resumed = facts_after_open(as_an_older_version_wrote)
+    assert "rounded_methods" not in resumed
+    assert rounded_storage_note(resumed, "task_arithmetic").startswith("scores were measured on merges")
