@@ -76,19 +76,25 @@ def elementwise_term(piece: torch.Tensor | Scaled | Endpoint, alpha: float) -> t
     return (piece.tensor, alpha, True) if isinstance(piece, Endpoint) else (piece, alpha, False)
 
 
+def takes_base(piece: Piece) -> bool:
+    """Whether a piece's tensor is an endpoint, whose task vector is taken from the sum's base."""
+    return isinstance(piece, Endpoint) or isinstance(piece, Scaled) and isinstance(piece.tensor, Endpoint)
+
+
 def add_to(out: torch.Tensor, piece: torch.Tensor | LowRank | Scaled | Endpoint, alpha: float,
-           base: torch.Tensor | None = None) -> None:
+           base: torch.Tensor | None = None, scratch: torch.Tensor | None = None) -> None:
     """out += alpha * piece; a plain tensor is read in its own dtype (torch's type promotion). An
-    endpoint piece needs the `base` its task vector is taken from: the difference is formed in
-    out's dtype first, as the file merge forms a task vector, so both give the same bits."""
+    endpoint piece needs the `base` its task vector is taken from, in out's dtype: the difference is
+    formed in that dtype first (into `scratch`, out's shape and dtype), as the file merge forms a
+    task vector, so both give the same bits."""
     if isinstance(piece, LowRank):
         piece.add_to(out, alpha)
         return
     tensor, coefficient, relative = elementwise_term(piece, alpha)
     if relative:
-        if base is None:
-            raise ValueError("an endpoint piece is added relative to a base; none was given")
-        tensor = tensor.to(out.dtype, copy=True).sub_(base)
+        if base is None or base.dtype != out.dtype:
+            raise ValueError("an endpoint piece needs the base its task vector is taken from, in the sum's dtype")
+        tensor = torch.sub(tensor, base, out=torch.empty_like(out) if scratch is None else scratch)
     out.add_(tensor, alpha=coefficient)
 
 

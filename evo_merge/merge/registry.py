@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from evo_merge.errors import UserError
-from evo_merge.merge.pieces import Piece, add_to
+from evo_merge.merge.pieces import Piece, add_to, takes_base
 
 ENTRY_POINT_GROUP = "evo_merge.merge_methods"
 
@@ -205,11 +205,15 @@ def combine_pieces(
 
     `out` may have a wider dtype than the base and plain-tensor pieces: they are read once each
     and accumulated in `out`'s dtype (torch's type promotion), never copied to it first. An
-    endpoint piece's task vector is taken from `base` (`pieces.Endpoint`)."""
+    endpoint piece's task vector is taken from `base` (`pieces.Endpoint`), widened to out's dtype
+    once for all of them."""
     out = base.clone() if out is None else out.copy_(base)
+    wide = scratch = None  # for endpoint pieces: the widened base, and room for their differences
     for piece, weight in zip(pieces, weights):
         if weight != 0 and piece is not None:
-            add_to(out, piece, scale * weight, base=base)
+            if wide is None and takes_base(piece):
+                wide, scratch = base.to(out.dtype), torch.empty_like(out)
+            add_to(out, piece, scale * weight, base=wide, scratch=scratch)
     return out
 
 

@@ -191,6 +191,11 @@ class Checkpoint:
     def dtype(self, name: str) -> torch.dtype:
         return self._reader(name).meta(name)[1]
 
+    def computed(self, name: str) -> bool:
+        """Whether the tensor is computed as it is read, not stored: its `dtype` is then the model's,
+        and a wider read holds more than the stored dtype does (a LoRA adapter's sum, `weights.lora`)."""
+        return False
+
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Load only this tensor, as a copy the caller owns (in-place edits are safe).
 

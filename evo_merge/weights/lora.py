@@ -143,6 +143,11 @@ class LoraCheckpoint(Checkpoint):
             )
         return a, b, scale, transpose
 
+    def computed(self, name: str) -> bool:
+        """A tensor the adapter updates: the update is added in float32, which the model's dtype
+        does not hold (read in float32, the sum is not the model's dtype widened)."""
+        return name in self._updates
+
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         weight = super().tensor(name, dtype)
         if name not in self._updates:

@@ -677,3 +677,32 @@ def test_a_method_s_weight_check_refuses_a_candidate_as_it_refuses_a_recipe(fami
     with pytest.raises(RuntimeError, match="linear: tensor .*: the weights sum to 0, which normalize cannot divide"):
         merger(family).apply("linear", [1.0, -0.5, -0.5])
     assert torch.isfinite(next(merger(family).apply("linear", [1.0, 1.0, 1.0]).parameters())).all()
+
+
+def test_a_lora_endpoint_keeps_the_task_vectors_of_the_tensors_it_adapts(bf16_family, tmp_path):
+    """A LoRA adapter's endpoint is its model plus B A, summed in float32, which bf16 does not hold:
+    the tensors it adapts keep their task vectors (rounded once, as before), every other tensor its
+    endpoint, and those tensors still equal the file merge of the recipe bit for bit."""
+    peft = pytest.importorskip("peft")
+    from evo_merge.weights.lora import LoraCheckpoint
+
+    base, fts = bf16_family
+    torch.manual_seed(0)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft.get_peft_model(AutoModelForCausalLM.from_pretrained(fts[1]), config).save_pretrained(tmp_path / "adapter")
+    adapted = LoraCheckpoint.open_with_adapter(fts[1], tmp_path / "adapter")
+    assert adapted.computed("model.layers.0.self_attn.q_proj.weight")
+    assert not adapted.computed("model.layers.0.self_attn.k_proj.weight")
+    model = AutoModelForCausalLM.from_pretrained(base).to(torch.bfloat16)
+    m = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(fts[0]), adapted])
+    touched = {name for name in m.names if adapted.computed(name)}
+    assert touched and all(isinstance(m._deltas[name][1], torch.Tensor) for name in touched)
+    assert all(isinstance(m._deltas[name][0], Endpoint) for name in m.names)
+    assert all(isinstance(m._deltas[name][1], Endpoint) for name in set(m.names) - touched)
+    m.apply("task_arithmetic", WEIGHTS[:2], {"lambda": 0.8})
+    recipe = Recipe.model_validate({
+        "merge_method": "task_arithmetic", "base_model": str(base), "parameters": {"lambda": 0.8},
+        "models": [{"model": str(fts[0]), "parameters": {"weight": WEIGHTS[0]}},
+                   {"model": f"{fts[1]}+{tmp_path / 'adapter'}", "parameters": {"weight": WEIGHTS[1]}}]})
+    merged, state = dict(stream_merge(plan_from_recipe(recipe))[1]), m.module.state_dict()
+    assert all(torch.equal(state[name], merged[name]) for name in set(m.names) - touched)

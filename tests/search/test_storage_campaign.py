@@ -551,13 +551,21 @@ def test_a_bfloat16_campaign_scores_the_very_weights_its_picks_export(tmp_path, 
 
 def test_the_methods_a_storage_rounds_are_named_from_the_checkpoints(tmp_path, zoo, bf16_zoo):
     """Which candidates differ from their recipes' merges: every method's where a narrower dtype
-    is chosen for wider checkpoints, TSV's alone (its factors) over bf16 checkpoints kept in bf16,
-    none in float32. A card says so for its own method only."""
+    is chosen for wider checkpoints or an endpoint is a LoRA adapter's sum, TSV's alone (its factors)
+    over bf16 checkpoints kept in bf16, none in float32. A card says so for its own method only."""
     from evo_merge.search.export import rounded_storage_note
     from evo_merge.search.workspace import Workspace
 
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    lora = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft.get_peft_model(AutoModelForCausalLM.from_pretrained(bf16_zoo[1][1]), lora).save_pretrained(tmp_path / "lora")
+    adapted = (bf16_zoo[0], [bf16_zoo[1][0], f"{bf16_zoo[1][1]}+{tmp_path / 'lora'}"])  # its sum: float32 only
     cases = [(zoo, {"dtype": "bfloat16"}, ["task_arithmetic", "tsv"]), (zoo, {}, []), (bf16_zoo, {}, ["tsv"]),
-             (bf16_zoo, {"dtype": "float32"}, [])]
+             (bf16_zoo, {"dtype": "float32"}, []), (adapted, {}, ["task_arithmetic", "tsv"]),
+             (adapted, {"dtype": "float32"}, [])]
     for i, (family, storage, expected) in enumerate(cases):
         spec = Campaign.model_validate(config(family, storage=storage))
         workspace = Workspace.open(spec, tmp_path, tmp_path / f"{i}")
