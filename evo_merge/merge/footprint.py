@@ -237,13 +237,20 @@ class Setting:
     seq_len: int = ACTIVATION_TOKENS
 
 
-def lowrank_bytes(shapes: Shapes, n_models: int, tasks: int, dtype: torch.dtype | None) -> int:
-    """Factored TSV pieces of `tasks` tasks: (m + n + 1) k per decomposed matrix and task, k = r/T."""
-    total = 0
+def lowrank_sizes(shapes: Shapes, n_models: int, tasks: int, dtype: torch.dtype | None) -> list[int]:
+    """Bytes of each factor of `tasks` tasks' TSV pieces, in the order the in-place merger keeps them
+    (tensor by tensor, task by task: u (m, k), sigma (k), v (n, k), k = r/T)."""
+    sizes = []
     for t in shapes.floating:
         if decomposes(t.shape, t.name):
-            total += tasks * tsv_rank(t.shape, n_models) * (sum(t.shape) + 1) * (dtype or t.dtype).itemsize
-    return total
+            k, itemsize = tsv_rank(t.shape, n_models), (dtype or t.dtype).itemsize
+            sizes += [k * n * itemsize for n in (t.shape[0], 1, t.shape[1])] * tasks
+    return sizes
+
+
+def lowrank_bytes(shapes: Shapes, n_models: int, tasks: int, dtype: torch.dtype | None) -> int:
+    """Factored TSV pieces of `tasks` tasks: (m + n + 1) k per decomposed matrix and task, k = r/T."""
+    return sum(lowrank_sizes(shapes, n_models, tasks, dtype))
 
 
 def work_bytes(shapes: Shapes, setting: Setting) -> int:
@@ -288,7 +295,10 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
         line(f"task vectors, stored ({T} x {dtype})", T * stored, kept),
     ]
     if storage.uses_slabs(setting.on_gpu):
+        # the base and the task vectors as setup keeps them, then TSV's factors as its candidates do
         sizes = [shapes.nbytes(storage.dtype, [t]) for t in shapes.floating for _ in range(T + 1)]
+        sizes += [size for name, tasks in (("tsv", T), ("tsv_c", 1)) if name in setting.methods
+                  for size in lowrank_sizes(shapes, T, tasks, storage.dtype)]
         lines.append(line("stored tensors' slabs: ends left unused", slab_bytes(sizes) - sum(sizes), kept))
     if "tsv" in setting.methods:
         lines.append(line("TSV-M pieces (rank r/T factors per task)", lowrank_bytes(shapes, T, T, storage.dtype), kept))

@@ -400,6 +400,13 @@ def test_the_plan_counts_the_slabs_the_stored_tensors_take(family, tmp_path, mon
     ends = lines["stored tensors' slabs: ends left unused"].disk
     assert len(on_disk.stash._slabs.slabs) > 4 and ends > 0
     assert lines["base, stored (bfloat16)"].disk + lines["task vectors, stored (3 x bfloat16)"].disk + ends == mapped
+    # TSV-M's factors go into the slabs' ends and new slabs as its first candidate keeps them
+    on_disk.apply("tsv", WEIGHTS, METHOD_PARAMS["tsv"])
+    with_tsv = {line.what.split(" (")[0]: line.disk for line in plan_lines(shapes, Setting(
+        3, ("task_arithmetic", "tsv"), Storage(torch.bfloat16, "disk", str(tmp_path)), torch.float32, on_gpu=False))}
+    kept = with_tsv["base, stored"] + with_tsv["task vectors, stored"] + with_tsv["TSV-M pieces"]
+    tsv_ends = with_tsv["stored tensors' slabs: ends left unused"]
+    assert kept + tsv_ends == sum(s.numel() for s in on_disk.stash._slabs.slabs)
     # pinned slabs for `host` on a GPU, counted in host memory; plain tensors on a CPU: no ends. The
     # stash keeps them as the plan counts them, a disk_dir set or not (pinned memory is taken at the
     # first tensor kept, so a stash for a GPU is made here without one)
