@@ -42,8 +42,8 @@ class MassKind:
             from evo_merge.merge.storage import Stash
 
             stash = Stash(bench.storage, bench.device)  # the factors kept like the merger's task vectors
-            bench.kept[KEPT] = MassModel.from_checkpoints(bench.base, bench.models, stash=stash).to(
-                device=bench.device, dtype=bench.dtype)
+            bench.kept[KEPT] = MassModel.from_checkpoints(bench.base, bench.models, stash=stash,
+                                                          dtype=bench.dtype).to(device=bench.device)
         return bench.kept[KEPT]
 
     def check_inputs(self, adapters: bool) -> None:

@@ -76,13 +76,14 @@ def _first_error(err: ValidationError) -> str:
     return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
 
 
-def _load_module(folder: Path) -> PreTrainedModel:
-    """The base as an HF causal LM (MASS serves `forward`/`generate` through it)."""
+def _load_module(folder: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The base as an HF causal LM (MASS serves `forward`/`generate` through it), in `dtype` as
+    transformers loads it (None: as stored); a cast after loading would narrow its float32 buffers."""
     if not is_hf_folder(folder):
         raise UserError(
             f"base model folder {folder}: MASS needs a Hugging Face causal LM (config.json with model_type)"
         )
-    return load_model_folder(folder)[0]
+    return load_model_folder(folder, dtype=dtype)[0]
 
 
 class MassModel(nn.Module):
@@ -342,10 +343,12 @@ class MassModel(nn.Module):
         cache_size: int = 8,
         track: Track | None = None,
         stash: Stash | None = None,
+        dtype: torch.dtype | None = None,
     ) -> MassModel:
         """Decompose the fine-tuned `models` of `base` (a model folder); task names are the
         models' folder names. `layer` None routes on the middle block. `stash` keeps the factors
-        (storage dtype and placement; default float32 on the CPU)."""
+        (storage dtype and placement; default float32 on the CPU); the module is in `dtype` (None:
+        the base's own)."""
         if not models:
             raise UserError("MASS needs at least one fine-tuned model besides the base")
         # a campaign refuses these; a routed task of zeros or twice over was built without a word
@@ -365,7 +368,7 @@ class MassModel(nn.Module):
         names = [Path(m).resolve().name for m in models]
         tasks = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
         factors = MassFactors.build(base_ckpt, endpoints, track, stash)
-        module = _load_module(base_ckpt.folder)
+        module = _load_module(base_ckpt.folder, dtype)
         return cls(module, factors, routing, tasks, base_ckpt.folder.resolve(), [str(m) for m in models])
 
     def save(

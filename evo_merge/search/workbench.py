@@ -48,8 +48,10 @@ class Workbench:
         precision = model_dtype(dtype, checkpoints[0])
         # an endpoint's own head where the base ties its head to its embedding: the module holds both
         untie = bool(heads.heads_to_untie(checkpoints[0], checkpoints[1:]))
-        module, tokenizer = load_model_folder(refs[0].path, untie=untie)
-        module.to(device=where, dtype=precision)
+        # loaded in its dtype as transformers loads it, as a user loads a pick: `.to(dtype)` would also
+        # narrow float32 buffers transformers keeps (RoPE's inv_freq), and score another model
+        module, tokenizer = load_model_folder(refs[0].path, dtype=precision, untie=untie)
+        module.to(device=where)
         merger = InPlaceMerger(module, checkpoints[0], checkpoints[1:], device=where, storage=storage)
         return cls(refs[0].path, [r.path for r in refs[1:]], where, precision, module, tokenizer, merger,
                    storage=storage, adapters=any(r.lora is not None for r in refs))
