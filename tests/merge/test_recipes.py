@@ -1,10 +1,10 @@
 """Recipes end to end: the merge command, transformers round trips, bit-for-bit rebuilds, in-place."""
 
-import shutil
 
 import pytest
 import torch
 import yaml
+from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -182,16 +182,8 @@ def test_bfloat16_output_and_linear_without_base(family, tmp_path):
 
 @pytest.fixture(scope="module")
 def bf16_family(family, tmp_path_factory):
-    """The family's folders with their weights stored in bfloat16, as most published LMs are."""
     root, base, fts = family
-    out = tmp_path_factory.mktemp("bf16")
-    copies = []
-    for folder in (base, *fts):
-        copy = shutil.copytree(folder, out / folder.name)
-        for file in copy.glob("*.safetensors"):
-            save_file({k: v.bfloat16() for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
-        copies.append(copy)
-    return copies[0], copies[1:]
+    return bf16_copies(base, fts, tmp_path_factory.mktemp("bf16"))
 
 
 def test_bfloat16_inputs_without_a_dtype_stay_bfloat16_and_their_recipe_rebuilds_them(bf16_family, tmp_path):

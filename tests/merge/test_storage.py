@@ -2,14 +2,14 @@
 bfloat16, factored TSV pieces, and the memory plan against what the merger really holds."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from evo_merge.merge.footprint import (
@@ -77,15 +77,7 @@ def test_float32_storage_in_any_placement_equals_the_file_merge_bit_for_bit(fami
 
 @pytest.fixture(scope="module")
 def bf16_family(family, tmp_path_factory):
-    """The family with its weights stored in bfloat16, as most published LMs are."""
-    out = tmp_path_factory.mktemp("bf16")
-    copies = []
-    for folder in (family[0], *family[1]):
-        copy = Path(shutil.copytree(folder, out / folder.name))
-        for file in copy.glob("*.safetensors"):
-            save_file({k: v.bfloat16() for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
-        copies.append(copy)
-    return copies[0], copies[1:]
+    return bf16_copies(*family, tmp_path_factory.mktemp("bf16"))
 
 
 @pytest.mark.parametrize("placement", ["device", "disk"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from agreement_task import AgreementTask  # tests/search is on sys.path (pytest's rootdir import mode)
+from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
 from campaigns import agreement_tasks, campaign_config
 from click.testing import CliRunner
 
@@ -503,22 +504,9 @@ def test_scores_measured_on_narrower_stored_task_vectors_say_so_in_the_report_an
             assert not any("stored in" in card.read_text() for card in cards)
 
 
-def bf16_copies(family, out: Path) -> tuple[Path, list[Path]]:
-    """The family's folders with their weights stored in bfloat16, as most published LMs are."""
-    from safetensors.torch import load_file, save_file
-
-    copies = []
-    for folder in (family[0], *family[1]):
-        copy = Path(shutil.copytree(folder, out / folder.name))
-        for file in copy.glob("*.safetensors"):
-            save_file({k: v.bfloat16() for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
-        copies.append(copy)
-    return copies[0], copies[1:]
-
-
 @pytest.fixture(scope="module")
 def bf16_zoo(zoo, tmp_path_factory):
-    return bf16_copies(zoo, tmp_path_factory.mktemp("bf16_zoo"))
+    return bf16_copies(*zoo, tmp_path_factory.mktemp("bf16_zoo"))
 
 
 def test_a_bfloat16_campaign_scores_the_very_weights_its_picks_export(tmp_path, bf16_zoo):
@@ -643,7 +631,7 @@ def test_the_evaluation_module_is_the_model_transformers_loads_in_that_dtype(tmp
 
     family = save_tiny_family(tmp_path / "f32", "llama", n_finetunes=2)  # close fine-tunes, as MASS wants
     if dtype == "auto":  # bf16 either way: its own, or chosen for float32 weights
-        family = bf16_copies(family, tmp_path / "bf16")
+        family = bf16_copies(*family, tmp_path / "bf16")
     bench = Workbench.open(*family, device="cpu", dtype=dtype)
     theirs = AutoModelForCausalLM.from_pretrained(family[0], dtype=torch.bfloat16)
     assert bench.dtype == torch.bfloat16 and {p.dtype for p in bench.module.parameters()} == {torch.bfloat16}
