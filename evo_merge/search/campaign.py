@@ -74,7 +74,7 @@ class CampaignRunner:
         spec = workspace.campaign
         tasks = campaign_tasks(spec)
         record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()},
-                     workspace.stored_dtype_name(), workspace.rounded_methods())
+                     workspace.stored_dtype_name(), workspace.storage_rounding())
         record_task_meta(workspace.store, spec, tasks)
         return cls(workspace, tasks, progress)
 

@@ -68,9 +68,9 @@ def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[st
 
 def rounded_storage_note(facts: Mapping[str, Any] | None, method: str | None = None) -> str | None:
     """The line a report (`method` None) or a pick's card gives scores measured on candidates the
-    search rounded as it kept their tensors (`Workspace.rounded_methods`): the exported pick is the
-    merge of its recipe and can answer a few items differently. None where the scores are the
-    exported merges' own, and for a run from before the dtype was recorded."""
+    search rounded as it kept their tensors (`Workspace.storage_rounding`), naming what was rounded:
+    the exported pick is the merge of its recipe and can answer a few items differently. None where
+    the scores are the exported merges' own, and for a run from before the dtype was recorded."""
     facts = facts or {}
     stored = facts.get("stored_dtype")
     if stored in (None, "float32"):
@@ -79,9 +79,14 @@ def rounded_storage_note(facts: Mapping[str, Any] | None, method: str | None = N
     if rounded is not None and (not rounded or method is not None and method not in rounded):
         return None
     which = "" if method is not None or rounded is None else f" of {', '.join(rounded)} candidates"
-    return (f"scores{which} were measured on merges of tensors stored in {stored} (`storage.dtype`), rounded once "
-            "(docs/memory.md, exactness); an exported pick is the merge of its recipe (`merge_recipe.yaml`) and can "
-            "score a little differently (`storage.dtype: float32` measures exactly the exported weights)")
+    if facts.get("rounded_task_vectors", True):  # a run from before: it rounded them
+        what = (f"task vectors stored in {stored}, each rounded once (a `storage.dtype` narrower than the "
+                "checkpoints', or an endpoint that is a LoRA adapter's sum, formed in float32)")
+    else:
+        what = f"factors the method computes (TSV's, MASS's), stored in {stored} (`storage.dtype`), each rounded once"
+    return (f"scores{which} were measured on merges of {what}; an exported pick is the merge of its recipe "
+            "(`merge_recipe.yaml`) and can score a little differently (`storage.dtype: float32` measures exactly the "
+            "exported weights; docs/memory.md, exactness)")
 
 
 def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:

@@ -102,6 +102,7 @@ class Facts(TypedDict):
     # the methods whose candidates were rounded as kept, so a report and a card say their scores are
     # a merge's a little off the exported picks (a run from before it was recorded: all, below float32)
     rounded_methods: NotRequired[list[str]]
+    rounded_task_vectors: NotRequired[bool]  # the cause: the task vectors themselves, or factors (TSV's)
 
 
 FACTS_META = Record("facts", Facts)

@@ -216,10 +216,11 @@ class Workspace:
         bit for bit the float32 merge its recipe exports (docs/memory.md, exactness)."""
         return self._resolved_dtype(self.campaign.storage.dtype)
 
-    def rounded_methods(self) -> list[str]:
-        """The campaign's methods whose candidates the search rounds as it keeps their tensors
-        (`merge.storage.rounds`, from the checkpoints' headers): their scores are measured on merges
-        a little off the exported picks (docs/memory.md, exactness)."""
+    def storage_rounding(self) -> dict[str, Any]:
+        """What the search rounds as it keeps its tensors (`merge.storage`, from the checkpoints'
+        headers): whether the task vectors (`rounded_task_vectors`), and the campaign's methods whose
+        candidates are therefore a little off the exported picks (`rounded_methods`; docs/memory.md,
+        exactness), as a run's facts record them."""
         from evo_merge.merge.storage import Storage, keeps_task_vectors_exactly, rounds
         from evo_merge.weights import Checkpoint, parse_dtype
 
@@ -231,7 +232,8 @@ class Workspace:
             for checkpoint in checkpoints:
                 checkpoint.close()
         kept = parse_dtype(self.stored_dtype_name())
-        return [method for method in self.campaign.methods if rounds(method, kept, exact)]
+        return {"rounded_task_vectors": not exact,
+                "rounded_methods": [method for method in self.campaign.methods if rounds(method, kept, exact)]}
 
     def _resolved_dtype(self, name: str) -> str:
         from evo_merge.weights import Checkpoint  # torch: only where a pick is exported or a run opens
@@ -355,17 +357,17 @@ def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
 
 
 def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int], stored_dtype: str,
-                 rounded_methods: list[str]) -> None:
+                 rounding: dict[str, Any]) -> None:
     """What reading a run needs, kept in the store: name, tasks (direction, items), generations, the
-    dtype the search keeps tensors in and the methods whose candidates it rounds (what the scores were
-    measured on). A run begun before the methods were recorded kept every task vector rounded below
-    float32, and keeps saying so (no `rounded_methods`) when resumed."""
+    dtype the search keeps tensors in and what it rounds there (`Workspace.storage_rounding`: what the
+    scores were measured on). A run begun before that was recorded kept every task vector rounded
+    below float32, and keeps saying so (no `rounded_methods`) when resumed."""
     try:
         previous = store.get_meta(FACTS_META)
     except UserError:  # damaged: written anew, which repairs it
         previous = None
-    rounding = {} if previous is not None and "rounded_methods" not in previous else {
-        "rounded_methods": rounded_methods}
+    if previous is not None and "rounded_methods" not in previous:
+        rounding = {}
     store.set_meta(
         FACTS_META,
         {

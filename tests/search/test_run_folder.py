@@ -513,7 +513,7 @@ def test_a_run_cut_short_in_calibration_has_a_report(tmp_path, zoo):  # noqa: F8
     config = yaml.safe_load(campaign(tmp_path, zoo).read_text())
     workspace = Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
     record_facts(workspace.store, workspace.campaign, {"agree0": 10, "agree1": 10}, workspace.stored_dtype_name(),
-                 workspace.rounded_methods())
+                 workspace.storage_rounding())
     workspace.store.close()
     code, out = invoke("report", tmp_path / "run")
     assert code == 0, out

@@ -487,7 +487,8 @@ def test_scores_measured_on_narrower_stored_task_vectors_say_so_in_the_report_an
     """bf16 storage chosen for float32 checkpoints rounds every task vector once, while a pick's
     export is the merge of its recipe: a card's measured scores were presented as the exported
     weights' own, which can answer some items differently."""
-    said = "were measured on merges of tensors stored in bfloat16 (`storage.dtype`), rounded once"
+    said = ("were measured on merges of task vectors stored in bfloat16, each rounded once (a `storage.dtype` "
+            "narrower than the checkpoints'")
     for name, storage in (("bf16", {"dtype": "bfloat16"}), ("fp32", {})):
         folder = tmp_path / name
         folder.mkdir()
@@ -555,22 +556,30 @@ def test_the_methods_a_storage_rounds_are_named_from_the_checkpoints(tmp_path, z
     lora = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft.get_peft_model(AutoModelForCausalLM.from_pretrained(bf16_zoo[1][1]), lora).save_pretrained(tmp_path / "lora")
     adapted = (bf16_zoo[0], [bf16_zoo[1][0], f"{bf16_zoo[1][1]}+{tmp_path / 'lora'}"])  # its sum: float32 only
-    cases = [(zoo, {"dtype": "bfloat16"}, ["task_arithmetic", "tsv"]), (zoo, {}, []), (bf16_zoo, {}, ["tsv"]),
-             (bf16_zoo, {"dtype": "float32"}, []), (adapted, {}, ["task_arithmetic", "tsv"]),
-             (adapted, {"dtype": "float32"}, [])]
-    for i, (family, storage, expected) in enumerate(cases):
+    both = ["task_arithmetic", "tsv"]
+    cases = [(zoo, {"dtype": "bfloat16"}, (True, both)), (zoo, {}, (False, [])), (bf16_zoo, {}, (False, ["tsv"])),
+             (bf16_zoo, {"dtype": "float32"}, (False, [])), (adapted, {}, (True, both)),
+             (adapted, {"dtype": "float32"}, (False, []))]
+    for i, (family, storage, (task_vectors, methods)) in enumerate(cases):
         spec = Campaign.model_validate(config(family, storage=storage))
         workspace = Workspace.open(spec, tmp_path, tmp_path / f"{i}")
         try:
-            assert workspace.rounded_methods() == expected, (i, storage)
+            assert workspace.storage_rounding() == {"rounded_task_vectors": task_vectors,
+                                                    "rounded_methods": methods}, (i, storage)
         finally:
             workspace.store.close()
-    facts = {"stored_dtype": "bfloat16", "rounded_methods": ["tsv"]}
+    facts = {"stored_dtype": "bfloat16", "rounded_methods": ["tsv"], "rounded_task_vectors": False}
     assert rounded_storage_note(facts, "task_arithmetic") is None
-    assert rounded_storage_note(facts).startswith("scores of tsv candidates were measured")
-    assert rounded_storage_note(facts, "tsv").startswith("scores were measured")
+    assert rounded_storage_note(facts).startswith("scores of tsv candidates were measured on merges of factors the "
+                                                  "method computes (TSV's, MASS's), stored in bfloat16")
+    assert rounded_storage_note(facts, "tsv").startswith("scores were measured on merges of factors")
     assert rounded_storage_note({**facts, "rounded_methods": []}) is None
-    assert rounded_storage_note({"stored_dtype": "bfloat16"}, "task_arithmetic").startswith("scores were measured")
+    # the cause named: the task vectors themselves, as a LoRA endpoint or a narrower storage dtype rounds them,
+    # and as every run from before the cause was recorded did
+    for rounded in ({**facts, "rounded_methods": both, "rounded_task_vectors": True}, {"stored_dtype": "bfloat16"}):
+        assert rounded_storage_note(rounded, "task_arithmetic").startswith(
+            "scores were measured on merges of task vectors stored in bfloat16, each rounded once")
+        assert "an endpoint that is a LoRA adapter's sum" in rounded_storage_note(rounded, "task_arithmetic")
 
 
 def test_plan_refuses_a_disk_dir_run_would_refuse(tmp_path, zoo):
@@ -601,21 +610,22 @@ def test_a_run_begun_before_the_rounded_methods_were_recorded_keeps_saying_it_ro
             if edit is not None:
                 edit(workspace.store)
             record_facts(workspace.store, workspace.campaign, {"agree0": 40, "agree1": 40},
-                         workspace.stored_dtype_name(), workspace.rounded_methods())
+                         workspace.stored_dtype_name(), workspace.storage_rounding())
             return workspace.store.get_meta(FACTS_META)
         finally:
             workspace.store.close()
 
-    assert facts_after_open()["rounded_methods"] == ["tsv"]
+    facts = facts_after_open()
+    assert facts["rounded_methods"] == ["tsv"] and facts["rounded_task_vectors"] is False
 
     def as_an_older_version_wrote(store):
         older = store.get_meta(FACTS_META)
-        del older["rounded_methods"]
+        del older["rounded_methods"], older["rounded_task_vectors"]
         store.set_meta(FACTS_META, older)
 
     resumed = facts_after_open(as_an_older_version_wrote)
-    assert "rounded_methods" not in resumed
-    assert rounded_storage_note(resumed, "task_arithmetic").startswith("scores were measured on merges")
+    assert "rounded_methods" not in resumed and "rounded_task_vectors" not in resumed
+    assert rounded_storage_note(resumed, "task_arithmetic").startswith("scores were measured on merges of task vectors")
 
 
 @pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
