@@ -371,6 +371,9 @@ def export(
         folder = export_candidate(runner.workspace, measured, out, overwrite=overwrite, progress=bars)
     click.echo(f"wrote {folder}: evaluation {pick} ({_what(runner.workspace, measured)}), {_measured_on(store)}: "
                f"{_measured_scores(store, measured)}")
+    if measured.measured != evaluation.measured:  # stored now; the run's tables are the report's to rewrite
+        click.echo(f"evaluation {pick} was measured for this export: `evo-merge report {run}` adds it to report.md "
+                   "and evaluations.csv")
     if repo_id is not None:
         _push(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
 

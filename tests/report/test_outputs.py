@@ -172,6 +172,7 @@ def test_exporting_the_base_or_an_endpoint_says_which_it_is(tracked_run, tmp_pat
         result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / str(eid))])
         assert result.exit_code == 0, result.output
         assert f"evaluation {eid} ({label}" in result.output.strip().splitlines()[-1]
+        assert "measured for this export" not in result.output  # measured in calibration: the tables have it
 
 
 def test_upload_refuses_a_card_with_a_local_path_or_weights_with_nan(tmp_path):

@@ -267,6 +267,8 @@ def test_a_candidate_exported_by_hand_competes_for_the_picks_on_the_same_sample(
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(store.get(leaver).id), "--out",
                                       str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
+    # the run's tables are rewritten by `report`: the export says so (they showed the old state silently)
+    assert f"was measured for this export: `evo-merge report {run}` adds it" in result.output
     store.db.execute("DELETE FROM meta WHERE key IN ('exported', 'finished')")
     store.db.commit()
     store.close()
