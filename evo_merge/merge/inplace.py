@@ -176,6 +176,9 @@ class InPlaceMerger:
         cache = self._pieces_cache(m, resolved) if m.pieces is not None else None
         for name, stored_base in self._base.items():
             w = shared if table is None else self._checked(table[name])
+            # the method's own refusal, as a recipe's plan gives it (`plan._job`), for its pieces too
+            if m.check is not None and (why := m.check(w, resolved)) is not None:
+                raise RuntimeError(f"{m.name}: tensor {name}: {why}")
             if cache is None:
                 base = upcast(stored_base)
                 deltas = [self._task_vector(d, base) for d in self._deltas[name]]

@@ -428,8 +428,6 @@ def merge_tensor(
     params: dict[str, Any],
     name: str,
 ) -> torch.Tensor:
-    if method.check is not None and (why := method.check(weights, params)) is not None:  # a campaign's candidate
-        raise RuntimeError(f"{method.name}: tensor {name}: {why}")
     try:
         merged = method.fn(base, deltas, weights, params, name)
     except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (another device, or failing)

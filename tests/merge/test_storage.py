@@ -12,6 +12,8 @@ from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from evo_merge.errors import UserError
+from evo_merge.merge import register_method
 from evo_merge.merge.footprint import (
     GIB,
     RUNTIME_BYTES,
@@ -676,6 +678,20 @@ def test_a_method_s_weight_check_refuses_a_candidate_as_it_refuses_a_recipe(fami
     with pytest.raises(RuntimeError, match="linear: tensor .*: the weights sum to 0, which normalize cannot divide"):
         merger(family).apply("linear", [1.0, -0.5, -0.5])
     assert torch.isfinite(next(merger(family).apply("linear", [1.0, 1.0, 1.0]).parameters())).all()
+
+    # a method with pieces is merged by a weighted sum of them, not its per-tensor function: refused all the same
+    @register_method("test_checked_pieces", scale=lambda w, p: 1.0, pieces_are_task_vectors=True,
+                     check=lambda w, p: "no negative weights" if min(w) < 0 else None)
+    def checked_pieces(base, deltas, params, name):
+        return list(deltas)
+
+    with pytest.raises(RuntimeError, match="test_checked_pieces: tensor .*: no negative weights"):
+        merger(family).apply("test_checked_pieces", [1.0, -0.5, 0.5])
+    recipe = Recipe.model_validate({"merge_method": "test_checked_pieces", "base_model": str(family[0]),
+                                    "models": [{"model": str(f), "parameters": {"weight": w}}
+                                               for f, w in zip(family[1], [1.0, -0.5, 0.5])]})
+    with pytest.raises(UserError, match="test_checked_pieces: tensor .*: no negative weights"):
+        plan_from_recipe(recipe)
 
 
 def test_a_lora_endpoint_keeps_the_task_vectors_of_the_tensors_it_adapts(bf16_family, tmp_path):
