@@ -46,6 +46,10 @@ class MassKind:
                                                           dtype=bench.dtype).to(device=bench.device)
         return bench.kept[KEPT]
 
+    def rounds(self, method: str, kept: Any, task_vectors_exact: bool) -> bool:
+        """Its factors, computed from the task vectors, are kept in the storage dtype: rounded below float32."""
+        return not task_vectors_exact or kept.itemsize < 4
+
     def check_inputs(self, adapters: bool) -> None:
         if adapters:
             raise UserError("methods.mass: MASS decomposes model folders; inputs with a LoRA adapter (+adapter) "

@@ -83,15 +83,11 @@ def rounds(method: str, kept: torch.dtype, task_vectors_exact: bool) -> bool:
     tensors kept in `kept` and the task vectors kept exactly or not (`InPlaceMerger` keeps a task
     vector exactly in float32, and as its endpoint in the checkpoints' own narrower dtype; not where
     a dtype narrower than the checkpoints' was chosen, or an endpoint is a LoRA adapter's sum).
-    Computed pieces (TSV's factors) and MASS's factors are kept in `kept`, rounded below float32."""
+    Computed pieces (TSV's factors) are kept in `kept`, rounded below float32."""
     if not task_vectors_exact:
         return True
-    if kept.itemsize >= 4:
-        return False
-    if method == "mass":
-        return True
     m = get_method(method)
-    return m.pieces is not None and not m.pieces_are_task_vectors
+    return kept.itemsize < 4 and m.pieces is not None and not m.pieces_are_task_vectors
 
 
 def _aligned(offset: int) -> int:

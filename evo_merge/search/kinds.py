@@ -55,6 +55,11 @@ class CandidateKind(Protocol):
         """Fail before any evaluation if this kind cannot work on the workbench's models."""
         ...
 
+    def rounds(self, method: str, kept: Any, task_vectors_exact: bool) -> bool:
+        """Whether the search's candidate of `method` can differ from the exported pick, its tensors
+        kept in the torch dtype `kept` and the task vectors kept exactly or not (`merge.storage`)."""
+        ...
+
     def build(self, bench: Any, candidate: Candidate) -> Any:
         """The candidate's model, ready to score (raises CandidateFailed-worthy errors)."""
         ...
@@ -116,6 +121,11 @@ class StaticMerge:
 
     def searched_ranges(self, method: str, configured: Ranges, base: Path) -> Ranges:
         return declared_ranges(method, configured)
+
+    def rounds(self, method: str, kept: Any, task_vectors_exact: bool) -> bool:
+        from evo_merge.merge.storage import rounds
+
+        return rounds(method, kept, task_vectors_exact)
 
     def check_inputs(self, adapters: bool) -> None:
         """Every input folds in: the merger reads adapters tensor by tensor."""

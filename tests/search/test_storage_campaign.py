@@ -568,6 +568,12 @@ def test_the_methods_a_storage_rounds_are_named_from_the_checkpoints(tmp_path, z
                                                     "rounded_methods": methods}, (i, storage)
         finally:
             workspace.store.close()
+    from evo_merge.search.kinds import candidate_kind
+
+    # each kind answers for its own: MASS keeps its factors in the storage dtype, a static merge as its pieces are
+    assert [candidate_kind(m).rounds(m, torch.bfloat16, True) for m in ("mass", "tsv", "ties")] == [True, True, False]
+    assert not any(candidate_kind(m).rounds(m, torch.float32, True) for m in ("mass", "tsv", "ties"))
+    assert all(candidate_kind(m).rounds(m, torch.float32, False) for m in ("mass", "tsv", "ties"))
     facts = {"stored_dtype": "bfloat16", "rounded_methods": ["tsv"], "rounded_task_vectors": False}
     assert rounded_storage_note(facts, "task_arithmetic") is None
     assert rounded_storage_note(facts).startswith("scores of tsv candidates were measured on merges of factors the "
