@@ -8,7 +8,7 @@ from evo_merge.markup import md
 from evo_merge.mass.routing import RoutingConfig
 from evo_merge.merge.card import chosen_section, front_matter, inputs_section, scores_section
 from evo_merge.merge.card_inputs import CardInput, model_ref
-from evo_merge.merge.licenses import card_license
+from evo_merge.merge.licenses import CardLicense, card_license
 
 
 def mass_inputs(base: str, models: Sequence[str]) -> list[CardInput]:
@@ -23,14 +23,16 @@ def mass_card(
     routing: RoutingConfig,
     scores: Mapping[str, Mapping[str, float]] | None = None,
     chosen_as: Sequence[str] = (),
+    licenses: CardLicense | None = None,
 ) -> str:
     """README.md text: YAML front matter (base, merged models, routing), then how to run it.
 
     Inputs are named as on a merged model's card (Hub id or folder name, never a machine path);
-    a MASS folder has no `model-index`: the Hub cannot run it, so its scores stay in the prose."""
+    a MASS folder has no `model-index`: the Hub cannot run it, so its scores stay in the prose.
+    `licenses`: the inputs' (`card_license` of `mass_inputs`), read here when not given."""
     refs = mass_inputs(base, models)
     hub_ids = list(dict.fromkeys(r.hub_id for r in refs if r.hub_id))
-    licenses = card_license(refs)  # inherited as a merged model's card inherits it
+    licenses = licenses or card_license(refs)  # inherited as a merged model's card inherits it
     front = {
         **licenses.keys,
         **({"base_model": hub_ids, "base_model_relation": "merge"} if hub_ids else {}),

@@ -398,8 +398,10 @@ class MassModel(nn.Module):
         }
         extra = {f.name: f.read_bytes() for f in copied_tokenizer_files(self.base_path)}
         extra[MASS_JSON] = json.dumps(meta, indent=2) + "\n"
-        extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores, chosen_as)
-        extra.update(card_license(mass_inputs(str(self.base_path), self.models)).files)
+        licenses = card_license(mass_inputs(str(self.base_path), self.models))  # read once: the card and its files
+        extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores, chosen_as,
+                                       licenses)
+        extra.update(licenses.files)
         with staged_folder(out) as folder:
             write_model_folder(folder, self.factors.stored(), extra_files=extra)
             if copy_base:

@@ -127,6 +127,7 @@ def model_card(
     chosen_as: Sequence[str] = (),
     device: str = "cpu",
     scores_note: str | None = None,
+    licenses: CardLicense | None = None,
 ) -> str:
     """A README.md for a merged model folder, built on `device` (its Reproduce section says how to
     rebuild it there).
@@ -134,11 +135,12 @@ def model_card(
     `scores` maps a score kind ("estimated", "measured") to {task: value}; `tasks` describes each
     task for `model-index`; `stderr` is the measured standard error per task; `chosen_as`, the
     campaign picks it is (`chosen_section`). Inputs are named
-    from the recipe's model strings (Hub ids as `org/name@revision`, see `model_ref`)."""
+    from the recipe's model strings (Hub ids as `org/name@revision`, see `model_ref`). `licenses`:
+    the recipe's (`recipe_license`), read here when not given."""
     base, merged = card_inputs(recipe)
     entries = recipe.models or [source for out in recipe.slices for source in out.sources]
     inputs = ([base] if base else []) + merged
-    licenses = card_license(inputs)
+    licenses = licenses or card_license(inputs)
     hub_ids = list(dict.fromkeys(ref.hub_id for ref in inputs if ref.hub_id))
     front: dict = {**licenses.keys}
     if hub_ids:
@@ -191,10 +193,11 @@ def card_inputs(recipe: Recipe) -> tuple[CardInput | None, list[CardInput]]:
     return base, [model_ref(m) for m in recipe.references() if m != recipe.base_model]
 
 
-def license_files(recipe: Recipe) -> dict[str, str]:
-    """The files the card's license link names, written beside it (`card_license`)."""
+def recipe_license(recipe: Recipe) -> CardLicense:
+    """The license of the recipe's merge (`card_license`): the card's keys, and the files its link
+    names, written beside it. An export reads it once for both."""
     base, merged = card_inputs(recipe)
-    return card_license(([base] if base else []) + merged).files
+    return card_license(([base] if base else []) + merged)
 
 
 def reproduce_lines(device: str) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from evo_merge.errors import UserError
-from evo_merge.merge.card import Scores, license_files, model_card
+from evo_merge.merge.card import Scores, model_card, recipe_license
 from evo_merge.merge.plan import MergePlan, stream_merge
 from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
 from evo_merge.tasks.meta import TaskMeta
@@ -58,9 +58,11 @@ def export_merge(
     stderr = {
         name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None
     }
+    licenses = recipe_license(recipe)
     extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr,
-                                    chosen_as=chosen_as, device=torch.device(device).type, scores_note=scores_note)
-    extra.update(license_files(recipe))
+                                    chosen_as=chosen_as, device=torch.device(device).type, scores_note=scores_note,
+                                    licenses=licenses)
+    extra.update(licenses.files)
     extra[RECIPE_FILE] = recipe.to_yaml()
     if item_scores:
         extra.update(results_files(item_scores, tasks or {}))

@@ -50,15 +50,15 @@ def read_license(folder: Path | None) -> License | None:
         return None
     readme = folder / "README.md"
     if readme.is_file():
-        parts = readme.read_text(encoding="utf-8", errors="replace").split("---\n")
-        if len(parts) > 2 and parts[0] == "":
-            try:
-                front = yaml.safe_load(parts[1])
-            except yaml.YAMLError:
-                front = None
-            if isinstance(front, dict) and front.get("license"):
-                name, link = front.get("license_name"), front.get("license_link")
-                return License(str(front["license"]), str(name) if name else None, str(link) if link else None)
+        from huggingface_hub import metadata_load  # the Hub's own reading of a card's front matter (CRLF, BOM)
+
+        try:
+            front = metadata_load(readme)
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):  # not a card the Hub could read either
+            front = None
+        if isinstance(front, dict) and front.get("license"):
+            name, link = front.get("license_name"), front.get("license_link")
+            return License(str(front["license"]), str(name) if name else None, str(link) if link else None)
     config = folder / "config.json"
     if config.is_file():
         try:

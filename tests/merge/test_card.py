@@ -82,6 +82,14 @@ def test_license_is_inherited_only_when_all_inputs_agree(zoo, tmp_path):
     assert card.data.license == "other"
     assert "license: mit" in card.text and "license: apache-2.0" in card.text
     assert ModelCard(model_card(recipe_for(base, fts))).data.license is None  # nothing declared
+    # a card as an editor on Windows saves it (CRLF, a byte-order mark), read as the Hub reads it
+    windows = [with_license(p, "apache-2.0", tmp_path / f"crlf-{p.name}") for p in (base, *fts)]
+    for folder in windows:
+        (folder / "README.md").write_bytes("\ufeff---\r\nlicense: apache-2.0\r\n---\r\n# model\r\n".encode())
+    assert ModelCard(model_card(recipe_for(windows[0], windows[1:]))).data.license == "apache-2.0"
+    broken = with_license(fts[0], "mit", tmp_path / "broken")  # not YAML, not UTF-8: unknown, never a traceback
+    (broken / "README.md").write_bytes(b"---\nlicense: [mit\n---\n\xff\n")
+    assert "license: unknown" in model_card(recipe_for(base, [broken]))
 
 
 def with_other_license(folder, dest, name="deepseek", link="LICENSE", text="DEEPSEEK LICENSE AGREEMENT\n"):
@@ -158,7 +166,12 @@ def test_user_strings_cannot_inject_markup_or_end_the_front_matter(zoo, tmp_path
         ["# t &lt;img src=x&gt; \\# H", "## Merged models", "## Scores", "## Reproduce"]
 
 
-def test_export_carries_chat_template_generation_config_and_results(zoo, tmp_path):
+def test_export_carries_chat_template_generation_config_and_results(zoo, tmp_path, monkeypatch):
+    import evo_merge.merge.licenses as licenses
+
+    read = []
+    monkeypatch.setattr(licenses, "read_license", lambda folder, real=licenses.read_license: read.append(folder) or
+                        real(folder))
     _, base, fts = zoo
     templated = tmp_path / "templated-base"
     shutil.copytree(base, templated)
@@ -179,6 +192,7 @@ def test_export_carries_chat_template_generation_config_and_results(zoo, tmp_pat
     table = pd.read_parquet(out / ITEM_SCORES_FILE)
     assert table.set_index("item")["score"].to_dict() == items["arith"]
     assert "0.7500 ± 0.2500" in (out / "README.md").read_text()
+    assert len(read) == 3  # each input's license read once, for the card and the files its link names
 
 
 def test_write_results_and_task_meta_of_a_shipped_benchmark(tmp_path):
