@@ -78,7 +78,7 @@ def elementwise_term(piece: torch.Tensor | Scaled | Endpoint, alpha: float) -> t
 
 def takes_base(piece: Piece) -> bool:
     """Whether a piece's tensor is an endpoint, whose task vector is taken from the sum's base."""
-    return isinstance(piece, Endpoint) or isinstance(piece, Scaled) and isinstance(piece.tensor, Endpoint)
+    return isinstance(piece, ELEMENTWISE) and elementwise_term(piece, 1.0)[2]
 
 
 def add_to(out: torch.Tensor, piece: torch.Tensor | LowRank | Scaled | Endpoint, alpha: float,
