@@ -46,9 +46,12 @@ class MassKind:
                                                           dtype=bench.dtype).to(device=bench.device)
         return bench.kept[KEPT]
 
-    def rounds(self, method: str, kept: Any, task_vectors_exact: bool) -> bool:
-        """Its factors, computed from the task vectors, are kept in the storage dtype: rounded below float32."""
-        return not task_vectors_exact or kept.itemsize < 4
+    def rounds(self, method: str, kept: Any) -> bool:
+        """Its base and factors are kept in the storage dtype, and a MASS folder keeps them in the base
+        checkpoint's: the search's MASS is the exported one, bits and all, where the two are the same
+        dtype (bf16 checkpoints under `auto`), and not where they differ either way (float32 storage
+        over bf16 checkpoints rounds the factors as the folder is written)."""
+        return not kept.as_checkpoints
 
     def check_inputs(self, adapters: bool) -> None:
         if adapters:
@@ -87,7 +90,8 @@ class MassKind:
             stash = Stash(Storage(placement="host"), torch.device(device), COMPUTE_DTYPE)
             mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]], track=track, stash=stash)
             mass.set_routing(**candidate.param_dict)
-        folder = mass.save(out, overwrite=overwrite, scores=scores, chosen_as=chosen_as)
+        folder = mass.save(out, overwrite=overwrite, scores=scores, chosen_as=chosen_as,
+                           scores_note=evidence.note if evidence is not None else None)
         if evidence is not None and evidence.item_scores:
             from evo_merge.merge.results import write_results
 

@@ -379,11 +379,12 @@ class MassModel(nn.Module):
         overwrite: bool = False,
         scores: Mapping[str, Mapping[str, float]] | None = None,
         chosen_as: Sequence[str] = (),
+        scores_note: str | None = None,
     ) -> Path:
         """Write a MASS folder (atomically: it appears complete or not at all, and an existing one
         is replaced only when `overwrite`). `copy_base` False stores the base's absolute path
         instead of a copy; `scores` (e.g. estimated / measured per task) and `chosen_as` (the
-        campaign picks it is) go in the card."""
+        campaign picks it is) go in the card, with `scores_note` where the scores were measured otherwise."""
         out = Path(out).expanduser()
         refuse_existing(out, overwrite)
         meta = {
@@ -400,7 +401,7 @@ class MassModel(nn.Module):
         extra[MASS_JSON] = json.dumps(meta, indent=2) + "\n"
         licenses = card_license(mass_inputs(str(self.base_path), self.models))  # read once: the card and its files
         extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores, chosen_as,
-                                       licenses)
+                                       licenses, scores_note)
         extra.update(licenses.files)
         with staged_folder(out) as folder:
             write_model_folder(folder, self.factors.stored(), extra_files=extra)

@@ -78,16 +78,42 @@ def keeps_task_vectors_exactly(storage: Storage, checkpoints: Sequence[Checkpoin
     return all(torch.promote_types(d, storage.dtype) == storage.dtype for d in wanted)
 
 
-def rounds(method: str, kept: torch.dtype, task_vectors_exact: bool) -> bool:
-    """Whether a search's candidate of `method` can differ from the merge its recipe rebuilds, with
-    tensors kept in `kept` and the task vectors kept exactly or not (`InPlaceMerger` keeps a task
-    vector exactly in float32, and as its endpoint in the checkpoints' own narrower dtype; not where
-    a dtype narrower than the checkpoints' was chosen, or an endpoint is a LoRA adapter's sum).
-    Computed pieces (TSV's factors) are kept in `kept`, rounded below float32."""
-    if not task_vectors_exact:
+@dataclass(frozen=True)
+class Keeping:
+    """How a search keeps its tensors, as far as a candidate's exactness goes (`keeping`).
+
+    dtype: the storage dtype as a run resolves it (the base's own for `auto`);
+    task_vectors_exact: every task vector kept exactly (`keeps_task_vectors_exactly`);
+    as_checkpoints: every tensor kept in the base checkpoint's own dtype, as a MASS folder keeps
+    its base and factors (a wider `auto` dtype where an endpoint is wider, or a chosen one that
+    differs, is not)."""
+
+    dtype: torch.dtype
+    task_vectors_exact: bool
+    as_checkpoints: bool
+
+
+def keeping(storage: Storage, checkpoints: Sequence[Checkpoint], adapters: bool, dtype: torch.dtype) -> Keeping:
+    """The `Keeping` of these checkpoints (the base first) under `storage`, resolved to `dtype`."""
+    base, endpoints = checkpoints[0], checkpoints[1:]
+    as_checkpoints = all(
+        storage.stored_dtype(checkpoints, [name] * len(checkpoints)) == base.dtype(name)
+        for name in base.names
+        if base.dtype(name).is_floating_point and all(name in c.names for c in endpoints)
+    )
+    return Keeping(dtype, keeps_task_vectors_exactly(storage, checkpoints, adapters), as_checkpoints)
+
+
+def rounds(method: str, kept: Keeping) -> bool:
+    """Whether a search's candidate of `method` can differ from the merge its recipe rebuilds, its
+    tensors kept as `kept` says (`InPlaceMerger` keeps a task vector exactly in float32, and as its
+    endpoint in the checkpoints' own narrower dtype; not where a dtype narrower than the checkpoints'
+    was chosen, or an endpoint is a LoRA adapter's sum). Computed pieces (TSV's factors) are kept in
+    the storage dtype, rounded below float32."""
+    if not kept.task_vectors_exact:
         return True
     m = get_method(method)
-    return kept.itemsize < 4 and m.pieces is not None and not m.pieces_are_task_vectors
+    return kept.dtype.itemsize < 4 and m.pieces is not None and not m.pieces_are_task_vectors
 
 
 def _aligned(offset: int) -> int:

@@ -68,25 +68,44 @@ def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[st
 
 def rounded_storage_note(facts: Mapping[str, Any] | None, method: str | None = None) -> str | None:
     """The line a report (`method` None) or a pick's card gives scores measured on candidates the
-    search rounded as it kept their tensors (`Workspace.storage_rounding`), naming what was rounded:
-    the exported pick is the merge of its recipe and can answer a few items differently. None where
-    the scores are the exported merges' own, and for a run from before the dtype was recorded."""
+    search kept otherwise than their exported picks keep them (`Workspace.storage_rounding`), naming
+    what differs: a static merge's pick is the merge of its recipe, a MASS pick a folder of its base
+    and factors in the base's dtype, and either can answer a few items differently. None where the
+    scores are the exported picks' own, and for a run from before the dtype was recorded."""
     facts = facts or {}
     stored = facts.get("stored_dtype")
-    if stored in (None, "float32"):
+    if stored is None:
         return None
     rounded = facts.get("rounded_methods")
-    if rounded is not None and (not rounded or method is not None and method not in rounded):
-        return None
-    which = "" if method is not None or rounded is None else f" of {', '.join(rounded)} candidates"
-    if facts.get("rounded_task_vectors", True):  # a run from before: it rounded them
+    if rounded is None:  # a run from before: every method's task vectors were rounded below float32
+        return None if stored == "float32" else _static_note(stored, "", task_vectors=True)
+    task_vectors = facts.get("rounded_task_vectors", True)
+    if method is not None:
+        if method not in rounded:
+            return None
+        return _mass_note(stored) if method == "mass" else _static_note(stored, "", task_vectors)
+    static = [m for m in rounded if m != "mass"]
+    lines = ([_static_note(stored, f" of {', '.join(static)} candidates", task_vectors)] if static else []) + (
+        [_mass_note(stored)] if "mass" in rounded else [])
+    return "; ".join(lines) or None
+
+
+def _static_note(stored: str, which: str, task_vectors: bool) -> str:
+    if task_vectors:
         what = (f"task vectors stored in {stored}, each rounded once (a `storage.dtype` narrower than the "
                 "checkpoints', or an endpoint that is a LoRA adapter's sum, formed in float32)")
     else:
-        what = f"factors the method computes (TSV's, MASS's), stored in {stored} (`storage.dtype`), each rounded once"
+        what = f"factors the method computes (TSV's), stored in {stored} (`storage.dtype`), each rounded once"
     return (f"scores{which} were measured on merges of {what}; an exported pick is the merge of its recipe "
             "(`merge_recipe.yaml`) and can score a little differently (`storage.dtype: float32` measures exactly the "
             "exported weights; docs/memory.md, exactness)")
+
+
+def _mass_note(stored: str) -> str:
+    return (f"scores of mass candidates were measured with the base and the factors kept in {stored} "
+            "(`storage.dtype`), and a MASS folder keeps them in the base checkpoint's dtype: an exported MASS pick "
+            "can route and score a little differently (`storage.dtype: auto` keeps them as the folder does; "
+            "docs/memory.md, exactness)")
 
 
 def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:

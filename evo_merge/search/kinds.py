@@ -55,9 +55,9 @@ class CandidateKind(Protocol):
         """Fail before any evaluation if this kind cannot work on the workbench's models."""
         ...
 
-    def rounds(self, method: str, kept: Any, task_vectors_exact: bool) -> bool:
+    def rounds(self, method: str, kept: Any) -> bool:
         """Whether the search's candidate of `method` can differ from the exported pick, its tensors
-        kept in the torch dtype `kept` and the task vectors kept exactly or not (`merge.storage`)."""
+        kept as `kept` (a `merge.storage.Keeping`) says."""
         ...
 
     def build(self, bench: Any, candidate: Candidate) -> Any:
@@ -122,10 +122,10 @@ class StaticMerge:
     def searched_ranges(self, method: str, configured: Ranges, base: Path) -> Ranges:
         return declared_ranges(method, configured)
 
-    def rounds(self, method: str, kept: Any, task_vectors_exact: bool) -> bool:
+    def rounds(self, method: str, kept: Any) -> bool:
         from evo_merge.merge.storage import rounds
 
-        return rounds(method, kept, task_vectors_exact)
+        return rounds(method, kept)
 
     def check_inputs(self, adapters: bool) -> None:
         """Every input folds in: the merger reads adapters tensor by tensor."""

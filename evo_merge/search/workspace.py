@@ -221,21 +221,21 @@ class Workspace:
         headers): whether the task vectors (`rounded_task_vectors`), and the campaign's methods whose
         candidates are therefore a little off the exported picks (`rounded_methods`; docs/memory.md,
         exactness), as a run's facts record them."""
-        from evo_merge.merge.storage import Storage, keeps_task_vectors_exactly
+        from evo_merge.merge.storage import Storage, keeping
         from evo_merge.weights import Checkpoint
         from evo_merge.weights.dtypes import model_dtype
 
         adapters = any(split_adapter(m, self.run_dir)[1] for m in self.campaign.models)
         checkpoints = [Checkpoint.open(path) for path in (self.base, *self.models)]
         try:
-            exact = keeps_task_vectors_exactly(Storage.of(self.campaign.storage), checkpoints, adapters)
-            kept = model_dtype(self.campaign.storage.dtype, checkpoints[0])  # as `stored_dtype_name` resolves it
+            dtype = model_dtype(self.campaign.storage.dtype, checkpoints[0])  # as `stored_dtype_name` resolves it
+            kept = keeping(Storage.of(self.campaign.storage), checkpoints, adapters, dtype)
         finally:
             for checkpoint in checkpoints:
                 checkpoint.close()
-        return {"rounded_task_vectors": not exact,
+        return {"rounded_task_vectors": not kept.task_vectors_exact,
                 "rounded_methods": [method for method in self.campaign.methods
-                                    if candidate_kind(method).rounds(method, kept, exact)]}
+                                    if candidate_kind(method).rounds(method, kept)]}
 
     def _resolved_dtype(self, name: str) -> str:
         from evo_merge.weights import Checkpoint  # torch: only where a pick is exported or a run opens

@@ -189,3 +189,38 @@ def test_a_mass_folder_of_inputs_under_different_licenses_lists_them_as_its_card
     assert (card.data.license, card.data.license_link) == ("other", "LICENSE.md")
     listing = (out / "LICENSE.md").read_text()
     assert "mit" in listing and "apache-2.0" in listing
+
+
+@pytest.fixture(scope="module")
+def bf16_llama(llama_family, tmp_path_factory):
+    from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
+
+    return bf16_copies(*llama_family, tmp_path_factory.mktemp("bf16_llama"))
+
+
+@pytest.mark.parametrize("weights, storage_dtype, exact", [
+    (torch.float32, None, True), (torch.float32, torch.bfloat16, False),
+    (torch.bfloat16, None, True), (torch.bfloat16, torch.float32, False)])
+def test_a_mass_folder_is_the_search_s_mass_exactly_where_the_run_says_so(tmp_path, llama_family, bf16_llama,
+                                                                          weights, storage_dtype, exact):
+    """A campaign keeps MASS's base and factors in its storage dtype, and a MASS folder keeps them in
+    the base checkpoint's. Where the two agree (bf16 checkpoints under `auto`) the folder serves the
+    very weights the search scored, and no note may say otherwise; where they differ (float32 storage
+    over bf16 checkpoints rounds the factors as the folder is written; bf16 storage over float32
+    checkpoints rounds the search's base) it does not, and `rounds` must say so. It said the first
+    case rounded and the second did not."""
+    from evo_merge.mass.candidate import MassKind
+    from evo_merge.merge.storage import Stash, Storage, keeping
+
+    base, endpoints = llama_family if weights == torch.float32 else bf16_llama
+    storage = Storage(dtype=storage_dtype)
+    searched = MassModel.from_checkpoints(base, endpoints, stash=Stash(storage, torch.device("cpu")))
+    folder, _ = load_mass(searched.save(tmp_path / "mass"))
+    differing = 0
+    for tasks in ([0], [1, 2], [0, 1, 2]):
+        ours, theirs = dict(searched.factors.merged(tasks)), dict(folder.factors.merged(tasks))
+        differing += sum(int((ours[name] != theirs[name]).sum()) for name in ours)
+    checkpoints = [Checkpoint.open(p) for p in (base, *endpoints)]
+    kept = keeping(storage, checkpoints, adapters=False, dtype=storage_dtype or weights)
+    assert (differing == 0) == exact, differing
+    assert MassKind().rounds("mass", kept) == (not exact)

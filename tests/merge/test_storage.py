@@ -31,7 +31,7 @@ from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.pieces import Endpoint, LowRank, Scaled, stored_tensors
 from evo_merge.merge.plan import plan_from_recipe, stream_merge
 from evo_merge.merge.recipe import Recipe
-from evo_merge.merge.storage import Storage, rounds
+from evo_merge.merge.storage import Keeping, Storage, rounds
 from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family
 
@@ -97,7 +97,8 @@ def test_bfloat16_checkpoints_in_auto_storage_give_the_file_merge_bit_for_bit(bf
     assert {type(d) for ds in m._deltas.values() for d in ds} == {Endpoint}
     assert {d.tensor.dtype for ds in m._deltas.values() for d in ds} == {torch.bfloat16}
     m.apply(method, WEIGHTS, METHOD_PARAMS[method])
-    state, rounded = m.module.state_dict(), rounds(method, torch.bfloat16, task_vectors_exact=True)
+    kept = Keeping(torch.bfloat16, task_vectors_exact=True, as_checkpoints=True)
+    state, rounded = m.module.state_dict(), rounds(method, kept)
     assert rounded == method.startswith("tsv")
     factored = {name for cache in m._pieces.values() for name, pieces in cache.items()
                 if any(isinstance(p, LowRank) for p in pieces)}

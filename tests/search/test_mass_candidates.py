@@ -87,3 +87,29 @@ def test_exported_mass_candidate_is_a_labelled_mass_folder(run, tmp_path):
     assert front["merge_method"] == "mass" and "needs evo-merge" in card
     assert "model-index" not in front  # the Hub cannot run a MASS folder: scores stay in the prose
     assert "| agree0 |" in card and "| agree1 |" in card
+    assert "factors kept in" not in card  # kept in float32 as the folder keeps the base's float32
+
+
+def test_a_mass_pick_kept_otherwise_than_its_folder_says_so_on_its_card(tmp_path, zoo):
+    """bf16 checkpoints searched with `storage.dtype: float32`: the folder keeps the factors in bf16,
+    so it is not the MASS the search scored, and the card and the report say so."""
+    from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
+
+    base, fts = bf16_copies(*zoo, tmp_path / "bf16")
+    config = {
+        "base_model": str(base), "models": [str(f) for f in fts],
+        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
+                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i}} for i, f in enumerate(fts)],
+        "methods": {"mass": {}}, "estimator": {"kind": "full"}, "storage": {"dtype": "float32"},
+        "algorithm": {"population": 4, "generations": 1, "seed": 1},
+        "final": {"evaluate_top": 1, "export": ["balanced"]},
+    }
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "campaign.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    note = "scores of mass candidates were measured with the base and the factors kept in float32"
+    assert note in (tmp_path / "run" / "report.md").read_text()
+    from evo_merge.mass.model import MASS_JSON
+
+    cards = [card for card in (tmp_path / "run").rglob("README.md") if (card.parent / MASS_JSON).exists()]
+    assert cards and all(note.capitalize() in card.read_text() for card in cards)

@@ -545,7 +545,8 @@ def test_a_bfloat16_campaign_scores_the_very_weights_its_picks_export(tmp_path, 
 def test_the_methods_a_storage_rounds_are_named_from_the_checkpoints(tmp_path, zoo, bf16_zoo):
     """Which candidates differ from their recipes' merges: every method's where a narrower dtype
     is chosen for wider checkpoints or an endpoint is a LoRA adapter's sum, TSV's alone (its factors)
-    over bf16 checkpoints kept in bf16, none in float32. A card says so for its own method only."""
+    over bf16 checkpoints kept in bf16, none in float32; MASS's where its folder keeps its base and
+    factors in another dtype than the search did. A card says so for its own method only."""
     from evo_merge.search.export import rounded_storage_note
     from evo_merge.search.workspace import Workspace
 
@@ -557,27 +558,39 @@ def test_the_methods_a_storage_rounds_are_named_from_the_checkpoints(tmp_path, z
     peft.get_peft_model(AutoModelForCausalLM.from_pretrained(bf16_zoo[1][1]), lora).save_pretrained(tmp_path / "lora")
     adapted = (bf16_zoo[0], [bf16_zoo[1][0], f"{bf16_zoo[1][1]}+{tmp_path / 'lora'}"])  # its sum: float32 only
     both = ["task_arithmetic", "tsv"]
-    cases = [(zoo, {"dtype": "bfloat16"}, (True, both)), (zoo, {}, (False, [])), (bf16_zoo, {}, (False, ["tsv"])),
-             (bf16_zoo, {"dtype": "float32"}, (False, [])), (adapted, {}, (True, both)),
-             (adapted, {"dtype": "float32"}, (False, []))]
+    mass = {"task_arithmetic": {}, "tsv": {}, "mass": {}}  # MASS: where its folder keeps otherwise than the search
+    cases = [(zoo, {"dtype": "bfloat16"}, (True, [*both, "mass"])), (zoo, {}, (False, [])),
+             (bf16_zoo, {}, (False, ["tsv"])), (bf16_zoo, {"dtype": "float32"}, (False, ["mass"])),
+             (adapted, {}, (True, both)), (adapted, {"dtype": "float32"}, (False, []))]
     for i, (family, storage, (task_vectors, methods)) in enumerate(cases):
-        spec = Campaign.model_validate(config(family, storage=storage))
+        spec = Campaign.model_validate(config(family, storage=storage, methods=mass if family != adapted else
+                                              {m: {} for m in both}))
         workspace = Workspace.open(spec, tmp_path, tmp_path / f"{i}")
         try:
             assert workspace.storage_rounding() == {"rounded_task_vectors": task_vectors,
                                                     "rounded_methods": methods}, (i, storage)
         finally:
             workspace.store.close()
+    from evo_merge.merge.storage import Keeping
     from evo_merge.search.kinds import candidate_kind
 
-    # each kind answers for its own: MASS keeps its factors in the storage dtype, a static merge as its pieces are
-    assert [candidate_kind(m).rounds(m, torch.bfloat16, True) for m in ("mass", "tsv", "ties")] == [True, True, False]
-    assert not any(candidate_kind(m).rounds(m, torch.float32, True) for m in ("mass", "tsv", "ties"))
-    assert all(candidate_kind(m).rounds(m, torch.float32, False) for m in ("mass", "tsv", "ties"))
+    # each kind answers for its own: a static merge as its pieces are kept, MASS as its folder keeps them
+    bf16, as_bf16, f32 = Keeping(torch.bfloat16, True, True), Keeping(torch.bfloat16, True, False), Keeping(
+        torch.float32, True, True)
+    assert [candidate_kind(m).rounds(m, bf16) for m in ("mass", "tsv", "ties")] == [False, True, False]
+    assert [candidate_kind(m).rounds(m, as_bf16) for m in ("mass", "tsv", "ties")] == [True, True, False]
+    assert not any(candidate_kind(m).rounds(m, f32) for m in ("mass", "tsv", "ties"))
+    assert all(candidate_kind(m).rounds(m, Keeping(torch.float32, False, True)) for m in ("tsv", "ties"))
     facts = {"stored_dtype": "bfloat16", "rounded_methods": ["tsv"], "rounded_task_vectors": False}
     assert rounded_storage_note(facts, "task_arithmetic") is None
     assert rounded_storage_note(facts).startswith("scores of tsv candidates were measured on merges of factors the "
-                                                  "method computes (TSV's, MASS's), stored in bfloat16")
+                                                  "method computes (TSV's), stored in bfloat16")
+    # float32 storage over bf16 checkpoints: only MASS's folder differs, and the advice is `auto`, not float32
+    mass_facts = {"stored_dtype": "float32", "rounded_methods": ["mass"], "rounded_task_vectors": False}
+    assert rounded_storage_note(mass_facts, "tsv") is None
+    for note in (rounded_storage_note(mass_facts), rounded_storage_note(mass_facts, "mass")):
+        assert note.startswith("scores of mass candidates were measured with the base and the factors kept in float32")
+        assert "`storage.dtype: auto` keeps them as the folder does" in note and "float32` measures" not in note
     assert rounded_storage_note(facts, "tsv").startswith("scores were measured on merges of factors")
     assert rounded_storage_note({**facts, "rounded_methods": []}) is None
     # the cause named: the task vectors themselves, as a LoRA endpoint or a narrower storage dtype rounds them,
