@@ -14,6 +14,7 @@ from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
 from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import write_model_folder
 from evo_merge.weights.export import NonFiniteTensor, check_output_folder
+from evo_merge.weights.references import open_reference
 
 RECIPE_FILE = "merge_recipe.yaml"
 Tracker = Callable[[Iterable, int], Iterable]
@@ -85,9 +86,10 @@ def _non_finite_inputs(plan: MergePlan, name: str) -> str:
     """Which inputs hold NaN or Inf in tensor `name`: with several inputs of many GB, "a corrupt
     input" left the user to scan them all. None of them: the merge itself overflowed."""
     bad = []
-    for ref, checkpoint in zip(plan.refs, plan.open()):
-        if name in checkpoint.names and not bool(torch.isfinite(checkpoint.tensor(name).float()).all()):
-            bad.append(ref.name)
+    for ref in plan.refs:
+        with open_reference(ref, plan.allow_pickle) as checkpoint:
+            if name in checkpoint.names and not bool(torch.isfinite(checkpoint.tensor(name).float()).all()):
+                bad.append(ref.name)
     if bad:
         return f"it is not finite in {', '.join(bad)}"
     return "every input is finite there: the merge overflowed the output dtype"
