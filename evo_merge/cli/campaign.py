@@ -356,11 +356,13 @@ def export(
         evaluation = next((e for e in store.evaluations() if e.id == pick), None)
         if evaluation is None or evaluation.status != "ok":
             raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
+        spent = store.items_evaluated(measured=True)
         try:
             with StageBars() as bars:  # measuring and the file merge take minutes at size
                 runner.progress = bars
                 runner.log.measure([evaluation], f"measuring evaluation {pick}")
         finally:
+            store.add_items_measured_by_export(store.items_evaluated(measured=True) - spent)  # not the final phase's
             runner.close()
         error = store.measure_failures().get(evaluation.key)
         if error is not None:  # an export is measured, or not written (a failure's message may be empty)

@@ -116,6 +116,7 @@ EVALUATED_ON_META = Record("evaluated_on", str)  # the device type the run first
 REVISION_META = Record("estimator_revision", int)  # the estimator revision candidates are scored with
 #   (irt.ESTIMATOR_REVISION)
 ANCHORS_META = Record("anchors", dict[str, dict[str, int]])  # task -> scenario -> anchors per candidate, for `status`
+PICK_MEASURED_META = Record("items_measured_by_export", int)  # items `export --pick` spent measuring candidates
 FINISHED_META = Record("finished", bool)  # set when the run's final phase and exports are done
 MIXED_META = Record("estimator_revisions", list[int])  # where a resumed folder's estimates mix revisions: those it
 #   holds (0: unrecorded)
@@ -277,9 +278,17 @@ class CampaignStore:
 
     def items_by_phase(self) -> dict[str, int]:
         """Item evaluations per phase in the order the phases began (calibration, search, baseline),
-        then the final phase's (`final phase`: its race and the items measured whole)."""
+        then the final phase's (`final phase`: its race and the items measured whole), then those
+        `export --pick` measured (`export --pick`, where it measured any)."""
         rows = self.db.execute("SELECT phase, SUM(items_evaluated) FROM evaluations GROUP BY phase ORDER BY MIN(id)")
-        return {**dict(rows.fetchall()), "final phase": self.items_evaluated(measured=True) - self.items_evaluated()}
+        by_export = self.get_meta(PICK_MEASURED_META, 0)
+        final = self.items_evaluated(measured=True) - self.items_evaluated() - by_export
+        return {**dict(rows.fetchall()), "final phase": final, **({"export --pick": by_export} if by_export else {})}
+
+    def add_items_measured_by_export(self, items: int) -> None:
+        """Count `items` measured by `export --pick` apart from the final phase's."""
+        if items:
+            self.set_meta(PICK_MEASURED_META, self.get_meta(PICK_MEASURED_META, 0) + items)
 
     # -- key/value metadata (config hash, phase markers)
     def set_metas(self, values: Mapping[str | Record, Any]) -> None:

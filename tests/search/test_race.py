@@ -16,6 +16,7 @@ from evo_merge.config import Campaign
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import standard_merges
 from evo_merge.search.front import Distinct, to_measure
+from evo_merge.search.metrics import item_totals
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import RACE_META, SEED_OFFSET, RaceSample, beaten
 from evo_merge.search.store import CampaignStore
@@ -264,9 +265,14 @@ def test_a_candidate_exported_by_hand_competes_for_the_picks_on_the_same_sample(
     record = store.get_meta(RACE_META)
     leaver = next(k for (k,) in store.db.execute("SELECT key FROM evaluations WHERE phase = 'search' AND status = 'ok' "
                                                  "ORDER BY id") if k not in record["compared"]["scores"])
+    phases, spent = store.items_by_phase(), store.items_evaluated(measured=True)
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(store.get(leaver).id), "--out",
                                       str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
+    # its measurement counts as the export's, not the final phase's (which it was added to)
+    measured = store.items_evaluated(measured=True) - spent
+    assert measured > 0 and store.items_by_phase() == {**phases, "export --pick": measured}
+    assert f"export --pick {measured:,})" in item_totals(store)
     # the run's tables are rewritten by `report`: the export says so (they showed the old state silently)
     assert f"was measured for this export: `evo-merge report {run}` adds it" in result.output
     store.db.execute("DELETE FROM meta WHERE key IN ('exported', 'finished')")
