@@ -26,6 +26,7 @@ def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwr
     from evo_merge.merge.recipe import Recipe
     from evo_merge.weights import parse_dtype
     from evo_merge.weights.devices import resolve_device
+    from evo_merge.weights.references import short_label
 
     try:
         parse_dtype(dtype)
@@ -36,4 +37,6 @@ def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwr
                             allow_pickle=allow_pickle)
     export_merge(plan, out, overwrite=overwrite, device=where,
                  track=lambda items, total: track(items, total, f"merging ({plan.method.name})"))
-    click.echo(f"wrote {out} ({plan.method.name} of {len(plan.refs)} model(s), {len(plan.jobs)} tensors)")
+    base = plan.source_recipe.base_model
+    inputs = f"{len(plan.refs) - 1} model(s) onto base {short_label(base)}" if base else f"{len(plan.refs)} model(s)"
+    click.echo(f"wrote {out} ({plan.method.name} of {inputs}, {len(plan.jobs)} tensors)")

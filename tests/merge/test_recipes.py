@@ -78,6 +78,7 @@ def test_merged_folder_loads_generates_and_rebuilds_bit_for_bit(family, tmp_path
     out = tmp_path / "merged"
     result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert f"(ties of 2 model(s) onto base {base.name}, " in result.output  # the base is no model merged in
 
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
