@@ -31,7 +31,14 @@ from evo_merge.irt.kinds import (
     ENDPOINT_ESTIMATORS,
     ESTIMATOR_KINDS,
 )
-from evo_merge.irt.validation import HOLD_OUTS, RANDOM_DRAWS, default_summary, validation_table
+from evo_merge.irt.validation import (
+    FEW_HELD_OUT,
+    HOLD_OUTS,
+    RANDOM_DRAWS,
+    auto_folds,
+    default_summary,
+    validation_table,
+)
 from evo_merge.search.store import atomic_write
 
 
@@ -54,6 +61,13 @@ def _methods(value: str) -> list[str]:
     if not names or unknown:
         raise UserError(f"--methods must name anchor methods from {', '.join(ANCHOR_METHODS)}, not {value!r}")
     return names
+
+
+def _folds(value: str) -> int | str:
+    """--folds: 'auto' or a positive integer."""
+    if value != "auto" and not (value.strip().isdigit() and int(value) >= 1):
+        raise UserError(f"--folds: expected 'auto' or a positive integer, not {value!r}")
+    return value if value == "auto" else int(value)
 
 
 def _int_list(value: str, option: str) -> list[int]:
@@ -228,9 +242,10 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
               "every training subject, as a campaign's best merges can be).")
 @click.option("--test-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25, show_default=True,
               help="Share of subjects held out (one split; see --folds).")
-@click.option("--folds", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--folds", default="auto", show_default=True,
               help="Hold every subject out once, over this many fits (random hold-out), instead of one split: "
-              "with a few dozen subjects one split's verdict rests on a handful.")
+              "with a few dozen subjects one split's verdict rests on a handful. 'auto': one split where it holds "
+              f"out {FEW_HELD_OUT} or more, else 1/test-frac folds; 1 with --test-frac, or a --hold-out not random.")
 @click.option("--budgets", default="10,20,50,100", show_default=True, help="Anchors per scenario, comma-separated.")
 @click.option("--methods", default=",".join(SELECTABLE), show_default=True,
               help="Anchor methods to validate, comma-separated ('auto': the one a campaign would use); random "
@@ -250,14 +265,16 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
 @click.option("--overwrite", is_flag=True, help="replace an existing --csv file (refused otherwise, before any fit)")
 @click.pass_context
-def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: float, folds: int, budgets: str,
+def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: float, folds: str, budgets: str,
              methods: str, seed: int, items_as_rows: bool, scenarios: Path | None, backend: str, epochs: int | None,
              lr: float | None, dims: str, repeats: int, draws: int, endpoints: str | None, overall: bool,
              csv_path: Path | None, overwrite: bool) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
     from evo_merge.cli.progress import StageBars
 
-    if folds > 1 and ctx.get_parameter_source("test_frac") is not click.core.ParameterSource.DEFAULT:
+    split_given = ctx.get_parameter_source("test_frac") is not click.core.ParameterSource.DEFAULT
+    folds = _folds(folds)
+    if folds != "auto" and folds > 1 and split_given:
         raise UserError(f"--test-frac and --folds {folds} do not go together: each fold holds out 1/{folds} of "
                         "the subjects")
     if csv_path is not None:
@@ -266,6 +283,8 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
     anchor_methods, budget_list = _methods(methods), _int_list(budgets, "--budgets")
     with StageBars() as bars:
         data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
+        if folds == "auto":
+            folds = 1 if split_given or hold_out != "random" else auto_folds(data, test_frac, ends)
         table = run_validation(data, test_frac=test_frac, folds=folds, budgets=budget_list,
                                methods=anchor_methods, seed=seed, backend=backend, dims=_dims(dims),
                                repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,

@@ -90,6 +90,19 @@ def subject_folds(responses: pd.DataFrame, folds: int, seed: int,
     return splits
 
 
+def auto_folds(responses: pd.DataFrame, test_frac: float, keep_in_train: Sequence[str] = ()) -> int:
+    """Folds for `irt validate --folds auto` (random hold-out): one split where it holds out at least
+    FEW_HELD_OUT subjects, else as many folds as the test fraction makes (4 for 0.25), fewer where the
+    subjects do not allow them, so a verdict from a dozen models rests on each of them, not on three."""
+    subjects, candidates = _subjects(responses, keep_in_train)
+    if round(test_frac * len(subjects)) >= FEW_HELD_OUT:
+        return 1
+    for folds in range(min(round(1 / test_frac), candidates.size), 1, -1):
+        if len(subjects) - -(-candidates.size // folds) >= 4:  # as `subject_folds` requires
+            return folds
+    return 1
+
+
 def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
     """Column indices of each row's k smallest keys (in no order)."""
     return np.argpartition(keys, min(k, keys.shape[1]) - 1, axis=1)[:, :k]
@@ -261,7 +274,9 @@ def validation_table(table: pd.DataFrame, hold_out: str = "random") -> Table:
     """The validation results as a rich table, the baseline and the default rows marked, MAE ± its
     spread over draws, and how far each estimator's SEs hold (errors beyond 2 SE, RMS SE / RMSE)."""
     held = "held-out subjects" if hold_out == "random" else f"the {hold_out} subjects, held out"
-    out = Table(title=f"IRT validation: mean absolute error on {held} (± SD over anchor draws)")
+    folds, subjects = int(table.folds.iloc[0]), int(table.held_out.iloc[0])
+    over = f", each of {subjects} held out once over {folds} fits" if folds > 1 else ""
+    out = Table(title=f"IRT validation: mean absolute error on {held} (± SD over anchor draws{over})")
     for col in ("budget", "method", "estimator", "items", "saving N/n", "MAE ± SD", "draws", "vs baseline",
                 "> 2 SE", "SE / RMSE"):
         out.add_column(col, justify="left" if col in ("method", "estimator") else "right")

@@ -19,7 +19,14 @@ from evo_merge.irt.estimators import Estimator
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
-from evo_merge.irt.validation import BASELINE, RANDOM_DRAWS, random_baseline, split_subjects, subject_folds
+from evo_merge.irt.validation import (
+    BASELINE,
+    RANDOM_DRAWS,
+    auto_folds,
+    random_baseline,
+    split_subjects,
+    subject_folds,
+)
 
 
 def test_irt_anchors_and_gpirt_beat_random_sampling_by_25_percent_at_n30():
@@ -231,6 +238,13 @@ def test_folds_hold_every_subject_out_once_and_pool_their_errors(files):
     assert table.loc[table.estimator == BASELINE, "mae"].item() == pytest.approx(expected)
     with pytest.raises(UserError, match="folds hold every subject out once: they go with a random hold-out"):
         validate(data, budgets=[5], dims=1, folds=4, hold_out="strongest")
+    # `--folds auto`: 1/test-frac folds where one split would hold out fewer than 10, as many as the subjects allow
+    def few(n):
+        return data[data.subject.isin(sorted(data.subject.unique())[:n])]
+
+    assert [auto_folds(data, 0.25, ["m0000"]), auto_folds(data, 0.5), auto_folds(few(6), 0.25),
+            auto_folds(few(5), 0.25)] == [4, 2, 4, 1]
+    assert auto_folds(validate_responses(full), 0.25) == 1  # 40 subjects: one split holds out 10
     with pytest.raises(UserError, match="cannot make 15 folds of 14 subjects"):
         subject_folds(data, 15, seed=0)
     with pytest.raises(UserError, match="cannot make 2 folds of 6 subjects"):  # 3 left to fit on
@@ -240,9 +254,14 @@ def test_folds_hold_every_subject_out_once_and_pool_their_errors(files):
 def test_a_verdict_from_few_subjects_or_one_anchor_draw_says_it_is_noisy(files):
     root, full = files
     full[full.subject.isin(sorted(full.subject.unique())[:12])].to_csv(root / "twelve.csv", index=False)
-    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--repeats", "1")
+    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--repeats", "1", "--folds", "1")
     assert code == 0 and ("; 3 held-out subjects and 1 anchor draw: a noisy verdict (--folds 4 holds every subject "
                           "out once; --repeats 5 averages more anchor draws))") in out, out
+    # the default (`--folds auto`) does just that with a dozen subjects, and says so
+    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1")
+    assert code == 0 and "each of 12 held out once over 4 fits" in out and "noisy verdict" not in out, out
+    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--test-frac", "0.5")
+    assert code == 0 and "held out once" not in out and "6 held-out subjects" in out, out  # the split asked for
     code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--folds", "4")
     assert code == 0 and "noisy verdict" not in out and "12 held-out" not in out, out
     code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--folds", "3", "--repeats", "2")
@@ -342,6 +361,8 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
         (["validate", "{root}/responses.csv", "--folds", "4", "--hold-out", "strongest"],
          "folds hold every subject out once: they go with a random hold-out, not 'strongest'"),
         (["validate", "{root}/responses.csv", "--folds", "41"], "cannot make 41 folds of 40 subjects"),
+        (["validate", "{root}/responses.csv", "--folds", "0"],
+         "--folds: expected 'auto' or a positive integer, not '0'"),
         (["validate", "{root}/responses.csv", "--methods", "auto,centroids"], "--methods must name anchor methods"),
     ],
 )
