@@ -5,6 +5,7 @@ Merge recipes have their own schema beside the merge engine (`evo_merge.merge.re
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -331,6 +332,10 @@ class StorageSpec(_Checked):
     device_budget_gib: float | None = Field(None, gt=0, description="GPU memory the run may use")
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _inside_domain(hyperparameter: Any, low: float, high: float, where: str) -> None:
     """A searched range must lie in the hyperparameter's declared domain: refused at load, not
     when the search first draws a value outside it (after calibration was paid)."""
@@ -392,7 +397,9 @@ class Campaign(_Checked):
     align: AlignSpec | None = None
     models: list[str] = Field(min_length=1)
     tasks: list[TaskSpec] = Field(min_length=1)
-    methods: dict[str, dict[str, tuple[float, float]]] = Field(default_factory=lambda: dict(DEFAULT_METHODS))
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: dict(DEFAULT_METHODS),
+        description="method -> {hyperparameter: [low, high] searched, or one value fixed for every candidate}")
     coefficients: Coefficients = Field(default_factory=Coefficients)
     estimator: EstimatorSpec = Field(default_factory=EstimatorSpec)
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
@@ -414,23 +421,38 @@ class Campaign(_Checked):
 
     @field_validator("methods")
     @classmethod
-    def _methods(cls, methods: dict[str, dict[str, tuple[float, float]]]) -> dict:
+    def _methods(cls, methods: dict[str, dict[str, Any]]) -> dict:
+        """Each setting a [low, high] range of a searchable hyperparameter, or one value any of the
+        method's hyperparameters is fixed at (`dare_ties: {seed: 7}`), checked as a recipe's is."""
         from evo_merge.merge.kinds import kind_hyperparameters  # each kind declares its hyperparameters
 
         if not methods:
             raise ValueError("give at least one merge method")
-        for name, ranges in methods.items():
+        for name, settings in methods.items():
             try:
-                declared = {h.name: h for h in kind_hyperparameters(name) if h.searchable}
+                declared = {h.name: h for h in kind_hyperparameters(name)}
             except UserError as exc:
                 raise ValueError(f"{name}: {exc}") from None
-            for key, (low, high) in ranges.items():
+            for key, value in settings.items():
+                where = f"{name}.{key}"
                 if key not in declared:
                     known = ", ".join(declared) or "none"
-                    raise ValueError(f"{name}.{key}: not a searchable parameter of {name} (searchable: {known})")
+                    raise ValueError(f"{where}: not a parameter of {name} (parameters: {known})")
+                if not isinstance(value, (list, tuple)):
+                    try:
+                        settings[key] = declared[key].coerce(value, where)
+                    except UserError as exc:
+                        raise ValueError(str(exc)) from None
+                    continue
+                if len(value) != 2 or not all(_finite_number(v) for v in value):
+                    raise ValueError(f"{where}: expected a range of two finite numbers [low, high] or one value, "
+                                     f"not {list(value)}")
+                settings[key] = low, high = float(value[0]), float(value[1])
+                if not declared[key].searchable or declared[key].kind is bool:
+                    raise ValueError(f"{where}: {key} is not searched; give one value to fix it, not a range")
                 if not low < high:
-                    raise ValueError(f"{name}.{key}: empty range [{low}, {high}]")
-                _inside_domain(declared[key], low, high, f"{name}.{key}")
+                    raise ValueError(f"{where}: empty range [{low}, {high}]")
+                _inside_domain(declared[key], low, high, where)
         return methods
 
     @model_validator(mode="after")

@@ -45,13 +45,19 @@ def campaign_objectives(campaign: Campaign) -> Objectives:
 
 
 def search_space(workspace: Workspace) -> SearchSpace:
-    """The genome over the configured methods, each method's ranges resolved by its kind."""
+    """The genome over the configured methods, each method's ranges resolved by its kind; a
+    hyperparameter given one value is fixed at it, in every candidate, and left out of the genome."""
     campaign = workspace.campaign
-    methods = {name: candidate_kind(name).searched_ranges(name, dict(ranges), workspace.base)
-               for name, ranges in campaign.methods.items()}
+    fixed = {name: {k: v for k, v in settings.items() if not isinstance(v, tuple)}
+             for name, settings in campaign.methods.items()}
+    methods = {}
+    for name, settings in campaign.methods.items():
+        ranges = {k: v for k, v in settings.items() if isinstance(v, tuple)}
+        resolved = candidate_kind(name).searched_ranges(name, ranges, workspace.base)
+        methods[name] = {k: r for k, r in resolved.items() if k not in fixed[name]}
     coefficients = campaign.coefficients
     return SearchSpace(methods, len(workspace.models), (coefficients.low, coefficients.high), coefficients.granularity,
-                       coefficient_groups(coefficients.block_size, workspace.base))
+                       coefficient_groups(coefficients.block_size, workspace.base), fixed)
 
 
 class CampaignRunner:

@@ -31,11 +31,13 @@ from evo_merge.weights import Checkpoint
 
 class SearchSpace:
     """`methods` maps each searched method to its searched hyperparameter ranges (already
-    resolved by its kind, e.g. MASS's routing layers from the base)."""
+    resolved by its kind, e.g. MASS's routing layers from the base); `fixed` to the values its
+    other hyperparameters take in every candidate (a DARE seed), which are no genes."""
 
     def __init__(self, methods: Mapping[str, Ranges], n_models: int, coefficient_range: tuple[float, float],
-                 granularity: str = MODEL, groups: int = 1):
+                 granularity: str = MODEL, groups: int = 1, fixed: Mapping[str, Mapping[str, Any]] | None = None):
         self.methods = {name: dict(ranges) for name, ranges in methods.items()}
+        self.fixed = {name: dict((fixed or {}).get(name, {})) for name in self.methods}
         self.n_models = n_models
         self.coefficient_range = coefficient_range
         self.granularity, self.groups = granularity, groups
@@ -60,7 +62,7 @@ class SearchSpace:
 
     def decode(self, x: Mapping[str, Any]) -> Candidate:
         method = str(x["method"])
-        params = []
+        params = list(self.fixed[method].items())
         for name in self.methods[method]:
             value = x[f"{method}.{name}"]
             params.append((name, int(value) if isinstance(value, (int, np.integer)) else round_value(float(value))))

@@ -582,6 +582,45 @@ def test_seeded_first_generation_starts_from_the_endpoints_and_the_standard_merg
     assert not (expressible | endpoints) & unseeded
 
 
+def test_a_hyperparameter_given_one_value_is_fixed_in_every_candidate_and_its_recipe(tmp_path, zoo):
+    """`dare_ties: {seed: 7}` (no search could vary a seed) and `ties: {density: 0.5}`: every
+    candidate of the method carries the value, the genome has no gene for it, and a candidate is its
+    recipe's merge, seed and all (a campaign refused a seed, so DARE recipes always said seed 0)."""
+    from safetensors.torch import load_file
+
+    from evo_merge.search.candidate import Candidate
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.workbench import Workbench
+
+    methods = {"dare_ties": {"seed": 7, "density": [0.3, 0.9]}, "ties": {"density": 0.5}}
+    path = campaign(tmp_path, zoo, methods=methods, algorithm={"population": 6, "generations": 1, "seed": 3})
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    store = CampaignStore(run)
+    searched = [e for e in store.evaluations("search") if e.status == "ok"]
+    store.close()
+    params = {e.method: [] for e in searched}
+    for e in searched:
+        params[e.method].append(Candidate.from_key(e.key).param_dict)
+    assert {"dare_ties", "ties"} <= set(params)
+    assert all(p["seed"] == 7 and 0.3 <= p["density"] <= 0.9 for p in params["dare_ties"])
+    assert all(p == {"density": 0.5, "lambda": p["lambda"]} for p in params["ties"])
+    dare = next(e for e in searched if e.method == "dare_ties")
+    out = tmp_path / "dare"
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(dare.id), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((out / "merge_recipe.yaml").read_text())["parameters"]["seed"] == 7
+    bench = Workbench.open(*zoo, device="cpu")
+    candidate = Candidate.from_key(dare.key)
+    state = {k: v.clone() for k, v in bench.merger.apply(candidate.method, candidate.weights,
+                                                        dict(candidate.params)).state_dict().items()}
+    written = load_file(out / "model.safetensors")
+    assert all(torch.equal(state[name], tensor) for name, tensor in written.items())
+    seed0 = bench.merger.apply(candidate.method, candidate.weights, {**candidate.param_dict, "seed": 0}).state_dict()
+    assert any(not torch.equal(seed0[name], tensor) for name, tensor in written.items())  # the seed mattered
+
+
 BAD = {
     "missing file": ({"base_model": "/nonexistent/base"}, "campaign.yaml: base_model"),
     "missing endpoint": ({"models": ["/nonexistent/m"]}, "campaign.yaml: models.0: model path"),
@@ -595,8 +634,16 @@ BAD = {
     "range outside the domain": ({"methods": {"ties": {"density": [0.1, 1.5]}}},
                                  "methods: ties.density: range [0.1, 1.5] leaves the domain of density [0.0, 1.0]"),
     "infinite coefficient": ({"coefficients": {"high": float("inf")}}, "coefficients.high: Input should be a finite"),
+    "range of an unsearched parameter": ({"methods": {"dare_ties": {"seed": [0, 5]}}},
+                                         "methods: dare_ties.seed: seed is not searched; give one value to fix it"),
+    "fixed value outside the domain": ({"methods": {"ties": {"density": 1.5}}},
+                                       "methods: ties.density: 1.5 is outside [0.0, 1.0]"),
+    "fixed value of the wrong type": ({"methods": {"dare_ties": {"seed": 2.5}}},
+                                      "methods: dare_ties.seed: expected an integer, got 2.5"),
+    "unknown parameter": ({"methods": {"ties": {"densty": 0.5}}}, "methods: ties.densty: not a parameter of ties"),
     "nan in a range": ({"methods": {"ties": {"density": [float("nan"), 0.5]}}},
-                       "methods.ties.density.0: Input should be a finite number"),
+                       "methods: ties.density: expected a range of two finite numbers [low, high] or one value, "
+                       "not [nan, 0.5]"),
     "traversal task name": ({"tasks": [{"task": "arith", "name": "../../x"}]}, "tasks.0.name: '../../x' is not a safe"),
     "unsafe task label": ({"tasks": [{"task": "my tasks/a b.yaml"}]}, "label 'a b' is not a safe folder name"),
     # accepted, they failed the run with a traceback once calibration had measured every item
