@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 WEIGHT = "weight"
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+# config lists with one entry per layer (transformers checks their length against the layer count):
+# a stack of slices takes each output layer's entry from the layer it copies
+PER_LAYER_KEYS = ("layer_types", "mlp_layer_types", "no_rope_layers", "num_attention_heads_per_layer")
 # mergekit keys every method accepts, changing no tensor here: int8_mask only picks the dtype of
 # mergekit's intermediate sign masks (methods that mask declare it, so the search knows it)
 ANY_METHOD = {"int8_mask": Hyperparameter("int8_mask", False, searchable=False)}
@@ -342,7 +345,7 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
         untied = _untied_config(jobs, checkpoints)  # before a missing head is read as its embedding
         _use_tied_embeddings(jobs, checkpoints)
         _check_shapes(jobs, checkpoints, refs, tokens)
-        config = _layer_config(checkpoints[donor], jobs) if recipe.slices is not None else {}
+        config = _layer_config(checkpoints, donor, jobs) if recipe.slices is not None else {}
         config.update(untied if checkpoints[donor].config is not None else {})
     finally:
         for c in checkpoints:
@@ -413,11 +416,41 @@ def _check_dtypes(sources: list[tuple[int, str]], checkpoints: list[Checkpoint],
                             f"{dtype_name(dtypes[0])} in {refs[m0].name}: only floating dtypes can be cast")
 
 
-def _layer_config(donor: Checkpoint, jobs: list[TensorJob]) -> dict[str, Any]:
-    """The output's layer count, under whichever key the donor's config uses."""
-    config = donor.config or {}
+def _layer_config(checkpoints: list[Checkpoint], donor: int, jobs: list[TensorJob]) -> dict[str, Any]:
+    """The output's layer count, under whichever key the donor's config uses, and its per-layer lists
+    (`PER_LAYER_KEYS`: Qwen2's and Gemma's `layer_types`) with each output layer's entry taken from
+    the layer it is built from: with the count alone, transformers refused to load a Qwen2 stack."""
+    config = checkpoints[donor].config or {}
     key = next((k for k in LAYER_COUNT_KEYS if k in config), None)
-    return {key: layers.count_layers(j.name for j in jobs)} if key else {}
+    if key is None:
+        return {}
+    out: dict[str, Any] = {key: layers.count_layers(j.name for j in jobs)}
+    sources = _layer_sources(jobs)
+    for name in (k for k in PER_LAYER_KEYS if isinstance(config.get(k), list)):
+        values = []
+        for layer, (model, source) in enumerate(sources):
+            own = (checkpoints[model].config or {}).get(name)
+            entries = own if isinstance(own, list) else config[name]
+            if source >= len(entries):
+                raise UserError(f"config.json '{name}' of {checkpoints[model].path} has no entry for layer {source}, "
+                                f"which output layer {layer} is built from")
+            values.append(entries[source])
+        out[name] = values
+    return out
+
+
+def _layer_sources(jobs: list[TensorJob]) -> list[tuple[int, int]]:
+    """(model, layer) each output layer of the longest stack is built from, in order: its first
+    tensor's reference, else its first input."""
+    sizes = layers.stack_sizes(j.name for j in jobs)
+    stem = max(sizes, key=sizes.get)
+    sources: dict[int, tuple[int, int]] = {}
+    for job in jobs:
+        out, read = layers.parse(job.name), job.reference or next(iter(job.inputs), None)
+        source = layers.parse(read[1]) if read is not None else None
+        if out is not None and out.stem == stem and source is not None:
+            sources.setdefault(out.index, (read[0], source.index))
+    return [sources[i] for i in range(sizes[stem])]
 
 
 def merge_tensor(

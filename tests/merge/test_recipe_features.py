@@ -119,6 +119,31 @@ def test_slices_stack_layers_renumbered_and_merge_per_slice(deep, tmp_path):
     assert generates(out) and rebuilds_bit_for_bit(out, tmp_path)
 
 
+def test_a_stack_of_slices_takes_each_layer_s_type_from_the_layer_it_copies(tmp_path):
+    """Gemma2 (as Qwen2, Gemma3, Cohere2) lists each layer's attention in `layer_types`, which
+    transformers checks against the layer count: with the count alone, a stack was written that
+    transformers refused to load, and a layer's sliding window must follow the layer copied."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tokenizer = build_char_tokenizer()
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=4)
+    assert config.layer_types == ["sliding_attention", "full_attention"] * 2
+    torch.manual_seed(0)
+    folders = [_save(Gemma2ForCausalLM(config), tokenizer, tmp_path / name) for name in ("a", "b")]
+    recipe = {"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": str(folders[0]), "layer_range": [0, 2]}]},
+        {"sources": [{"model": str(folders[1]), "layer_range": [1, 4]}]},
+    ]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "config.json").read_text())
+    assert written["num_hidden_layers"] == 5
+    assert written["layer_types"] == ["sliding_attention", "full_attention", "full_attention", "sliding_attention",
+                                      "full_attention"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.layer_types == written["layer_types"]
+
+
 def _lora_adapter(model_dir, out, seed=0):
     from peft import LoraConfig, get_peft_model
 
