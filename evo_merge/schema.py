@@ -70,6 +70,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.1 (PyYAML) reads `1e-5` and `1e5` as strings, where YAML 1.2 and mergekit's schema read
+# numbers: mergekit recipes write `tol: 1e-5`, and "expected a number, got '1e-5'" made no sense
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def _expanded_size(data: Any) -> int:
     """How many values `data` holds once YAML aliases are expanded: nine nested lists of ten
     aliases each load as nine small objects and hold 10⁹ values, which validating walks one by

@@ -502,6 +502,22 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, family):
     assert load_yaml(merged) == {"a": {"b": 1, "c": 2}, "d": {"b": 3, "c": 2}}
 
 
+def test_numbers_in_exponent_form_are_numbers_as_in_mergekit(tmp_path, family):
+    """PyYAML reads `1e-5` (no dot) as a string, mergekit's schema as a number: a mergekit recipe with
+    `tol: 1e-5` was refused with "expected a number, got '1e-5'". A quoted one stays a string."""
+    from evo_merge.schema import load_yaml
+
+    path = tmp_path / "numbers.yaml"
+    path.write_text("a: 1e-5\nb: -2E+3\nc: 1.0e-8\nd: '1e-5'\ne: 7\nf: 1e\n")
+    assert load_yaml(path) == {"a": 1e-5, "b": -2000.0, "c": 1e-8, "d": "1e-5", "e": 7, "f": "1e"}
+    base, fts = family
+    recipe = tmp_path / "karcher.yaml"
+    recipe.write_text(f"merge_method: karcher\nmodels: [{{model: {fts[0]}}}, {{model: {fts[1]}}}]\n"
+                      "parameters: {tol: 1e-5, max_iter: 10}\n")
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("command", ["merge", "plan"])
 def test_a_yaml_alias_bomb_or_a_deep_nesting_is_one_line_at_once(tmp_path, command):
     """672 bytes of aliases expand to 10⁹ values, which validation walked (minutes and gigabytes
