@@ -9,6 +9,7 @@ decided once. (Streaming tensor access without building a module is `Checkpoint`
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,8 @@ from evo_merge.weights.compat import castable
 from evo_merge.weights.dtypes import dtype_name, parse_dtype
 from evo_merge.weights.export import refuse_existing, staged_folder, write_model_folder
 from evo_merge.weights.nets import build_net
+
+log = logging.getLogger(__name__)
 
 
 def is_hf_folder(path: str | Path) -> bool:
@@ -51,6 +54,7 @@ def load_model_folder(
     torch_dtype = parse_dtype(dtype)
     if hf_model_type(config) is not None:
         module, tokenizer = _load_hf(path, torch_dtype, allow_pickle, untie)
+        _say_own_code_not_run(path, config, module)
     elif "arch" in config:
         module, tokenizer = _load_plain(path, config), None
         if torch_dtype is not None:
@@ -85,6 +89,18 @@ def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool,
         with torch.no_grad():
             module.get_output_embeddings().weight.copy_(module.get_input_embeddings().weight)
     return module, tokenizer
+
+
+def _say_own_code_not_run(path: Path, config: dict[str, Any], module: nn.Module) -> None:
+    """A config naming its own code (`auto_map`) for a model type transformers knows (Phi-3 folders
+    do) is loaded with the built-in class, never with the folder's Python: every stored tensor fits
+    it (`_check_fits`), but the folder's code could compute otherwise, so the log says which class is
+    scored (an unknown model type with `auto_map` is refused by transformers itself)."""
+    auto_map = config.get("auto_map")
+    own = auto_map.get("AutoModelForCausalLM") if isinstance(auto_map, dict) else None
+    if own:
+        log.warning("%s: config.json names its own code (%s); it is not run (trust_remote_code=False): "
+                    "transformers' %s is loaded instead", path, own, type(module).__name__)
 
 
 def _check_fits(path: Path, module: nn.Module, loading: dict[str, Any], allow_pickle: bool, untie: bool) -> None:

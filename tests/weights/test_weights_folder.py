@@ -144,6 +144,29 @@ def test_a_folder_with_its_own_model_code_is_refused_without_asking(llama_family
     assert not marker.exists()
 
 
+def test_own_code_for_a_known_model_type_is_not_run_and_the_log_names_the_class_loaded(llama_family, tmp_path,
+                                                                                      caplog):
+    """Phi-3 folders name their own code beside a model type transformers knows: the built-in class
+    is loaded (every stored tensor fits it), never the folder's Python, and the log says so, where
+    the folder was scored as that class without a word."""
+    folder = tmp_path / "own-code"
+    shutil.copytree(llama_family[0], folder)
+    marker = tmp_path / "code-ran"
+    (folder / "modeling_x.py").write_text(f"import os\nos.mkdir({str(marker)!r})\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", logger="evo_merge.weights.folder"):
+        module, _ = load_model_folder(folder)
+    assert type(module).__name__ == "LlamaForCausalLM" and not marker.exists()
+    assert "names its own code (modeling_x.XForCausalLM); it is not run" in caplog.text
+    assert "LlamaForCausalLM is loaded instead" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evo_merge.weights.folder"):
+        load_model_folder(llama_family[0])
+    assert "own code" not in caplog.text
+
+
 def _broken(base: Path, out: Path, edit) -> Path:
     """A copy of `base` whose weights `edit` changed (it edits the name -> tensor dict in place)."""
     shutil.copytree(base, out)
