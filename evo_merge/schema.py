@@ -120,7 +120,7 @@ def _first(errors: list[dict]) -> dict:
 
 
 # pydantic names the union member a value was tried against after its key (`literal['auto']`, `int`)
-_UNION_MEMBER = re.compile(r"^(literal\[.*\]|constrained-\w+|int|float|str|bool|function-\w+\[.*\])$")
+_UNION_MEMBER = re.compile(r"^((?:tagged-union|literal|function-\w+)\[.*\]|constrained-\w+|int|float|str|bool)$")
 
 
 def _key_path(loc: tuple) -> tuple:

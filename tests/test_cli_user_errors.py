@@ -288,9 +288,9 @@ def test_a_misspelt_key_is_named_with_the_key_it_resembles(tmp_path, family, edi
      "tasks.0: expected a mapping of keys ({{key: value, ...}}), not the string 'arith'"),
     ("base_model: {base}\nmodels: [{ft}]\ntasks: [{{task: arith}}]\nestimator: gpirt\n",
      "estimator: expected a mapping of keys ({{key: value, ...}}), not the string 'gpirt'"),
-    # a searched range given as one value was "Input should be a valid tuple"
-    ("base_model: {base}\nmodels: [{ft}]\ntasks: [{{task: arith}}]\nmethods: {{ties: {{density: 0.5}}}}\n",
-     "methods.ties.density: expected a list of two values ([low, high]), not the number 0.5"),
+    # one value fixes a hyperparameter; a mapping there is neither a range nor a value
+    ("base_model: {base}\nmodels: [{ft}]\ntasks: [{{task: arith}}]\nmethods: {{ties: {{density: {{low: 0.1}}}}}}\n",
+     "methods: ties.density: expected a number, got {{'low': 0.1}}"),
 ])
 def test_a_value_where_a_section_belongs_is_named_in_yaml_words(tmp_path, family, text, expected):
     path = tmp_path / "c.yaml"

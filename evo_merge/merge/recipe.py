@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from evo_merge.merge.chat_templates import chat_template_text
 from evo_merge.schema import Strict, load_yaml, validate
@@ -114,10 +114,19 @@ class ModelTokenEmbedding(Strict):
         return self
 
 
+def _source_kind(value: Any) -> str | None:
+    return value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
 class TokenEmbedding(Strict):
     """Where an output token's embedding row comes from (a model, a model's other token, or zeros)."""
 
-    source: ZeroEmbedding | ModelTokenEmbedding | str | None = None
+    # chosen by `kind`, so a bad source is told its own kind's problem, not another kind's
+    source: Annotated[
+        Annotated[ZeroEmbedding, Tag("zero")] | Annotated[ModelTokenEmbedding, Tag("model_token")],
+        Discriminator(_source_kind, custom_error_type="token_source",
+                      custom_error_message="a token source's kind is 'zero' or 'model_token'"),
+    ] | str | None = None
     force: bool = False
 
 
