@@ -105,8 +105,8 @@ def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
     local = _local_path(value, root)
     if local is not None:
         return local, str(local)
-    repo, _, revision = value.partition("@")
-    if not _looks_like_repo_id(repo) or (revision and not _is_revision(revision)):
+    repo, at, revision = value.partition("@")
+    if not _looks_like_repo_id(repo) or (at and not _is_revision(revision)):  # `org/name@` names no revision
         raise UserError(f"{key}: model path {value!r} does not exist and is not a Hub id (org/name[@revision])")
     path = _snapshot(repo, revision or None, key)
     return path, f"{repo}@{path.name}"
@@ -163,7 +163,9 @@ def _snapshot(repo: str, revision: str | None, key: str) -> Path:
         raise UserError(f"{where}: no such revision") from None
     except LocalEntryNotFoundError:
         hint = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
-        raise UserError(f"{where} is not in the local cache and {hint}") from None
+        fetch = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
+        raise UserError(f"{where} is not in the local cache and {hint} (`{fetch}` where the Hub can be reached "
+                        "fills the cache)") from None
     except (HfHubHTTPError, OSError) as err:
         raise UserError(f"{where}: {first_line(err)}") from None
     return _checked_snapshot(Path(folder), repo, f"{key}: Hub model {model}")
@@ -182,4 +184,10 @@ def _checked_snapshot(folder: Path, repo: str, where: str) -> Path:
     if real.parent != repo_folder.resolve() / "snapshots" or not _COMMIT.match(real.name):
         raise UserError(f"{where} resolves to {real}, not a commit's snapshot folder in {repo_folder}/snapshots "
                         "(a refs file or snapshot link in the cache points elsewhere); refusing it")
+    blobs = repo_folder.resolve() / "blobs"
+    for file in sorted(f for f in folder.rglob("*") if f.is_file()):  # a snapshot's files link to its blobs
+        target = file.resolve()
+        if not (target.is_relative_to(blobs) or target.is_relative_to(real)):
+            raise UserError(f"{where}: its file {file.relative_to(folder)} links to {target}, outside the repo's "
+                            "cache folder, which would load other files under the repo's name; refusing it")
     return real

@@ -515,6 +515,7 @@ def test_hub_ids_resolve_offline_from_the_cache_and_missing_ones_exit_2(deep, tm
     recipe.write_text(recipe.read_text().replace(repo, "tiny-org/not-cached"))
     done = merge_offline(recipe, tmp_path / "o2")
     assert done.returncode == 2 and "not in the local cache" in done.stderr and "Traceback" not in done.stderr
+    assert "(`hf download tiny-org/not-cached` where the Hub can be reached fills the cache)" in done.stderr
     assert not (tmp_path / "o2").exists()
 
 
@@ -541,7 +542,7 @@ def test_a_hub_snapshot_of_links_into_its_blobs_merges_with_its_tokenizer(deep, 
     assert recipe["models"][0]["model"] == f"tiny-org/linked@{'c' * 40}"
 
 
-@pytest.mark.parametrize("case", ["refs file", "snapshot link", "revision"])
+@pytest.mark.parametrize("case", ["refs file", "snapshot link", "revision", "empty revision", "file link"])
 def test_a_hub_id_resolving_outside_its_cache_folder_is_refused(deep, tmp_path, monkeypatch, case):
     commit = "d" * 40
     repo_dir = tmp_path / "hub" / "models--tiny-org--evil"
@@ -556,13 +557,28 @@ def test_a_hub_id_resolving_outside_its_cache_folder_is_refused(deep, tmp_path, 
         (repo_dir / "refs" / "main").write_text(commit)
         (repo_dir / "snapshots" / commit).symlink_to(deep["ft1"])
         outside = deep["ft1"]
+    elif case == "file link":  # the snapshot is the repo's own, but its weights are another model's
+        (repo_dir / "refs" / "main").write_text(commit)
+        (repo_dir / "snapshots" / commit).mkdir()
+        for file in deep["ft1"].iterdir():
+            if file.suffix == ".safetensors":
+                (repo_dir / "snapshots" / commit / file.name).symlink_to(deep["ft2"] / file.name)
+            else:
+                shutil.copy(file, repo_dir / "snapshots" / commit / file.name)
+    elif case == "empty revision":  # `org/name@` was taken for main
+        (repo_dir / "refs" / "main").write_text(commit)
+        shutil.copytree(deep["ft1"], repo_dir / "snapshots" / commit)
+        model = "tiny-org/evil@"
     else:  # a revision naming another repo's refs file
         save_to_hub_cache(tmp_path / "hub", deep["ft1"], "tiny-org/other", commit)
         model = "tiny-org/evil@../../models--tiny-org--other/refs/main"
     result = _hub_merge(tmp_path, monkeypatch, model)
     assert result.exit_code == 2 and "Traceback" not in result.output
     line, = result.output.strip().splitlines()
-    if case == "revision":
+    if case == "file link":
+        assert f"models.0.model: Hub model {model}: its file model.safetensors links to {deep['ft2']}" in line
+        assert "outside the repo's cache folder" in line
+    elif case in ("revision", "empty revision"):
         assert f"models.0.model: model path {model!r} does not exist and is not a Hub id" in line
     else:
         assert f"models.0.model: Hub model {model} resolves to {outside.resolve()}, not a commit's snapshot" in line
