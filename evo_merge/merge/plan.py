@@ -21,7 +21,7 @@ from evo_merge.merge import layers
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method, list_methods
 from evo_merge.merge.settings import MISSING, layer_position, lookup
-from evo_merge.merge.tokens import TokenPlan, plan_tokens
+from evo_merge.merge.tokens import TokenPlan, is_vocabulary, plan_tokens
 from evo_merge.weights import Checkpoint, heads, parse_dtype
 from evo_merge.weights.compat import castable, check_architectures
 from evo_merge.weights.dtypes import dtype_name
@@ -401,8 +401,11 @@ def _check_shapes(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: li
         for (m, n), shape in zip(sources[1:], shapes[1:]):
             if shape != shapes[0]:
                 m0, n0 = sources[0]
+                rows_only = tokens is None and len(shape) == 2 and shape[1:] == shapes[0][1:] and is_vocabulary(n)
+                hint = ("; their vocabularies differ: a `tokenizer_source` (union, base, model:NAME) merges such "
+                        "models row by token") if rows_only else ""
                 raise UserError(f"tensor {n} has shape {list(shape)} in {refs[m].name} but {n0} has "
-                                f"{list(shapes[0])} in {refs[m0].name}")
+                                f"{list(shapes[0])} in {refs[m0].name}{hint}")
 
 
 def _check_dtypes(sources: list[tuple[int, str]], checkpoints: list[Checkpoint], refs: list[ModelRef]) -> None:

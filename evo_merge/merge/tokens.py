@@ -47,8 +47,7 @@ class TokenPlan:
     names: dict[str, str] = field(default_factory=dict)  # tokenizer references outside the merge -> resolved
 
     def is_embedding(self, name: str, shape: tuple[int, ...]) -> bool:
-        return (len(shape) == 2 and layers.parse(name) is None and shape[0] in self.model_rows
-                and any(part in name for part in _EMBEDDING))
+        return len(shape) == 2 and shape[0] in self.model_rows and is_vocabulary(name)
 
     def permute(self, job: Any, sources: list[tuple[int, str]], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each source's rows laid out in the output vocabulary."""
@@ -99,6 +98,11 @@ class TokenPlan:
             if source is not None and source[0] not in models:
                 raise UserError(f"tokenizer.tokens.{tok}.source: {refs[source[0]].name} is not one of the "
                                 f"models merged into {name}")
+
+
+def is_vocabulary(name: str) -> bool:
+    """Whether a tensor has a row per token (an input embedding or an output head), by its name."""
+    return layers.parse(name) is None and any(part in name for part in _EMBEDDING)
 
 
 def _tokenizer(folder: Path | None, what: str):

@@ -34,6 +34,10 @@ class ModelRef:
 def resolve_reference(value: str, root: Path, key: str) -> ModelRef:
     """Resolve a recipe's model reference; errors name the recipe key."""
     model, lora = split_adapter(value, root)
+    if not model.strip():  # `+adapter` took the recipe's own folder for the model
+        raise UserError(f"{key}: no model named" + (f" before the '+' of {value!r} (MODEL+ADAPTER)" if lora else ""))
+    if lora is not None and not lora.strip():
+        raise UserError(f"{key}: {value!r} names no adapter after the '+' (MODEL+ADAPTER)")
     path, name = _resolve_model(model, root, key)
     if lora is None:
         return ModelRef(name, path)

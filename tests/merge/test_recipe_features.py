@@ -322,6 +322,29 @@ def test_tokenizer_source_resolves_against_the_recipe_s_folder_and_is_saved_reso
     assert rebuilds_bit_for_bit(out, tmp_path)
 
 
+def test_models_of_different_vocabularies_without_a_tokenizer_source_are_told_of_one(deep, tmp_path):
+    recipe = {"merge_method": "linear", "models": [{"model": str(deep["ft1"])}, {"model": str(deep["chat"])}]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 2 and not out.exists()
+    line, = result.output.strip().splitlines()
+    assert "has shape [" in line and line.endswith("their vocabularies differ: a `tokenizer_source` (union, base, "
+                                                   "model:NAME) merges such models row by token")
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("+{adapter}", "models.0.model: no model named before the '+' of '+{adapter}' (MODEL+ADAPTER)"),
+    ("{ft1}+", "models.0.model: '{ft1}+' names no adapter after the '+' (MODEL+ADAPTER)"),
+])
+def test_a_model_and_adapter_reference_missing_either_part_is_named(deep, tmp_path, model, expected):
+    """`+adapter` took the recipe's own folder for the model ("no weights in <recipe folder>")."""
+    (tmp_path / "lora").mkdir()
+    fill = {"adapter": tmp_path / "lora", "ft1": deep["ft1"]}
+    recipe = {"merge_method": "linear", "models": [{"model": model.format(**fill)}, {"model": str(deep["ft2"])}]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 2 and not out.exists()
+    assert result.output.strip().splitlines() == [f"error: {tmp_path / 'out.yaml'}: {expected.format(**fill)}"]
+
+
 TOKEN_SOURCE_ERRORS = {
     "token_id beyond the model's rows": ({"kind": "model_token", "model": "{ft1}", "token_id": 5000},
                                          "token_id 5000 is outside the 100 embedding rows"),
