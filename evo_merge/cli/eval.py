@@ -30,11 +30,10 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     """Write long-format per-item scores `subject,item,score[,scenario]` to OUT."""
     from transformers.utils import logging as hf_logging
 
-    from evo_merge.cli.outputs import check_output_file
+    from evo_merge.cli.outputs import check_output_file, write_output_file
     from evo_merge.cli.progress import StageBars
     from evo_merge.errors import UserError
     from evo_merge.irt.anchors import read_anchors
-    from evo_merge.search.store import atomic_write
     from evo_merge.tasks.base import item_positions
     from evo_merge.tasks.registry import resolve_task
     from evo_merge.tasks.scoring import read_item_ids, score_table
@@ -68,7 +67,7 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     if table.empty:
         raise UserError(f"task {task.name}: no items to score")
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, table.to_csv(index=False))  # a full disk keeps the file that was there
+    write_output_file(out, table.to_csv(index=False))  # a full disk keeps the file that was there
     click.echo(f"{task.name}: {len(table)} items, mean score {table['score'].mean():.4f} -> {out}")
 
 

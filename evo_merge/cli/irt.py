@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from evo_merge.cli.outputs import check_irt_model_folder, check_output_file
+from evo_merge.cli.outputs import check_irt_model_folder, check_output_file, write_output_file
 from evo_merge.console import results_console
 from evo_merge.errors import UserError, naming_file
 from evo_merge.irt import (
@@ -39,7 +39,6 @@ from evo_merge.irt.validation import (
     default_summary,
     validation_table,
 )
-from evo_merge.search.store import atomic_write
 
 
 def _dims(value: str) -> int | str:
@@ -227,12 +226,18 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     anchors = None if estimator == "adaptive" else load_anchors(model_dir, budget, method, model.item_ids)
     est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=delta)
     with naming_file(partial):  # an item the model lacks, a subject without a scenario's anchors
-        table = estimate_table(est, load_responses(partial, items_as_rows=items_as_rows))
+        responses = load_responses(partial, items_as_rows=items_as_rows)
+        table = estimate_table(est, responses)
+    outside = ~responses["item"].isin(set(est.anchor_ids)) & responses["score"].notna()
+    if estimator != "adaptive" and (unused := int(outside.sum())):
+        click.echo(f"{partial}: {unused:,} scores of items outside the anchor set were not used (estimators other "
+                   "than adaptive read the anchors' scores only; --estimator adaptive uses every item scored)",
+                   err=True)
     text = table.to_csv(index=False)
     if out is None:
         click.echo(text, nl=False)
     else:
-        atomic_write(out, text)
+        write_output_file(out, text)
 
 
 @irt.command()
@@ -280,7 +285,7 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
     if csv_path is not None:
         check_output_file(csv_path, overwrite, "--csv")
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
-    anchor_methods, budget_list = _methods(methods), _int_list(budgets, "--budgets")
+    anchor_methods, budget_list = _methods(methods), list(dict.fromkeys(_int_list(budgets, "--budgets")))
     with StageBars() as bars:
         data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
         if folds == "auto":
@@ -291,7 +296,8 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
                                progress=bars, **_backend_options(backend, epochs, lr))
     console = results_console(width=140)  # the table is about 135 wide: never folded
     console.print(validation_table(table, hold_out))
-    if summary := default_summary(table, overall):
+    hint = auto_folds(data, test_frac, ends) if hold_out == "random" else None
+    if summary := default_summary(table, overall, hint):
         console.print(summary, soft_wrap=True)
     if csv_path is not None:
-        atomic_write(csv_path, table.to_csv(index=False))
+        write_output_file(csv_path, table.to_csv(index=False))

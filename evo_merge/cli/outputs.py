@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from evo_merge.errors import UserError
+from evo_merge.search.store import atomic_write
 
 
 def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:
@@ -17,6 +18,13 @@ def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None
     if out.exists() and not overwrite:
         raise UserError(f"{option} {out}: already exists (--overwrite replaces it)")
     check_writable(out, option)
+
+
+def write_output_file(out: Path, text: str) -> None:
+    """Write a file `check_output_file` passed, its folders made first: they may be new (a missing
+    folder was found out only as the result was saved, after the work)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, text)
 
 
 def check_writable(out: Path, option: str = "--out") -> None:

@@ -24,10 +24,9 @@ def responses() -> None:
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise, before any scoring)")
 def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: Path, overwrite: bool) -> None:
     """Score the base, the endpoints and N random merges on every item of every task."""
-    from evo_merge.cli.outputs import check_output_file
+    from evo_merge.cli.outputs import check_output_file, write_output_file
     from evo_merge.cli.progress import StageBars
     from evo_merge.search.responses import build_responses
-    from evo_merge.search.store import atomic_write
     from evo_merge.tasks.base import FitnessTask
     from evo_merge.tasks.registry import resolve_task
     from evo_merge.zoo.manifest import read_zoo
@@ -51,5 +50,5 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
         table = build_responses(zoo / "base", endpoints, resolved, n_merges, seed=seed, scenario=scenario,
                                 progress=lambda done, total: bars("scoring subjects", done, total))
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, table.to_csv(index=False))
+    write_output_file(out, table.to_csv(index=False))
     click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items")

@@ -97,7 +97,9 @@ def auto_folds(responses: pd.DataFrame, test_frac: float, keep_in_train: Sequenc
     subjects, candidates = _subjects(responses, keep_in_train)
     if round(test_frac * len(subjects)) >= FEW_HELD_OUT:
         return 1
-    for folds in range(min(round(1 / test_frac), candidates.size), 1, -1):
+    wanted = min(round(1 / test_frac), candidates.size)
+    # more folds hold fewer out of each fit (5 subjects: 4 folds leave 3 to fit on, 5 leave 4), fewer make fewer fits
+    for folds in [*range(wanted, candidates.size + 1), *range(wanted - 1, 1, -1)]:
         if len(subjects) - -(-candidates.size // folds) >= 4:  # as `subject_folds` requires
             return folds
     return 1
@@ -227,14 +229,18 @@ def validate(
     return table
 
 
-def default_summary(table: pd.DataFrame, overall: bool = False) -> str:
-    """One line on the row a user gets without choosing: does the default pay on these responses?"""
+def default_summary(table: pd.DataFrame, overall: bool = False, folds_hint: int | None = None) -> str:
+    """One line on the row a user gets without choosing: does the default pay on these responses?
+    `folds_hint`: the folds that would hold every subject out once (`auto_folds`), offered where one
+    split held out few; None where none can (a `--hold-out` not random, too few subjects)."""
     rows = table[table["default"]].sort_values("budget")
     if rows.empty:  # the default estimator was not among those validated
-        return ""
+        return (f"no summary: the default ({DEFAULT_ANCHOR_METHOD} anchors + {DEFAULT_ESTIMATOR_KIND}) was not among "
+                "the rows validated (--methods auto adds it)")
     ratios = ", ".join(f"{r.vs_baseline:.2f}x at {r.budget}" for r in rows.itertuples() if not np.isnan(r.vs_baseline))
     held, draws, folds = (int(rows[column].iloc[0]) for column in ("held_out", "draws", "folds"))
-    fixes = ((["--folds 4 holds every subject out once"] if held < FEW_HELD_OUT and folds == 1 else [])
+    refold = held < FEW_HELD_OUT and folds == 1 and folds_hint is not None and folds_hint > 1
+    fixes = (([f"--folds {folds_hint} holds every subject out once"] if refold else [])
              + (["--repeats 5 averages more anchor draws"] if draws < FEW_DRAWS else []))
     caution = ""
     if held < FEW_HELD_OUT or draws < FEW_DRAWS:
@@ -282,8 +288,9 @@ def validation_table(table: pd.DataFrame, hold_out: str = "random") -> Table:
         out.add_column(col, justify="left" if col in ("method", "estimator") else "right")
     for r in table.sort_values(["budget", "mae"]).itertuples():
         style = "dim" if r.estimator == BASELINE else "bold" if r.default else None
+        spread = f" ± {r.sd:.4f}" if r.draws > 1 else " (1 draw)"  # one draw has no spread to show, not 0
         out.add_row(str(r.budget), r.method, f"{r.estimator} (default)" if r.default else r.estimator, str(r.items),
-                    f"{r.saving:.1f}x", f"{r.mae:.4f} ± {r.sd:.4f}", str(r.draws),
+                    f"{r.saving:.1f}x", f"{r.mae:.4f}{spread}", str(r.draws),
                     "" if np.isnan(r.vs_baseline) else f"{r.vs_baseline:.2f}",
                     "" if np.isnan(r.beyond_2se) else f"{r.beyond_2se:.1%}",
                     "" if np.isnan(r.se_ratio) else f"{r.se_ratio:.2f}", style=style)

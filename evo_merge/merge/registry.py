@@ -111,6 +111,9 @@ class MergeMethod:
         params = dict(params or {})
         lo, hi = self.n_models
         if n_models < lo or (hi is not None and n_models > hi):
+            if hi == 0:  # passthrough: no "0 model(s) besides the base" for a recipe that may name no base
+                raise UserError(f"method {self.name} copies one model's tensors: give that one model (as "
+                                f"`base_model` or the only entry of `models`), not {n_models + 1}")
             want = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
             raise UserError(f"method {self.name} needs {want} model(s) besides the base, got {n_models}")
         unknown = sorted(set(params) - {h.name for h in self.hyperparameters})

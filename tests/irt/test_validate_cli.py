@@ -181,8 +181,14 @@ def test_fit_anchors_estimate_validate(files):
     code, _ = run("estimate", root / "m", "--responses", root / "partial.csv", "--estimator", "gmpirt",
                   "--endpoints", "m0000,m0001", "--gmp-delta", "0.5", "--out", root / "est.csv")
     assert code == 0 and (root / "est.csv").read_text().startswith("subject,scenario,estimator,estimate,se")
+    # a new folder is made for it: the missing folder was found out once every estimate was made
     code, out = run("estimate", root / "m", "--responses", root / "partial.csv", "--out", root / "no" / "est.csv")
-    assert code == 2 and out.strip().splitlines()[-1] == f"error: {root / 'no' / 'est.csv'}: No such file or directory"
+    assert code == 0 and (root / "no" / "est.csv").is_file()
+    # scores of items outside the anchor set are not read: said, with the estimator that reads them
+    code, out = run("estimate", root / "m", "--responses", root / "responses.csv", "--out", root / "all.csv")
+    assert code == 0 and f"{root / 'responses.csv'}: {len(full) - len(partial):,} scores of items outside the anchor " \
+                         "set were not used" in out and "--estimator adaptive uses every item scored" in out
+    assert pd.read_csv(root / "all.csv").equals(pd.read_csv(root / "no" / "est.csv"))
     # the same budget spread by neyman: as many anchors in all (in a copy: later tests need one stored set)
     shutil.copytree(root / "m", root / "m-neyman")
     code, out = run("anchors", root / "m-neyman", "--budget", "5", "--method", "random", "--allocation", "neyman")
@@ -243,12 +249,35 @@ def test_folds_hold_every_subject_out_once_and_pool_their_errors(files):
         return data[data.subject.isin(sorted(data.subject.unique())[:n])]
 
     assert [auto_folds(data, 0.25, ["m0000"]), auto_folds(data, 0.5), auto_folds(few(6), 0.25),
-            auto_folds(few(5), 0.25)] == [4, 2, 4, 1]
+            auto_folds(few(5), 0.25), auto_folds(few(4), 0.25)] == [4, 2, 4, 5, 1]  # 5: each fit keeps 4
     assert auto_folds(validate_responses(full), 0.25) == 1  # 40 subjects: one split holds out 10
     with pytest.raises(UserError, match="cannot make 15 folds of 14 subjects"):
         subject_folds(data, 15, seed=0)
     with pytest.raises(UserError, match="cannot make 2 folds of 6 subjects"):  # 3 left to fit on
         subject_folds(data[data.subject.isin(sorted(data.subject.unique())[:6])], 2, seed=0)
+
+
+def test_validate_s_table_and_summary_say_only_what_holds(files):
+    """Found by a black-box audit: a budget given twice was a traceback after every fit; a --csv in a
+    new folder failed after the work; one anchor draw showed a spread of ± 0.0000; the summary offered
+    --folds 4 where it is refused (a --hold-out not random, 5 subjects); leaving out the default's
+    method dropped the summary without a word."""
+    root, full = files
+    few = full[full.subject.isin(sorted(full.subject.unique())[:12])]
+    few.to_csv(root / "twelve.csv", index=False)
+    args = ("validate", root / "twelve.csv", "--dims", "1", "--methods", "auto")
+    code, out = run(*args, "--budgets", "5,5", "--repeats", "1", "--folds", "1", "--csv", root / "new" / "v.csv")
+    assert code == 0 and len(pd.read_csv(root / "new" / "v.csv").query("estimator == 'gpirt'")) == 2  # one budget
+    assert "± 0.0000" not in out and "(1 draw)" in out and "--folds 4 holds every subject out once" in out
+    code, out = run(*args, "--budgets", "5", "--hold-out", "strongest")
+    assert code == 0 and "noisy verdict" in out and "--folds" not in out.split("noisy verdict")[1]
+    code, out = run(*args, "--budgets", "5", "--methods", "random")
+    assert code == 0 and "no summary: the default (auto anchors + gpirt) was not among the rows validated" in out
+    five = full[full.subject.isin(sorted(full.subject.unique())[:5])]
+    assert auto_folds(validate_responses(five), 0.25) == 5  # 4 folds would leave 3 to fit on, 5 leave 4
+    five.to_csv(root / "five.csv", index=False)
+    code, out = run("validate", root / "five.csv", "--dims", "1", "--methods", "auto", "--budgets", "5")
+    assert code == 0 and "each of 5 held out once over 5 fits" in out, out
 
 
 def test_a_verdict_from_few_subjects_or_one_anchor_draw_says_it_is_noisy(files):

@@ -305,6 +305,12 @@ BAD_RECIPES = {
         "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: heavy}}}}]\n",
         "models.0.parameters.weight",
     ),
+    # was "needs exactly 0 model(s) besides the base, got 1" for two models and no base
+    "two models to copy": (
+        "merge_method: passthrough\nmodels: [{{model: {base}}}, {{model: {ft}}}]\n",
+        "method passthrough copies one model's tensors: give that one model (as `base_model` or the only entry "
+        "of `models`), not 2",
+    ),
 }
 
 
