@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,10 +69,13 @@ def fit_dtype(binary: np.ndarray) -> np.dtype:
     return np.dtype(np.float32 if binary.size >= FLOAT32_CELLS else np.float64)
 
 
-def matrix_options(backend: str, binary: np.ndarray) -> dict[str, str]:
+def matrix_options(backend: str, binary: np.ndarray) -> dict[str, Any]:
     """What a backend takes from the model's whole matrix, so that every fit of the model (each
-    fold's on part of the subjects too) gets the same: the torch fit's precision."""
-    return {"dtype": fit_dtype(binary).name} if backend == "torch" else {}
+    fold's on part of the subjects too) gets the same: the torch fit's precision; py-irt's rate and
+    epochs, its defaults unless given (recorded in the model's settings either way)."""
+    if backend == "torch":
+        return {"dtype": fit_dtype(binary).name}
+    return {"epochs": PYIRT_EPOCHS, "lr": PYIRT_LR}  # py-irt's defaults, written out: the model records them
 
 
 def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300,

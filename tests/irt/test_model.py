@@ -274,6 +274,9 @@ def test_model_settings_record_the_rate_each_pyirt_fit_used(md2pl, monkeypatch):
     assert model.settings["lr"] == 5.0  # as requested
     assert model.settings["lr_used"] == pytest.approx(0.2)  # 5 -> 1 -> 0.2
     assert model.settings["cv_lr_used"] == [pytest.approx(1.0)] * 2  # 5 -> 1
+    # at its defaults the rate and epochs are recorded too (only rates given by hand were)
+    default = IRTModel.fit(responses, backend="pyirt", dims=1, seed=0)
+    assert (default.settings["lr"], default.settings["epochs"]) == (backends.PYIRT_LR, backends.PYIRT_EPOCHS)
 
 
 def test_a_fit_counts_its_fits_as_it_goes():
