@@ -78,6 +78,9 @@ def _items_by_subjects(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
                         "subject); this one is long (subject,item,score)")
     if frame.shape[1] < 2:
         raise UserError(f"{path}: expected an item column and one column per subject")
+    if frame.columns[0] == "subject" and "item" not in frame.columns:  # fitted transposed, without a word
+        raise UserError(f"{path}: its first column is 'subject', so its rows are subjects: read it without "
+                        "--items-as-rows")
     ids = "item" if "item" in frame.columns else frame.columns[0]
     if frame[ids].isna().any():
         row = int(np.flatnonzero(frame[ids].isna().to_numpy())[0])

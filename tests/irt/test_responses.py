@@ -207,6 +207,8 @@ def test_a_missing_scenarios_file_is_named(tmp_path):
         ("item,a\n,1\n", "empty item id in row 1"),
         ("item,a\nq1,1\nsubject,0\n", "an item called 'subject' cannot be a column of a wide table"),
         ("item,a\nscore,1\n", "an item called 'score' cannot be a column of a wide table"),
+        # one row per subject, the layout without the flag: it was fitted transposed without a word
+        ("subject,q1,q2\na,1,0\nb,0,1\n", "its first column is 'subject', so its rows are subjects"),
     ],
 )
 def test_items_as_rows_refuses_what_is_not_items_by_subjects(tmp_path, text, message):
