@@ -15,6 +15,7 @@ import json
 import math
 import mmap
 import sys
+import warnings
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -117,7 +118,9 @@ class _PickleFile:
     def __init__(self, path: Path):
         # mmap keeps the file on disk until a tensor is asked for; old (non-zip) files cannot.
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": torch's source line above our error
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except Exception as err:
             raise UserError(
                 f"{path}: cannot load as a weights-only pickle (it may hold objects other than "

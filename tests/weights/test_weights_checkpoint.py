@@ -315,3 +315,17 @@ def test_a_pickle_smuggling_code_is_refused_naming_what_it_holds_not_suggesting_
     assert "cannot load as a weights-only pickle" in message and "GLOBAL posix.mkdir" in message, message
     assert "weights_only" not in message and "\n" not in message and len(message) < 400, message
     assert not marker.exists()
+
+
+def test_a_plain_pickle_is_refused_without_torch_s_protocol_warning_above_the_line(tmp_path):
+    """A file written by `pickle.dumps` (protocol 4, not torch's 2): torch warned with its own source
+    line above the one-line refusal."""
+    import pickle
+    import warnings
+
+    marker = tmp_path / "code-ran"
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({"x": _Smuggled(marker)}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(UserError, match="weights-only pickle"):
+        warnings.simplefilter("always")
+        Checkpoint.open(tmp_path / "pytorch_model.bin", allow_pickle=True)
+    assert not [w for w in caught if "pickle protocol" in str(w.message)] and not marker.exists()
