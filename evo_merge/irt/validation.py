@@ -52,6 +52,8 @@ def split_subjects(
         raise UserError(f"unknown hold-out {hold_out!r} (choose from {', '.join(HOLD_OUTS)})")
     subjects, candidates = _subjects(responses, keep_in_train)
     n_test = max(1, int(round(test_frac * len(subjects))))
+    if len(subjects) < 5:
+        raise UserError(f"too few subjects ({len(subjects)}): validation holds some out and fits on at least 4")
     if len(subjects) - n_test < 4 or n_test > candidates.size:
         raise UserError(f"too few subjects ({len(subjects)}) for a test fraction of {test_frac}")
     if hold_out == "random":

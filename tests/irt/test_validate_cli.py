@@ -278,6 +278,9 @@ def test_validate_s_table_and_summary_say_only_what_holds(files):
     five.to_csv(root / "five.csv", index=False)
     code, out = run("validate", root / "five.csv", "--dims", "1", "--methods", "auto", "--budgets", "5")
     assert code == 0 and "each of 5 held out once over 5 fits" in out, out
+    full[full.subject.isin(sorted(full.subject.unique())[:4])].to_csv(root / "four.csv", index=False)
+    code, out = run("validate", root / "four.csv", "--dims", "1", "--budgets", "5")  # no test fraction was given
+    assert code == 2 and out.strip() == "error: too few subjects (4): validation holds some out and fits on at least 4"
 
 
 def test_a_verdict_from_few_subjects_or_one_anchor_draw_says_it_is_noisy(files):
