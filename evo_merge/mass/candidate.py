@@ -22,16 +22,24 @@ class MassKind:
     def uses_weights(self, method: str) -> bool:
         return False  # routing picks the tasks per input
 
-    def searched_ranges(self, method: str, configured: Mapping[str, tuple[float, float]],
+    def searched_ranges(self, method: str, configured: Mapping[str, Any],
                         base: Path) -> dict[str, tuple[float, float]]:
-        """The configured ranges; the routing layer, unless given, ranges over the base's MLP blocks."""
+        """The configured ranges; the routing layer, unless given, ranges over the base's MLP blocks,
+        and one given is checked against them (found out after calibration, the block was refused
+        for every candidate)."""
         from evo_merge.mass.routing import routing_weights
 
         ranges = declared_ranges(method, dict(configured))
-        if "layer" not in configured:
-            layers = list(routing_weights(Checkpoint.open(base).names))
-            if not layers:
-                raise UserError(f"methods.mass: the base {base} has no MLP block to route on")
+        with Checkpoint.open(base) as checkpoint:
+            layers = list(routing_weights(checkpoint.names))
+        if not layers:
+            raise UserError(f"methods.mass: the base {base} has no MLP block to route on")
+        given = configured.get("layer")
+        for layer in given if isinstance(given, (tuple, list)) else [] if given is None else [given]:
+            if layer not in layers and not layers[0] <= layer <= layers[-1]:
+                raise UserError(f"methods.mass.layer: {layer:g} is not a block of the base {base}, whose MLP blocks "
+                                f"are {layers[0]} to {layers[-1]}")
+        if given is None:
             ranges["layer"] = (layers[0], layers[-1])
         return ranges
 

@@ -7,6 +7,9 @@ hyperparameters the same way, so configs are validated and genomes built from on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from evo_merge.errors import UserError
 from evo_merge.merge.registry import PLUGIN_HINT, Hyperparameter, get_method, list_methods
 
@@ -45,14 +48,16 @@ def kind_hyperparameter(name: str, parameter: str) -> Hyperparameter | None:
     return next((h for h in kind_hyperparameters(name) if h.name == parameter), None)
 
 
-def declared_ranges(method: str, configured: Ranges) -> Ranges:
-    """The configured range of each searchable hyperparameter, else its declared one."""
+def declared_ranges(method: str, configured: Mapping[str, Any]) -> Ranges:
+    """The configured range of each searchable hyperparameter, else its declared one; none for one
+    configured as a single value (fixed in every candidate: no gene)."""
     ranges: Ranges = {}
     for hp in kind_hyperparameters(method):
         if not hp.searchable or hp.kind is bool:
             continue
         if hp.name in configured:
-            ranges[hp.name] = tuple(configured[hp.name])
+            if isinstance(configured[hp.name], (tuple, list)):
+                ranges[hp.name] = tuple(configured[hp.name])
         elif hp.search_range is not None:
             ranges[hp.name] = hp.search_range
         elif hp.low is not None and hp.high is not None:

@@ -50,11 +50,8 @@ def search_space(workspace: Workspace) -> SearchSpace:
     campaign = workspace.campaign
     fixed = {name: {k: v for k, v in settings.items() if not isinstance(v, tuple)}
              for name, settings in campaign.methods.items()}
-    methods = {}
-    for name, settings in campaign.methods.items():
-        ranges = {k: v for k, v in settings.items() if isinstance(v, tuple)}
-        resolved = candidate_kind(name).searched_ranges(name, ranges, workspace.base)
-        methods[name] = {k: r for k, r in resolved.items() if k not in fixed[name]}
+    methods = {name: candidate_kind(name).searched_ranges(name, settings, workspace.base)
+               for name, settings in campaign.methods.items()}
     coefficients = campaign.coefficients
     return SearchSpace(methods, len(workspace.models), (coefficients.low, coefficients.high), coefficients.granularity,
                        coefficient_groups(coefficients.block_size, workspace.base), fixed)

@@ -42,8 +42,10 @@ class CandidateKind(Protocol):
         """False when the endpoint weights play no part (the genome decodes them as all 1)."""
         ...
 
-    def searched_ranges(self, method: str, configured: Ranges, base: Path) -> Ranges:
-        """The hyperparameters the genome varies for `method`, with their ranges."""
+    def searched_ranges(self, method: str, configured: Mapping[str, Any], base: Path) -> Ranges:
+        """The hyperparameters the genome varies for `method`, with their ranges, from the campaign's
+        settings of it (a range, or one value fixed in every candidate, which has no gene);
+        UserError for a setting the base cannot take."""
         ...
 
     def check_inputs(self, adapters: bool) -> None:
@@ -119,7 +121,7 @@ class StaticMerge:
 
         return get_method(method).uses_weights
 
-    def searched_ranges(self, method: str, configured: Ranges, base: Path) -> Ranges:
+    def searched_ranges(self, method: str, configured: Mapping[str, Any], base: Path) -> Ranges:
         return declared_ranges(method, configured)
 
     def rounds(self, method: str, kept: Any) -> bool:

@@ -304,8 +304,10 @@ def campaign_references(campaign: Campaign) -> dict[str, ModelRef]:
             raise UserError(f"{key}: {exc}") from None
     check_distinct(refs, "base_model")
     adapters = any(ref.lora is not None for ref in refs.values())
-    for method in campaign.methods:  # a kind that cannot take these inputs, named before any model loads
+    for method, settings in campaign.methods.items():  # what a kind cannot take, named before any model loads
         candidate_kind(method).check_inputs(adapters)
+        if "base_model" in refs:  # its ranges, resolved from the base's header (MASS's routing blocks)
+            candidate_kind(method).searched_ranges(method, settings, refs["base_model"].path)
     return refs
 
 

@@ -113,3 +113,25 @@ def test_a_mass_pick_kept_otherwise_than_its_folder_says_so_on_its_card(tmp_path
 
     cards = [card for card in (tmp_path / "run").rglob("README.md") if (card.parent / MASS_JSON).exists()]
     assert cards and all(note.capitalize() in card.read_text() for card in cards)
+
+
+@pytest.mark.parametrize("layer", [5, [0, 5]])
+def test_a_routing_block_the_base_lacks_is_refused_before_anything_is_evaluated(tmp_path, zoo, layer):
+    """`mass: {layer: 5}` on a 2-block model: `plan` said it fits, and `run` measured the base and the
+    endpoints before every MASS candidate failed; the folder then could not be resumed or reused."""
+    base, fts = zoo
+    config = {
+        "base_model": str(base), "models": [str(f) for f in fts],
+        "tasks": [{"task": "agreement_task:AgreementTask", "name": "agree0",
+                   "options": {"reference": str(fts[0]), "name": "agree0", "seed": 0}}],
+        "methods": {"mass": {"layer": layer}}, "estimator": {"kind": "full"},
+        "algorithm": {"population": 4, "generations": 1, "seed": 1},
+    }
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(config))
+    for command in (["plan", str(tmp_path / "campaign.yaml")],
+                    ["run", str(tmp_path / "campaign.yaml"), "--out", str(tmp_path / "run")]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        line, = result.output.strip().splitlines()
+        assert f"methods.mass.layer: 5 is not a block of the base {base}, whose MLP blocks are 0 to 1" in line
+    assert not (tmp_path / "run").exists()
