@@ -355,7 +355,10 @@ def export(
         store = runner.workspace.store
         evaluation = next((e for e in store.evaluations() if e.id == pick), None)
         if evaluation is None or evaluation.status != "ok":
-            raise UserError(f"--pick {pick}: no successful evaluation with that id in {run}")
+            raise UserError(f"--pick {pick}: no successful evaluation with that id in {run} (the id column of "
+                            f"{run / 'evaluations.csv'}, or a pick's evaluation in `evo-merge status`)")
+        workspace = runner.workspace  # an --out among the merge's inputs, refused before measuring, not after
+        check_output_folder(out.expanduser(), overwrite, [workspace.base, *workspace.models])
         spent = store.items_evaluated(measured=True)
         try:
             with StageBars() as bars:  # measuring and the file merge take minutes at size

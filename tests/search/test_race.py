@@ -4,10 +4,12 @@ and a campaign whose finalists race before they are measured on every item."""
 import json
 import shutil
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 from test_campaign import campaign, zoo  # noqa: F401  (the tiny family and the campaign file)
 
@@ -253,6 +255,23 @@ def test_a_run_cut_after_its_picks_were_measured_resumes_to_the_same_picks(raced
     after = CampaignStore(run)
     assert after.get_meta("exported") == exported and after.items_evaluated(measured=True) == spent
     assert after.get_meta(RACE_META) == record  # the measured picks compared on the sample like the rest
+
+
+def test_an_export_onto_one_of_the_merge_s_inputs_is_refused_before_measuring(raced, tmp_path):
+    """`export --pick ID --out <an endpoint> --overwrite` measured the candidate, then refused the folder:
+    its items were kept and counted for an export that never was."""
+    run = tmp_path / "run"
+    shutil.copytree(raced["picks"], run)
+    store = CampaignStore(run)
+    unmeasured = next(e for e in store.evaluations("search") if e.status == "ok" and e.measured is None)
+    spent = store.items_evaluated(measured=True)
+    endpoint = Path(yaml.safe_load((run / "campaign.yaml").read_text())["models"][0])
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(unmeasured.id), "--out", str(endpoint),
+                                      "--overwrite"])
+    assert result.exit_code == 2 and "is where the merge reads" in result.output, result.output
+    assert "measuring" not in result.output and store.items_evaluated(measured=True) == spent
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", "99999", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and f"(the id column of {run / 'evaluations.csv'}" in result.output
 
 
 def test_a_candidate_exported_by_hand_competes_for_the_picks_on_the_same_sample(raced, tmp_path):
