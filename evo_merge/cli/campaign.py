@@ -337,12 +337,14 @@ def export(
     `evo-merge report` show its measured scores."""
     from evo_merge.cli.progress import StageBars
     from evo_merge.errors import UserError, message_line
-    from evo_merge.report.upload import check_repo_id
+    from evo_merge.report.upload import check_repo_id, hub_token
     from evo_merge.search.export import export_candidate
     from evo_merge.weights.export import check_output_folder
 
     if repo_id is not None:
         check_repo_id(repo_id)  # before the export's minutes, not after
+        if not dry_run:  # a retry once logged in found the folder written and needed --overwrite
+            hub_token()
     elif private or revision or dry_run:
         raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
     _campaign_file(run)  # before the lock, which would create a mistyped folder

@@ -11,7 +11,8 @@ import click
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="output model folder")
 @click.option("--dtype", default=None,
-              help="computation and output dtype: float32, bfloat16, float16 (default: the recipe's)")
+              help="computation and output dtype: float32, bfloat16, float16 (or fp32, bf16, fp16, half; "
+                   "default: the recipe's)")
 @click.option("--allow-pickle", is_flag=True, help="also read .bin/.pt/.pth checkpoints (weights_only=True)")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it exists (only once the new folder is complete)")
 @click.option("--device", default="cpu", show_default=True,

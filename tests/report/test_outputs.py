@@ -153,6 +153,11 @@ def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path,
     again = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(out), "--overwrite",
                                      "--push-to-hub", "me/tiny-merge"])
     assert again.exit_code == 2 and "no Hugging Face token found" in again.output and "hf auth login" in again.output
+    # said before the export: a folder written first made the retry, once logged in, need --overwrite
+    fresh = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(tmp_path / "fresh"),
+                                     "--push-to-hub", "me/tiny-merge"])
+    assert fresh.exit_code == 2 and "no Hugging Face token found" in fresh.output and not (tmp_path / "fresh").exists()
+    assert "exporting" not in fresh.output
     bad = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(tmp_path / "x"),
                                    "--push-to-hub", "../etc"])
     assert bad.exit_code == 2 and "ORG/NAME" in bad.output and not (tmp_path / "x").exists()
