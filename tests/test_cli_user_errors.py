@@ -369,8 +369,11 @@ def test_a_file_given_for_a_run_folder_and_a_folder_for_a_yaml_file_are_named_as
 
 
 def test_export_of_a_mistyped_run_folder_creates_nothing(tmp_path):
-    one_line_error(*invoke("export", tmp_path / "typo", "--pick", "1", "--out", tmp_path / "x"), "not a campaign run")
+    one_line_error(*invoke("export", tmp_path / "typo", "--pick", "1", "--out", tmp_path / "x"),
+                   f"{tmp_path / 'typo'}: no such folder")  # not "not a campaign run folder", as if one were there
     assert not (tmp_path / "typo").exists()
+    for command in ("resume", "status", "report"):
+        one_line_error(*invoke(command, tmp_path / "typo"), f"{tmp_path / 'typo'}: no such folder")
 
 
 def test_a_task_option_the_task_does_not_take_is_named(monkeypatch):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from evo_merge.align.builders import ARCHS, spec_for
+from evo_merge.align.builders import ARCHS, check_arch, spec_for
 from evo_merge.align.c2m3 import c2m3
 from evo_merge.align.features import forward
 from evo_merge.align.io import load_data, load_endpoint, write_endpoint
@@ -174,6 +174,8 @@ def align_folders(
     runnable = all(e.module is not None for e in endpoints)
     if endpoints[0].module is None and arch in ARCHS:
         raise UserError(f"{endpoints[0].path}: {arch_key} {arch} needs a config.json describing the model")
+    if arch not in ARCHS:  # a mistyped built-in (`lama`) was read as a spec file that did not exist
+        check_arch(arch, None, arch_key)
     spec = spec_for(arch, endpoints[0].module, arch_key) if arch in ARCHS else load_spec_yaml(arch)
     x, y = load_data(data, endpoints[0], data_key) if data is not None else (None, None)
     alignment = align_models(

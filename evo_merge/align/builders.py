@@ -8,6 +8,7 @@ stream's permutation; attention heads move as blocks, Q/K and V/O tied to the sa
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,9 @@ def check_arch(arch: str, source: Any, key: str = "--arch") -> None:
             described = "no architecture we know" if found is None else f"architecture {found.name!r}"
             raise UserError(f"{key} {arch} does not match the model's config.json ({described})")
     elif Path(arch).suffix not in (".yaml", ".yml"):
-        raise UserError(f"{key} {arch!r} is not one of {ARCHS} or a .yaml spec")
+        close = difflib.get_close_matches(arch, ARCHS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"{key} {arch!r} is not one of {', '.join(ARCHS)} or a .yaml spec{hint}")
 
 
 def spec_for(arch: str, model: nn.Module, key: str = "--arch") -> PermSpec:

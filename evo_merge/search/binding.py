@@ -153,6 +153,8 @@ def check_run_files(run_dir: Path) -> None:
     """An existing run folder has its campaign.yaml and its database; opening a store would create one."""
     if run_dir.is_file():  # `resume campaign.yaml`: the campaign given where its run folder belongs
         raise UserError(f"{run_dir}: a file, not a run folder (give the folder `evo-merge run --out` wrote)")
+    if not run_dir.exists():  # a mistyped path: "not a campaign run folder" read as if something were there
+        raise UserError(f"{run_dir}: no such folder")
     for name in (CAMPAIGN_FILE, CampaignStore.DB):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir}: not a campaign run folder (no {name})")

@@ -123,6 +123,14 @@ def test_different_architectures_named(tmp_path):
     _one_line_error(_run("--models", tmp_path / "b", tmp_path / "a", "--arch", "mlp", "--out", tmp_path / "o"), "cnn")
 
 
+def test_a_mistyped_architecture_is_named_with_the_built_in_ones(tmp_path):
+    """`--arch lama` said "lama: cannot read permutation spec ([Errno 2] ...)"."""
+    _save_plain(tmp_path / "a", CONFIGS["mlp"], 0)
+    _save_plain(tmp_path / "b", CONFIGS["mlp"], 1)
+    _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mpl", "--out", tmp_path / "o"),
+                    "--arch 'mpl' is not one of mlp, cnn, resnet, llama, gpt2 or a .yaml spec (did you mean 'mlp'?)")
+
+
 def _yaml_spec(tmp_path, params):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({"params": params}))
