@@ -38,13 +38,18 @@ def planned_campaign(campaign_file: Path, run_dir: Path | None):
     campaign is bound to runs it under the defaults it was written under (a folder from before
     `dtype: auto` evaluates in float32, whatever the file given now leaves unset), and only what a
     resume may change is to be suggested."""
-    from evo_merge.search.binding import as_written_at, bound_defaults
+    from evo_merge.search.binding import bound_campaign, bound_defaults
+    from evo_merge.search.store import CampaignStore
     from evo_merge.search.workspace import with_disk_dir
 
     campaign, base, models = campaign_models(campaign_file)
     version = None if run_dir is None else bound_defaults(run_dir)
-    if version is not None:
-        campaign = as_written_at(campaign, version)
+    if version is not None:  # another campaign than the folder's is refused here as `run` refuses it
+        store = CampaignStore(run_dir)
+        try:
+            campaign = bound_campaign(store, campaign, run_dir)
+        finally:
+            store.close()
     if run_dir is not None:
         campaign = with_disk_dir(campaign, run_dir)
     return campaign, base, models, version is not None

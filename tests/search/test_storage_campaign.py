@@ -191,6 +191,12 @@ def test_a_run_resumes_with_another_placement_and_reuses_every_evaluation(tmp_pa
     again = CliRunner().invoke(cli, ["resume", str(run)])
     assert again.exit_code == 0, again.output
     assert evaluations(run) == before and len(before) >= 4
+    # `plan --out` checks the folder's campaign as `run` does: it said "fits" of one `run` then refused
+    other = write(tmp_path, {**stored, "algorithm": {**stored["algorithm"], "seed": 9}})
+    planned = CliRunner().invoke(cli, ["plan", str(other), "--out", str(run)])
+    assert planned.exit_code == 2 and "holds a different campaign (changed: algorithm.seed)" in planned.output
+    moved = write(tmp_path, {**stored, "storage": {"placement": "host"}})  # what a resume may change
+    assert CliRunner().invoke(cli, ["plan", str(moved), "--out", str(run)]).exit_code == 0
 
 
 def test_a_campaign_with_disk_placement_scores_as_in_memory_and_leaves_no_file(tmp_path, zoo):
