@@ -262,6 +262,22 @@ def test_demo_keeps_a_campaign_file_it_did_not_write_and_names_its_own_run_folde
     assert "population: 12" in config.read_text() and len(started) == 2
 
 
+def test_demo_refuses_a_run_folder_of_another_campaign_before_writing_its_file(tmp_path, family):
+    """`demo --out` a folder another campaign runs in wrote OUT.yaml, then `run` refused it with advice
+    (resume it with its own campaign.yaml) that did not apply to the demo."""
+    from evo_merge.cli.demo import _check_run_is_the_demo
+    from evo_merge.search.workspace import Workspace
+
+    path = campaign(tmp_path, family)
+    Workspace.open(Campaign.load(path), tmp_path, tmp_path / "run").store.close()  # bound, nothing evaluated
+    text = path.read_text()
+    _check_run_is_the_demo(tmp_path / "run", text, path)  # its own campaign: goes on (a rerun resumes it)
+    other = yaml.safe_dump({**yaml.safe_load(text), "algorithm": {"population": 6, "generations": 1}})
+    with pytest.raises(UserError, match=r"holds the run of another campaign \(changed: algorithm.population\); "
+                                        r"give the demo another --out"):
+        _check_run_is_the_demo(tmp_path / "run", other, path)
+
+
 @pytest.mark.parametrize(("edit", "expected"), [
     ({"method": {"ties": {}}}, "method: unknown key (did you mean 'methods'?)"),
     ({"algorithm": {"populaton": 8}}, "algorithm.populaton: unknown key (did you mean 'population'?)"),

@@ -59,9 +59,32 @@ def demo(out: Path, zoo: Path) -> None:
     _check_own_file(config, command, lambda text: text.startswith(f"# evo-merge campaign: `{command}`\n"))  # pre-zoo
     text = campaign_text(Path(zoo).resolve(), _zoo(zoo), name=folder.name, command=command)
     _check_own_file(config, command, lambda written: written == text)  # the demo's, as written: a rerun resumes it
+    _check_run_is_the_demo(out, text, config)
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(text)
     start_campaign(config, out)
+
+
+def _check_run_is_the_demo(out: Path, text: str, config: Path) -> None:
+    """A run folder bound to another campaign is refused before the demo's file is written: `run`
+    refused it after, leaving the file and advice (resume with its own campaign) that was no use."""
+    import yaml
+
+    from evo_merge.config import Campaign
+    from evo_merge.errors import UserError
+    from evo_merge.schema import validate
+    from evo_merge.search.binding import bound_defaults, differences
+    from evo_merge.search.store import CampaignStore
+
+    if bound_defaults(out) is None:
+        return
+    store = CampaignStore(out)
+    try:
+        changed = differences(store, validate(Campaign, yaml.safe_load(text), config))
+    finally:
+        store.close()
+    if changed is not None:
+        raise UserError(f"--out {out}: holds the run of another campaign{changed}; give the demo another --out")
 
 
 def _check_own_file(config: Path, command: str, is_demos: Callable[[str], bool]) -> None:
