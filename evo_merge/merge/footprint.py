@@ -109,10 +109,12 @@ class Plan:
             if self.disk_in_memory:
                 per += (f" with the {gib(self.need_disk)} of disk placement's files, which {self.storage.directory} "
                         f"keeps in memory ({self.disk_in_memory})")
-            return f"needs {gib(self.need_host)} of host memory{per} but {limit(self.budgets[0], self.available_host)}"
+            host = limit(self.budgets[0], self.available_host, short=True)
+            return f"needs {gib(self.need_host)} of host memory{per} but {host}"
         if self.device != "cpu" and self.available_device is not None and self.device_bytes > self.available_device:
             return (
-                f"needs {gib(self.device_bytes)} on {self.device} but {limit(self.budgets[1], self.available_device)}"
+                f"needs {gib(self.device_bytes)} on {self.device} but "
+                f"{limit(self.budgets[1], self.available_device, short=True)}"
             )
         return None
 
@@ -178,9 +180,12 @@ def gib(n: int | None) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB // 8 else f"{n / 2**20:.1f} MiB"
 
 
-def limit(label: str, n: int | None) -> str:
-    """ "3.00 GiB is available" or "storage.host_budget_gib is 3.00 GiB"."""
-    return f"{label} is {gib(n)}" if label.startswith("storage.") else f"only {gib(n)} is {label}"
+def limit(label: str, n: int | None, short: bool = False) -> str:
+    """ "only 3.00 GiB is available" (`short`: beside a need it exceeds) or "storage.host_budget_gib is
+    3.00 GiB"; the plan's own line says "22.17 GiB is available" of a run that fits."""
+    if label.startswith("storage."):
+        return f"{label} is {gib(n)}"
+    return f"{'only ' if short else ''}{gib(n)} is {label}"
 
 
 def describe_storage(storage: Storage, eval_dtype: str | None = None) -> str:

@@ -69,7 +69,9 @@ class Hyperparameter:
             raise UserError(f"{where}: expected an integer, got {value!r}")
         value = kind(value)
         if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            raise UserError(f"{where}: {value} is outside [{self.low}, {self.high}]")
+            allowed = (f"outside [{self.low}, {self.high}]" if self.low is not None and self.high is not None
+                       else f"below {self.low}" if self.low is not None else f"above {self.high}")
+            raise UserError(f"{where}: {value} is {allowed}")  # not "outside [0, None]"
         return value
 
 

@@ -640,6 +640,8 @@ BAD = {
                                        "methods: ties.density: 1.5 is outside [0.0, 1.0]"),
     "fixed value of the wrong type": ({"methods": {"dare_ties": {"seed": 2.5}}},
                                       "methods: dare_ties.seed: expected an integer, got 2.5"),
+    "fixed value below an open domain": ({"methods": {"mass": {"layer": -1}}},
+                                         "methods: mass.layer: -1 is below 0"),  # was "outside [0, None]"
     "unknown parameter": ({"methods": {"ties": {"densty": 0.5}}}, "methods: ties.densty: not a parameter of ties"),
     "nan in a range": ({"methods": {"ties": {"density": [float("nan"), 0.5]}}},
                        "methods: ties.density: expected a range of two finite numbers [low, high] or one value, "
