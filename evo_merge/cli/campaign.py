@@ -204,9 +204,11 @@ def status(run: Path) -> None:
     done = store.generations_completed()
     state = (f"running: pid {pid}" + _where(store, evaluations, done, facts["generations"]) if pid
              else "finished" if finished else f"not running: `evo-merge resume {run}` goes on")  # killed, or died
-    console.print(f"campaign {facts['name']}: generation {done}/{facts['generations']} ({state})")
+    console.print(f"campaign {facts['name']!r}: generation {done}/{facts['generations']} ({state})")
     unmeasured = len(store.measure_failures())
+    standard = len(competing) - len(ok)  # the search's best may be one of them: counted, not hidden
     console.print(f"evaluations: {len(evaluations)} ({len(search)} search, {len(search) - len(ok)} failed"
+                  + (f", {standard} standard merges" if standard else "")
                   + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
     search_items = search_item_count(facts, store)
     for task in objectives.names:

@@ -38,21 +38,28 @@ def planned_campaign(campaign_file: Path, run_dir: Path | None):
     campaign is bound to runs it under the defaults it was written under (a folder from before
     `dtype: auto` evaluates in float32, whatever the file given now leaves unset), and only what a
     resume may change is to be suggested."""
-    from evo_merge.search.binding import bound_campaign, bound_defaults
-    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.binding import as_written_at, bound_defaults
     from evo_merge.search.workspace import with_disk_dir
 
     campaign, base, models = campaign_models(campaign_file)
     version = None if run_dir is None else bound_defaults(run_dir)
-    if version is not None:  # another campaign than the folder's is refused here as `run` refuses it
-        store = CampaignStore(run_dir)
-        try:
-            campaign = bound_campaign(store, campaign, run_dir)
-        finally:
-            store.close()
+    if version is not None:
+        campaign = as_written_at(campaign, version)
     if run_dir is not None:
         campaign = with_disk_dir(campaign, run_dir)
     return campaign, base, models, version is not None
+
+
+def _check_bound_to(run_dir: Path, campaign) -> None:
+    """UserError, as `run` gives it, where `run_dir` holds another campaign than `campaign`."""
+    from evo_merge.search.binding import bound_campaign
+    from evo_merge.search.store import CampaignStore
+
+    store = CampaignStore(run_dir)
+    try:
+        bound_campaign(store, campaign, run_dir)
+    finally:
+        store.close()
 
 
 def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
@@ -81,6 +88,8 @@ def plan(campaign_file: Path, out: Path | None) -> None:
     if out is not None:
         check_run_folder(out)
     campaign, base, models, resuming = planned_campaign(campaign_file, out)
+    if resuming:  # another campaign than the folder's is refused, as `run` refuses it
+        _check_bound_to(out, campaign_models(campaign_file)[0])
     with naming_file(campaign_file):
         tasks = campaign_tasks(campaign)
     result = campaign_plan(campaign, base, models, resuming=resuming)

@@ -101,7 +101,9 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     result = CliRunner().invoke(cli, ["status", str(run)])
-    assert result.exit_code == 0 and "generation 3/3 (finished)" in result.output, result.output
+    assert result.exit_code == 0 and "campaign 'test': generation 3/3 (finished)" in result.output, result.output
+    # the standard merges compete for the search's best (they were measured as warm-ups): counted beside it
+    assert re.search(r"^evaluations: \d+ \(\d+ search, \d+ failed, \d+ standard merges\)", result.output, re.M)
     caplog.clear()
     result = CliRunner().invoke(cli, ["resume", str(run)])
     assert result.exit_code == 0 and "picks will be chosen" not in caplog.text  # said to a new run only

@@ -624,7 +624,7 @@ def test_status_and_the_end_of_a_run_print_names_with_brackets_as_text(copy):
     store.set_meta("facts", {**store.get_meta("facts"), "name": "x[/b]y"})
     store.close()
     code, output = invoke("status", copy)
-    assert code == 0 and "campaign x[/b]y" in output, output
+    assert code == 0 and "campaign 'x[/b]y'" in output, output
 
 
 @pytest.mark.parametrize(("edit", "where"), [
