@@ -96,6 +96,8 @@ def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:
     from evo_merge.weights.folder import load_model_folder
 
     mass = (model_dir / MASS_JSON).is_file()
+    if model_dir.is_dir() and not mass and not (model_dir / "config.json").is_file():  # a run folder, say
+        raise UserError(f"{model_dir}: not a model folder (no config.json)")
     if not (mass or allow_pickle) and model_dir.is_dir() and not any(model_dir.glob("*.safetensors")):
         raise UserError(f"model folder {model_dir} has no .safetensors weights (pickle weights need --allow-pickle)")
     try:

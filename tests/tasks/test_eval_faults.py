@@ -27,6 +27,8 @@ def models(model_dirs, char_lm):  # noqa: F811
     tensors["model.layers.1.mlp.up_proj.weight"].view(-1)[7] = float("inf")  # a flipped exponent bit
     save_file(tensors, root / "nan" / "model.safetensors", metadata={"format": "pt"})
     (root / "items.txt").write_text("arith-test-00003\n")
+    (root / "not-a-model").mkdir()
+    (root / "not-a-model" / "report.md").write_text("a run folder's report\n")
     (root / "empty.txt").write_text("item\n\n")
     return root
 
@@ -43,6 +45,8 @@ def evaluate(models, tmp_path, model, *extra, items="items.txt"):
     ("pickled", "items.txt", "has no .safetensors weights (pickle weights need --allow-pickle)"),
     ("truncated", "items.txt", "cannot be loaded"),
     ("nan", "items.txt", "tensor model.layers.1.mlp.up_proj.weight holds NaN or Inf"),
+    # a run folder, say: its advice was --allow-pickle
+    ("not-a-model", "items.txt", "not-a-model: not a model folder (no config.json)"),
 ])
 def test_bad_models_and_item_lists_are_one_line_exit_2(models, tmp_path, model, items, message):
     code, output = evaluate(models, tmp_path, model, items=items)
