@@ -7,14 +7,21 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
 class UserError(Exception):
     """Bad input from the user (a path, a config key, a tensor): fixable without code changes."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """` (did you mean 'ties'?)` where a known name is close to `name` (`tie`), else empty."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def first_line(exc: BaseException) -> str:

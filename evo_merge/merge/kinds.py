@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, did_you_mean
 from evo_merge.merge.registry import PLUGIN_HINT, Hyperparameter, get_method, list_methods
 
 Ranges = dict[str, tuple[float, float]]
@@ -32,7 +32,8 @@ def kind_hyperparameters(name: str) -> tuple[Hyperparameter, ...]:
     if name == MASS:
         return MASS_HYPERPARAMETERS
     if name not in list_methods():
-        raise UserError(f"unknown merge method {name!r} (known: {', '.join(list_kinds())}){PLUGIN_HINT}")
+        raise UserError(f"unknown merge method {name!r}{did_you_mean(name, list_kinds())} "
+                        f"(known: {', '.join(list_kinds())}){PLUGIN_HINT}")
     method = get_method(name)
     if method.n_models[1] == 0:
         raise UserError(f"{name} copies one model's tensors (for stacking slices); it merges nothing "

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, did_you_mean
 from evo_merge.merge.pieces import Piece, add_to, takes_base
 
 ENTRY_POINT_GROUP = "evo_merge.merge_methods"
@@ -235,8 +235,10 @@ def get_method(name: str) -> MergeMethod:
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
-        raise UserError(f"unknown merge method {name!r} (known: {', '.join(list_methods())}){PLUGIN_HINT}")
+        raise UserError(f"unknown merge method {name!r}{did_you_mean(name, list_methods())} "
+                        f"(known: {', '.join(list_methods())}){PLUGIN_HINT}")
     return _REGISTRY[name]
+
 
 
 PLUGIN_HINT = ("; a method of your own is found through an installed package's entry point in the group "

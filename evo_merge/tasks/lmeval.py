@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from evo_merge.errors import UserError, described, first_line
+from evo_merge.errors import UserError, described, did_you_mean, first_line
 from evo_merge.schema import malformed_yaml
 from evo_merge.tasks.base import ItemTable, score_series
 
@@ -204,10 +204,12 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
         manager = TaskManager(include_path=str(root), include_defaults=False)
     else:
         manager = _registry_manager(str(spec))
-        if manager is None or str(spec) not in manager.all_tasks + manager.all_groups + manager.all_tags:
-            raise UserError(
-                f"unknown task {spec!r}: not a file, a folder, a plugin, a shipped benchmark or an lm-eval task"
-            )
+        known = [] if manager is None else manager.all_tasks + manager.all_groups + manager.all_tags
+        if str(spec) not in known:
+            from evo_merge.tasks.synthetic import FAMILIES  # the shipped benchmarks, whose names typos miss
+
+            raise UserError(f"unknown task {spec!r}: not a file, a folder, a plugin, a shipped benchmark "
+                            f"({', '.join(FAMILIES)}) or an lm-eval task{did_you_mean(str(spec), [*FAMILIES, *known])}")
         name, to_load = str(spec), [str(spec)]
     try:
         tasks = manager.load(to_load)["tasks"]

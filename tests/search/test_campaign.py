@@ -626,9 +626,12 @@ def test_a_hyperparameter_given_one_value_is_fixed_in_every_candidate_and_its_re
 BAD = {
     "missing file": ({"base_model": "/nonexistent/base"}, "campaign.yaml: base_model"),
     "missing endpoint": ({"models": ["/nonexistent/m"]}, "campaign.yaml: models.0: model path"),
-    "unknown shipped task": ({"tasks": [{"task": "arith"}, {"task": "seqx"}]}, "campaign.yaml: tasks.1: unknown task"),
+    "unknown shipped task": ({"tasks": [{"task": "arith"}, {"task": "seqx"}]},
+                             "campaign.yaml: tasks.1: unknown task 'seqx': not a file, a folder, a plugin, a shipped "
+                             "benchmark (arith, lang, seq) or an lm-eval task (did you mean 'seq'?)"),
     "architecture of another model": ({"align": {"arch": "mlp"}}, "campaign.yaml: align.arch mlp does not match"),
     "unknown method": ({"methods": {"frankenmerge": {}}}, "methods: frankenmerge"),
+    "misspelt method": ({"methods": {"tie": {}}}, "methods: tie: unknown merge method 'tie' (did you mean 'ties'?)"),
     "empty range": ({"methods": {"ties": {"density": [0.9, 0.2]}}}, "methods: ties.density: empty range"),
     "unknown task": ({"tasks": [{"task": "no_such_module:Task"}]}, "campaign.yaml: tasks.0: task plugin"),
     "wrong type": ({"algorithm": {"population": "many"}}, "algorithm.population"),
