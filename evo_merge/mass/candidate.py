@@ -61,6 +61,11 @@ class MassKind:
         over bf16 checkpoints rounds the factors as the folder is written)."""
         return not kept.as_checkpoints
 
+    def rounding_note(self, stored: str, task_vectors: bool) -> str:
+        return (f"with the base and the factors kept in {stored} (`storage.dtype`), and a MASS folder keeps them in "
+                "the base checkpoint's dtype: an exported MASS pick can route and score a little differently "
+                "(`storage.dtype: auto` keeps them as the folder does; docs/memory.md, exactness)")
+
     def check_inputs(self, adapters: bool) -> None:
         if adapters:
             raise UserError("methods.mass: MASS decomposes model folders; inputs with a LoRA adapter (+adapter) "

@@ -14,7 +14,7 @@ from evo_merge.progress import Progress, no_progress
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
-from evo_merge.search.kinds import Evidence, candidate_kind
+from evo_merge.search.kinds import Evidence, candidate_kind, merge_rounding_note
 from evo_merge.search.log import stage_track
 from evo_merge.search.store import EVALUATED_ON_META, FACTS_META, CampaignStore, Evaluation, Record, in_run
 from evo_merge.search.workspace import Workspace
@@ -68,44 +68,26 @@ def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[st
 
 def rounded_storage_note(facts: Mapping[str, Any] | None, method: str | None = None) -> str | None:
     """The line a report (`method` None) or a pick's card gives scores measured on candidates the
-    search kept otherwise than their exported picks keep them (`Workspace.storage_rounding`), naming
-    what differs: a static merge's pick is the merge of its recipe, a MASS pick a folder of its base
-    and factors in the base's dtype, and either can answer a few items differently. None where the
-    scores are the exported picks' own, and for a run from before the dtype was recorded."""
+    search kept otherwise than their exported picks keep them (`Workspace.storage_rounding`), each
+    kind saying how (`CandidateKind.rounding_note`): an exported pick can answer a few items
+    differently. None where the scores are the exported picks' own, and for a run from before the
+    dtype was recorded."""
     facts = facts or {}
     stored = facts.get("stored_dtype")
     if stored is None:
         return None
     rounded = facts.get("rounded_methods")
     if rounded is None:  # a run from before: every method's task vectors were rounded below float32
-        return None if stored == "float32" else _static_note(stored, "", task_vectors=True)
+        return None if stored == "float32" else f"scores were measured {merge_rounding_note(stored, True)}"
     task_vectors = facts.get("rounded_task_vectors", True)
     if method is not None:
-        if method not in rounded:
-            return None
-        return _mass_note(stored) if method == "mass" else _static_note(stored, "", task_vectors)
-    static = [m for m in rounded if m != "mass"]
-    lines = ([_static_note(stored, f" of {', '.join(static)} candidates", task_vectors)] if static else []) + (
-        [_mass_note(stored)] if "mass" in rounded else [])
+        return f"scores were measured {candidate_kind(method).rounding_note(stored, task_vectors)}" if (
+            method in rounded) else None
+    by_note: dict[str, list[str]] = {}  # methods of one kind share their note
+    for name in rounded:
+        by_note.setdefault(candidate_kind(name).rounding_note(stored, task_vectors), []).append(name)
+    lines = [f"scores of {', '.join(names)} candidates were measured {note}" for note, names in by_note.items()]
     return "; ".join(lines) or None
-
-
-def _static_note(stored: str, which: str, task_vectors: bool) -> str:
-    if task_vectors:
-        what = (f"task vectors stored in {stored}, each rounded once (a `storage.dtype` narrower than the "
-                "checkpoints', or an endpoint that is a LoRA adapter's sum, formed in float32)")
-    else:
-        what = f"factors the method computes (TSV's), stored in {stored} (`storage.dtype`), each rounded once"
-    return (f"scores{which} were measured on merges of {what}; an exported pick is the merge of its recipe "
-            "(`merge_recipe.yaml`) and can score a little differently (`storage.dtype: float32` measures exactly the "
-            "exported weights; docs/memory.md, exactness)")
-
-
-def _mass_note(stored: str) -> str:
-    return (f"scores of mass candidates were measured with the base and the factors kept in {stored} "
-            "(`storage.dtype`), and a MASS folder keeps them in the base checkpoint's dtype: an exported MASS pick "
-            "can route and score a little differently (`storage.dtype: auto` keeps them as the folder does; "
-            "docs/memory.md, exactness)")
 
 
 def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:

@@ -37,6 +37,19 @@ class Evidence:
     note: str | None = None  # what the scores were measured on, where that is not the exported weights
 
 
+def merge_rounding_note(stored: str, task_vectors: bool) -> str:
+    """`CandidateKind.rounding_note` of a static merge: the rounded task vectors (`task_vectors`), or
+    the factors a method computes from exact ones."""
+    if task_vectors:
+        what = (f"task vectors stored in {stored}, each rounded once (a `storage.dtype` narrower than the "
+                "checkpoints', or an endpoint that is a LoRA adapter's sum, formed in float32)")
+    else:
+        what = f"factors the method computes (TSV's), stored in {stored} (`storage.dtype`), each rounded once"
+    return (f"on merges of {what}; an exported pick is the merge of its recipe (`merge_recipe.yaml`) and can "
+            "score a little differently (`storage.dtype: float32` measures exactly the exported weights; "
+            "docs/memory.md, exactness)")
+
+
 class CandidateKind(Protocol):
     def uses_weights(self, method: str) -> bool:
         """False when the endpoint weights play no part (the genome decodes them as all 1)."""
@@ -60,6 +73,12 @@ class CandidateKind(Protocol):
     def rounds(self, method: str, kept: Any) -> bool:
         """Whether the search's candidate of `method` can differ from the exported pick, its tensors
         kept as `kept` (a `merge.storage.Keeping`) says."""
+        ...
+
+    def rounding_note(self, stored: str, task_vectors: bool) -> str:
+        """How the scores of a candidate that `rounds` were measured, and what the exported pick is
+        (completing "scores ... were measured "), with tensors stored in `stored` and the task vectors
+        themselves rounded or not (a run's `facts`)."""
         ...
 
     def build(self, bench: Any, candidate: Candidate) -> Any:
@@ -128,6 +147,9 @@ class StaticMerge:
         from evo_merge.merge.storage import rounds
 
         return rounds(method, kept)
+
+    def rounding_note(self, stored: str, task_vectors: bool) -> str:
+        return merge_rounding_note(stored, task_vectors)
 
     def check_inputs(self, adapters: bool) -> None:
         """Every input folds in: the merger reads adapters tensor by tensor."""

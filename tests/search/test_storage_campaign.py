@@ -594,9 +594,16 @@ def test_the_methods_a_storage_rounds_are_named_from_the_checkpoints(tmp_path, z
     # float32 storage over bf16 checkpoints: only MASS's folder differs, and the advice is `auto`, not float32
     mass_facts = {"stored_dtype": "float32", "rounded_methods": ["mass"], "rounded_task_vectors": False}
     assert rounded_storage_note(mass_facts, "tsv") is None
-    for note in (rounded_storage_note(mass_facts), rounded_storage_note(mass_facts, "mass")):
-        assert note.startswith("scores of mass candidates were measured with the base and the factors kept in float32")
+    for note, scores in ((rounded_storage_note(mass_facts), "scores of mass candidates"),
+                         (rounded_storage_note(mass_facts, "mass"), "scores")):  # the report's, a card's
+        assert note.startswith(f"{scores} were measured with the base and the factors kept in float32")
         assert "`storage.dtype: auto` keeps them as the folder does" in note and "float32` measures" not in note
+    # both kinds rounding: a line each, each naming its methods
+    both_kinds = {"stored_dtype": "bfloat16", "rounded_methods": ["tsv", "mass", "tsv_c"],
+                  "rounded_task_vectors": False}
+    first, second = rounded_storage_note(both_kinds).split("; scores of ")
+    assert first.startswith("scores of tsv, tsv_c candidates were measured on merges of factors")
+    assert second.startswith("mass candidates were measured with the base")
     assert rounded_storage_note(facts, "tsv").startswith("scores were measured on merges of factors")
     assert rounded_storage_note({**facts, "rounded_methods": []}) is None
     # the cause named: the task vectors themselves, as a LoRA endpoint or a narrower storage dtype rounds them,
