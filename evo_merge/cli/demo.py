@@ -73,17 +73,11 @@ def _check_run_is_the_demo(out: Path, text: str, config: Path) -> None:
     from evo_merge.config import Campaign
     from evo_merge.errors import UserError
     from evo_merge.schema import validate
-    from evo_merge.search.binding import bound_defaults, differences
-    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.binding import bound_defaults, folder_differences
 
-    if bound_defaults(out) is None:
+    if bound_defaults(out) is None:  # a new folder: nothing to compare (nor the campaign to read yet)
         return
-    store = CampaignStore(out)
-    try:
-        changed = differences(store, validate(Campaign, yaml.safe_load(text), config))
-    finally:
-        store.close()
-    if changed is not None:
+    if (changed := folder_differences(out, validate(Campaign, yaml.safe_load(text), config))) is not None:
         raise UserError(f"--out {out}: holds the run of another campaign{changed}; give the demo another --out")
 
 

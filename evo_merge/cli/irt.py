@@ -288,16 +288,17 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
     anchor_methods, budget_list = _methods(methods), list(dict.fromkeys(_int_list(budgets, "--budgets")))
     with StageBars() as bars:
         data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
+        # the folds that hold every subject out once: the default's, and the summary's advice after one split
+        refold = auto_folds(data, test_frac, ends) if hold_out == "random" else None
         if folds == "auto":
-            folds = 1 if split_given or hold_out != "random" else auto_folds(data, test_frac, ends)
+            folds = 1 if split_given or refold is None else refold
         table = run_validation(data, test_frac=test_frac, folds=folds, budgets=budget_list,
                                methods=anchor_methods, seed=seed, backend=backend, dims=_dims(dims),
                                repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,
                                progress=bars, **_backend_options(backend, epochs, lr))
     console = results_console(width=140)  # the table is about 135 wide: never folded
     console.print(validation_table(table, hold_out))
-    hint = auto_folds(data, test_frac, ends) if hold_out == "random" else None
-    if summary := default_summary(table, overall, hint):
+    if summary := default_summary(table, overall, refold):
         console.print(summary, soft_wrap=True)
     if csv_path is not None:
         write_output_file(csv_path, table.to_csv(index=False))

@@ -33,33 +33,24 @@ def campaign_models(campaign_file: Path):
     return campaign, base, models
 
 
-def planned_campaign(campaign_file: Path, run_dir: Path | None):
+def planned_campaign(campaign_file: Path, run_dir: Path | None, check_bound: bool = False):
     """(campaign, base, endpoints, resuming) as the run in `run_dir` will see them. A folder a
     campaign is bound to runs it under the defaults it was written under (a folder from before
     `dtype: auto` evaluates in float32, whatever the file given now leaves unset), and only what a
-    resume may change is to be suggested."""
-    from evo_merge.search.binding import as_written_at, bound_defaults
+    resume may change is to be suggested. `check_bound`: refuse a campaign other than the folder's,
+    as `run` does (`resume` words an edited campaign.yaml its own way, later)."""
+    from evo_merge.search.binding import as_written_at, bound_defaults, different_campaign, folder_differences
     from evo_merge.search.workspace import with_disk_dir
 
     campaign, base, models = campaign_models(campaign_file)
+    if check_bound and run_dir is not None and (changed := folder_differences(run_dir, campaign)) is not None:
+        raise different_campaign(run_dir, changed)
     version = None if run_dir is None else bound_defaults(run_dir)
     if version is not None:
         campaign = as_written_at(campaign, version)
     if run_dir is not None:
         campaign = with_disk_dir(campaign, run_dir)
     return campaign, base, models, version is not None
-
-
-def _check_bound_to(run_dir: Path, campaign) -> None:
-    """UserError, as `run` gives it, where `run_dir` holds another campaign than `campaign`."""
-    from evo_merge.search.binding import bound_campaign
-    from evo_merge.search.store import CampaignStore
-
-    store = CampaignStore(run_dir)
-    try:
-        bound_campaign(store, campaign, run_dir)
-    finally:
-        store.close()
 
 
 def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
@@ -87,9 +78,7 @@ def plan(campaign_file: Path, out: Path | None) -> None:
 
     if out is not None:
         check_run_folder(out)
-    campaign, base, models, resuming = planned_campaign(campaign_file, out)
-    if resuming:  # another campaign than the folder's is refused, as `run` refuses it
-        _check_bound_to(out, campaign_models(campaign_file)[0])
+    campaign, base, models, resuming = planned_campaign(campaign_file, out, check_bound=True)
     with naming_file(campaign_file):
         tasks = campaign_tasks(campaign)
     result = campaign_plan(campaign, base, models, resuming=resuming)

@@ -90,11 +90,27 @@ def bound_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path) -> C
     _require_campaign(store, run_dir)
     changed = differences(store, campaign)
     if changed is not None:
-        raise UserError(
-            f"{run_dir}: holds a different campaign{changed}; resume it with the {CAMPAIGN_FILE} it started with, "
-            "or start a new run folder"
-        )
+        raise different_campaign(run_dir, changed)
     return as_written_at(campaign, _defaults_version(store))
+
+
+def different_campaign(run_dir: Path, changed: str) -> UserError:
+    """The refusal of a campaign other than the one `run_dir` is bound to (`changed`: `differences`)."""
+    return UserError(f"{run_dir}: holds a different campaign{changed}; resume it with the {CAMPAIGN_FILE} it "
+                     "started with, or start a new run folder")
+
+
+def folder_differences(run_dir: Path, campaign: Campaign) -> str | None:
+    """`differences` of `campaign` from the one `run_dir` is bound to; None where it is that one, or the
+    folder is bound to none (new, empty, or left by a start that failed). For checks before a run
+    (`plan --out`, `demo --out`) that say so in their own words."""
+    if not (run_dir / CampaignStore.DB).is_file():
+        return None
+    store = CampaignStore(run_dir)
+    try:
+        return None if store.get_meta(CONFIG_META) is None else differences(store, campaign)
+    finally:
+        store.close()
 
 
 def _require_campaign(store: CampaignStore, run_dir: Path) -> None:

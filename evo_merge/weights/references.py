@@ -50,10 +50,11 @@ def _resolve_adapter(value: str, root: Path, key: str) -> tuple[Path, str]:
     local = _local_path(value, root)
     if local is not None and local.is_dir():
         return local, str(local)
-    repo, _, revision = value.partition("@")
-    if local is not None or not _looks_like_repo_id(repo) or (revision and not _is_revision(revision)):
+    hub = _hub_id(value)
+    if local is not None or hub is None:
         raise UserError(f"{key}: LoRA adapter folder {value!r} not found (nor a Hub id, org/name[@revision])")
-    path = _snapshot(repo, revision or None, f"{key} (LoRA adapter)")
+    repo, revision = hub
+    path = _snapshot(repo, revision, f"{key} (LoRA adapter)")
     return path, f"{repo}@{path.name}"
 
 
@@ -109,11 +110,21 @@ def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
     local = _local_path(value, root)
     if local is not None:
         return local, str(local)
-    repo, at, revision = value.partition("@")
-    if not _looks_like_repo_id(repo) or (at and not _is_revision(revision)):  # `org/name@` names no revision
+    hub = _hub_id(value)
+    if hub is None:
         raise UserError(f"{key}: model path {value!r} does not exist and is not a Hub id (org/name[@revision])")
-    path = _snapshot(repo, revision or None, key)
+    repo, revision = hub
+    path = _snapshot(repo, revision, key)
     return path, f"{repo}@{path.name}"
+
+
+def _hub_id(value: str) -> tuple[str, str | None] | None:
+    """(repo, revision or None) of `org/name[@revision]`; None where `value` is no Hub id (`org/name@`
+    names no revision, and a revision may not step out of the cache's refs/)."""
+    repo, at, revision = value.partition("@")
+    if not _looks_like_repo_id(repo) or (at and not _is_revision(revision)):
+        return None
+    return repo, revision or None
 
 
 def is_hub_id(value: str) -> bool:
