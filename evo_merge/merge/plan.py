@@ -446,6 +446,8 @@ def _layer_sources(jobs: list[TensorJob]) -> list[tuple[int, int]]:
     """(model, layer) each output layer of the longest stack is built from, in order: its first
     tensor's reference, else its first input."""
     sizes = layers.stack_sizes(j.name for j in jobs)
+    if not sizes:  # no block recognised by name: no per-layer list to follow
+        return []
     stem = max(sizes, key=sizes.get)
     sources: dict[int, tuple[int, int]] = {}
     for job in jobs:
