@@ -63,7 +63,7 @@ from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS
 from evo_merge.search.binding import DEFAULTS_META, as_written_at, config_fingerprint
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
-from evo_merge.search.front import Distinct, candidates, choose, measured_before, to_measure
+from evo_merge.search.front import Distinct, candidates, choose, measured_before, pick_rounds, to_measure
 from evo_merge.search.holdout import HOLDOUT_META
 from evo_merge.search.lock import RunLock
 from evo_merge.search.objectives import Objectives
@@ -368,11 +368,15 @@ def raced_final_phase(runner: CampaignRunner, seed: int,
     if DEFAULT.measure_whole == "survivors" or last is None:
         whole, shown = set(live), set(live)
         picks = None
-    else:
+    else:  # the picks' rounds (`pick_rounds`): every candidate a round picks is measured whole
         sampled = [replace(truth[k], measured=sample.score(stored[k], last)) for k in live]
-        whole = picks = {e.key for e in choose(sampled, objectives, runner.workspace.campaign.final).values()}
-        shown = {sampled[i].key for i in objectives.non_dominated(np.array([objectives.vector(e.measured)
-                                                                            for e in sampled]))}
+        rounds = [{e.key for e in chosen.values()} for chosen, _ in pick_rounds(
+            sampled, objectives, runner.workspace.campaign.final, whole_before & set(live),
+            lambda key: truth[key].measured)]
+        whole, picks = set().union(*rounds), rounds[-1]
+        known = [truth[e.key] if e.key in whole | whole_before else e for e in sampled]  # as pareto.csv shows them
+        shown = {known[i].key for i in objectives.non_dominated(np.array([objectives.vector(e.measured)
+                                                                          for e in known]))}
     total = total_items(runner, whole, picks) + sum(len(seen[key]) for key in finalists if key not in whole)
     hv = objectives.hypervolume(np.array([objectives.vector(truth[k].measured) for k in shown]))
     hv_measured = objectives.hypervolume(measured_front(runner, whole)[1])

@@ -189,7 +189,7 @@ def status(run: Path) -> None:
     from evo_merge.search.lock import holder
     from evo_merge.search.metrics import item_totals
     from evo_merge.search.objectives import Objectives
-    from evo_merge.search.race import RACE_META, race_summary
+    from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
     from evo_merge.search.store import ANCHORS_META, POOLED_META
 
     store, facts = _store(run)
@@ -239,6 +239,8 @@ def status(run: Path) -> None:
                       "report.md and pareto.csv show each finalist's as pool_<task>)")
     if race := race_summary(store.get_meta(RACE_META)):
         console.print(race)
+    if rounds := rounds_summary(store.get_meta(PICKS_META)):
+        console.print(rounds)
     spent, full = store.items_evaluated("search"), len(search) * search_items
     console.print(
         f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"

@@ -25,7 +25,7 @@ from evo_merge.search.front import BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
 from evo_merge.search.metrics import item_totals, recorded_metrics
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.race import RACE_META, race_summary
+from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
 from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation, atomic_write, in_run
 from evo_merge.search.study import BASELINE
 
@@ -226,7 +226,7 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
         lines.append("endpoints, in the order of each recipe's weights: " + ", ".join(endpoints))
     if note := rounded_storage_note(facts):
         lines.append(note)
-    return lines + ([line] if (line := race_summary(race)) else [])
+    return lines + [line for line in (race_summary(race), rounds_summary(store.get_meta(PICKS_META))) if line]
 
 
 def _markdown(run_dir: Path, store: CampaignStore, evaluations: Sequence[Evaluation], table: pd.DataFrame,

@@ -9,14 +9,15 @@ near-duplicates are skipped so every slot buys a distinct candidate. The finalis
 (`race_finalists`, the statistics in `race`): one that another finalist matches on every task
 within the tolerance leaves. Picks are then chosen on scored items, never on estimates: on the
 race's last sample, shared by every survivor (`measure_whole: picks`, the default), or on every
-search item (`survivors`). The picks are measured on every item they miss (`measure_picks`):
+search item (`survivors`); a pick that falls behind once measured whole is chosen again
+(`pick_rounds`). The picks are measured on every item they miss (`measure_picks`):
 held-out items serve only to report what is published, so they are scored for the picks alone,
 and for the base and endpoints to compare with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import cache, partial
 
@@ -28,7 +29,7 @@ from evo_merge.search.evaluator import Items, ItemScores
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.pooling import pooled
-from evo_merge.search.race import RACE_META, SEED_OFFSET, RaceSample, run_race
+from evo_merge.search.race import PICKS_META, RACE_META, SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation, Record
 from evo_merge.search.study import BASELINE, SEARCH
@@ -203,10 +204,11 @@ def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, 
     compared on other items than the rest (`measure_picks` then measures the picks)."""
     chosen = to_measure(log.store, objectives, final, Distinct(space, final.distinct))
     on_sample = None
-    if final.race and any(e.measured is None for e in chosen):  # (full evaluation measures every candidate)
+    # a race that ran runs again from the store, whatever was measured since (the picks, `export --pick`), so
+    # that a resumed run compares as the first did; full evaluation, having measured every candidate, races none
+    raced = log.store.get_meta(RACE_META) is not None
+    if final.race and (raced or any(e.measured is None for e in chosen)):
         chosen, on_sample = race_finalists(log, chosen, objectives, final, seed)
-    elif (record := log.store.get_meta(RACE_META)) is not None:  # every leaver since measured (`export --pick`)
-        log.store.set_meta(RACE_META, {**record, "left": {}})
     if on_sample is None:
         log.measure(chosen, MEASURE_STAGE, held_out=False)
     log.measure([e for e in map(log.store.get, (c.key for c in references)) if e is not None], MEASURE_STAGE)
@@ -219,16 +221,63 @@ def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, 
 
 def measure_picks(log: EvaluationLog, pool: Sequence[Evaluation], objectives: Objectives,
                   final: FinalSpec) -> dict[str, Evaluation]:
-    """Choose the picks among `pool` (`choose`) and score them on the items they miss: the
-    held-out items, what their cards and the report publish, and the rest of the search items
-    where the race's sample chose them. A pick whose scoring fails is no pick (it would be
-    exported unmeasured): the picks are chosen again without it. Returns the picks as stored."""
+    """Choose the picks among `pool` (`pick_rounds`) and score them on the items they miss: the
+    rest of the search items where the race's sample chose them, then the held-out items, what
+    their cards and the report publish. Every round follows from the stored scores and the
+    candidates measured whole before the first (recorded in `PICKS_META` with each round's picks),
+    so a resumed run chooses the same picks. A pick whose scoring fails is no pick (it would be
+    exported unmeasured): that round is chosen again without it. Returns the picks as stored."""
+    store = log.store
+    record = store.get_meta(PICKS_META)
+    if record is None:  # written before anything is measured: a resume knows what was measured before
+        record = {"measured_before": sorted(e.key for e in pool if store.get(e.key).measured is not None),
+                  "rounds": []}
+        store.set_meta(PICKS_META, record)
+    done = 0
+    for chosen, settled in pick_rounds(pool, objectives, final, record["measured_before"],
+                                       lambda key: store.get(key).measured, lambda: store.measure_failures().keys()):
+        keys = list(dict.fromkeys(e.key for e in chosen.values()))
+        record["rounds"][done:] = [keys]  # a resume replays the rounds: each written at its place
+        store.set_meta(PICKS_META, record)
+        log.measure([store.get(k) for k in keys], PICKS_STAGE, held_out=settled)  # held-out items: the picks alone
+        if set(keys) & store.measure_failures().keys():
+            continue
+        if settled:
+            return {name: store.get(e.key) for name, e in chosen.items()}
+        done += 1
+    return {}
+
+
+def pick_rounds(pool: Sequence[Evaluation], objectives: Objectives, final: FinalSpec, before: Iterable[str],
+                whole: Callable[[str], Mapping[str, float] | None],
+                failed: Callable[[], Iterable[str]] = frozenset) -> Iterator[tuple[dict[str, Evaluation], bool]]:
+    """Each round's picks among `pool` and whether they are the last (settled); the caller
+    measures a round's picks on every search item before asking for the next.
+
+    The first round chooses on the scores `pool` carries (with a race, every candidate's on its
+    last sample, so that all are compared on the same items). A pick chosen on a sample can fall
+    behind once measured whole (its sample score was lucky), behind another candidate's sample
+    score or measurement: `pareto.csv` would then show a `front-N` pick dominated, or a better
+    candidate than a `best-<task>` pick. So each later round chooses on what is known of each
+    candidate (`whole`, its score on every search item, for those measured before, `before`, and
+    those picked in an earlier round; its sample score elsewhere), until every pick is known
+    whole. `failed`: the keys to leave out (their scoring failed): a round with a failed pick is
+    chosen again without it."""
+    known, first = set(before), True
     while True:
-        failed = log.store.measure_failures()
-        chosen = choose([e for e in pool if e.key not in failed], objectives, final)
-        log.measure(list({e.key: e for e in chosen.values()}.values()), PICKS_STAGE)
-        if not any(e.key in log.store.measure_failures() for e in chosen.values()):
-            return {name: log.store.get(e.key) for name, e in chosen.items()}
+        out = set(failed())
+        scored = [e if first or e.key not in known else replace(e, measured=whole(e.key)) for e in pool
+                  if e.key not in out]
+        chosen = choose(scored, objectives, final)
+        keys = {e.key for e in chosen.values()}
+        settled = not first and keys <= known
+        yield chosen, settled
+        if keys & set(failed()):
+            continue
+        if settled:
+            return
+        known |= keys
+        first = False
 
 
 def choose(measured: Sequence[Evaluation], objectives: Objectives, final: FinalSpec) -> dict[str, Evaluation]:

@@ -62,6 +62,15 @@ class RaceRecord(TypedDict):
     compared: NotRequired[Compared]
 
 
+class PickRounds(TypedDict):
+    """How the picks were chosen where some were chosen on the race's sample (`measure_picks`)."""
+    measured_before: list[str]  # keys among those compared that were measured whole before the picks
+    rounds: list[list[str]]  # each round's picks (keys), the last the picks exported
+
+
+PICKS_META = Record("pick_rounds", PickRounds)  # store meta, written as `front.measure_picks` chooses the picks
+
+
 RACE_Z = 2.5  # a leaver's paired difference must clear the tolerance by this many SEs on every task
 RACE_META = Record("race", RaceRecord)  # store meta: the race as it was run
 RACE_STAGE = "final: race"
@@ -190,6 +199,20 @@ def race_summary(record: Mapping | None) -> str | None:
         line += (f"; the {n} that stayed {'was' if n == 1 else 'were'} compared on {compared['stage'] * 100:g}% "
                  "of the items, and only the picks among them measured on every item")
     return line
+
+
+def rounds_summary(record: Mapping | None) -> str | None:
+    """One line on picks chosen again after their measurement (`measure_picks`): how many of the
+    first round's fell behind and how many more candidates were measured whole (None: none did)."""
+    if not record or not record["rounds"]:
+        return None
+    first, final = set(record["rounds"][0]), set(record["rounds"][-1])
+    added = {k for keys in record["rounds"][1:] for k in keys} - first - set(record["measured_before"])
+    if not added and first == final:
+        return None
+    return (f"picks: {len(first - final)} of the {len(first)} chosen on the race's sample fell behind once measured "
+            f"on every item and {len(final - first)} joined, chosen again on what was known whole; {len(added)} more "
+            f"{'candidate' if len(added) == 1 else 'candidates'} measured on every item for it")
 
 
 def small_pick_samples(search_items: Mapping[str, int], stages: Sequence[float], measure_whole: str) -> str | None:

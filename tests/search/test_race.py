@@ -20,7 +20,7 @@ from evo_merge.search.candidate import standard_merges
 from evo_merge.search.front import Distinct, to_measure
 from evo_merge.search.metrics import item_totals
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.race import RACE_META, SEED_OFFSET, RaceSample, beaten
+from evo_merge.search.race import PICKS_META, RACE_META, SEED_OFFSET, RaceSample, beaten
 from evo_merge.search.store import CampaignStore
 
 
@@ -257,6 +257,64 @@ def test_a_run_cut_after_its_picks_were_measured_resumes_to_the_same_picks(raced
     assert after.get_meta(RACE_META) == record  # the measured picks compared on the sample like the rest
 
 
+@pytest.fixture(scope="module")
+def rechosen(tmp_path_factory, zoo):  # noqa: F811
+    """A run whose picks, chosen on the race's sample, partly fell behind once measured on every
+    item (seed 1 of this family does), exporting the front's members too."""
+    tmp = tmp_path_factory.mktemp("rechosen")
+    path = campaign(tmp, zoo, algorithm={"population": 8, "generations": 2, "seed": 1},
+                    final={"holdout": 0.25, "top_k": 3, "evaluate_top": 6, "race_tolerance": 0.08,
+                           "export": ["best_per_task", "balanced", "front"]})
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp / "run")])
+    assert result.exit_code == 0, result.output
+    return tmp / "run"
+
+
+def test_picks_that_fall_behind_once_measured_are_chosen_again_so_that_pareto_csv_agrees(rechosen):
+    """A `front-N` pick chosen on the sample and dominated once measured, or a `best-<task>` pick
+    another candidate beats, is what pareto.csv would contradict: every pick is measured on every
+    item, the front picks are pareto.csv's front, and each best pick is the best there."""
+    store = CampaignStore(rechosen)
+    rounds = store.get_meta(PICKS_META)["rounds"]
+    assert len(rounds) > 2 and set(rounds[0]) != set(rounds[-1])  # a pick fell behind: what this tests
+    pareto = pd.read_csv(rechosen / "pareto.csv").set_index("id")
+    tasks = ("agree0", "agree1")
+    known = pd.DataFrame({t: pareto[f"meas_{t}"].fillna(pareto[f"sample_{t}"]) for t in tasks})
+    exported = {name: eid for name, (eid, _) in store.get_meta("exported").items()}
+    assert pareto.loc[list(exported.values()), [f"meas_{t}" for t in tasks]].notna().all().all()
+    front = {f"front-{i}" for i in pareto.index[pareto.front]}
+    assert {name for name in exported if name.startswith("front-")} == front
+    for task in tasks:
+        assert known.loc[exported[f"best-{task}"], task] == known[task].max()
+    assert known.mean(axis=1)[exported["balanced"]] == known.mean(axis=1).max()
+    fell = len(set(rounds[0]) - set(rounds[-1]))
+    status = " ".join(CliRunner().invoke(cli, ["status", str(rechosen)]).output.split())
+    assert f"picks: {fell} of the {len(rounds[0])} chosen on the race's sample fell behind" in status
+    assert f"{fell} of the {len(rounds[0])} chosen on the race's sample fell behind" in " ".join(
+        (rechosen / "report.md").read_text().split())
+
+
+def test_a_resume_replays_the_rounds_of_picks_to_the_same_picks(rechosen, tmp_path):
+    """Killed after the first round of picks was measured: the later rounds' picks are measured in
+    the store already, yet the replay treats them as it did (their sample scores) and ends where the
+    whole run did, scoring nothing again."""
+    run = tmp_path / "run"
+    shutil.copytree(rechosen, run)
+    store = CampaignStore(run)
+    exported, record = store.get_meta("exported"), store.get_meta(PICKS_META)
+    spent = store.items_evaluated(measured=True)
+    store.set_meta(PICKS_META, {**record, "rounds": record["rounds"][:1]})
+    store.db.execute("DELETE FROM meta WHERE key IN ('exported', 'finished')")
+    store.db.commit()
+    store.close()
+    shutil.rmtree(run / "models")
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    after = CampaignStore(run)
+    assert after.get_meta("exported") == exported and after.items_evaluated(measured=True) == spent
+    assert after.get_meta(PICKS_META) == record
+
+
 def test_an_export_onto_one_of_the_merge_s_inputs_is_refused_before_measuring(raced, tmp_path):
     """`export --pick ID --out <an endpoint> --overwrite` measured the candidate, then refused the folder:
     its items were kept and counted for an export that never was."""
@@ -320,7 +378,7 @@ def test_a_resumed_race_takes_the_same_decisions_without_scoring_again(raced):
     run = raced["raced"]
     before = CampaignStore(run)
     spent, record = before.items_evaluated(measured=True), before.get_meta(RACE_META)
-    before.set_meta(RACE_META, None)  # forgotten: the replay must decide again, from the stored scores
+    before.db.execute("DELETE FROM meta WHERE key = 'race'")  # forgotten: the replay decides again, from the scores
     result = CliRunner().invoke(cli, ["resume", str(run)])
     assert result.exit_code == 0, result.output
     after = CampaignStore(run)
