@@ -23,11 +23,13 @@ from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method, li
 from evo_merge.merge.settings import MISSING, layer_position, lookup
 from evo_merge.merge.tokens import TokenPlan, is_vocabulary, plan_tokens
 from evo_merge.weights import Checkpoint, heads, parse_dtype
-from evo_merge.weights.compat import castable, check_architectures
+from evo_merge.weights.compat import castable, check_architectures, check_vocabularies
 from evo_merge.weights.dtypes import dtype_name
 from evo_merge.weights.references import ModelRef, open_reference, resolve_reference
 
 log = logging.getLogger(__name__)
+# how to merge models of other vocabularies, where their embeddings' rows would be merged as they are
+TOKENIZER_HINT = "; a `tokenizer_source` (union, base, model:NAME) merges such models row by token"
 
 WEIGHT = "weight"
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -342,8 +344,13 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
         jobs += _own_head_jobs(method, groups[-1], jobs, checkpoints)  # the last group gives the post-layer tensors
         donor = index[recipe.base_model] if recipe.base_model else _entry_of(groups[0]).model
         tokens = plan_tokens(recipe, refs, index, checkpoints, donor, root)
+        if tokens is None:  # rows merged as they are: of the same tokens in every input (other sizes: `_check_shapes`)
+            check_vocabularies(checkpoints, TOKENIZER_HINT)
         untied = _untied_config(jobs, checkpoints)  # before a missing head is read as its embedding
         _use_tied_embeddings(jobs, checkpoints)
+        if recipe.slices is None:
+            for line in _unmerged(jobs, checkpoints, refs, _entry_of(groups[0]).model):
+                log.warning(line)
         _check_shapes(jobs, checkpoints, refs, tokens)
         config = _layer_config(checkpoints, donor, jobs) if recipe.slices is not None else {}
         config.update(untied if checkpoints[donor].config is not None else {})
@@ -366,6 +373,22 @@ def _own_head_jobs(method: MergeMethod, group: Group, jobs: list[TensorJob],
     found = dict.fromkeys(n for e in group.endpoints for n in checkpoints[e.model].names
                           if n not in planned and heads.is_own_head(checkpoints[e.model], n))
     return [_job(method, group, n, [n] * len(group.endpoints), n, layer_position(None, 0)) for n in found]
+
+
+def _unmerged(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: list[ModelRef], first: int) -> list[str]:
+    """A line per input with tensors no output tensor reads: a merge follows the first model's
+    tensors (as mergekit does), so a deeper endpoint's extra layers, or a tensor only it has, are
+    left out of the output; said, since the output is then not the merge of the whole endpoint."""
+    read = {source for job in jobs for source in ([job.reference] if job.reference else []) + job.inputs}
+    lines = []
+    for m in sorted({m for m, _ in read} - {first}):
+        left = [n for n in heads.merged_names(checkpoints[m]) if (m, n) not in read]
+        if left:
+            deeper = any(layers.parse(n) is not None for n in left)
+            lines.append(f"{refs[m].name}: {len(left)} of its tensors are not in {refs[first].name} and are left out "
+                         f"of the merge ({left[0]}{', ...' if len(left) > 1 else ''})"
+                         + ("; a `slices:` recipe chooses the layers of models of other depths" if deeper else ""))
+    return lines
 
 
 def _untied_config(jobs: list[TensorJob], checkpoints: list[Checkpoint]) -> dict[str, Any]:
@@ -402,8 +425,7 @@ def _check_shapes(jobs: list[TensorJob], checkpoints: list[Checkpoint], refs: li
             if shape != shapes[0]:
                 m0, n0 = sources[0]
                 rows_only = tokens is None and len(shape) == 2 and shape[1:] == shapes[0][1:] and is_vocabulary(n)
-                hint = ("; their vocabularies differ: a `tokenizer_source` (union, base, model:NAME) merges such "
-                        "models row by token") if rows_only else ""
+                hint = f"; their vocabularies differ{TOKENIZER_HINT}" if rows_only else ""
                 raise UserError(f"tensor {n} has shape {list(shape)} in {refs[m].name} but {n0} has "
                                 f"{list(shapes[0])} in {refs[m0].name}{hint}")
 

@@ -69,6 +69,16 @@ def _check_pair(a: Checkpoint, b: Checkpoint) -> None:
             )
 
 
+def check_vocabularies(checkpoints: Sequence[Checkpoint], hint: str = "") -> None:
+    """Raise UserError where a checkpoint's tokenizer maps tokens to other ids than the first's
+    (`hint` appended): their embedding rows are other tokens, which merging row by row averages."""
+    for other in checkpoints[1:]:
+        try:
+            _check_vocab(checkpoints[0], other, f"{checkpoints[0].path} and {other.path}")
+        except UserError as error:
+            raise UserError(f"{error}{hint}") from None
+
+
 def _check_vocab(a: Checkpoint, b: Checkpoint, pair: str) -> None:
     vocab_a, vocab_b = a.tokenizer_vocab(), b.tokenizer_vocab()
     if vocab_a is None or vocab_b is None or vocab_a == vocab_b:

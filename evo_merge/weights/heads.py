@@ -21,6 +21,8 @@ from evo_merge.weights.checkpoint import Checkpoint
 
 HEADS = ("lm_head.weight", "embed_out.weight")  # output heads a tied model leaves out
 INPUT_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+# stored by checkpoints of older transformers versions, computed from the config on load (non-persistent)
+BUFFERS = ("rotary_emb.inv_freq",)
 _IN_BLOCK = re.compile(r"\.\d+\.")  # `model.layers.3.…`: a block's tensor, never a model's head
 
 
@@ -42,9 +44,15 @@ def is_own_head(checkpoint: Checkpoint, name: str) -> bool:
     return is_head(name) and name in checkpoint and not ties_embeddings(checkpoint)
 
 
+def is_buffer(name: str) -> bool:
+    """A buffer some checkpoints store and a model computes when it loads (`BUFFERS`): no weight."""
+    return name.endswith(BUFFERS)
+
+
 def merged_names(checkpoint: Checkpoint) -> list[str]:
-    """The model's tensors, without a head it stores as a copy of its tied embedding."""
-    return [n for n in checkpoint.names if not (is_head(n) and ties_embeddings(checkpoint))]
+    """The model's tensors, without a head it stores as a copy of its tied embedding, nor a buffer
+    (`is_buffer`: one endpoint storing RoPE's `inv_freq` and another not is no mismatch)."""
+    return [n for n in checkpoint.names if not (is_head(n) and ties_embeddings(checkpoint)) and not is_buffer(n)]
 
 
 def source_name(checkpoint: Checkpoint, name: str) -> str:

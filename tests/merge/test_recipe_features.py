@@ -327,8 +327,8 @@ def test_models_of_different_vocabularies_without_a_tokenizer_source_are_told_of
     result, out = merge(tmp_path, recipe)
     assert result.exit_code == 2 and not out.exists()
     line, = result.output.strip().splitlines()
-    assert "has shape [" in line and line.endswith("their vocabularies differ: a `tokenizer_source` (union, base, "
-                                                   "model:NAME) merges such models row by token")
+    assert "tokenizer vocabulary size differs between" in line and line.endswith(
+        ": 100 vs 102; a `tokenizer_source` (union, base, model:NAME) merges such models row by token")
 
 
 @pytest.mark.parametrize(("model", "expected"), [
@@ -437,7 +437,7 @@ def test_union_tokenizer_needed_when_vocabularies_differ(deep, tmp_path):
     recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
               "models": [{"model": str(deep["chat"])}]}
     result, out = merge(tmp_path, recipe)
-    assert result.exit_code == 2 and "shape" in result.output
+    assert result.exit_code == 2 and "vocabulary size differs" in result.output
     recipe["tokenizer"] = {"source": "base"}
     result, out = merge(tmp_path, recipe, "base_vocab")
     assert result.exit_code == 0, result.output
@@ -760,3 +760,77 @@ def test_an_adapter_applied_to_another_folder_than_it_was_trained_on_says_so(dee
         lines = [r.getMessage() for r in caplog.records if "the adapter was trained on" in r.getMessage()]
         assert bool(lines) == warned, lines
         assert not warned or f"trained on {deep['ft1']}" in lines[0] and f"applied to {deep['ft2']}" in lines[0]
+
+
+def _copy_with(folder, out, edit_tensors=None, edit_vocab=None):
+    """A copy of a model folder with its tensors (name -> tensor) or tokenizer.json vocabulary edited."""
+    shutil.copytree(folder, out)
+    if edit_tensors:
+        file, = out.glob("*.safetensors")
+        save_file(edit_tensors(load_file(file)), file, metadata={"format": "pt"})
+    if edit_vocab:
+        spec = json.loads((out / "tokenizer.json").read_text())
+        spec["model"]["vocab"] = edit_vocab(spec["model"]["vocab"])
+        (out / "tokenizer.json").write_text(json.dumps(spec))
+    return out
+
+
+def test_models_of_one_vocabulary_size_but_other_tokens_are_refused(deep, tmp_path):
+    """Rows of one embedding are other tokens than another's at the same ids: merged row by row they
+    averaged unrelated tokens without a word, where a campaign refused the same endpoints."""
+    def swap(vocab):
+        first, second = sorted(vocab, key=vocab.get)[5:7]
+        return {**vocab, first: vocab[second], second: vocab[first]}
+    other = _copy_with(deep["ft1"], tmp_path / "swapped", edit_vocab=swap)
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+              "models": [{"model": str(deep["ft2"])}, {"model": str(other)}]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 2 and not out.exists()
+    line, = result.output.strip().splitlines()
+    assert f"tokenizers differ between {deep['base']} and {other}: token " in line
+    assert line.endswith("a `tokenizer_source` (union, base, model:NAME) merges such models row by token")
+    recipe["tokenizer"] = {"source": "base"}  # row by token: accepted
+    assert merge(tmp_path, recipe, "by_token")[0].exit_code == 0
+
+
+def test_an_endpoint_s_tensors_the_first_model_lacks_are_named_as_left_out(deep, tmp_path, caplog):
+    """A deeper endpoint merged onto the base: the merge follows the base's tensors, as mergekit's
+    does, so its last layer was dropped without a word; a tensor only RoPE computes is no such loss."""
+    model = make_tiny_causal_lm("llama", vocab_size=len(build_char_tokenizer()), layers=LAYERS + 1, seed=3)
+    deeper = _save(model, build_char_tokenizer(), tmp_path / "deeper")
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+              "models": [{"model": str(deep["ft1"])}, {"model": str(deeper)}], "parameters": {"weight": 0.5}}
+    with caplog.at_level("WARNING", logger="evo_merge.merge.plan"):
+        result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    left = [r.getMessage() for r in caplog.records if "left out of the merge" in r.getMessage()]
+    assert left == [f"{deeper}: 9 of its tensors are not in {deep['base']} and are left out of the merge "
+                    f"(model.layers.{LAYERS}.input_layernorm.weight, ...); a `slices:` recipe chooses the layers "
+                    "of models of other depths"]
+    caplog.clear()
+    buffer = _copy_with(deep["ft1"], tmp_path / "buffer", edit_tensors=lambda t: {
+        **t, "model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(4)})
+    recipe["models"] = [{"model": str(deep["ft2"])}, {"model": str(buffer)}]
+    with caplog.at_level("WARNING", logger="evo_merge.merge.plan"):
+        assert merge(tmp_path, recipe, "with_buffer")[0].exit_code == 0
+    assert not [r for r in caplog.records if "left out" in r.getMessage()]
+
+
+def test_a_checkpoint_storing_rope_buffers_merges_in_a_campaign_as_one_without(deep, tmp_path):
+    """Older transformers saved RoPE's `inv_freq`, which a model computes on load: a campaign refused
+    such an endpoint ("in ... but missing from ...") and could not load such a base."""
+    from evo_merge.merge.inplace import InPlaceMerger
+    from evo_merge.weights import Checkpoint, check_compatible, load_model_folder
+
+    def with_buffer(tensors):
+        return {**tensors, **{f"model.layers.{i}.self_attn.rotary_emb.inv_freq": torch.ones(4) for i in range(LAYERS)}}
+    base = _copy_with(deep["base"], tmp_path / "base", edit_tensors=with_buffer)
+    ft1 = _copy_with(deep["ft1"], tmp_path / "ft1", edit_tensors=with_buffer)
+    checkpoints = [Checkpoint.open(p) for p in (base, ft1, deep["ft2"])]
+    check_compatible(checkpoints)
+    check_compatible(checkpoints[::-1])
+    module, _ = load_model_folder(base)
+    merger = InPlaceMerger(module, checkpoints[0], checkpoints[1:])
+    assert not [n for n in merger.names if n.endswith("inv_freq")]
+    plain = [Checkpoint.open(p) for p in (deep["base"], deep["ft1"], deep["ft2"])]
+    assert merger.names == InPlaceMerger(load_model_folder(deep["base"])[0], plain[0], plain[1:]).names
