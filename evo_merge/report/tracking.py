@@ -11,12 +11,13 @@ folder (`tracking.json`), so `evo-merge resume` continues the same run. Trackers
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from evo_merge.search.metrics import recorded_metrics
 from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
 from evo_merge.search.study import BASELINE, CALIBRATION
 
+log = logging.getLogger(__name__)
 IDS_FILE = "tracking.json"
 RUN_KEY_TAG = "evo_merge.run_key"
 EXTRA = "pip install 'evo-merge[tracking]'"
@@ -36,6 +38,8 @@ ARTIFACTS = ("campaign.yaml", "report.md", "report.html", "pareto.csv", "pareto.
 
 class Tracker(Protocol):
     """What the study loop calls; every method is cheap next to an evaluation."""
+
+    label: str  # the campaign key it is configured by, for messages
 
     def log_generation(self, generation: int, metrics: Mapping[str, float]) -> None: ...
 
@@ -133,6 +137,8 @@ def evaluation_rows(run_dir: Path) -> list[dict[str, Any]]:
 class MLflowTracker:
     """One MLflow run per campaign, through `MlflowClient` (no global active run to leak)."""
 
+    label = "tracking.mlflow"
+
     def __init__(self, spec: MLflowSpec, run_dir: Path, campaign: Campaign):
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
@@ -151,7 +157,8 @@ class MLflowTracker:
         except MlflowException:
             raise UserError(f"tracking.mlflow: this run logged to MLflow run {self.run_id} (tracking.json), which "
                             f"the store {self.client.tracking_uri} does not hold; point tracking.mlflow.uri at the "
-                            "store it was logged to") from None
+                            f"store it was logged to, or move {IDS_FILE} out of the run folder to log to a new "
+                            "MLflow run") from None
         ids.set("mlflow", self.run_id)
         self._held = self._points(run)
 
@@ -202,6 +209,8 @@ class MLflowTracker:
 
 class WandbTracker:
     """One W&B run per campaign; `offline` mode writes under the run folder for `wandb sync`."""
+
+    label = "tracking.wandb"
 
     def __init__(self, spec: WandbSpec, run_dir: Path, campaign: Campaign):
         import wandb
@@ -255,9 +264,19 @@ class Trackers:
         self._ids = _RunIds(run_dir) if run_dir is not None and self.trackers else None
         self._logged: dict[str, list[str]] = dict(self._ids.get("logged") or {}) if self._ids is not None else {}
 
+    def _each(self, call: Callable[[Tracker], None]) -> None:
+        """`call` each tracker; one that fails (a tracking server gone, its store removed) is named in
+        one line and left out from then on: trackers only observe, and a run of hours goes on."""
+        for tracker in list(self.trackers):
+            try:
+                call(tracker)
+            except Exception as exc:  # noqa: BLE001 (whatever a tracking backend raises)
+                log.warning("%s: logging failed (%s); the run goes on without it, and it lacks what follows",
+                            tracker.label, first_line(exc))
+                self.trackers.remove(tracker)
+
     def log_generation(self, generation: int, metrics: Mapping[str, float]) -> None:
-        for tracker in self.trackers:
-            tracker.log_generation(generation, metrics)
+        self._each(lambda tracker: tracker.log_generation(generation, metrics))
 
     def log_evaluation(self, evaluation: Evaluation) -> None:
         done = set(self._logged.get(str(evaluation.id), ()))
@@ -270,15 +289,13 @@ class Trackers:
             return
         evaluation = replace(evaluation, estimates=evaluation.estimates if estimated in new else None,
                              measured=evaluation.measured if "measured" in new else None)
-        for tracker in self.trackers:
-            tracker.log_evaluation(evaluation)
+        self._each(lambda tracker: tracker.log_evaluation(evaluation))
         if self._ids is not None:  # read once at open, written after each evaluation (this process alone logs)
             self._logged[str(evaluation.id)] = sorted(done | new)
             self._ids.set("logged", self._logged)
 
     def finish(self, run_dir: Path) -> None:
-        for tracker in self.trackers:
-            tracker.finish(run_dir)
+        self._each(lambda tracker: tracker.finish(run_dir))
         if self._ids is not None:
             self._ids.set("finished", True)  # a later `resume` of the finished run has nothing to log
 

@@ -110,12 +110,16 @@ class CampaignRunner:
         standard, random = self.warmup_merges(search_space(self.workspace))
         subjects = self.scoring.subjects(len(self.workspace.models), standard + random)
         self.workspace.store.set_meta(CALIBRATION_META, len(subjects))
+        for label, candidate in subjects:  # a base or endpoint that failed stopped the run here: tried again
+            if not label.startswith("warmup-") and self.workspace.store.forget_failed(candidate.key):
+                log.info("calibration subject %s failed before: evaluated again", label)
         evaluations = self.log.evaluate([c for _, c in subjects], phase=CALIBRATION, generation=None,
                                         items=self.scoring.search_items(), stage="calibration",
                                         phases={c.key: BASELINE for c in standard})
         for (label, _), evaluation in zip(subjects, evaluations):
             if evaluation.status != "ok" and not label.startswith("warmup-"):  # failed warm-ups are left out
-                raise UserError(f"calibration subject {label} failed to evaluate: {message_line(evaluation.error)}")
+                raise UserError(f"calibration subject {label} failed to evaluate: {message_line(evaluation.error)}; "
+                                "`evo-merge resume` evaluates it again")
         self.scoring.fit([s for s, e in zip(subjects, evaluations) if e.status == "ok"])
 
     def warmup_merges(self, space: SearchSpace) -> tuple[list[Candidate], list[Candidate]]:

@@ -223,6 +223,18 @@ class CampaignStore:
             self._insert_scores(cursor.lastrowid, scores)
         return self.get(key)
 
+    def forget_failed(self, key: str) -> bool:
+        """Delete `key`'s evaluation if it failed (with any item scores it kept), so that it is
+        evaluated again; True where there was one. Only for what nothing stored was built on: a
+        calibration subject the run stopped at."""
+        row = self.db.execute("SELECT id FROM evaluations WHERE key = ? AND status != 'ok'", (key,)).fetchone()
+        if row is None:
+            return False
+        with self._transaction():
+            self.db.execute("DELETE FROM item_scores WHERE evaluation_id = ?", (row[0],))
+            self.db.execute("DELETE FROM evaluations WHERE id = ?", (row[0],))
+        return True
+
     def add_items(self, key: str, item_scores: Mapping[str, Mapping[str, float]], estimates: Mapping[str, float],
                   estimate_se: Mapping[str, float] | None, seconds: float) -> Evaluation:
         """More items scored for an evaluation (an adaptive test's next step), with the estimates

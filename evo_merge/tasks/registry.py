@@ -57,6 +57,8 @@ def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
     ids = list(task.item_ids)
     if bad := [i for i in ids if not isinstance(i, str)]:  # stored as text, matched as given
         raise UserError(f"task plugin {spec!r}: item ids must be strings, not {type(bad[0]).__name__} ({bad[0]!r})")
+    if not ids:  # scored, it gave a NaN score that the store then called damaged
+        raise UserError(f"task plugin {spec!r}: no items (its item_ids are empty)")
     if len(set(ids)) != len(ids):
         raise UserError(f"task plugin {spec!r}: item ids must be unique ({len(ids) - len(set(ids))} repeated)")
     return task

@@ -70,6 +70,28 @@ def test_mlflow_run_holds_generations_evaluations_and_artifacts(small_store, tmp
         open_tracker(elsewhere, small_store.run_dir, CAMPAIGN)
 
 
+def test_a_tracking_store_lost_mid_run_is_one_warning_and_the_run_goes_on(small_store, tmp_path, caplog):
+    """Its store removed after the first points (a server gone): a traceback stopped the campaign,
+    where trackers only observe."""
+    import shutil
+
+    store = tmp_path / "mlruns"
+    spec = TrackingSpec.model_validate({"mlflow": {"uri": store.as_uri(), "experiment": "merges"}})
+    tracker = open_tracker(spec, small_store.run_dir, CAMPAIGN)
+    tracker.log_evaluation(small_store.evaluations()[0])
+    shutil.rmtree(store)
+    store.write_text("not a store any more")
+    with caplog.at_level("WARNING", logger="evo_merge.report.tracking"):
+        run_through(tracker, small_store)  # the rest of the run: no exception
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and warnings[0].startswith("tracking.mlflow: logging failed (")
+    assert warnings[0].endswith("the run goes on without it, and it lacks what follows")
+    assert not tracker.trackers
+    with pytest.raises(UserError, match=f"or move {IDS_FILE} out of the run folder to log to a new MLflow run"):
+        open_tracker(TrackingSpec.model_validate({"mlflow": {"uri": (tmp_path / "new").as_uri()}}),
+                     small_store.run_dir, CAMPAIGN)
+
+
 def test_each_estimate_and_measurement_is_logged_once_across_resumes(small_store, tmp_path):
     """A search that measures every item logs `measured` with its generation; the final phase, a
     resume, or a run cut short while logging offers it again: the MLflow history keeps one point."""

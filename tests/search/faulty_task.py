@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 from agreement_task import AgreementTask
@@ -23,6 +24,10 @@ class FaultyAgreementTask(AgreementTask):
             scores.iloc[0] = np.nan
         elif self.fault == "range":
             scores = scores * 5
+        elif self.fault == "once" and not os.path.exists(self.failures):  # a transient fault (out of memory)
+            with open(self.failures, "w") as log:
+                log.write("failed\n")
+            raise RuntimeError("scorer failed once")
         elif self.fault in ("race", "picks") and self._fails_on(model, len(scores)):
             if self.failures:
                 with open(self.failures, "a") as log:

@@ -294,6 +294,25 @@ def test_a_task_answering_wrongly_stops_the_run_before_its_scores_are_stored(tmp
         assert all(0 <= score <= 1 and item.startswith("agree") for item, score in rows)
 
 
+def test_a_base_whose_scoring_failed_once_is_evaluated_again_on_resume(tmp_path, zoo):
+    """A transient fault while scoring the base (out of memory): its failure was stored, `resume`
+    stopped at it again and again, and the run folder, hours of calibration at 7B, was lost."""
+    tasks = [{"task": "faulty_task:FaultyAgreementTask", "name": "agree0",
+              "options": {"reference": str(zoo[1][0]), "name": "agree0", "seed": 0, "fault": "once",
+                          "failures": str(tmp_path / "failed-once")}}]
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo, tasks=tasks)), "--out", str(run)])
+    assert result.exit_code == 2 and result.output.strip().endswith(
+        "calibration subject base failed to evaluate: RuntimeError: scorer failed once; `evo-merge resume` "
+        "evaluates it again"), result.output
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    from evo_merge.search.store import CampaignStore
+
+    store = CampaignStore(run)
+    assert all(e.status == "ok" for e in store.evaluations("calibration")) and store.finished(3)
+
+
 def test_resume_refuses_a_changed_campaign(tmp_path, zoo):
     run = tmp_path / "run"
     assert CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)]).exit_code == 0

@@ -177,6 +177,7 @@ class Numbered:
 
 NUMBERED = Numbered([0, 1, 2])
 REPEATED = Numbered(["a", "b", "a"])
+EMPTY = Numbered([])
 """
 
 
@@ -197,6 +198,9 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch):
         resolve_task("evo_plugin_demo:NUMBERED")
     with pytest.raises(UserError, match=r"REPEATED': item ids must be unique \(1 repeated\)"):
         resolve_task("evo_plugin_demo:REPEATED")
+    # scored, it gave the base a NaN score, and the run folder was then called damaged
+    with pytest.raises(UserError, match=r"EMPTY': no items \(its item_ids are empty\)"):
+        resolve_task("evo_plugin_demo:EMPTY")
     with pytest.raises(UserError, match="no attribute 'missing'"):
         resolve_task("evo_plugin_demo:missing")
     with pytest.raises(UserError, match="cannot import module 'no_such_module_zz'.*add its folder to PYTHONPATH"):
