@@ -30,7 +30,15 @@ def _campaign_file(run: Path) -> Path:
     return run / CAMPAIGN_FILE
 
 
-def _runner(run: Path, campaign_file: Path | None = None):
+SCHEDULER = click.option(
+    "--scheduler", metavar="ADDRESS|local",
+    help="evaluate on the dask scheduler at ADDRESS (tcp://host:8786), or in this process (local): a run "
+    "folder's own campaign.yaml cannot send its work to a scheduler")
+
+
+def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None = None):
+    """The runner of a run folder: with `campaign_file`, the user's campaign (`run`); else the
+    folder's own, which names no scheduler to connect to (`_evaluated_where`)."""
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
     from evo_merge.search.campaign import CampaignRunner
@@ -39,9 +47,37 @@ def _runner(run: Path, campaign_file: Path | None = None):
         from evo_merge.search.binding import open_run
 
         open_run(run).close()
+    own = campaign_file is None
     campaign_file = campaign_file or _campaign_file(run)
     with naming_file(campaign_file):
-        return CampaignRunner.open(Campaign.load(campaign_file), campaign_file.parent, run)
+        campaign = Campaign.load(campaign_file)
+    if own:
+        campaign = _evaluated_where(campaign, campaign_file, scheduler)
+    return CampaignRunner.open(campaign, campaign_file.parent, run)
+
+
+def _evaluated_where(campaign, campaign_file: Path, scheduler: str | None):
+    """The campaign evaluated where `--scheduler` says. A run folder may come from someone else, and a
+    dask scheduler runs what it is given and answers in pickles: so the address a folder's own
+    campaign.yaml names is used only when the user names it too."""
+    from pydantic import ValidationError
+
+    from evo_merge.config import EvaluatorSpec
+    from evo_merge.errors import UserError, first_line
+
+    named = campaign.evaluator.address
+    if scheduler is None:
+        if named is not None:
+            raise UserError(f"{campaign_file}: evaluator.address sends this run's work to the dask scheduler at "
+                            f"{named}; a run folder does not choose where its work goes: pass --scheduler {named} to "
+                            "connect to it (or --scheduler local)")
+        return campaign
+    try:
+        evaluator = EvaluatorSpec(batch_size=campaign.evaluator.batch_size, **(
+            {} if scheduler == "local" else {"kind": "dask", "address": scheduler}))
+    except ValidationError as error:
+        raise UserError(f"--scheduler: {first_line(error.errors()[0]['msg'])}") from None
+    return campaign.model_copy(update={"evaluator": evaluator})
 
 
 def _store(run: Path):
@@ -153,14 +189,15 @@ def start_campaign(campaign_file: Path, out: Path) -> None:
 
 @click.command()
 @RUN_DIR
-def resume(run: Path) -> None:
+@SCHEDULER
+def resume(run: Path, scheduler: str | None) -> None:
     """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating
     only what is missing."""
     from evo_merge.cli.plan import check_campaign_fits
 
     check_campaign_fits(_campaign_file(run), run)  # memory plan (#13), as for `run`
     with _holding(run):
-        _run(_runner(run))
+        _run(_runner(run, scheduler=scheduler))
 
 
 @contextmanager
@@ -325,6 +362,7 @@ def report(run: Path) -> None:
 @click.option("--private", is_flag=True, help="create the Hub repo private")
 @click.option("--revision", help="Hub branch to upload to (created if missing)")
 @click.option("--dry-run", is_flag=True, help="list what --push-to-hub would upload; upload nothing")
+@SCHEDULER
 def export(
     run: Path,
     pick: int,
@@ -334,6 +372,7 @@ def export(
     private: bool,
     revision: str | None,
     dry_run: bool,
+    scheduler: str | None,
 ) -> None:
     """Export one evaluated candidate of a run as a model folder (merged from the checkpoints by its
     recipe), and push it to the Hugging Face Hub with --push-to-hub. A candidate not yet scored on
@@ -357,7 +396,7 @@ def export(
                         "`resume` restores; export elsewhere")
     check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
     with _holding(run):
-        runner = _runner(run)
+        runner = _runner(run, scheduler=scheduler)
         store = runner.workspace.store
         evaluation = next((e for e in store.evaluations() if e.id == pick), None)
         if evaluation is None or evaluation.status != "ok":

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Json
 
-from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign
+from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign, EvaluatorSpec
 from evo_merge.errors import UserError
 from evo_merge.search.store import CampaignStore, Record, check_no_links
 
@@ -48,12 +48,13 @@ def _swap_defaults(campaign: Campaign, version: int, *, to_former: bool) -> Camp
     return campaign.model_copy(update={**updates, **sections.get("", {})})
 
 
-def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> str:
+def config_fingerprint(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION, as_before: bool = False) -> str:
     """Identifies what a run computes (`fingerprinted`, hashed)."""
-    return hashlib.sha256(fingerprinted(campaign, written_at=written_at).encode()).hexdigest()[:16]
+    fingerprint = fingerprinted(campaign, written_at=written_at, as_before=as_before)
+    return hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
 
 
-def fingerprinted(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> str:
+def fingerprinted(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION, as_before: bool = False) -> str:
     """What identifies a run's computation, as JSON: where it is evaluated (local or which
     cluster) is left out, so a run started locally can be resumed on a cluster and back; so are
     settings at their defaults, so a setting added in a later version leaves older runs resumable;
@@ -61,7 +62,10 @@ def fingerprinted(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> 
     memory plan assumes. A task's options are keyword arguments, so their order in the file is left
     out too (a folder written before defaults version 8 holds them in the file's order). With an older
     `written_at`, a setting at the value it defaulted to then, since changed, is left out too: the
-    fingerprint a run folder written then holds."""
+    fingerprint a run folder written then holds. Of the evaluator only its batch size counts; up to
+    0.x an evaluator section written out (`kind: dask` at the default batch size, or `kind: local`)
+    counted as `{}` against no section, so that a local run could not be resumed on a cluster:
+    `as_before` gives that form, which the folders written then hold."""
     campaign = _swap_defaults(campaign, written_at, to_former=False)
     if written_at >= OPTIONS_SORTED_SINCE:
         tasks = [task.model_copy(update={"options": dict(sorted(task.options.items()))}) for task in campaign.tasks]
@@ -69,8 +73,10 @@ def fingerprinted(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION) -> 
     # storage placement, its folder and the budgets change where tensors are kept, not what is computed
     storage = campaign.storage.model_copy(update={"placement": "device", "disk_dir": None, "host_budget_gib": None,
                                                   "device_budget_gib": None})
-    where = campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"kind": "local"}),
-                                        "storage": storage})
+    batch = campaign.evaluator.batch_size
+    evaluator = (campaign.evaluator.model_copy(update={"kind": "local"}) if as_before
+                 else EvaluatorSpec(batch_size=batch) if batch != EvaluatorSpec().batch_size else EvaluatorSpec())
+    where = campaign.model_copy(update={"evaluator": evaluator, "storage": storage})
     # the sequence length only sizes the memory plan's activations
     return where.model_dump_json(exclude={"evaluator": {"address", "n_workers", "sequence_tokens"}, "tracking": True},
                                  exclude_defaults=True)
@@ -125,7 +131,8 @@ def differences(store: CampaignStore, campaign: Campaign) -> str | None:
     with), else the settings that differ, as ` (changed: a.b, c)` (empty for a folder bound before
     its settings were stored)."""
     version = _defaults_version(store)
-    if store.get_meta(CONFIG_META) in (config_fingerprint(campaign), config_fingerprint(campaign, written_at=version)):
+    if store.get_meta(CONFIG_META) in {config_fingerprint(campaign, written_at=written, as_before=before)
+                                       for written in (DEFAULTS_VERSION, version) for before in (False, True)}:
         return None
     started = store.get_meta(CONFIG_DATA_META)  # none in folders bound before it was stored
     given = fingerprinted(campaign, written_at=version)  # in the form the folder stored it

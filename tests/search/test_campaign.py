@@ -321,6 +321,58 @@ def test_resume_refuses_a_changed_campaign(tmp_path, zoo):
     assert result.exit_code == 2 and "different campaign" in result.output
 
 
+def test_where_a_run_is_evaluated_is_not_its_identity_whatever_the_file_writes(tmp_path, zoo):
+    """A dask evaluator at the default batch size, or `kind: local` written out, counted as `{}`
+    against no section: a run started locally was refused on a cluster ("changed: evaluator"). A
+    folder that stored that form still resumes."""
+    from evo_merge.config import Campaign, EvaluatorSpec
+    from evo_merge.search.binding import config_fingerprint
+
+    data = yaml.safe_load(campaign(tmp_path, zoo).read_text())
+    data.pop("evaluator", None)
+    local = Campaign.model_validate(data)
+    for evaluator in ({"kind": "local"}, {"kind": "dask", "n_workers": 1}, {"kind": "dask", "address": "tcp://h:8786"},
+                      {"kind": "dask", "n_workers": 2, "batch_size": 32, "sequence_tokens": 64}):
+        elsewhere = Campaign.model_validate({**data, "evaluator": evaluator})
+        assert config_fingerprint(elsewhere) == config_fingerprint(local), evaluator
+    smaller = Campaign.model_validate({**data, "evaluator": {"kind": "dask", "n_workers": 1, "batch_size": 8}})
+    assert config_fingerprint(smaller) != config_fingerprint(local)  # the batch is what tasks compute with
+    dask = local.model_copy(update={"evaluator": EvaluatorSpec(kind="dask", n_workers=1)})
+    assert config_fingerprint(dask, as_before=True) != config_fingerprint(local)  # the form such folders hold
+
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)]).exit_code == 0
+    from evo_merge.search.binding import CONFIG_META, differences
+    from evo_merge.search.store import CampaignStore
+
+    store = CampaignStore(run)
+    on_dask = Campaign.load(run / "campaign.yaml").model_copy(update={"evaluator": EvaluatorSpec(kind="dask",
+                                                                                              n_workers=1)})
+    store.set_meta(CONFIG_META, config_fingerprint(on_dask, as_before=True))  # as an earlier version stored it
+    assert differences(store, on_dask) is None
+
+
+def test_a_run_folder_s_own_scheduler_address_is_used_only_when_the_user_names_it(tmp_path, zoo):
+    """A received run folder's campaign.yaml named a scheduler, and `resume` connected to it: a
+    scheduler runs what it is given and answers in pickles."""
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)]).exit_code == 0
+    data = yaml.safe_load((run / "campaign.yaml").read_text())
+    data["evaluator"] = {**data.get("evaluator", {}), "kind": "dask", "address": "tcp://127.0.0.1:9"}
+    (run / "campaign.yaml").write_text(yaml.safe_dump(data))
+    for command in (["resume", str(run)], ["export", str(run), "--pick", "1", "--out", str(tmp_path / "m")]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2 and result.output.strip() == (
+            f"error: {run / 'campaign.yaml'}: evaluator.address sends this run's work to the dask scheduler at "
+            "tcp://127.0.0.1:9; a run folder does not choose where its work goes: pass --scheduler "
+            "tcp://127.0.0.1:9 to connect to it (or --scheduler local)"), result.output
+    result = CliRunner().invoke(cli, ["resume", str(run), "--scheduler", "local"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["resume", str(run), "--scheduler", "head"])
+    assert result.exit_code == 2 and "--scheduler: " in result.output, result.output
+    assert "not a dask scheduler address" in result.output
+
+
 def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zoo):
     from evo_merge.config import AlgorithmSpec, Campaign
     from evo_merge.search.binding import config_fingerprint
