@@ -28,8 +28,12 @@ TASK_META = Record("task_meta", dict[str, TaskMeta])  # store meta: what cards a
 
 def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[str, float]]:
     """The card's scores: estimated, and measured; with a holdout, `measured` is the held-out
-    score (items no choice was made on) and the search items' score is `measured_search_items`."""
+    score (items no choice was made on) and the search items' score is `measured_search_items`.
+    A task too small to hold items out (`holdout: auto`) was measured on all its items: that is
+    its `measured` score (it was left out of the card, the pick's own task included)."""
     held_out = held_out_scores(store, evaluation.key, store.get_meta(HOLDOUT_META, {}))
+    if held_out is not None:
+        held_out = {**(evaluation.measured or {}), **held_out}
     kinds = (("estimated", evaluation.estimates), ("measured", evaluation.measured)) if held_out is None else (
         ("estimated", evaluation.estimates), ("measured_search_items", evaluation.measured), ("measured", held_out))
     return {kind: values for kind, values in kinds if values}
@@ -99,8 +103,10 @@ def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
         return Evidence(tasks, None, note)
     scores, holdout = store.item_scores(evaluation.key), store.get_meta(HOLDOUT_META, {})
     if held_out_scores(store, evaluation.key, holdout) is not None:  # the card says which items, not "all N"
-        scores = {task: {i: scores[task][i] for i in items} for task, items in holdout.items() if items}
-        tasks = {name: replace(meta, held_out=len(scores[name])) if name in scores else meta
+        # a task with none held out: all its items, as its measured score
+        scores = {task: {i: scores[task][i] for i in items} if items else scores.get(task, {})
+                  for task, items in holdout.items()}
+        tasks = {name: replace(meta, held_out=len(scores[name])) if holdout.get(name) else meta
                  for name, meta in tasks.items()}
     return Evidence(tasks, scores, note)
 

@@ -397,3 +397,33 @@ def test_a_tie_on_a_pick_s_task_goes_to_the_candidate_better_elsewhere_never_a_d
     objectives = Objectives.of(["arith", "seq"], ["maximize", "maximize"])
     chosen = choose(measured, objectives, FinalSpec())
     assert chosen["best-arith"].id == 17 and chosen["best-seq"].id == 17
+
+
+def test_a_task_too_small_to_hold_items_out_keeps_its_measured_score_on_the_card(tmp_path, zoo):  # noqa: F811
+    """`holdout: auto` holds out 20% of a task of 500 items and none of one of 120: the small task,
+    measured on all its items, was left out of the card's measured scores, its model-index,
+    results.json and item_scores.parquet, on its own best pick too."""
+    base, fts = zoo
+    tasks = [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
+              "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "n_items": n}}
+             for i, (f, n) in enumerate(zip(fts, (500, 120)))]
+    config = campaign(tmp_path, zoo, tasks=tasks, algorithm={"population": 4, "generations": 1, "seed": 0},
+                      final={"holdout": "auto", "top_k": 1, "evaluate_top": 1})
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    store = CampaignStore(run)
+    holdout = store.get_meta("holdout")
+    assert len(holdout["agree0"]) == 100 and holdout["agree1"] == []
+    eid, folder = store.get_meta("exported")["best-agree1"]
+    items = store.item_scores(store.evaluations()[[e.id for e in store.evaluations()].index(eid)].key)
+    whole = np.mean(list(items["agree1"].values()))
+    assert len(items["agree1"]) == 120
+    index, scores = card(run / folder)
+    assert index["agree1"] == pytest.approx(whole) and scores["measured"]["agree1"] == pytest.approx(whole, abs=5e-5)
+    assert index["agree0"] == pytest.approx(np.mean([items["agree0"][i] for i in holdout["agree0"]]))
+    results = json.loads((run / folder / "results.json").read_text())
+    assert results["results"]["agree1"] and results["n-samples"]["agree1"] == {"original": 120, "effective": 120}
+    assert results["n-samples"]["agree0"] == {"original": 500, "effective": 100}
+    table = pd.read_parquet(run / folder / "item_scores.parquet")
+    assert len(table) == 100 + 120
