@@ -37,7 +37,7 @@ from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.lock import LOCK_FILE
 from evo_merge.search.store import FACTS_META, CampaignStore, Record, atomic_write
 from evo_merge.weights.checkpoint import weight_files
-from evo_merge.weights.digest import former_weights_digests, weights_digest
+from evo_merge.weights.digest import former_weights_digests, model_files_digest, weights_digest
 from evo_merge.weights.references import (
     ModelRef,
     check_distinct,
@@ -49,6 +49,7 @@ from evo_merge.weights.references import (
 )
 
 WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
+MODEL_FILES_META = Record("model_files", dict[str, str])  # config key -> digest of its config and tokenizer files
 # what a folder holds before its campaign is bound: the database (with SQLite's journal files), the lock
 # what a run folder holds before its store is bound (campaign.yaml: a bind cut short after writing it)
 FRESH_RUN_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE, CAMPAIGN_FILE}
@@ -344,8 +345,9 @@ def _check_irt_models(campaign: Campaign) -> None:
 
 
 def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
-    """Refuse a run folder whose models' weights changed since it started (a resume would mix scores of
-    two different models under one name); record them on first open (older folders: from now on).
+    """Refuse a run folder whose models' weights, config or tokenizer files changed since it started (a
+    resume would mix scores of two different models under one name); record them on first open (older
+    folders: from now on).
 
     A record made by an earlier digest (before every tensor's ends were read; before it covered
     exactly the files read) is checked with the digest it was made with, then replaced by the current one."""
@@ -358,6 +360,14 @@ def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
                             "resume with the models it started with, or start the campaign in a new run folder")
     if stored != digests:
         store.set_meta(WEIGHTS_META, {**stored, **digests})
+    files = {key: model_files_digest(ref) for key, ref in refs.items()}
+    recorded = store.get_meta(MODEL_FILES_META, {})  # none in folders started before it was: from now on
+    if changed := next((key for key, digest in files.items() if recorded.get(key, digest) != digest), None):
+        raise UserError(f"{changed} ({refs[changed].name}): its config.json or tokenizer files changed since this run "
+                        "folder was started; resume with the files it started with, or start the campaign in a new "
+                        "run folder")
+    if recorded != files:
+        store.set_meta(MODEL_FILES_META, {**recorded, **files})
 
 
 def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int], stored_dtype: str,

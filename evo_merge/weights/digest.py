@@ -26,6 +26,9 @@ SAMPLES = 64
 SAMPLE_BYTES = 4096
 TENSOR_BYTES = 512
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+# what a model is built and scored with beside its weights: its architecture and its tokenizer
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+               "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
 
 
 def weights_digest(ref: ModelRef) -> str:
@@ -33,6 +36,17 @@ def weights_digest(ref: ModelRef) -> str:
     shards included), and its LoRA adapter's weights and config (lora_alpha and r scale the update),
     with the ends of every tensor of a safetensors file."""
     return _digest(_read_files(ref), every_tensor=True)
+
+
+def model_files_digest(ref: ModelRef) -> str:
+    """Hex digest of the reference's `MODEL_FILES`, read whole (a few MB at most): an activation
+    edited in config.json, or another tokenizer, scores another model from the same weights."""
+    folder = ref.path if ref.path.is_dir() else ref.path.parent
+    digest = hashlib.sha256()
+    for name in MODEL_FILES:
+        if (file := folder / name).is_file():
+            digest.update(name.encode() + hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()[:16]
 
 
 def former_weights_digests(ref: ModelRef) -> tuple[str, str]:

@@ -449,6 +449,28 @@ def test_a_run_whose_models_changed_is_refused(tmp_path, zoo):  # noqa: F811
         Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
 
 
+@pytest.mark.parametrize("edit", ["config.json", "tokenizer.json"])
+def test_a_run_whose_model_config_or_tokenizer_changed_is_refused(tmp_path, zoo, edit):  # noqa: F811
+    """The base's activation edited in config.json after the run started: an export then measured and
+    published other scores from the same weights, and `resume` carried on; a tokenizer the same."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.workspace import Workspace
+
+    base, fts = zoo
+    base = shutil.copytree(base, tmp_path / "base")
+    config = yaml.safe_load(campaign(tmp_path, (base, fts)).read_text())
+    Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run").store.close()
+    Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run").store.close()  # unchanged: fine
+    spec = json.loads((base / edit).read_text())
+    if edit == "config.json":
+        spec["hidden_act"] = "relu"
+    else:
+        spec["added_tokens"] = spec.get("added_tokens", [])[:-1]
+    (base / edit).write_text(json.dumps(spec))
+    with pytest.raises(UserError, match=r"base_model .*: its config.json or tokenizer files changed since this run"):
+        Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
+
+
 def _digest_as_recorded_before(*folders):
     """What older versions recorded for a model: name, size and 64 sampled 4 KiB blocks of each
     .safetensors file at the top of the folders (an adapter's config left out)."""
