@@ -29,10 +29,12 @@ from evo_merge.irt.kinds import ENDPOINT_ESTIMATORS
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
 from evo_merge.search.holdout import without_items
-from evo_merge.search.store import ANCHORS_META, MIXED_META, REVISION_META, CampaignStore
+from evo_merge.search.store import ANCHORS_META, MIXED_META, REVISION_META, CampaignStore, Record
 from evo_merge.tasks.base import FitnessTask
 
 log = logging.getLogger(__name__)
+IRT_FILES_META = Record("irt_files", dict[str, str])  # task -> digest of irt/<task>'s files as this run saved them
+IRT_FILES = ("model.json", "params.npz")
 
 Subjects = list[tuple[str, Candidate]]
 
@@ -212,16 +214,26 @@ class Scoring:
                 if item not in self.holdout[name]]  # endpoints measured on the holdout since: never fitted on
         return pd.DataFrame(rows, columns=["subject", "item", "score", "scenario"])
 
-    @staticmethod
-    def _own_model(folder: Path) -> IRTModel:
-        """The IRT model this run fitted and saved; a damaged one says the way on, since the run can fit it
-        again from the calibration responses it stores."""
+    def _own_model(self, name: str, folder: Path) -> IRTModel:
+        """The IRT model this run fitted and saved, as it saved it (`IRT_FILES_META`: an edit of its
+        parameters, shapes kept, estimated the rest of the run with another model, silently); a
+        damaged or changed one says the way on, since the run can fit it again from the calibration
+        responses it stores. A folder saved before the digest was kept is recorded as it is."""
+        way_on = (f"; this run fitted it: remove {folder} and `evo-merge resume` fits it again from the stored "
+                  "calibration (its candidates after that are estimated by the new fit)")
         try:
-            return IRTModel.load(folder)
+            model = IRTModel.load(folder)
         except UserError as err:
-            raise UserError(f"{err}; this run fitted it: remove {folder} and `evo-merge resume` fits it again "
-                            "from the stored calibration (its candidates after that are estimated by the new fit)"
-                            ) from None
+            raise UserError(f"{err}{way_on}") from None
+        recorded = self.store.get_meta(IRT_FILES_META, {})
+        if name not in recorded:
+            self._record_files(name, folder)
+        elif recorded[name] != _files_digest(folder):
+            raise UserError(f"{folder}: its files changed since this run saved them{way_on}")
+        return model
+
+    def _record_files(self, name: str, folder: Path) -> None:
+        self.store.set_meta(IRT_FILES_META, {**self.store.get_meta(IRT_FILES_META, {}), name: _files_digest(folder)})
 
     def _estimators(self, name: str, subjects: Subjects, sets: int) -> list[Estimator]:
         """Task `name`'s IRT model, fitted (or loaded) once, and an estimator on each of `sets`
@@ -234,13 +246,14 @@ class Scoring:
             endpoint_subjects = [s for s in subjects if s[0] in endpoints]
             endpoint_arg: Sequence[str] | pd.DataFrame = self._responses(name, endpoint_subjects)
         elif (folder / "model.json").exists():
-            model, endpoint_arg = self._own_model(folder), endpoints
+            model, endpoint_arg = self._own_model(name, folder), endpoints
         else:
             options = {k: v for k, v in (("lr", spec.lr), ("epochs", spec.epochs)) if v is not None}
             model = IRTModel.fit(
                 self._responses(name, subjects), backend=spec.backend, dims=spec.dims, seed=self.seed, **options
             )
             model.save(folder)
+            self._record_files(name, folder)
             endpoint_arg = endpoints
         if spec.kind == "adaptive":  # items chosen per candidate: no fixed anchor set
             return [Estimator(
@@ -257,3 +270,11 @@ class Scoring:
                                           allocation=spec.anchor_allocation, counts=first.counts())
                            for s in range(1, sets)]
         return [Estimator(model, anchors, spec.kind, endpoints=endpoint_arg) for anchors in drawn]
+
+
+def _files_digest(folder: Path) -> str:
+    """Hex digest of an IRT model folder's `IRT_FILES` (small: read whole)."""
+    digest = hashlib.sha256()
+    for name in IRT_FILES:
+        digest.update(name.encode() + hashlib.sha256((folder / name).read_bytes()).digest())
+    return digest.hexdigest()[:16]

@@ -815,6 +815,25 @@ def test_a_store_that_lost_its_campaign_is_refused_by_every_command(copy, also_t
                        "that failed); restore it from a backup")
 
 
+def test_an_irt_model_of_the_run_edited_with_its_shapes_kept_is_refused(copy):
+    """1.0 added to every difficulty of RUN/irt/<task>/params.npz: it loaded, and the resumed run
+    estimated its later candidates with another model than the one it fitted, without a word."""
+    import numpy as np
+
+    folder = next(p for p in (copy / "irt").iterdir() if (p / "params.npz").exists())
+    with np.load(folder / "params.npz") as saved:
+        arrays = {k: saved[k] + (1.0 if k == "beta" else 0.0) for k in saved.files}
+    np.savez(folder / "params.npz", **arrays)
+    code, output = invoke("resume", copy)
+    assert code == 2 and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] == (
+        f"error: {folder}: its files changed since this run saved them; this run fitted it: remove {folder} and "
+        "`evo-merge resume` fits it again from the stored calibration (its candidates after that are estimated by "
+        "the new fit)"), output
+    shutil.rmtree(folder)
+    assert invoke("resume", copy)[0] == 0
+
+
 def test_a_damaged_irt_model_of_the_run_names_the_way_on(copy):
     """A truncated RUN/irt/<task>/params.npz stopped resume with 'corrupt parameter file' and no way
     on; the run can fit it again from the calibration it stores."""
