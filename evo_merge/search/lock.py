@@ -1,10 +1,11 @@
 """One process at a time in a run folder: an OS file lock held while `run` or `resume` works.
 
 Two processes writing one run folder would race on the same evaluations and both export and
-report. The lock is `flock` on a file inside the folder: the kernel releases it when the holder
-exits in any way (kill -9 included), so a lock left by a dead process is simply taken over,
-without guessing from pids or timestamps. The holder's pid is written into the file only to
-name it in the refusal.
+report. The lock is `flock` on the folder itself: the kernel releases it when the holder exits in
+any way (kill -9 included), so a lock left by a dead process is simply taken over, without
+guessing from pids or timestamps. It was on a file inside the folder, which a user could delete
+while a run held it, and a second run then locked a new file and wrote beside the first. The
+holder's pid is written into that file (`LOCK_FILE`) only to name it in the refusal.
 """
 
 from __future__ import annotations
@@ -38,32 +39,35 @@ class RunLock:
 
     def __enter__(self) -> Self:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        for attempt in range(LOCK_TRIES):  # `holder` (status) takes the lock shared for an instant
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == LOCK_TRIES - 1:
+                    os.close(folder)
+                    raise UserError(f"run folder {self.run_dir} is in use by pid {_pid(self.run_dir)}") from None
+                time.sleep(LOCK_WAIT_S)
         try:  # never through a link: a run folder someone sent could point it at any file of the user's
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
+            os.close(folder)
             what = "a link" if exc.errno == errno.ELOOP else exc.strerror
             raise UserError(f"{self.path}: cannot be the run folder's lock ({what}); remove it") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
+            os.close(folder)
             raise UserError(f"{self.path}: not a regular file, so not the run folder's lock; remove it")
-        for attempt in range(LOCK_TRIES):  # `holder` (status) takes the lock shared for an instant
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == LOCK_TRIES - 1:
-                    pid = _pid(fd)
-                    os.close(fd)
-                    raise UserError(f"run folder {self.run_dir} is in use by pid {pid}") from None
-                time.sleep(LOCK_WAIT_S)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        os.close(fd)
+        self._fd = folder
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._fd is not None:  # the file stays: removing it would let a waiter lock a stale inode
+        if self._fd is not None:
             os.close(self._fd)  # closing the only descriptor releases the flock
             self._fd = None
 
@@ -71,24 +75,30 @@ class RunLock:
 def holder(run_dir: str | Path) -> str | None:
     """The pid of the `run` or `resume` working in `run_dir` now, or None when none is (a process
     that died released the lock). Looks without taking the lock for longer than the look, and
-    without creating the lock file: `status` reads a folder another process may be writing."""
+    without creating anything: `status` reads a folder another process may be writing."""
     try:
-        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # no lock file (no run has worked here), or not one a run would have made
+        folder = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(folder, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _pid(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
+            return _pid(Path(run_dir))
+        fcntl.flock(folder, fcntl.LOCK_UN)
         return None
     finally:
+        os.close(folder)
+
+
+def _pid(run_dir: Path) -> str:
+    """The pid the lock's holder wrote into `LOCK_FILE` (`unknown` in the instant before it does,
+    or where the file was removed or is not one a run writes)."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return "unknown"
+    try:
+        return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+    finally:
         os.close(fd)
-
-
-def _pid(fd: int) -> str:
-    """The pid the lock's holder wrote into the file (`unknown` in the instant before it does)."""
-    return os.read(fd, 32).decode(errors="replace").strip() or "unknown"

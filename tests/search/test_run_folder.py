@@ -113,6 +113,24 @@ def test_a_second_process_is_refused_and_a_killed_holders_lock_is_taken_over(tmp
         pass
 
 
+def test_a_lock_file_deleted_while_a_run_holds_the_folder_lets_no_second_run_in(tmp_path):
+    """`rm RUN/.evo-merge.lock` during a `resume`: a second `resume` locked a new file and both wrote
+    the folder to the end, `status` saying "finished" meanwhile. The lock is the folder's own."""
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "held"
+        (run / LOCK_FILE).unlink()
+        with pytest.raises(UserError, match=f"run folder {run} is in use by pid unknown$"):
+            RunLock(run).__enter__()
+        assert holder(run) == "unknown"
+    finally:
+        process.kill()
+        process.wait()
+    with RunLock(run):
+        assert (run / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+
+
 def test_status_says_whether_a_run_is_working_in_the_folder(copy, tmp_path):
     """A user checking on a campaign learns whether it is still running, and which process, or
     stopped (interrupted, killed, died), and how to go on; looking creates no lock file."""
@@ -160,7 +178,7 @@ def test_a_status_looking_at_the_lock_does_not_turn_a_starting_run_away(tmp_path
     run = tmp_path / "run"
     with RunLock(run):
         pass
-    fd = os.open(run / LOCK_FILE, os.O_RDONLY)
+    fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_SH)  # a look that lasts 50 ms, far longer than a real one
     threading.Timer(0.05, os.close, (fd,)).start()
     with RunLock(run):
