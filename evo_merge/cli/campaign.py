@@ -340,6 +340,7 @@ def _print_picks(console: Console, store: CampaignStore, by_id: dict[int, Evalua
 def report(run: Path) -> None:
     """(Re)write report.md, report.html, evaluations.csv, pareto.csv and the plots of a run."""
     from evo_merge.report.campaign import write_report
+    from evo_merge.search.lock import holder
     from evo_merge.search.store import in_run
 
     store, facts = _store(run)
@@ -349,7 +350,7 @@ def report(run: Path) -> None:
         if (run / folder).is_dir() and not Path(in_run(run / folder, run)).is_absolute()
     }
     finished = store.finished(facts["generations"])
-    report = write_report(run, store, facts, exported, finished)
+    report = write_report(run, store, facts, exported, finished, running=None if finished else holder(run))
     click.echo(f"wrote {report}, report.html, evaluations.csv, pareto.csv and the plots in {run}")
 
 

@@ -94,7 +94,8 @@ def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path, endpoints
         _pareto_panel(ax, table, x, y, endpoints)
     for ax in axes.flat[len(pairs):]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
+    if axes.flat[0].get_legend_handles_labels()[0]:  # nothing scored yet (a run calibrating): no empty legend
+        axes.flat[0].legend(fontsize=7)
     fig.suptitle("Pareto front")
     _save(fig, path)
 
@@ -155,10 +156,12 @@ def _save(fig, path: Path) -> None:
 def write_report(
     run_dir: Path, store: CampaignStore, facts: dict, exported: dict[str, tuple[int, Path]] | None = None,
     finished: bool = True,
+    running: str | None = None,
 ) -> Path:
     """Write evaluations.csv (every evaluation, with the id `export --pick` takes), pareto.csv, the
     plots, report.md and report.html from the store and the run's facts
-    (`finished` False: of a run cut short, which the report says first). User strings (task,
+    (`finished` False: of a run cut short, or of one `running` now, its pid: which the report says
+    first). User strings (task,
     method and pick names) are escaped in both reports."""
     objectives = Objectives.of_facts(facts)
     tasks = list(objectives.names)
@@ -176,7 +179,7 @@ def write_report(
     if len(progress):
         plot_progress(progress, tasks, run_dir / "progress.png")
 
-    lines_of_facts = _run_facts(run_dir, store, facts, table, finished, race)
+    lines_of_facts = _run_facts(run_dir, store, facts, table, finished, race, running)
     summary = _summary(table, tasks, store, exported or {})
     baselines = store.get_meta(BASELINES_META, {})
     compared = _compared(table, {e.id: baselines[e.key] for e in evaluations if e.key in baselines}, tasks)
@@ -202,15 +205,19 @@ def write_report(
 
 
 def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataFrame, finished: bool,
-               race: dict | None) -> list[str]:
+               race: dict | None, running: str | None = None) -> list[str]:
     """The report's opening lines: whether it is finished, evaluations, items spent, held-out items, the race."""
     search_items = store.items_evaluated("search")
     full_items = search_item_count(facts, store)
     n_search = int((table.phase == "search").sum())
     n_failed = int((table.status == "failed").sum())
     unmeasured = len(store.measure_failures())  # worked on their anchors, failed when measured in the final phase
-    unfinished = [f"**not finished**: {store.generations_completed()} of {facts['generations']} generations "
-                  f"searched, no final phase yet; `evo-merge resume {run_dir}` carries it on"] if not finished else []
+    done, total = store.generations_completed(), facts["generations"]
+    phase = "in the final phase" if done >= total else "no final phase yet"
+    where = f"{done} of {total} generations searched, {phase}"
+    going = (f"a run is working in the folder (pid {running}): this report is of this moment" if running
+             else f"`evo-merge resume {run_dir}` carries it on")
+    unfinished = [f"**not finished**: {where}; {going}"] if not finished else []
     lines = [
         *unfinished,
         f"evaluations: {len(table)} ({n_search} search candidates, {n_failed} failed"
