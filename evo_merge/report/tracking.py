@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 IDS_FILE = "tracking.json"
 RUN_KEY_TAG = "evo_merge.run_key"
 EXTRA = "pip install 'evo-merge[tracking]'"
+# a tracking server that refuses or drops connections: MLflow's defaults (7 retries, 120 s each) kept a run
+# waiting over 4 minutes, silent, before its first evaluation; these give up within about half a minute
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 ARTIFACTS = ("campaign.yaml", "report.md", "report.html", "pareto.csv", "pareto.png", "progress.png")
 
 
@@ -146,6 +149,8 @@ class MLflowTracker:
         uri = spec.uri
         if uri and (uri.startswith("file:") or "://" not in uri):  # asked for by name: MLflow 3 wants an opt-in
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        for name, value in HTTP_RETRIES.items():  # unless the user set them: seconds, not MLflow's minutes
+            os.environ.setdefault(name, value)
         ids = _RunIds(run_dir)
         try:
             self.client = MlflowClient(tracking_uri=uri)

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import os
 import struct
 import sys
 import time
@@ -90,6 +91,18 @@ def test_a_tracking_store_lost_mid_run_is_one_warning_and_the_run_goes_on(small_
     with pytest.raises(UserError, match=f"or move {IDS_FILE} out of the run folder to log to a new MLflow run"):
         open_tracker(TrackingSpec.model_validate({"mlflow": {"uri": (tmp_path / "new").as_uri()}}),
                      small_store.run_dir, CAMPAIGN)
+
+
+def test_mlflow_gives_up_on_a_server_in_seconds_unless_the_user_chose_otherwise(small_store, tmp_path, monkeypatch):
+    """MLflow's own retries waited 4 min 14 s, silent, on a server refusing connections."""
+    from evo_merge.report.tracking import HTTP_RETRIES
+
+    for name in HTTP_RETRIES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")  # the user's own setting is kept
+    spec = TrackingSpec.model_validate({"mlflow": {"uri": (tmp_path / "mlruns").as_uri()}})
+    open_tracker(spec, small_store.run_dir, CAMPAIGN)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60"
 
 
 def test_each_estimate_and_measurement_is_logged_once_across_resumes(small_store, tmp_path):
