@@ -327,6 +327,8 @@ def _print_picks(console: Console, store: CampaignStore, by_id: dict[int, Evalua
     if picks:
         console.print(f"picks, {_measured_on(store)}:")
     for name, (eid, folder) in picks.items():
+        if not (store.run_dir / folder).is_dir():  # (an absolute folder of an older run is read as it is)
+            folder = f"{folder} (missing: `evo-merge resume` exports it again)"
         evaluation = by_id.get(eid)
         if evaluation is None or not evaluation.measured:  # a folder that lost its tail: said, not guessed
             console.print(f"  {name}: evaluation {eid}, not found measured; {folder}")

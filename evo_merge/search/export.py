@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from evo_merge.config import Campaign
+from evo_merge.errors import UserError
 from evo_merge.progress import Progress, no_progress
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
@@ -20,10 +21,14 @@ from evo_merge.search.store import EVALUATED_ON_META, FACTS_META, CampaignStore,
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
+from evo_merge.weights.digest import weights_digest
 from evo_merge.weights.export import sweep_partial_folders
+from evo_merge.weights.references import ModelRef
 
 log = logging.getLogger(__name__)
 TASK_META = Record("task_meta", dict[str, TaskMeta])  # store meta: what cards and results files say of each task
+# store meta: a pick's folder (as `exported` names it) -> digest of its weights as the run wrote them
+EXPORTED_WEIGHTS_META = Record("exported_weights", dict[str, str])
 
 
 def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[str, float]]:
@@ -117,21 +122,38 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     card naming every pick it is (the partial folders a killed export left there first removed:
     the run's lock keeps others out). A pick the run already exported as the same candidate and
     folder is kept as it is (a folder is written whole or not at all): the resume of a finished
-    run rewrites no model, and a kill during it cannot leave a pick missing."""
+    run rewrites no model, and a kill during it cannot leave a pick missing. A kept folder whose
+    weights are no longer those the run wrote (`EXPORTED_WEIGHTS_META`: another pick's copied over
+    it, a file replaced) is no pick: it is exported again, with a warning."""
     run_dir = workspace.run_dir
     if (run_dir / "models").is_dir():
         sweep_partial_folders(run_dir / "models")
     names: dict[int, list[str]] = {}
     for name, evaluation in chosen.items():
         names.setdefault(evaluation.id, []).append(name)
-    done = workspace.store.exported()
+    done, store = workspace.store.exported(), workspace.store
+    written = store.get_meta(EXPORTED_WEIGHTS_META, {})
     folders: dict[int, Path] = {}
     for name, evaluation in chosen.items():  # each candidate under the first name that picked it
-        out = run_dir / "models" / name
+        out, where = run_dir / "models" / name, in_run(run_dir / "models" / name, run_dir)
         if evaluation.id in folders:
             continue
-        kept = out.is_dir() and all(done.get(n) == (evaluation.id, in_run(out, run_dir)) for n in names[evaluation.id])
+        kept = out.is_dir() and all(done.get(n) == (evaluation.id, where) for n in names[evaluation.id])
+        if kept and where in written and _weights_digest(out) != written[where]:
+            log.warning("%s: its weights are not those this run exported; exported again", out)
+            kept = False
         folders[evaluation.id] = out if kept else export_candidate(
             workspace, evaluation, out, evaluator=evaluator, overwrite=True, progress=progress,
             chosen_as=names[evaluation.id])
+        if not kept and (digest := _weights_digest(out)) is not None:
+            store.set_meta(EXPORTED_WEIGHTS_META, written := {**written, where: digest})
     return {name: (evaluation.id, folders[evaluation.id]) for name, evaluation in chosen.items()}
+
+
+def _weights_digest(folder: Path) -> str | None:
+    """The digest a run folder keeps of a model folder's weights (`weights_digest`); None for a folder
+    of other files (a MASS router's), which is not checked."""
+    try:
+        return weights_digest(ModelRef(str(folder), folder))
+    except UserError:
+        return None

@@ -9,6 +9,7 @@ import sqlite3
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from test_campaign import campaign, zoo  # noqa: F401  (the tiny family and the campaign file)
@@ -427,3 +428,30 @@ def test_a_task_too_small_to_hold_items_out_keeps_its_measured_score_on_the_card
     assert results["n-samples"]["agree0"] == {"original": 500, "effective": 100}
     table = pd.read_parquet(run / folder / "item_scores.parquet")
     assert len(table) == 100 + 120
+
+
+def test_a_pick_folder_whose_weights_were_replaced_is_exported_again_on_resume(finished, tmp_path, caplog):
+    """Another pick's weights copied over `models/best-agree0`: `status`, `report` and `resume` went
+    on showing it as that pick, with that pick's scores."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    exported = {name: folder for name, (_, folder) in CampaignStore(run).get_meta("exported").items()}
+    first, other = run / exported["best-agree0"], run / exported["best-agree1"]
+    assert first != other
+    original = {k: v.clone() for k, v in load_file(first / "model.safetensors").items()}  # (mapped: copied over below)
+    shutil.copyfile(other / "model.safetensors", first / "model.safetensors")
+    with caplog.at_level("WARNING", logger="evo_merge.search.export"):
+        result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"{first}: its weights are not those this run exported; exported again" in caplog.text
+    restored = load_file(first / "model.safetensors")
+    assert restored.keys() == original.keys() and all(torch.equal(restored[k], original[k]) for k in original)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evo_merge.search.export"):
+        assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0  # kept as it is now
+    assert "exported again" not in caplog.text
+    shutil.rmtree(first)
+    status = CliRunner().invoke(cli, ["status", str(run)]).output
+    assert "models/best-agree0 (missing: `evo-merge resume` exports it again)" in status, status
