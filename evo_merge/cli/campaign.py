@@ -53,7 +53,8 @@ def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None 
         campaign = Campaign.load(campaign_file)
     if own:
         campaign = _evaluated_where(campaign, campaign_file, scheduler)
-    return CampaignRunner.open(campaign, campaign_file.parent, run)
+    with naming_file(campaign_file):  # the tasks and models it names, resolved as the runner opens
+        return CampaignRunner.open(campaign, campaign_file.parent, run)
 
 
 def _evaluated_where(campaign, campaign_file: Path, scheduler: str | None):

@@ -387,4 +387,7 @@ def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None] = check_r
     except BaseException:
         old.rename(out)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_symlink():  # a link replaced: removed itself, never what it points at (rmtree refuses links)
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)

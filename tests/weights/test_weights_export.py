@@ -256,6 +256,19 @@ def test_overwrite_replaces_only_when_complete(llama_family, tmp_path):
         assert all(torch.equal(got.tensor(n), want.tensor(n)) for n in want.names)
 
 
+def test_an_output_that_is_a_link_to_a_model_folder_is_replaced_and_the_link_alone_removed(llama_family, tmp_path):
+    """The link was renamed aside (`.m.old-*`) and left there, pointing out of the folder, since
+    removing a tree refuses a link; what it points at stays as it was."""
+    base, (ft,) = llama_family
+    outside = write_model_folder(tmp_path / "outside" / "m", _stream(base), copy_from=base)
+    before = (outside / "model.safetensors").read_bytes()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "m").symlink_to(outside, target_is_directory=True)
+    out = write_model_folder(tmp_path / "run" / "m", _stream(ft), copy_from=ft, overwrite=True)
+    assert _siblings(out) == ["m"] and not out.is_symlink()
+    assert (outside / "model.safetensors").read_bytes() == before
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(UserError, match=r"copy config and tokenizer from not found: .*nowhere"):
         write_model_folder(tmp_path / "m", iter([("w", torch.ones(1))]), copy_from=tmp_path / "nowhere")
