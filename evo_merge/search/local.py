@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,9 @@ from evo_merge.search.evaluator import MERGING, CandidateFailed, Items, ItemScor
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.workbench import Workbench
 from evo_merge.tasks.base import FitnessTask, scores_in_parts
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # what to change when scoring runs out of memory: the activations, which the memory plan sizes by
 # these two settings (a base or endpoint failing so in calibration stops the run with this line)
@@ -65,13 +69,28 @@ class LocalEvaluator:
         try:
             for name, ids in asked.items():
                 told = None if job_progress is None else lambda done, _, skip=before: job_progress(skip + done, total)
-                series = scores_in_parts(self.tasks[name], model, self.bench.tokenizer, ids, told)
+                series = self._scored(name, model, ids, told)
                 scores[name] = {str(k): float(v) for k, v in series.items()}
                 before += len(ids)
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
             torch.cuda.empty_cache()  # a no-op without CUDA
             raise CandidateFailed(f"out of memory while evaluating ({EVALUATION_OOM_HINT}): {described(exc)}") from exc
         return scores
+
+    def _scored(self, name: str, model: torch.nn.Module, ids: list[str],
+                told: Callable[[int, int], None] | None) -> pd.Series:
+        """Task `name`'s scores of `ids` (`scores_in_parts`); what it raises names the task as the
+        campaign labels it: a plugin's own `name` may be another (two tasks of one plugin), and a
+        scorer's exception named no task at all."""
+        task = self.tasks[name]
+        try:
+            return scores_in_parts(task, model, self.bench.tokenizer, ids, told)
+        except (torch.cuda.OutOfMemoryError, MemoryError):
+            raise
+        except UserError as error:
+            raise error if task.name == name else UserError(f"tasks.{name}: {error}") from None
+        except Exception as exc:  # noqa: BLE001 (a plugin's scorer may raise anything)
+            raise CandidateFailed(f"task {name!r}: {described(exc)}") from None
 
     def evaluate_many(self, jobs: Sequence[Job], job_progress: JobProgress | None = None) -> Iterator[Result]:
         for index, (candidate, items) in enumerate(jobs):

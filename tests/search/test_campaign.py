@@ -303,14 +303,23 @@ def test_a_base_whose_scoring_failed_once_is_evaluated_again_on_resume(tmp_path,
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo, tasks=tasks)), "--out", str(run)])
     assert result.exit_code == 2 and result.output.strip().endswith(
-        "calibration subject base failed to evaluate: RuntimeError: scorer failed once; `evo-merge resume` "
-        "evaluates it again"), result.output
+        "calibration subject base failed to evaluate: task 'agree0': RuntimeError: scorer failed once; "
+        "`evo-merge resume` evaluates it again"), result.output
     result = CliRunner().invoke(cli, ["resume", str(run)])
     assert result.exit_code == 0, result.output
     from evo_merge.search.store import CampaignStore
 
     store = CampaignStore(run)
     assert all(e.status == "ok" for e in store.evaluations("calibration")) and store.finished(3)
+
+
+def test_a_task_s_wrong_answer_names_it_as_the_campaign_labels_it(tmp_path, zoo):
+    """Two tasks of one plugin told apart by their campaign labels: the error named the plugin's own
+    `name`, the same for both."""
+    tasks = [{"task": "faulty_task:FaultyAgreementTask", "name": "label0",
+              "options": {"reference": str(zoo[1][0]), "name": "agree0", "seed": 0, "fault": "nan"}}]
+    result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo, tasks=tasks)), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "error: tasks.label0: task 'agree0' scored item " in result.output, result.output
 
 
 def test_resume_refuses_a_changed_campaign(tmp_path, zoo):
