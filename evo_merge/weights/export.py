@@ -86,8 +86,10 @@ def write_model_folder(
             for name, content in extra_files.items():
                 _write_extra(tmp, name, content)
     except OSError as exc:
-        if exc.strerror:  # name the output, not the hidden file that is gone
-            raise UserError(f"cannot write {out}: {exc.strerror}") from exc
+        if exc.strerror:  # name the output, not the hidden file that is gone; and a file in its way
+            blocked = next((p for p in Path(out).parents if p.exists() and not p.is_dir()), None)
+            raise UserError(f"cannot write {out}: " + (f"{blocked} is a file, not a folder" if blocked
+                                                        else exc.strerror)) from exc
         raise
     return out
 

@@ -269,6 +269,14 @@ def test_an_output_that_is_a_link_to_a_model_folder_is_replaced_and_the_link_alo
     assert (outside / "model.safetensors").read_bytes() == before
 
 
+def test_an_output_below_a_file_names_the_file(tmp_path):
+    """`--out afile/sub` said "cannot write afile/sub: File exists"."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=f"^cannot write {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file, "
+                                        "not a folder$"):
+        write_model_folder(tmp_path / "afile" / "sub", iter([("w", torch.ones(1))]))
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(UserError, match=r"copy config and tokenizer from not found: .*nowhere"):
         write_model_folder(tmp_path / "m", iter([("w", torch.ones(1))]), copy_from=tmp_path / "nowhere")
