@@ -512,9 +512,15 @@ class Campaign(_Checked):
     @model_validator(mode="after")
     def _pick_weights(self) -> Campaign:
         labels = [t.label for t in self.tasks]
-        for name, pick in self.final.picks.items():
-            if name == "balanced" or name in {f"best-{label}" for label in labels} or re.fullmatch(r"front-\d+", name):
-                raise ValueError(f"final.picks.{name}: the name of a built-in pick (final.export); choose another")
+        built_in = {"balanced", *(f"best-{label}".lower() for label in labels)}
+        seen: dict[str, str] = {}
+        for name, pick in self.final.picks.items():  # each a folder: told apart on case-insensitive file systems too
+            if name.lower() in built_in or re.fullmatch(r"front-\d+", name, re.IGNORECASE):
+                raise ValueError(f"final.picks.{name}: the name of a built-in pick (final.export), in any case; "
+                                 "choose another")
+            if (other := seen.setdefault(name.lower(), name)) != name:
+                raise ValueError(f"final.picks.{name}: differs from final.picks.{other} in case alone (one folder on "
+                                 "macOS and Windows); choose another")
             unknown = next((k for k in pick.weights if k not in labels), None)
             if unknown is not None:
                 raise ValueError(f"final.picks.{name}.weights.{unknown}: not a task name (tasks: {', '.join(labels)})")

@@ -55,6 +55,10 @@ def campaign(tmp_path, family, **sections):
     ("final", {"picks": {"balanced": {"weights": {"arith": 1}}}}, "final.picks.balanced"),
     # `export: [front]` writes front-<id> folders: a pick of that name would be replaced by one
     ("final", {"picks": {"front-2": {"weights": {"arith": 1}}}}, "final.picks.front-2: the name of a built-in"),
+    # one folder on a case-insensitive file system (macOS, Windows): the built-in pick's, or another's
+    ("final", {"picks": {"Balanced": {"weights": {"arith": 1}}}}, "final.picks.Balanced: the name of a built-in pick"),
+    ("final", {"picks": {"mine": {"weights": {"arith": 1}}, "Mine": {"weights": {"arith": 2}}}},
+     "final.picks.mine: differs from final.picks.Mine in case alone"),  # (the file lists them sorted)
     # a value no member of a union takes: the key path, then what each member would take
     ("final", {"holdout": "all"}, "final.holdout: Input should be 'auto' | Input should be a valid integer"),
     # pydantic reads true as 1: the error was "greater than or equal to 2", about no value the user wrote

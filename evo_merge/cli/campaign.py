@@ -395,9 +395,9 @@ def export(
     elif private or revision or dry_run:
         raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
     _campaign_file(run)  # before the lock, which would create a mistyped folder
-    if out.expanduser().resolve().is_relative_to((run / "models").resolve()):  # its records would name another
-        raise UserError(f"--out {out}: is inside the run's models/ folder, whose picks the run records and "
-                        "`resume` restores; export elsewhere")
+    if out.expanduser().resolve().is_relative_to(run.resolve()):  # models/: its records would name another
+        raise UserError(f"--out {out}: is inside the run folder, whose files the run owns (its picks in models/, "
+                        "which `resume` restores); export elsewhere")
     check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
     with _holding(run):
         runner = _runner(run, scheduler=scheduler)

@@ -253,11 +253,12 @@ def test_export_into_the_run_s_own_pick_folders_is_refused(tracked_run):
     _, run, _ = tracked_run
     pick = next((run / "models").iterdir())
     before = sorted((p.name, p.stat().st_mtime_ns) for p in pick.iterdir())
-    for out in (pick, run / "models" / "new"):
+    for out in (pick, run / "models" / "new", run / "new"):  # anywhere in the run folder: the run's files
         result = CliRunner().invoke(cli, ["export", str(run), "--pick", "1", "--out", str(out), "--overwrite"])
-        assert result.exit_code == 2 and "inside the run's models/ folder" in result.output, result.output
+        assert result.exit_code == 2 and "is inside the run folder, whose files the run owns" in result.output, \
+            result.output
     assert sorted((p.name, p.stat().st_mtime_ns) for p in pick.iterdir()) == before
-    assert not (run / "models" / "new").exists()
+    assert not (run / "models" / "new").exists() and not (run / "new").exists()
 
 
 def test_evaluations_csv_holds_every_evaluation_with_the_id_export_takes(tracked_run):
