@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import re
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -25,6 +26,8 @@ ENTRY_POINT_GROUP = "evo_merge.tasks"
 BENCHMARKS_DIR = shipped_dir("benchmarks")
 _PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _CACHE: dict[tuple[str, tuple[tuple[str, Any], ...]], FitnessTask] = {}
+
+log = logging.getLogger(__name__)
 
 
 def shipped_benchmarks() -> dict[str, Path]:
@@ -61,6 +64,10 @@ def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
         raise UserError(f"task plugin {spec!r}: no items (its item_ids are empty)")
     if len(set(ids)) != len(ids):
         raise UserError(f"task plugin {spec!r}: item ids must be unique ({len(ids) - len(set(ids))} repeated)")
+    scenarios = task.scenarios or {}
+    if scenarios and (left := [i for i in ids if i not in scenarios]):  # their own scenario: said, not silent
+        log.warning("task plugin %r: its scenarios name %d of its %d items; the other %d (%r first) form a scenario "
+                    "named after the task", spec, len(ids) - len(left), len(ids), len(left), left[0])
     return task
 
 

@@ -178,10 +178,17 @@ class Numbered:
 NUMBERED = Numbered([0, 1, 2])
 REPEATED = Numbered(["a", "b", "a"])
 EMPTY = Numbered([])
+
+
+class Partly(Numbered):
+    scenarios = {"a": "s1"}
+
+
+PARTLY = Partly(["a", "b", "c"])
 """
 
 
-def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch):
+def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch, caplog):
     import torch
 
     (tmp_path / "evo_plugin_demo.py").write_text(PLUGIN)
@@ -201,6 +208,10 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch):
     # scored, it gave the base a NaN score, and the run folder was then called damaged
     with pytest.raises(UserError, match=r"EMPTY': no items \(its item_ids are empty\)"):
         resolve_task("evo_plugin_demo:EMPTY")
+    # items no scenario names became a scenario named after the task, silently
+    with caplog.at_level("WARNING", logger="evo_merge.tasks.registry"):
+        resolve_task("evo_plugin_demo:PARTLY")
+    assert "its scenarios name 1 of its 3 items; the other 2 ('b' first) form a scenario named after" in caplog.text
     with pytest.raises(UserError, match="no attribute 'missing'"):
         resolve_task("evo_plugin_demo:missing")
     with pytest.raises(UserError, match="cannot import module 'no_such_module_zz'.*add its folder to PYTHONPATH"):
