@@ -5,8 +5,10 @@ Merge recipes have their own schema beside the merge engine (`evo_merge.merge.re
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -336,6 +338,30 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _check_corners(name: str, settings: Mapping[str, Any]) -> None:
+    """The method's own refusal (`MergeMethod.check`: DELLA's density +/- epsilon inside (0, 1)) at
+    every corner of its searched ranges, with its fixed settings: a campaign whose candidates could
+    not merge was accepted, then stopped after calibration, naming a tensor instead of the setting."""
+    from evo_merge.merge.kinds import MASS, declared_ranges
+    from evo_merge.merge.registry import get_method
+
+    method = None if name == MASS else get_method(name)
+    if method is None or method.check is None:
+        return
+    ranges = declared_ranges(name, settings)
+    fixed = {key: value for key, value in settings.items() if key not in ranges}
+    n = max(method.n_models[0], 2) if method.n_models[1] is None else method.n_models[1]
+    for corner in itertools.product(*ranges.values()):
+        try:
+            params = method.resolve({**fixed, **dict(zip(ranges, corner))}, n)
+        except UserError:  # a corner another rule refuses, with its own message when it is drawn
+            continue
+        if (why := method.check([1.0] * n, params)) is not None:
+            at = ", ".join(f"{key} {value:g}" for key, value in zip(ranges, corner))
+            ends = "an end of its searched range" if len(ranges) == 1 else "ends of the searched ranges"
+            raise ValueError(f"{name}: {why}" + (f", at {at} ({ends})" if at else ""))
+
+
 def _inside_domain(hyperparameter: Any, low: float, high: float, where: str) -> None:
     """A searched range must lie in the hyperparameter's declared domain: refused at load, not
     when the search first draws a value outside it (after calibration was paid)."""
@@ -453,6 +479,7 @@ class Campaign(_Checked):
                 if not low < high:
                     raise ValueError(f"{where}: empty range [{low}, {high}]")
                 _inside_domain(declared[key], low, high, where)
+            _check_corners(name, settings)
         return methods
 
     @model_validator(mode="after")

@@ -64,6 +64,9 @@ def campaign(tmp_path, family, **sections):
     # pydantic reads true as 1: the error was "greater than or equal to 2", about no value the user wrote
     ("algorithm", {"population": True}, "algorithm.population: a number or a name goes here, not the boolean true"),
     ("final", {"holdout": True}, "final.holdout: give a fraction in (0, 1), a number of items"),  # its own rule
+    # no density of the searched range keeps DELLA's probabilities in (0, 1): every candidate failed after calibration
+    ("methods", {"della": {"epsilon": 0.5}}, "methods: della: epsilon 0.5 must keep density 0.2 +/- epsilon in (0, 1) "
+     "(0 < density - epsilon and density + epsilon < 1), at density 0.2, lambda 0.5 (ends of the searched ranges)"),
 ])
 def test_campaign_values_refused_when_the_file_is_read(tmp_path, family, section, values, expected):
     one_line_error(*invoke("plan", campaign(tmp_path, family, **{section: values})), expected)

@@ -13,8 +13,9 @@ from evo_merge.errors import UserError
 @click.argument("more", nargs=-1)
 @click.option("--arch", required=True, help="mlp | cnn | resnet | llama | gpt2 | SPEC.yaml")
 @click.option("--method", type=click.Choice(METHODS), default="weight", show_default=True,
-              help="Weight matching, or matching on activations of --data (activation, mudsc, c2m3).")
-@click.option("--data", type=click.Path(), default=None, help="Inputs: .safetensors with x (and y), or a text file.")
+              help="Matching on weights (weight, c2m3) or on activations of --data (activation, mudsc).")
+@click.option("--data", type=click.Path(), default=None,
+              help="Inputs for activation and mudsc: .safetensors with x (and y), or a text file.")
 @click.option("--f", "balance", type=float, default=None, help="MuDSC balance factor (searched if omitted).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the matching.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")

@@ -9,7 +9,7 @@ import click
 
 @click.group("mass")
 def mass() -> None:
-    """Build and evaluate MASS models: per input, the TSV-M merge of the tasks it routes to."""
+    """Build and evaluate MASS models: per input, the merge of the TSV factors of the tasks it routes to."""
 
 
 @mass.command("build")
@@ -30,9 +30,10 @@ def build(base, first, more, out, layer, threshold, max_tasks, token, link_base,
 
     from evo_merge.cli.progress import track
     from evo_merge.mass import MassModel
-    from evo_merge.weights.export import refuse_existing
+    from evo_merge.weights.export import refuse_existing, refuse_inputs
 
     refuse_existing(out, overwrite)  # before the decomposition, not after it
+    refuse_inputs(out, [Path(p) for p in (base, first, *more)])  # --overwrite replaced an endpoint by its own MASS
     hf_logging.disable_progress_bar()
     model = MassModel.from_checkpoints(
         base, [first, *more], layer=layer, threshold=threshold, max_tasks=max_tasks, token=token,

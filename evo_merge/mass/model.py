@@ -32,7 +32,7 @@ from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_confi
 from evo_merge.merge.licenses import card_license
 from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
-from evo_merge.weights.checkpoint import copied_tokenizer_files
+from evo_merge.weights.checkpoint import copied_tokenizer_files, tokenizer_files
 from evo_merge.weights.export import refuse_existing, staged_folder
 from evo_merge.weights.references import ModelRef, check_distinct
 
@@ -449,4 +449,6 @@ def load_mass(path: str | Path, *, device: str | torch.device | None = None) -> 
     model = MassModel(_load_module(base_dir), factors, routing, meta["tasks"], base_dir, meta.get("models", ()))
     if device is not None:
         model.to(device)
-    return model, AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    # none where the base had none, as `load_model_folder` gives: transformers failed, blaming sentencepiece
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if tokenizer_files(path) else None
+    return model, tokenizer

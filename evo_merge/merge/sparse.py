@@ -8,6 +8,8 @@ global generator instead, so its DELLA and DARE outputs are one sample among man
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from evo_merge.errors import UserError
@@ -68,6 +70,17 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
     return ((density - epsilon) + ranks / span * 2 * epsilon).reshape(delta.shape)
 
 
+def della_band(weights: Sequence[float], params: Params) -> str | None:
+    """DELLA's keep probabilities, density - epsilon to density + epsilon, must lie in (0, 1) for
+    every endpoint it drops from (0 < density < 1): the method's refusal (`MergeMethod.check`), so
+    that a recipe's plan and a campaign file name it before any merge work."""
+    for density, epsilon in zip(params["density"], params["epsilon"]):
+        if 0 < density < 1 and not (0 < density - epsilon and density + epsilon < 1):
+            return (f"epsilon {epsilon:g} must keep density {density:g} +/- epsilon in (0, 1) "
+                    f"(0 < density - epsilon and density + epsilon < 1)")
+    return None
+
+
 def della_drop(params: Params, name: str) -> Sparsifier:
     """DELLA: keep each entry with its rank-based probability p (seeded like DARE), then divide
     survivors by p when `rescale` is set, so each entry's expectation is its undropped value."""
@@ -105,14 +118,14 @@ def breadcrumbs_ties(base, deltas, weights, params: Params, name: str) -> torch.
 _DELLA = [DELLA_DENSITY, EPSILON, LAMBDA, DELLA_RESCALE, SEED, INT8_MASK]
 
 
-@register_method("della", hyperparameters=[*_DELLA, H("normalize", True, searchable=False)])
+@register_method("della", hyperparameters=[*_DELLA, H("normalize", True, searchable=False)], check=della_band)
 def della(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DELLA: magnitude-ranked random drops (MagPrune), rescaling, then TIES sign election."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=della_drop(params, name),
                                        consensus=True)
 
 
-@register_method("della_linear", hyperparameters=[*_DELLA, WEIGHT_NORMALIZE])
+@register_method("della_linear", hyperparameters=[*_DELLA, WEIGHT_NORMALIZE], check=della_band)
 def della_linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DELLA's drops and rescaling, then task arithmetic."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=della_drop(params, name),

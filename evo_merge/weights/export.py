@@ -261,6 +261,12 @@ def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Path] = ())
     so the error does not offer it."""
     check_replaceable(out)
     refuse_existing(out, overwrite)
+    refuse_inputs(out, inputs)
+
+
+def refuse_inputs(out: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output folder that is, or holds, one of the `inputs` the command reads: with
+    --overwrite it would be replaced by what was made from it."""
     target = out.resolve()
     for source in inputs:
         if source.resolve().is_relative_to(target):

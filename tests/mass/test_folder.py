@@ -133,6 +133,13 @@ def test_cli_builds_and_evaluates_a_mass_folder(zoo, tmp_path):
     assert refused.exit_code == 2 and "--overwrite" in refused.output, refused.output
     assert runner.invoke(cli, [*again, "--overwrite"]).exit_code == 0
     assert json.loads((out / "mass.json").read_text())["routing"]["layer"] == 1
+    # onto one of its inputs with --overwrite: the endpoint was replaced by its own MASS folder
+    copies = [shutil.copytree(zoo / f, tmp_path / f) for f in FAMILIES]
+    before = sorted(p.name for p in copies[0].iterdir())
+    onto = runner.invoke(cli, ["mass", "build", "--base", str(zoo / "base"), "--models", *map(str, copies),
+                               "--out", str(copies[0]), "--overwrite"])
+    assert onto.exit_code == 2 and f"output folder {copies[0]} is where the merge reads {copies[0]}" in onto.output
+    assert sorted(p.name for p in copies[0].iterdir()) == before
     items = tmp_path / "items.txt"
     items.write_text("\n".join(resolve_task("seq").item_ids[:8]))
     scored = runner.invoke(cli, ["eval", "--model", str(out), "--task", "seq", "--items", str(items),
@@ -224,3 +231,16 @@ def test_a_mass_folder_is_the_search_s_mass_exactly_where_the_run_says_so(tmp_pa
     kept = keeping(storage, checkpoints, adapters=False, dtype=storage_dtype or weights)
     assert (differing == 0) == exact, differing
     assert MassKind().rounds("mass", kept) == (not exact)
+
+
+def test_a_mass_folder_of_a_base_without_tokenizer_loads_without_one(saved, tmp_path):
+    """A base saved without its tokenizer (`save_pretrained` of the model alone): `load_mass` failed in
+    transformers, blaming sentencepiece, where `load_model_folder` gives no tokenizer."""
+    from evo_merge.weights.checkpoint import tokenizer_files
+
+    _, folder = saved
+    bare = shutil.copytree(folder, tmp_path / "bare")
+    for file in tokenizer_files(bare):
+        file.unlink()
+    model, tokenizer = load_mass(bare)
+    assert tokenizer is None and model.tasks == ["ft1", "ft2", "ft3"]

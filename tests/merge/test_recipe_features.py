@@ -834,3 +834,15 @@ def test_a_checkpoint_storing_rope_buffers_merges_in_a_campaign_as_one_without(d
     assert not [n for n in merger.names if n.endswith("inv_freq")]
     plain = [Checkpoint.open(p) for p in (deep["base"], deep["ft1"], deep["ft2"])]
     assert merger.names == InPlaceMerger(load_model_folder(deep["base"])[0], plain[0], plain[1:]).names
+
+
+def test_della_settings_that_no_tensor_can_take_are_refused_before_any_work(deep, tmp_path):
+    """density 0.05 with the default epsilon 0.15: the keep probabilities would leave (0, 1). It was
+    refused by the first tensor merged; now by the plan, with the rule."""
+    recipe = {"merge_method": "della", "base_model": str(deep["base"]),
+              "models": [{"model": str(deep["ft1"]), "parameters": {"density": 0.05}}, {"model": str(deep["ft2"])}]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 2 and not out.exists()
+    line, = result.output.strip().splitlines()
+    assert "della: tensor " in line and line.endswith(
+        "epsilon 0.15 must keep density 0.05 +/- epsilon in (0, 1) (0 < density - epsilon and density + epsilon < 1)")
