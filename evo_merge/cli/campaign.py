@@ -227,7 +227,7 @@ def status(run: Path) -> None:
     from evo_merge.search.lock import holder
     from evo_merge.search.metrics import item_totals
     from evo_merge.search.objectives import Objectives
-    from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
+    from evo_merge.search.race import PICKS_META, RACE_META, posterior_se_note, race_summary, rounds_summary
     from evo_merge.search.store import ANCHORS_META, POOLED_META
 
     store, facts = _store(run)
@@ -263,6 +263,8 @@ def status(run: Path) -> None:
                 f"best {task} in the search ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} "
                 f"is better): {value} {'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method})"
             )
+    if competing and (note := posterior_se_note(facts)):
+        console.print(note)
     if finished:  # a run cut short may hold the picks of an earlier end
         _print_picks(console, store, {e.id: e for e in evaluations})
     for task, counts in store.get_meta(ANCHORS_META, {}).items():

@@ -216,7 +216,9 @@ def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, 
     if on_sample is None:
         return measured
     pool = {e.key: e for e in [*measured, *chosen]}
-    return [replace(e, measured=on_sample(key)) for key, e in pool.items()]
+    order = {e.key: i for i, e in enumerate(candidates(log.store))}  # ties and front-N go in one order: a
+    # resumed final phase found more candidates measured (the picks) and listed them first
+    return [replace(pool[key], measured=on_sample(key)) for key in sorted(pool, key=order.__getitem__)]
 
 
 def measure_picks(log: EvaluationLog, pool: Sequence[Evaluation], objectives: Objectives,

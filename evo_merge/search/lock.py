@@ -47,7 +47,10 @@ class RunLock:
             except BlockingIOError:
                 if attempt == LOCK_TRIES - 1:
                     os.close(folder)
-                    raise UserError(f"run folder {self.run_dir} is in use by pid {_pid(self.run_dir)}") from None
+                    pid = _pid(self.run_dir)
+                    who = (f"pid {pid}" if pid != "unknown"
+                           else f"another process (its pid unknown: no {LOCK_FILE} names it)")
+                    raise UserError(f"run folder {self.run_dir} is in use by {who}") from None
                 time.sleep(LOCK_WAIT_S)
         try:  # never through a link: a run folder someone sent could point it at any file of the user's
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

@@ -15,6 +15,7 @@ candidate is scored on every item and nothing is estimated.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -273,8 +274,12 @@ class Scoring:
 
 
 def _files_digest(folder: Path) -> str:
-    """Hex digest of an IRT model folder's `IRT_FILES` (small: read whole)."""
-    digest = hashlib.sha256()
-    for name in IRT_FILES:
-        digest.update(name.encode() + hashlib.sha256((folder / name).read_bytes()).digest())
+    """Hex digest of what an IRT model folder's `IRT_FILES` hold (small: read whole): model.json's
+    content, not its layout (reformatted, it is the same model), and each array of params.npz."""
+    meta = json.loads((folder / IRT_FILES[0]).read_text())
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    with np.load(folder / IRT_FILES[1]) as arrays:
+        for name in sorted(arrays.files):
+            array = arrays[name]
+            digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode() + np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:16]

@@ -97,6 +97,7 @@ class Facts(TypedDict):
     algorithm: str
     tasks: Annotated[list[TaskFacts], Field(min_length=1)]
     weights: dict[str, float] | None  # objective.weights: the optimiser sees their weighted sum
+    estimator: NotRequired[str]  # estimator.kind: what an estimate's SE is (runs from before: none)
     endpoints: NotRequired[list[str]]  # as the campaign names them (runs from before: none)
     stored_dtype: NotRequired[str]  # what the search kept its tensors in
     # the methods whose candidates were rounded as kept, so a report and a card say their scores are

@@ -363,9 +363,9 @@ def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
     files = {key: model_files_digest(ref) for key, ref in refs.items()}
     recorded = store.get_meta(MODEL_FILES_META, {})  # none in folders started before it was: from now on
     if changed := next((key for key, digest in files.items() if recorded.get(key, digest) != digest), None):
-        raise UserError(f"{changed} ({refs[changed].name}): its config.json or tokenizer files changed since this run "
-                        "folder was started; resume with the files it started with, or start the campaign in a new "
-                        "run folder")
+        raise UserError(f"{changed} ({refs[changed].name}): its config, generation config or tokenizer files changed "
+                        "since this run folder was started; resume with the files it started with, or start the "
+                        "campaign in a new run folder")
     if recorded != files:
         store.set_meta(MODEL_FILES_META, {**recorded, **files})
 
@@ -392,6 +392,7 @@ def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str
                 {"name": t.label, "direction": t.direction, "items": item_counts[t.label]} for t in campaign.tasks
             ],
             "weights": campaign.objective.weights,
+            "estimator": campaign.estimator.kind,  # what an estimate's SE is (none in folders from before)
             "endpoints": [short_label(m) for m in campaign.models],  # as tables name them
             "stored_dtype": stored_dtype,
             **rounding,

@@ -26,9 +26,11 @@ SAMPLES = 64
 SAMPLE_BYTES = 4096
 TENSOR_BYTES = 512
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
-# what a model is built and scored with beside its weights: its architecture and its tokenizer
-MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-               "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+# what a model is built and scored with beside its weights: its architecture, its generation settings (a
+# generated answer stops at its eos) and its tokenizer
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+               "chat_template.jinja", "chat_template.json")
 
 
 def weights_digest(ref: ModelRef) -> str:

@@ -245,7 +245,8 @@ def _resumed_before_its_export(source, tmp_path, meta, forget=None):
     run = tmp_path / "run"
     shutil.copytree(source, run)
     store = CampaignStore(run)
-    before = store.get_meta("exported"), store.items_evaluated(measured=True), store.get_meta(meta)
+    # the picks in their order too: the report lists them so (front-13 came before front-12 after a resume)
+    before = list(store.get_meta("exported").items()), store.items_evaluated(measured=True), store.get_meta(meta)
     if forget is not None:
         forget(store)
     store.db.execute("DELETE FROM meta WHERE key IN ('exported', 'finished')")
@@ -255,7 +256,8 @@ def _resumed_before_its_export(source, tmp_path, meta, forget=None):
     result = CliRunner().invoke(cli, ["resume", str(run)])
     assert result.exit_code == 0, result.output
     after = CampaignStore(run)
-    return before, (after.get_meta("exported"), after.items_evaluated(measured=True), after.get_meta(meta))
+    picks = list(after.get_meta("exported").items())
+    return before, (picks, after.items_evaluated(measured=True), after.get_meta(meta))
 
 
 def test_a_run_cut_after_its_picks_were_measured_resumes_to_the_same_picks(raced, tmp_path):
