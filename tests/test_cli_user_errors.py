@@ -176,6 +176,9 @@ def test_a_task_or_an_adapter_run_would_refuse_is_named_by_plan_as_run_names_it(
         "wrong-shape": ({"models": [str(fts[0]), f"{fts[1]}+{adapter}"]},
                         ["models.1: ", "adapter for model.layers.0.self_attn.q_proj.weight has shape [5, 3]"]),
         "irt-model": ({"estimator": {"irt_model": str(adapter)}}, ["estimator.irt_model: ", "no arith/model.json"]),
+        # more held out than a task holds: `plan` said "fits"
+        "holdout": ({"final": {**good.get("final", {}), "holdout": 2000}},
+                    ["final.holdout: 2000 leaves no search items in task 'arith'"]),
     }
     for name, (change, expected) in cases.items():
         path = tmp_path / f"{name}.yaml"

@@ -202,8 +202,9 @@ def resume(run: Path, scheduler: str | None) -> None:
 
 
 @contextmanager
-def _holding(run: Path) -> Iterator[None]:
-    """The run folder's lock for the whole command; Ctrl-C ends with 130 and the way to go on."""
+def _holding(run: Path, again: str | None = None) -> Iterator[None]:
+    """The run folder's lock for the whole command; Ctrl-C ends with 130 and the way to go on (`again`:
+    the command itself, where `resume` would not do what it was doing: an `export --pick`)."""
     from evo_merge.cli.faults import Interrupted
     from evo_merge.search.lock import RunLock
     from evo_merge.search.store import CampaignStore
@@ -214,7 +215,7 @@ def _holding(run: Path) -> Iterator[None]:
         except KeyboardInterrupt:
             if not (run / CampaignStore.DB).exists():  # removed: nothing had been evaluated
                 raise Interrupted("interrupted before the first evaluation; nothing kept") from None
-            raise Interrupted(f"interrupted; resume with: evo-merge resume {run}") from None
+            raise Interrupted(f"interrupted; {again or f'resume with: evo-merge resume {run}'}") from None
 
 
 @click.command()
@@ -246,7 +247,7 @@ def status(run: Path) -> None:
     unmeasured = len(store.measure_failures())
     standard = len(competing) - len(ok)  # the search's best may be one of them: counted, not hidden
     console.print(f"evaluations: {len(evaluations)} ({len(search)} search, {len(search) - len(ok)} failed"
-                  + (f", {standard} standard merges" if standard else "")
+                  + (f", {standard} standard merge{'s' if standard > 1 else ''}" if standard else "")
                   + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
     search_items = search_item_count(facts, store)
     for task in objectives.names:
@@ -401,7 +402,7 @@ def export(
         raise UserError(f"--out {out}: is inside the run folder, whose files the run owns (its picks in models/, "
                         "which `resume` restores); export elsewhere")
     check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
-    with _holding(run):
+    with _holding(run, again="run the export again to finish it"):
         runner = _runner(run, scheduler=scheduler)
         store = runner.workspace.store
         evaluation = next((e for e in store.evaluations() if e.id == pick), None)

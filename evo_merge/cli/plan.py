@@ -74,6 +74,7 @@ def plan(campaign_file: Path, out: Path | None) -> None:
     from evo_merge.errors import naming_file
     from evo_merge.merge.footprint import campaign_plan
     from evo_merge.search.evaluator import campaign_tasks
+    from evo_merge.search.holdout import holdout_size
     from evo_merge.search.store import check_run_folder
 
     if out is not None:
@@ -81,6 +82,8 @@ def plan(campaign_file: Path, out: Path | None) -> None:
     campaign, base, models, resuming = planned_campaign(campaign_file, out, check_bound=True)
     with naming_file(campaign_file):
         tasks = campaign_tasks(campaign)
+        for name, task in tasks.items():  # a holdout leaving a task no search item: refused as `run` refuses it
+            holdout_size(name, len(task.item_ids), campaign.final.holdout)
     result = campaign_plan(campaign, base, models, resuming=resuming)
     click.echo("tasks: " + ", ".join(f"{name} ({len(task.item_ids):,} items)" for name, task in tasks.items()))
     click.echo(result.table())

@@ -358,7 +358,8 @@ def _plan(recipe: Recipe, root: Path, dtype: str | None, allow_pickle: bool) -> 
         for c in checkpoints:
             c.close()
     compute = parse_dtype(dtype or recipe.dtype)  # mergekit: `dtype` computes and, by default, is written
-    out = parse_dtype(recipe.out_dtype) or compute
+    # `merge --dtype` sets both, as its help says: an exported recipe's `out_dtype: float32` wrote float32 anyway
+    out = compute if dtype else parse_dtype(recipe.out_dtype) or compute
     names = {**(tokens.names if tokens is not None else {}), **{value: refs[i].name for value, i in index.items()}}
     return MergePlan(method, refs, jobs, recipe, compute or torch.float32, out, donor, config, tokens, allow_pickle,
                      names)

@@ -95,6 +95,17 @@ def _plan(mlp_hidden: Sequence[int], cnn_channels: Sequence[int], n_seeds: int) 
     return plan
 
 
+def _claim(out: Path, own: set[str]) -> None:
+    """Refuse, before any training, a folder holding anything but this zoo's entries (`own`): a run
+    folder or another zoo gained `data/` and `mlp-s0/` beside its own files. A new, empty or earlier
+    mnist zoo folder (reused) is fine."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not a zoo folder")
+    other = sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
+    if other:
+        raise UserError(f"{out}: holds {other[0]!r}, which is no part of an mnist zoo; give a new or empty folder")
+
+
 def build_mnist_zoo(
     out: Path,
     seed: int = 0,
@@ -109,12 +120,13 @@ def build_mnist_zoo(
     """Train (or reuse, unless `force`) the zoo under `out`; write data, `manifest.json` and an
     accuracy table."""
     out = Path(out)
+    plan = _plan(mlp_hidden, cnn_channels, n_seeds)
+    _claim(out, {"data", "accuracy.csv", "manifest.json", *plan})
     data = load_mnist(seed)
     (out / "data").mkdir(parents=True, exist_ok=True)
     save_safetensors({"x": data["x_train"], "y": data["y_train"]}, out / "data" / "train.safetensors")
     save_safetensors({"x": data["x_test"], "y": data["y_test"]}, out / "data" / "test.safetensors")
     rows = []
-    plan = _plan(mlp_hidden, cnn_channels, n_seeds)
     progress("mnist zoo", 0, len(plan))
     for done, (name, (config, offset, classes)) in enumerate(plan.items(), 1):
         folder = out / name

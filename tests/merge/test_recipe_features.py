@@ -846,3 +846,17 @@ def test_della_settings_that_no_tensor_can_take_are_refused_before_any_work(deep
     line, = result.output.strip().splitlines()
     assert "della: tensor " in line and line.endswith(
         "epsilon 0.15 must keep density 0.05 +/- epsilon in (0, 1) (0 < density - epsilon and density + epsilon < 1)")
+
+
+def test_merge_dtype_sets_the_output_dtype_over_the_recipe_s(deep, tmp_path):
+    """An exported recipe says `out_dtype: float32`; `merge RECIPE --dtype bf16` wrote float32 anyway,
+    though its help says the flag sets the computation and output dtype."""
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]), "out_dtype": "float32",
+              "models": [{"model": str(deep["ft1"])}, {"model": str(deep["ft2"])}]}
+    file = tmp_path / "recipe.yaml"
+    file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    result = CliRunner().invoke(cli, ["merge", str(file), "--out", str(tmp_path / "bf16"), "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+    assert {t.dtype for t in tensors_of(tmp_path / "bf16").values()} == {torch.bfloat16}
+    assert CliRunner().invoke(cli, ["merge", str(file), "--out", str(tmp_path / "as_said")]).exit_code == 0
+    assert {t.dtype for t in tensors_of(tmp_path / "as_said").values()} == {torch.float32}
