@@ -49,7 +49,7 @@ def load_model_folder(
     its embedding: merging in another model's own head needs one."""
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise UserError(f"{path}: not a model folder")
+        raise UserError(f"{path}: not a model folder" if path.exists() else f"{path}: no such folder")
     config = read_config(path) or {}
     torch_dtype = parse_dtype(dtype)
     if hf_model_type(config) is not None:

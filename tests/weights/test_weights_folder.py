@@ -89,8 +89,11 @@ def test_a_tensor_that_does_not_fit_the_architecture_is_named(tmp_path):
 
 
 def test_folders_that_are_not_models_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="not a model folder"):
+    with pytest.raises(UserError, match="missing: no such folder$"):  # ("not a model folder" for a path that is none)
         load_model_folder(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="file: not a model folder$"):
+        load_model_folder(tmp_path / "file")
     bare = _plain_folder(tmp_path / "bare", {"hidden": 3}, {"w": torch.zeros(2)})
     with pytest.raises(UserError, match="no model_type or arch"):
         load_model_folder(bare)
