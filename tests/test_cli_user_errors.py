@@ -93,7 +93,15 @@ def test_a_task_name_too_long_for_its_pick_folder_is_refused_when_the_file_is_re
 
 def test_a_missing_irt_model_is_refused_before_calibration_and_leaves_no_folder(tmp_path, family):
     path = campaign(tmp_path, family, estimator={"irt_model": str(tmp_path / "nowhere")})
-    one_line_error(*invoke("run", path, "--out", tmp_path / "run"), "estimator.irt_model", "arith/model.json")
+    one_line_error(*invoke("run", path, "--out", tmp_path / "run"), f"estimator.irt_model: {tmp_path / 'nowhere'}: "
+                   "no such folder")
+    assert not (tmp_path / "run").exists()
+    # a run folder given where its irt/ was meant: the way there
+    (tmp_path / "old-run" / "irt" / "arith").mkdir(parents=True)
+    (tmp_path / "old-run" / "irt" / "arith" / "model.json").write_text("{}")
+    path = campaign(tmp_path, family, estimator={"irt_model": str(tmp_path / "old-run")})
+    one_line_error(*invoke("run", path, "--out", tmp_path / "run"), "no arith/model.json); a run's models are in "
+                   f"its irt/: give {tmp_path / 'old-run' / 'irt'}")
     assert not (tmp_path / "run").exists()
 
 

@@ -338,10 +338,15 @@ def _check_irt_models(campaign: Campaign) -> None:
     if campaign.estimator.irt_model is None:
         return
     folder = Path(campaign.estimator.irt_model)
+    if not folder.is_dir():
+        raise UserError(f"estimator.irt_model: {folder}: no such folder")
     for task in campaign.tasks:
         if not (folder / task.label / "model.json").is_file():
+            # a run folder given for its irt/: the way there, not only `irt fit`
+            way = (f"a run's models are in its irt/: give {folder / 'irt'}"
+                   if (folder / "irt" / task.label / "model.json").is_file() else "fit one with `evo-merge irt fit`")
             raise UserError(f"estimator.irt_model: {folder} holds no IRT model for task {task.label} "
-                            f"(no {task.label}/model.json); fit one with `evo-merge irt fit`")
+                            f"(no {task.label}/model.json); {way}")
 
 
 def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
