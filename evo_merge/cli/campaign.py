@@ -226,9 +226,9 @@ def status(run: Path) -> None:
     from evo_merge.console import results_console
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
-    from evo_merge.search.metrics import item_totals
+    from evo_merge.search.metrics import item_totals, posterior_se_note
     from evo_merge.search.objectives import Objectives
-    from evo_merge.search.race import PICKS_META, RACE_META, posterior_se_note, race_summary, rounds_summary
+    from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
     from evo_merge.search.store import ANCHORS_META, POOLED_META
 
     store, facts = _store(run)

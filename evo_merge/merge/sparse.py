@@ -74,10 +74,14 @@ def della_band(weights: Sequence[float], params: Params) -> str | None:
     """DELLA's keep probabilities, density - epsilon to density + epsilon, must lie in (0, 1) for
     every endpoint it drops from (0 < density < 1): the method's refusal (`MergeMethod.check`), so
     that a recipe's plan and a campaign file name it before any merge work."""
-    for density, epsilon in zip(params["density"], params["epsilon"]):
-        if 0 < density < 1 and not (0 < density - epsilon and density + epsilon < 1):
-            return (f"epsilon {epsilon:g} must keep density {density:g} +/- epsilon in (0, 1) "
-                    f"(0 < density - epsilon and density + epsilon < 1)")
+    return next(filter(None, map(_band_refusal, params["density"], params["epsilon"])), None)
+
+
+def _band_refusal(density: float, epsilon: float) -> str | None:
+    """Why density +/- epsilon leaves (0, 1), for an endpoint DELLA drops from; None where it does not."""
+    if 0 < density < 1 and not (0 < density - epsilon and density + epsilon < 1):
+        return (f"epsilon {epsilon:g} must keep density {density:g} +/- epsilon in (0, 1) "
+                "(0 < density - epsilon and density + epsilon < 1)")
     return None
 
 
@@ -90,8 +94,8 @@ def della_drop(params: Params, name: str) -> Sparsifier:
             return delta
         if density <= 0:
             return torch.zeros_like(delta)
-        if not (0 < density - epsilon and density + epsilon < 1):
-            raise UserError(f"tensor {name}: epsilon {epsilon} must keep density {density} +/- epsilon in (0, 1)")
+        if why := _band_refusal(density, epsilon):  # (the method's check refuses it first, in a plan or a merger)
+            raise UserError(f"tensor {name}: {why}")
         probs = della_probabilities(delta, density, epsilon)
         gen = torch.Generator(device=delta.device).manual_seed(tensor_seed(params["seed"], name, t))
         keep = torch.rand(delta.shape, generator=gen, device=delta.device) < probs

@@ -23,9 +23,9 @@ from evo_merge.search.candidate import Candidate
 from evo_merge.search.export import rounded_storage_note
 from evo_merge.search.front import BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
-from evo_merge.search.metrics import item_totals, recorded_metrics
+from evo_merge.search.metrics import item_totals, posterior_se_note, recorded_metrics
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.race import PICKS_META, RACE_META, posterior_se_note, race_summary, rounds_summary
+from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
 from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation, atomic_write, in_run
 from evo_merge.search.study import BASELINE
 

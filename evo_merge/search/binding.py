@@ -73,9 +73,9 @@ def fingerprinted(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION, as_
     # storage placement, its folder and the budgets change where tensors are kept, not what is computed
     storage = campaign.storage.model_copy(update={"placement": "device", "disk_dir": None, "host_budget_gib": None,
                                                   "device_budget_gib": None})
-    batch = campaign.evaluator.batch_size
+    # a spec of the batch size alone, built afresh (a copy of a dask spec with `kind` changed still dumped `{}`)
     evaluator = (campaign.evaluator.model_copy(update={"kind": "local"}) if as_before
-                 else EvaluatorSpec(batch_size=batch) if batch != EvaluatorSpec().batch_size else EvaluatorSpec())
+                 else EvaluatorSpec(batch_size=campaign.evaluator.batch_size))
     where = campaign.model_copy(update={"evaluator": evaluator, "storage": storage})
     # the sequence length only sizes the memory plan's activations
     return where.model_dump_json(exclude={"evaluator": {"address", "n_workers", "sequence_tokens"}, "tracking": True},

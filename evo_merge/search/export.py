@@ -151,8 +151,8 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
 
 
 def _weights_digest(folder: Path) -> str | None:
-    """The digest a run folder keeps of a model folder's weights (`weights_digest`); None for a folder
-    of other files (a MASS router's), which is not checked."""
+    """The digest a run folder keeps of a pick folder's weights (`weights_digest`: a MASS folder's
+    factors too); None for a folder with no weights file, which is then not checked."""
     try:
         return weights_digest(ModelRef(str(folder), folder))
     except UserError:

@@ -1,4 +1,5 @@
-"""Per-generation progress of a search: hypervolume, best estimate per task, item evaluations spent.
+"""Per-generation progress of a search: hypervolume, best estimate per task, item evaluations spent;
+and what the report and `status` say of the estimates they show (`posterior_se_note`).
 
 One definition shared by the report (a row per generation) and experiment trackers (a step per
 generation), so both show the same numbers. The study loop computes it as each generation ends
@@ -8,7 +9,7 @@ stored estimates and items later, and a generation's progress is what the search
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -60,3 +61,13 @@ def item_totals(store: CampaignStore) -> str:
     parts = ", ".join(f"{PHASE_NAMES.get(phase, phase)} {n:,}" for phase, n in phases.items()
                       if n or phase in ("search", "final phase"))
     return f"{sum(phases.values()):,} ({parts})"
+
+
+def posterior_se_note(facts: Mapping) -> str | None:
+    """The caveat on `estimate ± SE` of a run whose estimates are adaptive tests' (`facts`): their SE is
+    the IRT model's posterior, which leaves the model's own error out, where gp-IRT's is measured on
+    held-out calibration subjects (an audit found 6 of 12 adaptive cells off by more than 2 SE)."""
+    if facts.get("estimator") != "adaptive":
+        return None
+    return ("adaptive estimates: the ± is the IRT model's posterior SE, which leaves out the model's own error "
+            "(large with few calibration subjects); read it as a lower bound (docs/irt.md)")

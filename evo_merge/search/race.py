@@ -215,16 +215,6 @@ def rounds_summary(record: Mapping | None) -> str | None:
             f"{'candidate' if len(added) == 1 else 'candidates'} measured on every item for it")
 
 
-def posterior_se_note(facts: Mapping) -> str | None:
-    """The caveat on `estimate ± SE` of a run whose estimates are adaptive tests' (`facts`): their SE is
-    the IRT model's posterior, which leaves the model's own error out, where gp-IRT's is measured on
-    held-out calibration subjects (an audit found 6 of 12 adaptive cells off by more than 2 SE)."""
-    if facts.get("estimator") != "adaptive":
-        return None
-    return ("adaptive estimates: the ± is the IRT model's posterior SE, which leaves out the model's own error "
-            "(large with few calibration subjects); read it as a lower bound (docs/irt.md)")
-
-
 def small_pick_samples(search_items: Mapping[str, int], stages: Sequence[float], measure_whole: str) -> str | None:
     """A note for the start of a run whose picks will be chosen on a race sample of fewer than
     `MIN_PICK_SAMPLE` items of some task (tasks of a few hundred items, e.g. an lm-eval `limit`),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -356,23 +357,24 @@ def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
 
     A record made by an earlier digest (before every tensor's ends were read; before it covered
     exactly the files read) is checked with the digest it was made with, then replaced by the current one."""
-    digests = {key: weights_digest(ref) for key, ref in refs.items()}
-    stored = store.get_meta(WEIGHTS_META, {})
+    _refuse_changed(store, WEIGHTS_META, {key: weights_digest(ref) for key, ref in refs.items()}, refs, "weights",
+                    former_weights_digests)
+    _refuse_changed(store, MODEL_FILES_META, {key: model_files_digest(ref) for key, ref in refs.items()}, refs,
+                    "config, generation config or tokenizer files")
+
+
+def _refuse_changed(store: CampaignStore, record: Record, digests: dict[str, str], refs: dict[str, ModelRef],
+                    what: str, former: Callable[[ModelRef], Sequence[str]] | None = None) -> None:
+    """Refuse a model whose `digests` differ from those `record` holds (or from a `former` digest of
+    it, a record an earlier version made); record them where none is (older folders: from now on)."""
+    stored = store.get_meta(record, {})
     for key, digest in digests.items():
         recorded = stored.get(key, digest)
-        if recorded != digest and recorded not in former_weights_digests(refs[key]):
-            raise UserError(f"{key} ({refs[key].name}): its weights changed since this run folder was started; "
-                            "resume with the models it started with, or start the campaign in a new run folder")
+        if recorded != digest and (former is None or recorded not in former(refs[key])):
+            raise UserError(f"{key} ({refs[key].name}): its {what} changed since this run folder was started; "
+                            "resume with the models as they were then, or start the campaign in a new run folder")
     if stored != digests:
-        store.set_meta(WEIGHTS_META, {**stored, **digests})
-    files = {key: model_files_digest(ref) for key, ref in refs.items()}
-    recorded = store.get_meta(MODEL_FILES_META, {})  # none in folders started before it was: from now on
-    if changed := next((key for key, digest in files.items() if recorded.get(key, digest) != digest), None):
-        raise UserError(f"{changed} ({refs[changed].name}): its config, generation config or tokenizer files changed "
-                        "since this run folder was started; resume with the files it started with, or start the "
-                        "campaign in a new run folder")
-    if recorded != files:
-        store.set_meta(MODEL_FILES_META, {**recorded, **files})
+        store.set_meta(record, {**stored, **digests})
 
 
 def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int], stored_dtype: str,

@@ -73,19 +73,16 @@ def check_vocabularies(checkpoints: Sequence[Checkpoint], hint: str = "") -> Non
     """Raise UserError where a checkpoint's tokenizer maps tokens to other ids than the first's
     (`hint` appended): their embedding rows are other tokens, which merging row by row averages."""
     for other in checkpoints[1:]:
-        try:
-            _check_vocab(checkpoints[0], other, f"{checkpoints[0].path} and {other.path}")
-        except UserError as error:
-            raise UserError(f"{error}{hint}") from None
+        _check_vocab(checkpoints[0], other, f"{checkpoints[0].path} and {other.path}", hint)
 
 
-def _check_vocab(a: Checkpoint, b: Checkpoint, pair: str) -> None:
+def _check_vocab(a: Checkpoint, b: Checkpoint, pair: str, hint: str = "") -> None:
     vocab_a, vocab_b = a.tokenizer_vocab(), b.tokenizer_vocab()
     if vocab_a is None or vocab_b is None or vocab_a == vocab_b:
         return
     if len(vocab_a) != len(vocab_b):
-        raise UserError(f"tokenizer vocabulary size differs between {pair}: {len(vocab_a)} vs {len(vocab_b)}")
+        raise UserError(f"tokenizer vocabulary size differs between {pair}: {len(vocab_a)} vs {len(vocab_b)}{hint}")
     token = next(t for t in sorted(vocab_a, key=vocab_a.__getitem__) if vocab_b.get(t) != vocab_a[t])
     raise UserError(
-        f"tokenizers differ between {pair}: token {token!r} has id {vocab_a[token]} vs {vocab_b.get(token)}"
+        f"tokenizers differ between {pair}: token {token!r} has id {vocab_a[token]} vs {vocab_b.get(token)}{hint}"
     )
