@@ -17,7 +17,7 @@ from evo_merge.cli import cli
 from evo_merge.config import Campaign
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import standard_merges
-from evo_merge.search.front import Distinct, to_measure
+from evo_merge.search.front import Distinct, candidates, to_measure
 from evo_merge.search.metrics import item_totals
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import PICKS_META, RACE_META, SEED_OFFSET, RaceSample, beaten
@@ -466,3 +466,21 @@ def test_the_race_line_counts_warm_ups_that_fell_behind_so_that_its_counts_add_u
         "final-phase race: 0 of 2 finalists left it before every item; 2 more were warm-ups measured on every item "
         "before the final phase, which the race does not drop; the 4 that stayed were compared on 25% of the items, "
         "and only the picks among them measured on every item")
+
+
+def test_the_picks_are_chosen_among_candidates_in_the_store_s_order_whatever_was_measured_since(tmp_path, zoo):  # noqa: F811
+    """A resumed final phase found the picks of the first run's rounds measured, and listed them
+    before the other survivors: `front-N` picks came in another order in report.md, and a tie on a
+    pick's score (broken by list order) could go to another candidate. (Seed 3 of this family puts
+    a survivor before a measured pick in the store's order.)"""
+    path = campaign(tmp_path, zoo, algorithm={"population": 8, "generations": 2, "seed": 3},
+                    final={"holdout": 0.25, "top_k": 3, "evaluate_top": 6, "race_tolerance": 0.08,
+                           "export": ["best_per_task", "balanced", "front"]})
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
+    runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+    runner.calibrate()
+    offered = [e.key for e in runner.measure_final()]  # as a resume finds it: the picks measured since
+    runner.close()
+    order = [e.key for e in candidates(CampaignStore(run))]
+    assert len(offered) > 2 and offered == sorted(offered, key=order.index)
