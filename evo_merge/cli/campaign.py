@@ -16,6 +16,7 @@ import click
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from evo_merge.config import Campaign
     from evo_merge.search.store import CampaignStore, Evaluation
 
 RUN_DIR = click.argument("run", type=click.Path(path_type=Path))
@@ -57,7 +58,7 @@ def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None 
         return CampaignRunner.open(campaign, campaign_file.parent, run)
 
 
-def _evaluated_where(campaign, campaign_file: Path, scheduler: str | None):
+def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | None) -> Campaign:
     """The campaign evaluated where `--scheduler` says. A run folder may come from someone else, and a
     dask scheduler runs what it is given and answers in pickles: so the address a folder's own
     campaign.yaml names is used only when the user names it too."""

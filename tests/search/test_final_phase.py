@@ -458,3 +458,19 @@ def test_a_pick_folder_whose_weights_were_replaced_is_exported_again_on_resume(f
     shutil.rmtree(first)
     status = CliRunner().invoke(cli, ["status", str(run)]).output
     assert "models/best-agree0 (missing: `evo-merge resume` exports it again)" in status, status
+
+
+def test_ctrl_c_while_an_export_measures_says_to_run_the_export_again(finished, tmp_path, monkeypatch):
+    """It said `resume with: evo-merge resume RUN`, which measures and exports nothing for a finished
+    run. (Ctrl-C while the folder is written, after the run's lock, is a plain "interrupted".)"""
+    from evo_merge.search.log import EvaluationLog
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(EvaluationLog, "measure", interrupted)
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    eid = next(iter(CampaignStore(run).get_meta("exported").values()))[0]
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == "error: interrupted; run the export again to finish it"
