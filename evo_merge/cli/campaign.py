@@ -82,7 +82,7 @@ def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | N
     return campaign.model_copy(update={"evaluator": evaluator})
 
 
-def _store(run: Path):
+def read_run(run: Path):
     """The run's store and facts, opened without the campaign's models or tasks (and checked against
     its campaign.yaml as `resume` checks it); a run that has not recorded its facts is not read."""
     from evo_merge.errors import UserError
@@ -232,7 +232,7 @@ def status(run: Path) -> None:
     from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
     from evo_merge.search.store import ANCHORS_META, POOLED_META
 
-    store, facts = _store(run)
+    store, facts = read_run(run)
     objectives = Objectives.of_facts(facts)
     evaluations = store.evaluations()  # read once: a long run holds thousands
     search = [e for e in evaluations if e.phase == "search"]
@@ -350,7 +350,7 @@ def report(run: Path) -> None:
     from evo_merge.search.lock import holder
     from evo_merge.search.store import in_run
 
-    store, facts = _store(run)
+    store, facts = read_run(run)
     exported = {  # picks exported by `run` / `resume` into this folder (older runs stored absolute paths)
         name: (eid, run / folder)
         for name, (eid, folder) in store.exported().items()
@@ -386,6 +386,7 @@ def export(
     recipe), and push it to the Hugging Face Hub with --push-to-hub. A candidate not yet scored on
     every item (held-out ones included) is measured first and the result stored, so the card and
     `evo-merge report` show its measured scores."""
+    from evo_merge.cli.outputs import check_outside_run
     from evo_merge.cli.progress import StageBars
     from evo_merge.errors import UserError, message_line
     from evo_merge.report.upload import check_repo_id, hub_token
@@ -399,9 +400,7 @@ def export(
     elif private or revision or dry_run:
         raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
     _campaign_file(run)  # before the lock, which would create a mistyped folder
-    if out.expanduser().resolve().is_relative_to(run.resolve()):  # models/: its records would name another
-        raise UserError(f"--out {out}: is inside the run folder, whose files the run owns (its picks in models/, "
-                        "which `resume` restores); export elsewhere")
+    check_outside_run(out, run, "its picks in models/, which `resume` restores")  # its records would name another
     check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
     with _holding(run, again="run the export again to finish it"):
         runner = _runner(run, scheduler=scheduler)

@@ -20,6 +20,13 @@ def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None
     check_writable(out, option)
 
 
+def check_outside_run(out: Path, run: Path, kept: str) -> None:
+    """`--out` of a command reading run folder `run`: not inside it, whose files the run owns (`report`
+    rewrites its tables, `resume` restores `kept`)."""
+    if out.expanduser().resolve().is_relative_to(run.resolve()):
+        raise UserError(f"--out {out}: is inside the run folder, whose files the run owns ({kept}); write elsewhere")
+
+
 def write_output_file(out: Path, text: str) -> None:
     """Write a file `check_output_file` passed, its folders made first: they may be new (a missing
     folder was found out only as the result was saved, after the work)."""

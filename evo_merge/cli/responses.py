@@ -49,6 +49,33 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
     with StageBars() as bars:
         table = build_responses(zoo / "base", endpoints, resolved, n_merges, seed=seed, scenario=scenario,
                                 progress=lambda done, total: bars("scoring subjects", done, total))
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_output_file(out, table.to_csv(index=False))
     click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items")
+
+
+@responses.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--task", help="one task's rows only (its items as the task names them, for `irt fit`)")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="long-format CSV")
+@click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise)")
+def export(run: Path, task: str | None, out: Path, overwrite: bool) -> None:
+    """What campaign RUN measured on every search item: one row per candidate and item, subjects
+    named by their evaluations.csv id, for `irt validate` (do anchors and IRT pay on merges of these
+    models?) and `irt fit` (an `estimator.irt_model` for the next campaign)."""
+    from evo_merge.cli.campaign import read_run
+    from evo_merge.cli.outputs import check_output_file, check_outside_run, write_output_file
+    from evo_merge.errors import UserError
+    from evo_merge.search.responses import run_responses
+
+    check_outside_run(out, run, "its tables, which `report` rewrites")
+    check_output_file(out, overwrite)
+    store, _ = read_run(run)
+    try:
+        table = run_responses(store, task)
+    finally:
+        store.close()
+    if table.empty:
+        raise UserError(f"{run}: no candidate was measured on every search item yet (calibration does that first)")
+    write_output_file(out, table.to_csv(index=False))
+    click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items"
+               + ("" if task else f" ({table.task.nunique()} tasks, one scenario each)"))

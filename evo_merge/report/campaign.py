@@ -42,8 +42,8 @@ def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str],
     for e in evaluations:
         candidate = Candidate.from_key(e.key)
         row = {"id": e.id, "phase": e.phase, "generation": e.generation, "status": e.status,
-               "method": candidate.method, "weights": " ".join(f"{w:g}" for w in candidate.weights),
-               "params": " ".join(f"{k}={v:g}" for k, v in candidate.params), "items": e.items_evaluated}
+               "method": candidate.method, "weights": candidate.weights_text(),
+               "params": candidate.params_text(), "items": e.items_evaluated}
         for task in tasks:
             row[f"est_{task}"] = (e.estimates or {}).get(task)
             row[f"est_se_{task}"] = (e.estimate_se or {}).get(task)

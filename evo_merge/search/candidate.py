@@ -51,10 +51,17 @@ class Candidate:
         size = len(self.weights) // n_models
         return [self.weights[t * size:(t + 1) * size] for t in range(n_models)]
 
+    def weights_text(self) -> str:
+        """The weights as tables write them: `1 0.5 0`."""
+        return " ".join(f"{w:g}" for w in self.weights)
+
+    def params_text(self) -> str:
+        """The method parameters as tables write them: `density=0.2 lambda=1`."""
+        return " ".join(f"{k}={v:g}" for k, v in self.params)
+
     def describe(self) -> str:
         """One line for tables and logs: method, weights, parameters."""
-        weights = " ".join(f"{w:g}" for w in self.weights)
-        params = " ".join(f"{k}={v:g}" for k, v in self.params)
+        weights, params = self.weights_text(), self.params_text()
         where = "" if self.granularity == MODEL else f" {self.granularity}"
         return f"{self.method} [{weights}]{where}" + (f" {params}" if params else "")
 

@@ -1,8 +1,14 @@
-"""Real response matrices from a zoo: every subject scored on every item, ready for IRT."""
+"""Real response matrices, from a zoo (every subject scored on every item) or from a run (what it
+measured on every search item), ready for IRT."""
 
+import json
+import sqlite3
+from contextlib import closing
 
 import pandas as pd
+import pytest
 from agreement_task import AgreementTask
+from campaigns import run_campaign, write_campaign  # tests/search is on sys.path
 from click.testing import CliRunner
 
 from evo_merge.cli import cli
@@ -44,3 +50,56 @@ def test_responses_build_needs_a_zoo_manifest(tmp_path):
     result = CliRunner().invoke(cli, ["responses", "build", "--zoo", str(tmp_path), "--tasks", "arith",
                                       "--out", str(tmp_path / "r.csv")])
     assert result.exit_code == 2 and "zoo.json" in result.output
+
+
+def test_a_runs_responses_are_what_it_measured_on_every_search_item(tmp_path):
+    """`responses export`: one row per (candidate, search item) for each candidate the run scored on
+    all of a task's search items, its scores as stored; candidates scored on anchors alone and the
+    held-out items are left out. One task's table fits an IRT model on that task's items."""
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
+    config = write_campaign(tmp_path / "campaign.yaml", base, fts,
+                            estimator={"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1},
+                            algorithm={"population": 8, "generations": 2, "seed": 3},
+                            final={"evaluate_top": 2, "holdout": 20})
+    run = run_campaign(config, tmp_path / "run")
+    out = tmp_path / "responses.csv"
+    result = CliRunner().invoke(cli, ["responses", "export", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, dtype={"subject": str, "item": str})
+
+    with closing(sqlite3.connect(run / "state.sqlite")) as db:  # read independently of the store's code
+        held = json.loads(db.execute("SELECT value FROM meta WHERE key = 'holdout'").fetchone()[0])
+        scores = db.execute("SELECT evaluation_id, task, item, score FROM item_scores").fetchall()
+        measured = dict(db.execute("SELECT id, measured FROM evaluations WHERE status = 'ok'").fetchall())
+    search = [(str(e), t, i, s) for e, t, i, s in scores if i not in held[t]]
+    counts = pd.DataFrame(search, columns=["subject", "task", "item", "score"]).groupby(["subject", "task"]).size()
+    whole = {key for key, n in counts.items() if n == 100}  # 120 items a task, 20 held out
+    assert len(whole) < len(counts)  # some candidates were scored on their anchors only: left out
+    expected = sorted((s, t, i, v) for s, t, i, v in search if (s, t) in whole)
+    assert sorted(table[["subject", "task", "item", "score"]].itertuples(index=False, name=None)) == expected
+    assert not set(table["item"]) & {i for items in held.values() for i in items}
+    for (subject, task), rows in table.groupby(["subject", "task"]):
+        if measured[int(subject)] is not None:  # the measured score is the mean over the search items
+            assert rows.score.mean() == pytest.approx(json.loads(measured[int(subject)])[task])
+
+    one = tmp_path / "agree0.csv"
+    exported = CliRunner().invoke(cli, ["responses", "export", str(run), "--task", "agree0", "--out", str(one)])
+    assert exported.exit_code == 0 and set(pd.read_csv(one).task) == {"agree0"}, exported.output
+    fitted = CliRunner().invoke(cli, ["irt", "fit", str(one), "--out", str(tmp_path / "irt" / "agree0"), "--dims", "1"])
+    assert fitted.exit_code == 0, fitted.output
+    assert len(IRTModel.load(tmp_path / "irt" / "agree0").item_ids) == 100
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--task", "agree9"], "error: no task 'agree9' in this run (its tasks: agree0, agree1)"),
+    (["--out", "{run}/mine.csv"], "error: --out {run}/mine.csv: is inside the run folder, whose files the run owns"),
+])
+def test_responses_export_refuses_what_it_cannot_write(tmp_path, args, message):
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
+    run = run_campaign(write_campaign(tmp_path / "campaign.yaml", base, fts,
+                                      algorithm={"population": 2, "generations": 1, "seed": 3}), tmp_path / "run")
+    args = [a.format(run=run) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "r.csv")]
+    result = CliRunner().invoke(cli, ["responses", "export", str(run), *out, *args])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith(message.format(run=run)), \
+        result.output
