@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-from evo_merge.errors import UserError
 from evo_merge.progress import Progress, no_progress
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import ITEMS, JOB_PARTS, CandidateFailed, Evaluator, Items, ItemScores, JobProgress
@@ -114,7 +113,7 @@ class EvaluationLog:
         else:
             try:
                 (estimates, se), scores, status = self.scoring.estimate(outcome, candidate.key), outcome, "ok"
-            except (UserError, ValueError, FloatingPointError) as exc:
+            except (ValueError, FloatingPointError) as exc:  # a UserError goes up: every candidate would fail alike
                 error = f"estimation failed: {exc}"
         self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method, status=status,
                        estimates=estimates, item_scores=scores, seconds=seconds, error=error,

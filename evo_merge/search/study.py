@@ -11,20 +11,19 @@ one source of truth for how far a run got.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from evo_merge.errors import UserError
 from evo_merge.search.algorithms import SearchAlgorithm
 from evo_merge.search.evaluator import Items
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.store import Evaluation
+from evo_merge.search.store import BASELINE, SEARCH, Evaluation
 
-CALIBRATION = "calibration"  # phase of the base, the endpoints and the random warm-ups: measured to fit IRT
-SEARCH = "search"
-BASELINE = "baseline"  # phase of the standard merges: warm-ups measured before the search, or scored after it
 GenerationDone = Callable[[int, list[Evaluation]], None]
 
 
@@ -47,6 +46,8 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
                                    generation=generation, items=items,
                                    stage=f"generation {generation}/{generations}")
         told = log.store.told(generation)  # a replayed generation is answered as it was the first time
+        if not told and all(e.status != "ok" for e in evaluations):
+            raise _every_candidate_failed(log, generation, evaluations)
         values = np.array([told.get(e.key, fitness(e, objectives)) for e in evaluations], dtype=float)
         population.set("F", values)
         algorithm.tell(infills=population)
@@ -56,3 +57,17 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
         log.store.complete_generation(generation, {e.key: row for e, row in zip(evaluations, values)}, metrics)
         if on_generation is not None:
             on_generation(generation, evaluations)
+
+
+def _every_candidate_failed(log: EvaluationLog, generation: int, evaluations: Sequence[Evaluation]) -> UserError:
+    """A generation whose every candidate failed tells the algorithm nothing, and the cause is
+    rarely the candidates (a method or task that cannot work here, a bug in a plugin): the run
+    stops, naming the most common error. The failures first stored by this generation are
+    forgotten, so that once the cause is fixed `resume` asks the same generation and evaluates it again."""
+    errors = Counter(e.error for e in evaluations)
+    error, count = errors.most_common(1)[0]
+    for evaluation in evaluations:
+        if evaluation.generation == generation:
+            log.store.forget_failed(evaluation.key)
+    return UserError(f"every candidate of generation {generation} failed ({count} of {len(evaluations)}: {error}); "
+                     "fix the cause, then `evo-merge resume` evaluates them again")

@@ -275,6 +275,40 @@ def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, 
     assert ok >= 8 and (run / "models").is_dir()
 
 
+def test_a_generation_whose_every_candidate_failed_stops_the_run_and_resume_tries_it_again(tmp_path, zoo):
+    """A method that cannot work (a bug in a plugin, a device fault) failed every candidate: the
+    run finished with exit 0, no pick and no word. It stops at the first such generation naming the
+    error; once the cause is fixed, `resume` evaluates that generation again and the run finishes."""
+    broken = {"yes": True}
+
+    @register_method("test_broken", replace=True)
+    def maybe(base, deltas, weights, params, name):
+        """Task arithmetic, or the bug."""
+        if broken["yes"]:
+            raise RuntimeError("bug: index out of range in my merge")
+        return base + sum(w * d for w, d in zip(weights, deltas))
+
+    run = tmp_path / "run"
+    config = campaign(tmp_path, zoo, methods={"test_broken": {}}, estimator={"kind": "full"},
+                      algorithm={"population": 4, "generations": 2, "seed": 3})
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: every candidate of generation 1 failed (4 of 4: test_broken failed on tensor lm_head.weight: bug: "
+        "index out of range in my merge); fix the cause, then `evo-merge resume` evaluates them again")
+    with closing(sqlite3.connect(run / "state.sqlite")) as db:
+        assert db.execute("SELECT COUNT(*) FROM evaluations WHERE phase = 'search'").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM generations").fetchone() == (0,)
+
+    broken["yes"] = False
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    with closing(sqlite3.connect(run / "state.sqlite")) as db:
+        assert db.execute("SELECT COUNT(*) FROM evaluations WHERE phase = 'search' AND status = 'failed'"
+                          ).fetchone() == (0,)
+    assert (run / "models").is_dir()
+
+
 @pytest.mark.parametrize(("fault", "message"), [
     ("extra", "returned a score for item 'not-an-item', which was not asked for"),
     ("missing", "returned no score for item"),
