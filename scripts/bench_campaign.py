@@ -68,8 +68,7 @@ from evo_merge.search.holdout import HOLDOUT_META
 from evo_merge.search.lock import RunLock
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import SEED_OFFSET, RaceSample, run_race
-from evo_merge.search.store import CampaignStore
-from evo_merge.search.study import SEARCH
+from evo_merge.search.store import SEARCH, CampaignStore
 from evo_merge.search.workspace import resolve_campaign
 from evo_merge.zoo.manifest import read_zoo
 

@@ -1,7 +1,8 @@
 """`evo-merge run | resume | status | report | export`: search campaigns in a run folder.
 
 `status` and `report` read the run's store only (its facts: tasks, directions, item counts),
-so they open no model and import neither torch models nor lm-eval.
+so they open no model and no task; `status` imports neither torch nor lm-eval (`report` imports
+torch through the candidate kinds, whose notes it prints, and pymoo through the front's pooling).
 """
 
 from __future__ import annotations
@@ -230,15 +231,15 @@ def status(run: Path) -> None:
     from evo_merge.search.metrics import item_totals, posterior_se_note
     from evo_merge.search.objectives import Objectives
     from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
-    from evo_merge.search.store import ANCHORS_META, POOLED_META
+    from evo_merge.search.store import ANCHORS_META, BASELINE, POOLED_META, SEARCH
 
     store, facts = read_run(run)
     objectives = Objectives.of_facts(facts)
     evaluations = store.evaluations()  # read once: a long run holds thousands
-    search = [e for e in evaluations if e.phase == "search"]
+    search = [e for e in evaluations if e.phase == SEARCH]
     ok = [e for e in search if e.status == "ok"]
     # the best among the candidates: the standard merges (baselines, measured as warm-ups) compete too
-    competing = ok + [e for e in evaluations if e.phase == "baseline" and e.status == "ok"]
+    competing = ok + [e for e in evaluations if e.phase == BASELINE and e.status == "ok"]
     console = results_console(soft_wrap=True)  # a line is one line in a pipe, for grep
     pid, finished = holder(run), store.finished(facts["generations"])
     done = store.generations_completed()
@@ -283,7 +284,7 @@ def status(run: Path) -> None:
         console.print(race)
     if rounds := rounds_summary(store.get_meta(PICKS_META)):
         console.print(rounds)
-    spent, full = store.items_evaluated("search"), len(search) * search_items
+    spent, full = store.items_evaluated(SEARCH), len(search) * search_items
     console.print(
         f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
         + (f" ({full / spent:.1f}x saving)" if spent else "") + f"; in total {item_totals(store)}"
@@ -296,12 +297,12 @@ def _where(store: CampaignStore, evaluations: list[Evaluation], done: int, gener
     the final phase`."""
     from evo_merge.cli.progress import hms
     from evo_merge.search.metrics import search_time_left
-    from evo_merge.search.store import CALIBRATION_META
+    from evo_merge.search.store import BASELINE, CALIBRATION, CALIBRATION_META
 
     if done >= generations:
         return "; in the final phase"
     planned = store.get_meta(CALIBRATION_META)
-    measured = sum(e.phase in ("calibration", "baseline") for e in evaluations)  # warm-ups are stored as baselines
+    measured = sum(e.phase in (CALIBRATION, BASELINE) for e in evaluations)  # warm-ups are stored as baselines
     if planned and measured < planned:
         return f"; calibrating: {measured} of {planned} subjects measured"
     left = search_time_left(store.generation_ends()[:done], generations - done)

@@ -26,8 +26,16 @@ from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_
 from evo_merge.search.metrics import item_totals, posterior_se_note, recorded_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
-from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation, atomic_write, in_run
-from evo_merge.search.study import BASELINE
+from evo_merge.search.store import (
+    BASELINE,
+    CALIBRATION,
+    POOLED_META,
+    SEARCH,
+    CampaignStore,
+    Evaluation,
+    atomic_write,
+    in_run,
+)
 
 
 def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str],
@@ -73,7 +81,7 @@ def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame
     """Per generation: hypervolume of all estimates so far, the best estimate per task (by direction)
     and the item evaluations spent, as the generation ended (what the trackers logged)."""
     # a first generation the search looked up whole (its seeds: endpoints and standard warm-ups) has a row too
-    generations = sorted({e.generation for e in store.evaluations("search") if e.status == "ok"}
+    generations = sorted({e.generation for e in store.evaluations(SEARCH) if e.status == "ok"}
                          | set(range(1, store.generations_completed() + 1)))
     return pd.DataFrame([{"generation": g, **recorded_metrics(store, objectives, g)} for g in generations])
 
@@ -105,9 +113,9 @@ def _pareto_panel(ax, table: pd.DataFrame, x: str, y: str, endpoints: Sequence[s
         if len(rows):
             ax.scatter(rows[f"{kind}_{x}"], rows[f"{kind}_{y}"], **style)
 
-    search = table[(table.phase == "search") & (table.status == "ok")]
+    search = table[(table.phase == SEARCH) & (table.status == "ok")]
     scatter(search, "est", s=12, alpha=0.4, label="candidates (estimated)")
-    measured = table[table[f"meas_{x}"].notna() & (table.phase == "search")]
+    measured = table[table[f"meas_{x}"].notna() & (table.phase == SEARCH)]
     standard = table[table[f"meas_{x}"].notna() & (table.phase == BASELINE)]  # measured as warm-ups
     scatter(measured, "est", marker="o", facecolors="none", edgecolors="C1", label="finalists (estimated)")
     scatter(measured, "meas", marker="*", s=80, color="C1", label="finalists (measured)")
@@ -116,7 +124,7 @@ def _pareto_panel(ax, table: pd.DataFrame, x: str, y: str, endpoints: Sequence[s
             label="race survivors (sample scores)")
     for _, row in measured.iterrows():
         ax.plot([row[f"est_{x}"], row[f"meas_{x}"]], [row[f"est_{y}"], row[f"meas_{y}"]], color="C1", lw=0.6)
-    calibration = table[table.phase == "calibration"]
+    calibration = table[table.phase == CALIBRATION]
     scatter(calibration, "meas", marker="s", color="k", label="base / endpoints / warm-up")
     for _, row in calibration.iterrows():
         label = reference_label(row, endpoints)
@@ -171,7 +179,7 @@ def write_report(
                              store.get_meta(POOLED_META))
     scored = (table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)
               | table[[f"sample_{t}" for t in tasks]].notna().all(axis=1))  # race survivors: their sample scores
-    front = mark_front(table[table.phase.isin(["search", BASELINE]) & scored], objectives)
+    front = mark_front(table[table.phase.isin([SEARCH, BASELINE]) & scored], objectives)
     atomic_write(run_dir / "evaluations.csv", table.to_csv(index=False))
     atomic_write(run_dir / "pareto.csv", front.to_csv(index=False))
     progress = progress_table(store, objectives)
@@ -207,9 +215,9 @@ def write_report(
 def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataFrame, finished: bool,
                race: dict | None, running: str | None = None) -> list[str]:
     """The report's opening lines: whether it is finished, evaluations, items spent, held-out items, the race."""
-    search_items = store.items_evaluated("search")
+    search_items = store.items_evaluated(SEARCH)
     full_items = search_item_count(facts, store)
-    n_search = int((table.phase == "search").sum())
+    n_search = int((table.phase == SEARCH).sum())
     n_failed = int((table.status == "failed").sum())
     unmeasured = len(store.measure_failures())  # worked on their anchors, failed when measured in the final phase
     done, total = store.generations_completed(), facts["generations"]

@@ -17,8 +17,7 @@ import pandas as pd
 
 from evo_merge.markup import html_text
 from evo_merge.report.pairs import task_pairs
-from evo_merge.search.store import atomic_write
-from evo_merge.search.study import BASELINE
+from evo_merge.search.store import BASELINE, CALIBRATION, SEARCH, atomic_write
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -71,13 +70,13 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str], pair: tuple[str, str
     x, y = pair
     fig = go.Figure()
     ok = table[table.status == "ok"]
-    search = ok[ok.phase == "search"]
+    search = ok[ok.phase == SEARCH]
     both = ok[f"meas_{x}"].notna() & ok[f"meas_{y}"].notna()
-    measured = ok[(ok.phase == "search") & both]
+    measured = ok[(ok.phase == SEARCH) & both]
     # the standard merges are measured whole as warm-ups, before any final phase: a trace of their own, not
     # "finalists", though they compete for the picks with them
     standard = ok[(ok.phase == BASELINE) & both]
-    calibration = ok[(ok.phase == "calibration") & ok[f"meas_{x}"].notna()]
+    calibration = ok[(ok.phase == CALIBRATION) & ok[f"meas_{x}"].notna()]
 
     def trace(rows: pd.DataFrame, kind: str, name: str, **style) -> None:
         if rows.empty:  # nothing to draw: no legend entry either

@@ -26,8 +26,7 @@ from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError, first_line
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.metrics import recorded_metrics
-from evo_merge.search.store import CampaignStore, Evaluation, atomic_write
-from evo_merge.search.study import BASELINE, CALIBRATION
+from evo_merge.search.store import BASELINE, CALIBRATION, CampaignStore, Evaluation, atomic_write
 
 log = logging.getLogger(__name__)
 IDS_FILE = "tracking.json"

@@ -31,8 +31,8 @@ from evo_merge.search.race import small_pick_samples
 from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace, coefficient_groups
-from evo_merge.search.store import CALIBRATION_META, EVALUATED_ON_META, Evaluation
-from evo_merge.search.study import BASELINE, CALIBRATION, GenerationDone, run_search
+from evo_merge.search.store import BASELINE, CALIBRATION, CALIBRATION_META, EVALUATED_ON_META, Evaluation
+from evo_merge.search.study import GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
 from evo_merge.tasks.base import FitnessTask
 

@@ -31,8 +31,7 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.pooling import pooled
 from evo_merge.search.race import PICKS_META, RACE_META, SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.space import SearchSpace
-from evo_merge.search.store import POOLED_META, CampaignStore, Evaluation, Record
-from evo_merge.search.study import BASELINE, SEARCH
+from evo_merge.search.store import BASELINE, POOLED_META, SEARCH, CampaignStore, Evaluation, Record
 
 BASELINES_META = Record("baselines", dict[str, str])  # store meta: candidate key -> baseline label
 MEASURE_STAGE = "final: measuring the finalists"

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.store import CampaignStore, Evaluation
+from evo_merge.search.store import BASELINE, SEARCH, CampaignStore, Evaluation
 
 
 def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives, generation: int,
@@ -24,7 +24,7 @@ def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives
     successful estimates, `best_<task>` by each task's direction, and `items` (item evaluations the
     search spent, failures included; the warm-ups' are calibration's)."""
     tasks = objectives.names
-    upto = [e for e in evaluations if e.phase == "search" and e.generation is not None and e.generation <= generation]
+    upto = [e for e in evaluations if e.phase == SEARCH and e.generation is not None and e.generation <= generation]
     scored = [e for e in [*upto, *known] if e.status == "ok"]
     ok = np.array([[e.estimates[t] for t in tasks] for e in scored]).reshape(-1, len(tasks))
     signs = objectives.signs()
@@ -37,7 +37,7 @@ def recorded_metrics(store: CampaignStore, objectives: Objectives, generation: i
     """`generation`'s metrics as stored when it ended; recomputed from the store for a folder
     written before they were stored."""
     stored = store.metrics(generation)
-    return stored if stored is not None else generation_metrics(store.evaluations("search"), objectives, generation)
+    return stored if stored is not None else generation_metrics(store.evaluations(SEARCH), objectives, generation)
 
 
 def search_time_left(ends: Sequence[float], remaining: int) -> tuple[float, float] | None:
@@ -50,7 +50,7 @@ def search_time_left(ends: Sequence[float], remaining: int) -> tuple[float, floa
     return per_generation * remaining, per_generation
 
 
-PHASE_NAMES = {"baseline": "standard merges"}  # a phase as the item totals name it: the baselines are those merges
+PHASE_NAMES = {BASELINE: "standard merges"}  # a phase as the item totals name it: the baselines are those merges
 
 
 def item_totals(store: CampaignStore) -> str:
@@ -59,7 +59,7 @@ def item_totals(store: CampaignStore) -> str:
     share is mostly their measurement as warm-ups, which reads as spent on baselines otherwise."""
     phases = store.items_by_phase()
     parts = ", ".join(f"{PHASE_NAMES.get(phase, phase)} {n:,}" for phase, n in phases.items()
-                      if n or phase in ("search", "final phase"))
+                      if n or phase in (SEARCH, "final phase"))
     return f"{sum(phases.values()):,} ({parts})"
 
 

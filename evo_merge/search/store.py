@@ -36,7 +36,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
     id INTEGER PRIMARY KEY,
     key TEXT UNIQUE NOT NULL,
-    phase TEXT NOT NULL,           -- calibration | search
+    phase TEXT NOT NULL,           -- calibration | search | baseline (CALIBRATION, SEARCH, BASELINE)
     generation INTEGER,
     method TEXT NOT NULL,
     genome TEXT NOT NULL,          -- Candidate.key (JSON)
@@ -67,6 +67,9 @@ CREATE TABLE IF NOT EXISTS generations (
 );
 """
 TABLES = ("evaluations", "item_scores", "meta", "generations")
+CALIBRATION = "calibration"  # phase of the base, the endpoints and the random warm-ups: measured to fit IRT
+SEARCH = "search"
+BASELINE = "baseline"  # phase of the standard merges: warm-ups measured before the search, or scored after it
 STATUSES = ("ok", "failed")  # an evaluation's status: scored (estimates, maybe measured), or failed (its error)
 # columns added after the first release, added to older databases when they are opened
 ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT",

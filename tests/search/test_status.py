@@ -1,4 +1,4 @@
-"""Reading a run: `status` and `report` open no model and import neither torch nor lm-eval;
+"""Reading a run: `status` opens no model and imports neither torch nor lm-eval;
 a minimised task is handled by direction in status, hypervolume, picks and the report."""
 
 import os

@@ -15,7 +15,7 @@ from evo_merge.config import Campaign
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import standard_merges
 from evo_merge.search.front import candidates
-from evo_merge.search.study import BASELINE, CALIBRATION, SEARCH
+from evo_merge.search.store import BASELINE, CALIBRATION, SEARCH
 from evo_merge.zoo.tiny import save_tiny_family
 
 sys.path.insert(0, str(Path(__file__).parent))  # agreement_task, the plugin task the campaigns score
