@@ -141,24 +141,25 @@ def _run(runner) -> None:
     from evo_merge.console import results_console
     from evo_merge.report.campaign import write_report
     from evo_merge.report.tracking import follow_campaign
-    from evo_merge.search.store import FACTS_META, in_run
+    from evo_merge.search.store import FACTS_META
 
-    workspace = runner.workspace
+    workspace, store = runner.workspace, runner.workspace.store
     tracker = follow_campaign(runner)  # before any evaluation: a missing package stops nothing paid for
+    written: list[Path] = []
+
+    def report(picks: dict[str, tuple[int, Path]]) -> None:
+        written.append(write_report(workspace.run_dir, store, store.get_meta(FACTS_META), picks))
+
     with StageBars() as bars:
         runner.progress = bars
-        measured, exported = runner.run()
-    store = workspace.store
-    store.set_exported({name: (eid, in_run(folder, workspace.run_dir)) for name, (eid, folder) in exported.items()})
-    report = write_report(workspace.run_dir, store, store.get_meta(FACTS_META), exported)
-    store.mark_finished()  # after the report: a run cut short while writing it is not finished
+        measured, exported = runner.run(report)
     for evaluation in store.evaluations():  # trackers last: they observe a run that is already complete;
         # what they have not logged yet (measurements, the baselines, estimates refined since their generation)
         tracker.log_evaluation(evaluation)
     tracker.finish(workspace.run_dir)
     console = results_console()
     console.print(_summary_table(runner, measured, exported))
-    console.print(f"report: {report}")
+    console.print(f"report: {written[0]}")
     for name, (_, folder) in exported.items():
         console.print(f"model {name}: {folder}")
 

@@ -199,9 +199,11 @@ class CampaignRunner:
         return measure_final(self.log, self.objectives, campaign.final, search_space(self.workspace), references,
                              seed=campaign.algorithm.seed)
 
-    def run(self) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
+    def run(self, report: Callable[[dict[str, tuple[int, Path]]], None] | None = None,
+            ) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
         """The whole campaign: (candidates measured on every search item, exported picks name ->
-        (evaluation id, folder))."""
+        (evaluation id, folder)). The run is marked finished at the end, after `report` (told the
+        picks) has written what the user reads: a run cut short while writing it is not finished."""
         campaign = self.workspace.campaign
         self.scoring.check_fitted_models()
         kept = self._exported_picks()  # before anything runs: a run that lost generations chooses again
@@ -218,9 +220,12 @@ class CampaignRunner:
             chosen = kept or measure_picks(self.log, pool, self.objectives, campaign.final)
             exported = export_picks(self.workspace, chosen, self._evaluator, self.progress)
             measured = [e for e in candidates(self.workspace.store) if e.measured is not None]
+            if report is not None:
+                report(exported)
+            self.workspace.store.mark_finished()
         finally:
             self.close()
-        return measured, exported  # the CLI marks the run finished once its report is written
+        return measured, exported
 
     def _exported_picks(self) -> dict[str, Evaluation]:
         """A finished run's picks as it exported them (none for a run still under way): they are not

@@ -124,7 +124,8 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     folder is kept as it is (a folder is written whole or not at all): the resume of a finished
     run rewrites no model, and a kill during it cannot leave a pick missing. A kept folder whose
     weights are no longer those the run wrote (`EXPORTED_WEIGHTS_META`: another pick's copied over
-    it, a file replaced) is no pick: it is exported again, with a warning."""
+    it, a file replaced) is no pick: it is exported again, with a warning. The picks are recorded
+    (`CampaignStore.exported`) once all are written."""
     run_dir = workspace.run_dir
     if (run_dir / "models").is_dir():
         sweep_partial_folders(run_dir / "models")
@@ -147,6 +148,8 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
             chosen_as=names[evaluation.id])
         if not kept and (digest := _weights_digest(out)) is not None:
             store.set_meta(EXPORTED_WEIGHTS_META, written := {**written, where: digest})
+    store.set_exported({name: (evaluation.id, in_run(folders[evaluation.id], run_dir))
+                        for name, evaluation in chosen.items()})
     return {name: (evaluation.id, folders[evaluation.id]) for name, evaluation in chosen.items()}
 
 
