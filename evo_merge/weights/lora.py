@@ -8,6 +8,8 @@ Every adapter matrix is checked against the model's tensor shape when the checkp
 Besides A/B matrices an adapter may hold whole tensors, which replace the model's before the
 update is added (what peft's load and merge_and_unload give): `X.base_layer.weight`, saved for an
 adapted embedding layer (save_embedding_layers), and `X.weight` of a `modules_to_save` module.
+An adapter trained with `lora_bias` holds `X.lora_B.bias`, added to the layer's bias times the
+same alpha / r (peft's merge; a layer without a bias is refused, as peft refuses it).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
-                  r"(?:\.[^.]+)?(?:\.weight)?$")
+                  r"(?:\.(?!weight$|bias$)[^.]+)?(?:\.(?P<kind>weight|bias))?$")  # adapter name, then weight or bias
 
 
 PEFT_LORA_ALPHA = 8  # peft's LoraConfig default, for a config that leaves lora_alpha out
@@ -67,6 +69,7 @@ class LoraCheckpoint(Checkpoint):
     """`Checkpoint` whose tensors include a LoRA adapter's update."""
 
     _updates: ClassVar[dict[str, tuple]] = {}  # none until an adapter is loaded
+    _bias_updates: ClassVar[dict[str, torch.Tensor]] = {}
 
     @classmethod
     def open_with_adapter(cls, path: Path, adapter: Path, *, allow_pickle: bool = False) -> LoraCheckpoint:
@@ -93,16 +96,21 @@ class LoraCheckpoint(Checkpoint):
                 whole[self._replaced(key, weights_file)] = key
                 continue
             parts = pairs.setdefault(match["module"], {})
-            parts[match["part"][-1]] = weights.load(key)
+            if match["kind"] == "bias" and match["part"] != "lora_B":  # peft's lora_bias is lora_B's alone
+                raise UserError(f"{weights_file}: {key} is a bias of a LoRA matrix other than lora_B, which peft "
+                                "never writes")
+            parts["bias" if match["kind"] == "bias" else match["part"][-1]] = weights.load(key)
             parts["embedding"] = "embedding" in match["part"]
         if whole:
             replacements = _Replacements(weights, whole, {name: self.dtype(name) for name in whole})
             self._readers.update(dict.fromkeys(whole, replacements))
         if not pairs and not whole:  # merged, it would be the model itself, as if the adapter were applied
             raise UserError(f"{weights_file}: holds no LoRA matrices (lora_A/lora_B) and no tensors: an empty adapter")
-        self._updates = {}
+        self._updates, self._bias_updates = {}, {}
         for module, parts in pairs.items():
             self._updates[f"{module}.weight"] = self._update(config, module, parts, weights_file)
+            if "bias" in parts:
+                self._bias_updates[f"{module}.bias"] = self._bias_update(module, parts, weights_file)
 
     def _check_trained_on(self, trained_on: object, config_file: Path) -> None:
         """Say so when the adapter names, as the model it was trained on, another folder on this
@@ -143,13 +151,25 @@ class LoraCheckpoint(Checkpoint):
             )
         return a, b, scale, transpose
 
+    def _bias_update(self, module: str, parts: dict, source: Path) -> torch.Tensor:
+        """`lora_B.bias` times the module's scale, checked against the layer's bias."""
+        name, scale = f"{module}.bias", self._updates[f"{module}.weight"][2]
+        if name not in self:
+            raise UserError(f"{source}: adds a bias to {module} (lora_bias), whose layer in {self.path} has none")
+        if tuple(parts["bias"].shape) != tuple(self.shape(name)):
+            raise UserError(f"{source}: lora_B bias of {module} has shape {list(parts['bias'].shape)} but the "
+                            f"model's {name} is {list(self.shape(name))}")
+        return parts["bias"].float() * scale
+
     def computed(self, name: str) -> bool:
         """A tensor the adapter updates: the update is added in float32, which the model's dtype
         does not hold (read in float32, the sum is not the model's dtype widened)."""
-        return name in self._updates
+        return name in self._updates or name in self._bias_updates
 
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         weight = super().tensor(name, dtype)
+        if name in self._bias_updates:
+            return (weight.float() + self._bias_updates[name]).to(weight.dtype)
         if name not in self._updates:
             return weight
         a, b, scale, transpose = self._updates[name]

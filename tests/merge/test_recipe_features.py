@@ -216,6 +216,46 @@ def test_lora_input_equals_peft_merge_and_shape_mismatch_exits_2(deep, tmp_path)
     assert not bad.exists()
 
 
+def test_a_lora_bias_is_added_to_the_layer_s_bias_as_peft_merge_and_unload_adds_it(deep, tmp_path):
+    """An adapter trained with `lora_bias` stores `lora_B.bias`: it was read as the B matrix and
+    overwritten by it, so the bias update was dropped without a word. It is added times alpha / r;
+    an adapter adding a bias to a layer that has none is refused (peft refuses to merge it)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    base = _save(Qwen2ForCausalLM(config), tokenizer, tmp_path / "qwen")  # q/k/v projections have biases
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], lora_bias=True,
+                                           init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert any(k.endswith("q_proj.lora_B.bias") for k in load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base),
+                                         tmp_path / "adapter").merge_and_unload().state_dict()
+    result, out = merge(tmp_path, {"merge_method": "linear", "models": [{"model": f"{base}+{tmp_path / 'adapter'}"}]})
+    assert result.exit_code == 0, result.output
+    merged, bias = tensors_of(out), "model.layers.0.self_attn.q_proj.bias"
+    assert not torch.allclose(merged[bias], tensors_of(base)[bias], atol=1e-3)  # the adapter moved the bias
+    for name, tensor in merged.items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
+
+    adapter = tmp_path / "llama-adapter"
+    adapter.mkdir()
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(32, 4),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias": torch.ones(32)},
+              adapter / "adapter_model.safetensors")
+    shutil.copy(tmp_path / "adapter" / "adapter_config.json", adapter)
+    result, bad = merge(tmp_path, {"merge_method": "linear", "models": [{"model": f"{deep['ft1']}+{adapter}"}]}, "bad")
+    assert result.exit_code == 2 and not bad.exists(), result.output
+    assert result.output.strip().splitlines()[-1].endswith(
+        f"{adapter / 'adapter_model.safetensors'}: adds a bias to model.layers.0.self_attn.q_proj (lora_bias), "
+        f"whose layer in {deep['ft1']} has none")
+
+
 def _adapter_with_whole_tensors(trained_on, out, kind):
     """A LoRA adapter saved with peft's defaults that also stores whole tensors: the embedding it
     adapts (`...embed_tokens.base_layer.weight`) or a `modules_to_save` head (`...lm_head.weight`)."""
