@@ -236,8 +236,12 @@ def _job(method: MergeMethod, group: Group, out_name: str, names: Sequence[str],
                 top[hp.name] = value
     weights = []
     for e, n in zip(group.endpoints, names):
-        weight = lookup(WEIGHT, [e.params, *group.settings], n, t)
-        weight = 1.0 if weight is MISSING else weight
+        levels = [e.params, *group.settings]
+        weight = lookup(WEIGHT, levels, n, t)
+        if weight is MISSING and any(WEIGHT in level for level in levels):  # filters, none for this tensor
+            raise UserError(f"{e.key.rsplit('.', 1)[0]}: no weight entry applies to tensor {n}; end each filtered "
+                            "weight list with an entry without `filter` (mergekit refuses such a recipe too)")
+        weight = 1.0 if weight is MISSING else weight  # no weight given anywhere: 1
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise UserError(f"{e.key.rsplit('.', 1)[0]}.parameters.weight: expected a number, got {weight!r}")
         weights.append(float(weight))

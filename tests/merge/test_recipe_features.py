@@ -522,6 +522,14 @@ BAD = {
         },
         "parameters.densty: unknown parameter",
     ),
+    "filtered weights leaving tensors out": (  # merged at weight 1 without a word: mergekit refuses it
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": "{base}",
+            "models": [{"model": "{ft1}", "parameters": {"weight": [{"filter": "mlp", "value": 1}]}}],
+        },
+        "models.0: no weight entry applies to tensor lm_head.weight; end each filtered weight list with",
+    ),
     "models and slices": (
         {
             "merge_method": "linear",
