@@ -45,6 +45,7 @@ class FittedParams:
     beta: np.ndarray  # (items,)
     theta: np.ndarray  # (subjects, D)
     lr: float | None = None  # py-irt's rate after divergence retries (None: L-BFGS has none)
+    epochs: int | None = None  # py-irt's epochs at that rate (more after a retry)
 
 
 def canonical(alpha: np.ndarray, beta: np.ndarray, theta: np.ndarray) -> FittedParams:
@@ -135,30 +136,34 @@ def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = PYIRT_
 
     Its stochastic optimiser can reach NaN (pyro then rejects a distribution): the fit is retried
     at a lower learning rate, saying so in one line (pyro's own NaN warnings are silenced), before
-    giving up. Each fit's rate and time are logged, and the rate is returned with the parameters.
+    giving up. A retry runs as many more epochs as its rate is lower (rate × epochs kept): at the
+    same epochs a fifth of the rate left the parameters shrunk 4-5x towards 0, far from converged,
+    and that fit was stored. Each fit's rate, epochs and time are logged, and the rate and epochs
+    are returned with the parameters.
     """
     try:
         import py_irt.anchor_utils
     except ImportError as exc:  # py-irt needs Python < 3.12
         raise UserError(f"backend 'pyirt' is unavailable ({exc}); use --backend torch") from None
     py_irt.anchor_utils.console.quiet = True  # its own console, not silenced by verbose=False
-    rate = lr
+    rate, steps = lr, epochs
     for attempt in range(PYIRT_RETRIES + 1):
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():  # the retry line says it: two lines per NaN only repeat it
                 warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-                params = _train_pyirt(binary, dims, seed, epochs, rate)
-            log.info("py-irt fit %d x %d, D=%d, %d epochs, lr=%g: %.1f s", *binary.shape, dims, epochs, rate,
+                params = _train_pyirt(binary, dims, seed, steps, rate)
+            log.info("py-irt fit %d x %d, D=%d, %d epochs, lr=%g: %.1f s", *binary.shape, dims, steps, rate,
                      time.perf_counter() - start)
-            return replace(params, lr=rate)
+            return replace(params, lr=rate, epochs=steps)
         except ValueError as exc:  # pyro's distribution checks fail once the parameters reach NaN
             reason = first_line(exc)[:120]
             if attempt == PYIRT_RETRIES:
                 raise UserError(f"py-irt training diverged (lr={rate:g}, after retries from lr={lr:g}): {reason}; "
                                 "try a lower --lr or --backend torch") from None
-            log.warning("py-irt diverged at lr=%g (%s); retrying at lr=%g", rate, reason[:60], rate * PYIRT_LR_FACTOR)
-            rate *= PYIRT_LR_FACTOR
+            rate, steps = rate * PYIRT_LR_FACTOR, round(steps / PYIRT_LR_FACTOR)
+            log.warning("py-irt diverged at lr=%g (%s); retrying at lr=%g for %d epochs (as many more as the rate "
+                        "is lower)", rate / PYIRT_LR_FACTOR, reason[:60], rate, steps)
 
 
 def _train_pyirt(binary: np.ndarray, dims: int, seed: int, epochs: int, lr: float) -> FittedParams:

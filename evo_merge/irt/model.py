@@ -203,7 +203,8 @@ class IRTModel:
         progress(FIT_STAGE, total, total)
         settings = {"dims": dims, "dims_grid": grid, "theta_prior_sd": THETA_SD, **backend_options}
         if full.lr is not None:  # py-irt: each fit restarts at `lr` and may retry lower, so say what each used
-            settings |= {"lr_used": full.lr, "cv_lr_used": [p.lr for p in fold_fits[chosen]]}
+            settings |= {"lr_used": full.lr, "cv_lr_used": [p.lr for p in fold_fits[chosen]],
+                         "epochs_used": full.epochs, "cv_epochs_used": [p.epochs for p in fold_fits[chosen]]}
         return cls(
             item_ids=matrix.items,
             item_scenarios=matrix.item_scenarios,

@@ -226,7 +226,8 @@ def test_fit_rejects_bad_settings(md2pl):
 
 
 def test_pyirt_retries_at_a_lower_rate_when_it_diverges(caplog):
-    """lr 5 sends py-irt's variational parameters to NaN: the fit says so and retries at lr x 0.2."""
+    """lr 5 sends py-irt's variational parameters to NaN: the fit says so and retries at lr x 0.2,
+    for 5x the epochs (rate x epochs kept)."""
     from evo_merge.irt.backends import fit_pyirt
 
     gen = make_synthetic_irt(60, dims=1, seed=11)
@@ -234,8 +235,9 @@ def test_pyirt_retries_at_a_lower_rate_when_it_diverges(caplog):
     binary = (np.random.default_rng(0).random((30, 60)) < gen.prob(theta)).astype(float)
     with caplog.at_level("INFO", logger="evo_merge.irt"):
         params = fit_pyirt(binary, 1, epochs=40, lr=5.0)
-    assert "py-irt diverged at lr=5" in caplog.text and "retrying at lr=1" in caplog.text
-    assert "py-irt fit 30 x 60, D=1, 40 epochs" in caplog.text
+    assert "py-irt diverged at lr=5" in caplog.text and "retrying at lr=1 for 200 epochs" in caplog.text
+    assert f"py-irt fit 30 x 60, D=1, {params.epochs} epochs, lr={params.lr:g}" in caplog.text
+    assert params.lr < 5 and params.epochs * params.lr == pytest.approx(40 * 5.0)
     assert np.isfinite(params.beta).all() and np.corrcoef(params.beta, gen.beta)[0, 1] > 0.5
 
 
@@ -274,6 +276,10 @@ def test_model_settings_record_the_rate_each_pyirt_fit_used(md2pl, monkeypatch):
     assert model.settings["lr"] == 5.0  # as requested
     assert model.settings["lr_used"] == pytest.approx(0.2)  # 5 -> 1 -> 0.2
     assert model.settings["cv_lr_used"] == [pytest.approx(1.0)] * 2  # 5 -> 1
+    # a retry at a fifth of the rate runs 5x the epochs: at the same epochs the fit stopped far from
+    # converged (parameters shrunk 4-5x towards 0) and was stored
+    assert model.settings["epochs_used"] == 25 * backends.PYIRT_EPOCHS
+    assert model.settings["cv_epochs_used"] == [5 * backends.PYIRT_EPOCHS] * 2
     # at its defaults the rate and epochs are recorded too (only rates given by hand were)
     default = IRTModel.fit(responses, backend="pyirt", dims=1, seed=0)
     assert (default.settings["lr"], default.settings["epochs"]) == (backends.PYIRT_LR, backends.PYIRT_EPOCHS)
