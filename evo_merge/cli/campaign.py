@@ -229,7 +229,7 @@ def status(run: Path) -> None:
     from evo_merge.console import results_console
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
-    from evo_merge.search.metrics import item_totals, posterior_se_note
+    from evo_merge.search.metrics import item_totals, se_note
     from evo_merge.search.objectives import Objectives
     from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
     from evo_merge.search.store import ANCHORS_META, BASELINE, POOLED_META, SEARCH
@@ -267,7 +267,7 @@ def status(run: Path) -> None:
                 f"best {task} in the search ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} "
                 f"is better): {value} {'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method})"
             )
-    if competing and (note := posterior_se_note(facts)):
+    if competing and (note := se_note(facts)):
         console.print(note)
     if finished:  # a run cut short may hold the picks of an earlier end
         _print_picks(console, store, {e.id: e for e in evaluations})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import click
@@ -21,7 +20,7 @@ from evo_merge.irt import (
     select_anchors,
 )
 from evo_merge.irt import validate as run_validation
-from evo_merge.irt.anchors import SELECTABLE
+from evo_merge.irt.anchors import SELECTABLE, remove_anchor_sets
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
@@ -30,6 +29,7 @@ from evo_merge.irt.kinds import (
     DEFAULT_ESTIMATOR_KIND,
     ENDPOINT_ESTIMATORS,
     ESTIMATOR_KINDS,
+    SE_CAVEATS,
 )
 from evo_merge.irt.validation import (
     FEW_HELD_OUT,
@@ -163,7 +163,7 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
     with naming_file(responses), StageBars() as bars:  # too few subjects, or py-irt diverging on them
         model = IRTModel.fit(data, backend=backend, dims=dims_value, seed=seed, progress=bars, **options)
     model.save(out)
-    shutil.rmtree(out / "anchors", ignore_errors=True)  # chosen on the model it replaced: stale
+    remove_anchor_sets(out)  # chosen on the model it replaced: stale
     click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "
                f"{len(model.scenarios)} scenario(s), D={model.dims} -> {out}")
 
@@ -233,6 +233,8 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
         click.echo(f"{partial}: {unused:,} scores of items outside the anchor set were not used (estimators other "
                    "than adaptive read the anchors' scores only; --estimator adaptive uses every item scored)",
                    err=True)
+    if estimator in SE_CAVEATS:
+        click.echo(f"{estimator}: {SE_CAVEATS[estimator].replace('the ±', 'the se column')}", err=True)
     text = table.to_csv(index=False)
     if out is None:
         click.echo(text, nl=False)

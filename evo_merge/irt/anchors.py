@@ -104,6 +104,18 @@ def anchors_path(model_dir: str | Path, method: str, budget: int) -> Path:
     return Path(model_dir) / "anchors" / f"{method}-{budget}.json"
 
 
+def remove_anchor_sets(model_dir: str | Path) -> None:
+    """Delete the anchor sets stored with a model (`<method>-<budget>.json`), chosen on a model now
+    replaced; any other file the user keeps in `anchors/` stays."""
+    folder = Path(model_dir) / "anchors"
+    for path in folder.glob("*.json"):
+        method, _, budget = path.stem.rpartition("-")
+        if method in METHODS and budget.isdigit():
+            path.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def load_anchors(model_dir: str | Path, budget: int | None = None, method: str | None = None,
                  item_ids: Collection[str] | None = None) -> Anchors:
     """The stored anchor set matching budget/method; either may be omitted when only one set matches.

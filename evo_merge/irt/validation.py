@@ -212,8 +212,9 @@ def validate(
             if b == budget:
                 # each draw's figures over every held-out subject, each fold weighted by its subjects
                 mae, beyond, se2, err2 = np.tensordot(share, np.stack(per_fold), axes=1).T
-                with np.errstate(invalid="ignore", divide="ignore"):  # exact estimates: no ratio
-                    ratio = float(np.sqrt(se2.mean() / err2.mean()))
+                # exact estimates (every item scored) err by round-off alone: a ratio to it says nothing
+                exact = err2.mean() < ROUND_OFF**2
+                ratio = np.nan if exact else float(np.sqrt(se2.mean() / err2.mean()))
                 rows.append(row | {"method": method, "estimator": kind, "mae": float(mae.mean()),
                                    "sd": float(mae.std()), "draws": mae.size, "beyond_2se": float(beyond.mean()),
                                    "se_ratio": ratio})

@@ -23,7 +23,7 @@ from evo_merge.search.candidate import Candidate
 from evo_merge.search.export import rounded_storage_note
 from evo_merge.search.front import BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
-from evo_merge.search.metrics import item_totals, posterior_se_note, recorded_metrics
+from evo_merge.search.metrics import item_totals, recorded_metrics, se_note
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
 from evo_merge.search.store import (
@@ -241,7 +241,7 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
         lines.append("endpoints, in the order of each recipe's weights: " + ", ".join(endpoints))
     if note := rounded_storage_note(facts):
         lines.append(note)
-    notes = (posterior_se_note(facts), race_summary(race), rounds_summary(store.get_meta(PICKS_META)))
+    notes = (se_note(facts), race_summary(race), rounds_summary(store.get_meta(PICKS_META)))
     return lines + [line for line in notes if line]
 
 

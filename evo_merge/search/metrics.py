@@ -1,5 +1,5 @@
 """Per-generation progress of a search: hypervolume, best estimate per task, item evaluations spent;
-and what the report and `status` say of the estimates they show (`posterior_se_note`).
+and what the report and `status` say of the estimates they show (`se_note`).
 
 One definition shared by the report (a row per generation) and experiment trackers (a step per
 generation), so both show the same numbers. The study loop computes it as each generation ends
@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from evo_merge.irt.kinds import SE_CAVEATS
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import BASELINE, SEARCH, CampaignStore, Evaluation
 
@@ -63,11 +64,9 @@ def item_totals(store: CampaignStore) -> str:
     return f"{sum(phases.values()):,} ({parts})"
 
 
-def posterior_se_note(facts: Mapping) -> str | None:
-    """The caveat on `estimate ± SE` of a run whose estimates are adaptive tests' (`facts`): their SE is
-    the IRT model's posterior, which leaves the model's own error out, where gp-IRT's is measured on
-    held-out calibration subjects (an audit found 6 of 12 adaptive cells off by more than 2 SE)."""
-    if facts.get("estimator") != "adaptive":
-        return None
-    return ("adaptive estimates: the ± is the IRT model's posterior SE, which leaves out the model's own error "
-            "(large with few calibration subjects); read it as a lower bound (docs/irt.md)")
+def se_note(facts: Mapping) -> str | None:
+    """The caveat on `estimate ± SE` of a run whose estimator's SE leaves part of the error out
+    (`SE_CAVEATS`: adaptive tests' posterior, mp-IRT's simulated merges), where gp-IRT's is measured
+    on held-out calibration subjects."""
+    kind = facts.get("estimator")
+    return f"{kind} estimates: {SE_CAVEATS[kind]} (docs/irt.md)" if kind in SE_CAVEATS else None

@@ -32,8 +32,10 @@ def test_refit_into_the_same_folder_drops_the_old_anchors(tmp_path):
     assert refused.exit_code == 2 and refused.output.strip().splitlines()[-1] == (
         f"error: --out {tmp_path / 'm'}: holds an IRT model already (--overwrite replaces it and its anchors)")
     assert list((tmp_path / "m" / "anchors").glob("*.json"))  # checked before the fit, nothing touched
+    (tmp_path / "m" / "anchors" / "my-notes.txt").write_text("mine")  # the user's, in the folder
     irt("fit", tmp_path / "second.csv", "--out", tmp_path / "m", "--dims", "1", "--overwrite")
-    assert not (tmp_path / "m" / "anchors").exists()  # they named items of the first model
+    # the anchor sets named items of the first model: gone; the user's file stays (it was deleted too)
+    assert [p.name for p in (tmp_path / "m" / "anchors").iterdir()] == ["my-notes.txt"]
     result = CliRunner().invoke(
         cli, ["irt", "estimate", str(tmp_path / "m"), "--responses", str(tmp_path / "second.csv")]
     )

@@ -178,9 +178,11 @@ def test_fit_anchors_estimate_validate(files):
     assert (table.se > 0).all() and (table.se < 0.5).all()
     assert len(table) == 40 * 3 and set(table.scenario) == {"s0", "s1", "overall"}
     assert table.estimate.between(0, 1).all()
-    code, _ = run("estimate", root / "m", "--responses", root / "partial.csv", "--estimator", "gmpirt",
-                  "--endpoints", "m0000,m0001", "--gmp-delta", "0.5", "--out", root / "est.csv")
+    code, out = run("estimate", root / "m", "--responses", root / "partial.csv", "--estimator", "gmpirt",
+                    "--endpoints", "m0000,m0001", "--gmp-delta", "0.5", "--out", root / "est.csv")
     assert code == 0 and (root / "est.csv").read_text().startswith("subject,scenario,estimator,estimate,se")
+    # its SE counts merges the model simulates, not real ones (an audit: 42-61% of errors beyond 2 SE): said
+    assert "gmpirt: the se column counts the error of merges the IRT model simulates between the endpoints" in out
     # a new folder is made for it: the missing folder was found out once every estimate was made
     code, out = run("estimate", root / "m", "--responses", root / "partial.csv", "--out", root / "no" / "est.csv")
     assert code == 0 and (root / "no" / "est.csv").is_file()
@@ -488,3 +490,16 @@ def test_estimate_takes_scenarios_from_the_model_not_the_responses_file(tmp_path
     outputs = [run("estimate", model, "--responses", tmp_path / name) for name in ("as-fitted.csv", "renamed.csv")]
     assert [code for code, _ in outputs] == [0, 0] and outputs[0][1] == outputs[1][1]
     assert set(pd.read_csv(io.StringIO(outputs[0][1])).scenario) == {*full.scenario.unique(), "overall"}
+
+
+def test_a_budget_of_every_item_states_no_se_ratio(files):
+    """At a budget covering every item each estimate is exact, its error round-off: the SE / RMSE
+    column showed ratios of round-off (0.76-1.07) as if they said how far the SEs hold."""
+    root, _ = files
+    code, out = run("validate", root / "responses.csv", "--budgets", "5,40", "--dims", "1", "--methods", "random",
+                    "--repeats", "2", "--csv", root / "every.csv")
+    assert code == 0, out
+    table = pd.read_csv(root / "every.csv")
+    every = table[(table.budget == 40) & (table.estimator != BASELINE)]
+    assert len(every) and (every.mae < 1e-9).all() and every.se_ratio.isna().all()
+    assert table[(table.budget == 5) & (table.estimator != BASELINE)].se_ratio.gt(0).all()
