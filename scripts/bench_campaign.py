@@ -63,7 +63,7 @@ from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS
 from evo_merge.search.binding import DEFAULTS_META, as_written_at, config_fingerprint
 from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
-from evo_merge.search.front import Distinct, candidates, choose, measured_before, pick_rounds, to_measure
+from evo_merge.search.front import Distinct, candidates, choose, pick_rounds, to_measure, warmups_scored_whole
 from evo_merge.search.holdout import HOLDOUT_META
 from evo_merge.search.lock import RunLock
 from evo_merge.search.objectives import Objectives
@@ -350,7 +350,7 @@ def raced_final_phase(runner: CampaignRunner, seed: int,
     stored = {key: store.item_scores(key) for key in finalists}
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
-    whole_before = measured_before(runner.log, finalists)  # the standard warm-ups: nothing left to score
+    whole_before = warmups_scored_whole(runner.log, finalists)  # the standard warm-ups: nothing left to score
     seen: dict[str, set] = {}
     builds = []
 

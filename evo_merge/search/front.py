@@ -180,12 +180,12 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
 
         record["compared"] = {"stage": last, "items": sum(map(len, sample.items(last).values())),
                               "scores": {k: on_sample(k) for k in live},
-                              "measured": sorted(measured_before(log, [e.key for e in finalists]))}
+                              "measured": sorted(warmups_scored_whole(log, [e.key for e in finalists]))}
     store.set_meta(RACE_META, record)
     return [e for e in finalists if e.key in live or e.measured is not None], on_sample
 
 
-def measured_before(log: EvaluationLog, keys: Iterable[str]) -> set[str]:
+def warmups_scored_whole(log: EvaluationLog, keys: Iterable[str]) -> set[str]:
     """The keys of standard merges scored on every search item when first stored, before any
     final phase: the warm-ups. (`items_evaluated` counts what an evaluation was first scored on;
     the final phase's measurement adds to `items_measured`.)"""

@@ -51,7 +51,7 @@ class Compared(TypedDict):
     stage: float
     items: int
     scores: dict[str, dict[str, float]]  # key -> task -> score on the last stage's sample
-    measured: NotRequired[list[str]]  # the survivors measured whole before the final phase
+    measured: NotRequired[list[str]]  # the survivors scored whole when first stored: warm-ups (warmups_scored_whole)
 
 
 class RaceRecord(TypedDict):

@@ -204,9 +204,6 @@ class Scoring:
                                               max(1, round(test.max_items / precision)), test.step, seed=test.seed)
         return self._tighter[key]
 
-    def item_count(self) -> dict[str, int]:
-        return {name: len(task.item_ids) for name, task in self.tasks.items()}
-
     def _responses(self, name: str, subjects: Subjects) -> pd.DataFrame:
         scenarios = self.tasks[name].scenarios or {}
         rows = [(label, item, score, scenarios.get(item, name))
