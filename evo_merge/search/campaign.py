@@ -134,11 +134,9 @@ class CampaignRunner:
         n = campaign.estimator.warmup_merges
         standard: list[Candidate] = []
         if campaign.estimator.warmup_standard and campaign.final.baselines:
-            endpoints = {endpoint_candidate(i, space.n_models).key for i in range(space.n_models)}
             by_method: dict[str, list[Candidate]] = {}
-            for candidate in standard_merges(space.n_models).values():
-                if candidate.key not in endpoints and space.expressible([candidate]):
-                    by_method.setdefault(candidate.method, []).append(candidate)
+            for candidate in _baselines(space).values():
+                by_method.setdefault(candidate.method, []).append(candidate)
             standard = [c for c in chain.from_iterable(zip_longest(*by_method.values())) if c is not None][:n]
         random = space.sample(n - len(standard), seed=campaign.algorithm.seed + 1) if n > len(standard) else []
         return standard, random
@@ -179,8 +177,7 @@ class CampaignRunner:
     def evaluate_baselines(self) -> None:
         """The standard merges the genome can express, on the anchors like any candidate (those
         the search seeded are looked up): part of the front and picks unless `final.baselines` is off."""
-        space = search_space(self.workspace)
-        merges = {c.key: label for label, c in standard_merges(space.n_models).items() if space.expressible([c])}
+        merges = {c.key: label for label, c in _baselines(search_space(self.workspace)).items()}
         self.workspace.store.set_meta(BASELINES_META, merges)
         if self.workspace.campaign.final.baselines:
             self.log.evaluate(
@@ -245,3 +242,11 @@ class CampaignRunner:
         """Stop the evaluator (a dask cluster, or the connection to one); it restarts when needed."""
         if self._evaluator is not None:
             self._evaluator.close()
+
+
+def _baselines(space: SearchSpace) -> dict[str, Candidate]:
+    """The standard merges the genome can express, less any that is an endpoint itself (with one
+    endpoint, task arithmetic at lambda 1): the baselines, and the warm-ups standard merges give."""
+    endpoints = {endpoint_candidate(i, space.n_models).key for i in range(space.n_models)}
+    return {label: c for label, c in standard_merges(space.n_models).items()
+            if c.key not in endpoints and space.expressible([c])}
