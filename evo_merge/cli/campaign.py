@@ -229,7 +229,7 @@ def status(run: Path) -> None:
     from evo_merge.console import results_console
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
-    from evo_merge.search.metrics import item_totals, se_note
+    from evo_merge.search.metrics import item_totals, se_note, search_saving
     from evo_merge.search.objectives import Objectives
     from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
     from evo_merge.search.store import ANCHORS_META, BASELINE, POOLED_META, SEARCH
@@ -285,10 +285,10 @@ def status(run: Path) -> None:
         console.print(race)
     if rounds := rounds_summary(store.get_meta(PICKS_META)):
         console.print(rounds)
-    spent, full = store.items_evaluated(SEARCH), len(search) * search_items
+    spent, full, saving = search_saving(store, facts, len(search))
     console.print(
         f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
-        + (f" ({full / spent:.1f}x saving)" if spent else "") + f"; in total {item_totals(store)}"
+        + (f" ({saving:.1f}x saving)" if saving is not None else "") + f"; in total {item_totals(store)}"
     )
 
 

@@ -22,8 +22,8 @@ from evo_merge.report.pairs import task_pairs
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.export import rounded_storage_note
 from evo_merge.search.front import BASELINES_META
-from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
-from evo_merge.search.metrics import item_totals, recorded_metrics, se_note
+from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
+from evo_merge.search.metrics import item_totals, recorded_metrics, se_note, search_saving
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
 from evo_merge.search.store import (
@@ -215,9 +215,8 @@ def write_report(
 def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataFrame, finished: bool,
                race: dict | None, running: str | None = None) -> list[str]:
     """The report's opening lines: whether it is finished, evaluations, items spent, held-out items, the race."""
-    search_items = store.items_evaluated(SEARCH)
-    full_items = search_item_count(facts, store)
     n_search = int((table.phase == SEARCH).sum())
+    spent, full, saving = search_saving(store, facts, n_search)
     n_failed = int((table.status == "failed").sum())
     unmeasured = len(store.measure_failures())  # worked on their anchors, failed when measured in the final phase
     done, total = store.generations_completed(), facts["generations"]
@@ -230,10 +229,8 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
         *unfinished,
         f"evaluations: {len(table)} ({n_search} search candidates, {n_failed} failed"
         + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")",
-        (
-            f"item evaluations in the search phase: {search_items:,}; a full-evaluation search would have "
-            f"spent {n_search * full_items:,} ({n_search * full_items / max(search_items, 1):.1f}x more)"
-        ),
+        f"item evaluations in the search phase: {spent:,}; a full-evaluation search would have spent {full:,}"
+        + (f" ({saving:.1f}x more)" if saving is not None else ""),
         f"item evaluations in total: {item_totals(store)}",
         _holdout_fact(store.get_meta(HOLDOUT_META, {})),
     ]

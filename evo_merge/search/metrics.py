@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from evo_merge.irt.kinds import SE_CAVEATS
+from evo_merge.search.holdout import search_item_count
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import BASELINE, SEARCH, CampaignStore, Evaluation
 
@@ -62,6 +63,14 @@ def item_totals(store: CampaignStore) -> str:
     parts = ", ".join(f"{PHASE_NAMES.get(phase, phase)} {n:,}" for phase, n in phases.items()
                       if n or phase in (SEARCH, "final phase"))
     return f"{sum(phases.values()):,} ({parts})"
+
+
+def search_saving(store: CampaignStore, facts: Mapping, n_search: int) -> tuple[int, int, float | None]:
+    """(item evaluations the search phase spent, what a full-evaluation search of its `n_search`
+    candidates would have spent, their ratio; None where nothing was spent): one figure for `status`
+    and the report."""
+    spent, full = store.items_evaluated(SEARCH), n_search * search_item_count(facts, store)
+    return spent, full, full / spent if spent else None
 
 
 def se_note(facts: Mapping) -> str | None:
