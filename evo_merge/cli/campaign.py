@@ -413,13 +413,11 @@ def export(
                             f"{run / 'evaluations.csv'}, or a pick's evaluation in `evo-merge status`)")
         workspace = runner.workspace  # an --out among the merge's inputs, refused before measuring, not after
         check_output_folder(out.expanduser(), overwrite, [workspace.base, *workspace.models])
-        spent = store.items_evaluated(measured=True)
         try:
             with StageBars() as bars:  # measuring and the file merge take minutes at size
                 runner.progress = bars
-                runner.log.measure([evaluation], f"measuring evaluation {pick}")
+                runner.log.measure([evaluation], f"measuring evaluation {pick}", by_export=True)
         finally:
-            store.add_items_measured_by_export(store.items_evaluated(measured=True) - spent)  # not the final phase's
             runner.close()
         error = store.measure_failures().get(evaluation.key)
         if error is not None:  # an export is measured, or not written (a failure's message may be empty)

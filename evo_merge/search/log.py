@@ -125,10 +125,11 @@ class EvaluationLog:
         self._adapt([Candidate.from_key(e.key) for e in evaluations], stage, precision)
 
     def measure(self, evaluations: Sequence[Evaluation], stage: str, *, held_out: bool = True,
-                among: Items | None = None) -> None:
+                among: Items | None = None, by_export: bool = False) -> None:
         """Score stored evaluations on the items they miss (the held-out ones too, unless
         `held_out` is False; only those in `among`, a race stage's sample, when given), and record
-        their scores on the search items once they have every one."""
+        their scores on the search items once they have every one (`by_export`: for `export --pick`,
+        whose items are counted apart from the final phase's)."""
         names = self.scoring.names
         missing = [(e, {n: items for n in names if (items := self._missing(e.key, n, held_out, among))})
                    for e in evaluations]
@@ -146,7 +147,8 @@ class EvaluationLog:
                 stored = self.store.item_scores(key)
                 full = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in names}
                 complete = all(set(self.scoring.search_ids(n)) <= full[n].keys() for n in names)
-                self.store.add_measurement(key, self.scoring.search_scores(full) if complete else None, outcome)
+                self.store.add_measurement(key, self.scoring.search_scores(full) if complete else None, outcome,
+                                           by_export=by_export)
             self.progress(stage, done, len(todo))
 
     def _missing(self, key: str, name: str, held_out: bool, among: Items | None = None) -> list[str]:

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     measured TEXT,                 -- JSON {task: score on every item}, once measured
     items_evaluated INTEGER NOT NULL DEFAULT 0,   -- when evaluated (anchors, or all items)
     items_measured INTEGER NOT NULL DEFAULT 0,    -- added later by the final phase (its race, then every item)
+    items_by_export INTEGER NOT NULL DEFAULT 0,   -- those of items_measured that `export --pick` measured
     seconds REAL,
     error TEXT,
     created REAL NOT NULL
@@ -73,7 +74,7 @@ BASELINE = "baseline"  # phase of the standard merges: warm-ups measured before 
 STATUSES = ("ok", "failed")  # an evaluation's status: scored (estimates, maybe measured), or failed (its error)
 # columns added after the first release, added to older databases when they are opened
 ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT",
-                 ("generations", "metrics"): "TEXT"}
+                 ("generations", "metrics"): "TEXT", ("evaluations", "items_by_export"): "INTEGER NOT NULL DEFAULT 0"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ EVALUATED_ON_META = Record("evaluated_on", str)  # the device type the run first
 REVISION_META = Record("estimator_revision", int)  # the estimator revision candidates are scored with
 #   (irt.ESTIMATOR_REVISION)
 ANCHORS_META = Record("anchors", dict[str, dict[str, int]])  # task -> scenario -> anchors per candidate, for `status`
-PICK_MEASURED_META = Record("items_measured_by_export", int)  # items `export --pick` spent measuring candidates
+# items `export --pick` spent measuring candidates, in folders from before `items_by_export` counted them
+PICK_MEASURED_META = Record("items_measured_by_export", int)
 FINISHED_META = Record("finished", bool)  # set when the run's final phase and exports are done
 MIXED_META = Record("estimator_revisions", list[int])  # where a resumed folder's estimates mix revisions: those it
 #   holds (0: unrecorded)
@@ -254,16 +256,18 @@ class CampaignStore:
         return self.get(key)
 
     def add_measurement(self, key: str, measured: Mapping[str, float] | None,
-                        item_scores: Mapping[str, Mapping[str, float]]) -> Evaluation:
+                        item_scores: Mapping[str, Mapping[str, float]], *, by_export: bool = False) -> Evaluation:
         """Store final-phase item scores of an existing evaluation (items already stored are kept),
-        with its scores on every search item once it has them all (`measured`; None: a race stage)."""
+        with its scores on every search item once it has them all (`measured`; None: a race stage).
+        `by_export`: `export --pick` measured them, counted apart from the final phase in the same
+        transaction (a kill between the two records left the totals wrong for good)."""
         evaluation = self.get(key)
         with self._transaction():
             new = self._insert_scores(evaluation.id, item_scores)
             self.db.execute(
-                "UPDATE evaluations SET measured = COALESCE(?, measured), items_measured = items_measured + ?"
-                " WHERE id = ?",
-                (_dumps(measured), new, evaluation.id),
+                "UPDATE evaluations SET measured = COALESCE(?, measured), items_measured = items_measured + ?,"
+                " items_by_export = items_by_export + ? WHERE id = ?",
+                (_dumps(measured), new, new if by_export else 0, evaluation.id),
             )
         return self.get(key)
 
@@ -297,14 +301,10 @@ class CampaignStore:
         then the final phase's (`final phase`: its race and the items measured whole), then those
         `export --pick` measured (`export --pick`, where it measured any)."""
         rows = self.db.execute("SELECT phase, SUM(items_evaluated) FROM evaluations GROUP BY phase ORDER BY MIN(id)")
-        by_export = self.get_meta(PICK_MEASURED_META, 0)
+        by_export = self.db.execute("SELECT COALESCE(SUM(items_by_export), 0) FROM evaluations").fetchone()[0]
+        by_export += self.get_meta(PICK_MEASURED_META, 0)  # counted apart before the column was added
         final = self.items_evaluated(measured=True) - self.items_evaluated() - by_export
         return {**dict(rows.fetchall()), "final phase": final, **({"export --pick": by_export} if by_export else {})}
-
-    def add_items_measured_by_export(self, items: int) -> None:
-        """Count `items` measured by `export --pick` apart from the final phase's."""
-        if items:
-            self.set_meta(PICK_MEASURED_META, self.get_meta(PICK_MEASURED_META, 0) + items)
 
     # -- key/value metadata (config hash, phase markers)
     def set_metas(self, values: Mapping[str | Record, Any]) -> None:

@@ -879,3 +879,15 @@ def test_a_damaged_irt_model_of_the_run_names_the_way_on(copy):
     code, output = invoke("resume", copy)
     assert code == 0, output
     assert (folder / "params.npz").exists()
+
+
+def test_items_export_pick_measured_are_counted_in_the_measurement_s_own_transaction(tmp_path):
+    """`export --pick` counted its items in a record of its own after measuring: a kill in between
+    left them counted as the final phase's for good. They are counted with the item scores."""
+    store, key = _written_store(tmp_path)
+    before = store.items_by_phase()
+    store.add_measurement(key, None, {"a": {"a-2": 1.0}})  # a race stage: the final phase's
+    store.add_measurement(key, {"a": 0.5, "b": 0.5}, {"a": {"a-3": 0.0}, "b": {"b-1": 1.0}}, by_export=True)
+    assert store.items_by_phase() == {**before, "final phase": 1, "export --pick": 2}
+    reopened = CampaignStore(tmp_path)  # nothing kept outside the database
+    assert reopened.items_by_phase() == store.items_by_phase()
