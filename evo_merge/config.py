@@ -24,7 +24,7 @@ from evo_merge.irt.kinds import (
     DEFAULT_ANCHOR_METHOD,
     DEFAULT_ESTIMATOR_KIND,
 )
-from evo_merge.schema import Strict, load_yaml, validate
+from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
 # no `..`, no leading dot or dash, so a config can never reach outside its run folder; at most 100
@@ -557,4 +557,7 @@ class Campaign(_Checked):
 
     @classmethod
     def load(cls, path: str | Path) -> Campaign:
-        return validate(cls, load_yaml(path), path)
+        data = load_yaml(path)
+        refuse_other_kind(data, path, "merge_method", "a merge recipe, not a campaign file",
+                          "evo-merge merge RECIPE --out DIR")
+        return validate(cls, data, path)

@@ -93,6 +93,14 @@ def _expanded_size(data: Any) -> int:
     return size(data)
 
 
+def refuse_other_kind(data: Any, source: str | Path, key: str, kind: str, command: str) -> None:
+    """A file of the other kind (a merge recipe given for a campaign, or a campaign for a recipe),
+    known by its `key`: named as such, with the command that takes it, instead of the first key
+    the schema does not know."""
+    if isinstance(data, dict) and key in data:
+        raise UserError(f"{source}: {kind} (it has `{key}`), which `{command}` takes")
+
+
 def validate(model: type[M], data: Any, source: str | Path) -> M:
     """Build `model` from `data`; on failure name the first bad key path in one line."""
     if data is None:

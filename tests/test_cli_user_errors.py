@@ -568,3 +568,19 @@ def test_a_yaml_alias_bomb_or_a_deep_nesting_is_one_line_at_once(tmp_path, comma
     args = {"merge": ["--out", str(tmp_path / "out")], "plan": []}[command]
     one_line_error(*invoke(command, bomb, *args), f"{bomb}: holds more than 1,000,000 values")
     one_line_error(*invoke(command, deep, *args), f"{deep}: nested too deeply")
+
+
+def test_a_recipe_given_for_a_campaign_and_a_campaign_for_a_recipe_are_named_with_their_command(tmp_path, family):
+    """`plan recipe.yaml` said `merge_method: unknown key (did you mean 'methods'?)`: a new key to
+    look up, where the file was of the other kind."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": str(family[1][0])}]}))
+    for command in ("plan", "run"):
+        args = [command, recipe] + (["--out", tmp_path / "run"] if command == "run" else [])
+        one_line_error(*invoke(*args), f"{recipe}: a merge recipe, not a campaign file (it has `merge_method`), "
+                                       "which `evo-merge merge RECIPE --out DIR` takes")
+    path = campaign(tmp_path, family)
+    one_line_error(*invoke("merge", path, "--out", tmp_path / "m"),
+                   f"{path}: a campaign file, not a merge recipe (it has `tasks`), which `evo-merge plan / run "
+                   "CAMPAIGN.yaml` takes")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "m").exists()

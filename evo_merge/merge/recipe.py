@@ -16,7 +16,7 @@ import yaml
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from evo_merge.merge.chat_templates import chat_template_text
-from evo_merge.schema import Strict, load_yaml, validate
+from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
 
 SCALARS = (bool, int, float, str)
 
@@ -181,7 +181,10 @@ class Recipe(Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
-        return validate(cls, load_yaml(path), path)
+        data = load_yaml(path)
+        refuse_other_kind(data, path, "tasks", "a campaign file, not a merge recipe",
+                          "evo-merge plan / run CAMPAIGN.yaml")
+        return validate(cls, data, path)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(exclude_none=True, exclude_defaults=True, mode="json"),
