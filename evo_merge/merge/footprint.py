@@ -304,7 +304,8 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
         sizes = [shapes.nbytes(storage.dtype, [t]) for t in shapes.floating for _ in range(T + 1)]
         sizes += [size for name, tasks in (("tsv", T), ("tsv_c", 1)) if name in setting.methods
                   for size in lowrank_sizes(shapes, T, tasks, storage.dtype)]
-        lines.append(line("stored tensors' slabs: ends left unused", slab_bytes(sizes) - sum(sizes), kept))
+        unused = slab_bytes(sizes, pinned=kept == "host") - sum(sizes)  # pinned: `host` on a GPU
+        lines.append(line("stored tensors' slabs: ends left unused", unused, kept))
     if "tsv" in setting.methods:
         lines.append(line("TSV-M pieces (rank r/T factors per task)", lowrank_bytes(shapes, T, T, storage.dtype), kept))
     if "tsv_c" in setting.methods:

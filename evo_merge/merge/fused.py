@@ -35,8 +35,11 @@ def _combine(target: torch.Tensor, base: torch.Tensor, pieces: list[torch.Tensor
 @functools.cache
 def _compiled():
     # dynamic: one graph for every tensor length; floats stay arguments (dynamo's default); one
-    # graph per pattern of `relative` flags (a Python bool is a constant to dynamo)
-    return torch.compile(_combine, dynamic=True)
+    # graph per number of pieces and pattern of `relative` flags (a Python bool is a constant to
+    # dynamo). fullgraph: past dynamo's recompile limit (8 graphs) a call raises, where it would
+    # run `_combine` eagerly on the whole tensor without a word, peaking at 4 float32 copies of it
+    # (`MergeCache._fuse` then merges in chunks)
+    return torch.compile(_combine, dynamic=True, fullgraph=True)
 
 
 def fused_combine(target: torch.Tensor, base: torch.Tensor, pieces: Sequence[torch.Tensor],

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 
 CHUNK = 2**18  # entries combined at a time on the CPU: float32 partial sums stay in cache (fastest of 2^14-2^20)
+DEVICE_CHUNK = 2**24  # on a GPU without the one-pass kernel: 64 MiB float32 copies, few kernel launches a tensor
 # tensors at least this large go through the compiled kernel on a GPU. A call of it costs about
 # 140-250 us of the host's time against about 100 us for the eager ops (H200), which the kernel
 # repays only where the eager ops' 4x traffic takes longer: from about 2^24 entries
@@ -196,9 +197,9 @@ class InPlaceMerger:
                             and self._fuse(target, base, fetched, w, scale)):
                         yield name, target
                         continue
-                    if self.device.type == "cpu":
-                        yield name, self._combine_in_chunks(target, base, fetched, w, scale)
-                        continue
+                    # a chunk at a time: no float32 copy of the whole tensor (the GPU's without the kernel too)
+                    yield name, self._combine_in_chunks(target, base, fetched, w, scale)
+                    continue
             else:  # factored pieces are widened one at a time, as the sum reaches them
                 fetched = (self._fetch(p) if x != 0 else None for p, x in zip(pieces, w))
             direct = into_module and target.dtype == self.dtype and target.device == self.device
@@ -217,12 +218,11 @@ class InPlaceMerger:
             fused_combine(target, base, tensors, coefficients, relative)
         except torch.OutOfMemoryError:
             raise
-        except Exception as exc:
-            if self._fused_ran:
-                raise
-            # no compiler or Triton for this device (it shows at the first call, before anything is written)
-            log.warning("the one-pass merge kernel could not be compiled for %s (%s: %s); merging with torch's "
-                        "eager ops, which move about 4x the bytes", self.device, type(exc).__name__,
+        except Exception as exc:  # raised before anything is written
+            # no compiler or Triton for this device (at the first call), or past dynamo's recompile limit
+            what = "stopped compiling" if self._fused_ran else "could not be compiled"
+            log.warning("the one-pass merge kernel %s for %s (%s: %s); merging with torch's eager ops a chunk "
+                        "at a time, which move about 4x the bytes", what, self.device, type(exc).__name__,
                         (str(exc).splitlines() or [""])[0])
             self.fused = False
             return False
@@ -231,14 +231,16 @@ class InPlaceMerger:
 
     def _combine_in_chunks(self, target: torch.Tensor, base: torch.Tensor, pieces: Sequence[Piece],
                            weights: Sequence[float], scale: float) -> torch.Tensor:
-        """`combine_pieces` into the module a cache-sized chunk at a time (on the CPU): the stored
-        tensors are read once and the module written once, with no float32 copy of the whole
-        tensor going through memory. The operations per entry are the same, so are the bits."""
+        """`combine_pieces` into the module a chunk at a time (cache-sized on the CPU; on a GPU
+        without the one-pass kernel, a size whose float32 copies are small next to the tensor's):
+        the stored tensors are read once and the module written once, with no float32 copy of the
+        whole tensor. The operations per entry are the same, so are the bits."""
         dest, flat_base = target.view(-1), base.view(-1)
         flat = [map_piece(p, lambda t: t.view(-1)) for p in pieces]
-        buffer = torch.empty(min(CHUNK, dest.numel()), dtype=self.dtype)
-        for start in range(0, dest.numel(), CHUNK):
-            part = slice(start, start + CHUNK)
+        chunk = CHUNK if self.device.type == "cpu" else DEVICE_CHUNK
+        buffer = torch.empty(min(chunk, dest.numel()), dtype=self.dtype, device=self.device)
+        for start in range(0, dest.numel(), chunk):
+            part = slice(start, start + chunk)
             out = buffer[: dest[part].numel()]
             combine_pieces(flat_base[part], [map_piece(p, lambda t, part=part: t[part]) for p in flat], weights, scale,
                            out=out)

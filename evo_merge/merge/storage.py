@@ -28,6 +28,7 @@ import torch
 from evo_merge.errors import UserError
 from evo_merge.merge.registry import get_method
 from evo_merge.weights import Checkpoint, parse_dtype
+from evo_merge.weights.devices import indexed
 
 Placement = Literal["device", "host", "disk"]
 AUTO = "auto"
@@ -154,12 +155,14 @@ class SlabPacker:
         return slab, start
 
 
-def slab_bytes(sizes: Iterable[int]) -> int:
-    """Bytes `Slabs` takes for tensors of these sizes (in bytes), kept in this order."""
+def slab_bytes(sizes: Iterable[int], pinned: bool = False) -> int:
+    """Bytes `Slabs` takes for tensors of these sizes (in bytes), kept in this order. A tensor over
+    SLAB_MAX gets a buffer of its own, which torch's pinned-memory allocator (`pinned`) rounds up to
+    a power of two like any other: a 7B model's 1.02 GiB embedding takes 2 GiB of pinned memory."""
     packer, own = SlabPacker(), 0
     for size in sizes:
         if packer.place(size) is None:
-            own += size
+            own += 1 << (size - 1).bit_length() if pinned else size
     return sum(packer.lengths) + own
 
 
@@ -237,7 +240,9 @@ class Stash:
     """Puts tensors into storage and brings them back to the device for a candidate."""
 
     def __init__(self, storage: Storage, device: torch.device, compute: torch.dtype = torch.float32):
-        self.storage, self.device, self.compute = storage, device, compute
+        # indexed: a bare cuda never equals a tensor's device (cuda:0), and a MASS model compared
+        # the two to decide whether its factors must follow it: each was kept a second time
+        self.storage, self.device, self.compute = storage, indexed(device), compute
         # pinned host memory for `host` on a GPU, so the copies to it run asynchronously; files for `disk`
         self._slabs: Slabs | None = None
         if storage.placement == "disk":

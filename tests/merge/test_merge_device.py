@@ -98,6 +98,17 @@ def test_exports_merge_on_the_campaign_s_device_where_this_machine_has_it():
     assert available_device("cuda:1") == torch.device("cpu")  # a run folder copied off its GPU machine
 
 
+def test_a_stash_names_a_bare_cuda_as_its_tensors_do_so_mass_factors_are_kept_once(monkeypatch):
+    """MASS kept its factors in a stash on a bare cuda and compared that with its module's cuda:0:
+    always different, so every factor was kept a second time (twice the pinned memory or files).
+    Checked without a GPU: which device the stash names, no CUDA work."""
+    from evo_merge.merge.storage import Stash, Storage
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert Stash(Storage(placement="device"), torch.device("cuda")).device == torch.device("cuda", 0)
+    assert Stash(Storage(placement="host"), torch.device("cpu")).device == torch.device("cpu")
+
+
 def test_the_in_place_merger_names_a_bare_cuda_as_its_tensors_do(monkeypatch):
     """`auto` and `cuda` resolve to a bare cuda, which never equals a parameter's device (cuda:0):
     the in-place merger's direct write into the module (`target.device == self.device`) was

@@ -340,7 +340,7 @@ def test_a_kernel_that_cannot_be_compiled_falls_back_to_the_eager_sum_once(famil
     assert len(calls) == 1 and not m.fused  # tried once, then the eager sum for every tensor
     assert [r.getMessage() for r in caplog.records if "could not be compiled" in r.getMessage()] == [
         "the one-pass merge kernel could not be compiled for cpu (RuntimeError: Cannot find a working triton "
-        "installation); merging with torch's eager ops, which move about 4x the bytes"]
+        "installation); merging with torch's eager ops a chunk at a time, which move about 4x the bytes"]
     theirs = eager.module.state_dict()
     assert all(torch.equal(t, theirs[k]) for k, t in m.module.state_dict().items())
 
@@ -369,6 +369,19 @@ def test_slabs_hand_out_aligned_views_that_never_overlap(monkeypatch):
     assert [s.numel() for s in slabs.slabs] == [1024, 2048, 4096, 8192]
     assert kept[6].untyped_storage().data_ptr() == slabs.slabs[2].data_ptr()
     assert kept[6].data_ptr() - slabs.slabs[2].data_ptr() == 3584  # 3,200 rounded up to ALIGN
+
+
+def test_pinned_buffers_of_their_own_count_as_torch_rounds_them(monkeypatch):
+    """Torch's pinned allocator rounds a tensor's own buffer (over SLAB_MAX) up to a power of two:
+    the plan counted its exact size (Qwen2.5-7B with `host` on a GPU: 7.9 GiB of pinned memory
+    uncounted). Files and plain memory take the exact size."""
+    import evo_merge.merge.storage as storage
+
+    monkeypatch.setattr(storage, "SLAB_MIN", 1024)
+    monkeypatch.setattr(storage, "SLAB_MAX", 8192)
+    sizes = [1000, 9000, 20000]  # the last two over SLAB_MAX: buffers of their own
+    assert storage.slab_bytes(sizes) == 1024 + 9000 + 20000
+    assert storage.slab_bytes(sizes, pinned=True) == 1024 + 16384 + 32768
 
 
 def test_the_plan_counts_the_slabs_the_stored_tensors_take(family, tmp_path, monkeypatch):
@@ -722,3 +735,32 @@ def test_a_lora_endpoint_keeps_the_task_vectors_of_the_tensors_it_adapts(bf16_fa
                    {"model": f"{fts[1]}+{tmp_path / 'adapter'}", "parameters": {"weight": WEIGHTS[1]}}]})
     merged, state = dict(stream_merge(plan_from_recipe(recipe))[1]), m.module.state_dict()
     assert all(torch.equal(state[name], merged[name]) for name in set(m.names) - touched)
+
+
+def test_past_the_recompile_limit_the_kernel_gives_way_to_the_chunked_sum(family, monkeypatch, caplog,
+                                                                           kernel_for_every_tensor):
+    """A graph per number of pieces: with more endpoints than dynamo's recompile limit, torch ran
+    the kernel's function eagerly on the whole tensor without a word (4 float32 copies of it, where
+    the plan counts 2). It now raises (fullgraph), and the merger goes on a chunk at a time, saying
+    so once, with the eager sum's bits. Compiled here for the CPU, the limit lowered to the graphs
+    one candidate compiled."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # graphs other tests compiled count towards the limit
+    counters.clear()
+    m, eager = merger(family, Storage(torch.bfloat16)), merger(family, Storage(torch.bfloat16))
+    m.fused = True
+    try:
+        m.apply("task_arithmetic", WEIGHTS, {"lambda": 0.8})  # 3 pieces
+        assert m._fused_ran and m.fused
+        monkeypatch.setattr(torch._dynamo.config, "recompile_limit", counters["stats"]["unique_graphs"])
+        fewer = [WEIGHTS[0], 0.0, WEIGHTS[2]]  # 2 pieces: another graph, past the limit
+        m.apply("task_arithmetic", fewer, {"lambda": 0.8})
+    finally:
+        torch._dynamo.reset()
+    eager.apply("task_arithmetic", fewer, {"lambda": 0.8})
+    assert not m.fused
+    assert [r.getMessage().split(" (")[0] for r in caplog.records if "stopped compiling" in r.getMessage()] == [
+        "the one-pass merge kernel stopped compiling for cpu"]
+    theirs = eager.module.state_dict()
+    assert all(torch.equal(t, theirs[k]) for k, t in m.module.state_dict().items())
