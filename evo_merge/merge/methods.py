@@ -89,12 +89,17 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     if density >= 1:
         return torch.ones_like(delta, dtype=torch.bool)
     magnitude = delta.abs().flatten().nan_to_num(nan=torch.inf)  # a NaN ranks first, as in topk
-    k = max(1, int(density * magnitude.numel()))
-    cut = kth_largest(magnitude, k)
-    mask = magnitude > cut
-    tied = torch.nonzero(magnitude == cut).squeeze(1)
+    return top_mask(magnitude, max(1, int(density * magnitude.numel()))).view_as(delta)
+
+
+def top_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest of flat non-negative `values` (no NaN), as a boolean mask; of the entries tied
+    with the k-th, the first by position: the same entries on every device and torch version."""
+    cut = kth_largest(values, k)
+    mask = values > cut
+    tied = torch.nonzero(values == cut).squeeze(1)
     mask[tied[: k - int(mask.sum())]] = True
-    return mask.view_as(delta)
+    return mask
 
 
 TOP_BITS = 16  # float32 keys bucketed by sign, exponent and 7 mantissa bits: 32,641 buckets up to +inf

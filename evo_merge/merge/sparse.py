@@ -25,6 +25,7 @@ from evo_merge.merge.methods import (
     generalized_task_arithmetic,
     l1_rescaled,
     tensor_seed,
+    top_mask,
 )
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
@@ -138,13 +139,15 @@ def della_linear(base, deltas, weights, params: Params, name: str) -> torch.Tens
 
 def sce_mask(stacked: torch.Tensor, topk: float) -> torch.Tensor:
     """SCE select: keep the `topk` fraction of entries (of those that vary) with the largest
-    variance across the task vectors."""
+    variance across the task vectors; of those tied at the cut (thousands, from bfloat16
+    checkpoints), the first by position, on every device (topk picks among them in no set order,
+    so a candidate scored on a GPU and its recipe rebuilt on a CPU could differ)."""
     variance = torch.var(stacked, dim=0, unbiased=False)
     k = int(torch.count_nonzero(variance) * topk)
-    mask = torch.zeros_like(variance)
-    if k > 0:
-        mask.view(-1)[torch.topk(variance.abs().view(-1), k=k).indices] = 1
-    return mask
+    if k == 0:
+        return torch.zeros_like(variance)
+    ranked = variance.abs().flatten().float().nan_to_num(nan=torch.inf)  # a NaN ranks first, as in topk
+    return top_mask(ranked, k).view_as(variance).to(variance.dtype)
 
 
 @register_method("sce", uses_weights=False, hyperparameters=[

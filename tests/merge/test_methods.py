@@ -77,6 +77,23 @@ def test_ties_trimming_keeps_the_first_of_entries_tied_at_the_cut(dtype):
         assert int(mask.sum()) == k and torch.equal(mask, expected), density
 
 
+def test_sce_selection_keeps_the_first_of_entries_tied_at_the_cut():
+    """SCE picked its high-variance entries with topk, which chooses among ties (thousands from
+    bfloat16 checkpoints) in no set order: a candidate scored on a GPU could differ from its recipe
+    rebuilt on a CPU. The first by position are kept, as a stable descending sort orders them."""
+    from evo_merge.merge.sparse import sce_mask
+
+    generator = torch.Generator().manual_seed(1)
+    stacked = (torch.randint(-2, 3, (3, 3000), generator=generator).to(torch.float32) / 4).to(torch.bfloat16)
+    variance = torch.var(stacked.float(), dim=0, unbiased=False)
+    for topk in (0.2, 0.5, 0.9):
+        k = int(torch.count_nonzero(variance) * topk)
+        expected = torch.zeros(variance.numel(), dtype=torch.bool)
+        expected[torch.argsort(variance, descending=True, stable=True)[:k]] = True
+        mask = sce_mask(stacked.float(), topk).bool()
+        assert int(mask.sum()) == k and torch.equal(mask, expected), topk
+
+
 def test_ties_trimming_keeps_k_entries_when_a_delta_holds_nan():
     """A NaN ranks first (as topk ranks it): the cut stays at the k-th largest, k entries kept."""
     from evo_merge.merge.methods import magnitude_mask
