@@ -422,7 +422,9 @@ def target_of(campaign) -> Target:
         gpu = torch.device("cuda", 0) if campaign.device in ("auto", "cuda") else torch.device(campaign.device)
     workers = 1
     if evaluator.kind == "dask" and evaluator.n_workers is not None:
-        workers = min(evaluator.n_workers, torch.cuda.device_count()) if gpu is not None else evaluator.n_workers
+        # a local cluster pins a worker to each GPU it uses: the one `device: cuda:N` names, or all
+        gpus = 1 if campaign.device.startswith("cuda:") else torch.cuda.device_count()
+        workers = min(evaluator.n_workers, gpus) if gpu is not None else evaluator.n_workers
     host = available_ram() if not remote else None
     device = torch.cuda.mem_get_info(gpu)[0] if gpu is not None and not remote else None
     labels = ["available", "free"]

@@ -683,3 +683,19 @@ def test_the_evaluation_module_is_the_model_transformers_loads_in_that_dtype(tmp
         ours = dict(module.named_buffers())
         assert ours.keys() == buffers.keys()
         assert all(ours[k].dtype == b.dtype and torch.equal(ours[k], b) for k, b in buffers.items())
+
+
+def test_the_plan_counts_one_dask_worker_for_a_gpu_named_by_index(monkeypatch):
+    """A local dask cluster with `device: cuda:1` pins one worker to that GPU; the plan counted one
+    per GPU of the machine (up to n_workers), doubling the host need. Checked without a GPU: the
+    machine's GPUs and their memory stand in."""
+    from evo_merge.config import Campaign
+    from evo_merge.merge import footprint
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * GIB, 80 * GIB))
+    monkeypatch.setattr(footprint, "resolve_device", lambda name: torch.device(name if ":" in name else "cuda"))
+    spec = {"base_model": "b", "models": ["m"], "tasks": [{"task": "arith"}],
+            "evaluator": {"kind": "dask", "n_workers": 3}}
+    assert footprint.target_of(Campaign.model_validate({**spec, "device": "cuda:1"})).workers == 1
+    assert footprint.target_of(Campaign.model_validate({**spec, "device": "cuda"})).workers == 3
