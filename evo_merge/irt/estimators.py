@@ -382,6 +382,9 @@ class Estimator:
         evaluated): per scenario, then the overall score over all items. A row that scored only
         some anchors has its anchor mean's variance grown by `anchor_variance_factor` (gp-IRT then
         leans on the IRT part as much as that warrants)."""
+        if self.kind == "adaptive":  # its items differ per subject: no shared anchor columns to read
+            raise UserError("estimator adaptive estimates one subject at a time, from the items it chose for "
+                            "them: use Estimator.estimate(scores)")
         anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
         se = np.broadcast_to(self.scenario_se, anchor.shape)
         s2 = self._subject_anchor_variance(anchor) * self.anchor_variance_factor(anchor_scores)
@@ -389,7 +392,7 @@ class Estimator:
             return self._with_overall(anchor, np.sqrt(s2))
         theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta, self.anchor_idx)
         irt = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta, self.anchor_idx)
-        if self.kind in ("pirt", "mpirt", "adaptive"):
+        if self.kind in ("pirt", "mpirt"):
             return self._with_overall(irt, se)
         if self.kind == "gmpirt":
             return self._with_overall(self.delta * anchor + (1.0 - self.delta) * irt, se)

@@ -119,6 +119,11 @@ def test_estimator_kind_adaptive_and_bad_input(two_scenarios):
         Estimator(model, None, "adaptive", target_se=0)
     with pytest.raises(UserError, match="needs anchors"):
         Estimator(model, None, "gpirt")
+    # the batch methods read shared anchor columns, which an adaptive test does not have (an
+    # AttributeError traceback before)
+    for batch in (est.estimate_rows, est.estimate_with_overall, est.estimate_matrix):
+        with pytest.raises(UserError, match="estimates one subject at a time"):
+            batch(np.ones((2, len(est.anchor_ids))))
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
