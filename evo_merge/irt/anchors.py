@@ -240,33 +240,47 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
     return items[local], weights
 
 
-def midpoint_item_variance(model: IRTModel, seed: int = 0) -> np.ndarray:
-    """p(1 − p) per item, averaged over the midpoints (θ_j + θ_l)/2 of pairs of calibration subjects
-    (at the one subject's θ when there is only one)."""
+def midpoint_probabilities(model: IRTModel, seed: int = 0) -> np.ndarray:
+    """P(correct) of every item (columns) at the midpoints (θ_j + θ_l)/2 of pairs of calibration
+    subjects (rows; at the one subject's θ when there is only one): the merges a search scores lie
+    between the calibration subjects."""
     n = model.theta.shape[0]
     j, k = np.triu_indices(n, 1 if n > 1 else 0)
     if j.size > MAX_PAIRS:
         keep = np.random.default_rng(seed).choice(j.size, MAX_PAIRS, replace=False)
         j, k = j[keep], k[keep]
-    prob = model.predict((model.theta[j] + model.theta[k]) / 2.0)
-    return (prob * (1.0 - prob)).mean(axis=0)
+    return model.predict((model.theta[j] + model.theta[k]) / 2.0)
 
 
 def allocate(model: IRTModel, budget: int, allocation: str = "equal", seed: int = 0) -> dict[str, int]:
     """Anchors per scenario: `budget` each, all items of a smaller scenario (`equal`); or as many in
     all, at least one per scenario, added one at a time where the item-weighted mean's sampling
-    variance Σ_k W_k² s_k²/n_k falls most (`neyman`)."""
+    variance Σ_k W_k² V_k(n_k) falls most (`neyman`).
+
+    V_k(n) = (w_k + b_k / n) / n at the midpoints: w_k the mean of an item's p(1 − p) (the score's
+    own noise), b_k the variance of p over the scenario's items. One anchor answers for all of
+    them, so b_k counts whole; n strata of items ordered by difficulty leave each about 1/n of it.
+    With w_k alone, a scenario of very easy and very hard items looked certain and got one anchor,
+    whose score said 0 or 1 for a merge at 0.5 there (an audit: 1 anchor against 19 for a scenario
+    of equal variance, its anchor mean off by 0.50)."""
     if allocation not in ANCHOR_ALLOCATIONS:
         raise UserError(f"unknown anchor allocation {allocation!r} (choose from {', '.join(ANCHOR_ALLOCATIONS)})")
     groups = model.scenario_items()
     sizes = np.array([idx.size for idx in groups.values()])
     counts = np.minimum(budget, sizes)
     if allocation == "neyman":
-        variance = midpoint_item_variance(model, seed)
-        gain = (sizes / sizes.sum()) ** 2 * np.maximum([variance[idx].mean() for idx in groups.values()], 1e-6)
+        prob = midpoint_probabilities(model, seed)
+        share = (sizes / sizes.sum()) ** 2
+        within = share * np.array([(prob[:, idx] * (1.0 - prob[:, idx])).mean() for idx in groups.values()])
+        between = share * np.array([prob[:, idx].var(axis=1).mean() for idx in groups.values()])
+        within = np.maximum(within, 1e-6 * share)  # a scenario known exactly still takes its turn
+
+        def gain(n: np.ndarray) -> np.ndarray:  # Σ W² V(n) − Σ W² V(n + 1), per scenario
+            return within * (1.0 / n - 1.0 / (n + 1)) + between * (1.0 / n**2 - 1.0 / (n + 1) ** 2)
+
         total, counts = counts.sum(), np.ones_like(sizes)
         for _ in range(total - counts.sum()):
-            counts[np.argmax(np.where(counts < sizes, gain / (counts * (counts + 1.0)), -1.0))] += 1
+            counts[np.argmax(np.where(counts < sizes, gain(counts.astype(float)), -1.0))] += 1
     return {scenario: int(n) for scenario, n in zip(groups, counts)}
 
 

@@ -258,7 +258,7 @@ def test_neyman_allocation_spends_the_same_items_where_the_overall_score_is_leas
 def test_neyman_allocation_judges_a_skill_by_the_subjects_between_the_calibration_ones(make_model):
     """Base at 0 and endpoint at 1 on a sharp skill say its items never vary; a merge between
     them is at 0.5 there. The midpoint's variance (0.25) is what the allocation uses."""
-    from evo_merge.irt.anchors import allocate, midpoint_item_variance
+    from evo_merge.irt.anchors import allocate, midpoint_probabilities
 
     alpha = [4.0] * 50 + [0.0] * 50
     beta = [0.0] * 50 + [2.0] * 50  # the flat scenario: p = σ(−2) for everyone
@@ -266,9 +266,24 @@ def test_neyman_allocation_judges_a_skill_by_the_subjects_between_the_calibratio
     model = replace(model, theta=np.array([[-3.0], [3.0]]))
     own = model.predict(model.theta)
     assert (own[:, :50] * (1 - own[:, :50])).max() < 0.01  # at the subjects themselves: nearly certain
-    np.testing.assert_allclose(midpoint_item_variance(model)[:50], 0.25)
+    np.testing.assert_allclose(midpoint_probabilities(model)[:, :50], 0.5)
     counts = allocate(model, 4, "neyman")
     assert counts["sharp"] > counts["flat"] and sum(counts.values()) == 8
+
+
+def test_neyman_allocation_counts_the_spread_of_a_scenario_s_items(make_model):
+    """A scenario of very easy and very hard items has almost no noise per item, yet one anchor
+    answers 0 or 1 for all of it: counted by p(1 − p) alone it got 1 anchor of 20 where a scenario
+    of as many middling items got 19 (an audit; its anchor mean off by 0.50). The spread of p
+    over its items counts as well, shrinking as strata split it."""
+    from evo_merge.irt.anchors import allocate
+
+    alpha = [1.0] * 200
+    beta = [-8.0] * 50 + [8.0] * 50 + [0.0] * 100
+    model = make_model(alpha, beta, responses=np.zeros((3, 200)), scenarios=["split"] * 100 + ["middle"] * 100)
+    model = replace(model, theta=np.array([[-0.5], [0.0], [0.5]]))
+    counts = allocate(model, 10, "neyman")
+    assert sum(counts.values()) == 20 and counts["split"] >= 4, counts
 
 
 def test_unknown_allocation_is_a_user_error(two_scenarios):
@@ -279,10 +294,10 @@ def test_unknown_allocation_is_a_user_error(two_scenarios):
 def test_one_calibration_subject_has_no_pairs_and_its_own_variance_stands(make_model):
     """With a single calibration subject there is no midpoint: its own p(1 − p) is used, so the
     allocation stays a real one (it was NaN, which sent every anchor to the first scenario)."""
-    from evo_merge.irt.anchors import allocate, midpoint_item_variance
+    from evo_merge.irt.anchors import allocate, midpoint_probabilities
 
     model = make_model([1.0] * 20, [0.0] * 10 + [-10.0] * 10, responses=np.zeros((1, 20)),
                        scenarios=["open"] * 10 + ["sure"] * 10)
-    np.testing.assert_allclose(midpoint_item_variance(model)[:10], 0.25)  # θ 0, β 0: p = 0.5
+    np.testing.assert_allclose(midpoint_probabilities(model)[:, :10], 0.5)  # θ 0, β 0
     counts = allocate(model, 3, "neyman")
     assert sum(counts.values()) == 6 and counts["open"] > counts["sure"] >= 1
