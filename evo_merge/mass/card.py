@@ -7,13 +7,14 @@ from collections.abc import Mapping, Sequence
 from evo_merge.markup import md
 from evo_merge.mass.routing import RoutingConfig
 from evo_merge.merge.card import chosen_section, front_matter, inputs_section, scores_section
-from evo_merge.merge.card_inputs import CardInput, model_ref
+from evo_merge.merge.card_inputs import CardInput, model_refs
 from evo_merge.merge.licenses import CardLicense, card_license
 
 
 def mass_inputs(base: str, models: Sequence[str]) -> list[CardInput]:
     """The base, then the models, as the card names them."""
-    return [model_ref(m) for m in [base, *models]]
+    refs = model_refs([base, *models])
+    return [refs[m] for m in [base, *models]]
 
 
 def mass_card(

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import yaml
 
 from evo_merge.markup import md
-from evo_merge.merge.card_inputs import CardInput, model_ref
+from evo_merge.merge.card_inputs import CardInput, model_refs
 from evo_merge.merge.licenses import MIXED_FILE, CardLicense, card_license
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import ENTRY_POINT_GROUP, method_origin
@@ -138,6 +138,7 @@ def model_card(
     from the recipe's model strings (Hub ids as `org/name@revision`, see `model_ref`). `licenses`:
     the recipe's (`recipe_license`), read here when not given."""
     base, merged = card_inputs(recipe)
+    named = _named(recipe)
     entries = recipe.models or [source for out in recipe.slices for source in out.sources]
     inputs = ([base] if base else []) + merged
     licenses = licenses or card_license(inputs)
@@ -155,7 +156,7 @@ def model_card(
                 "global": recipe.parameters,
                 "models": [
                     {
-                        "model": model_ref(e.model).display,
+                        "model": named[e.model].display,
                         "parameters": e.parameters,
                         **({"layer_range": list(e.layer_range)} if hasattr(e, "layer_range") else {}),
                     }
@@ -188,9 +189,14 @@ def model_card(
 
 
 def card_inputs(recipe: Recipe) -> tuple[CardInput | None, list[CardInput]]:
-    """(the base, the merged models) as the card names them."""
-    base = model_ref(recipe.base_model) if recipe.base_model else None
-    return base, [model_ref(m) for m in recipe.references() if m != recipe.base_model]
+    """(the base, the merged models) as the card names them (`model_refs`)."""
+    refs = _named(recipe)
+    base = refs[recipe.base_model] if recipe.base_model else None
+    return base, [refs[m] for m in recipe.references() if m != recipe.base_model]
+
+
+def _named(recipe: Recipe) -> dict[str, CardInput]:
+    return model_refs([*([recipe.base_model] if recipe.base_model else []), *recipe.references()])
 
 
 def recipe_license(recipe: Recipe) -> CardLicense:

@@ -5,6 +5,8 @@ reader and reveals this machine. Shared by the card and its license."""
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -53,6 +55,23 @@ def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None
     if hub_id is not None:
         return CardInput(hub_id, hub_id, revision, folder or cached_snapshot(hub_id, revision))
     return CardInput(path.name or reference, folder=folder)
+
+
+def model_refs(references: Sequence[str]) -> dict[str, CardInput]:
+    """Each reference as the card names it (`model_ref`), local folders that share a name told
+    apart by as many of their parent folders as it takes (`a/final`, `b/final`): named alike, two
+    inputs were one entry of the card's license list, the last one's license standing for both."""
+    refs = {reference: model_ref(reference) for reference in dict.fromkeys(references)}
+    labels = {reference: ref.label for reference, ref in refs.items()}
+    for depth in range(2, 64):
+        counts = Counter(labels.values())
+        clashing = [r for r, label in labels.items() if counts[label] > 1 and refs[r].hub_id is None]
+        if not clashing:
+            break
+        for reference in clashing:
+            parts = Path(reference.rsplit("+", 1)[0] if refs[reference].adapter else reference).expanduser().parts
+            labels[reference] = "/".join(parts[-depth:])
+    return {reference: replace(ref, label=labels[reference]) for reference, ref in refs.items()}
 
 
 def cached_snapshot(hub_id: str, revision: str | None) -> Path | None:

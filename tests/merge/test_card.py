@@ -92,6 +92,20 @@ def test_license_is_inherited_only_when_all_inputs_agree(zoo, tmp_path):
     assert "license: unknown" in model_card(recipe_for(base, [broken]))
 
 
+def test_inputs_that_share_a_folder_name_are_named_apart_and_keep_their_own_licenses(zoo, tmp_path):
+    """`/ckpt/a/final` and `/ckpt/b/final` were one entry `final` of the license list, the last
+    one's license standing for both: a non-commercial input gave a card saying apache-2.0."""
+    _, base, fts = zoo
+    base = with_license(base, "apache-2.0", tmp_path / "base")
+    nc = with_license(fts[0], "cc-by-nc-4.0", tmp_path / "a" / "final")
+    free = with_license(fts[1], "apache-2.0", tmp_path / "b" / "final")
+    card = ModelCard(model_card(recipe_for(base, [nc, free])))
+    assert card.data.license == "other" and card.data.merged_models == ["a/final", "b/final"]
+    lines = {line.split(":")[0]: line for line in card.text.replace("\\", "").splitlines() if "/final:" in line}
+    assert lines["- a/final"].endswith("license: cc-by-nc-4.0") and lines["- b/final"].endswith("license: apache-2.0")
+    assert [m["model"] for m in card.data.merge_parameters["models"]] == ["a/final", "b/final"]
+
+
 def with_other_license(folder, dest, name="deepseek", link="LICENSE", text="DEEPSEEK LICENSE AGREEMENT\n"):
     shutil.copytree(folder, dest)
     (dest / "README.md").write_text(f"---\nlicense: other\nlicense_name: {name}\nlicense_link: {link}\n---\n# m\n")
