@@ -425,7 +425,8 @@ def export(
                             "not exported")
     measured = store.get(evaluation.key)  # as the measurement left it
     with StageBars() as bars:
-        folder = export_candidate(runner.workspace, measured, out, overwrite=overwrite, progress=bars)
+        picks = [name for name, (eid, _) in store.exported().items() if eid == pick]  # its card says so too
+        folder = export_candidate(runner.workspace, measured, out, overwrite=overwrite, progress=bars, chosen_as=picks)
     click.echo(f"wrote {folder}: evaluation {pick} ({_what(runner.workspace, measured)}), {_measured_on(store)}: "
                f"{_measured_scores(store, measured)}")
     if measured.measured != evaluation.measured:  # stored now; the run's tables are the report's to rewrite

@@ -44,6 +44,9 @@ def _quiet() -> None:
     # its one error: a metric it cannot find, logged once per lookup before our own one-line refusal
     logging.getLogger("lm_eval.api.registry").setLevel(logging.CRITICAL)  # (`_check_metric_loads`)
     datasets.disable_progress_bars()
+    # datasets counts each load of its own json/csv loaders with a request to its S3 bucket: a local
+    # task's only network call (an audit saw it under `export --dry-run`), counting nothing of ours
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
 
 
 @cache

@@ -276,3 +276,19 @@ def test_evaluations_csv_holds_every_evaluation_with_the_id_export_takes(tracked
         evaluation = stored[row.id]
         assert (row.phase, row.status, row.items) == (evaluation.phase, evaluation.status, evaluation.items_evaluated)
         assert row.est_agree0 == pytest.approx((evaluation.estimates or {}).get("agree0", float("nan")), nan_ok=True)
+
+
+def test_a_pick_exported_again_by_hand_keeps_its_card_s_chosen_line(tracked_run, tmp_path):
+    """`export --pick` of a run's pick wrote a card without "Chosen by its evo-merge campaign as
+    ...", which the pick's own folder has: the same weights, another card."""
+    from evo_merge.search.store import CampaignStore
+
+    _, run, _ = tracked_run
+    with closing(CampaignStore(run)) as store:
+        name, (eid, folder) = next(iter(store.exported().items()))
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    chosen = [line for line in (run / folder / "README.md").read_text().splitlines() if line.startswith("Chosen by")]
+    assert chosen and name in chosen[0]
+    assert [line for line in (tmp_path / "again" / "README.md").read_text().splitlines()
+            if line.startswith("Chosen by")] == chosen

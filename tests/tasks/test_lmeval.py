@@ -57,6 +57,26 @@ def test_local_data_files_resolve_against_the_yaml_not_the_cwd(tmp_path, monkeyp
     assert by_file.item_ids == by_folder.item_ids and len(by_file.item_ids) == 1200
 
 
+def test_a_local_task_makes_no_network_request_even_online(tmp_path, monkeypatch):
+    """datasets sent a HEAD request to count each load of its json loader, even for the shipped
+    local files, online (an audit saw it under `export --dry-run`)."""
+    import datasets.config
+    import datasets.load
+
+    requests = []
+
+    class Session:
+        def head(self, *args, **kwargs):
+            requests.append(args)
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # the suite runs offline
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", True)  # as a user's machine has it
+    monkeypatch.setattr(datasets.load, "get_session", lambda: Session())
+    shutil.copytree(BENCHMARKS_DIR / "lang", tmp_path / "lang")  # not read before in this process
+    assert len(LMEvalTask(tmp_path / "lang").item_ids) == 1200
+    assert requests == []
+
+
 def test_missing_data_file_and_unknown_names_are_user_errors(tmp_path):
     text = (BENCHMARKS_DIR / "arith" / "evo_arith.yaml").read_text().replace("test.jsonl", "gone.jsonl")
     (tmp_path / "t.yaml").write_text(text)
