@@ -413,6 +413,7 @@ def export(
                             f"{run / 'evaluations.csv'}, or a pick's evaluation in `evo-merge status`)")
         workspace = runner.workspace  # an --out among the merge's inputs, refused before measuring, not after
         check_output_folder(out.expanduser(), overwrite, [workspace.base, *workspace.models])
+        spent = store.items_evaluated(measured=True)
         try:
             with StageBars() as bars:  # measuring and the file merge take minutes at size
                 runner.progress = bars
@@ -429,7 +430,7 @@ def export(
         folder = export_candidate(runner.workspace, measured, out, overwrite=overwrite, progress=bars, chosen_as=picks)
     click.echo(f"wrote {folder}: evaluation {pick} ({_what(runner.workspace, measured)}), {_measured_on(store)}: "
                f"{_measured_scores(store, measured)}")
-    if measured.measured != evaluation.measured:  # stored now; the run's tables are the report's to rewrite
+    if store.items_evaluated(measured=True) != spent:  # its held-out items alone, too: the report's to rewrite
         click.echo(f"evaluation {pick} was measured for this export: `evo-merge report {run}` adds it to report.md "
                    "and evaluations.csv")
     if repo_id is not None:

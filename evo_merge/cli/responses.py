@@ -69,13 +69,16 @@ def export(run: Path, task: str | None, out: Path, overwrite: bool) -> None:
 
     check_outside_run(out, run, "its tables, which `report` rewrites")
     check_output_file(out, overwrite)
-    store, _ = read_run(run)
+    store, facts = read_run(run)
     try:
         table = run_responses(store, task)
+        finished = store.finished(facts["generations"])
     finally:
         store.close()
     if table.empty:
         raise UserError(f"{run}: no candidate was measured on every search item yet (calibration does that first)")
     write_output_file(out, table.to_csv(index=False))
-    click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items"
-               + ("" if task else f" ({table.task.nunique()} tasks, one scenario each)"))
+    tasks = "" if task else f"{table.task.nunique()} tasks, "
+    click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items "
+               f"({tasks}{table.scenario.nunique()} scenarios)"
+               + ("" if finished else f"; the run is not finished: what it measured so far (`evo-merge status {run}`)"))

@@ -14,6 +14,7 @@ import pandas as pd
 
 from evo_merge.config import DEFAULT_METHODS
 from evo_merge.errors import UserError
+from evo_merge.irt.model import IRTModel
 from evo_merge.merge.kinds import declared_ranges
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import CandidateFailed
@@ -64,12 +65,30 @@ def build_responses(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def run_scenarios(store: CampaignStore, names: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Each task's item -> scenario, from the IRT model the run fitted for it (`RUN/irt/<task>`):
+    the task's own scenarios, as the campaign's calibration used them. A task without one (a
+    full-evaluation run, a model given by `estimator.irt_model`) is left out: one scenario."""
+    out = {}
+    for name in names:
+        folder = store.run_dir / "irt" / name
+        if (folder / "model.json").is_file():
+            model = IRTModel.load(folder)
+            out[name] = dict(zip(model.item_ids, model.item_scenarios))
+    return out
+
+
 def run_responses(store: CampaignStore, task: str | None = None) -> pd.DataFrame:
     """Long table of what a run measured whole: one row per (candidate, search item) for every
     candidate scored on all of a task's search items (the base, the endpoints, warm-up and standard
     merges, the final phase's measured ones; every candidate of a full-evaluation run). Subjects are
-    the ids of `evaluations.csv`; each task is one scenario. Held-out items are left out: only the
-    picks are scored on them, and a matrix of a few subjects says nothing an IRT fit can use.
+    the ids of `evaluations.csv`. Held-out items are left out: only the picks are scored on them,
+    and a matrix of a few subjects says nothing an IRT fit can use.
+
+    Scenarios are the task's own where the run fitted an IRT model (`run_scenarios`; with all
+    tasks, prefixed `task:`), else the task: a model fitted on one task's rows (`task`) has the
+    scenarios of the run's own, so a campaign given it (`estimator.irt_model`) draws as many
+    anchors (`anchors` per scenario). One scenario per task gave it a fifth of them.
 
     On this table `irt validate` shows whether anchors and IRT pay on merges of the user's own
     models, and `irt fit` (one task's rows) gives an `estimator.irt_model` for the next campaign."""
@@ -80,6 +99,14 @@ def run_responses(store: CampaignStore, task: str | None = None) -> pd.DataFrame
     held = {name: set(items) for name, items in store.get_meta(HOLDOUT_META, {}).items()}
     whole = {t["name"]: t["items"] - len(held.get(t["name"], ())) for t in facts["tasks"]}
     chosen = [task] if task is not None else names
+    scenarios = run_scenarios(store, chosen)
+
+    def scenario(name: str, item: str) -> str:
+        if name not in scenarios:
+            return name
+        own = scenarios[name].get(item, name)
+        return own if task is not None else f"{name}:{own}"
+
     rows = []
     for evaluation in store.evaluations():
         if evaluation.status != "ok":
@@ -90,8 +117,8 @@ def run_responses(store: CampaignStore, task: str | None = None) -> pd.DataFrame
         weights, params = candidate.weights_text(), candidate.params_text()
         for name, scores in scored.items():
             if len(scores) == whole[name]:  # anchors or a race's sample alone are no row of a matrix
-                rows += [(str(evaluation.id), item, score, name, name, candidate.method, weights, params,
-                          evaluation.phase) for item, score in scores.items()]
+                rows += [(str(evaluation.id), item, score, scenario(name, item), name, candidate.method, weights,
+                          params, evaluation.phase) for item, score in scores.items()]
     table = pd.DataFrame(rows, columns=RUN_COLUMNS)
     if table.duplicated(["subject", "item"]).any():
         shared = table[table.duplicated(["subject", "item"], keep=False)].sort_values("item").iloc[0]

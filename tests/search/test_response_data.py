@@ -87,7 +87,12 @@ def test_a_runs_responses_are_what_it_measured_on_every_search_item(tmp_path):
     assert exported.exit_code == 0 and set(pd.read_csv(one).task) == {"agree0"}, exported.output
     fitted = CliRunner().invoke(cli, ["irt", "fit", str(one), "--out", str(tmp_path / "irt" / "agree0"), "--dims", "1"])
     assert fitted.exit_code == 0, fitted.output
-    assert len(IRTModel.load(tmp_path / "irt" / "agree0").item_ids) == 100
+    # the task's own scenarios, as the run's IRT model has them: a model with one scenario per task
+    # gave a campaign using it a fifth of the anchors (`anchors` per scenario)
+    refit, own = IRTModel.load(tmp_path / "irt" / "agree0"), IRTModel.load(run / "irt" / "agree0")
+    assert len(refit.item_ids) == 100 and set(refit.scenarios) == set(own.scenarios) == {"even", "odd"}
+    assert dict(zip(refit.item_ids, refit.item_scenarios)) == dict(zip(own.item_ids, own.item_scenarios))
+    assert set(table.scenario) == {"agree0:even", "agree0:odd", "agree1:even", "agree1:odd"}  # all tasks: prefixed
 
 
 @pytest.mark.parametrize(("args", "message"), [
