@@ -232,7 +232,8 @@ class CampaignStore:
     def forget_failed(self, key: str) -> bool:
         """Delete `key`'s evaluation if it failed (with any item scores it kept), so that it is
         evaluated again; True where there was one. Only for what nothing stored was built on: a
-        calibration subject the run stopped at."""
+        calibration subject the run stopped at, a generation whose every candidate failed (never
+        told to the algorithm)."""
         row = self.db.execute("SELECT id FROM evaluations WHERE key = ? AND status != 'ok'", (key,)).fetchone()
         if row is None:
             return False

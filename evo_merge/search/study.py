@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, message_line
 from evo_merge.search.algorithms import SearchAlgorithm
 from evo_merge.search.evaluator import Items
 from evo_merge.search.log import EvaluationLog
@@ -46,7 +46,7 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
                                    generation=generation, items=items,
                                    stage=f"generation {generation}/{generations}")
         told = log.store.told(generation)  # a replayed generation is answered as it was the first time
-        if not told and all(e.status != "ok" for e in evaluations):
+        if evaluations and not told and all(e.status != "ok" for e in evaluations):
             raise _every_candidate_failed(log, generation, evaluations)
         values = np.array([told.get(e.key, fitness(e, objectives)) for e in evaluations], dtype=float)
         population.set("F", values)
@@ -69,5 +69,5 @@ def _every_candidate_failed(log: EvaluationLog, generation: int, evaluations: Se
     for evaluation in evaluations:
         if evaluation.generation == generation:
             log.store.forget_failed(evaluation.key)
-    return UserError(f"every candidate of generation {generation} failed ({count} of {len(evaluations)}: {error}); "
-                     "fix the cause, then `evo-merge resume` evaluates them again")
+    return UserError(f"every candidate of generation {generation} failed ({count} of {len(evaluations)}: "
+                     f"{message_line(error)}); fix the cause, then `evo-merge resume` evaluates them again")

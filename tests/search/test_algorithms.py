@@ -54,3 +54,35 @@ def test_algorithm_and_objective_settings_are_checked_at_load(tmp_path, zoo, nam
     result = CliRunner().invoke(cli, ["run", str(config(tmp_path, zoo, name, **extra)), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_generation_the_algorithm_asked_nothing_of_is_no_failure(tmp_path):
+    """pymoo's mating can give no new offspring (every one a duplicate): an empty generation is
+    no generation whose every candidate failed (it raised IndexError on the empty error count)."""
+    from types import SimpleNamespace
+
+    from pymoo.core.population import Population
+
+    from evo_merge.search.algorithms import SearchAlgorithm
+    from evo_merge.search.objectives import Objectives
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.study import run_search
+
+    class OneEmptyGeneration:
+        n_gen, told = None, []
+
+        def has_next(self):
+            return not self.told
+
+        def ask(self):
+            return Population.empty()
+
+        def tell(self, infills):
+            self.told.append(len(infills))
+
+    store = CampaignStore(tmp_path)
+    log = SimpleNamespace(store=store, evaluate=lambda candidates, **_: [])
+    objectives = Objectives.of_facts({"tasks": [{"name": "a", "direction": "maximize", "items": 1}], "weights": None})
+    algorithm = OneEmptyGeneration()
+    run_search(SearchAlgorithm(algorithm, lambda x: x), log, objectives, {}, 1)
+    assert algorithm.told == [0] and store.generations_completed() == 1
