@@ -369,7 +369,7 @@ def raced_final_phase(runner: CampaignRunner, seed: int,
         picks = None
     else:  # the picks' rounds (`pick_rounds`): every candidate a round picks is measured whole
         sampled = [replace(truth[k], measured=sample.score(stored[k], last)) for k in live]
-        rounds = [{e.key for e in chosen.values()} for chosen, _ in pick_rounds(
+        rounds = [{e.key for e in chosen.values()} for _, chosen, _ in pick_rounds(
             sampled, objectives, runner.workspace.campaign.final, whole_before & set(live),
             lambda key: truth[key].measured)]
         whole, picks = set().union(*rounds), rounds[-1]

@@ -234,26 +234,23 @@ def measure_picks(log: EvaluationLog, pool: Sequence[Evaluation], objectives: Ob
         record = {"measured_before": sorted(e.key for e in pool if store.get(e.key).measured is not None),
                   "rounds": []}
         store.set_meta(PICKS_META, record)
-    done = 0
-    for chosen, settled in pick_rounds(pool, objectives, final, record["measured_before"],
-                                       lambda key: store.get(key).measured, lambda: store.measure_failures().keys()):
-        keys = list(dict.fromkeys(e.key for e in chosen.values()))
-        record["rounds"][done:] = [keys]  # a resume replays the rounds: each written at its place
+    picks: dict[str, Evaluation] = {}
+    for index, picks, settled in pick_rounds(pool, objectives, final, record["measured_before"],
+                                             lambda key: store.get(key).measured,
+                                             lambda: store.measure_failures().keys()):
+        keys = list(dict.fromkeys(e.key for e in picks.values()))
+        record["rounds"][index:] = [keys]  # a resume replays the rounds: each written at its place
         store.set_meta(PICKS_META, record)
         log.measure([store.get(k) for k in keys], PICKS_STAGE, held_out=settled)  # held-out items: the picks alone
-        if set(keys) & store.measure_failures().keys():
-            continue
-        if settled:
-            return {name: store.get(e.key) for name, e in chosen.items()}
-        done += 1
-    return {}
+    return {name: store.get(e.key) for name, e in picks.items()}  # the last round's: settled, none failed
 
 
 def pick_rounds(pool: Sequence[Evaluation], objectives: Objectives, final: FinalSpec, before: Iterable[str],
                 whole: Callable[[str], Mapping[str, float] | None],
-                failed: Callable[[], Iterable[str]] = frozenset) -> Iterator[tuple[dict[str, Evaluation], bool]]:
-    """Each round's picks among `pool` and whether they are the last (settled); the caller
-    measures a round's picks on every search item before asking for the next.
+                failed: Callable[[], Iterable[str]] = frozenset) -> Iterator[tuple[int, dict[str, Evaluation], bool]]:
+    """Each round's number, its picks among `pool` and whether they are the last (settled); the
+    caller measures a round's picks on every search item before asking for the next, and the last
+    round yielded holds the picks.
 
     The first round chooses on the scores `pool` carries (with a race, every candidate's on its
     last sample, so that all are compared on the same items). A pick chosen on a sample can fall
@@ -263,22 +260,22 @@ def pick_rounds(pool: Sequence[Evaluation], objectives: Objectives, final: Final
     candidate (`whole`, its score on every search item, for those measured before, `before`, and
     those picked in an earlier round; its sample score elsewhere), until every pick is known
     whole. `failed`: the keys to leave out (their scoring failed): a round with a failed pick is
-    chosen again without it."""
-    known, first = set(before), True
+    chosen again without it, under the same number."""
+    known, index = set(before), 0
     while True:
         out = set(failed())
-        scored = [e if first or e.key not in known else replace(e, measured=whole(e.key)) for e in pool
+        scored = [e if index == 0 or e.key not in known else replace(e, measured=whole(e.key)) for e in pool
                   if e.key not in out]
         chosen = choose(scored, objectives, final)
         keys = {e.key for e in chosen.values()}
-        settled = not first and keys <= known
-        yield chosen, settled
+        settled = index > 0 and keys <= known
+        yield index, chosen, settled
         if keys & set(failed()):
             continue
         if settled:
             return
         known |= keys
-        first = False
+        index += 1
 
 
 def choose(measured: Sequence[Evaluation], objectives: Objectives, final: FinalSpec) -> dict[str, Evaluation]:
