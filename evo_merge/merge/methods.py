@@ -88,13 +88,14 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     CPU agree (topk, like mergekit's unstable argsort, picks among ties in no set order)."""
     if density >= 1:
         return torch.ones_like(delta, dtype=torch.bool)
-    magnitude = delta.abs().flatten().nan_to_num(nan=torch.inf)  # a NaN ranks first, as in topk
-    return top_mask(magnitude, max(1, int(density * magnitude.numel()))).view_as(delta)
+    return top_mask(delta.abs().flatten(), max(1, int(density * delta.numel()))).view_as(delta)
 
 
 def top_mask(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest of flat non-negative `values` (no NaN), as a boolean mask; of the entries tied
-    with the k-th, the first by position: the same entries on every device and torch version."""
+    """The k largest of flat non-negative `values`, as a boolean mask (a NaN ranks first, as in
+    topk); of the entries tied with the k-th, the first by position: the same entries on every
+    device and torch version."""
+    values = values.nan_to_num(nan=torch.inf)
     cut = kth_largest(values, k)
     mask = values > cut
     tied = torch.nonzero(values == cut).squeeze(1)

@@ -146,8 +146,7 @@ def sce_mask(stacked: torch.Tensor, topk: float) -> torch.Tensor:
     k = int(torch.count_nonzero(variance) * topk)
     if k == 0:
         return torch.zeros_like(variance)
-    ranked = variance.abs().flatten().float().nan_to_num(nan=torch.inf)  # a NaN ranks first, as in topk
-    return top_mask(ranked, k).view_as(variance).to(variance.dtype)
+    return top_mask(variance.abs().flatten().float(), k).view_as(variance).to(variance.dtype)
 
 
 @register_method("sce", uses_weights=False, hyperparameters=[
