@@ -234,7 +234,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
                    "than adaptive read the anchors' scores only; --estimator adaptive uses every item scored)",
                    err=True)
     if estimator in SE_CAVEATS:
-        click.echo(f"{estimator}: {SE_CAVEATS[estimator].replace('the ±', 'the se column')}", err=True)
+        click.echo(f"{estimator} estimates: {SE_CAVEATS[estimator]}", err=True)
     text = table.to_csv(index=False)
     if out is None:
         click.echo(text, nl=False)

@@ -182,7 +182,8 @@ def test_fit_anchors_estimate_validate(files):
                     "--endpoints", "m0000,m0001", "--gmp-delta", "0.5", "--out", root / "est.csv")
     assert code == 0 and (root / "est.csv").read_text().startswith("subject,scenario,estimator,estimate,se")
     # its SE counts merges the model simulates, not real ones (an audit: 42-61% of errors beyond 2 SE): said
-    assert "gmpirt: the se column counts the error of merges the IRT model simulates between the endpoints" in out
+    assert ("gmpirt estimates: their standard error counts the error of merges the IRT model simulates "
+            "between the endpoints") in out
     # a new folder is made for it: the missing folder was found out once every estimate was made
     code, out = run("estimate", root / "m", "--responses", root / "partial.csv", "--out", root / "no" / "est.csv")
     assert code == 0 and (root / "no" / "est.csv").is_file()

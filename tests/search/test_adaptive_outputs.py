@@ -183,7 +183,8 @@ def test_the_html_plot_names_endpoints_as_the_campaign_does_and_draws_no_empty_l
 def test_status_and_the_report_say_what_an_adaptive_estimate_s_se_leaves_out(run):
     """An audit found 6 of 12 adaptive estimates off their measurement by more than 2 SE, shown as
     `estimate ± SE` with no word: the posterior SE leaves out the IRT model's own error."""
-    note = "adaptive estimates: the ± is the IRT model's posterior SE, which leaves out the model's own error"
+    note = ("adaptive estimates: their standard error is the IRT model's posterior SE, which leaves out the model's "
+            "own error")
     status = " ".join(CliRunner().invoke(cli, ["status", str(run)]).output.split())
     assert note in status, status
     assert note in " ".join((run / "report.md").read_text().split())
