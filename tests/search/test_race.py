@@ -484,3 +484,20 @@ def test_the_picks_are_chosen_among_candidates_in_the_store_s_order_whatever_was
     runner.close()
     order = [e.key for e in candidates(CampaignStore(run))]
     assert len(offered) > 2 and offered == sorted(offered, key=order.index)
+
+
+def test_an_export_that_scores_the_held_out_items_alone_says_the_report_adds_them(raced, tmp_path):
+    """A survivor measured on every search item but no pick has no held-out scores: `export --pick`
+    scores them alone, and said nothing, though the report's held-out columns change."""
+    run = tmp_path / "run"
+    shutil.copytree(raced["whole"], run)  # every finalist measured on the search items, the picks on all
+    store = CampaignStore(run)
+    picks = {eid for eid, _ in store.exported().values()}
+    holdout = store.get_meta("holdout")
+    survivor = next(e for e in store.evaluations("search") if e.measured is not None and e.id not in picks
+                    and not set(store.item_scores(e.key)["agree0"]) & set(holdout["agree0"]))
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(survivor.id), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert set(store.item_scores(survivor.key)["agree0"]) >= set(holdout["agree0"])  # scored now
+    assert store.get(survivor.key).measured == survivor.measured  # its search items' score as it was
+    assert f"evaluation {survivor.id} was measured for this export" in result.output
