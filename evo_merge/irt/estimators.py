@@ -76,11 +76,12 @@ MERGE_SUM_SD = 0.05
 SIMULATED_MERGES = 200  # merges drawn in the endpoints' span to measure mp-IRT's error for δ
 MERGE3_DELTA = 0.5
 PRIOR_SUBJECTS = 4.0  # weight, in subjects, of the random-sampling error pooled with measured ones
-# raised whenever a change moves the estimates (or SEs) the same anchor scores give; a run folder
-# records it (search/scoring.py), so one resumed across such a change says that its estimates mix
-# two formulas. 1: the task-level check of each subject against its anchors (CHANGELOG, IRT
-# standard errors); folders from before record none.
-ESTIMATOR_REVISION = 1
+# raised whenever a change moves the estimates (or SEs) of a run's candidates: the formulas, or the
+# anchors a run draws; a run folder records it (search/scoring.py), so one resumed across such a
+# change says that its estimates mix the two. 1: the task-level check of each subject against its
+# anchors; 2: Neyman allocation counting the spread of a scenario's items (CHANGELOG, IRT standard
+# errors); folders from before record none.
+ESTIMATOR_REVISION = 2
 
 
 def _shrink_weight(error: np.ndarray, variance: np.ndarray) -> np.ndarray:

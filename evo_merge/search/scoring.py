@@ -145,7 +145,7 @@ class Scoring:
             log.warning(f"this run folder's {estimated} estimated candidates were scored by {before}; this "
                         f"evo-merge estimates with revision {ESTIMATOR_REVISION}, so any candidate it scores here "
                         "is estimated otherwise and the folder's estimates may mix the two (what changed: "
-                        "CHANGELOG.md, IRT standard errors)")
+                        "CHANGELOG.md, IRT standard errors, estimator revisions)")
             held = set(mixed or [recorded or 0])
             self.store.set_meta(MIXED_META, sorted(held | {ESTIMATOR_REVISION}))
         self.store.set_meta(REVISION_META, ESTIMATOR_REVISION)
