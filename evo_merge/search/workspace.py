@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,12 @@ from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.lock import LOCK_FILE
 from evo_merge.search.store import FACTS_META, CampaignStore, Record, atomic_write
 from evo_merge.weights.checkpoint import weight_files
-from evo_merge.weights.digest import former_weights_digests, model_files_digest, weights_digest
+from evo_merge.weights.digest import (
+    former_model_files_digests,
+    former_weights_digests,
+    model_files_digests,
+    weights_digest,
+)
 from evo_merge.weights.references import (
     ModelRef,
     check_distinct,
@@ -50,7 +54,9 @@ from evo_merge.weights.references import (
 )
 
 WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
-MODEL_FILES_META = Record("model_files", dict[str, str])  # config key -> digest of its config and tokenizer files
+# config key -> file name -> digest of that config or tokenizer file (None: absent); folders from before
+# recorded one digest of them all
+MODEL_FILES_META = Record("model_files", dict[str, str | dict[str, str | None]])
 # what a folder holds before its campaign is bound: the database (with SQLite's journal files), the lock
 # what a run folder holds before its store is bound (campaign.yaml: a bind cut short after writing it)
 FRESH_RUN_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE, CAMPAIGN_FILE}
@@ -357,24 +363,44 @@ def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
 
     A record made by an earlier digest (before every tensor's ends were read; before it covered
     exactly the files read) is checked with the digest it was made with, then replaced by the current one."""
-    _refuse_changed(store, WEIGHTS_META, {key: weights_digest(ref) for key, ref in refs.items()}, refs, "weights",
-                    former_weights_digests)
-    _refuse_changed(store, MODEL_FILES_META, {key: model_files_digest(ref) for key, ref in refs.items()}, refs,
-                    "config, generation config or tokenizer files")
+    _refuse_changed_weights(store, refs)
+    _refuse_changed_model_files(store, refs)
 
 
-def _refuse_changed(store: CampaignStore, record: Record, digests: dict[str, str], refs: dict[str, ModelRef],
-                    what: str, former: Callable[[ModelRef], Sequence[str]] | None = None) -> None:
-    """Refuse a model whose `digests` differ from those `record` holds (or from a `former` digest of
-    it, a record an earlier version made); record them where none is (older folders: from now on)."""
-    stored = store.get_meta(record, {})
+def _refuse_changed_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
+    """Refuse a model whose weights digest differs from the one recorded (or from a former digest of
+    it, a record an earlier version made); record it where none is (older folders: from now on)."""
+    stored = store.get_meta(WEIGHTS_META, {})
+    digests = {key: weights_digest(ref) for key, ref in refs.items()}
     for key, digest in digests.items():
         recorded = stored.get(key, digest)
-        if recorded != digest and (former is None or recorded not in former(refs[key])):
-            raise UserError(f"{key} ({refs[key].name}): its {what} changed since this run folder was started; "
-                            "resume with the models as they were then, or start the campaign in a new run folder")
+        if recorded != digest and recorded not in former_weights_digests(refs[key]):
+            raise _changed(key, refs[key], "weights")
     if stored != digests:
-        store.set_meta(record, {**stored, **digests})
+        store.set_meta(WEIGHTS_META, {**stored, **digests})
+
+
+def _refuse_changed_model_files(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
+    """Refuse a model one of whose recorded config or tokenizer files changed, appeared or went away,
+    naming it; a file not recorded (its name checked since) is recorded from now on. A folder's one
+    combined digest from before is checked as it was made, then replaced by the per-file record."""
+    stored = store.get_meta(MODEL_FILES_META, {})
+    digests = {key: model_files_digests(ref) for key, ref in refs.items()}
+    for key, now in digests.items():
+        recorded = stored.get(key, now)
+        if isinstance(recorded, str):
+            changed = [] if recorded in former_model_files_digests(refs[key]) else ["config or tokenizer files"]
+        else:
+            changed = [name for name, digest in recorded.items() if name in now and now[name] != digest]
+        if changed:
+            raise _changed(key, refs[key], ", ".join(changed))
+    if stored != digests:
+        store.set_meta(MODEL_FILES_META, {**stored, **digests})
+
+
+def _changed(key: str, ref: ModelRef, what: str) -> UserError:
+    return UserError(f"{key} ({ref.name}): its {what} changed since this run folder was started; resume with the "
+                     "models as they were then, or start the campaign in a new run folder")
 
 
 def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int], stored_dtype: str,

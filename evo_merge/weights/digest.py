@@ -40,12 +40,31 @@ def weights_digest(ref: ModelRef) -> str:
     return _digest(_read_files(ref), every_tensor=True)
 
 
-def model_files_digest(ref: ModelRef) -> str:
-    """Hex digest of the reference's `MODEL_FILES`, read whole (a few MB at most): an activation
-    edited in config.json, or another tokenizer, scores another model from the same weights."""
+def model_files_digests(ref: ModelRef) -> dict[str, str | None]:
+    """Hex digest of each of the reference's `MODEL_FILES`, read whole (a few MB at most), None for
+    one the folder lacks: an activation edited in config.json, another tokenizer, or an eos added
+    in a generation config scores another model from the same weights. One entry per file, so a
+    refusal names the file and a name added to `MODEL_FILES` later is checked from then on instead
+    of refusing every folder recorded before."""
     folder = ref.path if ref.path.is_dir() else ref.path.parent
+    return {name: (hashlib.sha256((folder / name).read_bytes()).hexdigest()[:16]
+                   if (folder / name).is_file() else None) for name in MODEL_FILES}
+
+
+def former_model_files_digests(ref: ModelRef) -> tuple[str, ...]:
+    """The one combined digest of the model files run folders recorded before the per-file record, for
+    each list of names it covered (the first without the generation config and chat_template.json)."""
+    folder = ref.path if ref.path.is_dir() else ref.path.parent
+    return tuple(_combined_digest(folder, names) for names in _FORMER_MODEL_FILES)
+
+
+_FORMER_MODEL_FILES = (MODEL_FILES, tuple(n for n in MODEL_FILES if n not in ("generation_config.json",
+                                                                             "chat_template.json")))
+
+
+def _combined_digest(folder: Path, names: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
-    for name in MODEL_FILES:
+    for name in names:
         if (file := folder / name).is_file():
             digest.update(name.encode() + hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()[:16]

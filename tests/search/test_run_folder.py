@@ -488,8 +488,52 @@ def test_a_run_whose_model_config_or_tokenizer_changed_is_refused(tmp_path, zoo,
     else:
         spec["added_tokens"] = spec.get("added_tokens", [])[:-1]
     (base / edit).write_text(json.dumps(spec))
-    with pytest.raises(UserError, match=r"base_model .*: its config, generation config or tokenizer files changed "):
+    with pytest.raises(UserError, match=rf"base_model .*: its {edit} changed since this run folder was started"):
         Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
+
+
+def test_model_files_recorded_before_are_checked_as_they_were_recorded(tmp_path, zoo):  # noqa: F811
+    """Folders recorded one digest of all the model files, first without the generation config: they
+    resume as they are (checked with the digest they made), and each file is checked from then on; a
+    file the record does not name (a name checked since) is recorded, not refused; one that appears
+    where the record says there was none is refused by name."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.workspace import MODEL_FILES_META, Workspace
+
+    base, fts = zoo
+    base = shutil.copytree(base, tmp_path / "base")
+    config = Campaign.model_validate(yaml.safe_load(campaign(tmp_path, (base, fts)).read_text()))
+    first_names = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+
+    def combined(folder):  # what the first record held, computed here from its definition
+        digest = hashlib.sha256()
+        for name in first_names:
+            if (folder / name).is_file():
+                digest.update(name.encode() + hashlib.sha256((folder / name).read_bytes()).digest())
+        return digest.hexdigest()[:16]
+
+    with closing(Workspace.open(config, tmp_path, tmp_path / "run").store) as store:
+        per_file = store.get_meta(MODEL_FILES_META)
+        assert set(per_file["base_model"]) >= {"config.json", "generation_config.json"}
+        folders = {"base_model": base, **{f"models.{i}": f for i, f in enumerate(fts)}}
+        assert set(per_file) == set(folders)
+        store.set_meta(MODEL_FILES_META, {key: combined(folder) for key, folder in folders.items()})
+    (base / "generation_config.json").unlink()  # not among the names the first record covered
+    with closing(Workspace.open(config, tmp_path, tmp_path / "run").store) as store:
+        assert store.get_meta(MODEL_FILES_META)["base_model"]["generation_config.json"] is None
+        recorded = store.get_meta(MODEL_FILES_META)
+        del recorded["base_model"]["chat_template.json"]  # a name added to the list after this record
+        store.set_meta(MODEL_FILES_META, recorded)
+    (base / "chat_template.json").write_text('{"chat_template": "{{ messages }}"}')
+    Workspace.open(config, tmp_path, tmp_path / "run").store.close()  # recorded now, not refused
+    (base / "generation_config.json").write_text('{"eos_token_id": 5}')
+    with pytest.raises(UserError, match=r"base_model .*: its generation_config.json changed since"):
+        Workspace.open(config, tmp_path, tmp_path / "run")
+    (base / "generation_config.json").unlink()
+    (base / "chat_template.json").unlink()
+    with pytest.raises(UserError, match=r"base_model .*: its chat_template.json changed since"):
+        Workspace.open(config, tmp_path, tmp_path / "run")
 
 
 def _digest_as_recorded_before(*folders):
