@@ -12,7 +12,10 @@ from evo_merge.search.store import atomic_write
 
 
 def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:
-    """`option`, a CSV file the command writes whole: not a folder, and an existing one only with --overwrite."""
+    """`option`, a CSV file the command writes whole: not a folder, and an existing one only with --overwrite.
+    `-` is refused: a command's summary goes to standard output, and a file named `-` is a mistake."""
+    if str(out) == "-":
+        raise UserError(f"{option} -: these commands write a file, not standard output; give the file's path")
     if out.is_dir():
         raise UserError(f"{option} {out}: is a folder; give the path of the CSV file to write")
     if out.exists() and not overwrite:

@@ -50,7 +50,7 @@ def _resolve_adapter(value: str, root: Path, key: str) -> tuple[Path, str]:
     local = _local_path(value, root)
     if local is not None and local.is_dir():
         return local, str(local)
-    hub = _hub_id(value)
+    hub = _hub_id(value, key)
     if local is not None or hub is None:
         raise UserError(f"{key}: LoRA adapter folder {value!r} not found (nor a Hub id, org/name[@revision])")
     repo, revision = hub
@@ -110,7 +110,7 @@ def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
     local = _local_path(value, root)
     if local is not None:
         return local, str(local)
-    hub = _hub_id(value)
+    hub = _hub_id(value, key)
     if hub is None:
         raise UserError(f"{key}: model path {value!r} does not exist and is not a Hub id (org/name[@revision])")
     repo, revision = hub
@@ -118,12 +118,15 @@ def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
     return path, f"{repo}@{path.name}"
 
 
-def _hub_id(value: str) -> tuple[str, str | None] | None:
-    """(repo, revision or None) of `org/name[@revision]`; None where `value` is no Hub id (`org/name@`
-    names no revision, and a revision may not step out of the cache's refs/)."""
+def _hub_id(value: str, key: str) -> tuple[str, str | None] | None:
+    """(repo, revision or None) of `org/name[@revision]`; None where `value` is no Hub id. A Hub id
+    whose revision is none (`org/name@`), or could step out of the cache's refs/, is refused by name."""
     repo, at, revision = value.partition("@")
-    if not _looks_like_repo_id(repo) or (at and not _is_revision(revision)):
+    if not _looks_like_repo_id(repo):
         return None
+    if at and not _is_revision(revision):
+        raise UserError(f"{key}: {value!r}: {revision!r} is not a branch, tag or commit name of {repo} (letters, "
+                        "digits, '_', '-', '.' and '/'-separated parts, none of them empty, '.' or '..')")
     return repo, revision or None
 
 

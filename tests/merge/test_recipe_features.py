@@ -375,7 +375,8 @@ def test_models_of_different_vocabularies_without_a_tokenizer_source_are_told_of
     ("+{adapter}", "models.0.model: no model named before the '+' of '+{adapter}' (MODEL+ADAPTER)"),
     ("{ft1}+", "models.0.model: '{ft1}+' names no adapter after the '+' (MODEL+ADAPTER)"),
     # an adapter's Hub id is read as a model's: `org/name@` names no revision (it was taken for main)
-    ("{ft1}+tiny-org/lora@", "models.0.model: LoRA adapter folder 'tiny-org/lora@' not found (nor a Hub id"),
+    ("{ft1}+tiny-org/lora@", "models.0.model: 'tiny-org/lora@': '' is not a branch, tag or commit name of "
+                             "tiny-org/lora"),
 ])
 def test_a_model_and_adapter_reference_missing_either_part_is_named(deep, tmp_path, model, expected):
     """`+adapter` took the recipe's own folder for the model ("no weights in <recipe folder>")."""
@@ -653,7 +654,8 @@ def test_a_hub_id_resolving_outside_its_cache_folder_is_refused(deep, tmp_path, 
         assert f"models.0.model: Hub model {model}: its file model.safetensors links to {deep['ft2']}" in line
         assert "outside the repo's cache folder" in line
     elif case in ("revision", "empty revision"):
-        assert f"models.0.model: model path {model!r} does not exist and is not a Hub id" in line
+        revision = model.partition("@")[2]
+        assert f"models.0.model: {model!r}: {revision!r} is not a branch, tag or commit name of tiny-org/" in line
     else:
         assert f"models.0.model: Hub model {model} resolves to {outside.resolve()}, not a commit's snapshot" in line
     assert not (tmp_path / "o").exists()

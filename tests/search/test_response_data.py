@@ -46,6 +46,16 @@ def test_responses_build_never_replaces_a_file_unasked(tmp_path):
     assert onwards.exit_code == 2 and "zoo.json" in onwards.output
 
 
+def test_out_dash_is_refused_not_written_as_a_file(tmp_path, monkeypatch):
+    """`--out -` wrote a file named `-` in the working folder, where a user expected the table on
+    standard output (which carries the command's summary)."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["responses", "build", "--zoo", str(tmp_path), "--tasks", "arith", "--out", "-"])
+    assert result.exit_code == 2 and result.output.strip() == (
+        "error: --out -: these commands write a file, not standard output; give the file's path")
+    assert not (tmp_path / "-").exists()
+
+
 def test_responses_build_needs_a_zoo_manifest(tmp_path):
     result = CliRunner().invoke(cli, ["responses", "build", "--zoo", str(tmp_path), "--tasks", "arith",
                                       "--out", str(tmp_path / "r.csv")])
