@@ -4,8 +4,9 @@ People who run long campaigns follow them where they follow their other experime
 loop reports through the small `Tracker` protocol: one call per finished generation (hypervolume,
 best estimate per task, item evaluations spent), one per stored evaluation (its genome, estimated
 and measured scores), and `finish` with the run folder, which uploads the evaluation table, the
-report and the plots as artifacts. One campaign is one tracker run: its id is kept in the run
-folder (`tracking.json`), so `evo-merge resume` continues the same run. Trackers only observe.
+report and the plots as artifacts, and the picks' scores on the held-out items (`heldout/PICK/TASK`).
+One campaign is one tracker run: its id is kept in the run folder (`tracking.json`), so
+`evo-merge resume` continues the same run. Trackers only observe.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError, first_line
 from evo_merge.search.candidate import Candidate
+from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.metrics import recorded_metrics
 from evo_merge.search.store import BASELINE, CALIBRATION, CampaignStore, Evaluation, atomic_write
 
@@ -125,15 +127,32 @@ def _existing(run_dir: Path) -> list[Path]:
 
 def evaluation_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Every evaluation of the run, from its store (complete even when a resume skipped some live
-    calls), with the picks it was exported as (`picked_as`, names joined by commas)."""
+    calls), with the picks it was exported as (`picked_as`, names joined by commas) and, for those,
+    their mean score on each task's held-out items (`heldout_TASK`: what their cards publish)."""
     store = CampaignStore(run_dir)
     try:
+        holdout = store.get_meta(HOLDOUT_META, {})
         picked: dict[int, list[str]] = {}
         for name, (eid, _) in store.exported().items():
             picked.setdefault(eid, []).append(name)
-        return [{**evaluation_record(e), "picked_as": ",".join(picked.get(e.id, []))} for e in store.evaluations()]
+        rows = []
+        for evaluation in store.evaluations():
+            row = {**evaluation_record(evaluation), "picked_as": ",".join(picked.get(evaluation.id, []))}
+            if evaluation.id in picked:
+                held = held_out_scores(store, evaluation.key, holdout) or {}
+                row.update({f"heldout_{task}": value for task, value in held.items()})
+            rows.append(row)
+        return rows
     finally:
         store.close()
+
+
+def held_out_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """`heldout/PICK/TASK` of each exported pick measured on the held-out items: the scores a
+    leaderboard would see, to compare across campaigns in the tracker."""
+    return _finite({f"heldout/{pick}/{key.removeprefix('heldout_')}": value for row in rows if row["picked_as"]
+                    for pick in row["picked_as"].split(",") for key, value in row.items()
+                    if key.startswith("heldout_")})
 
 
 class MLflowTracker:
@@ -205,7 +224,9 @@ class MLflowTracker:
         self._metrics(_scores(evaluation), evaluation.id)
 
     def finish(self, run_dir: Path) -> None:
-        self.client.log_dict(self.run_id, evaluation_rows(run_dir), "evaluations.json")
+        rows = evaluation_rows(run_dir)
+        self._metrics(held_out_metrics(rows), 0)
+        self.client.log_dict(self.run_id, rows, "evaluations.json")
         for path in _existing(run_dir):
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "FINISHED")
@@ -245,6 +266,7 @@ class WandbTracker:
         import pandas as pd
 
         rows = evaluation_rows(run_dir)
+        self.run.summary.update(held_out_metrics(rows))
         self.run.log({"evaluations": self.wandb.Table(dataframe=pd.DataFrame(rows))})
         name = metric_name(self.run.name or "campaign").replace(" ", "_")
         artifact = self.wandb.Artifact(f"{name}-report", type="report")

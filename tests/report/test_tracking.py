@@ -71,6 +71,35 @@ def test_mlflow_run_holds_generations_evaluations_and_artifacts(small_store, tmp
         open_tracker(elsewhere, small_store.run_dir, CAMPAIGN)
 
 
+def _with_held_out_pick(store):
+    """Two items of each task held out, evaluation 3 exported twice and 2 once: their item scores are
+    i % 2, so each has held-out means alpha (1 + 0) / 2 and beta (1 + 1) / 2."""
+    from evo_merge.search.holdout import HOLDOUT_META
+
+    store.set_meta(HOLDOUT_META, {"alpha": ["alpha-1", "alpha-2"], "beta": ["beta-1", "beta-3"]})
+    store.set_exported({"balanced": (3, "models/balanced"), "best-alpha": (3, "models/best-alpha"),
+                        "best-beta": (2, "models/best-beta")})
+
+
+def test_mlflow_holds_each_picks_scores_on_the_held_out_items(small_store, tmp_path):
+    """The figures a pick's card publishes reached no tracker (only the search's estimates and
+    measurements did): a user comparing campaigns in MLflow compared search-item scores."""
+    from mlflow import MlflowClient
+
+    _with_held_out_pick(small_store)
+    uri = (tmp_path / "mlruns").as_uri()
+    spec = TrackingSpec.model_validate({"mlflow": {"uri": uri, "experiment": "merges"}})
+    run_through(open_tracker(spec, small_store.run_dir, CAMPAIGN), small_store)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("merges").experiment_id])
+    held = {k: v for k, v in run.data.metrics.items() if k.startswith("heldout/")}
+    assert held == {"heldout/balanced/alpha": 0.5, "heldout/balanced/beta": 1.0, "heldout/best-alpha/alpha": 0.5,
+                    "heldout/best-alpha/beta": 1.0, "heldout/best-beta/alpha": 0.5, "heldout/best-beta/beta": 1.0}
+    rows = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluations.json", str(tmp_path))).read_text())
+    assert [(r["picked_as"], r.get("heldout_alpha")) for r in rows] == [
+        ("", None), ("best-beta", 0.5), ("balanced,best-alpha", 0.5), ("", None)]
+
+
 def test_a_tracking_store_lost_mid_run_is_one_warning_and_the_run_goes_on(small_store, tmp_path, caplog):
     """Its store removed after the first points (a server gone): a traceback stopped the campaign,
     where trackers only observe."""
@@ -305,3 +334,18 @@ def test_wandb_offline_run_logs_a_step_per_generation(small_store, monkeypatch):
     assert generations == [(1, 0.18), (2, 0.21)]
     assert [h["measured/alpha"] for h in history if "measured/alpha" in h] == [0.45]
     assert {"run", "artifact", "exit"} <= {kind for kind, _ in records}
+
+
+def test_wandb_summary_holds_each_picks_scores_on_the_held_out_items(small_store, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _with_held_out_pick(small_store)
+    spec = TrackingSpec.model_validate({"wandb": {"project": "merges", "mode": "offline"}})
+    run_through(open_tracker(spec, small_store.run_dir, CAMPAIGN), small_store)
+    summary = {}
+    for kind, record in wandb_records(small_store.run_dir):
+        if kind == "summary":
+            summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update})
+    held = {k: v for k, v in summary.items() if k.startswith("heldout/")}
+    assert held == {"heldout/balanced/alpha": 0.5, "heldout/balanced/beta": 1.0, "heldout/best-alpha/alpha": 0.5,
+                    "heldout/best-alpha/beta": 1.0, "heldout/best-beta/alpha": 0.5, "heldout/best-beta/beta": 1.0}
