@@ -48,6 +48,7 @@ TOKENIZER_FILES = (
 )
 
 # Dtype codes of the safetensors header (format spec), for shape/dtype without reading data.
+FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -89,7 +90,13 @@ class SafetensorsFile:
             self._meta = {}
             for name in self._handle.keys():
                 view = self._handle.get_slice(name)
-                self._meta[name] = (tuple(view.get_shape()), _SAFETENSORS_DTYPES[view.get_dtype()])
+                if (dtype := _SAFETENSORS_DTYPES.get(view.get_dtype())) is None:
+                    raise UserError(f"{path}: tensor {name!r} is stored as {view.get_dtype()}, a format of quantized "
+                                    "checkpoints evo-merge does not merge; give the model in bfloat16, float16 or "
+                                    "float32")
+                self._meta[name] = (tuple(view.get_shape()), dtype)
+        except UserError:
+            raise
         except Exception as err:  # the Rust reader raises its own error types
             raise UserError(f"{path}: not a readable safetensors file ({err})") from err
 
@@ -168,6 +175,20 @@ class Checkpoint:
                     raise UserError(f"{path}: the index maps tensor {name!r} to {file_name}, which does not hold it")
                 self._readers[name] = reader
         self.names: list[str] = list(self._readers)
+        self._refuse_quantized()
+
+    def _refuse_quantized(self) -> None:
+        """A quantized checkpoint stores codes and scales (GPTQ's packed integers, FP8 weights with a
+        scale apart): merged as weights, they gave a model that is neither input, without a word."""
+        quantization = (self.config or {}).get("quantization_config")
+        if quantization:
+            method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+            raise UserError(f"{self.folder}: a quantized checkpoint ({method or 'quantization_config'} in its "
+                            "config.json): its tensors are codes and scales, which a merge would mix as weights; "
+                            "give the full-precision model it was quantized from")
+        if coded := next((n for n in self.names if self.dtype(n) in FLOAT8), None):
+            raise UserError(f"{self.path}: tensor {coded!r} is {str(self.dtype(coded)).removeprefix('torch.')}, a "
+                            "quantized format whose scale is kept apart; give the full-precision model")
 
     @classmethod
     def open(cls, path: str | Path, *, allow_pickle: bool = False) -> Checkpoint:
@@ -334,9 +355,11 @@ def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]
         raise UserError(f"model path not found: {path}")
     if path.is_dir():
         folder = path
-        candidates = [folder / SAFETENSORS_INDEX, folder / SAFETENSORS_SINGLE]
+        # transformers' order: model.safetensors before an index (a folder saved again with shards keeps the
+        # former file, which transformers, and so a scored model, reads)
+        candidates = [folder / SAFETENSORS_SINGLE, folder / SAFETENSORS_INDEX]
         candidates += sorted(folder.glob("*.safetensors"))
-        candidates += [folder / PICKLE_INDEX, folder / PICKLE_SINGLE]
+        candidates += [folder / PICKLE_SINGLE, folder / PICKLE_INDEX]
         candidates += sorted(f for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
         found = next((f for f in candidates if f.is_file()), None)
         if found is None and (broken := next((f for f in candidates if f.is_symlink()), None)):

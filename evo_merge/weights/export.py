@@ -63,7 +63,8 @@ def write_model_folder(
     bytes, e.g. README.md) are written last. `dtype` casts floating tensors on write; the
     written config's `dtype` (and `torch_dtype`, if present) records the floating dtype actually
     written. An existing `out` is refused unless `overwrite`, and then replaced only once the
-    new folder is complete, and only if it is a model folder or empty. `copy_tokenizer=False`
+    new folder is complete, and only if it is a model folder (weights beside a config.json or mass.json)
+    or empty. `copy_tokenizer=False`
     copies only the config files (the caller writes a tokenizer of its own through `extra_files`).
     """
     out = Path(out).expanduser()
@@ -240,12 +241,17 @@ def _write_extra(folder: Path, name: str, content: str | bytes) -> None:
         target.write_text(content, encoding="utf-8")
 
 
+# what says a folder holds a model: an HF model's config, a MASS folder's description
+MODEL_FOLDER_FILES = ("config.json", "mass.json")
+
+
 def is_model_folder(folder: Path) -> bool:
-    """Holds weights (safetensors, an index, pickle checkpoints), as a model or MASS folder does."""
-    return any(
-        f.is_file() and (f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES or f.name.endswith(".index.json"))
-        for f in folder.iterdir()
-    )
+    """Holds weights (safetensors, an index, pickle checkpoints) beside a model's config.json or a
+    MASS folder's mass.json: weights alone are no model (a `dataset.bin` among a user's notes made
+    --overwrite delete the folder)."""
+    files = [f for f in folder.iterdir() if f.is_file()]
+    return any(f.name in MODEL_FOLDER_FILES for f in files) and any(
+        f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES or f.name.endswith(".index.json") for f in files)
 
 
 def refuse_existing(out: Path, overwrite: bool) -> None:
@@ -281,7 +287,8 @@ def check_replaceable(out: Path) -> None:
     if not out.is_dir():
         raise UserError(f"output {out} is a file, not a model folder; give a folder to write the model into")
     if any(out.iterdir()) and not is_model_folder(out):
-        raise UserError(f"output folder {out} is not a model folder (no weights in it); refusing to replace it")
+        raise UserError(f"output folder {out} is not a model folder (no weights beside a config.json); refusing to "
+                        "replace it")
 
 
 def sweep_partial_folders(folder: Path) -> list[Path]:

@@ -329,3 +329,51 @@ def test_a_plain_pickle_is_refused_without_torch_s_protocol_warning_above_the_li
         warnings.simplefilter("always")
         Checkpoint.open(tmp_path / "pytorch_model.bin", allow_pickle=True)
     assert not [w for w in caught if "pickle protocol" in str(w.message)] and not marker.exists()
+
+
+def test_a_folder_with_model_safetensors_and_an_index_is_read_as_transformers_reads_it(llama_family, tmp_path):
+    """transformers leaves the former model.safetensors when a model is saved again in shards into its
+    folder, and reads that file: the merger read the shards, so it merged weights nobody scored."""
+    base, (ft,) = llama_family
+    folder = tmp_path / "both"
+    shutil.copytree(base, folder)  # model.safetensors: the base
+    sharded = AutoModelForCausalLM.from_pretrained(ft)
+    sharded.save_pretrained(tmp_path / "shards", max_shard_size="20KB")
+    for file in (tmp_path / "shards").glob("model-*.safetensors"):
+        shutil.copy(file, folder / file.name)
+    shutil.copy(tmp_path / "shards" / "model.safetensors.index.json", folder)
+    loaded = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    checkpoint = Checkpoint.open(folder)
+    assert checkpoint.names and all(torch.equal(checkpoint.tensor(n), loaded[n]) for n in checkpoint.names)
+    with safe_open(str(base / "model.safetensors"), "pt") as f:
+        name = checkpoint.names[-1]
+        assert torch.equal(checkpoint.tensor(name), f.get_tensor(name))
+
+
+@pytest.mark.parametrize("quantized", ["gptq", "fp8 codes", "unknown dtype"])
+def test_a_quantized_checkpoint_is_refused_not_merged_as_weights(llama_family, tmp_path, quantized):
+    """GPTQ's packed integers and FP8 codes (their scales kept apart) were merged as if they were
+    weights (FP8 up_proj at 448 where the weights are 0.17), exit 0."""
+    base, _ = llama_family
+    folder = shutil.copytree(base, tmp_path / "q")
+    config = json.loads((folder / "config.json").read_text())
+    with safe_open(str(base / "model.safetensors"), "pt") as f:
+        state = {n: f.get_tensor(n) for n in f.keys()}
+    if quantized == "gptq":
+        config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+        match = r"q: a quantized checkpoint \(gptq in its config.json\)"
+    elif quantized == "fp8 codes":  # as FP8 releases store them, without the config here
+        name = next(n for n in state if n.endswith("up_proj.weight"))
+        state[name] = state[name].to(torch.float8_e4m3fn)
+        match = rf"tensor '{name}' is float8_e4m3fn, a quantized format"
+    else:
+        name = next(n for n in state if n.endswith("up_proj.weight"))
+        state[name] = state[name].to(torch.float8_e4m3fn)
+        match = "tensor .* is stored as F8_E8M0"
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(state, folder / "model.safetensors")
+    if quantized == "unknown dtype":  # a dtype code torch's reader does not know (MXFP4 scales)
+        raw = (folder / "model.safetensors").read_bytes().replace(b'"F8_E4M3"', b'"F8_E8M0"')
+        (folder / "model.safetensors").write_bytes(raw)
+    with pytest.raises(UserError, match=match):
+        Checkpoint.open(folder)

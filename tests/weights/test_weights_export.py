@@ -207,12 +207,12 @@ def test_what_a_killed_write_left_is_removed_by_the_next_write_to_that_output_no
         partial = [p for p in tmp_path.iterdir() if p.name.startswith(".m.tmp-")]
         assert len(partial) == 1 and len(list(partial[0].rglob("*.part"))) == 2
 
-        write_model_folder(out, [("w", torch.zeros(2))])  # beside a live writer: its folder stays
+        write_model_folder(out, [("w", torch.zeros(2))], config={})  # beside a live writer: its folder stays
         assert partial[0].is_dir() and _siblings(out) == sorted(["m", partial[0].name])
     finally:
         writer.kill()
         writer.wait()
-    write_model_folder(out, [("w", torch.ones(2))], overwrite=True)
+    write_model_folder(out, [("w", torch.ones(2))], config={}, overwrite=True)
     assert _siblings(out) == ["m"]
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert torch.equal(f.get_tensor("w"), torch.ones(2))
@@ -235,7 +235,7 @@ def test_existing_output_refused_without_overwrite(llama_family, tmp_path):
         with pytest.raises(UserError, match=r"output folder .*m is not a model folder .*refusing to replace it"):
             write_model_folder(out, tracked(), overwrite=overwrite)
     assert consumed == [] and _siblings(out) == ["m"] and (out / "keep.txt").read_text() == "mine"
-    model = write_model_folder(tmp_path / "model", _stream(base))
+    model = write_model_folder(tmp_path / "model", _stream(base), copy_from=base)
     with pytest.raises(UserError, match=r"output folder .*model already exists \(--overwrite replaces it\)"):
         write_model_folder(model, tracked())
     assert consumed == []
@@ -324,6 +324,12 @@ def test_overwrite_replaces_only_a_model_folder_or_an_empty_one(llama_family, tm
         write_model_folder(file, _stream(base), overwrite=True)
     assert (mine / "notes.txt").read_text() == "keep" and file.read_text() == "keep"
     assert _siblings(mine) == ["file", "mine"]  # no temporary folder left
+    # weights-like files without a model's config are a user's files: a dataset.bin, an index.json
+    for name in ("dataset.bin", "shards.index.json", "embeddings.safetensors"):
+        (mine / name).write_bytes(b"data")
+        with pytest.raises(UserError, match=f"output folder {mine} is not a model folder"):
+            write_model_folder(mine, _stream(base), overwrite=True)
+        assert (mine / name).read_bytes() == b"data" and (mine / "notes.txt").read_text() == "keep"
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (write_model_folder(empty, _stream(base), overwrite=True) / "model.safetensors").is_file()

@@ -66,6 +66,9 @@ def test_writing_is_refused_over_an_existing_folder_unless_asked(tmp_path):
     with pytest.raises(UserError, match="not a model folder"):  # overwrite replaces only a model folder
         save_model_folder(out, net, overwrite=True)
     (out / "model.safetensors").write_bytes(b"an older model")
+    with pytest.raises(UserError, match="not a model folder"):  # weights without a config: a user's file
+        save_model_folder(out, net, overwrite=True)
+    (out / "config.json").write_text("{}")
     save_model_folder(out, net, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["mlp"]  # no temporary folder left behind
