@@ -57,7 +57,7 @@ def _pattern_value(patterns: object, module: str, default: float, where: str) ->
         raise UserError(f"{where}: expected a mapping of module patterns to numbers, got {patterns!r}")
     for key, value in patterns.items():
         try:
-            matched = re.match(rf"(.*\.)?{key}$", module)
+            matched = re.match(rf"(.*\.)?({key})$", module)  # peft groups the key: `q|v` is one alternation
         except re.error as exc:
             raise UserError(f"{where}: {key!r} is not a regular expression ({exc})") from None
         if matched:

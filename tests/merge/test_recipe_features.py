@@ -144,12 +144,13 @@ def test_a_stack_of_slices_takes_each_layer_s_type_from_the_layer_it_copies(tmp_
     assert AutoModelForCausalLM.from_pretrained(out).config.layer_types == written["layer_types"]
 
 
-def _lora_adapter(model_dir, out, seed=0):
+def _lora_adapter(model_dir, out, seed=0, **options):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
+                        **options)
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(out)
     return peft_model.merge_and_unload().state_dict()
@@ -214,6 +215,19 @@ def test_lora_input_equals_peft_merge_and_shape_mismatch_exits_2(deep, tmp_path)
     result, bad = merge(tmp_path, recipe, "bad")
     assert result.exit_code == 2 and "adapter for" in result.output and "Traceback" not in result.output
     assert not bad.exists()
+
+
+def test_an_alpha_pattern_alternation_scales_every_module_it_names_as_peft_does(deep, tmp_path):
+    """`{"q_proj|v_proj": 32}`: peft matches `(.*\\.)?(q_proj|v_proj)$`; without the group the
+    alternation matched v_proj only as a bare name, and v_proj folded at alpha 8 (off by 1.7)."""
+    expected = _lora_adapter(deep["ft1"], tmp_path / "adapter", alpha_pattern={"q_proj|v_proj": 32})
+    result, out = merge(tmp_path, {"merge_method": "linear",
+                                   "models": [{"model": f"{deep['ft1']}+{tmp_path / 'adapter'}"}]})
+    assert result.exit_code == 0, result.output
+    merged = tensors_of(out)
+    assert any("v_proj" in name for name in merged)
+    for name, tensor in merged.items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
 
 
 def test_a_lora_bias_is_added_to_the_layer_s_bias_as_peft_merge_and_unload_adds_it(deep, tmp_path):
