@@ -13,6 +13,7 @@ in-place merger and MASS read heads by these rules, kept here once:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -35,8 +36,24 @@ def is_head(name: str) -> bool:
 
 
 def ties_embeddings(checkpoint: Checkpoint) -> bool:
-    """Whether the model's config says its head is its input embedding (`tie_word_embeddings: true`)."""
-    return (checkpoint.config or {}).get("tie_word_embeddings") is True
+    """Whether the model's config says its head is its input embedding: `tie_word_embeddings`, or
+    where the config leaves it out (the Hub's GPT-2 and Gemma configs), the default of its model
+    type's config class, as transformers reads it (GPT-2, Gemma, T5: tied; Llama, Qwen2: not)."""
+    config = checkpoint.config or {}
+    if "tie_word_embeddings" in config:
+        return config["tie_word_embeddings"] is True
+    model_type = config.get("model_type")
+    return isinstance(model_type, str) and _tied_by_default(model_type)
+
+
+@functools.cache
+def _tied_by_default(model_type: str) -> bool:
+    from transformers import CONFIG_MAPPING
+
+    try:
+        return CONFIG_MAPPING[model_type]().tie_word_embeddings is True
+    except (KeyError, TypeError, ValueError):  # a type this transformers does not know: its code decides, unread
+        return False
 
 
 def is_own_head(checkpoint: Checkpoint, name: str) -> bool:

@@ -129,3 +129,45 @@ def test_an_in_place_merger_over_a_tied_module_refuses_a_head_to_untie(family):
     checkpoints = [Checkpoint.open(family[k]) for k in ("tied base", "ft1", "tied ft2")]
     with pytest.raises(UserError, match="the module ties it to model.embed_tokens.weight; load the base untied"):
         InPlaceMerger(module, checkpoints[0], checkpoints[1:], device="cpu")
+
+
+def _tied_by_its_type(folder, out, store_head: bool):
+    """A GPT-2 folder as the Hub's GPT-2 (and Gemma) configs are: no `tie_word_embeddings` key, the
+    model type's default ties; no head stored, or a copy of the embedding under its name."""
+    import shutil
+
+    from evo_merge.weights.export import save_safetensors
+
+    shutil.copytree(folder, out)
+    config = json.loads((out / "config.json").read_text())
+    config.pop("tie_word_embeddings", None)
+    (out / "config.json").write_text(json.dumps(config))
+    weights = load_file(out / "model.safetensors")
+    weights.pop(HEAD, None)
+    if store_head:
+        weights[HEAD] = weights["transformer.wte.weight"].clone()
+    save_safetensors(weights, out / "model.safetensors")
+    assert AutoModelForCausalLM.from_pretrained(out).config.tie_word_embeddings  # transformers reads it tied
+    return out
+
+
+def test_models_tied_by_their_config_class_s_default_are_read_as_tied(tmp_path):
+    """Only an explicit `tie_word_embeddings: true` was read as tied: the campaign refused the base
+    ('lm_head.weight ... missing from its weights') and DARE drew the endpoint's stored copy apart
+    from the embedding, so two tied inputs gave an untied output."""
+    from evo_merge.merge.export import export_merge
+    from evo_merge.merge.plan import plan_from_recipe
+    from evo_merge.merge.recipe import Recipe
+
+    untied_base, (untied_ft,) = save_tiny_family(tmp_path / "gpt2", "gpt2", n_finetunes=1)
+    base = _tied_by_its_type(untied_base, tmp_path / "base", store_head=False)
+    ft = _tied_by_its_type(untied_ft, tmp_path / "ft", store_head=True)
+    bench = Workbench.open(base, [ft], device="cpu")
+    module = bench.merger.apply("task_arithmetic", (0.5,))
+    assert module.get_output_embeddings().weight is module.get_input_embeddings().weight
+    recipe = Recipe.model_validate({"merge_method": "dare_ties", "base_model": str(base), "dtype": "float32",
+                                    "parameters": {"density": 0.5}, "models": [{"model": str(ft)}]})
+    out = export_merge(plan_from_recipe(recipe), tmp_path / "out", title="out")
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(loaded.get_output_embeddings().weight, loaded.get_input_embeddings().weight)
+    assert HEAD not in load_file(out / "model.safetensors")
