@@ -924,3 +924,25 @@ def test_merge_dtype_sets_the_output_dtype_over_the_recipe_s(deep, tmp_path):
     assert {t.dtype for t in tensors_of(tmp_path / "bf16").values()} == {torch.bfloat16}
     assert CliRunner().invoke(cli, ["merge", str(file), "--out", str(tmp_path / "as_said")]).exit_code == 0
     assert {t.dtype for t in tensors_of(tmp_path / "as_said").values()} == {torch.float32}
+
+
+@pytest.mark.parametrize("stored_by", ["base", "endpoint"])
+def test_rope_buffers_stored_by_one_input_are_left_out_of_the_merge(deep, tmp_path, stored_by):
+    """Llama checkpoints of transformers < 4.31 store each layer's `rotary_emb.inv_freq`: a campaign
+    accepted such a base beside endpoints without it, searched, then its export failed ("tensor
+    ... inv_freq not found in" the endpoint) and nothing was written."""
+    old = shutil.copytree(deep["base" if stored_by == "base" else "ft1"], tmp_path / "old")
+    weights = load_file(old / "model.safetensors")
+    for layer in range(LAYERS):
+        weights[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = torch.rand(4)
+    save_file(weights, old / "model.safetensors")
+    base, ft = (old, deep["ft1"]) if stored_by == "base" else (deep["base"], old)
+    result, out = merge(tmp_path, {"merge_method": "task_arithmetic", "base_model": str(base),
+                                   "models": [{"model": str(ft), "parameters": {"weight": 0.5}}]})
+    assert result.exit_code == 0, result.output
+    merged, b, f = tensors_of(out), tensors_of(base), tensors_of(ft)
+    assert not any(name.endswith("inv_freq") for name in merged)
+    assert merged.keys() == {n for n in b if not n.endswith("inv_freq")}
+    for name, tensor in merged.items():
+        assert torch.allclose(tensor, b[name] + 0.5 * (f[name] - b[name]), atol=1e-6), name
+    AutoModelForCausalLM.from_pretrained(out)  # loads: transformers computes the buffers
