@@ -10,6 +10,7 @@ pick) and `export`. The evaluator is created only when something must be evaluat
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from itertools import chain, zip_longest
 from pathlib import Path
@@ -31,7 +32,14 @@ from evo_merge.search.race import small_pick_samples
 from evo_merge.search.refine import resolve_front
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace, coefficient_groups
-from evo_merge.search.store import BASELINE, CALIBRATION, CALIBRATION_META, EVALUATED_ON_META, Evaluation
+from evo_merge.search.store import (
+    BASELINE,
+    CALIBRATION,
+    CALIBRATION_META,
+    EVALUATED_ON_META,
+    CampaignStore,
+    Evaluation,
+)
 from evo_merge.search.study import GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
 from evo_merge.tasks.base import FitnessTask
@@ -215,6 +223,8 @@ class CampaignRunner:
             resolve_front(self.log, self.objectives)
             pool = self.measure_final()
             chosen = kept or measure_picks(self.log, pool, self.objectives, campaign.final)
+            if not chosen and (failures := self.workspace.store.measure_failures()):
+                raise _nothing_measured(self.workspace.store, failures)
             exported = export_picks(self.workspace, chosen, self._evaluator, self.progress)
             measured = [e for e in candidates(self.workspace.store) if e.measured is not None]
             if report is not None:
@@ -242,6 +252,18 @@ class CampaignRunner:
         """Stop the evaluator (a dask cluster, or the connection to one); it restarts when needed."""
         if self._evaluator is not None:
             self._evaluator.close()
+
+
+def _nothing_measured(store: CampaignStore, failures: dict[str, str]) -> UserError:
+    """A final phase whose every pick failed when measured ended "finished", exit 0, with nothing
+    exported: the cause is rarely the candidates (a task failing on items the search never scored,
+    such as a malformed held-out row). The run stops naming the most common error, and forgets the
+    failures so that `resume` after the fix measures them again."""
+    error, count = Counter(failures.values()).most_common(1)[0]
+    store.forget_measure_failures()
+    return UserError(f"the final phase measured no pick: {count} of {len(failures)} measurements failed with "
+                     f"{message_line(error)}; fix the cause (a task failing on items the search did not score, "
+                     "such as the held-out ones), then `evo-merge resume` measures them again")
 
 
 def _baselines(space: SearchSpace) -> dict[str, Candidate]:

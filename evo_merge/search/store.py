@@ -346,6 +346,12 @@ class CampaignStore:
         worked on its anchors, so it keeps its search evaluation and estimate)."""
         return self._failures(MEASURE_FAILED)
 
+    def forget_measure_failures(self) -> None:
+        """Delete every final-phase measurement failure, so that `resume` measures them again: only
+        for a final phase that measured no pick, whose cause was not the candidates."""
+        with self._transaction():
+            self.db.execute("DELETE FROM meta WHERE substr(key, 1, ?) = ?", (len(MEASURE_FAILED), MEASURE_FAILED))
+
     def adaptive_failures(self) -> dict[str, str]:
         """Candidate key -> error, for each adaptive test stopped by a step that failed (the
         candidate keeps the estimate from the items it had)."""

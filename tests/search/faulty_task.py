@@ -28,6 +28,8 @@ class FaultyAgreementTask(AgreementTask):
             with open(self.failures, "w") as log:
                 log.write("failed\n")
             raise RuntimeError("scorer failed once")
+        elif self.fault == "held-out" and len(scores) == 17 and not os.path.exists(self.failures):  # a bad held-out
+            raise RuntimeError("Context is not a string")  # row, until fixed (`failures`: a file that says so)
         elif self.fault in ("race", "picks") and self._fails_on(model, len(scores)):
             if self.failures:
                 with open(self.failures, "a") as log:

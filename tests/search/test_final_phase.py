@@ -474,3 +474,33 @@ def test_ctrl_c_while_an_export_measures_says_to_run_the_export_again(finished, 
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "m")])
     assert result.exit_code == 130, result.output
     assert result.output.strip().splitlines()[-1] == "error: interrupted; run the export again to finish it"
+
+
+def test_a_final_phase_whose_every_pick_fails_when_measured_stops_the_run_and_resume_measures_them(tmp_path, zoo):  # noqa: F811
+    """A task failing on its held-out items alone (a malformed row there, first scored in the final
+    phase): the run said "finished", exit 0, exported nothing; status blamed the picks' luck."""
+    base, fts = zoo
+    fixed = tmp_path / "fixed"
+    tasks = [{"task": "faulty_task:FaultyAgreementTask", "name": f"agree{i}",
+              "options": {"reference": str(f), "name": f"agree{i}", "seed": i, "fault": "held-out",
+                          "failures": str(fixed)}} for i, f in enumerate(fts)]
+    config = campaign(tmp_path, zoo, tasks=tasks, final={"evaluate_top": 3, "holdout": 17})
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("error: the final phase measured no pick: ")
+    assert "RuntimeError: Context is not a string" in line
+    assert not (run / "models").exists()
+    store = CampaignStore(run)
+    assert store.measure_failures() == {} and store.get_meta("finished") is None
+    store.close()
+    fixed.write_text("the row mended")
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    store = CampaignStore(run)
+    exported = store.get_meta("exported")
+    assert exported and store.measure_failures() == {}
+    store.close()
+    for _, folder in exported.values():
+        assert (run / folder / "results.json").is_file()
