@@ -292,25 +292,72 @@ def _doc_items(docs: list[Any]) -> tuple[list[str], list[str] | None]:
     if ids and len(set(ids)) < len(ids):  # items named by position: anchors and --items lists by id would not match
         twice = next(i for i, n in Counter(ids).items() if n > 1)
         log.warning("task items are named by their position: id %r is given to more than one document", twice)
+    elif not ids and (named := sum(isinstance(d, dict) and d.get("id") is not None for d in docs)):
+        log.warning("task items are named by their position: %d of %d documents have no id", len(docs) - named,
+                    len(docs))
     return (ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))],
             [str(d["scenario"]) for d in docs] if every("scenario") else None)
 
 
-def _check_targets(spec: str | Path, name: str, task: Any, docs: list[Any], ids: list[str]) -> None:
-    """A multiple-choice doc whose answer is none of its choices (an index past them, a text not
-    among them) scores 0 whatever the model says; lm-eval logs a warning, which is hidden."""
+def _check_docs(spec: str | Path, name: str, task: Any, docs: list[Any], ids: list[str]) -> None:
+    """Every doc rendered as lm-eval renders it when scoring, at load: a malformed row (a null
+    question, choices missing) failed with lm-eval's traceback mid-campaign, or on the held-out
+    items alone in the final phase; others were scored wrong without a word (an answer that is none
+    of its choices, or a second copy of an earlier choice, scores 0 whatever the model says)."""
+    _check_field_names(spec, name, task)
+    choice = task.config.output_type == "multiple_choice"
     for doc, item in zip(docs, ids):
-        try:
-            target, choices = task.doc_to_target(doc), task.doc_to_choice(doc)
-        except Exception:  # noqa: BLE001  a template lm-eval cannot render fails when scored, with its own error
-            return
-        golds = target if isinstance(target, list) else [target]
-        for gold in golds:
-            index = isinstance(gold, int) and not isinstance(gold, bool)
-            if not (0 <= gold < len(choices) if index else gold in choices):
-                raise UserError(f"task {spec}: {name}: item {item}'s answer {gold!r} is none of its {len(choices)} "
-                                "choices (doc_to_target against doc_to_choice): it would score 0 whatever the "
-                                "model says")
+        where = f"task {spec}: {name}: item {item}"
+        text = _rendered(task.doc_to_text, doc, where, "doc_to_text")
+        target = _rendered(task.doc_to_target, doc, where, "doc_to_target")
+        if choice:
+            choices = _rendered(task.doc_to_choice, doc, where, "doc_to_choice")
+            if not isinstance(choices, list) or not choices or any(c is None for c in choices):
+                raise UserError(f"{where}: doc_to_choice gives {choices!r}, not a list of choices (a missing or "
+                                "empty field in its row?)")
+        if choice and task.multiple_input:  # one continuation, a context per choice: doc_to_text is the answer's index
+            _check_answer(where, text, choices)
+        elif not isinstance(text, str):
+            raise UserError(f"{where}: doc_to_text gives {text!r}, not text (a missing or empty field in its row?)")
+        elif target is None:
+            raise UserError(f"{where}: doc_to_target gives None (a missing or empty field in its row?)")
+        elif choice:
+            for gold in target if isinstance(target, list) else [target]:
+                _check_answer(where, gold, choices)
+
+
+def _rendered(render: Any, doc: Any, where: str, key: str) -> Any:
+    try:
+        return render(doc)
+    except Exception as exc:  # noqa: BLE001  whatever a template or a task's function raises on this row
+        raise UserError(f"{where}: {key} cannot be rendered ({described(exc)})") from None
+
+
+def _check_answer(where: str, gold: Any, choices: list[Any]) -> None:
+    """A multiple-choice answer (an index or a choice's text) is one of the choices, and not a
+    second copy of an earlier one: the model's tie goes to the first copy."""
+    index = isinstance(gold, int) and not isinstance(gold, bool)
+    if not (0 <= gold < len(choices) if index else gold in choices):
+        raise UserError(f"{where}'s answer {gold!r} is none of its {len(choices)} choices (doc_to_target against "
+                        "doc_to_choice): it would score 0 whatever the model says")
+    if index and choices[gold] in choices[:gold]:
+        raise UserError(f"{where}'s answer {gold} is a second copy of choice {choices.index(choices[gold])} "
+                        f"({choices[gold]!r}): the model's tie goes to the first, so it would score 0 whatever "
+                        "the model says")
+
+
+def _check_field_names(spec: str | Path, name: str, task: Any) -> None:
+    """A doc_to_text or doc_to_target that names no field of the rows and holds no template is the
+    same literal text for every item (`doc_to_text: questoin`): every item was scored on that."""
+    if task.prompt is not None:
+        return
+    for key in ("doc_to_text", "doc_to_target"):
+        value = getattr(task.config, key)
+        if (isinstance(value, str) and value and value not in task.features and "{{" not in value
+                and "{%" not in value and not (key == "doc_to_target" and value.strip().isdigit())):
+            raise UserError(f"task {spec}: {name}: {key}: {value!r} is neither a field of its rows ("
+                            f"{', '.join(map(str, task.features))}) nor a template: every item would be given that "
+                            f"text{did_you_mean(value, list(map(str, task.features)))}")
 
 
 def _metric_key(task: Any, metric: str | None) -> tuple[str, str]:
@@ -407,8 +454,7 @@ class LMEvalTask(ItemTable):
                 raise UserError(f"task {spec}: {name} has no items in its evaluation split")
             _fix_fewshot_contexts(task, docs, fewshot_seed)
             own_ids, own_scenarios = _doc_items(docs)
-            if task.config.output_type == "multiple_choice":
-                _check_targets(spec, name, task, docs, own_ids)
+            _check_docs(spec, name, task, docs, own_ids)
             ids += [f"{name}/{i}" for i in own_ids] if grouped else own_ids
             scenarios += [name] * len(docs) if grouped else own_scenarios or []
             self._where += [(name, k) for k in range(len(docs))]

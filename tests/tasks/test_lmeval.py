@@ -348,6 +348,8 @@ def test_a_doc_without_a_scenario_or_an_id_twice_is_not_taken_at_its_word(caplog
     twice = [{"id": "q0"}, {"id": "q1"}, {"id": "q1"}]
     assert _doc_items(twice) == (["0", "1", "2"], None)
     assert "id 'q1' is given to more than one document" in caplog.text
+    assert _doc_items([{"id": "q0"}, {"id": None}, {"id": "q2"}]) == (["0", "1", "2"], None)  # renamed, said
+    assert "named by their position: 1 of 3 documents have no id" in caplog.text
 
 
 @pytest.mark.parametrize(("answer", "shown"), [('"answer":7', "7"), ('"answer":"eighty"', "'eighty'")])
@@ -358,6 +360,43 @@ def test_a_multiple_choice_answer_that_is_none_of_its_choices_is_refused_at_load
     path = _arith_variant(tmp_path, data="\n".join([data[0], first, *data[2:20]]) + "\n")
     with pytest.raises(UserError, match=re.escape(f"item arith-test-00001's answer {shown} is none of its 4 choices")):
         LMEvalTask(path)
+
+
+ROW = '{"id":"arith-test-00001","scenario":"dec","question":"812-1=","choices":["811","813","810","812"],"answer":0}'
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    (ROW.replace('"812-1="', "null"), "item arith-test-00001: doc_to_text gives None, not text"),
+    (ROW.replace('"812-1="', "5"), "item arith-test-00001: doc_to_text gives 5, not text"),
+    (ROW.replace(',"choices":["811","813","810","812"]', ""), "item arith-test-00001: doc_to_choice gives None"),
+    (ROW.replace('["811","813","810","812"]', '"abcd"'),
+     "item arith-test-00001: doc_to_choice gives 'abcd', not a list"),
+    (ROW.replace('["811","813","810","812"]', '["811","811","810","812"]').replace('"answer":0', '"answer":1'),
+     "item arith-test-00001's answer 1 is a second copy of choice 0 ('811')"),
+])
+def test_a_malformed_row_is_refused_at_load_naming_the_item(tmp_path, row, message):
+    """A null question or missing choices failed with lm-eval's traceback when first scored: in a
+    campaign, on a held-out row, only in the final phase, where the run then exported nothing. Choices
+    given as one string were scored as one-letter choices, and an answer on a repeated choice
+    scored 0 whatever the model said."""
+    data = (BENCHMARKS_DIR / "arith" / "test.jsonl").read_text().splitlines()
+    path = _arith_variant(tmp_path, data="\n".join([data[0], row, *data[2:20]]) + "\n")
+    with pytest.raises(UserError, match=re.escape(f"task {path}: evo_arith: {message}")):
+        LMEvalTask(path)
+
+
+@pytest.mark.parametrize(("family", "key", "typo"), [("arith", "doc_to_text", "questoin"),
+                                                     ("seq", "doc_to_target", "answr")])
+def test_a_misspelled_field_name_is_refused_not_given_to_every_item_as_text(tmp_path, family, key, typo):
+    """lm-eval reads a name that is no field as a template: every item's prompt was "questoin"
+    (scored 0.50), every generation's answer "answr" (scored 0, against 0.94 spelled right)."""
+    text = (BENCHMARKS_DIR / family / f"evo_{family}.yaml").read_text()
+    field = "question" if key == "doc_to_text" else "answer"
+    (tmp_path / "t.yaml").write_text(text.replace(f"{key}: {field}", f"{key}: {typo}"))
+    shutil.copy(BENCHMARKS_DIR / family / "test.jsonl", tmp_path)
+    with pytest.raises(UserError, match=re.escape(f"evo_{family}: {key}: {typo!r} is neither a field of its rows (")
+                       + r".*\(did you mean '" + field + r"'\?\)$"):
+        LMEvalTask(tmp_path / "t.yaml")
 
 
 def test_a_broken_template_names_its_file_and_key_and_a_folder_names_the_yaml_it_was_read_as(model_dirs, tmp_path):
