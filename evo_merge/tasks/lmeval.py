@@ -395,7 +395,11 @@ def _check_per_item_score(spec: str | Path, task: Any, name: str) -> None:
     models were scored. Read from the task's public `aggregation()`."""
     from lm_eval.api.registry import get_aggregation
 
-    aggregate = task.aggregation()[name]
+    aggregations = task.aggregation()
+    if unknown := next((metric for metric, function in aggregations.items() if not callable(function)), None):
+        # lm-eval aggregates every metric of the task, the one scored or not: a TypeError when first scored
+        raise UserError(f"task {spec}: metric_list: metric {unknown!r} has an aggregation lm-eval does not know")
+    aggregate = aggregations[name]
     if aggregate is not get_aggregation("mean"):
         raise UserError(
             f"task {spec}: metric {name!r} is aggregated by {getattr(aggregate, '__name__', aggregate)}, not "

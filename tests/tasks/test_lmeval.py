@@ -104,6 +104,9 @@ def _arith_variant(folder, **edits):
     ("corrupt data file", {"data": '{"question": "1+1", "choices": ["2", \n'}, "lm-eval cannot build it"),
     ("unknown metric", {"yaml": [("metric: acc", "metric: nosuchmetric")]},
      "metric_list: metric 'nosuchmetric' is neither lm-eval's"),
+    ("unknown aggregation of another metric", {"yaml": [("metadata:", "  - metric: acc_norm\n    aggregation: meen\n"
+                                                                       "    higher_is_better: true\nmetadata:")]},
+     "metric_list: metric 'acc_norm' has an aggregation lm-eval does not know"),
 ])
 def test_task_yamls_lm_eval_cannot_use_are_one_line_errors_at_load(tmp_path, monkeypatch, case, edits, message):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
