@@ -18,7 +18,7 @@ import contextlib
 import io
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,34 @@ def _quiet() -> None:
     # datasets counts each load of its own json/csv loaders with a request to its S3 bucket: a local
     # task's only network call (an audit saw it under `export --dry-run`), counting nothing of ours
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+
+
+class _Truncations(logging.Filter):
+    """Counts lm-eval's line for each request cut to the model's context, and keeps it off the console."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.count += "Truncating" in record.getMessage()
+        return False
+
+
+@contextlib.contextmanager
+def _truncations() -> Iterator[_Truncations]:
+    """lm-eval's HF wrapper cuts a request longer than the model's context from the left, saying so
+    in a warning per request, which `_quiet` hides with the rest of its chatter: counted here, so
+    that a task can say it once."""
+    logger, counter = logging.getLogger("lm_eval.models.huggingface"), _Truncations()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addFilter(counter)
+    try:
+        yield counter
+    finally:
+        logger.removeFilter(counter)
+        logger.setLevel(level)
 
 
 @cache
@@ -464,6 +492,7 @@ class LMEvalTask(ItemTable):
             self._where += [(name, k) for k in range(len(docs))]
         self._set_items(ids, scenarios or None)
         self._lm: Any = None
+        self._said_truncated = False
 
     @property
     def higher_is_better(self) -> bool:
@@ -516,7 +545,7 @@ class LMEvalTask(ItemTable):
         # one run over every task asked (lm-eval batches their requests together); it pairs the k-th
         # selected doc with the k-th index, so indices are sorted. Its progress bars would print
         # lines for every candidate: they go to a dropped buffer.
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stderr(io.StringIO()), _truncations() as truncated:
             result = evaluate(
                 lm,
                 {"tasks": {name: self.tasks[name] for name in asked}, "groups": {}, "group_map": {}},
@@ -524,6 +553,10 @@ class LMEvalTask(ItemTable):
                 bootstrap_iters=0,
                 log_samples=True,
             )
+        if truncated.count and not self._said_truncated:  # once: the same items are cut for every candidate
+            log.warning("task %s: some items are longer than the model's context and were cut from the left "
+                        "(lm-eval's truncation): they are scored on their ends", self.name)
+            self._said_truncated = True
         by_doc = {(name, s["doc_id"]): s[self.metric] for name in asked
                   for s in result["samples"][name] if s["filter"] == self.filter}
         return score_series(self.name, [self._ids[p] for p in positions], [by_doc[self._where[p]] for p in positions])

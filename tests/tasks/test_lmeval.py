@@ -1,5 +1,6 @@
 """The lm-eval adapter on shipped benchmarks with a small random LM (exact, if near chance)."""
 
+import logging
 import re
 import shutil
 from importlib.metadata import EntryPoint
@@ -449,3 +450,20 @@ def test_a_group_whose_tasks_score_with_different_metrics_is_refused_with_advice
             "part_b scores with acc_norm,none, another of its tasks with acc,none; name a metric they all have "
             "(`metric:` in the task's options), or give them as tasks of their own")):
         LMEvalTask(tmp_path / "both.yaml")
+
+
+def test_items_longer_than_the_model_s_context_are_said_to_be_cut_once(tmp_path, char_lm, caplog):
+    """lm-eval cuts such a request from the left and says so per request; its chatter is hidden, so
+    an item scored on its end alone went unsaid."""
+    model, tokenizer = char_lm
+    data = (BENCHMARKS_DIR / "arith" / "test.jsonl").read_text().splitlines()
+    long = data[1].replace('"812-1="', '"' + "1+" * 200 + '812-1="')  # 400 more characters than 256 positions
+    task = LMEvalTask(_arith_variant(tmp_path, data="\n".join([data[0], long, *data[2:6]]) + "\n"))
+    with caplog.at_level(logging.WARNING, logger="evo_merge"):
+        task.evaluate(model, tokenizer, ["arith-test-00000"])
+        assert "longer than the model's context" not in caplog.text
+        task.evaluate(model, tokenizer, ["arith-test-00001", "arith-test-00002"])
+        task.evaluate(model, tokenizer, ["arith-test-00001"])
+    lines = [r.getMessage() for r in caplog.records if "longer than the model's context" in r.getMessage()]
+    assert lines == ["task evo_arith: some items are longer than the model's context and were cut from the left "
+                     "(lm-eval's truncation): they are scored on their ends"]
