@@ -26,10 +26,16 @@ Scores = Mapping[str, Mapping[str, float]]
 
 
 def _measured_on(meta: TaskMeta) -> str:
-    """The metric's name with the items behind its value: all of them, or the held-out ones."""
+    """The metric's name with the items behind its value: all of them, or the held-out ones, and of
+    how many in the data where a `limit` kept the first ones only (a score on 30 of 1,200 items read
+    as one on the whole task)."""
+    if not meta.n_items:
+        return meta.metric if meta.held_out is None else f"{meta.metric} ({meta.held_out} held-out items)"
+    limited = meta.dataset_items is not None and meta.dataset_items > meta.n_items
+    task = f"the first {meta.n_items} of {meta.dataset_items} items, its limit" if limited else str(meta.n_items)
     if meta.held_out is not None:
-        return f"{meta.metric} ({meta.held_out} held-out items" + (f" of {meta.n_items})" if meta.n_items else ")")
-    return f"{meta.metric} (all {meta.n_items} items)" if meta.n_items else meta.metric
+        return f"{meta.metric} ({meta.held_out} held-out items of {task})"
+    return f"{meta.metric} ({task})" if limited else f"{meta.metric} (all {meta.n_items} items)"
 
 
 def model_index(title: str, measured: Mapping[str, float], tasks: Mapping[str, TaskMeta]) -> list[dict]:

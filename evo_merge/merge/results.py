@@ -67,7 +67,9 @@ def results_json(item_scores: ItemScores, tasks: Mapping[str, TaskMeta]) -> dict
         out["versions"][name] = meta.version
         out["n-shot"][name] = meta.num_fewshot
         out["higher_is_better"][name] = {meta.metric: meta.higher_is_better}
-        out["n-samples"][name] = {"original": meta.n_items or len(scores), "effective": len(scores)}
+        # lm-eval's: the data's items, and those scored (a limit's first ones, or the held-out ones)
+        out["n-samples"][name] = {"original": meta.dataset_items or meta.n_items or len(scores),
+                                  "effective": len(scores)}
     out["config"] = {
         "model": "evo-merge",
         "limit": {n: (tasks[n].limit if n in tasks else None) for n in item_scores},

@@ -480,7 +480,9 @@ class LMEvalTask(ItemTable):
         self.batch_size, self.device, self.limit = batch_size, device, limit
         grouped = len(self.tasks) > 1  # a group: ids <task>/<id>, each task a scenario
         ids, scenarios, self._where = [], [], []
+        self.dataset_items = 0  # before the limit: what a card says the limited items are of
         for name, task in self.tasks.items():
+            self.dataset_items += len(task.eval_docs)
             docs = _pin_eval_docs(task, limit)
             if not docs:
                 raise UserError(f"task {spec}: {name} has no items in its evaluation split")

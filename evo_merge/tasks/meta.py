@@ -29,7 +29,8 @@ class TaskMeta:
     version: str | None = None
     num_fewshot: int | None = None
     limit: int | None = None
-    n_items: int | None = None  # the task's items
+    n_items: int | None = None  # the task's items (the first `limit` of its data where one is set)
+    dataset_items: int | None = None  # its data's items, before a limit
     held_out: int | None = None  # the scores are on this many held-out items of them, not on every one
     higher_is_better: bool = True
     config: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +74,7 @@ def task_meta(label: str, task: Any, *, direction: str = "maximize") -> TaskMeta
         num_fewshot=raw.get("num_fewshot") or 0,
         limit=getattr(task, "limit", None),
         n_items=n_items,
+        dataset_items=getattr(task, "dataset_items", None),
         higher_is_better=higher,
         config=portable(raw),
     )

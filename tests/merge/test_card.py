@@ -1,5 +1,6 @@
 """Model cards and results files of exported merges, read back with huggingface_hub and pandas."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -15,7 +16,7 @@ from transformers import AutoTokenizer, GenerationConfig
 from evo_merge.cli import cli
 from evo_merge.mass.card import mass_card
 from evo_merge.mass.routing import RoutingConfig
-from evo_merge.merge.card import model_card
+from evo_merge.merge.card import model_card, model_index
 from evo_merge.merge.card_inputs import model_ref
 from evo_merge.merge.export import export_merge
 from evo_merge.merge.plan import plan_from_recipe
@@ -214,11 +215,18 @@ def test_write_results_and_task_meta_of_a_shipped_benchmark(tmp_path):
 
     task = resolve_task("arith", limit=30)
     meta = task_meta("arith", task)
-    assert (meta.dataset, meta.split, meta.metric, meta.version, meta.limit, meta.n_items) == \
-        ("evo_arith", "test", "acc", "1.0", 30, 30)
+    assert (meta.dataset, meta.split, meta.metric, meta.version, meta.limit, meta.n_items, meta.dataset_items) == \
+        ("evo_arith", "test", "acc", "1.0", 30, 30, 1200)
     scores = {"arith": {i: float(k % 3 == 0) for k, i in enumerate(task.item_ids)}}
     write_results(tmp_path, scores, {"arith": meta})
     text = (tmp_path / RESULTS_FILE).read_text()
+    # lm-eval's: the data's items, and those scored: a card said "all 30 items" of a 1,200-item task
+    assert json.loads(text)["n-samples"]["arith"] == {"original": 1200, "effective": 30}
+    (result,) = model_index("m", {"arith": 0.5}, {"arith": meta})[0]["results"]
+    assert result["metrics"][0]["name"] == "acc (the first 30 of 1200 items, its limit)"
+    held = dataclasses.replace(meta, held_out=6)
+    (result,) = model_index("m", {"arith": 0.5}, {"arith": held})[0]["results"]
+    assert result["metrics"][0]["name"] == "acc (6 held-out items of the first 30 of 1200 items, its limit)"
     assert "/" + tmp_path.parts[1] not in text  # the task's data file is named, not located
     results = json.loads(text)
     assert results["results"]["arith"]["acc,none"] == pytest.approx(10 / 30)
