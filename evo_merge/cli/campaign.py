@@ -141,6 +141,7 @@ def _run(runner) -> None:
     from evo_merge.console import results_console
     from evo_merge.report.campaign import write_report
     from evo_merge.report.tracking import follow_campaign
+    from evo_merge.search.metrics import picks_no_better_than_inputs
     from evo_merge.search.store import FACTS_META
 
     workspace, store = runner.workspace, runner.workspace.store
@@ -159,6 +160,9 @@ def _run(runner) -> None:
     tracker.finish(workspace.run_dir)
     console = results_console()
     console.print(_summary_table(runner, measured, exported))
+    picks = {name: next(m for m in measured if m.id == eid) for name, (eid, _) in exported.items()}
+    for line in picks_no_better_than_inputs(store, store.get_meta(FACTS_META), runner.objectives, picks):
+        console.print(line)
     console.print(f"report: {written[0]}")
     for name, (_, folder) in exported.items():
         console.print(f"model {name}: {folder}")
@@ -229,7 +233,7 @@ def status(run: Path) -> None:
     from evo_merge.console import results_console
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
-    from evo_merge.search.metrics import item_totals, se_note, search_saving
+    from evo_merge.search.metrics import item_totals, picks_no_better_than_inputs, se_note, search_saving
     from evo_merge.search.objectives import Objectives
     from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
     from evo_merge.search.store import ANCHORS_META, BASELINE, POOLED_META, SEARCH
@@ -270,7 +274,11 @@ def status(run: Path) -> None:
     if competing and (note := se_note(facts)):
         console.print(note)
     if finished:  # a run cut short may hold the picks of an earlier end
-        _print_picks(console, store, {e.id: e for e in evaluations})
+        by_id = {e.id: e for e in evaluations}
+        _print_picks(console, store, by_id)
+        picks = {name: by_id[eid] for name, (eid, _) in store.exported().items() if eid in by_id}
+        for line in picks_no_better_than_inputs(store, facts, objectives, picks):
+            console.print(line)
     for task, counts in store.get_meta(ANCHORS_META, {}).items():
         console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("
                       + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")

@@ -23,7 +23,13 @@ from evo_merge.search.candidate import Candidate
 from evo_merge.search.export import rounded_storage_note
 from evo_merge.search.front import BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
-from evo_merge.search.metrics import item_totals, recorded_metrics, se_note, search_saving
+from evo_merge.search.metrics import (
+    item_totals,
+    picks_no_better_than_inputs,
+    recorded_metrics,
+    se_note,
+    search_saving,
+)
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
 from evo_merge.search.store import (
@@ -188,6 +194,9 @@ def write_report(
         plot_progress(progress, tasks, run_dir / "progress.png")
 
     lines_of_facts = _run_facts(run_dir, store, facts, table, finished, race, running)
+    by_id = {e.id: e for e in evaluations}
+    picks = {name: by_id[eid] for name, (eid, _) in (exported or {}).items() if eid in by_id}
+    lines_of_facts += picks_no_better_than_inputs(store, facts, objectives, picks)
     summary = _summary(table, tasks, store, exported or {})
     baselines = store.get_meta(BASELINES_META, {})
     compared = _compared(table, {e.id: baselines[e.key] for e in evaluations if e.key in baselines}, tasks)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from evo_merge.irt.kinds import SE_CAVEATS
+from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.holdout import search_item_count
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import BASELINE, SEARCH, CampaignStore, Evaluation
@@ -79,3 +80,29 @@ def se_note(facts: Mapping) -> str | None:
     on held-out calibration subjects."""
     kind = facts.get("estimator")
     return f"{kind} estimates: {SE_CAVEATS[kind]} (docs/irt.md)" if kind in SE_CAVEATS else None
+
+
+def picks_no_better_than_inputs(store: CampaignStore, facts: Mapping, objectives: Objectives,
+                                picks: Mapping[str, Evaluation]) -> list[str]:
+    """A line for each pick measured no better than one of the merge's inputs (the base, an
+    endpoint) on every task: the search chooses among merges, and a `best-<task>` pick can be a
+    merge that keeps one endpoint and scores as it does, or below it; published, it adds nothing
+    that input does not give. (Runs from before the endpoints were recorded: none said.)"""
+    labels = facts.get("endpoints")
+    if not labels:
+        return []
+    inputs = [(label, e.measured) for label, candidate in reference_candidates(labels)
+              if (e := store.get(candidate.key)) is not None and e.measured]
+    lines = []
+    for name, pick in picks.items():
+        if not pick.measured:
+            continue
+        for label, scores in inputs:
+            if all(task in scores and task in pick.measured
+                   and objectives.goodness(scores, task) >= objectives.goodness(pick.measured, task)
+                   for task in objectives.names):
+                what = "the base model" if label == "base" else f"the endpoint {label}"
+                lines.append(f"{name} is measured no better than {what} on every task (on the search items): that "
+                             "model is as good a pick, and this merge adds nothing to it")
+                break
+    return lines

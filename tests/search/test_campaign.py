@@ -76,7 +76,8 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo, 
     assert caplog.text.count("the picks will be chosen on the race's last sample, about 30 of agree0's 120") == 1
     assert "exporting best-agree0" in result.output  # the picks' file merges have their bars too
     # the summary's baselines have no estimate: their one measurement is in the measured slot
-    baselines = [line for line in result.output.splitlines() if "endpoint ft" in line or "│ base " in line]
+    baselines = [line for line in result.output.splitlines()
+                 if line.startswith("│") and ("endpoint ft" in line or "│ base " in line)]
     assert len(baselines) == 3 and all(len(re.findall(r"- / \d\.\d{3}", line)) == 2 for line in baselines), \
         result.output
     for name in ("campaign.yaml", "state.sqlite", "pareto.csv", "report.md", "pareto.png", "progress.png"):

@@ -109,3 +109,33 @@ def test_a_replayed_generation_keeps_when_it_first_ended(tmp_path):
     first = store.generation_ends()
     store.complete_generation(1, {"a": [0.1]})  # a resume replays it
     assert store.generation_ends() == first
+
+
+@pytest.mark.parametrize("endpoint_scores", [{"agree0": 1.0, "disagree1": 0.0}, {"agree0": 0.0, "disagree1": 1.0}])
+def test_a_pick_no_better_than_an_input_on_every_task_is_said(run, tmp_path, endpoint_scores):
+    """A best-<task> pick that kept one endpoint and measured below it was published as chosen,
+    without a word. The first endpoint's measurement set here as best (or worst) on both tasks,
+    `disagree1` minimised: every pick is (or none is) said to be no better than it."""
+    import json
+    import shutil
+    import sqlite3
+
+    from evo_merge.search.candidate import endpoint_candidate
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with sqlite3.connect(copy / "state.sqlite") as db:
+        changed = db.execute("UPDATE evaluations SET measured = ? WHERE key = ?",
+                             (json.dumps(endpoint_scores), endpoint_candidate(0, 2).key)).rowcount
+    assert changed == 1
+    store = CampaignStore(copy)
+    picks = list(store.exported())
+    store.close()
+    said = {name for name in picks
+            if f"{name} is measured no better than the endpoint ft1 on every task" in
+            CliRunner().invoke(cli, ["status", str(copy)], terminal_width=300).output}
+    assert CliRunner().invoke(cli, ["report", str(copy)]).exit_code == 0
+    report = (copy / "report.md").read_text()
+    reported = {name for name in picks if f"{name} is measured no better than the endpoint ft1 on every task" in report}
+    best = endpoint_scores["agree0"] == 1.0
+    assert picks and said == reported == (set(picks) if best else set())
