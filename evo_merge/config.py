@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evo_merge.align.methods import NEEDS_DATA, AlignMethod
 from evo_merge.errors import UserError
@@ -322,12 +322,25 @@ class AlignSpec(_Checked):
         return self
 
 
+def _dtype_alias(value: Any) -> Any:
+    """The short names `merge` and recipes take (`bf16`, `fp32`, `half`: `weights.dtypes.ALIASES`),
+    read as the names they stand for; imported only for one (the table's module imports torch)."""
+    if isinstance(value, str) and value.strip().lower() not in ("auto", "float32", "bfloat16", "float16"):
+        from evo_merge.weights.dtypes import ALIASES
+
+        return ALIASES.get(value.strip().lower(), value)
+    return value
+
+
+CampaignDtype = Annotated[Literal["auto", "float32", "bfloat16", "float16"], BeforeValidator(_dtype_alias)]
+
+
 class StorageSpec(_Checked):
     """How the search keeps the base and task vectors: dtype (auto: the checkpoints' own) and place
     (`host`: in host memory, streamed to the device per candidate; `disk`: in files mapped into
     memory, in `disk_dir`); budgets override the memory the plan sees."""
 
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: CampaignDtype = "auto"
     placement: Literal["device", "host", "disk"] = "device"
     disk_dir: str | None = Field(None, description="folder of `disk` placement's files (default: the run folder)")
     host_budget_gib: float | None = Field(None, gt=0, description="host memory the run may use")
@@ -432,7 +445,7 @@ class Campaign(_Checked):
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
     final: FinalSpec = Field(default_factory=FinalSpec)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: CampaignDtype = Field(
         "auto", description="the evaluation module's dtype, and the exported picks': auto = the base's own")
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
     storage: StorageSpec = Field(default_factory=StorageSpec)

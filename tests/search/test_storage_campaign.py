@@ -13,6 +13,7 @@ from agreement_task import AgreementTask  # tests/search is on sys.path (pytest'
 from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
 from campaigns import agreement_tasks, campaign_config
 from click.testing import CliRunner
+from pydantic import ValidationError
 
 from evo_merge.cli import cli
 from evo_merge.config import Campaign
@@ -175,6 +176,17 @@ def test_placement_and_budgets_leave_the_run_identity_and_dtype_changes_it(zoo):
     assert config_fingerprint(on_disk) == config_fingerprint(plain)
     lean = Campaign.model_validate(config(zoo, storage={"dtype": "bfloat16"}))
     assert config_fingerprint(moved) == config_fingerprint(plain) != config_fingerprint(lean)
+
+
+def test_a_campaign_takes_the_dtype_names_a_recipe_takes(zoo):
+    """`merge` and recipes take `bf16`, `fp32`, `half`; a campaign refused them ("Input should be
+    'auto', 'float32', 'bfloat16' or 'float16'"). They are the same run as the full names."""
+    short = Campaign.model_validate(config(zoo, dtype="BF16", storage={"dtype": "fp32"}))
+    full = Campaign.model_validate(config(zoo, dtype="bfloat16", storage={"dtype": "float32"}))
+    assert (short.dtype, short.storage.dtype) == ("bfloat16", "float32")
+    assert config_fingerprint(short) == config_fingerprint(full)
+    with pytest.raises(ValidationError, match="Input should be 'auto', 'float32', 'bfloat16' or 'float16'"):
+        Campaign.model_validate(config(zoo, dtype="bf17"))
 
 
 def evaluations(run: Path) -> list:
