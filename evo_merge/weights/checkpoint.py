@@ -14,10 +14,11 @@ import ctypes
 import json
 import math
 import mmap
+import os
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -334,19 +335,36 @@ def model_file(folder: Path, name: str) -> Path | None:
     if not file.is_file():
         return None
     target = file.resolve()
-    if not is_model_own(folder, target):
+    if not is_model_own(folder, file):
         raise UserError(f"{file}: links to {target}, outside the model folder; refusing to copy it into the output "
                         "(copy the file into the model folder if it belongs to the model)")
     return file
 
 
-def is_model_own(folder: Path, target: Path) -> bool:
-    """Whether a model folder's file may resolve to `target`: a file in the folder itself, or a blob
-    of a Hugging Face Hub cache repo (`<repo>/blobs/<hash>` beside `<repo>/snapshots/`), which a
-    snapshot, a subfolder of one or a folder of links to one (`ln -s …/snapshots/<commit>/* .`)
-    point to, under any repo folder name or disk."""
+def is_model_own(folder: Path, file: Path) -> bool:
+    """Whether a model folder's `file` may resolve where it does: into the folder itself, or to a
+    blob of a Hugging Face Hub cache repo (`<repo>/blobs/<hash>`) reached through that repo's
+    `snapshots/` (a snapshot, a subfolder of one, or a folder of links to one: `ln -s
+    …/snapshots/<commit>/* .`), under any repo folder name or disk. A link straight into some
+    repo's blobs (another model's file, whose hash names it) is none of the model's."""
+    target = file.resolve()
+    if target.is_relative_to(folder.resolve()):
+        return True
     blobs = target.parent
-    return target.is_relative_to(folder.resolve()) or blobs.name == "blobs" and (blobs.parent / "snapshots").is_dir()
+    if blobs.name != "blobs" or not (blobs.parent / "snapshots").is_dir():
+        return False
+    snapshots = (blobs.parent / "snapshots").resolve()
+    return any(hop.is_relative_to(snapshots) for hop in _link_hops(file))
+
+
+def _link_hops(file: Path, limit: int = 40) -> Iterator[Path]:
+    """`file` and each path its links lead through, each with its folder resolved (not itself)."""
+    path = Path(os.path.abspath(file))
+    for _ in range(limit):
+        yield path.parent.resolve() / path.name
+        if not path.is_symlink():
+            return
+        path = Path(os.path.normpath(path.parent / path.readlink()))
 
 
 def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]:

@@ -413,6 +413,24 @@ def test_links_to_a_hub_cache_s_blobs_are_copied_whatever_folder_points_to_them(
     assert (out / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
 
 
+def test_a_link_straight_into_another_repo_s_blobs_is_refused(llama_family, tmp_path):
+    """Any `blobs/` folder beside a `snapshots/` one was taken for the model's own: a file of
+    another cache repo (its hash names it) was copied into the output."""
+    base, _ = llama_family
+    save_to_hub_cache(tmp_path / "hub", base, "org/tiny", "c" * 40, linked=True)
+    other = tmp_path / "hub" / "models--org--other"
+    (other / "snapshots").mkdir(parents=True)
+    (other / "blobs").mkdir()
+    (other / "blobs" / "deadbeef").write_text("secret-from-another-repo")
+    for model in (tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("c" * 40), tmp_path / "plain"):
+        if not model.exists():
+            shutil.copytree(base, model)
+        (model / "merges.txt").unlink(missing_ok=True)
+        (model / "merges.txt").symlink_to(other / "blobs" / "deadbeef")
+        with pytest.raises(UserError, match=f"merges.txt: links to {other / 'blobs' / 'deadbeef'}, outside the model"):
+            write_model_folder(tmp_path / "out", _stream(base), copy_from=model)
+
+
 @pytest.mark.parametrize("untie", [False, True])
 def test_loading_a_model_folder_draws_no_transformers_bar_and_leaves_its_setting(llama_family, capfd, untie):
     """transformers 5 draws a "Loading weights" bar per model; a run shows its own progress, and in
