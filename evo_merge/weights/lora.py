@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 
 from evo_merge.errors import UserError
+from evo_merge.weights import heads
 from evo_merge.weights.checkpoint import Checkpoint, SafetensorsFile, read_json_object
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,10 @@ class LoraCheckpoint(Checkpoint):
     def _replaced(self, key: str, source: Path) -> str:
         """The model tensor a whole tensor of the adapter replaces (peft's names, less its prefixes)."""
         name = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        if name not in self and heads.is_head(name) and heads.ties_embeddings(self):
+            raise UserError(f"{source}: {key} replaces the output head of {self.path}, whose head is its input "
+                            "embedding (tied): peft unties them when it merges, which evo-merge does not; merge the "
+                            "adapter with peft's merge_and_unload and give the merged folder")
         if name not in self:
             raise UserError(f"{source}: {key} is neither a LoRA A/B matrix nor a tensor of {self.path}")
         return name

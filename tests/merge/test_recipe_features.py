@@ -946,3 +946,20 @@ def test_rope_buffers_stored_by_one_input_are_left_out_of_the_merge(deep, tmp_pa
     for name, tensor in merged.items():
         assert torch.allclose(tensor, b[name] + 0.5 * (f[name] - b[name]), atol=1e-6), name
     AutoModelForCausalLM.from_pretrained(out)  # loads: transformers computes the buffers
+
+
+def test_an_adapter_saving_a_whole_head_of_a_tied_model_is_refused_saying_why(deep, tmp_path):
+    """`modules_to_save: [lm_head]` on a tied base (Llama-3.2-1B, Qwen2.5-0.5B): peft unties the
+    head when it merges; the refusal said lm_head was no tensor of the model."""
+    from peft import LoraConfig, get_peft_model
+
+    from evo_merge.zoo.tiny import tie_embeddings
+
+    tied = tie_embeddings(deep["base"], tmp_path / "tied")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tied),
+                           LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    model.save_pretrained(tmp_path / "adapter")
+    result, out = merge(tmp_path, {"merge_method": "linear", "models": [{"model": f"{tied}+{tmp_path / 'adapter'}"}]})
+    assert result.exit_code == 2 and not out.exists()
+    line, = result.output.strip().splitlines()
+    assert "lm_head.weight replaces the output head of" in line and "whose head is its input embedding (tied)" in line
