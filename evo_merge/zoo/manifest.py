@@ -70,7 +70,9 @@ def claim_zoo_folder(folder: str | Path, kind: str) -> None:
         raise UserError(f"{folder}: is a file, not a zoo folder")
     if has_zoo(folder):
         if (built := read_zoo(folder).kind) != kind:  # `init --zoo` given the smollm2 zoo: hours of work
-            raise UserError(f"{folder}: holds a {built} zoo, not a {kind} one; give another folder")
+            example = (" (its example campaign: scripts/smollm2_campaign.yaml of the evo-merge repository, "
+                       "docs/zoos.md)" if built == "smollm2" else "")
+            raise UserError(f"{folder}: holds a {built} zoo, not a {kind} one; give another folder{example}")
         return
     if folder.is_dir() and any(folder.iterdir()):
         raise UserError(f"{folder}: not empty and not a zoo folder (no {ZOO_JSON}); give a new or empty folder")

@@ -168,7 +168,8 @@ def test_a_folder_of_other_models_is_refused_before_training_and_a_killed_build_
     assert {p.name: p.stat().st_mtime_ns for p in (mine / "base").iterdir()} == before
     assert sorted(p.name for p in mine.iterdir()) == ["base"]
     (mine / "zoo.json").write_text(json.dumps({"kind": "smollm2", "models": ["base"]}))  # another kind of zoo
-    with pytest.raises(UserError, match="models: holds a smollm2 zoo, not a tiny-lm one"):
+    with pytest.raises(UserError, match=r"models: holds a smollm2 zoo, not a tiny-lm one; give another folder \(its "
+                       r"example campaign: scripts/smollm2_campaign.yaml"):
         build_tinylm_zoo(mine, settings=smoke_settings)
     assert {p.name: p.stat().st_mtime_ns for p in (mine / "base").iterdir()} == before
     # a build killed after it began writing: its own folder, marked when it started, builds again
