@@ -1,5 +1,6 @@
 """The lm-eval adapter on shipped benchmarks with a small random LM (exact, if near chance)."""
 
+import json
 import logging
 import re
 import shutil
@@ -467,3 +468,35 @@ def test_items_longer_than_the_model_s_context_are_said_to_be_cut_once(tmp_path,
     lines = [r.getMessage() for r in caplog.records if "longer than the model's context" in r.getMessage()]
     assert lines == ["task evo_arith: some items are longer than the model's context and were cut from the left "
                      "(lm-eval's truncation): they are scored on their ends"]
+
+
+MULTIPLE_INPUT = """task: mi
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: test.jsonl
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{answer}}"
+doc_to_choice: "{{[option1, option2]}}"
+doc_to_target: cont
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def test_a_multiple_input_task_is_checked_by_its_answer_index(tmp_path, char_lm):
+    """Winogrande's shape: a context per choice, one continuation, doc_to_text the answer's index."""
+    rows = [{"id": f"q{i}", "option1": "ab" * (i + 1), "option2": "ba" * (i + 1), "answer": i % 2, "cont": " c"}
+            for i in range(6)]
+    (tmp_path / "t.yaml").write_text(MULTIPLE_INPUT)
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    task = LMEvalTask(tmp_path / "t.yaml")
+    scores = task.evaluate(*char_lm, task.item_ids)
+    assert list(scores.index) == task.item_ids and set(scores) <= {0.0, 1.0}
+    rows[3]["answer"] = 2
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(UserError, match=r"mi: item q3's answer 2 is none of its 2 choices"):
+        LMEvalTask(tmp_path / "t.yaml")
