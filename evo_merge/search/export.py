@@ -49,7 +49,7 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
     """Write one evaluation's candidate to `out`, merged on the campaign's device where this process
     has it (`available_device`); the evaluator's workbench is reused when it has one. `progress`
     gets a stage `exporting NAME` over the tensors written; `chosen_as` names the picks it is, in
-    its card."""
+    its card. Refused where a model's files changed since the run recorded them."""
     from evo_merge.weights.devices import available_device
 
     named = workspace.campaign.device
@@ -59,6 +59,7 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
     if ran_on not in (None, device.type):
         log.warning("the run evaluated on %s, this export merges on %s: equal to rounding, but DARE and DELLA draw "
                     "other drops than the candidate scored", ran_on, device.type)
+    workspace.check_models_unchanged()  # the scores on its card are of the weights the run read
     candidate = Candidate.from_key(evaluation.key)
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(

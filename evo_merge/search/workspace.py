@@ -198,6 +198,12 @@ class Workspace:
         names = [base.name, *(r.name for r in models)]
         return cls(campaign, run_dir, base.path, [r.path for r in models], store, names)
 
+    def check_models_unchanged(self) -> None:
+        """Refuse to go on when a model's files changed since the run folder recorded them: its
+        candidates were scored on the weights read then, and an export merges the files again, so it
+        would publish other weights under those scores (a folder rewritten during a run of hours)."""
+        _check_weights(self.store, campaign_references(self.campaign))
+
     @property
     def task_names(self) -> list[str]:
         return [t.label for t in self.campaign.tasks]

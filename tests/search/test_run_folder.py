@@ -935,3 +935,22 @@ def test_items_export_pick_measured_are_counted_in_the_measurement_s_own_transac
     assert store.items_by_phase() == {**before, "final phase": 1, "export --pick": 2}
     reopened = CampaignStore(tmp_path)  # nothing kept outside the database
     assert reopened.items_by_phase() == store.items_by_phase()
+
+
+def test_models_changed_during_a_run_are_not_exported_under_its_scores(tmp_path, zoo):  # noqa: F811
+    """The base's weights halved while the run searched: it exported picks merged from the new files
+    with cards giving the scores measured on the old ones (0.969 on the card, 0.178 measured), exit 0."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.campaign import CampaignRunner
+
+    base, fts = zoo
+    base = shutil.copytree(base, tmp_path / "base")
+    config = Campaign.model_validate(yaml.safe_load(campaign(tmp_path, (base, fts)).read_text()))
+    runner = CampaignRunner.open(config, tmp_path, tmp_path / "run")
+    runner.calibrate()
+    runner.search()
+    weights = load_file(base / "model.safetensors")
+    save_file({name: tensor / 2 for name, tensor in weights.items()}, base / "model.safetensors")
+    with pytest.raises(UserError, match=r"base_model .*: its weights changed since this run folder was started"):
+        runner.run()
+    assert not any((tmp_path / "run" / "models").glob("*/model.safetensors"))
