@@ -214,8 +214,9 @@ class EvaluatorSpec(_Checked):
             if extra:
                 raise ValueError(f"{extra}: only for kind: dask")
         elif (self.address is None) == (self.n_workers is None):
-            raise ValueError("kind dask: give either `address` (a running scheduler) or `n_workers` "
-                             "(start a local cluster), not both")
+            both = "" if self.address is None else ", not both"
+            raise ValueError(f"kind dask: give either `address` (a running scheduler) or `n_workers` (start a "
+                             f"local cluster){both}")
         return self
 
 

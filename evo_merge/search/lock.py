@@ -56,6 +56,9 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             os.close(folder)
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # nothing to remove: the folder is not writable
+                raise UserError(f"run folder {self.run_dir}: cannot be written ({exc.strerror}); a command that "
+                                "records in it needs a writable folder (copy it elsewhere)") from None
             what = "a link" if exc.errno == errno.ELOOP else exc.strerror
             raise UserError(f"{self.path}: cannot be the run folder's lock ({what}); remove it") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):

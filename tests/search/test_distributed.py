@@ -192,7 +192,7 @@ def test_without_dask_a_dask_config_says_what_to_install(tmp_path, zoo, monkeypa
 
 
 @pytest.mark.parametrize("evaluator, device, message", [
-    ({"kind": "dask"}, "auto", "give either `address`"),
+    ({"kind": "dask"}, "auto", "or `n_workers` (start a local cluster)"),
     ({"kind": "dask", "n_workers": 2, "address": "tcp://127.0.0.1:8786"}, "auto", "not both"),
     ({"kind": "dask", "n_workers": 0}, "auto", "evaluator.n_workers"),
     ({"kind": "local", "n_workers": 2}, "auto", "n_workers: only for kind: dask"),

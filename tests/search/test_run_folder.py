@@ -132,6 +132,29 @@ def test_a_lock_file_deleted_while_a_run_holds_the_folder_lets_no_second_run_in(
         assert (run / LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 
+def test_a_read_only_run_folder_is_said_to_be_one(tmp_path, monkeypatch):
+    """On a read-only mount the lock file cannot be made: "cannot be the run folder's lock
+    (Read-only file system); remove it" asked for what cannot be done. (The tests run as root,
+    whom permissions do not stop: the file system's refusal is given by the open call.)"""
+    import errno
+
+    import evo_merge.search.lock as lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(LOCK_FILE):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(lock.os, "open", read_only)
+    with pytest.raises(UserError, match=f"run folder {run}: cannot be written \\(Read-only file system\\); a command "
+                                        "that records in it needs a writable folder"):
+        RunLock(run).__enter__()
+
+
 def test_status_says_whether_a_run_is_working_in_the_folder(copy, tmp_path):
     """A user checking on a campaign learns whether it is still running, and which process, or
     stopped (interrupted, killed, died), and how to go on; looking creates no lock file."""
