@@ -25,6 +25,7 @@ from evo_merge.irt.kinds import (
     DEFAULT_ESTIMATOR_KIND,
 )
 from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
+from evo_merge.weights.dtype_names import ALIASES
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
 # no `..`, no leading dot or dash, so a config can never reach outside its run folder; at most 100
@@ -324,13 +325,8 @@ class AlignSpec(_Checked):
 
 
 def _dtype_alias(value: Any) -> Any:
-    """The short names `merge` and recipes take (`bf16`, `fp32`, `half`: `weights.dtypes.ALIASES`),
-    read as the names they stand for; imported only for one (the table's module imports torch)."""
-    if isinstance(value, str) and value.strip().lower() not in ("auto", "float32", "bfloat16", "float16"):
-        from evo_merge.weights.dtypes import ALIASES
-
-        return ALIASES.get(value.strip().lower(), value)
-    return value
+    """The short names `merge` and recipes take (`bf16`, `fp32`, `half`), read as the names they stand for."""
+    return ALIASES.get(value.strip().lower(), value) if isinstance(value, str) else value
 
 
 CampaignDtype = Annotated[Literal["auto", "float32", "bfloat16", "float16"], BeforeValidator(_dtype_alias)]

@@ -7,13 +7,9 @@ from typing import Any
 import torch
 
 from evo_merge.errors import UserError
+from evo_merge.weights.dtype_names import ALIASES, NAMES
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-ALIASES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in NAMES}
 AUTO = "auto"  # a model's own dtype
 
 
