@@ -3,7 +3,9 @@
 An evaluator turns jobs (a candidate and the item ids to score per task) into per-item scores,
 yielding each result as soon as it is known: in order in this process (`LocalEvaluator`), in
 completion order on a cluster (`DaskEvaluator`). A candidate that cannot be built or scored
-comes back as `CandidateFailed`, never as an exception, so one bad merge never stops a search.
+comes back as `CandidateFailed`, so one bad merge never stops a search; a `UserError` (a task
+answering wrongly, a method that does not exist) is raised instead, since every candidate would
+fail alike.
 """
 
 from __future__ import annotations

@@ -108,7 +108,12 @@ class LocalEvaluator:
             yield index, outcome, time.perf_counter() - start
 
     def close(self) -> None:
-        """Nothing to release in-process."""
+        """Let each task drop what it keeps of the model it scored (lm-eval's wrapper holds it): tasks
+        are cached for the process, and outlived the evaluator, keeping a campaign's model resident
+        while the next one loads (a whole extra model on a GPU)."""
+        for task in self.tasks.values():
+            if callable(release := getattr(task, "release", None)):
+                release()
 
 
 def first_non_finite(model: torch.nn.Module) -> str | None:

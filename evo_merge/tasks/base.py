@@ -81,12 +81,26 @@ def item_positions(task_name: str, index: dict[str, int], item_ids: Sequence[str
 
 
 def score_series(task_name: str, item_ids: Sequence[str], scores: Sequence[float]) -> pd.Series:
-    """Per-item scores as a Series, checked to lie in [0, 1] (IRT needs bounded scores)."""
-    series = pd.Series([float(s) for s in scores], index=pd.Index(list(item_ids), name="item"), name=task_name)
+    """Per-item scores as a Series, checked to be numbers in [0, 1] (IRT needs bounded scores)."""
+    try:
+        values = [float(s) for s in scores]
+    except (TypeError, ValueError):
+        item, score = next((i, s) for i, s in zip(item_ids, scores) if not _is_number(s))
+        raise UserError(f"task {task_name!r} scored item {item!r} as {score!r}: scores must be numbers in [0, 1]"
+                        ) from None
+    series = pd.Series(values, index=pd.Index(list(item_ids), name="item"), name=task_name)
     bad = series[(series < 0) | (series > 1) | series.isna()]
     if len(bad):
         raise UserError(f"task {task_name!r} scored item {bad.index[0]!r} as {bad.iloc[0]}: scores must lie in [0, 1]")
     return series
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def checked_scores(task: FitnessTask, model: Any, tokenizer: Any, item_ids: Sequence[str] | None) -> pd.Series:
@@ -94,6 +108,9 @@ def checked_scores(task: FitnessTask, model: Any, tokenizer: Any, item_ids: Sequ
     not be: a score for exactly the items asked for (every item when None), each once, in [0, 1].
     A wrong answer stops the run naming the task and the item, before it reaches the store."""
     series = task.evaluate(model, tokenizer, item_ids)
+    if not isinstance(series, pd.Series):
+        raise UserError(f"task {task.name!r} returned a {type(series).__name__}, not a pandas Series of scores "
+                        "indexed by item id")
     wanted = list(task.item_ids) if item_ids is None else list(item_ids)
     got = [str(i) for i in series.index]
     asked, answered = set(wanted), set(got)  # once: this runs on every evaluation, thousands of items each

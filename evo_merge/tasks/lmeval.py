@@ -528,6 +528,10 @@ class LMEvalTask(ItemTable):
             self._lm = lm
         return lm
 
+    def release(self) -> None:
+        """Drop lm-eval's wrapper, which holds the model last scored: an evaluator closing calls it."""
+        self._lm = None
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_lm": None}  # the wrapper holds a model: never ship it
 

@@ -24,6 +24,11 @@ class FaultyAgreementTask(AgreementTask):
             scores.iloc[0] = np.nan
         elif self.fault == "range":
             scores = scores * 5
+        elif self.fault == "list":  # the scores, not the Series the protocol asks for
+            scores = list(scores)
+        elif self.fault == "none":
+            scores = scores.astype(object)
+            scores.iloc[1] = None
         elif self.fault == "once" and not os.path.exists(self.failures):  # a transient fault (out of memory)
             with open(self.failures, "w") as log:
                 log.write("failed\n")

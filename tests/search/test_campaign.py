@@ -315,6 +315,9 @@ def test_a_generation_whose_every_candidate_failed_stops_the_run_and_resume_trie
     ("missing", "returned no score for item"),
     ("nan", "scores must lie in [0, 1]"),
     ("range", "scores must lie in [0, 1]"),
+    # a wrong type failed every candidate with "TypeError: 'builtin_function_or_method' object is not iterable"
+    ("list", "returned a list, not a pandas Series of scores indexed by item id"),
+    ("none", "as None: scores must be numbers in [0, 1]"),
 ])
 def test_a_task_answering_wrongly_stops_the_run_before_its_scores_are_stored(tmp_path, zoo, fault, message):
     base, fts = zoo

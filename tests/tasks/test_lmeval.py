@@ -500,3 +500,24 @@ def test_a_multiple_input_task_is_checked_by_its_answer_index(tmp_path, char_lm)
     (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(UserError, match=r"mi: item q3's answer 2 is none of its 2 choices"):
         LMEvalTask(tmp_path / "t.yaml")
+
+
+def test_a_closed_evaluator_leaves_no_model_held_by_its_cached_tasks(char_lm):
+    """Tasks are cached for the process and lm-eval's wrapper in them held the last model scored:
+    a campaign's model stayed resident after its evaluator closed (a whole model more on a GPU)."""
+    import gc
+    import weakref
+
+    from evo_merge.search.local import LocalEvaluator
+    from evo_merge.tasks.registry import resolve_task
+    from evo_merge.zoo.tiny import make_tiny_causal_lm
+
+    _, tokenizer = char_lm
+    task = resolve_task("arith", limit=8)
+    model = make_tiny_causal_lm("llama", vocab_size=len(tokenizer), hidden=16, layers=1, seed=1)
+    task.evaluate(model, tokenizer, task.item_ids[:2])
+    alive = weakref.ref(model)
+    LocalEvaluator(None, {"arith": task}).close()
+    del model
+    gc.collect()
+    assert alive() is None and resolve_task("arith", limit=8) is task
