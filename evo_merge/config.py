@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evo_merge.align.methods import NEEDS_DATA, AlignMethod
+from evo_merge.dtype_names import ALIASES
 from evo_merge.errors import UserError
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
@@ -25,7 +26,6 @@ from evo_merge.irt.kinds import (
     DEFAULT_ESTIMATOR_KIND,
 )
 from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
-from evo_merge.weights.dtype_names import ALIASES
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
 # no `..`, no leading dot or dash, so a config can never reach outside its run folder; at most 100

@@ -72,7 +72,7 @@ def test_the_config_schema_reads_only_tables_and_the_method_registry_from_higher
     schema loads no model code; and, inside its validator, the merge methods' declared
     hyperparameters (plugins register methods at run time, so no table can hold them)."""
     graph = import_graph()
-    tables = {"evo_merge.align.methods", "evo_merge.irt.kinds", "evo_merge.weights.dtype_names"}
+    tables = {"evo_merge.align.methods", "evo_merge.irt.kinds", "evo_merge.dtype_names"}
     assert set(graph.successors("evo_merge.config")) == tables | {
         "evo_merge.errors", "evo_merge.schema", "evo_merge.merge.kinds", "evo_merge.merge.registry"}
     assert all(not list(graph.successors(m)) for m in tables)

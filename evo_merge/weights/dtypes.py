@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
+from evo_merge.dtype_names import ALIASES, NAMES
 from evo_merge.errors import UserError
-from evo_merge.weights.dtype_names import ALIASES, NAMES
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in NAMES}
 AUTO = "auto"  # a model's own dtype
