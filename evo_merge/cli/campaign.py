@@ -38,9 +38,17 @@ SCHEDULER = click.option(
     "folder's own campaign.yaml cannot send its work to a scheduler")
 
 
-def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None = None):
+TRACKING = click.option(
+    "--tracking/--no-tracking", default=None,
+    help="report to the trackers the run folder's campaign.yaml names (or not): a folder cannot send its "
+    "results, and your tracking credentials, to a server it names unless you say so")
+
+
+def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None = None,
+            tracking: bool | None = False):
     """The runner of a run folder: with `campaign_file`, the user's campaign (`run`); else the
-    folder's own, which names no scheduler to connect to (`_evaluated_where`)."""
+    folder's own, which names no scheduler to connect to (`_evaluated_where`) and reports to its
+    trackers only as `tracking` says (`_tracked_where`; False for commands that track nothing)."""
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
     from evo_merge.search.campaign import CampaignRunner
@@ -54,7 +62,7 @@ def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None 
     with naming_file(campaign_file):
         campaign = Campaign.load(campaign_file)
     if own:
-        campaign = _evaluated_where(campaign, campaign_file, scheduler)
+        campaign = _tracked_where(_evaluated_where(campaign, campaign_file, scheduler), campaign_file, tracking)
     with naming_file(campaign_file):  # the tasks and models it names, resolved as the runner opens
         return CampaignRunner.open(campaign, campaign_file.parent, run)
 
@@ -81,6 +89,29 @@ def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | N
     except ValidationError as error:
         raise UserError(f"--scheduler: {first_line(error.errors()[0]['msg'])}") from None
     return campaign.model_copy(update={"evaluator": evaluator})
+
+
+def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | None) -> Campaign:
+    """The campaign with the trackers `--tracking` allows. A run folder may come from someone else:
+    a tracking server it names (an MLflow URI, W&B online under its entity) would get the run's
+    results and the user's credentials (MLflow sends its token to any URI), so it is used only when
+    the user says so; trackers that write under the run folder, or go where the user's own
+    environment says (no `uri`: MLFLOW_TRACKING_URI), need no word."""
+    from evo_merge.errors import UserError
+
+    spec = campaign.tracking
+    if spec is None or tracking is True:
+        return campaign
+    named = ([f"MLflow at {spec.mlflow.uri}"] if spec.mlflow is not None and spec.mlflow.uri is not None else []) + (
+        [f"W&B project {spec.wandb.project}" + (f" of {spec.wandb.entity}" if spec.wandb.entity else "")]
+        if spec.wandb is not None and spec.wandb.mode == "online" else [])
+    if tracking is False:
+        return campaign.model_copy(update={"tracking": None})
+    if not named:
+        return campaign
+    raise UserError(f"{campaign_file}: tracking reports this run's results to {' and '.join(named)}, with your "
+                    "credentials; a run folder does not choose where its results go: pass --tracking to report "
+                    "there, or --no-tracking")
 
 
 def read_run(run: Path):
@@ -198,14 +229,15 @@ def start_campaign(campaign_file: Path, out: Path) -> None:
 @click.command()
 @RUN_DIR
 @SCHEDULER
-def resume(run: Path, scheduler: str | None) -> None:
+@TRACKING
+def resume(run: Path, scheduler: str | None, tracking: bool | None) -> None:
     """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating
     only what is missing."""
     from evo_merge.cli.plan import check_campaign_fits
 
     check_campaign_fits(_campaign_file(run), run)  # memory plan (#13), as for `run`
     with _holding(run):
-        _run(_runner(run, scheduler=scheduler))
+        _run(_runner(run, scheduler=scheduler, tracking=tracking))
 
 
 @contextmanager

@@ -127,9 +127,16 @@ def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
     assert {"report.md", "report.html", "pareto.png", "evaluations.json", "campaign.yaml"} <= artifacts
     assert client.get_metric_history(mlrun.info.run_id, "measured/agree0")  # the measured front
 
+    # a run folder does not send its results (and the user's MLflow token) where it says unasked
+    refused = CliRunner().invoke(cli, ["resume", str(run)])
+    assert refused.exit_code == 2 and refused.output.strip() == (
+        f"error: {run / 'campaign.yaml'}: tracking reports this run's results to MLflow at {uri}, with your "
+        "credentials; a run folder does not choose where its results go: pass --tracking to report there, or "
+        "--no-tracking")
+    assert CliRunner().invoke(cli, ["resume", str(run), "--no-tracking"]).exit_code == 0
     # resume replays the stored generations: same tracker run, nothing logged twice, tracking not
     # part of what makes a run "a different campaign"
-    assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["resume", str(run), "--tracking"]).exit_code == 0
     (again,) = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
     assert again.info.run_id == mlrun.info.run_id and again.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "generation/hypervolume")] == [1, 2, 3]
