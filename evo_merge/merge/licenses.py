@@ -1,12 +1,14 @@
 """The license a merged model's card declares, read from its inputs' cards.
 
-One license shared by every input is inherited. The Hub's card spec asks a license outside its
-list (`license: other`) for a `license_name` and a `license_link` ("LICENSE" for a file in the
-repository, or a URL): an inherited one keeps the inputs' name, and its link is the input's own
-license file copied beside the weights, or a URL into the input's Hub repository at its revision.
-Inputs that do not share a license make the merge `other` too, named `mixed-input-licenses` and
-linked to a LICENSE.md listing each input's license: a leaderboard reads the link, and a reader
-learns that every input's terms apply.
+One license shared by every input is inherited, with the license files of an input that has them
+(`LICENSE_FILES`: Apache-2.0 and Llama's licenses ask for their text to go with the weights). The
+Hub's card spec asks a license outside its list (`license: other`) for a `license_name` and a
+`license_link` ("LICENSE" for a file in the repository, or a URL): an inherited one keeps the
+inputs' name, and its link is the input's own license file copied beside the weights, or a URL
+into the input's Hub repository at its revision. Inputs that do not share a license make the merge
+`other` too, named `mixed-input-licenses` and linked to a LICENSE.md listing each input's license:
+a leaderboard reads the link, and a reader learns that every input's terms apply (a non-commercial
+one said in so many words).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import yaml
 
 from evo_merge.markup import md
 from evo_merge.merge.card_inputs import CardInput
+from evo_merge.weights.checkpoint import model_file
 
 OTHER = "other"
 MIXED = "mixed-input-licenses"
@@ -27,6 +30,9 @@ MIXED_FILE = "LICENSE.md"
 MAX_LICENSE_BYTES = 1 << 20  # a license file copied beside the weights: text, not a stray archive
 # files a model folder holds for other reasons: a card's license_link naming one is not copied over ours
 OWN_FILES = {"README.md", "config.json", "merge_recipe.yaml", "results.json"}
+# an input's license texts, copied beside the weights of a merge of inputs sharing their license
+LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "USE_POLICY.md")
+NON_COMMERCIAL = "-nc"  # in a license id: cc-by-nc-4.0, cc-by-nc-sa-4.0, cc-by-nc-nd-4.0
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,8 @@ def card_license(inputs: Sequence[CardInput]) -> CardLicense:
         return CardLicense({}, per_input, {})
     if len(known) == 1 and None not in per_input.values():
         shared = next(lic for lic in per_input.values() if lic is not None)
-        if shared.id != OTHER:
-            return CardLicense({"license": shared.id}, per_input, {})
+        if shared.id != OTHER:  # its text goes with the weights (Apache-2.0 section 4a, Llama's 1.b.i ask for it)
+            return CardLicense({"license": shared.id}, per_input, _license_files(inputs))
         keys, files = {"license": OTHER, "license_name": shared.name or "other-input-license"}, {}
         link, copied = _inherited_link(inputs, per_input)
         if link is not None:
@@ -118,20 +124,32 @@ def _inherited_link(inputs: Sequence[CardInput], per_input: Mapping[str, License
         if "://" in lic.link:
             return lic.link, {}
         if (text := _license_text(ref.folder, lic.link)) is not None:
-            return Path(lic.link).name, {Path(lic.link).name: text}
+            return Path(lic.link).name, {Path(lic.link).name: text}  # `./LICENSE` is read as `LICENSE`
         if ref.hub_id:
             return _hub_url(ref, lic.link), {}
     return None, {}
 
 
+def _license_files(inputs: Sequence[CardInput]) -> dict[str, str]:
+    """The license files (`LICENSE_FILES`) of the first input folder holding any, to copy beside
+    the weights of a merge whose inputs share their license."""
+    for ref in inputs:
+        found = {name: text for name in LICENSE_FILES if (text := _license_text(ref.folder, name)) is not None}
+        if found:
+            return found
+    return {}
+
+
 def _license_text(folder: Path | None, link: str) -> str | None:
-    """The text of the license file `link` names in `folder`: a plain file of the folder itself
-    (no `..`, no sub-folder), UTF-8, not one of a model folder's own files."""
+    """The text of the license file `link` names in `folder` (`./LICENSE` as `LICENSE`): a plain
+    file of the folder itself (no `..`, no sub-folder), UTF-8, not one of a model folder's own
+    files. A link out of the model folder is refused (`model_file`): its target would be published."""
+    link = link.removeprefix("./")
     if folder is None or Path(link).name != link or link in OWN_FILES:
         return None
-    path = folder / link
     try:
-        if not path.is_file() or path.stat().st_size > MAX_LICENSE_BYTES:
+        path = model_file(folder, link)
+        if path is None or path.stat().st_size > MAX_LICENSE_BYTES:
             return None
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -154,6 +172,8 @@ def _listing(inputs: Sequence[CardInput], per_input: Mapping[str, License | None
     lines = ["# Licenses of the merged models", "",
              "These weights are computed from the models below, which do not share one license. Each "
              "model's license applies to what was taken from it: check all of them before use.", ""]
+    if any(lic is not None and NON_COMMERCIAL in lic.id for lic in per_input.values()):
+        lines += ["One of them is licensed for non-commercial use only: so are these weights.", ""]
     for ref in inputs:
         lic = per_input.get(ref.display)
         lines.append(f"- {md(ref.display)}: {md(lic.label) + where(ref, lic) if lic else 'unknown'}")

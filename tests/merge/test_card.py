@@ -142,6 +142,41 @@ def test_an_other_license_keeps_its_name_and_a_link_that_resolves_and_mixed_ones
     assert "- ds-base: other (deepseek)" in listing and "- mit-ft1: mit" in listing and not (out / "LICENSE").exists()
 
 
+def test_a_shared_license_s_files_go_with_the_weights_and_none_from_outside_the_model(zoo, tmp_path):
+    """Inputs under apache-2.0 or llama3 gave a card naming the license and no LICENSE (Apache's 4a,
+    Llama's 1.b.i ask for the text to go with the weights); `license_link: ./LICENSE` was dropped; a
+    license file linking out of its model folder was copied (its target published); a non-commercial
+    input among mixed ones was only listed."""
+    from evo_merge.errors import UserError
+
+    _, base, fts = zoo
+    llama = [with_license(p, "llama3", tmp_path / f"llama-{p.name}") for p in (base, *fts)]
+    (llama[0] / "LICENSE").write_text("META LLAMA 3 COMMUNITY LICENSE AGREEMENT\n")
+    (llama[0] / "USE_POLICY.md").write_text("# Meta Llama 3 Acceptable Use Policy\n")
+    out = export_merge(plan_from_recipe(recipe_for(llama[0], llama[1:])), tmp_path / "llama-merge")
+    assert ModelCard.load(out / "README.md").data.license == "llama3"
+    assert (out / "LICENSE").read_text() == "META LLAMA 3 COMMUNITY LICENSE AGREEMENT\n"
+    assert (out / "USE_POLICY.md").read_text() == "# Meta Llama 3 Acceptable Use Policy\n"
+
+    dotted = [with_other_license(p, tmp_path / f"dot-{p.name}", link="./LICENSE") for p in (base, *fts)]
+    out = export_merge(plan_from_recipe(recipe_for(dotted[0], dotted[1:])), tmp_path / "dotted")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license_link == "LICENSE" and (out / "LICENSE").read_text() == "DEEPSEEK LICENSE AGREEMENT\n"
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("api_key=hunter2")
+    (llama[0] / "LICENSE").unlink()
+    (llama[0] / "LICENSE").symlink_to(secret)
+    with pytest.raises(UserError, match=f"LICENSE: links to {secret}, outside the model folder"):
+        export_merge(plan_from_recipe(recipe_for(llama[0], llama[1:])), tmp_path / "leak")
+    assert not (tmp_path / "leak").exists()
+
+    mixed = [with_license(base, "apache-2.0", tmp_path / "free"), with_license(fts[0], "cc-by-nc-4.0", tmp_path / "nc"),
+             with_license(fts[1], "apache-2.0", tmp_path / "free2")]
+    out = export_merge(plan_from_recipe(recipe_for(mixed[0], mixed[1:])), tmp_path / "mixed")
+    assert "licensed for non-commercial use only: so are these weights" in (out / "LICENSE.md").read_text()
+
+
 def test_a_mass_card_inherits_the_license_as_a_merged_models_card_does(zoo, tmp_path):
     _, base, fts = zoo
     routing = RoutingConfig(layer=0, weight="model.layers.0.mlp.gate_proj.weight")
