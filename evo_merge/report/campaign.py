@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from evo_merge.errors import message_line
-from evo_merge.markup import html_text, md
+from evo_merge.markup import md
 from evo_merge.merge.results import mean_and_stderr
-from evo_merge.report.html import reference_label, write_html_report
+from evo_merge.report.html import markdown_inline, reference_label, write_html_report
 from evo_merge.report.pairs import task_pairs
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.export import rounded_storage_note
@@ -196,14 +196,14 @@ def write_report(
     lines_of_facts = _run_facts(run_dir, store, facts, table, finished, race, running)
     by_id = {e.id: e for e in evaluations}
     picks = {name: by_id[eid] for name, (eid, _) in (exported or {}).items() if eid in by_id}
-    lines_of_facts += picks_no_better_than_inputs(store, facts, objectives, picks)
+    lines_of_facts += picks_no_better_than_inputs(store, facts, objectives, picks, quote=md)
     summary = _summary(table, tasks, store, exported or {})
     baselines = store.get_meta(BASELINES_META, {})
     compared = _compared(table, {e.id: baselines[e.key] for e in evaluations if e.key in baselines}, tasks)
     path = run_dir / "report.md"
     atomic_write(path, _markdown(run_dir, store, evaluations, table, lines_of_facts, summary, compared, exported,
                                  race))
-    facts_html = "<ul>" + "".join(f"<li>{html_text(f)}</li>" for f in lines_of_facts) + "</ul>"
+    facts_html = "<ul>" + "".join(f"<li>{markdown_inline(f)}</li>" for f in lines_of_facts) + "</ul>"
     write_html_report(
         run_dir,
         measured_errors(store, table, tasks),
@@ -244,7 +244,7 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
         _holdout_fact(store.get_meta(HOLDOUT_META, {})),
     ]
     if endpoints := facts.get("endpoints"):  # runs from before they were recorded: the campaign file says
-        lines.append("endpoints, in the order of each recipe's weights: " + ", ".join(endpoints))
+        lines.append("endpoints, in the order of each recipe's weights: " + ", ".join(map(md, endpoints)))
     if note := rounded_storage_note(facts):
         lines.append(note)
     notes = (se_note(facts), race_summary(race), rounds_summary(store.get_meta(PICKS_META)))

@@ -9,7 +9,7 @@ stored estimates and items later, and a generation's progress is what the search
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -83,11 +83,12 @@ def se_note(facts: Mapping) -> str | None:
 
 
 def picks_no_better_than_inputs(store: CampaignStore, facts: Mapping, objectives: Objectives,
-                                picks: Mapping[str, Evaluation]) -> list[str]:
+                                picks: Mapping[str, Evaluation], quote: Callable[[str], str] = str) -> list[str]:
     """A line for each pick measured no better than one of the merge's inputs (the base, an
     endpoint) on every task: the search chooses among merges, and a `best-<task>` pick can be a
     merge that keeps one endpoint and scores as it does, or below it; published, it adds nothing
-    that input does not give. (Runs from before the endpoints were recorded: none said.)"""
+    that input does not give. (Runs from before the endpoints were recorded: none said.) `quote`
+    writes a name as the line's reader takes it (`markup.md` for Markdown)."""
     labels = facts.get("endpoints")
     if not labels:
         return []
@@ -101,8 +102,8 @@ def picks_no_better_than_inputs(store: CampaignStore, facts: Mapping, objectives
             if all(task in scores and task in pick.measured
                    and objectives.goodness(scores, task) >= objectives.goodness(pick.measured, task)
                    for task in objectives.names):
-                what = "the base model" if label == "base" else f"the endpoint {label}"
-                lines.append(f"{name} is measured no better than {what} on every task (on the search items): that "
-                             "model is as good a pick, and this merge adds nothing to it")
+                what = "the base model" if label == "base" else f"the endpoint {quote(label)}"
+                lines.append(f"{quote(name)} is measured no better than {what} on every task (on the search items): "
+                             "that model is as good a pick, and this merge adds nothing to it")
                 break
     return lines

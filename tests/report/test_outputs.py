@@ -299,3 +299,23 @@ def test_a_pick_exported_again_by_hand_keeps_its_card_s_chosen_line(tracked_run,
     assert chosen and name in chosen[0]
     assert [line for line in (tmp_path / "again" / "README.md").read_text().splitlines()
             if line.startswith("Chosen by")] == chosen
+
+
+def test_a_received_run_folder_cannot_put_a_readers_file_or_a_remote_image_in_the_report(tracked_run, tmp_path):
+    """A pick's README.md linking to a file of the reader's was read into report.html (and `resume`
+    hands the report to its trackers); an image in a card made the report fetch it when opened."""
+    import shutil
+
+    _, run, _ = tracked_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-KEY-MATERIAL")
+    picks = sorted(p for p in (copy / "models").iterdir() if p.is_dir())
+    (picks[0] / "README.md").unlink()
+    (picks[0] / "README.md").symlink_to(secret)
+    if len(picks) > 1:
+        (picks[1] / "README.md").write_text("# pick\n\n![tracker](https://example.com/pixel.png)\n")
+    assert CliRunner().invoke(cli, ["report", str(copy)]).exit_code == 0
+    page = (copy / "report.html").read_text()
+    assert "TOP-SECRET" not in page and "<img" not in page
