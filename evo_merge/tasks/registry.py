@@ -81,7 +81,8 @@ def _import_hint(module_name: str, exc: ImportError) -> str:
     here = Path.cwd()
     for path in (here / f"{top}.py", here / top / "__init__.py"):
         if path.is_file():
-            return f"; {path} is not on the import path: run with PYTHONPATH={here}, or install its package"
+            return (f"; {path} is not on the import path: if you trust it (it runs as code: a run folder someone "
+                    f"sent may hold one), run with PYTHONPATH={here}, or install its package")
     return "; a plugin module must be importable: add its folder to PYTHONPATH, or install its package"
 
 

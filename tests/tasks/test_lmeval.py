@@ -252,8 +252,9 @@ def test_a_plugin_beside_the_campaign_is_named_with_the_path_that_imports_it(tmp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError) as unlisted:
         resolve_task("evo_unlisted_tasks:make_task")
-    assert str(unlisted.value).endswith(f"{tmp_path / 'evo_unlisted_tasks.py'} is not on the import path: run with "
-                                        f"PYTHONPATH={tmp_path}, or install its package")
+    assert str(unlisted.value).endswith(f"{tmp_path / 'evo_unlisted_tasks.py'} is not on the import path: if you "
+                                        "trust it (it runs as code: a run folder someone sent may hold one), run "
+                                        f"with PYTHONPATH={tmp_path}, or install its package")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(UserError) as broken:
         resolve_task("evo_broken_tasks:task")
