@@ -21,7 +21,6 @@ from evo_merge.weights import Checkpoint
 _LOCAL_PATH = re.compile(
     r"(?:^|[\s\"'`(\[=,])(~?/(?![/\s])[^\s\"'`)\],]*/[^\s\"'`)\],/][^\s\"'`)\],]*|[A-Za-z]:\\[^\s\"'`]+)"
 )
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 TEXT_SUFFIXES = (".md", ".json", ".yaml", ".yml", ".txt", ".jinja")
 LOGIN_HINT = (
     "log in with `hf auth login` (or set HF_TOKEN to a write token from https://huggingface.co/settings/tokens)"
@@ -101,13 +100,18 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool = False, revisi
         )
     except OfflineModeIsEnabled:
         raise UserError("HF_HUB_OFFLINE is set: unset it to upload") from None
-    except (HfHubHTTPError, OSError) as exc:
+    except (HfHubHTTPError, OSError, ValueError) as exc:  # ValueError: an id or revision the Hub refuses
         raise UserError(f"upload to {repo_id} failed: {first_line(exc)}") from None
     return str(commit.commit_url)
 
 
 def check_repo_id(repo_id: str) -> str:
-    """`repo_id` if it is ORG/NAME as the Hub spells repo ids, else a user error."""
-    if not _REPO_ID.match(repo_id) or ".." in repo_id:
-        raise UserError(f"--push-to-hub {repo_id!r}: expected ORG/NAME (letters, digits, '-', '_', '.')")
+    """`repo_id` if the Hub takes it (huggingface_hub's own check: NAME in your namespace, or
+    ORG/NAME), else a user error, before any export: a refusal at upload came after the work."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UserError(f"--push-to-hub {repo_id!r}: not a Hub repo id ({first_line(exc)})") from None
     return repo_id

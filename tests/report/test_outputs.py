@@ -165,9 +165,12 @@ def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path,
                                      "--push-to-hub", "me/tiny-merge"])
     assert fresh.exit_code == 2 and "no Hugging Face token found" in fresh.output and not (tmp_path / "fresh").exists()
     assert "exporting" not in fresh.output
-    bad = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(tmp_path / "x"),
-                                   "--push-to-hub", "../etc"])
-    assert bad.exit_code == 2 and "ORG/NAME" in bad.output and not (tmp_path / "x").exists()
+    # ids the Hub refuses, found out only inside create_repo after the export (a traceback, exit 1)
+    for repo_id in ("../etc", "me/x.git", "me/a--b", "me/x-"):
+        bad = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(tmp_path / "x"),
+                                       "--push-to-hub", repo_id, "--dry-run"])
+        assert bad.exit_code == 2 and f"--push-to-hub {repo_id!r}: not a Hub repo id (" in bad.output, bad.output
+        assert not (tmp_path / "x").exists() and "Traceback" not in bad.output
 
 
 def test_exporting_the_base_or_an_endpoint_says_which_it_is(tracked_run, tmp_path):
