@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 # loaders that read local files: the dataset is then named after the task, never by a file path
@@ -41,16 +42,28 @@ class TaskMeta:
 
 def portable(value: Any) -> Any:
     """`value` with absolute file paths cut to their last component, recursively: a results file
-    or card travels to other machines and must not reveal (or depend on) this one's folders."""
+    or card travels to other machines and must not reveal (or depend on) this one's folders. A path
+    is a string naming a file or folder that exists here: a stop sequence `//`, a regex `/(\\d+)/`
+    or a `/no_think` prompt prefix start with a slash too, and were cut."""
     if isinstance(value, dict):
         return {str(k): portable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [portable(v) for v in value]
-    if isinstance(value, str) and _ABSOLUTE.match(value):
+    if isinstance(value, str) and _is_local_path(value):
         return re.split(r"[\\/]", value.rstrip("/\\"))[-1]
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return str(value)
+
+
+def _is_local_path(value: str) -> bool:
+    if not _ABSOLUTE.match(value) or "\n" in value:
+        return False
+    try:
+        path = Path(value).expanduser()
+        return path.name != "" and path.exists()
+    except (OSError, ValueError):  # a name too long, a NUL
+        return False
 
 
 def task_meta(label: str, task: Any, *, direction: str = "maximize") -> TaskMeta:

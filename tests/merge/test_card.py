@@ -374,3 +374,16 @@ def test_a_lora_input_is_named_with_its_adapter_whose_license_counts(zoo, tmp_pa
     assert "with LoRA adapter licensed-lora (its license: apache-2.0)" in card.text.replace("\\", "")
     card = ModelCard(model_card(recipe_for(same[0], [f"{same[1]}+{unlicensed}"], "task_arithmetic")))
     assert card.data.license == "other" and "with LoRA adapter my-lora (its license: unknown)" in card.text
+
+
+def test_a_results_file_cuts_this_machine_s_paths_but_no_other_string_starting_with_a_slash(tmp_path):
+    """Every string starting with "/" was read as a path and cut to its last part: a stop sequence
+    `//` became "", a regex `/(\\d+)/` became `d+)`, a `/no_think` prompt prefix lost its slash."""
+    from evo_merge.tasks.meta import portable
+
+    data = tmp_path / "data" / "test.jsonl"
+    data.parent.mkdir()
+    data.write_text("{}\n")
+    config = {"doc_to_text": "/no_think Q: {{question}}\nA:", "generation_kwargs": {"until": ["//", "/"]},
+              "filter": "/(\\d+)/", "dataset_kwargs": {"data_files": {"test": str(data)}}, "dataset_path": "json"}
+    assert portable(config) == {**config, "dataset_kwargs": {"data_files": {"test": "test.jsonl"}}}
