@@ -63,14 +63,22 @@ def model_refs(references: Sequence[str]) -> dict[str, CardInput]:
     inputs were one entry of the card's license list, the last one's license standing for both."""
     refs = {reference: model_ref(reference) for reference in dict.fromkeys(references)}
     labels = {reference: ref.label for reference, ref in refs.items()}
+
+    def parts(reference: str) -> tuple[str, ...]:  # the folders of its path, the root left out
+        path = Path(reference.rsplit("+", 1)[0] if refs[reference].adapter else reference).expanduser()
+        return path.parts[1:] if path.is_absolute() else path.parts
+
     for depth in range(2, 64):
         counts = Counter(labels.values())
         clashing = [r for r, label in labels.items() if counts[label] > 1 and refs[r].hub_id is None]
         if not clashing:
             break
+        if depth >= min(len(parts(r)) for r in clashing):  # one is a tail of another: its whole path would
+            for number, reference in enumerate(clashing, start=1):  # name this machine's folders
+                labels[reference] = f"{labels[reference].rsplit('/', 1)[-1]} ({number})"
+            break
         for reference in clashing:
-            parts = Path(reference.rsplit("+", 1)[0] if refs[reference].adapter else reference).expanduser().parts
-            labels[reference] = "/".join(parts[-depth:])
+            labels[reference] = "/".join(parts(reference)[-depth:])
     return {reference: replace(ref, label=labels[reference]) for reference, ref in refs.items()}
 
 

@@ -387,3 +387,12 @@ def test_a_results_file_cuts_this_machine_s_paths_but_no_other_string_starting_w
     config = {"doc_to_text": "/no_think Q: {{question}}\nA:", "generation_kwargs": {"until": ["//", "/"]},
               "filter": "/(\\d+)/", "dataset_kwargs": {"data_files": {"test": str(data)}}, "dataset_path": "json"}
     assert portable(config) == {**config, "dataset_kwargs": {"data_files": {"test": "test.jsonl"}}}
+
+
+def test_inputs_told_apart_only_by_their_whole_paths_are_numbered_not_named_by_them():
+    """One input's path the tail of another's: the label grew to the root (`//tmp/.../final`), a
+    machine path in a published card, which the push check's pattern missed."""
+    from evo_merge.merge.card_inputs import model_refs
+
+    refs = model_refs(["/tmp/w/m/final", "/data/tmp/w/m/final", "/ckpt/a/other", "/ckpt/b/other"])
+    assert [r.label for r in refs.values()] == ["final (1)", "final (2)", "a/other", "b/other"]
