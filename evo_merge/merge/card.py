@@ -23,6 +23,8 @@ from evo_merge.merge.registry import ENTRY_POINT_GROUP, method_origin
 from evo_merge.tasks.meta import TaskMeta
 
 Scores = Mapping[str, Mapping[str, float]]
+# a score kind's column in a card's table (`search.export.card_scores` names the kinds)
+SCORE_HEADERS = {"measured_search_items": "measured (search items)", "measured_all_items": "measured (all items)"}
 
 
 def _measured_on(meta: TaskMeta) -> str:
@@ -74,12 +76,19 @@ def scores_section(scores: Scores | None, stderr: Mapping[str, float] | None = N
         se = f" ± {stderr[task]:.4f}" if kind == "measured" and task in stderr else ""
         return f"{scores[kind][task]:.4f}{se}"
 
-    lines = ["## Scores", "", "| task | " + " | ".join(md(k) for k in kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    held_out = "measured_search_items" in scores  # then `measured` is on the held-out items alone
+    headers = {**SCORE_HEADERS, **({"measured": "measured (held-out items)"} if held_out else {})}
+    lines = ["## Scores", "", "| task | " + " | ".join(md(headers.get(k, k)) for k in kinds) + " |",
+             "|---" * (len(kinds) + 1) + "|"]
     lines += [f"| {md(task)} | " + " | ".join(cell(k, task) for k in kinds) + " |" for task in tasks]
     lines.append("")
     if "estimated" in scores:
         lines += [("Estimated scores come from a few anchor items and an IRT model; only measured scores "
                    "are in the `model-index` metadata, each named with the items it was measured on."), ""]
+    if held_out:
+        lines += [("The held-out items are those the search never chose on: their score is the one published "
+                   "(`model-index`; a task too small to hold items out gives its score on all its items). Scored "
+                   "on all items, as lm-eval scores a task, the model gets the all-items column."), ""]
     if note:
         lines += [note[0].upper() + note[1:] + ".", ""]  # the caller's own sentence, not a user's string
     return lines

@@ -33,15 +33,25 @@ EXPORTED_WEIGHTS_META = Record("exported_weights", dict[str, str])
 
 def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[str, float]]:
     """The card's scores: estimated, and measured; with a holdout, `measured` is the held-out
-    score (items no choice was made on) and the search items' score is `measured_search_items`.
+    score (items no choice was made on), the search items' score is `measured_search_items` and
+    every item's `measured_all_items`.
     A task too small to hold items out (`holdout: auto`) was measured on all its items: that is
     its `measured` score (it was left out of the card, the pick's own task included)."""
     held_out = held_out_scores(store, evaluation.key, store.get_meta(HOLDOUT_META, {}))
     if held_out is not None:
         held_out = {**(evaluation.measured or {}), **held_out}
     kinds = (("estimated", evaluation.estimates), ("measured", evaluation.measured)) if held_out is None else (
-        ("estimated", evaluation.estimates), ("measured_search_items", evaluation.measured), ("measured", held_out))
+        ("estimated", evaluation.estimates), ("measured_search_items", evaluation.measured),
+        ("measured_all_items", _all_items_scores(store, evaluation)), ("measured", held_out))
     return {kind: values for kind, values in kinds if values}
+
+
+def _all_items_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, float]:
+    """Each task's mean over every item, where all are scored: what lm-eval gives on the whole task
+    (a reader who runs it compares with this, not with the held-out score)."""
+    items = {t["name"]: t["items"] for t in (store.get_meta(FACTS_META) or {}).get("tasks", [])}
+    return {task: float(sum(scores.values()) / len(scores))
+            for task, scores in store.item_scores(evaluation.key).items() if scores and len(scores) == items.get(task)}
 
 
 def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *, evaluator: Evaluator | None = None,

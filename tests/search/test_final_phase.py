@@ -34,6 +34,9 @@ def item_rows(run):
                       "JOIN evaluations e ON e.id = s.evaluation_id").fetchall()
 
 
+SEARCH_ITEMS, ALL_ITEMS, HELD_OUT = "measured (search items)", "measured (all items)", "measured (held-out items)"
+
+
 def card(folder):
     """The model-index results (task -> value) and the card's `## Scores` table (column -> task -> value)."""
     text = (folder / "README.md").read_text()
@@ -146,12 +149,15 @@ def test_picks_are_the_best_on_the_race_s_sample_and_cards_show_held_out_scores(
     holdout = store.get_meta("holdout")
     folder = run / exported["mostly-agree0"][1]  # relative; a candidate picked twice is exported once, first name
     index, scores = card(folder)
-    assert set(scores) == {"estimated", "measured_search_items", "measured"}
+    assert list(scores) == ["estimated", SEARCH_ITEMS, ALL_ITEMS, HELD_OUT]
     items = store.item_scores(by_id[exported["mostly-agree0"][0]].key)
     for task in ("agree0", "agree1"):
         held_out = np.mean([items[task][i] for i in holdout[task]])
-        assert index[task] == pytest.approx(held_out) and scores["measured"][task] == pytest.approx(held_out, abs=5e-5)
-        assert scores["measured_search_items"][task] == pytest.approx(pick[task], abs=5e-5)
+        assert index[task] == pytest.approx(held_out) and scores[HELD_OUT][task] == pytest.approx(held_out, abs=5e-5)
+        assert scores[SEARCH_ITEMS][task] == pytest.approx(pick[task], abs=5e-5)
+        # what lm-eval gives on the whole task, which a reader running it compares with
+        assert len(items[task]) == 120 and scores[ALL_ITEMS][task] == pytest.approx(np.mean(list(items[task].values())),
+                                                                                     abs=5e-5)
     assert len(pd.read_parquet(folder / "item_scores.parquet")) == 60  # the 30 held-out items of each task
     # the card and the results file say the scores are on the held-out items, not on every item
     totals = {t["name"]: t["items"] for t in store.get_meta("facts")["tasks"]}
@@ -173,8 +179,8 @@ def test_status_shows_each_pick_on_the_search_and_the_held_out_items_as_its_card
         for task in ("agree0", "agree1"):
             shown = re.search(rf"{task} ([\d.]+) / ([\d.]+)", line)
             assert shown, line
-            assert float(shown[1]) == pytest.approx(scores["measured_search_items"][task], abs=6e-4)
-            assert float(shown[2]) == pytest.approx(scores["measured"][task], abs=6e-4)
+            assert float(shown[1]) == pytest.approx(scores[SEARCH_ITEMS][task], abs=6e-4)
+            assert float(shown[2]) == pytest.approx(scores[HELD_OUT][task], abs=6e-4)
 
 
 def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(finished):
@@ -222,12 +228,12 @@ def test_export_measures_what_a_candidate_misses(finished, tmp_path, state):
         "agree1": 120,
     }
     scores = card(tmp_path / "m")[1]
-    assert set(scores) == {"estimated", "measured_search_items", "measured"}
+    assert list(scores) == ["estimated", SEARCH_ITEMS, ALL_ITEMS, HELD_OUT]
     said = re.search(r"measured on every search item / on the held-out items: agree0 ([\d.]+) / ([\d.]+), "
                      r"agree1 ([\d.]+) / ([\d.]+)", result.output)  # what it measured, said as the card says it
     assert said, result.output
     assert [float(v) for v in said.groups()] == pytest.approx(
-        [scores[kind][task] for task in ("agree0", "agree1") for kind in ("measured_search_items", "measured")],
+        [scores[kind][task] for task in ("agree0", "agree1") for kind in (SEARCH_ITEMS, HELD_OUT)],
         abs=6e-4)
     assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
     summary = (run / "report.md").read_text().split("## Reference models and measured candidates")[1]
@@ -424,7 +430,7 @@ def test_a_task_too_small_to_hold_items_out_keeps_its_measured_score_on_the_card
     whole = np.mean(list(items["agree1"].values()))
     assert len(items["agree1"]) == 120
     index, scores = card(run / folder)
-    assert index["agree1"] == pytest.approx(whole) and scores["measured"]["agree1"] == pytest.approx(whole, abs=5e-5)
+    assert index["agree1"] == pytest.approx(whole) and scores[HELD_OUT]["agree1"] == pytest.approx(whole, abs=5e-5)
     assert index["agree0"] == pytest.approx(np.mean([items["agree0"][i] for i in holdout["agree0"]]))
     results = json.loads((run / folder / "results.json").read_text())
     assert results["results"]["agree1"] and results["n-samples"]["agree1"] == {"original": 120, "effective": 120}
