@@ -43,6 +43,14 @@ def _package_version(name: str) -> str | None:
         return None
 
 
+def _version(version: str | None) -> float | str | None:
+    """A task version as lm-eval writes it: a number where it is one (1.0), else as given."""
+    try:
+        return float(version) if version is not None else None
+    except ValueError:
+        return version
+
+
 def results_json(item_scores: ItemScores, tasks: Mapping[str, TaskMeta]) -> dict:
     """The results document, keyed like lm-eval's `results_*.json`."""
     out: dict = {key: {} for key in ("results", "configs", "versions", "n-shot", "higher_is_better", "n-samples")}
@@ -64,15 +72,17 @@ def results_json(item_scores: ItemScores, tasks: Mapping[str, TaskMeta]) -> dict
             "metric": meta.metric,
             "filter": meta.filter,
         }
-        out["versions"][name] = meta.version
+        out["versions"][name] = _version(meta.version)
         out["n-shot"][name] = meta.num_fewshot
         out["higher_is_better"][name] = {meta.metric: meta.higher_is_better}
         # lm-eval's: the data's items, and those scored (a limit's first ones, or the held-out ones)
         out["n-samples"][name] = {"original": meta.dataset_items or meta.n_items or len(scores),
                                   "effective": len(scores)}
+    limits = {n: (tasks[n].limit if n in tasks else None) for n in item_scores}
     out["config"] = {
         "model": "evo-merge",
-        "limit": {n: (tasks[n].limit if n in tasks else None) for n in item_scores},
+        # lm-eval's: one number or null; tasks limited differently keep a number each
+        "limit": next(iter(limits.values())) if len(set(limits.values())) == 1 else limits,
         "bootstrap_iters": 0,
     }
     out.update(

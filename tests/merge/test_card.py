@@ -238,7 +238,9 @@ def test_export_carries_chat_template_generation_config_and_results(zoo, tmp_pat
     # hand-computed: mean 3/4, sample variance 0.25, stderr sqrt(0.25 / 4)
     assert results["results"]["arith"]["acc,none"] == 0.75
     assert math.isclose(results["results"]["arith"]["acc_stderr,none"], 0.25)
-    assert results["versions"]["arith"] == "1.0" and results["n-samples"]["arith"] == {"original": 4, "effective": 4}
+    # as lm-eval writes them: a version number, a limit one number (or null)
+    assert results["versions"]["arith"] == 1.0 and results["n-samples"]["arith"] == {"original": 4, "effective": 4}
+    assert results["config"]["limit"] is None
     table = pd.read_parquet(out / ITEM_SCORES_FILE)
     assert table.set_index("item")["score"].to_dict() == items["arith"]
     assert "0.7500 ± 0.2500" in (out / "README.md").read_text()
