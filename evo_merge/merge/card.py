@@ -198,6 +198,7 @@ def model_card(
         "",
         *reproduce_lines(device),
         "",
+        *local_inputs_lines([*inputs, *([base] if base else [])]),
         *plugin_lines(recipe.merge_method),
     ]
     return "\n".join(lines)
@@ -230,6 +231,15 @@ def reproduce_lines(device: str) -> list[str]:
     return [f"`merge_recipe.yaml` in this folder rebuilds these weights bit for bit on a {device} device of the "
             "kind they were merged on (on another device, equal to rounding; DARE and DELLA draw other drops):",
             "", "```bash", f"evo-merge merge merge_recipe.yaml --out merged --device {device}", "```"]
+
+
+def local_inputs_lines(inputs: Sequence[CardInput]) -> list[str]:
+    """A recipe naming local folders rebuilds the weights only where those models are: said, with
+    the way to rebuild elsewhere (the card claimed "bit for bit" of a recipe no Hub reader could run)."""
+    if all(ref.hub_id for ref in inputs):
+        return []
+    return ["The recipe names some of its models by the folders they were merged from: elsewhere, put the same "
+            "models' Hub ids or your copies of them in their place.", ""]
 
 
 def plugin_lines(method: str) -> list[str]:

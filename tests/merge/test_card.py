@@ -68,6 +68,10 @@ def test_hub_inputs_become_base_model_with_revisions(tmp_path):
     assert card.data.base_model_relation == "merge"
     assert card.data.merged_models == ["org/chat-ft@v2", "other/code-ft"]
     assert "at revision 0123456789abcdef" in card.text and str(tmp_path) not in card.content
+    assert "names some of its models by the folders" not in card.text  # Hub ids rebuild anywhere
+    local = ModelCard(model_card(Recipe.model_validate({"merge_method": "task_arithmetic", "base_model": str(snapshot),
+                                                        "models": [{"model": str(tmp_path / "ft")}]})))
+    assert "names some of its models by the folders they were merged from" in local.text
     ref = model_ref("some/path", hub_id="org/x", revision="abc")
     assert (ref.hub_id, ref.revision, ref.display) == ("org/x", "abc", "org/x@abc")
     lora = model_ref(f"org/x@abc+{tmp_path}/adapters/my-lora")
