@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "zoo": "zoo:zoo",
     "mass": "mass:mass",
     "plan": "plan:plan",
+    "push": "push:push",
 }
 
 

@@ -474,7 +474,9 @@ def export(
         click.echo(f"evaluation {pick} was measured for this export: `evo-merge report {run}` adds it to report.md "
                    "and evaluations.csv")
     if repo_id is not None:
-        _push(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
+        from evo_merge.cli.push import push_folder
+
+        push_folder(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
 
 
 def _what(workspace, evaluation) -> str:
@@ -485,22 +487,3 @@ def _what(workspace, evaluation) -> str:
     labels = {c.key: label for label, c in reference_candidates(workspace.endpoint_labels())}
     label = labels.get(evaluation.key)
     return evaluation.method if label is None else workspace.base_label() if label == "base" else label
-
-
-def _push(folder: Path, repo_id: str, *, private: bool, revision: str | None, dry_run: bool) -> None:
-    from huggingface_hub import get_token
-
-    from evo_merge.report.upload import LOGIN_HINT, plan_upload, push_to_hub
-
-    plan = plan_upload(folder)
-    for warning in plan.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    if not dry_run:
-        click.echo(f"uploaded: {push_to_hub(plan, repo_id, private=private, revision=revision)}")
-        return
-    where = f"{repo_id}@{revision}" if revision else repo_id
-    click.echo(f"dry run: would upload {len(plan.files)} files to {where}{' (private)' if private else ''}:")
-    for name, size in plan.files:
-        click.echo(f"  {name}  {size:,} bytes")
-    if not get_token():
-        click.echo(f"no token found: {LOGIN_HINT}", err=True)

@@ -56,18 +56,34 @@ def plan_upload(folder: str | Path) -> UploadPlan:
     card = folder / "README.md"
     if not card.is_file():
         raise UserError(f"{folder}: no README.md model card; export the pick with evo-merge first")
+    if not _evo_merge_card(card):
+        raise UserError(f"{card}: not a card evo-merge wrote (no `evo-merge` tag); push only folders it exported")
     if found := local_paths(card.read_text(encoding="utf-8", errors="replace")):
         raise UserError(f"{card}: the card names the local path {found[0]}; refusing to publish it")
     check_finite(folder)
     plan = UploadPlan(folder)
+    own = folder.resolve()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):
             continue
+        if not path.resolve().is_relative_to(own):  # upload_folder follows links: the target would be published
+            raise UserError(f"{path}: links to {path.resolve()}, outside the folder; refusing to upload it")
         plan.files.append((relative.as_posix(), path.stat().st_size))
         if path.suffix in TEXT_SUFFIXES and path != card and (found := local_paths(path.read_text(errors="replace"))):
             plan.warnings.append(f"{relative} names local paths (e.g. {found[0]}): readers cannot use them")
     return plan
+
+
+def _evo_merge_card(card: Path) -> bool:
+    """Whether the card's front matter has the `evo-merge` tag every card evo-merge writes has."""
+    from huggingface_hub import metadata_load
+
+    try:
+        tags = (metadata_load(card) or {}).get("tags") or []
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(tags, list) and "evo-merge" in tags
 
 
 def hub_token() -> str:

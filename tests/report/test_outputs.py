@@ -191,14 +191,14 @@ def test_exporting_the_base_or_an_endpoint_says_which_it_is(tracked_run, tmp_pat
 
 
 def test_upload_refuses_a_card_with_a_local_path_or_weights_with_nan(tmp_path):
-    folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))],
-                                extra_files={"README.md": "---\nbase_model: /home/me/models/base\n---\n"})
+    card = "---\ntags: [evo-merge]\nbase_model: /home/me/models/base\n---\n"
+    folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))], extra_files={"README.md": card})
     with pytest.raises(UserError, match="README.md: the card names the local path /home/me/models/base"):
         plan_upload(folder)
     broken = tmp_path / "n"  # written by something else: evo-merge itself refuses to write NaN
     broken.mkdir()
     save_file({"ok": torch.ones(2), "layer.weight": torch.tensor([1.0, float("nan")])}, broken / "model.safetensors")
-    (broken / "README.md").write_text("# fine\n")
+    (broken / "README.md").write_text("---\ntags: [evo-merge]\n---\n# fine\n")
     with pytest.raises(UserError, match="tensor layer.weight holds NaN or Inf"):
         plan_upload(broken)
 
@@ -226,7 +226,8 @@ def test_push_goes_no_further_than_the_network_call_offline(tmp_path, monkeypatc
 
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the test suite never reaches the network
-    folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))], extra_files={"README.md": "# fine\n"})
+    card = "---\ntags: [merge, evo-merge]\n---\n# fine\n"
+    folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))], extra_files={"README.md": card})
     plan = plan_upload(folder)
     assert [name for name, _ in plan.files] == ["README.md", "model.safetensors"]
     with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
@@ -322,3 +323,33 @@ def test_a_received_run_folder_cannot_put_a_readers_file_or_a_remote_image_in_th
     assert CliRunner().invoke(cli, ["report", str(copy)]).exit_code == 0
     page = (copy / "report.html").read_text()
     assert "TOP-SECRET" not in page and "<img" not in page
+
+
+def test_push_uploads_a_folder_evo_merge_wrote_and_nothing_else(tracked_run, tmp_path, monkeypatch):
+    """A run's own picks could not be pushed (export --out inside the run is refused), nor a
+    `merge` output; the upload's checks followed links out of the folder and took any README."""
+    import shutil
+
+    _, run, _ = tracked_run
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    pick = next(p for p in sorted((run / "models").iterdir()) if p.is_dir())
+    result = CliRunner().invoke(cli, ["push", str(pick), "me/tiny-merge", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[0] for line in result.output.splitlines() if line.startswith("  ")}
+    assert listed == {p.name for p in pick.iterdir()} and "would upload" in result.output
+    unasked = CliRunner().invoke(cli, ["push", str(pick), "me/tiny-merge"])
+    assert unasked.exit_code == 2 and "no Hugging Face token found" in unasked.output
+
+    copy = shutil.copytree(pick, tmp_path / "copy")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("api_key=hunter2")
+    (copy / "notes.txt").symlink_to(secret)
+    linked = CliRunner().invoke(cli, ["push", str(copy), "me/tiny-merge", "--dry-run"])
+    assert linked.exit_code == 2 and f"notes.txt: links to {secret}, outside the folder" in linked.output
+    (copy / "notes.txt").unlink()
+    (copy / "README.md").write_text("---\nlicense: mit\n---\n# someone else's model\n")
+    foreign = CliRunner().invoke(cli, ["push", str(copy), "me/tiny-merge", "--dry-run"])
+    assert foreign.exit_code == 2 and "not a card evo-merge wrote" in foreign.output
+    bad = CliRunner().invoke(cli, ["push", str(pick), "me/x.git", "--dry-run"])
+    assert bad.exit_code == 2 and "not a Hub repo id" in bad.output

@@ -1,0 +1,48 @@
+"""`evo-merge push`: upload a model folder evo-merge wrote (a run's pick, a `merge` output, an
+export) to the Hugging Face Hub, after the checks `report.upload` makes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("repo_id", metavar="ORG/NAME")
+@click.option("--private", is_flag=True, help="create the Hub repo private")
+@click.option("--revision", help="Hub branch to upload to (created if missing)")
+@click.option("--dry-run", is_flag=True, help="list what would be uploaded; upload nothing")
+def push(folder: Path, repo_id: str, private: bool, revision: str | None, dry_run: bool) -> None:
+    """Upload FOLDER, a model folder evo-merge wrote (a run's models/PICK, a `merge` or `export`
+    output), to the Hub repo ORG/NAME (NAME alone: your own namespace)."""
+    from evo_merge.errors import UserError
+    from evo_merge.report.upload import check_repo_id, hub_token
+
+    check_repo_id(repo_id)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    if not dry_run:
+        hub_token()  # before the checks' seconds: said first
+    push_folder(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
+
+
+def push_folder(folder: Path, repo_id: str, *, private: bool, revision: str | None, dry_run: bool) -> None:
+    """Check and upload `folder` (`report.upload.plan_upload`), or list what would go (`dry_run`)."""
+    from huggingface_hub import get_token
+
+    from evo_merge.report.upload import LOGIN_HINT, plan_upload, push_to_hub
+
+    plan = plan_upload(folder)
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not dry_run:
+        click.echo(f"uploaded: {push_to_hub(plan, repo_id, private=private, revision=revision)}")
+        return
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    click.echo(f"dry run: would upload {len(plan.files)} files to {where}{' (private)' if private else ''}:")
+    for name, size in plan.files:
+        click.echo(f"  {name}  {size:,} bytes")
+    if not get_token():
+        click.echo(f"no token found: {LOGIN_HINT}", err=True)
