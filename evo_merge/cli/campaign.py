@@ -134,6 +134,12 @@ def read_run(run: Path):
         if pid := holder(run):
             raise UserError(f"{run}: a run is starting here (pid {pid}); it has not recorded its tasks yet")
         raise UserError(f"{run}: the campaign has not recorded its tasks yet; `evo-merge resume {run}` records them")
+    tasks = {t["name"] for t in facts["tasks"]}
+    scored = next((set(e.estimates) for e in store.evaluations() if e.status == "ok" and e.estimates), tasks)
+    if scored != tasks:  # every reader takes the recorded tasks for those the evaluations were scored on
+        store.close()
+        raise UserError(f"{run}: state.sqlite is damaged: its tasks ({', '.join(sorted(tasks))}) are not those its "
+                        f"evaluations were scored on ({', '.join(sorted(scored))})")
     return store, facts
 
 

@@ -88,8 +88,13 @@ class Record:
     shape: Any = Any
 
 
+# a task's or pick's name read back from a store: as a campaign writes them (`config.SAFE_NAME`); a
+# crafted store's `../x` or terminal escape codes are its damage, not names to print or build paths from
+StoredName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
 class TaskFacts(TypedDict):
-    name: str
+    name: StoredName
     direction: Literal["maximize", "minimize"]
     items: int  # the task's items, held-out ones included
 
@@ -111,7 +116,7 @@ class Facts(TypedDict):
 
 
 FACTS_META = Record("facts", Facts)
-EXPORTED_META = Record("exported", dict[str, tuple[int, str]])  # pick name -> [evaluation id, its folder
+EXPORTED_META = Record("exported", dict[StoredName, tuple[int, str]])  # pick name -> [evaluation id, its folder
 #   relative to the run folder (absolute in older runs)]
 CALIBRATION_META = Record("calibration_subjects", int)  # how many subjects calibration measures: `status`
 #   counts them off

@@ -859,6 +859,10 @@ def test_a_damaged_defaults_mark_is_an_error_naming_it(copy, finished):
     ("weights", '"digest"', "meta 'weights'", ("resume",)),
     ("facts", '{"name": "c", "generations": 2, "algorithm": "nsga2", "tasks": [], "weights": null}',
      "meta 'facts'", ("status", "report")),
+    # names a crafted store could send to the terminal (escape codes) or build paths from
+    ("exported", '{"a\\u001b[31mRED": [1, "models/best-agree0"]}', "meta 'exported'", ("status", "report")),
+    ("facts", '{"name": "c", "generations": 2, "algorithm": "nsga2", "weights": null, "tasks": '
+              '[{"name": "../../x", "direction": "maximize", "items": 120}]}', "meta 'facts'", ("status", "report")),
 ])
 def test_a_damaged_record_of_the_run_is_an_error_naming_it(copy, key, value, where, commands):
     """What a run records beside its evaluations (its picks, estimator revisions, pooled estimates,
@@ -874,6 +878,20 @@ def test_a_damaged_record_of_the_run_is_an_error_naming_it(copy, key, value, whe
         assert output.strip().splitlines()[-1] == (
             f"error: {copy / 'state.sqlite'}: {where} is damaged (edited, or not written by evo-merge); restore it "
             "from a backup, or start the campaign again in a new run folder"), output
+
+
+def test_facts_naming_tasks_its_evaluations_were_not_scored_on_are_damage(copy):
+    """A facts record of the right shape naming another task than the evaluations' was a KeyError
+    traceback in `status` and `report`."""
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        facts = json.loads(db.execute("SELECT value FROM meta WHERE key = 'facts'").fetchone()[0])
+        facts["tasks"][0]["name"] = "other"
+        db.execute("UPDATE meta SET value = ? WHERE key = 'facts'", (json.dumps(facts),))
+        db.commit()
+    for command in ("status", "report"):
+        code, output = invoke(command, copy)
+        assert code == 2 and "Traceback" not in output, output
+        assert output.strip().splitlines()[-1].startswith(f"error: {copy}: state.sqlite is damaged: its tasks (")
 
 
 def test_records_written_by_older_versions_still_read(copy):
