@@ -79,7 +79,7 @@ def test_resuming_the_finished_run_changes_nothing(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     before = state(copy)
-    result = CliRunner().invoke(cli, ["resume", str(copy)])
+    result = CliRunner().invoke(cli, ["resume", str(copy), "--tracking"])
     assert result.exit_code == 0, result.output
     assert state(copy) == before
 
