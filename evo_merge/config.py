@@ -303,7 +303,8 @@ class FinalSpec(_Checked):
     def _pick_names(cls, picks: dict[str, PickSpec]) -> dict[str, PickSpec]:
         bad = next((name for name in picks if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name)), None)
         if bad is not None:  # the name becomes a folder under models/
-            raise ValueError(f"{bad!r}: a pick name is a folder name: letters, digits, '_', '.', '-'")
+            raise ValueError(f"{bad!r}: a pick name is a folder name: letters, digits, '_', '.', '-', up to 64 "
+                             "characters")
         return picks
 
 

@@ -8,7 +8,8 @@ operators; CMA-ES needs a plain real vector and uses `RealEncoding`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +24,35 @@ from evo_merge.search.space import RealEncoding, SearchSpace, SeededSampling
 
 @dataclass
 class SearchAlgorithm:
-    """A set-up pymoo algorithm and the map from its individuals to candidates."""
+    """A set-up pymoo algorithm and the map from its individuals to candidates. `own_numpy_state`:
+    the algorithm draws from numpy's global generator (the `cma` library behind CMA-ES does), which
+    anything else in the process may draw from between two asks (a plugin task): it gets a state
+    of its own, swapped in around each ask and tell, so that a resume asks what the first run asked."""
 
     algorithm: Algorithm
     to_candidate: Callable[[Any], Candidate]
+    own_numpy_state: tuple | None = None
+
+    def ask(self) -> Any:
+        with self._numpy_state():
+            return self.algorithm.ask()
+
+    def tell(self, **kwargs: Any) -> None:
+        with self._numpy_state():
+            self.algorithm.tell(**kwargs)
+
+    @contextmanager
+    def _numpy_state(self) -> Iterator[None]:
+        if self.own_numpy_state is None:
+            yield
+            return
+        outside = np.random.get_state()
+        np.random.set_state(self.own_numpy_state)
+        try:
+            yield
+        finally:
+            self.own_numpy_state = np.random.get_state()
+            np.random.set_state(outside)
 
 
 def _reference_directions(n_objectives: int, population: int, seed: int) -> np.ndarray:
@@ -56,12 +82,18 @@ def _mixed(name: str, population: int, sampling, n_objectives: int, seed: int) -
     return GA(pop_size=population, **operators)
 
 
-def _cmaes(population: int, sampling: SeededSampling) -> Algorithm:
-    """CMA-ES from the first seed (the centre of the box without one), step 0.3 of the box."""
+def _cmaes(population: int, sampling: SeededSampling, dimensions: int) -> Algorithm:
+    """CMA-ES from the first seed (the centre of the unit box without one: pymoo would draw 20
+    points whatever the population), step 0.3 of the box. Its first generation is that point."""
     from pymoo.algorithms.soo.nonconvex.cmaes import CMAES
 
-    x0 = sampling.genomes[0] if sampling.genomes else None
+    x0 = sampling.genomes[0] if sampling.genomes else np.full(dimensions, 0.5)
     return CMAES(x0=x0, sigma=0.3, pop_size=population, restarts=0)
+
+
+# `cma` reads a seed of 0 as "from the clock": a campaign's default seed made CMA-ES runs that a
+# resume could not replay. Seed 0 is given to it as this instead (any other seed as it is).
+CMA_SEED_FOR_0 = 2**31 - 1
 
 
 def make_algorithm(name: str, space: SearchSpace, *, n_objectives: int, population: int, generations: int,
@@ -72,13 +104,16 @@ def make_algorithm(name: str, space: SearchSpace, *, n_objectives: int, populati
     if name == "cmaes":
         encoding = RealEncoding(space)
         sampling = SeededSampling([encoding.vector(g) for g in genomes], FloatRandomSampling())
-        algorithm = _cmaes(population, sampling)
         problem = encoding.problem(n_objectives)
+        algorithm = _cmaes(population, sampling, problem.n_var)
         to_candidate = lambda x: space.decode(encoding.genome(x))  # noqa: E731
+        seed = seed or CMA_SEED_FOR_0
+        own_state = np.random.RandomState(seed).get_state()
     else:
         sampling = SeededSampling(genomes, MixedVariableSampling())
         algorithm = _mixed(name, population, sampling, n_objectives, seed)
         problem = space.problem(n_objectives)
         to_candidate = space.decode
+        own_state = None
     algorithm.setup(problem, termination=("n_gen", generations), seed=seed)
-    return SearchAlgorithm(algorithm, to_candidate)
+    return SearchAlgorithm(algorithm, to_candidate, own_state)

@@ -41,16 +41,20 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
     algorithm = search.algorithm
     while algorithm.has_next():
         generation = algorithm.n_gen or 1
-        population = algorithm.ask()
-        evaluations = log.evaluate([search.to_candidate(ind.X) for ind in population], phase=SEARCH,
-                                   generation=generation, items=items,
-                                   stage=f"generation {generation}/{generations}")
+        population = search.ask()
+        candidates = [search.to_candidate(ind.X) for ind in population]
         told = log.store.told(generation)  # a replayed generation is answered as it was the first time
+        if told and {c.key for c in candidates} != set(told):
+            raise UserError(f"resuming, the search asked other candidates for generation {generation} than the run "
+                            "stored: it cannot be replayed here (another pymoo version, or an algorithm that does "
+                            "not follow its seed); start the campaign in a new run folder")
+        evaluations = log.evaluate(candidates, phase=SEARCH, generation=generation, items=items,
+                                   stage=f"generation {generation}/{generations}")
         if evaluations and not told and all(e.status != "ok" for e in evaluations):
             raise _every_candidate_failed(log, generation, evaluations)
         values = np.array([told.get(e.key, fitness(e, objectives)) for e in evaluations], dtype=float)
         population.set("F", values)
-        algorithm.tell(infills=population)
+        search.tell(infills=population)
         # a replayed generation keeps the metrics it was stored with (estimates may have changed since)
         metrics = None if told else generation_metrics(log.store.evaluations(SEARCH), objectives, generation,
                                                        known=log.store.evaluations(BASELINE))

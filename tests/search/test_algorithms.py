@@ -86,3 +86,68 @@ def test_a_generation_the_algorithm_asked_nothing_of_is_no_failure(tmp_path):
     algorithm = OneEmptyGeneration()
     run_search(SearchAlgorithm(algorithm, lambda x: x), log, objectives, {}, 1)
     assert algorithm.told == [0] and store.generations_completed() == 1
+
+
+def _asks(seed, generations=3, draw_between=False, seeds=()):
+    """The candidate keys CMA-ES asks, generation by generation, told a fixed fitness of each."""
+    import numpy as np
+
+    from evo_merge.search.algorithms import make_algorithm
+    from evo_merge.search.space import SearchSpace
+
+    space = SearchSpace({"task_arithmetic": {}, "ties": {"density": (0.1, 0.9)}}, 2, (0.0, 1.0))
+    search = make_algorithm("cmaes", space, n_objectives=1, population=4, generations=generations, seed=seed,
+                            seeds=seeds)
+    asked = []
+    while search.algorithm.has_next():
+        population = search.ask()
+        candidates = [search.to_candidate(ind.X) for ind in population]
+        asked.append([c.key for c in candidates])
+        if draw_between:  # a plugin task drawing from numpy's global generator while it scores
+            np.random.rand(7)
+        population.set("F", np.array([[sum(c.weights)] for c in candidates]))
+        search.tell(infills=population)
+    return asked
+
+
+def test_cma_es_asks_the_same_candidates_from_the_same_seed_zero_included():
+    """`cma` takes a seed of 0 (every campaign's default) for "from the clock": a resume asked other
+    candidates than the run it continued, and both were stored as one generation."""
+    assert _asks(0) == _asks(0) and _asks(5) == _asks(5) and _asks(0) != _asks(5)
+
+
+def test_cma_es_asks_are_not_moved_by_others_drawing_from_numpy_s_generator():
+    """`cma` draws from numpy's global generator: a task drawing from it between two asks changed
+    what a resume (which replays without scoring) asked."""
+    assert _asks(5, draw_between=True) == _asks(5)
+
+
+def test_cma_es_without_a_starting_merge_starts_from_one_point_not_twenty():
+    """pymoo's CMA-ES without a starting point drew 20 candidates in generation 1 whatever the
+    population (the campaign template promises population x generations at most)."""
+    asked = _asks(5)
+    assert len(asked[0]) == 1 and all(len(generation) <= 4 for generation in asked)
+
+
+def test_a_replay_asking_other_candidates_than_the_run_stored_is_refused(tmp_path):
+    """Nothing compared a resumed ask with the generation stored: the abandoned candidates stayed
+    in the store as search candidates, and could reach the front and the picks."""
+    from types import SimpleNamespace
+
+    from evo_merge.errors import UserError
+    from evo_merge.search.algorithms import make_algorithm
+    from evo_merge.search.objectives import Objectives
+    from evo_merge.search.space import SearchSpace
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.study import run_search
+
+    store = CampaignStore(tmp_path)
+    store.complete_generation(1, {"not-what-it-asks": [0.0]}, None)
+    evaluated = []
+    log = SimpleNamespace(store=store, evaluate=lambda candidates, **_: evaluated.extend(candidates) or [])
+    objectives = Objectives.of_facts({"tasks": [{"name": "a", "direction": "maximize", "items": 1}], "weights": None})
+    space = SearchSpace({"task_arithmetic": {}}, 2, (0.0, 1.0))
+    search = make_algorithm("nsga2", space, n_objectives=1, population=4, generations=2, seed=1)
+    with pytest.raises(UserError, match="the search asked other candidates for generation 1 than the run stored"):
+        run_search(search, log, objectives, {}, 2)
+    assert evaluated == []  # refused before anything is evaluated
