@@ -65,6 +65,9 @@ def write_endpoint(endpoint: Endpoint, state: State, out: Path) -> None:
     save_model_folder(out, endpoint.module, endpoint.tokenizer, overwrite=True)
 
 
+MIN_ROWS = 2  # inputs an activation statistic is computed over, at the least
+
+
 def load_data(path: str | Path, endpoint: Endpoint, key: str = "--data") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Inputs for activation statistics: a .safetensors file with `x` (and optional labels `y`),
     or for language models a text file, tokenized and cut into sequences of SEQ_LEN tokens.
@@ -81,8 +84,15 @@ def load_data(path: str | Path, endpoint: Endpoint, key: str = "--data") -> tupl
             raise UserError(f"{key} {path}: not a readable safetensors file ({exc})") from None
         if "x" not in tensors:
             raise UserError(f"{key} {path}: needs a tensor named 'x'")
-        _check_fits(tensors["x"], endpoint, f"{key} {path}")
-        return tensors["x"], tensors.get("y")
+        x, y = tensors["x"], tensors.get("y")
+        if x.ndim == 0 or len(x) < MIN_ROWS:  # statistics of one row match nothing: "0 units moved", exit 0
+            raise UserError(f"{key} {path}: x holds {0 if x.ndim == 0 else len(x)} input(s); activation statistics "
+                            f"need at least {MIN_ROWS}")
+        if y is not None and (y.ndim != 1 or len(y) != len(x) or y.is_floating_point()):
+            raise UserError(f"{key} {path}: y must be one whole-number label per row of x ({len(x)}), not "
+                            f"{y.dtype} of shape {list(y.shape)}")
+        _check_fits(x, endpoint, f"{key} {path}")
+        return x, y
     if endpoint.tokenizer is None:
         raise UserError(f"{key} {path}: text data needs a model folder with a tokenizer")
     ids = endpoint.tokenizer(path.read_text())["input_ids"]

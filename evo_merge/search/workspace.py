@@ -193,7 +193,13 @@ class Workspace:
         if campaign.align is not None:
             data = existing_path(campaign.align.data, "align.data", "data file") if campaign.align.data else None
             base, aligned = aligned_paths(campaign.align, [r.path for r in models], run_dir / "aligned", data)
-            return cls(campaign, run_dir, base, aligned, store)
+            workspace = cls(campaign, run_dir, base, aligned, store)
+            try:
+                _check_weights(store, workspace.aligned_references(), ALIGNED_AGAIN)
+            except UserError:
+                store.close()
+                raise
+            return workspace
         base = refs["base_model"]
         names = [base.name, *(r.name for r in models)]
         return cls(campaign, run_dir, base.path, [r.path for r in models], store, names)
@@ -201,8 +207,16 @@ class Workspace:
     def check_models_unchanged(self) -> None:
         """Refuse to go on when a model's files changed since the run folder recorded them: its
         candidates were scored on the weights read then, and an export merges the files again, so it
-        would publish other weights under those scores (a folder rewritten during a run of hours)."""
+        would publish other weights under those scores (a folder rewritten during a run of hours).
+        An aligned campaign's aligned copies in the run folder are what it merges: checked too."""
         _check_weights(self.store, campaign_references(self.campaign))
+        if self.campaign.align is not None:
+            _check_weights(self.store, self.aligned_references(), ALIGNED_AGAIN)
+
+    def aligned_references(self) -> dict[str, ModelRef]:
+        """The aligned copies an aligned campaign merges (`aligned/` in the run folder), by key."""
+        return {"aligned.base": ModelRef(str(self.base), self.base),
+                **{f"aligned.{i}": ModelRef(str(path), path) for i, path in enumerate(self.models)}}
 
     @property
     def task_names(self) -> list[str]:
@@ -362,18 +376,22 @@ def _check_irt_models(campaign: Campaign) -> None:
                             f"(no {task.label}/model.json); {way}")
 
 
-def _check_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
+# the way on when an aligned copy changed: the alignment is deterministic, and rebuilt when missing
+ALIGNED_AGAIN = "remove the run folder's aligned/ (it is built again from the models as it was), then go on"
+
+
+def _check_weights(store: CampaignStore, refs: dict[str, ModelRef], way_on: str | None = None) -> None:
     """Refuse a run folder whose models' weights, config or tokenizer files changed since it started (a
     resume would mix scores of two different models under one name); record them on first open (older
     folders: from now on).
 
     A record made by an earlier digest (before every tensor's ends were read; before it covered
     exactly the files read) is checked with the digest it was made with, then replaced by the current one."""
-    _refuse_changed_weights(store, refs)
-    _refuse_changed_model_files(store, refs)
+    _refuse_changed_weights(store, refs, way_on)
+    _refuse_changed_model_files(store, refs, way_on)
 
 
-def _refuse_changed_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
+def _refuse_changed_weights(store: CampaignStore, refs: dict[str, ModelRef], way_on: str | None) -> None:
     """Refuse a model whose weights digest differs from the one recorded (or from a former digest of
     it, a record an earlier version made); record it where none is (older folders: from now on)."""
     stored = store.get_meta(WEIGHTS_META, {})
@@ -381,12 +399,12 @@ def _refuse_changed_weights(store: CampaignStore, refs: dict[str, ModelRef]) -> 
     for key, digest in digests.items():
         recorded = stored.get(key, digest)
         if recorded != digest and recorded not in former_weights_digests(refs[key]):
-            raise _changed(key, refs[key], "weights")
+            raise _changed(key, refs[key], "weights", way_on)
     if stored != digests:
         store.set_meta(WEIGHTS_META, {**stored, **digests})
 
 
-def _refuse_changed_model_files(store: CampaignStore, refs: dict[str, ModelRef]) -> None:
+def _refuse_changed_model_files(store: CampaignStore, refs: dict[str, ModelRef], way_on: str | None) -> None:
     """Refuse a model one of whose recorded config or tokenizer files changed, appeared or went away,
     naming it; a file not recorded (its name checked since) is recorded from now on. A folder's one
     combined digest from before is checked as it was made, then replaced by the per-file record."""
@@ -399,14 +417,14 @@ def _refuse_changed_model_files(store: CampaignStore, refs: dict[str, ModelRef])
         else:
             changed = [name for name, digest in recorded.items() if name in now and now[name] != digest]
         if changed:
-            raise _changed(key, refs[key], ", ".join(changed))
+            raise _changed(key, refs[key], ", ".join(changed), way_on)
     if stored != digests:
         store.set_meta(MODEL_FILES_META, {**stored, **digests})
 
 
-def _changed(key: str, ref: ModelRef, what: str) -> UserError:
-    return UserError(f"{key} ({ref.name}): its {what} changed since this run folder was started; resume with the "
-                     "models as they were then, or start the campaign in a new run folder")
+def _changed(key: str, ref: ModelRef, what: str, way_on: str | None = None) -> UserError:
+    way_on = way_on or "resume with the models as they were then, or start the campaign in a new run folder"
+    return UserError(f"{key} ({ref.name}): its {what} changed since this run folder was started; {way_on}")
 
 
 def record_facts(store: CampaignStore, campaign: Campaign, item_counts: dict[str, int], stored_dtype: str,

@@ -242,10 +242,19 @@ def test_a_sample_the_models_cannot_take_is_one_line_naming_it(tmp_path):
         _save_plain(tmp_path / name, cfg, seed)
     save_file({"x": torch.randn(6, 21)}, tmp_path / "wide.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00")
+    # a row matched nothing ("0 units moved", exit 0); labels not one per row were a traceback
+    save_file({"x": torch.randn(1, 21)}, tmp_path / "one.safetensors")
+    save_file({"x": torch.randn(0, 21)}, tmp_path / "empty.safetensors")
+    save_file({"x": torch.randn(6, 21), "y": torch.zeros(4, dtype=torch.long)}, tmp_path / "short.safetensors")
+    save_file({"x": torch.randn(6, 21), "y": torch.zeros(6)}, tmp_path / "floats.safetensors")
     models = ("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--method", "activation")
     cases = [(tmp_path / "wide.safetensors", "the models cannot take its x (shape [6, 21]"),
              (tmp_path / "junk.safetensors", "not a readable safetensors file"),
-             (tmp_path, "a folder; give a .safetensors file")]
+             (tmp_path, "a folder; give a .safetensors file"),
+             (tmp_path / "one.safetensors", "x holds 1 input(s); activation statistics need at least 2"),
+             (tmp_path / "empty.safetensors", "x holds 0 input(s)"),
+             (tmp_path / "short.safetensors", "y must be one whole-number label per row of x (6), not torch.int64"),
+             (tmp_path / "floats.safetensors", "y must be one whole-number label per row of x (6), not torch.float32")]
     for data, expected in cases:
         _one_line_error(_run(*models, "--data", data, "--out", tmp_path / "out"), f"--data {data}", expected)
     assert not (tmp_path / "out").exists()

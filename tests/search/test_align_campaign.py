@@ -59,6 +59,23 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
 
     exported = sorted((run / "models").iterdir())
     assert exported and load_model_folder(exported[0])[0](x).shape == (64, 10)
+    if reference == "first":  # the aligned copies are what picks are merged from: checked as the models are
+        from safetensors.torch import save_file
+
+        copy = run / "aligned" / "mlp-s1" / "model.safetensors"
+        weights = load_file(copy)
+        save_file({name: tensor * 1.5 for name, tensor in weights.items()}, copy)
+        export = ["export", str(run), "--pick", "1", "--out", str(tmp_path / "again")]
+        refused = CliRunner().invoke(cli, export)
+        assert refused.exit_code == 2 and refused.output.strip().endswith(
+            "its weights changed since this run folder was started; remove the run folder's aligned/ (it is built "
+            "again from the models as it was), then go on"), refused.output
+        import shutil
+
+        shutil.rmtree(run / "aligned")
+        rebuilt = CliRunner().invoke(cli, export)
+        assert rebuilt.exit_code == 0, rebuilt.output
+        assert torch.equal(load_file(copy)["fcs.0.weight"], weights["fcs.0.weight"])  # the same alignment again
 
 
 @pytest.mark.parametrize(("align", "models", "expected"), [
