@@ -143,9 +143,10 @@ def markdown_inline(text: str) -> str:
 
 def card_html(names: Sequence[str], folder: Path) -> str:
     """An exported folder's README.md under the picks it is: front matter as text, the Markdown
-    rendered with raw HTML off and images as their text (the report loads nothing from the network).
-    A README that is a link out of the folder is not read: a run folder someone sent could put any
-    file of the reader's into the report (which `resume` hands its trackers)."""
+    rendered with its tables (the card's scores), raw HTML off and images as their text (the report
+    loads nothing from the network). A README that is a link out of the folder is not read: a run
+    folder someone sent could put any file of the reader's into the report (which `resume` hands
+    its trackers)."""
     from markdown_it import MarkdownIt
 
     readme = folder / "README.md"
@@ -154,7 +155,7 @@ def card_html(names: Sequence[str], folder: Path) -> str:
     front, body = "", text
     if text.startswith("---\n") and "\n---\n" in text[4:]:
         front, body = text[4:].split("\n---\n", 1)
-    rendered = MarkdownIt("commonmark", {"html": False}).disable("image").render(body)
+    rendered = MarkdownIt("commonmark", {"html": False}).enable("table").disable("image").render(body)
     return (
         f'<div class="card" id="pick-{html_text(names[0])}"><h3>{html_text(", ".join(names))} '
         f"(<code>{html_text(folder.name)}</code>)</h3>"

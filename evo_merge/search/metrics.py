@@ -87,23 +87,37 @@ def picks_no_better_than_inputs(store: CampaignStore, facts: Mapping, objectives
     """A line for each pick measured no better than one of the merge's inputs (the base, an
     endpoint) on every task: the search chooses among merges, and a `best-<task>` pick can be a
     merge that keeps one endpoint and scores as it does, or below it; published, it adds nothing
-    that input does not give. (Runs from before the endpoints were recorded: none said.) `quote`
+    that input does not give; and for a `best-<task>` pick, an input scoring higher on its task (the
+    search's candidates are merges, never the endpoints themselves). (Runs from before the endpoints
+    were recorded: none said.) `quote`
     writes a name as the line's reader takes it (`markup.md` for Markdown)."""
     labels = facts.get("endpoints")
     if not labels:
         return []
     inputs = [(label, e.measured) for label, candidate in reference_candidates(labels)
               if (e := store.get(candidate.key)) is not None and e.measured]
+    def what(label: str) -> str:
+        return "the base model" if label == "base" else f"the endpoint {quote(label)}"
+
     lines = []
     for name, pick in picks.items():
         if not pick.measured:
             continue
-        for label, scores in inputs:
-            if all(task in scores and task in pick.measured
-                   and objectives.goodness(scores, task) >= objectives.goodness(pick.measured, task)
-                   for task in objectives.names):
-                what = "the base model" if label == "base" else f"the endpoint {quote(label)}"
-                lines.append(f"{quote(name)} is measured no better than {what} on every task (on the search items): "
-                             "that model is as good a pick, and this merge adds nothing to it")
-                break
+        dominating = next((label for label, scores in inputs if all(
+            task in scores and task in pick.measured
+            and objectives.goodness(scores, task) >= objectives.goodness(pick.measured, task)
+            for task in objectives.names)), None)
+        if dominating is not None:
+            lines.append(f"{quote(name)} is measured no better than {what(dominating)} on every task (on the search "
+                         "items): that model is as good a pick, and this merge adds nothing to it")
+            continue
+        # a best-<task> pick is published for that task: an input scoring higher on it serves it better
+        task = name.removeprefix("best-") if name.startswith("best-") else None
+        if task in objectives.names and task in pick.measured:
+            better = [(label, scores[task]) for label, scores in inputs if task in scores
+                      and objectives.goodness(scores, task) > objectives.goodness(pick.measured, task)]
+            if better:
+                label, score = max(better, key=lambda b: objectives.goodness({task: b[1]}, task))
+                lines.append(f"{quote(name)} measures {pick.measured[task]:.3f} on {quote(task)} (on the search "
+                             f"items), below {what(label)}'s {score:.3f}: that model serves {quote(task)} better")
     return lines

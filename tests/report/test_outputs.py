@@ -305,6 +305,19 @@ def test_a_pick_exported_again_by_hand_keeps_its_card_s_chosen_line(tracked_run,
             if line.startswith("Chosen by")] == chosen
 
 
+def test_each_pick_s_card_scores_table_is_a_table_in_report_html(tracked_run, tmp_path):
+    """CommonMark has no tables: each card's Scores table (its held-out scores and SEs) showed as
+    one paragraph of `|` characters."""
+    import re
+    import shutil
+
+    _, run, _ = tracked_run
+    copy = shutil.copytree(run, tmp_path / "run")
+    assert CliRunner().invoke(cli, ["report", str(copy)]).exit_code == 0
+    cards = re.findall(r'<div class="card".*?</div>', (copy / "report.html").read_text(), flags=re.S)
+    assert cards and all("<table>" in card and "| task |" not in card for card in cards)
+
+
 def test_a_received_run_folder_cannot_put_a_readers_file_or_a_remote_image_in_the_report(tracked_run, tmp_path):
     """A pick's README.md linking to a file of the reader's was read into report.html (and `resume`
     hands the report to its trackers); an image in a card made the report fetch it when opened."""

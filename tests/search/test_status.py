@@ -139,3 +139,30 @@ def test_a_pick_no_better_than_an_input_on_every_task_is_said(run, tmp_path, end
     reported = {name for name in picks if f"{name} is measured no better than the endpoint ft1 on every task" in report}
     best = endpoint_scores["agree0"] == 1.0
     assert picks and said == reported == (set(picks) if best else set())
+
+
+def test_a_best_task_pick_below_an_input_on_its_own_task_is_said(run, tmp_path):
+    """`best-arith` measured 0.728 on arith where the arith endpoint it was merged from measures
+    0.750, and won a few items on another task, so no input was better on every task: nothing was
+    said. The first endpoint set here just above the pick on agree0 and worst on disagree1."""
+    import json
+    import shutil
+    import sqlite3
+
+    from evo_merge.search.candidate import endpoint_candidate
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    store = CampaignStore(copy)
+    eid = store.exported()["best-agree0"][0]
+    pick = next(e for e in store.evaluations() if e.id == eid).measured
+    store.close()
+    above = min(pick["agree0"] + 0.01, 1.0)
+    with sqlite3.connect(copy / "state.sqlite") as db:
+        db.execute("UPDATE evaluations SET measured = ? WHERE key = ?",
+                   (json.dumps({"agree0": above, "disagree1": 1.0}), endpoint_candidate(0, 2).key))
+    output = CliRunner().invoke(cli, ["status", str(copy)], terminal_width=300).output
+    assert (f"best-agree0 measures {pick['agree0']:.3f} on agree0 (on the search items), below the endpoint ft1's "
+            f"{above:.3f}: that model serves agree0 better") in output, output
+    assert "no better than the endpoint ft1 on every task" not in output
+    assert "best-disagree1 measures" not in output  # ft1 is worse on disagree1
