@@ -79,9 +79,10 @@ PRIOR_SUBJECTS = 4.0  # weight, in subjects, of the random-sampling error pooled
 # raised whenever a change moves the estimates (or SEs) of a run's candidates: the formulas, or the
 # anchors a run draws; a run folder records it (search/scoring.py), so one resumed across such a
 # change says that its estimates mix the two. 1: the task-level check of each subject against its
-# anchors; 2: Neyman allocation counting the spread of a scenario's items (CHANGELOG, IRT standard
-# errors); folders from before record none.
-ESTIMATOR_REVISION = 2
+# anchors; 2: Neyman allocation counting the spread of a scenario's items; 3: the IRT part's b̂²
+# from the subject's own accuracy where the calibration subjects' spread is smaller (CHANGELOG, IRT
+# standard errors); folders from before record none.
+ESTIMATOR_REVISION = 3
 
 
 def _shrink_weight(error: np.ndarray, variance: np.ndarray) -> np.ndarray:
@@ -165,8 +166,9 @@ class Estimator:
         if kind in ENDPOINT_ESTIMATORS and self.endpoint_theta is None:
             raise UserError(f"estimator {kind} needs endpoint subjects (--endpoints)")
         anchor_err, irt_err = self._measured_errors()
-        self._anchor_sq, irt_sq = anchor_err**2, irt_err**2
-        prior = self.random_sampling_variance()
+        self._anchor_sq, self._irt_sq = anchor_err**2, irt_err**2
+        irt_sq = self._irt_sq
+        prior = self._calibration_prior = self.random_sampling_variance()
         self.anchor_variance, self.irt_error = _pool(self._anchor_sq, prior), _pool(irt_sq, prior)
         self.lam = _shrink_weight(self.irt_error, self.anchor_variance) if kind == "gpirt" else None
         if kind in ENDPOINT_ESTIMATORS:
@@ -332,14 +334,27 @@ class Estimator:
         p = (self._n_eff * anchor + 1.0) / (self._n_eff + 2.0)
         return _pool(self._anchor_sq, p * (1.0 - p) * self._sampling)
 
+    def _subject_irt_base(self, anchor: np.ndarray) -> np.ndarray:
+        """b̂² per subject and scenario (S, K) before its own check: the measured IRT errors pooled with
+        the random-sampling error at the larger of the calibration subjects' and this subject's own
+        accuracy spread (`_subject_anchor_variance`'s p̃). Where every calibration subject aces a
+        scenario their spread is 0, b̂² with it, and the per-subject checks only scale b̂²: a merge
+        whose anchors there said 1.0 was pulled to the IRT part's 0.85 at ± 0.04 (λ 0.06-0.13)."""
+        p = (self._n_eff * anchor + 1.0) / (self._n_eff + 2.0)
+        with np.errstate(invalid="ignore"):  # a subject with no scored anchor: NaN, as its estimates
+            prior = np.fmax(self._calibration_prior, p * (1.0 - p) * self._sampling)
+        return _pool(self._irt_sq, prior)
+
     def _subject_irt_error(self, anchor: np.ndarray, irt: np.ndarray, anchor_variance: np.ndarray) -> np.ndarray:
-        """b² per subject and scenario (S, K): b̂²·(1 + κ)/2, κ its anchors' excess disagreement over
-        its scenarios; then raised by the task-level check (`_task_disagreement`) where that is larger."""
-        excess = np.maximum((anchor - irt) ** 2 - anchor_variance, 0.0) / np.maximum(self.irt_error, 1e-12)
+        """b² per subject and scenario (S, K): b̂²·(1 + κ)/2 (`_subject_irt_base`), κ its anchors' excess
+        disagreement over its scenarios; then raised by the task-level check (`_task_disagreement`)
+        where that is larger."""
+        base = self._subject_irt_base(anchor)
+        excess = np.maximum((anchor - irt) ** 2 - anchor_variance, 0.0) / np.maximum(base, 1e-12)
         scored = ~np.isnan(excess)
         with np.errstate(invalid="ignore"):  # a subject with no scored anchor: NaN, as its estimates
             kappa = np.where(scored, excess, 0.0).sum(axis=1, keepdims=True) / scored.sum(axis=1, keepdims=True)
-        b2 = self.irt_error * (1.0 + kappa) / 2.0
+        b2 = base * (1.0 + kappa) / 2.0
         return b2 * np.maximum((1.0 + self._task_disagreement(anchor, irt, anchor_variance, b2)) / 2.0, 1.0)[:, None]
 
     def _task_disagreement(self, anchor: np.ndarray, irt: np.ndarray, anchor_variance: np.ndarray,

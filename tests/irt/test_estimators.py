@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.optimize import minimize
 from scipy.special import expit
@@ -251,6 +252,16 @@ def test_all_items_seen_gives_zero_se(two_scenarios):
         assert est.se == pytest.approx({"s0": 0.0, "s1": 0.0, "overall": 0.0}, abs=1e-9)
 
 
+def _irt_base(est, a):
+    """b̂² per subject and scenario, by hand: the measured IRT errors pooled (4 subjects' weight) with
+    the random-sampling error at the larger of the calibration subjects' spread and the subject's
+    own p̃(1 − p̃), p̃ = (n_eff·a + 1)/(n_eff + 2)."""
+    p = (est._n_eff * a + 1) / (est._n_eff + 2)
+    prior = np.fmax(est.random_sampling_variance(), p * (1 - p) * est._sampling)
+    m = (~np.isnan(est._irt_sq)).sum(axis=0)
+    return (np.nansum(est._irt_sq, axis=0) + 4.0 * prior) / (m + 4.0)
+
+
 def test_gpirt_on_sampled_anchors_weighs_each_subject_by_its_own_disagreement(two_scenarios):
     """b² per subject = b̂²·(1 + κ)/2, κ = mean over scenarios of max((anchor − pirt)² − σ², 0)/b̂²,
     σ² the subject's anchor-mean error² (the anchor estimator's SE²); λ and the SE follow from both
@@ -263,7 +274,7 @@ def test_gpirt_on_sampled_anchors_weighs_each_subject_by_its_own_disagreement(tw
     est = {k: Estimator(model, anchors, k) for k in ("anchor", "pirt", "gpirt")}
     rows = rows[:, est["gpirt"].anchor_idx]
     (a, anchor_se), p = est["anchor"].estimate_rows(rows), est["pirt"].estimate_matrix(rows)
-    s2, b2 = anchor_se**2, est["gpirt"].irt_error
+    s2, b2 = anchor_se**2, _irt_base(est["gpirt"], a)
     kappa = (np.maximum((a - p) ** 2 - s2, 0) / b2).mean(axis=1, keepdims=True)
     b2_subject = b2 * (1 + kappa) / 2
     lam = b2_subject / (b2_subject + s2)
@@ -292,7 +303,7 @@ def test_a_bias_every_scenario_shares_raises_b2_by_the_task_level_check(two_scen
     gp = est["gpirt"]
     rows = rows[:, gp.anchor_idx]
     (a, anchor_se), p = est["anchor"].estimate_rows(rows), est["pirt"].estimate_matrix(rows)
-    s2, b2, share, rho = anchor_se**2, gp.irt_error, gp.share, gp.irt_correlation
+    s2, b2, share, rho = anchor_se**2, _irt_base(gp, a), gp.share, gp.irt_correlation
     kappa = (np.maximum((a - p) ** 2 - s2, 0) / b2).mean(axis=1, keepdims=True)
     b2_subject = b2 * (1 + kappa) / 2
     d = (a - p) @ share
@@ -322,7 +333,7 @@ def test_with_one_scenario_the_task_level_check_adds_nothing():
     rows = ResponseMatrix.from_long(gen.sample(far + 3.0, far_ids, seed=13), model.item_ids).scores
     rows = rows[:, est["gpirt"].anchor_idx]
     (a, anchor_se), p = est["anchor"].estimate_rows(rows), est["pirt"].estimate_matrix(rows)
-    s2, b2 = anchor_se**2, est["gpirt"].irt_error
+    s2, b2 = anchor_se**2, _irt_base(est["gpirt"], a)
     b2_subject = b2 * (1 + np.maximum((a - p) ** 2 - s2, 0) / b2) / 2
     assert (b2_subject > 1.5 * b2).any()  # the scenario's own check did see these subjects
     lam = b2_subject / (b2_subject + s2)
@@ -496,3 +507,35 @@ def test_the_anchor_variance_of_a_subject_that_scored_some_anchors_grows_by_the_
     gp = Estimator(model, anchors, "gpirt")
     assert all(gp.estimate({i: row[i] for items in kept.values() for i in items}).se[s] > gp.estimate(row).se[s]
                for s in ("s0", "s1"))
+
+
+def test_a_scenario_every_calibration_subject_aces_keeps_an_irt_error_from_the_subject_s_own_accuracy():
+    """8 calibration subjects all scoring 1.0 on a scenario: their spread there is 0, and the IRT
+    part's b̂² with it; the per-subject checks only scale b̂², so a merge whose anchors said 1.0 was
+    pulled to the IRT part (0.87 ± 0.04 for a true 1.0 in a campaign, λ 0.06-0.13). b̂² now pools
+    the measured errors with the random-sampling error at the subject's own p̃ where that is larger
+    (hand-computed), and λ there follows from it."""
+    rng = np.random.default_rng(0)
+    ability, beta = np.linspace(-1.5, 1.5, 8), rng.normal(0, 1, 160)
+    rows = [(f"c{s}", f"e{j}", 1.0, "easy") for s in range(8) for j in range(40)]
+    rows += [(f"c{s}", f"h{j}", float(rng.random() < 1 / (1 + np.exp(-(1.5 * a - beta[j])))), "hard")
+             for s, a in enumerate(ability) for j in range(160)]
+    model = IRTModel.fit(validate_responses(pd.DataFrame(rows, columns=["subject", "item", "score", "scenario"])),
+                         dims=1, seed=0)
+    est = Estimator(model, select_anchors(model, 5, "stratified"), "gpirt")
+    easy = est.scenarios.index("easy")
+    assert est.random_sampling_variance()[easy] == 0  # the calibration subjects' spread: none
+    row = np.array([[1.0 if i.startswith("e") else float(rng.random() < 0.1) for i in est.anchor_ids]])
+    anchor = est._anchor_mean(row, est.weights, est.anchor_idx)
+    base = _irt_base(est, anchor)
+    p = (est._n_eff[easy] * 1.0 + 1) / (est._n_eff[easy] + 2)
+    assert base[0, easy] > est.irt_error[easy] and base[0, easy] == pytest.approx(
+        (np.nansum(est._irt_sq[:, easy]) + 4.0 * p * (1 - p) * est._sampling[easy])
+        / ((~np.isnan(est._irt_sq[:, easy])).sum() + 4.0))
+    theta = est._fit_theta(row, model.alpha, model.beta, est.anchor_idx)
+    irt = est._pirt(row, theta, model.alpha, model.beta, est.anchor_idx)
+    s2 = est._subject_anchor_variance(anchor)
+    b2 = est._subject_irt_error(anchor, irt, s2)
+    lam = b2 / (b2 + s2)
+    values, _ = est.estimate_rows(row)
+    assert values[0, easy] == pytest.approx(lam[0, easy] * 1.0 + (1 - lam[0, easy]) * irt[0, easy])
