@@ -305,9 +305,13 @@ def status(run: Path) -> None:
             measured = se is None and best.items_evaluated >= search_items
             # the search's best, by what it was told: a candidate the final phase measured higher than
             # its estimate does not count here (the picks below are chosen on measurements)
+            # the highest of many estimates runs high: its measurement, where the final phase took one, beside it
+            since = (f"; measured {best.measured[task]:.3f} since" if not measured and best.measured
+                     and task in best.measured else "")
             console.print(
                 f"best {task} in the search ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} "
                 f"is better): {value} {'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method})"
+                f"{since}"
             )
     if competing and (note := se_note(facts)):
         console.print(note)
