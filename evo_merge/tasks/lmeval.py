@@ -343,7 +343,8 @@ def _check_docs(spec: str | Path, name: str, task: Any, docs: list[Any], ids: li
             if not isinstance(choices, list) or not choices or any(c is None for c in choices):
                 raise UserError(f"{where}: doc_to_choice gives {choices!r}, not a list of choices (a missing or "
                                 "empty field in its row?)")
-        if choice and task.multiple_input:  # one continuation, a context per choice: doc_to_text is the answer's index
+        # one continuation, a context per choice (winogrande): doc_to_text is the answer's index
+        if choice and getattr(task, "multiple_input", 0):
             _check_answer(where, text, choices)
         elif not isinstance(text, str):
             raise UserError(f"{where}: doc_to_text gives {text!r}, not text (a missing or empty field in its row?)")
@@ -377,15 +378,16 @@ def _check_answer(where: str, gold: Any, choices: list[Any]) -> None:
 def _check_field_names(spec: str | Path, name: str, task: Any) -> None:
     """A doc_to_text or doc_to_target that names no field of the rows and holds no template is the
     same literal text for every item (`doc_to_text: questoin`): every item was scored on that."""
-    if task.prompt is not None:
+    features = getattr(task, "features", None)  # a ConfigurableTask's; a task class of its own has none
+    if getattr(task, "prompt", None) is not None or not features:
         return
     for key in ("doc_to_text", "doc_to_target"):
-        value = getattr(task.config, key)
-        if (isinstance(value, str) and value and value not in task.features and "{{" not in value
+        value = getattr(task.config, key, None)
+        if (isinstance(value, str) and value and value not in features and "{{" not in value
                 and "{%" not in value and not (key == "doc_to_target" and value.strip().isdigit())):
             raise UserError(f"task {spec}: {name}: {key}: {value!r} is neither a field of its rows ("
-                            f"{', '.join(map(str, task.features))}) nor a template: every item would be given that "
-                            f"text{did_you_mean(value, list(map(str, task.features)))}")
+                            f"{', '.join(map(str, features))}) nor a template: every item would be given that "
+                            f"text{did_you_mean(value, list(map(str, features)))}")
 
 
 def _metric_key(task: Any, metric: str | None) -> tuple[str, str]:
