@@ -50,14 +50,14 @@ def _quiet() -> None:
 
 
 class _Truncations(logging.Filter):
-    """Counts lm-eval's line for each request cut to the model's context, and keeps it off the console."""
+    """Notes lm-eval's line for a request cut to the model's context, and keeps it off the console."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
+        self.seen = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        self.count += "Truncating" in record.getMessage()
+        self.seen |= "Truncating" in record.getMessage()
         return False
 
 
@@ -268,7 +268,7 @@ def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:
     return docs
 
 
-def _fix_fewshot_contexts(task: Any, docs: list[Any], seed: int | None = None) -> None:
+def _fix_fewshot_contexts(task: Any, docs: list[Any], seed: int | None = None, where: str = "task") -> None:
     """Each doc's few-shot prompt as lm-eval's own full run builds it: drawn once, in doc order,
     from the sampler seeded as `simple_evaluate` seeds it (`seed`, its `fewshot_random_seed`;
     None: lm-eval's default few-shot seed).
@@ -286,8 +286,13 @@ def _fix_fewshot_contexts(task: Any, docs: list[Any], seed: int | None = None) -
     if shots == 0:
         return
     task.set_fewshot_seed(DEFAULT_OTHER_SEED if seed is None else seed)
-    task.fewshot_context = _FixedContexts(
-        [(doc, task.fewshot_context(doc, num_fewshot=shots, gen_prefix=task.doc_to_prefix(doc))) for doc in docs])
+    try:
+        contexts = [(doc, task.fewshot_context(doc, num_fewshot=shots, gen_prefix=task.doc_to_prefix(doc)))
+                    for doc in docs]
+    except Exception as exc:  # noqa: BLE001  a malformed row of the few-shot split (the asked ones are checked)
+        raise UserError(f"{where}: its {shots}-shot prompts cannot be built from its few-shot examples "
+                        f"({described(exc)})") from None
+    task.fewshot_context = _FixedContexts(contexts)
 
 
 class _FixedContexts:
@@ -488,9 +493,9 @@ class LMEvalTask(ItemTable):
             docs = _pin_eval_docs(task, limit)
             if not docs:
                 raise UserError(f"task {spec}: {name} has no items in its evaluation split")
-            _fix_fewshot_contexts(task, docs, fewshot_seed)
             own_ids, own_scenarios = _doc_items(docs)
-            _check_docs(spec, name, task, docs, own_ids)
+            _check_docs(spec, name, task, docs, own_ids)  # before the few-shot prompts, which render every doc
+            _fix_fewshot_contexts(task, docs, fewshot_seed, f"task {spec}: {name}")
             ids += [f"{name}/{i}" for i in own_ids] if grouped else own_ids
             scenarios += [name] * len(docs) if grouped else own_scenarios or []
             self._where += [(name, k) for k in range(len(docs))]
@@ -561,7 +566,7 @@ class LMEvalTask(ItemTable):
                 bootstrap_iters=0,
                 log_samples=True,
             )
-        if truncated.count and not self._said_truncated:  # once: the same items are cut for every candidate
+        if truncated.seen and not self._said_truncated:  # once: the same items are cut for every candidate
             log.warning("task %s: some items are longer than the model's context and were cut from the left "
                         "(lm-eval's truncation): they are scored on their ends", self.name)
             self._said_truncated = True

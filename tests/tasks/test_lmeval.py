@@ -522,3 +522,21 @@ def test_a_closed_evaluator_leaves_no_model_held_by_its_cached_tasks(char_lm):
     del model
     gc.collect()
     assert alive() is None and resolve_task("arith", limit=8) is task
+
+
+@pytest.mark.parametrize("bad_split", ["test", "train"])
+def test_a_malformed_row_of_a_few_shot_task_is_one_line_not_lm_eval_s_traceback(tmp_path, bad_split):
+    """The few-shot prompts were built, rendering every row, before the rows were checked: a null
+    question ended in lm-eval's AssertionError traceback, in the asked rows or the examples' split."""
+    text = (BENCHMARKS_DIR / "arith" / "evo_arith.yaml").read_text()
+    text = text.replace("    test: test.jsonl\n", "    test: test.jsonl\n    train: train.jsonl\n")
+    (tmp_path / "t.yaml").write_text(text.replace("test_split: test\n", "test_split: test\nfewshot_split: train\n"
+                                                                         "num_fewshot: 2\n"))
+    rows = (BENCHMARKS_DIR / "arith" / "test.jsonl").read_text().splitlines()[:12]
+    broken = [*rows[:3], re.sub(r'"question":"[^"]*"', '"question":null', rows[3]), *rows[4:]]
+    for split in ("test", "train"):
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(broken if split == bad_split else rows) + "\n")
+    expected = ("item arith-test-00003: doc_to_text gives None" if bad_split == "test"
+                else "its 2-shot prompts cannot be built from its few-shot examples (")
+    with pytest.raises(UserError, match=re.escape(f"task {tmp_path / 't.yaml'}: evo_arith: {expected}")):
+        LMEvalTask(tmp_path / "t.yaml")
