@@ -102,11 +102,11 @@ def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | Non
     spec = campaign.tracking
     if spec is None or tracking is True:
         return campaign
+    if tracking is False:
+        return campaign.model_copy(update={"tracking": None})
     named = ([f"MLflow at {spec.mlflow.uri}"] if spec.mlflow is not None and spec.mlflow.uri is not None else []) + (
         [f"W&B project {spec.wandb.project}" + (f" of {spec.wandb.entity}" if spec.wandb.entity else "")]
         if spec.wandb is not None and spec.wandb.mode == "online" else [])
-    if tracking is False:
-        return campaign.model_copy(update={"tracking": None})
     if not named:
         return campaign
     raise UserError(f"{campaign_file}: tracking reports this run's results to {' and '.join(named)}, with your "
@@ -135,7 +135,7 @@ def read_run(run: Path):
             raise UserError(f"{run}: a run is starting here (pid {pid}); it has not recorded its tasks yet")
         raise UserError(f"{run}: the campaign has not recorded its tasks yet; `evo-merge resume {run}` records them")
     tasks = {t["name"] for t in facts["tasks"]}
-    scored = next((set(e.estimates) for e in store.evaluations() if e.status == "ok" and e.estimates), tasks)
+    scored = store.scored_tasks() or tasks
     if scored != tasks:  # every reader takes the recorded tasks for those the evaluations were scored on
         store.close()
         raise UserError(f"{run}: state.sqlite is damaged: its tasks ({', '.join(sorted(tasks))}) are not those its "
@@ -477,6 +477,7 @@ def export(
     measured = store.get(evaluation.key)  # as the measurement left it
     with StageBars() as bars:
         picks = [name for name, (eid, _) in store.exported().items() if eid == pick]  # its card says so too
+        runner.workspace.check_models_unchanged()  # after the measuring's minutes: the weights its card's scores are of
         folder = export_candidate(runner.workspace, measured, out, overwrite=overwrite, progress=bars, chosen_as=picks)
     click.echo(f"wrote {folder}: evaluation {pick} ({_what(runner.workspace, measured)}), {_measured_on(store)}: "
                f"{_measured_scores(store, measured)}")

@@ -59,7 +59,8 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
     """Write one evaluation's candidate to `out`, merged on the campaign's device where this process
     has it (`available_device`); the evaluator's workbench is reused when it has one. `progress`
     gets a stage `exporting NAME` over the tensors written; `chosen_as` names the picks it is, in
-    its card. Refused where a model's files changed since the run recorded them."""
+    its card. The caller checks the models first (`Workspace.check_models_unchanged`): the scores
+    on the card are of the weights the run read."""
     from evo_merge.weights.devices import available_device
 
     named = workspace.campaign.device
@@ -69,7 +70,6 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
     if ran_on not in (None, device.type):
         log.warning("the run evaluated on %s, this export merges on %s: equal to rounding, but DARE and DELLA draw "
                     "other drops than the candidate scored", ran_on, device.type)
-    workspace.check_models_unchanged()  # the scores on its card are of the weights the run read
     candidate = Candidate.from_key(evaluation.key)
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(
@@ -138,6 +138,7 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     it, a file replaced) is no pick: it is exported again, with a warning. The picks are recorded
     (`CampaignStore.exported`) once all are written."""
     run_dir = workspace.run_dir
+    workspace.check_models_unchanged()  # once, for every pick: their cards' scores are of the weights the run read
     if (run_dir / "models").is_dir():
         sweep_partial_folders(run_dir / "models")
     names: dict[int, list[str]] = {}

@@ -296,6 +296,13 @@ class CampaignStore:
                                (phase,) if phase else ()).fetchall()
         return [self._evaluation(r) for r in rows]
 
+    def scored_tasks(self) -> set[str] | None:
+        """The tasks the first successful evaluation was estimated on (None before there is one):
+        what the run's recorded tasks must be, read without reading every evaluation."""
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM evaluations WHERE status = 'ok' AND estimates IS NOT NULL "
+                              "ORDER BY id LIMIT 1").fetchone()
+        return set(self._evaluation(row).estimates or {}) if row else None
+
     def items_evaluated(self, phase: str | None = None, *, measured: bool = False) -> int:
         """Item evaluations spent in `phase` (all phases when None), plus front measurement if `measured`."""
         column = "items_evaluated + items_measured" if measured else "items_evaluated"
