@@ -20,7 +20,7 @@ def push(folder: Path, repo_id: str, private: bool, revision: str | None, dry_ru
     from evo_merge.errors import UserError
     from evo_merge.report.upload import check_repo_id, hub_token
 
-    check_repo_id(repo_id)
+    check_repo_id(repo_id, "ORG/NAME")
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")
     if not dry_run:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 from evo_merge.errors import UserError, first_line
 from evo_merge.weights import Checkpoint
@@ -81,7 +82,7 @@ def _evo_merge_card(card: Path) -> bool:
 
     try:
         tags = (metadata_load(card) or {}).get("tags") or []
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):  # not a card the Hub could read either
         return False
     return isinstance(tags, list) and "evo-merge" in tags
 
@@ -121,7 +122,7 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool = False, revisi
     return str(commit.commit_url)
 
 
-def check_repo_id(repo_id: str) -> str:
+def check_repo_id(repo_id: str, option: str = "--push-to-hub") -> str:
     """`repo_id` if the Hub takes it (huggingface_hub's own check: NAME in your namespace, or
     ORG/NAME), else a user error, before any export: a refusal at upload came after the work."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -129,5 +130,5 @@ def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise UserError(f"--push-to-hub {repo_id!r}: not a Hub repo id ({first_line(exc)})") from None
+        raise UserError(f"{option} {repo_id!r}: not a Hub repo id ({first_line(exc)})") from None
     return repo_id

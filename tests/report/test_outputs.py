@@ -364,5 +364,8 @@ def test_push_uploads_a_folder_evo_merge_wrote_and_nothing_else(tracked_run, tmp
     (copy / "README.md").write_text("---\nlicense: mit\n---\n# someone else's model\n")
     foreign = CliRunner().invoke(cli, ["push", str(copy), "me/tiny-merge", "--dry-run"])
     assert foreign.exit_code == 2 and "not a card evo-merge wrote" in foreign.output
+    (copy / "README.md").write_text("---\ntags: [evo-merge\n---\n# a card whose front matter is no YAML\n")
+    broken = CliRunner().invoke(cli, ["push", str(copy), "me/tiny-merge", "--dry-run"])
+    assert broken.exit_code == 2 and "not a card evo-merge wrote" in broken.output, broken.output
     bad = CliRunner().invoke(cli, ["push", str(pick), "me/x.git", "--dry-run"])
-    assert bad.exit_code == 2 and "not a Hub repo id" in bad.output
+    assert bad.exit_code == 2 and "ORG/NAME 'me/x.git': not a Hub repo id" in bad.output
