@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evo_merge.align.methods import NEEDS_DATA, AlignMethod
-from evo_merge.dtype_names import ALIASES
+from evo_merge.dtype_names import ALIASES, NAMES
 from evo_merge.errors import UserError
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
@@ -325,12 +325,17 @@ class AlignSpec(_Checked):
         return self
 
 
-def _dtype_alias(value: Any) -> Any:
-    """The short names `merge` and recipes take (`bf16`, `fp32`, `half`), read as the names they stand for."""
-    return ALIASES.get(value.strip().lower(), value) if isinstance(value, str) else value
+def _dtype_name(value: Any) -> Any:
+    """A dtype as `merge` and recipes read it: any case, the short names (`bf16`, `fp32`, `half`)
+    as the names they stand for."""
+    if not isinstance(value, str):
+        return value
+    name = value.strip().lower()
+    return ALIASES.get(name, name)
 
 
-CampaignDtype = Annotated[Literal["auto", "float32", "bfloat16", "float16"], BeforeValidator(_dtype_alias)]
+# `auto` (the base's own) or one of the floating dtypes of the table `weights.dtypes` maps to torch's
+CampaignDtype = Annotated[Literal[("auto", *NAMES)], BeforeValidator(_dtype_name)]
 
 
 class StorageSpec(_Checked):

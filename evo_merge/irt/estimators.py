@@ -167,9 +167,8 @@ class Estimator:
             raise UserError(f"estimator {kind} needs endpoint subjects (--endpoints)")
         anchor_err, irt_err = self._measured_errors()
         self._anchor_sq, self._irt_sq = anchor_err**2, irt_err**2
-        irt_sq = self._irt_sq
         prior = self._calibration_prior = self.random_sampling_variance()
-        self.anchor_variance, self.irt_error = _pool(self._anchor_sq, prior), _pool(irt_sq, prior)
+        self.anchor_variance, self.irt_error = _pool(self._anchor_sq, prior), _pool(self._irt_sq, prior)
         self.lam = _shrink_weight(self.irt_error, self.anchor_variance) if kind == "gpirt" else None
         if kind in ENDPOINT_ESTIMATORS:
             self.irt_error = self._mp_error(seed)
@@ -331,19 +330,21 @@ class Estimator:
         all score 0 or 1 (a skill only one endpoint has) it is 0, and σ̂² with it, which would
         give every merge that partly has the skill an SE of 0 there.
         """
+        return _pool(self._anchor_sq, self._own_sampling_variance(anchor))
+
+    def _own_sampling_variance(self, anchor: np.ndarray) -> np.ndarray:
+        """(S, K): p̃(1 − p̃)·(1 − n/N)/n_eff, a random sample's error² at the subject's own accuracy,
+        p̃ = (n_eff·mean + 1)/(n_eff + 2) (never exactly 0 or 1)."""
         p = (self._n_eff * anchor + 1.0) / (self._n_eff + 2.0)
-        return _pool(self._anchor_sq, p * (1.0 - p) * self._sampling)
+        return p * (1.0 - p) * self._sampling
 
     def _subject_irt_base(self, anchor: np.ndarray) -> np.ndarray:
         """b̂² per subject and scenario (S, K) before its own check: the measured IRT errors pooled with
         the random-sampling error at the larger of the calibration subjects' and this subject's own
-        accuracy spread (`_subject_anchor_variance`'s p̃). Where every calibration subject aces a
-        scenario their spread is 0, b̂² with it, and the per-subject checks only scale b̂²: a merge
-        whose anchors there said 1.0 was pulled to the IRT part's 0.85 at ± 0.04 (λ 0.06-0.13)."""
-        p = (self._n_eff * anchor + 1.0) / (self._n_eff + 2.0)
-        with np.errstate(invalid="ignore"):  # a subject with no scored anchor: NaN, as its estimates
-            prior = np.fmax(self._calibration_prior, p * (1.0 - p) * self._sampling)
-        return _pool(self._irt_sq, prior)
+        accuracy spread (`_own_sampling_variance`). Where every calibration subject aces a scenario
+        their spread is 0, b̂² with it, and the per-subject checks only scale b̂²: a merge whose
+        anchors there said 1.0 was pulled to the IRT part's 0.85 at ± 0.04 (λ 0.06-0.13)."""
+        return _pool(self._irt_sq, np.fmax(self._calibration_prior, self._own_sampling_variance(anchor)))
 
     def _subject_irt_error(self, anchor: np.ndarray, irt: np.ndarray, anchor_variance: np.ndarray) -> np.ndarray:
         """b² per subject and scenario (S, K): b̂²·(1 + κ)/2 (`_subject_irt_base`), κ its anchors' excess

@@ -33,10 +33,9 @@ from evo_merge.merge.licenses import card_license
 from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import copied_tokenizer_files, tokenizer_files
-from evo_merge.weights.export import refuse_existing, staged_folder
+from evo_merge.weights.export import MASS_JSON, refuse_existing, staged_folder
 from evo_merge.weights.references import ModelRef, check_distinct
 
-MASS_JSON = "mass.json"
 FORMAT = "evo-merge-mass"
 BASE_FOLDER = "base"
 # lm-eval right-pads causal inputs with 0 and passes no attention mask: without a mask, a

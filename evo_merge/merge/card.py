@@ -152,8 +152,8 @@ def model_card(
     campaign picks it is (`chosen_section`). Inputs are named
     from the recipe's model strings (Hub ids as `org/name@revision`, see `model_ref`). `licenses`:
     the recipe's (`recipe_license`), read here when not given."""
-    base, merged = card_inputs(recipe)
     named = _named(recipe)
+    base, merged = _split(recipe, named)
     entries = recipe.models or [source for out in recipe.slices for source in out.sources]
     inputs = ([base] if base else []) + merged
     licenses = licenses or card_license(inputs)
@@ -198,7 +198,7 @@ def model_card(
         "",
         *reproduce_lines(device),
         "",
-        *local_inputs_lines([*inputs, *([base] if base else [])]),
+        *local_inputs_lines(inputs),
         *plugin_lines(recipe.merge_method),
     ]
     return "\n".join(lines)
@@ -206,7 +206,10 @@ def model_card(
 
 def card_inputs(recipe: Recipe) -> tuple[CardInput | None, list[CardInput]]:
     """(the base, the merged models) as the card names them (`model_refs`)."""
-    refs = _named(recipe)
+    return _split(recipe, _named(recipe))
+
+
+def _split(recipe: Recipe, refs: Mapping[str, CardInput]) -> tuple[CardInput | None, list[CardInput]]:
     base = refs[recipe.base_model] if recipe.base_model else None
     return base, [refs[m] for m in recipe.references() if m != recipe.base_model]
 

@@ -85,17 +85,17 @@ def se_note(facts: Mapping) -> str | None:
 def picks_no_better_than_inputs(store: CampaignStore, facts: Mapping, objectives: Objectives,
                                 picks: Mapping[str, Evaluation], quote: Callable[[str], str] = str) -> list[str]:
     """A line for each pick measured no better than one of the merge's inputs (the base, an
-    endpoint) on every task: the search chooses among merges, and a `best-<task>` pick can be a
-    merge that keeps one endpoint and scores as it does, or below it; published, it adds nothing
-    that input does not give; and for a `best-<task>` pick, an input scoring higher on its task (the
-    search's candidates are merges, never the endpoints themselves). (Runs from before the endpoints
-    were recorded: none said.) `quote`
-    writes a name as the line's reader takes it (`markup.md` for Markdown)."""
+    endpoint) on every task, and for a `best-<task>` pick, one measured below an input on its task:
+    the search's candidates are merges, never the endpoints themselves, and a pick that keeps one
+    endpoint scores as it does or below it; published, it adds nothing that input does not give.
+    (Runs from before the endpoints were recorded: none said.) `quote` writes a name as the line's
+    reader takes it (`markup.md` for Markdown)."""
     labels = facts.get("endpoints")
     if not labels:
         return []
     inputs = [(label, e.measured) for label, candidate in reference_candidates(labels)
               if (e := store.get(candidate.key)) is not None and e.measured]
+
     def what(label: str) -> str:
         return "the base model" if label == "base" else f"the endpoint {quote(label)}"
 

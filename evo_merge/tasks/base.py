@@ -82,25 +82,18 @@ def item_positions(task_name: str, index: dict[str, int], item_ids: Sequence[str
 
 def score_series(task_name: str, item_ids: Sequence[str], scores: Sequence[float]) -> pd.Series:
     """Per-item scores as a Series, checked to be numbers in [0, 1] (IRT needs bounded scores)."""
-    try:
-        values = [float(s) for s in scores]
-    except (TypeError, ValueError):
-        item, score = next((i, s) for i, s in zip(item_ids, scores) if not _is_number(s))
-        raise UserError(f"task {task_name!r} scored item {item!r} as {score!r}: scores must be numbers in [0, 1]"
-                        ) from None
+    values = []
+    for item, score in zip(item_ids, scores):
+        try:
+            values.append(float(score))
+        except (TypeError, ValueError):
+            raise UserError(f"task {task_name!r} scored item {item!r} as {score!r}: scores must be numbers in "
+                            "[0, 1]") from None
     series = pd.Series(values, index=pd.Index(list(item_ids), name="item"), name=task_name)
     bad = series[(series < 0) | (series > 1) | series.isna()]
     if len(bad):
         raise UserError(f"task {task_name!r} scored item {bad.index[0]!r} as {bad.iloc[0]}: scores must lie in [0, 1]")
     return series
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def checked_scores(task: FitnessTask, model: Any, tokenizer: Any, item_ids: Sequence[str] | None) -> pd.Series:

@@ -241,8 +241,9 @@ def _write_extra(folder: Path, name: str, content: str | bytes) -> None:
         target.write_text(content, encoding="utf-8")
 
 
+MASS_JSON = "mass.json"  # a MASS folder's description (`mass.model` writes and reads it)
 # what says a folder holds a model: an HF model's config, a MASS folder's description
-MODEL_FOLDER_FILES = ("config.json", "mass.json")
+MODEL_FOLDER_FILES = ("config.json", MASS_JSON)
 
 
 def is_model_folder(folder: Path) -> bool:

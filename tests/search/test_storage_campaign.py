@@ -181,7 +181,7 @@ def test_placement_and_budgets_leave_the_run_identity_and_dtype_changes_it(zoo):
 def test_a_campaign_takes_the_dtype_names_a_recipe_takes(zoo):
     """`merge` and recipes take `bf16`, `fp32`, `half`; a campaign refused them ("Input should be
     'auto', 'float32', 'bfloat16' or 'float16'"). They are the same run as the full names."""
-    short = Campaign.model_validate(config(zoo, dtype="BF16", storage={"dtype": "fp32"}))
+    short = Campaign.model_validate(config(zoo, dtype="BF16", storage={"dtype": "Float32"}))
     full = Campaign.model_validate(config(zoo, dtype="bfloat16", storage={"dtype": "float32"}))
     assert (short.dtype, short.storage.dtype) == ("bfloat16", "float32")
     assert config_fingerprint(short) == config_fingerprint(full)
