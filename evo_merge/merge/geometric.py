@@ -26,12 +26,13 @@ def nuslerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool, f
     def unit(x: torch.Tensor) -> torch.Tensor:
         return x / torch.norm(x, dim=-1, keepdim=True).clamp(min=1e-7)
 
-    cos = torch.sum(unit(v0) * unit(v1), dim=-1, keepdim=True)
-    theta = torch.acos(cos.clamp(-1, 1))
-    sin = torch.sin(theta)
-    colinear = (sin.abs() < eps).squeeze()
-    out = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / sin
-    out[colinear] = (1 - t) * v0[colinear] + t * v1[colinear]
+    cos = torch.sum(unit(v0) * unit(v1), dim=-1, keepdim=True).clamp(-1, 1)
+    # colinear by the cosine, as mergekit tests it: opposed vectors have cos -1 exactly in float32,
+    # where sin(acos(-1)) is -8.7e-8, not 0, and dividing by it gave entries of 1e5
+    colinear = (1 - cos.square()) <= eps**2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    spherical = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
+    out = torch.where(colinear, (1 - t) * v0 + t * v1, spherical)
     if row_wise and not flatten:
         out = out.transpose(0, -1)
     return out.reshape(shape)
@@ -110,7 +111,7 @@ def karcher_mean(tensors: list[torch.Tensor], max_iter: int, tol: float) -> torc
     return sum(alpha * n for n in norms) * u
 
 
-@register_method("karcher", uses_weights=False, base="first", hyperparameters=[
+@register_method("karcher", uses_weights=False, base="first", on_models=True, hyperparameters=[
     H("max_iter", 10, 1, None, searchable=False, help="iterations of the Karcher mean"),
     H("tol", 1e-5, 0.0, None, searchable=False, help="convergence tolerance"),
 ])

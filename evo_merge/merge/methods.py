@@ -51,7 +51,7 @@ def _average_divisible(weights: Sequence[float], params: Params) -> str | None:
 
 
 @register_method("linear", hyperparameters=[H("normalize", True, searchable=False)], base="averaged",
-                 check=_average_divisible)
+                 check=_average_divisible, on_models=True)
 def linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Weighted average of the models (model soup)."""
     total = sum(weights)
@@ -82,12 +82,15 @@ def task_arithmetic(base, deltas, params: Params, name: str) -> list[torch.Tenso
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the top `density` fraction of entries by magnitude (at least one). Of the entries tied
+    """Keep the top `density` fraction of entries by magnitude: none at density 0, at least one
+    above it (mergekit's rule; the TIES paper's top 0% keeps nothing). Of the entries tied
     with the last one kept (many, in bfloat16), the first by position are kept: the same entries
     on every device and torch version, so a candidate built on a GPU and its recipe rebuilt on a
     CPU agree (topk, like mergekit's unstable argsort, picks among ties in no set order)."""
     if density >= 1:
         return torch.ones_like(delta, dtype=torch.bool)
+    if density <= 0:
+        return torch.zeros_like(delta, dtype=torch.bool)
     return top_mask(delta.abs().flatten(), max(1, int(density * delta.numel()))).view_as(delta)
 
 
@@ -240,7 +243,8 @@ def dare_ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
 SLERP_DOT_THRESHOLD = 0.9995
 
 
-@register_method("slerp", hyperparameters=[H("t", 0.5, 0.0, 1.0, required=True)], n_models=(1, 1))
+@register_method("slerp", hyperparameters=[H("t", 0.5, 0.0, 1.0, required=True)], n_models=(1, 1),
+                 on_models=True)
 def slerp(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Spherical interpolation from the base (t=0) to the other model (t=1), per tensor."""
     t = params["t"]

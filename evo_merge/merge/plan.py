@@ -536,6 +536,9 @@ def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint], dev
 
 
 def _combine(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor]) -> torch.Tensor:
+    narrow = tensors[0].dtype
+    if plan.method.on_models and narrow.itemsize < 4:  # a 16-bit difference is exact in float32
+        return _combine(plan, job, [t.float() for t in tensors]).to(narrow)
     reference = tensors[0] if job.reference else torch.zeros_like(tensors[0])
     inputs = tensors[1:] if job.reference else tensors
     deltas = [x - reference for x in inputs]

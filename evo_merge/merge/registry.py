@@ -103,6 +103,9 @@ class MergeMethod:
     # every piece is a task vector, or one divided by a number: kept as exactly as the task vectors
     # are (`merge.storage.rounds`), where computed pieces (TSV's factors) are kept in the storage dtype
     pieces_are_task_vectors: bool = False
+    # it combines the models themselves (base + delta rebuilds each one): below float32 the file
+    # path computes it in float32 and rounds once, so slerp at t 1 gives the endpoint exactly
+    on_models: bool = False
     module: str = ""  # where the decorated function is defined: a method of your own names its plugin
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
@@ -154,6 +157,7 @@ def register_method(
     narrow: MergeFn | None = None,
     check: CheckFn | None = None,
     pieces_are_task_vectors: bool = False,
+    on_models: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
 
@@ -169,7 +173,11 @@ def register_method(
     with it before any tensor, a campaign's candidate fails with it. `pieces_are_task_vectors`: the
     pieces are only task vectors (each possibly divided by a number) and None, so a search keeps them
     exactly where it keeps the task vectors exactly, and its candidates' scores are the exported
-    merges' own; computed pieces are kept in the storage dtype, rounded below float32.
+    merges' own; computed pieces are kept in the storage dtype, rounded below float32. `on_models`:
+    the method combines the models themselves, not their task vectors (an average, an
+    interpolation): in a bfloat16 recipe, rebuilding each model as base + (model - base) in
+    bfloat16 would round it twice, so the file path computes such a method in float32 and rounds
+    its result once.
     """
 
     if base not in BASE_MODES:
@@ -180,8 +188,8 @@ def register_method(
             raise ValueError(f"merge method {name!r} is already registered")
         if scale is None:
             method = MergeMethod(name, tuple(hyperparameters), fn=func, n_models=n_models, base=base,
-                                 uses_weights=uses_weights, check=check, module=func.__module__,
-                                 description=(func.__doc__ or "").strip().split("\n")[0])
+                                 uses_weights=uses_weights, check=check, on_models=on_models,
+                                 module=func.__module__, description=(func.__doc__ or "").strip().split("\n")[0])
         else:
             def fn(base, deltas, weights, params, tensor_name, _pieces=func):
                 if narrow is not None and base.dtype.itemsize < 4:

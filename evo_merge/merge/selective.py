@@ -12,7 +12,7 @@ from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
 
 
-@register_method("model_stock", uses_weights=False, n_models=(2, None), hyperparameters=[
+@register_method("model_stock", uses_weights=False, n_models=(2, None), on_models=True, hyperparameters=[
     H("filter_wise", False, searchable=False, help="one interpolation ratio per row, not per tensor"),
 ])
 def model_stock(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
@@ -32,12 +32,16 @@ def model_stock(base, deltas, weights, params: Params, name: str) -> torch.Tenso
             cosines.append(((a * b).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
     cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
     n = len(offsets)
-    t = (n * cos) / (1 + (n - 1) * cos)
+    denominator = 1 + (n - 1) * cos
+    # opposed task vectors (cos -1 for two models, a mean of -1/2 for three) leave no finite ratio:
+    # the base is kept there, as mergekit keeps it
+    singular = denominator.abs() < 1e-6
+    t = torch.where(singular, 0.0, n * cos / torch.where(singular, 1.0, denominator))
     average = sum(w0 + d for d in offsets) / n
     return (t * average + (1 - t) * w0).reshape(shape)
 
 
-@register_method("nearswap", uses_weights=False, n_models=(1, 1), hyperparameters=[
+@register_method("nearswap", uses_weights=False, n_models=(1, 1), on_models=True, hyperparameters=[
     H("t", 0.001, 0.0, None, required=True, search_range=(0.0001, 0.01),
       help="distance below which entries take the other model's value (required in recipes)"),
 ])
@@ -57,7 +61,7 @@ def fusion_quantiles(scores: torch.Tensor, qs: list[float]) -> list[torch.Tensor
     return [ordered[int(q * (ordered.numel() - 1))] for q in qs]
 
 
-@register_method("arcee_fusion", uses_weights=False, n_models=(1, 1))
+@register_method("arcee_fusion", uses_weights=False, n_models=(1, 1), on_models=True)
 def arcee_fusion(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Arcee Fusion: keep the changes whose importance (|delta| times the row's softmax KL
     divergence) exceeds median + 1.5 IQR; drop the rest."""

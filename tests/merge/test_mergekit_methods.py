@@ -49,6 +49,33 @@ def test_model_stock_interpolation_ratio():
     assert torch.allclose(run("model_stock", base, same), T([1.5, 1.5]))
 
 
+@pytest.mark.parametrize("filter_wise", [False, True])
+def test_model_stock_keeps_the_base_where_task_vectors_are_opposed(filter_wise):
+    """cos -1 for two models: t = 2 cos / (1 + cos) has no value; mergekit keeps the base there
+    (it gave NaN and inf, then an 'overflowed the output dtype' refusal)."""
+    base = T([[0.5, 0.5], [1.0, 1.0]])
+    opposed = [T([[1.0, 0.0], [1.0, 1.0]]), T([[-1.0, 0.0], [2.0, 2.0]])]
+    out = run("model_stock", base, opposed, filter_wise=filter_wise)
+    assert torch.isfinite(out).all()
+    if filter_wise:  # row 0 opposed: the base; row 1 aligned: t 1, the average
+        assert torch.equal(out, T([[0.5, 0.5], [2.5, 2.5]]))
+    else:
+        cos = (-1.0 + 2.0 + 2.0) / (math.sqrt(3.0) * math.sqrt(9.0))  # the flattened offsets
+        t = 2 * cos / (1 + cos)
+        assert torch.allclose(out, base + t * (opposed[0] + opposed[1]) / 2)
+    assert torch.equal(run("model_stock", base[0], [T([1.0, 0.0]), T([-1.0, 0.0])]), base[0])
+
+
+def test_nuslerp_of_opposed_task_vectors_interpolates_linearly():
+    """In float32 the cosine of opposed vectors is -1 exactly and sin(acos(-1)) is -8.7e-8, not 0:
+    dividing by it wrote entries of 1e5. Colinear is judged by the cosine, as mergekit judges it."""
+    a = T([0.02, 0.0, 0.0])
+    for row_wise, flatten in ((False, True), (True, False), (False, False)):
+        out = run("nuslerp", torch.zeros(1, 3), [a.view(1, 3), -0.5 * a.view(1, 3)], [1.0, 1.0],
+                  nuslerp_row_wise=row_wise, nuslerp_flatten=flatten)
+        assert torch.allclose(out, 0.25 * a.view(1, 3)), (row_wise, flatten)
+
+
 def test_nuslerp_and_multislerp_reduce_to_slerp_and_keep_norms():
     a, b = T([1.0, 0.0]), T([0.0, 1.0])
     zero = torch.zeros(2)

@@ -128,13 +128,18 @@ def test_dare_drop_rate_and_unbiasedness():
     assert torch.allclose(outs.mean(0).sum(), delta.sum(), atol=0.05 * delta.abs().sum())
 
 
-@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
-def test_dare_density_zero_drops_that_models_task_vector(method):
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties", "ties"])
+def test_density_zero_drops_that_models_task_vector(method):
     """0 is inside density's range: the model's task vector is dropped whole (there is nothing to
-    rescale), not divided by zero into NaN."""
+    rescale), not divided by zero into NaN. TIES kept its largest entry there (mergekit 0.1.5 and
+    the paper's top 0% keep none); any density above 0 keeps at least one."""
     base, kept = T([1.0, -1.0, 0.5]), T([0.5, 2.0, -1.0])
     out = run(method, base, [T([3.0, -3.0, 4.0]), kept], density=[0.0, 1.0])
     assert torch.equal(out, base + kept)
+    if method == "ties":
+        out = run(method, base, [T([3.0, -3.0, 4.0]), kept], density=[0.01, 1.0])
+        # 4.0 kept; the election's + sign there drops the other model's -1.0
+        assert torch.equal(out, base + T([0.5, 2.0, 4.0]))
 
 
 def test_dare_ties_elects_signs_after_drops():
