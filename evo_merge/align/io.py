@@ -95,7 +95,12 @@ def load_data(path: str | Path, endpoint: Endpoint, key: str = "--data") -> tupl
         return x, y
     if endpoint.tokenizer is None:
         raise UserError(f"{key} {path}: text data needs a model folder with a tokenizer")
-    ids = endpoint.tokenizer(path.read_text())["input_ids"]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{key} {path}: not UTF-8 text (byte {exc.start}); give a text file, or a .safetensors "
+                        "file with a tensor x") from None
+    ids = endpoint.tokenizer(text)["input_ids"]
     n = len(ids) // SEQ_LEN
     if n == 0:
         raise UserError(f"{key} {path}: fewer than {SEQ_LEN} tokens")

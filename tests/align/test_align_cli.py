@@ -99,6 +99,9 @@ def test_hf_models_written_with_tokenizer(tmp_path, arch, method):
         tmp_path / "out",
     )
     assert result.exit_code == 0, result.output
+    (tmp_path / "data.bin").write_bytes(bytes(range(256)) * 4)  # was a UnicodeDecodeError's traceback
+    _one_line_error(_run("--models", tmp_path / "m0", tmp_path / "m1", "--arch", arch, "--method", method, "--data",
+                         tmp_path / "data.bin", "--out", tmp_path / "bin"), "data.bin: not UTF-8 text (byte 128)")
     out = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "m1").eval()
     assert (tmp_path / "out" / "m1" / "tokenizer.json").exists()
     ids = torch.randint(0, len(tok), (2, 10), generator=torch.Generator().manual_seed(0))
