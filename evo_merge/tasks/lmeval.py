@@ -18,7 +18,7 @@ import contextlib
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -328,8 +328,12 @@ def _doc_items(docs: list[Any]) -> tuple[list[str], list[str] | None]:
     elif not ids and (named := sum(isinstance(d, dict) and d.get("id") is not None for d in docs)):
         log.warning("task items are named by their position: %d of %d documents have no id", len(docs) - named,
                     len(docs))
-    return (ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))],
-            [str(d["scenario"]) for d in docs] if every("scenario") else None)
+    scenarios = [str(d["scenario"]) for d in docs] if every("scenario") else None
+    if scenarios is None and (given := sum(isinstance(d, dict) and d.get("scenario") is not None for d in docs)):
+        # anchors are spread over scenarios: one row without drops them for every item
+        log.warning("task items have no scenarios: %d of %d documents have none (a scenario for every row, or for "
+                    "none)", len(docs) - given, len(docs))
+    return ids if len(set(ids)) == len(docs) else [str(i) for i in range(len(docs))], scenarios
 
 
 def _check_docs(spec: str | Path, name: str, task: Any, docs: list[Any], ids: list[str]) -> None:
@@ -339,6 +343,7 @@ def _check_docs(spec: str | Path, name: str, task: Any, docs: list[Any], ids: li
     of its choices, or a second copy of an earlier choice, scores 0 whatever the model says)."""
     _check_field_names(spec, name, task)
     choice = task.config.output_type == "multiple_choice"
+    listed = None  # whether the answers are lists: lm-eval reads every item's as its first test item's
     for doc, item in zip(docs, ids):
         where = f"task {spec}: {name}: item {item}"
         text = _rendered(task.doc_to_text, doc, where, "doc_to_text")
@@ -356,7 +361,15 @@ def _check_docs(spec: str | Path, name: str, task: Any, docs: list[Any], ids: li
         elif target is None:
             raise UserError(f"{where}: doc_to_target gives None (a missing or empty field in its row?)")
         elif choice:
-            for gold in target if isinstance(target, list) else [target]:
+            listed = isinstance(target, list) if listed is None else listed
+            if isinstance(target, list) != listed:
+                raise UserError(f"{where}: doc_to_target gives {target!r}, where the first item's is "
+                                f"{'a list of answers' if listed else 'one answer'}: lm-eval reads every item's "
+                                "answers as it reads the first's (a list of choice indices, or one answer each)")
+            if listed and not all(map(_is_index, target)):
+                raise UserError(f"{where}: doc_to_target gives {target!r}: a list of answers holds choice indices "
+                                "(lm-eval compares its entries with the chosen index)")
+            for gold in target if listed else [target]:
                 _check_answer(where, gold, choices)
 
 
@@ -367,10 +380,14 @@ def _rendered(render: Any, doc: Any, where: str, key: str) -> Any:
         raise UserError(f"{where}: {key} cannot be rendered ({described(exc)})") from None
 
 
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_answer(where: str, gold: Any, choices: list[Any]) -> None:
     """A multiple-choice answer (an index or a choice's text) is one of the choices, and not a
     second copy of an earlier one: the model's tie goes to the first copy."""
-    index = isinstance(gold, int) and not isinstance(gold, bool)
+    index = _is_index(gold)
     if not (0 <= gold < len(choices) if index else gold in choices):
         raise UserError(f"{where}'s answer {gold!r} is none of its {len(choices)} choices (doc_to_target against "
                         "doc_to_choice): it would score 0 whatever the model says")
@@ -542,6 +559,25 @@ class LMEvalTask(ItemTable):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_lm": None}  # the wrapper holds a model: never ship it
 
+    def _named(self, name: str) -> str:
+        return self.name if name == self.name else f"{self.name}: {name}"  # a group's task, or the task
+
+    def _check_generation_room(self, lm: Any, names: Iterable[str]) -> None:
+        """A generation task asks for up to max_gen_toks new tokens (lm-eval's default 256) and
+        keeps the rest of the context for the prompt: at or past the model's context, lm-eval
+        stops on an AssertionError when it first generates."""
+        from lm_eval.models.utils import normalize_gen_kwargs
+
+        for name in names:
+            config = self.tasks[name].config
+            if config.output_type != "generate_until" or getattr(lm, "backend", "causal") != "causal":
+                continue
+            wanted = normalize_gen_kwargs(dict(config.generation_kwargs or {}), lm.max_gen_toks)["max_gen_toks"]
+            if wanted >= lm.max_length:
+                raise UserError(f"task {self._named(name)} generates up to {wanted} tokens (generation_kwargs."
+                                f"max_gen_toks, lm-eval's default 256), which leaves no room for a prompt in this "
+                                f"model's {lm.max_length}-token context: set max_gen_toks below {lm.max_length}")
+
     def evaluate(self, model: Any, tokenizer: Any = None, item_ids: Sequence[str] | None = None) -> pd.Series:
         """Per-item scores (the task's metric under its filter) for `item_ids`, in that order."""
         from lm_eval.evaluator import evaluate
@@ -555,6 +591,7 @@ class LMEvalTask(ItemTable):
         for p in positions:
             name, doc = self._where[p]
             asked.setdefault(name, set()).add(doc)
+        self._check_generation_room(lm, asked)
         # one run over every task asked (lm-eval batches their requests together); it pairs the k-th
         # selected doc with the k-th index, so indices are sorted. Its progress bars would print
         # lines for every candidate: they go to a dropped buffer.
@@ -570,6 +607,12 @@ class LMEvalTask(ItemTable):
             log.warning("task %s: some items are longer than the model's context and were cut from the left "
                         "(lm-eval's truncation): they are scored on their ends", self.name)
             self._said_truncated = True
-        by_doc = {(name, s["doc_id"]): s[self.metric] for name in asked
-                  for s in result["samples"][name] if s["filter"] == self.filter}
+        samples = [(name, s) for name in asked for s in result["samples"][name] if s["filter"] == self.filter]
+        if unscored := next(((n, s) for n, s in samples if self.metric not in s), None):
+            name, sample = unscored  # metric_list named a metric this output type does not score
+            given = f" (it gave {', '.join(sample['metrics'])})" if sample.get("metrics") else ""
+            kind = self.tasks[name].config.output_type
+            raise UserError(f"task {self._named(name)}: lm-eval scores no {self.metric!r} for a {kind} item{given}: "
+                            f"name a metric of that output type in metric_list (acc, for multiple_choice)")
+        by_doc = {(name, s["doc_id"]): s[self.metric] for name, s in samples}
         return score_series(self.name, [self._ids[p] for p in positions], [by_doc[self._where[p]] for p in positions])

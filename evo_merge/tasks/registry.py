@@ -50,6 +50,10 @@ def _made(factory: Callable[..., FitnessTask], spec: str, settings: dict[str, An
         # a campaign gives every task evaluator.batch_size unless its options set one: say so, the user wrote neither
         source = "; a campaign passes evaluator.batch_size to every task" if unknown[0] == "batch_size" else ""
         raise UserError(f"task {spec!r}: no option {unknown[0]!r} (it takes: {', '.join(names) or 'none'}{source})")
+    if missing := [p.name for p in params if p.default is p.empty and p.name not in settings
+                   and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]:
+        raise UserError(f"task {spec!r}: needs option {missing[0]!r}, which its options do not give (it takes: "
+                        f"{', '.join(names)}); is it a function or class that makes a FitnessTask?")
     return factory(*args, **settings)
 
 

@@ -225,6 +225,10 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch, capl
     assert resolve_task("toy-plugin").name == "plug"
     with pytest.raises(UserError, match="not a FitnessTask"):
         resolve_task("evo_plugin_demo:NOT_A_TASK")
+    # a callable needing what no option gives (`--task json:dumps`) was called: its TypeError's traceback
+    with pytest.raises(UserError, match=re.escape("task 'evo_plugin_demo:Numbered': needs option 'ids', which its "
+                                                  "options do not give (it takes: ids)")):
+        resolve_task("evo_plugin_demo:Numbered")
     # ids are stored as text and matched as given: an int id would be found under no name
     with pytest.raises(UserError, match=r"NUMBERED': item ids must be strings, not int \(0\)"):
         resolve_task("evo_plugin_demo:NUMBERED")
@@ -350,6 +354,7 @@ def test_a_doc_without_a_scenario_or_an_id_twice_is_not_taken_at_its_word(caplog
 
     docs = [{"id": "q0", "scenario": "a"}, {"id": "q1", "scenario": None}, {"id": "q2", "scenario": "b"}]
     assert _doc_items(docs) == (["q0", "q1", "q2"], None)
+    assert "task items have no scenarios: 1 of 3 documents have none" in caplog.text  # was unsaid
     assert _doc_items([{**d, "scenario": "a"} for d in docs]) == (["q0", "q1", "q2"], ["a", "a", "a"])
     twice = [{"id": "q0"}, {"id": "q1"}, {"id": "q1"}]
     assert _doc_items(twice) == (["0", "1", "2"], None)
@@ -379,6 +384,8 @@ ROW = '{"id":"arith-test-00001","scenario":"dec","question":"812-1=","choices":[
      "item arith-test-00001: doc_to_choice gives 'abcd', not a list"),
     (ROW.replace('["811","813","810","812"]', '["811","811","810","812"]').replace('"answer":0', '"answer":1'),
      "item arith-test-00001's answer 1 is a second copy of choice 0 ('811')"),
+    (ROW.replace('"answer":0', '"answer":[0,1]'),  # lm-eval's TypeError when scored, or acc 0 silently
+     "item arith-test-00001: doc_to_target gives [0, 1], where the first item's is one answer"),
 ])
 def test_a_malformed_row_is_refused_at_load_naming_the_item(tmp_path, row, message):
     """A null question or missing choices failed with lm-eval's traceback when first scored: in a
@@ -389,6 +396,53 @@ def test_a_malformed_row_is_refused_at_load_naming_the_item(tmp_path, row, messa
     path = _arith_variant(tmp_path, data="\n".join([data[0], row, *data[2:20]]) + "\n")
     with pytest.raises(UserError, match=re.escape(f"task {path}: evo_arith: {message}")):
         LMEvalTask(path)
+
+
+def test_lists_of_answers_are_every_item_s_or_none_and_hold_indices(tmp_path):
+    """lm-eval reads every item's answers as it reads its first test item's: a list after single
+    answers scored 0 whatever the model said, and a single answer after lists failed with a TypeError."""
+    rows = [json.loads(r) for r in (BENCHMARKS_DIR / "arith" / "test.jsonl").read_text().splitlines()[:6]]
+    for row in rows:
+        row["answer"] = [row["answer"]]
+    rows[2]["answer"] = rows[2]["answer"][0]
+    path = _arith_variant(tmp_path, data="".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match=re.escape(f"item {rows[2]['id']}: doc_to_target gives {rows[2]['answer']}, "
+                                                  "where the first item's is a list of answers")):
+        LMEvalTask(path)
+    texts = [{**r, "answer": [r["choices"][0]]} for r in rows]  # lm-eval compares list entries as indices
+    path = _arith_variant(tmp_path, data="".join(json.dumps(r) + "\n" for r in texts))
+    with pytest.raises(UserError, match=re.escape(f"item {rows[0]['id']}: doc_to_target gives ['83']: a list of "
+                                                  "answers holds choice indices")):
+        LMEvalTask(path)
+    rows[2]["answer"] = [0, 1]
+    path = _arith_variant(tmp_path, data="".join(json.dumps(r) + "\n" for r in rows))
+    assert len(LMEvalTask(path).item_ids) == 6  # several right answers, as lm-eval scores them
+
+
+def test_a_metric_lm_eval_does_not_score_for_the_output_type_is_one_line(tmp_path, char_lm):
+    """`metric: perplexity` with `aggregation: mean` on a multiple-choice task passed every check at
+    load, then failed with a KeyError after the first model was scored."""
+    model, tokenizer = char_lm
+    task = LMEvalTask(_arith_variant(tmp_path, yaml=[("metric: acc", "metric: perplexity")]))
+    with pytest.raises(UserError, match=re.escape(
+            "task evo_arith: lm-eval scores no 'perplexity' for a multiple_choice item: name a metric of that "
+            "output type in metric_list (acc, for multiple_choice)")):
+        task.evaluate(model, tokenizer, task.item_ids[:2])
+
+
+def test_a_generation_longer_than_the_model_s_context_is_one_line(tmp_path, char_lm):
+    """lm-eval asserts max_gen_toks < the model's context when it first generates: an AssertionError."""
+    model, tokenizer = char_lm
+    shutil.copy(BENCHMARKS_DIR / "seq" / "test.jsonl", tmp_path / "test.jsonl")
+    text = (BENCHMARKS_DIR / "seq" / "evo_seq.yaml").read_text()
+    (tmp_path / "t.yaml").write_text(text.replace("max_gen_toks: 8", "max_gen_toks: 256"))
+    task = LMEvalTask(tmp_path / "t.yaml")
+    with pytest.raises(UserError, match=re.escape(
+            "task evo_seq generates up to 256 tokens (generation_kwargs.max_gen_toks, lm-eval's default 256), which "
+            "leaves no room for a prompt in this model's 256-token context: set max_gen_toks below 256")):
+        task.evaluate(model, tokenizer, task.item_ids[:2])
+    (tmp_path / "t.yaml").write_text(text.replace("max_gen_toks: 8", "max_gen_toks: 255"))
+    assert len(LMEvalTask(tmp_path / "t.yaml").evaluate(model, tokenizer, task.item_ids[:1])) == 1
 
 
 @pytest.mark.parametrize(("family", "key", "typo"), [("arith", "doc_to_text", "questoin"),
