@@ -5,7 +5,9 @@ report. The lock is `flock` on the folder itself: the kernel releases it when th
 any way (kill -9 included), so a lock left by a dead process is simply taken over, without
 guessing from pids or timestamps. It was on a file inside the folder, which a user could delete
 while a run held it, and a second run then locked a new file and wrote beside the first. The
-holder's pid is written into that file (`LOCK_FILE`) only to name it in the refusal.
+holder's pid is written into that file (`LOCK_FILE`) to name it in the refusal, and the file is
+locked too: versions before the folder lock lock only the file, so a campaign such a version is
+still running when evo-merge is upgraded keeps the folder to itself.
 """
 
 from __future__ import annotations
@@ -35,23 +37,16 @@ class RunLock:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
-        self._fd: int | None = None
+        self._fds: list[int] = []  # the folder's and the lock file's, locked while held
 
     def __enter__(self) -> Self:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         folder = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
-        for attempt in range(LOCK_TRIES):  # `holder` (status) takes the lock shared for an instant
-            try:
-                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == LOCK_TRIES - 1:
-                    os.close(folder)
-                    pid = _pid(self.run_dir)
-                    who = (f"pid {pid}" if pid != "unknown"
-                           else f"another process (its pid unknown: no {LOCK_FILE} names it)")
-                    raise UserError(f"run folder {self.run_dir} is in use by {who}") from None
-                time.sleep(LOCK_WAIT_S)
+        if not _locked(folder):
+            os.close(folder)
+            pid = _pid(self.run_dir)
+            who = f"pid {pid}" if pid != "unknown" else f"another process (its pid unknown: no {LOCK_FILE} names it)"
+            raise UserError(f"run folder {self.run_dir} is in use by {who}")
         try:  # never through a link: a run folder someone sent could point it at any file of the user's
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
@@ -65,17 +60,35 @@ class RunLock:
             os.close(fd)
             os.close(folder)
             raise UserError(f"{self.path}: not a regular file, so not the run folder's lock; remove it")
+        if not _locked(fd):  # an older evo-merge's run, which locks the file alone
+            pid = _pid(self.run_dir)
+            os.close(fd)
+            os.close(folder)
+            raise UserError(f"run folder {self.run_dir} is in use by pid {pid} (an evo-merge from before this "
+                            "version's folder lock)")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        os.close(fd)
-        self._fd = folder
+        self._fds = [folder, fd]
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the only descriptor releases the flock
-            self._fd = None
+        for fd in self._fds:
+            os.close(fd)  # closing the only descriptor releases its flock
+        self._fds = []
+
+
+def _locked(fd: int) -> bool:
+    """Whether this process took `fd`'s lock, trying for 0.2 s: `holder` (status) takes it shared
+    for an instant."""
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < LOCK_TRIES - 1:
+                time.sleep(LOCK_WAIT_S)
+    return False
 
 
 def holder(run_dir: str | Path) -> str | None:
@@ -86,15 +99,27 @@ def holder(run_dir: str | Path) -> str | None:
         folder = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return None
+    try:  # non-blocking: a crafted folder's FIFO would hold `status` on the open
+        file: int | None = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # none (or a link, which no run writes): the folder's lock alone
+        file = None
+    if file is not None and not stat.S_ISREG(os.fstat(file).st_mode):
+        os.close(file)
+        file = None
     try:
-        try:
-            fcntl.flock(folder, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _pid(Path(run_dir))
-        fcntl.flock(folder, fcntl.LOCK_UN)
+        for fd in (folder, file):  # the file: locked alone by a run of an older evo-merge
+            if fd is None:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _pid(Path(run_dir))
+            fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(folder)
+        if file is not None:
+            os.close(file)
 
 
 def _pid(run_dir: Path) -> str:
