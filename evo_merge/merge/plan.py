@@ -9,6 +9,7 @@ weights are read. Streaming then keeps about one tensor per input in memory.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,7 @@ def _check_keys(method: MergeMethod, group: Group, anywhere: set[str]) -> list[s
         for key in entry.params:
             where = f"{entry.key.rsplit('.', 1)[0]}.parameters.{key}"
             if key in per_model:
+                _check_anchors(method.hyperparameter(key), entry.params[key], where)
                 continue
             if key not in anywhere:
                 raise UserError(f"{where}: not a per-model parameter of method {method.name} "
@@ -217,7 +219,26 @@ def _check_keys(method: MergeMethod, group: Group, anywhere: set[str]) -> list[s
             elif key not in declared:
                 known = ", ".join(sorted(declared))
                 raise UserError(f"{where}.{key}: unknown parameter for method {method.name} (known: {known})")
+            else:
+                _check_anchors(method.hyperparameter(key), value, f"{where}.{key}")
     return ignored
+
+
+def _check_anchors(hp: Hyperparameter | None, setting: Any, where: str) -> None:
+    """Each anchor of a gradient, and each filtered value, as its parameter takes it (`hp` None: a
+    weight, any finite number): each is checked where a tensor reads it, and one no layer reaches
+    was merged without a word and written into the output's recipe as given."""
+    if not isinstance(setting, list):
+        return
+    for i, anchor in enumerate(setting):
+        if isinstance(anchor, dict):
+            _check_anchors(hp, anchor.get("value"), f"{where}.{i}.value")
+        elif isinstance(anchor, list):
+            _check_anchors(hp, anchor, f"{where}.{i}")
+        elif hp is not None:
+            hp.coerce(anchor, f"{where}.{i}")
+        elif isinstance(anchor, bool) or not isinstance(anchor, (int, float)) or not math.isfinite(anchor):
+            raise UserError(f"{where}.{i}: expected a finite number, got {anchor!r}")
 
 
 def _job(method: MergeMethod, group: Group, out_name: str, names: Sequence[str], ref_name: str,

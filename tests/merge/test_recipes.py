@@ -329,6 +329,16 @@ BAD_RECIPES = {
         "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: heavy}}}}]\n",
         "models.0.parameters.weight",
     ),
+    # anchors no layer of a 2-layer model reaches were merged without a word and kept in the output's recipe
+    "gradient anchor not a number": (
+        "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: [0.0, zzz, 1.0]}}}}]\n",
+        "models.0.parameters.weight.1: expected a finite number, got 'zzz'",
+    ),
+    "gradient anchor out of range": (
+        "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\n"
+        "parameters: {{density: [{{filter: mlp, value: [0.5, 1.5, 0.5]}}, {{value: 0.5}}]}}\n",
+        "parameters.density.0.value.1: 1.5 is outside [0.0, 1.0]",
+    ),
     # was "needs exactly 0 model(s) besides the base, got 1" for two models and no base
     "two models to copy": (
         "merge_method: passthrough\nmodels: [{{model: {base}}}, {{model: {ft}}}]\n",
