@@ -30,8 +30,8 @@ def load_yaml(path: str | Path) -> Any:
     if path.is_dir():  # a run or model folder given for its campaign or recipe: name what it holds
         inside = sorted(f.name for f in path.glob("*.yaml"))
         raise UserError(f"{path}: a folder, not a YAML file" + (f" (it holds {', '.join(inside)})" if inside else ""))
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
+    if not path.is_file():  # /dev/null, a pipe: said as what they are, not as missing
+        raise UserError(f"{path}: " + ("not a regular file" if path.exists() else "no such file"))
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
         if _expanded_size(data) > MAX_VALUES:

@@ -91,6 +91,19 @@ def test_a_task_name_too_long_for_its_pick_folder_is_refused_when_the_file_is_re
     assert code == 0, output
 
 
+def test_more_irt_dimensions_than_calibration_subjects_are_refused_before_any_evaluation(tmp_path, family):
+    """The fit refuses a D above its subjects: after the whole calibration had been paid for."""
+    path = campaign(tmp_path, family, estimator={"kind": "gpirt", "dims": 20, "warmup_merges": 3})
+    code, output = invoke("run", path, "--out", tmp_path / "run")
+    one_line_error(code, output, "estimator.dims: 20 is more than the 6 calibration subjects (base, endpoints, "
+                   "warm-up merges) the IRT model is fitted on; at most 6, or `auto`")
+    if (tmp_path / "run" / "state.sqlite").exists():
+        from evo_merge.search.store import CampaignStore
+        store = CampaignStore(tmp_path / "run")
+        assert store.items_evaluated() == 0  # nothing paid for
+        store.close()
+
+
 def test_a_missing_irt_model_is_refused_before_calibration_and_leaves_no_folder(tmp_path, family):
     path = campaign(tmp_path, family, estimator={"irt_model": str(tmp_path / "nowhere")})
     one_line_error(*invoke("run", path, "--out", tmp_path / "run"), f"estimator.irt_model: {tmp_path / 'nowhere'}: "
@@ -400,6 +413,7 @@ def test_a_file_given_for_a_run_folder_and_a_folder_for_a_yaml_file_are_named_as
     for args in (("plan", tmp_path), ("run", tmp_path, "--out", tmp_path / "run"),
                  ("merge", tmp_path, "--out", tmp_path / "o")):
         one_line_error(*invoke(*args), f"{tmp_path}: a folder, not a YAML file (it holds campaign.yaml)")
+    one_line_error(*invoke("plan", "/dev/null"), "/dev/null: not a regular file")  # was "no such file"
 
 
 def test_export_of_a_mistyped_run_folder_creates_nothing(tmp_path):

@@ -172,6 +172,9 @@ class IRTModel:
         n_subj = len(matrix.subjects)
         if n_subj < MIN_SUBJECTS:
             raise UserError(f"need at least {MIN_SUBJECTS} subjects to fit an IRT model, got {n_subj}")
+        if dims != "auto" and dims > n_subj:  # a dimension per subject and more: nothing to learn, hours to fit
+            raise UserError(f"dims {dims} is more than the {n_subj} subjects it is fitted on; at most {n_subj} "
+                            f"(`auto` tries up to {max_dims(n_subj)} with this many)")
         scen = np.asarray(matrix.item_scenarios)
         thresholds = {s: accuracy_preserving_threshold(matrix.scores[:, scen == s]) for s in dict.fromkeys(scen)}
         binary = binarise(matrix.scores, np.array([thresholds[s] for s in scen]))

@@ -2,13 +2,16 @@
 
 import errno
 import os
+import re
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 from limits import file_size_limit  # tests/ is on sys.path (its conftest)
 
 from evo_merge.cli import cli
+from evo_merge.errors import UserError
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 
 
@@ -123,6 +126,10 @@ def test_an_explicit_d_above_the_subjects_cap_is_fitted_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="evo_merge.irt"):
         model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=3)), dims=3)
     assert model.dims == 3 and "D=3 with 8 subjects: 'auto' would allow at most 1" in caplog.text
+    # `irt fit --dims 100000` on 9 subjects ran for minutes: refused
+    with pytest.raises(UserError, match=re.escape("dims 9 is more than the 8 subjects it is fitted on; at most 8 "
+                                                  "(`auto` tries up to 1 with this many)")):
+        IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=3)), dims=9)
 
 
 def test_estimate_method_auto_finds_the_set_anchors_method_auto_stored(tmp_path):
