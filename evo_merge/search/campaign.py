@@ -87,7 +87,25 @@ class CampaignRunner:
         record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()},
                      workspace.stored_dtype_name(), workspace.storage_rounding())
         record_task_meta(workspace.store, spec, tasks)
-        return cls(workspace, tasks, progress)
+        runner = cls(workspace, tasks, progress)
+        runner.check_holdout()
+        return runner
+
+    def check_holdout(self) -> None:
+        """The held-out items are drawn from each task's items by position: a task whose items were
+        reordered or changed since the run began draws others, some of which the search has scored,
+        and the picks' held-out scores would be measured on items choices were made on."""
+        store = self.workspace.store
+        recorded = store.get_meta(HOLDOUT_META)
+        if recorded is None:  # a run that has not begun, or from before items were held out
+            return
+        for name in sorted(set(recorded) | set(self.holdout)):
+            drawn, kept = set(self.holdout.get(name, ())), set(recorded.get(name, ()))
+            if drawn != kept:
+                raise UserError(f"{store.run_dir / store.DB}: task {name!r}'s held-out items are not those this run "
+                                f"drew ({len(drawn ^ kept)} items differ): its items changed order or "
+                                "content since the run began (or the record was edited), so the search may have "
+                                "scored them; restore the task's data, or start the campaign in a new run folder")
 
     @property
     def progress(self) -> Progress:
@@ -246,7 +264,8 @@ class CampaignRunner:
             return {}
         by_id = {e.id: e for e in store.evaluations()}
         picks = {name: by_id.get(eid) for name, (eid, _) in store.exported().items()}
-        return picks if all(picks.values()) else {}
+        # an evaluation gone or no longer measured (an edited store): chosen again, not exported unmeasured
+        return picks if all(p is not None and p.status == "ok" and p.measured for p in picks.values()) else {}
 
     def close(self) -> None:
         """Stop the evaluator (a dask cluster, or the connection to one); it restarts when needed."""

@@ -71,6 +71,7 @@ TABLES = ("evaluations", "item_scores", "meta", "generations")
 CALIBRATION = "calibration"  # phase of the base, the endpoints and the random warm-ups: measured to fit IRT
 SEARCH = "search"
 BASELINE = "baseline"  # phase of the standard merges: warm-ups measured before the search, or scored after it
+PHASES = (CALIBRATION, SEARCH, BASELINE)  # an evaluation's phase, as a run writes it
 STATUSES = ("ok", "failed")  # an evaluation's status: scored (estimates, maybe measured), or failed (its error)
 # columns added after the first release, added to older databases when they are opened
 ADDED_COLUMNS = {("evaluations", "estimate_se"): "TEXT", ("generations", "told"): "TEXT",
@@ -189,12 +190,15 @@ class CampaignStore:
         except (ValueError, TypeError):  # not JSON, or not a candidate's layout
             raise self.damaged(where("key")) from None
         for column, ok in (("genome", genome == key), ("method", method == candidate.method),
-                           ("phase", type(phase) is str),
+                           ("phase", phase in PHASES),
                            ("generation", gen is None or type(gen) is int), ("status", status in STATUSES),
                            ("items_evaluated", type(n) is int and n >= 0), ("seconds", sec is None or _finite(sec)),
                            ("error", err is None or type(err) is str),
                            ("estimates", status != "ok" or scores["estimates"] is not None),  # a failed one has none
-                           *((column, _is_scores(value)) for column, value in scores.items())):
+                           *((column, _is_scores(value)) for column, value in scores.items()),
+                           # a mean of item scores, which lie in [0, 1] (tasks.base)
+                           ("measured", not _is_scores(scores["measured"])
+                            or all(0 <= v <= 1 for v in (scores["measured"] or {}).values()))):
             if not ok:
                 raise self.damaged(where(column))
         return Evaluation(id_, key, phase, gen, method, status, scores["estimates"], scores["measured"], n, sec,
@@ -294,7 +298,15 @@ class CampaignStore:
         query = f"SELECT {_COLUMNS} FROM evaluations"
         rows = self.db.execute(query + (" WHERE phase = ? ORDER BY id" if phase else " ORDER BY id"),
                                (phase,) if phase else ()).fetchall()
-        return [self._evaluation(r) for r in rows]
+        evaluations = [self._evaluation(r) for r in rows]
+        tasks = self.scored_tasks()
+        for e in evaluations if tasks is not None else ():  # the run's tasks: one missing was a KeyError in `status`
+            if e.estimates is not None and set(e.estimates) != tasks:
+                raise self.damaged(f"evaluation {e.id} (evaluations.estimates)")
+            for column, scores in (("measured", e.measured), ("estimate_se", e.estimate_se)):
+                if not set(scores or {}) <= tasks:
+                    raise self.damaged(f"evaluation {e.id} (evaluations.{column})")
+        return evaluations
 
     def scored_tasks(self) -> set[str] | None:
         """The tasks the first successful evaluation was estimated on (None before there is one):
@@ -502,6 +514,9 @@ def _open_checked(path: Path) -> sqlite3.Connection:
             if column not in {name for _, name, *_ in db.execute(f"PRAGMA table_info({table})")}:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     except sqlite3.OperationalError as exc:
+        if not os.access(path.parent, os.W_OK):  # sqlite says "unable to open database file": not the cause
+            raise UserError(f"run folder {path.parent}: cannot be written (read-only); its database is opened to "
+                            "read and record alike: copy the folder elsewhere to look at it") from None
         raise UserError(f"{path}: cannot open the campaign database ({exc})") from None
     except sqlite3.DatabaseError as exc:
         raise UserError(f"{path}: corrupt campaign database ({exc}); {way_out}") from None

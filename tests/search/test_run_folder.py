@@ -113,6 +113,34 @@ def test_a_second_process_is_refused_and_a_killed_holders_lock_is_taken_over(tmp
         pass
 
 
+# how evo-merge locked a run folder before the folder lock: flock on the file alone, its pid written in
+HOLD_FILE_LOCK = ("import fcntl, os, sys, time\nos.makedirs(sys.argv[1], exist_ok=True)\n"
+                  "fd = os.open(os.path.join(sys.argv[1], '.evo-merge.lock'), os.O_RDWR | os.O_CREAT, 0o644)\n"
+                  "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nos.write(fd, f'{os.getpid()}\\n'.encode())\n"
+                  "print('held', flush=True)\ntime.sleep(120)\n")
+
+
+def test_a_run_of_an_older_version_still_working_in_the_folder_is_seen_and_kept_alone(tmp_path):
+    """Upgraded with a campaign in flight: the older version's run locks the file alone, and a
+    `resume` of this version went on beside it (`status` saying "not running"), both writing."""
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-c", HOLD_FILE_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "held"
+        assert holder(run) == str(process.pid)
+        with pytest.raises(UserError, match=re.escape(f"run folder {run} is in use by pid {process.pid} (an "
+                                                      "evo-merge from before this version's folder lock)")):
+            RunLock(run).__enter__()
+        assert (run / LOCK_FILE).read_text() == f"{process.pid}\n"  # its pid left as it wrote it
+    finally:
+        process.kill()
+        process.wait()
+    assert holder(run) is None
+    with RunLock(run):  # this version's lock, held: an older version's run is refused in turn
+        older = subprocess.run([sys.executable, "-c", HOLD_FILE_LOCK, str(run)], capture_output=True, text=True)
+        assert older.returncode != 0 and "BlockingIOError" in older.stderr
+
+
 def test_a_lock_file_deleted_while_a_run_holds_the_folder_lets_no_second_run_in(tmp_path):
     """`rm RUN/.evo-merge.lock` during a `resume`: a second `resume` locked a new file and both wrote
     the folder to the end, `status` saying "finished" meanwhile. The lock is the folder's own."""
@@ -153,6 +181,27 @@ def test_a_read_only_run_folder_is_said_to_be_one(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=f"run folder {run}: cannot be written \\(Read-only file system\\); a command "
                                         "that records in it needs a writable folder"):
         RunLock(run).__enter__()
+
+
+def test_status_of_a_read_only_run_folder_says_it_is_one(copy, monkeypatch):
+    """`status` and `report` said "cannot open the campaign database (unable to open database file)"
+    on a read-only mount: read as a damaged or missing database. (Root is not stopped by
+    permissions: the mount's refusal is given as SQLite and the access check meet it.)"""
+    import evo_merge.search.store as store
+
+    real_connect, real_access = store.sqlite3.connect, store.os.access
+
+    def connect(path, *args, **kwargs):
+        if str(path).startswith(str(copy)):
+            raise store.sqlite3.OperationalError("unable to open database file")
+        return real_connect(path, *args, **kwargs)
+
+    monkeypatch.setattr(store.sqlite3, "connect", connect)
+    monkeypatch.setattr(store.os, "access", lambda path, mode: real_access(path, mode) and not (
+        mode & os.W_OK and str(path) == str(copy)))
+    for command in ("status", "report"):
+        one_line_error(*invoke(command, copy), f"run folder {copy}: cannot be written (read-only); its database is "
+                       "opened to read and record alike: copy the folder elsewhere to look at it")
 
 
 def test_status_says_whether_a_run_is_working_in_the_folder(copy, tmp_path):
@@ -804,6 +853,9 @@ def _written_store(folder):
     ("""UPDATE evaluations SET key = '["ties", [1]]', genome = '["ties", [1]]' WHERE id = 2""",
      "evaluations.key"),  # JSON, not a candidate's [method, weights, params]
     ("UPDATE evaluations SET seconds = 'slow' WHERE id = 2", "evaluations.seconds"),
+    ("UPDATE evaluations SET phase = 'nonsense' WHERE id = 2", "evaluations.phase"),  # was a line in `status`
+    ("""UPDATE evaluations SET measured = '{"a": 5.0, "b": 0.5}' WHERE id = 2""",
+     "evaluations.measured"),  # a mean of item scores in [0, 1]: accepted by every command
     ("UPDATE evaluations SET error = X'6f6f6d' WHERE id = 2", "evaluations.error"),  # bytes, not text
 ])
 def test_an_edited_evaluation_is_damaged_naming_its_id_and_column(tmp_path, edit, column):
@@ -818,6 +870,17 @@ def test_an_edited_evaluation_is_damaged_naming_its_id_and_column(tmp_path, edit
     for read in readers:
         with pytest.raises(UserError, match=where):
             read(key)
+    store.close()
+
+
+@pytest.mark.parametrize(("column", "value"), [("estimates", '{"a": 0.6}'), ("estimates", '{"a": 0.6, "c": 0.1}'),
+                                               ("measured", '{"c": 0.5}'), ("estimate_se", '{"a": 0.1, "c": 0.1}')])
+def test_an_evaluation_scored_on_other_tasks_than_the_run_s_is_damaged(tmp_path, column, value):
+    """`status` read every evaluation's estimate of each task: one lacking a task was a KeyError."""
+    store, key = _written_store(tmp_path)
+    store.db.execute(f"UPDATE evaluations SET {column} = ? WHERE id = 2", (value,))
+    with pytest.raises(UserError, match=re.escape(f"evaluation 2 (evaluations.{column}) is damaged")):
+        store.evaluations()
     store.close()
 
 
@@ -878,6 +941,39 @@ def test_a_damaged_record_of_the_run_is_an_error_naming_it(copy, key, value, whe
         assert output.strip().splitlines()[-1] == (
             f"error: {copy / 'state.sqlite'}: {where} is damaged (edited, or not written by evo-merge); restore it "
             "from a backup, or start the campaign again in a new run folder"), output
+
+
+def test_held_out_items_other_than_the_run_drew_are_refused(copy):
+    """An edited record (items the task lacks) exported the search items' scores as held-out
+    ones; a task whose items were reordered since draws other held-out items, some of which the
+    search has scored."""
+    store = CampaignStore(copy)
+    recorded = store.get_meta("holdout")
+    assert set(recorded) == {"agree0", "agree1"}  # nothing held out of these small tasks: every list empty
+    store.set_meta("holdout", {**recorded, "agree1": ["nosuch-item"]})
+    store.close()
+    for command in (("resume", copy), ("export", copy, "--pick", 1, "--out", copy.parent / "x")):
+        code, output = invoke(*command)
+        one_line_error(code, output, f"{copy / 'state.sqlite'}: task 'agree1''s held-out items are not those this "
+                       "run drew (1 items differ): its items changed order or content since the run began")
+    assert not (copy.parent / "x").exists()
+
+
+def test_a_pick_whose_evaluation_is_no_longer_measured_is_chosen_again(copy):
+    """An exported pick's evaluation marked failed (an edited store) was kept as a pick, and the
+    summary at the end of `resume` stopped on a StopIteration."""
+    store = CampaignStore(copy)
+    exported = store.get_meta("exported")
+    store.db.execute("UPDATE evaluations SET status = 'failed', estimates = NULL WHERE id = ?",
+                     (next(iter(exported.values()))[0],))
+    store.db.commit()
+    store.close()
+    code, output = invoke("resume", copy)
+    assert code == 0 and "Traceback" not in output, output
+    store = CampaignStore(copy)
+    by_id = {e.id: e for e in store.evaluations()}
+    assert all(by_id[eid].status == "ok" and by_id[eid].measured for eid, _ in store.get_meta("exported").values())
+    store.close()
 
 
 def test_facts_naming_tasks_its_evaluations_were_not_scored_on_are_damage(copy):
