@@ -18,6 +18,11 @@ class UserError(Exception):
     """Bad input from the user (a path, a config key, a tensor): fixable without code changes."""
 
 
+class MissingModel(UserError):
+    """A model a config names is neither a local path nor a Hub id: moved, perhaps, which a run
+    folder's own campaign says how to mend."""
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """` (did you mean 'ties'?)` where a known name is close to `name` (`tie`), else empty."""
     close = difflib.get_close_matches(name, list(known), n=1)

@@ -24,6 +24,8 @@ from evo_merge.search.store import CampaignStore, Record, check_no_links
 CAMPAIGN_FILE = "campaign.yaml"
 DEFAULTS_META = Record("defaults", int)  # the DEFAULTS_VERSION a run folder was written under; none: 1
 CONFIG_META = Record("config", str)  # the fingerprint of the campaign the folder is bound to
+WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
+MODEL_KEYS = ("base_model", "models")  # where the models are: a run checks they are the same ones by WEIGHTS_META
 CAMPAIGN_TEXT_META = Record("campaign_text", str)  # sha256 of the campaign.yaml the folder last ran with
 CONFIG_DATA_META = Record("config_data", Json[dict[str, Any]])  # what the fingerprint hashes (JSON text):
 #   names the settings an edited campaign changed
@@ -135,8 +137,23 @@ def differences(store: CampaignStore, campaign: Campaign) -> str | None:
                                        for written in (DEFAULTS_VERSION, version) for before in (False, True)}:
         return None
     started = store.get_meta(CONFIG_DATA_META)  # none in folders bound before it was stored
-    given = fingerprinted(campaign, written_at=version)  # in the form the folder stored it
-    return "" if started is None else _changed(started, json.loads(given))
+    given = json.loads(fingerprinted(campaign, written_at=version))  # in the form the folder stored it
+    if started is not None and _models_moved(store, started, given):
+        return None
+    return "" if started is None else _changed(started, given)
+
+
+def _models_moved(store: CampaignStore, started: dict, given: dict) -> bool:
+    """Whether the campaigns differ only in where their models are, each model's weights digest
+    recorded: a project moved with its models is the same run (opening it checks each model's
+    digest; a run folder's campaign.yaml holds absolute paths, which a move breaks)."""
+    differ = {key for key in {*started, *given} if started.get(key) != given.get(key)}
+    if not differ or not differ <= set(MODEL_KEYS) or len(started.get("models", ())) != len(given.get("models", ())):
+        return False
+    recorded = store.get_meta(WEIGHTS_META, {})
+    keys = [f"models.{i}" for i in range(len(given.get("models", ())))] + (["base_model"] if given.get("base_model")
+                                                                          else [])
+    return all(key in recorded for key in keys)
 
 
 def _defaults_version(store: CampaignStore) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from evo_merge.config import DEFAULTS_VERSION, Campaign
-from evo_merge.errors import UserError
+from evo_merge.errors import MissingModel, UserError
 from evo_merge.irt.kinds import FULL_EVALUATION
 from evo_merge.irt.model import MIN_SUBJECTS
 from evo_merge.search.binding import (
@@ -27,6 +27,7 @@ from evo_merge.search.binding import (
     CONFIG_DATA_META,
     CONFIG_META,
     DEFAULTS_META,
+    WEIGHTS_META,
     bound_campaign,
     campaign_text_digest,
     config_fingerprint,
@@ -53,7 +54,6 @@ from evo_merge.weights.references import (
     split_adapter,
 )
 
-WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
 # config key -> file name -> digest of that config or tokenizer file (None: absent); folders from before
 # recorded one digest of them all
 MODEL_FILES_META = Record("model_files", dict[str, str | dict[str, str | None]])
@@ -136,8 +136,8 @@ def existing_path(value: str, key: str, what: str = "model path") -> Path:
 def model_reference(value: str, key: str) -> ModelRef:
     """A campaign model: a local folder (absolute after `resolve_campaign`) or a Hub id from the
     user's cache, optionally `+adapter`; a missing one is a user error naming the key."""
-    if "+" not in value and not is_hub_id(value.partition("@")[0]):
-        existing_path(value, key)  # the plain folder case keeps its own message
+    if "+" not in value and not is_hub_id(value.partition("@")[0]) and not Path(value).exists():
+        raise MissingModel(f"{key}: model path {value!r} does not exist")  # the plain folder's own message
     return resolve_reference(value, Path("/"), key)
 
 
@@ -180,7 +180,13 @@ class Workspace:
         """Resolve, align once, and bind the run folder to this campaign (or check it is bound to it)."""
         campaign = resolve_campaign(campaign, Path(root))
         run_dir = Path(run_dir)
-        refs = campaign_references(campaign)
+        try:
+            refs = campaign_references(campaign)
+        except MissingModel as exc:
+            if not (run_dir / CampaignStore.DB).is_file():
+                raise
+            raise MissingModel(f"{exc}; if the models moved, write their new place into {run_dir / CAMPAIGN_FILE} "
+                               "(base_model, models): the run checks they are the same models") from None
         check_estimator(campaign)
         store = CampaignStore(run_dir)
         try:
@@ -295,8 +301,10 @@ def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
     run's files (an emptied or deleted database) is refused, not taken for a new run."""
     if store.get_meta(CONFIG_META) is not None:
         bound = bound_campaign(store, campaign, run_dir)
-        # bound by a version that wrote the file after, and killed; or the file edited since
-        if not (run_dir / CAMPAIGN_FILE).is_file() or edited_away(store, run_dir):
+        # bound by a version that wrote the file after, and killed; or the file edited since; or
+        # the models moved (the campaign given names their new place, checked as the same models)
+        if not (run_dir / CAMPAIGN_FILE).is_file() or edited_away(store, run_dir) or _names_other_places(
+                bound, run_dir):
             _write_campaign(store, bound, run_dir, {})
         return bound
     if leftovers := sorted(e.name for e in run_dir.iterdir() if e.name not in FRESH_RUN_FILES):
@@ -307,6 +315,15 @@ def _bind(store: CampaignStore, campaign: Campaign, run_dir: Path) -> Campaign:
                                                CONFIG_DATA_META: fingerprinted(campaign),
                                                DEFAULTS_META: DEFAULTS_VERSION})
     return campaign
+
+
+def _names_other_places(campaign: Campaign, run_dir: Path) -> bool:
+    """Whether the folder's campaign.yaml names its models elsewhere than `campaign` does."""
+    try:
+        written = Campaign.load(run_dir / CAMPAIGN_FILE)
+    except UserError:
+        return True
+    return (written.base_model, written.models) != (campaign.base_model, campaign.models)
 
 
 def _write_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path, binding: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from evo_merge.errors import UserError, first_line
+from evo_merge.errors import MissingModel, UserError, first_line
 from evo_merge.weights.checkpoint import Checkpoint
 from evo_merge.weights.lora import LoraCheckpoint
 
@@ -112,7 +112,7 @@ def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
         return local, str(local)
     hub = _hub_id(value, key)
     if hub is None:
-        raise UserError(f"{key}: model path {value!r} does not exist and is not a Hub id (org/name[@revision])")
+        raise MissingModel(f"{key}: model path {value!r} does not exist and is not a Hub id (org/name[@revision])")
     repo, revision = hub
     path = _snapshot(repo, revision, key)
     return path, f"{repo}@{path.name}"

@@ -540,6 +540,40 @@ def test_a_run_whose_models_changed_is_refused(tmp_path, zoo):  # noqa: F811
         Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
 
 
+def test_a_run_whose_models_moved_goes_on_from_their_new_place_once_they_are_checked(tmp_path, zoo):  # noqa: F811
+    """A project moved with its models: the run folder's campaign.yaml names them by absolute path,
+    and pointing it at their new place was refused as an edit, with no way on but a new folder."""
+    from evo_merge.config import Campaign
+    from evo_merge.errors import MissingModel
+    from evo_merge.search.binding import open_run
+    from evo_merge.search.workspace import Workspace
+
+    base, fts = zoo
+    old = tmp_path / "project"
+    models = [shutil.copytree(m, old / m.name) for m in (base, *fts)]
+    config = yaml.safe_load(campaign(tmp_path, (models[0], models[1:])).read_text())
+    run = tmp_path / "run"
+    Workspace.open(Campaign.model_validate(config), tmp_path, run).store.close()
+    new = old.rename(tmp_path / "moved")
+    with pytest.raises(MissingModel, match=re.escape(f"if the models moved, write their new place into "
+                                                     f"{run / 'campaign.yaml'} (base_model, models): the run checks "
+                                                     "they are the same models")):
+        Workspace.open(Campaign.load(run / "campaign.yaml"), run, run)
+    written = yaml.safe_load((run / "campaign.yaml").read_text())
+    relocated = {**written, "base_model": str(new / base.name), "models": [str(new / m.name) for m in fts]}
+    (run / "campaign.yaml").write_text(yaml.safe_dump(relocated))  # the test tasks' options name them too: kept
+    open_run(run).close()  # status and report: not "edited since the run started"
+    Workspace.open(Campaign.load(run / "campaign.yaml"), run, run).store.close()  # resume, export: checked, on
+    swapped = yaml.safe_load((run / "campaign.yaml").read_text())
+    swapped["models"] = swapped["models"][::-1]  # moved, but not the same models at each place
+    with pytest.raises(UserError, match=r"models\.0 .*weights changed since this run folder was started"):
+        Workspace.open(Campaign.model_validate(swapped), run, run)
+    # `run CAMPAIGN --out RUN` naming the new place writes it into the folder's campaign.yaml
+    (run / "campaign.yaml").write_text(yaml.safe_dump(written))  # naming the former place again
+    Workspace.open(Campaign.model_validate(relocated), tmp_path, run).store.close()
+    assert Campaign.load(run / "campaign.yaml").models == relocated["models"]
+
+
 @pytest.mark.parametrize("edit", ["config.json", "generation_config.json", "tokenizer.json"])
 def test_a_run_whose_model_config_or_tokenizer_changed_is_refused(tmp_path, zoo, edit):  # noqa: F811
     """The base's activation edited in config.json after the run started: an export then measured and
