@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,7 @@ class Scoring:
         self._tighter: dict[tuple[str, float], AdaptiveTest] = {}
         self._known: dict[str, frozenset[str]] = {}
         self._fitted: dict[str, IRTModel] = {}  # `irt_model`'s, checked and loaded once
+        self._mixing: dict[Record, Any] = {}  # revisions to record once a reopened folder estimates anew
 
     @property
     def estimators(self) -> dict[str, Estimator] | None:
@@ -143,16 +145,18 @@ class Scoring:
         if recorded == ESTIMATOR_REVISION:
             return
         estimated = sum(e.estimate_se is not None for e in self.store.evaluations())
-        if estimated:
-            before = "an estimator from before revisions were recorded" if recorded is None else \
-                f"estimator revision {recorded}"
-            log.warning(f"this run folder's {estimated} estimated candidates were scored by {before}; this "
-                        f"evo-merge estimates with revision {ESTIMATOR_REVISION}, so any candidate it scores here "
-                        "is estimated otherwise and the folder's estimates may mix the two (what changed: "
-                        "CHANGELOG.md, IRT standard errors, estimator revisions)")
-            held = set(mixed or [recorded or 0])
-            self.store.set_meta(MIXED_META, sorted(held | {ESTIMATOR_REVISION}))
-        self.store.set_meta(REVISION_META, ESTIMATOR_REVISION)
+        if not estimated:
+            self.store.set_meta(REVISION_META, ESTIMATOR_REVISION)
+            return
+        before = "an estimator from before revisions were recorded" if recorded is None else \
+            f"estimator revision {recorded}"
+        log.warning(f"this run folder's {estimated} estimated candidates were scored by {before}; this evo-merge "
+                    f"estimates with revision {ESTIMATOR_REVISION}, so any candidate it scores here is estimated "
+                    "otherwise and the folder's estimates may mix the two (what changed: CHANGELOG.md, IRT standard "
+                    "errors, estimator revisions)")
+        # recorded when the first candidate is estimated anew: a resume of a finished folder scores none
+        self._mixing = {MIXED_META: sorted(set(mixed or [recorded or 0]) | {ESTIMATOR_REVISION}),
+                        REVISION_META: ESTIMATOR_REVISION}
 
     def anchor_set(self, key: str) -> dict[str, Estimator]:
         """The estimators of the anchor set candidate `key` is scored on: one of `anchor_sets`,
@@ -172,6 +176,9 @@ class Scoring:
         Full evaluation estimates nothing: no standard error."""
         if self.estimators is None:
             return task_scores(scores, self.names), None
+        if self._mixing:
+            self.store.set_metas(self._mixing)
+            self._mixing = {}
         estimators = self.anchor_set(key)
         results = {name: estimators[name].estimate(self._modelled(name, scores)) for name in self.names}
         return ({name: float(np.clip(r["overall"], 0.0, 1.0)) for name, r in results.items()},

@@ -551,10 +551,13 @@ def test_a_folder_reopened_across_an_estimator_revision_says_so(tmp_path, zoo, c
     run = tmp_path / "run"
     assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
 
-    def reopen() -> list[str]:
+    def reopen(scoring: bool = False) -> list[str]:
         caplog.clear()
         runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
         runner.calibrate()  # replayed from the run folder
+        if scoring:  # a candidate estimated anew, as a resume's next generation estimates it
+            stored = runner.workspace.store
+            runner.scoring.estimate(stored.item_scores(stored.evaluations()[0].key), "a new candidate")
         runner.close()
         return [r.getMessage() for r in caplog.records if "estimator" in r.getMessage()]
 
@@ -566,6 +569,10 @@ def test_a_folder_reopened_across_an_estimator_revision_says_so(tmp_path, zoo, c
     said = reopen()
     assert len(said) == 1 and "before revisions were recorded" in said[0]
     assert f"estimates with revision {ESTIMATOR_REVISION}" in said[0]
+    store = CampaignStore(run)  # nothing estimated anew (a finished folder's resume): not marked as mixing
+    assert store.get_meta(MIXED_META) is None and store.get_meta(REVISION_META) is None
+    store.close()
+    assert len(reopen(scoring=True)) == 1
     store = CampaignStore(run)
     assert store.get_meta(MIXED_META) == [0, ESTIMATOR_REVISION]
     assert store.get_meta(REVISION_META) == ESTIMATOR_REVISION
