@@ -86,6 +86,16 @@ def test_nuslerp_and_multislerp_reduce_to_slerp_and_keep_norms():
     assert torch.allclose(quarter, T([math.cos(math.pi / 8), math.sin(math.pi / 8)]), atol=1e-6)
 
 
+def test_multislerp_rescales_to_the_weighted_mean_norm_of_unequal_models():
+    """The output norm is sum(w_i |v_i|) / sum(w): with equal weights and unit norms a plain mean of
+    the norms gives the same value, so that test could not tell them apart. [2, 0] at weight 3 and
+    [0, 1] at weight 1: the unit directions average to (3, 1)/4, whose tangent step is zero, so the
+    result is (3, 1)/sqrt(10) times (3 * 2 + 1 * 1) / 4 = 1.75 (a plain mean would give 1.5)."""
+    base = T([1.0, -1.0])
+    out = run("multislerp", base, [T([2.0, 0.0]), T([0.0, 1.0])], [3.0, 1.0])
+    assert torch.allclose(out, base + 1.75 * T([3.0, 1.0]) / math.sqrt(10.0), atol=1e-6)
+
+
 def test_karcher_mean_of_the_base_and_the_models():
     base = T([1.0, 0.0])
     deltas = [T([-1.0, 1.0])]  # the other model is (0, 1): the mean direction is 45 degrees

@@ -102,6 +102,33 @@ def test_ties_trimming_keeps_k_entries_when_a_delta_holds_nan():
     assert mask.tolist() == [True, True, True, False, False, False]
 
 
+def test_ties_trimming_keeps_int_of_density_times_entries_as_mergekit():
+    """mergekit keeps int(density * n) entries (rounded down): 7 entries at density 0.5 keep 3,
+    not round(3.5) = 4. Every other test uses a density where density * n is a whole number."""
+    from evo_merge.merge.methods import magnitude_mask
+
+    mask = magnitude_mask(T([1.0, -7.0, 3.0, 6.0, -2.0, 5.0, 4.0]), 0.5)
+    assert mask.tolist() == [False, True, False, True, False, True, False]
+    # through TIES: each task keeps its 3 largest (7 * 0.5 = 3.5 -> 3)
+    deltas = [T([1.0, -7.0, 3.0, 6.0, -2.0, 5.0, 4.0]), T([7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0])]
+    out = run("ties", torch.zeros(7), deltas, density=0.5)
+    # kept [0,-7,0,6,0,5,0] and [7,6,5,0,0,0,0]; entry 1: -7+6 -> -, -7; entry 3: 6; entry 5: 5
+    assert torch.equal(out, T([7.0, -7.0, 5.0, 6.0, 0.0, 5.0, 0.0]))
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_linear", "dare_ties"])
+def test_lambda_below_one_scales_the_merged_task_vector(method):
+    """lambda < 1 (half of its search range, 0.5 to 1.5) must shrink the merged task vector: a
+    check for lambda > 1 instead of lambda != 1 merged every such candidate at lambda 1."""
+    base = torch.full((5,), 10.0)
+    # density 1 drops nothing, so DARE is plain task arithmetic (dare_ties: with sign election)
+    out = run(method, base, TIES_DELTAS, density=1.0, **{"lambda": 0.5})
+    mixed = {"ties": T([2.0, -2.5, 2.0, 0.0, 1.0]),  # the TIES average of test_ties_sign_election...
+             "dare_linear": T([2.0, -3.0, 0.0, 0.0, 1.0]),  # the plain sum of the three
+             "dare_ties": T([4.0, -5.0, 2.0, 0.0, 2.0])}[method]  # the sum of the agreeing entries
+    assert torch.allclose(out, base + 0.5 * mixed)
+
+
 def test_ties_without_normalize_sums_agreeing_entries():
     out = run("ties", torch.zeros(5), TIES_DELTAS, normalize=False)
     assert torch.allclose(out, T([4.0, -5.0, 2.0, 0.0, 2.0]))

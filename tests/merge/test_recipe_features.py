@@ -144,13 +144,12 @@ def test_a_stack_of_slices_takes_each_layer_s_type_from_the_layer_it_copies(tmp_
     assert AutoModelForCausalLM.from_pretrained(out).config.layer_types == written["layer_types"]
 
 
-def _lora_adapter(model_dir, out, seed=0, **options):
+def _lora_adapter(model_dir, out, seed=0, targets=("q_proj", "v_proj", "down_proj"), **options):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
-                        **options)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), init_lora_weights=False, **options)
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(out)
     return peft_model.merge_and_unload().state_dict()
@@ -215,6 +214,35 @@ def test_lora_input_equals_peft_merge_and_shape_mismatch_exits_2(deep, tmp_path)
     result, bad = merge(tmp_path, recipe, "bad")
     assert result.exit_code == 2 and "adapter for" in result.output and "Traceback" not in result.output
     assert not bad.exists()
+
+
+def test_an_rslora_adapter_is_scaled_by_alpha_over_the_root_of_r_as_peft_merges_it(deep, tmp_path):
+    """use_rslora scales the update by alpha / sqrt(r) (8 / 2 = 4 here), not alpha / r (2): read as
+    plain LoRA, the adapter was folded in at half its strength without a word."""
+    expected = _lora_adapter(deep["ft1"], tmp_path / "adapter", use_rslora=True)
+    result, out = merge(tmp_path, {"merge_method": "linear", "dtype": "float32",
+                                   "models": [{"model": f"{deep['ft1']}+{tmp_path / 'adapter'}"}]})
+    assert result.exit_code == 0, result.output
+    for name, tensor in tensors_of(out).items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("targets", [("attn.c_proj",), ("c_attn", "mlp.c_proj")])
+def test_a_gpt2_conv1d_adapter_is_folded_transposed_as_peft_merges_it(tmp_path, targets):
+    """GPT-2's Conv1D stores its weight as (in, out), and peft saves its adapters with
+    fan_in_fan_out: B A must be transposed before it is added. On a square layer (attn.c_proj,
+    32 x 32) the untransposed update fits the shape and was added without a word."""
+    model = make_tiny_causal_lm("gpt2", vocab_size=64, hidden=32, layers=2, seed=1)
+    model.save_pretrained(tmp_path / "gpt2")
+    expected = _lora_adapter(tmp_path / "gpt2", tmp_path / "adapter", targets=targets, fan_in_fan_out=True)
+    result, out = merge(tmp_path, {"merge_method": "linear", "dtype": "float32",
+                                   "models": [{"model": f"{tmp_path / 'gpt2'}+{tmp_path / 'adapter'}"}]})
+    assert result.exit_code == 0, result.output
+    merged, before = tensors_of(out), tensors_of(tmp_path / "gpt2")
+    changed = f"transformer.h.0.{targets[-1]}.weight"
+    assert not torch.allclose(merged[changed], before[changed])  # the adapter changes it
+    for name, tensor in merged.items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
 
 
 def test_an_alpha_pattern_alternation_scales_every_module_it_names_as_peft_does(deep, tmp_path):
@@ -796,6 +824,23 @@ def test_linear_averages_a_listed_base_at_its_weight_as_mergekit_does(deep, tmp_
         {"model": str(deep["ft2"]), "parameters": {"weight": -1.0}}]}, "cancel")
     assert result.exit_code == 2 and "sum to 0, which normalize cannot divide by" in result.output, result.output
     assert not out.exists()  # was written: ft1 - ft2, as if an average
+
+
+def test_task_arithmetic_with_normalize_divides_by_the_sum_of_weights(deep, tmp_path):
+    """normalize: true is base + lambda * (w1 tau1 + w2 tau2) / (w1 + w2), as in mergekit. The file
+    merge takes its own path (a scale per task vector): there, multiplying by the sum of weights
+    instead of dividing gave a model 16 times too far from the base, with exit code 0."""
+    b, f1, f2 = (tensors_of(deep[k]) for k in ("base", "ft1", "ft2"))
+    result, out = merge(tmp_path, {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+                                   "parameters": {"normalize": True, "lambda": 0.5}, "dtype": "float32",
+                                   "models": [{"model": str(deep["ft1"]), "parameters": {"weight": 1.0}},
+                                              {"model": str(deep["ft2"]), "parameters": {"weight": 3.0}}]})
+    assert result.exit_code == 0, result.output
+    merged = tensors_of(out)
+    assert merged.keys() == b.keys()
+    for key in b:
+        expected = b[key] + 0.5 * ((f1[key] - b[key]) + 3.0 * (f2[key] - b[key])) / 4.0
+        torch.testing.assert_close(merged[key], expected, rtol=0, atol=1e-6)
 
 
 def test_slerp_requires_t_and_lambda_takes_any_real_number_as_mergekit_does(deep, tmp_path):

@@ -62,21 +62,54 @@ def test_reads_sharded_folder(family, tmp_path, writer):
 def test_bare_safetensors_state_dict_of_plain_module(tmp_path):
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    module.register_buffer("steps", torch.tensor([3, 4], dtype=torch.int64))
+    module.register_buffer("steps", torch.tensor([3, 257], dtype=torch.int64))  # 257 is 256 in bfloat16
     file = tmp_path / "mlp.safetensors"
     save_file(module.state_dict(), str(file))
     ckpt = Checkpoint.open(file)
     assert ckpt.folder is None and ckpt.config is None and ckpt.tokenizer_files() == []
     assert sorted(ckpt.names) == sorted(module.state_dict())
     _assert_matches(ckpt, module.state_dict())
-    # dtype casts floating tensors only: integer buffers keep their values and dtype.
+    # dtype casts floating tensors only: integer buffers keep their values and dtype. (torch.equal
+    # promotes dtypes, so it cannot see a cast: float16 [3., 257.] equals int64 [3, 257].)
     assert ckpt.tensor("0.weight", torch.bfloat16).dtype == torch.bfloat16
-    assert torch.equal(ckpt.tensor("steps", torch.float16), torch.tensor([3, 4]))
+    for dtype in (torch.float16, torch.bfloat16):
+        steps = ckpt.tensor("steps", dtype)
+        assert steps.dtype == torch.int64 and steps.tolist() == [3, 257], dtype
     restored = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     restored.register_buffer("steps", torch.zeros(2, dtype=torch.int64))
     restored.load_state_dict({n: ckpt.tensor(n) for n in ckpt.names})
     x = torch.randn(3, 4)
     assert torch.equal(restored(x), module(x))
+
+
+def test_floating_dtype_is_the_dtype_of_most_parameters_not_of_most_tensors(tmp_path):
+    """"auto" evaluates and exports a model in the dtype most of its parameters are stored in:
+    counting tensors instead, many small float32 norms and biases outvoted the large bfloat16
+    matrices, and the model was loaded at twice its size."""
+    small = {f"layers.{i}.norm.weight": torch.ones(8) for i in range(5)}  # 5 tensors, 40 parameters
+    large = {f"layers.{i}.proj.weight": torch.zeros(16, 16, dtype=torch.bfloat16) for i in range(2)}  # 2, 512
+    save_file({**small, **large}, str(tmp_path / "mixed.safetensors"))
+    assert Checkpoint.open(tmp_path / "mixed.safetensors").floating_dtype == torch.bfloat16
+    # integer tensors have no vote (float32 where nothing is floating)
+    save_file({"steps": torch.zeros(100, dtype=torch.int64), "w": torch.zeros(3, dtype=torch.float16)},
+              str(tmp_path / "ints.safetensors"))
+    assert Checkpoint.open(tmp_path / "ints.safetensors").floating_dtype == torch.float16
+    save_file({"steps": torch.zeros(100, dtype=torch.int64)}, str(tmp_path / "only-ints.safetensors"))
+    assert Checkpoint.open(tmp_path / "only-ints.safetensors").floating_dtype == torch.float32
+
+
+def test_a_missing_head_is_read_from_the_input_embedding_nearest_its_name(tmp_path):
+    """A checkpoint with two input embeddings (an encoder-decoder, a model with a second tower):
+    each missing head stands in for the embedding that shares the longest prefix with it, not
+    whichever embedding is stored first."""
+    from evo_merge.weights.heads import source_name
+
+    save_file({"speech.embed_tokens.weight": torch.zeros(4, 2), "text.embed_tokens.weight": torch.ones(4, 2),
+               "text.layers.0.mlp.weight": torch.zeros(2, 2)}, str(tmp_path / "towers.safetensors"))
+    ckpt = Checkpoint.open(tmp_path / "towers.safetensors")
+    assert source_name(ckpt, "text.lm_head.weight") == "text.embed_tokens.weight"
+    assert source_name(ckpt, "speech.lm_head.weight") == "speech.embed_tokens.weight"
+    assert source_name(ckpt, "text.layers.0.mlp.weight") == "text.layers.0.mlp.weight"
 
 
 def test_bare_model_safetensors_inside_hf_folder_finds_its_folder(llama_family):
