@@ -129,6 +129,17 @@ def test_stratified_takes_one_item_per_difficulty_stratum(make_model):
     assert anchors.weights["all"] == pytest.approx([1 / 3] * 3)
 
 
+def test_stratified_weighs_each_pick_by_its_stratum_s_share_of_unequal_strata(make_model):
+    """10 items in 3 strata of item mean score hold 4, 3 and 3 items: a pick stands for its
+    stratum, at 0.4, 0.3 and 0.3 (weighted equally, the easiest items were under-counted)."""
+    means = np.linspace(0.05, 0.95, 10)
+    model = make_model(np.ones(10), np.zeros(10), responses=np.vstack([means] * 3))
+    anchors = select_anchors(model, 3, "stratified", seed=0)
+    stratum = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]  # item j's stratum
+    got = {stratum[int(i[1:])]: w for i, w in zip(anchors.items["all"], anchors.weights["all"])}
+    assert got == pytest.approx({0: 0.4, 1: 0.3, 2: 0.3})
+
+
 def test_budget_larger_than_scenario_takes_every_item(make_model):
     model = make_model(np.ones(5), np.zeros(5))
     anchors = select_anchors(model, 50, "kmeans-irt")

@@ -244,6 +244,22 @@ def test_a_calibration_subject_missing_a_scenario_leaves_the_measured_correlatio
     np.testing.assert_allclose(correlations[1], correlations[0], atol=0.1)
 
 
+def test_a_negative_measured_correlation_counts_as_none():
+    """The correlations the cross-fit measures (errors about 0, over the cells both know) are kept
+    in [0, 1]: a negative one, measured on few calibration subjects, is noise, and taking it would
+    cancel variance in the SEs (their covariance terms) and make them smaller than the errors."""
+    from evo_merge.irt.estimators import _correlation, _cross_correlation
+
+    nan = float("nan")
+    assert _correlation(np.array([1.0, -2.0, 2.0]), np.array([-1.0, 2.0, -2.0])) == 0.0  # -1 measured
+    assert _correlation(np.array([1.0, 2.0, -1.0]), np.array([1.0, -1.0, 1.0])) == 0.0  # -2 / sqrt(18)
+    # (1*1 + 0*1) / sqrt(1 * 2): about 0 (bias counts), over the cells both know
+    assert _correlation(np.array([1.0, 0.0, nan]), np.array([1.0, 1.0, 5.0])) == pytest.approx(1 / np.sqrt(2))
+    errors = np.array([[1.0, -1.0, 1.0], [2.0, -2.0, 2.0], [-1.0, 1.0, 0.0]])
+    # pairs (0, 1): -1 -> 0; (0, 2): (1 + 4) / sqrt(6 * 5); (1, 2): -5 / sqrt(30) -> 0
+    assert _cross_correlation(errors) == pytest.approx(5 / np.sqrt(30) / 3)
+
+
 def test_all_items_seen_gives_zero_se(two_scenarios):
     model = two_scenarios[3]
     anchors = select_anchors(model, 1000, "random")
