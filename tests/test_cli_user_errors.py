@@ -64,6 +64,10 @@ def campaign(tmp_path, family, **sections):
     # pydantic reads true as 1: the error was "greater than or equal to 2", about no value the user wrote
     ("algorithm", {"population": True}, "algorithm.population: a number or a name goes here, not the boolean true"),
     ("final", {"holdout": True}, "final.holdout: give a fraction in (0, 1), a number of items"),  # its own rule
+    # a race of one stage at the whole set measures every finalist whole and races nothing
+    ("final", {"race": [1.0]}, "final.race: give increasing fractions in (0, 1), got [1.0]"),
+    # a population of one has no parents to cross: a one-line refusal, not an error of the optimiser later
+    ("algorithm", {"population": 1}, "algorithm.population: Input should be greater than or equal to 2"),
     # no density of the searched range keeps DELLA's probabilities in (0, 1): every candidate failed after calibration
     ("methods", {"della": {"epsilon": 0.5}}, "methods: della: epsilon 0.5 must keep density 0.2 +/- epsilon in (0, 1) "
      "(0 < density - epsilon and density + epsilon < 1), at density 0.2, lambda 0.5 (ends of the searched ranges)"),

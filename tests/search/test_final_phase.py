@@ -280,6 +280,47 @@ def test_each_pick_measures_its_top_k_distinct_candidates(tmp_path):
     assert chosen == {keys[2], keys[0], keys[4], keys[3]}
 
 
+@pytest.mark.parametrize("baselines", [True, False])
+def test_baselines_are_finalists_only_when_final_baselines_says_so(tmp_path, baselines):
+    """A standard merge the search scored low is measured as a baseline with `baselines: true` and
+    left out with `baselines: false`; the warm-ups, measured whatever was chosen, hid an inverted
+    check in the campaign tests."""
+    from evo_merge.search.front import BASELINES_META
+
+    store = CampaignStore(tmp_path)
+    keys = []
+    for weights, a, b in (((1.0, 0.0), 0.9, 0.1), ((0.0, 1.0), 0.1, 0.9), ((0.5, 0.5), 0.2, 0.2)):
+        keys.append(Candidate("ties", weights, (("density", 0.5),)).key)
+        store.add(keys[-1], phase="search", generation=1, method="ties", status="ok", estimates={"a": a, "b": b})
+    store.set_meta(BASELINES_META, {keys[2]: "ties"})  # dominated: no pick's, nor the spread's
+    objectives = Objectives.of(["a", "b"], ["maximize", "maximize"])
+    final = FinalSpec(top_k=1, evaluate_top=0, baselines=baselines, export=["best_per_task"])
+    chosen = [e.key for e in to_measure(store, objectives, final, Distinct(_space(), 0.02))]
+    assert chosen == ([keys[0], keys[1], keys[2]] if baselines else [keys[0], keys[1]])
+
+
+def test_the_card_s_all_items_score_leaves_out_a_task_not_scored_on_every_item(tmp_path):
+    """`measured_all_items` is what lm-eval gives on the whole task: a task of 3 items the pick has 2
+    of scored (its held-out one and one search item: a race's sample) has none, where the mean of
+    those 2 was published as the whole task's score."""
+    from evo_merge.search.export import card_scores
+    from evo_merge.search.holdout import HOLDOUT_META
+    from evo_merge.search.store import FACTS_META
+
+    store = CampaignStore(tmp_path)
+    store.set_meta(FACTS_META, {"name": "c", "generations": 1, "algorithm": "nsga2", "weights": None, "tasks": [
+        {"name": "a", "direction": "maximize", "items": 4}, {"name": "b", "direction": "maximize", "items": 3}]})
+    store.set_meta(HOLDOUT_META, {"a": ["a3"], "b": ["b2"]})
+    key = Candidate("ties", (0.5, 0.5), (("density", 0.5),)).key
+    evaluation = store.add(key, phase="search", generation=1, method="ties", status="ok",
+                           estimates={"a": 0.5, "b": 0.5}, measured={"a": 2 / 3, "b": 0.5},
+                           item_scores={"a": {"a0": 1.0, "a1": 1.0, "a2": 0.0, "a3": 0.0}, "b": {"b0": 1.0, "b2": 1.0}})
+    scores = card_scores(store, evaluation)
+    assert scores["measured"] == {"a": 0.0, "b": 1.0}  # the held-out items
+    assert scores["measured_search_items"] == {"a": 2 / 3, "b": 0.5}
+    assert scores["measured_all_items"] == {"a": 0.5}  # 2 of 4; b's 3rd item was never scored
+
+
 @pytest.mark.parametrize(
     ("final", "expected"),
     [
