@@ -160,6 +160,23 @@ def test_a_lock_file_deleted_while_a_run_holds_the_folder_lets_no_second_run_in(
         assert (run / LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 
+@pytest.mark.parametrize("target", ["victim.txt", "missing.txt"])
+def test_the_lock_never_opens_a_link_planted_as_its_file(tmp_path, target):
+    """A run folder someone sent may hold `.evo-merge.lock` as a link to any file of the user's:
+    the lock itself (not only the commands' checks of the folder before it) refuses it, and the
+    file it points at is neither truncated to a pid nor created."""
+    run, victim = tmp_path / "run", tmp_path / target
+    run.mkdir()
+    if target == "victim.txt":
+        victim.write_text("precious\n")
+    (run / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(UserError, match=re.escape(f"{run / LOCK_FILE}: cannot be the run folder's lock (a link); "
+                                                  "remove it")):
+        RunLock(run).__enter__()
+    assert victim.read_text() == "precious\n" if target == "victim.txt" else not victim.exists()
+    assert holder(run) is None  # the folder's lock was given back
+
+
 def test_a_read_only_run_folder_is_said_to_be_one(tmp_path, monkeypatch):
     """On a read-only mount the lock file cannot be made: "cannot be the run folder's lock
     (Read-only file system); remove it" asked for what cannot be done. (The tests run as root,
@@ -481,6 +498,18 @@ def test_status_and_report_refuse_an_edited_campaign_as_resume_does(finished, co
     with closing(sqlite3.connect(copy / "state.sqlite")) as db, db:  # bound before the settings were stored
         db.execute("DELETE FROM meta WHERE key = 'config_data'")
     one_line_error(*invoke("status", copy), f"{path}: edited since the run started; undo the edit")
+
+
+@pytest.mark.parametrize(("final", "key"), [({"top_k": 5}, "final.top_k"), ({"holdout": 0.3}, "final.holdout"),
+                                             ({"race": [0.5]}, "final.race")])
+def test_a_campaign_changed_only_in_its_final_phase_is_another_campaign(finished, copy, tmp_path, final, key):
+    """The final phase's settings are part of the run: a folder resumed with other finalists, race
+    stages or held-out items would mix them with those it recorded (its held-out split, picks)."""
+    config = yaml.safe_load(finished[1].read_text())
+    config["final"] = {**config.get("final", {}), **final}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config, sort_keys=False))
+    one_line_error(*invoke("run", changed, "--out", copy), f"{copy}: holds a different campaign (changed: {key});")
 
 
 def test_status_never_loads_the_tasks_of_a_run_that_has_not_recorded_them(tmp_path, zoo):  # noqa: F811
