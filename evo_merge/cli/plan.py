@@ -40,9 +40,13 @@ def planned_campaign(campaign_file: Path, run_dir: Path | None, check_bound: boo
     resume may change is to be suggested. `check_bound`: refuse a campaign other than the folder's,
     as `run` does (`resume` words an edited campaign.yaml its own way, later)."""
     from evo_merge.search.binding import as_written_at, bound_defaults, different_campaign, folder_differences
-    from evo_merge.search.workspace import with_disk_dir
+    from evo_merge.search.workspace import models_moved_hint, with_disk_dir
 
-    campaign, base, models = campaign_models(campaign_file)
+    if run_dir is None:
+        campaign, base, models = campaign_models(campaign_file)
+    else:
+        with models_moved_hint(run_dir):
+            campaign, base, models = campaign_models(campaign_file)
     if check_bound and run_dir is not None and (changed := folder_differences(run_dir, campaign)) is not None:
         raise different_campaign(run_dir, changed)
     version = None if run_dir is None else bound_defaults(run_dir)

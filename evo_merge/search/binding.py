@@ -148,7 +148,8 @@ def _models_moved(store: CampaignStore, started: dict, given: dict) -> bool:
     recorded: a project moved with its models is the same run (opening it checks each model's
     digest; a run folder's campaign.yaml holds absolute paths, which a move breaks)."""
     differ = {key for key in {*started, *given} if started.get(key) != given.get(key)}
-    if not differ or not differ <= set(MODEL_KEYS) or len(started.get("models", ())) != len(given.get("models", ())):
+    if (not differ or not differ <= set(MODEL_KEYS) or len(started.get("models", ())) != len(given.get("models", ()))
+            or bool(started.get("base_model")) != bool(given.get("base_model"))):  # moved, not added or dropped
         return False
     recorded = store.get_meta(WEIGHTS_META, {})
     keys = [f"models.{i}" for i in range(len(given.get("models", ())))] + (["base_model"] if given.get("base_model")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,13 +182,8 @@ class Workspace:
         """Resolve, align once, and bind the run folder to this campaign (or check it is bound to it)."""
         campaign = resolve_campaign(campaign, Path(root))
         run_dir = Path(run_dir)
-        try:
+        with models_moved_hint(run_dir):
             refs = campaign_references(campaign)
-        except MissingModel as exc:
-            if not (run_dir / CampaignStore.DB).is_file():
-                raise
-            raise MissingModel(f"{exc}; if the models moved, write their new place into {run_dir / CAMPAIGN_FILE} "
-                               "(base_model, models): the run checks they are the same models") from None
         check_estimator(campaign)
         store = CampaignStore(run_dir)
         try:
@@ -333,6 +330,19 @@ def _write_campaign(store: CampaignStore, campaign: Campaign, run_dir: Path, bin
     store.set_metas({**binding, CAMPAIGN_TEXT_META: campaign_text_digest(run_dir)})
 
 
+@contextmanager
+def models_moved_hint(run_dir: Path) -> Iterator[None]:
+    """A model a run folder's campaign names is not there: moved with its project, perhaps. Says
+    how to point the folder at the new place (`binding`: accepted once the models check out)."""
+    try:
+        yield
+    except MissingModel as exc:
+        if not (run_dir / CampaignStore.DB).is_file():
+            raise
+        raise MissingModel(f"{exc}; if the models moved, write their new place into {run_dir / CAMPAIGN_FILE} "
+                           "(base_model, models): the run checks they are the same models") from None
+
+
 def campaign_references(campaign: Campaign) -> dict[str, ModelRef]:
     """Key (`models.N`, `base_model`) -> the model it names, for a campaign with absolute paths
     (`resolve_campaign`); each endpoint once and none the base (`check_distinct`). An aligned
@@ -416,6 +426,10 @@ def _refuse_changed_weights(store: CampaignStore, refs: dict[str, ModelRef], way
     for key, digest in digests.items():
         recorded = stored.get(key, digest)
         if recorded != digest and recorded not in former_weights_digests(refs[key]):
+            if other := next((k for k, d in stored.items() if d == digest and k != key), None):  # reordered
+                raise UserError(f"{key} ({refs[key].name}) is the model this run folder recorded as {other}: the "
+                                "campaign names its models in another order than the run started with; restore "
+                                "the order")
             raise _changed(key, refs[key], "weights", way_on)
     if stored != digests:
         store.set_meta(WEIGHTS_META, {**stored, **digests})

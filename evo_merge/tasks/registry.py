@@ -45,6 +45,9 @@ def _made(factory: Callable[..., FitnessTask], spec: str, settings: dict[str, An
     except (TypeError, ValueError):  # no signature to read (a builtin): the call says
         return factory(*args, **settings)
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if positional := [p.name for p in params if p.kind is p.POSITIONAL_ONLY and p.default is p.empty]:
+        raise UserError(f"task {spec!r}: needs {positional[0]!r}, which options cannot give (a positional-only "
+                        "argument); is it a function or class that makes a FitnessTask?")
     unknown = [k for k in settings if k not in names]
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in params):
         # a campaign gives every task evaluator.batch_size unless its options set one: say so, the user wrote neither
@@ -58,7 +61,9 @@ def _made(factory: Callable[..., FitnessTask], spec: str, settings: dict[str, An
 
 
 def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
-    task = obj if isinstance(obj, FitnessTask) else _made(obj, spec, settings) if callable(obj) else None
+    # a class whose attributes are declared on it passes the protocol's check as the class itself
+    made = callable(obj) and (isinstance(obj, type) or not isinstance(obj, FitnessTask))
+    task = _made(obj, spec, settings) if made else obj if isinstance(obj, FitnessTask) else None
     if not isinstance(task, FitnessTask):
         raise UserError(f"task plugin {spec!r} is not a FitnessTask nor a callable returning one")
     ids = list(task.item_ids)

@@ -584,10 +584,11 @@ def test_a_run_whose_models_moved_goes_on_from_their_new_place_once_they_are_che
     run = tmp_path / "run"
     Workspace.open(Campaign.model_validate(config), tmp_path, run).store.close()
     new = old.rename(tmp_path / "moved")
-    with pytest.raises(MissingModel, match=re.escape(f"if the models moved, write their new place into "
-                                                     f"{run / 'campaign.yaml'} (base_model, models): the run checks "
-                                                     "they are the same models")):
+    hint = (f"if the models moved, write their new place into {run / 'campaign.yaml'} (base_model, models): the "
+            "run checks they are the same models")
+    with pytest.raises(MissingModel, match=re.escape(hint)):
         Workspace.open(Campaign.load(run / "campaign.yaml"), run, run)
+    one_line_error(*invoke("resume", run), "does not exist", hint)  # its memory plan reads the models first
     written = yaml.safe_load((run / "campaign.yaml").read_text())
     relocated = {**written, "base_model": str(new / base.name), "models": [str(new / m.name) for m in fts]}
     (run / "campaign.yaml").write_text(yaml.safe_dump(relocated))  # the test tasks' options name them too: kept
@@ -595,8 +596,14 @@ def test_a_run_whose_models_moved_goes_on_from_their_new_place_once_they_are_che
     Workspace.open(Campaign.load(run / "campaign.yaml"), run, run).store.close()  # resume, export: checked, on
     swapped = yaml.safe_load((run / "campaign.yaml").read_text())
     swapped["models"] = swapped["models"][::-1]  # moved, but not the same models at each place
-    with pytest.raises(UserError, match=r"models\.0 .*weights changed since this run folder was started"):
+    with pytest.raises(UserError, match=r"models\.0 \(.*\) is the model this run folder recorded as models\.1: the "
+                                        "campaign names its models in another order"):
         Workspace.open(Campaign.model_validate(swapped), run, run)
+    from evo_merge.search.binding import differences
+    store = CampaignStore(run)
+    dropped = Campaign.model_validate({**relocated, "base_model": None, "align": {"arch": "llama"}})
+    assert differences(store, dropped) is not None  # a base dropped (or added) is no move
+    store.close()
     # `run CAMPAIGN --out RUN` naming the new place writes it into the folder's campaign.yaml
     (run / "campaign.yaml").write_text(yaml.safe_dump(written))  # naming the former place again
     Workspace.open(Campaign.model_validate(relocated), tmp_path, run).store.close()

@@ -210,6 +210,24 @@ class Partly(Numbered):
 
 
 PARTLY = Partly(["a", "b", "c"])
+
+
+class Declared:  # its attributes declared on the class: the protocol's check passed the class itself
+    name, scenarios = "declared", None
+
+    def __init__(self, n=3):
+        self.n = n
+
+    @property
+    def item_ids(self):
+        return [str(i) for i in range(self.n)]
+
+    def evaluate(self, model, tokenizer=None, item_ids=None):
+        raise AssertionError("not evaluated")
+
+
+def positional(n, /):
+    return Declared(n)
 """
 
 
@@ -229,6 +247,11 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch, capl
     with pytest.raises(UserError, match=re.escape("task 'evo_plugin_demo:Numbered': needs option 'ids', which its "
                                                   "options do not give (it takes: ids)")):
         resolve_task("evo_plugin_demo:Numbered")
+    with pytest.raises(UserError, match=re.escape("task 'evo_plugin_demo:positional': needs 'n', which options "
+                                                  "cannot give (a positional-only argument)")):
+        resolve_task("evo_plugin_demo:positional")
+    # was a TypeError ('property' object is not iterable): the class was taken for a task
+    assert resolve_task("evo_plugin_demo:Declared", n=4).item_ids == ["0", "1", "2", "3"]
     # ids are stored as text and matched as given: an int id would be found under no name
     with pytest.raises(UserError, match=r"NUMBERED': item ids must be strings, not int \(0\)"):
         resolve_task("evo_plugin_demo:NUMBERED")
