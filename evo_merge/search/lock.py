@@ -41,35 +41,38 @@ class RunLock:
 
     def __enter__(self) -> Self:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        folder = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
-        if not _locked(folder):
-            os.close(folder)
+        opened = [os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)]
+        try:
+            self._take(opened)
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            raise
+        self._fds = opened
+        return self
+
+    def _take(self, opened: list[int]) -> None:
+        """Lock the folder (`opened[0]`), then open, lock and write the pid file (appended to `opened`)."""
+        if not _locked(opened[0], self.run_dir):
             pid = _pid(self.run_dir)
             who = f"pid {pid}" if pid != "unknown" else f"another process (its pid unknown: no {LOCK_FILE} names it)"
             raise UserError(f"run folder {self.run_dir} is in use by {who}")
         try:  # never through a link: a run folder someone sent could point it at any file of the user's
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            opened.append(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644))
         except OSError as exc:
-            os.close(folder)
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # nothing to remove: the folder is not writable
                 raise UserError(f"run folder {self.run_dir}: cannot be written ({exc.strerror}); a command that "
                                 "records in it needs a writable folder (copy it elsewhere)") from None
             what = "a link" if exc.errno == errno.ELOOP else exc.strerror
             raise UserError(f"{self.path}: cannot be the run folder's lock ({what}); remove it") from None
+        fd = opened[1]
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            os.close(folder)
             raise UserError(f"{self.path}: not a regular file, so not the run folder's lock; remove it")
-        if not _locked(fd):  # an older evo-merge's run, which locks the file alone
-            pid = _pid(self.run_dir)
-            os.close(fd)
-            os.close(folder)
-            raise UserError(f"run folder {self.run_dir} is in use by pid {pid} (an evo-merge from before this "
-                            "version's folder lock)")
+        if not _locked(fd, self.path):  # an older evo-merge's run, which locks the file alone
+            raise UserError(f"run folder {self.run_dir} is in use by pid {_pid(self.run_dir)} (an evo-merge from "
+                            "before this version's folder lock)")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fds = [folder, fd]
-        return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -78,9 +81,9 @@ class RunLock:
         self._fds = []
 
 
-def _locked(fd: int) -> bool:
+def _locked(fd: int, where: Path) -> bool:
     """Whether this process took `fd`'s lock, trying for 0.2 s: `holder` (status) takes it shared
-    for an instant."""
+    for an instant. A file system without locks (some network mounts) is said, not a traceback."""
     for attempt in range(LOCK_TRIES):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,6 +91,9 @@ def _locked(fd: int) -> bool:
         except BlockingIOError:
             if attempt < LOCK_TRIES - 1:
                 time.sleep(LOCK_WAIT_S)
+        except OSError as exc:
+            raise UserError(f"{where}: cannot be locked ({exc.strerror}): a run folder needs a file system that "
+                            "locks files, so that two runs never write it at once (put it on a local disk)") from None
     return False
 
 

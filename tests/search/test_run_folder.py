@@ -141,6 +141,23 @@ def test_a_run_of_an_older_version_still_working_in_the_folder_is_seen_and_kept_
         assert older.returncode != 0 and "BlockingIOError" in older.stderr
 
 
+def test_a_file_system_without_locks_is_said_and_leaves_nothing_open(tmp_path, monkeypatch):
+    """On some network mounts flock fails with ENOLCK (not "held"): that was a traceback."""
+    import errno
+
+    import evo_merge.search.lock as lock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(lock.fcntl, "flock", no_locks)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'run'}: cannot be locked (No locks available): a "
+                                                  "run folder needs a file system that locks files")):
+        RunLock(tmp_path / "run").__enter__()
+    assert len(os.listdir("/proc/self/fd")) == before  # the folder's descriptor closed
+
+
 def test_a_lock_file_deleted_while_a_run_holds_the_folder_lets_no_second_run_in(tmp_path):
     """`rm RUN/.evo-merge.lock` during a `resume`: a second `resume` locked a new file and both wrote
     the folder to the end, `status` saying "finished" meanwhile. The lock is the folder's own."""
