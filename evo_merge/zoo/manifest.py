@@ -60,19 +60,26 @@ def write_zoo(folder: str | Path, manifest: ZooManifest) -> Path:
     return file
 
 
-def claim_zoo_folder(folder: str | Path, kind: str) -> None:
+def claim_zoo_folder(folder: str | Path, kind: str, key: str, force: bool = False) -> None:
     """Refuse a folder that holds anything but a zoo of this kind, before the build's minutes:
-    `--zoo ~/models` would have its `base/` replaced by the zoo's. Mark a new one as a zoo being
+    `--zoo ~/models` would have its `base/` replaced by the zoo's; and, unless `force`, a zoo built
+    with other settings (`key`), whose models runs were started on. Mark a new one as a zoo being
     built (a manifest without a key, which no build reuses), so a build killed half-way starts
     again in it."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: is a file, not a zoo folder")
     if has_zoo(folder):
-        if (built := read_zoo(folder).kind) != kind:  # `init --zoo` given the smollm2 zoo: hours of work
+        meta = read_zoo(folder)
+        if meta.kind != kind:  # `init --zoo` given the smollm2 zoo: hours of work
             example = (" (its example campaign: scripts/smollm2_campaign.yaml of the evo-merge repository, "
-                       "docs/zoos.md)" if built == "smollm2" else "")
-            raise UserError(f"{folder}: holds a {built} zoo, not a {kind} one; give another folder{example}")
+                       "docs/zoos.md)" if meta.kind == "smollm2" else "")
+            raise UserError(f"{folder}: holds a {meta.kind} zoo, not a {kind} one; give another folder{example}")
+        if meta.key is not None and meta.key != key and not force:  # a finished zoo (a killed build has no key)
+            raise UserError(f"{folder}: holds a {kind} zoo built with other settings ({meta.key}; these are "
+                            f"{key}): building replaces its models, and run folders started on them no longer "
+                            f"resume; give another folder, or replace it with `evo-merge zoo build --kind {kind} "
+                            f"--out {folder} --force`")
         return
     if folder.is_dir() and any(folder.iterdir()):
         raise UserError(f"{folder}: not empty and not a zoo folder (no {ZOO_JSON}); give a new or empty folder")

@@ -210,7 +210,7 @@ def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, 
     if not force and _cached(out, settings):
         console.print(f"smollm2 zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:
-        claim_zoo_folder(out, "smollm2")
+        claim_zoo_folder(out, "smollm2", settings.key(), force)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         start = time.perf_counter()
         tokenizer, base = load_gguf_base(settings.gguf_file)

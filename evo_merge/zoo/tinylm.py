@@ -357,7 +357,7 @@ def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool, p
     if not force and _cached(out, settings):
         console.print(f"tiny-lm zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:
-        claim_zoo_folder(out, "tiny-lm")
+        claim_zoo_folder(out, "tiny-lm", settings.key(), force)
         start, cpu = time.perf_counter(), time.process_time()
         tokenizer, models = train_zoo_models(settings, progress)
         trained = time.perf_counter() - start

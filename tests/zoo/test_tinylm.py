@@ -184,6 +184,12 @@ def test_a_folder_of_other_models_is_refused_before_training_and_a_killed_build_
     steps = {"pretraining the base": smoke_settings.pretrain_steps, "zoo table": 4 * len(FAMILIES),
              **{f"fine-tuning {f}": smoke_settings.finetune_steps for f in FAMILIES}}
     assert all(counts[-1] == (steps[stage], steps[stage]) for stage, counts in seen.items()), seen
+    # built with other settings (`--seed 1` on the demo's zoo): retrained in place without a word, and
+    # every run started on its models stopped resuming
+    stamps = {p: p.stat().st_mtime_ns for p in zoo.rglob("*.safetensors")}
+    with pytest.raises(UserError, match=re.escape(f"{zoo}: holds a tiny-lm zoo built with other settings (")):
+        build_tinylm_zoo(zoo, seed=1, settings=smoke_settings)
+    assert {p: p.stat().st_mtime_ns for p in zoo.rglob("*.safetensors")} == stamps
 
 
 def test_zoo_build_on_the_command_line_says_each_stage_as_it_ends(tmp_path, smoke_settings, monkeypatch):
