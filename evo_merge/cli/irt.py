@@ -240,6 +240,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
         click.echo(text, nl=False)
     else:
         write_output_file(out, text)
+        click.echo(f"wrote {out}: {table['subject'].nunique()} subject(s), {estimator} estimates")
 
 
 @irt.command()

@@ -508,7 +508,9 @@ def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFram
     if (unscored := estimator.unscored(scores)).any():
         s, k = np.argwhere(unscored)[0]
         scenario = estimator.scenarios[k]
-        raise UserError(f"subject {matrix.subjects[s]} has no scored anchor item in scenario {scenario!r}")
+        raise UserError(f"subject {matrix.subjects[s]} has no scored anchor item in scenario {scenario!r}: score "
+                        "the anchors of every scenario of the model (of each of its tasks, for a model fitted on "
+                        "several: `responses export --task NAME` fits one)")
     values, se = estimator.estimate_with_overall(scores)
     columns = [*estimator.scenarios, RESERVED_SCENARIO]
 

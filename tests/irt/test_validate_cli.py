@@ -187,6 +187,7 @@ def test_fit_anchors_estimate_validate(files):
     # a new folder is made for it: the missing folder was found out once every estimate was made
     code, out = run("estimate", root / "m", "--responses", root / "partial.csv", "--out", root / "no" / "est.csv")
     assert code == 0 and (root / "no" / "est.csv").is_file()
+    assert f"wrote {root / 'no' / 'est.csv'}: 40 subject(s), gpirt estimates" in out  # it said nothing
     # scores of items outside the anchor set are not read: said, with the estimator that reads them
     code, out = run("estimate", root / "m", "--responses", root / "responses.csv", "--out", root / "all.csv")
     assert code == 0 and f"{root / 'responses.csv'}: {len(full) - len(partial):,} scores of items outside the anchor " \
@@ -441,7 +442,8 @@ def test_errors_about_a_responses_file_start_with_its_name(tmp_path):
         (("fit", three, "--out", tmp_path / "x"), three, "need at least 4 subjects to fit an IRT model, got 3"),
         (("estimate", tmp_path / "m", "--responses", unknown), unknown, "item zzz is not in the IRT model"),
         (("estimate", tmp_path / "m", "--responses", no_s1), no_s1,
-         "subject m0 has no scored anchor item in scenario 's1'"),
+         "subject m0 has no scored anchor item in scenario 's1': score the anchors of every scenario of the model "
+         "(of each of its tasks, for a model fitted on several: `responses export --task NAME` fits one)"),
     ]
     assert [run(*args) for args, _, _ in cases] == [(2, f"error: {path}: {message}\n") for _, path, message in cases]
 
