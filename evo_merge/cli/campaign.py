@@ -176,6 +176,7 @@ def _summary_table(runner, measured, exported):
 def _run(runner) -> None:
     from evo_merge.cli.progress import StageBars
     from evo_merge.console import results_console
+    from evo_merge.errors import UserError
     from evo_merge.report.campaign import write_report
     from evo_merge.report.tracking import follow_campaign
     from evo_merge.search.metrics import picks_no_better_than_inputs
@@ -188,6 +189,13 @@ def _run(runner) -> None:
     def report(picks: dict[str, tuple[int, Path]]) -> None:
         written.append(write_report(workspace.run_dir, store, store.get_meta(FACTS_META), picks))
 
+    try:
+        finished = store.finished(workspace.campaign.algorithm.generations)
+    except UserError:  # a damaged generation record, which the replay writes again
+        finished = False
+    if finished:  # the replay's bars run through in an instant: not work being done again
+        click.echo(f"{workspace.run_dir}: this campaign is finished; nothing is evaluated again (its picks are "
+                   "checked, the report rewritten)", err=True)
     with StageBars() as bars:
         runner.progress = bars
         measured, exported = runner.run(report)
@@ -274,7 +282,7 @@ def status(run: Path) -> None:
     from evo_merge.search.metrics import item_totals, picks_no_better_than_inputs, se_note, search_saving
     from evo_merge.search.objectives import Objectives
     from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
-    from evo_merge.search.store import ANCHORS_META, BASELINE, POOLED_META, SEARCH
+    from evo_merge.search.store import ANCHORS_META, BASELINE, BASELINES_META, POOLED_META, SEARCH
 
     store, facts = read_run(run)
     objectives = Objectives.of_facts(facts)
@@ -290,9 +298,14 @@ def status(run: Path) -> None:
              else "finished" if finished else f"not running: `evo-merge resume {run}` goes on")  # killed, or died
     console.print(f"campaign {facts['name']!r}: generation {done}/{facts['generations']} ({state})")
     unmeasured = len(store.measure_failures())
-    standard = len(competing) - len(ok)  # the search's best may be one of them: counted, not hidden
+    # the search's best may be one of them: counted, not hidden; as the report marks them, those the
+    # search bred too (task arithmetic at lambda 1 among its first generation) included
+    baselines = store.get_meta(BASELINES_META, {})
+    standard = [e for e in evaluations if e.key in baselines and e.status == "ok"]
+    searched = sum(e.phase == SEARCH for e in standard)
     console.print(f"evaluations: {len(evaluations)} ({len(search)} search, {len(search) - len(ok)} failed"
-                  + (f", {standard} standard merge{'s' if standard > 1 else ''}" if standard else "")
+                  + (f", {len(standard)} standard merge{'s' if len(standard) > 1 else ''}" if standard else "")
+                  + (f" ({searched} of them in the search)" if searched else "")
                   + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
     search_items = search_item_count(facts, store)
     for task in objectives.names:

@@ -21,7 +21,6 @@ from evo_merge.report.html import markdown_inline, reference_label, write_html_r
 from evo_merge.report.pairs import task_pairs
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.export import rounded_storage_note
-from evo_merge.search.front import BASELINES_META
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.metrics import (
     item_totals,
@@ -34,6 +33,7 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
 from evo_merge.search.store import (
     BASELINE,
+    BASELINES_META,
     CALIBRATION,
     POOLED_META,
     SEARCH,

@@ -23,7 +23,7 @@ from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_
 from evo_merge.search.evaluator import Evaluator, campaign_tasks
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_picks, record_task_meta
-from evo_merge.search.front import BASELINES_META, candidates, measure_final, measure_picks
+from evo_merge.search.front import candidates, measure_final, measure_picks
 from evo_merge.search.holdout import HOLDOUT_META, holdout_items
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog
@@ -34,6 +34,7 @@ from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace, coefficient_groups
 from evo_merge.search.store import (
     BASELINE,
+    BASELINES_META,
     CALIBRATION,
     CALIBRATION_META,
     EVALUATED_ON_META,

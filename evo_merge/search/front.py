@@ -31,9 +31,8 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.pooling import pooled
 from evo_merge.search.race import PICKS_META, RACE_META, SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.space import SearchSpace
-from evo_merge.search.store import BASELINE, POOLED_META, SEARCH, CampaignStore, Evaluation, Record
+from evo_merge.search.store import BASELINE, BASELINES_META, POOLED_META, SEARCH, CampaignStore, Evaluation
 
-BASELINES_META = Record("baselines", dict[str, str])  # store meta: candidate key -> baseline label
 MEASURE_STAGE = "final: measuring the finalists"
 PICKS_STAGE = "final: measuring the picks on every item"
 PickScore = Callable[[Mapping[str, float]], float]  # task scores -> how good for the pick (higher is better)

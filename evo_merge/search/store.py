@@ -121,6 +121,7 @@ EXPORTED_META = Record("exported", dict[StoredName, tuple[int, str]])  # pick na
 #   relative to the run folder (absolute in older runs)]
 CALIBRATION_META = Record("calibration_subjects", int)  # how many subjects calibration measures: `status`
 #   counts them off
+BASELINES_META = Record("baselines", dict[str, str])  # candidate key -> the standard merge it is (its label)
 POOLED_META = Record("pooled_estimates", dict[str, dict[str, float]])  # key of a candidate pooled -> its pooled
 #   estimates, as the final phase first chose
 EVALUATED_ON_META = Record("evaluated_on", str)  # the device type the run first evaluated on ("cuda", "cpu")

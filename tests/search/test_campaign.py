@@ -104,10 +104,19 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo, 
     result = CliRunner().invoke(cli, ["status", str(run)])
     assert result.exit_code == 0 and "campaign 'test': generation 3/3 (finished)" in result.output, result.output
     # the standard merges compete for the search's best (they were measured as warm-ups): counted beside it
-    assert re.search(r"^evaluations: \d+ \(\d+ search, \d+ failed, \d+ standard merges\)", result.output, re.M)
+    counted = re.search(r"^evaluations: \d+ \(\d+ search, \d+ failed, (\d+) standard merges( \((\d+) of them in "
+                        r"the search\))?\)", result.output, re.M)
+    from evo_merge.search.store import SEARCH, CampaignStore
+    store = CampaignStore(run)  # those the report marks: the search's task arithmetic at lambda 1 was left out
+    standard = [e for e in store.evaluations() if e.key in store.get_meta("baselines") and e.status == "ok"]
+    store.close()
+    assert counted and int(counted[1]) == len(standard) >= 4, result.output
+    assert int(counted[3] or 0) == sum(e.phase == SEARCH for e in standard)
     caplog.clear()
     result = CliRunner().invoke(cli, ["resume", str(run)])
     assert result.exit_code == 0 and "picks will be chosen" not in caplog.text  # said to a new run only
+    # its bars ran through as if working again, without a word
+    assert f"{run}: this campaign is finished; nothing is evaluated again" in result.output
 
 
 def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo, monkeypatch):
@@ -535,6 +544,24 @@ def _calibrated(run, written_at=None):
     runner.calibrate()
     runner.close()
     return runner
+
+
+def test_status_counts_the_standard_merges_the_report_marks(tmp_path, zoo):
+    """With fewer warm-ups than standard merges, the rest are bred in the search's first generation:
+    `status` counted the warm-ups only (4 standard merges where the run and the report had 5)."""
+    from evo_merge.search.store import SEARCH, CampaignStore
+
+    path = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1},
+                    algorithm={"population": 6, "generations": 1, "seed": 0})
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
+    store = CampaignStore(run)
+    standard = [e for e in store.evaluations() if e.key in store.get_meta("baselines") and e.status == "ok"]
+    store.close()
+    searched = sum(e.phase == SEARCH for e in standard)
+    assert searched >= 1
+    status = CliRunner().invoke(cli, ["status", str(run)]).output
+    assert f", {len(standard)} standard merges ({searched} of them in the search)" in status, status
 
 
 def test_a_folder_reopened_across_an_estimator_revision_says_so(tmp_path, zoo, caplog):

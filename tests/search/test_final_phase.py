@@ -285,7 +285,7 @@ def test_baselines_are_finalists_only_when_final_baselines_says_so(tmp_path, bas
     """A standard merge the search scored low is measured as a baseline with `baselines: true` and
     left out with `baselines: false`; the warm-ups, measured whatever was chosen, hid an inverted
     check in the campaign tests."""
-    from evo_merge.search.front import BASELINES_META
+    from evo_merge.search.store import BASELINES_META
 
     store = CampaignStore(tmp_path)
     keys = []
