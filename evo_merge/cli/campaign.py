@@ -308,6 +308,8 @@ def status(run: Path) -> None:
                   + (f" ({searched} of them in the search)" if searched else "")
                   + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
     search_items = search_item_count(facts, store)
+    race_record = store.get_meta(RACE_META) or {}
+    sampled = (race_record.get("compared") or {}).get("scores", {})  # survivors' scores on the race's last sample
     for task in objectives.names:
         if competing:
             best = max(competing, key=lambda e: objectives.goodness(e.estimates, task))
@@ -320,7 +322,9 @@ def status(run: Path) -> None:
             # its estimate does not count here (the picks below are chosen on measurements)
             # the highest of many estimates runs high: its measurement, where the final phase took one, beside it
             since = (f"; measured {best.measured[task]:.3f} since" if not measured and best.measured
-                     and task in best.measured else "")
+                     and task in best.measured else
+                     f"; {sampled[best.key][task]:.3f} on the race's last sample, which the picks were chosen on"
+                     if not measured and task in sampled.get(best.key, {}) else "")
             console.print(
                 f"best {task} in the search ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} "
                 f"is better): {value} {'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method})"
@@ -344,7 +348,7 @@ def status(run: Path) -> None:
     if pooled := store.get_meta(POOLED_META):
         console.print(f"finalists chosen on estimates pooled over similar recipes ({len(pooled)} candidates; "
                       "report.md and pareto.csv show each finalist's as pool_<task>)")
-    if race := race_summary(store.get_meta(RACE_META)):
+    if race := race_summary(race_record or None):
         console.print(race)
     if rounds := rounds_summary(store.get_meta(PICKS_META)):
         console.print(rounds)

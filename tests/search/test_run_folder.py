@@ -870,6 +870,26 @@ def test_a_run_folder_holding_a_link_is_refused_and_nothing_outside_it_changes(c
     assert sorted((p.relative_to(victim), p.stat().st_mtime_ns) for p in victim.rglob("*")) == before
 
 
+def test_status_gives_the_race_sample_score_of_a_best_estimate_not_measured_whole(copy):
+    """`best agree0 in the search: 0.780 estimated` beside a pick measured at 0.689: the race had
+    scored that candidate 0.652 on the sample the picks were chosen on, which status did not say."""
+    from evo_merge.search.race import RACE_META
+
+    store = CampaignStore(copy)
+    competing = [e for e in store.evaluations() if e.status == "ok" and e.phase in ("search", "baseline")]
+    best = max(competing, key=lambda e: e.estimates["agree0"])
+    store.db.execute("UPDATE evaluations SET measured = NULL, estimate_se = ? WHERE id = ?",
+                     (json.dumps({t: 0.01 for t in best.estimates}), best.id))  # a survivor not measured whole
+    race = store.get_meta(RACE_META)
+    race["compared"] = {**race.get("compared", {"stage": 1, "items": {}}), "scores": {best.key: {"agree0": 0.652}}}
+    store.set_meta(RACE_META, race)
+    store.close()
+    code, output = invoke("status", copy)
+    assert code == 0, output
+    assert (f"(evaluation {best.id}, {best.method}); 0.652 on the race's last sample, which the picks were chosen "
+            "on") in " ".join(output.split()), output
+
+
 def test_status_and_the_end_of_a_run_print_names_with_brackets_as_text(copy):
     """A campaign name is free text: '[/b]' was read as rich markup and crashed `status`."""
     store = CampaignStore(copy)
