@@ -22,7 +22,7 @@ def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwr
     """Build one merge from a mergekit-style RECIPE into an HF model folder."""
     from evo_merge.cli.progress import track
     from evo_merge.errors import UserError
-    from evo_merge.merge.export import export_merge
+    from evo_merge.merge.export import INPUTS_FILE, changed_inputs, export_merge
     from evo_merge.merge.plan import plan_from_recipe
     from evo_merge.merge.recipe import Recipe
     from evo_merge.weights import parse_dtype
@@ -36,6 +36,9 @@ def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwr
     where = resolve_device(device, key="--device")
     plan = plan_from_recipe(Recipe.load(recipe), root=recipe.parent, dtype=dtype, source=recipe,
                             allow_pickle=allow_pickle)
+    for name in changed_inputs(plan, recipe):  # a rebuild whose inputs changed: not the folder's weights
+        click.echo(f"{name}: its weights are not those {recipe} was merged from ({INPUTS_FILE} beside it): the "
+                   "output will differ from that merge", err=True)
     export_merge(plan, out, overwrite=overwrite, device=where,
                  track=lambda items, total: track(items, total, f"merging ({plan.method.name})"))
     base = plan.source_recipe.base_model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -13,10 +14,14 @@ from evo_merge.merge.plan import MergePlan, stream_merge
 from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
 from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import write_model_folder
+from evo_merge.weights.digest import weights_digest
 from evo_merge.weights.export import NonFiniteTensor, check_output_folder
 from evo_merge.weights.references import open_reference
 
 RECIPE_FILE = "merge_recipe.yaml"
+# beside the recipe: a digest of each input's weights (`weights_digest`), which `merge` checks, so a
+# rebuild from inputs changed since (a zoo built again, a Hub model at another file) is said
+INPUTS_FILE = "merge_inputs.json"
 Tracker = Callable[[Iterable, int], Iterable]
 
 
@@ -65,6 +70,7 @@ def export_merge(
                                     licenses=licenses)
     extra.update(licenses.files)
     extra[RECIPE_FILE] = recipe.to_yaml()
+    extra[INPUTS_FILE] = json.dumps({"weights": _input_digests(plan)}, indent=2) + "\n"
     if item_scores:
         extra.update(results_files(item_scores, tasks or {}))
     try:
@@ -80,6 +86,33 @@ def export_merge(
         )
     except NonFiniteTensor as exc:
         raise UserError(f"{exc}; {_non_finite_inputs(plan, exc.name)}") from None
+
+
+def _input_digests(plan: MergePlan) -> dict[str, str]:
+    """Each input's weights digest, by its name in the written recipe."""
+    digests = {}
+    for ref in plan.refs:
+        try:
+            digests[ref.name] = weights_digest(ref)
+        except UserError:  # a reference the digest cannot read is merged all the same: not recorded
+            continue
+    return digests
+
+
+def changed_inputs(plan: MergePlan, recipe: Path) -> list[str]:
+    """The inputs whose weights are not those `recipe` (a folder's `merge_recipe.yaml`) was merged
+    from, by the `merge_inputs.json` beside it; none where there is no such record."""
+    record = recipe.parent / INPUTS_FILE
+    if recipe.name != RECIPE_FILE or not record.is_file():
+        return []
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8"))["weights"]
+    except (OSError, ValueError, KeyError, TypeError):  # not one a merge wrote: nothing to compare with
+        return []
+    if not isinstance(recorded, dict):
+        return []
+    return [ref.name for ref in plan.refs if isinstance(recorded.get(ref.name), str)
+            and recorded[ref.name] != weights_digest(ref)]
 
 
 def _non_finite_inputs(plan: MergePlan, name: str) -> str:

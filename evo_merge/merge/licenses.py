@@ -29,7 +29,7 @@ MIXED = "mixed-input-licenses"
 MIXED_FILE = "LICENSE.md"
 MAX_LICENSE_BYTES = 1 << 20  # a license file copied beside the weights: text, not a stray archive
 # files a model folder holds for other reasons: a card's license_link naming one is not copied over ours
-OWN_FILES = {"README.md", "config.json", "merge_recipe.yaml", "results.json"}
+OWN_FILES = {"README.md", "config.json", "merge_recipe.yaml", "merge_inputs.json", "results.json"}
 # an input's license texts, copied beside the weights of a merge of inputs sharing their license
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "USE_POLICY.md")
 NON_COMMERCIAL = "-nc"  # in a license id: cc-by-nc-4.0, cc-by-nc-sa-4.0, cc-by-nc-nd-4.0

@@ -1,5 +1,7 @@
 """Recipes end to end: the merge command, transformers round trips, bit-for-bit rebuilds, in-place."""
 
+import json
+import shutil
 
 import pytest
 import torch
@@ -97,6 +99,30 @@ def test_merged_folder_loads_generates_and_rebuilds_bit_for_bit(family, tmp_path
     first, second = tensors_of(out), tensors_of(again)
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_rebuild_from_inputs_changed_since_is_said(family, tmp_path):
+    """The card says its recipe rebuilds the weights bit for bit; with an input changed since (a
+    zoo built again with other settings), `merge` built other weights without a word."""
+    root, base, fts = family
+    models = [shutil.copytree(m, tmp_path / "in" / m.name) for m in (base, fts[0])]
+    recipe = write_recipe(tmp_path / "r.yaml", "task_arithmetic", models[0], models[1:], [0.5], {})
+    assert CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "m")]).exit_code == 0
+    recorded = json.loads((tmp_path / "m" / "merge_inputs.json").read_text())["weights"]
+    assert sorted(recorded) == sorted(str(m) for m in models)
+    again = CliRunner().invoke(cli, ["merge", str(tmp_path / "m" / "merge_recipe.yaml"),
+                                                     "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0 and "weights are not those" not in again.stderr, again.stderr
+    weights = load_file(models[1] / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 0.01
+    save_file(weights, models[1] / "model.safetensors", metadata={"format": "pt"})
+    changed = CliRunner().invoke(cli, ["merge", str(tmp_path / "m" / "merge_recipe.yaml"),
+                                                       "--out", str(tmp_path / "changed")])
+    assert changed.exit_code == 0 and changed.stderr.startswith(
+        f"{models[1]}: its weights are not those {tmp_path / 'm' / 'merge_recipe.yaml'} was merged from "
+        "(merge_inputs.json beside it): the output will differ from that merge\n"), changed.stderr
+    assert str(models[0]) not in changed.stderr  # the base is the one it was
 
 
 def test_merge_differs_from_endpoints_and_matches_hand_formula(family, tmp_path):
