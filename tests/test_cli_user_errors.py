@@ -215,6 +215,18 @@ def test_a_task_or_an_adapter_run_would_refuse_is_named_by_plan_as_run_names_it(
     assert code == 0 and "tasks: arith (" in output, output
 
 
+def test_the_plan_counts_the_items_a_campaign_asks_for(tmp_path, family):
+    """`warmup_merges: 1e15` (each one a full evaluation) was "fits": the plan said nothing of cost."""
+    scenarios = len(set(resolve_task("arith").scenarios.values()))
+    code, output = invoke("plan", campaign(tmp_path, family, estimator={"warmup_merges": 3, "anchors": 5}))
+    # 1,200 arith items, 240 held out (final.holdout auto); base, 2 endpoints and 3 warm-ups; 4 x 1 candidates
+    assert code == 0 and (f"items: calibration 6 models x 960 search items = 5,760; search at most 4 candidates x "
+                          f"{5 * scenarios} (anchors) = {4 * 5 * scenarios} (every item: 3,840)") in output, output
+    code, output = invoke("plan", campaign(tmp_path, family, estimator={"kind": "full", "warmup_merges": 3}))
+    assert "calibration 3 models x 960 search items = 2,880; search at most 4 candidates x 960 (every search item)" \
+        in output, output
+
+
 def test_mass_over_a_lora_endpoint_is_refused_by_plan_as_by_run(tmp_path, family):
     """MASS decomposes model folders: `plan` said "fits" and `run` refused it once the models loaded."""
     peft = pytest.importorskip("peft")

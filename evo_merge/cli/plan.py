@@ -66,6 +66,31 @@ def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
     check_fits(campaign, base, models, resuming=resuming, details=f"evo-merge plan {campaign_file} --out {run_dir}")
 
 
+def item_budget(campaign, tasks: dict, n_models: int) -> str:
+    """The item evaluations the campaign asks for before its final phase, where a slip in a number
+    shows (a thousand warm-up merges are a thousand full evaluations): calibration, then the
+    search at most, beside what scoring every search candidate on every item would take."""
+    from evo_merge.search.holdout import holdout_size
+
+    spec, algorithm = campaign.estimator, campaign.algorithm
+    searched = {name: len(task.item_ids) - holdout_size(name, len(task.item_ids), campaign.final.holdout)
+                for name, task in tasks.items()}
+    whole = sum(searched.values())
+    per_task = {name: len(set((task.scenarios or {"": ""}).values())) for name, task in tasks.items()}
+    if spec.kind == "full":
+        each, how = whole, "every search item"
+    elif spec.kind == "adaptive":
+        each, how = sum(min(spec.max_items * n, searched[name]) for name, n in per_task.items()), "at most, adaptive"
+    else:
+        each, how = sum(min(spec.anchors * n, searched[name]) for name, n in per_task.items()), "anchors"
+    fitted_here = spec.kind != "full" and spec.irt_model is None
+    subjects = 1 + n_models + (spec.warmup_merges if fitted_here else 0)
+    candidates = algorithm.population * algorithm.generations
+    return (f"items: calibration {subjects:,} models x {whole:,} search items = {subjects * whole:,}; search at most "
+            f"{candidates:,} candidates x {each:,} ({how}) = {candidates * each:,} (every item: "
+            f"{candidates * whole:,}); the final phase adds its race and the picks measured whole")
+
+
 @click.command()
 @click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -90,6 +115,7 @@ def plan(campaign_file: Path, out: Path | None) -> None:
             holdout_size(name, len(task.item_ids), campaign.final.holdout)
     result = campaign_plan(campaign, base, models, resuming=resuming)
     click.echo("tasks: " + ", ".join(f"{name} ({len(task.item_ids):,} items)" for name, task in tasks.items()))
+    click.echo(item_budget(campaign, tasks, len(models)))
     click.echo(result.table())
     if not result.fits:
         raise result.refusal()
