@@ -32,3 +32,18 @@ def test_a_mistyped_command_is_named_with_the_one_it_resembles():
     assert result.exit_code == 2 and "No such command 'statsu'. Did you mean 'status'?" in result.output
     result = CliRunner().invoke(cli, ["frobnicate"])
     assert result.exit_code == 2 and "No such command 'frobnicate'." in result.output and "Did you" not in result.output
+
+
+def test_the_command_list_loads_no_fitting_code():
+    """`evo-merge --help` loads every command for its one-line help: `irt` imported torch and
+    scikit-learn with its module, 3.4 s before any help was printed (the module docstring of
+    evo_merge.cli promises a fast --help)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom evo_merge.cli import cli\ntry:\n    cli(['--help'], standalone_mode=False)\n"
+            "finally:\n    print('heavy:', sorted(m for m in ('torch', 'sklearn', 'lm_eval', 'transformers') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "heavy: []" in done.stdout and "irt" in done.stdout, done.stdout

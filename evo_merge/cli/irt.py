@@ -1,4 +1,7 @@
-"""`evo-merge irt fit|anchors|estimate|validate`: parse arguments, delegate to `evo_merge.irt`."""
+"""`evo-merge irt fit|anchors|estimate|validate`: parse arguments, delegate to `evo_merge.irt`.
+
+Only the option tables are imported here; the fitting code (torch, scikit-learn: seconds) is
+imported by the command that runs, so `evo-merge --help` lists every command without it."""
 
 from __future__ import annotations
 
@@ -10,17 +13,6 @@ import click
 from evo_merge.cli.outputs import check_irt_model_folder, check_output_file, write_output_file
 from evo_merge.console import results_console
 from evo_merge.errors import UserError, naming_file
-from evo_merge.irt import (
-    Estimator,
-    IRTModel,
-    choose_anchor_method,
-    estimate_table,
-    load_anchors,
-    load_responses,
-    select_anchors,
-)
-from evo_merge.irt import validate as run_validation
-from evo_merge.irt.anchors import SELECTABLE, remove_anchor_sets
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
@@ -29,15 +21,11 @@ from evo_merge.irt.kinds import (
     DEFAULT_ESTIMATOR_KIND,
     ENDPOINT_ESTIMATORS,
     ESTIMATOR_KINDS,
-    SE_CAVEATS,
-)
-from evo_merge.irt.validation import (
     FEW_HELD_OUT,
     HOLD_OUTS,
     RANDOM_DRAWS,
-    auto_folds,
-    default_summary,
-    validation_table,
+    SE_CAVEATS,
+    SELECTABLE_ANCHOR_METHODS,
 )
 
 
@@ -96,6 +84,8 @@ def _endpoints(value: str | None):
     if value is None:
         return None
     if Path(value).suffix.lower() in (".csv", ".parquet", ".pq"):
+        from evo_merge.irt import load_responses
+
         return load_responses(value)
     return [s.strip() for s in value.split(",") if s.strip()]
 
@@ -156,6 +146,8 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
         epochs: int | None, lr: float | None, dims: str, seed: int) -> None:
     """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
     from evo_merge.cli.progress import StageBars
+    from evo_merge.irt import IRTModel, load_responses
+    from evo_merge.irt.anchors import remove_anchor_sets
 
     check_irt_model_folder(out, overwrite)  # before the fit's minutes
     options, dims_value = _backend_options(backend, epochs, lr), _dims(dims)  # option errors: not the file's
@@ -184,6 +176,7 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
                    "allocation); refused otherwise: subjects scored on it could no longer be estimated")
 def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: int, overwrite: bool) -> None:
     """Choose --budget anchor items per scenario, store them in MODEL_DIR and print them."""
+    from evo_merge.irt import IRTModel, select_anchors
     from evo_merge.irt.anchors import anchors_path, load_anchors
 
     chosen = select_anchors(IRTModel.load(model_dir), budget, method, seed, allocation)
@@ -214,6 +207,8 @@ def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: in
 def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | None, budget: int | None,
              method: str | None, gmp_delta: str, items_as_rows: bool, out: Path | None, overwrite: bool) -> None:
     """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate,se."""
+    from evo_merge.irt import Estimator, IRTModel, choose_anchor_method, estimate_table, load_anchors, load_responses
+
     if out is not None:
         check_output_file(out, overwrite)
     delta = _delta(gmp_delta)  # an option's mistake before the model is read
@@ -255,7 +250,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
               "with a few dozen subjects one split's verdict rests on a handful. 'auto': one split where it holds "
               f"out {FEW_HELD_OUT} or more, else 1/test-frac folds; 1 with --test-frac, or a --hold-out not random.")
 @click.option("--budgets", default="10,20,50,100", show_default=True, help="Anchors per scenario, comma-separated.")
-@click.option("--methods", default=",".join(SELECTABLE), show_default=True,
+@click.option("--methods", default=",".join(SELECTABLE_ANCHOR_METHODS), show_default=True,
               help="Anchor methods to validate, comma-separated ('auto': the one a campaign would use); random "
               "anchors are always among them. Fewer methods, a faster run.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -279,6 +274,9 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
              csv_path: Path | None, overwrite: bool) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
     from evo_merge.cli.progress import StageBars
+    from evo_merge.irt import load_responses
+    from evo_merge.irt import validate as run_validation
+    from evo_merge.irt.validation import auto_folds, default_summary, validation_table
 
     split_given = ctx.get_parameter_source("test_frac") is not click.core.ParameterSource.DEFAULT
     folds = _folds(folds)

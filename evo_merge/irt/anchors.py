@@ -37,14 +37,18 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
 from evo_merge.errors import UserError, writing
-from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, ANCHOR_METHODS, DEFAULT_ANCHOR_METHOD
+from evo_merge.irt.kinds import (
+    ANCHOR_ALLOCATIONS,
+    ANCHOR_METHODS,
+    AUTOMATIC_ANCHOR_METHODS,
+    DEFAULT_ANCHOR_METHOD,
+    SELECTABLE_ANCHOR_METHODS,
+)
 from evo_merge.irt.model import IRTModel
 
 log = logging.getLogger(__name__)
 METHODS = ANCHOR_METHODS
-# the automatic methods: what each is with at least MIN_CLUSTER_SUBJECTS calibration subjects (FALLBACK_METHOD below)
-AUTOMATIC = {"auto": "stratified-irt", "auto-kmeans": "kmeans-irt"}
-SELECTABLE = tuple(m for m in METHODS if m not in AUTOMATIC)  # the methods used as named
+AUTOMATIC, SELECTABLE = AUTOMATIC_ANCHOR_METHODS, SELECTABLE_ANCHOR_METHODS
 # drawn at random (within strata): their mean's error is the design's, for every subject
 SAMPLED = ("random", "stratified", "stratified-irt")
 FALLBACK_METHOD = "stratified"

@@ -21,22 +21,21 @@ from rich.table import Table
 from evo_merge.errors import UserError
 from evo_merge.irt.anchors import SELECTABLE, choose_anchor_method, select_anchors
 from evo_merge.irt.estimators import Estimator
-from evo_merge.irt.kinds import DEFAULT_ANCHOR_METHOD, DEFAULT_ESTIMATOR_KIND, ENDPOINT_ESTIMATORS
+from evo_merge.irt.kinds import (
+    DEFAULT_ANCHOR_METHOD,
+    DEFAULT_ESTIMATOR_KIND,
+    ENDPOINT_ESTIMATORS,
+    FEW_HELD_OUT,
+    HOLD_OUTS,
+    RANDOM_DRAWS,
+)
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.progress import Progress, no_progress
 
 DEFAULT_BUDGETS = (10, 20, 50, 100)
-RANDOM_DRAWS = 200  # random draws per subject behind the baseline (2 draws can be 18% off)
 BASELINE = "mean (baseline)"
 DEFAULT_ESTIMATORS = ("anchor", "pirt", "gpirt")
-# which subjects are held out: drawn at random (like the calibration ones), or those scoring best or
-# worst on average (unlike every calibration subject: merges that beat their endpoints are such)
-HOLD_OUTS = ("random", "strongest", "weakest")
-# fewer held-out subjects than this: the summary says its verdict is noisy (3 subjects of a synthetic
-# 12-model leaderboard gave the default 1.28x, 1.41x, 0.37x at 10 / 30 / 100 items on one split and
-# anchor draw; 4 folds and 5 draws 0.80x, 0.73x, 0.72x; docs/irt.md)
-FEW_HELD_OUT = 10
 FEW_DRAWS = 5  # fewer anchor draws: one draw's anchors serve every held-out subject, its MAE is one noisy number
 ROUND_OFF = 1e-9  # an error this small is an exact estimate's round-off (SE 0), not one beyond its SE
 
