@@ -617,3 +617,31 @@ def test_a_malformed_row_of_a_few_shot_task_is_one_line_not_lm_eval_s_traceback(
                 else "its 2-shot prompts cannot be built from its few-shot examples (")
     with pytest.raises(UserError, match=re.escape(f"task {tmp_path / 't.yaml'}: evo_arith: {expected}")):
         LMEvalTask(tmp_path / "t.yaml")
+
+
+def test_lm_eval_s_encodings_are_kept_across_candidates_and_equal(char_lm, monkeypatch):
+    """lm-eval encodes every request again for each candidate (a fifth of a small model's scoring
+    time); the tokens kept are lm-eval's own, returned as a new list each time."""
+    import evo_merge.tasks.lmeval as lmeval
+
+    model, tokenizer = char_lm
+    task = resolve_task("evo_arith")
+    task.release()
+    lm = task._wrap(model, tokenizer)
+    calls = []
+    encode = lmeval._remembered_encodings(lambda s, **kw: calls.append((s, kw)) or tokenizer.encode(s))
+    first = encode("12+3=", None, 4)
+    again = encode("12+3=", None, 4)
+    assert first == again == tokenizer.encode("12+3=") and first is not again and len(calls) == 1
+    again.append(0)  # a caller's edit of its list changes nothing kept
+    assert encode("12+3=", None, 4) == first and len(calls) == 1
+    encode("12+3=", add_special_tokens=False)  # other arguments: encoded apart
+    encode("12+3=", None, 4, something=1)  # an argument this wrapper does not know: passed through, not kept
+    encode("12+3=", None, 4, something=1)
+    assert len(calls) == 4
+    monkeypatch.setattr(lmeval, "ENCODINGS_KEPT", 0)  # past the cap: encoded each time, not kept
+    full = lmeval._remembered_encodings(lambda s, **kw: calls.append(s) or [1])
+    full("x"), full("x")
+    assert calls[-2:] == ["x", "x"]
+    scores = task.evaluate(model, tokenizer, task.item_ids[:40])
+    assert lm is task._wrap(model, tokenizer) and task.evaluate(model, tokenizer, task.item_ids[:40]).equals(scores)
