@@ -427,9 +427,9 @@ def _refuse_changed_weights(store: CampaignStore, refs: dict[str, ModelRef], way
         recorded = stored.get(key, digest)
         if recorded != digest and recorded not in former_weights_digests(refs[key]):
             if other := next((k for k, d in stored.items() if d == digest and k != key), None):  # reordered
-                raise UserError(f"{key} ({refs[key].name}) is the model this run folder recorded as {other}: the "
-                                "campaign names its models in another order than the run started with; restore "
-                                "the order")
+                raise UserError(f"{key} ({refs[key].name}) holds the weights this run folder recorded for {other}: "
+                                "the models are in another order than the run started with (the campaign's list, or "
+                                "their files swapped); restore the order")
             raise _changed(key, refs[key], "weights", way_on)
     if stored != digests:
         store.set_meta(WEIGHTS_META, {**stored, **digests})

@@ -582,6 +582,13 @@ def test_a_run_whose_models_changed_is_refused(tmp_path, zoo):  # noqa: F811
     first, second = (m / "model.safetensors" for m in models)
     swap = tmp_path / "swap"
     first.rename(swap), second.rename(first), swap.rename(second)
+    with pytest.raises(UserError, match=r"models\.0 .* holds the weights this run folder recorded for models\.1: "
+                                        r"the models are in another order than the run started with"):
+        Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
+    first.rename(swap), second.rename(first), swap.rename(second)  # back; then one of them edited
+    weights = load_file(first)
+    weights = {name: tensor + 0.01 if tensor.is_floating_point() else tensor for name, tensor in weights.items()}
+    save_file(weights, first, metadata={"format": "pt"})
     with pytest.raises(UserError, match=r"models\.0 .*weights changed since this run folder was started"):
         Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
 
@@ -613,8 +620,8 @@ def test_a_run_whose_models_moved_goes_on_from_their_new_place_once_they_are_che
     Workspace.open(Campaign.load(run / "campaign.yaml"), run, run).store.close()  # resume, export: checked, on
     swapped = yaml.safe_load((run / "campaign.yaml").read_text())
     swapped["models"] = swapped["models"][::-1]  # moved, but not the same models at each place
-    with pytest.raises(UserError, match=r"models\.0 \(.*\) is the model this run folder recorded as models\.1: the "
-                                        "campaign names its models in another order"):
+    with pytest.raises(UserError, match=r"models\.0 \(.*\) holds the weights this run folder recorded for "
+                                        r"models\.1: the models are in another order"):
         Workspace.open(Campaign.model_validate(swapped), run, run)
     from evo_merge.search.binding import differences
     store = CampaignStore(run)
