@@ -14,12 +14,19 @@ ZOO = click.option("--zoo", default=str(DEFAULT_ZOO), type=click.Path(path_type=
 
 def _zoo(zoo: Path) -> list[str]:
     """Build (or reuse) the tiny-lm zoo; return its endpoint names."""
-    from evo_merge.cli.progress import StageBars
-    from evo_merge.zoo.manifest import read_zoo
-    from evo_merge.zoo.tinylm import build_tinylm_zoo
+    from pydantic import ValidationError
 
+    from evo_merge.cli.progress import StageBars
+    from evo_merge.zoo.manifest import has_zoo, read_zoo
+    from evo_merge.zoo.tinylm import TinyLMSettings, build_tinylm_zoo
+
+    built = read_zoo(zoo) if has_zoo(zoo) else None
+    try:  # a finished tiny-lm zoo is used with the settings it was built with (`zoo build --seed 1`)
+        settings = TinyLMSettings(**built.settings) if built and built.kind == "tiny-lm" and built.key else None
+    except ValidationError:  # settings an older version wrote: built again, as their zoo would be
+        settings = None
     with StageBars() as bars:  # 5 minutes of training: a bar on a terminal, a line every 30 s in a log
-        build_tinylm_zoo(zoo, progress=bars)
+        build_tinylm_zoo(zoo, seed=settings.seed if settings else 0, settings=settings, progress=bars)
     return read_zoo(zoo).endpoints
 
 

@@ -67,9 +67,9 @@ def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
 
 
 def item_budget(campaign, tasks: dict, n_models: int) -> str:
-    """The item evaluations the campaign asks for before its final phase, where a slip in a number
-    shows (a thousand warm-up merges are a thousand full evaluations): calibration, then the
-    search at most, beside what scoring every search candidate on every item would take."""
+    """The item evaluations of the calibration and of the search at most (beside scoring every
+    search candidate on every item), where a slip in a number shows: a thousand warm-up merges are
+    a thousand full evaluations. The standard merges and the final phase come on top."""
     from evo_merge.search.holdout import holdout_size
 
     spec, algorithm = campaign.estimator, campaign.algorithm
@@ -88,7 +88,8 @@ def item_budget(campaign, tasks: dict, n_models: int) -> str:
     candidates = algorithm.population * algorithm.generations
     return (f"items: calibration {subjects:,} models x {whole:,} search items = {subjects * whole:,}; search at most "
             f"{candidates:,} candidates x {each:,} ({how}) = {candidates * each:,} (every item: "
-            f"{candidates * whole:,}); the final phase adds its race and the picks measured whole")
+            f"{candidates * whole:,}); the standard merges not among the warm-ups (on every search item) and the "
+            "final phase (its race, the picks measured whole) add theirs")
 
 
 @click.command()

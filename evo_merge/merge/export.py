@@ -107,7 +107,7 @@ def changed_inputs(plan: MergePlan, recipe: Path) -> list[str]:
         return []
     try:
         recorded = json.loads(record.read_text(encoding="utf-8"))["weights"]
-    except (OSError, ValueError, KeyError, TypeError):  # not one a merge wrote: nothing to compare with
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # not one a merge wrote: nothing to compare
         return []
     if not isinstance(recorded, dict):
         return []

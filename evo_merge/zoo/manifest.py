@@ -80,6 +80,9 @@ def claim_zoo_folder(folder: str | Path, kind: str, key: str, force: bool = Fals
                             f"{key}): building replaces its models, and run folders started on them no longer "
                             f"resume; give another folder, or replace it with `evo-merge zoo build --kind {kind} "
                             f"--out {folder} --force`")
+        # marked as being built before a model is replaced: a build killed half-way over a finished zoo
+        # left its old key beside new weights, and the next build reused the mix as "up to date"
+        write_zoo(folder, ZooManifest(kind=kind, models=[]))
         return
     if folder.is_dir() and any(folder.iterdir()):
         raise UserError(f"{folder}: not empty and not a zoo folder (no {ZOO_JSON}); give a new or empty folder")

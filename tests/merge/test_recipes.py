@@ -123,6 +123,10 @@ def test_a_rebuild_from_inputs_changed_since_is_said(family, tmp_path):
         f"{models[1]}: its weights are not those {tmp_path / 'm' / 'merge_recipe.yaml'} was merged from "
         "(merge_inputs.json beside it): the output will differ from that merge\n"), changed.stderr
     assert str(models[0]) not in changed.stderr  # the base is the one it was
+    (tmp_path / "m" / "merge_inputs.json").write_text("[" * 100_000 + "]" * 100_000)  # crafted: a RecursionError
+    crafted = CliRunner().invoke(cli, ["merge", str(tmp_path / "m" / "merge_recipe.yaml"), "--out",
+                                       str(tmp_path / "crafted")])
+    assert crafted.exit_code == 0 and "weights are not those" not in crafted.stderr, crafted.output
 
 
 def test_merge_differs_from_endpoints_and_matches_hand_formula(family, tmp_path):

@@ -12,6 +12,7 @@ from evo_merge.errors import UserError
 from evo_merge.tasks.registry import BENCHMARKS_DIR, resolve_task
 from evo_merge.tasks.synthetic import FAMILIES, LEXICON
 from evo_merge.weights.folder import save_model_folder
+from evo_merge.zoo.manifest import claim_zoo_folder, read_zoo
 from evo_merge.zoo.tiny import make_tiny_causal_lm
 from evo_merge.zoo.tinylm import (
     TinyLMSettings,
@@ -190,6 +191,14 @@ def test_a_folder_of_other_models_is_refused_before_training_and_a_killed_build_
     with pytest.raises(UserError, match=re.escape(f"{zoo}: holds a tiny-lm zoo built with other settings (")):
         build_tinylm_zoo(zoo, seed=1, settings=smoke_settings)
     assert {p: p.stat().st_mtime_ns for p in zoo.rglob("*.safetensors")} == stamps
+    # `init --zoo` / `demo --zoo` given it: used with the settings it was built with, not refused
+    from evo_merge.cli.demo import _zoo
+    assert _zoo(zoo) == list(FAMILIES)
+    assert {p: p.stat().st_mtime_ns for p in zoo.rglob("*.safetensors")} == stamps
+    # a forced rebuild marks the zoo as being built before it replaces a model: killed half-way, its
+    # old key beside new weights was reused as "up to date"
+    claim_zoo_folder(zoo, "tiny-lm", "another-key", force=True)
+    assert read_zoo(zoo).key is None
 
 
 def test_zoo_build_on_the_command_line_says_each_stage_as_it_ends(tmp_path, smoke_settings, monkeypatch):
