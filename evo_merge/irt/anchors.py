@@ -48,7 +48,6 @@ from evo_merge.irt.model import IRTModel
 
 log = logging.getLogger(__name__)
 METHODS = ANCHOR_METHODS
-AUTOMATIC, SELECTABLE = AUTOMATIC_ANCHOR_METHODS, SELECTABLE_ANCHOR_METHODS
 # drawn at random (within strata): their mean's error is the design's, for every subject
 SAMPLED = ("random", "stratified", "stratified-irt")
 FALLBACK_METHOD = "stratified"
@@ -67,10 +66,10 @@ def choose_anchor_method(requested: str, n_subjects: int) -> tuple[str, str | No
     subjects (None when it is, or nothing was resolved)."""
     if requested not in METHODS:
         raise UserError(f"unknown anchor method {requested!r} (choose from {', '.join(METHODS)})")
-    if requested not in AUTOMATIC:
+    if requested not in AUTOMATIC_ANCHOR_METHODS:
         return requested, None
     if n_subjects >= MIN_CLUSTER_SUBJECTS:
-        return AUTOMATIC[requested], None
+        return AUTOMATIC_ANCHOR_METHODS[requested], None
     return FALLBACK_METHOD, (f"{FALLBACK_METHOD} anchors instead of {requested}: {n_subjects} calibration subjects "
                              f"are fewer than {MIN_CLUSTER_SUBJECTS}, too few for clusters to beat random sampling")
 
@@ -296,11 +295,11 @@ def select_anchors(model: IRTModel, budget: int, method: str = DEFAULT_ANCHOR_ME
     The automatic methods are resolved by `choose_anchor_method` (logged when they fall back); the
     others are used as named, so `irt validate` can show how clustering does with few subjects.
     """
-    if method in AUTOMATIC:
+    if method in AUTOMATIC_ANCHOR_METHODS:
         method, reason = choose_anchor_method(method, len(model.subject_ids))
         if reason:
             log.warning(reason)
-    if method not in SELECTABLE:
+    if method not in SELECTABLE_ANCHOR_METHODS:
         raise UserError(f"unknown anchor method {method!r} (choose from {', '.join(METHODS)})")
     if not isinstance(budget, int) or budget < 1:
         raise UserError(f"anchor budget must be a positive integer, not {budget!r}")

@@ -56,8 +56,8 @@ import pandas as pd
 from evo_merge.errors import UserError
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.adaptive import AdaptiveTest
-from evo_merge.irt.anchors import SELECTABLE, Anchors, select_anchors
-from evo_merge.irt.kinds import DEFAULT_ESTIMATOR_KIND, ENDPOINT_ESTIMATORS, ESTIMATOR_KINDS
+from evo_merge.irt.anchors import Anchors, select_anchors
+from evo_merge.irt.kinds import DEFAULT_ESTIMATOR_KIND, ENDPOINT_ESTIMATORS, ESTIMATOR_KINDS, SELECTABLE_ANCHOR_METHODS
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
 from evo_merge.irt.responses import (
     RESERVED_SCENARIO,
@@ -241,7 +241,7 @@ class Estimator:
         """The anchors this fold's fit would have chosen, as many per scenario (the given ones if they
         cannot be re-chosen)."""
         a = self.anchors
-        if a.method not in SELECTABLE or self.kind == "adaptive":
+        if a.method not in SELECTABLE_ANCHOR_METHODS or self.kind == "adaptive":
             return a
         train = ~self.model.cv_held[fold]
         fold_model = replace(self.model, alpha=self.model.cv_alpha[fold], beta=self.model.cv_beta[fold],

@@ -19,7 +19,7 @@ import pandas as pd
 from rich.table import Table
 
 from evo_merge.errors import UserError
-from evo_merge.irt.anchors import SELECTABLE, choose_anchor_method, select_anchors
+from evo_merge.irt.anchors import choose_anchor_method, select_anchors
 from evo_merge.irt.estimators import Estimator
 from evo_merge.irt.kinds import (
     DEFAULT_ANCHOR_METHOD,
@@ -28,6 +28,7 @@ from evo_merge.irt.kinds import (
     FEW_HELD_OUT,
     HOLD_OUTS,
     RANDOM_DRAWS,
+    SELECTABLE_ANCHOR_METHODS,
 )
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
@@ -135,7 +136,7 @@ def validate(
     responses: pd.DataFrame,
     test_frac: float = 0.25,
     budgets: Sequence[int] = DEFAULT_BUDGETS,
-    methods: Sequence[str] = SELECTABLE,
+    methods: Sequence[str] = SELECTABLE_ANCHOR_METHODS,
     estimators: Sequence[str] = DEFAULT_ESTIMATORS,
     seed: int = 0,
     backend: str = "torch",

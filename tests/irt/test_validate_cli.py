@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from evo_merge.cli import cli
 from evo_merge.errors import UserError
 from evo_merge.irt import load_anchors, validate, validate_responses
-from evo_merge.irt.anchors import SELECTABLE, Anchors, select_anchors
+from evo_merge.irt.anchors import Anchors, select_anchors
 from evo_merge.irt.estimators import Estimator
+from evo_merge.irt.kinds import SELECTABLE_ANCHOR_METHODS
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
@@ -203,11 +204,11 @@ def test_fit_anchors_estimate_validate(files):
     code, out = run("validate", root / "responses.csv", "--budgets", "5,10", "--dims", "1", "--csv", root / "v.csv")
     assert code == 0 and "baseline" in out
     # sent to a log (not a terminal), its progress is a line, as a campaign's stages are
-    steps = 2 * len(SELECTABLE) * 5  # budgets x anchor methods x the default 5 anchor draws
+    steps = 2 * len(SELECTABLE_ANCHOR_METHODS) * 5  # budgets x anchor methods x the default 5 anchor draws
     assert re.search(rf"^validating: {steps}/{steps} in \d+:\d\d:\d\d$", out, re.M), out
     assert out.index("fitting IRT: 3/3") < out.index("validating:"), out
     table = pd.read_csv(root / "v.csv")
-    assert len(table) == 2 * (len(SELECTABLE) * 3 + 1) and np.isfinite(table.mae).all()
+    assert len(table) == 2 * (len(SELECTABLE_ANCHOR_METHODS) * 3 + 1) and np.isfinite(table.mae).all()
     # 30 training subjects: the default is stratified-irt anchors + gp-IRT, marked and summed up
     default = table[table["default"]]
     assert set(zip(default.method, default.estimator, default.budget)) == {("stratified-irt", "gpirt", 5),
@@ -308,7 +309,8 @@ def test_validate_marks_the_fallback_default_with_few_calibration_subjects(files
     """With fewer than 30 training subjects a campaign's `auto` anchors are stratified: that row is the default."""
     _, full = files
     subjects = sorted(full.subject.unique())[:20]
-    table = validate(validate_responses(full[full.subject.isin(subjects)]), budgets=[5], methods=SELECTABLE, dims=1)
+    table = validate(validate_responses(full[full.subject.isin(subjects)]), budgets=[5],
+                     methods=SELECTABLE_ANCHOR_METHODS, dims=1)
     assert set(zip(*[table.loc[table["default"], c] for c in ("method", "estimator")])) == {("stratified", "gpirt")}
 
 
