@@ -143,7 +143,8 @@ def read_run(run: Path):
     return store, facts
 
 
-def _summary_table(runner, measured, exported):
+def _summary_table(runner, picks: dict[str, Evaluation]):
+    """The endpoints and each pick (name -> its evaluation), their scores side by side."""
     from rich.table import Table
 
     from evo_merge.search.candidate import reference_candidates
@@ -167,8 +168,7 @@ def _summary_table(runner, measured, exported):
         e = store.get(candidate.key)
         if e is not None and e.measured:
             table.add_row(runner.workspace.base_label() if label == "base" else label, *cells(e, False))
-    for name, (eid, _) in exported.items():
-        e = next(m for m in measured if m.id == eid)
+    for name, e in picks.items():
         table.add_row(f"{name} ({e.method})", *cells(e, True))
     return table
 
@@ -176,7 +176,6 @@ def _summary_table(runner, measured, exported):
 def _run(runner) -> None:
     from evo_merge.cli.progress import StageBars
     from evo_merge.console import results_console
-    from evo_merge.errors import UserError
     from evo_merge.report.campaign import write_report
     from evo_merge.report.tracking import follow_campaign
     from evo_merge.search.metrics import picks_no_better_than_inputs
@@ -189,11 +188,7 @@ def _run(runner) -> None:
     def report(picks: dict[str, tuple[int, Path]]) -> None:
         written.append(write_report(workspace.run_dir, store, store.get_meta(FACTS_META), picks))
 
-    try:
-        finished = store.finished(workspace.campaign.algorithm.generations)
-    except UserError:  # a damaged generation record, which the replay writes again
-        finished = False
-    if finished:  # the replay's bars run through in an instant: not work being done again
+    if runner.finished():  # the replay's bars run through in an instant: not work being done again
         click.echo(f"{workspace.run_dir}: this campaign is finished; nothing is evaluated again (its picks are "
                    "checked, the report rewritten)", err=True)
     with StageBars() as bars:
@@ -204,8 +199,9 @@ def _run(runner) -> None:
         tracker.log_evaluation(evaluation)
     tracker.finish(workspace.run_dir)
     console = results_console()
-    console.print(_summary_table(runner, measured, exported))
-    picks = {name: next(m for m in measured if m.id == eid) for name, (eid, _) in exported.items()}
+    by_id = {m.id: m for m in measured}
+    picks = {name: by_id[eid] for name, (eid, _) in exported.items()}  # exported picks are measured candidates
+    console.print(_summary_table(runner, picks))
     for line in picks_no_better_than_inputs(store, store.get_meta(FACTS_META), runner.objectives, picks):
         console.print(line)
     console.print(f"report: {written[0]}")

@@ -253,16 +253,21 @@ class CampaignRunner:
             self.close()
         return measured, exported
 
+    def finished(self) -> bool:
+        """Whether the run folder holds the whole campaign, finished (a damaged generation record,
+        which the replay writes again, is not finished)."""
+        try:
+            return self.workspace.store.finished(self.workspace.campaign.algorithm.generations)
+        except UserError:
+            return False
+
     def _exported_picks(self) -> dict[str, Evaluation]:
         """A finished run's picks as it exported them (none for a run still under way): they are not
         chosen again on its resume, where a candidate measured since (`export --pick`) would take a
         pick's place and replace a folder that may already be published."""
-        store = self.workspace.store
-        try:
-            if not store.finished(self.workspace.campaign.algorithm.generations):
-                return {}
-        except UserError:  # a damaged generation record, which the replay writes again: not finished
+        if not self.finished():
             return {}
+        store = self.workspace.store
         by_id = {e.id: e for e in store.evaluations()}
         picks = {name: by_id.get(eid) for name, (eid, _) in store.exported().items()}
         # an evaluation gone or no longer measured (an edited store): chosen again, not exported unmeasured

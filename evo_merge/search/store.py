@@ -196,10 +196,8 @@ class CampaignStore:
                            ("items_evaluated", type(n) is int and n >= 0), ("seconds", sec is None or _finite(sec)),
                            ("error", err is None or type(err) is str),
                            ("estimates", status != "ok" or scores["estimates"] is not None),  # a failed one has none
-                           *((column, _is_scores(value)) for column, value in scores.items()),
-                           # a mean of item scores, which lie in [0, 1] (tasks.base)
-                           ("measured", not _is_scores(scores["measured"])
-                            or all(0 <= v <= 1 for v in (scores["measured"] or {}).values()))):
+                           *((column, _is_scores(value, unit=column == "measured"))
+                             for column, value in scores.items())):
             if not ok:
                 raise self.damaged(where(column))
         return Evaluation(id_, key, phase, gen, method, status, scores["estimates"], scores["measured"], n, sec,
@@ -490,10 +488,12 @@ def _finite(value: Any) -> bool:
 _LARGEST = sys.float_info.max
 
 
-def _is_scores(value: Any) -> bool:
+def _is_scores(value: Any, unit: bool = False) -> bool:
     """None, or {task: finite number}: estimates, SEs and measurements as a run writes them (JSON
-    reads NaN and Infinity, which a run never writes: its item scores lie in [0, 1])."""
-    return value is None or isinstance(value, dict) and all(isinstance(k, str) and _finite(v) for k, v in value.items())
+    reads NaN and Infinity, which a run never writes: its item scores lie in [0, 1], and so does a
+    measurement, their mean, where `unit`)."""
+    return value is None or isinstance(value, dict) and all(
+        isinstance(k, str) and _finite(v) and (not unit or 0 <= v <= 1) for k, v in value.items())
 
 
 def _open_checked(path: Path) -> sqlite3.Connection:
