@@ -60,7 +60,8 @@ def naming_file(path: str | Path) -> Iterator[None]:
         head = re.sub(r":\d+:\d+$", "", text.split(": ", 1)[0])  # a YAML error's `FILE:LINE:COL`
         if head != text and (head == str(path) or Path(head).exists()):
             raise
-        raise (MissingModel if isinstance(exc, MissingModel) else UserError)(f"{path}: {text}") from None
+        exc.args = (f"{path}: {text}",)  # the same error (a `MissingModel` stays one), its file named
+        raise exc from None
 
 
 @contextmanager

@@ -225,6 +225,10 @@ def test_the_plan_counts_the_items_a_campaign_asks_for(tmp_path, family):
     code, output = invoke("plan", campaign(tmp_path, family, estimator={"kind": "full", "warmup_merges": 3}))
     assert "calibration 3 models x 960 search items = 2,880; search at most 4 candidates x 960 (every search item)" \
         in output, output
+    code, output = invoke("plan", campaign(tmp_path, family, estimator={"kind": "adaptive", "max_items": 30}))
+    each = min(30 * scenarios, 960)  # each scenario's test stops at max_items at the latest
+    assert f"calibration 11 models x 960 search items = 10,560; search at most 4 candidates x {each} (at most, " \
+           f"adaptive) = {4 * each:,}" in output, output
 
 
 def test_mass_over_a_lora_endpoint_is_refused_by_plan_as_by_run(tmp_path, family):

@@ -133,12 +133,17 @@ def progress_figure(progress: pd.DataFrame, tasks: Sequence[str]):
     return fig
 
 
-def markdown_inline(text: str) -> str:
-    """One line of the report's Markdown (its facts: user strings escaped with `md`) as HTML: raw
-    HTML off, images as their text."""
+def _markdown():
+    """The report's Markdown renderer: raw HTML off, images as their text (the report loads
+    nothing from the network), tables on (a card's scores)."""
     from markdown_it import MarkdownIt
 
-    return MarkdownIt("commonmark", {"html": False}).disable("image").renderInline(text)
+    return MarkdownIt("commonmark", {"html": False}).enable("table").disable("image")
+
+
+def markdown_inline(text: str) -> str:
+    """One line of the report's Markdown (its facts: user strings escaped with `md`) as HTML."""
+    return _markdown().renderInline(text)
 
 
 def card_html(names: Sequence[str], folder: Path) -> str:
@@ -147,15 +152,13 @@ def card_html(names: Sequence[str], folder: Path) -> str:
     loads nothing from the network). A README that is a link out of the folder is not read: a run
     folder someone sent could put any file of the reader's into the report (which `resume` hands
     its trackers)."""
-    from markdown_it import MarkdownIt
-
     readme = folder / "README.md"
     own = readme.is_file() and readme.resolve().is_relative_to(folder.resolve())
     text = readme.read_text(encoding="utf-8") if own else ""
     front, body = "", text
     if text.startswith("---\n") and "\n---\n" in text[4:]:
         front, body = text[4:].split("\n---\n", 1)
-    rendered = MarkdownIt("commonmark", {"html": False}).enable("table").disable("image").render(body)
+    rendered = _markdown().render(body)
     return (
         f'<div class="card" id="pick-{html_text(names[0])}"><h3>{html_text(", ".join(names))} '
         f"(<code>{html_text(folder.name)}</code>)</h3>"
