@@ -24,6 +24,7 @@ from evo_merge.irt.kinds import (
     CAMPAIGN_ESTIMATOR_KINDS,
     DEFAULT_ANCHOR_METHOD,
     DEFAULT_ESTIMATOR_KIND,
+    FULL_EVALUATION,
 )
 from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
 
@@ -115,6 +116,12 @@ class Coefficients(_Checked):
         return self
 
 
+# the estimator settings that apply to some kinds only (EstimatorSpec.ignored_settings)
+_ANCHOR_SETTINGS = frozenset({"anchors", "anchor_method", "anchor_allocation", "anchor_sets"})
+_ADAPTIVE_SETTINGS = frozenset({"target_se", "max_items"})
+_FIT_SETTINGS = frozenset({"backend", "lr", "epochs", "dims", "warmup_merges", "warmup_standard"})
+
+
 class EstimatorSpec(_Checked):
     """How candidates are scored: `full` scores every item (the expensive baseline)."""
 
@@ -145,6 +152,26 @@ class EstimatorSpec(_Checked):
     target_se: float = Field(0.03, gt=0, lt=1, description="adaptive: stop a task's test once its scenarios' "
                              "standard errors are below this")
     max_items: int = Field(50, ge=1, description="adaptive: at most this many items per scenario and candidate")
+
+    def ignored_settings(self) -> list[str]:
+        """The keys this file sets that its estimator never reads (`max_items` with `kind: gpirt`,
+        `anchors` with `kind: full`, `dims` beside a fitted `irt_model`), each with the reason: a
+        user who set one expects it to act. Said, not refused: a run folder's own campaign.yaml may
+        carry one, and a resume must not fail on a key that changes nothing."""
+        given = self.model_fields_set - {"kind"}
+        unused: dict[str, str] = {}
+        if self.kind == FULL_EVALUATION:
+            unused |= dict.fromkeys(given, "kind: full scores every item, no estimator")
+        elif self.kind == "adaptive":
+            unused |= dict.fromkeys(given & _ANCHOR_SETTINGS, "kind: adaptive picks each candidate's items itself")
+        else:
+            unused |= dict.fromkeys(given & _ADAPTIVE_SETTINGS, f"only for kind: adaptive, not {self.kind}")
+        if self.irt_model is not None and self.kind != FULL_EVALUATION:
+            unused |= dict.fromkeys(given & _FIT_SETTINGS, "irt_model gives a fitted IRT model: none is fitted here")
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in sorted(unused.items()):
+            by_reason.setdefault(reason, []).append(key)
+        return [f"estimator: {', '.join(keys)} not used ({reason})" for reason, keys in by_reason.items()]
 
     @model_validator(mode="after")
     def _backend_settings(self) -> EstimatorSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -21,6 +22,8 @@ def campaign_models(campaign_file: Path):
         campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
         refs = campaign_references(campaign)  # as the run resolves and checks them
         check_estimator(campaign)
+        for line in campaign.estimator.ignored_settings():
+            logging.getLogger(__name__).warning(line)
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]
         base = refs["base_model"].path if "base_model" in refs else models[0]  # aligned copies have its shapes
         storage, evaluator = campaign.storage, campaign.evaluator

@@ -825,6 +825,31 @@ def test_bad_campaign_configs_give_one_line_errors(tmp_path, zoo, case):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize(("estimator", "said"), [
+    ({"kind": "gpirt", "max_items": 10, "target_se": 0.05, "anchors": 3},
+     ["estimator: max_items, target_se not used (only for kind: adaptive, not gpirt)"]),
+    ({"kind": "adaptive", "anchors": 3, "anchor_sets": 2, "max_items": 10},
+     ["estimator: anchor_sets, anchors not used (kind: adaptive picks each candidate's items itself)"]),
+    ({"kind": "full", "anchors": 3, "dims": 2},
+     ["estimator: anchors, dims not used (kind: full scores every item, no estimator)"]),
+    ({"kind": "gpirt", "irt_model": "irt", "warmup_merges": 4, "dims": 2, "anchors": 3},
+     ["estimator: dims, warmup_merges not used (irt_model gives a fitted IRT model: none is fitted here)"]),
+    ({"kind": "gpirt", "anchors": 3, "warmup_merges": 4}, []),  # defaults left unset are never named
+])
+def test_estimator_settings_its_kind_never_reads_are_named(estimator, said):
+    from evo_merge.config import EstimatorSpec
+
+    assert EstimatorSpec(**estimator).ignored_settings() == said
+
+
+def test_plan_says_which_estimator_settings_change_nothing(tmp_path, zoo, caplog):
+    path = campaign(tmp_path, zoo, estimator={"kind": "full", "anchors": 5})
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        result = CliRunner().invoke(cli, ["plan", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "estimator: anchors not used (kind: full scores every item, no estimator)" in caplog.text
+
+
 def test_a_tracked_campaign_logs_each_estimate_once_and_the_measured_scores(tmp_path, zoo):
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
