@@ -525,6 +525,13 @@ class Campaign(_Checked):
             _check_corners(name, settings)
         return methods
 
+    def ignored_settings(self) -> list[str]:
+        """What the file sets that this campaign never reads, one line each (`plan`, `run` and
+        `resume` say them; see EstimatorSpec.ignored_settings)."""
+        unread = ["base_model: not used (align builds the base from the aligned models: align.reference)"
+                  ] if self.align is not None and self.base_model is not None else []
+        return unread + self.estimator.ignored_settings()
+
     @model_validator(mode="after")
     def _base(self) -> Campaign:
         if self.base_model is None and self.align is None:

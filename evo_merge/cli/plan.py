@@ -22,7 +22,7 @@ def campaign_models(campaign_file: Path):
         campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
         refs = campaign_references(campaign)  # as the run resolves and checks them
         check_estimator(campaign)
-        for line in campaign.estimator.ignored_settings():
+        for line in campaign.ignored_settings():
             logging.getLogger(__name__).warning(line)
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]
         base = refs["base_model"].path if "base_model" in refs else models[0]  # aligned copies have its shapes

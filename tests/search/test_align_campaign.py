@@ -21,7 +21,7 @@ def zoo(tmp_path_factory):
 
 
 @pytest.mark.parametrize("reference", ["first", "mean"])
-def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
+def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference, caplog):
     config = tmp_path / "campaign.yaml"
     config.write_text(yaml.safe_dump({
         "models": [str(zoo / "mlp-s0"), str(zoo / "mlp-s1")],
@@ -34,11 +34,14 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference):
         "algorithm": {"population": 6, "generations": 2, "seed": 0},
         "final": {"evaluate_top": 2},
     }))
-    # an aligned campaign builds its own base: a `base_model` beside `align` is not read, by the plan either
+    # an aligned campaign builds its own base: a `base_model` beside `align` is not read, by the plan
+    # either, and the plan says so
     with_base = tmp_path / "with-base.yaml"
     with_base.write_text(config.read_text() + f"base_model: {zoo / 'mlp-s0'}\n")
-    result = CliRunner().invoke(cli, ["plan", str(with_base)])
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        result = CliRunner().invoke(cli, ["plan", str(with_base)])
     assert result.exit_code == 0 and "fits" in result.output, result.output
+    assert "base_model: not used (align builds the base from the aligned models" in caplog.text
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
