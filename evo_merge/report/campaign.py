@@ -20,8 +20,8 @@ from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import markdown_inline, reference_label, write_html_report
 from evo_merge.report.pairs import task_pairs
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.export import rounded_storage_note
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
+from evo_merge.search.kinds import rounded_storage_note
 from evo_merge.search.metrics import (
     item_totals,
     picks_no_better_than_inputs,

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
@@ -15,7 +14,7 @@ from evo_merge.progress import Progress, no_progress
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
-from evo_merge.search.kinds import Evidence, candidate_kind, merge_rounding_note
+from evo_merge.search.kinds import Evidence, candidate_kind, rounded_storage_note
 from evo_merge.search.log import stage_track
 from evo_merge.search.store import EVALUATED_ON_META, FACTS_META, CampaignStore, Evaluation, Record, in_run
 from evo_merge.search.workspace import Workspace
@@ -84,30 +83,6 @@ def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[st
     limit) in the store, so an export from a run folder needs no task object."""
     store.set_meta(TASK_META, {t.label: task_meta(t.label, tasks[t.label], direction=t.direction).as_dict()
                                  for t in campaign.tasks})
-
-
-def rounded_storage_note(facts: Mapping[str, Any] | None, method: str | None = None) -> str | None:
-    """The line a report (`method` None) or a pick's card gives scores measured on candidates the
-    search kept otherwise than their exported picks keep them (`Workspace.storage_rounding`), each
-    kind saying how (`CandidateKind.rounding_note`): an exported pick can answer a few items
-    differently. None where the scores are the exported picks' own, and for a run from before the
-    dtype was recorded."""
-    facts = facts or {}
-    stored = facts.get("stored_dtype")
-    if stored is None:
-        return None
-    rounded = facts.get("rounded_methods")
-    if rounded is None:  # a run from before: every method's task vectors were rounded below float32
-        return None if stored == "float32" else f"scores were measured {merge_rounding_note(stored, True)}"
-    task_vectors = facts.get("rounded_task_vectors", True)
-    if method is not None:
-        return f"scores were measured {candidate_kind(method).rounding_note(stored, task_vectors)}" if (
-            method in rounded) else None
-    by_note: dict[str, list[str]] = {}  # methods of one kind share their note
-    for name in rounded:
-        by_note.setdefault(candidate_kind(name).rounding_note(stored, task_vectors), []).append(name)
-    lines = [f"scores of {', '.join(names)} candidates were measured {note}" for note, names in by_note.items()]
-    return "; ".join(lines) or None
 
 
 def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:

@@ -193,3 +193,27 @@ def candidate_kind(method: str) -> CandidateKind:
         return STATIC
     module, attribute = target.split(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+def rounded_storage_note(facts: Mapping[str, Any] | None, method: str | None = None) -> str | None:
+    """The line a report (`method` None) or a pick's card gives scores measured on candidates the
+    search kept otherwise than their exported picks keep them (`Workspace.storage_rounding`), each
+    kind saying how (`CandidateKind.rounding_note`): an exported pick can answer a few items
+    differently. None where the scores are the exported picks' own, and for a run from before the
+    dtype was recorded."""
+    facts = facts or {}
+    stored = facts.get("stored_dtype")
+    if stored is None:
+        return None
+    rounded = facts.get("rounded_methods")
+    if rounded is None:  # a run from before: every method's task vectors were rounded below float32
+        return None if stored == "float32" else f"scores were measured {merge_rounding_note(stored, True)}"
+    task_vectors = facts.get("rounded_task_vectors", True)
+    if method is not None:
+        return f"scores were measured {candidate_kind(method).rounding_note(stored, task_vectors)}" if (
+            method in rounded) else None
+    by_note: dict[str, list[str]] = {}  # methods of one kind share their note
+    for name in rounded:
+        by_note.setdefault(candidate_kind(name).rounding_note(stored, task_vectors), []).append(name)
+    lines = [f"scores of {', '.join(names)} candidates were measured {note}" for note, names in by_note.items()]
+    return "; ".join(lines) or None

@@ -565,7 +565,7 @@ def test_the_methods_a_storage_rounds_are_named_from_the_checkpoints(tmp_path, z
     is chosen for wider checkpoints or an endpoint is a LoRA adapter's sum, TSV's alone (its factors)
     over bf16 checkpoints kept in bf16, none in float32; MASS's where its folder keeps its base and
     factors in another dtype than the search did. A card says so for its own method only."""
-    from evo_merge.search.export import rounded_storage_note
+    from evo_merge.search.kinds import rounded_storage_note
     from evo_merge.search.workspace import Workspace
 
     peft = pytest.importorskip("peft")
@@ -644,7 +644,7 @@ def test_plan_refuses_a_disk_dir_run_would_refuse(tmp_path, zoo):
 def test_a_run_begun_before_the_rounded_methods_were_recorded_keeps_saying_it_rounded(tmp_path, bf16_zoo):
     """An older version kept every task vector of bf16 checkpoints rounded: its scores stay noted
     as measured on that rounding when the run is resumed by this one, which rounds only TSV's."""
-    from evo_merge.search.export import rounded_storage_note
+    from evo_merge.search.kinds import rounded_storage_note
     from evo_merge.search.store import FACTS_META
     from evo_merge.search.workspace import Workspace, record_facts
 
