@@ -50,6 +50,7 @@ def test_wide_csv_and_parquet_give_the_same_long_table(tmp_path):
     )
 
 
+
 @pytest.mark.parametrize(
     ("text", "name", "message"),
     [
@@ -85,6 +86,18 @@ def test_threshold_preserves_mean_accuracy():
     assert accuracy_preserving_threshold(np.array([0.0, 1.0, 1.0])) == 0.5  # binary: unchanged
     out = binarise(np.array([[0.3, 0.4, np.nan]]), np.array([0.4, 0.4, 0.4]))
     np.testing.assert_array_equal(out, [[0.0, 1.0, np.nan]])
+
+
+@pytest.mark.parametrize("distinct", [7, 40, 5000])  # ties; fewer than 256 cuts; quantile cuts
+def test_threshold_equals_trying_every_cut(distinct):
+    rng = np.random.default_rng(distinct)
+    values = rng.integers(0, distinct, 3000) / (distinct - 1)
+    values[::97] = np.nan
+    kept = values[~np.isnan(values)]
+    cuts = np.unique(kept) if distinct < 256 else np.unique(np.quantile(kept, np.linspace(0, 1, 257)))
+    cuts = cuts[cuts > 0]
+    share = np.array([np.mean(kept >= cut) for cut in cuts])  # each cut tried on its own
+    assert accuracy_preserving_threshold(values) == cuts[np.argmin(np.abs(share - kept.mean()))]
 
 
 @pytest.mark.parametrize(
