@@ -562,6 +562,11 @@ class Campaign(_Checked):
         dup = next((label for label in labels if labels.count(label) > 1), None)
         if dup:
             raise ValueError(f"two tasks are named {dup!r}: give them distinct `name`s")
+        # the report's columns are est_<task> and est_se_<task>: tasks `a` and `se_a` would share one
+        clash = next((label for label in labels if label.startswith("se_") and label[3:] in labels), None)
+        if clash:
+            raise ValueError(f"tasks {clash[3:]!r} and {clash!r}: their report columns would clash "
+                             f"(est_se_{clash[3:]}); give one another `name`")
         return self
 
     @model_validator(mode="after")

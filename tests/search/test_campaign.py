@@ -803,6 +803,8 @@ BAD = {
     "nan in a range": ({"methods": {"ties": {"density": [float("nan"), 0.5]}}},
                        "methods: ties.density: expected a range of two finite numbers [low, high] or one value, "
                        "not [nan, 0.5]"),
+    "report columns clash": ({"tasks": [{"task": "arith", "name": "a"}, {"task": "lang", "name": "se_a"}]},
+                             "tasks 'a' and 'se_a': their report columns would clash (est_se_a)"),
     "traversal task name": ({"tasks": [{"task": "arith", "name": "../../x"}]}, "tasks.0.name: '../../x' is not a safe"),
     "unsafe task label": ({"tasks": [{"task": "my tasks/a b.yaml"}]}, "label 'a b' is not a safe folder name"),
     # accepted, they failed the run with a traceback once calibration had measured every item
