@@ -397,8 +397,9 @@ class Estimator:
     def estimate_with_overall(self, anchor_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(estimates, SEs), each (S, K + 1), for rows of scores on `anchor_ids` (NaN = not
         evaluated): per scenario, then the overall score over all items. A row that scored only
-        some anchors has its anchor mean's variance grown by `anchor_variance_factor` (gp-IRT then
-        leans on the IRT part as much as that warrants)."""
+        some anchors has its anchor mean's variance grown by `anchor_variance_factor`: the `anchor`
+        and gp-IRT SEs grow with it (gp-IRT on sampled anchors also leans more on its IRT part);
+        p-IRT's, mp-IRT's and gmp-IRT's SEs stay the calibration's."""
         if self.kind == "adaptive":  # its items differ per subject: no shared anchor columns to read
             raise UserError("estimator adaptive estimates one subject at a time, from the items it chose for "
                             "them: use Estimator.estimate(scores)")
@@ -470,9 +471,10 @@ class Estimator:
         its per-scenario scores (gp-IRT's overall estimate is not: `estimate_with_overall`)."""
         return values @ self.share
 
-
     def estimate(self, scores: Mapping[str, float]) -> Estimate:
-        """Per-scenario estimates and their item-count-weighted mean under "overall", with SEs."""
+        """Per-scenario estimates and, under "overall", the score over all items, with SEs: the
+        scenarios' item-weighted mean, except for gp-IRT, whose overall mixes the anchors' own overall
+        mean in (`estimate_with_overall`) and may lie outside its scenarios' range."""
         if self.kind == "adaptive":
             return self.adaptive.estimate(scores)
         row = np.array([scores.get(item, np.nan) for item in self.anchor_ids], dtype=float)

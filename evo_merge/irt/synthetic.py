@@ -35,11 +35,6 @@ class SyntheticIRT:
             "scenario": np.tile(self.item_scenarios, theta.shape[0]),
         })
 
-    def expected_accuracy(self, theta: np.ndarray) -> pd.DataFrame:
-        """Expected accuracy per subject (rows) and scenario (columns)."""
-        prob = pd.DataFrame(self.prob(theta).T)
-        return prob.groupby(np.asarray(self.item_scenarios), sort=False).mean().T
-
 
 def make_synthetic_irt(
     n_items: int,

@@ -54,7 +54,9 @@ class ItemTable:
     def _set_items(self, ids: Sequence[str], scenarios: Sequence[str] | None) -> None:
         self._ids = list(ids)
         self._index = {item: i for i, item in enumerate(self._ids)}
-        self._scenarios = dict(zip(self._ids, scenarios, strict=True)) if scenarios is not None else None
+        if scenarios is not None and len(scenarios) != len(self._ids):
+            raise UserError(f"task {self.name!r}: {len(scenarios)} scenarios for {len(self._ids)} items (one per item)")
+        self._scenarios = dict(zip(self._ids, scenarios)) if scenarios is not None else None
 
     @property
     def item_ids(self) -> list[str]:

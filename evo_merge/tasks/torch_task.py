@@ -47,9 +47,11 @@ class TorchClassificationTask(ItemTable):
         was_training = model.training
         model.eval()
         correct = []
-        for chunk in pos.split(self.batch_size):
-            logits = model(self.x[chunk].to(device=device, dtype=dtype))
-            correct.append((logits.argmax(-1).cpu() == self.y[chunk]).float())
-        model.train(was_training)
+        try:
+            for chunk in pos.split(self.batch_size):
+                logits = model(self.x[chunk].to(device=device, dtype=dtype))
+                correct.append((logits.argmax(-1).cpu() == self.y[chunk]).float())
+        finally:  # a model that failed on a batch is handed back as it came (training mode)
+            model.train(was_training)
         hits = torch.cat(correct) if correct else torch.empty(0)
         return score_series(self.name, [self._ids[i] for i in pos.tolist()], hits.tolist())

@@ -29,3 +29,16 @@ def test_unknown_item_is_a_user_error():
 def test_mismatched_lengths_are_a_user_error():
     with pytest.raises(UserError, match="4 inputs but 3 labels"):
         TorchClassificationTask("bad", torch.zeros(4, 2), torch.zeros(3))
+    with pytest.raises(UserError, match="task 'bad': 3 scenarios for 4 items"):
+        TorchClassificationTask("bad", torch.eye(4), torch.zeros(4), scenarios=["s", "s", "t"])
+
+
+def test_a_model_that_fails_is_handed_back_in_training_mode():
+    class Failing(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("out of memory")
+
+    model = Failing().train()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _task().evaluate(model)
+    assert model.training
