@@ -194,9 +194,9 @@ def _run(runner) -> None:
     with StageBars() as bars:
         runner.progress = bars
         measured, exported = runner.run(report)
-    for evaluation in store.evaluations():  # trackers last: they observe a run that is already complete;
-        # what they have not logged yet (measurements, the baselines, estimates refined since their generation)
-        tracker.log_evaluation(evaluation)
+    # trackers last: they observe a run that is already complete; what they have not logged yet
+    # (measurements, the baselines, estimates refined since their generation)
+    tracker.log_evaluations(store.evaluations())
     tracker.finish(workspace.run_dir)
     console = results_console()
     by_id = {m.id: m for m in measured}

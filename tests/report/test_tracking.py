@@ -25,8 +25,7 @@ CAMPAIGN = Campaign.model_validate({"name": "tiny", "base_model": "b", "models":
 def run_through(tracker, store):
     """What the study loop does: each evaluation as stored, a step per generation, then finish."""
     evaluations = store.evaluations()
-    for evaluation in evaluations:
-        tracker.log_evaluation(evaluation)
+    tracker.log_evaluations(evaluations)
     for generation in (1, 2):
         tracker.log_generation(
             generation, generation_metrics(evaluations, Objectives.of(TASKS, ["maximize"] * 2), generation)
@@ -108,7 +107,7 @@ def test_a_tracking_store_lost_mid_run_is_one_warning_and_the_run_goes_on(small_
     store = tmp_path / "mlruns"
     spec = TrackingSpec.model_validate({"mlflow": {"uri": store.as_uri(), "experiment": "merges"}})
     tracker = open_tracker(spec, small_store.run_dir, CAMPAIGN)
-    tracker.log_evaluation(small_store.evaluations()[0])
+    tracker.log_evaluations([small_store.evaluations()[0]])
     shutil.rmtree(store)
     store.write_text("not a store any more")
     with caplog.at_level("WARNING", logger="evo_merge.report.tracking"):
@@ -146,10 +145,10 @@ def test_each_estimate_and_measurement_is_logged_once_across_resumes(small_store
     evaluation = small_store.evaluations()[2]
     measured = replace(evaluation, measured={"alpha": 0.45, "beta": 0.35})
     first = open_tracker(spec, small_store.run_dir, CAMPAIGN)
-    first.log_evaluation(measured)  # with its generation, estimated and measured
+    first.log_evaluations([measured])  # with its generation, estimated and measured
     again = open_tracker(spec, small_store.run_dir, CAMPAIGN)  # a resume: another process
-    again.log_evaluation(measured)
-    again.log_evaluation(replace(evaluation, measured=None))
+    again.log_evaluations([measured])
+    again.log_evaluations([replace(evaluation, measured=None)])
     client = MlflowClient(uri)
     run_id = first.trackers[0].run_id
     for name in ("measured/alpha", "estimated/alpha"):
@@ -247,11 +246,11 @@ def test_an_estimate_refined_later_is_logged_again_and_ends_as_stored(small_stor
     spec = TrackingSpec.model_validate({"mlflow": {"uri": uri, "experiment": "merges"}})
     first, second = small_store.evaluations()[1:3]
     tracker = open_tracker(spec, small_store.run_dir, CAMPAIGN)
-    tracker.log_evaluation(first)
-    tracker.log_evaluation(second)
+    tracker.log_evaluations([first])
+    tracker.log_evaluations([second])
     refined = replace(first, estimates={"alpha": 0.66, "beta": 0.12}, items_evaluated=first.items_evaluated + 6)
-    tracker.log_evaluation(refined)
-    tracker.log_evaluation(refined)  # a resume offers it again: once is enough
+    tracker.log_evaluations([refined])
+    tracker.log_evaluations([refined])  # a resume offers it again: once is enough
     client = MlflowClient(uri)
     run_id = tracker.trackers[0].run_id
     history = client.get_metric_history(run_id, "estimated/alpha")
@@ -260,7 +259,7 @@ def test_an_estimate_refined_later_is_logged_again_and_ends_as_stored(small_stor
     ids["logged"][str(second.id)] = ["estimated"]  # as an older version wrote it
     (small_store.run_dir / IDS_FILE).write_text(json.dumps(ids))
     resumed = open_tracker(spec, small_store.run_dir, CAMPAIGN)
-    resumed.log_evaluation(replace(second, items_evaluated=second.items_evaluated + 6))
+    resumed.log_evaluations([replace(second, items_evaluated=second.items_evaluated + 6)])
     assert len(client.get_metric_history(run_id, "estimated/beta")) == 3  # first, refined first, second
 
 
