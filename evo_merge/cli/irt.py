@@ -177,14 +177,8 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
 def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: int, overwrite: bool) -> None:
     """Choose --budget anchor items per scenario, store them in MODEL_DIR and print them."""
     from evo_merge.irt import IRTModel, select_anchors
-    from evo_merge.irt.anchors import anchors_path, load_anchors
-
     chosen = select_anchors(IRTModel.load(model_dir), budget, method, seed, allocation)
-    stored = anchors_path(model_dir, chosen.method, chosen.budget)
-    if stored.is_file() and not overwrite and load_anchors(model_dir, chosen.budget, chosen.method) != chosen:
-        raise UserError(f"{stored} holds other {chosen.method} anchors of budget {chosen.budget} (another seed or "
-                        "allocation), which subjects may have been scored on; --overwrite replaces them")
-    path = chosen.save(model_dir)
+    path = chosen.save(model_dir, overwrite=overwrite)
     for scenario, items in chosen.items.items():
         click.echo(f"{scenario}: {' '.join(items)}")
     click.echo(f"stored {path}", err=True)

@@ -95,8 +95,15 @@ class Anchors:
     def all_items(self) -> list[str]:
         return [i for items in self.items.values() for i in items]
 
-    def save(self, model_dir: str | Path) -> Path:
+    def save(self, model_dir: str | Path, overwrite: bool = False) -> Path:
+        """Store the set beside its model as `anchors/<method>-<budget>.json`. A stored set of that
+        name holding other items (another seed or allocation) is replaced only with `overwrite`:
+        subjects scored on it could no longer be estimated (a damaged one is replaced)."""
         path = anchors_path(model_dir, self.method, self.budget)
+        if path.is_file() and not overwrite and _readable(path) not in (None, self):
+            raise UserError(f"{path} holds other {self.method} anchors of budget {self.budget} (another seed or "
+                            "allocation), which subjects may have been scored on; overwrite (`--overwrite`) replaces "
+                            "them")
         path.parent.mkdir(parents=True, exist_ok=True)
         with writing(path):
             path.write_text(json.dumps(asdict(self), indent=1))
@@ -138,6 +145,13 @@ def load_anchors(model_dir: str | Path, budget: int | None = None, method: str |
         raise UserError(f"{match[0]}: item {alien} is not in the IRT model of {model_dir}: these anchors were chosen "
                         "on another model (`evo-merge irt anchors` chooses this model's)")
     return anchors
+
+
+def _readable(path: Path) -> Anchors | None:
+    try:
+        return read_anchors(path)
+    except UserError:
+        return None
 
 
 def read_anchors(path: str | Path) -> Anchors:

@@ -146,6 +146,21 @@ def test_budget_larger_than_scenario_takes_every_item(make_model):
     assert anchors.items["all"] == [f"q{j}" for j in range(5)] and anchors.weights["all"] == pytest.approx([0.2] * 5)
 
 
+def test_saving_over_another_stored_set_of_that_name_needs_overwrite(tmp_path, two_scenarios):
+    model = two_scenarios[3]
+    first, other = (select_anchors(model, 5, "random", seed=seed) for seed in (0, 7))
+    path = first.save(tmp_path)
+    assert first.save(tmp_path) == path  # the same set again: nothing to lose
+    with pytest.raises(UserError, match="holds other random anchors of budget 5"):
+        other.save(tmp_path)
+    assert load_anchors(tmp_path) == first
+    other.save(tmp_path, overwrite=True)
+    assert load_anchors(tmp_path) == other
+    path.write_text("{broken")  # a damaged file holds no set to keep
+    first.save(tmp_path)
+    assert load_anchors(tmp_path) == first
+
+
 def test_store_and_load(tmp_path, two_scenarios):
     model = two_scenarios[3]
     a = select_anchors(model, 5, "kmeans-irt")
