@@ -58,7 +58,7 @@ def main() -> None:
         responses = validate_responses(rows[["subject", "item", "score", "scenario"]], family)
         model = IRTModel.fit(responses, dims="auto", seed=args.seed)
         model.save(args.out / family)
-        select_anchors(model, 20, "kmeans-irt", seed=args.seed).save(args.out / family)
+        select_anchors(model, 20, "kmeans-irt", seed=args.seed).save(args.out / family, overwrite=True)  # a new model
         print(
             f"{family}: D={model.dims}, {len(model.item_ids)} items, scenarios {model.scenarios} -> {args.out / family}"
         )
