@@ -34,6 +34,7 @@ from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import copied_tokenizer_files, tokenizer_files
 from evo_merge.weights.export import MASS_JSON, refuse_existing, staged_folder
+from evo_merge.weights.module_names import module_tensors
 from evo_merge.weights.references import ModelRef, check_distinct
 
 FORMAT = "evo-merge-mass"
@@ -106,7 +107,7 @@ class MassModel(nn.Module):
         self.tasks = list(tasks)
         self.models = list(models) or list(tasks)
         self.base_path = base_path
-        self._targets = module.state_dict(keep_vars=True)
+        self._targets = module_tensors(module).whole()  # by the checkpoints' names, swapped whole (`_use`)
         missing = next((n for n in factors.base if n not in self._targets), None)
         if missing is not None:
             raise UserError(f"tensor {missing} has no counterpart in the {type(module).__name__} module")
@@ -144,7 +145,7 @@ class MassModel(nn.Module):
         behind they made every routing merge run on the CPU. Merged task sets cached for the old
         device are dropped."""
         super().to(*args, **kwargs)
-        self._targets = self.module.state_dict(keep_vars=True)  # a move may give the module new parameters
+        self._targets = module_tensors(self.module).whole()  # a move may give the module new parameters
         if self.factors.stash.device != self.device:
             self.factors.follow(self.device)
             self._cache.clear()

@@ -32,6 +32,7 @@ from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
 from evo_merge.weights import Checkpoint, check_compatible, heads
 from evo_merge.weights.devices import indexed
+from evo_merge.weights.module_names import ModuleTensors, module_tensors
 
 # one weight per endpoint for every tensor, or per tensor name (block-group genomes)
 Weights = Sequence[float] | Mapping[str, Sequence[float]]
@@ -68,7 +69,7 @@ class InPlaceMerger:
         # equalled, so every tensor of every candidate went through a float32 copy on the GPU
         self.device = indexed(torch.device(device)) if device is not None else next(module.parameters()).device
         self.stash = Stash(storage, self.device, dtype)
-        targets = module.state_dict(keep_vars=True)
+        targets = module_tensors(module)  # by the checkpoints' names (transformers renames some as it loads)
         self._targets: dict[str, torch.Tensor] = {}
         self._base: dict[str, torch.Tensor] = {}
         self._deltas: dict[str, list[torch.Tensor | Endpoint]] = {}  # a stored task vector, or its endpoint
@@ -78,11 +79,11 @@ class InPlaceMerger:
             _check_target(base, targets, name, sources[0], module)
             if not base.dtype(sources[0]).is_floating_point:
                 with torch.no_grad():
-                    targets[name].copy_(base.tensor(sources[0]))
+                    targets.writable[name].copy_(base.tensor(sources[0]))
                 continue
             stored = storage.stored_dtype([base, *endpoints], sources)
             theta0 = base.tensor(sources[0], dtype)
-            self._targets[name] = targets[name]
+            self._targets[name] = targets.writable[name]
             self._base[name] = self.stash.keep(theta0, stored)
             # endpoints only over an exact base: their task vectors are taken from the stored one
             exact_base = stored != dtype and _holds(stored, base, sources[0])
@@ -202,7 +203,8 @@ class InPlaceMerger:
                     continue
             else:  # factored pieces are widened one at a time, as the sum reaches them
                 fetched = (self._fetch(p) if x != 0 else None for p, x in zip(pieces, w))
-            direct = into_module and target.dtype == self.dtype and target.device == self.device
+            direct = (into_module and target.dtype == self.dtype and target.device == self.device
+                      and target.is_contiguous())
             out = target if direct else torch.empty(target.shape, dtype=self.dtype, device=self.device)
             yield name, combine_pieces(base, fetched, w, scale, out=out)
 
@@ -285,13 +287,19 @@ def _elementwise(target: torch.Tensor, base: torch.Tensor, pieces: Sequence[Any]
     return all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in tensors)
 
 
-def _check_target(base: Checkpoint, targets: Mapping[str, torch.Tensor], name: str, source: str,
-                  module: nn.Module) -> None:
-    if name not in targets:
+def _check_target(base: Checkpoint, targets: ModuleTensors, name: str, source: str, module: nn.Module) -> None:
+    if name in targets.fused:
+        raise UserError(f"{base.path}: tensor {name} is held by the {type(module).__name__} module only fused with "
+                        "others (transformers joins them as it loads the model, as it does a mixture of experts' "
+                        "experts), where a campaign cannot write it in place; `evo-merge merge` merges these models "
+                        "file to file")
+    writable = targets.writable
+    if name not in writable:
         raise UserError(f"{base.path}: tensor {name} has no counterpart in the {type(module).__name__} module")
-    if targets[name].shape != torch.Size(base.shape(source)):
+    if writable[name].shape != torch.Size(base.shape(source)):
         raise UserError(f"tensor {name}: checkpoint shape {tuple(base.shape(source))} "
-                        f"!= module shape {tuple(targets[name].shape)}")
-    if source != name and targets.get(source) is targets[name]:  # a head to untie, in a module that ties it
+                        f"!= module shape {tuple(writable[name].shape)}")
+    if source != name and source in writable and writable[source].data_ptr() == writable[name].data_ptr():
+        # a head to untie, in a module that ties it
         raise UserError(f"tensor {name}: an endpoint has it of its own, but the module ties it to "
                         f"{source}; load the base untied (`load_model_folder(..., untie=True)`)")
