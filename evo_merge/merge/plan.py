@@ -37,6 +37,8 @@ LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 # config lists with one entry per layer (transformers checks their length against the layer count):
 # a stack of slices takes each output layer's entry from the layer it copies
 PER_LAYER_KEYS = ("layer_types", "mlp_layer_types", "no_rope_layers", "num_attention_heads_per_layer")
+# config keys that choose layers by index in a way an output list cannot restate (`_dense_layers`)
+INDEXED_LAYER_KEYS = ("first_k_dense_replace", "moe_layer_freq")
 # mergekit keys every method accepts, changing no tensor here: int8_mask only picks the dtype of
 # mergekit's intermediate sign masks (methods that mask declare it, so the search knows it)
 ANY_METHOD = {"int8_mask": Hyperparameter("int8_mask", False, searchable=False)}
@@ -494,7 +496,32 @@ def _layer_config(checkpoints: list[Checkpoint], donor: int, jobs: list[TensorJo
                                 f"which output layer {layer} is built from")
             values.append(entries[source])
         out[name] = values
-    return out
+    return {**out, **_dense_layers(checkpoints, config, sources)}
+
+
+def _dense_layers(checkpoints: list[Checkpoint], config: dict[str, Any],
+                  sources: list[tuple[int, int]]) -> dict[str, Any]:
+    """Qwen-MoE's choice of dense layers among sparse ones, by layer index (`mlp_only_layers`, and
+    every `decoder_sparse_step`-th layer sparse), for the output's layers: each is dense where the
+    layer it is built from was, said as a list of indices (step 1). Copied as it was, a slice that
+    moved a dense layer had transformers build a sparse one there and fill it at random. A config
+    choosing them otherwise by index (DeepSeek's `first_k_dense_replace`) is refused when a slice
+    moves its layers."""
+    moved = bool(sources) and sources != [(sources[0][0], i) for i in range(len(sources))]
+    if moved and (key := next((k for k in INDEXED_LAYER_KEYS if k in config), None)):
+        raise UserError(f"config.json '{key}' chooses layers by their index, which these slices change; "
+                        "slices of this architecture are not supported")
+    if "mlp_only_layers" not in config and config.get("decoder_sparse_step", 1) == 1:
+        return {}
+
+    def dense(model: int, layer: int) -> bool:
+        own = checkpoints[model].config or {}
+        step = own.get("decoder_sparse_step", 1) or 1
+        experts = own.get("num_experts", 1)
+        return layer in (own.get("mlp_only_layers") or []) or experts == 0 or (layer + 1) % step != 0
+
+    return {"decoder_sparse_step": 1,
+            "mlp_only_layers": [out for out, (model, layer) in enumerate(sources) if dense(model, layer)]}
 
 
 def _layer_sources(jobs: list[TensorJob]) -> list[tuple[int, int]]:

@@ -144,6 +144,54 @@ def test_a_stack_of_slices_takes_each_layer_s_type_from_the_layer_it_copies(tmp_
     assert AutoModelForCausalLM.from_pretrained(out).config.layer_types == written["layer_types"]
 
 
+@pytest.mark.parametrize(("dense", "step", "expected"), [([1], 1, [1, 2]), ([], 2, [1])])
+def test_a_stack_of_mixture_of_experts_layers_keeps_each_layer_dense_or_sparse(tmp_path, dense, step, expected):
+    """Qwen-MoE chooses its dense layers by index (`mlp_only_layers`, every `decoder_sparse_step`-th
+    layer sparse): copied as it was, a stack that moved a dense layer had transformers build a
+    sparse one there, its experts initialised at random, and drop the copied weights with a warning."""
+    from transformers import Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, num_experts=3, num_experts_per_tok=2,
+                            moe_intermediate_size=8, shared_expert_intermediate_size=16, mlp_only_layers=dense,
+                            decoder_sparse_step=step, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    folders = [tmp_path / name for name in ("a", "b")]
+    for folder in folders:
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    # a: layers 0-1, then b's layer 1 (dense with mlp_only_layers [1]); or a's layer 1 (sparse at step 2) then 0
+    ranges = [[0, 2], [1, 2]] if dense else [[1, 2], [0, 1]]
+    recipe = {"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": str(folders[0]), "layer_range": ranges[0]}]},
+        {"sources": [{"model": str(folders[1 if dense else 0]), "layer_range": ranges[1]}]},
+    ]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "config.json").read_text())
+    assert (written["mlp_only_layers"], written["decoder_sparse_step"]) == (expected, 1)
+    model, loading = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["unexpected_keys"]
+    stored = tensors_of(out)
+    for layer in expected:  # the dense layers hold the copied dense weights
+        assert torch.equal(model.model.layers[layer].mlp.gate_proj.weight,
+                           stored[f"model.layers.{layer}.mlp.gate_proj.weight"])
+
+
+def test_a_stack_that_moves_layers_chosen_by_index_otherwise_is_refused(deep, tmp_path):
+    """DeepSeek's dense layers are its first `first_k_dense_replace`: no list can restate a moved one."""
+    donor = tmp_path / "donor"
+    shutil.copytree(deep["base"], donor)
+    config = json.loads((donor / "config.json").read_text())
+    (donor / "config.json").write_text(json.dumps({**config, "first_k_dense_replace": 1}))
+    recipe = {"merge_method": "passthrough", "slices": [{"sources": [{"model": str(donor), "layer_range": r}]}
+                                                        for r in ([1, 2], [0, 1])]}
+    result, _ = merge(tmp_path, recipe)
+    assert result.exit_code == 2
+    assert "config.json 'first_k_dense_replace' chooses layers by their index" in result.output
+    recipe["slices"] = [{"sources": [{"model": str(donor), "layer_range": [0, LAYERS]}]}]  # nothing moved
+    assert merge(tmp_path, recipe, name="whole")[0].exit_code == 0
+
+
 def _lora_adapter(model_dir, out, seed=0, targets=("q_proj", "v_proj", "down_proj"), **options):
     from peft import LoraConfig, get_peft_model
 
