@@ -26,6 +26,7 @@ def campaign_models(campaign_file: Path):
             logging.getLogger(__name__).warning(line)
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]
         base = refs["base_model"].path if "base_model" in refs else models[0]  # aligned copies have its shapes
+        _check_writable_in_place(base)
         storage, evaluator = campaign.storage, campaign.evaluator
         if storage.placement == "disk" and storage.disk_dir and not (evaluator.kind == "dask" and evaluator.address):
             check_disk_dir(storage.disk_dir)  # a remote cluster's workers keep their files on their own machines
@@ -34,6 +35,19 @@ def campaign_models(campaign_file: Path):
             if campaign.align.data is not None:
                 existing_path(campaign.align.data, "align.data", "data file")
     return campaign, base, models
+
+
+def _check_writable_in_place(base: Path) -> None:
+    """A campaign writes each merged tensor into the loaded base: one transformers holds only fused
+    with others (a mixture of experts') is refused here, before a model is loaded, as the in-place
+    merger would refuse it once the base is."""
+    from evo_merge.weights import Checkpoint
+    from evo_merge.weights.module_names import fused_error, fused_tensors
+
+    with Checkpoint.open(base) as checkpoint:
+        names = checkpoint.names
+    if fused := fused_tensors(base, names):
+        raise fused_error(base, min(fused, key=names.index), "a transformers model of it")
 
 
 def planned_campaign(campaign_file: Path, run_dir: Path | None, check_bound: bool = False):

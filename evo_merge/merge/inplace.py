@@ -32,7 +32,7 @@ from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
 from evo_merge.weights import Checkpoint, check_compatible, heads
 from evo_merge.weights.devices import indexed
-from evo_merge.weights.module_names import ModuleTensors, module_tensors
+from evo_merge.weights.module_names import ModuleTensors, fused_error, module_tensors
 
 # one weight per endpoint for every tensor, or per tensor name (block-group genomes)
 Weights = Sequence[float] | Mapping[str, Sequence[float]]
@@ -289,10 +289,7 @@ def _elementwise(target: torch.Tensor, base: torch.Tensor, pieces: Sequence[Any]
 
 def _check_target(base: Checkpoint, targets: ModuleTensors, name: str, source: str, module: nn.Module) -> None:
     if name in targets.fused:
-        raise UserError(f"{base.path}: tensor {name} is held by the {type(module).__name__} module only fused with "
-                        "others (transformers joins them as it loads the model, as it does a mixture of experts' "
-                        "experts), where a campaign cannot write it in place; `evo-merge merge` merges these models "
-                        "file to file")
+        raise fused_error(base.path, name, f"the {type(module).__name__} module")
     writable = targets.writable
     if name not in writable:
         raise UserError(f"{base.path}: tensor {name} has no counterpart in the {type(module).__name__} module")

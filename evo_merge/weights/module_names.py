@@ -12,13 +12,20 @@ memory, and each name it yields is traced back to a module tensor or a view of o
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from evo_merge.errors import UserError
+
 log = logging.getLogger(__name__)
+
+EXPERT_TENSOR = re.compile(r"\.experts\.\d+\.")  # a mixture of experts stored one expert at a time
 
 
 @dataclass
@@ -83,3 +90,30 @@ def _checkpoint_layout(module: nn.Module, own: dict[str, torch.Tensor]):
     except Exception as exc:  # noqa: BLE001 (a conversion that cannot run on meta tensors): the module's own names
         log.debug("transformers' checkpoint names could not be derived for %s: %s", type(module).__name__, exc)
         return None
+
+
+def fused_tensors(folder: Path, names: Iterable[str]) -> set[str]:
+    """The checkpoint names (`names`, of the model in `folder`) that transformers holds only fused
+    with others once loaded (`ModuleTensors.fused`), found on a model built from config.json on the
+    meta device: before any weight is read (`plan`). Looked for only where experts are stored one
+    at a time, the layout transformers fuses."""
+    names = list(names)
+    if not any(EXPERT_TENSOR.search(name) for name in names):
+        return set()
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        with torch.device("meta"):
+            module = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 (a config transformers cannot build): the loading itself says why
+        log.debug("no meta model for %s: %s", folder, exc)
+        return set()
+    return module_tensors(module).fused & set(names)
+
+
+def fused_error(folder: Path, name: str, holder: str) -> UserError:
+    """Why a campaign cannot search these models (`holder`: the module, as its class names it)."""
+    return UserError(f"{folder}: tensor {name} is held by {holder} only fused with others (transformers joins "
+                     "them as it loads the model, as it does a mixture of experts' experts), where a campaign "
+                     "cannot write it in place; `evo-merge merge` merges these models file to file")

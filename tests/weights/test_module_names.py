@@ -83,3 +83,19 @@ def test_a_mixture_of_experts_module_is_refused_naming_a_fused_tensor(tmp_path):
     with pytest.raises(UserError, match=r"tensor model\.layers\.0\.block_sparse_moe\.experts\.0\.w1\.weight is held "
                                         r"by the MixtralForCausalLM module only fused with others"):
         InPlaceMerger(module, Checkpoint.open(base), [Checkpoint.open(e) for e in endpoints])
+
+
+def test_plan_finds_the_fused_tensors_before_loading_any_weight(tmp_path):
+    """`plan` (and `run` before it loads a model) builds the model on the meta device: the same
+    tensors as the loaded module's, without reading a weight."""
+    from evo_merge.cli.plan import _check_writable_in_place
+    from evo_merge.weights.module_names import fused_tensors
+
+    base, _ = family(tmp_path / "moe", MIXTRAL, n=0)
+    names = list(load_file(base / "model.safetensors"))
+    assert fused_tensors(base, names) == module_tensors(load_model_folder(base)[0]).fused != set()
+    with pytest.raises(UserError, match=r"experts\.0\.w1\.weight is held by a transformers model of it only fused"):
+        _check_writable_in_place(base)
+    neox, _ = family(tmp_path / "neox", GPT_NEOX, n=0)
+    assert fused_tensors(neox, load_file(neox / "model.safetensors")) == set()
+    _check_writable_in_place(neox)
