@@ -254,17 +254,17 @@ def resume(run: Path, scheduler: str | None, tracking: bool | None) -> None:
 def _holding(run: Path, again: str | None = None) -> Iterator[None]:
     """The run folder's lock for the whole command; Ctrl-C ends with 130 and the way to go on (`again`:
     the command itself, where `resume` would not do what it was doing: an `export --pick`)."""
-    from evo_merge.cli.faults import Interrupted
+    from evo_merge.cli.faults import stopped
     from evo_merge.search.lock import RunLock
     from evo_merge.search.store import CampaignStore
 
     with RunLock(run):
         try:
             yield
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (`faults.Terminated`)
             if not (run / CampaignStore.DB).exists():  # removed: nothing had been evaluated
-                raise Interrupted("interrupted before the first evaluation; nothing kept") from None
-            raise Interrupted(f"interrupted; {again or f'resume with: evo-merge resume {run}'}") from None
+                raise stopped(exc, " before the first evaluation; nothing kept") from None
+            raise stopped(exc, f"; {again or f'resume with: evo-merge resume {run}'}") from None
 
 
 @click.command()

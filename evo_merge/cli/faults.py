@@ -34,12 +34,25 @@ class Interrupted(Fault):
     exit_code = 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's preemption, `kill`), raised where Ctrl-C raises
+    KeyboardInterrupt: the same cleanup, the same line saying how to go on, exit 143."""
+
+
+def stopped(exc: KeyboardInterrupt, rest: str = "") -> Interrupted:
+    """The line a command stopped by Ctrl-C or SIGTERM ends with: "interrupted" or "terminated",
+    then `rest` (when it was stopped, how to go on)."""
+    fault = Interrupted(("terminated" if isinstance(exc, Terminated) else "interrupted") + rest)
+    fault.exit_code = 128 + signal.SIGTERM if isinstance(exc, Terminated) else Interrupted.exit_code
+    return fault
+
+
 def as_fault(exc: BaseException) -> Fault | None:
     """The one-line form of `exc`, or None when it is a bug (it keeps its traceback)."""
     if isinstance(exc, UserError):
         return Fault(str(exc))
     if isinstance(exc, KeyboardInterrupt):
-        return Interrupted("interrupted")
+        return stopped(exc)
     if isinstance(exc, OSError) and exc.errno not in (None, errno.EPIPE):  # click handles a closed pipe
         where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
         return Fault(f"{where}: {exc.strerror}" if where else exc.strerror or str(exc))
@@ -50,7 +63,7 @@ def as_fault(exc: BaseException) -> Fault | None:
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-    raise SystemExit(128 + signum)  # unwinds: temporary folders are removed, the run lock released
+    raise Terminated  # unwinds: temporary folders are removed, the run lock released
 
 
 def exit_cleanly_on_sigterm() -> None:

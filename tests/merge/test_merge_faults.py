@@ -119,5 +119,6 @@ def test_sigterm_mid_write_leaves_the_old_folder_and_no_temporary_one(family, tm
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+    assert err.decode().strip().splitlines()[-1] == "error: terminated"  # said, as Ctrl-C is
     assert hidden(tmp_path) == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
 

@@ -429,14 +429,17 @@ def test_a_failed_start_leaves_no_run_folder_and_the_fixed_config_starts(tmp_pat
 
 # ---------------------------------------------------------------- signals and --debug
 
-def test_ctrl_c_exits_130_with_the_resume_command_and_frees_the_folder(tmp_path, zoo):  # noqa: F811
+@pytest.mark.parametrize(("sent", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                    (signal.SIGTERM, 143, "terminated")])  # a scheduler's preemption
+def test_ctrl_c_or_sigterm_exits_with_the_resume_command_and_frees_the_folder(tmp_path, zoo, sent, code,  # noqa: F811
+                                                                              word):
     run = tmp_path / "run"
     proc = start_and_wait(slow_campaign(tmp_path, zoo), run, generation=None)  # during calibration
     assert proc.poll() is None
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sent)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == f"error: interrupted; resume with: evo-merge resume {run}"
+    assert proc.returncode == code, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"error: {word}; resume with: evo-merge resume {run}"
     assert "Traceback" not in stderr
     with RunLock(run):  # released
         pass
