@@ -10,13 +10,17 @@ batch, each step stored with the estimate it leads to.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
+from evo_merge.errors import message_line
 from evo_merge.progress import Progress, no_progress
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import ITEMS, JOB_PARTS, CandidateFailed, Evaluator, Items, ItemScores, JobProgress
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.store import ADAPTIVE_FAILED, MEASURE_FAILED, CampaignStore, Evaluation
+
+log = logging.getLogger(__name__)
 
 
 def stage_track(progress: Progress, stage: str) -> Callable[[Iterable, int], Iterator]:
@@ -88,6 +92,7 @@ class EvaluationLog:
                 if isinstance(outcome, CandidateFailed):  # keep the estimate from the items it has
                     self.store.set_meta(ADAPTIVE_FAILED + key, str(outcome))
                     failed.add(key)
+                    self._say_failed(key, outcome, "it keeps the estimate of its items", ": its next adaptive step")
                 else:
                     stored = self.store.item_scores(key)
                     scores = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in self.scoring.names}
@@ -119,6 +124,17 @@ class EvaluationLog:
                        estimates=estimates, item_scores=scores, seconds=seconds, error=error,
                        estimate_se=se if status == "ok" else None,
                        measured=self.scoring.search_scores(scores) if status == "ok" and whole else None)
+        if status != "ok":
+            self._say_failed(candidate.key, error, "stored as failed, with the worst fitness on every task (its "
+                             "other tasks' scores too), and not tried again by a resume")
+
+    def _say_failed(self, key: str, error: object, outcome: str, what: str = "") -> None:
+        """A failure said as it happens: a run of hours goes on past it, and a transient one (one
+        task raising once) can cost the search its best candidate; `status` and the report list
+        them too."""
+        evaluation = self.store.get(key)
+        log.warning("evaluation %d (%s)%s failed: %s; %s", evaluation.id, evaluation.method, what,
+                    message_line(str(error)), outcome)
 
     def refine(self, evaluations: Sequence[Evaluation], precision: float, stage: str) -> None:
         """Continue the adaptive tests of stored evaluations to a smaller standard error."""
@@ -143,6 +159,7 @@ class EvaluationLog:
             key = todo[index][0].key
             if isinstance(outcome, CandidateFailed):  # it worked on the anchors: report, keep the estimate
                 self.store.set_meta(MEASURE_FAILED + key, str(outcome))
+                self._say_failed(key, outcome, "it keeps its estimate and is measured no further", ": measuring it")
             else:
                 stored = self.store.item_scores(key)
                 full = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in names}

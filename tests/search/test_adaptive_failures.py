@@ -46,7 +46,7 @@ class Stepwise:
         return {n: sum(s.values()) / len(s) for n, s in scores.items()}, None
 
 
-def test_a_failed_step_is_kept_and_not_tried_again_on_a_resume(family, tmp_path):
+def test_a_failed_step_is_kept_and_not_tried_again_on_a_resume(family, tmp_path, caplog):
     workbench, fts = family
     first = {name: task.item_ids[:4] for name, task in agreement(fts).items()}
     candidates = [Candidate("task_arithmetic", (1.0, 0.0), ()), Candidate("task_arithmetic", (0.3, 0.9), ())]
@@ -54,8 +54,11 @@ def test_a_failed_step_is_kept_and_not_tried_again_on_a_resume(family, tmp_path)
     store = CampaignStore(tmp_path)
     store.set_meta("adaptiveXfailed:" + candidates[0].key, "another record")  # matched as text, `_` is no wildcard
     log = EvaluationLog(store, lambda: LocalEvaluator(workbench, broken), Stepwise(broken))
-    evaluations = log.evaluate(candidates, phase="search", generation=1, items=first, stage="search")
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        evaluations = log.evaluate(candidates, phase="search", generation=1, items=first, stage="search")
     failures = store.adaptive_failures()
+    said = [r.getMessage() for r in caplog.records if ": its next adaptive step failed: " in r.getMessage()]
+    assert len(said) == 2 and all(line.endswith("it keeps the estimate of its items") for line in said)
     assert set(failures) == {c.key for c in candidates}
     assert all("the scorer crashed on agree1-0006" in error for error in failures.values())
     for evaluation in evaluations:  # 4 first items and one step of 2 per task, then the failed step

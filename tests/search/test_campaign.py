@@ -260,7 +260,7 @@ FAULTS = {  # how a plugin method fails -> what the stored error says
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, fault):
+def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, fault, caplog):
     """Whatever a merge method raises (a plugin may raise anything, or return nothing), the
     candidate is stored as failed and the campaign goes on."""
     act, message = FAULTS[fault]
@@ -273,11 +273,16 @@ def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, 
     run = tmp_path / "run"
     config = campaign(tmp_path, zoo, methods={"test_fragile": {}, "task_arithmetic": {}},
                       estimator={"kind": "full"})
-    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
     assert result.exit_code == 0, result.output
     db = sqlite3.connect(run / "state.sqlite")
     failed = db.execute("SELECT COUNT(*), MIN(error) FROM evaluations WHERE status='failed'").fetchone()
     assert failed[0] >= 1 and message in failed[1]
+    # each said as it fails: a run of hours goes on past it
+    said = [r.getMessage() for r in caplog.records if "(test_fragile) failed: " in r.getMessage()]
+    assert len(said) == failed[0] and all(message in line and line.endswith("not tried again by a resume")
+                                          for line in said), said
     report = (run / "report.md").read_text().replace("\\", "")  # markdown escapes aside
     assert message in report.split("## Failures")[1]  # each failure with its error
     assert "## Failures" in (run / "report.md").read_text()

@@ -376,7 +376,8 @@ def test_a_resumed_export_removes_what_a_killed_one_left_half_written(finished, 
 
 
 @pytest.mark.parametrize("fault", ["race", "picks"])
-def test_finalists_or_picks_that_fail_when_measured_are_reported_and_picks_are_measured(tmp_path, zoo, fault):  # noqa: F811
+def test_finalists_or_picks_that_fail_when_measured_are_reported_and_picks_are_measured(tmp_path, zoo, fault,  # noqa: F811
+                                                                                         caplog):
     """A plugin task that raises for some models, only when the final phase scores them (the race's
     samples, or a pick's remaining items): the run finished (a pick failing crashed it, every
     resume too), every exported pick is measured (one was exported with estimates only), and
@@ -391,14 +392,17 @@ def test_finalists_or_picks_that_fail_when_measured_are_reported_and_picks_are_m
     run = tmp_path / "run"
     times_raised = []
     for command in (["run", str(config), "--out", str(run)], ["resume", str(run)]):
-        result = CliRunner().invoke(cli, command)
+        with caplog.at_level("WARNING", logger="evo_merge"):
+            result = CliRunner().invoke(cli, command)
         assert result.exit_code == 0, result.output
         times_raised.append(len(raised.read_text().splitlines()))
+    said = [r.getMessage() for r in caplog.records if ": measuring it failed: task 'agree" in r.getMessage()]
     assert times_raised[0] > 0 and times_raised[1] == times_raised[0]  # a recorded failure is not tried again
     store = CampaignStore(run)
     failures, exported = store.measure_failures(), store.get_meta("exported")
     assert failures and set(failures.values()) <= {f"task 'agree{i}': RuntimeError: scorer blew up on this model"
                                                    for i in (0, 1)}
+    assert len(said) == len(failures)  # each said once, as it failed (not again by the resume)
     for eid, folder in exported.values():
         evaluation = next(e for e in store.evaluations() if e.id == eid)
         assert evaluation.measured is not None and evaluation.key not in failures
