@@ -269,6 +269,20 @@ def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Path] = ())
     check_replaceable(out)
     refuse_existing(out, overwrite)
     refuse_inputs(out, inputs)
+    check_writable(out)
+
+
+def check_writable(out: Path) -> None:
+    """Refuse an output whose folder cannot be written (a read-only mount, another user's folder, a
+    file in its path) before the work: measuring a pick at 7B is hours, and the write comes last.
+    Tried, not inferred: a hidden folder is made where the output's staged copy will be, and removed."""
+    where = next((p for p in Path(out).parents if p.exists()), Path("."))
+    if not where.is_dir():
+        raise UserError(f"cannot write {out}: {where} is a file, not a folder")
+    try:
+        Path(tempfile.mkdtemp(dir=where, prefix=".evo-merge-probe-")).rmdir()
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 def refuse_inputs(out: Path, inputs: Sequence[Path]) -> None:

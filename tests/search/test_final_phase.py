@@ -219,6 +219,11 @@ def test_export_measures_what_a_candidate_misses(finished, tmp_path, state):
     eid, key, before = next(row for row in rows if (row[1] in race["compared"]["scores"]) == (state != "not a finalist")
                             and (row[1] in finalists) == (state != "not a finalist") and row[2] is None)
     assert before is None
+    scored = {task: len(items) for task, items in CampaignStore(run).item_scores(key).items()}
+    (tmp_path / "a-file").write_text("")  # an --out that cannot be written: said before hours of measuring
+    blocked = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "a-file" / "m")])
+    assert blocked.exit_code == 2 and blocked.output.strip().endswith(f"{tmp_path / 'a-file'} is a file, not a folder")
+    assert {task: len(items) for task, items in CampaignStore(run).item_scores(key).items()} == scored  # nothing scored
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
     evaluation = CampaignStore(run).get(key)
