@@ -57,7 +57,8 @@ def as_fault(exc: BaseException) -> Fault | None:
         where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
         return Fault(f"{where}: {exc.strerror}" if where else exc.strerror or str(exc))
     if isinstance(exc, sqlite3.OperationalError) and any(words in str(exc) for words in _SQLITE_FAULTS):
-        return Fault(f"campaign database: {exc}")
+        hint = " (a full disk, a file-size limit such as `ulimit -f`, or a failing disk)" if "I/O" in str(exc) else ""
+        return Fault(f"campaign database: {exc}{hint}")
     return None
 
 

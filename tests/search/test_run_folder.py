@@ -1208,3 +1208,21 @@ def test_models_changed_during_a_run_are_not_exported_under_its_scores(tmp_path,
     with pytest.raises(UserError, match=r"base_model .*: its weights changed since this run folder was started"):
         runner.run()
     assert not any((tmp_path / "run" / "models").glob("*/model.safetensors"))
+
+
+def test_a_file_that_cannot_be_replaced_is_named_not_its_vanished_temporary(tmp_path):
+    from evo_merge.search.store import atomic_write
+
+    (tmp_path / "report.html").mkdir()  # in the way of the report
+    with pytest.raises(OSError) as raised:
+        atomic_write(tmp_path / "report.html", "<html>")
+    assert (raised.value.filename, raised.value.filename2) == (str(tmp_path / "report.html"), None)
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temporary file left
+
+
+def test_a_database_disk_io_error_says_what_may_cause_it():
+    from evo_merge.cli.faults import as_fault
+
+    fault = as_fault(sqlite3.OperationalError("disk I/O error"))
+    assert fault.message == ("campaign database: disk I/O error (a full disk, a file-size limit such as `ulimit -f`, "
+                             "or a failing disk)")
