@@ -422,8 +422,10 @@ def report(run: Path) -> None:
         if (run / folder).is_dir() and not Path(in_run(run / folder, run)).is_absolute()
     }
     finished = store.finished(facts["generations"])
-    report = write_report(run, store, facts, exported, finished, running=None if finished else holder(run))
-    click.echo(f"wrote {report}, report.html, evaluations.csv, pareto.csv and the plots in {run}")
+    running = None if finished else holder(run)
+    report = write_report(run, store, facts, exported, finished, running=running)
+    now = f" (a run is working in the folder, pid {running}: they are of this moment)" if running else ""
+    click.echo(f"wrote {report}, report.html, evaluations.csv, pareto.csv and the plots in {run}{now}")
 
 
 @click.command()

@@ -778,6 +778,7 @@ def test_a_run_cut_short_in_calibration_has_a_report(tmp_path, zoo):  # noqa: F8
     with RunLock(tmp_path / "run"):  # a run working there now: `resume` would be refused, and no plot warns
         code, out = invoke("report", tmp_path / "run")
     assert code == 0 and "Warning" not in out, out
+    assert out.strip().endswith(f"(a run is working in the folder, pid {os.getpid()}: they are of this moment)")
     report = (tmp_path / "run" / "report.md").read_text()
     assert (f"**not finished**: 0 of 3 generations searched, no final phase yet; a run is working in the folder "
             f"(pid {os.getpid()}): this report is of this moment") in report
