@@ -47,3 +47,17 @@ def test_the_command_list_loads_no_fitting_code():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "heavy: []" in done.stdout and "irt" in done.stdout, done.stdout
+
+
+def test_the_report_loads_no_scoring_code():
+    """`report` imported the export path, and with it the scorer and scikit-learn (1.8 s), for one
+    note on how the search kept its candidates (`search.kinds.rounded_storage_note`)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport evo_merge.report.campaign\n"
+            "print('heavy:', sorted(m for m in ('sklearn', 'evo_merge.search.scoring', 'evo_merge.search.export') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "heavy: []" in done.stdout, done.stdout

@@ -39,12 +39,16 @@ class Terminated(KeyboardInterrupt):
     KeyboardInterrupt: the same cleanup, the same line saying how to go on, exit 143."""
 
 
+class TerminatedFault(Interrupted):
+    exit_code = 128 + signal.SIGTERM
+
+
 def stopped(exc: KeyboardInterrupt, rest: str = "") -> Interrupted:
     """The line a command stopped by Ctrl-C or SIGTERM ends with: "interrupted" or "terminated",
     then `rest` (when it was stopped, how to go on)."""
-    fault = Interrupted(("terminated" if isinstance(exc, Terminated) else "interrupted") + rest)
-    fault.exit_code = 128 + signal.SIGTERM if isinstance(exc, Terminated) else Interrupted.exit_code
-    return fault
+    if isinstance(exc, Terminated):
+        return TerminatedFault("terminated" + rest)
+    return Interrupted("interrupted" + rest)
 
 
 def as_fault(exc: BaseException) -> Fault | None:

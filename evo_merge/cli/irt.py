@@ -177,6 +177,7 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
 def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: int, overwrite: bool) -> None:
     """Choose --budget anchor items per scenario, store them in MODEL_DIR and print them."""
     from evo_merge.irt import IRTModel, select_anchors
+
     chosen = select_anchors(IRTModel.load(model_dir), budget, method, seed, allocation)
     path = chosen.save(model_dir, overwrite=overwrite)
     for scenario, items in chosen.items.items():

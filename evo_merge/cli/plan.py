@@ -47,7 +47,7 @@ def _check_writable_in_place(base: Path) -> None:
     with Checkpoint.open(base) as checkpoint:
         names = checkpoint.names
     if fused := fused_tensors(base, names):
-        raise fused_error(base, min(fused, key=names.index), "a transformers model of it")
+        raise fused_error(base, next(name for name in names if name in fused), "a transformers model of it")
 
 
 def planned_campaign(campaign_file: Path, run_dir: Path | None, check_bound: bool = False):

@@ -65,7 +65,8 @@ def module_tensors(module: nn.Module) -> ModuleTensors:
     return ModuleTensors(writable, fused)
 
 
-def _checkpoint_layout(module: nn.Module, own: dict[str, torch.Tensor]):
+def _checkpoint_layout(module: nn.Module,
+                       own: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[int, str]] | None:
     """(checkpoint name -> meta tensor, id of each meta tensor that stands for a module tensor ->
     that tensor's state-dict name), or None where transformers has nothing to revert."""
     transformers = sys.modules.get("transformers")  # a plain network: never imports it
