@@ -30,10 +30,10 @@ def build(base, first, more, out, layer, threshold, max_tasks, token, link_base,
 
     from evo_merge.cli.progress import track
     from evo_merge.mass import MassModel
-    from evo_merge.weights.export import refuse_existing, refuse_inputs
+    from evo_merge.weights.export import check_output_folder
 
-    refuse_existing(out, overwrite)  # before the decomposition, not after it
-    refuse_inputs(out, [Path(p) for p in (base, first, *more)])  # --overwrite replaced an endpoint by its own MASS
+    # before the decomposition, not after it; an input as OUT: --overwrite replaced an endpoint by its own MASS
+    check_output_folder(out, overwrite, [Path(p) for p in (base, first, *more)])
     hf_logging.disable_progress_bar()
     model = MassModel.from_checkpoints(
         base, [first, *more], layer=layer, threshold=threshold, max_tasks=max_tasks, token=token,

@@ -33,7 +33,7 @@ from evo_merge.merge.licenses import card_license
 from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import copied_tokenizer_files, tokenizer_files
-from evo_merge.weights.export import MASS_JSON, refuse_existing, staged_folder
+from evo_merge.weights.export import MASS_JSON, check_output_folder, staged_folder
 from evo_merge.weights.module_names import module_tensors
 from evo_merge.weights.references import ModelRef, check_distinct
 
@@ -386,7 +386,7 @@ class MassModel(nn.Module):
         instead of a copy; `scores` (e.g. estimated / measured per task) and `chosen_as` (the
         campaign picks it is) go in the card, with `scores_note` where the scores were measured otherwise."""
         out = Path(out).expanduser()
-        refuse_existing(out, overwrite)
+        check_output_folder(out, overwrite)
         meta = {
             "format": FORMAT,
             "version": 1,

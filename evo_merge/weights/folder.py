@@ -25,7 +25,7 @@ from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import Checkpoint, read_config, tokenizer_files
 from evo_merge.weights.compat import castable
 from evo_merge.weights.dtypes import dtype_name, parse_dtype
-from evo_merge.weights.export import refuse_existing, staged_folder, write_model_folder
+from evo_merge.weights.export import check_output_folder, staged_folder, write_model_folder
 from evo_merge.weights.nets import build_net
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,6 @@ def save_model_folder(
 @contextmanager
 def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
     """A folder to write the model into, moved onto `out` when the block succeeds."""
-    refuse_existing(out, overwrite)
+    check_output_folder(out, overwrite)
     with staged_folder(out) as folder:
         yield folder

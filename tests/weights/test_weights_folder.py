@@ -61,14 +61,15 @@ def test_writing_is_refused_over_an_existing_folder_unless_asked(tmp_path):
     out = tmp_path / "mlp"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    with pytest.raises(UserError, match="already exists"):
-        save_model_folder(out, net)
-    with pytest.raises(UserError, match="not a model folder"):  # overwrite replaces only a model folder
-        save_model_folder(out, net, overwrite=True)
+    for overwrite in (False, True):  # overwrite replaces only a model folder: not offered for another
+        with pytest.raises(UserError, match="not a model folder"):
+            save_model_folder(out, net, overwrite=overwrite)
     (out / "model.safetensors").write_bytes(b"an older model")
     with pytest.raises(UserError, match="not a model folder"):  # weights without a config: a user's file
         save_model_folder(out, net, overwrite=True)
     (out / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="already exists"):
+        save_model_folder(out, net)
     save_model_folder(out, net, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["mlp"]  # no temporary folder left behind
