@@ -4,11 +4,11 @@ mistyped `--out` never replaces a file or folder of the user's that the command 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from evo_merge.errors import UserError
 from evo_merge.search.store import atomic_write
+from evo_merge.weights.export import check_writable
 
 
 def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:
@@ -37,24 +37,11 @@ def write_output_file(out: Path, text: str) -> None:
     atomic_write(out, text)
 
 
-def check_writable(out: Path, option: str = "--out") -> None:
-    """`out` (a file or folder to write) can be created where it is meant to go: a read-only place,
-    a path under a file or under /proc was found out only when the result was saved, after the work."""
-    where = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if where != out and not where.is_dir():
-        raise UserError(f"{option} {out}: {where} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=where if where.is_dir() else where.parent):
-            pass
-    except OSError as exc:
-        raise UserError(f"{option} {out}: cannot write there ({exc.strerror or exc})") from None
-
-
 def check_irt_model_folder(out: Path, overwrite: bool) -> None:
     """--out, a folder `irt fit` writes a model into: new or empty, or an IRT model folder with --overwrite
     (its stored anchors go with the model they were chosen on); never a file or another folder."""
     if not out.exists():
-        return check_writable(out)
+        return check_writable(out, "--out")
     if not out.is_dir():
         raise UserError(f"--out {out}: is a file; give the folder to write the model into")
     if not any(out.iterdir()):

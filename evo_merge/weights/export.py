@@ -272,17 +272,21 @@ def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Path] = ())
     check_writable(out)
 
 
-def check_writable(out: Path) -> None:
-    """Refuse an output whose folder cannot be written (a read-only mount, another user's folder, a
-    file in its path) before the work: measuring a pick at 7B is hours, and the write comes last.
-    Tried, not inferred: a hidden folder is made where the output's staged copy will be, and removed."""
-    where = next((p for p in Path(out).parents if p.exists()), Path("."))
+def check_writable(out: Path, option: str | None = None) -> None:
+    """`out` (a file or folder to write; `option` the flag that named it) can be created where it is
+    meant to go: a read-only place, a path under a file or under /proc was found out only when the
+    result was saved, after the work (measuring a pick at 7B is hours). Tried, not inferred: a
+    temporary file is made in the folder that will hold it (or its staged copy), and removed."""
+    named = f"{option} {out}" if option else f"cannot write {out}"  # as the flag's, or the write's, errors say
+    where = next(p for p in Path(out).absolute().parents if p.exists())
     if not where.is_dir():
-        raise UserError(f"cannot write {out}: {where} is a file, not a folder")
+        raise UserError(f"{named}: {where} is a file, not a folder")
     try:
-        Path(tempfile.mkdtemp(dir=where, prefix=".evo-merge-probe-")).rmdir()
+        with tempfile.TemporaryFile(dir=where):
+            pass
     except OSError as exc:
-        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+        why = exc.strerror or str(exc)
+        raise UserError(f"{named}: cannot write there ({why})" if option else f"{named}: {why}") from None
 
 
 def refuse_inputs(out: Path, inputs: Sequence[Path]) -> None:
