@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,3 +76,20 @@ def writing(path: str | Path) -> Iterator[None]:
         if exc.filename is not None or exc.errno is None:
             raise
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+def check_writable(out: Path, option: str | None = None) -> None:
+    """`out` (a file or folder to write; `option` the flag that named it) can be created where it is
+    meant to go: a read-only place, a path under a file or under /proc was found out only when the
+    result was saved, after the work (measuring a pick at 7B is hours). Tried, not inferred: a
+    temporary file is made in the folder that will hold it (or its staged copy), and removed."""
+    named = f"{option} {out}" if option else f"cannot write {out}"  # as the flag's, or the write's, errors say
+    where = next(p for p in Path(out).absolute().parents if p.exists())
+    if not where.is_dir():
+        raise UserError(f"{named}: {where} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise UserError(f"{named}: cannot write there ({why})" if option else f"{named}: {why}") from None

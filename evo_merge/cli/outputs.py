@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, check_writable
 from evo_merge.search.store import atomic_write
-from evo_merge.weights.export import check_writable
 
 
 def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:

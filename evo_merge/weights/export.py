@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, check_writable
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import (
     PICKLE_SUFFIXES,
@@ -263,30 +263,14 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
 
 def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
     """Refuse an output folder that exists (unless `overwrite`), that is not a model folder or empty,
-    or that is, or holds, one of the `inputs` the merge reads: checked before the work, not after.
+    or that is, or holds, one of the `inputs` the merge reads, or whose folder cannot be written:
+    checked before the work, not after.
     What --overwrite would not replace either (a file, a folder of other files) is refused first,
     so the error does not offer it."""
     check_replaceable(out)
     refuse_existing(out, overwrite)
     refuse_inputs(out, inputs)
     check_writable(out)
-
-
-def check_writable(out: Path, option: str | None = None) -> None:
-    """`out` (a file or folder to write; `option` the flag that named it) can be created where it is
-    meant to go: a read-only place, a path under a file or under /proc was found out only when the
-    result was saved, after the work (measuring a pick at 7B is hours). Tried, not inferred: a
-    temporary file is made in the folder that will hold it (or its staged copy), and removed."""
-    named = f"{option} {out}" if option else f"cannot write {out}"  # as the flag's, or the write's, errors say
-    where = next(p for p in Path(out).absolute().parents if p.exists())
-    if not where.is_dir():
-        raise UserError(f"{named}: {where} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=where):
-            pass
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        raise UserError(f"{named}: cannot write there ({why})" if option else f"{named}: {why}") from None
 
 
 def refuse_inputs(out: Path, inputs: Sequence[Path]) -> None:
