@@ -129,3 +129,51 @@ def test_results_sent_to_a_file_are_not_folded_at_80_columns(monkeypatch):
     named = StringIO()
     results_console(file=named).print("[/b]")  # a user's name is text, not markup (rich would raise)
     assert named.getvalue() == "[/b]\n"
+
+
+def test_a_stage_that_stops_moving_is_said_in_a_log_while_it_stays_still():
+    """A task waiting on a server or a deadlocked plugin stalled a campaign with nothing in its
+    log: the lines moved only with progress, so a stalled run read like a killed one."""
+    import time
+
+    from evo_merge.search.evaluator import ITEMS, JOB_PARTS
+
+    log = StringIO()
+    lines = StageLines(Console(file=log), every=3600.0, quiet=0.2)
+    with lines.watching():
+        lines("generation 2/8", 3, 16)
+        lines("generation 2/8" + JOB_PARTS[ITEMS], 40, 52)
+        time.sleep(0.7)
+    said = log.getvalue().splitlines()
+    assert 1 <= len(said) <= 3, said  # again every `quiet` seconds, not at every check
+    assert said[0] == f"generation 2/8{JOB_PARTS[ITEMS]}: 40/52 (nothing new for 0:00:00, still working)"
+    assert all(STAGE_LINE.match(line) for line in said)
+    moving = StringIO()  # a stage that moves, or has ended, is not called quiet
+    lines = StageLines(Console(file=moving), every=3600.0, quiet=0.3)
+    with lines.watching():
+        for done in range(7):
+            lines("calibration", done, 6)
+            time.sleep(0.1)
+        time.sleep(0.5)
+    assert moving.getvalue().splitlines() == ["calibration: 6/6 in 0:00:00"]
+
+
+def test_a_candidate_s_part_ending_leaves_its_stage_to_be_said():
+    from evo_merge.search.evaluator import ITEMS, JOB_PARTS
+
+    log = StringIO()
+    lines = StageLines(Console(file=log), every=3600.0, quiet=0.0)
+    lines("generation 1", 0, 4)
+    lines("generation 1" + JOB_PARTS[ITEMS], 10, 20)  # fails partway: never ends
+    lines("generation 1", 4, 4)
+    lines.check()  # everything has ended: nothing to say
+    lines("final", 0, 2)
+    lines.check()
+    assert log.getvalue().splitlines() == ["generation 1: 4/4 in 0:00:00",
+                                           "final: 0/2 (nothing new for 0:00:00, still working)"]
+
+
+def test_bars_on_a_terminal_show_a_running_clock():
+    from rich.progress import TimeElapsedColumn
+
+    assert any(isinstance(column, TimeElapsedColumn) for column in StageBars().progress.columns)

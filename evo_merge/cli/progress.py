@@ -1,19 +1,22 @@
 """Rich progress helpers shared by commands: bars on stderr, so stdout keeps only results (a user
 who sends stdout to a log still sees the bars, and the log holds no bar frames). Where stderr is
 not a terminal (`nohup ... 2> log`, a batch job) rich draws nothing until the bars stop, so a
-campaign of hours said nothing until it ended: there each stage is a line as it advances instead.
-Results go to stdout (`evo_merge.console.results_console`)."""
+campaign of hours said nothing until it ended: there each stage is a line as it advances instead,
+and a line every few minutes while nothing advances (a task waiting on a server, a deadlocked
+plugin), so a log tells a stalled run from a finished or killed one. Results go to stdout
+(`evo_merge.console.results_console`)."""
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from evo_merge.search.evaluator import JOB_PARTS
 
@@ -37,23 +40,40 @@ def _shown(progress: Progress) -> Iterator[Progress]:
         yield progress
 
 
-STAGE_LINE = re.compile(r"^.+: \d+/\d+ (in \d+:\d\d:\d\d|\(\d+:\d\d:\d\d\))$")  # what StageLines prints
+# what StageLines prints: a stage's count with its time, or that nothing moved for a while
+STAGE_LINE = re.compile(r"^.+: \d+/\d+ (in \d+:\d\d:\d\d|\(\d+:\d\d:\d\d\)|"
+                        r"\(nothing new for \d+:\d\d:\d\d, still working\))$")
 
 
 class StageLines:
     """A stage's progress as plain lines, for a console that is not a terminal: when it advances,
-    at most every `every` seconds, and when it ends (with its time)."""
+    at most every `every` seconds, and when it ends (with its time). While `watching`, a stage
+    that has not moved for `quiet` seconds is a line too, again every `quiet` seconds: one
+    candidate's items at 7B take minutes, so the line says only that nothing moved."""
 
-    def __init__(self, console: Console, every: float = 30.0):
-        self.console, self.every = console, every
+    def __init__(self, console: Console, every: float = 30.0, quiet: float = 300.0):
+        self.console, self.every, self.quiet = console, every, quiet
         self.times: dict[str, tuple[float, float]] = {}  # stage -> (started, last line)
         self.ended: set[str] = set()
+        self.open: dict[str, tuple[int, int]] = {}  # stages not ended -> (done, total), the last told last
+        self.heard = self.said_quiet = time.monotonic()  # its last call; the last line saying nothing moved
+        self.lock = threading.Lock()  # the watcher reads what the calls write
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         # a stage with nothing to do (a finished run's resume: "race: 0/0") is not a line
         if self.console.is_terminal or stage in self.ended or total == 0:
             return
-        now = time.monotonic()
+        with self.lock:
+            self._told(stage, done, total)
+
+    def _told(self, stage: str, done: int, total: int) -> None:
+        now = self.heard = time.monotonic()
+        self.open.pop(stage, None)
+        if done < total:
+            self.open[stage] = (done, total)
+        else:  # with its candidates' parts (one that failed partway never ended)
+            for suffix in PER_CANDIDATE:
+                self.open.pop(stage + suffix, None)
         # one candidate's merge or items, again for each: no line when they end, and a clock of their own
         per_candidate = stage.endswith(PER_CANDIDATE)
         if per_candidate and done == 0:  # a candidate starts (the one before may have failed partway)
@@ -69,6 +89,37 @@ class StageLines:
             self._say(f"{stage}: {done}/{total} ({hms(now - started)})")
             self.times[stage] = (started, now)
 
+    def check(self) -> None:
+        """Say the stage last told if nothing has moved for `quiet` seconds (and not said so within them)."""
+        with self.lock:
+            now = time.monotonic()
+            if not self.open or now - max(self.heard, self.said_quiet) < self.quiet:
+                return
+            stage, (done, total) = next(reversed(self.open.items()))
+            self._say(f"{stage}: {done}/{total} (nothing new for {hms(now - self.heard)}, still working)")
+            self.said_quiet = now
+
+    @contextmanager
+    def watching(self) -> Iterator[StageLines]:
+        """Check for a quiet stage from a background thread while inside (not on a terminal, where
+        the bars' clocks run)."""
+        if self.console.is_terminal:
+            yield self
+            return
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(min(self.quiet / 4, 30.0)):
+                self.check()
+
+        watcher = threading.Thread(target=watch, name="evo-merge stage watcher", daemon=True)
+        watcher.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            watcher.join()
+
     def _say(self, line: str) -> None:
         self.console.print(line, markup=False, highlight=False)
 
@@ -80,18 +131,21 @@ def hms(seconds: float) -> str:
 
 
 def _columns() -> tuple:
-    return TextColumn("{task.description:<28}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    # the elapsed clock runs while a bar stands still (a stalled task shows as a clock, not a frozen line)
+    return (TextColumn("{task.description:<28}", markup=False), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn())
 
 
 def track(items: Iterable[T], total: int, description: str = "working") -> Iterator[T]:
     """Iterate with a progress bar on stderr (count and ETA)."""
     with _shown(_bars(transient=True)) as progress:
         task = progress.add_task(description, total=total)
-        lines = StageLines(progress.console)
-        for done, item in enumerate(items, 1):
-            yield item
-            progress.advance(task)
-            lines(description, done, total)
+        with StageLines(progress.console).watching() as lines:
+            lines(description, 0, total)
+            for done, item in enumerate(items, 1):
+                yield item
+                progress.advance(task)
+                lines(description, done, total)
 
 
 class StageBars:
@@ -122,8 +176,11 @@ class StageBars:
     def __enter__(self):
         if not self.progress.disable:
             self.progress.start()
+        self._watching = self.lines.watching()
+        self._watching.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self._watching.__exit__(*exc)
         if not self.progress.disable:
             self.progress.stop()
