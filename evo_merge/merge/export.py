@@ -116,13 +116,19 @@ def changed_inputs(plan: MergePlan, recipe: Path) -> list[str]:
 
 
 def _non_finite_inputs(plan: MergePlan, name: str) -> str:
-    """Which inputs hold NaN or Inf in tensor `name`: with several inputs of many GB, "a corrupt
-    input" left the user to scan them all. None of them: the merge itself overflowed."""
+    """Which inputs hold NaN or Inf where output tensor `name` comes from: with several inputs of
+    many GB, "a corrupt input" left the user to scan them all. Its own job names them: a slice's
+    layers are renumbered and a tied head is read from the embedding, so the output's name may
+    be another tensor, or none, in an input. None of them: the merge itself made it."""
+    job = next((j for j in plan.jobs if j.name == name), None)
+    sources = [] if job is None else ([job.reference] if job.reference else []) + job.inputs
     bad = []
-    for ref in plan.refs:
+    for model, tensor in sources:
+        ref = plan.refs[model]
         with open_reference(ref, plan.allow_pickle) as checkpoint:
-            if name in checkpoint.names and not bool(torch.isfinite(checkpoint.tensor(name).float()).all()):
-                bad.append(ref.name)
+            if not bool(torch.isfinite(checkpoint.tensor(tensor).float()).all()):
+                bad.append(ref.name if tensor == name else f"{ref.name} (its {tensor})")
     if bad:
         return f"it is not finite in {', '.join(bad)}"
-    return "every input is finite there: the merge overflowed the output dtype"
+    return ("every input is finite there: the merge made it (a result out of the output dtype's range, or a "
+            "division by 0)")

@@ -11,7 +11,7 @@ import torch
 
 from evo_merge.errors import UserError
 from evo_merge.merge.registry import Hyperparameter as H
-from evo_merge.merge.registry import Params, register_method
+from evo_merge.merge.registry import Params, divides_by_weight_sum, register_method
 
 
 def nuslerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool, flatten: bool,
@@ -49,7 +49,7 @@ def nuslerp(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     return base + nuslerp_pair(t, deltas[0], deltas[1], params["nuslerp_row_wise"], params["nuslerp_flatten"])
 
 
-@register_method("multislerp", base="optional", hyperparameters=[
+@register_method("multislerp", base="optional", check=divides_by_weight_sum("normalize_weights"), hyperparameters=[
     H("normalize_weights", True, searchable=False, help="divide the weights by their sum"),
     H("eps", 1e-8, 0.0, None, searchable=False, help="numerical guard"),
 ])
@@ -61,6 +61,10 @@ def multislerp(base, deltas, weights, params: Params, name: str) -> torch.Tensor
     eps = params["eps"]
     stacked = torch.stack(list(deltas))
     flat = stacked.view(stacked.shape[0], -1)
+    if not bool(flat.any()):
+        # a tensor no model changed (LoRA-folded or frozen-layer fine-tunes leave most of them so):
+        # there is no direction to interpolate, and the base is what every weighting gives
+        return base.clone()
     w = torch.tensor(list(weights), dtype=stacked.dtype, device=stacked.device)
     if params["normalize_weights"]:
         w = w / w.sum()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from evo_merge.merge.registry import Hyperparameter as H
-from evo_merge.merge.registry import Params, register_method
+from evo_merge.merge.registry import Params, divides_by_weight_sum, register_method
 
 # any real number, as in mergekit (a negative one subtracts the task vectors: forgetting a skill)
 LAMBDA = H("lambda", 1.0, help="global scale of the merged task vector", search_range=(0.5, 1.5))
@@ -41,17 +41,8 @@ def _normalize_divisor(weights: Sequence[float]) -> float:
     return 1.0 if abs(total) < 1e-8 else total
 
 
-def _average_divisible(weights: Sequence[float], params: Params) -> str | None:
-    """Weights summing to 0 give NaN or inf, as in mergekit: a guard dividing by 1 instead wrote the
-    weighted sum (all zeros, or a difference of models) as if it were an average."""
-    if params["normalize"] and abs(sum(weights)) < 1e-8:
-        return (f"the weights sum to {sum(weights):g}, which normalize cannot divide by (set parameters.normalize: "
-                "false for a weighted sum)")
-    return None
-
-
 @register_method("linear", hyperparameters=[H("normalize", True, searchable=False)], base="averaged",
-                 check=_average_divisible, on_models=True)
+                 check=divides_by_weight_sum("normalize"), on_models=True)
 def linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Weighted average of the models (model soup)."""
     total = sum(weights)

@@ -35,6 +35,20 @@ ScaleFn = Callable[[Sequence[float], Params], float]
 CheckFn = Callable[[Sequence[float], Params], str | None]
 
 
+def divides_by_weight_sum(flag: str) -> CheckFn:
+    """A check for a method that divides by the weights' sum when its setting `flag` is on:
+    weights summing to 0 give NaN or inf, as in mergekit, and a guard dividing by 1 instead would
+    write a weighted sum (all zeros, or a difference of models) as if it were an average."""
+
+    def check(weights: Sequence[float], params: Params) -> str | None:
+        if params[flag] and abs(sum(weights)) < 1e-8:
+            return (f"the weights sum to {sum(weights):g}, which {flag} cannot divide by (set parameters.{flag}: "
+                    "false for a weighted sum)")
+        return None
+
+    return check
+
+
 @dataclass(frozen=True)
 class Hyperparameter:
     """A method parameter: its default, its search range and whether it is set per model."""

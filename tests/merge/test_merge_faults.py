@@ -100,7 +100,27 @@ def test_a_nan_in_an_input_is_an_error_naming_the_merged_tensor_and_the_input(fa
                                         "out_dtype": "float16", "parameters": {"lambda": 1e9},
                                         "models": [{"model": str(ft)}]}))
     code, output = merge(overflow, "--out", tmp_path / "out")
-    assert code == 2 and "every input is finite there: the merge overflowed the output dtype" in output, output
+    assert code == 2 and "every input is finite there: the merge made it (a result out of the output dtype's range" \
+        in output, output
+
+
+def test_a_nan_in_a_sliced_layer_names_the_input_tensor_it_came_from(family, tmp_path):
+    """A slice renumbers layers: the output's layer 0 is an input's layer 1. The input was looked
+    up under the output's name, so the check read another layer and said every input was finite."""
+    base, (ft,) = family
+    flipped = tmp_path / "flipped"
+    shutil.copytree(ft, flipped)
+    tensors = load_file(flipped / "model.safetensors")
+    name = min(n for n in tensors if n.startswith("model.layers.1.") and tensors[n].dim() == 2)
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, flipped / "model.safetensors", metadata={"format": "pt"})
+    sliced = tmp_path / "slice.yaml"
+    sliced.write_text(yaml.safe_dump({"merge_method": "passthrough", "dtype": "float32", "slices": [
+        {"sources": [{"model": str(flipped), "layer_range": [1, 2]}]}]}))
+    code, output = merge(sliced, "--out", tmp_path / "out")
+    renamed = name.replace("model.layers.1.", "model.layers.0.")
+    assert code == 2 and f"tensor {renamed}: holds NaN or Inf" in output, output
+    assert f"it is not finite in {flipped} (its {name})" in output, output
 
 
 def test_sigterm_mid_write_leaves_the_old_folder_and_no_temporary_one(family, tmp_path):

@@ -96,6 +96,26 @@ def test_multislerp_rescales_to_the_weighted_mean_norm_of_unequal_models():
     assert torch.allclose(out, base + 1.75 * T([3.0, 1.0]) / math.sqrt(10.0), atol=1e-6)
 
 
+def test_multislerp_keeps_the_base_where_no_model_changed_the_tensor():
+    """Endpoints folded from LoRA adapters, or fine-tuned with frozen norms, leave most tensors as
+    the base: with three models or more every such tensor stopped the merge, blaming the weights."""
+    base = T([[0.5, -1.0], [2.0, 0.25]])
+    zero = torch.zeros_like(base)
+    for n in (2, 3, 4):
+        assert torch.equal(run("multislerp", base, [zero] * n, [0.6, 0.9, 0.3, 0.2][:n]), base), n
+    with pytest.raises(UserError, match="cancel out"):  # directions that do cancel: still said
+        run("multislerp", torch.zeros(2), [T([1.0, 0.0]), T([-1.0, 0.0]), T([0.0, 0.0])], [1.0, 1.0, 1.0])
+
+
+def test_multislerp_refuses_weights_it_cannot_normalise():
+    """Weights summing to 0 made every tensor NaN, refused only as it was written, as an overflow."""
+    m = get_method("multislerp")
+    params = m.resolve({}, 3)
+    assert "weights sum to 0" in m.check([1.0, -1.0, 0.0], params)
+    assert m.check([1.0, -1.0, 0.0], m.resolve({"normalize_weights": False}, 3)) is None
+    assert m.check([0.6, 0.9, 0.3], params) is None
+
+
 def test_karcher_mean_of_the_base_and_the_models():
     base = T([1.0, 0.0])
     deltas = [T([-1.0, 1.0])]  # the other model is (0, 1): the mean direction is 45 degrees
