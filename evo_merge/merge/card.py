@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 import yaml
 
 from evo_merge.markup import md
 from evo_merge.merge.card_inputs import CardInput, model_refs
 from evo_merge.merge.licenses import MIXED_FILE, CardLicense, card_license
 from evo_merge.merge.recipe import Recipe
-from evo_merge.merge.registry import ENTRY_POINT_GROUP, method_origin
+from evo_merge.merge.registry import ENTRY_POINT_GROUP, get_method, method_origin
 from evo_merge.tasks.meta import TaskMeta
 
 Scores = Mapping[str, Mapping[str, float]]
@@ -196,7 +197,7 @@ def model_card(
     lines += [
         "## Reproduce",
         "",
-        *reproduce_lines(device),
+        *reproduce_lines(device, torch.get_num_threads() if get_method(recipe.merge_method).threaded else None),
         "",
         *local_inputs_lines(inputs),
         *plugin_lines(recipe.merge_method),
@@ -225,12 +226,19 @@ def recipe_license(recipe: Recipe) -> CardLicense:
     return card_license(([base] if base else []) + merged)
 
 
-def reproduce_lines(device: str) -> list[str]:
+def reproduce_lines(device: str, threads: int | None = None) -> list[str]:
     """How to rebuild the folder: bit for bit on the device type it was merged on; elsewhere equal
-    to rounding, except the entries DARE and DELLA drop, which each device type's generator draws."""
+    to rounding, except the entries DARE and DELLA drop, which each device type's generator draws.
+    `threads`: the CPU threads a method whose last bits follow them (`MergeMethod.threaded`: an SVD
+    sums in another order on another count) was merged with, and the rebuild needs again."""
     if device == "cpu":
-        return ["`merge_recipe.yaml` in this folder rebuilds these weights bit for bit:", "",
-                "```bash", "evo-merge merge merge_recipe.yaml --out merged", "```"]
+        if threads is None:
+            return ["`merge_recipe.yaml` in this folder rebuilds these weights bit for bit:", "",
+                    "```bash", "evo-merge merge merge_recipe.yaml --out merged", "```"]
+        return [f"`merge_recipe.yaml` in this folder rebuilds these weights bit for bit with {threads} CPU "
+                f"thread{'s' * (threads != 1)}, as they were merged (with another count, or another torch build, "
+                "equal to float32 rounding: the method's matrix decompositions sum in another order):", "",
+                "```bash", f"OMP_NUM_THREADS={threads} evo-merge merge merge_recipe.yaml --out merged", "```"]
     return [f"`merge_recipe.yaml` in this folder rebuilds these weights bit for bit on a {device} device of the "
             "kind they were merged on (on another device, equal to rounding; DARE and DELLA draw other drops):",
             "", "```bash", f"evo-merge merge merge_recipe.yaml --out merged --device {device}", "```"]

@@ -115,7 +115,7 @@ def karcher_mean(tensors: list[torch.Tensor], max_iter: int, tol: float) -> torc
     return sum(alpha * n for n in norms) * u
 
 
-@register_method("karcher", uses_weights=False, base="first", on_models=True, hyperparameters=[
+@register_method("karcher", uses_weights=False, base="first", on_models=True, threaded=True, hyperparameters=[
     H("max_iter", 10, 1, None, searchable=False, help="iterations of the Karcher mean"),
     H("tol", 1e-5, 0.0, None, searchable=False, help="convergence tolerance"),
 ])

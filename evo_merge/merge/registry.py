@@ -120,6 +120,10 @@ class MergeMethod:
     # it combines the models themselves (base + delta rebuilds each one): below float32 the file
     # path computes it in float32 and rounds once, so slerp at t 1 gives the endpoint exactly
     on_models: bool = False
+    # its sums run in BLAS or LAPACK (matrix products, SVDs), whose order follows the CPU's thread
+    # count: bit for bit only with as many threads (and the same torch build), where elementwise methods
+    # give the same bits on any
+    threaded: bool = False
     module: str = ""  # where the decorated function is defined: a method of your own names its plugin
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
@@ -172,6 +176,7 @@ def register_method(
     check: CheckFn | None = None,
     pieces_are_task_vectors: bool = False,
     on_models: bool = False,
+    threaded: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
 
@@ -191,7 +196,8 @@ def register_method(
     the method combines the models themselves, not their task vectors (an average, an
     interpolation): in a bfloat16 recipe, rebuilding each model as base + (model - base) in
     bfloat16 would round it twice, so the file path computes such a method in float32 and rounds
-    its result once.
+    its result once. `threaded`: its result's last bits depend on the CPU's thread count (an SVD,
+    a matrix product), which the model card then names.
     """
 
     if base not in BASE_MODES:
@@ -200,10 +206,11 @@ def register_method(
     def decorator(func: Callable) -> Callable:
         if name in _REGISTRY and not replace:
             raise ValueError(f"merge method {name!r} is already registered")
+        common = dict(n_models=n_models, base=base, uses_weights=uses_weights, check=check, on_models=on_models,
+                      threaded=threaded, module=func.__module__,
+                      description=(func.__doc__ or "").strip().split("\n")[0])
         if scale is None:
-            method = MergeMethod(name, tuple(hyperparameters), fn=func, n_models=n_models, base=base,
-                                 uses_weights=uses_weights, check=check, on_models=on_models,
-                                 module=func.__module__, description=(func.__doc__ or "").strip().split("\n")[0])
+            method = MergeMethod(name, tuple(hyperparameters), fn=func, **common)
         else:
             def fn(base, deltas, weights, params, tensor_name, _pieces=func):
                 if narrow is not None and base.dtype.itemsize < 4:
@@ -211,10 +218,8 @@ def register_method(
                 return combine_pieces(base, _pieces(base, deltas, params, tensor_name), weights,
                                       scale(weights, params))
             method = MergeMethod(name, tuple(hyperparameters), fn=fn, pieces=func, scale=scale,
-                                 n_models=n_models, piece_params=tuple(piece_params), base=base,
-                                 uses_weights=uses_weights, check=check, module=func.__module__,
-                                 pieces_are_task_vectors=pieces_are_task_vectors,
-                                 description=(func.__doc__ or "").strip().split("\n")[0])
+                                 piece_params=tuple(piece_params), pieces_are_task_vectors=pieces_are_task_vectors,
+                                 **common)
         _REGISTRY[name] = method
         return func
 
