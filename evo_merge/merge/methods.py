@@ -97,11 +97,12 @@ def top_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-TOP_BITS = 16  # float32 keys bucketed by sign, exponent and 7 mantissa bits: 32,641 buckets up to +inf
+TOP_BITS = 16  # a non-negative float32 bucketed by its exponent and top 8 mantissa bits: 65,281 buckets up to +inf
 
 
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest of a flat tensor of non-negative values (NaN excluded), exactly as
+    """The k-th largest of a flat tensor of non-negative values (NaN excluded, and no -0.0, whose
+    sign bit reads as a negative int32: `abs` and variances give none), exactly as
     `topk(values, k).values.min()` gives it, in two passes instead of a selection over them all.
 
     A non-negative float32 orders as its bits do read as an int32: a count of each bucket of the
@@ -199,7 +200,9 @@ def generalized_task_arithmetic(
         divisor[divisor == 0] = 1
     else:
         mixed = weighted.sum(dim=0)
-        divisor = torch.full_like(mixed, _normalize_divisor(weights))
+        # a 0-d tensor divides as a full one does (bit for bit, bf16 too, where a Python number
+        # multiplies by its reciprocal), without a float32 copy of the tensor (2.5 GB for a 152k x 4096 embedding)
+        divisor = mixed.new_tensor(_normalize_divisor(weights))
     if params["normalize"]:
         mixed = mixed / divisor
     if params["lambda"] != 1:

@@ -39,7 +39,8 @@ ALIGN = 512  # bytes: where each kept tensor starts in a slab (any dtype's view,
 @dataclass(frozen=True)
 class Storage:
     """Storage dtype (None: each tensor's own floating dtype in the checkpoints), placement, and the
-    folder of `disk` placement's files (None: the system's temporary folder)."""
+    folder of `disk` placement's files (None: the system's temporary folder, which is often held in
+    RAM, the very thing `disk` spares; a campaign passes its run folder)."""
 
     dtype: torch.dtype | None = None
     placement: Placement = "device"
@@ -100,7 +101,7 @@ def keeping(storage: Storage, checkpoints: Sequence[Checkpoint], adapters: bool,
     as_checkpoints = all(
         storage.stored_dtype(checkpoints, [name] * len(checkpoints)) == base.dtype(name)
         for name in base.names
-        if base.dtype(name).is_floating_point and all(name in c.names for c in endpoints)
+        if base.dtype(name).is_floating_point and all(name in c for c in endpoints)
     )
     return Keeping(dtype, keeps_task_vectors_exactly(storage, checkpoints, adapters), as_checkpoints)
 

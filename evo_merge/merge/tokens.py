@@ -50,19 +50,29 @@ class TokenPlan:
         return len(shape) == 2 and shape[0] in self.model_rows and is_vocabulary(name)
 
     def permute(self, job: Any, sources: list[tuple[int, str]], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each source's rows laid out in the output vocabulary."""
+        """Each source's rows laid out in the output vocabulary: the rows a model has, gathered in
+        one indexing per model (a row at a time took 2.2 s for a 152k vocabulary, twice a merge);
+        the default rows (`_default`) only for the tokens some model lacks or `force` replaces."""
         models = [m for m, _ in sources]
         by_model = dict(zip(models, tensors))
-        defaults = {tok: self._default(tok, models, by_model) for tok in self.vocab}
+        defaults: dict[str, torch.Tensor | None] = {}
         out = []
         for m, tensor in zip(models, tensors):
             rows = torch.zeros(self.rows, tensor.shape[1], dtype=tensor.dtype)
             have = self.positions[m]
+            own, at, others = [], [], []
             for tok, i in self.vocab.items():
-                forced = tok in self.tokens and self.tokens[tok].force
-                if tok in have and not forced:
-                    rows[i] = tensor[have[tok]]
-                elif defaults[tok] is not None:
+                if tok in have and not (tok in self.tokens and self.tokens[tok].force):
+                    own.append(i)
+                    at.append(have[tok])
+                else:
+                    others.append((tok, i))
+            if own:
+                rows[torch.tensor(own)] = tensor[torch.tensor(at)]
+            for tok, i in others:
+                if tok not in defaults:
+                    defaults[tok] = self._default(tok, models, by_model)
+                if defaults[tok] is not None:
                     rows[i] = defaults[tok]
             if self.rows > len(self.vocab):
                 rows[len(self.vocab):] = rows[:len(self.vocab)].mean(dim=0)

@@ -170,9 +170,10 @@ class Checkpoint:
             for reader in readers.values():
                 self._readers.update(dict.fromkeys(reader.names(), reader))
         else:
+            held = {reader: set(reader.names()) for reader in readers.values()}  # 90k names at DeepSeek-V3's size
             for name, file_name in index.items():
                 reader = readers[files[0].parent / file_name]
-                if name not in reader.names():
+                if name not in held[reader]:
                     raise UserError(f"{path}: the index maps tensor {name!r} to {file_name}, which does not hold it")
                 self._readers[name] = reader
         self.names: list[str] = list(self._readers)
