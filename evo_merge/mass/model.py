@@ -139,15 +139,19 @@ class MassModel(nn.Module):
             raise UserError(f"MASS routing settings: {_first_error(err)}") from None
         self._bind_router()
 
-    def to(self, *args: Any, **kwargs: Any) -> MassModel:
-        """`nn.Module.to`, with the factors following the module to its device (`load_mass(device=)`,
-        lm-eval's and evo-merge's tasks move a model so): the factors are not parameters, and left
-        behind they made every routing merge run on the CPU. Merged task sets cached for the old
-        device are dropped."""
-        super().to(*args, **kwargs)
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> MassModel:
+        """Every move or cast (`to`, `cuda`, `bfloat16`, `half`) comes here: the factors follow the
+        module to its device (`load_mass(device=)`, lm-eval's and evo-merge's tasks move a model so;
+        they are not parameters, and left behind they made every routing merge run on the CPU), and
+        the merged task sets cached in the old device or dtype are dropped (the next set swapped in
+        put the float32 weights back into a model cast to bfloat16). The module keeps its current
+        set, cast; a move to where it already is drops nothing."""
+        before = [(t.device, t.dtype) for t in self._targets.values()]
+        super()._apply(fn, recurse)
         self._targets = module_tensors(self.module).whole()  # a move may give the module new parameters
         if self.factors.stash.device != self.device:
             self.factors.follow(self.device)
+        if [(t.device, t.dtype) for t in self._targets.values()] != before:
             self._cache.clear()
         return self
 
@@ -321,7 +325,13 @@ class MassModel(nn.Module):
         plain_forward = type(module).forward.__get__(module)
 
         def grouped_forward(input_ids, attention_mask=None, **kw):
-            return self._grouped(sets, plain_forward, input_ids, attention_mask, kw)
+            # beams and return sequences: generate repeats each prompt's row in place (repeat_interleave),
+            # so row r is prompt r // copies; the prompts' own sets served 2 of 6 rows right, the rest garbage
+            copies, rest = divmod(input_ids.shape[0], len(sets))
+            if rest:
+                raise RuntimeError(f"MASS generate: {input_ids.shape[0]} rows for {len(sets)} prompts")
+            rows = [key for key in sets for _ in range(copies)]
+            return self._grouped(rows, plain_forward, input_ids, attention_mask, kw)
 
         module.forward = grouped_forward  # an instance attribute, removed right after
         try:

@@ -80,6 +80,18 @@ def test_mixed_batch_is_served_row_by_row_by_its_own_task_set(llama_family):
         alone = mass.generate(ids[row:row + 1], attention_mask=torch.ones_like(ids[row:row + 1]),
                               max_new_tokens=5, do_sample=False)
         assert torch.equal(generated[row], alone[0])
+    mass.pin(None)
+    for settings in ({"num_beams": 2}, {"num_beams": 3, "num_return_sequences": 2}):
+        # generate expands each prompt's row in place: the rows past the prompts were uninitialised logits
+        generated = mass.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                                  **settings)
+        copies = settings.get("num_return_sequences", 1)
+        for row, key in enumerate(sets):
+            mass.pin(key)
+            alone = mass.generate(ids[row:row + 1], attention_mask=torch.ones_like(ids[row:row + 1]),
+                                  max_new_tokens=4, do_sample=False, **settings)
+            assert torch.equal(generated[row * copies:(row + 1) * copies], alone), (settings, row)
+        mass.pin(None)
 
 
 def test_task_set_cache_is_bounded_and_reused(llama_family):

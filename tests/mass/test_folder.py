@@ -58,6 +58,24 @@ def test_the_factors_follow_the_model_to_its_device(saved):
     assert {t.device.type for t in moved.merged_tensors((0, 1)).values()} == {"meta"}  # merged where the model is
 
 
+def test_a_cast_model_keeps_its_dtype_through_routing(saved):
+    """`.bfloat16()` (and `.half()`, `.cuda()`) do not go through `to`: the next task set swapped
+    in pointed every parameter back at float32 tensors cached before the cast."""
+    _, folder = saved
+    loaded, _ = load_mass(folder)
+    ids = {"input_ids": torch.randint(3, 100, (8, 9), generator=torch.Generator().manual_seed(3))}
+    assert len(set(loaded.route(**ids)[1])) > 1  # each forward swaps task sets
+    expected = loaded(**ids).logits
+    loaded.bfloat16()
+    assert loaded(**ids).logits.dtype == torch.bfloat16
+    assert {p.dtype for p in loaded.module.parameters()} == {torch.bfloat16}
+    for key in [(0,), (1, 2)]:
+        assert {t.dtype for t in loaded.merged_tensors(key).values()} == {torch.bfloat16}
+    loaded.float()
+    assert torch.allclose(loaded(**ids).logits, expected, atol=1e-5)  # merged again in float32, not rounded
+    assert {p.dtype for p in loaded.module.parameters()} == {torch.float32}
+
+
 def test_folder_is_self_contained_and_says_it_needs_evo_merge(saved, tmp_path):
     mass, folder = saved
     assert not (folder / "config.json").exists()  # transformers must not mistake it for a plain model
