@@ -1,6 +1,7 @@
 """Library entry point: align N models into one basis with a chosen method.
 
-`align_models` is what the CLI and (later) a campaign's `align:` step call. Pairwise methods
+`align_models` aligns state dicts; `align_folders`, what the CLI and a campaign's `align:` step
+call, loads model folders, aligns them and writes the aligned copies. Pairwise methods
 (weight, activation, mudsc) map every model onto model 0; C2M3 maps all of them jointly into a
 universe expressed in model 0's basis. Either way `Alignment.perms[m]` takes model m into the
 common basis, and `aligned_states` applies them.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from torch import nn
 from evo_merge.align.builders import ARCHS, check_arch, spec_for
 from evo_merge.align.c2m3 import c2m3
 from evo_merge.align.features import forward
-from evo_merge.align.io import load_data, load_endpoint, write_endpoint
+from evo_merge.align.io import Endpoint, load_data, load_endpoint, write_endpoint
 from evo_merge.align.matching import activation_matching, mudsc_matching, weight_matching
 from evo_merge.align.methods import METHODS, NEEDS_DATA
 from evo_merge.align.spec import (
@@ -32,8 +34,11 @@ from evo_merge.align.spec import (
     check_same_shapes,
     identity,
     load_spec_yaml,
+    random_permutation,
 )
 from evo_merge.errors import UserError
+
+log = logging.getLogger(__name__)
 
 F_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -126,14 +131,13 @@ def align_models(
     names = list(names or [f"model {i}" for i in range(len(states))])
     if len(states) < 2:
         raise UserError("alignment needs at least two models")
-    if method not in METHODS:
-        raise UserError(f"alignment method {method!r} is not one of {METHODS}")
+    check_method(method, data is not None)
     check_same_shapes(list(states), names)
     split = [spec.split(s) for s in states]
     sizes = spec.sizes(split[0])
     if method == "c2m3":
         return Alignment(method, c2m3(spec, split, seed=seed))
-    if method in NEEDS_DATA and (modules is None or data is None):
+    if method in NEEDS_DATA and modules is None:
         raise UserError(f"alignment method {method} needs runnable models and --data")
     if method == "mudsc" and f is None:
         f = search_f(spec, modules[0], modules[1], data, labels, seed=seed)
@@ -148,6 +152,13 @@ def align_models(
         else:
             perms.append(mudsc_matching(spec, modules[0], modules[m], data, f, seed=seed))
     return Alignment(method, perms, f if method == "mudsc" else None)
+
+
+def check_method(method: str, data_given: bool, data_key: str = "--data") -> None:
+    if method not in METHODS:
+        raise UserError(f"alignment method {method!r} is not one of {METHODS}")
+    if method in NEEDS_DATA and not data_given:
+        raise UserError(f"alignment method {method} needs runnable models and {data_key}")
 
 
 def aligned_states(spec: PermSpec, states: Sequence[State], alignment: Alignment) -> list[State]:
@@ -169,15 +180,21 @@ def align_folders(
 ) -> Alignment:
     """Load model folders, align them, write each under `out` plus `permutations.json` (errors
     about `arch` and `data` name `arch_key` and `data_key`, the option or campaign key each came from)."""
+    if arch not in ARCHS:  # a mistyped built-in (`lama`) was read as a spec file that did not exist
+        check_arch(arch, None, arch_key)
+    check_method(method, data is not None, data_key)  # said before N models are loaded, as the path below
+    if data is not None and (not Path(data).exists() or Path(data).is_dir()):
+        load_data(data, None, data_key)  # names what is wrong with the path
+    written = None if arch in ARCHS else load_spec_yaml(arch)
     endpoints = [load_endpoint(p) for p in paths]
     names = _unique_names([e.path for e in endpoints])
     runnable = all(e.module is not None for e in endpoints)
     if endpoints[0].module is None and arch in ARCHS:
         raise UserError(f"{endpoints[0].path}: {arch_key} {arch} needs a config.json describing the model")
-    if arch not in ARCHS:  # a mistyped built-in (`lama`) was read as a spec file that did not exist
-        check_arch(arch, None, arch_key)
-    spec = spec_for(arch, endpoints[0].module, arch_key) if arch in ARCHS else load_spec_yaml(arch)
+    spec = written or spec_for(arch, endpoints[0].module, arch_key)
     x, y = load_data(data, endpoints[0], data_key) if data is not None else (None, None)
+    if written is not None:
+        check_keeps_function(written, endpoints[0], x, f"{arch_key} {arch}", seed)
     alignment = align_models(
         spec,
         [e.state for e in endpoints],
@@ -197,6 +214,45 @@ def align_folders(
 
 
 PERMUTATIONS_FILE = "permutations.json"
+FUNCTION_TOLERANCE = 1e-3  # of the largest output: float32 sums in another order move it by about 1e-6
+
+
+def check_keeps_function(spec: PermSpec, endpoint: Endpoint, data: torch.Tensor | None, where: str,
+                         seed: int = 0) -> None:
+    """A hand-written spec must move every axis its groups touch: one that left a tensor's input
+    axis out wrote "aligned" models computing another function (34% of argmax predictions kept)
+    with exit code 0. Model 0 permuted at random by the spec must compute what it did, on a few
+    rows of `data`, or on random token ids for a language model; a model that cannot be run, or
+    given no input, is not checked (said in a warning)."""
+    module = endpoint.module
+    vocab = getattr(getattr(module, "config", None), "vocab_size", None)
+    if data is not None:
+        probe = data[:4]
+    elif isinstance(vocab, int):
+        probe = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(seed))
+    else:
+        probe = None
+    if module is None or probe is None:
+        log.warning("%s: not checked against the model (%s); a spec that misses an axis writes models computing "
+                    "another function", where, "no config.json to run it" if module is None else "give --data")
+        return
+    sizes = spec.sizes(spec.split(endpoint.state))
+    permuted = apply_permutation(spec, endpoint.state, random_permutation(spec, sizes, np.random.default_rng(seed)))
+    want, got = (_outputs(module, state, probe) for state in (endpoint.state, permuted))
+    error, scale = float((got - want).abs().max()), float(want.abs().max())
+    if not error <= FUNCTION_TOLERANCE * scale + 1e-6:
+        raise UserError(f"{where}: the spec does not keep the model's function: model 0 permuted by it at random "
+                        f"computes outputs up to {error:.3g} away (of {scale:.3g}); every axis a group moves must be "
+                        "named, the input axis of the tensors reading a group as well as the output axis of those "
+                        "writing it")
+
+
+def _outputs(module: nn.Module, state: State, probe: torch.Tensor) -> torch.Tensor:
+    """The module's outputs (logits) on `probe` with its tensors taken from `state`."""
+    with torch.no_grad():
+        out = torch.func.functional_call(module.eval(), state, (probe,))
+    out = getattr(out, "logits", out)
+    return (out[0] if isinstance(out, tuple) else out).float()
 
 
 def check_alignment_output(out: Path, overwrite: bool, inputs: Sequence[str | Path]) -> None:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+from pydantic import Field
 
 from evo_merge.errors import UserError
+from evo_merge.schema import Strict, load_yaml, validate
 
 Perms = dict[str, np.ndarray]
 State = dict[str, torch.Tensor]
@@ -147,6 +148,11 @@ class PermSpec:
             blocks = self.groups[group].blocks
             if sizes[group] % blocks:
                 raise UserError(f"group {group} of size {sizes[group]} does not split into {blocks} blocks")
+        for unit in self.units:  # one block permutation serves them all: the first one's count was used
+            if len({self.groups[g].blocks for g in unit}) > 1:
+                counts = ", ".join(f"{g}: {self.groups[g].blocks}" for g in unit)
+                raise UserError(f"groups tied as {self.groups[unit[0]].tie!r} split into different numbers of "
+                                f"blocks ({counts}); tied groups move the same blocks")
         return sizes
 
 
@@ -226,28 +232,30 @@ def load_spec_yaml(path: str | Path) -> PermSpec:
     ```
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read permutation spec ({exc})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict):
-        raise UserError(f"{path}: a permutation spec needs a 'params' mapping")
-    axes = {}
-    for name, value in raw["params"].items():
-        if not isinstance(value, list) or not all(v is None or isinstance(v, str) for v in value):
-            raise UserError(f"{path}: params.{name} must be a list of group names or null")
-        axes[name] = tuple(value)
-    groups = {}
-    for name, opts in (raw.get("groups") or {}).items():
-        try:
-            opts = dict(opts or {})
-            opts["hooks"] = tuple(opts.get("hooks", ()))
-            groups[name] = Group(**opts)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"{path}: groups.{name}: {exc}") from None
-    fused = {}
-    for name, opts in (raw.get("fused") or {}).items():
-        if not isinstance(opts, dict) or "axis" not in opts or "parts" not in opts:
-            raise UserError(f"{path}: fused.{name} needs 'axis' and 'parts'")
-        fused[name] = (int(opts["axis"]), tuple(opts["parts"]))
-    return PermSpec(axes=axes, groups=groups, fused=fused, in_axis=dict(raw.get("in_axis") or {}))
+    spec = validate(_SpecFile, load_yaml(path), path)
+    fused = {name: (part.axis, tuple(part.parts)) for name, part in spec.fused.items()}
+    groups = {name: Group(g.blocks, g.within, g.tie, tuple(g.hooks)) for name, g in spec.groups.items()}
+    return PermSpec(axes={name: tuple(v) for name, v in spec.params.items()}, groups=groups, fused=fused,
+                    in_axis=dict(spec.in_axis))
+
+
+class _GroupFile(Strict):
+    blocks: int = Field(1, ge=1)
+    within: bool = True
+    tie: str | None = None
+    hooks: list[str] = []
+
+
+class _FusedFile(Strict):
+    axis: int = Field(ge=0)
+    parts: list[str] = Field(min_length=2)
+
+
+class _SpecFile(Strict):
+    """What a spec file may hold, checked at the edge: `blocks: 0` was a ZeroDivisionError deep in
+    the matching, `parts: qkv` the parts q, k and v."""
+
+    params: dict[str, list[str | None]] = Field(min_length=1)
+    groups: dict[str, _GroupFile] = {}
+    fused: dict[str, _FusedFile] = {}
+    in_axis: dict[str, int | None] = {}

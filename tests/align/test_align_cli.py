@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -270,3 +271,78 @@ def test_the_balance_factor_is_refused_by_a_method_without_one(tmp_path):
     result = _run("--models", tmp_path / "a", tmp_path / "b", "--arch", "mlp", "--f", "0.3", "--out", tmp_path / "o")
     _one_line_error(result, "--f is MuDSC's balance factor; --method weight does not use it")
     assert not (tmp_path / "o").exists()
+
+
+def _plain_pair_with_data(tmp_path):
+    for name, seed in (("a", 0), ("b", 1)):
+        _save_plain(tmp_path / name, CONFIGS["mlp"], seed)
+    save_file({"x": torch.randn(8, 20, generator=torch.Generator().manual_seed(0))}, tmp_path / "x.safetensors")
+    return tmp_path / "a", tmp_path / "b", tmp_path / "x.safetensors"
+
+
+def test_a_spec_that_misses_an_axis_is_refused_before_anything_is_written(tmp_path, caplog):
+    """`fcs.1.weight: [h1, null]` leaves its input axis out of h0: the aligned copy computed
+    another function (34% of argmax predictions kept) and the command exited 0."""
+    a, b, x = _plain_pair_with_data(tmp_path)
+    params = _mlp_params()
+    params["fcs.1.weight"] = ["h1", None]
+    broken = _yaml_spec(tmp_path, params)
+    _one_line_error(_run("--models", a, b, "--arch", broken, "--method", "weight", "--data", x,
+                         "--out", tmp_path / "o"), "does not keep the model's function")
+    assert not (tmp_path / "o").exists()
+    sound = tmp_path / "sound.yaml"
+    sound.write_text(yaml.safe_dump({"params": _mlp_params()}))
+    assert _run("--models", a, b, "--arch", sound, "--method", "weight", "--data", x,
+                "--out", tmp_path / "o").exit_code == 0
+    with caplog.at_level("WARNING", logger="evo_merge"):  # nothing to run the check on: said
+        assert _run("--models", a, b, "--arch", sound, "--out", tmp_path / "o2").exit_code == 0
+    assert "not checked against the model (give --data)" in caplog.text
+
+
+def test_a_language_model_s_spec_is_checked_on_random_tokens():
+    from evo_merge.align.api import check_keeps_function
+    from evo_merge.align.builders import spec_for
+    from evo_merge.align.io import Endpoint
+    from evo_merge.align.spec import PermSpec
+    from evo_merge.errors import UserError
+
+    model = make_tiny_causal_lm("llama", vocab_size=40, hidden=32, layers=2, heads=4, seed=0)
+    endpoint = Endpoint(Path("."), model.state_dict(), model)
+    spec = spec_for("llama", model)
+    check_keeps_function(spec, endpoint, None, "--arch spec.yaml")  # the built-in spec keeps it
+    name = next(n for n, axes in spec.axes.items() if "down_proj" in n and axes[1] is not None)
+    broken = PermSpec(axes={**spec.axes, name: (spec.axes[name][0], None)}, groups=spec.groups, fused=spec.fused,
+                      in_axis=spec.in_axis)
+    with pytest.raises(UserError, match="does not keep the model's function"):
+        check_keeps_function(broken, endpoint, None, "--arch spec.yaml")
+
+
+@pytest.mark.parametrize("groups,needle", [
+    ({"h0": {"blocks": 0}}, "groups.h0.blocks"),
+    ({"h0": {"blocks": "two"}}, "groups.h0.blocks"),
+    ({"h0": {"block": 2}}, "groups.h0.block"),
+])
+def test_a_spec_s_group_settings_are_checked_when_it_is_read(tmp_path, groups, needle):
+    """`blocks: 0` was a ZeroDivisionError, `blocks: -1` a ValueError, each with a traceback."""
+    a, b, _ = _plain_pair_with_data(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"params": _mlp_params(), "groups": groups}))
+    _one_line_error(_run("--models", a, b, "--arch", spec, "--out", tmp_path / "o"), needle)
+
+
+def test_tied_groups_with_different_block_counts_are_named(tmp_path):
+    a, b, _ = _plain_pair_with_data(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"params": _mlp_params(), "groups": {
+        "h0": {"blocks": 2, "tie": "t"}, "h1": {"blocks": 4, "tie": "t"}}}))
+    _one_line_error(_run("--models", a, b, "--arch", spec, "--out", tmp_path / "o"),
+                    "split into different numbers of blocks (h0: 2, h1: 4)")
+
+
+def test_cheap_mistakes_are_said_before_the_models_load(tmp_path):
+    """A missing --data was said only after every model was loaded in float32."""
+    missing = tmp_path / "nowhere"
+    _one_line_error(_run("--models", missing, missing, "--arch", "mlp", "--data", tmp_path / "x.safetensors",
+                         "--out", tmp_path / "o"), "--data", "no such file")
+    _one_line_error(_run("--models", missing, missing, "--arch", "mlp", "--method", "activation",
+                         "--out", tmp_path / "o"), "needs runnable models and --data")
