@@ -7,7 +7,7 @@ Face causal LM, a reference network of `evo_merge.weights.nets`), or a bare `mod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class Endpoint:
     state: State
     module: nn.Module | None = None
     tokenizer: Any | None = None
+    stored: dict[str, torch.dtype] = field(default_factory=dict)  # the module's tensors, as the folder keeps them
 
 
 def _read_state(path: Path) -> State:
@@ -45,23 +46,30 @@ def _read_state(path: Path) -> State:
 
 
 def load_endpoint(path: str | Path) -> Endpoint:
-    """Load one model folder (never runs remote code); in float32, as the matchers compute."""
+    """Load one model folder (never runs remote code); a runnable one in float32, as the matchers
+    compute, remembering the dtypes it is stored in (`write_endpoint` writes them again)."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: not a model folder")
     config = read_config(path) or {}
     if hf_model_type(config) is None and "arch" not in config:
         return Endpoint(path, _read_state(path))
-    module, tokenizer = load_model_folder(path, dtype=torch.float32)
-    return Endpoint(path, module.state_dict(), module, tokenizer)
+    module, tokenizer = load_model_folder(path)
+    stored = {name: t.dtype for name, t in module.state_dict().items()}
+    module.float()
+    return Endpoint(path, module.state_dict(), module, tokenizer, stored)
 
 
 def write_endpoint(endpoint: Endpoint, state: State, out: Path) -> None:
-    """Write `state` as a model folder of the same kind as `endpoint`, replacing `out`."""
+    """Write `state` as a model folder of the same kind as `endpoint`, replacing `out`, each tensor
+    in the dtype its folder stored it in: a permutation moves values without rounding them, and a
+    bfloat16 model was written in float32, twice its size. The module is left in those dtypes."""
     if endpoint.module is None:
         write_model_folder(out, state.items(), copy_from=endpoint.path, overwrite=True)
         return
     endpoint.module.load_state_dict(state)
+    for name, tensor in endpoint.module.state_dict(keep_vars=True).items():
+        tensor.data = tensor.data.to(endpoint.stored.get(name, tensor.dtype))
     save_model_folder(out, endpoint.module, endpoint.tokenizer, overwrite=True)
 
 
@@ -85,6 +93,7 @@ def load_data(path: str | Path, endpoint: Endpoint, key: str = "--data") -> tupl
         if "x" not in tensors:
             raise UserError(f"{key} {path}: needs a tensor named 'x'")
         x, y = tensors["x"], tensors.get("y")
+        x = x.float() if x.is_floating_point() else x  # the models run in float32, whatever they are stored in
         if x.ndim == 0 or len(x) < MIN_ROWS:  # statistics of one row match nothing: "0 units moved", exit 0
             raise UserError(f"{key} {path}: x holds {0 if x.ndim == 0 else len(x)} input(s); activation statistics "
                             f"need at least {MIN_ROWS}")

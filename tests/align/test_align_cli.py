@@ -346,3 +346,32 @@ def test_cheap_mistakes_are_said_before_the_models_load(tmp_path):
                          "--out", tmp_path / "o"), "--data", "no such file")
     _one_line_error(_run("--models", missing, missing, "--arch", "mlp", "--method", "activation",
                          "--out", tmp_path / "o"), "needs runnable models and --data")
+
+
+def test_a_bfloat16_model_is_aligned_into_bfloat16_exactly(tmp_path):
+    """The aligned copies were written in float32 (twice the size, and a campaign then merged
+    float32 copies); a permutation moves values, so each tensor is the original's, moved."""
+    from safetensors import safe_open
+
+    tok = build_char_tokenizer()
+    models = []
+    for name, seed in (("m0", 0), ("m1", 1)):
+        model = make_tiny_causal_lm("llama", vocab_size=len(tok), hidden=16, layers=1, heads=2, seed=seed)
+        model.to(torch.bfloat16).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        models.append(model)
+    result = _run("--models", tmp_path / "m0", tmp_path / "m1", "--arch", "llama", "--method", "weight",
+                  "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    with safe_open(tmp_path / "out" / "m1" / "model.safetensors", "pt") as aligned, \
+            safe_open(tmp_path / "m1" / "model.safetensors", "pt") as original:
+        assert set(aligned.keys()) == set(original.keys())
+        for name in original.keys():
+            a, o = aligned.get_tensor(name), original.get_tensor(name)
+            assert a.dtype == o.dtype == torch.bfloat16, name
+            assert torch.equal(a.flatten().sort().values, o.flatten().sort().values), name  # moved, not rounded
+    out = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "m1").eval().float()
+    ids = torch.randint(0, len(tok), (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(out(input_ids=ids).logits, models[1].float()(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
