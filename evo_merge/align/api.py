@@ -22,7 +22,7 @@ from torch import nn
 
 from evo_merge.align.builders import ARCHS, check_arch, spec_for
 from evo_merge.align.c2m3 import c2m3
-from evo_merge.align.features import forward
+from evo_merge.align.features import evaluated, forward
 from evo_merge.align.io import Endpoint, load_data, load_endpoint, write_endpoint
 from evo_merge.align.matching import activation_matching, mudsc_matching, weight_matching
 from evo_merge.align.methods import METHODS, NEEDS_DATA
@@ -83,11 +83,13 @@ def with_state(model: nn.Module, state: State) -> nn.Module:
 def merge_score(
     merged: nn.Module, endpoints: Sequence[nn.Module], data: torch.Tensor, labels: torch.Tensor | None
 ) -> float:
-    """Accuracy on `labels`, or (no labels) how often the merge's argmax agrees with each endpoint's."""
-    pred = forward(merged, data).argmax(-1)
-    if labels is not None:
-        return float((pred == labels).double().mean())
-    return float(np.mean([(pred == forward(m, data).argmax(-1)).double().mean() for m in endpoints]))
+    """Accuracy on `labels`, or (no labels) how often the merge's argmax agrees with each endpoint's
+    (the models in eval mode)."""
+    with evaluated([merged, *endpoints]):
+        pred = forward(merged, data).argmax(-1)
+        if labels is not None:
+            return float((pred == labels).double().mean())
+        return float(np.mean([(pred == forward(m, data).argmax(-1)).double().mean() for m in endpoints]))
 
 
 def search_f(

@@ -8,7 +8,8 @@ are read through forward hooks named in the spec and correlated over a data samp
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -100,7 +101,28 @@ def _register(model: nn.Module, spec: PermSpec, store: dict[str, list[torch.Tens
 def activation_correlations(
     models: Sequence[nn.Module], spec: PermSpec, data: torch.Tensor, batch: int = 256
 ) -> dict[str, np.ndarray]:
-    """Per group, the Pearson correlation of all units of all models ((M n) x (M n))."""
+    """Per group, the Pearson correlation of all units of all models ((M n) x (M n)), the models
+    run in eval mode (`evaluated`)."""
+    with evaluated(models):
+        return _correlations(models, spec, data, batch)
+
+
+@contextmanager
+def evaluated(models: Sequence[nn.Module]) -> Iterator[None]:
+    """The models in eval mode while inside, each given back in its own mode: in train mode the
+    matching read batch statistics and dropped units, and every forward moved the caller's
+    BatchNorm running statistics (which a state dict taken without a copy then carried)."""
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)
+
+
+def _correlations(models: Sequence[nn.Module], spec: PermSpec, data: torch.Tensor, batch: int) -> dict[str, np.ndarray]:
     sums: dict[str, torch.Tensor] = {}
     outer: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}

@@ -18,7 +18,9 @@ from evo_merge.align.features import forward
 
 @torch.no_grad()
 def reset_batchnorm(model: nn.Module, data: torch.Tensor, batch: int = 256) -> bool:
-    """Recompute every BatchNorm's running statistics on `data`; False if there is none."""
+    """Recompute every BatchNorm's running statistics on `data`; False if there is none. The norms
+    keep `momentum=None` (a cumulative average, so the statistics are the whole sample's) and the
+    model is left in eval mode, as the statistics are meant to be used."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()

@@ -43,6 +43,25 @@ def test_recovers_permuted_copy(name, method):
     _assert_same(aligned_states(spec, [state, permuted], found)[1], state)
 
 
+@pytest.mark.parametrize("method", ["activation", "mudsc"])
+def test_matching_on_activations_leaves_the_caller_s_models_as_they_were(method):
+    """Models in train mode were run so: the matching read batch statistics, and each forward
+    moved their BatchNorm running statistics, which a state dict taken without a copy carried
+    into the aligned output."""
+    net = trained_like(CONFIGS["cnn_bn"], seed=0)
+    spec, state, permuted, perms = _permuted("cnn", net, seed=3)
+    other = with_state(net, permuted)
+    net.train(), other.train()
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (net, other)]
+    data = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
+    found = align_models(spec, [net.state_dict(), other.state_dict()], method, modules=[net, other], data=data)
+    assert net.training and other.training
+    for model, saved in zip((net, other), before):
+        _assert_same(model.state_dict(), saved)
+    for g, p in found.perms[1].items():  # and what eval-mode activations say: the copy's true permutation
+        np.testing.assert_array_equal(p, inverse(perms)[g])
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_weight_matching_recovers_heads(arch):
     model = make_tiny_causal_lm(arch, vocab_size=40, hidden=32, layers=2, heads=4, seed=0)
