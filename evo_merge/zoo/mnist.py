@@ -11,6 +11,7 @@ training settings, and a model whose settings did not change is reused, not retr
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,10 @@ def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((net(x).argmax(-1) == y).double().mean())
 
 
-def mnist_task(zoo: str | Path, split: str = "test", name: str = "mnist", **settings: Any) -> Any:
-    """The zoo's held-out digits as a fitness task (for campaigns: `task: evo_merge.zoo.mnist:mnist_task`)."""
+def mnist_task(zoo: str | Path, split: str = "test", name: str = "mnist", batch_size: int = 1024) -> Any:
+    """The zoo's held-out digits as a fitness task (for campaigns: `task: evo_merge.zoo.mnist:mnist_task`).
+    Its settings are named, so a misspelt option (`spilt: train`) is refused as any task's is,
+    where it silently scored the test split."""
     from evo_merge.tasks.torch_task import TorchClassificationTask
 
     file = Path(zoo) / "data" / f"{split}.safetensors"
@@ -79,7 +82,7 @@ def mnist_task(zoo: str | Path, split: str = "test", name: str = "mnist", **sett
         data["y"],
         item_ids=[f"{name}-{i:05d}" for i in range(len(data["y"]))],
         scenarios=scenarios,
-        batch_size=settings.get("batch_size", 1024),
+        batch_size=batch_size,
     )
 
 
@@ -95,15 +98,31 @@ def _plan(mlp_hidden: Sequence[int], cnn_channels: Sequence[int], n_seeds: int) 
     return plan
 
 
-def _claim(out: Path, own: set[str]) -> None:
-    """Refuse, before any training, a folder holding anything but this zoo's entries (`own`): a run
-    folder or another zoo gained `data/` and `mlp-s0/` beside its own files. A new, empty or earlier
-    mnist zoo folder (reused) is fine."""
+MODEL_FOLDER = re.compile(r"^(mlp|cnn)-(s\d+|lo|hi)$")  # any build's model folders (more seeds than this one)
+
+
+def _claim(out: Path, own: set[str], seed: int, force: bool) -> None:
+    """Refuse, before any training, a folder holding anything but an mnist zoo's entries (`own`, and
+    the model folders of a build with more seeds): a run folder or another zoo gained `data/` and
+    `mlp-s0/` beside its own files. Unless `force`, refuse a zoo built from another data seed too:
+    its test split is rewritten first, and the items `mnist-00000`... of runs started on it would
+    name other digits. A new, empty or earlier mnist zoo folder (reused) is fine."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file, not a zoo folder")
-    other = sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
+    other = sorted(p.name for p in out.iterdir() if p.name not in own and not MODEL_FOLDER.match(p.name)) \
+        if out.is_dir() else []
     if other:
         raise UserError(f"{out}: holds {other[0]!r}, which is no part of an mnist zoo; give a new or empty folder")
+    manifest = out / "manifest.json"
+    if not force and manifest.is_file():
+        try:
+            built = json.loads(manifest.read_text(encoding="utf-8")).get("data_seed")
+        except (ValueError, AttributeError):  # not a manifest a build wrote: nothing to compare
+            built = None
+        if built is not None and built != seed:
+            raise UserError(f"{out}: holds an mnist zoo built with seed {built}; seed {seed} splits the digits "
+                            "otherwise, and the items of runs started on it would name other digits; give another "
+                            f"folder, or replace it with `evo-merge zoo build --kind mnist --out {out} --force`")
 
 
 def build_mnist_zoo(
@@ -121,7 +140,7 @@ def build_mnist_zoo(
     accuracy table."""
     out = Path(out)
     plan = _plan(mlp_hidden, cnn_channels, n_seeds)
-    _claim(out, {"data", "accuracy.csv", "manifest.json", *plan})
+    _claim(out, {"data", "accuracy.csv", "manifest.json", *plan}, seed, force)
     data = load_mnist(seed)
     (out / "data").mkdir(parents=True, exist_ok=True)
     save_safetensors({"x": data["x_train"], "y": data["y_train"]}, out / "data" / "train.safetensors")
@@ -161,6 +180,7 @@ def build_mnist_zoo(
     table.to_csv(out / "accuracy.csv", index=False)
     kinds = ("mlp", "cnn")
     manifest = {
+        "data_seed": seed,
         "seeds": {k: [f"{k}-s{s}" for s in range(n_seeds)] for k in kinds},
         "disjoint": {k: [f"{k}-lo", f"{k}-hi"] for k in kinds},
         "data": {"train": "data/train.safetensors", "test": "data/test.safetensors"},

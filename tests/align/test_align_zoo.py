@@ -47,3 +47,33 @@ def test_a_relative_zoo_option_that_is_not_there_says_where_it_was_looked_for(tm
     with pytest.raises(UserError) as caught:
         mnist_task(tmp_path / "zoo")
     assert "working directory" not in str(caught.value)
+
+
+def test_a_zoo_of_another_seed_is_not_rebuilt_in_place_without_force_and_fewer_seeds_reuse_it(tmp_path):
+    """Seed 1 into a seed-0 zoo rewrote its test split first: items mnist-00000... of the runs
+    started on it named other digits. A rebuild with fewer seeds called the zoo's own `mlp-s1`
+    "no part of an mnist zoo"."""
+    from evo_merge.errors import UserError
+
+    out = build_mnist_zoo(tmp_path / "zoo", seed=0, **TINY)
+    test = (out / "data" / "test.safetensors").read_bytes()
+    with pytest.raises(UserError, match="built with seed 0; seed 1 splits the digits otherwise.*--force"):
+        build_mnist_zoo(out, seed=1, **TINY)
+    assert (out / "data" / "test.safetensors").read_bytes() == test
+    build_mnist_zoo(out, seed=0, **{**TINY, "n_seeds": 1})  # an earlier build's mlp-s1 is the zoo's own
+    assert json.loads((out / "manifest.json").read_text())["seeds"]["mlp"] == ["mlp-s0"]
+    build_mnist_zoo(out, seed=1, force=True, **{**TINY, "n_seeds": 1})
+    assert (out / "data" / "test.safetensors").read_bytes() != test
+
+
+def test_a_misspelt_mnist_task_option_is_refused(tmp_path):
+    """`spilt: train` was taken by **settings and the test split scored."""
+    from evo_merge.errors import UserError
+    from evo_merge.tasks.registry import resolve_task
+
+    out = build_mnist_zoo(tmp_path / "zoo", seed=0, **{**TINY, "n_seeds": 1})
+    with pytest.raises(UserError, match="no option 'spilt'"):
+        resolve_task("evo_merge.zoo.mnist:mnist_task", zoo=str(out), spilt="train", batch_size=7)
+    train = resolve_task("evo_merge.zoo.mnist:mnist_task", zoo=str(out), split="train", batch_size=7)
+    test = resolve_task("evo_merge.zoo.mnist:mnist_task", zoo=str(out), batch_size=7)
+    assert len(train.item_ids) > len(test.item_ids)  # an 80/20 split
