@@ -24,6 +24,14 @@ M = TypeVar("M", bound=BaseModel)
 MAX_VALUES = 1_000_000  # far above any campaign or recipe; a YAML alias bomb is far above it
 
 
+def is_path_like(value: str) -> bool:
+    """Whether a string that may be a name (a task, an architecture) is a path instead: one with a
+    `/` or a YAML suffix. Only those are paths, wherever the working directory is (a folder named
+    `lang` there silently replaced the shipped benchmark), and a campaign makes them absolute
+    against its file's folder."""
+    return value.endswith((".yaml", ".yml")) or "/" in value
+
+
 def load_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a missing file or a syntax error is a UserError with line and column."""
     path = Path(path)

@@ -23,6 +23,7 @@ from evo_merge.config import DEFAULTS_VERSION, Campaign
 from evo_merge.errors import MissingModel, UserError
 from evo_merge.irt.kinds import FULL_EVALUATION
 from evo_merge.irt.model import MIN_SUBJECTS
+from evo_merge.schema import is_path_like
 from evo_merge.search.binding import (
     CAMPAIGN_FILE,
     CAMPAIGN_TEXT_META,
@@ -92,17 +93,14 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
         relative_path = (uri.startswith(("file:", ".", "~")) or "/" in path) and "://" not in path
         return "file:" + absolute(path) if relative_path and not path.startswith("/") else uri
 
-    def is_path(value: str) -> bool:  # as the task registry reads it: not a shipped name or a plugin
-        return value.endswith((".yaml", ".yml")) or "/" in value
-
-    tasks = [t.model_copy(update={"task": absolute(t.task)}) if is_path(t.task) else t for t in campaign.tasks]
+    tasks = [t.model_copy(update={"task": absolute(t.task)}) if is_path_like(t.task) else t for t in campaign.tasks]
     estimator = campaign.estimator
     if estimator.irt_model is not None:
         estimator = estimator.model_copy(update={"irt_model": absolute(estimator.irt_model)})
     align = campaign.align
     if align is not None:
         align = align.model_copy(update={"data": align.data and absolute(align.data),
-                                         "arch": absolute(align.arch) if is_path(align.arch) else align.arch})
+                                         "arch": absolute(align.arch) if is_path_like(align.arch) else align.arch})
     tracking = campaign.tracking
     if tracking is not None and tracking.mlflow is not None:
         mlflow = tracking.mlflow.model_copy(update={"uri": store_uri(tracking.mlflow.uri)})

@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from evo_merge.errors import UserError, described, did_you_mean, first_line
-from evo_merge.schema import malformed_yaml
+from evo_merge.schema import is_path_like, malformed_yaml
 from evo_merge.tasks.base import ItemTable, score_series
 
 _LOGGERS = ("lm_eval", "lm-eval", "datasets")
@@ -219,13 +219,14 @@ def _absolute(files: Any, root: Path, yaml_path: Path) -> Any:
 
 def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     """The lm-eval Task objects a spec names, by task name, and the name they go by: one task from
-    a registry name, a task YAML or a folder of task YAMLs (the first YAML names it; the folder
-    is the include path), or a group's tasks (a registry group such as `mmlu`, or a group YAML)."""
+    a registry name, a task YAML or a folder of task YAMLs (a `Path`, or a string with a `/` or a
+    YAML suffix; the first YAML names it; the folder is the include path), or a group's tasks (a
+    registry group such as `mmlu`, or a group YAML)."""
     from lm_eval.tasks import TaskManager
 
     _quiet()
     path, label = Path(spec), str(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if isinstance(spec, Path) or is_path_like(str(spec)):  # a bare name is a name, whatever folder is here
         if not path.exists():
             raise UserError(f"task file {path} not found")
         first = _yaml_files(path)[0]

@@ -1,8 +1,11 @@
 """Turn a task string from a config or the command line into a `FitnessTask`.
 
 Accepted, in this order: a `module:attribute` plugin string; a name registered under the
-entry-point group `evo_merge.tasks`; a path to an lm-eval task YAML or folder; the name of a
-benchmark shipped with evo-merge (`arith` or `evo_arith`; see `evo_merge.shipped`); an lm-eval registry task name.
+entry-point group `evo_merge.tasks`; a path to an lm-eval task YAML or folder (`schema.is_path_like`:
+with a `/` or a YAML suffix, so `./mytask` for a folder beside you); the name of a benchmark
+shipped with evo-merge (`arith` or `evo_arith`; see `evo_merge.shipped`); an lm-eval registry
+task name. A bare name is never read as a path: the working directory decided before, and a
+folder named `lang` there (the demo zoo has one) silently replaced the shipped benchmark.
 A plugin attribute is either a `FitnessTask` or a callable returning one (called with the
 settings). Resolved tasks are cached per process, so the search builds each task once.
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evo_merge.errors import UserError
+from evo_merge.schema import is_path_like
 from evo_merge.shipped import shipped_dir
 from evo_merge.tasks.base import FitnessTask
 
@@ -113,18 +117,23 @@ def _import_attribute(spec: str) -> Any:
 def _build(spec: str, settings: dict[str, Any]) -> FitnessTask:
     from evo_merge.tasks.lmeval import LMEvalTask
 
-    if _PLUGIN.match(spec) and not Path(spec).exists():
+    if _PLUGIN.match(spec):
         return _from_plugin(_import_attribute(spec), spec, settings)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:
             return _from_plugin(ep.load(), spec, settings)
-    if Path(spec).exists() or spec.endswith((".yaml", ".yml")) or "/" in spec:
+    if is_path_like(spec):
         return _made(LMEvalTask, spec, settings, spec)
     shipped = shipped_benchmarks()
     name = spec.removeprefix("evo_")
     if name in shipped:
         return _made(LMEvalTask, spec, settings, shipped[name])
-    return _made(LMEvalTask, spec, settings, spec)
+    try:
+        return _made(LMEvalTask, spec, settings, spec)
+    except UserError as error:
+        if Path(spec).exists():  # a task folder given by its bare name, as the working directory used to read it
+            raise UserError(f"{error}; a task folder is given as a path: ./{spec}") from None
+        raise
 
 
 def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask:
