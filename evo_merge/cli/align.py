@@ -5,20 +5,21 @@ from __future__ import annotations
 import click
 
 from evo_merge.align.methods import METHODS
+from evo_merge.cli.paths import UserPath
 from evo_merge.errors import UserError
 
 
 @click.command("align")
-@click.option("--models", "first", required=True, help="Model folders: --models A B [C ...].")
-@click.argument("more", nargs=-1)
+@click.option("--models", "first", required=True, type=UserPath(), help="Model folders: --models A B [C ...].")
+@click.argument("more", nargs=-1, type=UserPath())
 @click.option("--arch", required=True, help="mlp | cnn | resnet | llama | gpt2 | SPEC.yaml")
 @click.option("--method", type=click.Choice(METHODS), default="weight", show_default=True,
               help="Matching on weights (weight, c2m3) or on activations of --data (activation, mudsc).")
-@click.option("--data", type=click.Path(), default=None,
+@click.option("--data", type=UserPath(), default=None,
               help="Inputs for activation and mudsc: .safetensors with x (and y), or a text file.")
 @click.option("--f", "balance", type=float, default=None, help="MuDSC balance factor (searched if omitted).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the matching.")
-@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@click.option("--out", required=True, type=UserPath(), help="Output folder.")
 @click.option("--overwrite", is_flag=True, help="replace an earlier alignment in --out (once the new one is written)")
 def align(first: str, more: tuple[str, ...], arch: str, method: str, data, balance, seed: int, out: str,
           overwrite: bool) -> None:

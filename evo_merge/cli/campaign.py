@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING
 
 import click
 
+from evo_merge.cli.paths import UserPath
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from evo_merge.config import Campaign
     from evo_merge.search.store import CampaignStore, Evaluation
 
-RUN_DIR = click.argument("run", type=click.Path(path_type=Path))
+RUN_DIR = click.argument("run", type=UserPath(path_type=Path))
 
 
 def _campaign_file(run: Path) -> Path:
@@ -210,8 +212,8 @@ def _run(runner) -> None:
 
 
 @click.command()
-@click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path),
+@click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=UserPath(path_type=Path))
+@click.option("--out", required=True, type=UserPath(path_type=Path),
               help="run folder (created; a run of the same campaign in it is resumed)")
 def run(campaign_file: Path, out: Path) -> None:
     """Start a search campaign in the run folder OUT (an existing run of the same campaign is resumed)."""
@@ -431,7 +433,7 @@ def report(run: Path) -> None:
 @click.command()
 @RUN_DIR
 @click.option("--pick", "pick", required=True, type=int, help="evaluation id (the id column of evaluations.csv)")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="model folder to write")
+@click.option("--out", required=True, type=UserPath(path_type=Path), help="model folder to write")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it is a model folder (once the new one is complete)")
 @click.option("--push-to-hub", "repo_id", metavar="ORG/NAME", help="upload the exported folder to this Hub repo")
 @click.option("--private", is_flag=True, help="create the Hub repo private")

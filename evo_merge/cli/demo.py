@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from evo_merge.cli.paths import UserPath
+
 DEFAULT_ZOO = Path("runs/zoo/tiny-lm")
-ZOO = click.option("--zoo", default=str(DEFAULT_ZOO), type=click.Path(path_type=Path), show_default=True,
+ZOO = click.option("--zoo", default=str(DEFAULT_ZOO), type=UserPath(path_type=Path), show_default=True,
                    help="tiny-lm zoo folder (built if missing)")
 
 
@@ -31,7 +33,7 @@ def _zoo(zoo: Path) -> list[str]:
 
 
 @click.command()
-@click.option("--out", default="campaign.yaml", type=click.Path(path_type=Path), show_default=True,
+@click.option("--out", default="campaign.yaml", type=UserPath(path_type=Path), show_default=True,
               help="campaign file to write (refused if it exists)")
 @ZOO
 def init(out: Path, zoo: Path) -> None:
@@ -49,7 +51,7 @@ def init(out: Path, zoo: Path) -> None:
 
 
 @click.command()
-@click.option("--out", default="runs/demo", type=click.Path(path_type=Path), show_default=True,
+@click.option("--out", default="runs/demo", type=UserPath(path_type=Path), show_default=True,
               help="run folder (created; the demo's run in it is resumed), its campaign written beside it as OUT.yaml "
                    "(a file there the demo did not write is left alone, and the demo stops)")
 @ZOO

@@ -7,14 +7,15 @@ from typing import Any
 
 import click
 
+from evo_merge.cli.paths import UserPath
 from evo_merge.config import EvaluatorSpec
 
 
 @click.command("eval")
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--model", "model_dir", required=True, type=UserPath(path_type=Path),
               help="Model folder (HF, or a plain network with an `arch` config), or a MASS folder.")
 @click.option("--task", "task_spec", required=True, help="Task: lm-eval name, YAML/folder, shipped benchmark, plugin.")
-@click.option("--items", "items_file", type=click.Path(path_type=Path),
+@click.option("--items", "items_file", type=UserPath(path_type=Path),
               help="File of item ids, one per line; or an anchor set `irt anchors` stored (MODEL/anchors/*.json): "
                    "its anchors that are items of the task.")
 @click.option("--batch-size", default=EvaluatorSpec.model_fields["batch_size"].default, show_default=True,
@@ -23,7 +24,7 @@ from evo_merge.config import EvaluatorSpec
 @click.option("--metric", default=None, help="lm-eval metric[,filter], e.g. exact_match,strip.")
 @click.option("--subject", default=None, help="Subject name in the table (default: the folder name).")
 @click.option("--allow-pickle", is_flag=True, help="also read .bin weights (pickle: only from a source you trust)")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output CSV.")
+@click.option("--out", required=True, type=UserPath(path_type=Path), help="Output CSV.")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise, before any scoring)")
 def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject, allow_pickle, out,
           overwrite) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from evo_merge.cli.outputs import check_irt_model_folder, check_output_file, write_output_file
+from evo_merge.cli.paths import UserPath
 from evo_merge.console import results_console
 from evo_merge.errors import UserError, naming_file
 from evo_merge.irt.kinds import (
@@ -116,7 +117,7 @@ ITEMS_AS_ROWS = click.option("--items-as-rows", is_flag=True,
 
 def _layout_flags(command):
     """--items-as-rows and --scenarios: how a RESPONSES file is laid out, shared by `fit` and `validate`."""
-    command = click.option("--scenarios", "scenarios", type=click.Path(path_type=Path), default=None,
+    command = click.option("--scenarios", "scenarios", type=UserPath(path_type=Path), default=None,
                            help="CSV item,scenario naming each item's scenario (benchmark), for a file without "
                            "a scenario column.")(command)
     return ITEMS_AS_ROWS(command)
@@ -134,8 +135,8 @@ def irt() -> None:
 
 
 @irt.command()
-@click.argument("responses", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
+@click.argument("responses", type=UserPath(path_type=Path))
+@click.option("--out", "out", required=True, type=UserPath(path_type=Path), help="Model folder to write.")
 @click.option("--overwrite", is_flag=True, help="replace the IRT model in --out, and its anchors")
 @_layout_flags
 @_backend_flags
@@ -161,7 +162,7 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
 
 
 @irt.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", type=UserPath(path_type=Path))
 @click.option("--budget", type=click.IntRange(min=1), required=True,
               help="Anchors per scenario (a scenario with fewer items gets them all).")
 @click.option("--method", type=click.Choice(ANCHOR_METHODS), default=DEFAULT_ANCHOR_METHOD, show_default=True,
@@ -186,8 +187,8 @@ def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: in
 
 
 @irt.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--responses", "partial", required=True, type=click.Path(path_type=Path), help="Anchor scores (long).")
+@click.argument("model_dir", type=UserPath(path_type=Path))
+@click.option("--responses", "partial", required=True, type=UserPath(path_type=Path), help="Anchor scores (long).")
 @click.option("--estimator", type=click.Choice(ESTIMATOR_KINDS), default=DEFAULT_ESTIMATOR_KIND, show_default=True,
               help="adaptive: p-IRT from whatever items each subject was scored on, SE per subject.")
 @click.option("--endpoints", default=None, help="Endpoint subject ids (comma-separated) or their full responses file.")
@@ -197,7 +198,7 @@ def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: in
 @click.option("--gmp-delta", default="auto", show_default=True,
               help="gmpirt anchor weight: 'auto' or a number in [0, 1] (MERGE3 uses 0.5).")
 @ITEMS_AS_ROWS
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="CSV file (default: stdout).")
+@click.option("--out", type=UserPath(path_type=Path), default=None, help="CSV file (default: stdout).")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise, before any estimate)")
 def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | None, budget: int | None,
              method: str | None, gmp_delta: str, items_as_rows: bool, out: Path | None, overwrite: bool) -> None:
@@ -234,7 +235,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 
 
 @irt.command()
-@click.argument("responses", type=click.Path(path_type=Path))
+@click.argument("responses", type=UserPath(path_type=Path))
 @click.option("--hold-out", type=click.Choice(HOLD_OUTS), default="random", show_default=True,
               help="Which subjects are held out: at random, or the strongest / weakest by mean score (unlike "
               "every training subject, as a campaign's best merges can be).")
@@ -260,7 +261,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--endpoints", default=None, help="Training subject ids (comma-separated): adds mp-IRT rows.")
 @click.option("--overall", is_flag=True,
               help="Error of the item-weighted mean over the scenarios (a task's score), not of each scenario.")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Also write the table as CSV.")
+@click.option("--csv", "csv_path", type=UserPath(path_type=Path), default=None, help="Also write the table as CSV.")
 @click.option("--overwrite", is_flag=True, help="replace an existing --csv file (refused otherwise, before any fit)")
 @click.pass_context
 def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: float, folds: str, budgets: str,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from evo_merge.cli.paths import UserPath
+
 
 @click.group("mass")
 def mass() -> None:
@@ -13,10 +15,11 @@ def mass() -> None:
 
 
 @mass.command("build")
-@click.option("--base", required=True, type=click.Path(path_type=Path), help="Base model folder.")
-@click.option("--models", "first", required=True, help="Fine-tuned model folders: --models A B [C ...].")
-@click.argument("more", nargs=-1)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output MASS folder.")
+@click.option("--base", required=True, type=UserPath(path_type=Path), help="Base model folder.")
+@click.option("--models", "first", required=True, type=UserPath(),
+              help="Fine-tuned model folders: --models A B [C ...].")
+@click.argument("more", nargs=-1, type=UserPath())
+@click.option("--out", required=True, type=UserPath(path_type=Path), help="Output MASS folder.")
 @click.option("--layer", type=int, default=None, help="Block routed on (default: the middle block).")
 @click.option("--threshold", type=float, default=0.2, show_default=True, help="Keep tasks above this probability.")
 @click.option("--max-tasks", type=int, default=3, show_default=True, help="Keep at most this many tasks.")

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from evo_merge.cli.paths import UserPath
+
 
 @click.command()
-@click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="output model folder")
+@click.argument("recipe", type=UserPath(path_type=Path))
+@click.option("--out", required=True, type=UserPath(path_type=Path), help="output model folder")
 @click.option("--dtype", default=None,
               help="computation and output dtype: float32, bfloat16, float16 (or fp32, bf16, fp16, half; "
                    "default: the recipe's)")

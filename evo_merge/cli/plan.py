@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from evo_merge.cli.paths import UserPath
+
 
 def campaign_models(campaign_file: Path):
     """(campaign with absolute paths, base path, endpoint paths) as the run will see them; with
@@ -110,8 +112,8 @@ def item_budget(campaign, tasks: dict, n_models: int) -> str:
 
 
 @click.command()
-@click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=UserPath(path_type=Path))
+@click.option("--out", type=UserPath(path_type=Path), default=None,
               help="the run folder: a campaign bound to it is planned as it resumes there (with the defaults "
                    "it was written under), and only what a resume may change is suggested")
 def plan(campaign_file: Path, out: Path | None) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
+from evo_merge.cli.paths import UserPath
+
 
 @click.command()
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder", type=UserPath(path_type=Path))
 @click.argument("repo_id", metavar="ORG/NAME")
 @click.option("--private", is_flag=True, help="create the Hub repo private")
 @click.option("--revision", help="Hub branch to upload to (created if missing)")

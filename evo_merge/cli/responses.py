@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from evo_merge.cli.paths import UserPath
+
 
 @click.group()
 def responses() -> None:
@@ -13,14 +15,14 @@ def responses() -> None:
 
 
 @responses.command("build")
-@click.option("--zoo", required=True, type=click.Path(path_type=Path), help="zoo folder (base/ + endpoints, zoo.json)")
+@click.option("--zoo", required=True, type=UserPath(path_type=Path), help="zoo folder (base/ + endpoints, zoo.json)")
 @click.option("--tasks", required=True, help="comma-separated task names or paths")
 @click.option("--n-merges", default=60, show_default=True, type=click.IntRange(min=0),
               help="random merges besides base and endpoints")
 @click.option("--scenario", type=click.Choice(["task", "subskill"]), default="task", show_default=True,
               help="IRT scenario of each item: its task, or the task's own scenario (TASK:SCENARIO)")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="seed of the random merges")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="long-format CSV")
+@click.option("--out", required=True, type=UserPath(path_type=Path), help="long-format CSV")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise, before any scoring)")
 def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: Path, overwrite: bool) -> None:
     """Score the base, the endpoints and N random merges on every item of every task."""
@@ -54,9 +56,9 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
 
 
 @responses.command("export")
-@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("run", type=UserPath(path_type=Path))
 @click.option("--task", help="one task's rows only (its items as the task names them, for `irt fit`)")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="long-format CSV")
+@click.option("--out", required=True, type=UserPath(path_type=Path), help="long-format CSV")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise)")
 def export(run: Path, task: str | None, out: Path, overwrite: bool) -> None:
     """What campaign RUN measured on every search item: one row per candidate and item, subjects

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from evo_merge.cli.paths import UserPath
+
 KINDS = ("tiny-lm", "smollm2", "mnist")
 
 
@@ -16,7 +18,7 @@ def zoo() -> None:
 
 @zoo.command("build")
 @click.option("--kind", type=click.Choice(KINDS), default="tiny-lm", show_default=True, help="Which zoo.")
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Output folder.")
+@click.option("--out", required=True, type=UserPath(path_type=Path, file_okay=False), help="Output folder.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of data and training.")
 @click.option("--force", is_flag=True, help="Rebuild even when OUT holds a zoo with the same settings.")
 def build(kind: str, out: Path, seed: int, force: bool) -> None:

@@ -1,0 +1,32 @@
+"""Every path a command takes has `~` expanded, as the shell leaves it in `--out=~/x`."""
+
+import click
+from click.testing import CliRunner
+
+from evo_merge.cli import cli
+from evo_merge.cli.paths import UserPath
+
+
+def _commands(group: click.Group, ctx: click.Context):
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, click.Context(command, parent=ctx, info_name=name))
+        else:
+            yield name, command
+
+
+def test_every_path_parameter_expands_home():
+    """Some writers expanded `~` and others did not: `run --out '~/r'` put its database in a folder
+    named `~` under the working directory and its exported models in the home folder."""
+    ctx = click.Context(cli, info_name="evo-merge")
+    paths = [(name, p.name, type(p.type)) for name, command in _commands(cli, ctx) for p in command.params
+             if isinstance(p.type, click.Path)]
+    assert len(paths) > 30
+    assert [p for p in paths if p[2] is not UserPath] == []
+
+
+def test_a_tilde_path_is_the_home_folder_s(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = CliRunner().invoke(cli, ["merge", "~/recipe.yaml", "--out", "~/merged"])
+    assert result.exit_code == 2 and f"{tmp_path / 'recipe.yaml'}: no such file" in result.output, result.output
