@@ -158,7 +158,10 @@ class EstimatorSpec(_Checked):
         `anchors` with `kind: full`, `dims` beside a fitted `irt_model`), each with the reason: a
         user who set one expects it to act. Said, not refused: a run folder's own campaign.yaml may
         carry one, and a resume must not fail on a key that changes nothing."""
-        given = self.model_fields_set - {"kind"}
+        # set to something other than its default: a run folder's campaign.yaml writes every default out,
+        # and each resume of a gpirt run said max_items and target_se were not used
+        given = {key for key in self.model_fields_set - {"kind"}
+                 if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True)}
         unused: dict[str, str] = {}
         if self.kind == FULL_EVALUATION:
             unused |= dict.fromkeys(given, "kind: full scores every item, no estimator")
@@ -319,6 +322,9 @@ class FinalSpec(_Checked):
             if value:
                 raise ValueError("give a fraction in (0, 1), a number of items, auto, or null (none)")
             return None
+        if isinstance(value, str) and value != "auto":  # "-3" was turned into -3 after these checks
+            raise ValueError(f"give a fraction in (0, 1), a number of items, auto, or null (none), not the text "
+                             f"{value!r}")
         if isinstance(value, float) and not 0 < value < 1:
             raise ValueError(f"a fraction must lie in (0, 1), got {value}")
         if isinstance(value, int) and value < 0:

@@ -849,6 +849,15 @@ def test_estimator_settings_its_kind_never_reads_are_named(estimator, said):
     assert EstimatorSpec(**estimator).ignored_settings() == said
 
 
+def test_a_run_folder_s_written_out_defaults_are_not_called_unused():
+    """A run folder's campaign.yaml holds every default: each resume of a gpirt run said
+    max_items and target_se were not used, settings nobody wrote."""
+    from evo_merge.config import EstimatorSpec
+
+    for kind in ("gpirt", "adaptive", "full"):
+        assert EstimatorSpec(**EstimatorSpec(kind=kind).model_dump()).ignored_settings() == [], kind
+
+
 def test_plan_says_which_estimator_settings_change_nothing(tmp_path, zoo, caplog):
     path = campaign(tmp_path, zoo, estimator={"kind": "full", "anchors": 5})
     with caplog.at_level("WARNING", logger="evo_merge"):

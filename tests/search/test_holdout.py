@@ -79,3 +79,15 @@ def test_a_model_fitted_elsewhere_chooses_anchors_among_the_search_items_only():
     anchors = select_anchors(kept, 3, "random", seed=0)
     assert set(anchors.all_items()) <= set(kept.item_ids)
     assert without_items(model, frozenset()) is model
+
+
+@pytest.mark.parametrize("text", ["-3", "-0.5", "1e3", "0.2"])
+def test_a_holdout_written_as_text_is_refused_not_turned_into_an_unchecked_number(text):
+    """`holdout: "-3"` became -3 after the checks: plan counted 2,406 search items of 2,400."""
+    from pydantic import ValidationError
+
+    from evo_merge.config import FinalSpec
+
+    with pytest.raises(ValidationError, match="not the text"):
+        FinalSpec(holdout=text)
+    assert FinalSpec(holdout="auto").holdout == "auto"
