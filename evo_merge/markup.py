@@ -1,4 +1,5 @@
-"""Escaping of user strings (model names, task names, titles) for the Markdown and HTML we write.
+"""Escaping of user strings (model names, task names, titles) for the Markdown and HTML we write,
+and for the shell commands we print to be pasted.
 
 A model folder or task may be named anything a file system allows: a backtick, a `<script>` or
 a newline followed by `## Scores` in a name must show as text in a model card or report, never
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import html
 import re
+import shlex
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~<>])")
 _LINE_START = re.compile(r"^(\d+)([.)])(?=\s|$)|^([-+=])")  # a list item or setext underline if it began a line
@@ -25,3 +27,9 @@ def md(text: object) -> str:
 def html_text(text: object) -> str:
     """`text` as literal HTML text or attribute content."""
     return html.escape(str(text), quote=True)
+
+
+def shell(*words: object) -> str:
+    """A command line to paste: each word quoted where a shell would split or expand it (a run
+    folder `runs/my run` printed bare split into two arguments)."""
+    return " ".join(shlex.quote(str(word)) for word in words)

@@ -60,7 +60,10 @@ def campaign(tmp_path, family, **sections):
     ("final", {"picks": {"mine": {"weights": {"arith": 1}}, "Mine": {"weights": {"arith": 2}}}},
      "final.picks.mine: differs from final.picks.Mine in case alone"),  # (the file lists them sorted)
     # a value no member of a union takes: the key path, then what each member would take
-    ("final", {"holdout": "all"}, "final.holdout: Input should be 'auto' | Input should be a valid integer"),
+    ("estimator", {"dims": "all"}, "estimator.dims: Input should be a valid integer, unable to parse string as an "
+     "integer | Input should be 'auto'"),
+    ("final", {"holdout": "all"}, "final.holdout: give a fraction in (0, 1), a number of items, auto, or null (none), "
+     "not the text 'all'"),
     # pydantic reads true as 1: the error was "greater than or equal to 2", about no value the user wrote
     ("algorithm", {"population": True}, "algorithm.population: a number or a name goes here, not the boolean true"),
     ("final", {"holdout": True}, "final.holdout: give a fraction in (0, 1), a number of items"),  # its own rule

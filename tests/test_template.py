@@ -42,3 +42,38 @@ def test_init_writes_the_command_it_prints_as_the_file_s_first_line(tmp_path, mo
     assert last == "wrote sub/x.yaml; run it with: evo-merge run sub/x.yaml --out runs/x"
     assert (tmp_path / "sub" / "x.yaml").read_text().splitlines()[0] == (
         "# evo-merge campaign: `evo-merge run sub/x.yaml --out runs/x`")
+
+
+def test_the_template_reads_back_whatever_the_names_and_paths(tmp_path):
+    """`init --out 2024.yaml` wrote `name: 2024`, refused as a number; a zoo under `z #1` was cut at
+    the YAML comment, and one under `z: a` was malformed YAML."""
+    for name, zoo in (("2024", tmp_path / "zoo"), ("yes", tmp_path / "z #1"), ("null", tmp_path / "z: a"),
+                      ("demo", tmp_path / "it's")):
+        path = tmp_path / "c.yaml"
+        path.write_text(campaign_text(zoo, ["arith", "seq"], name=name))
+        campaign = Campaign.load(path)
+        assert campaign.name == name and campaign.models == [f"{zoo}/arith", f"{zoo}/seq"]
+        assert campaign.base_model == f"{zoo}/base"
+    plain = campaign_text(tmp_path / "zoo", ["arith"], name="demo")
+    assert "name: demo\n" in plain and f"base_model: {tmp_path}/zoo/base\n" in plain  # quoted only where needed
+
+
+def test_a_printed_command_pastes_as_one_argument_per_path():
+    import shlex
+
+    from evo_merge.cli.template import run_command
+
+    command = run_command("sp ace/ü.yaml", "runs/my run")
+    assert shlex.split(command) == ["evo-merge", "run", "sp ace/ü.yaml", "--out", "runs/my run"]
+
+
+def test_init_refuses_an_out_it_cannot_write_before_the_zoo(tmp_path):
+    """A path under a file was mkdir's "File exists", said after the zoo's minutes of training."""
+    from click.testing import CliRunner
+
+    from evo_merge.cli import cli
+
+    (tmp_path / "f").write_text("x")
+    result = CliRunner().invoke(cli, ["init", "--out", str(tmp_path / "f" / "x.yaml"), "--zoo", str(tmp_path / "zoo")])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
+    assert not (tmp_path / "zoo").exists()

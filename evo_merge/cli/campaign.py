@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from evo_merge.cli.paths import UserPath
+from evo_merge.markup import shell
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -135,7 +136,8 @@ def read_run(run: Path):
         store.close()
         if pid := holder(run):
             raise UserError(f"{run}: a run is starting here (pid {pid}); it has not recorded its tasks yet")
-        raise UserError(f"{run}: the campaign has not recorded its tasks yet; `evo-merge resume {run}` records them")
+        again = shell("evo-merge", "resume", run)
+        raise UserError(f"{run}: the campaign has not recorded its tasks yet; `{again}` records them")
     tasks = {t["name"] for t in facts["tasks"]}
     scored = store.scored_tasks() or tasks
     if scored != tasks:  # every reader takes the recorded tasks for those the evaluations were scored on
@@ -266,7 +268,7 @@ def _holding(run: Path, again: str | None = None) -> Iterator[None]:
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (`faults.Terminated`)
             if not (run / CampaignStore.DB).exists():  # removed: nothing had been evaluated
                 raise stopped(exc, " before the first evaluation; nothing kept") from None
-            raise stopped(exc, f"; {again or f'resume with: evo-merge resume {run}'}") from None
+            raise stopped(exc, "; " + (again or "resume with: " + shell("evo-merge", "resume", run))) from None
 
 
 @click.command()
@@ -293,7 +295,7 @@ def status(run: Path) -> None:
     pid, finished = holder(run), store.finished(facts["generations"])
     done = store.generations_completed()
     state = (f"running: pid {pid}" + _where(store, evaluations, done, facts["generations"]) if pid
-             else "finished" if finished else f"not running: `evo-merge resume {run}` goes on")  # killed, or died
+             else "finished" if finished else f"not running: `{shell('evo-merge', 'resume', run)}` goes on")  # died
     console.print(f"campaign {facts['name']!r}: generation {done}/{facts['generations']} ({state})")
     unmeasured = len(store.measure_failures())
     # the search's best may be one of them: counted, not hidden; as the report marks them, those the
@@ -499,8 +501,8 @@ def export(
     click.echo(f"wrote {folder}: evaluation {pick} ({_what(runner.workspace, measured)}), {_measured_on(store)}: "
                f"{_measured_scores(store, measured)}")
     if store.items_evaluated(measured=True) != spent:  # its held-out items alone, too: the report's to rewrite
-        click.echo(f"evaluation {pick} was measured for this export: `evo-merge report {run}` adds it to report.md "
-                   "and evaluations.csv")
+        click.echo(f"evaluation {pick} was measured for this export: `{shell('evo-merge', 'report', run)}` adds it to "
+                   "report.md and evaluations.csv")
     if repo_id is not None:
         from evo_merge.cli.push import push_folder
 

@@ -39,14 +39,16 @@ def _zoo(zoo: Path) -> list[str]:
 def init(out: Path, zoo: Path) -> None:
     """Write a commented, runnable example campaign for the demo zoo."""
     from evo_merge.cli.template import campaign_text, run_command
-    from evo_merge.errors import UserError
+    from evo_merge.errors import UserError, check_writable
+    from evo_merge.search.store import atomic_write
 
     if out.exists():
         raise UserError(f"{out} already exists; choose another --out")
+    check_writable(out, "--out")  # before the zoo's minutes: a path under a file was mkdir's "File exists" after
     families = _zoo(zoo)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = run_command(out, f"runs/{out.stem}")  # the file's first line says what the console says
-    out.write_text(campaign_text(Path(zoo).resolve(), families, name=out.stem, command=command))
+    atomic_write(out, campaign_text(Path(zoo).resolve(), families, name=out.stem, command=command))
     click.echo(f"wrote {out}; run it with: {command}")
 
 

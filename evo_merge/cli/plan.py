@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from evo_merge.cli.paths import UserPath
+from evo_merge.markup import shell
 
 
 def campaign_models(campaign_file: Path):
@@ -82,7 +83,8 @@ def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
     from evo_merge.merge.footprint import check_fits
 
     campaign, base, models, resuming = planned_campaign(campaign_file, run_dir)
-    check_fits(campaign, base, models, resuming=resuming, details=f"evo-merge plan {campaign_file} --out {run_dir}")
+    check_fits(campaign, base, models, resuming=resuming,
+               details=shell("evo-merge", "plan", campaign_file, "--out", run_dir))
 
 
 def item_budget(campaign, tasks: dict, n_models: int) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from evo_merge.cli.paths import UserPath
+from evo_merge.markup import shell
 
 
 @click.group()
@@ -83,4 +84,5 @@ def export(run: Path, task: str | None, out: Path, overwrite: bool) -> None:
     tasks = "" if task else f"{table.task.nunique()} tasks, "
     click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items "
                f"({tasks}{table.scenario.nunique()} scenarios)"
-               + ("" if finished else f"; the run is not finished: what it measured so far (`evo-merge status {run}`)"))
+               + ("" if finished else "; the run is not finished: what it measured so far "
+                  f"(`{shell('evo-merge', 'status', run)}`)"))

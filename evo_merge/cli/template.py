@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import yaml
+
 from evo_merge.config import EvaluatorSpec
+from evo_merge.markup import shell
 
 TEMPLATE = """\
 # evo-merge campaign: `{command}`
@@ -12,7 +16,7 @@ TEMPLATE = """\
 name: {name}
 
 # The base model and the models fine-tuned from it (HF folders with safetensors).
-base_model: {zoo}/base
+base_model: {base}
 models:
 {models}
 
@@ -77,17 +81,30 @@ device: auto
 """
 
 
+def scalar(text: str) -> str:
+    """`text` as a YAML value that reads back as this very string: as it is where it does, quoted
+    otherwise (`init --out 2024.yaml` wrote `name: 2024`, a number; a zoo under `z #1` was cut at
+    the comment)."""
+    try:
+        if yaml.safe_load(f"key: {text}") == {"key": text}:
+            return text
+    except yaml.YAMLError:
+        pass
+    return json.dumps(text)  # a JSON string is a YAML double-quoted one
+
+
 def run_command(campaign_file: Path | str, run_dir: Path | str) -> str:
     """The command that runs a campaign file into its run folder, as the file's first line gives it."""
-    return f"evo-merge run {campaign_file} --out {run_dir}"
+    return shell("evo-merge", "run", campaign_file, "--out", run_dir)
 
 
 def campaign_text(zoo: Path | str, families: list[str], *, name: str = "demo", command: str | None = None,
                   anchors: int = 5, warmup: int = 4, population: int = 10, generations: int = 4, top: int = 3) -> str:
     """The example campaign; its first line names `command` (default: `name`.yaml into runs/`name`)."""
-    models = "\n".join(f"  - {zoo}/{family}" for family in families)
-    tasks = "\n".join(f"  - {{task: {family}}}" for family in families)
+    models = "\n".join(f"  - {scalar(f'{zoo}/{family}')}" for family in families)
+    tasks = "\n".join(f"  - {{task: {scalar(family)}}}" for family in families)
     command = command or run_command(f"{name}.yaml", f"runs/{name}")
-    return TEMPLATE.format(name=name, command=command, zoo=zoo, models=models, tasks=tasks, anchors=anchors,
+    return TEMPLATE.format(name=scalar(name), command=command, base=scalar(f"{zoo}/base"), models=models, tasks=tasks,
+                           anchors=anchors,
                            warmup=warmup, population=population, generations=generations, top=top,
                            batch_size=EvaluatorSpec.model_fields["batch_size"].default)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from evo_merge.errors import message_line
-from evo_merge.markup import md
+from evo_merge.markup import md, shell
 from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import markdown_inline, reference_label, write_html_report
 from evo_merge.report.pairs import task_pairs
@@ -232,7 +232,7 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
     phase = "in the final phase" if done >= total else "no final phase yet"
     where = f"{done} of {total} generations searched, {phase}"
     going = (f"a run is working in the folder (pid {running}): this report is of this moment" if running
-             else f"`evo-merge resume {run_dir}` carries it on")
+             else f"`{shell('evo-merge', 'resume', run_dir)}` carries it on")
     unfinished = [f"**not finished**: {where}; {going}"] if not finished else []
     lines = [
         *unfinished,
