@@ -76,3 +76,15 @@ def test_the_config_schema_reads_only_tables_and_the_method_registry_from_higher
     assert set(graph.successors("evo_merge.config")) == tables | {
         "evo_merge.errors", "evo_merge.schema", "evo_merge.merge.kinds", "evo_merge.merge.registry"}
     assert all(not list(graph.successors(m)) for m in tables)
+
+
+def test_the_small_top_level_modules_import_no_floor():
+    """Any floor may use `errors`, `schema`, `console`, `markup`, ...: an import of a floor from one
+    of them would let every floor climb through it unseen (config's tables are the one exception,
+    held by the test above)."""
+    graph = import_graph()
+    top = [m for m in graph if floor(m) is None and m not in ("evo_merge", "evo_merge.config", "evo_merge.__main__")
+           and not m.startswith("evo_merge.zoo")]
+    assert "evo_merge.schema" in top and "evo_merge.errors" in top
+    climbs = [(a, b) for a in top for b in graph.successors(a) if floor(b) is not None]
+    assert climbs == []
