@@ -493,11 +493,11 @@ def export(
         if error is not None:  # an export is measured, or not written (a failure's message may be empty)
             raise UserError(f"--pick {pick}: scoring it on every item failed ({message_line(error)}); "
                             "not exported")
-    measured = store.get(evaluation.key)  # as the measurement left it
-    with StageBars() as bars:
-        picks = [name for name, (eid, _) in store.exported().items() if eid == pick]  # its card says so too
-        runner.workspace.check_models_unchanged()  # after the measuring's minutes: the weights its card's scores are of
-        folder = export_candidate(runner.workspace, measured, out, overwrite=overwrite, progress=bars, chosen_as=picks)
+        measured = store.get(evaluation.key)  # as the measurement left it
+        with StageBars() as bars:  # under the lock: a resume started meanwhile would change what it reads
+            picks = [name for name, (eid, _) in store.exported().items() if eid == pick]  # its card says so too
+            workspace.check_models_unchanged()  # after the measuring's minutes: the weights its card's scores are of
+            folder = export_candidate(workspace, measured, out, overwrite=overwrite, progress=bars, chosen_as=picks)
     click.echo(f"wrote {folder}: evaluation {pick} ({_what(runner.workspace, measured)}), {_measured_on(store)}: "
                f"{_measured_scores(store, measured)}")
     if store.items_evaluated(measured=True) != spent:  # its held-out items alone, too: the report's to rewrite

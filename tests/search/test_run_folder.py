@@ -307,6 +307,26 @@ def test_ctrl_c_before_the_first_evaluation_leaves_no_folder_for_the_corrected_c
     assert code == 0, out
 
 
+def test_export_writes_the_model_folder_while_it_holds_the_run(copy, monkeypatch):
+    """The file merge ran after the lock was released: a resume started meanwhile could change the
+    store and workspace it was reading."""
+    import os
+
+    import evo_merge.search.export as search_export
+    from evo_merge.search.lock import holder
+
+    real, held = search_export.export_candidate, []
+
+    def watched(*args, **kwargs):
+        held.append(holder(copy))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_export, "export_candidate", watched)
+    code, output = invoke("export", copy, "--pick", 1, "--out", copy.parent / "x")
+    assert code == 0, output
+    assert held == [str(os.getpid())] and holder(copy) is None
+
+
 def test_resume_of_a_run_in_use_is_refused(copy):
     with RunLock(copy):
         code, out = invoke("resume", copy)
