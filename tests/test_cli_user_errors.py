@@ -477,7 +477,8 @@ def test_responses_build_refuses_tasks_that_would_share_a_name_or_an_item(tmp_pa
     copies = [shutil.copytree(shipped_benchmarks()["arith"], tmp_path / name) for name in ("a", "b", "c")]
     (copies[1] / "evo_arith.yaml").rename(copies[1] / "other.yaml")
     cases = {f"{copies[0]}/evo_arith.yaml,{copies[2]}/evo_arith.yaml": "two tasks named 'evo_arith'",
-             f"{copies[0]}/evo_arith.yaml,{copies[1]}/other.yaml": "is in both 'evo_arith' and 'other'"}
+             f"{copies[0]}/evo_arith.yaml,{copies[1]}/other.yaml": "is in both 'evo_arith' and 'other'",
+             "arith, arith": "two tasks named 'arith'"}  # spaces after commas are read as the irt options read them
     for tasks, expected in cases.items():
         code, out = invoke("responses", "build", "--zoo", tmp_path, "--tasks", tasks, "--out", tmp_path / "r.csv")
         one_line_error(code, out, "--tasks", expected)

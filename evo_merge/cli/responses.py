@@ -27,26 +27,33 @@ def responses() -> None:
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise, before any scoring)")
 def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: Path, overwrite: bool) -> None:
     """Score the base, the endpoints and N random merges on every item of every task."""
+    from pydantic import ValidationError
+
     from evo_merge.cli.outputs import check_output_file, write_output_file
     from evo_merge.cli.progress import StageBars
+    from evo_merge.config import TaskSpec
+    from evo_merge.errors import UserError
     from evo_merge.search.responses import build_responses
     from evo_merge.tasks.base import FitnessTask
     from evo_merge.tasks.registry import resolve_task
     from evo_merge.zoo.manifest import read_zoo
 
     check_output_file(out, overwrite)
-    names = [t for t in tasks.split(",") if t]
+    names = [t.strip() for t in tasks.split(",") if t.strip()]  # "arith, lang" as the irt options read lists
     if not names:
-        raise click.BadParameter("no task names", param_hint="--tasks")
+        raise UserError("--tasks: no task names")
     resolved: dict[str, FitnessTask] = {}
     owner: dict[str, str] = {}  # item id -> the task that has it: one matrix holds every task's items
     for spec in names:
-        name = Path(spec).stem if "/" in spec else spec
+        try:  # named as a campaign names the task, so an IRT model fitted on these responses serves it
+            name = TaskSpec(task=spec).label
+        except ValidationError as error:
+            raise UserError(f"--tasks: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
         if name in resolved:
-            raise click.BadParameter(f"two tasks named {name!r}; give each a distinct file name", param_hint="--tasks")
+            raise UserError(f"--tasks: two tasks named {name!r}; give each a distinct file name")
         resolved[name] = resolve_task(spec)
         if shared := next((i for i in resolved[name].item_ids if i in owner), None):
-            raise click.BadParameter(f"item {shared!r} is in both {owner[shared]!r} and {name!r}", param_hint="--tasks")
+            raise UserError(f"--tasks: item {shared!r} is in both {owner[shared]!r} and {name!r}")
         owner.update(dict.fromkeys(resolved[name].item_ids, name))
     endpoints = [zoo / m for m in read_zoo(zoo).endpoints]
     with StageBars() as bars:
