@@ -568,6 +568,12 @@ class Campaign(_Checked):
         dup = next((label for label in labels if labels.count(label) > 1), None)
         if dup:
             raise ValueError(f"two tasks are named {dup!r}: give them distinct `name`s")
+        # their IRT folders and best-<task> picks are one folder on a case-insensitive file system (macOS, Windows)
+        folded = [label.lower() for label in labels]
+        if same := next((label for label, key in zip(labels, folded) if folded.count(key) > 1), None):
+            other = next(label for label in labels if label.lower() == same.lower() and label != same)
+            raise ValueError(f"tasks {same!r} and {other!r} differ in case alone: their folders (irt/, models/best-) "
+                             "are one on macOS and Windows; give them distinct `name`s")
         # the report's columns are est_<task> and est_se_<task>: tasks `a` and `se_a` would share one
         clash = next((label for label in labels if label.startswith("se_") and label[3:] in labels), None)
         if clash:

@@ -84,6 +84,15 @@ def test_a_check_of_the_whole_campaign_names_its_key_without_a_top_level_marker(
     one_line_error(*invoke("plan", path), f"{path}: final.picks.mine.weights.arth: not a task name (tasks: arith)")
 
 
+def test_task_names_that_differ_in_case_alone_are_refused(tmp_path, family):
+    """`Arith` and `arith` have one irt/ folder and one models/best- folder on macOS and Windows."""
+    path = campaign(tmp_path, family)
+    config = yaml.safe_load(path.read_text())
+    config["tasks"] = [{"task": "arith", "name": "Arith"}, {"task": "arith", "name": "arith"}]
+    path.write_text(yaml.safe_dump(config))
+    one_line_error(*invoke("plan", path), "tasks 'Arith' and 'arith' differ in case alone")
+
+
 def test_a_task_name_too_long_for_its_pick_folder_is_refused_when_the_file_is_read(tmp_path, family):
     """`best-<task>` becomes a folder (and a hidden sibling while written): a 240-character name
     passed the plan and the whole search, then failed at export on every resume."""
