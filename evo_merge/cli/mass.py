@@ -1,4 +1,4 @@
-"""`evo-merge mass build|eval`: MASS models (per-input routing over task singular vectors)."""
+"""`evo-merge mass build`: MASS models (per-input routing over task singular vectors)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from evo_merge.cli.paths import UserPath
 
 @click.group("mass")
 def mass() -> None:
-    """Build and evaluate MASS models: per input, the merge of the TSV factors of the tasks it routes to."""
+    """Build MASS models: per input, the merge of the TSV factors of the tasks it routes to (score one
+    with `evo-merge eval --model FOLDER`)."""
 
 
 @mass.command("build")

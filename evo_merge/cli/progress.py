@@ -125,8 +125,8 @@ class StageLines:
 
 
 def hms(seconds: float) -> str:
-    """`1:02:03`: a duration as the progress lines and `status` write it."""
-    minutes, seconds = divmod(int(seconds), 60)
+    """`1:02:03`: a duration as the progress lines and `status` write it (a clock set back reads 0:00:00)."""
+    minutes, seconds = divmod(int(max(seconds, 0)), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 

@@ -88,7 +88,8 @@ def export(run: Path, task: str | None, out: Path, overwrite: bool) -> None:
     if table.empty:
         raise UserError(f"{run}: no candidate was measured on every search item yet (calibration does that first)")
     write_output_file(out, table.to_csv(index=False))
-    tasks = "" if task else f"{table.task.nunique()} tasks, "
+    n = table.task.nunique()
+    tasks = "" if task else f"{n} task{'s' * (n != 1)}, "
     click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items "
                f"({tasks}{table.scenario.nunique()} scenarios)"
                + ("" if finished else "; the run is not finished: what it measured so far "
