@@ -322,9 +322,13 @@ class FinalSpec(_Checked):
             if value:
                 raise ValueError("give a fraction in (0, 1), a number of items, auto, or null (none)")
             return None
-        if isinstance(value, str) and value != "auto":  # "-3" was turned into -3 after these checks
-            raise ValueError(f"give a fraction in (0, 1), a number of items, auto, or null (none), not the text "
-                             f"{value!r}")
+        if isinstance(value, str) and value != "auto":  # "-3" was turned into -3 after the checks below
+            try:  # YAML reads `1e3` as text: the number it says, checked as numbers are
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"give a fraction in (0, 1), a number of items, auto, or null (none), not the text "
+                                 f"{value!r}") from None
+            value = int(number) if number.is_integer() and number >= 1 else number
         if isinstance(value, float) and not 0 < value < 1:
             raise ValueError(f"a fraction must lie in (0, 1), got {value}")
         if isinstance(value, int) and value < 0:

@@ -33,8 +33,8 @@ def is_path_like(value: str) -> bool:
 
 
 def load_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; a missing file or a syntax error is a UserError with line and column."""
-    path = Path(path)
+    """Parse a YAML file (`~` expanded); a missing file or a syntax error is a UserError with line and column."""
+    path = Path(path).expanduser()
     if path.is_dir():  # a run or model folder given for its campaign or recipe: name what it holds
         inside = sorted(f.name for f in path.glob("*.yaml"))
         raise UserError(f"{path}: a folder, not a YAML file" + (f" (it holds {', '.join(inside)})" if inside else ""))

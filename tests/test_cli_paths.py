@@ -30,3 +30,23 @@ def test_a_tilde_path_is_the_home_folder_s(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     result = CliRunner().invoke(cli, ["merge", "~/recipe.yaml", "--out", "~/merged"])
     assert result.exit_code == 2 and f"{tmp_path / 'recipe.yaml'}: no such file" in result.output, result.output
+
+
+def test_task_and_spec_paths_expand_home_too(tmp_path, monkeypatch):
+    """Task strings and `align --arch SPEC.yaml` are not path options: `eval --task '~/b/evo_seq.yaml'`
+    said "task file ~/b/evo_seq.yaml not found"."""
+    import shutil
+
+    import pytest
+
+    from evo_merge.errors import UserError
+    from evo_merge.schema import load_yaml
+    from evo_merge.tasks.registry import BENCHMARKS_DIR, resolve_task
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(BENCHMARKS_DIR / "seq", tmp_path / "b")
+    assert resolve_task("~/b/evo_seq.yaml").item_ids[0].startswith("seq-")
+    (tmp_path / "spec.yaml").write_text("params: {w: [h, null]}\n")
+    assert load_yaml("~/spec.yaml") == {"params": {"w": ["h", None]}}
+    with pytest.raises(UserError, match=f"{tmp_path}/nowhere.yaml: no such file"):
+        load_yaml("~/nowhere.yaml")

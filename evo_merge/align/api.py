@@ -251,8 +251,8 @@ def check_keeps_function(spec: PermSpec, endpoint: Endpoint, data: torch.Tensor 
 
 def _outputs(module: nn.Module, state: State, probe: torch.Tensor) -> torch.Tensor:
     """The module's outputs (logits) on `probe` with its tensors taken from `state`."""
-    with torch.no_grad():
-        out = torch.func.functional_call(module.eval(), state, (probe,))
+    with torch.no_grad(), evaluated([module]):
+        out = torch.func.functional_call(module, state, (probe,))
     out = getattr(out, "logits", out)
     return (out[0] if isinstance(out, tuple) else out).float()
 

@@ -112,14 +112,15 @@ def evaluated(models: Sequence[nn.Module]) -> Iterator[None]:
     """The models in eval mode while inside, each given back in its own mode: in train mode the
     matching read batch statistics and dropped units, and every forward moved the caller's
     BatchNorm running statistics (which a state dict taken without a copy then carried)."""
-    modes = [model.training for model in models]
+    # each part's own mode: a model in train mode with a frozen (eval-mode) norm is given back so
+    modes = [(module, module.training) for model in models for module in model.modules()]
     for model in models:
         model.eval()
     try:
         yield
     finally:
-        for model, mode in zip(models, modes):
-            model.train(mode)
+        for module, mode in modes:
+            module.training = mode
 
 
 def _correlations(models: Sequence[nn.Module], spec: PermSpec, data: torch.Tensor, batch: int) -> dict[str, np.ndarray]:

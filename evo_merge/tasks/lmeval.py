@@ -225,7 +225,7 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     from lm_eval.tasks import TaskManager
 
     _quiet()
-    path, label = Path(spec), str(spec)
+    path, label = Path(spec).expanduser(), str(spec)  # `eval --task ~/t.yaml`: the shell leaves ~ in a quoted path
     if isinstance(spec, Path) or is_path_like(str(spec)):  # a bare name is a name, whatever folder is here
         if not path.exists():
             raise UserError(f"task file {path} not found")

@@ -4,8 +4,9 @@ Accepted, in this order: a `module:attribute` plugin string; a name registered u
 entry-point group `evo_merge.tasks`; a path to an lm-eval task YAML or folder (`schema.is_path_like`:
 with a `/` or a YAML suffix, so `./mytask` for a folder beside you); the name of a benchmark
 shipped with evo-merge (`arith` or `evo_arith`; see `evo_merge.shipped`); an lm-eval registry
-task name. A bare name is never read as a path: the working directory decided before, and a
-folder named `lang` there (the demo zoo has one) silently replaced the shipped benchmark.
+task name. A name is looked up as a name first: the working directory decided before, and a
+folder named `lang` there (the demo zoo has one) silently replaced the shipped benchmark. Only a
+name no task has is still read as a folder or file of the working directory, with a warning.
 A plugin attribute is either a `FitnessTask` or a callable returning one (called with the
 settings). Resolved tasks are cached per process, so the search builds each task once.
 """
@@ -130,10 +131,14 @@ def _build(spec: str, settings: dict[str, Any]) -> FitnessTask:
         return _made(LMEvalTask, spec, settings, shipped[name])
     try:
         return _made(LMEvalTask, spec, settings, spec)
-    except UserError as error:
-        if Path(spec).exists():  # a task folder given by its bare name, as the working directory used to read it
-            raise UserError(f"{error}; a task folder is given as a path: ./{spec}") from None
-        raise
+    except UserError:
+        if not Path(spec).exists():
+            raise
+    # no task has this name, but the working directory has a file or folder of it: read so, as names
+    # were before they stopped being looked up there first (a run folder started so still resumes)
+    log.warning("task %r: no task has that name; read as %s of the working directory, as before: write it as "
+                "a path (with a /) so it does not depend on where you run", spec, Path(spec).absolute())
+    return _made(LMEvalTask, spec, settings, Path(spec))
 
 
 def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask:

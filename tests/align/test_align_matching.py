@@ -52,10 +52,13 @@ def test_matching_on_activations_leaves_the_caller_s_models_as_they_were(method)
     spec, state, permuted, perms = _permuted("cnn", net, seed=3)
     other = with_state(net, permuted)
     net.train(), other.train()
+    frozen = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    frozen.eval()  # one part kept in eval mode by its owner: given back so
+    modes = [[m.training for m in model.modules()] for model in (net, other)]
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (net, other)]
     data = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
     found = align_models(spec, [net.state_dict(), other.state_dict()], method, modules=[net, other], data=data)
-    assert net.training and other.training
+    assert [[m.training for m in model.modules()] for model in (net, other)] == modes and not frozen.training
     for model, saved in zip((net, other), before):
         _assert_same(model.state_dict(), saved)
     for g, p in found.perms[1].items():  # and what eval-mode activations say: the copy's true permutation

@@ -1,5 +1,6 @@
 """The holdout split: stratified by scenario, fixed by the seed, sized by the documented rule."""
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -81,13 +82,17 @@ def test_a_model_fitted_elsewhere_chooses_anchors_among_the_search_items_only():
     assert without_items(model, frozenset()) is model
 
 
-@pytest.mark.parametrize("text", ["-3", "-0.5", "1e3", "0.2"])
-def test_a_holdout_written_as_text_is_refused_not_turned_into_an_unchecked_number(text):
-    """`holdout: "-3"` became -3 after the checks: plan counted 2,406 search items of 2,400."""
+@pytest.mark.parametrize(("text", "said"), [("-3", "a fraction must lie in (0, 1), got -3.0"),
+                                            ("-0.5", "a fraction must lie in (0, 1), got -0.5"),
+                                            ("all", "not the text 'all'")])
+def test_a_holdout_written_as_text_is_checked_as_the_number_it_says(text, said):
+    """`holdout: "-3"` became -3 after the checks: plan counted 2,406 search items of 2,400. YAML
+    reads `1e3` as text: it is the number 1000."""
     from pydantic import ValidationError
 
     from evo_merge.config import FinalSpec
 
-    with pytest.raises(ValidationError, match="not the text"):
+    with pytest.raises(ValidationError, match=re.escape(said)):
         FinalSpec(holdout=text)
+    assert FinalSpec(holdout="1e3").holdout == 1000 and FinalSpec(holdout="0.2").holdout == 0.2
     assert FinalSpec(holdout="auto").holdout == "auto"

@@ -17,8 +17,14 @@ def test_a_folder_named_like_a_shipped_benchmark_does_not_replace_it(tmp_path, m
     assert resolve_task("./lang").item_ids[0].startswith("seq-")  # a path, as written
 
 
-def test_a_task_folder_named_bare_is_told_to_be_given_as_a_path(tmp_path, monkeypatch):
+def test_a_task_folder_named_bare_is_still_read_with_a_warning(tmp_path, monkeypatch, caplog):
+    """No task has the name: the folder of the working directory is read, as before, so a run folder
+    started with `task: my_bench` still resumes; a warning says to write it as a path."""
     shutil.copytree(BENCHMARKS_DIR / "seq", tmp_path / "my_bench")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match=r"a task folder is given as a path: \./my_bench"):
-        resolve_task("my_bench")
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        task = resolve_task("my_bench")
+    assert task.item_ids[0].startswith("seq-")
+    assert "task 'my_bench': no task has that name; read as" in caplog.text and "write it as a path" in caplog.text
+    with pytest.raises(UserError, match="unknown task 'no_such_bench'"):
+        resolve_task("no_such_bench")
