@@ -21,9 +21,11 @@ def mass() -> None:
               help="Fine-tuned model folders: --models A B [C ...].")
 @click.argument("more", nargs=-1, type=UserPath())
 @click.option("--out", required=True, type=UserPath(path_type=Path), help="Output MASS folder.")
-@click.option("--layer", type=int, default=None, help="Block routed on (default: the middle block).")
-@click.option("--threshold", type=float, default=0.2, show_default=True, help="Keep tasks above this probability.")
-@click.option("--max-tasks", type=int, default=3, show_default=True, help="Keep at most this many tasks.")
+@click.option("--layer", type=click.IntRange(min=0), default=None, help="Block routed on (default: the middle block).")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
+              help="Keep tasks above this probability.")
+@click.option("--max-tasks", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Keep at most this many tasks.")
 @click.option("--token", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
               help="Route on the mean over the input's tokens or on its last token.")
 @click.option("--link-base", is_flag=True, help="Store the base's path instead of a copy of it.")
