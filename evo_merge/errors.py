@@ -8,6 +8,7 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -93,3 +94,25 @@ def check_writable(out: Path, option: str | None = None) -> None:
     except OSError as exc:
         why = exc.strerror or str(exc)
         raise UserError(f"{named}: cannot write there ({why})" if option else f"{named}: {why}") from None
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a new temporary sibling, fsync, rename: readers see the old or the new file, never
+    half; and a link planted at `path` (a run folder someone sent) is replaced, never written through."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # a missing or read-only folder: named as the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    try:
+        with writing(path), os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a report from the user's group
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # named as the file asked for: the temporary one is removed below
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -36,7 +36,7 @@ from evo_merge.align.spec import (
     load_spec_yaml,
     random_permutation,
 )
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,9 @@ def align_folders(
     out = Path(out)
     for endpoint, name, state in zip(endpoints, names, aligned_states(spec, [e.state for e in endpoints], alignment)):
         write_endpoint(endpoint, state, out / name)
-    (out / PERMUTATIONS_FILE).write_text(json.dumps(alignment.to_json(names)))
+    # whole or not at all: a run folder's aligned/ is reused by its record, and a kill mid-write left one
+    # that every resume failed to read
+    atomic_write(out / PERMUTATIONS_FILE, json.dumps(alignment.to_json(names)))
     return alignment
 
 

@@ -39,8 +39,7 @@ def _zoo(zoo: Path) -> list[str]:
 def init(out: Path, zoo: Path) -> None:
     """Write a commented, runnable example campaign for the demo zoo."""
     from evo_merge.cli.template import campaign_text, run_command
-    from evo_merge.errors import UserError, check_writable
-    from evo_merge.search.store import atomic_write
+    from evo_merge.errors import UserError, atomic_write, check_writable
 
     if out.exists():
         raise UserError(f"{out} already exists; choose another --out")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evo_merge.errors import UserError, check_writable
-from evo_merge.search.store import atomic_write
+from evo_merge.errors import UserError, atomic_write, check_writable
 
 
 def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evo_merge.errors import message_line
+from evo_merge.errors import atomic_write, message_line
 from evo_merge.markup import md, shell
 from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import markdown_inline, reference_label, write_html_report
@@ -39,7 +39,6 @@ from evo_merge.search.store import (
     SEARCH,
     CampaignStore,
     Evaluation,
-    atomic_write,
     in_run,
 )
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from evo_merge.errors import atomic_write
 from evo_merge.markup import html_text
 from evo_merge.report.pairs import task_pairs
-from evo_merge.search.store import BASELINE, CALIBRATION, SEARCH, atomic_write
+from evo_merge.search.store import BASELINE, CALIBRATION, SEARCH
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>

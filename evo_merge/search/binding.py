@@ -19,9 +19,13 @@ from pydantic import Json
 
 from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign, EvaluatorSpec
 from evo_merge.errors import UserError
+from evo_merge.markup import shell
+from evo_merge.search.lock import LOCK_FILE
 from evo_merge.search.store import CampaignStore, Record, check_no_links
 
 CAMPAIGN_FILE = "campaign.yaml"
+# what a run folder holds before its campaign is written: the database (with SQLite's journal files), the lock
+STARTED_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE}
 DEFAULTS_META = Record("defaults", int)  # the DEFAULTS_VERSION a run folder was written under; none: 1
 CONFIG_META = Record("config", str)  # the fingerprint of the campaign the folder is bound to
 WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
@@ -198,6 +202,9 @@ def check_run_files(run_dir: Path) -> None:
         raise UserError(f"{run_dir}: no such folder")
     for name in (CAMPAIGN_FILE, CampaignStore.DB):
         if not (run_dir / name).is_file():
+            if (held := {p.name for p in run_dir.iterdir()}) and held <= STARTED_FILES:  # killed in its first seconds
+                raise UserError(f"{run_dir}: a run stopped before it recorded its campaign (no {name}); "
+                                f"`{shell('evo-merge', 'run', 'CAMPAIGN.yaml', '--out', run_dir)}` starts it again")
             raise UserError(f"{run_dir}: not a campaign run folder (no {name})")
     check_no_links(run_dir)
 

@@ -16,7 +16,6 @@ import os
 import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing
@@ -28,7 +27,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict
 
-from evo_merge.errors import UserError, writing
+from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.lock import LOCK_FILE
 
@@ -569,25 +568,3 @@ def in_run(folder: Path, run_dir: Path) -> str:
     pick always is), so a moved or copied run names its own folders."""
     folder, run_dir = Path(folder).resolve(), Path(run_dir).resolve()
     return str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else str(folder)
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a new temporary sibling, fsync, rename: readers see the old or the new file, never
-    half; and a link planted at `path` (a run folder someone sent) is replaced, never written through."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:  # a missing or read-only folder: named as the file asked for, not the temporary one
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
-    try:
-        with writing(path), os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a report from the user's group
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:  # named as the file asked for: the temporary one is removed below
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from evo_merge.config import DEFAULTS_VERSION, Campaign
-from evo_merge.errors import MissingModel, UserError
+from evo_merge.errors import MissingModel, UserError, atomic_write
 from evo_merge.irt.kinds import FULL_EVALUATION
 from evo_merge.irt.model import MIN_SUBJECTS
 from evo_merge.schema import is_path_like
@@ -30,6 +30,7 @@ from evo_merge.search.binding import (
     CONFIG_DATA_META,
     CONFIG_META,
     DEFAULTS_META,
+    STARTED_FILES,
     WEIGHTS_META,
     bound_campaign,
     campaign_text_digest,
@@ -38,8 +39,7 @@ from evo_merge.search.binding import (
     fingerprinted,
 )
 from evo_merge.search.kinds import candidate_kind
-from evo_merge.search.lock import LOCK_FILE
-from evo_merge.search.store import FACTS_META, CampaignStore, Record, atomic_write
+from evo_merge.search.store import FACTS_META, CampaignStore, Record
 from evo_merge.weights.checkpoint import weight_files
 from evo_merge.weights.digest import (
     former_model_files_digests,
@@ -60,9 +60,8 @@ from evo_merge.weights.references import (
 # config key -> file name -> digest of that config or tokenizer file (None: absent); folders from before
 # recorded one digest of them all
 MODEL_FILES_META = Record("model_files", dict[str, str | dict[str, str | None]])
-# what a folder holds before its campaign is bound: the database (with SQLite's journal files), the lock
 # what a run folder holds before its store is bound (campaign.yaml: a bind cut short after writing it)
-FRESH_RUN_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE, CAMPAIGN_FILE}
+FRESH_RUN_FILES = {*STARTED_FILES, CAMPAIGN_FILE}
 
 
 def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
@@ -150,7 +149,10 @@ def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tup
     if not record.exists():
         align_folders(models, spec.arch, spec.method, out, data=data, seed=spec.seed, arch_key="align.arch",
                       data_key="align.data")
-    aligned = [out / name for name in json.loads(record.read_text())["perms"]]
+    try:
+        aligned = [out / name for name in json.loads(record.read_text(encoding="utf-8"))["perms"]]
+    except (ValueError, KeyError, TypeError) as exc:  # not one this version wrote whole
+        raise UserError(f"{record}: unreadable ({type(exc).__name__}); {ALIGNED_AGAIN}") from None
     if spec.reference == "first":
         return aligned[0], aligned
     mean = out / "universe-mean"

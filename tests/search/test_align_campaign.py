@@ -79,6 +79,13 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference, 
         rebuilt = CliRunner().invoke(cli, export)
         assert rebuilt.exit_code == 0, rebuilt.output
         assert torch.equal(load_file(copy)["fcs.0.weight"], weights["fcs.0.weight"])  # the same alignment again
+        # a record cut short (written in place, a kill mid-write left it so): every resume raised JSONDecodeError
+        record_file = run / "aligned" / "permutations.json"
+        record_file.write_text(record_file.read_text()[:40])
+        cut = CliRunner().invoke(cli, ["resume", str(run)])
+        assert cut.exit_code == 2 and cut.output.strip().splitlines()[-1] == (
+            f"error: {record_file}: unreadable (JSONDecodeError); remove the run folder's aligned/ (it is built "
+            "again from the models as it was), then go on"), cut.output
 
 
 @pytest.mark.parametrize(("align", "models", "expected"), [

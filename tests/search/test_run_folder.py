@@ -1232,7 +1232,7 @@ def test_models_changed_during_a_run_are_not_exported_under_its_scores(tmp_path,
 
 
 def test_a_file_that_cannot_be_replaced_is_named_not_its_vanished_temporary(tmp_path):
-    from evo_merge.search.store import atomic_write
+    from evo_merge.errors import atomic_write
 
     (tmp_path / "report.html").mkdir()  # in the way of the report
     with pytest.raises(OSError) as raised:
@@ -1247,3 +1247,19 @@ def test_a_database_disk_io_error_says_what_may_cause_it():
     fault = as_fault(sqlite3.OperationalError("disk I/O error"))
     assert fault.message == ("campaign database: disk I/O error (a full disk, a file-size limit such as `ulimit -f`, "
                              "or a failing disk)")
+
+
+def test_a_run_killed_in_its_first_seconds_is_said_to_be_one(tmp_path):
+    """Killed before it wrote campaign.yaml, the folder holds only the lock: `resume` and `status` said
+    "not a campaign run folder", with no word that `run` starts it again."""
+    from evo_merge.search.lock import LOCK_FILE
+
+    run = tmp_path / "my run"
+    run.mkdir()
+    (run / LOCK_FILE).write_text("")
+    for command in ("resume", "status"):
+        code, output = invoke(command, run)
+        one_line_error(code, output, f"{run}: a run stopped before it recorded its campaign (no campaign.yaml); "
+                                     f"`evo-merge run CAMPAIGN.yaml --out '{run}'` starts it again")
+    (run / "notes.txt").write_text("mine")
+    one_line_error(*invoke("status", run), "not a campaign run folder (no campaign.yaml)")
