@@ -120,7 +120,7 @@ def timing(zoo: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--zoo", type=Path, default=Path("/tmp/evo_merge_mnist_zoo"))
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared machine)")

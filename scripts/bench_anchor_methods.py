@@ -26,13 +26,14 @@ from evo_merge.config import Campaign
 from evo_merge.irt import IRTModel
 from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.holdout import without_items
+from evo_merge.shipped import shipped_dir
 
 
 def compare(full_run: Path, irt_model: Path, methods: list[str], anchors: int, draws: int) -> list[str]:
     """Table rows for one full run: per method, MAE per task and the picked front's HV ratio."""
     full = CampaignRunner.open(Campaign.load(full_run / "campaign.yaml"), full_run, full_run)
     seed = full.workspace.campaign.algorithm.seed
-    rows, truth = _full_candidates(full, full)
+    _, rows, truth = _full_candidates(full, full)
     objectives = full.objectives
     models = {name: without_items(IRTModel.load(irt_model / name), full.scoring.holdout[name])
               for name in objectives.names}
@@ -50,9 +51,10 @@ def compare(full_run: Path, irt_model: Path, methods: list[str], anchors: int, d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("runs", type=Path, nargs="+", help="finished full-evaluation run folders")
-    parser.add_argument("--irt-model", type=Path, default=Path("irt_models"), help="a fitted IRT folder per task")
+    parser.add_argument("--irt-model", type=Path, default=shipped_dir("irt_models"),
+                        help="a fitted IRT folder per task (default: the shipped ones)")
     parser.add_argument("--methods", default="kmeans-irt,stratified-irt")
     parser.add_argument("--anchors", type=int, default=5, help="anchors per scenario, on average")
     parser.add_argument("--draws", type=int, default=10, help="anchor seeds per method")

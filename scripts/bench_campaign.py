@@ -138,7 +138,7 @@ def compare_granularities(args: argparse.Namespace, families: list[str], size: s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--zoo", type=Path, default=Path("runs/zoo/tiny-lm"))
     parser.add_argument("--sizes", default="8x4,16x8", help="population x generations, comma separated")
     parser.add_argument(

@@ -42,7 +42,7 @@ def timed_generation(evaluator, jobs) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--zoo", type=Path, default=Path("runs/zoo/tiny-lm"),
                         help="a tiny-lm zoo folder (built there with the default settings if missing)")
     parser.add_argument("--population", type=int, default=16, help="candidates in the generation")

@@ -41,7 +41,7 @@ def _timed(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--zoo", type=Path, required=True)
     parser.add_argument("--model", default="base")
     parser.add_argument("--threads", type=int, default=1)

@@ -13,6 +13,7 @@ arithmetic candidate written into a bf16 module under each, and their ratio, mea
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -62,10 +63,21 @@ def timed(m: InPlaceMerger) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench_exact"))
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--keep", action="store_true", help="keep the model folders built under --root (1.3 GB)")
     args = parser.parse_args()
+    try:
+        measure(args)
+    finally:
+        if not args.keep:  # built again on every run: nothing to reuse (only the folders it wrote)
+            for kind in ("float32", "bfloat16"):
+                for i in range(4):
+                    shutil.rmtree(args.root / f"{kind}-{i}", ignore_errors=True)
+
+
+def measure(args: argparse.Namespace) -> None:
     wide, narrow = build(args.root)
     exact, rounded = merger(narrow, Storage()), merger(wide, Storage(torch.bfloat16))
     assert all(isinstance(d, Endpoint) for ds in exact._deltas.values() for d in ds)

@@ -26,7 +26,6 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,6 +45,7 @@ from evo_merge.irt.classifiers import classifier_responses
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 from evo_merge.irt.validation import BASELINE, random_baseline
+from evo_merge.shipped import shipped_dir
 
 console = Console(width=110)
 
@@ -316,7 +316,7 @@ def leaderboard(draws: int, seeds: int, anchor_draws: int) -> None:
 
 def shipped_responses(family: str):
     """The tiny-lm responses behind irt_models/<family> (base, 3 endpoints, 60 merges) as a long table."""
-    model = IRTModel.load(Path("irt_models") / family)
+    model = IRTModel.load(shipped_dir("irt_models") / family)  # wherever the script runs from
     frame = pd.DataFrame(model.responses, index=model.subject_ids, columns=model.item_ids)
     long = frame.rename_axis("subject").reset_index().melt(id_vars="subject", var_name="item", value_name="score")
     long["scenario"] = long["item"].map(dict(zip(model.item_ids, model.item_scenarios)))
@@ -510,7 +510,7 @@ def pyirt_defaults(families: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--pyirt-epochs", type=int, default=1000)
     parser.add_argument("--skip-pyirt-large", action="store_true", help="skip py-irt on 100 x 5,000 (slow)")
     parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "leaderboard", "classifiers", "pyirt-defaults",

@@ -33,8 +33,9 @@ from evo_merge.weights import load_model_folder
 
 def _prompts(family: str, items: list[str]) -> list[str]:
     task = resolve_task(family)
-    docs = dict(zip(task.item_ids, task.task.eval_docs))
-    return [task.task.doc_to_text(docs[i]) for i in items]
+    (lm_task,) = task.tasks.values()  # a shipped benchmark is one lm-eval task
+    docs = dict(zip(task.item_ids, lm_task.eval_docs))
+    return [lm_task.doc_to_text(docs[i]) for i in items]
 
 
 def _route(mass: MassModel, tok, prompts: list[str]) -> tuple[list[int], list[tuple[int, ...]]]:
@@ -107,7 +108,7 @@ def cost(mass: MassModel, base_model, tok, prompts: dict[str, list[str]], batch:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--zoo", type=Path, required=True)
     parser.add_argument("--items", type=int, default=300, help="first N evaluation items per family (0: all)")
     parser.add_argument("--layer", type=int, default=None, help="routing block (default: the middle one)")

@@ -132,7 +132,7 @@ def fmt(scores: dict[str, float], tasks: list[str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--zoo", type=Path, default=Path("runs/zoo/tiny-lm"))
     parser.add_argument("--budget", type=int, default=48, help="candidates per campaign (both tools)")
     parser.add_argument("--population", type=int, default=12)

@@ -34,6 +34,9 @@ def regrets(full_run: Path, task_items: int, finalists: int, among: int, draws: 
     runner = CampaignRunner.open(Campaign.load(full_run / "campaign.yaml"), full_run, full_run)
     store, rng = runner.workspace.store, np.random.default_rng(0)
     scored = [e for e in store.evaluations() if e.status == "ok" and e.measured]
+    if finalists > min(among, len(scored)):
+        raise SystemExit(f"{full_run}: --finalists {finalists} is more than --among {among} or its {len(scored)} "
+                         "measured candidates")
     rows = []
     for task, fitness in runner.tasks.items():
         items = runner.scoring.search_ids(task)
@@ -57,7 +60,7 @@ def regrets(full_run: Path, task_items: int, finalists: int, among: int, draws: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("runs", nargs="+", type=Path, help="full-evaluation run folders")
     parser.add_argument("--task-items", type=int, default=200)
     parser.add_argument("--finalists", type=int, default=10)

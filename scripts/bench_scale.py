@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import os
 import resource
@@ -88,7 +89,11 @@ def build_checkpoints(root: Path, noise: float = 1e-3, device: str = "cpu") -> t
     from evo_merge.zoo.tokenizer import build_char_tokenizer
 
     folders = [root / "base", *(root / f"ft{t}" for t in range(T))]
-    if (root / "done").exists():
+    settings = json.dumps({**SMALL, "noise": noise, "endpoints": T}, sort_keys=True)
+    if (root / "done").exists():  # reused only as built: another shape's checkpoints gave another model's figures
+        if (root / "done").read_text() != settings:
+            raise SystemExit(f"{root} holds checkpoints of other settings ({(root / 'done').read_text() or 'unknown'}; "
+                             f"these are {settings}): give another --root, or remove it")
         return folders[0], folders[1:]
     device = "cpu" if device == "cpu" else indexed_cuda(device)
     s = SMALL
@@ -113,7 +118,7 @@ def build_checkpoints(root: Path, noise: float = 1e-3, device: str = "cpu") -> t
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         del state
         print(f"  wrote {folder}", flush=True)
-    (root / "done").touch()
+    (root / "done").write_text(settings)
     return folders[0], folders[1:]
 
 
@@ -414,7 +419,7 @@ def extrapolate() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench_scale"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="*", default=list(MODES))
@@ -438,8 +443,10 @@ def main() -> None:
     base, models = build_checkpoints(args.root, device=args.device)
     shapes = shapes_of(base, models)
     results = {}
+    # a mode measured before with the same methods, device and repeats is not re-run
+    measured_as = hashlib.sha256(json.dumps([args.methods, args.device, args.repeats]).encode()).hexdigest()[:12]
     for mode in args.modes:
-        saved = args.root / f"result-{mode.replace(' / ', '-')}.json"  # a mode measured before is not re-run
+        saved = args.root / f"result-{mode.replace(' / ', '-')}-{measured_as}.json"
         if not saved.exists():
             try:
                 done = subprocess.run([sys.executable, __file__, *shape_args, "--child", mode],

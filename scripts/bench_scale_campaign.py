@@ -183,13 +183,14 @@ def compare(exported: Path, rebuilt: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench_scale"), help="bench_scale's checkpoints")
     parser.add_argument("--run", type=Path, default=Path("/tmp/bench_scale_run"), help="run folder (replaced)")
     parser.add_argument("--shape", choices=["0.5B", "7B"], default="0.5B")
     parser.add_argument("--layers", type=int, help="fewer for a smoke run")
     parser.add_argument("--vocab", type=int)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default=None,
+                        help="where the campaign evaluates and merges (default: cuda where torch sees a GPU, else cpu)")
     parser.add_argument("--placement", choices=["device", "host", "disk"], default="host")
     parser.add_argument("--items", type=int, default=200, help="items per task (3 tasks)")
     parser.add_argument("--population", type=int, default=8)
@@ -197,6 +198,7 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, help="the commands' logs (default: beside the run folder)")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     if args.shape != "0.5B":
         bench_scale.SMALL.update(bench_scale.LLAMAS[args.shape])
@@ -205,7 +207,8 @@ def main() -> None:
         bench_scale.build_checkpoints(args.root, device=args.device)
         return
     # built in a process of its own: a child's max RSS starts from its parent's (kept through exec)
-    subprocess.run([sys.executable, *sys.argv, "--build-only"], check=True)
+    if built := subprocess.run([sys.executable, *sys.argv, "--build-only"]).returncode:
+        raise SystemExit(built)  # the build said why (a --root of other settings)
     base, models = bench_scale.build_checkpoints(args.root)  # the folders, built
     shutil.rmtree(args.run, ignore_errors=True)
     args.run.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +223,11 @@ def main() -> None:
     print((logs / "plan.log").read_text(), flush=True)
     rows.append(measured([*cli, "run", str(config), "--out", str(args.run)], logs / "run.log", env))
     print("".join((logs / "run.log").read_text().splitlines(keepends=True)[-25:]), flush=True)
-    pick = args.run / "models" / "balanced"
+    from evo_merge.search.store import CampaignStore
+
+    # the balanced pick's folder: models/balanced, or a best-<task> one when that pick is the same model
+    exported = CampaignStore(args.run).exported() if (args.run / CampaignStore.DB).exists() else {}
+    pick = args.run / (exported["balanced"][1] if "balanced" in exported else "models/balanced")
     agreement = "no export to rebuild"
     if (pick / "merge_recipe.yaml").exists():
         print((pick / "merge_recipe.yaml").read_text(), flush=True)
@@ -241,6 +248,8 @@ def main() -> None:
         gpu = "-" if r["gpu_gib"] is None else f"{r['gpu_gib']:.2f}"
         print(f"| {r['command']} | {r['rc']} | {r['wall_s']:.0f} | {r['rss_gib']:.2f} | {r['anon_gib']:.2f} | {gpu} |")
     print(f"rebuilt from the export's recipe: {agreement}")
+    if any(r["rc"] for r in rows):  # a failed command fails the bench, whose table says which
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def best_of(fn, repeats: int = 3) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--rows", type=int, default=2816)
     parser.add_argument("--cols", type=int, default=4096)
     args = parser.parse_args()

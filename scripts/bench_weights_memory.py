@@ -33,7 +33,7 @@ def rss_anon_mib() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--tensors", type=int, default=16)
     parser.add_argument("--mib", type=int, default=16, help="size of each tensor")
     parser.add_argument("--shard-mib", type=int, default=64)

@@ -76,7 +76,7 @@ def comparison_table(runner: CampaignRunner, lambdas: tuple[float, ...] = (0.3, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("run", type=Path, help="a finished campaign run folder")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.3, 0.5, 0.7, 1.0])
     args = parser.parse_args()

@@ -13,7 +13,7 @@ from evo_merge.tasks.synthetic import FAMILIES, write_benchmark
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "benchmarks")
     args = parser.parse_args()
     for family in FAMILIES:

@@ -29,7 +29,7 @@ FAMILIES = ("arith", "lang", "seq")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--zoo", type=Path, default=Path("runs/zoo/tiny-lm"))
     parser.add_argument("--n-merges", type=int, default=60)
     parser.add_argument("--responses", type=Path, default=Path("runs/responses/tiny-lm.csv"))
