@@ -21,11 +21,9 @@ def mass() -> None:
               help="Fine-tuned model folders: --models A B [C ...].")
 @click.argument("more", nargs=-1, type=UserPath())
 @click.option("--out", required=True, type=UserPath(path_type=Path), help="Output MASS folder.")
-@click.option("--layer", type=click.IntRange(min=0), default=None, help="Block routed on (default: the middle block).")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
-              help="Keep tasks above this probability.")
-@click.option("--max-tasks", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Keep at most this many tasks.")
+@click.option("--layer", type=int, default=None, help="Block routed on (default: the middle block).")
+@click.option("--threshold", type=float, default=0.2, show_default=True, help="Keep tasks above this probability.")
+@click.option("--max-tasks", type=int, default=3, show_default=True, help="Keep at most this many tasks.")
 @click.option("--token", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
               help="Route on the mean over the input's tokens or on its last token.")
 @click.option("--link-base", is_flag=True, help="Store the base's path instead of a copy of it.")
@@ -35,9 +33,18 @@ def build(base, first, more, out, layer, threshold, max_tasks, token, link_base,
     from transformers.utils import logging as hf_logging
 
     from evo_merge.cli.progress import track
+    from evo_merge.errors import UserError
     from evo_merge.mass import MassModel
     from evo_merge.weights.export import check_output_folder
 
+    # said as the option's, before the models are read (the routing settings' own check comes after)
+    for option, value, bad in (("--layer", layer, layer is not None and layer < 0),
+                               ("--threshold", threshold, not 0.0 <= threshold <= 1.0),
+                               ("--max-tasks", max_tasks, max_tasks < 1)):
+        if bad:
+            raise UserError(f"{option} {value}: " + {"--layer": "a block index, 0 or more",
+                                                      "--threshold": "a probability, from 0 to 1",
+                                                      "--max-tasks": "at least 1"}[option])
     # before the decomposition, not after it; an input as OUT: --overwrite replaced an endpoint by its own MASS
     check_output_folder(out, overwrite, [Path(p) for p in (base, first, *more)])
     hf_logging.disable_progress_bar()
