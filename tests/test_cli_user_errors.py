@@ -167,7 +167,8 @@ def test_a_gpu_that_is_not_there_is_refused_by_the_plan_before_anything_loads(tm
     path = campaign(tmp_path, family)
     path.write_text(path.read_text() + "device: cuda\n")
     for args in (("plan", path), ("run", path, "--out", tmp_path / "run")):
-        one_line_error(*invoke(*args), "device: cuda asked for, but torch sees 0 CUDA device(s)")
+        # named with its file, as the other keys are
+        one_line_error(*invoke(*args), f"error: {path}: device: cuda asked for, but torch sees 0 CUDA device(s)")
     assert not (tmp_path / "run").exists()
 
 

@@ -98,14 +98,16 @@ def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:
 
     mass = (model_dir / MASS_JSON).is_file()
     if model_dir.is_dir() and not mass and not (model_dir / "config.json").is_file():  # a run folder, say
-        raise UserError(f"{model_dir}: not a model folder (no config.json)")
+        raise UserError(f"--model {model_dir}: not a model folder (no config.json)")
     if not (mass or allow_pickle) and model_dir.is_dir() and not any(model_dir.glob("*.safetensors")):
-        raise UserError(f"model folder {model_dir} has no .safetensors weights (pickle weights need --allow-pickle)")
+        raise UserError(f"--model {model_dir}: no .safetensors weights (pickle weights need --allow-pickle)")
     try:
         if mass:
             model, tokenizer = load_mass(model_dir)
         else:
             model, tokenizer = load_model_folder(model_dir, allow_pickle=allow_pickle)
+    except UserError as exc:  # "PATH: no such folder" and the like: said as the option's, as the others here
+        raise UserError(f"--model {exc}" if str(exc).startswith(str(model_dir)) else str(exc)) from None
     except (OSError, ValueError, SafetensorError) as exc:
         raise UserError(f"--model {model_dir}: cannot be loaded ({first_line(exc)})") from None
     for name, tensor in model.named_parameters():

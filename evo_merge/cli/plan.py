@@ -20,11 +20,13 @@ def campaign_models(campaign_file: Path):
     from evo_merge.merge.storage import check_disk_dir
     from evo_merge.search.workspace import campaign_references, check_estimator, existing_path, resolve_campaign
     from evo_merge.weights.checkpoint import read_config
+    from evo_merge.weights.devices import resolve_device
 
     with naming_file(campaign_file):
         campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
         refs = campaign_references(campaign)  # as the run resolves and checks them
         check_estimator(campaign)
+        resolve_device(campaign.device)  # a GPU that is not here: said naming the file, before any model
         for line in campaign.ignored_settings():
             logging.getLogger(__name__).warning(line)
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]

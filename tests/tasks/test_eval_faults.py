@@ -42,7 +42,7 @@ def evaluate(models, tmp_path, model, *extra, items="items.txt"):
 
 @pytest.mark.parametrize(("model", "items", "message"), [
     ("lm", "empty.txt", "empty.txt: no item ids in it"),
-    ("pickled", "items.txt", "has no .safetensors weights (pickle weights need --allow-pickle)"),
+    ("pickled", "items.txt", "pickled: no .safetensors weights (pickle weights need --allow-pickle)"),
     ("truncated", "items.txt", "cannot be loaded"),
     ("nan", "items.txt", "tensor model.layers.1.mlp.up_proj.weight holds NaN or Inf"),
     # a run folder, say: its advice was --allow-pickle
@@ -52,6 +52,13 @@ def test_bad_models_and_item_lists_are_one_line_exit_2(models, tmp_path, model, 
     code, output = evaluate(models, tmp_path, model, items=items)
     assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
     assert output.startswith("error: ") and not (tmp_path / "s.csv").exists()
+    if model != "lm":  # the model's errors name the option, as the others of `eval` do
+        assert output.startswith("error: --model "), output
+
+
+def test_a_model_folder_that_is_not_there_names_the_option(models, tmp_path):
+    code, output = evaluate(models, tmp_path, "nowhere")
+    assert code == 2 and output.strip() == f"error: --model {models / 'nowhere'}: no such folder", output
 
 
 def test_out_naming_a_folder_is_one_line(models, tmp_path):
