@@ -23,7 +23,7 @@ from torch import nn
 from evo_merge.align.builders import ARCHS, check_arch, spec_for
 from evo_merge.align.c2m3 import c2m3
 from evo_merge.align.features import evaluated, forward
-from evo_merge.align.io import Endpoint, load_data, load_endpoint, write_endpoint
+from evo_merge.align.io import Endpoint, check_data_path, load_data, load_endpoint, write_endpoint
 from evo_merge.align.matching import activation_matching, mudsc_matching, weight_matching
 from evo_merge.align.methods import METHODS, NEEDS_DATA
 from evo_merge.align.spec import (
@@ -185,8 +185,8 @@ def align_folders(
     if arch not in ARCHS:  # a mistyped built-in (`lama`) was read as a spec file that did not exist
         check_arch(arch, None, arch_key)
     check_method(method, data is not None, data_key)  # said before N models are loaded, as the path below
-    if data is not None and (not Path(data).exists() or Path(data).is_dir()):
-        load_data(data, None, data_key)  # names what is wrong with the path
+    if data is not None:
+        check_data_path(data, data_key)
     written = None if arch in ARCHS else load_spec_yaml(arch)
     endpoints = [load_endpoint(p) for p in paths]
     names = _unique_names([e.path for e in endpoints])

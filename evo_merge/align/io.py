@@ -76,15 +76,21 @@ def write_endpoint(endpoint: Endpoint, state: State, out: Path) -> None:
 MIN_ROWS = 2  # inputs an activation statistic is computed over, at the least
 
 
-def load_data(path: str | Path, endpoint: Endpoint, key: str = "--data") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Inputs for activation statistics: a .safetensors file with `x` (and optional labels `y`),
-    or for language models a text file, tokenized and cut into sequences of SEQ_LEN tokens.
-    Errors name `key`, the option or campaign key the file came from."""
+def check_data_path(path: str | Path, key: str = "--data") -> Path:
+    """The data file a command names, there and not a folder: said before any model is loaded."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{key} {path}: no such file")
     if path.is_dir():
         raise UserError(f"{key} {path}: a folder; give a .safetensors file (x[,y]) or a text file")
+    return path
+
+
+def load_data(path: str | Path, endpoint: Endpoint, key: str = "--data") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inputs for activation statistics: a .safetensors file with `x` (and optional labels `y`),
+    or for language models a text file, tokenized and cut into sequences of SEQ_LEN tokens.
+    Errors name `key`, the option or campaign key the file came from."""
+    path = check_data_path(path, key)
     if path.suffix == ".safetensors":
         try:
             tensors = load_file(path)

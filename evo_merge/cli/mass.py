@@ -30,21 +30,22 @@ def mass() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def build(base, first, more, out, layer, threshold, max_tasks, token, link_base, overwrite) -> None:
     """Decompose each model's task vector (TSV-C factors) and write a MASS folder to OUT."""
+    from pydantic import ValidationError
     from transformers.utils import logging as hf_logging
 
     from evo_merge.cli.progress import track
     from evo_merge.errors import UserError
     from evo_merge.mass import MassModel
+    from evo_merge.mass.routing import RoutingConfig
     from evo_merge.weights.export import check_output_folder
 
-    # said as the option's, before the models are read (the routing settings' own check comes after)
-    for option, value, bad in (("--layer", layer, layer is not None and layer < 0),
-                               ("--threshold", threshold, not 0.0 <= threshold <= 1.0),
-                               ("--max-tasks", max_tasks, max_tasks < 1)):
-        if bad:
-            raise UserError(f"{option} {value}: " + {"--layer": "a block index, 0 or more",
-                                                      "--threshold": "a probability, from 0 to 1",
-                                                      "--max-tasks": "at least 1"}[option])
+    # the routing settings' own check, said as the option's before the models are read (after them,
+    # `--max-tasks 0` was "MASS routing settings: max_tasks: ...")
+    try:
+        RoutingConfig(layer=layer or 0, weight="", threshold=threshold, max_tasks=max_tasks, token=token)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"--{first['loc'][0].replace('_', '-')} {first['input']}: {first['msg']}") from None
     # before the decomposition, not after it; an input as OUT: --overwrite replaced an endpoint by its own MASS
     check_output_folder(out, overwrite, [Path(p) for p in (base, first, *more)])
     hf_logging.disable_progress_bar()

@@ -105,6 +105,5 @@ def campaign_text(zoo: Path | str, families: list[str], *, name: str = "demo", c
     tasks = "\n".join(f"  - {{task: {scalar(family)}}}" for family in families)
     command = command or run_command(f"{name}.yaml", f"runs/{name}")
     return TEMPLATE.format(name=scalar(name), command=command, base=scalar(f"{zoo}/base"), models=models, tasks=tasks,
-                           anchors=anchors,
-                           warmup=warmup, population=population, generations=generations, top=top,
+                           anchors=anchors, warmup=warmup, population=population, generations=generations, top=top,
                            batch_size=EvaluatorSpec.model_fields["batch_size"].default)

@@ -109,8 +109,8 @@ def _claim(out: Path, own: set[str], seed: int, force: bool) -> None:
     name other digits. A new, empty or earlier mnist zoo folder (reused) is fine."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file, not a zoo folder")
-    other = sorted(p.name for p in out.iterdir() if p.name not in own and not MODEL_FOLDER.match(p.name)) \
-        if out.is_dir() else []
+    held = [p.name for p in out.iterdir()] if out.is_dir() else []
+    other = sorted(name for name in held if name not in own and not MODEL_FOLDER.match(name))
     if other:
         raise UserError(f"{out}: holds {other[0]!r}, which is no part of an mnist zoo; give a new or empty folder")
     manifest = out / "manifest.json"
