@@ -176,8 +176,23 @@ class Checkpoint:
                 if name not in held[reader]:
                     raise UserError(f"{path}: the index maps tensor {name!r} to {file_name}, which does not hold it")
                 self._readers[name] = reader
+            self._add_unlisted(path, readers)
         self.names: list[str] = list(self._readers)
+        self._same: dict[tuple[str, str], bool] = {}
         self._refuse_quantized()
+
+    def _add_unlisted(self, path: Path, readers: dict[Path, _WeightsFile]) -> None:
+        """Tensors a shard holds that its index leaves out, read as transformers reads them: it
+        loads every tensor of every listed shard. A tensor in two shards is refused (transformers
+        would take the last one read, whatever the index says)."""
+        stored_in: dict[str, Path] = {}
+        for file, reader in readers.items():
+            for name in reader.names():
+                if name in stored_in:
+                    raise UserError(f"{path}: tensor {name!r} is stored in two shards, {stored_in[name].name} and "
+                                    f"{file.name}; keep it in the one its index names")
+                stored_in[name] = file
+                self._readers.setdefault(name, reader)
 
     def _refuse_quantized(self) -> None:
         """A quantized checkpoint stores codes and scales (GPTQ's packed integers, FP8 weights with a
@@ -235,6 +250,24 @@ class Checkpoint:
             tensor = view.clone()
         reader.release(view)
         return tensor
+
+    def same_values(self, first: str, second: str) -> bool:
+        """Whether two tensors are stored with the same values (a tied head stored as a copy of its
+        embedding), as transformers compares them when it loads: on the file mapping, without a
+        copy of either, once. An adapter's update is not part of it (peft adds it to the model as
+        loaded, ties included)."""
+        if (first, second) not in self._same:
+            self._same[first, second] = self.shape(first) == self.shape(second) and self._equal(first, second)
+        return self._same[first, second]
+
+    def _equal(self, first: str, second: str) -> bool:
+        views = [(reader := self._reader(name), reader.load(name)) for name in (first, second)]
+        try:
+            a, b = (view for _, view in views)
+            return torch.equal(a, b) if a.dtype == b.dtype else torch.equal(a.float(), b.float())
+        finally:
+            for reader, view in views:
+                reader.release(view)
 
     @property
     def floating_dtype(self) -> torch.dtype:

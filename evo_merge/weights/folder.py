@@ -10,7 +10,6 @@ decided once. (Streaming tensor access without building a module is `Checkpoint`
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +49,9 @@ def load_model_folder(
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"{path}: not a model folder" if path.exists() else f"{path}: no such folder")
-    config = read_config(path) or {}
+    config = read_config(path)
+    if config is None:
+        raise UserError(f"{path}: no config.json (a model folder's config says how to build the model)")
     torch_dtype = parse_dtype(dtype)
     if hf_model_type(config) is not None:
         module, tokenizer = _load_hf(path, torch_dtype, allow_pickle, untie)
@@ -68,10 +69,24 @@ def load_model_folder(
 
 def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool,
              untie: bool) -> tuple[nn.Module, Any | None]:
+    # safetensors unless allowed: a pickle checkpoint can run code when loaded; and never a model
+    # folder's own Python (`auto_map`): transformers would otherwise ask on the terminal, mid-run.
+    # The weights are first opened as a merge opens them (headers only), so a folder a merge
+    # refuses (pickle, shards, quantized) is refused here with the same line
+    with Checkpoint.open(path, allow_pickle=allow_pickle) as checkpoint:
+        module, loading, tokenizer = _from_pretrained(path, dtype, allow_pickle, untie)
+        _check_fits(path, module, loading, checkpoint, untie)
+    if untie:
+        with torch.no_grad():
+            module.get_output_embeddings().weight.copy_(module.get_input_embeddings().weight)
+    return module, tokenizer
+
+
+def _from_pretrained(path: Path, dtype: torch.dtype | None, allow_pickle: bool,
+                     untie: bool) -> tuple[nn.Module, dict[str, Any], Any | None]:
+    """(module, transformers' loading info, tokenizer or None), its errors as one line each."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # safetensors unless allowed: a pickle checkpoint can run code when loaded; and never a model
-    # folder's own Python (`auto_map`): transformers would otherwise ask on the terminal, mid-run
     try:
         untied = {"tie_word_embeddings": False} if untie else {}
         with _quiet_transformers(untie):
@@ -79,16 +94,13 @@ def _load_hf(path: Path, dtype: torch.dtype | None, allow_pickle: bool,
                 path, dtype=dtype or "auto", trust_remote_code=False, use_safetensors=None if allow_pickle else True,
                 output_loading_info=True, ignore_mismatched_sizes=True, **untied)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if tokenizer_files(path) else None
-    except pickle.UnpicklingError:
-        raise UserError(f"{path}: its pickle checkpoint holds objects other than tensors, which could run code; "
-                        "refused (convert it to safetensors where it came from a source you trust)") from None
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load the model ({first_line(err)})") from None
-    _check_fits(path, module, loading, allow_pickle, untie)
-    if untie:
-        with torch.no_grad():
-            module.get_output_embeddings().weight.copy_(module.get_input_embeddings().weight)
-    return module, tokenizer
+    except KeyError as err:  # an entry transformers needs in a file it reads
+        hint = ("its weights index has no \"metadata\" entry, which transformers needs (add \"metadata\": {})"
+                if err.args == ("metadata",) else f"transformers found no {err} in its files")
+        raise UserError(f"{path}: cannot load the model ({hint})") from None
+    return module, loading, tokenizer
 
 
 def _say_own_code_not_run(path: Path, config: dict[str, Any], module: nn.Module) -> None:
@@ -103,7 +115,7 @@ def _say_own_code_not_run(path: Path, config: dict[str, Any], module: nn.Module)
                     "transformers' %s is loaded instead", path, own, type(module).__name__)
 
 
-def _check_fits(path: Path, module: nn.Module, loading: dict[str, Any], allow_pickle: bool, untie: bool) -> None:
+def _check_fits(path: Path, module: nn.Module, loading: dict[str, Any], checkpoint: Checkpoint, untie: bool) -> None:
     """Raise UserError naming the first stored tensor that does not fit the model config.json describes.
 
     transformers loads such a folder anyway, and it would be scored as if nothing were wrong: a tensor
@@ -116,15 +128,14 @@ def _check_fits(path: Path, module: nn.Module, loading: dict[str, Any], allow_pi
     if name := next((n for n in state if n in mismatched), None):
         stored, expected = mismatched[name]
         raise UserError(f"{path}: tensor {name!r} has shape {list(stored)} where config.json gives {list(expected)}")
-    with Checkpoint.open(path, allow_pickle=allow_pickle) as checkpoint:
-        filled = untie and heads.ties_embeddings(checkpoint)
-        missing = (n for n in state if n in loading["missing_keys"] and not (filled and heads.is_head(n)))
-        if name := next(missing, None):
-            raise UserError(f"{path}: tensor {name!r} of the model in config.json is missing from its weights")
-        for name in checkpoint.names:
-            if name in state and not castable(dtype := checkpoint.dtype(name), state[name].dtype):
-                raise UserError(f"{path}: tensor {name!r} has dtype {dtype_name(dtype)} where the model has "
-                                f"{dtype_name(state[name].dtype)}; only floating dtypes can be cast")
+    filled = untie and heads.ties_embeddings(checkpoint)
+    missing = (n for n in state if n in loading["missing_keys"] and not (filled and heads.is_head(n)))
+    if name := next(missing, None):
+        raise UserError(f"{path}: tensor {name!r} of the model in config.json is missing from its weights")
+    for name in checkpoint.names:
+        if name in state and not castable(dtype := checkpoint.dtype(name), state[name].dtype):
+            raise UserError(f"{path}: tensor {name!r} has dtype {dtype_name(dtype)} where the model has "
+                            f"{dtype_name(state[name].dtype)}; only floating dtypes can be cast")
 
 
 @contextmanager

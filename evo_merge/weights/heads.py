@@ -7,7 +7,9 @@ stored a head of its own (the "3.6B" Llama-3.2-3B fine-tunes). The file merge, t
 in-place merger and MASS read heads by these rules, kept here once:
 
 - a head a model does not store is its input embedding (as transformers and mergekit read it);
-- a head stored by a model whose config ties it is a copy of that embedding, not a head of its own;
+- a head stored by a model whose config ties it is a copy of that embedding, not a head of its own,
+  where it holds the embedding's values; one that differs is the model's own head (transformers
+  5 then warns and leaves the two untied, and scores that head);
 - a merge needs a head of its own (an untied output) when an input has one and the base does not.
 """
 
@@ -36,14 +38,18 @@ def is_head(name: str) -> bool:
 
 
 def ties_embeddings(checkpoint: Checkpoint) -> bool:
-    """Whether the model's config says its head is its input embedding: `tie_word_embeddings`, or
-    where the config leaves it out (the Hub's GPT-2 and Gemma configs), the default of its model
-    type's config class, as transformers reads it (GPT-2, Gemma, T5: tied; Llama, Qwen2: not)."""
+    """Whether the model's head is its input embedding, as transformers loads it: its config says
+    so (`tie_word_embeddings`, or where the config leaves it out, as the Hub's GPT-2 and Gemma
+    configs do, the default of its model type's config class: GPT-2, Gemma, T5 tied; Llama,
+    Qwen2 not), and a head it stores holds the embedding's values."""
     config = checkpoint.config or {}
     if "tie_word_embeddings" in config:
-        return config["tie_word_embeddings"] is True
-    model_type = config.get("model_type")
-    return isinstance(model_type, str) and _tied_by_default(model_type)
+        tied = config["tie_word_embeddings"] is True
+    else:
+        model_type = config.get("model_type")
+        tied = isinstance(model_type, str) and _tied_by_default(model_type)
+    stored = ((n, embedding) for n in checkpoint.names if is_head(n) and (embedding := _embedding(checkpoint, n)))
+    return tied and all(checkpoint.same_values(head, embedding) for head, embedding in stored)
 
 
 @functools.cache
@@ -77,8 +83,13 @@ def source_name(checkpoint: Checkpoint, name: str) -> str:
     input embedding that stands in for it (the one nearest the head's own prefix)."""
     if name in checkpoint or not is_head(name):
         return name
+    return _embedding(checkpoint, name) or name
+
+
+def _embedding(checkpoint: Checkpoint, head: str) -> str | None:
+    """The input embedding that stands in for `head` (the one nearest its prefix); None if none."""
     tied = [n for n in checkpoint.names if _outside_blocks(n, INPUT_EMBEDDINGS)]
-    return max(tied, key=lambda n: len(os.path.commonprefix([n, name]))) if tied else name
+    return max(tied, key=lambda n: len(os.path.commonprefix([n, head]))) if tied else None
 
 
 def heads_to_untie(base: Checkpoint, endpoints: Sequence[Checkpoint]) -> list[str]:

@@ -3,7 +3,8 @@
 The adapter folder holds `adapter_config.json` and `adapter_model.safetensors` (keys such as
 `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`). Folding in directly keeps
 the streaming merge lazy (peft would build the whole model) and needs no peft at run time.
-Every adapter matrix is checked against the model's tensor shape when the checkpoint opens.
+Every adapter matrix and whole tensor is checked against the model's tensor shape when the
+checkpoint opens.
 
 Besides A/B matrices an adapter may hold whole tensors, which replace the model's before the
 update is added (what peft's load and merge_and_unload give): `X.base_layer.weight`, saved for an
@@ -94,7 +95,11 @@ class LoraCheckpoint(Checkpoint):
         for key in weights.names():
             match = _KEY.match(key)
             if match is None:
-                whole[self._replaced(key, weights_file)] = key
+                name = self._replaced(key, weights_file)
+                if (shape := weights.meta(key)[0]) != self.shape(name):  # peft's load would refuse it too
+                    raise UserError(f"{weights_file}: {key} has shape {list(shape)} but the model's {name} is "
+                                    f"{list(self.shape(name))}")
+                whole[name] = key
                 continue
             parts = pairs.setdefault(match["module"], {})
             if match["kind"] == "bias" and match["part"] != "lora_B":  # peft's lora_bias is lora_B's alone

@@ -393,6 +393,18 @@ def test_lora_adapter_whole_tensors_replace_the_model_s_as_peft_merge_and_unload
     assert result.exit_code == 2 and "no_such.weight is neither a LoRA A/B matrix" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not bad.exists()
 
+    # a whole tensor of another shape (a resized vocabulary) was taken in, and the merge went on
+    key = next(k for k in saved if k.endswith("base_layer.weight") or k == f"base_model.model.{whole}")
+    saved[key] = torch.zeros(saved[key].shape[0] + 2, saved[key].shape[1])
+    save_file(saved, tmp_path / "adapter" / "adapter_model.safetensors")
+    result, bad = merge(tmp_path, {"merge_method": "linear",
+                                   "models": [{"model": f"{deep['ft1']}+{tmp_path / 'adapter'}"}]}, "resized")
+    assert result.exit_code == 2 and not bad.exists(), result.output
+    expected_shape = list(tensors_of(deep["ft1"])[whole].shape)
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / 'resized.yaml'}: {tmp_path / 'adapter' / 'adapter_model.safetensors'}: {key} has shape "
+        f"{[expected_shape[0] + 2, expected_shape[1]]} but the model's {whole} is {expected_shape}"]
+
 
 def test_a_tied_model_s_input_embedding_stands_in_for_its_missing_output_head(deep, tmp_path):
     tied = tie_embeddings(deep["ft1"], tmp_path / "tied")

@@ -3,6 +3,7 @@ models that store a head: a tied model's head is its embedding, a stored copy of
 its own, and an endpoint's own head next to a tied base makes the evaluated model untied."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -33,14 +34,33 @@ def family(tmp_path_factory):
         "tied ft1": tie_embeddings(ft1, root / "tied-ft1"),
         "tied ft1 with a copy": tie_embeddings(ft1, root / "tied-ft1-copy", store_head=True),
         "tied ft2": tie_embeddings(ft2, root / "tied-ft2"),
+        "base tying a head of its own": tied_config(base, root / "base-own-head"),
+        "ft1 tying a head of its own": tied_config(ft1, root / "ft1-own-head"),
     }
 
 
+def tied_config(folder, out):
+    """A copy whose config ties its embeddings while it stores a head of its own (other values):
+    transformers warns and leaves the two untied, scoring the stored head."""
+    shutil.copytree(folder, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    return out
+
+
 def head_of(folder) -> torch.Tensor:
-    """The head transformers computes with: the stored one, or the embedding a tied model uses."""
+    """The head transformers computes with: the stored one, or the embedding a tied model uses
+    (one storing no head, or a copy of its embedding)."""
     weights = load_file(folder / "model.safetensors")
     tied = json.loads((folder / "config.json").read_text()).get("tie_word_embeddings") is True
-    return weights[EMBEDDING] if tied else weights[HEAD]
+    own = HEAD in weights and not torch.equal(weights[HEAD], weights[EMBEDDING])
+    return weights[HEAD] if own or not tied else weights[EMBEDDING]
+
+
+@pytest.mark.parametrize("name", ["tied base", "tied base with a copy", "base", "ft1 tying a head of its own"])
+def test_head_of_reads_the_head_transformers_loads(family, name):
+    module = AutoModelForCausalLM.from_pretrained(family[name], dtype=torch.float32)
+    assert torch.equal(module.get_output_embeddings().weight, head_of(family[name]))
 
 
 # (base, endpoints, whether the evaluated model and the exported pick need a head of their own)
@@ -49,6 +69,9 @@ CASES = {
     "a base storing a copy, tied endpoints": ("tied base with a copy", ["tied ft1", "tied ft2"], False),
     "untied base, a tied endpoint": ("base", ["tied ft1", "ft2"], True),
     "tied base, an endpoint with a head of its own": ("tied base", ["ft1", "tied ft2"], True),
+    "tied base, an endpoint whose config ties a head of its own": ("tied base", ["ft1 tying a head of its own",
+                                                                                 "tied ft2"], True),
+    "a base whose config ties a head of its own": ("base tying a head of its own", ["ft1", "tied ft2"], True),
 }
 
 
@@ -64,10 +87,16 @@ def test_the_in_place_merge_computes_with_each_model_s_own_head(family, case):
     assert shared is not untied
 
 
-def test_a_campaign_with_an_endpoint_s_own_head_next_to_a_tied_base_exports_what_it_evaluated(family, tmp_path):
+@pytest.mark.parametrize("case", ["tied base, an endpoint with a head of its own",
+                                  "tied base, an endpoint whose config ties a head of its own",
+                                  "a base whose config ties a head of its own"])
+def test_a_campaign_with_a_head_of_its_own_next_to_a_tied_model_exports_what_it_evaluated(family, case, tmp_path):
     """The pick is written untied, with the head the campaign scored (the campaign was refused:
-    'tensor lm_head.weight is in ft1 but missing from the base')."""
-    base, endpoints = family["tied base"], [family["ft1"], family["tied ft2"]]
+    'tensor lm_head.weight is in ft1 but missing from the base'; and a head stored under a config
+    that ties it was taken for a copy of the embedding: scored with the base's stored head, which
+    the merge never wrote, and exported with none)."""
+    base_key, endpoint_keys, _ = CASES[case]
+    base, endpoints = family[base_key], [family[k] for k in endpoint_keys]
     run = run_campaign(write_campaign(tmp_path / "campaign.yaml", base, endpoints), tmp_path / "run")
     store = CampaignStore(run)
     exported = store.get_meta(EXPORTED_META)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from evo_merge.errors import UserError
@@ -273,6 +273,32 @@ def test_broken_index_names_the_culprit(llama_family, tmp_path):
     index_file.write_text(good)
     (out / shard).unlink()
     with pytest.raises(UserError, match=f"lists shard {shard}, which is missing"):
+        Checkpoint.open(out)
+
+
+def test_a_tensor_a_shard_holds_outside_its_index_is_read_as_transformers_reads_it(llama_family, tmp_path):
+    """A tensor left out of the index was dropped (a merge never mixed it; the scored module had it
+    from the shard, as transformers loads every tensor of every listed shard); one in two shards is refused."""
+    from transformers import AutoModelForCausalLM
+
+    base, _ = llama_family
+    out = tmp_path / "sharded"
+    with Checkpoint.open(base) as src:
+        write_model_folder(out, ((n, src.tensor(n)) for n in src.names), max_shard_bytes=20_000)
+    shutil.copy(base / "config.json", out / "config.json")
+    index_file = out / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    left_out = "model.norm.weight"
+    shard = index["weight_map"].pop(left_out)
+    index_file.write_text(json.dumps(index))
+    loaded = AutoModelForCausalLM.from_pretrained(out).state_dict()[left_out]
+    with Checkpoint.open(out) as checkpoint, Checkpoint.open(base) as original:
+        assert left_out in checkpoint.names
+        assert torch.equal(checkpoint.tensor(left_out), loaded) and torch.equal(loaded, original.tensor(left_out))
+    other = next(f for f in index["weight_map"].values() if f != shard)
+    weights = load_file(out / other)
+    save_file({**weights, left_out: loaded}, out / other, metadata={"format": "pt"})
+    with pytest.raises(UserError, match=f"tensor '{left_out}' is stored in two shards, "):
         Checkpoint.open(out)
 
 

@@ -98,6 +98,9 @@ def test_folders_that_are_not_models_are_user_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="file: not a model folder$"):
         load_model_folder(tmp_path / "file")
+    (tmp_path / "weights only").mkdir()
+    with pytest.raises(UserError, match="weights only: no config.json"):  # (it said config.json "does not say")
+        load_model_folder(tmp_path / "weights only")
     bare = _plain_folder(tmp_path / "bare", {"hidden": 3}, {"w": torch.zeros(2)})
     with pytest.raises(UserError, match="no model_type or arch"):
         load_model_folder(bare)
@@ -112,8 +115,9 @@ def test_an_hf_folder_with_only_a_pickle_is_refused(llama_family, tmp_path):
     model.save_pretrained(folder)
     (folder / "model.safetensors").unlink()
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    with pytest.raises(UserError, match="cannot load the model"):
-        load_model_folder(folder)
+    with pytest.raises(UserError, match=r"pytorch_model\.bin is a pickle checkpoint, which can run code") as err:
+        load_model_folder(folder)  # said as a merge says it (it was transformers' "no file named model.safetensors")
+    assert "allow_pickle=True" in str(err.value)
 
 
 class _Planted:
@@ -130,7 +134,7 @@ def test_an_allowed_pickle_that_is_not_weights_only_is_one_user_error_and_runs_n
     (folder / "model.safetensors").unlink()
     marker = tmp_path / "code-ran"
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"model.embed_tokens.weight": _Planted(marker)}))
-    with pytest.raises(UserError, match="holds objects other than tensors"):
+    with pytest.raises(UserError, match="cannot load as a weights-only pickle"):
         load_model_folder(folder, allow_pickle=True)
     assert not marker.exists()
 
@@ -236,3 +240,20 @@ def test_valid_hf_folders_still_load_tied_sharded_and_in_bfloat16(llama_family, 
     assert {p.dtype for p in sharded.parameters()} == {torch.bfloat16}
     for name, tensor in reference.state_dict().items():
         assert torch.equal(sharded.state_dict()[name], tensor), name
+
+
+def test_a_sharded_index_without_metadata_is_one_line_saying_what_to_add(llama_family, tmp_path):
+    """Indexes written by hand or by converters often hold the weight map alone: merged fine, then
+    the campaign's or `eval`'s load was a KeyError traceback from transformers."""
+    from evo_merge.weights import Checkpoint
+    from evo_merge.weights.export import write_model_folder
+
+    out = tmp_path / "sharded"
+    with Checkpoint.open(llama_family[0]) as src:
+        write_model_folder(out, ((n, src.tensor(n)) for n in src.names), max_shard_bytes=20_000)
+    shutil.copy(llama_family[0] / "config.json", out / "config.json")
+    index_file = out / "model.safetensors.index.json"
+    index_file.write_text(json.dumps({"weight_map": json.loads(index_file.read_text())["weight_map"]}))
+    with pytest.raises(UserError, match=r'sharded: cannot load the model \(its weights index has no "metadata" '
+                                        r'entry, which transformers needs \(add "metadata": \{\}\)\)$'):
+        load_model_folder(out)
