@@ -1,12 +1,15 @@
 """Before the final phase: front members that the estimates cannot tell apart get more items.
 
-Two front members overlap when, on every task, their estimates lie within the sum of their
-standard errors: the front's order between them is noise. With an adaptive estimator, each
-overlapping member's test is continued to a smaller standard error (half the target, twice the
-item budget) once, so the measured front starts from the members that really differ. Fixed
-anchors have no further items to give, so nothing happens for the other estimators. Which members
-overlap is decided once, on the search's estimates, and stored: refining changes the estimates,
-so deciding again (on a resume, after a kill mid-way) would refine others.
+Two front members overlap when, on every task, their scores lie within the sum of their
+standard errors: the front's order between them is noise. A member measured on every search item
+(a standard merge, measured as a warm-up) counts with its measured score and a standard error of
+0: an estimate within its own SE of it is as unresolved as one within two SEs of another
+estimate. With an adaptive estimator, each overlapping estimated member's test is continued to a
+smaller standard error (half the target, twice the item budget) once, so the measured front
+starts from the members that really differ. Fixed anchors have no further items to give, so
+nothing happens for the other estimators. Which members overlap is decided once, on the search's
+estimates, and stored: refining changes the estimates, so deciding again (on a resume, after a
+kill mid-way) would refine others.
 """
 
 from __future__ import annotations
@@ -23,16 +26,26 @@ STAGE = "resolving the front (adaptive)"
 RESOLVED_META = Record("front_refined", list[str])  # keys of the overlapping front members, as first decided
 
 
+def _score(member: Evaluation, task: str) -> tuple[float, float] | None:
+    """A member's score on `task` and its standard error: measured (SE 0) where it is, else its
+    estimate; None for an estimate without an SE (nothing to compare it with)."""
+    if member.measured is not None:
+        return member.measured[task], 0.0
+    if member.estimate_se:
+        return member.estimates[task], member.estimate_se[task]
+    return None
+
+
+def _within(a: Evaluation, b: Evaluation, names: Sequence[str]) -> bool:
+    """Whether `a` and `b` lie within the sum of their standard errors on every task."""
+    pairs = [(_score(a, t), _score(b, t)) for t in names]
+    return all(x is not None and y is not None and abs(x[0] - y[0]) <= x[1] + y[1] for x, y in pairs)
+
+
 def overlapping(members: Sequence[Evaluation], names: Sequence[str]) -> list[Evaluation]:
-    """Members whose estimates are within the sum of the SEs of another member's on every task."""
-    out = []
-    for a in members:
-        for b in members:
-            if a is not b and a.estimate_se and b.estimate_se and all(
-                    abs(a.estimates[t] - b.estimates[t]) <= a.estimate_se[t] + b.estimate_se[t] for t in names):
-                out.append(a)
-                break
-    return out
+    """The estimated members within the sum of the SEs of another member (estimated or measured)
+    on every task; a measured member has no test to continue, so it is never one of them."""
+    return [a for a in members if a.measured is None and any(a is not b and _within(a, b, names) for b in members)]
 
 
 def resolve_front(log: EvaluationLog, objectives: Objectives) -> list[Evaluation]:

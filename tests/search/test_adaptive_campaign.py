@@ -82,6 +82,25 @@ def test_overlap_is_judged_on_every_task():
     assert [e.id for e in overlapping([close, near, far], ["x", "y"])] == [1, 2]
 
 
+def test_a_measured_member_counts_with_its_measured_score_and_no_error():
+    """An estimate within its own SE of a measured member is unresolved; one within two SEs of it
+    is not (it would be, of another estimate with the same SE); the measured member is never refined."""
+    from evo_merge.search.refine import overlapping
+    from evo_merge.search.store import Evaluation
+
+    measured = Evaluation(1, "1", "baseline", None, "linear", "ok", {"x": 0.9, "y": 0.9}, {"x": 0.5, "y": 0.5},
+                          100, 0.0, None, None)
+
+    def estimated(i, x, y):
+        return Evaluation(i, str(i), "search", 1, "ties", "ok", {"x": x, "y": y}, None, 10, 0.0, None,
+                          {"x": 0.02, "y": 0.02})
+
+    within_own, within_two = estimated(2, 0.515, 0.49), estimated(3, 0.535, 0.47)
+    assert [e.id for e in overlapping([measured, within_own], ["x", "y"])] == [2]
+    assert overlapping([measured, within_two], ["x", "y"]) == []
+    assert [e.id for e in overlapping([estimated(4, 0.5, 0.5), within_two], ["x", "y"])] == [4, 3]
+
+
 def test_an_adaptive_campaign_with_held_out_items_resumes(tmp_path):
     """Measured candidates hold held-out items the IRT model never saw: a replay must not trip on them."""
     base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
