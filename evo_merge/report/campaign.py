@@ -83,8 +83,9 @@ def mark_front(scored: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
 
 
 def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame:
-    """Per generation: hypervolume of all estimates so far, the best estimate per task (by direction)
-    and the item evaluations spent, as the generation ended (what the trackers logged)."""
+    """Per generation: hypervolume of all merges' estimates so far, the best merge's estimate per
+    task (by direction) and the item evaluations spent, as the generation ended (what the trackers
+    logged; `generation_metrics`)."""
     # a first generation the search looked up whole (its seeds: endpoints and standard warm-ups) has a row too
     generations = sorted({e.generation for e in store.evaluations(SEARCH) if e.status == "ok"}
                          | set(range(1, store.generations_completed() + 1)))
@@ -150,7 +151,7 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
     a.plot(progress.generation, progress.hypervolume, marker="o"), a.set_title("hypervolume (estimated)")
     for t in tasks:
         b.plot(progress.generation, progress[f"best_{t}"], marker="o", label=t)
-    b.set_title("best estimate per task"), b.legend(fontsize=7)
+    b.set_title("best merge's estimate per task"), b.legend(fontsize=7)
     for ax in (a, b):
         ax.set_xlabel("generation")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no generation 2.5

@@ -122,7 +122,8 @@ def progress_figure(progress: pd.DataFrame, tasks: Sequence[str]):
     from plotly.subplots import make_subplots
 
     fig = make_subplots(
-        rows=1, cols=3, subplot_titles=("hypervolume (estimated)", "best estimate per task", "item evaluations spent")
+        rows=1, cols=3,
+        subplot_titles=("hypervolume (estimated)", "best merge's estimate per task", "item evaluations spent")
     )
     fig.add_trace(go.Scatter(x=progress.generation, y=progress.hypervolume, name="hypervolume"), row=1, col=1)
     for task in tasks:

@@ -99,7 +99,8 @@ CMA_SEED_FOR_0 = 2**31 - 1
 def make_algorithm(name: str, space: SearchSpace, *, n_objectives: int, population: int, generations: int,
                    seed: int, seeds: Sequence[Candidate] = ()) -> SearchAlgorithm:
     """The algorithm `name`, set up to stop after `generations`; its first generation starts
-    from the `seeds` the space can express, the rest random."""
+    from the `seeds` the space can express, the rest random (CMA-ES: from the first of them
+    alone, its starting point, else the centre of the box)."""
     genomes = space.expressible(seeds)
     if name == "cmaes":
         encoding = RealEncoding(space)

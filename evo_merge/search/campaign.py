@@ -24,7 +24,7 @@ from evo_merge.search.evaluator import Evaluator, campaign_tasks
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_picks, record_task_meta
 from evo_merge.search.front import candidates, measure_final, measure_picks
-from evo_merge.search.holdout import HOLDOUT_META, holdout_items
+from evo_merge.search.holdout import HOLDOUT_META, holdout_items, shortfalls
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
@@ -67,12 +67,11 @@ def search_space(workspace: Workspace) -> SearchSpace:
 
 
 class CampaignRunner:
-    def __init__(self, workspace: Workspace, tasks: dict[str, FitnessTask], progress: Progress = no_progress,
-                 evaluator_factory: Callable[..., Evaluator] = make_evaluator):
+    def __init__(self, workspace: Workspace, tasks: dict[str, FitnessTask], holdout: dict[str, list[str]],
+                 progress: Progress = no_progress, evaluator_factory: Callable[..., Evaluator] = make_evaluator):
         campaign = workspace.campaign
-        self.workspace, self.tasks, self._factory = workspace, tasks, evaluator_factory
+        self.workspace, self.tasks, self.holdout, self._factory = workspace, tasks, holdout, evaluator_factory
         self.objectives = campaign_objectives(campaign)
-        self.holdout = holdout_items(tasks, campaign.final.holdout, campaign.algorithm.seed)
         self.scoring = Scoring(campaign.estimator, tasks, workspace.store, workspace.run_dir / "irt",
                                campaign.algorithm.seed, self.holdout)
         self.log = EvaluationLog(workspace.store, self.evaluator, self.scoring, progress)
@@ -88,7 +87,7 @@ class CampaignRunner:
         record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()},
                      workspace.stored_dtype_name(), workspace.storage_rounding())
         record_task_meta(workspace.store, spec, tasks)
-        runner = cls(workspace, tasks, progress)
+        runner = cls(workspace, tasks, holdout_items(tasks, spec.final.holdout, spec.algorithm.seed), progress)
         runner.check_holdout()
         return runner
 
@@ -133,6 +132,11 @@ class CampaignRunner:
     def calibrate(self) -> None:
         """Base and endpoints on the search items (+ warm-up merges when IRT is fitted here), then
         IRT. Warm-ups that are standard merges are stored as baselines: candidates, measured."""
+        if self.workspace.store.get_meta(HOLDOUT_META) is None:  # said once, as the split is first recorded
+            for name, (asked, held) in shortfalls(self.tasks, self.workspace.campaign.final.holdout,
+                                                  self.holdout).items():
+                log.warning("task %r: %d items held out, not the %d final.holdout asks for (each of its scenarios "
+                            "keeps one item for the search)", name, held, asked)
         self.workspace.store.set_meta(HOLDOUT_META, self.holdout)
         standard, random = self.warmup_merges(search_space(self.workspace))
         subjects = self.scoring.subjects(len(self.workspace.models), standard + random)

@@ -70,6 +70,15 @@ def split_items(item_ids: Sequence[str], scenarios: Mapping[str, str] | None, n_
     return [item for item in item_ids if item in held]
 
 
+def shortfalls(tasks: Mapping[str, FitnessTask], holdout: Holdout,
+               held: Mapping[str, Sequence[str]]) -> dict[str, tuple[int, int]]:
+    """Task -> (items asked for, items held out) where the split holds out fewer than asked:
+    each scenario keeps an item for the search, and a scenario's share past that is not moved to
+    another (the split of a run that began is drawn again, and must come out as it did)."""
+    asked = {name: holdout_size(name, len(task.item_ids), holdout) for name, task in tasks.items()}
+    return {name: (n, len(held.get(name, ()))) for name, n in asked.items() if len(held.get(name, ())) < n}
+
+
 def held_out_scores(store: CampaignStore, key: str, holdout: Mapping[str, Sequence[str]]) -> dict[str, float] | None:
     """Mean score on the held-out items of each task that has some; None unless the evaluation
     was scored on every one of them (or nothing is held out)."""

@@ -88,17 +88,33 @@ class EvaluationLog:
                 return
             self.progress(f"{stage} (adaptive step)", 0, len(jobs))
             for done, (index, outcome, seconds) in enumerate(self._evaluator().evaluate_many(jobs), start=1):
-                key = jobs[index][0].key
-                if isinstance(outcome, CandidateFailed):  # keep the estimate from the items it has
-                    self.store.set_meta(ADAPTIVE_FAILED + key, str(outcome))
-                    failed.add(key)
-                    self._say_failed(key, outcome, "it keeps the estimate of its items", ": its next adaptive step")
-                else:
-                    stored = self.store.item_scores(key)
-                    scores = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in self.scoring.names}
-                    estimates, se = self.scoring.estimate(scores, key)
-                    self.store.add_items(key, outcome, estimates, se, seconds)
+                if not self._store_step(jobs[index][0].key, outcome, seconds):
+                    failed.add(jobs[index][0].key)
                 self.progress(f"{stage} (adaptive step)", done, len(jobs))
+
+    def _store_step(self, key: str, outcome: ItemScores | CandidateFailed, seconds: float) -> bool:
+        """Store an adaptive step with the estimate it leads to; False where the step failed (its
+        scoring raised, or its estimate did not come out): the test ends there, keeping the estimate
+        it had (and the step's items), and the failure is recorded first, so a resume makes the
+        same decision."""
+        if isinstance(outcome, CandidateFailed):
+            return self._end_test(key, str(outcome))
+        stored = self.store.item_scores(key)
+        scores = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in self.scoring.names}
+        try:
+            estimates, se = self.scoring.estimate(scores, key)
+        except (ValueError, FloatingPointError) as exc:
+            ended = self._end_test(key, f"estimation failed: {exc}")
+            previous = self.store.get(key)
+            self.store.add_items(key, outcome, previous.estimates, previous.estimate_se, seconds)
+            return ended
+        self.store.add_items(key, outcome, estimates, se, seconds)
+        return True
+
+    def _end_test(self, key: str, error: str) -> bool:
+        self.store.set_meta(ADAPTIVE_FAILED + key, error)
+        self._say_failed(key, error, "it keeps the estimate of its items", ": its next adaptive step")
+        return False
 
     def _measure_stored(self, stored: Sequence[Evaluation]) -> None:
         """Give a stored evaluation scored on every search item its measurement, where a version

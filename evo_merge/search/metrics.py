@@ -25,7 +25,9 @@ def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives
     """Over the search evaluations up to `generation` and the candidates `known` before the search
     (the standard merges measured as warm-ups, which the search looks up): `hypervolume` of the
     successful estimates, `best_<task>` by each task's direction, and `items` (item evaluations the
-    search spent, failures included; the warm-ups' are calibration's)."""
+    search spent, failures included; the warm-ups' are calibration's). Merges only: the endpoints
+    and the base seed the first generation but are the inputs, not results, so the best merge
+    found so far can lie below an endpoint on its own task."""
     tasks = objectives.names
     upto = [e for e in evaluations if e.phase == SEARCH and e.generation is not None and e.generation <= generation]
     scored = [e for e in [*upto, *known] if e.status == "ok"]
@@ -37,10 +39,11 @@ def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives
 
 
 def recorded_metrics(store: CampaignStore, objectives: Objectives, generation: int) -> dict[str, float]:
-    """`generation`'s metrics as stored when it ended; recomputed from the store for a folder
-    written before they were stored."""
+    """`generation`'s metrics as stored when it ended; recomputed from the store, as the study
+    computes them, for a folder written before they were stored."""
     stored = store.metrics(generation)
-    return stored if stored is not None else generation_metrics(store.evaluations(SEARCH), objectives, generation)
+    return stored if stored is not None else generation_metrics(store.evaluations(SEARCH), objectives, generation,
+                                                                 known=store.evaluations(BASELINE))
 
 
 def search_time_left(ends: Sequence[float], remaining: int) -> tuple[float, float] | None:

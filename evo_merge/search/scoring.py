@@ -173,7 +173,8 @@ class Scoring:
     def estimate(self, scores: ItemScores, key: str) -> tuple[dict[str, float], dict[str, float] | None]:
         """(full-score estimate, its standard error) per task of candidate `key` from its `scores`
         (on its anchor set's items); item scores lie in [0, 1], so an estimate is kept there too.
-        Full evaluation estimates nothing: no standard error."""
+        Full evaluation estimates nothing: no standard error. FloatingPointError where an estimate
+        or its standard error is not finite."""
         if self.estimators is None:
             return task_scores(scores, self.names), None
         if self._mixing:
@@ -181,6 +182,10 @@ class Scoring:
             self._mixing = {}
         estimators = self.anchor_set(key)
         results = {name: estimators[name].estimate(self._modelled(name, scores)) for name in self.names}
+        for name, r in results.items():  # stored, it would read back as a damaged run folder
+            if not (np.isfinite(r["overall"]) and np.isfinite(r.se["overall"])):
+                raise FloatingPointError(f"task {name!r}: the estimate {r['overall']} ± {r.se['overall']} "
+                                         "is not finite")
         return ({name: float(np.clip(r["overall"], 0.0, 1.0)) for name, r in results.items()},
                 {name: float(r.se["overall"]) for name, r in results.items()})
 

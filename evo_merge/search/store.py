@@ -401,7 +401,7 @@ class CampaignStore:
             "ON CONFLICT (generation) DO UPDATE SET keys = excluded.keys, "
             "told = excluded.told, metrics = COALESCE(generations.metrics, excluded.metrics)",
             (generation, json.dumps(sorted(told)), time.time(),
-             json.dumps({key: [float(v) for v in values] for key, values in told.items()}), _dumps(metrics)),
+             json.dumps({key: [float(v) for v in values] for key, values in told.items()}), _dumps(metrics, finite=False)),
         )
 
     def metrics(self, generation: int) -> dict[str, float] | None:
@@ -474,8 +474,11 @@ def _adapter(shape: Any) -> TypeAdapter:
     return TypeAdapter(shape)
 
 
-def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+def _dumps(value: Any, *, finite: bool = True) -> str | None:
+    """JSON text of a value to store. Scores must be `finite`: a non-finite one is refused before
+    it is written (it would read back as a damaged run folder, blaming the user); a generation's
+    metrics may be NaN (no successful estimate yet)."""
+    return None if value is None else json.dumps(value, allow_nan=not finite)
 
 
 def _finite(value: Any) -> bool:

@@ -67,11 +67,14 @@ def _every_candidate_failed(log: EvaluationLog, generation: int, evaluations: Se
     """A generation whose every candidate failed tells the algorithm nothing, and the cause is
     rarely the candidates (a method or task that cannot work here, a bug in a plugin): the run
     stops, naming the most common error. The failures first stored by this generation are
-    forgotten, so that once the cause is fixed `resume` asks the same generation and evaluates it again."""
+    forgotten, so that once the cause is fixed `resume` asks the same generation and evaluates it
+    again. A failure an earlier generation stored was told to the algorithm there, so it stays: a
+    generation made only of those cannot be evaluated again, and the message says so."""
     errors = Counter(e.error for e in evaluations)
     error, count = errors.most_common(1)[0]
-    for evaluation in evaluations:
-        if evaluation.generation == generation:
-            log.store.forget_failed(evaluation.key)
-    return UserError(f"every candidate of generation {generation} failed ({count} of {len(evaluations)}: "
-                     f"{message_line(error)}); fix the cause, then `evo-merge resume` evaluates them again")
+    forgotten = [log.store.forget_failed(e.key) for e in evaluations if e.generation == generation]
+    said = f"every candidate of generation {generation} failed ({count} of {len(evaluations)}: {message_line(error)})"
+    if not any(forgotten):
+        return UserError(f"{said}, each in an earlier generation already, and a failed candidate is not evaluated "
+                         "again; fix the cause and start the campaign in a new run folder")
+    return UserError(f"{said}; fix the cause, then `evo-merge resume` evaluates them again")

@@ -70,6 +70,24 @@ def test_refining_continues_a_test_to_a_smaller_error_with_more_items(run):
     runner.close()
 
 
+def test_an_estimate_that_does_not_come_out_finite_is_an_estimation_failure(run, monkeypatch):
+    """Stored as it came, a NaN estimate or SE read back as a damaged run folder."""
+    from evo_merge.config import Campaign
+    from evo_merge.irt.estimators import Estimator
+    from evo_merge.irt.result import Estimate
+    from evo_merge.search.campaign import CampaignRunner
+
+    runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+    runner.calibrate()
+    chosen = next(e for e in runner.workspace.store.evaluations("search") if e.status == "ok")
+    scores = runner.workspace.store.item_scores(chosen.key)
+    assert runner.scoring.estimate(scores, chosen.key)[0] == pytest.approx(chosen.estimates)
+    monkeypatch.setattr(Estimator, "estimate", lambda self, s: Estimate({"overall": 0.5}, {"overall": float("nan")}))
+    with pytest.raises(FloatingPointError, match=r"task 'agree0': the estimate 0.5 ± nan is not finite"):
+        runner.scoring.estimate(scores, chosen.key)
+    runner.close()
+
+
 def test_overlap_is_judged_on_every_task():
     from evo_merge.search.refine import overlapping
     from evo_merge.search.store import Evaluation

@@ -103,3 +103,36 @@ def test_the_report_lists_a_stopped_adaptive_test(tmp_path):
     # a test the final phase measured whole since: its estimate no longer rests on the items it had
     assert (f"- evaluation {finalist.id} ({md(finalist.method)}), an adaptive step (the test stopped there; measured "
             "on every item since): RuntimeError: the scorer crashed on agree1-0006") in report
+
+
+class FailsAtSix(Stepwise):
+    """An estimator whose estimate does not come out once a task has 6 items (what `Scoring.estimate`
+    raises for a NaN estimate or SE)."""
+
+    def estimate(self, scores, key=None):
+        if any(len(s) >= 6 for s in scores.values()):
+            raise FloatingPointError("task 'agree0': the estimate nan ± nan is not finite")
+        return super().estimate(scores, key)
+
+
+def test_a_step_whose_estimate_does_not_come_out_ends_the_test_keeping_its_items(family, tmp_path, caplog):
+    """The step's estimate went unchecked into the store, and a NaN read back as a damaged run
+    folder on every later status, report and resume."""
+    workbench, fts = family
+    tasks = agreement(fts)
+    first = {name: task.item_ids[:4] for name, task in tasks.items()}
+    candidate = Candidate("task_arithmetic", (1.0, 0.0), ())
+    store = CampaignStore(tmp_path)
+    log = EvaluationLog(store, lambda: LocalEvaluator(workbench, tasks), FailsAtSix(tasks))
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        (evaluation,) = log.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
+    stored = store.item_scores(candidate.key)
+    before = Stepwise(tasks).estimate({n: {i: s[i] for i in first[n]} for n, s in stored.items()})
+    assert evaluation.status == "ok" and evaluation.items_evaluated == 12  # the failed step's items are kept
+    assert evaluation.estimates == pytest.approx(before[0])  # with the estimate of the first 4 items
+    assert store.adaptive_failures() == {candidate.key: "estimation failed: task 'agree0': the estimate nan ± nan "
+                                                        "is not finite"}
+    assert any("its next adaptive step failed: estimation failed" in r.getMessage() for r in caplog.records)
+    again = EvaluationLog(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, tasks), Stepwise(tasks))
+    (resumed,) = again.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
+    assert resumed.items_evaluated == 12

@@ -940,3 +940,28 @@ def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
     first = {n: list(e.anchor_ids) for n, e in today.scoring.estimators.items()}  # the first set: the campaign's seed
     assert before.workspace.campaign.estimator.anchor_sets == 1
     assert all(before.scoring.anchor_items(k) == first for k in keys)
+
+
+def test_a_generation_of_earlier_failures_alone_is_not_promised_a_resume(tmp_path):
+    """Failures an earlier generation stored stay (it told them to the algorithm): the message
+    promised that a resume evaluates them again, which it never would."""
+    from types import SimpleNamespace
+
+    from evo_merge.search.candidate import Candidate
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.study import _every_candidate_failed
+
+    store = CampaignStore(tmp_path)
+    a, b = (Candidate("task_arithmetic", weights, ()).key for weights in ((1.0, 0.0), (0.5, 0.5)))
+    for key in (a, b):
+        store.add(key, phase="search", generation=1, method="task_arithmetic", status="failed",
+                  error="RuntimeError: boom")
+    log = SimpleNamespace(store=store)
+    earlier = [store.get(a), store.get(b)]
+    message = str(_every_candidate_failed(log, 2, earlier))
+    assert message == ("every candidate of generation 2 failed (2 of 2: RuntimeError: boom), each in an earlier "
+                       "generation already, and a failed candidate is not evaluated again; fix the cause and start "
+                       "the campaign in a new run folder")
+    assert store.get(a) is not None and store.get(b) is not None
+    assert str(_every_candidate_failed(log, 1, earlier)).endswith("then `evo-merge resume` evaluates them again")
+    assert store.get(a) is None and store.get(b) is None

@@ -96,3 +96,32 @@ def test_a_holdout_written_as_text_is_checked_as_the_number_it_says(text, said):
         FinalSpec(holdout=text)
     assert FinalSpec(holdout="1e3").holdout == 1000 and FinalSpec(holdout="0.2").holdout == 0.2
     assert FinalSpec(holdout="auto").holdout == "auto"
+
+
+def test_a_split_that_holds_out_fewer_items_than_asked_says_so_once(tmp_path, caplog):
+    """Each scenario keeps a search item: 3 items asked of two 2-item scenarios hold out 2. It
+    was silent, though the docs read an integer as N items per task."""
+    from campaigns import agreement_tasks, run_campaign, write_campaign  # tests/search is on sys.path
+    from click.testing import CliRunner
+
+    from evo_merge.cli import cli
+    from evo_merge.search.holdout import HOLDOUT_META
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.zoo.tiny import save_tiny_family
+
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2)
+    config = write_campaign(tmp_path / "campaign.yaml", base, fts, tasks=agreement_tasks(fts, n_items=4),
+                            algorithm={"population": 2, "generations": 1, "seed": 2},
+                            final={"evaluate_top": 1, "export": ["balanced"], "holdout": 3})
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        run = run_campaign(config, tmp_path / "run")
+    said = [r.getMessage() for r in caplog.records if "final.holdout asks for" in r.getMessage()]
+    assert said == [f"task 'agree{i}': 2 items held out, not the 3 final.holdout asks for (each of its scenarios "
+                    "keeps one item for the search)" for i in (0, 1)]
+    store = CampaignStore(run)
+    assert {task: len(items) for task, items in store.get_meta(HOLDOUT_META).items()} == {"agree0": 2, "agree1": 2}
+    store.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0
+    assert not [r for r in caplog.records if "final.holdout asks for" in r.getMessage()]

@@ -1263,3 +1263,15 @@ def test_a_run_killed_in_its_first_seconds_is_said_to_be_one(tmp_path):
                                      f"`evo-merge run CAMPAIGN.yaml --out '{run}'` starts it again")
     (run / "notes.txt").write_text("mine")
     one_line_error(*invoke("status", run), "not a campaign run folder (no campaign.yaml)")
+
+
+def test_a_non_finite_number_is_refused_before_it_is_written(tmp_path):
+    """It was committed, then read back as "damaged (edited, or not written by evo-merge)" on every
+    later open of the run folder."""
+    store = CampaignStore(tmp_path)
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        store.add("k", phase="search", generation=1, method="ties", status="ok", estimates={"a": 0.5},
+                  estimate_se={"a": float("nan")})
+    store.close()
+    reopened = CampaignStore(tmp_path)
+    assert reopened.evaluations() == [] and reopened.get("k") is None

@@ -204,4 +204,10 @@ def test_the_progress_counts_the_standard_warm_ups_from_the_first_generation(tmp
     points = [[e.estimates[t] for t in objectives.names] for e in standard]
     assert table.loc[1, "hypervolume"] == pytest.approx(objectives.hypervolume(np.array(points)))
     assert table.loc[1, "items"] == 0
+    # a folder written before metrics were stored: recomputed alike (the warm-ups were left out)
+    with store.db:
+        store.db.execute("UPDATE generations SET metrics = NULL")
+    assert store.metrics(1) is None
+    recomputed = progress_table(store, objectives).set_index("generation")
+    assert recomputed.loc[1].to_dict() == pytest.approx(table.loc[1].to_dict())
     runner.close()
