@@ -14,9 +14,6 @@ that does.
 from __future__ import annotations
 
 import functools
-import os
-import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ import torch
 
 from evo_merge.config import EvaluatorSpec
 from evo_merge.errors import UserError
+from evo_merge.merge.host import available_memory, free_disk, memory_filesystem
 from evo_merge.merge.registry import get_method
 from evo_merge.merge.storage import Storage, slab_bytes
 from evo_merge.merge.subspace import decomposes, tsv_rank
@@ -380,21 +378,6 @@ def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shape
     )
 
 
-def available_ram() -> int | None:
-    """The host's available memory (MemAvailable), or None when it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
-
-
 @dataclass(frozen=True)
 class Target:
     """Where a campaign evaluates: its GPU (None: the CPU), workers on this machine, memory limits."""
@@ -425,9 +408,9 @@ def target_of(campaign) -> Target:
         # a local cluster pins a worker to each GPU it uses: the one `device: cuda:N` names, or all
         gpus = 1 if campaign.device.startswith("cuda:") else torch.cuda.device_count()
         workers = min(evaluator.n_workers, gpus) if gpu is not None else evaluator.n_workers
-    host = available_ram() if not remote else None
+    host, host_label = available_memory() if not remote else (None, "available")
     device = torch.cuda.mem_get_info(gpu)[0] if gpu is not None and not remote else None
-    labels = ["available", "free"]
+    labels = [host_label, "free"]
     if spec.host_budget_gib is not None:
         host, labels[0] = int(spec.host_budget_gib * GIB), "storage.host_budget_gib"
     if spec.device_budget_gib is not None:
@@ -435,52 +418,6 @@ def target_of(campaign) -> Target:
     here = spec.disk_dir is not None and not remote
     disk, in_memory = (free_disk(spec.disk_dir), memory_filesystem(spec.disk_dir)) if here else (None, None)
     return Target(gpu, workers, host, device, (labels[0], labels[1]), disk, in_memory)
-
-
-def _existing(directory: str) -> Path:
-    """`directory`, or the nearest parent that exists: where it would be created."""
-    path = Path(directory)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def free_disk(directory: str) -> int | None:
-    """Free bytes on the file system that holds `directory`, or would once it is created; None when
-    none can be read."""
-    try:
-        return shutil.disk_usage(_existing(directory)).free
-    except OSError:
-        return None
-
-
-MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")  # file systems whose files are pages of RAM
-MOUNTS = Path("/proc/self/mounts")
-
-
-def memory_filesystem(directory: str, mounts: Path = MOUNTS) -> str | None:
-    """The type of the file system holding `directory` (or where it would be created) when that
-    keeps its files in RAM (tmpfs, ramfs: /dev/shm, and /tmp on many systems), else None; None
-    too where the mount table cannot be read (not Linux).
-
-    `disk` placement moves the stored weights into files to keep them out of RAM: in such a
-    folder they stay in RAM, and a plan counting them as disk would let a 7B campaign start that
-    the kernel then kills."""
-    try:
-        table = mounts.read_text()
-    except OSError:
-        return None
-    path = os.path.realpath(_existing(directory))
-    best, kind = "", None
-    for line in table.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # `\040` is a space
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):  # the last of equal mounts is the one in effect
-            best, kind = point, fields[2]
-    return kind if kind in MEMORY_FILESYSTEMS else None
 
 
 def plan_for(

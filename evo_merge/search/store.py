@@ -401,7 +401,8 @@ class CampaignStore:
             "ON CONFLICT (generation) DO UPDATE SET keys = excluded.keys, "
             "told = excluded.told, metrics = COALESCE(generations.metrics, excluded.metrics)",
             (generation, json.dumps(sorted(told)), time.time(),
-             json.dumps({key: [float(v) for v in values] for key, values in told.items()}), _dumps(metrics, finite=False)),
+             json.dumps({key: [float(v) for v in values] for key, values in told.items()}),
+             _dumps(metrics, finite=False)),
         )
 
     def metrics(self, generation: int) -> dict[str, float] | None:

@@ -652,7 +652,7 @@ def test_plan_counts_what_exporting_a_pick_holds(tmp_path):
 def test_a_folder_on_a_ram_backed_file_system_is_recognised_from_the_mount_table(tmp_path):
     """The deepest mount holding the folder decides (the last of equal ones, as mounted over), its
     escaped spaces read back; a folder not made yet counts as where it would be created."""
-    from evo_merge.merge.footprint import memory_filesystem
+    from evo_merge.merge.host import memory_filesystem
 
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /dev/shm tmpfs rw 0 0\n"

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from evo_merge.cli import cli
 from evo_merge.config import Campaign
 from evo_merge.merge import register_method
-from evo_merge.merge.footprint import GIB, campaign_plan, memory_filesystem
+from evo_merge.merge.footprint import GIB, campaign_plan
+from evo_merge.merge.host import memory_filesystem
 from evo_merge.merge.storage import Storage
 from evo_merge.search.binding import config_fingerprint
 from evo_merge.zoo.tiny import save_tiny_family
