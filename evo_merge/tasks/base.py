@@ -40,7 +40,8 @@ class FitnessTask(Protocol):
         ...
 
     def evaluate(self, model: Any, tokenizer: Any = None, item_ids: Sequence[str] | None = None) -> pd.Series:
-        """Scores in [0, 1] for `item_ids` (all items when None), in that order."""
+        """Scores in [0, 1] for `item_ids` (all items when None), as a Series indexed by item id (in
+        any order: callers read it by id)."""
         ...
 
 

@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
-from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, weight_files
+from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, TOKENIZER_FILES, weight_files
 from evo_merge.weights.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from evo_merge.weights.references import ModelRef
 
@@ -28,9 +28,7 @@ TENSOR_BYTES = 512
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 # what a model is built and scored with beside its weights: its architecture, its generation settings (a
 # generated answer stops at its eos) and its tokenizer
-MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
-               "chat_template.jinja", "chat_template.json")
+MODEL_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
 
 
 def weights_digest(ref: ModelRef) -> str:
@@ -58,8 +56,13 @@ def former_model_files_digests(ref: ModelRef) -> tuple[str, ...]:
     return tuple(_combined_digest(folder, names) for names in _FORMER_MODEL_FILES)
 
 
-_FORMER_MODEL_FILES = (MODEL_FILES, tuple(n for n in MODEL_FILES if n not in ("generation_config.json",
-                                                                             "chat_template.json")))
+# the names, in their order, that the combined digest covered (a sentencepiece or WordPiece
+# vocabulary came later, checked file by file)
+_COMBINED_NAMES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json")
+_FORMER_MODEL_FILES = (_COMBINED_NAMES, tuple(n for n in _COMBINED_NAMES if n not in ("generation_config.json",
+                                                                                     "chat_template.json")))
 
 
 def _combined_digest(folder: Path, names: tuple[str, ...]) -> str:

@@ -657,26 +657,32 @@ def test_a_run_whose_models_moved_goes_on_from_their_new_place_once_they_are_che
     assert Campaign.load(run / "campaign.yaml").models == relocated["models"]
 
 
-@pytest.mark.parametrize("edit", ["config.json", "generation_config.json", "tokenizer.json"])
+@pytest.mark.parametrize("edit", ["config.json", "generation_config.json", "tokenizer.json", "spiece.model"])
 def test_a_run_whose_model_config_or_tokenizer_changed_is_refused(tmp_path, zoo, edit):  # noqa: F811
     """The base's activation edited in config.json after the run started: an export then measured and
-    published other scores from the same weights, and `resume` carried on; a tokenizer the same."""
+    published other scores from the same weights, and `resume` carried on; a tokenizer the same (a
+    sentencepiece vocabulary, which transformers loads for T5-style tokenizers, was not checked)."""
     from evo_merge.config import Campaign
     from evo_merge.search.workspace import Workspace
 
     base, fts = zoo
     base = shutil.copytree(base, tmp_path / "base")
+    if edit == "spiece.model":
+        (base / edit).write_bytes(b"a sentencepiece model")
     config = yaml.safe_load(campaign(tmp_path, (base, fts)).read_text())
     Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run").store.close()
     Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run").store.close()  # unchanged: fine
-    spec = json.loads((base / edit).read_text())
-    if edit == "config.json":
+    spec = json.loads((base / edit).read_text()) if edit.endswith(".json") else {}
+    if edit == "spiece.model":
+        (base / edit).write_bytes(b"another sentencepiece model")
+    elif edit == "config.json":
         spec["hidden_act"] = "relu"
     elif edit == "generation_config.json":  # a generated answer stops elsewhere: `seq` scored 0.41 for 0.57
         spec["eos_token_id"] = 5
     else:
         spec["added_tokens"] = spec.get("added_tokens", [])[:-1]
-    (base / edit).write_text(json.dumps(spec))
+    if spec:
+        (base / edit).write_text(json.dumps(spec))
     with pytest.raises(UserError, match=rf"base_model .*: its {edit} changed since this run folder was started"):
         Workspace.open(Campaign.model_validate(config), tmp_path, tmp_path / "run")
 
