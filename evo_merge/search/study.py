@@ -11,6 +11,7 @@ one source of truth for how far a run got.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -25,6 +26,7 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import BASELINE, SEARCH, Evaluation
 
 GenerationDone = Callable[[int, list[Evaluation]], None]
+logger = logging.getLogger(__name__)
 
 
 def fitness(evaluation: Evaluation, objectives: Objectives) -> np.ndarray:
@@ -52,6 +54,10 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
                                    stage=f"generation {generation}/{generations}")
         if evaluations and not told and all(e.status != "ok" for e in evaluations):
             raise _every_candidate_failed(log, generation, evaluations)
+        if generation == 1 and not told and evaluations and all(e.phase != SEARCH for e in evaluations):
+            logger.warning("generation 1 is its seeds alone (%d endpoints and standard merges, measured in "
+                           "calibration, looked up): the search's first new candidates come in generation 2; a "
+                           "population larger than the seeds leaves room for new ones from the start", len(evaluations))
         values = np.array([told.get(e.key, fitness(e, objectives)) for e in evaluations], dtype=float)
         population.set("F", values)
         search.tell(infills=population)

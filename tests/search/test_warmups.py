@@ -186,7 +186,7 @@ def test_calibration_is_one_batch_whatever_the_phases(tmp_path, zoo):
     runner.close()
 
 
-def test_the_progress_counts_the_standard_warm_ups_from_the_first_generation(tmp_path, zoo):
+def test_the_progress_counts_the_standard_warm_ups_from_the_first_generation(tmp_path, zoo, caplog):
     """A population of 6 with 2 endpoints and 5 standard merges is all seeds in generation 1: the
     search looks every one up. Its progress row still exists, and shows the standard merges (they
     were search candidates before they became warm-ups); their items count as calibration's."""
@@ -194,9 +194,14 @@ def test_the_progress_counts_the_standard_warm_ups_from_the_first_generation(tmp
 
     runner = open_runner(tmp_path, zoo, warmups=5)
     runner.calibrate()
-    runner.search()
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        runner.search()
     store, objectives = runner.workspace.store, runner.objectives
     assert not [e for e in store.evaluations(SEARCH) if e.generation == 1]  # all looked up
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("generation 1")] == [
+        "generation 1 is its seeds alone (6 endpoints and standard merges, measured in calibration, looked up): the "
+        "search's first new candidates come in generation 2; a population larger than the seeds leaves room for new "
+        "ones from the start"]
     table = progress_table(store, objectives).set_index("generation")
     standard = [e for e in store.evaluations(BASELINE)]
     for task in objectives.names:
