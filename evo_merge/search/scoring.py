@@ -174,7 +174,8 @@ class Scoring:
         """(full-score estimate, its standard error) per task of candidate `key` from its `scores`
         (on its anchor set's items); item scores lie in [0, 1], so an estimate is kept there too.
         Full evaluation estimates nothing: no standard error. FloatingPointError where an estimate
-        or its standard error is not finite."""
+        or its standard error is not finite. The first estimate made in a reopened folder records
+        the estimator revision its later estimates come from (`MIXED_META`): only then do they mix."""
         if self.estimators is None:
             return task_scores(scores, self.names), None
         if self._mixing:
