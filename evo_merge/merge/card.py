@@ -142,11 +142,12 @@ def model_card(
     stderr: Mapping[str, float] | None = None,
     chosen_as: Sequence[str] = (),
     device: str = "cpu",
+    on_host: Sequence[str] = (),
     scores_note: str | None = None,
     licenses: CardLicense | None = None,
 ) -> str:
-    """A README.md for a merged model folder, built on `device` (its Reproduce section says how to
-    rebuild it there).
+    """A README.md for a merged model folder, built on `device` but for the tensors `on_host`,
+    which the device had no memory for (its Reproduce section says how to rebuild it).
 
     `scores` maps a score kind ("estimated", "measured") to {task: value}; `tasks` describes each
     task for `model-index`; `stderr` is the measured standard error per task; `chosen_as`, the
@@ -197,7 +198,8 @@ def model_card(
     lines += [
         "## Reproduce",
         "",
-        *reproduce_lines(device, torch.get_num_threads() if get_method(recipe.merge_method).threaded else None),
+        *reproduce_lines(device, torch.get_num_threads() if get_method(recipe.merge_method).threaded else None,
+                         on_host),
         "",
         *local_inputs_lines(inputs),
         *plugin_lines(recipe.merge_method),
@@ -226,11 +228,18 @@ def recipe_license(recipe: Recipe) -> CardLicense:
     return card_license(([base] if base else []) + merged)
 
 
-def reproduce_lines(device: str, threads: int | None = None) -> list[str]:
+def reproduce_lines(device: str, threads: int | None = None, on_host: Sequence[str] = ()) -> list[str]:
     """How to rebuild the folder: bit for bit on the device type it was merged on; elsewhere equal
     to rounding, except the entries DARE and DELLA drop, which each device type's generator draws.
     `threads`: the CPU threads a method whose last bits follow them (`MergeMethod.threaded`: an SVD
-    sums in another order on another count) was merged with, and the rebuild needs again."""
+    sums in another order on another count) was merged with, and the rebuild needs again.
+    `on_host`: tensors a full device sent to the CPU; no one device rebuilds those and the rest alike."""
+    if on_host and device != "cpu":
+        return [f"`merge_recipe.yaml` in this folder rebuilds these weights equal to rounding (DARE and DELLA draw "
+                f"other drops on each device type): they were merged on a {device} device, except "
+                f"{len(on_host)} tensor{'s' * (len(on_host) != 1)} it had no memory for ({md(on_host[0])}"
+                f"{', ...' if len(on_host) > 1 else ''}), merged on the CPU, so no one device rebuilds them bit for "
+                "bit:", "", "```bash", f"evo-merge merge merge_recipe.yaml --out merged --device {device}", "```"]
     if device == "cpu":
         if threads is None:
             return ["`merge_recipe.yaml` in this folder rebuilds these weights bit for bit:", "",

@@ -15,7 +15,7 @@ from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
 from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import write_model_folder
 from evo_merge.weights.digest import weights_digest
-from evo_merge.weights.export import NonFiniteTensor, check_output_folder
+from evo_merge.weights.export import ExtraFile, NonFiniteTensor, check_output_folder
 from evo_merge.weights.references import open_reference
 
 RECIPE_FILE = "merge_recipe.yaml"
@@ -50,14 +50,15 @@ def export_merge(
     The streaming merge combines each tensor on `device` (`stream_merge`); the card says so."""
     inputs = [r.path for r in plan.refs] + [r.lora for r in plan.refs if r.lora is not None]
     check_output_folder(Path(out).expanduser(), overwrite, inputs)
+    on_host: list[str] = []  # tensors the device had no memory for
     if tensors is None:
-        total, tensors = stream_merge(plan, allow_pickle=allow_pickle, device=device)
+        total, tensors = stream_merge(plan, allow_pickle=allow_pickle, device=device, on_host=on_host)
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()
     folder = plan.donor_path if plan.donor_path.is_dir() else None  # a bare state dict has none
     config = dict(plan.config)
-    extra: dict[str, str | bytes] = {}
+    extra: dict[str, ExtraFile] = {}
     if plan.tokens is not None:
         config["vocab_size"] = plan.tokens.rows
         extra.update(plan.tokens.files)
@@ -65,9 +66,9 @@ def export_merge(
         name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None
     }
     licenses = recipe_license(recipe)
-    extra["README.md"] = model_card(recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr,
-                                    chosen_as=chosen_as, device=torch.device(device).type, scores_note=scores_note,
-                                    licenses=licenses)
+    extra["README.md"] = lambda: model_card(  # made once the tensors are written: where each was merged
+        recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr, chosen_as=chosen_as,
+        device=torch.device(device).type, on_host=on_host, scores_note=scores_note, licenses=licenses)
     extra.update(licenses.files)
     extra[RECIPE_FILE] = recipe.to_yaml()
     extra[INPUTS_FILE] = json.dumps({"weights": _input_digests(plan)}, indent=2) + "\n"

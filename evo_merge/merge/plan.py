@@ -560,10 +560,12 @@ def merge_tensor(
     return merged
 
 
-def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint], device: torch.device) -> torch.Tensor:
+def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint], device: torch.device,
+             on_host: list[str]) -> torch.Tensor:
     """One output tensor, on the host. Its inputs are read (and their token rows permuted) on the
     host and combined on `device`; a job the device has no memory left for is combined on the
-    host instead, so a long export never dies on its largest tensor (the embeddings)."""
+    host instead, so a long export never dies on its largest tensor (the embeddings), and its name
+    goes in `on_host` (the card says which device each tensor was merged on)."""
     sources = ([job.reference] if job.reference else []) + job.inputs
     stored = checkpoints[sources[0][0]].dtype(sources[0][1])
     if not stored.is_floating_point:
@@ -580,6 +582,7 @@ def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint], dev
         log.warning("tensor %s: out of memory on %s; merged on the CPU (equal to rounding; DARE and DELLA draw "
                     "other drops there)", job.name, device)
         merged = _combine(plan, job, tensors)
+        on_host.append(job.name)
     return merged.to(device="cpu", dtype=plan.out_dtype or stored)
 
 
@@ -593,22 +596,24 @@ def _combine(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor]) -> to
     return merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
 
 
-def stream_merge(plan: MergePlan, *, allow_pickle: bool = False,
-                 device: torch.device | str = "cpu") -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
+def stream_merge(plan: MergePlan, *, allow_pickle: bool = False, device: torch.device | str = "cpu",
+                 on_host: list[str] | None = None) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
     """Open the checkpoints, then yield merged tensors lazily (count, iterator), each combined on
     `device` and returned on the host. A GPU makes the singular-vector methods practical at 7B
     (TSV-M's SVDs take hours on a CPU); outputs agree with the CPU's to rounding, and DARE's and
     DELLA's drops are drawn by the device's own generator (on a GPU, its draws for a large tensor
     may depend on the GPU model), so a recipe rebuilds them bit for bit on the kind of device that
-    built them."""
+    built them. `on_host` receives the names of tensors the device had no memory for, merged on
+    the host instead."""
     plan.allow_pickle = plan.allow_pickle or allow_pickle
     device = torch.device(device)
     checkpoints = plan.open()
+    on_host = [] if on_host is None else on_host
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         try:
             for job in plan.jobs:
-                yield job.name, _run_job(plan, job, checkpoints, device)
+                yield job.name, _run_job(plan, job, checkpoints, device, on_host)
         finally:
             for ck in checkpoints:
                 ck.close()

@@ -44,13 +44,16 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 COPIED_FILES = ("config.json", "generation_config.json")
 
 
+ExtraFile = str | bytes | Callable[[], str | bytes]  # a file written beside the weights, or what gives it
+
+
 def write_model_folder(
     out: str | Path,
     tensors: Iterable[tuple[str, torch.Tensor]],
     *,
     copy_from: str | Path | None = None,
     config: dict | None = None,
-    extra_files: Mapping[str, str | bytes] = {},
+    extra_files: Mapping[str, ExtraFile] = {},
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     copy_tokenizer: bool = True,
@@ -60,7 +63,8 @@ def write_model_folder(
 
     `copy_from` is a model folder whose config.json, generation_config.json and tokenizer files
     are copied; `config` keys override its config; `extra_files` (relative path -> text or
-    bytes, e.g. README.md) are written last. `dtype` casts floating tensors on write; the
+    bytes, e.g. README.md, or a function giving them) are written last: a function is called once
+    the tensors are written (a card that says how they were merged). `dtype` casts floating tensors on write; the
     written config's `dtype` (and `torch_dtype`, if present) records the floating dtype actually
     written. An existing `out` is refused unless `overwrite`, and then replaced only once the
     new folder is complete, and only if it is a model folder (weights beside a config.json or mass.json)
@@ -85,7 +89,7 @@ def write_model_folder(
                 shutil.copy2(file, tmp / file.name)
             _write_config(tmp, config, written_dtypes)
             for name, content in extra_files.items():
-                _write_extra(tmp, name, content)
+                _write_extra(tmp, name, content() if callable(content) else content)
     except OSError as exc:
         if exc.strerror:  # name the output, not the hidden file that is gone; and a file in its way
             blocked = next((p for p in Path(out).parents if p.exists() and not p.is_dir()), None)

@@ -75,6 +75,17 @@ def test_a_tensor_the_device_has_no_memory_for_is_merged_on_the_host(family, tmp
         f"tensor {k}: out of memory on meta; merged on the CPU (equal to rounding; DARE and DELLA draw other drops "
         "there)" for k in floating]
 
+    # its card said the folder rebuilds bit for bit on a meta device, where no tensor was merged
+    from evo_merge.markup import md
+    from evo_merge.merge.export import export_merge
+
+    out = export_merge(plan, tmp_path / "fell-back", device="meta", title="fell back")
+    card = (out / "README.md").read_text()
+    assert "rebuilds these weights bit for bit" not in card
+    assert (f"they were merged on a meta device, except {len(floating)} tensors it had no memory for "
+            f"({md(floating[0])}, ...), merged on the CPU, so no one device rebuilds them bit for bit") in card
+    assert "bit for bit on a meta device" in model_card(plan.recipe(), device="meta")  # none sent to the host
+
     @register_method("test_host_oom_merge", replace=True)
     def host_oom(base, deltas, weights, params, name):
         """Has no memory anywhere."""
