@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the key that marks run folders run here (search.trust): the suite's own, not the user's
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="evo-merge-test-config-")
 
 
 @pytest.fixture(autouse=True)

@@ -47,11 +47,18 @@ TRACKING = click.option(
     "results, and your tracking credentials, to a server it names unless you say so")
 
 
+TRUST_TASKS = click.option(
+    "--trust-tasks", is_flag=True,
+    help="run the task code (plugins, lm-eval task files) the run folder's campaign.yaml names, in a folder "
+    "not run by you here: a folder received from someone else runs none of it unless you say so")
+
+
 def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None = None,
-            tracking: bool | None = False):
+            tracking: bool | None = False, trust_tasks: bool = False):
     """The runner of a run folder: with `campaign_file`, the user's campaign (`run`); else the
-    folder's own, which names no scheduler to connect to (`_evaluated_where`) and reports to its
-    trackers only as `tracking` says (`_tracked_where`; False for commands that track nothing)."""
+    folder's own, which names no scheduler to connect to (`_evaluated_where`), reports to its
+    trackers only as `tracking` says (`_tracked_where`; False for commands that track nothing), and
+    runs the task code it names only in a folder run here or as `trust_tasks` says (`_tasks_run`)."""
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
     from evo_merge.search.campaign import CampaignRunner
@@ -66,8 +73,32 @@ def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None 
         campaign = Campaign.load(campaign_file)
     if own:
         campaign = _tracked_where(_evaluated_where(campaign, campaign_file, scheduler), campaign_file, tracking)
+        _tasks_run(campaign, campaign_file, run, trust_tasks)
     with naming_file(campaign_file):  # the tasks and models it names, resolved as the runner opens
         return CampaignRunner.open(campaign, campaign_file.parent, run)
+
+
+def _tasks_run(campaign: Campaign, campaign_file: Path, run: Path, trust_tasks: bool) -> None:
+    """Refuse to run the task code a folder's own campaign names (`code_it_runs`) where the folder
+    was not run here (`search.trust`) and the user did not say `--trust-tasks`: a folder received
+    from someone else would run theirs."""
+    from evo_merge.errors import UserError
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.trust import is_trusted
+    from evo_merge.tasks.registry import code_it_runs
+
+    code = next(((i, reason) for i, t in enumerate(campaign.tasks) if (reason := code_it_runs(t.task))), None)
+    if code is None or trust_tasks:
+        return
+    store = CampaignStore(run)
+    try:
+        if is_trusted(store, campaign.tasks):
+            return
+    finally:
+        store.close()
+    raise UserError(f"{campaign_file}: tasks.{code[0]} runs {code[1]}, and this run folder was not run by you here "
+                    "(it does not carry your key's mark: received, or from before evo-merge marked them); a run "
+                    "folder does not choose what code runs: read its campaign.yaml, then pass --trust-tasks")
 
 
 def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | None) -> Campaign:
@@ -244,14 +275,15 @@ def start_campaign(campaign_file: Path, out: Path) -> None:
 @RUN_DIR
 @SCHEDULER
 @TRACKING
-def resume(run: Path, scheduler: str | None, tracking: bool | None) -> None:
+@TRUST_TASKS
+def resume(run: Path, scheduler: str | None, tracking: bool | None, trust_tasks: bool) -> None:
     """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating
     only what is missing."""
     from evo_merge.cli.plan import check_campaign_fits
 
     check_campaign_fits(_campaign_file(run), run)  # memory plan (#13), as for `run`
     with _holding(run):
-        _run(_runner(run, scheduler=scheduler, tracking=tracking))
+        _run(_runner(run, scheduler=scheduler, tracking=tracking, trust_tasks=trust_tasks))
 
 
 @contextmanager
@@ -442,6 +474,7 @@ def report(run: Path) -> None:
 @click.option("--revision", help="Hub branch to upload to (created if missing)")
 @click.option("--dry-run", is_flag=True, help="list what --push-to-hub would upload; upload nothing")
 @SCHEDULER
+@TRUST_TASKS
 def export(
     run: Path,
     pick: int,
@@ -452,6 +485,7 @@ def export(
     revision: str | None,
     dry_run: bool,
     scheduler: str | None,
+    trust_tasks: bool,
 ) -> None:
     """Export one evaluated candidate of a run as a model folder (merged from the checkpoints by its
     recipe), and push it to the Hugging Face Hub with --push-to-hub. A candidate not yet scored on
@@ -474,7 +508,7 @@ def export(
     check_outside_run(out, run, "its picks in models/, which `resume` restores")  # its records would name another
     check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
     with _holding(run, again="run the export again to finish it"):
-        runner = _runner(run, scheduler=scheduler)
+        runner = _runner(run, scheduler=scheduler, trust_tasks=trust_tasks)
         store = runner.workspace.store
         evaluation = next((e for e in store.evaluations() if e.id == pick), None)
         if evaluation is None or evaluation.status != "ok":

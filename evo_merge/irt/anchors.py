@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -36,7 +37,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from evo_merge.errors import UserError, writing
+from evo_merge.errors import UserError, atomic_write
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
@@ -100,14 +101,22 @@ class Anchors:
         name holding other items (another seed or allocation) is replaced only with `overwrite`:
         subjects scored on it could no longer be estimated (a damaged one is replaced)."""
         path = anchors_path(model_dir, self.method, self.budget)
-        if path.is_file() and not overwrite and _readable(path) not in (None, self):
+        refuse_link(path.parent)
+        if path.is_file() and not path.is_symlink() and not overwrite and _readable(path) not in (None, self):
             raise UserError(f"{path} holds other {self.method} anchors of budget {self.budget} (another seed or "
                             "allocation), which subjects may have been scored on; overwrite (`--overwrite`) replaces "
                             "them")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with writing(path):
-            path.write_text(json.dumps(asdict(self), indent=1))
+        atomic_write(path, json.dumps(asdict(self), indent=1))  # a link there is replaced, never written through
         return path
+
+
+def refuse_link(folder: Path) -> None:
+    """An IRT model folder's `anchors/` that is a link (a folder someone sent) would have its sets
+    written, or the user's files deleted, wherever it points."""
+    if folder.is_symlink():
+        raise UserError(f"{folder}: is a link (to {os.readlink(folder)}); anchor sets are written and removed "
+                        "there, so a link is refused: make it a folder")
 
 
 def anchors_path(model_dir: str | Path, method: str, budget: int) -> Path:
@@ -118,6 +127,7 @@ def remove_anchor_sets(model_dir: str | Path) -> None:
     """Delete the anchor sets stored with a model (`<method>-<budget>.json`), chosen on a model now
     replaced; any other file the user keeps in `anchors/` stays."""
     folder = Path(model_dir) / "anchors"
+    refuse_link(folder)
     for path in folder.glob("*.json"):
         method, _, budget = path.stem.rpartition("-")
         if method in METHODS and budget.isdigit():

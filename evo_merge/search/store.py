@@ -527,11 +527,19 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return db
 
 
+RECORD_FOLDERS = ("irt", "aligned")  # a run's own records, written file by file (its models/: replaced whole)
+
+
 def check_no_links(run_dir: Path) -> None:
     """Refuse a run folder holding a link: a campaign writes its entries (models/, the report, the
-    database) through it, so a received folder could have `resume` replace folders elsewhere. The
-    run folder itself may be a link, or lie on any disk."""
+    database) and the files of its records (the IRT models and their anchors, the aligned copies)
+    through it, so a received folder could have `resume` write or replace files elsewhere. The run
+    folder itself may be a link, or lie on any disk."""
     links = sorted(entry for entry in run_dir.iterdir() if entry.is_symlink()) if run_dir.is_dir() else []
+    for name in RECORD_FOLDERS:
+        if not links and (run_dir / name).is_dir():
+            links = sorted(Path(top) / entry for top, dirs, files in os.walk(run_dir / name)
+                           for entry in dirs + files if (Path(top) / entry).is_symlink())
     if links:
         raise UserError(f"{links[0]}: is a link (to {os.readlink(links[0])}); a run folder's entries are written "
                         "through, so links are refused: put the whole run folder where its files should be (--out)")

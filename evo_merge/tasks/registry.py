@@ -141,6 +141,20 @@ def _build(spec: str, settings: dict[str, Any]) -> FitnessTask:
     return _made(LMEvalTask, spec, settings, Path(spec))
 
 
+def code_it_runs(spec: str) -> str | None:
+    """The code a task string makes evo-merge run besides its own, lm-eval's and what is installed
+    for it: a plugin (any importable callable, imported and called) or an lm-eval task file (its
+    YAML may name Python functions beside it). None for an entry point, a shipped benchmark or an
+    lm-eval registry name."""
+    if _PLUGIN.match(spec):
+        return f"the plugin {spec} (imported and called)"
+    if any(ep.name == spec for ep in entry_points(group=ENTRY_POINT_GROUP)):
+        return None
+    if is_path_like(spec):
+        return f"the lm-eval task file {spec} (its YAML may run Python beside it)"
+    return None
+
+
 def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask:
     """The task a string names (see the module doc); settings (batch_size, device, metric for
     lm-eval tasks) go to the task's constructor or the plugin's factory."""

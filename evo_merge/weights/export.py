@@ -294,8 +294,9 @@ def check_replaceable(out: Path) -> None:
     if not out.is_dir():
         raise UserError(f"output {out} is a file, not a model folder; give a folder to write the model into")
     if any(out.iterdir()) and not is_model_folder(out):
-        raise UserError(f"output folder {out} is not a model folder (no weights beside a config.json); refusing to "
-                        "replace it")
+        link = f" (a link to {os.readlink(out)})" if out.is_symlink() else ""
+        raise UserError(f"output folder {out}{link} is not a model folder (no weights beside a config.json); "
+                        "refusing to replace it")
 
 
 def sweep_partial_folders(folder: Path) -> list[Path]:

@@ -468,6 +468,38 @@ def test_anchors_of_another_seed_replace_a_stored_set_only_with_overwrite(tmp_pa
     assert stored.read_text() != first
 
 
+def test_links_in_a_received_model_folder_s_anchors_write_and_delete_nothing_outside_it(tmp_path):
+    """`irt anchors` wrote through `anchors/stratified-5.json` linked to a user's file (it read as a
+    damaged set, replaced without --overwrite), and `irt fit --overwrite` deleted the sets in the
+    folder `anchors/` linked to, then failed with "Not a directory" after replacing the model."""
+    rng = np.random.default_rng(0)
+    full = pd.DataFrame([(f"m{i}", f"i{j}", float(rng.random() < 0.5), f"s{j // 30}") for i in range(12)
+                         for j in range(60)], columns=["subject", "item", "score", "scenario"])
+    full.to_csv(tmp_path / "cal.csv", index=False)
+    model, home = tmp_path / "m", tmp_path / "home"
+    assert run("fit", tmp_path / "cal.csv", "--out", model, "--dims", "1")[0] == 0
+    home.mkdir()
+    (home / ".bashrc").write_text("mine")
+    (model / "anchors").mkdir()
+    (model / "anchors" / "random-5.json").symlink_to(home / ".bashrc")
+    assert run("anchors", model, "--budget", "5", "--method", "random")[0] == 0
+    assert (home / ".bashrc").read_text() == "mine"  # the link was replaced by the set, not written through
+    assert not (model / "anchors" / "random-5.json").is_symlink()
+
+    (home / "docs").mkdir()
+    (home / "docs" / "random-7.json").write_text("my notes")
+    shutil.rmtree(model / "anchors")
+    (model / "anchors").symlink_to(home / "docs")
+    before = (model / "params.npz").read_bytes()
+    for args in (("anchors", model, "--budget", "3", "--method", "random"),
+                 ("fit", tmp_path / "cal.csv", "--out", model, "--dims", "1", "--overwrite", "--seed", "3")):
+        code, out = run(*args)
+        assert (code, out) == (2, f"error: {model / 'anchors'}: is a link (to {home / 'docs'}); anchor sets are "
+                                  "written and removed there, so a link is refused: make it a folder\n")
+    assert sorted(p.name for p in (home / "docs").iterdir()) == ["random-7.json"]
+    assert (model / "params.npz").read_bytes() == before  # refused before the fit, not after it
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (("validate", "r.csv", "--test-frac", "0"), "Invalid value for '--test-frac'"),
     (("validate", "r.csv", "--repeats", "0"), "Invalid value for '--repeats'"),

@@ -907,6 +907,20 @@ def test_a_run_folder_holding_a_link_is_refused_and_nothing_outside_it_changes(c
     assert sorted((p.relative_to(victim), p.stat().st_mtime_ns) for p in victim.rglob("*")) == before
 
 
+def test_a_link_inside_a_run_folder_s_records_is_refused(copy, tmp_path):
+    """`resume` of a folder whose irt/agree0 linked elsewhere refit the IRT model into the link's
+    target: only the folder's own entries were checked for links."""
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    (copy / "irt").mkdir(exist_ok=True)
+    shutil.rmtree(copy / "irt" / "agree0", ignore_errors=True)
+    (copy / "irt" / "agree0").symlink_to(victim)
+    for command in ("resume", "status", "report"):
+        code, output = invoke(command, copy)
+        one_line_error(code, output, f"{copy / 'irt' / 'agree0'}: is a link")
+    assert list(victim.iterdir()) == []
+
+
 def test_status_gives_the_race_sample_score_of_a_best_estimate_not_measured_whole(copy):
     """`best agree0 in the search: 0.780 estimated` beside a pick measured at 0.689: the race had
     scored that candidate 0.652 on the sample the picks were chosen on, which status did not say."""
