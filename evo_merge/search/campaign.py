@@ -41,6 +41,7 @@ from evo_merge.search.store import (
     EVALUATED_ON_META,
     CampaignStore,
     Evaluation,
+    evaluated_on,
 )
 from evo_merge.search.study import GenerationDone, run_search
 from evo_merge.search.trust import mark_trusted
@@ -127,10 +128,21 @@ class CampaignRunner:
             if bench is not None:  # fail before any evaluation when a kind cannot work on these models
                 for method in ws.campaign.methods:
                     candidate_kind(method).check(bench)
-                if ws.store.get_meta(EVALUATED_ON_META) is None:  # what a later export compares with
-                    ws.store.set_meta(EVALUATED_ON_META, bench.device.type)
+            self._record_device_types(evaluator.device_types())
             self._evaluator = evaluator
         return self._evaluator
+
+    def _record_device_types(self, types: list[str]) -> None:
+        """Keep every device type the run builds candidates on (what an export compares with); a
+        resume on another type says so: DARE and DELLA draw other drops there."""
+        store = self.workspace.store
+        recorded = evaluated_on(store)
+        if new := [t for t in types if t not in recorded]:
+            if recorded:
+                log.warning("this run built its candidates on %s, and goes on on %s: DARE and DELLA candidates "
+                            "draw other drops on each, and a pick is exported as the device of the export draws it",
+                            " and ".join(recorded), " and ".join(new))
+            store.set_meta(EVALUATED_ON_META, sorted({*recorded, *types}))
 
     def calibrate(self) -> None:
         """Base and endpoints on the search items (+ warm-up merges when IRT is fitted here), then

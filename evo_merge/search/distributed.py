@@ -128,6 +128,13 @@ def _load(spec: WorkerSpec) -> float:
         return _worker_evaluator(spec)[1]
 
 
+def _device_type(device: str) -> str:
+    """Run on each worker: the type of the device its workbench is built on."""
+    from evo_merge.weights.devices import resolve_device
+
+    return resolve_device(device).type
+
+
 def _worker_version() -> str:
     """Run on each worker before any job: it answers only where evo-merge can be imported."""
     from evo_merge import __version__
@@ -333,6 +340,12 @@ class DaskEvaluator:
     def workbench(self) -> None:
         """The models live in the workers: the driver holds none (export builds what it needs)."""
         return None
+
+    def device_types(self) -> list[str]:
+        """What the workers connected now build candidates on: each resolves the campaign's device
+        itself (`auto` is cuda on a worker with a GPU, whatever the driver has)."""
+        self.client.wait_for_workers(self.n_workers or 1)
+        return sorted(set(self.client.run(_device_type, self.spec.device).values()))
 
     def __getstate__(self) -> dict:
         raise TypeError("a DaskEvaluator holds a cluster connection and cannot be pickled")

@@ -54,6 +54,11 @@ class Evaluator(Protocol):
         """This process's resident models when the evaluator has them (None on a cluster)."""
         ...
 
+    def device_types(self) -> list[str]:
+        """The device types candidates are built on ("cpu", "cuda"): DARE's and DELLA's drops are
+        drawn by each type's own generator, so an export elsewhere is another model of the recipe."""
+        ...
+
     def close(self) -> None:
         """Release what the evaluator holds (a cluster, a connection); it restarts when needed."""
         ...

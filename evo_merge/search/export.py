@@ -16,7 +16,7 @@ from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import Evidence, candidate_kind, rounded_storage_note
 from evo_merge.search.log import stage_track
-from evo_merge.search.store import EVALUATED_ON_META, FACTS_META, CampaignStore, Evaluation, Record, in_run
+from evo_merge.search.store import FACTS_META, CampaignStore, Evaluation, Record, evaluated_on, in_run
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
@@ -64,11 +64,11 @@ def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *,
 
     named = workspace.campaign.device
     device = available_device(named)
-    # where the candidates were scored: recorded by a local run; else the device the campaign names
-    ran_on = workspace.store.get_meta(EVALUATED_ON_META) or (None if named == "auto" else named.split(":")[0])
-    if ran_on not in (None, device.type):
+    # where the candidates were built: as the run recorded it; else the device the campaign names
+    ran_on = evaluated_on(workspace.store) or ([] if named == "auto" else [named.split(":")[0]])
+    if any(kind != device.type for kind in ran_on):
         log.warning("the run evaluated on %s, this export merges on %s: equal to rounding, but DARE and DELLA draw "
-                    "other drops than the candidate scored", ran_on, device.type)
+                    "other drops than the candidate scored", " and ".join(ran_on), device.type)
     candidate = Candidate.from_key(evaluation.key)
     bench = evaluator.workbench() if evaluator is not None else None
     return candidate_kind(candidate.method).export(

@@ -33,6 +33,9 @@ class LocalEvaluator:
     def workbench(self) -> Workbench:
         return self.bench
 
+    def device_types(self) -> list[str]:
+        return [self.bench.device.type]
+
     def build(self, candidate: Candidate, merged: Callable[[int, int], None] | None = None) -> torch.nn.Module:
         """The candidate's model on the workbench, checked for non-finite weights; `merged` is told
         (tensors written, tensors) as the in-place merger writes them (not by other kinds, MASS)."""

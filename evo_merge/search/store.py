@@ -123,7 +123,8 @@ CALIBRATION_META = Record("calibration_subjects", int)  # how many subjects cali
 BASELINES_META = Record("baselines", dict[str, str])  # candidate key -> the standard merge it is (its label)
 POOLED_META = Record("pooled_estimates", dict[str, dict[str, float]])  # key of a candidate pooled -> its pooled
 #   estimates, as the final phase first chose
-EVALUATED_ON_META = Record("evaluated_on", str)  # the device type the run first evaluated on ("cuda", "cpu")
+# the device types the run built candidates on ("cpu", "cuda"); one name alone in folders from before
+EVALUATED_ON_META = Record("evaluated_on", str | list[str])
 REVISION_META = Record("estimator_revision", int)  # the estimator revision candidates are scored with
 #   (irt.ESTIMATOR_REVISION)
 ANCHORS_META = Record("anchors", dict[str, dict[str, int]])  # task -> scenario -> anchors per candidate, for `status`
@@ -473,6 +474,12 @@ _COLUMNS = (
 @cache
 def _adapter(shape: Any) -> TypeAdapter:
     return TypeAdapter(shape)
+
+
+def evaluated_on(store: CampaignStore) -> list[str]:
+    """The device types a run built its candidates on (`EVALUATED_ON_META`); none recorded: []."""
+    recorded = store.get_meta(EVALUATED_ON_META)
+    return [] if recorded is None else [recorded] if isinstance(recorded, str) else list(recorded)
 
 
 def _dumps(value: Any, *, finite: bool = True) -> str | None:

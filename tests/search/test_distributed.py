@@ -126,6 +126,13 @@ def test_two_worker_cluster_stores_the_local_evaluations_and_front(tmp_path, zoo
     a, b = exported(run), exported(local_run)
     assert a.keys() == b.keys() and all(torch.equal(a[m][t], b[m][t]) for m in a for t in a[m])
     assert not (run / "checkpoint.pkl").exists()
+    # where the workers built the candidates, asked of them (a dask run recorded none: an export on
+    # another device type than its GPU workers' drew other DARE drops without a word)
+    from evo_merge.search.store import EVALUATED_ON_META, CampaignStore
+
+    store = CampaignStore(run)
+    assert store.get_meta(EVALUATED_ON_META) == ["cpu"]
+    store.close()
 
 
 def test_a_worker_killed_mid_generation_loses_and_duplicates_nothing(tmp_path, zoo, local_run, cluster):

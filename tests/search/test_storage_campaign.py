@@ -478,28 +478,41 @@ def test_an_export_on_another_device_than_the_run_evaluated_on_says_so(tmp_path,
     on the CPU, which equals the GPU to rounding but draws DARE's and DELLA's drops otherwise."""
     import logging
 
+    from evo_merge.config import Campaign
+    from evo_merge.search.campaign import CampaignRunner
     from evo_merge.search.store import EVALUATED_ON_META, CampaignStore
 
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", str(write(tmp_path, config(zoo, device="auto"))), "--out", str(run)])
     assert result.exit_code == 0, result.output
     store = CampaignStore(run)
-    assert store.get_meta(EVALUATED_ON_META) == "cpu"
-    eid = store.evaluations("search")[0].id
+    assert store.get_meta(EVALUATED_ON_META) == ["cpu"]
+    eid = next(e.id for e in store.evaluations("search") if e.measured is not None)  # measured: no evaluator made
     args = ["export", str(run), "--pick", str(eid), "--out"]
     caplog.clear()  # what the run said
-    with caplog.at_level(logging.WARNING, logger="evo_merge.search.export"):
+    with caplog.at_level(logging.WARNING, logger="evo_merge.search"):
         assert CliRunner().invoke(cli, [*args, str(tmp_path / "same")]).exit_code == 0
         assert not caplog.records  # evaluated and exported on the CPU
-        store.db.execute("DELETE FROM meta WHERE key = ?", (EVALUATED_ON_META.key,))  # a dask run records none
+        store.db.execute("DELETE FROM meta WHERE key = ?", (EVALUATED_ON_META.key,))  # a folder from before
         assert CliRunner().invoke(cli, [*args, str(tmp_path / "unknown")]).exit_code == 0
         assert not caplog.records  # `auto`, nothing recorded: no device to compare with
-        store.set_meta(EVALUATED_ON_META, "cuda")  # as a GPU machine's run would have recorded
+        store.set_meta(EVALUATED_ON_META, "cuda")  # as a GPU machine's run recorded it before (one name)
         assert CliRunner().invoke(cli, [*args, str(tmp_path / "elsewhere")]).exit_code == 0
+        store.set_meta(EVALUATED_ON_META, ["cpu", "cuda"])  # a cluster of both, or a resume on the other
+        assert CliRunner().invoke(cli, [*args, str(tmp_path / "mixed")]).exit_code == 0
+        store.set_meta(EVALUATED_ON_META, ["cuda"])  # the run on a GPU, resumed here: its evaluator made on the CPU
+        runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
+        runner.evaluator()
+        runner.close()
+        assert store.get_meta(EVALUATED_ON_META) == ["cpu", "cuda"]
     store.close()
     assert [r.getMessage() for r in caplog.records] == [
         "the run evaluated on cuda, this export merges on cpu: equal to rounding, but DARE and DELLA draw other "
-        "drops than the candidate scored"]
+        "drops than the candidate scored",
+        "the run evaluated on cpu and cuda, this export merges on cpu: equal to rounding, but DARE and DELLA draw "
+        "other drops than the candidate scored",
+        "this run built its candidates on cuda, and goes on on cpu: DARE and DELLA candidates draw other drops on "
+        "each, and a pick is exported as the device of the export draws it"]
 
 
 def test_scores_measured_on_narrower_stored_task_vectors_say_so_in_the_report_and_the_cards(tmp_path, zoo):
