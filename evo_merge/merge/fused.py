@@ -34,7 +34,8 @@ def _combine(target: torch.Tensor, base: torch.Tensor, pieces: list[torch.Tensor
 
 @functools.cache
 def _compiled():
-    # dynamic: one graph for every tensor length; floats stay arguments (dynamo's default); one
+    # dynamic: one graph for every tensor length; floats stay arguments (dynamo's default from torch
+    # 2.6, which pyproject requires: 2.5 compiled a graph per coefficient set); one
     # graph per number of pieces and pattern of `relative` flags (a Python bool is a constant to
     # dynamo). fullgraph: past dynamo's recompile limit (8 graphs) a call raises, where it would
     # run `_combine` eagerly on the whole tensor without a word, peaking at 4 float32 copies of it
