@@ -43,7 +43,7 @@ def evaluate(models, tmp_path, model, *extra, items="items.txt"):
 @pytest.mark.parametrize(("model", "items", "message"), [
     ("lm", "empty.txt", "empty.txt: no item ids in it"),
     ("pickled", "items.txt", "pickled: no .safetensors weights (pickle weights need --allow-pickle)"),
-    ("truncated", "items.txt", "cannot be loaded"),
+    ("truncated", "items.txt", "model.safetensors: not a readable safetensors file (Error while deserializing header"),
     ("nan", "items.txt", "tensor model.layers.1.mlp.up_proj.weight holds NaN or Inf"),
     # a run folder, say: its advice was --allow-pickle
     ("not-a-model", "items.txt", "not-a-model: not a model folder (no config.json)"),
