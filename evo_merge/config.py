@@ -12,15 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    NonNegativeFloat,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evo_merge.align.methods import NEEDS_DATA, AlignMethod
 from evo_merge.dtype_names import ALIASES, NAMES
@@ -218,8 +210,7 @@ class ObjectiveSpec(_Checked):
     """A single weighted objective over the tasks, for single-objective algorithms (scores are
     oriented by each task's direction before weighting); every task is still estimated and stored."""
 
-    weights: dict[str, NonNegativeFloat] | None = Field(
-        None, description="task name -> weight (0 or more; a task to lower is declared with its direction)")
+    weights: dict[str, float] | None = Field(None, description="task name -> weight")
 
 
 # what dask.distributed connects to: an optional scheme, a host (IPv6 in brackets) and a port
@@ -263,8 +254,7 @@ class EvaluatorSpec(_Checked):
 class PickSpec(_Checked):
     """A user-named pick: the candidate with the best weighted sum of (direction-oriented) task scores."""
 
-    weights: dict[str, NonNegativeFloat] = Field(
-        min_length=1, description="task name -> weight (0 or more; a task to lower is declared with its direction)")
+    weights: dict[str, float] = Field(min_length=1, description="task name -> weight")
 
 
 class FinalSpec(_Checked):

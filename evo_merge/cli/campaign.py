@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from evo_merge.cli.paths import UserPath
+from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted
 from evo_merge.markup import shell
 
 if TYPE_CHECKING:
@@ -47,18 +48,12 @@ TRACKING = click.option(
     "results, and your tracking credentials, to a server it names unless you say so")
 
 
-TRUST_TASKS = click.option(
-    "--trust-tasks", is_flag=True,
-    help="run the task code (plugins, lm-eval task files) the run folder's campaign.yaml names, in a folder "
-    "not run by you here: a folder received from someone else runs none of it unless you say so")
-
-
 def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None = None,
             tracking: bool | None = False, trust_tasks: bool = False):
     """The runner of a run folder: with `campaign_file`, the user's campaign (`run`); else the
     folder's own, which names no scheduler to connect to (`_evaluated_where`), reports to its
     trackers only as `tracking` says (`_tracked_where`; False for commands that track nothing), and
-    runs the task code it names only in a folder run here or as `trust_tasks` says (`_tasks_run`)."""
+    runs the task code it names only in a folder run here or as `trust_tasks` says (`check_tasks_trusted`)."""
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
     from evo_merge.search.campaign import CampaignRunner
@@ -73,32 +68,9 @@ def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None 
         campaign = Campaign.load(campaign_file)
     if own:
         campaign = _tracked_where(_evaluated_where(campaign, campaign_file, scheduler), campaign_file, tracking)
-        _tasks_run(campaign, campaign_file, run, trust_tasks)
+        check_tasks_trusted(campaign, campaign_file, run, trust_tasks)
     with naming_file(campaign_file):  # the tasks and models it names, resolved as the runner opens
         return CampaignRunner.open(campaign, campaign_file.parent, run)
-
-
-def _tasks_run(campaign: Campaign, campaign_file: Path, run: Path, trust_tasks: bool) -> None:
-    """Refuse to run the task code a folder's own campaign names (`code_it_runs`) where the folder
-    was not run here (`search.trust`) and the user did not say `--trust-tasks`: a folder received
-    from someone else would run theirs."""
-    from evo_merge.errors import UserError
-    from evo_merge.search.store import CampaignStore
-    from evo_merge.search.trust import is_trusted
-    from evo_merge.tasks.registry import code_it_runs
-
-    code = next(((i, reason) for i, t in enumerate(campaign.tasks) if (reason := code_it_runs(t.task))), None)
-    if code is None or trust_tasks:
-        return
-    store = CampaignStore(run)
-    try:
-        if is_trusted(store, campaign.tasks):
-            return
-    finally:
-        store.close()
-    raise UserError(f"{campaign_file}: tasks.{code[0]} runs {code[1]}, and this run folder was not run by you here "
-                    "(it does not carry your key's mark: received, or from before evo-merge marked them); a run "
-                    "folder does not choose what code runs: read its campaign.yaml, then pass --trust-tasks")
 
 
 def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | None) -> Campaign:
@@ -280,8 +252,14 @@ def resume(run: Path, scheduler: str | None, tracking: bool | None, trust_tasks:
     """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating
     only what is missing."""
     from evo_merge.cli.plan import check_campaign_fits
+    from evo_merge.config import Campaign
+    from evo_merge.errors import naming_file
 
-    check_campaign_fits(_campaign_file(run), run)  # memory plan (#13), as for `run`
+    campaign_file = _campaign_file(run)
+    with naming_file(campaign_file):
+        campaign = Campaign.load(campaign_file)
+    check_tasks_trusted(campaign, campaign_file, run, trust_tasks)  # before a refusal names `plan`, which builds them
+    check_campaign_fits(campaign_file, run)  # memory plan (#13), as for `run`
     with _holding(run):
         _run(_runner(run, scheduler=scheduler, tracking=tracking, trust_tasks=trust_tasks))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from evo_merge.cli.paths import UserPath
+from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted
 from evo_merge.markup import shell
 
 
@@ -89,6 +90,14 @@ def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
                details=shell("evo-merge", "plan", campaign_file, "--out", run_dir))
 
 
+def _own_file(campaign_file: Path) -> bool:
+    """Whether the campaign file is a run folder's own (its campaign.yaml, beside its database)."""
+    from evo_merge.search.binding import CAMPAIGN_FILE
+    from evo_merge.search.store import CampaignStore
+
+    return campaign_file.name == CAMPAIGN_FILE and (campaign_file.parent / CampaignStore.DB).is_file()
+
+
 def item_budget(campaign, tasks: dict, n_models: int) -> str:
     """The item evaluations of the calibration and of the search at most (beside scoring every
     search candidate on every item), where a slip in a number shows: a thousand warm-up merges are
@@ -120,10 +129,12 @@ def item_budget(campaign, tasks: dict, n_models: int) -> str:
 @click.option("--out", type=UserPath(path_type=Path), default=None,
               help="the run folder: a campaign bound to it is planned as it resumes there (with the defaults "
                    "it was written under), and only what a resume may change is suggested")
-def plan(campaign_file: Path, out: Path | None) -> None:
+@TRUST_TASKS
+def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     """Print the host and device memory a campaign needs and whether it fits (exit 2 if not); its
     models, tasks, estimator and `align` section are checked as `run` checks them before it loads
     a model (what needs the models loaded, such as MASS's decomposition, `run` finds out)."""
+    from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
     from evo_merge.merge.footprint import campaign_plan
     from evo_merge.search.evaluator import campaign_tasks
@@ -133,6 +144,8 @@ def plan(campaign_file: Path, out: Path | None) -> None:
     if out is not None:
         check_run_folder(out)
     campaign, base, models, resuming = planned_campaign(campaign_file, out, check_bound=True)
+    if _own_file(campaign_file):  # a run folder's campaign.yaml: the folder's code, as `resume` would run it
+        check_tasks_trusted(Campaign.load(campaign_file), campaign_file, campaign_file.parent, trust_tasks)
     with naming_file(campaign_file):
         tasks = campaign_tasks(campaign)
         for name, task in tasks.items():  # a holdout leaving a task no search item: refused as `run` refuses it

@@ -19,7 +19,6 @@ from evo_merge.config import Campaign
 from evo_merge.errors import UserError, message_line
 from evo_merge.progress import Progress, no_progress
 from evo_merge.search.algorithms import SearchAlgorithm, make_algorithm
-from evo_merge.search.binding import CAMPAIGN_FILE
 from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_candidates, standard_merges
 from evo_merge.search.evaluator import Evaluator, campaign_tasks
 from evo_merge.search.evaluators import make_evaluator
@@ -44,7 +43,6 @@ from evo_merge.search.store import (
     evaluated_on,
 )
 from evo_merge.search.study import GenerationDone, run_search
-from evo_merge.search.trust import mark_trusted
 from evo_merge.search.workspace import Workspace, record_facts
 from evo_merge.tasks.base import FitnessTask
 
@@ -85,7 +83,6 @@ class CampaignRunner:
     def open(cls, campaign: Campaign, root: Path, run_dir: Path, progress: Progress = no_progress) -> CampaignRunner:
         """Open (or create) the run folder for `campaign` and build its tasks."""
         workspace = Workspace.open(campaign, root, run_dir)
-        mark_trusted(workspace.store, Campaign.load(run_dir / CAMPAIGN_FILE).tasks)  # run here: a resume runs them
         spec = workspace.campaign
         tasks = campaign_tasks(spec)
         record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()},

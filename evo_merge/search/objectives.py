@@ -66,10 +66,12 @@ class Objectives:
         return float(scores[task]) if self.directions[self.names.index(task)] == MAXIMIZE else -float(scores[task])
 
     def balanced(self, scores: Mapping[str, float]) -> float:
-        """Mean better-is-higher score (weighted when weights are declared)."""
+        """Mean better-is-higher score (weighted when weights are declared, over the sum of their
+        sizes: a negative weight, which counts a task against, kept it a mean; the weights' own sum
+        could be 0 or below, and the score printed near 1e12)."""
         good = self.signs() * self.vector(scores)
         weights = np.ones(len(self.names)) if self.weights is None else np.array(self.weights)
-        return float(np.dot(weights, good) / max(weights.sum(), 1e-12))
+        return float(np.dot(weights, good) / np.abs(weights).sum())
 
     def hypervolume(self, points: np.ndarray) -> float:
         """Hypervolume of score rows (tasks in `names` order) against the worst point by direction."""

@@ -1,11 +1,12 @@
 """Whose run folder this is. A campaign's tasks may be code (a `module:attr` plugin, an lm-eval
 task file whose YAML names Python beside it), and a run folder carries its campaign.yaml: resuming
-or exporting a folder received from someone else would run the code it names. So a folder a run
-opens here is marked with a keyed digest of the tasks its campaign.yaml names (the settings a
-resume may change, such as the placement or the scheduler, are not part of it), under a key only
-this user holds (`key_file`); `resume` and `export` of a folder without this user's mark run no
-task code until the user says so (`--trust-tasks`), as a folder's scheduler address and tracking
-servers need the user's word. Someone else's folder cannot carry the mark: they do not have the key.
+or exporting a folder received from someone else would run the code it names. So a folder whose
+campaign names task code is marked, as soon as a run binds it here, with a keyed digest of those
+tasks (the settings a resume may change, such as the placement or the scheduler, are not part of
+it), under a key only this user holds (`key_file`); `resume`, `export` and `plan` of a folder
+without this user's mark run no task code until the user says so (`--trust-tasks`), as a folder's
+scheduler address and tracking servers need the user's word. Someone else's folder cannot carry
+the mark: they do not have the key. A folder keeps the marks of every user who ran it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from collections.abc import Sequence
@@ -20,9 +22,13 @@ from pathlib import Path
 
 from evo_merge.config import TaskSpec
 from evo_merge.search.store import CampaignStore, Record
+from evo_merge.tasks.registry import code_it_runs
 
-TRUST_META = Record("trusted_tasks", str)  # HMAC of the campaign's tasks' digest under this user's key
+TRUST_META = Record("trusted_tasks", list[str])  # HMACs of the campaign's tasks, one per user's key
 KEY_BYTES = 32
+MARKS_KEPT = 16  # the latest users' marks: a folder on a shared disk, or one user's several machines
+
+log = logging.getLogger(__name__)
 
 
 def key_file() -> Path:
@@ -31,24 +37,31 @@ def key_file() -> Path:
     return Path(config) / "evo-merge" / "run-key"
 
 
-def _key(create: bool) -> bytes | None:
-    """The key, made (readable by this user alone) when `create`; None where there is none."""
-    path = key_file()
+def _read_key(path: Path) -> bytes | None:
     try:
         key = path.read_bytes()
-        if len(key) == KEY_BYTES:
-            return key
     except OSError:
-        pass
-    if not create:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(KEY_BYTES)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return key if len(key) == KEY_BYTES else None
+
+
+def _make_key(path: Path) -> bytes:
+    """A new key, readable by this user alone, unless another process made one first (then its):
+    two first runs at once must not mark folders with keys one of which is lost."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(key)
-    os.replace(tmp, path)
+        out.write(secrets.token_bytes(KEY_BYTES))
+    try:
+        os.link(tmp, path)  # fails where a key is there: the first one made stays
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    key = _read_key(path)
+    if key is None:
+        raise OSError(f"{path} holds no key of {KEY_BYTES} bytes")
     return key
 
 
@@ -58,18 +71,39 @@ def tasks_digest(tasks: Sequence[TaskSpec]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _mark(key: bytes, digest: str) -> str:
-    return hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
+def _mark(key: bytes, tasks: Sequence[TaskSpec]) -> str:
+    return hmac.new(key, tasks_digest(tasks).encode(), hashlib.sha256).hexdigest()
+
+
+def code_task(tasks: Sequence[TaskSpec]) -> tuple[int, str] | None:
+    """(index, what it runs) of the first task that runs code of its own (`code_it_runs`); None."""
+    return next(((i, reason) for i, t in enumerate(tasks) if (reason := code_it_runs(t.task))), None)
 
 
 def mark_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> None:
-    """Mark the folder as run here with these tasks."""
-    key = _key(create=True)
-    if store.get_meta(TRUST_META) != (mark := _mark(key, tasks_digest(tasks))):
-        store.set_meta(TRUST_META, mark)
+    """Mark the folder as run here with these tasks, where they run code of their own. A key that
+    cannot be written (a read-only home) is said, and the folder goes unmarked: its resume then
+    needs --trust-tasks, as a received one does."""
+    if code_task(tasks) is None:
+        return
+    path = key_file()
+    try:
+        key = _read_key(path) or _make_key(path)
+    except OSError as exc:
+        log.warning("cannot keep evo-merge's run key at %s (%s): this run folder is not marked as run by you, "
+                    "and resuming or exporting it will need --trust-tasks", path, exc.strerror or exc)
+        return
+    marks = store.get_meta(TRUST_META, [])
+    if (mark := _mark(key, tasks)) not in marks:
+        store.set_meta(TRUST_META, [*marks, mark][-MARKS_KEPT:])
 
 
 def is_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> bool:
-    """Whether this user's key marked the folder with these tasks."""
-    key, recorded = _key(create=False), store.get_meta(TRUST_META)
-    return key is not None and recorded is not None and hmac.compare_digest(recorded, _mark(key, tasks_digest(tasks)))
+    """Whether these tasks run no code of their own, or this user's key marked the folder with them."""
+    if code_task(tasks) is None:
+        return True
+    key = _read_key(key_file())
+    if key is None:
+        return False
+    mark = _mark(key, tasks)
+    return any(hmac.compare_digest(mark, recorded) for recorded in store.get_meta(TRUST_META, []))

@@ -40,6 +40,7 @@ from evo_merge.search.binding import (
 )
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.store import FACTS_META, CampaignStore, Record
+from evo_merge.search.trust import mark_trusted
 from evo_merge.weights.checkpoint import weight_files
 from evo_merge.weights.digest import (
     former_model_files_digests,
@@ -188,6 +189,9 @@ class Workspace:
         store = CampaignStore(run_dir)
         try:
             campaign = _bind(store, campaign, run_dir)
+            # marked as soon as bound: a kill in the minutes of digests and alignment below must not
+            # leave the user's own folder taken for a received one
+            mark_trusted(store, Campaign.load(run_dir / CAMPAIGN_FILE).tasks)
             _check_weights(store, refs)
         except UserError:
             store.close()

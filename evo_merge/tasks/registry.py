@@ -144,14 +144,18 @@ def _build(spec: str, settings: dict[str, Any]) -> FitnessTask:
 def code_it_runs(spec: str) -> str | None:
     """The code a task string makes evo-merge run besides its own, lm-eval's and what is installed
     for it: a plugin (any importable callable, imported and called) or an lm-eval task file (its
-    YAML may name Python functions beside it). None for an entry point, a shipped benchmark or an
-    lm-eval registry name."""
+    YAML may name Python functions beside it), a bare name of the working directory's included
+    (one an lm-eval registry name would have taken is counted too: the registry is not read here).
+    None for an entry point, a shipped benchmark or an lm-eval registry name."""
     if _PLUGIN.match(spec):
         return f"the plugin {spec} (imported and called)"
     if any(ep.name == spec for ep in entry_points(group=ENTRY_POINT_GROUP)):
         return None
     if is_path_like(spec):
         return f"the lm-eval task file {spec} (its YAML may run Python beside it)"
+    if spec.removeprefix("evo_") not in shipped_benchmarks() and Path(spec).exists():
+        # read from the working directory where no registry name has it (`_build`'s last resort)
+        return f"the lm-eval task file or folder {spec} of the working directory (its YAML may run Python beside it)"
     return None
 
 

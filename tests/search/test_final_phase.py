@@ -338,10 +338,6 @@ def test_the_card_s_all_items_score_leaves_out_a_task_not_scored_on_every_item(t
             {"picks": {"mine": {"weights": {"agree0": 0}}}},
             "final.picks.mine.weights: give at least one positive weight",
         ),
-        (
-            {"picks": {"mine": {"weights": {"agree0": 2, "agree1": -3}}}},
-            "final.picks.mine.weights.agree1: Input should be greater than or equal to 0",
-        ),
         ({"holdout": 1.5}, "final.holdout: a fraction must lie in (0, 1)"),
         ({"race": [0.5, 0.25]}, "final.race: give increasing fractions in (0, 1), got [0.5, 0.25]"),
         ({"race": [0.5, 1.0]}, "final.race: give increasing fractions in (0, 1)"),

@@ -21,6 +21,13 @@ def test_a_weighted_objective_is_one_number_over_better_is_higher_scores():
     assert weighted.balanced({"acc": 0.8, "err": 0.3}) == pytest.approx(1.3 / 3)
 
 
+def test_a_negative_weight_keeps_the_balanced_score_a_mean():
+    """Weights summing to -1 divided by 1e-12: "balanced" printed about 1e12."""
+    against = Objectives.of(["a", "b"], ["maximize", "maximize"], {"a": 2.0, "b": -3.0})
+    assert against.balanced({"a": 0.5, "b": 0.5}) == pytest.approx((2 * 0.5 - 3 * 0.5) / 5)
+    assert against.balanced({"a": 1.0, "b": 0.0}) == pytest.approx(0.4)
+
+
 def test_the_worst_point_follows_the_direction():
     assert MIXED.worst() == {"acc": 0.0, "err": 1.0}
     assert MIXED.goodness({"acc": 0.4, "err": 0.2}, "err") == -0.2

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from evo_merge.cli import cli
 from evo_merge.search.store import CampaignStore
-from evo_merge.search.trust import key_file
+from evo_merge.search.trust import TRUST_META, key_file
 from evo_merge.zoo.tiny import save_tiny_family
 
 MARKER_TASK = '''
@@ -114,3 +114,104 @@ def test_shipped_benchmarks_and_registry_names_run_no_code_of_a_folder_s():
     assert code_it_runs("./tasks/mine.yaml") == ("the lm-eval task file ./tasks/mine.yaml (its YAML may run Python "
                                                  "beside it)")
     assert code_it_runs("torch.hub:load") == "the plugin torch.hub:load (imported and called)"
+
+
+def test_a_bare_name_read_from_the_working_directory_is_task_code(tmp_path, monkeypatch):
+    """`{task: zqxtask}` with a `zqxtask/` folder shipped in the received run folder: `cd RUN &&
+    evo-merge resume .` read its lm-eval YAML (and the Python it names) with no word."""
+    from evo_merge.tasks.registry import code_it_runs
+
+    monkeypatch.chdir(tmp_path)
+    assert code_it_runs("zqxtask") is None
+    (tmp_path / "zqxtask").mkdir()
+    assert code_it_runs("zqxtask") == ("the lm-eval task file or folder zqxtask of the working directory (its YAML "
+                                       "may run Python beside it)")
+    (tmp_path / "arith").mkdir()
+    assert code_it_runs("arith") is None  # a shipped benchmark's name is never read from the working directory
+
+
+def test_plan_of_a_received_folder_s_campaign_builds_no_task_without_the_word(received, tmp_path, monkeypatch):
+    """A refusal of `resume` named `evo-merge plan RUN/campaign.yaml --out RUN`, which built the
+    folder's plugin tasks with no check."""
+    run, marker = received
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another user"))
+    before = runs(marker)
+    result = invoke("plan", run / "campaign.yaml", "--out", run)
+    assert result.exit_code == 2 and "tasks.0 runs the plugin marking_task:marked" in result.output, result.output
+    assert runs(marker) == before
+    assert invoke("plan", run / "campaign.yaml", "--out", run, "--trust-tasks").exit_code == 0
+    assert runs(marker) > before
+
+
+def test_every_user_who_ran_a_folder_keeps_their_mark(received, tmp_path, monkeypatch):
+    """The mark held one key: a colleague's resume with --trust-tasks made the owner's next resume
+    say the folder was not run by them."""
+    run, _ = received
+    assert invoke("resume", run).exit_code == 0
+    own = key_file()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "colleague"))
+    assert invoke("resume", run, "--trust-tasks").exit_code == 0
+    assert invoke("resume", run).exit_code == 0
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(own.parent.parent))
+    result = invoke("resume", run)
+    assert result.exit_code == 0, result.output
+    store = CampaignStore(run)
+    assert len(store.get_meta(TRUST_META)) >= 2
+    store.close()
+
+
+def test_a_key_that_cannot_be_written_leaves_the_folder_unmarked_and_the_run_going(tmp_path, monkeypatch, caplog):
+    """A read-only home stopped every run, of shipped benchmarks too ("Read-only file system")."""
+    from evo_merge.config import TaskSpec
+    from evo_merge.search.trust import mark_trusted
+
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(blocked))
+    store = CampaignStore(tmp_path / "run")
+    mark_trusted(store, [TaskSpec(task="arith")])  # no task code: no key needed, none made
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        mark_trusted(store, [TaskSpec(task="mine:task", name="t")])
+    assert store.get_meta(TRUST_META) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot keep evo-merge's run key at {blocked / 'evo-merge' / 'run-key'} (Not a directory): this run folder "
+        "is not marked as run by you, and resuming or exporting it will need --trust-tasks"]
+    store.close()
+
+
+def test_a_key_another_process_made_first_is_the_one_kept(tmp_path, monkeypatch):
+    """Two first runs at once each wrote a key, and the folders one of them marked lost their mark."""
+    from evo_merge.search.trust import KEY_BYTES, _make_key
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    first = _make_key(key_file())
+    assert len(first) == KEY_BYTES and _make_key(key_file()) == first  # a second maker reads the first's
+    assert sorted(p.name for p in key_file().parent.iterdir()) == ["run-key"]
+
+
+def test_a_folder_is_marked_as_soon_as_it_is_bound(tmp_path, zoo_family, monkeypatch):
+    """The mark came after the weights' digests and the alignment (minutes at size): a kill there left
+    the user's own folder taken for a received one."""
+    from evo_merge.config import Campaign
+    from evo_merge.search import workspace
+
+    base, fts = zoo_family
+    tasks = [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
+              "options": {"reference": str(f), "name": f"agree{i}", "seed": i}} for i, f in enumerate(fts)]
+    config = write_campaign(tmp_path / "campaign.yaml", base, fts, tasks=tasks)
+
+    def killed(*args):
+        raise KeyboardInterrupt  # as a kill -9 in the digests would leave the folder
+
+    monkeypatch.setattr(workspace, "_check_weights", killed)
+    with pytest.raises(KeyboardInterrupt):
+        workspace.Workspace.open(Campaign.load(config), tmp_path, tmp_path / "run")
+    store = CampaignStore(tmp_path / "run")
+    assert len(store.get_meta(TRUST_META)) == 1
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def zoo_family(tmp_path_factory):
+    return save_tiny_family(tmp_path_factory.mktemp("bound"), "llama", n_finetunes=2)

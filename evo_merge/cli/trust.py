@@ -1,0 +1,33 @@
+"""`--trust-tasks`: the user's word that the task code a run folder's own campaign names may run
+(`search.trust` says why a folder needs it: one received from someone else would run theirs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+TRUST_TASKS = click.option(
+    "--trust-tasks", is_flag=True,
+    help="run the task code (plugins, lm-eval task files) the run folder's campaign.yaml names, in a folder "
+    "not run by you here: a folder received from someone else runs none of it unless you say so")
+
+
+def check_tasks_trusted(campaign, campaign_file: Path, run: Path, trust_tasks: bool) -> None:
+    """Refuse to run the task code a folder's own campaign names (`trust.code_task`) where the folder
+    was not run here and the user did not say `--trust-tasks`."""
+    from evo_merge.errors import UserError
+    from evo_merge.search.binding import open_run
+    from evo_merge.search.trust import code_task, is_trusted
+
+    if trust_tasks or (code := code_task(campaign.tasks)) is None:
+        return
+    store = open_run(run)  # checked as `resume` checks a folder: a damaged one is said as such, and not written
+    try:
+        if is_trusted(store, campaign.tasks):
+            return
+    finally:
+        store.close()
+    raise UserError(f"{campaign_file}: tasks.{code[0]} runs {code[1]}, and this run folder was not run by you here "
+                    "(it does not carry your key's mark: received, or from before evo-merge marked them); a run "
+                    "folder does not choose what code runs: read its campaign.yaml, then pass --trust-tasks")
