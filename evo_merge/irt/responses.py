@@ -44,7 +44,8 @@ def load_responses(path: str | Path, *, items_as_rows: bool = False,
     frame = _read_table(path, "responses")
     if items_as_rows:
         frame = _items_by_subjects(frame, path)
-    elif not _is_long(frame) and len(frame) >= TALL_RATIO * max(frame.shape[1] - 1, 1):
+    elif "score" not in frame.columns and not _is_long(frame) and len(frame) >= TALL_RATIO * max(frame.shape[1] - 1, 1):
+        # (a `score` column is a long table with a misnamed column, refused as such below)
         log.warning("%s: read as %d subjects x %d items (one row per subject); if its rows are items, "
                     "pass --items-as-rows", path, len(frame), frame.shape[1] - 1)
     if scenarios is not None:
@@ -111,7 +112,8 @@ def _with_scenarios(frame: pd.DataFrame, mapping_path: Path, path: Path) -> pd.D
     mapping = mapping.astype({"item": str, "scenario": str})
     pairs = mapping.drop_duplicates(["item", "scenario"])["item"]  # a row repeated as written is harmless
     if pairs.duplicated().any():
-        raise UserError(f"{mapping_path}: item {pairs[pairs.duplicated()].iloc[0]!r} is given more than one scenario")
+        raise UserError(f"{mapping_path}: item {pairs[pairs.duplicated()].iloc[0]!r} of {path} is given "
+                        "more than one scenario")
     long = frame.copy() if _is_long(frame) else _wide_to_long(frame)
     scenario_of = dict(zip(mapping["item"], mapping["scenario"]))
     long["scenario"] = long["item"].astype(str).map(scenario_of)

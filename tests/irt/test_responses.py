@@ -105,13 +105,15 @@ def test_threshold_equals_trying_every_cut(distinct):
     [("model,item,score", "missing 'subject'"), ("subject,items,score", "missing 'item'"),
      ("model,items,score", "missing 'subject', 'item'")],
 )
-def test_a_long_file_with_a_misnamed_id_column_is_refused_naming_it(tmp_path, header, missing):
-    """A `score` column makes it long: read as wide, it melted into a second `score` column (a pandas crash)."""
-    path = _write(tmp_path, f"{header}\nm0,q1,1\nm1,q1,0\n")
-    with pytest.raises(UserError) as err:
+def test_a_long_file_with_a_misnamed_id_column_is_refused_naming_it(tmp_path, header, missing, caplog):
+    """A `score` column makes it long: read as wide, it melted into a second `score` column (a pandas crash);
+    and it was first said to be read as wide, with --items-as-rows offered, which is no fix for it."""
+    path = _write(tmp_path, f"{header}\n" + "".join(f"m{i},q1,1\n" for i in range(20)))
+    with pytest.raises(UserError) as err, caplog.at_level("WARNING", logger="evo_merge"):
         load_responses(path)
     columns = header.replace(",", ", ")
     assert str(err.value) == f"{path}: a long table needs columns subject,item,score; {missing} (columns: {columns})"
+    assert "--items-as-rows" not in caplog.text
 
 
 def test_a_column_named_twice_is_refused_naming_it(tmp_path):
@@ -196,7 +198,7 @@ def test_a_scenarios_file_names_each_item_s_scenario(tmp_path):
     ("responses", "mapping", "message"),
     [
         ("subject,q1,q2\na,1,0\n", "item,scenario\nq1,math\n", "map.csv: no scenario for item 'q2' of"),
-        ("subject,q1\na,1\n", "item,scenario\nq1,math\nq1,code\n", "item 'q1' is given more than one scenario"),
+        ("subject,q1\na,1\n", "item,scenario\nq1,math\nq1,code\n", "map.csv: item 'q1' of"),  # both files named
         ("subject,q1\na,1\n", "item,benchmark\nq1,math\n", "needs columns item,scenario; missing 'scenario'"),
         ("subject,q1\na,1\n", "item,scenario\nq1,\n", "map.csv: empty scenario in row 1"),
         ("subject,item,score,scenario\na,q1,1,x\n", "item,scenario\nq1,math\n", "has a scenario column already"),
