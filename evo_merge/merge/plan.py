@@ -578,6 +578,8 @@ def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint], dev
     except torch.OutOfMemoryError:
         if device.type == "cpu":
             raise
+        merged = None
+    if merged is None:  # out of the handler: the error's frames, and the device tensors they hold, are gone
         torch.cuda.empty_cache()  # a no-op without CUDA
         log.warning("tensor %s: out of memory on %s; merged on the CPU (equal to rounding; DARE and DELLA draw "
                     "other drops there)", job.name, device)
