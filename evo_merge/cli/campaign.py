@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from evo_merge.cli.paths import UserPath
-from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted
+from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
 from evo_merge.markup import shell
 
 if TYPE_CHECKING:
@@ -220,18 +220,26 @@ def _run(runner) -> None:
 @click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=UserPath(path_type=Path))
 @click.option("--out", required=True, type=UserPath(path_type=Path),
               help="run folder (created; a run of the same campaign in it is resumed)")
-def run(campaign_file: Path, out: Path) -> None:
+@TRUST_TASKS
+def run(campaign_file: Path, out: Path, trust_tasks: bool) -> None:
     """Start a search campaign in the run folder OUT (an existing run of the same campaign is resumed)."""
-    start_campaign(campaign_file, out)
+    start_campaign(campaign_file, out, trust_tasks)
 
 
-def start_campaign(campaign_file: Path, out: Path) -> None:
+def start_campaign(campaign_file: Path, out: Path, trust_tasks: bool = False) -> None:
     """`run` (and `demo`): the memory plan and the folder checked first, then the campaign run under
-    the folder's lock; a start that fails leaves no folder."""
+    the folder's lock; a start that fails leaves no folder. A campaign file that is a run folder's
+    own (`run RUN/campaign.yaml --out RUN`, which an edited folder is told to use) is checked as
+    `resume` checks that folder's: it is the folder's code."""
     from evo_merge.cli.plan import check_campaign_fits
+    from evo_merge.config import Campaign
+    from evo_merge.errors import naming_file
     from evo_merge.search.store import check_run_folder, remove_unused_run_folder
 
     check_run_folder(out)  # links and foreign folders refused before the plan reads a store in it
+    if (folder := run_folder_of(campaign_file, out)) is not None:
+        with naming_file(campaign_file):
+            check_tasks_trusted(Campaign.load(campaign_file), campaign_file, folder, trust_tasks)
     check_campaign_fits(campaign_file, out)  # memory plan (#13): exit 2 before the run folder or any evaluation
     new = not out.exists()
     with _holding(out):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from evo_merge.cli.paths import UserPath
-from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted
+from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
 from evo_merge.markup import shell
 
 
@@ -90,14 +90,6 @@ def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
                details=shell("evo-merge", "plan", campaign_file, "--out", run_dir))
 
 
-def _own_file(campaign_file: Path) -> bool:
-    """Whether the campaign file is a run folder's own (its campaign.yaml, beside its database)."""
-    from evo_merge.search.binding import CAMPAIGN_FILE
-    from evo_merge.search.store import CampaignStore
-
-    return campaign_file.name == CAMPAIGN_FILE and (campaign_file.parent / CampaignStore.DB).is_file()
-
-
 def item_budget(campaign, tasks: dict, n_models: int) -> str:
     """The item evaluations of the calibration and of the search at most (beside scoring every
     search candidate on every item), where a slip in a number shows: a thousand warm-up merges are
@@ -144,8 +136,8 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     if out is not None:
         check_run_folder(out)
     campaign, base, models, resuming = planned_campaign(campaign_file, out, check_bound=True)
-    if _own_file(campaign_file):  # a run folder's campaign.yaml: the folder's code, as `resume` would run it
-        check_tasks_trusted(Campaign.load(campaign_file), campaign_file, campaign_file.parent, trust_tasks)
+    if (folder := run_folder_of(campaign_file, out)) is not None:  # the folder's code, as `resume` would run it
+        check_tasks_trusted(Campaign.load(campaign_file), campaign_file, folder, trust_tasks)
     with naming_file(campaign_file):
         tasks = campaign_tasks(campaign)
         for name, task in tasks.items():  # a holdout leaving a task no search item: refused as `run` refuses it

@@ -10,7 +10,22 @@ import click
 TRUST_TASKS = click.option(
     "--trust-tasks", is_flag=True,
     help="run the task code (plugins, lm-eval task files) the run folder's campaign.yaml names, in a folder "
-    "not run by you here: a folder received from someone else runs none of it unless you say so")
+    "not run by you here (a folder received from someone else runs none of it unless you say so); the "
+    "folder is then marked as yours, and needs no word again")
+
+# what only a run folder holds: a campaign.yaml beside one of them is a run folder's own
+RUN_ENTRIES = ("state.sqlite", "evaluations.csv", "report.md", "models", "irt", "aligned")
+
+
+def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:
+    """The run folder whose own campaign file `campaign_file` is: the folder `out` itself, or one
+    that holds a run's entries (its database may have been left out of a folder someone sent)."""
+    folder = campaign_file.expanduser().parent
+    if out is not None and folder.resolve() == out.expanduser().resolve() and out.is_dir():
+        return folder
+    if campaign_file.name == "campaign.yaml" and any((folder / entry).exists() for entry in RUN_ENTRIES):
+        return folder
+    return None
 
 
 def check_tasks_trusted(campaign, campaign_file: Path, run: Path, trust_tasks: bool) -> None:

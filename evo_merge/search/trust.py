@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evo_merge.config import TaskSpec
+from evo_merge.errors import UserError
 from evo_merge.search.store import CampaignStore, Record
-from evo_merge.tasks.registry import code_it_runs
+from evo_merge.tasks.registry import code_it_runs, code_location
 
 TRUST_META = Record("trusted_tasks", list[str])  # HMACs of the campaign's tasks, one per user's key
 KEY_BYTES = 32
@@ -32,9 +33,11 @@ log = logging.getLogger(__name__)
 
 
 def key_file() -> Path:
-    """This user's key: `$XDG_CONFIG_HOME/evo-merge/run-key` (`~/.config` without it)."""
-    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(config) / "evo-merge" / "run-key"
+    """This user's key: `$XDG_CONFIG_HOME/evo-merge/run-key` (`~/.config` without it, or where it is
+    relative, which the XDG rules say to ignore: a key in the working directory is another key in
+    every folder a command runs from)."""
+    config = os.environ.get("XDG_CONFIG_HOME", "")
+    return (Path(config) if os.path.isabs(config) else Path.home() / ".config") / "evo-merge" / "run-key"
 
 
 def _read_key(path: Path) -> bytes | None:
@@ -42,7 +45,9 @@ def _read_key(path: Path) -> bytes | None:
         key = path.read_bytes()
     except OSError:
         return None
-    return key if len(key) == KEY_BYTES else None
+    if len(key) != KEY_BYTES:
+        raise OSError(f"{path} holds {len(key)} bytes, not a key of {KEY_BYTES}; remove it and a new key is made")
+    return key
 
 
 def _make_key(path: Path) -> bytes:
@@ -61,13 +66,16 @@ def _make_key(path: Path) -> bytes:
         tmp.unlink()
     key = _read_key(path)
     if key is None:
-        raise OSError(f"{path} holds no key of {KEY_BYTES} bytes")
+        raise OSError(f"{path} could not be read back")
     return key
 
 
 def tasks_digest(tasks: Sequence[TaskSpec]) -> str:
-    """What the mark covers: the tasks as the campaign names them (strings, names, options)."""
-    text = json.dumps([task.model_dump(mode="json") for task in tasks], sort_keys=True)
+    """What the mark covers: the tasks as the campaign names them (strings, names, options), and
+    where the code each runs is read from (`code_location`): a mark copied into another folder
+    whose task of the same name is read from elsewhere (a folder it ships) does not pass."""
+    text = json.dumps([{**task.model_dump(mode="json"), "code": code_location(task.task)} for task in tasks],
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -93,7 +101,10 @@ def mark_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> None:
         log.warning("cannot keep evo-merge's run key at %s (%s): this run folder is not marked as run by you, "
                     "and resuming or exporting it will need --trust-tasks", path, exc.strerror or exc)
         return
-    marks = store.get_meta(TRUST_META, [])
+    try:
+        marks = store.get_meta(TRUST_META, [])
+    except UserError:  # a damaged record marks nothing: replaced (the user has said the folder's code may run)
+        marks = []
     if (mark := _mark(key, tasks)) not in marks:
         store.set_meta(TRUST_META, [*marks, mark][-MARKS_KEPT:])
 
@@ -102,7 +113,10 @@ def is_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> bool:
     """Whether these tasks run no code of their own, or this user's key marked the folder with them."""
     if code_task(tasks) is None:
         return True
-    key = _read_key(key_file())
+    try:
+        key = _read_key(key_file())
+    except OSError:
+        return False
     if key is None:
         return False
     mark = _mark(key, tasks)

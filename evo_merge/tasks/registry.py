@@ -14,6 +14,7 @@ settings). Resolved tasks are cached per process, so the search builds each task
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import inspect
 import logging
 import re
@@ -151,12 +152,24 @@ def code_it_runs(spec: str) -> str | None:
         return f"the plugin {spec} (imported and called)"
     if any(ep.name == spec for ep in entry_points(group=ENTRY_POINT_GROUP)):
         return None
-    if is_path_like(spec):
+    if is_path_like(spec) or spec.startswith("~"):
         return f"the lm-eval task file {spec} (its YAML may run Python beside it)"
     if spec.removeprefix("evo_") not in shipped_benchmarks() and Path(spec).exists():
         # read from the working directory where no registry name has it (`_build`'s last resort)
         return f"the lm-eval task file or folder {spec} of the working directory (its YAML may run Python beside it)"
     return None
+
+
+def code_location(spec: str) -> str | None:
+    """Where the code a task string runs (`code_it_runs`) is read from, found without running any:
+    a plugin's top-level module file or folder on `sys.path` (a folder the command runs in can
+    shadow an installed one), or a task file's resolved path. None for a task that runs none."""
+    if code_it_runs(spec) is None:
+        return None
+    if _PLUGIN.match(spec):
+        found = importlib.machinery.PathFinder.find_spec(spec.split(":")[0].split(".")[0])
+        return None if found is None else str(found.origin or list(found.submodule_search_locations or []))
+    return str(Path(spec).expanduser().resolve())
 
 
 def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask:

@@ -215,3 +215,84 @@ def test_a_folder_is_marked_as_soon_as_it_is_bound(tmp_path, zoo_family, monkeyp
 @pytest.fixture(scope="module")
 def zoo_family(tmp_path_factory):
     return save_tiny_family(tmp_path_factory.mktemp("bound"), "llama", n_finetunes=2)
+
+
+def test_run_of_a_received_folder_s_own_campaign_file_is_checked_as_its_resume(received, tmp_path, monkeypatch):
+    """`run RUN/campaign.yaml --out RUN` (what an edited folder is told to run) ran the sender's task
+    code and marked the folder as the user's."""
+    run, marker = received
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another user"))
+    before = runs(marker)
+    result = invoke("run", run / "campaign.yaml", "--out", run)
+    assert result.exit_code == 2 and "tasks.0 runs the plugin marking_task:marked" in result.output, result.output
+    assert runs(marker) == before
+    assert invoke("run", run / "campaign.yaml", "--out", run, "--trust-tasks").exit_code == 0
+
+
+def test_plan_of_a_run_folder_s_campaign_without_its_database_runs_no_task(received, tmp_path, monkeypatch):
+    """A sender can leave the database out: `plan DIR/campaign.yaml` then built the tasks."""
+    import shutil
+
+    run, marker = received
+    sent = tmp_path / "sent"
+    shutil.copytree(run, sent, ignore=shutil.ignore_patterns("state.sqlite*"))
+    before = runs(marker)
+    result = invoke("plan", sent / "campaign.yaml")
+    assert result.exit_code == 2 and "state.sqlite" in result.output, result.output
+    assert runs(marker) == before
+
+
+def test_a_mark_covers_where_a_task_s_code_is_read_from(tmp_path, monkeypatch):
+    """A user's mark for `{task: marktask}` (a folder of the working directory) copied into a folder
+    that ships its own `marktask/` passed: the mark covered the task strings alone."""
+    from evo_merge.config import TaskSpec
+    from evo_merge.search.trust import tasks_digest
+
+    tasks = [TaskSpec(task="marktask", name="m")]
+    for where in ("mine", "theirs"):
+        (tmp_path / where / "marktask").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "mine")
+    mine = tasks_digest(tasks)
+    monkeypatch.chdir(tmp_path / "theirs")
+    assert tasks_digest(tasks) != mine
+    monkeypatch.chdir(tmp_path)
+    assert tasks_digest([TaskSpec(task="arith")]) == tasks_digest([TaskSpec(task="arith")])
+
+
+def test_a_key_file_of_another_length_is_said_with_the_way_out(tmp_path, monkeypatch, caplog):
+    from evo_merge.config import TaskSpec
+    from evo_merge.search.trust import mark_trusted
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    key_file().parent.mkdir(parents=True)
+    key_file().write_bytes(b"short")
+    store = CampaignStore(tmp_path / "run")
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        mark_trusted(store, [TaskSpec(task="mine:task", name="t")])
+    assert "holds 5 bytes, not a key of 32; remove it and a new key is made" in caplog.text
+    store.close()
+
+
+def test_a_relative_config_home_is_ignored_as_the_xdg_rules_say(tmp_path, monkeypatch):
+    """A key in the working directory was another key in every folder a command ran from."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", "relative/config")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert key_file() == tmp_path / ".config" / "evo-merge" / "run-key"
+
+
+def test_a_damaged_mark_is_replaced_when_the_user_says_the_code_may_run(received, tmp_path, monkeypatch):
+    run, _ = received
+    store = CampaignStore(run)
+    store.db.execute("UPDATE meta SET value = '5' WHERE key = ?", (TRUST_META.key,))
+    store.db.commit()
+    store.close()
+    assert invoke("resume", run).exit_code == 2  # damaged: no mark of this user's
+    result = invoke("resume", run, "--trust-tasks")
+    assert result.exit_code == 0, result.output
+    assert invoke("resume", run).exit_code == 0
+
+
+def test_a_name_beginning_with_a_tilde_is_a_task_file():
+    from evo_merge.tasks.registry import code_it_runs
+
+    assert code_it_runs("~user/tasks") is not None and code_it_runs("~mine") is not None
