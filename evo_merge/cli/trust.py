@@ -13,8 +13,9 @@ TRUST_TASKS = click.option(
     "not run by you here (a folder received from someone else runs none of it unless you say so); the "
     "folder is then marked as yours, and needs no word again")
 
-# what only a run folder holds: a campaign.yaml beside one of them is a run folder's own
-RUN_ENTRIES = ("state.sqlite", "evaluations.csv", "report.md", "models", "irt", "aligned")
+# what only a run folder holds: a campaign.yaml beside one of them is a run folder's own (a project
+# folder may hold its campaign beside `models/` or a report of its own)
+RUN_ENTRIES = ("state.sqlite", "state.sqlite-wal", ".evo-merge.lock", "evaluations.csv", "pareto.csv")
 
 
 def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:

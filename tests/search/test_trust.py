@@ -296,3 +296,13 @@ def test_a_name_beginning_with_a_tilde_is_a_task_file():
     from evo_merge.tasks.registry import code_it_runs
 
     assert code_it_runs("~user/tasks") is not None and code_it_runs("~mine") is not None
+
+
+def test_a_project_s_campaign_beside_its_own_models_is_no_run_folder_s(tmp_path):
+    from evo_merge.cli.trust import run_folder_of
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "report.md").write_text("notes")
+    assert run_folder_of(tmp_path / "campaign.yaml") is None
+    (tmp_path / "pareto.csv").write_text("id\n")  # a run's own file: a folder sent without its database
+    assert run_folder_of(tmp_path / "campaign.yaml") == tmp_path
