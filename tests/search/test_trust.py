@@ -130,19 +130,6 @@ def test_a_bare_name_read_from_the_working_directory_is_task_code(tmp_path, monk
     assert code_it_runs("arith") is None  # a shipped benchmark's name is never read from the working directory
 
 
-def test_plan_of_a_received_folder_s_campaign_builds_no_task_without_the_word(received, tmp_path, monkeypatch):
-    """A refusal of `resume` named `evo-merge plan RUN/campaign.yaml --out RUN`, which built the
-    folder's plugin tasks with no check."""
-    run, marker = received
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another user"))
-    before = runs(marker)
-    result = invoke("plan", run / "campaign.yaml", "--out", run)
-    assert result.exit_code == 2 and "tasks.0 runs the plugin marking_task:marked" in result.output, result.output
-    assert runs(marker) == before
-    assert invoke("plan", run / "campaign.yaml", "--out", run, "--trust-tasks").exit_code == 0
-    assert runs(marker) > before
-
-
 def test_every_user_who_ran_a_folder_keeps_their_mark(received, tmp_path, monkeypatch):
     """The mark held one key: a colleague's resume with --trust-tasks made the owner's next resume
     say the folder was not run by them."""
@@ -217,16 +204,19 @@ def zoo_family(tmp_path_factory):
     return save_tiny_family(tmp_path_factory.mktemp("bound"), "llama", n_finetunes=2)
 
 
-def test_run_of_a_received_folder_s_own_campaign_file_is_checked_as_its_resume(received, tmp_path, monkeypatch):
-    """`run RUN/campaign.yaml --out RUN` (what an edited folder is told to run) ran the sender's task
-    code and marked the folder as the user's."""
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_a_received_folder_s_own_campaign_file_is_checked_as_its_resume(received, tmp_path, monkeypatch, command):
+    """`plan RUN/campaign.yaml --out RUN` (which a refusal of `resume` names) built the folder's plugin
+    tasks with no check, and `run RUN/campaign.yaml --out RUN` (what an edited folder is told to run)
+    ran them and marked the folder as the user's."""
     run, marker = received
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another user"))
     before = runs(marker)
-    result = invoke("run", run / "campaign.yaml", "--out", run)
+    result = invoke(command, run / "campaign.yaml", "--out", run)
     assert result.exit_code == 2 and "tasks.0 runs the plugin marking_task:marked" in result.output, result.output
     assert runs(marker) == before
-    assert invoke("run", run / "campaign.yaml", "--out", run, "--trust-tasks").exit_code == 0
+    assert invoke(command, run / "campaign.yaml", "--out", run, "--trust-tasks").exit_code == 0
+    assert runs(marker) > before
 
 
 def test_plan_of_a_run_folder_s_campaign_without_its_database_runs_no_task(received, tmp_path, monkeypatch):
