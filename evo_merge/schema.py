@@ -26,10 +26,11 @@ MAX_VALUES = 1_000_000  # far above any campaign or recipe; a YAML alias bomb is
 
 def is_path_like(value: str) -> bool:
     """Whether a string that may be a name (a task, an architecture) is a path instead: one with a
-    `/` or a YAML suffix. Those are read as paths (a campaign makes them absolute against its
-    file's folder); any other string is looked up as a name first, wherever the working directory
-    is (a folder named `lang` there silently replaced the shipped benchmark)."""
-    return value.endswith((".yaml", ".yml")) or "/" in value
+    `/`, a YAML suffix or a leading `~` (a home folder, which paths expand). Those are read as paths
+    (a campaign makes them absolute against its file's folder); any other string is looked up as a
+    name first, wherever the working directory is (a folder named `lang` there silently replaced the
+    shipped benchmark)."""
+    return value.endswith((".yaml", ".yml")) or "/" in value or value.startswith("~")
 
 
 def load_yaml(path: str | Path) -> Any:

@@ -49,11 +49,11 @@ TRACKING = click.option(
 
 
 def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None = None,
-            tracking: bool | None = False, trust_tasks: bool = False):
+            tracking: bool | None = False):
     """The runner of a run folder: with `campaign_file`, the user's campaign (`run`); else the
-    folder's own, which names no scheduler to connect to (`_evaluated_where`), reports to its
-    trackers only as `tracking` says (`_tracked_where`; False for commands that track nothing), and
-    runs the task code it names only in a folder run here or as `trust_tasks` says (`check_tasks_trusted`)."""
+    folder's own, which names no scheduler to connect to (`_evaluated_where`) and reports to its
+    trackers only as `tracking` says (`_tracked_where`; False for commands that track nothing). The
+    task code it names is the caller's to check first (`check_tasks_trusted`)."""
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
     from evo_merge.search.campaign import CampaignRunner
@@ -68,7 +68,6 @@ def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None 
         campaign = Campaign.load(campaign_file)
     if own:
         campaign = _tracked_where(_evaluated_where(campaign, campaign_file, scheduler), campaign_file, tracking)
-        check_tasks_trusted(campaign, campaign_file, run, trust_tasks)
     with naming_file(campaign_file):  # the tasks and models it names, resolved as the runner opens
         return CampaignRunner.open(campaign, campaign_file.parent, run)
 
@@ -232,14 +231,11 @@ def start_campaign(campaign_file: Path, out: Path, trust_tasks: bool = False) ->
     own (`run RUN/campaign.yaml --out RUN`, which an edited folder is told to use) is checked as
     `resume` checks that folder's: it is the folder's code."""
     from evo_merge.cli.plan import check_campaign_fits
-    from evo_merge.config import Campaign
-    from evo_merge.errors import naming_file
     from evo_merge.search.store import check_run_folder, remove_unused_run_folder
 
     check_run_folder(out)  # links and foreign folders refused before the plan reads a store in it
     if (folder := run_folder_of(campaign_file, out)) is not None:
-        with naming_file(campaign_file):
-            check_tasks_trusted(Campaign.load(campaign_file), campaign_file, folder, trust_tasks)
+        check_tasks_trusted(campaign_file, folder, trust_tasks)
     check_campaign_fits(campaign_file, out)  # memory plan (#13): exit 2 before the run folder or any evaluation
     new = not out.exists()
     with _holding(out):
@@ -260,16 +256,12 @@ def resume(run: Path, scheduler: str | None, tracking: bool | None, trust_tasks:
     """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating
     only what is missing."""
     from evo_merge.cli.plan import check_campaign_fits
-    from evo_merge.config import Campaign
-    from evo_merge.errors import naming_file
 
     campaign_file = _campaign_file(run)
-    with naming_file(campaign_file):
-        campaign = Campaign.load(campaign_file)
-    check_tasks_trusted(campaign, campaign_file, run, trust_tasks)  # before a refusal names `plan`, which builds them
+    check_tasks_trusted(campaign_file, run, trust_tasks)  # before a refusal names `plan`, which builds them
     check_campaign_fits(campaign_file, run)  # memory plan (#13), as for `run`
     with _holding(run):
-        _run(_runner(run, scheduler=scheduler, tracking=tracking, trust_tasks=trust_tasks))
+        _run(_runner(run, scheduler=scheduler, tracking=tracking))
 
 
 @contextmanager
@@ -490,11 +482,11 @@ def export(
             hub_token()
     elif private or revision or dry_run:
         raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
-    _campaign_file(run)  # before the lock, which would create a mistyped folder
+    check_tasks_trusted(_campaign_file(run), run, trust_tasks)  # before the lock, which would create a mistyped folder
     check_outside_run(out, run, "its picks in models/, which `resume` restores")  # its records would name another
     check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
     with _holding(run, again="run the export again to finish it"):
-        runner = _runner(run, scheduler=scheduler, trust_tasks=trust_tasks)
+        runner = _runner(run, scheduler=scheduler)
         store = runner.workspace.store
         evaluation = next((e for e in store.evaluations() if e.id == pick), None)
         if evaluation is None or evaluation.status != "ok":

@@ -126,7 +126,6 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     """Print the host and device memory a campaign needs and whether it fits (exit 2 if not); its
     models, tasks, estimator and `align` section are checked as `run` checks them before it loads
     a model (what needs the models loaded, such as MASS's decomposition, `run` finds out)."""
-    from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
     from evo_merge.merge.footprint import campaign_plan
     from evo_merge.search.evaluator import campaign_tasks
@@ -137,7 +136,7 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
         check_run_folder(out)
     campaign, base, models, resuming = planned_campaign(campaign_file, out, check_bound=True)
     if (folder := run_folder_of(campaign_file, out)) is not None:  # the folder's code, as `resume` would run it
-        check_tasks_trusted(Campaign.load(campaign_file), campaign_file, folder, trust_tasks)
+        check_tasks_trusted(campaign_file, folder, trust_tasks)
     with naming_file(campaign_file):
         tasks = campaign_tasks(campaign)
         for name, task in tasks.items():  # a holdout leaving a task no search item: refused as `run` refuses it

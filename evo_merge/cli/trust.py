@@ -29,18 +29,25 @@ def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:
     return None
 
 
-def check_tasks_trusted(campaign, campaign_file: Path, run: Path, trust_tasks: bool) -> None:
-    """Refuse to run the task code a folder's own campaign names (`trust.code_task`) where the folder
-    was not run here and the user did not say `--trust-tasks`."""
-    from evo_merge.errors import UserError
+def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool) -> None:
+    """Refuse to run the task code that `campaign_file`, run folder `run`'s own, names
+    (`trust.code_task`) where the folder was not run here and the user did not say `--trust-tasks`.
+    The tasks are read as the run resolves them, against the file's folder, as they were marked."""
+    from evo_merge.config import Campaign
+    from evo_merge.errors import UserError, naming_file
     from evo_merge.search.binding import open_run
     from evo_merge.search.trust import code_task, is_trusted
+    from evo_merge.search.workspace import resolve_campaign
 
-    if trust_tasks or (code := code_task(campaign.tasks)) is None:
+    if trust_tasks:
+        return
+    with naming_file(campaign_file):
+        tasks = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent).tasks
+    if (code := code_task(tasks)) is None:
         return
     store = open_run(run)  # checked as `resume` checks a folder: a damaged one is said as such, and not written
     try:
-        if is_trusted(store, campaign.tasks):
+        if is_trusted(store, tasks):
             return
     finally:
         store.close()

@@ -137,5 +137,3 @@ def memory_filesystem(directory: str, mounts: Path = MOUNTS) -> str | None:
         if inside and len(point) >= len(best):  # the last of equal mounts is the one in effect
             best, kind = point, fields[2]
     return kind if kind in MEMORY_FILESYSTEMS else None
-
-

@@ -89,7 +89,8 @@ def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame
     # a first generation the search looked up whole (its seeds: endpoints and standard warm-ups) has a row too
     generations = sorted({e.generation for e in store.evaluations(SEARCH) if e.status == "ok"}
                          | set(range(1, store.generations_completed() + 1)))
-    return pd.DataFrame([{"generation": g, **recorded_metrics(store, objectives, g)} for g in generations])
+    return pd.DataFrame([{"generation": g, **metrics}
+                         for g, metrics in zip(generations, recorded_metrics(store, objectives, generations))])
 
 
 def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path, endpoints: Sequence[str] = ()) -> None:

@@ -356,7 +356,7 @@ def follow_campaign(runner: Any) -> Trackers:
             store = workspace.store
             evaluations = store.evaluations(CALIBRATION) + store.evaluations(BASELINE) + evaluations
         tracker.log_evaluations({e.id: e for e in evaluations}.values())
-        tracker.log_generation(generation, recorded_metrics(workspace.store, runner.objectives, generation))
+        tracker.log_generation(generation, recorded_metrics(workspace.store, runner.objectives, [generation])[0])
         ids.set("generation", generation)
 
     runner.on_generation.append(on_generation)

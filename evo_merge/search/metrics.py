@@ -38,12 +38,16 @@ def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives
             "items": float(sum(e.items_evaluated for e in upto))}
 
 
-def recorded_metrics(store: CampaignStore, objectives: Objectives, generation: int) -> dict[str, float]:
-    """`generation`'s metrics as stored when it ended; recomputed from the store, as the study
-    computes them, for a folder written before they were stored."""
-    stored = store.metrics(generation)
-    return stored if stored is not None else generation_metrics(store.evaluations(SEARCH), objectives, generation,
-                                                                 known=store.evaluations(BASELINE))
+def recorded_metrics(store: CampaignStore, objectives: Objectives,
+                     generations: Sequence[int]) -> list[dict[str, float]]:
+    """Each of `generations`' metrics as stored when it ended; recomputed from the store (read once),
+    as the study computes them, for a folder written before they were stored."""
+    stored = [store.metrics(generation) for generation in generations]
+    if all(metrics is not None for metrics in stored):
+        return stored
+    search, known = store.evaluations(SEARCH), store.evaluations(BASELINE)
+    return [metrics if metrics is not None else generation_metrics(search, objectives, generation, known=known)
+            for generation, metrics in zip(generations, stored)]
 
 
 def search_time_left(ends: Sequence[float], remaining: int) -> tuple[float, float] | None:

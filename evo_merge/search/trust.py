@@ -110,9 +110,7 @@ def mark_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> None:
 
 
 def is_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> bool:
-    """Whether these tasks run no code of their own, or this user's key marked the folder with them."""
-    if code_task(tasks) is None:
-        return True
+    """Whether this user's key marked the folder with these tasks."""
     try:
         key = _read_key(key_file())
     except OSError:

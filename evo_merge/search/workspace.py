@@ -191,7 +191,7 @@ class Workspace:
             campaign = _bind(store, campaign, run_dir)
             # marked as soon as bound: a kill in the minutes of digests and alignment below must not
             # leave the user's own folder taken for a received one
-            mark_trusted(store, Campaign.load(run_dir / CAMPAIGN_FILE).tasks)
+            mark_trusted(store, campaign.tasks)
             _check_weights(store, refs)
         except UserError:
             store.close()

@@ -152,7 +152,7 @@ def code_it_runs(spec: str) -> str | None:
         return f"the plugin {spec} (imported and called)"
     if any(ep.name == spec for ep in entry_points(group=ENTRY_POINT_GROUP)):
         return None
-    if is_path_like(spec) or spec.startswith("~"):
+    if is_path_like(spec):
         return f"the lm-eval task file {spec} (its YAML may run Python beside it)"
     if spec.removeprefix("evo_") not in shipped_benchmarks() and Path(spec).exists():
         # read from the working directory where no registry name has it (`_build`'s last resort)

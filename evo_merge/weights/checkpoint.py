@@ -171,29 +171,17 @@ class Checkpoint:
             for reader in readers.values():
                 self._readers.update(dict.fromkeys(reader.names(), reader))
         else:
-            held = {reader: set(reader.names()) for reader in readers.values()}  # 90k names at DeepSeek-V3's size
+            stored_in = _shard_of_each(path, readers)
             for name, file_name in index.items():
-                reader = readers[files[0].parent / file_name]
-                if name not in held[reader]:
+                if stored_in.get(name) != files[0].parent / file_name:
                     raise UserError(f"{path}: the index maps tensor {name!r} to {file_name}, which does not hold it")
-                self._readers[name] = reader
-            self._add_unlisted(path, readers)
+            # in the index's order, then what the shards hold beside it, as transformers reads them: every tensor
+            # of every listed shard
+            for name in [*index, *(n for n in stored_in if n not in index)]:
+                self._readers[name] = readers[stored_in[name]]
         self.names: list[str] = list(self._readers)
         self._same: dict[tuple[str, str], bool] = {}
         self._refuse_quantized()
-
-    def _add_unlisted(self, path: Path, readers: dict[Path, _WeightsFile]) -> None:
-        """Tensors a shard holds that its index leaves out, read as transformers reads them: it
-        loads every tensor of every listed shard. A tensor in two shards is refused (transformers
-        would take the last one read, whatever the index says)."""
-        stored_in: dict[str, Path] = {}
-        for file, reader in readers.items():
-            for name in reader.names():
-                if name in stored_in:
-                    raise UserError(f"{path}: tensor {name!r} is stored in two shards, {stored_in[name].name} and "
-                                    f"{file.name}; keep it in the one its index names")
-                stored_in[name] = file
-                self._readers.setdefault(name, reader)
 
     def _refuse_quantized(self) -> None:
         """A quantized checkpoint stores codes and scales (GPTQ's packed integers, FP8 weights with a
@@ -333,6 +321,19 @@ class Checkpoint:
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _shard_of_each(path: Path, readers: dict[Path, _WeightsFile]) -> dict[str, Path]:
+    """Tensor name -> the shard holding it (90k names at DeepSeek-V3's size). A tensor in two
+    shards is refused: transformers takes the last one read, whatever the index says."""
+    stored_in: dict[str, Path] = {}
+    for file, reader in readers.items():
+        for name in reader.names():
+            if name in stored_in:
+                raise UserError(f"{path}: tensor {name!r} is stored in two shards, {stored_in[name].name} and "
+                                f"{file.name}; keep it in the one its index names")
+            stored_in[name] = file
+    return stored_in
 
 
 def drop_mapped_pages(address: int, length: int) -> None:

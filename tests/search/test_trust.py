@@ -296,3 +296,24 @@ def test_a_project_s_campaign_beside_its_own_models_is_no_run_folder_s(tmp_path)
     assert run_folder_of(tmp_path / "campaign.yaml") is None
     (tmp_path / "pareto.csv").write_text("id\n")  # a run's own file: a folder sent without its database
     assert run_folder_of(tmp_path / "campaign.yaml") == tmp_path
+
+
+def test_a_task_file_named_relative_to_the_campaign_is_marked_as_the_run_resolves_it(tmp_path, zoo_family,
+                                                                                     monkeypatch):
+    """The mark (at bind time) and the check (from any working directory) read the tasks as the run
+    does, against the campaign file's folder: the user's own folder is not taken for a received one
+    when resumed from elsewhere."""
+    from evo_merge.cli.trust import check_tasks_trusted
+    from evo_merge.config import Campaign
+    from evo_merge.search.workspace import Workspace
+
+    base, fts = zoo_family
+    (tmp_path / "project" / "tasks").mkdir(parents=True)
+    (tmp_path / "project" / "tasks" / "t.yaml").write_text("task: t\n")
+    config = write_campaign(tmp_path / "project" / "campaign.yaml", base, fts,
+                            tasks=[{"task": "./tasks/t.yaml", "name": "t"}])
+    monkeypatch.chdir(tmp_path / "project")
+    Workspace.open(Campaign.load(config), config.parent, tmp_path / "run").store.close()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    check_tasks_trusted(tmp_path / "run" / "campaign.yaml", tmp_path / "run", trust_tasks=False)  # no refusal
