@@ -42,8 +42,7 @@ class LocalEvaluator:
         self.bench.merger.on_tensor = merged
         try:
             model = candidate_kind(candidate.method).build(self.bench, candidate)
-        except torch.cuda.OutOfMemoryError as exc:
-            torch.cuda.empty_cache()
+        except torch.cuda.OutOfMemoryError as exc:  # the cache is emptied once the failure is let go (`evaluate_many`)
             raise CandidateFailed(f"out of memory while merging: {exc}") from exc
         except UserError:
             raise
@@ -75,8 +74,7 @@ class LocalEvaluator:
                 series = self._scored(name, model, ids, told)
                 scores[name] = {str(k): float(v) for k, v in series.items()}
                 before += len(ids)
-        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-            torch.cuda.empty_cache()  # a no-op without CUDA
+        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:  # the cache is emptied in `evaluate_many`
             raise CandidateFailed(f"out of memory while evaluating ({EVALUATION_OOM_HINT}): {described(exc)}") from exc
         return scores
 
