@@ -189,7 +189,7 @@ class EstimatorSpec(_Checked):
 # time; NSGA-III and SMS-EMOA cover many objectives with a generation batched over the evaluator
 MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
 SINGLE_OBJECTIVE_ALGORITHMS = ("ga", "cmaes")
-AlgorithmName = Literal["nsga2", "nsga3", "smsemoa", "ga", "cmaes"]
+AlgorithmName = Literal[MULTI_OBJECTIVE_ALGORITHMS + SINGLE_OBJECTIVE_ALGORITHMS]
 
 
 class AlgorithmSpec(_Checked):

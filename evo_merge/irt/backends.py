@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from evo_merge.errors import UserError, first_line
-from evo_merge.irt.kinds import BACKEND_NAMES
 from evo_merge.irt.twopl import logit_2pl
 
 log = logging.getLogger(__name__)
@@ -189,4 +188,4 @@ def _train_pyirt(binary: np.ndarray, dims: int, seed: int, epochs: int, lr: floa
     return canonical(disc, (disc * diff).sum(axis=1), theta)
 
 
-BACKENDS: dict[str, Callable[..., FittedParams]] = dict(zip(BACKEND_NAMES, (fit_torch, fit_pyirt)))
+BACKENDS: dict[str, Callable[..., FittedParams]] = {"torch": fit_torch, "pyirt": fit_pyirt}

@@ -77,9 +77,11 @@ def _mixed(name: str, population: int, sampling, n_objectives: int, seed: int) -
         from pymoo.algorithms.moo.sms import SMSEMOA
 
         return SMSEMOA(pop_size=population, **operators)
-    from pymoo.algorithms.soo.nonconvex.ga import GA
+    if name == "ga":
+        from pymoo.algorithms.soo.nonconvex.ga import GA
 
-    return GA(pop_size=population, **operators)
+        return GA(pop_size=population, **operators)
+    raise ValueError(f"no algorithm {name!r}")  # config.AlgorithmName lists those above
 
 
 def _cmaes(population: int, sampling: SeededSampling, dimensions: int) -> Algorithm:

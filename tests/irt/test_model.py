@@ -331,3 +331,12 @@ def test_every_fit_of_a_model_runs_in_the_precision_its_whole_matrix_chose(monke
     monkeypatch.setattr(backends, "FLOAT32_CELLS", 20 * 80)
     monkeypatch.setitem(backends.BACKENDS, "torch", lambda *a, **k: used.append(k["dtype"]) or fit(*a, **k))
     assert IRTModel.fit(data, dims=1).settings["dtype"] == "float32" and used == ["float32"] * 3
+
+
+def test_every_backend_the_config_offers_is_its_own_fit():
+    """config and the CLI offer `irt.kinds.BACKEND_NAMES`; each name fits with its own function."""
+    from evo_merge.irt.backends import BACKENDS, fit_pyirt, fit_torch
+    from evo_merge.irt.kinds import BACKEND_NAMES
+
+    assert set(BACKENDS) == set(BACKEND_NAMES)
+    assert BACKENDS["torch"] is fit_torch and BACKENDS["pyirt"] is fit_pyirt

@@ -151,3 +151,18 @@ def test_a_replay_asking_other_candidates_than_the_run_stored_is_refused(tmp_pat
     with pytest.raises(UserError, match="the search asked other candidates for generation 1 than the run stored"):
         run_search(search, log, objectives, {}, 2)
     assert evaluated == []  # refused before anything is evaluated
+
+
+@pytest.mark.parametrize("name, expected",
+                         [("nsga2", "NSGA2"), ("nsga3", "NSGA3"), ("smsemoa", "SMSEMOA"), ("ga", "GA")])
+def test_each_name_is_its_own_pymoo_algorithm(name, expected):
+    from evo_merge.search.algorithms import _mixed
+
+    assert type(_mixed(name, 4, None, 2, 0)).__name__ == expected
+
+
+def test_a_name_without_an_algorithm_is_refused_not_read_as_another():
+    from evo_merge.search.algorithms import _mixed
+
+    with pytest.raises(ValueError, match="moead"):
+        _mixed("moead", 4, None, 2, 0)
