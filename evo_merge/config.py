@@ -55,12 +55,15 @@ class _Checked(Strict):
 DEFAULT_METHODS = {"task_arithmetic": {}, "ties": {}, "dare_ties": {}, "tsv": {}}
 
 
+Direction = Literal["maximize", "minimize"]  # a task's score: higher or lower is better
+
+
 class TaskSpec(_Checked):
     """One objective: a shipped benchmark name, an lm-eval task, a local YAML/folder or `module:attr`."""
 
     task: str
     name: str | None = None
-    direction: Literal["maximize", "minimize"] = "maximize"
+    direction: Direction = "maximize"
     options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="keyword arguments for the task (plugin factory or lm-eval adapter)")
 

@@ -74,7 +74,6 @@ KINDS = ESTIMATOR_KINDS
 MERGE_COEF_SD = 0.5
 MERGE_SUM_SD = 0.05
 SIMULATED_MERGES = 200  # merges drawn in the endpoints' span to measure mp-IRT's error for δ
-MERGE3_DELTA = 0.5
 PRIOR_SUBJECTS = 4.0  # weight, in subjects, of the random-sampling error pooled with measured ones
 # raised whenever a change moves the estimates (or SEs) of a run's candidates: the formulas, or the
 # anchors a run draws; a run folder records it (search/scoring.py), so one resumed across such a

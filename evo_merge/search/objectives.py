@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAXIMIZE, MINIMIZE = "maximize", "minimize"
+MAXIMIZE = "maximize"  # the other direction: "minimize" (config.Direction)
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ from contextlib import closing
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict
 
+from evo_merge.config import Direction
 from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.lock import LOCK_FILE
@@ -95,7 +96,7 @@ StoredName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 class TaskFacts(TypedDict):
     name: StoredName
-    direction: Literal["maximize", "minimize"]
+    direction: Direction
     items: int  # the task's items, held-out ones included
 
 
