@@ -6,7 +6,6 @@ Shared by the campaign schema (`evo_merge.config`) and the merge-recipe schema
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, did_you_mean
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -152,8 +151,7 @@ def _message(error: dict, model: type[BaseModel]) -> str:
     if error["type"] != "extra_forbidden":
         return error["msg"].removeprefix("Value error, ")
     path = _key_path(error["loc"])
-    close = difflib.get_close_matches(str(path[-1]), _keys_at(model, path[:-1]), n=1)
-    return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+    return "unknown key" + did_you_mean(str(path[-1]), _keys_at(model, path[:-1]))
 
 
 def _kind(value: Any) -> str:

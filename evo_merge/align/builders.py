@@ -8,7 +8,6 @@ stream's permutation; attention heads move as blocks, Q/K and V/O tied to the sa
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from evo_merge.align.spec import Group, PermSpec, load_spec_yaml
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, did_you_mean
 from evo_merge.weights.arch import CNN, GPT2, LLAMA, MLP, RESNET, architecture_of
 
 
@@ -167,9 +166,7 @@ def check_arch(arch: str, source: Any, key: str = "--arch") -> None:
             described = "no architecture we know" if found is None else f"architecture {found.name!r}"
             raise UserError(f"{key} {arch} does not match the model's config.json ({described})")
     elif Path(arch).suffix not in (".yaml", ".yml"):
-        close = difflib.get_close_matches(arch, ARCHS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"{key} {arch!r} is not one of {', '.join(ARCHS)} or a .yaml spec{hint}")
+        raise UserError(f"{key} {arch!r} is not one of {', '.join(ARCHS)} or a .yaml spec{did_you_mean(arch, ARCHS)}")
 
 
 def spec_for(arch: str, model: nn.Module, key: str = "--arch") -> PermSpec:
