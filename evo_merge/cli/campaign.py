@@ -289,7 +289,13 @@ def status(run: Path) -> None:
     from evo_merge.console import results_console
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
-    from evo_merge.search.metrics import item_totals, picks_no_better_than_inputs, se_note, search_saving
+    from evo_merge.search.metrics import (
+        item_totals,
+        mixed_revisions_note,
+        picks_no_better_than_inputs,
+        se_note,
+        search_saving,
+    )
     from evo_merge.search.objectives import Objectives
     from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
     from evo_merge.search.store import ANCHORS_META, BASELINE, BASELINES_META, POOLED_META, SEARCH
@@ -351,10 +357,8 @@ def status(run: Path) -> None:
     for task, counts in store.get_meta(ANCHORS_META, {}).items():
         console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("
                       + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")
-    if mixed := store.estimator_revisions()[1]:
-        console.print("estimates: this folder was scored by estimator revisions " + " and ".join(
-            "unrecorded (before revisions)" if r == 0 else str(r) for r in mixed)
-            + "; candidates scored after it was reopened use the later (CHANGELOG.md, IRT standard errors)")
+    if mixed := mixed_revisions_note(store):
+        console.print(mixed)
     if pooled := store.get_meta(POOLED_META):
         console.print(f"finalists chosen on estimates pooled over similar recipes ({len(pooled)} candidates; "
                       "report.md and pareto.csv show each finalist's as pool_<task>)")

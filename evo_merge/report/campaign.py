@@ -24,6 +24,7 @@ from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import rounded_storage_note
 from evo_merge.search.metrics import (
     item_totals,
+    mixed_revisions_note,
     picks_no_better_than_inputs,
     recorded_metrics,
     se_note,
@@ -248,7 +249,8 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
         lines.append("endpoints, in the order of each recipe's weights: " + ", ".join(map(md, endpoints)))
     if note := rounded_storage_note(facts):
         lines.append(note)
-    notes = (se_note(facts), race_summary(race), rounds_summary(store.get_meta(PICKS_META)))
+    notes = (se_note(facts), mixed_revisions_note(store), race_summary(race),
+             rounds_summary(store.get_meta(PICKS_META)))
     return lines + [line for line in notes if line]
 
 

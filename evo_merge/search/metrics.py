@@ -89,6 +89,17 @@ def se_note(facts: Mapping) -> str | None:
     return f"{kind} estimates: {SE_CAVEATS[kind]} (docs/irt.md)" if kind in SE_CAVEATS else None
 
 
+def mixed_revisions_note(store: CampaignStore) -> str | None:
+    """The line a folder reopened under another estimator revision gets (`status`, report.md): its
+    candidates' estimates were made by more than one set of formulas."""
+    mixed = store.estimator_revisions()[1]
+    if not mixed:
+        return None
+    return ("estimates: this folder was scored by estimator revisions "
+            + " and ".join("unrecorded (before revisions)" if r == 0 else str(r) for r in mixed)
+            + "; candidates scored after it was reopened use the later (CHANGELOG.md, IRT standard errors)")
+
+
 def picks_no_better_than_inputs(store: CampaignStore, facts: Mapping, objectives: Objectives,
                                 picks: Mapping[str, Evaluation], quote: Callable[[str], str] = str) -> list[str]:
     """A line for each pick measured no better than one of the merge's inputs (the base, an

@@ -614,6 +614,9 @@ def test_a_folder_reopened_across_an_estimator_revision_says_so(tmp_path, zoo, c
     assert status.exit_code == 0
     shown = " ".join(status.output.split())  # (the console wraps long lines)
     assert f"estimator revisions unrecorded (before revisions) and {ESTIMATOR_REVISION};" in shown
+    assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0  # the report says it too
+    report = " ".join((run / "report.md").read_text().split())
+    assert f"estimator revisions unrecorded (before revisions) and {ESTIMATOR_REVISION};" in report
 
 
 def test_a_run_written_before_a_setting_existed_runs_with_what_it_did_then(tmp_path, zoo):
