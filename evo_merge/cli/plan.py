@@ -83,7 +83,7 @@ def planned_campaign(campaign_file: Path, run_dir: Path | None, check_bound: boo
 def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
     """Stop with exit 2 when the campaign cannot fit in `run_dir` (before the folder is created or
     resumed), naming the `plan` command that prints the same plan."""
-    from evo_merge.merge.footprint import check_fits
+    from evo_merge.search.capacity import check_fits
 
     campaign, base, models, resuming = planned_campaign(campaign_file, run_dir)
     check_fits(campaign, base, models, resuming=resuming,
@@ -127,7 +127,7 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     models, tasks, estimator and `align` section are checked as `run` checks them before it loads
     a model (what needs the models loaded, such as MASS's decomposition, `run` finds out)."""
     from evo_merge.errors import naming_file
-    from evo_merge.merge.footprint import campaign_plan
+    from evo_merge.search.capacity import campaign_plan
     from evo_merge.search.evaluator import campaign_tasks
     from evo_merge.search.holdout import holdout_size
     from evo_merge.search.store import check_run_folder

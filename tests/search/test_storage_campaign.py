@@ -18,10 +18,11 @@ from pydantic import ValidationError
 from evo_merge.cli import cli
 from evo_merge.config import Campaign
 from evo_merge.merge import register_method
-from evo_merge.merge.footprint import GIB, campaign_plan
+from evo_merge.merge.footprint import GIB
 from evo_merge.merge.host import memory_filesystem
 from evo_merge.merge.storage import Storage
 from evo_merge.search.binding import config_fingerprint
+from evo_merge.search.capacity import campaign_plan
 from evo_merge.zoo.tiny import save_tiny_family
 
 HERE = Path(__file__).parent
@@ -716,12 +717,12 @@ def test_the_plan_counts_one_dask_worker_for_a_gpu_named_by_index(monkeypatch):
     per GPU of the machine (up to n_workers), doubling the host need. Checked without a GPU: the
     machine's GPUs and their memory stand in."""
     from evo_merge.config import Campaign
-    from evo_merge.merge import footprint
+    from evo_merge.search import capacity
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * GIB, 80 * GIB))
-    monkeypatch.setattr(footprint, "resolve_device", lambda name: torch.device(name if ":" in name else "cuda"))
+    monkeypatch.setattr(capacity, "resolve_device", lambda name: torch.device(name if ":" in name else "cuda"))
     spec = {"base_model": "b", "models": ["m"], "tasks": [{"task": "arith"}],
             "evaluator": {"kind": "dask", "n_workers": 3}}
-    assert footprint.target_of(Campaign.model_validate({**spec, "device": "cuda:1"})).workers == 1
-    assert footprint.target_of(Campaign.model_validate({**spec, "device": "cuda"})).workers == 3
+    assert capacity.target_of(Campaign.model_validate({**spec, "device": "cuda:1"})).workers == 1
+    assert capacity.target_of(Campaign.model_validate({**spec, "device": "cuda"})).workers == 3
