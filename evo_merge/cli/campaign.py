@@ -119,36 +119,6 @@ def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | Non
                     "there, or --no-tracking")
 
 
-def read_run(run: Path):
-    """The run's store and facts, opened without the campaign's models or tasks (and checked against
-    its campaign.yaml as `resume` checks it); a run that has not recorded its facts is not read."""
-    from evo_merge.errors import UserError
-    from evo_merge.search.binding import open_run
-    from evo_merge.search.lock import holder
-    from evo_merge.search.store import FACTS_META
-
-    try:
-        store = open_run(run)
-    except UserError:
-        if pid := holder(run):  # a run that has not written its campaign yet
-            raise UserError(f"{run}: a run is starting here (pid {pid}); it has not written its campaign yet") from None
-        raise
-    facts = store.get_meta(FACTS_META)
-    if facts is None:  # starting, stopped before its tasks were loaded, or written before facts were stored
-        store.close()
-        if pid := holder(run):
-            raise UserError(f"{run}: a run is starting here (pid {pid}); it has not recorded its tasks yet")
-        again = shell("evo-merge", "resume", run)
-        raise UserError(f"{run}: the campaign has not recorded its tasks yet; `{again}` records them")
-    tasks = {t["name"] for t in facts["tasks"]}
-    scored = store.scored_tasks() or tasks
-    if scored != tasks:  # every reader takes the recorded tasks for those the evaluations were scored on
-        store.close()
-        raise UserError(f"{run}: state.sqlite is damaged: its tasks ({', '.join(sorted(tasks))}) are not those its "
-                        f"evaluations were scored on ({', '.join(sorted(scored))})")
-    return store, facts
-
-
 def _summary_table(runner, picks: dict[str, Evaluation]):
     """The endpoints and each pick (name -> its evaluation), their scores side by side."""
     from rich.table import Table
@@ -230,7 +200,7 @@ def start_campaign(campaign_file: Path, out: Path, trust_tasks: bool = False) ->
     the folder's lock; a start that fails leaves no folder. A campaign file that is a run folder's
     own (`run RUN/campaign.yaml --out RUN`, which an edited folder is told to use) is checked as
     `resume` checks that folder's: it is the folder's code."""
-    from evo_merge.cli.plan import check_campaign_fits
+    from evo_merge.search.preflight import check_campaign_fits
     from evo_merge.search.store import check_run_folder, remove_unused_run_folder
 
     check_run_folder(out)  # links and foreign folders refused before the plan reads a store in it
@@ -255,7 +225,7 @@ def start_campaign(campaign_file: Path, out: Path, trust_tasks: bool = False) ->
 def resume(run: Path, scheduler: str | None, tracking: bool | None, trust_tasks: bool) -> None:
     """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating
     only what is missing."""
-    from evo_merge.cli.plan import check_campaign_fits
+    from evo_merge.search.preflight import check_campaign_fits
 
     campaign_file = _campaign_file(run)
     check_tasks_trusted(campaign_file, run, trust_tasks)  # before a refusal names `plan`, which builds them
@@ -287,6 +257,7 @@ def status(run: Path) -> None:
     """Generation (and, while a run works, how far calibration is or the time the search has left),
     evaluations, best estimates, the picks as measured and item evaluations spent."""
     from evo_merge.console import results_console
+    from evo_merge.search.binding import read_run
     from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
     from evo_merge.search.metrics import (
@@ -430,6 +401,7 @@ def _print_picks(console: Console, store: CampaignStore, by_id: dict[int, Evalua
 def report(run: Path) -> None:
     """(Re)write report.md, report.html, evaluations.csv, pareto.csv and the plots of a run."""
     from evo_merge.report.campaign import write_report
+    from evo_merge.search.binding import read_run
     from evo_merge.search.lock import holder
     from evo_merge.search.store import in_run
 

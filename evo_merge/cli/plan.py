@@ -2,92 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
 from evo_merge.cli.paths import UserPath
 from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
-from evo_merge.markup import shell
-
-
-def campaign_models(campaign_file: Path):
-    """(campaign with absolute paths, base path, endpoint paths) as the run will see them; with
-    `align`, the endpoints themselves (aligned copies have their shapes)."""
-    from evo_merge.align.builders import check_arch
-    from evo_merge.config import Campaign
-    from evo_merge.errors import naming_file
-    from evo_merge.merge.storage import check_disk_dir
-    from evo_merge.search.workspace import campaign_references, check_estimator, existing_path, resolve_campaign
-    from evo_merge.weights.checkpoint import read_config
-    from evo_merge.weights.devices import resolve_device
-
-    with naming_file(campaign_file):
-        campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
-        refs = campaign_references(campaign)  # as the run resolves and checks them
-        check_estimator(campaign)
-        resolve_device(campaign.device)  # a GPU that is not here: said naming the file, before any model
-        for line in campaign.ignored_settings():
-            logging.getLogger(__name__).warning(line)
-        models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]
-        base = refs["base_model"].path if "base_model" in refs else models[0]  # aligned copies have its shapes
-        _check_writable_in_place(base)
-        storage, evaluator = campaign.storage, campaign.evaluator
-        if storage.placement == "disk" and storage.disk_dir and not (evaluator.kind == "dask" and evaluator.address):
-            check_disk_dir(storage.disk_dir)  # a remote cluster's workers keep their files on their own machines
-        if campaign.align is not None:
-            check_arch(campaign.align.arch, read_config(models[0]) or {}, "align.arch")
-            if campaign.align.data is not None:
-                existing_path(campaign.align.data, "align.data", "data file")
-    return campaign, base, models
-
-
-def _check_writable_in_place(base: Path) -> None:
-    """A campaign writes each merged tensor into the loaded base: one transformers holds only fused
-    with others (a mixture of experts') is refused here, before a model is loaded, as the in-place
-    merger would refuse it once the base is."""
-    from evo_merge.weights import Checkpoint
-    from evo_merge.weights.module_names import fused_error, fused_tensors
-
-    with Checkpoint.open(base) as checkpoint:
-        names = checkpoint.names
-    if fused := fused_tensors(base, names):
-        raise fused_error(base, next(name for name in names if name in fused), "a transformers model of it")
-
-
-def planned_campaign(campaign_file: Path, run_dir: Path | None, check_bound: bool = False):
-    """(campaign, base, endpoints, resuming) as the run in `run_dir` will see them. A folder a
-    campaign is bound to runs it under the defaults it was written under (a folder from before
-    `dtype: auto` evaluates in float32, whatever the file given now leaves unset), and only what a
-    resume may change is to be suggested. `check_bound`: refuse a campaign other than the folder's,
-    as `run` does (`resume` words an edited campaign.yaml its own way, later)."""
-    from evo_merge.search.binding import as_written_at, bound_defaults, different_campaign, folder_differences
-    from evo_merge.search.workspace import models_moved_hint, with_disk_dir
-
-    if run_dir is None:
-        campaign, base, models = campaign_models(campaign_file)
-    else:
-        with models_moved_hint(run_dir):
-            campaign, base, models = campaign_models(campaign_file)
-    if check_bound and run_dir is not None and (changed := folder_differences(run_dir, campaign)) is not None:
-        raise different_campaign(run_dir, changed)
-    version = None if run_dir is None else bound_defaults(run_dir)
-    if version is not None:
-        campaign = as_written_at(campaign, version)
-    if run_dir is not None:
-        campaign = with_disk_dir(campaign, run_dir)
-    return campaign, base, models, version is not None
-
-
-def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
-    """Stop with exit 2 when the campaign cannot fit in `run_dir` (before the folder is created or
-    resumed), naming the `plan` command that prints the same plan."""
-    from evo_merge.search.capacity import check_fits
-
-    campaign, base, models, resuming = planned_campaign(campaign_file, run_dir)
-    check_fits(campaign, base, models, resuming=resuming,
-               details=shell("evo-merge", "plan", campaign_file, "--out", run_dir))
+from evo_merge.search.preflight import planned_campaign
 
 
 def item_budget(campaign, tasks: dict, n_models: int) -> str:

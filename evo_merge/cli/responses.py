@@ -72,9 +72,9 @@ def export(run: Path, task: str | None, out: Path, overwrite: bool) -> None:
     """What campaign RUN measured on every search item: one row per candidate and item, subjects
     named by their evaluations.csv id, for `irt validate` (do anchors and IRT pay on merges of these
     models?) and `irt fit` (an `estimator.irt_model` for the next campaign)."""
-    from evo_merge.cli.campaign import read_run
     from evo_merge.cli.outputs import check_output_file, check_outside_run, write_output_file
     from evo_merge.errors import UserError
+    from evo_merge.search.binding import read_run
     from evo_merge.search.responses import run_responses
 
     check_outside_run(out, run, "its tables, which `report` rewrites")

@@ -20,8 +20,8 @@ from pydantic import Json
 from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign, EvaluatorSpec
 from evo_merge.errors import UserError
 from evo_merge.markup import shell
-from evo_merge.search.lock import LOCK_FILE
-from evo_merge.search.store import CampaignStore, Record, check_no_links
+from evo_merge.search.lock import LOCK_FILE, holder
+from evo_merge.search.store import FACTS_META, CampaignStore, Record, check_no_links
 
 CAMPAIGN_FILE = "campaign.yaml"
 # what a run folder holds before its campaign is written: the database (with SQLite's journal files), the lock
@@ -226,6 +226,31 @@ def open_run(run_dir: Path) -> CampaignStore:
         store.close()
         raise
     return store
+
+
+def read_run(run: Path) -> tuple[CampaignStore, dict[str, Any]]:
+    """The run's store and facts, opened without the campaign's models or tasks (and checked against
+    its campaign.yaml as `resume` checks it); a run that has not recorded its facts is not read."""
+    try:
+        store = open_run(run)
+    except UserError:
+        if pid := holder(run):  # a run that has not written its campaign yet
+            raise UserError(f"{run}: a run is starting here (pid {pid}); it has not written its campaign yet") from None
+        raise
+    facts = store.get_meta(FACTS_META)
+    if facts is None:  # starting, stopped before its tasks were loaded, or written before facts were stored
+        store.close()
+        if pid := holder(run):
+            raise UserError(f"{run}: a run is starting here (pid {pid}); it has not recorded its tasks yet")
+        again = shell("evo-merge", "resume", run)
+        raise UserError(f"{run}: the campaign has not recorded its tasks yet; `{again}` records them")
+    tasks = {t["name"] for t in facts["tasks"]}
+    scored = store.scored_tasks() or tasks
+    if scored != tasks:  # every reader takes the recorded tasks for those the evaluations were scored on
+        store.close()
+        raise UserError(f"{run}: state.sqlite is damaged: its tasks ({', '.join(sorted(tasks))}) are not those its "
+                        f"evaluations were scored on ({', '.join(sorted(scored))})")
+    return store, facts
 
 
 def edited_away(store: CampaignStore, run_dir: Path) -> bool:

@@ -88,7 +88,7 @@ def test_a_mixture_of_experts_module_is_refused_naming_a_fused_tensor(tmp_path):
 def test_plan_finds_the_fused_tensors_before_loading_any_weight(tmp_path):
     """`plan` (and `run` before it loads a model) builds the model on the meta device: the same
     tensors as the loaded module's, without reading a weight."""
-    from evo_merge.cli.plan import _check_writable_in_place
+    from evo_merge.search.preflight import _check_writable_in_place
     from evo_merge.weights.module_names import fused_tensors
 
     base, _ = family(tmp_path / "moe", MIXTRAL, n=0)
