@@ -16,7 +16,10 @@ import torch
 from pydantic import BaseModel, Field
 
 from evo_merge.errors import UserError
+from evo_merge.merge.kinds import MASS_SETTINGS, MASS_TOKENS
 from evo_merge.weights.arch import HF_ARCHS, mlp_input_pattern
+
+_THRESHOLD, _MAX_TASKS = MASS_SETTINGS["threshold"], MASS_SETTINGS["max_tasks"]
 
 
 class RoutingConfig(BaseModel):
@@ -24,9 +27,9 @@ class RoutingConfig(BaseModel):
 
     layer: int = Field(ge=0, description="block whose MLP input is routed on")
     weight: str = Field(description="that MLP's first weight (whose task subspaces are compared)")
-    threshold: float = Field(0.2, ge=0.0, le=1.0, description="keep tasks with a routing probability above this")
-    max_tasks: int = Field(3, ge=1, description="keep at most this many tasks")
-    token: Literal["mean", "last"] = Field("mean", description="mean over the input's tokens, or its last token")
+    threshold: float = Field(_THRESHOLD.default, ge=_THRESHOLD.low, le=_THRESHOLD.high, description=_THRESHOLD.help)
+    max_tasks: int = Field(_MAX_TASKS.default, ge=_MAX_TASKS.low, description=_MAX_TASKS.help)
+    token: Literal[MASS_TOKENS] = Field(MASS_TOKENS[0], description="mean over the input's tokens, or its last token")
     cache_size: int = Field(8, ge=1, description="merged task sets kept in memory")
 
 

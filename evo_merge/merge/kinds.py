@@ -25,6 +25,8 @@ MASS_HYPERPARAMETERS = (
                    help="keep tasks with a routing probability above this"),
     Hyperparameter("max_tasks", 3, low=1, search_range=(1, 3), help="keep at most this many tasks"),
 )
+MASS_SETTINGS = {h.name: h for h in MASS_HYPERPARAMETERS}  # the one table of MASS's defaults and bounds
+MASS_TOKENS = ("mean", "last")  # what the router reads of an input: the mean over its tokens, or its last
 
 
 def kind_hyperparameters(name: str) -> tuple[Hyperparameter, ...]:

@@ -102,3 +102,16 @@ def test_routing_can_move_to_another_block_without_rebuilding(llama_family):
         mass.set_routing(2)
     with pytest.raises(UserError, match="max_tasks"):
         mass.set_routing(max_tasks=0)
+
+
+def test_the_mass_build_command_offers_the_search_s_defaults():
+    """`mass build` keeps its defaults as literals (its module must load without torch, and the
+    merge floor's table imports it): they are the table's, which RoutingConfig reads too."""
+    from evo_merge.cli.mass import build
+    from evo_merge.mass.routing import RoutingConfig
+    from evo_merge.merge.kinds import MASS_SETTINGS, MASS_TOKENS
+
+    options = {p.name: p for p in build.params}
+    for name in ("threshold", "max_tasks"):
+        assert options[name].default == MASS_SETTINGS[name].default == RoutingConfig.model_fields[name].default
+    assert tuple(options["token"].type.choices) == MASS_TOKENS and options["token"].default == MASS_TOKENS[0]
