@@ -1,7 +1,7 @@
 """The import graph of `evo_merge`: no circle, and no import climbing the floors
 weights, tasks < merge, zoo < mass, align < irt < search < report < cli, the demo zoos imported by
 the CLI alone (imports inside functions count too, and so does a module named in full by a string,
-"evo_merge.mass.candidate:MASS_KIND", which `importlib` loads)."""
+"evo_merge.search.mass_kind:MASS_KIND", which `importlib` loads)."""
 
 import ast
 import re
@@ -96,4 +96,4 @@ def test_the_small_top_level_modules_import_no_floor():
 
 def test_a_module_named_by_a_string_is_an_edge():
     """The search loads MASS's candidate kind by name: the guard sees that import as any other."""
-    assert import_graph().has_edge("evo_merge.search.kinds", "evo_merge.mass.candidate")
+    assert import_graph().has_edge("evo_merge.search.kinds", "evo_merge.search.mass_kind")

@@ -3,7 +3,7 @@
 A kind declares its part of the genome (which hyperparameters, over which ranges, whether the
 endpoint weights count), builds a candidate on a `Workbench`, and exports it. A static merge
 method writes one set of weights into the resident module and exports as the recipe
-`evo-merge merge` rebuilds; MASS (`evo_merge.mass.candidate`) routes each input. The search
+`evo-merge merge` rebuilds; MASS (`mass_kind.py`) routes each input. The search
 looks kinds up in `KINDS` by method name and never branches on one.
 """
 
@@ -11,30 +11,23 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from evo_merge.config import block_size
+from evo_merge.merge.card import Scores  # "estimated" / "measured" -> task -> score
 from evo_merge.merge.export import Tracker
 from evo_merge.merge.groups import group_setting, tensor_weights
 from evo_merge.merge.kinds import MASS, Ranges, declared_ranges
 from evo_merge.search.candidate import MODEL, Candidate
-from evo_merge.tasks.meta import TaskMeta
+from evo_merge.search.evidence import Evidence
 from evo_merge.weights import Checkpoint
 
-Scores = Mapping[str, Mapping[str, float]]  # "estimated" / "measured" -> task -> score
+if TYPE_CHECKING:
+    from evo_merge.merge.storage import Keeping
+    from evo_merge.search.workbench import Workbench
+
 TENSOR_NAMES = "static.tensor_names"  # the workbench's base tensor names, kept for block-group weights
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """How an exported candidate's scores were obtained: each task's metadata (dataset, metric,
-    version) and, for a candidate measured on every item, its per-item scores (task -> item -> score)."""
-
-    tasks: Mapping[str, TaskMeta] = field(default_factory=dict)
-    item_scores: Mapping[str, Mapping[str, float]] | None = None
-    note: str | None = None  # what the scores were measured on, where that is not the exported weights
 
 
 def merge_rounding_note(stored: str, task_vectors: bool) -> str:
@@ -66,11 +59,11 @@ class CandidateKind(Protocol):
         a LoRA adapter is folded into some input): `plan` and `run` both ask."""
         ...
 
-    def check(self, bench: Any) -> None:
+    def check(self, bench: Workbench) -> None:
         """Fail before any evaluation if this kind cannot work on the workbench's models."""
         ...
 
-    def rounds(self, method: str, kept: Any) -> bool:
+    def rounds(self, method: str, kept: Keeping) -> bool:
         """Whether the search's candidate of `method` can differ from the exported pick, its tensors
         kept as `kept` (a `merge.storage.Keeping`) says."""
         ...
@@ -81,12 +74,12 @@ class CandidateKind(Protocol):
         themselves rounded or not (a run's `facts`)."""
         ...
 
-    def build(self, bench: Any, candidate: Candidate) -> Any:
+    def build(self, bench: Workbench, candidate: Candidate) -> Any:
         """The candidate's model, ready to score (raises CandidateFailed-worthy errors)."""
         ...
 
     def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,
-               scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
+               scores: Scores, out_dtype: str, bench: Workbench | None, overwrite: bool,
                evidence: Evidence | None = None, track: Tracker | None = None, chosen_as: Sequence[str] = (),
                device: str = "cpu") -> Path:
         """Write the candidate as a model folder with its card, computed on `device`; `bench` is reused when given;
@@ -143,7 +136,7 @@ class StaticMerge:
     def searched_ranges(self, method: str, configured: Mapping[str, Any], base: Path) -> Ranges:
         return declared_ranges(method, configured)
 
-    def rounds(self, method: str, kept: Any) -> bool:
+    def rounds(self, method: str, kept: Keeping) -> bool:
         from evo_merge.merge.storage import rounds
 
         return rounds(method, kept)
@@ -154,10 +147,10 @@ class StaticMerge:
     def check_inputs(self, adapters: bool) -> None:
         """Every input folds in: the merger reads adapters tensor by tensor."""
 
-    def check(self, bench: Any) -> None:
+    def check(self, bench: Workbench) -> None:
         """The in-place merger checked the endpoints when the workbench opened."""
 
-    def build(self, bench: Any, candidate: Candidate) -> Any:
+    def build(self, bench: Workbench, candidate: Candidate) -> Any:
         """Block-group weights go to the merger per tensor, read from the settings the export writes
         (laid out over the base's tensors), for every tensor it merges: a head it unties included."""
         weights: Any = candidate.weights
@@ -167,7 +160,7 @@ class StaticMerge:
         return bench.merger.apply(candidate.method, weights, candidate.param_dict)
 
     def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *,
-               scores: Scores, out_dtype: str, bench: Any | None, overwrite: bool,
+               scores: Scores, out_dtype: str, bench: Workbench | None, overwrite: bool,
                evidence: Evidence | None = None, track: Tracker | None = None, chosen_as: Sequence[str] = (),
                device: str = "cpu") -> Path:
         """Streamed from the checkpoints through the recipe, exactly as `evo-merge merge` does:
@@ -183,7 +176,7 @@ class StaticMerge:
 
 
 # method name -> "module:attribute" of its kind; every other method is a static merge
-KINDS: dict[str, str] = {MASS: "evo_merge.mass.candidate:MASS_KIND"}
+KINDS: dict[str, str] = {MASS: "evo_merge.search.mass_kind:MASS_KIND"}  # loaded when a campaign has MASS
 STATIC = StaticMerge()
 
 

@@ -234,8 +234,8 @@ def test_a_mass_folder_is_the_search_s_mass_exactly_where_the_run_says_so(tmp_pa
     over bf16 checkpoints rounds the factors as the folder is written; bf16 storage over float32
     checkpoints rounds the search's base) it does not, and `rounds` must say so. It said the first
     case rounded and the second did not."""
-    from evo_merge.mass.candidate import MassKind
     from evo_merge.merge.storage import Stash, Storage, keeping
+    from evo_merge.search.mass_kind import MassKind
 
     base, endpoints = llama_family if weights == torch.float32 else bf16_llama
     storage = Storage(dtype=storage_dtype)

@@ -342,8 +342,8 @@ def test_an_out_of_memory_error_fails_the_candidate_only(zoo):
 
 def test_the_evaluator_mass_and_dask_workers_get_the_storage_settings(tmp_path):
     pytest.importorskip("distributed")
-    from evo_merge.mass.candidate import MASS_KIND
     from evo_merge.search.distributed import DaskEvaluator
+    from evo_merge.search.mass_kind import MASS_KIND
 
     base, fts = zoo = save_tiny_family(tmp_path, "llama", n_finetunes=2)  # close enough to the base for MASS
     campaign = Campaign.model_validate(config(zoo, storage={"dtype": "bfloat16", "placement": "host"},
@@ -695,7 +695,7 @@ def test_the_evaluation_module_is_the_model_transformers_loads_in_that_dtype(tmp
     loaded by transformers score 0.92 / 0.88 / 0.90."""
     from transformers import AutoModelForCausalLM
 
-    from evo_merge.mass.candidate import MassKind
+    from evo_merge.search.mass_kind import MassKind
     from evo_merge.search.workbench import Workbench
 
     family = save_tiny_family(tmp_path / "f32", "llama", n_finetunes=2)  # close fine-tunes, as MASS wants

@@ -1,4 +1,4 @@
-"""MASS as a search candidate kind (see `evo_merge.search.kinds.CandidateKind`).
+"""MASS as a search candidate kind (`kinds.CandidateKind`).
 
 The genome varies the routing settings (`layer`, `threshold`, `max_tasks`); the endpoint
 weights play no part, since routing picks the tasks per input. The factors are computed once
@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evo_merge.errors import UserError
+from evo_merge.merge.card import Scores
+from evo_merge.merge.export import Tracker
 from evo_merge.merge.kinds import declared_ranges
+from evo_merge.search.candidate import Candidate
+from evo_merge.search.evidence import Evidence
 from evo_merge.weights import Checkpoint
+
+if TYPE_CHECKING:
+    from evo_merge.mass import MassModel
+    from evo_merge.merge.storage import Keeping
+    from evo_merge.search.workbench import Workbench
 
 KEPT = "mass"
 
@@ -43,7 +52,7 @@ class MassKind:
             ranges["layer"] = (layers[0], layers[-1])
         return ranges
 
-    def model(self, bench: Any):
+    def model(self, bench: Workbench) -> MassModel:
         """The workbench's MASS model (its factors computed on first use)."""
         if KEPT not in bench.kept:
             from evo_merge.mass import MassModel
@@ -54,7 +63,7 @@ class MassKind:
                                                           dtype=bench.dtype).to(device=bench.device)
         return bench.kept[KEPT]
 
-    def rounds(self, method: str, kept: Any) -> bool:
+    def rounds(self, method: str, kept: Keeping) -> bool:
         """Its base and factors are kept in the storage dtype, and a MASS folder keeps them in the base
         checkpoint's: the search's MASS is the exported one, bits and all, where the two are the same
         dtype (bf16 checkpoints under `auto`), and not where they differ either way (float32 storage
@@ -71,18 +80,18 @@ class MassKind:
             raise UserError("methods.mass: MASS decomposes model folders; inputs with a LoRA adapter (+adapter) "
                             "are merged by the other methods only")
 
-    def check(self, bench: Any) -> None:
+    def check(self, bench: Workbench) -> None:
         self.check_inputs(bench.adapters)
         self.model(bench)  # decomposing refuses endpoints not fine-tuned from the base
 
-    def build(self, bench: Any, candidate) -> Any:
+    def build(self, bench: Workbench, candidate: Candidate) -> MassModel:
         mass = self.model(bench)
         mass.set_routing(**candidate.param_dict)
         return mass
 
-    def export(self, candidate, base: str, models: list[str], out: Path, *, scores, out_dtype: str,
-               bench: Any | None, overwrite: bool, evidence: Any = None, track: Any = None,
-               chosen_as: Sequence[str] = (), device: str = "cpu") -> Path:
+    def export(self, candidate: Candidate, base: str, models: list[str], out: Path, *, scores: Scores,
+               out_dtype: str, bench: Workbench | None, overwrite: bool, evidence: Evidence | None = None,
+               track: Tracker | None = None, chosen_as: Sequence[str] = (), device: str = "cpu") -> Path:
         """A MASS folder (factors, routing, scores); built here when no workbench is at hand, its
         task vectors decomposed on `device` and the factors kept on the host (a cluster's driver
         shares its GPU with a worker's model).

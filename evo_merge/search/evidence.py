@@ -1,0 +1,18 @@
+"""What an exported candidate's card says of its scores (`CandidateKind.export`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from evo_merge.tasks.meta import TaskMeta
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How an exported candidate's scores were obtained: each task's metadata (dataset, metric,
+    version) and, for a candidate measured on every item, its per-item scores (task -> item -> score)."""
+
+    tasks: Mapping[str, TaskMeta] = field(default_factory=dict)
+    item_scores: Mapping[str, Mapping[str, float]] | None = None
+    note: str | None = None  # what the scores were measured on, where that is not the exported weights
