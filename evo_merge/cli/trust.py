@@ -10,8 +10,9 @@ import click
 TRUST_TASKS = click.option(
     "--trust-tasks", is_flag=True,
     help="run the task code (plugins, lm-eval task files) the run folder's campaign.yaml names, in a folder "
-    "not run by you here (a folder received from someone else runs none of it unless you say so); the "
-    "folder is then marked as yours, and needs no word again")
+    "not run by you here (a folder received from someone else runs none of it unless you say so); "
+    "`run`, `resume` and `export` then mark the folder as yours, and it needs no word again (`plan` writes "
+    "nothing into a run folder)")
 
 # what only a run folder holds: a campaign.yaml beside one of them is a run folder's own (a project
 # folder may hold its campaign beside `models/` or a report of its own)

@@ -217,6 +217,8 @@ def test_a_received_folder_s_own_campaign_file_is_checked_as_its_resume(received
     assert runs(marker) == before
     assert invoke(command, run / "campaign.yaml", "--out", run, "--trust-tasks").exit_code == 0
     assert runs(marker) > before
+    # `run` marked the folder as this user's; `plan` writes nothing into a run folder (its help says so)
+    assert invoke(command, run / "campaign.yaml", "--out", run).exit_code == (2 if command == "plan" else 0)
 
 
 def test_plan_of_a_run_folder_s_campaign_without_its_database_runs_no_task(received, tmp_path, monkeypatch):
