@@ -136,8 +136,9 @@ class CampaignRunner:
         recorded = evaluated_on(store)
         if new := [t for t in types if t not in recorded]:
             if recorded:
-                log.warning("this run built its candidates on %s, and goes on on %s: DARE and DELLA candidates "
-                            "draw other drops on each, and a pick is exported as the device of the export draws it",
+                log.warning("this run built its candidates on %s, and now builds them on %s too (a resume, or an "
+                            "export measuring a pick): DARE and DELLA candidates draw other drops on each, and a "
+                            "pick is exported as the device of the export draws it",
                             " and ".join(recorded), " and ".join(new))
             store.set_meta(EVALUATED_ON_META, sorted({*recorded, *types}))
 

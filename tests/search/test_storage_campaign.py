@@ -512,8 +512,9 @@ def test_an_export_on_another_device_than_the_run_evaluated_on_says_so(tmp_path,
         "drops than the candidate scored",
         "the run evaluated on cpu and cuda, this export merges on cpu: equal to rounding, but DARE and DELLA draw "
         "other drops than the candidate scored",
-        "this run built its candidates on cuda, and goes on on cpu: DARE and DELLA candidates draw other drops on "
-        "each, and a pick is exported as the device of the export draws it"]
+        "this run built its candidates on cuda, and now builds them on cpu too (a resume, or an export measuring a "
+        "pick): DARE and DELLA candidates draw other drops on each, and a pick is exported as the device of the "
+        "export draws it"]
 
 
 def test_scores_measured_on_narrower_stored_task_vectors_say_so_in_the_report_and_the_cards(tmp_path, zoo):
