@@ -2,6 +2,8 @@
 the user says so: `export --pick` of a received folder ran its `torch.hub:load` task (a hubconf.py
 of the sender's) although the pick needed no scoring, and `resume` of the finished run did again."""
 
+from pathlib import Path
+
 import pytest
 from campaigns import run_campaign, write_campaign  # tests/search is on sys.path
 from click.testing import CliRunner
@@ -319,3 +321,76 @@ def test_a_task_file_named_relative_to_the_campaign_is_marked_as_the_run_resolve
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     check_tasks_trusted(tmp_path / "run" / "campaign.yaml", tmp_path / "run", trust_tasks=False)  # no refusal
+
+
+def test_a_code_task_after_a_shipped_benchmark_is_found():
+    """Every task is looked at, not the first: `[arith, a plugin]` runs the plugin's code."""
+    from evo_merge.config import TaskSpec
+    from evo_merge.search.trust import code_task
+
+    tasks = [TaskSpec(task="arith"), TaskSpec(task="lang"), TaskSpec(task="torch.hub:load", name="hub")]
+    assert code_task(tasks) == (2, "the plugin torch.hub:load (imported and called)")
+    assert code_task(tasks[:2]) is None
+
+
+def test_a_mark_covers_each_task_s_options_and_name():
+    """A marked folder edited to point its plugin elsewhere (`repo_or_dir` of `torch.hub:load`) is no
+    longer the user's: the folder's fingerprint is no secret, its mark is."""
+    from evo_merge.config import TaskSpec
+    from evo_merge.search.trust import tasks_digest
+
+    mine = TaskSpec(task="torch.hub:load", name="hub", options={"repo_or_dir": "me/repo"})
+    edited = TaskSpec(task="torch.hub:load", name="hub", options={"repo_or_dir": "them/repo"})
+    renamed = TaskSpec(task="torch.hub:load", name="hub2", options={"repo_or_dir": "me/repo"})
+    assert len({tasks_digest([mine]), tasks_digest([edited]), tasks_digest([renamed])}) == 3
+
+
+def test_a_plugin_s_mark_covers_the_module_file_it_is_imported_from(tmp_path, monkeypatch):
+    """A folder the command runs in can shadow the user's plugin module with its own `mytasks.py`:
+    the mark made with the user's module does not pass for the shadowing one."""
+    from evo_merge.config import TaskSpec
+    from evo_merge.search.trust import tasks_digest
+    from evo_merge.tasks.registry import code_location
+
+    for where in ("mine", "theirs"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "mytasks.py").write_text("def make(**options):\n    raise SystemExit\n")
+    tasks = [TaskSpec(task="mytasks:make", name="m")]
+    monkeypatch.syspath_prepend(str(tmp_path / "mine"))
+    assert code_location("mytasks:make") == str(tmp_path / "mine" / "mytasks.py")
+    mine = tasks_digest(tasks)
+    monkeypatch.syspath_prepend(str(tmp_path / "theirs"))  # first on sys.path: the one an import would take
+    assert code_location("mytasks:make") == str(tmp_path / "theirs" / "mytasks.py")
+    assert tasks_digest(tasks) != mine
+
+
+def test_a_run_folder_written_two_ways_is_one_folder(tmp_path, monkeypatch):
+    """`plan ./sent/campaign.yaml --out sent` of a folder sent without its database or tables names the
+    folder `--out` names: it is the folder's own campaign file, checked as the folder's."""
+    from evo_merge.cli.trust import run_folder_of
+
+    (tmp_path / "sent").mkdir()
+    (tmp_path / "sent" / "campaign.yaml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert run_folder_of(Path(".") / "sent" / "campaign.yaml", Path("sent")) is not None
+    assert run_folder_of(Path("sent") / "campaign.yaml", Path(".") / "sent" / ".") is not None
+    assert run_folder_of(Path("sent") / "campaign.yaml", tmp_path / "sent") is not None
+    assert run_folder_of(Path("sent") / "campaign.yaml", tmp_path / "elsewhere") is None
+
+
+def test_the_latest_marks_are_kept(received, tmp_path, monkeypatch):
+    """A folder keeps the last MARKS_KEPT users' marks: a new user's is always among them."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.trust import MARKS_KEPT, is_trusted, mark_trusted
+
+    run, _ = received
+    tasks = Campaign.load(run / "campaign.yaml").tasks
+    store = CampaignStore(run)
+    try:
+        for user in range(MARKS_KEPT + 2):
+            monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / f"user{user}"))
+            mark_trusted(store, tasks)
+            assert is_trusted(store, tasks), user
+        assert len(store.get_meta(TRUST_META)) == MARKS_KEPT
+    finally:
+        store.close()
