@@ -907,18 +907,26 @@ def test_a_run_folder_holding_a_link_is_refused_and_nothing_outside_it_changes(c
     assert sorted((p.relative_to(victim), p.stat().st_mtime_ns) for p in victim.rglob("*")) == before
 
 
-def test_a_link_inside_a_run_folder_s_records_is_refused(copy, tmp_path):
+@pytest.mark.parametrize("planted", ["irt/agree0", "aligned/universe-mean", "irt/agree0/model.json"])
+def test_a_link_inside_a_run_folder_s_records_is_refused(copy, tmp_path, planted):
     """`resume` of a folder whose irt/agree0 linked elsewhere refit the IRT model into the link's
-    target: only the folder's own entries were checked for links."""
+    target: only the folder's own entries were checked for links. A folder or a file, in either of
+    the folders a run writes file by file (`irt/`, `aligned/`)."""
     victim = tmp_path / "elsewhere"
     victim.mkdir()
-    (copy / "irt").mkdir(exist_ok=True)
-    shutil.rmtree(copy / "irt" / "agree0", ignore_errors=True)
-    (copy / "irt" / "agree0").symlink_to(victim)
+    link = copy / planted
+    if planted.endswith(".json"):
+        victim = victim / "model.json"
+        victim.write_text("{}")
+    else:
+        shutil.rmtree(link, ignore_errors=True)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(victim)
     for command in ("resume", "status", "report"):
         code, output = invoke(command, copy)
-        one_line_error(code, output, f"{copy / 'irt' / 'agree0'}: is a link")
-    assert list(victim.iterdir()) == []
+        one_line_error(code, output, f"{link}: is a link")
+    assert (victim.read_text() == "{}") if victim.is_file() else list(victim.iterdir()) == []
 
 
 def test_status_gives_the_race_sample_score_of_a_best_estimate_not_measured_whole(copy):
