@@ -1303,3 +1303,16 @@ def test_a_non_finite_number_is_refused_before_it_is_written(tmp_path):
     store.close()
     reopened = CampaignStore(tmp_path)
     assert reopened.evaluations() == [] and reopened.get("k") is None
+
+
+def test_a_lock_file_that_is_no_regular_file_is_refused_in_one_line(copy):
+    """A crafted folder's `.evo-merge.lock` as a FIFO: `resume` gave `OSError: [Errno 22]` from
+    truncating it; `status`, which only looks, is not held on it."""
+    from evo_merge.search.lock import LOCK_FILE
+
+    (copy / LOCK_FILE).unlink(missing_ok=True)
+    os.mkfifo(copy / LOCK_FILE)
+    code, output = invoke("resume", copy)
+    one_line_error(code, output, f"{copy / LOCK_FILE}: not a regular file, so not the run folder's lock; remove it")
+    code, output = invoke("status", copy)
+    assert code == 0, output
