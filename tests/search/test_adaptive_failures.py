@@ -2,6 +2,7 @@
 had, the failure is stored, a resume does not try the step again (the same decisions follow as
 in a run that was never interrupted), and the report lists it."""
 
+import numpy as np
 import pytest
 from agreement_task import AgreementTask  # tests/search is on sys.path
 from click.testing import CliRunner
@@ -115,23 +116,35 @@ class FailsAtSix(Stepwise):
         return super().estimate(scores, key)
 
 
-def test_a_step_whose_estimate_does_not_come_out_ends_the_test_keeping_its_items(family, tmp_path, caplog):
+class SingularAtSix(Stepwise):
+    """An estimator whose fit of a task's ability meets a singular matrix once a task has 6 items
+    (numpy's LinAlgError, a ValueError)."""
+
+    def estimate(self, scores, key=None):
+        if any(len(s) >= 6 for s in scores.values()):
+            raise np.linalg.LinAlgError("Singular matrix")
+        return super().estimate(scores, key)
+
+
+@pytest.mark.parametrize("failing, error", [
+    (FailsAtSix, "task 'agree0': the estimate nan ± nan is not finite"), (SingularAtSix, "Singular matrix")])
+def test_a_step_whose_estimate_does_not_come_out_ends_the_test_keeping_its_items(family, tmp_path, caplog,
+                                                                                 failing, error):
     """The step's estimate went unchecked into the store, and a NaN read back as a damaged run
-    folder on every later status, report and resume."""
+    folder on every later status, report and resume; an estimator's error stops that test alone."""
     workbench, fts = family
     tasks = agreement(fts)
     first = {name: task.item_ids[:4] for name, task in tasks.items()}
     candidate = Candidate("task_arithmetic", (1.0, 0.0), ())
     store = CampaignStore(tmp_path)
-    log = EvaluationLog(store, lambda: LocalEvaluator(workbench, tasks), FailsAtSix(tasks))
+    log = EvaluationLog(store, lambda: LocalEvaluator(workbench, tasks), failing(tasks))
     with caplog.at_level("WARNING", logger="evo_merge"):
         (evaluation,) = log.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
     stored = store.item_scores(candidate.key)
     before = Stepwise(tasks).estimate({n: {i: s[i] for i in first[n]} for n, s in stored.items()})
     assert evaluation.status == "ok" and evaluation.items_evaluated == 12  # the failed step's items are kept
     assert evaluation.estimates == pytest.approx(before[0])  # with the estimate of the first 4 items
-    assert store.adaptive_failures() == {candidate.key: "estimation failed: task 'agree0': the estimate nan ± nan "
-                                                        "is not finite"}
+    assert store.adaptive_failures() == {candidate.key: f"estimation failed: {error}"}
     assert any("its next adaptive step failed: estimation failed" in r.getMessage() for r in caplog.records)
     again = EvaluationLog(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, tasks), Stepwise(tasks))
     (resumed,) = again.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
