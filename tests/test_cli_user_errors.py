@@ -107,11 +107,12 @@ def test_a_task_name_too_long_for_its_pick_folder_is_refused_when_the_file_is_re
     assert code == 0, output
 
 
-def test_more_irt_dimensions_than_calibration_subjects_are_refused_before_any_evaluation(tmp_path, family):
+@pytest.mark.parametrize("dims", [20, 7])
+def test_more_irt_dimensions_than_calibration_subjects_are_refused_before_any_evaluation(tmp_path, family, dims):
     """The fit refuses a D above its subjects: after the whole calibration had been paid for."""
-    path = campaign(tmp_path, family, estimator={"kind": "gpirt", "dims": 20, "warmup_merges": 3})
+    path = campaign(tmp_path, family, estimator={"kind": "gpirt", "dims": dims, "warmup_merges": 3})
     code, output = invoke("run", path, "--out", tmp_path / "run")
-    one_line_error(code, output, "estimator.dims: 20 is more than the 6 calibration subjects (base, endpoints, "
+    one_line_error(code, output, f"estimator.dims: {dims} is more than the 6 calibration subjects (base, endpoints, "
                    "warm-up merges) the IRT model is fitted on; at most 6, or `auto`")
     if (tmp_path / "run" / "state.sqlite").exists():
         from evo_merge.search.store import CampaignStore
