@@ -98,6 +98,19 @@ def test_floating_dtype_is_the_dtype_of_most_parameters_not_of_most_tensors(tmp_
     assert Checkpoint.open(tmp_path / "only-ints.safetensors").floating_dtype == torch.float32
 
 
+def test_a_head_stored_in_another_dtype_than_its_embedding_is_compared_by_value(tmp_path):
+    """A tied config storing its head in float32 beside a bfloat16 embedding: a copy of it is the
+    same values (tied), other values are a head of its own, whichever dtypes hold them."""
+    embedding = torch.randn(6, 4).to(torch.bfloat16)
+    save_file({"embed.weight": embedding, "copy.weight": embedding.float(),
+               "own.weight": embedding.float() + 0.5, "wide.weight": torch.zeros(6, 5)},
+              str(tmp_path / "heads.safetensors"))
+    ckpt = Checkpoint.open(tmp_path / "heads.safetensors")
+    assert ckpt.same_values("embed.weight", "copy.weight")
+    assert not ckpt.same_values("embed.weight", "own.weight")
+    assert not ckpt.same_values("embed.weight", "wide.weight")
+
+
 def test_a_missing_head_is_read_from_the_input_embedding_nearest_its_name(tmp_path):
     """A checkpoint with two input embeddings (an encoder-decoder, a model with a second tower):
     each missing head stands in for the embedding that shares the longest prefix with it, not
@@ -265,7 +278,9 @@ def test_broken_index_names_the_culprit(llama_family, tmp_path):
     index_file.write_text(json.dumps({"metadata": {}}))
     with pytest.raises(UserError, match="no 'weight_map'"):
         Checkpoint.open(out)
-    name, shard = next(iter(index["weight_map"].items()))
+    # a tensor of a shard holding others: the shard stays listed, so only the wrong mapping is left to find
+    held = list(index["weight_map"].values())
+    name, shard = next((n, f) for n, f in index["weight_map"].items() if held.count(f) > 1)
     other = next(f for f in index["weight_map"].values() if f != shard)
     index_file.write_text(json.dumps({"weight_map": {**index["weight_map"], name: other}}))
     with pytest.raises(UserError, match=f"tensor '{name}'.*does not hold it"):
