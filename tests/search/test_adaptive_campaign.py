@@ -98,6 +98,8 @@ def test_overlap_is_judged_on_every_task():
 
     close, near, far = ev(1, 0.50, 0.50, 0.02), ev(2, 0.53, 0.51, 0.02), ev(3, 0.60, 0.40, 0.02)
     assert [e.id for e in overlapping([close, near, far], ["x", "y"])] == [1, 2]
+    # within the SEs on x alone: the front orders them by y
+    assert overlapping([close, ev(4, 0.51, 0.60, 0.02)], ["x", "y"]) == []
 
 
 def test_a_measured_member_counts_with_its_measured_score_and_no_error():
