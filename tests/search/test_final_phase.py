@@ -69,12 +69,13 @@ def finished(tmp_path_factory, zoo):  # noqa: F811
     for evaluation in runner.workspace.store.evaluations():
         for name, ids in runner.scoring.anchor_items(evaluation.key).items():
             anchors[name] |= set(ids)
-    assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0  # the final phase (the rest is looked up)
-    return run, runner, before_final, anchors
+    resumed = CliRunner().invoke(cli, ["resume", str(run)])  # the final phase (the rest is looked up)
+    assert resumed.exit_code == 0, resumed.output
+    return run, runner, before_final, anchors, resumed.output
 
 
 def test_held_out_items_never_reach_calibration_anchors_or_search(finished):
-    run, _, before_final, anchors = finished
+    run, _, before_final, anchors, _ = finished
     holdout = CampaignStore(run).get_meta("holdout")
     for task in ("agree0", "agree1"):
         assert len(holdout[task]) == 30  # 25% of 120, stratified: 15 of each scenario (even/odd item numbers)
@@ -87,6 +88,16 @@ def test_held_out_items_never_reach_calibration_anchors_or_search(finished):
         fitted = json.loads((run / "irt" / task / "model.json").read_text())["item_ids"]
         assert len(fitted) == 90 and not set(fitted) & set(holdout[task])
         assert anchors[task] and not anchors[task] & set(holdout[task])
+
+
+def test_each_round_of_measuring_the_picks_is_a_line_of_a_log(finished):
+    """The rounds shared one stage name, and a log says a stage once: the picks' held-out items
+    (minutes to hours at 7B) were measured with no line, and the quiet-stage line was silent too."""
+    run, output = finished[0], finished[4]
+    rounds = CampaignStore(run).get_meta(PICKS_META)["rounds"]
+    assert len(rounds) >= 2  # this campaign's first picks were not all measured whole
+    for index in range(1, len(rounds)):
+        assert f"final: measuring the picks on every item (round {index + 1}): " in output, output
 
 
 def test_measured_candidates_carry_search_scores_and_only_picks_held_out_ones(finished):
