@@ -73,6 +73,7 @@ class InPlaceMerger:
         self._targets: dict[str, torch.Tensor] = {}
         self._base: dict[str, torch.Tensor] = {}
         self._deltas: dict[str, list[torch.Tensor | Endpoint]] = {}  # a stored task vector, or its endpoint
+        self._unchanged: set[str] = set()  # tensors every endpoint left as the base has them
         for name in heads.merge_targets(base, endpoints):
             # each input's own tensor, or the embedding its tied head is (`heads`)
             sources = [heads.source_name(c, name) for c in (base, *endpoints)]
@@ -87,8 +88,11 @@ class InPlaceMerger:
             self._base[name] = self.stash.keep(theta0, stored)
             # endpoints only over an exact base: their task vectors are taken from the stored one
             exact_base = stored != dtype and _holds(stored, base, sources[0])
-            self._deltas[name] = [self._keep_task(ep, source, theta0, stored, exact_base)
-                                  for ep, source in zip(endpoints, sources[1:])]
+            kept = [self._keep_task(ep, source, theta0, stored, exact_base)
+                    for ep, source in zip(endpoints, sources[1:])]
+            self._deltas[name] = [task for task, _ in kept]
+            if all(unchanged for _, unchanged in kept):
+                self._unchanged.add(name)
         self._pieces: dict[tuple, dict[str, list[Piece]]] = {}
         # the compiled one-pass sum for elementwise candidates over narrower-than-float32 storage;
         # on a CPU the cache-sized chunks of the eager sum already read memory once
@@ -97,16 +101,21 @@ class InPlaceMerger:
         self.on_tensor: Callable[[int, int], None] | None = None  # told (written, tensors) by `apply`
 
     def _keep_task(self, endpoint: Checkpoint, source: str, theta0: torch.Tensor, stored: torch.dtype,
-                   exact_base: bool) -> torch.Tensor | Endpoint:
+                   exact_base: bool) -> tuple[torch.Tensor | Endpoint, bool]:
         """One endpoint's task vector, stored: as its endpoint, read as stored, where the storage
         dtype holds it and the base exactly but not their difference (bfloat16 checkpoints kept in
         bfloat16); else the difference formed in `self.dtype` and stored in `stored`: exact in
         float32, rounded once where a narrower dtype was chosen for wider checkpoints, or the
-        endpoint is a LoRA adapter's sum."""
+        endpoint is a LoRA adapter's sum. With it, whether the endpoint left the tensor as the base
+        has it (a zero task vector: `MergeMethod.keeps_unchanged`)."""
         if exact_base and _holds(stored, endpoint, source):
-            return Endpoint(self.stash.keep(endpoint.tensor(source), stored))
+            tensor = endpoint.tensor(source)
+            unchanged = bool((tensor == theta0).all())
+            return Endpoint(self.stash.keep(tensor, stored)), unchanged
         # in place: one float32 copy of the tensor per endpoint read, not two
-        return self.stash.keep(endpoint.tensor(source, self.dtype).sub_(theta0), stored)
+        delta = endpoint.tensor(source, self.dtype).sub_(theta0)
+        unchanged = not bool(delta.any())
+        return self.stash.keep(delta, stored), unchanged
 
     def _task_vector(self, stored: torch.Tensor | Endpoint, base: torch.Tensor) -> torch.Tensor:
         """A stored task vector on the device in the compute dtype; an endpoint's is formed there
@@ -181,6 +190,9 @@ class InPlaceMerger:
             # the method's own refusal, as a recipe's plan gives it (`plan._job`), for its pieces too
             if m.check is not None and (why := m.check(w, resolved)) is not None:
                 raise RuntimeError(f"{m.name}: tensor {name}: {why}")
+            if m.keeps_unchanged and name in self._unchanged:  # the method's result is the base: not computed
+                yield name, upcast(stored_base)
+                continue
             if cache is None:
                 base = upcast(stored_base)
                 deltas = [self._task_vector(d, base) for d in self._deltas[name]]

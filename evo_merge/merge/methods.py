@@ -62,6 +62,7 @@ def _task_arithmetic_in_steps(base, deltas, weights, params: Params, name: str) 
 
 @register_method(
     "task_arithmetic",
+    keeps_unchanged=True,
     hyperparameters=[LAMBDA, WEIGHT_NORMALIZE, IGNORED_RESCALE, INT8_MASK],
     scale=lambda w, p: p["lambda"] / (_normalize_divisor(w) if p["normalize"] else 1.0),
     narrow=_task_arithmetic_in_steps,
@@ -210,7 +211,7 @@ def generalized_task_arithmetic(
     return base + mixed
 
 
-@register_method("ties", hyperparameters=[DENSITY, LAMBDA, H("normalize", True, searchable=False),
+@register_method("ties", keeps_unchanged=True, hyperparameters=[DENSITY, LAMBDA, H("normalize", True, searchable=False),
                                           RESCALE_L1, INT8_MASK])
 def ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """TIES: trim by magnitude per tensor, elect signs, average the agreeing entries."""
@@ -220,14 +221,14 @@ def ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
 _DARE_PARAMS = [DENSITY, LAMBDA, WEIGHT_NORMALIZE, RESCALE, SEED, INT8_MASK]
 
 
-@register_method("dare_linear", hyperparameters=_DARE_PARAMS)
+@register_method("dare_linear", hyperparameters=_DARE_PARAMS, keeps_unchanged=True)
 def dare_linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DARE: drop entries at random, rescale survivors, then task arithmetic."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=dare_drop(params, name),
                                        consensus=False)
 
 
-@register_method("dare_ties", hyperparameters=_DARE_PARAMS)
+@register_method("dare_ties", hyperparameters=_DARE_PARAMS, keeps_unchanged=True)
 def dare_ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DARE drops and rescaling, then TIES sign election."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=dare_drop(params, name),

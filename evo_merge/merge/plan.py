@@ -595,6 +595,8 @@ def _combine(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor]) -> to
     reference = tensors[0] if job.reference else torch.zeros_like(tensors[0])
     inputs = tensors[1:] if job.reference else tensors
     deltas = [x - reference for x in inputs]
+    if plan.method.keeps_unchanged and not any(bool(d.any()) for d in deltas):  # the method's result is the base
+        return reference
     return merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
 
 

@@ -124,6 +124,10 @@ class MergeMethod:
     # count: bit for bit only with as many threads (and the same torch build), where elementwise methods
     # give the same bits on any
     threaded: bool = False
+    # a tensor no endpoint changed (every task vector zero) merges to the base's own bits: a merge
+    # copies the base there instead of computing it (frozen embeddings, partial fine-tunes, LoRA
+    # inputs leave most tensors so; TIES spent 85% of a candidate's merge on them, TSV its SVDs)
+    keeps_unchanged: bool = False
     module: str = ""  # where the decorated function is defined: a method of your own names its plugin
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
@@ -177,6 +181,7 @@ def register_method(
     pieces_are_task_vectors: bool = False,
     on_models: bool = False,
     threaded: bool = False,
+    keeps_unchanged: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
 
@@ -197,7 +202,9 @@ def register_method(
     interpolation): in a bfloat16 recipe, rebuilding each model as base + (model - base) in
     bfloat16 would round it twice, so the file path computes such a method in float32 and rounds
     its result once. `threaded`: its result's last bits depend on the CPU's thread count (an SVD,
-    a matrix product), which the model card then names.
+    a matrix product), which the model card then names. `keeps_unchanged`: where every task vector
+    of a tensor is zero, the method returns the base exactly (not to rounding: an average of equal
+    tensors may differ in its last bit), so merges copy the base there and skip the method.
     """
 
     if base not in BASE_MODES:
@@ -207,7 +214,7 @@ def register_method(
         if name in _REGISTRY and not replace:
             raise ValueError(f"merge method {name!r} is already registered")
         common = dict(n_models=n_models, base=base, uses_weights=uses_weights, check=check, on_models=on_models,
-                      threaded=threaded, module=func.__module__,
+                      threaded=threaded, keeps_unchanged=keeps_unchanged, module=func.__module__,
                       description=(func.__doc__ or "").strip().split("\n")[0])
         if scale is None:
             method = MergeMethod(name, tuple(hyperparameters), fn=func, **common)

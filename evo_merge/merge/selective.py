@@ -12,7 +12,8 @@ from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
 
 
-@register_method("model_stock", uses_weights=False, n_models=(2, None), on_models=True, hyperparameters=[
+@register_method("model_stock", uses_weights=False, n_models=(2, None), on_models=True, keeps_unchanged=True,
+                 hyperparameters=[
     H("filter_wise", False, searchable=False, help="one interpolation ratio per row, not per tensor"),
 ])
 def model_stock(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
@@ -41,7 +42,8 @@ def model_stock(base, deltas, weights, params: Params, name: str) -> torch.Tenso
     return (t * average + (1 - t) * w0).reshape(shape)
 
 
-@register_method("nearswap", uses_weights=False, n_models=(1, 1), on_models=True, hyperparameters=[
+@register_method("nearswap", uses_weights=False, n_models=(1, 1), on_models=True, keeps_unchanged=True,
+                 hyperparameters=[
     H("t", 0.001, 0.0, None, required=True, search_range=(0.0001, 0.01),
       help="distance below which entries take the other model's value (required in recipes)"),
 ])
@@ -61,7 +63,7 @@ def fusion_quantiles(scores: torch.Tensor, qs: list[float]) -> list[torch.Tensor
     return [ordered[int(q * (ordered.numel() - 1))] for q in qs]
 
 
-@register_method("arcee_fusion", uses_weights=False, n_models=(1, 1), on_models=True)
+@register_method("arcee_fusion", uses_weights=False, n_models=(1, 1), on_models=True, keeps_unchanged=True)
 def arcee_fusion(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Arcee Fusion: keep the changes whose importance (|delta| times the row's softmax KL
     divergence) exceeds median + 1.5 IQR; drop the rest."""

@@ -108,13 +108,13 @@ def della_drop(params: Params, name: str) -> Sparsifier:
 _BREADCRUMBS = [DENSITY, GAMMA, LAMBDA, WEIGHT_NORMALIZE, RESCALE_L1, INT8_MASK]
 
 
-@register_method("breadcrumbs", hyperparameters=_BREADCRUMBS)
+@register_method("breadcrumbs", hyperparameters=_BREADCRUMBS, keeps_unchanged=True)
 def breadcrumbs(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Model Breadcrumbs: drop outliers and small entries of each task vector, then add them."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=outlier_trim(params), consensus=False)
 
 
-@register_method("breadcrumbs_ties", hyperparameters=_BREADCRUMBS)
+@register_method("breadcrumbs_ties", hyperparameters=_BREADCRUMBS, keeps_unchanged=True)
 def breadcrumbs_ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Breadcrumbs trimming followed by TIES sign election."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=outlier_trim(params), consensus=True)
@@ -123,14 +123,15 @@ def breadcrumbs_ties(base, deltas, weights, params: Params, name: str) -> torch.
 _DELLA = [DELLA_DENSITY, EPSILON, LAMBDA, DELLA_RESCALE, SEED, INT8_MASK]
 
 
-@register_method("della", hyperparameters=[*_DELLA, H("normalize", True, searchable=False)], check=della_band)
+@register_method("della", keeps_unchanged=True, hyperparameters=[*_DELLA, H("normalize", True, searchable=False)],
+                 check=della_band)
 def della(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DELLA: magnitude-ranked random drops (MagPrune), rescaling, then TIES sign election."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=della_drop(params, name),
                                        consensus=True)
 
 
-@register_method("della_linear", hyperparameters=[*_DELLA, WEIGHT_NORMALIZE], check=della_band)
+@register_method("della_linear", keeps_unchanged=True, hyperparameters=[*_DELLA, WEIGHT_NORMALIZE], check=della_band)
 def della_linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DELLA's drops and rescaling, then task arithmetic."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=della_drop(params, name),
@@ -149,7 +150,7 @@ def sce_mask(stacked: torch.Tensor, topk: float) -> torch.Tensor:
     return top_mask(variance.abs().flatten().float(), k).view_as(variance).to(variance.dtype)
 
 
-@register_method("sce", uses_weights=False, hyperparameters=[
+@register_method("sce", uses_weights=False, keeps_unchanged=True, hyperparameters=[
     H("select_topk", 1.0, 0.0, 1.0, search_range=(0.1, 1.0), help="fraction of high-variance entries kept"),
     INT8_MASK,
 ])

@@ -83,6 +83,7 @@ def tsv_m_pieces(deltas: Sequence[torch.Tensor]) -> list[LowRank]:
     "tsv",
     hyperparameters=[ALPHA, EMBEDDINGS],
     threaded=True,
+    keeps_unchanged=True,
     scale=lambda w, p: p["alpha"],
     piece_params=("embeddings",),
 )
@@ -96,6 +97,7 @@ def tsv(base, deltas, params: Params, name: str) -> list[Piece]:
 @register_method(
     "tsv_c",
     threaded=True,
+    keeps_unchanged=True,
     hyperparameters=[H("task", 0, 0, None, searchable=False, help="index of the model to reconstruct"),
                      ALPHA, EMBEDDINGS],
     scale=lambda w, p: p["alpha"],
@@ -117,7 +119,7 @@ def tsv_c(base, deltas, params: Params, name: str) -> list[Piece]:
     return pieces
 
 
-@register_method("iso_c", hyperparameters=[ALPHA, EMBEDDINGS], threaded=True)
+@register_method("iso_c", hyperparameters=[ALPHA, EMBEDDINGS], threaded=True, keeps_unchanged=True)
 def iso_c(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Iso-C: the summed task vector with its singular values flattened to their mean."""
     total = sum(w * d for w, d in zip(weights, deltas))

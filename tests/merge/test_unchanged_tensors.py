@@ -1,0 +1,147 @@
+"""Tensors no endpoint changed (frozen embeddings, partial fine-tunes, LoRA inputs): a method that
+declares `keeps_unchanged` returns the base there, so merges copy it instead of computing it (TIES
+spent 85% of a candidate's merge on such tensors of a partial fine-tune, TSV its SVDs)."""
+
+import itertools
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from evo_merge.merge import register_method
+from evo_merge.merge.inplace import InPlaceMerger
+from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.recipe import Recipe
+from evo_merge.merge.registry import get_method, list_methods
+from evo_merge.weights import Checkpoint
+from evo_merge.zoo.tiny import save_tiny_family
+
+REQUIRED = {"slerp": {"t": 0.3}, "nearswap": {"t": 0.001}}
+# an average or an interpolation of equal tensors may differ from them in its last bit
+NOT_DECLARED = {"linear", "karcher", "slerp", "passthrough", "nuslerp", "multislerp"}
+
+
+def variations(name: str) -> list[dict]:
+    """The method's defaults, and each of its switches flipped."""
+    method = get_method(name)
+    switches = [h.name for h in method.hyperparameters if h.kind is bool]
+    given = REQUIRED.get(name, {})
+    return [given] + [{**given, s: not method.hyperparameter(s).default} for s in switches]
+
+
+@pytest.mark.parametrize("name", sorted(set(list_methods()) - NOT_DECLARED))
+def test_a_method_that_declares_it_returns_the_base_bit_for_bit_where_no_task_vector_changed(name):
+    """The declaration checked against the method itself (no skip involved): zero task vectors,
+    float32 and bfloat16, weights of either sign."""
+    method = get_method(name)
+    assert method.keeps_unchanged
+    n = method.n_models[1] if method.n_models[1] is not None and method.n_models[1] < 3 else 3
+    torch.manual_seed(0)
+    for dtype, params, weights in itertools.product(
+            (torch.float32, torch.bfloat16), variations(name), ([0.4] * n, [1.0, -0.3, 1.7][:n])):
+        base = torch.randn(24, 16).to(dtype)
+        resolved = method.resolve(params, n)
+        out = method.fn(base.clone(), [torch.zeros_like(base) for _ in range(n)], weights, resolved,
+                        "model.layers.0.mlp.up_proj.weight")
+        assert torch.equal(out.to(dtype), base), (name, dtype, params, weights)
+
+
+def test_methods_that_average_or_interpolate_do_not_declare_it():
+    """Their result for equal tensors is the base to rounding only: computed as before."""
+    assert not any(get_method(name).keeps_unchanged for name in NOT_DECLARED)
+
+
+calls: list[str] = []
+
+
+@register_method("test_counted_ties", keeps_unchanged=True, replace=True)
+def counted_ties(base, deltas, weights, params, name):
+    """TIES at its defaults, noting each tensor it is asked to merge."""
+    calls.append(name)
+    ties = get_method("ties")
+    return ties.fn(base, deltas, weights, ties.resolve({}, len(deltas)), name)
+
+
+@pytest.fixture(scope="module")
+def partly_frozen(tmp_path_factory):
+    """Two endpoints that changed the MLPs only: every other tensor is the base's, bit for bit."""
+    root = tmp_path_factory.mktemp("frozen")
+    base, fts = save_tiny_family(root, "llama", n_finetunes=2)
+    kept = load_file(str(base / "model.safetensors"))
+    for ft in fts:
+        tensors = load_file(str(ft / "model.safetensors"))
+        save_file({n: t if ".mlp." in n else kept[n] for n, t in tensors.items()}, str(ft / "model.safetensors"),
+                  metadata={"format": "pt"})
+    changed = {n for n in kept if ".mlp." in n}
+    assert changed and changed != set(kept)
+    return base, fts, changed
+
+
+@pytest.mark.parametrize("method", ["test_counted_ties", "ties", "tsv", "dare_ties", "task_arithmetic"])
+def test_a_candidate_merges_only_the_changed_tensors_and_equals_its_export(partly_frozen, method):
+    base, fts, changed = partly_frozen
+    model = AutoModelForCausalLM.from_pretrained(base)
+    merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(f) for f in fts])
+    assert set(merger.names) - merger._unchanged == changed
+    calls.clear()
+    weights = [0.7, 0.5]
+    merger.apply(method, weights)
+    if method == "test_counted_ties":
+        assert set(calls) == changed  # the unchanged tensors were copied from the base, not merged
+    state, original = model.state_dict(), load_file(str(base / "model.safetensors"))
+    assert all(torch.equal(state[n], original[n]) for n in merger._unchanged)
+    assert not all(torch.equal(state[n], original[n]) for n in changed)
+    calls.clear()
+    recipe = Recipe.model_validate({
+        "merge_method": method, "base_model": str(base),
+        "models": [{"model": str(f), "parameters": {"weight": w}} for f, w in zip(fts, weights)]})
+    _, streamed = stream_merge(plan_from_recipe(recipe))
+    for name, tensor in streamed:  # the export computes and skips the same tensors: the same bits
+        assert torch.equal(state[name], tensor), name
+    if method == "test_counted_ties":
+        assert set(calls) == changed
+
+
+def test_a_tensor_one_endpoint_changed_is_merged(partly_frozen, tmp_path):
+    """Unchanged means unchanged by every endpoint: one that changed a norm gets it merged."""
+    base, fts, changed = partly_frozen
+    edited = tmp_path / "edited"
+    shutil.copytree(fts[1], edited)
+    tensors = load_file(str(edited / "model.safetensors"))
+    norm = next(n for n in tensors if n not in changed and "norm" in n)
+    tensors[norm] = tensors[norm] + 0.5
+    save_file(tensors, str(edited / "model.safetensors"), metadata={"format": "pt"})
+    model = AutoModelForCausalLM.from_pretrained(base)
+    merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(fts[0]), Checkpoint.open(edited)])
+    assert norm not in merger._unchanged
+    calls.clear()
+    merger.apply("test_counted_ties", [1.0, 1.0])
+    assert set(calls) == changed | {norm}
+
+
+def test_bfloat16_endpoints_kept_as_stored_are_found_unchanged_too(partly_frozen, tmp_path):
+    """bfloat16 checkpoints kept in bfloat16 store each endpoint as it is (not its task vector):
+    an unchanged one is found by comparing it with the base."""
+    from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
+
+    from evo_merge.merge.pieces import Endpoint
+    from evo_merge.merge.storage import Storage
+
+    base, fts, changed = partly_frozen
+    base, fts = bf16_copies(base, fts, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(f) for f in fts],
+                           storage=Storage(torch.bfloat16))
+    assert all(isinstance(d, Endpoint) for deltas in merger._deltas.values() for d in deltas)
+    assert set(merger.names) - merger._unchanged == changed
+    calls.clear()
+    merger.apply("test_counted_ties", [0.7, 0.5])
+    assert set(calls) == changed
+    recipe = Recipe.model_validate({
+        "merge_method": "test_counted_ties", "base_model": str(base),
+        "models": [{"model": str(f), "parameters": {"weight": w}} for f, w in zip(fts, [0.7, 0.5])]})
+    state = model.state_dict()
+    for name, tensor in stream_merge(plan_from_recipe(recipe))[1]:
+        assert torch.equal(state[name], tensor), name
