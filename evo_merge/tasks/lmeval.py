@@ -574,6 +574,9 @@ class LMEvalTask(ItemTable):
             _quiet()
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
             lm.tok_encode = _remembered_encodings(lm.tok_encode)
+            # resolved from the config once, not for every request (2% of a small model's scoring):
+            # candidates are merged into this model in place, its config never changes
+            lm._max_length = lm.max_length
             self._lm = lm
         return lm
 

@@ -666,6 +666,8 @@ def test_a_folder_on_a_ram_backed_file_system_is_recognised_from_the_mount_table
     assert memory_filesystem(str(tmp_path / "over"), mounts) == "ramfs"
     assert memory_filesystem(str(tmp_path / "plain"), mounts) is None
     assert memory_filesystem(str(tmp_path / "plain"), tmp_path / "no-mount-table") is None
+    (tmp_path / "overflow").mkdir()  # a sibling whose name begins like the mount's: not inside it
+    assert memory_filesystem(str(tmp_path / "overflow"), mounts) is None
 
 
 def test_disk_placement_s_files_in_a_ram_backed_folder_count_as_host_memory():

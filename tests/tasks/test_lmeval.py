@@ -639,6 +639,8 @@ def test_lm_eval_s_encodings_are_kept_across_candidates_and_equal(char_lm, monke
     encode("12+3=", None, 4, something=1)  # an argument this wrapper does not know: passed through, not kept
     encode("12+3=", None, 4, something=1)
     assert len(calls) == 4
+    encode("12+3=", None, 2)  # another truncation: its own tokens
+    assert len(calls) == 5 and calls[-1] == ("12+3=", {"add_special_tokens": None, "left_truncate_len": 2})
     monkeypatch.setattr(lmeval, "ENCODINGS_KEPT", 0)  # past the cap: encoded each time, not kept
     full = lmeval._remembered_encodings(lambda s, **kw: calls.append(s) or [1])
     full("x"), full("x")
