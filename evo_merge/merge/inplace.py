@@ -110,8 +110,7 @@ class InPlaceMerger:
         has it (a zero task vector: `MergeMethod.keeps_unchanged`)."""
         if exact_base and _holds(stored, endpoint, source):
             tensor = endpoint.tensor(source)
-            unchanged = bool((tensor == theta0).all())
-            return Endpoint(self.stash.keep(tensor, stored)), unchanged
+            return Endpoint(self.stash.keep(tensor, stored)), _same_values(tensor, theta0)
         # in place: one float32 copy of the tensor per endpoint read, not two
         delta = endpoint.tensor(source, self.dtype).sub_(theta0)
         unchanged = not bool(delta.any())
@@ -285,6 +284,14 @@ class InPlaceMerger:
     def clear_cache(self) -> None:
         """Drop cached pieces (e.g. between search phases that use different methods)."""
         self._pieces.clear()
+
+
+def _same_values(tensor: torch.Tensor, wide: torch.Tensor) -> bool:
+    """Whether `tensor` holds `wide`'s values, compared a chunk at a time (no copy of a whole
+    128k-row embedding for it), stopping at the first chunk that differs (a changed tensor)."""
+    flat, other = tensor.reshape(-1), wide.reshape(-1)
+    return all(torch.equal(flat[start:start + CHUNK].to(other.dtype), other[start:start + CHUNK])
+               for start in range(0, flat.numel(), CHUNK))
 
 
 def _holds(dtype: torch.dtype, checkpoint: Checkpoint, name: str) -> bool:

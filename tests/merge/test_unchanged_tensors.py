@@ -145,3 +145,17 @@ def test_bfloat16_endpoints_kept_as_stored_are_found_unchanged_too(partly_frozen
     state = model.state_dict()
     for name, tensor in stream_merge(plan_from_recipe(recipe))[1]:
         assert torch.equal(state[name], tensor), name
+
+
+def test_an_endpoint_is_compared_with_the_base_over_every_chunk():
+    """The comparison runs a chunk at a time: a difference in the last entry of a large tensor counts."""
+    from evo_merge.merge.inplace import CHUNK, _same_values
+
+    wide = torch.randn(2 * CHUNK + 5)
+    stored = wide.bfloat16()
+    exact = stored.float()
+    assert _same_values(stored, exact)
+    changed = stored.clone()
+    changed[-1] += 1
+    assert not _same_values(changed, exact)
+    assert not _same_values(stored, wide)  # bfloat16 rounded the values: not the float32 ones
