@@ -253,17 +253,18 @@ def test_a_mark_covers_where_a_task_s_code_is_read_from(tmp_path, monkeypatch):
     assert tasks_digest([TaskSpec(task="arith")]) == tasks_digest([TaskSpec(task="arith")])
 
 
-def test_a_key_file_of_another_length_is_said_with_the_way_out(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("content", [b"short", bytes(40)])
+def test_a_key_file_of_another_length_is_said_with_the_way_out(tmp_path, monkeypatch, caplog, content):
     from evo_merge.config import TaskSpec
     from evo_merge.search.trust import mark_trusted
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     key_file().parent.mkdir(parents=True)
-    key_file().write_bytes(b"short")
+    key_file().write_bytes(content)
     store = CampaignStore(tmp_path / "run")
     with caplog.at_level("WARNING", logger="evo_merge"):
         mark_trusted(store, [TaskSpec(task="mine:task", name="t")])
-    assert "holds 5 bytes, not a key of 32; remove it and a new key is made" in caplog.text
+    assert f"holds {len(content)} bytes, not a key of 32; remove it and a new key is made" in caplog.text
     store.close()
 
 

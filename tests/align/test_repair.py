@@ -1,0 +1,57 @@
+"""REPAIR and the BatchNorm reset (`align.repair`): the library's answer to the variance collapse
+of averaged networks, measured by scripts/bench_align.py and checked here against statistics
+computed by hand."""
+
+import torch
+from torch import nn
+
+from evo_merge.align.repair import repair, reset_batchnorm
+
+
+def mlp(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+
+
+def hidden_stats(model: nn.Sequential, data: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each hidden Linear's output: per-channel mean and (population) standard deviation."""
+    stats, x = [], data
+    for layer in model:
+        x = layer(x)
+        if isinstance(layer, nn.Linear) and layer is not model[-1]:
+            stats.append((x.double().mean(0), x.double().std(0, unbiased=False)))
+    return stats
+
+
+def test_repair_gives_each_hidden_layer_the_endpoints_weighted_statistics():
+    torch.manual_seed(3)
+    data = torch.randn(512, 6)
+    endpoints = [mlp(1), mlp(2)]
+    weights = [0.25, 0.75]
+    merged = mlp(0)
+    with torch.no_grad():
+        for name, p in merged.named_parameters():
+            p.copy_(sum(w * dict(e.named_parameters())[name] for w, e in zip(weights, endpoints)))
+    before = hidden_stats(merged, data)
+    repair(merged, endpoints, data, weights)
+    targets = [[sum(w * s[i][k] for w, s in zip(weights, (hidden_stats(e, data) for e in endpoints)))
+                for k in (0, 1)] for i in range(2)]
+    after = hidden_stats(merged, data)
+    for (mean, std), (target_mean, target_std) in zip(after, targets):
+        assert torch.allclose(mean, target_mean, atol=1e-4) and torch.allclose(std, target_std, atol=1e-4)
+    assert not torch.allclose(before[0][1], targets[0][1], atol=1e-2)  # the average had collapsed them
+
+
+def test_a_network_with_batchnorm_gets_its_statistics_recomputed_on_the_data():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    data = torch.randn(40, 3, 8, 8)
+    net(data[:2])  # materialise the lazy layer
+    conv_out = net[0](data).detach()
+    assert reset_batchnorm(net, data, batch=20)
+    norm = net[1]
+    # momentum None: an average over batches (two of 20 here), of each batch's mean and unbiased variance
+    assert torch.allclose(norm.running_mean, conv_out.mean((0, 2, 3)), atol=1e-5)
+    expected = torch.stack([conv_out[i:i + 20].var((0, 2, 3), unbiased=True) for i in (0, 20)]).mean(0)
+    assert torch.allclose(norm.running_var, expected, atol=1e-4) and not net.training
+    assert not reset_batchnorm(mlp(0), torch.randn(8, 6))  # no BatchNorm: nothing to reset
