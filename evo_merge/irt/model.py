@@ -247,6 +247,9 @@ class IRTModel:
         with writing(directory), tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
             np.savez(Path(tmp) / "params.npz", **arrays)
             (Path(tmp) / "model.json").write_text(json.dumps(meta, indent=1))
+            for name in ("params.npz", "model.json"):  # on disk before either replaces the old (a power cut)
+                with open(Path(tmp) / name, "rb") as written:
+                    os.fsync(written.fileno())
             for name in ("params.npz", "model.json"):  # both written first: a full disk leaves the old model whole
                 os.replace(Path(tmp) / name, directory / name)
         return directory
