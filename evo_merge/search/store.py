@@ -209,6 +209,13 @@ class CampaignStore:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM evaluations WHERE key = ?", (key,)).fetchone()
         return self._evaluation(row) if row else None
 
+    def _stored(self, key: str) -> Evaluation:
+        """`key`'s evaluation, which the caller has stored: a LookupError naming it where it is not."""
+        evaluation = self.get(key)
+        if evaluation is None:
+            raise LookupError(f"no evaluation of candidate {key!r} is stored")
+        return evaluation
+
     def add(
         self,
         key: str,
@@ -236,7 +243,7 @@ class CampaignStore:
                  _dumps(measured), n_items, seconds, error, time.time()),
             )
             self._insert_scores(cursor.lastrowid, scores)
-        return self.get(key)
+        return self._stored(key)
 
     def forget_failed(self, key: str) -> bool:
         """Delete `key`'s evaluation if it failed (with any item scores it kept), so that it is
@@ -255,7 +262,7 @@ class CampaignStore:
                   estimate_se: Mapping[str, float] | None, seconds: float) -> Evaluation:
         """More items scored for an evaluation (an adaptive test's next step), with the estimates
         they lead to, in one transaction."""
-        evaluation = self.get(key)
+        evaluation = self._stored(key)
         with self._transaction():
             new = self._insert_scores(evaluation.id, item_scores)
             self.db.execute(
@@ -263,7 +270,7 @@ class CampaignStore:
                 " seconds = COALESCE(seconds, 0) + ? WHERE id = ?",
                 (_dumps(estimates), _dumps(estimate_se), new, seconds, evaluation.id),
             )
-        return self.get(key)
+        return self._stored(key)
 
     def add_measurement(self, key: str, measured: Mapping[str, float] | None,
                         item_scores: Mapping[str, Mapping[str, float]], *, by_export: bool = False) -> Evaluation:
@@ -271,7 +278,7 @@ class CampaignStore:
         with its scores on every search item once it has them all (`measured`; None: a race stage).
         `by_export`: `export --pick` measured them, counted apart from the final phase in the same
         transaction (a kill between the two records left the totals wrong for good)."""
-        evaluation = self.get(key)
+        evaluation = self._stored(key)
         with self._transaction():
             new = self._insert_scores(evaluation.id, item_scores)
             self.db.execute(
@@ -279,10 +286,10 @@ class CampaignStore:
                 " items_by_export = items_by_export + ? WHERE id = ?",
                 (_dumps(measured), new, new if by_export else 0, evaluation.id),
             )
-        return self.get(key)
+        return self._stored(key)
 
     def item_scores(self, key: str, task: str | None = None) -> dict[str, dict[str, float]]:
-        evaluation = self.get(key)
+        evaluation = self._stored(key)
         query = "SELECT task, item, score FROM item_scores WHERE evaluation_id = ?"
         args: tuple = (evaluation.id,)
         if task is not None:
