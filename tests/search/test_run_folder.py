@@ -1316,3 +1316,14 @@ def test_a_lock_file_that_is_no_regular_file_is_refused_in_one_line(copy):
     one_line_error(code, output, f"{copy / LOCK_FILE}: not a regular file, so not the run folder's lock; remove it")
     code, output = invoke("status", copy)
     assert code == 0, output
+
+
+def test_a_candidate_the_store_does_not_hold_is_named(tmp_path):
+    """Reading or adding to an evaluation that is not stored is a caller's slip: said with its key."""
+    store = CampaignStore(tmp_path / "run")
+    try:
+        for call in (lambda: store.item_scores("ties|0.5"), lambda: store.add_items("ties|0.5", {}, {}, None, 0.0)):
+            with pytest.raises(LookupError, match=r"no evaluation of candidate 'ties\|0.5' is stored"):
+                call()
+    finally:
+        store.close()
