@@ -14,3 +14,9 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 def no_progress(stage: str, done: int, total: int) -> None:
     """The default progress callback: silent."""
+
+
+def hms(seconds: float) -> str:
+    """`1:02:03`: a duration as the progress lines and `status` write it (a clock set back reads 0:00:00)."""
+    minutes, seconds = divmod(int(max(seconds, 0)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"

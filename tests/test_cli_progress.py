@@ -180,6 +180,6 @@ def test_bars_on_a_terminal_show_a_running_clock():
 
 
 def test_a_duration_reads_as_a_clock_and_a_clock_set_back_as_zero():
-    from evo_merge.cli.progress import hms
+    from evo_merge.progress import hms
 
     assert hms(3723.9) == "1:02:03" and hms(59) == "0:00:59" and hms(-5) == "0:00:00"  # was -1:59:55

@@ -19,10 +19,9 @@ from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
 from evo_merge.markup import shell
 
 if TYPE_CHECKING:
-    from rich.console import Console
 
     from evo_merge.config import Campaign
-    from evo_merge.search.store import CampaignStore, Evaluation
+    from evo_merge.search.store import Evaluation
 
 RUN_DIR = click.argument("run", type=UserPath(path_type=Path))
 
@@ -257,143 +256,14 @@ def status(run: Path) -> None:
     """Generation (and, while a run works, how far calibration is or the time the search has left),
     evaluations, best estimates, the picks as measured and item evaluations spent."""
     from evo_merge.console import results_console
+    from evo_merge.report.status import status_lines
     from evo_merge.search.binding import read_run
-    from evo_merge.search.holdout import search_item_count
     from evo_merge.search.lock import holder
-    from evo_merge.search.metrics import (
-        item_totals,
-        mixed_revisions_note,
-        picks_no_better_than_inputs,
-        se_note,
-        search_saving,
-    )
-    from evo_merge.search.objectives import Objectives
-    from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
-    from evo_merge.search.store import ANCHORS_META, BASELINE, BASELINES_META, POOLED_META, SEARCH
 
     store, facts = read_run(run)
-    objectives = Objectives.of_facts(facts)
-    evaluations = store.evaluations()  # read once: a long run holds thousands
-    search = [e for e in evaluations if e.phase == SEARCH]
-    ok = [e for e in search if e.status == "ok"]
-    # the best among the candidates: the standard merges (baselines, measured as warm-ups) compete too
-    competing = ok + [e for e in evaluations if e.phase == BASELINE and e.status == "ok"]
     console = results_console(soft_wrap=True)  # a line is one line in a pipe, for grep
-    pid, finished = holder(run), store.finished(facts["generations"])
-    done = store.generations_completed()
-    state = (f"running: pid {pid}" + _where(store, evaluations, done, facts["generations"]) if pid
-             else "finished" if finished else f"not running: `{shell('evo-merge', 'resume', run)}` goes on")  # died
-    console.print(f"campaign {facts['name']!r}: generation {done}/{facts['generations']} ({state})")
-    unmeasured = len(store.measure_failures())
-    # the search's best may be one of them: counted, not hidden; as the report marks them, those the
-    # search bred too (task arithmetic at lambda 1 among its first generation) included
-    baselines = store.get_meta(BASELINES_META, {})
-    standard = [e for e in evaluations if e.key in baselines and e.status == "ok"]
-    searched = sum(e.phase == SEARCH for e in standard)
-    console.print(f"evaluations: {len(evaluations)} ({len(search)} search, {len(search) - len(ok)} failed"
-                  + (f", {len(standard)} standard merge{'s' if len(standard) > 1 else ''}" if standard else "")
-                  + (f" ({searched} of them in the search)" if searched else "")
-                  + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
-    search_items = search_item_count(facts, store)
-    race_record = store.get_meta(RACE_META) or {}
-    sampled = (race_record.get("compared") or {}).get("scores", {})  # survivors' scores on the race's last sample
-    for task in objectives.names:
-        if competing:
-            best = max(competing, key=lambda e: objectives.goodness(e.estimates, task))
-            se = (best.estimate_se or {}).get(task)
-            value = f"{best.estimates[task]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
-            # a standard merge, or any candidate of a full-evaluation run, is scored on every search item, no SE
-            # (an estimate of a folder from before standard errors has none either, and few items)
-            measured = se is None and best.items_evaluated >= search_items
-            # the search's best, by what it was told: a candidate the final phase measured higher than
-            # its estimate does not count here (the picks below are chosen on measurements)
-            # the highest of many estimates runs high: its measurement, where the final phase took one, beside it
-            since = (f"; measured {best.measured[task]:.3f} since" if not measured and best.measured
-                     and task in best.measured else
-                     f"; {sampled[best.key][task]:.3f} on the race's last sample, which the picks were chosen on"
-                     if not measured and task in sampled.get(best.key, {}) else "")
-            console.print(
-                f"best {task} in the search ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} "
-                f"is better): {value} {'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method})"
-                f"{since}"
-            )
-    if competing and (note := se_note(facts)):
-        console.print(note)
-    if finished:  # a run cut short may hold the picks of an earlier end
-        by_id = {e.id: e for e in evaluations}
-        _print_picks(console, store, by_id)
-        picks = {name: by_id[eid] for name, (eid, _) in store.exported().items() if eid in by_id}
-        for line in picks_no_better_than_inputs(store, facts, objectives, picks):
-            console.print(line)
-    for task, counts in store.get_meta(ANCHORS_META, {}).items():
-        console.print(f"anchors of {task}: {sum(counts.values())} per candidate ("
-                      + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")
-    if mixed := mixed_revisions_note(store):
-        console.print(mixed)
-    if pooled := store.get_meta(POOLED_META):
-        console.print(f"finalists chosen on estimates pooled over similar recipes ({len(pooled)} candidates; "
-                      "report.md and pareto.csv show each finalist's as pool_<task>)")
-    if race := race_summary(race_record or None):
-        console.print(race)
-    if rounds := rounds_summary(store.get_meta(PICKS_META)):
-        console.print(rounds)
-    spent, full, saving = search_saving(store, facts, len(search))
-    console.print(
-        f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
-        + (f" ({saving:.1f}x saving)" if saving is not None else "") + f"; in total {item_totals(store)}"
-    )
-
-
-def _where(store: CampaignStore, evaluations: list[Evaluation], done: int, generations: int) -> str:
-    """Where a working run is: `; calibrating: 5 of 12 subjects measured` (hours at 7B), `; about
-    0:42:10 left in the search (0:05:16 a generation)` once two generations have ended, or `; in
-    the final phase`."""
-    from evo_merge.cli.progress import hms
-    from evo_merge.search.metrics import search_time_left
-    from evo_merge.search.store import BASELINE, CALIBRATION, CALIBRATION_META
-
-    if done >= generations:
-        return "; in the final phase"
-    planned = store.get_meta(CALIBRATION_META)
-    measured = sum(e.phase in (CALIBRATION, BASELINE) for e in evaluations)  # warm-ups are stored as baselines
-    if planned and measured < planned:
-        return f"; calibrating: {measured} of {planned} subjects measured"
-    left = search_time_left(store.generation_ends()[:done], generations - done)
-    return f"; about {hms(left[0])} left in the search ({hms(left[1])} a generation)" if left else ""
-
-
-def _measured_on(store: CampaignStore) -> str:
-    from evo_merge.search.holdout import HOLDOUT_META
-
-    held = any(store.get_meta(HOLDOUT_META, {}).values())
-    return "measured on every search item" + (" / on the held-out items" if held else "")
-
-
-def _measured_scores(store: CampaignStore, evaluation: Evaluation) -> str:
-    """`arith 0.846 / 0.896, lang ...`: a measured candidate's score per task on the search items,
-    and on the held-out items where the task holds some out."""
-    from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
-
-    held = held_out_scores(store, evaluation.key, store.get_meta(HOLDOUT_META, {})) or {}
-    return ", ".join(f"{task} {score:.3f}" + (f" / {held[task]:.3f}" if task in held else "")
-                     for task, score in evaluation.measured.items())
-
-
-def _print_picks(console: Console, store: CampaignStore, by_id: dict[int, Evaluation]) -> None:
-    """The exported picks with what the final phase measured: the best estimates above are the
-    search's, and the race can find one of them over-estimated (it is then not a pick)."""
-    picks = store.exported()
-    if picks:
-        console.print(f"picks, {_measured_on(store)}:")
-    for name, (eid, folder) in picks.items():
-        if not (store.run_dir / folder).is_dir():  # (an absolute folder of an older run is read as it is)
-            folder = f"{folder} (missing: `evo-merge resume` exports it again)"
-        evaluation = by_id.get(eid)
-        if evaluation is None or not evaluation.measured:  # a folder that lost its tail: said, not guessed
-            console.print(f"  {name}: evaluation {eid}, not found measured; {folder}")
-            continue
-        console.print(f"  {name}: evaluation {eid} ({evaluation.method}): {_measured_scores(store, evaluation)}; "
-                      f"{folder}")
+    for line in status_lines(run, store, facts, holder(run)):
+        console.print(line)
 
 
 @click.command()
@@ -448,6 +318,7 @@ def export(
     from evo_merge.cli.outputs import check_outside_run
     from evo_merge.cli.progress import StageBars
     from evo_merge.errors import UserError, message_line
+    from evo_merge.report.status import measured_on, measured_scores
     from evo_merge.report.upload import check_repo_id, hub_token
     from evo_merge.search.export import export_candidate
     from evo_merge.weights.export import check_output_folder
@@ -486,8 +357,8 @@ def export(
             picks = [name for name, (eid, _) in store.exported().items() if eid == pick]  # its card says so too
             workspace.check_models_unchanged()  # after the measuring's minutes: the weights its card's scores are of
             folder = export_candidate(workspace, measured, out, overwrite=overwrite, progress=bars, chosen_as=picks)
-    click.echo(f"wrote {folder}: evaluation {pick} ({_what(runner.workspace, measured)}), {_measured_on(store)}: "
-               f"{_measured_scores(store, measured)}")
+    click.echo(f"wrote {folder}: evaluation {pick} ({_what(runner.workspace, measured)}), {measured_on(store)}: "
+               f"{measured_scores(store, measured)}")
     if store.items_evaluated(measured=True) != spent:  # its held-out items alone, too: the report's to rewrite
         click.echo(f"evaluation {pick} was measured for this export: `{shell('evo-merge', 'report', run)}` adds it to "
                    "report.md and evaluations.csv")

@@ -18,6 +18,7 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from evo_merge.progress import hms
 from evo_merge.search.evaluator import JOB_PARTS
 
 PER_CANDIDATE = tuple(JOB_PARTS.values())  # the suffixes of the stages that follow one candidate at a time
@@ -122,12 +123,6 @@ class StageLines:
 
     def _say(self, line: str) -> None:
         self.console.print(line, markup=False, highlight=False)
-
-
-def hms(seconds: float) -> str:
-    """`1:02:03`: a duration as the progress lines and `status` write it (a clock set back reads 0:00:00)."""
-    minutes, seconds = divmod(int(max(seconds, 0)), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
 def _columns() -> tuple:

@@ -166,3 +166,20 @@ def test_a_best_task_pick_below_an_input_on_its_own_task_is_said(run, tmp_path):
             f"{above:.3f}: that model serves agree0 better") in output, output
     assert "no better than the endpoint ft1 on every task" not in output
     assert "best-disagree1 measures" not in output  # ft1 is worse on disagree1
+
+
+def test_status_lines_are_what_the_command_prints_and_say_a_working_run_s_pid(run):
+    """The lines come from the library (`report.status`), read from the store alone; the command prints them."""
+    from evo_merge.report.status import status_lines
+    from evo_merge.search.binding import read_run
+
+    store, facts = read_run(run)
+    try:
+        lines = status_lines(run, store, facts, None)
+        working = status_lines(run, store, facts, "4242")
+    finally:
+        store.close()
+    printed = CliRunner().invoke(cli, ["status", str(run)]).output
+    assert printed.splitlines() == lines
+    assert lines[0].endswith("(finished)")
+    assert working[0].endswith("(running: pid 4242; in the final phase)") and working[1:] == lines[1:]
