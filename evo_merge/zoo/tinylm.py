@@ -324,8 +324,9 @@ def load_zoo(zoo_dir: Path) -> tuple[PreTrainedTokenizerBase, dict[str, PreTrain
     return loaded[BASE][1], {name: model for name, (model, _) in loaded.items()}
 
 
-def _cached(out: Path, settings: BaseModel) -> bool:
-    """Whether `out` holds a complete zoo built with these settings (`settings.key()`)."""
+def built_with(out: Path, settings: BaseModel) -> bool:
+    """Whether `out` holds a complete zoo built with these settings (`settings.key()`): a build
+    with them again reuses it."""
     if not has_zoo(out):
         return False
     meta = read_zoo(out)
@@ -354,7 +355,7 @@ def build_tinylm_zoo(
 def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool, progress: Progress) -> Path:
     settings = (settings or TinyLMSettings()).model_copy(update={"seed": seed})
     console = results_console(soft_wrap=True)
-    if not force and _cached(out, settings):
+    if not force and built_with(out, settings):
         console.print(f"tiny-lm zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:
         claim_zoo_folder(out, "tiny-lm", settings.key(), force)
@@ -371,12 +372,13 @@ def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool, p
             f"({time.process_time() - cpu:.0f} s CPU)"
         )
     table = pd.read_csv(out / "table.csv", index_col="model")
-    console.print(_rich_table(table))
+    console.print(accuracy_table(table, "tiny-lm zoo: accuracy (%) on all evaluation items"))
     return out
 
 
-def _rich_table(table: pd.DataFrame) -> Table:
-    view = Table(title="tiny-lm zoo: accuracy (%) on all evaluation items")
+def accuracy_table(table: pd.DataFrame, title: str) -> Table:
+    """A zoo's accuracy table (`zoo_table`) as the build prints it."""
+    view = Table(title=title)
     view.add_column("model")
     for col in table.columns:
         view.add_column(col, justify="right")
