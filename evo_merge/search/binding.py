@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +118,20 @@ def folder_differences(run_dir: Path, campaign: Campaign) -> str | None:
     """`differences` of `campaign` from the one `run_dir` is bound to; None where it is that one, or the
     folder is bound to none (new, empty, or left by a start that failed). For checks before a run
     (`plan --out`, `demo --out`) that say so in their own words."""
+    with _bound_store(run_dir) as store:
+        return None if store is None else differences(store, campaign)
+
+
+@contextmanager
+def _bound_store(run_dir: Path) -> Iterator[CampaignStore | None]:
+    """The store of the campaign `run_dir` is bound to, open for the block; None for a folder no
+    campaign is bound to: new, empty, or left by a start that failed."""
     if not (run_dir / CampaignStore.DB).is_file():
-        return None
+        yield None
+        return
     store = CampaignStore(run_dir)
     try:
-        return None if store.get_meta(CONFIG_META) is None else differences(store, campaign)
+        yield None if store.get_meta(CONFIG_META) is None else store
     finally:
         store.close()
 
@@ -169,13 +180,8 @@ def _defaults_version(store: CampaignStore) -> int:
 def bound_defaults(run_dir: Path) -> int | None:
     """The defaults version of the campaign a run folder is bound to (what `bound_campaign` runs it
     under); None for a folder no campaign is bound to yet: new, empty, or left by a start that failed."""
-    if not (run_dir / CampaignStore.DB).is_file():
-        return None
-    store = CampaignStore(run_dir)
-    try:
-        return None if store.get_meta(CONFIG_META) is None else _defaults_version(store)
-    finally:
-        store.close()
+    with _bound_store(run_dir) as store:
+        return None if store is None else _defaults_version(store)
 
 
 def _changed(started: dict, given: dict) -> str:
