@@ -190,7 +190,7 @@ class InPlaceMerger:
             if m.check is not None and (why := m.check(w, resolved)) is not None:
                 raise RuntimeError(f"{m.name}: tensor {name}: {why}")
             if m.keeps_unchanged and name in self._unchanged:  # the method's result is the base: not computed
-                yield name, upcast(stored_base)
+                yield name, upcast(stored_base) + 0.0  # as base + 0 is: a new tensor, -0.0 read as 0.0
                 continue
             if cache is None:
                 base = upcast(stored_base)
@@ -287,11 +287,12 @@ class InPlaceMerger:
 
 
 def _same_values(tensor: torch.Tensor, wide: torch.Tensor) -> bool:
-    """Whether `tensor` holds `wide`'s values, compared a chunk at a time (no copy of a whole
-    128k-row embedding for it), stopping at the first chunk that differs (a changed tensor)."""
+    """Whether `tensor` minus `wide` is zero everywhere, as a stored task vector is checked (an inf
+    in both is a NaN there: changed, as the file merge finds it), a chunk at a time (no copy of a
+    whole 128k-row embedding for it), stopping at the first chunk that differs (a changed tensor)."""
     flat, other = tensor.reshape(-1), wide.reshape(-1)
-    return all(torch.equal(flat[start:start + CHUNK].to(other.dtype), other[start:start + CHUNK])
-               for start in range(0, flat.numel(), CHUNK))
+    return not any(bool((flat[start:start + CHUNK].to(other.dtype) - other[start:start + CHUNK]).any())
+                   for start in range(0, flat.numel(), CHUNK))
 
 
 def _holds(dtype: torch.dtype, checkpoint: Checkpoint, name: str) -> bool:

@@ -596,7 +596,7 @@ def _combine(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor]) -> to
     inputs = tensors[1:] if job.reference else tensors
     deltas = [x - reference for x in inputs]
     if plan.method.keeps_unchanged and not any(bool(d.any()) for d in deltas):  # the method's result is the base
-        return reference
+        return reference + 0.0  # as base + 0 is: -0.0 read as 0.0
     return merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
 
 

@@ -4,6 +4,7 @@ spent 85% of a candidate's merge on such tensors of a partial fine-tune, TSV its
 
 import itertools
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.plan import plan_from_recipe, stream_merge
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import get_method, list_methods
+from evo_merge.merge.storage import Storage
 from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family
 
@@ -127,7 +129,6 @@ def test_bfloat16_endpoints_kept_as_stored_are_found_unchanged_too(partly_frozen
     from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
 
     from evo_merge.merge.pieces import Endpoint
-    from evo_merge.merge.storage import Storage
 
     base, fts, changed = partly_frozen
     base, fts = bf16_copies(base, fts, tmp_path)
@@ -159,3 +160,58 @@ def test_an_endpoint_is_compared_with_the_base_over_every_chunk():
     changed[-1] += 1
     assert not _same_values(changed, exact)
     assert not _same_values(stored, wide)  # bfloat16 rounded the values: not the float32 ones
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes as integers: -0.0 and 0.0 differ, NaNs compare (torch.equal sees neither)."""
+    return tensor.contiguous().view({2: torch.int16, 4: torch.int32}[tensor.element_size()])
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_copy_has_the_bits_the_method_computes_even_at_minus_zero_and_inf(partly_frozen, tmp_path, bf16):
+    """A base entry of -0.0 became 0.0 through every method (base + 0), and an inf in base and
+    endpoints a NaN (inf - inf): the copy gives the same bits, in a candidate and in an export alike."""
+    import dataclasses
+
+    from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
+
+    base, fts, changed = partly_frozen
+    odd = tmp_path / "odd"
+    folders = [Path(shutil.copytree(f, odd / f.name)) for f in (base, *fts)]
+    for folder in folders:
+        tensors = load_file(str(folder / "model.safetensors"))
+        zero, norm = sorted(n for n in tensors if "norm" in n)[:2]  # two tensors no endpoint changed
+        tensors[zero][0], tensors[norm][1] = -0.0, float("inf")
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    base, fts = folders[0], folders[1:]
+    if bf16:
+        base, fts = bf16_copies(base, fts, tmp_path / "bf16")
+    recipe = Recipe.model_validate({"merge_method": "ties", "base_model": str(base),
+                                    "models": [{"model": str(f), "parameters": {"weight": 0.5}} for f in fts]})
+    plan = plan_from_recipe(recipe)
+    exported = dict(stream_merge(plan)[1])
+    plan.method = dataclasses.replace(plan.method, keeps_unchanged=False)
+    computed = dict(stream_merge(plan)[1])
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if bf16 else torch.float32)
+    merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(f) for f in fts],
+                           storage=Storage(torch.bfloat16 if bf16 else torch.float32))
+    merger.apply("ties", [0.5, 0.5])
+    state = model.state_dict()
+    assert bool(computed[norm].isnan().any())  # the inf's NaN: the method's own result
+    assert computed[zero][0] == 0 and not torch.signbit(computed[zero][0])  # -0.0 came out as 0.0
+    for name, tensor in computed.items():
+        assert torch.equal(bits(exported[name]), bits(tensor)), name
+        assert torch.equal(bits(state[name]), bits(tensor)), name
+
+
+def test_the_merged_tensors_handed_out_are_the_caller_s_own(partly_frozen):
+    """`tensors()` gives each merged tensor to keep or edit: an unchanged one is a copy of the base,
+    not the merger's stored base, which every later candidate starts from."""
+    base, fts, changed = partly_frozen
+    model = AutoModelForCausalLM.from_pretrained(base)
+    merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(f) for f in fts])
+    for _, tensor in merger.tensors("ties", [0.5, 0.5]):
+        tensor.zero_()
+    merger.apply("ties", [0.5, 0.5])
+    original = load_file(str(base / "model.safetensors"))
+    assert all(torch.equal(model.state_dict()[n], original[n]) for n in merger._unchanged)
