@@ -62,6 +62,7 @@ def test_a_folder_run_here_resumes_and_exports_as_before(received):
     assert result.exit_code == 0, result.output
     assert runs(marker) > before  # the user's own folder: its tasks are built, as they always were
     assert key_file().is_file() and oct(key_file().stat().st_mode & 0o777) == "0o600"
+    assert oct(key_file().parent.stat().st_mode & 0o777) == "0o700"  # its folder, made for it, the user's alone
 
 
 def test_someone_else_s_folder_runs_no_task_code_without_the_user_s_word(received, tmp_path, monkeypatch):
