@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from evo_merge.search.binding import STARTED_FILES
+
 TRUST_TASKS = click.option(
     "--trust-tasks", is_flag=True,
     help="run the task code (plugins, lm-eval task files) the run folder's campaign.yaml names, in a folder "
@@ -16,7 +18,7 @@ TRUST_TASKS = click.option(
 
 # what only a run folder holds: a campaign.yaml beside one of them is a run folder's own (a project
 # folder may hold its campaign beside `models/` or a report of its own)
-RUN_ENTRIES = ("state.sqlite", "state.sqlite-wal", ".evo-merge.lock", "evaluations.csv", "pareto.csv")
+RUN_ENTRIES = (*sorted(STARTED_FILES), "evaluations.csv", "pareto.csv")
 
 
 def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:
@@ -36,7 +38,8 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool) -> No
     The tasks are read as the run resolves them, against the file's folder, as they were marked."""
     from evo_merge.config import Campaign
     from evo_merge.errors import UserError, naming_file
-    from evo_merge.search.binding import open_run
+    from evo_merge.search.binding import check_run_files
+    from evo_merge.search.store import CampaignStore
     from evo_merge.search.trust import code_task, is_trusted
     from evo_merge.search.workspace import resolve_campaign
 
@@ -46,7 +49,10 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool) -> No
         tasks = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent).tasks
     if (code := code_task(tasks)) is None:
         return
-    store = open_run(run)  # checked as `resume` checks a folder: a damaged one is said as such, and not written
+    # the folder's records, not its campaign.yaml: an edited one is resume's to refuse, and a new run
+    # folder of the edited campaign (`run RUN/campaign.yaml --out NEW`, which that refusal names) is fine
+    check_run_files(run)
+    store = CampaignStore(run)
     try:
         if is_trusted(store, tasks):
             return

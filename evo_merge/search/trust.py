@@ -40,13 +40,17 @@ def key_file() -> Path:
     return (Path(config) if os.path.isabs(config) else Path.home() / ".config") / "evo-merge" / "run-key"
 
 
+class DamagedKey(OSError):
+    """The key file holds something other than a key: said with the way out, never taken for no key."""
+
+
 def _read_key(path: Path) -> bytes | None:
     try:
         key = path.read_bytes()
     except OSError:
         return None
     if len(key) != KEY_BYTES:
-        raise OSError(f"{path} holds {len(key)} bytes, not a key of {KEY_BYTES}; remove it and a new key is made")
+        raise DamagedKey(f"{path} holds {len(key)} bytes, not a key of {KEY_BYTES}; remove it and a new key is made")
     return key
 
 
@@ -110,9 +114,12 @@ def mark_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> None:
 
 
 def is_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> bool:
-    """Whether this user's key marked the folder with these tasks."""
+    """Whether this user's key marked the folder with these tasks. A damaged key file is an error
+    (the user's own folder would read as someone else's)."""
     try:
         key = _read_key(key_file())
+    except DamagedKey as exc:
+        raise UserError(str(exc)) from None
     except OSError:
         return False
     if key is None:

@@ -382,10 +382,12 @@ def test_a_run_folder_written_two_ways_is_one_folder(tmp_path, monkeypatch):
 
 def test_the_latest_marks_are_kept(received, tmp_path, monkeypatch):
     """A folder keeps the last MARKS_KEPT users' marks: a new user's is always among them."""
+    import shutil
+
     from evo_merge.config import Campaign
     from evo_merge.search.trust import MARKS_KEPT, is_trusted, mark_trusted
 
-    run, _ = received
+    run = shutil.copytree(received[0], tmp_path / "shared")  # the module's folder keeps its own marks
     tasks = Campaign.load(run / "campaign.yaml").tasks
     store = CampaignStore(run)
     try:
@@ -396,3 +398,32 @@ def test_the_latest_marks_are_kept(received, tmp_path, monkeypatch):
         assert len(store.get_meta(TRUST_META)) == MARKS_KEPT
     finally:
         store.close()
+
+
+def test_the_user_s_folder_with_an_edited_campaign_starts_in_a_new_folder_as_resume_says(received, tmp_path):
+    """`resume` of an edited folder says to start the edited campaign in a new run folder; the
+    trust check refused that too (it read the folder as `resume` does, edit and all)."""
+    import shutil
+
+    import yaml
+
+    run, _ = received
+    mine = tmp_path / "mine"
+    shutil.copytree(run, mine)
+    config = yaml.safe_load((mine / "campaign.yaml").read_text())
+    config["algorithm"]["seed"] += 1
+    (mine / "campaign.yaml").write_text(yaml.safe_dump(config))
+    refused = invoke("resume", mine)
+    assert refused.exit_code == 2 and "start the edited campaign in a new run folder" in refused.output
+    planned = invoke("plan", mine / "campaign.yaml", "--out", tmp_path / "new")
+    assert planned.exit_code == 0, planned.output
+
+
+def test_a_damaged_key_is_said_not_taken_for_someone_else_s_folder(received, tmp_path, monkeypatch):
+    run, _ = received
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    key_file().parent.mkdir(parents=True)
+    key_file().write_bytes(b"short")
+    result = invoke("resume", run)
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: {key_file()} holds 5 bytes, not a key of 32; remove it and a new key is made"], result.output
