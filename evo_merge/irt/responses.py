@@ -42,10 +42,10 @@ def load_responses(path: str | Path, *, items_as_rows: bool = False,
     """
     path = Path(path)
     frame = _read_table(path, "responses")
+    _check_long_columns(frame.columns, str(path))  # before any reading of it as wide (--items-as-rows, scenarios)
     if items_as_rows:
         frame = _items_by_subjects(frame, path)
-    elif "score" not in frame.columns and not _is_long(frame) and len(frame) >= TALL_RATIO * max(frame.shape[1] - 1, 1):
-        # (a `score` column is a long table with a misnamed column, refused as such below)
+    elif not _is_long(frame) and len(frame) >= TALL_RATIO * max(frame.shape[1] - 1, 1):
         log.warning("%s: read as %d subjects x %d items (one row per subject); if its rows are items, "
                     "pass --items-as-rows", path, len(frame), frame.shape[1] - 1)
     if scenarios is not None:
@@ -74,7 +74,7 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
 
 def _items_by_subjects(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     """A wide table of one row per item turned into one row per subject."""
-    if "score" in frame.columns or _is_long(frame):
+    if _is_long(frame):
         raise UserError(f"{path}: --items-as-rows is for a wide table (one row per item, one column per "
                         "subject); this one is long (subject,item,score)")
     if frame.shape[1] < 2:

@@ -109,10 +109,15 @@ def test_a_long_file_with_a_misnamed_id_column_is_refused_naming_it(tmp_path, he
     """A `score` column makes it long: read as wide, it melted into a second `score` column (a pandas crash);
     and it was first said to be read as wide, with --items-as-rows offered, which is no fix for it."""
     path = _write(tmp_path, f"{header}\n" + "".join(f"m{i},q1,1\n" for i in range(20)))
-    with pytest.raises(UserError) as err, caplog.at_level("WARNING", logger="evo_merge"):
-        load_responses(path)
+    scenarios = tmp_path / "scenarios.csv"
+    scenarios.write_text("item,scenario\nq1,a\n")
     columns = header.replace(",", ", ")
-    assert str(err.value) == f"{path}: a long table needs columns subject,item,score; {missing} (columns: {columns})"
+    # read alone, as items by rows, or with scenarios (which read it as wide: "no scenario for item 'item'")
+    for options in ({}, {"items_as_rows": True}, {"scenarios": scenarios}):
+        with pytest.raises(UserError) as err, caplog.at_level("WARNING", logger="evo_merge"):
+            load_responses(path, **options)
+        assert str(err.value) == (f"{path}: a long table needs columns subject,item,score; {missing} "
+                                  f"(columns: {columns})"), options
     assert "--items-as-rows" not in caplog.text
 
 
