@@ -190,7 +190,10 @@ class InPlaceMerger:
             if m.check is not None and (why := m.check(w, resolved)) is not None:
                 raise RuntimeError(f"{m.name}: tensor {name}: {why}")
             if m.keeps_unchanged and name in self._unchanged:  # the method's result is the base: not computed
-                yield name, upcast(stored_base) + 0.0  # as base + 0 is: a new tensor, -0.0 read as 0.0
+                base, target = upcast(stored_base), self._targets[name]
+                # as base + 0 is (-0.0 read as 0.0): into the module in one pass, else a new tensor
+                into = into_module and target.device == base.device
+                yield name, torch.add(base, 0.0, out=target) if into else base + 0.0
                 continue
             if cache is None:
                 base = upcast(stored_base)
