@@ -29,6 +29,7 @@ from evo_merge.errors import UserError, first_line
 from evo_merge.mass.card import mass_card, mass_inputs
 from evo_merge.mass.factors import MassFactors, Track
 from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_config, routing_probabilities, select_tasks
+from evo_merge.merge.kinds import MASS_SETTINGS, MASS_TOKENS
 from evo_merge.merge.licenses import card_license
 from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
@@ -347,10 +348,10 @@ class MassModel(nn.Module):
         models: Sequence[str | Path],
         *,
         layer: int | None = None,
-        threshold: float = 0.2,
-        max_tasks: int = 3,
-        token: str = "mean",
-        cache_size: int = 8,
+        threshold: float = MASS_SETTINGS["threshold"].default,
+        max_tasks: int = MASS_SETTINGS["max_tasks"].default,
+        token: str = MASS_TOKENS[0],
+        cache_size: int = RoutingConfig.model_fields["cache_size"].default,
         track: Track | None = None,
         stash: Stash | None = None,
         dtype: torch.dtype | None = None,

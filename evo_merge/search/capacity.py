@@ -25,7 +25,7 @@ from evo_merge.merge.footprint import (
     plan_lines,
     shapes_of,
 )
-from evo_merge.merge.host import available_memory, free_disk, memory_filesystem
+from evo_merge.merge.host import AVAILABLE, available_memory, free_disk, memory_filesystem
 from evo_merge.merge.storage import Storage
 from evo_merge.weights.devices import resolve_device
 from evo_merge.weights.dtypes import model_dtype
@@ -39,7 +39,7 @@ class Target:
     workers: int
     host: int | None
     device: int | None
-    budgets: tuple[str, str] = field(default=("available", "free"))
+    budgets: tuple[str, str] = field(default=(AVAILABLE, "free"))
     disk: int | None = None  # free space where `disk` placement would keep its files (None: not known)
     disk_in_memory: str | None = None  # the RAM-backed file system (tmpfs) that folder is on, if it is
 
@@ -61,7 +61,7 @@ def target_of(campaign: Campaign) -> Target:
         # a local cluster pins a worker to each GPU it uses: the one `device: cuda:N` names, or all
         gpus = 1 if campaign.device.startswith("cuda:") else torch.cuda.device_count()
         workers = min(evaluator.n_workers, gpus) if gpu is not None else evaluator.n_workers
-    host, host_label = available_memory() if not remote else (None, "available")
+    host, host_label = available_memory() if not remote else (None, AVAILABLE)
     device = torch.cuda.mem_get_info(gpu)[0] if gpu is not None and not remote else None
     labels = [host_label, "free"]
     if spec.host_budget_gib is not None:

@@ -115,3 +115,10 @@ def test_the_mass_build_command_offers_the_search_s_defaults():
     for name in ("threshold", "max_tasks"):
         assert options[name].default == MASS_SETTINGS[name].default == RoutingConfig.model_fields[name].default
     assert tuple(options["token"].type.choices) == MASS_TOKENS and options["token"].default == MASS_TOKENS[0]
+    import inspect
+
+    from evo_merge.mass import MassModel
+
+    built = inspect.signature(MassModel.from_checkpoints).parameters  # the library's MASS folders too
+    assert [built[n].default for n in ("threshold", "max_tasks", "token")] == [
+        options["threshold"].default, options["max_tasks"].default, MASS_TOKENS[0]]
