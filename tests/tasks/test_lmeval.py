@@ -619,6 +619,23 @@ def test_a_malformed_row_of_a_few_shot_task_is_one_line_not_lm_eval_s_traceback(
         LMEvalTask(tmp_path / "t.yaml")
 
 
+def test_the_model_s_maximum_length_is_resolved_once_not_per_request(char_lm, monkeypatch):
+    """lm-eval reads the model's maximum length from its config on every request (280k times in a
+    small campaign, 2% of its scoring): the wrapper resolves it once, to lm-eval's own value."""
+    import lm_eval.models.huggingface as huggingface
+
+    model, tokenizer = char_lm
+    task = resolve_task("evo_arith")
+    task.release()
+    resolved = []
+    real = huggingface.resolve_max_length
+    monkeypatch.setattr(huggingface, "resolve_max_length", lambda *a, **k: resolved.append(1) or real(*a, **k))
+    expected = real(model.config, tokenizer, default=huggingface.HFLM._DEFAULT_MAX_LENGTH)
+    scores = task.evaluate(model, tokenizer, task.item_ids[:20])
+    assert task.evaluate(model, tokenizer, task.item_ids[:20]).equals(scores)
+    assert len(resolved) == 1 and task._wrap(model, tokenizer).max_length == expected
+
+
 def test_lm_eval_s_encodings_are_kept_across_candidates_and_equal(char_lm, monkeypatch):
     """lm-eval encodes every request again for each candidate (a fifth of a small model's scoring
     time); the tokens kept are lm-eval's own, returned as a new list each time."""
