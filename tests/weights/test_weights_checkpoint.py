@@ -109,6 +109,15 @@ def test_a_head_stored_in_another_dtype_than_its_embedding_is_compared_by_value(
     assert ckpt.same_values("embed.weight", "copy.weight")
     assert not ckpt.same_values("embed.weight", "own.weight")
     assert not ckpt.same_values("embed.weight", "wide.weight")
+    from evo_merge.weights.checkpoint import COMPARED_CHUNK
+
+    large = torch.randn(COMPARED_CHUNK * 2 + 3).to(torch.bfloat16)  # compared a chunk at a time
+    off = large.float()
+    off[-1] += 1
+    save_file({"embed.weight": large, "copy.weight": large.float(), "off.weight": off},
+              str(tmp_path / "large.safetensors"))
+    big = Checkpoint.open(tmp_path / "large.safetensors")
+    assert big.same_values("embed.weight", "copy.weight") and not big.same_values("embed.weight", "off.weight")
 
 
 def test_a_missing_head_is_read_from_the_input_embedding_nearest_its_name(tmp_path):
