@@ -38,8 +38,7 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool) -> No
     The tasks are read as the run resolves them, against the file's folder, as they were marked."""
     from evo_merge.config import Campaign
     from evo_merge.errors import UserError, naming_file
-    from evo_merge.search.binding import check_run_files
-    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.binding import open_records
     from evo_merge.search.trust import code_task, is_trusted
     from evo_merge.search.workspace import resolve_campaign
 
@@ -51,8 +50,7 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool) -> No
         return
     # the folder's records, not its campaign.yaml: an edited one is resume's to refuse, and a new run
     # folder of the edited campaign (`run RUN/campaign.yaml --out NEW`, which that refusal names) is fine
-    check_run_files(run)
-    store = CampaignStore(run)
+    store = open_records(run)
     try:
         if is_trusted(store, tasks):
             return

@@ -215,13 +215,24 @@ def check_run_files(run_dir: Path) -> None:
     check_no_links(run_dir)
 
 
-def open_run(run_dir: Path) -> CampaignStore:
-    """The store of an existing run folder, checked against the folder's own campaign.yaml as
-    `resume` checks it; nothing is created (reading a run must not start one)."""
+def open_records(run_dir: Path) -> CampaignStore:
+    """The store of an existing run folder that records its campaign, whatever its campaign.yaml
+    now says (the trust check reads its marks so); nothing is created."""
     check_run_files(run_dir)
     store = CampaignStore(run_dir)
     try:
         _require_campaign(store, run_dir)  # a store that lost it is damaged, whatever the file says
+    except UserError:
+        store.close()
+        raise
+    return store
+
+
+def open_run(run_dir: Path) -> CampaignStore:
+    """The store of an existing run folder, checked against the folder's own campaign.yaml as
+    `resume` checks it; nothing is created (reading a run must not start one)."""
+    store = open_records(run_dir)
+    try:
         if store.get_meta(CAMPAIGN_TEXT_META) != campaign_text_digest(run_dir):
             changed = differences(store, Campaign.load(run_dir / CAMPAIGN_FILE))
             if changed is not None:  # the run's own record is intact: the file is what changed
