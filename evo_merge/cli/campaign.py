@@ -227,7 +227,8 @@ def resume(run: Path, scheduler: str | None, tracking: bool | None, trust_tasks:
     from evo_merge.search.preflight import check_campaign_fits
 
     campaign_file = _campaign_file(run)
-    check_tasks_trusted(campaign_file, run, trust_tasks)  # before a refusal names `plan`, which builds them
+    # before a refusal names `plan`, which builds them
+    check_tasks_trusted(campaign_file, run, trust_tasks, resuming=True)
     check_campaign_fits(campaign_file, run)  # memory plan (#13), as for `run`
     with _holding(run):
         _run(_runner(run, scheduler=scheduler, tracking=tracking))
@@ -329,7 +330,8 @@ def export(
             hub_token()
     elif private or revision or dry_run:
         raise UserError("--private, --revision and --dry-run go with --push-to-hub ORG/NAME")
-    check_tasks_trusted(_campaign_file(run), run, trust_tasks)  # before the lock, which would create a mistyped folder
+    # before the lock, which would create a mistyped folder
+    check_tasks_trusted(_campaign_file(run), run, trust_tasks, resuming=True)
     check_outside_run(out, run, "its picks in models/, which `resume` restores")  # its records would name another
     check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
     with _holding(run, again="run the export again to finish it"):

@@ -32,30 +32,38 @@ def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:
     return None
 
 
-def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool) -> None:
+def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, resuming: bool = False) -> None:
     """Refuse to run the task code that `campaign_file`, run folder `run`'s own, names
     (`trust.code_task`) where the folder was not run here and the user did not say `--trust-tasks`.
-    The tasks are read as the run resolves them, against the file's folder, as they were marked."""
+    The tasks are read as the run resolves them, against the file's folder, as they were marked.
+
+    `resuming` (resume, export): the folder is opened as those commands open it, so an edited
+    campaign.yaml is refused as edited, which running no code tells, before it is taken for someone
+    else's. Otherwise (a new run of the folder's campaign) an edit is allowed, and named where the
+    user's mark covers the tasks the folder ran with, not these."""
     from evo_merge.config import Campaign
     from evo_merge.errors import UserError, naming_file
-    from evo_merge.search.binding import open_records
+    from evo_merge.search.binding import differences, open_records, open_run
     from evo_merge.search.trust import code_task, is_trusted
     from evo_merge.search.workspace import resolve_campaign
 
     if trust_tasks:
         return
     with naming_file(campaign_file):
-        tasks = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent).tasks
+        campaign = Campaign.load(campaign_file)
+    tasks = resolve_campaign(campaign, campaign_file.parent).tasks
     if (code := code_task(tasks)) is None:
         return
-    # the folder's records, not its campaign.yaml: an edited one is resume's to refuse, and a new run
-    # folder of the edited campaign (`run RUN/campaign.yaml --out NEW`, which that refusal names) is fine
-    store = open_records(run)
+    store = (open_run if resuming else open_records)(run)
     try:
         if is_trusted(store, tasks):
             return
+        edited = differences(store, campaign)
     finally:
         store.close()
-    raise UserError(f"{campaign_file}: tasks.{code[0]} runs {code[1]}, and this run folder was not run by you here "
-                    "(it does not carry your key's mark: received, or from before evo-merge marked them); a run "
-                    "folder does not choose what code runs: read its campaign.yaml, then pass --trust-tasks")
+    why = (f"this run folder's campaign.yaml is not the campaign it ran{edited}, whose tasks alone a mark "
+           "covers" if edited is not None else
+           "this run folder was not run by you here (it does not carry your key's mark: received, or from before "
+           "evo-merge marked them)")
+    raise UserError(f"{campaign_file}: tasks.{code[0]} runs {code[1]}, and {why}; a run folder does not choose what "
+                    "code runs: read its campaign.yaml, then pass --trust-tasks")

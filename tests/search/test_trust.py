@@ -427,3 +427,33 @@ def test_a_damaged_key_is_said_not_taken_for_someone_else_s_folder(received, tmp
     result = invoke("resume", run)
     assert result.exit_code == 2 and result.output.strip().splitlines() == [
         f"error: {key_file()} holds 5 bytes, not a key of 32; remove it and a new key is made"], result.output
+
+
+def test_the_user_s_folder_with_edited_tasks_is_said_edited_not_someone_else_s(received, tmp_path):
+    """An edit of the tasks themselves leaves the user's mark covering the tasks the folder ran
+    with: `resume` and `export` say the file was edited (what passing --trust-tasks would end on),
+    and a new run of the edited campaign is asked for the user's word on tasks no folder ran."""
+    import shutil
+
+    import yaml
+
+    run, marker = received
+    mine = tmp_path / "mine"
+    shutil.copytree(run, mine)
+    config = yaml.safe_load((mine / "campaign.yaml").read_text())
+    config["tasks"][0]["options"]["seed"] = 7
+    (mine / "campaign.yaml").write_text(yaml.safe_dump(config))
+    before = runs(marker)
+    for args in (["resume", mine], ["export", mine, "--pick", 1, "--out", tmp_path / "pick"]):
+        refused = invoke(*args)
+        assert refused.exit_code == 2, refused.output
+        assert f"{mine / 'campaign.yaml'}: edited since the run started (changed: tasks)" in refused.output
+        assert "not run by you" not in refused.output
+    planned = invoke("plan", mine / "campaign.yaml", "--out", tmp_path / "new")
+    assert planned.exit_code == 2 and planned.output.strip().splitlines() == [
+        f"error: {mine / 'campaign.yaml'}: tasks.0 runs the plugin marking_task:marked (imported and called), and "
+        "this run folder's campaign.yaml is not the campaign it ran (changed: tasks), whose tasks alone a mark "
+        "covers; a run folder does not choose what code runs: read its campaign.yaml, then pass "
+        "--trust-tasks"], planned.output
+    assert runs(marker) == before and not (tmp_path / "pick").exists()
+    assert invoke("plan", mine / "campaign.yaml", "--out", tmp_path / "new", "--trust-tasks").exit_code == 0
