@@ -51,7 +51,8 @@ def nearswap(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """NearSwap: take the other model's entry where it is within t of the base's, and blend
     (weight t / |difference|) elsewhere."""
     other = base + deltas[0]
-    weight = (params["t"] / deltas[0].abs().clamp(min=1e-6)).clamp(min=0, max=1)
+    # mergekit's weight: an entry the model left as the base (0/0 or t/0) takes the model's, which is it
+    weight = torch.nan_to_num(params["t"] / deltas[0].abs(), nan=1.0, posinf=1.0).clamp(min=0, max=1)
     return weight * other + (1 - weight) * base
 
 

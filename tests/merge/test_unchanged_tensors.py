@@ -21,6 +21,7 @@ from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family
 
 REQUIRED = {"slerp": {"t": 0.3}, "nearswap": {"t": 0.001}}
+EXTRA = {"nearswap": [{"t": 3e-7}, {"t": 0.0}]}  # below the smallest difference a float32 weight shows
 # an average or an interpolation of equal tensors may differ from them in its last bit
 NOT_DECLARED = {"linear", "karcher", "slerp", "passthrough", "nuslerp", "multislerp"}
 
@@ -30,7 +31,7 @@ def variations(name: str) -> list[dict]:
     method = get_method(name)
     switches = [h.name for h in method.hyperparameters if h.kind is bool]
     given = REQUIRED.get(name, {})
-    return [given] + [{**given, s: not method.hyperparameter(s).default} for s in switches]
+    return [given] + [{**given, s: not method.hyperparameter(s).default} for s in switches] + EXTRA.get(name, [])
 
 
 @pytest.mark.parametrize("name", sorted(set(list_methods()) - NOT_DECLARED))
