@@ -6,10 +6,12 @@ parameters, so the stored model does not depend on how it was fitted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -87,8 +89,9 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300,
     thousands of items) is fitted in float32, four times faster, its fitted probabilities within
     1e-4 of float64's on average and its scenario means within 3e-4 (300 x 20,000 at D=1 and D=3).
     Smaller ones, a campaign's among them, stay in float64. The parameters come back as float64.
+    Nothing here draws random numbers (the start is an SVD, L-BFGS is deterministic): `seed` is
+    taken for the backends' common signature, and the caller's torch generator is left alone.
     """
-    torch.manual_seed(seed)
     observed = ~np.isnan(binary)
     y = np.where(observed, binary, 0.0)
     item_mean = np.clip((y.sum(0) + 0.5) / (observed.sum(0) + 1.0), 0.02, 0.98)
@@ -165,14 +168,40 @@ def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = PYIRT_
                         "is lower)", rate / PYIRT_LR_FACTOR, reason[:60], rate, steps)
 
 
+@contextlib.contextmanager
+def _own_global_rngs() -> Iterator[None]:
+    """Restore torch's, numpy's and `random`'s global generators on the way out.
+
+    py-irt draws from the global generators, so its fit seeds all three (as `pyro.set_rng_seed`
+    does): without this a caller who fitted a model (every campaign does) got the same "random"
+    stream after it whatever they had seeded before. Only torch's CPU generator is seeded and
+    forked: py-irt trains on the CPU, and `torch.manual_seed` would also queue a reseed of every
+    CUDA generator that no fork could undo before CUDA starts.
+    """
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
 def _train_pyirt(binary: np.ndarray, dims: int, seed: int, epochs: int, lr: float) -> FittedParams:
+    with _own_global_rngs():
+        return _train_pyirt_seeded(binary, dims, seed, epochs, lr)
+
+
+def _train_pyirt_seeded(binary: np.ndarray, dims: int, seed: int, epochs: int, lr: float) -> FittedParams:
     import pandas as pd
     import pyro
     from py_irt.config import IrtConfig
     from py_irt.dataset import Dataset
     from py_irt.training import IrtModelTrainer
 
-    pyro.set_rng_seed(seed)
+    torch.random.default_generator.manual_seed(seed)  # pyro.set_rng_seed's, less the CUDA generators
+    np.random.seed(seed)
+    random.seed(seed)
     pyro.clear_param_store()
     wide = pd.DataFrame(binary, columns=[str(j) for j in range(binary.shape[1])])
     dataset = Dataset.from_pandas(wide)  # subjects = rows in order, item ix j = column j

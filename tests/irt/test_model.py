@@ -340,3 +340,39 @@ def test_every_backend_the_config_offers_is_its_own_fit():
 
     assert set(BACKENDS) == set(BACKEND_NAMES)
     assert BACKENDS["torch"] is fit_torch and BACKENDS["pyirt"] is fit_pyirt
+
+
+def _draws() -> tuple[float, float, float]:
+    import random
+
+    import torch
+
+    return float(torch.rand(1)), float(np.random.rand()), random.random()
+
+
+def _seed_callers(seed: int) -> None:
+    import random
+
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@pytest.mark.parametrize("backend,options", [("torch", {}), ("pyirt", {"epochs": 20, "lr": 0.1})])
+def test_a_fit_leaves_the_callers_random_streams_alone(backend, options):
+    """The torch fit reseeded torch's global generator and py-irt's (pyro.set_rng_seed) numpy's and
+    `random`'s too: a caller got the same "random" numbers after every fit whatever they had seeded.
+    The fit itself stays determined by its seed, whatever the caller's generators hold."""
+    gen = make_synthetic_irt(20, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(8, dims=1, seed=2)
+    data = validate_responses(gen.sample(theta, ids, seed=3))
+    fits = []
+    for caller_seed in (1, 2):
+        _seed_callers(caller_seed)
+        expected = _draws()
+        _seed_callers(caller_seed)
+        fits.append(IRTModel.fit(data, backend=backend, dims=1, seed=0, **options))
+        assert _draws() == expected
+    assert np.array_equal(fits[0].alpha, fits[1].alpha) and np.array_equal(fits[0].beta, fits[1].beta)
