@@ -228,7 +228,15 @@ class IRTModel:
 
     # ---- storage -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
+        """Write the model into `directory`. Over another model its stored anchor sets are removed,
+        as `irt fit --overwrite` does: chosen on the model replaced, `load_anchors` would hand them
+        out for this one. An `anchors/` that is a link is refused before anything is written."""
+        from evo_merge.irt.anchors import refuse_link, remove_anchor_sets  # anchors imports this module
+
         directory = Path(directory)
+        replacing = any((directory / name).exists() for name in ("model.json", "params.npz"))
+        if replacing:
+            refuse_link(directory / "anchors")  # its sets would be removed wherever it points
         directory.mkdir(parents=True, exist_ok=True)
         meta = {
             "format_version": FORMAT_VERSION,
@@ -250,6 +258,8 @@ class IRTModel:
             for name in ("params.npz", "model.json"):  # on disk before either replaces the old (a power cut)
                 with open(Path(tmp) / name, "rb") as written:
                     os.fsync(written.fileno())
+            if replacing:  # once the new files are safe on disk: a failed write leaves the old model its sets
+                remove_anchor_sets(directory)
             for name in ("params.npz", "model.json"):  # both written first: a full disk leaves the old model whole
                 os.replace(Path(tmp) / name, directory / name)
         return directory

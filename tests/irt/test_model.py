@@ -142,6 +142,32 @@ def test_save_load_round_trip(tmp_path, torch_model):
     assert json.loads((tmp_path / "m" / "model.json").read_text())["format_version"] == 2
 
 
+def test_saving_over_another_model_drops_its_anchor_sets(tmp_path, torch_model, make_model):
+    """`load_anchors` handed the replaced model's sets out for the new one; `irt fit --overwrite`
+    already dropped them. Other files in anchors/ stay, and a linked anchors/ is refused before
+    the model is written."""
+    from evo_merge.irt import load_anchors, select_anchors
+
+    folder = torch_model.save(tmp_path / "m")
+    select_anchors(torch_model, budget=5, method="random").save(folder)
+    (folder / "anchors" / "notes.txt").write_text("mine")
+    other = make_model([1.0, 2.0], [0.0, 1.0])
+    other.save(folder)
+    with pytest.raises(UserError, match="no stored anchor sets match"):
+        load_anchors(folder, budget=5, method="random")
+    assert (folder / "anchors" / "notes.txt").read_text() == "mine"
+    assert IRTModel.load(folder).item_ids == other.item_ids
+
+    linked = torch_model.save(tmp_path / "linked")
+    (tmp_path / "elsewhere").mkdir()
+    select_anchors(torch_model, budget=5, method="random").save(tmp_path / "elsewhere")
+    (linked / "anchors").symlink_to(tmp_path / "elsewhere" / "anchors")
+    with pytest.raises(UserError, match="is a link"):
+        other.save(linked)
+    assert IRTModel.load(linked).item_ids == torch_model.item_ids
+    assert (tmp_path / "elsewhere" / "anchors" / "random-5.json").is_file()
+
+
 def test_format_1_folders_load_with_their_split_half_fit_as_one_fold(tmp_path, torch_model):
     """The shipped irt_models/ are format 1: val_alpha/val_beta fitted without val_subjects."""
     folder = torch_model.save(tmp_path / "m")
