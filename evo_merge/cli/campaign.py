@@ -68,7 +68,7 @@ def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None 
     if own:
         campaign = _tracked_where(_evaluated_where(campaign, campaign_file, scheduler), campaign_file, tracking)
     with naming_file(campaign_file):  # the tasks and models it names, resolved as the runner opens
-        return CampaignRunner.open(campaign, campaign_file.parent, run)
+        return CampaignRunner.open(campaign, campaign_file.parent, run, lock=False)  # the command holds the lock
 
 
 def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | None) -> Campaign:

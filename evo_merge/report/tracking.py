@@ -340,6 +340,7 @@ def follow_campaign(runner: Any) -> Trackers:
     generations through the loop; those already logged (noted in tracking.json) are not logged twice,
     and a finished run logged to the end opens no tracker."""
     workspace = runner.workspace
+    runner.followed = True
     ids = _RunIds(workspace.run_dir)
     if ids.get("finished"):  # everything was logged: no tracker run is reopened (W&B would start another file)
         return Trackers()

@@ -215,9 +215,10 @@ def check_run_files(run_dir: Path) -> None:
     check_no_links(run_dir)
 
 
-def open_records(run_dir: Path) -> CampaignStore:
+def open_records(run_dir: str | Path) -> CampaignStore:
     """The store of an existing run folder that records its campaign, whatever its campaign.yaml
     now says (the trust check reads its marks so); nothing is created."""
+    run_dir = Path(run_dir).expanduser()
     check_run_files(run_dir)
     store = CampaignStore(run_dir)
     try:
@@ -228,9 +229,10 @@ def open_records(run_dir: Path) -> CampaignStore:
     return store
 
 
-def open_run(run_dir: Path) -> CampaignStore:
+def open_run(run_dir: str | Path) -> CampaignStore:
     """The store of an existing run folder, checked against the folder's own campaign.yaml as
     `resume` checks it; nothing is created (reading a run must not start one)."""
+    run_dir = Path(run_dir).expanduser()
     store = open_records(run_dir)
     try:
         if store.get_meta(CAMPAIGN_TEXT_META) != campaign_text_digest(run_dir):
@@ -245,9 +247,10 @@ def open_run(run_dir: Path) -> CampaignStore:
     return store
 
 
-def read_run(run: Path) -> tuple[CampaignStore, dict[str, Any]]:
+def read_run(run: str | Path) -> tuple[CampaignStore, dict[str, Any]]:
     """The run's store and facts, opened without the campaign's models or tasks (and checked against
     its campaign.yaml as `resume` checks it); a run that has not recorded its facts is not read."""
+    run = Path(run).expanduser()
     try:
         store = open_run(run)
     except UserError:

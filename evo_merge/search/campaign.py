@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from itertools import chain, zip_longest
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from evo_merge.search.export import export_picks, record_task_meta
 from evo_merge.search.front import candidates, measure_final, measure_picks
 from evo_merge.search.holdout import HOLDOUT_META, holdout_items, shortfalls
 from evo_merge.search.kinds import candidate_kind
+from evo_merge.search.lock import RunLock
 from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import small_pick_samples
@@ -40,7 +42,9 @@ from evo_merge.search.store import (
     EVALUATED_ON_META,
     CampaignStore,
     Evaluation,
+    check_run_folder,
     evaluated_on,
+    remove_unused_run_folder,
 )
 from evo_merge.search.study import GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
@@ -78,18 +82,44 @@ class CampaignRunner:
         self.log = EvaluationLog(workspace.store, self.evaluator, self.scoring, progress)
         self.on_generation: list[GenerationDone] = []
         self._evaluator: Evaluator | None = None
+        self._locking, self._created = False, False  # set by `open`: whether `run` takes the lock; a new folder
+        self.followed = False  # whether the campaign's trackers follow it (report.tracking.follow_campaign)
 
     @classmethod
-    def open(cls, campaign: Campaign, root: Path, run_dir: Path, progress: Progress = no_progress) -> CampaignRunner:
-        """Open (or create) the run folder for `campaign` and build its tasks."""
-        workspace = Workspace.open(campaign, root, run_dir)
-        spec = workspace.campaign
-        tasks = campaign_tasks(spec)
-        record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()},
-                     workspace.stored_dtype_name(), workspace.storage_rounding())
-        record_task_meta(workspace.store, spec, tasks)
-        runner = cls(workspace, tasks, holdout_items(tasks, spec.final.holdout, spec.algorithm.seed), progress)
-        runner.check_holdout()
+    def open(cls, campaign: Campaign, root: str | Path, run_dir: str | Path, progress: Progress = no_progress, *,
+             lock: bool = True) -> CampaignRunner:
+        """Open (or create) the run folder for `campaign` and build its tasks.
+
+        The folder is checked as `run` checks it (a folder of other files, or one holding a link,
+        is refused), and a start that fails here leaves no folder it created, so the corrected
+        campaign starts afresh in it. With `lock`, the run folder's lock is held while the folder is
+        bound and while `run` works, as the commands hold it: a `resume` started beside a library
+        run is refused, and `status` names the process. `lock=False` where the caller holds it
+        already (the commands hold it across the whole command)."""
+        if not isinstance(campaign, Campaign):  # a path or a dict: found here, not as an AttributeError deep inside
+            raise TypeError("CampaignRunner.open takes a Campaign (Campaign.load(path)), "
+                            f"not {type(campaign).__name__}")
+        run_dir = Path(run_dir).expanduser()
+        check_run_folder(run_dir, option=None)
+        new = not run_dir.exists()
+        with RunLock(run_dir) if lock else nullcontext():
+            workspace = None
+            try:
+                workspace = Workspace.open(campaign, Path(root).expanduser(), run_dir)
+                spec = workspace.campaign
+                tasks = campaign_tasks(spec)
+                record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()},
+                             workspace.stored_dtype_name(), workspace.storage_rounding())
+                record_task_meta(workspace.store, spec, tasks)
+                runner = cls(workspace, tasks, holdout_items(tasks, spec.final.holdout, spec.algorithm.seed), progress)
+                runner.check_holdout()
+            except BaseException:
+                if workspace is not None:
+                    workspace.store.close()
+                if new:
+                    remove_unused_run_folder(run_dir)
+                raise
+        runner._locking, runner._created = lock, new
         return runner
 
     def check_holdout(self) -> None:
@@ -245,7 +275,21 @@ class CampaignRunner:
         """The whole campaign: (candidates measured on every search item, exported picks name ->
         (evaluation id, folder)). The run is marked finished at the end, after `report` (told the
         picks) has written what the user reads: a run cut short while writing it is not finished."""
+        with RunLock(self.workspace.run_dir) if self._locking else nullcontext():
+            try:
+                return self._run(report)
+            except BaseException:
+                if self._created:  # a start that failed before any evaluation leaves no folder bound to it
+                    remove_unused_run_folder(self.workspace.run_dir)
+                raise
+
+    def _run(self, report: Callable[[dict[str, tuple[int, Path]]], None] | None,
+             ) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
         campaign = self.workspace.campaign
+        if campaign.tracking is not None and not self.followed:
+            log.warning("the campaign's tracking: section is followed by `evo-merge run` and `resume`; a runner "
+                        "follows it once evo_merge.report.tracking.follow_campaign(runner) is called (see "
+                        "docs/campaigns.md, From Python)")
         self.scoring.check_fitted_models()
         kept = self._exported_picks()  # before anything runs: a run that lost generations chooses again
         if not self.workspace.store.items_evaluated():  # a new run: its race can still be changed
@@ -291,9 +335,19 @@ class CampaignRunner:
         return picks if all(p is not None and p.status == "ok" and p.measured for p in picks.values()) else {}
 
     def close(self) -> None:
-        """Stop the evaluator (a dask cluster, or the connection to one); it restarts when needed."""
+        """Stop the evaluator (a dask cluster, or the connection to one) and let go of it: the
+        resident model and task vectors are freed (a whole GPU at 7B); it is made again when needed."""
         if self._evaluator is not None:
             self._evaluator.close()
+            self._evaluator = None
+
+    def __enter__(self) -> CampaignRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """`with CampaignRunner.open(...) as runner:` closes the evaluator and the run's database."""
+        self.close()
+        self.workspace.store.close()
 
 
 def _nothing_measured(store: CampaignStore, failures: dict[str, str]) -> UserError:

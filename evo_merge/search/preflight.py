@@ -83,11 +83,12 @@ def planned_campaign(campaign_file: Path, run_dir: Path | None,
     return campaign, base, models, version is not None
 
 
-def check_campaign_fits(campaign_file: Path, run_dir: Path) -> None:
+def check_campaign_fits(campaign_file: str | Path, run_dir: str | Path) -> None:
     """Stop with exit 2 when the campaign cannot fit in `run_dir` (before the folder is created or
     resumed), naming the `plan` command that prints the same plan."""
     from evo_merge.search.capacity import check_fits
 
+    campaign_file, run_dir = Path(campaign_file).expanduser(), Path(run_dir).expanduser()
     campaign, base, models, resuming = planned_campaign(campaign_file, run_dir)
     check_fits(campaign, base, models, resuming=resuming,
                details=shell("evo-merge", "plan", campaign_file, "--out", run_dir))

@@ -560,19 +560,19 @@ def check_no_links(run_dir: Path) -> None:
                         "through, so links are refused: put the whole run folder where its files should be (--out)")
 
 
-def check_run_folder(run_dir: Path) -> None:
+def check_run_folder(run_dir: Path, option: str | None = "--out") -> None:
     """Refuse to start a campaign in a folder that holds something else: its files would be
-    overwritten by the report and the exported models. New, empty and run folders are fine."""
+    overwritten by the report and the exported models. New, empty and run folders are fine.
+    `option`: the command-line option the folder was given by, named in the refusal."""
+    named = f"{option} {run_dir}" if option else str(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir}: is a file, not a folder")
+        raise UserError(f"{named}: is a file, not a folder")
     if not run_dir.is_dir():
         return
     check_no_links(run_dir)
     entries = {entry.name for entry in run_dir.iterdir()} - {LOCK_FILE}
     if entries and CampaignStore.DB not in entries:
-        raise UserError(
-            f"--out {run_dir}: not empty and not a run folder (no {CampaignStore.DB}); give a new or empty folder"
-        )
+        raise UserError(f"{named}: not empty and not a run folder (no {CampaignStore.DB}); give a new or empty folder")
 
 
 def remove_unused_run_folder(run_dir: Path) -> None:

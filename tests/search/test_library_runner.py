@@ -1,0 +1,110 @@
+"""A campaign run from Python (docs/campaigns.md, From Python) gets what the commands give it: the
+run folder's checks and lock, a failed start that leaves no folder, and models released after."""
+
+import logging
+
+import pytest
+import yaml
+from campaigns import campaign_config  # tests/search is on sys.path
+
+from evo_merge.config import Campaign
+from evo_merge.errors import UserError
+from evo_merge.search.campaign import CampaignRunner
+from evo_merge.search.lock import RunLock, holder
+from evo_merge.zoo.tiny import save_tiny_family
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return save_tiny_family(tmp_path_factory.mktemp("zoo"), "llama", n_finetunes=2)
+
+
+def small(zoo, **overrides) -> Campaign:
+    config = campaign_config(*zoo, **{"algorithm": {"population": 2, "generations": 1, "seed": 2},
+                                      "final": {"evaluate_top": 1, "export": ["balanced"]}, **overrides})
+    return Campaign.model_validate(config)
+
+
+def test_a_library_run_holds_the_folder_s_lock_while_it_works(tmp_path, zoo):
+    """A `resume` started beside a library run was let in, and `status` said "not running"."""
+    run = tmp_path / "run"
+    seen: list[str] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if not seen:
+            seen.append(holder(run) or "none")
+            with pytest.raises(UserError, match="is in use by pid"):
+                RunLock(run).__enter__()
+
+    with CampaignRunner.open(small(zoo), tmp_path, run, progress) as runner:
+        assert holder(run) is None  # between opening and running, the folder is free
+        runner.run()
+    assert seen and seen[0] != "none"
+    assert holder(run) is None and (run / "models" / "balanced" / "config.json").is_file()
+
+
+def test_a_failed_start_leaves_no_folder_and_the_corrected_campaign_starts_in_it(tmp_path, zoo):
+    run = tmp_path / "run"
+    typo = small(zoo).model_dump()
+    typo["tasks"][0]["task"] = "agreement_task:AgreementTsk"
+    with pytest.raises(UserError):
+        CampaignRunner.open(Campaign.model_validate(typo), tmp_path, run)
+    assert not run.exists()
+    CampaignRunner.open(small(zoo), tmp_path, run).__exit__(None, None, None)
+    assert (run / "state.sqlite").is_file()
+
+
+def test_a_folder_of_other_files_or_a_link_is_refused_before_anything_is_written(tmp_path, zoo):
+    base, fts = zoo
+    with pytest.raises(UserError, match=f"^{fts[0]}: not empty and not a run folder"):
+        CampaignRunner.open(small(zoo), tmp_path, fts[0])
+    assert not (fts[0] / "state.sqlite").exists()
+    run = tmp_path / "run"
+    CampaignRunner.open(small(zoo), tmp_path, run).__exit__(None, None, None)
+    (tmp_path / "elsewhere").mkdir()
+    (run / "models").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="link"):
+        CampaignRunner.open(small(zoo), tmp_path, run)
+
+
+def test_a_path_or_a_dict_for_the_campaign_is_named(tmp_path, zoo):
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign_config(*zoo)))
+    for wrong in (path, str(path), yaml.safe_load(path.read_text())):
+        with pytest.raises(TypeError, match=r"takes a Campaign \(Campaign.load\(path\)\)"):
+            CampaignRunner.open(wrong, tmp_path, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_closing_lets_go_of_the_loaded_models_and_a_later_run_makes_them_again(tmp_path, zoo):
+    runner = CampaignRunner.open(small(zoo), tmp_path, tmp_path / "run")
+    first = runner.evaluator()
+    runner.close()
+    assert runner._evaluator is None
+    assert runner.evaluator() is not first
+    runner.close()
+
+
+def test_trackers_no_one_follows_are_said(tmp_path, zoo, caplog):
+    campaign = small(zoo, tracking={"mlflow": {"uri": str(tmp_path / "mlruns")}})
+    with caplog.at_level(logging.WARNING, logger="evo_merge"), \
+            CampaignRunner.open(campaign, tmp_path, tmp_path / "run") as runner:
+        runner.run()
+    assert any("follow_campaign(runner)" in r.getMessage() for r in caplog.records)
+
+
+def test_paths_given_as_strings_or_under_home_are_read_as_the_commands_read_them(tmp_path, zoo, monkeypatch):
+    from evo_merge.search.binding import read_run
+    from evo_merge.search.preflight import check_campaign_fits
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign_config(*zoo, algorithm={"population": 2, "generations": 1, "seed": 2})))
+    check_campaign_fits("~/campaign.yaml", "~/run")
+    with CampaignRunner.open(Campaign.load(path), "~", "~/run") as runner:
+        runner.run()
+    assert (tmp_path / "run" / "state.sqlite").is_file() and not (tmp_path / "~").exists()
+    store, facts = read_run("~/run")
+    store.close()
+    assert facts["generations"] == 1
