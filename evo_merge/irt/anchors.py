@@ -45,7 +45,7 @@ from evo_merge.irt.kinds import (
     DEFAULT_ANCHOR_METHOD,
     SELECTABLE_ANCHOR_METHODS,
 )
-from evo_merge.irt.model import IRTModel
+from evo_merge.irt.model import IRTModel, positive_count
 
 log = logging.getLogger(__name__)
 METHODS = ANCHOR_METHODS
@@ -325,8 +325,9 @@ def select_anchors(model: IRTModel, budget: int, method: str = DEFAULT_ANCHOR_ME
             log.warning(reason)
     if method not in SELECTABLE_ANCHOR_METHODS:
         raise UserError(f"unknown anchor method {method!r} (choose from {', '.join(METHODS)})")
-    if not isinstance(budget, int) or budget < 1:
+    if (count := positive_count(budget)) is None:
         raise UserError(f"anchor budget must be a positive integer, not {budget!r}")
+    budget = count  # a plain int: the stored set's JSON and its file name hold it
     counts = dict(counts) if counts is not None else allocate(model, budget, allocation, seed)
     rng = np.random.default_rng(seed)
     items, weights = {}, {}

@@ -203,6 +203,16 @@ def test_bad_method_or_budget(two_scenarios):
         select_anchors(two_scenarios[3], 0)
 
 
+def test_a_numpy_integer_budget_is_a_budget_and_a_bool_is_not(two_scenarios, tmp_path):
+    """np.int64(5) was refused as "a positive integer, not np.int64(5)"; it is stored as a plain 5."""
+    anchors = select_anchors(two_scenarios[3], np.int64(5), "random")
+    assert anchors == select_anchors(two_scenarios[3], 5, "random") and type(anchors.budget) is int
+    assert json.loads(anchors.save(tmp_path).read_text())["budget"] == 5
+    for budget in (True, 5.0, "5"):
+        with pytest.raises(UserError, match="positive integer"):
+            select_anchors(two_scenarios[3], budget, "random")
+
+
 def test_kmeans_with_fewer_distinct_items_than_the_budget_still_spends_it_with_unbiased_weights():
     """Few calibration subjects make many items identical: 3 distinct kinds of 50, 30 and 20 items."""
     import warnings

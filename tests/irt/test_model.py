@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.optimize import minimize
 from scipy.special import expit
@@ -249,6 +250,36 @@ def test_fit_rejects_bad_settings(md2pl):
         IRTModel.fit(md2pl[2], backend="stan")
     with pytest.raises(UserError, match="dims must be"):
         IRTModel.fit(md2pl[2], dims=0)
+
+
+def test_fit_names_what_it_takes_and_checks_the_table_as_the_loader_does(tmp_path):
+    """A path was "TypeError: string indices must be integers"; a long table without a scenario
+    column a KeyError 'scenario' (the loader puts it in one scenario); a duplicate went unremarked."""
+    gen = make_synthetic_irt(20, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(8, dims=1, seed=2)
+    data = validate_responses(gen.sample(theta, ids, seed=3))
+    data.to_csv(tmp_path / "responses.csv", index=False)
+    for given in (str(tmp_path / "responses.csv"), tmp_path / "responses.csv", data.to_dict("records")):
+        with pytest.raises(UserError, match=r"takes a response table \(a pandas DataFrame\), not .*load_responses"):
+            IRTModel.fit(given, dims=1)
+    bare = data[["subject", "item", "score"]]
+    model = IRTModel.fit(bare, dims=1)
+    assert model.scenarios == ["all"] and np.array_equal(model.beta, IRTModel.fit(data, dims=1).beta)
+    with pytest.raises(UserError, match="duplicate response for subject"):
+        IRTModel.fit(pd.concat([bare, bare.iloc[:1]]), dims=1)
+
+
+def test_fit_takes_a_numpy_integer_dims_and_saves_it_as_a_number(tmp_path):
+    gen = make_synthetic_irt(20, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(8, dims=1, seed=2)
+    data = validate_responses(gen.sample(theta, ids, seed=3))
+    model = IRTModel.fit(data, dims=np.int64(1))
+    assert model.dims == 1 and model.settings["dims"] == 1
+    model.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["settings"]["dims"] == 1
+    for dims in (True, 1.0, "1"):
+        with pytest.raises(UserError, match="dims must be 'auto' or a positive integer"):
+            IRTModel.fit(data, dims=dims)
 
 
 def test_pyirt_retries_at_a_lower_rate_when_it_diverges(caplog):
