@@ -35,19 +35,35 @@ _LOGGERS = ("lm_eval", "lm-eval", "datasets")
 log = logging.getLogger(__name__)
 
 
-def _quiet() -> None:
-    """lm-eval's and datasets' chatter off: their log lines, and the 'Generating test split' bars
-    datasets draws the first time it reads a task's data (the commands draw their own bars)."""
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """lm-eval's and datasets' chatter off while lm-eval works: their log lines, and the 'Generating
+    test split' bars datasets draws the first time it reads a task's data (the commands draw their
+    own bars). All of it is put back on the way out: set for good, a notebook that resolved a task
+    lost datasets' bars and warnings for whatever it did next."""
     import datasets
 
+    registry = "lm_eval.api.registry"
+    levels = {name: logging.getLogger(name).level for name in (*_LOGGERS, registry)}
+    bars, counts = datasets.is_progress_bar_enabled(), datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
     for name in _LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     # its one error: a metric it cannot find, logged once per lookup before our own one-line refusal
-    logging.getLogger("lm_eval.api.registry").setLevel(logging.CRITICAL)  # (`_check_metric_loads`)
-    datasets.disable_progress_bars()
+    logging.getLogger(registry).setLevel(logging.CRITICAL)  # (`_check_metric_loads`)
+    if bars:
+        datasets.disable_progress_bars()
     # datasets counts each load of its own json/csv loaders with a request to its S3 bucket: a local
-    # task's only network call (an audit saw it under `export --dry-run`), counting nothing of ours
+    # task's only network call (an audit saw it under `export --dry-run`), counting nothing of ours.
+    # Read when a dataset is loaded, which lm-eval does only inside this block (building a task).
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+    try:
+        yield
+    finally:
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = counts
+        if bars:
+            datasets.enable_progress_bars()
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 class _Truncations(logging.Filter):
@@ -217,6 +233,7 @@ def _absolute(files: Any, root: Path, yaml_path: Path) -> Any:
     return str(full)
 
 
+@_quiet()  # lm-eval's registry and datasets' loading, quiet for the call
 def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     """The lm-eval Task objects a spec names, by task name, and the name they go by: one task from
     a registry name, a task YAML or a folder of task YAMLs (a `Path`, or a string with a `/` or a
@@ -224,7 +241,6 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     registry group such as `mmlu`, or a group YAML)."""
     from lm_eval.tasks import TaskManager
 
-    _quiet()
     path, label = Path(spec).expanduser(), str(spec)  # `eval --task ~/t.yaml`: the shell leaves ~ in a quoted path
     if isinstance(spec, Path) or is_path_like(str(spec)):  # a bare name is a name, whatever folder is here
         if not path.exists():
@@ -492,6 +508,7 @@ class LMEvalTask(ItemTable):
     metric; its fitness is the mean over all its items (lm-eval's group score with
     `weight_by_size`)."""
 
+    @_quiet()  # the metric checks, the docs' rendering and the few-shot prompts call into lm-eval too
     def __init__(
         self,
         spec: str | Path,
@@ -571,8 +588,8 @@ class LMEvalTask(ItemTable):
             model.to(self.device)
         lm = self._lm
         if lm is None or lm.model is not model or lm.tokenizer is not tokenizer or lm.device != model.device:
-            _quiet()
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            with _quiet():
+                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
             lm.tok_encode = _remembered_encodings(lm.tok_encode)
             # resolved from the config once, not for every request (2% of a small model's scoring):
             # candidates are merged into this model in place, its config never changes
@@ -623,7 +640,7 @@ class LMEvalTask(ItemTable):
         # one run over every task asked (lm-eval batches their requests together); it pairs the k-th
         # selected doc with the k-th index, so indices are sorted. Its progress bars would print
         # lines for every candidate: they go to a dropped buffer.
-        with contextlib.redirect_stderr(io.StringIO()), _truncations() as truncated:
+        with contextlib.redirect_stderr(io.StringIO()), _quiet(), _truncations() as truncated:
             result = evaluate(
                 lm,
                 {"tasks": {name: self.tasks[name] for name in asked}, "groups": {}, "group_map": {}},

@@ -664,3 +664,38 @@ def test_lm_eval_s_encodings_are_kept_across_candidates_and_equal(char_lm, monke
     assert calls[-2:] == ["x", "x"]
     scores = task.evaluate(model, tokenizer, task.item_ids[:40])
     assert lm is task._wrap(model, tokenizer) and task.evaluate(model, tokenizer, task.item_ids[:40]).equals(scores)
+
+
+def test_resolving_and_scoring_a_task_leave_the_callers_logging_and_datasets_settings(char_lm, monkeypatch):
+    """Resolving a task set the lm_eval and datasets loggers to ERROR, turned datasets' progress
+    bars off and its download counts off for the rest of the process: a notebook that also used
+    datasets lost its bars and warnings. They are set only while lm-eval works."""
+    import datasets
+
+    model, tok = char_lm
+    names = ("lm_eval", "lm-eval", "datasets", "lm_eval.api.registry")
+    levels = {name: logging.getLogger(name).level for name in names}
+    bars = datasets.is_progress_bar_enabled()
+    monkeypatch.setattr(registry, "_CACHE", {})  # built here, not found built by an earlier test
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", True)
+    seen_inside = []
+    real_evaluate = __import__("lm_eval.evaluator", fromlist=["evaluate"]).evaluate
+
+    def evaluate(*args, **kwargs):  # what lm-eval sees: quiet
+        seen_inside.append((logging.getLogger("lm_eval").level, datasets.is_progress_bar_enabled()))
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr("lm_eval.evaluator.evaluate", evaluate)
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.INFO)
+        datasets.enable_progress_bars()
+        task = resolve_task("arith", batch_size=8)
+        task.evaluate(model, tok, task.item_ids[:2])
+        assert {name: logging.getLogger(name).level for name in names} == dict.fromkeys(names, logging.INFO)
+        assert datasets.is_progress_bar_enabled() and datasets.config.HF_UPDATE_DOWNLOAD_COUNTS is True
+        assert seen_inside == [(logging.ERROR, False)]
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
