@@ -10,6 +10,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,9 @@ from evo_merge.search.store import (
     Evaluation,
     in_run,
 )
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
+    from matplotlib.figure import Figure
 
 
 def evaluation_table(evaluations: Sequence[Evaluation], tasks: Sequence[str],
@@ -97,15 +101,13 @@ def progress_table(store: CampaignStore, objectives: Objectives) -> pd.DataFrame
 def plot_pareto(table: pd.DataFrame, tasks: Sequence[str], path: Path, endpoints: Sequence[str] = ()) -> None:
     """One panel per pair of tasks (`task_pairs`); the legend once, on the first; the base and the
     endpoints named beside their points (`endpoints`: the run's names for them)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     pairs = task_pairs(tasks)
     cols = min(3, len(pairs))
     rows = math.ceil(len(pairs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5 * rows), squeeze=False)
+    fig = Figure(figsize=(6 * cols, 5 * rows))  # no pyplot (see `_save`)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (x, y) in zip(axes.flat, pairs):
         _pareto_panel(ax, table, x, y, endpoints)
     for ax in axes.flat[len(pairs):]:
@@ -143,13 +145,11 @@ def _pareto_panel(ax, table: pd.DataFrame, x: str, y: str, endpoints: Sequence[s
 
 
 def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))  # no pyplot (see `_save`)
+    a, b = fig.subplots(1, 2)
     a.plot(progress.generation, progress.hypervolume, marker="o"), a.set_title("hypervolume (estimated)")
     for t in tasks:
         b.plot(progress.generation, progress[f"best_{t}"], marker="o", label=t)
@@ -160,12 +160,13 @@ def plot_progress(progress: pd.DataFrame, tasks: Sequence[str], path: Path) -> N
     _save(fig, path)
 
 
-def _save(fig, path: Path) -> None:
-    """The figure as a PNG, written like every report file (`atomic_write`)."""
-    import matplotlib.pyplot as plt
-
+def _save(fig: Figure, path: Path) -> None:
+    """The figure as a PNG, written like every report file (`atomic_write`). The figures are plain
+    `Figure`s, never pyplot's: a PNG is drawn by the Agg canvas savefig picks for it, so the caller's
+    backend stays (`matplotlib.use("Agg")` switched a notebook's, whose inline figures then went
+    unshown), and no figure is left in pyplot's list to close."""
     buffer = io.BytesIO()
-    fig.tight_layout(), fig.savefig(buffer, format="png", dpi=110), plt.close(fig)
+    fig.tight_layout(), fig.savefig(buffer, format="png", dpi=110)
     atomic_write(path, buffer.getvalue())
 
 

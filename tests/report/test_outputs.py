@@ -369,3 +369,35 @@ def test_push_uploads_a_folder_evo_merge_wrote_and_nothing_else(tracked_run, tmp
     assert broken.exit_code == 2 and "not a card evo-merge wrote" in broken.output, broken.output
     bad = CliRunner().invoke(cli, ["push", str(pick), "me/x.git", "--dry-run"])
     assert bad.exit_code == 2 and "ORG/NAME 'me/x.git': not a Hub repo id" in bad.output
+
+
+def test_a_report_leaves_the_callers_matplotlib_backend(tmp_path):
+    """write_report called matplotlib.use("Agg"): a notebook's backend was switched, and its inline
+    figures went unshown. The figures are drawn without pyplot; the files are PNGs as before."""
+    import matplotlib
+    import matplotlib.image
+
+    from evo_merge.report.campaign import plot_progress
+    from evo_merge.search.candidate import Candidate
+    from evo_merge.search.store import CampaignStore
+
+    before = matplotlib.get_backend()
+    try:
+        matplotlib.use("svg")
+        tasks = ["a", "b"]
+        store = CampaignStore(tmp_path / "run")
+        store.set_meta("facts", {"name": "x", "generations": 1, "weights": None,
+                                 "tasks": [{"name": t, "direction": "maximize", "items": 4} for t in tasks]})
+        key = Candidate("task_arithmetic", (0.5, 0.5), (("lambda", 1.0),)).key
+        store.add(key, phase="search", generation=1, method="task_arithmetic", status="ok",
+                  estimates={"a": 0.6, "b": 0.4}, estimate_se={"a": 0.05, "b": 0.05},
+                  item_scores={t: {f"{t}-{i}": 1.0 for i in range(2)} for t in tasks}, seconds=0.1)
+        with closing(store):
+            write_report(store.run_dir, store, store.get_meta("facts"))
+        progress = pd.DataFrame({"generation": [1, 2], "hypervolume": 0.5, "best_a": 0.5, "best_b": 0.4})
+        plot_progress(progress, tasks, tmp_path / "progress.png")
+        assert matplotlib.get_backend() == "svg"
+        for png in (store.run_dir / "pareto.png", tmp_path / "progress.png"):
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(png).ndim == 3
+    finally:
+        matplotlib.use(before)
