@@ -11,6 +11,7 @@ the pieces once (e.g. TSV-M's orthogonalised factors) and each candidate costs o
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,10 +20,11 @@ from typing import Any
 
 import torch
 
-from evo_merge.errors import UserError, did_you_mean
+from evo_merge.errors import UserError, described, did_you_mean
 from evo_merge.merge.pieces import Piece, add_to, takes_base
 
 ENTRY_POINT_GROUP = "evo_merge.merge_methods"
+log = logging.getLogger(__name__)
 
 Params = Mapping[str, Any]
 # fn(base, deltas, weights, params, name) -> merged tensor
@@ -164,6 +166,8 @@ class MergeMethod:
 
 _REGISTRY: dict[str, MergeMethod] = {}
 _entry_points_loaded = False
+_loading_entry_point: str | None = None  # the entry point being imported (`_load_entry_points`)
+_entry_point_errors: dict[str, str] = {}  # entry point name -> why it could not be loaded
 
 
 def register_method(
@@ -205,6 +209,10 @@ def register_method(
     a matrix product), which the model card then names. `keeps_unchanged`: where every task vector
     of a tensor is zero, the method returns the base exactly (not to rounding: an average of equal
     tensors may differ in its last bit), so merges copy the base there and skip the method.
+    `replace=True` replaces a method registered under `name` (a notebook cell run again); without
+    it a second registration is a ValueError, except from a plugin's entry point, whose clash is
+    logged and the method registered first kept (a notebook's own copy of an installed method made
+    every lookup of an unregistered name a ValueError).
     """
 
     if base not in BASE_MODES:
@@ -212,7 +220,11 @@ def register_method(
 
     def decorator(func: Callable) -> Callable:
         if name in _REGISTRY and not replace:
-            raise ValueError(f"merge method {name!r} is already registered")
+            if _loading_entry_point is None:
+                raise ValueError(f"merge method {name!r} is already registered (replace=True replaces it)")
+            log.warning("merge method %r of the entry point %s is already registered (from %s); that one is kept",
+                        name, _loading_entry_point, _REGISTRY[name].module)
+            return func
         common = dict(n_models=n_models, base=base, uses_weights=uses_weights, check=check, on_models=on_models,
                       threaded=threaded, keeps_unchanged=keeps_unchanged, module=func.__module__,
                       description=(func.__doc__ or "").strip().split("\n")[0])
@@ -257,17 +269,38 @@ def combine_pieces(
 
 
 def _load_entry_points() -> None:
-    global _entry_points_loaded
+    """Import every plugin module of the group, once: its @register_method decorators register.
+
+    One that fails to import (a stale entry point naming a module since renamed, a missing
+    dependency) is logged and skipped, its error kept for a lookup of its name: the first raised
+    a bare ModuleNotFoundError, and every later lookup called the other plugins' methods unknown."""
+    global _entry_points_loaded, _loading_entry_point
     if _entry_points_loaded:
         return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()  # importing the plugin module runs its @register_method decorators
+    _entry_points_loaded = True  # before the loop: a plugin listing the methods as it imports reads, not reloads
+    _entry_point_errors.clear()
+    try:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            where = f"{ep.name} = {ep.value}" + (f" (package {ep.dist.name} {ep.dist.version})" if ep.dist else "")
+            _loading_entry_point = where
+            try:
+                ep.load()
+            except Exception as exc:  # noqa: BLE001  whatever a plugin's import raises
+                _entry_point_errors[ep.name] = f"{where} cannot be loaded ({described(exc)})"
+                log.warning("merge-method entry point %s cannot be loaded (%s); its methods are unavailable",
+                            where, described(exc))
+            finally:
+                _loading_entry_point = None
+    except BaseException:
+        _entry_points_loaded = False  # interrupted: the next lookup tries again
+        raise
 
 
 def get_method(name: str) -> MergeMethod:
     if name not in _REGISTRY:
         _load_entry_points()
+    if name not in _REGISTRY and name in _entry_point_errors:
+        raise UserError(f"merge method {name!r}: its entry point {_entry_point_errors[name]}")
     if name not in _REGISTRY:
         raise UserError(f"unknown merge method {name!r}{did_you_mean(name, list_methods())} "
                         f"(known: {', '.join(list_methods())}){PLUGIN_HINT}")
