@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from evo_merge.errors import UserError, atomic_write
 from evo_merge.tasks.meta import TaskMeta
 
 RESULTS_FILE = "results.json"
@@ -100,8 +101,26 @@ def item_scores_table(item_scores: ItemScores) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["task", "item", "score"])
 
 
-def results_files(item_scores: ItemScores, tasks: Mapping[str, TaskMeta]) -> dict[str, bytes]:
-    """{file name: content} of both results files, for an atomic folder write."""
+def check_item_scores(item_scores: ItemScores, where: str = RESULTS_FILE) -> None:
+    """Every score a number in [0, 1], as every task's per-item scores are (`tasks.base.score_series`
+    holds a task to it; lm-eval metrics not averaged over items, perplexity's among them, are
+    refused as fitnesses): a NaN was written into results.json, which JSON cannot hold, and a 5.0
+    made a mean no task can score."""
+    for task, scores in item_scores.items():
+        for item, score in scores.items():
+            try:
+                value = float(score)
+            except (TypeError, ValueError):
+                value = None
+            if value is None or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+                raise UserError(f"{where}: task {task!r}, item {item!r}: score {score!r} is not a number in [0, 1]")
+
+
+def results_files(item_scores: ItemScores, tasks: Mapping[str, TaskMeta],
+                  where: str = RESULTS_FILE) -> dict[str, bytes]:
+    """{file name: content} of both results files, for an atomic folder write (`where`: what a
+    score refused is said to be for)."""
+    check_item_scores(item_scores, where)
     buffer = io.BytesIO()
     item_scores_table(item_scores).to_parquet(buffer, index=False)
     text = json.dumps(results_json(item_scores, tasks), indent=2, default=str) + "\n"
@@ -111,10 +130,11 @@ def results_files(item_scores: ItemScores, tasks: Mapping[str, TaskMeta]) -> dic
 def write_results(
     folder: str | Path, per_task_item_scores: ItemScores, task_meta: Mapping[str, TaskMeta]
 ) -> list[Path]:
-    """Write `results.json` and `item_scores.parquet` into an exported model folder."""
+    """Write `results.json` and `item_scores.parquet` into an exported model folder, each atomically
+    (a reader sees the old file or the new one, never half), after checking every score."""
     folder = Path(folder)
     written = []
-    for name, content in results_files(per_task_item_scores, task_meta).items():
-        (folder / name).write_bytes(content)
+    for name, content in results_files(per_task_item_scores, task_meta, str(folder / RESULTS_FILE)).items():
+        atomic_write(folder / name, content)
         written.append(folder / name)
     return written
