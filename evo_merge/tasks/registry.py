@@ -123,7 +123,13 @@ def _build(spec: str, settings: dict[str, Any]) -> FitnessTask:
         return _from_plugin(_import_attribute(spec), spec, settings)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:
-            return _from_plugin(ep.load(), spec, settings)
+            try:
+                loaded = ep.load()
+            except (ImportError, AttributeError) as exc:  # a package removed or renamed since it was installed
+                package = f" of the package {ep.dist.name}" if ep.dist is not None else ""
+                raise UserError(f"task {spec!r}: its entry point{package} ({ep.value}) cannot be loaded ({exc}); "
+                                "reinstall or remove that package") from None
+            return _from_plugin(loaded, spec, settings)
     if is_path_like(spec):
         return _made(LMEvalTask, spec, settings, spec)
     shipped = shipped_benchmarks()

@@ -241,6 +241,13 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch, capl
     ep = EntryPoint(name="toy-plugin", value="evo_plugin_demo:TASK", group=registry.ENTRY_POINT_GROUP)
     monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == registry.ENTRY_POINT_GROUP else [])
     assert resolve_task("toy-plugin").name == "plug"
+    # a package renamed since it was installed: a bare ModuleNotFoundError from importlib
+    gone = EntryPoint(name="gone-plugin", value="evo_plugin_renamed_away:TASK", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [gone] if group == registry.ENTRY_POINT_GROUP else [])
+    with pytest.raises(UserError, match=re.escape("task 'gone-plugin': its entry point (evo_plugin_renamed_away:TASK) "
+                                                  "cannot be loaded (No module named 'evo_plugin_renamed_away'); "
+                                                  "reinstall or remove that package")):
+        resolve_task("gone-plugin")
     with pytest.raises(UserError, match="not a FitnessTask"):
         resolve_task("evo_plugin_demo:NOT_A_TASK")
     # a callable needing what no option gives (`--task json:dumps`) was called: its TypeError's traceback
