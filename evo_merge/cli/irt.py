@@ -148,7 +148,7 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
     """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
     from evo_merge.cli.progress import StageBars
     from evo_merge.irt import IRTModel, load_responses
-    from evo_merge.irt.anchors import remove_anchor_sets
+    from evo_merge.irt.anchor_files import remove_anchor_sets
 
     check_irt_model_folder(out, overwrite)  # before the fit's minutes
     options, dims_value = _backend_options(backend, epochs, lr), _dims(dims)  # option errors: not the file's

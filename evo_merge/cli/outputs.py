@@ -48,7 +48,7 @@ def check_irt_model_folder(out: Path, overwrite: bool) -> None:
         raise UserError(f"--out {out}: holds files and no IRT model; refusing to write into it")
     if not overwrite:
         raise UserError(f"--out {out}: holds an IRT model already (--overwrite replaces it and its anchors)")
-    from evo_merge.irt.anchors import refuse_link
+    from evo_merge.irt.anchor_files import refuse_link
 
     refuse_link(out / "anchors")  # its stale sets are removed: not through a link, nor after the fit
 

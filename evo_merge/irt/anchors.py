@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -38,6 +37,7 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
 from evo_merge.errors import UserError, atomic_write
+from evo_merge.irt.anchor_files import anchors_path, refuse_link
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
@@ -109,31 +109,6 @@ class Anchors:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(asdict(self), indent=1))  # a link there is replaced, never written through
         return path
-
-
-def refuse_link(folder: Path) -> None:
-    """An IRT model folder's `anchors/` that is a link (a folder someone sent) would have its sets
-    written, or the user's files deleted, wherever it points."""
-    if folder.is_symlink():
-        raise UserError(f"{folder}: is a link (to {os.readlink(folder)}); anchor sets are written and removed "
-                        "there, so a link is refused: make it a folder")
-
-
-def anchors_path(model_dir: str | Path, method: str, budget: int) -> Path:
-    return Path(model_dir) / "anchors" / f"{method}-{budget}.json"
-
-
-def remove_anchor_sets(model_dir: str | Path) -> None:
-    """Delete the anchor sets stored with a model (`<method>-<budget>.json`), chosen on a model now
-    replaced; any other file the user keeps in `anchors/` stays."""
-    folder = Path(model_dir) / "anchors"
-    refuse_link(folder)
-    for path in folder.glob("*.json"):
-        method, _, budget = path.stem.rpartition("-")
-        if method in METHODS and budget.isdigit():
-            path.unlink()
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
 
 
 def load_anchors(model_dir: str | Path, budget: int | None = None, method: str | None = None,

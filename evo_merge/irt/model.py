@@ -25,6 +25,7 @@ import pandas as pd
 
 from evo_merge.errors import UserError, writing
 from evo_merge.irt.ability import map_logistic
+from evo_merge.irt.anchor_files import refuse_link, remove_anchor_sets
 from evo_merge.irt.backends import BACKENDS, THETA_SD, matrix_options
 from evo_merge.irt.responses import (
     ResponseMatrix,
@@ -251,8 +252,6 @@ class IRTModel:
         """Write the model into `directory`. Over another model its stored anchor sets are removed,
         as `irt fit --overwrite` does: chosen on the model replaced, `load_anchors` would hand them
         out for this one. An `anchors/` that is a link is refused before anything is written."""
-        from evo_merge.irt.anchors import refuse_link, remove_anchor_sets  # anchors imports this module
-
         directory = Path(directory)
         replacing = any((directory / name).exists() for name in ("model.json", "params.npz"))
         if replacing:
