@@ -148,15 +148,13 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
     """Fit a multidimensional 2PL on RESPONSES and store it in --out."""
     from evo_merge.cli.progress import StageBars
     from evo_merge.irt import IRTModel, load_responses
-    from evo_merge.irt.anchor_files import remove_anchor_sets
 
     check_irt_model_folder(out, overwrite)  # before the fit's minutes
     options, dims_value = _backend_options(backend, epochs, lr), _dims(dims)  # option errors: not the file's
     data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
     with naming_file(responses), StageBars() as bars:  # too few subjects, or py-irt diverging on them
         model = IRTModel.fit(data, backend=backend, dims=dims_value, seed=seed, progress=bars, **options)
-    model.save(out)
-    remove_anchor_sets(out)  # chosen on the model it replaced: stale
+    model.save(out)  # over a model: its anchor sets, chosen on it, are removed
     click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "
                f"{len(model.scenarios)} scenario(s), D={model.dims} -> {out}")
 
