@@ -86,21 +86,29 @@ def test_the_reports_and_status_show_the_pooled_estimates_the_finalists_were_cho
     assert f"finalists chosen on estimates pooled over similar recipes ({len(pooled)} candidates;" in status
 
 
+def one_candidate_run(run, estimates: dict[str, float]):
+    """A run folder's store holding one search candidate estimated on tasks `estimates` names
+    (2 items each scored 1), and its key."""
+    from evo_merge.search.candidate import Candidate
+    from evo_merge.search.store import CampaignStore
+
+    store = CampaignStore(run)
+    store.set_meta("facts", {"name": "x", "generations": 1, "weights": None,
+                             "tasks": [{"name": t, "direction": "maximize", "items": 4} for t in estimates]})
+    key = Candidate("task_arithmetic", (0.5, 0.5), (("lambda", 1.0),)).key
+    store.add(key, phase="search", generation=1, method="task_arithmetic", status="ok", estimates=estimates,
+              estimate_se={t: 0.05 for t in estimates},
+              item_scores={t: {f"{t}-{i}": 1.0 for i in range(2)} for t in estimates}, seconds=0.1)
+    return store, key
+
+
 @pytest.mark.parametrize("pooled", [False, True])
 def test_a_pool_column_appears_only_where_the_final_phase_pooled(tmp_path, pooled):
     """A task may be named `carpool_qa`: its `est_`/`meas_` columns hold "pool_", which once
     read as pooled estimates and gave every report of such a run empty pool columns."""
-    from evo_merge.search.candidate import Candidate
-    from evo_merge.search.store import POOLED_META, CampaignStore
+    from evo_merge.search.store import POOLED_META
 
-    tasks = ["carpool_qa", "b"]
-    store = CampaignStore(tmp_path / "run")
-    store.set_meta("facts", {"name": "x", "generations": 1, "weights": None,
-                             "tasks": [{"name": t, "direction": "maximize", "items": 4} for t in tasks]})
-    key = Candidate("task_arithmetic", (0.5, 0.5), (("lambda", 1.0),)).key
-    store.add(key, phase="search", generation=1, method="task_arithmetic", status="ok",
-              estimates={"carpool_qa": 0.6, "b": 0.4}, estimate_se={"carpool_qa": 0.05, "b": 0.05},
-              item_scores={t: {f"{t}-{i}": 1.0 for i in range(2)} for t in tasks}, seconds=0.1)
+    store, key = one_candidate_run(tmp_path / "run", {"carpool_qa": 0.6, "b": 0.4})
     store.add_measurement(key, {"carpool_qa": 0.55, "b": 0.45}, {})
     if pooled:
         store.set_meta(POOLED_META, {key: {"carpool_qa": 0.58, "b": 0.42}})
@@ -378,24 +386,15 @@ def test_a_report_leaves_the_callers_matplotlib_backend(tmp_path):
     import matplotlib.image
 
     from evo_merge.report.campaign import plot_progress
-    from evo_merge.search.candidate import Candidate
-    from evo_merge.search.store import CampaignStore
 
     before = matplotlib.get_backend()
     try:
         matplotlib.use("svg")
-        tasks = ["a", "b"]
-        store = CampaignStore(tmp_path / "run")
-        store.set_meta("facts", {"name": "x", "generations": 1, "weights": None,
-                                 "tasks": [{"name": t, "direction": "maximize", "items": 4} for t in tasks]})
-        key = Candidate("task_arithmetic", (0.5, 0.5), (("lambda", 1.0),)).key
-        store.add(key, phase="search", generation=1, method="task_arithmetic", status="ok",
-                  estimates={"a": 0.6, "b": 0.4}, estimate_se={"a": 0.05, "b": 0.05},
-                  item_scores={t: {f"{t}-{i}": 1.0 for i in range(2)} for t in tasks}, seconds=0.1)
+        store, _ = one_candidate_run(tmp_path / "run", {"a": 0.6, "b": 0.4})
         with closing(store):
             write_report(store.run_dir, store, store.get_meta("facts"))
         progress = pd.DataFrame({"generation": [1, 2], "hypervolume": 0.5, "best_a": 0.5, "best_b": 0.4})
-        plot_progress(progress, tasks, tmp_path / "progress.png")
+        plot_progress(progress, ["a", "b"], tmp_path / "progress.png")
         assert matplotlib.get_backend() == "svg"
         for png in (store.run_dir / "pareto.png", tmp_path / "progress.png"):
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(png).ndim == 3
