@@ -65,7 +65,6 @@ from evo_merge.search.campaign import CampaignRunner, search_space
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.front import Distinct, candidates, choose, pick_rounds, to_measure, warmups_scored_whole
 from evo_merge.search.holdout import HOLDOUT_META
-from evo_merge.search.lock import RunLock
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.store import SEARCH, CampaignStore
@@ -104,10 +103,11 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     store.close()
     if not reuse or stale:
         shutil.rmtree(out, ignore_errors=True)
-    with RunLock(out):  # as `evo-merge run` holds it: two benches reusing one folder would both export into it
-        runner = CampaignRunner.open(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
-        start = time.perf_counter()
-        runner.run()
+    # the runner holds the folder's lock while it opens and runs, as `evo-merge run` holds it: two benches
+    # reusing one folder would both export into it
+    runner = CampaignRunner.open(campaign, zoo, out)  # a finished run in `out` is looked up, not re-evaluated
+    start = time.perf_counter()
+    runner.run()
     return runner, time.perf_counter() - start
 
 

@@ -39,11 +39,11 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, re
 
     `resuming` (resume, export): the folder is opened as those commands open it, so an edited
     campaign.yaml is refused as edited, which running no code tells, before it is taken for someone
-    else's. Otherwise (a new run of the folder's campaign) an edit is allowed, and named where the
-    user's mark covers the tasks the folder ran with, not these."""
+    else's. Otherwise (a new run of the folder's campaign) an edit is allowed, and an edit of the
+    tasks is named as the reason no mark can cover them."""
     from evo_merge.config import Campaign
     from evo_merge.errors import UserError, naming_file
-    from evo_merge.search.binding import differences, open_records, open_run
+    from evo_merge.search.binding import open_records, open_run, tasks_changed
     from evo_merge.search.trust import code_task, is_trusted
     from evo_merge.search.workspace import resolve_campaign
 
@@ -58,11 +58,11 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, re
     try:
         if is_trusted(store, tasks):
             return
-        edited = differences(store, campaign)
+        edited = tasks_changed(store, campaign)
     finally:
         store.close()
-    why = (f"this run folder's campaign.yaml is not the campaign it ran{edited}, whose tasks alone a mark "
-           "covers" if edited is not None else
+    why = ("this run folder's campaign.yaml names other tasks than the folder ran, and a mark covers only the tasks "
+           "a folder ran with" if edited else
            "this run folder was not run by you here (it does not carry your key's mark: received, or from before "
            "evo-merge marked them)")
     raise UserError(f"{campaign_file}: tasks.{code[0]} runs {code[1]}, and {why}; a run folder does not choose what "

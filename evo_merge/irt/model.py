@@ -253,10 +253,6 @@ class IRTModel:
         as `irt fit --overwrite` does: chosen on the model replaced, `load_anchors` would hand them
         out for this one. An `anchors/` that is a link is refused before anything is written."""
         directory = Path(directory)
-        replacing = any((directory / name).exists() for name in ("model.json", "params.npz"))
-        if replacing:
-            refuse_link(directory / "anchors")  # its sets would be removed wherever it points
-        directory.mkdir(parents=True, exist_ok=True)
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": MODEL_KIND,
@@ -271,6 +267,11 @@ class IRTModel:
             "dims_errors": {str(d): e for d, e in self.dims_errors.items()},
         }
         arrays = {k: getattr(self, k) for k in NPZ_KEYS}
+        replacing = (any((directory / name).exists() for name in ("model.json", "params.npz"))
+                     and not _holds(directory, meta, arrays))  # saved again where it was loaded from: its sets stay
+        if replacing:
+            refuse_link(directory / "anchors")  # its sets would be removed wherever it points
+        directory.mkdir(parents=True, exist_ok=True)
         with writing(directory), tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
             np.savez(Path(tmp) / "params.npz", **arrays)
             (Path(tmp) / "model.json").write_text(json.dumps(meta, indent=1))
@@ -329,3 +330,16 @@ class IRTModel:
         if not consistent:
             raise UserError(f"{directory}: model.json and params.npz disagree on the model's shape")
         return model
+
+
+def _holds(directory: Path, meta: dict, arrays: dict[str, np.ndarray]) -> bool:
+    """Whether `directory` holds this model already (model.json and params.npz as `save` writes them):
+    a damaged or different one is not it."""
+    try:
+        if json.loads((directory / "model.json").read_text()) != json.loads(json.dumps(meta)):
+            return False
+        with np.load(directory / "params.npz") as stored:
+            return set(stored.files) == set(arrays) and all(
+                np.array_equal(stored[k], np.asarray(v)) for k, v in arrays.items())
+    except (OSError, ValueError):
+        return False

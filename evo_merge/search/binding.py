@@ -158,6 +158,14 @@ def differences(store: CampaignStore, campaign: Campaign) -> str | None:
     return "" if started is None else _changed(started, given)
 
 
+def tasks_changed(store: CampaignStore, campaign: Campaign) -> bool:
+    """Whether `campaign` names other tasks (names, options, files) than the folder's run recorded
+    (False for a folder bound before its settings were stored: unknown)."""
+    started = store.get_meta(CONFIG_DATA_META)
+    given = json.loads(fingerprinted(campaign, written_at=_defaults_version(store)))
+    return started is not None and started.get("tasks") != given.get("tasks")
+
+
 def _models_moved(store: CampaignStore, started: dict, given: dict) -> bool:
     """Whether the campaigns differ only in where their models are, each model's weights digest
     recorded: a project moved with its models is the same run (opening it checks each model's

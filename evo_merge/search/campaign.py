@@ -82,7 +82,7 @@ class CampaignRunner:
         self.log = EvaluationLog(workspace.store, self.evaluator, self.scoring, progress)
         self.on_generation: list[GenerationDone] = []
         self._evaluator: Evaluator | None = None
-        self._locking, self._created = False, False  # set by `open`: whether `run` takes the lock; a new folder
+        self._locking = False  # set by `open`: whether `run` takes the run folder's lock
         self.followed = False  # whether the campaign's trackers follow it (report.tracking.follow_campaign)
 
     @classmethod
@@ -119,7 +119,7 @@ class CampaignRunner:
                 if new:
                     remove_unused_run_folder(run_dir)
                 raise
-        runner._locking, runner._created = lock, new
+        runner._locking = lock
         return runner
 
     def check_holdout(self) -> None:
@@ -276,12 +276,7 @@ class CampaignRunner:
         (evaluation id, folder)). The run is marked finished at the end, after `report` (told the
         picks) has written what the user reads: a run cut short while writing it is not finished."""
         with RunLock(self.workspace.run_dir) if self._locking else nullcontext():
-            try:
-                return self._run(report)
-            except BaseException:
-                if self._created:  # a start that failed before any evaluation leaves no folder bound to it
-                    remove_unused_run_folder(self.workspace.run_dir)
-                raise
+            return self._run(report)
 
     def _run(self, report: Callable[[dict[str, tuple[int, Path]]], None] | None,
              ) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:

@@ -150,8 +150,11 @@ def test_saving_over_another_model_drops_its_anchor_sets(tmp_path, torch_model, 
     from evo_merge.irt import load_anchors, select_anchors
 
     folder = torch_model.save(tmp_path / "m")
-    select_anchors(torch_model, budget=5, method="random").save(folder)
+    chosen = select_anchors(torch_model, budget=5, method="random")
+    chosen.save(folder)
     (folder / "anchors" / "notes.txt").write_text("mine")
+    IRTModel.load(folder).save(folder)  # the same model saved again where it was loaded from: its sets stay
+    assert load_anchors(folder, budget=5, method="random") == chosen
     other = make_model([1.0, 2.0], [0.0, 1.0])
     other.save(folder)
     with pytest.raises(UserError, match="no stored anchor sets match"):

@@ -108,3 +108,28 @@ def test_paths_given_as_strings_or_under_home_are_read_as_the_commands_read_them
     store, facts = read_run("~/run")
     store.close()
     assert facts["generations"] == 1
+
+
+def test_a_run_interrupted_in_its_first_seconds_runs_again_into_its_folder(tmp_path, zoo):
+    """A runner that removed its new folder when run() failed went on writing a removed database:
+    the retry's evaluations and picks were lost, and the folder was no run folder after."""
+    run = tmp_path / "run"
+    interrupted: list[bool] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+
+    with CampaignRunner.open(small(zoo), tmp_path, run, progress) as runner:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run()
+        runner.progress = lambda *_: None
+        measured, exported = runner.run()
+    from evo_merge.search.binding import read_run
+
+    store, _ = read_run(run)  # the folder is a run folder, holding what the retry evaluated
+    stored = store.evaluations()
+    store.close()
+    assert measured and exported and {e.id for e in measured} <= {e.id for e in stored}
+    assert (run / "models" / "balanced" / "config.json").is_file()

@@ -452,8 +452,26 @@ def test_the_user_s_folder_with_edited_tasks_is_said_edited_not_someone_else_s(r
     planned = invoke("plan", mine / "campaign.yaml", "--out", tmp_path / "new")
     assert planned.exit_code == 2 and planned.output.strip().splitlines() == [
         f"error: {mine / 'campaign.yaml'}: tasks.0 runs the plugin marking_task:marked (imported and called), and "
-        "this run folder's campaign.yaml is not the campaign it ran (changed: tasks), whose tasks alone a mark "
-        "covers; a run folder does not choose what code runs: read its campaign.yaml, then pass "
+        "this run folder's campaign.yaml names other tasks than the folder ran, and a mark covers only the tasks a "
+        "folder ran with; a run folder does not choose what code runs: read its campaign.yaml, then pass "
         "--trust-tasks"], planned.output
     assert runs(marker) == before and not (tmp_path / "pick").exists()
     assert invoke("plan", mine / "campaign.yaml", "--out", tmp_path / "new", "--trust-tasks").exit_code == 0
+
+
+def test_someone_else_s_folder_with_another_setting_edited_is_said_not_to_be_yours(received, tmp_path, monkeypatch):
+    """Only an edit of the tasks is the reason a mark cannot cover them: a received folder whose
+    seed was edited was said to be a campaign "whose tasks alone a mark covers"."""
+    import shutil
+
+    import yaml
+
+    run, _ = received
+    theirs = tmp_path / "theirs"
+    shutil.copytree(run, theirs)
+    config = yaml.safe_load((theirs / "campaign.yaml").read_text())
+    config["algorithm"]["seed"] += 1
+    (theirs / "campaign.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another user"))
+    planned = invoke("plan", theirs / "campaign.yaml", "--out", tmp_path / "new")
+    assert planned.exit_code == 2 and "this run folder was not run by you here" in planned.output, planned.output
