@@ -232,8 +232,9 @@ class Estimator:
         observed = ~np.isnan(resp)
         y = np.where(observed, resp, 0.0)
         count = observed @ self._item_onehot
-        mean = (y @ self._item_onehot) / count
-        v_hat = np.nanmean(((y**2) @ self._item_onehot) / count - mean**2, axis=0)
+        with np.errstate(invalid="ignore"):  # NaN where a subject has no item of the scenario: nanmean skips it
+            mean = (y @ self._item_onehot) / count
+            v_hat = np.nanmean(((y**2) @ self._item_onehot) / count - mean**2, axis=0)
         return v_hat * self._sampling
 
     def _fold_anchors(self, fold: int) -> Anchors:
