@@ -183,3 +183,32 @@ def test_a_duration_reads_as_a_clock_and_a_clock_set_back_as_zero():
     from evo_merge.progress import hms
 
     assert hms(3723.9) == "1:02:03" and hms(59) == "0:00:59" and hms(-5) == "0:00:00"  # was -1:59:55
+
+
+def test_a_log_under_force_color_gets_lines_not_bar_frames(capsys, monkeypatch):
+    """FORCE_COLOR (set by many CI systems) made rich take the log for a terminal: a tiny run wrote
+    hundreds of KB of redrawn bars and no stage line."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    with StageBars() as bars:
+        for done in range(3):
+            bars("calibration", done, 2)
+    assert capsys.readouterr().err.splitlines() == ["calibration: 2/2 in 0:00:00"]
+
+
+def test_a_dumb_terminal_gets_lines_where_rich_draws_no_bars(monkeypatch):
+    """On TERM=dumb rich draws no bars and the lines were off (it is a terminal): nothing until the end."""
+    from evo_merge.cli.progress import live
+
+    class Tty(StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("TERM", "dumb")
+    log = Tty()
+    console = Console(file=log)
+    assert not live(console)
+    lines = StageLines(console, every=0.0)
+    lines("calibration", 2, 2)
+    assert log.getvalue().splitlines() == ["calibration: 2/2 in 0:00:00"]
+    monkeypatch.setenv("TERM", "xterm")
+    assert live(Console(file=Tty()))

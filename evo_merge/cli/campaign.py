@@ -173,7 +173,7 @@ def _run(runner) -> None:
     # (measurements, the baselines, estimates refined since their generation)
     tracker.log_evaluations(store.evaluations())
     tracker.finish(workspace.run_dir)
-    console = results_console()
+    console = results_console(soft_wrap=True)  # a path printed is one line, for a script reading it
     by_id = {m.id: m for m in measured}
     picks = {name: by_id[eid] for name, (eid, _) in exported.items()}  # exported picks are measured candidates
     console.print(_summary_table(runner, picks))

@@ -1,8 +1,9 @@
 """How a command ends on a fault a user can cause or meet: one line on stderr and an exit code.
 
 Mistakes in input (`UserError`) and faults of the machine (a read-only folder, a full disk, a
-path under a file) are exit 2 with the file named; Ctrl-C is 130 and SIGTERM 143, as shells
-expect, after `finally` blocks have cleaned up. Everything else is a bug and keeps its
+path under a file) are exit 2 with the file named; Ctrl-C is 130, SIGTERM 143 and SIGHUP (the
+terminal of a run started without nohup closed) 129, as shells expect, after `finally` blocks
+have cleaned up. Everything else is a bug and keeps its
 traceback, as does every fault under `evo-merge --debug`.
 """
 
@@ -35,19 +36,26 @@ class Interrupted(Fault):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch scheduler's preemption, `kill`), raised where Ctrl-C raises
-    KeyboardInterrupt: the same cleanup, the same line saying how to go on, exit 143."""
+    """SIGTERM (a batch scheduler's preemption, `kill`) or SIGHUP (a closed terminal), raised where
+    Ctrl-C raises KeyboardInterrupt: the same cleanup, the same line saying how to go on, and the
+    exit code of the signal (128 + its number)."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class TerminatedFault(Interrupted):
-    exit_code = 128 + signal.SIGTERM
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def stopped(exc: KeyboardInterrupt, rest: str = "") -> Interrupted:
-    """The line a command stopped by Ctrl-C or SIGTERM ends with: "interrupted" or "terminated",
-    then `rest` (when it was stopped, how to go on)."""
+    """The line a command stopped by Ctrl-C, SIGTERM or SIGHUP ends with: "interrupted" or
+    "terminated", then `rest` (when it was stopped, how to go on)."""
     if isinstance(exc, Terminated):
-        return TerminatedFault("terminated" + rest)
+        return TerminatedFault("terminated" + rest, exc.signum)
     return Interrupted("interrupted" + rest)
 
 
@@ -68,9 +76,12 @@ def as_fault(exc: BaseException) -> Fault | None:
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-    raise Terminated  # unwinds: temporary folders are removed, the run lock released
+    raise Terminated(signum)  # unwinds: temporary folders are removed, the run lock released
 
 
 def exit_cleanly_on_sigterm() -> None:
-    """Turn SIGTERM into an exception, so the cleanup a kill would skip still runs."""
+    """Turn SIGTERM and SIGHUP into an exception, so the cleanup a kill would skip still runs. A
+    SIGHUP ignored already (`nohup`) stays ignored."""
     signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _terminate)

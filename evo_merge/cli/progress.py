@@ -26,9 +26,20 @@ PER_CANDIDATE = tuple(JOB_PARTS.values())  # the suffixes of the stages that fol
 T = TypeVar("T")
 
 
+def live(console: Console) -> bool:
+    """Whether bars redraw on `console`: a real terminal that is not `TERM=dumb` (where rich draws no
+    bars, and a run said nothing until it ended). `FORCE_COLOR`, set in many CI systems, makes rich
+    take a log file for a terminal, which then filled with bar frames (hundreds of KB a minute)."""
+    try:
+        tty = console.file.isatty()
+    except (AttributeError, ValueError):  # closed, or no file at all
+        tty = False
+    return tty and console.is_interactive
+
+
 def _bars(**options) -> Progress:
     console = Console(stderr=True)
-    return Progress(*_columns(), console=console, disable=not console.is_terminal, **options)
+    return Progress(*_columns(), console=console, disable=not live(console), **options)
 
 
 @contextmanager
@@ -62,7 +73,7 @@ class StageLines:
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         # a stage with nothing to do (a finished run's resume: "race: 0/0") is not a line
-        if self.console.is_terminal or stage in self.ended or total == 0:
+        if live(self.console) or stage in self.ended or total == 0:
             return
         with self.lock:
             self._told(stage, done, total)
@@ -104,7 +115,7 @@ class StageLines:
     def watching(self) -> Iterator[StageLines]:
         """Check for a quiet stage from a background thread while inside (not on a terminal, where
         the bars' clocks run)."""
-        if self.console.is_terminal:
+        if live(self.console):
             yield self
             return
         stop = threading.Event()

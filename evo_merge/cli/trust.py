@@ -64,6 +64,18 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, re
     why = ("this run folder's campaign.yaml names other tasks than the folder ran, and a mark covers only the tasks "
            "a folder ran with" if edited else
            "this run folder was not run by you here (it does not carry your key's mark: received, or from before "
-           "evo-merge marked them)")
+           f"evo-merge marked them{_no_key()})")
     raise UserError(f"{campaign_file}: tasks.{code[0]} runs {code[1]}, and {why}; a run folder does not choose what "
                     "code runs: read its campaign.yaml, then pass --trust-tasks")
+
+
+def _no_key() -> str:
+    """Where the user holds no key: the run that bound their own folder could not keep one (a
+    read-only or missing home), which its warning said then."""
+    from evo_merge.search.trust import key_file
+
+    try:
+        path = key_file()
+        return "" if path.exists() else f", or your key could not be kept at {path} when it ran"
+    except OSError:
+        return ", or no key of yours could be kept when it ran (no home folder)"

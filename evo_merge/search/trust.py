@@ -37,7 +37,13 @@ def key_file() -> Path:
     relative, which the XDG rules say to ignore: a key in the working directory is another key in
     every folder a command runs from)."""
     config = os.environ.get("XDG_CONFIG_HOME", "")
-    return (Path(config) if os.path.isabs(config) else Path.home() / ".config") / "evo-merge" / "run-key"
+    if os.path.isabs(config):
+        return Path(config) / "evo-merge" / "run-key"
+    try:
+        home = Path.home()
+    except RuntimeError as exc:  # no HOME and no passwd entry (a container run as an arbitrary uid): no key
+        raise OSError(f"no home folder to keep evo-merge's run key in ({exc}); set HOME or XDG_CONFIG_HOME") from None
+    return home / ".config" / "evo-merge" / "run-key"
 
 
 class DamagedKey(OSError):
@@ -98,12 +104,14 @@ def mark_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> None:
     needs --trust-tasks, as a received one does."""
     if code_task(tasks) is None:
         return
-    path = key_file()
+    path = None
     try:
+        path = key_file()
         key = _read_key(path) or _make_key(path)
     except OSError as exc:
-        log.warning("cannot keep evo-merge's run key at %s (%s): this run folder is not marked as run by you, "
-                    "and resuming or exporting it will need --trust-tasks", path, exc.strerror or exc)
+        log.warning("cannot keep evo-merge's run key%s (%s): this run folder is not marked as run by you, "
+                    "and resuming or exporting it will need --trust-tasks", f" at {path}" if path else "",
+                    exc.strerror or exc)
         return
     try:
         marks = store.get_meta(TRUST_META, [])

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 import torch
@@ -450,7 +451,8 @@ def test_a_failed_start_leaves_no_run_folder_and_the_fixed_config_starts(tmp_pat
 # ---------------------------------------------------------------- signals and --debug
 
 @pytest.mark.parametrize(("sent", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
-                                                    (signal.SIGTERM, 143, "terminated")])  # a scheduler's preemption
+                                                    (signal.SIGTERM, 143, "terminated"),  # a scheduler's preemption
+                                                    (signal.SIGHUP, 129, "terminated")])  # a terminal closed
 def test_ctrl_c_or_sigterm_exits_with_the_resume_command_and_frees_the_folder(tmp_path, zoo, sent, code,  # noqa: F811
                                                                               word):
     run = tmp_path / "run"
@@ -1327,3 +1329,16 @@ def test_a_candidate_the_store_does_not_hold_is_named(tmp_path):
                 call()
     finally:
         store.close()
+
+
+def test_the_paths_a_run_prints_are_one_line_each_for_a_script_to_read(finished, tmp_path):
+    """Sent to a pipe, `model NAME: PATH` and `report: PATH` were folded at 200 columns, in the
+    middle of a long path: `sed -n 's/^model balanced: //p'` found nothing."""
+    deep = tmp_path / ("a-long-folder-name-" * 6) / ("another-long-one-" * 6) / "run"
+    shutil.copytree(finished[0], deep)
+    result = CliRunner().invoke(cli, ["resume", str(deep)])
+    assert result.exit_code == 0, result.output
+    printed = result.stdout.splitlines()
+    assert f"report: {deep / 'report.md'}" in printed
+    models = [line.removeprefix("model ").split(": ", 1) for line in printed if line.startswith("model ")]
+    assert models and all((deep / "models" / Path(path).name) == Path(path) for _, path in models), printed

@@ -75,8 +75,8 @@ def test_someone_else_s_folder_runs_no_task_code_without_the_user_s_word(receive
         assert result.output.strip().splitlines() == [
             f"error: {run / 'campaign.yaml'}: tasks.0 runs the plugin marking_task:marked (imported and called), "
             "and this run folder was not run by you here (it does not carry your key's mark: received, or from "
-            "before evo-merge marked them); a run folder does not choose what code runs: read its campaign.yaml, "
-            "then pass --trust-tasks"]
+            f"before evo-merge marked them, or your key could not be kept at {key_file()} when it ran); a run "
+            "folder does not choose what code runs: read its campaign.yaml, then pass --trust-tasks"]
     assert runs(marker) == before and not (tmp_path / "pick").exists()
     status = invoke("status", run)  # reading a folder runs no task: no word needed
     assert status.exit_code == 0 and runs(marker) == before
@@ -475,3 +475,31 @@ def test_someone_else_s_folder_with_another_setting_edited_is_said_not_to_be_you
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another user"))
     planned = invoke("plan", theirs / "campaign.yaml", "--out", tmp_path / "new")
     assert planned.exit_code == 2 and "this run folder was not run by you here" in planned.output, planned.output
+
+
+def test_no_home_folder_leaves_the_folder_unmarked_and_the_run_going(received, tmp_path, monkeypatch, caplog):
+    """A container run as a uid with no passwd entry and no HOME: Path.home() raised RuntimeError,
+    which the key's OSError handling did not catch (a traceback from run, resume, export, plan)."""
+    from evo_merge.config import TaskSpec
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.search.trust import TRUST_META, mark_trusted
+
+    def homeless() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setattr(Path, "home", staticmethod(homeless))
+    store = CampaignStore(tmp_path / "run")
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        mark_trusted(store, [TaskSpec(task="mine:task", name="t")])
+    assert store.get_meta(TRUST_META) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot keep evo-merge's run key (no home folder to keep evo-merge's run key in (Could not determine home "
+        "directory.); set HOME or XDG_CONFIG_HOME): this run folder is not marked as run by you, and resuming or "
+        "exporting it will need --trust-tasks"]
+    store.close()
+    run, _ = received
+    refused = invoke("resume", run)
+    assert refused.exit_code == 2 and refused.output.strip().endswith(
+        "from before evo-merge marked them, or no key of yours could be kept when it ran (no home folder)); a run "
+        "folder does not choose what code runs: read its campaign.yaml, then pass --trust-tasks"), refused.output
