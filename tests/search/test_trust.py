@@ -55,6 +55,22 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+def edited_copy(run, folder, edit) -> None:
+    """A copy of run folder `run` in `folder`, its campaign.yaml changed by `edit(config)`."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(run, folder)
+    config = yaml.safe_load((folder / "campaign.yaml").read_text())
+    edit(config)
+    (folder / "campaign.yaml").write_text(yaml.safe_dump(config))
+
+
+def next_seed(config) -> None:
+    config["algorithm"]["seed"] += 1
+
+
 def test_a_folder_run_here_resumes_and_exports_as_before(received):
     run, marker = received
     before = runs(marker)
@@ -403,16 +419,9 @@ def test_the_latest_marks_are_kept(received, tmp_path, monkeypatch):
 def test_the_user_s_folder_with_an_edited_campaign_starts_in_a_new_folder_as_resume_says(received, tmp_path):
     """`resume` of an edited folder says to start the edited campaign in a new run folder; the
     trust check refused that too (it read the folder as `resume` does, edit and all)."""
-    import shutil
-
-    import yaml
-
     run, _ = received
     mine = tmp_path / "mine"
-    shutil.copytree(run, mine)
-    config = yaml.safe_load((mine / "campaign.yaml").read_text())
-    config["algorithm"]["seed"] += 1
-    (mine / "campaign.yaml").write_text(yaml.safe_dump(config))
+    edited_copy(run, mine, next_seed)
     refused = invoke("resume", mine)
     assert refused.exit_code == 2 and "start the edited campaign in a new run folder" in refused.output
     planned = invoke("plan", mine / "campaign.yaml", "--out", tmp_path / "new")
@@ -433,16 +442,9 @@ def test_the_user_s_folder_with_edited_tasks_is_said_edited_not_someone_else_s(r
     """An edit of the tasks themselves leaves the user's mark covering the tasks the folder ran
     with: `resume` and `export` say the file was edited (what passing --trust-tasks would end on),
     and a new run of the edited campaign is asked for the user's word on tasks no folder ran."""
-    import shutil
-
-    import yaml
-
     run, marker = received
     mine = tmp_path / "mine"
-    shutil.copytree(run, mine)
-    config = yaml.safe_load((mine / "campaign.yaml").read_text())
-    config["tasks"][0]["options"]["seed"] = 7
-    (mine / "campaign.yaml").write_text(yaml.safe_dump(config))
+    edited_copy(run, mine, lambda config: config["tasks"][0]["options"].update(seed=7))
     before = runs(marker)
     for args in (["resume", mine], ["export", mine, "--pick", 1, "--out", tmp_path / "pick"]):
         refused = invoke(*args)
@@ -462,16 +464,9 @@ def test_the_user_s_folder_with_edited_tasks_is_said_edited_not_someone_else_s(r
 def test_someone_else_s_folder_with_another_setting_edited_is_said_not_to_be_yours(received, tmp_path, monkeypatch):
     """Only an edit of the tasks is the reason a mark cannot cover them: a received folder whose
     seed was edited was said to be a campaign "whose tasks alone a mark covers"."""
-    import shutil
-
-    import yaml
-
     run, _ = received
     theirs = tmp_path / "theirs"
-    shutil.copytree(run, theirs)
-    config = yaml.safe_load((theirs / "campaign.yaml").read_text())
-    config["algorithm"]["seed"] += 1
-    (theirs / "campaign.yaml").write_text(yaml.safe_dump(config))
+    edited_copy(run, theirs, next_seed)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another user"))
     planned = invoke("plan", theirs / "campaign.yaml", "--out", tmp_path / "new")
     assert planned.exit_code == 2 and "this run folder was not run by you here" in planned.output, planned.output
