@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from evo_merge.errors import UserError, atomic_write
+from evo_merge.errors import atomic_write, naming_file
+from evo_merge.tasks.base import score_series
 from evo_merge.tasks.meta import TaskMeta
 
 RESULTS_FILE = "results.json"
@@ -102,18 +103,12 @@ def item_scores_table(item_scores: ItemScores) -> pd.DataFrame:
 
 
 def check_item_scores(item_scores: ItemScores, where: str = RESULTS_FILE) -> None:
-    """Every score a number in [0, 1], as every task's per-item scores are (`tasks.base.score_series`
-    holds a task to it; lm-eval metrics not averaged over items, perplexity's among them, are
-    refused as fitnesses): a NaN was written into results.json, which JSON cannot hold, and a 5.0
-    made a mean no task can score."""
-    for task, scores in item_scores.items():
-        for item, score in scores.items():
-            try:
-                value = float(score)
-            except (TypeError, ValueError):
-                value = None
-            if value is None or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-                raise UserError(f"{where}: task {task!r}, item {item!r}: score {score!r} is not a number in [0, 1]")
+    """Every score a number in [0, 1], as a task's per-item scores are held to (`score_series`; lm-eval
+    metrics not averaged over items, perplexity's among them, are refused as fitnesses): a NaN was
+    written into results.json, which JSON cannot hold, and a 5.0 made a mean no task can score."""
+    with naming_file(where):
+        for task, scores in item_scores.items():
+            score_series(task, list(scores), list(scores.values()))
 
 
 def results_files(item_scores: ItemScores, tasks: Mapping[str, TaskMeta],
