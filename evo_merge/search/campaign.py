@@ -73,7 +73,9 @@ def search_space(workspace: Workspace) -> SearchSpace:
 
 class CampaignRunner:
     def __init__(self, workspace: Workspace, tasks: dict[str, FitnessTask], holdout: dict[str, list[str]],
-                 progress: Progress = no_progress, evaluator_factory: Callable[..., Evaluator] = make_evaluator):
+                 progress: Progress = no_progress, evaluator_factory: Callable[..., Evaluator] = make_evaluator,
+                 lock: bool = False):
+        """`lock`: whether `run` holds the run folder's lock (`open`'s)."""
         campaign = workspace.campaign
         self.workspace, self.tasks, self.holdout, self._factory = workspace, tasks, holdout, evaluator_factory
         self.objectives = campaign_objectives(campaign)
@@ -82,7 +84,7 @@ class CampaignRunner:
         self.log = EvaluationLog(workspace.store, self.evaluator, self.scoring, progress)
         self.on_generation: list[GenerationDone] = []
         self._evaluator: Evaluator | None = None
-        self._locking = False  # set by `open`: whether `run` takes the run folder's lock
+        self._locking = lock
         self.followed = False  # whether the campaign's trackers follow it (report.tracking.follow_campaign)
 
     @classmethod
@@ -111,7 +113,8 @@ class CampaignRunner:
                 record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()},
                              workspace.stored_dtype_name(), workspace.storage_rounding())
                 record_task_meta(workspace.store, spec, tasks)
-                runner = cls(workspace, tasks, holdout_items(tasks, spec.final.holdout, spec.algorithm.seed), progress)
+                runner = cls(workspace, tasks, holdout_items(tasks, spec.final.holdout, spec.algorithm.seed), progress,
+                             lock=lock)
                 runner.check_holdout()
             except BaseException:
                 if workspace is not None:
@@ -119,7 +122,6 @@ class CampaignRunner:
                 if new:
                     remove_unused_run_folder(run_dir)
                 raise
-        runner._locking = lock
         return runner
 
     def check_holdout(self) -> None:
