@@ -65,6 +65,7 @@ class StageLines:
 
     def __init__(self, console: Console, every: float = 30.0, quiet: float = 300.0):
         self.console, self.every, self.quiet = console, every, quiet
+        self.live = live(console)  # asked once: every progress call of a run comes here
         self.times: dict[str, tuple[float, float]] = {}  # stage -> (started, last line)
         self.ended: set[str] = set()
         self.open: dict[str, tuple[int, int]] = {}  # stages not ended -> (done, total), the last told last
@@ -73,7 +74,7 @@ class StageLines:
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         # a stage with nothing to do (a finished run's resume: "race: 0/0") is not a line
-        if live(self.console) or stage in self.ended or total == 0:
+        if self.live or stage in self.ended or total == 0:
             return
         with self.lock:
             self._told(stage, done, total)
@@ -115,7 +116,7 @@ class StageLines:
     def watching(self) -> Iterator[StageLines]:
         """Check for a quiet stage from a background thread while inside (not on a terminal, where
         the bars' clocks run)."""
-        if live(self.console):
+        if self.live:
             yield self
             return
         stop = threading.Event()
