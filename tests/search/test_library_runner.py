@@ -2,6 +2,7 @@
 run folder's checks and lock, a failed start that leaves no folder, and models released after."""
 
 import logging
+import sqlite3
 
 import pytest
 import yaml
@@ -41,6 +42,8 @@ def test_a_library_run_holds_the_folder_s_lock_while_it_works(tmp_path, zoo):
         runner.run()
     assert seen and seen[0] != "none"
     assert holder(run) is None and (run / "models" / "balanced" / "config.json").is_file()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):  # the with block closed the database
+        runner.workspace.store.evaluations()
 
 
 def test_a_failed_start_leaves_no_folder_and_the_corrected_campaign_starts_in_it(tmp_path, zoo):
