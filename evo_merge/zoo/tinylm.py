@@ -359,6 +359,8 @@ def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool, p
         console.print(f"tiny-lm zoo in {out} is up to date (settings {settings.key()}); reusing it")
     else:
         claim_zoo_folder(out, "tiny-lm", settings.key(), force)
+        # the first progress line comes 30 s later in a log: what the silence is, where it goes, how long
+        console.print(f"building the tiny-lm zoo into {out} (training here: a few minutes on a CPU)")
         start, cpu = time.perf_counter(), time.process_time()
         tokenizer, models = train_zoo_models(settings, progress)
         trained = time.perf_counter() - start
