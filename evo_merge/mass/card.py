@@ -54,7 +54,7 @@ def mass_card(
             "This folder is **not** a plain transformers model: it holds a base model and the task",
             f"singular-vector factors of {len(tasks)} fine-tuned models ({', '.join(md(t) for t in tasks)}). "
             "For each input,",
-            "[evo-merge](https://pypi.org/project/evo-merge/) routes the hidden state entering block",
+            "evo-merge routes the hidden state entering block",
             f"{routing.layer}'s MLP",
             "to the tasks whose subspaces explain it best and answers with the TSV-M merge of those tasks",
             f"(threshold {routing.threshold}, at most {routing.max_tasks} tasks, token: {routing.token}).",

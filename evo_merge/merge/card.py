@@ -189,7 +189,7 @@ def model_card(
         *front_matter(front),
         f"# {md(title)}",
         "",
-        f"Built with [evo-merge](https://pypi.org/project/evo-merge/) using **{md(recipe.merge_method)}**{over}.",
+        f"Built with evo-merge using **{md(recipe.merge_method)}**{over}.",
         "",
         *chosen_section(chosen_as),
     ]

@@ -431,3 +431,17 @@ def test_a_decomposing_method_s_card_names_the_thread_count_its_bits_need(zoo, t
                     "--out", str(rebuilt)], check=True, env=env, capture_output=True)
     ours, again = load_file(tmp_path / "tsv" / "model.safetensors"), load_file(rebuilt / "model.safetensors")
     assert ours.keys() == again.keys() and all(torch.equal(ours[k], again[k]) for k in ours)
+
+
+def test_cards_link_to_no_pypi_project(zoo):
+    """pypi.org/project/evo-merge does not exist: a link to it pointed readers at a name anyone
+    could register. The cards name evo-merge without a link, and keep the command that rebuilds."""
+    _, base, fts = zoo
+    merged = model_card(recipe_for(base, fts))
+    mass = mass_card(["a", "b"], [str(f) for f in fts], str(base),
+                     RoutingConfig(layer=0, weight="model.layers.0.mlp.gate_proj.weight"))
+    for text in (merged, mass):
+        assert "pypi.org" not in text and "](http" not in ModelCard(text).text
+    assert "Built with evo-merge using **ties** over the base model" in merged
+    assert "evo-merge merge merge_recipe.yaml" in merged
+    assert "evo-merge routes the hidden state entering block" in mass
