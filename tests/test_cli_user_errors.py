@@ -643,3 +643,19 @@ def test_mass_build_names_the_option_of_a_value_out_of_range(tmp_path, option, v
     code, out = invoke("mass", "build", "--base", tmp_path / "base", "--models", tmp_path / "a", tmp_path / "b",
                        "--out", tmp_path / "o", option, value)
     one_line_error(code, out, f"error: {option} {value}: ")
+
+
+def test_a_missing_irt_models_folder_names_the_shipped_one(tmp_path, family):
+    """`estimator: {irt_model: irt_models}`, as the docs write it, is a checkout's folder: run
+    elsewhere (a wheel install) it was only "no such folder"; the installed copy's path is said."""
+    from evo_merge.shipped import shipped_dir
+
+    shipped = shipped_dir("irt_models")
+    assert shipped is not None and (shipped / "arith" / "model.json").is_file()
+    path = campaign(tmp_path, family, estimator={"irt_model": "irt_models"})
+    one_line_error(*invoke("plan", path), f"estimator.irt_model: {tmp_path / 'irt_models'}: no such folder; the IRT "
+                   f"models shipped with evo-merge are in {shipped}")
+    path = campaign(tmp_path, family, estimator={"irt_model": "elsewhere"})  # another name: no guess
+    code, output = invoke("plan", path)
+    one_line_error(code, output, "no such folder")
+    assert "shipped" not in output

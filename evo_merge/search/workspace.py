@@ -390,6 +390,17 @@ def _check_calibration_size(campaign: Campaign) -> None:
                         f"{MIN_SUBJECTS}: set it to {MIN_SUBJECTS - 1 - len(campaign.models)} or more")
 
 
+def _shipped_hint(folder: Path) -> str:
+    """`irt_model: irt_models`, as the docs write it, is the checkout's folder: outside one (a wheel
+    install), the path of the copy the package carries, to paste."""
+    from evo_merge.shipped import shipped_dir
+
+    shipped = shipped_dir("irt_models")
+    if folder.name != "irt_models" or shipped is None:
+        return ""
+    return f"; the IRT models shipped with evo-merge are in {shipped}"
+
+
 def _check_irt_models(campaign: Campaign) -> None:
     """A campaign scored by fitted IRT models has one per task: checked before anything is evaluated,
     not when the search first needs it, after calibration."""
@@ -397,7 +408,7 @@ def _check_irt_models(campaign: Campaign) -> None:
         return
     folder = Path(campaign.estimator.irt_model)
     if not folder.is_dir():
-        raise UserError(f"estimator.irt_model: {folder}: no such folder")
+        raise UserError(f"estimator.irt_model: {folder}: no such folder{_shipped_hint(folder)}")
     for task in campaign.tasks:
         if not (folder / task.label / "model.json").is_file():
             # a run folder given for its irt/: the way there, not only `irt fit`
