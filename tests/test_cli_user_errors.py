@@ -659,3 +659,21 @@ def test_a_missing_irt_models_folder_names_the_shipped_one(tmp_path, family):
     code, output = invoke("plan", path)
     one_line_error(code, output, "no such folder")
     assert "shipped" not in output
+
+
+@pytest.mark.parametrize("section, missing, expected", [
+    ({"evaluator": {"kind": "dask", "n_workers": 1}}, "distributed",
+     "evaluator: kind dask needs dask.distributed, which is not installed: pip install 'evo-merge[distributed]'"),
+    ({"tracking": {"mlflow": {}}}, "mlflow",
+     "tracking.mlflow: the mlflow package is not installed (pip install 'evo-merge[tracking]')"),
+    ({"tracking": {"wandb": {"project": "p", "mode": "offline"}}}, "wandb",
+     "tracking.wandb: the wandb package is not installed (pip install 'evo-merge[tracking]')"),
+])
+def test_plan_refuses_a_campaign_whose_extra_is_missing_as_run_does(tmp_path, family, monkeypatch, section,
+                                                                     missing, expected):
+    """`plan` said `fits` (exit 0) for a campaign `run` then refused at once: the same line now."""
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it raises ImportError
+    path = campaign(tmp_path, family, **section)
+    one_line_error(*invoke("plan", path), expected)
+    one_line_error(*invoke("run", path, "--out", tmp_path / "run"), expected)
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from evo_merge.cli.extras import check_campaign_extras
 from evo_merge.cli.paths import UserPath
 from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
 from evo_merge.search.preflight import planned_campaign
@@ -56,6 +57,8 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     if out is not None:
         check_run_folder(out)
     campaign, base, models, resuming = planned_campaign(campaign_file, out, check_bound=True)
+    with naming_file(campaign_file):
+        check_campaign_extras(campaign)  # as `run` refuses it: dask or a tracker's package missing
     if (folder := run_folder_of(campaign_file, out)) is not None:  # the folder's code, as `resume` would run it
         check_tasks_trusted(campaign_file, folder, trust_tasks)
     with naming_file(campaign_file):
