@@ -291,7 +291,9 @@ def report(run: Path) -> None:
 
 @click.command()
 @RUN_DIR
-@click.option("--pick", "pick", required=True, type=int, help="evaluation id (the id column of evaluations.csv)")
+@click.option("--pick", "pick", required=True, metavar="ID|NAME",
+              help="evaluation id (the id column of evaluations.csv), or the name of one of the run's picks "
+                   "(best-arith, balanced, ...: `evo-merge status` lists them with their ids)")
 @click.option("--out", required=True, type=UserPath(path_type=Path), help="model folder to write")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it is a model folder (once the new one is complete)")
 @click.option("--push-to-hub", "repo_id", metavar="ORG/NAME", help="upload the exported folder to this Hub repo")
@@ -302,7 +304,7 @@ def report(run: Path) -> None:
 @TRUST_TASKS
 def export(
     run: Path,
-    pick: int,
+    pick: str,
     out: Path,
     overwrite: bool,
     repo_id: str | None,
@@ -337,9 +339,10 @@ def export(
     with _holding(run, again="run the export again to finish it"):
         runner = _runner(run, scheduler=scheduler)
         store = runner.workspace.store
-        evaluation = next((e for e in store.evaluations() if e.id == pick), None)
+        eid = _pick_id(pick, store.exported(), run)
+        evaluation = next((e for e in store.evaluations() if e.id == eid), None)
         if evaluation is None or evaluation.status != "ok":
-            raise UserError(f"--pick {pick}: no successful evaluation with that id in {run} (the id column of "
+            raise UserError(f"--pick {eid}: no successful evaluation with that id in {run} (the id column of "
                             f"{run / 'evaluations.csv'}, or a pick's evaluation in `evo-merge status`)")
         workspace = runner.workspace  # an --out among the merge's inputs, refused before measuring, not after
         check_output_folder(out.expanduser(), overwrite, [workspace.base, *workspace.models])
@@ -347,27 +350,42 @@ def export(
         try:
             with StageBars() as bars:  # measuring and the file merge take minutes at size
                 runner.progress = bars
-                runner.log.measure([evaluation], f"measuring evaluation {pick}", by_export=True)
+                runner.log.measure([evaluation], f"measuring evaluation {eid}", by_export=True)
         finally:
             runner.close()
         error = store.measure_failures().get(evaluation.key)
         if error is not None:  # an export is measured, or not written (a failure's message may be empty)
-            raise UserError(f"--pick {pick}: scoring it on every item failed ({message_line(error)}); "
+            raise UserError(f"--pick {eid}: scoring it on every item failed ({message_line(error)}); "
                             "not exported")
         measured = store.get(evaluation.key)  # as the measurement left it
         with StageBars() as bars:  # under the lock: a resume started meanwhile would change what it reads
-            picks = [name for name, (eid, _) in store.exported().items() if eid == pick]  # its card says so too
+            picks = [name for name, (other, _) in store.exported().items() if other == eid]  # its card says so too
             workspace.check_models_unchanged()  # after the measuring's minutes: the weights its card's scores are of
             folder = export_candidate(workspace, measured, out, overwrite=overwrite, progress=bars, chosen_as=picks)
-    click.echo(f"wrote {folder}: evaluation {pick} ({_what(runner.workspace, measured)}), {measured_on(store)}: "
+    click.echo(f"wrote {folder}: evaluation {eid} ({_what(runner.workspace, measured)}), {measured_on(store)}: "
                f"{measured_scores(store, measured)}")
     if store.items_evaluated(measured=True) != spent:  # its held-out items alone, too: the report's to rewrite
-        click.echo(f"evaluation {pick} was measured for this export: `{shell('evo-merge', 'report', run)}` adds it to "
+        click.echo(f"evaluation {eid} was measured for this export: `{shell('evo-merge', 'report', run)}` adds it to "
                    "report.md and evaluations.csv")
     if repo_id is not None:
         from evo_merge.cli.push import push_folder
 
         push_folder(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
+
+
+def _pick_id(pick: str, picks: dict[str, tuple[int, str]], run: Path) -> int:
+    """`--pick`: an evaluation id, or a pick's name (its evaluation, as the run stored it when it
+    exported the picks into models/): the docs call the exported folders picks by those names."""
+    from evo_merge.errors import UserError
+
+    if pick.strip().isdigit():
+        return int(pick)
+    if pick in picks:
+        return picks[pick][0]
+    named = ", ".join(f"{name} ({eid})" for name, (eid, _) in picks.items())
+    held = f"this run's picks: {named}" if named else "this run has no picks yet (they come when it finishes)"
+    raise UserError(f"--pick {pick}: neither an evaluation id (the id column of {run / 'evaluations.csv'}) nor a "
+                    f"pick of this run; {held}")
 
 
 def _what(workspace, evaluation) -> str:

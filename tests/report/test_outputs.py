@@ -400,3 +400,23 @@ def test_a_report_leaves_the_callers_matplotlib_backend(tmp_path):
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(png).ndim == 3
     finally:
         matplotlib.use(before)
+
+
+def test_export_takes_a_pick_by_its_name(tracked_run, tmp_path):
+    """The docs call the exported folders picks by name (best-arith, balanced): `--pick best-arith`
+    was click's "not a valid integer". A name is the evaluation the run stored for it; an unknown
+    one is one line listing the run's picks with their ids."""
+    from evo_merge.search.store import CampaignStore
+
+    _, run, _ = tracked_run
+    with closing(CampaignStore(run)) as store:
+        picks = store.exported()
+    name, (eid, _) = next(iter(picks.items()))
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", name, "--out", str(tmp_path / "by-name")])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'by-name'}: evaluation {eid} (" in result.output
+    bad = CliRunner().invoke(cli, ["export", str(run), "--pick", "best-nothing", "--out", str(tmp_path / "x")])
+    lines = bad.output.strip().splitlines()
+    assert bad.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: --pick best-nothing: "), bad.output
+    assert all(f"{other} ({other_id})" in lines[0] for other, (other_id, _) in picks.items())
+    assert not (tmp_path / "x").exists()
