@@ -129,6 +129,55 @@ def test_lambda_below_one_scales_the_merged_task_vector(method):
     assert torch.allclose(out, base + 0.5 * mixed)
 
 
+def _mergekit_steps(base, deltas, weights, consensus, normalize, lam):
+    """mergekit's generalized task arithmetic on whole tensors: stack, weigh, elect, sum, divide, scale."""
+    w = torch.tensor(weights, dtype=base.dtype).view(-1, *[1] * base.dim())
+    stacked = torch.stack(deltas) * w
+    if consensus:
+        agree = stacked.sign() == torch.where(stacked.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
+        mixed, divisor = (stacked * agree).sum(dim=0), (w * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed, divisor = stacked.sum(dim=0), w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed = mixed / divisor
+    return base + (mixed * lam if lam != 1 else mixed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n_models", [2, 5])
+@pytest.mark.parametrize(("method", "consensus"), [("ties", True), ("dare_linear", False)])
+def test_chunked_consensus_gives_the_whole_tensor_steps_bits(monkeypatch, dtype, n_models, method, consensus):
+    """The per-entry steps run a chunk at a time; at 5 models torch's sum over them orders its
+    terms by where an entry falls in its vectorised loop, so chunks start where the whole
+    tensor's loop starts a block: every entry, the tail's included, gets the whole-tensor bits."""
+    import evo_merge.merge.methods as methods
+
+    monkeypatch.setattr(methods, "CONSENSUS_CHUNK", 64)
+    g = torch.Generator().manual_seed(7)
+    shape = (37, 29)  # 1073 entries: 16 chunks and a tail of 49
+    base = torch.randn(shape, generator=g).to(dtype)
+    scales = torch.logspace(-4, 2, shape[1])  # magnitudes that make the order of a sum show
+    deltas = [(torch.randn(shape, generator=g) * scales).to(dtype) for _ in range(n_models)]
+    weights = [0.7, -0.4, 1.3, 0.2, 0.9][:n_models]
+    for normalize, lam in [(True, 1.0), (False, 0.6)]:
+        got = run(method, base, deltas, weights, density=1.0, normalize=normalize, **{"lambda": lam})
+        want = _mergekit_steps(base, deltas, weights, consensus, normalize, lam)
+        assert torch.equal(got.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                           want.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "breadcrumbs", "della_linear"])
+def test_a_normalized_sum_divides_by_the_weights_summed_in_the_compute_dtype(method):
+    """As mergekit: in bfloat16, 0.7 and -0.4 are 0.69921875 and -0.400390625, summing to
+    0.298828125, so two equal task vectors average to themselves; divided by 0.3 as a Python sum
+    (bfloat16 0.30078125) they came out 0.9922."""
+    one = torch.ones(4, dtype=torch.bfloat16)
+    out = run(method, torch.zeros(4, dtype=torch.bfloat16), [one, one], [0.7, -0.4], normalize=True)
+    assert torch.equal(out, one)
+
+
 def test_ties_without_normalize_sums_agreeing_entries():
     out = run("ties", torch.zeros(5), TIES_DELTAS, normalize=False)
     assert torch.allclose(out, T([4.0, -5.0, 2.0, 0.0, 2.0]))
