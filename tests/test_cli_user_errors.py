@@ -677,3 +677,14 @@ def test_plan_refuses_a_campaign_whose_extra_is_missing_as_run_does(tmp_path, fa
     one_line_error(*invoke("plan", path), expected)
     one_line_error(*invoke("run", path, "--out", tmp_path / "run"), expected)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_s_unknown_method_is_named_by_its_key(tmp_path, family):
+    """A campaign says `methods: tie: unknown merge method ...`; a recipe said the same without its key."""
+    base, fts = family
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "tie", "base_model": str(base),
+                                      "models": [{"model": str(f)} for f in fts]}))
+    one_line_error(*invoke("merge", recipe, "--out", tmp_path / "out"),
+                   f"error: {recipe}: merge_method: unknown merge method 'tie' (did you mean 'ties'?)")
+    assert not (tmp_path / "out").exists()

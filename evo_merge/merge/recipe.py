@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from evo_merge.errors import UserError
 from evo_merge.merge.chat_templates import chat_template_text
 from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
 
@@ -136,6 +137,19 @@ class TokenizerSpec(Strict):
     pad_to_multiple_of: int | None = Field(None, ge=1)
 
 
+def _check_method(name: str, path: str | Path) -> None:
+    """A recipe file's method no one registered is said under its key (`merge_method: unknown merge
+    method 'tie' ...`), as a campaign's is under `methods:`; the merge found it without naming the
+    key. Checked where a file is read, not in the schema: a recipe built in Python may name a plugin
+    method registered later, or on another machine."""
+    from evo_merge.merge.registry import get_method
+
+    try:
+        get_method(name)
+    except UserError as exc:
+        raise UserError(f"{path}: merge_method: {exc}") from None
+
+
 class Recipe(Strict):
     """One merge, in mergekit's schema."""
 
@@ -184,7 +198,9 @@ class Recipe(Strict):
         data = load_yaml(path)
         refuse_other_kind(data, path, "tasks", "a campaign file, not a merge recipe",
                           "evo-merge plan / run CAMPAIGN.yaml")
-        return validate(cls, data, path)
+        recipe = validate(cls, data, path)
+        _check_method(recipe.merge_method, path)
+        return recipe
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(exclude_none=True, exclude_defaults=True, mode="json"),
