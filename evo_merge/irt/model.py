@@ -15,6 +15,7 @@ import numbers
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,12 +335,14 @@ class IRTModel:
 
 def _holds(directory: Path, meta: dict, arrays: dict[str, np.ndarray]) -> bool:
     """Whether `directory` holds this model already (model.json and params.npz as `save` writes them):
-    a damaged or different one is not it."""
+    a damaged or different one is not it: whatever reading it raises (a params.npz cut short is a
+    zipfile.BadZipFile, a damaged member an EOFError or zlib.error, a missing one a KeyError) means
+    it is not, and the new model replaces it."""
     try:
         if json.loads((directory / "model.json").read_text()) != json.loads(json.dumps(meta)):
             return False
         with np.load(directory / "params.npz") as stored:
             return set(stored.files) == set(arrays) and all(
                 np.array_equal(stored[k], np.asarray(v)) for k, v in arrays.items())
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
         return False

@@ -12,6 +12,7 @@ from limits import file_size_limit  # tests/ is on sys.path (its conftest)
 
 from evo_merge.cli import cli
 from evo_merge.errors import UserError
+from evo_merge.irt import IRTModel
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 
 
@@ -65,6 +66,24 @@ def test_a_refit_that_fails_to_write_leaves_the_old_model_and_its_anchors(tmp_pa
         f"error: {model}: {os.strerror(errno.EFBIG)}", proc.stderr
     assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == before
     assert list((model / "anchors").glob("*.json")) and not [p for p in model.iterdir() if p.name.startswith(".")]
+
+
+def test_a_refit_with_overwrite_replaces_a_model_whose_params_were_cut_short(tmp_path):
+    """The same fit again (same data, same seed: an identical model.json) over a params.npz cut short
+    (a copy stopped half-way) ended in a zipfile.BadZipFile traceback, the fit lost. The damaged model
+    is replaced, as any other model is."""
+    gen = make_synthetic_irt(20, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(8, dims=1, seed=2)
+    gen.sample(theta, ids, seed=3).to_csv(tmp_path / "r.csv", index=False)
+    model = tmp_path / "m"
+    irt("fit", tmp_path / "r.csv", "--out", model, "--dims", "1")
+    whole = (model / "params.npz").read_bytes()
+    (model / "params.npz").write_bytes(whole[: len(whole) // 2])
+    result = CliRunner().invoke(
+        cli, ["irt", "fit", str(tmp_path / "r.csv"), "--out", str(model), "--dims", "1", "--overwrite"])
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert set(IRTModel.load(model).subject_ids) == set(ids)
+    assert len((model / "params.npz").read_bytes()) == len(whole)  # written whole again
 
 
 def test_fit_never_writes_into_a_file_or_a_folder_of_other_files(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -170,6 +171,48 @@ def test_saving_over_another_model_drops_its_anchor_sets(tmp_path, torch_model, 
         other.save(linked)
     assert IRTModel.load(linked).item_ids == torch_model.item_ids
     assert (tmp_path / "elsewhere" / "anchors" / "random-5.json").is_file()
+
+
+def _cut_short(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # still starts with "PK": zipfile.BadZipFile, not ValueError
+
+
+def _garbage(path):
+    path.write_bytes(np.random.default_rng(0).bytes(2000))  # no zip at all: numpy's ValueError
+
+
+def _bad_member(path):
+    with zipfile.ZipFile(path) as z:
+        first = z.infolist()[0]
+        start = first.header_offset + 30 + len(first.filename) + len(first.extra)
+    data = bytearray(path.read_bytes())
+    data[start + first.file_size // 2] ^= 0xFF  # a byte of the first array's data: its CRC fails on read
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_cut_short, _garbage, _bad_member])
+def test_saving_over_a_damaged_copy_of_the_same_model_replaces_it(tmp_path, make_model, damage):
+    """A params.npz that cannot be read is not the model being saved, whatever reading it raises:
+    `save` (and `irt fit --overwrite`) crashed with a zipfile.BadZipFile traceback over a params.npz cut
+    short, with model.json the same (a refit with the same seed writes it identical). The new model
+    replaces the damaged one, and the anchor sets chosen on it go, as over any other model."""
+    from evo_merge.irt import select_anchors
+
+    model = make_model([1.0, 0.5, 2.0, 1.5], [0.0, 1.0, -1.0, 0.5], responses=np.eye(4)[[0, 1, 2, 3, 0, 1]])
+    folder = model.save(tmp_path / "m")
+    select_anchors(model, budget=2, method="random").save(folder)
+    damage(folder / "params.npz")
+    with pytest.raises(UserError, match="corrupt parameter file"):
+        IRTModel.load(folder)  # the damage is one the loader sees
+
+    assert model.save(folder) == folder
+    loaded = IRTModel.load(folder)
+    for key in ("alpha", "beta", "theta", "responses", "cv_alpha", "cv_beta", "cv_held"):
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(model, key))
+    assert loaded.item_ids == model.item_ids and loaded.subject_ids == model.subject_ids
+    assert not (folder / "anchors").exists()  # its one set went with the damaged model; nothing else was there
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "params.npz"]
 
 
 def test_format_1_folders_load_with_their_split_half_fit_as_one_fold(tmp_path, torch_model):
