@@ -57,7 +57,8 @@ def _all_items_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str,
 def export_candidate(workspace: Workspace, evaluation: Evaluation, out: Path, *, evaluator: Evaluator | None = None,
                      overwrite: bool = False, progress: Progress = no_progress, chosen_as: Sequence[str] = ()) -> Path:
     """Write one evaluation's candidate to `out`, merged on the campaign's device where this process
-    has it (`available_device`); the evaluator's workbench is reused when it has one. `progress`
+    has it (`available_device`), from the checkpoints through its recipe (the kind's `export`; MASS
+    reuses the evaluator's workbench when it has one: its routing is no file merge). `progress`
     gets a stage `exporting NAME` over the tensors written; `chosen_as` names the picks it is, in
     its card. The caller checks the models first (`Workspace.check_models_unchanged`): the scores
     on the card are of the weights the run read."""
