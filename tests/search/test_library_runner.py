@@ -136,3 +136,43 @@ def test_a_run_interrupted_in_its_first_seconds_runs_again_into_its_folder(tmp_p
     store.close()
     assert measured and exported and {e.id for e in measured} <= {e.id for e in stored}
     assert (run / "models" / "balanced" / "config.json").is_file()
+
+
+def test_the_with_block_lets_go_of_the_loaded_models(tmp_path, zoo):
+    """Leaving the block releases the evaluator (its models), as close() does: a notebook that ran
+    one campaign and goes on to the next must not keep the first's models in memory."""
+    import gc
+    import weakref
+
+    with CampaignRunner.open(small(zoo), tmp_path, tmp_path / "run") as runner:
+        loaded = weakref.ref(runner.evaluator())
+    gc.collect()
+    assert loaded() is None
+
+
+def test_a_followed_runner_is_not_told_to_follow_its_trackers(tmp_path, zoo, caplog):
+    from evo_merge.report.tracking import follow_campaign
+
+    campaign = small(zoo, tracking={"mlflow": {"uri": str(tmp_path / "mlruns")}})
+    with caplog.at_level(logging.WARNING, logger="evo_merge"), \
+            CampaignRunner.open(campaign, tmp_path, tmp_path / "run") as runner:
+        tracker = follow_campaign(runner)  # as docs/campaigns.md, From Python, says
+        runner.run()
+        tracker.log_evaluations(runner.workspace.store.evaluations())
+        tracker.finish(runner.workspace.run_dir)
+    assert not [r.getMessage() for r in caplog.records if "follow_campaign(runner)" in r.getMessage()]
+
+
+def test_a_root_under_home_resolves_the_campaign_s_relative_paths(tmp_path, monkeypatch):
+    """`root` is where a campaign's relative model paths are read from, `~` as the commands read it."""
+    home = tmp_path / "home"
+    base, fts = save_tiny_family(home / "zoo", "llama", n_finetunes=2)
+    config = campaign_config(base, fts, algorithm={"population": 2, "generations": 1, "seed": 2})
+    config["base_model"] = "zoo/" + base.name
+    config["models"] = ["zoo/" + f.name for f in fts]
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with CampaignRunner.open(Campaign.model_validate(config), "~", "~/run") as runner:
+        assert runner.workspace.run_dir == home / "run"
+    assert (home / "run" / "state.sqlite").is_file() and not (tmp_path / "elsewhere" / "~").exists()

@@ -498,3 +498,56 @@ def test_no_home_folder_leaves_the_folder_unmarked_and_the_run_going(received, t
     assert refused.exit_code == 2 and refused.output.strip().endswith(
         "from before evo-merge marked them, or no key of yours could be kept when it ran (no home folder)); a run "
         "folder does not choose what code runs: read its campaign.yaml, then pass --trust-tasks"), refused.output
+
+
+def test_a_received_folder_of_its_campaign_and_database_alone_runs_no_task_code(received, tmp_path, monkeypatch):
+    """A sender can send the campaign and its database without the run's CSVs and report: that is
+    still a run folder (its database is a run's own), and `run` of its campaign.yaml checks the
+    folder's mark as `resume` would, before any task is built."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    from evo_merge.cli.trust import run_folder_of
+
+    run, marker = received
+    sent = tmp_path / "sent"
+    shutil.copytree(run, sent)
+    with closing(sqlite3.connect(sent / "state.sqlite")) as db:  # its journal written into it, as a copy sent is
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for path in sent.iterdir():
+        if path.name not in ("campaign.yaml", "state.sqlite"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert sorted(p.name for p in sent.iterdir()) == ["campaign.yaml", "state.sqlite"]
+    assert run_folder_of(sent / "campaign.yaml") == sent
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another user"))
+    before = runs(marker)
+    result = invoke("run", sent / "campaign.yaml", "--out", tmp_path / "new")
+    assert result.exit_code == 2, result.output
+    assert "tasks.0 runs the plugin marking_task:marked" in result.output
+    assert "this run folder was not run by you here" in result.output and "--trust-tasks" in result.output
+    assert runs(marker) == before and not (tmp_path / "new").exists()
+
+
+def test_a_received_folder_bound_before_its_settings_were_stored_is_said_not_to_be_yours(received, tmp_path,
+                                                                                          monkeypatch):
+    """A folder bound before evo-merge stored its campaign's settings cannot tell whether its tasks
+    were edited: it is someone else's folder, said so (not a traceback)."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    from evo_merge.search.binding import CONFIG_DATA_META
+
+    run, marker = received
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    with closing(sqlite3.connect(old / "state.sqlite")) as db, db:
+        assert db.execute("DELETE FROM meta WHERE key = ?", (CONFIG_DATA_META.key,)).rowcount == 1
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another user"))
+    before = runs(marker)
+    result = invoke("resume", old)
+    assert result.exit_code == 2, result.output
+    assert "this run folder was not run by you here" in result.output and "--trust-tasks" in result.output, \
+        result.output
+    assert runs(marker) == before
