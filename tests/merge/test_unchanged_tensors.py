@@ -216,3 +216,65 @@ def test_the_merged_tensors_handed_out_are_the_caller_s_own(partly_frozen):
     merger.apply("ties", [0.5, 0.5])
     original = load_file(str(base / "model.safetensors"))
     assert all(torch.equal(model.state_dict()[n], original[n]) for n in merger._unchanged)
+
+
+@pytest.fixture(scope="module")
+def one_norm_edited(partly_frozen, tmp_path_factory):
+    """partly_frozen's second endpoint with one norm no other endpoint changed moved by +0.5."""
+    base, fts, changed = partly_frozen
+    edited = tmp_path_factory.mktemp("one-norm") / "edited"
+    shutil.copytree(fts[1], edited)
+    tensors = load_file(str(edited / "model.safetensors"))
+    norm = next(n for n in sorted(tensors) if n not in changed and "norm" in n)
+    tensors[norm] = tensors[norm] + 0.5
+    save_file(tensors, str(edited / "model.safetensors"), metadata={"format": "pt"})
+    return edited, norm
+
+
+@pytest.mark.parametrize("edited_first", [False, True])
+def test_an_export_merges_a_tensor_one_endpoint_changed(partly_frozen, one_norm_edited, edited_first):
+    """The export's own check (plan._combine): unchanged means unchanged by every endpoint, whichever
+    place the one that changed it holds. Task arithmetic by hand: base + weight * 0.5 on that norm."""
+    base, fts, _ = partly_frozen
+    edited, norm = one_norm_edited
+    models = [edited, fts[0]] if edited_first else [fts[0], edited]
+    weights = [0.7, 0.3]
+    expected = load_file(str(base / "model.safetensors"))[norm] + weights[0 if edited_first else 1] * 0.5
+    for method in ("task_arithmetic", "ties"):
+        recipe = Recipe.model_validate({
+            "merge_method": method, "base_model": str(base),
+            "models": [{"model": str(f), "parameters": {"weight": w}} for f, w in zip(models, weights)]})
+        exported = dict(stream_merge(plan_from_recipe(recipe))[1])[norm]
+        assert not torch.equal(exported, load_file(str(base / "model.safetensors"))[norm]), method
+        if method == "task_arithmetic":
+            torch.testing.assert_close(exported, expected)
+
+
+def test_a_method_that_does_not_declare_it_is_computed_on_every_tensor(partly_frozen):
+    """Without `keeps_unchanged` the base is never copied in its place, in a candidate or an export:
+    a method whose result for zero task vectors is not the base (here base + 1) gets every tensor."""
+    base, fts, changed = partly_frozen
+    seen: list[str] = []
+
+    def plus_one(base, deltas, weights, params, name):
+        seen.append(name)
+        return base + 1
+
+    register_method("test_plus_one", replace=True)(plus_one)
+    original = load_file(str(base / "model.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(base)
+    merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(f) for f in fts])
+    assert merger._unchanged  # the frozen tensors are known as such: the method alone decides
+    merger.apply("test_plus_one", [0.5, 0.5])
+    assert sorted(seen) == sorted(merger.names) == sorted(original)
+    state = model.state_dict()
+    for name in original:
+        assert torch.equal(state[name], original[name] + 1), name
+    seen.clear()
+    recipe = Recipe.model_validate({
+        "merge_method": "test_plus_one", "base_model": str(base),
+        "models": [{"model": str(f), "parameters": {"weight": 0.5}} for f in fts]})
+    exported = dict(stream_merge(plan_from_recipe(recipe))[1])
+    assert sorted(seen) == sorted(exported) == sorted(original)
+    for name, tensor in exported.items():
+        assert torch.equal(tensor, original[name] + 1), name
