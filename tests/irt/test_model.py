@@ -173,6 +173,30 @@ def test_saving_over_another_model_drops_its_anchor_sets(tmp_path, torch_model, 
     assert (tmp_path / "elsewhere" / "anchors" / "random-5.json").is_file()
 
 
+def test_saving_over_another_model_removes_its_anchor_sets_and_nothing_else(tmp_path, make_model):
+    """Only `<method>-<budget>.json` files of a known method and a whole-number budget are anchor sets:
+    a user's JSON beside them (`mine.json`, `random-best.json`) and other files stay. Where the sets
+    were all the folder held, `anchors/` goes too."""
+    from evo_merge.irt import select_anchors
+
+    first = make_model([1.0, 0.5, 2.0, 1.5], [0.0, 1.0, -1.0, 0.5], responses=np.eye(4)[[0, 1, 2, 3, 0, 1]])
+    other = make_model([1.0, 2.0], [0.0, 1.0])
+    folder = first.save(tmp_path / "m")
+    select_anchors(first, budget=2, method="random").save(folder)
+    anchors = folder / "anchors"
+    assert sorted(p.name for p in anchors.iterdir()) == ["random-2.json"]
+    mine = {"mine.json": '{"mine": 1}', "random-best.json": '{"best": 1}', "notes.txt": "notes"}
+    for name, text in mine.items():
+        (anchors / name).write_text(text)
+    other.save(folder)
+    assert {p.name: p.read_text() for p in anchors.iterdir()} == mine
+
+    alone = first.save(tmp_path / "alone")
+    select_anchors(first, budget=2, method="random").save(alone)
+    other.save(alone)
+    assert sorted(p.name for p in alone.iterdir()) == ["model.json", "params.npz"]
+
+
 def _cut_short(path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # still starts with "PK": zipfile.BadZipFile, not ValueError
