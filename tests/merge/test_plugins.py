@@ -85,3 +85,54 @@ def test_a_method_registered_in_process_and_installed_too_is_no_error_from_a_loo
     with pytest.raises(ValueError, match=r"already registered \(replace=True replaces it\)"):
         register_method("evo_test_twice")(mine)
     register_method("evo_test_twice", replace=True)(mine)  # a cell run again
+
+
+INTERRUPTED_ONCE = '''
+from pathlib import Path
+
+from evo_merge.merge import register_method
+
+FLAG = Path(__file__).with_suffix(".interrupted")
+if not FLAG.exists():  # the first import only: Ctrl-C while a slow dependency imports
+    FLAG.write_text("once")
+    raise KeyboardInterrupt
+
+
+@register_method("evo_test_late")
+def method(base, deltas, weights, params, name):
+    return base
+'''
+
+
+def test_a_load_interrupted_by_ctrl_c_is_tried_again_by_the_next_lookup(site):
+    install(site, "evo_plugin_test_late", {"evo_test_late": "evo_plugin_test_late"}, INTERRUPTED_ONCE)
+    with pytest.raises(KeyboardInterrupt):
+        get_method("evo_test_late")
+    assert get_method("evo_test_late").name == "evo_test_late"
+
+
+def test_a_plugin_whose_import_fails_with_any_error_leaves_the_others_found(site, caplog):
+    """A plugin's import can raise anything (a RuntimeError of a dependency's setup), not only ImportError."""
+    install(site, "evo_plugin_test_boom", {"evo_test_boom": "evo_plugin_test_boom"},
+            'raise RuntimeError("boom")\n')
+    install(site, "evo_plugin_test_fine", {"evo_test_fine": "evo_plugin_test_fine"},
+            METHOD.format(name="evo_test_fine"))
+    with caplog.at_level(logging.WARNING, logger="evo_merge.merge"):
+        assert get_method("evo_test_fine").name == "evo_test_fine"
+    with pytest.raises(UserError) as failed:
+        get_method("evo_test_boom")
+    assert str(failed.value).startswith("merge method 'evo_test_boom': its entry point evo_test_boom = ")
+    assert str(failed.value).endswith("cannot be loaded (RuntimeError: boom)")
+
+
+def test_entry_points_are_loaded_once_a_process(site, caplog):
+    """Each lookup of a name no method has loaded the plugins again, and warned of a stale one again."""
+    install(site, "evo_plugin_test_stale", {"evo_test_gone": "evo_plugin_test_renamed_away"})
+    with caplog.at_level(logging.WARNING, logger="evo_merge.merge"):
+        for typo in ("tiez", "linaer"):
+            with pytest.raises(UserError, match=f"unknown merge method '{typo}'"):
+                get_method(typo)
+    assert [r.getMessage() for r in caplog.records if "evo_test_gone" in r.getMessage()] == [
+        "merge-method entry point evo_test_gone = evo_plugin_test_renamed_away (package evo_plugin_test_stale 0.1) "
+        "cannot be loaded (ModuleNotFoundError: No module named 'evo_plugin_test_renamed_away'); its methods are "
+        "unavailable"]
