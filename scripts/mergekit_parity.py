@@ -60,7 +60,7 @@ open(sys.argv[-1], "w").write(genome.genotype_merge_config(genotype).to_yaml())
 def make_recipes(out: Path, evolve_python: str | None = None) -> None:
     from evo_merge.zoo.tiny import save_tiny_family
 
-    base, fts = save_tiny_family(out / "models", "llama", n_finetunes=2)
+    base, fts = save_tiny_family(out / "models", "llama", n_finetunes=5)  # the per-method recipes take 2
     for method, (params, per_model) in RECIPES.items():
         recipe = {"merge_method": method, "dtype": "float32"}
         if method not in NO_BASE:
@@ -69,6 +69,17 @@ def make_recipes(out: Path, evolve_python: str | None = None) -> None:
         if params:
             recipe["parameters"] = params
         (out / f"{method}.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    # the steps after trimming with 5 models (the order of their sum), and a normalized sum, which
+    # mergekit divides by the weights summed as tensors: 0.7 - 0.4 is 0.29999998 in float32
+    weights = (0.7, -0.4, 1.3, 0.2, 0.9)
+    five = {"merge_method": "ties", "base_model": str(base), "dtype": "float32",
+            "models": [{"model": str(m), "parameters": {"weight": w, "density": 0.6}} for m, w in zip(fts, weights)]}
+    (out / "ties_five_models.yaml").write_text(yaml.safe_dump(five, sort_keys=False))
+    normalized = {"merge_method": "breadcrumbs", "base_model": str(base), "dtype": "float32",
+                  "parameters": {"normalize": True},
+                  "models": [{"model": str(m), "parameters": {"weight": w, "density": 0.8}}
+                             for m, w in zip(fts, weights[:2])]}
+    (out / "breadcrumbs_normalized.yaml").write_text(yaml.safe_dump(normalized, sort_keys=False))
     slices = {"merge_method": "passthrough", "dtype": "float32", "slices": [
         {"sources": [{"model": str(fts[0]), "layer_range": [0, 2]}]},
         {"sources": [{"model": str(fts[1]), "layer_range": [1, 2]}]},
