@@ -23,7 +23,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, described
 from evo_merge.schema import is_path_like
 from evo_merge.shipped import shipped_dir
 from evo_merge.tasks.base import FitnessTask
@@ -69,7 +69,13 @@ def _made(factory: Callable[..., FitnessTask], spec: str, settings: dict[str, An
 def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
     # a class whose attributes are declared on it passes the protocol's check as the class itself
     made = callable(obj) and (isinstance(obj, type) or not isinstance(obj, FitnessTask))
-    task = _made(obj, spec, settings) if made else obj if isinstance(obj, FitnessTask) else None
+    try:
+        task = _made(obj, spec, settings) if made else obj if isinstance(obj, FitnessTask) else None
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001  the plugin's own code (a data file missing, its import inside)
+        raise UserError(f"task plugin {spec!r}: making the task raised {described(exc)} (--debug shows "
+                        "where)") from exc
     if not isinstance(task, FitnessTask):
         raise UserError(f"task plugin {spec!r} is not a FitnessTask nor a callable returning one")
     ids = list(task.item_ids)

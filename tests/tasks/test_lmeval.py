@@ -296,6 +296,20 @@ def test_a_plugin_beside_the_campaign_is_named_with_the_path_that_imports_it(tmp
                                  "(No module named 'zz_not_installed_dep')")
 
 
+def test_a_plugin_whose_factory_raises_is_one_line_naming_it(tmp_path, monkeypatch):
+    """The plugin's own code failing as it makes the task (its data file missing) was a traceback
+    and exit 1; the error keeps it as its cause, for `--debug`."""
+    (tmp_path / "evo_raising_tasks.py").write_text(
+        "def make_task():\n    open('/nonexistent/evo-merge-items.jsonl')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError) as raised:
+        resolve_task("evo_raising_tasks:make_task")
+    assert str(raised.value) == ("task plugin 'evo_raising_tasks:make_task': making the task raised "
+                                 "FileNotFoundError: [Errno 2] No such file or directory: "
+                                 "'/nonexistent/evo-merge-items.jsonl' (--debug shows where)")
+    assert isinstance(raised.value.__cause__, FileNotFoundError)
+
+
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory, char_lm):
     model, tok = char_lm
