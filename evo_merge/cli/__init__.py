@@ -73,6 +73,9 @@ class LazyGroup(click.Group):
 @click.option("--debug", is_flag=True, help="Show the traceback of every error.")
 def cli(debug: bool) -> None:
     """Evolutionary model-merge search with IRT-estimated fitness."""
+    from evo_merge.cli.logs import print_log_lines
+
+    print_log_lines()
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from evo_merge.cli.logs import print_log_lines
 from evo_merge.cli.outputs import check_irt_model_folder, check_output_file, write_output_file
 from evo_merge.cli.paths import UserPath
 from evo_merge.console import results_console
@@ -126,12 +127,8 @@ def _layout_flags(command):
 @click.group()
 def irt() -> None:
     """Fit IRT models on response matrices, choose anchors, estimate accuracies."""
-    logger = logging.getLogger("evo_merge.irt")  # fallbacks, retries, fit times: one line each on stderr
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    print_log_lines()  # fallbacks, retries, fit times: one line each on stderr (warnings marked)
+    logging.getLogger("evo_merge.irt").setLevel(logging.INFO)
 
 
 @irt.command()

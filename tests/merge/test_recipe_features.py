@@ -929,6 +929,9 @@ def test_an_adapter_applied_to_another_folder_than_it_was_trained_on_says_so(dee
         lines = [r.getMessage() for r in caplog.records if "the adapter was trained on" in r.getMessage()]
         assert bool(lines) == warned, lines
         assert not warned or f"trained on {deep['ft1']}" in lines[0] and f"applied to {deep['ft2']}" in lines[0]
+        # on the console marked as a warning, as the commands' own are (it printed bare, read as output)
+        config = tmp_path / "adapter" / "adapter_config.json"
+        assert (f"warning: {config}: the adapter was trained on" in result.output) == warned, result.output
 
 
 def _copy_with(folder, out, edit_tensors=None, edit_vocab=None):
