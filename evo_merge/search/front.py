@@ -241,8 +241,10 @@ def measure_picks(log: EvaluationLog, pool: Sequence[Evaluation], objectives: Ob
         record["rounds"][index:] = [keys]  # a resume replays the rounds: each written at its place
         store.set_meta(PICKS_META, record)
         # a stage of its own per round: a log says a stage once, when it ends, and the settled round
-        # (the held-out items: minutes at 7B) went unsaid under the first round's name
-        stage = PICKS_STAGE + (f" (round {index + 1})" if index else "")
+        # (the held-out items: minutes at 7B) went unsaid under the first round's name. There are two
+        # rounds at least, so the first is numbered too: a first round with nothing to measure says
+        # nothing, and a log showed "(round 2)" after no first
+        stage = f"{PICKS_STAGE} (round {index + 1})"
         log.measure([store.get(k) for k in keys], stage, held_out=settled)  # held-out items: the picks alone
     return {name: store.get(e.key) for name, e in picks.items()}  # the last round's: settled, none failed
 
