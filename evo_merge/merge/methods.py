@@ -177,9 +177,12 @@ def dare_drop(params: Params, name: str) -> Sparsifier:
 # Entries per chunk: on a CPU, T float32 rows and their temporaries stay in cache; on a GPU, few kernel
 # launches a tensor. Multiples of 64, so that torch's sum over the rows takes each entry's terms in the
 # order it takes them over the whole tensor (its vectorised loop over the entries starts at the same
-# ones; an unaligned chunk of 5+ rows can differ in the last bit)
+# ones; an unaligned chunk of 5+ rows can differ in the last bit). A tail shorter than a vector (4 entries
+# of a 3277 x 20 embedding) is summed otherwise on its own than at the end of a row: the last
+# MIN_TAIL entries or fewer go with the chunk before them
 CONSENSUS_CHUNK = 2**16
 DEVICE_CONSENSUS_CHUNK = 2**24
+MIN_TAIL = 256
 
 
 def generalized_task_arithmetic(
@@ -204,10 +207,13 @@ def generalized_task_arithmetic(
     w = torch.tensor(list(weights), dtype=base.dtype, device=base.device).view(-1, 1)
     divisor = None if consensus else _weight_sum(w)
     chunk = CONSENSUS_CHUNK if base.device.type == "cpu" else DEVICE_CONSENSUS_CHUNK
-    stacked = base.new_empty((len(kept), min(chunk, flat_base.numel())))
-    for start in range(0, flat_base.numel(), chunk):
-        part = slice(start, start + chunk)
-        weighted = stacked[:, : out[part].numel()]
+    bounds = [*range(0, flat_base.numel(), chunk), flat_base.numel()]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < MIN_TAIL:
+        del bounds[-2]
+    stacked = base.new_empty((len(kept), max((b - a for a, b in zip(bounds, bounds[1:])), default=0)))
+    for start, stop in zip(bounds, bounds[1:]):
+        part = slice(start, stop)
+        weighted = stacked[:, : stop - start]
         for row, task in zip(weighted, flat):
             row.copy_(task[part])
         torch.add(flat_base[part], _combine_chunk(weighted.mul_(w), w, params, divisor), out=out[part])

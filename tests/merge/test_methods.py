@@ -156,16 +156,18 @@ def test_chunked_consensus_gives_the_whole_tensor_steps_bits(monkeypatch, dtype,
 
     monkeypatch.setattr(methods, "CONSENSUS_CHUNK", 64)
     g = torch.Generator().manual_seed(7)
-    shape = (37, 29)  # 1073 entries: 16 chunks and a tail of 49
-    base = torch.randn(shape, generator=g).to(dtype)
-    scales = torch.logspace(-4, 2, shape[1])  # magnitudes that make the order of a sum show
-    deltas = [(torch.randn(shape, generator=g) * scales).to(dtype) for _ in range(n_models)]
-    weights = [0.7, -0.4, 1.3, 0.2, 0.9][:n_models]
-    for normalize, lam in [(True, 1.0), (False, 0.6)]:
-        got = run(method, base, deltas, weights, density=1.0, normalize=normalize, **{"lambda": lam})
-        want = _mergekit_steps(base, deltas, weights, consensus, normalize, lam)
-        assert torch.equal(got.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
-                           want.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+    # 1073 entries: 16 chunks and a tail of 49; 1028 and 65540 (a vocabulary of 3277 x 20): a tail of
+    # 4, which torch sums over the models otherwise alone than at the end of a longer row
+    for shape in [(37, 29), (257, 4), (3277, 20)]:
+        base = torch.randn(shape, generator=g).to(dtype)
+        scales = torch.logspace(-4, 2, shape[1])  # magnitudes that make the order of a sum show
+        deltas = [(torch.randn(shape, generator=g) * scales).to(dtype) for _ in range(n_models)]
+        weights = [0.7, -0.4, 1.3, 0.2, 0.9][:n_models]
+        for normalize, lam in [(True, 1.0), (False, 0.6)]:
+            got = run(method, base, deltas, weights, density=1.0, normalize=normalize, **{"lambda": lam})
+            want = _mergekit_steps(base, deltas, weights, consensus, normalize, lam)
+            assert torch.equal(got.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                               want.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32)), shape
 
 
 @pytest.mark.parametrize("method", ["dare_linear", "breadcrumbs", "della_linear"])
