@@ -378,8 +378,12 @@ def _pick_id(pick: str, picks: dict[str, tuple[int, str]], run: Path) -> int:
     exported the picks into models/): the docs call the exported folders picks by those names."""
     from evo_merge.errors import UserError
 
-    if pick.strip().isdigit():
-        return int(pick)
+    number = pick.strip()
+    if number.isascii() and number.isdigit():  # '²' is a digit to str.isdigit, not to int()
+        if pick in picks and picks[pick][0] != int(number):  # a pick named "7" (`final.picks`) is not evaluation 7
+            raise UserError(f"--pick {pick}: both the name of a pick of this run (evaluation {picks[pick][0]}) and "
+                            f"an evaluation id; give the id ({picks[pick][0]} or {int(number)}) you mean")
+        return int(number)
     if pick in picks:
         return picks[pick][0]
     named = ", ".join(f"{name} ({eid})" for name, (eid, _) in picks.items())

@@ -420,3 +420,18 @@ def test_export_takes_a_pick_by_its_name(tracked_run, tmp_path):
     assert bad.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: --pick best-nothing: "), bad.output
     assert all(f"{other} ({other_id})" in lines[0] for other, (other_id, _) in picks.items())
     assert not (tmp_path / "x").exists()
+
+
+def test_a_pick_named_as_a_number_or_a_non_ascii_digit_is_not_read_as_an_id(tmp_path):
+    """`final.picks` may name a pick "7": `--pick 7` exported evaluation 7 without a word; and
+    `--pick ²` (a digit to str.isdigit) was int()'s ValueError and a traceback."""
+    from evo_merge.cli.campaign import _pick_id
+
+    picks = {"7": (12, "models/7"), "best-arith": (3, "models/best-arith"), "12": (12, "models/12")}
+    assert _pick_id("5", picks, tmp_path) == 5 and _pick_id("best-arith", picks, tmp_path) == 3
+    assert _pick_id("12", picks, tmp_path) == 12  # the pick named 12 is evaluation 12: no doubt
+    with pytest.raises(UserError, match=r"--pick 7: both the name of a pick of this run \(evaluation 12\) and an "
+                                        r"evaluation id; give the id \(12 or 7\) you mean"):
+        _pick_id("7", picks, tmp_path)
+    with pytest.raises(UserError, match="--pick ²: neither an evaluation id"):
+        _pick_id("²", picks, tmp_path)
