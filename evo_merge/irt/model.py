@@ -341,7 +341,8 @@ def _holds(directory: Path, meta: dict, arrays: dict[str, np.ndarray]) -> bool:
     try:
         if json.loads((directory / "model.json").read_text()) != json.loads(json.dumps(meta)):
             return False
-        with np.load(directory / "params.npz") as stored:
+        # opened here: np.load leaves its own file open when the zip cannot be read (a ResourceWarning)
+        with open(directory / "params.npz", "rb") as fh, np.load(fh) as stored:
             return set(stored.files) == set(arrays) and all(
                 np.array_equal(stored[k], np.asarray(v)) for k, v in arrays.items())
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
