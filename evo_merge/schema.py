@@ -145,13 +145,28 @@ def _key_path(loc: tuple) -> tuple:
 
 def _message(error: dict, model: type[BaseModel]) -> str:
     if error["type"] == "model_type":  # pydantic says "a valid dictionary or instance of TaskSpec"
-        return f"expected a mapping of keys ({{key: value, ...}}), not {_kind(error['input'])}"
+        return f"expected a mapping of keys ({{key: value, ...}}), not {_kind(error['input'])}" + _as_mapping(
+            error, model)
     if error["type"] == "tuple_type":  # the schemas' tuples are ranges: [low, high], [start, end]
         return f"expected a list of two values ([low, high]), not {_kind(error['input'])}"
     if error["type"] != "extra_forbidden":
         return error["msg"].removeprefix("Value error, ")
     path = _key_path(error["loc"])
     return "unknown key" + did_you_mean(str(path[-1]), _keys_at(model, path[:-1]))
+
+
+def _as_mapping(error: dict, model: type[BaseModel]) -> str:
+    """A value where a section of one required key goes, written as that section: `tasks: [arith]`
+    is `tasks: [{task: arith}]`."""
+    value, path = error["input"], _key_path(error["loc"])
+    kinds = [model]
+    for part in path:
+        kinds = [inner for kind in kinds for inner in _inside(kind, part)]
+    required = {name for kind in kinds if isinstance(kind, type) and issubclass(kind, BaseModel)
+                for name, field in kind.model_fields.items() if field.is_required()}
+    if len(required) != 1 or not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return ""
+    return f"; write it as {{{required.pop()}: {value}}}"
 
 
 def _kind(value: Any) -> str:

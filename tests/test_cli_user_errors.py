@@ -366,7 +366,7 @@ def test_a_misspelt_key_is_named_with_the_key_it_resembles(tmp_path, family, edi
     ("- arith\n", "expected a mapping of keys at the top level, not a list"),
     # the README writes {task: arith}; a bare name was "a valid dictionary or instance of TaskSpec"
     ("base_model: {base}\nmodels: [{ft}]\ntasks: [arith]\n",
-     "tasks.0: expected a mapping of keys ({{key: value, ...}}), not the string 'arith'"),
+     "tasks.0: expected a mapping of keys ({{key: value, ...}}), not the string 'arith'; write it as {{task: arith}}"),
     ("base_model: {base}\nmodels: [{ft}]\ntasks: [{{task: arith}}]\nestimator: gpirt\n",
      "estimator: expected a mapping of keys ({{key: value, ...}}), not the string 'gpirt'"),
     # one value fixes a hyperparameter; a mapping there is neither a range nor a value
