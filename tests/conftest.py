@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -10,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the key that marks run folders run here (search.trust): the suite's own, not the user's
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="evo-merge-test-config-")
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], ignore_errors=True)  # one per process, not left in /tmp
 
 
 @pytest.fixture(autouse=True)
