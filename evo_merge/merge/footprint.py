@@ -34,11 +34,15 @@ ACTIVATION_TOKENS = EvaluatorSpec.model_fields["sequence_tokens"].default  # tok
 ACTIVATION_FLOATS = 24  # float32 values per token and hidden unit alive in a forward pass (estimate)
 MASS_CACHE = 8  # merged task sets MASS keeps (its routing cache_size default)
 # float32 copies of the largest tensor alive while these methods merge it, as (a, b) for a·T + b with T
-# endpoints: the sparsifiers stack, weigh and mask T task vectors (deltas, their stack, the sign
-# agreement, temporaries); SCE also keeps its per-entry variance and selection. Measured peaks on a
-# 4096 × 2048 tensor with 6 endpoints: ties 23.9, breadcrumbs_ties 22.4, della 22.4, sce 32.1.
-STACKING = {**dict.fromkeys(("ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
-                             "della_linear"), (3, 5)), "sce": (5, 2)}
+# endpoints: the T task vectors and their trimmed (or dropped) copies, the trim's temporaries, the
+# output; the sign election and the weighted sums run a chunk at a time and add little. Breadcrumbs and
+# DELLA rank each task vector's magnitudes (their ranks a copy more); SCE keeps its stack, per-entry
+# variance and selection. Peaks measured on a 4096 × 2048 tensor with 2, 3, 4, 6 and 8 endpoints
+# (density 0.4-0.5), at most: ties 6.7 / 8.7 / 11.5 / 16.0 / 18.7, dare_ties 5.4 / 7.4 / 9.9 / 13.4 /
+# 17.4, breadcrumbs_ties 9.1 / 11.1 / 13.1 / 17.1 / 21.1, della 9.1 / 11.4 / 13.4 / 17.9 / 21.4, sce
+# 11.5 / 16.5 / 21.5 / 31.5 / 41.5
+STACKING = {**dict.fromkeys(("ties", "dare_ties", "dare_linear"), (2, 5)),
+            **dict.fromkeys(("breadcrumbs", "breadcrumbs_ties", "della", "della_linear"), (2, 6)), "sce": (5, 2)}
 
 
 @dataclass(frozen=True)
