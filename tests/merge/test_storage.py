@@ -615,8 +615,9 @@ for k in range(4):
     tensor = base if k == 0 else base + (torch.randn(rows, cols, generator=g) * 0.001).bfloat16()
     save_file({"model.embed_tokens.weight": tensor}, root / f"m{k}" / "model.safetensors")
 for name in sys.argv[2:]:
+    trimmed = {"parameters": {"density": 0.4}} if name != "task_arithmetic" else {}  # trimming keeps more
     recipe = Recipe.model_validate({"merge_method": name, "base_model": str(root / "m0"),
-                                    "models": [{"model": str(root / f"m{k}")} for k in (1, 2, 3)]})
+                                    "models": [{"model": str(root / f"m{k}"), **trimmed} for k in (1, 2, 3)]})
     _, tensors = stream_merge(plan_from_recipe(recipe, root))
     open("/proc/self/clear_refs", "w").write("5")
     before = hwm()
@@ -645,6 +646,7 @@ def test_plan_counts_what_exporting_a_pick_holds(tmp_path):
         planned = (sum(export_bytes(shapes, setting)) - shapes.nbytes(None)) / copy
         assert planned == (9 if name == "task_arithmetic" else 4 + 2 * 3 + 5)  # 2T + 3; T + 1 + 2T + 5
         assert measured[name] <= 1.1 * planned, (name, measured[name], planned)
+        assert planned <= 1.5 * measured[name], (name, measured[name], planned)
     # on a GPU the inputs are read and the shard buffered on the host, and the rest is the device's
     gpu = Setting(3, ("task_arithmetic",), Storage(torch.bfloat16), torch.float32, on_gpu=True)
     assert export_bytes(shapes, gpu) == (9 * copy, 4 * copy + shapes.nbytes(None))  # the inputs are copied over
