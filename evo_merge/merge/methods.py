@@ -89,12 +89,14 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
 def top_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest of flat non-negative `values`, as a boolean mask (a NaN ranks first, as in
     topk); of the entries tied with the k-th, the first by position: the same entries on every
-    device and torch version."""
+    device and torch version. Where every entry tied with the k-th is kept (most cuts of
+    continuous values), the mask is one comparison; otherwise the ties are kept by position."""
     values = values.nan_to_num(nan=torch.inf)
-    cut = kth_largest(values, k)
+    cut, above, tied = _cut(values, k)
+    if above + tied == k:
+        return values >= cut
     mask = values > cut
-    tied = torch.nonzero(values == cut).squeeze(1)
-    mask[tied[: k - int(mask.sum())]] = True
+    mask[torch.nonzero(values == cut).squeeze(1)[: k - above]] = True
     return mask
 
 
@@ -104,22 +106,30 @@ TOP_BITS = 16  # a non-negative float32 bucketed by its exponent and top 8 manti
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th largest of a flat tensor of non-negative values (NaN excluded, and no -0.0, whose
     sign bit reads as a negative int32: `abs` and variances give none), exactly as
-    `topk(values, k).values.min()` gives it, in two passes instead of a selection over them all.
+    `topk(values, k).values.min()` gives it (`_cut`)."""
+    return _cut(values, k)[0]
+
+
+def _cut(values: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
+    """(the k-th largest of `values` as `kth_largest` takes them, how many are larger, how many equal it).
 
     A non-negative float32 orders as its bits do read as an int32: a count of each bucket of the
     top TOP_BITS bits finds the bucket that holds the k-th largest, and only that bucket's values
-    are then ranked. On a CPU a TIES merge spent 60% of its time trimming, mostly in `topk` (1.1B
-    parameters: 175 s a candidate); this finds the cut 2.8-4.0x faster on 11.5M entries, and the
-    tensor's whole TIES merge 1.38x (`scripts/bench_trim.py`). A GPU keeps `topk`, a radix
-    selection there already, where a count of 32k buckets would contend on its atomics (unmeasured)."""
+    are then ranked, and counted. On a CPU a TIES merge spent 60% of its time trimming, mostly in
+    `topk` (1.1B parameters: 175 s a candidate); this finds the cut 2.8-4.0x faster on 11.5M
+    entries (`scripts/bench_trim.py`), and its counts spare the mask two more passes. A GPU keeps
+    `topk`, a radix selection there already, where a count of 32k buckets would contend on its
+    atomics (unmeasured), and counts over the whole tensor."""
     if values.device.type != "cpu" or values.dtype != torch.float32 or not values.is_contiguous():
-        return torch.topk(values, k, sorted=False).values.min()
+        cut = torch.topk(values, k, sorted=False).values.min()
+        return cut, int(torch.count_nonzero(values > cut)), int(torch.count_nonzero(values == cut))
     buckets = torch.bitwise_right_shift(values.view(torch.int32), 32 - TOP_BITS - 1)  # the sign bit is 0
     at_least = torch.bincount(buckets, minlength=(0x7F800000 >> (32 - TOP_BITS - 1)) + 1).flip(0).cumsum(0)
     top = int(torch.searchsorted(at_least, torch.tensor(k)))  # buckets counted from the top
     inside = values[buckets == at_least.numel() - 1 - top]
-    rank = k - (int(at_least[top - 1]) if top else 0)  # within the bucket, from its largest
-    return torch.kthvalue(inside, inside.numel() - rank + 1).values
+    higher = int(at_least[top - 1]) if top else 0  # in the buckets above the cut's
+    cut = torch.kthvalue(inside, inside.numel() - (k - higher) + 1).values  # k - higher-th largest inside
+    return cut, higher + int(torch.count_nonzero(inside > cut)), int(torch.count_nonzero(inside == cut))
 
 
 def random_mask(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:

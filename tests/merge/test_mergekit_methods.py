@@ -171,6 +171,25 @@ def test_breadcrumbs_and_della_rank_tied_magnitudes_by_position(dtype):
     assert torch.equal(della_probabilities(delta, 0.5, 0.1), (0.5 - 0.1) + ranks / 3999 * 2 * 0.1)
 
 
+def test_breadcrumbs_cuts_keep_the_ranks_a_stable_sort_gives():
+    """Breadcrumbs' two cuts against the stable ascending sort they replace, ranks start to stop - 1:
+    continuous, bfloat16 and small-integer magnitudes (ties at either cut), zeros, and the ends
+    (nothing dropped at the top, nothing at the bottom, nothing kept)."""
+    from evo_merge.merge.sparse import _ranked_between
+
+    gen = torch.Generator().manual_seed(1)
+    for n in (1, 5, 1000, 4099):
+        x = torch.randn(n, generator=gen)
+        for values in (x, x.bfloat16().float(), torch.randint(0, 4, (n,), generator=gen).float()):
+            values = values.abs()
+            order = torch.sort(values, stable=True).indices
+            for start, stop in {(0, n), (0, n // 2), (n // 3, n), (n // 3, n - n // 10), (n // 2, n // 2), (n, n),
+                                (max(n - 1, 0), n)}:
+                expected = torch.zeros(n, dtype=torch.bool)
+                expected[order[start:stop]] = True
+                assert torch.equal(_ranked_between(values, start, stop), expected), (n, start, stop)
+
+
 def test_della_keeps_the_expected_density_and_is_unbiased():
     gen = torch.Generator().manual_seed(0)
     delta = torch.randn(40, 50, generator=gen)

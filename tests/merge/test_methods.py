@@ -342,6 +342,26 @@ def test_third_party_method_registers_with_a_decorator():
     assert torch.allclose(out, T([-4.0, -6.0]))
 
 
+def test_the_top_mask_is_a_stable_descending_sorts_first_k_on_every_kind_of_value():
+    """The trim's mask against a stable descending sort's first k (a NaN ranked as +inf, ties by
+    position), on the bucketed CPU path and topk's (float64 values): when every entry tied with the
+    k-th is kept, when some are, and when there are no ties."""
+    from evo_merge.merge.methods import top_mask
+
+    gen = torch.Generator().manual_seed(5)
+    for kind in range(6):
+        for n in (1, 7, 1000, 4099):
+            x = torch.randn(n, generator=gen)
+            x = [x, x.bfloat16().float(), torch.randint(0, 4, (n,), generator=gen).float(),
+                 torch.where(torch.rand(n, generator=gen) < 0.1, torch.inf, x), x * 1e-40,
+                 torch.where(torch.rand(n, generator=gen) < 0.2, torch.nan, x.bfloat16().float())][kind].abs()
+            for k in sorted({k for k in (1, 2, n // 3, n // 2, n - 1, n) if 1 <= k <= n}):
+                expected = torch.zeros(n, dtype=torch.bool)
+                expected[torch.sort(x.nan_to_num(nan=torch.inf), descending=True, stable=True).indices[:k]] = True
+                for values in (x, x.double()):
+                    assert torch.equal(top_mask(values, k), expected), (kind, n, k, values.dtype)
+
+
 def test_the_bucketed_kth_largest_is_topks_on_every_kind_of_value():
     """The trim's cut by bucketed float32 bits against torch.topk's: ties (bfloat16 values widened,
     small integers), zeros, +inf (a NaN's rank), subnormals, and k from 1 to all of them."""
