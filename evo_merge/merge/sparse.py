@@ -78,7 +78,9 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
     density + epsilon (mergekit's MagPrune: ranks within each row; a vector is one row). Tied
     magnitudes are ranked by position, as on every device (`outlier_trim`)."""
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
-    ranks = rows.abs().argsort(dim=1, stable=True).argsort(dim=1).to(torch.float32)
+    order = rows.abs().argsort(dim=1, stable=True)  # each entry's rank scattered back: one sort, not two
+    positions = torch.arange(rows.shape[1], dtype=torch.float32, device=rows.device).expand(rows.shape[0], -1)
+    ranks = torch.empty(rows.shape, dtype=torch.float32, device=rows.device).scatter_(1, order, positions)
     span = max(rows.shape[1] - 1, 1)
     return ((density - epsilon) + ranks / span * 2 * epsilon).reshape(delta.shape)
 
