@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -162,7 +163,25 @@ def read_anchors(path: str | Path) -> Anchors:
         raise UserError(f"{path}: corrupt anchors file (unknown allocation {anchors.allocation!r})")
     if not isinstance(anchors.items, dict) or not all(isinstance(v, list) for v in anchors.items.values()):
         raise UserError(f"{path}: corrupt anchors file (items is not a scenario -> list of item ids)")
+    if problem := _weights_problem(anchors):
+        raise UserError(f"{path}: corrupt anchors file ({problem})")
     return anchors
+
+
+def _weights_problem(anchors: Anchors) -> str | None:
+    """What is wrong with a stored set's weights, if anything: the estimators zip each scenario's
+    weights with its items, so a list of another length put weights on other items, and their
+    weighted means take non-negative weights with a positive sum."""
+    if not isinstance(anchors.weights, dict) or anchors.weights.keys() != anchors.items.keys():
+        return "weights is not a scenario -> list of weights for the scenarios of items"
+    for scenario, items in anchors.items.items():
+        weights = anchors.weights[scenario]
+        if not isinstance(weights, list) or len(weights) != len(items):
+            return f"scenario {scenario!r} has {len(items)} items and not as many weights"
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                   for w in weights) or (items and sum(weights) <= 0):
+            return f"scenario {scenario!r}: weights must be non-negative numbers with a positive sum"
+    return None
 
 
 def _clusters(features: np.ndarray, n_clusters: int, seed: int) -> list[np.ndarray]:

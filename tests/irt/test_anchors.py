@@ -196,6 +196,31 @@ def test_store_and_load(tmp_path, two_scenarios):
         load_anchors(tmp_path, method="stratified")
 
 
+def test_a_stored_sets_weights_are_checked_against_its_items(tmp_path, two_scenarios):
+    """Each scenario's weights go with its items in order: a file whose lists differ in length put
+    weights on other items (and scenarios) without a word, and negative or all-zero weights gave
+    wrong means or "no anchor item was scored"."""
+    path = select_anchors(two_scenarios[3], 6, "stratified").save(tmp_path)
+    good = json.loads(path.read_text())
+    first, second = good["items"]
+    n_first = len(good["items"][first])
+    positive = "scenario '.*': weights must be non-negative numbers with a positive sum"
+    cases = [
+        ({**good["weights"], first: good["weights"][first][:-1]}, f"scenario '{first}' has {n_first} items and not"),
+        ({**good["weights"], first: [-1.0] + good["weights"][first][1:]}, positive),
+        ({**good["weights"], second: [0] * len(good["items"][second])}, positive),
+        ({**good["weights"], second: ["1"] + good["weights"][second][1:]}, positive),
+        ({**good["weights"], second: [float("nan")] + good["weights"][second][1:]}, positive),
+        ({first: good["weights"][first]}, "weights is not a scenario -> list of weights"),
+    ]
+    for weights, message in cases:
+        path.write_text(json.dumps({**good, "weights": weights}))
+        with pytest.raises(UserError, match=f"{path.name}: corrupt anchors file .{message}"):
+            load_anchors(tmp_path)
+    path.write_text(json.dumps(good))
+    assert load_anchors(tmp_path).weights == good["weights"]
+
+
 def test_bad_method_or_budget(two_scenarios):
     with pytest.raises(UserError, match="unknown anchor method 'best'"):
         select_anchors(two_scenarios[3], 5, "best")
