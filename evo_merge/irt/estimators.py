@@ -55,7 +55,7 @@ import pandas as pd
 
 from evo_merge.errors import UserError
 from evo_merge.irt.ability import map_logistic
-from evo_merge.irt.adaptive import AdaptiveTest
+from evo_merge.irt.adaptive import AdaptiveTest, held_out_error
 from evo_merge.irt.anchors import Anchors, select_anchors
 from evo_merge.irt.kinds import DEFAULT_ESTIMATOR_KIND, ENDPOINT_ESTIMATORS, ESTIMATOR_KINDS, SELECTABLE_ANCHOR_METHODS
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
@@ -80,8 +80,10 @@ PRIOR_SUBJECTS = 4.0  # weight, in subjects, of the random-sampling error pooled
 # change says that its estimates mix the two. 1: the task-level check of each subject against its
 # anchors; 2: Neyman allocation counting the spread of a scenario's items; 3: the IRT part's b̂²
 # from the subject's own accuracy where the calibration subjects' spread is smaller (CHANGELOG, IRT
-# standard errors); folders from before record none.
-ESTIMATOR_REVISION = 3
+# standard errors); 4: the random-sampling error² with the finite-population variance's N − 1 (a
+# scenario of 4 items had 3/4 of it), and an adaptive test's SE with the IRT model's own error,
+# measured by cross-fitting (its posterior SE was half its error); folders from before record none.
+ESTIMATOR_REVISION = 4
 
 
 def _shrink_weight(error: np.ndarray, variance: np.ndarray) -> np.ndarray:
@@ -155,7 +157,8 @@ class Estimator:
         self.sizes = self._item_onehot.sum(axis=0)
         self.share = self.sizes / self.sizes.sum()  # each scenario's weight in the overall score
         if kind == "adaptive":  # its items depend on the answers: the first step stands for the anchors
-            self.adaptive = AdaptiveTest(model, seed=seed, **adaptive_options)
+            error = held_out_error(model, seed=seed, **adaptive_options)  # measured, as gp-IRT's parts are
+            self.adaptive = AdaptiveTest(model, seed=seed, model_error=error, **adaptive_options)
             self._set_anchors(self.adaptive.first_step())
             return
         if anchors is None:
@@ -197,9 +200,12 @@ class Estimator:
         self.weights = np.array([w for s in self.scenarios for w in anchors.weights[s]])
         self._anchor_onehot = self._item_onehot[self.anchor_idx]  # (n, K)
         self._n_eff = _effective_size(self.weights, self._anchor_onehot)
-        # (1 − n/N)/n_eff per scenario: a random sample's error² per unit of across-item variance
-        # a scenario with no anchor (an adaptive test's, before its first step) has no anchor mean: ∞
+        # (1 − n/N)/n_eff · N/(N − 1) per scenario: a random sample's error² (without replacement,
+        # Cochran's, whose item variance divides by N − 1) per unit of the across-item variance divided
+        # by N that v̂ and p(1 − p) are; a scenario with no anchor (an adaptive test's, before its
+        # first step) has no anchor mean: ∞
         unsampled = np.clip(1.0 - self._anchor_onehot.sum(axis=0) / self.sizes, 0.0, 1.0)
+        unsampled = unsampled * self.sizes / np.maximum(self.sizes - 1, 1)
         self._sampling = np.divide(unsampled, self._n_eff, out=np.full_like(unsampled, np.inf), where=self._n_eff > 0)
 
     def _endpoint_abilities(self, endpoints: Sequence[str] | pd.DataFrame) -> np.ndarray:
@@ -223,7 +229,7 @@ class Estimator:
             return (np.where(observed, scores, 0.0) @ self._item_onehot) / (observed @ self._item_onehot)
 
     def random_sampling_variance(self) -> np.ndarray:
-        """v̂·(1 − n/N)/n_eff: the error² of a random sample of the anchors' effective size.
+        """v̂·(1 − n/N)/n_eff·N/(N − 1): the error² of a random sample of the anchors' effective size.
 
         v̂ is the training subjects' mean across-item variance of scores in the scenario;
         n_eff = (Σw)²/Σw² counts unequally weighted anchors as fewer items.
@@ -333,7 +339,7 @@ class Estimator:
         return _pool(self._anchor_sq, self._own_sampling_variance(anchor))
 
     def _own_sampling_variance(self, anchor: np.ndarray) -> np.ndarray:
-        """(S, K): p̃(1 − p̃)·(1 − n/N)/n_eff, a random sample's error² at the subject's own accuracy,
+        """(S, K): p̃(1 − p̃)·(1 − n/N)/n_eff·N/(N − 1), a random sample's error² at the subject's own accuracy,
         p̃ = (n_eff·mean + 1)/(n_eff + 2) (never exactly 0 or 1)."""
         p = (self._n_eff * anchor + 1.0) / (self._n_eff + 2.0)
         return p * (1.0 - p) * self._sampling

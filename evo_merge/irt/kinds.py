@@ -9,15 +9,12 @@ from __future__ import annotations
 # estimators of a candidate's accuracy from a few scored items (see estimators.py, adaptive.py)
 ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "adaptive")
 ENDPOINT_ESTIMATORS = ("mpirt", "gmpirt")  # those that need the endpoints' abilities (merge-aware)
-# estimators whose standard error leaves out part of the error (audits: adaptive 6 of 12 cells off by more
-# than 2 SE; mp-IRT 42-61% beyond 2 SE on the shipped tiny-lm responses), said wherever the ± is shown
-SE_CAVEATS = {
-    "adaptive": "their standard error is the IRT model's posterior SE, which leaves out the model's own error "
-                "(large with few calibration subjects); read it as a lower bound",
-    **dict.fromkeys(ENDPOINT_ESTIMATORS, "their standard error counts the error of merges the IRT model simulates "
-                    "between the endpoints, not of real ones: 4-10x too small on the shipped tiny-lm responses; "
-                    "read it as a lower bound (`irt validate` measures it on your responses)"),
-}
+# estimators whose standard error leaves out part of the error (an audit: mp-IRT 42-61% beyond 2 SE on the
+# shipped tiny-lm responses), said wherever the ± is shown. An adaptive test's SE counts the IRT model's own
+# error since estimator revision 4 (measured by cross-fitting; the posterior's alone was half the error)
+SE_CAVEATS = dict.fromkeys(ENDPOINT_ESTIMATORS, "their standard error counts the error of merges the IRT model "
+                           "simulates between the endpoints, not of real ones: 4-10x too small on the shipped "
+                           "tiny-lm responses; read it as a lower bound (`irt validate` measures it on your responses)")
 FULL_EVALUATION = "full"  # a campaign's costly baseline: every item scored, no estimator
 CAMPAIGN_ESTIMATOR_KINDS = (*ESTIMATOR_KINDS, FULL_EVALUATION)
 # "auto" is stratified-irt with enough calibration subjects, stratified below; "auto-kmeans" (the

@@ -218,7 +218,8 @@ class Scoring:
         key = (name, precision)
         if key not in self._tighter:
             self._tighter[key] = AdaptiveTest(test.model, test.target_se * precision,
-                                              max(1, round(test.max_items / precision)), test.step, seed=test.seed)
+                                              max(1, round(test.max_items / precision)), test.step, seed=test.seed,
+                                              model_error=test.model_error)
         return self._tighter[key]
 
     def _responses(self, name: str, subjects: Subjects) -> pd.DataFrame:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from evo_merge.errors import UserError
-from evo_merge.irt import Estimator
-from evo_merge.irt.adaptive import AdaptiveTest
+from evo_merge.irt import Estimator, IRTModel, validate_responses
+from evo_merge.irt.adaptive import AdaptiveTest, held_out_error
 from evo_merge.irt.responses import ResponseMatrix
-from evo_merge.irt.synthetic import synthetic_abilities
+from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 
 
 def _scorer(row: np.ndarray, item_ids: list[str]):
@@ -84,6 +84,47 @@ def test_standard_errors_are_honest_when_the_model_is_right(make_model):
         result = test.run(_scorer(row, model.item_ids)[0])
         inside.append(abs(result["all"] - row.mean()) <= 2 * result.se["all"])
     assert 0.85 <= np.mean(inside) <= 1.0, np.mean(inside)
+
+
+def test_the_se_counts_the_irt_model_s_own_error_measured_on_held_out_calibration_subjects():
+    """Fitted on 12 subjects, the item parameters are off in ways the posterior cannot see: new
+    subjects of the same 2PL fell within 2 posterior SEs 60% of the time (its SE half the error).
+    The estimator adds the error its fold fits make on the subjects each was fitted without, and
+    stops as before (the same items, the same estimates)."""
+    gen = make_synthetic_irt(300, dims=1, n_scenarios=2, heterogeneous=True, seed=5)
+    theta, ids = synthetic_abilities(12, dims=1, seed=6)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=7)), dims=1, seed=0)
+    estimator = Estimator(model, None, "adaptive", target_se=0.04, max_items=40)
+    assert set(estimator.adaptive.model_error) == {"s0", "s1", "overall"}
+    bare = AdaptiveTest(model, target_se=0.04, max_items=40)
+    new, new_ids = synthetic_abilities(60, dims=1, seed=8)
+    rows = ResponseMatrix.from_long(gen.sample(new, new_ids, seed=9), model.item_ids).scores
+    coverage, ratio = {}, {}
+    for label, test in (("measured", estimator.adaptive), ("posterior", bare)):
+        results = [test.run(_scorer(row, model.item_ids)[0]) for row in rows]
+        errors = np.array([r["overall"] - row.mean() for r, row in zip(results, rows)])
+        se = np.array([r.se["overall"] for r in results])
+        coverage[label], ratio[label] = np.mean(np.abs(errors) <= 2 * se), np.sqrt(np.mean(se**2) / np.mean(errors**2))
+        if label == "measured":
+            items = [r.items_used for r in results]
+        else:
+            assert [r.items_used for r in results] == items  # the same test: it stops on the posterior's part
+    assert coverage["measured"] >= 0.9 and ratio["measured"] >= 0.8, (coverage, ratio)
+    assert coverage["posterior"] < 0.75 and ratio["posterior"] < 0.7, (coverage, ratio)
+
+
+def test_a_model_error_is_measured_only_on_held_out_subjects_with_every_answer(make_model):
+    """A calibration subject missing answers cannot take a test: with none complete nothing is
+    measured and the SE is the posterior's."""
+    rng = np.random.default_rng(0)
+    alpha, beta = rng.uniform(0.5, 2.5, 50), rng.normal(0, 1.5, 50)
+    responses = (rng.random((4, 50)) < 0.5).astype(float)
+    responses[:, 3] = np.nan
+    model = make_model(alpha, beta, responses=responses)
+    assert held_out_error(model) == {}
+    estimator = Estimator(model, None, "adaptive", target_se=0.05, max_items=20)
+    scores = {i: 1.0 for i in estimator.adaptive.next_items({})}
+    assert estimator.estimate(scores).se == AdaptiveTest(model, 0.05, 20).estimate(scores).se
 
 
 def test_fewer_items_than_random_sampling_for_the_same_error(md2pl, torch_model):

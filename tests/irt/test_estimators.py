@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 
@@ -177,15 +178,21 @@ def test_estimator_errors(two_scenarios):
 
 
 def test_random_sampling_variance_counts_effective_items(make_model):
-    """v̂·(1 − n/N)/n_eff with n_eff = (Σw)²/Σw²: hand-computed for two weightings of 2 of 4 items."""
+    """v̂·(1 − n/N)/n_eff·N/(N − 1) with n_eff = (Σw)²/Σw²: with equal weights, the variance of the
+    mean of 2 of 4 items over every pair they can be, averaged over the subjects (it was 3/4 of it,
+    the item variance taken over N, not N − 1); hand-computed for unequal weights."""
     responses = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 0]], dtype=float)
     model = make_model(np.ones(4), np.zeros(4), responses=responses)
-    v_hat = np.mean([r.var() for r in responses])  # across-item variance per subject, averaged
+    pairs = list(itertools.combinations(range(4), 2))
+    exact = np.mean([np.var([r[list(pair)].mean() for pair in pairs]) for r in responses])
+    v_hat = np.mean([r.var() for r in responses])  # across-item variance per subject (over N), averaged
     for weights, n_eff in (([0.5, 0.5], 2.0), ([0.9, 0.1], 1 / 0.82)):
         anchors = Anchors("random", 2, 0, {"all": ["q0", "q1"]}, {"all": weights})
         est = Estimator(model, anchors, "anchor")
         got = est.random_sampling_variance()
-        assert got[0] == pytest.approx(v_hat * 0.5 / n_eff)
+        assert got[0] == pytest.approx(v_hat * 0.5 / n_eff * 4 / 3)
+        if n_eff == 2.0:
+            assert got[0] == pytest.approx(exact)
 
 
 def test_measured_errors_are_out_of_sample_and_the_se_is_calibrated():
@@ -413,7 +420,7 @@ def test_a_subject_unlike_the_calibration_ones_leans_on_its_sampled_anchors():
 def test_the_anchor_error_is_taken_at_the_subject_s_own_accuracy(make_model):
     """Calibration subjects that all score 0 or 1 (a skill only one endpoint has) measure an anchor
     error of 0; a subject with 3 of 4 random anchors right still has the sampling error of its own
-    accuracy: p̃ = (4·0.75 + 1)/6, p̃(1 − p̃)·(1 − 4/10)/4 pooled with 4 measured zeros, hand-computed."""
+    accuracy: p̃ = (4·0.75 + 1)/6, p̃(1 − p̃)·(1 − 4/10)/4·10/9 pooled with 4 measured zeros, hand-computed."""
     responses = np.array([[0.0] * 10, [0.0] * 10, [0.0] * 10, [1.0] * 10])
     model = make_model(np.ones(10), np.zeros(10), responses=responses)
     anchors = Anchors("random", 4, 0, {"all": ["q0", "q1", "q2", "q3"]}, {"all": [0.25] * 4})
@@ -421,7 +428,7 @@ def test_the_anchor_error_is_taken_at_the_subject_s_own_accuracy(make_model):
     assert est.scenario_se[0] == 0.0  # what the calibration alone says
     for scores, right in (([1.0, 0.0, 1.0, 1.0], 3), ([0.0] * 4, 0)):
         p = (right + 1) / 6
-        expected = np.sqrt(4 * p * (1 - p) * 0.6 / 4 / (4 + 4))
+        expected = np.sqrt(4 * p * (1 - p) * 0.6 / 4 * 10 / 9 / (4 + 4))
         got = est.estimate(dict(zip(est.anchor_ids, scores)))
         assert got["all"] == pytest.approx(right / 4)
         assert got.se["all"] == pytest.approx(expected)
@@ -438,7 +445,7 @@ def test_clustered_anchors_keep_the_subject_s_own_anchor_error_in_the_se(make_mo
     est = Estimator(model, anchors, kind)
     got = est.estimate(dict(zip(est.anchor_ids, [1.0, 0.0, 1.0, 1.0])))
     p = 4 / 6
-    anchor_se = np.sqrt(4 * p * (1 - p) * 0.6 / 4 / (4 + 4))  # as for sampled anchors, above
+    anchor_se = np.sqrt(4 * p * (1 - p) * 0.6 / 4 * 10 / 9 / (4 + 4))  # as for sampled anchors, above
     lam = 1.0 if kind == "anchor" else est.lam[0]
     assert got.se["all"] == pytest.approx(np.sqrt(lam**2 * anchor_se**2 + (1 - lam) ** 2 * est.irt_error[0]))
     assert got.se["all"] >= lam * anchor_se > 0
