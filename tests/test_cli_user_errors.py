@@ -554,6 +554,26 @@ def test_a_plugin_tasks_scores_are_checked_like_the_built_in_ones():
         score_table(_Plugin(float("nan")), None, None, "m")
 
 
+def test_a_scored_table_reports_its_start_before_any_item_is_scored():
+    """`evo-merge eval` showed nothing while it scored (at 7B, minutes) and then "80/80 in 0:00:00":
+    its stage heard of the items only once the first call of up to 512 had returned. It is told
+    (0, n) before the task is asked anything, then after each call."""
+    from evo_merge.tasks.scoring import score_table
+
+    events = []
+
+    class Slow(_Plugin):
+        def evaluate(self, model, tokenizer=None, item_ids=None):
+            events.append(("asked", len(item_ids or self.item_ids)))
+            return super().evaluate(model, tokenizer, item_ids)
+
+    score_table(Slow(0.5), None, None, "m", None, lambda done, total: events.append(("told", done, total)))
+    assert events == [("told", 0, 2), ("asked", 2), ("told", 2, 2)]
+    events.clear()
+    score_table(Slow(0.5), None, None, "m", ["b"], lambda done, total: events.append(("told", done, total)))
+    assert events == [("told", 0, 1), ("asked", 1), ("told", 1, 1)]
+
+
 def test_errors_about_a_config_name_its_file_once(tmp_path):
     """`naming_file` puts the config's path before a key-only message, and leaves a message that
     already starts with a path alone (a run folder's, the config's own)."""
