@@ -340,9 +340,9 @@ def test_cli_eval_scores_the_anchors_irt_anchors_stored_that_are_items_of_the_ta
     from evo_merge.irt.anchors import Anchors
 
     arith = {"inc": ["arith-test-00000", "arith-test-00004"], "dec": ["arith-test-00001"]}
-    stored = Anchors("stratified", 2, 0, items={**{f"arith:{k}": v for k, v in arith.items()},
-                                                  "seq:copy_3": ["seq-test-00000", "seq-test-00001"]},
-                     weights={}).save(tmp_path / "model")
+    items = {**{f"arith:{k}": v for k, v in arith.items()}, "seq:copy_3": ["seq-test-00000", "seq-test-00001"]}
+    stored = Anchors("stratified", 2, 0, items=items,
+                     weights={s: [1 / len(v)] * len(v) for s, v in items.items()}).save(tmp_path / "model")
     out = tmp_path / "scores.csv"
     args = ["eval", "--model", str(model_dirs / "lm"), "--task", "arith", "--items", str(stored), "--out", str(out)]
     result = CliRunner().invoke(cli, args)
