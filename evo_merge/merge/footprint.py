@@ -22,6 +22,7 @@ import torch
 
 from evo_merge.config import EvaluatorSpec
 from evo_merge.errors import UserError
+from evo_merge.merge.methods import DEVICE_CONSENSUS_CHUNK
 from evo_merge.merge.registry import get_method
 from evo_merge.merge.storage import Storage, slab_bytes
 from evo_merge.merge.subspace import decomposes, tsv_rank
@@ -43,6 +44,12 @@ MASS_CACHE = 8  # merged task sets MASS keeps (its routing cache_size default)
 # 11.5 / 16.5 / 21.5 / 31.5 / 41.5
 STACKING = {**dict.fromkeys(("ties", "dare_ties", "dare_linear"), (2, 5)),
             **dict.fromkeys(("breadcrumbs", "breadcrumbs_ties", "della", "della_linear"), (2, 6)), "sce": (5, 2)}
+# Those are a CPU's, whose consensus runs 2^16 entries at a time. A GPU's chunk is 2^24 entries, and
+# the weighted rows, their signs and the agreement of one chunk are about 2T + 1 float32 copies of it,
+# which the counts above miss for a largest tensor of up to a few chunks (an audit, the GPU's chunk on a
+# CPU: TIES on a 2^21-entry tensor peaked at 16.0 copies with 3 endpoints and 36.0 with 8, against 11 and
+# 21): counted on a GPU beside them (`_chunk_bytes`)
+CHUNKED_CONSENSUS = ("ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
 
 
 @dataclass(frozen=True)
@@ -275,7 +282,15 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
     # with `host` or `disk` on a GPU, the largest tensor's stored base and task vectors are on the device
     # while it is merged; on a CPU they are read where they are kept, nothing is staged
     staging = setting.n_models + 1 if setting.storage.placement != "device" and setting.on_gpu else 0
-    return largest.numel * (4 * copies + staging * (setting.storage.dtype or largest.dtype).itemsize)
+    return largest.numel * (4 * copies + staging * (setting.storage.dtype or largest.dtype).itemsize) + _chunk_bytes(
+        largest, setting)
+
+
+def _chunk_bytes(largest: TensorInfo, setting: Setting) -> int:
+    """A GPU's consensus chunk of the chunked sparsifiers (`CHUNKED_CONSENSUS`), beyond their counts."""
+    if not setting.on_gpu or not any(name in CHUNKED_CONSENSUS for name in setting.methods):
+        return 0
+    return 4 * (2 * setting.n_models + 1) * min(largest.numel, DEVICE_CONSENSUS_CHUNK)
 
 
 def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
@@ -353,7 +368,7 @@ def export_bytes(shapes: Shapes, setting: Setting) -> tuple[int, int]:
     T = setting.n_models
     copies = max(2 * T + 3, T + 1 + _stacked(setting))
     read = (T + 1) * largest.numel * 4 + min(shapes.nbytes(None), DEFAULT_MAX_SHARD_BYTES)
-    return largest.numel * 4 * (copies - (0 if setting.on_gpu else T + 1)), read
+    return largest.numel * 4 * (copies - (0 if setting.on_gpu else T + 1)) + _chunk_bytes(largest, setting), read
 
 
 def _stacked(setting: Setting) -> int:

@@ -539,6 +539,10 @@ torch.set_num_threads(1)
 def hwm():
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
 n_models, rows, cols = int(sys.argv[1]), 1024, 1024
+if sys.argv[2] == "gpu-chunk":  # the consensus a GPU's chunk at a time: here the whole tensor in one
+    import evo_merge.merge.methods
+    evo_merge.merge.methods.CONSENSUS_CHUNK = rows * cols
+    sys.argv.pop(2)
 g = torch.Generator().manual_seed(0)
 base = (torch.randn(rows, cols, generator=g) * 0.02).bfloat16()
 deltas = [(torch.randn(rows, cols, generator=g) * 0.001).bfloat16() for _ in range(n_models)]
@@ -596,6 +600,26 @@ def test_plan_counts_the_copies_each_stacking_method_keeps_alive(n_models):
         planned = work_bytes(shapes, setting) / (4 * 2**20)
         assert measured[name] <= 1.1 * planned, (name, measured[name], planned)
         assert planned <= 1.4 * measured[name], (name, measured[name], planned)  # and not far above it
+
+
+@pytest.mark.parametrize("n_models", [3, 8])
+def test_the_gpu_plan_counts_the_consensus_chunk_of_a_tensor_smaller_than_a_few(n_models):
+    """A GPU runs TIES's sign election and sums 2^24 entries at a time: for a largest tensor of up
+    to a few such chunks (models up to about 1B) their weighted rows, signs and agreement are 2T + 1
+    copies more than a CPU's small chunks keep (an audit: 16.0 copies planned as 11 with 3 endpoints,
+    36.0 as 21 with 8). Measured here with the whole tensor as one chunk, as on a GPU."""
+    methods = [name for name in sorted(STACKING) if name != "sce"]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(n_models), "gpu-chunk", *methods],
+                         capture_output=True, text=True, env=env, check=True)
+    measured = {name: float(copies) for name, copies in (line.split() for line in run.stdout.splitlines())}
+    shapes = Shapes([TensorInfo("model.embed_tokens.weight", (1024, 1024), torch.bfloat16)])
+    for name in methods:
+        gpu = Setting(n_models, (name,), Storage(torch.bfloat16), torch.float32, True)
+        planned = work_bytes(shapes, gpu) / (4 * 2**20)
+        assert measured[name] <= 1.1 * planned, (name, measured[name], planned)
+        assert work_bytes(shapes, Setting(n_models, (name,), Storage(torch.bfloat16), torch.float32, False)) < \
+            work_bytes(shapes, gpu)  # a CPU's plan does not count the GPU's chunk
 
 
 EXPORT_PEAK_SCRIPT = """
