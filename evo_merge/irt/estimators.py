@@ -46,6 +46,7 @@ then already its scenario's best weight), towards 1 as the IRT errors move toget
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -57,7 +58,13 @@ from evo_merge.errors import UserError
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.adaptive import AdaptiveTest, held_out_error
 from evo_merge.irt.anchors import Anchors, select_anchors
-from evo_merge.irt.kinds import DEFAULT_ESTIMATOR_KIND, ENDPOINT_ESTIMATORS, ESTIMATOR_KINDS, SELECTABLE_ANCHOR_METHODS
+from evo_merge.irt.kinds import (
+    DEFAULT_ESTIMATOR_KIND,
+    ENDPOINT_ESTIMATORS,
+    ESTIMATOR_KINDS,
+    POSTERIOR_SE_CAVEAT,
+    SELECTABLE_ANCHOR_METHODS,
+)
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
 from evo_merge.irt.responses import (
     RESERVED_SCENARIO,
@@ -67,6 +74,8 @@ from evo_merge.irt.responses import (
 )
 from evo_merge.irt.result import Estimate
 from evo_merge.irt.twopl import prob_2pl
+
+log = logging.getLogger(__name__)
 
 KINDS = ESTIMATOR_KINDS
 # prior on mp-IRT's coefficients λ: centred on the plain average 1/k, weak along the endpoints'
@@ -158,6 +167,9 @@ class Estimator:
         self.share = self.sizes / self.sizes.sum()  # each scenario's weight in the overall score
         if kind == "adaptive":  # its items depend on the answers: the first step stands for the anchors
             error = held_out_error(model, seed=seed, **adaptive_options)  # measured, as gp-IRT's parts are
+            if not error:
+                log.warning("adaptive estimates: %s, since no calibration subject held out of a fold answered every "
+                            "item to measure the model's own error on (docs/irt.md)", POSTERIOR_SE_CAVEAT)
             self.adaptive = AdaptiveTest(model, seed=seed, model_error=error, **adaptive_options)
             self._set_anchors(self.adaptive.first_step())
             return

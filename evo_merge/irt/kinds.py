@@ -15,6 +15,11 @@ ENDPOINT_ESTIMATORS = ("mpirt", "gmpirt")  # those that need the endpoints' abil
 SE_CAVEATS = dict.fromkeys(ENDPOINT_ESTIMATORS, "their standard error counts the error of merges the IRT model "
                            "simulates between the endpoints, not of real ones: 4-10x too small on the shipped "
                            "tiny-lm responses; read it as a lower bound (`irt validate` measures it on your responses)")
+# an adaptive test's SE before that revision (a run folder scored then), or where no calibration subject
+# answered every item to measure the model's error on: the posterior's alone, about half the error
+POSTERIOR_SE_CAVEAT = ("their standard error is the IRT model's posterior SE, which leaves out the model's own error "
+                       "(large with few calibration subjects); read it as a lower bound")
+ADAPTIVE_ERROR_REVISION = 4
 FULL_EVALUATION = "full"  # a campaign's costly baseline: every item scored, no estimator
 CAMPAIGN_ESTIMATOR_KINDS = (*ESTIMATOR_KINDS, FULL_EVALUATION)
 # "auto" is stratified-irt with enough calibration subjects, stratified below; "auto-kmeans" (the

@@ -250,7 +250,7 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
         lines.append("endpoints, in the order of each recipe's weights: " + ", ".join(map(md, endpoints)))
     if note := rounded_storage_note(facts):
         lines.append(note)
-    notes = (se_note(facts), mixed_revisions_note(store), race_summary(race),
+    notes = (se_note(facts, store), mixed_revisions_note(store), race_summary(race),
              rounds_summary(store.get_meta(PICKS_META)))
     return lines + [line for line in notes if line]
 

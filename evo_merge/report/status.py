@@ -81,7 +81,7 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
                 f"is better): {value} {'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method})"
                 f"{since}"
             )
-    if competing and (note := se_note(facts)):
+    if competing and (note := se_note(facts, store)):
         lines.append(note)
     if finished:  # a run cut short may hold the picks of an earlier end
         by_id = {e.id: e for e in evaluations}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from evo_merge.irt.kinds import SE_CAVEATS
+from evo_merge.irt.kinds import ADAPTIVE_ERROR_REVISION, POSTERIOR_SE_CAVEAT, SE_CAVEATS
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.holdout import search_item_count
 from evo_merge.search.objectives import Objectives
@@ -81,12 +81,19 @@ def search_saving(store: CampaignStore, facts: Mapping, n_search: int) -> tuple[
     return spent, full, full / spent if spent else None
 
 
-def se_note(facts: Mapping) -> str | None:
+def se_note(facts: Mapping, store: CampaignStore) -> str | None:
     """The caveat on `estimate ± SE` of a run whose estimator's SE leaves part of the error out
-    (`SE_CAVEATS`: adaptive tests' posterior, mp-IRT's simulated merges), where gp-IRT's is measured
-    on held-out calibration subjects."""
+    (`SE_CAVEATS`: mp-IRT's simulated merges; an adaptive test's posterior alone, in a folder any of
+    whose candidates were scored before estimator revision 4 measured the IRT model's own error),
+    where gp-IRT's is measured on held-out calibration subjects."""
     kind = facts.get("estimator")
-    return f"{kind} estimates: {SE_CAVEATS[kind]} (docs/irt.md)" if kind in SE_CAVEATS else None
+    if kind in SE_CAVEATS:
+        return f"{kind} estimates: {SE_CAVEATS[kind]} (docs/irt.md)"
+    revision, mixed = store.estimator_revisions()
+    if kind == "adaptive" and min(mixed or [revision or 0]) < ADAPTIVE_ERROR_REVISION:
+        return f"{kind} estimates scored before estimator revision {ADAPTIVE_ERROR_REVISION}: {POSTERIOR_SE_CAVEAT} " \
+               "(docs/irt.md)"
+    return None
 
 
 def mixed_revisions_note(store: CampaignStore) -> str | None:

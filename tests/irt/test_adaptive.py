@@ -113,16 +113,19 @@ def test_the_se_counts_the_irt_model_s_own_error_measured_on_held_out_calibratio
     assert coverage["posterior"] < 0.75 and ratio["posterior"] < 0.7, (coverage, ratio)
 
 
-def test_a_model_error_is_measured_only_on_held_out_subjects_with_every_answer(make_model):
+def test_a_model_error_is_measured_only_on_held_out_subjects_with_every_answer(make_model, caplog):
     """A calibration subject missing answers cannot take a test: with none complete nothing is
-    measured and the SE is the posterior's."""
+    measured, the SE is the posterior's, and the estimator says so (it said nothing: audit 91)."""
     rng = np.random.default_rng(0)
     alpha, beta = rng.uniform(0.5, 2.5, 50), rng.normal(0, 1.5, 50)
     responses = (rng.random((4, 50)) < 0.5).astype(float)
     responses[:, 3] = np.nan
     model = make_model(alpha, beta, responses=responses)
     assert held_out_error(model) == {}
-    estimator = Estimator(model, None, "adaptive", target_se=0.05, max_items=20)
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        estimator = Estimator(model, None, "adaptive", target_se=0.05, max_items=20)
+    assert "posterior SE, which leaves out the model's own error" in caplog.text
+    assert "no calibration subject held out of a fold answered every item" in caplog.text
     scores = {i: 1.0 for i in estimator.adaptive.next_items({})}
     assert estimator.estimate(scores).se == AdaptiveTest(model, 0.05, 20).estimate(scores).se
 

@@ -180,6 +180,25 @@ def test_the_html_plot_names_endpoints_as_the_campaign_does_and_draws_no_empty_l
     assert "endpoint 1 (measured)" in {t.name for t in front_figure(table, ["a", "b"], ("a", "b")).data}  # older runs
 
 
+def test_an_adaptive_run_scored_before_revision_4_keeps_its_lower_bound_caveat(run, tmp_path):
+    """A folder whose candidates were scored before the model's error was measured holds the
+    posterior's SEs, about half the error: status and the report still say so (audit 91)."""
+    import shutil
+
+    from evo_merge.search.store import REVISION_META
+
+    older = tmp_path / "older"
+    shutil.copytree(run, older)
+    store = CampaignStore(older)
+    store.set_meta(REVISION_META, 3)
+    store.close()
+    note = "adaptive estimates scored before estimator revision 4: their standard error is the IRT model's posterior SE"
+    status = " ".join(CliRunner().invoke(cli, ["status", str(older)]).output.split())
+    assert note in status, status
+    assert CliRunner().invoke(cli, ["report", str(older)]).exit_code == 0
+    assert note in " ".join((older / "report.md").read_text().split())
+
+
 def test_an_adaptive_estimate_s_se_counts_the_irt_model_s_own_error_and_carries_no_caveat(run):
     """An audit found 6 of 12 adaptive estimates off their measurement by more than 2 SE: the
     posterior SE left out the IRT model's own error, and status and the report said so. The SE
