@@ -176,7 +176,7 @@ def sce(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     if topk < 1:
         stacked = stacked * (sce_mask(stacked, topk) if topk > 0 else torch.zeros_like(stacked[0]))
     agree = (stacked.sign() == elect_sign(stacked)).to(stacked.dtype)
-    energy = (stacked ** 2).mean(dim=tuple(range(1, stacked.dim())))
+    energy = (stacked ** 2).reshape(len(stacked), -1).mean(dim=1)  # per task, as mergekit: a 0-d tensor's too
     total = energy.sum().item()
     task_weights = torch.full_like(energy, 1 / len(energy)) if abs(total) < 1e-6 else energy / total
     erased = task_weights.view(-1, *([1] * (stacked.dim() - 1))) * agree

@@ -41,6 +41,13 @@ def test_sce_weights_tasks_by_energy_and_erases_minority_signs():
     assert torch.allclose(out, T([(0.1 * 1 + 0.9 * 3) / 1.0, -3.0]))
 
 
+def test_sce_merges_a_0_d_tensor_weighting_each_task_by_its_own_energy():
+    """A scalar parameter (a 0-d tensor) was a TypeError (`len()` of a 0-d tensor): each task's
+    energy is its mean squared delta over its entries, here the one: 1 and 9, weights 0.1, 0.9."""
+    out = run("sce", torch.tensor(0.5), [torch.tensor(1.0), torch.tensor(3.0)])
+    assert out.shape == () and torch.allclose(out, torch.tensor(0.5 + (0.1 * 1 + 0.9 * 3) / 1.0))
+
+
 def test_model_stock_interpolation_ratio():
     base = torch.zeros(2)
     d1, d2 = T([1.0, 0.0]), T([0.0, 1.0])  # orthogonal: cos 0 -> t 0 -> the base
