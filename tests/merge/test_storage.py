@@ -581,6 +581,16 @@ def test_the_gpu_plan_counts_the_base_loaded_on_the_host_before_it_moves():
     assert not [line for line in cpu if line.what.startswith("loading the base")]
 
 
+def _peaks(n_models: int, args: list[str]) -> tuple[dict[str, float], Shapes]:
+    """PEAK_SCRIPT's peak per method in a fresh process (float32 copies of its 1024 x 1024 tensor),
+    and that tensor's shapes for the plan."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}  # freed tensors leave RSS
+    run = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(n_models), *args], capture_output=True,
+                         text=True, env=env, check=True)
+    measured = {name: float(copies) for name, copies in (line.split() for line in run.stdout.splitlines())}
+    return measured, Shapes([TensorInfo("model.embed_tokens.weight", (1024, 1024), torch.bfloat16)])
+
+
 @pytest.mark.parametrize("n_models", [3, 6])
 def test_plan_counts_the_copies_each_stacking_method_keeps_alive(n_models):
     """The plan's merge work against the peak resident memory of one tensor's merge, in float32 copies
@@ -590,11 +600,7 @@ def test_plan_counts_the_copies_each_stacking_method_keeps_alive(n_models):
     copies they no longer make either (3T + 5 before: 23 at 6 endpoints for a peak of 16), nor
     fall under a peak where T grows."""
     methods = sorted(STACKING)
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}  # freed tensors leave RSS
-    run = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(n_models), *methods], capture_output=True,
-                         text=True, env=env, check=True)
-    measured = {name: float(copies) for name, copies in (line.split() for line in run.stdout.splitlines())}
-    shapes = Shapes([TensorInfo("model.embed_tokens.weight", (1024, 1024), torch.bfloat16)])
+    measured, shapes = _peaks(n_models, methods)
     for name in methods:
         setting = Setting(n_models, (name,), Storage(torch.bfloat16), torch.float32, False)
         planned = work_bytes(shapes, setting) / (4 * 2**20)
@@ -609,11 +615,7 @@ def test_the_gpu_plan_counts_the_consensus_chunk_of_a_tensor_smaller_than_a_few(
     copies more than a CPU's small chunks keep (an audit: 16.0 copies planned as 11 with 3 endpoints,
     36.0 as 21 with 8). Measured here with the whole tensor as one chunk, as on a GPU."""
     methods = [name for name in sorted(STACKING) if name != "sce"]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(n_models), "gpu-chunk", *methods],
-                         capture_output=True, text=True, env=env, check=True)
-    measured = {name: float(copies) for name, copies in (line.split() for line in run.stdout.splitlines())}
-    shapes = Shapes([TensorInfo("model.embed_tokens.weight", (1024, 1024), torch.bfloat16)])
+    measured, shapes = _peaks(n_models, ["gpu-chunk", *methods])
     for name in methods:
         gpu = Setting(n_models, (name,), Storage(torch.bfloat16), torch.float32, True)
         planned = work_bytes(shapes, gpu) / (4 * 2**20)
