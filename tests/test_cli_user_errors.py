@@ -226,7 +226,18 @@ def test_a_task_or_an_adapter_run_would_refuse_is_named_by_plan_as_run_names_it(
             one_line_error(*invoke(*args), str(path), *expected)
         assert not (tmp_path / "run").exists()
     code, output = invoke("plan", campaign(tmp_path, family))
-    assert code == 0 and "tasks: arith (" in output, output
+    assert code == 0 and "tasks: arith (1,200 items, 240 held out)" in output, output
+    # a task too small for `holdout: auto` holds none: the report said so after the run (audit 89)
+    code, output = invoke("plan", _small_task_campaign(tmp_path, family))
+    assert code == 0 and ("tasks: arith (80 items, none held out: fewer than 500, so its picks are scored on the "
+                          "items the search chose on)") in " ".join(output.split()), output
+
+
+def _small_task_campaign(tmp_path, family):
+    path = campaign(tmp_path, family)
+    config = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**config, "tasks": [{"task": "arith", "options": {"limit": 80}}]}))
+    return path
 
 
 def test_the_plan_counts_the_items_a_campaign_asks_for(tmp_path, family):

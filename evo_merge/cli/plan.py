@@ -38,6 +38,21 @@ def item_budget(campaign, tasks: dict, n_models: int) -> str:
             "final phase (its race, the picks measured whole) add theirs")
 
 
+def task_line(name: str, n_items: int, holdout) -> str:
+    """A task, its items and how many the final phase holds out: with `holdout: auto` a task under
+    AUTO_MIN_ITEMS items holds none, so its picks' published scores are on items the search chose
+    on; the report said so after the run, the plan says it before."""
+    from evo_merge.search.holdout import AUTO_MIN_ITEMS, holdout_size
+
+    held = holdout_size(name, n_items, holdout)
+    if held:
+        return f"{name} ({n_items:,} items, {held:,} held out)"
+    if holdout == "auto":
+        return (f"{name} ({n_items:,} items, none held out: fewer than {AUTO_MIN_ITEMS}, so its picks are scored on "
+                "the items the search chose on)")
+    return f"{name} ({n_items:,} items)"
+
+
 @click.command()
 @click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=UserPath(path_type=Path))
 @click.option("--out", type=UserPath(path_type=Path), default=None,
@@ -66,7 +81,8 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
         for name, task in tasks.items():  # a holdout leaving a task no search item: refused as `run` refuses it
             holdout_size(name, len(task.item_ids), campaign.final.holdout)
     result = campaign_plan(campaign, base, models, resuming=resuming)
-    click.echo("tasks: " + ", ".join(f"{name} ({len(task.item_ids):,} items)" for name, task in tasks.items()))
+    click.echo("tasks: " + ", ".join(task_line(name, len(task.item_ids), campaign.final.holdout)
+                                     for name, task in tasks.items()))
     click.echo(item_budget(campaign, tasks, len(models)))
     click.echo(result.table())
     if not result.fits:
