@@ -103,15 +103,10 @@ def top_mask(values: torch.Tensor, k: int) -> torch.Tensor:
 TOP_BITS = 16  # a non-negative float32 bucketed by its exponent and top 8 mantissa bits: 65,281 buckets up to +inf
 
 
-def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest of a flat tensor of non-negative values (NaN excluded, and no -0.0, whose
-    sign bit reads as a negative int32: `abs` and variances give none), exactly as
-    `topk(values, k).values.min()` gives it (`_cut`)."""
-    return _cut(values, k)[0]
-
-
 def _cut(values: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
-    """(the k-th largest of `values` as `kth_largest` takes them, how many are larger, how many equal it).
+    """(the k-th largest of a flat tensor of non-negative values, exactly as `topk(values,
+    k).values.min()` gives it; how many are larger; how many equal it). NaN excluded, and no -0.0,
+    whose sign bit reads as a negative int32: `abs` and variances give none.
 
     A non-negative float32 orders as its bits do read as an int32: a count of each bucket of the
     top TOP_BITS bits finds the bucket that holds the k-th largest, and only that bucket's values

@@ -362,10 +362,12 @@ def test_the_top_mask_is_a_stable_descending_sorts_first_k_on_every_kind_of_valu
                     assert torch.equal(top_mask(values, k), expected), (kind, n, k, values.dtype)
 
 
-def test_the_bucketed_kth_largest_is_topks_on_every_kind_of_value():
-    """The trim's cut by bucketed float32 bits against torch.topk's: ties (bfloat16 values widened,
-    small integers), zeros, +inf (a NaN's rank), subnormals, and k from 1 to all of them."""
-    from evo_merge.merge.methods import kth_largest
+def test_the_bucketed_cut_is_topks_on_every_kind_of_value_and_counts_what_it_cuts():
+    """The trim's cut by bucketed float32 bits against torch.topk's, and its counts of the values
+    above and equal to it against counts over the whole tensor (the mask is one comparison when
+    they add up to k): ties (bfloat16 values widened, small integers), zeros, +inf (a NaN's rank),
+    subnormals, and k from 1 to all of them; the topk path too (float64)."""
+    from evo_merge.merge.methods import _cut
 
     gen = torch.Generator().manual_seed(3)
     for kind in range(5):
@@ -374,4 +376,7 @@ def test_the_bucketed_kth_largest_is_topks_on_every_kind_of_value():
             x = [x, x.bfloat16().float(), torch.randint(0, 4, (n,), generator=gen).float(),
                  torch.where(torch.rand(n, generator=gen) < 0.1, torch.inf, x), x * 1e-40][kind].abs()
             for k in sorted({1, max(1, n // 3), max(1, n // 2), n}):
-                assert torch.equal(kth_largest(x, k), torch.topk(x, k, sorted=False).values.min()), (kind, n, k)
+                for values in (x, x.double()):
+                    cut, above, tied = _cut(values, k)
+                    assert torch.equal(cut, torch.topk(values, k, sorted=False).values.min()), (kind, n, k)
+                    assert (above, tied) == (int((values > cut).sum()), int((values == cut).sum())), (kind, n, k)
