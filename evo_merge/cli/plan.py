@@ -66,7 +66,6 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     from evo_merge.errors import naming_file
     from evo_merge.search.capacity import campaign_plan
     from evo_merge.search.evaluator import campaign_tasks
-    from evo_merge.search.holdout import holdout_size
     from evo_merge.search.store import check_run_folder
 
     if out is not None:
@@ -78,11 +77,10 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
         check_tasks_trusted(campaign_file, folder, trust_tasks)
     with naming_file(campaign_file):
         tasks = campaign_tasks(campaign)
-        for name, task in tasks.items():  # a holdout leaving a task no search item: refused as `run` refuses it
-            holdout_size(name, len(task.item_ids), campaign.final.holdout)
+        # a holdout leaving a task no search item: refused (`holdout_size`) as `run` refuses it
+        lines = [task_line(name, len(task.item_ids), campaign.final.holdout) for name, task in tasks.items()]
     result = campaign_plan(campaign, base, models, resuming=resuming)
-    click.echo("tasks: " + ", ".join(task_line(name, len(task.item_ids), campaign.final.holdout)
-                                     for name, task in tasks.items()))
+    click.echo("tasks: " + ", ".join(lines))
     click.echo(item_budget(campaign, tasks, len(models)))
     click.echo(result.table())
     if not result.fits:
