@@ -184,7 +184,7 @@ def model_card(
     )
     if index := model_index(title, (scores or {}).get("measured", {}), tasks or {}):
         front["model-index"] = index
-    over = f" over the base model {md(base.display)}" if base else ""
+    over = _over_base(base)
     lines = [
         *front_matter(front),
         f"# {md(title)}",
@@ -205,6 +205,14 @@ def model_card(
         *plugin_lines(recipe.merge_method),
     ]
     return "\n".join(lines)
+
+
+def _over_base(base: CardInput | None) -> str:
+    """The headline's base: a Hub model by its id; a local folder said to be one (the demo's folder
+    `base` read "over the base model base")."""
+    if base is None:
+        return ""
+    return f" over the base model {md(base.display)}" if base.hub_id else f" over a local base model ({md(base.display)})"
 
 
 def card_inputs(recipe: Recipe) -> tuple[CardInput | None, list[CardInput]]:

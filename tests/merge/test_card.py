@@ -68,6 +68,7 @@ def test_hub_inputs_become_base_model_with_revisions(tmp_path):
     assert card.data.base_model_relation == "merge"
     assert card.data.merged_models == ["org/chat-ft@v2", "other/code-ft"]
     assert "at revision 0123456789abcdef" in card.text and str(tmp_path) not in card.content
+    assert "using **task\\_arithmetic** over the base model org/base-lm@0123456789abcdef." in card.text
     assert "names some of its models by the folders" not in card.text  # Hub ids rebuild anywhere
     local = ModelCard(model_card(Recipe.model_validate({"merge_method": "task_arithmetic", "base_model": str(snapshot),
                                                         "models": [{"model": str(tmp_path / "ft")}]})))
@@ -442,6 +443,6 @@ def test_cards_link_to_no_pypi_project(zoo):
                      RoutingConfig(layer=0, weight="model.layers.0.mlp.gate_proj.weight"))
     for text in (merged, mass):
         assert "pypi.org" not in text and "](http" not in ModelCard(text).text
-    assert "Built with evo-merge using **ties** over the base model" in merged
+    assert f"Built with evo-merge using **ties** over a local base model ({base.name})." in merged
     assert "evo-merge merge merge_recipe.yaml" in merged
     assert "evo-merge routes the hidden state entering block" in mass
