@@ -26,13 +26,15 @@ def mass_card(
     chosen_as: Sequence[str] = (),
     licenses: CardLicense | None = None,
     scores_note: str | None = None,
+    errors: Mapping[str, Mapping[str, float]] | None = None,
 ) -> str:
     """README.md text: YAML front matter (base, merged models, routing), then how to run it.
 
     Inputs are named as on a merged model's card (Hub id or folder name, never a machine path);
     a MASS folder has no `model-index`: the Hub cannot run it, so its scores stay in the prose.
     `licenses`: the inputs' (`card_license` of `mass_inputs`), read here when not given; `scores_note`
-    says what the scores were measured on where that is not this folder bit for bit."""
+    says what the scores were measured on where that is not this folder bit for bit; `errors`, their
+    standard errors (`score_errors`)."""
     refs = mass_inputs(base, models)
     hub_ids = list(dict.fromkeys(r.hub_id for r in refs if r.hub_id))
     licenses = licenses or card_license(refs)  # inherited as a merged model's card inherits it
@@ -61,7 +63,7 @@ def mass_card(
             "",
             *chosen_section(chosen_as),
             *inputs_section(refs, refs[0], licenses),
-            *scores_section(scores, note=scores_note),
+            *scores_section(scores, errors, scores_note),
             "## Use",
             "",
             "```python",

@@ -391,11 +391,13 @@ class MassModel(nn.Module):
         scores: Mapping[str, Mapping[str, float]] | None = None,
         chosen_as: Sequence[str] = (),
         scores_note: str | None = None,
+        errors: Mapping[str, Mapping[str, float]] | None = None,
     ) -> Path:
         """Write a MASS folder (atomically: it appears complete or not at all, and an existing one
         is replaced only when `overwrite`). `copy_base` False stores the base's absolute path
         instead of a copy; `scores` (e.g. estimated / measured per task) and `chosen_as` (the
-        campaign picks it is) go in the card, with `scores_note` where the scores were measured otherwise."""
+        campaign picks it is) go in the card, with `scores_note` where the scores were measured otherwise
+        and their standard errors `errors` (kind -> task -> SE, `score_errors`)."""
         out = Path(out).expanduser()
         check_output_folder(out, overwrite)
         meta = {
@@ -412,7 +414,7 @@ class MassModel(nn.Module):
         extra[MASS_JSON] = json.dumps(meta, indent=2) + "\n"
         licenses = card_license(mass_inputs(str(self.base_path), self.models))  # read once: the card and its files
         extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores, chosen_as,
-                                       licenses, scores_note)
+                                       licenses, scores_note, errors)
         extra.update(licenses.files)
         with staged_folder(out) as folder:
             write_model_folder(folder, self.factors.stored(), extra_files=extra)

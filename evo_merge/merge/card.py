@@ -21,6 +21,7 @@ from evo_merge.merge.card_inputs import CardInput, model_refs
 from evo_merge.merge.licenses import MIXED_FILE, CardLicense, card_license
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import ENTRY_POINT_GROUP, get_method, method_origin
+from evo_merge.merge.results import mean_and_stderr
 from evo_merge.tasks.meta import TaskMeta
 
 Scores = Mapping[str, Mapping[str, float]]
@@ -60,22 +61,32 @@ def model_index(title: str, measured: Mapping[str, float], tasks: Mapping[str, T
     return [{"name": title, "results": results}] if results else []
 
 
-def scores_section(scores: Scores | None, stderr: Mapping[str, float] | None = None,
-                   note: str | None = None) -> list[str]:
-    """Markdown lines of a `## Scores` table: a row per task, a column per score kind; measured
-    values carry their standard error when known; `note` says what they were measured on where
-    that is not these weights bit for bit."""
+def score_errors(item_scores: Mapping[str, Mapping[str, float]] | None,
+                 estimate_se: Mapping[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """The standard errors a card's scores carry, by score kind: a measured score's over its items
+    (`mean_and_stderr`, as lm-eval reports it), an estimate's as its estimator gave it (an
+    estimate shown bare read as sure as a measurement)."""
+    measured = {task: se for task, values in (item_scores or {}).items()
+                if (se := mean_and_stderr(values)[1]) is not None}
+    kinds = (("measured", measured), ("estimated", dict(estimate_se or {})))
+    return {kind: errors for kind, errors in kinds if errors}
+
+
+def scores_section(scores: Scores | None, errors: Scores | None = None, note: str | None = None) -> list[str]:
+    """Markdown lines of a `## Scores` table: a row per task, a column per score kind; a value
+    carries its standard error where `errors` (kind -> task -> SE, `score_errors`) has one; `note`
+    says what they were measured on where that is not these weights bit for bit."""
     if not scores:
         return []
-    stderr = stderr or {}
+    errors = errors or {}
     tasks = sorted({t for values in scores.values() for t in values})
     kinds = list(scores)
 
     def cell(kind: str, task: str) -> str:
         if task not in scores[kind]:
             return "—"
-        se = f" ± {stderr[task]:.4f}" if kind == "measured" and task in stderr else ""
-        return f"{scores[kind][task]:.4f}{se}"
+        se = errors.get(kind, {}).get(task)
+        return f"{scores[kind][task]:.4f}" + (f" ± {se:.4f}" if se is not None else "")
 
     held_out = "measured_search_items" in scores  # then `measured` is on the held-out items alone
     headers = {**SCORE_HEADERS, **({"measured": "measured (held-out items)"} if held_out else {})}
@@ -84,7 +95,8 @@ def scores_section(scores: Scores | None, stderr: Mapping[str, float] | None = N
     lines += [f"| {md(task)} | " + " | ".join(cell(k, task) for k in kinds) + " |" for task in tasks]
     lines.append("")
     if "estimated" in scores:
-        lines += [("Estimated scores come from a few anchor items and an IRT model; only measured scores "
+        se = ", with the estimate's standard error" if errors.get("estimated") else ""
+        lines += [(f"Estimated scores come from a few anchor items and an IRT model{se}; only measured scores "
                    "are in the `model-index` metadata, each named with the items it was measured on."), ""]
     if held_out:
         lines += [("The held-out items are those the search never chose on: their score is the one published "
@@ -139,7 +151,7 @@ def model_card(
     title: str = "Merged model",
     scores: Scores | None = None,
     tasks: Mapping[str, TaskMeta] | None = None,
-    stderr: Mapping[str, float] | None = None,
+    errors: Scores | None = None,
     chosen_as: Sequence[str] = (),
     device: str = "cpu",
     on_host: Sequence[str] = (),
@@ -150,7 +162,7 @@ def model_card(
     which the device had no memory for (its Reproduce section says how to rebuild it).
 
     `scores` maps a score kind ("estimated", "measured") to {task: value}; `tasks` describes each
-    task for `model-index`; `stderr` is the measured standard error per task; `chosen_as`, the
+    task for `model-index`; `errors`, the scores' standard errors (`score_errors`); `chosen_as`, the
     campaign picks it is (`chosen_section`). Inputs are named
     from the recipe's model strings (Hub ids as `org/name@revision`, see `model_ref`). `licenses`:
     the recipe's (`recipe_license`), read here when not given."""
@@ -194,7 +206,7 @@ def model_card(
         *chosen_section(chosen_as),
     ]
     lines += inputs_section(inputs, base, licenses)
-    lines += scores_section(scores, stderr, scores_note)
+    lines += scores_section(scores, errors, scores_note)
     lines += [
         "## Reproduce",
         "",
@@ -212,7 +224,8 @@ def _over_base(base: CardInput | None) -> str:
     `base` read "over the base model base")."""
     if base is None:
         return ""
-    return f" over the base model {md(base.display)}" if base.hub_id else f" over a local base model ({md(base.display)})"
+    name = md(base.display)
+    return f" over the base model {name}" if base.hub_id else f" over a local base model ({name})"
 
 
 def card_inputs(recipe: Recipe) -> tuple[CardInput | None, list[CardInput]]:

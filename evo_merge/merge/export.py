@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from evo_merge.errors import UserError
-from evo_merge.merge.card import Scores, model_card, recipe_license
+from evo_merge.merge.card import Scores, model_card, recipe_license, score_errors
 from evo_merge.merge.plan import MergePlan, stream_merge
-from evo_merge.merge.results import ItemScores, mean_and_stderr, results_files
+from evo_merge.merge.results import ItemScores, results_files
 from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import write_model_folder
 from evo_merge.weights.digest import weights_digest
@@ -40,13 +40,15 @@ def export_merge(
     chosen_as: Sequence[str] = (),
     device: torch.device | str = "cpu",
     scores_note: str | None = None,
+    estimate_se: Mapping[str, float] | None = None,
 ) -> Path:
     """Write the merged folder atomically. `tensors` (e.g. from the in-place merger) replaces the
     streaming merge when given; they must be the plan's tensors.
 
     `tasks` describes each scored task for the card's `model-index`; `item_scores` (task -> item ->
     score, every item of a measured pick) adds `results.json` and `item_scores.parquet`, written
-    in the same atomic step as the weights so the card never names results that are missing.
+    in the same atomic step as the weights so the card never names results that are missing;
+    `estimate_se`, the standard error of each estimated score, shown with it.
     The streaming merge combines each tensor on `device` (`stream_merge`); the card says so."""
     inputs = [r.path for r in plan.refs] + [r.lora for r in plan.refs if r.lora is not None]
     check_output_folder(Path(out).expanduser(), overwrite, inputs)
@@ -62,12 +64,10 @@ def export_merge(
     if plan.tokens is not None:
         config["vocab_size"] = plan.tokens.rows
         extra.update(plan.tokens.files)
-    stderr = {
-        name: se for name, values in (item_scores or {}).items() if (se := mean_and_stderr(values)[1]) is not None
-    }
+    errors = score_errors(item_scores, estimate_se)
     licenses = recipe_license(recipe)
     extra["README.md"] = lambda: model_card(  # made once the tensors are written: where each was merged
-        recipe, title=title or Path(out).name, scores=scores, tasks=tasks, stderr=stderr, chosen_as=chosen_as,
+        recipe, title=title or Path(out).name, scores=scores, tasks=tasks, errors=errors, chosen_as=chosen_as,
         device=torch.device(device).type, on_host=on_host, scores_note=scores_note, licenses=licenses)
     extra.update(licenses.files)
     extra[RECIPE_FILE] = recipe.to_yaml()

@@ -11,8 +11,10 @@ from evo_merge.tasks.meta import TaskMeta
 @dataclass(frozen=True)
 class Evidence:
     """How an exported candidate's scores were obtained: each task's metadata (dataset, metric,
-    version) and, for a candidate measured on every item, its per-item scores (task -> item -> score)."""
+    version), for a candidate measured on every item its per-item scores (task -> item -> score),
+    and the standard errors of its estimated scores."""
 
     tasks: Mapping[str, TaskMeta] = field(default_factory=dict)
     item_scores: Mapping[str, Mapping[str, float]] | None = None
     note: str | None = None  # what the scores were measured on, where that is not the exported weights
+    estimate_se: Mapping[str, float] = field(default_factory=dict)

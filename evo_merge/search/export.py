@@ -36,12 +36,16 @@ def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[
     score (items no choice was made on), the search items' score is `measured_search_items` and
     every item's `measured_all_items`.
     A task too small to hold items out (`holdout: auto`) was measured on all its items: that is
-    its `measured` score (it was left out of the card, the pick's own task included)."""
+    its `measured` score (it was left out of the card, the pick's own task included).
+    A search that measures every item (`estimator.kind: full`) estimates nothing: its search
+    score is a measurement, so the card has no estimated column (it showed one, said to come from
+    anchor items and an IRT model)."""
     held_out = held_out_scores(store, evaluation.key, store.get_meta(HOLDOUT_META, {}))
     if held_out is not None:
         held_out = {**(evaluation.measured or {}), **held_out}
-    kinds = (("estimated", evaluation.estimates), ("measured", evaluation.measured)) if held_out is None else (
-        ("estimated", evaluation.estimates), ("measured_search_items", evaluation.measured),
+    estimates = None if (store.get_meta(FACTS_META) or {}).get("estimator") == "full" else evaluation.estimates
+    kinds = (("estimated", estimates), ("measured", evaluation.measured)) if held_out is None else (
+        ("estimated", estimates), ("measured_search_items", evaluation.measured),
         ("measured_all_items", _all_items_scores(store, evaluation)), ("measured", held_out))
     return {kind: values for kind, values in kinds if values}
 
@@ -88,12 +92,13 @@ def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[st
 
 
 def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
-    """The task metadata, and the per-item scores when the evaluation was measured on every item:
-    with a holdout, those of the held-out items, as the card's measured scores are."""
+    """The task metadata, the per-item scores when the evaluation was measured on every item (with
+    a holdout, those of the held-out items, as the card's measured scores are) and the estimates' SEs."""
     tasks = store.get_meta(TASK_META, {})
     note = rounded_storage_note(store.get_meta(FACTS_META), evaluation.method)
+    estimate_se = evaluation.estimate_se or {}
     if not evaluation.measured:
-        return Evidence(tasks, None, note)
+        return Evidence(tasks, None, note, estimate_se)
     scores, holdout = store.item_scores(evaluation.key), store.get_meta(HOLDOUT_META, {})
     if held_out_scores(store, evaluation.key, holdout) is not None:  # the card says which items, not "all N"
         # a task with none held out: all its items, as its measured score
@@ -101,7 +106,7 @@ def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
                   for task, items in holdout.items()}
         tasks = {name: replace(meta, held_out=len(scores[name])) if holdout.get(name) else meta
                  for name, meta in tasks.items()}
-    return Evidence(tasks, scores, note)
+    return Evidence(tasks, scores, note, estimate_se)
 
 
 def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluator: Evaluator | None = None,

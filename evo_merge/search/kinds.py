@@ -172,7 +172,7 @@ class StaticMerge:
         evidence = evidence or Evidence()
         return export_merge(plan, out, overwrite=overwrite, title=out.name, scores=scores, tasks=evidence.tasks,
                             item_scores=evidence.item_scores, track=track, chosen_as=chosen_as, device=device,
-                            scores_note=evidence.note)
+                            scores_note=evidence.note, estimate_se=evidence.estimate_se)
 
 
 # method name -> "module:attribute" of its kind; every other method is a static merge

@@ -112,9 +112,12 @@ class MassKind:
             stash = Stash(Storage(placement="host"), torch.device(device), COMPUTE_DTYPE)
             mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]], track=track, stash=stash)
             mass.set_routing(**candidate.param_dict)
-        folder = mass.save(out, overwrite=overwrite, scores=scores, chosen_as=chosen_as,
-                           scores_note=evidence.note if evidence is not None else None)
-        if evidence is not None and evidence.item_scores:
+        from evo_merge.merge.card import score_errors
+
+        evidence = evidence or Evidence()
+        folder = mass.save(out, overwrite=overwrite, scores=scores, chosen_as=chosen_as, scores_note=evidence.note,
+                           errors=score_errors(evidence.item_scores, evidence.estimate_se))
+        if evidence.item_scores:
             from evo_merge.merge.results import write_results
 
             write_results(folder, evidence.item_scores, evidence.tasks)

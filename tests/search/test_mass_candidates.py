@@ -74,7 +74,7 @@ def test_mass_candidate_scores_equal_a_hand_built_mass_model(run, zoo):
 
 
 def test_exported_mass_candidate_is_a_labelled_mass_folder(run, tmp_path):
-    eid, key, _ = mass_rows(run)[0]
+    eid, key, items = mass_rows(run)[0]
     out = tmp_path / "mass-pick"
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -86,7 +86,13 @@ def test_exported_mass_candidate_is_a_labelled_mass_folder(run, tmp_path):
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["merge_method"] == "mass" and "needs evo-merge" in card
     assert "model-index" not in front  # the Hub cannot run a MASS folder: scores stay in the prose
-    assert "| agree0 |" in card and "| agree1 |" in card
+    for task, scores in items.items():  # measured on every item: with its SE, as a merged model's card (it had none)
+        values = list(scores.values())
+        mean = sum(values) / len(values)
+        se = (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+        assert f"| {task} | {mean:.4f} ± {se:.4f} |" in card, card
+    # `estimator.kind: full` estimates nothing: no column said to come from anchors and an IRT model
+    assert "| estimated |" not in card and "Estimated scores" not in card
     assert "factors kept in" not in card  # kept in float32 as the folder keeps the base's float32
 
 
