@@ -14,6 +14,7 @@ campaign's setting does not fit, names the first storage setting that does.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +36,18 @@ ACTIVATION_TOKENS = EvaluatorSpec.model_fields["sequence_tokens"].default  # tok
 ACTIVATION_FLOATS = 24  # float32 values per token and hidden unit alive in a forward pass (estimate)
 MASS_CACHE = 8  # merged task sets MASS keeps (its routing cache_size default)
 # float32 copies of the largest tensor alive while these methods merge it, as (a, b) for a·T + b with T
-# endpoints: the T task vectors and their trimmed (or dropped) copies, the trim's temporaries, the
-# output; the sign election and the weighted sums run a chunk at a time and add little. Breadcrumbs and
-# DELLA rank each task vector's magnitudes (their ranks a copy more); SCE keeps its stack, per-entry
-# variance and selection. Peaks measured on a 4096 × 2048 tensor with 2, 3, 4, 6 and 8 endpoints
-# (density 0.4-0.5), at most: ties 6.7 / 8.7 / 11.5 / 16.0 / 18.7, dare_ties 5.4 / 7.4 / 9.9 / 13.4 /
-# 17.4, breadcrumbs_ties 9.1 / 11.1 / 13.1 / 17.1 / 21.1, della 9.1 / 11.4 / 13.4 / 17.9 / 21.4, sce
-# 11.5 / 16.5 / 21.5 / 31.5 / 41.5
-STACKING = {**dict.fromkeys(("ties", "dare_ties", "dare_linear"), (2, 5)),
-            **dict.fromkeys(("breadcrumbs", "breadcrumbs_ties", "della", "della_linear"), (2, 6)), "sce": (5, 2)}
+# endpoints: the T task vectors, the trims' masks (TIES, DARE and breadcrumbs keep a boolean mask per
+# task vector, a quarter of a copy, not a trimmed copy: `methods.Trimmed`), the trim's temporaries, the
+# output; the sign election and the weighted sums run a chunk at a time and add little. Breadcrumbs
+# ranks each task vector's magnitudes (a copy more); DELLA keeps its dropped and rescaled copies and
+# ranks; SCE keeps its stack, per-entry variance and selection. Peaks measured on a 4096 × 2048 tensor
+# with 2, 3, 4, 6 and 8 endpoints (density 0.4; the base's float32 copy included), at most: ties 5.7 /
+# 7.0 / 8.2 / 10.7 / 13.2, dare_ties 4.5 / 5.8 / 7.1 / 9.6 / 12.1, breadcrumbs 7.8 / 9.0 / 10.3 / 12.8 /
+# 15.3, della 9.0 / 11.0 / 13.0 / 17.0 / 21.0, sce 12.0 / 17.0 / 22.0 / 32.0 / 42.0 (TIES with trimmed
+# copies, as it kept them before: 6.5 / 8.5 / 10.5 / 14.5 / 18.5)
+STACKING = {"ties": (1.25, 4), **dict.fromkeys(("dare_ties", "dare_linear"), (1.25, 3)),
+            **dict.fromkeys(("breadcrumbs", "breadcrumbs_ties"), (1.25, 6)),
+            **dict.fromkeys(("della", "della_linear"), (2, 6)), "sce": (5, 2)}
 # Those are a CPU's, whose consensus runs 2^16 entries at a time. A GPU's chunk is 2^24 entries, and
 # the weighted rows, their signs and the agreement of one chunk are about 2T + 1 float32 copies of it,
 # which the counts above miss for a largest tensor of up to a few chunks (an audit, the GPU's chunk on a
@@ -374,7 +378,8 @@ def export_bytes(shapes: Shapes, setting: Setting) -> tuple[int, int]:
 def _stacked(setting: Setting) -> int:
     """Float32 copies of the largest tensor the stacking sparsifiers among the methods keep alive
     while they merge it (0: none of them is searched)."""
-    return max((a * setting.n_models + b for name, (a, b) in STACKING.items() if name in setting.methods), default=0)
+    return max((math.ceil(a * setting.n_models + b) for name, (a, b) in STACKING.items() if name in setting.methods),
+               default=0)
 
 
 def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shapes:

@@ -21,9 +21,10 @@ from evo_merge.merge.methods import (
     SEED,
     WEIGHT_NORMALIZE,
     Sparsifier,
+    Trimmed,
     elect_sign,
     generalized_task_arithmetic,
-    l1_rescaled,
+    masked,
     tensor_seed,
     top_mask,
 )
@@ -42,7 +43,7 @@ DELLA_RESCALE = H("rescale", True, searchable=False, help="divide each survivor 
 def outlier_trim(params: Params) -> Sparsifier:
     """Breadcrumbs: drop the `gamma` largest and then the smallest entries to keep `density`
     (fewer outliers when both together would leave less than `density`), as mergekit 0.1.5."""
-    def trim(delta: torch.Tensor, t: int) -> torch.Tensor:
+    def trim(delta: torch.Tensor, t: int) -> torch.Tensor | Trimmed:
         density = params["density"][t]
         if density >= 1:
             return delta
@@ -51,8 +52,8 @@ def outlier_trim(params: Params) -> Sparsifier:
         n_bot = n - int(density * n) - n_top
         if n_bot < 0:
             n_top, n_bot = n_top + n_bot, 0
-        kept = delta * _ranked_between(delta.abs().flatten().float(), n_bot, n - n_top).view_as(delta)
-        return l1_rescaled(delta, kept) if params["rescale"] else kept
+        return masked(delta, _ranked_between(delta.abs().flatten().float(), n_bot, n - n_top).view_as(delta),
+                      params["rescale"])
     return trim
 
 
