@@ -170,6 +170,46 @@ def test_chunked_consensus_gives_the_whole_tensor_steps_bits(monkeypatch, dtype,
                                want.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32)), shape
 
 
+def _trimmed_copies(method, deltas, density, rescale, name):
+    """Each task vector trimmed as mergekit materialises it: the masked copy, then rescaled (TIES by
+    its L1 norm, DARE by the density)."""
+    from evo_merge.merge.methods import magnitude_mask, random_mask, tensor_seed
+
+    kept = []
+    for t, delta in enumerate(deltas):
+        if method == "ties":
+            copy = delta * magnitude_mask(delta, density)
+            before, after = delta.abs().sum(), copy.abs().sum()
+            kept.append(copy * (before / after) if rescale and before >= 1e-7 and after >= 1e-7 else copy)
+        else:
+            copy = delta * random_mask(delta, density, tensor_seed(0, name, t))
+            kept.append(copy / density if rescale else copy)
+    return kept
+
+
+@pytest.mark.parametrize("n_models", [2, 5])
+@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize(("method", "consensus"), [("ties", True), ("dare_ties", True), ("dare_linear", False)])
+def test_trimmed_task_vectors_kept_as_masks_give_the_trimmed_copies_bits(monkeypatch, n_models, rescale, method,
+                                                                         consensus):
+    """TIES and DARE keep each trimmed task vector as its mask and apply it (and the rescaling) a
+    chunk at a time, not as T trimmed float32 copies alive at once: every entry must come out as
+    the copies give it, -0.0 included."""
+    import evo_merge.merge.methods as methods
+
+    monkeypatch.setattr(methods, "CONSENSUS_CHUNK", 64)
+    g = torch.Generator().manual_seed(11)
+    for shape in [(37, 29), (3277, 20), (5,)]:
+        base = torch.randn(shape, generator=g)
+        deltas = [torch.randn(shape, generator=g) * torch.logspace(-4, 1, shape[-1]) for _ in range(n_models)]
+        weights = [0.7, -0.4, 1.3, 0.2, 0.9][:n_models]
+        normalize = method == "ties"
+        got = run(method, base, deltas, weights, density=0.4, rescale=rescale, normalize=normalize)
+        kept = _trimmed_copies(method, deltas, 0.4, rescale, "layers.0.mlp.weight")
+        want = _mergekit_steps(base, kept, weights, consensus, normalize, 1.0)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), shape
+
+
 @pytest.mark.parametrize("method", ["dare_linear", "breadcrumbs", "della_linear"])
 def test_a_normalized_sum_divides_by_the_weights_summed_in_the_compute_dtype(method):
     """As mergekit: in bfloat16, 0.7 and -0.4 are 0.69921875 and -0.400390625, summing to
