@@ -16,5 +16,5 @@ class Evidence:
 
     tasks: Mapping[str, TaskMeta] = field(default_factory=dict)
     item_scores: Mapping[str, Mapping[str, float]] | None = None
-    note: str | None = None  # what the scores were measured on, where that is not the exported weights
+    note: str | None = None  # the card's caveats: scores measured on a rounding of the weights, an SE too small
     estimate_se: Mapping[str, float] = field(default_factory=dict)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
+from evo_merge.irt.kinds import FULL_EVALUATION
 from evo_merge.progress import Progress, no_progress
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
@@ -17,6 +18,7 @@ from evo_merge.search.evidence import Evidence
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import candidate_kind, rounded_storage_note
 from evo_merge.search.log import stage_track
+from evo_merge.search.metrics import se_caveat
 from evo_merge.search.store import FACTS_META, CampaignStore, Evaluation, Record, evaluated_on, in_run
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
@@ -43,7 +45,7 @@ def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[
     held_out = held_out_scores(store, evaluation.key, store.get_meta(HOLDOUT_META, {}))
     if held_out is not None:
         held_out = {**(evaluation.measured or {}), **held_out}
-    estimates = None if (store.get_meta(FACTS_META) or {}).get("estimator") == "full" else evaluation.estimates
+    estimates = None if (store.get_meta(FACTS_META) or {}).get("estimator") == FULL_EVALUATION else evaluation.estimates
     kinds = (("estimated", estimates), ("measured", evaluation.measured)) if held_out is None else (
         ("estimated", estimates), ("measured_search_items", evaluation.measured),
         ("measured_all_items", _all_items_scores(store, evaluation)), ("measured", held_out))
@@ -93,10 +95,14 @@ def record_task_meta(store: CampaignStore, campaign: Campaign, tasks: Mapping[st
 
 def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
     """The task metadata, the per-item scores when the evaluation was measured on every item (with
-    a holdout, those of the held-out items, as the card's measured scores are) and the estimates' SEs."""
-    tasks = store.get_meta(TASK_META, {})
-    note = rounded_storage_note(store.get_meta(FACTS_META), evaluation.method)
+    a holdout, those of the held-out items, as the card's measured scores are), the estimates' SEs,
+    and what the card says of them: scores measured on a rounding of the weights, an SE that leaves
+    part of the error out."""
+    tasks, facts = store.get_meta(TASK_META, {}), store.get_meta(FACTS_META) or {}
     estimate_se = evaluation.estimate_se or {}
+    # the card shows each estimate ± its SE: where that SE leaves part of the error out, it says so
+    notes = (rounded_storage_note(facts, evaluation.method), se_caveat(facts, store) if estimate_se else None)
+    note = "; ".join(n for n in notes if n) or None
     if not evaluation.measured:
         return Evidence(tasks, None, note, estimate_se)
     scores, holdout = store.item_scores(evaluation.key), store.get_meta(HOLDOUT_META, {})

@@ -81,19 +81,24 @@ def search_saving(store: CampaignStore, facts: Mapping, n_search: int) -> tuple[
     return spent, full, full / spent if spent else None
 
 
-def se_note(facts: Mapping, store: CampaignStore) -> str | None:
+def se_caveat(facts: Mapping, store: CampaignStore) -> str | None:
     """The caveat on `estimate ± SE` of a run whose estimator's SE leaves part of the error out
     (`SE_CAVEATS`: mp-IRT's simulated merges; an adaptive test's posterior alone, in a folder any of
     whose candidates were scored before estimator revision 4 measured the IRT model's own error),
-    where gp-IRT's is measured on held-out calibration subjects."""
+    where gp-IRT's is measured on held-out calibration subjects. A pick's card gives it as it is."""
     kind = facts.get("estimator")
     if kind in SE_CAVEATS:
-        return f"{kind} estimates: {SE_CAVEATS[kind]} (docs/irt.md)"
+        return f"{kind} estimates: {SE_CAVEATS[kind]}"
     revision, mixed = store.estimator_revisions()
     if kind == "adaptive" and min(mixed or [revision or 0]) < ADAPTIVE_ERROR_REVISION:
-        return f"{kind} estimates scored before estimator revision {ADAPTIVE_ERROR_REVISION}: {POSTERIOR_SE_CAVEAT} " \
-               "(docs/irt.md)"
+        return f"{kind} estimates scored before estimator revision {ADAPTIVE_ERROR_REVISION}: {POSTERIOR_SE_CAVEAT}"
     return None
+
+
+def se_note(facts: Mapping, store: CampaignStore) -> str | None:
+    """`se_caveat` as `status` and the report give it, with where the docs explain it."""
+    caveat = se_caveat(facts, store)
+    return None if caveat is None else f"{caveat} (docs/irt.md)"
 
 
 def mixed_revisions_note(store: CampaignStore) -> str | None:

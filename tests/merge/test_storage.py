@@ -658,8 +658,8 @@ for name in sys.argv[2:]:
 def test_plan_counts_what_exporting_a_pick_holds(tmp_path):
     """Exporting a pick runs the file merge beside the search's resident state: the plan counts its
     float32 copies of the largest tensor (2T + 3 for a weighted sum, T + 1 more than the search's
-    count for the stacking sparsifiers, which TIES's masks brought from 15 to 12 at T = 3) and the output shard; a run once went 0.75 GiB over a budget
-    the plan had accepted, at export."""
+    count for the stacking sparsifiers, which TIES's masks brought from 15 to 12 at T = 3) and the
+    output shard; a run once went 0.75 GiB over a budget the plan had accepted, at export."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     methods = ["task_arithmetic", "ties"]
     run = subprocess.run([sys.executable, "-c", EXPORT_PEAK_SCRIPT, str(tmp_path), *methods], capture_output=True,

@@ -197,6 +197,14 @@ def test_an_adaptive_run_scored_before_revision_4_keeps_its_lower_bound_caveat(r
     assert note in status, status
     assert CliRunner().invoke(cli, ["report", str(older)]).exit_code == 0
     assert note in " ".join((older / "report.md").read_text().split())
+    # a pick's card shows its estimates ± their SE, and so the caveat on them (it had neither)
+    pick = next(iter(CampaignStore(run).exported()))
+    result = CliRunner().invoke(cli, ["export", str(older), "--pick", pick, "--out", str(tmp_path / "pick")])
+    assert result.exit_code == 0, result.output
+    card = " ".join((tmp_path / "pick" / "README.md").read_text().split())
+    assert note[1:] in card and "| estimated |" in card and " ± " in card.split("## Scores")[1], card
+    shipped = " ".join((run / "models" / pick / "README.md").read_text().split())
+    assert "lower bound" not in shipped and "with the estimate's standard error" in shipped, shipped
 
 
 def test_an_adaptive_estimate_s_se_counts_the_irt_model_s_own_error_and_carries_no_caveat(run):
