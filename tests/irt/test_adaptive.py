@@ -130,6 +130,51 @@ def test_a_model_error_is_measured_only_on_held_out_subjects_with_every_answer(m
     assert estimator.estimate(scores).se == AdaptiveTest(model, 0.05, 20).estimate(scores).se
 
 
+def test_the_model_error_by_hand_where_the_test_asks_nothing(make_model):
+    """A target SE of 10 asks no item, so each held-out subject's estimate is the fold's prediction
+    at θ = 0 with the prior's SE: the error is, per scenario and overall (the mean over all items),
+    the mean (estimate − truth)² over the subjects the fold was fitted without, less their mean
+    posterior variance, and at least 0 (audit 92: six changes to it passed every test)."""
+    from dataclasses import replace
+
+    from evo_merge.irt.model import ABILITY_PRIOR_SD
+
+    scenarios = ["a", "b", "b", "b", "c", "c"]
+    fold_beta = np.array([-4.6, -4.6, -4.6, -4.6, 0.0, 0.0])  # the fold: sure of a and b, unsure of c
+    responses = np.array([[1, 1, 1, 1, 1, 1],  # fitted on by the fold: never measured on
+                          [0, 0, 0, 1, 1, 0],
+                          [0, 0, 0, 0, 0, 1]], dtype=float)
+    model = replace(make_model(np.ones(6), np.zeros(6), responses=responses, scenarios=scenarios),
+                    cv_beta=fold_beta[None], cv_held=np.array([[False, True, True]]))
+    p = 1 / (1 + np.exp(fold_beta))
+    w = p * (1 - p)
+    groups = [np.array([0]), np.array([1, 2, 3]), np.array([4, 5])]
+    sizes = np.array([g.size for g in groups], dtype=float)
+    share = sizes / sizes.sum()
+    estimate = np.array([p[g].mean() for g in groups])
+    slope, binomial = np.array([w[g].mean() for g in groups]), np.array([w[g].sum() for g in groups])
+    variance = slope**2 * ABILITY_PRIOR_SD**2 + binomial / sizes**2
+    overall, overall_variance = estimate @ share, (share @ slope) ** 2 * ABILITY_PRIOR_SD**2 + (
+        share**2 * binomial / sizes**2).sum()
+    held = responses[1:]
+    truth = np.array([[row[g].mean() for g in groups] for row in held])
+    expected = dict(zip("abc", np.maximum(((estimate - truth) ** 2).mean(axis=0) - variance, 0.0)))
+    expected["overall"] = max(((overall - held.mean(axis=1)) ** 2).mean() - overall_variance, 0.0)
+    assert expected["c"] == 0.0 and expected["a"] > 0.5  # one clamped at 0, one far off
+    assert held_out_error(model, target_se=10.0) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_an_estimator_measures_the_model_error_with_its_own_seed(make_model):
+    """Twelve alike items: the seeded tie-break decides which two a test asks, so the error measured
+    depends on the seed, and an estimator must measure it with its own."""
+    responses = (np.random.default_rng(1).random((6, 12)) < 0.5).astype(float)
+    model = make_model(np.ones(12), np.zeros(12), responses=responses)
+    options = {"target_se": 0.001, "max_items": 2, "step": 2}
+    errors = [Estimator(model, None, "adaptive", seed=s, **options).adaptive.model_error for s in range(4)]
+    assert errors == [held_out_error(model, seed=s, **options) for s in range(4)]
+    assert len({e["all"] for e in errors}) > 1
+
+
 def test_fewer_items_than_random_sampling_for_the_same_error(md2pl, torch_model):
     gen, _, _ = md2pl
     theta, ids = synthetic_abilities(30, dims=2, seed=41)

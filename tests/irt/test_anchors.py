@@ -212,11 +212,22 @@ def test_a_stored_sets_weights_are_checked_against_its_items(tmp_path, two_scena
         ({**good["weights"], second: ["1"] + good["weights"][second][1:]}, positive),
         ({**good["weights"], second: [float("nan")] + good["weights"][second][1:]}, positive),
         ({first: good["weights"][first]}, "weights is not a scenario -> list of weights"),
+        # JSON's Infinity loads in Python: an infinite weight made every weighted mean NaN
+        ({**good["weights"], second: [float("inf")] + good["weights"][second][1:]}, positive),
+        ({**good["weights"], second: [True] + good["weights"][second][1:]}, positive),  # a bool is no weight
+        ({**good["weights"], second: 2}, f"scenario '{second}' has {len(good['items'][second])} items and not"),
     ]
     for weights, message in cases:
         path.write_text(json.dumps({**good, "weights": weights}))
         with pytest.raises(UserError, match=f"{path.name}: corrupt anchors file .{message}"):
             load_anchors(tmp_path)
+    # a zero beside positive weights is a weight (an item no stratum needs), and a scenario of no items has none
+    zero = {**good["weights"], first: [0.0] + good["weights"][first][1:]}
+    path.write_text(json.dumps({**good, "weights": zero}))
+    assert load_anchors(tmp_path).weights == zero
+    empty = {"items": {**good["items"], "none": []}, "weights": {**good["weights"], "none": []}}
+    path.write_text(json.dumps({**good, **empty}))
+    assert load_anchors(tmp_path).weights["none"] == []
     path.write_text(json.dumps(good))
     assert load_anchors(tmp_path).weights == good["weights"]
 

@@ -195,6 +195,17 @@ def test_random_sampling_variance_counts_effective_items(make_model):
             assert got[0] == pytest.approx(exact)
 
 
+def test_random_sampling_variance_at_the_smallest_scenarios(make_model):
+    """One of 2 items: the variance over the two one-item samples, the factor 2 included; a 1-item
+    scenario anchored whole: no sampling error, not 0/0 (audit 92: both edges were untested)."""
+    responses = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 1], [0, 0, 0]], dtype=float)
+    model = make_model(np.ones(3), np.zeros(3), responses=responses, scenarios=["a", "b", "b"])
+    anchors = Anchors("random", 1, 0, {"a": ["q0"], "b": ["q1"]}, {"a": [1.0], "b": [1.0]})
+    got = Estimator(model, anchors, "anchor").random_sampling_variance()
+    assert got[0] == 0.0
+    assert got[1] == pytest.approx(np.mean([np.var([r[1], r[2]]) for r in responses]))
+
+
 def test_measured_errors_are_out_of_sample_and_the_se_is_calibrated():
     """12 calibration subjects, new subjects from a shifted population: the gp-IRT SE per scenario
     is within a factor 2 of the error it makes on them, and the anchor part's measured error is

@@ -48,6 +48,14 @@ def test_sce_merges_a_0_d_tensor_weighting_each_task_by_its_own_energy():
     assert out.shape == () and torch.allclose(out, torch.tensor(0.5 + (0.1 * 1 + 0.9 * 3) / 1.0))
 
 
+def test_sce_weights_tasks_alike_when_their_energies_sum_under_1e_6():
+    """mergekit's SCE: a task's energy is its mean squared delta, and where they sum under 1e-6 every
+    task weighs the same; real fine-tunes (deltas ~1e-3 and less) are that case. Energies 1e-8 and
+    9e-8: weights 1/2, 1/2 (summed energies, 1e-5 and 9e-5, would give 0.1 and 0.9: 2.8e-4)."""
+    out = run("sce", torch.zeros(1000), [torch.full((1000,), 1e-4), torch.full((1000,), 3e-4)])
+    assert torch.allclose(out, torch.full((1000,), 2e-4), rtol=1e-5, atol=0)
+
+
 def test_model_stock_interpolation_ratio():
     base = torch.zeros(2)
     d1, d2 = T([1.0, 0.0]), T([0.0, 1.0])  # orthogonal: cos 0 -> t 0 -> the base

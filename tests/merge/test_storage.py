@@ -625,6 +625,28 @@ def test_the_gpu_plan_counts_the_consensus_chunk_of_a_tensor_smaller_than_a_few(
             work_bytes(shapes, gpu)  # a CPU's plan does not count the GPU's chunk
 
 
+def test_the_gpu_chunk_term_is_2t_plus_1_copies_of_at_most_one_chunk():
+    """Exact: 2T + 1 float32 copies of min(entries, 2^24) on a GPU, beside the CPU's count (TIES:
+    ceil(1.25 T + 4) copies of the tensor), for the search and for exporting a pick, whenever any
+    method searched runs a chunked consensus (audit 92: the term's 2T + 1, its cap at one chunk,
+    its export share and the any-method rule could each change unseen; uncapped, a 7B embedding's
+    term is 3.7 GB where a chunk's is 0.47)."""
+    for n_models, copies in ((3, 8), (8, 14)):
+        for rows, cols in ((1024, 1024), (8192, 8192)):
+            shapes = Shapes([TensorInfo("model.embed_tokens.weight", (rows, cols), torch.bfloat16)])
+            numel, chunk = rows * cols, min(rows * cols, 2**24)
+
+            def setting(methods, gpu, n_models=n_models):
+                return Setting(n_models, methods, Storage(torch.bfloat16), torch.float32, gpu)
+
+            term = 4 * (2 * n_models + 1) * chunk
+            assert work_bytes(shapes, setting(("ties",), False)) == 4 * numel * copies
+            assert work_bytes(shapes, setting(("ties",), True)) == 4 * numel * copies + term
+            assert work_bytes(shapes, setting(("task_arithmetic", "ties"), True)) == 4 * numel * copies + term
+            exported = max(2 * n_models + 3, n_models + 1 + copies)
+            assert export_bytes(shapes, setting(("ties",), True))[0] == 4 * numel * exported + term
+
+
 EXPORT_PEAK_SCRIPT = """
 import sys, torch
 from pathlib import Path

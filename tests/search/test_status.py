@@ -183,3 +183,33 @@ def test_status_lines_are_what_the_command_prints_and_say_a_working_run_s_pid(ru
     assert printed.splitlines() == lines
     assert lines[0].endswith("(finished)")
     assert working[0].endswith("(running: pid 4242; in the final phase)") and working[1:] == lines[1:]
+
+
+class _Revisions:
+    """A store as `se_caveat` reads it: (the revision recorded, the revisions a reopened folder mixes)."""
+
+    def __init__(self, revision, mixed):
+        self.revisions = (revision, mixed)
+
+    def estimator_revisions(self):
+        return self.revisions
+
+
+@pytest.mark.parametrize(("kind", "revision", "mixed", "caveat"), [
+    ("adaptive", 4, [], None), ("adaptive", 3, [], "adaptive"),
+    ("adaptive", 4, [3, 4], "adaptive"),  # reopened under revision 4: its older estimates are the posterior's
+    ("adaptive", None, [], "adaptive"),  # a folder from before revisions were recorded
+    ("gpirt", 3, [], None), ("pirt", None, [], None),  # the posterior caveat is an adaptive test's
+    ("mpirt", 4, [], "mpirt"),  # simulated merges: whatever the revision
+])
+def test_the_se_caveat_by_estimator_kind_and_revision(kind, revision, mixed, caveat):
+    """Which folders' SEs leave part of the error out (audit 92: the revision mix, an unrecorded
+    revision and the adaptive-only condition could each change unseen)."""
+    from evo_merge.search.metrics import se_caveat, se_note
+
+    got = se_caveat({"estimator": kind}, _Revisions(revision, mixed))
+    if caveat is None:
+        assert got is None and se_note({"estimator": kind}, _Revisions(revision, mixed)) is None
+    else:
+        assert got.startswith(f"{caveat} estimates") and ("before estimator revision 4" in got) == (kind == "adaptive")
+        assert se_note({"estimator": kind}, _Revisions(revision, mixed)) == f"{got} (docs/irt.md)"
