@@ -36,18 +36,20 @@ ACTIVATION_TOKENS = EvaluatorSpec.model_fields["sequence_tokens"].default  # tok
 ACTIVATION_FLOATS = 24  # float32 values per token and hidden unit alive in a forward pass (estimate)
 MASS_CACHE = 8  # merged task sets MASS keeps (its routing cache_size default)
 # float32 copies of the largest tensor alive while these methods merge it, as (a, b) for a·T + b with T
-# endpoints: the T task vectors, the trims' masks (TIES, DARE and breadcrumbs keep a boolean mask per
-# task vector, a quarter of a copy, not a trimmed copy: `methods.Trimmed`), the trim's temporaries, the
-# output; the sign election and the weighted sums run a chunk at a time and add little. Breadcrumbs
-# ranks each task vector's magnitudes (a copy more); DELLA keeps its dropped and rescaled copies and
-# ranks; SCE keeps its stack, per-entry variance and selection. Peaks measured on a 4096 × 2048 tensor
-# with 2, 3, 4, 6 and 8 endpoints (density 0.4; the base's float32 copy included), at most: ties 5.7 /
-# 7.0 / 8.2 / 10.7 / 13.2, dare_ties 4.5 / 5.8 / 7.1 / 9.6 / 12.1, breadcrumbs 7.8 / 9.0 / 10.3 / 12.8 /
-# 15.3, della 9.0 / 11.0 / 13.0 / 17.0 / 21.0, sce 12.0 / 17.0 / 22.0 / 32.0 / 42.0 (TIES with trimmed
-# copies, as it kept them before: 6.5 / 8.5 / 10.5 / 14.5 / 18.5)
-STACKING = {"ties": (1.25, 4), **dict.fromkeys(("dare_ties", "dare_linear"), (1.25, 3)),
-            **dict.fromkeys(("breadcrumbs", "breadcrumbs_ties"), (1.25, 6)),
-            **dict.fromkeys(("della", "della_linear"), (2, 6)), "sce": (5, 2)}
+# endpoints, beyond the stored task vectors: each task vector formed whole only while it is trimmed
+# (`task_vectors.TaskVector`), then a chunk at a time; the trims' masks (TIES, DARE and breadcrumbs keep
+# a boolean mask per task vector, a quarter of a copy: `methods.Trimmed`); the trim's temporaries; the
+# base and the output. The sign election and the weighted sums run a chunk at a time and add little.
+# Breadcrumbs ranks each task vector's magnitudes (a copy more); DELLA keeps its dropped and rescaled
+# copies (divided by per-entry probabilities); SCE takes its task vectors formed and keeps its stack,
+# per-entry variance and selection. Peaks measured on a 4096 × 2048 tensor with 2, 3, 4, 6 and 8
+# endpoints (density 0.4; the base's float32 copy included, the stored bf16 task vectors not), at most:
+# ties 4.7 / 5.0 / 5.2 / 5.7 / 6.2, dare_ties 2.5 / 2.8 / 3.1 / 3.6 / 4.1, breadcrumbs 6.8 / 7.0 / 7.3 /
+# 7.8 / 8.3, della 8.0 / 9.0 / 10.0 / 12.0 / 14.0, sce 12.0 / 17.0 / 22.0 / 32.0 / 42.0 (TIES with formed
+# task vectors and trimmed copies, as it kept them before: 6.5 / 8.5 / 10.5 / 14.5 / 18.5)
+STACKING = {"ties": (0.25, 4.5), **dict.fromkeys(("dare_ties", "dare_linear"), (0.25, 2.25)),
+            **dict.fromkeys(("breadcrumbs", "breadcrumbs_ties"), (0.25, 6.5)),
+            **dict.fromkeys(("della", "della_linear"), (1, 6.5)), "sce": (5, 2)}
 # Those are a CPU's, whose consensus runs 2^16 entries at a time. A GPU's chunk is 2^24 entries, and
 # the weighted rows, their signs and the agreement of one chunk are about 2T + 1 float32 copies of it,
 # which the counts above miss for a largest tensor of up to a few chunks (an audit, the GPU's chunk on a

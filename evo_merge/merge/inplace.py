@@ -30,6 +30,7 @@ from evo_merge.merge.pieces import ELEMENTWISE, Endpoint, Piece, elementwise_ter
 from evo_merge.merge.plan import merge_tensor
 from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
+from evo_merge.merge.task_vectors import TaskVector
 from evo_merge.weights import Checkpoint, check_compatible, heads
 from evo_merge.weights.devices import indexed
 from evo_merge.weights.module_names import ModuleTensors, fused_error, module_tensors
@@ -124,6 +125,14 @@ class InPlaceMerger:
         wide = self.stash.upcast(stored.tensor)
         return wide - base if wide is stored.tensor else wide.sub_(base)  # never into the stored tensor
 
+    def _streamed(self, stored: torch.Tensor | Endpoint, base: torch.Tensor) -> TaskVector:
+        """A stored task vector on the device as stored, formed in the compute dtype where a method
+        that streams task vectors reads it (`TaskVector`): `_task_vector`'s bits, without the T
+        float32 copies of the tensor alive at once."""
+        if isinstance(stored, Endpoint):
+            return TaskVector(self.stash.move(stored.tensor), base)
+        return TaskVector(self.stash.move(stored), dtype=self.stash.compute)
+
     @property
     def names(self) -> list[str]:
         """The floating tensors it merges: the base's, and the heads it unties (`heads.merge_targets`);
@@ -197,8 +206,8 @@ class InPlaceMerger:
                 continue
             if cache is None:
                 base = upcast(stored_base)
-                deltas = [self._task_vector(d, base) for d in self._deltas[name]]
-                yield name, merge_tensor(m, base, deltas, w, resolved, name)
+                form = self._streamed if m.streams else self._task_vector
+                yield name, merge_tensor(m, base, [form(d, base) for d in self._deltas[name]], w, resolved, name)
                 continue
             if name not in cache:
                 cache[name] = self._compute_pieces(m, name, resolved)

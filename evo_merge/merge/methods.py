@@ -22,6 +22,7 @@ import torch
 
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, divides_by_weight_sum, register_method
+from evo_merge.merge.task_vectors import Delta, TaskVector, whole
 
 # any real number, as in mergekit (a negative one subtracts the task vectors: forgetting a skill)
 LAMBDA = H("lambda", 1.0, help="global scale of the merged task vector", search_range=(0.5, 1.5))
@@ -128,8 +129,9 @@ def _cut(values: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
     return cut, higher + int(torch.count_nonzero(inside > cut)), int(torch.count_nonzero(inside == cut))
 
 
-def random_mask(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:
-    """Keep each entry with probability `density`, from a generator seeded by `seed`."""
+def random_mask(delta: Delta, density: float, seed: int) -> torch.Tensor:
+    """Keep each entry with probability `density`, from a generator seeded by `seed` (the task
+    vector's shape and device are all it reads)."""
     gen = torch.Generator(device=delta.device).manual_seed(seed)
     return torch.rand(delta.shape, generator=gen, device=delta.device) < density
 
@@ -152,14 +154,18 @@ class Trimmed:
     largest tensor alive at once (a 128k-row embedding: 2 GiB each at 7B); their masks are a
     quarter of one each. The same operations in the same order, entry by entry: the same bits."""
 
-    delta: torch.Tensor  # flat
+    delta: torch.Tensor | TaskVector  # a flat tensor, or one formed where it is read
     mask: torch.Tensor  # flat, boolean
     scale: torch.Tensor | None = None
     divisor: float | None = None
 
     def write(self, part: slice, row: torch.Tensor) -> None:
         """Entries `part` of the trimmed vector into `row`."""
-        torch.mul(self.delta[part], self.mask[part], out=row)
+        if isinstance(self.delta, TaskVector):
+            self.delta.write(part, row)
+            row.mul_(self.mask[part])
+        else:
+            torch.mul(self.delta[part], self.mask[part], out=row)
         if self.scale is not None:
             row.mul_(self.scale)
         if self.divisor is not None:
@@ -175,36 +181,40 @@ def l1_scale(delta: torch.Tensor, mask: torch.Tensor, eps: float = 1e-7) -> torc
     return before / after
 
 
-def masked(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> Trimmed:
-    """`delta` trimmed to `mask` (same shape), L1-rescaled where `rescale` is set."""
-    return Trimmed(delta.reshape(-1), mask.reshape(-1), l1_scale(delta, mask) if rescale else None)
+def masked(delta: Delta, formed: torch.Tensor, mask: torch.Tensor, rescale: bool) -> Trimmed:
+    """`delta` (as `formed`, its whole tensor) trimmed to `mask` (same shape), L1-rescaled where
+    `rescale` is set; a `TaskVector` is kept as it is, to be formed again a chunk at a time."""
+    flat = delta if isinstance(delta, TaskVector) else delta.reshape(-1)
+    return Trimmed(flat, mask.reshape(-1), l1_scale(formed, mask) if rescale else None)
 
 
-# (task vector, model index) -> trimmed: a tensor, or its mask (`Trimmed`)
-Sparsifier = Callable[[torch.Tensor, int], "torch.Tensor | Trimmed"]
+# (task vector, model index) -> trimmed: a tensor, a task vector formed where it is read, or its mask
+Sparsifier = Callable[[Delta, int], "Delta | Trimmed"]
 
 
 def magnitude_trim(params: Params) -> Sparsifier:
     """TIES trimming: the top `density` by magnitude, L1-rescaled when `rescale` is set."""
-    def trim(delta: torch.Tensor, t: int) -> torch.Tensor | Trimmed:
+    def trim(delta: Delta, t: int) -> Delta | Trimmed:
         density = params["density"][t]
         if density >= 1:
             return delta
-        return masked(delta, magnitude_mask(delta, density), params["rescale"])
+        full = whole(delta)
+        return masked(delta, full, magnitude_mask(full, density), params["rescale"])
     return trim
 
 
 def dare_drop(params: Params, name: str) -> Sparsifier:
     """DARE: keep each entry with probability `density` (seeded per tensor and model), then divide
     the survivors by `density` when `rescale` is set, so the expected task vector is unchanged."""
-    def drop(delta: torch.Tensor, t: int) -> torch.Tensor | Trimmed:
+    def drop(delta: Delta, t: int) -> Delta | Trimmed:
         density = params["density"][t]
         if density >= 1:
             return delta
         if density <= 0:  # nothing kept (and nothing to rescale)
-            return torch.zeros_like(delta)
+            return torch.zeros_like(whole(delta))
         mask = random_mask(delta, density, tensor_seed(params["seed"], name, t))
-        return Trimmed(delta.reshape(-1), mask.reshape(-1), divisor=density if params["rescale"] else None)
+        flat = delta if isinstance(delta, TaskVector) else delta.reshape(-1)
+        return Trimmed(flat, mask.reshape(-1), divisor=density if params["rescale"] else None)
     return drop
 
 
@@ -221,14 +231,15 @@ MIN_TAIL = 256
 
 def generalized_task_arithmetic(
     base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
+    deltas: Sequence[Delta],
     weights: Sequence[float],
     params: Params,
     *,
     sparsify: Sparsifier | None,
     consensus: bool,
 ) -> torch.Tensor:
-    """Trim each task vector, optionally elect signs, then sum or average the survivors.
+    """Trim each task vector, optionally elect signs, then sum or average the survivors. A task
+    vector may come as a `TaskVector`, formed whole only while it is trimmed, and a chunk at a time.
 
     Trimming sees each whole task vector (a magnitude cut, an L1 norm, a seeded draw over its
     shape); everything after it is per entry, so it runs a chunk at a time (`_combine_chunk`):
@@ -236,7 +247,8 @@ def generalized_task_arithmetic(
     agreement copies of every task vector that a whole-tensor pass makes: on a CPU those passes
     were half of a TIES candidate's time (SmolLM2-135M, 3 endpoints), and chunked take 2.8x less."""
     kept = [sparsify(delta, t) if sparsify else delta for t, delta in enumerate(deltas)]
-    flat_base, flat = base.reshape(-1), [k if isinstance(k, Trimmed) else k.reshape(-1) for k in kept]
+    flat_base = base.reshape(-1)
+    flat = [k if isinstance(k, Trimmed | TaskVector) else k.reshape(-1) for k in kept]
     out = torch.empty_like(flat_base)
     w = torch.tensor(list(weights), dtype=base.dtype, device=base.device).view(-1, 1)
     divisor = None if consensus else _weight_sum(w)
@@ -249,7 +261,7 @@ def generalized_task_arithmetic(
         part = slice(start, stop)
         weighted = stacked[:, : stop - start]
         for row, task in zip(weighted, flat):
-            if isinstance(task, Trimmed):
+            if isinstance(task, Trimmed | TaskVector):
                 task.write(part, row)
             else:
                 row.copy_(task[part])
@@ -285,8 +297,8 @@ def _combine_chunk(weighted: torch.Tensor, w: torch.Tensor, params: Params,
     return mixed
 
 
-@register_method("ties", keeps_unchanged=True, hyperparameters=[DENSITY, LAMBDA, H("normalize", True, searchable=False),
-                                          RESCALE_L1, INT8_MASK])
+@register_method("ties", streams=True, keeps_unchanged=True,
+                 hyperparameters=[DENSITY, LAMBDA, H("normalize", True, searchable=False), RESCALE_L1, INT8_MASK])
 def ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """TIES: trim by magnitude per tensor, elect signs, average the agreeing entries."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=magnitude_trim(params), consensus=True)
@@ -295,14 +307,14 @@ def ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
 _DARE_PARAMS = [DENSITY, LAMBDA, WEIGHT_NORMALIZE, RESCALE, SEED, INT8_MASK]
 
 
-@register_method("dare_linear", hyperparameters=_DARE_PARAMS, keeps_unchanged=True)
+@register_method("dare_linear", streams=True, hyperparameters=_DARE_PARAMS, keeps_unchanged=True)
 def dare_linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DARE: drop entries at random, rescale survivors, then task arithmetic."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=dare_drop(params, name),
                                        consensus=False)
 
 
-@register_method("dare_ties", hyperparameters=_DARE_PARAMS, keeps_unchanged=True)
+@register_method("dare_ties", streams=True, hyperparameters=_DARE_PARAMS, keeps_unchanged=True)
 def dare_ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DARE drops and rescaling, then TIES sign election."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=dare_drop(params, name),

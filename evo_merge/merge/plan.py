@@ -22,6 +22,7 @@ from evo_merge.merge import layers
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method, list_methods
 from evo_merge.merge.settings import MISSING, layer_position, lookup
+from evo_merge.merge.task_vectors import Delta, TaskVector, formed, whole
 from evo_merge.merge.tokens import TokenPlan, is_vocabulary, plan_tokens
 from evo_merge.weights import Checkpoint, heads, parse_dtype
 from evo_merge.weights.compat import castable, check_architectures, check_vocabularies
@@ -543,11 +544,15 @@ def _layer_sources(jobs: list[TensorJob]) -> list[tuple[int, int]]:
 def merge_tensor(
     method: MergeMethod,
     base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
+    deltas: Sequence[Delta],
     weights: Sequence[float],
     params: dict[str, Any],
     name: str,
 ) -> torch.Tensor:
+    """`method` on one tensor: task vectors formed where they are read (`TaskVector`) go as they are
+    to a method that streams them (`MergeMethod.streams`), formed first for any other."""
+    if not method.streams:
+        deltas = formed(deltas)
     try:
         merged = method.fn(base, deltas, weights, params, name)
     except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (another device, or failing)
@@ -594,8 +599,9 @@ def _combine(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor]) -> to
         return _combine(plan, job, [t.float() for t in tensors]).to(narrow)
     reference = tensors[0] if job.reference else torch.zeros_like(tensors[0])
     inputs = tensors[1:] if job.reference else tensors
-    deltas = [x - reference for x in inputs]
-    if plan.method.keeps_unchanged and not any(bool(d.any()) for d in deltas):  # the method's result is the base
+    # formed where they are read for a method that streams them: not T more copies beside the inputs
+    deltas = [TaskVector(x, reference) if plan.method.streams else x - reference for x in inputs]
+    if plan.method.keeps_unchanged and not any(bool(whole(d).any()) for d in deltas):  # its result is the base
         return reference + 0.0  # as base + 0 is: -0.0 read as 0.0
     return merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
 

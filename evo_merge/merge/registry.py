@@ -130,6 +130,9 @@ class MergeMethod:
     # copies the base there instead of computing it (frozen embeddings, partial fine-tunes, LoRA
     # inputs leave most tensors so; TIES spent 85% of a candidate's merge on them, TSV its SVDs)
     keeps_unchanged: bool = False
+    # its fn takes task vectors formed where they are read (`task_vectors.TaskVector`): each whole
+    # only while it is trimmed, then a chunk at a time; other methods get them as tensors
+    streams: bool = False
     module: str = ""  # where the decorated function is defined: a method of your own names its plugin
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
@@ -186,6 +189,7 @@ def register_method(
     on_models: bool = False,
     threaded: bool = False,
     keeps_unchanged: bool = False,
+    streams: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
 
@@ -209,6 +213,9 @@ def register_method(
     a matrix product), which the model card then names. `keeps_unchanged`: where every task vector
     of a tensor is zero, the method returns the base exactly (not to rounding: an average of equal
     tensors may differ in its last bit), so merges copy the base there and skip the method.
+    `streams`: ``fn`` takes task vectors that are tensors or `task_vectors.TaskVector`s, formed
+    whole (`whole`) only where it needs them so, which spares the T float32 copies of a tensor
+    that formed task vectors are (the built-in sparsifiers, through `generalized_task_arithmetic`).
     `replace=True` replaces a method registered under `name` (a notebook cell run again); without
     it a second registration is a ValueError, except from a plugin's entry point, whose clash is
     logged and the method registered first kept (a notebook's own copy of an installed method made
@@ -226,7 +233,7 @@ def register_method(
                         name, _loading_entry_point, _REGISTRY[name].module)
             return func
         common = dict(n_models=n_models, base=base, uses_weights=uses_weights, check=check, on_models=on_models,
-                      threaded=threaded, keeps_unchanged=keeps_unchanged, module=func.__module__,
+                      threaded=threaded, keeps_unchanged=keeps_unchanged, streams=streams, module=func.__module__,
                       description=(func.__doc__ or "").strip().split("\n")[0])
         if scale is None:
             method = MergeMethod(name, tuple(hyperparameters), fn=func, **common)

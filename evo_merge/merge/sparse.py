@@ -30,6 +30,7 @@ from evo_merge.merge.methods import (
 )
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
+from evo_merge.merge.task_vectors import Delta, whole
 
 GAMMA = H("gamma", 0.01, 0.0, 1.0, per_model=True, search_range=(0.0, 0.05),
           help="Breadcrumbs: fraction of the largest-magnitude entries dropped as outliers")
@@ -43,16 +44,17 @@ DELLA_RESCALE = H("rescale", True, searchable=False, help="divide each survivor 
 def outlier_trim(params: Params) -> Sparsifier:
     """Breadcrumbs: drop the `gamma` largest and then the smallest entries to keep `density`
     (fewer outliers when both together would leave less than `density`), as mergekit 0.1.5."""
-    def trim(delta: torch.Tensor, t: int) -> torch.Tensor | Trimmed:
+    def trim(delta: Delta, t: int) -> Delta | Trimmed:
         density = params["density"][t]
         if density >= 1:
             return delta
-        n = delta.numel()
+        full = whole(delta)
+        n = full.numel()
         n_top = int(params["gamma"][t] * n)
         n_bot = n - int(density * n) - n_top
         if n_bot < 0:
             n_top, n_bot = n_top + n_bot, 0
-        return masked(delta, _ranked_between(delta.abs().flatten().float(), n_bot, n - n_top).view_as(delta),
+        return masked(delta, full, _ranked_between(full.abs().flatten().float(), n_bot, n - n_top).view_as(full),
                       params["rescale"])
     return trim
 
@@ -104,10 +106,11 @@ def _band_refusal(density: float, epsilon: float) -> str | None:
 def della_drop(params: Params, name: str) -> Sparsifier:
     """DELLA: keep each entry with its rank-based probability p (seeded like DARE), then divide
     survivors by p when `rescale` is set, so each entry's expectation is its undropped value."""
-    def drop(delta: torch.Tensor, t: int) -> torch.Tensor:
+    def drop(delta: Delta, t: int) -> Delta:
         density, epsilon = params["density"][t], params["epsilon"][t]
         if density >= 1:
             return delta
+        delta = whole(delta)  # its drops and rescaling are kept as a copy: divided by per-entry probabilities
         if density <= 0:
             return torch.zeros_like(delta)
         if why := _band_refusal(density, epsilon):  # (the method's check refuses it first, in a plan or a merger)
@@ -123,13 +126,13 @@ def della_drop(params: Params, name: str) -> Sparsifier:
 _BREADCRUMBS = [DENSITY, GAMMA, LAMBDA, WEIGHT_NORMALIZE, RESCALE_L1, INT8_MASK]
 
 
-@register_method("breadcrumbs", hyperparameters=_BREADCRUMBS, keeps_unchanged=True)
+@register_method("breadcrumbs", streams=True, hyperparameters=_BREADCRUMBS, keeps_unchanged=True)
 def breadcrumbs(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Model Breadcrumbs: drop outliers and small entries of each task vector, then add them."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=outlier_trim(params), consensus=False)
 
 
-@register_method("breadcrumbs_ties", hyperparameters=_BREADCRUMBS, keeps_unchanged=True)
+@register_method("breadcrumbs_ties", streams=True, hyperparameters=_BREADCRUMBS, keeps_unchanged=True)
 def breadcrumbs_ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Breadcrumbs trimming followed by TIES sign election."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=outlier_trim(params), consensus=True)
@@ -138,15 +141,16 @@ def breadcrumbs_ties(base, deltas, weights, params: Params, name: str) -> torch.
 _DELLA = [DELLA_DENSITY, EPSILON, LAMBDA, DELLA_RESCALE, SEED, INT8_MASK]
 
 
-@register_method("della", keeps_unchanged=True, hyperparameters=[*_DELLA, H("normalize", True, searchable=False)],
-                 check=della_band)
+@register_method("della", streams=True, keeps_unchanged=True,
+                 hyperparameters=[*_DELLA, H("normalize", True, searchable=False)], check=della_band)
 def della(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DELLA: magnitude-ranked random drops (MagPrune), rescaling, then TIES sign election."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=della_drop(params, name),
                                        consensus=True)
 
 
-@register_method("della_linear", keeps_unchanged=True, hyperparameters=[*_DELLA, WEIGHT_NORMALIZE], check=della_band)
+@register_method("della_linear", streams=True, keeps_unchanged=True, hyperparameters=[*_DELLA, WEIGHT_NORMALIZE],
+                 check=della_band)
 def della_linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DELLA's drops and rescaling, then task arithmetic."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=della_drop(params, name),

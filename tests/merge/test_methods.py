@@ -210,6 +210,51 @@ def test_trimmed_task_vectors_kept_as_masks_give_the_trimmed_copies_bits(monkeyp
         assert torch.equal(got.view(torch.int32), want.view(torch.int32)), shape
 
 
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "breadcrumbs_ties", "della"])
+@pytest.mark.parametrize("source", ["stored float32", "stored bfloat16", "bfloat16 endpoint"])
+def test_task_vectors_formed_where_they_are_read_give_the_formed_ones_bits(monkeypatch, method, source):
+    """The in-place merger hands these methods its stored task vectors (or endpoints and the base)
+    to form a chunk at a time, not as T float32 tensors alive at once: every entry, -0.0 included,
+    as from the task vectors formed first."""
+    import evo_merge.merge.methods as methods
+    from evo_merge.merge.plan import merge_tensor
+    from evo_merge.merge.task_vectors import TaskVector
+
+    monkeypatch.setattr(methods, "CONSENSUS_CHUNK", 64)
+    g = torch.Generator().manual_seed(3)
+    base = (torch.randn(37, 29, generator=g) * 0.02).bfloat16().float()
+    raw = [torch.randn(37, 29, generator=g) * 0.001 for _ in range(3)]
+    vectors = {"stored float32": [TaskVector(d) for d in raw],
+               "stored bfloat16": [TaskVector(d.bfloat16()) for d in raw],
+               "bfloat16 endpoint": [TaskVector((base + d).bfloat16(), base) for d in raw]}[source]
+    m = get_method(method)
+    params = m.resolve({"density": 0.4, **({"epsilon": 0.1} if method == "della" else {})}, 3)
+    streamed = merge_tensor(m, base, vectors, [0.7, -0.4, 1.3], params, "model.layers.0.mlp.weight")
+    formed = merge_tensor(m, base, [v.whole() for v in vectors], [0.7, -0.4, 1.3], params, "model.layers.0.mlp.weight")
+    assert torch.equal(streamed.view(torch.int32), formed.view(torch.int32))
+    assert all(v.source.dtype == (torch.float32 if source == "stored float32" else torch.bfloat16) for v in vectors)
+
+
+def test_a_method_that_does_not_stream_gets_its_task_vectors_as_tensors(monkeypatch):
+    """A method of your own (or any without `streams`) is handed tensors, formed from the merger's
+    task vectors, as the registry documents its fn."""
+    from evo_merge.merge import registry
+    from evo_merge.merge.plan import merge_tensor
+    from evo_merge.merge.task_vectors import TaskVector
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # registered for this test only
+    seen = []
+
+    @register_method("test_sees_tensors", replace=True)
+    def sees(base, deltas, weights, params, name):
+        seen.extend(type(d) for d in deltas)
+        return base + sum(deltas)
+
+    base = T([1.0, 2.0])
+    out = merge_tensor(get_method("test_sees_tensors"), base, [TaskVector(T([3.0, 5.0]), base)], [1.0], {}, "x")
+    assert seen == [torch.Tensor] and torch.equal(out, T([3.0, 5.0]))
+
+
 @pytest.mark.parametrize("method", ["dare_linear", "breadcrumbs", "della_linear"])
 def test_a_normalized_sum_divides_by_the_weights_summed_in_the_compute_dtype(method):
     """As mergekit: in bfloat16, 0.7 and -0.4 are 0.69921875 and -0.400390625, summing to

@@ -1,0 +1,62 @@
+"""Task vectors formed where they are read, a chunk at a time, for the methods that stream them.
+
+TIES, DARE, breadcrumbs and DELLA need each whole task vector once (a magnitude cut, an L1 norm, a
+rank) and then only a chunk of it at a time (`methods.generalized_task_arithmetic`). Handed as
+float32 tensors, the T task vectors of the tensor being merged were T float32 copies of it alive at
+once: formed from bfloat16 endpoints or stored task vectors, each is twice their size. A
+`TaskVector` keeps what it is formed from (a stored task vector, or an endpoint and the base) and
+forms the whole vector only for the moment a trim needs it, one endpoint at a time, and a chunk
+where the chunks are summed: the same operations on every entry, so the same bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TaskVector:
+    """`source` − `base` in `base`'s dtype (an endpoint's tensor and the base it is taken from), or
+    `source` widened to `dtype` (a stored task vector) where `base` is None."""
+
+    source: torch.Tensor
+    base: torch.Tensor | None = None
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.source.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.source.device
+
+    def whole(self) -> torch.Tensor:
+        """The task vector as one tensor: a new one, or `source` itself where it is already wide
+        (callers never write into it)."""
+        wide = self.source.to(self.dtype if self.base is None else self.base.dtype)
+        if self.base is None:
+            return wide
+        return wide - self.base if wide is self.source else wide.sub_(self.base)
+
+    def write(self, part: slice, row: torch.Tensor) -> None:
+        """Entries `part` of the flat task vector into `row`."""
+        row.copy_(self.source.reshape(-1)[part])
+        if self.base is not None:
+            row.sub_(self.base.reshape(-1)[part])
+
+
+Delta = torch.Tensor | TaskVector
+
+
+def whole(delta: Delta) -> torch.Tensor:
+    """A task vector as a tensor, formed if it is a `TaskVector`."""
+    return delta.whole() if isinstance(delta, TaskVector) else delta
+
+
+def formed(deltas: Sequence[Delta]) -> list[torch.Tensor]:
+    """Every task vector as a tensor: for the methods that take tensors (`MergeMethod.streams` False)."""
+    return [whole(d) for d in deltas]
