@@ -46,6 +46,30 @@ def task_scores(scores: ItemScores, names: Sequence[str]) -> dict[str, float]:
     return {name: float(np.mean(list(scores[name].values()))) for name in names}
 
 
+def task_irt_model(irt_model: Path, name: str, item_ids: Sequence[str], held_out: frozenset[str]) -> IRTModel:
+    """Task `name`'s model in the `irt_model` folder, on its search items (`item_ids` less
+    `held_out`): a model fitted on other items (another version of the task, another `limit`, a
+    run's `irt/` with another hold-out split) would choose anchors the task does not hold, or
+    estimate a score over other items, so it is refused, naming what differs. `plan` asks it as
+    the runner does: it said "fits" of a model `run` then refused."""
+    folder = irt_model / name
+    model = without_items(IRTModel.load(folder), held_out)  # fitted on every item, perhaps
+    fitted, searched = set(model.item_ids), {i for i in item_ids if i not in held_out}
+    if fitted != searched:
+        missing, extra = sorted(searched - fitted), sorted(fitted - searched)
+        differs = []
+        if missing:
+            differs.append(f"{len(missing)} of the task's {len(searched)} search items are not in it "
+                           f"(e.g. {missing[0]})")
+        if extra:
+            differs.append(f"{len(extra)} of its items are not search items of the task (e.g. {extra[0]})")
+        raise UserError(f"estimator.irt_model: {folder} was fitted on other items than task {name}'s: "
+                        f"{'; '.join(differs)}. "
+                        "Fit it on this task's responses, or, for a run's irt/ folder, reuse it with the same "
+                        "algorithm.seed and final.holdout (they choose the held-out items)")
+    return model
+
+
 class Scoring:
     """Holds the fitted estimators once `calibrate` ran; `estimate` turns anchor scores into task scores."""
 
@@ -95,29 +119,12 @@ class Scoring:
         return subjects
 
     def fitted_model(self, name: str) -> IRTModel:
-        """Task `name`'s model from `irt_model`, on its search items: a model fitted on other items
-        (another version of the task, another `limit`, a run's `irt/` with another hold-out split)
-        would choose anchors the task does not hold, or estimate a score over other items, so it
-        is refused, naming what differs."""
-        if name in self._fitted:
-            return self._fitted[name]
-        folder = Path(self.spec.irt_model) / name
-        model = without_items(IRTModel.load(folder), self.holdout[name])  # fitted on every item, perhaps
-        fitted, searched = set(model.item_ids), set(self.search_ids(name))
-        if fitted != searched:
-            missing, extra = sorted(searched - fitted), sorted(fitted - searched)
-            differs = []
-            if missing:
-                differs.append(f"{len(missing)} of the task's {len(searched)} search items are not in it "
-                               f"(e.g. {missing[0]})")
-            if extra:
-                differs.append(f"{len(extra)} of its items are not search items of the task (e.g. {extra[0]})")
-            raise UserError(f"estimator.irt_model: {folder} was fitted on other items than task {name}'s: "
-                            f"{'; '.join(differs)}. "
-                            "Fit it on this task's responses, or, for a run's irt/ folder, reuse it with the same "
-                            "algorithm.seed and final.holdout (they choose the held-out items)")
-        self._fitted[name] = model
-        return model
+        """Task `name`'s model from `irt_model`, checked against its search items (`task_irt_model`)
+        and loaded once."""
+        if name not in self._fitted:
+            self._fitted[name] = task_irt_model(Path(self.spec.irt_model), name, self.tasks[name].item_ids,
+                                                self.holdout[name])
+        return self._fitted[name]
 
     def check_fitted_models(self) -> None:
         """Before anything is evaluated: every task's `irt_model` holds the task's search items."""

@@ -198,14 +198,18 @@ def test_a_follow_up_campaign_reuses_a_runs_irt_models_on_the_same_items_only(tm
     with closing(sqlite3.connect(again / "state.sqlite")) as db:  # base and endpoints only: no warm-up merges
         assert db.execute("SELECT COUNT(*) FROM evaluations WHERE phase = 'calibration'").fetchone() == (3,)
 
+    assert CliRunner().invoke(cli, ["plan", str(config)]).exit_code == 0
+
     other_split = campaign(tmp_path, zoo, algorithm={**small, "seed": 4}, final={"evaluate_top": 2, "holdout": 20},
                            estimator=reuse)
-    result = CliRunner().invoke(cli, ["run", str(other_split), "--out", str(tmp_path / "other")])
-    assert result.exit_code == 2 and not (tmp_path / "other").exists(), result.output
-    line = result.output.strip().splitlines()[-1]
-    assert line.startswith(f"error: estimator.irt_model: {first / 'irt' / 'agree0'} was fitted on other items than "
-                           "task agree0's: ") and "search items are not in it" in line and "reuse it with the same "\
-        "algorithm.seed and final.holdout" in line, line
+    # `plan` refuses it as `run` does (it said "fits": audit 93)
+    for command in (["plan", str(other_split)], ["run", str(other_split), "--out", str(tmp_path / "other")]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2 and not (tmp_path / "other").exists(), result.output
+        line = result.output.strip().splitlines()[-1]
+        assert line.startswith("error: ") and f"estimator.irt_model: {first / 'irt' / 'agree0'} was fitted on other "\
+            "items than task agree0's: " in line and "search items are not in it" in line and "reuse it with "\
+            "the same algorithm.seed and final.holdout" in line, line
     tasks = yaml.safe_load(config.read_text())["tasks"]
     tasks[1]["options"]["n_items"] = 100
     fewer = campaign(tmp_path, zoo, algorithm=small, final={"evaluate_top": 2, "holdout": 20}, estimator=reuse,
