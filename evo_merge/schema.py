@@ -143,6 +143,11 @@ def _key_path(loc: tuple) -> tuple:
     return tuple(part for part in loc if not (isinstance(part, str) and _UNION_MEMBER.match(part)))
 
 
+def validator_message(error: dict) -> str:
+    """One pydantic error's message as a validator wrote it, without pydantic's "Value error, "."""
+    return error["msg"].removeprefix("Value error, ")
+
+
 def _message(error: dict, model: type[BaseModel]) -> str:
     if error["type"] == "model_type":  # pydantic says "a valid dictionary or instance of TaskSpec"
         return f"expected a mapping of keys ({{key: value, ...}}), not {_kind(error['input'])}" + _as_mapping(
@@ -150,7 +155,7 @@ def _message(error: dict, model: type[BaseModel]) -> str:
     if error["type"] == "tuple_type":  # the schemas' tuples are ranges: [low, high], [start, end]
         return f"expected a list of two values ([low, high]), not {_kind(error['input'])}"
     if error["type"] != "extra_forbidden":
-        return error["msg"].removeprefix("Value error, ")
+        return validator_message(error)
     path = _key_path(error["loc"])
     return "unknown key" + did_you_mean(str(path[-1]), _keys_at(model, path[:-1]))
 

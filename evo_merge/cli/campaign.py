@@ -79,6 +79,7 @@ def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | N
 
     from evo_merge.config import EvaluatorSpec
     from evo_merge.errors import UserError, message_line
+    from evo_merge.schema import validator_message
 
     named = campaign.evaluator.address
     if scheduler is None:
@@ -91,7 +92,7 @@ def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | N
         evaluator = EvaluatorSpec(batch_size=campaign.evaluator.batch_size, **(
             {} if scheduler == "local" else {"kind": "dask", "address": scheduler}))
     except ValidationError as error:
-        raise UserError(f"--scheduler: {message_line(error.errors()[0]['msg'])}") from None
+        raise UserError(f"--scheduler: {message_line(validator_message(error.errors()[0]))}") from None
     return campaign.model_copy(update={"evaluator": evaluator})
 
 

@@ -27,7 +27,7 @@ def mass() -> None:
 @click.option("--token", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
               help="Route on the mean over the input's tokens or on its last token.")
 @click.option("--link-base", is_flag=True, help="Store the base's path instead of a copy of it.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it is a model folder.")
 def build(base, first, more, out, layer, threshold, max_tasks, token, link_base, overwrite) -> None:
     """Decompose each model's task vector (TSV-C factors) and write a MASS folder to OUT."""
     from pydantic import ValidationError

@@ -16,7 +16,8 @@ from evo_merge.cli.paths import UserPath
               help="computation and output dtype: float32, bfloat16, float16 (or fp32, bf16, fp16, half; "
                    "default: the recipe's)")
 @click.option("--allow-pickle", is_flag=True, help="also read .bin/.pt/.pth checkpoints (weights_only=True)")
-@click.option("--overwrite", is_flag=True, help="replace OUT if it exists (only once the new folder is complete)")
+@click.option("--overwrite", is_flag=True,
+              help="replace OUT if it is a model folder (only once the new folder is complete)")
 @click.option("--device", default="cpu", show_default=True,
               help="where each tensor is combined: cpu, cuda, cuda:N or auto (a GPU makes TSV-M's SVDs "
                    "practical at 7B); inputs are read and the output written on the host")

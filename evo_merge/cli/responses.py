@@ -33,6 +33,7 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
     from evo_merge.cli.progress import StageBars
     from evo_merge.config import TaskSpec
     from evo_merge.errors import UserError
+    from evo_merge.schema import validator_message
     from evo_merge.search.responses import build_responses
     from evo_merge.tasks.base import FitnessTask
     from evo_merge.tasks.registry import resolve_task
@@ -48,7 +49,7 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
         try:  # named as a campaign names the task, so an IRT model fitted on these responses serves it
             name = TaskSpec(task=spec).label
         except ValidationError as error:
-            raise UserError(f"--tasks: {error.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+            raise UserError(f"--tasks: {validator_message(error.errors()[0])}") from None
         if name in resolved:
             raise UserError(f"--tasks: two tasks named {name!r}; give each a distinct file name")
         resolved[name] = resolve_task(spec)

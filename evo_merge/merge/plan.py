@@ -99,15 +99,19 @@ class MergePlan:
 
     def recipe(self) -> Recipe:
         """The recipe that rebuilds this merge: references resolved (absolute folders, Hub ids
-        with their commit), global defaults written out, dtypes explicit where one was given (none
-        given means float32 computation with each tensor written in its stored dtype, which only
-        leaving them out says again)."""
+        with their commit), defaults written out (a per-model one, such as `weight: 1`, at the top,
+        where a model's lookup falls through to it: mergekit requires a weight, so the recipe left it
+        unreadable there), dtypes explicit where one was given (none given means float32
+        computation with each tensor written in its stored dtype, which only leaving them out says
+        again)."""
         data = self.source_recipe.model_dump(exclude_none=True, mode="json")
         _rename_models(data, self.names)
         top = data.setdefault("parameters", {})
-        for hp in self.method.hyperparameters:
-            if not hp.per_model and hp.name not in top and not hp.required:
-                top[hp.name] = hp.default
+        entries = data.get("models") or [source for out in data.get("slices") or [] for source in out["sources"]]
+        defaults = [(hp.name, hp.default, hp.per_model) for hp in self.method.hyperparameters if not hp.required]
+        for name, default, per_model in [*defaults, *([(WEIGHT, 1.0, True)] if self.method.uses_weights else [])]:
+            if name not in top and (not per_model or any(name not in (e.get("parameters") or {}) for e in entries)):
+                top[name] = default
         if self.out_dtype is not None:
             data["dtype"], data["out_dtype"] = dtype_name(self.dtype), dtype_name(self.out_dtype)
         return Recipe.model_validate(data)

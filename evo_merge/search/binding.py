@@ -219,6 +219,9 @@ def check_run_files(run_dir: Path) -> None:
             if (held := {p.name for p in run_dir.iterdir()}) and held <= STARTED_FILES:  # killed in its first seconds
                 raise UserError(f"{run_dir}: a run stopped before it recorded its campaign (no {name}); "
                                 f"`{shell('evo-merge', 'run', 'CAMPAIGN.yaml', '--out', run_dir)}` starts it again")
+            if name == CampaignStore.DB and (run_dir / CAMPAIGN_FILE).is_file():  # a run's records deleted
+                raise UserError(f"{run_dir}: a run folder whose {name} is gone (the run's records); restore it from a "
+                                "backup, or start the campaign again in a new run folder")
             raise UserError(f"{run_dir}: not a campaign run folder (no {name})")
     check_no_links(run_dir)
 

@@ -211,6 +211,25 @@ def test_bfloat16_output_and_linear_without_base(family, tmp_path):
         assert torch.allclose(merged[name].float(), ((f1[name] + f2[name]) / 2).bfloat16().float(), atol=1e-2)
 
 
+
+def test_the_written_recipe_spells_out_a_weight_the_source_left_to_its_default(family, tmp_path):
+    """A model given no weight merges at weight 1, which mergekit requires to be written: the
+    explicit recipe wrote global defaults only, so its models had none (audit 93). The per-model
+    defaults go at the top, where a model's lookup falls through, and the recipe rebuilds the same."""
+    root, base, fts = family
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "ties", "base_model": str(base),
+                                      "models": [{"model": str(fts[0]), "parameters": {"weight": 0.7}},
+                                                 {"model": str(fts[1])}]}))
+    out, again = tmp_path / "merged", tmp_path / "again"
+    assert CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(out)]).exit_code == 0
+    written = yaml.safe_load((out / "merge_recipe.yaml").read_text())
+    assert written["parameters"]["weight"] == 1.0 and written["parameters"]["density"] == 1.0
+    assert written["models"][0]["parameters"] == {"weight": 0.7}  # a model's own value stays its own
+    assert CliRunner().invoke(cli, ["merge", str(out / "merge_recipe.yaml"), "--out", str(again)]).exit_code == 0
+    first, second = tensors_of(out), tensors_of(again)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
 @pytest.fixture(scope="module")
 def bf16_family(family, tmp_path_factory):
     root, base, fts = family

@@ -505,11 +505,15 @@ def test_a_run_folder_without_its_database_is_refused_never_started_over(copy, d
         for path in copy.glob("state.sqlite*"):
             path.unlink()
     yaml_before = (copy / "campaign.yaml").read_text()
+    # emptied or deleted, the line gives the way out (deleted, it said only "not a campaign run folder": audit 93)
+    way_out = "restore it from a backup, or start the campaign again in a new run folder"
     for command in ("status", "report", "resume"):
         code, out = invoke(command, copy)
         one_line_error(code, out, "state.sqlite")
+        assert way_out in out, out
     code, out = invoke("export", copy, "--pick", 1, "--out", copy.parent / "x")
     one_line_error(code, out, "state.sqlite")
+    assert way_out in out, out
     assert (copy / "campaign.yaml").read_text() == yaml_before
     assert damage == "deleted" or not sqlite3.connect(db).execute(
         "SELECT name FROM sqlite_master WHERE name = 'evaluations'").fetchall() or not all_keys(copy)
