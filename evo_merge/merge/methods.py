@@ -89,20 +89,41 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
 
 
 def top_mask(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest of flat non-negative `values`, as a boolean mask (a NaN ranks first, as in
-    topk); of the entries tied with the k-th, the first by position: the same entries on every
-    device and torch version. Where every entry tied with the k-th is kept (most cuts of
-    continuous values), the mask is one comparison; otherwise the ties are kept by position."""
-    values = values.nan_to_num(nan=torch.inf)
+    """The k largest of flat non-negative `values` (a temporary of the caller's: its NaNs are made
+    +inf in place, one copy fewer), as a boolean mask (a NaN ranks first, as in topk); of the
+    entries tied with the k-th, the first by position: the same entries on every device and torch
+    version. Where every entry tied with the k-th is kept (most cuts of continuous values), the
+    mask is one comparison; otherwise the ties are kept by position (`_keep_first`)."""
+    values = values.nan_to_num_(nan=torch.inf)
     cut, above, tied = _cut(values, k)
     if above + tied == k:
         return values >= cut
     mask = values > cut
-    mask[torch.nonzero(values == cut).squeeze(1)[: k - above]] = True
+    _keep_first(mask, values == cut, k - above)
     return mask
 
 
+TIE_BLOCK = 2**20  # entries per block when the first tied entries are found by position
+
+
+def _keep_first(mask: torch.Tensor, tied: torch.Tensor, wanted: int) -> None:
+    """Set in `mask` the first `wanted` entries of boolean `tied` by position, a block at a time: the
+    int64 positions of every tied entry were two float32 copies of a task vector an endpoint left
+    unchanged (all of it tied at 0; audit 94), and a count per block over the whole tensor casts
+    it to int64 too; one block's are 8 MiB."""
+    for start in range(0, tied.numel(), TIE_BLOCK):
+        block = tied[start:start + TIE_BLOCK]
+        count = int(block.sum())
+        if count < wanted:
+            mask[start:start + TIE_BLOCK].logical_or_(block)
+            wanted -= count
+        else:
+            mask[torch.nonzero(block).squeeze(1)[:wanted] + start] = True
+            return
+
+
 TOP_BITS = 16  # a non-negative float32 bucketed by its exponent and top 8 mantissa bits: 65,281 buckets up to +inf
+SHARED_BUCKET = 64  # a cut's bucket holding over 1/64 of the entries is first checked for holding one value
 
 
 def _cut(values: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
@@ -123,8 +144,14 @@ def _cut(values: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
     buckets = torch.bitwise_right_shift(values.view(torch.int32), 32 - TOP_BITS - 1)  # the sign bit is 0
     at_least = torch.bincount(buckets, minlength=(0x7F800000 >> (32 - TOP_BITS - 1)) + 1).flip(0).cumsum(0)
     top = int(torch.searchsorted(at_least, torch.tensor(k)))  # buckets counted from the top
-    inside = values[buckets == at_least.numel() - 1 - top]
+    bucket = at_least.numel() - 1 - top
     higher = int(at_least[top - 1]) if top else 0  # in the buckets above the cut's
+    held = int(at_least[top]) - higher
+    if held > values.numel() // SHARED_BUCKET:  # one value may fill it: an endpoint's unchanged zeros, bf16 values
+        low = torch.tensor(bucket << (32 - TOP_BITS - 1), dtype=torch.int32).view(torch.float32)
+        if int(torch.count_nonzero(values == low)) == held:  # nothing to rank (ranking it took 3 copies of it)
+            return low, higher, held
+    inside = values[buckets == bucket]
     cut = torch.kthvalue(inside, inside.numel() - (k - higher) + 1).values  # k - higher-th largest inside
     return cut, higher + int(torch.count_nonzero(inside > cut)), int(torch.count_nonzero(inside == cut))
 

@@ -61,14 +61,20 @@ def test_ties_trims_per_tensor_by_magnitude():
     assert torch.allclose(out, 10 + T([2.25, -4.0, 2.0, 0.0, 0.0]))
 
 
+@pytest.mark.parametrize("tie_block", [64, 2**20])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_ties_trimming_keeps_the_first_of_entries_tied_at_the_cut(dtype):
+def test_ties_trimming_keeps_the_first_of_entries_tied_at_the_cut(monkeypatch, dtype, tie_block):
     """bfloat16 task vectors hold many equal magnitudes: the cut must keep exactly k entries, the
-    ones a stable descending sort puts first (position breaks ties), on every device."""
+    ones a stable descending sort puts first (position breaks ties), on every device; the first
+    tied entries found a block at a time (many blocks, or one), and a cut's bucket that one value
+    fills (the zeros of an unchanged endpoint) found by a count."""
+    import evo_merge.merge.methods as methods
     from evo_merge.merge.methods import magnitude_mask
 
+    monkeypatch.setattr(methods, "TIE_BLOCK", tie_block)
     generator = torch.Generator().manual_seed(0)
     delta = (torch.randint(-3, 4, (4000,), generator=generator).to(torch.float32) / 4).to(dtype)
+    delta[:1500] = 0  # a third of it zeros: at density 0.5 and 0.9 the cut falls on them
     for density in (0.1, 0.33, 0.5, 0.9):
         k = int(density * delta.numel())
         expected = torch.zeros(delta.numel(), dtype=torch.bool)

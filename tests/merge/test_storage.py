@@ -544,9 +544,14 @@ if sys.argv[2] == "gpu-chunk":  # the consensus a GPU's chunk at a time: here th
     import evo_merge.merge.methods
     evo_merge.merge.methods.CONSENSUS_CHUNK = rows * cols
     sys.argv.pop(2)
+unchanged = sys.argv[2] == "one-unchanged"  # an endpoint that left the tensor as the base has it
+if unchanged:
+    sys.argv.pop(2)
 g = torch.Generator().manual_seed(0)
 base = (torch.randn(rows, cols, generator=g) * 0.02).bfloat16()
 deltas = [(torch.randn(rows, cols, generator=g) * 0.001).bfloat16() for _ in range(n_models)]
+if unchanged:
+    deltas[0].zero_()
 for name in sys.argv[2:]:
     method = get_method(name)
     # trimmed: at density 1 they trim nothing and keep no trimmed copy
@@ -610,6 +615,20 @@ def test_plan_counts_the_copies_each_stacking_method_keeps_alive(n_models):
         planned = work_bytes(shapes, setting) / (4 * 2**22)
         assert measured[name] <= 1.1 * planned, (name, measured[name], planned)
         assert planned <= 1.4 * measured[name], (name, measured[name], planned)  # and not far above it
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux /proc")
+def test_plan_counts_a_task_vector_the_cut_falls_on_whole():
+    """An endpoint that left a tensor unchanged (a frozen embedding, a LoRA input's): the magnitude
+    cut falls on its zeros, all tied. Ranking them (a copy of the bucket, and kthvalue's copy and
+    int64 indices) and listing their positions took TIES to 8.2 copies where the plan counted 5
+    (audit 94); one value filling the cut's bucket is now found by a count, and the first tied
+    entries a block at a time."""
+    methods = ["breadcrumbs_ties", "ties"]
+    measured, shapes = _peaks(2, ["one-unchanged", *methods])
+    for name in methods:
+        planned = work_bytes(shapes, Setting(2, (name,), Storage(torch.bfloat16), torch.float32, False)) / (4 * 2**22)
+        assert measured[name] <= 1.1 * planned, (name, measured[name], planned)
 
 
 @pytest.mark.parametrize("n_models", [3, 8])
