@@ -63,7 +63,7 @@ def mass_card(
             "",
             *chosen_section(chosen_as),
             *inputs_section(refs, refs[0], licenses),
-            *scores_section(scores, errors, scores_note),
+            *scores_section(scores, errors, scores_note, published=False),
             "## Use",
             "",
             "```python",

@@ -72,10 +72,12 @@ def score_errors(item_scores: Mapping[str, Mapping[str, float]] | None,
     return {kind: errors for kind, errors in kinds if errors}
 
 
-def scores_section(scores: Scores | None, errors: Scores | None = None, note: str | None = None) -> list[str]:
+def scores_section(scores: Scores | None, errors: Scores | None = None, note: str | None = None,
+                   published: bool = True) -> list[str]:
     """Markdown lines of a `## Scores` table: a row per task, a column per score kind; a value
     carries its standard error where `errors` (kind -> task -> SE, `score_errors`) has one; `note`
-    says what they were measured on where that is not these weights bit for bit."""
+    says what they were measured on where that is not these weights bit for bit. `published`: the
+    measured scores are in the card's `model-index` (a MASS folder has none: the Hub cannot run it)."""
     if not scores:
         return []
     errors = errors or {}
@@ -96,12 +98,14 @@ def scores_section(scores: Scores | None, errors: Scores | None = None, note: st
     lines.append("")
     if "estimated" in scores:
         se = ", with the estimate's standard error" if errors.get("estimated") else ""
-        lines += [(f"Estimated scores come from a few anchor items and an IRT model{se}; only measured scores "
-                   "are in the `model-index` metadata, each named with the items it was measured on."), ""]
+        index = ("; only measured scores are in the `model-index` metadata, each named with the items it was "
+                 "measured on") if published else ""
+        lines += [f"Estimated scores come from a few anchor items and an IRT model{se}{index}.", ""]
     if held_out:
-        lines += [("The held-out items are those the search never chose on: their score is the one published "
-                   "(`model-index`; a task too small to hold items out gives its score on all its items). Scored "
-                   "on all items, as lm-eval scores a task, the model gets the all-items column."), ""]
+        where = "published (`model-index`; " if published else "to quote ("
+        score = f"their score is the one {where}a task too small to hold items out gives its score on all its items)"
+        lines += [(f"The held-out items are those the search never chose on: {score}. Scored on all items, as "
+                   "lm-eval scores a task, the model gets the all-items column."), ""]
     if note:
         lines += [note[0].upper() + note[1:] + ".", ""]  # the caller's own sentence, not a user's string
     return lines

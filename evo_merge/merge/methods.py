@@ -22,7 +22,7 @@ import torch
 
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, divides_by_weight_sum, register_method
-from evo_merge.merge.task_vectors import Delta, TaskVector, whole
+from evo_merge.merge.task_vectors import Delta, TaskVector, whole, zeros
 
 # any real number, as in mergekit (a negative one subtracts the task vectors: forgetting a skill)
 LAMBDA = H("lambda", 1.0, help="global scale of the merged task vector", search_range=(0.5, 1.5))
@@ -238,7 +238,7 @@ def dare_drop(params: Params, name: str) -> Sparsifier:
         if density >= 1:
             return delta
         if density <= 0:  # nothing kept (and nothing to rescale)
-            return torch.zeros_like(whole(delta))
+            return zeros(delta)
         mask = random_mask(delta, density, tensor_seed(params["seed"], name, t))
         flat = delta if isinstance(delta, TaskVector) else delta.reshape(-1)
         return Trimmed(flat, mask.reshape(-1), divisor=density if params["rescale"] else None)

@@ -30,7 +30,7 @@ from evo_merge.merge.methods import (
 )
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
-from evo_merge.merge.task_vectors import Delta, whole
+from evo_merge.merge.task_vectors import Delta, whole, zeros
 
 GAMMA = H("gamma", 0.01, 0.0, 1.0, per_model=True, search_range=(0.0, 0.05),
           help="Breadcrumbs: fraction of the largest-magnitude entries dropped as outliers")
@@ -110,9 +110,9 @@ def della_drop(params: Params, name: str) -> Sparsifier:
         density, epsilon = params["density"][t], params["epsilon"][t]
         if density >= 1:
             return delta
-        delta = whole(delta)  # its drops and rescaling are kept as a copy: divided by per-entry probabilities
         if density <= 0:
-            return torch.zeros_like(delta)
+            return zeros(delta)
+        delta = whole(delta)  # its drops and rescaling are kept as a copy: divided by per-entry probabilities
         if why := _band_refusal(density, epsilon):  # (the method's check refuses it first, in a plan or a merger)
             raise UserError(f"tensor {name}: {why}")
         probs = della_probabilities(delta, density, epsilon)

@@ -35,10 +35,15 @@ class TaskVector:
     def device(self) -> torch.device:
         return self.source.device
 
+    @property
+    def wide(self) -> torch.dtype:
+        """The dtype it is formed in."""
+        return self.dtype if self.base is None else self.base.dtype
+
     def whole(self) -> torch.Tensor:
         """The task vector as one tensor: a new one, or `source` itself where it is already wide
         (callers never write into it)."""
-        wide = self.source.to(self.dtype if self.base is None else self.base.dtype)
+        wide = self.source.to(self.wide)
         if self.base is None:
             return wide
         return wide - self.base if wide is self.source else wide.sub_(self.base)
@@ -63,6 +68,13 @@ Delta = torch.Tensor | TaskVector
 def whole(delta: Delta) -> torch.Tensor:
     """A task vector as a tensor, formed if it is a `TaskVector`."""
     return delta.whole() if isinstance(delta, TaskVector) else delta
+
+
+def zeros(delta: Delta) -> torch.Tensor:
+    """A task vector's zeros, in the dtype it is formed in, without forming it."""
+    if isinstance(delta, TaskVector):
+        return torch.zeros(delta.shape, dtype=delta.wide, device=delta.device)
+    return torch.zeros_like(delta)
 
 
 def formed(deltas: Sequence[Delta]) -> list[torch.Tensor]:

@@ -19,7 +19,7 @@ from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import candidate_kind, rounded_storage_note
 from evo_merge.search.log import stage_track
 from evo_merge.search.metrics import se_caveat
-from evo_merge.search.store import FACTS_META, CampaignStore, Evaluation, Record, evaluated_on, in_run
+from evo_merge.search.store import FACTS_META, SEARCH, CampaignStore, Evaluation, Record, evaluated_on, in_run
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
@@ -39,13 +39,17 @@ def card_scores(store: CampaignStore, evaluation: Evaluation) -> dict[str, dict[
     every item's `measured_all_items`.
     A task too small to hold items out (`holdout: auto`) was measured on all its items: that is
     its `measured` score (it was left out of the card, the pick's own task included).
-    A search that measures every item (`estimator.kind: full`) estimates nothing: its search
-    score is a measurement, so the card has no estimated column (it showed one, said to come from
-    anchor items and an IRT model)."""
+    Only an estimate is an estimated score: a search that measures every item (`estimator.kind:
+    full`), and a candidate measured before the search (the base, an endpoint, a standard merge
+    measured as a warm-up), hold their search items' measurement there, which the card showed as
+    "estimated", said to come from anchor items and an IRT model. An estimate has its SE, or is a
+    search candidate's in a folder from before SEs were stored."""
     held_out = held_out_scores(store, evaluation.key, store.get_meta(HOLDOUT_META, {}))
     if held_out is not None:
         held_out = {**(evaluation.measured or {}), **held_out}
-    estimates = None if (store.get_meta(FACTS_META) or {}).get("estimator") == FULL_EVALUATION else evaluation.estimates
+    full = (store.get_meta(FACTS_META) or {}).get("estimator") == FULL_EVALUATION
+    estimated = not full and (evaluation.estimate_se is not None or evaluation.phase == SEARCH)
+    estimates = evaluation.estimates if estimated else None
     kinds = (("estimated", estimates), ("measured", evaluation.measured)) if held_out is None else (
         ("estimated", estimates), ("measured_search_items", evaluation.measured),
         ("measured_all_items", _all_items_scores(store, evaluation)), ("measured", held_out))
@@ -101,7 +105,8 @@ def evidence(store: CampaignStore, evaluation: Evaluation) -> Evidence:
     tasks, facts = store.get_meta(TASK_META, {}), store.get_meta(FACTS_META) or {}
     estimate_se = evaluation.estimate_se or {}
     # the card shows each estimate ± its SE: where that SE leaves part of the error out, it says so
-    notes = (rounded_storage_note(facts, evaluation.method), se_caveat(facts, store) if estimate_se else None)
+    caveat = se_caveat(facts, store) if estimate_se else None
+    notes = (rounded_storage_note(facts, evaluation.method), caveat and f"the {caveat}")  # "Mpirt" read as a name
     note = "; ".join(n for n in notes if n) or None
     if not evaluation.measured:
         return Evidence(tasks, None, note, estimate_se)

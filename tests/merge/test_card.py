@@ -207,6 +207,21 @@ def test_estimates_stay_out_of_model_index(zoo):
         ("evo_arith", "test", "acc", 0.55)
 
 
+def test_a_mass_card_names_no_model_index_it_does_not_have(zoo):
+    """A MASS folder has no `model-index` (the Hub cannot run it): its card's sentences under the
+    scores said the measured ones were "in the `model-index` metadata" and "the one published"."""
+    _, base, fts = zoo
+    routing = RoutingConfig(layer=0, weight="model.layers.0.mlp.gate_proj.weight")
+    scores = {"estimated": {"a": 0.5}, "measured_search_items": {"a": 0.6}, "measured": {"a": 0.55}}
+    card = ModelCard(mass_card(["a", "b"], [str(f) for f in fts], str(base), routing, scores))
+    assert "model-index" not in card.text and "model-index" not in card.data.to_dict()
+    assert "Estimated scores come from a few anchor items and an IRT model." in card.text
+    assert "their score is the one to quote" in card.text
+    merged = ModelCard(model_card(recipe_for(base, fts), scores=scores))
+    assert "only measured scores are in the `model-index` metadata" in merged.text
+    assert "their score is the one published (`model-index`" in merged.text
+
+
 def test_user_strings_cannot_inject_markup_or_end_the_front_matter(zoo, tmp_path):
     _, base, fts = zoo
     evil = tmp_path / "x`<script>alert(1)</script>\n---\n## Scores"

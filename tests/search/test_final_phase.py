@@ -339,6 +339,34 @@ def test_the_card_s_all_items_score_leaves_out_a_task_not_scored_on_every_item(t
     assert scores["measured_all_items"] == {"a": 0.5}  # 2 of 4; b's 3rd item was never scored
 
 
+def test_a_card_s_estimated_column_holds_estimates_only(tmp_path):
+    """An endpoint (or a standard merge measured as a warm-up) holds its search items' measurement
+    where a candidate holds its estimate: the card showed it as "estimated", said to come from
+    anchor items and an IRT model (audit 94). Estimates have their SE, or are a search candidate's
+    in a folder from before SEs were stored."""
+    from evo_merge.search.export import card_scores
+    from evo_merge.search.store import FACTS_META
+
+    store = CampaignStore(tmp_path)
+    store.set_meta(FACTS_META, {"name": "c", "generations": 1, "algorithm": "nsga2", "weights": None,
+                                "estimator": "gpirt", "tasks": [{"name": "a", "direction": "maximize", "items": 2}]})
+    rows = {
+        "endpoint": ("calibration", {"a": 0.5}, None),
+        "warm-up": ("baseline", {"a": 0.5}, None),
+        "estimated baseline": ("baseline", {"a": 0.4}, {"a": 0.05}),
+        "estimated": ("search", {"a": 0.4}, {"a": 0.05}),
+        "older folder": ("search", {"a": 0.4}, None),
+    }
+    shown = {}
+    for i, (label, (phase, estimates, se)) in enumerate(rows.items()):
+        key = Candidate("ties", (0.1 * i, 0.5), (("density", 0.5),)).key
+        evaluation = store.add(key, phase=phase, generation=1, method="ties", status="ok", estimates=estimates,
+                               estimate_se=se, measured={"a": 0.5}, item_scores={"a": {"a0": 1.0, "a1": 0.0}})
+        shown[label] = "estimated" in card_scores(store, evaluation)
+    assert shown == {"endpoint": False, "warm-up": False, "estimated baseline": True, "estimated": True,
+                     "older folder": True}
+
+
 @pytest.mark.parametrize(
     ("final", "expected"),
     [
