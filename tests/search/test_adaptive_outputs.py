@@ -202,7 +202,8 @@ def test_an_adaptive_run_scored_before_revision_4_keeps_its_lower_bound_caveat(r
     result = CliRunner().invoke(cli, ["export", str(older), "--pick", pick, "--out", str(tmp_path / "pick")])
     assert result.exit_code == 0, result.output
     card = " ".join((tmp_path / "pick" / "README.md").read_text().split())
-    assert f"The {note}" in card and "| estimated |" in card  # not "Adaptive estimates": a kind's name and " ± " in card.split("## Scores")[1], card
+    # "The adaptive estimates ...", not "Adaptive estimates": the kind's name
+    assert f"The {note}" in card and "| estimated |" in card and " ± " in card.split("## Scores")[1], card
     shipped = " ".join((run / "models" / pick / "README.md").read_text().split())
     assert "lower bound" not in shipped and "with the estimate's standard error" in shipped, shipped
 
