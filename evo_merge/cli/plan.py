@@ -57,10 +57,11 @@ def check_irt_models(campaign, tasks: dict) -> None:
     """Each task's `estimator.irt_model` fitted on the items the run will search (`task_irt_model`),
     with the hold-out split the run draws: `plan` said "fits" of a model fitted with another
     `algorithm.seed` or `limit`, which `run` refused at once."""
+    from evo_merge.irt.kinds import FULL_EVALUATION
     from evo_merge.search.holdout import holdout_items
     from evo_merge.search.scoring import task_irt_model
 
-    if campaign.estimator.irt_model is None or campaign.estimator.kind == "full":
+    if campaign.estimator.irt_model is None or campaign.estimator.kind == FULL_EVALUATION:
         return
     held_out = holdout_items(tasks, campaign.final.holdout, campaign.algorithm.seed)
     for name, task in tasks.items():

@@ -117,18 +117,12 @@ class InPlaceMerger:
         unchanged = not bool(delta.any())
         return self.stash.keep(delta, stored), unchanged
 
-    def _task_vector(self, stored: torch.Tensor | Endpoint, base: torch.Tensor) -> torch.Tensor:
-        """A stored task vector on the device in the compute dtype; an endpoint's is formed there
-        from `base` (the stored base in the compute dtype), as the file merge forms it."""
-        if not isinstance(stored, Endpoint):
-            return self.stash.upcast(stored)
-        wide = self.stash.upcast(stored.tensor)
-        return wide - base if wide is stored.tensor else wide.sub_(base)  # never into the stored tensor
-
-    def _streamed(self, stored: torch.Tensor | Endpoint, base: torch.Tensor) -> TaskVector:
-        """A stored task vector on the device as stored, formed in the compute dtype where a method
-        that streams task vectors reads it (`TaskVector`): `_task_vector`'s bits, without the T
-        float32 copies of the tensor alive at once."""
+    def _task_vector(self, stored: torch.Tensor | Endpoint, base: torch.Tensor) -> TaskVector:
+        """A stored task vector on the device as stored, to be formed in the compute dtype where it is
+        read (`TaskVector`); an endpoint's from `base` (the stored base in the compute dtype), as the
+        file merge forms it. A method that streams task vectors forms each a chunk at a time, so the
+        T float32 task vectors of a tensor are never alive at once; `merge_tensor` forms them whole
+        for the others."""
         if isinstance(stored, Endpoint):
             return TaskVector(self.stash.move(stored.tensor), base)
         return TaskVector(self.stash.move(stored), dtype=self.stash.compute)
@@ -161,7 +155,8 @@ class InPlaceMerger:
         else:
             base = self.stash.upcast(self._base[name])
             # on the device (a copy only with `host`)
-            deltas = [self._task_vector(d, base) if isinstance(d, Endpoint) else self.stash.move(d) for d in stored]
+            deltas = [self._task_vector(d, base).whole() if isinstance(d, Endpoint) else self.stash.move(d)
+                      for d in stored]
         same = {id(d): s for d, s in zip(deltas, stored)}
         dtype = self._base[name].dtype
 
@@ -206,8 +201,8 @@ class InPlaceMerger:
                 continue
             if cache is None:
                 base = upcast(stored_base)
-                form = self._streamed if m.streams else self._task_vector
-                yield name, merge_tensor(m, base, [form(d, base) for d in self._deltas[name]], w, resolved, name)
+                deltas = [self._task_vector(d, base) for d in self._deltas[name]]
+                yield name, merge_tensor(m, base, deltas, w, resolved, name)
                 continue
             if name not in cache:
                 cache[name] = self._compute_pieces(m, name, resolved)

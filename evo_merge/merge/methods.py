@@ -22,7 +22,7 @@ import torch
 
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, divides_by_weight_sum, register_method
-from evo_merge.merge.task_vectors import Delta, TaskVector, whole, zeros
+from evo_merge.merge.task_vectors import Delta, TaskVector, vector, zeros
 
 # any real number, as in mergekit (a negative one subtracts the task vectors: forgetting a skill)
 LAMBDA = H("lambda", 1.0, help="global scale of the merged task vector", search_range=(0.5, 1.5))
@@ -181,18 +181,15 @@ class Trimmed:
     largest tensor alive at once (a 128k-row embedding: 2 GiB each at 7B); their masks are a
     quarter of one each. The same operations in the same order, entry by entry: the same bits."""
 
-    delta: torch.Tensor | TaskVector  # a flat tensor, or one formed where it is read
+    delta: TaskVector
     mask: torch.Tensor  # flat, boolean
     scale: torch.Tensor | None = None
     divisor: float | None = None
 
     def write(self, part: slice, row: torch.Tensor) -> None:
         """Entries `part` of the trimmed vector into `row`."""
-        if isinstance(self.delta, TaskVector):
-            self.delta.write(part, row)
-            row.mul_(self.mask[part])
-        else:
-            torch.mul(self.delta[part], self.mask[part], out=row)
+        self.delta.write(part, row)
+        row.mul_(self.mask[part])
         if self.scale is not None:
             row.mul_(self.scale)
         if self.divisor is not None:
@@ -208,24 +205,23 @@ def l1_scale(delta: torch.Tensor, mask: torch.Tensor, eps: float = 1e-7) -> torc
     return before / after
 
 
-def masked(delta: Delta, formed: torch.Tensor, mask: torch.Tensor, rescale: bool) -> Trimmed:
+def masked(delta: TaskVector, formed: torch.Tensor, mask: torch.Tensor, rescale: bool) -> Trimmed:
     """`delta` (as `formed`, its whole tensor) trimmed to `mask` (same shape), L1-rescaled where
-    `rescale` is set; a `TaskVector` is kept as it is, to be formed again a chunk at a time."""
-    flat = delta if isinstance(delta, TaskVector) else delta.reshape(-1)
-    return Trimmed(flat, mask.reshape(-1), l1_scale(formed, mask) if rescale else None)
+    `rescale` is set; kept as it is, to be formed again a chunk at a time."""
+    return Trimmed(delta, mask.reshape(-1), l1_scale(formed, mask) if rescale else None)
 
 
-# (task vector, model index) -> trimmed: a tensor, a task vector formed where it is read, or its mask
-Sparsifier = Callable[[Delta, int], "Delta | Trimmed"]
+# (task vector, model index) -> trimmed: a tensor, the task vector as it came, or its mask
+Sparsifier = Callable[[TaskVector, int], "Delta | Trimmed"]
 
 
 def magnitude_trim(params: Params) -> Sparsifier:
     """TIES trimming: the top `density` by magnitude, L1-rescaled when `rescale` is set."""
-    def trim(delta: Delta, t: int) -> Delta | Trimmed:
+    def trim(delta: TaskVector, t: int) -> Delta | Trimmed:
         density = params["density"][t]
         if density >= 1:
             return delta
-        full = whole(delta)
+        full = delta.whole()
         return masked(delta, full, magnitude_mask(full, density), params["rescale"])
     return trim
 
@@ -233,15 +229,14 @@ def magnitude_trim(params: Params) -> Sparsifier:
 def dare_drop(params: Params, name: str) -> Sparsifier:
     """DARE: keep each entry with probability `density` (seeded per tensor and model), then divide
     the survivors by `density` when `rescale` is set, so the expected task vector is unchanged."""
-    def drop(delta: Delta, t: int) -> Delta | Trimmed:
+    def drop(delta: TaskVector, t: int) -> Delta | Trimmed:
         density = params["density"][t]
         if density >= 1:
             return delta
         if density <= 0:  # nothing kept (and nothing to rescale)
             return zeros(delta)
         mask = random_mask(delta, density, tensor_seed(params["seed"], name, t))
-        flat = delta if isinstance(delta, TaskVector) else delta.reshape(-1)
-        return Trimmed(flat, mask.reshape(-1), divisor=density if params["rescale"] else None)
+        return Trimmed(delta, mask.reshape(-1), divisor=density if params["rescale"] else None)
     return drop
 
 
@@ -273,9 +268,9 @@ def generalized_task_arithmetic(
     mergekit's steps on each entry in its order, the same bits, without the stacked, sign and
     agreement copies of every task vector that a whole-tensor pass makes: on a CPU those passes
     were half of a TIES candidate's time (SmolLM2-135M, 3 endpoints), and chunked take 2.8x less."""
-    kept = [sparsify(delta, t) if sparsify else delta for t, delta in enumerate(deltas)]
+    kept = [sparsify(vector(delta), t) if sparsify else delta for t, delta in enumerate(deltas)]
     flat_base = base.reshape(-1)
-    flat = [k if isinstance(k, Trimmed | TaskVector) else k.reshape(-1) for k in kept]
+    flat = [k if isinstance(k, Trimmed) else vector(k) for k in kept]  # each writes a chunk of itself
     out = torch.empty_like(flat_base)
     w = torch.tensor(list(weights), dtype=base.dtype, device=base.device).view(-1, 1)
     divisor = None if consensus else _weight_sum(w)
@@ -288,10 +283,7 @@ def generalized_task_arithmetic(
         part = slice(start, stop)
         weighted = stacked[:, : stop - start]
         for row, task in zip(weighted, flat):
-            if isinstance(task, Trimmed | TaskVector):
-                task.write(part, row)
-            else:
-                row.copy_(task[part])
+            task.write(part, row)
         torch.add(flat_base[part], _combine_chunk(weighted.mul_(w), w, params, divisor), out=out[part])
     return out.view_as(base)
 

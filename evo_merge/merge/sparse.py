@@ -30,7 +30,7 @@ from evo_merge.merge.methods import (
 )
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
-from evo_merge.merge.task_vectors import Delta, whole, zeros
+from evo_merge.merge.task_vectors import Delta, TaskVector, zeros
 
 GAMMA = H("gamma", 0.01, 0.0, 1.0, per_model=True, search_range=(0.0, 0.05),
           help="Breadcrumbs: fraction of the largest-magnitude entries dropped as outliers")
@@ -44,11 +44,11 @@ DELLA_RESCALE = H("rescale", True, searchable=False, help="divide each survivor 
 def outlier_trim(params: Params) -> Sparsifier:
     """Breadcrumbs: drop the `gamma` largest and then the smallest entries to keep `density`
     (fewer outliers when both together would leave less than `density`), as mergekit 0.1.5."""
-    def trim(delta: Delta, t: int) -> Delta | Trimmed:
+    def trim(delta: TaskVector, t: int) -> Delta | Trimmed:
         density = params["density"][t]
         if density >= 1:
             return delta
-        full = whole(delta)
+        full = delta.whole()
         n = full.numel()
         n_top = int(params["gamma"][t] * n)
         n_bot = n - int(density * n) - n_top
@@ -106,13 +106,13 @@ def _band_refusal(density: float, epsilon: float) -> str | None:
 def della_drop(params: Params, name: str) -> Sparsifier:
     """DELLA: keep each entry with its rank-based probability p (seeded like DARE), then divide
     survivors by p when `rescale` is set, so each entry's expectation is its undropped value."""
-    def drop(delta: Delta, t: int) -> Delta:
+    def drop(vector: TaskVector, t: int) -> Delta:
         density, epsilon = params["density"][t], params["epsilon"][t]
         if density >= 1:
-            return delta
+            return vector
         if density <= 0:
-            return zeros(delta)
-        delta = whole(delta)  # its drops and rescaling are kept as a copy: divided by per-entry probabilities
+            return zeros(vector)
+        delta = vector.whole()  # its drops and rescaling are kept as a copy: divided by per-entry probabilities
         if why := _band_refusal(density, epsilon):  # (the method's check refuses it first, in a plan or a merger)
             raise UserError(f"tensor {name}: {why}")
         probs = della_probabilities(delta, density, epsilon)

@@ -65,6 +65,11 @@ class TaskVector:
 Delta = torch.Tensor | TaskVector
 
 
+def vector(delta: Delta) -> TaskVector:
+    """A task vector as a `TaskVector`: a tensor stands for itself (formed in its own dtype)."""
+    return delta if isinstance(delta, TaskVector) else TaskVector(delta, dtype=delta.dtype)
+
+
 def whole(delta: Delta) -> torch.Tensor:
     """A task vector as a tensor, formed if it is a `TaskVector`."""
     return delta.whole() if isinstance(delta, TaskVector) else delta
