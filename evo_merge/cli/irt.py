@@ -5,7 +5,6 @@ imported by the command that runs, so `evo-merge --help` lists every command wit
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -128,7 +127,6 @@ def _layout_flags(command):
 def irt() -> None:
     """Fit IRT models on response matrices, choose anchors, estimate accuracies."""
     print_log_lines()  # fallbacks, retries, fit times: one line each on stderr (warnings marked)
-    logging.getLogger("evo_merge.irt").setLevel(logging.INFO)
 
 
 @irt.command()

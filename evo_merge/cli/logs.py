@@ -1,6 +1,7 @@
 """How the library's log lines reach the console: one line each on stderr, a warning marked
-`warning: ` as the commands' own warnings are (`push`). Without a handler, Python's last-resort one
-printed warnings bare: `.../adapter_config.json: the adapter was trained on ...` read as output."""
+`warning: ` as the commands' own warnings are (`push`), an information line (a choice the engine
+made for the user, a fit's time) bare. Without a handler, Python's last-resort one printed warnings
+bare: `.../adapter_config.json: the adapter was trained on ...` read as output."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ class _ConsoleLines(logging.Handler):
 
 
 def print_log_lines() -> None:
-    """Install the console handler on the package's logger once per process; records still
-    propagate (a caller's own handlers, pytest's caplog, see them)."""
+    """Install the console handler on the package's logger once per process, and let its
+    information lines through where nobody set its level (a command, not a library caller, gets
+    them); records still propagate (a caller's own handlers, pytest's caplog, see them)."""
     logger = logging.getLogger(LOGGER)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
     if not any(isinstance(h, _ConsoleLines) for h in logger.handlers):
         logger.addHandler(_ConsoleLines())

@@ -310,13 +310,13 @@ def select_anchors(model: IRTModel, budget: int, method: str = DEFAULT_ANCHOR_ME
     """`budget` anchors per scenario on average, spread over the scenarios by `allocation`, or
     `counts` per scenario where given (a cross-fit re-chooses anchors of the same design).
 
-    The automatic methods are resolved by `choose_anchor_method` (logged when they fall back); the
+    The automatic methods are resolved by `choose_anchor_method` (an information line when they fall back); the
     others are used as named, so `irt validate` can show how clustering does with few subjects.
     """
     if method in AUTOMATIC_ANCHOR_METHODS:
         method, reason = choose_anchor_method(method, len(model.subject_ids))
-        if reason:
-            log.warning(reason)
+        if reason:  # the designed choice, not a fault: an information line
+            log.info(reason)
     if method not in SELECTABLE_ANCHOR_METHODS:
         raise UserError(f"unknown anchor method {method!r} (choose from {', '.join(METHODS)})")
     if (count := positive_count(budget)) is None:

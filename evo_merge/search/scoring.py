@@ -283,9 +283,9 @@ class Scoring:
                 model, None, "adaptive", seed=self.seed, target_se=spec.target_se, max_items=spec.max_items
             )]
         method, reason = choose_anchor_method(spec.anchor_method, len(model.subject_ids))  # an automatic one resolved
-        if reason and reason not in self._said:
+        if reason and reason not in self._said:  # the designed choice with few subjects: said, not warned
             self._said.add(reason)
-            log.warning(reason)
+            log.info(reason)
         endpoint_arg = endpoint_arg if spec.kind in ENDPOINT_ESTIMATORS else None
         first = select_anchors(model, spec.anchors, method, seed=self.seed, allocation=spec.anchor_allocation)
         # the other sets with the first's count per scenario (an allocation may draw on the seed)

@@ -71,7 +71,9 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo, 
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)])
     assert result.exit_code == 0, result.output
-    assert caplog.text.count("stratified anchors instead of auto") == 1  # said once, not once per task
+    said = [r for r in caplog.records if "stratified anchors instead of auto" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "INFO"  # said once, not once per task, as the choice it is
+    assert "\nstratified anchors instead of auto" in result.output and "warning: stratified" not in result.output
     # 120-item tasks (none held out): the picks are chosen on 30 items of each, said once, before calibration
     assert caplog.text.count("the picks will be chosen on the race's last sample, about 30 of agree0's 120") == 1
     assert "exporting best-agree0" in result.output  # the picks' file merges have their bars too
