@@ -529,6 +529,10 @@ def test_an_items_file_with_an_id_twice_or_not_utf8_or_a_folder_is_named(tmp_pat
 
     with pytest.raises(UserError, match="is a folder; give the file of item ids"):  # was "not found"
         read_item_ids(tmp_path)
+    with pytest.raises(UserError, match="/dev/null is not a regular file"):  # there: was "not found" too
+        read_item_ids("/dev/null")
+    with pytest.raises(UserError, match="missing.txt not found"):
+        read_item_ids(tmp_path / "missing.txt")
 
     (tmp_path / "twice.txt").write_text("item\na\nb\na\n")
     with pytest.raises(UserError, match="item 'a' is listed twice"):

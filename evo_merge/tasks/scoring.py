@@ -18,8 +18,10 @@ def read_item_ids(path: str | Path) -> list[str]:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"items file {path} is a folder; give the file of item ids (one per line)")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"items file {path} not found")
+    if not path.is_file():  # a device or a pipe (/dev/null): there, but no list to read
+        raise UserError(f"items file {path} is not a regular file; give the file of item ids (one per line)")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
