@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
+import regex
 import torch
 
 from evo_merge.errors import UserError
@@ -36,6 +37,7 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lor
                   r"(?:\.(?!weight$|bias$)[^.]+)?(?:\.(?P<kind>weight|bias))?$")  # adapter name, then weight or bias
 
 
+PATTERN_SECONDS = 1.0  # the most one module pattern of an adapter may take to match one module name
 PEFT_LORA_ALPHA = 8  # peft's LoraConfig default, for a config that leaves lora_alpha out
 
 
@@ -54,14 +56,19 @@ def _warn_once(line: str) -> None:
 
 def _pattern_value(patterns: object, module: str, default: float, where: str) -> float:
     """peft's alpha_pattern: the value of the first key (a regular expression, as peft reads it)
-    matching the end of the module name."""
+    matching the end of the module name. The key is the adapter's, maybe a downloaded one's: a
+    pattern that backtracks without end (`(.*.*.*)*Z`) would hang the merge, so each match has
+    `PATTERN_SECONDS` (a real pattern takes microseconds)."""
     if not isinstance(patterns, dict):
         raise UserError(f"{where}: expected a mapping of module patterns to numbers, got {patterns!r}")
     for key, value in patterns.items():
-        try:
-            matched = re.match(rf"(.*\.)?({key})$", module)  # peft groups the key: `q|v` is one alternation
-        except re.error as exc:
+        try:  # peft groups the key: `q|v` is one alternation
+            matched = regex.match(rf"(.*\.)?({key})$", module, timeout=PATTERN_SECONDS)
+        except regex.error as exc:
             raise UserError(f"{where}: {key!r} is not a regular expression ({exc})") from None
+        except TimeoutError:
+            raise UserError(f"{where}: {key!r} took over {PATTERN_SECONDS:g} s to match module {module!r}: a "
+                            "pattern that backtracks without end, refused") from None
         if matched:
             return _number(value, f"{where}.{key}")
     return default

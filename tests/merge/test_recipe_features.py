@@ -213,6 +213,10 @@ def _lora_adapter(model_dir, out, seed=0, targets=("q_proj", "v_proj", "down_pro
     ("adapter_config.json", b'{"alpha_pattern": {"up_proj": "x"}}', "alpha_pattern.up_proj: expected a number"),
     ("adapter_config.json", b'{"alpha_pattern": [1, 2]}', "alpha_pattern: expected a mapping"),
     ("adapter_config.json", b'{"alpha_pattern": {"up_proj(": 3}}', "alpha_pattern: 'up_proj(' is not a regular"),
+    # a pattern that backtracks without end hung the merge (audit 95; `re` took 0.6 s on 18 of its 26 characters)
+    ("adapter_config.json", b'{"alpha_pattern": {"(\\\\w|[a-z]|.)*\\\\.\\\\d\\\\.X": 3}}',
+     "alpha_pattern: '(\\\\w|[a-z]|.)*\\\\.\\\\d\\\\.X' took over 1 s to match module "
+     "'model.layers.0.mlp.up_proj': a pattern that backtracks without end, refused"),
     # an adapter of nothing merged as the bare model, as if applied
     ("adapter_model.safetensors", b"\x02\0\0\0\0\0\0\0{}", "holds no LoRA matrices"),
 ])
