@@ -15,7 +15,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from evo_merge.errors import UserError, did_you_mean
+from evo_merge.errors import UserError, did_you_mean, first_line
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -49,6 +49,9 @@ def load_yaml(path: str | Path) -> Any:
         raise UserError(f"{path}: nested too deeply (or a YAML alias inside its own anchor)") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
+    except ValueError as exc:  # a scalar its loader cannot build: a 5000-digit integer, a 13th month's date
+        problem = first_line(exc).split("; use sys.set_int_max_str_digits")[0]  # Python's advice is not the user's
+        raise UserError(f"{path}: a value it holds cannot be read: {problem}") from None
     except yaml.YAMLError as exc:
         raise malformed_yaml(path, exc) from None
 

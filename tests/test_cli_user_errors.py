@@ -623,6 +623,18 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, family):
     assert load_yaml(merged) == {"a": {"b": 1, "c": 2}, "d": {"b": 3, "c": 2}}
 
 
+def test_a_value_yaml_cannot_build_is_one_line_naming_the_file(tmp_path, family):
+    """PyYAML raises ValueError for a 5000-digit integer (Python's conversion limit) or a 13th month's
+    date: `plan`, `status` and `resume` printed a traceback (audit 95)."""
+    path = campaign(tmp_path, family)
+    path.write_text(path.read_text().replace("population: 4", "population: " + "9" * 5000))
+    code, output = invoke("plan", path)
+    one_line_error(code, output, f"{path}: a value it holds cannot be read: Exceeds the limit (4300 digits)")
+    assert "set_int_max_str_digits" not in output  # Python's advice, not the user's
+    path.write_text(path.read_text().replace("9" * 5000, "4") + "started: 2026-13-01\n")
+    one_line_error(*invoke("plan", path), f"{path}: a value it holds cannot be read: month must be in 1..12")
+
+
 def test_numbers_in_exponent_form_are_numbers_as_in_mergekit(tmp_path, family):
     """PyYAML reads `1e-5` (no dot) as a string, mergekit's schema as a number: a mergekit recipe with
     `tol: 1e-5` was refused with "expected a number, got '1e-5'". A quoted one stays a string."""

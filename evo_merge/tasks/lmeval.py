@@ -204,7 +204,7 @@ def _task_name(path: Path) -> str | None:
     name without importing every `!function` of the folder."""
     try:
         data = yaml.load(path.read_text(), Loader=_NamesOnly)
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8, a scalar its loader cannot build
         return None
     if not isinstance(data, dict):
         return None
