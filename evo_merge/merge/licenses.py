@@ -22,7 +22,7 @@ import yaml
 
 from evo_merge.markup import md
 from evo_merge.merge.card_inputs import CardInput
-from evo_merge.weights.checkpoint import model_file
+from evo_merge.weights.checkpoint import TOKENIZER_FILES, model_file
 
 OTHER = "other"
 MIXED = "mixed-input-licenses"
@@ -30,6 +30,9 @@ MIXED_FILE = "LICENSE.md"
 MAX_LICENSE_BYTES = 1 << 20  # a license file copied beside the weights: text, not a stray archive
 # files a model folder holds for other reasons: a card's license_link naming one is not copied over ours
 OWN_FILES = {"README.md", "config.json", "merge_recipe.yaml", "merge_inputs.json", "results.json"}
+# what a license text's file name ends with: a link naming any other file (tokenizer_config.json, a
+# weights index, modeling_x.py) would copy an input's file over the merge's own (audit 95)
+LICENSE_SUFFIXES = ("", ".txt", ".md", ".rst")
 # an input's license texts, copied beside the weights of a merge of inputs sharing their license
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "USE_POLICY.md")
 NON_COMMERCIAL = "-nc"  # in a license id: cc-by-nc-4.0, cc-by-nc-sa-4.0, cc-by-nc-nd-4.0
@@ -142,10 +145,12 @@ def _license_files(inputs: Sequence[CardInput]) -> dict[str, str]:
 
 def _license_text(folder: Path | None, link: str) -> str | None:
     """The text of the license file `link` names in `folder` (`./LICENSE` as `LICENSE`): a plain
-    file of the folder itself (no `..`, no sub-folder), UTF-8, not one of a model folder's own
-    files. A link out of the model folder is refused (`model_file`): its target would be published."""
+    file of the folder itself (no `..`, no sub-folder), UTF-8, named as a text (`LICENSE_SUFFIXES`),
+    not one of a model folder's own files nor a tokenizer's. A link out of the model folder is
+    refused (`model_file`): its target would be published."""
     link = link.removeprefix("./")
-    if folder is None or Path(link).name != link or link in OWN_FILES:
+    if (folder is None or Path(link).name != link or link in OWN_FILES or link in TOKENIZER_FILES
+            or Path(link).suffix.lower() not in LICENSE_SUFFIXES):
         return None
     try:
         path = model_file(folder, link)

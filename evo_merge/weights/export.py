@@ -77,6 +77,7 @@ def write_model_folder(
     if source is not None and not source.is_dir():
         raise UserError(f"model folder to copy config and tokenizer from not found: {source}")
     copied = _copied_files(source, copy_tokenizer) if source is not None else []  # refused before any work
+    _check_extra_names(extra_files, {file.name for file in copied})
     try:
         with staged_folder(out) as tmp:
             tmp.mkdir()
@@ -233,11 +234,23 @@ def _write_config(folder: Path, overrides: dict | None, written: set[torch.dtype
     file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _check_extra_names(extra_files: Mapping[str, ExtraFile], copied: set[str]) -> None:
+    """Before any work: an extra file (a card, a license an input's card links) never takes the
+    place of a file the folder gets otherwise: a copied config, tokenizer or code file, the weights
+    or their index. Written last, it replaced them (audit 95: an input's license_link naming
+    tokenizer_config.json gave the merge that input's chat template)."""
+    taken = copied | set(COPIED_FILES) | {SAFETENSORS_INDEX}
+    if clash := next((n for n in extra_files if n in taken or n.endswith(".safetensors")), None):
+        raise ValueError(f"extra file {clash!r} would replace a file the model folder is written with")
+
+
 def _write_extra(folder: Path, name: str, content: str | bytes) -> None:
     relative = PurePosixPath(name)
     if relative.is_absolute() or ".." in relative.parts or not relative.parts:
         raise ValueError(f"extra file name {name!r} must be a relative path inside the model folder")
     target = folder / relative
+    if target.exists():  # none of the above, nor another extra file's folder
+        raise ValueError(f"extra file {name!r} would replace a file the model folder is written with")
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, bytes):
         target.write_bytes(content)

@@ -182,6 +182,37 @@ def test_a_shared_license_s_files_go_with_the_weights_and_none_from_outside_the_
     assert "licensed for non-commercial use only: so are these weights" in (out / "LICENSE.md").read_text()
 
 
+@pytest.mark.parametrize("link", ["tokenizer_config.json", "merges.txt", "modeling_evil.py",
+                                  "model.safetensors.index.json", "chat_template.jinja"])
+def test_a_license_link_naming_a_model_file_copies_nothing_over_the_merge_s_own(zoo, tmp_path, link):
+    """An input's card with `license: other` and `license_link: tokenizer_config.json` had that input's
+    file copied over the merge's own tokenizer config, its chat template and `auto_map` with it (audit
+    95); the same for any file a model folder holds (a weights index, code). A license is a text."""
+    _, base, fts = zoo
+    evil = '{"chat_template": "{{ evil }}", "auto_map": {"AutoTokenizer": "evil.Tok"}}'
+    inputs = [with_other_license(p, tmp_path / f"x-{p.name}", link=link, text=None if p == base else evil)
+              for p in (base, *fts)]
+    out = export_merge(plan_from_recipe(recipe_for(inputs[0], inputs[1:])), tmp_path / "merged")
+    card = ModelCard.load(out / "README.md")
+    assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", "deepseek", None)
+    assert "evil" not in "".join(f.read_text(errors="replace") for f in out.iterdir() if f.suffix != ".safetensors")
+    assert (out / "tokenizer_config.json").read_text() == (base / "tokenizer_config.json").read_text()
+
+
+def test_an_extra_file_never_replaces_a_file_the_model_folder_is_written_with(zoo, tmp_path):
+    """The writer's own guard, before any tensor is written: a card or license file under a copied
+    file's name, the weights' or their index's."""
+    from evo_merge.weights.export import write_model_folder
+
+    _, base, _ = zoo
+    for name in ("tokenizer_config.json", "config.json", "generation_config.json", "model.safetensors",
+                 "model.safetensors.index.json"):
+        with pytest.raises(ValueError, match=f"extra file '{name}' would replace a file"):
+            write_model_folder(tmp_path / "out", iter([("w", torch.zeros(2))]), copy_from=base,
+                               extra_files={"README.md": "card", name: "text"})
+        assert not (tmp_path / "out").exists()
+
+
 def test_a_mass_card_inherits_the_license_as_a_merged_models_card_does(zoo, tmp_path):
     _, base, fts = zoo
     routing = RoutingConfig(layer=0, weight="model.layers.0.mlp.gate_proj.weight")
