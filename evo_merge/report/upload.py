@@ -3,7 +3,7 @@
 Refused before any network call: a card that still names a machine path (it would publish this
 machine's folder layout and mean nothing to readers), weights holding NaN or Inf (a broken merge),
 a folder without weights or card. The token comes from where huggingface_hub keeps it (HF_TOKEN,
-`hf auth login`); a dry run lists exactly the files `upload_folder` would send, without a token.
+`hf auth login`); a dry run lists exactly the files the upload sends (`commit_operations`), without a token.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def check_finite(folder: Path) -> None:
 
 
 def plan_upload(folder: str | Path) -> UploadPlan:
-    """Check `folder` and list what would be uploaded (every visible file, as `upload_folder` sends)."""
+    """Check `folder` and list what would be uploaded: every visible file, each sent by its name."""
     folder = Path(folder)
     card = folder / "README.md"
     if not card.is_file():
@@ -68,7 +68,7 @@ def plan_upload(folder: str | Path) -> UploadPlan:
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):
             continue
-        if not path.resolve().is_relative_to(own):  # upload_folder follows links: the target would be published
+        if not path.resolve().is_relative_to(own):  # an upload reads through links: the target would be published
             raise UserError(f"{path}: links to {path.resolve()}, outside the folder; refusing to upload it")
         plan.files.append((relative.as_posix(), path.stat().st_size))
         if path.suffix in TEXT_SUFFIXES and path != card and (found := local_paths(path.read_text(errors="replace"))):
@@ -108,11 +108,10 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool = False, revisi
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        commit = api.upload_folder(
+        commit = api.create_commit(
             repo_id=repo_id,
-            folder_path=plan.folder,
+            operations=commit_operations(plan),
             revision=revision,
-            allow_patterns=[name for name, _ in plan.files],
             commit_message="Upload merged model exported by evo-merge",
         )
     except OfflineModeIsEnabled:
@@ -120,6 +119,15 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool = False, revisi
     except (HfHubHTTPError, OSError, ValueError) as exc:  # ValueError: an id or revision the Hub refuses
         raise UserError(f"upload to {repo_id} failed: {first_line(exc)}") from None
     return str(commit.commit_url)
+
+
+def commit_operations(plan: UploadPlan) -> list:
+    """One upload per file the plan lists, by its name: `upload_folder(allow_patterns=names)` read
+    each name as a glob, so a file named `*.txt` or `a[1].json` sent other files than the dry run
+    listed, or not itself (audit 95)."""
+    from huggingface_hub import CommitOperationAdd
+
+    return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(plan.folder / name)) for name, _ in plan.files]
 
 
 def check_repo_id(repo_id: str, option: str = "--push-to-hub") -> str:

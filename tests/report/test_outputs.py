@@ -3,6 +3,7 @@
 import json
 import re
 from contextlib import closing
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -240,6 +241,21 @@ def test_push_goes_no_further_than_the_network_call_offline(tmp_path, monkeypatc
     assert [name for name, _ in plan.files] == ["README.md", "model.safetensors"]
     with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
         push_to_hub(plan, "me/tiny-merge", private=True, revision="v1")
+
+
+def test_a_push_sends_each_listed_file_by_its_name_not_as_a_pattern(tmp_path):
+    """The upload named the dry run's files as `allow_patterns`, which are globs: a file named `*.txt`
+    stood for every .txt file, hidden ones too, and `a[1].json` matched `a1.json`, not itself (audit 95)."""
+    from evo_merge.report.upload import commit_operations
+
+    card = "---\ntags: [merge, evo-merge]\n---\n# fine\n"
+    folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))], extra_files={
+        "README.md": card, "*.txt": "star", "a[1].json": "{}", "a1.json": "{}", ".hidden.txt": "no"})
+    plan = plan_upload(folder)
+    operations = commit_operations(plan)
+    assert [op.path_in_repo for op in operations] == [name for name, _ in plan.files] == [
+        "*.txt", "README.md", "a1.json", "a[1].json", "model.safetensors"]
+    assert [Path(op.path_or_fileobj).read_bytes() for op in operations[:2]] == [b"star", card.encode()]
 
 
 @pytest.mark.parametrize(("generations", "step"), [(4, 1), (10, 1), (11, 2), (60, 6)])
