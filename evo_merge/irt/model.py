@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import numbers
 import os
 import tempfile
@@ -83,6 +84,24 @@ def _held_out_loss(params: Any, binary: np.ndarray, seen: np.ndarray) -> float:
     y_seen = np.where(seen, binary, np.nan)
     theta = map_logistic(params.alpha, params.beta, y_seen, np.zeros(d), np.eye(d) / ABILITY_PRIOR_SD**2)
     return _log_loss(prob_2pl(theta, params.alpha, params.beta)[:, ~seen], binary[:, ~seen])
+
+
+def _check_declared_sizes(npz: Any, meta: dict, path: Path) -> None:
+    """Refuse, from the arrays' headers and before any is read, a params.npz holding an array larger
+    than any of the model's own could be (its folds at most one per subject): compressed, a
+    received folder's few megabytes could otherwise claim terabytes (audit 95)."""
+    items, subjects = len(meta.get("item_ids") or ()), len(meta.get("subject_ids") or ())
+    dims = meta.get("dims") if isinstance(meta.get("dims"), int) and meta["dims"] > 0 else 1
+    largest = (subjects + 2) * (items + 1) * dims
+    for name in npz.zip.namelist():
+        with npz.zip.open(name) as member:  # not an array: read_magic's ValueError, a corrupt file
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = read(member)[0]
+        if math.prod(shape) > largest:
+            raise UserError(f"{path.parent}: model.json and params.npz disagree on the model's shape (params.npz's "
+                            f"array {name.removesuffix('.npy')!r} has shape {list(shape)}, more than a model of "
+                            f"{items} items and {subjects} subjects holds)")
 
 
 def _from_v1(npz: Any) -> dict[str, np.ndarray]:
@@ -303,6 +322,7 @@ class IRTModel:
             raise UserError(f"{meta_path}: format version {version!r} is not supported (expected {FORMAT_VERSION})")
         try:
             with np.load(npz_path) as npz:
+                _check_declared_sizes(npz, meta, npz_path)
                 arrays = {k: npz[k] for k in NPZ_KEYS} if version == FORMAT_VERSION else _from_v1(npz)
             model = cls(
                 item_ids=list(meta["item_ids"]),
