@@ -23,11 +23,13 @@ RUN_ENTRIES = (*sorted(STARTED_FILES), "evaluations.csv", "pareto.csv")
 
 def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:
     """The run folder whose own campaign file `campaign_file` is: the folder `out` itself, or one
-    that holds a run's entries (its database may have been left out of a folder someone sent)."""
+    that holds a run's entries (its database may have been left out of a folder someone sent),
+    whatever the file's name: a received folder could ship its campaign again as `Campaign.yaml`
+    or `use-this.yaml` beside its own, and the check went by the name (audit 95)."""
     folder = campaign_file.expanduser().parent
     if out is not None and folder.resolve() == out.expanduser().resolve() and out.is_dir():
         return folder
-    if campaign_file.name == "campaign.yaml" and any((folder / entry).exists() for entry in RUN_ENTRIES):
+    if any((folder / entry).exists() for entry in RUN_ENTRIES):
         return folder
     return None
 
