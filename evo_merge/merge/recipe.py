@@ -22,9 +22,12 @@ from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
 SCALARS = (bool, int, float, str)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # a setting becomes a float32 tensor where it scales one
+
+
 def _numbers(value: Any) -> list[float]:
-    """Every float in a setting: a scalar, a gradient's anchors, the values of its conditions."""
-    if isinstance(value, float):
+    """Every number in a setting: a scalar, a gradient's anchors, the values of its conditions."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return [value]
     if isinstance(value, list):
         return [n for v in value for n in _numbers(v)]
@@ -33,9 +36,11 @@ def _numbers(value: Any) -> list[float]:
 
 def check_setting(key: str, value: Any) -> None:
     """Raise ValueError unless `value` is a scalar, a non-empty gradient or a list of conditions,
-    every number finite (a NaN weight would merge into NaN tensors)."""
-    if bad := [n for n in _numbers(value) if not math.isfinite(n)]:
-        raise ValueError(f"{key}: expected finite numbers, got {bad[0]}")
+    every number finite (a NaN weight would merge into NaN tensors) and within float32's range (a
+    weight of 1e308 stopped the merge at its first tensor with a RuntimeError traceback)."""
+    if bad := [n for n in _numbers(value) if not _in_float32_range(n)]:
+        shown = f"{bad[0]:g}" if isinstance(bad[0], float) else "an integer beyond it"
+        raise ValueError(f"{key}: expected finite numbers within float32's range (±{FLOAT32_MAX:.4g}), got {shown}")
     if isinstance(value, SCALARS):
         return
     if isinstance(value, dict):
@@ -53,6 +58,13 @@ def check_setting(key: str, value: Any) -> None:
         if not isinstance(inner, SCALARS) and not (
                 isinstance(inner, list) and inner and all(isinstance(v, SCALARS) for v in inner)):
             raise ValueError(f"{key}.{i}.value: expected a value or a non-empty list of anchors")
+
+
+def _in_float32_range(number: float) -> bool:
+    try:
+        return math.isfinite(number) and abs(float(number)) <= FLOAT32_MAX
+    except OverflowError:  # an integer no float holds
+        return False
 
 
 def _check_settings(value: dict[str, Any]) -> dict[str, Any]:
