@@ -72,6 +72,9 @@ class MassFactors:
             theta0 = stash.upcast(base.tensor(name, COMPUTE_DTYPE))
             deltas = [stash.upcast(ep.tensor(source, COMPUTE_DTYPE)) - theta0
                       for ep, source in zip(endpoints, sources[1:])]
+            if bad := next((c for c, t in zip((base, *endpoints), (theta0, *deltas))
+                            if not bool(torch.isfinite(t).all())), None):  # the SVD failed with a LinAlgError
+                raise UserError(f"MASS: tensor {name} of {bad.path} holds NaN or Inf (a corrupt model); not decomposed")
             dtype = stash.storage.stored_dtype([base, *endpoints], sources)
             out.base[name] = stash.keep(theta0, dtype)
             out.stored_dtypes[name] = base.dtype(name)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from evo_merge.errors import UserError
+from evo_merge.errors import UserError, first_line
 from evo_merge.merge import layers
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method, list_methods
@@ -27,6 +27,7 @@ from evo_merge.merge.tokens import TokenPlan, is_vocabulary, plan_tokens
 from evo_merge.weights import Checkpoint, heads, parse_dtype
 from evo_merge.weights.compat import castable, check_architectures, check_vocabularies
 from evo_merge.weights.dtypes import dtype_name
+from evo_merge.weights.export import NonFiniteTensor
 from evo_merge.weights.references import ModelRef, open_reference, resolve_reference
 
 log = logging.getLogger(__name__)
@@ -562,6 +563,9 @@ def merge_tensor(
     except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (another device, or failing)
         raise
     except RuntimeError as exc:  # e.g. SVD failing to converge on a degenerate matrix
+        if not all(bool(torch.isfinite(t).all()) for t in (base, *formed(deltas))):  # a corrupt input, not a bug
+            raise NonFiniteTensor(name, f"tensor {name}: an input holds NaN or Inf, which {method.name} cannot "
+                                        f"merge ({first_line(exc)})") from None
         raise RuntimeError(f"{method.name} failed on tensor {name}: {exc}") from exc
     if not isinstance(merged, torch.Tensor) or merged.shape != base.shape:  # a plugin's slip, named here
         got = f"shape {list(merged.shape)}" if isinstance(merged, torch.Tensor) else type(merged).__name__

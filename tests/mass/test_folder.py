@@ -167,7 +167,7 @@ def test_cli_builds_and_evaluates_a_mass_folder(zoo, tmp_path):
     assert len(table) == 8 and set(table["score"]) <= {0.0, 1.0} and table["subject"].iloc[0] == "mass"
 
 
-@pytest.mark.parametrize("case", ["layer", "base", "factors", "threshold", "base again", "twice"])
+@pytest.mark.parametrize("case", ["layer", "base", "factors", "threshold", "base again", "twice", "nan"])
 def test_cli_bad_input_is_one_line_exit_2(case, zoo, llama_family, saved, tmp_path):
     base, endpoints = llama_family
     args = ["mass", "build", "--base", str(base), "--models", *map(str, endpoints), "--out", str(tmp_path / "m")]
@@ -187,6 +187,14 @@ def test_cli_bad_input_is_one_line_exit_2(case, zoo, llama_family, saved, tmp_pa
     elif case == "twice":
         args.insert(args.index("--out"), str(endpoints[0]))
         expected = f"model 4 ({endpoints[0]}): the same model as model 1"
+    elif case == "nan":  # the SVD's LinAlgError traceback (audit 96)
+        corrupt = shutil.copytree(endpoints[1], tmp_path / "corrupt")
+        tensors = load_file(corrupt / "model.safetensors")
+        name = min(n for n in tensors if ".mlp." in n and tensors[n].dim() == 2)
+        tensors[name].view(-1)[0] = float("nan")
+        save_file(tensors, corrupt / "model.safetensors", metadata={"format": "pt"})
+        args[args.index(str(endpoints[1]))] = str(corrupt)
+        expected = f"MASS: tensor {name} of {corrupt} holds NaN or Inf (a corrupt model); not decomposed"
     else:
         shutil.copytree(saved[1], tmp_path / "copy")
         (tmp_path / "copy" / "model.safetensors").unlink()  # the factors file

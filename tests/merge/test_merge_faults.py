@@ -104,6 +104,26 @@ def test_a_nan_in_an_input_is_an_error_naming_the_merged_tensor_and_the_input(fa
         in output, output
 
 
+@pytest.mark.parametrize("method", ["tsv", "iso_c"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_nan_in_an_input_a_method_decomposes_is_the_same_error(family, tmp_path, method, value):
+    """The SVD of TSV-M or Iso-C raised torch's LinAlgError on a NaN: a RuntimeError traceback,
+    neither the input nor a way out named (audit 96). (An Inf may pass the SVD as NaNs, which the
+    written tensor's check names as any method's.)"""
+    base, (ft,) = family
+    flipped = tmp_path / "flipped"
+    shutil.copytree(ft, flipped)
+    tensors = load_file(flipped / "model.safetensors")
+    name = min(n for n in tensors if ".mlp." in n and tensors[n].dim() == 2)  # decomposed, unlike embeddings
+    tensors[name].view(-1)[3] = value
+    save_file(tensors, flipped / "model.safetensors", metadata={"format": "pt"})
+    code, output = merge(recipe(tmp_path / "r.yaml", method, base, flipped), "--out", tmp_path / "out")
+    assert code == 2 and "Traceback" not in output, output
+    assert (f"tensor {name}: an input holds NaN or Inf, which {method} cannot merge" in output
+            or f"tensor {name}: holds NaN or Inf, not written" in output), output
+    assert f"; it is not finite in {flipped}" in output and not (tmp_path / "out").exists()
+
+
 def test_a_nan_in_a_sliced_layer_names_the_input_tensor_it_came_from(family, tmp_path):
     """A slice renumbers layers: the output's layer 0 is an input's layer 1. The input was looked
     up under the output's name, so the check read another layer and said every input was finite."""
