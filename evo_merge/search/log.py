@@ -136,10 +136,11 @@ class EvaluationLog:
                 (estimates, se), scores, status = self.scoring.estimate(outcome, candidate.key), outcome, "ok"
             except (ValueError, FloatingPointError) as exc:  # a UserError goes up: every candidate would fail alike
                 error = f"estimation failed: {exc}"
+        # scored on every search item: asked to be (`whole`), or its anchors were all of them
+        measured = (self.scoring.search_scores(scores) if whole else self._whole(scores)) if status == "ok" else None
         self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method, status=status,
                        estimates=estimates, item_scores=scores, seconds=seconds, error=error,
-                       estimate_se=se if status == "ok" else None,
-                       measured=self.scoring.search_scores(scores) if status == "ok" and whole else None)
+                       estimate_se=se if status == "ok" else None, measured=measured)
         if status != "ok":
             self._say_failed(candidate.key, error, "stored as failed, with the worst fitness on every task (its "
                              "other tasks' scores too), and not tried again by a resume")
@@ -165,6 +166,10 @@ class EvaluationLog:
         names = self.scoring.names
         missing = [(e, {n: items for n in names if (items := self._missing(e.key, n, held_out, among))})
                    for e in evaluations]
+        for e, items in missing:  # asked for nothing more: anchors (or adaptive items) that were every search item
+            if not items and e.status == "ok" and e.measured is None:
+                if (whole := self._search_measurement(e.key, {})) is not None:
+                    self.store.add_measurement(e.key, whole, {})
         failed = self.store.measure_failures()  # not tried again on a resume: the same decisions follow
         todo = [(e, items) for e, items in missing if items and e.status == "ok" and e.key not in failed]
         self.progress(stage, 0, len(todo))
@@ -177,12 +182,21 @@ class EvaluationLog:
                 self.store.set_meta(MEASURE_FAILED + key, str(outcome))
                 self._say_failed(key, outcome, "it keeps its estimate and is measured no further", ": measuring it")
             else:
-                stored = self.store.item_scores(key)
-                full = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in names}
-                complete = all(set(self.scoring.search_ids(n)) <= full[n].keys() for n in names)
-                self.store.add_measurement(key, self.scoring.search_scores(full) if complete else None, outcome,
-                                           by_export=by_export)
+                self.store.add_measurement(key, self._search_measurement(key, outcome), outcome, by_export=by_export)
             self.progress(stage, done, len(todo))
+
+    def _search_measurement(self, key: str, new: ItemScores) -> dict[str, float] | None:
+        """Its scores on the search items once its stored item scores and `new` hold every one,
+        else None. A candidate whose anchors were every search item (tasks of a few items per
+        scenario, an lm-eval `limit`) has them from the search: it was never measured, and the
+        final phase and `export --pick` read its measurement as None (audit 96)."""
+        stored = self.store.item_scores(key)
+        return self._whole({n: {**stored.get(n, {}), **new.get(n, {})} for n in self.scoring.names})
+
+    def _whole(self, scores: ItemScores) -> dict[str, float] | None:
+        """The scores on the search items where `scores` hold every one, else None."""
+        complete = all(set(self.scoring.search_ids(n)) <= scores.get(n, {}).keys() for n in self.scoring.names)
+        return self.scoring.search_scores(scores) if complete else None
 
     def _missing(self, key: str, name: str, held_out: bool, among: Items | None = None) -> list[str]:
         have = self.store.item_scores(key, name).get(name, {})

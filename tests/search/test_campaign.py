@@ -183,6 +183,28 @@ def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo, monkeyp
     runner.close()
 
 
+def test_anchors_that_are_every_search_item_make_a_candidate_measured(tmp_path, zoo):
+    """With 60 anchors per scenario of 60 items (tasks with an lm-eval `limit`, a default budget) a
+    search candidate had every search item from its anchors, was never measured, and the final
+    phase, every resume and `export --pick` stopped on its missing measurement with a traceback
+    (audit 96)."""
+    config = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 60, "warmup_merges": 5, "dims": 1})
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    db = sqlite3.connect(run / "state.sqlite")
+    searched = db.execute("SELECT id, measured IS NOT NULL, items_evaluated FROM evaluations "
+                          "WHERE phase = 'search' AND status = 'ok'").fetchall()
+    assert searched and {(measured, items) for _, measured, items in searched} == {(1, 240)}
+    assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0
+    with db:  # a folder stored so before: its candidates are measured once they are asked for
+        db.execute("UPDATE evaluations SET measured = NULL WHERE phase = 'search'")
+    exported = CliRunner().invoke(cli, ["export", str(run), "--pick", str(searched[-1][0]), "--out",
+                                        str(tmp_path / "pick")])
+    assert exported.exit_code == 0, exported.output
+    assert db.execute("SELECT measured IS NOT NULL FROM evaluations WHERE id = ?", (searched[-1][0],)).fetchone() == (1,)
+
+
 def test_a_follow_up_campaign_reuses_a_runs_irt_models_on_the_same_items_only(tmp_path, zoo):
     """`estimator.irt_model: RUN/irt` spares a second campaign on the same models and tasks its
     warm-up merges; models fitted on other items (another split of held-out items, another
