@@ -394,10 +394,12 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_corners(name: str, settings: Mapping[str, Any]) -> None:
-    """The method's own refusal (`MergeMethod.check`: DELLA's density +/- epsilon inside (0, 1)) at
-    every corner of its searched ranges, with its fixed settings: a campaign whose candidates could
-    not merge was accepted, then stopped after calibration, naming a tensor instead of the setting."""
+def _check_corners(name: str, settings: Mapping[str, Any], n_models: int | None) -> None:
+    """The method's own refusal (`MergeMethod.check`: DELLA's density +/- epsilon inside (0, 1),
+    TSV-C's `task` an endpoint's index) at every corner of its searched ranges, with its fixed
+    settings, for the campaign's `n_models` endpoints (None: not known yet, with `align`): a
+    campaign whose candidates could not merge was accepted, then stopped after calibration,
+    naming a tensor or a recipe's key instead of the setting."""
     from evo_merge.merge.kinds import MASS, declared_ranges
     from evo_merge.merge.registry import get_method
 
@@ -406,16 +408,23 @@ def _check_corners(name: str, settings: Mapping[str, Any]) -> None:
         return
     ranges = declared_ranges(name, settings)
     fixed = {key: value for key, value in settings.items() if key not in ranges}
-    n = max(method.n_models[0], 2) if method.n_models[1] is None else method.n_models[1]
+    n = n_models or (max(method.n_models[0], 2) if method.n_models[1] is None else method.n_models[1])
+    refusals = []
     for corner in itertools.product(*ranges.values()):
         try:
             params = method.resolve({**fixed, **dict(zip(ranges, corner))}, n)
         except UserError:  # a corner another rule refuses, with its own message when it is drawn
             continue
-        if (why := method.check([1.0] * n, params)) is not None:
-            at = ", ".join(f"{key} {value:g}" for key, value in zip(ranges, corner))
-            ends = "an end of its searched range" if len(ranges) == 1 else "ends of the searched ranges"
-            raise ValueError(f"{name}: {why}" + (f", at {at} ({ends})" if at else ""))
+        refusals.append((corner, method.check([1.0] * n, params)))
+    refused = [(corner, why) for corner, why in refusals if why is not None]
+    if not refused:
+        return
+    corner, why = refused[0]
+    if len(refused) == len(refusals) and len({why for _, why in refused}) == 1:  # the fixed settings: any corner
+        raise ValueError(f"{name}: {why}")
+    at = ", ".join(f"{key} {value:g}" for key, value in zip(ranges, corner))
+    ends = "an end of its searched range" if len(ranges) == 1 else "ends of the searched ranges"
+    raise ValueError(f"{name}: {why}, at {at} ({ends})")
 
 
 def _inside_domain(hyperparameter: Any, low: float, high: float, where: str) -> None:
@@ -535,7 +544,6 @@ class Campaign(_Checked):
                 if not low < high:
                     raise ValueError(f"{where}: empty range [{low}, {high}]")
                 _inside_domain(declared[key], low, high, where)
-            _check_corners(name, settings)
         return methods
 
     def ignored_settings(self) -> list[str]:
@@ -556,17 +564,19 @@ class Campaign(_Checked):
     @field_validator("methods")
     @classmethod
     def _endpoint_counts(cls, methods: dict, info: ValidationInfo) -> dict:
-        """A method that cannot merge this many endpoints (slerp, nearswap: exactly one) would fail
-        every candidate; refuse it before any evaluation. With `align` the count is known later."""
+        """A method that cannot merge this many endpoints (slerp, nearswap: exactly one), or whose
+        settings refuse them (`_check_corners`), would fail every candidate; refuse it before any
+        evaluation. With `align` the count is known later."""
         from evo_merge.merge.kinds import MASS
         from evo_merge.merge.registry import get_method
 
-        n = len(info.data.get("models") or [])
-        for name in (m for m in methods if m != MASS and n and info.data.get("align") is None):
-            low, high = get_method(name).n_models
-            if n < low or (high is not None and n > high):
+        n = len(info.data.get("models") or []) if info.data.get("align") is None else 0
+        for name, settings in methods.items():
+            low, high = (0, None) if name == MASS else get_method(name).n_models
+            if n and (n < low or (high is not None and n > high)):
                 want = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
                 raise ValueError(f"{name}: merges {want} model(s) besides the base; the campaign has {n}")
+            _check_corners(name, settings, n or None)
         return methods
 
     @model_validator(mode="after")

@@ -74,6 +74,9 @@ def campaign(tmp_path, family, **sections):
     # no density of the searched range keeps DELLA's probabilities in (0, 1): every candidate failed after calibration
     ("methods", {"della": {"epsilon": 0.5}}, "methods: della: epsilon 0.5 must keep density 0.2 +/- epsilon in (0, 1) "
      "(0 < density - epsilon and density + epsilon < 1), at density 0.2, lambda 0.5 (ends of the searched ranges)"),
+    # of the campaign's two endpoints: `plan` said "fits", `run` stopped after calibration naming a recipe's key,
+    # and the folder refused the corrected file (audit 96); a fixed setting is refused at any corner, said once
+    ("methods", {"tsv_c": {"task": 2}}, "methods: tsv_c: task 2 is not a model index (0..1)\n"),
 ])
 def test_campaign_values_refused_when_the_file_is_read(tmp_path, family, section, values, expected):
     one_line_error(*invoke("plan", campaign(tmp_path, family, **{section: values})), expected)

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import torch
 
-from evo_merge.errors import UserError
 from evo_merge.merge.pieces import LowRank, Piece, Scaled
 from evo_merge.merge.registry import Hyperparameter as H
 from evo_merge.merge.registry import Params, register_method
@@ -94,10 +93,18 @@ def tsv(base, deltas, params: Params, name: str) -> list[Piece]:
     return [Scaled(d, len(deltas)) for d in deltas]
 
 
+def model_index(weights: Sequence[float], params: Params) -> str | None:
+    """TSV-C's `task` must name one of the endpoints: the method's refusal (`MergeMethod.check`),
+    so that a recipe's plan and a campaign file name it before any merge work."""
+    task = params["task"]
+    return f"task {task} is not a model index (0..{len(weights) - 1})" if task >= len(weights) else None
+
+
 @register_method(
     "tsv_c",
     threaded=True,
     keeps_unchanged=True,
+    check=model_index,
     hyperparameters=[H("task", 0, 0, None, searchable=False, help="index of the model to reconstruct"),
                      ALPHA, EMBEDDINGS],
     scale=lambda w, p: p["alpha"],
@@ -106,8 +113,6 @@ def tsv(base, deltas, params: Params, name: str) -> list[Piece]:
 def tsv_c(base, deltas, params: Params, name: str) -> list[Piece]:
     """TSV-C: task `task` rebuilt from its top r/T singular triplets (about 1/T of its storage)."""
     t = params["task"]
-    if t >= len(deltas):
-        raise UserError(f"parameters.task: {t} is not a model index (0..{len(deltas) - 1})")
     pieces: list[Piece] = [None] * len(deltas)
     delta = deltas[t]
     if is_decomposed(delta, name, params):

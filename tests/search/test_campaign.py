@@ -202,7 +202,8 @@ def test_anchors_that_are_every_search_item_make_a_candidate_measured(tmp_path, 
     exported = CliRunner().invoke(cli, ["export", str(run), "--pick", str(searched[-1][0]), "--out",
                                         str(tmp_path / "pick")])
     assert exported.exit_code == 0, exported.output
-    assert db.execute("SELECT measured IS NOT NULL FROM evaluations WHERE id = ?", (searched[-1][0],)).fetchone() == (1,)
+    measured = db.execute("SELECT measured IS NOT NULL FROM evaluations WHERE id = ?", (searched[-1][0],))
+    assert measured.fetchone() == (1,)
 
 
 def test_a_follow_up_campaign_reuses_a_runs_irt_models_on_the_same_items_only(tmp_path, zoo):
