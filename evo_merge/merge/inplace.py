@@ -49,6 +49,17 @@ DEVICE_CHUNK = 2**24  # on a GPU without the one-pass kernel: 64 MiB float32 cop
 FUSED_MIN_ENTRIES = 2**24
 
 
+def _finite(tensor: torch.Tensor, checkpoint: Checkpoint, name: str) -> torch.Tensor:
+    """`tensor` where it holds no NaN or Inf, else a user error naming the model: every merge of it
+    failed as "non-finite values in merged tensor", a base or endpoint's too, and the run stopped
+    promising that a resume would evaluate it again (audit 96). A sum is finite when every entry
+    is, unless it overflowed (then each entry is read)."""
+    if not (bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())):
+        raise UserError(f"{checkpoint.path}: tensor {name} holds NaN or Inf (a corrupt model); no merge of it "
+                        "can be scored")
+    return tensor
+
+
 class InPlaceMerger:
     def __init__(
         self,
@@ -84,7 +95,7 @@ class InPlaceMerger:
                     targets.writable[name].copy_(base.tensor(sources[0]))
                 continue
             stored = storage.stored_dtype([base, *endpoints], sources)
-            theta0 = base.tensor(sources[0], dtype)
+            theta0 = _finite(base.tensor(sources[0], dtype), base, sources[0])
             self._targets[name] = targets.writable[name]
             self._base[name] = self.stash.keep(theta0, stored)
             # endpoints only over an exact base: their task vectors are taken from the stored one
@@ -110,10 +121,10 @@ class InPlaceMerger:
         endpoint is a LoRA adapter's sum. With it, whether the endpoint left the tensor as the base
         has it (a zero task vector: `MergeMethod.keeps_unchanged`)."""
         if exact_base and _holds(stored, endpoint, source):
-            tensor = endpoint.tensor(source)
+            tensor = _finite(endpoint.tensor(source), endpoint, source)
             return Endpoint(self.stash.keep(tensor, stored)), _same_values(tensor, theta0)
         # in place: one float32 copy of the tensor per endpoint read, not two
-        delta = endpoint.tensor(source, self.dtype).sub_(theta0)
+        delta = _finite(endpoint.tensor(source, self.dtype), endpoint, source).sub_(theta0)
         unchanged = not bool(delta.any())
         return self.stash.keep(delta, stored), unchanged
 

@@ -18,7 +18,7 @@ import yaml
 from campaigns import campaign_config  # tests/search is on sys.path
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from evo_merge.cli import cli
@@ -382,6 +382,26 @@ def test_a_task_answering_wrongly_stops_the_run_before_its_scores_are_stored(tmp
     if run.exists():  # stopped on the first wrong answer: what was stored before it is right
         rows = sqlite3.connect(run / "state.sqlite").execute("SELECT item, score FROM item_scores").fetchall()
         assert all(0 <= score <= 1 and item.startswith("agree") for item, score in rows)
+
+
+@pytest.mark.parametrize("corrupt", ["base", "endpoint"])
+def test_an_input_holding_a_nan_is_named_before_any_evaluation(tmp_path, zoo, corrupt):
+    """A NaN in an endpoint stopped the run at calibration as "non-finite values in merged tensor",
+    promising that `resume` would evaluate it again, which failed the same way forever (audit 96)."""
+    base, fts = zoo
+    folder = shutil.copytree(base if corrupt == "base" else fts[1], tmp_path / "corrupt")
+    tensors = load_file(folder / "model.safetensors")
+    name = min(n for n in tensors if ".mlp." in n)
+    tensors[name].view(-1)[1] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    inputs = (folder, fts) if corrupt == "base" else (base, [fts[0], folder])
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign_config(*inputs)))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {folder}: tensor {name} holds NaN or Inf (a corrupt model); no merge of it can be scored")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_base_whose_scoring_failed_once_is_evaluated_again_on_resume(tmp_path, zoo):
