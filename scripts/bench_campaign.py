@@ -69,7 +69,7 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.store import SEARCH, CampaignStore
 from evo_merge.search.workspace import resolve_campaign
-from evo_merge.zoo.manifest import read_zoo
+from evo_merge.zoo.manifest import finished_zoo
 
 ALL = 10_000  # evaluate_top of the bench's runs: every estimated front member is measured
 DEFAULT = FinalSpec()  # the final phase a user gets
@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the campaigns' seed (a search is one trajectory: "
                         "compare estimators over several seeds, each in its own --out)")
     args = parser.parse_args()
-    families = read_zoo(args.zoo).endpoints
+    families = finished_zoo(args.zoo).endpoints
     if args.granularity:
         for size in args.sizes.split(","):
             compare_granularities(args, families, size)

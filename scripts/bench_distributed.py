@@ -28,7 +28,7 @@ from evo_merge.merge.kinds import declared_ranges
 from evo_merge.search.distributed import DaskEvaluator, WorkerSpec
 from evo_merge.search.space import SearchSpace
 from evo_merge.tasks.registry import resolve_task
-from evo_merge.zoo.manifest import has_zoo, read_zoo
+from evo_merge.zoo.manifest import finished_zoo, has_zoo
 
 
 def timed_generation(evaluator, jobs) -> tuple[float, float]:
@@ -58,7 +58,7 @@ def main() -> None:
 
         build_tinylm_zoo(args.zoo)
     zoo = args.zoo.resolve()
-    families = read_zoo(zoo).endpoints
+    families = finished_zoo(zoo).endpoints
     settings = (("batch_size", args.batch_size),)
     spec = WorkerSpec(str(zoo / "base"), tuple(str(zoo / f) for f in families),
                       tuple((f, f, settings) for f in families), "cpu", "float32")

@@ -23,7 +23,7 @@ import pandas as pd
 from evo_merge.irt import IRTModel, select_anchors, validate, validate_responses
 from evo_merge.search.responses import build_responses
 from evo_merge.tasks.registry import resolve_task
-from evo_merge.zoo.manifest import read_zoo
+from evo_merge.zoo.manifest import finished_zoo
 
 FAMILIES = ("arith", "lang", "seq")
 
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if not args.responses.exists():
-        endpoints = [args.zoo / m for m in read_zoo(args.zoo).endpoints]
+        endpoints = [args.zoo / m for m in finished_zoo(args.zoo).endpoints]
         tasks = {f: resolve_task(f) for f in FAMILIES}
         table = build_responses(args.zoo / "base", endpoints, tasks, args.n_merges, seed=args.seed,
                                 scenario="subskill",

@@ -449,6 +449,19 @@ def test_options_out_of_range_are_click_errors(tmp_path):
         one_line_error(*invoke(*args))
 
 
+def test_a_zoo_whose_build_did_not_finish_is_named_so(tmp_path):
+    """A zoo build stopped by Ctrl-C leaves its folder marked as being built; `responses build`
+    then took `zz/base` for a Hub id missing from the cache (audit 96)."""
+    from evo_merge.zoo.manifest import claim_zoo_folder
+
+    claim_zoo_folder(tmp_path / "zz", "tiny-lm", "key")  # as the build does before its first model
+    one_line_error(*invoke("responses", "build", "--zoo", tmp_path / "zz", "--tasks", "arith", "--out",
+                           tmp_path / "r.csv"),
+                   f"{tmp_path / 'zz'}: a tiny-lm zoo whose build did not finish (interrupted, or still running); "
+                   f"build it again with `evo-merge zoo build --kind tiny-lm --out {tmp_path / 'zz'}`, which "
+                   "starts over")
+
+
 def test_eval_names_a_device_that_is_not_one(family, tmp_path):
     one_line_error(*invoke("eval", "--model", family[0], "--task", "arith", "--device", "banana",
                            "--out", tmp_path / "e.csv"), "--device", "banana")

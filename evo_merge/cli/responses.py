@@ -37,7 +37,7 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
     from evo_merge.search.responses import build_responses
     from evo_merge.tasks.base import FitnessTask
     from evo_merge.tasks.registry import resolve_task
-    from evo_merge.zoo.manifest import read_zoo
+    from evo_merge.zoo.manifest import finished_zoo
 
     check_output_file(out, overwrite)
     names = [t.strip() for t in tasks.split(",") if t.strip()]  # "arith, lang" as the irt options read lists
@@ -56,7 +56,7 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
         if shared := next((i for i in resolved[name].item_ids if i in owner), None):
             raise UserError(f"--tasks: item {shared!r} is in both {owner[shared]!r} and {name!r}")
         owner.update(dict.fromkeys(resolved[name].item_ids, name))
-    endpoints = [zoo / m for m in read_zoo(zoo).endpoints]
+    endpoints = [zoo / m for m in finished_zoo(zoo).endpoints]
     with StageBars() as bars:
         table = build_responses(zoo / "base", endpoints, resolved, n_merges, seed=seed, scenario=scenario,
                                 progress=lambda done, total: bars("scoring subjects", done, total))

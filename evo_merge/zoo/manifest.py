@@ -54,6 +54,18 @@ def read_zoo(folder: str | Path) -> ZooManifest:
         raise UserError(f"{file}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
+def finished_zoo(folder: str | Path) -> ZooManifest:
+    """The manifest of a zoo whose build finished: one killed half-way (or still running) is marked
+    as being built (no key, no models), and its models were taken for Hub ids that were not in the
+    cache (audit 96)."""
+    meta = read_zoo(folder)
+    if meta.key is None and not meta.models:
+        raise UserError(f"{folder}: a {meta.kind} zoo whose build did not finish (interrupted, or still running); "
+                        f"build it again with `evo-merge zoo build --kind {meta.kind} --out {folder}`, which "
+                        "starts over")
+    return meta
+
+
 def write_zoo(folder: str | Path, manifest: ZooManifest) -> Path:
     file = Path(folder) / ZOO_JSON
     file.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")

@@ -47,7 +47,7 @@ from evo_merge.tasks.synthetic import (
     training_text,
 )
 from evo_merge.weights.folder import load_model_folder, save_model_folder
-from evo_merge.zoo.manifest import BASE, ZooManifest, claim_zoo_folder, has_zoo, read_zoo, write_zoo
+from evo_merge.zoo.manifest import BASE, ZooManifest, claim_zoo_folder, finished_zoo, has_zoo, read_zoo, write_zoo
 from evo_merge.zoo.tiny import make_tiny_causal_lm
 from evo_merge.zoo.tokenizer import build_char_tokenizer
 
@@ -320,7 +320,7 @@ def zoo_table(
 
 def load_zoo(zoo_dir: Path) -> tuple[PreTrainedTokenizerBase, dict[str, PreTrainedModel]]:
     """The saved zoo: tokenizer and models by name (base first)."""
-    loaded = {name: load_model_folder(zoo_dir / name) for name in read_zoo(zoo_dir).models}
+    loaded = {name: load_model_folder(zoo_dir / name) for name in finished_zoo(zoo_dir).models}
     return loaded[BASE][1], {name: model for name, (model, _) in loaded.items()}
 
 
