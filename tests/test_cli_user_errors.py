@@ -82,6 +82,15 @@ def test_campaign_values_refused_when_the_file_is_read(tmp_path, family, section
     one_line_error(*invoke("plan", campaign(tmp_path, family, **{section: values})), expected)
 
 
+def test_an_align_spec_file_that_is_not_there_is_named_by_plan(tmp_path, family):
+    """`plan` said "fits", `run` refused it without naming the key (audit 96)."""
+    path = campaign(tmp_path, family)
+    config = yaml.safe_load(path.read_text())
+    del config["base_model"]
+    path.write_text(yaml.safe_dump({**config, "align": {"arch": str(tmp_path / "nope.yaml")}}))
+    one_line_error(*invoke("plan", path), f"{path}: align.arch: {tmp_path / 'nope.yaml'}: no such file")
+
+
 def test_a_check_of_the_whole_campaign_names_its_key_without_a_top_level_marker(tmp_path, family):
     path = campaign(tmp_path, family, final={"picks": {"mine": {"weights": {"arth": 1}}}})
     one_line_error(*invoke("plan", path), f"{path}: final.picks.mine.weights.arth: not a task name (tasks: arith)")
@@ -112,11 +121,13 @@ def test_a_task_name_too_long_for_its_pick_folder_is_refused_when_the_file_is_re
 
 @pytest.mark.parametrize("dims", [20, 7])
 def test_more_irt_dimensions_than_calibration_subjects_are_refused_before_any_evaluation(tmp_path, family, dims):
-    """The fit refuses a D above its subjects: after the whole calibration had been paid for."""
+    """The fit refuses a D above its subjects: after the whole calibration had been paid for; and
+    `plan` said "fits" (audit 96)."""
     path = campaign(tmp_path, family, estimator={"kind": "gpirt", "dims": dims, "warmup_merges": 3})
-    code, output = invoke("run", path, "--out", tmp_path / "run")
-    one_line_error(code, output, f"estimator.dims: {dims} is more than the 6 calibration subjects (base, endpoints, "
-                   "warm-up merges) the IRT model is fitted on; at most 6, or `auto`")
+    refusal = (f"{path}: estimator.dims: {dims} is more than the 6 calibration subjects (base, endpoints, warm-up "
+               "merges) the IRT model is fitted on; at most 6, or `auto`")
+    one_line_error(*invoke("plan", path), refusal)
+    one_line_error(*invoke("run", path, "--out", tmp_path / "run"), refusal)
     if (tmp_path / "run" / "state.sqlite").exists():
         from evo_merge.search.store import CampaignStore
         store = CampaignStore(tmp_path / "run")

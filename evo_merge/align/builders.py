@@ -167,6 +167,11 @@ def check_arch(arch: str, source: Any, key: str = "--arch") -> None:
             raise UserError(f"{key} {arch} does not match the model's config.json ({described})")
     elif Path(arch).suffix not in (".yaml", ".yml"):
         raise UserError(f"{key} {arch!r} is not one of {', '.join(ARCHS)} or a .yaml spec{did_you_mean(arch, ARCHS)}")
+    else:  # there and well formed, before any model is read: `plan` said "fits" of a spec that was missing
+        try:
+            load_spec_yaml(arch)
+        except UserError as exc:
+            raise UserError(f"{key}: {exc}") from None
 
 
 def spec_for(arch: str, model: nn.Module, key: str = "--arch") -> PermSpec:

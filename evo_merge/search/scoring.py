@@ -112,10 +112,6 @@ class Scoring:
         subjects = reference_candidates([f"endpoint-{i}" for i in range(n_models)])
         if self.spec.kind != "full" and self.spec.irt_model is None:
             subjects += [(f"warmup-{k}", candidate) for k, candidate in enumerate(warmup)]
-            if self.spec.dims != "auto" and self.spec.dims > len(subjects):  # refused by the fit, after calibration
-                raise UserError(f"estimator.dims: {self.spec.dims} is more than the {len(subjects)} calibration "
-                                f"subjects (base, endpoints, warm-up merges) the IRT model is fitted on; at most "
-                                f"{len(subjects)}, or `auto`")
         return subjects
 
     def fitted_model(self, name: str) -> IRTModel:

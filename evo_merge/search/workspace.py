@@ -388,6 +388,9 @@ def _check_calibration_size(campaign: Campaign) -> None:
         raise UserError(f"estimator.warmup_merges: {spec.warmup_merges} gives {subjects} calibration subjects "
                         f"(the base, {len(campaign.models)} endpoint(s) and the warm-ups); an IRT model needs "
                         f"{MIN_SUBJECTS}: set it to {MIN_SUBJECTS - 1 - len(campaign.models)} or more")
+    if spec.dims != "auto" and spec.dims > subjects:  # the fit refused it, after calibration
+        raise UserError(f"estimator.dims: {spec.dims} is more than the {subjects} calibration subjects (base, "
+                        f"endpoints, warm-up merges) the IRT model is fitted on; at most {subjects}, or `auto`")
 
 
 def _shipped_hint(folder: Path) -> str:
