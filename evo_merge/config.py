@@ -551,6 +551,8 @@ class Campaign(_Checked):
         `resume` say them; see EstimatorSpec.ignored_settings)."""
         unread = ["base_model: not used (align builds the base from the aligned models: align.reference)"
                   ] if self.align is not None and self.base_model is not None else []
+        if self.storage.disk_dir is not None and self.storage.placement != "disk":
+            unread.append(f"storage: disk_dir not used (only for placement: disk, not {self.storage.placement})")
         return unread + self.estimator.ignored_settings()
 
     @model_validator(mode="after")

@@ -921,11 +921,13 @@ def test_a_run_folder_s_written_out_defaults_are_not_called_unused():
 
 
 def test_plan_says_which_estimator_settings_change_nothing(tmp_path, zoo, caplog):
-    path = campaign(tmp_path, zoo, estimator={"kind": "full", "anchors": 5})
+    path = campaign(tmp_path, zoo, estimator={"kind": "full", "anchors": 5},
+                    storage={"disk_dir": str(tmp_path / "files")})  # ignored without a word (audit 96)
     with caplog.at_level("WARNING", logger="evo_merge"):
         result = CliRunner().invoke(cli, ["plan", str(path)])
     assert result.exit_code == 0, result.output
     assert "estimator: anchors not used (kind: full scores every item, no estimator)" in caplog.text
+    assert "storage: disk_dir not used (only for placement: disk, not device)" in caplog.text
 
 
 def test_a_tracked_campaign_logs_each_estimate_once_and_the_measured_scores(tmp_path, zoo):
