@@ -526,6 +526,8 @@ class LMEvalTask(ItemTable):
         sets it; None: lm-eval's default."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise UserError(f"task {spec}: limit must be a positive whole number of items, not {limit!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:  # 0 and -5 ran
+            raise UserError(f"task {spec}: batch_size must be a positive whole number, not {batch_size!r}")
         if fewshot_seed is not None and (isinstance(fewshot_seed, bool) or not isinstance(fewshot_seed, int)):
             raise UserError(f"task {spec}: fewshot_seed must be a whole number, not {fewshot_seed!r}")
         self.name, self.tasks = load_lm_eval_tasks(spec)
