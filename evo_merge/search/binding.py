@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import Json
 
+from evo_merge import __version__
 from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign, EvaluatorSpec
 from evo_merge.errors import UserError
 from evo_merge.markup import shell
@@ -181,8 +182,14 @@ def _models_moved(store: CampaignStore, started: dict, given: dict) -> bool:
 
 
 def _defaults_version(store: CampaignStore) -> int:
-    """The folder's defaults version (folders written before the mark: version 1)."""
-    return store.get_meta(DEFAULTS_META) or 1
+    """The folder's defaults version (folders written before the mark: version 1). One written by a
+    newer evo-merge is refused: its defaults are none this version knows, and it was resumed under
+    this version's without a word (audit 96)."""
+    version = store.get_meta(DEFAULTS_META) or 1
+    if version > DEFAULTS_VERSION:
+        raise UserError(f"{store.run_dir}: written by a newer evo-merge (campaign defaults version {version}; this "
+                        f"one, {__version__}, knows versions up to {DEFAULTS_VERSION}); upgrade evo-merge to open it")
+    return version
 
 
 def bound_defaults(run_dir: Path) -> int | None:

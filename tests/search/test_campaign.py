@@ -566,6 +566,27 @@ def test_a_run_written_before_a_default_changed_resumes_with_its_former_default(
     assert result.exit_code == 2 and "different campaign" in result.output
 
 
+def test_a_run_written_by_a_newer_version_is_refused_naming_it(tmp_path, zoo):
+    """A folder marked with defaults a newer evo-merge wrote was resumed under this version's
+    defaults without a word (audit 96). (`status` and `report` only read what it stored.)"""
+    from evo_merge import __version__
+    from evo_merge.config import DEFAULTS_VERSION
+    from evo_merge.search.binding import DEFAULTS_META
+    from evo_merge.search.store import CampaignStore
+
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)]).exit_code == 0
+    store = CampaignStore(run)
+    store.set_meta(DEFAULTS_META, DEFAULTS_VERSION + 1)
+    store.close()
+    for command in (["resume"], ["export", "--pick", "balanced", "--out", str(tmp_path / "pick")]):
+        result = CliRunner().invoke(cli, [command[0], str(run), *command[1:]])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1] == (
+            f"error: {run}: written by a newer evo-merge (campaign defaults version {DEFAULTS_VERSION + 1}; this one, "
+            f"{__version__}, knows versions up to {DEFAULTS_VERSION}); upgrade evo-merge to open it"), command
+
+
 def test_a_run_written_before_auto_anchors_changed_resumes_with_the_anchors_it_chose(tmp_path, zoo):
     """Defaults version 8 changed what `auto` anchors are: a version-7 folder, calibrated on fewer than
     30 subjects (stratified anchors then and now, but not what kmeans-irt would pick), re-chooses
