@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evo_merge.align.methods import NEEDS_DATA, AlignMethod
-from evo_merge.dtype_names import ALIASES, NAMES
+from evo_merge.dtype_names import ALIASES, FLOAT32_MAX, NAMES
 from evo_merge.errors import UserError
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
@@ -99,6 +99,14 @@ class Coefficients(_Checked):
     low: float = 0.0
     high: float = 1.5
     granularity: str = "model"
+
+    @field_validator("low", "high")
+    @classmethod
+    def _scales_float32(cls, value: float) -> float:
+        """A span of +/-1e308 overflowed, and the search explored nothing (audit 96)."""
+        if not _finite_number(value):
+            raise ValueError(f"expected a finite number within float32's range (±{FLOAT32_MAX:.4g}), got {value!r}")
+        return value
 
     @field_validator("granularity")
     @classmethod
@@ -391,7 +399,10 @@ class StorageSpec(_Checked):
 
 
 def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A number a float32 tensor can be scaled by: a range of +/-1e308 overflowed its span, and the
+    search explored nothing (audit 96)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and abs(value) <= FLOAT32_MAX)
 
 
 def _check_corners(name: str, settings: Mapping[str, Any], n_models: int | None) -> None:
@@ -536,8 +547,8 @@ class Campaign(_Checked):
                         raise ValueError(str(exc)) from None
                     continue
                 if len(value) != 2 or not all(_finite_number(v) for v in value):
-                    raise ValueError(f"{where}: expected a range of two finite numbers [low, high] or one value, "
-                                     f"not {list(value)}")
+                    raise ValueError(f"{where}: expected a range of two finite numbers within float32's range "
+                                     f"[low, high] or one value, not {list(value)}")
                 settings[key] = low, high = float(value[0]), float(value[1])
                 if not declared[key].searchable or declared[key].kind is bool:
                     raise ValueError(f"{where}: {key} is not searched; give one value to fix it, not a range")

@@ -15,14 +15,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from evo_merge.dtype_names import FLOAT32_MAX
 from evo_merge.errors import UserError
 from evo_merge.merge.chat_templates import chat_template_text
 from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
 
 SCALARS = (bool, int, float, str)
-
-
-FLOAT32_MAX = 3.4028234663852886e38  # a setting becomes a float32 tensor where it scales one
 
 
 def _numbers(value: Any) -> list[float]:

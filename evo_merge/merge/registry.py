@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from evo_merge.dtype_names import FLOAT32_MAX
 from evo_merge.errors import UserError, described, did_you_mean
 from evo_merge.merge.pieces import Piece, add_to, takes_base
 
@@ -79,8 +80,9 @@ class Hyperparameter:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise UserError(f"{where}: expected a finite number, got {value!r}")
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:  # it scales float32 tensors
+            raise UserError(f"{where}: expected a finite number within float32's range (±{FLOAT32_MAX:.4g}), got "
+                            f"{value!r}")
         if kind is int and float(value) != int(value):
             raise UserError(f"{where}: expected an integer, got {value!r}")
         value = kind(value)

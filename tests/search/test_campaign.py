@@ -888,8 +888,17 @@ BAD = {
                                          "methods: mass.layer: -1 is below 0"),  # was "outside [0, None]"
     "unknown parameter": ({"methods": {"ties": {"densty": 0.5}}}, "methods: ties.densty: not a parameter of ties"),
     "nan in a range": ({"methods": {"ties": {"density": [float("nan"), 0.5]}}},
-                       "methods: ties.density: expected a range of two finite numbers [low, high] or one value, "
-                       "not [nan, 0.5]"),
+                       "methods: ties.density: expected a range of two finite numbers within float32's range "
+                       "[low, high] or one value, not [nan, 0.5]"),
+    # an overflowing span: the search explored nothing (audit 96); a fixed value scales float32 tensors too
+    "huge coefficients": ({"coefficients": {"low": -1e308, "high": 1e308}},
+                          "coefficients.low: expected a finite number within float32's range (±3.403e+38), "
+                          "got -1e+308"),
+    "huge range": ({"methods": {"task_arithmetic": {"lambda": [0.5, 1e39]}}},
+                   "methods: task_arithmetic.lambda: expected a range of two finite numbers within float32's range"),
+    "huge fixed value": ({"methods": {"task_arithmetic": {"lambda": 1e39}}},
+                         "methods: task_arithmetic.lambda: expected a finite number within float32's range "
+                         "(±3.403e+38), got 1e+39"),
     "report columns clash": ({"tasks": [{"task": "arith", "name": "a"}, {"task": "lang", "name": "se_a"}]},
                              "tasks 'a' and 'se_a': their report columns would clash (est_se_a)"),
     "traversal task name": ({"tasks": [{"task": "arith", "name": "../../x"}]}, "tasks.0.name: '../../x' is not a safe"),
