@@ -55,6 +55,11 @@ def plan_upload(folder: str | Path) -> UploadPlan:
     """Check `folder` and list what would be uploaded: every visible file, each sent by its name."""
     folder = Path(folder)
     card = folder / "README.md"
+    if not card.is_file() and (folder / "state.sqlite").is_file():  # a run folder: its picks are in models/
+        picks = sorted(p.name for p in (folder / "models").glob("*") if (p / "README.md").is_file())
+        raise UserError(f"{folder}: a campaign run folder; push one of its picks"
+                        + (f": {', '.join(str(folder / 'models' / p) for p in picks)}" if picks else
+                           " once exported (`evo-merge export`)"))
     if not card.is_file():
         raise UserError(f"{folder}: no README.md model card; export the pick with evo-merge first")
     if not _evo_merge_card(card):

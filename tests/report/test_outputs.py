@@ -377,6 +377,9 @@ def test_push_uploads_a_folder_evo_merge_wrote_and_nothing_else(tracked_run, tmp
     assert listed == {p.name for p in pick.iterdir()} and "would upload" in result.output
     unasked = CliRunner().invoke(cli, ["push", str(pick), "me/tiny-merge"])
     assert unasked.exit_code == 2 and "no Hugging Face token found" in unasked.output
+    whole_run = CliRunner().invoke(cli, ["push", str(run), "me/tiny-merge", "--dry-run"])  # was "no README.md card"
+    assert whole_run.exit_code == 2 and f"{run}: a campaign run folder; push one of its picks: {pick}" \
+        in whole_run.output, whole_run.output
 
     copy = shutil.copytree(pick, tmp_path / "copy")
     secret = tmp_path / "secret.txt"
