@@ -38,6 +38,12 @@ class Stepwise:
     def search_items(self):
         return {name: None for name in self.tasks}
 
+    def search_ids(self, name):  # every item is a search item: 12, of which a test scores at most 8
+        return self.tasks[name].item_ids
+
+    def search_scores(self, scores):
+        return {n: sum(scores[n].values()) / len(scores[n]) for n in self.names}
+
     def next_items(self, scores, precision=1.0):
         steps = {n: [i for i in t.item_ids if i not in scores.get(n, {})][:2]
                  for n, t in self.tasks.items() if len(scores.get(n, {})) < 8}
