@@ -266,7 +266,8 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
         raise UserError(f"task {label}: data file not found: {exc}") from None
     except Exception as exc:  # whatever lm-eval and datasets raise for a config or data they cannot use: a
         # missing doc_to_target, a split the data lacks (KeyError), a corrupt data file, a dataset not cached
-        raise UserError(f"task {label}: lm-eval cannot build it ({described(exc)})") from None
+        hint = ": a split or a field its data does not have?" if isinstance(exc, KeyError) else ""
+        raise UserError(f"task {label}: lm-eval cannot build it ({described(exc)}{hint})") from None
     if not tasks:
         raise UserError(f"task {label}: names no lm-eval task")
     return (next(iter(tasks)) if len(tasks) == 1 else name), dict(sorted(tasks.items()))

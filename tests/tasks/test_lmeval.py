@@ -105,7 +105,8 @@ def _arith_variant(folder, **edits):
 
 
 @pytest.mark.parametrize("case, edits, message", [
-    ("split the data lacks", {"yaml": [("test_split: test", "test_split: validation")]}, "KeyError: 'validation'"),
+    ("split the data lacks", {"yaml": [("test_split: test", "test_split: validation")]},
+     "(KeyError: 'validation': a split or a field its data does not have?)"),
     ("corrupt data file", {"data": '{"question": "1+1", "choices": ["2", \n'}, "lm-eval cannot build it"),
     ("unknown metric", {"yaml": [("metric: acc", "metric: nosuchmetric")]},
      "metric_list: metric 'nosuchmetric' is neither lm-eval's"),
