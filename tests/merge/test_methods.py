@@ -83,6 +83,37 @@ def test_ties_trimming_keeps_the_first_of_entries_tied_at_the_cut(monkeypatch, d
         assert int(mask.sum()) == k and torch.equal(mask, expected), density
 
 
+def test_a_cut_in_a_bucket_of_several_values_ranks_them():
+    """A cut's bucket holding over 1/64 of the entries is first checked for holding one value (then
+    nothing is ranked): 1.0 and 1.001 share a 16-bit bucket, and taking it for one value kept 15
+    entries where 5 were asked for (audit 97)."""
+    from evo_merge.merge.methods import top_mask
+
+    values = T([1.0] * 10 + [1.001] * 10)
+    assert top_mask(values.clone(), 5).tolist() == [False] * 10 + [True] * 5 + [False] * 5
+    generator = torch.Generator().manual_seed(4)  # most of a tensor in one bucket, 8 values in it, and ties
+    values = 1 + torch.randint(0, 8, (3000,), generator=generator).float() * 2**-12
+    for k in (1, 700, 1500, 2999):
+        expected = torch.zeros(values.numel(), dtype=torch.bool)
+        expected[torch.argsort(values, descending=True, stable=True)[:k]] = True
+        assert torch.equal(top_mask(values.clone(), k), expected), k
+
+
+def test_a_rescaled_trim_that_kept_only_zeros_is_not_divided_by_them():
+    """Breadcrumbs' outlier cut can remove every non-zero entry of a sparse task vector (an
+    embedding with a few new rows): the L1 rescale then has nothing to rescale, and leaves it
+    unscaled as mergekit does, where dividing by the kept zeros gave NaN (audit 97)."""
+    out = run("breadcrumbs", torch.zeros(10), [T([5.0] + [0.0] * 9)], density=0.5, gamma=0.1, rescale=True)
+    assert torch.equal(out, torch.zeros(10))
+
+
+def test_the_l1_rescale_of_tiny_task_vectors_is_mergekit_s():
+    """mergekit's rescale divides by the kept L1 norm unless it is below 1e-7: task vectors of 1e-5
+    are rescaled (kept 7e-5 of 1e-4: by 10/7)."""
+    out = run("ties", torch.zeros(4), [T([4e-5, 3e-5, 2e-5, 1e-5])], density=0.5, rescale=True)
+    assert torch.allclose(out, T([4e-5, 3e-5, 0.0, 0.0]) * (10 / 7), rtol=1e-5, atol=0)
+
+
 def test_sce_selection_keeps_the_first_of_entries_tied_at_the_cut():
     """SCE picked its high-variance entries with topk, which chooses among ties (thousands from
     bfloat16 checkpoints) in no set order: a candidate scored on a GPU could differ from its recipe
@@ -241,6 +272,24 @@ def test_task_vectors_formed_where_they_are_read_give_the_formed_ones_bits(monke
     assert all(v.source.dtype == (torch.float32 if source == "stored float32" else torch.bfloat16) for v in vectors)
 
 
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "dare_ties"])
+def test_task_vectors_of_a_bfloat16_base_are_formed_in_bfloat16_as_a_recipe_computes(method):
+    """A recipe with `dtype: bfloat16` merges in bfloat16: its task vectors formed where they are
+    read are endpoint - base in bfloat16, the bits of the task vectors formed first (audit 97: the
+    dtype they are formed in was untested; deltas of 0.3 round there)."""
+    from evo_merge.merge.plan import merge_tensor
+    from evo_merge.merge.task_vectors import TaskVector
+
+    g = torch.Generator().manual_seed(3)
+    base = (torch.randn(37, 29, generator=g) * 0.02).bfloat16()
+    ends = [(base.float() + torch.randn(37, 29, generator=g) * 0.3).bfloat16() for _ in range(3)]
+    m = get_method(method)
+    params = m.resolve({"density": 0.4}, 3)
+    streamed = merge_tensor(m, base, [TaskVector(e, base) for e in ends], [0.7, -0.4, 1.3], params, "layers.0.mlp.w")
+    formed = merge_tensor(m, base, [e - base for e in ends], [0.7, -0.4, 1.3], params, "layers.0.mlp.w")
+    assert streamed.dtype == torch.bfloat16 and torch.equal(streamed.view(torch.int16), formed.view(torch.int16))
+
+
 def test_a_non_contiguous_task_vector_is_flattened_once_not_per_chunk():
     """A .bin checkpoint's transposed views reach the merge non-contiguous: flattening them for each
     65,536-entry chunk copied the whole tensor each time (TIES 15x slower, audit 94). The flat
@@ -315,7 +364,7 @@ def test_dare_drop_rate_and_unbiasedness():
     assert torch.allclose(outs.mean(0).sum(), delta.sum(), atol=0.05 * delta.abs().sum())
 
 
-@pytest.mark.parametrize("method", ["dare_linear", "dare_ties", "ties"])
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties", "ties", "della", "della_linear"])
 def test_density_zero_drops_that_models_task_vector(method):
     """0 is inside density's range: the model's task vector is dropped whole (there is nothing to
     rescale), not divided by zero into NaN. TIES kept its largest entry there (mergekit 0.1.5 and
