@@ -1,0 +1,51 @@
+"""Which fitted IRT models a campaign reuses for a task (`search.scoring.task_irt_model`) and
+when `plan` asks (`cli.plan.check_irt_models`), on a model saved by hand."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from evo_merge.cli.plan import check_irt_models
+from evo_merge.errors import UserError
+from evo_merge.irt.model import IRTModel
+from evo_merge.search.scoring import task_irt_model
+
+ITEMS = [f"q{i}" for i in range(10)]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    subjects, dims, folds = 4, 1, 2
+    model = IRTModel(item_ids=ITEMS, item_scenarios=["s"] * 10, subject_ids=[f"m{j}" for j in range(subjects)],
+                     alpha=np.ones((10, dims)), beta=np.linspace(-1, 1, 10), theta=np.zeros((subjects, dims)),
+                     responses=np.zeros((subjects, 10)), thresholds={"s": 0.5}, cv_alpha=np.ones((folds, 10, dims)),
+                     cv_beta=np.zeros((folds, 10)), cv_held=np.zeros((folds, subjects), bool))
+    model.save(tmp_path / "t")
+    return tmp_path
+
+
+def test_a_model_fitted_on_every_item_is_taken_on_the_search_items(saved):
+    """`irt fit` on a task's full responses, reused where two items are held out: its items are
+    the search items once those are taken away (audit 97: this case was untested)."""
+    model = task_irt_model(saved, "t", ITEMS, frozenset({"q8", "q9"}))
+    assert model.item_ids == ITEMS[:8] and model.beta.shape == (8,)
+
+
+def test_a_model_holding_items_the_task_does_not_search_is_refused(saved):
+    """A model over more items than the task searches (the task reread with a `limit`) would
+    choose anchors the task lacks (audit 97: only a model missing items was tested)."""
+    with pytest.raises(UserError, match=r"2 of its items are not search items of the task \(e.g. q8\)"):
+        task_irt_model(saved, "t", ITEMS[:8], frozenset())
+
+
+def test_plan_asks_nothing_of_an_irt_model_a_full_evaluation_never_reads(tmp_path):
+    task = SimpleNamespace(item_ids=["q0", "q1", "q2"], scenarios=None)
+    for kind, refused in (("full", False), ("gpirt", True)):
+        campaign = SimpleNamespace(estimator=SimpleNamespace(irt_model=str(tmp_path / "none"), kind=kind),
+                                   final=SimpleNamespace(holdout=0), algorithm=SimpleNamespace(seed=0))
+        if refused:
+            with pytest.raises(UserError, match="not an IRT model folder"):
+                check_irt_models(campaign, {"t": task})
+        else:
+            check_irt_models(campaign, {"t": task})
