@@ -229,6 +229,15 @@ def test_the_written_recipe_spells_out_a_weight_the_source_left_to_its_default(f
     assert CliRunner().invoke(cli, ["merge", str(out / "merge_recipe.yaml"), "--out", str(again)]).exit_code == 0
     first, second = tensors_of(out), tensors_of(again)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    # a recipe of slices: its sources are models too (audit 97: untested)
+    config = json.loads((base / "config.json").read_text())
+    layers = config.get("num_hidden_layers") or config["n_layer"]
+    sliced = Recipe.model_validate({"merge_method": "ties", "base_model": str(base), "slices": [{"sources": [
+        {"model": str(base), "layer_range": [0, layers]},
+        {"model": str(fts[0]), "layer_range": [0, layers], "parameters": {"weight": 0.7}},
+        {"model": str(fts[1]), "layer_range": [0, layers]}]}]})
+    written = plan_from_recipe(sliced, tmp_path).recipe().model_dump(exclude_none=True, mode="json")
+    assert written["parameters"]["weight"] == 1.0 and written["parameters"]["density"] == 1.0
 
 @pytest.fixture(scope="module")
 def bf16_family(family, tmp_path_factory):
