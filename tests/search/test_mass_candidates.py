@@ -96,6 +96,35 @@ def test_exported_mass_candidate_is_a_labelled_mass_folder(run, tmp_path):
     assert "factors kept in" not in card  # kept in float32 as the folder keeps the base's float32
 
 
+def test_a_mass_pick_s_card_gives_its_estimate_with_the_estimate_s_standard_error(tmp_path, zoo):
+    """A MASS candidate scored on anchors: its card shows the estimate ± the SE the store holds, as a
+    merged model's card does (audit 97: no test reached a MASS card with an estimate)."""
+    base, fts = zoo
+    config = {
+        "base_model": str(base), "models": [str(f) for f in fts],
+        "tasks": [{"task": "agreement_task:AgreementTask", "name": f"agree{i}",
+                   "options": {"reference": str(f), "name": f"agree{i}", "seed": i}} for i, f in enumerate(fts)],
+        "methods": {"mass": {}, "task_arithmetic": {}},
+        "estimator": {"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1},
+        "algorithm": {"population": 6, "generations": 1, "seed": 1}, "final": {"evaluate_top": 1, "export": []},
+    }
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "campaign.yaml"), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    db = sqlite3.connect(run / "state.sqlite")
+    eid, estimates, errors = db.execute(
+        "SELECT id, estimates, estimate_se FROM evaluations WHERE method = 'mass' AND status = 'ok' "
+        "AND measured IS NULL AND estimate_se IS NOT NULL").fetchone()
+    result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / "pick")])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "pick" / "README.md").read_text()
+    estimates, errors = json.loads(estimates), json.loads(errors)
+    for task, value in estimates.items():
+        assert f"| {task} | {value:.4f} ± {errors[task]:.4f} |" in card, card
+    assert "with the estimate's standard error" in card
+
+
 def test_a_mass_pick_kept_otherwise_than_its_folder_says_so_on_its_card(tmp_path, zoo):
     """bf16 checkpoints searched with `storage.dtype: float32`: the folder keeps the factors in bf16,
     so it is not the MASS the search scored, and the card and the report say so."""
