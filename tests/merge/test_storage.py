@@ -633,6 +633,36 @@ def test_plan_counts_a_task_vector_the_cut_falls_on_whole():
         assert measured[name] <= 1.1 * planned, (name, measured[name], planned)
 
 
+MASK_PEAK_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from evo_merge.merge.methods import magnitude_mask
+def hwm():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+n = 2**22
+delta = torch.zeros(n)
+delta[: n // 10] = torch.randn(n // 10, generator=torch.Generator().manual_seed(0))
+magnitude_mask(delta, 0.5)  # warm up: the first call's allocations are not the cut's
+open("/proc/self/clear_refs", "w").write("5")
+before = hwm()
+mask = magnitude_mask(delta, 0.5)
+print((hwm() - before) / (4 * n), int(mask.sum()))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux /proc")
+def test_a_cut_on_the_zeros_of_a_mostly_unchanged_task_vector_ranks_none_of_them():
+    """A task vector 10% changed (new token rows): the cut at density 0.5 falls on its zeros, a
+    bucket one value fills, found by a count. With the bucket's size miscounted (the entries above
+    it counted in) they were ranked: 5.6 float32 copies of the tensor at the peak where the cut's
+    own working room is 2.5 (its magnitudes, their buckets, the masks; audit 97: the peak test's
+    unchanged endpoint has nothing above its zeros, so it could not see this)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", MASK_PEAK_SCRIPT], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    assert int(out[1]) == 2**21 and float(out[0]) < 3.5, out
+
+
 @pytest.mark.parametrize("n_models", [3, 8])
 def test_the_gpu_plan_counts_the_consensus_chunk_of_a_tensor_smaller_than_a_few(n_models):
     """A GPU runs TIES's sign election and sums 2^24 entries at a time: for a largest tensor of up
