@@ -106,3 +106,14 @@ def test_an_align_section_run_would_refuse_is_refused_by_plan_naming_its_key(tmp
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_an_aligned_campaign_s_settings_are_checked_for_every_aligned_model():
+    """Every aligned model is an endpoint: TSV-C's `task: 2` of three aligned models was refused as
+    if there were two (audit 98), and `task: 3` is refused naming the three."""
+    from evo_merge.config import Campaign
+
+    config = {"models": ["a", "b", "c"], "align": {"arch": "mlp"}, "tasks": [{"task": "arith"}]}
+    assert Campaign.model_validate({**config, "methods": {"tsv_c": {"task": 2}}}).methods == {"tsv_c": {"task": 2}}
+    with pytest.raises(ValueError, match=r"tsv_c: task 3 is not a model index \(0..2\)"):
+        Campaign.model_validate({**config, "methods": {"tsv_c": {"task": 3}}})
