@@ -23,13 +23,16 @@ RUN_ENTRIES = (*sorted(STARTED_FILES), "evaluations.csv", "pareto.csv")
 
 def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:
     """The run folder whose own campaign file `campaign_file` is: the folder `out` itself, or one
-    that holds a run's entries (its database may have been left out of a folder someone sent),
-    whatever the file's name: a received folder could ship its campaign again as `Campaign.yaml`
-    or `use-this.yaml` beside its own, and the check went by the name (audit 95)."""
+    that holds a run's entries (its database may have been left out of a folder someone sent)
+    beside a `campaign.yaml`, whatever the file's own name: a received folder could ship its
+    campaign again as `Campaign.yaml` beside its own, and the check went by the name (audit 95).
+    A project folder holding a run's table (`pareto.csv`) but no `campaign.yaml` is no run folder:
+    its own campaign files are the user's (audit 98)."""
     folder = campaign_file.expanduser().parent
     if out is not None and folder.resolve() == out.expanduser().resolve() and out.is_dir():
         return folder
-    if any((folder / entry).exists() for entry in RUN_ENTRIES):
+    own = campaign_file.name == "campaign.yaml" or (folder / "campaign.yaml").is_file()
+    if own and any((folder / entry).exists() for entry in RUN_ENTRIES):
         return folder
     return None
 

@@ -318,8 +318,11 @@ def test_a_project_s_campaign_beside_its_own_models_is_no_run_folder_s(tmp_path)
     assert run_folder_of(tmp_path / "campaign.yaml") is None
     (tmp_path / "pareto.csv").write_text("id\n")  # a run's own file: a folder sent without its database
     assert run_folder_of(tmp_path / "campaign.yaml") == tmp_path
+    # a project's own campaign under another name beside a run's table: the user's (audit 98)
+    assert run_folder_of(tmp_path / "mine.yaml") is None
     # another YAML in a run folder is the folder's too: `plan RUN/Campaign.yaml` ran a received folder's
     # task code unasked (audit 95)
+    (tmp_path / "campaign.yaml").write_text("")
     assert run_folder_of(tmp_path / "Campaign.yaml") == run_folder_of(tmp_path / "use-this.yaml") == tmp_path
 
 
