@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from evo_merge.search.binding import STARTED_FILES
+from evo_merge.search.store import CampaignStore
 
 TRUST_TASKS = click.option(
     "--trust-tasks", is_flag=True,
@@ -24,12 +25,14 @@ RUN_ENTRIES = (*sorted(STARTED_FILES), "evaluations.csv", "pareto.csv")
 def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:
     """The run folder whose own campaign file `campaign_file` is: the folder `out` itself, or one
     that holds a run's entries (its database may have been left out of a folder someone sent)
-    beside a `campaign.yaml`, whatever the file's own name: a received folder could ship its
-    campaign again as `Campaign.yaml` beside its own, and the check went by the name (audit 95).
+    beside a `campaign.yaml`, or its database, whatever the file's own name: a received folder
+    could ship its campaign again as `Campaign.yaml`, and the check went by the name (audit 95).
     A project folder holding a run's table (`pareto.csv`) but no `campaign.yaml` is no run folder:
     its own campaign files are the user's (audit 98)."""
     folder = campaign_file.expanduser().parent
     if out is not None and folder.resolve() == out.expanduser().resolve() and out.is_dir():
+        return folder
+    if (folder / CampaignStore.DB).exists():  # a run's database: whatever else it holds or lacks
         return folder
     own = campaign_file.name == "campaign.yaml" or (folder / "campaign.yaml").is_file()
     if own and any((folder / entry).exists() for entry in RUN_ENTRIES):

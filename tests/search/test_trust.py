@@ -324,6 +324,10 @@ def test_a_project_s_campaign_beside_its_own_models_is_no_run_folder_s(tmp_path)
     # task code unasked (audit 95)
     (tmp_path / "campaign.yaml").write_text("")
     assert run_folder_of(tmp_path / "Campaign.yaml") == run_folder_of(tmp_path / "use-this.yaml") == tmp_path
+    sent = tmp_path / "sent"  # its campaign.yaml left out, or renamed: the database says what it is
+    sent.mkdir()
+    (sent / "state.sqlite").write_bytes(b"")
+    assert run_folder_of(sent / "use-this.yaml") == sent
 
 
 def test_a_task_file_named_relative_to_the_campaign_is_marked_as_the_run_resolves_it(tmp_path, zoo_family,
