@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -234,6 +235,14 @@ def _absolute(files: Any, root: Path, yaml_path: Path) -> Any:
 
 
 @_quiet()  # lm-eval's registry and datasets' loading, quiet for the call
+def _batch_size(value: object) -> bool:
+    """A batch size lm-eval's HFLM takes: a positive whole number, `auto` (the largest that fits,
+    found by trying) or `auto:N` (found again N times over the run)."""
+    if isinstance(value, str):
+        return re.fullmatch(r"auto(:[1-9][0-9]*)?", value) is not None
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     """The lm-eval Task objects a spec names, by task name, and the name they go by: one task from
     a registry name, a task YAML or a folder of task YAMLs (a `Path`, or a string with a `/` or a
@@ -515,7 +524,7 @@ class LMEvalTask(ItemTable):
         spec: str | Path,
         *,
         metric: str | None = None,
-        batch_size: int = 64,
+        batch_size: int | str = 64,
         device: str | None = None,
         limit: int | None = None,
         fewshot_seed: int | None = None,
@@ -527,8 +536,9 @@ class LMEvalTask(ItemTable):
         sets it; None: lm-eval's default."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise UserError(f"task {spec}: limit must be a positive whole number of items, not {limit!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:  # 0 and -5 ran
-            raise UserError(f"task {spec}: batch_size must be a positive whole number, not {batch_size!r}")
+        if not _batch_size(batch_size):  # 0 and -5 ran
+            raise UserError(f"task {spec}: batch_size must be a positive whole number, or auto (auto:N) as lm-eval "
+                            f"takes it, not {batch_size!r}")
         if fewshot_seed is not None and (isinstance(fewshot_seed, bool) or not isinstance(fewshot_seed, int)):
             raise UserError(f"task {spec}: fewshot_seed must be a whole number, not {fewshot_seed!r}")
         self.name, self.tasks = load_lm_eval_tasks(spec)

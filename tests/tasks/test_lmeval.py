@@ -40,9 +40,12 @@ def test_limit_keeps_the_first_items_of_every_scenario_with_the_same_scores(char
         part.evaluate(model, tok, [whole.item_ids[12]])
     with pytest.raises(UserError, match="limit must be a positive whole number"):
         LMEvalTask(BENCHMARKS_DIR / "arith", limit=0)
-    for size in (0, -5, 2.5, True):  # a task's own batch_size option: 0 and -5 ran (audit 96)
-        with pytest.raises(UserError, match=f"batch_size must be a positive whole number, not {size!r}"):
+    for size in (0, -5, 2.5, True, "big", "auto:0"):  # a task's own batch_size option: 0 and -5 ran (audit 96)
+        with pytest.raises(UserError, match=f"batch_size must be a positive whole number, or auto .auto:N. as "
+                                            f"lm-eval takes it, not {re.escape(repr(size))}"):
             LMEvalTask(BENCHMARKS_DIR / "arith", batch_size=size)
+    for size in ("auto", "auto:4", 1):  # lm-eval's own forms (audit 98: auto was refused)
+        assert LMEvalTask(BENCHMARKS_DIR / "arith", batch_size=size, limit=4).batch_size == size
 
 
 def test_generation_task_uses_its_filtered_metric(char_lm):
