@@ -6,7 +6,6 @@ Merge recipes have their own schema beside the merge engine (`evo_merge.merge.re
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evo_merge.align.methods import NEEDS_DATA, AlignMethod
-from evo_merge.dtype_names import ALIASES, FLOAT32_MAX, NAMES
+from evo_merge.dtype_names import ALIASES, NAMES, float32_refusal
 from evo_merge.errors import UserError
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
@@ -104,8 +103,8 @@ class Coefficients(_Checked):
     @classmethod
     def _scales_float32(cls, value: float) -> float:
         """A span of +/-1e308 overflowed, and the search explored nothing (audit 96)."""
-        if not _finite_number(value):
-            raise ValueError(f"expected a finite number within float32's range (±{FLOAT32_MAX:.4g}), got {value!r}")
+        if why := float32_refusal(value):
+            raise ValueError(why)
         return value
 
     @field_validator("granularity")
@@ -401,8 +400,7 @@ class StorageSpec(_Checked):
 def _finite_number(value: Any) -> bool:
     """A number a float32 tensor can be scaled by: a range of +/-1e308 overflowed its span, and the
     search explored nothing (audit 96)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and abs(value) <= FLOAT32_MAX)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and float32_refusal(value) is None
 
 
 def _check_corners(name: str, settings: Mapping[str, Any], n_models: int | None) -> None:

@@ -1,8 +1,22 @@
 """The floating dtypes a user may name, as a table without torch: the campaign schema reads it, and
 `weights.dtypes` maps the names to torch dtypes."""
 
+import math
+
 NAMES = ("float32", "bfloat16", "float16")
 ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 # the largest float32: a coefficient or a setting beyond it cannot scale a float32 tensor (a merge
 # of weight 1e39 stopped at its first tensor with an overflow traceback)
 FLOAT32_MAX = 3.4028234663852886e38
+
+
+def float32_refusal(number: float) -> str | None:
+    """Why `number` cannot scale a float32 tensor (not finite, or beyond float32's range; an
+    integer no float holds overflowed `math.isfinite` itself), or None where it can."""
+    try:
+        if math.isfinite(number) and abs(float(number)) <= FLOAT32_MAX:
+            return None
+        shown = f"{number:g}" if isinstance(number, float) else str(number)
+    except OverflowError:
+        shown = "an integer beyond it"
+    return f"expected a finite number within float32's range (±{FLOAT32_MAX:.4g}), got {shown}"

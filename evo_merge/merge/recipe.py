@@ -8,14 +8,13 @@ slice) or a list of `{filter, value}` conditions matched against the tensor name
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from evo_merge.dtype_names import FLOAT32_MAX
+from evo_merge.dtype_names import float32_refusal
 from evo_merge.errors import UserError
 from evo_merge.merge.chat_templates import chat_template_text
 from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
@@ -36,9 +35,8 @@ def check_setting(key: str, value: Any) -> None:
     """Raise ValueError unless `value` is a scalar, a non-empty gradient or a list of conditions,
     every number finite (a NaN weight would merge into NaN tensors) and within float32's range (a
     weight of 1e308 stopped the merge at its first tensor with a RuntimeError traceback)."""
-    if bad := [n for n in _numbers(value) if not _in_float32_range(n)]:
-        shown = f"{bad[0]:g}" if isinstance(bad[0], float) else "an integer beyond it"
-        raise ValueError(f"{key}: expected finite numbers within float32's range (±{FLOAT32_MAX:.4g}), got {shown}")
+    if why := next(filter(None, map(float32_refusal, _numbers(value))), None):
+        raise ValueError(f"{key}: {why}")
     if isinstance(value, SCALARS):
         return
     if isinstance(value, dict):
@@ -56,13 +54,6 @@ def check_setting(key: str, value: Any) -> None:
         if not isinstance(inner, SCALARS) and not (
                 isinstance(inner, list) and inner and all(isinstance(v, SCALARS) for v in inner)):
             raise ValueError(f"{key}.{i}.value: expected a value or a non-empty list of anchors")
-
-
-def _in_float32_range(number: float) -> bool:
-    try:
-        return math.isfinite(number) and abs(float(number)) <= FLOAT32_MAX
-    except OverflowError:  # an integer no float holds
-        return False
 
 
 def _check_settings(value: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ the pieces once (e.g. TSV-M's orthogonalised factors) and each candidate costs o
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from evo_merge.dtype_names import FLOAT32_MAX
+from evo_merge.dtype_names import float32_refusal
 from evo_merge.errors import UserError, described, did_you_mean
 from evo_merge.merge.pieces import Piece, add_to, takes_base
 
@@ -80,9 +79,8 @@ class Hyperparameter:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:  # it scales float32 tensors
-            raise UserError(f"{where}: expected a finite number within float32's range (±{FLOAT32_MAX:.4g}), got "
-                            f"{value!r}")
+        if why := float32_refusal(value):  # it scales float32 tensors
+            raise UserError(f"{where}: {why}")
         if kind is int and float(value) != int(value):
             raise UserError(f"{where}: expected an integer, got {value!r}")
         value = kind(value)
