@@ -294,3 +294,20 @@ def test_a_method_that_does_not_declare_it_is_computed_on_every_tensor(partly_fr
     assert sorted(seen) == sorted(exported) == sorted(original)
     for name, tensor in exported.items():
         assert torch.equal(tensor, original[name] + 1), name
+
+
+def test_an_input_s_finite_check_reads_float16_whose_sum_overflows_as_finite():
+    """A float16 tensor's own sum overflows past 65504: summed in float32, a finite tensor is found
+    finite at once; an infinity or a NaN is refused naming the model and the tensor."""
+    from types import SimpleNamespace
+
+    from evo_merge.merge.inplace import _finite
+
+    model = SimpleNamespace(path="m")
+    large = torch.full((1000,), 60000.0, dtype=torch.float16)
+    assert torch.isinf(large.sum()) and _finite(large, model, "w") is large
+    for bad in (float("inf"), float("nan")):
+        broken = large.clone()
+        broken[7] = bad
+        with pytest.raises(UserError, match="m: tensor w holds NaN or Inf"):
+            _finite(broken, model, "w")
