@@ -268,6 +268,8 @@ class Scoring:
             model, endpoint_arg = self._own_model(name, folder), endpoints
         else:
             options = {k: v for k, v in (("lr", spec.lr), ("epochs", spec.epochs)) if v is not None}
+            if spec.backend == "pyirt":  # its fits print a line each (time, rate): said whose they are
+                log.info("tasks.%s: fitting its IRT model with py-irt on %d calibration subjects", name, len(subjects))
             model = IRTModel.fit(
                 self._responses(name, subjects), backend=spec.backend, dims=spec.dims, seed=self.seed, **options
             )

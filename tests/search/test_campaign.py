@@ -964,6 +964,21 @@ def test_plan_says_which_estimator_settings_change_nothing(tmp_path, zoo, caplog
     assert "storage: disk_dir not used (only for placement: disk, not device)" in caplog.text
 
 
+def test_a_py_irt_campaign_says_whose_fits_its_fit_lines_are(tmp_path, zoo):
+    """py-irt's fits print a line each (its time and rate), three per task: a campaign's output gave
+    them with no task named (audit 98)."""
+    pytest.importorskip("py_irt")
+    path = campaign(tmp_path, zoo, estimator={"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1,
+                                              "backend": "pyirt", "epochs": 20},
+                    algorithm={"population": 4, "generations": 1, "seed": 3})
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for task in ("agree0", "agree1"):
+        said = lines.index(f"tasks.{task}: fitting its IRT model with py-irt on 8 calibration subjects")
+        assert lines[said + 1].startswith("py-irt fit "), lines[said:said + 2]
+
+
 def test_a_tracked_campaign_logs_each_estimate_once_and_the_measured_scores(tmp_path, zoo):
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
