@@ -164,3 +164,20 @@ def test_a_replay_answers_each_generation_as_it_was_told(tmp_path):
     assert result.exit_code == 0, result.output
     assert search_items(run) == before  # nothing new evaluated
     assert dict(db.execute("SELECT generation, keys FROM generations")) == told
+
+
+def test_a_test_that_reaches_every_search_item_makes_its_candidate_measured(tmp_path):
+    """Tasks of 20 items, an SE target no test meets: each test runs through every item, and its
+    candidate is measured as one whose anchors are every item is (audit 98: only the finalists
+    were, the same case taken two ways)."""
+    from campaigns import agreement_tasks
+
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
+    config = write_campaign(tmp_path / "campaign.yaml", base, fts, tasks=agreement_tasks(fts, n_items=20),
+                            algorithm={"population": 6, "generations": 2, "seed": 4},
+                            estimator={"kind": "adaptive", "warmup_merges": 5, "dims": 1, "target_se": 1e-6,
+                                       "max_items": 20})
+    run = run_campaign(config, tmp_path / "run")
+    rows = sqlite3.connect(run / "state.sqlite").execute(
+        "SELECT items_evaluated, measured IS NOT NULL FROM evaluations WHERE phase = 'search' AND status = 'ok'")
+    assert {tuple(row) for row in rows} == {(40, 1)}
