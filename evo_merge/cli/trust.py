@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from evo_merge.search.binding import STARTED_FILES
-from evo_merge.search.store import CampaignStore
 
 TRUST_TASKS = click.option(
     "--trust-tasks", is_flag=True,
@@ -24,18 +23,15 @@ RUN_ENTRIES = (*sorted(STARTED_FILES), "evaluations.csv", "pareto.csv")
 
 def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:
     """The run folder whose own campaign file `campaign_file` is: the folder `out` itself, or one
-    that holds a run's entries (its database may have been left out of a folder someone sent)
-    beside a `campaign.yaml`, or its database, whatever the file's own name: a received folder
-    could ship its campaign again as `Campaign.yaml`, and the check went by the name (audit 95).
-    A project folder holding a run's table (`pareto.csv`) but no `campaign.yaml` is no run folder:
-    its own campaign files are the user's (audit 98)."""
+    that holds a run's entries (its database may have been left out of a folder someone sent),
+    whatever the file's name: a received folder could ship its campaign again as `Campaign.yaml`
+    or `use-this.yaml` beside a `pareto.csv`, and the check went by the name (audit 95). A project
+    folder holding a run's table is one too, its code checked (`check_tasks_trusted` says why
+    and the way out, where no run's records are there to hold a mark)."""
     folder = campaign_file.expanduser().parent
     if out is not None and folder.resolve() == out.expanduser().resolve() and out.is_dir():
         return folder
-    if (folder / CampaignStore.DB).exists():  # a run's database: whatever else it holds or lacks
-        return folder
-    own = campaign_file.name == "campaign.yaml" or (folder / "campaign.yaml").is_file()
-    if own and any((folder / entry).exists() for entry in RUN_ENTRIES):
+    if any((folder / entry).exists() for entry in RUN_ENTRIES):
         return folder
     return None
 
@@ -62,6 +58,13 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, re
     tasks = resolve_campaign(campaign, campaign_file.parent).tasks
     if (code := code_task(tasks)) is None:
         return
+    if not resuming and not (run / "campaign.yaml").is_file():  # a run's files, not its campaign's or records
+        held = next((entry for entry in RUN_ENTRIES if (run / entry).exists()), None)
+        if held is not None:
+            raise UserError(f"{campaign_file}: tasks.{code[0]} runs {code[1]}, and the file lies in a folder holding "
+                            f"a campaign run's {held} but not the run's records, so no mark of yours covers it (a "
+                            "folder someone sent, or a run's tables copied beside your campaigns); a run folder "
+                            "does not choose what code runs: read the file, then pass --trust-tasks")
     store = (open_run if resuming else open_records)(run)
     try:
         if is_trusted(store, tasks):

@@ -318,16 +318,30 @@ def test_a_project_s_campaign_beside_its_own_models_is_no_run_folder_s(tmp_path)
     assert run_folder_of(tmp_path / "campaign.yaml") is None
     (tmp_path / "pareto.csv").write_text("id\n")  # a run's own file: a folder sent without its database
     assert run_folder_of(tmp_path / "campaign.yaml") == tmp_path
-    # a project's own campaign under another name beside a run's table: the user's (audit 98)
-    assert run_folder_of(tmp_path / "mine.yaml") is None
-    # another YAML in a run folder is the folder's too: `plan RUN/Campaign.yaml` ran a received folder's
-    # task code unasked (audit 95)
-    (tmp_path / "campaign.yaml").write_text("")
+    # another YAML beside a run's files is the folder's too: `plan RUN/Campaign.yaml` ran a received
+    # folder's task code unasked (audit 95); `use-this.yaml` beside a pareto.csv alone, too (audit 99)
     assert run_folder_of(tmp_path / "Campaign.yaml") == run_folder_of(tmp_path / "use-this.yaml") == tmp_path
-    sent = tmp_path / "sent"  # its campaign.yaml left out, or renamed: the database says what it is
-    sent.mkdir()
-    (sent / "state.sqlite").write_bytes(b"")
-    assert run_folder_of(sent / "use-this.yaml") == sent
+
+
+def test_a_campaign_beside_a_run_s_tables_runs_its_code_only_when_the_user_says_so(received, tmp_path):
+    """A folder holding a run's `pareto.csv` and a campaign file of any name: a received one (its
+    campaign.yaml and database left out) ran its code unasked (audit 99); a project's copy of a
+    run's tables beside its own campaigns is told why and the way out (audit 98 found it refused as
+    "not a campaign run folder")."""
+    run, marker = received
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "pareto.csv").write_text((run / "pareto.csv").read_text())
+    (folder / "use-this.yaml").write_text((run / "campaign.yaml").read_text())
+    before = runs(marker)
+    result = invoke("plan", folder / "use-this.yaml")
+    assert result.exit_code == 2 and runs(marker) == before, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {folder / 'use-this.yaml'}: tasks.0 runs the plugin marking_task:marked (imported and called), and "
+        "the file lies in a folder holding a campaign run's pareto.csv but not the run's records, so no mark of "
+        "yours covers it (a folder someone sent, or a run's tables copied beside your campaigns); a run folder does "
+        "not choose what code runs: read the file, then pass --trust-tasks")
+    assert invoke("plan", folder / "use-this.yaml", "--trust-tasks").exit_code == 0
 
 
 def test_a_task_file_named_relative_to_the_campaign_is_marked_as_the_run_resolves_it(tmp_path, zoo_family,
