@@ -234,7 +234,6 @@ def _absolute(files: Any, root: Path, yaml_path: Path) -> Any:
     return str(full)
 
 
-@_quiet()  # lm-eval's registry and datasets' loading, quiet for the call
 def _batch_size(value: object) -> bool:
     """A batch size lm-eval's HFLM takes: a positive whole number, `auto` (the largest that fits,
     found by trying) or `auto:N` (found again N times over the run)."""
@@ -243,6 +242,7 @@ def _batch_size(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+@_quiet()  # lm-eval's registry and datasets' loading, quiet for the call
 def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     """The lm-eval Task objects a spec names, by task name, and the name they go by: one task from
     a registry name, a task YAML or a folder of task YAMLs (a `Path`, or a string with a `/` or a

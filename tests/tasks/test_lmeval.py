@@ -727,3 +727,23 @@ def test_resolving_and_scoring_a_task_leave_the_callers_logging_and_datasets_set
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
+
+
+def test_loading_tasks_is_quiet_and_asks_nothing_of_the_network(monkeypatch):
+    """lm-eval's registry and datasets' loading run quiet: no progress bars, no download-count
+    request. A function added above `load_lm_eval_tasks` took its decorator (audit 99), and a direct
+    call printed datasets' bars and asked S3 to count the download."""
+    import datasets
+    from lm_eval.tasks import TaskManager
+
+    from evo_merge.tasks.lmeval import load_lm_eval_tasks
+
+    seen, load = [], TaskManager.load
+
+    def recording(self, *args, **kwargs):
+        seen.append((datasets.config.HF_UPDATE_DOWNLOAD_COUNTS, datasets.is_progress_bar_enabled()))
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskManager, "load", recording)
+    load_lm_eval_tasks(BENCHMARKS_DIR / "arith")
+    assert seen == [(False, False)]
