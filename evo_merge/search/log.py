@@ -108,9 +108,8 @@ class EvaluationLog:
             previous = self.store.get(key)
             self.store.add_items(key, outcome, previous.estimates, previous.estimate_se, seconds)
             return ended
-        self.store.add_items(key, outcome, estimates, se, seconds)
-        if (whole := self._whole(scores)) is not None:  # its test reached every search item: measured, as
-            self.store.add_measurement(key, whole, {})  # anchors that are every item are (audit 98)
+        # a test that reached every search item measured its candidate, as anchors that are every item do
+        self.store.add_items(key, outcome, estimates, se, seconds, measured=self._whole(scores))
         return True
 
     def _end_test(self, key: str, error: str) -> bool:

@@ -259,16 +259,18 @@ class CampaignStore:
         return True
 
     def add_items(self, key: str, item_scores: Mapping[str, Mapping[str, float]], estimates: Mapping[str, float],
-                  estimate_se: Mapping[str, float] | None, seconds: float) -> Evaluation:
+                  estimate_se: Mapping[str, float] | None, seconds: float,
+                  measured: Mapping[str, float] | None = None) -> Evaluation:
         """More items scored for an evaluation (an adaptive test's next step), with the estimates
-        they lead to, in one transaction."""
+        they lead to, and its scores on the search items where the step gave it every one
+        (`measured`), in one transaction: a kill between two left it unmeasured for the search."""
         evaluation = self._stored(key)
         with self._transaction():
             new = self._insert_scores(evaluation.id, item_scores)
             self.db.execute(
                 "UPDATE evaluations SET estimates = ?, estimate_se = ?, items_evaluated = items_evaluated + ?,"
-                " seconds = COALESCE(seconds, 0) + ? WHERE id = ?",
-                (_dumps(estimates), _dumps(estimate_se), new, seconds, evaluation.id),
+                " seconds = COALESCE(seconds, 0) + ?, measured = COALESCE(?, measured) WHERE id = ?",
+                (_dumps(estimates), _dumps(estimate_se), new, seconds, _dumps(measured), evaluation.id),
             )
         return self._stored(key)
 
