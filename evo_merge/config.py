@@ -577,15 +577,15 @@ class Campaign(_Checked):
     def _endpoint_counts(cls, methods: dict, info: ValidationInfo) -> dict:
         """A method that cannot merge this many endpoints (slerp, nearswap: exactly one), or whose
         settings refuse them (`_check_corners`), would fail every candidate; refuse it before any
-        evaluation. With `align` the count is checked once the models are aligned (every one of them
-        an endpoint, its settings checked for that many here)."""
+        evaluation. With `align` every aligned model is an endpoint: an aligned campaign of slerp
+        was refused only after its alignment and calibration (audit 99)."""
         from evo_merge.merge.kinds import MASS
         from evo_merge.merge.registry import get_method
 
-        n, aligned = len(info.data.get("models") or []), info.data.get("align") is not None
+        n = len(info.data.get("models") or [])
         for name, settings in methods.items():
             low, high = (0, None) if name == MASS else get_method(name).n_models
-            if n and not aligned and (n < low or (high is not None and n > high)):
+            if n and (n < low or (high is not None and n > high)):
                 want = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
                 raise ValueError(f"{name}: merges {want} model(s) besides the base; the campaign has {n}")
             _check_corners(name, settings, n or None)

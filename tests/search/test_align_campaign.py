@@ -117,3 +117,6 @@ def test_an_aligned_campaign_s_settings_are_checked_for_every_aligned_model():
     assert Campaign.model_validate({**config, "methods": {"tsv_c": {"task": 2}}}).methods == {"tsv_c": {"task": 2}}
     with pytest.raises(ValueError, match=r"tsv_c: task 3 is not a model index \(0..2\)"):
         Campaign.model_validate({**config, "methods": {"tsv_c": {"task": 3}}})
+    # refused after the alignment and the calibration (audit 99)
+    with pytest.raises(ValueError, match="slerp: merges exactly 1 model.s. besides the base; the campaign has 3"):
+        Campaign.model_validate({**config, "methods": {"slerp": {}}})
