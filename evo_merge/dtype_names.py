@@ -16,7 +16,9 @@ def float32_refusal(number: float) -> str | None:
     try:
         if math.isfinite(number) and abs(float(number)) <= FLOAT32_MAX:
             return None
-        shown = f"{number:g}" if isinstance(number, float) else str(number)
     except OverflowError:
-        shown = "an integer beyond it"
+        pass
+    # a float as written (3.4028235e+38 read as 3.40282e+38, inside); an integer by its size
+    shown = repr(float(number)) if isinstance(number, float) else (
+        str(number) if abs(number) < 10**20 else f"an integer of about {int(number.bit_length() * 0.30103) + 1} digits")
     return f"expected a finite number within float32's range (±{FLOAT32_MAX:.4g}), got {shown}"
