@@ -48,6 +48,7 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, re
     from evo_merge.config import Campaign
     from evo_merge.errors import UserError, naming_file
     from evo_merge.search.binding import open_records, open_run, tasks_changed
+    from evo_merge.search.store import CampaignStore
     from evo_merge.search.trust import code_task, is_trusted
     from evo_merge.search.workspace import resolve_campaign
 
@@ -58,7 +59,8 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, re
     tasks = resolve_campaign(campaign, campaign_file.parent).tasks
     if (code := code_task(tasks)) is None:
         return
-    if not resuming and not (run / "campaign.yaml").is_file():  # a run's files, not its campaign's or records
+    if not resuming and not any((run / name).exists() for name in ("campaign.yaml", CampaignStore.DB)):
+        # a run's files, but neither its campaign nor its records: no mark of the user's can be there
         held = next((entry for entry in RUN_ENTRIES if (run / entry).exists()), None)
         if held is not None:
             raise UserError(f"{campaign_file}: tasks.{code[0]} runs {code[1]}, and the file lies in a folder holding "
