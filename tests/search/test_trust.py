@@ -341,9 +341,10 @@ def test_a_campaign_beside_a_run_s_tables_runs_its_code_only_when_the_user_says_
         "the file lies in a folder holding a campaign run's pareto.csv but not the run's records, so no mark of "
         "yours covers it (a folder someone sent, or a run's tables copied beside your campaigns); a run folder does "
         "not choose what code runs: read the file, then pass --trust-tasks")
-    assert invoke("plan", folder / "use-this.yaml", "--trust-tasks").exit_code == 0
+    assert invoke("plan", folder / "use-this.yaml", "--trust-tasks").exit_code == 0  # its tasks built: run
     (folder / "pareto.csv").unlink()  # a run's records without its campaign: said as the run folder it is
     (folder / "state.sqlite").write_bytes(b"")
+    before = runs(marker)
     result = invoke("plan", folder / "use-this.yaml")
     assert result.exit_code == 2 and "not a campaign run folder (no campaign.yaml)" in result.output, result.output
     assert runs(marker) == before
