@@ -94,6 +94,7 @@ def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:
 
     from evo_merge.errors import UserError, first_line
     from evo_merge.mass.model import MASS_JSON, load_mass
+    from evo_merge.weights.dtypes import all_finite
     from evo_merge.weights.folder import load_model_folder
 
     mass = (model_dir / MASS_JSON).is_file()
@@ -111,6 +112,6 @@ def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:
     except (OSError, ValueError, SafetensorError) as exc:
         raise UserError(f"--model {model_dir}: cannot be loaded ({first_line(exc)})") from None
     for name, tensor in model.named_parameters():
-        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+        if tensor.is_floating_point() and not all_finite(tensor):
             raise UserError(f"--model {model_dir}: tensor {name} holds NaN or Inf")
     return model, tokenizer

@@ -23,6 +23,7 @@ from evo_merge.merge.registry import combine_pieces
 from evo_merge.merge.storage import Stash, Storage
 from evo_merge.merge.subspace import is_decomposed, orthogonalised_pieces, top_k_svd, tsv_rank
 from evo_merge.weights import Checkpoint, heads
+from evo_merge.weights.dtypes import all_finite
 
 COMPUTE_DTYPE = torch.float32
 Triplet = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # u (m, k), s (k,), vt (k, n)
@@ -73,7 +74,7 @@ class MassFactors:
             deltas = [stash.upcast(ep.tensor(source, COMPUTE_DTYPE)) - theta0
                       for ep, source in zip(endpoints, sources[1:])]
             if bad := next((c for c, t in zip((base, *endpoints), (theta0, *deltas))
-                            if not bool(torch.isfinite(t).all())), None):  # the SVD failed with a LinAlgError
+                            if not all_finite(t)), None):  # the SVD failed with a LinAlgError
                 raise UserError(f"MASS: tensor {name} of {bad.path} holds NaN or Inf (a corrupt model); not decomposed")
             dtype = stash.storage.stored_dtype([base, *endpoints], sources)
             out.base[name] = stash.keep(theta0, dtype)

@@ -15,6 +15,7 @@ from evo_merge.merge.results import ItemScores, results_files
 from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import write_model_folder
 from evo_merge.weights.digest import weights_digest
+from evo_merge.weights.dtypes import all_finite
 from evo_merge.weights.export import ExtraFile, NonFiniteTensor, check_output_folder
 from evo_merge.weights.references import open_reference
 
@@ -127,7 +128,7 @@ def _non_finite_inputs(plan: MergePlan, name: str) -> str:
     for model, tensor in sources:
         ref = plan.refs[model]
         with open_reference(ref, plan.allow_pickle) as checkpoint:
-            if not bool(torch.isfinite(checkpoint.tensor(tensor).float()).all()):
+            if not all_finite(checkpoint.tensor(tensor)):
                 bad.append(ref.name if tensor == name else f"{ref.name} (its {tensor})")
     if bad:
         return f"it is not finite in {', '.join(bad)}"

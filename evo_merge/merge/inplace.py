@@ -33,6 +33,7 @@ from evo_merge.merge.storage import Stash, Storage
 from evo_merge.merge.task_vectors import TaskVector
 from evo_merge.weights import Checkpoint, check_compatible, heads
 from evo_merge.weights.devices import indexed
+from evo_merge.weights.dtypes import all_finite
 from evo_merge.weights.module_names import ModuleTensors, fused_error, module_tensors
 
 # one weight per endpoint for every tensor, or per tensor name (block-group genomes)
@@ -52,10 +53,8 @@ FUSED_MIN_ENTRIES = 2**24
 def _finite(tensor: torch.Tensor, checkpoint: Checkpoint, name: str) -> torch.Tensor:
     """`tensor` where it holds no NaN or Inf, else a user error naming the model: every merge of it
     failed as "non-finite values in merged tensor", a base or endpoint's too, and the run stopped
-    promising that a resume would evaluate it again (audit 96). A sum is finite when every entry
-    is, unless it overflowed (then each entry is read): summed in float32, which a float16 tensor's
-    own sum overflows past 65504 (each entry was read then, 23x slower; audit 98)."""
-    if not (bool(torch.isfinite(tensor.sum(dtype=torch.float32))) or bool(torch.isfinite(tensor).all())):
+    promising that a resume would evaluate it again (audit 96)."""
+    if not all_finite(tensor):
         raise UserError(f"{checkpoint.path}: tensor {name} holds NaN or Inf (a corrupt model); no merge of it "
                         "can be scored")
     return tensor

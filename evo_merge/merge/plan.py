@@ -26,7 +26,7 @@ from evo_merge.merge.task_vectors import Delta, TaskVector, formed, whole
 from evo_merge.merge.tokens import TokenPlan, is_vocabulary, plan_tokens
 from evo_merge.weights import Checkpoint, heads, parse_dtype
 from evo_merge.weights.compat import castable, check_architectures, check_vocabularies
-from evo_merge.weights.dtypes import dtype_name
+from evo_merge.weights.dtypes import all_finite, dtype_name
 from evo_merge.weights.export import NonFiniteTensor
 from evo_merge.weights.references import ModelRef, open_reference, resolve_reference
 
@@ -563,7 +563,7 @@ def merge_tensor(
     except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (another device, or failing)
         raise
     except RuntimeError as exc:  # e.g. SVD failing to converge on a degenerate matrix
-        if not all(bool(torch.isfinite(t).all()) for t in (base, *formed(deltas))):  # a corrupt input, not a bug
+        if not all(map(all_finite, (base, *formed(deltas)))):  # a corrupt input, not a bug
             raise NonFiniteTensor(name, f"tensor {name}: an input holds NaN or Inf, which {method.name} cannot "
                                         f"merge ({first_line(exc)})") from None
         raise RuntimeError(f"{method.name} failed on tensor {name}: {exc}") from exc

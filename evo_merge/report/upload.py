@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from evo_merge.errors import UserError, first_line
 from evo_merge.weights import Checkpoint
+from evo_merge.weights.dtypes import all_finite
 
 # an absolute POSIX path of two or more components (not a URL's //host), a home path, a Windows drive
 _LOCAL_PATH = re.compile(
@@ -47,7 +47,7 @@ def check_finite(folder: Path) -> None:
     with Checkpoint.open(folder) as checkpoint:
         for name in checkpoint.names:
             tensor = checkpoint.tensor(name)
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            if tensor.is_floating_point() and not all_finite(tensor):
                 raise UserError(f"{folder}: tensor {name} holds NaN or Inf; refusing to upload a broken model")
 
 

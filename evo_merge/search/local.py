@@ -15,6 +15,7 @@ from evo_merge.search.evaluator import MERGING, CandidateFailed, Items, ItemScor
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.workbench import Workbench
 from evo_merge.tasks.base import FitnessTask, scores_in_parts
+from evo_merge.weights.dtypes import all_finite
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,14 +119,13 @@ class LocalEvaluator:
 
 
 def first_non_finite(model: torch.nn.Module) -> str | None:
-    """The first parameter holding a NaN or an infinity, or None. A sum is non-finite whenever one
-    of its terms is, and summing is one fast pass (3-4x cheaper than `isfinite` per entry on bf16
-    here); all the sums are checked at once (one device sync), and entries only of a parameter
-    whose sum is not finite (a NaN, an infinity, or a finite sum that overflowed)."""
-    named = [(name, p) for name, p in model.named_parameters() if p.is_floating_point()]
+    """The first parameter holding a NaN or an infinity, or None: `all_finite`'s sums (in float32,
+    which a float16 model's own sums overflowed) checked at once (one device sync), and entries
+    only of a parameter whose sum is not finite."""
+    named = [(name, p.detach()) for name, p in model.named_parameters() if p.is_floating_point()]
     if not named:
         return None
-    sums = torch.stack([p.detach().sum().float() for _, p in named])
+    sums = torch.stack([p.sum(dtype=torch.float32) for _, p in named])
     if bool(torch.isfinite(sums).all()):
         return None
-    return next((name for name, p in named if not bool(torch.isfinite(p).all())), None)
+    return next((name for name, p in named if not all_finite(p)), None)

@@ -11,6 +11,18 @@ from evo_merge.errors import UserError
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in NAMES}
 AUTO = "auto"  # a model's own dtype
+SUMMED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what `isfinite` reads
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether a floating tensor holds no NaN or Inf. A sum is non-finite whenever one of its terms
+    is, and one pass of it is 3-4x cheaper than `isfinite` per entry (bf16); summed in float32 (a
+    float16 tensor's own sum overflows past 65504), and read entry by entry only where the sum is
+    not finite (a NaN, an infinity, or a sum of finite entries that overflowed). A float8 tensor is
+    widened first: `isfinite` does not read float8_e4m3fn (writing one raised NotImplementedError)."""
+    if tensor.dtype not in SUMMED:
+        tensor = tensor.float()
+    return bool(torch.isfinite(tensor.sum(dtype=torch.float32))) or bool(torch.isfinite(tensor).all())
 
 
 def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:

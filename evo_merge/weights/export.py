@@ -38,7 +38,7 @@ from evo_merge.weights.checkpoint import (
     copied_tokenizer_files,
     model_file,
 )
-from evo_merge.weights.dtypes import dtype_name
+from evo_merge.weights.dtypes import all_finite, dtype_name
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 COPIED_FILES = ("config.json", "generation_config.json")
@@ -158,7 +158,7 @@ def _write_shards(
             tensor = tensor.to(dtype)
         if tensor.is_floating_point():
             floating.add(tensor.dtype)
-            if not bool(torch.isfinite(tensor).all()):  # after the cast: float16 overflows to Inf
+            if not all_finite(tensor):  # after the cast: float16 overflows to Inf
                 raise NonFiniteTensor(name, f"tensor {name}: holds NaN or Inf, not written (a corrupt input, or out "
                                             f"of range for {dtype_name(tensor.dtype)})")
         tensor = _owning(tensor.contiguous(), storages)

@@ -494,3 +494,30 @@ def test_code_files_the_config_s_auto_map_names_are_copied_so_an_opted_in_load_w
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     assert type(model).__name__ == "XForCausalLM"
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e5m2])
+def test_all_finite_reads_a_sum_that_overflows_and_each_kind_of_non_finite_entry(dtype):
+    """The one finite check of inputs, candidates and written weights: a sum is its fast path, so a
+    finite tensor whose own sum overflows (float16 past 65504) must still be finite, and a NaN, an
+    infinity, or two infinities that cancel to NaN must not (float8_e5m2 here: e4m3fn has no
+    infinity, and `isfinite` does not read it, so it is widened: writing it raised NotImplementedError)."""
+    from evo_merge.weights.dtypes import all_finite
+
+    large = torch.full((1000,), 400.0).to(dtype)  # 400 000 in all: past float16's range
+    assert all_finite(large)
+    for bad in ([float("nan")], [float("inf")], [float("inf"), float("-inf")]):
+        broken = large.float()
+        broken[: len(bad)] = torch.tensor(bad)
+        assert not all_finite(broken.to(dtype)), bad
+
+
+def test_a_float8_e4m3fn_tensor_is_checked_and_written(tmp_path):
+    from safetensors.torch import load_file
+
+    from evo_merge.weights.dtypes import all_finite
+
+    tensor = torch.tensor([1.0, 448.0, -2.0]).to(torch.float8_e4m3fn)
+    assert all_finite(tensor) and not all_finite(torch.tensor([float("nan"), 1.0]).to(torch.float8_e4m3fn))
+    out = write_model_folder(tmp_path / "m", [("w", tensor)])
+    assert torch.equal(load_file(out / "model.safetensors")["w"].float(), tensor.float())
