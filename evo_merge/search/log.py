@@ -118,13 +118,15 @@ class EvaluationLog:
         return False
 
     def _measure_stored(self, stored: Sequence[Evaluation]) -> None:
-        """Give a stored evaluation scored on every search item its measurement, where a version
-        that stored the two apart was killed between them (a full-evaluation search then chose
-        its picks without it)."""
+        """Give a stored evaluation that holds every search item its measurement where it has none:
+        a version that stored the two apart was killed between them (a full-evaluation search then
+        chose its picks without it), or did not record one for anchors that were every search item
+        (tasks of a few items per scenario, an lm-eval `limit`: the final phase and `export --pick`
+        read it as None; audit 96)."""
         for evaluation in stored:
             if evaluation.status == "ok" and evaluation.measured is None:
-                scores = self.store.item_scores(evaluation.key)
-                self.store.add_measurement(evaluation.key, self.scoring.search_scores(scores), {})
+                if (whole := self._search_measurement(evaluation.key, {})) is not None:
+                    self.store.add_measurement(evaluation.key, whole, {})
 
     def _store(self, candidate: Candidate, outcome: ItemScores | CandidateFailed, seconds: float,
                phase: str, generation: int | None, whole: bool) -> None:
@@ -167,10 +169,7 @@ class EvaluationLog:
         names = self.scoring.names
         missing = [(e, {n: items for n in names if (items := self._missing(e.key, n, held_out, among))})
                    for e in evaluations]
-        for e, items in missing:  # asked for nothing more: anchors (or adaptive items) that were every search item
-            if not items and e.status == "ok" and e.measured is None:
-                if (whole := self._search_measurement(e.key, {})) is not None:
-                    self.store.add_measurement(e.key, whole, {})
+        self._measure_stored([e for e, items in missing if not items])  # asked for nothing more
         failed = self.store.measure_failures()  # not tried again on a resume: the same decisions follow
         todo = [(e, items) for e, items in missing if items and e.status == "ok" and e.key not in failed]
         self.progress(stage, 0, len(todo))
@@ -188,9 +187,7 @@ class EvaluationLog:
 
     def _search_measurement(self, key: str, new: ItemScores) -> dict[str, float] | None:
         """Its scores on the search items once its stored item scores and `new` hold every one,
-        else None. A candidate whose anchors were every search item (tasks of a few items per
-        scenario, an lm-eval `limit`) has them from the search: it was never measured, and the
-        final phase and `export --pick` read its measurement as None (audit 96)."""
+        else None."""
         stored = self.store.item_scores(key)
         return self._whole({n: {**stored.get(n, {}), **new.get(n, {})} for n in self.scoring.names})
 
