@@ -406,7 +406,7 @@ def _finite_number(value: Any) -> bool:
 def _check_corners(name: str, settings: Mapping[str, Any], n_models: int | None) -> None:
     """The method's own refusal (`MergeMethod.check`: DELLA's density +/- epsilon inside (0, 1),
     TSV-C's `task` an endpoint's index) at every corner of its searched ranges, with its fixed
-    settings, for the campaign's `n_models` endpoints (None: not known yet, with `align`): a
+    settings, for the campaign's `n_models` endpoints (None: no models validated to count): a
     campaign whose candidates could not merge was accepted, then stopped after calibration,
     naming a tensor or a recipe's key instead of the setting."""
     from evo_merge.merge.kinds import MASS, declared_ranges

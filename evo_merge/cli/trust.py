@@ -47,7 +47,7 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, re
     tasks is named as the reason no mark can cover them."""
     from evo_merge.config import Campaign
     from evo_merge.errors import UserError, naming_file
-    from evo_merge.search.binding import open_records, open_run, tasks_changed
+    from evo_merge.search.binding import CAMPAIGN_FILE, open_records, open_run, tasks_changed
     from evo_merge.search.store import CampaignStore
     from evo_merge.search.trust import code_task, is_trusted
     from evo_merge.search.workspace import resolve_campaign
@@ -59,7 +59,7 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, re
     tasks = resolve_campaign(campaign, campaign_file.parent).tasks
     if (code := code_task(tasks)) is None:
         return
-    if not resuming and not any((run / name).exists() for name in ("campaign.yaml", CampaignStore.DB)):
+    if not resuming and not any((run / name).exists() for name in (CAMPAIGN_FILE, CampaignStore.DB)):
         # a run's files, but neither its campaign nor its records: no mark of the user's can be there
         held = next((entry for entry in RUN_ENTRIES if (run / entry).exists()), None)
         if held is not None:
