@@ -280,6 +280,19 @@ class CampaignRunner:
         with RunLock(self.workspace.run_dir) if self._locking else nullcontext():
             return self._run(report)
 
+    def _raced_items(self) -> dict[str, int]:
+        """Search items per task whose finalists a race would sample: a task whose candidates are
+        scored on every search item (`kind: full`, or `anchors` at least each scenario's search
+        items) has them measured whole, so no pick of it is chosen on a sample."""
+        spec = self.workspace.campaign.estimator
+        raced = {}
+        for name, task in self.tasks.items():
+            ids = self.scoring.search_ids(name)
+            largest = max(Counter((task.scenarios or {}).get(i, "") for i in ids).values(), default=0)
+            if spec.kind != "full" and (spec.kind == "adaptive" or spec.anchors < largest):
+                raced[name] = len(ids)
+        return raced
+
     def _run(self, report: Callable[[dict[str, tuple[int, Path]]], None] | None,
              ) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:
         campaign = self.workspace.campaign
@@ -290,8 +303,7 @@ class CampaignRunner:
         self.scoring.check_fitted_models()
         kept = self._exported_picks()  # before anything runs: a run that lost generations chooses again
         if not self.workspace.store.items_evaluated():  # a new run: its race can still be changed
-            searched = {name: len(self.scoring.search_ids(name)) for name in self.tasks}
-            if note := small_pick_samples(searched, campaign.final.race, campaign.final.measure_whole):
+            if note := small_pick_samples(self._raced_items(), campaign.final.race, campaign.final.measure_whole):
                 log.warning(note)
         try:
             self.calibrate()

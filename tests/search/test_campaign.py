@@ -183,7 +183,7 @@ def test_anchor_scoring_spends_far_fewer_item_evaluations(tmp_path, zoo, monkeyp
     runner.close()
 
 
-def test_anchors_that_are_every_search_item_make_a_candidate_measured(tmp_path, zoo):
+def test_anchors_that_are_every_search_item_make_a_candidate_measured(tmp_path, zoo, caplog):
     """With 60 anchors per scenario of 60 items (tasks with an lm-eval `limit`, a default budget) a
     search candidate had every search item from its anchors, was never measured, and the final
     phase, every resume and `export --pick` stopped on its missing measurement with a traceback
@@ -196,6 +196,7 @@ def test_anchors_that_are_every_search_item_make_a_candidate_measured(tmp_path, 
     searched = db.execute("SELECT id, measured IS NOT NULL, items_evaluated FROM evaluations "
                           "WHERE phase = 'search' AND status = 'ok'").fetchall()
     assert searched and {(measured, items) for _, measured, items in searched} == {(1, 240)}
+    assert "race's last sample" not in caplog.text  # every candidate is measured whole: no pick is chosen on one
     assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0
     with db:  # a folder stored so before: its candidates are measured once they are asked for
         db.execute("UPDATE evaluations SET measured = NULL WHERE phase = 'search'")
