@@ -88,9 +88,9 @@ def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | N
                             f"{named}; a run folder does not choose where its work goes: pass --scheduler {named} to "
                             "connect to it (or --scheduler local)")
         return campaign
-    try:
-        evaluator = EvaluatorSpec(batch_size=campaign.evaluator.batch_size, **(
-            {} if scheduler == "local" else {"kind": "dask", "address": scheduler}))
+    where = {"kind": "local", "address": None} if scheduler == "local" else {"kind": "dask", "address": scheduler}
+    try:  # the file's other settings kept (`sequence_tokens` sizes the memory plan)
+        evaluator = EvaluatorSpec.model_validate({**campaign.evaluator.model_dump(), **where, "n_workers": None})
     except ValidationError as error:
         raise UserError(f"--scheduler: {message_line(validator_message(error.errors()[0]))}") from None
     return campaign.model_copy(update={"evaluator": evaluator})
@@ -225,12 +225,16 @@ def start_campaign(campaign_file: Path, out: Path, trust_tasks: bool = False) ->
 def resume(run: Path, scheduler: str | None, tracking: bool | None, trust_tasks: bool) -> None:
     """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating
     only what is missing."""
+    from evo_merge.config import Campaign
+    from evo_merge.errors import naming_file
     from evo_merge.search.preflight import check_campaign_fits
 
     campaign_file = _campaign_file(run)
     # before a refusal names `plan`, which builds them
     check_tasks_trusted(campaign_file, run, trust_tasks, resuming=True)
-    check_campaign_fits(campaign_file, run)  # memory plan (#13), as for `run`
+    with naming_file(campaign_file):
+        evaluator = _evaluated_where(Campaign.load(campaign_file), campaign_file, scheduler).evaluator
+    check_campaign_fits(campaign_file, run, evaluator)  # memory plan (#13) of where it runs, as for `run`
     with _holding(run):
         _run(_runner(run, scheduler=scheduler, tracking=tracking))
 

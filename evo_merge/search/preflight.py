@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from evo_merge.config import Campaign
+from evo_merge.config import Campaign, EvaluatorSpec
 from evo_merge.markup import shell
 
 log = logging.getLogger(__name__)
 
 
-def campaign_models(campaign_file: Path) -> tuple[Campaign, Path, list[Path]]:
+def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None,
+                    ) -> tuple[Campaign, Path, list[Path]]:
     """(campaign with absolute paths, base path, endpoint paths) as the run will see them; with
-    `align`, the endpoints themselves (aligned copies have their shapes)."""
+    `align`, the endpoints themselves (aligned copies have their shapes). `evaluator`: where the run
+    evaluates when that is not the file's (`resume --scheduler`)."""
     from evo_merge.align.builders import check_arch
     from evo_merge.errors import naming_file
     from evo_merge.merge.storage import check_disk_dir
@@ -26,7 +28,10 @@ def campaign_models(campaign_file: Path) -> tuple[Campaign, Path, list[Path]]:
     from evo_merge.weights.devices import resolve_device
 
     with naming_file(campaign_file):
-        campaign = resolve_campaign(Campaign.load(campaign_file), campaign_file.parent)
+        campaign = Campaign.load(campaign_file)
+        if evaluator is not None:
+            campaign = campaign.model_copy(update={"evaluator": evaluator})
+        campaign = resolve_campaign(campaign, campaign_file.parent)
         refs = campaign_references(campaign)  # as the run resolves and checks them
         check_estimator(campaign)
         resolve_device(campaign.device)  # a GPU that is not here: said naming the file, before any model
@@ -58,21 +63,22 @@ def _check_writable_in_place(base: Path) -> None:
         raise fused_error(base, next(name for name in names if name in fused), "a transformers model of it")
 
 
-def planned_campaign(campaign_file: Path, run_dir: Path | None,
-                     check_bound: bool = False) -> tuple[Campaign, Path, list[Path], bool]:
+def planned_campaign(campaign_file: Path, run_dir: Path | None, check_bound: bool = False,
+                     evaluator: EvaluatorSpec | None = None) -> tuple[Campaign, Path, list[Path], bool]:
     """(campaign, base, endpoints, resuming) as the run in `run_dir` will see them. A folder a
     campaign is bound to runs it under the defaults it was written under (a folder from before
     `dtype: auto` evaluates in float32, whatever the file given now leaves unset), and only what a
     resume may change is to be suggested. `check_bound`: refuse a campaign other than the folder's,
-    as `run` does (`resume` words an edited campaign.yaml its own way, later)."""
+    as `run` does (`resume` words an edited campaign.yaml its own way, later). `evaluator`: as for
+    `campaign_models`."""
     from evo_merge.search.binding import as_written_at, bound_defaults, different_campaign, folder_differences
     from evo_merge.search.workspace import models_moved_hint, with_disk_dir
 
     if run_dir is None:
-        campaign, base, models = campaign_models(campaign_file)
+        campaign, base, models = campaign_models(campaign_file, evaluator)
     else:
         with models_moved_hint(run_dir):
-            campaign, base, models = campaign_models(campaign_file)
+            campaign, base, models = campaign_models(campaign_file, evaluator)
     if check_bound and run_dir is not None and (changed := folder_differences(run_dir, campaign)) is not None:
         raise different_campaign(run_dir, changed)
     version = None if run_dir is None else bound_defaults(run_dir)
@@ -83,12 +89,15 @@ def planned_campaign(campaign_file: Path, run_dir: Path | None,
     return campaign, base, models, version is not None
 
 
-def check_campaign_fits(campaign_file: str | Path, run_dir: str | Path) -> None:
+def check_campaign_fits(campaign_file: str | Path, run_dir: str | Path, evaluator: EvaluatorSpec | None = None,
+                        ) -> None:
     """Stop with exit 2 when the campaign cannot fit in `run_dir` (before the folder is created or
-    resumed), naming the `plan` command that prints the same plan."""
+    resumed), naming the `plan` command that prints the same plan. `evaluator`: where the run
+    evaluates when that is not the file's (`resume --scheduler`): the memory planned is that
+    machine's (none here for a remote cluster)."""
     from evo_merge.search.capacity import check_fits
 
     campaign_file, run_dir = Path(campaign_file).expanduser(), Path(run_dir).expanduser()
-    campaign, base, models, resuming = planned_campaign(campaign_file, run_dir)
+    campaign, base, models, resuming = planned_campaign(campaign_file, run_dir, evaluator=evaluator)
     check_fits(campaign, base, models, resuming=resuming,
                details=shell("evo-merge", "plan", campaign_file, "--out", run_dir))

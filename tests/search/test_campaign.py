@@ -11,6 +11,7 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -472,9 +473,11 @@ def test_where_a_run_is_evaluated_is_not_its_identity_whatever_the_file_writes(t
     assert differences(store, on_dask) is None
 
 
-def test_a_run_folder_s_own_scheduler_address_is_used_only_when_the_user_names_it(tmp_path, zoo):
+def test_a_run_folder_s_own_scheduler_address_is_used_only_when_the_user_names_it(tmp_path, zoo, monkeypatch):
     """A received run folder's campaign.yaml named a scheduler, and `resume` connected to it: a
-    scheduler runs what it is given and answers in pickles."""
+    scheduler runs what it is given and answers in pickles. The memory plan is of where the run
+    evaluates: `--scheduler local` plans this machine's memory, not the remote cluster's (which is
+    not measured here; audit 102)."""
     run = tmp_path / "run"
     assert CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo)), "--out", str(run)]).exit_code == 0
     data = yaml.safe_load((run / "campaign.yaml").read_text())
@@ -488,9 +491,31 @@ def test_a_run_folder_s_own_scheduler_address_is_used_only_when_the_user_names_i
             "tcp://127.0.0.1:9 to connect to it (or --scheduler local)"), result.output
     result = CliRunner().invoke(cli, ["resume", str(run), "--scheduler", "local"])
     assert result.exit_code == 0, result.output
+    from evo_merge.merge.host import AVAILABLE
+
+    monkeypatch.setattr("evo_merge.search.capacity.available_memory", lambda: (2**20, AVAILABLE))  # 1 MiB free
+    result = CliRunner().invoke(cli, ["resume", str(run), "--scheduler", "local"])
+    assert result.exit_code == 2 and f"evo-merge plan {run / 'campaign.yaml'} --out {run}" in result.output, \
+        result.output
     result = CliRunner().invoke(cli, ["resume", str(run), "--scheduler", "head"])
     assert result.exit_code == 2 and "--scheduler: 'head' is not a dask scheduler address" in result.output, \
         result.output  # the validator's words, without pydantic's "Value error, " (audit 93)
+
+
+def test_a_scheduler_named_on_the_command_line_keeps_the_evaluators_other_settings():
+    """`--scheduler` changes where a run evaluates, not its batch size or the sequence length its
+    memory plan sizes activations by (both were reset to their defaults)."""
+    from evo_merge.cli.campaign import _evaluated_where
+    from evo_merge.config import EvaluatorSpec
+
+    spec = EvaluatorSpec(kind="dask", n_workers=2, batch_size=4, sequence_tokens=4096)
+    campaign = SimpleNamespace(evaluator=spec, model_copy=lambda update: SimpleNamespace(**update))
+    local = _evaluated_where(campaign, Path("c.yaml"), "local").evaluator
+    remote = _evaluated_where(campaign, Path("c.yaml"), "tcp://head:8786").evaluator
+    assert (local.kind, local.address, local.n_workers, local.batch_size, local.sequence_tokens) == (
+        "local", None, None, 4, 4096)
+    assert (remote.kind, remote.address, remote.n_workers, remote.sequence_tokens) == ("dask", "tcp://head:8786",
+                                                                                       None, 4096)
 
 
 def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zoo):
