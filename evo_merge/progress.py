@@ -7,13 +7,25 @@ as a stage advances in a log, where rich alone would print nothing until the wor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 def no_progress(stage: str, done: int, total: int) -> None:
     """The default progress callback: silent."""
+
+
+def stage_track(progress: Progress, stage: str) -> Callable[[Iterable, int], Iterator]:
+    """A file merge's `track` (items, total) reporting to `progress` as `stage`: an export's
+    tensors get a bar like the campaign's stages (minutes at 7B)."""
+    def track(items: Iterable, total: int) -> Iterator:
+        progress(stage, 0, total)
+        for done, item in enumerate(items, 1):
+            yield item
+            progress(stage, done, total)
+
+    return track
 
 
 def hms(seconds: float) -> str:

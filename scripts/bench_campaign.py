@@ -350,7 +350,7 @@ def raced_final_phase(runner: CampaignRunner, seed: int,
     stored = {key: store.item_scores(key) for key in finalists}
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
-    whole_before = warmups_scored_whole(runner.log, finalists)  # the standard warm-ups: nothing left to score
+    whole_before = warmups_scored_whole(runner.ledger, finalists)  # the standard warm-ups: nothing left to score
     seen: dict[str, set] = {}
     builds = []
 

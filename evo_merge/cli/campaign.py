@@ -355,7 +355,7 @@ def export(
         try:
             with StageBars() as bars:  # measuring and the file merge take minutes at size
                 runner.progress = bars
-                runner.log.measure([evaluation], f"measuring evaluation {eid}", by_export=True)
+                runner.ledger.measure([evaluation], f"measuring evaluation {eid}", by_export=True)
         finally:
             runner.close()
         error = store.measure_failures().get(evaluation.key)

@@ -2,7 +2,7 @@
 
 `CampaignRunner.open` does the one-off work (resolve, align, bind the run folder, build the
 tasks); the runner then composes the parts, each taking its collaborators as arguments:
-`Scoring` (calibration, IRT, estimates), `EvaluationLog` (store-first evaluation),
+`Scoring` (calibration, IRT, estimates), `EvaluationLedger` (store-first evaluation),
 `run_search` (the ask-and-tell loop, replayed from the store on resume), `front` (measure,
 pick) and `export`. The evaluator is created only when something must be evaluated.
 """
@@ -27,8 +27,8 @@ from evo_merge.search.export import export_picks, record_task_meta
 from evo_merge.search.front import candidates, measure_final, measure_picks
 from evo_merge.search.holdout import HOLDOUT_META, holdout_items, shortfalls
 from evo_merge.search.kinds import candidate_kind
+from evo_merge.search.ledger import EvaluationLedger
 from evo_merge.search.lock import RunLock
-from evo_merge.search.log import EvaluationLog
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import small_pick_samples
 from evo_merge.search.refine import resolve_front
@@ -81,7 +81,7 @@ class CampaignRunner:
         self.objectives = campaign_objectives(campaign)
         self.scoring = Scoring(campaign.estimator, tasks, workspace.store, workspace.run_dir / "irt",
                                campaign.algorithm.seed, self.holdout)
-        self.log = EvaluationLog(workspace.store, self.evaluator, self.scoring, progress)
+        self.ledger = EvaluationLedger(workspace.store, self.evaluator, self.scoring, progress)
         self.on_generation: list[GenerationDone] = []
         self._evaluator: Evaluator | None = None
         self._locking = lock
@@ -142,11 +142,11 @@ class CampaignRunner:
 
     @property
     def progress(self) -> Progress:
-        return self.log.progress
+        return self.ledger.progress
 
     @progress.setter
     def progress(self, value: Progress) -> None:
-        self.log.progress = value
+        self.ledger.progress = value
 
     def evaluator(self) -> Evaluator:
         """The evaluator, created on first need: loading models is the slow part of a resume."""
@@ -189,7 +189,7 @@ class CampaignRunner:
         for label, candidate in subjects:  # a base or endpoint that failed stopped the run here: tried again
             if not label.startswith("warmup-") and self.workspace.store.forget_failed(candidate.key):
                 log.info("calibration subject %s failed before: evaluated again", label)
-        evaluations = self.log.evaluate([c for _, c in subjects], phase=CALIBRATION, generation=None,
+        evaluations = self.ledger.evaluate([c for _, c in subjects], phase=CALIBRATION, generation=None,
                                         items=self.scoring.search_items(), stage="calibration",
                                         phases={c.key: BASELINE for c in standard})
         for (label, _), evaluation in zip(subjects, evaluations):
@@ -243,7 +243,7 @@ class CampaignRunner:
 
         run_search(
             self.algorithm(),
-            self.log,
+            self.ledger,
             self.objectives,
             self.scoring.anchor_items,
             self.workspace.campaign.algorithm.generations,
@@ -256,7 +256,7 @@ class CampaignRunner:
         merges = {c.key: label for label, c in _baselines(search_space(self.workspace)).items()}
         self.workspace.store.set_meta(BASELINES_META, merges)
         if self.workspace.campaign.final.baselines:
-            self.log.evaluate(
+            self.ledger.evaluate(
                 [Candidate.from_key(k) for k in merges],
                 phase=BASELINE,
                 generation=None,
@@ -269,7 +269,7 @@ class CampaignRunner:
         picks are chosen among (`front.measure_final`)."""
         references = [c for _, c in reference_candidates(self.workspace.endpoint_labels())]
         campaign = self.workspace.campaign
-        return measure_final(self.log, self.objectives, campaign.final, search_space(self.workspace), references,
+        return measure_final(self.ledger, self.objectives, campaign.final, search_space(self.workspace), references,
                              seed=campaign.algorithm.seed)
 
     def run(self, report: Callable[[dict[str, tuple[int, Path]]], None] | None = None,
@@ -309,9 +309,9 @@ class CampaignRunner:
             self.calibrate()
             self.search()
             self.evaluate_baselines()
-            resolve_front(self.log, self.objectives)
+            resolve_front(self.ledger, self.objectives)
             pool = self.measure_final()
-            chosen = kept or measure_picks(self.log, pool, self.objectives, campaign.final)
+            chosen = kept or measure_picks(self.ledger, pool, self.objectives, campaign.final)
             if not chosen and (failures := self.workspace.store.measure_failures()):
                 raise _nothing_measured(self.workspace.store, failures)
             exported = export_picks(self.workspace, chosen, self._evaluator, self.progress)

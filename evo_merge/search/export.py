@@ -11,13 +11,12 @@ from pathlib import Path
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
 from evo_merge.irt.kinds import FULL_EVALUATION
-from evo_merge.progress import Progress, no_progress
+from evo_merge.progress import Progress, no_progress, stage_track
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.evidence import Evidence
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import candidate_kind, rounded_storage_note
-from evo_merge.search.log import stage_track
 from evo_merge.search.metrics import se_caveat
 from evo_merge.search.store import FACTS_META, SEARCH, CampaignStore, Evaluation, Record, evaluated_on, in_run
 from evo_merge.search.workspace import Workspace

@@ -26,7 +26,7 @@ import numpy as np
 from evo_merge.config import FinalSpec
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Items, ItemScores
-from evo_merge.search.log import EvaluationLog
+from evo_merge.search.ledger import EvaluationLedger
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.pooling import pooled
 from evo_merge.search.race import PICKS_META, RACE_META, SEED_OFFSET, RaceSample, run_race
@@ -148,7 +148,7 @@ def pooled_as_first(store: CampaignStore, pool: Sequence[Evaluation], space: Sea
     return [replace(e, estimates=stored.get(e.key, e.estimates)) for e in pool]
 
 
-def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectives: Objectives,
+def race_finalists(ledger: EvaluationLedger, finalists: Sequence[Evaluation], objectives: Objectives,
                    final: FinalSpec, seed: int) -> tuple[list[Evaluation], Callable[[str], dict[str, float]] | None]:
     """The finalists that survive the race, scored through the log (stored as they arrive, so a
     resumed race looks its stages up and takes the same decisions), the leavers recorded in
@@ -156,12 +156,12 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
     candidate that has its items (every survivor, and every candidate measured whole), the
     survivors' recorded too. A finalist measured before (`export --pick`) races like the others
     but is no leaver: it has every item already."""
-    scoring, store = log.scoring, log.store
+    scoring, store = ledger.scoring, ledger.store
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
 
     def score(keys: Sequence[str], items: Items, label: str) -> dict[str, ItemScores]:
-        log.measure([store.get(k) for k in keys], label, held_out=False, among=items)
+        ledger.measure([store.get(k) for k in keys], label, held_out=False, among=items)
         stored = {k: store.item_scores(k) for k in keys}
         return {k: s for k, s in stored.items() if all(set(ids) <= s.get(t, {}).keys() for t, ids in items.items())}
 
@@ -179,20 +179,20 @@ def race_finalists(log: EvaluationLog, finalists: Sequence[Evaluation], objectiv
 
         record["compared"] = {"stage": last, "items": sum(map(len, sample.items(last).values())),
                               "scores": {k: on_sample(k) for k in live},
-                              "measured": sorted(warmups_scored_whole(log, [e.key for e in finalists]))}
+                              "measured": sorted(warmups_scored_whole(ledger, [e.key for e in finalists]))}
     store.set_meta(RACE_META, record)
     return [e for e in finalists if e.key in live or e.measured is not None], on_sample
 
 
-def warmups_scored_whole(log: EvaluationLog, keys: Iterable[str]) -> set[str]:
+def warmups_scored_whole(ledger: EvaluationLedger, keys: Iterable[str]) -> set[str]:
     """The keys of standard merges scored on every search item when first stored, before any
     final phase: the warm-ups. (`items_evaluated` counts what an evaluation was first scored on;
     the final phase's measurement adds to `items_measured`.)"""
-    whole = sum(len(log.scoring.search_ids(name)) for name in log.scoring.names)
-    return {k for k in keys if (e := log.store.get(k)).phase == BASELINE and e.items_evaluated >= whole}
+    whole = sum(len(ledger.scoring.search_ids(name)) for name in ledger.scoring.names)
+    return {k for k in keys if (e := ledger.store.get(k)).phase == BASELINE and e.items_evaluated >= whole}
 
 
-def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, space: SearchSpace,
+def measure_final(ledger: EvaluationLedger, objectives: Objectives, final: FinalSpec, space: SearchSpace,
                   references: Sequence[Candidate] = (), seed: int = 0) -> list[Evaluation]:
     """Measure the final phase's candidates on the search items, those that survive its race
     when `final.race` has stages (and the references' held-out items). Returns what the picks
@@ -200,26 +200,26 @@ def measure_final(log: EvaluationLog, objectives: Objectives, final: FinalSpec, 
     by `evo-merge export`, included) and the race's survivors. With `measure_whole: picks`, all of
     them carry their scores on the race's last sample in place of a measurement, so that none is
     compared on other items than the rest (`measure_picks` then measures the picks)."""
-    chosen = to_measure(log.store, objectives, final, Distinct(space, final.distinct))
+    chosen = to_measure(ledger.store, objectives, final, Distinct(space, final.distinct))
     on_sample = None
     # a race that ran runs again from the store, whatever was measured since (the picks, `export --pick`), so
     # that a resumed run compares as the first did; full evaluation, having measured every candidate, races none
-    raced = log.store.get_meta(RACE_META) is not None
+    raced = ledger.store.get_meta(RACE_META) is not None
     if final.race and (raced or any(e.measured is None for e in chosen)):
-        chosen, on_sample = race_finalists(log, chosen, objectives, final, seed)
+        chosen, on_sample = race_finalists(ledger, chosen, objectives, final, seed)
     if on_sample is None:
-        log.measure(chosen, MEASURE_STAGE, held_out=False)
-    log.measure([e for e in map(log.store.get, (c.key for c in references)) if e is not None], MEASURE_STAGE)
-    measured = [e for e in candidates(log.store) if e.measured is not None]
+        ledger.measure(chosen, MEASURE_STAGE, held_out=False)
+    ledger.measure([e for e in map(ledger.store.get, (c.key for c in references)) if e is not None], MEASURE_STAGE)
+    measured = [e for e in candidates(ledger.store) if e.measured is not None]
     if on_sample is None:
         return measured
     pool = {e.key: e for e in [*measured, *chosen]}
-    order = {e.key: i for i, e in enumerate(candidates(log.store))}  # ties and front-N go in one order: a
+    order = {e.key: i for i, e in enumerate(candidates(ledger.store))}  # ties and front-N go in one order: a
     # resumed final phase found more candidates measured (the picks) and listed them first
     return [replace(pool[key], measured=on_sample(key)) for key in sorted(pool, key=order.__getitem__)]
 
 
-def measure_picks(log: EvaluationLog, pool: Sequence[Evaluation], objectives: Objectives,
+def measure_picks(ledger: EvaluationLedger, pool: Sequence[Evaluation], objectives: Objectives,
                   final: FinalSpec) -> dict[str, Evaluation]:
     """Choose the picks among `pool` (`pick_rounds`) and score them on the items they miss: the
     rest of the search items where the race's sample chose them, then the held-out items, what
@@ -227,7 +227,7 @@ def measure_picks(log: EvaluationLog, pool: Sequence[Evaluation], objectives: Ob
     candidates measured whole before the first (recorded in `PICKS_META` with each round's picks),
     so a resumed run chooses the same picks. A pick whose scoring fails is no pick (it would be
     exported unmeasured): that round is chosen again without it. Returns the picks as stored."""
-    store = log.store
+    store = ledger.store
     record = store.get_meta(PICKS_META)
     if record is None:  # written before anything is measured: a resume knows what was measured before
         record = {"measured_before": sorted(e.key for e in pool if store.get(e.key).measured is not None),
@@ -245,7 +245,7 @@ def measure_picks(log: EvaluationLog, pool: Sequence[Evaluation], objectives: Ob
         # rounds at least, so the first is numbered too: a first round with nothing to measure says
         # nothing, and a log showed "(round 2)" after no first
         stage = f"{PICKS_STAGE} (round {index + 1})"
-        log.measure([store.get(k) for k in keys], stage, held_out=settled)  # held-out items: the picks alone
+        ledger.measure([store.get(k) for k in keys], stage, held_out=settled)  # held-out items: the picks alone
     return {name: store.get(e.key) for name, e in picks.items()}  # the last round's: settled, none failed
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from evo_merge.search.front import front
-from evo_merge.search.log import EvaluationLog
+from evo_merge.search.ledger import EvaluationLedger
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import Evaluation, Record
 
@@ -48,14 +48,14 @@ def overlapping(members: Sequence[Evaluation], names: Sequence[str]) -> list[Eva
     return [a for a in members if a.measured is None and any(a is not b and _within(a, b, names) for b in members)]
 
 
-def resolve_front(log: EvaluationLog, objectives: Objectives) -> list[Evaluation]:
+def resolve_front(ledger: EvaluationLedger, objectives: Objectives) -> list[Evaluation]:
     """Refine the overlapping front members (adaptive estimators only); returns those refined."""
-    if not log.scoring.adaptive():
+    if not ledger.scoring.adaptive():
         return []
-    keys = log.store.get_meta(RESOLVED_META)
+    keys = ledger.store.get_meta(RESOLVED_META)
     if keys is None:
-        keys = [e.key for e in overlapping(front(log.store, objectives), objectives.names)]
-        log.store.set_meta(RESOLVED_META, keys)
-    unresolved = [log.store.get(key) for key in keys]
-    log.refine(unresolved, REFINE_PRECISION, STAGE)  # a test already at its precision asks for nothing
+        keys = [e.key for e in overlapping(front(ledger.store, objectives), objectives.names)]
+        ledger.store.set_meta(RESOLVED_META, keys)
+    unresolved = [ledger.store.get(key) for key in keys]
+    ledger.refine(unresolved, REFINE_PRECISION, STAGE)  # a test already at its precision asks for nothing
     return unresolved

@@ -1,4 +1,4 @@
-"""The search loop: ask the algorithm for a generation, evaluate it through the log, tell.
+"""The search loop: ask the algorithm for a generation, evaluate it through the ledger, tell.
 
 There is no algorithm checkpoint: the store holds every evaluation, and a pymoo algorithm set up
 with the same seed asks for the same candidates given the same answers, so resuming replays the
@@ -20,7 +20,7 @@ import numpy as np
 from evo_merge.errors import UserError, message_line
 from evo_merge.search.algorithms import SearchAlgorithm
 from evo_merge.search.evaluator import Items
-from evo_merge.search.log import EvaluationLog
+from evo_merge.search.ledger import EvaluationLedger
 from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import BASELINE, SEARCH, Evaluation
@@ -35,7 +35,7 @@ def fitness(evaluation: Evaluation, objectives: Objectives) -> np.ndarray:
     return objectives.minimised(scores)
 
 
-def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectives,
+def run_search(search: SearchAlgorithm, ledger: EvaluationLedger, objectives: Objectives,
                items: Items | Callable[[str], Items], generations: int,
                on_generation: GenerationDone | None = None) -> None:
     """Ask, evaluate on `items` (or each candidate's, `items(key)`; stored answers first), tell,
@@ -45,15 +45,15 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
         generation = algorithm.n_gen or 1
         population = search.ask()
         candidates = [search.to_candidate(ind.X) for ind in population]
-        told = log.store.told(generation)  # a replayed generation is answered as it was the first time
+        told = ledger.store.told(generation)  # a replayed generation is answered as it was the first time
         if told and {c.key for c in candidates} != set(told):
             raise UserError(f"resuming, the search asked other candidates for generation {generation} than the run "
                             "stored: it cannot be replayed here (another pymoo version, or an algorithm that does "
                             "not follow its seed); start the campaign in a new run folder")
-        evaluations = log.evaluate(candidates, phase=SEARCH, generation=generation, items=items,
+        evaluations = ledger.evaluate(candidates, phase=SEARCH, generation=generation, items=items,
                                    stage=f"generation {generation}/{generations}")
         if evaluations and not told and all(e.status != "ok" for e in evaluations):
-            raise _every_candidate_failed(log, generation, evaluations)
+            raise _every_candidate_failed(ledger, generation, evaluations)
         if generation == 1 and not told and evaluations and all(e.phase != SEARCH for e in evaluations):
             logger.warning("generation 1 is its seeds alone (%d endpoints and standard merges, measured in "
                            "calibration, looked up): the search's first new candidates come in generation 2; a "
@@ -62,14 +62,14 @@ def run_search(search: SearchAlgorithm, log: EvaluationLog, objectives: Objectiv
         population.set("F", values)
         search.tell(infills=population)
         # a replayed generation keeps the metrics it was stored with (estimates may have changed since)
-        metrics = None if told else generation_metrics(log.store.evaluations(SEARCH), objectives, generation,
-                                                       known=log.store.evaluations(BASELINE))
-        log.store.complete_generation(generation, {e.key: row for e, row in zip(evaluations, values)}, metrics)
+        metrics = None if told else generation_metrics(ledger.store.evaluations(SEARCH), objectives, generation,
+                                                       known=ledger.store.evaluations(BASELINE))
+        ledger.store.complete_generation(generation, {e.key: row for e, row in zip(evaluations, values)}, metrics)
         if on_generation is not None:
             on_generation(generation, evaluations)
 
 
-def _every_candidate_failed(log: EvaluationLog, generation: int, evaluations: Sequence[Evaluation]) -> UserError:
+def _every_candidate_failed(ledger: EvaluationLedger, generation: int, evaluations: Sequence[Evaluation]) -> UserError:
     """A generation whose every candidate failed tells the algorithm nothing, and the cause is
     rarely the candidates (a method or task that cannot work here, a bug in a plugin): the run
     stops, naming the most common error. The failures first stored by this generation are
@@ -78,7 +78,7 @@ def _every_candidate_failed(log: EvaluationLog, generation: int, evaluations: Se
     generation made only of those cannot be evaluated again, and the message says so."""
     errors = Counter(e.error for e in evaluations)
     error, count = errors.most_common(1)[0]
-    forgotten = [log.store.forget_failed(e.key) for e in evaluations if e.generation == generation]
+    forgotten = [ledger.store.forget_failed(e.key) for e in evaluations if e.generation == generation]
     said = f"every candidate of generation {generation} failed ({count} of {len(evaluations)}: {message_line(error)})"
     if not any(forgotten):
         return UserError(f"{said}, each in an earlier generation already, and a failed candidate is not evaluated "

@@ -68,7 +68,7 @@ def test_refining_continues_a_test_to_a_smaller_error_with_more_items(run):
     chosen = max((e for e in store.evaluations("search") if e.status == "ok" and e.measured is None
                   and e.items_evaluated <= 15 * 2 * 2),
                  key=lambda e: max(se**2 - error[task] for task, se in e.estimate_se.items()))
-    runner.log.refine([chosen], 0.5, "refine")
+    runner.ledger.refine([chosen], 0.5, "refine")
     after = store.get(chosen.key)
     assert after.items_evaluated > chosen.items_evaluated
     assert max(after.estimate_se.values()) < max(chosen.estimate_se.values())

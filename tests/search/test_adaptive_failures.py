@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from evo_merge.cli import cli
 from evo_merge.markup import md
 from evo_merge.search.candidate import Candidate
+from evo_merge.search.ledger import EvaluationLedger
 from evo_merge.search.local import LocalEvaluator
-from evo_merge.search.log import EvaluationLog
 from evo_merge.search.store import ADAPTIVE_FAILED, CampaignStore
 from evo_merge.search.workbench import Workbench
 from evo_merge.zoo.tiny import save_tiny_family
@@ -30,7 +30,7 @@ def agreement(fts, broken=()) -> dict[str, AgreementTask]:
 
 class Stepwise:
     """A test of 2 more items per task per step, in item order, up to 8: the IRT test's stand-in
-    (under test is what the log does when a step fails, not how steps are chosen)."""
+    (under test is what the ledger does when a step fails, not how steps are chosen)."""
 
     def __init__(self, tasks):
         self.tasks, self.names = tasks, list(tasks)
@@ -60,9 +60,9 @@ def test_a_failed_step_is_kept_and_not_tried_again_on_a_resume(family, tmp_path,
     broken = agreement(fts, broken=["agree1-0006"])  # the second step of agree1 asks for items 4 and 5, the third 6
     store = CampaignStore(tmp_path)
     store.set_meta("adaptiveXfailed:" + candidates[0].key, "another record")  # matched as text, `_` is no wildcard
-    log = EvaluationLog(store, lambda: LocalEvaluator(workbench, broken), Stepwise(broken))
+    ledger = EvaluationLedger(store, lambda: LocalEvaluator(workbench, broken), Stepwise(broken))
     with caplog.at_level("WARNING", logger="evo_merge"):
-        evaluations = log.evaluate(candidates, phase="search", generation=1, items=first, stage="search")
+        evaluations = ledger.evaluate(candidates, phase="search", generation=1, items=first, stage="search")
     failures = store.adaptive_failures()
     said = [r.getMessage() for r in caplog.records if ": its next adaptive step failed: " in r.getMessage()]
     assert len(said) == 2 and all(line.endswith("it keeps the estimate of its items") for line in said)
@@ -74,18 +74,18 @@ def test_a_failed_step_is_kept_and_not_tried_again_on_a_resume(family, tmp_path,
     assert store.get_meta(ADAPTIVE_FAILED + candidates[0].key) == failures[candidates[0].key]
 
     healed = agreement(fts)  # the scorer works again: a resume still makes the decision the run made
-    again = EvaluationLog(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, healed), Stepwise(healed))
+    again = EvaluationLedger(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, healed), Stepwise(healed))
     resumed = again.evaluate(candidates, phase="search", generation=1, items=first, stage="search")
     assert [e.items_evaluated for e in resumed] == [12, 12]
 
     fresh = tmp_path / "fresh"  # without a failure the same tests run to their 8 items per task
-    clean = EvaluationLog(CampaignStore(fresh), lambda: LocalEvaluator(workbench, healed), Stepwise(healed))
+    clean = EvaluationLedger(CampaignStore(fresh), lambda: LocalEvaluator(workbench, healed), Stepwise(healed))
     assert [e.items_evaluated for e in clean.evaluate(candidates, phase="search", generation=1, items=first,
                                                       stage="search")] == [16, 16]
 
 
 def test_the_report_lists_a_stopped_adaptive_test(tmp_path):
-    """A finished adaptive campaign with a step's failure recorded as the log records it: the
+    """A finished adaptive campaign with a step's failure recorded as the ledger records it: the
     report's failures name the evaluation and the error, and whether the final phase measured it whole since."""
     from campaigns import run_campaign, write_campaign
 
@@ -143,15 +143,15 @@ def test_a_step_whose_estimate_does_not_come_out_ends_the_test_keeping_its_items
     first = {name: task.item_ids[:4] for name, task in tasks.items()}
     candidate = Candidate("task_arithmetic", (1.0, 0.0), ())
     store = CampaignStore(tmp_path)
-    log = EvaluationLog(store, lambda: LocalEvaluator(workbench, tasks), failing(tasks))
+    ledger = EvaluationLedger(store, lambda: LocalEvaluator(workbench, tasks), failing(tasks))
     with caplog.at_level("WARNING", logger="evo_merge"):
-        (evaluation,) = log.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
+        (evaluation,) = ledger.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
     stored = store.item_scores(candidate.key)
     before = Stepwise(tasks).estimate({n: {i: s[i] for i in first[n]} for n, s in stored.items()})
     assert evaluation.status == "ok" and evaluation.items_evaluated == 12  # the failed step's items are kept
     assert evaluation.estimates == pytest.approx(before[0])  # with the estimate of the first 4 items
     assert store.adaptive_failures() == {candidate.key: f"estimation failed: {error}"}
     assert any("its next adaptive step failed: estimation failed" in r.getMessage() for r in caplog.records)
-    again = EvaluationLog(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, tasks), Stepwise(tasks))
+    again = EvaluationLedger(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, tasks), Stepwise(tasks))
     (resumed,) = again.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
     assert resumed.items_evaluated == 12

@@ -102,7 +102,7 @@ def test_the_front_is_resolved_once_on_the_search_s_estimates(run, tmp_path):
     runner = CampaignRunner.open(Campaign.load(copy / "campaign.yaml"), copy, copy)
     runner.calibrate()
     assert runner.workspace.store.get_meta(RESOLVED_META) is not None
-    resolve_front(runner.log, runner.objectives)
+    resolve_front(runner.ledger, runner.objectives)
     runner.close()
     assert state(copy) == before
 

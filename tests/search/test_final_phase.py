@@ -560,11 +560,11 @@ def test_a_pick_folder_whose_weights_were_replaced_is_exported_again_on_resume(f
 def test_ctrl_c_while_an_export_measures_says_to_run_the_export_again(finished, tmp_path, monkeypatch):
     """It said `resume with: evo-merge resume RUN`, which measures and exports nothing for a finished
     run. (Ctrl-C while the folder is written, after the run's lock, is a plain "interrupted".)"""
-    from evo_merge.search.log import EvaluationLog
+    from evo_merge.search.ledger import EvaluationLedger
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(EvaluationLog, "measure", interrupted)
+    monkeypatch.setattr(EvaluationLedger, "measure", interrupted)
     run = tmp_path / "run"
     shutil.copytree(finished[0], run)
     eid = next(iter(CampaignStore(run).get_meta("exported").values()))[0]

@@ -7,8 +7,8 @@ from agreement_task import AgreementTask  # tests/search is on sys.path (pytest'
 
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import ITEMS, JOB_PARTS, MERGING
+from evo_merge.search.ledger import EvaluationLedger
 from evo_merge.search.local import LocalEvaluator
-from evo_merge.search.log import EvaluationLog
 from evo_merge.search.workbench import Workbench
 from evo_merge.tasks import base
 from evo_merge.tasks.base import checked_scores
@@ -51,7 +51,7 @@ def test_a_campaign_stage_follows_its_candidates_items(bench, tmp_path: Path, mo
     monkeypatch.setattr(base, "ITEMS_PER_CALL", 4)
     seen = []
 
-    class Everything:  # scores every item: the log stores them as scored (what the stage shows is under test)
+    class Everything:  # scores every item: the ledger stores them as scored (what the stage shows is under test)
         names = list(tasks)
 
         def search_items(self):
@@ -63,9 +63,9 @@ def test_a_campaign_stage_follows_its_candidates_items(bench, tmp_path: Path, mo
         def search_scores(self, scores):
             return self.estimate(scores)[0]
 
-    log = EvaluationLog(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, tasks), Everything(),
+    ledger = EvaluationLedger(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, tasks), Everything(),
                         progress=lambda stage, done, total: seen.append((stage, done, total)))
-    log.evaluate([Candidate("task_arithmetic", (1.0, 0.0), ()), Candidate("task_arithmetic", (0.0, 1.0), ())],
+    ledger.evaluate([Candidate("task_arithmetic", (1.0, 0.0), ()), Candidate("task_arithmetic", (0.0, 1.0), ())],
                  phase="calibration", generation=None, items={name: None for name in tasks}, stage="calibration")
     items = [(done, total) for stage, done, total in seen if stage == "calibration" + JOB_PARTS[ITEMS]]
     assert items == 2 * [(0, 20), (4, 20), (8, 20), (10, 20), (14, 20), (18, 20), (20, 20)]

@@ -11,7 +11,7 @@ batch, each step stored with the estimate it leads to.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from evo_merge.errors import message_line
 from evo_merge.progress import Progress, no_progress
@@ -23,19 +23,10 @@ from evo_merge.search.store import ADAPTIVE_FAILED, MEASURE_FAILED, CampaignStor
 log = logging.getLogger(__name__)
 
 
-def stage_track(progress: Progress, stage: str) -> Callable[[Iterable, int], Iterator]:
-    """A file merge's `track` (items, total) reporting to `progress` as `stage`: an export's
-    tensors get a bar like the campaign's stages (minutes at 7B)."""
-    def track(items: Iterable, total: int) -> Iterator:
-        progress(stage, 0, total)
-        for done, item in enumerate(items, 1):
-            yield item
-            progress(stage, done, total)
+class EvaluationLedger:
+    """The one way a campaign evaluates: each candidate looked up in the store first, evaluated
+    only when missing and stored as its scores arrive (the module's docstring says why)."""
 
-    return track
-
-
-class EvaluationLog:
     def __init__(self, store: CampaignStore, evaluator: Callable[[], Evaluator], scoring: Scoring,
                  progress: Progress = no_progress):
         self.store, self._evaluator, self.scoring, self.progress = store, evaluator, scoring, progress
