@@ -17,6 +17,7 @@ from evo_merge.align.methods import NEEDS_DATA, AlignMethod
 from evo_merge.dtype_names import ALIASES, NAMES, float32_refusal
 from evo_merge.errors import UserError
 from evo_merge.irt.kinds import (
+    ADAPTIVE,
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
     BACKEND_NAMES,
@@ -163,6 +164,21 @@ class EstimatorSpec(_Checked):
                              "standard errors are below this")
     max_items: int = Field(50, ge=1, description="adaptive: at most this many items per scenario and candidate")
 
+    @property
+    def whole(self) -> bool:
+        """Every candidate scored on every search item (`kind: full`): no estimator, no IRT."""
+        return self.kind == FULL_EVALUATION
+
+    @property
+    def adaptive(self) -> bool:
+        """Each candidate's items chosen from its answers so far, not fixed anchor sets."""
+        return self.kind == ADAPTIVE
+
+    @property
+    def fits_irt(self) -> bool:
+        """An IRT model is fitted on the calibration's responses here (none given by `irt_model`)."""
+        return not self.whole and self.irt_model is None
+
     def ignored_settings(self) -> list[str]:
         """The keys this file sets that its estimator never reads (`max_items` with `kind: gpirt`,
         `anchors` with `kind: full`, `dims` beside a fitted `irt_model`), each with the reason: a
@@ -173,13 +189,13 @@ class EstimatorSpec(_Checked):
         given = {key for key in self.model_fields_set - {"kind"}
                  if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True)}
         unused: dict[str, str] = {}
-        if self.kind == FULL_EVALUATION:
+        if self.whole:
             unused |= dict.fromkeys(given, "kind: full scores every item, no estimator")
-        elif self.kind == "adaptive":
+        elif self.adaptive:
             unused |= dict.fromkeys(given & _ANCHOR_SETTINGS, "kind: adaptive picks each candidate's items itself")
         else:
             unused |= dict.fromkeys(given & _ADAPTIVE_SETTINGS, f"only for kind: adaptive, not {self.kind}")
-        if self.irt_model is not None and self.kind != FULL_EVALUATION:
+        if self.irt_model is not None and not self.whole:
             unused |= dict.fromkeys(given & _FIT_SETTINGS, "irt_model gives a fitted IRT model: none is fitted here")
         by_reason: dict[str, list[str]] = {}
         for key, reason in sorted(unused.items()):

@@ -15,6 +15,7 @@ from evo_merge.cli.paths import UserPath
 from evo_merge.console import results_console
 from evo_merge.errors import UserError, naming_file
 from evo_merge.irt.kinds import (
+    ADAPTIVE,
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
     BACKEND_NAMES,
@@ -207,13 +208,13 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     model = IRTModel.load(model_dir)
     if method is not None:  # `irt anchors --method auto` stored its set under the method auto resolved to
         method = choose_anchor_method(method, len(model.subject_ids))[0]
-    anchors = None if estimator == "adaptive" else load_anchors(model_dir, budget, method, model.item_ids)
+    anchors = None if estimator == ADAPTIVE else load_anchors(model_dir, budget, method, model.item_ids)
     est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=delta)
     with naming_file(partial):  # an item the model lacks, a subject without a scenario's anchors
         responses = load_responses(partial, items_as_rows=items_as_rows)
         table = estimate_table(est, responses)
     outside = ~responses["item"].isin(set(est.anchor_ids)) & responses["score"].notna()
-    if estimator != "adaptive" and (unused := int(outside.sum())):
+    if estimator != ADAPTIVE and (unused := int(outside.sum())):
         click.echo(f"{partial}: {unused:,} scores of items outside the anchor set were not used (estimators other "
                    "than adaptive read the anchors' scores only; --estimator adaptive uses every item scored)",
                    err=True)

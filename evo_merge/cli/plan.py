@@ -23,13 +23,13 @@ def item_budget(campaign, tasks: dict, n_models: int) -> str:
                 for name, task in tasks.items()}
     whole = sum(searched.values())
     per_task = {name: len(set((task.scenarios or {"": ""}).values())) for name, task in tasks.items()}
-    if spec.kind == "full":
+    if spec.whole:
         each, how = whole, "every search item"
-    elif spec.kind == "adaptive":
+    elif spec.adaptive:
         each, how = sum(min(spec.max_items * n, searched[name]) for name, n in per_task.items()), "at most, adaptive"
     else:
         each, how = sum(min(spec.anchors * n, searched[name]) for name, n in per_task.items()), "anchors"
-    fitted_here = spec.kind != "full" and spec.irt_model is None
+    fitted_here = spec.fits_irt
     subjects = 1 + n_models + (spec.warmup_merges if fitted_here else 0)
     candidates = algorithm.population * algorithm.generations
     return (f"items: calibration {subjects:,} models x {whole:,} search items = {subjects * whole:,}; search at most "
@@ -57,11 +57,10 @@ def check_irt_models(campaign, tasks: dict) -> None:
     """Each task's `estimator.irt_model` fitted on the items the run will search (`task_irt_model`),
     with the hold-out split the run draws: `plan` said "fits" of a model fitted with another
     `algorithm.seed` or `limit`, which `run` refused at once."""
-    from evo_merge.irt.kinds import FULL_EVALUATION
     from evo_merge.search.holdout import holdout_items
     from evo_merge.search.scoring import task_irt_model
 
-    if campaign.estimator.irt_model is None or campaign.estimator.kind == FULL_EVALUATION:
+    if campaign.estimator.irt_model is None or campaign.estimator.whole:
         return
     held_out = holdout_items(tasks, campaign.final.holdout, campaign.algorithm.seed)
     for name, task in tasks.items():

@@ -31,6 +31,7 @@ import numpy as np
 
 from evo_merge.errors import UserError
 from evo_merge.irt.anchors import Anchors
+from evo_merge.irt.kinds import ADAPTIVE
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
 from evo_merge.irt.responses import RESERVED_SCENARIO
 from evo_merge.irt.result import Estimate
@@ -163,7 +164,7 @@ class AdaptiveTest:
             items[scen[item]].append(item)
         # a scenario already known well enough at the prior (e.g. items every subject answers alike) starts empty
         weights = {s: [1.0 / len(v)] * len(v) if v else [] for s, v in items.items()}
-        return Anchors("adaptive", self.step, self.seed, items, weights)
+        return Anchors(ADAPTIVE, self.step, self.seed, items, weights)
 
     def run(self, score: Scorer) -> Estimate:
         """Score step by step with `score(items) -> {item: score}` until done; the result lists the items used."""

@@ -59,6 +59,7 @@ from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.adaptive import AdaptiveTest, held_out_error
 from evo_merge.irt.anchors import Anchors, select_anchors
 from evo_merge.irt.kinds import (
+    ADAPTIVE,
     DEFAULT_ESTIMATOR_KIND,
     ENDPOINT_ESTIMATORS,
     ESTIMATOR_KINDS,
@@ -165,7 +166,7 @@ class Estimator:
         self._item_onehot = np.eye(len(self.scenarios))[[code[s] for s in model.item_scenarios]]  # (items, K)
         self.sizes = self._item_onehot.sum(axis=0)
         self.share = self.sizes / self.sizes.sum()  # each scenario's weight in the overall score
-        if kind == "adaptive":  # its items depend on the answers: the first step stands for the anchors
+        if kind == ADAPTIVE:  # its items depend on the answers: the first step stands for the anchors
             error = held_out_error(model, seed=seed, **adaptive_options)  # measured, as gp-IRT's parts are
             if not error:
                 log.warning("adaptive estimates: %s, since no calibration subject held out of a fold answered every "
@@ -259,7 +260,7 @@ class Estimator:
         """The anchors this fold's fit would have chosen, as many per scenario (the given ones if they
         cannot be re-chosen)."""
         a = self.anchors
-        if a.method not in SELECTABLE_ANCHOR_METHODS or self.kind == "adaptive":
+        if a.method not in SELECTABLE_ANCHOR_METHODS or self.kind == ADAPTIVE:
             return a
         train = ~self.model.cv_held[fold]
         fold_model = replace(self.model, alpha=self.model.cv_alpha[fold], beta=self.model.cv_beta[fold],
@@ -418,7 +419,7 @@ class Estimator:
         some anchors has its anchor mean's variance grown by `anchor_variance_factor`: the `anchor`
         and gp-IRT SEs grow with it (gp-IRT on sampled anchors also leans more on its IRT part);
         p-IRT's, mp-IRT's and gmp-IRT's SEs stay the calibration's."""
-        if self.kind == "adaptive":  # its items differ per subject: no shared anchor columns to read
+        if self.kind == ADAPTIVE:  # its items differ per subject: no shared anchor columns to read
             raise UserError("estimator adaptive estimates one subject at a time, from the items it chose for "
                             "them: use Estimator.estimate(scores)")
         anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
@@ -493,7 +494,7 @@ class Estimator:
         """Per-scenario estimates and, under "overall", the score over all items, with SEs: the
         scenarios' item-weighted mean, except for gp-IRT, whose overall mixes the anchors' own overall
         mean in (`estimate_with_overall`) and may lie outside its scenarios' range."""
-        if self.kind == "adaptive":
+        if self.kind == ADAPTIVE:
             return self.adaptive.estimate(scores)
         row = np.array([scores.get(item, np.nan) for item in self.anchor_ids], dtype=float)
         bad = ~np.isnan(row) & ((row < 0) | (row > 1))
@@ -522,7 +523,7 @@ def _adaptive_table(estimator: Estimator, matrix: ResponseMatrix) -> pd.DataFram
 def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFrame:
     """Estimates for every subject of a validated long table: columns subject,scenario,estimator,estimate,se."""
     matrix = ResponseMatrix.from_long(responses, estimator.model.item_ids)
-    if estimator.kind == "adaptive":
+    if estimator.kind == ADAPTIVE:
         return _adaptive_table(estimator, matrix)
     scores = matrix.scores[:, estimator.anchor_idx]
     if (unscored := estimator.unscored(scores)).any():

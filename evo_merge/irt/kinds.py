@@ -21,6 +21,7 @@ POSTERIOR_SE_CAVEAT = ("their standard error is the IRT model's posterior SE, wh
                        "(large with few calibration subjects); read it as a lower bound")
 ADAPTIVE_ERROR_REVISION = 4
 FULL_EVALUATION = "full"  # a campaign's costly baseline: every item scored, no estimator
+ADAPTIVE = "adaptive"  # the estimator that picks each subject's items itself, from its answers so far
 CAMPAIGN_ESTIMATOR_KINDS = (*ESTIMATOR_KINDS, FULL_EVALUATION)
 # "auto" is stratified-irt with enough calibration subjects, stratified below; "auto-kmeans" (the
 # default before defaults version 8) kmeans-irt with enough, stratified below (anchors.choose_anchor_method)

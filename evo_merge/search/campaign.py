@@ -289,7 +289,7 @@ class CampaignRunner:
         for name, task in self.tasks.items():
             ids = self.scoring.search_ids(name)
             largest = max(Counter((task.scenarios or {}).get(i, "") for i in ids).values(), default=0)
-            if spec.kind != "full" and (spec.kind == "adaptive" or spec.anchors < largest):
+            if not spec.whole and (spec.adaptive or spec.anchors < largest):
                 raced[name] = len(ids)
         return raced
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from evo_merge.irt.kinds import ADAPTIVE_ERROR_REVISION, POSTERIOR_SE_CAVEAT, SE_CAVEATS
+from evo_merge.irt.kinds import ADAPTIVE, ADAPTIVE_ERROR_REVISION, POSTERIOR_SE_CAVEAT, SE_CAVEATS
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.holdout import search_item_count
 from evo_merge.search.objectives import Objectives
@@ -90,7 +90,7 @@ def se_caveat(facts: Mapping, store: CampaignStore) -> str | None:
     if kind in SE_CAVEATS:
         return f"{kind} estimates: {SE_CAVEATS[kind]}"
     revision, mixed = store.estimator_revisions()
-    if kind == "adaptive" and min(mixed or [revision or 0]) < ADAPTIVE_ERROR_REVISION:
+    if kind == ADAPTIVE and min(mixed or [revision or 0]) < ADAPTIVE_ERROR_REVISION:
         return f"{kind} estimates scored before estimator revision {ADAPTIVE_ERROR_REVISION}: {POSTERIOR_SE_CAVEAT}"
     return None
 

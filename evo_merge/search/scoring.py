@@ -27,7 +27,7 @@ import pandas as pd
 from evo_merge.errors import UserError
 from evo_merge.irt import ESTIMATOR_REVISION, Estimator, IRTModel, choose_anchor_method, select_anchors
 from evo_merge.irt.adaptive import AdaptiveTest
-from evo_merge.irt.kinds import ENDPOINT_ESTIMATORS
+from evo_merge.irt.kinds import ADAPTIVE, ENDPOINT_ESTIMATORS
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
 from evo_merge.search.holdout import without_items
@@ -110,7 +110,7 @@ class Scoring:
     def subjects(self, n_models: int, warmup: Sequence[Candidate]) -> Subjects:
         """Base and endpoints, then warm-up merges when IRT is fitted here."""
         subjects = reference_candidates([f"endpoint-{i}" for i in range(n_models)])
-        if self.spec.kind != "full" and self.spec.irt_model is None:
+        if self.spec.fits_irt:
             subjects += [(f"warmup-{k}", candidate) for k, candidate in enumerate(warmup)]
         return subjects
 
@@ -124,18 +124,18 @@ class Scoring:
 
     def check_fitted_models(self) -> None:
         """Before anything is evaluated: every task's `irt_model` holds the task's search items."""
-        if self.spec.irt_model is not None and self.spec.kind != "full":
+        if self.spec.irt_model is not None and not self.spec.whole:
             for name in self.names:
                 self.fitted_model(name)
 
     def fit(self, subjects: Subjects) -> None:
         """Fit (or load) one estimator per task from the calibration subjects' stored responses."""
-        if self.spec.kind != "full":
-            sets = 1 if self.spec.kind == "adaptive" else self.spec.anchor_sets
+        if not self.spec.whole:
+            sets = 1 if self.spec.adaptive else self.spec.anchor_sets
             per_task = {name: self._estimators(name, subjects, sets) for name in self.names}
             self._sets = [{name: per_task[name][s] for name in self.names} for s in range(sets)]
             self._record_revision()
-        if self.spec.kind not in ("full", "adaptive"):  # where each task's anchors went, for `status`
+        if not (self.spec.whole or self.spec.adaptive):  # where each task's anchors went, for `status`
             self.store.set_meta(ANCHORS_META, {name: e.anchors.counts() for name, e in self.estimators.items()})
 
     def _record_revision(self) -> None:
@@ -197,7 +197,7 @@ class Scoring:
         """An adaptive test's next step per task (None when every task's test is done, or for
         fixed anchors). `precision` below 1 continues the test to a smaller standard error
         (target × precision) with a larger item budget (max_items / precision)."""
-        if self.estimators is None or self.spec.kind != "adaptive":
+        if self.estimators is None or not self.spec.adaptive:
             return None
         steps = {name: self._test(name, precision).next_items(self._modelled(name, scores)) for name in self.names}
         steps = {name: items for name, items in steps.items() if items}
@@ -212,7 +212,7 @@ class Scoring:
         return {item: value for item, value in scores.get(name, {}).items() if item in known}
 
     def adaptive(self) -> bool:
-        return self.estimators is not None and self.spec.kind == "adaptive"
+        return self.estimators is not None and self.spec.adaptive
 
     def _test(self, name: str, precision: float) -> AdaptiveTest:
         test = self.estimators[name].adaptive
@@ -276,9 +276,9 @@ class Scoring:
             model.save(folder)
             self._record_files(name, folder)
             endpoint_arg = endpoints
-        if spec.kind == "adaptive":  # items chosen per candidate: no fixed anchor set
+        if spec.adaptive:  # items chosen per candidate: no fixed anchor set
             return [Estimator(
-                model, None, "adaptive", seed=self.seed, target_se=spec.target_se, max_items=spec.max_items
+                model, None, ADAPTIVE, seed=self.seed, target_se=spec.target_se, max_items=spec.max_items
             )]
         method, reason = choose_anchor_method(spec.anchor_method, len(model.subject_ids))  # an automatic one resolved
         if reason and reason not in self._said:  # the designed choice with few subjects: said, not warned

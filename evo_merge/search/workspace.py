@@ -21,7 +21,6 @@ import yaml
 
 from evo_merge.config import DEFAULTS_VERSION, Campaign
 from evo_merge.errors import MissingModel, UserError, atomic_write
-from evo_merge.irt.kinds import FULL_EVALUATION
 from evo_merge.irt.model import MIN_SUBJECTS
 from evo_merge.schema import is_path_like
 from evo_merge.search.binding import (
@@ -381,7 +380,7 @@ def _check_calibration_size(campaign: Campaign) -> None:
     """A campaign that fits IRT has the subjects to (the base, the endpoints, the warm-ups): found
     out after calibration, the costly part, was paid."""
     spec = campaign.estimator
-    if spec.irt_model is not None or spec.kind == FULL_EVALUATION:
+    if not spec.fits_irt:
         return
     subjects = 1 + len(campaign.models) + spec.warmup_merges
     if subjects < MIN_SUBJECTS:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from evo_merge.cli.plan import check_irt_models
+from evo_merge.config import EstimatorSpec
 from evo_merge.errors import UserError
 from evo_merge.irt.model import IRTModel
 from evo_merge.search.scoring import task_irt_model
@@ -42,7 +43,7 @@ def test_a_model_holding_items_the_task_does_not_search_is_refused(saved):
 def test_plan_asks_nothing_of_an_irt_model_a_full_evaluation_never_reads(tmp_path):
     task = SimpleNamespace(item_ids=["q0", "q1", "q2"], scenarios=None)
     for kind, refused in (("full", False), ("gpirt", True)):
-        campaign = SimpleNamespace(estimator=SimpleNamespace(irt_model=str(tmp_path / "none"), kind=kind),
+        campaign = SimpleNamespace(estimator=EstimatorSpec(irt_model=str(tmp_path / "none"), kind=kind),
                                    final=SimpleNamespace(holdout=0), algorithm=SimpleNamespace(seed=0))
         if refused:
             with pytest.raises(UserError, match="not an IRT model folder"):
