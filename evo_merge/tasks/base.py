@@ -102,8 +102,13 @@ def score_series(task_name: str, item_ids: Sequence[str], scores: Sequence[float
 def checked_scores(task: FitnessTask, model: Any, tokenizer: Any, item_ids: Sequence[str] | None) -> pd.Series:
     """`task.evaluate`, its answer held to what the built-in tasks guarantee, since a plugin's may
     not be: a score for exactly the items asked for (every item when None), each once, in [0, 1].
-    A wrong answer stops the run naming the task and the item, before it reaches the store."""
-    series = task.evaluate(model, tokenizer, item_ids)
+    A wrong answer stops the run naming the task and the item, before it reaches the store. Scored
+    without autograd: a plugin's forward passes kept a graph of activations for a backward pass
+    that never comes, memory the memory plan does not count."""
+    import torch
+
+    with torch.no_grad():
+        series = task.evaluate(model, tokenizer, item_ids)
     if not isinstance(series, pd.Series):
         raise UserError(f"task {task.name!r} returned a {type(series).__name__}, not a pandas Series of scores "
                         "indexed by item id")
