@@ -66,9 +66,16 @@ def _made(factory: Callable[..., FitnessTask], spec: str, settings: dict[str, An
     return factory(*args, **settings)
 
 
+# what a campaign or `eval` gives every task, whatever it is: a ready-made task object has its own
+EVALUATOR_SETTINGS = frozenset({"batch_size", "device", "metric"})
+
+
 def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
     # a class whose attributes are declared on it passes the protocol's check as the class itself
     made = callable(obj) and (isinstance(obj, type) or not isinstance(obj, FitnessTask))
+    if not made and (given := sorted(set(settings) - EVALUATOR_SETTINGS)):  # were dropped without a word
+        raise UserError(f"task {spec!r} is a ready-made task object, which takes no options ({given[0]!r} given): "
+                        "name a function or class that makes the task to pass it options")
     try:
         task = _made(obj, spec, settings) if made else obj if isinstance(obj, FitnessTask) else None
     except UserError:

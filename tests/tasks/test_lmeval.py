@@ -248,6 +248,12 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch, capl
     ep = EntryPoint(name="toy-plugin", value="evo_plugin_demo:TASK", group=registry.ENTRY_POINT_GROUP)
     monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == registry.ENTRY_POINT_GROUP else [])
     assert resolve_task("toy-plugin").name == "plug"
+    # a ready-made task object: what every task is given (a campaign's batch size) is not its to take, and
+    # an option was dropped without a word (`options: {n_items: 50}` left it at its own 200; audit 101)
+    assert resolve_task("evo_plugin_demo:TASK", batch_size=8, device="cpu").name == "plug"
+    with pytest.raises(UserError, match=re.escape("task 'evo_plugin_demo:TASK' is a ready-made task object, which "
+                                                  "takes no options ('n_items' given): name a function or class")):
+        resolve_task("evo_plugin_demo:TASK", batch_size=8, n_items=50)
     # a package renamed since it was installed: a bare ModuleNotFoundError from importlib
     gone = EntryPoint(name="gone-plugin", value="evo_plugin_renamed_away:TASK", group=registry.ENTRY_POINT_GROUP)
     monkeypatch.setattr(registry, "entry_points", lambda group: [gone] if group == registry.ENTRY_POINT_GROUP else [])
