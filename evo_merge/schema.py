@@ -61,6 +61,9 @@ def malformed_yaml(path: Path, exc: yaml.YAMLError) -> UserError:
     mark = getattr(exc, "problem_mark", None)
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if problem == "but found another document":  # a `---` line: several files' worth in one
+        return UserError(f"{where}: a second YAML document (after `---`): a file holds one campaign or recipe; "
+                         "split them (a mergekit-mega recipe: merge each document on its own)")
     return UserError(f"{where}: malformed YAML: {problem}")
 
 

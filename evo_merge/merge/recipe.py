@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from evo_merge.dtype_names import float32_refusal
 from evo_merge.errors import UserError
@@ -62,13 +62,13 @@ def _check_settings(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-class _WithParameters(Strict):
-    parameters: dict[str, Any] = Field(default_factory=dict)
+# a bare `parameters:` line is YAML's null, which mergekit takes for none (its own examples/ties.yml has one)
+Parameters = Annotated[dict[str, Any], BeforeValidator(lambda value: {} if value is None else value),
+                       AfterValidator(_check_settings)]
 
-    @field_validator("parameters")
-    @classmethod
-    def _settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_settings(value)
+
+class _WithParameters(Strict):
+    parameters: Parameters = Field(default_factory=dict)
 
 
 class ModelEntry(_WithParameters):
@@ -158,23 +158,28 @@ class Recipe(Strict):
     base_model: str | None = None
     models: list[ModelEntry] | None = Field(None, min_length=1)
     slices: list[OutputSlice] | None = Field(None, min_length=1)
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: Parameters = Field(default_factory=dict)
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
     tokenizer: TokenizerSpec | None = None
     chat_template: str | None = None
 
-    @field_validator("parameters")
-    @classmethod
-    def _settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_settings(value)
-
     @field_validator("chat_template")
     @classmethod
     def _template(cls, value: str | None) -> str | None:
         chat_template_text(value)  # the name is kept, as the recipe wrote it
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_module(cls, data: Any) -> Any:
+        """mergekit's `modules:` (a recipe per module of a multi-module model) is refused as
+        unsupported, not as a typo of `models`."""
+        if isinstance(data, dict) and "modules" in data:
+            raise ValueError("modules: mergekit's recipes per module (of a model made of several) are not supported: "
+                             "give `models` or `slices` for the one model")
+        return data
 
     @model_validator(mode="after")
     def _inputs(self) -> Recipe:

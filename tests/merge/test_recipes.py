@@ -348,7 +348,7 @@ def test_flags_saved_as_numbers_and_keys_mergekit_ignores_merge_as_mergekit_merg
         plan_from_recipe(Recipe.model_validate({**recipe, "parameters": {"normalize": 0.5}}))
 
     stock = {"merge_method": "model_stock", "base_model": str(base), "models": [{"model": str(m)} for m in fts]}
-    plain = dict(stream_merge(plan_from_recipe(Recipe.model_validate(stock)))[1])
+    plain = plain_stock = dict(stream_merge(plan_from_recipe(Recipe.model_validate(stock)))[1])
     caplog.clear()
     extra = dict(stream_merge(plan_from_recipe(Recipe.model_validate({**stock, "parameters": {"normalize": True}})))[1])
     assert all(torch.equal(plain[k], extra[k]) for k in plain)
@@ -366,6 +366,12 @@ def test_flags_saved_as_numbers_and_keys_mergekit_ignores_merge_as_mergekit_merg
     della["models"][0]["parameters"]["lambada"] = 0.25
     with pytest.raises(UserError, match=r"^models\.0\.parameters\.lambada: not a per-model parameter"):
         plan_from_recipe(Recipe.model_validate(della))
+    # a bare `parameters:` line (YAML's null; mergekit's own examples/ties.yml has one) is none given
+    bare = yaml.safe_load(f"merge_method: model_stock\nbase_model: {base}\nparameters:\n"
+                          f"models:\n  - model: {fts[0]}\n    parameters:\n  - model: {fts[1]}\n")
+    assert bare["parameters"] is None and bare["models"][0]["parameters"] is None
+    rebuilt = dict(stream_merge(plan_from_recipe(Recipe.model_validate(bare)))[1])
+    assert all(torch.equal(plain_stock[k], rebuilt[k]) for k in plain_stock)
 
 
 BAD_RECIPES = {
@@ -380,8 +386,16 @@ BAD_RECIPES = {
     "missing model": ("merge_method: ties\nbase_model: {base}\nmodels: [{{model: /nope/model}}]\n", "models.0.model"),
     "malformed yaml": ("merge_method: ties\nmodels: [{{model: {ft}\n", "malformed YAML"),
     "unknown key": (
-        "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nmodules: {{}}\n",
-        "modules: unknown key",
+        "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\nmodles: {{}}\n",
+        "modles: unknown key",
+    ),
+    "mergekit's modules": (  # was "modules: unknown key (did you mean 'models'?)", as if a typo
+        "merge_method: ties\nbase_model: {base}\nmodules: {{text: {{slices: []}}}}\n",
+        "modules: mergekit's recipes per module (of a model made of several) are not supported",
+    ),
+    "two documents": (  # a mergekit-mega file: was "malformed YAML: but found another document"
+        "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\n---\nmerge_method: linear\n",
+        "bad.yaml:4:1: a second YAML document (after `---`): a file holds one campaign or recipe; split them",
     ),
     "wrong type": (
         "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: heavy}}}}]\n",
