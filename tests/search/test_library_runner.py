@@ -10,8 +10,10 @@ from campaigns import campaign_config  # tests/search is on sys.path
 
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
+from evo_merge.report.campaign import write_report
 from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.lock import RunLock, holder
+from evo_merge.search.store import FACTS_META
 from evo_merge.zoo.tiny import save_tiny_family
 
 
@@ -39,9 +41,11 @@ def test_a_library_run_holds_the_folder_s_lock_while_it_works(tmp_path, zoo):
 
     with CampaignRunner.open(small(zoo), tmp_path, run, progress) as runner:
         assert holder(run) is None  # between opening and running, the folder is free
-        runner.run()
+        store = runner.workspace.store  # the report's callback as docs/campaigns.md, From Python, gives it
+        runner.run(lambda picks: write_report(runner.workspace.run_dir, store, store.get_meta(FACTS_META), picks))
     assert seen and seen[0] != "none"
     assert holder(run) is None and (run / "models" / "balanced" / "config.json").is_file()
+    assert "balanced" in (run / "report.md").read_text()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):  # the with block closed the database
         runner.workspace.store.evaluations()
 
