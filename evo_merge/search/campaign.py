@@ -196,7 +196,13 @@ class CampaignRunner:
             if evaluation.status != "ok" and not label.startswith("warmup-"):  # failed warm-ups are left out
                 raise UserError(f"calibration subject {label} failed to evaluate: {message_line(evaluation.error)}; "
                                 "`evo-merge resume` evaluates it again")
-        self.scoring.fit([s for s, e in zip(subjects, evaluations) if e.status == "ok"])
+        scored = [s for s, e in zip(subjects, evaluations) if e.status == "ok"]
+        for name, score in self.scoring.uniform_tasks(scored).items():
+            log.warning("task %r: every calibration subject (the base, the endpoints%s) scored %g on every search "
+                        "item: no candidate can be told apart on it; check the task with `evo-merge eval` on an "
+                        "endpoint (its prompts, the tokenizer, the metric)", name,
+                        ", the warm-ups" if len(scored) > 1 + len(self.workspace.models) else "", score)
+        self.scoring.fit(scored)
 
     def warmup_merges(self, space: SearchSpace) -> tuple[list[Candidate], list[Candidate]]:
         """IRT's warm-up merges: (standard merges, random merges). Where the standard merges are

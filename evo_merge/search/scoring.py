@@ -225,6 +225,17 @@ class Scoring:
                                               model_error=test.model_error)
         return self._tighter[key]
 
+    def uniform_tasks(self, subjects: Subjects) -> dict[str, float]:
+        """Tasks on which every subject scored the same on every search item, with that score: a
+        task broken for these models (a tokenizer mapping its answers to `<unk>`) ran a whole
+        campaign on estimates of noise, its picks "no better than the base"."""
+        uniform = {}
+        for name in self.names:
+            scores = self._responses(name, subjects)["score"]
+            if len(scores) and scores.nunique() == 1:
+                uniform[name] = float(scores.iloc[0])
+        return uniform
+
     def _responses(self, name: str, subjects: Subjects) -> pd.DataFrame:
         scenarios = self.tasks[name].scenarios or {}
         rows = [(label, item, score, scenarios.get(item, name))

@@ -26,6 +26,8 @@ class FaultyAgreementTask(AgreementTask):
             scores = scores * 5
         elif self.fault == "list":  # the scores, not the Series the protocol asks for
             scores = list(scores)
+        elif self.fault == "zeros":  # valid scores of a task broken for these models (answers read as <unk>)
+            scores = scores * 0.0
         elif self.fault == "none":
             scores = scores.astype(object)
             scores.iloc[1] = None

@@ -425,6 +425,24 @@ def test_a_base_whose_scoring_failed_once_is_evaluated_again_on_resume(tmp_path,
     assert all(e.status == "ok" for e in store.evaluations("calibration")) and store.finished(3)
 
 
+def test_a_task_every_calibration_subject_scored_alike_on_every_item_is_said(tmp_path, zoo, caplog):
+    """A task broken for these models (a tokenizer reading its answers as <unk>) scored 0 everywhere:
+    the run went to its end on estimates of noise, its picks "no better than the base", without a
+    word (audit 101)."""
+    base, fts = zoo
+    tasks = [{"task": "faulty_task:FaultyAgreementTask", "name": "broken",
+              "options": {"reference": str(fts[0]), "name": "broken", "seed": 0, "fault": "zeros"}},
+             {"task": "agreement_task:AgreementTask", "name": "agree1",
+              "options": {"reference": str(fts[1]), "name": "agree1", "seed": 1}}]
+    result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo, tasks=tasks)), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    said = [r.getMessage() for r in caplog.records if "every calibration subject" in r.getMessage()]
+    assert said == ["task 'broken': every calibration subject (the base, the endpoints, the warm-ups) scored 0 on "
+                    "every search item: no candidate can be told apart on it; check the task with `evo-merge eval` "
+                    "on an endpoint (its prompts, the tokenizer, the metric)"]
+    assert f"warning: {said[0]}" in result.output
+
+
 def test_a_task_s_wrong_answer_names_it_as_the_campaign_labels_it(tmp_path, zoo):
     """Two tasks of one plugin told apart by their campaign labels: the error named the plugin's own
     `name`, the same for both."""
