@@ -61,7 +61,7 @@ from evo_merge.config import Campaign, FinalSpec
 from evo_merge.irt import Estimator, IRTModel, select_anchors
 from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS
 from evo_merge.search.binding import DEFAULTS_META, as_written_at, config_fingerprint
-from evo_merge.search.campaign import CampaignRunner, search_space
+from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.front import Distinct, candidates, choose, pick_rounds, to_measure, warmups_scored_whole
 from evo_merge.search.holdout import HOLDOUT_META
@@ -261,7 +261,7 @@ def final_keys(runner: CampaignRunner, top_k: int, evaluate_top: int) -> list[st
     if top_k > ran.top_k or evaluate_top > ran.evaluate_top:
         raise ValueError(f"the run measured top_k {ran.top_k}, evaluate_top {ran.evaluate_top}: not a superset")
     final = ran.model_copy(update={"top_k": top_k, "evaluate_top": evaluate_top})
-    chosen = to_measure(workspace.store, runner.objectives, final, Distinct(search_space(workspace), final.distinct))
+    chosen = to_measure(workspace.store, runner.objectives, final, Distinct(runner.space, final.distinct))
     return [e.key for e in chosen]
 
 

@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import cached_property
 from itertools import chain, zip_longest
 from pathlib import Path
 
@@ -86,6 +87,12 @@ class CampaignRunner:
         self._evaluator: Evaluator | None = None
         self._locking = lock
         self.followed = False  # whether the campaign's trackers follow it (report.tracking.follow_campaign)
+
+    @cached_property
+    def space(self) -> SearchSpace:
+        """The campaign's genome (`search_space`), resolved once: with `blocks:N` or MASS it reads
+        the base's checkpoint."""
+        return search_space(self.workspace)
 
     @classmethod
     def open(cls, campaign: Campaign, root: str | Path, run_dir: str | Path, progress: Progress = no_progress, *,
@@ -183,7 +190,7 @@ class CampaignRunner:
                 log.warning("task %r: %d items held out, not the %d final.holdout asks for (each of its scenarios "
                             "keeps one item for the search)", name, held, asked)
         self.workspace.store.set_meta(HOLDOUT_META, self.holdout)
-        standard, random = self.warmup_merges(search_space(self.workspace))
+        standard, random = self.warmup_merges(self.space)
         subjects = self.scoring.subjects(len(self.workspace.models), standard + random)
         self.workspace.store.set_meta(CALIBRATION_META, len(subjects))
         for label, candidate in subjects:  # a base or endpoint that failed stopped the run here: tried again
@@ -225,7 +232,7 @@ class CampaignRunner:
 
     def algorithm(self) -> SearchAlgorithm:
         spec = self.workspace.campaign.algorithm
-        space = search_space(self.workspace)
+        space = self.space
         seeds = list(standard_merges(space.n_models).values()) if spec.seed_standard_merges else []
         if seeds and spec.name != "cmaes":
             # a population also starts from the front's corners, each endpoint alone: they were
@@ -259,7 +266,7 @@ class CampaignRunner:
     def evaluate_baselines(self) -> None:
         """The standard merges the genome can express, on the anchors like any candidate (those
         the search seeded are looked up): part of the front and picks unless `final.baselines` is off."""
-        merges = {c.key: label for label, c in _baselines(search_space(self.workspace)).items()}
+        merges = {c.key: label for label, c in _baselines(self.space).items()}
         self.workspace.store.set_meta(BASELINES_META, merges)
         if self.workspace.campaign.final.baselines:
             self.ledger.evaluate(
@@ -275,7 +282,7 @@ class CampaignRunner:
         picks are chosen among (`front.measure_final`)."""
         references = [c for _, c in reference_candidates(self.workspace.endpoint_labels())]
         campaign = self.workspace.campaign
-        return measure_final(self.ledger, self.objectives, campaign.final, search_space(self.workspace), references,
+        return measure_final(self.ledger, self.objectives, campaign.final, self.space, references,
                              seed=campaign.algorithm.seed)
 
     def run(self, report: Callable[[dict[str, tuple[int, Path]]], None] | None = None,

@@ -16,7 +16,7 @@ from test_campaign import campaign, zoo  # noqa: F401  (the tiny family and the 
 
 from evo_merge.cli import cli
 from evo_merge.config import Campaign, FinalSpec
-from evo_merge.search.campaign import CampaignRunner, search_space
+from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.candidate import Candidate, standard_merges
 from evo_merge.search.front import Distinct, to_measure
 from evo_merge.search.objectives import Objectives
@@ -199,7 +199,7 @@ def test_status_shows_each_pick_on_the_search_and_the_held_out_items_as_its_card
 def test_the_expressible_standard_merges_are_measured_and_marked_as_baselines(finished):
     run, runner = finished[:2]
     store = CampaignStore(run)
-    space = search_space(runner.workspace)
+    space = runner.space
     expressible = {label: c for label, c in standard_merges(2).items() if space.expressible([c])}
     assert set(expressible) == {
         "task_arithmetic lambda=0.5",

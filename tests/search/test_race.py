@@ -15,7 +15,7 @@ from test_campaign import campaign, zoo  # noqa: F401  (the tiny family and the 
 
 from evo_merge.cli import cli
 from evo_merge.config import Campaign
-from evo_merge.search.campaign import CampaignRunner, search_space
+from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.candidate import standard_merges
 from evo_merge.search.front import Distinct, candidates, to_measure
 from evo_merge.search.metrics import item_totals
@@ -391,7 +391,7 @@ def test_finalists_race_from_the_same_set_the_whole_phase_measures(raced):
     run, path = raced["raced"], raced["config"]
     runner = CampaignRunner.open(Campaign.load(path), path.parent, run)
     final = runner.workspace.campaign.final
-    chosen = to_measure(runner.workspace.store, runner.objectives, final, Distinct(search_space(runner.workspace),
+    chosen = to_measure(runner.workspace.store, runner.objectives, final, Distinct(runner.space,
                                                                                   final.distinct))
     assert len(chosen) == CampaignStore(run).get_meta(RACE_META)["finalists"]
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from evo_merge.cli import cli
 from evo_merge.config import Campaign
-from evo_merge.search.campaign import CampaignRunner, search_space
+from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.candidate import standard_merges
 from evo_merge.search.front import candidates
 from evo_merge.search.store import BASELINE, CALIBRATION, SEARCH
@@ -102,7 +102,7 @@ def test_without_the_standard_merges_among_the_candidates_every_warm_up_is_rando
 
 def test_fewer_warm_ups_than_standard_merges_take_one_of_each_method_first(tmp_path, zoo):
     runner = open_runner(tmp_path, zoo, warmups=2)
-    standard, random = runner.warmup_merges(search_space(runner.workspace))
+    standard, random = runner.warmup_merges(runner.space)
     merges = standard_merges(2)
     assert standard == [merges["task_arithmetic lambda=0.5"], merges["ties density=0.2"]] and random == []
     runner.close()
