@@ -38,11 +38,13 @@ def is_safe_name(value: str) -> bool:
     return bool(SAFE_NAME.fullmatch(value)) and ".." not in value
 
 
+SAFE_NAME_RULE = "up to 100 letters, digits, '.', '_' and '-', starting with a letter or digit, without '..'"
+
+
 def check_safe_name(value: str) -> str:
     """`value` if it may become a path component, else ValueError (validators add the key path)."""
     if not is_safe_name(value):
-        raise ValueError(f"{value!r} is not a safe name: use up to 100 letters, digits, '.', '_' and '-', "
-                         "starting with a letter or digit, without '..'")
+        raise ValueError(f"{value!r} is not a safe name: use {SAFE_NAME_RULE}")
     return value
 
 
@@ -364,10 +366,9 @@ class FinalSpec(_Checked):
     @field_validator("picks")
     @classmethod
     def _pick_names(cls, picks: dict[str, PickSpec]) -> dict[str, PickSpec]:
-        bad = next((name for name in picks if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name)), None)
-        if bad is not None:  # the name becomes a folder under models/
-            raise ValueError(f"{bad!r}: a pick name is a folder name: letters, digits, '_', '.', '-', up to 64 "
-                             "characters")
+        bad = next((name for name in picks if not is_safe_name(name)), None)
+        if bad is not None:  # the name becomes a folder under models/, as a task's name becomes one under irt/
+            raise ValueError(f"{bad!r}: a pick name is a folder name: {SAFE_NAME_RULE}")
         return picks
 
 
@@ -505,6 +506,15 @@ FORMER_DEFAULTS: dict[tuple[str, str], tuple[tuple[Any, int], ...]] = {
 DEFAULTS_VERSION = 9
 
 
+def _check_task_weights(weights: dict[str, float], labels: list[str], key: str) -> None:
+    """Weights of task scores (`objective.weights`, a pick's): each naming a task, one of them positive."""
+    unknown = next((k for k in weights if k not in labels), None)
+    if unknown is not None:
+        raise ValueError(f"{key}.{unknown}: not a task name (tasks: {', '.join(labels)})")
+    if not any(w > 0 for w in weights.values()):
+        raise ValueError(f"{key}: give at least one positive weight")
+
+
 class Campaign(_Checked):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
@@ -631,11 +641,7 @@ class Campaign(_Checked):
         labels = [t.label for t in self.tasks]
         weights = self.objective.weights
         if weights is not None:
-            unknown = next((k for k in weights if k not in labels), None)
-            if unknown is not None:
-                raise ValueError(f"objective.weights.{unknown}: not a task name (tasks: {', '.join(labels)})")
-            if not any(w > 0 for w in weights.values()):
-                raise ValueError("objective.weights: give at least one positive weight")
+            _check_task_weights(weights, labels, "objective.weights")
         name = self.algorithm.name
         if name in SINGLE_OBJECTIVE_ALGORITHMS and weights is None and len(labels) > 1:
             raise ValueError(
@@ -660,11 +666,7 @@ class Campaign(_Checked):
             if (other := seen.setdefault(name.lower(), name)) != name:
                 raise ValueError(f"final.picks.{name}: differs from final.picks.{other} in case alone (one folder on "
                                  "macOS and Windows); choose another")
-            unknown = next((k for k in pick.weights if k not in labels), None)
-            if unknown is not None:
-                raise ValueError(f"final.picks.{name}.weights.{unknown}: not a task name (tasks: {', '.join(labels)})")
-            if not any(w > 0 for w in pick.weights.values()):
-                raise ValueError(f"final.picks.{name}.weights: give at least one positive weight")
+            _check_task_weights(pick.weights, labels, f"final.picks.{name}.weights")
         return self
 
     @classmethod

@@ -374,6 +374,11 @@ def test_a_card_s_estimated_column_holds_estimates_only(tmp_path):
             {"picks": {"../escape": {"weights": {"agree0": 1}}}},
             "final.picks: '../escape': a pick name is a folder name",
         ),
+        (  # the rule task names follow (`config.SAFE_NAME`): it took '..' inside a name and 64 characters at most
+            {"picks": {"a..b": {"weights": {"agree0": 1}}}},
+            "final.picks: 'a..b': a pick name is a folder name: up to 100 letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit, without '..'",
+        ),
         ({"picks": {"mine": {"weights": {"agree9": 1}}}}, "final.picks.mine.weights.agree9: not a task name"),
         (
             {"picks": {"mine": {"weights": {"agree0": 0}}}},
