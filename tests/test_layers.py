@@ -65,6 +65,14 @@ def test_no_import_climbs_a_floor():
     assert climbs == []
 
 
+def test_packages_on_one_floor_import_nothing_of_each_other():
+    """weights and tasks, merge and zoo, mass and align each stand beside the other: an import
+    between them would be a floor nobody drew (the climb test above cannot see it)."""
+    beside = [(a, b) for a, b in import_graph().edges
+              if floor(a) is not None and floor(a) == floor(b) and a.split(".")[1] != b.split(".")[1]]
+    assert beside == []
+
+
 def test_only_the_cli_imports_the_demo_zoos():
     zoo = "evo_merge.zoo"
     importers = {a for a, b in import_graph().edges if b.startswith(zoo) and not a.startswith(zoo)}

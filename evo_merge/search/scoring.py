@@ -71,7 +71,8 @@ def task_irt_model(irt_model: Path, name: str, item_ids: Sequence[str], held_out
 
 
 class Scoring:
-    """Holds the fitted estimators once `calibrate` ran; `estimate` turns anchor scores into task scores."""
+    """Holds the fitted estimators once `fit` ran (the runner's calibration); `estimate` turns anchor scores
+    into task scores."""
 
     def __init__(self, spec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path, seed: int,
                  holdout: Mapping[str, Sequence[str]] | None = None):
