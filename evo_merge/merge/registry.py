@@ -22,15 +22,18 @@ import torch
 from evo_merge.dtype_names import float32_refusal
 from evo_merge.errors import UserError, described, did_you_mean
 from evo_merge.merge.pieces import Piece, add_to, takes_base
+from evo_merge.merge.task_vectors import Delta
 
 ENTRY_POINT_GROUP = "evo_merge.merge_methods"
 log = logging.getLogger(__name__)
 
 Params = Mapping[str, Any]
-# fn(base, deltas, weights, params, name) -> merged tensor
-MergeFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Sequence[float], Params, str], torch.Tensor]
-# pieces(base, deltas, params, name) -> one piece per model (a tensor, a factored piece or None)
-PiecesFn = Callable[[torch.Tensor, Sequence[torch.Tensor], Params, str], list[Piece]]
+# fn(base, deltas, weights, params, name) -> merged tensor; the deltas are tensors, or `TaskVector`s for
+# a method registered with `streams=True` (formed with `task_vectors.whole` where needed whole)
+MergeFn = Callable[[torch.Tensor, Sequence[Delta], Sequence[float], Params, str], torch.Tensor]
+# pieces(base, deltas, params, name) -> one piece per model (a tensor, a factored piece or None); the
+# deltas as stored (widened by the function where it computes with them)
+PiecesFn = Callable[[torch.Tensor, Sequence[Delta], Params, str], list[Piece]]
 # scale(weights, params) -> global factor applied to the weighted sum of pieces
 ScaleFn = Callable[[Sequence[float], Params], float]
 # why these weights and parameters cannot be merged by the method (None: they can), before any tensor
