@@ -25,6 +25,7 @@ from evo_merge.irt.kinds import (
     DEFAULT_ANCHOR_METHOD,
     DEFAULT_ESTIMATOR_KIND,
     FULL_EVALUATION,
+    MIN_CLUSTER_SUBJECTS,
 )
 from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
 
@@ -141,8 +142,9 @@ class EstimatorSpec(_Checked):
     kind: Literal[CAMPAIGN_ESTIMATOR_KINDS] = DEFAULT_ESTIMATOR_KIND
     anchors: int = Field(20, ge=1, description="anchor items per task scenario (on average, with neyman)")
     anchor_method: Literal[ANCHOR_METHODS] = Field(
-        DEFAULT_ANCHOR_METHOD, description="auto: stratified-irt with enough calibration subjects (30), stratified "
-        "below; a campaign's base, endpoints and warm-up merges are usually fewer. auto-kmeans: kmeans-irt with enough")
+        DEFAULT_ANCHOR_METHOD, description=f"auto: stratified-irt with enough calibration subjects "
+        f"({MIN_CLUSTER_SUBJECTS}), stratified below; a campaign's base, endpoints and warm-up merges are usually "
+        "fewer. auto-kmeans: kmeans-irt with enough")
     anchor_allocation: Literal[ANCHOR_ALLOCATIONS] = Field(
         "neyman", description="neyman: a task's anchors (anchors x its scenarios) go where they cut the error "
         "of its score most; equal: `anchors` in each scenario")

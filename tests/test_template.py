@@ -77,3 +77,26 @@ def test_init_refuses_an_out_it_cannot_write_before_the_zoo(tmp_path):
     result = CliRunner().invoke(cli, ["init", "--out", str(tmp_path / "f" / "x.yaml"), "--zoo", str(tmp_path / "zoo")])
     assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
     assert not (tmp_path / "zoo").exists()
+
+
+def test_the_defaults_the_comments_name_are_the_schema_s():
+    """The comments named the race, its tolerance, top_k, sequence_tokens and the holdout rule as
+    written text, which drifted from the schema when a default changed (audit 102)."""
+    import re
+
+    from evo_merge.config import FinalSpec
+    from evo_merge.irt.kinds import MIN_CLUSTER_SUBJECTS
+    from evo_merge.search.holdout import AUTO_FRACTION, AUTO_MIN_ITEMS, holdout_size
+
+    text = campaign_text("/zoo", ["arith"])
+    final = FinalSpec()
+    said = {key: re.search(pattern, text).group(1) for key, pattern in {
+        "top_k": r"by estimate \(default (\d+)\)", "race": r"\(race, default (\[[^\]]*\])\)",
+        "race_tolerance": r"race_tolerance \(([\d.]+)\)", "sequence_tokens": r"sequence_tokens \(default (\d+)\)",
+        "holdout": r"default auto: (\d+)% of the", "holdout_from": r"tasks with (\d+)\+ items",
+        "subjects": r"stratified-irt from (\d+) calibration subjects"}.items()}
+    assert said == {"top_k": str(final.top_k), "race": str(final.race), "race_tolerance": str(final.race_tolerance),
+                    "sequence_tokens": str(EvaluatorSpec().sequence_tokens), "holdout": str(round(AUTO_FRACTION * 100)),
+                    "holdout_from": str(AUTO_MIN_ITEMS), "subjects": str(MIN_CLUSTER_SUBJECTS)}
+    assert holdout_size("t", AUTO_MIN_ITEMS, "auto") == round(AUTO_FRACTION * AUTO_MIN_ITEMS)  # the rule as said
+    assert holdout_size("t", AUTO_MIN_ITEMS - 1, "auto") == 0

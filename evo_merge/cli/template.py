@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from evo_merge.config import EvaluatorSpec
+from evo_merge.config import EvaluatorSpec, FinalSpec
+from evo_merge.irt.kinds import MIN_CLUSTER_SUBJECTS
 from evo_merge.markup import shell
 
 TEMPLATE = """\
@@ -47,7 +48,7 @@ coefficients: {{low: 0.0, high: 1.5, granularity: model}}
 estimator:
   kind: gpirt
   anchors: {anchors}
-  anchor_method: auto      # stratified-irt from 30 calibration subjects, stratified below
+  anchor_method: auto      # stratified-irt from {cluster_subjects} calibration subjects, stratified below
   anchor_allocation: neyman  # where they cut the task's error most (equal: `anchors` in each)
   warmup_merges: {warmup}
   backend: torch
@@ -61,17 +62,17 @@ algorithm: {{name: nsga2, population: {population}, generations: {generations}, 
 
 # In this process; or {{kind: dask, n_workers: 2}} / {{kind: dask, address: tcp://host:8786}}
 # (pip install 'evo-merge[distributed]'): workers load the models once, the driver keeps the store.
-# sequence_tokens (default 512): your tasks' longest prompt and continuation, for `evo-merge plan`.
+# sequence_tokens (default {sequence_tokens}): your tasks' longest prompt and continuation, for `evo-merge plan`.
 evaluator: {{kind: local, batch_size: {batch_size}}}
 
-# After the search: each pick's top_k candidates by estimate (default 3) and evaluate_top
-# members spread over the front are finalists. They race (race, default [0.125, 0.25]): scored
+# After the search: each pick's top_k candidates by estimate (default {top_k}) and evaluate_top
+# members spread over the front are finalists. They race (race, default {race}): scored
 # on these fractions of the search items; a finalist leaves when another is, with confidence,
-# at most race_tolerance (0.01) below it on every task. The best model per task and the best
+# at most race_tolerance ({race_tolerance}) below it on every task. The best model per task and the best
 # balanced one are chosen among the rest on the same sampled items, measured on every item
 # (measure_whole: picks; `survivors` measures every one; race: [] measures every finalist) and
-# exported to models/ in the run folder (`run`'s --out). holdout (default auto: 20% of the
-# items of tasks with 500+ items) keeps items from calibration and search for honest scores.
+# exported to models/ in the run folder (`run`'s --out). holdout (default auto: {holdout:.0%} of the
+# items of tasks with {holdout_from}+ items) keeps items from calibration and search for honest scores.
 final: {{evaluate_top: {top}, export: [best_per_task, balanced]}}
 
 # The evaluation module's dtype, and the exported picks': auto = the base's own (bfloat16 for a
@@ -106,4 +107,16 @@ def campaign_text(zoo: Path | str, families: list[str], *, name: str = "demo", c
     command = command or run_command(f"{name}.yaml", f"runs/{name}")
     return TEMPLATE.format(name=scalar(name), command=command, base=scalar(f"{zoo}/base"), models=models, tasks=tasks,
                            anchors=anchors, warmup=warmup, population=population, generations=generations, top=top,
-                           batch_size=EvaluatorSpec.model_fields["batch_size"].default)
+                           **_defaults())
+
+
+def _defaults() -> dict[str, object]:
+    """The defaults the comments name, read where they are defined: written out, they drifted from
+    the schema when one changed."""
+    from evo_merge.search.holdout import AUTO_FRACTION, AUTO_MIN_ITEMS
+
+    final = FinalSpec()
+    return {"batch_size": EvaluatorSpec().batch_size, "sequence_tokens": EvaluatorSpec().sequence_tokens,
+            "top_k": final.top_k, "race": json.dumps(final.race),
+            "race_tolerance": final.race_tolerance, "holdout": AUTO_FRACTION, "holdout_from": AUTO_MIN_ITEMS,
+            "cluster_subjects": MIN_CLUSTER_SUBJECTS}

@@ -44,6 +44,7 @@ from evo_merge.irt.kinds import (
     ANCHOR_METHODS,
     AUTOMATIC_ANCHOR_METHODS,
     DEFAULT_ANCHOR_METHOD,
+    MIN_CLUSTER_SUBJECTS,
     SELECTABLE_ANCHOR_METHODS,
 )
 from evo_merge.irt.model import IRTModel, positive_count
@@ -53,7 +54,6 @@ METHODS = ANCHOR_METHODS
 # drawn at random (within strata): their mean's error is the design's, for every subject
 SAMPLED = ("random", "stratified", "stratified-irt")
 FALLBACK_METHOD = "stratified"
-MIN_CLUSTER_SUBJECTS = 30  # below: automatic anchors are stratified (bench_irt.py: kmeans-irt lost to random at 12-20)
 # stratified-irt's picks per stratum on average: with one each, a stratum of a third of the items got one item
 STRATUM_PICKS = 2
 KMEANS_RESTARTS = 10

@@ -33,6 +33,9 @@ DEFAULT_ANCHOR_METHOD = "auto"
 ANCHOR_ALLOCATIONS = ("equal", "neyman")
 BACKEND_NAMES = ("torch", "pyirt")
 
+# below this many calibration subjects automatic anchors are stratified (bench_irt.py: kmeans-irt lost to
+# random sampling at 12-20)
+MIN_CLUSTER_SUBJECTS = 30
 # the automatic anchor methods: what each is with at least MIN_CLUSTER_SUBJECTS calibration subjects
 # (anchors.FALLBACK_METHOD below); the others are used as named
 AUTOMATIC_ANCHOR_METHODS = {"auto": "stratified-irt", "auto-kmeans": "kmeans-irt"}
