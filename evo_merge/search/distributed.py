@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evo_merge.config import Campaign
 from evo_merge.errors import UserError, described, first_line
 from evo_merge.search.evaluator import ITEMS, CandidateFailed, Items, Job, JobProgress, Result, task_settings
 from evo_merge.search.local import LocalEvaluator
@@ -70,15 +71,12 @@ class WorkerSpec:
         return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
 
     def build(self) -> LocalEvaluator:
-        from evo_merge.search.workbench import Workbench
+        from evo_merge.merge.storage import Storage
         from evo_merge.tasks.registry import resolve_task
 
         tasks = {label: resolve_task(task, **dict(settings)) for label, task, settings in self.tasks}
-        from evo_merge.merge.storage import Storage
-
-        bench = Workbench.open(self.base, list(self.models), device=self.device, dtype=self.dtype,
-                               storage=Storage.parse(*self.storage))
-        return LocalEvaluator(bench, tasks)
+        return LocalEvaluator.open(self.base, self.models, tasks, device=self.device, dtype=self.dtype,
+                                   storage=Storage.parse(*self.storage))
 
 
 # ---------------------------------------------------------------- worker side
@@ -227,7 +225,7 @@ class DaskEvaluator:
         self._cluster: Any = None
 
     @classmethod
-    def from_campaign(cls, campaign, base: Path, models: Sequence[Path]) -> DaskEvaluator:
+    def from_campaign(cls, campaign: Campaign, base: Path, models: Sequence[Path]) -> DaskEvaluator:
         spec = campaign.evaluator
         gpus = cluster_gpus(campaign.device) if spec.n_workers is not None else []
         tasks = tuple((t.label, t.task, tuple(sorted(task_settings(spec.batch_size, t.options).items())))

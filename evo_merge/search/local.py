@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from evo_merge.errors import UserError, described
+from evo_merge.merge.storage import Storage
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import MERGING, CandidateFailed, Items, ItemScores, Job, JobProgress, Result
 from evo_merge.search.kinds import candidate_kind
@@ -30,6 +32,13 @@ class LocalEvaluator:
     def __init__(self, bench: Workbench, tasks: Mapping[str, FitnessTask]):
         self.bench = bench
         self.tasks = dict(tasks)
+
+    @classmethod
+    def open(cls, base: str | Path, models: Sequence[str | Path], tasks: Mapping[str, FitnessTask], *, device: str,
+             dtype: str, storage: Storage) -> LocalEvaluator:
+        """The base and endpoints loaded onto a workbench, scored on `tasks`: what this process
+        evaluates with, and what each dask worker builds once."""
+        return cls(Workbench.open(base, list(models), device=device, dtype=dtype, storage=storage), tasks)
 
     def workbench(self) -> Workbench:
         return self.bench
