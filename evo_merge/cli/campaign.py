@@ -325,10 +325,9 @@ def export(
     `evo-merge report` show its measured scores."""
     from evo_merge.cli.outputs import check_outside_run
     from evo_merge.cli.progress import StageBars
-    from evo_merge.errors import UserError, message_line
+    from evo_merge.errors import UserError
     from evo_merge.report.status import measured_on, measured_scores
     from evo_merge.report.upload import check_repo_id, hub_token
-    from evo_merge.search.export import export_candidate
     from evo_merge.weights.export import check_output_folder
 
     if repo_id is not None:
@@ -345,28 +344,10 @@ def export(
         runner = _runner(run, scheduler=scheduler)
         store = runner.workspace.store
         eid = _pick_id(pick, store.exported(), run)
-        evaluation = next((e for e in store.evaluations() if e.id == eid), None)
-        if evaluation is None or evaluation.status != "ok":
-            raise UserError(f"--pick {eid}: no successful evaluation with that id in {run} (the id column of "
-                            f"{run / 'evaluations.csv'}, or a pick's evaluation in `evo-merge status`)")
-        workspace = runner.workspace  # an --out among the merge's inputs, refused before measuring, not after
-        check_output_folder(out.expanduser(), overwrite, [workspace.base, *workspace.models])
         spent = store.items_evaluated(measured=True)
-        try:
-            with StageBars() as bars:  # measuring and the file merge take minutes at size
-                runner.progress = bars
-                runner.ledger.measure([evaluation], f"measuring evaluation {eid}", by_export=True)
-        finally:
-            runner.close()
-        error = store.measure_failures().get(evaluation.key)
-        if error is not None:  # an export is measured, or not written (a failure's message may be empty)
-            raise UserError(f"--pick {eid}: scoring it on every item failed ({message_line(error)}); "
-                            "not exported")
-        measured = store.get(evaluation.key)  # as the measurement left it
-        with StageBars() as bars:  # under the lock: a resume started meanwhile would change what it reads
-            picks = [name for name, (other, _) in store.exported().items() if other == eid]  # its card says so too
-            workspace.check_models_unchanged()  # after the measuring's minutes: the weights its card's scores are of
-            folder = export_candidate(workspace, measured, out, overwrite=overwrite, progress=bars, chosen_as=picks)
+        with StageBars() as bars:  # measuring and the file merge take minutes at size
+            runner.progress = bars
+            measured, folder = runner.export_evaluation(eid, out, overwrite=overwrite)
     click.echo(f"wrote {folder}: evaluation {eid} ({_what(runner.workspace, measured)}), {measured_on(store)}: "
                f"{measured_scores(store, measured)}")
     if store.items_evaluated(measured=True) != spent:  # its held-out items alone, too: the report's to rewrite

@@ -24,7 +24,7 @@ from evo_merge.search.algorithms import SearchAlgorithm, make_algorithm
 from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_candidates, standard_merges
 from evo_merge.search.evaluator import Evaluator, campaign_tasks
 from evo_merge.search.evaluators import make_evaluator
-from evo_merge.search.export import export_picks, record_task_meta
+from evo_merge.search.export import export_candidate, export_picks, record_task_meta
 from evo_merge.search.front import candidates, measure_final, measure_picks
 from evo_merge.search.holdout import HOLDOUT_META, holdout_items, shortfalls
 from evo_merge.search.kinds import candidate_kind
@@ -50,6 +50,7 @@ from evo_merge.search.store import (
 from evo_merge.search.study import GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
 from evo_merge.tasks.base import FitnessTask
+from evo_merge.weights.export import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +356,36 @@ class CampaignRunner:
         picks = {name: by_id.get(eid) for name, (eid, _) in store.exported().items()}
         # an evaluation gone or no longer measured (an edited store): chosen again, not exported unmeasured
         return picks if all(p is not None and p.status == "ok" and p.measured for p in picks.values()) else {}
+
+    def export_evaluation(self, eid: int, out: str | Path, *, overwrite: bool = False) -> tuple[Evaluation, Path]:
+        """Evaluation `eid` as a model folder at `out` (`export --pick`), with the evaluation as it
+        was exported. One not yet scored on every item (held-out ones included) is measured first
+        and stored, so its card and the report show measured scores; a failed measurement exports
+        nothing. The resident models are freed before the file merge (both at once would not fit at
+        size), and the model files are checked unchanged since the run read them, after the
+        measuring's minutes: the card's scores are of those weights. The caller holds the run
+        folder's lock, as `open` or the command does."""
+        workspace = self.workspace
+        store = workspace.store
+        evaluation = next((e for e in store.evaluations() if e.id == eid), None)
+        if evaluation is None or evaluation.status != "ok":
+            raise UserError(f"--pick {eid}: no successful evaluation with that id in {workspace.run_dir} (the id "
+                            f"column of {workspace.run_dir / 'evaluations.csv'}, or a pick's evaluation in "
+                            "`evo-merge status`)")
+        check_output_folder(Path(out).expanduser(), overwrite, [workspace.base, *workspace.models])  # not after
+        try:
+            self.ledger.measure([evaluation], f"measuring evaluation {eid}", by_export=True)
+        finally:
+            self.close()
+        error = store.measure_failures().get(evaluation.key)
+        if error is not None:  # an export is measured, or not written (a failure's message may be empty)
+            raise UserError(f"--pick {eid}: scoring it on every item failed ({message_line(error)}); not exported")
+        measured = store.get(evaluation.key)  # as the measurement left it
+        picks = [name for name, (other, _) in store.exported().items() if other == eid]  # its card says so too
+        workspace.check_models_unchanged()
+        folder = export_candidate(workspace, measured, out, overwrite=overwrite, progress=self.progress,
+                                  chosen_as=picks)
+        return measured, folder
 
     def close(self) -> None:
         """Stop the evaluator (a dask cluster, or the connection to one) and let go of it: the

@@ -180,3 +180,22 @@ def test_a_root_under_home_resolves_the_campaign_s_relative_paths(tmp_path, monk
     with CampaignRunner.open(Campaign.model_validate(config), "~", "~/run") as runner:
         assert runner.workspace.run_dir == home / "run"
     assert (home / "run" / "state.sqlite").is_file() and not (tmp_path / "elsewhere" / "~").exists()
+
+
+def test_a_library_user_exports_an_evaluation_as_export_pick_does(tmp_path, zoo):
+    """`runner.export_evaluation` measures a search candidate known by its estimate alone, stores
+    the measurement, and writes the folder its recipe rebuilds; an id with no evaluation is refused
+    before anything is written."""
+    campaign = small(zoo, estimator={"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1},
+                     algorithm={"population": 6, "generations": 2, "seed": 2})
+    with CampaignRunner.open(campaign, tmp_path, tmp_path / "run") as runner:
+        runner.run()
+        store = runner.workspace.store
+        estimated = next(e for e in store.evaluations("search") if e.status == "ok" and e.measured is None)
+        with pytest.raises(UserError, match="--pick 9999: no successful evaluation with that id"):
+            runner.export_evaluation(9999, tmp_path / "nothing")
+        measured, folder = runner.export_evaluation(estimated.id, tmp_path / "pick")
+        assert measured.key == estimated.key and measured.measured is not None
+        assert store.get(estimated.key).measured == measured.measured  # stored, for the report
+    assert folder == tmp_path / "pick" and (folder / "merge_recipe.yaml").is_file()
+    assert not (tmp_path / "nothing").exists()
