@@ -31,16 +31,13 @@ from evo_merge.irt.kinds import (
 )
 
 
-def _dims(value: str) -> int | str:
+def _auto_or_count(value: str, option: str) -> int | str:
+    """`auto`, or a positive whole number (--dims, --folds)."""
     if value == "auto":
         return value
-    try:
-        dims = int(value)
-    except ValueError:
-        dims = 0
-    if dims < 1:
-        raise UserError(f"--dims must be 'auto' or a positive integer, not {value!r}")
-    return dims
+    if not (value.strip().isascii() and value.strip().isdigit() and int(value) >= 1):
+        raise UserError(f"{option}: expected 'auto' or a positive integer, not {value!r}")
+    return int(value)
 
 
 def _methods(value: str) -> list[str]:
@@ -50,13 +47,6 @@ def _methods(value: str) -> list[str]:
     if not names or unknown:
         raise UserError(f"--methods must name anchor methods from {', '.join(ANCHOR_METHODS)}, not {value!r}")
     return names
-
-
-def _folds(value: str) -> int | str:
-    """--folds: 'auto' or a positive integer."""
-    if value != "auto" and not (value.strip().isdigit() and int(value) >= 1):
-        raise UserError(f"--folds: expected 'auto' or a positive integer, not {value!r}")
-    return value if value == "auto" else int(value)
 
 
 def _int_list(value: str, option: str) -> list[int]:
@@ -146,7 +136,8 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
     from evo_merge.irt import IRTModel, load_responses
 
     check_irt_model_folder(out, overwrite)  # before the fit's minutes
-    options, dims_value = _backend_options(backend, epochs, lr), _dims(dims)  # option errors: not the file's
+    # option errors first: not the file's
+    options, dims_value = _backend_options(backend, epochs, lr), _auto_or_count(dims, "--dims")
     data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
     with naming_file(responses), StageBars() as bars:  # too few subjects, or py-irt diverging on them
         model = IRTModel.fit(data, backend=backend, dims=dims_value, seed=seed, progress=bars, **options)
@@ -269,7 +260,7 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
     from evo_merge.irt.validation import auto_folds, default_summary, validation_table
 
     split_given = ctx.get_parameter_source("test_frac") is not click.core.ParameterSource.DEFAULT
-    folds = _folds(folds)
+    folds = _auto_or_count(folds, "--folds")
     if folds != "auto" and folds > 1 and split_given:
         raise UserError(f"--test-frac and --folds {folds} do not go together: each fold holds out 1/{folds} of "
                         "the subjects")
@@ -284,7 +275,7 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
         if folds == "auto":
             folds = 1 if split_given or refold is None else refold
         table = run_validation(data, test_frac=test_frac, folds=folds, budgets=budget_list,
-                               methods=anchor_methods, seed=seed, backend=backend, dims=_dims(dims),
+                               methods=anchor_methods, seed=seed, backend=backend, dims=_auto_or_count(dims, "--dims"),
                                repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,
                                progress=bars, **_backend_options(backend, epochs, lr))
     console = results_console(width=140)  # the table is about 135 wide: never folded

@@ -359,7 +359,7 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
         (["fit", "{root}/missing.csv", "--out", "{root}/x"], "not found"),
         (
             ["fit", "{root}/responses.csv", "--out", "{root}/x", "--dims", "two"],
-            "--dims must be 'auto' or a positive integer",
+            "--dims: expected 'auto' or a positive integer",
         ),
         (["anchors", "{root}/nomodel", "--budget", "3"], "not an IRT model folder"),
         (["estimate", "{root}/m", "--responses", "{root}/bad.csv"], "out of [0, 1]"),
