@@ -313,16 +313,16 @@ def test_export_writes_the_model_folder_while_it_holds_the_run(copy, monkeypatch
     store and workspace it was reading."""
     import os
 
-    import evo_merge.search.export as search_export
+    import evo_merge.search.campaign as search_campaign
     from evo_merge.search.lock import holder
 
-    real, held = search_export.export_candidate, []
+    real, held = search_campaign.export_candidate, []
 
     def watched(*args, **kwargs):
         held.append(holder(copy))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search_export, "export_candidate", watched)
+    monkeypatch.setattr(search_campaign, "export_candidate", watched)  # as `export_evaluation` calls it
     code, output = invoke("export", copy, "--pick", 1, "--out", copy.parent / "x")
     assert code == 0, output
     assert held == [str(os.getpid())] and holder(copy) is None
@@ -1266,7 +1266,7 @@ def test_models_changed_during_a_run_are_not_exported_under_its_scores(tmp_path,
 
 
 def test_a_file_that_cannot_be_replaced_is_named_not_its_vanished_temporary(tmp_path):
-    from evo_merge.errors import atomic_write
+    from evo_merge.files import atomic_write
 
     (tmp_path / "report.html").mkdir()  # in the way of the report
     with pytest.raises(OSError) as raised:
