@@ -28,7 +28,7 @@ def test_a_write_that_fails_part_way_names_where_it_was_writing():
     leaves alone a fault that names its own file, or is no OS fault."""
     import pytest
 
-    from evo_merge.errors import writing
+    from evo_merge.files import writing
 
     with pytest.raises(OSError) as caught, writing("/runs/r/report.md"):
         raise OSError(errno.ENOSPC, "No space left on device")

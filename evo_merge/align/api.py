@@ -36,7 +36,8 @@ from evo_merge.align.spec import (
     load_spec_yaml,
     random_permutation,
 )
-from evo_merge.errors import UserError, atomic_write
+from evo_merge.errors import UserError
+from evo_merge.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ def _zoo(zoo: Path) -> list[str]:
 def init(out: Path, zoo: Path) -> None:
     """Write a commented, runnable example campaign for the demo zoo."""
     from evo_merge.cli.template import campaign_text, run_command
-    from evo_merge.errors import UserError, atomic_write, check_writable
+    from evo_merge.errors import UserError
+    from evo_merge.files import atomic_write, check_writable
 
     if out.exists():
         raise UserError(f"{out} already exists; choose another --out")

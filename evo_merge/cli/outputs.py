@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evo_merge.errors import UserError, atomic_write, check_writable
+from evo_merge.errors import UserError
+from evo_merge.files import atomic_write, check_writable
 
 
 def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:

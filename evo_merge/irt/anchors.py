@@ -37,7 +37,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from evo_merge.errors import UserError, atomic_write
+from evo_merge.errors import UserError
+from evo_merge.files import atomic_write
 from evo_merge.irt.anchor_files import anchors_path, refuse_link
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,

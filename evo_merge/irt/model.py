@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evo_merge.errors import UserError, writing
+from evo_merge.errors import UserError
+from evo_merge.files import writing
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.anchor_files import refuse_link, remove_anchor_sets
 from evo_merge.irt.backends import BACKENDS, THETA_SD, matrix_options

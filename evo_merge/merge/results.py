@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from evo_merge.errors import atomic_write, naming_file
+from evo_merge.errors import naming_file
+from evo_merge.files import atomic_write
 from evo_merge.tasks.base import score_series
 from evo_merge.tasks.meta import TaskMeta
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from evo_merge.errors import atomic_write, message_line
+from evo_merge.errors import message_line
+from evo_merge.files import atomic_write
 from evo_merge.markup import md, shell
 from evo_merge.merge.results import mean_and_stderr
 from evo_merge.report.html import markdown_inline, reference_label, write_html_report

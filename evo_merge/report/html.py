@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from evo_merge.errors import atomic_write
+from evo_merge.files import atomic_write
 from evo_merge.markup import html_text
 from evo_merge.report.pairs import task_pairs
 from evo_merge.search.store import BASELINE, CALIBRATION, SEARCH

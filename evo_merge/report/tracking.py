@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
-from evo_merge.errors import UserError, atomic_write, first_line
+from evo_merge.errors import UserError, first_line
+from evo_merge.files import atomic_write
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.metrics import recorded_metrics

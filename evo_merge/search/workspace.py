@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from evo_merge.config import DEFAULTS_VERSION, Campaign
-from evo_merge.errors import MissingModel, UserError, atomic_write
+from evo_merge.errors import MissingModel, UserError
+from evo_merge.files import atomic_write
 from evo_merge.irt.model import MIN_SUBJECTS
 from evo_merge.schema import is_path_like
 from evo_merge.search.binding import (

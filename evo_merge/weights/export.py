@@ -29,7 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from evo_merge.errors import UserError, check_writable
+from evo_merge.errors import UserError
+from evo_merge.files import check_writable
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import (
     PICKLE_SUFFIXES,
