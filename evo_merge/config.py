@@ -268,6 +268,11 @@ class EvaluatorSpec(_Checked):
                              "e.g. tcp://head:8786")
         return value
 
+    @property
+    def remote(self) -> bool:
+        """Evaluated on a running cluster's machines, which this one cannot measure or reach the files of."""
+        return self.kind == "dask" and self.address is not None
+
     @model_validator(mode="after")
     def _placement(self) -> EvaluatorSpec:
         if self.kind == "local":

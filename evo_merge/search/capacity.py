@@ -49,7 +49,7 @@ def target_of(campaign: Campaign) -> Target:
     asked for and not there stops here, before anything is loaded (a remote cluster's workers
     check their own)."""
     evaluator, spec = campaign.evaluator, campaign.storage
-    remote = evaluator.kind == "dask" and evaluator.address is not None  # its machines are not measured here
+    remote = evaluator.remote  # its machines are not measured here
     gpu = None
     if not remote:
         device = resolve_device(campaign.device)

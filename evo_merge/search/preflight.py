@@ -41,7 +41,7 @@ def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None,
         base = refs["base_model"].path if "base_model" in refs else models[0]  # aligned copies have its shapes
         _check_writable_in_place(base)
         storage, evaluator = campaign.storage, campaign.evaluator
-        if storage.placement == "disk" and storage.disk_dir and not (evaluator.kind == "dask" and evaluator.address):
+        if storage.placement == "disk" and storage.disk_dir and not evaluator.remote:
             check_disk_dir(storage.disk_dir)  # a remote cluster's workers keep their files on their own machines
         if campaign.align is not None:
             check_arch(campaign.align.arch, read_config(models[0]) or {}, "align.arch")

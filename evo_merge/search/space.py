@@ -115,7 +115,9 @@ class SearchSpace:
         return [x for c, x in genomes if self.decode(x) == c]
 
     def problem(self, n_objectives: int) -> Problem:
-        return MergeProblem(self.variables(), n_objectives)
+        """Only the variables and objective count: evaluation happens outside (ask-and-tell), so the
+        problem holds no models or runners."""
+        return Problem(vars=self.variables(), n_obj=n_objectives)
 
     def sample(self, n: int, seed: int) -> list[Candidate]:
         """`n` random candidates (uniform over methods and ranges), reproducible from `seed`."""
@@ -178,11 +180,3 @@ class SeededSampling(Sampling):
         if isinstance(rest, np.ndarray) and rest.dtype != object:  # real vectors
             return np.vstack([np.asarray(seeded, dtype=float).reshape(-1, problem.n_var), rest])
         return [*seeded, *rest]
-
-
-class MergeProblem(Problem):
-    """Only the variables and objective count: evaluation happens outside (ask-and-tell), so the
-    problem holds no models or runners."""
-
-    def __init__(self, variables: dict[str, Any], n_objectives: int):
-        super().__init__(vars=variables, n_obj=n_objectives)
