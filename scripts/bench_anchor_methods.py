@@ -25,7 +25,6 @@ from bench_campaign import _full_candidates, _picked_front_hv, estimated_vectors
 from evo_merge.config import Campaign
 from evo_merge.irt import IRTModel
 from evo_merge.search.campaign import CampaignRunner
-from evo_merge.search.holdout import without_items
 from evo_merge.shipped import shipped_dir
 
 
@@ -35,7 +34,7 @@ def compare(full_run: Path, irt_model: Path, methods: list[str], anchors: int, d
     seed = full.workspace.campaign.algorithm.seed
     _, rows, truth = _full_candidates(full, full)
     objectives = full.objectives
-    models = {name: without_items(IRTModel.load(irt_model / name), full.scoring.holdout[name])
+    models = {name: IRTModel.load(irt_model / name).without_items(full.scoring.holdout[name])
               for name in objectives.names}
     lines = []
     for method in methods:

@@ -17,8 +17,8 @@ import os
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,19 @@ class IRTModel:
         scen = np.asarray(self.item_scenarios)
         thr = np.array([self.thresholds[s] for s in scen])
         return thr if items is None else thr[items]
+
+    def without_items(self, items: Collection[str]) -> IRTModel:
+        """The model restricted to the items not in `items` (itself where none of them is its):
+        a model fitted on every item then chooses anchors and estimates among the search items only.
+        Every per-item field is cut here, beside the fields, so a field added is not missed."""
+        dropped = frozenset(items)
+        keep = np.array([i for i, item in enumerate(self.item_ids) if item not in dropped], dtype=int)
+        if len(keep) == len(self.item_ids):
+            return self
+        return replace(self, item_ids=[self.item_ids[i] for i in keep],
+                       item_scenarios=[self.item_scenarios[i] for i in keep], alpha=self.alpha[keep],
+                       beta=self.beta[keep], responses=self.responses[:, keep], cv_alpha=self.cv_alpha[:, keep],
+                       cv_beta=self.cv_beta[:, keep])
 
     def item_index(self, item_ids: Sequence[str]) -> np.ndarray:
         lookup = {item: j for j, item in enumerate(self.item_ids)}

@@ -14,7 +14,6 @@ accuracy), and nothing on smaller tasks, whose few items the search and IRT need
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +22,6 @@ from evo_merge.errors import UserError
 from evo_merge.search.store import CampaignStore, Record
 
 if TYPE_CHECKING:  # (annotations only: `status` reads the split without loading torch)
-    from evo_merge.irt import IRTModel
     from evo_merge.tasks.base import FitnessTask
 
 AUTO_MIN_ITEMS = 500
@@ -101,15 +99,3 @@ def holdout_items(tasks: Mapping[str, FitnessTask], holdout: Holdout, seed: int)
     """The held-out item ids of every task (empty where nothing is held out)."""
     return {name: split_items(task.item_ids, task.scenarios, holdout_size(name, len(task.item_ids), holdout), seed)
             for name, task in tasks.items()}
-
-
-def without_items(model: IRTModel, items: frozenset[str]) -> IRTModel:
-    """A fitted IRT model restricted to the items not in `items`: a model fitted elsewhere (on
-    every item) then chooses anchors and estimates scores among the search items only."""
-    keep = np.array([i for i, item in enumerate(model.item_ids) if item not in items], dtype=int)
-    if not items or len(keep) == len(model.item_ids):
-        return model
-    return replace(model, item_ids=[model.item_ids[i] for i in keep],
-                   item_scenarios=[model.item_scenarios[i] for i in keep], alpha=model.alpha[keep],
-                   beta=model.beta[keep], responses=model.responses[:, keep], cv_alpha=model.cv_alpha[:, keep],
-                   cv_beta=model.cv_beta[:, keep])

@@ -30,7 +30,6 @@ from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.irt.kinds import ADAPTIVE, ENDPOINT_ESTIMATORS
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
-from evo_merge.search.holdout import without_items
 from evo_merge.search.store import ANCHORS_META, MIXED_META, REVISION_META, CampaignStore, Record
 from evo_merge.tasks.base import FitnessTask
 
@@ -53,7 +52,7 @@ def task_irt_model(irt_model: Path, name: str, item_ids: Sequence[str], held_out
     estimate a score over other items, so it is refused, naming what differs. `plan` asks it as
     the runner does: it said "fits" of a model `run` then refused."""
     folder = irt_model / name
-    model = without_items(IRTModel.load(folder), held_out)  # fitted on every item, perhaps
+    model = IRTModel.load(folder).without_items(held_out)  # fitted on every item, perhaps
     fitted, searched = set(model.item_ids), {i for i in item_ids if i not in held_out}
     if fitted != searched:
         missing, extra = sorted(searched - fitted), sorted(fitted - searched)

@@ -60,7 +60,6 @@ def test_bad_holdout_values_are_refused(value):
 
 def test_a_model_fitted_elsewhere_chooses_anchors_among_the_search_items_only():
     from evo_merge.irt import IRTModel, select_anchors
-    from evo_merge.search.holdout import without_items
 
     n = 12
     alpha, beta = np.linspace(0.5, 2.0, n).reshape(n, 1), np.linspace(-1, 1, n)
@@ -70,7 +69,7 @@ def test_a_model_fitted_elsewhere_chooses_anchors_among_the_search_items_only():
                      responses=responses, thresholds={"a": 0.5, "b": 0.5}, cv_alpha=np.stack([alpha, 2 * alpha]),
                      cv_beta=np.stack([beta, -beta]), cv_held=np.ones((2, 4), dtype=bool))
     held = frozenset({"q0", "q5", "q7"})
-    kept = without_items(model, held)
+    kept = model.without_items(held)
     assert kept.item_ids == [f"q{j}" for j in range(n) if f"q{j}" not in held]
     assert kept.item_scenarios == ["a"] * 4 + ["b"] * 5
     assert np.array_equal(kept.alpha[:, 0], np.delete(alpha[:, 0], [0, 5, 7]))
@@ -79,7 +78,7 @@ def test_a_model_fitted_elsewhere_chooses_anchors_among_the_search_items_only():
     assert np.array_equal(kept.cv_beta[1], -np.delete(beta, [0, 5, 7]))
     anchors = select_anchors(kept, 3, "random", seed=0)
     assert set(anchors.all_items()) <= set(kept.item_ids)
-    assert without_items(model, frozenset()) is model
+    assert model.without_items(frozenset()) is model and model.without_items({"elsewhere"}) is model
 
 
 @pytest.mark.parametrize(("text", "said"), [("-3", "a fraction must lie in (0, 1), got -3.0"),
