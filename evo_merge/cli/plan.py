@@ -53,20 +53,6 @@ def task_line(name: str, n_items: int, holdout) -> str:
     return f"{name} ({n_items:,} items)"
 
 
-def check_irt_models(campaign, tasks: dict) -> None:
-    """Each task's `estimator.irt_model` fitted on the items the run will search (`task_irt_model`),
-    with the hold-out split the run draws: `plan` said "fits" of a model fitted with another
-    `algorithm.seed` or `limit`, which `run` refused at once."""
-    from evo_merge.search.holdout import holdout_items
-    from evo_merge.search.scoring import task_irt_model
-
-    if campaign.estimator.irt_model is None or campaign.estimator.whole:
-        return
-    held_out = holdout_items(tasks, campaign.final.holdout, campaign.algorithm.seed)
-    for name, task in tasks.items():
-        task_irt_model(Path(campaign.estimator.irt_model), name, task.item_ids, frozenset(held_out.get(name, ())))
-
-
 @click.command()
 @click.argument("campaign_file", metavar="CAMPAIGN.yaml", type=UserPath(path_type=Path))
 @click.option("--out", type=UserPath(path_type=Path), default=None,
@@ -79,6 +65,7 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     a model (what needs the models loaded, such as MASS's decomposition, `run` finds out)."""
     from evo_merge.errors import naming_file
     from evo_merge.search.capacity import campaign_plan
+    from evo_merge.search.estimator_checks import check_irt_model_items
     from evo_merge.search.evaluator import campaign_tasks
     from evo_merge.search.store import check_run_folder
 
@@ -93,7 +80,7 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
         tasks = campaign_tasks(campaign)
         # a holdout leaving a task no search item: refused (`holdout_size`) as `run` refuses it
         lines = [task_line(name, len(task.item_ids), campaign.final.holdout) for name, task in tasks.items()]
-        check_irt_models(campaign, tasks)
+        check_irt_model_items(campaign, tasks)
     result = campaign_plan(campaign, base, models, resuming=resuming)
     click.echo("tasks: " + ", ".join(lines))
     click.echo(item_budget(campaign, tasks, len(models)))

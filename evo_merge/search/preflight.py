@@ -23,7 +23,8 @@ def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None,
     from evo_merge.align.builders import check_arch
     from evo_merge.errors import naming_file
     from evo_merge.merge.storage import check_disk_dir
-    from evo_merge.search.workspace import campaign_references, check_estimator, existing_path, resolve_campaign
+    from evo_merge.search.estimator_checks import check_estimator
+    from evo_merge.search.workspace import campaign_references, existing_path, resolve_campaign
     from evo_merge.weights.checkpoint import read_config
     from evo_merge.weights.devices import resolve_device
 

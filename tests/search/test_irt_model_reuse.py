@@ -1,15 +1,15 @@
 """Which fitted IRT models a campaign reuses for a task (`search.scoring.task_irt_model`) and
-when `plan` asks (`cli.plan.check_irt_models`), on a model saved by hand."""
+when `plan` asks (`search.estimator_checks.check_irt_model_items`), on a model saved by hand."""
 
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from evo_merge.cli.plan import check_irt_models
 from evo_merge.config import EstimatorSpec
 from evo_merge.errors import UserError
 from evo_merge.irt.model import IRTModel
+from evo_merge.search.estimator_checks import check_irt_model_items
 from evo_merge.search.scoring import task_irt_model
 
 ITEMS = [f"q{i}" for i in range(10)]
@@ -47,6 +47,6 @@ def test_plan_asks_nothing_of_an_irt_model_a_full_evaluation_never_reads(tmp_pat
                                    final=SimpleNamespace(holdout=0), algorithm=SimpleNamespace(seed=0))
         if refused:
             with pytest.raises(UserError, match="not an IRT model folder"):
-                check_irt_models(campaign, {"t": task})
+                check_irt_model_items(campaign, {"t": task})
         else:
-            check_irt_models(campaign, {"t": task})
+            check_irt_model_items(campaign, {"t": task})
