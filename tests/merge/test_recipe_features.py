@@ -220,6 +220,7 @@ def _lora_adapter(model_dir, out, seed=0, targets=("q_proj", "v_proj", "down_pro
     # an adapter of nothing merged as the bare model, as if applied
     ("adapter_model.safetensors", b"\x02\0\0\0\0\0\0\0{}", "holds no LoRA matrices"),
 ])
+@pytest.mark.timeout(60)  # the backtracking pattern, without its 1 s limit, hangs: a failure, not a stuck run
 def test_a_malformed_lora_adapter_file_is_one_line_naming_it(deep, tmp_path, file, content, expected):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
