@@ -208,6 +208,29 @@ def test_anchors_that_are_every_search_item_make_a_candidate_measured(tmp_path, 
     assert measured.fetchone() == (1,)
 
 
+def test_anchors_covering_one_task_but_not_another_leave_a_candidate_estimated(tmp_path, zoo):
+    """A small task (an lm-eval `limit`) beside a large one: the anchors hold every item of the small
+    one only. A candidate is measured when its anchors are every item of every task, not of one:
+    an anchor mean stored as a measurement would go to the final phase and the cards as measured
+    (audit 100)."""
+    base, fts = zoo
+    tasks = [{"task": "agreement_task:AgreementTask", "name": "small",
+              "options": {"reference": str(fts[0]), "name": "small", "seed": 0, "n_items": 8}},
+             {"task": "agreement_task:AgreementTask", "name": "large",
+              "options": {"reference": str(fts[1]), "name": "large", "seed": 1}}]
+    config = campaign(tmp_path, zoo, tasks=tasks,
+                      estimator={"kind": "gpirt", "anchors": 10, "warmup_merges": 5, "dims": 1})
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    db = sqlite3.connect(run / "state.sqlite")
+    searched = db.execute("SELECT e.measured IS NOT NULL, COUNT(DISTINCT s.item) FROM evaluations e JOIN item_scores s "
+                          "ON s.evaluation_id = e.id WHERE e.phase = 'search' AND e.status = 'ok' "
+                          "AND s.item LIKE 'small-%' GROUP BY e.id").fetchall()
+    assert searched and {items for _, items in searched} == {8}  # every small item, from the anchors
+    assert any(not measured for measured, _ in searched)  # not measured on `large`'s 120: estimated
+
+
 def test_a_follow_up_campaign_reuses_a_runs_irt_models_on_the_same_items_only(tmp_path, zoo):
     """`estimator.irt_model: RUN/irt` spares a second campaign on the same models and tasks its
     warm-up merges; models fitted on other items (another split of held-out items, another
@@ -404,6 +427,25 @@ def test_an_input_holding_a_nan_is_named_before_any_evaluation(tmp_path, zoo, co
     assert result.output.strip().splitlines()[-1] == (
         f"error: {folder}: tensor {name} holds NaN or Inf (a corrupt model); no merge of it can be scored")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_nan_in_a_bfloat16_endpoint_is_named_before_any_evaluation(tmp_path, zoo):
+    """A bfloat16 family with `storage: auto` keeps each endpoint as it is (the in-place merger's
+    exact path, most published LMs), checked apart from the float32 task vectors: a NaN there must be
+    named as the input's, not fail every candidate as "non-finite values in merged tensor" (audit 100)."""
+    from bf16_copies import bf16_copies  # tests/ is on sys.path (its conftest)
+
+    base, fts = bf16_copies(*zoo, tmp_path / "bf16")
+    tensors = load_file(fts[1] / "model.safetensors")
+    name = min(n for n in tensors if ".mlp." in n)
+    tensors[name].view(-1)[1] = float("nan")
+    save_file(tensors, fts[1] / "model.safetensors", metadata={"format": "pt"})
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign_config(base, fts, dtype="float32", storage={"dtype": "auto"})))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {fts[1]}: tensor {name} holds NaN or Inf (a corrupt model); no merge of it can be scored")
 
 
 def test_a_base_whose_scoring_failed_once_is_evaluated_again_on_resume(tmp_path, zoo):
