@@ -155,6 +155,25 @@ def test_a_storage_dtype_narrower_than_the_checkpoints_keeps_rounded_task_vector
     assert all(torch.equal(state[k].bfloat16(), t) for k, t in file_merge(bf16_family, "ties").items())
 
 
+@pytest.mark.parametrize(("method", "params"), [("ties", {"density": 0.4, "rescale": True}),
+                                                ("della", {"density": 0.5, "epsilon": 0.1})])
+def test_task_vectors_stored_narrower_are_merged_in_float32(family, method, params):
+    """Task vectors kept in bfloat16 are rounded once, where they are stored; a method then computes
+    with them in float32, as on exact ones. Formed in their stored dtype, TIES's rescale and DELLA's
+    magnitudes were computed in bfloat16 (plain TIES came out the same, so the test above could not
+    see it; audit 100)."""
+    from evo_merge.merge.plan import merge_tensor
+    from evo_merge.merge.registry import get_method
+
+    narrowed = merger(family, Storage(torch.bfloat16))
+    m = get_method(method)
+    resolved = m.resolve(params, len(WEIGHTS))
+    for name, merged in narrowed.tensors(method, WEIGHTS, params):
+        base = narrowed._base[name].float()
+        rounded = [d.float() for d in narrowed._deltas[name]]  # the stored task vectors, widened
+        assert torch.equal(merged, merge_tensor(m, base, rounded, WEIGHTS, resolved, name)), name
+
+
 def test_auto_storage_keeps_the_checkpoints_dtype(family, tmp_path):
     base, fts = family
     assert {t.dtype for t in load_file(base / "model.safetensors").values()} == {torch.float32}
