@@ -135,6 +135,13 @@ def test_more_irt_dimensions_than_calibration_subjects_are_refused_before_any_ev
         store.close()
 
 
+def test_as_many_irt_dimensions_as_calibration_subjects_are_planned(tmp_path, family):
+    """The fit takes D up to its subjects: the bound refuses only what it refuses (audit 100)."""
+    path = campaign(tmp_path, family, estimator={"kind": "gpirt", "dims": 6, "warmup_merges": 3})
+    code, output = invoke("plan", path)
+    assert code == 0 and "estimator.dims" not in output, output
+
+
 def test_a_missing_irt_model_is_refused_before_calibration_and_leaves_no_folder(tmp_path, family):
     path = campaign(tmp_path, family, estimator={"irt_model": str(tmp_path / "nowhere")})
     one_line_error(*invoke("run", path, "--out", tmp_path / "run"), f"estimator.irt_model: {tmp_path / 'nowhere'}: "
