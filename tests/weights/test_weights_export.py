@@ -506,6 +506,8 @@ def test_all_finite_reads_a_sum_that_overflows_and_each_kind_of_non_finite_entry
 
     large = torch.full((1000,), 400.0).to(dtype)  # 400 000 in all: past float16's range
     assert all_finite(large)
+    if dtype in (torch.bfloat16, torch.float32, torch.float64):  # a sum past float32's range, where it is summed
+        assert all_finite(torch.full((4,), 3e38).to(dtype))  # read entry by entry: finite (audit 100)
     for bad in ([float("nan")], [float("inf")], [float("inf"), float("-inf")]):
         broken = large.float()
         broken[: len(bad)] = torch.tensor(bad)
