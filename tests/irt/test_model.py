@@ -311,25 +311,29 @@ def test_corrupt_or_incompatible_folder(tmp_path, torch_model, damage, message):
         IRTModel.load(folder)
 
 
-def test_a_params_file_claiming_arrays_larger_than_its_model_is_refused_before_reading(tmp_path, torch_model):
+@pytest.mark.parametrize("claim", ["terabytes", "just over"])
+def test_a_params_file_claiming_arrays_larger_than_its_model_is_refused_before_reading(tmp_path, torch_model, claim):
     """A received run folder's params.npz, compressed, may claim an array of any size: every array
-    was read before the shapes were checked. The headers are checked first now (audit 95)."""
+    was read before the shapes were checked. The headers are checked first now (audit 95), against
+    the largest array a model of its items, subjects and dimensions holds (its folds at most one
+    per subject): a claim just over that is refused too (audit 100)."""
     import io
     import zipfile
 
     folder = torch_model.save(tmp_path / "m")
+    items, subjects = len(torch_model.item_ids), len(torch_model.subject_ids)
+    shape = (10**6, 10**6) if claim == "terabytes" else (subjects + 3, items + 1, torch_model.dims)
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
     with zipfile.ZipFile(folder / "params.npz") as npz:
         members = {name: npz.read(name) for name in npz.namelist()}
     members["alpha.npy"] = header.getvalue()  # the magic string and a header declaring 8 TB, no data
     with zipfile.ZipFile(folder / "params.npz", "w") as npz:
         for name, data in members.items():
             npz.writestr(name, data)
-    items, subjects = len(torch_model.item_ids), len(torch_model.subject_ids)
     with pytest.raises(UserError, match=rf"disagree on the model's shape \(params.npz's array 'alpha' has shape "
-                                        rf"\[1000000, 1000000\], more than a model of {items} items and {subjects} "
-                                        r"subjects holds\)"):
+                                        rf"\[{', '.join(map(str, shape))}\], more than a model of {items} items and "
+                                        rf"{subjects} subjects holds\)"):
         IRTModel.load(folder)
 
 
