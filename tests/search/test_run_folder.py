@@ -833,6 +833,24 @@ def test_a_measurement_lost_between_two_writes_is_restored_on_resume(finished, c
     assert front_keys(copy) == front_keys(finished[0]) and all_keys(copy) == all_keys(finished[0])
 
 
+def test_a_lost_measurement_is_restored_where_its_evaluation_is_first_looked_up(copy):
+    """The calibration restores it as it looks its subjects up, before any search or final phase
+    reads it (pooling and the references read a measurement mid-search); the final phase's own
+    repair hid a loss of this one (audit 100)."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.campaign import CampaignRunner
+
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db, db:
+        key, measured = db.execute("SELECT key, measured FROM evaluations WHERE phase = 'calibration' "
+                                   "ORDER BY id DESC LIMIT 1").fetchone()
+        db.execute("UPDATE evaluations SET measured = NULL WHERE key = ?", (key,))
+    with CampaignRunner.open(Campaign.load(copy / "campaign.yaml"), copy, copy) as runner:
+        runner.calibrate()  # every subject stored: looked up, none evaluated
+        assert runner._evaluator is None  # no model was loaded
+        restored = runner.workspace.store.get(key).measured
+    assert json.dumps(restored, sort_keys=True) == json.dumps(json.loads(measured), sort_keys=True)
+
+
 def test_a_bind_cut_short_either_side_of_writing_campaign_yaml_starts_or_resumes(finished, copy, tmp_path):
     """The campaign file is written first and the binding after, in one transaction: a kill
     between them leaves the file beside an unbound store, which `run` binds. A folder an older
