@@ -205,10 +205,15 @@ def test_an_extra_file_never_replaces_a_file_the_model_folder_is_written_with(zo
     from evo_merge.weights.export import write_model_folder
 
     _, base, _ = zoo
+
+    def tensors():  # minutes of merging at size: refused before the first is asked for (audit 100)
+        raise AssertionError("a tensor was merged before the refusal")
+        yield
+
     for name in ("tokenizer_config.json", "config.json", "generation_config.json", "model.safetensors",
-                 "model.safetensors.index.json"):
+                 "model.safetensors.index.json", "model-00001-of-00002.safetensors"):
         with pytest.raises(ValueError, match=f"extra file '{name}' would replace a file"):
-            write_model_folder(tmp_path / "out", iter([("w", torch.zeros(2))]), copy_from=base,
+            write_model_folder(tmp_path / "out", tensors(), copy_from=base,
                                extra_files={"README.md": "card", name: "text"})
         assert not (tmp_path / "out").exists()
 
