@@ -167,6 +167,9 @@ def test_a_shared_license_s_files_go_with_the_weights_and_none_from_outside_the_
     out = export_merge(plan_from_recipe(recipe_for(dotted[0], dotted[1:])), tmp_path / "dotted")
     card = ModelCard.load(out / "README.md")
     assert card.data.license_link == "LICENSE" and (out / "LICENSE").read_text() == "DEEPSEEK LICENSE AGREEMENT\n"
+    shouting = [with_other_license(p, tmp_path / f"md-{p.name}", link="LICENSE.MD") for p in (base, *fts)]
+    out = export_merge(plan_from_recipe(recipe_for(shouting[0], shouting[1:])), tmp_path / "shouting")
+    assert (out / "LICENSE.MD").read_text() == "DEEPSEEK LICENSE AGREEMENT\n"  # a text's suffix in any case
 
     secret = tmp_path / "secret.txt"
     secret.write_text("api_key=hunter2")
