@@ -479,6 +479,11 @@ def test_a_zoo_whose_build_did_not_finish_is_named_so(tmp_path):
                    f"{tmp_path / 'zz'}: a tiny-lm zoo whose build did not finish (interrupted, or still running); "
                    f"build it again with `evo-merge zoo build --kind tiny-lm --out {tmp_path / 'zz'}`, which "
                    "starts over")
+    # a finished manifest without a key (written by hand, or by an older version) lists its models: read
+    from evo_merge.zoo.manifest import ZooManifest, finished_zoo, write_zoo
+
+    write_zoo(tmp_path / "zz", ZooManifest(kind="tiny-lm", models=["base", "arith"]))
+    assert finished_zoo(tmp_path / "zz").models == ["base", "arith"]
 
 
 def test_eval_names_a_device_that_is_not_one(family, tmp_path):
