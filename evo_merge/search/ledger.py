@@ -97,7 +97,8 @@ class EvaluationLedger:
         except (ValueError, FloatingPointError) as exc:
             ended = self._end_test(key, f"estimation failed: {exc}")
             previous = self.store.get(key)
-            self.store.add_items(key, outcome, previous.estimates, previous.estimate_se, seconds)
+            self.store.add_items(key, outcome, previous.estimates, previous.estimate_se, seconds,
+                                 measured=self._whole(scores))  # scored on every item, it needs no estimate
             return ended
         # a test that reached every search item measured its candidate, as anchors that are every item do
         self.store.add_items(key, outcome, estimates, se, seconds, measured=self._whole(scores))

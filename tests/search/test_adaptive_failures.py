@@ -155,3 +155,26 @@ def test_a_step_whose_estimate_does_not_come_out_ends_the_test_keeping_its_items
     again = EvaluationLedger(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, tasks), Stepwise(tasks))
     (resumed,) = again.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
     assert resumed.items_evaluated == 12
+
+
+class WholeAtSix(FailsAtSix):
+    """A test whose step to 6 items per task reaches every search item (6 of them), and whose
+    estimate does not come out there."""
+
+    def search_ids(self, name):
+        return self.tasks[name].item_ids[:6]
+
+
+def test_a_step_reaching_every_item_measures_its_candidate_though_its_estimate_failed(family, tmp_path):
+    """Scored on every search item, the candidate needs no estimate: it is measured at once, as a
+    step whose estimate came out is, not left to a later repair (audit 100)."""
+    workbench, fts = family
+    tasks = agreement(fts)
+    first = {name: task.item_ids[:4] for name, task in tasks.items()}
+    candidate = Candidate("task_arithmetic", (1.0, 0.0), ())
+    store = CampaignStore(tmp_path)
+    ledger = EvaluationLedger(store, lambda: LocalEvaluator(workbench, tasks), WholeAtSix(tasks))
+    (evaluation,) = ledger.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
+    scores = store.item_scores(candidate.key)
+    assert evaluation.items_evaluated == 12 and store.adaptive_failures()  # its step to 6 items, then it ended
+    assert evaluation.measured == {n: sum(s.values()) / 6 for n, s in scores.items()}
