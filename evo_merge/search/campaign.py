@@ -26,7 +26,7 @@ from evo_merge.search.evaluator import Evaluator, campaign_tasks
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_candidate, export_picks, record_task_meta
 from evo_merge.search.front import candidates, measure_final, measure_picks
-from evo_merge.search.holdout import HOLDOUT_META, holdout_items, shortfalls
+from evo_merge.search.holdout import HOLDOUT_META, holdout_items, scenario_groups, shortfalls
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.ledger import EvaluationLedger
 from evo_merge.search.lock import RunLock
@@ -302,7 +302,7 @@ class CampaignRunner:
         raced = {}
         for name, task in self.tasks.items():
             ids = self.scoring.search_ids(name)
-            largest = max(Counter((task.scenarios or {}).get(i, "") for i in ids).values(), default=0)
+            largest = max(map(len, scenario_groups(ids, task.scenarios).values()), default=0)
             if not spec.whole and (spec.adaptive or spec.anchors < largest):
                 raced[name] = len(ids)
         return raced

@@ -13,7 +13,7 @@ accuracy), and nothing on smaller tasks, whose few items the search and IRT need
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,14 +53,22 @@ def _quotas(sizes: Sequence[int], total: int) -> list[int]:
     return [int(min(q, size - 1)) for q, size in zip(quotas, sizes)]
 
 
+def scenario_groups(item_ids: Iterable[str], scenarios: Mapping[str, str] | None) -> dict[str, list[str]]:
+    """Item ids by scenario, scenarios in the order first met and items in the order given; items
+    no scenario names (every item of a task without scenarios) go under "": what holding items out,
+    racing finalists and sizing anchors stratify by."""
+    groups: dict[str, list[str]] = {}
+    for item in item_ids:
+        groups.setdefault((scenarios or {}).get(item, ""), []).append(item)
+    return groups
+
+
 def split_items(item_ids: Sequence[str], scenarios: Mapping[str, str] | None, n_holdout: int,
                 seed: int) -> list[str]:
     """The held-out ids (in task order): `n_holdout` items drawn per scenario in proportion."""
     if n_holdout <= 0:
         return []
-    groups: dict[str, list[str]] = {}
-    for item in item_ids:
-        groups.setdefault((scenarios or {}).get(item, ""), []).append(item)
+    groups = scenario_groups(item_ids, scenarios)
     rng = np.random.default_rng(seed)
     held: set[str] = set()
     for items, quota in zip(groups.values(), _quotas([len(g) for g in groups.values()], n_holdout)):

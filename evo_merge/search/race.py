@@ -37,6 +37,7 @@ import numpy as np
 from typing_extensions import NotRequired, TypedDict
 
 from evo_merge.search.evaluator import Items, ItemScores
+from evo_merge.search.holdout import scenario_groups
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.store import Record
 
@@ -103,9 +104,7 @@ class RaceSample:
         rng = np.random.default_rng(seed)
         self.strata: dict[str, list[Stratum]] = {}
         for task, ids in items.items():
-            groups: dict[str, list[str]] = {}
-            for item in ids:
-                groups.setdefault((scenarios.get(task) or {}).get(item, ""), []).append(item)
+            groups = scenario_groups(ids, scenarios.get(task))
             self.strata[task] = [Stratum(len(g) / len(ids), tuple(g[i] for i in rng.permutation(len(g))))
                                  for g in groups.values()]
 
