@@ -132,6 +132,17 @@ class SingularAtSix(Stepwise):
         return super().estimate(scores, key)
 
 
+def _one_test(workbench, tasks, scoring, folder):
+    """One candidate's adaptive test from its first 4 items per task, through a ledger on `folder`:
+    (store, candidate, first items, its evaluation)."""
+    first = {name: task.item_ids[:4] for name, task in tasks.items()}
+    candidate = Candidate("task_arithmetic", (1.0, 0.0), ())
+    store = CampaignStore(folder)
+    ledger = EvaluationLedger(store, lambda: LocalEvaluator(workbench, tasks), scoring)
+    (evaluation,) = ledger.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
+    return store, candidate, first, evaluation
+
+
 @pytest.mark.parametrize("failing, error", [
     (FailsAtSix, "task 'agree0': the estimate nan ± nan is not finite"), (SingularAtSix, "Singular matrix")])
 def test_a_step_whose_estimate_does_not_come_out_ends_the_test_keeping_its_items(family, tmp_path, caplog,
@@ -140,12 +151,8 @@ def test_a_step_whose_estimate_does_not_come_out_ends_the_test_keeping_its_items
     folder on every later status, report and resume; an estimator's error stops that test alone."""
     workbench, fts = family
     tasks = agreement(fts)
-    first = {name: task.item_ids[:4] for name, task in tasks.items()}
-    candidate = Candidate("task_arithmetic", (1.0, 0.0), ())
-    store = CampaignStore(tmp_path)
-    ledger = EvaluationLedger(store, lambda: LocalEvaluator(workbench, tasks), failing(tasks))
     with caplog.at_level("WARNING", logger="evo_merge"):
-        (evaluation,) = ledger.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
+        store, candidate, first, evaluation = _one_test(workbench, tasks, failing(tasks), tmp_path)
     stored = store.item_scores(candidate.key)
     before = Stepwise(tasks).estimate({n: {i: s[i] for i in first[n]} for n, s in stored.items()})
     assert evaluation.status == "ok" and evaluation.items_evaluated == 12  # the failed step's items are kept
@@ -170,11 +177,7 @@ def test_a_step_reaching_every_item_measures_its_candidate_though_its_estimate_f
     step whose estimate came out is, not left to a later repair (audit 100)."""
     workbench, fts = family
     tasks = agreement(fts)
-    first = {name: task.item_ids[:4] for name, task in tasks.items()}
-    candidate = Candidate("task_arithmetic", (1.0, 0.0), ())
-    store = CampaignStore(tmp_path)
-    ledger = EvaluationLedger(store, lambda: LocalEvaluator(workbench, tasks), WholeAtSix(tasks))
-    (evaluation,) = ledger.evaluate([candidate], phase="search", generation=1, items=first, stage="search")
+    store, candidate, _, evaluation = _one_test(workbench, tasks, WholeAtSix(tasks), tmp_path)
     scores = store.item_scores(candidate.key)
     assert evaluation.items_evaluated == 12 and store.adaptive_failures()  # its step to 6 items, then it ended
     assert evaluation.measured == {n: sum(s.values()) / 6 for n, s in scores.items()}
