@@ -225,10 +225,6 @@ class Workspace:
         return {"aligned.base": ModelRef(str(self.base), self.base),
                 **{f"aligned.{i}": ModelRef(str(path), path) for i, path in enumerate(self.models)}}
 
-    @property
-    def task_names(self) -> list[str]:
-        return [t.label for t in self.campaign.tasks]
-
     def sources(self) -> tuple[str, list[str]]:
         """(base, endpoints) as recipes and evaluators name them: folders, or Hub ids with the
         commit they resolved to, with `+adapter` where a LoRA adapter is folded in."""
