@@ -77,7 +77,7 @@ def peer_command(runner: CampaignRunner, budget: int, out: Path) -> list[str]:
     ws = runner.workspace
     config = {"genome": {"models": [str(m) for m in ws.models], "merge_method": "task_arithmetic",
                          "base_model": str(ws.base), "allow_negative_weights": True},
-              "tasks": [{"name": f"evo_{name}_search", "metric": "acc,none"} for name in (task.label for task in ws.campaign.tasks)]}
+              "tasks": [{"name": f"evo_{task.label}_search", "metric": "acc,none"} for task in ws.campaign.tasks]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "evolve.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return ["mergekit-evolve", str(out / "evolve.yaml"), "--storage-path", str(out / "storage"),
