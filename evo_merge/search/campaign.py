@@ -198,8 +198,8 @@ class CampaignRunner:
             if not label.startswith("warmup-") and self.workspace.store.forget_failed(candidate.key):
                 log.info("calibration subject %s failed before: evaluated again", label)
         evaluations = self.ledger.evaluate([c for _, c in subjects], phase=CALIBRATION, generation=None,
-                                        items=self.scoring.search_items(), stage="calibration",
-                                        phases={c.key: BASELINE for c in standard})
+                                           items=self.scoring.search_items(), stage="calibration",
+                                           phases={c.key: BASELINE for c in standard})
         for (label, _), evaluation in zip(subjects, evaluations):
             if evaluation.status != "ok" and not label.startswith("warmup-"):  # failed warm-ups are left out
                 raise UserError(f"calibration subject {label} failed to evaluate: {message_line(evaluation.error)}; "

@@ -64,9 +64,9 @@ def test_a_campaign_stage_follows_its_candidates_items(bench, tmp_path: Path, mo
             return self.estimate(scores)[0]
 
     ledger = EvaluationLedger(CampaignStore(tmp_path), lambda: LocalEvaluator(workbench, tasks), Everything(),
-                        progress=lambda stage, done, total: seen.append((stage, done, total)))
+                              progress=lambda stage, done, total: seen.append((stage, done, total)))
     ledger.evaluate([Candidate("task_arithmetic", (1.0, 0.0), ()), Candidate("task_arithmetic", (0.0, 1.0), ())],
-                 phase="calibration", generation=None, items={name: None for name in tasks}, stage="calibration")
+                    phase="calibration", generation=None, items={name: None for name in tasks}, stage="calibration")
     items = [(done, total) for stage, done, total in seen if stage == "calibration" + JOB_PARTS[ITEMS]]
     assert items == 2 * [(0, 20), (4, 20), (8, 20), (10, 20), (14, 20), (18, 20), (20, 20)]
     assert [s for s in seen if s[0] == "calibration"] == [("calibration", 0, 2), ("calibration", 1, 2),
