@@ -295,17 +295,17 @@ class CampaignRunner:
             return self._run(report)
 
     def _raced_items(self) -> dict[str, int]:
-        """Search items per task whose finalists a race would sample: a task whose candidates are
-        scored on every search item (`kind: full`, or `anchors` at least each scenario's search
-        items) has them measured whole, so no pick of it is chosen on a sample."""
+        """Search items per task, which a race samples, or none where no race runs: every
+        candidate scored on every search item of every task (`kind: full`, or `anchors` at least
+        each scenario's search items) is measured whole. Where one task's are not, the race
+        samples every task, those the anchors cover too."""
         spec = self.workspace.campaign.estimator
-        raced = {}
-        for name, task in self.tasks.items():
-            ids = self.scoring.search_ids(name)
-            largest = max(map(len, scenario_groups(ids, task.scenarios).values()), default=0)
-            if not spec.whole and (spec.adaptive or spec.anchors < largest):
-                raced[name] = len(ids)
-        return raced
+        searched = {name: self.scoring.search_ids(name) for name in self.tasks}
+        if spec.whole or not spec.adaptive and all(
+                spec.anchors >= max(map(len, scenario_groups(ids, self.tasks[name].scenarios).values()), default=0)
+                for name, ids in searched.items()):
+            return {}
+        return {name: len(ids) for name, ids in searched.items()}
 
     def _run(self, report: Callable[[dict[str, tuple[int, Path]]], None] | None,
              ) -> tuple[list[Evaluation], dict[str, tuple[int, Path]]]:

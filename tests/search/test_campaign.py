@@ -208,7 +208,7 @@ def test_anchors_that_are_every_search_item_make_a_candidate_measured(tmp_path, 
     assert measured.fetchone() == (1,)
 
 
-def test_anchors_covering_one_task_but_not_another_leave_a_candidate_estimated(tmp_path, zoo):
+def test_anchors_covering_one_task_but_not_another_leave_a_candidate_estimated(tmp_path, zoo, caplog):
     """A small task (an lm-eval `limit`) beside a large one: the anchors hold every item of the small
     one only. A candidate is measured when its anchors are every item of every task, not of one:
     an anchor mean stored as a measurement would go to the final phase and the cards as measured
@@ -229,6 +229,8 @@ def test_anchors_covering_one_task_but_not_another_leave_a_candidate_estimated(t
                           "AND s.item LIKE 'small-%' GROUP BY e.id").fetchall()
     assert searched and {items for _, items in searched} == {8}  # every small item, from the anchors
     assert any(not measured for measured, _ in searched)  # not measured on `large`'s 120: estimated
+    # so a race runs, and samples every task: the small one's picks are chosen on 2 of its items (audit 103)
+    assert "race's last sample, about 2 of small's 8, about 30 of large's 120 search items" in caplog.text
 
 
 def test_a_follow_up_campaign_reuses_a_runs_irt_models_on_the_same_items_only(tmp_path, zoo):
