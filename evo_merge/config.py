@@ -39,13 +39,11 @@ def is_safe_name(value: str) -> bool:
     return bool(SAFE_NAME.fullmatch(value)) and ".." not in value
 
 
-SAFE_NAME_RULE = "up to 100 letters, digits, '.', '_' and '-', starting with a letter or digit, without '..'"
-
-
 def check_safe_name(value: str) -> str:
     """`value` if it may become a path component, else ValueError (validators add the key path)."""
     if not is_safe_name(value):
-        raise ValueError(f"{value!r} is not a safe name: use {SAFE_NAME_RULE}")
+        raise ValueError(f"{value!r} is not a safe name: use up to 100 letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit, without '..'")
     return value
 
 
@@ -373,9 +371,12 @@ class FinalSpec(_Checked):
     @field_validator("picks")
     @classmethod
     def _pick_names(cls, picks: dict[str, PickSpec]) -> dict[str, PickSpec]:
-        bad = next((name for name in picks if not is_safe_name(name)), None)
-        if bad is not None:  # the name becomes a folder under models/, as a task's name becomes one under irt/
-            raise ValueError(f"{bad!r}: a pick name is a folder name: {SAFE_NAME_RULE}")
+        # the name becomes a folder under models/. Not `SAFE_NAME`'s rule: run folders hold the names
+        # this one took since picks were first named (`..` inside a name is no path component)
+        bad = next((name for name in picks if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name)), None)
+        if bad is not None:
+            raise ValueError(f"{bad!r}: a pick name is a folder name: letters, digits, '_', '.', '-', up to 64 "
+                             "characters")
         return picks
 
 

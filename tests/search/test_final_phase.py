@@ -374,10 +374,9 @@ def test_a_card_s_estimated_column_holds_estimates_only(tmp_path):
             {"picks": {"../escape": {"weights": {"agree0": 1}}}},
             "final.picks: '../escape': a pick name is a folder name",
         ),
-        (  # the rule task names follow (`config.SAFE_NAME`): it took '..' inside a name and 64 characters at most
-            {"picks": {"a..b": {"weights": {"agree0": 1}}}},
-            "final.picks: 'a..b': a pick name is a folder name: up to 100 letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit, without '..'",
+        (
+            {"picks": {"p" * 65: {"weights": {"agree0": 1}}}},
+            "a pick name is a folder name: letters, digits, '_', '.', '-', up to 64 characters",
         ),
         ({"picks": {"mine": {"weights": {"agree9": 1}}}}, "final.picks.mine.weights.agree9: not a task name"),
         (
@@ -394,6 +393,15 @@ def test_bad_final_settings_give_one_line_errors(tmp_path, zoo, final, expected)
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and expected in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_pick_name_the_first_rule_took_is_still_taken():
+    """A run folder's campaign.yaml keeps the pick names it was started with: one with `..` inside
+    (no path component) taken then and refused later could neither resume nor be renamed, the
+    rename being an edit of the campaign (audit 103)."""
+    from evo_merge.config import FinalSpec
+
+    assert list(FinalSpec(picks={"a..b": {"weights": {"t": 1}}}).picks) == ["a..b"]
 
 
 def test_the_search_saving_is_against_a_search_on_the_search_items(finished):
