@@ -73,9 +73,11 @@ EVALUATOR_SETTINGS = frozenset({"batch_size", "device", "metric"})
 def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
     # a class whose attributes are declared on it passes the protocol's check as the class itself
     made = callable(obj) and (isinstance(obj, type) or not isinstance(obj, FitnessTask))
-    if not made and (given := sorted(set(settings) - EVALUATOR_SETTINGS)):  # were dropped without a word
-        raise UserError(f"task {spec!r} is a ready-made task object, which takes no options ({given[0]!r} given): "
-                        "name a function or class that makes the task to pass it options")
+    if not made and (given := sorted(set(settings) - EVALUATOR_SETTINGS)):
+        # were dropped without a word; said, not refused: a run folder's campaign may hold them, and
+        # removing them is an edit of the campaign it was started with
+        log.warning("task %r is a ready-made task object, which takes no options: %s not used; name a function or "
+                    "class that makes the task to pass it options", spec, ", ".join(given))
     try:
         task = _made(obj, spec, settings) if made else obj if isinstance(obj, FitnessTask) else None
     except UserError:

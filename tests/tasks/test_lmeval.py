@@ -249,11 +249,16 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch, capl
     monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == registry.ENTRY_POINT_GROUP else [])
     assert resolve_task("toy-plugin").name == "plug"
     # a ready-made task object: what every task is given (a campaign's batch size) is not its to take, and
-    # an option was dropped without a word (`options: {n_items: 50}` left it at its own 200; audit 101)
+    # an option was dropped without a word (`options: {n_items: 50}` left it at its own 200; audit 101): said,
+    # not refused, as a run folder's campaign may hold one (audit 103)
+    caplog.clear()
     assert resolve_task("evo_plugin_demo:TASK", batch_size=8, device="cpu").name == "plug"
-    with pytest.raises(UserError, match=re.escape("task 'evo_plugin_demo:TASK' is a ready-made task object, which "
-                                                  "takes no options ('n_items' given): name a function or class")):
-        resolve_task("evo_plugin_demo:TASK", batch_size=8, n_items=50)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        assert resolve_task("evo_plugin_demo:TASK", batch_size=8, n_items=50, seed=1).name == "plug"
+    assert [r.getMessage() for r in caplog.records] == [
+        "task 'evo_plugin_demo:TASK' is a ready-made task object, which takes no options: n_items, seed not used; "
+        "name a function or class that makes the task to pass it options"]
     # a package renamed since it was installed: a bare ModuleNotFoundError from importlib
     gone = EntryPoint(name="gone-plugin", value="evo_plugin_renamed_away:TASK", group=registry.ENTRY_POINT_GROUP)
     monkeypatch.setattr(registry, "entry_points", lambda group: [gone] if group == registry.ENTRY_POINT_GROUP else [])
