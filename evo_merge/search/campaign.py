@@ -363,8 +363,12 @@ class CampaignRunner:
         and stored, so its card and the report show measured scores; a failed measurement exports
         nothing. The resident models are freed before the file merge (both at once would not fit at
         size), and the model files are checked unchanged since the run read them, after the
-        measuring's minutes: the card's scores are of those weights. The caller holds the run
-        folder's lock, as `open` or the command does."""
+        measuring's minutes: the card's scores are of those weights. The run folder's lock is held
+        throughout, as `run` holds it (`lock=False`: the caller holds it, as the command does)."""
+        with RunLock(self.workspace.run_dir) if self._locking else nullcontext():
+            return self._export_evaluation(eid, out, overwrite)
+
+    def _export_evaluation(self, eid: int, out: str | Path, overwrite: bool) -> tuple[Evaluation, Path]:
         workspace = self.workspace
         store = workspace.store
         evaluation = next((e for e in store.evaluations() if e.id == eid), None)

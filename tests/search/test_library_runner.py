@@ -2,6 +2,7 @@
 run folder's checks and lock, a failed start that leaves no folder, and models released after."""
 
 import logging
+import os
 import sqlite3
 
 import pytest
@@ -194,7 +195,10 @@ def test_a_library_user_exports_an_evaluation_as_export_pick_does(tmp_path, zoo)
         estimated = next(e for e in store.evaluations("search") if e.status == "ok" and e.measured is None)
         with pytest.raises(UserError, match="--pick 9999: no successful evaluation with that id"):
             runner.export_evaluation(9999, tmp_path / "nothing")
+        held: set[str | None] = set()
+        runner.progress = lambda *_: held.add(holder(tmp_path / "run"))
         measured, folder = runner.export_evaluation(estimated.id, tmp_path / "pick")
+        assert held == {str(os.getpid())} and holder(tmp_path / "run") is None  # the lock, as `run` holds it
         assert measured.key == estimated.key and measured.measured is not None
         assert store.get(estimated.key).measured == measured.measured  # stored, for the report
     assert folder == tmp_path / "pick" and (folder / "merge_recipe.yaml").is_file()
