@@ -207,7 +207,7 @@ class CampaignRunner:
         scored = [s for s, e in zip(subjects, evaluations) if e.status == "ok"]
         for name, score in self.scoring.uniform_tasks(scored).items():
             log.warning("task %r: every calibration subject (the base, the endpoints%s) scored %g on every search "
-                        "item: no candidate can be told apart on it; check the task with `evo-merge eval` on an "
+                        "item: the task may be broken for these models; check it with `evo-merge eval` on an "
                         "endpoint (its prompts, the tokenizer, the metric)", name,
                         ", the warm-ups" if len(scored) > 1 + len(self.workspace.models) else "", score)
         self.scoring.fit(scored)

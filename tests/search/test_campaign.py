@@ -482,8 +482,8 @@ def test_a_task_every_calibration_subject_scored_alike_on_every_item_is_said(tmp
     assert result.exit_code == 0, result.output
     said = [r.getMessage() for r in caplog.records if "every calibration subject" in r.getMessage()]
     assert said == ["task 'broken': every calibration subject (the base, the endpoints, the warm-ups) scored 0 on "
-                    "every search item: no candidate can be told apart on it; check the task with `evo-merge eval` "
-                    "on an endpoint (its prompts, the tokenizer, the metric)"]
+                    "every search item: the task may be broken for these models; check it with `evo-merge eval` on "
+                    "an endpoint (its prompts, the tokenizer, the metric)"]
     assert f"warning: {said[0]}" in result.output
 
 
