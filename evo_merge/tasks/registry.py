@@ -66,16 +66,16 @@ def _made(factory: Callable[..., FitnessTask], spec: str, settings: dict[str, An
     return factory(*args, **settings)
 
 
-# what a campaign or `eval` gives every task, whatever it is: a ready-made task object has its own
-EVALUATOR_SETTINGS = frozenset({"batch_size", "device", "metric"})
+# what a campaign and `eval` give every task, whatever it is: a ready-made task object has its own
+EVALUATOR_SETTINGS = frozenset({"batch_size"})
 
 
 def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
     # a class whose attributes are declared on it passes the protocol's check as the class itself
     made = callable(obj) and (isinstance(obj, type) or not isinstance(obj, FitnessTask))
     if not made and (given := sorted(set(settings) - EVALUATOR_SETTINGS)):
-        # were dropped without a word; said, not refused: a run folder's campaign may hold them, and
-        # removing them is an edit of the campaign it was started with
+        # were dropped without a word (`eval --device` left the model on the CPU); said, not refused: a
+        # run folder's campaign may hold them, and removing them is an edit of the campaign it was started with
         log.warning("task %r is a ready-made task object, which takes no options: %s not used; name a function or "
                     "class that makes the task to pass it options", spec, ", ".join(given))
     try:

@@ -252,12 +252,12 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch, capl
     # an option was dropped without a word (`options: {n_items: 50}` left it at its own 200; audit 101): said,
     # not refused, as a run folder's campaign may hold one (audit 103)
     caplog.clear()
-    assert resolve_task("evo_plugin_demo:TASK", batch_size=8, device="cpu").name == "plug"
+    assert resolve_task("evo_plugin_demo:TASK", batch_size=8).name == "plug"
     assert not caplog.records
     with caplog.at_level("WARNING", logger="evo_merge"):
-        assert resolve_task("evo_plugin_demo:TASK", batch_size=8, n_items=50, seed=1).name == "plug"
+        assert resolve_task("evo_plugin_demo:TASK", batch_size=8, n_items=50, device="cuda").name == "plug"
     assert [r.getMessage() for r in caplog.records] == [
-        "task 'evo_plugin_demo:TASK' is a ready-made task object, which takes no options: n_items, seed not used; "
+        "task 'evo_plugin_demo:TASK' is a ready-made task object, which takes no options: device, n_items not used; "
         "name a function or class that makes the task to pass it options"]
     # a package renamed since it was installed: a bare ModuleNotFoundError from importlib
     gone = EntryPoint(name="gone-plugin", value="evo_plugin_renamed_away:TASK", group=registry.ENTRY_POINT_GROUP)
