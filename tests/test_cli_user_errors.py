@@ -153,6 +153,10 @@ def test_a_missing_irt_model_is_refused_before_calibration_and_leaves_no_folder(
     path = campaign(tmp_path, family, estimator={"irt_model": str(tmp_path / "old-run")})
     one_line_error(*invoke("run", path, "--out", tmp_path / "run"), "no arith/model.json); a run's models are in "
                    f"its irt/: give {tmp_path / 'old-run' / 'irt'}")
+    # one a full evaluation never reads is said unused, not refused as missing (audit 104)
+    path = campaign(tmp_path, family, estimator={"kind": "full", "irt_model": str(tmp_path / "nowhere")})
+    code, output = invoke("plan", path)
+    assert code == 0 and "estimator: irt_model not used (kind: full scores every item, no estimator)" in output, output
     assert not (tmp_path / "run").exists()
 
 

@@ -53,8 +53,9 @@ def _shipped_hint(folder: Path) -> str:
 
 def _check_irt_model_per_task(campaign: Campaign) -> None:
     """A campaign scored by fitted IRT models has one per task: checked before anything is evaluated,
-    not when the search first needs it, after calibration."""
-    if campaign.estimator.irt_model is None:
+    not when the search first needs it, after calibration. One `kind: full` never reads is said
+    unused (`ignored_settings`), not checked."""
+    if campaign.estimator.irt_model is None or campaign.estimator.whole:
         return
     folder = Path(campaign.estimator.irt_model)
     if not folder.is_dir():
