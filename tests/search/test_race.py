@@ -501,3 +501,29 @@ def test_an_export_that_scores_the_held_out_items_alone_says_the_report_adds_the
     assert set(store.item_scores(survivor.key)["agree0"]) >= set(holdout["agree0"])  # scored now
     assert store.get(survivor.key).measured == survivor.measured  # its search items' score as it was
     assert f"evaluation {survivor.id} was measured for this export" in result.output
+
+
+def test_the_race_sample_note_counts_every_task_where_a_race_runs():
+    """A race runs unless every candidate of every task is measured whole: `kind: full`, or anchors
+    at least every scenario's search items (the largest one's, where they differ). Where it runs,
+    it samples every task, those the anchors cover too (audits 103, 104)."""
+    from types import SimpleNamespace
+
+    from evo_merge.config import EstimatorSpec
+    from evo_merge.search.campaign import CampaignRunner
+
+    scenarios = {**{f"s{i}": "short" for i in range(3)}, **{f"l{i}": "long" for i in range(9)}}
+    task = SimpleNamespace(scenarios=scenarios)
+    small = SimpleNamespace(scenarios=None)
+
+    def raced(**spec):
+        runner = SimpleNamespace(workspace=SimpleNamespace(campaign=SimpleNamespace(estimator=EstimatorSpec(**spec))),
+                                 tasks={"mixed": task, "small": small},
+                                 scoring=SimpleNamespace(search_ids=lambda name: list(scenarios) if name == "mixed"
+                                                         else ["a", "b"]))
+        return CampaignRunner._raced_items(runner)
+
+    assert raced(kind="full") == {}
+    assert raced(anchors=9) == {}  # the long scenario's 9 covered: every candidate measured whole
+    assert raced(anchors=5) == {"mixed": 12, "small": 2}  # the short one's 3 covered, not the long one's 9
+    assert raced(kind="adaptive", anchors=50) == {"mixed": 12, "small": 2}  # a test may stop short
