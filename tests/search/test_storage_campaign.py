@@ -727,3 +727,23 @@ def test_the_plan_counts_one_dask_worker_for_a_gpu_named_by_index(monkeypatch):
             "evaluator": {"kind": "dask", "n_workers": 3}}
     assert capacity.target_of(Campaign.model_validate({**spec, "device": "cuda:1"})).workers == 1
     assert capacity.target_of(Campaign.model_validate({**spec, "device": "cuda"})).workers == 3
+
+
+def test_a_remote_cluster_s_memory_and_disk_folder_are_not_this_machine_s(tmp_path, zoo, monkeypatch):
+    """A campaign evaluated on a running cluster's machines: this one's memory (1 MiB free here) and
+    a `disk_dir` that lies on the workers are not checked here, where the same campaign evaluated
+    in this process is refused for both (audit 104)."""
+    from evo_merge.errors import UserError
+    from evo_merge.merge.host import AVAILABLE
+    from evo_merge.search.preflight import check_campaign_fits
+
+    monkeypatch.setattr("evo_merge.search.capacity.available_memory", lambda: (2**20, AVAILABLE))
+    storage = {"placement": "disk", "disk_dir": str(tmp_path / "on-the-workers")}
+    remote = write(tmp_path, config(zoo, storage=storage, evaluator={"kind": "dask", "address": "tcp://head:8786"}))
+    check_campaign_fits(remote, tmp_path / "run")
+    local = tmp_path / "local"
+    local.mkdir()
+    with pytest.raises(UserError, match="on-the-workers"):  # the folder, before the memory
+        check_campaign_fits(write(local, config(zoo, storage=storage)), tmp_path / "run")
+    with pytest.raises(UserError, match="evo-merge plan"):
+        check_campaign_fits(write(local, config(zoo)), tmp_path / "run")
