@@ -747,3 +747,17 @@ def test_a_remote_cluster_s_memory_and_disk_folder_are_not_this_machine_s(tmp_pa
         check_campaign_fits(write(local, config(zoo, storage=storage)), tmp_path / "run")
     with pytest.raises(UserError, match="evo-merge plan"):
         check_campaign_fits(write(local, config(zoo)), tmp_path / "run")
+
+
+def test_the_campaign_s_dtype_and_storage_reach_the_evaluator(zoo):
+    """What `make_evaluator` builds from a campaign: the evaluation module in the campaign's dtype
+    (a bfloat16 campaign evaluated in float32 took twice the memory and scored other weights than
+    its picks), on its device, with its storage (audit 104)."""
+    from evo_merge.search.evaluators import make_evaluator
+
+    campaign = Campaign.model_validate(config(zoo, dtype="bfloat16", storage={"dtype": "bfloat16"}))
+    evaluator = make_evaluator(campaign, zoo[0], zoo[1])
+    bench = evaluator.workbench()
+    assert bench.dtype == torch.bfloat16 and {p.dtype for p in bench.module.parameters()} == {torch.bfloat16}
+    assert bench.device.type == "cpu" and bench.storage == Storage.of(campaign.storage)
+    assert list(evaluator.tasks) == ["agree0", "agree1"]
