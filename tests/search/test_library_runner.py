@@ -183,7 +183,7 @@ def test_a_root_under_home_resolves_the_campaign_s_relative_paths(tmp_path, monk
     assert (home / "run" / "state.sqlite").is_file() and not (tmp_path / "elsewhere" / "~").exists()
 
 
-def test_a_library_user_exports_an_evaluation_as_export_pick_does(tmp_path, zoo):
+def test_a_library_user_exports_an_evaluation_as_export_pick_does(tmp_path, zoo, monkeypatch):
     """`runner.export_evaluation` measures a search candidate known by its estimate alone, stores
     the measurement, and writes the folder its recipe rebuilds; an id with no evaluation is refused
     before anything is written."""
@@ -197,7 +197,17 @@ def test_a_library_user_exports_an_evaluation_as_export_pick_does(tmp_path, zoo)
             runner.export_evaluation(9999, tmp_path / "nothing")
         held: set[str | None] = set()
         runner.progress = lambda *_: held.add(holder(tmp_path / "run"))
+        import evo_merge.search.campaign as search_campaign
+
+        real, resident = search_campaign.export_candidate, []
+
+        def watched(*args, **kwargs):  # the resident models freed before the file merge: both do not fit at size
+            resident.append(runner._evaluator)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(search_campaign, "export_candidate", watched)
         measured, folder = runner.export_evaluation(estimated.id, tmp_path / "pick")
+        assert resident == [None]
         assert held == {str(os.getpid())} and holder(tmp_path / "run") is None  # the lock, as `run` holds it
         assert measured.key == estimated.key and measured.measured is not None
         assert store.get(estimated.key).measured == measured.measured  # stored, for the report
