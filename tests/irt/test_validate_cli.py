@@ -361,6 +361,10 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
             ["fit", "{root}/responses.csv", "--out", "{root}/x", "--dims", "two"],
             "--dims: expected 'auto' or a positive integer",
         ),
+        (  # a digit to str.isdigit, not to int(): a ValueError traceback without the isascii guard (audit 104)
+            ["fit", "{root}/responses.csv", "--out", "{root}/x", "--dims", "²"],
+            "--dims: expected 'auto' or a positive integer, not '²'",
+        ),
         (["anchors", "{root}/nomodel", "--budget", "3"], "not an IRT model folder"),
         (["estimate", "{root}/m", "--responses", "{root}/bad.csv"], "out of [0, 1]"),
         (
