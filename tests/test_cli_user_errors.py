@@ -307,6 +307,8 @@ def test_too_few_calibration_subjects_are_refused_before_calibration_naming_the_
     assert not (tmp_path / "run").exists()
     full = campaign(tmp_path, family, estimator={"warmup_merges": 0, "kind": "full"})  # no IRT: nothing to fit
     assert invoke("plan", full)[0] == 0
+    enough = campaign(tmp_path, family, estimator={"warmup_merges": 1})  # what the refusal asks for (audit 104)
+    assert invoke("plan", enough)[0] == 0
 
 
 def test_a_pickled_endpoint_in_a_campaign_is_not_told_to_use_an_option_run_does_not_have(tmp_path, family):
