@@ -279,6 +279,16 @@ def test_the_plan_counts_the_items_a_campaign_asks_for(tmp_path, family):
     each = min(30 * scenarios, 960)  # each scenario's test stops at max_items at the latest
     assert f"calibration 11 models x 960 search items = 10,560; search at most 4 candidates x {each} (at most, " \
            f"adaptive) = {4 * each:,}" in output, output
+    # IRT models given: no warm-up merges measured to fit one (audit 104)
+    from types import SimpleNamespace
+
+    from evo_merge.cli.plan import item_budget
+    from evo_merge.config import Campaign
+
+    given = Campaign.load(campaign(tmp_path, family, estimator={"irt_model": "irt_models", "warmup_merges": 3}))
+    arith = resolve_task("arith")
+    line = item_budget(given, {"arith": SimpleNamespace(item_ids=arith.item_ids, scenarios=arith.scenarios)}, 2)
+    assert line.startswith("items: calibration 3 models x 960 search items = 2,880;"), line
 
 
 def test_mass_over_a_lora_endpoint_is_refused_by_plan_as_by_run(tmp_path, family):
