@@ -63,7 +63,7 @@ def malformed_yaml(path: Path, exc: yaml.YAMLError) -> UserError:
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     if problem == "but found another document":  # a `---` line: several files' worth in one
         return UserError(f"{where}: a second YAML document (after `---`): a file holds one campaign or recipe; "
-                         "split them (a mergekit-mega recipe: merge each document on its own)")
+                         "split them into a file each")
     return UserError(f"{where}: malformed YAML: {problem}")
 
 

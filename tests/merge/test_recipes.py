@@ -395,7 +395,8 @@ BAD_RECIPES = {
     ),
     "two documents": (  # a mergekit-mega file: was "malformed YAML: but found another document"
         "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\n---\nmerge_method: linear\n",
-        "bad.yaml:4:1: a second YAML document (after `---`): a file holds one campaign or recipe; split them",
+        "bad.yaml:4:1: a second YAML document (after `---`): a file holds one campaign or recipe; split them into "
+        "a file each",
     ),
     "wrong type": (
         "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: heavy}}}}]\n",
