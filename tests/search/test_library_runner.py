@@ -195,6 +195,11 @@ def test_a_library_user_exports_an_evaluation_as_export_pick_does(tmp_path, zoo,
         estimated = next(e for e in store.evaluations("search") if e.status == "ok" and e.measured is None)
         with pytest.raises(UserError, match="--pick 9999: no successful evaluation with that id"):
             runner.export_evaluation(9999, tmp_path / "nothing")
+        failed = next(e for e in store.evaluations("search") if e.status == "ok" and e.id != estimated.id)
+        with store.db:  # a failed evaluation's id: nothing to export either (audit 104)
+            store.db.execute("UPDATE evaluations SET status = 'failed' WHERE id = ?", (failed.id,))
+        with pytest.raises(UserError, match=f"--pick {failed.id}: no successful evaluation with that id"):
+            runner.export_evaluation(failed.id, tmp_path / "nothing")
         held: set[str | None] = set()
         runner.progress = lambda *_: held.add(holder(tmp_path / "run"))
         import evo_merge.search.campaign as search_campaign
