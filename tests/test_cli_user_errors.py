@@ -157,6 +157,8 @@ def test_a_missing_irt_model_is_refused_before_calibration_and_leaves_no_folder(
     path = campaign(tmp_path, family, estimator={"kind": "full", "irt_model": str(tmp_path / "nowhere")})
     code, output = invoke("plan", path)
     assert code == 0 and "estimator: irt_model not used (kind: full scores every item, no estimator)" in output, output
+    code, output = invoke("run", path, "--out", tmp_path / "full-run")
+    assert code == 0, output
     assert not (tmp_path / "run").exists()
 
 
