@@ -197,6 +197,7 @@ class CampaignRunner:
         for label, candidate in subjects:  # a base or endpoint that failed stopped the run here: tried again
             if not label.startswith("warmup-") and self.workspace.store.forget_failed(candidate.key):
                 log.info("calibration subject %s failed before: evaluated again", label)
+        spent = self.workspace.store.items_evaluated()
         evaluations = self.ledger.evaluate([c for _, c in subjects], phase=CALIBRATION, generation=None,
                                            items=self.scoring.search_items(), stage="calibration",
                                            phases={c.key: BASELINE for c in standard})
@@ -205,7 +206,9 @@ class CampaignRunner:
                 raise UserError(f"calibration subject {label} failed to evaluate: {message_line(evaluation.error)}; "
                                 "`evo-merge resume` evaluates it again")
         scored = [s for s, e in zip(subjects, evaluations) if e.status == "ok"]
-        for name, score in self.scoring.uniform_tasks(scored).items():
+        # said as the calibration is measured, not again on each resume that replays it
+        uniform = self.scoring.uniform_tasks(scored) if self.workspace.store.items_evaluated() != spent else {}
+        for name, score in uniform.items():
             log.warning("task %r: every calibration subject (the base, the endpoints%s) scored %g on every search "
                         "item: the task may be broken for these models; check it with `evo-merge eval` on an "
                         "endpoint (its prompts, the tokenizer, the metric)", name,

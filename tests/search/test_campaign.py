@@ -485,6 +485,8 @@ def test_a_task_every_calibration_subject_scored_alike_on_every_item_is_said(tmp
                     "every search item: the task may be broken for these models; check it with `evo-merge eval` on "
                     "an endpoint (its prompts, the tokenizer, the metric)"]
     assert f"warning: {said[0]}" in result.output
+    resumed = CliRunner().invoke(cli, ["resume", str(tmp_path / "r")])  # replays the calibration: said once
+    assert resumed.exit_code == 0 and "every calibration subject" not in resumed.output, resumed.output
 
 
 def test_a_task_s_wrong_answer_names_it_as_the_campaign_labels_it(tmp_path, zoo):
