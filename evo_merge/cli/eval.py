@@ -22,11 +22,14 @@ from evo_merge.config import EvaluatorSpec
               type=click.IntRange(min=1), help="as a campaign's evaluator.batch_size")
 @click.option("--device", default=None, help="torch device (default: where the model loads).")
 @click.option("--metric", default=None, help="lm-eval metric[,filter], e.g. exact_match,strip.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="a task option, as a campaign's tasks[].options gives it (VALUE read as YAML: limit=80 is a "
+                   "number); repeatable")
 @click.option("--subject", default=None, help="Subject name in the table (default: the folder name).")
 @click.option("--allow-pickle", is_flag=True, help="also read .bin weights (pickle: only from a source you trust)")
 @click.option("--out", required=True, type=UserPath(path_type=Path), help="Output CSV.")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise, before any scoring)")
-def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject, allow_pickle, out,
+def eval_(model_dir, task_spec, items_file, batch_size, device, metric, options, subject, allow_pickle, out,
           overwrite) -> None:
     """Write long-format per-item scores `subject,item,score[,scenario]` to OUT."""
     from transformers.utils import logging as hf_logging
@@ -41,6 +44,7 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     from evo_merge.weights.devices import resolve_device
 
     hf_logging.disable_progress_bar()  # keep errors on one line
+    given = _task_options(options)  # before the output's check and any model: a slip in a flag
     check_output_file(out, overwrite)  # another model's scores, minutes of work at 7B
     if device is not None:
         device = str(resolve_device(device, key="--device"))
@@ -49,7 +53,8 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, subject,
     if items == []:
         raise UserError(f"--items {items_file}: no item ids in it")
     model, tokenizer = _load(model_dir, allow_pickle)
-    settings = {"batch_size": batch_size, "device": device, "metric": metric}
+    # the options over the flags, as a campaign's options go over its evaluator's batch size
+    settings = {"batch_size": batch_size, "device": device, "metric": metric, **given}
     try:  # named as the user gave it: a shipped benchmark's lm-eval task has a name of its own
         task = resolve_task(task_spec, **{k: v for k, v in settings.items() if v is not None})
     except UserError as exc:
@@ -85,6 +90,32 @@ def _task_anchors(anchors: list[str], task: Any, file: Path) -> list[str]:
         click.echo(f"{file}: {len(mine)} of its {len(anchors)} anchors are items of task {task.name}; scoring those",
                    err=True)
     return mine
+
+
+def _task_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`--option KEY=VALUE` pairs as a campaign's `tasks[].options` holds them: each value a YAML
+    scalar (a number, a truth value or text), the keys given once."""
+    import yaml
+
+    from evo_merge.errors import UserError
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UserError(f"--option {pair}: expected KEY=VALUE, e.g. limit=80")
+        if key in options:
+            raise UserError(f"--option {key}: given twice")
+        try:
+            value = yaml.safe_load(text) if text.strip() else text
+        except (yaml.YAMLError, ValueError):
+            value = text
+        if not isinstance(value, (str, int, float, bool)):
+            raise UserError(f"--option {pair}: a task option is a number, true/false or text, not a "
+                            f"{type(value).__name__}")
+        options[key] = value
+    return options
 
 
 def _load(model_dir: Path, allow_pickle: bool) -> tuple[Any, Any]:

@@ -350,6 +350,24 @@ def test_cli_eval_writes_long_format_scores(model_dirs, tmp_path):
     assert all(line.split(",")[3] in {"inc", "dec", "add_10", "add_1d"} for line in lines[1:])
 
 
+def test_cli_eval_takes_the_task_options_a_campaign_gives(model_dirs, tmp_path):
+    """A campaign's task with `options: {limit: 5}` could not be scored again alone: `eval` had no
+    way to pass them (audit 101). `--option KEY=VALUE`, each value a YAML scalar."""
+    out = tmp_path / "scores.csv"
+    args = ["eval", "--model", str(model_dirs / "lm"), "--task", "arith", "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--option", "limit=5"])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 1 + 5
+    for bad, said in ((["--option", "limit"], "--option limit: expected KEY=VALUE, e.g. limit=80"),
+                      (["--option", "limit=[1, 2]"], "--option limit=[1, 2]: a task option is a number, true/false "
+                                                     "or text, not a list"),
+                      (["--option", "limit=5", "--option", "limit=6"], "--option limit: given twice"),
+                      (["--option", "nonsense=1"], "nonsense")):
+        result = CliRunner().invoke(cli, [*args, "--overwrite", *bad])
+        assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
 def test_cli_eval_scores_the_anchors_irt_anchors_stored_that_are_items_of_the_task(model_dirs, tmp_path):
     """`irt anchors` stores a set for every scenario of its model, over several tasks when the
     model was fitted on them together; `eval --items SET.json` scores this task's, one task at a time."""
