@@ -181,6 +181,11 @@ class EstimatorSpec(_Checked):
         """An IRT model is fitted on the calibration's responses here (none given by `irt_model`)."""
         return not self.whole and self.irt_model is None
 
+    @property
+    def reads_irt_model(self) -> bool:
+        """The IRT models `irt_model` gives are read (a full evaluation reads none: it is said unused)."""
+        return not self.whole and self.irt_model is not None
+
     def ignored_settings(self) -> list[str]:
         """The keys this file sets that its estimator never reads (`max_items` with `kind: gpirt`,
         `anchors` with `kind: full`, `dims` beside a fitted `irt_model`), each with the reason: a
@@ -197,7 +202,7 @@ class EstimatorSpec(_Checked):
             unused |= dict.fromkeys(given & _ANCHOR_SETTINGS, "kind: adaptive picks each candidate's items itself")
         else:
             unused |= dict.fromkeys(given & _ADAPTIVE_SETTINGS, f"only for kind: adaptive, not {self.kind}")
-        if self.irt_model is not None and not self.whole:
+        if self.reads_irt_model:
             unused |= dict.fromkeys(given & _FIT_SETTINGS, "irt_model gives a fitted IRT model: none is fitted here")
         by_reason: dict[str, list[str]] = {}
         for key, reason in sorted(unused.items()):

@@ -304,9 +304,12 @@ class CampaignRunner:
         samples every task, those the anchors cover too."""
         spec = self.workspace.campaign.estimator
         searched = {name: self.scoring.search_ids(name) for name in self.tasks}
-        if spec.whole or not spec.adaptive and all(
-                spec.anchors >= max(map(len, scenario_groups(ids, self.tasks[name].scenarios).values()), default=0)
-                for name, ids in searched.items()):
+
+        def covered(name: str) -> bool:  # every search item of the task among a candidate's anchors
+            groups = scenario_groups(searched[name], self.tasks[name].scenarios)
+            return spec.anchors >= max(map(len, groups.values()), default=0)
+
+        if spec.whole or (not spec.adaptive and all(map(covered, searched))):
             return {}
         return {name: len(ids) for name, ids in searched.items()}
 

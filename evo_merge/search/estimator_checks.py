@@ -55,7 +55,7 @@ def _check_irt_model_per_task(campaign: Campaign) -> None:
     """A campaign scored by fitted IRT models has one per task: checked before anything is evaluated,
     not when the search first needs it, after calibration. One `kind: full` never reads is said
     unused (`ignored_settings`), not checked."""
-    if campaign.estimator.irt_model is None or campaign.estimator.whole:
+    if not campaign.estimator.reads_irt_model:
         return
     folder = Path(campaign.estimator.irt_model)
     if not folder.is_dir():
@@ -76,7 +76,7 @@ def check_irt_model_items(campaign: Campaign, tasks: Mapping[str, FitnessTask]) 
     from evo_merge.search.holdout import holdout_items
     from evo_merge.search.scoring import task_irt_model  # (loads torch: `plan` alone asks this before the run)
 
-    if campaign.estimator.irt_model is None or campaign.estimator.whole:
+    if not campaign.estimator.reads_irt_model:
         return
     held_out = holdout_items(tasks, campaign.final.holdout, campaign.algorithm.seed)
     for name, task in tasks.items():

@@ -124,7 +124,7 @@ class Scoring:
 
     def check_fitted_models(self) -> None:
         """Before anything is evaluated: every task's `irt_model` holds the task's search items."""
-        if self.spec.irt_model is not None and not self.spec.whole:
+        if self.spec.reads_irt_model:
             for name in self.names:
                 self.fitted_model(name)
 
