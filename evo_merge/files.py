@@ -6,6 +6,7 @@ never written through)."""
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,21 +47,33 @@ def check_writable(out: Path, option: str | None = None) -> None:
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a new temporary sibling, fsync, rename: readers see the old or the new file, never
-    half; and a link planted at `path` (a run folder someone sent) is replaced, never written through."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:  # a missing or read-only folder: named as the file asked for, not the temporary one
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    half; and a link planted at `path` (a run folder someone sent) is replaced, never written through.
+    The file gets the mode any new file gets under the umask, as the exported models do: a
+    private umask keeps a run's paths and scores private, 022 lets the user's group read them."""
+    fd, tmp = _new_sibling(path)
     try:
         with writing(path), os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a report from the user's group
         try:
             os.replace(tmp, path)
         except OSError as exc:  # named as the file asked for: the temporary one is removed below
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_sibling(path: Path) -> tuple[int, Path]:
+    """A new hidden file beside `path`, open for writing, created with mode 0666 less the umask (`mkstemp`'s 0600
+    would hide a report from the user's group, a fixed 0644 would show it past a private umask)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as exc:  # a missing or read-only folder: named as the file asked for, not the temporary one
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    raise FileExistsError(f"no free temporary name beside {path}")

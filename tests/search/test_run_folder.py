@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -1291,6 +1292,22 @@ def test_a_file_that_cannot_be_replaced_is_named_not_its_vanished_temporary(tmp_
         atomic_write(tmp_path / "report.html", "<html>")
     assert (raised.value.filename, raised.value.filename2) == (str(tmp_path / "report.html"), None)
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temporary file left
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o600), (0o022, 0o644), (0o002, 0o664)])
+def test_a_replaced_file_takes_the_umask_mode_as_exported_models_do(tmp_path, umask, mode):
+    """A run's campaign.yaml (absolute model paths), tables and reports: private under a private
+    umask (a shared cluster's), readable by the group under 022, as the model folders beside them."""
+    from evo_merge.files import atomic_write
+
+    (tmp_path / "old.md").write_text("old")
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "report.md", "new")
+        atomic_write(tmp_path / "old.md", "new")  # replacing keeps no mode of the file replaced
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {"report.md": mode, "old.md": mode}
 
 
 def test_a_database_disk_io_error_says_what_may_cause_it():
