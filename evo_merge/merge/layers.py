@@ -10,8 +10,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from evo_merge.weights.arch import POSITION_EMBEDDINGS, TOKEN_EMBEDDINGS, module_named
+
 _LAYER = re.compile(r"^(?P<stem>(?:.*\.)?(?:layers|h|blocks|block|layer))\.(?P<index>\d+)\.(?P<rest>.+)$")
-_PRE = re.compile(r"(embed_tokens|wte|wpe|word_embeddings|position_embeddings|embed_in)")
+_PRE = module_named(TOKEN_EMBEDDINGS | POSITION_EMBEDDINGS)
 
 
 @dataclass(frozen=True)
@@ -50,5 +52,6 @@ def layer_tensors(names: Iterable[str], index: int) -> list[LayerName]:
 
 
 def is_pre_layer(name: str) -> bool:
-    """Input embeddings come before the blocks (mergekit takes them from the first slice)."""
+    """Input embeddings, token and position ones alike, come before the blocks (mergekit takes them
+    from the first slice: one model's position table beside another's tokens would be no model's)."""
     return bool(_PRE.search(name))

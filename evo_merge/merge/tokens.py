@@ -26,10 +26,11 @@ from evo_merge.merge import layers
 from evo_merge.merge.chat_templates import chat_template_text
 from evo_merge.merge.recipe import ModelTokenEmbedding, Recipe, ZeroEmbedding
 from evo_merge.weights import Checkpoint
+from evo_merge.weights.arch import OUTPUT_HEADS, TOKEN_EMBEDDINGS, module_named
 from evo_merge.weights.checkpoint import copied_tokenizer_files
 from evo_merge.weights.references import ModelRef, resolve_reference
 
-_EMBEDDING = ("embed_tokens", "wte", "word_embeddings", "lm_head", "embed_out", "embed_in")
+_VOCABULARY = module_named(TOKEN_EMBEDDINGS | OUTPUT_HEADS)  # a row per token
 
 
 @dataclass
@@ -112,7 +113,7 @@ class TokenPlan:
 
 def is_vocabulary(name: str) -> bool:
     """Whether a tensor has a row per token (an input embedding or an output head), by its name."""
-    return layers.parse(name) is None and any(part in name for part in _EMBEDDING)
+    return layers.parse(name) is None and bool(_VOCABULARY.search(name))
 
 
 def _tokenizer(folder: Path | None, what: str):

@@ -23,6 +23,7 @@ class Architecture:
     name: str
     model_types: tuple[str, ...] = ()  # HF config `model_type` values; empty for the plain nets
     embeddings: tuple[str, ...] = ()  # token (and position) embedding modules
+    positions: tuple[str, ...] = ()  # the position embeddings among them (no row per token)
     head: tuple[str, ...] = ()  # the output head (LM head or classifier)
     blocks: str = ""  # the module list holding the numbered blocks
     mlp: str = "mlp"
@@ -37,8 +38,8 @@ LLAMA = Architecture(
     "llama", ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "smollm3"),
     embeddings=("model.embed_tokens",), head=("lm_head",), blocks="model.layers", mlp_inputs=("gate_proj", "up_proj"),
 )
-GPT2 = Architecture("gpt2", ("gpt2",), embeddings=("transformer.wte", "transformer.wpe"), head=("lm_head",),
-                    blocks="transformer.h", mlp_inputs=("c_fc",))
+GPT2 = Architecture("gpt2", ("gpt2",), embeddings=("transformer.wte", "transformer.wpe"),
+                    positions=("transformer.wpe",), head=("lm_head",), blocks="transformer.h", mlp_inputs=("c_fc",))
 GPT_NEOX = Architecture("gpt_neox", ("gpt_neox",), embeddings=("gpt_neox.embed_in",), head=("embed_out",),
                         blocks="gpt_neox.layers", mlp_inputs=("dense_h_to_4h",))
 GPTJ = Architecture("gptj", ("gptj",), embeddings=("transformer.wte",), head=("lm_head",), blocks="transformer.h",
@@ -51,7 +52,8 @@ PHI3 = Architecture("phi3", ("phi3",), embeddings=("model.embed_tokens",), head=
 FALCON = Architecture("falcon", ("falcon", "bloom"), embeddings=("transformer.word_embeddings",), head=("lm_head",),
                       blocks="transformer.h", mlp_inputs=("dense_h_to_4h",))
 OPT = Architecture("opt", ("opt",), embeddings=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
-                   head=("lm_head",), blocks="model.decoder.layers", mlp="", mlp_inputs=("fc1",))
+                   positions=("model.decoder.embed_positions",), head=("lm_head",), blocks="model.decoder.layers",
+                   mlp="", mlp_inputs=("fc1",))
 MLP = Architecture("mlp", blocks="fcs")  # its classifier head is the last of `fcs`
 CNN = Architecture("cnn", head=("head",), blocks="convs")
 RESNET = Architecture("resnet", head=("head",), blocks="blocks")
@@ -68,16 +70,26 @@ def _alternatives(names: set[str]) -> str:
     return "|".join(re.escape(n) for n in sorted(names))
 
 
-# An embedding or LM-head tensor of any HF family, matched by its module's own name so that a
-# bare backbone (no `model.`) or a wrapped model (`base_model.model.`) is recognised too.
-EMBEDDING_NAME = re.compile(
-    rf"(?:^|\.)(?:{_alternatives({_last(m) for a in HF_ARCHS for m in a.embeddings + a.head})})(?:\.|$)"
-)
+# The modules' own names (the path's last component) of every HF family, each kind once: the
+# merge's slices, tied heads and vocabularies read them from here, not from lists of their own.
+TOKEN_EMBEDDINGS = frozenset(_last(m) for a in HF_ARCHS for m in a.embeddings if m not in a.positions)
+POSITION_EMBEDDINGS = frozenset(_last(m) for a in HF_ARCHS for m in a.positions)
+OUTPUT_HEADS = frozenset(_last(m) for a in HF_ARCHS for m in a.head)
+
+
+def module_named(names: set[str] | frozenset[str]) -> re.Pattern[str]:
+    """A tensor of one of these modules, matched by the module's own name so that a bare backbone
+    (no `model.`) or a wrapped model (`base_model.model.`) is recognised too."""
+    return re.compile(rf"(?:^|\.)(?:{_alternatives(set(names))})(?:\.|$)")
+
+
+# kept out of singular-vector methods
+EMBEDDING_NAME = module_named(TOKEN_EMBEDDINGS | POSITION_EMBEDDINGS | OUTPUT_HEADS)
 
 
 def mlp_input_pattern(arch: Architecture) -> re.Pattern[str]:
     """`<prefix><last blocks component>.<layer>.[<mlp>.]<input>.weight`, with any prefix for the
-    same reason as EMBEDDING_NAME."""
+    same reason as `module_named`."""
     block, inputs = re.escape(_last(arch.blocks)), _alternatives(set(arch.mlp_inputs))
     mlp = rf"{re.escape(arch.mlp)}\." if arch.mlp else ""
     return re.compile(rf"^(?:.*\.)?{block}\.(?P<layer>\d+)\.{mlp}(?P<proj>{inputs})\.weight$")

@@ -20,10 +20,11 @@ import os
 import re
 from collections.abc import Sequence
 
+from evo_merge.weights.arch import OUTPUT_HEADS, TOKEN_EMBEDDINGS
 from evo_merge.weights.checkpoint import Checkpoint
 
-HEADS = ("lm_head.weight", "embed_out.weight")  # output heads a tied model leaves out
-INPUT_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+HEADS = tuple(f"{m}.weight" for m in sorted(OUTPUT_HEADS))  # output heads a tied model leaves out
+INPUT_EMBEDDINGS = tuple(f"{m}.weight" for m in sorted(TOKEN_EMBEDDINGS))
 # stored by checkpoints of older transformers versions, computed from the config on load (non-persistent)
 BUFFERS = ("rotary_emb.inv_freq",)
 _IN_BLOCK = re.compile(r"\.\d+\.")  # `model.layers.3.…`: a block's tensor, never a model's head

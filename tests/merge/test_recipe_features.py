@@ -144,6 +144,30 @@ def test_a_stack_of_slices_takes_each_layer_s_type_from_the_layer_it_copies(tmp_
     assert AutoModelForCausalLM.from_pretrained(out).config.layer_types == written["layer_types"]
 
 
+def test_a_stack_of_opt_slices_takes_both_its_embeddings_from_the_first_slice(tmp_path):
+    """OPT's position table (`embed_positions`) came from the last slice's model beside the token
+    table of the first's: a model no one trained. Both come before the blocks, as GPT-2's `wpe` does."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    config = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=2,
+                       max_position_embeddings=32, word_embed_proj_dim=16)
+    folders = []
+    for seed, name in enumerate(("a", "b")):
+        torch.manual_seed(seed)
+        OPTForCausalLM(config).save_pretrained(tmp_path / name)
+        folders.append(tmp_path / name)
+    recipe = {"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": str(folders[0]), "layer_range": [0, 1]}]},
+        {"sources": [{"model": str(folders[1]), "layer_range": [1, 2]}]},
+    ]}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    merged, a, b = tensors_of(out), tensors_of(folders[0]), tensors_of(folders[1])
+    for name in ("model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight"):
+        assert torch.equal(merged[name], a[name]) and not torch.equal(a[name], b[name]), name
+    assert OPTForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+
+
 @pytest.mark.parametrize(("dense", "step", "expected"), [([1], 1, [1, 2]), ([], 2, [1])])
 def test_a_stack_of_mixture_of_experts_layers_keeps_each_layer_dense_or_sparse(tmp_path, dense, step, expected):
     """Qwen-MoE chooses its dense layers by index (`mlp_only_layers`, every `decoder_sparse_step`-th

@@ -11,6 +11,7 @@ from evo_merge.weights.arch import (
     ARCHITECTURES,
     EMBEDDING_NAME,
     GPT2,
+    HF_ARCHS,
     LLAMA,
     architecture_of,
     hf_model_type,
@@ -41,6 +42,26 @@ def test_embeddings_and_heads_are_kept_out_of_singular_vector_methods():
         assert is_decomposed(matrix, name, {"embeddings": True}), name
     for name in ("model.layers.0.mlp.up_proj.weight", "transformer.h.0.attn.c_attn.weight"):
         assert is_decomposed(matrix, name, {}), name
+
+
+@pytest.mark.parametrize("arch", HF_ARCHS, ids=lambda a: a.name)
+def test_every_table_s_embeddings_and_head_are_read_alike_by_the_merge(arch):
+    """Slices, tied heads and vocabularies read the tables, not lists of their own (OPT's position
+    table was missing from the slices' list): every embedding comes before the blocks, a token
+    embedding and a head have a row per token, a position table has none, and a block's tensor is
+    neither."""
+    from evo_merge.merge.layers import is_pre_layer
+    from evo_merge.merge.tokens import is_vocabulary
+    from evo_merge.weights.heads import is_head
+
+    for module in arch.embeddings:
+        name = f"{module}.weight"
+        assert is_pre_layer(name) and is_vocabulary(name) == (module not in arch.positions), name
+    for module in arch.head:
+        name = f"{module}.weight"
+        assert is_head(name) and is_vocabulary(name) and not is_pre_layer(name), name
+    block = f"{arch.blocks}.0.{arch.mlp + '.' if arch.mlp else ''}{arch.mlp_inputs[0]}.weight"
+    assert not (is_pre_layer(block) or is_vocabulary(block) or is_head(block)), block
 
 
 def test_routing_reads_each_architectures_mlp_input():
