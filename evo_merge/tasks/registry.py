@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import inspect
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from evo_merge.tasks.base import FitnessTask
 ENTRY_POINT_GROUP = "evo_merge.tasks"
 BENCHMARKS_DIR = shipped_dir("benchmarks")
 _PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_CACHE: dict[tuple[str, tuple[tuple[str, Any], ...]], FitnessTask] = {}
+_CACHE: dict[tuple[str, str], FitnessTask] = {}  # (task string, its settings as JSON) -> the task built
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask
     lm-eval tasks) go to the task's constructor or the plugin's factory."""
     if isinstance(spec, FitnessTask):
         return spec
-    key = (str(spec), tuple(sorted(settings.items())))
+    key = (str(spec), json.dumps(settings, sort_keys=True, default=repr))  # a list or mapping option too
     if key not in _CACHE:
         _CACHE[key] = _build(str(spec), settings)
     return _CACHE[key]

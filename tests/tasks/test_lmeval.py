@@ -272,6 +272,9 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch, capl
     with pytest.raises(UserError, match=re.escape("task 'evo_plugin_demo:Numbered': needs option 'ids', which its "
                                                   "options do not give (it takes: ids)")):
         resolve_task("evo_plugin_demo:Numbered")
+    # a list given from Python (the task cache's key was a TypeError: unhashable), each list its own task
+    assert resolve_task("evo_plugin_demo:Numbered", ids=["a", "b"]).item_ids == ["a", "b"]
+    assert resolve_task("evo_plugin_demo:Numbered", ids=["c"]).item_ids == ["c"]
     with pytest.raises(UserError, match=re.escape("task 'evo_plugin_demo:positional': needs 'n', which options "
                                                   "cannot give (a positional-only argument)")):
         resolve_task("evo_plugin_demo:positional")
