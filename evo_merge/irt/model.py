@@ -334,8 +334,8 @@ class IRTModel:
         version = meta.get("format_version")
         if version not in (1, FORMAT_VERSION):
             raise UserError(f"{meta_path}: format version {version!r} is not supported (expected {FORMAT_VERSION})")
-        try:
-            with np.load(npz_path) as npz:
+        try:  # opened here: np.load leaves its own file open when the zip cannot be read (`_holds`)
+            with open(npz_path, "rb") as fh, np.load(fh) as npz:
                 _check_declared_sizes(npz, meta, npz_path)
                 arrays = {k: npz[k] for k in NPZ_KEYS} if version == FORMAT_VERSION else _from_v1(npz)
             model = cls(
@@ -349,6 +349,7 @@ class IRTModel:
                 dims_errors={int(d): float(e) for d, e in meta["dims_errors"].items()},
                 **arrays,
             )
+            declared_dims = meta["dims"]
         except KeyError as exc:
             raise UserError(f"{directory}: incomplete IRT model (missing {exc.args[0]!r})") from None
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -357,7 +358,7 @@ class IRTModel:
         consistent = (
             model.alpha.ndim == 2 and model.alpha.shape[0] == n_items and model.beta.shape == (n_items,)
             and model.theta.shape == (n_subj, model.dims) and model.responses.shape == (n_subj, n_items)
-            and len(model.item_scenarios) == n_items and meta["dims"] == model.dims
+            and len(model.item_scenarios) == n_items and declared_dims == model.dims
             and model.cv_alpha.shape[1:] == model.alpha.shape
             and model.cv_held.shape == (model.cv_alpha.shape[0], n_subj)
             and set(model.thresholds) == set(model.item_scenarios)

@@ -302,13 +302,21 @@ def test_priors_tighten_with_few_subjects_so_items_stay_finite():
         (lambda d: _edit(d, kind="something-else"), "not an evo-merge IRT model"),
         (lambda d: _edit(d, item_ids=["a", "b"]), "disagree on the model's shape"),
         (lambda d: _edit(d, thresholds=None), "incomplete IRT model"),
+        (lambda d: _edit(d, dims=None), r"incomplete IRT model \(missing 'dims'\)"),  # was a bare KeyError
     ],
 )
 def test_corrupt_or_incompatible_folder(tmp_path, torch_model, damage, message):
+    import gc
+    import warnings
+
     folder = torch_model.save(tmp_path / "m")
     damage(folder)
-    with pytest.raises(UserError, match=message):
-        IRTModel.load(folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(UserError, match=message):
+            IRTModel.load(folder)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]  # a file left open by np.load
 
 
 @pytest.mark.parametrize("claim", ["terabytes", "just over"])
