@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -162,7 +162,12 @@ def _license_text(folder: Path | None, link: str) -> str | None:
 
 
 def _hub_url(ref: CardInput, link: str) -> str:
-    return f"https://huggingface.co/{ref.hub_id}/blob/{ref.revision or 'main'}/{link.lstrip('./')}"
+    """The Hub page of the file `link` names in `ref`'s repository at its revision (`./LICENSE` as
+    `LICENSE`, `.github/LICENSE.md` as it is); the repository's page where the link climbs out of it."""
+    path = PurePosixPath(link.removeprefix("./"))
+    if path.is_absolute() or ".." in path.parts:
+        return f"https://huggingface.co/{ref.hub_id}"
+    return f"https://huggingface.co/{ref.hub_id}/blob/{ref.revision or 'main'}/{path}"
 
 
 def _listing(inputs: Sequence[CardInput], per_input: Mapping[str, License | None]) -> str:

@@ -137,6 +137,14 @@ def test_an_other_license_keeps_its_name_and_a_link_that_resolves_and_mixed_ones
     card = ModelCard(model_card(Recipe.model_validate({"merge_method": "task_arithmetic", "base_model": str(snapshot),
                                                        "models": [{"model": str(m)} for m in same[1:]]})))
     assert card.data.license_link == "https://huggingface.co/org/ds-base/blob/0123456789abcdef/LICENSE"
+    for link, url in ((".github/LICENSE.md", "blob/0123456789abcdef/.github/LICENSE.md"),  # was github/LICENSE.md
+                      ("./LICENSE", "blob/0123456789abcdef/LICENSE"), ("../LICENSE", "")):  # out of the repository
+        shutil.rmtree(snapshot)
+        shutil.copytree(with_other_license(base, tmp_path / f"nofile-{len(link)}", link=link, text=None), snapshot)
+        recipe = {"merge_method": "task_arithmetic", "base_model": str(snapshot),
+                  "models": [{"model": str(m)} for m in same[1:]]}
+        card = ModelCard(model_card(Recipe.model_validate(recipe)))
+        assert card.data.license_link == f"https://huggingface.co/org/ds-base/{url}".rstrip("/"), link
 
     mixed = [same[0], with_license(fts[0], "mit", tmp_path / "mit-ft1"), same[2]]
     out = export_merge(plan_from_recipe(recipe_for(mixed[0], mixed[1:])), tmp_path / "mixed")
