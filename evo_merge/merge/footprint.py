@@ -23,6 +23,7 @@ import torch
 
 from evo_merge.config import EvaluatorSpec
 from evo_merge.errors import UserError
+from evo_merge.merge.kinds import MASS
 from evo_merge.merge.methods import DEVICE_CONSENSUS_CHUNK
 from evo_merge.merge.registry import get_method
 from evo_merge.merge.storage import Storage, slab_bytes
@@ -54,8 +55,8 @@ STACKING = {"ties": (0.25, 4.5), **dict.fromkeys(("dare_ties", "dare_linear"), (
 # the weighted rows, their signs and the agreement of one chunk are about 2T + 1 float32 copies of it,
 # which the counts above miss for a largest tensor of up to a few chunks (an audit, the GPU's chunk on a
 # CPU: TIES on a 2^21-entry tensor peaked at 16.0 copies with 3 endpoints and 36.0 with 8, against 11 and
-# 21): counted on a GPU beside them (`_chunk_bytes`)
-CHUNKED_CONSENSUS = ("ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
+# 21): counted on a GPU beside them (`_chunk_bytes`), for every method registered with `streams=True` (the
+# built-in sparsifiers, and a method of your own running through `generalized_task_arithmetic`)
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,7 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
     # (plain pieces are added as stored, factored ones accumulated by matrix products)
     copies = max(2, _stacked(setting))
     for name in setting.methods:
-        if name not in STACKING and name != "mass" and get_method(name).pieces is None:
+        if name not in STACKING and name != MASS and get_method(name).pieces is None:
             copies = max(copies, setting.n_models + 4)
         elif name in ("tsv", "tsv_c") and (setting.storage.dtype or largest.dtype).itemsize < 4:
             # its pieces are computed from the task vectors in float32: formed from endpoints kept in
@@ -293,8 +294,8 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
 
 
 def _chunk_bytes(largest: TensorInfo, setting: Setting) -> int:
-    """A GPU's consensus chunk of the chunked sparsifiers (`CHUNKED_CONSENSUS`), beyond their counts."""
-    if not setting.on_gpu or not any(name in CHUNKED_CONSENSUS for name in setting.methods):
+    """A GPU's consensus chunk of the chunked sparsifiers (`streams=True`), beyond their counts."""
+    if not setting.on_gpu or not any(name != MASS and get_method(name).streams for name in setting.methods):
         return 0
     return 4 * (2 * setting.n_models + 1) * min(largest.numel, DEVICE_CONSENSUS_CHUNK)
 
@@ -332,7 +333,7 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
         lines.append(
             line("TSV-C pieces (rank r/T factors, one task)", lowrank_bytes(shapes, T, 1, storage.dtype), kept)
         )
-    if "mass" in setting.methods:
+    if MASS in setting.methods:
         dense = [t for t in shapes.floating if not decomposes(t.shape, t.name)]
         factors = stored + lowrank_bytes(shapes, T, T, storage.dtype) + T * shapes.nbytes(storage.dtype, dense)
         lines += [

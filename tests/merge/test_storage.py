@@ -720,6 +720,34 @@ def test_the_gpu_chunk_term_is_2t_plus_1_copies_of_at_most_one_chunk():
             assert export_bytes(shapes, setting(("ties",), True))[0] == 4 * numel * exported + term
 
 
+def test_the_gpu_chunk_is_counted_for_a_method_of_your_own_that_streams(monkeypatch):
+    """The chunk was counted for a list of the built-in sparsifiers' names: a plugin registered with
+    `streams=True` (running the consensus through `generalized_task_arithmetic`) was planned without
+    it on a GPU. It is read from the registry now; a plain method of your own gets no chunk."""
+    from evo_merge.merge import register_method, registry
+    from evo_merge.merge.methods import generalized_task_arithmetic
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # registered for this test only
+
+    @register_method("test_streaming_sparsifier", streams=True)
+    def streaming(base, deltas, weights, params, name):
+        return generalized_task_arithmetic(base, deltas, weights, params, sparsify=None, consensus=True)
+
+    @register_method("test_plain_sum")
+    def plain(base, deltas, weights, params, name):
+        return base + sum(w * d for w, d in zip(weights, deltas))
+
+    shapes = Shapes([TensorInfo("model.embed_tokens.weight", (1024, 1024), torch.bfloat16)])
+
+    def term(name):
+        gpu, cpu = (work_bytes(shapes, Setting(3, (name,), Storage(torch.bfloat16), torch.float32, on_gpu))
+                    for on_gpu in (True, False))
+        return gpu - cpu
+
+    assert term("test_streaming_sparsifier") == term("ties") == 4 * (2 * 3 + 1) * 1024 * 1024
+    assert term("test_plain_sum") == 0
+
+
 EXPORT_PEAK_SCRIPT = """
 import sys, torch
 from pathlib import Path
