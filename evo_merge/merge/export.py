@@ -31,7 +31,6 @@ def export_merge(
     out: str | Path,
     *,
     tensors: Iterator[tuple[str, torch.Tensor]] | None = None,
-    allow_pickle: bool = False,
     overwrite: bool = False,
     scores: Scores | None = None,
     title: str | None = None,
@@ -55,7 +54,7 @@ def export_merge(
     check_output_folder(Path(out).expanduser(), overwrite, inputs)
     on_host: list[str] = []  # tensors the device had no memory for
     if tensors is None:
-        total, tensors = stream_merge(plan, allow_pickle=allow_pickle, device=device, on_host=on_host)
+        total, tensors = stream_merge(plan, device=device, on_host=on_host)
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()

@@ -39,7 +39,7 @@ def _compiled():
     # graph per number of pieces and pattern of `relative` flags (a Python bool is a constant to
     # dynamo). fullgraph: past dynamo's recompile limit (8 graphs) a call raises, where it would
     # run `_combine` eagerly on the whole tensor without a word, peaking at 4 float32 copies of it
-    # (`MergeCache._fuse` then merges in chunks)
+    # (`InPlaceMerger._fuse` then merges in chunks)
     return torch.compile(_combine, dynamic=True, fullgraph=True)
 
 

@@ -19,6 +19,7 @@ import torch
 
 from evo_merge.errors import UserError, first_line
 from evo_merge.merge import layers
+from evo_merge.merge.methods import INT8_MASK
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method, list_methods
 from evo_merge.merge.settings import MISSING, layer_position, lookup
@@ -43,7 +44,7 @@ PER_LAYER_KEYS = ("layer_types", "mlp_layer_types", "no_rope_layers", "num_atten
 INDEXED_LAYER_KEYS = ("first_k_dense_replace", "moe_layer_freq")
 # mergekit keys every method accepts, changing no tensor here: int8_mask only picks the dtype of
 # mergekit's intermediate sign masks (methods that mask declare it, so the search knows it)
-ANY_METHOD = {"int8_mask": Hyperparameter("int8_mask", False, searchable=False)}
+ANY_METHOD = {INT8_MASK.name: INT8_MASK}
 
 
 @dataclass(frozen=True)
@@ -585,7 +586,7 @@ def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint], dev
         return checkpoints[sources[0][0]].tensor(sources[0][1])
     tensors = [checkpoints[m].tensor(n, plan.dtype) for m, n in sources]
     if plan.tokens is not None and plan.tokens.is_embedding(job.name, tuple(tensors[0].shape)):
-        tensors = plan.tokens.permute(job, sources, tensors)
+        tensors = plan.tokens.permute(sources, tensors)
     try:
         merged = _combine(plan, job, [t.to(device) for t in tensors])
     except torch.OutOfMemoryError:
@@ -614,7 +615,7 @@ def _combine(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor]) -> to
     return merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
 
 
-def stream_merge(plan: MergePlan, *, allow_pickle: bool = False, device: torch.device | str = "cpu",
+def stream_merge(plan: MergePlan, *, device: torch.device | str = "cpu",
                  on_host: list[str] | None = None) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
     """Open the checkpoints, then yield merged tensors lazily (count, iterator), each combined on
     `device` and returned on the host. A GPU makes the singular-vector methods practical at 7B
@@ -623,7 +624,6 @@ def stream_merge(plan: MergePlan, *, allow_pickle: bool = False, device: torch.d
     may depend on the GPU model), so a recipe rebuilds them bit for bit on the kind of device that
     built them. `on_host` receives the names of tensors the device had no memory for, merged on
     the host instead."""
-    plan.allow_pickle = plan.allow_pickle or allow_pickle
     device = torch.device(device)
     checkpoints = plan.open()
     on_host = [] if on_host is None else on_host

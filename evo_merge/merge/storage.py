@@ -29,9 +29,9 @@ from evo_merge.errors import UserError
 from evo_merge.merge.registry import get_method
 from evo_merge.weights import Checkpoint, parse_dtype
 from evo_merge.weights.devices import indexed
+from evo_merge.weights.dtypes import AUTO
 
 Placement = Literal["device", "host", "disk"]
-AUTO = "auto"
 SLAB_MIN, SLAB_MAX = 2**26, 2**30  # bytes of the first and the largest slab
 ALIGN = 512  # bytes: where each kept tensor starts in a slab (any dtype's view, aligned copies)
 

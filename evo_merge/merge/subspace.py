@@ -1,4 +1,4 @@
-"""Singular-vector methods: TSV-M, TSV-C and Iso-C (DESIGN.md §3).
+"""Singular-vector methods: TSV-M, TSV-C and Iso-C (Gargiulo et al. 2025, Marczak et al. 2025).
 
 They act on 2-D weight matrices; embeddings and the LM head (recognised by name) and all other
 tensors (biases, norms) are treated as plain task vectors unless ``embeddings`` is set. TSV-M and
@@ -93,7 +93,7 @@ def tsv(base, deltas, params: Params, name: str) -> list[Piece]:
     return [Scaled(d, len(deltas)) for d in deltas]
 
 
-def model_index(weights: Sequence[float], params: Params) -> str | None:
+def task_in_range(weights: Sequence[float], params: Params) -> str | None:
     """TSV-C's `task` must name one of the endpoints: the method's refusal (`MergeMethod.check`),
     so that a recipe's plan and a campaign file name it before any merge work."""
     task = params["task"]
@@ -104,7 +104,7 @@ def model_index(weights: Sequence[float], params: Params) -> str | None:
     "tsv_c",
     threaded=True,
     keeps_unchanged=True,
-    check=model_index,
+    check=task_in_range,
     hyperparameters=[H("task", 0, 0, None, searchable=False, help="index of the model to reconstruct"),
                      ALPHA, EMBEDDINGS],
     scale=lambda w, p: p["alpha"],

@@ -50,7 +50,7 @@ class TokenPlan:
     def is_embedding(self, name: str, shape: tuple[int, ...]) -> bool:
         return len(shape) == 2 and shape[0] in self.model_rows and is_vocabulary(name)
 
-    def permute(self, job: Any, sources: list[tuple[int, str]], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    def permute(self, sources: list[tuple[int, str]], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each source's rows laid out in the output vocabulary: the rows a model has, gathered in
         one indexing per model (a row at a time took 2.2 s for a 152k vocabulary, twice a merge);
         the default rows (`_default`) only for the tokens some model lacks or `force` replaces."""
