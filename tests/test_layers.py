@@ -91,6 +91,18 @@ def test_the_config_schema_reads_only_tables_and_the_method_registry_from_higher
     assert all(not list(graph.successors(m)) for m in tables)
 
 
+def test_loading_the_schema_imports_no_model_code():
+    """The graph above records `config -> irt.kinds`, not the package `__init__` modules such an
+    import runs first: that the schema loads no torch rests on those staying lazy, checked here."""
+    import subprocess
+    import sys
+
+    code = ("import sys, evo_merge.config\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'sklearn', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])
+
+
 def test_the_small_top_level_modules_import_no_floor():
     """Any floor may use `errors`, `schema`, `console`, `markup`, ...: an import of a floor from one
     of them would let every floor climb through it unseen (config's tables are the one exception,
