@@ -73,6 +73,30 @@ def average(states: Sequence[State], weights: Sequence[float] | None = None) -> 
     return out
 
 
+def average_folders(folders: Sequence[Path], out: Path) -> Path:
+    """The plain average of aligned model folders, written to `out` (a campaign's `universe-mean`
+    reference), a tensor at a time: summed in float32 and rounded once to each tensor's dtype (a
+    bfloat16 sum rounded at every addition); integer buffers come from the first folder."""
+    from contextlib import ExitStack
+
+    from evo_merge.weights import Checkpoint, write_model_folder
+
+    def tensors(checkpoints: list[Checkpoint]):
+        for name in checkpoints[0].names:
+            first = checkpoints[0].tensor(name)
+            if not first.is_floating_point():
+                yield name, first
+                continue
+            total = first.to(torch.float32, copy=True)
+            for checkpoint in checkpoints[1:]:
+                total += checkpoint.tensor(name).to(torch.float32)
+            yield name, (total / len(checkpoints)).to(first.dtype)
+
+    with ExitStack() as stack:
+        checkpoints = [stack.enter_context(Checkpoint.open(f)) for f in folders]
+        return write_model_folder(out, tensors(checkpoints), copy_from=folders[0])
+
+
 def with_state(model: nn.Module, state: State) -> nn.Module:
     """A copy of `model` holding `state`."""
     clone = copy.deepcopy(model)

@@ -143,8 +143,7 @@ def model_reference(value: str, key: str) -> ModelRef:
 
 def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tuple[Path, list[Path]]:
     """Align the endpoints once (reused on resume): (the reference, the aligned folders)."""
-    from evo_merge.align.api import PERMUTATIONS_FILE, align_folders
-    from evo_merge.weights import Checkpoint, write_model_folder
+    from evo_merge.align.api import PERMUTATIONS_FILE, align_folders, average_folders
 
     record = out / PERMUTATIONS_FILE
     if not record.exists():
@@ -158,14 +157,7 @@ def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tup
         return aligned[0], aligned
     mean = out / "universe-mean"
     if not mean.exists():
-        checkpoints = [Checkpoint.open(p) for p in aligned]
-        tensors = (
-            (n, sum(c.tensor(n) for c in checkpoints) / len(checkpoints))
-            if checkpoints[0].dtype(n).is_floating_point
-            else (n, checkpoints[0].tensor(n))
-            for n in checkpoints[0].names
-        )
-        write_model_folder(mean, tensors, copy_from=aligned[0])
+        average_folders(aligned, mean)
     return mean, aligned
 
 

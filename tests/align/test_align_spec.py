@@ -55,3 +55,23 @@ def test_first_input_and_head_classes_never_permuted():
     lm = make_tiny_causal_lm("gpt2", vocab_size=40, seed=0)
     gspec = spec_for("gpt2", lm)
     assert gspec.axes["lm_head.weight"][0] is None and gspec.axes["transformer.wte.weight"][0] is None
+
+
+def test_the_mean_of_aligned_folders_is_summed_in_float32_and_rounded_once(tmp_path):
+    """A campaign's `universe-mean` reference: bfloat16 tensors were summed in bfloat16, each
+    addition rounded; the mean now equals the float32 mean rounded once, and an integer buffer is
+    the first folder's."""
+    from safetensors.torch import load_file
+
+    from evo_merge.align.api import average_folders
+    from evo_merge.weights import write_model_folder
+
+    gen = torch.Generator().manual_seed(0)
+    states = [{"w": (1 + 0.01 * torch.randn(64, 64, generator=gen)).to(torch.bfloat16),
+               "steps": torch.tensor([i, 7])} for i in range(3)]
+    folders = [write_model_folder(tmp_path / f"m{i}", iter(s.items())) for i, s in enumerate(states)]
+    mean = load_file(average_folders(folders, tmp_path / "mean") / "model.safetensors")
+    exact = (sum(s["w"].float() for s in states) / 3).to(torch.bfloat16)
+    assert mean["w"].dtype == torch.bfloat16 and torch.equal(mean["w"], exact)
+    assert not torch.equal(exact, sum(s["w"] for s in states) / 3)  # what the bfloat16 sum gave
+    assert torch.equal(mean["steps"], torch.tensor([0, 7]))
