@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -390,13 +391,14 @@ def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shape
     Checked for compatibility first, as the merger will check them: an endpoint of another
     architecture or vocabulary is named by what differs, here before the run starts, rather than
     by the first tensor it lacks (or, with the same tensors, only once calibration has begun)."""
-    base = Checkpoint.open(base_path)
-    endpoints = [Checkpoint.open(m) for m in model_paths]
-    check_compatible([base, *endpoints])
-    config = base.config or {}
-    return Shapes(
-        describe(base, endpoints),
-        int(config.get("vocab_size") or 0),
-        int(config.get("hidden_size") or config.get("n_embd") or 0),
-        base.floating_dtype,
-    )
+    with ExitStack() as stack:
+        base = stack.enter_context(Checkpoint.open(base_path))
+        endpoints = [stack.enter_context(Checkpoint.open(m)) for m in model_paths]
+        check_compatible([base, *endpoints])
+        config = base.config or {}
+        return Shapes(
+            describe(base, endpoints),
+            int(config.get("vocab_size") or 0),
+            int(config.get("hidden_size") or config.get("n_embd") or 0),
+            base.floating_dtype,
+        )
