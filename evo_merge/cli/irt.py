@@ -254,10 +254,11 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
              lr: float | None, dims: str, repeats: int, draws: int, endpoints: str | None, overall: bool,
              csv_path: Path | None, overwrite: bool) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
+    from evo_merge.cli.irt_validation import default_summary, validation_table
     from evo_merge.cli.progress import StageBars
     from evo_merge.irt import load_responses
     from evo_merge.irt import validate as run_validation
-    from evo_merge.irt.validation import auto_folds, default_summary, validation_table
+    from evo_merge.irt.validation import auto_folds
 
     split_given = ctx.get_parameter_source("test_frac") is not click.core.ParameterSource.DEFAULT
     folds = _auto_or_count(folds, "--folds")
