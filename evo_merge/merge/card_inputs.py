@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from evo_merge.weights.references import is_hub_id
+
 _CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\](?P<rev>[0-9a-f]{7,64})")
 
 
@@ -50,7 +51,7 @@ def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None
         hub_id, revision = f"{cached['org']}/{cached['name']}", revision or cached["rev"]
     if hub_id is None and folder is None:
         name, _, rev = reference.partition("@")
-        if _HUB_ID.match(name):
+        if is_hub_id(name):  # as a recipe's model string is read (`weights.references`)
             hub_id, revision = name, revision or rev or None
     if hub_id is not None:
         return CardInput(hub_id, hub_id, revision, folder or cached_snapshot(hub_id, revision))
