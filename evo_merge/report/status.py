@@ -58,29 +58,9 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
                  + (f", {len(standard)} standard merge{'s' if len(standard) > 1 else ''}" if standard else "")
                  + (f" ({searched} of them in the search)" if searched else "")
                  + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
-    search_items = search_item_count(facts, store)
     race_record = store.get_meta(RACE_META) or {}
     sampled = (race_record.get("compared") or {}).get("scores", {})  # survivors' scores on the race's last sample
-    for task in objectives.names:
-        if competing:
-            best = max(competing, key=lambda e: objectives.goodness(e.estimates, task))
-            se = (best.estimate_se or {}).get(task)
-            value = f"{best.estimates[task]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
-            # a standard merge, or any candidate of a full-evaluation run, is scored on every search item, no SE
-            # (an estimate of a folder from before standard errors has none either, and few items)
-            measured = se is None and best.items_evaluated >= search_items
-            # the search's best, by what it was told: a candidate the final phase measured higher than
-            # its estimate does not count here (the picks below are chosen on measurements)
-            # the highest of many estimates runs high: its measurement, where the final phase took one, beside it
-            since = (f"; measured {best.measured[task]:.3f} since" if not measured and best.measured
-                     and task in best.measured else
-                     f"; {sampled[best.key][task]:.3f} on the race's last sample, which the picks were chosen on"
-                     if not measured and task in sampled.get(best.key, {}) else "")
-            lines.append(
-                f"best {task} in the search ({'higher' if objectives.goodness({task: 1.0}, task) > 0 else 'lower'} "
-                f"is better): {value} {'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method})"
-                f"{since}"
-            )
+    lines += _best_lines(objectives, competing, sampled, search_item_count(facts, store))
     if competing and (note := se_note(facts, store)):
         lines.append(note)
     if finished:  # a run cut short may hold the picks of an earlier end
@@ -106,6 +86,34 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
         f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
         + (f" ({saving:.1f}x saving)" if saving is not None else "") + f"; in total {item_totals(store)}"
     )
+    return lines
+
+
+def _best_lines(objectives: Objectives, competing: list[Evaluation], sampled: dict[str, dict[str, float]],
+                search_items: int) -> list[str]:
+    """A line per task: the search's best by what it was told, measured or estimated (± SE), and its
+    measurement or race score since, where the final phase took one (the highest of many estimates
+    runs high). A candidate the final phase measured higher than its estimate does not count here:
+    the picks, chosen on measurements, are listed apart."""
+    lines = []
+    for task in objectives.names if competing else ():
+        best = max(competing, key=lambda e: objectives.goodness(e.estimates, task))
+        se = (best.estimate_se or {}).get(task)
+        value = f"{best.estimates[task]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+        # a standard merge, or any candidate of a full-evaluation run, is scored on every search item, no SE
+        # (an estimate of a folder from before standard errors has none either, and few items)
+        measured = se is None and best.items_evaluated >= search_items
+        if measured:
+            since = ""
+        elif best.measured and task in best.measured:
+            since = f"; measured {best.measured[task]:.3f} since"
+        elif task in sampled.get(best.key, {}):
+            since = f"; {sampled[best.key][task]:.3f} on the race's last sample, which the picks were chosen on"
+        else:
+            since = ""
+        better = "higher" if objectives.goodness({task: 1.0}, task) > 0 else "lower"
+        lines.append(f"best {task} in the search ({better} is better): {value} "
+                     f"{'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method}){since}")
     return lines
 
 
