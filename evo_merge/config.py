@@ -380,8 +380,8 @@ class FinalSpec(_Checked):
         # this one took since picks were first named (`..` inside a name is no path component)
         bad = next((name for name in picks if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name)), None)
         if bad is not None:
-            raise ValueError(f"{bad!r}: a pick name is a folder name: letters, digits, '_', '.', '-', up to 64 "
-                             "characters")
+            raise ValueError(f"{bad!r}: a pick name is a folder name: letters, digits, '_', '.', '-', starting with "
+                             "a letter or digit, up to 64 characters")
         return picks
 
 

@@ -178,6 +178,9 @@ class Plan:
         elif on_disk:  # the page cache is not counted: the more RAM is free, the less each candidate reads
             rows.append(f"disk: files in {self.storage.directory or 'the run folder'}, read back for each "
                         "candidate (from the page cache as far as the host's RAM holds them)")
+        if self.available_host is None:  # a remote cluster: its machines are not measured here
+            rows.append("limit: not checked: the machines that evaluate are a remote cluster's, not this one")
+            return "\n".join(rows)
         rows.append(
             f"limit: host: {limit(self.budgets[0], self.available_host)}"
             + (f"; {self.device}: {limit(self.budgets[1], self.available_device)}" if gpu else "")

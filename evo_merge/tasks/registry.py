@@ -124,6 +124,9 @@ def _import_attribute(spec: str) -> Any:
     except ImportError as exc:
         hint = _import_hint(module_name, exc)
         raise UserError(f"task plugin {spec!r}: cannot import module {module_name!r} ({exc}){hint}") from None
+    except Exception as exc:  # noqa: BLE001  the plugin's own code as it is imported (a SyntaxError, a missing file)
+        raise UserError(f"task plugin {spec!r}: importing module {module_name!r} raised {described(exc)} (--debug "
+                        "shows where)") from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

@@ -376,7 +376,8 @@ def test_a_card_s_estimated_column_holds_estimates_only(tmp_path):
         ),
         (
             {"picks": {"p" * 65: {"weights": {"agree0": 1}}}},
-            "a pick name is a folder name: letters, digits, '_', '.', '-', up to 64 characters",
+            "a pick name is a folder name: letters, digits, '_', '.', '-', starting with a letter or digit, up to 64 "
+            "characters",
         ),
         ({"picks": {"mine": {"weights": {"agree9": 1}}}}, "final.picks.mine.weights.agree9: not a task name"),
         (

@@ -741,6 +741,15 @@ def test_a_remote_cluster_s_memory_and_disk_folder_are_not_this_machine_s(tmp_pa
     storage = {"placement": "disk", "disk_dir": str(tmp_path / "on-the-workers")}
     remote = write(tmp_path, config(zoo, storage=storage, evaluator={"kind": "dask", "address": "tcp://head:8786"}))
     check_campaign_fits(remote, tmp_path / "run")
+    from click.testing import CliRunner
+
+    from evo_merge.cli import cli
+
+    planned = CliRunner().invoke(cli, ["plan", str(remote)])  # it said "host: unknown is available", then "fits"
+    assert planned.exit_code == 0, planned.output
+    assert planned.output.rstrip().endswith("limit: not checked: the machines that evaluate are a remote cluster's, "
+                                            "not this one"), planned.output
+    assert "fits" not in planned.output.splitlines()
     local = tmp_path / "local"
     local.mkdir()
     with pytest.raises(UserError, match="on-the-workers"):  # the folder, before the memory

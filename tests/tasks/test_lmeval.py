@@ -329,6 +329,13 @@ def test_a_plugin_whose_factory_raises_is_one_line_naming_it(tmp_path, monkeypat
                                  "FileNotFoundError: [Errno 2] No such file or directory: "
                                  "'/nonexistent/evo-merge-items.jsonl' (--debug shows where)")
     assert isinstance(raised.value.__cause__, FileNotFoundError)
+    # the module itself failing as it is imported (a typo) was a traceback and exit 1 too
+    (tmp_path / "evo_typo_tasks.py").write_text("def make_task(:\n    pass\n")
+    with pytest.raises(UserError) as raised:
+        resolve_task("evo_typo_tasks:make_task")
+    assert str(raised.value).startswith("task plugin 'evo_typo_tasks:make_task': importing module 'evo_typo_tasks' "
+                                        "raised SyntaxError: ")
+    assert str(raised.value).endswith("(--debug shows where)") and isinstance(raised.value.__cause__, SyntaxError)
 
 
 @pytest.fixture(scope="module")
