@@ -60,9 +60,14 @@ from evo_merge.irt.adaptive import AdaptiveTest, held_out_error
 from evo_merge.irt.anchors import Anchors, select_anchors
 from evo_merge.irt.kinds import (
     ADAPTIVE,
+    ANCHOR_MEAN,
     DEFAULT_ESTIMATOR_KIND,
     ENDPOINT_ESTIMATORS,
     ESTIMATOR_KINDS,
+    GMPIRT,
+    GPIRT,
+    MPIRT,
+    PIRT,
     POSTERIOR_SE_CAVEAT,
     SELECTABLE_ANCHOR_METHODS,
 )
@@ -184,10 +189,10 @@ class Estimator:
         self._anchor_sq, self._irt_sq = anchor_err**2, irt_err**2
         prior = self._calibration_prior = self.random_sampling_variance()
         self.anchor_variance, self.irt_error = _pool(self._anchor_sq, prior), _pool(self._irt_sq, prior)
-        self.lam = _shrink_weight(self.irt_error, self.anchor_variance) if kind == "gpirt" else None
+        self.lam = _shrink_weight(self.irt_error, self.anchor_variance) if kind == GPIRT else None
         if kind in ENDPOINT_ESTIMATORS:
             self.irt_error = self._mp_error(seed)
-        if kind == "gmpirt":
+        if kind == GMPIRT:
             fixed = gmp_delta != "auto"
             auto = _shrink_weight(self.irt_error, self.anchor_variance)
             self.delta = np.full(len(self.scenarios), float(gmp_delta)) if fixed else auto
@@ -298,9 +303,9 @@ class Estimator:
 
     def _mix(self) -> np.ndarray | float:
         """The anchor mean's weight in the kind's estimate (1: the anchor mean alone, 0: IRT alone)."""
-        if self.kind == "anchor":
+        if self.kind == ANCHOR_MEAN:
             return 1.0
-        return self.lam if self.kind == "gpirt" else self.delta if self.kind == "gmpirt" else 0.0
+        return self.lam if self.kind == GPIRT else self.delta if self.kind == GMPIRT else 0.0
 
     def _mixed_se(self, mix: np.ndarray | float, anchor_variance: np.ndarray, irt_error: np.ndarray) -> np.ndarray:
         """SE of mix·(anchor mean) + (1 − mix)·(IRT part), with the parts' measured correlation."""
@@ -425,13 +430,13 @@ class Estimator:
         anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
         se = np.broadcast_to(self.scenario_se, anchor.shape)
         s2 = self._subject_anchor_variance(anchor) * self.anchor_variance_factor(anchor_scores)
-        if self.kind == "anchor":
+        if self.kind == ANCHOR_MEAN:
             return self._with_overall(anchor, np.sqrt(s2))
         theta = self._fit_theta(anchor_scores, self.model.alpha, self.model.beta, self.anchor_idx)
         irt = self._pirt(anchor_scores, theta, self.model.alpha, self.model.beta, self.anchor_idx)
-        if self.kind in ("pirt", "mpirt"):
+        if self.kind in (PIRT, MPIRT):
             return self._with_overall(irt, se)
-        if self.kind == "gmpirt":
+        if self.kind == GMPIRT:
             return self._with_overall(self.delta * anchor + (1.0 - self.delta) * irt, se)
         if not self.anchors.sampled:  # λ from the calibration; the anchor part's error still the subject's own
             lam, b2 = self.lam, self.irt_error

@@ -7,8 +7,13 @@ This module imports nothing, so the config schema can use it without loading tor
 from __future__ import annotations
 
 # estimators of a candidate's accuracy from a few scored items (see estimators.py, adaptive.py)
-ESTIMATOR_KINDS = ("anchor", "pirt", "gpirt", "mpirt", "gmpirt", "adaptive")
-ENDPOINT_ESTIMATORS = ("mpirt", "gmpirt")  # those that need the endpoints' abilities (merge-aware)
+ANCHOR_MEAN = "anchor"  # the anchors' (weighted) mean alone
+PIRT = "pirt"  # the IRT model's prediction from the ability fitted on the anchors
+GPIRT = "gpirt"  # the two mixed by their measured errors
+MPIRT, GMPIRT = "mpirt", "gmpirt"  # p-IRT, gp-IRT with the ability a combination of the endpoints'
+ADAPTIVE = "adaptive"  # the estimator that picks each subject's items itself, from its answers so far
+ESTIMATOR_KINDS = (ANCHOR_MEAN, PIRT, GPIRT, MPIRT, GMPIRT, ADAPTIVE)
+ENDPOINT_ESTIMATORS = (MPIRT, GMPIRT)  # those that need the endpoints' abilities (merge-aware)
 # estimators whose standard error leaves out part of the error (an audit: mp-IRT 42-61% beyond 2 SE on the
 # shipped tiny-lm responses), said wherever the ± is shown. An adaptive test's SE counts the IRT model's own
 # error since estimator revision 4 (measured by cross-fitting; the posterior's alone was half the error)
@@ -21,13 +26,12 @@ POSTERIOR_SE_CAVEAT = ("their standard error is the IRT model's posterior SE, wh
                        "(large with few calibration subjects); read it as a lower bound")
 ADAPTIVE_ERROR_REVISION = 4
 FULL_EVALUATION = "full"  # a campaign's costly baseline: every item scored, no estimator
-ADAPTIVE = "adaptive"  # the estimator that picks each subject's items itself, from its answers so far
 CAMPAIGN_ESTIMATOR_KINDS = (*ESTIMATOR_KINDS, FULL_EVALUATION)
 # "auto" is stratified-irt with enough calibration subjects, stratified below; "auto-kmeans" (the
 # default before defaults version 8) kmeans-irt with enough, stratified below (anchors.choose_anchor_method)
 ANCHOR_METHODS = ("auto", "auto-kmeans", "stratified-irt", "kmeans-irt", "kmeans-correctness", "stratified", "random")
 # what a campaign, `evo-merge irt` and the library use unless told otherwise
-DEFAULT_ESTIMATOR_KIND = "gpirt"
+DEFAULT_ESTIMATOR_KIND = GPIRT
 DEFAULT_ANCHOR_METHOD = "auto"
 # how a model's anchors are spread over its scenarios (anchors.allocate)
 ANCHOR_ALLOCATIONS = ("equal", "neyman")

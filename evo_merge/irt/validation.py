@@ -21,11 +21,14 @@ from evo_merge.errors import UserError
 from evo_merge.irt.anchors import choose_anchor_method, select_anchors
 from evo_merge.irt.estimators import Estimator
 from evo_merge.irt.kinds import (
+    ANCHOR_MEAN,
     DEFAULT_ANCHOR_METHOD,
     DEFAULT_ESTIMATOR_KIND,
     ENDPOINT_ESTIMATORS,
     FEW_HELD_OUT,
+    GPIRT,
     HOLD_OUTS,
+    PIRT,
     RANDOM_DRAWS,
     SELECTABLE_ANCHOR_METHODS,
 )
@@ -35,7 +38,7 @@ from evo_merge.progress import Progress, no_progress
 
 DEFAULT_BUDGETS = (10, 20, 50, 100)
 BASELINE = "mean (baseline)"
-DEFAULT_ESTIMATORS = ("anchor", "pirt", "gpirt")
+DEFAULT_ESTIMATORS = (ANCHOR_MEAN, PIRT, GPIRT)
 FEW_DRAWS = 5  # fewer anchor draws: one draw's anchors serve every held-out subject, its MAE is one noisy number
 ROUND_OFF = 1e-9  # an error this small is an exact estimate's round-off (SE 0), not one beyond its SE
 
