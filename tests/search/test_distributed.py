@@ -31,10 +31,14 @@ def zoo(tmp_path_factory):
     return save_tiny_family(root, "llama", n_finetunes=2, noise=0.08)
 
 
-def campaign(folder: Path, zoo, *, evaluator=None, task="agreement_task:AgreementTask", **options) -> Path:
+def campaign(folder: Path, zoo, *, evaluator=None, task="agreement_task:AgreementTask", device="cpu",
+             **options) -> Path:
+    """`device: cpu` unless told: on a GPU machine `auto` is CUDA, where the runs compared below
+    are recorded as evaluated on the CPU."""
     base, fts = zoo
     config = {
         "name": "dist",
+        "device": device,
         "base_model": str(base),
         "models": [str(f) for f in fts],
         "tasks": [{"task": task, "name": f"agree{i}",
@@ -149,7 +153,7 @@ def test_a_worker_killed_mid_generation_loses_and_duplicates_nothing(tmp_path, z
     assert front(run) == front(local_run)
 
 
-def test_n_workers_starts_a_local_cluster_and_close_stops_it(tmp_path, zoo):
+def test_n_workers_starts_a_local_cluster_and_close_stops_it(tmp_path, zoo, monkeypatch):
     """The `n_workers` path (the campaign runs above reach their cluster by address): the
     evaluator starts its cluster on first use and leaves no process behind; without a GPU the
     workers are plain CPU workers, and with GPUs each is pinned to one device (checked without
@@ -160,8 +164,9 @@ def test_n_workers_starts_a_local_cluster_and_close_stops_it(tmp_path, zoo):
     from evo_merge.search.distributed import DaskEvaluator, start_local_cluster
     from evo_merge.search.workspace import Workspace
 
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the CPU layout, on any machine
     before = children()
-    spec = Campaign.load(campaign(tmp_path, zoo, evaluator={"kind": "dask", "n_workers": 2}))
+    spec = Campaign.load(campaign(tmp_path, zoo, evaluator={"kind": "dask", "n_workers": 2}, device="auto"))
     workspace = Workspace.open(spec, tmp_path, tmp_path / "run")
     evaluator = DaskEvaluator.from_campaign(spec, workspace.base, workspace.models)
     try:

@@ -474,10 +474,12 @@ def test_run_into_a_folder_written_before_dtype_auto_plans_what_it_resumes(tmp_p
     assert fresh.exit_code == 0, fresh.output  # a new folder runs in bfloat16, which fits
 
 
-def test_an_export_on_another_device_than_the_run_evaluated_on_says_so(tmp_path, zoo, caplog):
+def test_an_export_on_another_device_than_the_run_evaluated_on_says_so(tmp_path, zoo, caplog, monkeypatch):
     """`device: auto` on a GPU machine, the run folder exported later on a laptop: the export merges
     on the CPU, which equals the GPU to rounding but draws DARE's and DELLA's drops otherwise."""
     import logging
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # `auto` is the CPU here, on any machine
 
     from evo_merge.config import Campaign
     from evo_merge.search.campaign import CampaignRunner
