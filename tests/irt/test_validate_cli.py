@@ -289,19 +289,21 @@ def test_validate_s_table_and_summary_say_only_what_holds(files):
 
 
 def test_a_verdict_from_few_subjects_or_one_anchor_draw_says_it_is_noisy(files):
+    """The verdict is on the default's row (stratified anchors with 12 subjects), the only method run."""
     root, full = files
     full[full.subject.isin(sorted(full.subject.unique())[:12])].to_csv(root / "twelve.csv", index=False)
-    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--repeats", "1", "--folds", "1")
+    twelve = ("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--methods", "stratified")
+    code, out = run(*twelve, "--repeats", "1", "--folds", "1")
     assert code == 0 and ("; 3 held-out subjects and 1 anchor draw: a noisy verdict (--folds 4 holds every subject "
                           "out once; --repeats 5 averages more anchor draws))") in out, out
     # the default (`--folds auto`) does just that with a dozen subjects, and says so
-    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1")
+    code, out = run(*twelve)
     assert code == 0 and "each of 12 held out once over 4 fits" in out and "noisy verdict" not in out, out
-    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--test-frac", "0.5")
+    code, out = run(*twelve, "--test-frac", "0.5")
     assert code == 0 and "held out once" not in out and "6 held-out subjects" in out, out  # the split asked for
-    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--folds", "4")
+    code, out = run(*twelve, "--folds", "4")
     assert code == 0 and "noisy verdict" not in out and "12 held-out" not in out, out
-    code, out = run("validate", root / "twelve.csv", "--budgets", "5", "--dims", "1", "--folds", "3", "--repeats", "2")
+    code, out = run(*twelve, "--folds", "3", "--repeats", "2")
     assert code == 0 and "; 12 held-out subjects and 2 anchor draws: a noisy verdict (--repeats 5 averages" in out
 
 

@@ -585,7 +585,6 @@ for name in sys.argv[2:]:
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux /proc")
 def test_the_gpu_plan_counts_the_base_loaded_on_the_host_before_it_moves():
     """On a GPU the module is read on the host in the checkpoints' dtype, then moved: with
     `device` placement and a model over the export's 5 GiB shard, that is the host's peak (the
@@ -617,6 +616,7 @@ def _peaks(n_models: int, args: list[str]) -> tuple[dict[str, float], Shapes]:
     return measured, Shapes([TensorInfo("model.embed_tokens.weight", (2048, 2048), torch.bfloat16)])
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux /proc")
 @pytest.mark.parametrize("n_models", [3, 6])
 def test_plan_counts_the_copies_each_stacking_method_keeps_alive(n_models):
     """The plan's merge work against the peak resident memory of one tensor's merge, in float32 copies
@@ -682,6 +682,7 @@ def test_a_cut_on_the_zeros_of_a_mostly_unchanged_task_vector_ranks_none_of_them
     assert int(out[1]) == 2**21 and float(out[0]) < 3.5, out
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux /proc")
 @pytest.mark.parametrize("n_models", [3, 8])
 def test_the_gpu_plan_counts_the_consensus_chunk_of_a_tensor_smaller_than_a_few(n_models):
     """A GPU runs TIES's sign election and sums 2^24 entries at a time: for a largest tensor of up

@@ -271,10 +271,11 @@ def test_a_follow_up_campaign_reuses_a_runs_irt_models_on_the_same_items_only(tm
         "the task" in result.output, result.output
 
 
+# NSGA-II (the default, multi-objective, mixed-variable genome) killed and resumed: test_run_folder's
+# kill -9 with its write-ahead log cut in half, which resumes from further back
 @pytest.mark.parametrize("algorithm", [
-    {"name": "nsga2"},  # multi-objective, mixed-variable genome
     {"name": "cmaes", "objective": {"weights": {"agree0": 1.0, "agree1": 1.0}}},  # single-objective, real vector
-], ids=["nsga2", "cmaes"])
+], ids=["cmaes"])
 def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path, zoo, algorithm):
     algorithm = dict(algorithm)
     objective = algorithm.pop("objective", None)

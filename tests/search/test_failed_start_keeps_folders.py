@@ -108,7 +108,7 @@ def test_a_failed_open_keeps_a_folder_bound_before_and_its_database(tmp_path, zo
     bind(zoo, flaky, run)
     flaky.write_text("")
     fresh_tasks()
-    with pytest.raises(Exception, match="no_such_package_zz"):
+    with pytest.raises(UserError, match="no_such_package_zz"):
         CampaignRunner.open(Campaign.model_validate(config(zoo, flaky)), tmp_path, run)
     assert (run / "state.sqlite").is_file() and (run / "campaign.yaml").is_file()
     flaky.unlink()  # the cause mended: the same folder opens, as the campaign it was bound to
@@ -142,9 +142,10 @@ def test_a_failed_open_closes_the_database_it_opened(tmp_path, zoo, flaky):
     bind(zoo, flaky, run)
     flaky.write_text("")
     fresh_tasks()
-    with pytest.raises(Exception, match="no_such_package_zz") as failed:
+    with pytest.raises(UserError, match="no_such_package_zz") as failed:
         CampaignRunner.open(Campaign.model_validate(config(zoo, flaky)), tmp_path, run)
-    assert failed.value is not None and open_fds_under(run) == []
+    held = failed.value  # as a caller logging it holds it, with its traceback and the frames it references
+    assert open_fds_under(run) == [], held
 
 
 # ---------------------------------------------------------------- evo-merge run

@@ -55,7 +55,7 @@ def test_a_failed_start_leaves_no_folder_and_the_corrected_campaign_starts_in_it
     run = tmp_path / "run"
     typo = small(zoo).model_dump()
     typo["tasks"][0]["task"] = "agreement_task:AgreementTsk"
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="AgreementTsk"):
         CampaignRunner.open(Campaign.model_validate(typo), tmp_path, run)
     assert not run.exists()
     CampaignRunner.open(small(zoo), tmp_path, run).__exit__(None, None, None)
