@@ -192,3 +192,24 @@ def test_estimate_and_validate_keep_an_existing_output_file_and_refuse_before_wo
     assert mine.read_text() == "mine\n" and not any(folder.iterdir())
     irt(*estimate, mine, "--overwrite")
     assert mine.read_text().startswith("subject,scenario,estimator,estimate,se")
+
+
+def test_the_pyirt_backend_s_epochs_and_rate_reach_fit_and_validate_from_the_command_line(tmp_path):
+    """`--backend pyirt --epochs N --lr R` on `irt fit` and `irt validate` (only the library call was
+    tested): the model records what it was fitted with; the flags without py-irt are refused before
+    any work, naming the flag."""
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=5)
+    theta, ids = synthetic_abilities(12, dims=1, seed=6)
+    gen.sample(theta, ids, seed=7).to_csv(tmp_path / "r.csv", index=False)
+    out = irt("fit", tmp_path / "r.csv", "--out", tmp_path / "m", "--dims", "1", "--backend", "pyirt",
+              "--epochs", "30", "--lr", "0.1")
+    model = IRTModel.load(tmp_path / "m")
+    assert model.backend == "pyirt" and (model.settings["epochs"], model.settings["lr"]) == (30, 0.1), out
+    out = irt("validate", tmp_path / "r.csv", "--dims", "1", "--budgets", "5", "--methods", "random", "--folds", "1",
+              "--repeats", "1", "--backend", "pyirt", "--epochs", "30", "--lr", "0.1")
+    assert "IRT validation" in out
+    for flag in ("--epochs", "--lr"):
+        refused = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path / "r.csv"), "--out", str(tmp_path / "t"),
+                                           flag, "30" if flag == "--epochs" else "0.1"])
+        assert refused.exit_code == 2 and refused.output.strip() == f"error: {flag} applies to --backend pyirt only"
+        assert not (tmp_path / "t").exists()

@@ -50,3 +50,35 @@ def test_plan_asks_nothing_of_an_irt_model_a_full_evaluation_never_reads(tmp_pat
                 check_irt_model_items(campaign, {"t": task})
         else:
             check_irt_model_items(campaign, {"t": task})
+
+
+def test_a_campaign_on_the_shipped_irt_models_measures_only_the_base_and_the_endpoints(tmp_path):
+    """`estimator: {irt_model: irt_models}` as the docs suggest, on the shipped benchmarks (only
+    the refusal of a missing folder was tested): no warm-up merge is measured and no model is
+    fitted; every search candidate is scored on its anchors alone, so a shipped model drifting
+    from its benchmark's items is found here."""
+    import yaml
+    from click.testing import CliRunner
+
+    from evo_merge.cli import cli
+    from evo_merge.search.store import ANCHORS_META, CampaignStore
+    from evo_merge.shipped import shipped_dir
+    from evo_merge.zoo.tiny import save_tiny_family
+
+    base, fts = save_tiny_family(tmp_path / "family", "llama", n_finetunes=2)
+    config = tmp_path / "campaign.yaml"
+    config.write_text(yaml.safe_dump({
+        "base_model": str(base), "models": [str(f) for f in fts], "tasks": [{"task": "arith"}, {"task": "seq"}],
+        "methods": {"task_arithmetic": {}}, "device": "cpu",
+        "estimator": {"kind": "gpirt", "irt_model": str(shipped_dir("irt_models")), "anchors": 5},
+        "algorithm": {"population": 4, "generations": 1, "seed": 0}, "final": {"evaluate_top": 1, "export": []}}))
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    store = CampaignStore(tmp_path / "run")
+    calibration = store.evaluations("calibration")
+    assert len(calibration) == 3 and not (tmp_path / "run" / "irt").exists()  # the base and the 2 endpoints
+    anchors = sum(n for counts in store.get_meta(ANCHORS_META).values() for n in counts.values())
+    assert anchors == 2 * 5 * 4.5  # 5 per scenario on average: arith's 4 scenarios and seq's 5
+    assert {e.items_evaluated for e in store.evaluations("search")} == {anchors}
+    assert anchors < calibration[0].items_evaluated == 1920  # every search item of both tasks
+    store.close()
