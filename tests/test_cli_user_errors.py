@@ -28,9 +28,12 @@ def invoke(*args):
 
 
 def one_line_error(code, output, *expected):
+    """Exit 2 and one `error: ` line (warnings said before it are lines of their own), or click's
+    usage error, which ends with its `Error: ` line."""
     assert code == 2, output
-    lines = output.strip().splitlines()
-    assert "Traceback" not in output and (len(lines) == 1 or lines[-1].startswith("Error: ")), output
+    lines = [line for line in output.strip().splitlines() if not line.startswith("warning: ")]
+    assert "Traceback" not in output and (
+        (len(lines) == 1 and lines[0].startswith("error: ")) or lines[-1].startswith("Error: ")), output
     assert all(text in output for text in expected), output
 
 
