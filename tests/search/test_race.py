@@ -427,7 +427,9 @@ def test_a_leaver_is_scored_on_its_anchors_and_its_stage_s_sample_only(raced):
     scoring, store = runner.scoring, runner.workspace.store
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, 1 + SEED_OFFSET)
-    for key, leaver in store.get_meta(RACE_META)["left"].items():
+    leavers = store.get_meta(RACE_META)["left"]
+    assert leavers
+    for key, leaver in leavers.items():
         anchors = {n: set(ids) for n, ids in scoring.anchor_items(key).items()}  # its anchor set's
         stage = {n: set(ids) for n, ids in sample.items(leaver["stage"]).items()}
         assert {n: set(v) for n, v in store.item_scores(key).items()} == {n: anchors[n] | stage[n] for n in stage}

@@ -103,6 +103,7 @@ def test_a_campaign_with_a_head_of_its_own_next_to_a_tied_model_exports_what_it_
     keys = {e.id: e.key for e in store.evaluations()}
     store.close()
     bench = Workbench.open(base, endpoints, device="cpu")
+    assert exported  # picks to compare
     for eid, folder in exported.values():
         pick = run / folder
         assert json.loads((pick / "config.json").read_text())["tie_word_embeddings"] is False
