@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from evo_merge.cli.paths import UserPath
+from evo_merge.cli.push import PRIVATE, REVISION
 from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
 from evo_merge.markup import shell
 
@@ -302,8 +303,8 @@ def report(run: Path) -> None:
 @click.option("--out", required=True, type=UserPath(path_type=Path), help="model folder to write")
 @click.option("--overwrite", is_flag=True, help="replace OUT if it is a model folder (once the new one is complete)")
 @click.option("--push-to-hub", "repo_id", metavar="ORG/NAME", help="upload the exported folder to this Hub repo")
-@click.option("--private", is_flag=True, help="create the Hub repo private")
-@click.option("--revision", help="Hub branch to upload to (created if missing)")
+@PRIVATE
+@REVISION
 @click.option("--dry-run", is_flag=True, help="list what --push-to-hub would upload; upload nothing")
 @SCHEDULER
 @TRUST_TASKS

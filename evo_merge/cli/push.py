@@ -9,12 +9,17 @@ import click
 
 from evo_merge.cli.paths import UserPath
 
+# `push` and `export --push-to-hub`
+PRIVATE = click.option("--private", is_flag=True, help="create the Hub repo private (without it a new repo takes its "
+                       "owner's default visibility); an existing public repo is refused, not published to")
+REVISION = click.option("--revision", help="Hub branch to upload to (created if missing)")
+
 
 @click.command()
 @click.argument("folder", type=UserPath(path_type=Path))
 @click.argument("repo_id", metavar="ORG/NAME")
-@click.option("--private", is_flag=True, help="create the Hub repo private")
-@click.option("--revision", help="Hub branch to upload to (created if missing)")
+@PRIVATE
+@REVISION
 @click.option("--dry-run", is_flag=True, help="list what would be uploaded; upload nothing")
 def push(folder: Path, repo_id: str, private: bool, revision: str | None, dry_run: bool) -> None:
     """Upload FOLDER, a model folder evo-merge wrote (a run's models/PICK, a `merge` or `export`
@@ -40,7 +45,7 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, revision: str | No
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
     if not dry_run:
-        click.echo(f"uploaded: {push_to_hub(plan, repo_id, private=private, revision=revision)}")
+        click.echo(f"uploaded: {push_to_hub(plan, repo_id, private=private or None, revision=revision)}")
         return
     where = f"{repo_id}@{revision}" if revision else repo_id
     click.echo(f"dry run: would upload {len(plan.files)} files to {where}{' (private)' if private else ''}:")

@@ -103,8 +103,12 @@ def hub_token() -> str:
     return token
 
 
-def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool = False, revision: str | None = None) -> str:
-    """Create the repo (and branch `revision`) if needed and upload the planned folder; the commit URL."""
+def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool | None = None, revision: str | None = None) -> str:
+    """Create the repo (and branch `revision`) if needed and upload the planned folder; the commit URL.
+
+    `private` None: a new repo takes its owner's default visibility (an organisation's may be
+    private), not public. `private` True on a repo that exists and is public is refused before any
+    file is sent: the Hub leaves an existing repo's visibility as it is, and the upload would publish."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -112,6 +116,9 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool = False, revisi
     api = HfApi(token=hub_token())
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if private and api.model_info(repo_id).private is False:
+            raise UserError(f"{repo_id} exists and is public: --private does not change an existing repo; make it "
+                            "private on the Hub first, or push without --private")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.create_commit(
@@ -122,9 +129,19 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool = False, revisi
         )
     except OfflineModeIsEnabled:
         raise UserError("HF_HUB_OFFLINE is set: unset it to upload") from None
-    except (HfHubHTTPError, OSError, ValueError) as exc:  # ValueError: an id or revision the Hub refuses
+    except HfHubHTTPError as exc:  # the Hub's reason, where it gave one: the message's first line is the status
+        raise UserError(f"upload to {repo_id} failed: {_hub_reason(exc)}") from None
+    except (OSError, ValueError) as exc:  # ValueError: an id or revision the Hub refuses
         raise UserError(f"upload to {repo_id} failed: {first_line(exc)}") from None
     return str(commit.commit_url)
+
+
+def _hub_reason(exc: Exception) -> str:
+    """The status line of a refused request, with the reason the Hub sent (its `server_message`),
+    which huggingface_hub puts on a later line or leaves out of the message."""
+    status = first_line(exc).rstrip(": ")
+    reason = (getattr(exc, "server_message", None) or "").strip().replace("\n", " ")
+    return f"{status}: {reason}" if reason and reason not in status else status
 
 
 def commit_operations(plan: UploadPlan) -> list:

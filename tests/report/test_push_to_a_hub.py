@@ -27,6 +27,18 @@ REPO_ROUTE = re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)/(?P<action>branch|pr
 class FakeHub(BaseHTTPRequestHandler):
     """The Hub routes an upload calls, each answered with the keys huggingface_hub reads."""
 
+    def do_GET(self):  # the repo's info: whether it is private
+        path = self.path.split("?")[0]
+        if not path.startswith("/api/models/"):  # the library's own lookups (its agent harnesses, once)
+            return self.answer(404, {"error": "not here"})
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self.server.requests.append({"method": "GET", "path": path, "body": None, "headers": headers})
+        repo = path.removeprefix("/api/models/")
+        if repo in self.server.existing:
+            self.answer(200, {"id": repo, "private": self.server.existing[repo], "sha": OID})
+        else:
+            self.answer(404, {"error": "Repository not found"}, error="Repository not found")
+
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         ndjson = self.headers.get("Content-Type", "").startswith("application/x-ndjson")
@@ -36,7 +48,12 @@ class FakeHub(BaseHTTPRequestHandler):
         self.server.requests.append({"method": self.command, "path": path, "body": parsed, "headers": headers})
         route = REPO_ROUTE.fullmatch(path)
         if path == "/api/repos/create":
-            self.answer(200, {"url": f"{self.server.url}/{parsed['organization']}/{parsed['name']}"})
+            repo = f"{parsed['organization']}/{parsed['name']}"
+            if repo in self.server.existing:  # the Hub's answer to a repo that exists: 409, with its url
+                self.answer(409, {"error": "You already created this model repo", "url": f"{self.server.url}/{repo}"})
+            else:
+                self.server.existing[repo] = parsed.get("visibility") == "private"
+                self.answer(200, {"url": f"{self.server.url}/{repo}"})
         elif path == "/api/validate-yaml":  # the card's metadata, checked before a commit holding README.md
             self.answer(200, {})
         elif route and route["action"] == "preupload":  # every file a regular git blob: no LFS route needed
@@ -73,6 +90,7 @@ def hub(monkeypatch, request):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
     server.url, server.requests, server.commit_error = f"http://127.0.0.1:{server.server_port}", [], None
+    server.existing = {}  # repo id -> private
     thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
 
@@ -96,9 +114,9 @@ def model_folder(tmp_path):
 
 
 def calls(hub):
-    """Each request as its route's action: create, validate-yaml, branch, preupload, commit."""
-    return [m["action"] if (m := REPO_ROUTE.fullmatch(r["path"])) else r["path"].rsplit("/", 1)[-1]
-            for r in hub.requests]
+    """Each request as its route's action: create, info, validate-yaml, branch, preupload, commit."""
+    return ["info" if r["method"] == "GET" else m["action"] if (m := REPO_ROUTE.fullmatch(r["path"]))
+            else r["path"].rsplit("/", 1)[-1] for r in hub.requests]
 
 
 def only(hub, action):
@@ -118,7 +136,8 @@ def test_push_creates_the_private_repo_and_branch_and_commits_the_folder_on_that
     folder = model_folder(tmp_path)
     result = CliRunner().invoke(cli, ["push", str(folder), REPO, "--private", "--revision", "v1"])
     assert result.exit_code == 0, result.output
-    assert calls(hub) == ["create", "branch", "validate-yaml", "preupload", "commit"]  # the branch before the commit
+    # the branch before the commit; the repo asked whether it is private (a public one would be published to)
+    assert calls(hub) == ["create", "info", "branch", "validate-yaml", "preupload", "commit"]
     assert all(r["headers"]["authorization"] == f"Bearer {TOKEN}" for r in hub.requests)
     created = only(hub, "create")["body"]
     assert (created["organization"], created["name"], created["type"]) == ("me", "tiny-merge", "model")
@@ -134,12 +153,14 @@ def test_push_creates_the_private_repo_and_branch_and_commits_the_folder_on_that
     assert result.stdout.strip() == f"uploaded: {hub.url}/me/tiny-merge/commit/{OID}"
 
 
-def test_push_without_revision_or_private_commits_to_main_of_a_public_repo(hub, tmp_path):
+def test_push_without_revision_or_private_commits_to_main_of_a_repo_of_the_owner_s_visibility(hub, tmp_path):
+    """Without --private a new repo takes its owner's default visibility (an organisation's may be
+    private): the push said public, and made one."""
     folder = model_folder(tmp_path)
     url = push_to_hub(plan_upload(folder), REPO)
     assert url == f"{hub.url}/me/tiny-merge/commit/{OID}"
-    assert "branch" not in calls(hub)
-    assert only(hub, "create")["body"]["visibility"] == "public"
+    assert "branch" not in calls(hub) and "info" not in calls(hub)
+    assert "visibility" not in only(hub, "create")["body"] and "private" not in only(hub, "create")["body"]
     assert only(hub, "preupload")["path"] == "/api/models/me/tiny-merge/preupload/main"
     commit = only(hub, "commit")
     assert commit["path"] == "/api/models/me/tiny-merge/commit/main"
@@ -149,7 +170,20 @@ def test_push_without_revision_or_private_commits_to_main_of_a_public_repo(hub, 
     result = CliRunner().invoke(cli, ["push", str(folder), REPO])  # the command: the same requests
     assert result.exit_code == 0, result.output
     assert calls(hub) == ["create", "validate-yaml", "preupload", "commit"]
-    assert only(hub, "create")["body"]["visibility"] == "public" and hub.requests[-1]["path"].endswith("/commit/main")
+    assert "visibility" not in only(hub, "create")["body"] and hub.requests[-1]["path"].endswith("/commit/main")
+
+
+def test_private_on_an_existing_public_repo_is_refused_before_any_file_is_sent(hub, tmp_path):
+    """The Hub keeps an existing repo's visibility: --private on a public one published the model."""
+    hub.existing[REPO] = False
+    result = CliRunner().invoke(cli, ["push", str(model_folder(tmp_path)), REPO, "--private"])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"error: {REPO} exists and is public: --private does not change an existing repo; make it private on the "
+        "Hub first, or push without --private"), result.output
+    assert calls(hub) == ["create", "info"]  # nothing committed
+    hub.existing[REPO], hub.requests[:] = True, []
+    assert CliRunner().invoke(cli, ["push", str(tmp_path / "m"), REPO, "--private"]).exit_code == 0
+    assert calls(hub)[-1] == "commit"
 
 
 def test_a_commit_the_hub_refuses_is_one_error_line_naming_the_repo_and_the_reason(hub, tmp_path):
@@ -161,3 +195,15 @@ def test_a_commit_the_hub_refuses_is_one_error_line_naming_the_repo_and_the_reas
     assert line.startswith(f"error: upload to {REPO} failed:"), line
     assert "403" in line and "You don't have the rights to create a commit" in line
     assert calls(hub)[-1] == "commit"  # refused at the commit, after the repo and branch were made
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_the_hub_s_reason_for_a_refusal_is_in_the_error_line(hub, tmp_path, status):
+    """huggingface_hub words most refusals as the status and the URL, its reason on a later line or
+    not at all: the error line carried `Bad request for commit endpoint:` and no reason."""
+    hub.commit_error = (status, "Your commit is too large for this repo")
+    result = CliRunner().invoke(cli, ["push", str(model_folder(tmp_path)), REPO])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: upload to {REPO} failed: "), line
+    assert line.endswith("Your commit is too large for this repo"), line
