@@ -15,7 +15,7 @@ import time
 import torch
 
 import evo_merge.merge.methods as methods
-from evo_merge.merge.plan import merge_tensor
+from evo_merge.merge.apply import merge_tensor
 from evo_merge.merge.registry import get_method
 
 

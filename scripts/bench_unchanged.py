@@ -22,8 +22,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from evo_merge.merge.inplace import InPlaceMerger
-from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.plan import plan_from_recipe
 from evo_merge.merge.recipe import Recipe
+from evo_merge.merge.stream import stream_merge
 from evo_merge.weights import Checkpoint, load_model_folder, save_model_folder
 
 

@@ -10,8 +10,9 @@ import torch
 
 from evo_merge.errors import UserError
 from evo_merge.merge.card import Scores, model_card, recipe_license, score_errors
-from evo_merge.merge.plan import MergePlan, stream_merge
+from evo_merge.merge.plan import MergePlan
 from evo_merge.merge.results import ItemScores, results_files
+from evo_merge.merge.stream import stream_merge
 from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import write_model_folder
 from evo_merge.weights.digest import weights_digest

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from evo_merge.errors import UserError
+from evo_merge.merge.apply import merge_tensor
 from evo_merge.merge.fused import fused_combine
 from evo_merge.merge.pieces import ELEMENTWISE, Endpoint, Piece, elementwise_term, map_piece
-from evo_merge.merge.plan import merge_tensor
 from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
 from evo_merge.merge.task_vectors import TaskVector

@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from evo_merge.errors import UserError, first_line
+from evo_merge.errors import UserError
 from evo_merge.merge import layers
 from evo_merge.merge.methods import INT8_MASK
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method, list_methods
 from evo_merge.merge.settings import MISSING, layer_position, lookup
-from evo_merge.merge.task_vectors import Delta, TaskVector, formed, whole
 from evo_merge.merge.tokens import TokenPlan, is_vocabulary, plan_tokens
 from evo_merge.weights import Checkpoint, heads, parse_dtype
 from evo_merge.weights.compat import castable, check_architectures, check_vocabularies
-from evo_merge.weights.dtypes import all_finite, dtype_name
-from evo_merge.weights.export import NonFiniteTensor
+from evo_merge.weights.dtypes import dtype_name
 from evo_merge.weights.references import ModelRef, open_reference, resolve_reference
 
 log = logging.getLogger(__name__)
@@ -545,95 +543,3 @@ def _layer_sources(jobs: list[TensorJob]) -> list[tuple[int, int]]:
         if out is not None and out.stem == stem and source is not None:
             sources.setdefault(out.index, (read[0], source.index))
     return [sources[i] for i in range(sizes[stem])]
-
-
-def merge_tensor(
-    method: MergeMethod,
-    base: torch.Tensor,
-    deltas: Sequence[Delta],
-    weights: Sequence[float],
-    params: dict[str, Any],
-    name: str,
-) -> torch.Tensor:
-    """`method` on one tensor: task vectors formed where they are read (`TaskVector`) go as they are
-    to a method that streams them (`MergeMethod.streams`), formed first for any other."""
-    if not method.streams:
-        deltas = formed(deltas)
-    try:
-        merged = method.fn(base, deltas, weights, params, name)
-    except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (another device, or failing)
-        raise
-    except RuntimeError as exc:  # e.g. SVD failing to converge on a degenerate matrix
-        if not all(map(all_finite, (base, *formed(deltas)))):  # a corrupt input, not a bug
-            raise NonFiniteTensor(name, f"tensor {name}: an input holds NaN or Inf, which {method.name} cannot "
-                                        f"merge ({first_line(exc)})") from None
-        raise RuntimeError(f"{method.name} failed on tensor {name}: {exc}") from exc
-    if not isinstance(merged, torch.Tensor) or merged.shape != base.shape:  # a plugin's slip, named here
-        got = f"shape {list(merged.shape)}" if isinstance(merged, torch.Tensor) else type(merged).__name__
-        raise RuntimeError(f"{method.name} returned {got} for tensor {name}, not a tensor of shape {list(base.shape)}")
-    return merged
-
-
-def _run_job(plan: MergePlan, job: TensorJob, checkpoints: list[Checkpoint], device: torch.device,
-             on_host: list[str]) -> torch.Tensor:
-    """One output tensor, on the host. Its inputs are read (and their token rows permuted) on the
-    host and combined on `device`; a job the device has no memory left for is combined on the
-    host instead, so a long export never dies on its largest tensor (the embeddings), and its name
-    goes in `on_host` (the card says which device each tensor was merged on)."""
-    sources = ([job.reference] if job.reference else []) + job.inputs
-    stored = checkpoints[sources[0][0]].dtype(sources[0][1])
-    if not stored.is_floating_point:
-        return checkpoints[sources[0][0]].tensor(sources[0][1])
-    tensors = [checkpoints[m].tensor(n, plan.dtype) for m, n in sources]
-    if plan.tokens is not None and plan.tokens.is_embedding(job.name, tuple(tensors[0].shape)):
-        tensors = plan.tokens.permute(sources, tensors)
-    try:
-        merged = _combine(plan, job, [t.to(device) for t in tensors])
-    except torch.OutOfMemoryError:
-        if device.type == "cpu":
-            raise
-        merged = None
-    if merged is None:  # out of the handler: the error's frames, and the device tensors they hold, are gone
-        torch.cuda.empty_cache()  # a no-op without CUDA
-        log.warning("tensor %s: out of memory on %s; merged on the CPU (equal to rounding; DARE and DELLA draw "
-                    "other drops there)", job.name, device)
-        merged = _combine(plan, job, tensors)
-        on_host.append(job.name)
-    return merged.to(device="cpu", dtype=plan.out_dtype or stored)
-
-
-def _combine(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor]) -> torch.Tensor:
-    narrow = tensors[0].dtype
-    if plan.method.on_models and narrow.itemsize < 4:  # a 16-bit difference is exact in float32
-        return _combine(plan, job, [t.float() for t in tensors]).to(narrow)
-    reference = tensors[0] if job.reference else torch.zeros_like(tensors[0])
-    inputs = tensors[1:] if job.reference else tensors
-    # formed where they are read for a method that streams them: not T more copies beside the inputs
-    deltas = [TaskVector(x, reference) if plan.method.streams else x - reference for x in inputs]
-    if plan.method.keeps_unchanged and not any(bool(whole(d).any()) for d in deltas):  # its result is the base
-        return reference + 0.0  # as base + 0 is: -0.0 read as 0.0
-    return merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
-
-
-def stream_merge(plan: MergePlan, *, device: torch.device | str = "cpu",
-                 on_host: list[str] | None = None) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
-    """Open the checkpoints, then yield merged tensors lazily (count, iterator), each combined on
-    `device` and returned on the host. A GPU makes the singular-vector methods practical at 7B
-    (TSV-M's SVDs take hours on a CPU); outputs agree with the CPU's to rounding, and DARE's and
-    DELLA's drops are drawn by the device's own generator (on a GPU, its draws for a large tensor
-    may depend on the GPU model), so a recipe rebuilds them bit for bit on the kind of device that
-    built them. `on_host` receives the names of tensors the device had no memory for, merged on
-    the host instead."""
-    device = torch.device(device)
-    checkpoints = plan.open()
-    on_host = [] if on_host is None else on_host
-
-    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
-        try:
-            for job in plan.jobs:
-                yield job.name, _run_job(plan, job, checkpoints, device, on_host)
-        finally:
-            for ck in checkpoints:
-                ck.close()
-
-    return len(plan.jobs), tensors()

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from evo_merge.cli import cli
 from evo_merge.merge import register_method
 from evo_merge.merge.card import model_card
-from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.plan import plan_from_recipe
 from evo_merge.merge.recipe import Recipe
+from evo_merge.merge.stream import stream_merge
 from evo_merge.weights.devices import available_device
 from evo_merge.zoo.tiny import save_tiny_family
 

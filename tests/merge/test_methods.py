@@ -254,7 +254,7 @@ def test_task_vectors_formed_where_they_are_read_give_the_formed_ones_bits(monke
     to form a chunk at a time, not as T float32 tensors alive at once: every entry, -0.0 included,
     as from the task vectors formed first."""
     import evo_merge.merge.methods as methods
-    from evo_merge.merge.plan import merge_tensor
+    from evo_merge.merge.apply import merge_tensor
     from evo_merge.merge.task_vectors import TaskVector
 
     monkeypatch.setattr(methods, "CONSENSUS_CHUNK", 64)
@@ -277,7 +277,7 @@ def test_task_vectors_of_a_bfloat16_base_are_formed_in_bfloat16_as_a_recipe_comp
     """A recipe with `dtype: bfloat16` merges in bfloat16: its task vectors formed where they are
     read are endpoint - base in bfloat16, the bits of the task vectors formed first (audit 97: the
     dtype they are formed in was untested; deltas of 0.3 round there)."""
-    from evo_merge.merge.plan import merge_tensor
+    from evo_merge.merge.apply import merge_tensor
     from evo_merge.merge.task_vectors import TaskVector
 
     g = torch.Generator().manual_seed(3)
@@ -312,7 +312,7 @@ def test_a_method_that_does_not_stream_gets_its_task_vectors_as_tensors(monkeypa
     """A method of your own (or any without `streams`) is handed tensors, formed from the merger's
     task vectors, as the registry documents its fn."""
     from evo_merge.merge import registry
-    from evo_merge.merge.plan import merge_tensor
+    from evo_merge.merge.apply import merge_tensor
     from evo_merge.merge.task_vectors import TaskVector
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # registered for this test only

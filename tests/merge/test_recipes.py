@@ -14,9 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evo_merge.cli import cli
 from evo_merge.errors import UserError
 from evo_merge.merge.inplace import InPlaceMerger
-from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.plan import plan_from_recipe
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import get_method, list_methods
+from evo_merge.merge.stream import stream_merge
 from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family
 

@@ -29,9 +29,10 @@ from evo_merge.merge.footprint import (
 )
 from evo_merge.merge.inplace import InPlaceMerger
 from evo_merge.merge.pieces import Endpoint, LowRank, Scaled, stored_tensors
-from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.plan import plan_from_recipe
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.storage import Keeping, Storage, rounds
+from evo_merge.merge.stream import stream_merge
 from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family
 
@@ -164,7 +165,7 @@ def test_task_vectors_stored_narrower_are_merged_in_float32(family, method, para
     with them in float32, as on exact ones. Formed in their stored dtype, TIES's rescale and DELLA's
     magnitudes were computed in bfloat16 (plain TIES came out the same, so the test above could not
     see it; audit 100)."""
-    from evo_merge.merge.plan import merge_tensor
+    from evo_merge.merge.apply import merge_tensor
     from evo_merge.merge.registry import get_method
 
     narrowed = merger(family, Storage(torch.bfloat16))
@@ -557,7 +558,7 @@ def test_host_placement_stages_on_a_gpu_only(family):
 PEAK_SCRIPT = """
 import sys, torch
 from evo_merge.merge.registry import get_method
-from evo_merge.merge.plan import merge_tensor
+from evo_merge.merge.apply import merge_tensor
 from evo_merge.merge.task_vectors import TaskVector
 torch.set_num_threads(1)
 def hwm():
@@ -757,7 +758,8 @@ EXPORT_PEAK_SCRIPT = """
 import sys, torch
 from pathlib import Path
 from safetensors.torch import save_file
-from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.plan import plan_from_recipe
+from evo_merge.merge.stream import stream_merge
 from evo_merge.merge.recipe import Recipe
 torch.set_num_threads(1)
 def hwm():

@@ -14,10 +14,11 @@ from transformers import AutoModelForCausalLM
 from evo_merge.errors import UserError
 from evo_merge.merge import register_method
 from evo_merge.merge.inplace import InPlaceMerger
-from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.plan import plan_from_recipe
 from evo_merge.merge.recipe import Recipe
 from evo_merge.merge.registry import get_method, list_methods
 from evo_merge.merge.storage import Storage
+from evo_merge.merge.stream import stream_merge
 from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import save_tiny_family
 
@@ -249,7 +250,7 @@ def one_norm_edited(partly_frozen, tmp_path_factory):
 
 @pytest.mark.parametrize("edited_first", [False, True])
 def test_an_export_merges_a_tensor_one_endpoint_changed(partly_frozen, one_norm_edited, edited_first):
-    """The export's own check (plan._combine): unchanged means unchanged by every endpoint, whichever
+    """The export's own check (stream._combine): unchanged means unchanged by every endpoint, whichever
     place the one that changed it holds. Task arithmetic by hand: base + weight * 0.5 on that norm."""
     base, fts, _ = partly_frozen
     edited, norm = one_norm_edited

@@ -12,7 +12,8 @@ from test_campaign import campaign, tensors_of  # a sibling module: its tiny cam
 from evo_merge.cli import cli
 from evo_merge.config import Coefficients
 from evo_merge.merge.groups import group_setting, n_groups, tensor_weights
-from evo_merge.merge.plan import plan_from_recipe, stream_merge
+from evo_merge.merge.plan import plan_from_recipe
+from evo_merge.merge.stream import stream_merge
 from evo_merge.search.candidate import Candidate, grouped_candidate
 from evo_merge.search.kinds import STATIC, candidate_recipe
 from evo_merge.search.space import SearchSpace, coefficient_groups
