@@ -10,10 +10,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from evo_merge.weights.arch import POSITION_EMBEDDINGS, TOKEN_EMBEDDINGS, module_named
+from evo_merge.weights.arch import BEFORE_BLOCKS, POSITION_EMBEDDINGS, TOKEN_EMBEDDINGS, module_named
 
 _LAYER = re.compile(r"^(?P<stem>(?:.*\.)?(?:layers|h|blocks|block|layer))\.(?P<index>\d+)\.(?P<rest>.+)$")
-_PRE = module_named(TOKEN_EMBEDDINGS | POSITION_EMBEDDINGS)
+_PRE = module_named(TOKEN_EMBEDDINGS | POSITION_EMBEDDINGS | BEFORE_BLOCKS)
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ def layer_tensors(names: Iterable[str], index: int) -> list[LayerName]:
 
 
 def is_pre_layer(name: str) -> bool:
-    """Input embeddings, token and position ones alike, come before the blocks (mergekit takes them
-    from the first slice: one model's position table beside another's tokens would be no model's)."""
+    """Input embeddings, token and position ones alike, and what they feed before block 0 (BLOOM's
+    embedding norm) come before the blocks (mergekit takes them from the first slice: one model's
+    position table or embedding norm beside another's tokens would be no model's)."""
     return bool(_PRE.search(name))

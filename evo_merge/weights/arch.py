@@ -24,6 +24,7 @@ class Architecture:
     model_types: tuple[str, ...] = ()  # HF config `model_type` values; empty for the plain nets
     embeddings: tuple[str, ...] = ()  # token (and position) embedding modules
     positions: tuple[str, ...] = ()  # the position embeddings among them (no row per token)
+    before_blocks: tuple[str, ...] = ()  # other modules the embeddings feed before block 0 (a norm, a projection)
     head: tuple[str, ...] = ()  # the output head (LM head or classifier)
     blocks: str = ""  # the module list holding the numbered blocks
     mlp: str = "mlp"
@@ -50,9 +51,11 @@ PHI = Architecture("phi", ("phi",), embeddings=("model.embed_tokens",), head=("l
 PHI3 = Architecture("phi3", ("phi3",), embeddings=("model.embed_tokens",), head=("lm_head",), blocks="model.layers",
                     mlp_inputs=("gate_up_proj",))
 FALCON = Architecture("falcon", ("falcon", "bloom"), embeddings=("transformer.word_embeddings",), head=("lm_head",),
+                      before_blocks=("transformer.word_embeddings_layernorm",),  # BLOOM's embedding norm
                       blocks="transformer.h", mlp_inputs=("dense_h_to_4h",))
 OPT = Architecture("opt", ("opt",), embeddings=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
                    positions=("model.decoder.embed_positions",), head=("lm_head",), blocks="model.decoder.layers",
+                   before_blocks=("model.decoder.project_in",),  # opt-350m's projection of the embeddings
                    mlp="", mlp_inputs=("fc1",))
 MLP = Architecture("mlp", blocks="fcs")  # its classifier head is the last of `fcs`
 CNN = Architecture("cnn", head=("head",), blocks="convs")
@@ -75,6 +78,7 @@ def _alternatives(names: set[str]) -> str:
 TOKEN_EMBEDDINGS = frozenset(_last(m) for a in HF_ARCHS for m in a.embeddings if m not in a.positions)
 POSITION_EMBEDDINGS = frozenset(_last(m) for a in HF_ARCHS for m in a.positions)
 OUTPUT_HEADS = frozenset(_last(m) for a in HF_ARCHS for m in a.head)
+BEFORE_BLOCKS = frozenset(_last(m) for a in HF_ARCHS for m in a.before_blocks)
 
 
 def module_named(names: set[str] | frozenset[str]) -> re.Pattern[str]:

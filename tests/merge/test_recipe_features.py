@@ -144,17 +144,39 @@ def test_a_stack_of_slices_takes_each_layer_s_type_from_the_layer_it_copies(tmp_
     assert AutoModelForCausalLM.from_pretrained(out).config.layer_types == written["layer_types"]
 
 
-def test_a_stack_of_opt_slices_takes_both_its_embeddings_from_the_first_slice(tmp_path):
-    """OPT's position table (`embed_positions`) came from the last slice's model beside the token
-    table of the first's: a model no one trained. Both come before the blocks, as GPT-2's `wpe` does."""
+def _opt(projected: bool):
     from transformers import OPTConfig, OPTForCausalLM
 
-    config = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=2,
-                       max_position_embeddings=32, word_embed_proj_dim=16)
+    return OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
+                                    num_attention_heads=2, max_position_embeddings=32,
+                                    word_embed_proj_dim=8 if projected else 16))
+
+
+def _bloom(_):
+    from transformers import BloomConfig, BloomForCausalLM
+
+    return BloomForCausalLM(BloomConfig(vocab_size=64, hidden_size=16, n_layer=2, n_head=2))
+
+
+@pytest.mark.parametrize(("build", "projected", "first"), [
+    (_opt, False, ["model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight"]),
+    (_opt, True, ["model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight",
+                  "model.decoder.project_in.weight"]),  # opt-350m: the embeddings projected to the blocks' width
+    (_bloom, False, ["transformer.word_embeddings.weight", "transformer.word_embeddings_layernorm.weight",
+                     "transformer.word_embeddings_layernorm.bias"]),
+], ids=["opt", "opt-projected", "bloom"])
+def test_a_stack_of_slices_takes_what_comes_before_the_blocks_from_the_first_slice(tmp_path, build, projected, first):
+    """OPT's position table (`embed_positions`) came from the last slice's model beside the first's
+    token table: a model no one trained. Everything before block 0 comes from the first slice, as
+    GPT-2's `wpe` does: BLOOM's embedding norm too (a substring test had it; the tables lacked it)."""
     folders = []
     for seed, name in enumerate(("a", "b")):
         torch.manual_seed(seed)
-        OPTForCausalLM(config).save_pretrained(tmp_path / name)
+        model = build(projected)
+        with torch.no_grad():  # a trained model's norms are not all ones: the two models' must differ
+            for tensor in model.parameters():
+                tensor.normal_()
+        model.save_pretrained(tmp_path / name)
         folders.append(tmp_path / name)
     recipe = {"merge_method": "passthrough", "slices": [
         {"sources": [{"model": str(folders[0]), "layer_range": [0, 1]}]},
@@ -163,9 +185,10 @@ def test_a_stack_of_opt_slices_takes_both_its_embeddings_from_the_first_slice(tm
     result, out = merge(tmp_path, recipe)
     assert result.exit_code == 0, result.output
     merged, a, b = tensors_of(out), tensors_of(folders[0]), tensors_of(folders[1])
-    for name in ("model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight"):
+    for name in first:
         assert torch.equal(merged[name], a[name]) and not torch.equal(a[name], b[name]), name
-    assert OPTForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+    after = [n for n in merged if n not in first and "layers" not in n and ".h." not in n and n in b]
+    assert after and all(torch.equal(merged[n], b[n]) for n in after), after  # the final norm, the head
 
 
 @pytest.mark.parametrize(("dense", "step", "expected"), [([1], 1, [1, 2]), ([], 2, [1])])

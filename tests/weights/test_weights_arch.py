@@ -57,6 +57,9 @@ def test_every_table_s_embeddings_and_head_are_read_alike_by_the_merge(arch):
     for module in arch.embeddings:
         name = f"{module}.weight"
         assert is_pre_layer(name) and is_vocabulary(name) == (module not in arch.positions), name
+    for module in arch.before_blocks:  # BLOOM's embedding norm: before the blocks, no row per token
+        name = f"{module}.weight"
+        assert is_pre_layer(name) and not (is_vocabulary(name) or is_head(name)), name
     for module in arch.head:
         name = f"{module}.weight"
         assert is_head(name) and is_vocabulary(name) and not is_pre_layer(name), name
