@@ -75,22 +75,20 @@ def average(states: Sequence[State], weights: Sequence[float] | None = None) -> 
 
 def average_folders(folders: Sequence[Path], out: Path) -> Path:
     """The plain average of aligned model folders, written to `out` (a campaign's `universe-mean`
-    reference), a tensor at a time: summed in float32 and rounded once to each tensor's dtype (a
-    bfloat16 sum rounded at every addition); integer buffers come from the first folder."""
+    reference), a tensor at a time; integer buffers come from the first folder. Summed in each
+    tensor's own dtype, as it always was: a run folder records the mean's digest, and a mean built
+    again (its `aligned/` removed) must be the one recorded; a float32 sum would round bfloat16
+    models otherwise."""
     from contextlib import ExitStack
 
     from evo_merge.weights import Checkpoint, write_model_folder
 
     def tensors(checkpoints: list[Checkpoint]):
         for name in checkpoints[0].names:
-            first = checkpoints[0].tensor(name)
-            if not first.is_floating_point():
-                yield name, first
-                continue
-            total = first.to(torch.float32, copy=True)
-            for checkpoint in checkpoints[1:]:
-                total += checkpoint.tensor(name).to(torch.float32)
-            yield name, (total / len(checkpoints)).to(first.dtype)
+            if checkpoints[0].dtype(name).is_floating_point:
+                yield name, sum(c.tensor(name) for c in checkpoints) / len(checkpoints)
+            else:
+                yield name, checkpoints[0].tensor(name)
 
     with ExitStack() as stack:
         checkpoints = [stack.enter_context(Checkpoint.open(f)) for f in folders]

@@ -57,10 +57,11 @@ def test_first_input_and_head_classes_never_permuted():
     assert gspec.axes["lm_head.weight"][0] is None and gspec.axes["transformer.wte.weight"][0] is None
 
 
-def test_the_mean_of_aligned_folders_is_summed_in_float32_and_rounded_once(tmp_path):
-    """A campaign's `universe-mean` reference: bfloat16 tensors were summed in bfloat16, each
-    addition rounded; the mean now equals the float32 mean rounded once, and an integer buffer is
-    the first folder's."""
+def test_the_mean_of_aligned_folders_is_the_one_a_run_folder_recorded(tmp_path):
+    """A campaign's `universe-mean` reference, built again where a run folder's `aligned/` was removed
+    (its error's advice): it must equal the mean the folder recorded the digest of, the models summed
+    in their own dtype; a float32 sum rounded once gave other bfloat16 bytes with three models, and
+    the folder was refused for good (audit 108). An integer buffer is the first folder's."""
     from safetensors.torch import load_file
 
     from evo_merge.align.api import average_folders
@@ -71,7 +72,7 @@ def test_the_mean_of_aligned_folders_is_summed_in_float32_and_rounded_once(tmp_p
                "steps": torch.tensor([i, 7])} for i in range(3)]
     folders = [write_model_folder(tmp_path / f"m{i}", iter(s.items())) for i, s in enumerate(states)]
     mean = load_file(average_folders(folders, tmp_path / "mean") / "model.safetensors")
-    exact = (sum(s["w"].float() for s in states) / 3).to(torch.bfloat16)
-    assert mean["w"].dtype == torch.bfloat16 and torch.equal(mean["w"], exact)
-    assert not torch.equal(exact, sum(s["w"] for s in states) / 3)  # what the bfloat16 sum gave
+    recorded = (states[0]["w"] + states[1]["w"] + states[2]["w"]) / 3  # as every earlier version built it
+    assert mean["w"].dtype == torch.bfloat16 and torch.equal(mean["w"], recorded)
+    assert not torch.equal(recorded, (sum(s["w"].float() for s in states) / 3).to(torch.bfloat16))
     assert torch.equal(mean["steps"], torch.tensor([0, 7]))
