@@ -202,7 +202,10 @@ def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask
     lm-eval tasks) go to the task's constructor or the plugin's factory."""
     if isinstance(spec, FitnessTask):
         return spec
-    key = (str(spec), json.dumps(settings, sort_keys=True, default=repr))  # a list or mapping option too
+    try:  # options as a campaign file gives them (scalars, lists, mappings): one task per value
+        key = (str(spec), json.dumps(settings, sort_keys=True))
+    except TypeError:  # an object given from Python (an array, a tensor): built anew, never taken for another's
+        return _build(str(spec), settings)
     if key not in _CACHE:
         _CACHE[key] = _build(str(spec), settings)
     return _CACHE[key]

@@ -275,6 +275,14 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch, capl
     # a list given from Python (the task cache's key was a TypeError: unhashable), each list its own task
     assert resolve_task("evo_plugin_demo:Numbered", ids=["a", "b"]).item_ids == ["a", "b"]
     assert resolve_task("evo_plugin_demo:Numbered", ids=["c"]).item_ids == ["c"]
+    # objects no campaign file holds (arrays, tensors) are never keyed by a repr that elides their middle
+    import numpy as np
+
+    ids = np.array([str(i) for i in range(2000)])
+    other = ids.copy()
+    other[1000] = "x"
+    assert resolve_task("evo_plugin_demo:Numbered", ids=other).item_ids[1000] == "x"
+    assert resolve_task("evo_plugin_demo:Numbered", ids=ids).item_ids[1000] == "1000"
     with pytest.raises(UserError, match=re.escape("task 'evo_plugin_demo:positional': needs 'n', which options "
                                                   "cannot give (a positional-only argument)")):
         resolve_task("evo_plugin_demo:positional")
