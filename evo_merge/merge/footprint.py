@@ -89,12 +89,13 @@ class Plan:
     workers: int  # processes on this machine, each holding its own copy
     device: str  # "cpu", or the GPU the device column is for
     storage: Storage
-    available_host: int | None = None  # None: unknown (a remote cluster)
+    available_host: int | None = None  # None: unknown (a remote cluster, or a machine that does not say)
     available_device: int | None = None
     budgets: tuple[str, str] = ("available", "available")  # where each limit came from
     alternative: str | None = None  # the first setting that fits, when this one does not
     available_disk: int | None = None  # free space in `storage.directory` (None: not known yet)
     disk_in_memory: str | None = None  # the RAM-backed file system `storage.directory` is on (tmpfs), if it is
+    remote: bool = False  # evaluated on a running cluster's machines, which are not measured here
 
     @property
     def host(self) -> int:
@@ -178,7 +179,7 @@ class Plan:
         elif on_disk:  # the page cache is not counted: the more RAM is free, the less each candidate reads
             rows.append(f"disk: files in {self.storage.directory or 'the run folder'}, read back for each "
                         "candidate (from the page cache as far as the host's RAM holds them)")
-        if self.available_host is None:  # a remote cluster: its machines are not measured here
+        if self.remote and self.available_host is None and self.available_device is None:  # no budget given either
             rows.append("limit: not checked: the machines that evaluate are a remote cluster's, not this one")
             return "\n".join(rows)
         rows.append(

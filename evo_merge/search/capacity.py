@@ -42,6 +42,7 @@ class Target:
     budgets: tuple[str, str] = field(default=(AVAILABLE, "free"))
     disk: int | None = None  # free space where `disk` placement would keep its files (None: not known)
     disk_in_memory: str | None = None  # the RAM-backed file system (tmpfs) that folder is on, if it is
+    remote: bool = False  # a running cluster's machines: nothing measured here, only budgets given
 
 
 def target_of(campaign: Campaign) -> Target:
@@ -70,7 +71,7 @@ def target_of(campaign: Campaign) -> Target:
         device, labels[1] = int(spec.device_budget_gib * GIB), "storage.device_budget_gib"
     here = spec.disk_dir is not None and not remote
     disk, in_memory = (free_disk(spec.disk_dir), memory_filesystem(spec.disk_dir)) if here else (None, None)
-    return Target(gpu, workers, host, device, (labels[0], labels[1]), disk, in_memory)
+    return Target(gpu, workers, host, device, (labels[0], labels[1]), disk, in_memory, remote)
 
 
 def plan_for(
@@ -89,6 +90,7 @@ def plan_for(
         target.budgets,
         available_disk=target.disk if storage.placement == "disk" else None,
         disk_in_memory=target.disk_in_memory if storage.placement == "disk" else None,
+        remote=target.remote,
     )
 
 

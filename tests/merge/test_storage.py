@@ -539,6 +539,24 @@ def test_disk_placement_keeps_the_stored_weights_out_of_the_plan_s_memory(family
     assert unread.table().splitlines()[-2].endswith("disk: the free space in /data/stash could not be read")
 
 
+def test_a_plan_says_not_checked_only_of_a_remote_cluster_with_no_budget():
+    """Host memory this machine does not say (no /proc/meminfo, no psutil) is unknown, the GPU's is
+    still checked; a remote cluster's plan checks nothing but the budgets given (audit 108: the
+    first was said to be a remote cluster's)."""
+    from evo_merge.merge.footprint import Line, Plan
+
+    lines = [Line("runtime", GIB, 2 * GIB)]
+    local = Plan(lines, workers=1, device="cuda:0", storage=Storage(torch.bfloat16), available_device=80 * GIB,
+                 budgets=("available", "free"))
+    assert local.table().splitlines()[-2:] == ["limit: host: unknown is available; cuda:0: 80.00 GiB is free", "fits"]
+    remote = Plan(lines, workers=1, device="cuda:0", storage=Storage(torch.bfloat16), remote=True)
+    assert remote.table().splitlines()[-1] == (
+        "limit: not checked: the machines that evaluate are a remote cluster's, not this one")
+    budgeted = Plan(lines, workers=1, device="cuda:0", storage=Storage(torch.bfloat16), remote=True,
+                    available_device=GIB, budgets=("available", "storage.device_budget_gib"))
+    assert not budgeted.fits and "storage.device_budget_gib is 1.00 GiB" in budgeted.table()
+
+
 def test_host_placement_stages_on_a_gpu_only(family):
     """On a CPU the host is the device: `host` placement needs what `device` needs; on a GPU the
     largest tensor's stored base and task vectors are staged there while it is merged."""
