@@ -303,6 +303,7 @@ def test_priors_tighten_with_few_subjects_so_items_stay_finite():
         (lambda d: _edit(d, item_ids=["a", "b"]), "disagree on the model's shape"),
         (lambda d: _edit(d, thresholds=None), "incomplete IRT model"),
         (lambda d: _edit(d, dims=None), r"incomplete IRT model \(missing 'dims'\)"),  # was a bare KeyError
+        (lambda d: _edit(d, dims=7), "disagree on the model's shape"),
     ],
 )
 def test_corrupt_or_incompatible_folder(tmp_path, torch_model, damage, message):

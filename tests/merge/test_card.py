@@ -77,6 +77,8 @@ def test_hub_inputs_become_base_model_with_revisions(tmp_path):
     assert (ref.hub_id, ref.revision, ref.display) == ("org/x", "abc", "org/x@abc")
     lora = model_ref(f"org/x@abc+{tmp_path}/adapters/my-lora")
     assert (lora.hub_id, lora.display) == ("org/x", "org/x@abc + LoRA my-lora")
+    # a Hub id by huggingface_hub's rule, as recipes read one: `a--b/c` is none, a missing folder named
+    assert model_ref("org/name@v1").hub_id == "org/name" and model_ref("a--b/c").hub_id is None
 
 
 def test_license_is_inherited_only_when_all_inputs_agree(zoo, tmp_path):
@@ -138,7 +140,8 @@ def test_an_other_license_keeps_its_name_and_a_link_that_resolves_and_mixed_ones
                                                        "models": [{"model": str(m)} for m in same[1:]]})))
     assert card.data.license_link == "https://huggingface.co/org/ds-base/blob/0123456789abcdef/LICENSE"
     for link, url in ((".github/LICENSE.md", "blob/0123456789abcdef/.github/LICENSE.md"),  # was github/LICENSE.md
-                      ("./LICENSE", "blob/0123456789abcdef/LICENSE"), ("../LICENSE", "")):  # out of the repository
+                      ("./LICENSE", "blob/0123456789abcdef/LICENSE"), ("../LICENSE", ""),  # out of the repository
+                      ("/etc/LICENSE", "")):
         shutil.rmtree(snapshot)
         shutil.copytree(with_other_license(base, tmp_path / f"nofile-{len(link)}", link=link, text=None), snapshot)
         recipe = {"merge_method": "task_arithmetic", "base_model": str(snapshot),

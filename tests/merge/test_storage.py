@@ -770,6 +770,8 @@ def test_the_gpu_chunk_is_counted_for_a_method_of_your_own_that_streams(monkeypa
 
     assert term("test_streaming_sparsifier") == term("ties") == 4 * (2 * 3 + 1) * 1024 * 1024
     assert term("test_plain_sum") == 0
+    # MASS is no registered method: a GPU campaign searching it beside TIES is planned, not "unknown method"
+    assert work_bytes(shapes, Setting(3, ("mass", "ties"), Storage(torch.bfloat16), torch.float32, True)) > 0
 
 
 EXPORT_PEAK_SCRIPT = """

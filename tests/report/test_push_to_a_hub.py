@@ -74,7 +74,7 @@ class FakeHub(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        if error:  # the Hub says why in this header as well as in the body
+        if error and "\n" not in error:  # the Hub says why in this header as well as in the body (one line)
             self.send_header("X-Error-Message", error)
         self.end_headers()
         self.wfile.write(data)
@@ -206,4 +206,13 @@ def test_the_hub_s_reason_for_a_refusal_is_in_the_error_line(hub, tmp_path, stat
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith(f"error: upload to {REPO} failed: "), line
-    assert line.endswith("Your commit is too large for this repo"), line
+    assert line.endswith(": Your commit is too large for this repo") and "::" not in line, line
+    assert line.count("Your commit is too large") == 1, line
+
+
+def test_a_reason_over_several_lines_is_said_on_one(hub, tmp_path):
+    hub.commit_error = (400, "Invalid metadata in README.md.\n- license: not a valid license id")
+    result = CliRunner().invoke(cli, ["push", str(model_folder(tmp_path)), REPO])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.endswith("Invalid metadata in README.md. - license: not a valid license id"), line

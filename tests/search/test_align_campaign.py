@@ -54,8 +54,11 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference, 
     assert torch.allclose(original(x), aligned(x), atol=1e-5)
     assert not torch.equal(load_file(zoo / "mlp-s1" / "model.safetensors")["fcs.0.weight"],
                            load_file(run / "aligned" / "mlp-s1" / "model.safetensors")["fcs.0.weight"])
-    if reference == "mean":
-        assert (run / "aligned" / "universe-mean" / "model.safetensors").is_file()
+    if reference == "mean":  # the base is the mean of every aligned model, not of some
+        mean = load_file(run / "aligned" / "universe-mean" / "model.safetensors")
+        copies = [load_file(run / "aligned" / name / "model.safetensors") for name in ("mlp-s0", "mlp-s1")]
+        assert mean.keys() == copies[0].keys()
+        assert all(torch.equal(mean[n], (copies[0][n] + copies[1][n]) / 2) for n in mean)
     # the summary says what the base of an aligned campaign is (with `first`, a row repeating an endpoint)
     base = {"first": "base (= endpoint mlp-s0)", "mean": "base (mean of the endpoints)"}[reference]
     assert f"│ {base} " in result.output, result.output

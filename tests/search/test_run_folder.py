@@ -1310,6 +1310,26 @@ def test_a_replaced_file_takes_the_umask_mode_as_exported_models_do(tmp_path, um
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {"report.md": mode, "old.md": mode}
 
 
+def test_a_write_into_a_missing_folder_names_the_file_and_a_taken_temporary_name_is_passed_over(tmp_path, monkeypatch):
+    """The error names the file asked for, not its hidden temporary; a link planted at the temporary's
+    name is neither written through nor replaced: another name is drawn (the file is created exclusively)."""
+    import secrets
+
+    from evo_merge.files import atomic_write
+
+    with pytest.raises(OSError) as missing:
+        atomic_write(tmp_path / "gone" / "report.md", "x")
+    assert missing.value.filename == str(tmp_path / "gone" / "report.md")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("mine")
+    (tmp_path / ".report.md.aaaa.tmp").symlink_to(outside)
+    names = iter(["aaaa", "bbbb"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(names))
+    atomic_write(tmp_path / "report.md", "new")
+    assert outside.read_text() == "mine" and (tmp_path / "report.md").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".report.md.aaaa.tmp", "outside.txt", "report.md"]
+
+
 def test_a_database_disk_io_error_says_what_may_cause_it():
     from evo_merge.cli.faults import as_fault
 

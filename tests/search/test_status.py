@@ -44,6 +44,14 @@ def test_status_reads_the_store_only(run):
     assert "heavy: []" in out.stdout and "generation 2/2 (finished)" in out.stdout, out.stdout
 
 
+def test_no_best_line_before_any_candidate_is_scored():
+    """A run whose search has no scored candidate yet (or only failed ones) has no best to show:
+    `status` says so by leaving the lines out, not by failing on an empty max."""
+    from evo_merge.report.status import _best_lines
+
+    assert _best_lines(Objectives.of(["agree0"], ["maximize"]), [], {}, 100) == []
+
+
 def test_a_minimised_task_is_best_when_lowest(run):
     store = CampaignStore(run)
     ok = [e for e in store.evaluations("search") if e.status == "ok"]

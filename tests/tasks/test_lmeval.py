@@ -344,6 +344,11 @@ def test_a_plugin_whose_factory_raises_is_one_line_naming_it(tmp_path, monkeypat
     assert str(raised.value).startswith("task plugin 'evo_typo_tasks:make_task': importing module 'evo_typo_tasks' "
                                         "raised SyntaxError: ")
     assert str(raised.value).endswith("(--debug shows where)") and isinstance(raised.value.__cause__, SyntaxError)
+    (tmp_path / "evo_raising_module.py").write_text("raise RuntimeError('no GPU configured')\n")  # its own code
+    with pytest.raises(UserError) as raised:
+        resolve_task("evo_raising_module:make_task")
+    assert str(raised.value) == ("task plugin 'evo_raising_module:make_task': importing module 'evo_raising_module' "
+                                 "raised RuntimeError: no GPU configured (--debug shows where)")
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,22 @@ def test_every_table_s_embeddings_and_head_are_read_alike_by_the_merge(arch):
     assert not (is_pre_layer(block) or is_vocabulary(block) or is_head(block)), block
 
 
+def test_the_derived_name_sets_are_the_families_module_names():
+    """Pinned literally (the test above reads its expectation from the tables it checks): a table
+    that lost its `positions` would make GPT-2's `wpe` a vocabulary a tokenizer union permutes."""
+    from evo_merge.merge.tokens import is_vocabulary
+    from evo_merge.weights.arch import BEFORE_BLOCKS, OUTPUT_HEADS, POSITION_EMBEDDINGS, TOKEN_EMBEDDINGS
+
+    assert TOKEN_EMBEDDINGS == {"embed_tokens", "wte", "embed_in", "word_embeddings"}
+    assert POSITION_EMBEDDINGS == {"wpe", "embed_positions"} and OUTPUT_HEADS == {"lm_head", "embed_out"}
+    assert BEFORE_BLOCKS == {"word_embeddings_layernorm", "project_in"}
+    assert not is_vocabulary("transformer.wpe.weight") and not is_vocabulary("model.decoder.embed_positions.weight")
+    # a module's own name, not a part of one
+    for name in ("model.xlm_head.weight", "model.mywte.weight", "model.embed_tokens_extra.weight"):
+        assert not EMBEDDING_NAME.search(name), name
+    assert EMBEDDING_NAME.search("base_model.model.model.embed_tokens.weight")
+
+
 def test_routing_reads_each_architectures_mlp_input():
     phi = [f"model.layers.{i}.mlp.{p}.weight" for i in range(2) for p in ("fc2", "fc1")]
     assert routing_weights(phi) == {0: "model.layers.0.mlp.fc1.weight", 1: "model.layers.1.mlp.fc1.weight"}
