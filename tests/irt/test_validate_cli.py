@@ -546,3 +546,30 @@ def test_a_budget_of_every_item_states_no_se_ratio(files):
     every = table[(table.budget == 40) & (table.estimator != BASELINE)]
     assert len(every) and (every.mae < 1e-9).all() and every.se_ratio.isna().all()
     assert table[(table.budget == 5) & (table.estimator != BASELINE)].se_ratio.gt(0).all()
+
+
+def test_the_summary_line_says_what_a_table_of_the_default_s_rows_holds():
+    """`default_summary` on hand-made rows (no fit): the ratios it reads, the advice it gives only
+    where it applies (more folds where one split held out few, more draws under five), singulars,
+    and no empty clauses where a ratio or the SE check is missing."""
+    import numpy as np
+    import pandas as pd
+
+    from evo_merge.cli.irt_validation import default_summary
+
+    def table(held, draws, folds, ratios=(0.8, 0.9), beyond=(0.05, 0.06), default=True):
+        return pd.DataFrame({"budget": [10, 30], "method": "stratified", "estimator": "gpirt", "default": default,
+                             "vs_baseline": ratios, "beyond_2se": beyond, "held_out": held, "draws": draws,
+                             "folds": folds})
+
+    assert default_summary(table(40, 10, 4)) == (
+        "default (auto anchors, here stratified, + gpirt): 0.80x at 10, 0.90x at 30 (its MAE over random sampling's, "
+        "by anchors per scenario); 5.0% / 6.0% of its errors beyond 2 SE (about 5% where its SEs are right)")
+    assert "(--folds 4 holds every subject out once; --repeats 5 averages more anchor draws)" in default_summary(
+        table(3, 1, 1), folds_hint=4)
+    assert "; 1 held-out subject and 5 anchor draws: a noisy verdict)" in default_summary(table(1, 5, 1))  # no fix
+    assert "--folds" not in default_summary(table(3, 10, 3), folds_hint=4)  # folded already
+    bare = default_summary(table(40, 10, 4, ratios=(np.nan, np.nan), beyond=(np.nan, np.nan)), overall=True)
+    assert bare.endswith("no ratio (its MAE of the overall score over random sampling's, by anchors per scenario)")
+    assert default_summary(table(40, 10, 4, default=False)).startswith("no summary: the default (auto anchors + "
+                                                                       "gpirt) was not among the rows validated")
