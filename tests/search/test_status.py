@@ -52,6 +52,27 @@ def test_no_best_line_before_any_candidate_is_scored():
     assert _best_lines(Objectives.of(["agree0"], ["maximize"]), [], {}, 100) == []
 
 
+def test_the_best_line_says_measured_only_of_a_candidate_scored_on_every_search_item():
+    """Measured: no SE and every search item (a standard merge, a full evaluation); an estimate of
+    a folder from before standard errors has no SE but few items: estimated. A measured best says
+    no "measured since"; an estimated one says what the final phase measured, or its race score."""
+    from evo_merge.report.status import _best_lines
+    from evo_merge.search.store import Evaluation
+
+    def best(items, se=None, measured=None, key="k"):
+        return Evaluation(1, key, "search", 1, "ties", "ok", {"a": 0.7}, measured, items, 1.0, None, se)
+
+    objectives = Objectives.of(["a"], ["maximize"])
+    (line,) = _best_lines(objectives, [best(100, measured={"a": 0.7})], {}, 100)
+    assert line == "best a in the search (higher is better): 0.700 measured (evaluation 1, ties)"
+    (line,) = _best_lines(objectives, [best(12)], {}, 100)  # an old folder's estimate: no SE, 12 items
+    assert line.endswith("0.700 estimated (evaluation 1, ties)")
+    (line,) = _best_lines(objectives, [best(12, se={"a": 0.02}, measured={"a": 0.66})], {}, 100)
+    assert line.endswith("0.700 ± 0.020 estimated (evaluation 1, ties); measured 0.660 since")
+    (line,) = _best_lines(objectives, [best(12, se={"a": 0.02})], {"k": {"a": 0.68}}, 100)
+    assert line.endswith("; 0.680 on the race's last sample, which the picks were chosen on")
+
+
 def test_a_minimised_task_is_best_when_lowest(run):
     store = CampaignStore(run)
     ok = [e for e in store.evaluations("search") if e.status == "ok"]
