@@ -18,19 +18,38 @@ from evo_merge.align.features import forward
 
 @torch.no_grad()
 def reset_batchnorm(model: nn.Module, data: torch.Tensor, batch: int = 256) -> bool:
-    """Recompute every BatchNorm's running statistics on `data`; False if there is none. The norms
-    keep `momentum=None` (a cumulative average, so the statistics are the whole sample's) and the
-    model is left in eval mode, as the statistics are meant to be used."""
+    """Recompute every BatchNorm's running statistics on `data`, the whole sample's: each norm's
+    inputs (as the model in train mode gives them, batch by batch) summed over every row, so a
+    short last batch weighs by its rows and the spread between batches counts (torch's cumulative
+    average, `momentum=None`, averaged each batch's mean and variance alike). The model is left in
+    eval mode, as the statistics are meant to be used. False if it has no BatchNorm."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over all batches
-    if norms:
-        model.train()
+    if not norms:
+        model.eval()
+        return False
+    sums: dict[nn.Module, list] = {}
+
+    def count(norm: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1).double()  # channels x every other entry
+        acc = sums.setdefault(norm, [0, 0, 0])
+        acc[0], acc[1], acc[2] = acc[0] + x.sum(1), acc[1] + (x * x).sum(1), acc[2] + x.shape[1]
+
+    handles = [norm.register_forward_pre_hook(count) for norm in norms]
+    model.train()
+    try:
         for start in range(0, len(data), batch):
             forward(model, data[start : start + batch])
+    finally:
+        for handle in handles:
+            handle.remove()
+    for norm in norms:
+        total, squares, n = sums[norm]
+        mean = total / n
+        variance = (squares / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))  # unbiased, as torch keeps it
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(variance)
     model.eval()
-    return bool(norms)
+    return True
 
 
 @torch.no_grad()
