@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
@@ -97,8 +97,10 @@ def _task_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     scalar (a number, a truth value or text), the keys given once."""
     import yaml
 
+    from evo_merge.config import TaskSpec
     from evo_merge.errors import UserError
 
+    scalars = get_args(get_args(TaskSpec.model_fields["options"].annotation)[1])  # the schema's value types
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -111,7 +113,7 @@ def _task_options(pairs: tuple[str, ...]) -> dict[str, Any]:
             value = yaml.safe_load(text) if text.strip() else text
         except (yaml.YAMLError, ValueError):
             value = text
-        if not isinstance(value, (str, int, float, bool)):
+        if not isinstance(value, scalars):
             raise UserError(f"--option {pair}: a task option is a number, true/false or text, not a "
                             f"{type(value).__name__}")
         options[key] = value
