@@ -37,27 +37,15 @@ RUNTIME_BYTES = int(0.75 * GIB)  # python, torch, transformers, a tokenizer: the
 ACTIVATION_TOKENS = EvaluatorSpec.model_fields["sequence_tokens"].default  # tokens per sequence, unless set
 ACTIVATION_FLOATS = 24  # float32 values per token and hidden unit alive in a forward pass (estimate)
 MASS_CACHE = 8  # merged task sets MASS keeps (its routing cache_size default)
-# float32 copies of the largest tensor alive while these methods merge it, as (a, b) for a·T + b with T
-# endpoints, beyond the stored task vectors: each task vector formed whole only while it is trimmed
-# (`task_vectors.TaskVector`), then a chunk at a time; the trims' masks (TIES, DARE and breadcrumbs keep
-# a boolean mask per task vector, a quarter of a copy: `methods.Trimmed`); the trim's temporaries; the
-# base and the output. The sign election and the weighted sums run a chunk at a time and add little.
-# Breadcrumbs ranks each task vector's magnitudes (a copy more); DELLA keeps its dropped and rescaled
-# copies (divided by per-entry probabilities); SCE takes its task vectors formed and keeps its stack,
-# per-entry variance and selection. Peaks measured on a 4096 × 2048 tensor with 2, 3, 4, 6 and 8
-# endpoints (density 0.4; the base's float32 copy included, the stored bf16 task vectors not), at most:
-# ties 4.7 / 5.0 / 5.2 / 5.7 / 6.2, dare_ties 2.5 / 2.8 / 3.1 / 3.6 / 4.1, breadcrumbs 6.8 / 7.0 / 7.3 /
-# 7.8 / 8.3, della 8.0 / 9.0 / 10.0 / 12.0 / 14.0, sce 12.0 / 17.0 / 22.0 / 32.0 / 42.0 (TIES with formed
-# task vectors and trimmed copies, as it kept them before: 6.5 / 8.5 / 10.5 / 14.5 / 18.5)
-STACKING = {"ties": (0.25, 4.5), **dict.fromkeys(("dare_ties", "dare_linear"), (0.25, 2.25)),
-            **dict.fromkeys(("breadcrumbs", "breadcrumbs_ties"), (0.25, 6.5)),
-            **dict.fromkeys(("della", "della_linear"), (1, 6.5)), "sce": (5, 2)}
-# Those are a CPU's, whose consensus runs 2^16 entries at a time. A GPU's chunk is 2^24 entries, and
-# the weighted rows, their signs and the agreement of one chunk are about 2T + 1 float32 copies of it,
-# which the counts above miss for a largest tensor of up to a few chunks (an audit, the GPU's chunk on a
-# CPU: TIES on a 2^21-entry tensor peaked at 16.0 copies with 3 endpoints and 36.0 with 8, against 11 and
-# 21): counted on a GPU beside them (`_chunk_bytes`), for every method registered with `streams=True` (the
-# built-in sparsifiers, and a method of your own running through `generalized_task_arithmetic`)
+# Methods that keep more than a weighted sum's copies of the tensor they merge say so at registration
+# (`MergeMethod.work_copies`: the sparsifiers, whose counts were measured on a 4096 x 2048 tensor with 2 to
+# 8 endpoints: the comment above `merge.methods.ties`). Those are a CPU's, whose consensus runs 2^16
+# entries at a time. A GPU's chunk is 2^24 entries, and the weighted rows, their signs and the agreement
+# of one chunk are about 2T + 1 float32 copies of it, which those counts miss for a largest tensor of up to
+# a few chunks (an audit, the GPU's chunk on a CPU: TIES on a 2^21-entry tensor peaked at 16.0 copies with 3
+# endpoints and 36.0 with 8, against 11 and 21): counted on a GPU beside them (`_chunk_bytes`), for every
+# method registered with `streams=True` (the built-in sparsifiers, and a method of your own running through
+# `generalized_task_arithmetic`)
 
 
 @dataclass(frozen=True)
@@ -285,7 +273,7 @@ def work_bytes(shapes: Shapes, setting: Setting) -> int:
     # (plain pieces are added as stored, factored ones accumulated by matrix products)
     copies = max(2, _stacked(setting))
     for name in setting.methods:
-        if name not in STACKING and name != MASS and get_method(name).pieces is None:
+        if name != MASS and get_method(name).work_copies is None and get_method(name).pieces is None:
             copies = max(copies, setting.n_models + 4)
         elif name in ("tsv", "tsv_c") and (setting.storage.dtype or largest.dtype).itemsize < 4:
             # its pieces are computed from the task vectors in float32: formed from endpoints kept in
@@ -384,10 +372,10 @@ def export_bytes(shapes: Shapes, setting: Setting) -> tuple[int, int]:
 
 
 def _stacked(setting: Setting) -> int:
-    """Float32 copies of the largest tensor the stacking sparsifiers among the methods keep alive
+    """Float32 copies of the largest tensor the methods that declare their `work_copies` keep alive
     while they merge it (0: none of them is searched)."""
-    return max((math.ceil(a * setting.n_models + b) for name, (a, b) in STACKING.items() if name in setting.methods),
-               default=0)
+    declared = [get_method(name).work_copies for name in setting.methods if name != MASS]
+    return max((math.ceil(a * setting.n_models + b) for a, b in filter(None, declared)), default=0)
 
 
 def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shapes:

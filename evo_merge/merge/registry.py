@@ -136,6 +136,10 @@ class MergeMethod:
     # its fn takes task vectors formed where they are read (`task_vectors.TaskVector`): each whole
     # only while it is trimmed, then a chunk at a time; other methods get them as tensors
     streams: bool = False
+    # float32 copies of the largest tensor alive while the method merges it, as (a, b) for a·T + b with T
+    # endpoints, beyond the stored task vectors (`merge.footprint` plans memory with it); None: a weighted
+    # sum's count (T + 4 for an `fn`, 2 for pieces)
+    work_copies: tuple[float, float] | None = None
     module: str = ""  # where the decorated function is defined: a method of your own names its plugin
 
     def hyperparameter(self, name: str) -> Hyperparameter | None:
@@ -193,6 +197,7 @@ def register_method(
     threaded: bool = False,
     keeps_unchanged: bool = False,
     streams: bool = False,
+    work_copies: tuple[float, float] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering a per-tensor merge function.
 
@@ -219,6 +224,9 @@ def register_method(
     `streams`: ``fn`` takes task vectors that are tensors or `task_vectors.TaskVector`s, formed
     whole (`whole`) only where it needs them so, which spares the T float32 copies of a tensor
     that formed task vectors are (the built-in sparsifiers, through `generalized_task_arithmetic`).
+    `work_copies=(a, b)`: the method keeps a·T + b float32 copies of a tensor alive while it merges it
+    (T endpoints), beyond the stored task vectors: the memory plan counts them for the search and for
+    exporting a pick, where a method that does not say is counted as a weighted sum (T + 4 copies).
     `replace=True` replaces a method registered under `name` (a notebook cell run again); without
     it a second registration is a ValueError, except from a plugin's entry point, whose clash is
     logged and the method registered first kept (a notebook's own copy of an installed method made
@@ -236,7 +244,8 @@ def register_method(
                         name, _loading_entry_point, _REGISTRY[name].module)
             return func
         common = dict(n_models=n_models, base=base, uses_weights=uses_weights, check=check, on_models=on_models,
-                      threaded=threaded, keeps_unchanged=keeps_unchanged, streams=streams, module=func.__module__,
+                      threaded=threaded, keeps_unchanged=keeps_unchanged, streams=streams, work_copies=work_copies,
+                      module=func.__module__,
                       description=(func.__doc__ or "").strip().split("\n")[0])
         if scale is None:
             method = MergeMethod(name, tuple(hyperparameters), fn=func, **common)

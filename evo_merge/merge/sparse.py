@@ -124,15 +124,21 @@ def della_drop(params: Params, name: str) -> Sparsifier:
 
 
 _BREADCRUMBS = [DENSITY, GAMMA, LAMBDA, WEIGHT_NORMALIZE, RESCALE_L1, INT8_MASK]
+# float32 copies kept while merging a tensor (`register_method`'s work_copies; measured: the comment above
+# `methods.ties`): breadcrumbs ranks each task vector's magnitudes, DELLA keeps its dropped and rescaled copies
+RANKED_COPIES = (0.25, 6.5)
+DELLA_COPIES = (1, 6.5)
 
 
-@register_method("breadcrumbs", streams=True, hyperparameters=_BREADCRUMBS, keeps_unchanged=True)
+@register_method("breadcrumbs", streams=True, hyperparameters=_BREADCRUMBS, keeps_unchanged=True,
+                 work_copies=RANKED_COPIES)
 def breadcrumbs(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Model Breadcrumbs: drop outliers and small entries of each task vector, then add them."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=outlier_trim(params), consensus=False)
 
 
-@register_method("breadcrumbs_ties", streams=True, hyperparameters=_BREADCRUMBS, keeps_unchanged=True)
+@register_method("breadcrumbs_ties", streams=True, hyperparameters=_BREADCRUMBS, keeps_unchanged=True,
+                 work_copies=RANKED_COPIES)
 def breadcrumbs_ties(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """Breadcrumbs trimming followed by TIES sign election."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=outlier_trim(params), consensus=True)
@@ -141,7 +147,7 @@ def breadcrumbs_ties(base, deltas, weights, params: Params, name: str) -> torch.
 _DELLA = [DELLA_DENSITY, EPSILON, LAMBDA, DELLA_RESCALE, SEED, INT8_MASK]
 
 
-@register_method("della", streams=True, keeps_unchanged=True,
+@register_method("della", streams=True, keeps_unchanged=True, work_copies=DELLA_COPIES,
                  hyperparameters=[*_DELLA, H("normalize", True, searchable=False)], check=della_band)
 def della(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DELLA: magnitude-ranked random drops (MagPrune), rescaling, then TIES sign election."""
@@ -150,7 +156,7 @@ def della(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
 
 
 @register_method("della_linear", streams=True, keeps_unchanged=True, hyperparameters=[*_DELLA, WEIGHT_NORMALIZE],
-                 check=della_band)
+                 check=della_band, work_copies=DELLA_COPIES)
 def della_linear(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """DELLA's drops and rescaling, then task arithmetic."""
     return generalized_task_arithmetic(base, deltas, weights, params, sparsify=della_drop(params, name),
@@ -169,7 +175,7 @@ def sce_mask(stacked: torch.Tensor, topk: float) -> torch.Tensor:
     return top_mask(variance.abs().flatten().float(), k).view_as(variance).to(variance.dtype)
 
 
-@register_method("sce", uses_weights=False, keeps_unchanged=True, hyperparameters=[
+@register_method("sce", uses_weights=False, keeps_unchanged=True, work_copies=(5, 2), hyperparameters=[
     H("select_topk", 1.0, 0.0, 1.0, search_range=(0.1, 1.0), help="fraction of high-variance entries kept"),
     INT8_MASK,
 ])

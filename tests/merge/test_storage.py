@@ -17,7 +17,6 @@ from evo_merge.merge import register_method
 from evo_merge.merge.footprint import (
     GIB,
     RUNTIME_BYTES,
-    STACKING,
     Setting,
     Shapes,
     TensorInfo,
@@ -629,6 +628,13 @@ def test_the_gpu_plan_counts_the_base_loaded_on_the_host_before_it_moves():
     assert not [line for line in cpu if line.what.startswith("loading the base")]
 
 
+def _declaring_work_copies() -> list[str]:
+    """The built-in methods that declare the copies they keep while merging a tensor."""
+    from evo_merge.merge.registry import get_method, list_methods
+
+    return sorted(name for name in list_methods() if get_method(name).work_copies is not None)
+
+
 def _peaks(n_models: int, args: list[str]) -> tuple[dict[str, float], Shapes]:
     """PEAK_SCRIPT's peak per method in a fresh process (float32 copies of its 2048 x 2048 tensor),
     and that tensor's shapes for the plan."""
@@ -652,7 +658,7 @@ def test_plan_counts_the_copies_each_stacking_method_keeps_alive(n_models):
     a peak where T grows. The methods are listed here, not read from the table: one dropped from it
     was dropped from this test too (audit 97; della_linear would be planned at 7 copies for 9)."""
     methods = ["breadcrumbs", "breadcrumbs_ties", "dare_linear", "dare_ties", "della", "della_linear", "sce", "ties"]
-    assert sorted(STACKING) == methods
+    assert _declaring_work_copies() == methods
     measured, shapes = _peaks(n_models, methods)
     for name in methods:
         setting = Setting(n_models, (name,), Storage(torch.bfloat16), torch.float32, False)
@@ -712,7 +718,7 @@ def test_the_gpu_plan_counts_the_consensus_chunk_of_a_tensor_smaller_than_a_few(
     to a few such chunks (models up to about 1B) their weighted rows, signs and agreement are 2T + 1
     copies more than a CPU's small chunks keep (an audit: 16.0 copies planned as 11 with 3 endpoints,
     36.0 as 21 with 8). Measured here with the whole tensor as one chunk, as on a GPU."""
-    methods = [name for name in sorted(STACKING) if name != "sce"]
+    methods = [name for name in _declaring_work_copies() if name != "sce"]
     measured, shapes = _peaks(n_models, ["gpu-chunk", *methods])
     for name in methods:
         gpu = Setting(n_models, (name,), Storage(torch.bfloat16), torch.float32, True)
@@ -772,6 +778,36 @@ def test_the_gpu_chunk_is_counted_for_a_method_of_your_own_that_streams(monkeypa
     assert term("test_plain_sum") == 0
     # MASS is no registered method: a GPU campaign searching it beside TIES is planned, not "unknown method"
     assert work_bytes(shapes, Setting(3, ("mass", "ties"), Storage(torch.bfloat16), torch.float32, True)) > 0
+
+
+def test_a_method_of_your_own_declares_the_copies_it_keeps(monkeypatch):
+    """The plan counted the sparsifiers' copies from a table of their names: a method of your own
+    keeping, say, every task vector stacked twice (2T + 3 copies) was planned as a weighted sum's
+    T + 4, and a campaign sized by the plan ran out of memory. `work_copies=(a, b)` at registration
+    is counted, for the search and for exporting a pick; without it the weighted sum's count stays."""
+    from evo_merge.merge import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_method("test_stacks_twice", work_copies=(2, 3))
+    def stacks(base, deltas, weights, params, name):
+        return base + torch.stack([*deltas, *deltas]).sum(dim=0)
+
+    @register_method("test_sums")
+    def sums(base, deltas, weights, params, name):
+        return base + sum(deltas)
+
+    numel = 1024 * 1024
+    shapes = Shapes([TensorInfo("model.embed_tokens.weight", (1024, 1024), torch.bfloat16)])
+    for n_models in (3, 8):
+        def setting(name, n_models=n_models):
+            return Setting(n_models, (name,), Storage(torch.bfloat16), torch.float32, False)
+
+        assert work_bytes(shapes, setting("test_stacks_twice")) == 4 * numel * (2 * n_models + 3)
+        assert work_bytes(shapes, setting("test_sums")) == 4 * numel * (n_models + 4)
+        # exporting: T + 1 inputs read beside the method's own copies, on a CPU counted once
+        assert export_bytes(shapes, setting("test_stacks_twice"))[0] == 4 * numel * (2 * n_models + 3)
+        assert export_bytes(shapes, setting("test_sums"))[0] == 4 * numel * (n_models + 2)
 
 
 EXPORT_PEAK_SCRIPT = """
