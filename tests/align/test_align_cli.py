@@ -376,3 +376,25 @@ def test_a_bfloat16_model_is_aligned_into_bfloat16_exactly(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(out(input_ids=ids).logits, models[1].float()(input_ids=ids).logits,
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_the_seed_reaches_the_matching(tmp_path):
+    """`--seed` orders weight matching's coordinate descent, which can end in another local optimum:
+    the command's permutations are the library's for the same seed, and another seed's differ here."""
+    from evo_merge.align.api import align_folders
+
+    cfg = CONFIGS["mlp"]
+    models = [tmp_path / n for n in "abc"]
+    for folder, seed in zip(models, range(3)):
+        _save_plain(folder, cfg, seed)
+    result = _run("--models", *models, "--arch", "mlp", "--seed", 1, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "out" / "permutations.json").read_text())["perms"]
+
+    def library(seed):
+        out = tmp_path / f"library-{seed}"
+        out.mkdir()
+        align_folders(models, "mlp", "weight", out, seed=seed)
+        return json.loads((out / "permutations.json").read_text())["perms"]
+
+    assert written == library(1) and written != library(0)

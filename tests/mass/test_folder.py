@@ -167,6 +167,30 @@ def test_cli_builds_and_evaluates_a_mass_folder(zoo, tmp_path):
     assert len(table) == 8 and set(table["score"]) <= {0.0, 1.0} and table["subject"].iloc[0] == "mass"
 
 
+def test_cli_routes_on_the_last_token_and_links_the_base_when_asked(llama_family, saved, tmp_path):
+    """`mass build --token last --link-base`: the folder routes as a model built with token="last"
+    in Python (the saved fixture), and names the base's absolute path instead of holding a copy of
+    it; moved elsewhere it still loads, from the base where it was."""
+    base, endpoints = llama_family
+    out = tmp_path / "linked"
+    built = CliRunner().invoke(cli, ["mass", "build", "--base", str(base), "--models", *map(str, endpoints),
+                                     "--out", str(out), "--layer", "0", "--threshold", "0.3", "--max-tasks", "2",
+                                     "--token", "last", "--link-base"])
+    assert built.exit_code == 0, built.output
+    meta = json.loads((out / "mass.json").read_text())
+    assert meta["routing"]["token"] == "last" and meta["base"] == str(base.resolve())
+    assert not (out / "base").exists()
+    moved = shutil.move(out, tmp_path / "moved")
+    loaded, tokenizer = load_mass(moved)
+    reference, _ = saved
+    assert loaded.routing == reference.routing
+    ids = tokenizer(["84+1=", "abc", "hello there"], padding=True, return_tensors="pt")
+    assert torch.equal(loaded.routed_state(**ids), reference.routed_state(**ids))
+    assert loaded.route(**ids)[1] == reference.route(**ids)[1]
+    mean = MassModel.from_checkpoints(base, endpoints, layer=0, threshold=0.3, max_tasks=2)
+    assert not torch.equal(mean.routed_state(**ids), loaded.routed_state(**ids))  # the option reached routing
+
+
 @pytest.mark.parametrize("case", ["layer", "base", "factors", "threshold", "base again", "twice", "nan"])
 def test_cli_bad_input_is_one_line_exit_2(case, zoo, llama_family, saved, tmp_path):
     base, endpoints = llama_family

@@ -556,6 +556,9 @@ def test_a_run_folder_s_own_scheduler_address_is_used_only_when_the_user_names_i
             "tcp://127.0.0.1:9 to connect to it (or --scheduler local)"), result.output
     result = CliRunner().invoke(cli, ["resume", str(run), "--scheduler", "local"])
     assert result.exit_code == 0, result.output
+    exported = CliRunner().invoke(cli, ["export", str(run), "--pick", "1", "--out", str(tmp_path / "m"),
+                                        "--scheduler", "local"])
+    assert exported.exit_code == 0 and (tmp_path / "m" / "config.json").is_file(), exported.output
     from evo_merge.merge.host import AVAILABLE
 
     monkeypatch.setattr("evo_merge.search.capacity.available_memory", lambda: (2**20, AVAILABLE))  # 1 MiB free

@@ -97,6 +97,8 @@ def test_someone_else_s_folder_runs_no_task_code_without_the_user_s_word(receive
     status = invoke("status", run)  # reading a folder runs no task: no word needed
     assert status.exit_code == 0 and runs(marker) == before
 
+    exported = invoke("export", run, "--pick", 1, "--out", tmp_path / "pick", "--trust-tasks")
+    assert exported.exit_code == 0 and (tmp_path / "pick" / "config.json").is_file(), exported.output
     trusted = invoke("resume", run, "--trust-tasks")
     assert trusted.exit_code == 0, trusted.output
     assert runs(marker) > before

@@ -219,3 +219,38 @@ def test_zoo_build_on_the_command_line_says_each_stage_as_it_ends(tmp_path, smok
     assert json.loads((tmp_path / "zoo" / "zoo.json").read_text())["models"] == ["base", *FAMILIES]
     again = CliRunner().invoke(cli, ["zoo", "build", "--out", str(tmp_path / "zoo"), "--seed", "1"])
     assert again.exit_code == 0 and "is up to date" in again.output and "pretraining" not in again.output, again.output
+    weights = tmp_path / "zoo" / "base" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    forced = CliRunner().invoke(cli, ["zoo", "build", "--out", str(tmp_path / "zoo"), "--seed", "1", "--force"])
+    assert forced.exit_code == 0 and "pretraining the base: " in forced.output, forced.output  # trained again
+    assert weights.stat().st_mtime_ns != stamp
+
+
+def test_responses_build_passes_its_merges_scenarios_and_seed_on(tiny_zoo, tmp_path):
+    """`responses build --n-merges --scenario subskill --seed`: the command's table is the library's
+    for the same settings (the base, the endpoints and N seeded random merges), its items labelled
+    by their task's own scenarios; another seed draws other merges."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from evo_merge.cli import cli
+    from evo_merge.search.responses import build_responses
+
+    out = tmp_path / "r.csv"
+    args = ["responses", "build", "--zoo", str(tiny_zoo), "--tasks", "seq", "--n-merges", "2", "--scenario",
+            "subskill", "--out", str(out)]
+    built = CliRunner().invoke(cli, [*args, "--seed", "3"])
+    assert built.exit_code == 0, built.output
+    table = pd.read_csv(out, dtype={"subject": str, "item": str})
+    assert sorted(table.subject.unique()) == sorted(["base", *(f"endpoint-{f}" for f in FAMILIES),
+                                                      "merge-000", "merge-001"])
+    task = resolve_task("seq")
+    assert dict(zip(table.item, table.scenario)) == {i: f"seq:{task.scenarios[i]}" for i in task.item_ids}
+    library = build_responses(tiny_zoo / "base", [tiny_zoo / f for f in FAMILIES], {"seq": task}, 2, seed=3,
+                              scenario="subskill")
+    pd.testing.assert_frame_equal(table, library.astype(table.dtypes.to_dict()), check_like=True)
+    other = CliRunner().invoke(cli, [*args, "--seed", "4", "--overwrite"])
+    assert other.exit_code == 0, other.output
+    drawn = pd.read_csv(out, dtype={"subject": str, "item": str})
+    merges = table.subject.str.startswith("merge-")
+    assert drawn[~merges].equals(table[~merges]) and not drawn[merges].equals(table[merges])
