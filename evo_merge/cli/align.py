@@ -33,7 +33,8 @@ def align(first: str, more: tuple[str, ...], arch: str, method: str, data, balan
         raise UserError(f"--f is MuDSC's balance factor; --method {method} does not use it")
     target = Path(out)
     check_alignment_output(target, overwrite, [first, *more])
-    with staged_folder(target, check=check_alignment_folder) as folder:  # a failed run leaves OUT as it was
+    # a failed run leaves OUT as it was
+    with staged_folder(target, overwrite=overwrite, check=check_alignment_folder) as folder:
         result = align_folders([first, *more], arch, method, folder, data=data, f=balance, seed=seed)
     for i, perms in enumerate(result.perms):
         moved = sum(int((p != range(len(p))).sum()) for p in perms.values())

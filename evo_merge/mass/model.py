@@ -416,7 +416,7 @@ class MassModel(nn.Module):
         extra["README.md"] = mass_card(self.tasks, self.models, str(self.base_path), self.routing, scores, chosen_as,
                                        licenses, scores_note, errors)
         extra.update(licenses.files)
-        with staged_folder(out) as folder:
+        with staged_folder(out, overwrite=overwrite) as folder:
             write_model_folder(folder, self.factors.stored(), extra_files=extra)
             if copy_base:
                 base = Checkpoint.open(self.base_path)

@@ -13,6 +13,7 @@ holding NaN or Inf is never written, and the folder gets the umask's modes like 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -80,7 +81,7 @@ def write_model_folder(
     copied = _copied_files(source, copy_tokenizer) if source is not None else []  # refused before any work
     _check_extra_names(extra_files, {file.name for file in copied})
     try:
-        with staged_folder(out) as tmp:
+        with staged_folder(out, overwrite=overwrite) as tmp:
             tmp.mkdir()
             try:
                 written_dtypes = _write_shards(tmp, tensors, dtype, max_shard_bytes)
@@ -390,29 +391,42 @@ def umask_modes(folder: Path) -> None:
 
 
 @contextmanager
-def staged_folder(out: Path, check: Callable[[Path], None] = check_replaceable) -> Iterator[Path]:
+def staged_folder(out: Path, *, overwrite: bool, check: Callable[[Path], None] = check_replaceable) -> Iterator[Path]:
     """A new folder to write `out` in, in a hidden sibling of it, moved onto `out` whole when the
-    block succeeds (`replace_folder`, replacing only what `check` lets through); a failed block
-    leaves `out` as it was. The sibling is held under an flock while it is written, so a later
-    writer sweeps it (`sweep_stale_siblings`) only if this one died, kill -9 included. The folder
-    yielded does not exist yet: writers that create their folder (`save_pretrained`,
-    `write_model_folder`) take it as they take a new `out`."""
+    block succeeds (`replace_folder`: replacing only what `check` lets through, and nothing unless
+    `overwrite`); a failed block leaves `out` as it was. The sibling is held under an flock while it
+    is written, so a later writer sweeps it (`sweep_stale_siblings`) only if this one died, kill -9
+    included. The folder yielded does not exist yet: writers that create their folder
+    (`save_pretrained`, `write_model_folder`) take it as they take a new `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_siblings(out)
     tmp, held = _held_sibling(out)
     try:
         yield tmp / "staged"
         umask_modes(tmp / "staged")  # safetensors writes 0600, and copies keep their source's mode
-        replace_folder(tmp / "staged", out, check)
+        replace_folder(tmp / "staged", out, check, overwrite=overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         os.close(held)
 
 
-def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None] = check_replaceable) -> None:
+def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None] = check_replaceable, *,
+                   overwrite: bool) -> None:
     """Move the complete folder into place; an old `out` is removed only after the swap, and only
-    what `check` lets through is replaced (a model folder, by default)."""
+    what `check` lets through is replaced (a model folder, by default). Without `overwrite` nothing
+    is: the output was free when the command began, and a folder put there since (a user's model
+    copied in while a merge ran for minutes, another command's output) is left as it is, by the
+    rename itself, which fails onto a folder that holds anything."""
     check(out)
+    if not overwrite:
+        try:
+            tmp.rename(out)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise
+            raise UserError(f"output folder {out} appeared while this one was written (another command, or a copy?); "
+                            "it is left as it is and this output was not kept (--overwrite replaces it)") from None
+        return
     if not out.exists():
         tmp.rename(out)
         return

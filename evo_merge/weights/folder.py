@@ -199,5 +199,5 @@ def save_model_folder(
 def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
     """A folder to write the model into, moved onto `out` when the block succeeds."""
     check_output_folder(out, overwrite)
-    with staged_folder(out) as folder:
+    with staged_folder(out, overwrite=overwrite) as folder:
         yield folder

@@ -241,6 +241,40 @@ def test_existing_output_refused_without_overwrite(llama_family, tmp_path):
     assert consumed == []
 
 
+@pytest.mark.parametrize("appears", ["a model folder", "a file"])
+def test_an_output_that_appears_while_it_is_written_is_left_as_it_is(llama_family, tmp_path, appears):
+    """The output was free when the write began, and someone put their own model folder there while
+    it ran (minutes at size: a copy, a second merge to the same path): without --overwrite it was
+    replaced all the same, the user's weights deleted (audit 112). The rename that puts the output in
+    place now replaces nothing without --overwrite; with it, what was asked for is replaced."""
+    base, (ft,) = llama_family
+    out = tmp_path / "m"
+
+    def theirs_arriving():
+        for k, item in enumerate(_stream(base)):
+            if k == 3:
+                if appears == "a file":
+                    out.write_text("notes")
+                else:
+                    shutil.copytree(ft, out)
+            yield item
+
+    said = ("is a file, not a model folder" if appears == "a file"
+            else "appeared while this one was written .*--overwrite")
+    with pytest.raises(UserError, match=rf"output (folder )?.*m {said}"):
+        write_model_folder(out, theirs_arriving(), copy_from=base)
+    assert _siblings(out) == ["m"]
+    if appears == "a file":
+        assert out.read_text() == "notes"
+    else:
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ft.iterdir())
+        assert (out / "model.safetensors").read_bytes() == (ft / "model.safetensors").read_bytes()
+        shutil.rmtree(out)
+        write_model_folder(out, theirs_arriving(), copy_from=base, overwrite=True)  # asked: replaced
+        with Checkpoint.open(out) as got, Checkpoint.open(base) as want:
+            assert all(torch.equal(got.tensor(n), want.tensor(n)) for n in want.names)
+
+
 def test_overwrite_replaces_only_when_complete(llama_family, tmp_path):
     base, (ft,) = llama_family
     out = write_model_folder(tmp_path / "m", _stream(base), copy_from=base)
