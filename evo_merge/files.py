@@ -5,6 +5,7 @@ never written through)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import tempfile
@@ -45,11 +46,14 @@ def check_writable(out: Path, option: str | None = None) -> None:
         raise UserError(f"{named}: cannot write there ({why})" if option else f"{named}: {why}") from None
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
+def atomic_write(path: Path, data: bytes | str, *, replace: bool = True) -> None:
     """Write to a new temporary sibling, fsync, rename: readers see the old or the new file, never
     half; and a link planted at `path` (a run folder someone sent) is replaced, never written through.
     The file gets the mode any new file gets under the umask, as the exported models do: a
-    private umask keeps a run's paths and scores private, 022 lets the user's group read them."""
+    private umask keeps a run's paths and scores private, 022 lets the user's group read them.
+    `replace=False`: `path` must not exist when the file is put there, checked by the kernel as it
+    is (a hard link, which fails on an existing name), so a file another process wrote there
+    meanwhile is kept and this one raises FileExistsError."""
     fd, tmp = _new_sibling(path)
     try:
         with writing(path), os.fdopen(fd, "wb") as fh:
@@ -57,12 +61,30 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         try:
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                put_new(tmp, path)
         except OSError as exc:  # named as the file asked for: the temporary one is removed below
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def put_new(tmp: Path, path: Path) -> None:
+    """Give `tmp` the name `path` only if nothing has it: a hard link fails on an existing name. On a
+    file system without hard links (FAT, some network mounts), the name is checked just before a rename."""
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
 
 
 def _new_sibling(path: Path) -> tuple[int, Path]:

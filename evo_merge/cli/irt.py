@@ -141,7 +141,11 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
     data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
     with naming_file(responses), StageBars() as bars:  # too few subjects, or py-irt diverging on them
         model = IRTModel.fit(data, backend=backend, dims=dims_value, seed=seed, progress=bars, **options)
-    model.save(out)  # over a model: its anchor sets, chosen on it, are removed
+    try:
+        model.save(out, overwrite=overwrite)  # over a model: its anchor sets, chosen on it, are removed
+    except FileExistsError:
+        raise UserError(f"--out {out}: an IRT model was saved there while this one was fitted (another command?); "
+                        "it is left as it is and this fit was not saved (--overwrite replaces it)") from None
     click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "
                f"{len(model.scenarios)} scenario(s), D={model.dims} -> {out}")
 
@@ -215,7 +219,7 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     if out is None:
         click.echo(text, nl=False)
     else:
-        write_output_file(out, text)
+        write_output_file(out, text, overwrite)
         click.echo(f"wrote {out}: {table['subject'].nunique()} subject(s), {estimator} estimates")
 
 
@@ -284,4 +288,4 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
     if summary := default_summary(table, overall, refold):
         console.print(summary, soft_wrap=True)
     if csv_path is not None:
-        write_output_file(csv_path, table.to_csv(index=False))
+        write_output_file(csv_path, table.to_csv(index=False), overwrite, "--csv")

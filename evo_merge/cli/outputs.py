@@ -29,11 +29,17 @@ def check_outside_run(out: Path, run: Path, kept: str) -> None:
         raise UserError(f"--out {out}: is inside the run folder, whose files the run owns ({kept}); write elsewhere")
 
 
-def write_output_file(out: Path, text: str) -> None:
+def write_output_file(out: Path, text: str, overwrite: bool, option: str = "--out") -> None:
     """Write a file `check_output_file` passed, its folders made first: they may be new (a missing
-    folder was found out only as the result was saved, after the work)."""
+    folder was found out only as the result was saved, after the work). Without `overwrite` a file
+    put at `out` while the command worked (another command's output, written after the check) is
+    kept: the two both said "wrote", and one of them had been replaced (audit 112)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, text)
+    try:
+        atomic_write(out, text, replace=overwrite)
+    except FileExistsError:
+        raise UserError(f"{option} {out}: appeared while this command worked (another command's output?); it is "
+                        "left as it is and this output was not written (--overwrite replaces it)") from None
 
 
 def check_irt_model_folder(out: Path, overwrite: bool) -> None:

@@ -60,7 +60,7 @@ def build(zoo: Path, tasks: str, n_merges: int, scenario: str, seed: int, out: P
     with StageBars() as bars:
         table = build_responses(zoo / "base", endpoints, resolved, n_merges, seed=seed, scenario=scenario,
                                 progress=lambda done, total: bars("scoring subjects", done, total))
-    write_output_file(out, table.to_csv(index=False))
+    write_output_file(out, table.to_csv(index=False), overwrite)
     click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items")
 
 
@@ -88,7 +88,7 @@ def export(run: Path, task: str | None, out: Path, overwrite: bool) -> None:
         store.close()
     if table.empty:
         raise UserError(f"{run}: no candidate was measured on every search item yet (calibration does that first)")
-    write_output_file(out, table.to_csv(index=False))
+    write_output_file(out, table.to_csv(index=False), overwrite)
     n = table.task.nunique()
     tasks = "" if task else f"{n} task{'s' * (n != 1)}, "
     click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items "

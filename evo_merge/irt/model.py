@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from evo_merge.errors import UserError
-from evo_merge.files import writing
+from evo_merge.files import put_new, writing
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.anchor_files import refuse_link, remove_anchor_sets
 from evo_merge.irt.backends import BACKENDS, THETA_SD, matrix_options
@@ -282,10 +282,13 @@ class IRTModel:
         )
 
     # ---- storage -------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, *, overwrite: bool = True) -> Path:
         """Write the model into `directory`. Over another model its stored anchor sets are removed,
         as `irt fit --overwrite` does: chosen on the model replaced, `load_anchors` would hand them
-        out for this one. An `anchors/` that is a link is refused before anything is written."""
+        out for this one. An `anchors/` that is a link is refused before anything is written.
+        `overwrite=False`: a model another process saved there meanwhile (two fits into one new
+        folder) is kept, this one refused with FileExistsError: its `model.json` is put in place only
+        where none is (`files.put_new`), before its parameters."""
         directory = Path(directory)
         meta = {
             "format_version": FORMAT_VERSION,
@@ -301,7 +304,7 @@ class IRTModel:
             "dims_errors": {str(d): e for d, e in self.dims_errors.items()},
         }
         arrays = {k: getattr(self, k) for k in NPZ_KEYS}
-        replacing = (any((directory / name).exists() for name in ("model.json", "params.npz"))
+        replacing = (overwrite and any((directory / name).exists() for name in ("model.json", "params.npz"))
                      and not _holds(directory, meta, arrays))  # saved again where it was loaded from: its sets stay
         if replacing:
             refuse_link(directory / "anchors")  # its sets would be removed wherever it points
@@ -314,6 +317,10 @@ class IRTModel:
                     os.fsync(written.fileno())
             if replacing:  # once the new files are safe on disk: a failed write leaves the old model its sets
                 remove_anchor_sets(directory)
+            if not overwrite:  # the model.json claims the folder: the loser of two fits touches nothing
+                put_new(Path(tmp) / "model.json", directory / "model.json")
+                os.replace(Path(tmp) / "params.npz", directory / "params.npz")
+                return directory
             for name in ("params.npz", "model.json"):  # both written first: a full disk leaves the old model whole
                 os.replace(Path(tmp) / name, directory / name)
         return directory

@@ -213,3 +213,69 @@ def test_the_pyirt_backend_s_epochs_and_rate_reach_fit_and_validate_from_the_com
                                            flag, "30" if flag == "--epochs" else "0.1"])
         assert refused.exit_code == 2 and refused.output.strip() == f"error: {flag} applies to --backend pyirt only"
         assert not (tmp_path / "t").exists()
+
+
+def _fitted_elsewhere_while(tmp_path, out, monkeypatch):
+    """`IRTModel.fit` as the CLI calls it, another fit saved into `out` while it runs (a second
+    `irt fit` into the same new folder, finishing first); returns that model's files' bytes."""
+    real_fit = IRTModel.fit.__func__
+    theirs = {}
+
+    def fit_while_another_saves(cls, *args, **kwargs):
+        model = real_fit(cls, *args, **kwargs)
+        other = real_fit(cls, *args, **{**kwargs, "seed": 7})
+        other.save(out)
+        theirs.update({p.name: p.read_bytes() for p in out.iterdir() if p.is_file()})
+        return model
+
+    monkeypatch.setattr(IRTModel, "fit", classmethod(fit_while_another_saves))
+    return theirs
+
+
+def test_a_model_saved_into_the_folder_while_fitting_is_kept_without_overwrite(tmp_path, monkeypatch):
+    """Two `irt fit` into one new folder both said "fitted ... -> OUT", the later one's model
+    silently in place (audit 112): without --overwrite the one saved first is kept, the other told."""
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(20, dims=1, seed=2)
+    gen.sample(theta, ids, seed=3).to_csv(tmp_path / "r.csv", index=False)
+    out = tmp_path / "m"
+    theirs = _fitted_elsewhere_while(tmp_path, out, monkeypatch)
+    result = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path / "r.csv"), "--out", str(out), "--dims", "1"])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == (
+        f"error: --out {out}: an IRT model was saved there while this one was fitted (another command?); it is "
+        "left as it is and this fit was not saved (--overwrite replaces it)"), result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == theirs  # whole, nothing of ours, no temporary
+    assert IRTModel.load(out).seed == 7
+    again = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path / "r.csv"), "--out", str(out), "--dims", "1",
+                                     "--overwrite"])
+    assert again.exit_code == 0 and IRTModel.load(out).seed == 0, again.output  # asked: replaced
+
+
+def test_an_estimates_file_written_there_while_estimating_is_kept_without_overwrite(tmp_path, monkeypatch):
+    """`irt estimate --out` (as `eval`, `responses build|export` and `irt validate --csv`): a file put at
+    OUT after the command checked it (another command's output) was replaced, both commands saying
+    "wrote"; it is kept now without --overwrite, and replaced with it."""
+    import evo_merge.irt
+
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(20, dims=1, seed=2)
+    gen.sample(theta, ids, seed=3).to_csv(tmp_path / "r.csv", index=False)
+    irt("fit", tmp_path / "r.csv", "--out", tmp_path / "m", "--dims", "1")
+    irt("anchors", tmp_path / "m", "--budget", "5")
+    out = tmp_path / "estimates.csv"
+    real = evo_merge.irt.estimate_table
+
+    def estimated_while_another_writes(*args, **kwargs):
+        out.write_text("another command's estimates")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evo_merge.irt, "estimate_table", estimated_while_another_writes)
+    args = ["irt", "estimate", str(tmp_path / "m"), "--responses", str(tmp_path / "r.csv"), "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == (
+        f"error: --out {out}: appeared while this command worked (another command's output?); it is left as it "
+        "is and this output was not written (--overwrite replaces it)"), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["estimates.csv", "m", "r.csv"]
+    assert out.read_text() == "another command's estimates"
+    replaced = CliRunner().invoke(cli, [*args, "--overwrite"])
+    assert replaced.exit_code == 0 and out.read_text().startswith("subject,scenario,estimator"), replaced.output

@@ -1401,3 +1401,25 @@ def test_the_paths_a_run_prints_are_one_line_each_for_a_script_to_read(finished,
     assert f"report: {deep / 'report.md'}" in printed
     models = [line.removeprefix("model ").split(": ", 1) for line in printed if line.startswith("model ")]
     assert models and all((deep / "models" / Path(path).name) == Path(path) for _, path in models), printed
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_a_file_written_only_where_none_is_keeps_one_put_there_first(tmp_path, monkeypatch, links):
+    """`atomic_write(replace=False)`: a new file is put in place whole, and a file that is there by
+    then (another command's output, written after this one checked) is kept, the write refused; the
+    same on a file system without hard links, where the name is checked just before the rename."""
+    import errno
+
+    from evo_merge.files import atomic_write
+
+    if not links:
+        def no_links(*args, **kwargs):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_links)
+    atomic_write(tmp_path / "scores.csv", "ours", replace=False)
+    (tmp_path / "theirs.csv").write_text("theirs")
+    with pytest.raises(FileExistsError) as raised:
+        atomic_write(tmp_path / "theirs.csv", "ours", replace=False)
+    assert raised.value.filename == str(tmp_path / "theirs.csv")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"scores.csv": "ours", "theirs.csv": "theirs"}
