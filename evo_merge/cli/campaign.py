@@ -277,22 +277,58 @@ def status(run: Path) -> None:
 @RUN_DIR
 def report(run: Path) -> None:
     """(Re)write report.md, report.html, evaluations.csv, pareto.csv and the plots of a run."""
+    report_file, running = _write_report(run)
+    if running is not None and _ended(run):
+        # the run finished (or stopped) while its snapshot was written, perhaps after its own final report:
+        # that one had been replaced by a snapshot saying a run was working (audit 112)
+        report_file, running = _write_report(run)
+    now = f" (a run is working in the folder, pid {running}: they are of this moment)" if running else ""
+    click.echo(f"wrote {report_file}, report.html, evaluations.csv, pareto.csv and the plots in {run}{now}")
+
+
+def _write_report(run: Path) -> tuple[Path, str | None]:
+    """The run's report files, and the pid of the run working in the folder (None: none is). A folder
+    no run holds is held for the while, so that no run starts, or ends, writing its own report, in it."""
+    from contextlib import ExitStack
+
+    from evo_merge.errors import UserError
     from evo_merge.report.campaign import write_report
     from evo_merge.search.binding import read_run
-    from evo_merge.search.lock import holder
+    from evo_merge.search.lock import RunLock, holder
     from evo_merge.search.store import in_run
 
+    with ExitStack() as held:
+        store, facts = read_run(run)  # a folder that is no run's refused before any lock
+        held.callback(store.close)
+        running = holder(run)
+        if running is None:
+            try:
+                held.enter_context(RunLock(run))
+            except UserError:
+                if (running := holder(run)) is None:  # not a run starting this instant: the folder's own fault
+                    raise
+        exported = {  # picks exported by `run` / `resume` into this folder (older runs stored absolute paths)
+            name: (eid, run / folder)
+            for name, (eid, folder) in store.exported().items()
+            if (run / folder).is_dir() and not Path(in_run(run / folder, run)).is_absolute()
+        }
+        finished = store.finished(facts["generations"])
+        running = None if finished else running
+        return write_report(run, store, facts, exported, finished, running=running), running
+
+
+def _ended(run: Path) -> bool:
+    """Whether the run that held the folder has let it go or finished since."""
+    from evo_merge.search.binding import read_run
+    from evo_merge.search.lock import holder
+
+    if holder(run) is None:
+        return True
     store, facts = read_run(run)
-    exported = {  # picks exported by `run` / `resume` into this folder (older runs stored absolute paths)
-        name: (eid, run / folder)
-        for name, (eid, folder) in store.exported().items()
-        if (run / folder).is_dir() and not Path(in_run(run / folder, run)).is_absolute()
-    }
-    finished = store.finished(facts["generations"])
-    running = None if finished else holder(run)
-    report = write_report(run, store, facts, exported, finished, running=running)
-    now = f" (a run is working in the folder, pid {running}: they are of this moment)" if running else ""
-    click.echo(f"wrote {report}, report.html, evaluations.csv, pareto.csv and the plots in {run}{now}")
+    try:
+        return store.finished(facts["generations"])
+    finally:
+        store.close()
 
 
 @click.command()

@@ -1423,3 +1423,50 @@ def test_a_file_written_only_where_none_is_keeps_one_put_there_first(tmp_path, m
         atomic_write(tmp_path / "theirs.csv", "ours", replace=False)
     assert raised.value.filename == str(tmp_path / "theirs.csv")
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"scores.csv": "ours", "theirs.csv": "theirs"}
+
+
+def test_a_report_written_as_its_run_finishes_is_the_finished_runs(copy, monkeypatch):
+    """`report` of a working run read the folder unfinished, the run then wrote its final report,
+    marked itself finished and ended, and the snapshot was written over the final report: a finished
+    run's report said "not finished ... a run is working in the folder (pid N)", N gone (audit 112).
+    The run's end is played here in the process: the lock a run holds, and what it does last."""
+    import evo_merge.report.campaign
+    from evo_merge.search.store import FINISHED_META
+
+    with closing(CampaignStore(copy)) as store:
+        store.set_meta(FINISHED_META, False)  # in its final phase
+    working = RunLock(copy).__enter__()
+    real = evo_merge.report.campaign.write_report
+    snapshots = []
+
+    def run_finishes_meanwhile(run, store, facts, exported, finished, running=None):
+        if not snapshots:  # the run's last steps, while `report` was reading
+            with closing(CampaignStore(copy)) as its_store:
+                its_store.mark_finished()
+            working.__exit__(None, None, None)
+        snapshots.append(finished)
+        return real(run, store, facts, exported, finished, running=running)
+
+    monkeypatch.setattr(evo_merge.report.campaign, "write_report", run_finishes_meanwhile)
+    code, out = invoke("report", copy)
+    assert code == 0, out
+    assert snapshots == [False, True] and "working" not in out
+    assert "not finished" not in (copy / "report.md").read_text()
+
+
+def test_report_holds_a_folder_no_run_holds_while_it_writes(copy, monkeypatch):
+    """A run started while `report` writes is refused as by any holder, rather than finishing and
+    having its final report replaced by the one `report` was writing."""
+    import evo_merge.report.campaign
+
+    real = evo_merge.report.campaign.write_report
+    seen = []
+
+    def writes(*args, **kwargs):
+        seen.append(holder(copy))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evo_merge.report.campaign, "write_report", writes)
+    code, out = invoke("report", copy)
+    assert code == 0 and seen == [str(os.getpid())], (out, seen)
+    assert holder(copy) is None  # given back
