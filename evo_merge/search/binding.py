@@ -223,7 +223,10 @@ def check_run_files(run_dir: Path) -> None:
         raise UserError(f"{run_dir}: no such folder")
     for name in (CAMPAIGN_FILE, CampaignStore.DB):
         if not (run_dir / name).is_file():
-            if (held := {p.name for p in run_dir.iterdir()}) and held <= STARTED_FILES:  # killed in its first seconds
+            if (held := {p.name for p in run_dir.iterdir()}) and held <= STARTED_FILES:  # in its first seconds
+                if pid := holder(run_dir):  # and working: `resume` now would be refused as in use
+                    raise UserError(f"{run_dir}: a run is starting here (pid {pid}); it has not written its campaign "
+                                    "yet")
                 raise UserError(f"{run_dir}: a run stopped before it recorded its campaign (no {name}); "
                                 f"`{shell('evo-merge', 'run', 'CAMPAIGN.yaml', '--out', run_dir)}` starts it again")
             if name == CampaignStore.DB and (run_dir / CAMPAIGN_FILE).is_file():  # a run's records deleted

@@ -246,9 +246,14 @@ def test_status_says_whether_a_run_is_working_in_the_folder(copy, tmp_path):
     assert holder(tmp_path / "nothing") is None and not (tmp_path / "nothing").exists()
     starting = tmp_path / "starting"
     with RunLock(starting):  # a run that has taken its folder and written nothing else yet
-        code, out = invoke("status", starting)
-    one_line_error(code, out, f"{starting}: a run is starting here (pid {os.getpid()}); it has not written its "
-                              "campaign yet")
+        said = {command: invoke(*args) for command, args in (
+            ("status", ["status", starting]), ("resume", ["resume", starting]),
+            ("export", ["export", starting, "--pick", 1, "--out", tmp_path / "pick"]))}
+    for code, out in said.values():  # resume and export said the run had stopped, as if killed (audit 112)
+        one_line_error(code, out, f"{starting}: a run is starting here (pid {os.getpid()}); it has not written its "
+                                  "campaign yet")
+    code, out = invoke("resume", starting)  # and once none is working there, that it stopped
+    one_line_error(code, out, f"{starting}: a run stopped before it recorded its campaign")
     with RunLock(copy):  # a `resume` working in the folder, its search done
         assert holder(copy) == str(os.getpid())
         code, out = invoke("status", copy)
