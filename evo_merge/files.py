@@ -6,10 +6,12 @@ never written through)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -99,3 +101,38 @@ def _new_sibling(path: Path) -> tuple[int, Path]:
         except OSError as exc:  # a missing or read-only folder: named as the file asked for, not the temporary one
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
     raise FileExistsError(f"no free temporary name beside {path}")
+
+
+@contextmanager
+def held_temporary_folder(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new temporary folder in `parent`, held under an flock while the block runs and removed after
+    it: `sweep_unheld` then tells one a killed writer left (the kernel drops a dead process's lock,
+    kill -9 included) from one a live writer is filling."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
+
+
+def sweep_unheld(folders: Iterable[Path]) -> list[Path]:
+    """Remove those of `folders` (`held_temporary_folder`s) that no live writer holds; the others stay."""
+    swept = []
+    for folder in folders:
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # finished meanwhile, or a link: not a writer's folder
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            swept.append(folder)
+        finally:
+            os.close(fd)
+    return swept

@@ -49,7 +49,9 @@ def check_irt_model_folder(out: Path, overwrite: bool) -> None:
         return check_writable(out, "--out")
     if not out.is_dir():
         raise UserError(f"--out {out}: is a file; give the folder to write the model into")
-    if not any(out.iterdir()):
+    from evo_merge.irt.model import SAVING
+
+    if not any(p for p in out.iterdir() if not p.name.startswith(SAVING)):  # empty, or a killed save's leftovers
         return
     if not _holds_irt_model(out):
         raise UserError(f"--out {out}: holds files and no IRT model; refusing to write into it")

@@ -9,12 +9,12 @@ beside them (see `anchors.py`). Format 1 folders (one split-half fit) still load
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import numbers
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Collection, Sequence
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from evo_merge.errors import UserError
-from evo_merge.files import put_new, writing
+from evo_merge.files import held_temporary_folder, put_new, sweep_unheld, writing
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.anchor_files import refuse_link, remove_anchor_sets
 from evo_merge.irt.backends import BACKENDS, THETA_SD, matrix_options
@@ -42,6 +42,7 @@ from evo_merge.progress import Progress, no_progress
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
+SAVING = ".saving-"  # the prefix of the folder a save stages its files in, inside the model's
 MODEL_KIND = "evo-merge-irt"  # model.json's "kind": what tells an IRT model folder from other folders
 MIN_SUBJECTS = 4
 SUBJECTS_PER_DIM = 6  # D <= n_subjects / 6: 8-11 subjects fit one dimension, 12-17 at most two
@@ -304,12 +305,14 @@ class IRTModel:
             "dims_errors": {str(d): e for d, e in self.dims_errors.items()},
         }
         arrays = {k: getattr(self, k) for k in NPZ_KEYS}
+        meta["params_digest"] = params_digest(arrays)  # a model.json beside another save's params.npz is told
         replacing = (overwrite and any((directory / name).exists() for name in ("model.json", "params.npz"))
                      and not _holds(directory, meta, arrays))  # saved again where it was loaded from: its sets stay
         if replacing:
             refuse_link(directory / "anchors")  # its sets would be removed wherever it points
         directory.mkdir(parents=True, exist_ok=True)
-        with writing(directory), tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
+        sweep_unheld(directory.glob(f"{SAVING}*"))  # what a save killed half-way left
+        with writing(directory), held_temporary_folder(directory, SAVING) as tmp:
             np.savez(Path(tmp) / "params.npz", **arrays)
             (Path(tmp) / "model.json").write_text(json.dumps(meta, indent=1))
             for name in ("params.npz", "model.json"):  # on disk before either replaces the old (a power cut)
@@ -372,7 +375,21 @@ class IRTModel:
         )
         if not consistent:
             raise UserError(f"{directory}: model.json and params.npz disagree on the model's shape")
+        if version == FORMAT_VERSION and meta.get("params_digest", params_digest(arrays)) != params_digest(arrays):
+            raise UserError(f"{directory}: model.json and params.npz are of two different saves (a save cut short, "
+                            "or an edit)")
         return model
+
+
+def params_digest(arrays: dict[str, np.ndarray]) -> str:
+    """Hex digest of the parameters' names, dtypes, shapes and values (not of the zip around them),
+    which model.json records: its two files are replaced one after the other, and a kill between the
+    two left one fit's parameters under another's model.json, loaded as one model where shapes agreed."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode() + array.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _holds(directory: Path, meta: dict, arrays: dict[str, np.ndarray]) -> bool:

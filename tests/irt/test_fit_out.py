@@ -12,7 +12,7 @@ from limits import file_size_limit  # tests/ is on sys.path (its conftest)
 
 from evo_merge.cli import cli
 from evo_merge.errors import UserError
-from evo_merge.irt import IRTModel
+from evo_merge.irt import IRTModel, validate_responses
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 
 
@@ -279,3 +279,37 @@ def test_an_estimates_file_written_there_while_estimating_is_kept_without_overwr
     assert out.read_text() == "another command's estimates"
     replaced = CliRunner().invoke(cli, [*args, "--overwrite"])
     assert replaced.exit_code == 0 and out.read_text().startswith("subject,scenario,estimator"), replaced.output
+
+
+def test_a_save_killed_half_way_leaves_no_folder_a_refit_refuses(tmp_path):
+    """`irt fit` killed as it saved left its staged files in a hidden `.saving-*` folder inside --out:
+    `ls` showed it empty, and every later `irt fit` into it, --overwrite or not, said "holds files
+    and no IRT model" (audit 111). The next save sweeps what a dead save left (its lock gone with it)
+    and leaves a live save's folder alone."""
+    from evo_merge.files import held_temporary_folder
+
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(20, dims=1, seed=2)
+    gen.sample(theta, ids, seed=3).to_csv(tmp_path / "r.csv", index=False)
+    out = tmp_path / "m"
+    (out / ".saving-killed").mkdir(parents=True)  # as kill -9 leaves it: nobody holds it
+    (out / ".saving-killed" / "params.npz").write_bytes(b"PK\x03\x04 half")
+    with held_temporary_folder(out, ".saving-") as live:  # another process's save, under way
+        irt("fit", tmp_path / "r.csv", "--out", out, "--dims", "1")
+        assert sorted(p.name for p in out.iterdir()) == sorted(["model.json", "params.npz", live.name])
+    assert IRTModel.load(out).dims == 1
+
+
+def test_parameters_of_another_save_beside_a_model_json_are_refused(tmp_path):
+    """The two files are replaced one after the other; killed between, a refit left its parameters
+    beside the former fit's model.json, which loaded as one model where the shapes agreed (audit 111).
+    model.json records a digest of the parameters it was saved with."""
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    data = validate_responses(gen.sample(*synthetic_abilities(20, dims=1, seed=2), seed=3))
+    first = IRTModel.fit(data, dims=1, seed=0).save(tmp_path / "first")
+    second = IRTModel.fit(data, dims=1, seed=5).save(tmp_path / "second")
+    (first / "params.npz").write_bytes((second / "params.npz").read_bytes())
+    with pytest.raises(UserError, match=re.escape(f"{first}: model.json and params.npz are of two different saves "
+                                                  "(a save cut short, or an edit)")):
+        IRTModel.load(first)
+    assert IRTModel.load(second).seed == 5  # a model as saved loads

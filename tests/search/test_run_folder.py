@@ -1221,19 +1221,28 @@ def test_a_store_that_lost_its_campaign_is_refused_by_every_command(copy, also_t
 
 def test_an_irt_model_of_the_run_edited_with_its_shapes_kept_is_refused(copy):
     """1.0 added to every difficulty of RUN/irt/<task>/params.npz: it loaded, and the resumed run
-    estimated its later candidates with another model than the one it fitted, without a word."""
+    estimated its later candidates with another model than the one it fitted, without a word. The
+    model's own digest of its parameters (model.json's `params_digest`) tells it first; an older
+    model, which has none, is told by the digest the run recorded of its files."""
     import numpy as np
 
     folder = next(p for p in (copy / "irt").iterdir() if (p / "params.npz").exists())
     with np.load(folder / "params.npz") as saved:
         arrays = {k: saved[k] + (1.0 if k == "beta" else 0.0) for k in saved.files}
     np.savez(folder / "params.npz", **arrays)
+    way_on = (f"; this run fitted it: remove {folder} and `evo-merge resume` fits it again from the stored "
+              "calibration (its candidates after that are estimated by the new fit)")
     code, output = invoke("resume", copy)
     assert code == 2 and "Traceback" not in output, output
     assert output.strip().splitlines()[-1] == (
-        f"error: {folder}: its files changed since this run saved them; this run fitted it: remove {folder} and "
-        "`evo-merge resume` fits it again from the stored calibration (its candidates after that are estimated by "
-        "the new fit)"), output
+        f"error: {folder}: model.json and params.npz are of two different saves (a save cut short, or an edit)"
+        + way_on), output
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["params_digest"]  # as a model saved before the digest was kept
+    (folder / "model.json").write_text(json.dumps(meta))
+    code, output = invoke("resume", copy)
+    assert code == 2 and output.strip().splitlines()[-1] == (
+        f"error: {folder}: its files changed since this run saved them" + way_on), output
     shutil.rmtree(folder)
     assert invoke("resume", copy)[0] == 0
     meta = folder / "model.json"  # reformatted, the same model: no refusal
