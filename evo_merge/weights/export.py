@@ -182,11 +182,18 @@ _OS_ERROR = re.compile(r"os error (\d+)")
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors' `save_file`, with its I/O failures raised as the OSError they are: the library
-    raises its own error for a full disk or a file-size limit, which names neither the file nor the
-    fault a user can act on."""
-    try:
+    """safetensors' `save_file`, with its I/O failures raised as the OSError they are."""
+    with safetensors_io(path):
         save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+@contextmanager
+def safetensors_io(path: Path) -> Iterator[None]:
+    """safetensors' I/O failures inside, raised as the OSError they are, naming `path`: the library
+    raises its own error for a full disk or a file-size limit, which names neither the file nor the
+    fault a user can act on (and which a command then showed as a traceback)."""
+    try:
+        yield
     except SafetensorError as exc:
         code = _OS_ERROR.search(str(exc))
         if code is None:
@@ -402,7 +409,13 @@ def staged_folder(out: Path, *, overwrite: bool, check: Callable[[Path], None] =
     sweep_stale_siblings(out)
     tmp, held = _held_sibling(out)
     try:
-        yield tmp / "staged"
+        try:
+            yield tmp / "staged"
+        except OSError as exc:  # a full disk said of the output asked for, not of its hidden staged copy
+            if exc.filename is None or not Path(exc.filename).is_relative_to(tmp / "staged"):
+                raise
+            named = out / Path(exc.filename).relative_to(tmp / "staged")
+            raise OSError(exc.errno, exc.strerror, str(named)) from exc
         umask_modes(tmp / "staged")  # safetensors writes 0600, and copies keep their source's mode
         replace_folder(tmp / "staged", out, check, overwrite=overwrite)
     finally:

@@ -24,7 +24,7 @@ from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import Checkpoint, read_config, tokenizer_files
 from evo_merge.weights.compat import castable
 from evo_merge.weights.dtypes import dtype_name, parse_dtype
-from evo_merge.weights.export import check_output_folder, staged_folder, write_model_folder
+from evo_merge.weights.export import check_output_folder, safetensors_io, staged_folder, write_model_folder
 from evo_merge.weights.nets import build_net
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,8 @@ def save_model_folder(
     out = Path(out).expanduser()
     with _staged(out, overwrite) as tmp:
         if hf_model_type(module) is not None:
-            with _quiet_transformers(untie=False):
+            # a full disk is one line naming OUT (`align`, `zoo build`), not safetensors' traceback
+            with safetensors_io(out), _quiet_transformers(untie=False):
                 module.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)

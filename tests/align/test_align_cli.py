@@ -398,3 +398,33 @@ def test_the_seed_reaches_the_matching(tmp_path):
         return json.loads((out / "permutations.json").read_text())["perms"]
 
     assert written == library(1) and written != library(0)
+
+
+def test_a_write_the_disk_refuses_is_one_line_naming_the_output(tmp_path):
+    """`align` writes Hugging Face models with `save_pretrained`, whose safetensors writer raises its
+    own error on a full disk or a file-size limit: a traceback and exit 1 (audit 111; `zoo build`
+    saves the same way). Run as a user runs it, under a file-size limit below one model's weights."""
+    import errno
+    import os
+    import subprocess
+    import sys
+
+    from limits import file_size_limit  # tests/ is on sys.path (its conftest)
+
+    tok = build_char_tokenizer()
+    models = []
+    for seed in (0, 1):
+        model = make_tiny_causal_lm("llama", vocab_size=len(tok), hidden=64, layers=2, heads=2, seed=seed)
+        model.save_pretrained(tmp_path / f"m{seed}")
+        tok.save_pretrained(tmp_path / f"m{seed}")
+        models.append(tmp_path / f"m{seed}")
+    out = tmp_path / "out"
+    size = (models[0] / "model.safetensors").stat().st_size
+    proc = subprocess.run(
+        [sys.executable, "-c", "from evo_merge.cli import main; main()", "align", "--models", *map(str, models),
+         "--arch", "llama", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(size // 2))
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith(("warning: ", "Loading"))]
+    assert proc.returncode == 2 and lines[-1:] == [f"error: {out / 'm0'}: {os.strerror(errno.EFBIG)}"], proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m0", "m1"]  # no staged folder left either
