@@ -4,6 +4,7 @@ when measured on every item, the lm-eval-style results files beside the weights.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -144,9 +145,11 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
         if evaluation.id in folders:
             continue
         kept = out.is_dir() and all(done.get(n) == (evaluation.id, where) for n in names[evaluation.id])
-        if kept and where in written and _weights_digest(out) != written[where]:
-            log.warning("%s: its weights are not those this run exported; exported again", out)
+        if kept and (changed := _changed_since_exported(out, written.get(where))):
+            log.warning("%s: %s; exported again", out, changed)
             kept = False
+            if _weights_digest(out) is None:  # the run's own pick, no model folder any more: nothing to replace
+                shutil.rmtree(out)
         folders[evaluation.id] = out if kept else export_candidate(
             workspace, evaluation, out, evaluator=evaluator, overwrite=True, progress=progress,
             chosen_as=names[evaluation.id])
@@ -155,6 +158,20 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     store.set_exported({name: (evaluation.id, in_run(folders[evaluation.id], run_dir))
                         for name, evaluation in chosen.items()})
     return {name: (evaluation.id, folders[evaluation.id]) for name, evaluation in chosen.items()}
+
+
+def _changed_since_exported(folder: Path, digest: str | None) -> str | None:
+    """Why a pick folder the run exported is no longer its pick (None: it is): its weights replaced or
+    gone, or its card gone (resume left a pick without the card that says what it is, which `push`
+    then refused). `digest`: the weights' as exported (None: a run from before it was kept)."""
+    weights = _weights_digest(folder)
+    if weights is None:
+        return "its weights are gone"
+    if digest is not None and weights != digest:
+        return "its weights are not those this run exported"
+    if not (folder / "README.md").is_file():
+        return "its model card (README.md) is gone"
+    return None
 
 
 def _weights_digest(folder: Path) -> str | None:

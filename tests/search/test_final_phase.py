@@ -571,6 +571,29 @@ def test_a_pick_folder_whose_weights_were_replaced_is_exported_again_on_resume(f
     assert "models/best-agree0 (missing: `evo-merge resume` exports it again)" in status, status
 
 
+@pytest.mark.parametrize("removed", ["model.safetensors", "README.md"])
+def test_a_pick_folder_missing_its_weights_or_card_is_exported_again_on_resume(finished, tmp_path, caplog, removed):
+    """Its weights deleted, resume refused the run's own pick folder as "not a model folder ...
+    refusing to replace it" with no way on; its card deleted, resume kept it without one, and
+    `push` then refused it (audit 111). Both are exported again, as they were."""
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    folder = run / next(f for _, f in CampaignStore(run).get_meta("exported").values())
+
+    def files():  # results.json's `date` is when it was written
+        return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "results.json"} | {
+            "results.json": {k: v for k, v in json.loads((folder / "results.json").read_text()).items() if k != "date"}}
+
+    before = files()
+    (folder / removed).unlink()
+    with caplog.at_level("WARNING", logger="evo_merge.search.export"):
+        result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    why = "its weights are gone" if removed == "model.safetensors" else "its model card (README.md) is gone"
+    assert f"{folder}: {why}; exported again" in caplog.text
+    assert files() == before
+
+
 def test_ctrl_c_while_an_export_measures_says_to_run_the_export_again(finished, tmp_path, monkeypatch):
     """It said `resume with: evo-merge resume RUN`, which measures and exports nothing for a finished
     run. (Ctrl-C while the folder is written, after the run's lock, is a plain "interrupted".)"""
