@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from evo_merge.errors import UserError
+from evo_merge.files import atomic_write
 
 ZOO_JSON = "zoo.json"
 BASE = "base"
@@ -68,7 +69,7 @@ def finished_zoo(folder: str | Path) -> ZooManifest:
 
 def write_zoo(folder: str | Path, manifest: ZooManifest) -> Path:
     file = Path(folder) / ZOO_JSON
-    file.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    atomic_write(file, manifest.model_dump_json(indent=2))
     return file
 
 

@@ -240,9 +240,7 @@ def _build(out: Path, seed: int, settings: SmolLM2Settings | None, force: bool, 
         models = {"base": base, **finetune_endpoints(base, tokenizer, settings, progress)}
         trained = time.perf_counter() - start
         table = zoo_table(models, tokenizer, settings.table_items, batch_size=64, progress=progress)
-        save_zoo(out, tokenizer, models, settings, kind="smollm2")
-        table.round(1).to_csv(out / "table.csv")
-        (out / "table.md").write_text(table.round(1).to_markdown() + "\n")
+        save_zoo(out, tokenizer, models, settings, table, kind="smollm2")
         console.print(
             f"on {device}: loaded and fine-tuned in {trained:.0f} s, whole build {time.perf_counter() - start:.0f} s"
         )

@@ -34,6 +34,7 @@ from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evo_merge.console import results_console
+from evo_merge.files import atomic_write
 from evo_merge.progress import Progress, no_progress
 from evo_merge.tasks.synthetic import (
     ENGLISH,
@@ -285,12 +286,16 @@ def train_zoo_models(settings: TinyLMSettings, progress: Progress = no_progress,
 
 def save_zoo(
     out: Path, tokenizer: PreTrainedTokenizerBase, models: dict[str, PreTrainedModel], settings: BaseModel,
-    kind: str = "tiny-lm",
+    table: pd.DataFrame, kind: str = "tiny-lm",
 ) -> None:
-    """HF folders `out/<name>/` (weights + tokenizer) and `out/zoo.json` (settings, names);
-    `settings` has a `key()` (the hash a rebuild compares)."""
+    """HF folders `out/<name>/` (weights + tokenizer), the accuracy table (`table.csv`, `table.md`),
+    then `out/zoo.json` (settings, names) last, each file written whole: its key marks the zoo
+    finished, and a table cut short beside it was reused as up to date; `settings` has a `key()`
+    (the hash a rebuild compares)."""
     for name, model in models.items():
         save_model_folder(out / name, model, tokenizer, overwrite=True)
+    atomic_write(out / "table.csv", table.round(1).to_csv())
+    atomic_write(out / "table.md", table.round(1).to_markdown() + "\n")
     write_zoo(out, ZooManifest(kind=kind, models=list(models), key=settings.key(), settings=settings.model_dump()))
 
 
@@ -366,9 +371,7 @@ def _build(out: Path, seed: int, settings: TinyLMSettings | None, force: bool, p
         trained = time.perf_counter() - start
         out.mkdir(parents=True, exist_ok=True)
         table = zoo_table(models, tokenizer, settings.table_items, progress=progress)
-        save_zoo(out, tokenizer, models, settings)
-        table.round(1).to_csv(out / "table.csv")
-        (out / "table.md").write_text(table.round(1).to_markdown() + "\n")
+        save_zoo(out, tokenizer, models, settings, table)
         console.print(
             f"trained in {trained:.0f} s, whole build {time.perf_counter() - start:.0f} s "
             f"({time.process_time() - cpu:.0f} s CPU)"

@@ -254,3 +254,24 @@ def test_responses_build_passes_its_merges_scenarios_and_seed_on(tiny_zoo, tmp_p
     drawn = pd.read_csv(out, dtype={"subject": str, "item": str})
     merges = table.subject.str.startswith("merge-")
     assert drawn[~merges].equals(table[~merges]) and not drawn[merges].equals(table[merges])
+
+
+def test_a_zoo_whose_table_was_not_written_is_not_finished(tmp_path, smoke_settings, monkeypatch):
+    """zoo.json, whose key marks a zoo finished, was written before table.csv: a build stopped between
+    the two (a full disk, a kill) left a zoo taken as up to date with its table cut short or missing
+    (audit 111). The key is written last now."""
+    import errno
+
+    from evo_merge.errors import UserError
+    from evo_merge.zoo.manifest import finished_zoo
+    from evo_merge.zoo.tinylm import built_with
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        build_tinylm_zoo(tmp_path / "zoo", settings=smoke_settings)
+    assert read_zoo(tmp_path / "zoo").key is None and not built_with(tmp_path / "zoo", smoke_settings)
+    with pytest.raises(UserError, match="whose build did not finish"):
+        finished_zoo(tmp_path / "zoo")
