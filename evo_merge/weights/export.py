@@ -416,6 +416,10 @@ def staged_folder(out: Path, *, overwrite: bool, check: Callable[[Path], None] =
                 raise
             named = out / Path(exc.filename).relative_to(tmp / "staged")
             raise OSError(exc.errno, exc.strerror, str(named)) from exc
+        except UserError as exc:  # a writer's own words about its folder (`write_model_folder` into it)
+            if str(tmp / "staged") not in str(exc):
+                raise
+            raise UserError(str(exc).replace(str(tmp / "staged"), str(out))) from exc
         umask_modes(tmp / "staged")  # safetensors writes 0600, and copies keep their source's mode
         replace_folder(tmp / "staged", out, check, overwrite=overwrite)
     finally:

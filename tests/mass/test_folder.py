@@ -294,3 +294,25 @@ def test_a_mass_folder_of_a_base_without_tokenizer_loads_without_one(saved, tmp_
         file.unlink()
     model, tokenizer = load_mass(bare)
     assert tokenizer is None and model.tasks == ["ft1", "ft2", "ft3"]
+
+
+def test_a_write_the_disk_refuses_names_the_mass_folder_asked_for(llama_family, tmp_path):
+    """Under a full disk `mass build` said `cannot write .m.tmp-93810918/staged: File too large`, a
+    hidden folder already removed, where `merge` names its --out (audit 111)."""
+    import errno
+    import os
+    import subprocess
+    import sys
+
+    from limits import file_size_limit  # tests/ is on sys.path (its conftest)
+
+    base, endpoints = llama_family
+    out = tmp_path / "m"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from evo_merge.cli import main; main()", "mass", "build", "--base", str(base),
+         "--models", *map(str, endpoints), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+        preexec_fn=file_size_limit((base / "model.safetensors").stat().st_size // 4))
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and lines == [f"error: cannot write {out}: {os.strerror(errno.EFBIG)}"], proc.stderr
+    assert "Traceback" not in proc.stderr and sorted(p.name for p in tmp_path.iterdir()) == []
