@@ -287,34 +287,25 @@ def report(run: Path) -> None:
 
 
 def _write_report(run: Path) -> tuple[Path, str | None]:
-    """The run's report files, and the pid of the run working in the folder (None: none is). A folder
-    no run holds is held for the while, so that no run starts, or ends, writing its own report, in it."""
-    from contextlib import ExitStack
-
-    from evo_merge.errors import UserError
+    """The run's report files, and the pid of the run working in the folder (None: none is, or it
+    has finished). Takes no lock: `status` and a `resume` would take `report` for a working run."""
     from evo_merge.report.campaign import write_report
     from evo_merge.search.binding import read_run
-    from evo_merge.search.lock import RunLock, holder
+    from evo_merge.search.lock import holder
     from evo_merge.search.store import in_run
 
-    with ExitStack() as held:
-        store, facts = read_run(run)  # a folder that is no run's refused before any lock
-        held.callback(store.close)
-        running = holder(run)
-        if running is None:
-            try:
-                held.enter_context(RunLock(run))
-            except UserError:
-                if (running := holder(run)) is None:  # not a run starting this instant: the folder's own fault
-                    raise
+    store, facts = read_run(run)
+    try:
         exported = {  # picks exported by `run` / `resume` into this folder (older runs stored absolute paths)
             name: (eid, run / folder)
             for name, (eid, folder) in store.exported().items()
             if (run / folder).is_dir() and not Path(in_run(run / folder, run)).is_absolute()
         }
         finished = store.finished(facts["generations"])
-        running = None if finished else running
+        running = None if finished else holder(run)
         return write_report(run, store, facts, exported, finished, running=running), running
+    finally:
+        store.close()
 
 
 def _ended(run: Path) -> bool:

@@ -4,7 +4,6 @@ when measured on every item, the lm-eval-style results files beside the weights.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
 from evo_merge.irt.kinds import FULL_EVALUATION
+from evo_merge.markup import shell
 from evo_merge.progress import Progress, no_progress, stage_track
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import Evaluator
@@ -145,11 +145,12 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
         if evaluation.id in folders:
             continue
         kept = out.is_dir() and all(done.get(n) == (evaluation.id, where) for n in names[evaluation.id])
-        if kept and (changed := _changed_since_exported(out, written.get(where))):
+        if kept and (weights := _weights_digest(out)) is None:  # no model folder: what it holds may be the user's
+            raise UserError(f"{out}: a pick folder of this run whose weights are gone; move out any file of your "
+                            f"own, remove the folder, and `{shell('evo-merge', 'resume', run_dir)}` exports it again")
+        if kept and (changed := _changed_since_exported(out, weights, written.get(where))):
             log.warning("%s: %s; exported again", out, changed)
             kept = False
-            if _weights_digest(out) is None:  # the run's own pick, no model folder any more: nothing to replace
-                shutil.rmtree(out)
         folders[evaluation.id] = out if kept else export_candidate(
             workspace, evaluation, out, evaluator=evaluator, overwrite=True, progress=progress,
             chosen_as=names[evaluation.id])
@@ -160,13 +161,11 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     return {name: (evaluation.id, folders[evaluation.id]) for name, evaluation in chosen.items()}
 
 
-def _changed_since_exported(folder: Path, digest: str | None) -> str | None:
-    """Why a pick folder the run exported is no longer its pick (None: it is): its weights replaced or
-    gone, or its card gone (resume left a pick without the card that says what it is, which `push`
-    then refused). `digest`: the weights' as exported (None: a run from before it was kept)."""
-    weights = _weights_digest(folder)
-    if weights is None:
-        return "its weights are gone"
+def _changed_since_exported(folder: Path, weights: str, digest: str | None) -> str | None:
+    """Why a pick folder the run exported, whose weights have digest `weights`, is no longer its pick
+    (None: it is): its weights replaced, or its card gone (resume left a pick without the card that
+    says what it is, which `push` then refused). `digest`: the weights' as exported (None: a run
+    from before it was kept)."""
     if digest is not None and weights != digest:
         return "its weights are not those this run exported"
     if not (folder / "README.md").is_file():

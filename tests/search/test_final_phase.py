@@ -571,11 +571,12 @@ def test_a_pick_folder_whose_weights_were_replaced_is_exported_again_on_resume(f
     assert "models/best-agree0 (missing: `evo-merge resume` exports it again)" in status, status
 
 
-@pytest.mark.parametrize("removed", ["model.safetensors", "README.md"])
-def test_a_pick_folder_missing_its_weights_or_card_is_exported_again_on_resume(finished, tmp_path, caplog, removed):
-    """Its weights deleted, resume refused the run's own pick folder as "not a model folder ...
-    refusing to replace it" with no way on; its card deleted, resume kept it without one, and
-    `push` then refused it (audit 111). Both are exported again, as they were."""
+def test_a_pick_folder_missing_its_card_is_exported_again_and_one_missing_its_weights_is_refused_with_the_way_on(
+        finished, tmp_path, caplog):
+    """Its card deleted, resume kept the pick without one, and `push` then refused it: exported again.
+    Its weights deleted, resume refused the run's own pick as "not a model folder ... refusing to
+    replace it" with no way on (audit 111); removing it then (audit 113) deleted what else the folder
+    held (a GGUF conversion of the user's): refused, nothing removed, the way on said."""
     run = tmp_path / "run"
     shutil.copytree(finished[0], run)
     folder = run / next(f for _, f in CampaignStore(run).get_meta("exported").values())
@@ -585,12 +586,22 @@ def test_a_pick_folder_missing_its_weights_or_card_is_exported_again_on_resume(f
             "results.json": {k: v for k, v in json.loads((folder / "results.json").read_text()).items() if k != "date"}}
 
     before = files()
-    (folder / removed).unlink()
+    (folder / "README.md").unlink()
     with caplog.at_level("WARNING", logger="evo_merge.search.export"):
         result = CliRunner().invoke(cli, ["resume", str(run)])
     assert result.exit_code == 0, result.output
-    why = "its weights are gone" if removed == "model.safetensors" else "its model card (README.md) is gone"
-    assert f"{folder}: {why}; exported again" in caplog.text
+    assert f"{folder}: its model card (README.md) is gone; exported again" in caplog.text
+    assert files() == before
+
+    (folder / "model.safetensors").unlink()
+    (folder / "model-q8.gguf").write_bytes(b"GGUF mine")
+    result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == (
+        f"error: {folder}: a pick folder of this run whose weights are gone; move out any file of your own, remove "
+        f"the folder, and `evo-merge resume {run}` exports it again"), result.output
+    assert (folder / "model-q8.gguf").read_bytes() == b"GGUF mine"
+    shutil.rmtree(folder)
+    assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0
     assert files() == before
 
 
