@@ -76,14 +76,22 @@ def atomic_write(path: Path, data: bytes | str, *, replace: bool = True) -> None
 
 def put_new(tmp: Path, path: Path) -> None:
     """Give `tmp` the name `path` only if nothing has it: a hard link fails on an existing name. On a
-    file system without hard links (FAT, some network mounts), the name is checked just before a rename."""
+    file system without hard links (FAT, some network mounts), the name is checked just before a rename.
+    A link at `path` is replaced itself (what it points at is never written, and holds nothing lost):
+    the checks before the work let a dangling one through, as `atomic_write` replaces one."""
+    if os.path.islink(path):
+        os.replace(tmp, path)
+        return
+    taken = FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))  # named as the file asked for
     try:
         os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise taken from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
             raise
         if os.path.lexists(path):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+            raise taken from None
         os.replace(tmp, path)
     else:
         tmp.unlink()

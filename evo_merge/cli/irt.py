@@ -143,7 +143,9 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
         model = IRTModel.fit(data, backend=backend, dims=dims_value, seed=seed, progress=bars, **options)
     try:
         model.save(out, overwrite=overwrite)  # over a model: its anchor sets, chosen on it, are removed
-    except FileExistsError:
+    except FileExistsError as exc:
+        if exc.filename != str(out / "model.json"):  # not the model put in place: a path in the way, said as it is
+            raise
         raise UserError(f"--out {out}: an IRT model was saved there while this one was fitted (another command?); "
                         "it is left as it is and this fit was not saved (--overwrite replaces it)") from None
     click.echo(f"fitted {backend} model: {len(model.subject_ids)} subjects, {len(model.item_ids)} items, "

@@ -412,10 +412,10 @@ def staged_folder(out: Path, *, overwrite: bool, check: Callable[[Path], None] =
         try:
             yield tmp / "staged"
         except OSError as exc:  # a full disk said of the output asked for, not of its hidden staged copy
-            if exc.filename is None or not Path(exc.filename).is_relative_to(tmp / "staged"):
+            if not isinstance(exc.filename, str) or not Path(exc.filename).is_relative_to(tmp / "staged"):
                 raise
             named = out / Path(exc.filename).relative_to(tmp / "staged")
-            raise OSError(exc.errno, exc.strerror, str(named)) from exc
+            raise OSError(exc.errno, exc.strerror, str(named), None, exc.filename2) from exc
         except UserError as exc:  # a writer's own words about its folder (`write_model_folder` into it)
             if str(tmp / "staged") not in str(exc):
                 raise
@@ -435,11 +435,11 @@ def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None] = check_r
     copied in while a merge ran for minutes, another command's output) is left as it is, by the
     rename itself, which fails onto a folder that holds anything."""
     check(out)
-    if not overwrite:
+    if not overwrite and not out.is_symlink():  # a link the checks let through is replaced itself, as below
         try:
             tmp.rename(out)
         except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
             raise UserError(f"output folder {out} appeared while this one was written (another command, or a copy?); "
                             "it is left as it is and this output was not kept (--overwrite replaces it)") from None

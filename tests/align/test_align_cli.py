@@ -428,3 +428,19 @@ def test_a_write_the_disk_refuses_is_one_line_naming_the_output(tmp_path):
     assert proc.returncode == 2 and lines[-1:] == [f"error: {out / 'm0'}: {os.strerror(errno.EFBIG)}"], proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m0", "m1"]  # no staged folder left either
+
+
+def test_an_out_that_is_a_link_to_an_empty_folder_is_replaced_by_the_alignment(tmp_path):
+    """`--out` a link to an empty folder is accepted without --overwrite (an empty folder is), and the
+    link was replaced by the alignment; the no-replace rename then refused it after the work as an
+    output "that appeared" (audit 113). The link is replaced itself; its folder stays empty."""
+    cfg = CONFIGS["mlp"]
+    models = [tmp_path / n for n in "ab"]
+    for folder, seed in zip(models, range(2)):
+        _save_plain(folder, cfg, seed)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "empty")
+    result = _run("--models", *models, "--arch", "mlp", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "out").is_symlink() and (tmp_path / "out" / "permutations.json").is_file()
+    assert list((tmp_path / "empty").iterdir()) == []

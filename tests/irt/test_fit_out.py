@@ -313,3 +313,18 @@ def test_parameters_of_another_save_beside_a_model_json_are_refused(tmp_path):
                                                   "(a save cut short, or an edit)")):
         IRTModel.load(first)
     assert IRTModel.load(second).seed == 5  # a model as saved loads
+
+
+def test_an_out_that_is_a_dangling_link_is_said_as_it_is(tmp_path):
+    """`irt fit --out` a dangling link: the folder cannot be made there, which was said as "an IRT model
+    was saved there while this one was fitted ... (--overwrite replaces it)", with --overwrite too
+    (audit 113): the file system's own words, naming the path."""
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    gen.sample(*synthetic_abilities(20, dims=1, seed=2), seed=3).to_csv(tmp_path / "r.csv", index=False)
+    out = tmp_path / "m"
+    out.symlink_to(tmp_path / "nowhere")
+    for extra in ([], ["--overwrite"]):
+        result = CliRunner().invoke(cli, ["irt", "fit", str(tmp_path / "r.csv"), "--out", str(out), "--dims", "1",
+                                          *extra])
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == f"error: {out}: File exists", \
+            result.output

@@ -1485,3 +1485,15 @@ def test_report_takes_no_lock_so_nothing_takes_it_for_a_run(copy, monkeypatch):
     code, out = invoke("report", copy)
     assert code == 0 and len(seen) == 1 and seen[0][0] is None, (out, seen)
     assert "generation 3/3 (finished)" in seen[0][1], seen
+
+
+def test_a_link_at_a_new_files_name_is_replaced_itself(tmp_path):
+    """A dangling link at a CSV output passes the checks before the work (it does not exist), and was
+    replaced by the file; the no-replace write refused it afterwards as an output "that appeared"
+    (audit 113). The link itself is replaced; what it pointed at is never written."""
+    from evo_merge.files import atomic_write
+
+    (tmp_path / "scores.csv").symlink_to(tmp_path / "nowhere" / "scores.csv")
+    atomic_write(tmp_path / "scores.csv", "ours", replace=False)
+    assert not (tmp_path / "scores.csv").is_symlink() and (tmp_path / "scores.csv").read_text() == "ours"
+    assert not (tmp_path / "nowhere").exists()
