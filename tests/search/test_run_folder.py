@@ -74,10 +74,15 @@ def slow_campaign(tmp_path, zoo):  # noqa: F811
 def start_and_wait(config, run, generation):
     """`evo-merge run` in a subprocess, returned once an evaluation of `generation` is stored."""
     # as from a terminal: a shell's background job (CI under `&`) passes SIGINT on ignored, and
-    # Python then never turns Ctrl-C into KeyboardInterrupt
+    # Python then never turns Ctrl-C into KeyboardInterrupt; a suite run under `nohup` passes SIGHUP
+    # on ignored, which the run then keeps ignoring, as a run started with nohup should
+    def as_from_a_terminal():
+        for signum in (signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+
     proc = subprocess.Popen([*EVO_MERGE, "run", str(config), "--out", str(run)], env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=as_from_a_terminal)
     deadline = time.time() + 300
     while time.time() < deadline:
         try:  # closed at once: a reader left open would keep the killed writer's log index alive
