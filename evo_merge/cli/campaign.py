@@ -277,18 +277,19 @@ def status(run: Path) -> None:
 @RUN_DIR
 def report(run: Path) -> None:
     """(Re)write report.md, report.html, evaluations.csv, pareto.csv and the plots of a run."""
-    report_file, running = _write_report(run)
-    if running is not None and _ended(run):
-        # the run finished (or stopped) while its snapshot was written, perhaps after its own final report:
-        # that one had been replaced by a snapshot saying a run was working (audit 112)
-        report_file, running = _write_report(run)
+    report_file, running, finished = _write_report(run)
+    if not finished and _moved_on(run, running):
+        # a run finished (or stopped) while the snapshot was written, perhaps after its own final report:
+        # that one had been replaced by a snapshot saying the run was not finished (audits 112, 114)
+        report_file, running, _ = _write_report(run)
     now = f" (a run is working in the folder, pid {running}: they are of this moment)" if running else ""
     click.echo(f"wrote {report_file}, report.html, evaluations.csv, pareto.csv and the plots in {run}{now}")
 
 
-def _write_report(run: Path) -> tuple[Path, str | None]:
-    """The run's report files, and the pid of the run working in the folder (None: none is, or it
-    has finished). Takes no lock: `status` and a `resume` would take `report` for a working run."""
+def _write_report(run: Path) -> tuple[Path, str | None, bool]:
+    """The run's report files, the pid of the run working in the folder (None: none is, or it has
+    finished), and whether it had finished. Takes no lock: `status` and a `resume` would take
+    `report` for a working run."""
     from evo_merge.report.campaign import write_report
     from evo_merge.search.binding import read_run
     from evo_merge.search.lock import holder
@@ -303,17 +304,18 @@ def _write_report(run: Path) -> tuple[Path, str | None]:
         }
         finished = store.finished(facts["generations"])
         running = None if finished else holder(run)
-        return write_report(run, store, facts, exported, finished, running=running), running
+        return write_report(run, store, facts, exported, finished, running=running), running, finished
     finally:
         store.close()
 
 
-def _ended(run: Path) -> bool:
-    """Whether the run that held the folder has let it go or finished since."""
+def _moved_on(run: Path, running: str | None) -> bool:
+    """Whether the run has finished since an unfinished report was written, or the run then working
+    in the folder has let it go (a `resume` may have started and finished meanwhile, or a run ended)."""
     from evo_merge.search.binding import read_run
     from evo_merge.search.lock import holder
 
-    if holder(run) is None:
+    if running is not None and holder(run) is None:
         return True
     store, facts = read_run(run)
     try:

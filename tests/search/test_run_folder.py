@@ -1502,3 +1502,27 @@ def test_a_link_at_a_new_files_name_is_replaced_itself(tmp_path):
     atomic_write(tmp_path / "scores.csv", "ours", replace=False)
     assert not (tmp_path / "scores.csv").is_symlink() and (tmp_path / "scores.csv").read_text() == "ours"
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_report_of_a_stopped_run_that_a_resume_finishes_meanwhile_is_the_finished_runs(copy, monkeypatch):
+    """`report` of a stopped run, and a `resume` that starts and finishes the run while the report is
+    written: the stale report, written last, said "not finished" of a finished run (audit 114)."""
+    import evo_merge.report.campaign
+    from evo_merge.search.store import FINISHED_META
+
+    with closing(CampaignStore(copy)) as store:
+        store.set_meta(FINISHED_META, False)  # stopped in its final phase, no run working
+    real = evo_merge.report.campaign.write_report
+    snapshots = []
+
+    def resumed_and_finished_meanwhile(run, store, facts, exported, finished, running=None):
+        if not snapshots:
+            with RunLock(copy), closing(CampaignStore(copy)) as its_store:  # the resume, start to end
+                its_store.mark_finished()
+        snapshots.append((finished, running))
+        return real(run, store, facts, exported, finished, running=running)
+
+    monkeypatch.setattr(evo_merge.report.campaign, "write_report", resumed_and_finished_meanwhile)
+    code, out = invoke("report", copy)
+    assert code == 0 and snapshots == [(False, None), (True, None)], (out, snapshots)
+    assert "not finished" not in (copy / "report.md").read_text()
