@@ -114,12 +114,23 @@ def _new_sibling(path: Path) -> tuple[int, Path]:
 @contextmanager
 def held_temporary_folder(parent: Path, prefix: str) -> Iterator[Path]:
     """A new temporary folder in `parent`, held under an flock while the block runs and removed after
-    it: `sweep_unheld` then tells one a killed writer left (the kernel drops a dead process's lock,
-    kill -9 included) from one a live writer is filling."""
-    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    it: a sweep (`sweep_unheld`, `weights.export.sweep_stale_siblings`) then tells one a killed writer
+    left (the kernel drops a dead process's lock, kill -9 included) from one a live writer is filling.
+    A sweep may remove a new folder before its lock is taken: another is made then."""
+    while True:
+        folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(folder)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import shutil
 import stat
 import tempfile
@@ -31,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from evo_merge.errors import UserError
-from evo_merge.files import check_writable
+from evo_merge.files import check_writable, held_temporary_folder
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import (
     PICKLE_SUFFIXES,
@@ -358,36 +357,6 @@ def sweep_stale_siblings(out: Path) -> list[Path]:
     return list(locks)
 
 
-def _held_sibling(out: Path) -> tuple[Path, int]:
-    """A new hidden temporary folder next to `out` and a descriptor holding its flock; taken again
-    should a sweep have removed the folder between its creation and the lock."""
-    while True:
-        tmp = _hidden_sibling(out, "tmp")
-        try:
-            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            continue
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
-                return tmp, fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
-def _hidden_sibling(out: Path, kind: str) -> Path:
-    """A new hidden folder next to `out`, created with the umask's mode (mkdtemp's 0700 would be
-    carried into the exported folder)."""
-    while True:
-        path = out.parent / f".{out.name}.{kind}-{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-
-
 def umask_modes(folder: Path) -> None:
     """Give the files the mode a new file gets under the umask (as `folder` got): safetensors
     writes 0600 and copies keep their source's mode."""
@@ -407,24 +376,21 @@ def staged_folder(out: Path, *, overwrite: bool, check: Callable[[Path], None] =
     (`save_pretrained`, `write_model_folder`) take it as they take a new `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_siblings(out)
-    tmp, held = _held_sibling(out)
-    try:
+    with held_temporary_folder(out.parent, f".{out.name}.tmp-") as tmp:
+        staged = tmp / "staged"
         try:
-            yield tmp / "staged"
+            yield staged
         except OSError as exc:  # a full disk said of the output asked for, not of its hidden staged copy
-            if not isinstance(exc.filename, str) or not Path(exc.filename).is_relative_to(tmp / "staged"):
+            if not isinstance(exc.filename, str) or not Path(exc.filename).is_relative_to(staged):
                 raise
-            named = out / Path(exc.filename).relative_to(tmp / "staged")
+            named = out / Path(exc.filename).relative_to(staged)
             raise OSError(exc.errno, exc.strerror, str(named), None, exc.filename2) from exc
         except UserError as exc:  # a writer's own words about its folder (`write_model_folder` into it)
-            if str(tmp / "staged") not in str(exc):
+            if str(staged) not in str(exc):
                 raise
-            raise UserError(str(exc).replace(str(tmp / "staged"), str(out))) from exc
-        umask_modes(tmp / "staged")  # safetensors writes 0600, and copies keep their source's mode
-        replace_folder(tmp / "staged", out, check, overwrite=overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.close(held)
+            raise UserError(str(exc).replace(str(staged), str(out))) from exc
+        umask_modes(staged)  # safetensors writes 0600, and copies keep their source's mode
+        replace_folder(staged, out, check, overwrite=overwrite)
 
 
 def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None] = check_replaceable, *,

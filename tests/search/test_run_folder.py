@@ -1526,3 +1526,28 @@ def test_a_report_of_a_stopped_run_that_a_resume_finishes_meanwhile_is_the_finis
     code, out = invoke("report", copy)
     assert code == 0 and snapshots == [(False, None), (True, None)], (out, snapshots)
     assert "not finished" not in (copy / "report.md").read_text()
+
+
+def test_a_held_folder_swept_before_its_lock_is_taken_is_made_again(tmp_path, monkeypatch):
+    """A writer's new temporary folder is made, then locked: a sweep in between finds it unlocked and
+    removes it, and the writer would have written into a folder that is gone. It is made again, and
+    what the block gets exists and is held (a second sweep leaves it)."""
+    import tempfile
+
+    from evo_merge.files import held_temporary_folder, sweep_unheld
+
+    real = tempfile.mkdtemp
+    made = []
+
+    def swept_as_soon_as_made(*args, **kwargs):
+        folder = real(*args, **kwargs)
+        made.append(folder)
+        if len(made) == 1:
+            assert sweep_unheld([Path(folder)]) == [Path(folder)]  # another writer's sweep, just then
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", swept_as_soon_as_made)
+    with held_temporary_folder(tmp_path, ".saving-") as folder:
+        assert len(made) == 2 and folder == Path(made[1]) and folder.is_dir()
+        assert sweep_unheld([folder]) == [] and folder.is_dir()
+    assert list(tmp_path.iterdir()) == []
