@@ -17,7 +17,7 @@ import numbers
 import os
 import zipfile
 import zlib
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,53 @@ def _held_out_loss(params: Any, binary: np.ndarray, seen: np.ndarray) -> float:
     y_seen = np.where(seen, binary, np.nan)
     theta = map_logistic(params.alpha, params.beta, y_seen, np.zeros(d), np.eye(d) / ABILITY_PRIOR_SD**2)
     return _log_loss(prob_2pl(theta, params.alpha, params.beta)[:, ~seen], binary[:, ~seen])
+
+
+def _checked_fit_inputs(responses: Any, backend: str, dims: int | str) -> tuple[int | str, ResponseMatrix]:
+    """`IRTModel.fit`'s arguments checked at the edge: D as "auto" or a plain int (model.json records
+    it), and the response table as a matrix of enough subjects for that D."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown IRT backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if dims != "auto":
+        if (count := positive_count(dims)) is None:
+            raise UserError(f"dims must be 'auto' or a positive integer, not {dims!r}")
+        dims = count
+    if not isinstance(responses, pd.DataFrame):  # a path was a TypeError deep in the pivot
+        raise UserError(f"IRTModel.fit takes a response table (a pandas DataFrame), not "
+                        f"{type(responses).__name__}; read a file with load_responses(path)")
+    # checked here too: an unchecked table failed inside (KeyError 'scenario') or fitted duplicates and
+    # out-of-range scores as they came (about 9 s on a leaderboard's 8 million rows, against minutes of fits)
+    matrix = ResponseMatrix.from_long(validate_responses(responses))
+    n_subj = len(matrix.subjects)
+    if n_subj < MIN_SUBJECTS:
+        raise UserError(f"need at least {MIN_SUBJECTS} subjects to fit an IRT model, got {n_subj}")
+    if dims != "auto" and dims > n_subj:  # a dimension per subject and more: nothing to learn, hours to fit
+        raise UserError(f"dims {dims} is more than the {n_subj} subjects it is fitted on; at most {n_subj} "
+                        f"(`auto` tries up to {max_dims(n_subj)} with this many)")
+    return dims, matrix
+
+
+def _cross_fits(binary: np.ndarray, grid: Sequence[int], seed: int, *, fit: Callable[[np.ndarray, int], Any],
+                done: Callable[[int], None]) -> tuple[np.ndarray, dict[int, list], dict[int, float]]:
+    """The subjects split in two folds (by `seed`) and each D of `grid` fitted twice, each time
+    without one fold, and judged by the held-out fold's log-loss on a random half of the items (its
+    abilities fitted on the other half). Returns the fold of each subject, the fits per D and their
+    held-out losses; `done(k)` is told after the k-th fit."""
+    rng = np.random.default_rng(seed)
+    n_subj, n_items = binary.shape
+    fold = np.zeros(n_subj, dtype=int)
+    fold[rng.permutation(n_subj)[: n_subj // 2]] = 1
+    seen = np.zeros(n_items, dtype=bool)
+    seen[rng.permutation(n_items)[: n_items // 2]] = True
+    fold_fits: dict[int, list] = {}
+    errors: dict[int, float] = {}
+    for i, d in enumerate(grid):
+        fold_fits[d] = []
+        for f in (0, 1):
+            fold_fits[d].append(fit(binary[fold != f], d))
+            done(2 * i + f + 1)
+        errors[d] = float(np.mean([_held_out_loss(p, binary[fold == f], seen) for f, p in enumerate(fold_fits[d])]))
+    return fold, fold_fits, errors
 
 
 def _check_declared_sizes(npz: Any, meta: dict, path: Path) -> None:
@@ -213,49 +260,23 @@ class IRTModel:
         every subject): on a leaderboard of hundreds of models and tens of thousands of items each
         takes a minute or more.
         """
-        if backend not in BACKENDS:
-            raise UserError(f"unknown IRT backend {backend!r} (choose from {', '.join(BACKENDS)})")
-        if dims != "auto":
-            if (count := positive_count(dims)) is None:
-                raise UserError(f"dims must be 'auto' or a positive integer, not {dims!r}")
-            dims = count  # a plain int: model.json records it
-        if not isinstance(responses, pd.DataFrame):  # a path was a TypeError deep in the pivot
-            raise UserError(f"IRTModel.fit takes a response table (a pandas DataFrame), not "
-                            f"{type(responses).__name__}; read a file with load_responses(path)")
-        # checked here too: an unchecked table failed inside (KeyError 'scenario') or fitted duplicates and
-        # out-of-range scores as they came (about 9 s on a leaderboard's 8 million rows, against minutes of fits)
-        matrix = ResponseMatrix.from_long(validate_responses(responses))
-        n_subj = len(matrix.subjects)
-        if n_subj < MIN_SUBJECTS:
-            raise UserError(f"need at least {MIN_SUBJECTS} subjects to fit an IRT model, got {n_subj}")
-        if dims != "auto" and dims > n_subj:  # a dimension per subject and more: nothing to learn, hours to fit
-            raise UserError(f"dims {dims} is more than the {n_subj} subjects it is fitted on; at most {n_subj} "
-                            f"(`auto` tries up to {max_dims(n_subj)} with this many)")
+        dims, matrix = _checked_fit_inputs(responses, backend, dims)
         scen = np.asarray(matrix.item_scenarios)
         thresholds = {s: accuracy_preserving_threshold(matrix.scores[:, scen == s]) for s in dict.fromkeys(scen)}
         binary = binarise(matrix.scores, np.array([thresholds[s] for s in scen]))
         fit_fn = BACKENDS[backend]
         backend_options = {**matrix_options(backend, binary), **backend_options}
-
-        rng = np.random.default_rng(seed)
-        fold = np.zeros(n_subj, dtype=int)
-        fold[rng.permutation(n_subj)[: n_subj // 2]] = 1
-        seen = np.zeros(binary.shape[1], dtype=bool)
-        seen[rng.permutation(binary.shape[1])[: binary.shape[1] // 2]] = True
+        n_subj = len(matrix.subjects)
         cap = max_dims(n_subj)
         if dims != "auto" and dims > cap:
             log.warning("D=%d with %d subjects: 'auto' would allow at most %d (held-out abilities overfit)",
                         dims, n_subj, cap)
         grid = sorted({min(d, cap) for d in dims_grid}) if dims == "auto" else [dims]
-        fold_fits, errors = {}, {}
         total = 2 * len(grid) + 1
         progress(FIT_STAGE, 0, total)
-        for d in grid:
-            fold_fits[d] = []
-            for f in (0, 1):
-                fold_fits[d].append(fit_fn(binary[fold != f], d, seed=seed, **backend_options))
-                progress(FIT_STAGE, 2 * grid.index(d) + f + 1, total)
-            errors[d] = float(np.mean([_held_out_loss(p, binary[fold == f], seen) for f, p in enumerate(fold_fits[d])]))
+        fold, fold_fits, errors = _cross_fits(
+            binary, grid, seed, fit=lambda b, d: fit_fn(b, d, seed=seed, **backend_options),
+            done=lambda k: progress(FIT_STAGE, k, total))
         best = min(errors.values())
         chosen = min(d for d, e in errors.items() if e <= best * (1 + DIMS_TOLERANCE))
         full = fit_fn(binary, chosen, seed=seed, **backend_options)
