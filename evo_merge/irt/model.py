@@ -50,6 +50,8 @@ DIMS_GRID = (1, 2, 3, 4)
 DIMS_TOLERANCE = 0.005  # relative: the smallest D whose held-out log-loss is within 0.5% of the best
 ABILITY_PRIOR_SD = 1.5  # weak prior for new subjects' θ (wider than the training prior N(0, 1))
 FIT_STAGE = "fitting IRT"  # the progress stage of `IRTModel.fit`
+FOLDS = 2  # the cross-fit's folds: cv_alpha, cv_beta and cv_held stack one array per fold
+NPY_HEADER_ROOM = 1 << 16  # bytes an array's .npy header may take beside its data (numpy reads at most 10,000)
 NPZ_KEYS = ("alpha", "beta", "theta", "responses", "cv_alpha", "cv_beta", "cv_held")
 V1_KEYS = ("alpha", "beta", "theta", "responses", "val_alpha", "val_beta", "val_subjects")
 
@@ -136,21 +138,32 @@ def _cross_fits(binary: np.ndarray, grid: Sequence[int], seed: int, *, fit: Call
 
 
 def _check_declared_sizes(npz: Any, meta: dict, path: Path) -> None:
-    """Refuse, from the arrays' headers and before any is read, a params.npz holding an array larger
-    than any of the model's own could be (its folds at most one per subject): compressed, a
-    received folder's few megabytes could otherwise claim terabytes (audit 95)."""
+    """Refuse, before any array is read, a params.npz holding an array larger than a model of
+    model.json's items, subjects and dimensions holds: compressed, a received folder's few megabytes
+    could otherwise claim terabytes (audit 95). Each member's unpacked size (which bounds what
+    reading it can take, its .npy header included: zipfile stops there) is checked first, then its
+    header's shape. The dimensions are bounded by the subjects, as a fit bounds them: model.json's
+    own word for them let a 2 MB file take gigabytes (audit 116)."""
     items, subjects = len(meta.get("item_ids") or ()), len(meta.get("subject_ids") or ())
     dims = meta.get("dims") if isinstance(meta.get("dims"), int) and meta["dims"] > 0 else 1
-    largest = (subjects + 2) * (items + 1) * dims
-    for name in npz.zip.namelist():
-        with npz.zip.open(name) as member:  # not an array: read_magic's ValueError, a corrupt file
+    if dims > max(subjects, *DIMS_GRID):
+        raise UserError(f"{path.parent}: model.json declares {dims} ability dimensions for {subjects} subjects; a "
+                        f"fit has at most one per subject")
+    largest = max(subjects * items, FOLDS * items * dims, FOLDS * subjects, items)  # responses, cv_alpha, cv_held
+    for info in npz.zip.infolist():
+        name = info.filename.removesuffix(".npy")
+        if info.file_size > largest * np.dtype(np.float64).itemsize + NPY_HEADER_ROOM:
+            raise UserError(f"{path.parent}: model.json and params.npz disagree on the model's shape (params.npz's "
+                            f"array {name!r} unpacks to {info.file_size} bytes, more than a model of {items} items "
+                            f"and {subjects} subjects holds)")
+        with npz.zip.open(info) as member:  # not an array: read_magic's ValueError, a corrupt file
             version = np.lib.format.read_magic(member)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape = read(member)[0]
         if math.prod(shape) > largest:
             raise UserError(f"{path.parent}: model.json and params.npz disagree on the model's shape (params.npz's "
-                            f"array {name.removesuffix('.npy')!r} has shape {list(shape)}, more than a model of "
-                            f"{items} items and {subjects} subjects holds)")
+                            f"array {name!r} has shape {list(shape)}, more than a model of {items} items and "
+                            f"{subjects} subjects holds)")
 
 
 def _from_v1(npz: Any) -> dict[str, np.ndarray]:

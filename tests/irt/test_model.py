@@ -351,6 +351,46 @@ def test_a_params_file_claiming_arrays_larger_than_its_model_is_refused_before_r
         IRTModel.load(folder)
 
 
+
+def _replace_member(npz_path, name, data):
+    import zipfile
+
+    with zipfile.ZipFile(npz_path) as npz:
+        members = {n: npz.read(n) for n in npz.namelist()}
+    members[name] = data
+    with zipfile.ZipFile(npz_path, "w", compression=zipfile.ZIP_DEFLATED) as npz:
+        for n, d in members.items():
+            npz.writestr(n, d)
+
+
+def test_a_model_json_claiming_more_dimensions_than_subjects_is_refused_before_reading(tmp_path, torch_model):
+    """The size check took its bound from model.json's own `dims`, unbounded: a received folder
+    declaring 2^28 dimensions and 2 MB of compressed zeros made `irt estimate` take 2.5 GB before
+    the shapes were compared (audit 116). A fit has at most one dimension per subject."""
+    import io
+
+    folder = torch_model.save(tmp_path / "m")
+    items, subjects = len(torch_model.item_ids), len(torch_model.subject_ids)
+    dims = 1000 * subjects
+    _edit(folder, dims=dims)
+    data = io.BytesIO()
+    np.lib.format.write_array(data, np.zeros((items, dims)))  # what model.json's word allows: 8 bytes a cell
+    _replace_member(folder / "params.npz", "alpha.npy", data.getvalue())
+    with pytest.raises(UserError, match=rf"model.json declares {dims} ability dimensions for {subjects} subjects"):
+        IRTModel.load(folder)
+
+
+def test_an_array_header_claiming_a_megabyte_is_refused_before_it_is_read(tmp_path, torch_model):
+    """numpy reads the whole header an .npy declares before it checks its size: a 1 MB member of
+    spaces took 2.5 GB to refuse (audit 116). A member unpacking to more than the model's largest
+    array and a header's room is refused from the zip's directory, before it is opened."""
+    folder = torch_model.save(tmp_path / "m")
+    length = 10**6
+    bomb = np.lib.format.magic(2, 0) + length.to_bytes(4, "little") + b" " * length
+    _replace_member(folder / "params.npz", "beta.npy", bomb)
+    with pytest.raises(UserError, match=rf"params.npz's array 'beta' unpacks to {len(bomb)} bytes, more than a model"):
+        IRTModel.load(folder)
+
 def _edit(folder, **changes):
     meta = json.loads((folder / "model.json").read_text())
     for key, value in changes.items():
