@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from evo_merge.align.methods import NEEDS_DATA, AlignMethod
 from evo_merge.dtype_names import ALIASES, NAMES, float32_refusal
@@ -45,6 +53,21 @@ def check_safe_name(value: str) -> str:
         raise ValueError(f"{value!r} is not a safe name: use up to 100 letters, digits, '.', '_' and '-', "
                          "starting with a letter or digit, without '..'")
     return value
+
+
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_printable(value: str) -> str:
+    """`value` if it holds no control character, else ValueError: a run records these strings (its
+    name, its models as named) and prints them in `status` and its report, where a newline forged a
+    line and an escape sequence retitled or recoloured the terminal of whoever looked (audit 116)."""
+    if bad := CONTROL_CHARACTER.search(value):
+        raise ValueError(f"{value!r} holds the control character {bad[0]!r}")
+    return value
+
+
+PrintableText = Annotated[str, AfterValidator(check_printable)]
 
 
 class _Checked(Strict):
@@ -531,10 +554,10 @@ def _check_task_weights(weights: dict[str, float], labels: list[str], key: str) 
 class Campaign(_Checked):
     """A search campaign (`evo-merge run CAMPAIGN.yaml`). Relative paths are taken against the file's folder."""
 
-    name: str = "campaign"
-    base_model: str | None = Field(None, description="required unless `align` picks the reference")
+    name: PrintableText = "campaign"
+    base_model: PrintableText | None = Field(None, description="required unless `align` picks the reference")
     align: AlignSpec | None = None
-    models: list[str] = Field(min_length=1)
+    models: list[PrintableText] = Field(min_length=1)
     tasks: list[TaskSpec] = Field(min_length=1)
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: dict(DEFAULT_METHODS),

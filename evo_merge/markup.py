@@ -14,12 +14,15 @@ import re
 import shlex
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~<>])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # what is left once whitespace is folded
 _LINE_START = re.compile(r"^(\d+)([.)])(?=\s|$)|^([-+=])")  # a list item or setext underline if it began a line
 
 
 def md(text: object) -> str:
-    """`text` as literal Markdown inline text: one line, HTML entities, Markdown punctuation escaped."""
-    one_line = " ".join(str(text).split())
+    """`text` as literal Markdown inline text: one line, HTML entities, Markdown punctuation escaped,
+    and control characters shown as `\\xNN` (a terminal escape sequence in a model folder's name
+    reached a card raw; audit 116)."""
+    one_line = _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", " ".join(str(text).split()))
     escaped = _MD_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
     return _LINE_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", escaped)
 

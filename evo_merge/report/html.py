@@ -100,7 +100,8 @@ def front_figure(table: pd.DataFrame, tasks: Sequence[str], pair: tuple[str, str
               marker={"size": 9, "symbol": "x", "color": "#2ca02c"})
     labels = calibration.apply(reference_label, axis=1, endpoints=endpoints) if len(calibration) else None
     for label, rows in calibration.groupby(labels, sort=False) if labels is not None else ():
-        trace(rows, "meas", f"{label} (measured)", marker={"size": 11, "symbol": "square"})
+        # plotly draws a subset of HTML in legends (links among it): an endpoint's name is text
+        trace(rows, "meas", f"{html_text(label)} (measured)", marker={"size": 11, "symbol": "square"})
     for _, row in measured.iterrows():  # estimate -> measurement
         fig.add_trace(
             go.Scatter(

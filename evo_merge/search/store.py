@@ -22,12 +22,13 @@ from contextlib import closing
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict
 
-from evo_merge.config import Direction
+from evo_merge.config import Direction, check_printable
+from evo_merge.dtype_names import NAMES as DTYPE_NAMES
 from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.lock import LOCK_FILE
@@ -92,6 +93,9 @@ class Record:
 # a task's or pick's name read back from a store: as a campaign writes them (`config.SAFE_NAME`); a
 # crafted store's `../x` or terminal escape codes are its damage, not names to print or build paths from
 StoredName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+# other text read back from a store and printed (a campaign's name, its endpoints as it names them, a
+# plugin method's name): as a campaign is checked, without control characters
+StoredText = Annotated[str, AfterValidator(check_printable)]
 
 
 class TaskFacts(TypedDict):
@@ -102,17 +106,17 @@ class TaskFacts(TypedDict):
 
 class Facts(TypedDict):
     """What reading a run needs without its models or tasks (`status`, `report`)."""
-    name: str
+    name: StoredText
     generations: int
-    algorithm: str
+    algorithm: StoredText
     tasks: Annotated[list[TaskFacts], Field(min_length=1)]
     weights: dict[str, float] | None  # objective.weights: the optimiser sees their weighted sum
     estimator: NotRequired[str]  # estimator.kind: what an estimate's SE is (runs from before: none)
-    endpoints: NotRequired[list[str]]  # as the campaign names them (runs from before: none)
-    stored_dtype: NotRequired[str]  # what the search kept its tensors in
+    endpoints: NotRequired[list[StoredText]]  # as the campaign names them (runs from before: none)
+    stored_dtype: NotRequired[Literal[DTYPE_NAMES]]  # what the search kept its tensors in
     # the methods whose candidates were rounded as kept, so a report and a card say their scores are
     # a merge's a little off the exported picks (a run from before it was recorded: all, below float32)
-    rounded_methods: NotRequired[list[str]]
+    rounded_methods: NotRequired[list[StoredText]]
     rounded_task_vectors: NotRequired[bool]  # the cause: the task vectors themselves, or factors (TSV's)
 
 
@@ -526,6 +530,11 @@ def _open_checked(path: Path) -> sqlite3.Connection:
         verdict = db.execute("PRAGMA quick_check").fetchone()[0]
         if verdict != "ok":
             raise sqlite3.DatabaseError(verdict.splitlines()[0])
+        # a view or trigger runs SQL when read or written: a received store's view under a table's
+        # name (which CREATE TABLE IF NOT EXISTS keeps) hung `status` in a recursive query that no
+        # signal stops (audit 116); the store makes tables and their indexes only
+        if other := db.execute("SELECT type, name FROM sqlite_master WHERE type NOT IN ('table', 'index')").fetchone():
+            raise sqlite3.DatabaseError(f"it holds a {other[0]} {other[1]!r}, which evo-merge does not make")
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         missing = [t for t in TABLES[:3] if t not in tables]
         if tables and missing:  # no table at all: a new (or never written) database

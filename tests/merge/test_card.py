@@ -286,6 +286,17 @@ def test_user_strings_cannot_inject_markup_or_end_the_front_matter(zoo, tmp_path
         ["# t &lt;img src=x&gt; \\# H", "## Merged models", "## Scores", "## Reproduce"]
 
 
+def test_control_characters_of_a_folder_name_show_as_text_in_the_card(zoo, tmp_path):
+    """A terminal escape sequence in a model folder's name reached the card raw, to recolour or
+    retitle the terminal that prints it (audit 116): it shows as `\\x1b` now."""
+    _, base, fts = zoo
+    named = tmp_path / "m\x1b]0;TITLE\x07\x1b[31mRED"
+    shutil.copytree(fts[0], named)
+    body = ModelCard(model_card(recipe_for(base, [named, fts[1]]))).text
+    assert "\x1b" not in body and "\x07" not in body
+    assert "m\\\\x1b\\]0;TITLE\\\\x07\\\\x1b\\[31mRED" in body  # renders as m\x1b]0;TITLE\x07\x1b[31mRED
+
+
 def test_export_carries_chat_template_generation_config_and_results(zoo, tmp_path, monkeypatch):
     import evo_merge.merge.licenses as licenses
 

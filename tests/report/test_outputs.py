@@ -228,6 +228,27 @@ def test_reports_escape_user_strings(small_store, tmp_path):
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html and "<b>" not in html
 
 
+def test_an_endpoint_s_name_is_text_in_the_front_figure_s_legend(small_store):
+    """plotly draws a subset of HTML in legends, links among it: a received store's endpoint named
+    `<a href=...>` put a link into report.html's legend (audit 116)."""
+    from report_store import TASKS
+
+    from evo_merge.report.campaign import evaluation_table
+    from evo_merge.report.html import front_figure
+    from evo_merge.search.candidate import Candidate
+
+    items = {t: {f"{t}-{i}": 1.0 for i in range(4)} for t in TASKS}
+    small_store.add(Candidate("task_arithmetic", (0.0, 1.0), (("lambda", 1.0),)).key, phase="calibration",
+                    generation=None, method="task_arithmetic", status="ok", estimates={"alpha": 1.0, "beta": 1.0},
+                    item_scores=items, seconds=0.1)
+    small_store.add_measurement(Candidate("task_arithmetic", (0.0, 1.0), (("lambda", 1.0),)).key,
+                                {"alpha": 1.0, "beta": 1.0}, {})
+    table = evaluation_table(small_store.evaluations(), TASKS)
+    figure = front_figure(table, TASKS, ("alpha", "beta"), endpoints=["e0", "<a href='https://x'>e1</a>"])
+    names = [trace.name for trace in figure.data if trace.name]
+    assert "endpoint &lt;a href=&#x27;https://x&#x27;&gt;e1&lt;/a&gt; (measured)" in names, names
+
+
 def test_push_goes_no_further_than_the_network_call_offline(tmp_path, monkeypatch):
     from huggingface_hub import constants
 

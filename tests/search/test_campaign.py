@@ -1001,6 +1001,9 @@ BAD = {
                              "tasks 'a' and 'se_a': their report columns would clash (est_se_a)"),
     "traversal task name": ({"tasks": [{"task": "arith", "name": "../../x"}]}, "tasks.0.name: '../../x' is not a safe"),
     "unsafe task label": ({"tasks": [{"task": "my tasks/a b.yaml"}]}, "label 'a b' is not a safe folder name"),
+    # recorded and printed by `status` and the report: an escape sequence reached the terminal (audit 116)
+    "control character in a name": ({"name": "c\x1b[31m"}, "name: 'c\\x1b[31m' holds the control character '\\x1b'"),
+    "newline in a model": ({"models": ["a\nb"]}, "models.0: 'a\\nb' holds the control character '\\n'"),
     # accepted, they failed the run with a traceback once calibration had measured every item
     "learning rate for torch": ({"estimator": {"lr": 0.1}}, "estimator: lr: applies to backend: pyirt only"),
     "epochs for torch": ({"estimator": {"epochs": 5}}, "estimator: epochs: applies to backend: pyirt only"),

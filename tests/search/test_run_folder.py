@@ -405,6 +405,24 @@ def test_a_corrupt_database_is_one_line_naming_the_file_and_the_way_out(copy, da
         one_line_error(code, out, f"{db}: corrupt campaign database", "new run folder")
 
 
+@pytest.mark.parametrize("plant", [
+    "DROP TABLE generations; CREATE VIEW generations AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
+    "FROM c) SELECT x AS generation, x AS keys, x AS hypervolume FROM c",
+    "CREATE TRIGGER t AFTER INSERT ON meta BEGIN DELETE FROM evaluations; END",
+])
+def test_a_store_holding_a_view_or_trigger_is_refused_before_anything_is_read(copy, plant):
+    """A received state.sqlite's endless view under a table's name (which `CREATE TABLE IF NOT
+    EXISTS` keeps) hung `status` in SQLite's own code, past Ctrl-C and SIGTERM; a trigger runs SQL
+    of the sender's as the store writes (audit 116). The store makes tables and indexes only."""
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        db.executescript(plant)
+    kind, name = ("view", "generations") if "VIEW" in plant else ("trigger", "t")
+    for command in ("status", "report"):
+        code, out = invoke(command, copy)
+        one_line_error(code, out, f"{copy / 'state.sqlite'}: corrupt campaign database (it holds a {kind} "
+                                  f"{name!r}, which evo-merge does not make)", "new run folder")
+
+
 class _Planted:
     def __init__(self, marker):
         self.marker = marker
@@ -1127,6 +1145,14 @@ def test_a_damaged_defaults_mark_is_an_error_naming_it(copy, finished):
     ("exported", '{"a\\u001b[31mRED": [1, "models/best-agree0"]}', "meta 'exported'", ("status", "report")),
     ("facts", '{"name": "c", "generations": 2, "algorithm": "nsga2", "weights": null, "tasks": '
               '[{"name": "../../x", "direction": "maximize", "items": 120}]}', "meta 'facts'", ("status", "report")),
+    # text a crafted store printed as it was (audit 116): an endpoint retitling the terminal in `status`,
+    # a dtype writing HTML into report.md
+    ("facts", '{"name": "c", "generations": 2, "algorithm": "nsga2", "weights": null, "tasks": '
+              '[{"name": "agree0", "direction": "maximize", "items": 120}], "endpoints": ["m\\u001b]0;TITLE\\u0007"]}',
+     "meta 'facts'", ("status", "report")),
+    ("facts", '{"name": "c", "generations": 2, "algorithm": "nsga2", "weights": null, "tasks": '
+              '[{"name": "agree0", "direction": "maximize", "items": 120}], "stored_dtype": "bf16<script>"}',
+     "meta 'facts'", ("status", "report")),
 ])
 def test_a_damaged_record_of_the_run_is_an_error_naming_it(copy, key, value, where, commands):
     """What a run records beside its evaluations (its picks, estimator revisions, pooled estimates,
