@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -14,6 +15,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from evo_merge.errors import UserError
 
@@ -29,6 +31,16 @@ def writing(path: str | Path) -> Iterator[None]:
         if exc.filename is not None or exc.errno is None:
             raise
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+def parse_json(text: str | bytes) -> Any:
+    """`json.loads`, with JSON nested deeper than the parser recurses refused as a JSONDecodeError,
+    as any other unreadable JSON: it was a RecursionError, which the `except ValueError` around each
+    read of a received file let through as a traceback (a config.json of 200,000 `[`; audit 116)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None
 
 
 def check_writable(out: Path, option: str | None = None) -> None:

@@ -3,11 +3,10 @@ mistyped `--out` never replaces a file or folder of the user's that the command 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from evo_merge.errors import UserError
-from evo_merge.files import atomic_write, check_writable
+from evo_merge.files import atomic_write, check_writable, parse_json
 
 
 def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:
@@ -66,6 +65,6 @@ def _holds_irt_model(folder: Path) -> bool:
     from evo_merge.irt.model import is_model_meta
 
     try:
-        return is_model_meta(json.loads((folder / "model.json").read_text()))
+        return is_model_meta(parse_json((folder / "model.json").read_text()))
     except (OSError, ValueError):
         return False

@@ -38,7 +38,7 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
 from evo_merge.errors import UserError
-from evo_merge.files import atomic_write
+from evo_merge.files import atomic_write, parse_json
 from evo_merge.irt.anchor_files import anchors_path, refuse_link
 from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
@@ -151,7 +151,7 @@ def read_anchors(path: str | Path) -> Anchors:
     except UnicodeDecodeError:
         raise UserError(f"{path}: not an anchors file (not UTF-8 text)") from None
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: corrupt anchors file ({exc})") from None
     keys = [f.name for f in fields(Anchors)]

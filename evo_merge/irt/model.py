@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from evo_merge.errors import UserError
-from evo_merge.files import held_temporary_folder, put_new, sweep_unheld, writing
+from evo_merge.files import held_temporary_folder, parse_json, put_new, sweep_unheld, writing
 from evo_merge.irt.ability import map_logistic
 from evo_merge.irt.anchor_files import refuse_link, remove_anchor_sets
 from evo_merge.irt.backends import BACKENDS, THETA_SD, matrix_options
@@ -370,7 +370,7 @@ class IRTModel:
             if not p.is_file():
                 raise UserError(f"{directory}: not an IRT model folder ({p.name} missing)")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = parse_json(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{meta_path}: corrupt model file ({exc})") from None
         if not is_model_meta(meta):

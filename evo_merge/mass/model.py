@@ -26,6 +26,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.pytorch_utils import Conv1D
 
 from evo_merge.errors import UserError, first_line
+from evo_merge.files import parse_json
 from evo_merge.mass.card import mass_card, mass_inputs
 from evo_merge.mass.factors import MassFactors, Track
 from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_config, routing_probabilities, select_tasks
@@ -432,7 +433,7 @@ def read_mass_meta(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise UserError(f"{path} is not a MASS folder (no {MASS_JSON})")
     try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
+        meta = parse_json(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UserError(f"{file}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from evo_merge.errors import UserError
+from evo_merge.files import parse_json
 from evo_merge.merge.card import Scores, model_card, recipe_license, score_errors
 from evo_merge.merge.plan import MergePlan
 from evo_merge.merge.results import ItemScores, results_files
@@ -108,8 +109,8 @@ def changed_inputs(plan: MergePlan, recipe: Path) -> list[str]:
     if recipe.name != RECIPE_FILE or not record.is_file():
         return []
     try:
-        recorded = json.loads(record.read_text(encoding="utf-8"))["weights"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # not one a merge wrote: nothing to compare
+        recorded = parse_json(record.read_text(encoding="utf-8"))["weights"]
+    except (OSError, ValueError, KeyError, TypeError):  # not one a merge wrote: nothing to compare
         return []
     if not isinstance(recorded, dict):
         return []

@@ -13,13 +13,13 @@ one said in so many words).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import yaml
 
+from evo_merge.files import parse_json
 from evo_merge.markup import md
 from evo_merge.merge.card_inputs import CardInput
 from evo_merge.weights.checkpoint import TOKENIZER_FILES, model_file
@@ -71,7 +71,7 @@ def read_license(folder: Path | None) -> License | None:
     config = folder / "config.json"
     if config.is_file():
         try:
-            value = json.loads(config.read_text(encoding="utf-8")).get("license")
+            value = parse_json(config.read_text(encoding="utf-8")).get("license")
         except (ValueError, AttributeError):
             value = None
         return License(str(value)) if value else None

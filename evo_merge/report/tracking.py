@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from evo_merge.config import Campaign, MLflowSpec, TrackingSpec, WandbSpec
 from evo_merge.errors import UserError, first_line
-from evo_merge.files import atomic_write
+from evo_merge.files import atomic_write, parse_json
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.metrics import recorded_metrics
@@ -103,7 +103,7 @@ class _RunIds:
         if not self.path.is_file():
             return {}
         try:
-            ids = json.loads(self.path.read_text())
+            ids = parse_json(self.path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             ids = None
         if not isinstance(ids, dict):

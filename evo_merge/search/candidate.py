@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from evo_merge.files import parse_json
+
 SIGNIFICANT = 6  # genomes equal to 6 significant digits are the same candidate
 
 
@@ -39,7 +41,7 @@ class Candidate:
 
     @classmethod
     def from_key(cls, key: str) -> Candidate:
-        method, weights, params, *granularity = json.loads(key)
+        method, weights, params, *granularity = parse_json(key)
         return cls(method, tuple(weights), tuple((k, v) for k, v in params), *granularity)
 
     @property

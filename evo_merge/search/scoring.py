@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from evo_merge.errors import UserError
+from evo_merge.files import parse_json
 from evo_merge.irt import ESTIMATOR_REVISION, Estimator, IRTModel, choose_anchor_method, select_anchors
 from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.irt.kinds import ADAPTIVE, ENDPOINT_ESTIMATORS
@@ -307,7 +308,7 @@ class Scoring:
 def _files_digest(folder: Path) -> str:
     """Hex digest of what an IRT model folder's `IRT_FILES` hold (small: read whole): model.json's
     content, not its layout (reformatted, it is the same model), and each array of params.npz."""
-    meta = json.loads((folder / IRT_FILES[0]).read_text())
+    meta = parse_json((folder / IRT_FILES[0]).read_text())
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     with np.load(folder / IRT_FILES[1]) as arrays:
         for name in sorted(arrays.files):

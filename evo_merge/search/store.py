@@ -30,6 +30,7 @@ from typing_extensions import NotRequired, TypedDict
 from evo_merge.config import Direction, check_printable
 from evo_merge.dtype_names import NAMES as DTYPE_NAMES
 from evo_merge.errors import UserError
+from evo_merge.files import parse_json
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.lock import LOCK_FILE
 
@@ -177,7 +178,7 @@ class CampaignStore:
     def _json(self, text: str | None, where: str, kind: type | None = None) -> Any:
         """`text` parsed; damaged when it is not JSON, or not of `kind` where one is given."""
         try:
-            value = None if text is None else json.loads(text)
+            value = None if text is None else parse_json(text)
         except (ValueError, TypeError):  # ValueError: JSONDecodeError, or an integer of too many digits
             raise self.damaged(where) from None
         if kind is not None and not isinstance(value, kind):

@@ -9,7 +9,6 @@ here, so reading a run never opens a model or a task.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ import yaml
 
 from evo_merge.config import DEFAULTS_VERSION, Campaign
 from evo_merge.errors import MissingModel, UserError
-from evo_merge.files import atomic_write
+from evo_merge.files import atomic_write, parse_json
 from evo_merge.schema import is_path_like
 from evo_merge.search.binding import (
     CAMPAIGN_FILE,
@@ -150,7 +149,7 @@ def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tup
         align_folders(models, spec.arch, spec.method, out, data=data, seed=spec.seed, arch_key="align.arch",
                       data_key="align.data")
     try:
-        aligned = [out / name for name in json.loads(record.read_text(encoding="utf-8"))["perms"]]
+        aligned = [out / name for name in parse_json(record.read_text(encoding="utf-8"))["perms"]]
     except (ValueError, KeyError, TypeError) as exc:  # not one this version wrote whole
         raise UserError(f"{record}: unreadable ({type(exc).__name__}); {ALIGNED_AGAIN}") from None
     if spec.reference == "first":

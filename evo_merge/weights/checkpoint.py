@@ -28,6 +28,7 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from evo_merge.errors import UserError, first_line
+from evo_merge.files import parse_json
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -499,6 +500,6 @@ def read_json_object(file: Path, what: str = "a JSON object") -> dict:
 
 def _read_json(file: Path) -> Any:
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        return parse_json(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{file}: not valid JSON ({err})") from err

@@ -13,11 +13,11 @@ edit of a few entries inside a large tensor still escapes.
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from pathlib import Path
 from typing import BinaryIO
 
+from evo_merge.files import parse_json
 from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, TOKENIZER_FILES, weight_files
 from evo_merge.weights.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from evo_merge.weights.references import ModelRef
@@ -118,7 +118,7 @@ def _tensor_spans(fh: BinaryIO, size: int) -> list[tuple[int, int]]:
     fh.seek(0)
     try:
         length = struct.unpack("<Q", fh.read(8))[0]
-        header = json.loads(fh.read(length)) if 8 + length <= size else {}
+        header = parse_json(fh.read(length)) if 8 + length <= size else {}
         spans = [(8 + length + int(t["data_offsets"][0]), 8 + length + int(t["data_offsets"][1]))
                  for name, t in sorted(header.items()) if name != "__metadata__"]
     except (struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError):

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from evo_merge.errors import UserError
-from evo_merge.files import check_writable, held_temporary_folder
+from evo_merge.files import check_writable, held_temporary_folder, parse_json
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import (
     PICKLE_SUFFIXES,
@@ -124,7 +124,7 @@ def auto_map_files(folder: Path) -> list[str]:
     output keeps its config's `auto_map`, so it keeps the code: without it a load that opts in with
     `trust_remote_code` failed. The files are copied, never imported."""
     try:
-        auto_map = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+        auto_map = parse_json((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
     except (OSError, ValueError, AttributeError):
         return []
     values = auto_map.values() if isinstance(auto_map, dict) else []
@@ -232,7 +232,7 @@ def _write_config(folder: Path, overrides: dict | None, written: set[torch.dtype
     file = folder / "config.json"
     if not file.is_file() and overrides is None:
         return
-    config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    config = parse_json(file.read_text(encoding="utf-8")) if file.is_file() else {}
     config.update(overrides or {})
     if len(written) == 1 and hf_model_type(config) is not None:  # a plain network's config stays as is
         name = dtype_name(next(iter(written)))

@@ -159,18 +159,22 @@ def _quiet_transformers(untie: bool) -> Iterator[None]:
 
 def _load_plain(path: Path, config: dict[str, Any]) -> nn.Module:
     """The network its config describes, with the folder's weights; a tensor that does not fit
-    the architecture is named."""
-    net = build_net(config)
+    the architecture is named. The architecture is laid out without memory and checked against
+    the weights' headers first: a received config.json declaring `hidden: [100000, 100000]` beside
+    a tiny checkpoint allocated 40 GB before a weight was read (audit 116)."""
+    with torch.device("meta"):
+        net = build_net(config)
     expected = net.state_dict()
     with Checkpoint.open(path) as checkpoint:
+        stored = set(checkpoint.names)
+        for name in checkpoint.names:
+            if name not in expected or expected[name].shape != checkpoint.shape(name):
+                raise UserError(f"{path}: parameter {name} does not fit the architecture in config.json")
+        missing = next((name for name in expected if name not in stored), None)
+        if missing is not None:
+            raise UserError(f"{path}: parameter {missing} of the architecture in config.json is missing")
         state = {name: checkpoint.tensor(name) for name in checkpoint.names}
-    for name, tensor in state.items():
-        if name not in expected or expected[name].shape != tensor.shape:
-            raise UserError(f"{path}: parameter {name} does not fit the architecture in config.json")
-    missing = next((name for name in expected if name not in state), None)
-    if missing is not None:
-        raise UserError(f"{path}: parameter {missing} of the architecture in config.json is missing")
-    net.load_state_dict(state)
+    net.to_empty(device="cpu").load_state_dict(state)  # every entry of the state dict is the checkpoint's
     return net
 
 

@@ -127,7 +127,7 @@ def build_net(config: Mapping[str, Any]) -> nn.Module:
         raise UserError(f"config.json: arch {arch!r} is not one of {tuple(_CLASSES)}")
     try:
         net = _CLASSES[arch](**kwargs).eval()
-    except TypeError as exc:
-        raise UserError(f"config.json: bad sizes for arch {arch}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: torch's "negative dimension"
+        raise UserError(f"config.json: bad sizes for arch {arch}: {str(exc).splitlines()[0]}") from None
     net.net_config = dict(config)  # read by the spec builders and written next to the weights
     return net

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from evo_merge.errors import UserError
-from evo_merge.files import atomic_write
+from evo_merge.files import atomic_write, parse_json
 
 ZOO_JSON = "zoo.json"
 BASE = "base"
@@ -47,7 +47,7 @@ def read_zoo(folder: str | Path) -> ZooManifest:
                             f"which names its models in {ZOO_JSON}")
         raise UserError(f"{folder}: no {ZOO_JSON} (build a tiny-lm or smollm2 zoo with `evo-merge zoo build`)")
     try:
-        return ZooManifest.model_validate(json.loads(file.read_text(encoding="utf-8")))
+        return ZooManifest.model_validate(parse_json(file.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{file}: not valid JSON ({err})") from None
     except ValidationError as err:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from evo_merge.console import results_console
 from evo_merge.errors import UserError
+from evo_merge.files import parse_json
 from evo_merge.progress import Progress, no_progress
 from evo_merge.weights.export import save_safetensors
 from evo_merge.weights.folder import load_model_folder, save_model_folder
@@ -121,7 +122,7 @@ def _claim(out: Path, own: set[str], seed: int, force: bool) -> None:
     manifest = out / "manifest.json"
     if not force and manifest.is_file():
         try:
-            built = json.loads(manifest.read_text(encoding="utf-8")).get("data_seed")
+            built = parse_json(manifest.read_text(encoding="utf-8")).get("data_seed")
         except (ValueError, AttributeError):  # not a manifest a build wrote: nothing to compare
             built = None
         if built is not None and built != seed:

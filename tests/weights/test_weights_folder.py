@@ -109,6 +109,26 @@ def test_folders_that_are_not_models_are_user_errors(tmp_path):
         load_model_folder(bare)
 
 
+def test_a_config_declaring_sizes_its_weights_lack_is_refused_before_anything_is_allocated(tmp_path):
+    """A received plain network's config.json declaring two 100,000-wide layers beside a tiny
+    checkpoint allocated (and initialised) 40 GB before a weight was read (audit 116): the
+    architecture is laid out without memory and checked against the weights' headers first."""
+    folder = _plain_folder(tmp_path / "big", {**MLP, "hidden": [100_000, 100_000]}, build_net(MLP).state_dict())
+    with pytest.raises(UserError, match=r"parameter fcs\.0\.bias does not fit the architecture in config\.json"):
+        load_model_folder(folder)
+    (folder / "config.json").write_text(json.dumps({**MLP, "hidden": [-5]}))
+    with pytest.raises(UserError, match="config.json: bad sizes for arch mlp: Trying to create tensor with negative"):
+        load_model_folder(folder)
+
+
+def test_a_config_nested_past_the_parser_s_depth_is_one_line(tmp_path):
+    """JSON nested deeper than the parser recurses was a RecursionError traceback (audit 116)."""
+    folder = _plain_folder(tmp_path / "deep", MLP, build_net(MLP).state_dict())
+    (folder / "config.json").write_text("[" * 200_000)
+    with pytest.raises(UserError, match="config.json: not valid JSON \\(nested too deeply"):
+        load_model_folder(folder)
+
+
 def test_an_hf_folder_with_only_a_pickle_is_refused(llama_family, tmp_path):
     model, _ = load_model_folder(llama_family[0])
     folder = tmp_path / "pickled"
