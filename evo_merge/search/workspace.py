@@ -149,9 +149,13 @@ def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tup
         align_folders(models, spec.arch, spec.method, out, data=data, seed=spec.seed, arch_key="align.arch",
                       data_key="align.data")
     try:
-        aligned = [out / name for name in parse_json(record.read_text(encoding="utf-8"))["perms"]]
+        names = list(parse_json(record.read_text(encoding="utf-8"))["perms"])
+        # each a folder of aligned/ (a received record named `../..` or an absolute path, read as an endpoint)
+        if bad := next((n for n in names if not isinstance(n, str) or n in ("", ".", "..") or Path(n).name != n), None):
+            raise ValueError(f"{bad!r} is not a folder name")
     except (ValueError, KeyError, TypeError) as exc:  # not one this version wrote whole
         raise UserError(f"{record}: unreadable ({type(exc).__name__}); {ALIGNED_AGAIN}") from None
+    aligned = [out / name for name in names]
     if spec.reference == "first":
         return aligned[0], aligned
     mean = out / "universe-mean"

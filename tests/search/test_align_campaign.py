@@ -89,6 +89,13 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference, 
         assert cut.exit_code == 2 and cut.output.strip().splitlines()[-1] == (
             f"error: {record_file}: unreadable (JSONDecodeError); remove the run folder's aligned/ (it is built "
             "again from the models as it was), then go on"), cut.output
+        # a received record naming folders outside aligned/ as the aligned endpoints (audit 116)
+        for outside in ("../..", str(tmp_path)):
+            record_file.write_text(json.dumps({"perms": {outside: {}, "mlp-s1": {}}}))
+            refused = CliRunner().invoke(cli, ["resume", str(run)])
+            assert refused.exit_code == 2 and refused.output.strip().splitlines()[-1] == (
+                f"error: {record_file}: unreadable (ValueError); remove the run folder's aligned/ (it is built "
+                "again from the models as it was), then go on"), refused.output
 
 
 @pytest.mark.parametrize(("align", "models", "expected"), [
