@@ -240,6 +240,30 @@ def test_out_never_replaces_an_input_and_replaces_an_earlier_alignment_only_with
     _one_line_error(_run("--models", zoo / "a", zoo / "b", "--arch", "mlp", "--out", tmp_path / "file"), "is a file")
 
 
+def test_an_alignment_that_appears_at_out_meanwhile_is_kept_without_overwrite(tmp_path, monkeypatch):
+    """Another alignment written to OUT while this one worked was replaced without --overwrite, both
+    commands saying "wrote" (audit 112; `align` passes the user's word on, audit 115)."""
+    import shutil
+
+    import evo_merge.align.api
+
+    cfg = CONFIGS["mlp"]
+    for name, seed in (("a", 0), ("b", 1)):
+        _save_plain(tmp_path / "zoo" / name, cfg, seed)
+    zoo, out, theirs = tmp_path / "zoo", tmp_path / "out", tmp_path / "theirs"
+    assert _run("--models", zoo / "a", zoo / "b", "--arch", "mlp", "--out", theirs).exit_code == 0
+    real = evo_merge.align.api.align_folders
+
+    def aligned_while_another_writes(*args, **kwargs):
+        shutil.copytree(theirs, out)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evo_merge.align.api, "align_folders", aligned_while_another_writes)
+    _one_line_error(_run("--models", zoo / "b", zoo / "a", "--arch", "mlp", "--out", out),
+                    "appeared while this one was written", "--overwrite")
+    assert (out / "permutations.json").read_bytes() == (theirs / "permutations.json").read_bytes()
+
+
 def test_a_sample_the_models_cannot_take_is_one_line_naming_it(tmp_path):
     """x of another width, a file that is no safetensors and a folder were tracebacks (exit 1)."""
     cfg = CONFIGS["mlp"]

@@ -281,6 +281,20 @@ def test_an_estimates_file_written_there_while_estimating_is_kept_without_overwr
     assert replaced.exit_code == 0 and out.read_text().startswith("subject,scenario,estimator"), replaced.output
 
 
+def test_a_save_refused_without_overwrite_leaves_the_model_and_its_anchor_sets(tmp_path):
+    """`IRTModel.save(overwrite=False)` over a model refuses, and leaves that model whole: its anchor
+    sets are removed only when it is replaced (audit 115)."""
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    data = validate_responses(gen.sample(*synthetic_abilities(20, dims=1, seed=2), seed=3))
+    first = IRTModel.fit(data, dims=1, seed=0).save(tmp_path / "m")
+    (first / "anchors").mkdir()
+    (first / "anchors" / "random-5.json").write_text("{}")  # stands for a stored anchor set
+    before = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError):
+        IRTModel.fit(data, dims=1, seed=5).save(first, overwrite=False)
+    assert {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
+
+
 def test_a_save_killed_half_way_leaves_no_folder_a_refit_refuses(tmp_path):
     """`irt fit` killed as it saved left its staged files in a hidden `.saving-*` folder inside --out:
     `ls` showed it empty, and every later `irt fit` into it, --overwrite or not, said "holds files

@@ -130,6 +130,19 @@ def run(*args):
     return result.exit_code, result.output
 
 
+def test_a_csv_that_appears_while_validating_is_kept_without_overwrite(files, output_appearing):
+    """Without --overwrite, a file put at --csv while `irt validate` worked is kept (audit 112;
+    each command passes the user's word on, audit 115)."""
+    root, _ = files
+    arm, check = output_appearing
+    out = root / "appeared" / "v.csv"
+    out.parent.mkdir()
+    arm(out)
+    result = CliRunner().invoke(cli, ["irt", "validate", str(root / "responses.csv"), "--budgets", "5",
+                                      "--repeats", "1", "--dims", "1", "--csv", str(out)])
+    check(result, out, "--csv")
+
+
 def test_a_leaderboard_s_items_by_models_file_fits_and_validates_with_its_scenarios(files):
     """Items as rows, scenarios in a file of their own: the fit and the validation read the same
     table as the long file's, scenario for scenario."""

@@ -137,6 +137,26 @@ def test_pinned_mass_scores_items_like_the_tsv_c_model_and_routed_like_lm_eval(z
     assert [theirs[p] for p in positions] == routed.tolist()
 
 
+def test_a_folder_that_appears_at_out_meanwhile_is_kept_without_overwrite(zoo, tmp_path, monkeypatch):
+    """A model folder put at OUT while `mass build` wrote was replaced without --overwrite (audit 112;
+    `mass build` passes the user's word on, audit 115)."""
+    import evo_merge.mass.model
+
+    out = tmp_path / "mass"
+    real = evo_merge.mass.model.write_model_folder
+
+    def written_while_another_arrives(*args, **kwargs):
+        if not out.exists():
+            shutil.copytree(zoo / "base", out)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evo_merge.mass.model, "write_model_folder", written_while_another_arrives)
+    result = CliRunner().invoke(cli, ["mass", "build", "--base", str(zoo / "base"), "--models",
+                                      *(str(zoo / f) for f in FAMILIES), "--out", str(out), "--layer", "0"])
+    assert result.exit_code == 2 and "appeared while this one was written" in result.output, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (zoo / "base").iterdir())
+
+
 def test_cli_builds_and_evaluates_a_mass_folder(zoo, tmp_path):
     runner = CliRunner()
     out = tmp_path / "mass"

@@ -571,6 +571,24 @@ def test_a_pick_folder_whose_weights_were_replaced_is_exported_again_on_resume(f
     assert "models/best-agree0 (missing: `evo-merge resume` exports it again)" in status, status
 
 
+def test_the_picks_of_a_run_from_before_their_weights_digest_are_kept_on_resume(finished, tmp_path, caplog):
+    """A run exported before it kept its picks' weights digests has none to compare: its picks are kept
+    as they are, not exported again on every resume (audit 115)."""
+    from contextlib import closing
+
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    with closing(sqlite3.connect(run / "state.sqlite")) as db:  # as an older run left it
+        db.execute("DELETE FROM meta WHERE key = 'exported_weights'")
+        db.commit()
+    picks = [run / folder for _, folder in CampaignStore(run).get_meta("exported").values()]
+    stamps = {folder: (folder / "model.safetensors").stat().st_mtime_ns for folder in picks}
+    with caplog.at_level("WARNING", logger="evo_merge.search.export"):
+        result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0 and "exported again" not in caplog.text, (result.output, caplog.text)
+    assert {folder: (folder / "model.safetensors").stat().st_mtime_ns for folder in picks} == stamps
+
+
 def test_a_pick_folder_missing_its_card_is_exported_again_and_one_missing_its_weights_is_refused_with_the_way_on(
         finished, tmp_path, caplog):
     """Its card deleted, resume kept the pick without one, and `push` then refused it: exported again.

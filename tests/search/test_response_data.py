@@ -62,7 +62,7 @@ def test_responses_build_needs_a_zoo_manifest(tmp_path):
     assert result.exit_code == 2 and "zoo.json" in result.output
 
 
-def test_a_runs_responses_are_what_it_measured_on_every_search_item(tmp_path):
+def test_a_runs_responses_are_what_it_measured_on_every_search_item(tmp_path, output_appearing, monkeypatch):
     """`responses export`: one row per (candidate, search item) for each candidate the run scored on
     all of a task's search items, its scores as stored; candidates scored on anchors alone and the
     held-out items are left out. One task's table fits an IRT model on that task's items."""
@@ -91,6 +91,13 @@ def test_a_runs_responses_are_what_it_measured_on_every_search_item(tmp_path):
     for (subject, task), rows in table.groupby(["subject", "task"]):
         if measured[int(subject)] is not None:  # the measured score is the mean over the search items
             assert rows.score.mean() == pytest.approx(json.loads(measured[int(subject)])[task])
+
+    # without --overwrite, a file put at OUT meanwhile is kept (audit 112; passed on, audit 115)
+    arm, check = output_appearing
+    appeared = tmp_path / "appeared.csv"
+    arm(appeared)
+    check(CliRunner().invoke(cli, ["responses", "export", str(run), "--out", str(appeared)]), appeared)
+    monkeypatch.undo()
 
     one = tmp_path / "agree0.csv"
     exported = CliRunner().invoke(cli, ["responses", "export", str(run), "--task", "agree0", "--out", str(one)])

@@ -1499,6 +1499,42 @@ def test_a_report_written_as_its_run_finishes_is_the_finished_runs(copy, monkeyp
     assert "not finished" not in (copy / "report.md").read_text()
 
 
+def test_a_report_of_a_run_that_stops_unfinished_meanwhile_names_no_run_working(copy, monkeypatch):
+    """The run working as `report` began is interrupted (its lock let go, not finished) while the
+    report is written: the report and the command's line said a run was working, of a process
+    that was gone (audit 115). It is written again, of a stopped run."""
+    import evo_merge.report.campaign
+    from evo_merge.search.store import FINISHED_META
+
+    with closing(CampaignStore(copy)) as store:
+        store.set_meta(FINISHED_META, False)
+    working = RunLock(copy).__enter__()
+    real = evo_merge.report.campaign.write_report
+    snapshots = []
+
+    def run_stops_meanwhile(run, store, facts, exported, finished, running=None):
+        if not snapshots:
+            working.__exit__(None, None, None)  # interrupted: the lock let go, the run not finished
+        snapshots.append(running)
+        return real(run, store, facts, exported, finished, running=running)
+
+    monkeypatch.setattr(evo_merge.report.campaign, "write_report", run_stops_meanwhile)
+    code, out = invoke("report", copy)
+    assert code == 0 and "working" not in out and len(snapshots) == 2 and snapshots[1] is None, (out, snapshots)
+    report = (copy / "report.md").read_text()
+    assert "a run is working in the folder" not in report and "not finished" in report
+
+
+def test_a_report_of_a_finished_run_that_a_process_holds_is_the_finished_runs(copy):
+    """A finished run held by a `resume` (re-exporting a pick) is reported as finished, not as a run
+    working in the folder (audit 115)."""
+    with RunLock(copy):
+        code, out = invoke("report", copy)
+    assert code == 0 and "working" not in out, out
+    report = (copy / "report.md").read_text()
+    assert "a run is working in the folder" not in report and "not finished" not in report
+
+
 def test_report_takes_no_lock_so_nothing_takes_it_for_a_run(copy, monkeypatch):
     """`report` holding the run folder's lock while it wrote made `status` of a finished run say
     "running: pid N; in the final phase" and a `resume` be refused as "in use" (audit 113), and failed
@@ -1516,6 +1552,19 @@ def test_report_takes_no_lock_so_nothing_takes_it_for_a_run(copy, monkeypatch):
     code, out = invoke("report", copy)
     assert code == 0 and len(seen) == 1 and seen[0][0] is None, (out, seen)
     assert "generation 3/3 (finished)" in seen[0][1], seen
+
+
+def test_a_write_that_cannot_be_put_in_place_names_the_file_asked_for(tmp_path):
+    """The rename that puts a written file in place failed naming its hidden temporary (`.NAME.xyz`),
+    which is gone by then (audit 115): the error names the file asked for, and nothing is left."""
+    from evo_merge.files import atomic_write
+
+    (tmp_path / "report.md").mkdir()
+    (tmp_path / "report.md" / "mine").write_text("x")  # a folder of the user's where the file goes
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "report.md", "ours")
+    assert caught.value.filename == str(tmp_path / "report.md")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
 
 
 def test_a_link_at_a_new_files_name_is_replaced_itself(tmp_path):
@@ -1577,3 +1626,27 @@ def test_a_held_folder_swept_before_its_lock_is_taken_is_made_again(tmp_path, mo
         assert len(made) == 2 and folder == Path(made[1]) and folder.is_dir()
         assert sweep_unheld([folder]) == [] and folder.is_dir()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_held_folder_swept_between_its_open_and_its_lock_is_made_again(tmp_path, monkeypatch):
+    """The same race a step later: the sweep lands after the writer opened its folder and before it
+    locked it. The lock is then on a folder that is gone, which only the check that the locked
+    folder is still the one at its path sees (audit 115)."""
+    import os
+
+    import evo_merge.files as files
+
+    real = os.open
+    opened = []
+
+    def swept_once_opened(path, flags, *args, **kwargs):
+        fd = real(path, flags, *args, **kwargs)
+        if Path(path).name.startswith(".saving-") and not opened:
+            opened.append(Path(path))
+            assert files.sweep_unheld([Path(path)]) == [Path(path)]  # another writer's sweep, just then
+        return fd
+
+    monkeypatch.setattr(files.os, "open", swept_once_opened)
+    with files.held_temporary_folder(tmp_path, ".saving-") as folder:
+        assert folder.is_dir() and folder != opened[0] and not opened[0].exists()
+        assert files.sweep_unheld([folder]) == [] and folder.is_dir()

@@ -373,6 +373,16 @@ def test_cli_eval_writes_long_format_scores(model_dirs, tmp_path):
     assert all(line.split(",")[3] in {"inc", "dec", "add_10", "add_1d"} for line in lines[1:])
 
 
+def test_cli_eval_keeps_a_file_that_appears_at_its_out_meanwhile(model_dirs, tmp_path, output_appearing):
+    """Without --overwrite, a file put at OUT while `eval` scored is kept (audit 112; each command
+    passes the user's word on, audit 115)."""
+    arm, check = output_appearing
+    out = tmp_path / "scores.csv"
+    arm(out)
+    check(CliRunner().invoke(cli, ["eval", "--model", str(model_dirs / "lm"), "--task", "arith", "--option", "limit=2",
+                                   "--out", str(out)]), out)
+
+
 def test_cli_eval_takes_the_task_options_a_campaign_gives(model_dirs, tmp_path):
     """A campaign's task with `options: {limit: 5}` could not be scored again alone: `eval` had no
     way to pass them (audit 101). `--option KEY=VALUE`, each value a YAML scalar."""

@@ -226,7 +226,7 @@ def test_zoo_build_on_the_command_line_says_each_stage_as_it_ends(tmp_path, smok
     assert weights.stat().st_mtime_ns != stamp
 
 
-def test_responses_build_passes_its_merges_scenarios_and_seed_on(tiny_zoo, tmp_path):
+def test_responses_build_passes_its_merges_scenarios_and_seed_on(tiny_zoo, tmp_path, output_appearing, monkeypatch):
     """`responses build --n-merges --scenario subskill --seed`: the command's table is the library's
     for the same settings (the base, the endpoints and N seeded random merges), its items labelled
     by their task's own scenarios; another seed draws other merges."""
@@ -249,6 +249,12 @@ def test_responses_build_passes_its_merges_scenarios_and_seed_on(tiny_zoo, tmp_p
     library = build_responses(tiny_zoo / "base", [tiny_zoo / f for f in FAMILIES], {"seq": task}, 2, seed=3,
                               scenario="subskill")
     pd.testing.assert_frame_equal(table, library.astype(table.dtypes.to_dict()), check_like=True)
+    # without --overwrite, a file put at OUT meanwhile is kept (audit 112; passed on, audit 115)
+    arm, check = output_appearing
+    appeared = tmp_path / "appeared.csv"
+    arm(appeared)
+    check(CliRunner().invoke(cli, [*args[:-1], str(appeared), "--seed", "3"]), appeared)
+    monkeypatch.undo()
     other = CliRunner().invoke(cli, [*args, "--seed", "4", "--overwrite"])
     assert other.exit_code == 0, other.output
     drawn = pd.read_csv(out, dtype={"subject": str, "item": str})
