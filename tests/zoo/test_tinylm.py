@@ -35,6 +35,7 @@ def test_build_saves_base_endpoints_table_and_reuses_its_cache(tiny_zoo):
     table = pd.read_csv(tiny_zoo / "table.csv", index_col="model")
     assert table.index.tolist() == ["base", *FAMILIES] and table.columns.tolist() == list(FAMILIES)
     assert ((table >= 0) & (table <= 100)).all().all()
+    assert (tiny_zoo / "table.md").read_text() == table.round(1).to_markdown() + "\n"  # the table, readable
     weights = tiny_zoo / "arith" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
     build_tinylm_zoo(tiny_zoo, settings=TinyLMSettings(**meta["settings"]))
