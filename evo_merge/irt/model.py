@@ -51,7 +51,7 @@ DIMS_TOLERANCE = 0.005  # relative: the smallest D whose held-out log-loss is wi
 ABILITY_PRIOR_SD = 1.5  # weak prior for new subjects' θ (wider than the training prior N(0, 1))
 FIT_STAGE = "fitting IRT"  # the progress stage of `IRTModel.fit`
 FOLDS = 2  # the cross-fit's folds: cv_alpha, cv_beta and cv_held stack one array per fold
-NPY_HEADER_ROOM = 1 << 16  # bytes an array's .npy header may take beside its data (numpy reads at most 10,000)
+NPY_HEADER_ROOM = 1 << 16  # bytes an array's .npy header may take (numpy's own limit is 10,000)
 NPZ_KEYS = ("alpha", "beta", "theta", "responses", "cv_alpha", "cv_beta", "cv_held")
 V1_KEYS = ("alpha", "beta", "theta", "responses", "val_alpha", "val_beta", "val_subjects")
 
@@ -149,7 +149,8 @@ def _check_declared_sizes(npz: Any, meta: dict, path: Path) -> None:
     if dims > max(subjects, *DIMS_GRID):
         raise UserError(f"{path.parent}: model.json declares {dims} ability dimensions for {subjects} subjects; a "
                         f"fit has at most one per subject")
-    largest = max(subjects * items, FOLDS * items * dims, FOLDS * subjects, items)  # responses, cv_alpha, cv_held
+    # responses, theta, cv_alpha, cv_held, beta
+    largest = max(subjects * items, subjects * dims, FOLDS * items * dims, FOLDS * subjects, items)
     for info in npz.zip.infolist():
         name = info.filename.removesuffix(".npy")
         if info.file_size > largest * np.dtype(np.float64).itemsize + NPY_HEADER_ROOM:
@@ -158,6 +159,12 @@ def _check_declared_sizes(npz: Any, meta: dict, path: Path) -> None:
                             f"and {subjects} subjects holds)")
         with npz.zip.open(info) as member:  # not an array: read_magic's ValueError, a corrupt file
             version = np.lib.format.read_magic(member)
+            # the header's declared length, before numpy reads that many bytes to check it (audit 117)
+            length = int.from_bytes(member.read(2 if version == (1, 0) else 4), "little")
+            if length > NPY_HEADER_ROOM:
+                raise UserError(f"{path}: corrupt parameter file (array {name!r} declares a header of {length} bytes)")
+        with npz.zip.open(info) as member:
+            np.lib.format.read_magic(member)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape = read(member)[0]
         if math.prod(shape) > largest:

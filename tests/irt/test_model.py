@@ -390,6 +390,20 @@ def test_an_array_header_claiming_a_megabyte_is_refused_before_it_is_read(tmp_pa
     _replace_member(folder / "params.npz", "beta.npy", bomb)
     with pytest.raises(UserError, match=rf"params.npz's array 'beta' unpacks to {len(bomb)} bytes, more than a model"):
         IRTModel.load(folder)
+    short = np.lib.format.magic(2, 0) + (10**9).to_bytes(4, "little") + b" " * 100  # a gigabyte claimed, not held
+    _replace_member(folder / "params.npz", "beta.npy", short)
+    with pytest.raises(UserError, match=r"corrupt parameter file \(array 'beta' declares a header of 1000000000 bytes"):
+        IRTModel.load(folder)
+
+
+def test_a_model_of_fewer_items_than_dimensions_loads_again(tmp_path):
+    """θ (subjects x D) is the largest array where the items are fewer than D: the size bound left it
+    out, and a model the fit had just saved was refused (audit 117)."""
+    gen = make_synthetic_irt(3, dims=1, n_scenarios=1, seed=1)
+    theta, ids = synthetic_abilities(30, dims=1, seed=2)
+    model = IRTModel.fit(gen.sample(theta, ids, seed=3), dims=4, seed=0)
+    loaded = IRTModel.load(model.save(tmp_path / "m"))
+    assert loaded.theta.shape == (30, 4) and np.array_equal(loaded.theta, model.theta)
 
 def _edit(folder, **changes):
     meta = json.loads((folder / "model.json").read_text())
