@@ -55,14 +55,17 @@ def check_safe_name(value: str) -> str:
     return value
 
 
-CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# control characters but the tab and the newline (a path may hold a tab, a YAML block scalar ends in a
+# newline, and campaigns with them ran before): ESC, carriage return, BEL, the C1 codes
+TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def check_printable(value: str) -> str:
-    """`value` if it holds no control character, else ValueError: a run records these strings (its
-    name, its models as named) and prints them in `status` and its report, where a newline forged a
-    line and an escape sequence retitled or recoloured the terminal of whoever looked (audit 116)."""
-    if bad := CONTROL_CHARACTER.search(value):
+    """`value` if it holds no character that drives a terminal, else ValueError: a run prints its
+    name and its models as named, where an escape sequence retitled, recoloured or overwrote the
+    terminal of whoever looked (audit 116). What a run folder already records is shown as text
+    when read (`markup.visible`), not refused."""
+    if bad := TERMINAL_CONTROL.search(value):
         raise ValueError(f"{value!r} holds the control character {bad[0]!r}")
     return value
 

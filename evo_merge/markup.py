@@ -14,7 +14,8 @@ import re
 import shlex
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~<>])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # what is left once whitespace is folded
+# control characters but the tab: a newline forges a line of output, ESC and the C1 codes drive a terminal
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _LINE_START = re.compile(r"^(\d+)([.)])(?=\s|$)|^([-+=])")  # a list item or setext underline if it began a line
 
 
@@ -22,9 +23,16 @@ def md(text: object) -> str:
     """`text` as literal Markdown inline text: one line, HTML entities, Markdown punctuation escaped,
     and control characters shown as `\\xNN` (a terminal escape sequence in a model folder's name
     reached a card raw; audit 116)."""
-    one_line = _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", " ".join(str(text).split()))
+    one_line = visible(" ".join(str(text).split()))
     escaped = _MD_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
     return _LINE_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", escaped)
+
+
+def visible(text: str) -> str:
+    """`text` with its control characters (the tab aside) shown as `\\xNN`: text a run folder
+    someone sent holds, printed, must not move the cursor, retitle or recolour the terminal, or
+    start a line of its own (audit 116)."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
 
 
 def html_text(text: object) -> str:

@@ -22,15 +22,15 @@ from contextlib import closing
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict
 
-from evo_merge.config import Direction, check_printable
-from evo_merge.dtype_names import NAMES as DTYPE_NAMES
+from evo_merge.config import Direction
 from evo_merge.errors import UserError
 from evo_merge.files import parse_json
+from evo_merge.markup import visible
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.lock import LOCK_FILE
 
@@ -95,8 +95,11 @@ class Record:
 # crafted store's `../x` or terminal escape codes are its damage, not names to print or build paths from
 StoredName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 # other text read back from a store and printed (a campaign's name, its endpoints as it names them, a
-# plugin method's name): as a campaign is checked, without control characters
-StoredText = Annotated[str, AfterValidator(check_printable)]
+# plugin method's name): its control characters shown as text, so a crafted store cannot drive the
+# terminal of whoever runs `status` on it, and a run that recorded a tab or newline still reads
+StoredText = Annotated[str, AfterValidator(visible)]
+# a dtype by the name torch gives it (`float64` for a float64 base under `storage.dtype: auto`)
+StoredDtype = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 
 
 class TaskFacts(TypedDict):
@@ -114,7 +117,7 @@ class Facts(TypedDict):
     weights: dict[str, float] | None  # objective.weights: the optimiser sees their weighted sum
     estimator: NotRequired[str]  # estimator.kind: what an estimate's SE is (runs from before: none)
     endpoints: NotRequired[list[StoredText]]  # as the campaign names them (runs from before: none)
-    stored_dtype: NotRequired[Literal[DTYPE_NAMES]]  # what the search kept its tensors in
+    stored_dtype: NotRequired[StoredDtype]  # what the search kept its tensors in
     # the methods whose candidates were rounded as kept, so a report and a card say their scores are
     # a merge's a little off the exported picks (a run from before it was recorded: all, below float32)
     rounded_methods: NotRequired[list[StoredText]]

@@ -1003,11 +1003,23 @@ BAD = {
     "unsafe task label": ({"tasks": [{"task": "my tasks/a b.yaml"}]}, "label 'a b' is not a safe folder name"),
     # recorded and printed by `status` and the report: an escape sequence reached the terminal (audit 116)
     "control character in a name": ({"name": "c\x1b[31m"}, "name: 'c\\x1b[31m' holds the control character '\\x1b'"),
-    "newline in a model": ({"models": ["a\nb"]}, "models.0: 'a\\nb' holds the control character '\\n'"),
+    "carriage return in a model": ({"models": ["a\rb"]}, "models.0: 'a\\rb' holds the control character '\\r'"),
     # accepted, they failed the run with a traceback once calibration had measured every item
     "learning rate for torch": ({"estimator": {"lr": 0.1}}, "estimator: lr: applies to backend: pyirt only"),
     "epochs for torch": ({"estimator": {"epochs": 5}}, "estimator: epochs: applies to backend: pyirt only"),
 }
+
+
+def test_a_tab_or_newline_in_a_campaign_s_names_is_kept():
+    """Campaigns whose paths hold a tab, or whose name is a YAML block scalar (ending in a newline),
+    ran before control characters were refused; their folders must still resume (audit 117): only
+    what drives a terminal (ESC, carriage return, BEL, the C1 codes) is refused."""
+    from evo_merge.config import check_printable
+
+    assert check_printable("runs/tab\tzoo/a") == "runs/tab\tzoo/a" and check_printable("my run\n") == "my run\n"
+    for bad in ("\x1b[2J", "a\rb", "\x07", "\x9b31m"):
+        with pytest.raises(ValueError, match="holds the control character"):
+            check_printable(bad)
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -405,6 +405,26 @@ def test_a_corrupt_database_is_one_line_naming_the_file_and_the_way_out(copy, da
         one_line_error(code, out, f"{db}: corrupt campaign database", "new run folder")
 
 
+def test_text_a_store_records_is_shown_as_text(copy):
+    """A crafted store's endpoint name reached the terminal of whoever ran `status` as escape codes
+    (retitling and recolouring it) and started lines of its own (audit 116); refused as damage, it
+    made runs that recorded a tab or newline, or a float64 base's dtype, unreadable (audit 117).
+    Control characters are shown as text; a tab stays; any dtype name torch gives reads."""
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        facts = json.loads(db.execute("SELECT value FROM meta WHERE key = 'facts'").fetchone()[0])
+        facts |= {"name": "tab\tname\n", "endpoints": ["m\x1b]0;TITLE\x07", "x\n## Fake"], "stored_dtype": "float64"}
+        db.execute("UPDATE meta SET value = ? WHERE key = 'facts'", (json.dumps(facts),))
+        db.commit()
+    for command in ("status", "report"):
+        code, out = invoke(command, copy)
+        assert code == 0 and "\x1b" not in out and "\x07" not in out and "damaged" not in out, out
+    status = invoke("status", copy)[1]
+    assert "campaign 'tab\\tname\\\\x0a'" in status, status  # the name's repr: a tab, then the text \\x0a
+    assert "below the endpoint x\\x0a## Fake's" in status, status  # one line, the newline as text
+    report = (copy / "report.md").read_text()
+    assert "\x1b" not in report and "m\\\\x1b\\]0;TITLE\\\\x07" in report  # as Markdown escapes it
+
+
 @pytest.mark.parametrize("plant", [
     "DROP TABLE generations; CREATE VIEW generations AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
     "FROM c) SELECT x AS generation, x AS keys, x AS hypervolume FROM c",
@@ -1145,11 +1165,7 @@ def test_a_damaged_defaults_mark_is_an_error_naming_it(copy, finished):
     ("exported", '{"a\\u001b[31mRED": [1, "models/best-agree0"]}', "meta 'exported'", ("status", "report")),
     ("facts", '{"name": "c", "generations": 2, "algorithm": "nsga2", "weights": null, "tasks": '
               '[{"name": "../../x", "direction": "maximize", "items": 120}]}', "meta 'facts'", ("status", "report")),
-    # text a crafted store printed as it was (audit 116): an endpoint retitling the terminal in `status`,
-    # a dtype writing HTML into report.md
-    ("facts", '{"name": "c", "generations": 2, "algorithm": "nsga2", "weights": null, "tasks": '
-              '[{"name": "agree0", "direction": "maximize", "items": 120}], "endpoints": ["m\\u001b]0;TITLE\\u0007"]}',
-     "meta 'facts'", ("status", "report")),
+    # a dtype a crafted store gave to write HTML into report.md (audit 116)
     ("facts", '{"name": "c", "generations": 2, "algorithm": "nsga2", "weights": null, "tasks": '
               '[{"name": "agree0", "direction": "maximize", "items": 120}], "stored_dtype": "bf16<script>"}',
      "meta 'facts'", ("status", "report")),
