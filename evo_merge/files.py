@@ -34,13 +34,17 @@ def writing(path: str | Path) -> Iterator[None]:
 
 
 def parse_json(text: str | bytes) -> Any:
-    """`json.loads`, with JSON nested deeper than the parser recurses refused as a JSONDecodeError,
-    as any other unreadable JSON: it was a RecursionError, which the `except ValueError` around each
-    read of a received file let through as a traceback (a config.json of 200,000 `[`; audit 116)."""
+    """`json.loads`, with what else the parser raises on bad input refused as a JSONDecodeError, as
+    any other unreadable JSON, which every read of a received file catches: JSON nested deeper than
+    the parser recurses (a RecursionError; a config.json of 200,000 `[`, audit 116), and an integer
+    of more digits than Python converts (a plain ValueError; a 5,000-digit seed, audit 117)."""
     try:
         return json.loads(text)
-    except RecursionError:
-        raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None
+    except json.JSONDecodeError:
+        raise
+    except (RecursionError, ValueError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise json.JSONDecodeError(reason, text if isinstance(text, str) else "", 0) from None
 
 
 def check_writable(out: Path, option: str | None = None) -> None:

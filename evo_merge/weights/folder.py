@@ -163,7 +163,7 @@ def _load_plain(path: Path, config: dict[str, Any]) -> nn.Module:
     the weights' headers first: a received config.json declaring `hidden: [100000, 100000]` beside
     a tiny checkpoint allocated 40 GB before a weight was read (audit 116)."""
     with torch.device("meta"):
-        net = build_net(config)
+        net = build_net(config, str(path / "config.json"))
     expected = net.state_dict()
     with Checkpoint.open(path) as checkpoint:
         stored = set(checkpoint.names)

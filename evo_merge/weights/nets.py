@@ -119,15 +119,16 @@ class ResNet(nn.Module):
 _CLASSES = {MLP_TABLE.name: MLP, CNN_TABLE.name: CNN, RESNET_TABLE.name: ResNet}  # the plain tables of weights.arch
 
 
-def build_net(config: Mapping[str, Any]) -> nn.Module:
-    """Rebuild a reference network from its config (``{"arch": "mlp", "hidden": [...], ...}``)."""
+def build_net(config: Mapping[str, Any], source: str = "config.json") -> nn.Module:
+    """Rebuild a reference network from its config (``{"arch": "mlp", "hidden": [...], ...}``);
+    errors name `source`, the file the config was read from."""
     kwargs = dict(config)
     arch = kwargs.pop("arch", None)
     if arch not in _CLASSES:
-        raise UserError(f"config.json: arch {arch!r} is not one of {tuple(_CLASSES)}")
+        raise UserError(f"{source}: arch {arch!r} is not one of {tuple(_CLASSES)}")
     try:
         net = _CLASSES[arch](**kwargs).eval()
     except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: torch's "negative dimension"
-        raise UserError(f"config.json: bad sizes for arch {arch}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{source}: bad sizes for arch {arch}: {str(exc).splitlines()[0]}") from None
     net.net_config = dict(config)  # read by the spec builders and written next to the weights
     return net

@@ -309,6 +309,8 @@ def test_priors_tighten_with_few_subjects_so_items_stay_finite():
         (lambda d: _edit(d, thresholds=None), "incomplete IRT model"),
         (lambda d: _edit(d, dims=None), r"incomplete IRT model \(missing 'dims'\)"),  # was a bare KeyError
         (lambda d: _edit(d, dims=7), "disagree on the model's shape"),
+        # an integer of more digits than Python converts: a ValueError traceback (audit 117)
+        (lambda d: (d / "model.json").write_text('{"seed": ' + "9" * 5000 + "}"), "corrupt model file"),
     ],
 )
 def test_corrupt_or_incompatible_folder(tmp_path, torch_model, damage, message):
