@@ -17,7 +17,7 @@ import click
 from evo_merge.cli.paths import UserPath
 from evo_merge.cli.push import PRIVATE, REVISION
 from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
-from evo_merge.markup import shell
+from evo_merge.markup import shell, visible
 
 if TYPE_CHECKING:
 
@@ -144,9 +144,10 @@ def _summary_table(runner, picks: dict[str, Evaluation]):
     for label, candidate in reference_candidates(runner.workspace.endpoint_labels()):
         e = store.get(candidate.key)
         if e is not None and e.measured:
-            table.add_row(runner.workspace.base_label() if label == "base" else label, *cells(e, False))
+            # an endpoint's folder named with a newline forged a row (audit 118)
+            table.add_row(visible(runner.workspace.base_label() if label == "base" else label), *cells(e, False))
     for name, e in picks.items():
-        table.add_row(f"{name} ({e.method})", *cells(e, True))
+        table.add_row(visible(f"{name} ({e.method})"), *cells(e, True))
     return table
 
 
@@ -378,8 +379,8 @@ def export(
         with StageBars() as bars:  # measuring and the file merge take minutes at size
             runner.progress = bars
             measured, folder = runner.export_evaluation(eid, out, overwrite=overwrite)
-    click.echo(f"wrote {folder}: evaluation {eid} ({_what(runner.workspace, measured)}), {measured_on(store)}: "
-               f"{measured_scores(store, measured)}")
+    click.echo(visible(f"wrote {folder}: evaluation {eid} ({_what(runner.workspace, measured)}), "
+                       f"{measured_on(store)}: {measured_scores(store, measured)}"))
     if store.items_evaluated(measured=True) != spent:  # its held-out items alone, too: the report's to rewrite
         click.echo(f"evaluation {eid} was measured for this export: `{shell('evo-merge', 'report', run)}` adds it to "
                    "report.md and evaluations.csv")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evo_merge.markup import shell
+from evo_merge.markup import shell, visible
 from evo_merge.progress import hms
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
 from evo_merge.search.metrics import (
@@ -47,7 +47,7 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
     done = store.generations_completed()
     state = (f"running: pid {pid}" + _where(store, evaluations, done, facts["generations"]) if pid
              else "finished" if finished else f"not running: `{shell('evo-merge', 'resume', run)}` goes on")  # died
-    lines.append(f"campaign {facts['name']!r}: generation {done}/{facts['generations']} ({state})")
+    lines.append(f"campaign '{facts['name']}': generation {done}/{facts['generations']} ({state})")
     unmeasured = len(store.measure_failures())
     # the search's best may be one of them: counted, not hidden; as the report marks them, those the
     # search bred too (task arithmetic at lambda 1 among its first generation) included
@@ -86,7 +86,8 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
         f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
         + (f" ({saving:.1f}x saving)" if saving is not None else "") + f"; in total {item_totals(store)}"
     )
-    return lines
+    # what the store holds (scenario names, methods, folders) cannot drive the terminal, nor start a line
+    return [visible(line) for line in lines]
 
 
 def _best_lines(objectives: Objectives, competing: list[Evaluation], sampled: dict[str, dict[str, float]],

@@ -200,7 +200,8 @@ def rounded_storage_note(facts: Mapping[str, Any] | None, method: str | None = N
         return None
     rounded = facts.get("rounded_methods")
     if rounded is None:  # a run from before: every method's task vectors were rounded below float32
-        return None if stored == "float32" else f"scores were measured {merge_rounding_note(stored, True)}"
+        exact = stored in ("float32", "float64")  # (float64: a float64 base's, recorded by earlier versions)
+        return None if exact else f"scores were measured {merge_rounding_note(stored, True)}"
     task_vectors = facts.get("rounded_task_vectors", True)
     if method is not None:
         return f"scores were measured {candidate_kind(method).rounding_note(stored, task_vectors)}" if (

@@ -1022,6 +1022,41 @@ def test_a_tab_or_newline_in_a_campaign_s_names_is_kept():
             check_printable(bad)
 
 
+def test_a_campaign_on_a_float64_base_runs_in_float32(tmp_path, zoo):
+    """A float64 family stopped a run at its start on "unknown dtype 'torch.float64'" (audit 118):
+    `dtype: auto` takes it in float32, the widest dtype a campaign names, and exports the picks so."""
+    wide = []
+    for folder in (zoo[0], *zoo[1]):
+        copy = shutil.copytree(folder, tmp_path / "f64" / folder.name)
+        weights = load_file(copy / "model.safetensors")
+        save_file({k: v.double() for k, v in weights.items()}, copy / "model.safetensors")
+        wide.append(copy)
+    config = campaign_config(wide[0], wide[1:], name="f64", algorithm={"population": 4, "generations": 1, "seed": 3},
+                             final={"evaluate_top": 1, "export": ["balanced"]})
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(config))
+    ran = CliRunner().invoke(cli, ["run", str(tmp_path / "campaign.yaml"), "--out", str(tmp_path / "run")])
+    assert ran.exit_code == 0, ran.output
+    pick = tmp_path / "run" / "models" / "balanced"
+    assert {t.dtype for t in tensors_of(pick).values()} == {torch.float32}
+
+
+def test_an_endpoint_folder_named_with_a_newline_forges_no_line(tmp_path, zoo):
+    """A newline is allowed in a campaign's paths (runs with one ran before), and an endpoint folder
+    named `ft\\nFORGED` printed a row of its own in the run's results table and in `export`'s
+    line (audit 118): both show it as text."""
+    base, fts = zoo
+    named = shutil.copytree(fts[0], tmp_path / "ft\nFORGED")
+    config = campaign_config(base, [named, fts[1]], name="nl", algorithm={"population": 4, "generations": 1, "seed": 3},
+                             final={"evaluate_top": 1, "export": ["balanced"]})
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(config))
+    ran = CliRunner().invoke(cli, ["run", str(tmp_path / "campaign.yaml"), "--out", str(tmp_path / "run")])
+    assert ran.exit_code == 0, ran.output
+    assert "endpoint ft\\x0aFORGED" in ran.output and not any(
+        line.lstrip("│ ").startswith("FORGED") for line in ran.output.splitlines()), ran.output
+    exported = CliRunner().invoke(cli, ["export", str(tmp_path / "run"), "--pick", "2", "--out", str(tmp_path / "e")])
+    assert exported.exit_code == 0 and "(endpoint ft\\x0aFORGED)" in exported.output, exported.output
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_campaign_configs_give_one_line_errors(tmp_path, zoo, case):
     overrides, expected = BAD[case]

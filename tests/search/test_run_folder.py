@@ -414,15 +414,20 @@ def test_text_a_store_records_is_shown_as_text(copy):
         facts = json.loads(db.execute("SELECT value FROM meta WHERE key = 'facts'").fetchone()[0])
         facts |= {"name": "tab\tname\n", "endpoints": ["m\x1b]0;TITLE\x07", "x\n## Fake"], "stored_dtype": "float64"}
         db.execute("UPDATE meta SET value = ? WHERE key = 'facts'", (json.dumps(facts),))
+        # what else `status` prints from the store, here scenario names: every line is shown as text (audit 118)
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchors', ?)",
+                   (json.dumps({"agree0": {"odd\x1b[31m": 3, "even": 2}}),))
         db.commit()
     for command in ("status", "report"):
         code, out = invoke(command, copy)
         assert code == 0 and "\x1b" not in out and "\x07" not in out and "damaged" not in out, out
     status = invoke("status", copy)[1]
-    assert "campaign 'tab\\tname\\\\x0a'" in status, status  # the name's repr: a tab, then the text \\x0a
+    assert "name\\x0a': generation 3/3" in status, status
+    assert "anchors of agree0: 5 per candidate (odd\\x1b[31m 3" in status, status
     assert "below the endpoint x\\x0a## Fake's" in status, status  # one line, the newline as text
     report = (copy / "report.md").read_text()
     assert "\x1b" not in report and "m\\\\x1b\\]0;TITLE\\\\x07" in report  # as Markdown escapes it
+    assert "float64" not in report  # no rounding note: float64 is exact
 
 
 @pytest.mark.parametrize("plant", [

@@ -98,6 +98,17 @@ def test_floating_dtype_is_the_dtype_of_most_parameters_not_of_most_tensors(tmp_
     assert Checkpoint.open(tmp_path / "only-ints.safetensors").floating_dtype == torch.float32
 
 
+def test_auto_takes_a_base_in_a_dtype_no_campaign_names_in_float32(tmp_path):
+    """A float64 base stopped a campaign at its start on "unknown dtype 'torch.float64'" (audit 118):
+    "auto" takes it in float32, the widest dtype a campaign names; a named dtype is as named."""
+    from evo_merge.weights.dtypes import model_dtype
+
+    save_file({"w": torch.zeros(4, 4, dtype=torch.float64)}, str(tmp_path / "f64.safetensors"))
+    base = Checkpoint.open(tmp_path / "f64.safetensors")
+    assert base.floating_dtype == torch.float64
+    assert model_dtype("auto", base) == torch.float32 and model_dtype("bf16", base) == torch.bfloat16
+
+
 def test_a_head_stored_in_another_dtype_than_its_embedding_is_compared_by_value(tmp_path):
     """A tied config storing its head in float32 beside a bfloat16 embedding: a copy of it is the
     same values (tied), other values are a head of its own, whichever dtypes hold them."""
