@@ -142,8 +142,9 @@ def _check_declared_sizes(npz: Any, meta: dict, path: Path) -> None:
     model.json's items, subjects and dimensions holds: compressed, a received folder's few megabytes
     could otherwise claim terabytes (audit 95). Each member's unpacked size (which bounds what
     reading it can take, its .npy header included: zipfile stops there) is checked first, then its
-    header's shape. The dimensions are bounded by the subjects, as a fit bounds them: model.json's
-    own word for them let a 2 MB file take gigabytes (audit 116)."""
+    header's declared length (numpy reads that much before checking it), then its shape. The
+    dimensions are bounded by the subjects, as a fit bounds them: model.json's own word for them
+    let a 2 MB file take gigabytes (audit 116)."""
     items, subjects = len(meta.get("item_ids") or ()), len(meta.get("subject_ids") or ())
     dims = meta.get("dims") if isinstance(meta.get("dims"), int) and meta["dims"] > 0 else 1
     if dims > max(subjects, *DIMS_GRID):
