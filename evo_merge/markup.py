@@ -14,8 +14,9 @@ import re
 import shlex
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~<>])")
-# control characters but the tab: a newline forges a line of output, ESC and the C1 codes drive a terminal
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# control characters but the tab (a newline forges a line of output, ESC and the C1 codes drive a
+# terminal) and the bidirectional controls (they reorder what is shown: "Trojan Source")
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _LINE_START = re.compile(r"^(\d+)([.)])(?=\s|$)|^([-+=])")  # a list item or setext underline if it began a line
 
 
@@ -29,10 +30,11 @@ def md(text: object) -> str:
 
 
 def visible(text: str) -> str:
-    """`text` with its control characters (the tab aside) shown as `\\xNN`: text a run folder
-    someone sent holds, printed, must not move the cursor, retitle or recolour the terminal, or
-    start a line of its own (audit 116)."""
-    return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+    """`text` with its control characters (the tab aside) shown as `\\xNN` and its bidirectional
+    controls as `\\uNNNN`: text a run folder someone sent holds, printed, must not move the cursor,
+    retitle or recolour the terminal, start a line of its own (audit 116), or reorder what is shown
+    around it (audit 119)."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
 
 
 def html_text(text: object) -> str:

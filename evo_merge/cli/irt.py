@@ -29,6 +29,7 @@ from evo_merge.irt.kinds import (
     SE_CAVEATS,
     SELECTABLE_ANCHOR_METHODS,
 )
+from evo_merge.markup import visible
 
 
 def _auto_or_count(value: str, option: str) -> int | str:
@@ -173,7 +174,7 @@ def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: in
     chosen = select_anchors(IRTModel.load(model_dir), budget, method, seed, allocation)
     path = chosen.save(model_dir, overwrite=overwrite)
     for scenario, items in chosen.items.items():
-        click.echo(f"{scenario}: {' '.join(items)}")
+        click.echo(visible(f"{scenario}: {' '.join(items)}"))  # a received model's names, as text
     click.echo(f"stored {path}", err=True)
 
 

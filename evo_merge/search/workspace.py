@@ -10,7 +10,7 @@ here, so reading a run never opens a model or a task.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,13 +234,17 @@ class Workspace:
     def dtype_name(self) -> str:
         """The evaluation dtype by name, "auto" resolved from the base's headers: the dtype the picks
         are exported in (the one they were scored in), written into their recipes as such."""
-        return self._resolved_dtype(self.campaign.dtype)
+        from evo_merge.weights.dtypes import model_dtype
+
+        return self._resolved_dtype(self.campaign.dtype, model_dtype)
 
     def stored_dtype_name(self) -> str:
         """The dtype the search keeps the task vectors in (`storage.dtype`, "auto" resolved from the
         base's headers): narrower than float32, each is rounded once, and a candidate scored is not
         bit for bit the float32 merge its recipe exports (docs/memory.md, exactness)."""
-        return self._resolved_dtype(self.campaign.storage.dtype)
+        from evo_merge.weights.dtypes import storage_dtype
+
+        return self._resolved_dtype(self.campaign.storage.dtype, storage_dtype)
 
     def storage_rounding(self) -> dict[str, Any]:
         """What the search rounds as it keeps its tensors (`merge.storage`, from the checkpoints'
@@ -249,12 +253,12 @@ class Workspace:
         exactness), as a run's facts record them."""
         from evo_merge.merge.storage import Storage, keeping
         from evo_merge.weights import Checkpoint
-        from evo_merge.weights.dtypes import model_dtype
+        from evo_merge.weights.dtypes import storage_dtype
 
         adapters = any(split_adapter(m, self.run_dir)[1] for m in self.campaign.models)
         checkpoints = [Checkpoint.open(path) for path in (self.base, *self.models)]
         try:
-            dtype = model_dtype(self.campaign.storage.dtype, checkpoints[0])  # as `stored_dtype_name` resolves it
+            dtype = storage_dtype(self.campaign.storage.dtype, checkpoints[0])  # as `stored_dtype_name` resolves it
             kept = keeping(Storage.of(self.campaign.storage), checkpoints, adapters, dtype)
         finally:
             for checkpoint in checkpoints:
@@ -263,12 +267,12 @@ class Workspace:
                 "rounded_methods": [method for method in self.campaign.methods
                                     if candidate_kind(method).rounds(method, kept)]}
 
-    def _resolved_dtype(self, name: str) -> str:
+    def _resolved_dtype(self, name: str, resolve: Callable[[str, Any], Any]) -> str:
         from evo_merge.weights import Checkpoint  # torch: only where a pick is exported or a run opens
-        from evo_merge.weights.dtypes import dtype_name, model_dtype
+        from evo_merge.weights.dtypes import dtype_name
 
         with Checkpoint.open(self.base) as base:
-            return dtype_name(model_dtype(name, base))
+            return dtype_name(resolve(name, base))
 
     def endpoint_labels(self) -> list[str]:
         """`endpoint NAME` per endpoint, named as the campaign names it (a Hub id, `+adapter`), not by

@@ -41,12 +41,19 @@ def model_dtype(name: str, base: Any) -> torch.dtype:
     """A campaign's evaluation dtype: `name`, or for "auto" the dtype most of the base's floating
     parameters are stored in (`Checkpoint.floating_dtype`): bfloat16 for a bfloat16 model, which
     float32 would hold (and export) at twice the size. A base in a floating dtype no campaign names
-    (float64, an 8-bit float) is taken in float32, the widest one it names: a float64 base stopped a
-    run at its start on "unknown dtype 'torch.float64'" (audit 118)."""
+    (float64) is evaluated in float32, the widest one it names: a float64 base stopped a run at its
+    start on "unknown dtype 'torch.float64'" (audit 118). Storage keeps it as it is (`storage_dtype`)."""
     if name != AUTO:
         return parse_dtype(name)
     dtype = base.floating_dtype
     return dtype if dtype in DTYPES.values() else torch.float32
+
+
+def storage_dtype(name: str, base: Any) -> torch.dtype:
+    """The dtype `storage.dtype` keeps a base's tensors in, as a run records it: `name`, or for
+    "auto" the base's own, float64 included (storage keeps each tensor in its checkpoints' widest
+    dtype, `merge.storage.Storage`; only the evaluation module falls back to float32, `model_dtype`)."""
+    return base.floating_dtype if name == AUTO else parse_dtype(name)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from limits import file_size_limit  # tests/ is on sys.path (its conftest)
@@ -279,6 +280,19 @@ def test_an_estimates_file_written_there_while_estimating_is_kept_without_overwr
     assert out.read_text() == "another command's estimates"
     replaced = CliRunner().invoke(cli, [*args, "--overwrite"])
     assert replaced.exit_code == 0 and out.read_text().startswith("subject,scenario,estimator"), replaced.output
+
+
+def test_irt_anchors_prints_a_received_model_s_names_as_text(tmp_path):
+    """A model fitted on someone's responses names its scenarios as they did: `irt anchors` printed
+    an escape sequence in one to the terminal, and a newline forged a line (audit 119)."""
+    gen = make_synthetic_irt(40, dims=1, n_scenarios=1, seed=1)
+    table = gen.sample(*synthetic_abilities(20, dims=1, seed=2), seed=3)
+    table["scenario"] = np.where(table["item"].str[-1].isin(list("01234")), "low\x1b]0;TITLE\x07", "high\nFORGED")
+    IRTModel.fit(table, dims=1, seed=0).save(tmp_path / "m")
+    result = CliRunner().invoke(cli, ["irt", "anchors", str(tmp_path / "m"), "--budget", "2"])
+    assert result.exit_code == 0 and "\x1b" not in result.output and "\x07" not in result.output, result.output
+    assert "low\\x1b]0;TITLE\\x07: " in result.output and not any(
+        line.startswith("FORGED") for line in result.output.splitlines()), result.output
 
 
 def test_a_save_refused_without_overwrite_leaves_the_model_and_its_anchor_sets(tmp_path):

@@ -1024,7 +1024,8 @@ def test_a_tab_or_newline_in_a_campaign_s_names_is_kept():
 
 def test_a_campaign_on_a_float64_base_runs_in_float32(tmp_path, zoo):
     """A float64 family stopped a run at its start on "unknown dtype 'torch.float64'" (audit 118):
-    `dtype: auto` takes it in float32, the widest dtype a campaign names, and exports the picks so."""
+    `dtype: auto` evaluates it in float32, the widest dtype a campaign names, and exports the picks so;
+    `storage.dtype: auto` keeps its tensors as they are."""
     wide = []
     for folder in (zoo[0], *zoo[1]):
         copy = shutil.copytree(folder, tmp_path / "f64" / folder.name)
@@ -1038,6 +1039,12 @@ def test_a_campaign_on_a_float64_base_runs_in_float32(tmp_path, zoo):
     assert ran.exit_code == 0, ran.output
     pick = tmp_path / "run" / "models" / "balanced"
     assert {t.dtype for t in tensors_of(pick).values()} == {torch.float32}
+    # the task vectors are kept as they are, in float64, and the run records so (audit 119): no rounding said
+    from evo_merge.search.store import CampaignStore
+
+    with closing(CampaignStore(tmp_path / "run")) as store:
+        assert store.get_meta("facts")["stored_dtype"] == "float64"
+    assert "rounded once" not in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_an_endpoint_folder_named_with_a_newline_forges_no_line(tmp_path, zoo):

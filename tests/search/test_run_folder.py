@@ -412,7 +412,8 @@ def test_text_a_store_records_is_shown_as_text(copy):
     Control characters are shown as text; a tab stays; any dtype name torch gives reads."""
     with closing(sqlite3.connect(copy / "state.sqlite")) as db:
         facts = json.loads(db.execute("SELECT value FROM meta WHERE key = 'facts'").fetchone()[0])
-        facts |= {"name": "tab\tname\n", "endpoints": ["m\x1b]0;TITLE\x07", "x\n## Fake"], "stored_dtype": "float64"}
+        facts |= {"name": "tab\tname\n", "endpoints": ["m\x1b]0;TITLE\x07\u202etxt", "x\n## Fake"],
+                  "stored_dtype": "float64"}
         db.execute("UPDATE meta SET value = ? WHERE key = 'facts'", (json.dumps(facts),))
         # what else `status` prints from the store, here scenario names: every line is shown as text (audit 118)
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchors', ?)",
@@ -425,8 +426,9 @@ def test_text_a_store_records_is_shown_as_text(copy):
     assert "name\\x0a': generation 3/3" in status, status
     assert "anchors of agree0: 5 per candidate (odd\\x1b[31m 3" in status, status
     assert "below the endpoint x\\x0a## Fake's" in status, status  # one line, the newline as text
+    assert "\u202e" not in status + (copy / "report.md").read_text()  # a bidi override reorders what follows it
     report = (copy / "report.md").read_text()
-    assert "\x1b" not in report and "m\\\\x1b\\]0;TITLE\\\\x07" in report  # as Markdown escapes it
+    assert "\x1b" not in report and "m\\\\x1b\\]0;TITLE\\\\x07\\\\u202etxt" in report  # as Markdown escapes it
     assert "float64" not in report  # no rounding note: float64 is exact
 
 
