@@ -162,11 +162,19 @@ def _load_plain(path: Path, config: dict[str, Any]) -> nn.Module:
     the architecture is named. The architecture is laid out without memory and checked against
     the weights' headers first: a received config.json declaring `hidden: [100000, 100000]` beside
     a tiny checkpoint allocated 40 GB before a weight was read (audit 116)."""
-    with torch.device("meta"):
-        net = build_net(config, str(path / "config.json"))
-    expected = net.state_dict()
     with Checkpoint.open(path) as checkpoint:
         stored = set(checkpoint.names)
+        # each layer a list names, and each block, holds a weight of its own: more of them than the
+        # checkpoint holds tensors is refused before they are laid out (100,000 blocks took 3 GB and
+        # over a minute on the meta device; audit 117)
+        layers = sum(len(v) for v in config.values() if isinstance(v, list)) + (
+            config["blocks"] if isinstance(config.get("blocks"), int) else 0)
+        if layers > len(stored):
+            raise UserError(f"{path}: config.json declares {layers} layers and blocks, more than the {len(stored)} "
+                            "tensors of its weights hold")
+        with torch.device("meta"):
+            net = build_net(config, str(path / "config.json"))
+        expected = net.state_dict()
         for name in checkpoint.names:
             if name not in expected or expected[name].shape != checkpoint.shape(name):
                 raise UserError(f"{path}: parameter {name} does not fit the architecture in config.json")

@@ -122,6 +122,18 @@ def test_a_config_declaring_sizes_its_weights_lack_is_refused_before_anything_is
         load_model_folder(folder)
 
 
+def test_a_config_declaring_more_blocks_than_its_weights_hold_is_refused_before_they_are_laid_out(tmp_path):
+    """Laid out on the meta device, a received ResNet config of 100,000 blocks still took 3 GB and
+    over a minute before the weights' headers refused it (audit 117): each layer a list names, and
+    each block, holds a weight, so more of them than the checkpoint's tensors is refused first."""
+    resnet = {"arch": "resnet", "width": 4, "hidden": 4, "blocks": 2, "classes": 3, "side": 4, "norm": None}
+    folder = _plain_folder(tmp_path / "deep", {**resnet, "blocks": 100_000}, build_net(resnet).state_dict())
+    with pytest.raises(UserError, match=r"config\.json declares 100000 layers and blocks, more than the \d+ tensors"):
+        load_model_folder(folder)
+    (folder / "config.json").write_text(json.dumps(resnet))
+    assert load_model_folder(folder)[0].net_config == resnet  # its own count loads
+
+
 def test_a_config_nested_past_the_parser_s_depth_is_one_line(tmp_path):
     """JSON nested deeper than the parser recurses was a RecursionError traceback (audit 116)."""
     folder = _plain_folder(tmp_path / "deep", MLP, build_net(MLP).state_dict())
