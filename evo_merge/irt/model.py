@@ -16,7 +16,6 @@ import math
 import numbers
 import os
 import zipfile
-import zlib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -404,6 +403,8 @@ class IRTModel:
             declared_dims = meta["dims"]
         except KeyError as exc:
             raise UserError(f"{directory}: incomplete IRT model (missing {exc.args[0]!r})") from None
+        except (TypeError, AttributeError) as exc:  # a value of another kind than save writes: `"seed": [1]`
+            raise UserError(f"{meta_path}: not an IRT model as evo-merge writes it ({exc})") from None
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise UserError(f"{npz_path}: corrupt parameter file ({exc})".splitlines()[0]) from None
         n_items, n_subj = len(model.item_ids), len(model.subject_ids)
@@ -417,7 +418,8 @@ class IRTModel:
         )
         if not consistent:
             raise UserError(f"{directory}: model.json and params.npz disagree on the model's shape")
-        if version == FORMAT_VERSION and meta.get("params_digest", params_digest(arrays)) != params_digest(arrays):
+        digest = meta.get("params_digest") if version == FORMAT_VERSION else None  # older saves kept none
+        if digest is not None and digest != params_digest(arrays):
             raise UserError(f"{directory}: model.json and params.npz are of two different saves (a save cut short, "
                             "or an edit)")
         return model
@@ -436,18 +438,16 @@ def params_digest(arrays: dict[str, np.ndarray]) -> str:
 
 def _holds(directory: Path, meta: dict, arrays: dict[str, np.ndarray]) -> bool:
     """Whether `directory` holds this model already (model.json and params.npz as `save` writes them):
-    a damaged or different one is not it: whatever reading it raises (a params.npz cut short is a
-    zipfile.BadZipFile, a damaged member an EOFError or zlib.error, a missing one a KeyError) means
-    it is not, and the new model replaces it."""
+    a damaged or different one is not it, and the new model replaces it. Read as `load` reads a
+    model (its sizes checked before its arrays, its digest against its parameters): it read the
+    arrays of whatever folder it was given, a compressed bomb's included."""
     try:
-        stored, expected = json.loads((directory / "model.json").read_text()), json.loads(json.dumps(meta))
+        stored, expected = parse_json((directory / "model.json").read_text()), json.loads(json.dumps(meta))
         if "params_digest" not in stored:  # saved before model.json kept one: the parameters are compared below
             expected.pop("params_digest", None)
         if stored != expected:
             return False
-        # opened here: np.load leaves its own file open when the zip cannot be read (a ResourceWarning)
-        with open(directory / "params.npz", "rb") as fh, np.load(fh) as stored:
-            return set(stored.files) == set(arrays) and all(
-                np.array_equal(stored[k], np.asarray(v)) for k, v in arrays.items())
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+        held = IRTModel.load(directory)
+    except (UserError, OSError, ValueError):
         return False
+    return params_digest({k: getattr(held, k) for k in NPZ_KEYS}) == params_digest(arrays)

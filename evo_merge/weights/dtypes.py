@@ -43,9 +43,7 @@ def model_dtype(name: str, base: Any) -> torch.dtype:
     float32 would hold (and export) at twice the size. A base in a floating dtype no campaign names
     (float64) is evaluated in float32, the widest one it names: a float64 base stopped a run at its
     start on "unknown dtype 'torch.float64'" (audit 118). Storage keeps it as it is (`storage_dtype`)."""
-    if name != AUTO:
-        return parse_dtype(name)
-    dtype = base.floating_dtype
+    dtype = storage_dtype(name, base)
     return dtype if dtype in DTYPES.values() else torch.float32
 
 

@@ -25,7 +25,7 @@ from evo_merge.weights.checkpoint import Checkpoint, read_config, tokenizer_file
 from evo_merge.weights.compat import castable
 from evo_merge.weights.dtypes import dtype_name, parse_dtype
 from evo_merge.weights.export import check_output_folder, safetensors_io, staged_folder, write_model_folder
-from evo_merge.weights.nets import build_net
+from evo_merge.weights.nets import build_net, declared_layers
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,7 @@ def _load_plain(path: Path, config: dict[str, Any]) -> nn.Module:
     a tiny checkpoint allocated 40 GB before a weight was read (audit 116)."""
     with Checkpoint.open(path) as checkpoint:
         stored = set(checkpoint.names)
-        # each layer a list names, and each block, holds a weight of its own: more of them than the
-        # checkpoint holds tensors is refused before they are laid out (100,000 blocks took 3 GB and
-        # over a minute on the meta device; audit 117)
-        layers = sum(len(v) for v in config.values() if isinstance(v, list)) + (
-            config["blocks"] if isinstance(config.get("blocks"), int) else 0)
-        if layers > len(stored):
+        if (layers := declared_layers(config)) > len(stored):
             raise UserError(f"{path}: config.json declares {layers} layers and blocks, more than the {len(stored)} "
                             "tensors of its weights hold")
         with torch.device("meta"):

@@ -311,6 +311,10 @@ def test_priors_tighten_with_few_subjects_so_items_stay_finite():
         (lambda d: _edit(d, dims=7), "disagree on the model's shape"),
         # an integer of more digits than Python converts: a ValueError traceback (audit 117)
         (lambda d: (d / "model.json").write_text('{"seed": ' + "9" * 5000 + "}"), "corrupt model file"),
+        # values of another kind than save writes: TypeError and AttributeError tracebacks
+        (lambda d: _edit(d, seed=[1]), r"model.json: not an IRT model as evo-merge writes it \(int\(\) argument"),
+        (lambda d: _edit(d, thresholds=[1]), "model.json: not an IRT model as evo-merge writes it"),
+        (lambda d: _edit(d, item_ids=5), "model.json: not an IRT model as evo-merge writes it"),
     ],
 )
 def test_corrupt_or_incompatible_folder(tmp_path, torch_model, damage, message):
