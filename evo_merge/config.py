@@ -30,6 +30,7 @@ from evo_merge.irt.kinds import (
     ANCHOR_METHODS,
     BACKEND_NAMES,
     CAMPAIGN_ESTIMATOR_KINDS,
+    DEFAULT_ANCHOR_BALANCE,
     DEFAULT_ANCHOR_METHOD,
     DEFAULT_ESTIMATOR_KIND,
     FULL_EVALUATION,
@@ -155,7 +156,7 @@ class Coefficients(_Checked):
 
 
 # the estimator settings that apply to some kinds only (EstimatorSpec.ignored_settings)
-_ANCHOR_SETTINGS = frozenset({"anchors", "anchor_method", "anchor_allocation", "anchor_sets"})
+_ANCHOR_SETTINGS = frozenset({"anchors", "anchor_method", "anchor_allocation", "anchor_sets", "anchor_balance"})
 _ADAPTIVE_SETTINGS = frozenset({"target_se", "max_items"})
 _FIT_SETTINGS = frozenset({"backend", "lr", "epochs", "dims", "warmup_merges", "warmup_standard"})
 
@@ -176,6 +177,9 @@ class EstimatorSpec(_Checked):
         8, ge=1, le=1000, description="anchor sets drawn per task (each of `anchors` per scenario); each candidate "
         "is scored on one, chosen by its key: with few anchors, one set shared by every candidate makes the same "
         "errors for all of them and the front follows that set's luck")
+    anchor_balance: int = Field(
+        DEFAULT_ANCHOR_BALANCE, ge=1, le=100_000, description="stratified and stratified-irt anchors: draws per set, "
+        "the one whose anchors estimate the calibration subjects' own scores best kept (1: one draw)")
     irt_model: str | None = Field(None, description="fitted IRT folder per task name; None: fit from calibration")
     backend: Literal[BACKEND_NAMES] = "torch"
     lr: float | None = Field(None, gt=0, description="pyirt backend learning rate (None: its default)")
@@ -541,8 +545,9 @@ FORMER_DEFAULTS: dict[tuple[str, str], tuple[tuple[Any, int], ...]] = {
     ("estimator", "warmup_standard"): ((False, 7),),  # before 7, every warm-up merge was random
     ("estimator", "anchor_sets"): ((1, 9),),  # before 9, one anchor set for every candidate
     ("final", "pool_estimates"): ((False, 9),),  # before 9, finalists chosen on each candidate's own estimates
+    ("estimator", "anchor_balance"): ((1, 10),),  # before 10, each anchor set one stratified draw
 }
-DEFAULTS_VERSION = 9
+DEFAULTS_VERSION = 10
 
 
 def _check_task_weights(weights: dict[str, float], labels: list[str], key: str) -> None:

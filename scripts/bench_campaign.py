@@ -22,7 +22,8 @@ scores on its samples, a third table replays it on the runs (the campaign's own 
 demo's; a campaign's default is 8), in folders named `-wN`. `--one-set` scores every candidate on one
 anchor set and `--no-pool` chooses the finalists on each one's own estimates, as before defaults
 version 9 (`estimator.anchor_sets: 1`, `final.pool_estimates: false`), in folders named `-one-set`
-and `-own`.
+and `-own`; `--one-draw` draws each anchor set once, as before defaults version 10
+(`estimator.anchor_balance: 1`), in folders named `-one-draw`.
 With `--follow-up`, each IRT-scored campaign is followed by one on the same models, tasks and
 seed that reuses its fitted IRT models (`estimator.irt_model: FOLDER/irt`: no warm-up merges),
 compared alike in every table.
@@ -79,7 +80,7 @@ FINAL_GRID = ((1, 0), (1, 4), (2, 4), (3, 0), (3, 4), (DEFAULT.top_k, DEFAULT.ev
 def run_campaign(zoo: Path, families: list[str], out: Path, population: int, generations: int, kind: str,
                  anchors: int, reuse: bool, granularity: str = "model", seed: int = 0,
                  allocation: str = "neyman", warmup: int = 4, irt_model: Path | None = None,
-                 one_set: bool = False, pool: bool = True) -> tuple[CampaignRunner, float]:
+                 one_set: bool = False, pool: bool = True, one_draw: bool = False) -> tuple[CampaignRunner, float]:
     text = campaign_text(zoo.resolve(), families, name=out.name, anchors=anchors, population=population,
                          generations=generations, top=ALL, warmup=warmup)
     config = yaml.safe_load(text)
@@ -90,6 +91,8 @@ def run_campaign(zoo: Path, families: list[str], out: Path, population: int, gen
     config["estimator"]["anchor_allocation"] = allocation
     if one_set:  # as before defaults version 9: one anchor set for every candidate
         config["estimator"]["anchor_sets"] = 1
+    if one_draw:  # as before defaults version 10: each anchor set one stratified draw
+        config["estimator"]["anchor_balance"] = 1
     config["final"]["pool_estimates"] = pool
     config["final"]["race"] = []  # every finalist measured: the tables replay smaller and raced final phases
     config["final"]["measure_whole"] = "survivors"  # (what it was without a race; keeps older runs reusable)
@@ -165,6 +168,9 @@ def main() -> None:
     parser.add_argument("--no-pool", action="store_true",
                         help="finalists chosen on each candidate's own estimates (final.pool_estimates false, the "
                         "default before version 9), in folders named -own")
+    parser.add_argument("--one-draw", action="store_true",
+                        help="each anchor set one stratified draw (estimator.anchor_balance 1, the default before "
+                        "version 10), in folders named -one-draw")
     parser.add_argument("--warmup", type=int, default=4, help="warm-up merges calibrating IRT with the base and "
                         "endpoints (estimator.warmup_merges)")
     parser.add_argument("--allocation-draws", type=int, default=0, metavar="N",
@@ -200,10 +206,11 @@ def main() -> None:
                 f"irt-a{args.anchors}-{size}" + ("" if args.allocation == "neyman" else f"-{args.allocation}")
             folder = args.out / ((f"{kind}-{size}" if kind == "adaptive" else anchored)
                                  + ("" if args.warmup == 4 else f"-w{args.warmup}")
-                                 + ("-one-set" if args.one_set else "") + ("-own" if args.no_pool else ""))
+                                 + ("-one-set" if args.one_set else "") + ("-own" if args.no_pool else "")
+                                 + ("-one-draw" if args.one_draw else ""))
             runner, wall = run_campaign(args.zoo, families, folder, population, generations, kind, args.anchors,
                                         args.reuse, seed=args.seed, allocation=args.allocation, warmup=args.warmup,
-                                        one_set=args.one_set, pool=not args.no_pool)
+                                        one_set=args.one_set, pool=not args.no_pool, one_draw=args.one_draw)
             rows.append((size, kind, *compare(runner, full), wall, t_full))
             runs.append((size, kind, runner, full))
             print(f"[{size} {kind}] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)
@@ -213,7 +220,7 @@ def main() -> None:
                 follow, wall = run_campaign(args.zoo, families, folder.with_name(folder.name + "-followup"),
                                             population, generations, kind, args.anchors, args.reuse, seed=args.seed,
                                             allocation=args.allocation, warmup=args.warmup, irt_model=folder / "irt",
-                                            one_set=args.one_set, pool=not args.no_pool)
+                                            one_set=args.one_set, pool=not args.no_pool, one_draw=args.one_draw)
                 rows.append((size, f"{kind}, follow-up", *compare(follow, full), wall, t_full))
                 runs.append((size, f"{kind}, follow-up", follow, full))
                 print(f"[{size} {kind}, follow-up] " + " | ".join(str(v) for v in rows[-1][2:]), flush=True)

@@ -42,6 +42,7 @@ from evo_merge.irt import (
 )
 from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.irt.classifiers import classifier_responses
+from evo_merge.irt.kinds import DEFAULT_ANCHOR_BALANCE
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
 from evo_merge.irt.validation import BASELINE, random_baseline
@@ -160,6 +161,12 @@ def _few_subjects_data(n_train: int, seed: int):
     return train, ResponseMatrix.from_long(test, gen.item_ids).scores
 
 
+def _synthetic_set(n_train: int, seed: int) -> tuple[IRTModel, np.ndarray]:
+    """`_few_subjects_data`'s calibration set, its model fitted, and its test subjects' scores."""
+    train, test = _few_subjects_data(n_train, seed)
+    return IRTModel.fit(train, seed=seed), test
+
+
 def _mae(est: Estimator, test: np.ndarray) -> dict[str, float]:
     """MAE per scenario ("scenarios"), of the overall score over all items (a campaign task's
     fitness), and of the item-weighted mean of the per-scenario estimates ("mean of scenarios":
@@ -173,13 +180,14 @@ def _mae(est: Estimator, test: np.ndarray) -> dict[str, float]:
 
 
 def _anchors_mae(model: IRTModel, test: np.ndarray, budget: int, method: str, seed: int,
-                 draws: int) -> dict[str, float]:
+                 draws: int, balance: int = DEFAULT_ANCHOR_BALANCE) -> dict[str, float]:
     """gp-IRT's MAEs (`_mae`) averaged over `draws` anchor sets (stratified and random anchors are
     random draws, and one draw's MAE can be off by several percent): the estimator's expected
     error on this calibration set, as the baseline's is; and each average's standard error over
     the draws ("<key> draw se"): one draw's anchors serve every test subject, so its MAE is one
     noisy number, and 10 draws leave a set's ratio a few percent either way."""
-    maes = [_mae(Estimator(model, select_anchors(model, budget, method, seed=1000 * seed + d), "gpirt"), test)
+    maes = [_mae(Estimator(model, select_anchors(model, budget, method, seed=1000 * seed + d, balance=balance),
+                           "gpirt"), test)
             for d in range(draws)]
     means = {key: float(np.mean([m[key] for m in maes])) for key in maes[0]}
     spread = {f"{key} draw se": float(np.std([m[key] for m in maes], ddof=1) / np.sqrt(draws)) if draws > 1 else np.nan
@@ -285,6 +293,17 @@ def _se_over_error(model: IRTModel, test: np.ndarray, budget: int, seed: int) ->
     return np.sqrt((se**2).mean(axis=0) / (err**2).mean(axis=0))
 
 
+def _leaderboard_set(seed: int) -> tuple[IRTModel, np.ndarray]:
+    """One calibration set of the leaderboard's shape (its model fitted) and its 40 test subjects' scores."""
+    gen = make_synthetic_irt(11 * 400, dims=3, n_scenarios=11, heterogeneous=True, clusters=12, seed=700 + seed)
+    theta, ids = synthetic_abilities(10, dims=3, seed=710 + seed)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=720 + seed)), seed=seed)
+    wide = synthetic_abilities(40, dims=3, seed=730 + seed)[0] * 1.6 + np.array([0.4, -0.2, 0.1])
+    test = ResponseMatrix.from_long(gen.sample(wide, [f"t{j}" for j in range(40)], seed=740 + seed),
+                                    model.item_ids).scores
+    return model, test
+
+
 def leaderboard(draws: int, seeds: int, anchor_draws: int) -> None:
     """A public leaderboard's shape, where the default once lost at the task level: 10 calibration
     subjects, 11 benchmarks (scenarios) of 400 items, 3-dim abilities, test subjects from a wider,
@@ -293,12 +312,7 @@ def leaderboard(draws: int, seeds: int, anchor_draws: int) -> None:
                            "test subjects; overall score, MAE / random sampling's")
     rows = {b: {k: [] for k in ("base", "overall", "draw se", "mean of scenarios", "se")} for b in FEW_BUDGETS}
     for seed in range(seeds):
-        gen = make_synthetic_irt(11 * 400, dims=3, n_scenarios=11, heterogeneous=True, clusters=12, seed=700 + seed)
-        theta, ids = synthetic_abilities(10, dims=3, seed=710 + seed)
-        model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=720 + seed)), seed=seed)
-        wide = synthetic_abilities(40, dims=3, seed=730 + seed)[0] * 1.6 + np.array([0.4, -0.2, 0.1])
-        test = ResponseMatrix.from_long(gen.sample(wide, [f"t{j}" for j in range(40)], seed=740 + seed),
-                                        model.item_ids).scores
+        model, test = _leaderboard_set(seed)
         for budget, row in rows.items():
             maes = _anchors_mae(model, test, budget, "auto", seed, anchor_draws)
             for key, value in zip(("base", "overall", "mean of scenarios"),
@@ -323,6 +337,16 @@ def shipped_responses(family: str):
     return validate_responses(long, family)
 
 
+def _tiny_lm_set(responses: pd.DataFrame, n_train: int, seed: int) -> tuple[IRTModel, np.ndarray]:
+    """Calibration on the base, the 3 endpoints and `n_train` - 4 merges drawn by `seed` (its model
+    fitted), and the scores of 16 other merges."""
+    subjects = list(dict.fromkeys(responses.subject))
+    merges = np.random.default_rng(seed).permutation(subjects[4:])
+    train = responses[responses.subject.isin([*subjects[:4], *merges[: n_train - 4]])]
+    model = IRTModel.fit(train, seed=seed)
+    return model, ResponseMatrix.from_long(responses[responses.subject.isin(merges[-16:])], model.item_ids).scores
+
+
 def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
     """The shipped tiny-lm responses: calibration on 12 subjects (base, endpoints, 8 merges: a
     campaign's warm-up) or 48, MAE on 16 other merges, per sub-skill scenario."""
@@ -333,16 +357,12 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
         table.add_column(col, justify="right")
     for family in ("arith", "lang", "seq"):
         responses = shipped_responses(family)
-        subjects = list(dict.fromkeys(responses.subject))
         for n_train in (12, 48):
             rows = {b: {k: [] for k in ("base", "default", "kmeans", "random", "adaptive", "overall base", "overall",
                                         "mean", "kmeans overall")}
                     for b in FEW_BUDGETS}
             for seed in range(seeds):
-                merges = np.random.default_rng(seed).permutation(subjects[4:])
-                train = responses[responses.subject.isin([*subjects[:4], *merges[: n_train - 4]])]
-                model = IRTModel.fit(train, seed=seed)
-                test = ResponseMatrix.from_long(responses[responses.subject.isin(merges[-16:])], model.item_ids).scores
+                model, test = _tiny_lm_set(responses, n_train, seed)
                 for budget, row in rows.items():
                     base, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=False)
                     row["base"].append(base)
@@ -363,6 +383,39 @@ def tiny_lm(draws: int, seeds: int, anchor_draws: int) -> None:
                          *[_ratio(row[k]) for k in ("overall", "mean", "kmeans overall")]]
                 table.add_row(*cells)
                 console.print(" | ".join(cells))  # as it comes: each family takes minutes
+    console.print(table)
+
+
+def balanced_draws(draws: int, seeds: int, anchor_draws: int) -> None:
+    """The default estimator on one stratified draw per anchor set (`balance` 1, before defaults
+    version 10) and on the best-balanced of DEFAULT_ANCHOR_BALANCE, on the same calibration sets and
+    anchor seeds: the synthetic few-subjects sets, the leaderboard-shaped one, and tiny-lm's."""
+    table = Table(title=f"Anchors of one draw against the best-balanced of {DEFAULT_ANCHOR_BALANCE}: default (auto + "
+                  "gpirt) MAE / random sampling's")
+    for col in ("responses", "calibration subjects", "items/scenario", "per scenario: one draw", "balanced",
+                "overall: one draw", "balanced"):
+        table.add_column(col, justify="right")
+    cases = [(f"synthetic {n}", n, lambda seed, n=n: _synthetic_set(n, seed)) for n in (8, 12)]
+    cases.append(("leaderboard-shaped", 10, _leaderboard_set))
+    for family in ("arith", "lang", "seq"):
+        responses = shipped_responses(family)
+        cases += [(f"tiny-lm {family}", n, lambda seed, r=responses, n=n: _tiny_lm_set(r, n, seed)) for n in (12, 48)]
+    for name, subjects, calibration_set in cases:
+        rows = {b: {k: [] for k in ("one", "balanced", "one overall", "balanced overall")} for b in FEW_BUDGETS}
+        for seed in range(seeds):
+            model, test = calibration_set(seed)
+            for budget, row in rows.items():
+                base, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=False)
+                overall, _ = random_baseline(test, model.scenario_items(), budget, draws, seed, overall=True)
+                for key, balance in (("one", 1), ("balanced", DEFAULT_ANCHOR_BALANCE)):
+                    maes = _anchors_mae(model, test, budget, "auto", seed, anchor_draws, balance)
+                    row[key].append(maes["scenarios"] / base)
+                    row[f"{key} overall"].append(maes["overall"] / overall)
+        for budget, row in rows.items():
+            cells = [name, str(subjects), str(budget),
+                     *[_ratio(row[k]) for k in ("one", "balanced", "one overall", "balanced overall")]]
+            table.add_row(*cells)
+            console.print(" | ".join(cells))  # as it comes
     console.print(table)
 
 
@@ -513,10 +566,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--pyirt-epochs", type=int, default=1000)
     parser.add_argument("--skip-pyirt-large", action="store_true", help="skip py-irt on 100 x 5,000 (slow)")
-    parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "leaderboard", "classifiers", "pyirt-defaults",
-                                           "refit", "sparse-calibration"),
+    parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "leaderboard", "balance", "classifiers",
+                                           "pyirt-defaults", "refit", "sparse-calibration"),
                         default=None, help="one part: the few-calibration-subjects tables (synthetic and tiny-lm), "
-                        "the tiny-lm one alone, the leaderboard-shaped or classifier responses, a mid-campaign refit, "
+                        "the tiny-lm one alone, the leaderboard-shaped or classifier responses, one anchor draw "
+                        "against balanced ones, a mid-campaign refit, "
                         "py-irt at its defaults, or warm-up merges measured on part of the items")
     parser.add_argument("--pyirt-families", default="arith", help="tiny-lm families for py-irt at its defaults")
     parser.add_argument("--subjects", default=",".join(map(str, FEW_SUBJECTS)),
@@ -538,6 +592,8 @@ def main() -> None:
         tiny_lm(args.draws, args.seeds, args.anchor_draws)
     if args.only in (None, "leaderboard"):
         leaderboard(args.draws, args.seeds, args.anchor_draws)
+    if args.only in (None, "balance"):
+        balanced_draws(args.draws, args.seeds, args.anchor_draws)
     if args.only in (None, "classifiers"):
         classifiers(args.draws, args.seeds, args.anchor_draws)
     if args.only in (None, "refit"):

@@ -19,6 +19,7 @@ from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
     BACKEND_NAMES,
+    DEFAULT_ANCHOR_BALANCE,
     DEFAULT_ANCHOR_METHOD,
     DEFAULT_ESTIMATOR_KIND,
     ENDPOINT_ESTIMATORS,
@@ -164,14 +165,18 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
               help="'neyman': as many anchors in all, spread where they cut the error of the overall score most.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the clustering or sampling.")
+@click.option("--balance", type=click.IntRange(min=1), default=DEFAULT_ANCHOR_BALANCE, show_default=True,
+              help="stratified and stratified-irt: draws, the one whose anchors estimate the calibration subjects' "
+                   "own scores best kept (1: one draw, as before defaults version 10)")
 @click.option("--overwrite", is_flag=True,
               help="replace a stored set of the same method and budget that holds other items (another seed or "
                    "allocation); refused otherwise: subjects scored on it could no longer be estimated")
-def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: int, overwrite: bool) -> None:
+def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: int, balance: int,
+            overwrite: bool) -> None:
     """Choose --budget anchor items per scenario, store them in MODEL_DIR and print them."""
     from evo_merge.irt import IRTModel, select_anchors
 
-    chosen = select_anchors(IRTModel.load(model_dir), budget, method, seed, allocation)
+    chosen = select_anchors(IRTModel.load(model_dir), budget, method, seed, allocation, balance=balance)
     path = chosen.save(model_dir, overwrite=overwrite)
     for scenario, items in chosen.items.items():
         click.echo(visible(f"{scenario}: {' '.join(items)}"))  # a received model's names, as text

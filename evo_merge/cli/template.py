@@ -50,6 +50,7 @@ estimator:
   anchors: {anchors}
   anchor_method: auto      # stratified-irt from {cluster_subjects} calibration subjects, stratified below
   anchor_allocation: neyman  # where they cut the task's error most (equal: `anchors` in each)
+  anchor_balance: 200      # of 200 stratified draws, the one that estimates the calibration subjects best
   warmup_merges: {warmup}
   backend: torch
   dims: auto

@@ -13,6 +13,15 @@ worse than random sampling in expectation) below, where the item parameters are 
 cluster; it says why. `auto-kmeans` (the default before defaults version 8) is kmeans-irt with
 enough calibration subjects and stratified below; the other methods are used as named.
 
+A stratified draw is balanced (`balanced_draw`): of `balance` draws of the design, the one whose
+weighted means would have estimated the calibration subjects' own scenario means best is kept. The
+calibration subjects are scored on every item, so each draw's error on them is known before any
+candidate is scored; a candidate that answers like some mix of them is then estimated about as well,
+and the items are still drawn at random within their strata, never chosen by a candidate's answers.
+Balancing is not design-unbiased for every subject as one draw is (items that balance well are drawn
+more often); bench_irt.py measures it on held-out subjects, and the cross-fit that weighs gp-IRT's
+two parts re-draws each fold's anchors balanced on that fold's subjects, so it sees the same design.
+
 A model's anchors are `budget` per scenario (`equal`), or the same number spread over its
 scenarios where they cut the error of the model's overall, item-weighted score most (`neyman`,
 Neyman's optimal allocation for stratified sampling): scenario k gets n_k ∝ W_k·s_k, with W_k its
@@ -44,6 +53,7 @@ from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
     AUTOMATIC_ANCHOR_METHODS,
+    DEFAULT_ANCHOR_BALANCE,
     DEFAULT_ANCHOR_METHOD,
     MIN_CLUSTER_SUBJECTS,
     SELECTABLE_ANCHOR_METHODS,
@@ -54,6 +64,7 @@ log = logging.getLogger(__name__)
 METHODS = ANCHOR_METHODS
 # drawn at random (within strata): their mean's error is the design's, for every subject
 SAMPLED = ("random", "stratified", "stratified-irt")
+BALANCED = ("stratified", "stratified-irt")  # drawn `balance` times, the best-balanced kept (`random` is the baseline)
 FALLBACK_METHOD = "stratified"
 # stratified-irt's picks per stratum on average: with one each, a stratum of a third of the items got one item
 STRATUM_PICKS = 2
@@ -85,6 +96,7 @@ class Anchors:
     items: dict[str, list[str]]  # scenario -> anchor item ids
     weights: dict[str, list[float]]  # scenario -> weights (sum to 1)
     allocation: str = "equal"  # how many per scenario (`allocate`); files written before it: equal
+    balance: int = 1  # draws the kept one was the best-balanced of (`balanced_draw`); files written before it: 1
 
     @property
     def sampled(self) -> bool:
@@ -162,6 +174,8 @@ def read_anchors(path: str | Path) -> Anchors:
     anchors = Anchors(**data)
     if anchors.allocation not in ANCHOR_ALLOCATIONS:
         raise UserError(f"{path}: corrupt anchors file (unknown allocation {anchors.allocation!r})")
+    if positive_count(anchors.balance) is None:
+        raise UserError(f"{path}: corrupt anchors file (balance is not a positive integer: {anchors.balance!r})")
     if not isinstance(anchors.items, dict) or not all(isinstance(v, list) for v in anchors.items.values()):
         raise UserError(f"{path}: corrupt anchors file (items is not a scenario -> list of item ids)")
     if problem := _weights_problem(anchors):
@@ -238,28 +252,70 @@ def _from_clusters(members: list[np.ndarray], budget: int, rng: np.random.Genera
     return np.asarray(picks), weights / weights.sum()
 
 
+def _strata(model: IRTModel, items: np.ndarray, budget: int, method: str, seed: int) -> list[np.ndarray]:
+    """A stratified design's strata over `items` (their members, in draw order): `stratified`'s
+    `budget` equal-size strata of item mean score, one pick each; `stratified-irt`'s clusters of the
+    items' IRT parameters, `_spread` picks each."""
+    if method == "stratified":
+        mean = np.nanmean(model.responses[:, items], axis=0)
+        return np.array_split(items[np.argsort(mean, kind="stable")], budget)
+    features = np.column_stack([model.alpha[items], model.beta[items]])
+    return [items[m] for m in _clusters(features, max(1, budget // STRATUM_PICKS), seed)]
+
+
 def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: np.random.Generator, seed: int):
     n = items.size
     if budget >= n:
         return items, np.full(n, 1.0 / n)
     if method == "random":
         return np.sort(rng.choice(items, budget, replace=False)), np.full(budget, 1.0 / budget)
-    if method == "stratified":  # equal-size strata of item mean score, one random item from each
-        mean = np.nanmean(model.responses[:, items], axis=0)
-        strata = np.array_split(items[np.argsort(mean, kind="stable")], budget)
+    if method == "stratified":  # one random item from each stratum
+        strata = _strata(model, items, budget, method, seed)
         return np.array([rng.choice(s) for s in strata]), np.array([s.size / n for s in strata])
+    if method == "stratified-irt":
+        return _from_clusters(_strata(model, items, budget, method, seed), budget, rng, nearest_first=False)
     if method == "kmeans-correctness":  # clusters of the calibration subjects' answers
         cols = model.responses[:, items]
         features = np.where(np.isnan(cols), np.nanmean(cols, axis=0), cols).T
     else:  # clusters of the items' IRT parameters
         features = np.column_stack([model.alpha[items], model.beta[items]])
-    if method == "stratified-irt":
-        members = _clusters(features, max(1, budget // STRATUM_PICKS), seed)
-        local, weights = _from_clusters(members, budget, rng, nearest_first=False)
-    else:  # extra picks from a generator of their own, as always: a run folder re-chooses the same items
-        local, weights = _from_clusters(_clusters(features, budget, seed), budget, np.random.default_rng(seed),
-                                        nearest_first=True)
+    # extra picks from a generator of their own, as always: a run folder re-chooses the same items
+    local, weights = _from_clusters(_clusters(features, budget, seed), budget, np.random.default_rng(seed),
+                                    nearest_first=True)
     return items[local], weights
+
+
+def _draws(strata: list[np.ndarray], counts: np.ndarray, rng: np.random.Generator, draws: int) -> np.ndarray:
+    """`draws` stratified samples at once (rows): each stratum's picks its members of the smallest
+    random keys, a uniform draw without replacement, laid out as `_from_clusters` lays out one."""
+    picks = [m[np.argpartition(rng.random((draws, m.size)), k - 1, axis=1)[:, :k]] for m, k in zip(strata, counts)]
+    return np.concatenate(picks, axis=1)
+
+
+def balanced_draw(model: IRTModel, items: np.ndarray, budget: int, method: str, balance: int,
+                  rng: np.random.Generator, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Of `balance` draws of `method`'s stratified design over one scenario's `items` (sorted), the
+    first whose weighted anchor means miss the calibration subjects' means over all the scenario's
+    items by the least sum of squares (rerandomisation). The first draw is the one `_select` makes
+    (all there is with `balance` 1), so more draws never keep a worse-balanced one.
+
+    With few calibration subjects the strata of one draw still leave the anchors' mean a random
+    sample's error on every subject; their scores on every item say which draws err least on them.
+    An item a subject was not scored on counts at its item's mean (0 where nobody was)."""
+    first, weights = _select(model, items, budget, method, rng, seed)
+    if balance == 1 or budget >= items.size:
+        return first, weights
+    strata = _strata(model, items, budget, method, seed)
+    counts = _spread(np.array([m.size for m in strata]), budget)
+    candidates = np.vstack([first, _draws(strata, counts, rng, balance - 1)])  # every row weighted as `first`
+    scores = model.responses[:, items]
+    seen = ~np.isnan(scores)
+    item_mean = np.where(seen, scores, 0.0).sum(axis=0) / np.maximum(seen.sum(axis=0), 1)
+    filled = np.where(seen, scores, item_mean)
+    # (subjects, draws): elementwise sums, not a matrix product, so no BLAS thread count changes the draw kept
+    estimates = (filled[:, np.searchsorted(items, candidates)] * weights).sum(axis=2)
+    misses = ((estimates - filled.mean(axis=1, keepdims=True)) ** 2).sum(axis=0)
+    return candidates[int(np.argmin(misses))], weights
 
 
 def midpoint_probabilities(model: IRTModel, seed: int = 0) -> np.ndarray:
@@ -307,9 +363,11 @@ def allocate(model: IRTModel, budget: int, allocation: str = "equal", seed: int 
 
 
 def select_anchors(model: IRTModel, budget: int, method: str = DEFAULT_ANCHOR_METHOD, seed: int = 0,
-                   allocation: str = "equal", counts: Mapping[str, int] | None = None) -> Anchors:
+                   allocation: str = "equal", counts: Mapping[str, int] | None = None,
+                   balance: int = DEFAULT_ANCHOR_BALANCE) -> Anchors:
     """`budget` anchors per scenario on average, spread over the scenarios by `allocation`, or
-    `counts` per scenario where given (a cross-fit re-chooses anchors of the same design).
+    `counts` per scenario where given (a cross-fit re-chooses anchors of the same design); a
+    stratified method's the best-balanced of `balance` draws (`balanced_draw`; the others ignore it).
 
     The automatic methods are resolved by `choose_anchor_method` (an information line when they fall back); the
     others are used as named, so `irt validate` can show how clustering does with few subjects.
@@ -323,11 +381,14 @@ def select_anchors(model: IRTModel, budget: int, method: str = DEFAULT_ANCHOR_ME
     if (count := positive_count(budget)) is None:
         raise UserError(f"anchor budget must be a positive integer, not {budget!r}")
     budget = count  # a plain int: the stored set's JSON and its file name hold it
+    if (draws := positive_count(balance)) is None:
+        raise UserError(f"anchor balance must be a positive integer, not {balance!r}")
+    draws = draws if method in BALANCED else 1  # as stored: what the choice was
     counts = dict(counts) if counts is not None else allocate(model, budget, allocation, seed)
     rng = np.random.default_rng(seed)
     items, weights = {}, {}
     for scenario, idx in model.scenario_items().items():
-        picked, w = _select(model, idx, counts[scenario], method, rng, seed)
+        picked, w = balanced_draw(model, idx, counts[scenario], method, draws, rng, seed)
         items[scenario] = [model.item_ids[j] for j in picked]
         weights[scenario] = [float(x) for x in w]
-    return Anchors(method, budget, seed, items, weights, allocation)
+    return Anchors(method, budget, seed, items, weights, allocation, draws)

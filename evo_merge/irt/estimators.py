@@ -271,7 +271,7 @@ class Estimator:
         fold_model = replace(self.model, alpha=self.model.cv_alpha[fold], beta=self.model.cv_beta[fold],
                              responses=self.model.responses[train], theta=self.model.theta[train])
         return select_anchors(fold_model, a.budget, a.method, seed=a.seed, allocation=a.allocation,
-                              counts=a.counts())
+                              counts=a.counts(), balance=a.balance)
 
     def _measured_errors(self) -> tuple[np.ndarray, np.ndarray]:
         """Errors (subjects, K) of the anchor mean and of p-IRT on cross-fit held-out subjects."""

@@ -297,9 +297,10 @@ class Scoring:
             self._said.add(reason)
             log.info(reason)
         endpoint_arg = endpoint_arg if spec.kind in ENDPOINT_ESTIMATORS else None
-        first = select_anchors(model, spec.anchors, method, seed=self.seed, allocation=spec.anchor_allocation)
+        first = select_anchors(model, spec.anchors, method, seed=self.seed, allocation=spec.anchor_allocation,
+                               balance=spec.anchor_balance)
         # the other sets with the first's count per scenario (an allocation may draw on the seed)
-        drawn = [first] + [select_anchors(model, spec.anchors, method, seed=self.seed + s,
+        drawn = [first] + [select_anchors(model, spec.anchors, method, seed=self.seed + s, balance=spec.anchor_balance,
                                           allocation=spec.anchor_allocation, counts=first.counts())
                            for s in range(1, sets)]
         return [Estimator(model, anchors, spec.kind, endpoints=endpoint_arg) for anchors in drawn]

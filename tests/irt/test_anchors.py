@@ -373,3 +373,95 @@ def test_one_calibration_subject_has_no_pairs_and_its_own_variance_stands(make_m
     np.testing.assert_allclose(midpoint_probabilities(model)[:, :10], 0.5)  # θ 0, β 0
     counts = allocate(model, 3, "neyman")
     assert sum(counts.values()) == 6 and counts["open"] > counts["sure"] >= 1
+
+
+def _calibration_miss(model, anchors, scenario="all"):
+    """Sum over calibration subjects of (their anchor mean - their mean over the scenario)^2."""
+    items = model.scenario_items()[scenario]
+    picked = [model.item_ids.index(i) for i in anchors.items[scenario]]
+    estimate = model.responses[:, picked] @ np.asarray(anchors.weights[scenario])
+    return float(((estimate - model.responses[:, items].mean(axis=1)) ** 2).sum())
+
+
+def _twelve_subjects(make_model, n_items=120, seed=0):
+    """12 calibration subjects scored 0/1 on one scenario of items of spread difficulty, each subject
+    a skill profile of its own (so no one stratum order fits them all)."""
+    rng = np.random.default_rng(seed)
+    skill = rng.normal(size=(12, 2))
+    load = rng.normal(size=(n_items, 2))
+    logits = skill @ load.T + rng.normal(0, 1.5, n_items)
+    responses = (rng.random(logits.shape) < 1 / (1 + np.exp(-logits))).astype(float)
+    return make_model(load, rng.normal(size=n_items), responses=responses), rng
+
+
+@pytest.mark.parametrize("method", ["stratified", "stratified-irt"])
+def test_one_balance_draw_is_the_plain_draw_and_more_draws_only_balance_better(make_model, method):
+    """The draws are taken in order from the seed's generator, the first of them the plain draw of
+    earlier versions (balance 1), so a larger `balance` keeps a draw at least as well balanced."""
+    model, _ = _twelve_subjects(make_model)
+    misses = [_calibration_miss(model, select_anchors(model, 10, method, seed=4, balance=k)) for k in (1, 20, 400)]
+    assert misses[0] >= misses[1] >= misses[2]
+    assert misses[2] < 0.5 * misses[0]  # 400 draws of 10 items find a far better balanced one
+
+
+def test_balance_one_draws_one_item_per_stratum_as_the_seed_says(make_model):
+    """The plain stratified draw, computed by hand: items sorted by mean score, split into `budget`
+    strata, one item from each by the seed's generator in stratum order."""
+    model, _ = _twelve_subjects(make_model)
+    anchors = select_anchors(model, 8, "stratified", seed=11, balance=1)
+    rng = np.random.default_rng(11)
+    strata = np.array_split(np.argsort(model.responses.mean(axis=0), kind="stable"), 8)
+    assert anchors.items["all"] == [f"q{rng.choice(s)}" for s in strata]
+    assert anchors.balance == 1
+
+
+def test_balanced_anchors_estimate_a_mix_of_the_calibration_subjects_better_than_one_draw(make_model):
+    """A subject who answers each item like one of two calibration subjects chosen at random (a merge
+    of them, roughly): over 40 seeds the balanced anchors' mean misses its accuracy by less than
+    one draw's, and both are unbiased enough to centre on it."""
+    model, rng = _twelve_subjects(make_model)
+    pick = rng.integers(0, 2, model.responses.shape[1])
+    mix = np.where(pick == 0, model.responses[3], model.responses[8])
+
+    def error(balance, seed):
+        anchors = select_anchors(model, 10, "stratified", seed=seed, balance=balance)
+        return float(np.dot(anchors.weights["all"], mix[[int(i[1:]) for i in anchors.items["all"]]])) - mix.mean()
+
+    plain = np.array([error(1, s) for s in range(40)])
+    balanced = np.array([error(200, s) for s in range(40)])
+    assert np.abs(balanced).mean() < 0.8 * np.abs(plain).mean()
+    assert abs(balanced.mean()) < 3 * balanced.std() / np.sqrt(40)
+
+
+def test_balance_is_stored_and_only_stratified_designs_take_it(tmp_path, make_model):
+    model, _ = _twelve_subjects(make_model)
+    assert select_anchors(model, 6, "stratified", seed=0).balance == 200  # the default
+    assert select_anchors(model, 6, "random", seed=0, balance=50).balance == 1  # the baseline: one draw
+    assert select_anchors(model, 6, "random", seed=0, balance=50) == select_anchors(model, 6, "random", seed=0)
+    for bad in (0, True, 2.5):
+        with pytest.raises(UserError, match="anchor balance must be a positive integer"):
+            select_anchors(model, 6, "stratified", balance=bad)
+    chosen = select_anchors(model, 6, "stratified", seed=0, balance=30)
+    path = chosen.save(tmp_path)
+    assert load_anchors(tmp_path) == chosen
+    older = json.loads(path.read_text())
+    del older["balance"]  # written before anchors were balanced: one draw
+    path.write_text(json.dumps(older))
+    assert load_anchors(tmp_path).balance == 1
+    for bad in (0, "200", True):
+        path.write_text(json.dumps({**older, "balance": bad}))
+        with pytest.raises(UserError, match="corrupt anchors file .balance is not a positive integer"):
+            load_anchors(tmp_path)
+
+
+def test_the_cross_fit_redraws_each_fold_s_anchors_as_balanced_as_the_set_it_weighs(two_scenarios):
+    """gp-IRT measures the anchor mean's error on held-out subjects with anchors re-drawn on each
+    fold: of the same design, balance included, or it would weigh another design's error."""
+    from evo_merge.irt import Estimator
+
+    model = two_scenarios[3]
+    for balance in (1, 40):
+        est = Estimator(model, select_anchors(model, 5, "stratified", seed=2, balance=balance), "gpirt")
+        folds = [est._fold_anchors(f) for f in range(model.cv_alpha.shape[0])]
+        assert {a.balance for a in folds} == {balance}
+        assert folds[0].counts() == est.anchors.counts()

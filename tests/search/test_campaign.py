@@ -692,7 +692,7 @@ def test_a_run_written_before_auto_anchors_changed_resumes_with_the_anchors_it_c
         chosen = {name: (e.anchors.method, e.anchor_ids) for name, e in runner.scoring.estimators.items()}
         return runner.workspace.campaign.estimator.anchor_method, chosen
 
-    method, today = anchors(_calibrated(run))
+    method, today = anchors(_calibrated(run, written_at=9))  # one draw per set, as version 7's were too
     assert method == "auto" and {m for m, _ in today.values()} == {"stratified"}
     assert anchors(_calibrated(run, written_at=7)) == ("auto-kmeans", today)
 
@@ -1201,9 +1201,27 @@ def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
     assert today.workspace.campaign.estimator.anchor_sets == 8
     assert len({str(today.scoring.anchor_items(k)) for k in keys}) > 1
     before = _calibrated(run, written_at=8)
-    first = {n: list(e.anchor_ids) for n, e in today.scoring.estimators.items()}  # the first set: the campaign's seed
+    one_draw = _calibrated(run, written_at=9)  # sets of one draw each (balanced from version 10)
+    first = {n: list(e.anchor_ids) for n, e in one_draw.scoring.estimators.items()}  # the first: the campaign's seed
     assert before.workspace.campaign.estimator.anchor_sets == 1
     assert all(before.scoring.anchor_items(k) == first for k in keys)
+
+
+def test_a_run_written_before_balanced_anchors_resumes_on_its_one_draw_sets(tmp_path, zoo):
+    """Defaults version 10 keeps the best-balanced of 200 stratified draws per anchor set; a version-9
+    folder drew each set once, so it resumes on those sets (one draw from each set's seed)."""
+    from evo_merge.irt import select_anchors
+
+    run = _small_gpirt_run(tmp_path, zoo)
+    today, before = _calibrated(run), _calibrated(run, written_at=9)
+    assert today.workspace.campaign.estimator.anchor_balance == 200
+    assert before.workspace.campaign.estimator.anchor_balance == 1
+    for name, estimator in before.scoring.estimators.items():
+        plain = select_anchors(estimator.model, 3, "stratified", seed=0, allocation="neyman", balance=1)
+        assert estimator.anchors.items == plain.items and estimator.anchors.balance == 1
+        assert today.scoring.estimators[name].anchors.balance == 200
+    assert any(today.scoring.estimators[n].anchors.items != e.anchors.items
+               for n, e in before.scoring.estimators.items())
 
 
 def test_a_generation_of_earlier_failures_alone_is_not_promised_a_resume(tmp_path):
