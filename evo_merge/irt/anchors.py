@@ -71,6 +71,7 @@ STRATUM_PICKS = 2
 KMEANS_RESTARTS = 10
 CLUSTER_MEMO = 256  # k-means results remembered (`_clusters`)
 _CLUSTERS: dict[tuple, list[np.ndarray]] = {}
+BALANCE_CELLS = 4_000_000  # subjects x draws x anchors weighed at once by `balanced_draw` (32 MB)
 MAX_PAIRS = 256  # calibration-subject midpoints averaged for a scenario's item variance (a random subset beyond)
 
 
@@ -100,8 +101,9 @@ class Anchors:
 
     @property
     def sampled(self) -> bool:
-        """Anchors drawn at random (within strata): their mean is unbiased for every subject, so
-        where it and the IRT prediction disagree beyond its sampling error, the IRT part is off."""
+        """Anchors drawn at random (within strata): their mean is unbiased for every subject (about
+        so, balanced on the calibration subjects), so where it and the IRT prediction disagree beyond
+        its sampling error, the IRT part is off."""
         return self.method in SAMPLED
 
     def counts(self) -> dict[str, int]:
@@ -312,10 +314,13 @@ def balanced_draw(model: IRTModel, items: np.ndarray, budget: int, method: str, 
     seen = ~np.isnan(scores)
     item_mean = np.where(seen, scores, 0.0).sum(axis=0) / np.maximum(seen.sum(axis=0), 1)
     filled = np.where(seen, scores, item_mean)
-    # (subjects, draws): elementwise sums, not a matrix product, so no BLAS thread count changes the draw kept
-    estimates = (filled[:, np.searchsorted(items, candidates)] * weights).sum(axis=2)
-    misses = ((estimates - filled.mean(axis=1, keepdims=True)) ** 2).sum(axis=0)
-    return candidates[int(np.argmin(misses))], weights
+    truth = filled.mean(axis=1, keepdims=True)
+    misses = []  # per draw; a few at a time, so that a leaderboard's thousands of subjects take little memory
+    for chunk in np.array_split(candidates, math.ceil(candidates.size * len(filled) / BALANCE_CELLS)):
+        # (subjects, draws): elementwise sums, not a matrix product, so no BLAS thread count changes the draw kept
+        estimates = (filled[:, np.searchsorted(items, chunk)] * weights).sum(axis=2)
+        misses.append(((estimates - truth) ** 2).sum(axis=0))
+    return candidates[int(np.argmin(np.concatenate(misses)))], weights
 
 
 def midpoint_probabilities(model: IRTModel, seed: int = 0) -> np.ndarray:

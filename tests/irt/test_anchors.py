@@ -465,3 +465,14 @@ def test_the_cross_fit_redraws_each_fold_s_anchors_as_balanced_as_the_set_it_wei
         folds = [est._fold_anchors(f) for f in range(model.cv_alpha.shape[0])]
         assert {a.balance for a in folds} == {balance}
         assert folds[0].counts() == est.anchors.counts()
+
+
+def test_the_draws_are_weighed_a_few_at_a_time_with_the_same_choice(make_model, monkeypatch):
+    """A leaderboard's thousands of calibration subjects times 200 draws would be weighed in one
+    array; in chunks of draws (here a few cells each) the same draw is kept."""
+    import evo_merge.irt.anchors as anchors_module
+
+    model, _ = _twelve_subjects(make_model)
+    whole = select_anchors(model, 10, "stratified-irt", seed=5, balance=300)
+    monkeypatch.setattr(anchors_module, "BALANCE_CELLS", 500)  # 12 subjects x 10 anchors: 4 draws a chunk
+    assert select_anchors(model, 10, "stratified-irt", seed=5, balance=300) == whole
