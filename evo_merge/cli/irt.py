@@ -253,6 +253,9 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Anchor draws averaged per row (one draw's anchors serve every held-out subject).")
+@click.option("--balance", type=click.IntRange(min=1), default=DEFAULT_ANCHOR_BALANCE, show_default=True,
+              help="Stratified anchors: the best-balanced of this many draws on the training subjects, as a "
+              "campaign's (1: one draw, to see what balancing pays on these responses).")
 @click.option("--draws", type=click.IntRange(min=1), default=RANDOM_DRAWS, show_default=True,
               help="Random draws per subject behind the baseline (random items + mean).")
 @click.option("--endpoints", default=None, help="Training subject ids (comma-separated): adds mp-IRT rows.")
@@ -263,8 +266,8 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.pass_context
 def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: float, folds: str, budgets: str,
              methods: str, seed: int, items_as_rows: bool, scenarios: Path | None, backend: str, epochs: int | None,
-             lr: float | None, dims: str, repeats: int, draws: int, endpoints: str | None, overall: bool,
-             csv_path: Path | None, overwrite: bool) -> None:
+             lr: float | None, dims: str, repeats: int, balance: int, draws: int, endpoints: str | None,
+             overall: bool, csv_path: Path | None, overwrite: bool) -> None:
     """MAE on held-out subjects for every anchor method x estimator x budget (baseline: random + mean)."""
     from evo_merge.cli.irt_validation import default_summary, validation_table
     from evo_merge.cli.progress import StageBars
@@ -290,7 +293,7 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
         table = run_validation(data, test_frac=test_frac, folds=folds, budgets=budget_list,
                                methods=anchor_methods, seed=seed, backend=backend, dims=_auto_or_count(dims, "--dims"),
                                repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,
-                               progress=bars, **_backend_options(backend, epochs, lr))
+                               balance=balance, progress=bars, **_backend_options(backend, epochs, lr))
     console = results_console(width=140)  # the table is about 135 wide: never folded
     console.print(validation_table(table, hold_out))
     if summary := default_summary(table, overall, refold):

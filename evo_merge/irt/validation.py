@@ -22,6 +22,7 @@ from evo_merge.irt.anchors import choose_anchor_method, select_anchors
 from evo_merge.irt.estimators import Estimator
 from evo_merge.irt.kinds import (
     ANCHOR_MEAN,
+    DEFAULT_ANCHOR_BALANCE,
     DEFAULT_ANCHOR_METHOD,
     DEFAULT_ESTIMATOR_KIND,
     ENDPOINT_ESTIMATORS,
@@ -149,6 +150,7 @@ def validate(
     draws: int = RANDOM_DRAWS,
     hold_out: str = "random",
     folds: int = 1,
+    balance: int = DEFAULT_ANCHOR_BALANCE,
     progress: Progress = no_progress,
     **backend_options: float,
 ) -> pd.DataFrame:
@@ -166,7 +168,9 @@ def validate(
     (`subject_folds`), and each row pools the K folds' errors, weighted by their held-out
     subjects: a leaderboard of a dozen models holds out 3 in one split, too few for a verdict.
     `methods` may name the automatic ones (`auto`), resolved as a campaign would resolve them for
-    the fewest training subjects of any split."""
+    the fewest training subjects of any split. Stratified anchors are the best-balanced of `balance`
+    draws on each split's training subjects, as a campaign's are (1: one draw, to see what balancing
+    pays on these responses)."""
     if repeats < 1 or draws < 1:
         raise UserError(f"repeats and draws must be at least 1, not {repeats} and {draws}")
     if folds > 1 and hold_out != "random":
@@ -199,7 +203,7 @@ def validate(
         for budget in budgets:
             for method in methods:
                 for kind, values in _anchor_errors(model, test_scores, budget, method, estimators, seed, repeats,
-                                                   endpoints, overall, advance).items():
+                                                   endpoints, overall, balance, advance).items():
                     errors.setdefault((budget, method, kind), []).append(np.array(values))
             baselines.setdefault(budget, []).append(random_baseline(test_scores, model.scenario_items(), budget,
                                                                     draws, seed, overall))
@@ -235,12 +239,13 @@ def validate(
 
 
 def _anchor_errors(model: IRTModel, test_scores: np.ndarray, budget: int, method: str, estimators: Sequence[str],
-                   seed: int, repeats: int, endpoints: Sequence[str], overall: bool, advance) -> dict[str, np.ndarray]:
+                   seed: int, repeats: int, endpoints: Sequence[str], overall: bool, balance: int,
+                   advance) -> dict[str, np.ndarray]:
     """Per estimator kind, one row per anchor draw (seeds seed .. seed + repeats - 1): the MAE, the
     share of errors beyond 2 SE, and the mean squared SE and error."""
     stats: dict[str, list[tuple[float, ...]]] = {k: [] for k in estimators}
     for rep in range(repeats):
-        anchors = select_anchors(model, budget, method, seed=seed + rep)
+        anchors = select_anchors(model, budget, method, seed=seed + rep, balance=balance)
         for kind in estimators:
             est = Estimator(model, anchors, kind, endpoints=list(endpoints) or None, seed=seed)
             pred, se = est.estimate_with_overall(test_scores[:, est.anchor_idx])

@@ -586,3 +586,30 @@ def test_the_summary_line_says_what_a_table_of_the_default_s_rows_holds():
     assert bare.endswith("no ratio (its MAE of the overall score over random sampling's, by anchors per scenario)")
     assert default_summary(table(40, 10, 4, default=False)).startswith("no summary: the default (auto anchors + "
                                                                        "gpirt) was not among the rows validated")
+
+
+def test_anchors_and_validate_take_the_balance_of_stratified_draws(files, tmp_path):
+    """`irt anchors --balance 1` stores the one draw earlier versions made (the stored file says so);
+    `irt validate --balance 1` scores stratified rows on one draw each, so a user sees what balancing
+    pays on their responses; random anchors are one draw either way."""
+    root, _ = files
+    model_dir = tmp_path / "m"
+    assert run("fit", root / "responses.csv", "--out", model_dir, "--dims", "1")[0] == 0
+    model = IRTModel.load(model_dir)
+    for balance in ("1", "50"):
+        code, _ = run("anchors", model_dir, "--budget", "5", "--method", "stratified", "--balance", balance,
+                      "--overwrite")
+        assert code == 0
+        stored = load_anchors(model_dir, method="stratified")
+        assert stored == select_anchors(model, 5, "stratified", seed=0, balance=int(balance))
+        assert stored.balance == int(balance)
+    data = validate_responses(pd.read_csv(root / "responses.csv"))
+    tables = {b: validate(data, budgets=[5], methods=["stratified"], dims=1, repeats=2, seed=0, balance=b)
+              .set_index(["method", "estimator"])["mae"] for b in (1, 200)}
+    assert tables[1]["stratified", "gpirt"] != tables[200]["stratified", "gpirt"]
+    assert tables[1]["random", "gpirt"] == tables[200]["random", "gpirt"]
+    code, out = run("validate", root / "responses.csv", "--budgets", "5", "--methods", "stratified", "--dims", "1",
+                    "--repeats", "2", "--balance", "1", "--csv", tmp_path / "v.csv")
+    assert code == 0, out
+    written = pd.read_csv(tmp_path / "v.csv").set_index(["method", "estimator"])["mae"]
+    assert written["stratified", "gpirt"] == pytest.approx(tables[1]["stratified", "gpirt"])
