@@ -91,18 +91,18 @@ def test_campaign_runs_end_to_end_and_exports_rebuildable_models(tmp_path, zoo, 
 
     models = sorted((run / "models").iterdir())
     assert models, "no model exported"
-    folder = models[0]
+    from evo_merge.search.store import CampaignStore
+
+    with closing(CampaignStore(run)) as store:  # a searched pick (a standard merge measured whole has no estimate)
+        estimated = {e.id: e for e in store.evaluations() if e.estimates}
+        pick, folder = next((estimated[i], run / path) for _, (i, path) in sorted(store.exported().items())
+                            if i in estimated)
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False).shape == (1, 6)
     card = ModelCard.load(folder / "README.md")
     assert {r.task_name for r in card.data.eval_results} == {"agree0", "agree1"}  # measured scores only
     assert "## Scores" in card.text and "estimated" in card.text
-    from evo_merge.search.store import CampaignStore
-
-    with closing(CampaignStore(run)) as store:  # the estimate with its SE, as status shows it (the card had it bare)
-        (pick_id, _), = {tuple(v) for name, v in store.exported().items() if (run / v[1]) == folder}
-        pick = next(e for e in store.evaluations() if e.id == pick_id)
-    assert pick.estimates and pick.estimate_se
+    assert pick.estimate_se  # the estimate with its SE, as status shows it (the card had it bare)
     for task, value in pick.estimates.items():
         assert re.search(rf"\| {task} \| {value:.4f} ± {pick.estimate_se[task]:.4f} \|", card.text), card.text
     assert "an IRT model, with the estimate's standard error" in card.text

@@ -271,9 +271,10 @@ def test_a_run_cut_after_its_picks_were_measured_resumes_to_the_same_picks(raced
 @pytest.fixture(scope="module")
 def rechosen(tmp_path_factory, zoo):  # noqa: F811
     """A run whose picks, chosen on the race's sample, partly fell behind once measured on every
-    item (seed 1 of this family does), exporting the front's members too."""
+    item (seed 1 of this family does, with one anchor draw per set), exporting the front's members too."""
     tmp = tmp_path_factory.mktemp("rechosen")
     path = campaign(tmp, zoo, algorithm={"population": 8, "generations": 2, "seed": 1},
+                    estimator={"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1, "anchor_balance": 1},
                     final={"holdout": 0.25, "top_k": 3, "evaluate_top": 6, "race_tolerance": 0.08,
                            "export": ["best_per_task", "balanced", "front"]})
     result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp / "run")])
