@@ -28,12 +28,15 @@ from evo_merge.irt.kinds import (
     ADAPTIVE,
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
+    AUTOMATIC_ANCHOR_METHODS,
     BACKEND_NAMES,
+    BALANCED_ANCHOR_METHODS,
     CAMPAIGN_ESTIMATOR_KINDS,
     DEFAULT_ANCHOR_BALANCE,
     DEFAULT_ANCHOR_METHOD,
     DEFAULT_ESTIMATOR_KIND,
     FULL_EVALUATION,
+    MAX_ANCHOR_BALANCE,
     MIN_CLUSTER_SUBJECTS,
 )
 from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
@@ -178,8 +181,8 @@ class EstimatorSpec(_Checked):
         "is scored on one, chosen by its key: with few anchors, one set shared by every candidate makes the same "
         "errors for all of them and the front follows that set's luck")
     anchor_balance: int = Field(
-        DEFAULT_ANCHOR_BALANCE, ge=1, le=100_000, description="stratified and stratified-irt anchors: draws per set, "
-        "the one whose anchors estimate the calibration subjects' own scores best kept (1: one draw)")
+        DEFAULT_ANCHOR_BALANCE, ge=1, le=MAX_ANCHOR_BALANCE, description="stratified and stratified-irt anchors: "
+        "draws per set, the one whose anchors estimate the calibration subjects' own scores best kept (1: one draw)")
     irt_model: str | None = Field(None, description="fitted IRT folder per task name; None: fit from calibration")
     backend: Literal[BACKEND_NAMES] = "torch"
     lr: float | None = Field(None, gt=0, description="pyirt backend learning rate (None: its default)")
@@ -232,6 +235,9 @@ class EstimatorSpec(_Checked):
             unused |= dict.fromkeys(given & _ANCHOR_SETTINGS, "kind: adaptive picks each candidate's items itself")
         else:
             unused |= dict.fromkeys(given & _ADAPTIVE_SETTINGS, f"only for kind: adaptive, not {self.kind}")
+            if self.anchor_method not in (*BALANCED_ANCHOR_METHODS, *AUTOMATIC_ANCHOR_METHODS):
+                unused |= dict.fromkeys(given & {"anchor_balance"}, f"{self.anchor_method} anchors are not drawn "
+                                        f"in strata: only {' and '.join(BALANCED_ANCHOR_METHODS)} ones are balanced")
         if self.reads_irt_model:
             unused |= dict.fromkeys(given & _FIT_SETTINGS, "irt_model gives a fitted IRT model: none is fitted here")
         by_reason: dict[str, list[str]] = {}

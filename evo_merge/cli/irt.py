@@ -26,6 +26,7 @@ from evo_merge.irt.kinds import (
     ESTIMATOR_KINDS,
     FEW_HELD_OUT,
     HOLD_OUTS,
+    MAX_ANCHOR_BALANCE,
     RANDOM_DRAWS,
     SE_CAVEATS,
     SELECTABLE_ANCHOR_METHODS,
@@ -165,12 +166,13 @@ def fit(responses: Path, out: Path, overwrite: bool, items_as_rows: bool, scenar
               help="'neyman': as many anchors in all, spread where they cut the error of the overall score most.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the clustering or sampling.")
-@click.option("--balance", type=click.IntRange(min=1), default=DEFAULT_ANCHOR_BALANCE, show_default=True,
+@click.option("--balance", type=click.IntRange(1, MAX_ANCHOR_BALANCE), default=DEFAULT_ANCHOR_BALANCE,
+              show_default=True,
               help="stratified and stratified-irt: draws, the one whose anchors estimate the calibration subjects' "
                    "own scores best kept (1: one draw, as before defaults version 10)")
 @click.option("--overwrite", is_flag=True,
-              help="replace a stored set of the same method and budget that holds other items (another seed or "
-                   "allocation); refused otherwise: subjects scored on it could no longer be estimated")
+              help="replace a stored set of the same method and budget that holds other items (another seed, "
+                   "allocation or balance); refused otherwise: subjects scored on it could no longer be estimated")
 def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: int, balance: int,
             overwrite: bool) -> None:
     """Choose --budget anchor items per scenario, store them in MODEL_DIR and print them."""
@@ -253,7 +255,8 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
 @click.option("--dims", default="auto", show_default=True, help="'auto' (cross-fitted on held-out subjects) or D.")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Anchor draws averaged per row (one draw's anchors serve every held-out subject).")
-@click.option("--balance", type=click.IntRange(min=1), default=DEFAULT_ANCHOR_BALANCE, show_default=True,
+@click.option("--balance", type=click.IntRange(1, MAX_ANCHOR_BALANCE), default=DEFAULT_ANCHOR_BALANCE,
+              show_default=True,
               help="Stratified anchors: the best-balanced of this many draws on the training subjects, as a "
               "campaign's (1: one draw, to see what balancing pays on these responses).")
 @click.option("--draws", type=click.IntRange(min=1), default=RANDOM_DRAWS, show_default=True,

@@ -53,6 +53,7 @@ from evo_merge.irt.kinds import (
     ANCHOR_ALLOCATIONS,
     ANCHOR_METHODS,
     AUTOMATIC_ANCHOR_METHODS,
+    BALANCED_ANCHOR_METHODS,
     DEFAULT_ANCHOR_BALANCE,
     DEFAULT_ANCHOR_METHOD,
     MIN_CLUSTER_SUBJECTS,
@@ -64,14 +65,14 @@ log = logging.getLogger(__name__)
 METHODS = ANCHOR_METHODS
 # drawn at random (within strata): their mean's error is the design's, for every subject
 SAMPLED = ("random", "stratified", "stratified-irt")
-BALANCED = ("stratified", "stratified-irt")  # drawn `balance` times, the best-balanced kept (`random` is the baseline)
+BALANCED = BALANCED_ANCHOR_METHODS  # drawn `balance` times, the best-balanced kept (`random` is the baseline)
 FALLBACK_METHOD = "stratified"
 # stratified-irt's picks per stratum on average: with one each, a stratum of a third of the items got one item
 STRATUM_PICKS = 2
 KMEANS_RESTARTS = 10
 CLUSTER_MEMO = 256  # k-means results remembered (`_clusters`)
 _CLUSTERS: dict[tuple, list[np.ndarray]] = {}
-BALANCE_CELLS = 4_000_000  # subjects x draws x anchors weighed at once by `balanced_draw` (32 MB)
+BALANCE_CELLS = 4_000_000  # draws x (items, or subjects x anchors) at once in `balanced_draw` (32 MB)
 MAX_PAIRS = 256  # calibration-subject midpoints averaged for a scenario's item variance (a random subset beyond)
 
 
@@ -114,14 +115,18 @@ class Anchors:
 
     def save(self, model_dir: str | Path, overwrite: bool = False) -> Path:
         """Store the set beside its model as `anchors/<method>-<budget>.json`. A stored set of that
-        name holding other items (another seed or allocation) is replaced only with `overwrite`:
+        name holding other items (another seed, allocation or balance) is replaced only with `overwrite`:
         subjects scored on it could no longer be estimated (a damaged one is replaced)."""
         path = anchors_path(model_dir, self.method, self.budget)
         refuse_link(path.parent)
-        if path.is_file() and not path.is_symlink() and not overwrite and _readable(path) not in (None, self):
-            raise UserError(f"{path} holds other {self.method} anchors of budget {self.budget} (another seed or "
-                            "allocation), which subjects may have been scored on; overwrite (`--overwrite`) replaces "
-                            "them")
+        stored = _readable(path) if path.is_file() and not path.is_symlink() else None
+        if stored not in (None, self) and not overwrite:
+            differ = [f"{key} {getattr(stored, key)} there, {getattr(self, key)} here"
+                      for key in ("seed", "allocation", "balance") if getattr(stored, key) != getattr(self, key)]
+            raise UserError(f"{path} holds other {self.method} anchors of budget {self.budget} "
+                            f"({'; '.join(differ) or 'chosen on another fit of the model'}), which subjects may have "
+                            "been scored on; the stored set's settings choose it again, and overwrite (`--overwrite`) "
+                            "replaces it")
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(asdict(self), indent=1))  # a link there is replaced, never written through
         return path
@@ -287,19 +292,28 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
     return items[local], weights
 
 
-def _draws(strata: list[np.ndarray], counts: np.ndarray, rng: np.random.Generator, draws: int) -> np.ndarray:
-    """`draws` stratified samples at once (rows): each stratum's picks its members of the smallest
-    random keys, a uniform draw without replacement, laid out as `_from_clusters` lays out one."""
-    picks = [m[np.argpartition(rng.random((draws, m.size)), k - 1, axis=1)[:, :k]] for m, k in zip(strata, counts)]
+def _draws(strata: list[np.ndarray], counts: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Stratified samples, one per row of `keys` (a random key per stratum member, the strata's
+    members side by side): each stratum's picks its members of the smallest keys, a uniform draw
+    without replacement, laid out as `_from_clusters` lays out one."""
+    bounds = np.cumsum([0, *(m.size for m in strata)])
+    picks = [m[np.argpartition(keys[:, lo:hi], k - 1, axis=1)[:, :k]]
+             for m, k, lo, hi in zip(strata, counts, bounds[:-1], bounds[1:])]
     return np.concatenate(picks, axis=1)
 
 
 def balanced_draw(model: IRTModel, items: np.ndarray, budget: int, method: str, balance: int,
-                  rng: np.random.Generator, seed: int) -> tuple[np.ndarray, np.ndarray]:
+                  rng: np.random.Generator, spare: np.random.Generator, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Of `balance` draws of `method`'s stratified design over one scenario's `items` (sorted), the
     first whose weighted anchor means miss the calibration subjects' means over all the scenario's
-    items by the least sum of squares (rerandomisation). The first draw is the one `_select` makes
-    (all there is with `balance` 1), so more draws never keep a worse-balanced one.
+    items by the least sum of squares (rerandomisation).
+
+    The first draw is the one `_select` makes from the set's generator `rng` (all there is with
+    `balance` 1: earlier versions' draw); the others come from this scenario's own generator
+    `spare`, a row of keys each, so the set's generator moves on as it did, and a larger `balance`
+    draws the same draws and more: it never keeps a worse-balanced one. They are drawn and weighed
+    a chunk at a time (`BALANCE_CELLS`), so a leaderboard's thousands of subjects, or a large
+    `balance`, take little memory.
 
     With few calibration subjects the strata of one draw still leave the anchors' mean a random
     sample's error on every subject; their scores on every item say which draws err least on them.
@@ -309,18 +323,24 @@ def balanced_draw(model: IRTModel, items: np.ndarray, budget: int, method: str, 
         return first, weights
     strata = _strata(model, items, budget, method, seed)
     counts = _spread(np.array([m.size for m in strata]), budget)
-    candidates = np.vstack([first, _draws(strata, counts, rng, balance - 1)])  # every row weighted as `first`
     scores = model.responses[:, items]
     seen = ~np.isnan(scores)
     item_mean = np.where(seen, scores, 0.0).sum(axis=0) / np.maximum(seen.sum(axis=0), 1)
     filled = np.where(seen, scores, item_mean)
     truth = filled.mean(axis=1, keepdims=True)
-    misses = []  # per draw; a few at a time, so that a leaderboard's thousands of subjects take little memory
-    for chunk in np.array_split(candidates, math.ceil(candidates.size * len(filled) / BALANCE_CELLS)):
-        # (subjects, draws): elementwise sums, not a matrix product, so no BLAS thread count changes the draw kept
-        estimates = (filled[:, np.searchsorted(items, chunk)] * weights).sum(axis=2)
-        misses.append(((estimates - truth) ** 2).sum(axis=0))
-    return candidates[int(np.argmin(np.concatenate(misses)))], weights
+
+    def misses(draws: np.ndarray) -> np.ndarray:  # per row; elementwise sums, whatever BLAS threads run
+        estimates = (filled[:, np.searchsorted(items, draws)] * weights).sum(axis=2)  # (subjects, draws)
+        return ((estimates - truth) ** 2).sum(axis=0)
+
+    best, least = first, misses(first[None])[0]
+    rows = max(1, BALANCE_CELLS // max(items.size, len(filled) * budget))
+    for start in range(1, balance, rows):
+        chunk = _draws(strata, counts, spare.random((min(rows, balance - start), items.size)))
+        found = misses(chunk)
+        if found.min() < least:  # the first of equals kept
+            best, least = chunk[int(np.argmin(found))], found.min()
+    return best, weights
 
 
 def midpoint_probabilities(model: IRTModel, seed: int = 0) -> np.ndarray:
@@ -391,9 +411,12 @@ def select_anchors(model: IRTModel, budget: int, method: str = DEFAULT_ANCHOR_ME
     draws = draws if method in BALANCED else 1  # as stored: what the choice was
     counts = dict(counts) if counts is not None else allocate(model, budget, allocation, seed)
     rng = np.random.default_rng(seed)
+    groups = model.scenario_items()
+    # each scenario's further draws from a generator of its own: how many a scenario draws moves no other's
+    spares = [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(len(groups))]
     items, weights = {}, {}
-    for scenario, idx in model.scenario_items().items():
-        picked, w = balanced_draw(model, idx, counts[scenario], method, draws, rng, seed)
+    for (scenario, idx), spare in zip(groups.items(), spares):
+        picked, w = balanced_draw(model, idx, counts[scenario], method, draws, rng, spare, seed)
         items[scenario] = [model.item_ids[j] for j in picked]
         weights[scenario] = [float(x) for x in w]
     return Anchors(method, budget, seed, items, weights, allocation, draws)

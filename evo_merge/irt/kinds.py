@@ -35,8 +35,12 @@ DEFAULT_ESTIMATOR_KIND = GPIRT
 DEFAULT_ANCHOR_METHOD = "auto"
 # stratified and stratified-irt anchors: of this many draws of the design, the one whose weighted means come
 # closest to the calibration subjects' own scenario means is kept (anchors.balanced_draw; 1: one draw, as
-# before defaults version 10). bench_irt.py: 0.52x-0.69x random sampling's error where one draw gave 0.57x-0.77x
+# before defaults version 10). bench_irt.py --only balance: tiny-lm arith and lang with 12 calibration subjects
+# 0.52x-0.86x random sampling's error where one draw gave 0.58x-0.89x; 50 draws gave most of it, 1,000 little more
 DEFAULT_ANCHOR_BALANCE = 200
+MAX_ANCHOR_BALANCE = 100_000  # a campaign's or the CLI's limit: seconds a set (audit 120: 13 s at 10,000 items)
+# the anchor methods drawn in strata, which `balance` applies to (the others are drawn once, or not drawn)
+BALANCED_ANCHOR_METHODS = ("stratified", "stratified-irt")
 # how a model's anchors are spread over its scenarios (anchors.allocate)
 ANCHOR_ALLOCATIONS = ("equal", "neyman")
 BACKEND_NAMES = ("torch", "pyirt")

@@ -151,9 +151,14 @@ def test_saving_over_another_stored_set_of_that_name_needs_overwrite(tmp_path, t
     first, other = (select_anchors(model, 5, "random", seed=seed) for seed in (0, 7))
     path = first.save(tmp_path)
     assert first.save(tmp_path) == path  # the same set again: nothing to lose
-    with pytest.raises(UserError, match="holds other random anchors of budget 5"):
+    with pytest.raises(UserError, match=r"holds other random anchors of budget 5 \(seed 0 there, 7 here\)"):
         other.save(tmp_path)
     assert load_anchors(tmp_path) == first
+    # what an upgrade's `irt anchors` with the same seed meets: one draw stored, a balanced set asked for
+    one, balanced = (select_anchors(model, 5, "stratified", seed=0, balance=b) for b in (1, 200))
+    one.save(tmp_path / "upgraded")
+    with pytest.raises(UserError, match=r"\(balance 1 there, 200 here\).*settings choose it again"):
+        balanced.save(tmp_path / "upgraded")
     other.save(tmp_path, overwrite=True)
     assert load_anchors(tmp_path) == other
     path.write_text("{broken")  # a damaged file holds no set to keep
@@ -383,45 +388,54 @@ def _calibration_miss(model, anchors, scenario="all"):
     return float(((estimate - model.responses[:, items].mean(axis=1)) ** 2).sum())
 
 
-def _twelve_subjects(make_model, n_items=120, seed=0):
-    """12 calibration subjects scored 0/1 on one scenario of items of spread difficulty, each subject
-    a skill profile of its own (so no one stratum order fits them all)."""
+def _twelve_subjects(make_model, n_items=120, seed=0, scenarios=None):
+    """12 calibration subjects scored 0/1 on items of spread difficulty (one scenario unless
+    `scenarios` names each item's), each subject a skill profile of its own (so no one stratum order
+    fits them all)."""
     rng = np.random.default_rng(seed)
     skill = rng.normal(size=(12, 2))
     load = rng.normal(size=(n_items, 2))
     logits = skill @ load.T + rng.normal(0, 1.5, n_items)
     responses = (rng.random(logits.shape) < 1 / (1 + np.exp(-logits))).astype(float)
-    return make_model(load, rng.normal(size=n_items), responses=responses), rng
+    return make_model(load, rng.normal(size=n_items), responses=responses, scenarios=scenarios), rng
 
 
 @pytest.mark.parametrize("method", ["stratified", "stratified-irt"])
 def test_one_balance_draw_is_the_plain_draw_and_more_draws_only_balance_better(make_model, method):
-    """The draws are taken in order from the seed's generator, the first of them the plain draw of
-    earlier versions (balance 1), so a larger `balance` keeps a draw at least as well balanced."""
-    model, _ = _twelve_subjects(make_model)
-    misses = [_calibration_miss(model, select_anchors(model, 10, method, seed=4, balance=k)) for k in (1, 20, 400)]
-    assert misses[0] >= misses[1] >= misses[2]
-    assert misses[2] < 0.5 * misses[0]  # 400 draws of 10 items find a far better balanced one
+    """In every scenario the first draw is the plain draw of earlier versions (balance 1) and the
+    others come in order from the scenario's own generator, so a larger `balance` keeps a draw at
+    least as well balanced, in the second scenario as in the first (an audit found the second's
+    draws moved by the first's: balance 200 kept a worse one than balance 1 in 5 of 900 cases)."""
+    model, _ = _twelve_subjects(make_model, n_items=160, scenarios=["a"] * 80 + ["b"] * 80)
+    gains = []
+    for seed in range(12):
+        sets = [select_anchors(model, 8, method, seed=seed, balance=k) for k in (1, 7, 20, 400)]
+        for scenario in ("a", "b"):
+            misses = [_calibration_miss(model, anchors, scenario) for anchors in sets]
+            assert misses == sorted(misses, reverse=True), (seed, scenario, misses)
+            gains.append(misses[-1] / misses[0])
+    assert np.median(gains) < 0.5  # 400 draws of 8 items find a far better balanced one (here 0.2 typically)
 
 
 def test_balance_one_draws_one_item_per_stratum_as_the_seed_says(make_model):
-    """The plain stratified draw, computed by hand: items sorted by mean score, split into `budget`
-    strata, one item from each by the seed's generator in stratum order."""
-    model, _ = _twelve_subjects(make_model)
+    """The plain stratified draw, computed by hand: each scenario's items sorted by mean score, split
+    into `budget` strata, one item from each by the seed's one generator, scenario after scenario."""
+    model, _ = _twelve_subjects(make_model, n_items=160, scenarios=["a"] * 80 + ["b"] * 80)
     anchors = select_anchors(model, 8, "stratified", seed=11, balance=1)
     rng = np.random.default_rng(11)
-    strata = np.array_split(np.argsort(model.responses.mean(axis=0), kind="stable"), 8)
-    assert anchors.items["all"] == [f"q{rng.choice(s)}" for s in strata]
+    for scenario, items in (("a", np.arange(80)), ("b", np.arange(80, 160))):
+        strata = np.array_split(items[np.argsort(model.responses[:, items].mean(axis=0), kind="stable")], 8)
+        assert anchors.items[scenario] == [f"q{rng.choice(s)}" for s in strata]
     assert anchors.balance == 1
 
 
 def test_balanced_anchors_estimate_a_mix_of_the_calibration_subjects_better_than_one_draw(make_model):
-    """A subject who answers each item like one of two calibration subjects chosen at random (a merge
-    of them, roughly): over 40 seeds the balanced anchors' mean misses its accuracy by less than
-    one draw's, and both are unbiased enough to centre on it."""
+    """A subject who scores each item halfway between two calibration subjects (a merge of them, in
+    the simplest case): an anchor mean is linear in the scores, so it misses by the mean of their
+    misses, which balancing cut. Over 40 seeds the balanced anchors miss by less than one draw's,
+    and still centre on its accuracy."""
     model, rng = _twelve_subjects(make_model)
-    pick = rng.integers(0, 2, model.responses.shape[1])
-    mix = np.where(pick == 0, model.responses[3], model.responses[8])
+    mix = (model.responses[3] + model.responses[8]) / 2
 
     def error(balance, seed):
         anchors = select_anchors(model, 10, "stratified", seed=seed, balance=balance)
@@ -429,7 +443,7 @@ def test_balanced_anchors_estimate_a_mix_of_the_calibration_subjects_better_than
 
     plain = np.array([error(1, s) for s in range(40)])
     balanced = np.array([error(200, s) for s in range(40)])
-    assert np.abs(balanced).mean() < 0.8 * np.abs(plain).mean()
+    assert np.abs(balanced).mean() < 0.6 * np.abs(plain).mean()  # 0.38 here
     assert abs(balanced.mean()) < 3 * balanced.std() / np.sqrt(40)
 
 

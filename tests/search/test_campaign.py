@@ -1089,6 +1089,12 @@ def test_bad_campaign_configs_give_one_line_errors(tmp_path, zoo, case):
     ({"kind": "gpirt", "irt_model": "irt", "warmup_merges": 4, "dims": 2, "anchors": 3},
      ["estimator: dims, warmup_merges not used (irt_model gives a fitted IRT model: none is fitted here)"]),
     ({"kind": "gpirt", "anchors": 3, "warmup_merges": 4}, []),  # defaults left unset are never named
+    ({"kind": "gpirt", "anchor_method": "kmeans-irt", "anchor_balance": 20},
+     ["estimator: anchor_balance not used (kmeans-irt anchors are not drawn in strata: only stratified and "
+      "stratified-irt ones are balanced)"]),
+    ({"kind": "gpirt", "anchor_method": "auto", "anchor_balance": 20}, []),  # stratified or stratified-irt
+    ({"kind": "adaptive", "anchor_balance": 20},
+     ["estimator: anchor_balance not used (kind: adaptive picks each candidate's items itself)"]),
 ])
 def test_estimator_settings_its_kind_never_reads_are_named(estimator, said):
     from evo_merge.config import EstimatorSpec
