@@ -301,5 +301,9 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
     console.print(validation_table(table, hold_out))
     if summary := default_summary(table, overall, refold):
         console.print(summary, soft_wrap=True)
+    if balance != DEFAULT_ANCHOR_BALANCE:  # the rows are not what a campaign's default would score
+        drawn = "one draw" if balance == 1 else f"the best-balanced of {balance} draws"
+        console.print(f"stratified anchors here: {drawn} per anchor set (--balance); a campaign's are the "
+                      f"best-balanced of {DEFAULT_ANCHOR_BALANCE}", soft_wrap=True)
     if csv_path is not None:
         write_output_file(csv_path, table.to_csv(index=False), overwrite, "--csv")

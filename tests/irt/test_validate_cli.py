@@ -611,5 +611,7 @@ def test_anchors_and_validate_take_the_balance_of_stratified_draws(files, tmp_pa
     code, out = run("validate", root / "responses.csv", "--budgets", "5", "--methods", "stratified", "--dims", "1",
                     "--repeats", "2", "--balance", "1", "--csv", tmp_path / "v.csv")
     assert code == 0, out
+    assert "stratified anchors here: one draw per anchor set (--balance); a campaign's are the best-balanced of 200" \
+        in out  # the default row is not what a campaign's default would score
     written = pd.read_csv(tmp_path / "v.csv").set_index(["method", "estimator"])["mae"]
     assert written["stratified", "gpirt"] == pytest.approx(tables[1]["stratified", "gpirt"])
