@@ -29,7 +29,8 @@ seed that reuses its fitted IRT models (`estimator.irt_model: FOLDER/irt`: no wa
 compared alike in every table.
 With `--allocation-draws N`, the full run's candidates are also estimated with each run's IRT
 models and its anchor budget spread by each allocation, over N anchor seeds: the allocations
-compared without a search trajectory or one anchor draw's luck.
+compared without a search trajectory or one anchor draw's luck; `--balance-draws N` compares anchor
+sets of one draw and balanced ones (`estimator.anchor_balance` 1 and the default) alike.
 Then measures the baselines a user would try first (task arithmetic with lambda from a grid,
 TIES with density 0.2, TSV-M with alpha 1; `scripts/campaign_baselines.py`) and checks that the
 campaign's measured front dominates or matches each.
@@ -60,7 +61,7 @@ from scipy.stats import spearmanr
 from evo_merge.cli.template import campaign_text
 from evo_merge.config import Campaign, FinalSpec
 from evo_merge.irt import Estimator, IRTModel, select_anchors
-from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS
+from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, DEFAULT_ANCHOR_BALANCE
 from evo_merge.search.binding import DEFAULTS_META, as_written_at, config_fingerprint
 from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.candidate import reference_candidates
@@ -173,6 +174,9 @@ def main() -> None:
                         "version 10), in folders named -one-draw")
     parser.add_argument("--warmup", type=int, default=4, help="warm-up merges calibrating IRT with the base and "
                         "endpoints (estimator.warmup_merges)")
+    parser.add_argument("--balance-draws", type=int, default=0, metavar="N",
+                        help="also estimate the full run's candidates with each run's IRT models on anchor sets of "
+                        "one draw and balanced ones, over N anchor seeds")
     parser.add_argument("--allocation-draws", type=int, default=0, metavar="N",
                         help="also estimate the full run's candidates with each allocation over N anchor seeds")
     parser.add_argument("--race-draws", type=int, default=5, metavar="N",
@@ -242,6 +246,10 @@ def main() -> None:
         print(f"\nanchor allocations on the same candidates, {args.allocation_draws} anchor draws each (the runs' "
               "IRT models; no search trajectory):")
         print(allocation_table(runs, args.allocation_draws))
+    if args.balance_draws:
+        print(f"\nanchor sets of one draw and balanced, on the same candidates, {args.balance_draws} anchor draws each "
+              "(the runs' IRT models; no search trajectory):")
+        print(allocation_table(runs, args.balance_draws, balances=(1, DEFAULT_ANCHOR_BALANCE)))
 
     print(f"\nthe default final phase raced (final.race {DEFAULT.race}, race_tolerance {DEFAULT.race_tolerance}), "
           "replayed on the runs, which measured every finalist:")
@@ -471,22 +479,25 @@ def estimator_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]])
 
 
 def estimated_vectors(models: dict[str, IRTModel], rows: list, objectives: Objectives, anchors: int, method: str,
-                      seed: int, allocation: str, kind: str = "gpirt") -> np.ndarray:
+                      seed: int, allocation: str, kind: str = "gpirt",
+                      balance: int = DEFAULT_ANCHOR_BALANCE) -> np.ndarray:
     """Each candidate's objective vector (rows of item scores) estimated by `kind` from its scores on
-    the anchors `method` picks with `seed` from each task's IRT model (`models`), each task's estimate
-    its overall score, clipped to [0, 1]."""
+    the anchors `method` picks with `seed` (and `balance`) from each task's IRT model (`models`), each
+    task's estimate its overall score, clipped to [0, 1]."""
     values = {}
     for name, model in models.items():
-        estimator = Estimator(model, select_anchors(model, anchors, method, seed, allocation), kind)
+        estimator = Estimator(model, select_anchors(model, anchors, method, seed, allocation, balance=balance), kind)
         matrix = np.array([[scores[name].get(i, np.nan) for i in estimator.anchor_ids] for scores in rows])
         values[name] = np.clip(estimator.estimate_with_overall(matrix)[0][:, -1], 0.0, 1.0)
     return np.array([objectives.vector({n: float(v[j]) for n, v in values.items()}) for j in range(len(rows))])
 
 
-def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draws: int) -> str:
-    """Each fixed-anchor run's IRT models with its anchor budget spread by each allocation, over
-    `draws` anchor seeds, estimating the full run's candidates (no trajectory, no one draw's luck):
-    mean MAE and Spearman rho per task, and the hypervolume of the front the estimates pick."""
+def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draws: int,
+                     balances: Sequence[int] = ()) -> str:
+    """Each fixed-anchor run's IRT models with its anchor budget spread by each allocation (or, with
+    `balances`, by the run's allocation, drawn with each balance), over `draws` anchor seeds,
+    estimating the full run's candidates (no trajectory, no one draw's luck): mean MAE and Spearman
+    rho per task, and the hypervolume of the front the estimates pick."""
     lines = ["| campaign | estimator | allocation | MAE per task | Spearman per task | HV of the estimated front / "
              "of the true front (mean, range) |", "|---|---|---|---|---|---|"]
     for size, kind, runner, full in runs:
@@ -496,15 +507,17 @@ def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]
             continue  # (mp-IRT kinds would need the endpoints' abilities too)
         _, rows, truth = _full_candidates(runner, full)
         models = {name: fitted.model for name, fitted in scoring.estimators.items()}
-        for allocation in ANCHOR_ALLOCATIONS:
+        variants = ([(spec.anchor_allocation, b, f"{spec.anchor_allocation}, balance {b}") for b in balances]
+                    or [(a, spec.anchor_balance, a) for a in ANCHOR_ALLOCATIONS])
+        for allocation, balance, label in variants:
             mae, rho, hv = [], [], []
             for seed in range(draws):
                 est = estimated_vectors(models, rows, objectives, spec.anchors, spec.anchor_method, seed, allocation,
-                                        spec.kind)
+                                        spec.kind, balance)
                 mae.append(np.abs(est - truth).mean(axis=0))
                 rho.append([spearmanr(est[:, k], truth[:, k])[0] for k in range(est.shape[1])])
                 hv.append(_picked_front_hv(runner, est, truth)[0])
-            lines.append(f"| {size} | {kind}, {spec.anchors} anchors | {allocation} "
+            lines.append(f"| {size} | {kind}, {spec.anchors} anchors | {label} "
                          f"| {_cells(np.mean(mae, axis=0), '.4f')} | {_cells(np.mean(rho, axis=0), '.3f')} "
                          f"| {np.mean(hv):.3f} ({min(hv):.3f}-{max(hv):.3f}) |")
     return "\n".join(lines)
