@@ -56,7 +56,8 @@ def finished(tmp_path_factory, zoo):  # noqa: F811
     path = campaign(
         tmp,
         zoo,
-        algorithm={"population": 6, "generations": 2, "seed": 4},  # a race survivor stays unmeasured (export test)
+        algorithm={"population": 6, "generations": 2, "seed": 4},  # a race survivor stays unmeasured (export test),
+        estimator={"kind": "gpirt", "anchors": 5, "warmup_merges": 5, "dims": 1, "anchor_balance": 1},  # on this path
         final={"holdout": 0.25, "top_k": 2, "evaluate_top": 2, "picks": NAMED},
     )
     run = tmp / "run"
