@@ -39,6 +39,7 @@ from evo_merge.irt.kinds import (
     MAX_ANCHOR_BALANCE,
     MIN_CLUSTER_SUBJECTS,
 )
+from evo_merge.markup import TERMINAL_CONTROL
 from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
@@ -57,11 +58,6 @@ def check_safe_name(value: str) -> str:
         raise ValueError(f"{value!r} is not a safe name: use up to 100 letters, digits, '.', '_' and '-', "
                          "starting with a letter or digit, without '..'")
     return value
-
-
-# control characters but the tab and the newline (a path may hold a tab, a YAML block scalar ends in a
-# newline, and campaigns with them ran before): ESC, carriage return, BEL, the C1 codes
-TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def check_printable(value: str) -> str:

@@ -17,6 +17,10 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~<>])")
 # control characters but the tab (a newline forges a line of output, ESC and the C1 codes drive a
 # terminal) and the bidirectional controls (they reorder what is shown: "Trojan Source")
 CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# what a campaign's own text may not hold (`config.check_printable`): the control characters but the tab
+# and the newline (a path may hold a tab, a YAML block scalar ends in a newline, and campaigns with them
+# ran before), so ESC, carriage return, BEL and the C1 codes; what is read back is shown by `visible`
+TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _LINE_START = re.compile(r"^(\d+)([.)])(?=\s|$)|^([-+=])")  # a list item or setext underline if it began a line
 
 

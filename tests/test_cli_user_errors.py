@@ -54,6 +54,9 @@ def campaign(tmp_path, family, **sections):
     ("algorithm", {"seed": -1}, "algorithm.seed"),
     ("estimator", {"anchor_sets": 0}, "estimator.anchor_sets"),
     ("estimator", {"anchor_sets": 100000}, "estimator.anchor_sets"),  # an estimator per set: it would never start
+    ("estimator", {"anchor_balance": 0}, "estimator.anchor_balance"),
+    ("estimator", {"anchor_balance": 100001}, "estimator.anchor_balance"),  # minutes of draws per set
+    ("estimator", {"anchor_balance": 2.5}, "estimator.anchor_balance"),
     ("final", {"picks": {"best-arith": {"weights": {"arith": 1}}}}, "final.picks.best-arith: the name of a built-in"),
     ("final", {"picks": {"balanced": {"weights": {"arith": 1}}}}, "final.picks.balanced"),
     # `export: [front]` writes front-<id> folders: a pick of that name would be replaced by one

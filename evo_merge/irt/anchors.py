@@ -119,8 +119,8 @@ class Anchors:
         subjects scored on it could no longer be estimated (a damaged one is replaced)."""
         path = anchors_path(model_dir, self.method, self.budget)
         refuse_link(path.parent)
-        stored = _readable(path) if path.is_file() and not path.is_symlink() else None
-        if stored not in (None, self) and not overwrite:
+        stored = None if overwrite or not path.is_file() or path.is_symlink() else _readable(path)
+        if stored not in (None, self):
             differ = [f"{key} {getattr(stored, key)} there, {getattr(self, key)} here"
                       for key in ("seed", "allocation", "balance") if getattr(stored, key) != getattr(self, key)]
             raise UserError(f"{path} holds other {self.method} anchors of budget {self.budget} "
@@ -276,11 +276,8 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
         return items, np.full(n, 1.0 / n)
     if method == "random":
         return np.sort(rng.choice(items, budget, replace=False)), np.full(budget, 1.0 / budget)
-    if method == "stratified":  # one random item from each stratum
-        strata = _strata(model, items, budget, method, seed)
-        return np.array([rng.choice(s) for s in strata]), np.array([s.size / n for s in strata])
-    if method == "stratified-irt":
-        return _from_clusters(_strata(model, items, budget, method, seed), budget, rng, nearest_first=False)
+    if method in BALANCED:
+        return _stratified_draw(_strata(model, items, budget, method, seed), budget, method, rng)
     if method == "kmeans-correctness":  # clusters of the calibration subjects' answers
         cols = model.responses[:, items]
         features = np.where(np.isnan(cols), np.nanmean(cols, axis=0), cols).T
@@ -290,6 +287,17 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
     local, weights = _from_clusters(_clusters(features, budget, seed), budget, np.random.default_rng(seed),
                                     nearest_first=True)
     return items[local], weights
+
+
+def _stratified_draw(strata: list[np.ndarray], budget: int, method: str,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One draw of a stratified design from `rng`, each pick weighted by its stratum's share over its
+    picks: `stratified`'s one item per stratum (drawn as it always was: a run folder re-chooses it),
+    `stratified-irt`'s `_spread` random members per cluster."""
+    if method == "stratified":
+        n = sum(s.size for s in strata)
+        return np.array([rng.choice(s) for s in strata]), np.array([s.size / n for s in strata])
+    return _from_clusters(strata, budget, rng, nearest_first=False)
 
 
 def _draws(strata: list[np.ndarray], counts: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -303,7 +311,8 @@ def _draws(strata: list[np.ndarray], counts: np.ndarray, keys: np.ndarray) -> np
 
 
 def balanced_draw(model: IRTModel, items: np.ndarray, budget: int, method: str, balance: int,
-                  rng: np.random.Generator, spare: np.random.Generator, seed: int) -> tuple[np.ndarray, np.ndarray]:
+                  rng: np.random.Generator, spare: np.random.Generator | None,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Of `balance` draws of `method`'s stratified design over one scenario's `items` (sorted), the
     first whose weighted anchor means miss the calibration subjects' means over all the scenario's
     items by the least sum of squares (rerandomisation).
@@ -318,10 +327,10 @@ def balanced_draw(model: IRTModel, items: np.ndarray, budget: int, method: str, 
     With few calibration subjects the strata of one draw still leave the anchors' mean a random
     sample's error on every subject; their scores on every item say which draws err least on them.
     An item a subject was not scored on counts at its item's mean (0 where nobody was)."""
-    first, weights = _select(model, items, budget, method, rng, seed)
     if balance == 1 or budget >= items.size:
-        return first, weights
+        return _select(model, items, budget, method, rng, seed)
     strata = _strata(model, items, budget, method, seed)
+    first, weights = _stratified_draw(strata, budget, method, rng)
     counts = _spread(np.array([m.size for m in strata]), budget)
     scores = model.responses[:, items]
     seen = ~np.isnan(scores)
@@ -413,7 +422,8 @@ def select_anchors(model: IRTModel, budget: int, method: str = DEFAULT_ANCHOR_ME
     rng = np.random.default_rng(seed)
     groups = model.scenario_items()
     # each scenario's further draws from a generator of its own: how many a scenario draws moves no other's
-    spares = [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(len(groups))]
+    spares = ([np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(len(groups))]
+              if draws > 1 else [None] * len(groups))
     items, weights = {}, {}
     for (scenario, idx), spare in zip(groups.items(), spares):
         picked, w = balanced_draw(model, idx, counts[scenario], method, draws, rng, spare, seed)

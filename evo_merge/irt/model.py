@@ -159,12 +159,12 @@ def _check_declared_sizes(npz: Any, meta: dict, path: Path) -> None:
                             f"and {subjects} subjects holds)")
         with npz.zip.open(info) as member:  # not an array: read_magic's ValueError, a corrupt file
             version = np.lib.format.read_magic(member)
+            start = member.tell()
             # the header's declared length, before numpy reads that many bytes to check it (audit 117)
             length = int.from_bytes(member.read(2 if version == (1, 0) else 4), "little")
             if length > NPY_HEADER_ROOM:
                 raise UserError(f"{path}: corrupt parameter file (array {name!r} declares a header of {length} bytes)")
-        with npz.zip.open(info) as member:
-            np.lib.format.read_magic(member)
+            member.seek(start)  # numpy's reader reads the length again
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape = read(member)[0]
         if math.prod(shape) > largest:
@@ -447,7 +447,8 @@ def _holds(directory: Path, meta: dict, arrays: dict[str, np.ndarray]) -> bool:
             expected.pop("params_digest", None)
         if stored != expected:
             return False
-        held = IRTModel.load(directory)
+        held = IRTModel.load(directory)  # checks a recorded digest against the parameters it reads
     except (UserError, OSError, ValueError):
         return False
-    return params_digest({k: getattr(held, k) for k in NPZ_KEYS}) == params_digest(arrays)
+    # with a digest recorded, `stored == expected` compared it with these parameters' already
+    return "params_digest" in stored or params_digest({k: getattr(held, k) for k in NPZ_KEYS}) == params_digest(arrays)

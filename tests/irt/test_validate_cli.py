@@ -523,6 +523,8 @@ def test_links_in_a_received_model_folder_s_anchors_write_and_delete_nothing_out
     (("validate", "r.csv", "--test-frac", "0"), "Invalid value for '--test-frac'"),
     (("validate", "r.csv", "--repeats", "0"), "Invalid value for '--repeats'"),
     (("validate", "r.csv", "--draws", "0"), "Invalid value for '--draws'"),
+    (("validate", "r.csv", "--balance", "0"), "Invalid value for '--balance'"),
+    (("anchors", "m", "--budget", "5", "--balance", "100001"), "Invalid value for '--balance'"),
     (("estimate", "m", "--responses", "r.csv", "--gmp-delta", "2"), "--gmp-delta must be 'auto' or a number in [0, 1]"),
 ])
 def test_an_option_out_of_its_range_is_named_before_any_file_is_read(tmp_path, args, expected):
