@@ -83,11 +83,14 @@ def test_the_config_schema_reads_only_tables_and_the_method_registry_from_higher
     """config.py is the lowest floor. It reads the allowed-value tables higher packages define (one
     table each for the schema, the CLI and the library), which import nothing of evo_merge, so the
     schema loads no model code; and, inside its validator, the merge methods' declared
-    hyperparameters (plugins register methods at run time, so no table can hold them)."""
+    hyperparameters (plugins register methods at run time, so no table can hold them). Of the small
+    top-level modules it reads `errors`, `schema` and `markup` (the characters a campaign's text may
+    not hold are defined beside those shown as text)."""
     graph = import_graph()
     tables = {"evo_merge.align.methods", "evo_merge.irt.kinds", "evo_merge.dtype_names"}
     assert set(graph.successors("evo_merge.config")) == tables | {
-        "evo_merge.errors", "evo_merge.schema", "evo_merge.merge.kinds", "evo_merge.merge.registry"}
+        "evo_merge.errors", "evo_merge.schema", "evo_merge.markup", "evo_merge.merge.kinds",
+        "evo_merge.merge.registry"}
     assert all(not list(graph.successors(m)) for m in tables)
 
 
