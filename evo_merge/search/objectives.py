@@ -84,6 +84,20 @@ class Objectives:
         reference = -self.signs() * self.vector(self.worst())
         return float(HV(ref_point=reference)(minimised))
 
+    def hypervolume_gain(self, points: np.ndarray, point: np.ndarray) -> float:
+        """What `point` adds to the hypervolume of the score rows `points`: the volume of its own
+        box against the worst point less the hypervolume of `points` clipped into that box (each
+        coordinate made no better than `point`'s), which holds fewer non-dominated rows than
+        `points` with `point` added, so the exact volume stays cheap as tasks grow."""
+        signs = self.signs()
+        reference = -signs * self.vector(self.worst())
+        own = -signs * np.asarray(point, dtype=float)
+        if np.any(own >= reference):  # no better than the worst point on some task: it adds nothing
+            return 0.0
+        minimised = -signs * np.asarray(points, dtype=float).reshape(-1, len(signs))
+        clipped = -signs * np.maximum(minimised, own)  # as score rows again
+        return float(np.prod(reference - own)) - self.hypervolume(clipped[self.non_dominated(clipped)])
+
     def non_dominated(self, points: np.ndarray) -> list[int]:
         """Indices of the rows no other row dominates (by direction)."""
         from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting

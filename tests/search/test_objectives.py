@@ -47,3 +47,22 @@ def test_the_front_keeps_the_rows_no_other_row_beats_in_both_directions():
     assert sorted(MIXED.non_dominated(points)) == [0, 2]
     maximise_both = Objectives.of(["a", "b"], ["maximize", "maximize"])
     assert sorted(maximise_both.non_dominated(points)) == [3]  # row 3, (0.8, 0.6), beats the rest
+
+
+def test_a_point_s_hypervolume_gain_is_its_box_less_what_the_others_already_cover():
+    # by hand: (0.8, 0.5) adds the box from (0.5, 0.5) to (0.8, 1): 0.3 * 0.5, as in the test above
+    assert MIXED.hypervolume_gain(np.array([[0.5, 0.25]]), np.array([0.8, 0.5])) == pytest.approx(0.15)
+    assert MIXED.hypervolume_gain(np.array([[0.5, 0.25]]), np.array([0.4, 0.5])) == pytest.approx(0.0)  # dominated
+    assert MIXED.hypervolume_gain(np.empty((0, 2)), np.array([0.5, 0.25])) == pytest.approx(0.375)
+    assert MIXED.hypervolume_gain(np.empty((0, 2)), np.array([0.5, 1.0])) == 0.0  # the worst error: no box at all
+
+
+@pytest.mark.parametrize("tasks", [2, 3, 5])
+def test_the_hypervolume_gain_equals_the_hypervolume_with_the_point_less_the_hypervolume_without(tasks):
+    rng = np.random.default_rng(tasks)
+    objectives = Objectives.of([f"t{i}" for i in range(tasks)], ["maximize", "minimize", *["maximize"] * (tasks - 2)])
+    for _ in range(30):
+        points, point = rng.uniform(size=(int(rng.integers(0, 8)), tasks)), rng.uniform(size=tasks)
+        with_it = objectives.hypervolume(np.vstack([points, point]))
+        assert objectives.hypervolume_gain(points, point) == pytest.approx(with_it - objectives.hypervolume(points),
+                                                                          abs=1e-12)
