@@ -332,8 +332,13 @@ class FinalSpec(_Checked):
     and which items are held out of everything but that measurement."""
 
     evaluate_top: int = Field(
-        8, ge=0, description="front members spread over the front's extent, measured on every item"
-    )
+        8, ge=0, description="front members measured on every item: the best estimate per task, then as "
+        "front_choice says")
+    front_choice: Literal["hypervolume", "spread"] = Field(
+        "hypervolume", description="how the front members past each task's best are chosen: hypervolume, the "
+        "member whose estimates add the most hypervolume to those chosen; spread, the one farthest from them "
+        "(the rule before defaults version 11). Exact hypervolume grows costly with over a dozen tasks and "
+        "evaluate_top above their number: spread is cheaper there")
     top_k: int = Field(3, ge=1, description="distinct candidates measured per pick, best estimates first")
     pool_estimates: bool = Field(
         True, description="choose the finalists on estimates pooled over similar recipes (a Gaussian process over "
@@ -548,8 +553,9 @@ FORMER_DEFAULTS: dict[tuple[str, str], tuple[tuple[Any, int], ...]] = {
     ("estimator", "anchor_sets"): ((1, 9),),  # before 9, one anchor set for every candidate
     ("final", "pool_estimates"): ((False, 9),),  # before 9, finalists chosen on each candidate's own estimates
     ("estimator", "anchor_balance"): ((1, 10),),  # before 10, each anchor set one stratified draw
+    ("final", "front_choice"): (("spread", 11),),  # before 11, front members farthest from those chosen
 }
-DEFAULTS_VERSION = 10
+DEFAULTS_VERSION = 11
 
 
 def _check_task_weights(weights: dict[str, float], labels: list[str], key: str) -> None:

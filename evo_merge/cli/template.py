@@ -67,9 +67,10 @@ algorithm: {{name: nsga2, population: {population}, generations: {generations}, 
 evaluator: {{kind: local, batch_size: {batch_size}}}
 
 # After the search: each pick's top_k candidates by estimate (default {top_k}) and evaluate_top
-# members spread over the front are finalists. They race (race, default {race}): scored
-# on these fractions of the search items; a finalist leaves when another is, with confidence,
-# at most race_tolerance ({race_tolerance}) below it on every task. The best model per task and the best
+# front members (each task's best, then those whose estimates add the most hypervolume: front_choice)
+# are finalists. They race (race, default {race}): scored on these fractions of the search items;
+# a finalist leaves when another is, with confidence, at most race_tolerance ({race_tolerance}) below
+# it on every task. The best model per task and the best
 # balanced one are chosen among the rest on the same sampled items, measured on every item
 # (measure_whole: picks; `survivors` measures every one; race: [] measures every finalist) and
 # exported to models/ in the run folder (`run`'s --out). holdout (default auto: {holdout:.0%} of the

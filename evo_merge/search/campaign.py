@@ -282,7 +282,7 @@ class CampaignRunner:
             )
 
     def measure_final(self) -> list[Evaluation]:
-        """Race each pick's top candidates, the front's spread and the baselines; return what the
+        """Race each pick's top candidates, the front members and the baselines; return what the
         picks are chosen among (`front.measure_final`)."""
         references = [c for _, c in reference_candidates(self.workspace.endpoint_labels())]
         campaign = self.workspace.campaign

@@ -4,7 +4,7 @@ Estimates rank candidates well on average but not at the top: the best estimate 
 often not the best candidate for it. So for every requested pick (best per task, balanced, each
 named weighting) the `top_k` best candidates *for that pick* by estimate (pooled over similar
 recipes, `pool_estimates`: a candidate's neighbours correct its own few anchors) are finalists, together
-with front members spread over the front's extent and the standard merges (baselines);
+with front members whose estimates add the most hypervolume and the standard merges (baselines);
 near-duplicates are skipped so every slot buys a distinct candidate. The finalists race
 (`race_finalists`, the statistics in `race`): one that another finalist matches on every task
 within the tolerance leaves. Picks are then chosen on scored items, never on estimates: on the
@@ -103,31 +103,47 @@ class Distinct:
         return chosen
 
 
-def spread(members: Sequence[Evaluation], objectives: Objectives, n: int, distinct: Distinct) -> list[Evaluation]:
-    """Up to `n` distinct members covering the front's extent: the best estimate per task first,
-    then, one at a time, the member farthest from those chosen (in oriented estimate space)."""
+def front_members(members: Sequence[Evaluation], objectives: Objectives, n: int, distinct: Distinct,
+                  choice: str = "hypervolume") -> list[Evaluation]:
+    """Up to `n` distinct front members to measure: the best estimate per task first, then, one at
+    a time, the member whose estimates add the most hypervolume to those chosen (`choice`
+    "hypervolume"), or the member farthest from those chosen in oriented estimate space ("spread",
+    the rule before defaults version 11). Farthest-first spends slots on the front's thin corners;
+    hypervolume-first on the members that would enlarge the measured front most were the
+    estimates right, which is what the final phase is judged by."""
     chosen: list[Evaluation] = []
     for task in objectives.names:
         chosen += distinct.first(sorted(members, key=lambda e: -objectives.goodness(e.estimates, task)), 1, chosen)
     chosen = chosen[:n]
     rest = distinct.first(members, len(members), chosen)
     while len(chosen) < n and rest:
-        points = np.array([objectives.signs() * objectives.vector(e.estimates) for e in chosen])
-        gaps = [float(np.min(np.linalg.norm(points - objectives.signs() * objectives.vector(e.estimates), axis=1)))
-                for e in rest]
-        chosen.append(rest.pop(int(np.argmax(gaps))))
+        chosen.append(rest.pop(_next_member(chosen, rest, objectives, choice)))
     return chosen
+
+
+def _next_member(chosen: Sequence[Evaluation], rest: Sequence[Evaluation], objectives: Objectives,
+                 choice: str) -> int:
+    """The index in `rest` of the member `front_members` takes next (the first of equals)."""
+    if choice == "hypervolume":
+        points = np.array([objectives.vector(e.estimates) for e in chosen])
+        gains = [objectives.hypervolume_gain(points, objectives.vector(e.estimates)) for e in rest]
+    else:
+        points = np.array([objectives.signs() * objectives.vector(e.estimates) for e in chosen])
+        gains = [float(np.min(np.linalg.norm(points - objectives.signs() * objectives.vector(e.estimates), axis=1)))
+                 for e in rest]
+    return int(np.argmax(gains))
 
 
 def to_measure(store: CampaignStore, objectives: Objectives, final: FinalSpec, distinct: Distinct) -> list[Evaluation]:
     """What the final phase measures: each pick's top-k distinct candidates by estimate (pooled
-    over similar recipes with `pool_estimates`), the front's spread, and the baselines; in that
+    over similar recipes with `pool_estimates`), `evaluate_top` front members, and the baselines; in that
     order, each once. Returned as stored (with their own estimates)."""
     pool = candidates(store)
     ranked = pooled_as_first(store, pool, distinct.space, objectives.names) if final.pool_estimates else pool
     chosen = [e for score in pick_scores(objectives, final).values()
               for e in distinct.first(sorted(ranked, key=lambda e: -score(e.estimates)), final.top_k)]
-    chosen += spread(non_dominated(ranked, objectives), objectives, final.evaluate_top, distinct)
+    chosen += front_members(non_dominated(ranked, objectives), objectives, final.evaluate_top, distinct,
+                            final.front_choice)
     if final.baselines:
         baselines = store.get_meta(BASELINES_META, {})
         chosen += [e for e in ranked if e.key in baselines]

@@ -1229,6 +1229,14 @@ def test_a_run_written_before_balanced_anchors_resumes_on_its_one_draw_sets(tmp_
         assert today.scoring.estimators[name].anchors == balanced
 
 
+def test_a_run_written_before_hypervolume_front_members_resumes_choosing_them_by_spread(tmp_path, zoo):
+    """Defaults version 11 chooses the final phase's front members by the hypervolume their
+    estimates add; a version-10 folder chose the farthest ones, so its final phase keeps doing so."""
+    run = _small_gpirt_run(tmp_path, zoo)
+    assert _calibrated(run).workspace.campaign.final.front_choice == "hypervolume"
+    assert _calibrated(run, written_at=10).workspace.campaign.final.front_choice == "spread"
+
+
 def test_a_generation_of_earlier_failures_alone_is_not_promised_a_resume(tmp_path):
     """Failures an earlier generation stored stay (it told them to the algorithm): the message
     promised that a resume evaluates them again, which it never would."""

@@ -299,6 +299,23 @@ def test_each_pick_measures_its_top_k_distinct_candidates(tmp_path):
     assert chosen == {keys[2], keys[0], keys[4], keys[3]}
 
 
+@pytest.mark.parametrize(("choice", "third"), [("hypervolume", 3), ("spread", 2)])
+def test_front_members_past_each_task_s_best_add_the_most_hypervolume_or_lie_farthest(tmp_path, choice, third):
+    """Past the two ends (1, 0.1) and (0.1, 1), whose boxes cover 0.19: (0.55, 0.55) lies farthest
+    from both (0.64 against 0.41) but adds 0.2025 of hypervolume, (0.9, 0.5) adds 0.32 (by hand)."""
+    store = CampaignStore(tmp_path)
+    keys = []
+    for weights, a, b in (((1.0, 0.0), 1.0, 0.1), ((0.0, 1.0), 0.1, 1.0), ((0.5, 0.5), 0.55, 0.55),
+                          ((0.8, 0.2), 0.9, 0.5)):
+        keys.append(Candidate("ties", weights, (("density", 0.5),)).key)
+        store.add(keys[-1], phase="search", generation=1, method="ties", status="ok", estimates={"a": a, "b": b})
+    objectives = Objectives.of(["a", "b"], ["maximize", "maximize"])
+    final = FinalSpec(top_k=1, evaluate_top=3, front_choice=choice, baselines=False, export=["best_per_task"])
+    chosen = [e.key for e in to_measure(store, objectives, final, Distinct(_space(), 0.02))]
+    assert chosen == [keys[0], keys[1], keys[third]]
+    assert FinalSpec().front_choice == "hypervolume"
+
+
 @pytest.mark.parametrize("baselines", [True, False])
 def test_baselines_are_finalists_only_when_final_baselines_says_so(tmp_path, baselines):
     """A standard merge the search scored low is measured as a baseline with `baselines: true` and
