@@ -261,21 +261,26 @@ def main() -> None:
     print("\ntotal items (full / this) and measured hypervolume (this / full) by the size of the final phase "
           f"(default: top_k {DEFAULT.top_k}, evaluate_top {DEFAULT.evaluate_top}):")
     print(final_phase_table(runs))
+    print("\nthe same, the front members past each task's best chosen by the hypervolume their estimates add "
+          "(final.front_choice hypervolume, defaults version 11) or farthest from those chosen (spread, before):")
+    print(front_choice_table(runs))
 
     print(f"\nbaselines vs the {kinds[-1]} campaign's measured front ({args.sizes.split(',')[-1]}, every "
           "estimated front member measured), on the search items (held-out items left out):")
     print(comparison_table(last))
 
 
-def final_keys(runner: CampaignRunner, top_k: int, evaluate_top: int) -> list[str]:
-    """The keys a final phase of this size measures, in its order. Its choices are nested (each pick's best
-    estimates first, the front's spread grown one member at a time), so from a run that measured
-    more, every smaller final phase's figures follow exactly, without running it."""
+def final_keys(runner: CampaignRunner, top_k: int, evaluate_top: int, front_choice: str | None = None) -> list[str]:
+    """The keys a final phase of this size measures (its front members chosen by `front_choice`, default
+    the run's), in its order. Its choices are nested (each pick's best estimates first, the front members
+    added one at a time), so from a run that measured more, every smaller final phase's figures follow
+    exactly, without running it."""
     workspace = runner.workspace
     ran = workspace.campaign.final
     if top_k > ran.top_k or evaluate_top > ran.evaluate_top:
         raise ValueError(f"the run measured top_k {ran.top_k}, evaluate_top {ran.evaluate_top}: not a superset")
-    final = ran.model_copy(update={"top_k": top_k, "evaluate_top": evaluate_top})
+    final = ran.model_copy(update={"top_k": top_k, "evaluate_top": evaluate_top,
+                                   "front_choice": front_choice or ran.front_choice})
     chosen = to_measure(workspace.store, runner.objectives, final, Distinct(runner.space, final.distinct))
     return [e.key for e in chosen]
 
@@ -310,7 +315,8 @@ def total_items(runner: CampaignRunner, measured: Collection[str], picks: Collec
 
 
 def compare(runner: CampaignRunner, full: CampaignRunner, top_k: int = DEFAULT.top_k,
-            evaluate_top: int = DEFAULT.evaluate_top) -> tuple[float, tuple, tuple, tuple]:
+            evaluate_top: int = DEFAULT.evaluate_top,
+            front_choice: str | None = None) -> tuple[float, tuple, tuple, tuple]:
     """(search items per search candidate, search items, total items, measured hypervolume), each
     as (this run, the full-evaluation run) after the first, with a final phase of the given size.
     Every candidate of the full-evaluation run is measured on the search items as it is searched,
@@ -318,7 +324,7 @@ def compare(runner: CampaignRunner, full: CampaignRunner, top_k: int = DEFAULT.t
     store, full_store = runner.workspace.store, full.workspace.store
     searched = store.evaluations(SEARCH)
     search = (store.items_evaluated("search"), full_store.items_evaluated("search"))
-    chosen, chosen_full = (final_keys(run, top_k, evaluate_top) for run in (runner, full))
+    chosen, chosen_full = (final_keys(run, top_k, evaluate_top, front_choice) for run in (runner, full))
     total = (total_items(runner, chosen), total_items(full, chosen_full))
     hv = (runner.objectives.hypervolume(measured_front(runner, chosen)[1]),
           full.objectives.hypervolume(measured_front(full)[1]))
@@ -339,6 +345,30 @@ def final_phase_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]
     return "\n".join(lines)
 
 
+def front_choice_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]) -> str:
+    """Total item ratio and measured hypervolume ratio with the final phase's front members chosen by
+    either rule (`final.front_choice`): at the default top_k and a few evaluate_top, every finalist
+    measured whole, and the default final phase raced (the front it shows), from the same runs."""
+    choices = ("spread", "hypervolume")
+    grid = [(n, choice) for n in (4, DEFAULT.evaluate_top, 12) for choice in choices]
+    lines = ["| campaign | estimator | " + " | ".join(f"evaluate_top {n}, {choice}" for n, choice in grid)
+             + " | " + " | ".join(f"raced, {choice}" for choice in choices) + " |",
+             "|---|---|" + "---|" * (len(grid) + len(choices))]
+    for size, kind, runner, full in runs:
+        cells = []
+        for evaluate_top, choice in grid:
+            _, _, total, hv = compare(runner, full, DEFAULT.top_k, evaluate_top, choice)
+            cells.append(f"{total[1] / total[0]:.1f}x / {hv[0] / hv[1]:.3f}")
+        _, _, (_, full_total), (_, full_hv) = compare(runner, full)
+        if not runner.scoring.adaptive():  # (as in race_table)
+            for choice in choices:
+                total, hv, *_ = raced_final_phase(runner, runner.workspace.campaign.algorithm.seed,
+                                                  front_choice=choice)
+                cells.append(f"{full_total / total:.1f}x / {hv / full_hv:.3f}")
+        lines.append(f"| {size} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def race_stages(text: str) -> list[float]:
     """`--race`: comma-separated sample fractions, growing, each in (0, 1)."""
     stages = [float(part) for part in text.split(",")]
@@ -347,8 +377,8 @@ def race_stages(text: str) -> list[float]:
     return stages
 
 
-def raced_final_phase(runner: CampaignRunner, seed: int,
-                      stages: Sequence[float] = DEFAULT.race) -> tuple[int, float, float, int, int, int]:
+def raced_final_phase(runner: CampaignRunner, seed: int, stages: Sequence[float] = DEFAULT.race,
+                      front_choice: str | None = None) -> tuple[int, float, float, int, int, int]:
     """The default final phase raced at the product's defaults (`race_tolerance`, `measure_whole`;
     `final.race` unless other `stages` are given), replayed on this run, which measured every
     finalist: the race's decisions and the picks depend only on the finalists' scores on the
@@ -361,7 +391,7 @@ def raced_final_phase(runner: CampaignRunner, seed: int,
     lacked before the final phase (its anchors); one measured whole what the final phase costs
     it without a race."""
     store, scoring, objectives = runner.workspace.store, runner.scoring, runner.objectives
-    finalists = final_keys(runner, DEFAULT.top_k, DEFAULT.evaluate_top)  # in the campaign's order
+    finalists = final_keys(runner, DEFAULT.top_k, DEFAULT.evaluate_top, front_choice)  # in the campaign's order
     stored = {key: store.item_scores(key) for key in finalists}
     sample = RaceSample({n: scoring.search_ids(n) for n in scoring.names},
                         {n: scoring.tasks[n].scenarios for n in scoring.names}, seed + SEED_OFFSET)
