@@ -10,8 +10,8 @@ candidate scored on all items. Prints search items per candidate, item evaluatio
 phase and in total (IRT calibration and the final phase included), the hypervolume of each final
 front measured on the search items, and each best-per-task pick against the endpoint trained for
 its task, all at the product's default final phase (each pick's 3 best estimates and 8 front
-members spread over the front, measured on every search item; the picks on the held-out items
-too). The runs measure every estimated front member; what a final phase measures is nested in
+members, measured on every search item; the picks on the held-out items too). The runs measure
+every estimated front member; what a final phase measures is nested in
 what a larger one measures, so a second table gives the total items and hypervolume of smaller
 and larger final phases from the same runs. The runs measure every finalist (`final.race: []`);
 a campaign races them by default, and since the race's decisions depend only on the finalists'
@@ -65,11 +65,22 @@ from evo_merge.irt.kinds import ANCHOR_ALLOCATIONS, DEFAULT_ANCHOR_BALANCE
 from evo_merge.search.binding import DEFAULTS_META, as_written_at, config_fingerprint
 from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.candidate import reference_candidates
-from evo_merge.search.front import Distinct, candidates, choose, pick_rounds, to_measure, warmups_scored_whole
+from evo_merge.search.front import (
+    Distinct,
+    candidates,
+    choose,
+    front_members,
+    non_dominated,
+    pick_rounds,
+    pick_scores,
+    to_measure,
+    warmups_scored_whole,
+)
 from evo_merge.search.holdout import HOLDOUT_META
 from evo_merge.search.objectives import Objectives
+from evo_merge.search.pooling import pooled
 from evo_merge.search.race import SEED_OFFSET, RaceSample, run_race
-from evo_merge.search.store import SEARCH, CampaignStore
+from evo_merge.search.store import BASELINES_META, SEARCH, CampaignStore
 from evo_merge.search.workspace import resolve_campaign
 from evo_merge.zoo.manifest import finished_zoo
 
@@ -179,6 +190,9 @@ def main() -> None:
                         "one draw and balanced ones, over N anchor seeds")
     parser.add_argument("--allocation-draws", type=int, default=0, metavar="N",
                         help="also estimate the full run's candidates with each allocation over N anchor seeds")
+    parser.add_argument("--front-draws", type=int, default=0, metavar="N",
+                        help="also choose the final phase's front members by either rule (final.front_choice) on "
+                        "the full run's candidates, estimated by each run's IRT models over N anchor seeds")
     parser.add_argument("--race-draws", type=int, default=5, metavar="N",
                         help="the race's table also over N other sample seeds")
     parser.add_argument("--race", action="append", default=[], metavar="STAGES", type=race_stages,
@@ -264,6 +278,10 @@ def main() -> None:
     print("\nthe same, the front members past each task's best chosen by the hypervolume their estimates add "
           "(final.front_choice hypervolume, defaults version 11) or farthest from those chosen (spread, before):")
     print(front_choice_table(runs))
+    if args.front_draws:
+        print(f"\nthe front-member rules without a trajectory: the full run's candidates estimated by each run's IRT "
+              f"models from {args.front_draws} anchor seeds, pooled, the finalists chosen by either rule:")
+        print(front_draws_table(runs, args.front_draws))
 
     print(f"\nbaselines vs the {kinds[-1]} campaign's measured front ({args.sizes.split(',')[-1]}, every "
           "estimated front member measured), on the search items (held-out items left out):")
@@ -318,7 +336,8 @@ def compare(runner: CampaignRunner, full: CampaignRunner, top_k: int = DEFAULT.t
             evaluate_top: int = DEFAULT.evaluate_top,
             front_choice: str | None = None) -> tuple[float, tuple, tuple, tuple]:
     """(search items per search candidate, search items, total items, measured hypervolume), each
-    as (this run, the full-evaluation run) after the first, with a final phase of the given size.
+    as (this run, the full-evaluation run) after the first, with a final phase of the given size
+    (its front members chosen by `front_choice`, default each run's own).
     Every candidate of the full-evaluation run is measured on the search items as it is searched,
     so its front is all of them; its final phase adds the held-out items of what it measures."""
     store, full_store = runner.workspace.store, full.workspace.store
@@ -360,11 +379,12 @@ def front_choice_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner
             _, _, total, hv = compare(runner, full, DEFAULT.top_k, evaluate_top, choice)
             cells.append(f"{total[1] / total[0]:.1f}x / {hv[0] / hv[1]:.3f}")
         _, _, (_, full_total), (_, full_hv) = compare(runner, full)
-        if not runner.scoring.adaptive():  # (as in race_table)
-            for choice in choices:
-                total, hv, *_ = raced_final_phase(runner, runner.workspace.campaign.algorithm.seed,
-                                                  front_choice=choice)
-                cells.append(f"{full_total / total:.1f}x / {hv / full_hv:.3f}")
+        for choice in choices:
+            if runner.scoring.adaptive():  # not raced here (as in race_table)
+                cells.append("-")
+                continue
+            total, hv, *_ = raced_final_phase(runner, runner.workspace.campaign.algorithm.seed, front_choice=choice)
+            cells.append(f"{full_total / total:.1f}x / {hv / full_hv:.3f}")
         lines.append(f"| {size} | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -510,16 +530,62 @@ def estimator_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]])
 
 def estimated_vectors(models: dict[str, IRTModel], rows: list, objectives: Objectives, anchors: int, method: str,
                       seed: int, allocation: str, kind: str = "gpirt",
-                      balance: int = DEFAULT_ANCHOR_BALANCE) -> np.ndarray:
+                      balance: int = DEFAULT_ANCHOR_BALANCE) -> tuple[np.ndarray, np.ndarray]:
     """Each candidate's objective vector (rows of item scores) estimated by `kind` from its scores on
     the anchors `method` picks with `seed` (and `balance`) from each task's IRT model (`models`), each
-    task's estimate its overall score, clipped to [0, 1]."""
-    values = {}
+    task's estimate its overall score, clipped to [0, 1]; and their standard errors."""
+    values, errors = {}, {}
     for name, model in models.items():
         estimator = Estimator(model, select_anchors(model, anchors, method, seed, allocation, balance=balance), kind)
         matrix = np.array([[scores[name].get(i, np.nan) for i in estimator.anchor_ids] for scores in rows])
-        values[name] = np.clip(estimator.estimate_with_overall(matrix)[0][:, -1], 0.0, 1.0)
-    return np.array([objectives.vector({n: float(v[j]) for n, v in values.items()}) for j in range(len(rows))])
+        estimates, ses = estimator.estimate_with_overall(matrix)
+        values[name], errors[name] = np.clip(estimates[:, -1], 0.0, 1.0), ses[:, -1]
+    return tuple(np.array([objectives.vector({n: float(v[j]) for n, v in table.items()}) for j in range(len(rows))])
+                 for table in (values, errors))
+
+
+def front_draws_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draws: int) -> str:
+    """Both front-member rules (`final.front_choice`) without a search trajectory: each fixed-anchor
+    run's IRT models estimate the full run's candidates from `draws` anchor seeds, pooled over similar
+    recipes as the final phase pools them (the standard merges measured, as a campaign's warm-ups
+    are), and the default final phase's finalists are chosen as the product chooses them (each pick's
+    top_k, evaluate_top front members, near-duplicates skipped); the true hypervolume of the finalists over
+    all candidates', mean and range, and the finalists' count."""
+    lines = ["| campaign | estimator | spread: HV / all candidates' (mean, range), finalists | hypervolume: the same "
+             "| hypervolume better / worse (draws) |", "|---|---|---|---|---|"]
+    for size, kind, runner, full in runs:
+        scoring, objectives = runner.scoring, runner.objectives
+        spec, final = runner.workspace.campaign.estimator, runner.workspace.campaign.final
+        if scoring.adaptive() or scoring.estimators is None or spec.kind in ("mpirt", "gmpirt"):
+            continue
+        keys, rows, truth = _full_candidates(runner, full)
+        models = {name: fitted.model for name, fitted in scoring.estimators.items()}
+        stored = [full.workspace.store.get(key) for key in keys]
+        baselines = full.workspace.store.get_meta(BASELINES_META, {})
+        distinct, whole = Distinct(runner.space, final.distinct), objectives.hypervolume(truth)
+        found = {choice: ([], []) for choice in ("spread", "hypervolume")}
+        for seed in range(draws):
+            est, se = estimated_vectors(models, rows, objectives, spec.anchors, spec.anchor_method, seed,
+                                        spec.anchor_allocation, spec.kind, spec.anchor_balance)
+            estimated = [replace(e, measured=None, estimates=dict(zip(objectives.names, map(float, est[j]))),
+                                 estimate_se=dict(zip(objectives.names, map(float, se[j]))))
+                         if e.key not in baselines else
+                         replace(e, estimates=dict(zip(objectives.names, map(float, truth[j]))))
+                         for j, e in enumerate(stored)]
+            ranked = pooled(estimated, runner.space, objectives.names) if final.pool_estimates else estimated
+            picks = {e.key for score in pick_scores(objectives, final).values()
+                     for e in distinct.first(sorted(ranked, key=lambda e: -score(e.estimates)), DEFAULT.top_k)}
+            for choice, (hvs, counts) in found.items():
+                chosen = picks | {e.key for e in front_members(non_dominated(ranked, objectives), objectives,
+                                                               DEFAULT.evaluate_top, distinct, choice)}
+                hvs.append(objectives.hypervolume(truth[[keys.index(k) for k in chosen]]) / whole)
+                counts.append(len(chosen))
+        cells = [f"{np.mean(h):.3f} ({min(h):.3f}-{max(h):.3f}), {np.mean(c):.1f}" for h, c in found.values()]
+        (spread, _), (volume, _) = found.values()
+        better = sum(b > a + 1e-9 for a, b in zip(spread, volume))
+        worse = sum(b < a - 1e-9 for a, b in zip(spread, volume))
+        lines.append(f"| {size} | {kind}, {spec.anchors} anchors | {cells[0]} | {cells[1]} | {better} / {worse} |")
+    return "\n".join(lines)
 
 
 def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]], draws: int,
@@ -542,7 +608,8 @@ def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]
         for allocation, balance, label in variants:
             mae, rho, hv = [], [], []
             for seed in range(draws):
-                est = estimated_vectors(models, rows, objectives, spec.anchors, spec.anchor_method, seed, allocation,
+                est, _ = estimated_vectors(models, rows, objectives, spec.anchors, spec.anchor_method, seed,
+                                           allocation,
                                         spec.kind, balance)
                 mae.append(np.abs(est - truth).mean(axis=0))
                 rho.append([spearmanr(est[:, k], truth[:, k])[0] for k in range(est.shape[1])])

@@ -17,6 +17,7 @@ and for the base and endpoints to compare with.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import cache, partial
@@ -116,22 +117,49 @@ def front_members(members: Sequence[Evaluation], objectives: Objectives, n: int,
         chosen += distinct.first(sorted(members, key=lambda e: -objectives.goodness(e.estimates, task)), 1, chosen)
     chosen = chosen[:n]
     rest = distinct.first(members, len(members), chosen)
-    while len(chosen) < n and rest:
-        chosen.append(rest.pop(_next_member(chosen, rest, objectives, choice)))
-    return chosen
+    return chosen + FRONT_CHOICES[choice](chosen, rest, objectives, n - len(chosen))
 
 
-def _next_member(chosen: Sequence[Evaluation], rest: Sequence[Evaluation], objectives: Objectives,
-                 choice: str) -> int:
-    """The index in `rest` of the member `front_members` takes next (the first of equals)."""
-    if choice == "hypervolume":
-        points = np.array([objectives.vector(e.estimates) for e in chosen])
-        gains = [objectives.hypervolume_gain(points, objectives.vector(e.estimates)) for e in rest]
-    else:
-        points = np.array([objectives.signs() * objectives.vector(e.estimates) for e in chosen])
-        gains = [float(np.min(np.linalg.norm(points - objectives.signs() * objectives.vector(e.estimates), axis=1)))
-                 for e in rest]
-    return int(np.argmax(gains))
+def _by_hypervolume(chosen: Sequence[Evaluation], rest: Sequence[Evaluation], objectives: Objectives,
+                    k: int) -> list[Evaluation]:
+    """Up to `k` of `rest`, each the one adding the most hypervolume to `chosen` and those taken
+    before it (the first of equal gains). Lazily: a member's gain only shrinks as others are taken
+    (hypervolume is submodular), so a gain computed before bounds it, and a member is taken once its
+    gain, computed now, is at least every other's bound; the same choice as computing every gain at
+    every step, in a few gains a step past the first, which matters with many tasks."""
+    points = [objectives.vector(e.estimates) for e in chosen]
+    vectors = [objectives.vector(e.estimates) for e in rest]
+    bounds = [(-np.inf, i) for i in range(len(rest))]  # (-bound on the gain, index): the first is the best
+    taken: list[Evaluation] = []
+    while len(taken) < k and bounds:
+        while True:
+            _, i = heapq.heappop(bounds)
+            gain = objectives.hypervolume_gain(np.array(points), vectors[i])
+            if not bounds or (gain, -i) >= (-bounds[0][0], -bounds[0][1]):
+                break
+            heapq.heappush(bounds, (-gain, i))
+        taken.append(rest[i])
+        points.append(vectors[i])
+    return taken
+
+
+def _farthest(chosen: Sequence[Evaluation], rest: Sequence[Evaluation], objectives: Objectives,
+              k: int) -> list[Evaluation]:
+    """Up to `k` of `rest`, each the one farthest from `chosen` and those taken before it, in oriented
+    estimate space (the first of equals)."""
+    signs, rest, taken = objectives.signs(), list(rest), []
+    points = [signs * objectives.vector(e.estimates) for e in chosen]
+    while len(taken) < k and rest:
+        gaps = [float(np.min(np.linalg.norm(np.array(points) - signs * objectives.vector(e.estimates), axis=1)))
+                for e in rest]
+        taken.append(rest.pop(int(np.argmax(gaps))))
+        points.append(signs * objectives.vector(taken[-1].estimates))
+    return taken
+
+
+# final.front_choice -> how the front members past each task's best are taken (config holds the names)
+FRONT_CHOICES: dict[str, Callable[[Sequence[Evaluation], Sequence[Evaluation], Objectives, int], list[Evaluation]]] = {
+    "hypervolume": _by_hypervolume, "spread": _farthest}
 
 
 def to_measure(store: CampaignStore, objectives: Objectives, final: FinalSpec, distinct: Distinct) -> list[Evaluation]:

@@ -18,7 +18,7 @@ from evo_merge.cli import cli
 from evo_merge.config import Campaign, FinalSpec
 from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.candidate import Candidate, standard_merges
-from evo_merge.search.front import Distinct, to_measure
+from evo_merge.search.front import Distinct, front_members, to_measure
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import PICKS_META, RACE_META
 from evo_merge.search.space import SearchSpace
@@ -295,7 +295,8 @@ def test_each_pick_measures_its_top_k_distinct_candidates(tmp_path):
     assert chosen == [keys[0], keys[2], keys[4], keys[5]]
     balanced = FinalSpec(top_k=1, evaluate_top=3, baselines=False, export=["balanced"])
     chosen = {e.key for e in to_measure(store, objectives, balanced, Distinct(_space(), 0.02))}
-    # balanced's best (0.8, 0.3), then the front's two ends, then the member farthest from both ends
+    # balanced's best (0.8, 0.3), then the front's two ends, then (0.5, 0.5): farthest from both ends, and
+    # adding the most hypervolume to them
     assert chosen == {keys[2], keys[0], keys[4], keys[3]}
 
 
@@ -314,6 +315,31 @@ def test_front_members_past_each_task_s_best_add_the_most_hypervolume_or_lie_far
     chosen = [e.key for e in to_measure(store, objectives, final, Distinct(_space(), 0.02))]
     assert chosen == [keys[0], keys[1], keys[third]]
     assert FinalSpec().front_choice == "hypervolume"
+
+
+def test_members_taken_lazily_by_hypervolume_are_those_every_gain_recomputed_at_every_step_takes(tmp_path):
+    """The hypervolume rule recomputes only the gains that could win (a gain only shrinks as members
+    are taken); it must take what recomputing every gain at every step takes, in that order."""
+    rng = np.random.default_rng(0)
+    objectives = Objectives.of(["a", "b", "c", "d"], ["maximize", "maximize", "minimize", "maximize"])
+    store = CampaignStore(tmp_path)
+    for i in range(40):
+        key = Candidate("ties", (i / 40, 1 - i / 40), (("density", 0.5),)).key
+        store.add(key, phase="search", generation=1, method="ties", status="ok",
+                  estimates=dict(zip(objectives.names, map(float, rng.uniform(size=4)))))
+    members = store.evaluations("search")
+    for n in (4, 9, 16):
+        chosen = front_members(members, objectives, n, Distinct(_space(), 0.02))
+        expected = chosen[:4]  # each task's best, as the rule takes them
+        while len(expected) < n:
+            rest = [e for e in members if e not in expected]
+            points = np.array([objectives.vector(e.estimates) for e in expected])
+            gains = [objectives.hypervolume(np.vstack([points, objectives.vector(e.estimates)]))
+                     - objectives.hypervolume(points) for e in rest]
+            expected.append(rest[int(np.argmax(gains))])
+        assert [e.key for e in chosen] == [e.key for e in expected]
+        assert {e.key for e in chosen[:4]} == {max(members, key=lambda e: objectives.goodness(e.estimates, t)).key
+                                                for t in objectives.names}
 
 
 @pytest.mark.parametrize("baselines", [True, False])
