@@ -69,10 +69,8 @@ from evo_merge.search.front import (
     Distinct,
     candidates,
     choose,
-    front_members,
-    non_dominated,
+    finalists,
     pick_rounds,
-    pick_scores,
     to_measure,
     warmups_scored_whole,
 )
@@ -573,11 +571,10 @@ def front_draws_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]
                          replace(e, estimates=dict(zip(objectives.names, map(float, truth[j]))))
                          for j, e in enumerate(stored)]
             ranked = pooled(estimated, runner.space, objectives.names) if final.pool_estimates else estimated
-            picks = {e.key for score in pick_scores(objectives, final).values()
-                     for e in distinct.first(sorted(ranked, key=lambda e: -score(e.estimates)), DEFAULT.top_k)}
             for choice, (hvs, counts) in found.items():
-                chosen = picks | {e.key for e in front_members(non_dominated(ranked, objectives), objectives,
-                                                               DEFAULT.evaluate_top, distinct, choice)}
+                rule = final.model_copy(update={"top_k": DEFAULT.top_k, "evaluate_top": DEFAULT.evaluate_top,
+                                                "front_choice": choice})
+                chosen = {e.key for e in finalists(ranked, objectives, rule, distinct)}  # baselines not added
                 hvs.append(objectives.hypervolume(truth[[keys.index(k) for k in chosen]]) / whole)
                 counts.append(len(chosen))
         cells = [f"{np.mean(h):.3f} ({min(h):.3f}-{max(h):.3f}), {np.mean(c):.1f}" for h, c in found.values()]
@@ -609,8 +606,7 @@ def allocation_table(runs: list[tuple[str, str, CampaignRunner, CampaignRunner]]
             mae, rho, hv = [], [], []
             for seed in range(draws):
                 est, _ = estimated_vectors(models, rows, objectives, spec.anchors, spec.anchor_method, seed,
-                                           allocation,
-                                        spec.kind, balance)
+                                           allocation, spec.kind, balance)
                 mae.append(np.abs(est - truth).mean(axis=0))
                 rho.append([spearmanr(est[:, k], truth[:, k])[0] for k in range(est.shape[1])])
                 hv.append(_picked_front_hv(runner, est, truth)[0])

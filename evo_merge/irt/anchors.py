@@ -65,7 +65,6 @@ log = logging.getLogger(__name__)
 METHODS = ANCHOR_METHODS
 # drawn at random (within strata): their mean's error is the design's, for every subject
 SAMPLED = ("random", "stratified", "stratified-irt")
-BALANCED = BALANCED_ANCHOR_METHODS  # drawn `balance` times, the best-balanced kept (`random` is the baseline)
 FALLBACK_METHOD = "stratified"
 # stratified-irt's picks per stratum on average: with one each, a stratum of a third of the items got one item
 STRATUM_PICKS = 2
@@ -276,7 +275,7 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
         return items, np.full(n, 1.0 / n)
     if method == "random":
         return np.sort(rng.choice(items, budget, replace=False)), np.full(budget, 1.0 / budget)
-    if method in BALANCED:
+    if method in BALANCED_ANCHOR_METHODS:
         return _stratified_draw(_strata(model, items, budget, method, seed), budget, method, rng)
     if method == "kmeans-correctness":  # clusters of the calibration subjects' answers
         cols = model.responses[:, items]
@@ -417,7 +416,7 @@ def select_anchors(model: IRTModel, budget: int, method: str = DEFAULT_ANCHOR_ME
     budget = count  # a plain int: the stored set's JSON and its file name hold it
     if (draws := positive_count(balance)) is None:
         raise UserError(f"anchor balance must be a positive integer, not {balance!r}")
-    draws = draws if method in BALANCED else 1  # as stored: what the choice was
+    draws = draws if method in BALANCED_ANCHOR_METHODS else 1  # as stored: what the choice was
     counts = dict(counts) if counts is not None else allocate(model, budget, allocation, seed)
     rng = np.random.default_rng(seed)
     groups = model.scenario_items()

@@ -18,7 +18,7 @@ and for the base and endpoints to compare with.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import cache, partial
 
@@ -163,20 +163,26 @@ FRONT_CHOICES: dict[str, Callable[[Sequence[Evaluation], Sequence[Evaluation], O
 
 
 def to_measure(store: CampaignStore, objectives: Objectives, final: FinalSpec, distinct: Distinct) -> list[Evaluation]:
-    """What the final phase measures: each pick's top-k distinct candidates by estimate (pooled
-    over similar recipes with `pool_estimates`), `evaluate_top` front members, and the baselines; in that
-    order, each once. Returned as stored (with their own estimates)."""
+    """What the final phase measures (`finalists`, on estimates pooled over similar recipes with
+    `pool_estimates`, the run's baselines with `final.baselines`). Returned as stored (with their own
+    estimates)."""
     pool = candidates(store)
     ranked = pooled_as_first(store, pool, distinct.space, objectives.names) if final.pool_estimates else pool
+    baselines = store.get_meta(BASELINES_META, {}) if final.baselines else {}
+    own = {e.key: e for e in pool}
+    return [own[e.key] for e in finalists(ranked, objectives, final, distinct, baselines)]
+
+
+def finalists(ranked: Sequence[Evaluation], objectives: Objectives, final: FinalSpec, distinct: Distinct,
+              baselines: Collection[str] = ()) -> list[Evaluation]:
+    """Each pick's top-k distinct candidates of `ranked` by estimate, `evaluate_top` front members
+    (`front_members`, by `final.front_choice`), and the `baselines` among them; in that order, each once."""
     chosen = [e for score in pick_scores(objectives, final).values()
               for e in distinct.first(sorted(ranked, key=lambda e: -score(e.estimates)), final.top_k)]
     chosen += front_members(non_dominated(ranked, objectives), objectives, final.evaluate_top, distinct,
                             final.front_choice)
-    if final.baselines:
-        baselines = store.get_meta(BASELINES_META, {})
-        chosen += [e for e in ranked if e.key in baselines]
-    own = {e.key: e for e in pool}
-    return list({e.key: own[e.key] for e in chosen}.values())
+    chosen += [e for e in ranked if e.key in baselines]
+    return list({e.key: e for e in chosen}.values())
 
 
 def pooled_as_first(store: CampaignStore, pool: Sequence[Evaluation], space: SearchSpace,
