@@ -30,7 +30,8 @@ RUN_DIR = click.argument("run", type=UserPath(path_type=Path))
 def _campaign_file(run: Path) -> Path:
     """The campaign.yaml of an existing run folder (one with its database: resuming a folder whose
     database is gone would start the campaign over in it)."""
-    from evo_merge.search.binding import CAMPAIGN_FILE, check_run_files
+    from evo_merge.search.binding import check_run_files
+    from evo_merge.search.layout import CAMPAIGN_FILE
 
     check_run_files(run)
     return run / CAMPAIGN_FILE
@@ -278,13 +279,15 @@ def status(run: Path) -> None:
 @RUN_DIR
 def report(run: Path) -> None:
     """(Re)write report.md, report.html, evaluations.csv, pareto.csv and the plots of a run."""
+    from evo_merge.search.layout import EVALUATIONS_CSV, PARETO_CSV, REPORT_HTML
+
     report_file, running, finished = _write_report(run)
     if not finished and _moved_on(run, running):
         # a run finished (or stopped) while the snapshot was written, perhaps after its own final report:
         # that one had been replaced by a snapshot saying the run was not finished (audits 112, 114)
         report_file, running, _ = _write_report(run)
     now = f" (a run is working in the folder, pid {running}: they are of this moment)" if running else ""
-    click.echo(f"wrote {report_file}, report.html, evaluations.csv, pareto.csv and the plots in {run}{now}")
+    click.echo(f"wrote {report_file}, {REPORT_HTML}, {EVALUATIONS_CSV}, {PARETO_CSV} and the plots in {run}{now}")
 
 
 def _write_report(run: Path) -> tuple[Path, str | None, bool]:

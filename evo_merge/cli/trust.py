@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from evo_merge.search.binding import STARTED_FILES
+from evo_merge.search.layout import EVALUATIONS_CSV, PARETO_CSV
 
 TRUST_TASKS = click.option(
     "--trust-tasks", is_flag=True,
@@ -18,7 +19,7 @@ TRUST_TASKS = click.option(
 
 # what only a run folder holds: a campaign.yaml beside one of them is a run folder's own (a project
 # folder may hold its campaign beside `models/` or a report of its own)
-RUN_ENTRIES = (*sorted(STARTED_FILES), "evaluations.csv", "pareto.csv")
+RUN_ENTRIES = (*sorted(STARTED_FILES), EVALUATIONS_CSV, PARETO_CSV)
 
 
 def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:
@@ -47,7 +48,8 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, re
     tasks is named as the reason no mark can cover them."""
     from evo_merge.config import Campaign
     from evo_merge.errors import UserError, naming_file
-    from evo_merge.search.binding import CAMPAIGN_FILE, open_records, open_run, tasks_changed
+    from evo_merge.search.binding import open_records, open_run, tasks_changed
+    from evo_merge.search.layout import CAMPAIGN_FILE
     from evo_merge.search.store import CampaignStore
     from evo_merge.search.trust import code_task, is_trusted
     from evo_merge.search.workspace import resolve_campaign

@@ -24,6 +24,7 @@ from evo_merge.report.pairs import task_pairs
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import rounded_storage_note
+from evo_merge.search.layout import EVALUATIONS_CSV, PARETO_CSV, PARETO_PNG, PROGRESS_PNG, REPORT_HTML, REPORT_MD
 from evo_merge.search.metrics import (
     item_totals,
     mixed_revisions_note,
@@ -190,12 +191,12 @@ def write_report(
     scored = (table[[f"meas_{t}" for t in tasks]].notna().all(axis=1)
               | table[[f"sample_{t}" for t in tasks]].notna().all(axis=1))  # race survivors: their sample scores
     front = mark_front(table[table.phase.isin([SEARCH, BASELINE]) & scored], objectives)
-    atomic_write(run_dir / "evaluations.csv", table.to_csv(index=False))
-    atomic_write(run_dir / "pareto.csv", front.to_csv(index=False))
+    atomic_write(run_dir / EVALUATIONS_CSV, table.to_csv(index=False))
+    atomic_write(run_dir / PARETO_CSV, front.to_csv(index=False))
     progress = progress_table(store, objectives)
-    plot_pareto(table, tasks, run_dir / "pareto.png", facts.get("endpoints", ()))
+    plot_pareto(table, tasks, run_dir / PARETO_PNG, facts.get("endpoints", ()))
     if len(progress):
-        plot_progress(progress, tasks, run_dir / "progress.png")
+        plot_progress(progress, tasks, run_dir / PROGRESS_PNG)
 
     lines_of_facts = _run_facts(run_dir, store, facts, table, finished, race, running)
     by_id = {e.id: e for e in evaluations}
@@ -204,7 +205,7 @@ def write_report(
     summary = _summary(table, tasks, store, exported or {})
     baselines = store.get_meta(BASELINES_META, {})
     compared = _compared(table, {e.id: baselines[e.key] for e in evaluations if e.key in baselines}, tasks)
-    path = run_dir / "report.md"
+    path = run_dir / REPORT_MD
     atomic_write(path, _markdown(run_dir, store, evaluations, table, lines_of_facts, summary, compared, exported,
                                  race))
     facts_html = "<ul>" + "".join(f"<li>{markdown_inline(f)}</li>" for f in lines_of_facts) + "</ul>"
@@ -279,11 +280,11 @@ def _markdown(run_dir: Path, store: CampaignStore, evaluations: Sequence[Evaluat
         "",
         summary.map(md).rename(columns=md).to_markdown(index=False, disable_numparse=True),
         "",
-        "![Pareto front](pareto.png)",
+        f"![Pareto front]({PARETO_PNG})",
         "",
-        "![Progress](progress.png)",
+        f"![Progress]({PROGRESS_PNG})",
         "",
-        "Interactive version: report.html (open it in a browser; it needs no network).",
+        f"Interactive version: {REPORT_HTML} (open it in a browser; it needs no network).",
         "",
     ]
     if exported:

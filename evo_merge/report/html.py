@@ -18,6 +18,7 @@ import pandas as pd
 from evo_merge.files import atomic_write
 from evo_merge.markup import html_text
 from evo_merge.report.pairs import task_pairs
+from evo_merge.search.layout import REPORT_HTML
 from evo_merge.search.store import BASELINE, CALIBRATION, SEARCH
 
 PAGE = """<!DOCTYPE html>
@@ -191,6 +192,6 @@ def write_html_report(
         for name, (_, folder) in exported.items():
             folders.setdefault(Path(folder), []).append(name)
         parts += [card_html(names, folder) for folder, names in folders.items()]
-    path = run_dir / "report.html"
+    path = run_dir / REPORT_HTML
     atomic_write(path, PAGE.format(title="Campaign report", body="\n".join(parts)))
     return path

@@ -28,6 +28,7 @@ from evo_merge.errors import UserError, first_line
 from evo_merge.files import atomic_write, parse_json
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
+from evo_merge.search.layout import CAMPAIGN_FILE, PARETO_CSV, PARETO_PNG, PROGRESS_PNG, REPORT_HTML, REPORT_MD
 from evo_merge.search.metrics import recorded_metrics
 from evo_merge.search.store import BASELINE, CALIBRATION, CampaignStore, Evaluation
 
@@ -38,7 +39,7 @@ EXTRA = "pip install 'evo-merge[tracking]'"
 # a tracking server that refuses or drops connections: MLflow's defaults (7 retries, 120 s each) kept a run
 # waiting over 4 minutes, silent, before its first evaluation; these give up within about half a minute
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-ARTIFACTS = ("campaign.yaml", "report.md", "report.html", "pareto.csv", "pareto.png", "progress.png")
+ARTIFACTS = (CAMPAIGN_FILE, REPORT_MD, REPORT_HTML, PARETO_CSV, PARETO_PNG, PROGRESS_PNG)
 
 
 class Tracker(Protocol):

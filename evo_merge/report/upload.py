@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from evo_merge.errors import UserError, first_line
+from evo_merge.search.layout import MODELS_FOLDER
 from evo_merge.search.store import CampaignStore
 from evo_merge.weights import Checkpoint
 from evo_merge.weights.dtypes import all_finite
@@ -57,7 +58,7 @@ def plan_upload(folder: str | Path) -> UploadPlan:
     folder = Path(folder)
     card = folder / "README.md"
     if not card.is_file() and (folder / CampaignStore.DB).is_file():  # a run folder: its picks are in models/
-        picks = sorted(p.name for p in (folder / "models").glob("*") if (p / "README.md").is_file())
+        picks = sorted(p.name for p in (folder / MODELS_FOLDER).glob("*") if (p / "README.md").is_file())
         raise UserError(f"{folder}: a campaign run folder; push one of its picks"
                         + (f": {', '.join(str(folder / 'models' / p) for p in picks)}" if picks else
                            " once exported (`evo-merge export`)"))

@@ -23,10 +23,10 @@ from evo_merge import __version__
 from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign, EvaluatorSpec
 from evo_merge.errors import UserError
 from evo_merge.markup import shell
+from evo_merge.search.layout import CAMPAIGN_FILE
 from evo_merge.search.lock import LOCK_FILE, holder
 from evo_merge.search.store import FACTS_META, CampaignStore, Record, check_no_links
 
-CAMPAIGN_FILE = "campaign.yaml"
 # what a run folder holds before its campaign is written: the database (with SQLite's journal files), the lock
 STARTED_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE}
 DEFAULTS_META = Record("defaults", int)  # the DEFAULTS_VERSION a run folder was written under; none: 1

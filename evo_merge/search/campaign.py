@@ -28,6 +28,7 @@ from evo_merge.search.export import export_candidate, export_picks, record_task_
 from evo_merge.search.front import candidates, measure_final, measure_picks
 from evo_merge.search.holdout import HOLDOUT_META, holdout_items, scenario_groups, shortfalls
 from evo_merge.search.kinds import candidate_kind
+from evo_merge.search.layout import EVALUATIONS_CSV, IRT_FOLDER
 from evo_merge.search.ledger import EvaluationLedger
 from evo_merge.search.lock import RunLock
 from evo_merge.search.objectives import Objectives
@@ -81,7 +82,7 @@ class CampaignRunner:
         campaign = workspace.campaign
         self.workspace, self.tasks, self.holdout, self._factory = workspace, tasks, holdout, evaluator_factory
         self.objectives = campaign_objectives(campaign)
-        self.scoring = Scoring(campaign.estimator, tasks, workspace.store, workspace.run_dir / "irt",
+        self.scoring = Scoring(campaign.estimator, tasks, workspace.store, workspace.run_dir / IRT_FOLDER,
                                campaign.algorithm.seed, self.holdout)
         self.ledger = EvaluationLedger(workspace.store, self.evaluator, self.scoring, progress)
         self.on_generation: list[GenerationDone] = []
@@ -380,7 +381,7 @@ class CampaignRunner:
         evaluation = next((e for e in store.evaluations() if e.id == eid), None)
         if evaluation is None or evaluation.status != "ok":
             raise UserError(f"--pick {eid}: no successful evaluation with that id in {workspace.run_dir} (the id "
-                            f"column of {workspace.run_dir / 'evaluations.csv'}, or a pick's evaluation in "
+                            f"column of {workspace.run_dir / EVALUATIONS_CSV}, or a pick's evaluation in "
                             "`evo-merge status`)")
         check_output_folder(Path(out).expanduser(), overwrite, [workspace.base, *workspace.models])  # not after
         try:

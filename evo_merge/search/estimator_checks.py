@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError
 from evo_merge.irt.model import MIN_SUBJECTS
+from evo_merge.search.layout import IRT_FOLDER
 
 if TYPE_CHECKING:
     from evo_merge.tasks.base import FitnessTask
@@ -63,8 +64,9 @@ def _check_irt_model_per_task(campaign: Campaign) -> None:
     for task in campaign.tasks:
         if not (folder / task.label / "model.json").is_file():
             # a run folder given for its irt/: the way there, not only `irt fit`
-            way = (f"a run's models are in its irt/: give {folder / 'irt'}"
-                   if (folder / "irt" / task.label / "model.json").is_file() else "fit one with `evo-merge irt fit`")
+            in_run = folder / IRT_FOLDER
+            way = (f"a run's models are in its {IRT_FOLDER}/: give {in_run}"
+                   if (in_run / task.label / "model.json").is_file() else "fit one with `evo-merge irt fit`")
             raise UserError(f"estimator.irt_model: {folder} holds no IRT model for task {task.label} "
                             f"(no {task.label}/model.json); {way}")
 

@@ -18,6 +18,7 @@ from evo_merge.search.evaluator import Evaluator
 from evo_merge.search.evidence import Evidence
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import candidate_kind, rounded_storage_note
+from evo_merge.search.layout import MODELS_FOLDER
 from evo_merge.search.metrics import se_caveat
 from evo_merge.search.store import FACTS_META, SEARCH, CampaignStore, Evaluation, Record, evaluated_on, in_run
 from evo_merge.search.workspace import Workspace
@@ -132,8 +133,8 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     (`CampaignStore.exported`) once all are written."""
     run_dir = workspace.run_dir
     workspace.check_models_unchanged()  # once, for every pick: their cards' scores are of the weights the run read
-    if (run_dir / "models").is_dir():
-        sweep_partial_folders(run_dir / "models")
+    if (run_dir / MODELS_FOLDER).is_dir():
+        sweep_partial_folders(run_dir / MODELS_FOLDER)
     names: dict[int, list[str]] = {}
     for name, evaluation in chosen.items():
         names.setdefault(evaluation.id, []).append(name)
@@ -141,7 +142,8 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     written = store.get_meta(EXPORTED_WEIGHTS_META, {})
     folders: dict[int, Path] = {}
     for name, evaluation in chosen.items():  # each candidate under the first name that picked it
-        out, where = run_dir / "models" / name, in_run(run_dir / "models" / name, run_dir)
+        out = run_dir / MODELS_FOLDER / name
+        where = in_run(out, run_dir)
         if evaluation.id in folders:
             continue
         kept = out.is_dir() and all(done.get(n) == (evaluation.id, where) for n in names[evaluation.id])

@@ -19,6 +19,7 @@ from evo_merge.merge.kinds import declared_ranges
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import CandidateFailed
 from evo_merge.search.holdout import HOLDOUT_META
+from evo_merge.search.layout import IRT_FOLDER
 from evo_merge.search.local import LocalEvaluator
 from evo_merge.search.space import SearchSpace
 from evo_merge.search.store import FACTS_META, CampaignStore
@@ -71,7 +72,7 @@ def run_scenarios(store: CampaignStore, names: Sequence[str]) -> dict[str, dict[
     full-evaluation run, a model given by `estimator.irt_model`) is left out: one scenario."""
     out = {}
     for name in names:
-        folder = store.run_dir / "irt" / name
+        folder = store.run_dir / IRT_FOLDER / name
         if (folder / "model.json").is_file():
             model = IRTModel.load(folder)
             out[name] = dict(zip(model.item_ids, model.item_scenarios))

@@ -32,6 +32,7 @@ from evo_merge.errors import UserError
 from evo_merge.files import parse_json
 from evo_merge.markup import visible
 from evo_merge.search.candidate import Candidate
+from evo_merge.search.layout import ALIGNED_FOLDER, IRT_FOLDER
 from evo_merge.search.lock import LOCK_FILE
 
 SCHEMA = """
@@ -557,7 +558,7 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return db
 
 
-RECORD_FOLDERS = ("irt", "aligned")  # a run's own records, written file by file (its models/: replaced whole)
+RECORD_FOLDERS = (IRT_FOLDER, ALIGNED_FOLDER)  # a run's own records, written file by file (its models/: replaced whole)
 
 
 def check_no_links(run_dir: Path) -> None:

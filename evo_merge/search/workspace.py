@@ -23,7 +23,6 @@ from evo_merge.errors import MissingModel, UserError
 from evo_merge.files import atomic_write, parse_json
 from evo_merge.schema import is_path_like
 from evo_merge.search.binding import (
-    CAMPAIGN_FILE,
     CAMPAIGN_TEXT_META,
     CONFIG_DATA_META,
     CONFIG_META,
@@ -38,6 +37,7 @@ from evo_merge.search.binding import (
 )
 from evo_merge.search.estimator_checks import check_estimator
 from evo_merge.search.kinds import candidate_kind
+from evo_merge.search.layout import ALIGNED_FOLDER, CAMPAIGN_FILE
 from evo_merge.search.store import FACTS_META, CampaignStore, Record
 from evo_merge.search.trust import mark_trusted
 from evo_merge.weights.checkpoint import weight_files
@@ -194,7 +194,7 @@ class Workspace:
         models = [refs[f"models.{i}"] for i in range(len(campaign.models))]
         if campaign.align is not None:
             data = existing_path(campaign.align.data, "align.data", "data file") if campaign.align.data else None
-            base, aligned = aligned_paths(campaign.align, [r.path for r in models], run_dir / "aligned", data)
+            base, aligned = aligned_paths(campaign.align, [r.path for r in models], run_dir / ALIGNED_FOLDER, data)
             workspace = cls(campaign, run_dir, base, aligned, store)
             try:
                 _check_weights(store, workspace.aligned_references(), ALIGNED_AGAIN)
