@@ -27,11 +27,13 @@ class SearchAlgorithm:
     """A set-up pymoo algorithm and the map from its individuals to candidates. `own_numpy_state`:
     the algorithm draws from numpy's global generator (the `cma` library behind CMA-ES does), which
     anything else in the process may draw from between two asks (a plugin task): it gets a state
-    of its own, swapped in around each ask and tell, so that a resume asks what the first run asked."""
+    of its own, swapped in around each ask and tell, so that a resume asks what the first run asked.
+    `one_starting_point`: the first generation is one point whatever the population (CMA-ES)."""
 
     algorithm: Algorithm
     to_candidate: Callable[[Any], Candidate]
     own_numpy_state: tuple | None = None
+    one_starting_point: bool = False
 
     def ask(self) -> Any:
         with self._numpy_state():
@@ -119,4 +121,4 @@ def make_algorithm(name: str, space: SearchSpace, *, n_objectives: int, populati
         to_candidate = space.decode
         own_state = None
     algorithm.setup(problem, termination=("n_gen", generations), seed=seed)
-    return SearchAlgorithm(algorithm, to_candidate, own_state)
+    return SearchAlgorithm(algorithm, to_candidate, own_state, one_starting_point=name == "cmaes")

@@ -54,8 +54,9 @@ def run_search(search: SearchAlgorithm, ledger: EvaluationLedger, objectives: Ob
                                    stage=f"generation {generation}/{generations}")
         if evaluations and not told and all(e.status != "ok" for e in evaluations):
             raise _every_candidate_failed(ledger, generation, evaluations)
-        if generation == 1 and not told and evaluations and all(e.phase != SEARCH for e in evaluations):
-            logger.warning("generation 1 is its seeds alone (%d endpoints and standard merges, measured in "
+        if (generation == 1 and not told and evaluations and all(e.phase != SEARCH for e in evaluations)
+                and not search.one_starting_point):  # (CMA-ES starts from one point at any population)
+            logger.warning("generation 1 is its seeds alone (%d of them: endpoints and standard merges, measured in "
                            "calibration, looked up): the search's first new candidates come in generation 2; a "
                            "population larger than the seeds leaves room for new ones from the start", len(evaluations))
         values = np.array([told.get(e.key, fitness(e, objectives)) for e in evaluations], dtype=float)
