@@ -40,8 +40,8 @@ def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwr
     plan = plan_from_recipe(Recipe.load(recipe), root=recipe.parent, dtype=dtype, source=recipe,
                             allow_pickle=allow_pickle)
     for name in changed_inputs(plan, recipe):  # a rebuild whose inputs changed: not the folder's weights
-        click.echo(f"{name}: its weights are not those {recipe} was merged from ({INPUTS_FILE} beside it): the "
-                   "output will differ from that merge", err=True)
+        click.echo(f"warning: {name}: its weights are not those {recipe} was merged from ({INPUTS_FILE} beside "
+                   "it): the output will differ from that merge", err=True)
     export_merge(plan, out, overwrite=overwrite, device=where,
                  track=lambda items, total: track(items, total, f"merging ({plan.method.name})"))
     base = plan.source_recipe.base_model

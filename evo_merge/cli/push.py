@@ -52,4 +52,4 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, revision: str | No
     for name, size in plan.files:
         click.echo(f"  {name}  {size:,} bytes")
     if not get_token():
-        click.echo(f"no token found: {LOGIN_HINT}", err=True)
+        click.echo(f"note: the upload itself needs a token, and none is set here: {LOGIN_HINT}", err=True)

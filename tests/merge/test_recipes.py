@@ -121,7 +121,7 @@ def test_a_rebuild_from_inputs_changed_since_is_said(family, tmp_path):
     changed = CliRunner().invoke(cli, ["merge", str(tmp_path / "m" / "merge_recipe.yaml"),
                                                        "--out", str(tmp_path / "changed")])
     assert changed.exit_code == 0 and changed.stderr.startswith(
-        f"{models[1]}: its weights are not those {tmp_path / 'm' / 'merge_recipe.yaml'} was merged from "
+        f"warning: {models[1]}: its weights are not those {tmp_path / 'm' / 'merge_recipe.yaml'} was merged from "
         "(merge_inputs.json beside it): the output will differ from that merge\n"), changed.stderr
     assert str(models[0]) not in changed.stderr  # the base is the one it was
     (tmp_path / "m" / "merge_inputs.json").write_text("[" * 100_000 + "]" * 100_000)  # crafted: a RecursionError

@@ -164,7 +164,9 @@ def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path,
     assert re.search(rf"exporting pick.* {tensors}/{tensors}", result.output), result.output  # a bar on stderr
     listed = {line.split()[0] for line in result.output.splitlines() if line.startswith("  ")}
     assert listed == {p.name for p in out.iterdir()} >= {"README.md", "model.safetensors", RESULTS_FILE}
-    assert "hf auth login" in result.output  # said now, before a real upload fails
+    # said now, before a real upload fails, as what the upload will need (the dry run needed none)
+    assert "note: the upload itself needs a token, and none is set here" in result.output
+    assert "hf auth login" in result.output
 
     again = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(out), "--overwrite",
                                      "--push-to-hub", "me/tiny-merge"])
