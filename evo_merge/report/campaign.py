@@ -243,8 +243,9 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
         *unfinished,
         f"evaluations: {len(table)} ({n_search} search candidates, {n_failed} failed"
         + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")",
-        f"item evaluations in the search phase: {spent:,}; a full-evaluation search would have spent {full:,}"
-        + (f" ({saving:.1f}x more)" if saving is not None else ""),
+        (f"item evaluations in the search phase: {spent:,}; a full-evaluation search would have spent {full:,}"
+         + (f" ({saving:.1f}x more)" if saving is not None else "")) if n_search
+        else "item evaluations in the search phase: none yet (no search candidate)",
         f"item evaluations in total: {item_totals(store)}",
         _holdout_fact(store.get_meta(HOLDOUT_META, {})),
     ]

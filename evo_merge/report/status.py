@@ -82,10 +82,10 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
     if rounds := rounds_summary(store.get_meta(PICKS_META)):
         lines.append(rounds)
     spent, full, saving = search_saving(store, facts, len(search))
-    lines.append(
-        f"item evaluations in search: {spent:,} vs {full:,} for a full-evaluation search"
-        + (f" ({saving:.1f}x saving)" if saving is not None else "") + f"; in total {item_totals(store)}"
-    )
+    saved = f" ({saving:.1f}x saving)" if saving is not None else ""
+    compared = (f"{spent:,} vs {full:,} for a full-evaluation search{saved}" if search
+                else "none yet (no search candidate)")  # a run stopped in calibration: no "0 vs 0"
+    lines.append(f"item evaluations in search: {compared}; in total {item_totals(store)}")
     # what the store holds (scenario names, methods, folders) cannot drive the terminal, nor start a line
     return [visible(line) for line in lines]
 

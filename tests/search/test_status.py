@@ -242,3 +242,26 @@ def test_the_se_caveat_by_estimator_kind_and_revision(kind, revision, mixed, cav
     else:
         assert got.startswith(f"{caveat} estimates") and ("before estimator revision 4" in got) == (kind == "adaptive")
         assert se_note({"estimator": kind}, _Revisions(revision, mixed)) == f"{got} (docs/irt.md)"
+
+
+def test_a_run_stopped_in_calibration_has_no_search_to_compare(tmp_path):
+    """Before the search's first candidate, `status` and the report say the search spent nothing
+    yet, not "0 vs 0 for a full-evaluation search" (audit 122)."""
+    from evo_merge.config import Campaign
+    from evo_merge.report.campaign import write_report
+    from evo_merge.search.campaign import CampaignRunner
+    from evo_merge.search.store import FACTS_META
+
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
+    path = write_campaign(tmp_path / "campaign.yaml", base, fts, tasks=agreement_tasks(fts),
+                          estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1})
+    runner = CampaignRunner.open(Campaign.load(path), tmp_path, tmp_path / "run")
+    runner.calibrate()  # stopped here: calibration stored, no generation asked
+    store = runner.workspace.store
+    report = write_report(runner.workspace.run_dir, store, store.get_meta(FACTS_META)).read_text()
+    runner.close()
+    printed = CliRunner().invoke(cli, ["status", str(tmp_path / "run")]).output
+    assert re.search(r"item evaluations in search: none yet \(no search candidate\); in total [\d,]+ "
+                     r"\(calibration [\d,]+", printed), printed
+    assert "item evaluations in the search phase: none yet (no search candidate)" in report
+    assert " vs 0 " not in printed and "would have spent 0" not in report
