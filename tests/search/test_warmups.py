@@ -202,9 +202,9 @@ def test_the_progress_counts_the_standard_warm_ups_from_the_first_generation(tmp
     store, objectives = runner.workspace.store, runner.objectives
     assert not [e for e in store.evaluations(SEARCH) if e.generation == 1]  # all looked up
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("generation 1")] == [
-        "generation 1 is its seeds alone (6 of them: endpoints and standard merges, measured in calibration, looked up): "
-        "the search's first new candidates come in generation 2; a population larger than the seeds leaves room for "
-        "new ones from the start"]
+        "generation 1 is its seeds alone (6 of them: endpoints and standard merges, measured in calibration, looked "
+        "up): the search's first new candidates come in generation 2; a population larger than the seeds leaves room "
+        "for new ones from the start"]
     table = progress_table(store, objectives).set_index("generation")
     standard = [e for e in store.evaluations(BASELINE)]
     for task in objectives.names:
