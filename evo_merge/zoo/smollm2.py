@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import importlib.util
 import re
@@ -99,6 +100,28 @@ def gguf_path(gguf_file: str = GGUF_FILE) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _without_library_bars() -> Iterator[None]:
+    """No bars of transformers' own while it reads the GGUF file: "Loading weights" (its logging's
+    switch turns that one off) and the dequantising loop (tqdm called directly: no switch reaches
+    it, so its module's `tqdm` is swapped for one that draws nothing). A zoo build says its stages
+    itself, and in a log file a bar was a line of carriage-return frames."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
+    from transformers.utils import logging as hf_logging
+
+    bars, loop = hf_logging.is_progress_bar_enabled(), getattr(gguf_loading, "tqdm", None)
+    hf_logging.disable_progress_bar()
+    if loop is not None:
+        gguf_loading.tqdm = functools.partial(loop, disable=True)
+    try:
+        yield
+    finally:
+        if loop is not None:
+            gguf_loading.tqdm = loop
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_gguf_base(gguf_file: str = GGUF_FILE) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """Tokenizer and model from the GGUF file, dequantised to float32, as a plain HF model
     (no GGUF quantization config left in its config, so it saves as an ordinary folder)."""
@@ -106,9 +129,10 @@ def load_gguf_base(gguf_file: str = GGUF_FILE) -> tuple[PreTrainedTokenizerBase,
 
     path = gguf_path(gguf_file)
     check_gguf_reader()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    with _without_library_bars():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     tokenizer.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     for attr in ("quantization_config", "_name_or_path", "_model_name_or_path"):
         if hasattr(model.config, attr):
             delattr(model.config, attr)

@@ -1,7 +1,9 @@
 """The smollm2 zoo's cheap parts: finding the GGUF, loading it, saving the base as an HF folder
 that reloads to the same logits (no training here: fine-tunes take minutes on a CPU)."""
 
+import contextlib
 import importlib.util
+import io
 
 import pytest
 import torch
@@ -29,8 +31,26 @@ def test_missing_wheel_is_a_user_error_naming_the_install_command(monkeypatch, t
 
 
 @pytest.fixture(scope="module")
-def gguf_base():
-    return smollm2.load_gguf_base()
+def gguf_load():
+    """The loaded base and what loading it wrote on stderr (once: it takes 20 s)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        base = smollm2.load_gguf_base()
+    return base, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def gguf_base(gguf_load):
+    return gguf_load[0]
+
+
+@needs_wheel
+def test_loading_the_gguf_draws_no_library_bars(gguf_load):
+    """transformers' "Loading weights" and dequantising bars went into a zoo build's log as lines of
+    carriage returns (audit 122): the build says its own stages."""
+    printed = gguf_load[1]
+    assert "Converting and de-quantizing" not in printed and "Loading weights" not in printed, printed
+    assert "\r" not in printed and "it/s" not in printed, printed
 
 
 @needs_wheel
