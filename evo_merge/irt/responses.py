@@ -243,7 +243,7 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise UserError(f"{source}: no responses")
     _check_long_columns(frame.columns, source)
-    if _is_long(frame):
+    if long_given := _is_long(frame):
         if "score" not in frame.columns:
             raise UserError(f"{source}: long format needs a 'score' column")
         long = frame.copy()
@@ -251,6 +251,9 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
         if frame.shape[1] < 2:
             raise UserError(f"{source}: expected columns subject,item,score or one column per item")
         long = _wide_to_long(frame)
+        # a long table whose columns are named otherwise (`model,question,value`) reads as wide: its ids as scores
+        wide = (f" (read as a wide table, one row per subject and a column per item; a long one needs columns "
+                f"subject,item,score, and these are {', '.join(map(str, frame.columns))})")
     if "scenario" not in long.columns:
         long["scenario"] = DEFAULT_SCENARIO
     long = long[["subject", "item", "score", "scenario"]]
@@ -269,7 +272,7 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
     if bad.any():
         row = long[bad].iloc[0]
         where = f"subject {row['subject']}, item {row['item']}"
-        raise UserError(f"{source}: non-numeric score {row['score']!r} for {where}")
+        raise UserError(f"{source}: non-numeric score {row['score']!r} for {where}{'' if long_given else wide}")
     long["score"] = numeric.astype(float)
     out_of_range = (long["score"] < 0) | (long["score"] > 1) | np.isinf(long["score"])
     if out_of_range.any():

@@ -55,6 +55,10 @@ def test_wide_csv_and_parquet_give_the_same_long_table(tmp_path):
     ("text", "name", "message"),
     [
         ("subject,item,score\na,q1,yes\n", "r.csv", "non-numeric score 'yes' for subject a, item q1"),
+        # a long table under other column names reads as wide: said so, naming the columns (audit 122)
+        ("model,question,value\na,q1,1\nb,q1,0\n", "r.csv", "non-numeric score 'q1' for subject a, item question "
+         "(read as a wide table, one row per subject and a column per item; a long one needs columns "
+         "subject,item,score, and these are model, question, value)"),
         ("subject,item,score\na,q1,1.5\n", "r.csv", "score 1.5 out of [0, 1] for subject a, item q1"),
         ("subject,item,score\na,q1,-1\n", "r.csv", "out of [0, 1]"),
         ("subject,item,score\na,q1,1\na,q1,0\n", "r.csv", "duplicate response for subject a, item q1"),
