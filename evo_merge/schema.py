@@ -158,6 +158,8 @@ def _message(error: dict, model: type[BaseModel]) -> str:
     if error["type"] == "model_type":  # pydantic says "a valid dictionary or instance of TaskSpec"
         return f"expected a mapping of keys ({{key: value, ...}}), not {_kind(error['input'])}" + _as_mapping(
             error, model)
+    if error["type"] == "list_type":  # `models: /path/arith` for `models: [/path/arith]`
+        return f"expected a list ([a, b, ...]), not {_kind(error['input'])}" + _as_list(error, model)
     if error["type"] == "tuple_type":  # the schemas' tuples are ranges: [low, high], [start, end]
         return f"expected a list of two values ([low, high]), not {_kind(error['input'])}"
     if error["type"] != "extra_forbidden":
@@ -178,6 +180,16 @@ def _as_mapping(error: dict, model: type[BaseModel]) -> str:
     return f"; write it as {{{required.pop()}: {value}}}"
 
 
+def _as_list(error: dict, model: type[BaseModel]) -> str:
+    """One value where a list goes, written as a list of it (of its section, where an entry is one:
+    `tasks: arith` is `tasks: [{task: arith}]`)."""
+    value = error["input"]
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return ""
+    entry = _as_mapping({**error, "loc": (*error["loc"], 0)}, model).removeprefix("; write it as ") or value
+    return f"; write it as [{entry}]"
+
+
 def _kind(value: Any) -> str:
     """What a YAML value is, in YAML's words: `tasks: [arith]` holds a string, not a mapping."""
     if value is None:
@@ -186,6 +198,8 @@ def _kind(value: Any) -> str:
         return f"the boolean {str(value).lower()}"
     if isinstance(value, (int, float, str)):
         return f"{'the string' if isinstance(value, str) else 'the number'} {value!r}"
+    if isinstance(value, dict):
+        return "a mapping"
     return "a list" if isinstance(value, list) else type(value).__name__
 
 

@@ -423,6 +423,13 @@ def test_a_misspelt_key_is_named_with_the_key_it_resembles(tmp_path, family, edi
     # the README writes {task: arith}; a bare name was "a valid dictionary or instance of TaskSpec"
     ("base_model: {base}\nmodels: [{ft}]\ntasks: [arith]\n",
      "tasks.0: expected a mapping of keys ({{key: value, ...}}), not the string 'arith'; write it as {{task: arith}}"),
+    # one value where a list goes: written as a list of it, of its section where an entry is one (audit 122)
+    ("base_model: {base}\nmodels: {ft}\ntasks: [{{task: arith}}]\n",
+     "models: expected a list ([a, b, ...]), not the string '{ft}'; write it as [{ft}]"),
+    ("base_model: {base}\nmodels: [{ft}]\ntasks: arith\n",
+     "tasks: expected a list ([a, b, ...]), not the string 'arith'; write it as [{{task: arith}}]"),
+    ("base_model: {base}\nmodels: {{a: {ft}}}\ntasks: [{{task: arith}}]\n",
+     "models: expected a list ([a, b, ...]), not a mapping"),
     ("base_model: {base}\nmodels: [{ft}]\ntasks: [{{task: arith}}]\nestimator: gpirt\n",
      "estimator: expected a mapping of keys ({{key: value, ...}}), not the string 'gpirt'"),
     # one value fixes a hyperparameter; a mapping there is neither a range nor a value
@@ -432,7 +439,7 @@ def test_a_misspelt_key_is_named_with_the_key_it_resembles(tmp_path, family, edi
 def test_a_value_where_a_section_belongs_is_named_in_yaml_words(tmp_path, family, text, expected):
     path = tmp_path / "c.yaml"
     path.write_text(text.format(base=family[0], ft=family[1][0]))
-    one_line_error(*invoke("plan", path), "c.yaml: " + expected.format())
+    one_line_error(*invoke("plan", path), "c.yaml: " + expected.format(ft=family[1][0]))
 
 
 @pytest.mark.parametrize(("key", "typo", "expected"), [
