@@ -65,6 +65,19 @@ def max_dims(n_subjects: int) -> int:
     return max(1, n_subjects // SUBJECTS_PER_DIM)
 
 
+def dims_tried(n_subjects: int, dims: int | str, dims_grid: Sequence[int] = DIMS_GRID) -> list[int]:
+    """The D values `IRTModel.fit` cross-fits on this many subjects: the grid capped by `max_dims`
+    with "auto", else `dims` alone."""
+    cap = max_dims(n_subjects)
+    return sorted({min(d, cap) for d in dims_grid}) if dims == "auto" else [dims]
+
+
+def fit_count(n_subjects: int, dims: int | str, dims_grid: Sequence[int] = DIMS_GRID) -> int:
+    """How many fits `IRTModel.fit` runs (two per D tried, then the chosen D on every subject):
+    what its progress counts, and what a caller fitting several models adds up beforehand."""
+    return 2 * len(dims_tried(n_subjects, dims, dims_grid)) + 1
+
+
 def positive_count(value: Any) -> int | None:
     """`value` as an int where it is a positive whole number of any integer type (numpy's too: a
     count read from an array was refused as "not a positive integer, not np.int64(5)"), else None.
@@ -291,8 +304,7 @@ class IRTModel:
         if dims != "auto" and dims > cap:
             log.warning("D=%d with %d subjects: 'auto' would allow at most %d (held-out abilities overfit)",
                         dims, n_subj, cap)
-        grid = sorted({min(d, cap) for d in dims_grid}) if dims == "auto" else [dims]
-        total = 2 * len(grid) + 1
+        grid, total = dims_tried(n_subj, dims, dims_grid), fit_count(n_subj, dims, dims_grid)
         progress(FIT_STAGE, 0, total)
         fold, fold_fits, errors = _cross_fits(
             binary, grid, seed, fit=lambda b, d: fit_fn(b, d, seed=seed, **backend_options),

@@ -33,7 +33,7 @@ from evo_merge.irt.kinds import (
     RANDOM_DRAWS,
     SELECTABLE_ANCHOR_METHODS,
 )
-from evo_merge.irt.model import IRTModel
+from evo_merge.irt.model import IRTModel, fit_count
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.progress import Progress, no_progress
 
@@ -191,9 +191,11 @@ def validate(
     errors: dict[tuple[int, str, str], list[np.ndarray]] = {}
     baselines: dict[int, list[tuple[float, float]]] = {}  # budget -> per fold, (MAE, SD of one draw's)
     held: list[int] = []
+    # every split's fits, one count: the folds' training subjects differ in number, and so may the D values each tries
+    fits = [fit_count(train["subject"].nunique(), dims) for train, _ in splits]
     for i, (train, test) in enumerate(splits):
-        def fitting(stage: str, fit_done: int, fit_total: int, i: int = i) -> None:  # every split's fits, one count
-            progress(stage, i * fit_total + fit_done, len(splits) * fit_total)
+        def fitting(stage: str, fit_done: int, fit_total: int, before: int = sum(fits[:i])) -> None:
+            progress(stage, before + fit_done, sum(fits))
 
         model = IRTModel.fit(train, backend=backend, dims=dims, seed=seed, progress=fitting, **backend_options)
         if i == 0:  # its clock starts once the first fit is done

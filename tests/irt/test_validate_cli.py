@@ -617,3 +617,16 @@ def test_anchors_and_validate_take_the_balance_of_stratified_draws(files, tmp_pa
         in out  # the default row is not what a campaign's default would score
     written = pd.read_csv(tmp_path / "v.csv").set_index(["method", "estimator"])["mae"]
     assert written["stratified", "gpirt"] == pytest.approx(tables[1]["stratified", "gpirt"])
+
+
+def test_the_fits_of_every_fold_are_one_count_fixed_from_the_start(files):
+    """Folds of 11 and 12 training subjects try one D and two (3 fits and 5): the count was each
+    fold's own times the folds, so a log read 3/12 and then 15/20 (audit 122)."""
+    _, full = files
+    data = validate_responses(full[full.subject.isin(sorted(full.subject.unique())[:15])])
+    assert sorted(train.subject.nunique() for train, _ in subject_folds(data, 4, seed=0)) == [11, 11, 11, 12]
+    seen = []
+    validate(data, budgets=[5], methods=["random"], folds=4, repeats=1,
+             progress=lambda stage, done, total: seen.append((done, total)) if stage == "fitting IRT" else None)
+    assert {total for _, total in seen} == {3 + 3 + 3 + 5}
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen) and seen[-1] == (14, 14)
