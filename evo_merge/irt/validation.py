@@ -22,6 +22,7 @@ from evo_merge.irt.anchors import choose_anchor_method, select_anchors
 from evo_merge.irt.estimators import Estimator
 from evo_merge.irt.kinds import (
     ANCHOR_MEAN,
+    BALANCED_ANCHOR_METHODS,
     DEFAULT_ANCHOR_BALANCE,
     DEFAULT_ANCHOR_METHOD,
     DEFAULT_ESTIMATOR_KIND,
@@ -225,12 +226,13 @@ def validate(
                 ratio = np.nan if exact else float(np.sqrt(se2.mean() / err2.mean()))
                 rows.append(row | {"method": method, "estimator": kind, "mae": float(mae.mean()),
                                    "sd": float(mae.std()), "draws": mae.size, "beyond_2se": float(beyond.mean()),
-                                   "se_ratio": ratio})
+                                   "se_ratio": ratio, "balance": balance if method in BALANCED_ANCHOR_METHODS
+                                   else None})  # what a stratified row's anchor sets were the best-balanced of
         mae, sd = np.array(baselines[budget]).T
         rows.append(row | {"method": "random", "estimator": BASELINE, "mae": float(share @ mae),
                            "sd": float(np.sqrt(share**2 @ sd**2)), "draws": draws,  # the folds' draws are independent
-                           "beyond_2se": np.nan, "se_ratio": np.nan})  # a plain mean states no SE
-    table = pd.DataFrame(rows)
+                           "beyond_2se": np.nan, "se_ratio": np.nan, "balance": None})  # a plain mean states no SE
+    table = pd.DataFrame(rows).astype({"balance": "Int64"})
     base = table[table.estimator == BASELINE].set_index("budget")["mae"]
     # no ratio where random sampling is exact (the budget covers every item): shown blank, not inf
     table["vs_baseline"] = table["mae"] / table["budget"].map(base).replace(0.0, np.nan)

@@ -16,7 +16,7 @@ from evo_merge.errors import UserError
 from evo_merge.irt import load_anchors, validate, validate_responses
 from evo_merge.irt.anchors import Anchors, select_anchors
 from evo_merge.irt.estimators import Estimator
-from evo_merge.irt.kinds import SELECTABLE_ANCHOR_METHODS
+from evo_merge.irt.kinds import DEFAULT_ANCHOR_BALANCE, SELECTABLE_ANCHOR_METHODS
 from evo_merge.irt.model import IRTModel
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
@@ -222,6 +222,9 @@ def test_fit_anchors_estimate_validate(files):
     assert out.index("fitting IRT: 3/3") < out.index("validating:"), out
     table = pd.read_csv(root / "v.csv")
     assert len(table) == 2 * (len(SELECTABLE_ANCHOR_METHODS) * 3 + 1) and np.isfinite(table.mae).all()
+    # which draws the stratified rows' anchor sets were the best-balanced of: the CSV says, as the console does
+    stratified = table.method.isin(["stratified", "stratified-irt"])
+    assert (table.balance[stratified] == DEFAULT_ANCHOR_BALANCE).all() and table.balance[~stratified].isna().all()
     # 30 training subjects: the default is stratified-irt anchors + gp-IRT, marked and summed up
     default = table[table["default"]]
     assert set(zip(default.method, default.estimator, default.budget)) == {("stratified-irt", "gpirt", 5),
@@ -615,8 +618,9 @@ def test_anchors_and_validate_take_the_balance_of_stratified_draws(files, tmp_pa
     assert code == 0, out
     assert "stratified anchors here: one draw per anchor set (--balance); a campaign's are the best-balanced of 200" \
         in out  # the default row is not what a campaign's default would score
-    written = pd.read_csv(tmp_path / "v.csv").set_index(["method", "estimator"])["mae"]
-    assert written["stratified", "gpirt"] == pytest.approx(tables[1]["stratified", "gpirt"])
+    written = pd.read_csv(tmp_path / "v.csv").set_index(["method", "estimator"])
+    assert written.mae["stratified", "gpirt"] == pytest.approx(tables[1]["stratified", "gpirt"])
+    assert written.balance["stratified", "gpirt"] == 1  # the CSV says so too, apart from the console's line
 
 
 def test_the_fits_of_every_fold_are_one_count_fixed_from_the_start(files):
