@@ -281,10 +281,10 @@ def reproduce_lines(device: str, threads: int | None = None, on_host: Sequence[s
 def local_inputs_lines(inputs: Sequence[CardInput]) -> list[str]:
     """A recipe naming local folders rebuilds the weights only where those models are: said, with
     the way to rebuild elsewhere (the card claimed "bit for bit" of a recipe no Hub reader could run)."""
-    if all(ref.hub_id for ref in inputs):
+    if all(ref.hub_id and not ref.adapter_local for ref in inputs):
         return []
-    return ["The recipe names some of its models by the folders they were merged from: elsewhere, put the same "
-            "models' Hub ids or your copies of them in their place.", ""]
+    return ["The recipe names some of its models (or their LoRA adapters) by the folders they were merged from: "
+            "elsewhere, put their Hub ids or your copies of them in their place.", ""]
 
 
 def plugin_lines(method: str) -> list[str]:

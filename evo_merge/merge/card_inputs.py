@@ -26,6 +26,7 @@ class CardInput:
     folder: Path | None = None
     adapter: str | None = None
     adapter_folder: Path | None = None  # for the adapter's own license
+    adapter_local: bool = False  # the adapter named by a folder of this machine, not a Hub id
 
     @property
     def display(self) -> str:
@@ -45,7 +46,7 @@ def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None
         model, adapter = reference.rsplit("+", 1)
         adapter_ref = model_ref(adapter)  # a folder, or a Hub id with its cached snapshot
         return replace(model_ref(model, hub_id=hub_id, revision=revision), adapter=adapter_ref.display,
-                       adapter_folder=adapter_ref.folder)
+                       adapter_folder=adapter_ref.folder, adapter_local=adapter_ref.hub_id is None)
     folder = path if path.is_dir() else None
     if hub_id is None and (cached := _CACHE_SNAPSHOT.search(str(reference))):
         hub_id, revision = f"{cached['org']}/{cached['name']}", revision or cached["rev"]

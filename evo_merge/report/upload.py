@@ -20,9 +20,10 @@ from evo_merge.search.store import CampaignStore
 from evo_merge.weights import Checkpoint
 from evo_merge.weights.dtypes import all_finite
 
-# an absolute POSIX path of two or more components (not a URL's //host), a home path, a Windows drive
+# an absolute POSIX path of two or more components (not a URL's //host), a home path, a Windows drive;
+# after a `+` too: a LoRA adapter's folder behind a Hub id (`org/name@sha+/home/me/adapter`)
 _LOCAL_PATH = re.compile(
-    r"(?:^|[\s\"'`(\[=,])(~?/(?![/\s])[^\s\"'`)\],]*/[^\s\"'`)\],/][^\s\"'`)\],]*|[A-Za-z]:\\[^\s\"'`]+)"
+    r"(?:^|[\s\"'`(\[=,+])(~?/(?![/\s])[^\s\"'`)\],]*/[^\s\"'`)\],/][^\s\"'`)\],]*|[A-Za-z]:\\[^\s\"'`]+)"
 )
 TEXT_SUFFIXES = (".md", ".json", ".yaml", ".yml", ".txt", ".jinja")
 LOGIN_HINT = (

@@ -72,11 +72,17 @@ def test_hub_inputs_become_base_model_with_revisions(tmp_path):
     assert "names some of its models by the folders" not in card.text  # Hub ids rebuild anywhere
     local = ModelCard(model_card(Recipe.model_validate({"merge_method": "task_arithmetic", "base_model": str(snapshot),
                                                         "models": [{"model": str(tmp_path / "ft")}]})))
-    assert "names some of its models by the folders they were merged from" in local.text
+    assert "names some of its models (or their LoRA adapters) by the folders they were merged from" in local.text
+    # a Hub model with an adapter from a folder of this machine rebuilds only here too (audit 123)
+    adapted = ModelCard(model_card(Recipe.model_validate({
+        "merge_method": "task_arithmetic", "base_model": str(snapshot),
+        "models": [{"model": f"org/chat-ft@v2+{tmp_path / 'adapters' / 'my-lora'}"}]})))
+    assert "by the folders they were merged from" in adapted.text
     ref = model_ref("some/path", hub_id="org/x", revision="abc")
     assert (ref.hub_id, ref.revision, ref.display) == ("org/x", "abc", "org/x@abc")
     lora = model_ref(f"org/x@abc+{tmp_path}/adapters/my-lora")
-    assert (lora.hub_id, lora.display) == ("org/x", "org/x@abc + LoRA my-lora")
+    assert (lora.hub_id, lora.display, lora.adapter_local) == ("org/x", "org/x@abc + LoRA my-lora", True)
+    assert not model_ref("org/x@abc+org/my-lora").adapter_local  # an adapter on the Hub rebuilds anywhere
     # a Hub id by huggingface_hub's rule, as recipes read one: `a--b/c` is none, a missing folder named
     assert model_ref("org/name@v1").hub_id == "org/name" and model_ref("a--b/c").hub_id is None
 

@@ -201,6 +201,16 @@ def test_exporting_the_base_or_an_endpoint_says_which_it_is(tracked_run, tmp_pat
         assert "measured for this export" not in result.output  # measured in calibration: the tables have it
 
 
+def test_a_local_adapter_behind_a_hub_id_is_a_local_path():
+    """`org/name@sha+/home/me/lora` in a recipe names this machine's adapter folder: `push` warned of
+    a local base's path but not of this one (audit 123)."""
+    from evo_merge.report.upload import local_paths
+
+    assert local_paths("  model: tiny/base@38d5+/home/me/adapters/lora\n") == ["/home/me/adapters/lora"]
+    assert local_paths('["tiny/base@38d5+~/adapters/lora"]') == ["~/adapters/lora"]
+    assert local_paths("model: tiny/base@38d5+org/lora") == []  # an adapter on the Hub
+
+
 def test_upload_refuses_a_card_with_a_local_path_or_weights_with_nan(tmp_path):
     card = "---\ntags: [evo-merge]\nbase_model: /home/me/models/base\n---\n"
     folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))], extra_files={"README.md": card})
