@@ -232,10 +232,13 @@ def _check_keys(method: MergeMethod, group: Group, anywhere: set[str]) -> list[s
 
 
 def _check_anchors(hp: Hyperparameter | None, setting: Any, where: str) -> None:
-    """Each anchor of a gradient, and each filtered value, as its parameter takes it (`hp` None: a
-    weight, any finite number): each is checked where a tensor reads it, and one no layer reaches
-    was merged without a word and written into the output's recipe as given."""
+    """A parameter's value, each anchor of a gradient and each filtered value, as its parameter
+    takes it (`hp` None: a weight, any finite number), named by its key: a tensor checks what it
+    reads, but one no layer reaches was merged without a word and written into the output's recipe
+    as given, and a per-model value out of range was named `parameters.density` there."""
     if not isinstance(setting, list):
+        if hp is not None:
+            hp.coerce(setting, where)
         return
     for i, anchor in enumerate(setting):
         if isinstance(anchor, dict):

@@ -415,6 +415,12 @@ BAD_RECIPES = {
         "parameters: {{density: [{{filter: mlp, value: [0.5, 1.5, 0.5]}}, {{value: 0.5}}]}}\n",
         "parameters.density.0.value.1: 1.5 is outside [0.0, 1.0]",
     ),
+    # was "parameters.density: ...", a key the recipe does not have (audit 123)
+    "per-model value out of range": (
+        "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: 0.5, density: 0.5}}}}, "
+        "{{model: {ft}, parameters: {{weight: 0.5, density: -0.2}}}}]\n",
+        "models.1.parameters.density: -0.2 is outside [0.0, 1.0]",
+    ),
     # was "needs exactly 0 model(s) besides the base, got 1" for two models and no base
     "two models to copy": (
         "merge_method: passthrough\nmodels: [{{model: {base}}}, {{model: {ft}}}]\n",
