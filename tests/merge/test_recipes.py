@@ -415,6 +415,11 @@ BAD_RECIPES = {
         "parameters: {{density: [{{filter: mlp, value: [0.5, 1.5, 0.5]}}, {{value: 0.5}}]}}\n",
         "parameters.density.0.value.1: 1.5 is outside [0.0, 1.0]",
     ),
+    # which of the two dtype keys: neither was named (audit 123)
+    "unknown dtype": (
+        "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\ndtype: bf16\nout_dtype: float8\n",
+        "out_dtype: unknown dtype 'float8'; choose one of float32, bfloat16, float16, fp32, bf16, fp16, half",
+    ),
     # was "parameters.density: ...", a key the recipe does not have (audit 123)
     "per-model value out of range": (
         "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}, parameters: {{weight: 0.5, density: 0.5}}}}, "
