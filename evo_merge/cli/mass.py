@@ -46,6 +46,10 @@ def build(base, first, more, out, layer, threshold, max_tasks, token, link_base,
     except ValidationError as err:
         first = err.errors()[0]
         raise UserError(f"--{first['loc'][0].replace('_', '-')} {first['input']}: {first['msg']}") from None
+    for option, path in [("--base", base), *(("--models", m) for m in (first, *more))]:
+        if not Path(path).is_dir():  # "model path not found: org/name" named neither the option nor the way
+            raise UserError(f"{option} {path}: no such folder; mass build reads model folders (a Hub model: the "
+                            "folder `hf download` prints; a LoRA adapter: merge it into its model first)")
     # before the decomposition, not after it; an input as OUT: --overwrite replaced an endpoint by its own MASS
     check_output_folder(out, overwrite, [Path(p) for p in (base, first, *more)])
     hf_logging.disable_progress_bar()

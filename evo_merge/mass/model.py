@@ -37,7 +37,7 @@ from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_m
 from evo_merge.weights.checkpoint import copied_tokenizer_files, tokenizer_files
 from evo_merge.weights.export import MASS_JSON, check_output_folder, staged_folder
 from evo_merge.weights.module_names import module_tensors
-from evo_merge.weights.references import ModelRef, check_distinct
+from evo_merge.weights.references import ModelRef, check_distinct, short_label
 
 FORMAT = "evo-merge-mass"
 BASE_FOLDER = "base"
@@ -356,11 +356,14 @@ class MassModel(nn.Module):
         track: Track | None = None,
         stash: Stash | None = None,
         dtype: torch.dtype | None = None,
+        names: Sequence[str] | None = None,
     ) -> MassModel:
-        """Decompose the fine-tuned `models` of `base` (a model folder); task names are the
-        models' folder names. `layer` None routes on the middle block. `stash` keeps the factors
-        (storage dtype and placement; default float32 on the CPU); the module is in `dtype` (None:
-        the base's own)."""
+        """Decompose the fine-tuned `models` of `base` (a model folder). `names`: how the models are
+        referred to, where their folders say less (a Hub id's snapshot folder is a commit hash):
+        recorded as the folder's models, and each task named by the last part of its name's label
+        (`org/arith@sha` is `arith`); by default the folders. `layer` None routes on the middle block.
+        `stash` keeps the factors (storage dtype and placement; default float32 on the CPU); the
+        module is in `dtype` (None: the base's own)."""
         if not models:
             raise UserError("MASS needs at least one fine-tuned model besides the base")
         # a campaign refuses these; a routed task of zeros or twice over was built without a word
@@ -377,11 +380,13 @@ class MassModel(nn.Module):
             )
         except ValidationError as err:
             raise UserError(f"MASS routing settings: {_first_error(err)}") from None
-        names = [Path(m).resolve().name for m in models]
-        tasks = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+        named = [str(m) for m in models] if names is None else list(names)
+        labels = [Path(m).resolve().name for m in models] if names is None else [
+            short_label(n).rsplit("/", 1)[-1] for n in named]
+        tasks = [n if labels.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(labels)]
         factors = MassFactors.build(base_ckpt, endpoints, track, stash)
         module = _load_module(base_ckpt.folder, dtype)
-        return cls(module, factors, routing, tasks, base_ckpt.folder.resolve(), [str(m) for m in models])
+        return cls(module, factors, routing, tasks, base_ckpt.folder.resolve(), named)
 
     def save(
         self,

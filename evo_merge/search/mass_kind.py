@@ -59,8 +59,8 @@ class MassKind:
             from evo_merge.merge.storage import Stash
 
             stash = Stash(bench.storage, bench.device)  # the factors kept like the merger's task vectors
-            bench.kept[KEPT] = MassModel.from_checkpoints(bench.base, bench.models, stash=stash,
-                                                          dtype=bench.dtype).to(device=bench.device)
+            bench.kept[KEPT] = MassModel.from_checkpoints(bench.base, bench.models, stash=stash, dtype=bench.dtype,
+                                                          names=bench.model_names or None).to(device=bench.device)
         return bench.kept[KEPT]
 
     def rounds(self, method: str, kept: Keeping) -> bool:
@@ -110,7 +110,8 @@ class MassKind:
 
             refs = [resolve_reference(str(m), Path.cwd(), "models") for m in (base, *models)]
             stash = Stash(Storage(placement="host"), torch.device(device), COMPUTE_DTYPE)
-            mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]], track=track, stash=stash)
+            mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]], track=track, stash=stash,
+                                              names=[r.name for r in refs[1:]])
             mass.set_routing(**candidate.param_dict)
         from evo_merge.merge.card import score_errors
 

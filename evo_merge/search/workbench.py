@@ -33,6 +33,7 @@ class Workbench:
     storage: Storage = Storage()  # how the merger and other kinds (MASS) keep what they hold
 
     adapters: bool = False  # a LoRA adapter is folded into some input: only the merger sees it
+    model_names: list[str] = field(default_factory=list)  # the models as recipes name them (Hub id@commit)
 
     @classmethod
     def open(cls, base: str | Path, models: list[str | Path], *, device: str = "auto", dtype: str = "auto",
@@ -54,4 +55,5 @@ class Workbench:
         module.to(device=where)
         merger = InPlaceMerger(module, checkpoints[0], checkpoints[1:], device=where, storage=storage)
         return cls(refs[0].path, [r.path for r in refs[1:]], where, precision, module, tokenizer, merger,
-                   storage=storage, adapters=any(r.lora is not None for r in refs))
+                   storage=storage, adapters=any(r.lora is not None for r in refs),
+                   model_names=[r.name for r in refs[1:]])

@@ -178,6 +178,15 @@ def test_cli_builds_and_evaluates_a_mass_folder(zoo, tmp_path):
                                "--out", str(copies[0]), "--overwrite"])
     assert onto.exit_code == 2 and f"output folder {copies[0]} is where the merge reads {copies[0]}" in onto.output
     assert sorted(p.name for p in copies[0].iterdir()) == before
+    # a Hub id or a model+adapter is no folder: named by its option, with the way (audit 123)
+    for option, given in (("--base", "org/base"), ("--models", f"{models[1]}+{tmp_path / 'lora'}")):
+        args = ["mass", "build", "--base", str(zoo / "base"), "--models", models[0], models[1], "--out",
+                str(tmp_path / "m2")]
+        args[args.index(option) + 1 + (option == "--models")] = given
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2 and result.output.startswith(
+            f"error: {option} {given}: no such folder; mass build reads model folders (a Hub model: the folder "
+            "`hf download` prints; a LoRA adapter: merge it into its model first)"), result.output
     items = tmp_path / "items.txt"
     items.write_text("\n".join(resolve_task("seq").item_ids[:8]))
     scored = runner.invoke(cli, ["eval", "--model", str(out), "--task", "seq", "--items", str(items),

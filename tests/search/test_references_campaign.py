@@ -2,6 +2,7 @@
 a fine-tune with a LoRA adapter folded in as an endpoint. The run searches them like folders and
 its exports name the Hub id with its commit and the adapter, and rebuild bit for bit."""
 
+import json
 import os
 import subprocess
 import sys
@@ -85,3 +86,35 @@ def test_tables_name_a_reference_as_the_campaign_does_not_by_the_folder_it_resol
     assert short_label(str(tmp_path / "base")) == "base"
     assert short_label(f"{tmp_path / 'base'}+{tmp_path / 'lora 1'}") == "base+lora 1"
     assert short_label(f"{REPO}+tiny-org/adapter@v2") == f"{REPO}+tiny-org/adapter"
+
+
+def test_a_mass_pick_over_hub_ids_names_its_tasks_and_models_as_the_campaign_does(tmp_path):
+    """A MASS pick of a campaign over Hub ids named its tasks by the snapshot folders' commit hashes
+    and recorded those folders' paths on this machine as its models, which `push` then warned of
+    (audit 123): its tasks are the models' names, its models their Hub ids at their commits."""
+    from evo_merge.mass.model import MASS_JSON
+    from evo_merge.report.upload import plan_upload
+
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2)  # fine-tunes near the base
+    save_to_hub_cache(tmp_path / "hub", base, REPO, COMMIT)
+    ids = [save_to_hub_cache(tmp_path / "hub", ft, f"tiny-org/{name}", c * 40)
+           for ft, name, c in zip(fts, ("arith-ft", "lang-ft"), "cd")]
+    config = campaign_config(REPO, [f"{repo}@{commit}" for repo, commit in ids],
+                             tasks=campaign_config(base, fts)["tasks"], methods={"mass": {}},
+                             algorithm={"population": 4, "generations": 1, "seed": 1},
+                             final={"evaluate_top": 2, "export": ["best_per_task", "balanced"]})
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = evo_merge("run", tmp_path / "campaign.yaml", "--out", tmp_path / "run", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folders = [f.parent for f in (tmp_path / "run" / "models").glob(f"*/{MASS_JSON}")]
+    assert folders, done.stdout  # a MASS pick among them
+    for folder in folders:
+        meta = json.loads((folder / MASS_JSON).read_text())
+        assert meta["tasks"] == ["arith-ft", "lang-ft"]
+        assert meta["models"] == [f"tiny-org/arith-ft@{'c' * 40}", f"tiny-org/lang-ft@{'d' * 40}"]
+        card = (folder / "README.md").read_text()
+        assert yaml.safe_load(card.split("---")[1])["mass_tasks"] == ["arith-ft", "lang-ft"]
+        assert str(tmp_path) not in card
+        assert not [w for w in plan_upload(folder).warnings if "local path" in w], plan_upload(folder).warnings
