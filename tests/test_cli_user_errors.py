@@ -28,13 +28,25 @@ def invoke(*args):
 
 
 def one_line_error(code, output, *expected):
-    """Exit 2 and one `error: ` line (warnings said before it are lines of their own), or click's
-    usage error, which ends with its `Error: ` line."""
+    """Exit 2 and one `error: ` line (warnings said before it are lines of their own), click's own
+    refusals of an option included."""
     assert code == 2, output
     lines = [line for line in output.strip().splitlines() if not line.startswith("warning: ")]
-    assert "Traceback" not in output and (
-        (len(lines) == 1 and lines[0].startswith("error: ")) or lines[-1].startswith("Error: ")), output
+    assert "Traceback" not in output and len(lines) == 1 and lines[0].startswith("error: "), output
     assert all(text in output for text in expected), output
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["mass", "build", "--base", "b", "--models", "m", "--out", "o", "--token", "first"],
+     "error: Invalid value for '--token': 'first' is not one of 'mean', 'last'. (see `evo-merge mass build --help`)"),
+    (["merge"], "error: Missing argument 'RECIPE'. (see `evo-merge merge --help`)"),
+    (["rn"], "error: No such command 'rn'. Did you mean 'run'? (see `evo-merge --help`)"),
+])
+def test_an_option_click_refuses_is_one_error_line_as_the_commands_own(args, expected):
+    """Click's usage errors were three lines (`Usage:`, `Try ... --help`, `Error: ...`) beside the
+    commands' own one-line `error:` refusals of other options (audit 123)."""
+    result = CliRunner().invoke(cli, args, prog_name="evo-merge")
+    assert result.exit_code == 2 and result.output.strip() == expected, result.output
 
 
 def campaign(tmp_path, family, **sections):

@@ -13,7 +13,7 @@ import traceback
 import click
 
 from evo_merge import __version__
-from evo_merge.cli.faults import as_fault, exit_cleanly_on_sigterm
+from evo_merge.cli.faults import Fault, as_fault, exit_cleanly_on_sigterm
 
 # command name -> "module:attribute" under evo_merge.cli
 COMMANDS: dict[str, str] = {
@@ -59,6 +59,11 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:  # `evo-merge irt` alone: its help, as click shows it
+            raise
+        except click.UsageError as exc:  # an option click itself refused: one line, as the commands' own checks
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            raise Fault(exc.format_message() + where) from None
         except (Exception, KeyboardInterrupt) as exc:  # re-raised unless it has a one-line form
             fault = as_fault(exc)
             if fault is None:
