@@ -29,10 +29,37 @@ def push(folder: Path, repo_id: str, private: bool, revision: str | None, dry_ru
 
     check_repo_id(repo_id, "ORG/NAME")
     if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder")
+        raise UserError(f"{folder}: no such folder{_shared_pick(folder)}")
     if not dry_run:
         hub_token()  # before the checks' seconds: said first
     push_folder(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
+
+
+def _shared_pick(folder: Path) -> str:
+    """Where a run exported the pick `folder` names, when it is in another pick's folder (one
+    candidate chosen as both `balanced` and `best-arith` is exported once, under the first name):
+    said, where "no such folder" left the user to find it."""
+    from evo_merge.errors import UserError
+    from evo_merge.search.binding import open_records
+    from evo_merge.search.layout import MODELS_FOLDER
+    from evo_merge.search.store import CampaignStore
+
+    run = folder.parent.parent
+    if folder.parent.name != MODELS_FOLDER or not (run / CampaignStore.DB).is_file():
+        return ""
+    try:
+        store = open_records(run)
+    except UserError:  # not a run folder after all: the plain answer
+        return ""
+    try:
+        exported = store.exported()
+    finally:
+        store.close()
+    if folder.name not in exported:
+        return ""
+    where = Path(exported[folder.name][1])
+    where = where if where.is_absolute() else run / where
+    return f"; the run exported pick {folder.name} in {where} (the same candidate as another pick): push that folder"
 
 
 def push_folder(folder: Path, repo_id: str, *, private: bool, revision: str | None, dry_run: bool) -> None:

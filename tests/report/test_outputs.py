@@ -201,6 +201,29 @@ def test_exporting_the_base_or_an_endpoint_says_which_it_is(tracked_run, tmp_pat
         assert "measured for this export" not in result.output  # measured in calibration: the tables have it
 
 
+def test_push_of_a_pick_exported_in_another_pick_s_folder_says_which(tracked_run, tmp_path):
+    """One candidate chosen as two picks is exported once, under the first name: `push
+    run/models/balanced` said only "no such folder" (audit 123)."""
+    import shutil
+
+    from evo_merge.search.store import CampaignStore
+
+    _, run, _ = tracked_run
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    store = CampaignStore(copy)
+    exported = store.exported()
+    first, (eid, where) = next(iter(exported.items()))
+    store.set_exported({**exported, "alias": (eid, where)})  # as a run records a pick that shares a folder
+    store.close()
+    assert not (copy / "models" / "alias").exists()
+    result = CliRunner().invoke(cli, ["push", str(copy / "models" / "alias"), "me/x", "--dry-run"])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"error: {copy / 'models' / 'alias'}: no such folder; the run exported pick alias in {copy / where} (the "
+        "same candidate as another pick): push that folder"), result.output
+    plain = CliRunner().invoke(cli, ["push", str(copy / "models" / "nothing"), "me/x", "--dry-run"])
+    assert plain.exit_code == 2 and plain.output.strip() == f"error: {copy / 'models' / 'nothing'}: no such folder"
+
+
 def test_a_local_adapter_behind_a_hub_id_is_a_local_path():
     """`org/name@sha+/home/me/lora` in a recipe names this machine's adapter folder: `push` warned of
     a local base's path but not of this one (audit 123)."""
