@@ -64,14 +64,14 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     models, tasks, estimator and `align` section are checked as `run` checks them before it loads
     a model (what needs the models loaded, such as MASS's decomposition, `run` finds out)."""
     from evo_merge.errors import naming_file
-    from evo_merge.search.capacity import campaign_plan
+    from evo_merge.search.capacity import campaign_plan, gpu_elsewhere
     from evo_merge.search.estimator_checks import check_irt_model_items
     from evo_merge.search.evaluator import campaign_tasks
     from evo_merge.search.store import check_run_folder
 
     if out is not None:
         check_run_folder(out)
-    campaign, base, models, resuming = planned_campaign(campaign_file, out, check_bound=True)
+    campaign, base, models, resuming = planned_campaign(campaign_file, out, check_bound=True, planning=True)
     with naming_file(campaign_file):
         check_campaign_extras(campaign)  # as `run` refuses it: dask or a tracker's package missing
     if (folder := run_folder_of(campaign_file, out)) is not None:  # the folder's code, as `resume` would run it
@@ -81,9 +81,14 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
         # a holdout leaving a task no search item: refused (`holdout_size`) as `run` refuses it
         lines = [task_line(name, len(task.item_ids), campaign.final.holdout) for name, task in tasks.items()]
         check_irt_model_items(campaign, tasks)
-    result = campaign_plan(campaign, base, models, resuming=resuming)
+    result = campaign_plan(campaign, base, models, resuming=resuming, planning=True)
     click.echo("tasks: " + ", ".join(lines))
     click.echo(item_budget(campaign, tasks, len(models)))
+    if gpu_elsewhere(campaign):
+        host = ("storage.host_budget_gib" if campaign.storage.host_budget_gib is not None
+                else "this machine's memory (give storage.host_budget_gib for the GPU machine's)")
+        click.echo(f"{campaign.device}: torch sees no such GPU here: planned against storage.device_budget_gib, "
+                   f"the host against {host}; `run` needs the GPU")
     click.echo(result.table())
     if not result.fits:
         raise result.refusal()

@@ -45,25 +45,44 @@ class Target:
     remote: bool = False  # a running cluster's machines: nothing measured here, only budgets given
 
 
-def target_of(campaign: Campaign) -> Target:
+def gpu_elsewhere(campaign: Campaign) -> bool:
+    """Whether the campaign names a GPU this machine does not have and gives `storage.device_budget_gib`:
+    `plan` then plans that GPU against the budget (on a laptop or a login node, before the GPU
+    machine is rented); `run` refuses it."""
+    if campaign.evaluator.remote or campaign.storage.device_budget_gib is None:
+        return False
+    try:
+        wanted = torch.device(campaign.device)
+    except RuntimeError:  # not a device name: `resolve_device` says so
+        return False
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return wanted.type == "cuda" and (wanted.index or 0) >= count
+
+
+def target_of(campaign: Campaign, *, planning: bool = False) -> Target:
     """The campaign's evaluation target, with budgets taking the place of measured memory. A GPU
     asked for and not there stops here, before anything is loaded (a remote cluster's workers
-    check their own)."""
+    check their own), unless only `planning` and its budget is given (`gpu_elsewhere`)."""
     evaluator, spec = campaign.evaluator, campaign.storage
     remote = evaluator.remote  # its machines are not measured here
+    elsewhere = planning and gpu_elsewhere(campaign)
     gpu = None
-    if not remote:
+    if elsewhere:
+        gpu = torch.device("cuda", torch.device(campaign.device).index or 0)
+    elif not remote:
         device = resolve_device(campaign.device)
         gpu = torch.device("cuda", device.index or 0) if device.type == "cuda" else None
     elif campaign.device != "cpu" and torch.cuda.is_available():
         gpu = torch.device("cuda", 0) if campaign.device in ("auto", "cuda") else torch.device(campaign.device)
     workers = 1
     if evaluator.kind == "dask" and evaluator.n_workers is not None:
-        # a local cluster pins a worker to each GPU it uses: the one `device: cuda:N` names, or all
-        gpus = 1 if campaign.device.startswith("cuda:") else torch.cuda.device_count()
+        # a local cluster pins a worker to each GPU it uses: the one `device: cuda:N` names, or all (a GPU
+        # machine planned from elsewhere: as many as the workers asked for)
+        gpus = 1 if campaign.device.startswith("cuda:") else (
+            evaluator.n_workers if elsewhere else torch.cuda.device_count())
         workers = min(evaluator.n_workers, gpus) if gpu is not None else evaluator.n_workers
     host, host_label = available_memory() if not remote else (None, AVAILABLE)
-    device = torch.cuda.mem_get_info(gpu)[0] if gpu is not None and not remote else None
+    device = torch.cuda.mem_get_info(gpu)[0] if gpu is not None and not remote and not elsewhere else None
     labels = [host_label, "free"]
     if spec.host_budget_gib is not None:
         host, labels[0] = int(spec.host_budget_gib * GIB), "storage.host_budget_gib"
@@ -95,7 +114,7 @@ def plan_for(
 
 
 def campaign_plan(campaign: Campaign, base_path: str | Path, model_paths: Sequence[str | Path], *,
-                  resuming: bool = False) -> Plan:
+                  resuming: bool = False, planning: bool = False) -> Plan:
     """The campaign's plan; when it does not fit, `alternative` names the first setting that does:
     a smaller evaluation batch (the activations shrink, the weights stay as they are), then
     storage (bfloat16, then host placement), then a bfloat16 evaluation module, each of those
@@ -103,8 +122,8 @@ def campaign_plan(campaign: Campaign, base_path: str | Path, model_paths: Sequen
     may fit where both together do, as in a 0.3B campaign under a 7.2 GiB budget); `disk`
     placement only after every setting that keeps the stored weights in memory. `resuming`:
     only what a run folder lets a resume change (placement, budgets); the rest is part of what it
-    computes."""
-    shapes, target = shapes_of(base_path, model_paths), target_of(campaign)
+    computes. `planning`: for `plan` alone, which may plan a GPU this machine lacks (`gpu_elsewhere`)."""
+    shapes, target = shapes_of(base_path, model_paths), target_of(campaign, planning=planning)
     current, eval_dtype = Storage.of(campaign.storage), model_dtype(campaign.dtype, shapes)
     plan = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype)
     if plan.fits:

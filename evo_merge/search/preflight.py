@@ -15,14 +15,16 @@ from evo_merge.markup import shell
 log = logging.getLogger(__name__)
 
 
-def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None,
+def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None, planning: bool = False,
                     ) -> tuple[Campaign, Path, list[Path]]:
     """(campaign with absolute paths, base path, endpoint paths) as the run will see them; with
     `align`, the endpoints themselves (aligned copies have their shapes). `evaluator`: where the run
-    evaluates when that is not the file's (`resume --scheduler`)."""
+    evaluates when that is not the file's (`resume --scheduler`). `planning`: for `plan` alone, a GPU
+    this machine lacks passes where its budget is given (`capacity.gpu_elsewhere`)."""
     from evo_merge.align.builders import check_arch
     from evo_merge.errors import naming_file
     from evo_merge.merge.storage import check_disk_dir
+    from evo_merge.search.capacity import gpu_elsewhere
     from evo_merge.search.estimator_checks import check_estimator
     from evo_merge.search.workspace import campaign_references, existing_path, resolve_campaign
     from evo_merge.weights.checkpoint import read_config
@@ -35,7 +37,8 @@ def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None,
         campaign = resolve_campaign(campaign, campaign_file.parent)
         refs = campaign_references(campaign)  # as the run resolves and checks them
         check_estimator(campaign)
-        resolve_device(campaign.device)  # a GPU that is not here: said naming the file, before any model
+        if not (planning and gpu_elsewhere(campaign)):
+            resolve_device(campaign.device)  # a GPU that is not here: said naming the file, before any model
         for line in campaign.ignored_settings():
             log.warning(line)
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]
@@ -65,21 +68,22 @@ def _check_writable_in_place(base: Path) -> None:
 
 
 def planned_campaign(campaign_file: Path, run_dir: Path | None, check_bound: bool = False,
-                     evaluator: EvaluatorSpec | None = None) -> tuple[Campaign, Path, list[Path], bool]:
+                     evaluator: EvaluatorSpec | None = None, planning: bool = False,
+                     ) -> tuple[Campaign, Path, list[Path], bool]:
     """(campaign, base, endpoints, resuming) as the run in `run_dir` will see them. A folder a
     campaign is bound to runs it under the defaults it was written under (a folder from before
     `dtype: auto` evaluates in float32, whatever the file given now leaves unset), and only what a
     resume may change is to be suggested. `check_bound`: refuse a campaign other than the folder's,
     as `run` does (`resume` words an edited campaign.yaml its own way, later). `evaluator`: as for
-    `campaign_models`."""
+    `campaign_models`, and `planning`."""
     from evo_merge.search.binding import as_written_at, bound_defaults, different_campaign, folder_differences
     from evo_merge.search.workspace import models_moved_hint, with_disk_dir
 
     if run_dir is None:
-        campaign, base, models = campaign_models(campaign_file, evaluator)
+        campaign, base, models = campaign_models(campaign_file, evaluator, planning)
     else:
         with models_moved_hint(run_dir):
-            campaign, base, models = campaign_models(campaign_file, evaluator)
+            campaign, base, models = campaign_models(campaign_file, evaluator, planning)
     if check_bound and run_dir is not None and (changed := folder_differences(run_dir, campaign)) is not None:
         raise different_campaign(run_dir, changed)
     version = None if run_dir is None else bound_defaults(run_dir)

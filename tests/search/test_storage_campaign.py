@@ -70,6 +70,33 @@ def test_plan_prints_host_bytes_and_a_campaign_that_cannot_fit_stops_before_any_
     assert not run.exists()  # stopped before the run folder (and any evaluation)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="plans a GPU this machine lacks")
+def test_plan_plans_a_gpu_this_machine_lacks_against_its_budget_and_run_still_needs_it(tmp_path, zoo):
+    """On a laptop or a login node, before a GPU machine is rented: `device: cuda` with
+    `storage.device_budget_gib` is planned against the budget, where `plan` refused it as `run`
+    does (audit 123); without a budget, and for `run`, the GPU must be here."""
+    budgeted = write(tmp_path, config(zoo, device="cuda", storage={"device_budget_gib": 1, "host_budget_gib": 4}))
+    ok = CliRunner().invoke(cli, ["plan", str(budgeted)])
+    assert ok.exit_code == 0, ok.output
+    assert ("cuda: torch sees no such GPU here: planned against storage.device_budget_gib, the host against "
+            "storage.host_budget_gib; `run` needs the GPU") in ok.output
+    header = next(line for line in ok.output.splitlines() if line.startswith("bytes per worker"))
+    assert header.split() == ["bytes", "per", "worker", "host", "cuda:0"]
+    assert "cuda:0: storage.device_budget_gib is 1.00 GiB" in ok.output and ok.output.rstrip().endswith("fits")
+    # the plan on the GPU: the stored weights there, as `plan` on the GPU machine itself would count them
+    stored = next(line for line in ok.output.splitlines() if line.startswith("task vectors, stored"))
+    assert stored.split()[-4:] == ["0.0", "MiB", *stored.split()[-2:]] and stored.split()[-2] != "0.0", stored
+    tight = write(tmp_path, config(zoo, device="cuda", storage={"device_budget_gib": 0.001}))
+    refused = CliRunner().invoke(cli, ["plan", str(tight)])
+    assert refused.exit_code == 2 and "on cuda:0 but storage.device_budget_gib is 1.0 MiB" in refused.output
+    assert "the host against this machine's memory (give storage.host_budget_gib" in refused.output
+    for args in (["plan", str(write(tmp_path, config(zoo, device="cuda")))],  # no budget: nothing to plan against
+                 ["run", str(budgeted), "--out", str(tmp_path / "run")]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and "device: cuda asked for, but torch sees 0 CUDA device(s)" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_error_names_the_first_storage_setting_that_fits(tmp_path, zoo):
     base, fts = zoo
     sizes = {}
