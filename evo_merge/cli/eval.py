@@ -13,7 +13,8 @@ from evo_merge.config import EvaluatorSpec
 
 @click.command("eval")
 @click.option("--model", "model_dir", required=True, type=UserPath(path_type=Path),
-              help="Model folder (HF, or a plain network with an `arch` config), or a MASS folder.")
+              help="Model folder (HF, or a plain network with an `arch` config), a MASS folder, or a Hub id "
+              "(org/name[@revision]) from the Hugging Face cache.")
 @click.option("--task", "task_spec", required=True, help="Task: lm-eval name, YAML/folder, shipped benchmark, plugin.")
 @click.option("--items", "items_file", type=UserPath(path_type=Path),
               help="File of item ids, one per line; or an anchor set `irt anchors` stored (MODEL/anchors/*.json): "
@@ -25,7 +26,8 @@ from evo_merge.config import EvaluatorSpec
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="a task option, as a campaign's tasks[].options gives it (VALUE read as YAML: limit=80 is a "
                    "number); repeatable")
-@click.option("--subject", default=None, help="Subject name in the table (default: the folder name).")
+@click.option("--subject", default=None, help="Subject name in the table (default: the folder's name, a Hub id's "
+              "name).")
 @click.option("--allow-pickle", is_flag=True, help="also read .bin weights (pickle: only from a source you trust)")
 @click.option("--out", required=True, type=UserPath(path_type=Path), help="Output CSV.")
 @click.option("--overwrite", is_flag=True, help="replace an existing OUT (refused otherwise, before any scoring)")
@@ -52,6 +54,7 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, options,
     items = (read_anchors(items_file).all_items() if anchors else read_item_ids(items_file)) if items_file else None
     if items == []:
         raise UserError(f"--items {items_file}: no item ids in it")
+    model_dir, name = _model_folder(model_dir)
     model, tokenizer = _load(model_dir, allow_pickle)
     # the options over the flags, as a campaign's options go over its evaluator's batch size
     settings = {"batch_size": batch_size, "device": device, "metric": metric, **given}
@@ -68,13 +71,29 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, options,
         except UserError as exc:
             raise UserError(f"--items {items_file}: {exc}") from None
     with StageBars() as bars:  # minutes at 7B: a bar on a terminal, a line every 30 s in a log
-        table = score_table(task, model, tokenizer, subject or model_dir.resolve().name, items,
+        table = score_table(task, model, tokenizer, subject or name, items,
                             lambda done, total: bars(f"scoring {task.name}", done, total))
     if table.empty:
         raise UserError(f"task {task.name}: no items to score")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_output_file(out, table.to_csv(index=False), overwrite)  # a full disk keeps the file that was there
     click.echo(f"{task.name}: {len(table)} items, mean score {table['score'].mean():.4f} -> {out}")
+
+
+def _model_folder(given: Path) -> tuple[Path, str]:
+    """(the folder `--model` names, the subject's default name): a Hub id (`org/name[@rev]`) is its
+    snapshot in the Hugging Face cache, named as a campaign's tables name it (a snapshot folder's name
+    is a commit hash). An adapter (`+adapter`) is not read here: merge it into its model first."""
+    from evo_merge.errors import UserError
+    from evo_merge.weights.references import is_hub_id, resolve_reference, short_label, split_adapter
+
+    if given.exists() or not is_hub_id(split_adapter(str(given), Path.cwd())[0].partition("@")[0]):
+        return given, given.resolve().name  # a folder, or what `_load` says is none
+    ref = resolve_reference(str(given), Path.cwd(), "--model")  # the cache's snapshot, or why there is none
+    if ref.lora is not None:
+        raise UserError(f"--model {given}: eval scores a model, not a model with a LoRA adapter; merge the adapter "
+                        "into it first (evo-merge merge)")
+    return ref.path, short_label(ref.name)
 
 
 def _task_anchors(anchors: list[str], task: Any, file: Path) -> list[str]:

@@ -61,6 +61,28 @@ def test_a_model_folder_that_is_not_there_names_the_option(models, tmp_path):
     assert code == 2 and output.strip() == f"error: --model {models / 'nowhere'}: no such folder", output
 
 
+def test_a_hub_id_is_scored_from_the_cache_as_its_folder_named_by_its_name(models, tmp_path, monkeypatch):
+    """`eval --model org/name` said "no such folder" where a campaign and `merge` take the Hub id
+    (audit 123): the cache's snapshot is scored, its subject named by the id, not the commit hash."""
+    from hub_layout import save_to_hub_cache  # tests/ is on sys.path (its conftest)
+    from huggingface_hub import constants
+
+    save_to_hub_cache(tmp_path / "hub", models / "lm", "tiny-org/char-lm", "e" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, output = evaluate(models, tmp_path, "lm", "--out", tmp_path / "folder.csv")
+    assert code == 0, output
+    args = ["eval", "--model", "tiny-org/char-lm", "--task", "arith", "--items", str(models / "items.txt")]
+    hub = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "hub.csv")])
+    assert hub.exit_code == 0, hub.output
+    folder, scored = ((tmp_path / f).read_text().splitlines() for f in ("folder.csv", "hub.csv"))
+    assert [line.split(",", 1)[1] for line in scored] == [line.split(",", 1)[1] for line in folder]  # the same scores
+    assert scored[1].startswith("tiny-org/char-lm,arith-test-00003,"), scored
+    adapted = CliRunner().invoke(cli, ["eval", "--model", f"tiny-org/char-lm+{models / 'lm'}", "--task", "arith",
+                                       "--out", str(tmp_path / "a.csv")])
+    assert adapted.exit_code == 2 and "eval scores a model, not a model with a LoRA adapter" in adapted.output
+
+
 def test_out_naming_a_folder_is_one_line(models, tmp_path):
     code, output = evaluate(models, tmp_path, "lm", "--out", tmp_path)
     assert (
