@@ -38,15 +38,29 @@ def one_line_error(code, output, *expected):
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["mass", "build", "--base", "b", "--models", "m", "--out", "o", "--token", "first"],
-     "error: Invalid value for '--token': 'first' is not one of 'mean', 'last'. (see `evo-merge mass build --help`)"),
-    (["merge"], "error: Missing argument 'RECIPE'. (see `evo-merge merge --help`)"),
+     "error: Invalid value for '--token': 'first' is not one of 'mean', 'last' (see `evo-merge mass build --help`)"),
+    (["merge"], "error: Missing argument 'RECIPE' (see `evo-merge merge --help`)"),
     (["rn"], "error: No such command 'rn'. Did you mean 'run'? (see `evo-merge --help`)"),
+    (["--bogus", "status"], "error: No such option '--bogus' (see `evo-merge --help`)"),  # the top level's own
 ])
 def test_an_option_click_refuses_is_one_error_line_as_the_commands_own(args, expected):
     """Click's usage errors were three lines (`Usage:`, `Try ... --help`, `Error: ...`) beside the
     commands' own one-line `error:` refusals of other options (audit 123)."""
     result = CliRunner().invoke(cli, args, prog_name="evo-merge")
     assert result.exit_code == 2 and result.output.strip() == expected, result.output
+
+
+@pytest.mark.parametrize("args", [["irt"], ["merge", "--help"], ["--help"], ["--version"]])
+def test_help_and_a_group_without_its_command_are_shown_as_click_shows_them(args):
+    """Only refusals became one line: the help a group without a subcommand prints (click 8.2 raises
+    it as a usage error), --help and --version are as they were."""
+    result = CliRunner().invoke(cli, args, prog_name="evo-merge")
+    assert "error:" not in result.output and "Traceback" not in result.output, result.output
+    if args == ["--version"]:
+        assert result.exit_code == 0 and result.output.startswith("evo-merge, version "), result.output
+    else:
+        assert result.output.startswith(f"Usage: evo-merge {args[0] if args[0] != '--help' else ''}".rstrip())
+        assert ("Commands:" in result.output) == (args[0] in ("irt", "--help")), result.output
 
 
 def campaign(tmp_path, family, **sections):

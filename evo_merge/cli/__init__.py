@@ -36,6 +36,19 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# `evo-merge irt` alone shows the group's help, as click does (click 8.2 raises it as a usage error;
+# earlier versions exit with the help printed, and have no such class)
+_HELP_SHOWN = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(exc: click.UsageError) -> Fault:
+    """What click itself refuses (an option's value, a missing argument, a mistyped command) as one
+    `error:` line naming the help, as the commands' own checks say theirs: click's three lines
+    (`Usage:`, `Try ...`, `Error: ...`) stood beside them."""
+    where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    return Fault(exc.format_message().rstrip(".") + where)
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -56,14 +69,21 @@ class LazyGroup(click.Group):
             ctx.fail(f"No such command {name!r}. Did you mean {close[0]!r}?")
         return super().resolve_command(ctx, args)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:  # `evo-merge --bogus`: the top level's own options, parsed before any command
+            return super().parse_args(ctx, args)
+        except _HELP_SHOWN:
+            raise
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:  # `evo-merge irt` alone: its help, as click shows it
+        except _HELP_SHOWN:
             raise
-        except click.UsageError as exc:  # an option click itself refused: one line, as the commands' own checks
-            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-            raise Fault(exc.format_message() + where) from None
+        except click.UsageError as exc:  # a command's option or argument click itself refused
+            raise _one_line(exc) from None
         except (Exception, KeyboardInterrupt) as exc:  # re-raised unless it has a one-line form
             fault = as_fault(exc)
             if fault is None:
