@@ -44,6 +44,7 @@ def _shared_pick(folder: Path) -> str:
     from evo_merge.search.layout import MODELS_FOLDER
     from evo_merge.search.store import CampaignStore
 
+    folder = folder.absolute()  # `push balanced` from inside models/
     run = folder.parent.parent
     if folder.parent.name != MODELS_FOLDER or not (run / CampaignStore.DB).is_file():
         return ""
@@ -53,12 +54,16 @@ def _shared_pick(folder: Path) -> str:
         return ""
     try:
         exported = store.exported()
+    except UserError:  # a damaged record: the plain answer, not its repair
+        return ""
     finally:
         store.close()
     if folder.name not in exported:
         return ""
-    where = Path(exported[folder.name][1])
-    where = where if where.is_absolute() else run / where
+    # where the run wrote it, in this run folder (older runs recorded absolute paths: the folder may have moved)
+    where = run / MODELS_FOLDER / Path(exported[folder.name][1]).name
+    if where == folder or not where.is_dir():  # the pick's own folder, deleted since: nothing else to push
+        return ""
     return f"; the run exported pick {folder.name} in {where} (the same candidate as another pick): push that folder"
 
 

@@ -21,9 +21,11 @@ from evo_merge.weights import Checkpoint
 from evo_merge.weights.dtypes import all_finite
 
 # an absolute POSIX path of two or more components (not a URL's //host), a home path, a Windows drive;
-# after a `+` too: a LoRA adapter's folder behind a Hub id (`org/name@sha+/home/me/adapter`)
+# or one after a Hub id's `+`: a LoRA adapter's folder (`org/name@sha+/home/me/adapter`; a `+` in other
+# text, `C++/CUDA` or `+/-0.02/0.03`, starts none)
+_PATH = r"~?/(?![/\s])[^\s\"'`)\],]*/[^\s\"'`)\],/][^\s\"'`)\],]*"
 _LOCAL_PATH = re.compile(
-    r"(?:^|[\s\"'`(\[=,+])(~?/(?![/\s])[^\s\"'`)\],]*/[^\s\"'`)\],/][^\s\"'`)\],]*|[A-Za-z]:\\[^\s\"'`]+)"
+    rf"(?:^|[\s\"'`(\[=,])({_PATH}|[A-Za-z]:\\[^\s\"'`]+)|[\w.-]+/[\w.-]+(?:@[\w.-]+)?\+({_PATH})"
 )
 TEXT_SUFFIXES = (".md", ".json", ".yaml", ".yml", ".txt", ".jinja")
 LOGIN_HINT = (
@@ -42,7 +44,7 @@ class UploadPlan:
 
 def local_paths(text: str) -> list[str]:
     """Machine paths named in `text` (absolute, home-relative or drive paths)."""
-    return [m.group(1) for m in _LOCAL_PATH.finditer(text)]
+    return [m.group(1) or m.group(2) for m in _LOCAL_PATH.finditer(text)]
 
 
 def check_finite(folder: Path) -> None:
@@ -61,7 +63,7 @@ def plan_upload(folder: str | Path) -> UploadPlan:
     if not card.is_file() and (folder / CampaignStore.DB).is_file():  # a run folder: its picks are in models/
         picks = sorted(p.name for p in (folder / MODELS_FOLDER).glob("*") if (p / "README.md").is_file())
         raise UserError(f"{folder}: a campaign run folder; push one of its picks"
-                        + (f": {', '.join(str(folder / 'models' / p) for p in picks)}" if picks else
+                        + (f": {', '.join(str(folder / MODELS_FOLDER / p) for p in picks)}" if picks else
                            " once exported (`evo-merge export`)"))
     if not card.is_file():
         raise UserError(f"{folder}: no README.md model card; export the pick with evo-merge first")

@@ -205,6 +205,7 @@ def test_push_of_a_pick_exported_in_another_pick_s_folder_says_which(tracked_run
     """One candidate chosen as two picks is exported once, under the first name: `push
     run/models/balanced` said only "no such folder" (audit 123)."""
     import shutil
+    from contextlib import chdir
 
     from evo_merge.search.store import CampaignStore
 
@@ -222,6 +223,27 @@ def test_push_of_a_pick_exported_in_another_pick_s_folder_says_which(tracked_run
         "same candidate as another pick): push that folder"), result.output
     plain = CliRunner().invoke(cli, ["push", str(copy / "models" / "nothing"), "me/x", "--dry-run"])
     assert plain.exit_code == 2 and plain.output.strip() == f"error: {copy / 'models' / 'nothing'}: no such folder"
+    # an older run recorded absolute paths, and has moved since: the folder in this run folder is named
+    store = CampaignStore(copy)
+    store.set_exported({**exported, "alias": (eid, str(Path("/elsewhere/run") / where))})
+    store.close()
+    moved = CliRunner().invoke(cli, ["push", str(copy / "models" / "alias"), "me/x", "--dry-run"])
+    assert f"the run exported pick alias in {copy / where} " in moved.output, moved.output
+    # from inside models/, by its name alone
+    with chdir(copy / "models"):
+        inside = CliRunner().invoke(cli, ["push", "alias", "me/x", "--dry-run"])
+    assert f"the run exported pick alias in {copy / where} " in inside.output, inside.output
+    # a pick whose own folder was deleted: no other folder to send the user to
+    shutil.rmtree(copy / where)
+    gone = CliRunner().invoke(cli, ["push", str(copy / where), "me/x", "--dry-run"])
+    assert gone.exit_code == 2 and gone.output.strip() == f"error: {copy / where}: no such folder", gone.output
+    # a damaged record: the plain answer, not the database's repair
+    store = CampaignStore(copy)
+    with store.db:
+        store.db.execute("UPDATE meta SET value = '[1, 2' WHERE key = 'exported'")
+    store.close()
+    damaged = CliRunner().invoke(cli, ["push", str(copy / "models" / "alias"), "me/x", "--dry-run"])
+    assert damaged.exit_code == 2 and damaged.output.strip() == f"error: {copy / 'models' / 'alias'}: no such folder"
 
 
 def test_a_local_adapter_behind_a_hub_id_is_a_local_path():
@@ -232,6 +254,8 @@ def test_a_local_adapter_behind_a_hub_id_is_a_local_path():
     assert local_paths("  model: tiny/base@38d5+/home/me/adapters/lora\n") == ["/home/me/adapters/lora"]
     assert local_paths('["tiny/base@38d5+~/adapters/lora"]') == ["~/adapters/lora"]
     assert local_paths("model: tiny/base@38d5+org/lora") == []  # an adapter on the Hub
+    assert local_paths("kernels in C++/CUDA/Triton, within +/-0.02/0.03") == []  # a `+` in other text
+    assert local_paths("model: /home/me/base+/home/me/lora") == ["/home/me/base+/home/me/lora"]  # as before
 
 
 def test_upload_refuses_a_card_with_a_local_path_or_weights_with_nan(tmp_path):
