@@ -175,16 +175,28 @@ def _as_mapping(error: dict, model: type[BaseModel]) -> str:
     required = {name for kind in _kinds_at(model, _key_path(error["loc"]))
                 if isinstance(kind, type) and issubclass(kind, BaseModel)
                 for name, field in kind.model_fields.items() if field.is_required()}
-    if len(required) != 1 or not isinstance(value, (str, int, float)) or isinstance(value, bool):
+    if len(required) != 1 or not _plain(value):
         return ""
     return f"; write it as {{{required.pop()}: {value}}}"
+
+
+# text that reads back as itself written bare inside `[...]` or `{key: ...}`: no YAML indicator first,
+# no flow or comment characters, no `: ` and no trailing space or colon
+_PLAIN_TEXT = re.compile(r"[^\s\[\]{}:,#&*!|>'\"%@`-][^\[\]{},#]*(?<![\s:])")
+
+
+def _plain(value: Any) -> bool:
+    """Whether a hint may show `value` as it is (`''`, `a: b`, `[x` or `# note` would write other YAML)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return False
+    return not isinstance(value, str) or bool(_PLAIN_TEXT.fullmatch(value)) and ": " not in value
 
 
 def _as_list(error: dict, model: type[BaseModel]) -> str:
     """One value where a list goes, written as a list of it (of its section, where an entry is one:
     `tasks: arith` is `tasks: [{task: arith}]`)."""
     value = error["input"]
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+    if not _plain(value):
         return ""
     entry = _as_mapping({**error, "loc": (*error["loc"], 0)}, model).removeprefix("; write it as ") or value
     return f"; write it as [{entry}]"

@@ -456,6 +456,11 @@ def test_a_misspelt_key_is_named_with_the_key_it_resembles(tmp_path, family, edi
      "tasks: expected a list ([a, b, ...]), not the string 'arith'; write it as [{{task: arith}}]"),
     ("base_model: {base}\nmodels: {{a: {ft}}}\ntasks: [{{task: arith}}]\n",
      "models: expected a list ([a, b, ...]), not a mapping"),
+    # no hint that would write other YAML (audit 124): empty text, text holding `: `
+    ("base_model: {base}\nmodels: ''\ntasks: [{{task: arith}}]\n",
+     "models: expected a list ([a, b, ...]), not the string ''"),
+    ("base_model: {base}\nmodels: [{ft}]\ntasks: 'my: task'\n",
+     "tasks: expected a list ([a, b, ...]), not the string 'my: task'"),
     ("base_model: {base}\nmodels: [{ft}]\ntasks: [{{task: arith}}]\nestimator: gpirt\n",
      "estimator: expected a mapping of keys ({{key: value, ...}}), not the string 'gpirt'"),
     # one value fixes a hyperparameter; a mapping there is neither a range nor a value
