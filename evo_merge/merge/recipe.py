@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
-from evo_merge.dtype_names import ALIASES, NAMES, float32_refusal
+from evo_merge.dtype_names import dtype_key, float32_refusal, unknown_dtype
 from evo_merge.errors import UserError
 from evo_merge.merge.chat_templates import chat_template_text
 from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
@@ -168,10 +168,10 @@ class Recipe(Strict):
     @field_validator("dtype", "out_dtype")
     @classmethod
     def _dtype(cls, value: str | None) -> str | None:
-        """A dtype name `weights.parse_dtype` takes (any case, `torch.` or not, the short names), checked
-        here to be named by its key; kept as the recipe wrote it."""
-        if value is not None and value.strip().lower().removeprefix("torch.") not in (*NAMES, *ALIASES):
-            raise ValueError(f"unknown dtype {value!r}; choose one of {', '.join([*NAMES, *ALIASES])}")
+        """A dtype name `weights.parse_dtype` takes (`dtype_key`), checked here to be named by its key;
+        kept as the recipe wrote it."""
+        if value is not None and dtype_key(value) is None:
+            raise ValueError(unknown_dtype(value))
         return value
 
     @field_validator("chat_template")

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from evo_merge.dtype_names import ALIASES, NAMES
+from evo_merge.dtype_names import NAMES, dtype_key, unknown_dtype
 from evo_merge.errors import UserError
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in NAMES}
@@ -29,11 +29,8 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     """The torch dtype for a user-given name (or dtype); None stays None ("keep as stored")."""
     if name is None or isinstance(name, torch.dtype) and name in DTYPES.values():
         return name
-    key = str(name).strip().lower().removeprefix("torch.")
-    key = ALIASES.get(key, key)
-    if key not in DTYPES:
-        choices = ", ".join([*DTYPES, *ALIASES])
-        raise UserError(f"unknown dtype {str(name)!r}; choose one of {choices}")
+    if (key := dtype_key(name)) is None:
+        raise UserError(unknown_dtype(name))
     return DTYPES[key]
 
 

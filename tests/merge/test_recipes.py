@@ -435,6 +435,18 @@ BAD_RECIPES = {
 }
 
 
+def test_a_recipe_s_dtypes_are_read_as_merge_reads_them(family, tmp_path):
+    """Any case, `torch.` or not, the short names, spaces around: the recipe's own check takes every
+    name `merge` reads (audit 124), and writes the dtype it names."""
+    root, base, fts = family
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"merge_method: linear\nmodels: [{{model: {fts[0]}}}, {{model: {fts[1]}}}]\n"
+                      "dtype: ' torch.Float32 '\nout_dtype: BF16\n")
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert {t.dtype for t in load_file(tmp_path / "o" / "model.safetensors").values()} == {torch.bfloat16}
+
+
 @pytest.mark.parametrize("case", sorted(BAD_RECIPES))
 def test_bad_recipes_give_one_line_errors_and_exit_2(family, tmp_path, case):
     root, base, fts = family
