@@ -26,6 +26,7 @@ from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import rounded_storage_note
 from evo_merge.search.layout import EVALUATIONS_CSV, PARETO_CSV, PARETO_PNG, PROGRESS_PNG, REPORT_HTML, REPORT_MD
 from evo_merge.search.metrics import (
+    NO_SEARCH,
     item_totals,
     mixed_revisions_note,
     picks_no_better_than_inputs,
@@ -245,7 +246,7 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
         + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")",
         (f"item evaluations in the search phase: {spent:,}; a full-evaluation search would have spent {full:,}"
          + (f" ({saving:.1f}x more)" if saving is not None else "")) if n_search
-        else "item evaluations in the search phase: none yet (no search candidate)",
+        else f"item evaluations in the search phase: {NO_SEARCH[finished]}",
         f"item evaluations in total: {item_totals(store)}",
         _holdout_fact(store.get_meta(HOLDOUT_META, {})),
     ]

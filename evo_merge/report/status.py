@@ -12,6 +12,7 @@ from evo_merge.markup import shell, visible
 from evo_merge.progress import hms
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
 from evo_merge.search.metrics import (
+    NO_SEARCH,
     item_totals,
     mixed_revisions_note,
     picks_no_better_than_inputs,
@@ -83,8 +84,7 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
         lines.append(rounds)
     spent, full, saving = search_saving(store, facts, len(search))
     saved = f" ({saving:.1f}x saving)" if saving is not None else ""
-    compared = (f"{spent:,} vs {full:,} for a full-evaluation search{saved}" if search
-                else "none yet (no search candidate)")  # a run stopped in calibration: no "0 vs 0"
+    compared = f"{spent:,} vs {full:,} for a full-evaluation search{saved}" if search else NO_SEARCH[finished]
     lines.append(f"item evaluations in search: {compared}; in total {item_totals(store)}")
     # what the store holds (scenario names, methods, folders) cannot drive the terminal, nor start a line
     return [visible(line) for line in lines]

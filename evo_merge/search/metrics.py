@@ -73,6 +73,13 @@ def item_totals(store: CampaignStore) -> str:
     return f"{sum(phases.values()):,} ({parts})"
 
 
+# what `status` and the report say of a search that scored no candidate of its own, by whether the run
+# finished: one stopped in calibration has none yet ("0 vs 0 for a full-evaluation search" said
+# nothing); a finished one asked only candidates measured before it (its seeds, looked up)
+NO_SEARCH = {False: "none yet (no search candidate)",
+             True: "none (every candidate it asked was measured before it: the endpoints and standard merges)"}
+
+
 def search_saving(store: CampaignStore, facts: Mapping, n_search: int) -> tuple[int, int, float | None]:
     """(item evaluations the search phase spent, what a full-evaluation search of its `n_search`
     candidates would have spent, their ratio; None where nothing was spent): one figure for `status`

@@ -246,22 +246,30 @@ def test_the_se_caveat_by_estimator_kind_and_revision(kind, revision, mixed, cav
 
 def test_a_run_stopped_in_calibration_has_no_search_to_compare(tmp_path):
     """Before the search's first candidate, `status` and the report say the search spent nothing
-    yet, not "0 vs 0 for a full-evaluation search" (audit 122)."""
+    yet, not "0 vs 0 for a full-evaluation search" (audit 122); a finished run whose one generation
+    was its seeds alone (all measured in calibration) says it spent none, not "none yet" (audit 124)."""
     from evo_merge.config import Campaign
-    from evo_merge.report.campaign import write_report
     from evo_merge.search.campaign import CampaignRunner
-    from evo_merge.search.store import FACTS_META
 
     base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
     path = write_campaign(tmp_path / "campaign.yaml", base, fts, tasks=agreement_tasks(fts),
-                          estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 2, "dims": 1})
-    runner = CampaignRunner.open(Campaign.load(path), tmp_path, tmp_path / "run")
+                          estimator={"kind": "gpirt", "anchors": 3, "warmup_merges": 5, "dims": 1},
+                          algorithm={"population": 6, "generations": 1, "seed": 3})
+    run = tmp_path / "run"
+    runner = CampaignRunner.open(Campaign.load(path), tmp_path, run)
     runner.calibrate()  # stopped here: calibration stored, no generation asked
-    store = runner.workspace.store
-    report = write_report(runner.workspace.run_dir, store, store.get_meta(FACTS_META)).read_text()
     runner.close()
-    printed = CliRunner().invoke(cli, ["status", str(tmp_path / "run")]).output
-    assert re.search(r"item evaluations in search: none yet \(no search candidate\); in total [\d,]+ "
-                     r"\(calibration [\d,]+", printed), printed
-    assert "item evaluations in the search phase: none yet (no search candidate)" in report
-    assert " vs 0 " not in printed and "would have spent 0" not in report
+    for stage in ("stopped", "finished"):
+        printed = CliRunner().invoke(cli, ["status", str(run)]).output
+        assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
+        report = (run / "report.md").read_text()
+        assert " vs 0 " not in printed and "would have spent 0" not in report
+        if stage == "stopped":
+            assert re.search(r"item evaluations in search: none yet \(no search candidate\); in total [\d,]+ "
+                             r"\(calibration [\d,]+", printed), printed
+            assert "item evaluations in the search phase: none yet (no search candidate)" in report
+            assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0  # generation 1: the seeds alone
+        else:
+            none = "none (every candidate it asked was measured before it: the endpoints and standard merges)"
+            assert f"item evaluations in search: {none}; in total" in printed and "(finished)" in printed, printed
+            assert f"item evaluations in the search phase: {none}" in report
