@@ -64,7 +64,7 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     models, tasks, estimator and `align` section are checked as `run` checks them before it loads
     a model (what needs the models loaded, such as MASS's decomposition, `run` finds out)."""
     from evo_merge.errors import naming_file
-    from evo_merge.search.capacity import campaign_plan, gpu_elsewhere
+    from evo_merge.search.capacity import campaign_plan, gpu_note
     from evo_merge.search.estimator_checks import check_irt_model_items
     from evo_merge.search.evaluator import campaign_tasks
     from evo_merge.search.store import check_run_folder
@@ -84,11 +84,8 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     result = campaign_plan(campaign, base, models, resuming=resuming, planning=True)
     click.echo("tasks: " + ", ".join(lines))
     click.echo(item_budget(campaign, tasks, len(models)))
-    if gpu_elsewhere(campaign):
-        host = ("storage.host_budget_gib" if campaign.storage.host_budget_gib is not None
-                else "this machine's memory (give storage.host_budget_gib for the GPU machine's)")
-        click.echo(f"{campaign.device}: torch sees no such GPU here: planned against storage.device_budget_gib, "
-                   f"the host against {host}; `run` needs the GPU")
+    if note := gpu_note(campaign):
+        click.echo(note)
     click.echo(result.table())
     if not result.fits:
         raise result.refusal()

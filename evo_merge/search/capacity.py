@@ -59,6 +59,25 @@ def gpu_elsewhere(campaign: Campaign) -> bool:
     return wanted.type == "cuda" and (wanted.index or 0) >= count
 
 
+def gpu_note(campaign: Campaign) -> str | None:
+    """What `plan` says first where the GPU it plans for is not this machine's (`gpu_elsewhere`), or
+    where `device: auto` with `storage.device_budget_gib` finds none and plans the CPU."""
+    spec, evaluator = campaign.storage, campaign.evaluator
+    if gpu_elsewhere(campaign):
+        host = ("storage.host_budget_gib" if spec.host_budget_gib is not None
+                else "this machine's memory (give storage.host_budget_gib for the GPU machine's)")
+        workers = (f", for {evaluator.n_workers} dask workers with a GPU each"
+                   if evaluator.kind == "dask" and evaluator.n_workers and not campaign.device.startswith("cuda:")
+                   else "")
+        return (f"{campaign.device}: torch sees no such GPU here: planned against storage.device_budget_gib{workers}, "
+                f"the host against {host}; `run` needs the GPU")
+    if (campaign.device == "auto" and spec.device_budget_gib is not None and not evaluator.remote
+            and not torch.cuda.is_available()):
+        return ("device: auto finds no GPU here, so this is the CPU's plan (storage.device_budget_gib unused); "
+                "name `device: cuda` to plan a GPU machine against it")
+    return None
+
+
 def target_of(campaign: Campaign, *, planning: bool = False) -> Target:
     """The campaign's evaluation target, with budgets taking the place of measured memory. A GPU
     asked for and not there stops here, before anything is loaded (a remote cluster's workers

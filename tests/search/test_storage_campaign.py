@@ -1,6 +1,7 @@
 """Storage settings in campaigns: the memory plan before a run, the run's identity, OOM failures,
 and the settings reaching the evaluator, MASS and the dask workers."""
 
+import importlib.util
 import shutil
 import sqlite3
 import tempfile
@@ -95,6 +96,23 @@ def test_plan_plans_a_gpu_this_machine_lacks_against_its_budget_and_run_still_ne
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2 and "device: cuda asked for, but torch sees 0 CUDA device(s)" in result.output
     assert not (tmp_path / "run").exists()
+    # the GPU a campaign names, by its index; `device: auto` with a budget plans the CPU it finds, and says so
+    second = CliRunner().invoke(cli, ["plan", str(write(tmp_path, config(zoo, device="cuda:1",
+                                                                          storage={"device_budget_gib": 1})))])
+    assert second.exit_code == 0 and second.output.startswith("tasks:"), second.output
+    assert "cuda:1: torch sees no such GPU here" in second.output and "cuda:1\n" in second.output, second.output
+    auto = CliRunner().invoke(cli, ["plan", str(write(tmp_path, config(zoo, device="auto",
+                                                                        storage={"device_budget_gib": 1})))])
+    assert auto.exit_code == 0 and ("device: auto finds no GPU here, so this is the CPU's plan "
+                                    "(storage.device_budget_gib unused)") in auto.output, auto.output
+    assert "cuda" not in next(line for line in auto.output.splitlines() if line.startswith("bytes per worker"))
+    if importlib.util.find_spec("distributed") is not None:  # a local cluster: one GPU per worker assumed, said
+        dask = CliRunner().invoke(cli, ["plan", str(write(tmp_path, config(
+            zoo, device="cuda", evaluator={"kind": "dask", "n_workers": 2},
+            storage={"device_budget_gib": 1, "host_budget_gib": 8})))])
+        assert dask.exit_code == 0, dask.output
+        assert "planned against storage.device_budget_gib, for 2 dask workers with a GPU each" in dask.output
+        assert "total for 2 workers on this machine" in dask.output, dask.output
 
 
 def test_the_error_names_the_first_storage_setting_that_fits(tmp_path, zoo):
