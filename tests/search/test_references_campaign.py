@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -118,3 +119,11 @@ def test_a_mass_pick_over_hub_ids_names_its_tasks_and_models_as_the_campaign_doe
         assert yaml.safe_load(card.split("---")[1])["mass_tasks"] == ["arith-ft", "lang-ft"]
         assert str(tmp_path) not in card
         assert not [w for w in plan_upload(folder).warnings if "local path" in w], plan_upload(folder).warnings
+    # `export --pick` builds the MASS folder from the recorded names, with no workbench at hand
+    table = pd.read_csv(tmp_path / "run" / "evaluations.csv")
+    eid = int(table[(table.method == "mass") & (table.phase == "search")].id.iloc[-1])
+    done = evo_merge("export", tmp_path / "run", "--pick", eid, "--out", tmp_path / "exported", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads((tmp_path / "exported" / MASS_JSON).read_text())
+    assert meta["tasks"] == ["arith-ft", "lang-ft"]
+    assert meta["models"] == [f"tiny-org/arith-ft@{'c' * 40}", f"tiny-org/lang-ft@{'d' * 40}"]

@@ -33,9 +33,12 @@ def test_missing_wheel_is_a_user_error_naming_the_install_command(monkeypatch, t
 @pytest.fixture(scope="module")
 def gguf_load():
     """The loaded base and what loading it wrote on stderr (once: it takes 20 s)."""
-    printed = io.StringIO()
+    from transformers.utils import logging as hf_logging
+
+    printed, bars = io.StringIO(), hf_logging.is_progress_bar_enabled()
     with contextlib.redirect_stderr(printed):
         base = smollm2.load_gguf_base()
+    assert hf_logging.is_progress_bar_enabled() == bars  # transformers' switch put back as it was
     return base, printed.getvalue()
 
 
@@ -51,6 +54,11 @@ def test_loading_the_gguf_draws_no_library_bars(gguf_load):
     printed = gguf_load[1]
     assert "Converting and de-quantizing" not in printed and "Loading weights" not in printed, printed
     assert "\r" not in printed and "it/s" not in printed, printed
+    # and the loader's own tqdm put back after (the fixture checks transformers' switch)
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils
+
+    assert modeling_gguf_pytorch_utils.tqdm is tqdm
 
 
 @needs_wheel
