@@ -115,6 +115,24 @@ def test_plan_plans_a_gpu_this_machine_lacks_against_its_budget_and_run_still_ne
         assert "total for 2 workers on this machine" in dask.output, dask.output
 
 
+def test_a_gpu_is_elsewhere_when_this_machine_lacks_that_one_and_a_budget_is_given(zoo, monkeypatch):
+    """`cuda:1` on a machine with one GPU is elsewhere, `cuda:0` is not; nor is a remote cluster's
+    (its workers check their own), nor a campaign without a device budget."""
+    from evo_merge.search.capacity import gpu_elsewhere
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+    def campaign(device, budget=1.0, **evaluator):
+        return Campaign.model_validate(config(zoo, device=device, storage={"device_budget_gib": budget},
+                                              **({"evaluator": evaluator} if evaluator else {})))
+
+    assert gpu_elsewhere(campaign("cuda:1")) and not gpu_elsewhere(campaign("cuda:0"))
+    assert not gpu_elsewhere(campaign("cuda")) and not gpu_elsewhere(campaign("auto"))
+    assert not gpu_elsewhere(campaign("cuda:1", budget=None))
+    assert not gpu_elsewhere(campaign("cuda:1", kind="dask", address="tcp://10.0.0.1:8786"))
+
+
 def test_the_error_names_the_first_storage_setting_that_fits(tmp_path, zoo):
     base, fts = zoo
     sizes = {}
