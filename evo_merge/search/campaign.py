@@ -44,6 +44,7 @@ from evo_merge.search.store import (
     EVALUATED_ON_META,
     CampaignStore,
     Evaluation,
+    Record,
     check_run_folder,
     evaluated_on,
     remove_unused_run_folder,
@@ -54,6 +55,7 @@ from evo_merge.tasks.base import FitnessTask
 from evo_merge.weights.export import check_output_folder
 
 log = logging.getLogger(__name__)
+TASK_DATA_META = Record("task_data", dict[str, str])  # task -> digest of what its items say, as the run first read them
 
 
 def campaign_objectives(campaign: Campaign) -> Objectives:
@@ -125,6 +127,7 @@ class CampaignRunner:
                 runner = cls(workspace, tasks, holdout_items(tasks, spec.final.holdout, spec.algorithm.seed), progress,
                              lock=lock)
                 runner.check_holdout()
+                runner.check_task_data()
             except BaseException:
                 if workspace is not None:
                     workspace.store.close()
@@ -148,6 +151,24 @@ class CampaignRunner:
                                 f"drew ({len(drawn ^ kept)} items differ): its items changed order or "
                                 "content since the run began (or the record was edited), so the search may have "
                                 "scored them; restore the task's data, or start the campaign in a new run folder")
+
+    def check_task_data(self) -> None:
+        """A task's items can keep their ids while what they say changes (a data file's answers
+        edited): the run's scores, estimates and picks were measured on what they said when it
+        began, and one run mixing two answer keys would rank its candidates on both. Each task
+        that gives a digest of its items (`items_digest`: lm-eval tasks, the shipped benchmarks)
+        has it recorded when a run first opens and compared after; a change is refused, naming
+        the task. Tasks that give none (plugins) are not checked."""
+        store = self.workspace.store
+        recorded = store.get_meta(TASK_DATA_META, {})
+        now = {name: digest for name, task in self.tasks.items()
+               if isinstance(digest := getattr(task, "items_digest", None), str)}
+        if changed := sorted(name for name in now if recorded.get(name, now[name]) != now[name]):
+            raise UserError(f"task {changed[0]!r}: what its items say changed since this run began (its data "
+                            "edited?), where its item ids did not: the run's scores were measured on the data it had "
+                            "then; restore that data, or start the campaign in a new run folder")
+        if {**recorded, **now} != recorded:
+            store.set_meta(TASK_DATA_META, {**recorded, **now})
 
     @property
     def progress(self) -> Progress:

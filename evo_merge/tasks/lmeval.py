@@ -15,7 +15,9 @@ each doc the few-shot examples a full lm-eval run gives it, whichever docs are a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import re
 from array import array
@@ -280,6 +282,17 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     if not tasks:
         raise UserError(f"task {label}: names no lm-eval task")
     return (next(iter(tasks)) if len(tasks) == 1 else name), dict(sorted(tasks.items()))
+
+
+def _as_json(value: Any) -> Any:
+    """A doc's field JSON has no form for, in one that is the same in every process: arrays and
+    numpy scalars as lists and numbers, bytes as hex, anything else by its type alone (the text of
+    an image object names its address in memory, which would differ on every run)."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return type(value).__name__
 
 
 def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:
@@ -558,6 +571,7 @@ class LMEvalTask(ItemTable):
         self.batch_size, self.device, self.limit = batch_size, device, limit
         grouped = len(self.tasks) > 1  # a group: ids <task>/<id>, each task a scenario
         ids, scenarios, self._where = [], [], []
+        content = hashlib.sha256()
         self.dataset_items = 0  # before the limit: what a card says the limited items are of
         for name, task in self.tasks.items():
             self.dataset_items += len(task.eval_docs)
@@ -570,7 +584,10 @@ class LMEvalTask(ItemTable):
             ids += [f"{name}/{i}" for i in own_ids] if grouped else own_ids
             scenarios += [name] * len(docs) if grouped else own_scenarios or []
             self._where += [(name, k) for k in range(len(docs))]
+            content.update(json.dumps([name, docs], sort_keys=True, default=_as_json).encode())
         self._set_items(ids, scenarios or None)
+        # what the items say (prompts, answers), for a run to see them change under the same ids
+        self.items_digest = content.hexdigest()[:16]
         self._lm: Any = None
         self._said_truncated = False
 

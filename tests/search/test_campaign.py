@@ -1195,6 +1195,40 @@ def test_a_metric_that_is_better_lower_must_be_minimised(tmp_path, zoo):
     CampaignRunner.open(Campaign.load(minimised), tmp_path, tmp_path / "min").close()  # accepted
 
 
+def test_a_task_whose_items_say_something_else_under_the_same_ids_is_refused(tmp_path, zoo):
+    """A task's data file edited between a run and its resume or export (every answer changed, the
+    ids kept) went unnoticed: one run ranked its candidates on two answer keys (audit 125). A run
+    records a digest of what each task's items say and refuses a change, naming the task."""
+    import json
+
+    from evo_merge.config import Campaign
+    from evo_merge.errors import UserError
+    from evo_merge.search.campaign import CampaignRunner
+    from evo_merge.tasks import registry
+    from evo_merge.tasks.registry import BENCHMARKS_DIR
+
+    (tmp_path / "mine").mkdir()
+    text = (BENCHMARKS_DIR / "arith" / "evo_arith.yaml").read_text().replace("task: evo_arith", "task: my_arith")
+    (tmp_path / "mine" / "t.yaml").write_text(text)
+    data = tmp_path / "mine" / "test.jsonl"
+    rows = [json.loads(line) for line in (BENCHMARKS_DIR / "arith" / "test.jsonl").read_text().splitlines()[:12]]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    path = campaign(tmp_path, zoo, tasks=[{"task": str(tmp_path / "mine" / "t.yaml"), "name": "mine"}])
+    run = tmp_path / "run"
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()  # the same data: opens as before
+    data.write_text("".join(json.dumps({**row, "answer": (row["answer"] + 1) % 4}) + "\n" for row in rows))
+    registry._CACHE.clear()  # tasks are built once per process: the command a user runs next builds them anew
+    with pytest.raises(UserError, match=r"^task 'mine': what its items say changed since this run began \(its data "
+                                        r"edited\?\), where its item ids did not"):
+        CampaignRunner.open(Campaign.load(path), tmp_path, run)
+    resumed = CliRunner().invoke(cli, ["resume", str(run)])
+    assert resumed.exit_code == 2 and "task 'mine': what its items say changed" in resumed.output, resumed.output
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))  # restored: the run goes on
+    registry._CACHE.clear()
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+
+
 def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
     """Defaults version 9 scores each candidate on one of 8 anchor sets; a version-8 folder scored
     every candidate on one, so it resumes with that one (the first set, the campaign's seed),
