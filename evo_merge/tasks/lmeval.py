@@ -256,7 +256,11 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     if isinstance(spec, Path) or is_path_like(str(spec)):  # a bare name is a name, whatever folder is here
         if not path.exists():
             raise UserError(f"task file {path} not found")
-        first = _yaml_files(path)[0]
+        files = _yaml_files(path)
+        first = files[0]
+        if len(files) > 1:  # one task per folder: the others were passed over without a word
+            log.warning("task folder %s holds %d YAML files (%s): read as %s, the first; name a file to take "
+                        "another", path, len(files), ", ".join(f.name for f in files), first.name)
         name, to_load = _local_configs(first)
         root = path if path.is_dir() else path.parent
         if path.is_dir():  # which of its files lm-eval could not build

@@ -65,6 +65,22 @@ def test_local_data_files_resolve_against_the_yaml_not_the_cwd(tmp_path, monkeyp
     assert by_file.item_ids == by_folder.item_ids and len(by_file.item_ids) == 1200
 
 
+def test_a_task_folder_of_several_yamls_says_which_it_read(tmp_path, caplog):
+    """`--task tasks/two` ran the YAML that sorts first without a word (audit 125)."""
+    shutil.copytree(BENCHMARKS_DIR / "arith", tmp_path / "two")
+    text = (tmp_path / "two" / "evo_arith.yaml").read_text()
+    (tmp_path / "two" / "b.yaml").write_text(text.replace("task: evo_arith", "task: arith_b"))
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        task = LMEvalTask(tmp_path / "two", limit=4)
+    assert task.name == "arith_b"
+    assert (f"task folder {tmp_path / 'two'} holds 2 YAML files (b.yaml, evo_arith.yaml): read as b.yaml, the first; "
+            "name a file to take another") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        LMEvalTask(BENCHMARKS_DIR / "arith", limit=4)  # one YAML: nothing to say
+    assert "YAML files" not in caplog.text
+
+
 def test_a_local_task_makes_no_network_request_even_online(tmp_path, monkeypatch):
     """datasets sent a HEAD request to count each load of its json loader, even for the shipped
     local files, online (an audit saw it under `export --dry-run`)."""
