@@ -89,9 +89,9 @@ def export(run: Path, task: str | None, out: Path, overwrite: bool) -> None:
     if table.empty:
         raise UserError(f"{run}: no candidate was measured on every search item yet (calibration does that first)")
     write_output_file(out, table.to_csv(index=False), overwrite)
-    n = table.task.nunique()
+    n, k = table.task.nunique(), table.scenario.nunique()
     tasks = "" if task else f"{n} task{'s' * (n != 1)}, "
     click.echo(f"wrote {out}: {table.subject.nunique()} subjects x {table.item.nunique()} items "
-               f"({tasks}{table.scenario.nunique()} scenarios)"
+               f"({tasks}{k} scenario{'s' * (k != 1)})"
                + ("" if finished else "; the run is not finished: what it measured so far "
                   f"(`{shell('evo-merge', 'status', run)}`)"))

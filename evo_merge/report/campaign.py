@@ -216,7 +216,7 @@ def write_report(
         progress,
         tasks,
         facts_html
-        + "<h2>Reference models and measured front</h2>"
+        + "<h2>Reference models and measured candidates</h2>"
         + summary.to_html(index=False, escape=True)
         + ("<h2>Compared on the race's last sample</h2><p>Survivors of the final-phase race not measured on every "
            "item: their scores on the race's last sample, on which the picks were chosen.</p>"

@@ -102,6 +102,8 @@ def test_a_runs_responses_are_what_it_measured_on_every_search_item(tmp_path, ou
     one = tmp_path / "agree0.csv"
     exported = CliRunner().invoke(cli, ["responses", "export", str(run), "--task", "agree0", "--out", str(one)])
     assert exported.exit_code == 0 and set(pd.read_csv(one).task) == {"agree0"}, exported.output
+    k = pd.read_csv(one).scenario.nunique()  # "(1 scenarios)" was said of one (audit 125)
+    assert f" items ({k} scenario{'s' * (k != 1)})" in exported.output, exported.output
     fitted = CliRunner().invoke(cli, ["irt", "fit", str(one), "--out", str(tmp_path / "irt" / "agree0"), "--dims", "1"])
     assert fitted.exit_code == 0, fitted.output
     # the task's own scenarios, as the run's IRT model has them: a model with one scenario per task
