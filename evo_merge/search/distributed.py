@@ -26,10 +26,12 @@ import hashlib
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,23 @@ def visible_device(gpu: int) -> str:
     return entries[gpu] if gpu < len(entries) else str(gpu)
 
 
+@contextmanager
+def _ctrl_c_left_here() -> Iterator[None]:
+    """Ctrl-C reaches every process of the terminal's group: each worker printed its KeyboardInterrupt
+    traceback (60-80 lines before the run's own one line), though this process stops the workers as
+    it closes. A process started while SIGINT is ignored keeps ignoring it (Python installs its
+    handler only over the default), so the workers are started so; this process's handler is put
+    back at once. (Only the main thread may set a handler: elsewhere the workers hear Ctrl-C.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def start_local_cluster(n_workers: int, gpus: Sequence[int] = ()) -> Any:
     """A cluster of worker processes on this machine, one thread each. With GPUs, at most one
     worker per GPU, each seeing only its own device (CUDA_VISIBLE_DEVICES, and a `GPU` resource)."""
@@ -173,7 +192,7 @@ def start_local_cluster(n_workers: int, gpus: Sequence[int] = ()) -> Any:
     scheduler = {"host": "127.0.0.1", "dashboard": False, "dashboard_address": "127.0.0.1:0"}
     # dask's default MALLOC_TRIM_THRESHOLD_ (64 KiB) hands freed memory back to the OS at once: with
     # torch allocating activations batch after batch it made evaluation ~40% slower here
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), _ctrl_c_left_here():
         if not gpus:
             return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                             memory_limit=0, silence_logs=logging.ERROR, dashboard_address=None,

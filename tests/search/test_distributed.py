@@ -4,6 +4,7 @@ killed mid-generation loses and duplicates nothing, and a dask config without da
 import os
 import pickle
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -101,10 +102,14 @@ def cluster():
 
     from evo_merge.search.distributed import start_local_cluster
 
-    before = children()
+    before, handler = children(), signal.getsignal(signal.SIGINT)
     local_cluster = start_local_cluster(2)
     with distributed.Client(local_cluster) as client:
         client.wait_for_workers(2)
+        # Ctrl-C is this process's to handle (it stops the workers): each worker printed a KeyboardInterrupt
+        # traceback (audit 125); the workers ignore SIGINT, this process's handler is put back
+        assert set(client.run(lambda: int(signal.getsignal(signal.SIGINT))).values()) == {int(signal.SIG_IGN)}
+        assert signal.getsignal(signal.SIGINT) is handler
         warming = [client.submit(preload, workers=[w], pure=False) for w in client.scheduler_info()["workers"]]
         yield local_cluster.scheduler_address
         del warming
