@@ -601,7 +601,10 @@ def test_a_broken_template_names_its_file_and_key_and_a_folder_names_the_yaml_it
     _arith_variant(folder, yaml=[("output_type: multiple_choice", "output_type: bogus")]).rename(folder / "a.yaml")
     args = ["eval", "--model", str(model_dirs / "lm"), "--task", str(folder), "--out", str(tmp_path / "s.csv")]
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 2 and result.output.startswith(
+    warned, error = result.output.splitlines()[:2]  # which YAML it read, said first (audit 125)
+    assert warned == (f"warning: task folder {folder} holds 2 YAML files (a.yaml, b_good.yaml): read as a.yaml, "
+                      "the first; name a file to take another"), result.output
+    assert result.exit_code == 2 and error.startswith(
         f"error: --task {folder}: task {folder} (read as a.yaml, the folder's first YAML): lm-eval cannot build it"
     ), result.output
     args[4] = str(path)
