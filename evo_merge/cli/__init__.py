@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -41,12 +43,18 @@ COMMANDS: dict[str, str] = {
 _HELP_SHOWN = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-def _one_line(exc: click.UsageError) -> Fault:
+@contextmanager
+def _usage_in_one_line() -> Iterator[None]:
     """What click itself refuses (an option's value, a missing argument, a mistyped command) as one
     `error:` line naming the help, as the commands' own checks say theirs: click's three lines
     (`Usage:`, `Try ...`, `Error: ...`) stood beside them."""
-    where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-    return Fault(exc.format_message().rstrip(".") + where)
+    try:
+        yield
+    except _HELP_SHOWN:
+        raise
+    except click.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        raise Fault(exc.format_message().rstrip(".") + where) from None
 
 
 class LazyGroup(click.Group):
@@ -70,20 +78,13 @@ class LazyGroup(click.Group):
         return super().resolve_command(ctx, args)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:  # `evo-merge --bogus`: the top level's own options, parsed before any command
+        with _usage_in_one_line():  # `evo-merge --bogus`: the top level's own options, parsed before any command
             return super().parse_args(ctx, args)
-        except _HELP_SHOWN:
-            raise
-        except click.UsageError as exc:
-            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
-        except _HELP_SHOWN:
-            raise
-        except click.UsageError as exc:  # a command's option or argument click itself refused
-            raise _one_line(exc) from None
+            with _usage_in_one_line():  # a command's option or argument click itself refused
+                return super().invoke(ctx)
         except (Exception, KeyboardInterrupt) as exc:  # re-raised unless it has a one-line form
             fault = as_fault(exc)
             if fault is None:

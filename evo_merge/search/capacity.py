@@ -27,7 +27,7 @@ from evo_merge.merge.footprint import (
 )
 from evo_merge.merge.host import AVAILABLE, available_memory, free_disk, memory_filesystem
 from evo_merge.merge.storage import Storage
-from evo_merge.weights.devices import resolve_device
+from evo_merge.weights.devices import cuda_count, resolve_device
 from evo_merge.weights.dtypes import model_dtype
 
 
@@ -55,8 +55,7 @@ def gpu_elsewhere(campaign: Campaign) -> bool:
         wanted = torch.device(campaign.device)
     except RuntimeError:  # not a device name: `resolve_device` says so
         return False
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return wanted.type == "cuda" and (wanted.index or 0) >= count
+    return wanted.type == "cuda" and (wanted.index or 0) >= cuda_count()
 
 
 def gpu_note(campaign: Campaign) -> str | None:

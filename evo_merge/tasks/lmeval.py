@@ -23,7 +23,7 @@ import re
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -575,7 +575,6 @@ class LMEvalTask(ItemTable):
         self.batch_size, self.device, self.limit = batch_size, device, limit
         grouped = len(self.tasks) > 1  # a group: ids <task>/<id>, each task a scenario
         ids, scenarios, self._where = [], [], []
-        content = hashlib.sha256()
         self.dataset_items = 0  # before the limit: what a card says the limited items are of
         for name, task in self.tasks.items():
             self.dataset_items += len(task.eval_docs)
@@ -588,12 +587,19 @@ class LMEvalTask(ItemTable):
             ids += [f"{name}/{i}" for i in own_ids] if grouped else own_ids
             scenarios += [name] * len(docs) if grouped else own_scenarios or []
             self._where += [(name, k) for k in range(len(docs))]
-            content.update(json.dumps([name, docs], sort_keys=True, default=_as_json).encode())
         self._set_items(ids, scenarios or None)
-        # what the items say (prompts, answers), for a run to see them change under the same ids
-        self.items_digest = content.hexdigest()[:16]
         self._lm: Any = None
         self._said_truncated = False
+
+    @cached_property
+    def items_digest(self) -> str:
+        """What the items say (every evaluation doc, prompts and answers, as JSON), for a run to see
+        them change under the same ids: computed when a run asks, not each time the task is built
+        (a dask worker builds it too)."""
+        content = hashlib.sha256()
+        for name, task in self.tasks.items():
+            content.update(json.dumps([name, list(task.eval_docs)], sort_keys=True, default=_as_json).encode())
+        return content.hexdigest()[:16]
 
     @property
     def higher_is_better(self) -> bool:

@@ -7,6 +7,11 @@ import torch
 from evo_merge.errors import UserError
 
 
+def cuda_count() -> int:
+    """The CUDA devices torch sees here (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def resolve_device(device: str, key: str = "device") -> torch.device:
     """auto (cuda when available) | cpu | cuda | cuda:N; another name, or a GPU that is not there, is a
     user error naming `key`."""
@@ -17,7 +22,7 @@ def resolve_device(device: str, key: str = "device") -> torch.device:
     except RuntimeError:
         raise UserError(f"{key}: {device!r} is not a device (auto, cpu, cuda or cuda:N)") from None
     if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        count = cuda_count()
         if (resolved.index or 0) >= count:
             raise UserError(f"{key}: {device} asked for, but torch sees {count} CUDA device(s)")
     elif resolved.type != "cpu":

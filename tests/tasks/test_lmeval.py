@@ -65,6 +65,27 @@ def test_local_data_files_resolve_against_the_yaml_not_the_cwd(tmp_path, monkeyp
     assert by_file.item_ids == by_folder.item_ids and len(by_file.item_ids) == 1200
 
 
+def test_the_items_digest_is_of_what_the_scored_items_say_and_the_same_in_every_process(tmp_path):
+    """A run compares it across processes (`check_task_data`): fields JSON has no form for are
+    written by type, not by a text naming a memory address; the docs are those scored (`limit`)."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from evo_merge.tasks.lmeval import _as_json
+
+    doc = {"a": np.int64(3), "b": b"\x01", "c": np.array([1, 2]), "image": object()}
+    assert json.dumps(doc, sort_keys=True, default=_as_json) == '{"a": 3, "b": "01", "c": [1, 2], "image": "object"}'
+    here = LMEvalTask(BENCHMARKS_DIR / "arith").items_digest
+    code = ("from evo_merge.tasks.lmeval import LMEvalTask; "
+            f"print(LMEvalTask({str(BENCHMARKS_DIR / 'arith')!r}).items_digest)")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == here
+    assert LMEvalTask(BENCHMARKS_DIR / "arith", limit=5).items_digest != here  # the items it scores
+
+
 def test_a_task_folder_of_several_yamls_says_which_it_read(tmp_path, caplog):
     """`--task tasks/two` ran the YAML that sorts first without a word (audit 125)."""
     shutil.copytree(BENCHMARKS_DIR / "arith", tmp_path / "two")
