@@ -55,7 +55,7 @@ from evo_merge.tasks.base import FitnessTask
 from evo_merge.weights.export import check_output_folder
 
 log = logging.getLogger(__name__)
-TASK_DATA_META = Record("task_data", dict[str, str])  # task -> digest of what its items say, as the run first read them
+TASK_DATA_META = Record("task_data", dict[str, str])  # task -> digest of its items and their scoring, as first read
 
 
 def campaign_objectives(campaign: Campaign) -> Objectives:
@@ -154,19 +154,31 @@ class CampaignRunner:
 
     def check_task_data(self) -> None:
         """A task's items can keep their ids while what they say changes (a data file's answers
-        edited): the run's scores, estimates and picks were measured on what they said when it
-        began, and one run mixing two answer keys would rank its candidates on both. Each task
-        that gives a digest of its items (`items_digest`: lm-eval tasks, the shipped benchmarks)
-        has it recorded when a run first opens and compared after; a change is refused, naming
-        the task. Tasks that give none (plugins) are not checked."""
+        edited), or while how they are scored does (the YAML's answer template, the prompt function
+        it names): the run's scores, estimates and picks were measured as it was when the run began,
+        and one run mixing two answer keys would rank its candidates on both. Each task that gives a
+        digest (`items_digest`, `<docs>:<definition>`: lm-eval tasks, the shipped benchmarks) has it
+        recorded when a run first opens and compared after; a change is refused, naming the task and
+        which part changed. A record of the docs alone (a run before the definition counted) is
+        compared on that part, then completed. Tasks that give none (plugins) are not checked."""
         store = self.workspace.store
         recorded = store.get_meta(TASK_DATA_META, {})
         now = {name: digest for name, task in self.tasks.items()
                if isinstance(digest := getattr(task, "items_digest", None), str)}
-        if changed := sorted(name for name in now if recorded.get(name, now[name]) != now[name]):
-            raise UserError(f"task {changed[0]!r}: what its items say changed since this run began (its data "
-                            "edited?), where its item ids did not: the run's scores were measured on the data it had "
-                            "then; restore that data, or start the campaign in a new run folder")
+        for name in sorted(now):
+            if (was := recorded.get(name)) is None or was == now[name]:
+                continue
+            docs, _, definition = now[name].partition(":")
+            was_docs, _, was_definition = was.partition(":")
+            if was_docs != docs:
+                raise UserError(f"task {name!r}: what its items say changed since this run began (its data "
+                                "edited?), where its item ids did not: the run's scores were measured on the data it "
+                                "had then; restore that data, or start the campaign in a new run folder")
+            if was_definition:
+                raise UserError(f"task {name!r}: how its items are scored changed since this run began (its YAML: "
+                                "prompt, answer, choices, metric or filter, or the code it names), where its items did "
+                                "not: the run's scores were measured as it was then; restore it, or start the campaign "
+                                "in a new run folder")
         if {**recorded, **now} != recorded:
             store.set_meta(TASK_DATA_META, {**recorded, **now})
 

@@ -299,6 +299,18 @@ def _as_json(value: Any) -> Any:
     return type(value).__name__
 
 
+_WHERE_NOT_WHAT = ("dataset_path", "dataset_kwargs", "metadata")  # where the data lives, not what it says
+
+
+def _scoring_definition(name: str, task: Any) -> str:
+    """A task's lm-eval config as text that is the same in every process: lm-eval writes each
+    function it names as its source (or, lacking one, a text that may name a memory address, cut
+    here). Where its data lives is left out: a shipped benchmark's data sits wherever the package
+    is installed, and what the data says is the docs' part of the digest."""
+    config = {key: value for key, value in task.config.to_dict().items() if key not in _WHERE_NOT_WHAT}
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", json.dumps([name, config], sort_keys=True, default=_as_json))
+
+
 def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:
     """Serve the (first `limit`) evaluation docs from a list: lm-eval otherwise re-reads its HF
     dataset row by row (about 0.5 ms a row) twice per call, whatever the number of items asked.
@@ -593,13 +605,17 @@ class LMEvalTask(ItemTable):
 
     @cached_property
     def items_digest(self) -> str:
-        """What the items say (every evaluation doc, prompts and answers, as JSON), for a run to see
-        them change under the same ids: computed when a run asks, not each time the task is built
-        (a dask worker builds it too)."""
-        content = hashlib.sha256()
+        """What the items say and how they are scored, for a run to see either change under the
+        same ids: `<docs>:<definition>`, a digest of every evaluation doc (as JSON) and one of the
+        task's lm-eval config (templates, choices, delimiters, shots, metrics and filters, with the
+        source of each function it names: the prompt and answer a YAML edit or a `utils.py` edit
+        changes). Computed when a run asks, not each time the task is built (a dask worker builds
+        it too). A run recorded before the definition was part of it holds the docs' part alone."""
+        docs, definition = hashlib.sha256(), hashlib.sha256()
         for name, task in self.tasks.items():
-            content.update(json.dumps([name, list(task.eval_docs)], sort_keys=True, default=_as_json).encode())
-        return content.hexdigest()[:16]
+            docs.update(json.dumps([name, list(task.eval_docs)], sort_keys=True, default=_as_json).encode())
+            definition.update(_scoring_definition(name, task).encode())
+        return f"{docs.hexdigest()[:16]}:{definition.hexdigest()[:16]}"
 
     @property
     def higher_is_better(self) -> bool:

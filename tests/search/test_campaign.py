@@ -1229,6 +1229,43 @@ def test_a_task_whose_items_say_something_else_under_the_same_ids_is_refused(tmp
     CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
 
 
+def test_a_task_scored_otherwise_under_the_same_items_is_refused_and_an_older_record_completed(tmp_path, zoo):
+    """The YAML's answer template edited between a run and its resume went unnoticed (audit 127:
+    a warm-up scored under the old key was picked over candidates scored under the new one). A
+    record of the docs alone, as a run before this wrote it, is checked on them and completed."""
+    from evo_merge.config import Campaign
+    from evo_merge.errors import UserError
+    from evo_merge.search.campaign import TASK_DATA_META, CampaignRunner
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.tasks import registry
+    from evo_merge.tasks.registry import BENCHMARKS_DIR
+
+    shutil.copytree(BENCHMARKS_DIR / "arith", tmp_path / "mine")
+    yaml_file = tmp_path / "mine" / "evo_arith.yaml"
+    text = yaml_file.read_text().replace("task: evo_arith", "task: my_arith")
+    yaml_file.write_text(text)
+    path = campaign(tmp_path, zoo, tasks=[{"task": str(yaml_file), "name": "mine", "options": {"limit": 12}}])
+    run = tmp_path / "run"
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+    with closing(CampaignStore(run)) as store:
+        docs, definition = store.get_meta(TASK_DATA_META)["mine"].split(":")
+        store.set_meta(TASK_DATA_META, {"mine": docs})  # as a run before the definition counted recorded it
+    registry._CACHE.clear()
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()  # the same docs: opens, and completes it
+    with closing(CampaignStore(run)) as store:
+        assert store.get_meta(TASK_DATA_META)["mine"] == f"{docs}:{definition}"
+    yaml_file.write_text(text.replace("doc_to_target: answer", 'doc_to_target: "{{ (answer + 1) % 4 }}"'))
+    registry._CACHE.clear()  # tasks are built once per process: the command a user runs next builds them anew
+    with pytest.raises(UserError, match=r"^task 'mine': how its items are scored changed since this run began "
+                                        r"\(its YAML: prompt, answer"):
+        CampaignRunner.open(Campaign.load(path), tmp_path, run)
+    with closing(CampaignStore(run)) as store:
+        store.set_meta(TASK_DATA_META, {"mine": "0" * 16})  # an old record whose docs differ
+    registry._CACHE.clear()
+    with pytest.raises(UserError, match=r"^task 'mine': what its items say changed"):
+        CampaignRunner.open(Campaign.load(path), tmp_path, run)
+
+
 def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
     """Defaults version 9 scores each candidate on one of 8 anchor sets; a version-8 folder scored
     every candidate on one, so it resumes with that one (the first set, the campaign's seed),

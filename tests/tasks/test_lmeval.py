@@ -5,6 +5,7 @@ import logging
 import re
 import shutil
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -84,6 +85,28 @@ def test_the_items_digest_is_of_what_the_scored_items_say_and_the_same_in_every_
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == here
     assert LMEvalTask(BENCHMARKS_DIR / "arith", limit=5).items_digest != here  # the items it scores
+
+
+def test_the_items_digest_sees_the_scoring_change_and_not_where_the_data_lives(tmp_path):
+    """The answer template or the prompt function a YAML names, edited under the same docs, changed
+    a run's answer key unseen (audit 127): the digest's second part is of the task's definition,
+    with each function's source; the data's folder (a shipped benchmark's install place) is not."""
+    def task_folder(where: Path, target: str = "answer", prompt: str = "return doc['question']") -> Path:
+        shutil.copytree(BENCHMARKS_DIR / "arith", where, dirs_exist_ok=True)
+        text = (where / "evo_arith.yaml").read_text().replace("task: evo_arith", "task: mine")
+        text = text.replace("doc_to_text: question", "doc_to_text: !function utils.prompt")
+        (where / "evo_arith.yaml").write_text(text.replace("doc_to_target: answer", f"doc_to_target: {target}"))
+        (where / "utils.py").write_text(f"def prompt(doc):\n    {prompt}\n")
+        return where
+
+    digest = LMEvalTask(task_folder(tmp_path / "a"), limit=6).items_digest
+    docs, definition = digest.split(":")
+    moved = LMEvalTask(task_folder(tmp_path / "elsewhere" / "b"), limit=6).items_digest
+    assert moved == digest  # the same task in another folder
+    answer = LMEvalTask(task_folder(tmp_path / "c", target='"{{ (answer + 1) % 4 }}"'), limit=6).items_digest
+    assert answer.split(":")[0] == docs and answer.split(":")[1] != definition
+    prompt = LMEvalTask(task_folder(tmp_path / "d", prompt="return 'Q: ' + doc['question']"), limit=6).items_digest
+    assert prompt.split(":")[0] == docs and prompt.split(":")[1] != definition
 
 
 def test_a_task_folder_of_several_yamls_says_which_it_read(tmp_path, caplog):
