@@ -110,7 +110,7 @@ def candidate_recipe(candidate: Candidate, base: str | Path, models: list[str] |
     if candidate.granularity != MODEL:  # a Hub id or `+adapter` reference: its folder holds the names
         from evo_merge.weights.references import resolve_reference
 
-        names = tensor_names(resolve_reference(str(base), Path.cwd(), "base_model").path)
+        names = tensor_names(resolve_reference(str(base), None, "base_model").path)
     else:
         names = []
     return Recipe.model_validate({

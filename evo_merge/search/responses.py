@@ -48,7 +48,7 @@ def build_responses(
     space = SearchSpace({m: declared_ranges(m, dict(r)) for m, r in methods.items()}, n, coefficients)
     subjects = reference_candidates([f"endpoint-{Path(m).name}" for m in models])
     subjects += [(f"merge-{k:03d}", c) for k, c in enumerate(space.sample(n_merges, seed=seed))]
-    evaluator = LocalEvaluator(Workbench.open(Path(base), [Path(m) for m in models]), tasks)
+    evaluator = LocalEvaluator(Workbench.open(Path(base), [Path(m) for m in models], root=Path.cwd()), tasks)
     rows = []
     jobs = [(candidate, {name: None for name in tasks}) for _, candidate in subjects]
     for done, (index, outcome, _) in enumerate(evaluator.evaluate_many(jobs), start=1):

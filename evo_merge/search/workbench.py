@@ -37,13 +37,15 @@ class Workbench:
 
     @classmethod
     def open(cls, base: str | Path, models: list[str | Path], *, device: str = "auto", dtype: str = "auto",
-             storage: Storage = Storage()) -> Workbench:
+             storage: Storage = Storage(), root: Path | None = None) -> Workbench:
         """Load the base as the resident module and the task vectors into the in-place merger.
         `base` and `models` are folders or references as recipes write them (Hub id@commit,
-        `+adapter`), resolved here so that every process (a dask worker too) resolves them alike.
+        `+adapter`), resolved here so that every process (a dask worker too) resolves them alike:
+        as a run stores them (`root` None: a relative name is a Hub id, whatever the working
+        directory holds), or relative paths against `root`.
         `dtype` "auto": the module in the base's own dtype."""
         where = resolve_device(device)
-        refs = [resolve_reference(str(m), Path.cwd(), key) for m, key in
+        refs = [resolve_reference(str(m), root, key) for m, key in
                 zip([base, *models], ["base_model", *(f"models.{i}" for i in range(len(models)))])]
         checkpoints = [open_reference(ref) for ref in refs]
         precision = model_dtype(dtype, checkpoints[0])

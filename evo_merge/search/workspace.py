@@ -137,7 +137,7 @@ def model_reference(value: str, key: str) -> ModelRef:
     user's cache, optionally `+adapter`; a missing one is a user error naming the key."""
     if "+" not in value and not is_hub_id(value.partition("@")[0]) and not Path(value).exists():
         raise MissingModel(f"{key}: model path {value!r} does not exist")  # the plain folder's own message
-    return resolve_reference(value, Path("/"), key)
+    return resolve_reference(value, None, key)
 
 
 def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tuple[Path, list[Path]]:

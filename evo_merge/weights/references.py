@@ -31,8 +31,11 @@ class ModelRef:
     lora: Path | None = None
 
 
-def resolve_reference(value: str, root: Path, key: str) -> ModelRef:
-    """Resolve a recipe's model reference; errors name the recipe key."""
+def resolve_reference(value: str, root: Path | None, key: str) -> ModelRef:
+    """Resolve a recipe's model reference; errors name the recipe key. `root`: the folder a relative
+    path is read against before the working directory (a recipe's); None for a reference as a run
+    stores it (`resolve_campaign` made its folders absolute), where a relative name is a Hub id and
+    never a folder of the working directory."""
     model, lora = split_adapter(value, root)
     if not model.strip():  # `+adapter` took the recipe's own folder for the model
         raise UserError(f"{key}: no model named" + (f" before the '+' of {value!r} (MODEL+ADAPTER)" if lora else ""))
@@ -45,7 +48,7 @@ def resolve_reference(value: str, root: Path, key: str) -> ModelRef:
     return ModelRef(f"{name}+{adapter_name}", path, adapter)
 
 
-def _resolve_adapter(value: str, root: Path, key: str) -> tuple[Path, str]:
+def _resolve_adapter(value: str, root: Path | None, key: str) -> tuple[Path, str]:
     """A LoRA adapter's folder and how a recipe names it: a local folder, or a Hub id (as models are)."""
     local = _local_path(value, root)
     if local is not None and local.is_dir():
@@ -54,7 +57,7 @@ def _resolve_adapter(value: str, root: Path, key: str) -> tuple[Path, str]:
     if local is not None or hub is None:
         raise UserError(f"{key}: LoRA adapter folder {value!r} not found (nor a Hub id, org/name[@revision])")
     repo, revision = hub
-    path = _snapshot(repo, revision, f"{key} (LoRA adapter)")
+    path = _snapshot(repo, revision, f"{key} (LoRA adapter)", _looked_in(root))
     return path, f"{repo}@{path.name}"
 
 
@@ -90,7 +93,7 @@ def short_label(value: str) -> str:
     return "+".join(Path(p).name if _local_path(p, Path("/")) is not None else p.partition("@")[0] for p in parts)
 
 
-def split_adapter(value: str, root: Path) -> tuple[str, str | None]:
+def split_adapter(value: str, root: Path | None) -> tuple[str, str | None]:
     """`model+adapter` -> (model, adapter or None); a path that itself contains '+' is kept whole."""
     if "+" not in value or _local_path(value, root) is not None:
         return value, None
@@ -98,15 +101,16 @@ def split_adapter(value: str, root: Path) -> tuple[str, str | None]:
     return model, adapter
 
 
-def _local_path(value: str, root: Path) -> Path | None:
+def _local_path(value: str, root: Path | None) -> Path | None:
     path = Path(value).expanduser()
-    for candidate in [path] if path.is_absolute() else [root / path, Path.cwd() / path]:
+    relative = [] if root is None else [root / path, Path.cwd() / path]
+    for candidate in [path] if path.is_absolute() else relative:
         if candidate.exists():
             return candidate.resolve()
     return None
 
 
-def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
+def _resolve_model(value: str, root: Path | None, key: str) -> tuple[Path, str]:
     local = _local_path(value, root)
     if local is not None:
         return local, str(local)
@@ -114,7 +118,7 @@ def _resolve_model(value: str, root: Path, key: str) -> tuple[Path, str]:
     if hub is None:
         raise MissingModel(f"{key}: model path {value!r} does not exist and is not a Hub id (org/name[@revision])")
     repo, revision = hub
-    path = _snapshot(repo, revision, key)
+    path = _snapshot(repo, revision, key, _looked_in(root))
     return path, f"{repo}@{path.name}"
 
 
@@ -153,7 +157,12 @@ def _looks_like_repo_id(repo: str) -> bool:
     return True
 
 
-def _snapshot(repo: str, revision: str | None, key: str) -> Path:
+def _looked_in(root: Path | None) -> str:
+    """Where a relative name was looked for as a folder before it was taken for a Hub id."""
+    return "beside the campaign file" if root is None else "here"
+
+
+def _snapshot(repo: str, revision: str | None, key: str, looked_in: str = "here") -> Path:
     """The local snapshot folder of a Hub model (weights, config and tokenizer files only)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -167,7 +176,7 @@ def _snapshot(repo: str, revision: str | None, key: str) -> Path:
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     # a relative name that is no folder here is taken for a Hub id: say both, a typo'd path is likelier
     model = repo + (f"@{revision}" if revision else "")
-    where = f"{key}: no folder {repo} here, and Hub model {model}"
+    where = f"{key}: no folder {repo} {looked_in}, and Hub model {model}"
     try:
         folder = snapshot_download(
             repo, revision=revision, local_files_only=offline,

@@ -890,6 +890,33 @@ def test_a_campaign_with_relative_paths_resumes_from_its_stored_config(tmp_path,
         assert result.exit_code == 0 and "different campaign" not in result.output, result.output
 
 
+def test_a_relative_model_missing_beside_the_campaign_is_not_read_from_the_working_directory(tmp_path, zoo,
+                                                                                              monkeypatch):
+    """`models: [zoo/ft0]` with no `zoo/` beside the campaign file was read from the working
+    directory's `zoo/ft0` without a word, and the run recorded the relative name, so it resumed
+    only from there (audit 127). A relative name missing beside the campaign is a Hub id."""
+    base, fts = zoo
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    (tmp_path / "configs").mkdir()
+    path = campaign(tmp_path / "configs", zoo, algorithm={"population": 4, "generations": 1, "seed": 0},
+                    estimator={"kind": "anchor", "anchors": 5}, final={"evaluate_top": 1})
+    config = yaml.safe_load(path.read_text())
+    config["models"] = ["zoo/ft0", str(fts[1])]
+    path.write_text(yaml.safe_dump(config))
+    (tmp_path / "cwd" / "zoo").mkdir(parents=True)
+    shutil.copytree(fts[0], tmp_path / "cwd" / "zoo" / "ft0")
+    monkeypatch.chdir(tmp_path / "cwd")
+    for command in (["plan", str(path)], ["run", str(path), "--out", str(tmp_path / "run")]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert "models.0: no folder zoo/ft0 beside the campaign file, and Hub model zoo/ft0 is not in the local " \
+               "cache" in result.output, result.output
+    config["models"] = ["../cwd/zoo/ft0", str(fts[1])]  # written against the campaign file's folder: found
+    path.write_text(yaml.safe_dump(config))
+    assert CliRunner().invoke(cli, ["plan", str(path)]).exit_code == 0
+
+
 def test_seeded_first_generation_starts_from_the_endpoints_and_the_standard_merges(tmp_path, zoo):
     from evo_merge.search.candidate import endpoint_candidate, standard_merges
 

@@ -70,8 +70,8 @@ def test_a_hub_id_missing_from_the_cache_is_one_line_naming_the_key(tmp_path):
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     done = evo_merge("run", tmp_path / "campaign.yaml", "--out", tmp_path / "run", env=env)
-    assert done.returncode == 2 and "base_model: no folder nobody/nothing here, and Hub model nobody/nothing" \
-        in done.stderr, done.stderr
+    assert done.returncode == 2 and ("base_model: no folder nobody/nothing beside the campaign file, and Hub model "
+                                     "nobody/nothing") in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
