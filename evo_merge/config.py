@@ -40,7 +40,8 @@ from evo_merge.irt.kinds import (
     MIN_CLUSTER_SUBJECTS,
 )
 from evo_merge.markup import TERMINAL_CONTROL
-from evo_merge.schema import Strict, load_yaml, refuse_other_kind, validate
+from evo_merge.schema import Strict, is_path_like, load_yaml, refuse_other_kind, validate
+from evo_merge.shipped import shipped_dir
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
 # no `..`, no leading dot or dash, so a config can never reach outside its run folder; at most 100
@@ -108,6 +109,16 @@ class TaskSpec(_Checked):
         if self.name is None and not is_safe_name(self.label):  # the label names IRT and model folders
             raise ValueError(f"task {self.task!r}: its label {self.label!r} is not a safe folder name; give a `name`")
         return self
+
+
+def _what_is_scored(spec: TaskSpec) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """A task as what it scores: a shipped benchmark by its folder's name (`evo_arith` is `arith`),
+    anything else as written, with its options."""
+    task = spec.task
+    benchmarks = shipped_dir("benchmarks")
+    if not is_path_like(task) and benchmarks is not None and (benchmarks / task.removeprefix("evo_")).is_dir():
+        task = task.removeprefix("evo_")
+    return task, tuple(sorted(spec.options.items()))
 
 
 GRANULARITY = re.compile(r"model|layer|blocks:[1-9][0-9]*")
@@ -687,6 +698,13 @@ class Campaign(_Checked):
         if clash:
             raise ValueError(f"tasks {clash[3:]!r} and {clash!r}: their report columns would clash "
                              f"(est_se_{clash[3:]}); give one another `name`")
+        # `arith` and `evo_arith` (or a second `name`) are one benchmark scored twice: twice its weight in
+        # `balanced` and the hypervolume, twice its calibration items
+        scored = [_what_is_scored(t) for t in self.tasks]
+        if twice := next((i for i, key in enumerate(scored) if scored.index(key) != i), None):
+            first = labels[scored.index(scored[twice])]
+            raise ValueError(f"tasks {first!r} and {labels[twice]!r} are the same task with the same options "
+                             f"({self.tasks[twice].task}): list it once (`objective.weights` weighs a task more)")
         return self
 
     @model_validator(mode="after")

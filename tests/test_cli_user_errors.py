@@ -137,6 +137,21 @@ def test_task_names_that_differ_in_case_alone_are_refused(tmp_path, family):
     one_line_error(*invoke("plan", path), "tasks 'Arith' and 'arith' differ in case alone")
 
 
+def test_one_benchmark_listed_twice_under_two_names_is_refused(tmp_path, family):
+    """`tasks: [arith, evo_arith]` scored one benchmark as two objectives, twice its weight in
+    `balanced` and the hypervolume (audit 127); other options make it another task."""
+    path = campaign(tmp_path, family)
+    config = yaml.safe_load(path.read_text())
+    for second in ({"task": "evo_arith"}, {"task": "arith", "name": "again"}):
+        config["tasks"] = [{"task": "arith"}, second]
+        path.write_text(yaml.safe_dump(config))
+        one_line_error(*invoke("plan", path), f"tasks 'arith' and {second.get('name', 'evo_arith')!r} are the same "
+                       "task with the same options")
+    config["tasks"] = [{"task": "arith"}, {"task": "arith", "name": "first20", "options": {"limit": 20}}]
+    path.write_text(yaml.safe_dump(config))
+    assert "same task" not in invoke("plan", path)[1]
+
+
 def test_a_task_name_too_long_for_its_pick_folder_is_refused_when_the_file_is_read(tmp_path, family):
     """`best-<task>` becomes a folder (and a hidden sibling while written): a 240-character name
     passed the plan and the whole search, then failed at export on every resume."""
