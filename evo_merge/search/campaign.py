@@ -416,6 +416,7 @@ class CampaignRunner:
             raise UserError(f"--pick {eid}: no successful evaluation with that id in {workspace.run_dir} (the id "
                             f"column of {workspace.run_dir / EVALUATIONS_CSV}, or a pick's evaluation in "
                             "`evo-merge status`)")
+        _refuse_an_input(evaluation, workspace)
         check_output_folder(Path(out).expanduser(), overwrite, [workspace.base, *workspace.models])  # not after
         try:
             self.ledger.measure([evaluation], f"measuring evaluation {eid}", by_export=True)
@@ -465,3 +466,15 @@ def _baselines(space: SearchSpace) -> dict[str, Candidate]:
     endpoints = {endpoint_candidate(i, space.n_models).key for i in range(space.n_models)}
     return {label: c for label, c in standard_merges(space.n_models).items()
             if c.key not in endpoints and space.expressible([c])}
+
+
+def _refuse_an_input(evaluation: Evaluation, workspace: Workspace) -> None:
+    """The base and each endpoint are measured as candidates (task arithmetic at weights 0, or 1 on
+    one model): exported, such a folder's card called it a merge of every model, at weight 0
+    (audit 127). They are the campaign's inputs, not merges: refused, naming the folder."""
+    base, models = workspace.sources()
+    for (label, candidate), model in zip(reference_candidates(workspace.endpoint_labels()), [base, *models]):
+        if candidate.key == evaluation.key:
+            what = "the base model" if label == "base" else f"the endpoint {label}"
+            raise UserError(f"--pick {evaluation.id}: {what} itself ({model}), an input of the campaign, not a "
+                            f"merge: nothing to export (`evo-merge status {workspace.run_dir}` shows its scores)")

@@ -184,21 +184,22 @@ def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path,
         assert not (tmp_path / "x").exists() and "Traceback" not in bad.output
 
 
-def test_exporting_the_base_or_an_endpoint_says_which_it_is(tracked_run, tmp_path):
-    """They are task arithmetic candidates of weights 0 and 1 to the search: the line said only that."""
+def test_exporting_the_base_or_an_endpoint_is_refused_as_an_input(tracked_run, tmp_path):
+    """They are task arithmetic candidates of weights 0 and 1 to the search: exported, the card
+    called the base "a task_arithmetic merge" of every model at weight 0 (audit 127)."""
     from evo_merge.search.candidate import Candidate, base_candidate, endpoint_candidate
     from evo_merge.search.store import CampaignStore
 
     _, run, _ = tracked_run
     with closing(CampaignStore(run)) as store:
         n = len(Candidate.from_key(store.evaluations()[0].key).weights)
-        ids = {store.get(c.key).id: label for c, label in ((base_candidate(n), "base"),
-                                                            (endpoint_candidate(0, n), "endpoint "))}
+        ids = {store.get(c.key).id: label for c, label in ((base_candidate(n), "the base model"),
+                                                            (endpoint_candidate(0, n), "the endpoint "))}
     for eid, label in ids.items():
-        result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(tmp_path / str(eid))])
-        assert result.exit_code == 0, result.output
-        assert f"evaluation {eid} ({label}" in result.output.strip().splitlines()[-1]
-        assert "measured for this export" not in result.output  # measured in calibration: the tables have it
+        out = tmp_path / str(eid)
+        result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(out)])
+        assert result.exit_code == 2 and f"error: --pick {eid}: {label}" in result.output, result.output
+        assert "an input of the campaign, not a merge: nothing to export" in result.output and not out.exists()
 
 
 def test_push_of_a_pick_exported_in_another_pick_s_folder_says_which(tracked_run, tmp_path):
@@ -367,9 +368,10 @@ def test_export_into_the_run_s_own_pick_folders_is_refused(tracked_run):
     evaluation: status, report and resume went on naming that one."""
     _, run, _ = tracked_run
     pick = next((run / "models").iterdir())
+    eid = int(pd.read_csv(run / "pareto.csv").id.iloc[0])  # a merge (the base, an input, is refused before)
     before = sorted((p.name, p.stat().st_mtime_ns) for p in pick.iterdir())
     for out in (pick, run / "models" / "new", run / "new"):  # anywhere in the run folder: the run's files
-        result = CliRunner().invoke(cli, ["export", str(run), "--pick", "1", "--out", str(out), "--overwrite"])
+        result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(out), "--overwrite"])
         assert result.exit_code == 2 and "is inside the run folder, whose files the run owns" in result.output, \
             result.output
     assert sorted((p.name, p.stat().st_mtime_ns) for p in pick.iterdir()) == before

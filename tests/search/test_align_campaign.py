@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -71,7 +72,8 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference, 
         copy = run / "aligned" / "mlp-s1" / "model.safetensors"
         weights = load_file(copy)
         save_file({name: tensor * 1.5 for name, tensor in weights.items()}, copy)
-        export = ["export", str(run), "--pick", "1", "--out", str(tmp_path / "again")]
+        merge = str(pd.read_csv(run / "pareto.csv").id.iloc[0])  # an evaluation export takes (not an input)
+        export = ["export", str(run), "--pick", merge, "--out", str(tmp_path / "again")]
         refused = CliRunner().invoke(cli, export)
         assert refused.exit_code == 2 and refused.output.strip().endswith(
             "its weights changed since this run folder was started; remove the run folder's aligned/ (it is built "

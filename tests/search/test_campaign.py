@@ -13,6 +13,7 @@ from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -548,7 +549,8 @@ def test_a_run_folder_s_own_scheduler_address_is_used_only_when_the_user_names_i
     data = yaml.safe_load((run / "campaign.yaml").read_text())
     data["evaluator"] = {**data.get("evaluator", {}), "kind": "dask", "address": "tcp://127.0.0.1:9"}
     (run / "campaign.yaml").write_text(yaml.safe_dump(data))
-    for command in (["resume", str(run)], ["export", str(run), "--pick", "1", "--out", str(tmp_path / "m")]):
+    merge = str(pd.read_csv(run / "pareto.csv").id.iloc[0])  # an evaluation export takes (not an input)
+    for command in (["resume", str(run)], ["export", str(run), "--pick", merge, "--out", str(tmp_path / "m")]):
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 2 and result.output.strip() == (
             f"error: {run / 'campaign.yaml'}: evaluator.address sends this run's work to the dask scheduler at "
@@ -556,7 +558,7 @@ def test_a_run_folder_s_own_scheduler_address_is_used_only_when_the_user_names_i
             "tcp://127.0.0.1:9 to connect to it (or --scheduler local)"), result.output
     result = CliRunner().invoke(cli, ["resume", str(run), "--scheduler", "local"])
     assert result.exit_code == 0, result.output
-    exported = CliRunner().invoke(cli, ["export", str(run), "--pick", "1", "--out", str(tmp_path / "m"),
+    exported = CliRunner().invoke(cli, ["export", str(run), "--pick", merge, "--out", str(tmp_path / "m"),
                                         "--scheduler", "local"])
     assert exported.exit_code == 0 and (tmp_path / "m" / "config.json").is_file(), exported.output
     from evo_merge.merge.host import AVAILABLE
