@@ -4,6 +4,7 @@ when measured on every item, the lm-eval-style results files beside the weights.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -166,10 +167,15 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
 def _changed_since_exported(folder: Path, weights: str, digest: str | None) -> str | None:
     """Why a pick folder the run exported, whose weights have digest `weights`, is no longer its pick
     (None: it is): its weights replaced, or its card gone (resume left a pick without the card that
-    says what it is, which `push` then refused). `digest`: the weights' as exported (None: a run
-    from before it was kept)."""
+    says what it is, which `push` then refused), or a file made a link to one elsewhere (which
+    could change under the pick). `digest`: the weights' as exported (None: a run from before it
+    was kept)."""
     if digest is not None and weights != digest:
         return "its weights are not those this run exported"
+    if link := next((Path(top) / entry for top, dirs, files in os.walk(folder)
+                     for entry in dirs + files if (Path(top) / entry).is_symlink()), None):
+        # the weights read through it are the run's today, but what it points at can change under the pick
+        return f"{link.relative_to(folder)} is a link (to {os.readlink(link)}), where the run wrote a file"
     if not (folder / "README.md").is_file():
         return "its model card (README.md) is gone"
     return None

@@ -615,6 +615,24 @@ def test_a_pick_folder_whose_weights_were_replaced_is_exported_again_on_resume(f
     assert "models/best-agree0 (missing: `evo-merge resume` exports it again)" in status, status
 
 
+def test_a_pick_file_made_a_link_elsewhere_is_exported_again_on_resume(finished, tmp_path, caplog):
+    """`models/best-agree0/model.safetensors` moved out and linked back: resume read the same weights
+    through the link and kept the folder, whose weights could then change under it (audit 127)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    exported = {name: folder for name, (_, folder) in CampaignStore(run).get_meta("exported").items()}
+    pick = run / exported["best-agree0"]
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.move(pick / "model.safetensors", outside)
+    (pick / "model.safetensors").symlink_to(outside)
+    with caplog.at_level("WARNING", logger="evo_merge.search.export"):
+        result = CliRunner().invoke(cli, ["resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"{pick}: model.safetensors is a link (to {outside}), where the run wrote a file; exported again" \
+        in caplog.text
+    assert not (pick / "model.safetensors").is_symlink() and outside.is_file()  # replaced, the target left alone
+
+
 def test_the_picks_of_a_run_from_before_their_weights_digest_are_kept_on_resume(finished, tmp_path, caplog):
     """A run exported before it kept its picks' weights digests has none to compare: its picks are kept
     as they are, not exported again on every resume (audit 115)."""
