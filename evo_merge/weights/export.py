@@ -114,20 +114,24 @@ def _copied_files(source: Path, copy_tokenizer: bool) -> list[Path]:
     """The config (and tokenizer) files of `source` to copy, and the code files its config's
     `auto_map` names; a link out of the model is refused."""
     configs = [file for name in COPIED_FILES if (file := model_file(source, name)) is not None]
-    code = [file for name in auto_map_files(source) if (file := model_file(source, name)) is not None]
+    named_by = ("config.json", "tokenizer_config.json") if copy_tokenizer else ("config.json",)
+    code = [file for name in auto_map_files(source, named_by) if (file := model_file(source, name)) is not None]
     return configs + code + (copied_tokenizer_files(source) if copy_tokenizer else [])
 
 
-def auto_map_files(folder: Path) -> list[str]:
-    """The module files a config's `auto_map` names in the folder itself (`modeling_x.XModel` ->
-    `modeling_x.py`; a class in another repository, `repo--module.Class`, is not a file here). The
-    output keeps its config's `auto_map`, so it keeps the code: without it a load that opts in with
+def auto_map_files(folder: Path, configs: Sequence[str] = ("config.json",)) -> list[str]:
+    """The module files the `auto_map` of each of `configs` names in the folder itself
+    (`modeling_x.XModel` -> `modeling_x.py`; a tokenizer's `[tokenization_x.XTokenizer, null]`; a
+    class in another repository, `repo--module.Class`, is not a file here). The output keeps those
+    configs' `auto_map`, so it keeps the code: without it a load that opts in with
     `trust_remote_code` failed. The files are copied, never imported."""
-    try:
-        auto_map = parse_json((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
-    except (OSError, ValueError, AttributeError):
-        return []
-    values = auto_map.values() if isinstance(auto_map, dict) else []
+    values: list[object] = []
+    for name in configs:
+        try:
+            auto_map = parse_json((folder / name).read_text(encoding="utf-8")).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        values += auto_map.values() if isinstance(auto_map, dict) else []
     refs = [r for v in values for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
     names = {f"{r.rsplit('.', 1)[0]}.py" for r in refs if "." in r and "--" not in r}
     return sorted(n for n in names if re.fullmatch(r"[\w.-]+\.py", n) and ".." not in n)

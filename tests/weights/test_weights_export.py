@@ -530,6 +530,26 @@ def test_code_files_the_config_s_auto_map_names_are_copied_so_an_opted_in_load_w
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
 
 
+def test_the_code_file_a_tokenizer_config_s_auto_map_names_is_copied_with_the_tokenizer(tmp_path):
+    """A merge kept the base's tokenizer_config.json, whose `auto_map` names `tokenization_x.py`,
+    without that file (audit 127): it comes with the tokenizer files, and not without them."""
+    from evo_merge.zoo.tiny import save_tiny_family
+
+    base, _ = save_tiny_family(tmp_path / "family", "llama", n_finetunes=0)
+    tokenizer_config = base / "tokenizer_config.json"
+    settings = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
+    settings["auto_map"] = {"AutoTokenizer": ["tokenization_x.XTokenizer", None]}
+    tokenizer_config.write_text(json.dumps(settings))
+    (base / "tokenization_x.py").write_text("raise SystemExit('never imported')\n")
+    checkpoint = Checkpoint.open(base)
+    for copy_tokenizer in (True, False):
+        tensors = ((n, checkpoint.tensor(n)) for n in checkpoint.names)
+        out = write_model_folder(tmp_path / f"out-{copy_tokenizer}", tensors, copy_from=base,
+                                 copy_tokenizer=copy_tokenizer)
+        assert (out / "tokenization_x.py").is_file() == copy_tokenizer
+        assert (out / "tokenizer_config.json").is_file() == copy_tokenizer
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e5m2])
 def test_all_finite_reads_a_sum_that_overflows_and_each_kind_of_non_finite_entry(dtype):
     """The one finite check of inputs, candidates and written weights: a sum is its fast path, so a
