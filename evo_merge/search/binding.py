@@ -23,6 +23,7 @@ from evo_merge import __version__
 from evo_merge.config import DEFAULTS_VERSION, FORMER_DEFAULTS, Campaign, EvaluatorSpec
 from evo_merge.errors import UserError
 from evo_merge.markup import shell
+from evo_merge.search.holdout import check_picks_held_out
 from evo_merge.search.layout import CAMPAIGN_FILE
 from evo_merge.search.lock import LOCK_FILE, holder
 from evo_merge.search.store import FACTS_META, CampaignStore, Record, check_no_links
@@ -291,6 +292,11 @@ def read_run(run: str | Path) -> tuple[CampaignStore, dict[str, Any]]:
         store.close()
         raise UserError(f"{run}: state.sqlite is damaged: its tasks ({', '.join(sorted(tasks))}) are not those its "
                         f"evaluations were scored on ({', '.join(sorted(scored))})")
+    try:
+        check_picks_held_out(store)
+    except UserError:
+        store.close()
+        raise
     return store, facts
 
 

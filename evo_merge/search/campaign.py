@@ -26,7 +26,7 @@ from evo_merge.search.evaluator import Evaluator, campaign_tasks
 from evo_merge.search.evaluators import make_evaluator
 from evo_merge.search.export import export_candidate, export_picks, record_task_meta
 from evo_merge.search.front import candidates, measure_final, measure_picks
-from evo_merge.search.holdout import HOLDOUT_META, holdout_items, scenario_groups, shortfalls
+from evo_merge.search.holdout import HOLDOUT_META, check_picks_held_out, holdout_items, scenario_groups, shortfalls
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.layout import EVALUATIONS_CSV, IRT_FOLDER
 from evo_merge.search.ledger import EvaluationLedger
@@ -127,6 +127,7 @@ class CampaignRunner:
                 runner = cls(workspace, tasks, holdout_items(tasks, spec.final.holdout, spec.algorithm.seed), progress,
                              lock=lock)
                 runner.check_holdout()
+                check_picks_held_out(workspace.store)
                 runner.check_task_data()
             except BaseException:
                 if workspace is not None:

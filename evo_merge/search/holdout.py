@@ -96,6 +96,22 @@ def held_out_scores(store: CampaignStore, key: str, holdout: Mapping[str, Sequen
     return {task: float(np.mean(scores)) for task, scores in values.items()}
 
 
+def check_picks_held_out(store: CampaignStore) -> None:
+    """Each pick a run exported was measured on every held-out item first, and its card publishes
+    those scores: a pick the store can no longer give them for (its item scores deleted, the
+    held-out record edited to other items) was shown by `status` and `report` without them and
+    without a word (audit 127). Damaged, naming the pick, for every command that opens the run."""
+    holdout = store.get_meta(HOLDOUT_META, {})
+    if not any(holdout.values()):
+        return
+    by_id = {e.id: e for e in store.evaluations()}
+    for name, (eid, _) in sorted(store.exported().items()):
+        evaluation = by_id.get(eid)
+        if evaluation is not None and held_out_scores(store, evaluation.key, holdout) is None:
+            raise store.damaged(f"the record of pick {name}'s held-out scores (evaluation {eid}: its item_scores, "
+                                "or the held-out items)")
+
+
 def search_item_count(facts: Mapping, store: CampaignStore) -> int:
     """Items a full-evaluation search scores each candidate on: every item of every task but the
     held-out ones (what the search's saving is measured against)."""

@@ -19,7 +19,7 @@ from evo_merge.search.metrics import generation_metrics
 from evo_merge.search.objectives import Objectives
 
 CAMPAIGN = Campaign.model_validate({"name": "tiny", "base_model": "b", "models": ["m1", "m2"],
-                                    "tasks": [{"task": "arith", "name": t} for t in TASKS]})
+                                    "tasks": [{"task": task, "name": t} for task, t in zip(("arith", "lang"), TASKS)]})
 
 
 def run_through(tracker, store):

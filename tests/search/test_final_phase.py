@@ -615,6 +615,31 @@ def test_a_pick_folder_whose_weights_were_replaced_is_exported_again_on_resume(f
     assert "models/best-agree0 (missing: `evo-merge resume` exports it again)" in status, status
 
 
+@pytest.mark.parametrize("damage", ["item scores", "held-out record"])
+def test_a_pick_whose_held_out_scores_are_gone_is_damage_for_every_command(finished, tmp_path, damage):
+    """Half a pick's item scores deleted, or the held-out record edited to other items: `status` and
+    `report` showed the pick without its held-out scores and without a word (its card still
+    published them), `resume` went on or refused by another record (audit 127)."""
+    from contextlib import closing
+
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    name, (eid, _) = sorted(CampaignStore(run).get_meta("exported").items())[0]
+    with closing(sqlite3.connect(run / "state.sqlite")) as db:
+        if damage == "item scores":
+            db.execute("DELETE FROM item_scores WHERE evaluation_id = ? AND rowid % 2 = 0", (eid,))
+        else:
+            db.execute("UPDATE meta SET value = ? WHERE key = 'holdout'", (json.dumps({"agree0": ["x"]}),))
+        db.commit()
+    commands = ("status", "report", "resume") if damage == "item scores" else ("status", "report")
+    for command in commands:
+        result = CliRunner().invoke(cli, [command, str(run)])
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == (
+            f"error: {run / 'state.sqlite'}: the record of pick {name}'s held-out scores (evaluation {eid}: its "
+            "item_scores, or the held-out items) is damaged (edited, or not written by evo-merge); restore it from "
+            "a backup, or start the campaign again in a new run folder"), (command, result.output)
+
+
 def test_a_pick_file_made_a_link_elsewhere_is_exported_again_on_resume(finished, tmp_path, caplog):
     """`models/best-agree0/model.safetensors` moved out and linked back: resume read the same weights
     through the link and kept the folder, whose weights could then change under it (audit 127)."""

@@ -16,6 +16,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -334,7 +335,8 @@ def test_export_writes_the_model_folder_while_it_holds_the_run(copy, monkeypatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(search_campaign, "export_candidate", watched)  # as `export_evaluation` calls it
-    code, output = invoke("export", copy, "--pick", 1, "--out", copy.parent / "x")
+    merge = int(pd.read_csv(copy / "pareto.csv").id.iloc[0])  # (the base, evaluation 1, is an input: refused)
+    code, output = invoke("export", copy, "--pick", merge, "--out", copy.parent / "x")
     assert code == 0, output
     assert held == [str(os.getpid())] and holder(copy) is None
 

@@ -4,6 +4,7 @@ of the sender's) although the pick needed no scoring, and `resume` of the finish
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from campaigns import run_campaign, write_campaign  # tests/search is on sys.path
 from click.testing import CliRunner
@@ -97,7 +98,8 @@ def test_someone_else_s_folder_runs_no_task_code_without_the_user_s_word(receive
     status = invoke("status", run)  # reading a folder runs no task: no word needed
     assert status.exit_code == 0 and runs(marker) == before
 
-    exported = invoke("export", run, "--pick", 1, "--out", tmp_path / "pick", "--trust-tasks")
+    merge = int(pd.read_csv(run / "pareto.csv").id.iloc[0])  # (the base, evaluation 1, is an input: refused)
+    exported = invoke("export", run, "--pick", merge, "--out", tmp_path / "pick", "--trust-tasks")
     assert exported.exit_code == 0 and (tmp_path / "pick" / "config.json").is_file(), exported.output
     trusted = invoke("resume", run, "--trust-tasks")
     assert trusted.exit_code == 0, trusted.output
