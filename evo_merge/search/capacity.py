@@ -146,7 +146,8 @@ def campaign_plan(campaign: Campaign, base_path: str | Path, model_paths: Sequen
     plan = plan_for(campaign, shapes, len(model_paths), target, current, eval_dtype)
     if plan.fits:
         return plan
-    plan.alternative = _leaner(campaign, shapes, len(model_paths), target, current, eval_dtype, resuming)
+    disk_short = plan.available_disk is not None and plan.need_disk > plan.available_disk
+    plan.alternative = _leaner(campaign, shapes, len(model_paths), target, current, eval_dtype, resuming, disk_short)
     largest = max(plan.lines, key=lambda line: line.host + line.device).what
     if largest.startswith("activations") and "sequence_tokens" not in campaign.evaluator.model_fields_set:
         plan.alternative += (f"; the activations are sized for {ACTIVATION_TOKENS}-token sequences, "
@@ -156,12 +157,15 @@ def campaign_plan(campaign: Campaign, base_path: str | Path, model_paths: Sequen
 
 
 def _leaner(campaign: Campaign, shapes: Shapes, n_models: int, target: Target, current: Storage,
-            eval_dtype: torch.dtype, resuming: bool) -> str:
-    """The first setting that fits, in words, or why none is offered."""
+            eval_dtype: torch.dtype, resuming: bool, disk_short: bool = False) -> str:
+    """The first setting that fits, in words, or why none is offered. `disk_short`: `disk`
+    placement's folder lacks the room, so keeping the weights in memory is leaner there."""
     batch = campaign.evaluator.batch_size
     batches = [batch] if resuming else [batch >> k for k in range(batch.bit_length())]  # 32, 16, ..., 1
-    # `disk` (on a CPU too: it keeps the stored weights out of RAM) is read back for every candidate
-    kept_here = ("device", "host") if target.gpu is not None else (current.placement,)
+    # `disk` (on a CPU too: it keeps the stored weights out of RAM) is read back for every candidate; on a
+    # CPU `device` and `host` are one memory, offered in place of `disk` where its folder is what is short
+    in_memory = "device" if current.placement == "disk" and disk_short else current.placement
+    kept_here = ("device", "host") if target.gpu is not None else (in_memory,)
     placements = tuple(dict.fromkeys((*kept_here, "disk")))
     options = [
         (Storage(dtype, placement, current.directory), ev)

@@ -221,6 +221,20 @@ def test_a_new_campaign_with_nothing_leaner_to_offer_is_not_told_about_resumes(t
     assert result.output.splitlines()[-1].endswith("no leaner storage setting or batch size exists")
 
 
+def test_a_cpu_campaign_whose_disk_folder_is_short_is_offered_memory_not_told_nothing_fits(tmp_path, zoo,
+                                                                                         monkeypatch):
+    """`placement: disk` on a CPU with too little room in `disk_dir` said "no storage setting or
+    batch size fits", where keeping the weights in memory did (audit 126)."""
+    monkeypatch.setattr("evo_merge.search.capacity.free_disk", lambda directory: 1024)  # 1 KiB free there
+    (tmp_path / "scratch").mkdir()
+    path = write(tmp_path, config(zoo, storage={"placement": "disk", "disk_dir": str(tmp_path / "scratch")}))
+    result = CliRunner().invoke(cli, ["plan", str(path)])
+    assert result.exit_code == 2, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert "of files in" in error and "but only 0.0 MiB is free there" in error, error
+    assert "storage: {dtype: auto, placement: device} fits (host" in error, error
+
+
 def test_a_resume_that_does_not_fit_is_offered_only_what_a_resume_may_change(tmp_path, zoo):
     """Batch size and dtypes are part of what a run computes: a resume cannot take them."""
     base, fts = zoo
