@@ -359,15 +359,16 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
 def export_bytes(shapes: Shapes, setting: Setting) -> tuple[int, int]:
     """(device, host) bytes of exporting one pick, while the search's state stays resident. The file
     merge streams one tensor at a time: its T + 1 inputs are read in float32 and the output buffered
-    up to one shard on the host; on the device, T + 1 inputs, T deltas, the method's temporaries and
-    the result (a CPU holds both). Measured on a CPU: 9 float32 copies of the largest tensor for
-    task arithmetic with 3 endpoints, the plan's count."""
+    up to one shard on the host, in the pick's dtype (the evaluation module's; not the inputs' widest,
+    which a float32 endpoint among bf16 ones doubled: audit 126); on the device, T + 1 inputs, T
+    deltas, the method's temporaries and the result (a CPU holds both). Measured on a CPU: 9 float32
+    copies of the largest tensor for task arithmetic with 3 endpoints, the plan's count."""
     largest = max(shapes.floating, key=lambda t: t.numel, default=None)
     if largest is None:
         return 0, 0
     T = setting.n_models
     copies = max(2 * T + 3, T + 1 + _stacked(setting))
-    read = (T + 1) * largest.numel * 4 + min(shapes.nbytes(None), DEFAULT_MAX_SHARD_BYTES)
+    read = (T + 1) * largest.numel * 4 + min(shapes.nbytes(setting.eval_dtype), DEFAULT_MAX_SHARD_BYTES)
     return largest.numel * 4 * (copies - (0 if setting.on_gpu else T + 1)) + _chunk_bytes(largest, setting), read
 
 
