@@ -293,6 +293,15 @@ def _chunk_bytes(largest: TensorInfo, setting: Setting) -> int:
     return 4 * (2 * setting.n_models + 1) * min(largest.numel, DEVICE_CONSENSUS_CHUNK)
 
 
+def _stored_dtype_label(shapes: Shapes) -> str:
+    """What `storage.dtype: auto` keeps: each tensor in the widest dtype of the base and endpoints
+    (their task vectors exact), so one float32 endpoint among bfloat16 ones doubles it, which the
+    plan's "(auto)" did not say (audit 126)."""
+    kinds = sorted({str(t.dtype).removeprefix("torch.") for t in shapes.floating})
+    wider = any(t.dtype.itemsize > shapes.floating_dtype.itemsize for t in shapes.floating)
+    return "auto: " + " and ".join(kinds) + (", widened by an endpoint" if wider else "")
+
+
 def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
     """Bytes per evaluation process, by what holds them."""
     storage, T = setting.storage, setting.n_models
@@ -306,7 +315,7 @@ def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
         return Line(what, 0 if on_device else nbytes, nbytes if on_device else 0)
 
     kept = storage.placement
-    dtype = "auto" if storage.dtype is None else str(storage.dtype).removeprefix("torch.")
+    dtype = _stored_dtype_label(shapes) if storage.dtype is None else str(storage.dtype).removeprefix("torch.")
     lines = [
         line("runtime (python, torch, tokenizer)", RUNTIME_BYTES, "host"),
         line(f"evaluation module ({str(setting.eval_dtype).removeprefix('torch.')})", module, "device"),

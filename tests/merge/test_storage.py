@@ -882,6 +882,19 @@ def test_the_export_s_shard_is_counted_in_the_pick_s_dtype_not_the_inputs_widest
         assert export_bytes(shapes, setting)[1] == 4 * copy + shard
 
 
+def test_the_plan_names_what_auto_storage_resolved_to_and_what_widened_it():
+    """`storage.dtype: auto` keeps each tensor in the widest input dtype: one float32 endpoint among
+    bfloat16 ones doubled the stored bytes while the plan said "(auto)" (audit 126)."""
+    def labels(dtype: torch.dtype) -> list[str]:
+        shapes = Shapes([TensorInfo("w", (4, 4), dtype)], floating_dtype=torch.bfloat16)
+        setting = Setting(2, ("task_arithmetic",), Storage(None), torch.bfloat16, on_gpu=False)
+        return [line.what for line in plan_lines(shapes, setting) if "stored" in line.what]
+
+    assert labels(torch.bfloat16) == ["base, stored (auto: bfloat16)", "task vectors, stored (2 x auto: bfloat16)"]
+    assert labels(torch.float32) == ["base, stored (auto: float32, widened by an endpoint)",
+                                     "task vectors, stored (2 x auto: float32, widened by an endpoint)"]
+
+
 def test_a_folder_on_a_ram_backed_file_system_is_recognised_from_the_mount_table(tmp_path):
     """The deepest mount holding the folder decides (the last of equal ones, as mounted over), its
     escaped spaces read back; a folder not made yet counts as where it would be created."""

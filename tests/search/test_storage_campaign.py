@@ -54,7 +54,8 @@ def write(tmp_path, data) -> Path:
 def test_plan_prints_host_bytes_and_a_campaign_that_cannot_fit_stops_before_any_run(tmp_path, zoo):
     ok = CliRunner().invoke(cli, ["plan", str(write(tmp_path, config(zoo)))])
     assert ok.exit_code == 0, ok.output
-    assert "task vectors, stored (2 x auto)" in ok.output and "TSV-M pieces" in ok.output and "fits" in ok.output
+    assert "task vectors, stored (2 x auto: float32)" in ok.output
+    assert "TSV-M pieces" in ok.output and "fits" in ok.output
     figures = [line for line in ok.output.splitlines() if line.endswith(("B", "host"))]  # "... 0.15 GiB"
     assert len(figures) > 5 and len({len(line) for line in figures}) == 1, ok.output  # one column, however long a label
 
