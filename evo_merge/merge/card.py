@@ -161,6 +161,7 @@ def model_card(
     on_host: Sequence[str] = (),
     scores_note: str | None = None,
     licenses: CardLicense | None = None,
+    pickled: bool = False,
 ) -> str:
     """A README.md for a merged model folder, built on `device` but for the tensors `on_host`,
     which the device had no memory for (its Reproduce section says how to rebuild it).
@@ -169,7 +170,8 @@ def model_card(
     task for `model-index`; `errors`, the scores' standard errors (`score_errors`); `chosen_as`, the
     campaign picks it is (`chosen_section`). Inputs are named
     from the recipe's model strings (Hub ids as `org/name@revision`, see `model_ref`). `licenses`:
-    the recipe's (`recipe_license`), read here when not given."""
+    the recipe's (`recipe_license`), read here when not given. `pickled`: an input is a pickle
+    checkpoint, which the rebuild reads only with `--allow-pickle`."""
     named = _named(recipe)
     base, merged = _split(recipe, named)
     entries = recipe.models or [source for out in recipe.slices for source in out.sources]
@@ -215,7 +217,7 @@ def model_card(
         "## Reproduce",
         "",
         *reproduce_lines(device, torch.get_num_threads() if get_method(recipe.merge_method).threaded else None,
-                         on_host),
+                         on_host, pickled),
         "",
         *local_inputs_lines(inputs),
         *plugin_lines(recipe.merge_method),
@@ -253,12 +255,25 @@ def recipe_license(recipe: Recipe) -> CardLicense:
     return card_license(([base] if base else []) + merged)
 
 
-def reproduce_lines(device: str, threads: int | None = None, on_host: Sequence[str] = ()) -> list[str]:
+def reproduce_lines(device: str, threads: int | None = None, on_host: Sequence[str] = (),
+                    pickled: bool = False) -> list[str]:
     """How to rebuild the folder: bit for bit on the device type it was merged on; elsewhere equal
     to rounding, except the entries DARE and DELLA drop, which each device type's generator draws.
     `threads`: the CPU threads a method whose last bits follow them (`MergeMethod.threaded`: an SVD
     sums in another order on another count) was merged with, and the rebuild needs again.
-    `on_host`: tensors a full device sent to the CPU; no one device rebuilds those and the rest alike."""
+    `on_host`: tensors a full device sent to the CPU; no one device rebuilds those and the rest alike.
+    `pickled`: an input is a pickle checkpoint, which the command refused without `--allow-pickle`
+    (audit 126): the flag is in the command, and a line says why."""
+    lines = _reproduce(device, threads, on_host)
+    if not pickled:
+        return lines
+    command = next(i for i, line in enumerate(lines) if "evo-merge merge" in line)
+    lines[command] += " --allow-pickle"
+    return [*lines, "", "An input is a pickle checkpoint (`pytorch_model.bin`), which can run code when loaded: "
+            "`--allow-pickle` reads it, for inputs you trust."]
+
+
+def _reproduce(device: str, threads: int | None, on_host: Sequence[str]) -> list[str]:
     if on_host and device != "cpu":
         return [f"`merge_recipe.yaml` in this folder rebuilds these weights equal to rounding (DARE and DELLA draw "
                 f"other drops on each device type): they were merged on a {device} device, except "

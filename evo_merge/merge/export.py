@@ -16,6 +16,7 @@ from evo_merge.merge.results import ItemScores, results_files
 from evo_merge.merge.stream import stream_merge
 from evo_merge.tasks.meta import TaskMeta
 from evo_merge.weights import write_model_folder
+from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, weight_files
 from evo_merge.weights.digest import weights_digest
 from evo_merge.weights.dtypes import all_finite
 from evo_merge.weights.export import ExtraFile, NonFiniteTensor, check_output_folder
@@ -70,7 +71,8 @@ def export_merge(
     licenses = recipe_license(recipe)
     extra["README.md"] = lambda: model_card(  # made once the tensors are written: where each was merged
         recipe, title=title or Path(out).name, scores=scores, tasks=tasks, errors=errors, chosen_as=chosen_as,
-        device=torch.device(device).type, on_host=on_host, scores_note=scores_note, licenses=licenses)
+        device=torch.device(device).type, on_host=on_host, scores_note=scores_note, licenses=licenses,
+        pickled=plan.allow_pickle and any(f.suffix in PICKLE_SUFFIXES for r in plan.refs for f in weight_files(r.path)))
     extra.update(licenses.files)
     extra[RECIPE_FILE] = recipe.to_yaml()
     extra[INPUTS_FILE] = json.dumps({"weights": _input_digests(plan)}, indent=2) + "\n"

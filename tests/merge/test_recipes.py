@@ -510,3 +510,13 @@ def test_mismatched_shapes_and_pickle_checkpoints_are_refused(tmp_path):
     assert result.exit_code == 0, result.output
     merged, expected = tensors_of(tmp_path / "o"), tensors_of(fts[0])
     assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in expected)
+    # the card's command rebuilds it (it lacked the flag, and was refused: audit 126); a safetensors merge's has none
+    card = (tmp_path / "o" / "README.md").read_text()
+    command = next(line for line in card.splitlines() if line.startswith("evo-merge merge "))
+    assert command == "evo-merge merge merge_recipe.yaml --out merged --allow-pickle" and "for inputs you trust" in card
+    again = CliRunner().invoke(cli, ["merge", str(tmp_path / "o" / "merge_recipe.yaml"), "--out",
+                                     str(tmp_path / "again"), "--allow-pickle"])
+    assert again.exit_code == 0 and tensors_of(tmp_path / "again").keys() == merged.keys(), again.output
+    plain = write_recipe(tmp_path / "plain.yaml", "task_arithmetic", base, [fts[0]], [1.0], {})
+    assert CliRunner().invoke(cli, ["merge", str(plain), "--out", str(tmp_path / "p"), "--allow-pickle"]).exit_code == 0
+    assert "--allow-pickle" not in (tmp_path / "p" / "README.md").read_text()
