@@ -19,7 +19,7 @@ from evo_merge.weights import write_model_folder
 from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, weight_files
 from evo_merge.weights.digest import weights_digest
 from evo_merge.weights.dtypes import all_finite
-from evo_merge.weights.export import ExtraFile, NonFiniteTensor, check_output_folder
+from evo_merge.weights.export import ExtraFile, NonFiniteTensor, check_disk_room, check_output_folder
 from evo_merge.weights.references import open_reference
 
 RECIPE_FILE = "merge_recipe.yaml"
@@ -57,7 +57,8 @@ def export_merge(
     check_output_folder(Path(out).expanduser(), overwrite, inputs)
     on_host: list[str] = []  # tensors the device had no memory for
     if tensors is None:
-        total, tensors = stream_merge(plan, device=device, on_host=on_host)
+        total, tensors = stream_merge(plan, device=device, on_host=on_host,
+                                      room=lambda nbytes: check_disk_room(Path(out).expanduser(), nbytes))
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()

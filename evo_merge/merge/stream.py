@@ -4,7 +4,8 @@ combined on the device asked for, or on the host where the device has no memory 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -57,18 +58,38 @@ def _combine(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor]) -> to
     return merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
 
 
-def stream_merge(plan: MergePlan, *, device: torch.device | str = "cpu",
-                 on_host: list[str] | None = None) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
+def output_bytes(plan: MergePlan, checkpoints: list[Checkpoint]) -> int:
+    """The merged weights' bytes as written (from the headers: each output tensor's shape, in the
+    output dtype or its stored one), a vocabulary change aside."""
+    total = 0
+    for job in plan.jobs:
+        model, name = job.reference or job.inputs[0]
+        stored = checkpoints[model].dtype(name)
+        dtype = plan.out_dtype if plan.out_dtype is not None and stored.is_floating_point else stored
+        total += math.prod(checkpoints[model].shape(name)) * dtype.itemsize
+    return total
+
+
+def stream_merge(plan: MergePlan, *, device: torch.device | str = "cpu", on_host: list[str] | None = None,
+                 room: Callable[[int], None] | None = None) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
     """Open the checkpoints, then yield merged tensors lazily (count, iterator), each combined on
     `device` and returned on the host. A GPU makes the singular-vector methods practical at 7B
     (TSV-M's SVDs take hours on a CPU); outputs agree with the CPU's to rounding, and DARE's and
     DELLA's drops are drawn by the device's own generator (on a GPU, its draws for a large tensor
     may depend on the GPU model), so a recipe rebuilds them bit for bit on the kind of device that
     built them. `on_host` receives the names of tensors the device had no memory for, merged on
-    the host instead."""
+    the host instead. `room` is told the output's bytes before any tensor is merged (and may refuse
+    them: a full disk found after a merge of minutes, or hours with TSV-M on a CPU, lost them)."""
     device = torch.device(device)
     checkpoints = plan.open()
     on_host = [] if on_host is None else on_host
+    if room is not None:
+        try:
+            room(output_bytes(plan, checkpoints))
+        except BaseException:
+            for ck in checkpoints:
+                ck.close()
+            raise
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         try:

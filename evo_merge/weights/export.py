@@ -290,6 +290,25 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
         raise UserError(f"output folder {out} already exists (--overwrite replaces it)")
 
 
+DISK_SLACK = 64 * 2**20  # the card, recipe and config files, and the file system's own blocks
+
+
+def check_disk_room(out: Path, nbytes: int) -> None:
+    """Refuse an output whose weights (`nbytes`) the disk that will hold `out` has no room for,
+    before the merge: found while writing, it came after the whole merge. The old folder an
+    `--overwrite` replaces is removed only once the new one is written, so it is no room."""
+    where = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+    if where is None:
+        return
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:  # not readable here: the write says what it meets
+        return
+    if nbytes + DISK_SLACK > free:
+        raise UserError(f"cannot write {out}: the merged weights take {nbytes / 2**30:.2f} GiB and {where} has "
+                        f"{free / 2**30:.2f} GiB free; free some space there, or write it to another disk")
+
+
 def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
     """Refuse an output folder that exists (unless `overwrite`), that is not a model folder or empty,
     or that is, or holds, one of the `inputs` the merge reads, or whose folder cannot be written:

@@ -491,6 +491,34 @@ def test_a_tensor_integer_in_one_model_and_floating_in_another_is_refused(tmp_pa
     assert result.exit_code == 2 and f"tensor {name} is int32 in {ft}" in result.output, result.output
 
 
+def test_a_merge_the_disk_has_no_room_for_is_refused_before_it_merges(tmp_path, monkeypatch):
+    """A full disk was found only once the whole merge had run (audit 126: 20 minutes of TSV-M at
+    1B on a CPU would be lost so): the output's bytes, known from the headers, are compared first."""
+    from collections import namedtuple
+
+    from evo_merge.merge import stream
+
+    base, fts = save_tiny_family(tmp_path / "a", "llama", n_finetunes=1)
+    recipe = write_recipe(tmp_path / "ta.yaml", "task_arithmetic", base, fts, [1.0], {})
+    merged = []
+    monkeypatch.setattr(stream, "_run_job", lambda *a: merged.append(1))  # nothing may be merged
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))  # 1 MiB free
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.strip().startswith(f"error: cannot write {tmp_path / 'o'}: "
+                                                                      "the merged weights take "), result.output
+    assert "GiB free; free some space there" in result.output and not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "ta.yaml"]  # no output, nothing staged
+    monkeypatch.undo()
+    assert CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")]).exit_code == 0
+    plan = plan_from_recipe(Recipe.model_validate(yaml.safe_load(recipe.read_text())), tmp_path)
+    checkpoints = plan.open()
+    written = sum(t.numel() * t.element_size() for t in tensors_of(tmp_path / "o").values())
+    assert stream.output_bytes(plan, checkpoints) == written
+    for checkpoint in checkpoints:
+        checkpoint.close()
+
+
 def test_mismatched_shapes_and_pickle_checkpoints_are_refused(tmp_path):
     base, fts = save_tiny_family(tmp_path / "a", "llama", n_finetunes=1)
     other, _ = save_tiny_family(tmp_path / "b", "gpt2", n_finetunes=0)
