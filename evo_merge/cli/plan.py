@@ -64,7 +64,7 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     models, tasks, estimator and `align` section are checked as `run` checks them before it loads
     a model (what needs the models loaded, such as MASS's decomposition, `run` finds out)."""
     from evo_merge.errors import naming_file
-    from evo_merge.search.capacity import campaign_plan, gpu_note
+    from evo_merge.search.capacity import campaign_plan, decomposition_note, gpu_note
     from evo_merge.search.estimator_checks import check_irt_model_items
     from evo_merge.search.evaluator import campaign_tasks
     from evo_merge.search.store import check_run_folder
@@ -87,5 +87,7 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     if note := gpu_note(campaign):
         click.echo(note)
     click.echo(result.table())
+    if note := decomposition_note(campaign, result, base, models):
+        click.echo(f"note: {note}")
     if not result.fits:
         raise result.refusal()

@@ -150,6 +150,17 @@ class InPlaceMerger:
         after tensor, so its progress shows, and one that fails partway leaves those done kept."""
         return self._pieces.setdefault((method.name, *(repr(params[k]) for k in method.piece_params)), {})
 
+    def pieces_pending(self, method: str, params: Mapping[str, Any] | None) -> bool:
+        """Whether merging `method` at `params` computes pieces not kept yet: TSV-M's first candidate
+        decomposes every matrix (minutes at 1B on a CPU), which its progress line names apart from a
+        merge of seconds (audit 126)."""
+        m = get_method(method)
+        if m.pieces is None or m.pieces_are_task_vectors:
+            return False
+        resolved = m.resolve(params, self.n_models)
+        kept = self._pieces.get((m.name, *(repr(resolved[k]) for k in m.piece_params)), {})
+        return any(name not in kept for name in self._base if not (m.keeps_unchanged and name in self._unchanged))
+
     def _compute_pieces(self, method: MergeMethod, name: str, params: Mapping[str, Any]) -> list[Piece]:
         """One tensor's pieces, computed in float32 on the device and stored like the task vectors.
         The pieces function gets stored task vectors as stored and widens those it computes with,

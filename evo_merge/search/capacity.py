@@ -77,6 +77,33 @@ def gpu_note(campaign: Campaign) -> str | None:
     return None
 
 
+DECOMPOSED_SLOWLY = 100_000_000  # parameters from which a CPU's decompositions take minutes
+
+
+def decomposition_note(campaign: Campaign, plan: Plan, base_path: str | Path,
+                       model_paths: Sequence[str | Path]) -> str | None:
+    """What `plan` says where a CPU is to decompose a large model: a method with pieces (TSV-M's
+    SVD of every matrix of each task vector) computes them with its first candidate, which took
+    10 minutes at 0.67B with 2 endpoints on one CPU thread under a progress line that said only
+    "merging" (audit 126); a resume computes them again. None on a GPU, or for a small model."""
+    from evo_merge.merge.kinds import MASS
+    from evo_merge.merge.registry import get_method
+
+    if plan.device != "cpu" or campaign.evaluator.remote:
+        return None
+    slow = [name for name in campaign.methods if name == MASS or (
+        (method := get_method(name)).pieces is not None and not method.pieces_are_task_vectors)]
+    if not slow:
+        return None
+    parameters = sum(t.numel for t in shapes_of(base_path, model_paths).floating)
+    if parameters < DECOMPOSED_SLOWLY:
+        return None
+    return (f"{', '.join(slow)} on a CPU: the first candidate decomposes every matrix of each of the "
+            f"{len(model_paths)} task vectors ({parameters / 1e9:.2f}B parameters), once per run and again after a "
+            "resume (10 minutes at 0.67B with 2 endpoints on one thread; hours at 7B; seconds on a GPU); leave "
+            f"{'it' if len(slow) == 1 else 'them'} out of `methods` where that is too long")
+
+
 def target_of(campaign: Campaign, *, planning: bool = False) -> Target:
     """The campaign's evaluation target, with budgets taking the place of measured memory. A GPU
     asked for and not there stops here, before anything is loaded (a remote cluster's workers

@@ -31,8 +31,10 @@ class CandidateFailed(Exception):
 
 
 Result = tuple[int, "ItemScores | CandidateFailed", float]  # (job index, scores or failure, seconds)
-MERGING, ITEMS = "merging", "items"
-JOB_PARTS = {MERGING: " · merging", ITEMS: " · items"}  # part -> the progress stage's suffix, beside a campaign stage
+MERGING, PIECES, ITEMS = "merging", "pieces", "items"
+# part -> the progress stage's suffix, beside a campaign stage (PIECES: merging a candidate whose method first
+# computes its pieces, TSV-M's SVD of every matrix, once per run)
+JOB_PARTS = {MERGING: " · merging", PIECES: " · merging (its pieces first: once per run)", ITEMS: " · items"}
 
 
 class JobProgress(Protocol):

@@ -13,8 +13,8 @@ import torch
 from evo_merge.errors import UserError, described
 from evo_merge.merge.storage import Storage
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.evaluator import MERGING, CandidateFailed, Items, ItemScores, Job, JobProgress, Result
-from evo_merge.search.kinds import candidate_kind
+from evo_merge.search.evaluator import MERGING, PIECES, CandidateFailed, Items, ItemScores, Job, JobProgress, Result
+from evo_merge.search.kinds import STATIC, candidate_kind
 from evo_merge.search.workbench import Workbench
 from evo_merge.tasks.base import FitnessTask, scores_in_parts
 from evo_merge.weights.dtypes import all_finite
@@ -76,7 +76,9 @@ class LocalEvaluator:
         total, before = sum(map(len, asked.values())), 0  # `before`: the items of the tasks scored already
         if job_progress is not None:
             job_progress(0, total)
-        model = self.build(candidate, None if job_progress is None else partial(job_progress, part=MERGING))
+        part = PIECES if candidate_kind(candidate.method) is STATIC and self.bench.merger.pieces_pending(
+            candidate.method, candidate.param_dict) else MERGING
+        model = self.build(candidate, None if job_progress is None else partial(job_progress, part=part))
         scores: ItemScores = {}
         try:
             for name, ids in asked.items():

@@ -6,7 +6,7 @@ import pytest
 from agreement_task import AgreementTask  # tests/search is on sys.path (pytest's rootdir import mode)
 
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.evaluator import ITEMS, JOB_PARTS, MERGING
+from evo_merge.search.evaluator import ITEMS, JOB_PARTS, MERGING, PIECES
 from evo_merge.search.ledger import EvaluationLedger
 from evo_merge.search.local import LocalEvaluator
 from evo_merge.search.workbench import Workbench
@@ -42,6 +42,24 @@ def test_every_item_is_scored_in_calls_of_a_bounded_size_each_reported(bench, mo
     whole = {"agree0": checked_scores(tasks["agree0"], model, workbench.tokenizer, None),
              "agree1": checked_scores(tasks["agree1"], model, workbench.tokenizer, tasks["agree1"].item_ids[:5])}
     assert scores == {name: {str(k): float(v) for k, v in series.items()} for name, series in whole.items()}
+
+
+def test_a_candidate_that_first_computes_its_method_s_pieces_says_so_once(bench):
+    """TSV-M's first candidate decomposes every matrix (10 minutes at 0.67B on a CPU) under the same
+    "merging" line as a merge of seconds (audit 126): that merge is its own part, once per run."""
+    workbench, tasks = bench
+    evaluator = LocalEvaluator(workbench, tasks)
+    parts = []
+    for weights in ((1.0, 1.0), (0.5, 0.8)):
+        told = []
+        evaluator.evaluate(Candidate("tsv", weights, (("alpha", 1.0),)), {"agree0": tasks["agree0"].item_ids[:2]},
+                           lambda done, total, part=ITEMS, told=told: told.append(part))
+        parts.append([part for part in dict.fromkeys(told) if part != ITEMS])
+    assert parts == [[PIECES], [MERGING]]
+    assert JOB_PARTS[PIECES] == " · merging (its pieces first: once per run)"
+    evaluator.evaluate(Candidate("task_arithmetic", (0.6, 0.4), ()), {"agree0": tasks["agree0"].item_ids[:2]},
+                       lambda done, total, part=ITEMS: parts.append(part))
+    assert PIECES not in parts[2:]
 
 
 def test_a_campaign_stage_follows_its_candidates_items(bench, tmp_path: Path, monkeypatch):

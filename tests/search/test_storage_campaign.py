@@ -236,6 +236,20 @@ def test_a_cpu_campaign_whose_disk_folder_is_short_is_offered_memory_not_told_no
     assert "storage: {dtype: auto, placement: device} fits (host" in error, error
 
 
+def test_plan_says_a_cpu_decomposes_a_large_model_s_matrices_for_tsv(tmp_path, zoo, monkeypatch):
+    """TSV-M's first candidate spent 10 minutes on a CPU decomposing a 0.67B model, with nothing in
+    `plan` and a progress line saying "merging" (audit 126). From 100M parameters (here: any) `plan`
+    says so; without a method that decomposes, nothing."""
+    monkeypatch.setattr("evo_merge.search.capacity.DECOMPOSED_SLOWLY", 0)
+    with_tsv = CliRunner().invoke(cli, ["plan", str(write(tmp_path, config(zoo)))])
+    assert with_tsv.exit_code == 0, with_tsv.output
+    last = with_tsv.output.strip().splitlines()[-1]
+    assert last.startswith("note: tsv on a CPU: the first candidate decomposes every matrix of each of the 2 task "
+                           "vectors"), with_tsv.output
+    without = CliRunner().invoke(cli, ["plan", str(write(tmp_path, config(zoo, methods={"task_arithmetic": {}})))])
+    assert without.exit_code == 0 and "decomposes" not in without.output, without.output
+
+
 def test_a_resume_that_does_not_fit_is_offered_only_what_a_resume_may_change(tmp_path, zoo):
     """Batch size and dtypes are part of what a run computes: a resume cannot take them."""
     base, fts = zoo
