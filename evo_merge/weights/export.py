@@ -422,8 +422,41 @@ def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None] = check_r
     what `check` lets through is replaced (a model folder, by default). Without `overwrite` nothing
     is: the output was free when the command began, and a folder put there since (a user's model
     copied in while a merge ran for minutes, another command's output) is left as it is, by the
-    rename itself, which fails onto a folder that holds anything."""
+    rename itself, which fails onto a folder that holds anything. The folder's files reach the disk
+    before the rename, and the rename before the return: a power loss just after `wrote` could
+    otherwise leave a complete-looking folder whose shard is short (audit 126)."""
     check(out)
+    _sync_files(tmp)
+    try:
+        _replace(tmp, out, overwrite)
+    finally:
+        _sync_folder(out.parent)
+
+
+def _sync_files(folder: Path) -> None:
+    """Every file under `folder`, then each folder, written through to the disk."""
+    for top, _, files in os.walk(folder):
+        for name in files:
+            with open(Path(top) / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        _sync_folder(Path(top))
+
+
+def _sync_folder(folder: Path) -> None:
+    """A folder's entries (a rename into it) written through, where the system lets a folder be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # a file system that cannot sync a folder
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
     if not overwrite and not out.is_symlink():  # a link the checks let through is replaced itself, as below
         try:
             tmp.rename(out)

@@ -530,6 +530,25 @@ def test_code_files_the_config_s_auto_map_names_are_copied_so_an_opted_in_load_w
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names a descriptor's file through Linux /proc")
+def test_a_model_folder_s_files_reach_the_disk_before_it_takes_its_name(tmp_path, monkeypatch):
+    """Renamed into place unsynced, a power loss just after `wrote` could leave a complete-looking
+    folder with a short shard (audit 126): each file is synced, then the folders, then the rename."""
+    synced, real = [], os.fsync
+
+    def fsync(descriptor):
+        synced.append((Path(os.readlink(f"/proc/self/fd/{descriptor}")), (tmp_path / "out").exists()))
+        return real(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = write_model_folder(tmp_path / "out", [("w", torch.ones(4))], config={"model_type": "llama"},
+                             extra_files={"README.md": "card"})
+    written = {p.name for p in out.iterdir()}
+    before = {path.name for path, named in synced if not named}
+    assert written <= before, (written, synced)  # every file, while the output had no name yet
+    assert synced[-1] == (tmp_path, True)  # the rename itself, into the parent
+
+
 def test_the_code_file_a_tokenizer_config_s_auto_map_names_is_copied_with_the_tokenizer(tmp_path):
     """A merge kept the base's tokenizer_config.json, whose `auto_map` names `tokenization_x.py`,
     without that file (audit 127): it comes with the tokenizer files, and not without them."""
