@@ -382,7 +382,7 @@ def export(
         with StageBars() as bars:  # measuring and the file merge take minutes at size
             runner.progress = bars
             measured, folder = runner.export_evaluation(eid, out, overwrite=overwrite)
-    click.echo(visible(f"wrote {folder}: evaluation {eid} ({_what(runner.workspace, measured)}), "
+    click.echo(visible(f"wrote {folder}: evaluation {eid} ({measured.method}), "
                        f"{measured_on(store)}: {measured_scores(store, measured)}"))
     if store.items_evaluated(measured=True) != spent:  # its held-out items alone, too: the report's to rewrite
         click.echo(f"evaluation {eid} was measured for this export: `{shell('evo-merge', 'report', run)}` adds it to "
@@ -410,13 +410,3 @@ def _pick_id(pick: str, picks: dict[str, tuple[int, str]], run: Path) -> int:
     held = f"this run's picks: {named}" if named else "this run has no picks yet (they come when it finishes)"
     raise UserError(f"--pick {pick}: neither an evaluation id (the id column of {run / 'evaluations.csv'}) nor a "
                     f"pick of this run; {held}")
-
-
-def _what(workspace, evaluation) -> str:
-    """The base or endpoint an evaluation is (a task arithmetic candidate of weights 0 and 1 to the
-    search), else its method."""
-    from evo_merge.search.candidate import reference_candidates
-
-    labels = {c.key: label for label, c in reference_candidates(workspace.endpoint_labels())}
-    label = labels.get(evaluation.key)
-    return evaluation.method if label is None else workspace.base_label() if label == "base" else label

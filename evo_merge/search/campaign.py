@@ -19,6 +19,7 @@ from pathlib import Path
 
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError, message_line
+from evo_merge.markup import shell, visible
 from evo_merge.progress import Progress, no_progress
 from evo_merge.search.algorithms import SearchAlgorithm, make_algorithm
 from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_candidates, standard_merges
@@ -476,6 +477,7 @@ def _refuse_an_input(evaluation: Evaluation, workspace: Workspace) -> None:
     base, models = workspace.sources()
     for (label, candidate), model in zip(reference_candidates(workspace.endpoint_labels()), [base, *models]):
         if candidate.key == evaluation.key:
-            what = "the base model" if label == "base" else f"the endpoint {label}"
-            raise UserError(f"--pick {evaluation.id}: {what} itself ({model}), an input of the campaign, not a "
-                            f"merge: nothing to export (`evo-merge status {workspace.run_dir}` shows its scores)")
+            what = "the base model" if label == "base" else f"the {label}"  # "endpoint arith"
+            raise UserError(visible(f"--pick {evaluation.id}: {what} itself ({model}), an input of the campaign, not "
+                                    f"a merge: nothing to export (`{shell('evo-merge', 'status', workspace.run_dir)}` "
+                                    "shows its scores)"))
