@@ -178,9 +178,9 @@ class CampaignRunner:
                                 "had then; restore that data, or start the campaign in a new run folder")
             if was_definition:
                 raise UserError(f"task {name!r}: how its items are scored changed since this run began (its YAML: "
-                                "prompt, answer, choices, metric or filter, or the code it names), where its items did "
-                                "not: the run's scores were measured as it was then; restore it, or start the campaign "
-                                "in a new run folder")
+                                "prompt, answer, choices, metric or filter, or the code it names; or lm-eval, upgraded "
+                                "to a version that scores it otherwise), where its items did not: the run's scores "
+                                "were measured as it was then; restore it, or start the campaign in a new run folder")
         if {**recorded, **now} != recorded:
             store.set_meta(TASK_DATA_META, {**recorded, **now})
 

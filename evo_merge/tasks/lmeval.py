@@ -303,12 +303,51 @@ _WHERE_NOT_WHAT = ("dataset_path", "dataset_kwargs", "metadata")  # where the da
 
 
 def _scoring_definition(name: str, task: Any) -> str:
-    """A task's lm-eval config as text that is the same in every process: lm-eval writes each
-    function it names as its source (or, lacking one, a text that may name a memory address, cut
-    here). Where its data lives is left out: a shipped benchmark's data sits wherever the package
-    is installed, and what the data says is the docs' part of the digest."""
-    config = {key: value for key, value in task.config.to_dict().items() if key not in _WHERE_NOT_WHAT}
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", json.dumps([name, config], sort_keys=True, default=_as_json))
+    """A task's lm-eval config as text that is the same in every process: each function it names
+    (its prompt, a filter's `filter_fn`, a metric) as its source, with the whole file of a function
+    of the task's own (a `utils.py` helper it calls changes the scoring too); and only what differs
+    from lm-eval's defaults, so an lm-eval release that adds a setting (at its default) leaves a
+    run's digest as it was. Where the data lives is left out: a shipped benchmark's data sits
+    wherever the package is installed, and what the data says is the docs' part of the digest."""
+    with _quiet():  # lm-eval warns of the generation settings a bare config lacks
+        defaults = type(task.config)().to_dict(keep_callable=True)
+    config = {key: value for key, value in task.config.to_dict(keep_callable=True).items()
+              if key not in _WHERE_NOT_WHAT}
+    text = json.dumps([name, _with_code(_beyond(config, defaults))], sort_keys=True, default=_as_json)
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)  # a callable without source, named by its text
+
+
+def _beyond(value: dict[str, Any], defaults: Any) -> dict[str, Any]:
+    """The entries of `value` that differ from `defaults`, nested dicts compared entry by entry."""
+    defaults = defaults if isinstance(defaults, dict) else {}
+    return {key: _beyond(item, defaults.get(key)) if isinstance(item, dict) else item
+            for key, item in value.items() if key not in defaults or defaults[key] != item}
+
+
+def _with_code(value: Any) -> Any:
+    """`value` with each callable in it, however deep, replaced by its code (`_code_text`)."""
+    if isinstance(value, dict):
+        return {key: _with_code(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_with_code(item) for item in value]
+    return _code_text(value) if callable(value) else value
+
+
+def _code_text(function: Any) -> str:
+    """A function's source; for one outside lm-eval (a task's `utils.py`), its whole file's, where
+    the helpers it calls are."""
+    import inspect
+
+    import lm_eval
+
+    try:
+        source, file = inspect.getsource(function), inspect.getsourcefile(function)
+    except (TypeError, OSError):  # a builtin, a partial: its text
+        return repr(function)
+    library = Path(lm_eval.__file__).resolve().parent
+    if file is not None and not Path(file).resolve().is_relative_to(library):
+        source += Path(file).read_text(encoding="utf-8", errors="replace")
+    return source
 
 
 def _pin_eval_docs(task: Any, limit: int | None = None) -> list[Any]:

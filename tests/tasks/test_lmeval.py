@@ -109,6 +109,39 @@ def test_the_items_digest_sees_the_scoring_change_and_not_where_the_data_lives(t
     assert prompt.split(":")[0] == docs and prompt.split(":")[1] != definition
 
 
+def test_the_items_digest_reads_nested_functions_their_helpers_and_not_lm_eval_s_new_defaults(tmp_path,
+                                                                                                 monkeypatch):
+    """A filter's `filter_fn`, and a helper in the same `utils.py` the prompt calls, were outside the
+    digest; a setting a later lm-eval adds at its default would have changed every run's (audit 128)."""
+    import lm_eval.config.task as lm_task
+
+    yaml_text = (BENCHMARKS_DIR / "seq" / "evo_seq.yaml").read_text()
+    seq_lines = [line for line in yaml_text.splitlines() if line.startswith(("dataset_path", "test_split"))]
+    shutil.copytree(BENCHMARKS_DIR / "seq", tmp_path / "t", ignore=shutil.ignore_patterns("*.yaml"))
+    (tmp_path / "t" / "task.yaml").write_text("\n".join([
+        "task: my_seq", *seq_lines, "dataset_kwargs:", "  data_files:", "    test: test.jsonl",
+        "doc_to_text: !function utils.prompt", "doc_to_target: answer", "output_type: generate_until",
+        "generation_kwargs: {until: ['\\n'], max_gen_toks: 8, do_sample: false}",
+        "filter_list:", "  - name: strip", "    filter:", "      - function: custom",
+        "        filter_fn: !function utils.myfilter", "      - function: take_first",
+        "metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]", ""]))
+
+    def digest(helper: str = "'Q: '", kept: str = "r") -> str:
+        (tmp_path / "t" / "utils.py").write_text(
+            f"def _fmt(doc):\n    return {helper} + doc['question']\n\n\ndef prompt(doc):\n    return _fmt(doc)\n\n\n"
+            f"def myfilter(resps, docs):\n    return [[{kept} for r in rs] for rs in resps]\n")
+        registry._CACHE.clear()
+        return LMEvalTask(tmp_path / "t", limit=4).items_digest
+
+    first = digest()
+    assert digest(helper="'Question: '") != first  # a helper the prompt calls
+    assert digest(kept="'0'") != first  # the filter's function: another answer key
+    assert digest() == first
+    real = lm_task.TaskConfig.to_dict
+    monkeypatch.setattr(lm_task.TaskConfig, "to_dict", lambda self, **kw: {**real(self, **kw), "new_setting": 1})
+    assert digest() == first  # a setting lm-eval adds, at its default
+
+
 def test_a_task_folder_of_several_yamls_says_which_it_read(tmp_path, caplog):
     """`--task tasks/two` ran the YAML that sorts first without a word (audit 125)."""
     shutil.copytree(BENCHMARKS_DIR / "arith", tmp_path / "two")
