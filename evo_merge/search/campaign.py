@@ -473,10 +473,14 @@ def _baselines(space: SearchSpace) -> dict[str, Candidate]:
 def _refuse_an_input(evaluation: Evaluation, workspace: Workspace) -> None:
     """The base and each endpoint are measured as candidates (task arithmetic at weights 0, or 1 on
     one model): exported, such a folder's card called it a merge of every model, at weight 0
-    (audit 127). They are the campaign's inputs, not merges: refused, naming the folder."""
+    (audit 127). They are the campaign's inputs, not merges: refused, naming the model. An aligned
+    campaign's base with `reference: mean` is the mean of the aligned endpoints, which the run
+    built: a merge, exported as one."""
     base, models = workspace.sources()
+    align = workspace.campaign.align
+    built = align is not None and align.reference == "mean"  # its base: the aligned endpoints' mean, a merge
     for (label, candidate), model in zip(reference_candidates(workspace.endpoint_labels()), [base, *models]):
-        if candidate.key == evaluation.key:
+        if candidate.key == evaluation.key and not (label == "base" and built):
             what = "the base model" if label == "base" else f"the {label}"  # "endpoint arith"
             raise UserError(visible(f"--pick {evaluation.id}: {what} itself ({model}), an input of the campaign, not "
                                     f"a merge: nothing to export (`{shell('evo-merge', 'status', workspace.run_dir)}` "

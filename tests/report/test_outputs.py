@@ -199,6 +199,7 @@ def test_exporting_the_base_or_an_endpoint_is_refused_as_an_input(tracked_run, t
         out = tmp_path / str(eid)
         result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(eid), "--out", str(out)])
         assert result.exit_code == 2 and f"error: --pick {eid}: {label}" in result.output, result.output
+        assert "endpoint endpoint" not in result.output  # the label already says what it is
         assert "an input of the campaign, not a merge: nothing to export" in result.output and not out.exists()
 
 

@@ -66,6 +66,15 @@ def test_aligned_endpoints_become_ordinary_candidates(tmp_path, zoo, reference, 
 
     exported = sorted((run / "models").iterdir())
     assert exported and load_model_folder(exported[0])[0](x).shape == (64, 10)
+    # the base (evaluation 1) is an input with `first`; with `mean`, the aligned endpoints' mean the run built
+    base_export = CliRunner().invoke(cli, ["export", str(run), "--pick", "1", "--out", str(tmp_path / "base")])
+    if reference == "first":
+        assert base_export.exit_code == 2 and "the base model itself" in base_export.output, base_export.output
+    else:
+        assert base_export.exit_code == 0, base_export.output
+        mean = load_file(run / "aligned" / "universe-mean" / "model.safetensors")
+        written = load_file(tmp_path / "base" / "model.safetensors")
+        assert all(torch.equal(written[n], mean[n]) for n in mean)
     if reference == "first":  # the aligned copies are what picks are merged from: checked as the models are
         from safetensors.torch import save_file
 
