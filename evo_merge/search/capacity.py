@@ -8,7 +8,7 @@ leaner one a user could write.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -175,6 +175,12 @@ def campaign_plan(campaign: Campaign, base_path: str | Path, model_paths: Sequen
         return plan
     disk_short = plan.available_disk is not None and plan.need_disk > plan.available_disk
     plan.alternative = _leaner(campaign, shapes, len(model_paths), target, current, eval_dtype, resuming, disk_short)
+    roomy = disk_short and plan_for(campaign, shapes, len(model_paths), replace(target, disk=None), current, eval_dtype)
+    if roomy and roomy.fits:  # the settings fit where the files have room: said beside, or instead of, the leanest
+        elsewhere = f"storage.disk_dir on a disk with {gib(plan.need_disk)} free"
+        none = plan.alternative.startswith(("no storage setting", "no leaner"))
+        plan.alternative = (f"{elsewhere} fits ({_needs(roomy)})" if none
+                            else f"{plan.alternative}; so does {elsewhere} ({_needs(roomy)})")
     largest = max(plan.lines, key=lambda line: line.host + line.device).what
     if largest.startswith("activations") and "sequence_tokens" not in campaign.evaluator.model_fields_set:
         plan.alternative += (f"; the activations are sized for {ACTIVATION_TOKENS}-token sequences, "

@@ -234,6 +234,7 @@ def test_a_cpu_campaign_whose_disk_folder_is_short_is_offered_memory_not_told_no
     error = result.output.strip().splitlines()[-1]
     assert "of files in" in error and "but only 0.0 MiB is free there" in error, error
     assert "storage: {dtype: auto, placement: device} fits (host" in error, error
+    assert "; so does storage.disk_dir on a disk with 64.0 MiB free (host" in error, error
 
 
 def test_plan_says_a_cpu_decomposes_a_large_model_s_matrices_for_tsv(tmp_path, zoo, monkeypatch):
