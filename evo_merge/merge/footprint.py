@@ -200,17 +200,20 @@ def describe_storage(storage: Storage, eval_dtype: str | None = None) -> str:
     return text if eval_dtype is None else f"{text} with dtype: {eval_dtype}"
 
 
-def describe(base: Checkpoint, endpoints: Sequence[Checkpoint]) -> list[TensorInfo]:
+def describe(base: Checkpoint, endpoints: Sequence[Checkpoint]) -> tuple[list[TensorInfo], tuple[int, ...]]:
     """The tensors the merges write (the base's, and a head to untie), with, for floating ones,
-    the widest dtype across all checkpoints."""
-    out = []
+    the widest dtype across all checkpoints; and the endpoints (their indices) that widen some
+    tensor beyond the base's own dtype for it."""
+    out, widening = [], set()
     for name in heads.merge_targets(base, endpoints):
         sources = [heads.source_name(c, name) for c in (base, *endpoints)]
-        dtype = base.dtype(sources[0])
+        dtype = own = base.dtype(sources[0])
         if dtype.is_floating_point:
-            dtype = functools.reduce(torch.promote_types, (c.dtype(n) for c, n in zip(endpoints, sources[1:])), dtype)
+            dtypes = [c.dtype(n) for c, n in zip(endpoints, sources[1:])]
+            dtype = functools.reduce(torch.promote_types, dtypes, dtype)
+            widening |= {i for i, other in enumerate(dtypes) if torch.promote_types(own, other) != own}
         out.append(TensorInfo(name, tuple(base.shape(sources[0])), dtype))
-    return out
+    return out, tuple(sorted(widening))
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ class Shapes:
     vocab: int = 0  # 0: not a language model (no logits)
     hidden: int = 0
     floating_dtype: torch.dtype = torch.float32  # the base's own (`Checkpoint.floating_dtype`): what "auto" is
+    widened_by: tuple[int, ...] = ()  # the endpoints (indices) whose dtype is wider than the base's for some tensor
 
     @property
     def floating(self) -> list[TensorInfo]:
@@ -296,10 +300,11 @@ def _chunk_bytes(largest: TensorInfo, setting: Setting) -> int:
 def _stored_dtype_label(shapes: Shapes) -> str:
     """What `storage.dtype: auto` keeps: each tensor in the widest dtype of the base and endpoints
     (their task vectors exact), so one float32 endpoint among bfloat16 ones doubles it, which the
-    plan's "(auto)" did not say (audit 126)."""
+    plan's "(auto)" did not say (audit 126); the endpoints that widened it are named by key (a base
+    of its own mixed dtypes, float32 norms among bfloat16 matrices, is no endpoint's doing)."""
     kinds = sorted({str(t.dtype).removeprefix("torch.") for t in shapes.floating})
-    wider = any(t.dtype.itemsize > shapes.floating_dtype.itemsize for t in shapes.floating)
-    return "auto: " + " and ".join(kinds) + (", widened by an endpoint" if wider else "")
+    by = ", ".join(f"models.{i}" for i in shapes.widened_by)
+    return "auto: " + " and ".join(kinds) + (f", widened by {by}" if by else "")
 
 
 def plan_lines(shapes: Shapes, setting: Setting) -> list[Line]:
@@ -398,9 +403,11 @@ def shapes_of(base_path: str | Path, model_paths: Sequence[str | Path]) -> Shape
         endpoints = [stack.enter_context(Checkpoint.open(m)) for m in model_paths]
         check_compatible([base, *endpoints])
         config = base.config or {}
+        tensors, widened_by = describe(base, endpoints)
         return Shapes(
-            describe(base, endpoints),
+            tensors,
             int(config.get("vocab_size") or 0),
             int(config.get("hidden_size") or config.get("n_embd") or 0),
             base.floating_dtype,
+            widened_by,
         )

@@ -882,17 +882,30 @@ def test_the_export_s_shard_is_counted_in_the_pick_s_dtype_not_the_inputs_widest
         assert export_bytes(shapes, setting)[1] == 4 * copy + shard
 
 
-def test_the_plan_names_what_auto_storage_resolved_to_and_what_widened_it():
+def test_the_plan_names_what_auto_storage_resolved_to_and_what_widened_it(tmp_path):
     """`storage.dtype: auto` keeps each tensor in the widest input dtype: one float32 endpoint among
     bfloat16 ones doubled the stored bytes while the plan said "(auto)" (audit 126)."""
-    def labels(dtype: torch.dtype) -> list[str]:
-        shapes = Shapes([TensorInfo("w", (4, 4), dtype)], floating_dtype=torch.bfloat16)
-        setting = Setting(2, ("task_arithmetic",), Storage(None), torch.bfloat16, on_gpu=False)
+    from safetensors.torch import save_file
+
+    from evo_merge.merge.footprint import shapes_of
+
+    def labels(tmp: Path, base: dict, endpoints: list[dict]) -> list[str]:
+        for name, tensors in [("base", base), *((f"e{i}", t) for i, t in enumerate(endpoints))]:
+            (tmp / name).mkdir(parents=True)
+            save_file(tensors, tmp / name / "model.safetensors")
+        shapes = shapes_of(tmp / "base", [tmp / f"e{i}" for i in range(len(endpoints))])
+        setting = Setting(len(endpoints), ("task_arithmetic",), Storage(None), torch.bfloat16, on_gpu=False)
         return [line.what for line in plan_lines(shapes, setting) if "stored" in line.what]
 
-    assert labels(torch.bfloat16) == ["base, stored (auto: bfloat16)", "task vectors, stored (2 x auto: bfloat16)"]
-    assert labels(torch.float32) == ["base, stored (auto: float32, widened by an endpoint)",
-                                     "task vectors, stored (2 x auto: float32, widened by an endpoint)"]
+    bf16 = {"w": torch.ones(4, 4, dtype=torch.bfloat16), "norm": torch.ones(4, dtype=torch.bfloat16)}
+    mixed = {"w": torch.ones(4, 4, dtype=torch.bfloat16), "norm": torch.ones(4)}  # float32 norms of its own
+    assert labels(tmp_path / "a", bf16, [bf16, bf16]) == ["base, stored (auto: bfloat16)",
+                                                          "task vectors, stored (2 x auto: bfloat16)"]
+    assert labels(tmp_path / "b", bf16, [bf16, {k: v.float() for k, v in bf16.items()}]) == [
+        "base, stored (auto: float32, widened by models.1)", "task vectors, stored (2 x auto: float32, widened by "
+        "models.1)"]
+    assert labels(tmp_path / "c", mixed, [mixed, mixed]) == ["base, stored (auto: bfloat16 and float32)",
+                                                             "task vectors, stored (2 x auto: bfloat16 and float32)"]
 
 
 def test_a_folder_on_a_ram_backed_file_system_is_recognised_from_the_mount_table(tmp_path):
