@@ -191,8 +191,9 @@ def _snapshot(repo: str, revision: str | None, key: str, looked_in: str = "here"
     except LocalEntryNotFoundError:
         hint = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
         fetch = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
-        raise UserError(f"{where} is not in the local cache and {hint} (`{fetch}` where the Hub can be reached "
-                        "fills the cache)") from None
+        # missing here, as a moved folder is: a run folder's own campaign says how to mend either
+        raise MissingModel(f"{where} is not in the local cache and {hint} (`{fetch}` where the Hub can be reached "
+                           "fills the cache)") from None
     except (HfHubHTTPError, OSError) as err:
         raise UserError(f"{where}: {first_line(err)}") from None
     return _checked_snapshot(Path(folder), repo, f"{key}: Hub model {model}")

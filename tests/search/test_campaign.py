@@ -917,6 +917,14 @@ def test_a_relative_model_missing_beside_the_campaign_is_not_read_from_the_worki
     config["models"] = ["../cwd/zoo/ft0", str(fts[1])]  # written against the campaign file's folder: found
     path.write_text(yaml.safe_dump(config))
     assert CliRunner().invoke(cli, ["plan", str(path)]).exit_code == 0
+    # a run folder naming one so (as the working directory's read once recorded it) says how to mend it
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(path), "--out", str(run)]).exit_code == 0
+    stored = yaml.safe_load((run / "campaign.yaml").read_text())
+    (run / "campaign.yaml").write_text(yaml.safe_dump({**stored, "models": ["zoo/ft0", *stored["models"][1:]]}))
+    resumed = CliRunner().invoke(cli, ["resume", str(run)])
+    assert resumed.exit_code == 2 and "is not in the local cache" in resumed.output, resumed.output
+    assert f"if the models moved, write their new place into {run / 'campaign.yaml'}" in resumed.output
 
 
 def test_seeded_first_generation_starts_from_the_endpoints_and_the_standard_merges(tmp_path, zoo):
