@@ -6,6 +6,7 @@ Merge recipes have their own schema beside the merge engine (`evo_merge.merge.re
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -112,11 +113,18 @@ class TaskSpec(_Checked):
 
 
 def _what_is_scored(spec: TaskSpec) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """A task as what it scores: a shipped benchmark by its folder's name (`evo_arith` is `arith`),
-    anything else as written, with its options."""
+    """A task as what it scores, with its options: a shipped benchmark by its folder's name
+    (`evo_arith`, and the absolute path of its folder or YAML, are `arith`); a path as its normal
+    form (`./x`, `x/` and `x` are one: relative ones are read against the campaign's folder later,
+    alike); anything else as written."""
     task = spec.task
     benchmarks = shipped_dir("benchmarks")
-    if not is_path_like(task) and benchmarks is not None and (benchmarks / task.removeprefix("evo_")).is_dir():
+    if is_path_like(task):
+        path = Path(os.path.normpath(Path(task).expanduser()))
+        shipped = benchmarks is not None and path.is_absolute() and path.resolve().is_relative_to(benchmarks.resolve())
+        parts = path.resolve().relative_to(benchmarks.resolve()).parts if shipped else ()
+        task = parts[0] if parts and (len(parts) == 1 or parts[-1].endswith((".yaml", ".yml"))) else str(path)
+    elif benchmarks is not None and (benchmarks / task.removeprefix("evo_")).is_dir():
         task = task.removeprefix("evo_")
     return task, tuple(sorted(spec.options.items()))
 

@@ -150,6 +150,17 @@ def test_one_benchmark_listed_twice_under_two_names_is_refused(tmp_path, family)
     config["tasks"] = [{"task": "arith"}, {"task": "arith", "name": "first20", "options": {"limit": 20}}]
     path.write_text(yaml.safe_dump(config))
     assert "same task" not in invoke("plan", path)[1]
+    # a path spelled otherwise, the shipped YAML's own path, options in another order: the same (audit 128)
+    from evo_merge.config import Campaign
+    from evo_merge.tasks.registry import BENCHMARKS_DIR
+
+    for first, second in [({"task": "arith"}, {"task": str(BENCHMARKS_DIR / "arith" / "evo_arith.yaml")}),
+                          ({"task": "arith"}, {"task": f"{BENCHMARKS_DIR / 'arith'}/", "name": "b"}),
+                          ({"task": "tasks/mine"}, {"task": "./tasks/mine", "name": "b"}),
+                          ({"task": "arith", "options": {"limit": 5, "batch_size": 4}},
+                           {"task": "arith", "name": "b", "options": {"batch_size": 4, "limit": 5}})]:
+        with pytest.raises(ValueError, match="are the same task with the same options"):
+            Campaign.model_validate({**config, "tasks": [first, second]})
 
 
 def test_a_task_name_too_long_for_its_pick_folder_is_refused_when_the_file_is_read(tmp_path, family):
