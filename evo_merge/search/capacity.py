@@ -100,7 +100,8 @@ def decomposition_note(campaign: Campaign, plan: Plan, base_path: str | Path,
         return None
     return (f"{', '.join(slow)} on a CPU: the first candidate decomposes every matrix of each of the "
             f"{len(model_paths)} task vectors ({parameters / 1e9:.2f}B parameters), once per run and again after a "
-            "resume (10 minutes at 0.67B with 2 endpoints on one thread; hours at 7B; seconds on a GPU); leave "
+            "resume (10 minutes at 0.67B with 2 endpoints on one thread, hours at 7B; on a GPU, 33 s at 0.5B and "
+            "minutes at 7B); leave "
             f"{'it' if len(slow) == 1 else 'them'} out of `methods` where that is too long")
 
 

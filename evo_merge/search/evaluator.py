@@ -33,8 +33,8 @@ class CandidateFailed(Exception):
 Result = tuple[int, "ItemScores | CandidateFailed", float]  # (job index, scores or failure, seconds)
 MERGING, PIECES, ITEMS = "merging", "pieces", "items"
 # part -> the progress stage's suffix, beside a campaign stage (PIECES: merging a candidate whose method first
-# computes its pieces, TSV-M's SVD of every matrix, once per run)
-JOB_PARTS = {MERGING: " · merging", PIECES: " · merging (its pieces first: once per run)", ITEMS: " · items"}
+# computes its pieces, TSV-M's SVD of every matrix: once in a process, so again after a resume)
+JOB_PARTS = {MERGING: " · merging", PIECES: " · merging (computing its pieces first)", ITEMS: " · items"}
 
 
 class JobProgress(Protocol):

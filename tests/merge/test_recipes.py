@@ -511,12 +511,16 @@ def test_a_merge_the_disk_has_no_room_for_is_refused_before_it_merges(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "ta.yaml"]  # no output, nothing staged
     monkeypatch.undo()
     assert CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")]).exit_code == 0
-    plan = plan_from_recipe(Recipe.model_validate(yaml.safe_load(recipe.read_text())), tmp_path)
-    checkpoints = plan.open()
-    written = sum(t.numel() * t.element_size() for t in tensors_of(tmp_path / "o").values())
-    assert stream.output_bytes(plan, checkpoints) == written
-    for checkpoint in checkpoints:
-        checkpoint.close()
+    narrowed = tmp_path / "narrow.yaml"  # written in bfloat16 from float32 inputs: counted so
+    narrowed.write_text(yaml.safe_dump({**yaml.safe_load(recipe.read_text()), "out_dtype": "bfloat16"}))
+    assert CliRunner().invoke(cli, ["merge", str(narrowed), "--out", str(tmp_path / "n")]).exit_code == 0
+    for made, out in ((recipe, "o"), (narrowed, "n")):
+        plan = plan_from_recipe(Recipe.model_validate(yaml.safe_load(made.read_text())), tmp_path)
+        checkpoints = plan.open()
+        written = sum(t.numel() * t.element_size() for t in tensors_of(tmp_path / out).values())
+        assert stream.output_bytes(plan, checkpoints) == written
+        for checkpoint in checkpoints:
+            checkpoint.close()
 
 
 def test_mismatched_shapes_and_pickle_checkpoints_are_refused(tmp_path):

@@ -56,7 +56,7 @@ def test_a_candidate_that_first_computes_its_method_s_pieces_says_so_once(bench)
                            lambda done, total, part=ITEMS, told=told: told.append(part))
         parts.append([part for part in dict.fromkeys(told) if part != ITEMS])
     assert parts == [[PIECES], [MERGING]]
-    assert JOB_PARTS[PIECES] == " · merging (its pieces first: once per run)"
+    assert JOB_PARTS[PIECES] == " · merging (computing its pieces first)"
     evaluator.evaluate(Candidate("task_arithmetic", (0.6, 0.4), ()), {"agree0": tasks["agree0"].item_ids[:2]},
                        lambda done, total, part=ITEMS: parts.append(part))
     assert PIECES not in parts[2:]
