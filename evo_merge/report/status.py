@@ -32,6 +32,7 @@ from evo_merge.search.store import (
     SEARCH,
     CampaignStore,
     Evaluation,
+    pick_folder_change,
 )
 
 
@@ -155,6 +156,8 @@ def _pick_lines(store: CampaignStore, by_id: dict[int, Evaluation]) -> list[str]
     for name, (eid, folder) in picks.items():
         if not (store.run_dir / folder).is_dir():  # (an absolute folder of an older run is read as it is)
             folder = f"{folder} (missing: `evo-merge resume` exports it again)"
+        elif changed := pick_folder_change(store.run_dir / folder):
+            folder = f"{folder} (changed: {visible(changed)}; `evo-merge resume` exports it again)"
         evaluation = by_id.get(eid)
         if evaluation is None or not evaluation.measured:  # a folder that lost its tail: said, not guessed
             lines.append(f"  {name}: evaluation {eid}, not found measured; {folder}")

@@ -4,7 +4,6 @@ when measured on every item, the lm-eval-style results files beside the weights.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,16 @@ from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import candidate_kind, rounded_storage_note
 from evo_merge.search.layout import MODELS_FOLDER
 from evo_merge.search.metrics import se_caveat
-from evo_merge.search.store import FACTS_META, SEARCH, CampaignStore, Evaluation, Record, evaluated_on, in_run
+from evo_merge.search.store import (
+    FACTS_META,
+    SEARCH,
+    CampaignStore,
+    Evaluation,
+    Record,
+    evaluated_on,
+    in_run,
+    pick_folder_change,
+)
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta
@@ -172,13 +180,7 @@ def _changed_since_exported(folder: Path, weights: str, digest: str | None) -> s
     was kept)."""
     if digest is not None and weights != digest:
         return "its weights are not those this run exported"
-    if link := next((Path(top) / entry for top, dirs, files in os.walk(folder)
-                     for entry in dirs + files if (Path(top) / entry).is_symlink()), None):
-        # the weights read through it are the run's today, but what it points at can change under the pick
-        return f"{link.relative_to(folder)} is a link (to {os.readlink(link)}), where the run wrote a file"
-    if not (folder / "README.md").is_file():
-        return "its model card (README.md) is gone"
-    return None
+    return pick_folder_change(folder)
 
 
 def _weights_digest(folder: Path) -> str | None:

@@ -576,6 +576,19 @@ def check_no_links(run_dir: Path) -> None:
                         "through, so links are refused: put the whole run folder where its files should be (--out)")
 
 
+def pick_folder_change(folder: Path) -> str | None:
+    """Why a pick folder the run exported is no longer as the run wrote it, from its files alone
+    (None: nothing seen): its card gone (`push` refuses a folder without one), or a file made a link
+    (what it points at can change under the pick). `resume` exports such a pick again; `status`
+    says so. Its weights are compared with the run's record by the exporter, which reads them."""
+    if link := next((Path(top) / entry for top, dirs, files in os.walk(folder)
+                     for entry in dirs + files if (Path(top) / entry).is_symlink()), None):
+        return f"{link.relative_to(folder)} is a link (to {os.readlink(link)}), where the run wrote a file"
+    if not (folder / "README.md").is_file():
+        return "its model card (README.md) is gone"
+    return None
+
+
 def check_run_folder(run_dir: Path, option: str | None = "--out") -> None:
     """Refuse to start a campaign in a folder that holds something else: its files would be
     overwritten by the report and the exported models. New, empty and run folders are fine.

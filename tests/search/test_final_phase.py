@@ -650,12 +650,16 @@ def test_a_pick_file_made_a_link_elsewhere_is_exported_again_on_resume(finished,
     outside = tmp_path / "elsewhere.safetensors"
     shutil.move(pick / "model.safetensors", outside)
     (pick / "model.safetensors").symlink_to(outside)
+    status = CliRunner().invoke(cli, ["status", str(run)]).output  # said before the resume that mends it
+    assert (f"{exported['best-agree0']} (changed: model.safetensors is a link (to {outside}), where the run wrote a "
+            "file; `evo-merge resume` exports it again)") in status, status
     with caplog.at_level("WARNING", logger="evo_merge.search.export"):
         result = CliRunner().invoke(cli, ["resume", str(run)])
     assert result.exit_code == 0, result.output
     assert f"{pick}: model.safetensors is a link (to {outside}), where the run wrote a file; exported again" \
         in caplog.text
     assert not (pick / "model.safetensors").is_symlink() and outside.is_file()  # replaced, the target left alone
+    assert "changed:" not in CliRunner().invoke(cli, ["status", str(run)]).output
 
 
 def test_the_picks_of_a_run_from_before_their_weights_digest_are_kept_on_resume(finished, tmp_path, caplog):
