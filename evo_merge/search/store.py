@@ -458,8 +458,14 @@ class CampaignStore:
         self.set_meta(FINISHED_META, True)
 
     def finished(self, generations: int) -> bool:
-        """Finished, and none of the `generations` configured is missing from the database."""
-        return bool(self.get_meta(FINISHED_META)) and self.generations_completed() >= generations
+        """Finished, and none of the `generations` configured is missing from the database. A flag
+        not of the shape a run writes reads as not finished, as `resume` reads it (its replay sets
+        the flag again): `status` called the store damaged where `resume` mended it (audit 127)."""
+        try:
+            flag = self.get_meta(FINISHED_META)
+        except UserError:
+            return False
+        return bool(flag) and self.generations_completed() >= generations
 
     def _insert_scores(self, evaluation_id: int, scores: Mapping[str, Mapping[str, float]]) -> int:
         rows = [

@@ -1166,7 +1166,6 @@ def test_a_damaged_defaults_mark_is_an_error_naming_it(copy, finished):
     ("race", '{"finalists": 3, "left": []}', "meta 'race'", ("status", "report")),
     ("holdout", '["agree0"]', "meta 'holdout'", ("status", "report")),
     ("baselines", '["ta"]', "meta 'baselines'", ("report",)),
-    ("finished", '"yes"', "meta 'finished'", ("status", "report")),
     ("weights", '"digest"', "meta 'weights'", ("resume",)),
     ("facts", '{"name": "c", "generations": 2, "algorithm": "nsga2", "tasks": [], "weights": null}',
      "meta 'facts'", ("status", "report")),
@@ -1193,6 +1192,20 @@ def test_a_damaged_record_of_the_run_is_an_error_naming_it(copy, key, value, whe
         assert output.strip().splitlines()[-1] == (
             f"error: {copy / 'state.sqlite'}: {where} is damaged (edited, or not written by evo-merge); restore it "
             "from a backup, or start the campaign again in a new run folder"), output
+
+
+def test_a_finished_flag_not_as_a_run_writes_it_reads_as_not_finished_and_resume_sets_it(copy):
+    """`finished` edited to "yes": `status` called the store damaged ("restore it from a backup")
+    while `resume` replayed the run and set it again (audit 127): both read it as not finished."""
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('finished', '\"yes\"')")
+        db.commit()
+    code, output = invoke("status", copy)
+    assert code == 0 and "not running: `evo-merge resume" in output and "damaged" not in output, output
+    code, output = invoke("resume", copy)
+    assert code == 0, output
+    code, output = invoke("status", copy)
+    assert code == 0 and "(finished)" in output, output
 
 
 def test_held_out_items_other_than_the_run_drew_are_refused(copy):
