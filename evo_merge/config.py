@@ -121,8 +121,8 @@ def _what_is_scored(spec: TaskSpec) -> tuple[str, tuple[tuple[str, Any], ...]]:
     benchmarks = shipped_dir("benchmarks")
     if is_path_like(task):
         path = Path(os.path.normpath(Path(task).expanduser()))
-        shipped = benchmarks is not None and path.is_absolute() and path.resolve().is_relative_to(benchmarks.resolve())
-        parts = path.resolve().relative_to(benchmarks.resolve()).parts if shipped else ()
+        where, root = path.resolve(), benchmarks.resolve() if benchmarks is not None else None
+        parts = where.relative_to(root).parts if root and path.is_absolute() and where.is_relative_to(root) else ()
         task = parts[0] if parts and (len(parts) == 1 or parts[-1].endswith((".yaml", ".yml"))) else str(path)
     elif benchmarks is not None and (benchmarks / task.removeprefix("evo_")).is_dir():
         task = task.removeprefix("evo_")

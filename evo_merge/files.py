@@ -90,6 +90,30 @@ def atomic_write(path: Path, data: bytes | str, *, replace: bool = True) -> None
         raise
 
 
+def sync_tree(folder: Path) -> None:
+    """Every file under `folder`, then each folder, written through to the disk: a folder about to
+    be renamed into place (a power loss after the rename must not leave a short file under it)."""
+    for top, _, files in os.walk(folder):
+        for name in files:
+            with open(Path(top) / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        sync_folder(Path(top))
+
+
+def sync_folder(folder: Path) -> None:
+    """A folder's entries (a rename into it) written through, where the system lets a folder be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # a file system that cannot sync a folder
+        pass
+    finally:
+        os.close(descriptor)
+
+
 def put_new(tmp: Path, path: Path) -> None:
     """Give `tmp` the name `path` only if nothing has it: a hard link fails on an existing name. On a
     file system without hard links (FAT, some network mounts), the name is checked just before a rename.

@@ -87,7 +87,7 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     if note := gpu_note(campaign):
         click.echo(note)
     click.echo(result.table())
-    if note := decomposition_note(campaign, result, base, models):
+    if note := decomposition_note(campaign, result, len(models)):
         click.echo(f"note: {note}")
     if not result.fits:
         raise result.refusal()

@@ -11,6 +11,7 @@ import torch
 from evo_merge.errors import UserError
 from evo_merge.files import parse_json
 from evo_merge.merge.card import Scores, model_card, recipe_license, score_errors
+from evo_merge.merge.host import free_disk
 from evo_merge.merge.plan import MergePlan
 from evo_merge.merge.results import ItemScores, results_files
 from evo_merge.merge.stream import stream_merge
@@ -19,7 +20,7 @@ from evo_merge.weights import write_model_folder
 from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, weight_files
 from evo_merge.weights.digest import weights_digest
 from evo_merge.weights.dtypes import all_finite
-from evo_merge.weights.export import ExtraFile, NonFiniteTensor, check_disk_room, check_output_folder
+from evo_merge.weights.export import ExtraFile, NonFiniteTensor, check_output_folder
 from evo_merge.weights.references import open_reference
 
 RECIPE_FILE = "merge_recipe.yaml"
@@ -58,7 +59,7 @@ def export_merge(
     on_host: list[str] = []  # tensors the device had no memory for
     if tensors is None:
         total, tensors = stream_merge(plan, device=device, on_host=on_host,
-                                      room=lambda nbytes: check_disk_room(Path(out).expanduser(), nbytes))
+                                      room=lambda nbytes: _check_disk_room(Path(out).expanduser(), nbytes))
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()
@@ -92,6 +93,20 @@ def export_merge(
         )
     except NonFiniteTensor as exc:
         raise UserError(f"{exc}; {_non_finite_inputs(plan, exc.name)}") from None
+
+
+DISK_SLACK = 64 * 2**20  # the card, recipe and config files, and the file system's own blocks
+
+
+def _check_disk_room(out: Path, nbytes: int) -> None:
+    """Refuse an output whose weights (`nbytes`) the disk that will hold `out` has no room for,
+    before the merge: found while writing, it came after the whole merge (audit 126). The old folder
+    an `--overwrite` replaces is removed only once the new one is written, so it is no room."""
+    free = free_disk(str(out.parent))  # the nearest folder that exists; None where none can be read
+    if free is not None and nbytes + DISK_SLACK > free:
+        raise UserError(f"cannot write {out}: the merged weights take {nbytes / 2**30:.2f} GiB and the disk of "
+                        f"{out.parent} has {free / 2**30:.2f} GiB free; free some space there, or write it to another "
+                        "disk")
 
 
 def _input_digests(plan: MergePlan) -> dict[str, str]:

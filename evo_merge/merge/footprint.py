@@ -84,6 +84,7 @@ class Plan:
     available_disk: int | None = None  # free space in `storage.directory` (None: not known yet)
     disk_in_memory: str | None = None  # the RAM-backed file system `storage.directory` is on (tmpfs), if it is
     remote: bool = False  # evaluated on a running cluster's machines, which are not measured here
+    parameters: int = 0  # the floating parameters of the model merged (what a decomposition's time goes by)
 
     @property
     def host(self) -> int:

@@ -148,7 +148,7 @@ class InPlaceMerger:
         """The pieces kept for `method` at `params`, per tensor, filled as candidates need them: the
         first candidate of a method with pieces (TSV-M's SVDs) computes them as it merges, tensor
         after tensor, so its progress shows, and one that fails partway leaves those done kept."""
-        return self._pieces.setdefault((method.name, *(repr(params[k]) for k in method.piece_params)), {})
+        return self._pieces.setdefault(_pieces_key(method, params), {})
 
     def pieces_pending(self, method: str, params: Mapping[str, Any] | None) -> bool:
         """Whether merging `method` at `params` computes pieces not kept yet: TSV-M's first candidate
@@ -157,8 +157,7 @@ class InPlaceMerger:
         m = get_method(method)
         if m.pieces is None or m.pieces_are_task_vectors:
             return False
-        resolved = m.resolve(params, self.n_models)
-        kept = self._pieces.get((m.name, *(repr(resolved[k]) for k in m.piece_params)), {})
+        kept = self._pieces.get(_pieces_key(m, m.resolve(params, self.n_models)), {})
         return any(name not in kept for name in self._base if not (m.keeps_unchanged and name in self._unchanged))
 
     def _compute_pieces(self, method: MergeMethod, name: str, params: Mapping[str, Any]) -> list[Piece]:
@@ -349,3 +348,8 @@ def _check_target(base: Checkpoint, targets: ModuleTensors, name: str, source: s
         # a head to untie, in a module that ties it
         raise UserError(f"tensor {name}: an endpoint has it of its own, but the module ties it to "
                         f"{source}; load the base untied (`load_model_folder(..., untie=True)`)")
+
+
+def _pieces_key(method: MergeMethod, params: Mapping[str, Any]) -> tuple:
+    """What a method's pieces depend on: its name and the parameters it declares `piece_params`."""
+    return method.name, *(repr(params[k]) for k in method.piece_params)

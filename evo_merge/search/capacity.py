@@ -80,8 +80,7 @@ def gpu_note(campaign: Campaign) -> str | None:
 DECOMPOSED_SLOWLY = 100_000_000  # parameters from which a CPU's decompositions take minutes
 
 
-def decomposition_note(campaign: Campaign, plan: Plan, base_path: str | Path,
-                       model_paths: Sequence[str | Path]) -> str | None:
+def decomposition_note(campaign: Campaign, plan: Plan, n_models: int) -> str | None:
     """What `plan` says where a CPU is to decompose a large model: a method with pieces (TSV-M's
     SVD of every matrix of each task vector) computes them with its first candidate, which took
     10 minutes at 0.67B with 2 endpoints on one CPU thread under a progress line that said only
@@ -95,11 +94,10 @@ def decomposition_note(campaign: Campaign, plan: Plan, base_path: str | Path,
         (method := get_method(name)).pieces is not None and not method.pieces_are_task_vectors)]
     if not slow:
         return None
-    parameters = sum(t.numel for t in shapes_of(base_path, model_paths).floating)
-    if parameters < DECOMPOSED_SLOWLY:
+    if plan.parameters < DECOMPOSED_SLOWLY:
         return None
     return (f"{', '.join(slow)} on a CPU: the first candidate decomposes every matrix of each of the "
-            f"{len(model_paths)} task vectors ({parameters / 1e9:.2f}B parameters), once per run and again after a "
+            f"{n_models} task vectors ({plan.parameters / 1e9:.2f}B parameters), once per run and again after a "
             "resume (10 minutes at 0.67B with 2 endpoints on one thread, hours at 7B; on a GPU, 33 s at 0.5B and "
             "minutes at 7B); leave "
             f"{'it' if len(slow) == 1 else 'them'} out of `methods` where that is too long")
@@ -156,6 +154,7 @@ def plan_for(
         available_disk=target.disk if storage.placement == "disk" else None,
         disk_in_memory=target.disk_in_memory if storage.placement == "disk" else None,
         remote=target.remote,
+        parameters=sum(t.numel for t in shapes.floating),
     )
 
 

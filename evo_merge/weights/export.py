@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from evo_merge.errors import UserError
-from evo_merge.files import check_writable, held_temporary_folder, parse_json
+from evo_merge.files import check_writable, held_temporary_folder, parse_json, sync_folder, sync_tree
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import (
     PICKLE_SUFFIXES,
@@ -290,25 +290,6 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
         raise UserError(f"output folder {out} already exists (--overwrite replaces it)")
 
 
-DISK_SLACK = 64 * 2**20  # the card, recipe and config files, and the file system's own blocks
-
-
-def check_disk_room(out: Path, nbytes: int) -> None:
-    """Refuse an output whose weights (`nbytes`) the disk that will hold `out` has no room for,
-    before the merge: found while writing, it came after the whole merge. The old folder an
-    `--overwrite` replaces is removed only once the new one is written, so it is no room."""
-    where = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
-    if where is None:
-        return
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError:  # not readable here: the write says what it meets
-        return
-    if nbytes + DISK_SLACK > free:
-        raise UserError(f"cannot write {out}: the merged weights take {nbytes / 2**30:.2f} GiB and {where} has "
-                        f"{free / 2**30:.2f} GiB free; free some space there, or write it to another disk")
-
-
 def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
     """Refuse an output folder that exists (unless `overwrite`), that is not a model folder or empty,
     or that is, or holds, one of the `inputs` the merge reads, or whose folder cannot be written:
@@ -426,34 +407,11 @@ def replace_folder(tmp: Path, out: Path, check: Callable[[Path], None] = check_r
     before the rename, and the rename before the return: a power loss just after `wrote` could
     otherwise leave a complete-looking folder whose shard is short (audit 126)."""
     check(out)
-    _sync_files(tmp)
+    sync_tree(tmp)
     try:
         _replace(tmp, out, overwrite)
     finally:
-        _sync_folder(out.parent)
-
-
-def _sync_files(folder: Path) -> None:
-    """Every file under `folder`, then each folder, written through to the disk."""
-    for top, _, files in os.walk(folder):
-        for name in files:
-            with open(Path(top) / name, "rb") as fh:
-                os.fsync(fh.fileno())
-        _sync_folder(Path(top))
-
-
-def _sync_folder(folder: Path) -> None:
-    """A folder's entries (a rename into it) written through, where the system lets a folder be opened."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:  # a file system that cannot sync a folder
-        pass
-    finally:
-        os.close(descriptor)
+        sync_folder(out.parent)
 
 
 def _replace(tmp: Path, out: Path, overwrite: bool) -> None:

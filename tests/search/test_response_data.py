@@ -33,6 +33,17 @@ def test_build_responses_scores_base_endpoints_and_random_merges(tmp_path):
     assert len(model.item_ids) == 80
 
 
+def test_build_responses_reads_relative_model_folders_from_the_working_directory(tmp_path, monkeypatch):
+    """`responses build --zoo zoo` names folders relative to where it runs; a campaign's relative
+    names are Hub ids once resolved (`resolve_reference(..., None)`), which these must not become."""
+    monkeypatch.chdir(tmp_path)
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=1, noise=0.08)
+    relative = [p.relative_to(tmp_path) for p in (base, *fts)]  # zoo/base: the shape of a Hub id
+    tasks = {"agree0": AgreementTask(str(fts[0]), name="agree0", n_items=10, seed=0)}
+    table = build_responses(relative[0], relative[1:], tasks, n_merges=1, seed=1)
+    assert table.subject.nunique() == 1 + 1 + 1
+
+
 def test_responses_build_never_replaces_a_file_unasked(tmp_path):
     """An existing --out is refused before any scoring (it was replaced without a word); with
     --overwrite the command goes on (here to the missing manifest)."""
