@@ -57,6 +57,8 @@ from evo_merge.weights.export import check_output_folder
 
 log = logging.getLogger(__name__)
 TASK_DATA_META = Record("task_data", dict[str, str])  # task -> digest of its items and their scoring, as first read
+# task -> the scheme its digest's definition was computed under, where not the first (`digest_scheme`)
+TASK_DATA_SCHEMES_META = Record("task_data_schemes", dict[str, int])
 
 
 def campaign_objectives(campaign: Campaign) -> Objectives:
@@ -161,12 +163,16 @@ class CampaignRunner:
         and one run mixing two answer keys would rank its candidates on both. Each task that gives a
         digest (`items_digest`, `<docs>:<definition>`: lm-eval tasks, the shipped benchmarks) has it
         recorded when a run first opens and compared after; a change is refused, naming the task and
-        which part changed. A record of the docs alone (a run before the definition counted) is
-        compared on that part, then completed. Tasks that give none (plugins) are not checked."""
+        which part changed. A definition recorded under an older scheme (`digest_scheme`: how the
+        definition is computed, which a later evo-merge may change), or not at all (a run before the
+        definition counted), is compared on the docs, then recorded anew. Tasks that give no digest
+        (plugins) are not checked."""
         store = self.workspace.store
         recorded = store.get_meta(TASK_DATA_META, {})
+        schemes = store.get_meta(TASK_DATA_SCHEMES_META, {})
         now = {name: digest for name, task in self.tasks.items()
                if isinstance(digest := getattr(task, "items_digest", None), str)}
+        now_schemes = {name: getattr(self.tasks[name], "digest_scheme", 1) for name in now}
         for name in sorted(now):
             if (was := recorded.get(name)) is None or was == now[name]:
                 continue
@@ -176,13 +182,16 @@ class CampaignRunner:
                 raise UserError(f"task {name!r}: what its items say changed since this run began (its data "
                                 "edited?), where its item ids did not: the run's scores were measured on the data it "
                                 "had then; restore that data, or start the campaign in a new run folder")
-            if was_definition:
+            if was_definition and schemes.get(name, 1) == now_schemes[name]:
                 raise UserError(f"task {name!r}: how its items are scored changed since this run began (its YAML: "
                                 "prompt, answer, choices, metric or filter, or the code it names; or lm-eval, upgraded "
                                 "to a version that scores it otherwise), where its items did not: the run's scores "
                                 "were measured as it was then; restore it, or start the campaign in a new run folder")
         if {**recorded, **now} != recorded:
             store.set_meta(TASK_DATA_META, {**recorded, **now})
+        later = {name: scheme for name, scheme in now_schemes.items() if scheme != schemes.get(name, 1)}
+        if later:  # a folder whose every definition is of the first scheme holds no record of it
+            store.set_meta(TASK_DATA_SCHEMES_META, {**schemes, **later})
 
     @property
     def progress(self) -> Progress:

@@ -300,6 +300,10 @@ def _as_json(value: Any) -> Any:
 
 
 _WHERE_NOT_WHAT = ("dataset_path", "dataset_kwargs", "metadata")  # where the data lives, not what it says
+# the version of `_scoring_definition`'s text: raise it with any change to that text, so a run folder
+# recorded under the one before is checked on its docs and its definition recorded anew, where it
+# would be refused as a task scored otherwise (an evo-merge upgrade is not the user's edit)
+DEFINITION_SCHEME = 1
 
 
 def _scoring_definition(name: str, task: Any) -> str:
@@ -655,6 +659,11 @@ class LMEvalTask(ItemTable):
             docs.update(json.dumps([name, list(task.eval_docs)], sort_keys=True, default=_as_json).encode())
             definition.update(_scoring_definition(name, task).encode())
         return f"{docs.hexdigest()[:16]}:{definition.hexdigest()[:16]}"
+
+    @property
+    def digest_scheme(self) -> int:
+        """How `items_digest`'s definition part is computed (`DEFINITION_SCHEME`)."""
+        return DEFINITION_SCHEME
 
     @property
     def higher_is_better(self) -> bool:

@@ -1305,6 +1305,47 @@ def test_a_task_scored_otherwise_under_the_same_items_is_refused_and_an_older_re
         CampaignRunner.open(Campaign.load(path), tmp_path, run)
 
 
+def test_a_definition_recorded_under_an_older_scheme_is_checked_on_the_docs_and_recorded_anew(
+        tmp_path, zoo, monkeypatch):
+    """A change to how evo-merge computes a task's definition (what it leaves out, how deep it reads
+    code) made every run folder recorded before it refused as "scored otherwise", for the shipped
+    benchmarks with nothing edited (audit 130). The scheme the definition was computed under is
+    recorded where it is not the first; an older one is checked on the docs alone and recorded anew,
+    and then guards as before."""
+    from evo_merge.config import Campaign
+    from evo_merge.errors import UserError
+    from evo_merge.search.campaign import TASK_DATA_META, TASK_DATA_SCHEMES_META, CampaignRunner
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.tasks import lmeval, registry
+
+    path = campaign(tmp_path, zoo, tasks=[{"task": "arith", "options": {"limit": 12}}])
+    run = tmp_path / "run"
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+    with closing(CampaignStore(run)) as store:
+        docs, first = store.get_meta(TASK_DATA_META)["arith"].split(":")
+        assert store.get_meta(TASK_DATA_SCHEMES_META) is None  # the first scheme: no record, as before it
+    scoring_definition = lmeval._scoring_definition
+    monkeypatch.setattr(lmeval, "_scoring_definition", lambda name, task: "2" + scoring_definition(name, task))
+    registry._CACHE.clear()  # a later evo-merge, the same task and data
+    with pytest.raises(UserError, match=r"^task 'arith': how its items are scored changed"):
+        CampaignRunner.open(Campaign.load(path), tmp_path, run)  # under the same scheme it is a change
+    monkeypatch.setattr(lmeval, "DEFINITION_SCHEME", 2)
+    registry._CACHE.clear()
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+    with closing(CampaignStore(run)) as store:
+        recorded_docs, second = store.get_meta(TASK_DATA_META)["arith"].split(":")
+        assert (recorded_docs, store.get_meta(TASK_DATA_SCHEMES_META)) == (docs, {"arith": 2}) and second != first
+        store.set_meta(TASK_DATA_META, {"arith": "0" * 16 + ":" + second})
+    registry._CACHE.clear()
+    with pytest.raises(UserError, match=r"^task 'arith': what its items say changed"):  # the docs still guard
+        CampaignRunner.open(Campaign.load(path), tmp_path, run)
+    with closing(CampaignStore(run)) as store:
+        store.set_meta(TASK_DATA_META, {"arith": f"{docs}:{first}"})
+    registry._CACHE.clear()
+    with pytest.raises(UserError, match=r"^task 'arith': how its items are scored changed"):
+        CampaignRunner.open(Campaign.load(path), tmp_path, run)  # recorded under scheme 2: compared
+
+
 def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
     """Defaults version 9 scores each candidate on one of 8 anchor sets; a version-8 folder scored
     every candidate on one, so it resumes with that one (the first set, the campaign's seed),
