@@ -389,12 +389,8 @@ class CampaignRunner:
         return measured, exported
 
     def finished(self) -> bool:
-        """Whether the run folder holds the whole campaign, finished (a damaged generation record,
-        which the replay writes again, is not finished)."""
-        try:
-            return self.workspace.store.finished(self.workspace.campaign.algorithm.generations)
-        except UserError:
-            return False
+        """Whether the run folder holds the whole campaign, finished."""
+        return self.workspace.store.finished(self.workspace.campaign.algorithm.generations)
 
     def _exported_picks(self) -> dict[str, Evaluation]:
         """A finished run's picks as it exported them (none for a run still under way): they are not

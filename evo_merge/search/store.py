@@ -444,11 +444,17 @@ class CampaignStore:
 
     def generations_completed(self) -> int:
         """The generations 1..n recorded complete whose every evaluation is in the database: a
-        generation whose evaluations were lost (a truncated database) does not count."""
+        generation whose evaluations were lost (a truncated database), or whose record is not of the
+        shape a run writes, does not count, for every reader alike (`resume` replays it and writes
+        its record again; `status` called the store damaged: audit 130)."""
         have = {key for (key,) in self.db.execute("SELECT key FROM evaluations")}
         done = 0
         for generation, keys in self.db.execute("SELECT generation, keys FROM generations ORDER BY generation"):
-            if generation != done + 1 or not have.issuperset(self._json(keys, f"generation {generation}", list)):
+            try:
+                recorded = self._json(keys, f"generation {generation}", list)
+            except UserError:
+                break
+            if generation != done + 1 or not have.issuperset(recorded):
                 break
             done = generation
         return done

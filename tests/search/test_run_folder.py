@@ -1044,13 +1044,11 @@ def test_status_and_the_end_of_a_run_print_names_with_brackets_as_text(copy):
     ("UPDATE evaluations SET estimates = '{not json' WHERE id = 3", "evaluation 3 (evaluations.estimates) is damaged"),
     ("UPDATE evaluations SET measured = '[0.5]' WHERE id = 2", "evaluation 2 (evaluations.measured) is damaged"),
     ("UPDATE meta SET value = '{\"name\": \"c\"}' WHERE key = 'facts'", "meta 'facts' is damaged"),
-    ("UPDATE generations SET keys = 'x' WHERE generation = 1", "generation 1 is damaged"),
-    ("UPDATE generations SET keys = '5' WHERE generation = 1", "generation 1 is damaged"),  # JSON, not a list
 ])
 def test_a_damaged_database_is_an_error_naming_what_is_damaged(copy, edit, where):
     """An edited or damaged state.sqlite: each command that reads the damaged value says so in one
     error line, exit 2 (they were JSONDecodeError and KeyError tracebacks). What a run writes again
-    as it goes (its facts, each replayed generation) `resume` repairs."""
+    as it goes (its facts) `resume` repairs; a generation's record is read as not done (below)."""
     with closing(sqlite3.connect(copy / "state.sqlite")) as db:
         db.execute(edit)
         db.commit()
@@ -1206,6 +1204,22 @@ def test_a_finished_flag_not_as_a_run_writes_it_reads_as_not_finished_and_resume
     assert code == 0, output
     code, output = invoke("status", copy)
     assert code == 0 and "(finished)" in output, output
+
+
+@pytest.mark.parametrize("keys", ["x", "5", '{"a": 1}'])  # not JSON; JSON, not a list; a mapping
+def test_a_generation_record_not_as_a_run_writes_it_reads_as_not_done_and_resume_writes_it_again(copy, keys):
+    """A generation's keys edited: `status` and `report` called the store damaged (exit 2) while
+    `resume` replayed that generation and wrote its record again (audit 130)."""
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        db.execute("UPDATE generations SET keys = ? WHERE generation = 2", (keys,))
+        db.commit()
+    code, output = invoke("status", copy)
+    assert code == 0 and "generation 1/3" in output and "damaged" not in output, output
+    assert "not running: `evo-merge resume" in output, output
+    code, output = invoke("resume", copy)
+    assert code == 0, output
+    code, output = invoke("status", copy)
+    assert code == 0 and "(finished)" in output and "generation 3/3" in output, output
 
 
 def test_held_out_items_other_than_the_run_drew_are_refused(copy):
