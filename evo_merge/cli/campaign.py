@@ -213,7 +213,8 @@ def start_campaign(campaign_file: Path, out: Path, trust_tasks: bool = False) ->
     new = not out.exists()
     with _holding(out):
         try:
-            _run(_runner(out, campaign_file))
+            with _runner(out, campaign_file) as runner:  # its database closed however the run ends
+                _run(runner)
         except (Exception, KeyboardInterrupt):
             if new:  # a failed or interrupted start leaves no folder bound to its config
                 remove_unused_run_folder(out)
@@ -239,7 +240,8 @@ def resume(run: Path, scheduler: str | None, tracking: bool | None, trust_tasks:
         evaluator = _evaluated_where(Campaign.load(campaign_file), campaign_file, scheduler).evaluator
     check_campaign_fits(campaign_file, run, evaluator)  # memory plan (#13) of where it runs, as for `run`
     with _holding(run):
-        _run(_runner(run, scheduler=scheduler, tracking=tracking))
+        with _runner(run, scheduler=scheduler, tracking=tracking) as runner:
+            _run(runner)
 
 
 @contextmanager
@@ -270,9 +272,10 @@ def status(run: Path) -> None:
     from evo_merge.search.lock import holder
 
     store, facts = read_run(run)
-    console = results_console(soft_wrap=True)  # a line is one line in a pipe, for grep
-    for line in status_lines(run, store, facts, holder(run)):
-        console.print(line)
+    with store:
+        console = results_console(soft_wrap=True)  # a line is one line in a pipe, for grep
+        for line in status_lines(run, store, facts, holder(run)):
+            console.print(line)
 
 
 @click.command()
@@ -300,7 +303,7 @@ def _write_report(run: Path) -> tuple[Path, str | None, bool]:
     from evo_merge.search.store import in_run
 
     store, facts = read_run(run)
-    try:
+    with store:
         exported = {  # picks exported by `run` / `resume` into this folder (older runs stored absolute paths)
             name: (eid, run / folder)
             for name, (eid, folder) in store.exported().items()
@@ -309,8 +312,6 @@ def _write_report(run: Path) -> tuple[Path, str | None, bool]:
         finished = store.finished(facts["generations"])
         running = None if finished else holder(run)
         return write_report(run, store, facts, exported, finished, running=running), running, finished
-    finally:
-        store.close()
 
 
 def _moved_on(run: Path, running: str | None) -> bool:
@@ -322,10 +323,8 @@ def _moved_on(run: Path, running: str | None) -> bool:
     if running is not None and holder(run) is None:
         return True
     store, facts = read_run(run)
-    try:
+    with store:
         return store.finished(facts["generations"])
-    finally:
-        store.close()
 
 
 @click.command()
@@ -375,16 +374,17 @@ def export(
     check_outside_run(out, run, "its picks in models/, which `resume` restores")  # its records would name another
     check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
     with _holding(run, again="run the export again to finish it"):
-        runner = _runner(run, scheduler=scheduler)
-        store = runner.workspace.store
-        eid = _pick_id(pick, store.exported(), run)
-        spent = store.items_evaluated(measured=True)
-        with StageBars() as bars:  # measuring and the file merge take minutes at size
-            runner.progress = bars
-            measured, folder = runner.export_evaluation(eid, out, overwrite=overwrite)
-    click.echo(visible(f"wrote {folder}: evaluation {eid} ({measured.method}), "
-                       f"{measured_on(store)}: {measured_scores(store, measured)}"))
-    if store.items_evaluated(measured=True) != spent:  # its held-out items alone, too: the report's to rewrite
+        with _runner(run, scheduler=scheduler) as runner:
+            store = runner.workspace.store
+            eid = _pick_id(pick, store.exported(), run)
+            spent = store.items_evaluated(measured=True)
+            with StageBars() as bars:  # measuring and the file merge take minutes at size
+                runner.progress = bars
+                measured, folder = runner.export_evaluation(eid, out, overwrite=overwrite)
+            scores, newly_measured = measured_scores(store, measured), store.items_evaluated(measured=True) != spent
+            measured_where = measured_on(store)
+    click.echo(visible(f"wrote {folder}: evaluation {eid} ({measured.method}), {measured_where}: {scores}"))
+    if newly_measured:  # its held-out items alone, too: the report's to rewrite
         click.echo(f"evaluation {eid} was measured for this export: `{shell('evo-merge', 'report', run)}` adds it to "
                    "report.md and evaluations.csv")
     if repo_id is not None:
@@ -397,6 +397,7 @@ def _pick_id(pick: str, picks: dict[str, tuple[int, str]], run: Path) -> int:
     """`--pick`: an evaluation id, or a pick's name (its evaluation, as the run stored it when it
     exported the picks into models/): the docs call the exported folders picks by those names."""
     from evo_merge.errors import UserError
+    from evo_merge.search.layout import EVALUATIONS_CSV
 
     number = pick.strip()
     if number.isascii() and number.isdigit():  # '²' is a digit to str.isdigit, not to int()
@@ -408,5 +409,5 @@ def _pick_id(pick: str, picks: dict[str, tuple[int, str]], run: Path) -> int:
         return picks[pick][0]
     named = ", ".join(f"{name} ({eid})" for name, (eid, _) in picks.items())
     held = f"this run's picks: {named}" if named else "this run has no picks yet (they come when it finishes)"
-    raise UserError(f"--pick {pick}: neither an evaluation id (the id column of {run / 'evaluations.csv'}) nor a "
+    raise UserError(f"--pick {pick}: neither an evaluation id (the id column of {run / EVALUATIONS_CSV}) nor a "
                     f"pick of this run; {held}")

@@ -242,12 +242,8 @@ def open_records(run_dir: str | Path) -> CampaignStore:
     now says (the trust check reads its marks so); nothing is created."""
     run_dir = Path(run_dir).expanduser()
     check_run_files(run_dir)
-    store = CampaignStore(run_dir)
-    try:
+    with CampaignStore(run_dir).closed_on_error() as store:
         _require_campaign(store, run_dir)  # a store that lost it is damaged, whatever the file says
-    except UserError:
-        store.close()
-        raise
     return store
 
 
@@ -255,17 +251,14 @@ def open_run(run_dir: str | Path) -> CampaignStore:
     """The store of an existing run folder, checked against the folder's own campaign.yaml as
     `resume` checks it; nothing is created (reading a run must not start one)."""
     run_dir = Path(run_dir).expanduser()
-    store = open_records(run_dir)
-    try:
+    with open_records(run_dir).closed_on_error() as store:
         if store.get_meta(CAMPAIGN_TEXT_META) != campaign_text_digest(run_dir):
             changed = differences(store, Campaign.load(run_dir / CAMPAIGN_FILE))
             if changed is not None:  # the run's own record is intact: the file is what changed
+                start = shell("evo-merge", "run", "CAMPAIGN.yaml", "--out", run_dir)
                 raise UserError(f"{run_dir / CAMPAIGN_FILE}: edited since the run started{changed}; undo the edit "
-                                f"(`evo-merge run CAMPAIGN.yaml --out {run_dir}` with the campaign it started with "
-                                "writes it back), or start the edited campaign in a new run folder")
-    except UserError:
-        store.close()
-        raise
+                                f"(`{start}` with the campaign it started with writes it back), or start the "
+                                "edited campaign in a new run folder")
     return store
 
 
@@ -279,24 +272,19 @@ def read_run(run: str | Path) -> tuple[CampaignStore, dict[str, Any]]:
         if pid := holder(run):  # a run that has not written its campaign yet
             raise UserError(f"{run}: a run is starting here (pid {pid}); it has not written its campaign yet") from None
         raise
-    facts = store.get_meta(FACTS_META)
-    if facts is None:  # starting, stopped before its tasks were loaded, or written before facts were stored
-        store.close()
-        if pid := holder(run):
-            raise UserError(f"{run}: a run is starting here (pid {pid}); it has not recorded its tasks yet")
-        again = shell("evo-merge", "resume", run)
-        raise UserError(f"{run}: the campaign has not recorded its tasks yet; `{again}` records them")
-    tasks = {t["name"] for t in facts["tasks"]}
-    scored = store.scored_tasks() or tasks
-    if scored != tasks:  # every reader takes the recorded tasks for those the evaluations were scored on
-        store.close()
-        raise UserError(f"{run}: state.sqlite is damaged: its tasks ({', '.join(sorted(tasks))}) are not those its "
-                        f"evaluations were scored on ({', '.join(sorted(scored))})")
-    try:
+    with store.closed_on_error():
+        facts = store.get_meta(FACTS_META)
+        if facts is None:  # starting, stopped before its tasks were loaded, or written before facts were stored
+            if pid := holder(run):
+                raise UserError(f"{run}: a run is starting here (pid {pid}); it has not recorded its tasks yet")
+            again = shell("evo-merge", "resume", run)
+            raise UserError(f"{run}: the campaign has not recorded its tasks yet; `{again}` records them")
+        tasks = {t["name"] for t in facts["tasks"]}
+        scored = store.scored_tasks() or tasks
+        if scored != tasks:  # every reader takes the recorded tasks for those the evaluations were scored on
+            raise UserError(f"{run}: state.sqlite is damaged: its tasks ({', '.join(sorted(tasks))}) are not those "
+                            f"its evaluations were scored on ({', '.join(sorted(scored))})")
         check_picks_held_out(store)
-    except UserError:
-        store.close()
-        raise
     return store, facts
 
 

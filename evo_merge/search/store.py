@@ -17,8 +17,8 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -173,6 +173,23 @@ class CampaignStore:
 
     def close(self) -> None:
         self.db.close()
+
+    def __enter__(self) -> CampaignStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def closed_on_error(self) -> Iterator[CampaignStore]:
+        """The store, closed if the block raises anything (Ctrl-C and an OSError too), for a caller
+        that hands it on open when the block succeeds: the checks that open a run folder refuse it
+        in many ways, and each that returned without closing left its database open (audit 130)."""
+        try:
+            yield self
+        except BaseException:
+            self.close()
+            raise
 
     def damaged(self, where: str) -> UserError:
         """A value the store wrote that no longer reads as written: the database was edited or damaged."""

@@ -181,30 +181,22 @@ class Workspace:
         with models_moved_hint(run_dir):
             refs = campaign_references(campaign)
         check_estimator(campaign)
-        store = CampaignStore(run_dir)
-        try:
+        with CampaignStore(run_dir).closed_on_error() as store:
             campaign = _bind(store, campaign, run_dir)
             # marked as soon as bound: a kill in the minutes of digests and alignment below must not
             # leave the user's own folder taken for a received one
             mark_trusted(store, campaign.tasks)
             _check_weights(store, refs)
-        except UserError:
-            store.close()
-            raise
-        models = [refs[f"models.{i}"] for i in range(len(campaign.models))]
-        if campaign.align is not None:
+            models = [refs[f"models.{i}"] for i in range(len(campaign.models))]
+            if campaign.align is None:
+                base = refs["base_model"]
+                names = [base.name, *(r.name for r in models)]
+                return cls(campaign, run_dir, base.path, [r.path for r in models], store, names)
             data = existing_path(campaign.align.data, "align.data", "data file") if campaign.align.data else None
             base, aligned = aligned_paths(campaign.align, [r.path for r in models], run_dir / ALIGNED_FOLDER, data)
             workspace = cls(campaign, run_dir, base, aligned, store)
-            try:
-                _check_weights(store, workspace.aligned_references(), ALIGNED_AGAIN)
-            except UserError:
-                store.close()
-                raise
+            _check_weights(store, workspace.aligned_references(), ALIGNED_AGAIN)
             return workspace
-        base = refs["base_model"]
-        names = [base.name, *(r.name for r in models)]
-        return cls(campaign, run_dir, base.path, [r.path for r in models], store, names)
 
     def check_models_unchanged(self) -> None:
         """Refuse to go on when a model's files changed since the run folder recorded them: its

@@ -1065,6 +1065,38 @@ def test_a_damaged_database_is_an_error_naming_what_is_damaged(copy, edit, where
             assert code == 0, output
 
 
+def _open_databases(folder):
+    """The descriptors this process holds open on files of `folder` (Linux: /proc/self/fd)."""
+    links = (os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+             if os.path.exists(f"/proc/self/fd/{fd}"))
+    return [link for link in links if link.startswith(str(folder))]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
+@pytest.mark.parametrize("edit", [
+    "UPDATE meta SET value = '\"x\"' WHERE key = 'facts'",  # the facts: read after the store opened
+    "UPDATE evaluations SET estimates = '{\"other\": 0.5}' WHERE id = 1",  # tasks not those it scored
+    "UPDATE evaluations SET estimates = '{bad' WHERE id = 1",  # read as the tasks it scored
+])
+def test_a_run_folder_refused_after_its_store_opened_leaves_no_database_open(copy, edit):
+    """`read_run` (status, report) left the store open on the refusals that come after it opened,
+    one more database per call until a garbage collection (audit 130)."""
+    from evo_merge.errors import UserError
+    from evo_merge.search.binding import read_run
+
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        db.execute(edit)
+        db.commit()
+    for _ in range(3):
+        try:
+            read_run(copy)
+        except UserError:
+            pass
+        else:
+            raise AssertionError("not refused")
+    assert _open_databases(copy) == []
+
+
 def _written_store(folder):
     """A store written as a run writes it: a calibration evaluation measured on every item, a
     search one with estimates and SEs, and a failed one; (store, the search one's key)."""
