@@ -210,6 +210,9 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     if endpoints is not None and estimator not in ENDPOINT_ESTIMATORS:  # it would be ignored without a word
         raise UserError(f"--endpoints: only {' and '.join(ENDPOINT_ESTIMATORS)} use the endpoints, not --estimator "
                         f"{estimator}")
+    if estimator == ADAPTIVE and (budget is not None or method is not None):  # its items are its own
+        raise UserError(f"--{'budget' if budget is not None else 'method'}: names a stored anchor set, which "
+                        "--estimator adaptive does not read (it chooses each subject's items itself)")
     model = IRTModel.load(model_dir)
     if method is not None:  # `irt anchors --method auto` stored its set under the method auto resolved to
         method = choose_anchor_method(method, len(model.subject_ids))[0]
@@ -287,6 +290,7 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
         check_output_file(csv_path, overwrite, "--csv")
     ends = [s.strip() for s in endpoints.split(",") if s.strip()] if endpoints else []
     anchor_methods, budget_list = _methods(methods), list(dict.fromkeys(_int_list(budgets, "--budgets")))
+    dims, backend_options = _auto_or_count(dims, "--dims"), _backend_options(backend, epochs, lr)  # before the reading
     with StageBars() as bars:
         data = load_responses(responses, items_as_rows=items_as_rows, scenarios=scenarios)
         # the folds that hold every subject out once: the default's, and the summary's advice after one split
@@ -294,9 +298,9 @@ def validate(ctx: click.Context, responses: Path, hold_out: str, test_frac: floa
         if folds == "auto":
             folds = 1 if split_given or refold is None else refold
         table = run_validation(data, test_frac=test_frac, folds=folds, budgets=budget_list,
-                               methods=anchor_methods, seed=seed, backend=backend, dims=_auto_or_count(dims, "--dims"),
+                               methods=anchor_methods, seed=seed, backend=backend, dims=dims,
                                repeats=repeats, endpoints=ends, overall=overall, draws=draws, hold_out=hold_out,
-                               balance=balance, progress=bars, **_backend_options(backend, epochs, lr))
+                               balance=balance, progress=bars, **backend_options)
     console = results_console(width=140)  # the table is about 135 wide: never folded
     console.print(validation_table(table, hold_out))
     if summary := default_summary(table, overall, refold):

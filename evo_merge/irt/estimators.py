@@ -163,6 +163,8 @@ class Estimator:
     ) -> None:
         if kind not in KINDS:
             raise UserError(f"unknown estimator {kind!r} (choose from {', '.join(KINDS)})")
+        if adaptive_options and kind != ADAPTIVE:  # a stopping rule for another kind was ignored without a word
+            raise UserError(f"estimator {kind} takes no {', '.join(sorted(adaptive_options))}: only adaptive does")
         if gmp_delta != "auto" and not (isinstance(gmp_delta, (int, float)) and 0.0 <= gmp_delta <= 1.0):
             raise UserError(f"gmp-IRT delta must be 'auto' or a number in [0, 1], not {gmp_delta!r}")
         self.model, self.kind = model, kind

@@ -56,6 +56,25 @@ def test_a_scenario_known_at_the_prior_starts_with_no_items(two_scenarios):
     assert estimator.anchor_ids == []
 
 
+def test_a_stopping_rule_for_another_kind_is_refused_not_ignored(two_scenarios, tmp_path):
+    """`Estimator(model, anchors, "gpirt", max_items=5)` ran as if no rule had been given, and `irt
+    estimate --estimator adaptive --budget 10` read no anchor set of 10 without a word (audit 130)."""
+    from click.testing import CliRunner
+
+    from evo_merge.cli import cli
+    from evo_merge.irt import select_anchors
+
+    *_, model = two_scenarios
+    with pytest.raises(UserError, match=r"^estimator gpirt takes no max_items, target_se: only adaptive does$"):
+        Estimator(model, select_anchors(model, 4, "random", seed=0), "gpirt", max_items=5, target_se=0.1)
+    model.save(tmp_path / "m")
+    for option in (("--budget", "10"), ("--method", "random")):
+        result = CliRunner().invoke(cli, ["irt", "estimate", str(tmp_path / "m"), "--responses",
+                                          str(tmp_path / "r.csv"), "--estimator", "adaptive", *option])
+        refusal = f"error: {option[0]}: names a stored anchor set, which --estimator adaptive does not read"
+        assert result.exit_code == 2 and result.output.startswith(refusal), result.output
+
+
 def test_deterministic_given_seed_and_resumes_from_stored_scores(two_scenarios):
     _, _, responses, model = two_scenarios
     row = ResponseMatrix.from_long(responses, model.item_ids).scores[3]

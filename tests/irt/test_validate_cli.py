@@ -449,6 +449,17 @@ def test_a_budget_below_one_is_refused_by_its_option_before_the_model_is_read(tm
     assert result.exit_code == 2 and "Invalid value for '--budget': 0 is not in the range x>=1" in result.output
 
 
+@pytest.mark.parametrize("command", ["fit", "validate"])
+@pytest.mark.parametrize(("option", "message"), [(("--dims", "x"), "--dims: expected 'auto' or a positive integer"),
+                                                 (("--lr", "0.1"), "--lr")])
+def test_an_option_s_mistake_is_named_before_the_responses_are_read(tmp_path, command, option, message):
+    """`validate` read the responses (a missing file, minutes of a large one) before it looked at
+    `--dims` and the backend's options; `fit` looked first (audit 130)."""
+    out = ("--out", str(tmp_path / "m")) if command == "fit" else ()
+    result = CliRunner().invoke(cli, ["irt", command, str(tmp_path / "none.csv"), *out, *option])
+    assert result.exit_code == 2 and message in result.output and "none.csv" not in result.output, result.output
+
+
 def test_errors_about_a_responses_file_start_with_its_name(tmp_path):
     """Too few subjects, an unknown item and a subject without a scenario's anchors did not say which file."""
     rng = np.random.default_rng(0)
