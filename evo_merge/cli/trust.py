@@ -58,7 +58,8 @@ def check_tasks_trusted(campaign_file: Path, run: Path, trust_tasks: bool, *, re
         return
     with naming_file(campaign_file):
         campaign = Campaign.load(campaign_file)
-    tasks = resolve_campaign(campaign, campaign_file.parent).tasks
+    campaign = resolve_campaign(campaign, campaign_file.parent)  # as the run recorded it: task paths absolute
+    tasks = campaign.tasks
     if (code := code_task(tasks)) is None:
         return
     if not resuming and not any((run / name).exists() for name in (CAMPAIGN_FILE, CampaignStore.DB)):

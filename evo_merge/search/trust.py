@@ -101,13 +101,17 @@ def code_task(tasks: Sequence[TaskSpec]) -> tuple[int, str] | None:
 def mark_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> None:
     """Mark the folder as run here with these tasks, where they run code of their own. A key that
     cannot be written (a read-only home) is said, and the folder goes unmarked: its resume then
-    needs --trust-tasks, as a received one does."""
+    needs --trust-tasks, as a received one does. A damaged key file is refused with the way out,
+    as `is_trusted` refuses it: said as a key that cannot be kept, the run went on unmarked and
+    its resume was refused over the same file (audit 130)."""
     if code_task(tasks) is None:
         return
     path = None
     try:
         path = key_file()
         key = _read_key(path) or _make_key(path)
+    except DamagedKey as exc:
+        raise UserError(str(exc)) from None
     except OSError as exc:
         log.warning("cannot keep evo-merge's run key%s (%s): this run folder is not marked as run by you, "
                     "and resuming or exporting it will need --trust-tasks", f" at {path}" if path else "",

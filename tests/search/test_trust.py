@@ -275,18 +275,20 @@ def test_a_mark_covers_where_a_task_s_code_is_read_from(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("content", [b"short", bytes(40)])
-def test_a_key_file_of_another_length_is_said_with_the_way_out(tmp_path, monkeypatch, caplog, content):
+def test_a_key_file_of_another_length_is_refused_with_the_way_out(tmp_path, monkeypatch, content):
+    """Said as "cannot keep evo-merge's run key", the run went on unmarked and its resume was then
+    refused over the same file (audit 130): refused when marking too, as when checking."""
     from evo_merge.config import TaskSpec
+    from evo_merge.errors import UserError
     from evo_merge.search.trust import mark_trusted
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     key_file().parent.mkdir(parents=True)
     key_file().write_bytes(content)
-    store = CampaignStore(tmp_path / "run")
-    with caplog.at_level("WARNING", logger="evo_merge"):
+    with CampaignStore(tmp_path / "run") as store, pytest.raises(UserError) as refused:
         mark_trusted(store, [TaskSpec(task="mine:task", name="t")])
-    assert f"holds {len(content)} bytes, not a key of 32; remove it and a new key is made" in caplog.text
-    store.close()
+    assert str(refused.value) == (f"{key_file()} holds {len(content)} bytes, not a key of 32; remove it and a new "
+                                  "key is made")
 
 
 def test_a_relative_config_home_is_ignored_as_the_xdg_rules_say(tmp_path, monkeypatch):
@@ -585,3 +587,29 @@ def test_a_received_folder_bound_before_its_settings_were_stored_is_said_not_to_
     assert "this run folder was not run by you here" in result.output and "--trust-tasks" in result.output, \
         result.output
     assert runs(marker) == before
+
+
+def test_a_folder_whose_campaign_names_its_task_file_relatively_is_told_apart_from_an_edited_one(
+        tmp_path, monkeypatch):
+    """The trust check compared the campaign's tasks as written (`mine/t.yaml`) with those the run
+    recorded (resolved, absolute): someone else's folder was said to name "other tasks than the
+    folder ran" (audit 130)."""
+    import shutil
+
+    from test_campaign import campaign
+
+    from evo_merge.cli.trust import check_tasks_trusted
+    from evo_merge.config import Campaign
+    from evo_merge.errors import UserError
+    from evo_merge.search.campaign import CampaignRunner
+    from evo_merge.tasks.registry import BENCHMARKS_DIR
+
+    shutil.copytree(BENCHMARKS_DIR / "arith", tmp_path / "mine")
+    path = campaign(tmp_path, save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2),
+                    tasks=[{"task": "mine/evo_arith.yaml", "name": "mine", "options": {"limit": 12}}])
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "me"))
+    CampaignRunner.open(Campaign.load(path), tmp_path, tmp_path / "run").close()
+    check_tasks_trusted(path, tmp_path / "run", False)  # the user's own: marked
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another user"))
+    with pytest.raises(UserError, match="and this run folder was not run by you here"):
+        check_tasks_trusted(path, tmp_path / "run", False)
