@@ -61,6 +61,7 @@ def demo(out: Path, zoo: Path) -> None:
     """Build (or reuse) the tiny-lm zoo and run a short campaign on the shipped benchmarks."""
     from evo_merge.cli.campaign import start_campaign
     from evo_merge.cli.template import campaign_text, run_command
+    from evo_merge.files import atomic_write
     from evo_merge.search.store import check_run_folder
 
     check_run_folder(out)  # before the zoo's minutes: a folder of other files is refused, as by `run`
@@ -72,7 +73,7 @@ def demo(out: Path, zoo: Path) -> None:
     _check_own_file(config, command, lambda written: written == text)  # the demo's, as written: a rerun resumes it
     _check_run_is_the_demo(out, text, config)
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(text)
+    atomic_write(config, text)  # a kill mid-write left a half file that the next `demo` refused as the user's
     start_campaign(config, out)
 
 
