@@ -20,8 +20,8 @@ from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
 from evo_merge.markup import shell, visible
 
 if TYPE_CHECKING:
-
     from evo_merge.config import Campaign
+    from evo_merge.search.campaign import CampaignRunner
     from evo_merge.search.store import Evaluation
 
 RUN_DIR = click.argument("run", type=UserPath(path_type=Path))
@@ -121,7 +121,7 @@ def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | Non
                     "there, or --no-tracking")
 
 
-def _summary_table(runner, picks: dict[str, Evaluation]):
+def _summary_table(runner: CampaignRunner, picks: dict[str, Evaluation]):
     """The endpoints and each pick (name -> its evaluation), their scores side by side."""
     from rich.table import Table
 
@@ -152,7 +152,7 @@ def _summary_table(runner, picks: dict[str, Evaluation]):
     return table
 
 
-def _run(runner) -> None:
+def _run(runner: CampaignRunner) -> None:
     from evo_merge.cli.progress import StageBars
     from evo_merge.console import results_console
     from evo_merge.report.campaign import write_report

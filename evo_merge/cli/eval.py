@@ -75,7 +75,6 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, options,
                             lambda done, total: bars(f"scoring {task.name}", done, total))
     if table.empty:
         raise UserError(f"task {task.name}: no items to score")
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_output_file(out, table.to_csv(index=False), overwrite)  # a full disk keeps the file that was there
     click.echo(f"{task.name}: {len(table)} items, mean score {table['score'].mean():.4f} -> {out}")
 

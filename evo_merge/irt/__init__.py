@@ -19,9 +19,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "KINDS": "estimators", "Estimate": "result", "Estimator": "estimators", "estimate_table": "estimators",
+    "Estimate": "result", "Estimator": "estimators", "estimate_table": "estimators",
     "ESTIMATOR_REVISION": "estimators",
-    "METHODS": "anchors", "Anchors": "anchors", "choose_anchor_method": "anchors", "load_anchors": "anchors",
+    "Anchors": "anchors", "choose_anchor_method": "anchors", "load_anchors": "anchors",
     "select_anchors": "anchors",
     "AdaptiveTest": "adaptive",
     "IRTModel": "model",

@@ -62,7 +62,6 @@ from evo_merge.irt.kinds import (
 from evo_merge.irt.model import IRTModel, positive_count
 
 log = logging.getLogger(__name__)
-METHODS = ANCHOR_METHODS
 # drawn at random (within strata): their mean's error is the design's, for every subject
 SAMPLED = ("random", "stratified", "stratified-irt")
 FALLBACK_METHOD = "stratified"
@@ -79,8 +78,8 @@ def choose_anchor_method(requested: str, n_subjects: int) -> tuple[str, str | No
     """The method to use for `requested` with this many calibration subjects (an automatic one
     resolved, the others as named), and why it is not what the automatic one names with enough
     subjects (None when it is, or nothing was resolved)."""
-    if requested not in METHODS:
-        raise UserError(f"unknown anchor method {requested!r} (choose from {', '.join(METHODS)})")
+    if requested not in ANCHOR_METHODS:
+        raise UserError(f"unknown anchor method {requested!r} (choose from {', '.join(ANCHOR_METHODS)})")
     if requested not in AUTOMATIC_ANCHOR_METHODS:
         return requested, None
     if n_subjects >= MIN_CLUSTER_SUBJECTS:
@@ -410,7 +409,7 @@ def select_anchors(model: IRTModel, budget: int, method: str = DEFAULT_ANCHOR_ME
         if reason:  # the designed choice, not a fault: an information line
             log.info(reason)
     if method not in SELECTABLE_ANCHOR_METHODS:
-        raise UserError(f"unknown anchor method {method!r} (choose from {', '.join(METHODS)})")
+        raise UserError(f"unknown anchor method {method!r} (choose from {', '.join(ANCHOR_METHODS)})")
     if (count := positive_count(budget)) is None:
         raise UserError(f"anchor budget must be a positive integer, not {budget!r}")
     budget = count  # a plain int: the stored set's JSON and its file name hold it

@@ -83,7 +83,6 @@ from evo_merge.irt.twopl import prob_2pl
 
 log = logging.getLogger(__name__)
 
-KINDS = ESTIMATOR_KINDS
 # prior on mp-IRT's coefficients λ: centred on the plain average 1/k, weak along the endpoints'
 # affine hull (merges interpolate), tight on Σλ (a merge is not a rescaled endpoint)
 MERGE_COEF_SD = 0.5
@@ -161,8 +160,8 @@ class Estimator:
         seed: int = 0,
         **adaptive_options: Any,
     ) -> None:
-        if kind not in KINDS:
-            raise UserError(f"unknown estimator {kind!r} (choose from {', '.join(KINDS)})")
+        if kind not in ESTIMATOR_KINDS:
+            raise UserError(f"unknown estimator {kind!r} (choose from {', '.join(ESTIMATOR_KINDS)})")
         if adaptive_options and kind != ADAPTIVE:  # a stopping rule for another kind was ignored without a word
             raise UserError(f"estimator {kind} takes no {', '.join(sorted(adaptive_options))}: only adaptive does")
         if gmp_delta != "auto" and not (isinstance(gmp_delta, (int, float)) and 0.0 <= gmp_delta <= 1.0):

@@ -32,6 +32,7 @@ from evo_merge.search.store import (
     SEARCH,
     CampaignStore,
     Evaluation,
+    competing,
     pick_folder_change,
 )
 
@@ -44,7 +45,7 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
     search = [e for e in evaluations if e.phase == SEARCH]
     ok = [e for e in search if e.status == "ok"]
     # the best among the candidates: the standard merges (baselines, measured as warm-ups) compete too
-    competing = ok + [e for e in evaluations if e.phase == BASELINE and e.status == "ok"]
+    candidates = competing(evaluations)
     finished = store.finished(facts["generations"])
     done = store.generations_completed()
     state = (f"running: pid {pid}" + _where(store, evaluations, done, facts["generations"]) if pid
@@ -62,8 +63,8 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
                  + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")
     race_record = store.get_meta(RACE_META) or {}
     sampled = (race_record.get("compared") or {}).get("scores", {})  # survivors' scores on the race's last sample
-    lines += _best_lines(objectives, competing, sampled, search_item_count(facts, store))
-    if competing and (note := se_note(facts, store)):
+    lines += _best_lines(objectives, candidates, sampled, search_item_count(facts, store))
+    if candidates and (note := se_note(facts, store)):
         lines.append(note)
     if finished:  # a run cut short may hold the picks of an earlier end
         by_id = {e.id: e for e in evaluations}

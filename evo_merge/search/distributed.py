@@ -38,6 +38,7 @@ from typing import Any
 
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError, described, first_line
+from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import ITEMS, CandidateFailed, Items, Job, JobProgress, Result, task_settings
 from evo_merge.search.local import LocalEvaluator
 
@@ -45,6 +46,7 @@ INSTALL = "pip install 'evo-merge[distributed]'"
 WORKER_WAIT_S = 60  # how long a campaign waits for a worker to join a running scheduler
 RELAY_EVERY_S = 0.5  # a worker sends a part's progress at most this often (and its start and end)
 POLL_S = 0.1  # the driver's wait between looks for finished jobs and progress (dask's own wait is 0.1 s)
+RESUBMITS = 1  # times a candidate whose workers died (`KilledWorker`) is submitted again before it fails
 TaskSpecs = tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...]  # (label, task string, settings)
 
 
@@ -115,7 +117,8 @@ class _Relay:
             self.send(self.topic, (self.index, done, total, part))
 
 
-def _evaluate_job(spec: WorkerSpec, candidate, items: Items, relay: tuple[str, int] | None = None) -> tuple[Any, float]:
+def _evaluate_job(spec: WorkerSpec, candidate: Candidate, items: Items,
+                  relay: tuple[str, int] | None = None) -> tuple[Any, float]:
     with _LOCK:
         evaluator, _ = _worker_evaluator(spec)
         progress = None if relay is None else _Relay(*relay)
@@ -188,17 +191,16 @@ def start_local_cluster(n_workers: int, gpus: Sequence[int] = ()) -> Any:
 
     distributed = import_distributed()
     # no memory limit: a worker holding the models must not be paused or restarted for its size
-    options = {"nthreads": 1, "memory_limit": 0, "silence_logs": logging.ERROR}
+    worker = {"memory_limit": 0, "silence_logs": logging.ERROR}
     scheduler = {"host": "127.0.0.1", "dashboard": False, "dashboard_address": "127.0.0.1:0"}
     # dask's default MALLOC_TRIM_THRESHOLD_ (64 KiB) hands freed memory back to the OS at once: with
     # torch allocating activations batch after batch it made evaluation ~40% slower here
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), _ctrl_c_left_here():
         if not gpus:
-            return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                            memory_limit=0, silence_logs=logging.ERROR, dashboard_address=None,
-                                            scheduler_kwargs=scheduler)
+            return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, **worker,
+                                            dashboard_address=None, scheduler_kwargs=scheduler)
         workers = {i: {"cls": distributed.Nanny,
-                       "options": {**options, "env": {"CUDA_VISIBLE_DEVICES": visible_device(gpu)},
+                       "options": {**worker, "nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": visible_device(gpu)},
                                    "resources": {"GPU": 1}}}
                    for i, gpu in enumerate(list(gpus)[:n_workers])}
         return distributed.SpecCluster(workers=workers, scheduler={"cls": distributed.Scheduler, "options": scheduler},
@@ -234,12 +236,11 @@ class DaskEvaluator:
     `close()`. Nothing here is ever pickled into the algorithm checkpoint."""
 
     def __init__(self, spec: WorkerSpec, *, address: str | None = None, n_workers: int | None = None,
-                 gpus: Sequence[int] = (), resubmits: int = 1):
+                 gpus: Sequence[int] = ()):
         self._distributed = import_distributed()  # the missing-extra message comes before any work
         if (address is None) == (n_workers is None):
             raise UserError("evaluator: kind dask needs either `address` or `n_workers`")
         self.spec, self.address, self.n_workers, self.gpus = spec, address, n_workers, list(gpus)
-        self.resubmits = resubmits
         self._client: Any = None
         self._cluster: Any = None
 
@@ -342,7 +343,7 @@ class DaskEvaluator:
                         outcome, seconds = future.result()
                     except distributed.KilledWorker:
                         deaths[i] += 1
-                        if deaths[i] <= self.resubmits:
+                        if deaths[i] <= RESUBMITS:
                             pending.add(submit(i))
                             continue
                         outcome, seconds = CandidateFailed(

@@ -32,7 +32,7 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.pooling import pooled
 from evo_merge.search.race import PICKS_META, RACE_META, SEED_OFFSET, RaceSample, run_race
 from evo_merge.search.space import SearchSpace
-from evo_merge.search.store import BASELINE, BASELINES_META, POOLED_META, SEARCH, CampaignStore, Evaluation
+from evo_merge.search.store import BASELINE, BASELINES_META, POOLED_META, CampaignStore, Evaluation, competing
 
 MEASURE_STAGE = "final: measuring the finalists"
 PICKS_STAGE = "final: measuring the picks on every item"
@@ -40,10 +40,8 @@ PickScore = Callable[[Mapping[str, float]], float]  # task scores -> how good fo
 
 
 def candidates(store: CampaignStore) -> list[Evaluation]:
-    """Successful search and baseline evaluations, in a fixed order (ids follow completion order
-    on a cluster, so ties are broken by generation and key)."""
-    done = [e for phase in (SEARCH, BASELINE) for e in store.evaluations(phase) if e.status == "ok"]
-    return sorted(done, key=lambda e: (e.generation or 0, e.key))
+    """The store's successful search and baseline evaluations, in a fixed order (`competing`)."""
+    return competing(store.evaluations())
 
 
 def front(store: CampaignStore, objectives: Objectives) -> list[Evaluation]:

@@ -25,8 +25,7 @@ def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None,
     from evo_merge.errors import naming_file
     from evo_merge.merge.storage import check_disk_dir
     from evo_merge.search.capacity import gpu_elsewhere
-    from evo_merge.search.estimator_checks import check_estimator
-    from evo_merge.search.workspace import campaign_references, existing_path, resolve_campaign
+    from evo_merge.search.workspace import checked_campaign
     from evo_merge.weights.checkpoint import read_config
     from evo_merge.weights.devices import resolve_device
 
@@ -34,9 +33,7 @@ def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None,
         campaign = Campaign.load(campaign_file)
         if evaluator is not None:
             campaign = campaign.model_copy(update={"evaluator": evaluator})
-        campaign = resolve_campaign(campaign, campaign_file.parent)
-        refs = campaign_references(campaign)  # as the run resolves and checks them
-        check_estimator(campaign)
+        campaign, refs = checked_campaign(campaign, campaign_file.parent)  # as the run resolves and checks them
         if not (planning and gpu_elsewhere(campaign)):
             resolve_device(campaign.device)  # a GPU that is not here: said naming the file, before any model
         for line in campaign.ignored_settings():
@@ -49,8 +46,6 @@ def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None,
             check_disk_dir(storage.disk_dir)  # a remote cluster's workers keep their files on their own machines
         if campaign.align is not None:
             check_arch(campaign.align.arch, read_config(models[0]) or {}, "align.arch")
-            if campaign.align.data is not None:
-                existing_path(campaign.align.data, "align.data", "data file")
     return campaign, base, models
 
 

@@ -48,14 +48,13 @@ def overlapping(members: Sequence[Evaluation], names: Sequence[str]) -> list[Eva
     return [a for a in members if a.measured is None and any(a is not b and _within(a, b, names) for b in members)]
 
 
-def resolve_front(ledger: EvaluationLedger, objectives: Objectives) -> list[Evaluation]:
-    """Refine the overlapping front members (adaptive estimators only); returns those refined."""
+def resolve_front(ledger: EvaluationLedger, objectives: Objectives) -> None:
+    """Refine the overlapping front members (adaptive estimators only)."""
     if not ledger.scoring.adaptive():
-        return []
+        return
     keys = ledger.store.get_meta(RESOLVED_META)
     if keys is None:
         keys = [e.key for e in overlapping(front(ledger.store, objectives), objectives.names)]
         ledger.store.set_meta(RESOLVED_META, keys)
     unresolved = [ledger.store.get(key) for key in keys]
     ledger.refine(unresolved, REFINE_PRECISION, STAGE)  # a test already at its precision asks for nothing
-    return unresolved

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evo_merge.config import EstimatorSpec
 from evo_merge.errors import UserError
 from evo_merge.files import parse_json
 from evo_merge.irt import ESTIMATOR_REVISION, Estimator, IRTModel, choose_anchor_method, select_anchors
@@ -74,8 +75,8 @@ class Scoring:
     """Holds the fitted estimators once `fit` ran (the runner's calibration); `estimate` turns anchor scores
     into task scores."""
 
-    def __init__(self, spec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path, seed: int,
-                 holdout: Mapping[str, Sequence[str]] | None = None):
+    def __init__(self, spec: EstimatorSpec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path,
+                 seed: int, holdout: Mapping[str, Sequence[str]] | None = None):
         self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
         self._said: set[str] = set()  # fallbacks of automatic anchors already logged (said once, not per task)
         self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}

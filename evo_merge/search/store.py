@@ -598,11 +598,24 @@ def check_no_links(run_dir: Path) -> None:
     links = sorted(entry for entry in run_dir.iterdir() if entry.is_symlink()) if run_dir.is_dir() else []
     for name in RECORD_FOLDERS:
         if not links and (run_dir / name).is_dir():
-            links = sorted(Path(top) / entry for top, dirs, files in os.walk(run_dir / name)
-                           for entry in dirs + files if (Path(top) / entry).is_symlink())
+            links = sorted(_links_under(run_dir / name))
     if links:
         raise UserError(f"{links[0]}: is a link (to {os.readlink(links[0])}); a run folder's entries are written "
                         "through, so links are refused: put the whole run folder where its files should be (--out)")
+
+
+def competing(evaluations: Iterable[Evaluation]) -> list[Evaluation]:
+    """The successful search and baseline evaluations, what competes for the front and the best, in
+    a fixed order (ids follow completion order on a cluster, so ties are broken by generation and
+    key). Here, torch-free, for `status` as for the front."""
+    done = [e for e in evaluations if e.phase in (SEARCH, BASELINE) and e.status == "ok"]
+    return sorted(done, key=lambda e: (e.generation or 0, e.key))
+
+
+def _links_under(folder: Path) -> Iterator[Path]:
+    """The links anywhere under `folder` (not followed: os.walk lists a link to a folder, never enters it)."""
+    return (Path(top) / entry for top, dirs, files in os.walk(folder) for entry in dirs + files
+            if (Path(top) / entry).is_symlink())
 
 
 def pick_folder_change(folder: Path) -> str | None:
@@ -610,8 +623,7 @@ def pick_folder_change(folder: Path) -> str | None:
     (None: nothing seen): its card gone (`push` refuses a folder without one), or a file made a link
     (what it points at can change under the pick). `resume` exports such a pick again; `status`
     says so. Its weights are compared with the run's record by the exporter, which reads them."""
-    if link := next((Path(top) / entry for top, dirs, files in os.walk(folder)
-                     for entry in dirs + files if (Path(top) / entry).is_symlink()), None):
+    if link := next(_links_under(folder), None):
         return f"{link.relative_to(folder)} is a link (to {os.readlink(link)}), where the run wrote a file"
     if not (folder / "README.md").is_file():
         return "its model card (README.md) is gone"

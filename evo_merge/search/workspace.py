@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from evo_merge.config import DEFAULTS_VERSION, Campaign
+from evo_merge.config import DEFAULTS_VERSION, AlignSpec, Campaign
 from evo_merge.errors import MissingModel, UserError
 from evo_merge.files import atomic_write, parse_json
 from evo_merge.schema import is_path_like
@@ -123,6 +123,18 @@ def with_disk_dir(campaign: Campaign, run_dir: Path) -> Campaign:
     return campaign.model_copy(update={"storage": storage.model_copy(update={"disk_dir": os.path.abspath(run_dir)})})
 
 
+def checked_campaign(campaign: Campaign, root: Path) -> tuple[Campaign, dict[str, ModelRef]]:
+    """The campaign with its paths resolved against `root` (the campaign file's folder), its models
+    found and its estimator and alignment data checked: what `run`, `resume` and `plan` check
+    before any model loads (`preflight`) and what the run opens with, one code for both."""
+    campaign = resolve_campaign(campaign, root)
+    refs = campaign_references(campaign)
+    check_estimator(campaign)
+    if campaign.align is not None and campaign.align.data is not None:
+        existing_path(campaign.align.data, "align.data", "data file")
+    return campaign, refs
+
+
 def existing_path(value: str, key: str, what: str = "model path") -> Path:
     """The resolved path of a model (or `what`) the campaign names at `key`; a missing one is a user
     error naming the key."""
@@ -140,7 +152,7 @@ def model_reference(value: str, key: str) -> ModelRef:
     return resolve_reference(value, None, key)
 
 
-def aligned_paths(spec, models: list[Path], out: Path, data: Path | None) -> tuple[Path, list[Path]]:
+def aligned_paths(spec: AlignSpec, models: list[Path], out: Path, data: Path | None) -> tuple[Path, list[Path]]:
     """Align the endpoints once (reused on resume): (the reference, the aligned folders)."""
     from evo_merge.align.api import PERMUTATIONS_FILE, align_folders, average_folders
 
@@ -176,11 +188,9 @@ class Workspace:
     @classmethod
     def open(cls, campaign: Campaign, root: Path, run_dir: Path) -> Workspace:
         """Resolve, align once, and bind the run folder to this campaign (or check it is bound to it)."""
-        campaign = resolve_campaign(campaign, Path(root))
         run_dir = Path(run_dir)
         with models_moved_hint(run_dir):
-            refs = campaign_references(campaign)
-        check_estimator(campaign)
+            campaign, refs = checked_campaign(campaign, Path(root))
         with CampaignStore(run_dir).closed_on_error() as store:
             campaign = _bind(store, campaign, run_dir)
             # marked as soon as bound: a kill in the minutes of digests and alignment below must not
