@@ -174,13 +174,13 @@ def campaign_plan(campaign: Campaign, base_path: str | Path, model_paths: Sequen
     if plan.fits:
         return plan
     disk_short = plan.available_disk is not None and plan.need_disk > plan.available_disk
-    plan.alternative = _leaner(campaign, shapes, len(model_paths), target, current, eval_dtype, resuming, disk_short)
+    plan.alternative, found = _leaner(campaign, shapes, len(model_paths), target, current, eval_dtype, resuming,
+                                      disk_short)
     roomy = disk_short and plan_for(campaign, shapes, len(model_paths), replace(target, disk=None), current, eval_dtype)
     if roomy and roomy.fits:  # the settings fit where the files have room: said beside, or instead of, the leanest
         elsewhere = f"storage.disk_dir on a disk with {gib(plan.need_disk)} free"
-        none = plan.alternative.startswith(("no storage setting", "no leaner"))
-        plan.alternative = (f"{elsewhere} fits ({_needs(roomy)})" if none
-                            else f"{plan.alternative}; so does {elsewhere} ({_needs(roomy)})")
+        plan.alternative = (f"{plan.alternative}; so does {elsewhere} ({_needs(roomy)})" if found
+                            else f"{elsewhere} fits ({_needs(roomy)})")
     largest = max(plan.lines, key=lambda line: line.host + line.device).what
     if largest.startswith("activations") and "sequence_tokens" not in campaign.evaluator.model_fields_set:
         plan.alternative += (f"; the activations are sized for {ACTIVATION_TOKENS}-token sequences, "
@@ -190,9 +190,9 @@ def campaign_plan(campaign: Campaign, base_path: str | Path, model_paths: Sequen
 
 
 def _leaner(campaign: Campaign, shapes: Shapes, n_models: int, target: Target, current: Storage,
-            eval_dtype: torch.dtype, resuming: bool, disk_short: bool = False) -> str:
-    """The first setting that fits, in words, or why none is offered. `disk_short`: `disk`
-    placement's folder lacks the room, so keeping the weights in memory is leaner there."""
+            eval_dtype: torch.dtype, resuming: bool, disk_short: bool = False) -> tuple[str, bool]:
+    """(the first setting that fits, in words, True), or (why none is offered, False). `disk_short`:
+    `disk` placement's folder lacks the room, so keeping the weights in memory is leaner there."""
     batch = campaign.evaluator.batch_size
     batches = [batch] if resuming else [batch >> k for k in range(batch.bit_length())]  # 32, 16, ..., 1
     # `disk` (on a CPU too: it keeps the stored weights out of RAM) is read back for every candidate; on a
@@ -213,16 +213,16 @@ def _leaner(campaign: Campaign, shapes: Shapes, n_models: int, target: Target, c
     resume = ("a resume keeps this run's batch size and dtypes: start the campaign in a new run folder with a "
               "smaller evaluator.batch_size")
     if not settings:  # nothing leaner to offer: a resume on disk, or batch 1 with bf16 everywhere on disk
-        return resume if resuming else "no leaner storage setting or batch size exists"
+        return (resume if resuming else "no leaner storage setting or batch size exists"), False
     for storage, ev, b in settings:
         other = plan_for(campaign, shapes, n_models, target, storage, ev, b)
         if other.fits:
-            return f"{_changes(current, eval_dtype, batch, storage, ev, b)} fits ({_needs(other)})"
+            return f"{_changes(current, eval_dtype, batch, storage, ev, b)} fits ({_needs(other)})", True
     storage, ev, b = settings[-1]
     lean = plan_for(campaign, shapes, n_models, target, storage, ev, b)
     leanest = (f"no storage setting or batch size fits; the leanest "
                f"({_changes(None, eval_dtype, batch, storage, ev, b)}) {lean.shortfall()}")
-    return f"{leanest}; {resume}" if resuming else leanest
+    return (f"{leanest}; {resume}" if resuming else leanest), False
 
 
 def _changes(current: Storage | None, eval_dtype: torch.dtype, batch: int, storage: Storage, ev: torch.dtype,
