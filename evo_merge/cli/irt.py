@@ -202,7 +202,15 @@ def anchors(model_dir: Path, budget: int, method: str, allocation: str, seed: in
 def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | None, budget: int | None,
              method: str | None, gmp_delta: str, items_as_rows: bool, out: Path | None, overwrite: bool) -> None:
     """Estimate per-scenario accuracy of the subjects in --responses: CSV subject,scenario,estimator,estimate,se."""
-    from evo_merge.irt import Estimator, IRTModel, choose_anchor_method, estimate_table, load_anchors, load_responses
+    from evo_merge.irt import (
+        AdaptiveEstimator,
+        Estimator,
+        IRTModel,
+        choose_anchor_method,
+        estimate_table,
+        load_anchors,
+        load_responses,
+    )
 
     if out is not None:
         check_output_file(out, overwrite)
@@ -217,7 +225,8 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     if method is not None:  # `irt anchors --method auto` stored its set under the method auto resolved to
         method = choose_anchor_method(method, len(model.subject_ids))[0]
     anchors = None if estimator == ADAPTIVE else load_anchors(model_dir, budget, method, model.item_ids)
-    est = Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=delta)
+    est = (AdaptiveEstimator(model) if estimator == ADAPTIVE
+           else Estimator(model, anchors, estimator, endpoints=_endpoints(endpoints), gmp_delta=delta))
     with naming_file(partial):  # an item the model lacks, a subject without a scenario's anchors
         responses = load_responses(partial, items_as_rows=items_as_rows)
         table = estimate_table(est, responses)

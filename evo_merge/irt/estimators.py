@@ -9,7 +9,7 @@ For a scenario with N items of which n were seen:
   gpirt   λ·anchor + (1 − λ)·pirt,  λ = b̂²/(σ̂² + b̂²)
   mpirt   pirt with θ̂ = Σ_j λ_j θ_j restricted to the span of the endpoints' abilities
   gmpirt  δ·anchor + (1 − δ)·mpirt
-  adaptive  items chosen one step at a time by information at θ̂ (see `adaptive.py`)
+  adaptive  items chosen one step at a time by information at θ̂ (`AdaptiveEstimator`, `adaptive.py`)
 
 σ̂² (the anchor mean's error) and b̂² (the IRT part's error) are measured, not assumed: each
 fold of the model's cross-fit has item parameters fitted without its subjects; anchors are
@@ -147,41 +147,66 @@ def _pool(squared_errors: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return (np.nansum(squared_errors, axis=0) + PRIOR_SUBJECTS * prior) / (m + PRIOR_SUBJECTS)
 
 
+def make_estimator(model: IRTModel, anchors: Anchors | None, kind: str = DEFAULT_ESTIMATOR_KIND, *,
+                   seed: int = 0, **options: Any) -> Estimator | AdaptiveEstimator:
+    """The estimator of `kind`: an `AdaptiveEstimator` for `adaptive` (its `options` the test's
+    stopping rule: `target_se`, `max_items`, `step`), else an `Estimator` on `anchors` (`endpoints`,
+    `gmp_delta`)."""
+    if kind == ADAPTIVE:
+        return AdaptiveEstimator(model, seed=seed, **options)
+    return Estimator(model, anchors, kind, seed=seed, **options)
+
+
+class AdaptiveEstimator:
+    """Estimates from an adaptive test (`AdaptiveTest`): each subject's items are chosen one step at
+    a time by their information at its ability, so there is no anchor set shared by subjects, and
+    estimates are made one subject at a time, from the items it was scored on. The first step's
+    items (the same for every subject: nothing is known of it yet) stand for the anchors."""
+
+    kind = ADAPTIVE
+
+    def __init__(self, model: IRTModel, *, seed: int = 0, **options: Any) -> None:
+        error = held_out_error(model, seed=seed, **options)  # measured, as gp-IRT's parts are
+        if not error:
+            log.warning("adaptive estimates: %s, since no calibration subject held out of a fold answered every "
+                        "item to measure the model's own error on (docs/irt.md)", POSTERIOR_SE_CAVEAT)
+        self.model, self.scenarios = model, model.scenarios
+        self.test = AdaptiveTest(model, seed=seed, model_error=error, **options)
+        self.anchors = self.test.first_step()
+        self.anchor_ids = [i for s in self.scenarios for i in self.anchors.items[s]]
+
+    def estimate(self, scores: Mapping[str, float]) -> Estimate:
+        """Per-scenario and overall estimates, with SEs, from the items `scores` holds."""
+        return self.test.estimate(scores)
+
+
 class Estimator:
     """Accuracy estimates from anchor scores: `estimate({item: score})` -> `Estimate`."""
 
     def __init__(
         self,
         model: IRTModel,
-        anchors: Anchors | None,
+        anchors: Anchors,
         kind: str = DEFAULT_ESTIMATOR_KIND,
         endpoints: Sequence[str] | pd.DataFrame | None = None,
         gmp_delta: float | str = "auto",
         seed: int = 0,
-        **adaptive_options: Any,
     ) -> None:
+        if kind == ADAPTIVE:
+            raise UserError("estimator adaptive chooses each subject's items itself: make_estimator (or "
+                            "AdaptiveEstimator) builds it")
         if kind not in ESTIMATOR_KINDS:
             raise UserError(f"unknown estimator {kind!r} (choose from {', '.join(ESTIMATOR_KINDS)})")
-        if adaptive_options and kind != ADAPTIVE:  # a stopping rule for another kind was ignored without a word
-            raise UserError(f"estimator {kind} takes no {', '.join(sorted(adaptive_options))}: only adaptive does")
         if gmp_delta != "auto" and not (isinstance(gmp_delta, (int, float)) and 0.0 <= gmp_delta <= 1.0):
             raise UserError(f"gmp-IRT delta must be 'auto' or a number in [0, 1], not {gmp_delta!r}")
+        if anchors is None:
+            raise UserError(f"estimator {kind} needs anchors")
         self.model, self.kind = model, kind
         self.scenarios = model.scenarios
         code = {s: k for k, s in enumerate(self.scenarios)}
         self._item_onehot = np.eye(len(self.scenarios))[[code[s] for s in model.item_scenarios]]  # (items, K)
         self.sizes = self._item_onehot.sum(axis=0)
         self.share = self.sizes / self.sizes.sum()  # each scenario's weight in the overall score
-        if kind == ADAPTIVE:  # its items depend on the answers: the first step stands for the anchors
-            error = held_out_error(model, seed=seed, **adaptive_options)  # measured, as gp-IRT's parts are
-            if not error:
-                log.warning("adaptive estimates: %s, since no calibration subject held out of a fold answered every "
-                            "item to measure the model's own error on (docs/irt.md)", POSTERIOR_SE_CAVEAT)
-            self.adaptive = AdaptiveTest(model, seed=seed, model_error=error, **adaptive_options)
-            self._set_anchors(self.adaptive.first_step())
-            return
-        if anchors is None:
-            raise UserError(f"estimator {kind} needs anchors")
         self._set_anchors(anchors)
         self.endpoint_theta = None if endpoints is None else self._endpoint_abilities(endpoints)
         if kind in ENDPOINT_ESTIMATORS and self.endpoint_theta is None:
@@ -266,7 +291,7 @@ class Estimator:
         """The anchors this fold's fit would have chosen, as many per scenario (the given ones if they
         cannot be re-chosen)."""
         a = self.anchors
-        if a.method not in SELECTABLE_ANCHOR_METHODS or self.kind == ADAPTIVE:
+        if a.method not in SELECTABLE_ANCHOR_METHODS:
             return a
         train = ~self.model.cv_held[fold]
         fold_model = replace(self.model, alpha=self.model.cv_alpha[fold], beta=self.model.cv_beta[fold],
@@ -425,9 +450,6 @@ class Estimator:
         some anchors has its anchor mean's variance grown by `anchor_variance_factor`: the `anchor`
         and gp-IRT SEs grow with it (gp-IRT on sampled anchors also leans more on its IRT part);
         p-IRT's, mp-IRT's and gmp-IRT's SEs stay the calibration's."""
-        if self.kind == ADAPTIVE:  # its items differ per subject: no shared anchor columns to read
-            raise UserError("estimator adaptive estimates one subject at a time, from the items it chose for "
-                            "them: use Estimator.estimate(scores)")
         anchor = self._anchor_mean(anchor_scores, self.weights, self.anchor_idx)
         se = np.broadcast_to(self.scenario_se, anchor.shape)
         s2 = self._subject_anchor_variance(anchor) * self.anchor_variance_factor(anchor_scores)
@@ -500,8 +522,6 @@ class Estimator:
         """Per-scenario estimates and, under "overall", the score over all items, with SEs: the
         scenarios' item-weighted mean, except for gp-IRT, whose overall mixes the anchors' own overall
         mean in (`estimate_with_overall`) and may lie outside its scenarios' range."""
-        if self.kind == ADAPTIVE:
-            return self.adaptive.estimate(scores)
         row = np.array([scores.get(item, np.nan) for item in self.anchor_ids], dtype=float)
         bad = ~np.isnan(row) & ((row < 0) | (row > 1))
         if bad.any():
@@ -516,7 +536,7 @@ class Estimator:
         return Estimate(out, se, items)
 
 
-def _adaptive_table(estimator: Estimator, matrix: ResponseMatrix) -> pd.DataFrame:
+def _adaptive_table(estimator: AdaptiveEstimator, matrix: ResponseMatrix) -> pd.DataFrame:
     """Adaptive estimates subject by subject: each from the items it was scored on."""
     rows = []
     for subject, scores in zip(matrix.subjects, matrix.scores):
@@ -526,10 +546,10 @@ def _adaptive_table(estimator: Estimator, matrix: ResponseMatrix) -> pd.DataFram
     return pd.DataFrame(rows, columns=["subject", "scenario", "estimator", "estimate", "se"])
 
 
-def estimate_table(estimator: Estimator, responses: pd.DataFrame) -> pd.DataFrame:
+def estimate_table(estimator: Estimator | AdaptiveEstimator, responses: pd.DataFrame) -> pd.DataFrame:
     """Estimates for every subject of a validated long table: columns subject,scenario,estimator,estimate,se."""
     matrix = ResponseMatrix.from_long(responses, estimator.model.item_ids)
-    if estimator.kind == ADAPTIVE:
+    if isinstance(estimator, AdaptiveEstimator):
         return _adaptive_table(estimator, matrix)
     scores = matrix.scores[:, estimator.anchor_idx]
     if (unscored := estimator.unscored(scores)).any():

@@ -27,9 +27,16 @@ import pandas as pd
 from evo_merge.config import EstimatorSpec
 from evo_merge.errors import UserError
 from evo_merge.files import parse_json
-from evo_merge.irt import ESTIMATOR_REVISION, Estimator, IRTModel, choose_anchor_method, select_anchors
+from evo_merge.irt import (
+    ESTIMATOR_REVISION,
+    AdaptiveEstimator,
+    Estimator,
+    IRTModel,
+    choose_anchor_method,
+    select_anchors,
+)
 from evo_merge.irt.adaptive import AdaptiveTest
-from evo_merge.irt.kinds import ADAPTIVE, ENDPOINT_ESTIMATORS
+from evo_merge.irt.kinds import ENDPOINT_ESTIMATORS
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
 from evo_merge.search.store import ANCHORS_META, MIXED_META, REVISION_META, CampaignStore, Record
@@ -80,14 +87,15 @@ class Scoring:
         self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
         self._said: set[str] = set()  # fallbacks of automatic anchors already logged (said once, not per task)
         self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}
-        self._sets: list[dict[str, Estimator]] = []  # every anchor set's estimators (`estimator.anchor_sets`)
+        # every anchor set's estimators (`estimator.anchor_sets`)
+        self._sets: list[dict[str, Estimator | AdaptiveEstimator]] = []
         self._tighter: dict[tuple[str, float], AdaptiveTest] = {}
         self._known: dict[str, frozenset[str]] = {}
         self._fitted: dict[str, IRTModel] = {}  # `irt_model`'s, checked and loaded once
         self._mixing: dict[Record, Any] = {}  # revisions to record once a reopened folder estimates anew
 
     @property
-    def estimators(self) -> dict[str, Estimator] | None:
+    def estimators(self) -> dict[str, Estimator | AdaptiveEstimator] | None:
         """The first anchor set's estimators, one per task (what `status` lists; the IRT models
         every set shares); None before `fit`, and for full evaluation."""
         return self._sets[0] if self._sets else None
@@ -163,7 +171,7 @@ class Scoring:
         self._mixing = {MIXED_META: sorted(set(mixed or [recorded or 0]) | {ESTIMATOR_REVISION}),
                         REVISION_META: ESTIMATOR_REVISION}
 
-    def anchor_set(self, key: str) -> dict[str, Estimator]:
+    def anchor_set(self, key: str) -> dict[str, Estimator | AdaptiveEstimator]:
         """The estimators of the anchor set candidate `key` is scored on: one of `anchor_sets`,
         chosen by a hash of the key, so a candidate keeps its set on a resume and on any worker."""
         digest = hashlib.sha256(key.encode()).digest()
@@ -217,7 +225,7 @@ class Scoring:
         return self.estimators is not None and self.spec.adaptive
 
     def _test(self, name: str, precision: float) -> AdaptiveTest:
-        test = self.estimators[name].adaptive
+        test = self.estimators[name].test
         if precision == 1.0:
             return test
         key = (name, precision)
@@ -267,7 +275,7 @@ class Scoring:
     def _record_files(self, name: str, folder: Path) -> None:
         self.store.set_meta(IRT_FILES_META, {**self.store.get_meta(IRT_FILES_META, {}), name: _files_digest(folder)})
 
-    def _estimators(self, name: str, subjects: Subjects, sets: int) -> list[Estimator]:
+    def _estimators(self, name: str, subjects: Subjects, sets: int) -> list[Estimator | AdaptiveEstimator]:
         """Task `name`'s IRT model, fitted (or loaded) once, and an estimator on each of `sets`
         anchor sets drawn from it (the first with the campaign's seed, as before there were sets)."""
         spec = self.spec
@@ -290,9 +298,7 @@ class Scoring:
             self._record_files(name, folder)
             endpoint_arg = endpoints
         if spec.adaptive:  # items chosen per candidate: no fixed anchor set
-            return [Estimator(
-                model, None, ADAPTIVE, seed=self.seed, target_se=spec.target_se, max_items=spec.max_items
-            )]
+            return [AdaptiveEstimator(model, seed=self.seed, target_se=spec.target_se, max_items=spec.max_items)]
         method, reason = choose_anchor_method(spec.anchor_method, len(model.subject_ids))  # an automatic one resolved
         if reason and reason not in self._said:  # the designed choice with few subjects: said, not warned
             self._said.add(reason)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from evo_merge.errors import UserError
-from evo_merge.irt import Estimator, IRTModel, validate_responses
+from evo_merge.irt import AdaptiveEstimator, Estimator, IRTModel, make_estimator, validate_responses
 from evo_merge.irt.adaptive import AdaptiveTest, held_out_error
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
@@ -52,7 +52,7 @@ def test_a_scenario_known_at_the_prior_starts_with_no_items(two_scenarios):
     assert loose.next_items({}) == []
     first = loose.first_step()
     assert all(items == [] for items in first.items.values()) and set(first.items) == set(model.scenarios)
-    estimator = Estimator(model, None, "adaptive", target_se=0.9)
+    estimator = AdaptiveEstimator(model, target_se=0.9)
     assert estimator.anchor_ids == []
 
 
@@ -65,8 +65,10 @@ def test_a_stopping_rule_for_another_kind_is_refused_not_ignored(two_scenarios, 
     from evo_merge.irt import select_anchors
 
     *_, model = two_scenarios
-    with pytest.raises(UserError, match=r"^estimator gpirt takes no max_items, target_se: only adaptive does$"):
-        Estimator(model, select_anchors(model, 4, "random", seed=0), "gpirt", max_items=5, target_se=0.1)
+    anchors = select_anchors(model, 4, "random", seed=0)
+    for build in (Estimator, make_estimator):  # an anchor estimator takes no stopping rule: not taken silently
+        with pytest.raises(TypeError, match="max_items"):
+            build(model, anchors, "gpirt", max_items=5, target_se=0.1)
     model.save(tmp_path / "m")
     for option in (("--budget", "10"), ("--method", "random")):
         result = CliRunner().invoke(cli, ["irt", "estimate", str(tmp_path / "m"), "--responses",
@@ -113,13 +115,13 @@ def test_the_se_counts_the_irt_model_s_own_error_measured_on_held_out_calibratio
     gen = make_synthetic_irt(300, dims=1, n_scenarios=2, heterogeneous=True, seed=5)
     theta, ids = synthetic_abilities(12, dims=1, seed=6)
     model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=7)), dims=1, seed=0)
-    estimator = Estimator(model, None, "adaptive", target_se=0.04, max_items=40)
-    assert set(estimator.adaptive.model_error) == {"s0", "s1", "overall"}
+    estimator = AdaptiveEstimator(model, target_se=0.04, max_items=40)
+    assert set(estimator.test.model_error) == {"s0", "s1", "overall"}
     bare = AdaptiveTest(model, target_se=0.04, max_items=40)
     new, new_ids = synthetic_abilities(60, dims=1, seed=8)
     rows = ResponseMatrix.from_long(gen.sample(new, new_ids, seed=9), model.item_ids).scores
     coverage, ratio = {}, {}
-    for label, test in (("measured", estimator.adaptive), ("posterior", bare)):
+    for label, test in (("measured", estimator.test), ("posterior", bare)):
         results = [test.run(_scorer(row, model.item_ids)[0]) for row in rows]
         errors = np.array([r["overall"] - row.mean() for r, row in zip(results, rows)])
         se = np.array([r.se["overall"] for r in results])
@@ -142,10 +144,10 @@ def test_a_model_error_is_measured_only_on_held_out_subjects_with_every_answer(m
     model = make_model(alpha, beta, responses=responses)
     assert held_out_error(model) == {}
     with caplog.at_level("WARNING", logger="evo_merge"):
-        estimator = Estimator(model, None, "adaptive", target_se=0.05, max_items=20)
+        estimator = AdaptiveEstimator(model, target_se=0.05, max_items=20)
     assert "posterior SE, which leaves out the model's own error" in caplog.text
     assert "no calibration subject held out of a fold answered every item" in caplog.text
-    scores = {i: 1.0 for i in estimator.adaptive.next_items({})}
+    scores = {i: 1.0 for i in estimator.test.next_items({})}
     assert estimator.estimate(scores).se == AdaptiveTest(model, 0.05, 20).estimate(scores).se
 
 
@@ -189,7 +191,7 @@ def test_an_estimator_measures_the_model_error_with_its_own_seed(make_model):
     responses = (np.random.default_rng(1).random((6, 12)) < 0.5).astype(float)
     model = make_model(np.ones(12), np.zeros(12), responses=responses)
     options = {"target_se": 0.001, "max_items": 2, "step": 2}
-    errors = [Estimator(model, None, "adaptive", seed=s, **options).adaptive.model_error for s in range(4)]
+    errors = [AdaptiveEstimator(model, seed=s, **options).test.model_error for s in range(4)]
     assert errors == [held_out_error(model, seed=s, **options) for s in range(4)]
     assert len({e["all"] for e in errors}) > 1
 
@@ -212,7 +214,7 @@ def test_fewer_items_than_random_sampling_for_the_same_error(md2pl, torch_model)
 
 def test_estimator_kind_adaptive_and_bad_input(two_scenarios):
     model = two_scenarios[3]
-    est = Estimator(model, None, "adaptive", target_se=0.05, max_items=10, step=2)
+    est = AdaptiveEstimator(model, target_se=0.05, max_items=10, step=2)
     assert len(est.anchor_ids) == 4  # the first step: 2 per scenario
     result = est.estimate({i: 1.0 for i in est.anchor_ids})
     assert set(result) == {"s0", "s1", "overall"} and result.items_used == est.anchor_ids
@@ -222,30 +224,32 @@ def test_estimator_kind_adaptive_and_bad_input(two_scenarios):
     with pytest.raises(UserError, match="out of \\[0, 1\\]"):
         est.estimate({est.anchor_ids[0]: 1.5})
     with pytest.raises(UserError, match="returned no score for item"):
-        est.adaptive.run(lambda items: {})
+        est.test.run(lambda items: {})
     with pytest.raises(UserError, match="target SE must be positive"):
-        Estimator(model, None, "adaptive", target_se=0)
+        AdaptiveEstimator(model, target_se=0)
     with pytest.raises(UserError, match="needs anchors"):
         Estimator(model, None, "gpirt")
-    # the batch methods read shared anchor columns, which an adaptive test does not have (an
-    # AttributeError traceback before)
-    for batch in (est.estimate_rows, est.estimate_with_overall, est.estimate_matrix):
-        with pytest.raises(UserError, match="estimates one subject at a time"):
-            batch(np.ones((2, len(est.anchor_ids))))
+    with pytest.raises(UserError, match="^estimator adaptive chooses each subject's items itself: make_estimator"):
+        Estimator(model, None, "adaptive")
+    assert isinstance(make_estimator(model, None, "adaptive", target_se=0.05), AdaptiveEstimator)
+    # an adaptive test has no anchor columns shared by its subjects: no batch methods that read them
+    assert not any(hasattr(est, batch) for batch in ("estimate_rows", "estimate_with_overall", "estimate_matrix"))
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_a_scenario_known_at_the_prior_starts_with_no_items_and_no_warning(two_scenarios):
-    """An adaptive test can open with no item in a scenario (known well enough at the prior): its
-    anchor mean has no sample, an infinite sampling error, and no divide-by-zero on the way."""
+    """An adaptive test can open with no item in a scenario (known well enough at the prior): taken
+    as anchors, its anchor mean has no sample, an infinite sampling error, and no divide-by-zero on
+    the way."""
+    from evo_merge.irt import select_anchors
     from evo_merge.irt.anchors import Anchors
 
     model = two_scenarios[3]
-    opening = Estimator(model, None, "adaptive", target_se=0.05, max_items=10, step=2).anchors
+    opening = AdaptiveEstimator(model, target_se=0.05, max_items=10, step=2).anchors
     first = model.scenarios[0]
     empty = Anchors("adaptive", 2, 0, {s: [] if s == first else v for s, v in opening.items.items()},
                     {s: [] if s == first else w for s, w in opening.weights.items()})
-    est = Estimator(model, None, "adaptive", target_se=0.05, max_items=10, step=2)
+    est = Estimator(model, select_anchors(model, 4, "random", seed=0), "anchor")
     est._set_anchors(empty)
     assert np.isinf(est._sampling[0]) and np.isfinite(est._sampling[1:]).all()
 

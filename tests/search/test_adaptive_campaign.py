@@ -64,7 +64,7 @@ def test_refining_continues_a_test_to_a_smaller_error_with_more_items(run):
     # not refined in the run (within one test's budget), with the largest SE of the posterior's, which
     # more items reduce (the SE stored also counts the IRT model's own error, measured on held-out
     # calibration subjects, which they do not)
-    error = {task: runner.scoring.estimators[task].adaptive.model_error["overall"] for task in ("agree0", "agree1")}
+    error = {task: runner.scoring.estimators[task].test.model_error["overall"] for task in ("agree0", "agree1")}
     chosen = max((e for e in store.evaluations("search") if e.status == "ok" and e.measured is None
                   and e.items_evaluated <= 15 * 2 * 2),
                  key=lambda e: max(se**2 - error[task] for task, se in e.estimate_se.items()))
@@ -78,7 +78,7 @@ def test_refining_continues_a_test_to_a_smaller_error_with_more_items(run):
 def test_an_estimate_that_does_not_come_out_finite_is_an_estimation_failure(run, monkeypatch):
     """Stored as it came, a NaN estimate or SE read back as a damaged run folder."""
     from evo_merge.config import Campaign
-    from evo_merge.irt.estimators import Estimator
+    from evo_merge.irt.estimators import AdaptiveEstimator
     from evo_merge.irt.result import Estimate
     from evo_merge.search.campaign import CampaignRunner
 
@@ -87,7 +87,8 @@ def test_an_estimate_that_does_not_come_out_finite_is_an_estimation_failure(run,
     chosen = next(e for e in runner.workspace.store.evaluations("search") if e.status == "ok")
     scores = runner.workspace.store.item_scores(chosen.key)
     assert runner.scoring.estimate(scores, chosen.key)[0] == pytest.approx(chosen.estimates)
-    monkeypatch.setattr(Estimator, "estimate", lambda self, s: Estimate({"overall": 0.5}, {"overall": float("nan")}))
+    monkeypatch.setattr(AdaptiveEstimator, "estimate",
+                        lambda self, s: Estimate({"overall": 0.5}, {"overall": float("nan")}))
     with pytest.raises(FloatingPointError, match=r"task 'agree0': the estimate 0.5 ± nan is not finite"):
         runner.scoring.estimate(scores, chosen.key)
     runner.close()

@@ -218,7 +218,7 @@ def test_an_adaptive_estimate_s_se_counts_the_irt_model_s_own_error_and_carries_
 
     runner = CampaignRunner.open(Campaign.load(run / "campaign.yaml"), run, run)
     runner.calibrate()
-    errors = [runner.scoring.estimators[task].adaptive.model_error for task in runner.scoring.estimators]
+    errors = [runner.scoring.estimators[task].test.model_error for task in runner.scoring.estimators]
     # the front refinement's tighter test adds it too (without, refined members showed the posterior's SE)
     tighter = [runner.scoring._test(task, 0.5).model_error for task in runner.scoring.estimators]
     runner.close()
