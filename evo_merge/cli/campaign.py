@@ -30,8 +30,8 @@ RUN_DIR = click.argument("run", type=UserPath(path_type=Path))
 def _campaign_file(run: Path) -> Path:
     """The campaign.yaml of an existing run folder (one with its database: resuming a folder whose
     database is gone would start the campaign over in it)."""
-    from evo_merge.search.binding import check_run_files
     from evo_merge.search.layout import CAMPAIGN_FILE
+    from evo_merge.search.run_folder import check_run_files
 
     check_run_files(run)
     return run / CAMPAIGN_FILE
@@ -204,7 +204,7 @@ def start_campaign(campaign_file: Path, out: Path, trust_tasks: bool = False) ->
     own (`run RUN/campaign.yaml --out RUN`, which an edited folder is told to use) is checked as
     `resume` checks that folder's: it is the folder's code."""
     from evo_merge.search.preflight import check_campaign_fits
-    from evo_merge.search.store import check_run_folder, remove_unused_run_folder
+    from evo_merge.search.run_folder import check_run_folder, remove_unused_run_folder
 
     check_run_folder(out)  # links and foreign folders refused before the plan reads a store in it
     if (folder := run_folder_of(campaign_file, out)) is not None:
@@ -300,7 +300,7 @@ def _write_report(run: Path) -> tuple[Path, str | None, bool]:
     from evo_merge.report.campaign import write_report
     from evo_merge.search.binding import read_run
     from evo_merge.search.lock import holder
-    from evo_merge.search.store import in_run
+    from evo_merge.search.run_folder import in_run
 
     store, facts = read_run(run)
     with store:

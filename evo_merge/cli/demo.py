@@ -62,7 +62,7 @@ def demo(out: Path, zoo: Path) -> None:
     from evo_merge.cli.campaign import start_campaign
     from evo_merge.cli.template import campaign_text, run_command
     from evo_merge.files import atomic_write
-    from evo_merge.search.store import check_run_folder
+    from evo_merge.search.run_folder import check_run_folder
 
     check_run_folder(out)  # before the zoo's minutes: a folder of other files is refused, as by `run`
     folder = out.resolve()  # `--out .` has a name only once resolved

@@ -67,7 +67,7 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     from evo_merge.search.capacity import campaign_plan, decomposition_note, gpu_note
     from evo_merge.search.estimator_checks import check_irt_model_items
     from evo_merge.search.evaluator import campaign_tasks
-    from evo_merge.search.store import check_run_folder
+    from evo_merge.search.run_folder import check_run_folder
 
     if out is not None:
         check_run_folder(out)

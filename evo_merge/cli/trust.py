@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from evo_merge.search.binding import STARTED_FILES
 from evo_merge.search.layout import EVALUATIONS_CSV, PARETO_CSV
+from evo_merge.search.run_folder import STARTED_FILES
 
 TRUST_TASKS = click.option(
     "--trust-tasks", is_flag=True,

@@ -36,16 +36,8 @@ from evo_merge.search.metrics import (
 )
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
-from evo_merge.search.store import (
-    BASELINE,
-    BASELINES_META,
-    CALIBRATION,
-    POOLED_META,
-    SEARCH,
-    CampaignStore,
-    Evaluation,
-    in_run,
-)
+from evo_merge.search.run_folder import in_run
+from evo_merge.search.store import BASELINE, BASELINES_META, CALIBRATION, POOLED_META, SEARCH, CampaignStore, Evaluation
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
     from matplotlib.figure import Figure

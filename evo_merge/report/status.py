@@ -22,6 +22,7 @@ from evo_merge.search.metrics import (
 )
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import PICKS_META, RACE_META, race_summary, rounds_summary
+from evo_merge.search.run_folder import pick_folder_change
 from evo_merge.search.store import (
     ANCHORS_META,
     BASELINE,
@@ -33,7 +34,6 @@ from evo_merge.search.store import (
     CampaignStore,
     Evaluation,
     competing,
-    pick_folder_change,
 )
 
 

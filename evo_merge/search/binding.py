@@ -25,11 +25,11 @@ from evo_merge.errors import UserError
 from evo_merge.markup import shell
 from evo_merge.search.holdout import check_picks_held_out
 from evo_merge.search.layout import CAMPAIGN_FILE
-from evo_merge.search.lock import LOCK_FILE, holder
-from evo_merge.search.store import FACTS_META, CampaignStore, Record, check_no_links
+from evo_merge.search.lock import holder
+from evo_merge.search.run_folder import check_run_files
+from evo_merge.search.store import FACTS_META, CampaignStore, Record
 
 # what a run folder holds before its campaign is written: the database (with SQLite's journal files), the lock
-STARTED_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE}
 DEFAULTS_META = Record("defaults", int)  # the DEFAULTS_VERSION a run folder was written under; none: 1
 CONFIG_META = Record("config", str)  # the fingerprint of the campaign the folder is bound to
 WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
@@ -214,27 +214,6 @@ def _changed(started: dict, given: dict) -> str:
 
 def campaign_text_digest(run_dir: Path) -> str:
     return hashlib.sha256((run_dir / CAMPAIGN_FILE).read_bytes()).hexdigest()
-
-
-def check_run_files(run_dir: Path) -> None:
-    """An existing run folder has its campaign.yaml and its database; opening a store would create one."""
-    if run_dir.is_file():  # `resume campaign.yaml`: the campaign given where its run folder belongs
-        raise UserError(f"{run_dir}: a file, not a run folder (give the folder `evo-merge run --out` wrote)")
-    if not run_dir.exists():  # a mistyped path: "not a campaign run folder" read as if something were there
-        raise UserError(f"{run_dir}: no such folder")
-    for name in (CAMPAIGN_FILE, CampaignStore.DB):
-        if not (run_dir / name).is_file():
-            if (held := {p.name for p in run_dir.iterdir()}) and held <= STARTED_FILES:  # in its first seconds
-                if pid := holder(run_dir):  # and working: `resume` now would be refused as in use
-                    raise UserError(f"{run_dir}: a run is starting here (pid {pid}); it has not written its campaign "
-                                    "yet")
-                raise UserError(f"{run_dir}: a run stopped before it recorded its campaign (no {name}); "
-                                f"`{shell('evo-merge', 'run', 'CAMPAIGN.yaml', '--out', run_dir)}` starts it again")
-            if name == CampaignStore.DB and (run_dir / CAMPAIGN_FILE).is_file():  # a run's records deleted
-                raise UserError(f"{run_dir}: a run folder whose {name} is gone (the run's records); restore it from a "
-                                "backup, or start the campaign again in a new run folder")
-            raise UserError(f"{run_dir}: not a campaign run folder (no {name})")
-    check_no_links(run_dir)
 
 
 def open_records(run_dir: str | Path) -> CampaignStore:

@@ -35,6 +35,7 @@ from evo_merge.search.lock import RunLock
 from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import small_pick_samples
 from evo_merge.search.refine import resolve_front
+from evo_merge.search.run_folder import check_run_folder, remove_unused_run_folder
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace, coefficient_groups
 from evo_merge.search.store import (
@@ -46,9 +47,7 @@ from evo_merge.search.store import (
     CampaignStore,
     Evaluation,
     Record,
-    check_run_folder,
     evaluated_on,
-    remove_unused_run_folder,
 )
 from evo_merge.search.study import GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts

@@ -20,16 +20,8 @@ from evo_merge.search.holdout import HOLDOUT_META, held_out_scores
 from evo_merge.search.kinds import candidate_kind, rounded_storage_note
 from evo_merge.search.layout import MODELS_FOLDER
 from evo_merge.search.metrics import se_caveat
-from evo_merge.search.store import (
-    FACTS_META,
-    SEARCH,
-    CampaignStore,
-    Evaluation,
-    Record,
-    evaluated_on,
-    in_run,
-    pick_folder_change,
-)
+from evo_merge.search.run_folder import in_run, pick_folder_change
+from evo_merge.search.store import FACTS_META, SEARCH, CampaignStore, Evaluation, Record, evaluated_on
 from evo_merge.search.workspace import Workspace
 from evo_merge.tasks.base import FitnessTask
 from evo_merge.tasks.meta import TaskMeta, task_meta

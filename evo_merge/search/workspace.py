@@ -27,7 +27,6 @@ from evo_merge.search.binding import (
     CONFIG_DATA_META,
     CONFIG_META,
     DEFAULTS_META,
-    STARTED_FILES,
     WEIGHTS_META,
     bound_campaign,
     campaign_text_digest,
@@ -38,6 +37,7 @@ from evo_merge.search.binding import (
 from evo_merge.search.estimator_checks import check_estimator
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.layout import ALIGNED_FOLDER, CAMPAIGN_FILE
+from evo_merge.search.run_folder import STARTED_FILES
 from evo_merge.search.store import FACTS_META, CampaignStore, Record
 from evo_merge.search.trust import mark_trusted
 from evo_merge.weights.checkpoint import weight_files
