@@ -93,3 +93,24 @@ def test_a_run_folder_under_home_is_opened_from_any_working_directory(tmp_path, 
         assert store.run_dir == home / "run"
     finally:
         store.close()
+
+
+def test_every_record_of_the_store_has_a_key_of_its_own():
+    """The store's records are declared beside the code that writes them (ten modules): two
+    declaring one key would read each other's values as damage, and a key starting like the
+    per-candidate failure records would be counted among them. Every search module is imported and
+    its records gathered (a record imported elsewhere is the same object, not a second one)."""
+    import importlib
+    import pkgutil
+
+    import evo_merge.search
+    from evo_merge.search.store import ADAPTIVE_FAILED, MEASURE_FAILED, Record
+
+    declared: dict[str, dict[int, str]] = {}
+    for module in pkgutil.iter_modules(evo_merge.search.__path__):
+        for name, value in vars(importlib.import_module(f"evo_merge.search.{module.name}")).items():
+            if isinstance(value, Record):
+                declared.setdefault(value.key, {}).setdefault(id(value), f"{module.name}.{name}")
+    assert len(declared) >= 25 and {"facts", "task_data", "finished"} <= set(declared)  # the gathering found them
+    assert not {key: names for key, names in declared.items() if len(names) > 1}
+    assert not [key for key in declared if key.startswith((MEASURE_FAILED, ADAPTIVE_FAILED))]
