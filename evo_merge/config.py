@@ -112,17 +112,18 @@ class TaskSpec(_Checked):
         return self
 
 
-def _what_is_scored(spec: TaskSpec) -> tuple[str, tuple[tuple[str, Any], ...]]:
+def _what_is_scored(spec: TaskSpec, root: Path | None = None) -> tuple[str, tuple[tuple[str, Any], ...]]:
     """A task as what it scores, with its options: a shipped benchmark by its folder's name
     (`evo_arith`, and the absolute path of its folder or YAML, are `arith`); a path as its normal
-    form (`./x`, `x/` and `x` are one: relative ones are read against the campaign's folder later,
-    alike); anything else as written."""
+    form, a relative one against `root`, the campaign file's folder, where the run reads it
+    (`./x`, `x/`, `x` and `/abs/x` are one); anything else as written."""
     task = spec.task
     benchmarks = shipped_dir("benchmarks")
     if is_path_like(task):
-        path = Path(os.path.normpath(Path(task).expanduser()))
-        where, root = path.resolve(), benchmarks.resolve() if benchmarks is not None else None
-        parts = where.relative_to(root).parts if root and path.is_absolute() and where.is_relative_to(root) else ()
+        path = Path(os.path.normpath((root or Path()) / Path(task).expanduser()))
+        where, shipped = path.resolve(), benchmarks.resolve() if benchmarks is not None else None
+        inside = shipped is not None and path.is_absolute() and where.is_relative_to(shipped)
+        parts = where.relative_to(shipped).parts if inside else ()
         task = parts[0] if parts and (len(parts) == 1 or parts[-1].endswith((".yaml", ".yml"))) else str(path)
     elif benchmarks is not None and (benchmarks / task.removeprefix("evo_")).is_dir():
         task = task.removeprefix("evo_")
@@ -690,7 +691,7 @@ class Campaign(_Checked):
         return methods
 
     @model_validator(mode="after")
-    def _unique_tasks(self) -> Campaign:
+    def _unique_tasks(self, info: ValidationInfo) -> Campaign:
         labels = [t.label for t in self.tasks]
         dup = next((label for label in labels if labels.count(label) > 1), None)
         if dup:
@@ -708,7 +709,7 @@ class Campaign(_Checked):
                              f"(est_se_{clash[3:]}); give one another `name`")
         # `arith` and `evo_arith` (or a second `name`) are one benchmark scored twice: twice its weight in
         # `balanced` and the hypervolume, twice its calibration items
-        scored = [_what_is_scored(t) for t in self.tasks]
+        scored = [_what_is_scored(t, (info.context or {}).get("root")) for t in self.tasks]
         if twice := next((i for i, key in enumerate(scored) if scored.index(key) != i), None):
             first = labels[scored.index(scored[twice])]
             raise ValueError(f"tasks {first!r} and {labels[twice]!r} are the same task with the same options "
@@ -753,4 +754,4 @@ class Campaign(_Checked):
         data = load_yaml(path)
         refuse_other_kind(data, path, "merge_method", "a merge recipe, not a campaign file",
                           "evo-merge merge RECIPE --out DIR")
-        return validate(cls, data, path)
+        return validate(cls, data, path, context={"root": Path(path).expanduser().parent})

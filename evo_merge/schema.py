@@ -115,14 +115,15 @@ def refuse_other_kind(data: Any, source: str | Path, key: str, kind: str, comman
         raise UserError(f"{source}: {kind} (it has `{key}`), which `{command}` takes")
 
 
-def validate(model: type[M], data: Any, source: str | Path) -> M:
-    """Build `model` from `data`; on failure name the first bad key path in one line."""
+def validate(model: type[M], data: Any, source: str | Path, context: dict[str, Any] | None = None) -> M:
+    """Build `model` from `data`; on failure name the first bad key path in one line. `context`: what
+    the validators may read beside the data (a campaign's folder, which its relative paths name)."""
     if data is None:
         raise UserError(f"{source}: the file is empty")
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping of keys at the top level, not {_kind(data)}")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         errors = exc.errors()
         path = _key_path(_first(errors)["loc"])

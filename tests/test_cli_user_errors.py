@@ -161,6 +161,12 @@ def test_one_benchmark_listed_twice_under_two_names_is_refused(tmp_path, family)
                            {"task": "arith", "name": "b", "options": {"batch_size": 4, "limit": 5}})]:
         with pytest.raises(ValueError, match="are the same task with the same options"):
             Campaign.model_validate({**config, "tasks": [first, second]})
+    # a relative path and the absolute one it names: the relative one read against the campaign file's folder,
+    # which the check did not know (the run reads it there)
+    (tmp_path / "tasks" / "mine").mkdir(parents=True)
+    config["tasks"] = [{"task": "tasks/mine"}, {"task": str(tmp_path / "tasks" / "mine"), "name": "b"}]
+    path.write_text(yaml.safe_dump(config))
+    one_line_error(*invoke("plan", path), "tasks 'mine' and 'b' are the same task with the same options")
 
 
 def test_a_task_name_too_long_for_its_pick_folder_is_refused_when_the_file_is_read(tmp_path, family):
