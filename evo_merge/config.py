@@ -419,12 +419,13 @@ class FinalSpec(_Checked):
                 raise ValueError("give a fraction in (0, 1), a number of items, auto, or null (none)")
             return None
         if isinstance(value, str) and value != "auto":  # "-3" was turned into -3 after the checks below
-            try:  # YAML reads `1e3` as text: the number it says, checked as numbers are
-                number = float(value)
+            try:  # `'1e3'`: the number it says, checked as numbers are
+                value = float(value)
             except ValueError:
                 raise ValueError(f"give a fraction in (0, 1), a number of items, auto, or null (none), not the text "
                                  f"{value!r}") from None
-            value = int(number) if number.is_integer() and number >= 1 else number
+        if isinstance(value, float) and value >= 1 and value.is_integer():  # `1e3`, a float to YAML: 1,000 items
+            value = int(value)
         if isinstance(value, float) and not 0 < value < 1:
             raise ValueError(f"a fraction must lie in (0, 1), got {value}")
         if isinstance(value, int) and value < 0:

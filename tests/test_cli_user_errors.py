@@ -338,7 +338,10 @@ def test_the_plan_counts_the_items_a_campaign_asks_for(tmp_path, family):
     # 1,200 arith items, 240 held out (final.holdout auto); base, 2 endpoints and 3 warm-ups; 4 x 1 candidates
     assert code == 0 and (f"items: calibration 6 models x 960 search items = 5,760; search at most 4 candidates x "
                           f"{5 * scenarios} (anchors) = {4 * 5 * scenarios} (every item: 3,840)") in output, output
+    # the standard merges past the warm-ups are scored as candidates are, on the anchors (it said on every item)
+    assert "the standard merges not among the warm-ups (on the anchors, as any candidate)" in output, output
     code, output = invoke("plan", campaign(tmp_path, family, estimator={"kind": "full", "warmup_merges": 3}))
+    assert "the standard merges not among the warm-ups (on every search item)" in output, output
     assert "calibration 3 models x 960 search items = 2,880; search at most 4 candidates x 960 (every search item)" \
         in output, output
     code, output = invoke("plan", campaign(tmp_path, family, estimator={"kind": "adaptive", "max_items": 30}))
@@ -353,7 +356,8 @@ def test_the_plan_counts_the_items_a_campaign_asks_for(tmp_path, family):
 
     given = Campaign.load(campaign(tmp_path, family, estimator={"irt_model": "irt_models", "warmup_merges": 3}))
     arith = resolve_task("arith")
-    line = item_budget(given, {"arith": SimpleNamespace(item_ids=arith.item_ids, scenarios=arith.scenarios)}, 2)
+    line = item_budget(given, {"arith": SimpleNamespace(item_ids=arith.item_ids, scenarios=arith.scenarios)}, 2,
+                       {"arith": 240})
     assert line.startswith("items: calibration 3 models x 960 search items = 2,880;"), line
 
 

@@ -12,15 +12,22 @@ from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
 from evo_merge.search.preflight import planned_campaign
 
 
-def item_budget(campaign, tasks: dict, n_models: int) -> str:
+def held_out(campaign, tasks: dict) -> dict[str, int]:
+    """How many items of each task the run holds out: the split it makes (each scenario keeps an item
+    for the search), which may be fewer than `final.holdout` asks; the plan counted what was asked."""
+    from evo_merge.search.holdout import holdout_items
+
+    return {name: len(items) for name, items in holdout_items(tasks, campaign.final.holdout,
+                                                              campaign.algorithm.seed).items()}
+
+
+def item_budget(campaign, tasks: dict, n_models: int, held: dict[str, int]) -> str:
     """The item evaluations of the calibration and of the search at most (beside scoring every
     search candidate on every item), where a slip in a number shows: a thousand warm-up merges are
-    a thousand full evaluations. The standard merges and the final phase come on top."""
-    from evo_merge.search.holdout import holdout_size
-
+    a thousand full evaluations. The standard merges and the final phase come on top. `held`: each
+    task's held-out items (`held_out`)."""
     spec, algorithm = campaign.estimator, campaign.algorithm
-    searched = {name: len(task.item_ids) - holdout_size(name, len(task.item_ids), campaign.final.holdout)
-                for name, task in tasks.items()}
+    searched = {name: len(task.item_ids) - held[name] for name, task in tasks.items()}
     whole = sum(searched.values())
     per_task = {name: len(set((task.scenarios or {"": ""}).values())) for name, task in tasks.items()}
     if spec.whole:
@@ -32,21 +39,24 @@ def item_budget(campaign, tasks: dict, n_models: int) -> str:
     fitted_here = spec.fits_irt
     subjects = 1 + n_models + (spec.warmup_merges if fitted_here else 0)
     candidates = algorithm.population * algorithm.generations
+    standard = "every search item" if spec.whole else "the anchors, as any candidate"
     return (f"items: calibration {subjects:,} models x {whole:,} search items = {subjects * whole:,}; search at most "
             f"{candidates:,} candidates x {each:,} ({how}) = {candidates * each:,} (every item: "
-            f"{candidates * whole:,}); the standard merges not among the warm-ups (on every search item) and the "
+            f"{candidates * whole:,}); the standard merges not among the warm-ups (on {standard}) and the "
             "final phase (its race, the picks measured whole) add theirs")
 
 
-def task_line(name: str, n_items: int, holdout) -> str:
-    """A task, its items and how many the final phase holds out: with `holdout: auto` a task under
-    AUTO_MIN_ITEMS items holds none, so its picks' published scores are on items the search chose
-    on; the report said so after the run, the plan says it before."""
+def task_line(name: str, n_items: int, holdout, held: int) -> str:
+    """A task, its items and how many the final phase holds out (`held`, the run's split, and what
+    `holdout` asked where that was more): with `holdout: auto` a task under AUTO_MIN_ITEMS items holds
+    none, so its picks' published scores are on items the search chose on; the report said so after
+    the run, the plan says it before."""
     from evo_merge.search.holdout import AUTO_MIN_ITEMS, holdout_size
 
-    held = holdout_size(name, n_items, holdout)
+    asked = holdout_size(name, n_items, holdout)
     if held:
-        return f"{name} ({n_items:,} items, {held:,} held out)"
+        fewer = f" of the {asked:,} asked: each scenario keeps an item for the search" if held < asked else ""
+        return f"{name} ({n_items:,} items, {held:,} held out{fewer})"
     if holdout == "auto":
         return (f"{name} ({n_items:,} items, none held out: fewer than {AUTO_MIN_ITEMS}, so its picks are scored on "
                 "the items the search chose on)")
@@ -79,11 +89,13 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     with naming_file(campaign_file):
         tasks = campaign_tasks(campaign)
         # a holdout leaving a task no search item: refused (`holdout_size`) as `run` refuses it
-        lines = [task_line(name, len(task.item_ids), campaign.final.holdout) for name, task in tasks.items()]
+        held = held_out(campaign, tasks)
+        lines = [task_line(name, len(task.item_ids), campaign.final.holdout, held[name])
+                 for name, task in tasks.items()]
         check_irt_model_items(campaign, tasks)
     result = campaign_plan(campaign, base, models, resuming=resuming, planning=True)
     click.echo("tasks: " + ", ".join(lines))
-    click.echo(item_budget(campaign, tasks, len(models)))
+    click.echo(item_budget(campaign, tasks, len(models), held))
     if note := gpu_note(campaign):
         click.echo(note)
     click.echo(result.table())

@@ -97,6 +97,19 @@ def test_a_holdout_written_as_text_is_checked_as_the_number_it_says(text, said):
     assert FinalSpec(holdout="auto").holdout == "auto"
 
 
+def test_a_holdout_written_1e3_is_a_number_of_items_as_its_text_is(tmp_path):
+    """The campaign loader reads `1e3` as a float (as mergekit's recipes need it): `holdout: 1e3` was
+    refused as a fraction, where `holdout: '1e3'` held out 1,000 items (audit 129)."""
+    from evo_merge.config import FinalSpec
+    from evo_merge.schema import load_yaml
+
+    (tmp_path / "f.yaml").write_text("holdout: 1e3\n")
+    assert FinalSpec(**load_yaml(tmp_path / "f.yaml")).holdout == 1000
+    assert FinalSpec(holdout=200.0).holdout == 200 and FinalSpec(holdout=0.25).holdout == 0.25
+    with pytest.raises(ValueError, match=r"a fraction must lie in \(0, 1\), got 2.5"):
+        FinalSpec(holdout=2.5)
+
+
 def test_a_split_that_holds_out_fewer_items_than_asked_says_so_once(tmp_path, caplog):
     """Each scenario keeps a search item: 3 items asked of two 2-item scenarios hold out 2. It
     was silent, though the docs read an integer as N items per task."""
@@ -112,6 +125,10 @@ def test_a_split_that_holds_out_fewer_items_than_asked_says_so_once(tmp_path, ca
     config = write_campaign(tmp_path / "campaign.yaml", base, fts, tasks=agreement_tasks(fts, n_items=4),
                             algorithm={"population": 2, "generations": 1, "seed": 2},
                             final={"evaluate_top": 1, "export": ["balanced"], "holdout": 3})
+    planned = CliRunner().invoke(cli, ["plan", str(config)])  # the split the run makes, and the item counts on it
+    assert planned.exit_code == 0 and ("agree0 (4 items, 2 held out of the 3 asked: each scenario keeps an item for "
+                                       "the search)") in planned.output, planned.output
+    assert "calibration 3 models x 4 search items = 12" in planned.output, planned.output
     with caplog.at_level("WARNING", logger="evo_merge"):
         run = run_campaign(config, tmp_path / "run")
     said = [r.getMessage() for r in caplog.records if "final.holdout asks for" in r.getMessage()]
