@@ -262,6 +262,10 @@ def test_a_gpu_that_is_not_there_is_refused_by_the_plan_before_anything_loads(tm
         # named with its file, as the other keys are
         one_line_error(*invoke(*args), f"error: {path}: device: cuda asked for, but torch sees 0 CUDA device(s)")
     assert not (tmp_path / "run").exists()
+    # `plan` can plan that GPU from here, against the budget it is told of, and says which (audit 129)
+    one_line_error(*invoke("plan", path), "; to plan the campaign for a GPU machine from here, give its memory as "
+                   "storage.device_budget_gib")
+    assert "storage.device_budget_gib" not in invoke("run", path, "--out", tmp_path / "run")[1]
 
 
 def test_an_endpoint_of_another_architecture_or_vocabulary_is_named_by_plan_and_run(tmp_path, family):

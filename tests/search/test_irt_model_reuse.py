@@ -52,7 +52,8 @@ def test_plan_asks_nothing_of_an_irt_model_a_full_evaluation_never_reads(tmp_pat
             check_irt_model_items(campaign, {"t": task})
 
 
-def test_a_campaign_on_the_shipped_irt_models_measures_only_the_base_and_the_endpoints(tmp_path):
+def test_a_campaign_on_the_shipped_irt_models_measures_only_the_base_and_the_endpoints(tmp_path, monkeypatch,
+                                                                                        caplog):
     """`estimator: {irt_model: irt_models}` as the docs suggest, on the shipped benchmarks (only
     the refusal of a missing folder was tested): no warm-up merge is measured and no model is
     fitted; every search candidate is scored on its anchors alone, so a shipped model drifting
@@ -61,9 +62,14 @@ def test_a_campaign_on_the_shipped_irt_models_measures_only_the_base_and_the_end
     from click.testing import CliRunner
 
     from evo_merge.cli import cli
+    from evo_merge.irt import anchors as anchor_methods
     from evo_merge.search.store import ANCHORS_META, CampaignStore
     from evo_merge.shipped import shipped_dir
     from evo_merge.zoo.tiny import save_tiny_family
+
+    # the automatic anchors' fallback said of the model's subjects, which this run did not measure (audit 129:
+    # "8 calibration subjects" after "calibration: 4/4"); the shipped models' 64 taken as too few here
+    monkeypatch.setattr(anchor_methods, "MIN_CLUSTER_SUBJECTS", 100)
 
     base, fts = save_tiny_family(tmp_path / "family", "llama", n_finetunes=2)
     config = tmp_path / "campaign.yaml"
@@ -72,8 +78,11 @@ def test_a_campaign_on_the_shipped_irt_models_measures_only_the_base_and_the_end
         "methods": {"task_arithmetic": {}}, "device": "cpu",
         "estimator": {"kind": "gpirt", "irt_model": str(shipped_dir("irt_models")), "anchors": 5},
         "algorithm": {"population": 4, "generations": 1, "seed": 0}, "final": {"evaluate_top": 1, "export": []}}))
-    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(tmp_path / "run")])
+    with caplog.at_level("INFO", logger="evo_merge"):
+        result = CliRunner().invoke(cli, ["run", str(config), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
+    assert ("stratified anchors instead of auto: 64 calibration subjects of estimator.irt_model are fewer than 100"
+            in caplog.text), caplog.text
     store = CampaignStore(tmp_path / "run")
     calibration = store.evaluations("calibration")
     assert len(calibration) == 3 and not (tmp_path / "run" / "irt").exists()  # the base and the 2 endpoints
