@@ -32,6 +32,7 @@ import yaml
 
 from evo_merge.errors import UserError, described, did_you_mean, first_line
 from evo_merge.schema import is_path_like, malformed_yaml
+from evo_merge.shipped import shipped_dir
 from evo_merge.tasks.base import ItemTable, score_series
 
 _LOGGERS = ("lm_eval", "lm-eval", "datasets")
@@ -255,7 +256,10 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     path, label = Path(spec).expanduser(), str(spec)  # `eval --task ~/t.yaml`: the shell leaves ~ in a quoted path
     if isinstance(spec, Path) or is_path_like(str(spec)):  # a bare name is a name, whatever folder is here
         if not path.exists():
-            raise UserError(f"task file {path} not found")
+            benchmarks = shipped_dir("benchmarks")
+            shipped = benchmarks is not None and (benchmarks / path.name.removeprefix("evo_")).is_dir()
+            hint = f" (the shipped benchmark is named {path.name.removeprefix('evo_')})" if shipped else ""
+            raise UserError(f"task file {path} not found{hint}")
         files = _yaml_files(path)
         first = files[0]
         if len(files) > 1:  # one task per folder: the others were passed over without a word

@@ -183,8 +183,12 @@ def test_missing_data_file_and_unknown_names_are_user_errors(tmp_path):
     (tmp_path / "t.yaml").write_text(text)
     with pytest.raises(UserError, match="data file 'gone.jsonl' named in .*t.yaml not found"):
         LMEvalTask(tmp_path / "t.yaml")
-    with pytest.raises(UserError, match="task file .*nothere.yaml not found"):
+    with pytest.raises(UserError, match="task file .*nothere.yaml not found$"):
         resolve_task(str(tmp_path / "nothere.yaml"))
+    # benchmarks/README.md's `--task benchmarks/seq`, outside a checkout: the shipped name said (audit 129)
+    with pytest.raises(UserError, match=r"task file .*benchmarks/evo_seq not found \(the shipped benchmark is "
+                                        r"named seq\)$"):
+        resolve_task(str(tmp_path / "benchmarks" / "evo_seq"))
     with pytest.raises(UserError, match="unknown task 'no_such_task_zz9'"):
         resolve_task("no_such_task_zz9")
 
