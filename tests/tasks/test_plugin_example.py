@@ -2,6 +2,7 @@
 `evo-merge eval`, on a causal LM as evo-merge loads one (it called `model(int)` before, which no
 loaded model takes)."""
 
+import ast
 import re
 from pathlib import Path
 
@@ -27,3 +28,14 @@ def test_the_readme_s_plugin_task_scores_a_model(tmp_path, monkeypatch):
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "parity: 100 items" in result.output and len(out.read_text().splitlines()) == 101
+    # the words it compares begin with different tokens on a character tokenizer: " even" and " odd" were
+    # both the space, so no model could score other than 0.500 on the demo zoo (audit 129)
+    said = re.search(r'for w in \((".*?"), (".*?")\)', code)
+    first = [tokenizer(ast.literal_eval(word), add_special_tokens=False).input_ids[0] for word in said.groups()]
+    assert first[0] != first[1], said.groups()
+    result = CliRunner().invoke(cli, ["eval", "--model", str(model), "--task", "my_tasks:make_parity", "--option",
+                                      "n_items=20", "--out", str(tmp_path / "twenty.csv")])
+    assert result.exit_code == 0 and "parity: 20 items" in result.output, result.output
+    result = CliRunner().invoke(cli, ["eval", "--model", str(model), "--task", "my_tasks:make_parity", "--option",
+                                      "n_itms=20", "--out", str(tmp_path / "typo.csv")])
+    assert result.exit_code == 2 and "n_itms" in result.output, result.output
