@@ -11,7 +11,7 @@ from evo_merge.errors import UserError
 
 @click.command("align")
 @click.option("--models", "first", required=True, type=UserPath(), help="Model folders: --models A B [C ...].")
-@click.argument("more", nargs=-1, type=UserPath())
+@click.argument("more", nargs=-1, type=UserPath(), metavar="")  # --models A B C: the folders after A
 @click.option("--arch", required=True, help="mlp | cnn | resnet | llama | gpt2 | SPEC.yaml")
 @click.option("--method", type=click.Choice(METHODS), default="weight", show_default=True,
               help="Matching on weights (weight, c2m3) or on activations of --data (activation, mudsc).")

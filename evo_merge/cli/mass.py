@@ -19,7 +19,7 @@ def mass() -> None:
 @click.option("--base", required=True, type=UserPath(path_type=Path), help="Base model folder.")
 @click.option("--models", "first", required=True, type=UserPath(),
               help="Fine-tuned model folders: --models A B [C ...].")
-@click.argument("more", nargs=-1, type=UserPath())
+@click.argument("more", nargs=-1, type=UserPath(), metavar="")  # --models A B C: the folders after A
 @click.option("--out", required=True, type=UserPath(path_type=Path), help="Output MASS folder.")
 @click.option("--layer", type=int, default=None, help="Block routed on (default: the middle block).")
 @click.option("--threshold", type=float, default=0.2, show_default=True, help="Keep tasks above this probability.")

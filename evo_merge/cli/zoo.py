@@ -18,10 +18,14 @@ def zoo() -> None:
 
 
 @zoo.command("build")
-@click.option("--kind", type=click.Choice(KINDS), default="tiny-lm", show_default=True, help="Which zoo.")
+@click.option("--kind", type=click.Choice(KINDS), default="tiny-lm", show_default=True,
+              help="Which zoo: tiny-lm (about 5 minutes on a CPU core, 3 MB), smollm2 (SmolLM2-135M fine-tuned: "
+                   "8-18 minutes on 2 cores, 2.1 GB), mnist (digit classifiers from several seeds).")
 @click.option("--out", required=True, type=UserPath(path_type=Path, file_okay=False), help="Output folder.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of data and training.")
-@click.option("--force", is_flag=True, help="Rebuild even when OUT holds a zoo with the same settings.")
+@click.option("--force", is_flag=True,
+              help="Build anew where OUT holds a zoo: one of the same settings (reused otherwise), or one built with "
+                   "other settings (refused otherwise).")
 def build(kind: str, out: Path, seed: int, force: bool) -> None:
     """Train a zoo (base + endpoints) into OUT; a second build with the same settings reuses it."""
     from evo_merge.cli.progress import StageBars
