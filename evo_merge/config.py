@@ -420,12 +420,13 @@ class FinalSpec(_Checked):
             return None
         if isinstance(value, str) and value != "auto":  # "-3" was turned into -3 after the checks below
             try:  # `'1e3'`: the number it says, checked as numbers are
-                value = float(value)
+                number = float(value)
             except ValueError:
                 raise ValueError(f"give a fraction in (0, 1), a number of items, auto, or null (none), not the text "
                                  f"{value!r}") from None
-        if isinstance(value, float) and value >= 1 and value.is_integer():  # `1e3`, a float to YAML: 1,000 items
-            value = int(value)
+            value = int(number) if number.is_integer() and number >= 1 else number
+        if isinstance(value, float) and value > 1 and value.is_integer():  # `1e3`, a float to YAML: 1,000 items
+            value = int(value)  # (1.0 stays a fraction out of range: all of it, or one item?)
         if isinstance(value, float) and not 0 < value < 1:
             raise ValueError(f"a fraction must lie in (0, 1), got {value}")
         if isinstance(value, int) and value < 0:
@@ -755,4 +756,4 @@ class Campaign(_Checked):
         data = load_yaml(path)
         refuse_other_kind(data, path, "merge_method", "a merge recipe, not a campaign file",
                           "evo-merge merge RECIPE --out DIR")
-        return validate(cls, data, path, context={"root": Path(path).expanduser().parent})
+        return validate(cls, data, path, context={"root": Path(path).expanduser().absolute().parent})

@@ -16,8 +16,10 @@ import shlex
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~<>])")
 # control characters but the tab (a newline forges a line of output, ESC and the C1 codes drive a
 # terminal), the bidirectional controls (they reorder what is shown: "Trojan Source") and the
-# zero-width ones (`models.1 named 'ab'` must not hide that the folder is `a\u200bb`)
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+# invisible ones (`models.1 named 'ab'` must not hide that the folder is `a\u200bb`): zero-width
+# characters, the soft hyphen, the Mongolian vowel separator, the byte order mark and the tag characters
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+                     r"\U000e0000-\U000e007f]")
 # what a campaign's own text may not hold (`config.check_printable`): the control characters but the tab
 # and the newline (a path may hold a tab, a YAML block scalar ends in a newline, and campaigns with them
 # ran before), so ESC, carriage return, BEL and the C1 codes; what is read back is shown by `visible`
@@ -39,7 +41,12 @@ def visible(text: str) -> str:
     zero-width controls as `\\uNNNN`: text a run folder someone sent holds, printed, must not move
     the cursor, retitle or recolour the terminal, start a line of its own (audit 116), reorder what
     is shown around it (audit 119), or look like another name."""
-    return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+    return CONTROL.sub(lambda m: _escape(ord(m[0])), text)
+
+
+def _escape(code: int) -> str:
+    """A character as Python writes its escape: `\\xNN`, `\\uNNNN` or `\\UNNNNNNNN`."""
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def html_text(text: object) -> str:

@@ -17,6 +17,9 @@ from evo_merge.markup import md, shell, visible
     ("a\u200db", "a\\u200db"),  # zero width joiner
     ("a\u2060b", "a\\u2060b"),  # word joiner
     ("\ufeffname", "\\ufeffname"),  # a byte order mark
+    ("soft\u00adhyphen", "soft\\xadhyphen"),  # shown only where a line breaks
+    ("a\u180eb", "a\\u180eb"),  # Mongolian vowel separator
+    ("tag\U000e0041", "tag\\U000e0041"),  # a tag character: invisible, outside the basic plane
     ("\u00e9t\u00e9 \u4e2d\u6587", "\u00e9t\u00e9 \u4e2d\u6587"),  # letters of any script stay
 ])
 def test_visible_shows_what_would_hide_or_move(name, shown):

@@ -25,6 +25,7 @@ from evo_merge.irt.kinds import (
     ENDPOINT_ESTIMATORS,
     ESTIMATOR_KINDS,
     FEW_HELD_OUT,
+    GMPIRT,
     HOLD_OUTS,
     MAX_ANCHOR_BALANCE,
     RANDOM_DRAWS,
@@ -218,6 +219,8 @@ def estimate(model_dir: Path, partial: Path, estimator: str, endpoints: str | No
     if endpoints is not None and estimator not in ENDPOINT_ESTIMATORS:  # it would be ignored without a word
         raise UserError(f"--endpoints: only {' and '.join(ENDPOINT_ESTIMATORS)} use the endpoints, not --estimator "
                         f"{estimator}")
+    if delta != "auto" and estimator != GMPIRT:  # it was ignored without a word
+        raise UserError(f"--gmp-delta: only gmpirt mixes its parts at a given weight, not --estimator {estimator}")
     if estimator == ADAPTIVE and (budget is not None or method is not None):  # its items are its own
         raise UserError(f"--{'budget' if budget is not None else 'method'}: names a stored anchor set, which "
                         "--estimator adaptive does not read (it chooses each subject's items itself)")

@@ -39,7 +39,8 @@ def item_budget(campaign, tasks: dict, n_models: int, held: dict[str, int]) -> s
     fitted_here = spec.fits_irt
     subjects = 1 + n_models + (spec.warmup_merges if fitted_here else 0)
     candidates = algorithm.population * algorithm.generations
-    standard = "every search item" if spec.whole else "the anchors, as any candidate"
+    standard = ("every search item" if spec.whole else "an adaptive test, as any candidate" if spec.adaptive
+                else "the anchors, as any candidate")
     return (f"items: calibration {subjects:,} models x {whole:,} search items = {subjects * whole:,}; search at most "
             f"{candidates:,} candidates x {each:,} ({how}) = {candidates * each:,} (every item: "
             f"{candidates * whole:,}); the standard merges not among the warm-ups (on {standard}) and the "

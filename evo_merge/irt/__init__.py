@@ -19,7 +19,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Estimate": "result", "Estimator": "estimators", "AdaptiveEstimator": "estimators", "make_estimator": "estimators",
+    "Estimate": "result", "Estimator": "estimators", "AdaptiveEstimator": "estimators",
     "estimate_table": "estimators",
     "ESTIMATOR_REVISION": "estimators",
     "Anchors": "anchors", "choose_anchor_method": "anchors", "load_anchors": "anchors",

@@ -147,16 +147,6 @@ def _pool(squared_errors: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return (np.nansum(squared_errors, axis=0) + PRIOR_SUBJECTS * prior) / (m + PRIOR_SUBJECTS)
 
 
-def make_estimator(model: IRTModel, anchors: Anchors | None, kind: str = DEFAULT_ESTIMATOR_KIND, *,
-                   seed: int = 0, **options: Any) -> Estimator | AdaptiveEstimator:
-    """The estimator of `kind`: an `AdaptiveEstimator` for `adaptive` (its `options` the test's
-    stopping rule: `target_se`, `max_items`, `step`), else an `Estimator` on `anchors` (`endpoints`,
-    `gmp_delta`)."""
-    if kind == ADAPTIVE:
-        return AdaptiveEstimator(model, seed=seed, **options)
-    return Estimator(model, anchors, kind, seed=seed, **options)
-
-
 class AdaptiveEstimator:
     """Estimates from an adaptive test (`AdaptiveTest`): each subject's items are chosen one step at
     a time by their information at its ability, so there is no anchor set shared by subjects, and
@@ -193,8 +183,7 @@ class Estimator:
         seed: int = 0,
     ) -> None:
         if kind == ADAPTIVE:
-            raise UserError("estimator adaptive chooses each subject's items itself: make_estimator (or "
-                            "AdaptiveEstimator) builds it")
+            raise UserError("estimator adaptive chooses each subject's items itself: AdaptiveEstimator builds it")
         if kind not in ESTIMATOR_KINDS:
             raise UserError(f"unknown estimator {kind!r} (choose from {', '.join(ESTIMATOR_KINDS)})")
         if gmp_delta != "auto" and not (isinstance(gmp_delta, (int, float)) and 0.0 <= gmp_delta <= 1.0):

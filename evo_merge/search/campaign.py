@@ -449,9 +449,12 @@ class CampaignRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """`with CampaignRunner.open(...) as runner:` closes the evaluator and the run's database."""
-        self.close()
-        self.workspace.store.close()
+        """`with CampaignRunner.open(...) as runner:` closes the evaluator and the run's database (the
+        database also where stopping the evaluator fails)."""
+        try:
+            self.close()
+        finally:
+            self.workspace.store.close()
 
 
 def _nothing_measured(store: CampaignStore, failures: dict[str, str]) -> UserError:

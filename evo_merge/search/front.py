@@ -40,8 +40,9 @@ PickScore = Callable[[Mapping[str, float]], float]  # task scores -> how good fo
 
 
 def candidates(store: CampaignStore) -> list[Evaluation]:
-    """The store's successful search and baseline evaluations, in a fixed order (`competing`)."""
-    return competing(store.evaluations())
+    """The store's successful search and baseline evaluations (`competing`), in a fixed order: ids
+    follow completion order on a cluster, so ties are broken by generation and key."""
+    return sorted(competing(store.evaluations()), key=lambda e: (e.generation or 0, e.key))
 
 
 def front(store: CampaignStore, objectives: Objectives) -> list[Evaluation]:

@@ -468,7 +468,8 @@ class CampaignStore:
                 recorded = self._json(keys, f"generation {generation}", list)
             except UserError:
                 break
-            if generation != done + 1 or not have.issuperset(recorded):
+            if generation != done + 1 or not all(isinstance(key, str) for key in recorded) or not have.issuperset(
+                    recorded):
                 break
             done = generation
         return done
@@ -584,9 +585,8 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return db
 
 
-def competing(evaluations: Iterable[Evaluation]) -> list[Evaluation]:
-    """The successful search and baseline evaluations, what competes for the front and the best, in
-    a fixed order (ids follow completion order on a cluster, so ties are broken by generation and
-    key). Here, torch-free, for `status` as for the front."""
-    done = [e for e in evaluations if e.phase in (SEARCH, BASELINE) and e.status == "ok"]
-    return sorted(done, key=lambda e: (e.generation or 0, e.key))
+def competing(evaluations: Sequence[Evaluation]) -> list[Evaluation]:
+    """The successful search evaluations, then the baselines (the standard merges), each in the
+    order given: what competes for the front and the best. Here, torch-free, for `status` as for
+    the front, which orders them otherwise (`front.candidates`)."""
+    return [e for phase in (SEARCH, BASELINE) for e in evaluations if e.phase == phase and e.status == "ok"]

@@ -245,6 +245,17 @@ def _batch_size(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def _shipped_name(path: Path) -> str | None:
+    """The shipped benchmark a missing task path names (`benchmarks/seq`, `benchmarks/seq/evo_seq.yaml`,
+    as a checkout's paths read): what to give outside a checkout, `seq`."""
+    benchmarks = shipped_dir("benchmarks")
+    for part in (path.stem, path.parent.name):
+        name = part.removeprefix("evo_")
+        if benchmarks is not None and name.isidentifier() and (benchmarks / name).is_dir():
+            return name
+    return None
+
+
 @_quiet()  # lm-eval's registry and datasets' loading, quiet for the call
 def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     """The lm-eval Task objects a spec names, by task name, and the name they go by: one task from
@@ -256,9 +267,8 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     path, label = Path(spec).expanduser(), str(spec)  # `eval --task ~/t.yaml`: the shell leaves ~ in a quoted path
     if isinstance(spec, Path) or is_path_like(str(spec)):  # a bare name is a name, whatever folder is here
         if not path.exists():
-            benchmarks = shipped_dir("benchmarks")
-            shipped = benchmarks is not None and (benchmarks / path.name.removeprefix("evo_")).is_dir()
-            hint = f" (the shipped benchmark is named {path.name.removeprefix('evo_')})" if shipped else ""
+            shipped = _shipped_name(path)
+            hint = f" (the shipped benchmark is named {shipped})" if shipped else ""
             raise UserError(f"task file {path} not found{hint}")
         files = _yaml_files(path)
         first = files[0]

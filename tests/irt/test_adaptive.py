@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from evo_merge.errors import UserError
-from evo_merge.irt import AdaptiveEstimator, Estimator, IRTModel, make_estimator, validate_responses
+from evo_merge.irt import AdaptiveEstimator, Estimator, IRTModel, validate_responses
 from evo_merge.irt.adaptive import AdaptiveTest, held_out_error
 from evo_merge.irt.responses import ResponseMatrix
 from evo_merge.irt.synthetic import make_synthetic_irt, synthetic_abilities
@@ -66,9 +66,8 @@ def test_a_stopping_rule_for_another_kind_is_refused_not_ignored(two_scenarios, 
 
     *_, model = two_scenarios
     anchors = select_anchors(model, 4, "random", seed=0)
-    for build in (Estimator, make_estimator):  # an anchor estimator takes no stopping rule: not taken silently
-        with pytest.raises(TypeError, match="max_items"):
-            build(model, anchors, "gpirt", max_items=5, target_se=0.1)
+    with pytest.raises(TypeError, match="max_items"):  # an anchor estimator takes no stopping rule: not silently
+        Estimator(model, anchors, "gpirt", max_items=5, target_se=0.1)
     model.save(tmp_path / "m")
     for option in (("--budget", "10"), ("--method", "random")):
         result = CliRunner().invoke(cli, ["irt", "estimate", str(tmp_path / "m"), "--responses",
@@ -229,9 +228,8 @@ def test_estimator_kind_adaptive_and_bad_input(two_scenarios):
         AdaptiveEstimator(model, target_se=0)
     with pytest.raises(UserError, match="needs anchors"):
         Estimator(model, None, "gpirt")
-    with pytest.raises(UserError, match="^estimator adaptive chooses each subject's items itself: make_estimator"):
+    with pytest.raises(UserError, match="^estimator adaptive chooses each subject's items itself: AdaptiveEstimator"):
         Estimator(model, None, "adaptive")
-    assert isinstance(make_estimator(model, None, "adaptive", target_se=0.05), AdaptiveEstimator)
     # an adaptive test has no anchor columns shared by its subjects: no batch methods that read them
     assert not any(hasattr(est, batch) for batch in ("estimate_rows", "estimate_with_overall", "estimate_matrix"))
 

@@ -402,6 +402,10 @@ def test_estimate_reads_the_anchors_an_automatic_method_stored(files, tmp_path):
             ["estimate", "{root}/m", "--responses", "{root}/partial.csv", "--endpoints", "m0000"],
             "--endpoints: only mpirt and gmpirt use the endpoints, not --estimator gpirt",
         ),
+        (  # ignored without a word too (audit 131)
+            ["estimate", "{root}/m", "--responses", "{root}/partial.csv", "--gmp-delta", "0.5"],
+            "--gmp-delta: only gmpirt mixes its parts at a given weight, not --estimator gpirt",
+        ),
         (
             [
                 "estimate",

@@ -1238,7 +1238,7 @@ def test_a_finished_flag_not_as_a_run_writes_it_reads_as_not_finished_and_resume
     assert code == 0 and "(finished)" in output, output
 
 
-@pytest.mark.parametrize("keys", ["x", "5", '{"a": 1}'])  # not JSON; JSON, not a list; a mapping
+@pytest.mark.parametrize("keys", ["x", "5", '{"a": 1}', "[[1]]", '[{"a": 1}]'])  # not JSON, not a list, not keys
 def test_a_generation_record_not_as_a_run_writes_it_reads_as_not_done_and_resume_writes_it_again(copy, keys):
     """A generation's keys edited: `status` and `report` called the store damaged (exit 2) while
     `resume` replayed that generation and wrote its record again (audit 130)."""
@@ -1734,3 +1734,23 @@ def test_a_held_folder_swept_between_its_open_and_its_lock_is_made_again(tmp_pat
     with files.held_temporary_folder(tmp_path, ".saving-") as folder:
         assert folder.is_dir() and folder != opened[0] and not opened[0].exists()
         assert files.sweep_unheld([folder]) == [] and folder.is_dir()
+
+
+def test_status_names_the_first_of_candidates_tied_for_best_as_it_always_has(copy):
+    """`status` ranks the search's evaluations by id, then the baselines: made to share the front's
+    order (generation, key), a folder whose best was a tie named another evaluation than it had
+    (audit 131). Two search evaluations tied at the top, the later one's key sorting first."""
+    store = CampaignStore(copy)
+    search = [e for e in store.evaluations("search") if e.status == "ok"]
+    store.close()
+    first, later = next((a, b) for a in search for b in search if a.id < b.id and b.key < a.key
+                        and a.generation == b.generation)
+    top = {task: 1.0 for task in first.estimates}
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:
+        for evaluation in (first, later):
+            db.execute("UPDATE evaluations SET estimates = ? WHERE id = ?", (json.dumps(top), evaluation.id))
+        db.commit()
+    code, output = invoke("status", copy)
+    assert code == 0 and "1.000 ± " in output, output
+    best = [line for line in output.splitlines() if line.startswith("best ")]
+    assert best and all(f"(evaluation {first.id}," in line for line in best), best

@@ -237,6 +237,20 @@ def test_a_cpu_campaign_whose_disk_folder_is_short_is_offered_memory_not_told_no
     assert "; so does storage.disk_dir on a disk with 64.0 MiB free (host" in error, error
 
 
+def test_a_roomier_disk_is_offered_alone_where_no_leaner_setting_was_found(tmp_path, zoo, monkeypatch):
+    """Whether a setting fitted was read from the start of the sentence saying so: a resume's "keeps
+    this run's batch size" (nothing found) was followed by "; so does" the roomier disk (audit 131)."""
+    from evo_merge.search import capacity
+
+    nothing = "a resume keeps this run's batch size and dtypes: start the campaign in a new run folder"
+    monkeypatch.setattr(capacity, "_leaner", lambda *args: (nothing, False))
+    monkeypatch.setattr(capacity, "free_disk", lambda directory: 1024)
+    (tmp_path / "scratch").mkdir()
+    path = write(tmp_path, config(zoo, storage={"placement": "disk", "disk_dir": str(tmp_path / "scratch")}))
+    error = CliRunner().invoke(cli, ["plan", str(path)]).output.strip().splitlines()[-1]
+    assert "storage.disk_dir on a disk with 64.0 MiB free fits (host" in error and "so does" not in error, error
+
+
 def test_plan_says_a_cpu_decomposes_a_large_model_s_matrices_for_tsv(tmp_path, zoo, monkeypatch):
     """TSV-M's first candidate spent 10 minutes on a CPU decomposing a 0.67B model, with nothing in
     `plan` and a progress line saying "merging" (audit 126). From 100M parameters (here: any) `plan`

@@ -186,9 +186,11 @@ def test_missing_data_file_and_unknown_names_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="task file .*nothere.yaml not found$"):
         resolve_task(str(tmp_path / "nothere.yaml"))
     # benchmarks/README.md's `--task benchmarks/seq`, outside a checkout: the shipped name said (audit 129)
-    with pytest.raises(UserError, match=r"task file .*benchmarks/evo_seq not found \(the shipped benchmark is "
-                                        r"named seq\)$"):
-        resolve_task(str(tmp_path / "benchmarks" / "evo_seq"))
+    for missing in ("benchmarks/evo_seq", "benchmarks/seq/evo_seq.yaml"):
+        with pytest.raises(UserError, match=r"not found \(the shipped benchmark is named seq\)$"):
+            resolve_task(str(tmp_path / missing))
+    with pytest.raises(UserError, match=r"task file .*nowhere/\.\. not found$"):  # no shipped name: no hint
+        resolve_task(f"{tmp_path}/nowhere/..")
     with pytest.raises(UserError, match="unknown task 'no_such_task_zz9'"):
         resolve_task("no_such_task_zz9")
 
