@@ -42,7 +42,7 @@ from evo_merge.irt.kinds import (
 )
 from evo_merge.markup import TERMINAL_CONTROL
 from evo_merge.schema import Strict, is_path_like, load_yaml, refuse_other_kind, validate
-from evo_merge.shipped import shipped_dir
+from evo_merge.shipped import shipped_benchmark, shipped_dir
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
 # no `..`, no leading dot or dash, so a config can never reach outside its run folder; at most 100
@@ -125,8 +125,8 @@ def _what_is_scored(spec: TaskSpec, root: Path | None = None) -> tuple[str, tupl
         inside = shipped is not None and path.is_absolute() and where.is_relative_to(shipped)
         parts = where.relative_to(shipped).parts if inside else ()
         task = parts[0] if parts and (len(parts) == 1 or parts[-1].endswith((".yaml", ".yml"))) else str(path)
-    elif benchmarks is not None and (benchmarks / task.removeprefix("evo_")).is_dir():
-        task = task.removeprefix("evo_")
+    elif (name := shipped_benchmark(task)) is not None:
+        task = name
     return task, tuple(sorted(spec.options.items()))
 
 

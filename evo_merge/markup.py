@@ -37,10 +37,10 @@ def md(text: object) -> str:
 
 
 def visible(text: str) -> str:
-    """`text` with its control characters (the tab aside) shown as `\\xNN` and its bidirectional and
-    zero-width controls as `\\uNNNN`: text a run folder someone sent holds, printed, must not move
-    the cursor, retitle or recolour the terminal, start a line of its own (audit 116), reorder what
-    is shown around it (audit 119), or look like another name."""
+    """`text` with its control characters (the tab aside), bidirectional controls and invisible
+    characters (`CONTROL`) shown as their escapes: text a run folder someone sent holds, printed,
+    must not move the cursor, retitle or recolour the terminal, start a line of its own (audit 116),
+    reorder what is shown around it (audit 119), or look like another name (audit 130)."""
     return CONTROL.sub(lambda m: _escape(ord(m[0])), text)
 
 

@@ -22,3 +22,17 @@ def shipped_dir(name: Shipped) -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def shipped_benchmarks() -> dict[str, Path]:
+    """Shipped benchmark name (folder name, e.g. `arith`) -> its folder."""
+    folder = shipped_dir("benchmarks")
+    if folder is None:
+        return {}
+    return {p.name: p for p in sorted(folder.iterdir()) if any(p.glob("*.yaml"))}
+
+
+def shipped_benchmark(name: str) -> str | None:
+    """The shipped benchmark `name` names (`arith`, or its task's name `evo_arith`); None for any other."""
+    bare = name.removeprefix("evo_")
+    return bare if bare in shipped_benchmarks() else None

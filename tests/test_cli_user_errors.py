@@ -354,6 +354,7 @@ def test_the_plan_counts_the_items_a_campaign_asks_for(tmp_path, family):
     each = min(30 * scenarios, 960)  # each scenario's test stops at max_items at the latest
     assert f"calibration 11 models x 960 search items = 10,560; search at most 4 candidates x {each} (at most, " \
            f"adaptive) = {4 * each:,}" in output, output
+    assert "the standard merges not among the warm-ups (on an adaptive test, as any candidate)" in output, output
     # IRT models given: no warm-up merges measured to fit one (audit 104)
     from types import SimpleNamespace
 

@@ -12,15 +12,6 @@ from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
 from evo_merge.search.preflight import planned_campaign
 
 
-def held_out(campaign, tasks: dict) -> dict[str, int]:
-    """How many items of each task the run holds out: the split it makes (each scenario keeps an item
-    for the search), which may be fewer than `final.holdout` asks; the plan counted what was asked."""
-    from evo_merge.search.holdout import holdout_items
-
-    return {name: len(items) for name, items in holdout_items(tasks, campaign.final.holdout,
-                                                              campaign.algorithm.seed).items()}
-
-
 def item_budget(campaign, tasks: dict, n_models: int, held: dict[str, int]) -> str:
     """The item evaluations of the calibration and of the search at most (beside scoring every
     search candidate on every item), where a slip in a number shows: a thousand warm-up merges are
@@ -47,16 +38,15 @@ def item_budget(campaign, tasks: dict, n_models: int, held: dict[str, int]) -> s
             "final phase (its race, the picks measured whole) add theirs")
 
 
-def task_line(name: str, n_items: int, holdout, held: int) -> str:
-    """A task, its items and how many the final phase holds out (`held`, the run's split, and what
-    `holdout` asked where that was more): with `holdout: auto` a task under AUTO_MIN_ITEMS items holds
-    none, so its picks' published scores are on items the search chose on; the report said so after
-    the run, the plan says it before."""
-    from evo_merge.search.holdout import AUTO_MIN_ITEMS, holdout_size
+def task_line(name: str, n_items: int, holdout, held: int, asked: int | None = None) -> str:
+    """A task, its items and how many the final phase holds out (`held`, the run's split, and the
+    `asked` it falls short of, `holdout.shortfalls`): with `holdout: auto` a task under AUTO_MIN_ITEMS
+    items holds none, so its picks' published scores are on items the search chose on; the report
+    said so after the run, the plan says it before."""
+    from evo_merge.search.holdout import AUTO_MIN_ITEMS
 
-    asked = holdout_size(name, n_items, holdout)
     if held:
-        fewer = f" of the {asked:,} asked: each scenario keeps an item for the search" if held < asked else ""
+        fewer = f" of the {asked:,} asked: each scenario keeps an item for the search" if asked else ""
         return f"{name} ({n_items:,} items, {held:,} held out{fewer})"
     if holdout == "auto":
         return (f"{name} ({n_items:,} items, none held out: fewer than {AUTO_MIN_ITEMS}, so its picks are scored on "
@@ -78,6 +68,7 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
     from evo_merge.search.capacity import campaign_plan, decomposition_note, gpu_note
     from evo_merge.search.estimator_checks import check_irt_model_items
     from evo_merge.search.evaluator import campaign_tasks
+    from evo_merge.search.holdout import holdout_items, shortfalls
     from evo_merge.search.run_folder import check_run_folder
 
     if out is not None:
@@ -89,9 +80,11 @@ def plan(campaign_file: Path, out: Path | None, trust_tasks: bool) -> None:
         check_tasks_trusted(campaign_file, folder, trust_tasks)
     with naming_file(campaign_file):
         tasks = campaign_tasks(campaign)
-        # a holdout leaving a task no search item: refused (`holdout_size`) as `run` refuses it
-        held = held_out(campaign, tasks)
-        lines = [task_line(name, len(task.item_ids), campaign.final.holdout, held[name])
+        # the split the run makes (a holdout leaving a task no search item refused, as `run` refuses it)
+        split = holdout_items(tasks, campaign.final.holdout, campaign.algorithm.seed)
+        short = shortfalls(tasks, campaign.final.holdout, split)
+        held = {name: len(items) for name, items in split.items()}
+        lines = [task_line(name, len(task.item_ids), campaign.final.holdout, held[name], short.get(name, (None,))[0])
                  for name, task in tasks.items()]
         check_irt_model_items(campaign, tasks)
     result = campaign_plan(campaign, base, models, resuming=resuming, planning=True)

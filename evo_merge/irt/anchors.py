@@ -74,18 +74,20 @@ BALANCE_CELLS = 4_000_000  # draws x (items, or subjects x anchors) at once in `
 MAX_PAIRS = 256  # calibration-subject midpoints averaged for a scenario's item variance (a random subset beyond)
 
 
-def choose_anchor_method(requested: str, n_subjects: int) -> tuple[str, str | None]:
+def choose_anchor_method(requested: str, n_subjects: int,
+                         subjects: str = "calibration subjects") -> tuple[str, str | None]:
     """The method to use for `requested` with this many calibration subjects (an automatic one
     resolved, the others as named), and why it is not what the automatic one names with enough
-    subjects (None when it is, or nothing was resolved)."""
+    subjects (None when it is, or nothing was resolved). `subjects`: what the reason calls them (a
+    campaign reusing an IRT model did not measure them: `calibration subjects of estimator.irt_model`)."""
     if requested not in ANCHOR_METHODS:
         raise UserError(f"unknown anchor method {requested!r} (choose from {', '.join(ANCHOR_METHODS)})")
     if requested not in AUTOMATIC_ANCHOR_METHODS:
         return requested, None
     if n_subjects >= MIN_CLUSTER_SUBJECTS:
         return AUTOMATIC_ANCHOR_METHODS[requested], None
-    return FALLBACK_METHOD, (f"{FALLBACK_METHOD} anchors instead of {requested}: {n_subjects} calibration subjects "
-                             f"are fewer than {MIN_CLUSTER_SUBJECTS}, too few for clusters to beat random sampling")
+    return FALLBACK_METHOD, (f"{FALLBACK_METHOD} anchors instead of {requested}: {n_subjects} {subjects} are fewer "
+                             f"than {MIN_CLUSTER_SUBJECTS}, too few for clusters to beat random sampling")
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ class AdaptiveEstimator:
         self.model, self.scenarios = model, model.scenarios
         self.test = AdaptiveTest(model, seed=seed, model_error=error, **options)
         self.anchors = self.test.first_step()
-        self.anchor_ids = [i for s in self.scenarios for i in self.anchors.items[s]]
+        self.anchor_ids = self.anchors.all_items()  # in scenario order, as the test's first step lists them
 
     def estimate(self, scores: Mapping[str, float]) -> Estimate:
         """Per-scenario and overall estimates, with SEs, from the items `scores` holds."""

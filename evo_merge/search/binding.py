@@ -29,7 +29,6 @@ from evo_merge.search.lock import holder
 from evo_merge.search.run_folder import check_run_files
 from evo_merge.search.store import FACTS_META, CampaignStore, Record
 
-# what a run folder holds before its campaign is written: the database (with SQLite's journal files), the lock
 DEFAULTS_META = Record("defaults", int)  # the DEFAULTS_VERSION a run folder was written under; none: 1
 CONFIG_META = Record("config", str)  # the fingerprint of the campaign the folder is bound to
 WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files

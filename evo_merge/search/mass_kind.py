@@ -108,8 +108,8 @@ class MassKind:
             from evo_merge.merge.storage import Stash, Storage
             from evo_merge.weights.references import resolve_reference
 
-            refs = [resolve_reference(str(m), None, key)
-                    for m, key in zip((base, *models), ("base_model", *(f"models.{i}" for i in range(len(models)))))]
+            refs = [resolve_reference(str(base), None, "base_model"),
+                    *(resolve_reference(str(m), None, f"models.{i}") for i, m in enumerate(models))]
             stash = Stash(Storage(placement="host"), torch.device(device), COMPUTE_DTYPE)
             mass = MassModel.from_checkpoints(refs[0].path, [r.path for r in refs[1:]], track=track, stash=stash,
                                               names=[r.name for r in refs[1:]])

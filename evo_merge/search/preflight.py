@@ -22,7 +22,7 @@ def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None,
     evaluates when that is not the file's (`resume --scheduler`). `planning`: for `plan` alone, a GPU
     this machine lacks passes where its budget is given (`capacity.gpu_elsewhere`)."""
     from evo_merge.align.builders import check_arch
-    from evo_merge.errors import UserError, naming_file
+    from evo_merge.errors import naming_file
     from evo_merge.merge.storage import check_disk_dir
     from evo_merge.search.capacity import gpu_elsewhere
     from evo_merge.search.workspace import checked_campaign
@@ -35,13 +35,9 @@ def campaign_models(campaign_file: Path, evaluator: EvaluatorSpec | None = None,
             campaign = campaign.model_copy(update={"evaluator": evaluator})
         campaign, refs = checked_campaign(campaign, campaign_file.parent)  # as the run resolves and checks them
         if not (planning and gpu_elsewhere(campaign)):
-            try:  # a GPU that is not here: said naming the file, before any model
-                resolve_device(campaign.device)
-            except UserError as exc:
-                if planning and str(campaign.device).startswith("cuda"):  # `plan` can plan that GPU against a budget
-                    raise UserError(f"{exc}; to plan the campaign for a GPU machine from here, give its memory "
-                                    "as storage.device_budget_gib") from None
-                raise
+            # a GPU that is not here: said naming the file, before any model; `plan` can plan it against a budget
+            resolve_device(campaign.device, missing="; to plan the campaign for a GPU machine from here, give its "
+                                                    "memory as storage.device_budget_gib" if planning else "")
         for line in campaign.ignored_settings():
             log.warning(line)
         models = [refs[f"models.{i}"].path for i in range(len(campaign.models))]

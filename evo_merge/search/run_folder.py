@@ -18,7 +18,7 @@ from evo_merge.search.layout import ALIGNED_FOLDER, CAMPAIGN_FILE, IRT_FOLDER
 from evo_merge.search.lock import LOCK_FILE, holder
 from evo_merge.search.store import CampaignStore
 
-# what a run holds in its first seconds, before it records its campaign
+# what a run folder holds before its campaign is written: the database (with SQLite's journal files), the lock
 STARTED_FILES = {CampaignStore.DB, f"{CampaignStore.DB}-wal", f"{CampaignStore.DB}-shm", LOCK_FILE}
 
 

@@ -299,9 +299,9 @@ class Scoring:
             endpoint_arg = endpoints
         if spec.adaptive:  # items chosen per candidate: no fixed anchor set
             return [AdaptiveEstimator(model, seed=self.seed, target_se=spec.target_se, max_items=spec.max_items)]
-        method, reason = choose_anchor_method(spec.anchor_method, len(model.subject_ids))  # an automatic one resolved
-        if reason and spec.irt_model is not None:  # not the subjects this run measured: the model's own
-            reason = reason.replace(" calibration subjects", " calibration subjects of estimator.irt_model", 1)
+        # an automatic method resolved; a reused model's subjects are not those this run measured
+        whose = "calibration subjects" + (" of estimator.irt_model" if spec.irt_model is not None else "")
+        method, reason = choose_anchor_method(spec.anchor_method, len(model.subject_ids), whose)
         if reason and reason not in self._said:  # the designed choice with few subjects: said, not warned
             self._said.add(reason)
             log.info(reason)

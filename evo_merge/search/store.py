@@ -193,15 +193,12 @@ class CampaignStore:
         return UserError(f"{self.run_dir / self.DB}: {where} is damaged (edited, or not written by evo-merge); "
                          "restore it from a backup, or start the campaign again in a new run folder")
 
-    def _json(self, text: str | None, where: str, kind: type | None = None) -> Any:
-        """`text` parsed; damaged when it is not JSON, or not of `kind` where one is given."""
+    def _json(self, text: str | None, where: str) -> Any:
+        """`text` parsed; damaged when it is not JSON."""
         try:
-            value = None if text is None else parse_json(text)
+            return None if text is None else parse_json(text)
         except (ValueError, TypeError):  # ValueError: JSONDecodeError, or an integer of too many digits
             raise self.damaged(where) from None
-        if kind is not None and not isinstance(value, kind):
-            raise self.damaged(where)
-        return value
 
     def _evaluation(self, row: Iterable) -> Evaluation:
         """A row of evaluations read back against what `add`, `add_items` and `add_measurement`
@@ -465,11 +462,10 @@ class CampaignStore:
         done = 0
         for generation, keys in self.db.execute("SELECT generation, keys FROM generations ORDER BY generation"):
             try:
-                recorded = self._json(keys, f"generation {generation}", list)
-            except UserError:
+                recorded = _adapter(list[str]).validate_json(keys or "", strict=True)
+            except ValidationError:
                 break
-            if generation != done + 1 or not all(isinstance(key, str) for key in recorded) or not have.issuperset(
-                    recorded):
+            if generation != done + 1 or not have.issuperset(recorded):
                 break
             done = generation
         return done

@@ -32,7 +32,7 @@ import yaml
 
 from evo_merge.errors import UserError, described, did_you_mean, first_line
 from evo_merge.schema import is_path_like, malformed_yaml
-from evo_merge.shipped import shipped_dir
+from evo_merge.shipped import shipped_benchmark
 from evo_merge.tasks.base import ItemTable, score_series
 
 _LOGGERS = ("lm_eval", "lm-eval", "datasets")
@@ -248,12 +248,7 @@ def _batch_size(value: object) -> bool:
 def _shipped_name(path: Path) -> str | None:
     """The shipped benchmark a missing task path names (`benchmarks/seq`, `benchmarks/seq/evo_seq.yaml`,
     as a checkout's paths read): what to give outside a checkout, `seq`."""
-    benchmarks = shipped_dir("benchmarks")
-    for part in (path.stem, path.parent.name):
-        name = part.removeprefix("evo_")
-        if benchmarks is not None and name.isidentifier() and (benchmarks / name).is_dir():
-            return name
-    return None
+    return next(filter(None, (shipped_benchmark(part) for part in (path.stem, path.parent.name))), None)
 
 
 @_quiet()  # lm-eval's registry and datasets' loading, quiet for the call

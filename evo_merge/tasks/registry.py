@@ -26,7 +26,7 @@ from typing import Any
 
 from evo_merge.errors import UserError, described
 from evo_merge.schema import is_path_like
-from evo_merge.shipped import shipped_dir
+from evo_merge.shipped import shipped_benchmark, shipped_benchmarks, shipped_dir
 from evo_merge.tasks.base import FitnessTask
 
 ENTRY_POINT_GROUP = "evo_merge.tasks"
@@ -35,13 +35,6 @@ _PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _CACHE: dict[tuple[str, str], FitnessTask] = {}  # (task string, its settings as JSON) -> the task built
 
 log = logging.getLogger(__name__)
-
-
-def shipped_benchmarks() -> dict[str, Path]:
-    """Shipped benchmark name (folder name, e.g. `arith`) -> its folder."""
-    if BENCHMARKS_DIR is None:
-        return {}
-    return {p.name: p for p in sorted(BENCHMARKS_DIR.iterdir()) if any(p.glob("*.yaml"))}
 
 
 def _made(factory: Callable[..., FitnessTask], spec: str, settings: dict[str, Any], *args: Any) -> FitnessTask:
@@ -151,10 +144,8 @@ def _build(spec: str, settings: dict[str, Any]) -> FitnessTask:
             return _from_plugin(loaded, spec, settings)
     if is_path_like(spec):
         return _made(LMEvalTask, spec, settings, spec)
-    shipped = shipped_benchmarks()
-    name = spec.removeprefix("evo_")
-    if name in shipped:
-        return _made(LMEvalTask, spec, settings, shipped[name])
+    if (name := shipped_benchmark(spec)) is not None:
+        return _made(LMEvalTask, spec, settings, shipped_benchmarks()[name])
     try:
         return _made(LMEvalTask, spec, settings, spec)
     except UserError:
@@ -179,7 +170,7 @@ def code_it_runs(spec: str) -> str | None:
         return None
     if is_path_like(spec):
         return f"the lm-eval task file {spec} (its YAML may run Python beside it)"
-    if spec.removeprefix("evo_") not in shipped_benchmarks() and Path(spec).exists():
+    if shipped_benchmark(spec) is None and Path(spec).exists():
         # read from the working directory where no registry name has it (`_build`'s last resort)
         return f"the lm-eval task file or folder {spec} of the working directory (its YAML may run Python beside it)"
     return None

@@ -12,9 +12,9 @@ def cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_device(device: str, key: str = "device") -> torch.device:
+def resolve_device(device: str, key: str = "device", missing: str = "") -> torch.device:
     """auto (cuda when available) | cpu | cuda | cuda:N; another name, or a GPU that is not there, is a
-    user error naming `key`."""
+    user error naming `key`; `missing` is added to the second (what the caller can do instead)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -24,7 +24,7 @@ def resolve_device(device: str, key: str = "device") -> torch.device:
     if resolved.type == "cuda":
         count = cuda_count()
         if (resolved.index or 0) >= count:
-            raise UserError(f"{key}: {device} asked for, but torch sees {count} CUDA device(s)")
+            raise UserError(f"{key}: {device} asked for, but torch sees {count} CUDA device(s){missing}")
     elif resolved.type != "cpu":
         raise UserError(f"{key}: {device!r} is not a device evo-merge runs on (auto, cpu, cuda or cuda:N)")
     return resolved

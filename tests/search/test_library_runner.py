@@ -155,6 +155,19 @@ def test_the_with_block_lets_go_of_the_loaded_models(tmp_path, zoo):
     assert loaded() is None
 
 
+def test_leaving_the_block_closes_the_database_where_stopping_the_evaluator_fails(tmp_path, zoo):
+    """An evaluator that raised as it stopped (a dask cluster gone) left the run's database open."""
+    class Stuck:
+        def close(self):
+            raise RuntimeError("cluster gone")
+
+    with pytest.raises(RuntimeError, match="cluster gone"):
+        with CampaignRunner.open(small(zoo), tmp_path, tmp_path / "run") as runner:
+            runner._evaluator = Stuck()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        runner.workspace.store.db.execute("SELECT 1")
+
+
 def test_a_followed_runner_is_not_told_to_follow_its_trackers(tmp_path, zoo, caplog):
     from evo_merge.report.tracking import follow_campaign
 
