@@ -330,15 +330,8 @@ def _entry_of(group: Group) -> Entry:
     return group.reference if group.reference is not None else group.endpoints[0]
 
 
-def _stored_weights(checkpoint: Checkpoint) -> list[str]:
-    """The tensors a merge writes: all but the buffers a model computes on load (`heads.is_buffer`),
-    which one input may store and another not (RoPE's `inv_freq` of older checkpoints): the output
-    leaves them out, as mergekit's does and as transformers computes them."""
-    return [n for n in checkpoint.names if not heads.is_buffer(n)]
-
-
 def _model_jobs(method: MergeMethod, group: Group, checkpoints: list[Checkpoint]) -> list[TensorJob]:
-    first = _stored_weights(checkpoints[_entry_of(group).model])
+    first = heads.merged_names(checkpoints[_entry_of(group).model])
     sizes = layers.stack_sizes(first)
     jobs = []
     for name in first:
@@ -350,7 +343,7 @@ def _model_jobs(method: MergeMethod, group: Group, checkpoints: list[Checkpoint]
 
 def _slice_jobs(method: MergeMethod, groups: list[Group], checkpoints: list[Checkpoint]) -> list[TensorJob]:
     """Pre-layer tensors from the first slice, its layers renumbered in order, the rest from the last."""
-    outside = [n for n in _stored_weights(checkpoints[_entry_of(groups[0]).model]) if layers.parse(n) is None]
+    outside = [n for n in heads.merged_names(checkpoints[_entry_of(groups[0]).model]) if layers.parse(n) is None]
     jobs = [_job(method, groups[0], n, [n] * len(groups[0].endpoints), n, 0.0)
             for n in outside if layers.is_pre_layer(n)]
     out_index = 0
@@ -359,7 +352,7 @@ def _slice_jobs(method: MergeMethod, groups: list[Group], checkpoints: list[Chec
         start, end = lead.layers
         for offset in range(end - start):
             t = layer_position(offset, end - start)
-            for tensor in layers.layer_tensors(_stored_weights(checkpoints[lead.model]), start + offset):
+            for tensor in layers.layer_tensors(heads.merged_names(checkpoints[lead.model]), start + offset):
                 names = [tensor.at(e.layers[0] + offset) for e in group.endpoints]
                 jobs.append(_job(method, group, tensor.at(out_index), names, tensor.at(start + offset), t))
             out_index += 1

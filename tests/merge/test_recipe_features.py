@@ -15,6 +15,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evo_merge.cli import cli
+from evo_merge.merge.inplace import InPlaceMerger
+from evo_merge.weights import Checkpoint
 from evo_merge.zoo.tiny import make_tiny_causal_lm, tie_embeddings
 from evo_merge.zoo.tokenizer import build_char_tokenizer
 
@@ -500,6 +502,28 @@ def test_a_head_copy_stored_by_a_tied_endpoint_keeps_the_output_tied(deep, tmp_p
     assert result.exit_code == 0, result.output
     assert tensors_of(out).keys() == tensors_of(tied_base).keys()  # no head stored: tied, like its inputs
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def test_a_seeded_merge_of_a_base_storing_its_tied_head_exports_the_candidate_the_search_scored(deep, tmp_path):
+    """A tied base that stores a copy of its head: the file merge planned the copy as a tensor of
+    its own, and DARE drew its mask by the tensor's name, so the exported head (which transformers
+    loads as stored) was not the merged embedding the in-place candidate computes with."""
+    base = tie_embeddings(deep["base"], tmp_path / "tied-base", store_head=True)
+    ends = [tie_embeddings(deep["ft1"], tmp_path / "tied-ft1", store_head=True),
+            tie_embeddings(deep["ft2"], tmp_path / "tied-ft2")]
+    weights, params = [0.6, 0.5], {"density": 0.5}
+    models = [{"model": str(e), "parameters": {"weight": w}} for e, w in zip(ends, weights)]
+    result, out = merge(tmp_path, {"merge_method": "dare_linear", "base_model": str(base), "parameters": params,
+                                   "models": models})
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    candidate = AutoModelForCausalLM.from_pretrained(base)
+    merger = InPlaceMerger(candidate, Checkpoint.open(base), [Checkpoint.open(e) for e in ends])
+    merger.apply("dare_linear", weights, params)
+    state = candidate.state_dict()
+    assert all(torch.equal(t, state[n]) for n, t in exported.state_dict().items())
+    assert torch.equal(exported.lm_head.weight, exported.model.embed_tokens.weight)
 
 
 def test_tokenizer_source_resolves_against_the_recipe_s_folder_and_is_saved_resolved(deep, tmp_path):
