@@ -35,6 +35,8 @@ SAFETENSORS_SINGLE = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT LoRA adapter's folder (`weights.lora` reads it)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -440,6 +442,9 @@ def _locate(path: Path) -> tuple[Path | None, list[Path], dict[str, str] | None]
                 f"no weights in {folder}: expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX} or a "
                 "single .safetensors file (pickle files with `merge --allow-pickle`)"
             )
+        if (folder / ADAPTER_CONFIG).is_file() and found.name.startswith("adapter_model."):
+            raise UserError(f"{folder} is a LoRA adapter ({ADAPTER_CONFIG}), not a model: give it after the model "
+                            f"it was trained on, as MODEL+ADAPTER")
         if found.suffix == ".safetensors" and found.name != SAFETENSORS_SINGLE:
             others = sorted(folder.glob("*.safetensors"))
             if len(others) > 1:

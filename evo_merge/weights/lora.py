@@ -27,12 +27,16 @@ import torch
 
 from evo_merge.errors import UserError
 from evo_merge.weights import heads
-from evo_merge.weights.checkpoint import Checkpoint, SafetensorsFile, read_json_object
+from evo_merge.weights.checkpoint import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    Checkpoint,
+    SafetensorsFile,
+    read_json_object,
+)
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
                   r"(?:\.(?!weight$|bias$)[^.]+)?(?:\.(?P<kind>weight|bias))?$")  # adapter name, then weight or bias
 

@@ -567,6 +567,22 @@ def test_a_model_and_adapter_reference_missing_either_part_is_named(deep, tmp_pa
     assert line.startswith(f"error: {tmp_path / 'out.yaml'}: {expected.format(**fill)}"), line
 
 
+@pytest.mark.parametrize("role", ["base_model", "models"])
+def test_a_lora_adapter_folder_given_as_a_model_is_told_to_follow_its_model(deep, tmp_path, role):
+    """The `+` forgotten: the adapter's weights file was read as the model's, and the error named
+    a tensor the adapter lacks (`lm_head.weight not found`) beside a warning to use `slices:`."""
+    _lora_adapter(deep["base"], tmp_path / "adapter")
+    adapter, ft = str(tmp_path / "adapter"), str(deep["ft1"])
+    recipe = ({"merge_method": "task_arithmetic", "base_model": adapter, "models": [{"model": ft}]}
+              if role == "base_model" else
+              {"merge_method": "task_arithmetic", "base_model": str(deep["base"]), "models": [{"model": adapter}]})
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 2 and not out.exists()
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / 'out.yaml'}: {adapter} is a LoRA adapter (adapter_config.json), not a model: give it "
+        "after the model it was trained on, as MODEL+ADAPTER"]
+
+
 TOKEN_SOURCE_ERRORS = {
     "token_id beyond the model's rows": ({"kind": "model_token", "model": "{ft1}", "token_id": 5000},
                                          "token_id 5000 is outside the 100 embedding rows"),
