@@ -15,7 +15,7 @@ from evo_merge.cli.paths import UserPath
 @click.option("--dtype", default=None,
               help="computation and output dtype: float32, bfloat16, float16 (or fp32, bf16, fp16, half; "
                    "default: the recipe's)")
-@click.option("--allow-pickle", is_flag=True, help="also read .bin/.pt/.pth checkpoints (weights_only=True)")
+@click.option("--allow-pickle", is_flag=True, help="also read .bin/.pt/.pth/.ckpt checkpoints (weights_only=True)")
 @click.option("--overwrite", is_flag=True,
               help="replace OUT if it is a model folder (only once the new folder is complete)")
 @click.option("--device", default="cpu", show_default=True,

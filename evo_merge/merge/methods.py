@@ -76,8 +76,9 @@ def task_arithmetic(base, deltas, params: Params, name: str) -> list[torch.Tenso
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the top `density` fraction of entries by magnitude: none at density 0, at least one
-    above it (mergekit's rule; the TIES paper's top 0% keeps nothing). Of the entries tied
+    """Keep the top `density` fraction of entries by magnitude: none at density 0 (the TIES
+    paper's top 0%), at least one above it (mergekit 0.1 stops with an assertion wherever density
+    x entries rounds down to 0, a tensor's worth of merge lost to a small one). Of the entries tied
     with the last one kept (many, in bfloat16), the first by position are kept: the same entries
     on every device and torch version, so a candidate built on a GPU and its recipe rebuilt on a
     CPU agree (topk, like mergekit's unstable argsort, picks among ties in no set order)."""

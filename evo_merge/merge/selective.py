@@ -42,6 +42,9 @@ def model_stock(base, deltas, weights, params: Params, name: str) -> torch.Tenso
     return (t * average + (1 - t) * w0).reshape(shape)
 
 
+NEARSWAP_FLOOR = 1e-6  # mergekit's floor on an entry's distance (mergekit/merge_methods/nearswap.py)
+
+
 @register_method("nearswap", uses_weights=False, n_models=(1, 1), on_models=True, keeps_unchanged=True,
                  hyperparameters=[
     H("t", 0.001, 0.0, None, required=True, search_range=(0.0001, 0.01),
@@ -51,9 +54,10 @@ def nearswap(base, deltas, weights, params: Params, name: str) -> torch.Tensor:
     """NearSwap: take the other model's entry where it is within t of the base's, and blend
     (weight t / |difference|) elsewhere."""
     other = base + deltas[0]
-    # mergekit's weight: an entry the model left as the base (0/0 or t/0) takes the model's, which is it
-    weight = torch.nan_to_num(params["t"] / deltas[0].abs(), nan=1.0, posinf=1.0).clamp(min=0, max=1)
-    return weight * other + (1 - weight) * base
+    # mergekit 0.1's weight, the distance floored at NEARSWAP_FLOOR (below a t of 1e-6 entries closer
+    # than that blend); an entry the model left as the base stays the base's bits (`keeps_unchanged`)
+    weight = (params["t"] / deltas[0].abs().clamp(min=NEARSWAP_FLOOR)).clamp(min=0, max=1)
+    return torch.where(deltas[0] == 0, base, weight * other + (1 - weight) * base)
 
 
 def fusion_quantiles(scores: torch.Tensor, qs: list[float]) -> list[torch.Tensor]:

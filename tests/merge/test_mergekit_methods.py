@@ -142,10 +142,10 @@ def test_nearswap_swaps_close_entries_and_blends_far_ones():
     base, delta = T([0.0, 0.0]), T([0.005, 0.04])
     out = run("nearswap", base, [delta], t=0.01)  # weight min(1, 0.01/0.005)=1, 0.01/0.04=0.25
     assert torch.allclose(out, T([0.005, 0.01]))
-    # below t everywhere, however small t: the model's entries, and the base where it equals it
-    # (mergekit's weight min(1, t / |d|), 1 at d = 0; a floor on |d| blended them)
-    base, delta = T([0.0, 2.0, 0.0]), T([1e-8, 0.0, -4e-8])
-    assert torch.equal(run("nearswap", base, [delta], t=1e-7), base + delta)
+    # mergekit 0.1 floors the distance at 1e-6: below a t of 1e-6 entries closer than that blend
+    # by t / 1e-6 (0.1 here), where t / |d| took the model's; the entry the model left stays the base's
+    base, delta = T([0.0, 2.0, 0.0, 0.0]), T([5e-7, 0.0, -4e-8, 1e-3])
+    assert torch.allclose(run("nearswap", base, [delta], t=1e-7), T([5e-8, 2.0, -4e-9, 1e-7]), rtol=1e-6, atol=0)
     assert torch.equal(run("nearswap", base, [delta], t=0.0), base)
     with pytest.raises(UserError, match="parameters.t: required"):
         get_method("nearswap").resolve({}, 1)
