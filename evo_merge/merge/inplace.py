@@ -30,7 +30,7 @@ from evo_merge.merge.fused import fused_combine
 from evo_merge.merge.pieces import ELEMENTWISE, Endpoint, Piece, elementwise_term, map_piece
 from evo_merge.merge.registry import MergeMethod, combine_pieces, get_method
 from evo_merge.merge.storage import Stash, Storage
-from evo_merge.merge.task_vectors import TaskVector
+from evo_merge.merge.task_vectors import TaskVector, is_zero
 from evo_merge.weights import Checkpoint, check_compatible, heads
 from evo_merge.weights.devices import indexed
 from evo_merge.weights.dtypes import all_finite
@@ -122,7 +122,7 @@ class InPlaceMerger:
         has it (a zero task vector: `MergeMethod.keeps_unchanged`)."""
         if exact_base and _holds(stored, endpoint, source):
             tensor = _finite(endpoint.tensor(source), endpoint, source)
-            return Endpoint(self.stash.keep(tensor, stored)), _same_values(tensor, theta0)
+            return Endpoint(self.stash.keep(tensor, stored)), is_zero(TaskVector(tensor, theta0))
         # in place: one float32 copy of the tensor per endpoint read, not two
         delta = _finite(endpoint.tensor(source, self.dtype), endpoint, source).sub_(theta0)
         unchanged = not bool(delta.any())
@@ -312,15 +312,6 @@ class InPlaceMerger:
     def clear_cache(self) -> None:
         """Drop cached pieces (e.g. between search phases that use different methods)."""
         self._pieces.clear()
-
-
-def _same_values(tensor: torch.Tensor, wide: torch.Tensor) -> bool:
-    """Whether `tensor` minus `wide` is zero everywhere, as a stored task vector is checked (an inf
-    in both is a NaN there: changed, as the file merge finds it), a chunk at a time (no copy of a
-    whole 128k-row embedding for it), stopping at the first chunk that differs (a changed tensor)."""
-    flat, other = tensor.reshape(-1), wide.reshape(-1)
-    return not any(bool((flat[start:start + CHUNK].to(other.dtype) - other[start:start + CHUNK]).any())
-                   for start in range(0, flat.numel(), CHUNK))
 
 
 def _holds(dtype: torch.dtype, checkpoint: Checkpoint, name: str) -> bool:

@@ -11,7 +11,7 @@ import torch
 
 from evo_merge.merge.apply import merge_tensor
 from evo_merge.merge.plan import MergePlan, TensorJob
-from evo_merge.merge.task_vectors import TaskVector, whole
+from evo_merge.merge.task_vectors import TaskVector, is_zero
 from evo_merge.weights import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _combine(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor]) -> to
     inputs = tensors[1:] if job.reference else tensors
     # formed where they are read for a method that streams them: not T more copies beside the inputs
     deltas = [TaskVector(x, reference) if plan.method.streams else x - reference for x in inputs]
-    if plan.method.keeps_unchanged and not any(bool(whole(d).any()) for d in deltas):  # its result is the base
+    if plan.method.keeps_unchanged and all(is_zero(d) for d in deltas):  # its result is the base
         return reference + 0.0  # as base + 0 is: -0.0 read as 0.0
     return merge_tensor(plan.method, reference, deltas, job.weights, job.params, job.name)
 

@@ -82,6 +82,26 @@ def zeros(delta: Delta) -> torch.Tensor:
     return torch.zeros_like(delta)
 
 
+ZERO_CHECK_CHUNK = 2**18  # entries formed at a time to find a change: no whole float32 copy of an embedding
+
+
+def is_zero(delta: Delta) -> bool:
+    """Whether a task vector is zero everywhere (its endpoint left the tensor as the base has it:
+    `MergeMethod.keeps_unchanged`), formed a chunk at a time and stopping at the first change. An
+    inf in both endpoint and base is a NaN in their difference: changed."""
+    if not isinstance(delta, TaskVector):
+        return not bool(delta.any())
+    n = delta.shape.numel()
+    row = torch.empty(min(n, ZERO_CHECK_CHUNK), dtype=delta.wide, device=delta.device)
+    for start in range(0, n, ZERO_CHECK_CHUNK):
+        part = slice(start, min(n, start + ZERO_CHECK_CHUNK))
+        chunk = row[: part.stop - part.start]
+        delta.write(part, chunk)
+        if bool(chunk.any()):
+            return False
+    return True
+
+
 def formed(deltas: Sequence[Delta]) -> list[torch.Tensor]:
     """Every task vector as a tensor: for the methods that take tensors (`MergeMethod.streams` False)."""
     return [whole(d) for d in deltas]

@@ -153,16 +153,19 @@ def test_bfloat16_endpoints_kept_as_stored_are_found_unchanged_too(partly_frozen
 
 def test_an_endpoint_is_compared_with_the_base_over_every_chunk():
     """The comparison runs a chunk at a time: a difference in the last entry of a large tensor counts."""
-    from evo_merge.merge.inplace import CHUNK, _same_values
+    from evo_merge.merge.task_vectors import ZERO_CHECK_CHUNK, TaskVector, is_zero
 
-    wide = torch.randn(2 * CHUNK + 5)
+    wide = torch.randn(2 * ZERO_CHECK_CHUNK + 5)
     stored = wide.bfloat16()
     exact = stored.float()
-    assert _same_values(stored, exact)
+    assert is_zero(TaskVector(stored, exact))
     changed = stored.clone()
     changed[-1] += 1
-    assert not _same_values(changed, exact)
-    assert not _same_values(stored, wide)  # bfloat16 rounded the values: not the float32 ones
+    assert not is_zero(TaskVector(changed, exact))
+    assert not is_zero(TaskVector(stored, wide))  # bfloat16 rounded the values: not the float32 ones
+    both_inf = exact.clone()
+    both_inf[-1] = float("inf")
+    assert not is_zero(TaskVector(both_inf.bfloat16(), both_inf))  # inf - inf: a NaN, changed
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:
