@@ -270,3 +270,22 @@ def test_passthrough_is_not_a_search_candidate():
 
     with pytest.raises(UserError, match="passthrough copies"):
         kind_hyperparameters("passthrough")
+
+
+def test_breadcrumbs_drops_fewer_outliers_where_density_and_gamma_exceed_one():
+    """n = 10, density 0.9, gamma 0.2: 2 outliers and 10 - 9 - 2 = -1 small entries; mergekit drops one
+    outlier fewer (1) and no small entry, keeping int(0.9 * 10) = 9: every entry but the largest (|-5|)."""
+    delta = T([0.1, -5.0, 0.3, 2.0, -0.2, 0.4, 1.0, -0.05, 0.6, 0.7])
+    out = run("breadcrumbs", torch.zeros(10), [delta], density=0.9, gamma=0.2)
+    assert torch.equal(out, T([0.1, 0.0, 0.3, 2.0, -0.2, 0.4, 1.0, -0.05, 0.6, 0.7]))
+
+
+def test_arcee_fusion_keeps_a_change_scored_exactly_at_the_threshold():
+    """mergekit keeps scores >= median + 1.5 IQR. One row, base zeros: every score is |delta| times
+    the row's KL divergence k > 0, so [3, 1, 1, 1, 1, 1, 0.5] scores k [3, 1, 1, 1, 1, 1, 0.5]; sorted,
+    indices floor(q * 6) give median (3), q1 (1) and q3 (4) all k: the threshold is k exactly. The
+    five changes of 1 sit at it and are kept with the 3; the 0.5 below it is dropped."""
+    base = torch.zeros(1, 7)
+    delta = T([[3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5]])
+    out = run("arcee_fusion", base, [delta])
+    assert torch.equal(out, T([[3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]]))

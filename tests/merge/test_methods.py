@@ -538,3 +538,49 @@ def test_the_bucketed_cut_is_topks_on_every_kind_of_value_and_counts_what_it_cut
                     cut, above, tied = _cut(values, k)
                     assert torch.equal(cut, torch.topk(values, k, sorted=False).values.min()), (kind, n, k)
                     assert (above, tied) == (int((values > cut).sum()), int((values == cut).sum())), (kind, n, k)
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "della_linear"])
+def test_each_endpoint_of_a_tensor_draws_its_own_mask(method):
+    """The drop seed takes the model's index as well as the tensor's name (`tensor_seed`): two equal
+    task vectors of ones at density 0.5, weights 1 and 1, summed. Independent masks keep one of the two
+    at about half the entries (DARE: 1 / 0.5 = 2 there; DELLA unrescaled: 1); one mask shared by both
+    endpoints gives only 0 and both (4, or 2)."""
+    ones = torch.ones(1000)
+    rescale = method == "dare_linear"
+    out = run(method, torch.zeros(1000), [ones, ones], density=0.5, seed=11, rescale=rescale)
+    one_kept = 2.0 if rescale else 1.0
+    assert set(out.unique().tolist()) <= {0.0, one_kept, 2 * one_kept}
+    assert 400 < int((out == one_kept).sum()) < 600  # Binomial(1000, 1/2): 6 standard deviations either side
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "breadcrumbs", "della_linear"])
+def test_a_normalized_sum_of_weights_cancelling_to_zero_divides_by_one(method):
+    """As mergekit: weights summing to 0 (1 and -1) with `normalize` divide by 1, not by 0 (inf and
+    NaN). Density 1 keeps everything: base + d1 - d2."""
+    base, d1, d2 = T([1.0, -1.0, 0.5]), T([0.5, 2.0, -1.0]), T([1.5, -1.0, 0.25])
+    out = run(method, base, [d1, d2], [1.0, -1.0], normalize=True, density=1.0)
+    assert torch.equal(out, base + d1 - d2)
+
+
+def test_a_dropped_normalized_sum_of_weights_cancelling_to_zero_divides_by_one():
+    """DARE at density 0.5, weights 1 and -1 with `normalize`: every entry is base + 2 (d1 kept) - 2 * 3
+    (d2 kept), each survivor rescaled by 1 / 0.5 and the sum divided by 1: 0, 2, -6 or -4."""
+    base = torch.full((1000,), 0.5)
+    out = run("dare_linear", base, [torch.ones(1000), torch.full((1000,), 3.0)], [1.0, -1.0], density=0.5,
+              normalize=True, seed=3)
+    assert set((out - base).unique().tolist()) == {0.0, 2.0, -6.0, -4.0}
+
+
+def test_tsv_c_scales_its_reconstruction_by_the_chosen_model_s_weight():
+    """TSV-C's rebuilt task vector is scaled by its model's weight (and alpha): weight 0.5 gives half
+    the change of weight 1. The rank-k reconstruction from numpy's SVD, k = 8 // 4."""
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(10, 8, generator=gen)
+    deltas = [torch.randn(10, 8, generator=gen) for _ in range(4)]
+    u, s, vh = np.linalg.svd(deltas[1].double().numpy(), full_matrices=False)
+    recon = torch.from_numpy((u[:, :2] * s[:2]) @ vh[:2]).float()
+    whole = run("tsv_c", base, deltas, [1.0, 1.0, 1.0, 1.0], task=1)
+    half = run("tsv_c", base, deltas, [1.0, 0.5, 1.0, 1.0], task=1)
+    assert torch.allclose(whole, base + recon, atol=1e-5)
+    assert torch.allclose(half, base + 0.5 * recon, atol=1e-5)

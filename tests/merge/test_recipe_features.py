@@ -1163,3 +1163,25 @@ def test_an_adapter_saving_a_whole_head_of_a_tied_model_is_refused_saying_why(de
     assert result.exit_code == 2 and not out.exists()
     line, = result.output.strip().splitlines()
     assert "lm_head.weight replaces the output head of" in line and "whose head is its input embedding (tied)" in line
+
+
+def test_a_union_token_a_model_lacks_takes_the_base_s_row_when_the_base_has_it(deep, tmp_path):
+    """tokenizer_source union: a token some model lacks takes the base's row where the base has it,
+    before the mean of the models that have it. Base (rows 1 and -1 for the chat tokens) and the chat
+    model (0.5 and -0.5) have them, ft1 lacks them: ft1 gets the base's rows, a task vector of 0, so
+    task arithmetic at weights 1 gives base + (chat - base) + 0 = the chat model's rows (the mean of base
+    and chat, 0.75, would give 1 - 0.5 - 0.25 = 0.25)."""
+    model = AutoModelForCausalLM.from_pretrained(deep["base"])
+    tokenizer = AutoTokenizer.from_pretrained(deep["base"])
+    tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[-2:] = torch.tensor([[1.0] * 32, [-1.0] * 32])
+    chat_base = _save(model, tokenizer, tmp_path / "chat_base")
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(chat_base), "dtype": "float32",
+              "models": [{"model": str(deep["chat"])}, {"model": str(deep["ft1"])}], "tokenizer_source": "union"}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    ids = AutoTokenizer.from_pretrained(out).convert_tokens_to_ids(CHAT_TOKENS)
+    embed = tensors_of(out)["model.embed_tokens.weight"]
+    assert torch.allclose(embed[ids], torch.tensor([[0.5] * 32, [-0.5] * 32]), atol=1e-6)
