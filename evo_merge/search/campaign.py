@@ -164,8 +164,9 @@ class CampaignRunner:
         recorded when a run first opens and compared after; a change is refused, naming the task and
         which part changed. A definition recorded under an older scheme (`digest_scheme`: how the
         definition is computed, which a later evo-merge may change), or not at all (a run before the
-        definition counted), is compared on the docs, then recorded anew. Tasks that give no digest
-        (plugins) are not checked."""
+        definition counted), is compared on the docs, then recorded anew; one recorded under a later
+        scheme than the task gives now (a task whose few-shot prompts were removed) is compared. Tasks
+        that give no digest (plugins) are not checked."""
         store = self.workspace.store
         recorded = store.get_meta(TASK_DATA_META, {})
         schemes = store.get_meta(TASK_DATA_SCHEMES_META, {})
@@ -181,7 +182,7 @@ class CampaignRunner:
                 raise UserError(f"task {name!r}: what its items say changed since this run began (its data "
                                 "edited?), where its item ids did not: the run's scores were measured on the data it "
                                 "had then; restore that data, or start the campaign in a new run folder")
-            if was_definition and schemes.get(name, 1) == now_schemes[name]:
+            if was_definition and schemes.get(name, 1) >= now_schemes[name]:  # older: compared on the docs
                 raise UserError(f"task {name!r}: how its items are scored changed since this run began (its YAML: "
                                 "prompt, answer, choices, metric or filter, or the code it names; or lm-eval, upgraded "
                                 "to a version that scores it otherwise), where its items did not: the run's scores "

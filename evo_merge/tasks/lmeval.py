@@ -309,10 +309,12 @@ def _as_json(value: Any) -> Any:
 
 
 _WHERE_NOT_WHAT = ("dataset_path", "dataset_kwargs", "metadata")  # where the data lives, not what it says
-# the version of `_scoring_definition`'s text: raise it with any change to that text, so a run folder
+# the version of how a task's definition is digested: raise it with any change to it, so a run folder
 # recorded under the one before is checked on its docs and its definition recorded anew, where it
-# would be refused as a task scored otherwise (an evo-merge upgrade is not the user's edit)
-DEFINITION_SCHEME = 1
+# would be refused as a task scored otherwise (an evo-merge upgrade is not the user's edit).
+# 2: the few-shot prompts count (their examples come from another split's data, which the docs'
+# part does not read); a task without shots digests as under 1, and says 1 (`digest_scheme`)
+DEFINITION_SCHEME = 2
 
 
 def _scoring_definition(name: str, task: Any) -> str:
@@ -667,12 +669,16 @@ class LMEvalTask(ItemTable):
         for name, task in self.tasks.items():
             docs.update(json.dumps([name, list(task.eval_docs)], sort_keys=True, default=_as_json).encode())
             definition.update(_scoring_definition(name, task).encode())
+            if isinstance(contexts := task.fewshot_context, _FixedContexts):  # each asked doc's shots as shown
+                definition.update(json.dumps([context for _, context in contexts.pairs]).encode())
         return f"{docs.hexdigest()[:16]}:{definition.hexdigest()[:16]}"
 
     @property
     def digest_scheme(self) -> int:
-        """How `items_digest`'s definition part is computed (`DEFINITION_SCHEME`)."""
-        return DEFINITION_SCHEME
+        """How `items_digest`'s definition part is computed (`DEFINITION_SCHEME`): the first scheme
+        that gives it, so a task without few-shot prompts keeps the digest and scheme it had."""
+        shots = any(isinstance(task.fewshot_context, _FixedContexts) for task in self.tasks.values())
+        return DEFINITION_SCHEME if shots else 1
 
     @property
     def higher_is_better(self) -> bool:

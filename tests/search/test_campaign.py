@@ -1329,12 +1329,12 @@ def test_a_definition_recorded_under_an_older_scheme_is_checked_on_the_docs_and_
     registry._CACHE.clear()  # a later evo-merge, the same task and data
     with pytest.raises(UserError, match=r"^task 'arith': how its items are scored changed"):
         CampaignRunner.open(Campaign.load(path), tmp_path, run)  # under the same scheme it is a change
-    monkeypatch.setattr(lmeval, "DEFINITION_SCHEME", 2)
+    monkeypatch.setattr(lmeval.LMEvalTask, "digest_scheme", property(lambda task: 7))
     registry._CACHE.clear()
     CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
     with closing(CampaignStore(run)) as store:
         recorded_docs, second = store.get_meta(TASK_DATA_META)["arith"].split(":")
-        assert (recorded_docs, store.get_meta(TASK_DATA_SCHEMES_META)) == (docs, {"arith": 2}) and second != first
+        assert (recorded_docs, store.get_meta(TASK_DATA_SCHEMES_META)) == (docs, {"arith": 7}) and second != first
         store.set_meta(TASK_DATA_META, {"arith": "0" * 16 + ":" + second})
     registry._CACHE.clear()
     with pytest.raises(UserError, match=r"^task 'arith': what its items say changed"):  # the docs still guard
@@ -1343,7 +1343,63 @@ def test_a_definition_recorded_under_an_older_scheme_is_checked_on_the_docs_and_
         store.set_meta(TASK_DATA_META, {"arith": f"{docs}:{first}"})
     registry._CACHE.clear()
     with pytest.raises(UserError, match=r"^task 'arith': how its items are scored changed"):
-        CampaignRunner.open(Campaign.load(path), tmp_path, run)  # recorded under scheme 2: compared
+        CampaignRunner.open(Campaign.load(path), tmp_path, run)  # recorded under scheme 7: compared
+
+
+def test_a_few_shot_task_s_examples_edited_or_its_shots_changed_is_refused_on_resume(tmp_path, zoo):
+    """The few-shot examples come from another split's data file, which the docs' part of the
+    digest does not read: answers edited there changed every prompt, and some scores, while the
+    digest stayed the same (audit 133). A run recorded before the prompts counted (scheme 1) is
+    checked on its docs and recorded anew; a few-shot run resumed with its shots removed is compared."""
+    from evo_merge.config import Campaign
+    from evo_merge.errors import UserError
+    from evo_merge.search.campaign import TASK_DATA_META, TASK_DATA_SCHEMES_META, CampaignRunner
+    from evo_merge.search.store import CampaignStore
+    from evo_merge.tasks import registry
+    from evo_merge.tasks.registry import BENCHMARKS_DIR
+
+    folder = tmp_path / "mine"
+    rows = (BENCHMARKS_DIR / "arith" / "test.jsonl").read_text().splitlines()
+    (folder).mkdir()
+    (folder / "test.jsonl").write_text("\n".join(rows[:12]) + "\n")
+    shots = [json.loads(row) for row in rows[12:24]]
+    (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in shots))
+    text = (BENCHMARKS_DIR / "arith" / "evo_arith.yaml").read_text().replace("task: evo_arith", "task: my_arith")
+    text = text.replace("    test: test.jsonl\n", "    test: test.jsonl\n    train: train.jsonl\n")
+    few_shot = text.replace("test_split: test\n", "test_split: test\nfewshot_split: train\nnum_fewshot: 2\n")
+    (folder / "t.yaml").write_text(few_shot)
+    path = campaign(tmp_path, zoo, tasks=[{"task": str(folder / "t.yaml"), "name": "mine"}])
+    run = tmp_path / "run"
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+    with closing(CampaignStore(run)) as store:
+        recorded = store.get_meta(TASK_DATA_META)["mine"]
+        assert store.get_meta(TASK_DATA_SCHEMES_META) == {"mine": 2}
+
+    def opened():
+        registry._CACHE.clear()  # tasks are built once per process: the command a user runs next builds them anew
+        CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+
+    scored_otherwise = r"^task 'mine': how its items are scored changed since this run began"
+    (folder / "train.jsonl").write_text("".join(json.dumps({**row, "answer": (row["answer"] + 1) % 4}) + "\n"
+                                                for row in shots))
+    with pytest.raises(UserError, match=scored_otherwise):
+        opened()
+    (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in shots))
+    opened()  # restored
+    (folder / "t.yaml").write_text(few_shot.replace("num_fewshot: 2", "num_fewshot: 3"))
+    with pytest.raises(UserError, match=scored_otherwise):
+        opened()
+    (folder / "t.yaml").write_text(text)  # no shots: scheme 1 now, against a record of scheme 2
+    with pytest.raises(UserError, match=scored_otherwise):
+        opened()
+    (folder / "t.yaml").write_text(few_shot)
+    with closing(CampaignStore(run)) as store:  # as evo-merge recorded it before the prompts counted
+        store.set_meta(TASK_DATA_META, {"mine": recorded.split(":")[0] + ":" + "0" * 16})
+        store.set_meta(TASK_DATA_SCHEMES_META, {})
+    opened()
+    with closing(CampaignStore(run)) as store:
+        assert store.get_meta(TASK_DATA_META)["mine"] == recorded
+        assert store.get_meta(TASK_DATA_SCHEMES_META) == {"mine": 2}
 
 
 def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
