@@ -401,6 +401,15 @@ class IRTModel:
             with open(npz_path, "rb") as fh, np.load(fh) as npz:
                 _check_declared_sizes(npz, meta, npz_path)
                 arrays = {k: npz[k] for k in NPZ_KEYS} if version == FORMAT_VERSION else _from_v1(npz)
+        except KeyError as exc:
+            raise UserError(f"{directory}: incomplete IRT model (missing {exc.args[0]!r})") from None
+        except (TypeError, AttributeError) as exc:  # model.json's sizes of another kind: `"item_ids": 5`
+            raise UserError(f"{meta_path}: not an IRT model as evo-merge writes it ({exc})") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            # numpy reads a file that is no zip as one pickled array, and refuses it advising to unpickle
+            why = "not an .npz archive of arrays" if "pickle" in str(exc) else str(exc).splitlines()[0]
+            raise UserError(f"{npz_path}: corrupt parameter file ({why})") from None
+        try:
             model = cls(
                 item_ids=list(meta["item_ids"]),
                 item_scenarios=list(meta["item_scenarios"]),
@@ -415,10 +424,8 @@ class IRTModel:
             declared_dims = meta["dims"]
         except KeyError as exc:
             raise UserError(f"{directory}: incomplete IRT model (missing {exc.args[0]!r})") from None
-        except (TypeError, AttributeError) as exc:  # a value of another kind than save writes: `"seed": [1]`
-            raise UserError(f"{meta_path}: not an IRT model as evo-merge writes it ({exc})") from None
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise UserError(f"{npz_path}: corrupt parameter file ({exc})".splitlines()[0]) from None
+        except (TypeError, AttributeError, ValueError) as exc:  # a value of another kind than save writes: "seed": "x"
+            raise UserError(f"{meta_path}: not an IRT model as evo-merge writes it ({exc})".splitlines()[0]) from None
         n_items, n_subj = len(model.item_ids), len(model.subject_ids)
         consistent = (
             model.alpha.ndim == 2 and model.alpha.shape[0] == n_items and model.beta.shape == (n_items,)
@@ -430,11 +437,25 @@ class IRTModel:
         )
         if not consistent:
             raise UserError(f"{directory}: model.json and params.npz disagree on the model's shape")
+        _check_values(arrays, npz_path)
         digest = meta.get("params_digest") if version == FORMAT_VERSION else None  # older saves kept none
         if digest is not None and digest != params_digest(arrays):
             raise UserError(f"{directory}: model.json and params.npz are of two different saves (a save cut short, "
                             "or an edit)")
         return model
+
+
+def _check_values(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Refuse parameters no fit writes: a NaN or infinite one (every estimate from it is NaN, written
+    as blanks with exit 0), or a calibration response outside [0, 1] (a missing one is NaN)."""
+    for name in ("alpha", "beta", "theta", "cv_alpha", "cv_beta"):
+        if arrays[name].size and not np.isfinite(arrays[name]).all():
+            raise UserError(f"{path}: {name} holds NaN or infinite values, which no fit writes (a damaged or "
+                            "edited model); fit it again")
+    responses = arrays["responses"][~np.isnan(arrays["responses"])]
+    if responses.size and (responses.min() < 0 or responses.max() > 1):
+        raise UserError(f"{path}: responses holds scores outside [0, 1], which no fit takes (a damaged or edited "
+                        "model); fit it again")
 
 
 def params_digest(arrays: dict[str, np.ndarray]) -> str:

@@ -315,6 +315,17 @@ def test_priors_tighten_with_few_subjects_so_items_stay_finite():
         (lambda d: _edit(d, seed=[1]), r"model.json: not an IRT model as evo-merge writes it \(int\(\) argument"),
         (lambda d: _edit(d, thresholds=[1]), "model.json: not an IRT model as evo-merge writes it"),
         (lambda d: _edit(d, item_ids=5), "model.json: not an IRT model as evo-merge writes it"),
+        # a bad value of the right kind was blamed on params.npz (audit 133)
+        (lambda d: _edit(d, seed="x"), r"model.json: not an IRT model as evo-merge writes it \(invalid literal"),
+        (lambda d: _edit(d, thresholds={"s0": "abc"}), "model.json: not an IRT model as evo-merge writes it"),
+        # no zip: numpy's refusal advised loading it "unsafely" with pickle
+        (lambda d: (d / "params.npz").write_text("hello"), r"params.npz: corrupt parameter file \(not an .npz "
+                                                           r"archive of arrays\)$"),
+        # values no fit writes loaded, and every estimate from them was a blank with exit 0
+        (lambda d: _edit_params(d, "alpha", lambda a: np.where(a == a.max(), np.nan, a)),
+         "params.npz: alpha holds NaN or infinite values"),
+        (lambda d: _edit_params(d, "theta", lambda a: a + np.inf), "params.npz: theta holds NaN or infinite"),
+        (lambda d: _edit_params(d, "responses", lambda a: a * 7), "params.npz: responses holds scores outside"),
     ],
 )
 def test_corrupt_or_incompatible_folder(tmp_path, torch_model, damage, message):
@@ -410,6 +421,17 @@ def test_a_model_of_fewer_items_than_dimensions_loads_again(tmp_path):
     model = IRTModel.fit(gen.sample(theta, ids, seed=3), dims=4, seed=0)
     loaded = IRTModel.load(model.save(tmp_path / "m"))
     assert loaded.theta.shape == (30, 4) and np.array_equal(loaded.theta, model.theta)
+
+def _edit_params(folder, name, change):
+    """params.npz with one array changed, and model.json's digest of it made to match (an edit, not a cut save)."""
+    from evo_merge.irt.model import params_digest
+
+    with np.load(folder / "params.npz") as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays[name] = change(arrays[name])
+    np.savez(folder / "params.npz", **arrays)
+    _edit(folder, params_digest=params_digest(arrays))
+
 
 def _edit(folder, **changes):
     meta = json.loads((folder / "model.json").read_text())
@@ -609,3 +631,29 @@ def test_a_fit_leaves_the_callers_random_streams_alone(backend, options):
         fits.append(IRTModel.fit(data, backend=backend, dims=1, seed=0, **options))
         assert _draws() == expected
     assert np.array_equal(fits[0].alpha, fits[1].alpha) and np.array_equal(fits[0].beta, fits[1].beta)
+
+
+@pytest.mark.parametrize("losses,chosen", [
+    ({1: 0.6000, 2: 0.5990, 3: 0.6100}, 1),  # D=1 within 0.5% of the best (0.5990 * 1.005 = 0.60200)
+    ({1: 0.62, 2: 0.60}, 2),  # D=1 3.3% worse: not within
+    ({1: 0.6000, 2: 0.5970, 3: 0.5969}, 2),  # 0.5969 * 1.005 = 0.59988: D=2 within, D=1 not
+])
+def test_auto_dims_is_the_smallest_d_within_half_a_percent_of_the_best_held_out_loss(monkeypatch, losses, chosen):
+    """With dims "auto" the model takes the smallest D whose held-out log-loss is within 0.5% of the
+    best, not the best itself (audit 133, M11): the cross-fits' losses set by hand, the chosen D's
+    fits kept."""
+    from evo_merge.irt import model as model_module
+
+    cross_fits = model_module._cross_fits
+
+    def judged(binary, grid, seed, **kwargs):
+        fold, fits, _ = cross_fits(binary, grid, seed, **kwargs)
+        assert list(grid) == list(losses)
+        return fold, fits, dict(losses)
+
+    monkeypatch.setattr(model_module, "_cross_fits", judged)
+    gen = make_synthetic_irt(30, dims=1, seed=41)
+    theta, ids = synthetic_abilities(24, dims=1, seed=42)
+    model = IRTModel.fit(validate_responses(gen.sample(theta, ids, seed=43)), dims="auto", dims_grid=tuple(losses))
+    assert model.dims == chosen and model.dims_errors == losses
+    assert model.alpha.shape[1] == model.cv_alpha.shape[2] == chosen
