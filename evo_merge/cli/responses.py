@@ -78,10 +78,10 @@ def export(run: Path, task: str | None, out: Path, overwrite: bool) -> None:
     from evo_merge.search.binding import read_run
     from evo_merge.search.responses import run_responses
 
-    check_outside_run(out, run, "its tables, which `report` rewrites")
-    check_output_file(out, overwrite)
-    store, facts = read_run(run)
+    store, facts = read_run(run)  # first: a folder that is no run is named as such, not as --out's owner
     try:
+        check_outside_run(out, run, "its tables, which `report` rewrites")
+        check_output_file(out, overwrite)
         table = run_responses(store, task)
         finished = store.finished(facts["generations"])
     finally:

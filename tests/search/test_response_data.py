@@ -138,3 +138,12 @@ def test_responses_export_refuses_what_it_cannot_write(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["responses", "export", str(run), *out, *args])
     assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith(message.format(run=run)), \
         result.output
+
+
+def test_responses_export_of_a_folder_that_is_no_run_says_so_not_that_out_is_inside_it(tmp_path, monkeypatch):
+    """Run from a folder that is not a run, `--out` inside it was refused as "inside the run folder,
+    whose files the run owns": the folder was not read first (audit 133)."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["responses", "export", ".", "--out", "r.csv"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: .: not a campaign run folder (no campaign.yaml)"], result.output
