@@ -24,11 +24,11 @@ two parts re-draws each fold's anchors balanced on that fold's subjects, so it s
 
 A model's anchors are `budget` per scenario (`equal`), or the same number spread over its
 scenarios where they cut the error of the model's overall, item-weighted score most (`neyman`,
-Neyman's optimal allocation for stratified sampling): scenario k gets n_k ∝ W_k·s_k, with W_k its
-share of the items and s_k² the variance of an item's score within a subject. Candidates are
-merges, which lie between the models they merge, while calibration often holds the base and the
-endpoints at 0 or 1 on a skill; so s_k² is the IRT model's expected item variance at the
-midpoints of pairs of calibration subjects, not at the subjects themselves.
+Neyman's optimal allocation for stratified sampling, with the spread of item difficulties within a
+scenario counted beside each item's own noise: `allocate`). Candidates are merges, which lie
+between the models they merge, while calibration often holds the base and the endpoints at 0 or 1
+on a skill; so the variances are the IRT model's at the midpoints of pairs of calibration
+subjects, not at the subjects themselves.
 """
 
 from __future__ import annotations

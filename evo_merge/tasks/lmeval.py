@@ -613,10 +613,11 @@ class LMEvalTask(ItemTable):
         fewshot_seed: int | None = None,
     ) -> None:
         """`limit`: keep only the first `limit` docs of each task (lm-eval's `--limit`), e.g. to
-        run a slow model on a subset; the shipped benchmarks cycle through their scenarios, so any
-        prefix covers every scenario equally. `fewshot_seed`: the seed drawing a few-shot task's
-        examples, as lm-eval's `--seed` (its fourth value) or `simple_evaluate(fewshot_random_seed=)`
-        sets it; None: lm-eval's default."""
+        run a slow model on a subset; the shipped benchmarks cycle through their scenarios, so a
+        prefix of up to about 600 items covers each about equally (past that the smaller ones run
+        out). `fewshot_seed`: the seed drawing a few-shot task's examples, as lm-eval's `--seed`
+        (its fourth value) or `simple_evaluate(fewshot_random_seed=)` sets it; None: lm-eval's
+        default."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise UserError(f"task {spec}: limit must be a positive whole number of items, not {limit!r}")
         if not _batch_size(batch_size):  # 0 and -5 ran
