@@ -202,6 +202,23 @@ def test_store_and_load(tmp_path, two_scenarios):
         load_anchors(tmp_path, method="stratified")
 
 
+def test_an_item_listed_twice_in_a_stored_set_is_refused(tmp_path, two_scenarios):
+    """An item listed twice (in one scenario or two) was weighed twice in every estimate, and
+    counted twice by the anchors' counts and `status` (audit 133)."""
+    path = select_anchors(two_scenarios[3], 6, "stratified").save(tmp_path)
+    good = json.loads(path.read_text())
+    first, second = good["items"]
+    again = good["items"][first][0]
+    for items, weights in [
+        ({**good["items"], first: good["items"][first] + [again]},
+         {**good["weights"], first: good["weights"][first] + [0.1]}),
+        ({**good["items"], second: good["items"][second][1:] + [again]}, good["weights"]),
+    ]:
+        path.write_text(json.dumps({**good, "items": items, "weights": weights}))
+        with pytest.raises(UserError, match=f"{path.name}: corrupt anchors file .item '{again}' is listed twice"):
+            load_anchors(tmp_path)
+
+
 def test_a_stored_sets_weights_are_checked_against_its_items(tmp_path, two_scenarios):
     """Each scenario's weights go with its items in order: a file whose lists differ in length put
     weights on other items (and scenarios) without a word, and negative or all-zero weights gave
