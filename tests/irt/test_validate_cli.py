@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 import shutil
 
@@ -649,3 +650,63 @@ def test_the_fits_of_every_fold_are_one_count_fixed_from_the_start(files):
              progress=lambda stage, done, total: seen.append((done, total)) if stage == "fitting IRT" else None)
     assert {total for _, total in seen} == {3 + 3 + 3 + 5}
     assert [done for done, _ in seen] == sorted(done for done, _ in seen) and seen[-1] == (14, 14)
+
+
+def test_the_overall_random_baseline_weights_each_scenario_by_its_items():
+    """`irt validate --overall`'s baseline is the error of the item-weighted mean of the scenarios'
+    random-item means (scenarios of 3 and 5 items weigh 3/8 and 5/8), as the overall score is, not
+    their plain mean (audit 133, M03): a hand value, and exact enumeration of every draw without
+    replacement."""
+    import itertools
+
+    groups = {"a": np.arange(3), "b": np.arange(3, 8)}
+    # one subject, a = [1, 1, 1] and b = [1, 0, 0, 0, 0], one item each: truth 4/8, the estimate 1 (b's 1,
+    # chance 1/5) or 3/8, so the error is 1/5 * 1/2 + 4/5 * 1/8 = 0.2 (the scenarios' plain mean gives 0.16)
+    hand = np.array([[1, 1, 1, 1, 0, 0, 0, 0.0]])
+    assert random_baseline(hand, groups, 1, 4000, 0, overall=True)[0] == pytest.approx(0.2, abs=0.01)  # SE 0.0024
+    test = (np.random.default_rng(11).random((6, 8)) < 0.5).astype(float)
+    share = np.array([3, 5]) / 8
+    for budget in (1, 2):
+        def error(row, a, b):
+            estimate = share @ [row[list(a)].mean(), row[list(b)].mean()]
+            return abs(estimate - share @ [row[:3].mean(), row[3:].mean()])
+
+        exact = np.mean([np.mean([error(row, a, b) for a in itertools.combinations(range(3), budget)
+                                  for b in itertools.combinations(range(3, 8), budget)]) for row in test])
+        got = random_baseline(test, groups, budget, 4000, 0, overall=True)[0]  # SE about 0.001
+        assert got == pytest.approx(exact, abs=0.004), (budget, got, exact)  # the plain mean's: 0.274, 0.144
+
+
+def test_items_count_a_scenario_smaller_than_the_budget_at_its_size():
+    """`items` (and `saving`, every item over them) counts min(budget, scenario size) per scenario:
+    scenarios of 4 and 20 items at a budget of 10 are 14 items, not 20 (audit 133, M29)."""
+    rng = np.random.default_rng(5)
+    sizes = {"small": 4, "large": 20}
+    items = [(scenario, f"{scenario}-{j}") for scenario, size in sizes.items() for j in range(size)]
+    ability, difficulty = rng.normal(size=12), rng.normal(size=len(items))
+    correct = rng.random((12, len(items))) < 1 / (1 + np.exp(difficulty[None] - ability[:, None]))
+    data = pd.DataFrame([{"subject": f"m{i:02d}", "item": item, "scenario": scenario, "score": float(correct[i, j])}
+                         for i in range(12) for j, (scenario, item) in enumerate(items)])
+    table = validate(validate_responses(data), budgets=[2, 10, 30], methods=["random"], estimators=["anchor"],
+                     dims=1, seed=0, draws=5)
+    counts = table.groupby("budget")[["items", "saving"]].agg(["min", "max"])
+    assert counts["items"]["min"].tolist() == counts["items"]["max"].tolist() == [4, 14, 24]
+    assert counts["saving"]["max"].tolist() == pytest.approx([24 / 4, 24 / 14, 1.0])
+    assert counts["saving"]["min"].tolist() == pytest.approx([24 / 4, 24 / 14, 1.0])
+
+
+def test_validate_leaves_out_items_only_held_out_subjects_answered(files, caplog):
+    """A sparse table (a leaderboard's missing cells): an item answered only by subjects a split
+    held out is not in that split's model, and `irt validate` stopped with "item ... is not in the
+    IRT model", naming no file, for a model the user never gave (audit 133)."""
+    _, full = files
+    subjects = sorted(full.subject.unique())[:15]
+    data = full[full.subject.isin(subjects)]
+    lone = data.item.iloc[0]
+    data = validate_responses(data[(data.item != lone) | (data.subject == subjects[0])])
+    with caplog.at_level(logging.WARNING, logger="evo_merge.irt.validation"):
+        table = validate(data, budgets=[5], methods=["random"], folds=3, repeats=1, draws=5)
+    assert len(table) and table["mae"].notna().all()
+    assert [r.getMessage() for r in caplog.records] == [
+        "fold 1: 1 item answered by held-out subjects only, left out of the errors (no training subject scored "
+        "them: the model has no parameters for them)"]
