@@ -537,3 +537,33 @@ def test_a_pick_named_as_a_number_or_a_non_ascii_digit_is_not_read_as_an_id(tmp_
         _pick_id("7", picks, tmp_path)
     with pytest.raises(UserError, match="--pick ²: neither an evaluation id"):
         _pick_id("²", picks, tmp_path)
+
+
+def test_report_html_gives_a_measured_score_the_se_of_its_search_items_alone(tmp_path):
+    """The measured score (`meas_`) is the mean over the search items, so its SE in report.html's
+    hover and error bars is theirs (sample SD / sqrt(n), as lm-eval states it), not over the
+    held-out items too (audit 133, M15). Search items a: 1 0 1 1 (SE 0.5 / 2 = 0.25) and b: 1 1 0 0
+    (SE sqrt(1/3) / 2 = 0.289); the held-out items, all 1, would make them 0.125 and 0.164."""
+    import math
+
+    from evo_merge.search.candidate import Candidate
+    from evo_merge.search.holdout import HOLDOUT_META
+    from evo_merge.search.store import CampaignStore
+
+    search = {"a": [1, 0, 1, 1], "b": [1, 1, 0, 0]}
+    store = CampaignStore(tmp_path / "run")
+    store.set_meta("facts", {"name": "x", "generations": 1, "weights": None,
+                             "tasks": [{"name": t, "direction": "maximize", "items": 8} for t in search]})
+    store.set_meta(HOLDOUT_META, {t: [f"{t}-held{i}" for i in range(4)] for t in search})
+    key = Candidate("task_arithmetic", (0.5, 0.5), (("lambda", 1.0),)).key
+    store.add(key, phase="search", generation=1, method="task_arithmetic", status="ok", estimates={"a": 0.7, "b": 0.5},
+              estimate_se={t: 0.05 for t in search}, seconds=0.1,
+              item_scores={t: {f"{t}-{i}": float(v) for i, v in enumerate(scores)} for t, scores in search.items()})
+    store.add_measurement(key, {"a": 0.75, "b": 0.5}, {t: {f"{t}-held{i}": 1.0 for i in range(4)} for t in search})
+    write_report(store.run_dir, store, store.get_meta("facts"))
+    store.close()
+    html = (tmp_path / "run" / "report.html").read_text()
+    hovers = set(re.findall(r"(\w): est [^,]*, meas (\d\.\d{3}), SE (\d\.\d{3})", html))
+    assert hovers == {("a", "0.750", "0.250"), ("b", "0.500", "0.289")}, hovers
+    bars = [json.loads(a) for a in re.findall(r'"error_[xy]":\{"array":(\[[^]]*\])', html)]
+    assert bars == [pytest.approx([0.25]), pytest.approx([math.sqrt(1 / 12)])], bars
