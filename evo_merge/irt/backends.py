@@ -105,6 +105,30 @@ def fit_torch(binary: np.ndarray, dims: int, seed: int = 0, max_iter: int = 300,
     alpha0[:, :k] = 4.0 * vt[:k].T * s[:k] / np.sqrt(n_subj)  # logit slope ≈ 4 × probability slope
 
     dtype = fit_dtype(binary) if dtype is None else np.dtype(dtype)
+    with _one_thread() if dtype == np.float64 else contextlib.nullcontext():
+        return _lbfgs(y, observed, theta0, alpha0, item_mean, dtype, max_iter)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch on one thread for the fit: its reductions add in an order set by the thread count,
+    and L-BFGS on a flat optimum carries the last bits far (a 60 x 3,000 fit on 1 and 2 threads
+    differed by 0.008 in α, and every stratified-irt anchor with it; audit 133), so the same
+    responses gave another model, anchors and estimates on another machine. The float64 fits
+    (a campaign's, up to FLOAT32_CELLS) take seconds on one thread; the large float32 ones keep
+    every thread and vary in their last digits with the count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _lbfgs(y: np.ndarray, observed: np.ndarray, theta0: np.ndarray, alpha0: np.ndarray, item_mean: np.ndarray,
+           dtype: np.dtype, max_iter: int) -> FittedParams:
+    """The MAP fit itself, from `fit_torch`'s start."""
+    n_subj = y.shape[0]
     y_t = torch.from_numpy(y.astype(dtype, copy=False))
     # a dense matrix (every subject scored on every item, as leaderboards are) needs no mask: one
     # pass fewer over the subjects x items cells, a fifth of a large fit's time
