@@ -270,8 +270,12 @@ def _strata(model: IRTModel, items: np.ndarray, budget: int, method: str, seed: 
     if method == "stratified":
         mean = np.nanmean(model.responses[:, items], axis=0)
         return np.array_split(items[np.argsort(mean, kind="stable")], budget)
-    features = np.column_stack([model.alpha[items], model.beta[items]])
-    return [items[m] for m in _clusters(features, max(1, budget // STRATUM_PICKS), seed)]
+    return [items[m] for m in _clusters(_parameters(model, items), max(1, budget // STRATUM_PICKS), seed)]
+
+
+def _parameters(model: IRTModel, items: np.ndarray) -> np.ndarray:
+    """The items' IRT parameters (α, β) as rows: what stratified-irt and kmeans-irt cluster."""
+    return np.column_stack([model.alpha[items], model.beta[items]])
 
 
 def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: np.random.Generator, seed: int):
@@ -285,8 +289,8 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
     if method == "kmeans-correctness":  # clusters of the calibration subjects' answers
         cols = model.responses[:, items]
         features = np.where(np.isnan(cols), np.nanmean(cols, axis=0), cols).T
-    else:  # clusters of the items' IRT parameters
-        features = np.column_stack([model.alpha[items], model.beta[items]])
+    else:
+        features = _parameters(model, items)
     # extra picks from a generator of their own, as always: a run folder re-chooses the same items
     local, weights = _from_clusters(_clusters(features, budget, seed), budget, np.random.default_rng(seed),
                                     nearest_first=True)
