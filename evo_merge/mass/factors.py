@@ -148,8 +148,13 @@ class MassFactors:
                 out.lowrank[name] = [
                     tuple(read(store, factor_key(t, name, p)) for p in ("u", "s", "vt")) for t in range(n_tasks)
                 ]
+                shapes = {(u.shape[0], vt.shape[1]) for u, _, vt in out.lowrank[name]}
             else:
                 out.dense[name] = [read(store, factor_key(t, name, "delta")) for t in range(n_tasks)]
+                shapes = {tuple(d.shape) for d in out.dense[name]}
+            if shapes != {tuple(out.base[name].shape)}:  # a linked base replaced by another model
+                raise UserError(f"{store.path}: MASS tensor {name}'s factors are of shape {sorted(shapes)[0]}, and the "
+                                f"base's {name} of shape {tuple(out.base[name].shape)}: not the base it was built on")
         return out
 
 

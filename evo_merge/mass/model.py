@@ -29,12 +29,20 @@ from evo_merge.errors import UserError, first_line
 from evo_merge.files import parse_json
 from evo_merge.mass.card import mass_card, mass_inputs
 from evo_merge.mass.factors import MassFactors, Track
-from evo_merge.mass.routing import RoutingConfig, residual_scores, routing_config, routing_probabilities, select_tasks
+from evo_merge.mass.routing import (
+    RoutingConfig,
+    residual_scores,
+    routing_config,
+    routing_probabilities,
+    routing_weights,
+    select_tasks,
+)
 from evo_merge.merge.kinds import MASS_SETTINGS, MASS_TOKENS
 from evo_merge.merge.licenses import card_license
 from evo_merge.merge.storage import Stash
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import copied_tokenizer_files, tokenizer_files
+from evo_merge.weights.digest import weights_digest
 from evo_merge.weights.export import MASS_JSON, check_output_folder, staged_folder
 from evo_merge.weights.module_names import module_tensors
 from evo_merge.weights.references import ModelRef, check_distinct, short_label
@@ -412,6 +420,8 @@ class MassModel(nn.Module):
             "tasks": self.tasks,
             "models": self.models,
             "base": BASE_FOLDER if copy_base else str(self.base_path),
+            # a linked base's identity: a zoo rebuilt in place would give the factors another base
+            **({} if copy_base else {"base_digest": weights_digest(ModelRef(str(self.base_path), self.base_path))}),
             "routing": self.routing.model_dump(),
             "lowrank": list(self.factors.lowrank),
             "dense": list(self.factors.dense),
@@ -446,7 +456,41 @@ def read_mass_meta(path: Path) -> dict[str, Any]:
     missing = next((k for k in ("tasks", "base", "routing", "lowrank", "dense") if k not in meta), None)
     if missing is not None:
         raise UserError(f"{file}: key {missing!r} is missing")
+    for key in ("tasks", "lowrank", "dense"):
+        if not (isinstance(meta[key], list) and all(isinstance(v, str) for v in meta[key])):
+            raise UserError(f"{file}: {key!r} is not a list of names, as evo-merge writes it")
+    if not meta["tasks"]:
+        raise UserError(f"{file}: 'tasks' names no task")
+    if not isinstance(meta["routing"], dict):
+        raise UserError(f"{file}: 'routing' is not a mapping, as evo-merge writes it")
+    if not (meta["base"] == BASE_FOLDER or isinstance(meta["base"], str) and Path(meta["base"]).is_absolute()):
+        raise UserError(f"{file}: 'base' is {meta['base']!r}: {BASE_FOLDER!r} (the base copied in) or the absolute "
+                        "path of a linked base, as evo-merge writes it")
     return meta
+
+
+def _check_stored(path: Path, meta: dict[str, Any], store: Checkpoint, base: Checkpoint,
+                  routing: RoutingConfig) -> None:
+    """mass.json against what the folder stores and the base it names: an edited or damaged one
+    served another model with exit 0 (a task dropped, a tensor left at the base's weights, routing
+    reported at one block and done at another)."""
+    file = path / MASS_JSON
+    stored = {tuple(key.split("::")[:2]) for key in store.names if "::" in key}
+    tasks = {task for task, _ in stored}
+    if tasks != {f"task{t}" for t in range(len(meta["tasks"]))}:
+        raise UserError(f"{file}: 'tasks' names {len(meta['tasks'])} tasks, and the folder stores the factors of "
+                        f"{len(tasks)}; a damaged or edited MASS folder: build it again")
+    listed = {*meta["lowrank"], *meta["dense"]}
+    if (names := {name for _, name in stored}) != listed:
+        odd = sorted(names ^ listed)[0]
+        raise UserError(f"{file}: tensor {odd!r} is {'stored' if odd in names else 'listed'} but not "
+                        f"{'listed' if odd in names else 'stored'}; a damaged or edited MASS folder: build it again")
+    if "base_digest" in meta and meta["base_digest"] != weights_digest(ModelRef(str(base.path), base.path)):
+        raise UserError(f"{file}: the linked base {base.path} is not the model this folder was built on (its weights "
+                        "changed since: a zoo built again?); build the MASS folder again")
+    if routing_weights(base.names).get(routing.layer) != routing.weight:
+        raise UserError(f"{file}: 'routing' names block {routing.layer} and weight {routing.weight!r}, which is not "
+                        "that block's MLP input in the base; a damaged or edited MASS folder: build it again")
 
 
 def load_mass(path: str | Path, *, device: str | torch.device | None = None) -> tuple[MassModel, Any]:
@@ -462,9 +506,9 @@ def load_mass(path: str | Path, *, device: str | torch.device | None = None) -> 
         routing = RoutingConfig(**meta["routing"])
     except (TypeError, ValidationError) as err:
         raise UserError(f"{path / MASS_JSON}: bad 'routing' ({first_line(err)})") from None
-    factors = MassFactors.load(
-        Checkpoint.open(path), Checkpoint.open(base_dir), meta["lowrank"], meta["dense"], len(meta["tasks"])
-    )
+    store, base = Checkpoint.open(path), Checkpoint.open(base_dir)
+    _check_stored(path, meta, store, base, routing)
+    factors = MassFactors.load(store, base, meta["lowrank"], meta["dense"], len(meta["tasks"]))
     model = MassModel(_load_module(base_dir), factors, routing, meta["tasks"], base_dir, meta.get("models", ()))
     if device is not None:
         model.to(device)

@@ -108,6 +108,52 @@ def test_missing_factor_is_named(saved, tmp_path):
         load_mass(folder / "base")
 
 
+def test_a_linked_base_replaced_since_is_refused(llama_family, tmp_path):
+    """`--link-base` kept the base's path alone: a base replaced since (a zoo built again in place)
+    was served with the old factors, logits off by 6.8, exit 0; one of other shapes ended in a
+    traceback (audit 134). The base's identity is recorded and checked; a folder written before
+    that record is checked on the shapes."""
+    base, endpoints = llama_family
+    linked_base = shutil.copytree(base, tmp_path / "base")
+    mass = MassModel.from_checkpoints(linked_base, endpoints, layer=0)
+    folder = mass.save(tmp_path / "linked", copy_base=False)
+    load_mass(folder)
+    shutil.copy(endpoints[0] / "model.safetensors", linked_base / "model.safetensors")  # same shapes, other weights
+    with pytest.raises(UserError, match=r"mass.json: the linked base .* is not the model this folder was built on"):
+        load_mass(folder)
+    meta = json.loads((folder / "mass.json").read_text())
+    del meta["base_digest"]  # as a folder written before the record
+    (folder / "mass.json").write_text(json.dumps(meta))
+    load_mass(folder)  # other weights of the same shapes: nothing left to tell them by
+    weights = load_file(linked_base / "model.safetensors")
+    name = "model.layers.1.mlp.up_proj.weight"
+    weights[name] = torch.zeros(weights[name].shape[0] + 2, weights[name].shape[1])
+    save_file(weights, linked_base / "model.safetensors")
+    with pytest.raises(UserError, match=rf"MASS tensor {name}'s factors are of shape .* not the base it was built on"):
+        load_mass(folder)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: {**m, "tasks": m["tasks"][:-1]}, "'tasks' names 2 tasks, and the folder stores the factors of 3"),
+    (lambda m: {**m, "lowrank": m["lowrank"][1:]}, "tensor '.*' is stored but not listed"),
+    (lambda m: {**m, "routing": {**m["routing"], "layer": 1}}, "'routing' names block 1 and weight"),
+    (lambda m: {**m, "lowrank": 5}, "'lowrank' is not a list of names"),
+    (lambda m: {**m, "tasks": "arith"}, "'tasks' is not a list of names"),
+    (lambda m: {**m, "base": None}, "'base' is None: 'base' .the base copied in. or the absolute path"),
+    (lambda m: {**m, "base": "../elsewhere"}, "'base' is '../elsewhere'"),
+])
+def test_a_mass_json_that_disagrees_with_what_the_folder_stores_is_refused(saved, tmp_path, edit, message):
+    """An edited or damaged mass.json served another model with exit 0 (a task dropped, a tensor left
+    at the base's weights, routing reported at one block and done at another) or ended in a
+    traceback (audit 134)."""
+    _, folder = saved
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    meta = json.loads((copy / "mass.json").read_text())
+    (copy / "mass.json").write_text(json.dumps(edit(meta)))
+    with pytest.raises(UserError, match=message):
+        load_mass(copy)
+
+
 def test_pinned_mass_scores_items_like_the_tsv_c_model_and_routed_like_lm_eval(zoo, zoo_mass, tmp_path):
     from lm_eval import simple_evaluate
 
