@@ -16,7 +16,7 @@ from torch import nn
 
 from evo_merge.align.spec import Group, PermSpec, load_spec_yaml
 from evo_merge.errors import UserError, did_you_mean
-from evo_merge.weights.arch import CNN, GPT2, LLAMA, MLP, RESNET, architecture_of
+from evo_merge.weights.arch import CNN, GPT2, LLAMA, MLP, RESNET, architecture_of, hf_model_type
 
 
 def _norm_params(prefix: str, kind: str | None, group: str) -> dict[str, tuple]:
@@ -155,6 +155,10 @@ _BUILDERS: dict[str, Callable[[nn.Module], PermSpec]] = {
     GPT2.name: lambda model: gpt2_spec(model.config),
 }
 ARCHS = tuple(_BUILDERS)
+# the HF model types whose every tensor a built-in spec moves (its table's other types add tensors it
+# does not know: qwen3's and olmo2's per-head q/k norms, gemma2's extra block norms, olmo's
+# weightless norms), checked on logits against the unaligned model
+SPEC_MODEL_TYPES = {LLAMA.name: ("llama", "mistral", "qwen2", "gemma"), GPT2.name: ("gpt2",)}
 
 
 def check_arch(arch: str, source: Any, key: str = "--arch") -> None:
@@ -165,6 +169,11 @@ def check_arch(arch: str, source: Any, key: str = "--arch") -> None:
         if found is None or found.name != arch:
             described = "no architecture we know" if found is None else f"architecture {found.name!r}"
             raise UserError(f"{key} {arch} does not match the model's config.json ({described})")
+        model_type = hf_model_type(source)
+        if model_type is not None and model_type not in SPEC_MODEL_TYPES.get(arch, (model_type,)):
+            raise UserError(f"{key} {arch}: its permutation spec covers model types "
+                            f"{', '.join(SPEC_MODEL_TYPES[arch])}, not {model_type!r}, whose tensors it does not all "
+                            "move; write a .yaml spec for it (docs/zoos.md)")
     elif Path(arch).suffix not in (".yaml", ".yml"):
         raise UserError(f"{key} {arch!r} is not one of {', '.join(ARCHS)} or a .yaml spec{did_you_mean(arch, ARCHS)}")
     else:  # there and well formed, before any model is read: `plan` said "fits" of a spec that was missing
