@@ -106,6 +106,9 @@ def load_data(path: str | Path, endpoint: Endpoint, key: str = "--data") -> tupl
         if y is not None and (y.ndim != 1 or len(y) != len(x) or y.is_floating_point()):
             raise UserError(f"{key} {path}: y must be one whole-number label per row of x ({len(x)}), not "
                             f"{y.dtype} of shape {list(y.shape)}")
+        if y is not None and endpoint.module is not None and hf_model_type(endpoint.module) is not None:
+            raise UserError(f"{key} {path}: y gives one label per row of x, and a language model predicts a token at "
+                            "every position; leave y out (mudsc then searches --f on the models' agreement)")
         _check_fits(x, endpoint, f"{key} {path}")
         return x, y
     if endpoint.tokenizer is None:

@@ -485,3 +485,17 @@ def test_a_model_type_the_llama_spec_does_not_cover_is_refused_naming_it(tmp_pat
     _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", "llama", "--out", tmp_path / "o"),
                     f"--arch llama: its permutation spec covers model types llama, mistral, qwen2, gemma, not "
                     f"'{model_type}'")
+
+
+def test_labels_given_to_a_language_model_are_refused_naming_the_data(tmp_path):
+    """A language model predicts a token per position: mudsc's search for --f compared those with
+    one label per row and ended in a traceback, exit 1 (audit 134)."""
+    for name, seed in (("a", 0), ("b", 1)):
+        make_tiny_causal_lm("llama", vocab_size=40, hidden=16, layers=1, heads=2, seed=seed).save_pretrained(
+            tmp_path / name)
+    data = tmp_path / "lm.safetensors"
+    save_file({"x": torch.randint(0, 40, (8, 16)), "y": torch.zeros(8, dtype=torch.long)}, data)
+    result = _run("--models", tmp_path / "a", tmp_path / "b", "--arch", "llama", "--method", "mudsc", "--data", data,
+                  "--out", tmp_path / "o")
+    _one_line_error(result, f"--data {data}: y gives one label per row of x, and a language model predicts a token")
+    assert not (tmp_path / "o").exists()
