@@ -76,3 +76,48 @@ def test_the_mean_of_aligned_folders_is_the_one_a_run_folder_recorded(tmp_path):
     assert mean["w"].dtype == torch.bfloat16 and torch.equal(mean["w"], recorded)
     assert not torch.equal(recorded, (sum(s["w"].float() for s in states) / 3).to(torch.bfloat16))
     assert torch.equal(mean["steps"], torch.tensor([0, 7]))
+
+
+def _llama_with_biases(seed, **extra):
+    """A tiny seeded Llama with `attention_bias`/`mlp_bias`; biases and norms made non-zero (HF starts
+    them at 0/1, where a bias left unpermuted would go unnoticed)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=64, attention_bias=True, mlp_bias=True, **extra,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                param.add_(0.3 * torch.randn_like(param))
+    return model
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"tie_word_embeddings": True}, {"head_dim": 16}], ids=["untied", "tied", "head_dim16"]
+)
+def test_llama_with_biases_keeps_its_function_when_permuted_or_aligned(extra):
+    """Llama with `attention_bias` and `mlp_bias` (also tied embeddings, head_dim != hidden/heads): a
+    random spec permutation and weight matching to another init leave the logits as they were; an
+    `o_proj.bias` (or any bias) left out of the residual permutation changes them (audit 134, F7)."""
+    from evo_merge.align.api import align_models, aligned_states
+
+    a, b = _llama_with_biases(0, **extra), _llama_with_biases(1, **extra)
+    assert a.model.layers[0].self_attn.o_proj.bias is not None and a.model.layers[0].mlp.down_proj.bias is not None
+    ids = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(0))
+    state, _ = _permuted_copy("llama", a, seed=3)
+    other = _llama_with_biases(7, **extra)
+    other.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(other(input_ids=ids).logits, a(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+    spec = spec_for("llama", a)
+    states = [a.state_dict(), b.state_dict()]
+    aligned = aligned_states(spec, states, align_models(spec, states, "weight"))[1]
+    other.load_state_dict(aligned)
+    with torch.no_grad():
+        torch.testing.assert_close(other(input_ids=ids).logits, b(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+    o_bias = "model.layers.0.self_attn.o_proj.bias"
+    assert not torch.equal(aligned[o_bias], states[1][o_bias])  # the residual stream did move

@@ -122,3 +122,34 @@ def test_the_mass_build_command_offers_the_search_s_defaults():
     built = inspect.signature(MassModel.from_checkpoints).parameters  # the library's MASS folders too
     assert [built[n].default for n in ("threshold", "max_tasks", "token")] == [
         options["threshold"].default, options["max_tasks"].default, MASS_TOKENS[0]]
+
+
+@pytest.mark.parametrize("padding", ["left", "right", "right-nomask"])
+def test_last_token_routing_reads_each_row_s_last_real_token(llama_family, padding):
+    """`token: last` routes on the hidden state (entering the routing block's MLP) at each row's last
+    real token, wherever the padding sits: left padding puts the first real token elsewhere than the
+    last, which a router reading the first real one would confuse (audit 134, F7)."""
+    from evo_merge.mass import MassModel
+
+    base, endpoints = llama_family
+    mass = MassModel.from_checkpoints(base, endpoints, layer=1, token="last")
+    gen = torch.Generator().manual_seed(3)
+    rows = [torch.randint(3, 100, (n,), generator=gen).tolist() for n in (4, 9, 6)]
+    width = max(map(len, rows))
+    pads = [[0] * (width - len(r)) for r in rows]
+    ids = torch.tensor([p + r if padding == "left" else r + p for r, p in zip(rows, pads)])
+    mask = torch.tensor([[0] * len(p) + [1] * len(r) if padding == "left" else [1] * len(r) + [0] * len(p)
+                         for r, p in zip(rows, pads)])
+    routed = mass.routed_state(ids, None if padding == "right-nomask" else mask)
+
+    captured = []  # reference: each row alone, unpadded (routed_state left all tasks loaded), its last position
+    handle = mass.module.model.layers[1].mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        with torch.no_grad():
+            for row in rows:
+                mass.module(input_ids=torch.tensor([row]), use_cache=False)
+    finally:
+        handle.remove()
+    want = torch.stack([h[0, -1] for h in captured]).float()
+    assert not torch.allclose(want, torch.stack([h[0, 0] for h in captured]).float(), atol=1e-2)
+    torch.testing.assert_close(routed, want, rtol=1e-4, atol=1e-5)
