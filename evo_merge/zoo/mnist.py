@@ -21,12 +21,12 @@ import pandas as pd
 import torch
 from rich.table import Table
 from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 
 from evo_merge.console import results_console
 from evo_merge.errors import UserError
-from evo_merge.files import parse_json
+from evo_merge.files import atomic_write, parse_json
 from evo_merge.progress import Progress, no_progress
-from evo_merge.weights.export import save_safetensors
 from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.weights.nets import build_net
 from evo_merge.zoo import ZOO_EXTRA
@@ -149,8 +149,10 @@ def build_mnist_zoo(
     _claim(out, {"data", "accuracy.csv", "manifest.json", *plan}, seed, force)
     data = load_mnist(seed)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    save_safetensors({"x": data["x_train"], "y": data["y_train"]}, out / "data" / "train.safetensors")
-    save_safetensors({"x": data["x_test"], "y": data["y_test"]}, out / "data" / "test.safetensors")
+    # every file through a sibling and a rename: one cut short by a kill was read by the next build
+    for split in ("train", "test"):
+        tensors = {"x": data[f"x_{split}"], "y": data[f"y_{split}"]}
+        atomic_write(out / "data" / f"{split}.safetensors", save_tensors(tensors, metadata={"format": "pt"}))
     rows = []
     progress("mnist zoo", 0, len(plan))
     for done, (name, (config, offset, classes)) in enumerate(plan.items(), 1):
@@ -163,14 +165,13 @@ def build_mnist_zoo(
             "epochs": epochs,
         }
         cached = folder / "train.json"
-        if (not force and cached.exists() and json.loads(cached.read_text()) == settings
-                and (folder / "model.safetensors").exists()):
+        if not force and _recorded(cached) == settings and (folder / "model.safetensors").exists():
             net, _ = load_model_folder(folder)
         else:
             keep = torch.isin(data["y_train"], torch.tensor(classes))
             net = train_classifier(config, data["x_train"][keep], data["y_train"][keep], settings["seed"], epochs)
             save_model_folder(folder, net, overwrite=True)
-            cached.write_text(json.dumps(settings, indent=2))
+            atomic_write(cached, json.dumps(settings, indent=2))
         own = torch.isin(data["y_test"], torch.tensor(classes))
         rows.append(
             {
@@ -183,7 +184,7 @@ def build_mnist_zoo(
         )
         progress("mnist zoo", done, len(plan))
     table = pd.DataFrame(rows)
-    table.to_csv(out / "accuracy.csv", index=False)
+    atomic_write(out / "accuracy.csv", table.to_csv(index=False))
     kinds = ("mlp", "cnn")
     manifest = {
         "data_seed": seed,
@@ -191,9 +192,18 @@ def build_mnist_zoo(
         "disjoint": {k: [f"{k}-lo", f"{k}-hi"] for k in kinds},
         "data": {"train": "data/train.safetensors", "test": "data/test.safetensors"},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
     _print(table)
     return out
+
+
+def _recorded(file: Path) -> Any:
+    """A model's recorded training settings; None where there are none to read (never written, or
+    written by a build older than atomic writes and cut short): the model is trained again."""
+    try:
+        return parse_json(file.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _print(table: pd.DataFrame) -> None:

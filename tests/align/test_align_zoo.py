@@ -31,6 +31,13 @@ def test_tiny_zoo_trains_caches_and_rebuilds(tmp_path):
     build_mnist_zoo(tmp_path / "zoo", seed=0, progress=lambda *count: said.append(count), **TINY)
     assert (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
     assert said == [("mnist zoo", done, 8) for done in range(9)]  # 2 kinds x (2 seeds + 2 disjoint halves)
+    # a record cut short by a kill (written in place before): a JSONDecodeError traceback, now trained again
+    (out / "mlp-s1" / "train.json").write_text('{\n  "config": {')
+    stamp1 = (out / "mlp-s1" / "model.safetensors").stat().st_mtime_ns
+    build_mnist_zoo(tmp_path / "zoo", seed=0, **TINY)
+    assert (out / "mlp-s1" / "model.safetensors").stat().st_mtime_ns != stamp1
+    assert (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["test.safetensors", "train.safetensors"]
     build_mnist_zoo(tmp_path / "zoo", seed=0, force=True, **TINY)  # `zoo build --force` was ignored here
     assert (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns != stamp
 
