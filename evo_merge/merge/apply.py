@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from evo_merge.errors import UserError, first_line
+from evo_merge.errors import UserError, described, first_line
 from evo_merge.merge.registry import MergeMethod
 from evo_merge.merge.task_vectors import Delta, formed
 from evo_merge.weights.dtypes import all_finite
@@ -27,6 +27,8 @@ def merge_tensor(
     to a method that streams them (`MergeMethod.streams`), formed first for any other."""
     if not method.streams:
         deltas = formed(deltas)
+    inputs = [t for t in (base, *deltas) if isinstance(t, torch.Tensor)]
+    versions = [t._version for t in inputs]  # torch counts each in-place change of a tensor
     try:
         merged = method.fn(base, deltas, weights, params, name)
     except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (another device, or failing)
@@ -35,8 +37,21 @@ def merge_tensor(
         if not all(map(all_finite, (base, *formed(deltas)))):  # a corrupt input, not a bug
             raise NonFiniteTensor(name, f"tensor {name}: an input holds NaN or Inf, which {method.name} cannot "
                                         f"merge ({first_line(exc)})") from None
-        raise RuntimeError(f"{method.name} failed on tensor {name}: {exc}") from exc
+        raise MethodFailed(f"{method.name} failed on tensor {name}: {exc}") from exc
+    except Exception as exc:  # a plugin method may raise anything
+        raise MethodFailed(f"{method.name} failed on tensor {name}: {described(exc)}") from exc
+    if [t._version for t in inputs] != versions:  # the in-place merger's stored base and task vectors
+        raise MethodFailed(f"{method.name} changed its inputs in place on tensor {name} (the base or a task vector, "
+                           "which every later candidate is merged from): a method returns a new tensor")
     if not isinstance(merged, torch.Tensor) or merged.shape != base.shape:  # a plugin's slip, named here
         got = f"shape {list(merged.shape)}" if isinstance(merged, torch.Tensor) else type(merged).__name__
-        raise RuntimeError(f"{method.name} returned {got} for tensor {name}, not a tensor of shape {list(base.shape)}")
+        raise MethodFailed(f"{method.name} returned {got} for tensor {name}, not a tensor of shape {list(base.shape)}")
+    if not merged.is_floating_point():  # rounded to whole numbers when written: zeros for most weights
+        raise MethodFailed(f"{method.name} returned {merged.dtype} values for tensor {name}, not floating point")
     return merged
+
+
+class MethodFailed(RuntimeError):
+    """A merge method that raised, or broke its contract (a tensor of the base's shape, floating, its
+    inputs left as they were): one candidate failed in a campaign; `merge` and an export say it in one
+    line (`merge.export`)."""

@@ -10,6 +10,7 @@ import torch
 
 from evo_merge.errors import UserError
 from evo_merge.files import parse_json
+from evo_merge.merge.apply import MethodFailed
 from evo_merge.merge.card import Scores, model_card, recipe_license, score_errors
 from evo_merge.merge.host import free_disk
 from evo_merge.merge.plan import MergePlan
@@ -93,6 +94,8 @@ def export_merge(
         )
     except NonFiniteTensor as exc:
         raise UserError(f"{exc}; {_non_finite_inputs(plan, exc.name)}") from None
+    except MethodFailed as exc:
+        raise UserError(f"merge method {exc}") from None
 
 
 DISK_SLACK = 64 * 2**20  # the card, recipe and config files, and the file system's own blocks

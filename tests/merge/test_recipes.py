@@ -1,6 +1,7 @@
 """Recipes end to end: the merge command, transformers round trips, bit-for-bit rebuilds, in-place."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -552,3 +553,28 @@ def test_mismatched_shapes_and_pickle_checkpoints_are_refused(tmp_path):
     plain = write_recipe(tmp_path / "plain.yaml", "task_arithmetic", base, [fts[0]], [1.0], {})
     assert CliRunner().invoke(cli, ["merge", str(plain), "--out", str(tmp_path / "p"), "--allow-pickle"]).exit_code == 0
     assert "--allow-pickle" not in (tmp_path / "p" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("fn", "expected"), [
+    (lambda base, deltas: (_ for _ in ()).throw(ValueError("boom from my plugin")),
+     r"test_slip failed on tensor \S+: ValueError: boom from my plugin"),
+    (lambda base, deltas: base.flatten(), r"test_slip returned shape \[\d+\] for tensor \S+, not a tensor of shape"),
+    (lambda base, deltas: (base + deltas[0]).int(), r"test_slip returned torch.int32 values for tensor \S+, not"),
+    (lambda base, deltas: base.add_(deltas[0]), r"test_slip changed its inputs in place on tensor \S+ \(the base"),
+])
+def test_merge_of_a_method_that_raises_or_breaks_its_contract_is_one_line(family, tmp_path, fn, expected):
+    """`evo-merge merge` with a plugin that raised or returned another shape ended in a traceback
+    (exit 1), and one returning whole numbers wrote zeros with exit 0 (audit 135)."""
+    from evo_merge.merge.registry import register_method
+
+    @register_method("test_slip", replace=True)
+    def slip(base, deltas, weights, params, name):
+        """A plugin's slip."""
+        return fn(base, deltas)
+
+    root, base, fts = family
+    recipe = write_recipe(tmp_path / "r.yaml", "test_slip", base, fts[:1], [1.0], {})
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and not (tmp_path / "m").exists(), result.output
+    line, = result.output.strip().splitlines()
+    assert re.match(f"error: merge method {expected}", line), line

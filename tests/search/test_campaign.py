@@ -319,10 +319,14 @@ def test_kill_during_generation_2_then_resume_matches_uninterrupted_run(tmp_path
 
 
 FAULTS = {  # how a plugin method fails -> what the stored error says
-    "runtime": (lambda: (_ for _ in ()).throw(RuntimeError("simulated out of memory")), "simulated out of memory"),
-    "key": (lambda: {}["no such entry"], "KeyError: 'no such entry'"),
-    "none": (lambda: None, "test_fragile returned NoneType for tensor"),
-    "shape": (lambda: torch.zeros(3), "test_fragile returned shape [3] for tensor"),
+    "runtime": (lambda base: (_ for _ in ()).throw(RuntimeError("simulated out of memory")), "simulated out of memory"),
+    "key": (lambda base: {}["no such entry"], "KeyError: 'no such entry'"),
+    "none": (lambda base: None, "test_fragile returned NoneType for tensor"),
+    "shape": (lambda base: torch.zeros(3), "test_fragile returned shape [3] for tensor"),
+    # the stored base changed under every later candidate, scored on other weights (audit 135)
+    "in place": (lambda base: base.add_(1.0), "test_fragile changed its inputs in place on tensor"),
+    # whole numbers: written as zeros for most weights, exit 0 (audit 135)
+    "whole numbers": (lambda base: base.long(), "test_fragile returned torch.int64 values for tensor"),
 }
 
 
@@ -335,7 +339,7 @@ def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, 
     @register_method("test_fragile", replace=True)
     def fragile(base, deltas, weights, params, name):
         """Always fails."""
-        return act()
+        return act(base)
 
     run = tmp_path / "run"
     config = campaign(tmp_path, zoo, methods={"test_fragile": {}, "task_arithmetic": {}},
