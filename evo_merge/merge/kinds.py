@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from evo_merge.errors import UserError, did_you_mean
-from evo_merge.merge.registry import PLUGIN_HINT, Hyperparameter, get_method, list_methods
+from evo_merge.merge.registry import MASS, PLUGIN_HINT, Hyperparameter, get_method, list_methods
 
 Ranges = dict[str, tuple[float, float]]
 
-MASS = "mass"
 
 # MASS routing settings the search may vary. `layer` has no fixed upper bound: its search
 # range is the base's MLP blocks, found when the campaign opens the base.

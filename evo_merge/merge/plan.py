@@ -21,7 +21,7 @@ from evo_merge.errors import UserError
 from evo_merge.merge import layers
 from evo_merge.merge.methods import INT8_MASK
 from evo_merge.merge.recipe import Recipe
-from evo_merge.merge.registry import Hyperparameter, MergeMethod, get_method, list_methods
+from evo_merge.merge.registry import WEIGHT, Hyperparameter, MergeMethod, get_method, list_methods
 from evo_merge.merge.settings import MISSING, layer_position, lookup
 from evo_merge.merge.tokens import TokenPlan, is_vocabulary, plan_tokens
 from evo_merge.weights import Checkpoint, heads, parse_dtype
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 # how to merge models of other vocabularies, where their embeddings' rows would be merged as they are
 TOKENIZER_HINT = "; a `tokenizer_source` (union, base, model:NAME) merges such models row by token"
 
-WEIGHT = "weight"
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 # config lists with one entry per layer (transformers checks their length against the layer count):
 # a stack of slices takes each output layer's entry from the layer it copies

@@ -94,6 +94,10 @@ class Hyperparameter:
         return value
 
 
+MASS = "mass"  # a campaign's input-routed candidate kind (`merge.kinds`): no merge method takes its name
+WEIGHT = "weight"  # a model's coefficient in a recipe (`parameters.weight`): no hyperparameter takes its name
+
+
 # How a method treats the reference model (mergekit's behaviour for each method):
 #   "required": the merge is taken relative to `base_model`, which the recipe must name;
 #   "optional": relative to `base_model` when named, else to zeros (the method sees whole models);
@@ -235,6 +239,7 @@ def register_method(
 
     if base not in BASE_MODES:
         raise ValueError(f"base must be one of {BASE_MODES}, got {base!r}")
+    _check_declaration(name, hyperparameters)
 
     def decorator(func: Callable) -> Callable:
         if name in _REGISTRY and not replace:
@@ -262,6 +267,32 @@ def register_method(
         return func
 
     return decorator
+
+
+def _check_declaration(name: str, hyperparameters: Sequence[Hyperparameter]) -> None:
+    """A method's declaration, refused at registration where it is wrong (a ValueError naming it):
+    taken as written, each slip surfaced late (a numpy traceback in a campaign's first generation,
+    a refusal of a recipe key the recipe does not hold, one key meaning two things)."""
+    if name == MASS:
+        raise ValueError(f"merge method name {name!r} is a campaign's MASS kind; name the method otherwise")
+    names = [h.name for h in hyperparameters]
+    if twice := next((n for n in names if names.count(n) > 1), None):
+        raise ValueError(f"merge method {name!r}: hyperparameter {twice!r} is declared twice")
+    for h in hyperparameters:
+        where = f"merge method {name!r}, hyperparameter {h.name!r}"
+        if h.name == WEIGHT:
+            raise ValueError(f"{where}: 'weight' is each model's coefficient in a recipe; name it otherwise")
+        if not isinstance(h.default, (bool, int, float)):
+            raise ValueError(f"{where}: its default {h.default!r} is not a number or true/false")
+        if h.low is not None and h.high is not None and h.low > h.high:
+            raise ValueError(f"{where}: low {h.low} is above high {h.high}")
+        if not isinstance(h.default, bool) and (h.low is not None and h.default < h.low
+                                                or h.high is not None and h.default > h.high):
+            raise ValueError(f"{where}: its default {h.default} is outside [{h.low}, {h.high}]")
+        if h.search_range is not None:
+            lo, hi = h.search_range
+            if lo > hi or h.low is not None and lo < h.low or h.high is not None and hi > h.high:
+                raise ValueError(f"{where}: search_range {h.search_range} is not within [{h.low}, {h.high}]")
 
 
 def combine_pieces(

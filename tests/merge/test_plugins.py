@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import pytest
 
 from evo_merge.errors import UserError
 from evo_merge.merge import get_method, list_methods, register_method, registry
+from evo_merge.merge.registry import Hyperparameter
 
 METHOD = '''
 from evo_merge.merge import register_method
@@ -136,3 +138,23 @@ def test_entry_points_are_loaded_once_a_process(site, caplog):
         "merge-method entry point evo_test_gone = evo_plugin_test_renamed_away (package evo_plugin_test_stale 0.1) "
         "cannot be loaded (ModuleNotFoundError: No module named 'evo_plugin_test_renamed_away'); its methods are "
         "unavailable"]
+
+
+@pytest.mark.parametrize(("name", "hyperparameters", "message"), [
+    ("test_bad", [Hyperparameter("h", 1.0, 2.0, 0.5)], "hyperparameter 'h': low 2.0 is above high 0.5"),
+    ("test_bad", [Hyperparameter("g", 5.0, 0.0, 2.0)], "hyperparameter 'g': its default 5.0 is outside [0.0, 2.0]"),
+    ("test_bad", [Hyperparameter("mode", "fast")], "hyperparameter 'mode': its default 'fast' is not a number"),
+    ("test_bad", [Hyperparameter("g", 1.0), Hyperparameter("g", 2.0)], "hyperparameter 'g' is declared twice"),
+    ("test_bad", [Hyperparameter("weight", 1.0)], "'weight' is each model's coefficient in a recipe"),
+    ("test_bad", [Hyperparameter("g", 0.5, 0.0, 1.0, search_range=(0.5, 2.0))], "search_range (0.5, 2.0) is not"),
+    ("mass", [], "merge method name 'mass' is a campaign's MASS kind"),
+])
+def test_a_declaration_no_merge_can_use_is_refused_when_registered(name, hyperparameters, message):
+    """register_method took any declaration and each slip surfaced late: low above high was a numpy
+    traceback in a campaign, a string default failed after calibration naming neither method nor
+    plugin, a default outside its range refused a recipe key the recipe did not hold, a `weight`
+    hyperparameter changed the models' coefficients, a method named `mass` meant MASS in a campaign
+    and the plugin in `merge` (audit 135)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        register_method(name, hyperparameters=hyperparameters, replace=True)(lambda base, deltas, *rest: base)
+    assert name not in list_methods()
