@@ -34,11 +34,12 @@ from evo_merge.config import EvaluatorSpec
 def eval_(model_dir, task_spec, items_file, batch_size, device, metric, options, subject, allow_pickle, out,
           overwrite) -> None:
     """Write long-format per-item scores `subject,item,score[,scenario]` to OUT."""
+    import torch
     from transformers.utils import logging as hf_logging
 
     from evo_merge.cli.outputs import check_output_file, write_output_file
     from evo_merge.cli.progress import StageBars
-    from evo_merge.errors import UserError
+    from evo_merge.errors import UserError, described
     from evo_merge.irt.anchors import read_anchors
     from evo_merge.tasks.base import item_positions
     from evo_merge.tasks.registry import resolve_task
@@ -71,8 +72,13 @@ def eval_(model_dir, task_spec, items_file, batch_size, device, metric, options,
         except UserError as exc:
             raise UserError(f"--items {items_file}: {exc}") from None
     with StageBars() as bars:  # minutes at 7B: a bar on a terminal, a line every 30 s in a log
-        table = score_table(task, model, tokenizer, subject or name, items,
-                            lambda done, total: bars(f"scoring {task.name}", done, total))
+        try:
+            table = score_table(task, model, tokenizer, subject or name, items,
+                                lambda done, total: bars(f"scoring {task.name}", done, total))
+        except (UserError, OSError, MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001  a plugin's scorer may raise anything, as a campaign takes it
+            raise UserError(f"task {task.name}: scoring raised {described(exc)} (--debug shows where)") from exc
     if table.empty:
         raise UserError(f"task {task.name}: no items to score")
     write_output_file(out, table.to_csv(index=False), overwrite)  # a full disk keeps the file that was there

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from evo_merge.errors import UserError, did_you_mean
-from evo_merge.merge.registry import MASS, PLUGIN_HINT, Hyperparameter, get_method, list_methods
+from evo_merge.merge.registry import MASS, PLUGIN_HINT, Hyperparameter, get_method, list_methods, unloadable
 
 Ranges = dict[str, tuple[float, float]]
 
@@ -33,6 +33,8 @@ def kind_hyperparameters(name: str) -> tuple[Hyperparameter, ...]:
     if name == MASS:
         return MASS_HYPERPARAMETERS
     if name not in list_methods():
+        if (failed := unloadable(name)) is not None:  # installed, and its entry point raised
+            raise UserError(failed)
         raise UserError(f"unknown merge method {name!r}{did_you_mean(name, list_kinds())} "
                         f"(known: {', '.join(list_kinds())}){PLUGIN_HINT}")
     method = get_method(name)

@@ -349,13 +349,20 @@ def _load_entry_points() -> None:
 def get_method(name: str) -> MergeMethod:
     if name not in _REGISTRY:
         _load_entry_points()
-    if name not in _REGISTRY and name in _entry_point_errors:
-        raise UserError(f"merge method {name!r}: its entry point {_entry_point_errors[name]}")
+    if name not in _REGISTRY and (failed := unloadable(name)) is not None:
+        raise UserError(failed)
     if name not in _REGISTRY:
         raise UserError(f"unknown merge method {name!r}{did_you_mean(name, list_methods())} "
                         f"(known: {', '.join(list_methods())}){PLUGIN_HINT}")
     return _REGISTRY[name]
 
+
+def unloadable(name: str) -> str | None:
+    """Why the method `name` is not registered where its own entry point failed to load (the package
+    named it, and it raised): a lookup says that, not "unknown merge method"."""
+    _load_entry_points()
+    why = _entry_point_errors.get(name)
+    return None if why is None else f"merge method {name!r}: its entry point {why}"
 
 
 PLUGIN_HINT = ("; a method of your own is found through an installed package's entry point in the group "

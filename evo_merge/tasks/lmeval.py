@@ -134,6 +134,9 @@ def _read_task_yaml(path: Path) -> dict[str, Any]:
         raise malformed_yaml(path, exc) from None
     except (OSError, ValueError, ImportError, AttributeError) as exc:
         raise UserError(f"cannot read task file {path}: {first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001  the task's own code as `!function` imports it (a SyntaxError)
+        raise UserError(f"cannot read task file {path}: importing its code raised {described(exc)} (--debug shows "
+                        "where)") from exc
 
 
 def _local_config(path: Path) -> dict[str, Any]:

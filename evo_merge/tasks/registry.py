@@ -19,7 +19,7 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,9 @@ def _from_plugin(obj: Any, spec: str, settings: dict[str, Any]) -> FitnessTask:
     if len(set(ids)) != len(ids):
         raise UserError(f"task plugin {spec!r}: item ids must be unique ({len(ids) - len(set(ids))} repeated)")
     scenarios = task.scenarios or {}
+    if not isinstance(scenarios, Mapping):  # a list: a traceback in `eval` and in a campaign's first split
+        raise UserError(f"task plugin {spec!r}: scenarios must map item ids to scenario names (or be None), not a "
+                        f"{type(scenarios).__name__}")
     if scenarios and (left := [i for i in ids if i not in scenarios]):  # their own scenario: said, not silent
         log.warning("task plugin %r: its scenarios name %d of its %d items; the other %d (%r first) form a scenario "
                     "named after the task", spec, len(ids) - len(left), len(ids), len(left), left[0])
@@ -141,6 +144,10 @@ def _build(spec: str, settings: dict[str, Any]) -> FitnessTask:
                 package = f" of the package {ep.dist.name}" if ep.dist is not None else ""
                 raise UserError(f"task {spec!r}: its entry point{package} ({ep.value}) cannot be loaded ({exc}); "
                                 "reinstall or remove that package") from None
+            except Exception as exc:  # noqa: BLE001  the plugin's own code as it is imported (a SyntaxError)
+                package = f" of the package {ep.dist.name}" if ep.dist is not None else ""
+                raise UserError(f"task {spec!r}: importing its entry point{package} ({ep.value}) raised "
+                                f"{described(exc)} (--debug shows where)") from exc
             return _from_plugin(loaded, spec, settings)
     if is_path_like(spec):
         return _made(LMEvalTask, spec, settings, spec)

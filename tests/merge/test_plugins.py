@@ -125,6 +125,12 @@ def test_a_plugin_whose_import_fails_with_any_error_leaves_the_others_found(site
         get_method("evo_test_boom")
     assert str(failed.value).startswith("merge method 'evo_test_boom': its entry point evo_test_boom = ")
     assert str(failed.value).endswith("cannot be loaded (RuntimeError: boom)")
+    # a campaign's methods said "unknown merge method", the entry point being installed (audit 135)
+    from evo_merge.merge.kinds import kind_hyperparameters
+
+    with pytest.raises(UserError) as in_campaign:
+        kind_hyperparameters("evo_test_boom")
+    assert str(in_campaign.value) == str(failed.value)
 
 
 def test_entry_points_are_loaded_once_a_process(site, caplog):

@@ -109,6 +109,20 @@ def test_the_items_digest_sees_the_scoring_change_and_not_where_the_data_lives(t
     assert prompt.split(":")[0] == docs and prompt.split(":")[1] != definition
 
 
+def test_a_task_file_whose_code_does_not_import_is_one_line_naming_the_file(tmp_path):
+    """A `utils.py` with a SyntaxError (or one raising as it is imported) that a `!function` names was
+    a traceback, exit 1, where its other faults are one line (audit 135)."""
+    shutil.copytree(BENCHMARKS_DIR / "arith", tmp_path / "t")
+    yaml_file = tmp_path / "t" / "evo_arith.yaml"
+    text = yaml_file.read_text().replace("task: evo_arith", "task: mine")
+    yaml_file.write_text(text.replace("doc_to_text: question", "doc_to_text: !function utils.prompt"))
+    for code, kind in [("def prompt(doc:\n    pass\n", "SyntaxError"), ("raise RuntimeError('no')\n", "RuntimeError")]:
+        (tmp_path / "t" / "utils.py").write_text(code)
+        with pytest.raises(UserError) as raised:
+            LMEvalTask(yaml_file)
+        assert str(raised.value).startswith(f"cannot read task file {yaml_file}: importing its code raised {kind}")
+
+
 def test_the_items_digest_reads_nested_functions_their_helpers_and_not_lm_eval_s_new_defaults(tmp_path,
                                                                                                  monkeypatch):
     """A filter's `filter_fn`, and a helper in the same `utils.py` the prompt calls, were outside the
@@ -318,6 +332,13 @@ class Partly(Numbered):
 PARTLY = Partly(["a", "b", "c"])
 
 
+class Listed(Numbered):
+    scenarios = ["s1", "s1", "s2"]
+
+
+LISTED = Listed(["a", "b", "c"])
+
+
 class Declared:  # its attributes declared on the class: the protocol's check passed the class itself
     name, scenarios = "declared", None
 
@@ -399,6 +420,10 @@ def test_plugins_by_module_attribute_and_entry_point(tmp_path, monkeypatch, capl
     with caplog.at_level("WARNING", logger="evo_merge.tasks.registry"):
         resolve_task("evo_plugin_demo:PARTLY")
     assert "its scenarios name 1 of its 3 items; the other 2 ('b' first) form a scenario named after" in caplog.text
+    # scenarios as a list: a traceback in `eval` and in a campaign's first split (audit 135)
+    with pytest.raises(UserError, match=r"LISTED': scenarios must map item ids to scenario names \(or be None\), "
+                                        "not a list"):
+        resolve_task("evo_plugin_demo:LISTED")
     with pytest.raises(UserError, match="no attribute 'missing'"):
         resolve_task("evo_plugin_demo:missing")
     with pytest.raises(UserError, match="cannot import module 'no_such_module_zz'.*add its folder to PYTHONPATH"):
@@ -443,6 +468,14 @@ def test_a_plugin_whose_factory_raises_is_one_line_naming_it(tmp_path, monkeypat
     assert str(raised.value).startswith("task plugin 'evo_typo_tasks:make_task': importing module 'evo_typo_tasks' "
                                         "raised SyntaxError: ")
     assert str(raised.value).endswith("(--debug shows where)") and isinstance(raised.value.__cause__, SyntaxError)
+    # through an entry point, any error but an ImportError was a traceback (audit 135)
+    (tmp_path / "evo_raising_at_import.py").write_text("raise RuntimeError('broken plugin import')\n")
+    ep = EntryPoint(name="raising-plugin", value="evo_raising_at_import:TASK", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == registry.ENTRY_POINT_GROUP else [])
+    with pytest.raises(UserError) as raised:
+        resolve_task("raising-plugin")
+    assert str(raised.value) == ("task 'raising-plugin': importing its entry point (evo_raising_at_import:TASK) "
+                                 "raised RuntimeError: broken plugin import (--debug shows where)")
     (tmp_path / "evo_raising_module.py").write_text("raise RuntimeError('no GPU configured')\n")  # its own code
     with pytest.raises(UserError) as raised:
         resolve_task("evo_raising_module:make_task")

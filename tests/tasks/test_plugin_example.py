@@ -39,3 +39,24 @@ def test_the_readme_s_plugin_task_scores_a_model(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["eval", "--model", str(model), "--task", "my_tasks:make_parity", "--option",
                                       "n_itms=20", "--out", str(tmp_path / "typo.csv")])
     assert result.exit_code == 2 and "n_itms" in result.output, result.output
+
+
+def test_eval_of_a_plugin_task_whose_scoring_raises_is_one_line_naming_it(tmp_path, monkeypatch):
+    """A plugin's `evaluate` raising was a traceback, exit 1, where a campaign stores the candidate
+    failed with the error (audit 135)."""
+    (tmp_path / "evo_raising_scorer.py").write_text(
+        "import pandas as pd\n\n"
+        "class Raising:\n"
+        "    name, scenarios, item_ids, higher_is_better = 'raising', None, ['a', 'b'], True\n\n"
+        "    def evaluate(self, model, tokenizer=None, item_ids=None):\n"
+        "        raise ValueError('my scorer broke')\n\n"
+        "TASK = Raising()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tokenizer = build_char_tokenizer()
+    model = save_model_folder(tmp_path / "m", make_tiny_causal_lm("llama", vocab_size=len(tokenizer), seed=0))
+    tokenizer.save_pretrained(model)
+    result = CliRunner().invoke(cli, ["eval", "--model", str(model), "--task", "evo_raising_scorer:TASK",
+                                      "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 2 and not (tmp_path / "s.csv").exists(), result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: task raising: scoring raised ValueError: my scorer broke (--debug shows where)")
