@@ -43,7 +43,6 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
     objectives = Objectives.of_facts(facts)
     evaluations = store.evaluations()  # read once: a long run holds thousands
     search = [e for e in evaluations if e.phase == SEARCH]
-    ok = [e for e in search if e.status == "ok"]
     # the best among the candidates: the standard merges (baselines, measured as warm-ups) compete too
     candidates = competing(evaluations)
     finished = store.finished(facts["generations"])
@@ -57,7 +56,8 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
     baselines = store.get_meta(BASELINES_META, {})
     standard = [e for e in evaluations if e.key in baselines and e.status == "ok"]
     searched = sum(e.phase == SEARCH for e in standard)
-    lines.append(f"evaluations: {len(evaluations)} ({len(search)} search, {len(search) - len(ok)} failed"
+    failed = sum(e.status == "failed" for e in evaluations)  # warm-ups too, as the report counts them
+    lines.append(f"evaluations: {len(evaluations)} ({len(search)} search, {failed} failed"
                  + (f", {len(standard)} standard merge{'s' if len(standard) > 1 else ''}" if standard else "")
                  + (f" ({searched} of them in the search)" if searched else "")
                  + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")")

@@ -359,6 +359,13 @@ def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, 
     assert "## Failures" in (run / "report.md").read_text()
     ok = db.execute("SELECT COUNT(*) FROM evaluations WHERE status='ok' AND phase='search'").fetchone()[0]
     assert ok >= 8 and (run / "models").is_dir()
+    # status counted the search's failures alone where the report counts every one, warm-ups too (audit 135)
+    warmup = db.execute("SELECT id FROM evaluations WHERE phase!='search' AND status='ok' ORDER BY id DESC").fetchone()
+    with db:
+        db.execute("UPDATE evaluations SET status='failed', error='a warm-up that failed' WHERE id=?", warmup)
+    status = CliRunner().invoke(cli, ["status", str(run)])
+    assert status.exit_code == 0, status.output
+    assert re.search(rf"^evaluations: \d+ \(\d+ search, {failed[0] + 1} failed", status.output, re.M), status.output
 
 
 def test_a_generation_whose_every_candidate_failed_stops_the_run_and_resume_tries_it_again(tmp_path, zoo):
