@@ -11,10 +11,13 @@ the pieces once (e.g. TSV-M's orthogonalised factors) and each candidate costs o
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -367,6 +370,22 @@ def unloadable(name: str) -> str | None:
 
 PLUGIN_HINT = ("; a method of your own is found through an installed package's entry point in the group "
                f"{ENTRY_POINT_GROUP}")
+
+
+def method_code(name: str) -> tuple[str, str] | None:
+    """(the file defining a method of your own, a digest of its text), for a run folder to see the
+    method's code change between a run and its resume; None for evo-merge's own methods (they change
+    with evo-merge, whose run folders record their defaults version) and for one defined where no
+    file holds it (a notebook cell)."""
+    method = get_method(name)
+    if method.module.split(".")[0] == "evo_merge":
+        return None
+    try:
+        file = inspect.getsourcefile(method.pieces or method.fn)
+        text = Path(file).read_bytes() if file else None
+    except (TypeError, OSError):
+        return None
+    return None if text is None else (file, hashlib.sha256(text).hexdigest()[:16])
 
 
 def method_origin(name: str) -> str | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from evo_merge.config import Campaign
 from evo_merge.errors import UserError, message_line
 from evo_merge.markup import shell, visible
+from evo_merge.merge.registry import MASS, method_code
 from evo_merge.progress import Progress, no_progress
 from evo_merge.search.algorithms import SearchAlgorithm, make_algorithm
 from evo_merge.search.candidate import Candidate, endpoint_candidate, reference_candidates, standard_merges
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 TASK_DATA_META = Record("task_data", dict[str, str])  # task -> digest of its items and their scoring, as first read
 # task -> the scheme its digest's definition was computed under, where not the first (`digest_scheme`)
 TASK_DATA_SCHEMES_META = Record("task_data_schemes", dict[str, int])
+METHOD_CODE_META = Record("method_code", dict[str, str])  # a method of your own -> digest of its file, as first read
 
 
 def campaign_objectives(campaign: Campaign) -> Objectives:
@@ -131,6 +133,7 @@ class CampaignRunner:
                 runner.check_holdout()
                 check_picks_held_out(workspace.store)
                 runner.check_task_data()
+                runner.check_method_code()
             except BaseException:
                 if workspace is not None:
                     workspace.store.close()
@@ -192,6 +195,25 @@ class CampaignRunner:
         later = {name: scheme for name, scheme in now_schemes.items() if scheme != schemes.get(name, 1)}
         if later:  # a folder whose every definition is of the first scheme holds no record of it
             store.set_meta(TASK_DATA_SCHEMES_META, {**schemes, **later})
+
+    def check_method_code(self) -> None:
+        """A merge method of your own whose code changed between a run and its resume merged the
+        candidates after it otherwise than those before, and a pick measured before the change was
+        exported with the weights of the code after (audit 135). The file defining each such method
+        is recorded when the run first opens and compared after; evo-merge's own methods are not
+        (they change with evo-merge), nor one that no file holds (a notebook's)."""
+        store = self.workspace.store
+        recorded = store.get_meta(METHOD_CODE_META, {})
+        now = {name: code for name in self.workspace.campaign.methods
+               if name != MASS and (code := method_code(name)) is not None}
+        for name, (file, digest) in sorted(now.items()):
+            if recorded.get(name, digest) != digest:
+                raise UserError(f"merge method {name!r}: its code ({file}) changed since this run began, and the run's "
+                                "candidates were merged by the code it had then; restore it, or start the campaign in "
+                                "a new run folder")
+        digests = {name: digest for name, (_, digest) in now.items()}
+        if {**recorded, **digests} != recorded:
+            store.set_meta(METHOD_CODE_META, {**recorded, **digests})
 
     @property
     def progress(self) -> Progress:

@@ -1413,6 +1413,38 @@ def test_a_few_shot_task_s_examples_edited_or_its_shots_changed_is_refused_on_re
         assert store.get_meta(TASK_DATA_SCHEMES_META) == {"mine": 2}
 
 
+def test_a_merge_method_of_your_own_whose_code_changed_is_refused_on_resume(tmp_path, zoo, monkeypatch):
+    """A plugin method's formula edited between a run and its resume: the resume mixed two formulas
+    without a word, and a pick measured before the edit was exported with the weights of the code
+    after it (its card 0.908, its weights 0.725; audit 135)."""
+    import importlib
+
+    from evo_merge.config import Campaign
+    from evo_merge.errors import UserError
+    from evo_merge.search.campaign import METHOD_CODE_META, CampaignRunner
+    from evo_merge.search.store import CampaignStore
+
+    code = ("from evo_merge.merge import register_method\n\n\n"
+            "@register_method('test_own_code', replace=True)\n"
+            "def own(base, deltas, weights, params, name):\n"
+            "    return base + sum(w * d for w, d in zip(weights, deltas))\n")
+    module = tmp_path / "evo_test_own_code.py"
+    module.write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("evo_test_own_code")
+    path = campaign(tmp_path, zoo, methods={"test_own_code": {}, "task_arithmetic": {}})
+    run = tmp_path / "run"
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+    with closing(CampaignStore(run)) as store:
+        assert set(store.get_meta(METHOD_CODE_META)) == {"test_own_code"}  # evo-merge's own are not recorded
+    module.write_text(code.replace("w * d", "0.5 * w * d"))
+    with pytest.raises(UserError, match=re.escape(f"merge method 'test_own_code': its code ({module}) changed since "
+                                                  "this run began")):
+        CampaignRunner.open(Campaign.load(path), tmp_path, run)
+    module.write_text(code)
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+
+
 def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
     """Defaults version 9 scores each candidate on one of 8 anchor sets; a version-8 folder scored
     every candidate on one, so it resumes with that one (the first set, the campaign's seed),
