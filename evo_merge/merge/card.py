@@ -306,5 +306,10 @@ def plugin_lines(method: str) -> list[str]:
     """A method of your own is not in evo-merge: whoever rebuilds the merge needs its plugin."""
     if (origin := method_origin(method)) is None:
         return []
+    if origin == "the module __main__":  # registered by a notebook or script, not by a package
+        return [f"`{method}` is not one of evo-merge's methods: it was defined in the Python session that built "
+                "this merge (a notebook or a script), in no package; the command above rebuilds the merge only "
+                "where that code is registered again (an installed package's entry point in the group "
+                f"`{ENTRY_POINT_GROUP}`).", ""]
     return [f"`{method}` is not one of evo-merge's methods: it comes from {md(origin)}, which must be installed "
             f"(its entry point in the group `{ENTRY_POINT_GROUP}` registers the method) before the command above.", ""]

@@ -528,3 +528,19 @@ def test_cards_link_to_no_pypi_project(zoo):
     assert f"Built with evo-merge using **ties** over a local base model ({base.name})." in merged
     assert "evo-merge merge merge_recipe.yaml" in merged
     assert "evo-merge routes the hidden state entering block" in mass
+
+
+def test_a_method_defined_in_a_notebook_is_said_to_be_so_in_its_card():
+    """A method registered by a notebook or script: the card told readers to install "the module
+    __main__" (audit 135)."""
+    from evo_merge.merge.card import plugin_lines
+    from evo_merge.merge.registry import register_method
+
+    def notebook(base, deltas, weights, params, name):
+        return base + sum(w * d for w, d in zip(weights, deltas))
+
+    notebook.__module__ = "__main__"
+    register_method("test_notebook_method", replace=True)(notebook)
+    line = plugin_lines("test_notebook_method")[0]
+    assert "defined in the Python session that built this merge (a notebook or a script), in no package" in line
+    assert "__main__" not in line
