@@ -368,6 +368,29 @@ def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, 
     assert re.search(rf"^evaluations: \d+ \(\d+ search, {failed[0] + 1} failed", status.output, re.M), status.output
 
 
+def test_warm_ups_that_failed_are_said_to_be_left_out_of_the_calibration_on_every_open(tmp_path, zoo, caplog):
+    """A plugin failing every evaluation failed the warm-ups too; after the fix, the resume calibrated on
+    fewer subjects than a fresh run, without a word (audit 135)."""
+    @register_method("test_always_broken", replace=True)
+    def broken(base, deltas, weights, params, name):
+        """Always fails."""
+        raise RuntimeError("bug in my merge")
+
+    run = tmp_path / "run"
+    config = campaign(tmp_path, zoo, methods={"test_always_broken": {}},
+                      algorithm={"population": 4, "generations": 2, "seed": 3})
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        result = CliRunner().invoke(cli, ["run", str(config), "--out", str(run)])
+    assert result.exit_code == 2, result.output
+    said = [r.getMessage() for r in caplog.records if "calibration subjects failed" in r.getMessage()]
+    assert len(said) == 1 and re.match(r"5 of the 8 calibration subjects failed \(warmup-0 first\) and are left "
+                                       r"out: IRT is fitted on 3; ", said[0]), said  # the base and 2 endpoints
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        CliRunner().invoke(cli, ["resume", str(run)])
+    assert any("5 of the 8 calibration subjects failed" in r.getMessage() for r in caplog.records)
+
+
 def test_a_generation_whose_every_candidate_failed_stops_the_run_and_resume_tries_it_again(tmp_path, zoo):
     """A method that cannot work (a bug in a plugin, a device fault) failed every candidate: the
     run finished with exit 0, no pick and no word. It stops at the first such generation naming the
