@@ -44,14 +44,19 @@ def deep(tmp_path_factory):
         model = make_tiny_causal_lm("llama", vocab_size=len(tokenizer), layers=LAYERS, seed=3)
         model.load_state_dict({k: v + 0.02 * torch.randn(v.shape, generator=gen) for k, v in base.state_dict().items()})
         paths[name] = _save(model, tokenizer, root / name)
-    chat = AutoModelForCausalLM.from_pretrained(paths["ft2"])
-    chat_tok = AutoTokenizer.from_pretrained(paths["ft2"])
-    chat_tok.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
-    chat.resize_token_embeddings(len(chat_tok), mean_resizing=False)
-    with torch.no_grad():
-        chat.get_input_embeddings().weight[-2:] = torch.tensor([[0.5] * 32, [-0.5] * 32])
-    paths["chat"] = _save(chat, chat_tok, root / "chat")
+    paths["chat"] = _with_chat_tokens(paths["ft2"], root / "chat", 0.5)
     return paths
+
+
+def _with_chat_tokens(folder, out, value):
+    """A copy of a model with the two CHAT_TOKENS added, their embedding rows `value` and -`value`."""
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[-2:] = torch.tensor([[value] * 32, [-value] * 32])
+    return _save(model, tokenizer, out)
 
 
 def tensors_of(folder):
@@ -1171,13 +1176,7 @@ def test_a_union_token_a_model_lacks_takes_the_base_s_row_when_the_base_has_it(d
     model (0.5 and -0.5) have them, ft1 lacks them: ft1 gets the base's rows, a task vector of 0, so
     task arithmetic at weights 1 gives base + (chat - base) + 0 = the chat model's rows (the mean of base
     and chat, 0.75, would give 1 - 0.5 - 0.25 = 0.25)."""
-    model = AutoModelForCausalLM.from_pretrained(deep["base"])
-    tokenizer = AutoTokenizer.from_pretrained(deep["base"])
-    tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[-2:] = torch.tensor([[1.0] * 32, [-1.0] * 32])
-    chat_base = _save(model, tokenizer, tmp_path / "chat_base")
+    chat_base = _with_chat_tokens(deep["base"], tmp_path / "chat_base", 1.0)
     recipe = {"merge_method": "task_arithmetic", "base_model": str(chat_base), "dtype": "float32",
               "models": [{"model": str(deep["chat"])}, {"model": str(deep["ft1"])}], "tokenizer_source": "union"}
     result, out = merge(tmp_path, recipe)
