@@ -30,12 +30,9 @@ def coordinate_descent(
     seed: int = 0,
     max_sweeps: int = 100,
     tol: float = 1e-6,
-) -> tuple[Perms, float]:
-    """Units in random order, each set to its best structured assignment, until no unit
-    improves its score by more than `tol` (relative).
-
-    Returns the permutations of the second model and the final objective sum_g <S_g, P_g>.
-    """
+) -> Perms:
+    """The permutations of the second model: units in random order, each set to its best structured
+    assignment, until no unit improves its score by more than `tol` (relative)."""
     perms = identity(sizes)
     rng = np.random.default_rng(seed)
     for _ in range(max_sweeps):
@@ -51,15 +48,14 @@ def coordinate_descent(
                 improved = True
         if not improved:
             break
-    objective = sum(score_of(similarity(g, perms), perms[g]) for g in sizes)
-    return perms, objective
+    return perms
 
 
 def weight_matching(spec: PermSpec, ref: State, other: State, *, seed: int = 0) -> Perms:
     """Git Re-Basin weight matching of split state `other` onto split state `ref`."""
     sizes = spec.sizes(ref)
     ref_rows = {g: group_rows(spec, g, ref) for g in sizes}
-    return coordinate_descent(spec, sizes, lambda g, p: weight_products(spec, g, ref_rows[g], other, p), seed=seed)[0]
+    return coordinate_descent(spec, sizes, lambda g, p: weight_products(spec, g, ref_rows[g], other, p), seed=seed)
 
 
 def _cross(corr: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -72,7 +68,7 @@ def activation_matching(
     """Match units by the correlation of their activations on `data`."""
     sizes = spec.sizes(spec.split(ref.state_dict()))
     cross = _cross(activation_correlations([ref, other], spec, data), sizes)
-    return coordinate_descent(spec, sizes, lambda g, p: cross[g], seed=seed)[0]
+    return coordinate_descent(spec, sizes, lambda g, p: cross[g], seed=seed)
 
 
 def mudsc_similarity(
@@ -96,4 +92,4 @@ def mudsc_matching(
 ) -> Perms:
     """MuDSC alignment (assignment form) for balance factor `f` in [0, 1]."""
     sizes, similarity = mudsc_similarity(spec, ref, other, data, f)
-    return coordinate_descent(spec, sizes, similarity, seed=seed)[0]
+    return coordinate_descent(spec, sizes, similarity, seed=seed)
