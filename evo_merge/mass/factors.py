@@ -81,8 +81,6 @@ class MassFactors:
             out.stored_dtypes[name] = base.dtype(name)
             if is_decomposed(theta0, name, _NO_EMBEDDINGS):
                 similarity.add(theta0, deltas)
-                if len(out.lowrank) == 0:  # on the first matrix, before any SVD: not after hours of them
-                    similarity.check(base, endpoints)
                 k = tsv_rank(theta0, len(endpoints))
                 # vt keeps V^T's rows as the SVD returns them, so products match `tsv_c` bit for bit;
                 # copies of the top-k slices only (views would keep the whole SVD alive)
