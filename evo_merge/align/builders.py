@@ -158,7 +158,7 @@ ARCHS = tuple(_BUILDERS)
 # the HF model types whose every tensor a built-in spec moves (its table's other types add tensors it
 # does not know: qwen3's and olmo2's per-head q/k norms, gemma2's extra block norms, olmo's
 # weightless norms), checked on logits against the unaligned model
-SPEC_MODEL_TYPES = {LLAMA.name: ("llama", "mistral", "qwen2", "gemma"), GPT2.name: ("gpt2",)}
+SPEC_MODEL_TYPES = {LLAMA.name: ("llama", "mistral", "qwen2", "gemma", "smollm3"), GPT2.name: ("gpt2",)}
 
 
 def check_arch(arch: str, source: Any, key: str = "--arch") -> None:

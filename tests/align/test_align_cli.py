@@ -499,3 +499,12 @@ def test_labels_given_to_a_language_model_are_refused_naming_the_data(tmp_path):
                   "--out", tmp_path / "o")
     _one_line_error(result, f"--data {data}: y gives one label per row of x, and a language model predicts a token")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_llama_spec_takes_the_model_types_it_covers():
+    """smollm3 is one of them: the old check aligned it (logits within 9e-8), and a run folder aligning
+    smollm3 models must resume (audit 136)."""
+    from evo_merge.align.builders import check_arch
+
+    for model_type in ("llama", "mistral", "qwen2", "gemma", "smollm3"):
+        check_arch("llama", {"model_type": model_type})
