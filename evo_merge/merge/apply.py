@@ -10,7 +10,7 @@ import torch
 
 from evo_merge.errors import UserError, described, first_line
 from evo_merge.merge.registry import MergeMethod
-from evo_merge.merge.task_vectors import Delta, formed
+from evo_merge.merge.task_vectors import Delta, TaskVector, formed
 from evo_merge.weights.dtypes import all_finite
 from evo_merge.weights.export import NonFiniteTensor
 
@@ -27,8 +27,7 @@ def merge_tensor(
     to a method that streams them (`MergeMethod.streams`), formed first for any other."""
     if not method.streams:
         deltas = formed(deltas)
-    inputs = [t for t in (base, *deltas) if isinstance(t, torch.Tensor)]
-    versions = [t._version for t in inputs]  # torch counts each in-place change of a tensor
+    versions = _versions(base, deltas)  # torch counts each in-place change of a tensor
     try:
         merged = method.fn(base, deltas, weights, params, name)
     except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (another device, or failing)
@@ -40,7 +39,7 @@ def merge_tensor(
         raise MethodFailed(f"{method.name} failed on tensor {name}: {exc}") from exc
     except Exception as exc:  # a plugin method may raise anything
         raise MethodFailed(f"{method.name} failed on tensor {name}: {described(exc)}") from exc
-    if [t._version for t in inputs] != versions:  # the in-place merger's stored base and task vectors
+    if _versions(base, deltas) != versions:  # the in-place merger's stored base and task vectors
         raise MethodFailed(f"{method.name} changed its inputs in place on tensor {name} (the base or a task vector, "
                            "which every later candidate is merged from): a method returns a new tensor")
     if not isinstance(merged, torch.Tensor) or merged.shape != base.shape:  # a plugin's slip, named here
@@ -49,6 +48,14 @@ def merge_tensor(
     if not merged.is_floating_point():  # rounded to whole numbers when written: zeros for most weights
         raise MethodFailed(f"{method.name} returned {merged.dtype} values for tensor {name}, not floating point")
     return merged
+
+
+def _versions(base: torch.Tensor, deltas: Sequence[Delta]) -> list[int]:
+    """The version counters of what a method is handed: the base, the task vectors, and what a
+    streamed one is formed from (`whole(delta)` may be its stored tensor itself). Tensors made under
+    `torch.inference_mode()` keep none, and are left out."""
+    tensors = [base, *(t for d in deltas for t in ((d.source, d.base) if isinstance(d, TaskVector) else (d,)))]
+    return [t._version for t in tensors if isinstance(t, torch.Tensor) and not t.is_inference()]
 
 
 class MethodFailed(RuntimeError):

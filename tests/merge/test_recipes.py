@@ -578,3 +578,27 @@ def test_merge_of_a_method_that_raises_or_breaks_its_contract_is_one_line(family
     assert result.exit_code == 2 and not (tmp_path / "m").exists(), result.output
     line, = result.output.strip().splitlines()
     assert re.match(f"error: merge method {expected}", line), line
+
+
+def test_a_streamed_method_writing_into_a_stored_task_vector_fails_and_inference_tensors_are_no_fault(family):
+    """A `streams=True` method gets TaskVectors whose `whole()` may be the stored tensor itself: one
+    writing into it changed every later candidate's task vector unseen. Tensors made under
+    `torch.inference_mode()` keep no version counter: reading it was a RuntimeError (audit 136)."""
+    from evo_merge.merge.apply import MethodFailed, merge_tensor
+    from evo_merge.merge.registry import register_method
+    from evo_merge.merge.task_vectors import whole
+
+    @register_method("test_streamed_slip", streams=True, replace=True)
+    def slip(base, deltas, weights, params, name):
+        """Writes into its task vectors."""
+        return base + sum(w * whole(d).mul_(1.0) for w, d in zip(weights, deltas))
+
+    root, base, fts = family
+    model = AutoModelForCausalLM.from_pretrained(base)
+    merger = InPlaceMerger(model, Checkpoint.open(base), [Checkpoint.open(f) for f in fts])
+    with pytest.raises(MethodFailed, match="test_streamed_slip changed its inputs in place on tensor"):
+        merger.apply("test_streamed_slip", [0.5, 0.5])
+    with torch.inference_mode():
+        merged = merge_tensor(get_method("linear"), torch.ones(3), [torch.ones(3)], [1.0],
+                              get_method("linear").resolve({}, 1), "x")
+    assert torch.equal(merged, torch.full((3,), 2.0))
