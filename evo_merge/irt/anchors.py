@@ -185,8 +185,8 @@ def read_anchors(path: str | Path) -> Anchors:
         raise UserError(f"{path}: corrupt anchors file (balance is not a positive integer: {anchors.balance!r})")
     if not isinstance(anchors.items, dict) or not all(isinstance(v, list) for v in anchors.items.values()):
         raise UserError(f"{path}: corrupt anchors file (items is not a scenario -> list of item ids)")
-    listed = [item for items in anchors.items.values() for item in items]
-    if len(set(map(str, listed))) != len(listed):  # weighed twice, and counted twice by status
+    listed = [str(item) for items in anchors.items.values() for item in items]
+    if len(set(listed)) != len(listed):  # weighed twice, and counted twice by status
         twice = next(item for item in listed if listed.count(item) > 1)
         raise UserError(f"{path}: corrupt anchors file (item {twice!r} is listed twice)")
     if problem := _weights_problem(anchors):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -285,8 +286,8 @@ def _check_declaration(name: str, hyperparameters: Sequence[Hyperparameter]) -> 
         where = f"merge method {name!r}, hyperparameter {h.name!r}"
         if h.name == WEIGHT:
             raise ValueError(f"{where}: 'weight' is each model's coefficient in a recipe; name it otherwise")
-        if not isinstance(h.default, (bool, int, float)):
-            raise ValueError(f"{where}: its default {h.default!r} is not a number or true/false")
+        if not isinstance(h.default, (bool, int, float)) or not math.isfinite(h.default):
+            raise ValueError(f"{where}: its default {h.default!r} is not a finite number or true/false")
         if h.low is not None and h.high is not None and h.low > h.high:
             raise ValueError(f"{where}: low {h.low} is above high {h.high}")
         if not isinstance(h.default, bool) and (h.low is not None and h.default < h.low

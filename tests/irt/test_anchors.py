@@ -213,9 +213,12 @@ def test_an_item_listed_twice_in_a_stored_set_is_refused(tmp_path, two_scenarios
         ({**good["items"], first: good["items"][first] + [again]},
          {**good["weights"], first: good["weights"][first] + [0.1]}),
         ({**good["items"], second: good["items"][second][1:] + [again]}, good["weights"]),
+        # one as a number, one as text: a StopIteration traceback (audit 136)
+        ({**good["items"], first: [5, "5"] + good["items"][first][2:]}, good["weights"]),
     ]:
         path.write_text(json.dumps({**good, "items": items, "weights": weights}))
-        with pytest.raises(UserError, match=f"{path.name}: corrupt anchors file .item '{again}' is listed twice"):
+        twice = "5" if 5 in items[first] else again
+        with pytest.raises(UserError, match=f"{path.name}: corrupt anchors file .item '{twice}' is listed twice"):
             load_anchors(tmp_path)
 
 

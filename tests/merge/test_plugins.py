@@ -149,7 +149,8 @@ def test_entry_points_are_loaded_once_a_process(site, caplog):
 @pytest.mark.parametrize(("name", "hyperparameters", "message"), [
     ("test_bad", [Hyperparameter("h", 1.0, 2.0, 0.5)], "hyperparameter 'h': low 2.0 is above high 0.5"),
     ("test_bad", [Hyperparameter("g", 5.0, 0.0, 2.0)], "hyperparameter 'g': its default 5.0 is outside [0.0, 2.0]"),
-    ("test_bad", [Hyperparameter("mode", "fast")], "hyperparameter 'mode': its default 'fast' is not a number"),
+    ("test_bad", [Hyperparameter("mode", "fast")], "hyperparameter 'mode': its default 'fast' is not a finite number"),
+    ("test_bad", [Hyperparameter("g", float("nan"))], "hyperparameter 'g': its default nan is not a finite number"),
     ("test_bad", [Hyperparameter("g", 1.0), Hyperparameter("g", 2.0)], "hyperparameter 'g' is declared twice"),
     ("test_bad", [Hyperparameter("weight", 1.0)], "'weight' is each model's coefficient in a recipe"),
     ("test_bad", [Hyperparameter("g", 0.5, 0.0, 1.0, search_range=(0.5, 2.0))], "search_range (0.5, 2.0) is not"),
