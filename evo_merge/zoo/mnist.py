@@ -105,6 +105,7 @@ def _plan(mlp_hidden: Sequence[int], cnn_channels: Sequence[int], n_seeds: int) 
 
 
 MODEL_FOLDER = re.compile(r"^(mlp|cnn)-(s\d+|lo|hi)$")  # any build's model folders (more seeds than this one)
+PARTIAL_WRITE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")  # `files.atomic_write`'s sibling of `name`
 
 
 def _claim(out: Path, own: set[str], seed: int, force: bool) -> None:
@@ -116,7 +117,10 @@ def _claim(out: Path, own: set[str], seed: int, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file, not a zoo folder")
     held = [p.name for p in out.iterdir()] if out.is_dir() else []
-    other = sorted(name for name in held if name not in own and not MODEL_FOLDER.match(name))
+    partial = [n for n in held if (match := PARTIAL_WRITE.match(n)) and match["name"] in own]
+    for name in partial:  # a write of a build killed at its rename (`atomic_write`): its own, swept
+        (out / name).unlink(missing_ok=True)
+    other = sorted(name for name in held if name not in own and name not in partial and not MODEL_FOLDER.match(name))
     if other:
         raise UserError(f"{out}: holds {other[0]!r}, which is no part of an mnist zoo; give a new or empty folder")
     manifest = out / "manifest.json"

@@ -38,6 +38,10 @@ def test_tiny_zoo_trains_caches_and_rebuilds(tmp_path):
     assert (out / "mlp-s1" / "model.safetensors").stat().st_mtime_ns != stamp1
     assert (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in (out / "data").iterdir()) == ["test.safetensors", "train.safetensors"]
+    # a build killed at a rename leaves its hidden sibling: the next build refused the folder (audit 136)
+    (out / ".manifest.json.0123abcd.tmp").write_text("{")
+    build_mnist_zoo(tmp_path / "zoo", seed=0, **TINY)
+    assert not (out / ".manifest.json.0123abcd.tmp").exists()
     build_mnist_zoo(tmp_path / "zoo", seed=0, force=True, **TINY)  # `zoo build --force` was ignored here
     assert (out / "mlp-s0" / "model.safetensors").stat().st_mtime_ns != stamp
 
