@@ -201,9 +201,14 @@ class CampaignRunner:
         candidates after it otherwise than those before, and a pick measured before the change was
         exported with the weights of the code after (audit 135). The file defining each such method
         is recorded when the run first opens and compared after; evo-merge's own methods are not
-        (they change with evo-merge), nor one that no file holds (a notebook's)."""
+        (they change with evo-merge), nor one that no file holds (a notebook's). A run begun before
+        the record holds none and gains none: the code it ran is not known, and a finished folder's
+        export writes nothing new."""
         store = self.workspace.store
-        recorded = store.get_meta(METHOD_CODE_META, {})
+        recorded = store.get_meta(METHOD_CODE_META)
+        if recorded is None and store.items_evaluated():  # a run begun before the record: its code then is unknown
+            return
+        recorded = recorded or {}
         now = {name: code for name in self.workspace.campaign.methods
                if name != MASS and (code := method_code(name)) is not None}
         for name, (file, digest) in sorted(now.items()):

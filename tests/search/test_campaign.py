@@ -1466,6 +1466,14 @@ def test_a_merge_method_of_your_own_whose_code_changed_is_refused_on_resume(tmp_
         CampaignRunner.open(Campaign.load(path), tmp_path, run)
     module.write_text(code)
     CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+    # a run begun before the record (items scored, no record): none is made, nothing checked (audit 136)
+    with closing(sqlite3.connect(run / "state.sqlite")) as db, db:
+        db.execute("DELETE FROM meta WHERE key = ?", (METHOD_CODE_META.key,))
+    monkeypatch.setattr(CampaignStore, "items_evaluated", lambda self, *a, **k: 1200)
+    module.write_text(code.replace("w * d", "0.5 * w * d"))
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+    with closing(CampaignStore(run)) as store:
+        assert store.get_meta(METHOD_CODE_META) is None
 
 
 def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
