@@ -147,6 +147,10 @@ def test_nearswap_swaps_close_entries_and_blends_far_ones():
     base, delta = T([0.0, 2.0, 0.0, 0.0]), T([5e-7, 0.0, -4e-8, 1e-3])
     assert torch.allclose(run("nearswap", base, [delta], t=1e-7), T([5e-8, 2.0, -4e-9, 1e-7]), rtol=1e-6, atol=0)
     assert torch.equal(run("nearswap", base, [delta], t=0.0), base)
+    # the entry the model left keeps the base's bits, a -0.0 too, as mergekit's weight 1 keeps it (audit 136)
+    base, delta = T([-0.0, 0.3]), T([0.0, 0.0])
+    kept = run("nearswap", base, [delta], t=1e-7).view(torch.int32)
+    assert torch.equal(kept, base.view(torch.int32))
     with pytest.raises(UserError, match="parameters.t: required"):
         get_method("nearswap").resolve({}, 1)
 
