@@ -483,7 +483,7 @@ def test_a_model_type_the_llama_spec_does_not_cover_is_refused_naming_it(tmp_pat
         torch.manual_seed(seed)
         AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / name)
     _one_line_error(_run("--models", tmp_path / "a", tmp_path / "b", "--arch", "llama", "--out", tmp_path / "o"),
-                    f"--arch llama: its permutation spec covers model types llama, mistral, qwen2, gemma, not "
+                    f"--arch llama: its permutation spec covers model types llama, mistral, qwen2, gemma, smollm3, not "
                     f"'{model_type}'")
 
 
