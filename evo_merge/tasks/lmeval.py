@@ -409,6 +409,12 @@ def _fix_fewshot_contexts(task: Any, docs: list[Any], seed: int | None = None, w
     task.fewshot_context = _FixedContexts(contexts)
 
 
+def _shot_prompts(task: Any) -> list[str] | None:
+    """Each asked doc's few-shot prompt as shown (`_fix_fewshot_contexts`); None for a task without shots."""
+    contexts = task.fewshot_context
+    return [context for _, context in contexts.pairs] if isinstance(contexts, _FixedContexts) else None
+
+
 class _FixedContexts:
     """Each pinned doc's few-shot prompt, found by the doc object lm-eval passes back. A copy of
     the task (pickled, deep-copied) holds copies of the docs: its lookup is keyed by those, not by
@@ -673,15 +679,15 @@ class LMEvalTask(ItemTable):
         for name, task in self.tasks.items():
             docs.update(json.dumps([name, list(task.eval_docs)], sort_keys=True, default=_as_json).encode())
             definition.update(_scoring_definition(name, task).encode())
-            if isinstance(contexts := task.fewshot_context, _FixedContexts):  # each asked doc's shots as shown
-                definition.update(json.dumps([context for _, context in contexts.pairs]).encode())
+            if (prompts := _shot_prompts(task)) is not None:
+                definition.update(json.dumps(prompts).encode())
         return f"{docs.hexdigest()[:16]}:{definition.hexdigest()[:16]}"
 
     @property
     def digest_scheme(self) -> int:
         """How `items_digest`'s definition part is computed (`DEFINITION_SCHEME`): the first scheme
         that gives it, so a task without few-shot prompts keeps the digest and scheme it had."""
-        shots = any(isinstance(task.fewshot_context, _FixedContexts) for task in self.tasks.values())
+        shots = any(_shot_prompts(task) is not None for task in self.tasks.values())
         return DEFINITION_SCHEME if shots else 1
 
     @property
