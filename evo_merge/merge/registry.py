@@ -150,6 +150,11 @@ class MergeMethod:
     work_copies: tuple[float, float] | None = None
     module: str = ""  # where the decorated function is defined: a method of your own names its plugin
 
+    @property
+    def is_builtin(self) -> bool:
+        """One of evo-merge's own methods, not a method of your own (a plugin's or a notebook's)."""
+        return self.module.split(".")[0] == "evo_merge"
+
     def hyperparameter(self, name: str) -> Hyperparameter | None:
         return next((h for h in self.hyperparameters if h.name == name), None)
 
@@ -379,7 +384,7 @@ def method_code(name: str) -> tuple[str, str] | None:
     with evo-merge, whose run folders record their defaults version) and for one defined where no
     file holds it (a notebook cell)."""
     method = get_method(name)
-    if method.module.split(".")[0] == "evo_merge":
+    if method.is_builtin:
         return None
     try:
         file = inspect.getsourcefile(method.pieces or method.fn)
@@ -393,9 +398,10 @@ def method_origin(name: str) -> str | None:
     """Where a method of your own comes from, for the model cards of its merges (whoever rebuilds
     one needs it): the installed package whose entry point registered it ("my-merges 0.1"), else
     the module that defines it; None for evo-merge's own methods."""
-    module = get_method(name).module
-    if module.split(".")[0] == "evo_merge":
+    method = get_method(name)
+    if method.is_builtin:
         return None
+    module = method.module
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if (module == ep.module or module.startswith(f"{ep.module}.")) and ep.dist is not None:
             return f"the package {ep.dist.name} {ep.dist.version}"
