@@ -204,14 +204,7 @@ def validate(
         model = IRTModel.fit(train, backend=backend, dims=dims, seed=seed, progress=fitting, **backend_options)
         if i == 0:  # its clock starts once the first fit is done
             progress("validating", done, total)
-        unseen = ~test["item"].isin(model.item_ids)
-        if unseen.any():  # a sparse table: items only this split's held-out subjects answered
-            where = f"fold {i + 1}" if len(splits) > 1 else "the held-out subjects"
-            n = test.loc[unseen, "item"].nunique()
-            log.warning(f"{where}: {n} item{'s' * (n != 1)} answered by held-out subjects only, left out of the "
-                        "errors (no training subject scored them: the model has no parameters for them)")
-            test = test[~unseen]
-        test_scores = ResponseMatrix.from_long(test, items=model.item_ids).scores
+        test_scores = _held_out_scores(model, test, f"fold {i + 1}" if len(splits) > 1 else "the held-out subjects")
         held.append(test_scores.shape[0])
         for budget in budgets:
             for method in methods:
@@ -220,13 +213,39 @@ def validate(
                     errors.setdefault((budget, method, kind), []).append(np.array(values))
             baselines.setdefault(budget, []).append(random_baseline(test_scores, model.scenario_items(), budget,
                                                                     draws, seed, overall))
-    share = np.array(held, dtype=float) / sum(held)  # each fold's weight: its held-out subjects
     scenario_sizes = [g.size for g in model.scenario_items().values()]
+    default_method = choose_anchor_method(DEFAULT_ANCHOR_METHOD, n_train)[0]
+    return _table(errors, baselines, draws, np.array(held, dtype=float), budgets, scenario_sizes,
+                  len(model.item_ids), default_method, balance)
+
+
+def _held_out_scores(model: IRTModel, test: pd.DataFrame, where: str) -> np.ndarray:
+    """The held-out subjects' scores on the model's items. A sparse table may hold items only the
+    held-out subjects answered: the model has no parameters for them, so they are left out of the
+    errors, with one warning naming `where` (a fold, or the held-out subjects)."""
+    unseen = ~test["item"].isin(model.item_ids)
+    if unseen.any():
+        n = test.loc[unseen, "item"].nunique()
+        log.warning(f"{where}: {n} item{'s' * (n != 1)} answered by held-out subjects only, left out of the "
+                    "errors (no training subject scored them: the model has no parameters for them)")
+        test = test[~unseen]
+    return ResponseMatrix.from_long(test, items=model.item_ids).scores
+
+
+def _table(errors: dict[tuple[int, str, str], list[np.ndarray]], baselines: dict[int, list[tuple[float, float]]],
+           draws: int, held: np.ndarray, budgets: Sequence[int], scenario_sizes: Sequence[int],
+           n_model_items: int, default_method: str, balance: int) -> pd.DataFrame:
+    """`validate`'s table: per budget, each (method, estimator)'s errors pooled over the folds
+    (`held`: each fold's held-out subjects, its weight) and the random baseline's row (`draws` per
+    subject); the ratio
+    to the baseline; and which row is what a campaign or `irt anchors` / `irt estimate` would use
+    (`default_method` with the default estimator)."""
+    share = held / held.sum()  # each fold's weight: its held-out subjects
     rows = []
     for budget in budgets:
         n_items = sum(min(budget, size) for size in scenario_sizes)
-        row = {"budget": budget, "items": n_items, "saving": len(model.item_ids) / n_items, "held_out": sum(held),
-               "folds": len(splits)}
+        row = {"budget": budget, "items": n_items, "saving": n_model_items / n_items, "held_out": int(held.sum()),
+               "folds": held.size}
         for (b, method, kind), per_fold in errors.items():
             if b == budget:
                 # each draw's figures over every held-out subject, each fold weighted by its subjects
@@ -248,8 +267,6 @@ def validate(
     base = table[table.estimator == BASELINE].set_index("budget")["mae"]
     # no ratio where random sampling is exact (the budget covers every item): shown blank, not inf
     table["vs_baseline"] = table["mae"] / table["budget"].map(base).replace(0.0, np.nan)
-    # what a campaign or `irt anchors` / `irt estimate` would use on a model fitted on these subjects
-    default_method = choose_anchor_method(DEFAULT_ANCHOR_METHOD, n_train)[0]
     table["default"] = (table.method == default_method) & (table.estimator == DEFAULT_ESTIMATOR_KIND)
     return table
 
