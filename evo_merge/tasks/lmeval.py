@@ -601,6 +601,37 @@ def _check_per_item_score(spec: str | Path, task: Any, name: str) -> None:
         )
 
 
+def _check_options(spec: str | Path, limit: int | None, batch_size: int | str, fewshot_seed: int | None) -> None:
+    """A task's options, refused before lm-eval is asked to load anything."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"task {spec}: limit must be a positive whole number of items, not {limit!r}")
+    if not _batch_size(batch_size):  # 0 and -5 ran
+        raise UserError(f"task {spec}: batch_size must be a positive whole number, or auto (auto:N) as lm-eval "
+                        f"takes it, not {batch_size!r}")
+    if fewshot_seed is not None and (isinstance(fewshot_seed, bool) or not isinstance(fewshot_seed, int)):
+        raise UserError(f"task {spec}: fewshot_seed must be a whole number, not {fewshot_seed!r}")
+
+
+def _common_metric(spec: str | Path, tasks: dict[str, Any], metric: str | None) -> tuple[str, str]:
+    """The (metric, filter) every task of a group scores with, each checked to load and to give a
+    score per item: a group is one fitness, the mean over all its items, so its tasks must score
+    alike. A multiple-choice task without choices is refused here, not found out mid-scoring."""
+    keys = {}
+    for name, task in tasks.items():
+        config = task.config
+        if config.output_type == "multiple_choice" and config.doc_to_choice is None:
+            raise UserError(f"task {spec}: {name}: a multiple_choice task needs doc_to_choice")
+        keys[name] = _metric_key(task, metric)
+        _check_metric_loads(spec, config, keys[name][0])
+        _check_per_item_score(spec, task, keys[name][0])
+    first = keys[next(iter(tasks))]
+    if other := next((n for n, k in keys.items() if k != first), None):
+        raise UserError(f"task {spec}: {other} scores with {','.join(keys[other])}, another of its tasks with "
+                        f"{first[0]},{first[1]}; name a metric they all have (`metric:` in the task's "
+                        "options), or give them as tasks of their own")
+    return first
+
+
 class LMEvalTask(ItemTable):
     """A `FitnessTask` over one lm-eval task, or a group of them.
 
@@ -627,27 +658,9 @@ class LMEvalTask(ItemTable):
         out). `fewshot_seed`: the seed drawing a few-shot task's examples, as lm-eval's `--seed`
         (its fourth value) or `simple_evaluate(fewshot_random_seed=)` sets it; None: lm-eval's
         default."""
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise UserError(f"task {spec}: limit must be a positive whole number of items, not {limit!r}")
-        if not _batch_size(batch_size):  # 0 and -5 ran
-            raise UserError(f"task {spec}: batch_size must be a positive whole number, or auto (auto:N) as lm-eval "
-                            f"takes it, not {batch_size!r}")
-        if fewshot_seed is not None and (isinstance(fewshot_seed, bool) or not isinstance(fewshot_seed, int)):
-            raise UserError(f"task {spec}: fewshot_seed must be a whole number, not {fewshot_seed!r}")
+        _check_options(spec, limit, batch_size, fewshot_seed)
         self.name, self.tasks = load_lm_eval_tasks(spec)
-        keys = {}
-        for name, task in self.tasks.items():
-            config = task.config
-            if config.output_type == "multiple_choice" and config.doc_to_choice is None:  # found out mid-scoring
-                raise UserError(f"task {spec}: {name}: a multiple_choice task needs doc_to_choice")
-            keys[name] = _metric_key(task, metric)
-            _check_metric_loads(spec, config, keys[name][0])
-            _check_per_item_score(spec, task, keys[name][0])
-        self.metric, self.filter = keys[next(iter(self.tasks))]
-        if other := next((n for n, k in keys.items() if k != (self.metric, self.filter)), None):
-            raise UserError(f"task {spec}: {other} scores with {','.join(keys[other])}, another of its tasks with "
-                            f"{self.metric},{self.filter}; name a metric they all have (`metric:` in the task's "
-                            "options), or give them as tasks of their own")
+        self.metric, self.filter = _common_metric(spec, self.tasks, metric)
         self.batch_size, self.device, self.limit = batch_size, device, limit
         grouped = len(self.tasks) > 1  # a group: ids <task>/<id>, each task a scenario
         ids, scenarios, self._where = [], [], []
