@@ -1293,7 +1293,7 @@ def test_a_task_whose_items_say_something_else_under_the_same_ids_is_refused(tmp
     data.write_text("".join(json.dumps({**row, "answer": (row["answer"] + 1) % 4}) + "\n" for row in rows))
     registry._CACHE.clear()  # tasks are built once per process: the command a user runs next builds them anew
     with pytest.raises(UserError, match=r"^task 'mine': what its items say changed since this run began \(its data "
-                                        r"edited\?\), where its item ids did not"):
+                                        r"edited, or its docs given in another order\?\), where its item ids did not"):
         CampaignRunner.open(Campaign.load(path), tmp_path, run)
     resumed = CliRunner().invoke(cli, ["resume", str(run)])
     assert resumed.exit_code == 2 and "task 'mine': what its items say changed" in resumed.output, resumed.output
