@@ -559,7 +559,7 @@ def test_merge_refuses_to_overwrite_one_of_its_inputs_and_a_bad_dtype_names_the_
     recipe.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels: [{{model: {target}}}, "
                       f"{{model: {fts[1]}}}]\n")
     before = sorted(p.name for p in target.iterdir())
-    one_line_error(*invoke("merge", recipe, "--out", target, "--overwrite"), "is where the merge reads")
+    one_line_error(*invoke("merge", recipe, "--out", target, "--overwrite"), "which this command reads")
     assert sorted(p.name for p in target.iterdir()) == before
     one_line_error(*invoke("merge", recipe, "--out", tmp_path / "o", "--dtype", "float8"), "--dtype", "float8")
 

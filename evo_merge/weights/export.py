@@ -308,7 +308,8 @@ def refuse_inputs(out: Path, inputs: Sequence[Path]) -> None:
     target = out.resolve()
     for source in inputs:
         if source.resolve().is_relative_to(target):
-            raise UserError(f"output folder {out} is where the merge reads {source}; write it somewhere else")
+            where = "is" if source.resolve() == target else "holds"
+            raise UserError(f"output folder {out} {where} {source}, which this command reads; write it somewhere else")
 
 
 def check_replaceable(out: Path) -> None:

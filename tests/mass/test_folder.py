@@ -222,7 +222,7 @@ def test_cli_builds_and_evaluates_a_mass_folder(zoo, tmp_path):
     before = sorted(p.name for p in copies[0].iterdir())
     onto = runner.invoke(cli, ["mass", "build", "--base", str(zoo / "base"), "--models", *map(str, copies),
                                "--out", str(copies[0]), "--overwrite"])
-    assert onto.exit_code == 2 and f"output folder {copies[0]} is where the merge reads {copies[0]}" in onto.output
+    assert onto.exit_code == 2 and f"output folder {copies[0]} is {copies[0]}, which this command reads" in onto.output
     assert sorted(p.name for p in copies[0].iterdir()) == before
     # a Hub id or a model+adapter is no folder: named by its option, with the way (audit 123)
     for option, given in (("--base", "org/base"), ("--models", f"{models[1]}+{tmp_path / 'lora'}")):

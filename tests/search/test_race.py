@@ -328,7 +328,7 @@ def test_an_export_onto_one_of_the_merge_s_inputs_is_refused_before_measuring(ra
     endpoint = Path(yaml.safe_load((run / "campaign.yaml").read_text())["models"][0])
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", str(unmeasured.id), "--out", str(endpoint),
                                       "--overwrite"])
-    assert result.exit_code == 2 and "is where the merge reads" in result.output, result.output
+    assert result.exit_code == 2 and "which this command reads" in result.output, result.output
     assert "measuring" not in result.output and store.items_evaluated(measured=True) == spent
     result = CliRunner().invoke(cli, ["export", str(run), "--pick", "99999", "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and f"(the id column of {run / 'evaluations.csv'}" in result.output
