@@ -360,11 +360,12 @@ def export(
     from evo_merge.cli.progress import StageBars
     from evo_merge.errors import UserError
     from evo_merge.report.status import measured_on, measured_scores
-    from evo_merge.report.upload import check_repo_id, hub_token
+    from evo_merge.report.upload import check_repo_id, check_revision, hub_token
     from evo_merge.weights.export import check_output_folder
 
     if repo_id is not None:
         check_repo_id(repo_id)  # before the export's minutes, not after
+        check_revision(revision)
         if not dry_run:  # a retry once logged in found the folder written and needed --overwrite
             hub_token()
     elif private or revision or dry_run:

@@ -25,9 +25,10 @@ def push(folder: Path, repo_id: str, private: bool, revision: str | None, dry_ru
     """Upload FOLDER, a model folder evo-merge wrote (a run's models/PICK, a `merge` or `export`
     output), to the Hub repo ORG/NAME (NAME alone: your own namespace)."""
     from evo_merge.errors import UserError
-    from evo_merge.report.upload import check_repo_id, hub_token
+    from evo_merge.report.upload import check_repo_id, check_revision, hub_token
 
     check_repo_id(repo_id, "ORG/NAME")
+    check_revision(revision)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder{_shared_pick(folder)}")
     if not dry_run:

@@ -2,8 +2,11 @@
 
 Refused before any network call: a card that still names a machine path (it would publish this
 machine's folder layout and mean nothing to readers), weights holding NaN or Inf (a broken merge),
-a folder without weights or card. The token comes from where huggingface_hub keeps it (HF_TOKEN,
-`hf auth login`); a dry run lists exactly the files the upload sends (`commit_operations`), without a token.
+a folder without weights or card, a pickle file or a weights file the model does not load (a
+session's leftovers: a loader that globs `*.safetensors` would read them). Files evo-merge does not
+write go with a warning naming them; Python's caches and hidden files stay behind. The token comes
+from where huggingface_hub keeps it (HF_TOKEN, `hf auth login`); a dry run lists exactly the files
+the upload sends (`commit_operations`), without a token.
 """
 
 from __future__ import annotations
@@ -15,10 +18,16 @@ from pathlib import Path
 import yaml
 
 from evo_merge.errors import UserError, first_line
+from evo_merge.merge.export import INPUTS_FILE, RECIPE_FILE
+from evo_merge.merge.licenses import LICENSE_FILES, MIXED_FILE
+from evo_merge.merge.results import ITEM_SCORES_FILE, RESULTS_FILE
 from evo_merge.search.layout import MODELS_FOLDER
 from evo_merge.search.store import CampaignStore
 from evo_merge.weights import Checkpoint
+from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, SAFETENSORS_INDEX, TOKENIZER_FILES, weight_files
 from evo_merge.weights.dtypes import all_finite
+from evo_merge.weights.export import COPIED_FILES, MASS_JSON
+from evo_merge.weights.references import is_revision
 
 # an absolute POSIX path of two or more components (not a URL's //host), a home path, a Windows drive;
 # or one after a Hub id's `+`: a LoRA adapter's folder (`org/name@sha+/home/me/adapter`; a `+` in other
@@ -28,6 +37,11 @@ _LOCAL_PATH = re.compile(
     rf"(?:^|[\s\"'`(\[=,])({_PATH}|[A-Za-z]:\\[^\s\"'`]+)|[\w.-]+/[\w.-]+(?:@[\w.-]+)?\+({_PATH})"
 )
 TEXT_SUFFIXES = (".md", ".json", ".yaml", ".yml", ".txt", ".jinja")
+# what evo-merge writes into a model folder beside its weights (`.py` files too: the code a config's
+# auto_map names, copied from the input); anything else is said before it is published
+WRITTEN_FILES = frozenset({"README.md", RECIPE_FILE, INPUTS_FILE, RESULTS_FILE, ITEM_SCORES_FILE, SAFETENSORS_INDEX,
+                           MIXED_FILE, MASS_JSON, *LICENSE_FILES, *COPIED_FILES, *TOKENIZER_FILES})
+LEFT_BEHIND = ("__pycache__",)  # Python's caches of the copied code: never part of a model
 LOGIN_HINT = (
     "log in with `hf auth login` (or set HF_TOKEN to a write token from https://huggingface.co/settings/tokens)"
 )
@@ -74,16 +88,38 @@ def plan_upload(folder: str | Path) -> UploadPlan:
     check_finite(folder)
     plan = UploadPlan(folder)
     own = folder.resolve()
+    weights = {p.resolve() for p in weight_files(folder)}
+    unknown = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts):
+        if any(part.startswith(".") or part in LEFT_BEHIND for part in relative.parts) or path.suffix == ".pyc":
             continue
         if not path.resolve().is_relative_to(own):  # an upload reads through links: the target would be published
             raise UserError(f"{path}: links to {path.resolve()}, outside the folder; refusing to upload it")
+        _refuse_stray_weights(path, weights)
         plan.files.append((relative.as_posix(), path.stat().st_size))
         if path.suffix in TEXT_SUFFIXES and path != card and (found := local_paths(path.read_text(errors="replace"))):
             plan.warnings.append(f"{relative} names local paths (e.g. {found[0]}): readers cannot use them")
+        if path.resolve() not in weights and relative.as_posix() not in WRITTEN_FILES and not (
+                len(relative.parts) == 1 and path.suffix == ".py"):
+            unknown.append(relative.as_posix())
+    if unknown:
+        plan.warnings.append(f"{len(unknown)} file{'s' * (len(unknown) != 1)} evo-merge did not write would be "
+                             f"published too: {', '.join(unknown)}; remove what does not belong in the repo")
     return plan
+
+
+def _refuse_stray_weights(path: Path, weights: set[Path]) -> None:
+    """A pickle checkpoint (code runs when it is loaded; evo-merge writes safetensors only), or a
+    safetensors file the model's index does not list (an older merge's shard, a copy): a loader or a
+    leaderboard that globs the folder's weights would read it. Either is refused, named."""
+    if path.suffix in PICKLE_SUFFIXES:
+        raise UserError(f"{path}: a pickle checkpoint, which runs code when it is loaded (evo-merge writes "
+                        "safetensors only); remove it before pushing")
+    if path.suffix == ".safetensors" and path.resolve() not in weights:
+        raise UserError(f"{path}: a weights file the model does not load (not among those its index or "
+                        "model.safetensors name); remove it before pushing: tools that read every *.safetensors "
+                        "would load it")
 
 
 def _evo_merge_card(card: Path) -> bool:
@@ -117,6 +153,7 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool | None = None, 
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     check_repo_id(repo_id)
+    check_revision(revision)
     api = HfApi(token=hub_token())
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -135,9 +172,24 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool | None = None, 
         raise UserError("HF_HUB_OFFLINE is set: unset it to upload") from None
     except HfHubHTTPError as exc:  # the Hub's reason, where it gave one: the message's first line is the status
         raise UserError(f"upload to {repo_id} failed: {_hub_reason(exc)}") from None
-    except (OSError, ValueError) as exc:  # ValueError: an id or revision the Hub refuses
+    except (OSError, ValueError, *_transport_errors()) as exc:  # ValueError: an id or revision the Hub refuses
         raise UserError(f"upload to {repo_id} failed: {first_line(exc)}") from None
     return str(commit.commit_url)
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """What the HTTP client huggingface_hub uses raises when the Hub cannot be reached: requests'
+    errors are OSErrors, httpx's (huggingface_hub 1.x) and httpx2's (2.x) are not, and a push with no
+    route to the Hub showed a traceback (audit 137)."""
+    import importlib
+
+    found = []
+    for client in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(client).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 def _hub_reason(exc: Exception) -> str:
@@ -155,6 +207,15 @@ def commit_operations(plan: UploadPlan) -> list:
     from huggingface_hub import CommitOperationAdd
 
     return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(plan.folder / name)) for name, _ in plan.files]
+
+
+def check_revision(revision: str | None) -> None:
+    """`--revision`, a branch the upload creates: refused before any work unless git and the Hub take
+    it as a branch name (the rules a recipe's `@revision` follows), where the Hub refused it only
+    after the export and the checks."""
+    if revision is not None and not is_revision(revision):
+        raise UserError(f"--revision {revision!r}: not a branch name (letters, digits, '_', '-', '.' and "
+                        "'/'-separated parts, none of them empty, '.' or '..')")
 
 
 def check_repo_id(repo_id: str, option: str = "--push-to-hub") -> str:

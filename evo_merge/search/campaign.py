@@ -183,8 +183,9 @@ class CampaignRunner:
             was_docs, _, was_definition = was.partition(":")
             if was_docs != docs:
                 raise UserError(f"task {name!r}: what its items say changed since this run began (its data "
-                                "edited, or its docs given in another order?), where its item ids did not: the run's scores were measured on the data it "
-                                "had then; restore that data, or start the campaign in a new run folder")
+                                "edited, or its docs given in another order?), where its item ids did not: the run's "
+                                "scores were measured on the data it had then; restore that data, or start the "
+                                "campaign in a new run folder")
             if was_definition and schemes.get(name, 1) >= now_schemes[name]:  # older: compared on the docs
                 raise UserError(f"task {name!r}: how its items are scored changed since this run began (its YAML: "
                                 "prompt, answer, choices, metric or filter, or the code it names; or lm-eval, upgraded "

@@ -128,7 +128,7 @@ def _hub_id(value: str, key: str) -> tuple[str, str | None] | None:
     repo, at, revision = value.partition("@")
     if not _looks_like_repo_id(repo):
         return None
-    if at and not _is_revision(revision):
+    if at and not is_revision(revision):
         raise UserError(f"{key}: {value!r}: {revision!r} is not a branch, tag or commit name of {repo} (letters, "
                         "digits, '_', '-', '.' and '/'-separated parts, none of them empty, '.' or '..')")
     return repo, revision or None
@@ -139,9 +139,10 @@ def is_hub_id(value: str) -> bool:
     return _looks_like_repo_id(value.partition("@")[0])
 
 
-def _is_revision(revision: str) -> bool:
+def is_revision(revision: str) -> bool:
     """A branch, tag or commit name: huggingface_hub joins it to the cache's refs/ folder, so a part
-    `..` (or an empty one, `/x`) would read a file elsewhere as the commit to load."""
+    `..` (or an empty one, `/x`) would read a file elsewhere as the commit to load; `push --revision`
+    takes the same names for the branch it creates."""
     return bool(_REVISION.match(revision)) and all(part not in ("", ".", "..") for part in revision.split("/"))
 
 

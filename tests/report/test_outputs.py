@@ -567,3 +567,55 @@ def test_report_html_gives_a_measured_score_the_se_of_its_search_items_alone(tmp
     assert hovers == {("a", "0.750", "0.250"), ("b", "0.500", "0.289")}, hovers
     bars = [json.loads(a) for a in re.findall(r'"error_[xy]":\{"array":(\[[^]]*\])', html)]
     assert bars == [pytest.approx([0.25]), pytest.approx([math.sqrt(1 / 12)])], bars
+
+
+def test_push_refuses_leftover_weights_and_names_files_evo_merge_did_not_write(tmp_path, monkeypatch):
+    """A push sent every visible file: a pickle checkpoint, an older merge's safetensors that a
+    loader globbing *.safetensors would read, Python's caches and a file named `token` went up
+    without a word (audit 137)."""
+    import shutil
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    card = "---\ntags: [merge, evo-merge]\n---\n# fine\n"
+    folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))], extra_files={
+        "README.md": card, "merge_recipe.yaml": "merge_method: linear\n"})
+    (folder / "config.json").write_text("{}")
+    (folder / "modeling_tiny.py").write_text("# the code a config's auto_map names\n")
+
+    def dry_run(path):
+        return CliRunner().invoke(cli, ["push", str(path), "me/tiny-merge", "--dry-run"])
+
+    clean = dry_run(folder)
+    assert clean.exit_code == 0 and "warning" not in clean.output, clean.output
+    pickled = shutil.copytree(folder, tmp_path / "pickled")
+    torch.save({"w": torch.ones(3)}, pickled / "pytorch_model.bin")
+    refused = dry_run(pickled)
+    assert refused.exit_code == 2 and refused.output.strip() == (
+        f"error: {pickled / 'pytorch_model.bin'}: a pickle checkpoint, which runs code when it is loaded (evo-merge "
+        "writes safetensors only); remove it before pushing"), refused.output
+    stray = shutil.copytree(folder, tmp_path / "stray")
+    save_file({"w": torch.full((3,), float("nan"))}, stray / "old_model.safetensors")  # check_finite reads no such file
+    refused = dry_run(stray)
+    assert refused.exit_code == 2 and f"{stray / 'old_model.safetensors'}: a weights file the model does not load" \
+        in refused.output, refused.output
+    extra = shutil.copytree(folder, tmp_path / "extra")
+    (extra / "token").write_text("hf_abc")
+    (extra / "__pycache__").mkdir()
+    (extra / "__pycache__" / "modeling_tiny.cpython-311.pyc").write_bytes(b"\0")
+    (extra / "notes").mkdir()
+    (extra / "notes" / "todo.txt").write_text("ask legal\n")
+    warned = dry_run(extra)
+    assert warned.exit_code == 0, warned.output
+    assert ("warning: 2 files evo-merge did not write would be published too: notes/todo.txt, token; remove what "
+            "does not belong in the repo") in warned.output, warned.output
+    listed = {line.split()[0] for line in warned.stdout.splitlines() if line.startswith("  ")}
+    assert listed == {p.name for p in folder.iterdir()} | {"token", "notes/todo.txt"}  # no __pycache__
+
+
+@pytest.mark.parametrize("revision", ["a b", "x..y/..", "/main", "v1/"])
+def test_a_branch_name_the_hub_would_refuse_is_refused_before_any_work(tmp_path, revision):
+    card = "---\ntags: [merge, evo-merge]\n---\n# fine\n"
+    folder = write_model_folder(tmp_path / "m", [("w", torch.ones(3))], extra_files={"README.md": card})
+    result = CliRunner().invoke(cli, ["push", str(folder), "me/tiny-merge", "--dry-run", "--revision", revision])
+    assert result.exit_code == 2 and result.output.startswith(f"error: --revision {revision!r}: not a branch name"), \
+        result.output

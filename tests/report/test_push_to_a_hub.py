@@ -216,3 +216,22 @@ def test_a_reason_over_several_lines_is_said_on_one(hub, tmp_path):
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
     assert line.endswith("Invalid metadata in README.md. - license: not a valid license id"), line
+
+
+def test_a_hub_that_cannot_be_reached_is_one_error_line(hub, tmp_path, monkeypatch):
+    """huggingface_hub 2.x sends its requests with httpx2, whose connection errors are no OSError: a push
+    with no route to the Hub ended in a traceback and exit 1 (audit 137)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:  # a port nothing listens on: the connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", closed)
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    result = CliRunner().invoke(cli, ["push", str(model_folder(tmp_path)), REPO])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: upload to {REPO} failed: "), line
+    assert hub.requests == []
