@@ -177,7 +177,8 @@ def model_card(
     entries = recipe.models or [source for out in recipe.slices for source in out.sources]
     inputs = ([base] if base else []) + merged
     licenses = licenses or card_license(inputs)
-    hub_ids = list(dict.fromkeys(ref.hub_id for ref in inputs if ref.hub_id))
+    # a LoRA adapter's repo too: its weights are in the merge, and the Hub's model tree links what is listed here
+    hub_ids = list(dict.fromkeys(hub_id for ref in inputs for hub_id in (ref.hub_id, ref.adapter_hub_id) if hub_id))
     front: dict = {**licenses.keys}
     if hub_ids:
         front.update(base_model=hub_ids, base_model_relation="merge")

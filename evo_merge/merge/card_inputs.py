@@ -5,7 +5,6 @@ reader and reveals this machine. Shared by the card and its license."""
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ class CardInput:
     adapter: str | None = None
     adapter_folder: Path | None = None  # for the adapter's own license
     adapter_local: bool = False  # the adapter named by a folder of this machine, not a Hub id
+    adapter_hub_id: str | None = None  # the adapter's Hub repo: a model the merge derives from too
 
     @property
     def display(self) -> str:
@@ -46,7 +46,8 @@ def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None
         model, adapter = reference.rsplit("+", 1)
         adapter_ref = model_ref(adapter)  # a folder, or a Hub id with its cached snapshot
         return replace(model_ref(model, hub_id=hub_id, revision=revision), adapter=adapter_ref.display,
-                       adapter_folder=adapter_ref.folder, adapter_local=adapter_ref.hub_id is None)
+                       adapter_folder=adapter_ref.folder, adapter_local=adapter_ref.hub_id is None,
+                       adapter_hub_id=adapter_ref.hub_id)
     folder = path if path.is_dir() else None
     if hub_id is None and (cached := _CACHE_SNAPSHOT.search(str(reference))):
         hub_id, revision = f"{cached['org']}/{cached['name']}", revision or cached["rev"]
@@ -62,21 +63,30 @@ def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None
 def model_refs(references: Sequence[str]) -> dict[str, CardInput]:
     """Each reference as the card names it (`model_ref`), local folders that share a name told
     apart by as many of their parent folders as it takes (`a/final`, `b/final`): named alike, two
-    inputs were one entry of the card's license list, the last one's license standing for both."""
+    inputs were one entry of the card's license list, the last one's license standing for both. One
+    folder named twice (the base, and the base under a LoRA adapter) is one name, not a clash."""
     refs = {reference: model_ref(reference) for reference in dict.fromkeys(references)}
     labels = {reference: ref.label for reference, ref in refs.items()}
 
+    def model_path(reference: str) -> Path:  # the folder of its model, its adapter left out
+        return Path(reference.rsplit("+", 1)[0] if refs[reference].adapter else reference).expanduser()
+
     def parts(reference: str) -> tuple[str, ...]:  # the folders of its path, the root left out
-        path = Path(reference.rsplit("+", 1)[0] if refs[reference].adapter else reference).expanduser()
+        path = model_path(reference)
         return path.parts[1:] if path.is_absolute() else path.parts
 
+    local = [r for r in refs if refs[r].hub_id is None]
     for depth in range(2, 64):
-        counts = Counter(labels.values())
-        clashing = [r for r, label in labels.items() if counts[label] > 1 and refs[r].hub_id is None]
+        folders: dict[str, set[Path]] = {}  # label -> the folders it names
+        for reference in local:
+            folders.setdefault(labels[reference], set()).add(model_path(reference).resolve())
+        clashing = [r for r in local if len(folders[labels[r]]) > 1]
         if not clashing:
             break
         if depth >= min(len(parts(r)) for r in clashing):  # one is a tail of another: its whole path would
-            for number, reference in enumerate(clashing, start=1):  # name this machine's folders
+            numbers: dict[Path, int] = {}  # name this machine's folders
+            for reference in clashing:
+                number = numbers.setdefault(model_path(reference).resolve(), len(numbers) + 1)
                 labels[reference] = f"{labels[reference].rsplit('/', 1)[-1]} ({number})"
             break
         for reference in clashing:

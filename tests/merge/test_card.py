@@ -487,6 +487,21 @@ def test_inputs_told_apart_only_by_their_whole_paths_are_numbered_not_named_by_t
     assert [r.label for r in refs.values()] == ["final (1)", "final (2)", "a/other", "b/other"]
 
 
+
+def test_one_folder_named_as_the_base_and_under_a_lora_adapter_is_one_name(tmp_path):
+    """The base, and the base with a LoRA adapter folded in, were told apart as two folders of one
+    name: `base (1)` and `base (2)`, which a reader takes for two models (audit 137)."""
+    from evo_merge.merge.card_inputs import model_refs
+
+    for folder in ("base", "lora", "other/base"):
+        (tmp_path / folder).mkdir(parents=True)
+    base, other = str(tmp_path / "base"), str(tmp_path / "other" / "base")
+    refs = model_refs([base, f"{base}+{tmp_path / 'lora'}"])
+    assert [r.display for r in refs.values()] == ["base", "base + LoRA lora"]
+    refs = model_refs([base, f"{base}+{tmp_path / 'lora'}", other])  # another folder of that name: told apart
+    assert [r.display for r in refs.values()] == [f"{tmp_path.name}/base", f"{tmp_path.name}/base + LoRA lora",
+                                                  "other/base"]
+
 def test_a_decomposing_method_s_card_names_the_thread_count_its_bits_need(zoo, tmp_path):
     """TSV-M's SVDs sum in another order on another CPU thread count (751k of 786k entries of a
     1024 x 768 tensor moved, by up to 4e-6, between 1 and 2 threads): the card promised bit for bit

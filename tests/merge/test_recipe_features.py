@@ -903,6 +903,9 @@ def test_a_lora_adapter_given_as_a_hub_id_resolves_from_the_cache(deep, tmp_path
     assert all(torch.allclose(t, expected[k], atol=1e-6) for k, t in tensors_of(tmp_path / "o").items())
     written = yaml.safe_load((tmp_path / "o" / "merge_recipe.yaml").read_text())
     assert written["models"][0]["model"] == f"{deep['ft1']}+tiny-org/tiny-lora@{'b' * 40}"  # rebuilds anywhere
+    # the adapter's repo is in the merge: the card lists it where the Hub's model tree reads (audit 137)
+    front = yaml.safe_load((tmp_path / "o" / "README.md").read_text().split("---")[1])
+    assert front["base_model"] == ["tiny-org/tiny-lora"] and front["base_model_relation"] == "merge"
 
 
 def _two_stacks(folder, value):
