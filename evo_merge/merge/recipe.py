@@ -213,6 +213,9 @@ class Recipe(Strict):
         data = load_yaml(path)
         refuse_other_kind(data, path, "tasks", "a campaign file, not a merge recipe",
                           "evo-merge plan / run CAMPAIGN.yaml")
+        if isinstance(data, dict) and "experts" in data and "merge_method" not in data:  # was "gate_mode: unknown key"
+            raise UserError(f"{path}: a mergekit-moe config (it has `experts`), which builds a mixture of experts: "
+                            "evo-merge merges mergekit-yaml recipes (merge_method, models or slices); use mergekit-moe")
         recipe = validate(cls, data, path)
         _check_method(recipe.merge_method, path)
         return recipe

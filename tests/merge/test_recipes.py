@@ -397,6 +397,11 @@ BAD_RECIPES = {
         "merge_method: ties\nbase_model: {base}\nmodules: {{text: {{slices: []}}}}\n",
         "modules: mergekit's recipes per module (of a model made of several) are not supported",
     ),
+    "mergekit-moe config": (  # was "gate_mode: unknown key (did you mean 'base_model'?)" (audit 137)
+        "base_model: {base}\ngate_mode: hidden\nexperts: [{{source_model: {ft}, positive_prompts: [math]}}]\n",
+        "a mergekit-moe config (it has `experts`), which builds a mixture of experts: evo-merge merges mergekit-yaml "
+        "recipes (merge_method, models or slices); use mergekit-moe",
+    ),
     "two documents": (  # a mergekit-mega file: was "malformed YAML: but found another document"
         "merge_method: ties\nbase_model: {base}\nmodels: [{{model: {ft}}}]\n---\nmerge_method: linear\n",
         "bad.yaml:4:1: a second YAML document (after `---`): a file holds one campaign or recipe; split them into "
