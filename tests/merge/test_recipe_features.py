@@ -641,6 +641,7 @@ def test_published_style_recipe_with_union_tokenizer_lora_gradients_and_filters(
     assert merged["model.embed_tokens.weight"].dtype == torch.bfloat16
     text = tokenizer.apply_chat_template([{"role": "user", "content": "1+1"}], tokenize=False)
     assert text.startswith("<|im_start|>user")
+    assert "special tokens" not in result.output  # the union has the template's tokens
     assert generates(out) and rebuilds_bit_for_bit(out, tmp_path)
 
 
@@ -959,7 +960,32 @@ def test_a_named_chat_format_is_written_into_the_tokenizer_and_the_recipe_keeps_
     assert text == (f"{tokenizer.bos_token}<|start_header_id|>user<|end_header_id|>\n\n1+1<|eot_id|>\n"
                     "<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert yaml.safe_load((out / "merge_recipe.yaml").read_text())["chat_template"] == "llama3"
+    # written as asked, but the tiny vocabulary has none of its turn markers: said, not left to the prompts (audit 137)
+    assert ("warning: chat_template: its special tokens <|end_header_id|>, <|eot_id|>, <|start_header_id|> are "
+            "not in the output tokenizer's vocabulary") in result.output, result.output
     assert rebuilds_bit_for_bit(out, tmp_path)
+
+
+def test_auto_takes_a_chat_fine_tune_s_template_and_says_the_base_tokenizer_lacks_its_tokens(deep, tmp_path):
+    """A chat fine-tune merged onto the base's tokenizer: `auto` wrote its ChatML template over a
+    vocabulary without <|im_start|>, and every prompt read as `<unk>`s, without a word (audit 137)."""
+    import shutil
+
+    chat = shutil.copytree(deep["chat"], tmp_path / "chat")
+    tokenizer = AutoTokenizer.from_pretrained(chat)
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(chat)
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(deep["base"]),
+              "models": [{"model": str(chat), "parameters": {"weight": 0.5}},
+                         {"model": str(deep["ft1"]), "parameters": {"weight": 0.5}}],
+              "tokenizer_source": "base", "chat_template": "auto"}
+    result, out = merge(tmp_path, recipe)
+    assert result.exit_code == 0, result.output
+    assert AutoTokenizer.from_pretrained(out).chat_template == CHATML
+    assert "warning: chat_template: its special tokens <|im_end|>, <|im_start|> are not in" in result.output
+    recipe["tokenizer_source"] = "union"
+    result, out = merge(tmp_path, recipe, "union")
+    assert result.exit_code == 0 and "special tokens" not in result.output, result.output
 
 
 def test_linear_averages_a_listed_base_at_its_weight_as_mergekit_does(deep, tmp_path):
