@@ -8,6 +8,7 @@ it resolved to, never the cache path, so the recipe it writes rebuilds the same 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ from evo_merge.weights.lora import LoraCheckpoint
 
 _REVISION = re.compile(r"^[\w.\-/]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ def _resolve_adapter(value: str, root: Path | None, key: str) -> tuple[Path, str
     """A LoRA adapter's folder and how a recipe names it: a local folder, or a Hub id (as models are)."""
     local = _local_path(value, root)
     if local is not None and local.is_dir():
+        _say_if_shadowing(value, local, key)
         return local, str(local)
     hub = _hub_id(value, key)
     if local is not None or hub is None:
@@ -113,6 +117,7 @@ def _local_path(value: str, root: Path | None) -> Path | None:
 def _resolve_model(value: str, root: Path | None, key: str) -> tuple[Path, str]:
     local = _local_path(value, root)
     if local is not None:
+        _say_if_shadowing(value, local, key)
         return local, str(local)
     hub = _hub_id(value, key)
     if hub is None:
@@ -120,6 +125,20 @@ def _resolve_model(value: str, root: Path | None, key: str) -> tuple[Path, str]:
     repo, revision = hub
     path = _snapshot(repo, revision, key, _looked_in(root))
     return path, f"{repo}@{path.name}"
+
+
+def _say_if_shadowing(value: str, local: Path, key: str) -> None:
+    """A relative folder is read before a Hub id of the same spelling: `org/name` in a recipe copied
+    from a model card is the folder `org/name` wherever one exists (`hf download --local-dir`
+    leaves them), other weights than the card's, and the card then lists no such Hub model. Where
+    the Hub cache holds that model too, the two readings are said (audit 137)."""
+    from huggingface_hub import constants
+
+    if Path(value).is_absolute() or not _looks_like_repo_id(value):
+        return
+    if (Path(constants.HF_HUB_CACHE) / f"models--{value.replace('/', '--')}").is_dir():
+        log.warning(f"{key}: {value!r} is read as the folder {local}, not as the Hub model {value} in your cache; "
+                    f"write {value}@main for the Hub model, or ./{value} to say the folder is meant")
 
 
 def _hub_id(value: str, key: str) -> tuple[str, str | None] | None:

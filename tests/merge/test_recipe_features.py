@@ -817,6 +817,29 @@ def test_a_hub_snapshot_of_links_into_its_blobs_merges_with_its_tokenizer(deep, 
     assert recipe["models"][0]["model"] == f"tiny-org/linked@{'c' * 40}"
 
 
+
+def test_a_folder_spelled_as_a_cached_hub_id_is_read_and_the_two_readings_are_said(deep, tmp_path, monkeypatch):
+    """`org/name` is the folder `org/name` beside the recipe wherever one exists (a download with
+    --local-dir leaves them), other weights than the Hub model in the cache: taken without a word,
+    and the card then listed no Hub model (audit 137). @main reads the Hub model."""
+    import shutil
+
+    save_to_hub_cache(tmp_path / "hub", deep["base"], "tiny-org/shadowed", "c" * 40)
+    shutil.copytree(deep["ft1"], tmp_path / "tiny-org" / "shadowed")
+    result = _hub_merge(tmp_path, monkeypatch, "tiny-org/shadowed")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: models.0.model: 'tiny-org/shadowed' is read as the folder {tmp_path / 'tiny-org' / 'shadowed'}, "
+            "not as the Hub model tiny-org/shadowed in your cache; write tiny-org/shadowed@main for the Hub model, or "
+            "./tiny-org/shadowed to say the folder is meant") in result.output, result.output
+    assert all(torch.equal(t, tensors_of(deep["ft1"])[k]) for k, t in tensors_of(tmp_path / "o").items())
+    shutil.rmtree(tmp_path / "o")
+    hub = _hub_merge(tmp_path, monkeypatch, "tiny-org/shadowed@main")
+    assert hub.exit_code == 0 and "warning" not in hub.output, hub.output
+    assert all(torch.equal(t, tensors_of(deep["base"])[k]) for k, t in tensors_of(tmp_path / "o").items())
+    shutil.rmtree(tmp_path / "o")
+    meant = _hub_merge(tmp_path, monkeypatch, "./tiny-org/shadowed")
+    assert meant.exit_code == 0 and "warning" not in meant.output, meant.output
+
 @pytest.mark.parametrize("case", ["refs file", "snapshot link", "revision", "empty revision", "file link"])
 def test_a_hub_id_resolving_outside_its_cache_folder_is_refused(deep, tmp_path, monkeypatch, case):
     commit = "d" * 40
