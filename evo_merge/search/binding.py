@@ -32,6 +32,8 @@ from evo_merge.search.store import FACTS_META, CampaignStore, Record
 DEFAULTS_META = Record("defaults", int)  # the DEFAULTS_VERSION a run folder was written under; none: 1
 CONFIG_META = Record("config", str)  # the fingerprint of the campaign the folder is bound to
 WEIGHTS_META = Record("weights", dict[str, str])  # config key (base_model, models.N) -> digest of its weight files
+# config key -> the model it resolved to when recorded (a Hub id at its commit, a folder), for the way back
+RESOLVED_META = Record("resolved", dict[str, str])
 MODEL_KEYS = ("base_model", "models")  # where the models are: a run checks they are the same ones by WEIGHTS_META
 CAMPAIGN_TEXT_META = Record("campaign_text", str)  # sha256 of the campaign.yaml the folder last ran with
 CONFIG_DATA_META = Record("config_data", Json[dict[str, Any]])  # what the fingerprint hashes (JSON text):

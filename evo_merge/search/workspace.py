@@ -27,6 +27,7 @@ from evo_merge.search.binding import (
     CONFIG_DATA_META,
     CONFIG_META,
     DEFAULTS_META,
+    RESOLVED_META,
     WEIGHTS_META,
     bound_campaign,
     campaign_text_digest,
@@ -377,9 +378,13 @@ def _check_weights(store: CampaignStore, refs: dict[str, ModelRef], way_on: str 
     folders: from now on).
 
     A record made by an earlier digest (before every tensor's ends were read; before it covered
-    exactly the files read) is checked with the digest it was made with, then replaced by the current one."""
+    exactly the files read) is checked with the digest it was made with, then replaced by the current one.
+    What each model resolved to is recorded with them (`RESOLVED_META`), for a refusal to name it."""
     _refuse_changed_weights(store, refs, way_on)
     _refuse_changed_model_files(store, refs, way_on)
+    resolved = store.get_meta(RESOLVED_META, {})
+    if new := {key: ref.name for key, ref in refs.items() if key not in resolved}:  # while its digests held
+        store.set_meta(RESOLVED_META, {**resolved, **new})
 
 
 def _refuse_changed_weights(store: CampaignStore, refs: dict[str, ModelRef], way_on: str | None) -> None:
@@ -394,7 +399,7 @@ def _refuse_changed_weights(store: CampaignStore, refs: dict[str, ModelRef], way
                 raise UserError(f"{key} ({refs[key].name}) holds the weights this run folder recorded for {other}: "
                                 "the models are in another order than the run started with (the campaign's list, or "
                                 "their files swapped); restore the order")
-            raise _changed(key, refs[key], "weights", way_on)
+            raise _changed(store, key, refs[key], "weights", way_on)
     if stored != digests:
         store.set_meta(WEIGHTS_META, {**stored, **digests})
 
@@ -412,12 +417,19 @@ def _refuse_changed_model_files(store: CampaignStore, refs: dict[str, ModelRef],
         else:
             changed = [name for name, digest in recorded.items() if name in now and now[name] != digest]
         if changed:
-            raise _changed(key, refs[key], ", ".join(changed), way_on)
+            raise _changed(store, key, refs[key], ", ".join(changed), way_on)
     if stored != digests:
         store.set_meta(MODEL_FILES_META, {**stored, **digests})
 
 
-def _changed(key: str, ref: ModelRef, what: str, way_on: str | None = None) -> UserError:
+def _changed(store: CampaignStore, key: str, ref: ModelRef, what: str, way_on: str | None = None) -> UserError:
+    """The refusal of a model that changed, with the way back where the run knows it: a Hub id named
+    without a revision resolves to the newest commit in the cache, so a download moved it under the
+    run, which then names the commit it began with (audit 137)."""
+    was = store.get_meta(RESOLVED_META, {}).get(key)
+    if way_on is None and was is not None and was != ref.name and is_hub_id(was.split("+")[0]):
+        way_on = (f"it was {was} then: write that into the run folder's {CAMPAIGN_FILE} as {key} to resume with it, "
+                  "or start the campaign in a new run folder")
     way_on = way_on or "resume with the models as they were then, or start the campaign in a new run folder"
     return UserError(f"{key} ({ref.name}): its {what} changed since this run folder was started; {way_on}")
 

@@ -4,6 +4,7 @@ its exports name the Hub id with its commit and the adapter, and rebuild bit for
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 import yaml
 from campaigns import campaign_config  # tests/search is on sys.path
 from hub_layout import save_to_hub_cache  # tests/ is on sys.path (its conftest)
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from evo_merge.zoo.tiny import save_tiny_family
 
@@ -62,6 +63,23 @@ def test_a_hub_base_and_a_lora_endpoint_are_searched_and_exported_as_references(
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = load_file(folder / "model.safetensors"), load_file(tmp_path / "rebuilt" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # a later download moves refs/main to another commit: the run is refused, naming the commit it began
+    # with, where it said only "its weights changed" and the commit was nowhere in the run (audit 137)
+    repo_dir = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}"
+    newer = "e" * 40
+    snapshot = shutil.copytree(base, repo_dir / "snapshots" / newer)
+    save_file({k: t + 0.01 for k, t in load_file(base / "model.safetensors").items()}, snapshot / "model.safetensors")
+    (repo_dir / "refs" / "main").write_text(newer)
+    moved = evo_merge("resume", tmp_path / "run", env=env)
+    assert moved.returncode == 2, moved.stderr[-2000:]
+    assert (f"base_model ({REPO}@{newer}): its weights changed since this run folder was started; it was "
+            f"{REPO}@{COMMIT} then: write that into the run folder's campaign.yaml as base_model to resume with it"
+            ) in moved.stderr, moved.stderr
+    stored["base_model"] = f"{REPO}@{COMMIT}"
+    (tmp_path / "run" / "campaign.yaml").write_text(yaml.safe_dump(stored))
+    pinned = evo_merge("resume", tmp_path / "run", env=env)
+    assert pinned.returncode == 0, pinned.stderr[-2000:]
 
 
 def test_a_hub_id_missing_from_the_cache_is_one_line_naming_the_key(tmp_path):
