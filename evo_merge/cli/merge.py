@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 
 from evo_merge.cli.paths import UserPath
+
+# units of --max-shard-size, as Hugging Face writes them (`save_pretrained(max_shard_size="2GB")`)
+SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+class ByteSize(click.ParamType):
+    """A size in bytes written as Hugging Face writes it: `2GB`, `500MB`, `1.5GiB`, or a number of bytes."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmg]i?b|b)?\s*", str(value), re.IGNORECASE)
+        size = int(float(match[1]) * SIZE_UNITS[(match[2] or "").lower()]) if match else 0
+        if size < 1:
+            self.fail(f"{value!r} is not a size (a number of bytes, or with a unit: 500MB, 2GB, 1.5GiB)", param, ctx)
+        return size
 
 
 @click.command()
@@ -21,7 +40,11 @@ from evo_merge.cli.paths import UserPath
 @click.option("--device", default="cpu", show_default=True,
               help="where each tensor is combined: cpu, cuda, cuda:N or auto (a GPU makes TSV-M's SVDs "
                    "practical at 7B); inputs are read and the output written on the host")
-def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwrite: bool, device: str) -> None:
+@click.option("--max-shard-size", type=ByteSize(), default="5GiB", show_default=True,
+              help="split the weights into safetensors files of at most this size (500MB, 2GB; one file is held "
+                   "in memory while written)")
+def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwrite: bool, device: str,
+          max_shard_size: int) -> None:
     """Build one merge from a mergekit-style RECIPE into an HF model folder."""
     from evo_merge.cli.progress import track
     from evo_merge.errors import UserError
@@ -42,7 +65,7 @@ def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwr
     for name in changed_inputs(plan, recipe):  # a rebuild whose inputs changed: not the folder's weights
         click.echo(f"warning: {name}: its weights are not those {recipe} was merged from ({INPUTS_FILE} beside "
                    "it): the output will differ from that merge", err=True)
-    export_merge(plan, out, overwrite=overwrite, device=where,
+    export_merge(plan, out, overwrite=overwrite, device=where, max_shard_bytes=max_shard_size,
                  track=lambda items, total: track(items, total, f"merging ({plan.method.name})"))
     base = plan.source_recipe.base_model
     inputs = f"{len(plan.refs) - 1} model(s) onto base {short_label(base)}" if base else f"{len(plan.refs)} model(s)"

@@ -21,7 +21,7 @@ from evo_merge.weights import write_model_folder
 from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, weight_files
 from evo_merge.weights.digest import weights_digest
 from evo_merge.weights.dtypes import all_finite
-from evo_merge.weights.export import ExtraFile, NonFiniteTensor, check_output_folder
+from evo_merge.weights.export import DEFAULT_MAX_SHARD_BYTES, ExtraFile, NonFiniteTensor, check_output_folder
 from evo_merge.weights.references import open_reference
 
 RECIPE_FILE = "merge_recipe.yaml"
@@ -46,6 +46,7 @@ def export_merge(
     device: torch.device | str = "cpu",
     scores_note: str | None = None,
     estimate_se: Mapping[str, float] | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
     """Write the merged folder atomically. `tensors` (e.g. from the in-place merger) replaces the
     streaming merge when given; they must be the plan's tensors.
@@ -54,7 +55,8 @@ def export_merge(
     score, every item of a measured pick) adds `results.json` and `item_scores.parquet`, written
     in the same atomic step as the weights so the card never names results that are missing;
     `estimate_se`, the standard error of each estimated score, shown with it.
-    The streaming merge combines each tensor on `device` (`stream_merge`); the card says so."""
+    The streaming merge combines each tensor on `device` (`stream_merge`); the card says so.
+    `max_shard_bytes`: the size the weights are split at (one shard is held in memory at a time)."""
     inputs = [r.path for r in plan.refs] + [r.lora for r in plan.refs if r.lora is not None]
     check_output_folder(Path(out).expanduser(), overwrite, inputs)
     on_host: list[str] = []  # tensors the device had no memory for
@@ -91,6 +93,7 @@ def export_merge(
             extra_files=extra,
             copy_tokenizer=plan.tokens is None,
             overwrite=overwrite,
+            max_shard_bytes=max_shard_bytes,
         )
     except NonFiniteTensor as exc:
         raise UserError(f"{exc}; {_non_finite_inputs(plan, exc.name)}") from None

@@ -1236,3 +1236,22 @@ def test_a_union_token_a_model_lacks_takes_the_base_s_row_when_the_base_has_it(d
     ids = AutoTokenizer.from_pretrained(out).convert_tokens_to_ids(CHAT_TOKENS)
     embed = tensors_of(out)["model.embed_tokens.weight"]
     assert torch.allclose(embed[ids], torch.tensor([[0.5] * 32, [-0.5] * 32]), atol=1e-6)
+
+
+def test_max_shard_size_splits_the_weights_into_an_indexed_set_that_loads_as_one_file(deep, tmp_path):
+    """mergekit's --out-shard-size: hosting and upload setups that want smaller files (audit 137)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": str(deep["ft1"])},
+                                                                           {"model": str(deep["ft2"])}]}))
+    whole = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "whole")])
+    split = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "split"), "--max-shard-size", "40KB"])
+    assert whole.exit_code == 0 and split.exit_code == 0, split.output
+    shards = sorted((tmp_path / "split").glob("*.safetensors"))
+    assert len(shards) > 2 and all(f.stat().st_size < 40_000 + 30_000 for f in shards)  # a tensor never splits
+    index = json.loads((tmp_path / "split" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {f.name for f in shards}
+    assert tensors_of(tmp_path / "split").keys() == tensors_of(tmp_path / "whole").keys()
+    assert all(torch.equal(t, tensors_of(tmp_path / "whole")[k]) for k, t in tensors_of(tmp_path / "split").items())
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "split")
+    assert all(torch.equal(p, tensors_of(tmp_path / "whole")[k]) for k, p in model.state_dict().items()
+               if k in tensors_of(tmp_path / "whole"))
