@@ -88,7 +88,8 @@ def plan_upload(folder: str | Path) -> UploadPlan:
     check_finite(folder)
     plan = UploadPlan(folder)
     own = folder.resolve()
-    weights = {p.resolve() for p in weight_files(folder)}
+    models = _model_folders(folder)
+    weights = {p.resolve() for model in models for p in weight_files(model)}
     unknown = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)
@@ -100,13 +101,22 @@ def plan_upload(folder: str | Path) -> UploadPlan:
         plan.files.append((relative.as_posix(), path.stat().st_size))
         if path.suffix in TEXT_SUFFIXES and path != card and (found := local_paths(path.read_text(errors="replace"))):
             plan.warnings.append(f"{relative} names local paths (e.g. {found[0]}): readers cannot use them")
-        if path.resolve() not in weights and relative.as_posix() not in WRITTEN_FILES and not (
-                len(relative.parts) == 1 and path.suffix == ".py"):
+        within = path.relative_to(max((m for m in models if path.is_relative_to(m)), key=lambda m: len(m.parts)))
+        if path.resolve() not in weights and within.as_posix() not in WRITTEN_FILES and not (
+                len(within.parts) == 1 and path.suffix == ".py"):
             unknown.append(relative.as_posix())
     if unknown:
         plan.warnings.append(f"{len(unknown)} file{'s' * (len(unknown) != 1)} evo-merge did not write would be "
                              f"published too: {', '.join(unknown)}; remove what does not belong in the repo")
     return plan
+
+
+def _model_folders(folder: Path) -> list[Path]:
+    """The model folders `folder` holds: itself, and a MASS folder's copy of its base (`base/`)."""
+    from evo_merge.mass.model import BASE_FOLDER
+
+    base = folder / BASE_FOLDER
+    return [folder, base] if (folder / MASS_JSON).is_file() and base.is_dir() else [folder]
 
 
 def _refuse_stray_weights(path: Path, weights: set[Path]) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evo_merge.errors import MissingModel, UserError, first_line
-from evo_merge.weights.checkpoint import Checkpoint
+from evo_merge.weights.checkpoint import Checkpoint, weight_files
 from evo_merge.weights.lora import LoraCheckpoint
 
 _REVISION = re.compile(r"^[\w.\-/]+$")
@@ -124,6 +124,11 @@ def _resolve_model(value: str, root: Path | None, key: str) -> tuple[Path, str]:
         raise MissingModel(f"{key}: model path {value!r} does not exist and is not a Hub id (org/name[@revision])")
     repo, revision = hub
     path = _snapshot(repo, revision, key, _looked_in(root))
+    try:  # a download cut short leaves a snapshot without its weights, or a shard short
+        weight_files(path)
+    except UserError as exc:
+        fetch = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
+        raise UserError(f"{key}: Hub model {value}: {exc} (a download cut short? `{fetch}` completes it)") from None
     return path, f"{repo}@{path.name}"
 
 

@@ -1255,3 +1255,19 @@ def test_max_shard_size_splits_the_weights_into_an_indexed_set_that_loads_as_one
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "split")
     assert all(torch.equal(p, tensors_of(tmp_path / "whole")[k]) for k, p in model.state_dict().items()
                if k in tensors_of(tmp_path / "whole"))
+
+
+def test_a_cached_hub_model_without_its_weights_names_the_download_that_completes_it(deep, tmp_path, monkeypatch):
+    """A download cut short leaves a snapshot without its weights: the error named the cache folder
+    but not the `hf download` a missing model's error names (audit 137)."""
+    import shutil
+
+    partial = shutil.copytree(deep["base"], tmp_path / "partial")
+    (partial / "model.safetensors").unlink()
+    save_to_hub_cache(tmp_path / "hub", partial, "tiny-org/partial", "d" * 40)
+    result = _hub_merge(tmp_path, monkeypatch, "tiny-org/partial@main")
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'hub.yaml'}: models.0.model: Hub model tiny-org/partial@main: no "
+                           "weights in "), line
+    assert line.endswith("(a download cut short? `hf download tiny-org/partial --revision main` completes it)"), line
