@@ -23,6 +23,7 @@ _REVISION = re.compile(r"^[\w.\-/]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 log = logging.getLogger(__name__)
+SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # what a merge reads of a Hub model
 
 
 @dataclass(frozen=True)
@@ -202,11 +203,17 @@ def _snapshot(repo: str, revision: str | None, key: str, looked_in: str = "here"
     # a relative name that is no folder here is taken for a Hub id: say both, a typo'd path is likelier
     model = repo + (f"@{revision}" if revision else "")
     where = f"{key}: no folder {repo} {looked_in}, and Hub model {model}"
+    # a commit is immutable: one the cache holds is read from it, without asking the Hub (a recipe an
+    # export wrote pins every Hub model so, and a machine without a route waited ~26 s per model)
+    cached_commit = revision is not None and _COMMIT.match(revision) is not None
     try:
-        folder = snapshot_download(
-            repo, revision=revision, local_files_only=offline,
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
-        )
+        try:
+            folder = snapshot_download(repo, revision=revision, local_files_only=offline or cached_commit,
+                                       allow_patterns=SNAPSHOT_FILES)
+        except LocalEntryNotFoundError:
+            if offline or not cached_commit:
+                raise
+            folder = snapshot_download(repo, revision=revision, allow_patterns=SNAPSHOT_FILES)
     except GatedRepoError:
         raise UserError(f"{where} is gated: accept its terms on the Hub and log in (huggingface-cli login)") from None
     except RepositoryNotFoundError:

@@ -1244,7 +1244,8 @@ def test_max_shard_size_splits_the_weights_into_an_indexed_set_that_loads_as_one
     recipe.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": str(deep["ft1"])},
                                                                            {"model": str(deep["ft2"])}]}))
     whole = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "whole")])
-    split = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "split"), "--max-shard-size", "40KB"])
+    split = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "split"),
+                                     "--max-shard-size", "40KB"])
     assert whole.exit_code == 0 and split.exit_code == 0, split.output
     shards = sorted((tmp_path / "split").glob("*.safetensors"))
     assert len(shards) > 2 and all(f.stat().st_size < 40_000 + 30_000 for f in shards)  # a tensor never splits
@@ -1271,3 +1272,32 @@ def test_a_cached_hub_model_without_its_weights_names_the_download_that_complete
     assert line.startswith(f"error: {tmp_path / 'hub.yaml'}: models.0.model: Hub model tiny-org/partial@main: no "
                            "weights in "), line
     assert line.endswith("(a download cut short? `hf download tiny-org/partial --revision main` completes it)"), line
+
+
+def test_a_pinned_commit_the_cache_holds_is_read_without_asking_the_hub(deep, tmp_path, monkeypatch):
+    """Every Hub model of an exported recipe is pinned to a commit: a rebuild asked the Hub for each
+    (with no route to it: a request error printed and ~26 s of retries per model, audit 137)."""
+    import socket
+
+    from huggingface_hub import HfApi, constants
+
+    repo, commit = save_to_hub_cache(tmp_path / "hub", deep["base"], "tiny-org/pinned", "e" * 40)
+    with socket.socket() as probe:  # a Hub nothing answers for: any request is refused
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    monkeypatch.setenv("HF_ENDPOINT", closed)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    requests = []
+    for call in ("repo_info", "list_repo_tree"):  # what snapshot_download asks the Hub
+        real = getattr(HfApi, call)
+        monkeypatch.setattr(HfApi, call,
+                            lambda *a, _real=real, _call=call, **k: requests.append(_call) or _real(*a, **k))
+    recipe = tmp_path / "hub.yaml"
+    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": f"{repo}@{commit}"}]}))
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0 and "requesting" not in result.output, result.output
+    assert requests == []
+    assert all(torch.equal(t, tensors_of(deep["base"])[k]) for k, t in tensors_of(tmp_path / "o").items())
