@@ -89,7 +89,7 @@ class CampaignRunner:
         self.workspace, self.tasks, self.holdout, self._factory = workspace, tasks, holdout, evaluator_factory
         self.objectives = campaign_objectives(campaign)
         self.scoring = Scoring(campaign.estimator, tasks, workspace.store, workspace.run_dir / IRT_FOLDER,
-                               campaign.algorithm.seed, self.holdout)
+                               campaign.algorithm.seed, self.holdout, before_saving=workspace.check_in_place)
         self.ledger = EvaluationLedger(workspace.store, self.evaluator, self.scoring, progress)
         self.on_generation: list[GenerationDone] = []
         self._evaluator: Evaluator | None = None
@@ -333,6 +333,7 @@ class CampaignRunner:
 
     def search(self) -> None:
         def notify(generation: int, evaluations: list[Evaluation]) -> None:
+            self.workspace.check_in_place()  # stored: a folder moved meanwhile stops the run here, not at its writes
             for callback in self.on_generation:
                 callback(generation, evaluations)
 
@@ -415,6 +416,7 @@ class CampaignRunner:
             exported = export_picks(self.workspace, chosen, self._evaluator, self.progress)
             measured = [e for e in candidates(self.workspace.store) if e.measured is not None]
             if report is not None:
+                self.workspace.check_in_place()
                 report(exported)
             self.workspace.store.mark_finished()
         finally:

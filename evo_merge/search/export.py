@@ -133,6 +133,7 @@ def export_picks(workspace: Workspace, chosen: Mapping[str, Evaluation], evaluat
     it, a file replaced) is no pick: it is exported again, with a warning. The picks are recorded
     (`CampaignStore.exported`) once all are written."""
     run_dir = workspace.run_dir
+    workspace.check_in_place()
     workspace.check_models_unchanged()  # once, for every pick: their cards' scores are of the weights the run read
     if (run_dir / MODELS_FOLDER).is_dir():
         sweep_partial_folders(run_dir / MODELS_FOLDER)

@@ -113,3 +113,44 @@ def in_run(folder: Path, run_dir: Path) -> str:
     pick always is), so a moved or copied run names its own folders."""
     folder, run_dir = Path(folder).resolve(), Path(run_dir).resolve()
     return str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else str(folder)
+
+
+def folder_identity(run_dir: Path) -> tuple[int, int]:
+    """The run folder as the file system knows it (device, inode), whatever its path: a run checks
+    against it that the folder it writes by path is still the one it opened (`check_in_place`)."""
+    info = os.stat(run_dir)
+    return info.st_dev, info.st_ino
+
+
+def check_in_place(run_dir: Path, identity: tuple[int, int]) -> None:
+    """Refuse to write on when the run folder was moved (or replaced) while the run worked in it.
+    The database and the lock go with the folder, but the run writes its IRT models, picks and
+    report by path: it recreated the old path and wrote them there, where a second run then
+    started unrefused and took the first one's IRT models for its own (audit 138). Where the
+    folder went is named when this process still holds it open (the lock does: Linux's /proc)."""
+    try:
+        same = folder_identity(run_dir) == identity
+    except OSError:
+        same = False
+    if not same:
+        now = _held_folder(identity)
+        where = f" (it is now {now})" if now else ""
+        raise UserError(f"run folder {run_dir} was moved or replaced while this run worked in it{where}; the run stops "
+                        f"here, with its records in the moved folder: `{shell('evo-merge', 'resume', now or 'RUN')}` "
+                        "goes on where it is now")
+
+
+def _held_folder(identity: tuple[int, int]) -> str | None:
+    """The path of the folder `identity` names, found among this process's open files (Linux)."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.startswith("/") and folder_identity(Path(path)) == identity:
+                return path
+        except OSError:
+            continue
+    return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from evo_merge.irt import (
 )
 from evo_merge.irt.adaptive import AdaptiveTest
 from evo_merge.irt.kinds import ENDPOINT_ESTIMATORS
+from evo_merge.search.binding import DEFAULTS_META
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
 from evo_merge.search.store import ANCHORS_META, MIXED_META, REVISION_META, CampaignStore, Record
@@ -44,6 +45,7 @@ from evo_merge.tasks.base import FitnessTask
 
 log = logging.getLogger(__name__)
 IRT_FILES_META = Record("irt_files", dict[str, str])  # task -> digest of irt/<task>'s files as this run saved them
+RECORDED_IRT_FILES_SINCE = 10  # the defaults version of every run folder written since IRT_FILES_META was kept
 IRT_FILES = ("model.json", "params.npz")
 
 Subjects = list[tuple[str, Candidate]]
@@ -83,8 +85,12 @@ class Scoring:
     into task scores."""
 
     def __init__(self, spec: EstimatorSpec, tasks: Mapping[str, FitnessTask], store: CampaignStore, irt_dir: Path,
-                 seed: int, holdout: Mapping[str, Sequence[str]] | None = None):
+                 seed: int, holdout: Mapping[str, Sequence[str]] | None = None,
+                 before_saving: Callable[[], None] = lambda: None):
+        """`before_saving`: called before an IRT model is written into `irt_dir` (the run checks its
+        folder is where it opened it)."""
         self.spec, self.tasks, self.store, self.irt_dir, self.seed = spec, dict(tasks), store, irt_dir, seed
+        self._before_saving = before_saving
         self._said: set[str] = set()  # fallbacks of automatic anchors already logged (said once, not per task)
         self.holdout = {name: frozenset((holdout or {}).get(name, ())) for name in self.tasks}
         # every anchor set's estimators (`estimator.anchor_sets`)
@@ -258,7 +264,9 @@ class Scoring:
         """The IRT model this run fitted and saved, as it saved it (`IRT_FILES_META`: an edit of its
         parameters, shapes kept, estimated the rest of the run with another model, silently); a
         damaged or changed one says the way on, since the run can fit it again from the calibration
-        responses it stores. A folder saved before the digest was kept is recorded as it is."""
+        responses it stores. A folder saved before the digest was kept (a run written under defaults
+        version 9 or earlier) is recorded as it is; in a later run a model with no record is not this
+        run's (another process wrote it there: a run whose folder was moved under it, audit 138)."""
         way_on = (f"; this run fitted it: remove {folder} and `evo-merge resume` fits it again from the stored "
                   "calibration (its candidates after that are estimated by the new fit)")
         try:
@@ -266,6 +274,10 @@ class Scoring:
         except UserError as err:
             raise UserError(f"{err}{way_on}") from None
         recorded = self.store.get_meta(IRT_FILES_META, {})
+        if name not in recorded and self.store.get_meta(DEFAULTS_META, 1) >= RECORDED_IRT_FILES_SINCE:
+            raise UserError(f"{folder}: an IRT model this run has no record of saving (written there by another "
+                            f"process, or copied in); remove it, and `evo-merge resume` fits the run's own from its "
+                            "stored calibration")
         if name not in recorded:
             self._record_files(name, folder)
         elif recorded[name] != _files_digest(folder):
@@ -294,6 +306,7 @@ class Scoring:
             model = IRTModel.fit(
                 self._responses(name, subjects), backend=spec.backend, dims=spec.dims, seed=self.seed, **options
             )
+            self._before_saving()
             model.save(folder)
             self._record_files(name, folder)
             endpoint_arg = endpoints

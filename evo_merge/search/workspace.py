@@ -38,7 +38,7 @@ from evo_merge.search.binding import (
 from evo_merge.search.estimator_checks import check_estimator
 from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.layout import ALIGNED_FOLDER, CAMPAIGN_FILE
-from evo_merge.search.run_folder import STARTED_FILES
+from evo_merge.search.run_folder import STARTED_FILES, check_in_place, folder_identity
 from evo_merge.search.store import FACTS_META, CampaignStore, Record
 from evo_merge.search.trust import mark_trusted
 from evo_merge.weights.checkpoint import weight_files
@@ -185,6 +185,7 @@ class Workspace:
     models: list[Path]
     store: CampaignStore
     references: list[str] | None = None  # base then endpoints as recipes name them (Hub id@commit, +adapter)
+    folder_id: tuple[int, int] | None = None  # the run folder as opened (`check_in_place`)
 
     @classmethod
     def open(cls, campaign: Campaign, root: Path, run_dir: Path) -> Workspace:
@@ -199,15 +200,22 @@ class Workspace:
             mark_trusted(store, campaign.tasks)
             _check_weights(store, refs)
             models = [refs[f"models.{i}"] for i in range(len(campaign.models))]
+            opened = folder_identity(run_dir)
             if campaign.align is None:
                 base = refs["base_model"]
                 names = [base.name, *(r.name for r in models)]
-                return cls(campaign, run_dir, base.path, [r.path for r in models], store, names)
+                return cls(campaign, run_dir, base.path, [r.path for r in models], store, names, opened)
             data = existing_path(campaign.align.data, "align.data", "data file") if campaign.align.data else None
             base, aligned = aligned_paths(campaign.align, [r.path for r in models], run_dir / ALIGNED_FOLDER, data)
-            workspace = cls(campaign, run_dir, base, aligned, store)
+            workspace = cls(campaign, run_dir, base, aligned, store, folder_id=opened)
             _check_weights(store, workspace.aligned_references(), ALIGNED_AGAIN)
             return workspace
+
+    def check_in_place(self) -> None:
+        """Refuse to write by the run folder's path once the folder was moved (`run_folder.check_in_place`):
+        called before each write outside the database (IRT models, picks, the report) and per generation."""
+        if self.folder_id is not None:
+            check_in_place(self.run_dir, self.folder_id)
 
     def check_models_unchanged(self) -> None:
         """Refuse to go on when a model's files changed since the run folder recorded them: its

@@ -231,3 +231,21 @@ def test_a_library_user_exports_an_evaluation_as_export_pick_does(tmp_path, zoo,
         assert store.get(estimated.key).measured == measured.measured  # stored, for the report
     assert folder == tmp_path / "pick" and (folder / "merge_recipe.yaml").is_file()
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_run_whose_folder_is_moved_under_it_stops_and_writes_nothing_at_the_old_path(tmp_path, zoo):
+    """The run held its lock on the folder, which moved with it, but wrote its IRT models, picks and
+    report by path: it recreated the old path and wrote them there, where a second `run --out`
+    started unrefused and took the first run's IRT models for its own (audit 138)."""
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    with CampaignRunner.open(small(zoo), tmp_path, run) as runner:
+        runner.on_generation.append(lambda generation, evaluations: run.rename(moved))
+        with pytest.raises(UserError) as refused:
+            runner.run()
+    assert str(refused.value) == (f"run folder {run} was moved or replaced while this run worked in it (it is now "
+                                  f"{moved}); the run stops here, with its records in the moved folder: "
+                                  f"`evo-merge resume {moved}` goes on where it is now")
+    assert not run.exists()  # nothing recreated at the old path
+    with CampaignRunner.open(small(zoo), tmp_path, moved) as again:  # goes on where it is
+        again.run()
+    assert (moved / "models" / "balanced" / "config.json").is_file() and not run.exists()

@@ -1365,6 +1365,28 @@ def test_an_irt_model_of_the_run_edited_with_its_shapes_kept_is_refused(copy):
     assert invoke("resume", copy)[0] == 0
 
 
+def test_an_irt_model_the_run_has_no_record_of_saving_is_not_taken_for_its_own(copy):
+    """An irt/<task> with no record of the run saving it was adopted as "saved before the digest was
+    kept": a run whose folder was moved under it wrote its IRT models into a second run started at
+    the old path, which estimated with them (audit 138). Only a folder from before the record (defaults
+    version 9 or earlier) is adopted so."""
+    store = CampaignStore(copy)
+    recorded = store.get_meta("irt_files")
+    task = sorted(recorded)[0]
+    store.set_meta("irt_files", {k: v for k, v in recorded.items() if k != task})
+    store.close()
+    code, output = invoke("resume", copy)
+    assert code == 2 and output.strip().splitlines()[-1] == (
+        f"error: {copy / 'irt' / task}: an IRT model this run has no record of saving (written there by another "
+        "process, or copied in); remove it, and `evo-merge resume` fits the run's own from its stored calibration"), \
+        output
+    with closing(sqlite3.connect(copy / "state.sqlite")) as db:  # a folder written before the record was kept
+        db.execute("UPDATE meta SET value = '9' WHERE key = 'defaults'")
+        db.commit()
+    code, output = invoke("resume", copy)
+    assert code == 0, output
+    assert task in CampaignStore(copy).get_meta("irt_files")  # recorded as it is
+
 def test_a_damaged_irt_model_of_the_run_names_the_way_on(copy):
     """A truncated RUN/irt/<task>/params.npz stopped resume with 'corrupt parameter file' and no way
     on; the run can fit it again from the calibration it stores."""
