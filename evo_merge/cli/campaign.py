@@ -101,10 +101,14 @@ def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | N
 def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | None) -> Campaign:
     """The campaign with the trackers `--tracking` allows. A run folder may come from someone else:
     a tracking server it names (an MLflow URI, W&B online under its entity) would get the run's
-    results and the user's credentials (MLflow sends its token to any URI), so it is used only when
-    the user says so; trackers that write under the run folder, or go where the user's own
-    environment says (no `uri`: MLFLOW_TRACKING_URI), need no word."""
+    results and the user's credentials (MLflow sends its token to any URI), and a file store
+    would be written where the folder says, so it is used only when the user says so: with
+    `--tracking`, or by having started the run or resumed it with `--tracking` (the folder carries
+    the user's mark, `trust.mark_tracking`). Trackers that go where the user's own environment says
+    (no `uri`: MLFLOW_TRACKING_URI; W&B offline) need no word."""
     from evo_merge.errors import UserError
+    from evo_merge.search.binding import open_records
+    from evo_merge.search.trust import tracking_trusted
 
     spec = campaign.tracking
     if spec is None or tracking is True:
@@ -116,9 +120,16 @@ def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | Non
         if spec.wandb is not None and spec.wandb.mode == "online" else [])
     if not named:
         return campaign
-    raise UserError(f"{campaign_file}: tracking reports this run's results to {' and '.join(named)}, with your "
-                    "credentials; a run folder does not choose where its results go: pass --tracking to report "
-                    "there, or --no-tracking")
+    store = open_records(campaign_file.parent)
+    try:
+        if tracking_trusted(store, spec):  # the user's own run, reporting there by their word
+            return campaign
+    finally:
+        store.close()
+    raise UserError(f"{campaign_file}: tracking reports this run's results to {' and '.join(named)}, and this run "
+                    "folder does not carry your word for it (not started, or resumed with --tracking, by you here); a "
+                    "run folder does not choose where its results go: pass --tracking to report there, or "
+                    "--no-tracking")
 
 
 def _summary_table(runner: CampaignRunner, picks: dict[str, Evaluation]):

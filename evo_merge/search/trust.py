@@ -6,7 +6,9 @@ tasks (the settings a resume may change, such as the placement or the scheduler,
 it), under a key only this user holds (`key_file`); `resume`, `export` and `plan` of a folder
 without this user's mark run no task code until the user says so (`--trust-tasks`), as a folder's
 scheduler address and tracking servers need the user's word. Someone else's folder cannot carry
-the mark: they do not have the key. A folder keeps the marks of every user who ran it.
+the mark: they do not have the key. A folder keeps the marks of every user who ran it. Its
+trackers are marked the same way (`mark_tracking`): a run you started, or resumed with
+`--tracking`, reports where its campaign.yaml says without being told again.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from evo_merge.config import TaskSpec
+from evo_merge.config import TaskSpec, TrackingSpec
 from evo_merge.errors import UserError
 from evo_merge.search.store import CampaignStore, Record
 from evo_merge.tasks.registry import code_it_runs, code_location
 
 TRUST_META = Record("trusted_tasks", list[str])  # HMACs of the campaign's tasks, one per user's key
+TRACKING_TRUST_META = Record("trusted_tracking", list[str])  # HMACs of its trackers, one per user's key
 KEY_BYTES = 32
 MARKS_KEPT = 16  # the latest users' marks: a folder on a shared disk, or one user's several machines
 
@@ -89,8 +92,9 @@ def tasks_digest(tasks: Sequence[TaskSpec]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _mark(key: bytes, tasks: Sequence[TaskSpec]) -> str:
-    return hmac.new(key, tasks_digest(tasks).encode(), hashlib.sha256).hexdigest()
+def tracking_digest(tracking: TrackingSpec) -> str:
+    """What a tracking mark covers: every tracker setting (where results go, and as whom)."""
+    return hashlib.sha256(json.dumps(tracking.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
 def code_task(tasks: Sequence[TaskSpec]) -> tuple[int, str] | None:
@@ -104,8 +108,33 @@ def mark_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> None:
     needs --trust-tasks, as a received one does. A damaged key file is refused with the way out,
     as `is_trusted` refuses it: said as a key that cannot be kept, the run went on unmarked and
     its resume was refused over the same file (audit 130)."""
-    if code_task(tasks) is None:
-        return
+    if code_task(tasks) is not None:
+        _add_mark(store, TRUST_META, tasks_digest(tasks), "--trust-tasks")
+
+
+def mark_tracking(store: CampaignStore, tracking: TrackingSpec | None) -> None:
+    """Mark the folder as reporting, by this user's word, to the trackers `tracking` names: given in
+    the campaign a `run` started, or allowed by `resume --tracking` (the folder's own are dropped
+    otherwise). The resumes after need no word again (audit 138: `--tracking` on every resume of
+    one's own run, for a file store on this machine too)."""
+    if tracking is not None:
+        _add_mark(store, TRACKING_TRUST_META, tracking_digest(tracking), "--tracking")
+
+
+def is_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> bool:
+    """Whether this user's key marked the folder with these tasks. A damaged key file is an error
+    (the user's own folder would read as someone else's)."""
+    return _carries(store, TRUST_META, tasks_digest(tasks))
+
+
+def tracking_trusted(store: CampaignStore, tracking: TrackingSpec) -> bool:
+    """Whether this user's key marked the folder as reporting to these trackers."""
+    return _carries(store, TRACKING_TRUST_META, tracking_digest(tracking))
+
+
+def _add_mark(store: CampaignStore, record: Record, digest: str, word: str) -> None:
+    """This user's keyed mark of `digest` added to `record` (the latest MARKS_KEPT users' kept); a
+    key that cannot be kept is said, naming the `word` the folder will need instead."""
     path = None
     try:
         path = key_file()
@@ -114,20 +143,19 @@ def mark_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> None:
         raise UserError(str(exc)) from None
     except OSError as exc:
         log.warning("cannot keep evo-merge's run key%s (%s): this run folder is not marked as run by you, "
-                    "and resuming or exporting it will need --trust-tasks", f" at {path}" if path else "",
-                    exc.strerror or exc)
+                    "and resuming or exporting it will need %s", f" at {path}" if path else "",
+                    exc.strerror or exc, word)
         return
     try:
-        marks = store.get_meta(TRUST_META, [])
-    except UserError:  # a damaged record marks nothing: replaced (the user has said the folder's code may run)
+        marks = store.get_meta(record, [])
+    except UserError:  # a damaged record marks nothing: replaced (the user has said the folder may do this)
         marks = []
-    if (mark := _mark(key, tasks)) not in marks:
-        store.set_meta(TRUST_META, [*marks, mark][-MARKS_KEPT:])
+    if (mark := _mark(key, digest)) not in marks:
+        store.set_meta(record, [*marks, mark][-MARKS_KEPT:])
 
 
-def is_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> bool:
-    """Whether this user's key marked the folder with these tasks. A damaged key file is an error
-    (the user's own folder would read as someone else's)."""
+def _carries(store: CampaignStore, record: Record, digest: str) -> bool:
+    """Whether `record` holds this user's keyed mark of `digest`; a damaged key file is an error."""
     try:
         key = _read_key(key_file())
     except DamagedKey as exc:
@@ -136,5 +164,9 @@ def is_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> bool:
         return False
     if key is None:
         return False
-    mark = _mark(key, tasks)
-    return any(hmac.compare_digest(mark, recorded) for recorded in store.get_meta(TRUST_META, []))
+    mark = _mark(key, digest)
+    return any(hmac.compare_digest(mark, recorded) for recorded in store.get_meta(record, []))
+
+
+def _mark(key: bytes, digest: str) -> str:
+    return hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()

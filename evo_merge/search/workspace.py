@@ -40,7 +40,7 @@ from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.layout import ALIGNED_FOLDER, CAMPAIGN_FILE
 from evo_merge.search.run_folder import STARTED_FILES, check_in_place, folder_identity
 from evo_merge.search.store import FACTS_META, CampaignStore, Record
-from evo_merge.search.trust import mark_trusted
+from evo_merge.search.trust import mark_tracking, mark_trusted
 from evo_merge.weights.checkpoint import weight_files
 from evo_merge.weights.digest import (
     former_model_files_digests,
@@ -198,6 +198,7 @@ class Workspace:
             # marked as soon as bound: a kill in the minutes of digests and alignment below must not
             # leave the user's own folder taken for a received one
             mark_trusted(store, campaign.tasks)
+            mark_tracking(store, campaign.tracking)
             _check_weights(store, refs)
             models = [refs[f"models.{i}"] for i in range(len(campaign.models))]
             opened = folder_identity(run_dir)

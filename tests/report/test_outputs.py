@@ -121,7 +121,7 @@ def test_a_pool_column_appears_only_where_the_final_phase_pooled(tmp_path, poole
     store.close()
 
 
-def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
+def test_mlflow_run_of_the_campaign_reads_back(tracked_run, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     _, run, uri = tracked_run
@@ -136,16 +136,23 @@ def test_mlflow_run_of_the_campaign_reads_back(tracked_run):
     assert {"report.md", "report.html", "pareto.png", "evaluations.json", "campaign.yaml"} <= artifacts
     assert client.get_metric_history(mlrun.info.run_id, "measured/agree0")  # the measured front
 
-    # a run folder does not send its results (and the user's MLflow token) where it says unasked
-    refused = CliRunner().invoke(cli, ["resume", str(run)])
+    # the user's own run reports where its campaign said without being told again: every resume of
+    # it needed --tracking, a file store on this machine too (audit 138)
+    own = CliRunner().invoke(cli, ["resume", str(run)])
+    assert own.exit_code == 0, own.output
+    # a run folder someone else ran does not send its results (and the user's MLflow token) where it says unasked
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another-user"))
+    refused = CliRunner().invoke(cli, ["resume", str(run), "--trust-tasks"])
     assert refused.exit_code == 2 and refused.output.strip() == (
-        f"error: {run / 'campaign.yaml'}: tracking reports this run's results to MLflow at {uri}, with your "
-        "credentials; a run folder does not choose where its results go: pass --tracking to report there, or "
-        "--no-tracking")
-    assert CliRunner().invoke(cli, ["resume", str(run), "--no-tracking"]).exit_code == 0
+        f"error: {run / 'campaign.yaml'}: tracking reports this run's results to MLflow at {uri}, and this run "
+        "folder does not carry your word for it (not started, or resumed with --tracking, by you here); a run folder "
+        "does not choose where its results go: pass --tracking to report there, or --no-tracking")
+    assert CliRunner().invoke(cli, ["resume", str(run), "--trust-tasks", "--no-tracking"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["resume", str(run), "--trust-tasks"]).exit_code == 2  # --no-tracking is no word
     # resume replays the stored generations: same tracker run, nothing logged twice, tracking not
     # part of what makes a run "a different campaign"
     assert CliRunner().invoke(cli, ["resume", str(run), "--tracking"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0  # the word, once given, is kept
     (again,) = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
     assert again.info.run_id == mlrun.info.run_id and again.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "generation/hypervolume")] == [1, 2, 3]
