@@ -202,14 +202,18 @@ def bound_defaults(run_dir: Path) -> int | None:
 
 
 def _changed(started: dict, given: dict) -> str:
-    """` (changed: algorithm.population, methods)`: the keys whose settings differ, first three."""
+    """` (changed: algorithm.population, methods)`: the keys whose settings differ, first three. A
+    section left out of one fingerprint is at its defaults there (`exclude_defaults`), so it is
+    compared as empty: `evaluator.batch_size` edited was named `evaluator` (audit 138)."""
     def differ(a: Any, b: Any, prefix: str) -> list[str]:
         if not (isinstance(a, dict) and isinstance(b, dict)):
             return [] if a == b else [prefix]
         return [key for name in dict.fromkeys([*a, *b])
                 for key in differ(a.get(name), b.get(name), f"{prefix}.{name}" if prefix else name)]
 
-    keys = differ(started, given, "")
+    sections = {name for name in (*started, *given)
+                if isinstance(started.get(name, {}), dict) and isinstance(given.get(name, {}), dict)}
+    keys = differ({**dict.fromkeys(sections, {}), **started}, {**dict.fromkeys(sections, {}), **given}, "")
     return f" (changed: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" if keys else ""
 
 

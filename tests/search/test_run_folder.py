@@ -604,6 +604,16 @@ def test_status_and_report_refuse_an_edited_campaign_as_resume_does(finished, co
     one_line_error(*invoke("status", copy), f"{path}: edited since the run started; undo the edit")
 
 
+def test_an_edited_setting_of_a_section_at_its_defaults_is_named_by_its_key(copy):
+    """A section at its defaults is left out of the fingerprint: `evaluator.batch_size` edited was
+    named `changed: evaluator` (audit 138)."""
+    path = copy / "campaign.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["evaluator"] = {**config.get("evaluator", {}), "batch_size": 7}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    one_line_error(*invoke("status", copy), f"{path}: edited since the run started (changed: evaluator.batch_size); "
+                   "undo the edit")
+
 @pytest.mark.parametrize(("final", "key"), [({"top_k": 5}, "final.top_k"), ({"holdout": 0.3}, "final.holdout"),
                                              ({"race": [0.5]}, "final.race")])
 def test_a_campaign_changed_only_in_its_final_phase_is_another_campaign(finished, copy, tmp_path, final, key):
