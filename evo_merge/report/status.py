@@ -11,6 +11,8 @@ from typing import Any
 from evo_merge.markup import shell, visible
 from evo_merge.progress import hms
 from evo_merge.search.holdout import HOLDOUT_META, held_out_scores, search_item_count
+from evo_merge.search.irt_files import changed_irt_models
+from evo_merge.search.layout import IRT_FOLDER
 from evo_merge.search.metrics import (
     NO_SEARCH,
     item_totals,
@@ -72,6 +74,9 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
         picks = {name: by_id[eid] for name, (eid, _) in store.exported().items() if eid in by_id}
         for line in picks_no_better_than_inputs(store, facts, objectives, picks):
             lines.append(line)
+    for task, problem in changed_irt_models(run, store).items():  # said before a resume is refused over it
+        lines.append(f"IRT model of {task} ({run / IRT_FOLDER / task}): {problem}; `resume` refuses it: remove the "
+                     "folder and `resume` fits it again from the stored calibration")
     for task, counts in store.get_meta(ANCHORS_META, {}).items():
         lines.append(f"anchors of {task}: {sum(counts.values())} per candidate ("
                       + ", ".join(f"{scenario} {n}" for scenario, n in counts.items()) + ")")

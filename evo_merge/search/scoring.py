@@ -15,7 +15,6 @@ candidate is scored on every item and nothing is estimated.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +25,6 @@ import pandas as pd
 
 from evo_merge.config import EstimatorSpec
 from evo_merge.errors import UserError
-from evo_merge.files import parse_json
 from evo_merge.irt import (
     ESTIMATOR_REVISION,
     AdaptiveEstimator,
@@ -40,13 +38,11 @@ from evo_merge.irt.kinds import ENDPOINT_ESTIMATORS
 from evo_merge.search.binding import DEFAULTS_META
 from evo_merge.search.candidate import Candidate, reference_candidates
 from evo_merge.search.evaluator import ItemScores
+from evo_merge.search.irt_files import IRT_FILES_META, RECORDED_IRT_FILES_SINCE, files_digest
 from evo_merge.search.store import ANCHORS_META, MIXED_META, REVISION_META, CampaignStore, Record
 from evo_merge.tasks.base import FitnessTask
 
 log = logging.getLogger(__name__)
-IRT_FILES_META = Record("irt_files", dict[str, str])  # task -> digest of irt/<task>'s files as this run saved them
-RECORDED_IRT_FILES_SINCE = 10  # the defaults version of every run folder written since IRT_FILES_META was kept
-IRT_FILES = ("model.json", "params.npz")
 
 Subjects = list[tuple[str, Candidate]]
 
@@ -280,12 +276,12 @@ class Scoring:
                             "stored calibration")
         if name not in recorded:
             self._record_files(name, folder)
-        elif recorded[name] != _files_digest(folder):
+        elif recorded[name] != files_digest(folder):
             raise UserError(f"{folder}: its files changed since this run saved them{way_on}")
         return model
 
     def _record_files(self, name: str, folder: Path) -> None:
-        self.store.set_meta(IRT_FILES_META, {**self.store.get_meta(IRT_FILES_META, {}), name: _files_digest(folder)})
+        self.store.set_meta(IRT_FILES_META, {**self.store.get_meta(IRT_FILES_META, {}), name: files_digest(folder)})
 
     def _estimators(self, name: str, subjects: Subjects, sets: int) -> list[Estimator | AdaptiveEstimator]:
         """Task `name`'s IRT model, fitted (or loaded) once, and an estimator on each of `sets`
@@ -327,14 +323,3 @@ class Scoring:
                            for s in range(1, sets)]
         return [Estimator(model, anchors, spec.kind, endpoints=endpoint_arg) for anchors in drawn]
 
-
-def _files_digest(folder: Path) -> str:
-    """Hex digest of what an IRT model folder's `IRT_FILES` hold (small: read whole): model.json's
-    content, not its layout (reformatted, it is the same model), and each array of params.npz."""
-    meta = parse_json((folder / IRT_FILES[0]).read_text())
-    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    with np.load(folder / IRT_FILES[1]) as arrays:
-        for name in sorted(arrays.files):
-            array = arrays[name]
-            digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode() + np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]

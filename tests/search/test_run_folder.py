@@ -1397,6 +1397,26 @@ def test_an_irt_model_the_run_has_no_record_of_saving_is_not_taken_for_its_own(c
     assert code == 0, output
     assert task in CampaignStore(copy).get_meta("irt_files")  # recorded as it is
 
+def test_status_says_an_irt_model_of_the_run_resume_would_refuse(copy):
+    """A run's irt/<task> damaged or edited: `status` and `report` called the run healthy, and only
+    `resume` refused it (audit 138)."""
+    import numpy as np
+
+    folders = sorted(p for p in (copy / "irt").iterdir() if (p / "params.npz").exists())
+    assert "IRT model of" not in invoke("status", copy)[1]
+    (folders[0] / "params.npz").unlink()
+    if len(folders) > 1:
+        with np.load(folders[1] / "params.npz") as saved:
+            np.savez(folders[1] / "params.npz", **{k: saved[k] * 2.0 for k in saved.files})
+    code, output = invoke("status", copy)
+    assert code == 0, output
+    assert (f"IRT model of {folders[0].name} ({folders[0]}): params.npz missing; `resume` refuses it: remove the "
+            "folder and `resume` fits it again from the stored calibration") in output, output
+    if len(folders) > 1:
+        assert f"IRT model of {folders[1].name} ({folders[1]}): its files changed since the run saved them" in output
+    shutil.rmtree(folders[0])  # removed whole: resume fits it again, nothing to say
+    assert f"IRT model of {folders[0].name}" not in invoke("status", copy)[1]
+
 def test_a_damaged_irt_model_of_the_run_names_the_way_on(copy):
     """A truncated RUN/irt/<task>/params.npz stopped resume with 'corrupt parameter file' and no way
     on; the run can fit it again from the calibration it stores."""
