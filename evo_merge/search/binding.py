@@ -211,9 +211,11 @@ def _changed(started: dict, given: dict) -> str:
         return [key for name in dict.fromkeys([*a, *b])
                 for key in differ(a.get(name), b.get(name), f"{prefix}.{name}" if prefix else name)]
 
-    sections = {name for name in (*started, *given)
+    names = dict.fromkeys([*started, *given])  # in the order the run's settings are written
+    sections = {name for name in names
                 if isinstance(started.get(name, {}), dict) and isinstance(given.get(name, {}), dict)}
-    keys = differ({**dict.fromkeys(sections, {}), **started}, {**dict.fromkeys(sections, {}), **given}, "")
+    keys = differ({name: started.get(name, {} if name in sections else None) for name in names},
+                  {name: given.get(name, {} if name in sections else None) for name in names}, "")
     return f" (changed: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" if keys else ""
 
 

@@ -260,9 +260,7 @@ class Scoring:
         """The IRT model this run fitted and saved, as it saved it (`IRT_FILES_META`: an edit of its
         parameters, shapes kept, estimated the rest of the run with another model, silently); a
         damaged or changed one says the way on, since the run can fit it again from the calibration
-        responses it stores. A folder saved before the digest was kept (a run written under defaults
-        version 9 or earlier) is recorded as it is; in a later run a model with no record is not this
-        run's (another process wrote it there: a run whose folder was moved under it, audit 138)."""
+        responses it stores. A folder saved before the digest was kept is recorded as it is."""
         way_on = (f"; this run fitted it: remove {folder} and `evo-merge resume` fits it again from the stored "
                   "calibration (its candidates after that are estimated by the new fit)")
         try:
@@ -270,15 +268,25 @@ class Scoring:
         except UserError as err:
             raise UserError(f"{err}{way_on}") from None
         recorded = self.store.get_meta(IRT_FILES_META, {})
-        if name not in recorded and self.store.get_meta(DEFAULTS_META, 1) >= RECORDED_IRT_FILES_SINCE:
-            raise UserError(f"{folder}: an IRT model this run has no record of saving (written there by another "
-                            f"process, or copied in); remove it, and `evo-merge resume` fits the run's own from its "
-                            "stored calibration")
         if name not in recorded:
             self._record_files(name, folder)
         elif recorded[name] != files_digest(folder):
             raise UserError(f"{folder}: its files changed since this run saved them{way_on}")
         return model
+
+    def _saved_here(self, name: str, folder: Path) -> bool:
+        """Whether `folder` holds the IRT model this run saved: recorded (`IRT_FILES_META`), or from
+        a run written before the record was kept (defaults version 9 or earlier). In a later run a
+        model with no record is another process's (a run whose folder was moved under it wrote its
+        own there, audit 138), or one whose record the database lost (a log cut short): it is fitted
+        again from the run's stored calibration, which is deterministic, and replaced."""
+        if name in self.store.get_meta(IRT_FILES_META, {}):
+            return True
+        if self.store.get_meta(DEFAULTS_META, 1) < RECORDED_IRT_FILES_SINCE:
+            return True
+        log.warning("%s: an IRT model this run has no record of saving (written there by another process, or its "
+                    "record lost); fitting the run's own again from its calibration, which replaces it", folder)
+        return False
 
     def _record_files(self, name: str, folder: Path) -> None:
         self.store.set_meta(IRT_FILES_META, {**self.store.get_meta(IRT_FILES_META, {}), name: files_digest(folder)})
@@ -293,7 +301,7 @@ class Scoring:
             model = self.fitted_model(name)
             endpoint_subjects = [s for s in subjects if s[0] in endpoints]
             endpoint_arg: Sequence[str] | pd.DataFrame = self._responses(name, endpoint_subjects)
-        elif (folder / "model.json").exists():
+        elif (folder / "model.json").exists() and self._saved_here(name, folder):
             model, endpoint_arg = self._own_model(name, folder), endpoints
         else:
             options = {k: v for k, v in (("lr", spec.lr), ("epochs", spec.epochs)) if v is not None}
