@@ -33,8 +33,9 @@ from evo_merge.weights.checkpoint import copied_tokenizer_files
 from evo_merge.weights.references import ModelRef, resolve_reference
 
 _VOCABULARY = module_named(TOKEN_EMBEDDINGS | OUTPUT_HEADS)  # a row per token
-# what chat templates write as one special token: `<|im_start|>`, `<|eot_id|>`, `<start_of_turn>`, `</s>`
-_TEMPLATE_TOKEN = re.compile(r"<\|[^|\s<>]{1,48}\|>|</?[A-Za-z][\w-]{0,47}>")
+# what chat templates write as one special token whatever tokenizer gave them: `<|im_start|>`, `<|eot_id|>`
+# (a template's `<tools>` is text: Qwen2.5's vocabulary has no such token)
+_TEMPLATE_TOKEN = re.compile(r"<\|[^|\s<>]{1,48}\|>")
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +162,16 @@ def _chat_template(recipe: Recipe, tokenizers: list) -> str | None:
     return Counter(found).most_common(1)[0][0] if found else None
 
 
-def _warn_missing_template_tokens(template: Any, vocab: dict[str, int]) -> None:
+def _warn_missing_template_tokens(template: Any, vocab: dict[str, int], tokenizers: list) -> None:
     """A chat template whose turn markers the output vocabulary lacks (`chatml` on a base tokenizer,
     `auto` taking a chat fine-tune's template while the tokens come from the base) renders prompts
-    the model reads as ordinary text pieces, or `<unk>`: written as asked, and said (audit 137)."""
-    written = _TEMPLATE_TOKEN.findall(template) if isinstance(template, str) else []  # or a dict of templates
-    missing = sorted({t for t in written if t not in vocab})
+    the model reads as ordinary text pieces, or `<unk>`: written as asked, and said (audit 137).
+    Its markers: `<|...|>` strings, and the tokens an input's tokenizer added that it writes
+    (`<start_of_turn>`)."""
+    if not isinstance(template, str):  # or a dict of templates
+        return
+    added = {token for tokenizer in tokenizers for token in tokenizer.get_added_vocab() if token in template}
+    missing = sorted({t for t in {*_TEMPLATE_TOKEN.findall(template), *added} if t not in vocab})
     if missing:
         log.warning(f"chat_template: its special tokens {', '.join(missing)} are not in the output tokenizer's "
                     "vocabulary, so prompts in this format are split into ordinary pieces; take the tokenizer from "
@@ -210,7 +215,7 @@ def plan_tokens(recipe: Recipe, refs: list[ModelRef], index: dict[str, int], che
     out.chat_template = _chat_template(recipe, tokenizers) or out.chat_template
     vocab = dict(sorted(out.get_vocab().items(), key=lambda kv: kv[1]))
     if recipe.chat_template is not None:
-        _warn_missing_template_tokens(out.chat_template, vocab)
+        _warn_missing_template_tokens(out.chat_template, vocab, tokenizers)
     pad = spec.pad_to_multiple_of if spec is not None else None
     rows = len(vocab) if not pad else -(-len(vocab) // pad) * pad
     return TokenPlan(vocab, rows, positions, donor if recipe.base_model else None, tokens, sources, _saved(out),

@@ -1301,3 +1301,28 @@ def test_a_pinned_commit_the_cache_holds_is_read_without_asking_the_hub(deep, tm
     assert result.exit_code == 0 and "requesting" not in result.output, result.output
     assert requests == []
     assert all(torch.equal(t, tensors_of(deep["base"])[k]) for k, t in tensors_of(tmp_path / "o").items())
+
+
+def test_only_a_template_s_token_markers_are_looked_for_in_the_vocabulary(deep, caplog):
+    """Qwen2.5's template writes `<tools></tools>` as text, which its vocabulary has no token for: only
+    `<|...|>` markers and tokens an input's tokenizer added count, or every Qwen merge was warned of."""
+    from evo_merge.merge.tokens import _warn_missing_template_tokens
+
+    chat, base = AutoTokenizer.from_pretrained(deep["chat"]), AutoTokenizer.from_pretrained(deep["base"])
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n<tools></tools>{{ m['content'] }}<|im_end|>\n"
+                "{% endfor %}")
+    with caplog.at_level("WARNING", logger="evo_merge.merge.tokens"):
+        _warn_missing_template_tokens(template, chat.get_vocab(), [base, chat])
+        assert caplog.messages == []
+        _warn_missing_template_tokens(template, base.get_vocab(), [base, chat])
+    (message,) = caplog.messages
+    assert message.startswith("chat_template: its special tokens <|im_end|>, <|im_start|> are not in"), message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evo_merge.merge.tokens"):  # an added marker of another shape
+        _warn_missing_template_tokens("{{ '<start_of_turn>' }}", base.get_vocab(), [base, _with_added(chat)])
+    assert [m.split(" are")[0] for m in caplog.messages] == ["chat_template: its special tokens <start_of_turn>"]
+
+
+def _with_added(tokenizer):
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>"]})
+    return tokenizer
