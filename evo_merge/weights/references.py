@@ -210,7 +210,9 @@ def _snapshot(repo: str, revision: str | None, key: str, looked_in: str = "here"
         try:
             folder = snapshot_download(repo, revision=revision, local_files_only=offline or cached_commit,
                                        allow_patterns=SNAPSHOT_FILES)
-        except LocalEntryNotFoundError:
+            if cached_commit and not offline:
+                weight_files(Path(folder))  # a download cut short is completed where the Hub can be reached
+        except (LocalEntryNotFoundError, UserError):
             if offline or not cached_commit:
                 raise
             folder = snapshot_download(repo, revision=revision, allow_patterns=SNAPSHOT_FILES)
