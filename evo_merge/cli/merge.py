@@ -9,22 +9,30 @@ import click
 
 from evo_merge.cli.paths import UserPath
 
-# units of --max-shard-size, as Hugging Face writes them (`save_pretrained(max_shard_size="2GB")`)
-SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+# units of --max-shard-size: Hugging Face's (`save_pretrained(max_shard_size="2GB")`, decimal or binary)
+# and mergekit's (`--out-shard-size 5B`: K, M, B for thousand, million, billion bytes)
+SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
 class ByteSize(click.ParamType):
-    """A size in bytes written as Hugging Face writes it: `2GB`, `500MB`, `1.5GiB`, or a number of bytes."""
+    """A size in bytes as Hugging Face or mergekit writes it: `2GB`, `1.5GiB`, `5B` (mergekit's five
+    billion), or a number of bytes. `Mb`, which Hugging Face reads as megabits, is refused."""
 
     name = "SIZE"
 
     def convert(self, value, param, ctx) -> int:
         if isinstance(value, int):
             return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmg]i?b|b)?\s*", str(value), re.IGNORECASE)
-        size = int(float(match[1]) * SIZE_UNITS[(match[2] or "").lower()]) if match else 0
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*", str(value))
+        unit = match[2] if match else ""
+        if match and re.fullmatch(r"[kKmMgG]b", unit):
+            self.fail(f"{value!r}: {unit} reads as bits in Hugging Face's units; write {unit[0].upper()}B for bytes",
+                      param, ctx)
+        size = int(float(match[1]) * SIZE_UNITS[unit.lower()]) if match and unit.lower() in SIZE_UNITS else 0
         if size < 1:
-            self.fail(f"{value!r} is not a size (a number of bytes, or with a unit: 500MB, 2GB, 1.5GiB)", param, ctx)
+            self.fail(f"{value!r} is not a size (a number of bytes, or with a unit: 500MB, 2GB, 1.5GiB, or "
+                      "mergekit's 5B)", param, ctx)
         return size
 
 
@@ -41,8 +49,8 @@ class ByteSize(click.ParamType):
               help="where each tensor is combined: cpu, cuda, cuda:N or auto (a GPU makes TSV-M's SVDs "
                    "practical at 7B); inputs are read and the output written on the host")
 @click.option("--max-shard-size", type=ByteSize(), default="5GiB", show_default=True,
-              help="split the weights into safetensors files of at most this size (500MB, 2GB; one file is held "
-                   "in memory while written)")
+              help="split the weights into safetensors files of at most this size (500MB, 2GB, or mergekit's 5B; "
+                   "one file is held in memory while written)")
 def merge(recipe: Path, out: Path, dtype: str | None, allow_pickle: bool, overwrite: bool, device: str,
           max_shard_size: int) -> None:
     """Build one merge from a mergekit-style RECIPE into an HF model folder."""

@@ -33,9 +33,8 @@ from evo_merge.weights.checkpoint import copied_tokenizer_files
 from evo_merge.weights.references import ModelRef, resolve_reference
 
 _VOCABULARY = module_named(TOKEN_EMBEDDINGS | OUTPUT_HEADS)  # a row per token
-# what chat templates write as one special token whatever tokenizer gave them: `<|im_start|>`, `<|eot_id|>`
-# (a template's `<tools>` is text: Qwen2.5's vocabulary has no such token)
-_TEMPLATE_TOKEN = re.compile(r"<\|[^|\s<>]{1,48}\|>")
+# what chat templates write as turn markers: `<|im_start|>`, `<|eot_id|>` (a token where an input has it so)
+_TEMPLATE_TOKEN = re.compile(r"<\|[^|\s<>'\"+]{1,48}\|>")
 
 log = logging.getLogger(__name__)
 
@@ -163,19 +162,21 @@ def _chat_template(recipe: Recipe, tokenizers: list) -> str | None:
 
 
 def _warn_missing_template_tokens(template: Any, vocab: dict[str, int], tokenizers: list) -> None:
-    """A chat template whose turn markers the output vocabulary lacks (`chatml` on a base tokenizer,
-    `auto` taking a chat fine-tune's template while the tokens come from the base) renders prompts
-    the model reads as ordinary text pieces, or `<unk>`: written as asked, and said (audit 137).
-    Its markers: `<|...|>` strings, and the tokens an input's tokenizer added that it writes
-    (`<start_of_turn>`)."""
+    """A chat template whose turn markers an input has as tokens but the output vocabulary lacks
+    (`auto` taking a chat fine-tune's template while the tokens come from the base) renders prompts
+    the model reads as ordinary text pieces, or `<unk>`: written as asked, and said (audit 137). A
+    marker no input has as a token is text by design (Zephyr's `<|user|>`, Qwen2.5's `<tools>`), and
+    not said (audit 139)."""
     if not isinstance(template, str):  # or a dict of templates
         return
-    added = {token for tokenizer in tokenizers for token in tokenizer.get_added_vocab() if token in template}
-    missing = sorted({t for t in {*_TEMPLATE_TOKEN.findall(template), *added} if t not in vocab})
+    vocabularies = [tokenizer.get_vocab() for tokenizer in tokenizers]
+    candidates = {*_TEMPLATE_TOKEN.findall(template),
+                  *(token for tokenizer in tokenizers for token in tokenizer.get_added_vocab() if token in template)}
+    missing = sorted(t for t in candidates if t not in vocab and any(t in known for known in vocabularies))
     if missing:
         log.warning(f"chat_template: its special tokens {', '.join(missing)} are not in the output tokenizer's "
-                    "vocabulary, so prompts in this format are split into ordinary pieces; take the tokenizer from "
-                    "a model that has them (tokenizer_source), or add them (tokenizer: tokens:)")
+                    "vocabulary, though an input has them, so prompts in this format are split into ordinary "
+                    "pieces; take the tokenizer from a model that has them (tokenizer_source: union, or model:NAME)")
 
 
 def plan_tokens(recipe: Recipe, refs: list[ModelRef], index: dict[str, int], checkpoints: list[Checkpoint],
