@@ -135,9 +135,11 @@ def check_in_place(run_dir: Path, identity: tuple[int, int]) -> None:
     if not same:
         now = _held_folder(identity)
         where = f" (it is now {now})" if now else ""
-        raise UserError(f"run folder {run_dir} was moved or replaced while this run worked in it{where}; the run stops "
-                        f"here, with its records in the moved folder: `{shell('evo-merge', 'resume', now or 'RUN')}` "
-                        "goes on where it is now")
+        how = ("was moved or replaced while this run worked in it" if run_dir.is_absolute() else
+               "is no longer the folder this run opened (moved or replaced, or, its path being relative, the working "
+               "directory changed)")
+        raise UserError(f"run folder {run_dir} {how}{where}; the run stops here, with its records in the folder it "
+                        f"opened: `{shell('evo-merge', 'resume', now or 'RUN')}` goes on where it is now")
 
 
 def _held_folder(identity: tuple[int, int]) -> str | None:

@@ -54,6 +54,7 @@ from evo_merge.weights.references import (
     is_hub_id,
     open_reference,
     resolve_reference,
+    say_if_shadowing,
     short_label,
     split_adapter,
 )
@@ -74,15 +75,17 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     def absolute(value: str) -> str:
         return os.path.abspath(root / Path(value).expanduser())  # normalised, symlinks kept
 
-    def model(value: str) -> str:
+    def model(value: str, key: str) -> str:
         """A local folder made absolute; a Hub id (`org/name[@rev]`, not a local path) kept as
         written; either may carry `+adapter`, whose folder is made absolute."""
         name, adapter = split_adapter(value, root)
-        return local_or_hub(name) + (f"+{local_or_hub(adapter)}" if adapter else "")
+        return local_or_hub(name, key) + (f"+{local_or_hub(adapter, key)}" if adapter else "")
 
-    def local_or_hub(value: str) -> str:
-        local = Path(absolute(value)).exists() or not is_hub_id(value)
-        return absolute(value) if local else value
+    def local_or_hub(value: str, key: str) -> str:
+        if Path(absolute(value)).exists():  # a folder spelled as a Hub id the cache holds too: said
+            say_if_shadowing(value, Path(absolute(value)), key)
+            return absolute(value)
+        return value if is_hub_id(value) else absolute(value)
 
     def store_uri(uri: str | None) -> str | None:
         """A file MLflow store written as a relative path (`./mlruns`, `file:./mlruns`) lies in the
@@ -108,8 +111,8 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     storage = campaign.storage
     if storage.disk_dir is not None:
         storage = storage.model_copy(update={"disk_dir": absolute(storage.disk_dir)})
-    return campaign.model_copy(update={"base_model": campaign.base_model and model(campaign.base_model),
-                                       "models": [model(m) for m in campaign.models],
+    return campaign.model_copy(update={"base_model": campaign.base_model and model(campaign.base_model, "base_model"),
+                                       "models": [model(m, f"models.{i}") for i, m in enumerate(campaign.models)],
                                        "tasks": tasks, "estimator": estimator, "align": align, "tracking": tracking,
                                        "storage": storage})
 

@@ -23,6 +23,7 @@ _REVISION = re.compile(r"^[\w.\-/]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 log = logging.getLogger(__name__)
+_SAID_SHADOWING: set[tuple[str, Path]] = set()
 SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # what a merge reads of a Hub model
 
 
@@ -56,7 +57,7 @@ def _resolve_adapter(value: str, root: Path | None, key: str) -> tuple[Path, str
     """A LoRA adapter's folder and how a recipe names it: a local folder, or a Hub id (as models are)."""
     local = _local_path(value, root)
     if local is not None and local.is_dir():
-        _say_if_shadowing(value, local, key)
+        say_if_shadowing(value, local, key)
         return local, str(local)
     hub = _hub_id(value, key)
     if local is not None or hub is None:
@@ -118,7 +119,7 @@ def _local_path(value: str, root: Path | None) -> Path | None:
 def _resolve_model(value: str, root: Path | None, key: str) -> tuple[Path, str]:
     local = _local_path(value, root)
     if local is not None:
-        _say_if_shadowing(value, local, key)
+        say_if_shadowing(value, local, key)
         return local, str(local)
     hub = _hub_id(value, key)
     if hub is None:
@@ -133,16 +134,17 @@ def _resolve_model(value: str, root: Path | None, key: str) -> tuple[Path, str]:
     return path, f"{repo}@{path.name}"
 
 
-def _say_if_shadowing(value: str, local: Path, key: str) -> None:
+def say_if_shadowing(value: str, local: Path, key: str) -> None:
     """A relative folder is read before a Hub id of the same spelling: `org/name` in a recipe copied
     from a model card is the folder `org/name` wherever one exists (`hf download --local-dir`
     leaves them), other weights than the card's, and the card then lists no such Hub model. Where
     the Hub cache holds that model too, the two readings are said (audit 137)."""
     from huggingface_hub import constants
 
-    if Path(value).is_absolute() or not _looks_like_repo_id(value):
+    if Path(value).is_absolute() or not _looks_like_repo_id(value) or (value, local) in _SAID_SHADOWING:
         return
     if (Path(constants.HF_HUB_CACHE) / f"models--{value.replace('/', '--')}").is_dir():
+        _SAID_SHADOWING.add((value, local))  # once: a campaign is resolved by several checks of one command
         log.warning(f"{key}: {value!r} is read as the folder {local}, not as the Hub model {value} in your cache; "
                     f"write {value}@main for the Hub model, or ./{value} to say the folder is meant")
 

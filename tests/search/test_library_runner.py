@@ -4,6 +4,7 @@ run folder's checks and lock, a failed start that leaves no folder, and models r
 import logging
 import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 import yaml
@@ -243,9 +244,31 @@ def test_a_run_whose_folder_is_moved_under_it_stops_and_writes_nothing_at_the_ol
         with pytest.raises(UserError) as refused:
             runner.run()
     assert str(refused.value) == (f"run folder {run} was moved or replaced while this run worked in it (it is now "
-                                  f"{moved}); the run stops here, with its records in the moved folder: "
+                                  f"{moved}); the run stops here, with its records in the folder it opened: "
                                   f"`evo-merge resume {moved}` goes on where it is now")
     assert not run.exists()  # nothing recreated at the old path
     with CampaignRunner.open(small(zoo), tmp_path, moved) as again:  # goes on where it is
         again.run()
     assert (moved / "models" / "balanced" / "config.json").is_file() and not run.exists()
+
+
+def test_a_relative_run_folder_after_a_change_of_working_directory_is_not_said_to_have_moved(tmp_path, monkeypatch):
+    """A library run opened on a relative folder, then `os.chdir`: its path names another place, and
+    the stop said the folder "was moved" (audit 139)."""
+    from evo_merge.search.run_folder import check_in_place, folder_identity
+
+    (tmp_path / "first" / "run").mkdir(parents=True)
+    (tmp_path / "second").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    opened = folder_identity(Path("run"))
+    held = os.open("run", os.O_RDONLY | os.O_DIRECTORY)  # as the run's lock holds it
+    try:
+        check_in_place(Path("run"), opened)
+        monkeypatch.chdir(tmp_path / "second")
+        with pytest.raises(UserError) as refused:
+            check_in_place(Path("run"), opened)
+    finally:
+        os.close(held)
+    assert str(refused.value).startswith(
+        "run folder run is no longer the folder this run opened (moved or replaced, or, its path being relative, the "
+        f"working directory changed) (it is now {tmp_path / 'first' / 'run'}); the run stops here"), refused.value

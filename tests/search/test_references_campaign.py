@@ -145,3 +145,24 @@ def test_a_mass_pick_over_hub_ids_names_its_tasks_and_models_as_the_campaign_doe
     meta = json.loads((tmp_path / "exported" / MASS_JSON).read_text())
     assert meta["tasks"] == ["arith-ft", "lang-ft"]
     assert meta["models"] == [f"tiny-org/arith-ft@{'c' * 40}", f"tiny-org/lang-ft@{'d' * 40}"]
+
+
+def test_a_campaign_s_folder_spelled_as_a_cached_hub_id_is_read_with_both_readings_said(tmp_path):
+    """A campaign's relative `org/name` is the folder beside it wherever one exists: said for recipes
+    only, as a campaign makes its folders absolute first (audit 139); once per command."""
+    base, fts = save_tiny_family(tmp_path / "tiny-org", "llama", n_finetunes=2)
+    save_to_hub_cache(tmp_path / "hub", base, "tiny-org/base", COMMIT)
+    config = campaign_config("tiny-org/base", fts)
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    planned = evo_merge("plan", tmp_path / "campaign.yaml", env=env)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    said = [line for line in planned.stderr.splitlines() if "is read as the folder" in line]
+    assert said == [f"warning: base_model: 'tiny-org/base' is read as the folder {base}, not as the Hub model "
+                    "tiny-org/base in your cache; write tiny-org/base@main for the Hub model, or ./tiny-org/base to "
+                    "say the folder is meant"], planned.stderr
+    config["base_model"] = "./tiny-org/base"
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(config))
+    planned = evo_merge("plan", tmp_path / "campaign.yaml", env=env)
+    assert planned.returncode == 0 and "is read as the folder" not in planned.stderr, planned.stderr
