@@ -274,8 +274,16 @@ def _strata(model: IRTModel, items: np.ndarray, budget: int, method: str, seed: 
 
 
 def _parameters(model: IRTModel, items: np.ndarray) -> np.ndarray:
-    """The items' IRT parameters (α, β) as rows: what stratified-irt and kmeans-irt cluster."""
-    return np.column_stack([model.alpha[items], model.beta[items]])
+    """The items' IRT parameters (α, β) as rows: what stratified-irt and kmeans-irt cluster. An item
+    no subject of the fit answered has none (NaN: a cross-fit fold of a sparse table): it sits at the
+    mean of the others, where k-means stopped on it with a traceback (audit 139)."""
+    rows = np.column_stack([model.alpha[items], model.beta[items]])
+    if np.isnan(rows).any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN only: its mean is NaN, then 0
+            centre = np.nan_to_num(np.nanmean(rows, axis=0))
+        rows = np.where(np.isnan(rows), centre, rows)
+    return rows
 
 
 def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: np.random.Generator, seed: int):
@@ -288,7 +296,11 @@ def _select(model: IRTModel, items: np.ndarray, budget: int, method: str, rng: n
         return _stratified_draw(_strata(model, items, budget, method, seed), budget, method, rng)
     if method == "kmeans-correctness":  # clusters of the calibration subjects' answers
         cols = model.responses[:, items]
-        features = np.where(np.isnan(cols), np.nanmean(cols, axis=0), cols).T
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an item no subject answered: the mean of all
+            answered = np.nanmean(cols, axis=0)
+            answered = np.where(np.isnan(answered), np.nan_to_num(np.nanmean(cols), nan=0.5), answered)
+        features = np.where(np.isnan(cols), answered, cols).T
     else:
         features = _parameters(model, items)
     # extra picks from a generator of their own, as always: a run folder re-chooses the same items

@@ -710,3 +710,18 @@ def test_validate_leaves_out_items_only_held_out_subjects_answered(files, caplog
     assert [r.getMessage() for r in caplog.records] == [
         "fold 1: 1 item answered by held-out subjects only, left out of the errors (no training subject scored "
         "them: the model has no parameters for them)"]
+
+
+def test_clustered_anchors_of_a_sparse_table_s_cross_fit_folds_are_chosen(files):
+    """An item answered by one subject has no parameters in a cross-fit fold that holds that subject
+    out (NaN), and k-means on the fold's parameters stopped `irt validate` with a traceback (audit
+    139): such an item sits at the others' mean."""
+    _, full = files
+    subjects = sorted(full.subject.unique())[:15]
+    data = full[full.subject.isin(subjects)]
+    lone = data.item.unique()[:3]
+    data = validate_responses(data[~data.item.isin(lone) | (data.subject == subjects[0])])
+    table = validate(data, budgets=[5], methods=["kmeans-irt", "kmeans-correctness", "stratified-irt"], folds=3,
+                     repeats=1, draws=5)
+    assert set(table.method) == {"kmeans-irt", "kmeans-correctness", "stratified-irt", "random"}
+    assert table["mae"].notna().all()
