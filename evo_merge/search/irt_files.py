@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def changed_irt_models(run_dir: Path, store: CampaignStore) -> dict[str, str]:
             continue
         try:
             same = files_digest(folder) == recorded
-        except (OSError, ValueError, KeyError, EOFError):  # truncated, not JSON, not an npz
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # truncated, not JSON, not an npz
             changed[task] = "unreadable"
             continue
         if not same:

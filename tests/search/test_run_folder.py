@@ -1411,6 +1411,49 @@ def test_an_irt_model_the_run_has_no_record_of_saving_is_not_taken_for_its_own(c
     assert CampaignStore(copy).get_meta("irt_files")[task] == recorded[task]  # recorded as it is
 
 
+def test_status_says_an_irt_model_of_the_run_resume_would_refuse(copy):
+    """A run's irt/<task> damaged or edited: `status` and `report` called the run healthy, and only
+    `resume` refused it (audit 138)."""
+    import numpy as np
+
+    folders = sorted(p for p in (copy / "irt").iterdir() if (p / "params.npz").exists())
+    assert "IRT model of" not in invoke("status", copy)[1]
+    (folders[0] / "params.npz").unlink()
+    if len(folders) > 1:
+        with np.load(folders[1] / "params.npz") as saved:
+            np.savez(folders[1] / "params.npz", **{k: saved[k] * 2.0 for k in saved.files})
+    code, output = invoke("status", copy)
+    assert code == 0, output
+    assert (f"IRT model of {folders[0].name} ({folders[0]}): params.npz missing; `resume` refuses it: remove the "
+            "folder and `resume` fits it again from the stored calibration") in output, output
+    if len(folders) > 1:
+        assert f"IRT model of {folders[1].name} ({folders[1]}): its files changed since the run saved them" in output
+    shutil.rmtree(folders[0])  # removed whole: resume fits it again, nothing to say
+    assert f"IRT model of {folders[0].name}" not in invoke("status", copy)[1]
+    if len(folders) > 1:  # cut short: no zip archive at all, which stopped `status` with a traceback
+        params = folders[1] / "params.npz"
+        params.write_bytes(params.read_bytes()[:100])
+        code, output = invoke("status", copy)
+        assert code == 0 and f"IRT model of {folders[1].name} ({folders[1]}): unreadable;" in output, output
+
+
+def test_a_damaged_irt_model_of_the_run_names_the_way_on(copy):
+    """A truncated RUN/irt/<task>/params.npz stopped resume with 'corrupt parameter file' and no way
+    on; the run can fit it again from the calibration it stores."""
+    folder = next(p for p in (copy / "irt").iterdir() if (p / "params.npz").exists())
+    params = folder / "params.npz"
+    params.write_bytes(params.read_bytes()[:100])
+    code, output = invoke("resume", copy)
+    last = output.strip().splitlines()[-1]  # after the calibration's replay line
+    assert code == 2 and "Traceback" not in output, output
+    assert last.startswith(f"error: {params}: corrupt parameter file"), output
+    assert f"remove {folder} and `evo-merge resume`" in last, output
+    shutil.rmtree(folder)
+    code, output = invoke("resume", copy)
+    assert code == 0, output
+    assert (folder / "params.npz").exists()
+
+
 def test_items_export_pick_measured_are_counted_in_the_measurement_s_own_transaction(tmp_path):
     """`export --pick` counted its items in a record of its own after measuring: a kill in between
     left them counted as the final phase's for good. They are counted with the item scores."""
