@@ -8,6 +8,7 @@ it resolved to, never the cache path, so the recipe it writes rebuilds the same 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evo_merge.errors import MissingModel, UserError, first_line
-from evo_merge.weights.checkpoint import Checkpoint, weight_files
+from evo_merge.weights.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Checkpoint, weight_files
 from evo_merge.weights.lora import LoraCheckpoint
 
 _REVISION = re.compile(r"^[\w.\-/]+$")
@@ -126,11 +127,6 @@ def _resolve_model(value: str, root: Path | None, key: str) -> tuple[Path, str]:
         raise MissingModel(f"{key}: model path {value!r} does not exist and is not a Hub id (org/name[@revision])")
     repo, revision = hub
     path = _snapshot(repo, revision, key, _looked_in(root))
-    try:  # a download cut short leaves a snapshot without its weights, or a shard short
-        weight_files(path)
-    except UserError as exc:
-        fetch = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
-        raise UserError(f"{key}: Hub model {value}: {exc} (a download cut short? `{fetch}` completes it)") from None
     return path, f"{repo}@{path.name}"
 
 
@@ -205,19 +201,22 @@ def _snapshot(repo: str, revision: str | None, key: str, looked_in: str = "here"
     # a relative name that is no folder here is taken for a Hub id: say both, a typo'd path is likelier
     model = repo + (f"@{revision}" if revision else "")
     where = f"{key}: no folder {repo} {looked_in}, and Hub model {model}"
-    # a commit is immutable: one the cache holds is read from it, without asking the Hub (a recipe an
-    # export wrote pins every Hub model so, and a machine without a route waited ~26 s per model)
-    cached_commit = revision is not None and _COMMIT.match(revision) is not None
+    def fetch(local_only: bool) -> Path:
+        folder = snapshot_download(repo, revision=revision, local_files_only=local_only, allow_patterns=SNAPSHOT_FILES)
+        return _checked_snapshot(Path(folder), repo, f"{key}: Hub model {model}")
+
+    folder, problem = None, None
     try:
-        try:
-            folder = snapshot_download(repo, revision=revision, local_files_only=offline or cached_commit,
-                                       allow_patterns=SNAPSHOT_FILES)
-            if cached_commit and not offline:
-                weight_files(Path(folder))  # a download cut short is completed where the Hub can be reached
-        except (LocalEntryNotFoundError, UserError):
-            if offline or not cached_commit:
-                raise
-            folder = snapshot_download(repo, revision=revision, allow_patterns=SNAPSHOT_FILES)
+        # a commit is immutable: one the cache holds whole is read from it, without asking the Hub (a
+        # recipe an export wrote pins every Hub model so, and a machine without a route waited ~26 s per
+        # model); one a download left short is completed where the Hub can be reached
+        if revision is not None and _COMMIT.match(revision) and not offline:
+            with contextlib.suppress(LocalEntryNotFoundError):
+                folder = fetch(local_only=True)
+                problem = _missing_weights(folder)
+        if folder is None or problem:
+            folder = fetch(local_only=offline)
+            problem = _missing_weights(folder)
     except GatedRepoError:
         raise UserError(f"{where} is gated: accept its terms on the Hub and log in (huggingface-cli login)") from None
     except RepositoryNotFoundError:
@@ -232,7 +231,22 @@ def _snapshot(repo: str, revision: str | None, key: str, looked_in: str = "here"
                            "fills the cache)") from None
     except (HfHubHTTPError, OSError) as err:
         raise UserError(f"{where}: {first_line(err)}") from None
-    return _checked_snapshot(Path(folder), repo, f"{key}: Hub model {model}")
+    if problem:
+        fetch_command = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
+        raise UserError(f"{key}: Hub model {model}: {problem} (a download cut short? `{fetch_command}` completes it)")
+    return folder
+
+
+def _missing_weights(folder: Path) -> str | None:
+    """What a Hub snapshot lacks of the weights a merge reads (a download cut short): a LoRA
+    adapter's file, or a model's weights and every shard its index lists; None when it holds them."""
+    if (folder / ADAPTER_CONFIG).is_file():
+        return None if (folder / ADAPTER_WEIGHTS).is_file() else f"no {ADAPTER_WEIGHTS} in {folder}"
+    try:
+        weight_files(folder)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def _checked_snapshot(folder: Path, repo: str, where: str) -> Path:

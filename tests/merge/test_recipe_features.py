@@ -1279,6 +1279,7 @@ def test_a_pinned_commit_the_cache_holds_is_read_without_asking_the_hub(deep, tm
     import socket
 
     from huggingface_hub import HfApi, constants
+    from huggingface_hub import utils as hf_utils
 
     repo, commit = save_to_hub_cache(tmp_path / "hub", deep["base"], "tiny-org/pinned", "e" * 40)
     with socket.socket() as probe:  # a Hub nothing answers for: any request is refused
@@ -1290,16 +1291,30 @@ def test_a_pinned_commit_the_cache_holds_is_read_without_asking_the_hub(deep, tm
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     requests = []
-    for call in ("repo_info", "list_repo_tree"):  # what snapshot_download asks the Hub
-        real = getattr(HfApi, call)
-        monkeypatch.setattr(HfApi, call,
-                            lambda *a, _real=real, _call=call, **k: requests.append(_call) or _real(*a, **k))
+
+    def unreachable(call):  # what snapshot_download asks the Hub, answered as a Hub no route leads to answers
+        def ask(*args, **kwargs):
+            requests.append(call)
+            raise hf_utils.httpx.ConnectError("no route to the Hub")
+        return ask
+
+    for call in ("repo_info", "list_repo_tree"):
+        monkeypatch.setattr(HfApi, call, unreachable(call))
+    expected = _lora_adapter(deep["base"], tmp_path / "adapter")  # a pinned adapter too
+    adapter, adapter_commit = save_to_hub_cache(tmp_path / "hub", tmp_path / "adapter", "tiny-org/lora", "f" * 40)
     recipe = tmp_path / "hub.yaml"
-    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": f"{repo}@{commit}"}]}))
+    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "models": [
+        {"model": f"{repo}@{commit}+{adapter}@{adapter_commit}"}]}))
     result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "o")])
     assert result.exit_code == 0 and "requesting" not in result.output, result.output
     assert requests == []
-    assert all(torch.equal(t, tensors_of(deep["base"])[k]) for k, t in tensors_of(tmp_path / "o").items())
+    assert all(torch.allclose(t, expected[k], atol=1e-6) for k, t in tensors_of(tmp_path / "o").items())
+    # a pinned snapshot a download left without its weights: the Hub is asked to complete it
+    (tmp_path / "hub" / "models--tiny-org--pinned" / "snapshots" / commit / "model.safetensors").unlink()
+    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": f"{repo}@{commit}"}]}))
+    result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "short")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert requests and f"hf download {repo} --revision {commit}" in result.output, result.output
 
 
 def test_only_a_template_s_token_markers_are_looked_for_in_the_vocabulary(deep, caplog):
