@@ -9,6 +9,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -135,6 +136,15 @@ def put_new(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
     else:
         tmp.unlink()
+
+
+_SIBLING = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")  # `_new_sibling`'s name for a write of NAME
+
+
+def partial_write_of(name: str) -> str | None:
+    """The file an `atomic_write` left unfinished under the hidden name `name` was writing (a process
+    killed before its rename leaves it), or None where `name` is no such write."""
+    return match["name"] if (match := _SIBLING.match(name)) else None
 
 
 def _new_sibling(path: Path) -> tuple[int, Path]:

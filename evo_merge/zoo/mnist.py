@@ -25,7 +25,7 @@ from safetensors.torch import save as save_tensors
 
 from evo_merge.console import results_console
 from evo_merge.errors import UserError
-from evo_merge.files import atomic_write, parse_json
+from evo_merge.files import atomic_write, parse_json, partial_write_of
 from evo_merge.progress import Progress, no_progress
 from evo_merge.weights.folder import load_model_folder, save_model_folder
 from evo_merge.weights.nets import build_net
@@ -105,7 +105,6 @@ def _plan(mlp_hidden: Sequence[int], cnn_channels: Sequence[int], n_seeds: int) 
 
 
 MODEL_FOLDER = re.compile(r"^(mlp|cnn)-(s\d+|lo|hi)$")  # any build's model folders (more seeds than this one)
-PARTIAL_WRITE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")  # `files.atomic_write`'s sibling of `name`
 
 
 def _claim(out: Path, own: set[str], seed: int, force: bool) -> None:
@@ -117,7 +116,7 @@ def _claim(out: Path, own: set[str], seed: int, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file, not a zoo folder")
     held = [p.name for p in out.iterdir()] if out.is_dir() else []
-    partial = [n for n in held if (match := PARTIAL_WRITE.match(n)) and match["name"] in own]
+    partial = [n for n in held if partial_write_of(n) in own]
     for name in partial:  # a write of a build killed at its rename (`atomic_write`): its own, swept
         (out / name).unlink(missing_ok=True)
     other = sorted(name for name in held if name not in own and name not in partial and not MODEL_FOLDER.match(name))
