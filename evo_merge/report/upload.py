@@ -188,18 +188,14 @@ def push_to_hub(plan: UploadPlan, repo_id: str, *, private: bool | None = None, 
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:
-    """What the HTTP client huggingface_hub uses raises when the Hub cannot be reached: requests'
-    errors are OSErrors, httpx's (huggingface_hub 1.x) and httpx2's (2.x) are not, and a push with no
-    route to the Hub showed a traceback (audit 137)."""
-    import importlib
+    """What the HTTP client huggingface_hub sends its requests with raises when the Hub cannot be
+    reached: requests' errors (before huggingface_hub 1.0) are OSErrors, httpx's and httpx2's (the
+    client it names `huggingface_hub.utils.httpx`) are not, and a push with no route to the Hub
+    showed a traceback (audit 137)."""
+    from huggingface_hub import utils
 
-    found = []
-    for client in ("httpx", "httpx2"):
-        try:
-            found.append(importlib.import_module(client).TransportError)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
+    client = getattr(utils, "httpx", None)
+    return (client.TransportError,) if client is not None else ()
 
 
 def _hub_reason(exc: Exception) -> str:
