@@ -189,6 +189,11 @@ def test_push_dry_run_lists_the_folder_and_needs_no_token(tracked_run, tmp_path,
                                        "--push-to-hub", repo_id, "--dry-run"])
         assert bad.exit_code == 2 and f"--push-to-hub {repo_id!r}: not a Hub repo id (" in bad.output, bad.output
         assert not (tmp_path / "x").exists() and "Traceback" not in bad.output
+    # a branch no push can create, refused before the export as the repo id is (audit 137)
+    bad = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(tmp_path / "x"),
+                                   "--push-to-hub", "me/tiny-merge", "--revision", "a b", "--dry-run"])
+    assert bad.exit_code == 2 and "--revision 'a b': not a branch name" in bad.output, bad.output
+    assert not (tmp_path / "x").exists() and "exporting" not in bad.output
 
 
 def test_exporting_the_base_or_an_endpoint_is_refused_as_an_input(tracked_run, tmp_path):
