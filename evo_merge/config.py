@@ -290,6 +290,15 @@ class AlgorithmSpec(_Checked):
         "not for cmaes) and the standard merges of the configured methods (task arithmetic lambda "
         "0.3-1 within its range, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
 
+    @model_validator(mode="after")
+    def _cma_seed(self) -> AlgorithmSpec:
+        """CMA-ES draws from numpy's legacy generator, which takes 32-bit seeds: a larger one was
+        accepted here and failed the run after its calibration (audit 140). The other algorithms
+        take any seed, and run folders holding one still load."""
+        if self.name == "cmaes" and self.seed >= 2**32:
+            raise ValueError(f"seed: cmaes takes a seed below {2**32:,}, got {self.seed}")
+        return self
+
 
 class ObjectiveSpec(_Checked):
     """A single weighted objective over the tasks, for single-objective algorithms (scores are
@@ -452,7 +461,7 @@ class AlignSpec(_Checked):
     arch: str = Field(description="mlp, cnn, resnet, llama, gpt2, or a permutation-spec YAML file")
     data: str | None = Field(None, description="sample for activation-based methods (.safetensors x[,y] or text)")
     reference: Literal["first", "mean"] = Field("first", description="base of the task vectors after alignment")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**64)  # torch's generators take 64-bit seeds
 
     @model_validator(mode="after")
     def _sample_for_activations(self) -> AlignSpec:
