@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from evo_merge.align.methods import NEEDS_DATA, AlignMethod
-from evo_merge.dtype_names import ALIASES, NAMES, float32_refusal
+from evo_merge.dtype_names import NAMES, dtype_key, float32_refusal
 from evo_merge.errors import UserError
 from evo_merge.irt.kinds import (
     ADAPTIVE,
@@ -43,6 +43,7 @@ from evo_merge.irt.kinds import (
 from evo_merge.markup import TERMINAL_CONTROL
 from evo_merge.schema import Strict, is_path_like, load_yaml, refuse_other_kind, validate
 from evo_merge.shipped import shipped_benchmark, shipped_dir
+from evo_merge.user_paths import expand_home
 
 # Names that become file or folder names in a run (IRT models, exported picks): no separators,
 # no `..`, no leading dot or dash, so a config can never reach outside its run folder; at most 100
@@ -120,7 +121,7 @@ def _what_is_scored(spec: TaskSpec, root: Path | None = None) -> tuple[str, tupl
     task = spec.task
     benchmarks = shipped_dir("benchmarks")
     if is_path_like(task):
-        path = Path(os.path.normpath((root or Path()) / Path(task).expanduser()))
+        path = Path(os.path.normpath((root or Path()) / expand_home(task)))
         where, shipped = path.resolve(), benchmarks.resolve() if benchmarks is not None else None
         inside = shipped is not None and path.is_absolute() and where.is_relative_to(shipped)
         parts = where.relative_to(shipped).parts if inside else ()
@@ -472,12 +473,11 @@ class AlignSpec(_Checked):
 
 
 def _dtype_name(value: Any) -> Any:
-    """A dtype as `merge` and recipes read it: any case, the short names (`bf16`, `fp32`, `half`)
-    as the names they stand for."""
+    """A dtype as `merge` and recipes read it (`dtype_key`: any case, `torch.` or not, the short
+    names `bf16`, `fp32`, `half`); `auto` and names it does not know go on to the Literal's check."""
     if not isinstance(value, str):
         return value
-    name = value.strip().lower()
-    return ALIASES.get(name, name)
+    return dtype_key(value) or value.strip().lower()
 
 
 # `auto` (the base's own) or one of the floating dtypes of the table `weights.dtypes` maps to torch's
@@ -765,4 +765,4 @@ class Campaign(_Checked):
         data = load_yaml(path)
         refuse_other_kind(data, path, "merge_method", "a merge recipe, not a campaign file",
                           "evo-merge merge RECIPE --out DIR")
-        return validate(cls, data, path, context={"root": Path(path).expanduser().absolute().parent})
+        return validate(cls, data, path, context={"root": expand_home(path).absolute().parent})

@@ -5,6 +5,8 @@ import math
 
 NAMES = ("float32", "bfloat16", "float16")
 ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
 def dtype_key(name: str) -> str | None:
     """The name of `NAMES` a user's dtype name stands for (any case, `torch.` or not, the short names
     of `ALIASES`), or None for none: the one rule `weights.parse_dtype` and a recipe's keys read by."""

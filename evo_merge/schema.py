@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from evo_merge.errors import UserError, did_you_mean, first_line
+from evo_merge.user_paths import expand_home
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,7 +35,7 @@ def is_path_like(value: str) -> bool:
 
 def load_yaml(path: str | Path) -> Any:
     """Parse a YAML file (`~` expanded); a missing file or a syntax error is a UserError with line and column."""
-    path = Path(path).expanduser()
+    path = expand_home(path)
     if path.is_dir():  # a run or model folder given for its campaign or recipe: name what it holds
         inside = sorted(f.name for f in path.glob("*.yaml"))
         raise UserError(f"{path}: a folder, not a YAML file" + (f" (it holds {', '.join(inside)})" if inside else ""))

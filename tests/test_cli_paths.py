@@ -50,3 +50,33 @@ def test_task_and_spec_paths_expand_home_too(tmp_path, monkeypatch):
     assert load_yaml("~/spec.yaml") == {"params": {"w": ["h", None]}}
     with pytest.raises(UserError, match=f"{tmp_path}/nowhere.yaml: no such file"):
         load_yaml("~/nowhere.yaml")
+
+
+def test_a_home_of_a_user_this_machine_does_not_know_is_left_as_written(tmp_path, monkeypatch):
+    """pathlib's `expanduser` raises RuntimeError for `~nosuchuser/...`: a campaign naming such a path
+    as a model, a task or itself ended in a traceback, exit 1 (audit 140). The shell leaves it as
+    written, and so does evo-merge: the key's own "not found" names it."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from evo_merge.zoo.tiny import save_tiny_family
+
+    base, tuned = save_tiny_family(tmp_path / "family", "llama", n_finetunes=2)
+    monkeypatch.chdir(tmp_path)
+    who = "~nosuchuser-evo-merge"
+    campaign = {"base_model": str(base), "models": [f"{who}/a", f"{who}/b"], "tasks": [{"task": "arith"}]}
+    Path("models.yaml").write_text(yaml.safe_dump(campaign))
+    Path("task.yaml").write_text(yaml.safe_dump({**campaign, "models": [str(m) for m in tuned],
+                                                 "tasks": [{"task": f"{who}/t.yaml"}]}))
+    for args, expected in ((["plan", "models.yaml"], f"models.0: model path '{tmp_path}/{who}/a' does not exist"),
+                           (["plan", "task.yaml"], f"tasks.0: task file {tmp_path}/{who}/t.yaml not found"),
+                           (["plan", f"{who}/c.yaml"], f"{who}/c.yaml: no such file"),
+                           (["eval", "--task", f"{who}/t.yaml", "--model", base, "--out", "e"],
+                            f"task file {who}/t.yaml not found")):
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output, result.output
+    # the package reads every `~` through one helper (pathlib's raises)
+    package = Path(__file__).parents[1] / "evo_merge"
+    assert [p.name for p in package.rglob("*.py") if re.search(r"(?<!os\.path)\.expanduser\(", p.read_text())] == []

@@ -86,9 +86,11 @@ def test_the_config_schema_reads_only_tables_and_the_method_registry_from_higher
     hyperparameters (plugins register methods at run time, so no table can hold them). Of the small
     top-level modules it reads `errors`, `schema` and `markup` (the characters a campaign's text may
     not hold are defined beside those shown as text), and `shipped`, where the shipped benchmarks
-    lie (`arith` and `evo_arith` are one task), which imports nothing of evo_merge."""
+    lie (`arith` and `evo_arith` are one task), and `user_paths` (`~` in its paths), which import
+    nothing of evo_merge."""
     graph = import_graph()
-    tables = {"evo_merge.align.methods", "evo_merge.irt.kinds", "evo_merge.dtype_names", "evo_merge.shipped"}
+    tables = {"evo_merge.align.methods", "evo_merge.irt.kinds", "evo_merge.dtype_names", "evo_merge.shipped",
+              "evo_merge.user_paths"}
     assert set(graph.successors("evo_merge.config")) == tables | {
         "evo_merge.errors", "evo_merge.schema", "evo_merge.markup", "evo_merge.merge.kinds",
         "evo_merge.merge.registry"}

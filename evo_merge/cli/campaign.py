@@ -18,6 +18,7 @@ from evo_merge.cli.paths import UserPath
 from evo_merge.cli.push import PRIVATE, REVISION
 from evo_merge.cli.trust import TRUST_TASKS, check_tasks_trusted, run_folder_of
 from evo_merge.markup import shell, visible
+from evo_merge.user_paths import expand_home
 
 if TYPE_CHECKING:
     from evo_merge.config import Campaign
@@ -384,7 +385,7 @@ def export(
     # before the lock, which would create a mistyped folder
     check_tasks_trusted(_campaign_file(run), run, trust_tasks, resuming=True)
     check_outside_run(out, run, "its picks in models/, which `resume` restores")  # its records would name another
-    check_output_folder(out.expanduser(), overwrite)  # before measuring, not after
+    check_output_folder(expand_home(out), overwrite)  # before measuring, not after
     with _holding(run, again="run the export again to finish it"):
         with _runner(run, scheduler=scheduler) as runner:
             store = runner.workspace.store

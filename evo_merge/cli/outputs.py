@@ -7,6 +7,7 @@ from pathlib import Path
 
 from evo_merge.errors import UserError
 from evo_merge.files import atomic_write, check_writable, parse_json
+from evo_merge.user_paths import expand_home
 
 
 def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None:
@@ -24,7 +25,7 @@ def check_output_file(out: Path, overwrite: bool, option: str = "--out") -> None
 def check_outside_run(out: Path, run: Path, kept: str) -> None:
     """`--out` of a command reading run folder `run`: not inside it, whose files the run owns (`report`
     rewrites its tables, `resume` restores `kept`)."""
-    if out.expanduser().resolve().is_relative_to(run.resolve()):
+    if expand_home(out).resolve().is_relative_to(run.resolve()):
         raise UserError(f"--out {out}: is inside the run folder, whose files the run owns ({kept}); write elsewhere")
 
 

@@ -9,6 +9,7 @@ import click
 
 from evo_merge.search.layout import EVALUATIONS_CSV, PARETO_CSV
 from evo_merge.search.run_folder import STARTED_FILES
+from evo_merge.user_paths import expand_home
 
 TRUST_TASKS = click.option(
     "--trust-tasks", is_flag=True,
@@ -29,8 +30,8 @@ def run_folder_of(campaign_file: Path, out: Path | None = None) -> Path | None:
     or `use-this.yaml` beside a `pareto.csv`, and the check went by the name (audit 95). A project
     folder holding a run's table is one too, its code checked (`check_tasks_trusted` says why
     and the way out, where no run's records are there to hold a mark)."""
-    folder = campaign_file.expanduser().parent
-    if out is not None and folder.resolve() == out.expanduser().resolve() and out.is_dir():
+    folder = expand_home(campaign_file).parent
+    if out is not None and folder.resolve() == expand_home(out).resolve() and out.is_dir():
         return folder
     if any((folder / entry).exists() for entry in RUN_ENTRIES):
         return folder

@@ -40,6 +40,7 @@ from evo_merge.mass.routing import (
 from evo_merge.merge.kinds import MASS_SETTINGS, MASS_TOKENS
 from evo_merge.merge.licenses import card_license
 from evo_merge.merge.storage import Stash
+from evo_merge.user_paths import expand_home
 from evo_merge.weights import Checkpoint, check_compatible, is_hf_folder, load_model_folder, write_model_folder
 from evo_merge.weights.checkpoint import copied_tokenizer_files, tokenizer_files
 from evo_merge.weights.digest import weights_digest
@@ -412,7 +413,7 @@ class MassModel(nn.Module):
         instead of a copy; `scores` (e.g. estimated / measured per task) and `chosen_as` (the
         campaign picks it is) go in the card, with `scores_note` where the scores were measured otherwise
         and their standard errors `errors` (kind -> task -> SE, `score_errors`)."""
-        out = Path(out).expanduser()
+        out = expand_home(out)
         check_output_folder(out, overwrite)
         meta = {
             "format": FORMAT,
@@ -497,7 +498,7 @@ def load_mass(path: str | Path, *, device: str | torch.device | None = None) -> 
     """(MassModel, tokenizer) from a MASS folder written by `MassModel.save`."""
     from transformers import AutoTokenizer
 
-    path = Path(path).expanduser()
+    path = expand_home(path)
     meta = read_mass_meta(path)
     base_dir = path / meta["base"] if not Path(meta["base"]).is_absolute() else Path(meta["base"])
     if not base_dir.is_dir():

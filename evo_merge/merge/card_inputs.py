@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from evo_merge.user_paths import expand_home
 from evo_merge.weights.references import is_hub_id
 
 _CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\](?P<rev>[0-9a-f]{7,64})")
@@ -41,7 +42,7 @@ def model_ref(reference: str, *, hub_id: str | None = None, revision: str | None
     Explicit `hub_id`/`revision` win; a folder inside the Hub cache (models--org--name/snapshots/
     SHA) is that Hub model at that revision; `org/name[@rev]` that is not a local path is a Hub id;
     anything else is a local folder, named by its last component."""
-    path = Path(reference).expanduser()
+    path = expand_home(reference)
     if "+" in reference and not path.exists():
         model, adapter = reference.rsplit("+", 1)
         adapter_ref = model_ref(adapter)  # a folder, or a Hub id with its cached snapshot
@@ -69,7 +70,7 @@ def model_refs(references: Sequence[str]) -> dict[str, CardInput]:
     labels = {reference: ref.label for reference, ref in refs.items()}
 
     def model_path(reference: str) -> Path:  # the folder of its model, its adapter left out
-        return Path(reference.rsplit("+", 1)[0] if refs[reference].adapter else reference).expanduser()
+        return expand_home(reference.rsplit("+", 1)[0] if refs[reference].adapter else reference)
 
     def parts(reference: str) -> tuple[str, ...]:  # the folders of its path, the root left out
         path = model_path(reference)

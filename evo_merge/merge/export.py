@@ -17,6 +17,7 @@ from evo_merge.merge.plan import MergePlan
 from evo_merge.merge.results import ItemScores, results_files
 from evo_merge.merge.stream import stream_merge
 from evo_merge.tasks.meta import TaskMeta
+from evo_merge.user_paths import expand_home
 from evo_merge.weights import write_model_folder
 from evo_merge.weights.checkpoint import PICKLE_SUFFIXES, weight_files
 from evo_merge.weights.digest import weights_digest
@@ -58,11 +59,11 @@ def export_merge(
     The streaming merge combines each tensor on `device` (`stream_merge`); the card says so.
     `max_shard_bytes`: the size the weights are split at (one shard is held in memory at a time)."""
     inputs = [r.path for r in plan.refs] + [r.lora for r in plan.refs if r.lora is not None]
-    check_output_folder(Path(out).expanduser(), overwrite, inputs)
+    check_output_folder(expand_home(out), overwrite, inputs)
     on_host: list[str] = []  # tensors the device had no memory for
     if tensors is None:
         total, tensors = stream_merge(plan, device=device, on_host=on_host,
-                                      room=lambda nbytes: _check_disk_room(Path(out).expanduser(), nbytes))
+                                      room=lambda nbytes: _check_disk_room(expand_home(out), nbytes))
         if track is not None:
             tensors = track(tensors, total)
     recipe = plan.recipe()

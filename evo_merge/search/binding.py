@@ -28,6 +28,7 @@ from evo_merge.search.layout import CAMPAIGN_FILE
 from evo_merge.search.lock import holder
 from evo_merge.search.run_folder import check_run_files
 from evo_merge.search.store import FACTS_META, CampaignStore, Record
+from evo_merge.user_paths import expand_home
 
 DEFAULTS_META = Record("defaults", int)  # the DEFAULTS_VERSION a run folder was written under; none: 1
 CONFIG_META = Record("config", str)  # the fingerprint of the campaign the folder is bound to
@@ -226,7 +227,7 @@ def campaign_text_digest(run_dir: Path) -> str:
 def open_records(run_dir: str | Path) -> CampaignStore:
     """The store of an existing run folder that records its campaign, whatever its campaign.yaml
     now says (the trust check reads its marks so); nothing is created."""
-    run_dir = Path(run_dir).expanduser()
+    run_dir = expand_home(run_dir)
     check_run_files(run_dir)
     with CampaignStore(run_dir).closed_on_error() as store:
         _require_campaign(store, run_dir)  # a store that lost it is damaged, whatever the file says
@@ -236,7 +237,7 @@ def open_records(run_dir: str | Path) -> CampaignStore:
 def open_run(run_dir: str | Path) -> CampaignStore:
     """The store of an existing run folder, checked against the folder's own campaign.yaml as
     `resume` checks it; nothing is created (reading a run must not start one)."""
-    run_dir = Path(run_dir).expanduser()
+    run_dir = expand_home(run_dir)
     with open_records(run_dir).closed_on_error() as store:
         if store.get_meta(CAMPAIGN_TEXT_META) != campaign_text_digest(run_dir):
             changed = differences(store, Campaign.load(run_dir / CAMPAIGN_FILE))
@@ -251,7 +252,7 @@ def open_run(run_dir: str | Path) -> CampaignStore:
 def read_run(run: str | Path) -> tuple[CampaignStore, dict[str, Any]]:
     """The run's store and facts, opened without the campaign's models or tasks (and checked against
     its campaign.yaml as `resume` checks it); a run that has not recorded its facts is not read."""
-    run = Path(run).expanduser()
+    run = expand_home(run)
     try:
         store = open_run(run)
     except UserError:

@@ -53,6 +53,7 @@ from evo_merge.search.store import (
 from evo_merge.search.study import GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
 from evo_merge.tasks.base import FitnessTask
+from evo_merge.user_paths import expand_home
 from evo_merge.weights.export import check_output_folder
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,13 @@ class CampaignRunner:
         if not isinstance(campaign, Campaign):  # a path or a dict: found here, not as an AttributeError deep inside
             raise TypeError("CampaignRunner.open takes a Campaign (Campaign.load(path)), "
                             f"not {type(campaign).__name__}")
-        run_dir = Path(run_dir).expanduser()
+        run_dir = expand_home(run_dir)
         check_run_folder(run_dir, option=None)
         new = not run_dir.exists()
         with RunLock(run_dir) if lock else nullcontext():
             workspace = None
             try:
-                workspace = Workspace.open(campaign, Path(root).expanduser(), run_dir)
+                workspace = Workspace.open(campaign, expand_home(root), run_dir)
                 spec = workspace.campaign
                 tasks = campaign_tasks(spec)
                 record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()},
@@ -459,7 +460,7 @@ class CampaignRunner:
                             f"column of {workspace.run_dir / EVALUATIONS_CSV}, or a pick's evaluation in "
                             "`evo-merge status`)")
         _refuse_an_input(evaluation, workspace)
-        check_output_folder(Path(out).expanduser(), overwrite, [workspace.base, *workspace.models])  # not after
+        check_output_folder(expand_home(out), overwrite, [workspace.base, *workspace.models])  # not after
         try:
             self.ledger.measure([evaluation], f"measuring evaluation {eid}", by_export=True)
         finally:

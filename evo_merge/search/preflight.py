@@ -11,6 +11,7 @@ from pathlib import Path
 
 from evo_merge.config import Campaign, EvaluatorSpec
 from evo_merge.markup import shell
+from evo_merge.user_paths import expand_home
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def check_campaign_fits(campaign_file: str | Path, run_dir: str | Path, evaluato
     machine's (none here for a remote cluster)."""
     from evo_merge.search.capacity import check_fits
 
-    campaign_file, run_dir = Path(campaign_file).expanduser(), Path(run_dir).expanduser()
+    campaign_file, run_dir = expand_home(campaign_file), expand_home(run_dir)
     campaign, base, models, resuming = planned_campaign(campaign_file, run_dir, evaluator=evaluator)
     check_fits(campaign, base, models, resuming=resuming,
                details=shell("evo-merge", "plan", campaign_file, "--out", run_dir))

@@ -41,6 +41,7 @@ from evo_merge.search.layout import ALIGNED_FOLDER, CAMPAIGN_FILE
 from evo_merge.search.run_folder import STARTED_FILES, check_in_place, folder_identity
 from evo_merge.search.store import FACTS_META, CampaignStore, Record
 from evo_merge.search.trust import mark_tracking, mark_trusted
+from evo_merge.user_paths import expand_home
 from evo_merge.weights.checkpoint import weight_files
 from evo_merge.weights.digest import (
     former_model_files_digests,
@@ -73,7 +74,7 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     stores and fingerprints this form, so it resumes from whatever folder its command runs in."""
 
     def absolute(value: str) -> str:
-        return os.path.abspath(root / Path(value).expanduser())  # normalised, symlinks kept
+        return os.path.abspath(root / expand_home(value))  # normalised, symlinks kept
 
     def model(value: str, key: str) -> str:
         """A local folder made absolute; a Hub id (`org/name[@rev]`, not a local path) kept as

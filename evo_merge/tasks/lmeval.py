@@ -34,6 +34,7 @@ from evo_merge.errors import UserError, described, did_you_mean, first_line
 from evo_merge.schema import is_path_like, malformed_yaml
 from evo_merge.shipped import shipped_benchmark
 from evo_merge.tasks.base import ItemTable, score_series
+from evo_merge.user_paths import expand_home
 
 _LOGGERS = ("lm_eval", "lm-eval", "datasets")
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     registry group such as `mmlu`, or a group YAML)."""
     from lm_eval.tasks import TaskManager
 
-    path, label = Path(spec).expanduser(), str(spec)  # `eval --task ~/t.yaml`: the shell leaves ~ in a quoted path
+    path, label = expand_home(spec), str(spec)  # `eval --task ~/t.yaml`: the shell leaves ~ in a quoted path
     if isinstance(spec, Path) or is_path_like(str(spec)):  # a bare name is a name, whatever folder is here
         if not path.exists():
             shipped = _shipped_name(path)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
+
+from evo_merge.user_paths import expand_home
 
 # loaders that read local files: the dataset is then named after the task, never by a file path
 _FILE_LOADERS = {"json", "csv", "parquet", "text", "arrow"}
@@ -60,7 +61,7 @@ def _is_local_path(value: str) -> bool:
     if not _ABSOLUTE.match(value) or "\n" in value:
         return False
     try:
-        path = Path(value).expanduser()
+        path = expand_home(value)
         return path.name != "" and path.exists()
     except (OSError, ValueError):  # a name too long, a NUL
         return False

@@ -28,6 +28,7 @@ from evo_merge.errors import UserError, described
 from evo_merge.schema import is_path_like
 from evo_merge.shipped import shipped_benchmark, shipped_benchmarks, shipped_dir
 from evo_merge.tasks.base import FitnessTask
+from evo_merge.user_paths import expand_home
 
 ENTRY_POINT_GROUP = "evo_merge.tasks"
 BENCHMARKS_DIR = shipped_dir("benchmarks")
@@ -192,7 +193,7 @@ def code_location(spec: str) -> str | None:
     if _PLUGIN.match(spec):
         found = importlib.machinery.PathFinder.find_spec(spec.split(":")[0].split(".")[0])
         return None if found is None else str(found.origin or list(found.submodule_search_locations or []))
-    return str(Path(spec).expanduser().resolve())
+    return str(expand_home(spec).resolve())
 
 
 def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask:

@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 
 from evo_merge.errors import UserError, first_line
 from evo_merge.files import parse_json
+from evo_merge.user_paths import expand_home
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -203,7 +204,7 @@ class Checkpoint:
     @classmethod
     def open(cls, path: str | Path, *, allow_pickle: bool = False) -> Checkpoint:
         """Open a model folder, an index file or a single weights file (headers only)."""
-        path = Path(path).expanduser()
+        path = expand_home(path)
         folder, files, index = _locate(path)
         pickles = [f for f in files if f.suffix in PICKLE_SUFFIXES]
         if pickles and not allow_pickle:
@@ -482,7 +483,7 @@ def _check_shard_name(index: Path, name: object) -> None:
 
 def weight_files(path: Path) -> list[Path]:
     """The weights files that a checkpoint of `path` (a folder, index or file) reads."""
-    return _locate(path.expanduser())[1]
+    return _locate(expand_home(path))[1]
 
 
 def _open_weights_file(path: Path) -> _WeightsFile:

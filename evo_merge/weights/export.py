@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from evo_merge.errors import UserError
 from evo_merge.files import check_writable, held_temporary_folder, parse_json, sync_folder, sync_tree
+from evo_merge.user_paths import expand_home
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import (
     PICKLE_SUFFIXES,
@@ -72,9 +73,9 @@ def write_model_folder(
     or empty. `copy_tokenizer=False`
     copies only the config files (the caller writes a tokenizer of its own through `extra_files`).
     """
-    out = Path(out).expanduser()
+    out = expand_home(out)
     check_output_folder(out, overwrite)
-    source = Path(copy_from).expanduser() if copy_from is not None else None
+    source = expand_home(copy_from) if copy_from is not None else None
     if source is not None and not source.is_dir():
         raise UserError(f"model folder to copy config and tokenizer from not found: {source}")
     copied = _copied_files(source, copy_tokenizer) if source is not None else []  # refused before any work

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from evo_merge.errors import UserError, first_line
+from evo_merge.user_paths import expand_home
 from evo_merge.weights import heads
 from evo_merge.weights.arch import hf_model_type
 from evo_merge.weights.checkpoint import Checkpoint, read_config, tokenizer_files
@@ -46,7 +47,7 @@ def load_model_folder(
     HF pickle weights (.bin) are read only with `allow_pickle` (transformers then loads them
     with `weights_only`). `untie` gives a model with tied embeddings a head of its own, equal to
     its embedding: merging in another model's own head needs one."""
-    path = Path(path).expanduser()
+    path = expand_home(path)
     if not path.is_dir():
         raise UserError(f"{path}: not a model folder" if path.exists() else f"{path}: no such folder")
     config = read_config(path)
@@ -190,7 +191,7 @@ def save_model_folder(
     state dict plus the config it was built from."""
     if hf_model_type(module) is None and getattr(module, "net_config", None) is None:
         raise ValueError(f"{type(module).__name__} is neither an HF model nor a network of evo_merge.weights.nets")
-    out = Path(out).expanduser()
+    out = expand_home(out)
     with _staged(out, overwrite) as tmp:
         if hf_model_type(module) is not None:
             # a full disk is one line naming OUT (`align`, `zoo build`), not safetensors' traceback

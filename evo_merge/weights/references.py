@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evo_merge.errors import MissingModel, UserError, first_line
+from evo_merge.user_paths import expand_home
 from evo_merge.weights.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Checkpoint, weight_files
 from evo_merge.weights.lora import LoraCheckpoint
 
@@ -109,7 +110,7 @@ def split_adapter(value: str, root: Path | None) -> tuple[str, str | None]:
 
 
 def _local_path(value: str, root: Path | None) -> Path | None:
-    path = Path(value).expanduser()
+    path = expand_home(value)
     relative = [] if root is None else [root / path, Path.cwd() / path]
     for candidate in [path] if path.is_absolute() else relative:
         if candidate.exists():
@@ -256,7 +257,7 @@ def _checked_snapshot(folder: Path, repo: str, where: str) -> Path:
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    repo_folder = Path(constants.HF_HUB_CACHE).expanduser().resolve() / repo_folder_name(repo_id=repo,
+    repo_folder = expand_home(constants.HF_HUB_CACHE).resolve() / repo_folder_name(repo_id=repo,
                                                                                          repo_type="model")
     real = folder.resolve()
     if real.parent != repo_folder.resolve() / "snapshots" or not _COMMIT.match(real.name):
