@@ -292,7 +292,10 @@ def test_a_campaign_takes_the_dtype_names_a_recipe_takes(zoo):
     'auto', 'float32', 'bfloat16' or 'float16'"). They are the same run as the full names."""
     short = Campaign.model_validate(config(zoo, dtype="BF16", storage={"dtype": "Float32"}))
     full = Campaign.model_validate(config(zoo, dtype="bfloat16", storage={"dtype": "float32"}))
+    # torch's spelling, which `merge --dtype` and recipes take too (a campaign's own rule refused it, audit 140)
+    spelled = Campaign.model_validate(config(zoo, dtype="torch.bfloat16", storage={"dtype": "Auto"}))
     assert (short.dtype, short.storage.dtype) == ("bfloat16", "float32")
+    assert (spelled.dtype, spelled.storage.dtype) == ("bfloat16", "auto")
     assert config_fingerprint(short) == config_fingerprint(full)
     with pytest.raises(ValidationError, match="Input should be 'auto', 'float32', 'bfloat16' or 'float16'"):
         Campaign.model_validate(config(zoo, dtype="bf17"))
