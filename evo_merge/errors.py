@@ -58,7 +58,16 @@ def naming_file(path: str | Path) -> Iterator[None]:
     except UserError as exc:
         text = str(exc)
         head = re.sub(r":\d+:\d+$", "", text.split(": ", 1)[0])  # a YAML error's `FILE:LINE:COL`
-        if head != text and (head == str(path) or Path(head).exists()):
+        if head != text and (head == str(path) or _exists(head)):
             raise
         exc.args = (f"{path}: {text}",)  # the same error (a `MissingModel` stays one), its file named
         raise exc from None
+
+
+def _exists(text: str) -> bool:
+    """Whether `text` names an existing file; text no file could be named by (longer than the system
+    takes, holding a NUL) names none, where `Path.exists` raised and lost the error it was asked about."""
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):
+        return False

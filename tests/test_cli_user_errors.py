@@ -752,7 +752,11 @@ def test_errors_about_a_config_name_its_file_once(tmp_path):
              f"{config}: tasks.0: unknown": f"{config}: tasks.0: unknown",
              # a YAML error names the file with its line and column: it was named twice
              f"{config}:2:1: malformed YAML: x": f"{config}:2:1: malformed YAML: x",
-             "unknown task 'x'": f"{config}: unknown task 'x'"}
+             "unknown task 'x'": f"{config}: unknown task 'x'",
+             # text before its first ": " that no file could be named by: checking it raised ENAMETOOLONG,
+             # and the user saw that instead of the error (audit 140)
+             f"unknown task '{'x' * 300}': not found": f"{config}: unknown task '{'x' * 300}': not found",
+             "a\0b: c": f"{config}: a\0b: c"}
     for raised, shown in cases.items():
         with pytest.raises(UserError) as caught, naming_file(config):
             raise UserError(raised)
