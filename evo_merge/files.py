@@ -66,8 +66,10 @@ def check_writable(out: Path, option: str | None = None) -> None:
 
 
 def atomic_write(path: Path, data: bytes | str, *, replace: bool = True) -> None:
-    """Write to a new temporary sibling, fsync, rename: readers see the old or the new file, never
-    half; and a link planted at `path` (a run folder someone sent) is replaced, never written through.
+    """Write to a new temporary sibling, fsync, rename, fsync the folder: readers see the old or the
+    new file, never half, and a power loss after the command said "wrote" keeps the new one (without
+    the folder's sync, its new entry could be lost); a link planted at `path` (a run folder someone
+    sent) is replaced, never written through.
     The file gets the mode any new file gets under the umask, as the exported models do: a
     private umask keeps a run's paths and scores private, 022 lets the user's group read them.
     `replace=False`: `path` must not exist when the file is put there, checked by the kernel as it
@@ -89,6 +91,7 @@ def atomic_write(path: Path, data: bytes | str, *, replace: bool = True) -> None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    sync_folder(path.parent)
 
 
 def sync_tree(folder: Path) -> None:

@@ -38,3 +38,25 @@ def test_a_write_that_fails_part_way_names_where_it_was_writing():
     assert caught.value.filename == "/runs/r/x"
     with pytest.raises(ValueError), writing("/runs/r"):
         raise ValueError("not an OS fault")
+
+
+def test_a_file_written_whole_is_on_disk_with_its_name_before_the_write_returns(tmp_path, monkeypatch):
+    """`atomic_write` synced the file's bytes but not the folder's new entry: after a power loss a
+    file the command had said it wrote could be missing (audit 140). The folder is synced once the
+    name is in place, for a replaced file and a new one alike."""
+    import os
+
+    from evo_merge import files
+
+    synced = []
+
+    def fsync(descriptor):
+        synced.append(sorted(os.listdir(f"/proc/self/fd/{descriptor}")) if os.path.isdir(
+            f"/proc/self/fd/{descriptor}") else "a file")
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    files.atomic_write(tmp_path / "report.md", "old")
+    files.atomic_write(tmp_path / "report.md", "new")
+    files.atomic_write(tmp_path / "new.csv", "a,b\n", replace=False)
+    assert synced == ["a file", ["report.md"], "a file", ["report.md"], "a file", ["new.csv", "report.md"]]
+    assert (tmp_path / "report.md").read_text() == "new"
