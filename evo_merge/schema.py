@@ -264,9 +264,28 @@ class Strict(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and not _admits_bool(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"a number or a name goes here, not the boolean {str(value).lower()}")
+        found = _boolean_for_a_number(value, [cls.model_fields[info.field_name].annotation], "")
+        if found is not None:
+            where, boolean = found
+            raise ValueError(f"a number or a name goes here, not the boolean {str(boolean).lower()}"
+                             + (f" (at {where})" if where else ""))
         return value
+
+
+def _boolean_for_a_number(value: Any, kinds: list[Any], where: str) -> tuple[str, bool] | None:
+    """Where in `value` a boolean sits that none of `kinds` takes as itself, and the boolean, or None.
+    Inside a mapping or a list too: `objective.weights: {lang: no}` was read as a weight of 0.0 (audit
+    140). A section's own fields are its validator's (`kinds` a model: not entered here)."""
+    if isinstance(value, bool):
+        return (where, value) if kinds and not any(_admits_bool(kind) for kind in kinds) else None
+    if not isinstance(value, (dict, list)) or any(isinstance(k, type) and issubclass(k, BaseModel) for k in kinds):
+        return None
+    for part, inner in value.items() if isinstance(value, dict) else enumerate(value):
+        below = f"{where}.{part}" if isinstance(value, dict) else f"{where}[{part}]"
+        found = _boolean_for_a_number(inner, [t for kind in kinds for t in _inside(kind, part)], below.lstrip("."))
+        if found is not None:
+            return found
+    return None
 
 
 def _admits_bool(annotation: Any) -> bool:

@@ -99,6 +99,12 @@ def campaign(tmp_path, family, **sections):
     # pydantic reads true as 1: the error was "greater than or equal to 2", about no value the user wrote
     ("algorithm", {"population": True}, "algorithm.population: a number or a name goes here, not the boolean true"),
     ("final", {"holdout": True}, "final.holdout: give a fraction in (0, 1), a number of items"),  # its own rule
+    # inside a mapping or a list of numbers too: read as weights 1.0 / 0.0 and a race stage 0.0 (audit 140)
+    ("objective", {"weights": {"arith": False}}, "objective.weights: a number or a name goes here, not the boolean "
+     "false (at arith)"),
+    ("final", {"picks": {"mine": {"weights": {"arith": True}}}}, "final.picks.mine.weights: a number or a name goes "
+     "here, not the boolean true (at arith)"),
+    ("final", {"race": [False, 0.5]}, "final.race: a number or a name goes here, not the boolean false (at [0])"),
     # a race of one stage at the whole set measures every finalist whole and races nothing
     ("final", {"race": [1.0]}, "final.race: give increasing fractions in (0, 1), got [1.0]"),
     # a population of one has no parents to cross: a one-line refusal, not an error of the optimiser later
