@@ -127,19 +127,19 @@ def validate(model: type[M], data: Any, source: str | Path, context: dict[str, A
         return model.model_validate(data, context=context)
     except ValidationError as exc:
         errors = exc.errors()
-        path = _key_path(_first(errors)["loc"])
+        path = _key_path(_first(errors, model)["loc"], model)
         # a value that fits no member of a union fails once per member: say what each would take
-        msgs = [_message(e, model) for e in errors if _key_path(e["loc"]) == path]
+        msgs = [_message(e, model) for e in errors if _key_path(e["loc"], model) == path]
         key = ".".join(str(part) for part in path)
         where = f"{key}: " if key else ""  # a check of the whole campaign names its keys itself
         raise UserError(f"{source}: {where}{' | '.join(dict.fromkeys(msgs))}") from None
 
 
-def _first(errors: list[dict]) -> dict:
+def _first(errors: list[dict], model: type[BaseModel]) -> dict:
     """The error to report: the first, unless a required key is missing beside an unknown one, which
     is then most likely its misspelling (`merge_methd`) and is reported, with the key it resembles."""
-    missing = {_key_path(e["loc"])[:-1] for e in errors if e["type"] == "missing"}
-    return next((e for e in errors if e["type"] == "extra_forbidden" and _key_path(e["loc"])[:-1] in missing),
+    missing = {_key_path(e["loc"], model)[:-1] for e in errors if e["type"] == "missing"}
+    return next((e for e in errors if e["type"] == "extra_forbidden" and _key_path(e["loc"], model)[:-1] in missing),
                 errors[0])
 
 
@@ -147,8 +147,25 @@ def _first(errors: list[dict]) -> dict:
 _UNION_MEMBER = re.compile(r"^((?:tagged-union|literal|function-\w+)\[.*\]|constrained-\w+|int|float|str|bool)$")
 
 
-def _key_path(loc: tuple) -> tuple:
-    return tuple(part for part in loc if not (isinstance(part, str) and _UNION_MEMBER.match(part)))
+def _key_path(loc: tuple, model: type[BaseModel]) -> tuple:
+    """`loc` as the user's keys and positions: without the union members pydantic names after a key,
+    dropped only where the schema holds a union of them (a pick or option the user named `int` was
+    dropped too, and the error named another key, audit 140); by their names alone where the schema
+    is not known that far down."""
+    path: list = []
+    kinds: list[Any] = [model]
+    for part in loc:
+        if isinstance(part, str) and _UNION_MEMBER.match(part) and (not kinds or any(_tagged(k) for k in kinds)):
+            continue
+        path.append(part)
+        kinds = [inner for kind in kinds for inner in _inside(kind, part)]
+    return tuple(path)
+
+
+def _tagged(kind: Any) -> bool:
+    """Whether pydantic names the member a value was tried against under a value of type `kind`: a
+    union of two types or more (an optional type, `X | None`, is not named so)."""
+    return get_origin(kind) in (Union, types.UnionType) and sum(arg is not type(None) for arg in get_args(kind)) > 1
 
 
 def validator_message(error: dict) -> str:
@@ -160,13 +177,15 @@ def _message(error: dict, model: type[BaseModel]) -> str:
     if error["type"] == "model_type":  # pydantic says "a valid dictionary or instance of TaskSpec"
         return f"expected a mapping of keys ({{key: value, ...}}), not {_kind(error['input'])}" + _as_mapping(
             error, model)
+    if error["type"] == "dict_type":  # pydantic says "Input should be a valid dictionary"
+        return f"expected a mapping of keys ({{key: value, ...}}), not {_kind(error['input'])}"
     if error["type"] == "list_type":  # `models: /path/arith` for `models: [/path/arith]`
         return f"expected a list ([a, b, ...]), not {_kind(error['input'])}" + _as_list(error, model)
     if error["type"] == "tuple_type":  # the schemas' tuples are ranges: [low, high], [start, end]
         return f"expected a list of two values ([low, high]), not {_kind(error['input'])}"
     if error["type"] != "extra_forbidden":
         return validator_message(error)
-    path = _key_path(error["loc"])
+    path = _key_path(error["loc"], model)
     return "unknown key" + did_you_mean(str(path[-1]), _keys_at(model, path[:-1]))
 
 
@@ -174,7 +193,7 @@ def _as_mapping(error: dict, model: type[BaseModel]) -> str:
     """A value where a section of one required key goes, written as that section: `tasks: [arith]`
     is `tasks: [{task: arith}]`."""
     value = error["input"]
-    required = {name for kind in _kinds_at(model, _key_path(error["loc"]))
+    required = {name for kind in _kinds_at(model, _key_path(error["loc"], model))
                 if isinstance(kind, type) and issubclass(kind, BaseModel)
                 for name, field in kind.model_fields.items() if field.is_required()}
     if len(required) != 1 or not _plain(value):

@@ -96,6 +96,10 @@ def campaign(tmp_path, family, **sections):
      "integer | Input should be 'auto'"),
     ("final", {"holdout": "all"}, "final.holdout: give a fraction in (0, 1), a number of items, auto, or null (none), "
      "not the text 'all'"),
+    # a key of the user's spelt as a union member pydantic names (`int`) is kept: the error named final.picks.weight
+    ("final", {"picks": {"int": {"weight": {"arith": 1}}}}, "final.picks.int.weight: unknown key (did you mean "
+     "'weights'?)"),
+    ("methods", {"ties": None}, "methods.ties: expected a mapping of keys ({key: value, ...}), not an empty value"),
     # pydantic reads true as 1: the error was "greater than or equal to 2", about no value the user wrote
     ("algorithm", {"population": True}, "algorithm.population: a number or a name goes here, not the boolean true"),
     ("final", {"holdout": True}, "final.holdout: give a fraction in (0, 1), a number of items"),  # its own rule
