@@ -52,6 +52,8 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def is_safe_name(value: str) -> bool:
+    """Whether `value` may name a file or folder the tool writes (a task's, a pick's): one name, no
+    path, no `..`, nothing a shell or another file system reads otherwise."""
     return bool(SAFE_NAME.fullmatch(value)) and ".." not in value
 
 
