@@ -8,7 +8,9 @@ task name. A name is looked up as a name first: the working directory decided be
 folder named `lang` there (the demo zoo has one) silently replaced the shipped benchmark. Only a
 name no task has is still read as a folder or file of the working directory, with a warning.
 A plugin attribute is either a `FitnessTask` or a callable returning one (called with the
-settings). Resolved tasks are cached per process, so the search builds each task once.
+settings). Resolved tasks are cached per process, so the search builds each task once; a task
+the user's own files define is built again at each resolve and the cached one kept only while
+what it says is the same (a notebook that edits a task's data and runs again gets the edit).
 """
 
 from __future__ import annotations
@@ -205,6 +207,24 @@ def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask
         key = (str(spec), json.dumps(settings, sort_keys=True))
     except TypeError:  # an object given from Python (an array, a tensor): built anew, never taken for another's
         return _build(str(spec), settings)
-    if key not in _CACHE:
-        _CACHE[key] = _build(str(spec), settings)
-    return _CACHE[key]
+    cached = _CACHE.get(key)
+    if cached is not None and not _defined_by_files(str(spec)):
+        return cached
+    task = _build(str(spec), settings)
+    if cached is None or _digest(cached) is None or _digest(cached) != _digest(task):
+        _CACHE[key] = cached = task
+    return cached
+
+
+def _defined_by_files(spec: str) -> bool:
+    """Whether the user's own files define the task (a task file or folder, one of the working
+    directory's): they may change within a process, a notebook's above all. The cached task served
+    the data as it was before an edit, and a new run recorded that as its data (audit 142). A
+    plugin is a module, which Python itself imports once per process."""
+    return not _PLUGIN.match(spec) and code_it_runs(spec) is not None
+
+
+def _digest(task: FitnessTask) -> str | None:
+    """What a task's items say and how they are scored (`items_digest`), where the task gives it."""
+    digest = getattr(task, "items_digest", None)
+    return digest if isinstance(digest, str) else None

@@ -944,3 +944,23 @@ def test_loading_tasks_is_quiet_and_asks_nothing_of_the_network(monkeypatch):
     monkeypatch.setattr(TaskManager, "load", recording)
     load_lm_eval_tasks(BENCHMARKS_DIR / "arith")
     assert seen == [(False, False)]
+
+
+def test_a_task_of_the_users_files_edited_within_a_process_is_read_again(tmp_path, monkeypatch):
+    """Tasks are built once per process: a notebook that fixed a task's answer key and ran its
+    campaign again got the task as it was before, and the new run folder recorded that data as its
+    own (audit 142). A task file or folder is built again at each resolve; the task built before is
+    kept (and its warm caches) while its items say the same, replaced where they changed."""
+    monkeypatch.setattr(registry, "_CACHE", {})
+    shutil.copytree(BENCHMARKS_DIR / "seq", tmp_path / "t")
+    data = tmp_path / "t" / "test.jsonl"
+    spec = str(tmp_path / "t")
+    first = resolve_task(spec, limit=4)
+    assert resolve_task(spec, limit=4) is first  # unchanged: the same task, not a copy
+    docs = [json.loads(line) for line in data.read_text().splitlines()]
+    docs[0]["answer"] = docs[0]["answer"] + "0"
+    data.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    edited = resolve_task(spec, limit=4)
+    assert edited is not first and edited.items_digest != first.items_digest
+    assert resolve_task(spec, limit=4) is edited
+    assert resolve_task("seq", limit=4) is resolve_task("seq", limit=4)  # a shipped name is built once
