@@ -33,7 +33,7 @@ from evo_merge.errors import UserError
 from evo_merge.irt.anchors import Anchors
 from evo_merge.irt.kinds import ADAPTIVE
 from evo_merge.irt.model import ABILITY_PRIOR_SD, IRTModel
-from evo_merge.irt.responses import RESERVED_SCENARIO
+from evo_merge.irt.responses import RESERVED_SCENARIO, by_item_id
 from evo_merge.irt.result import Estimate
 
 Scorer = Callable[[list[str]], Mapping[str, float]]
@@ -101,6 +101,7 @@ class AdaptiveTest:
 
     def _posterior_state(self, scores: Mapping[str, float]) -> tuple[Estimate, np.ndarray, np.ndarray, np.ndarray]:
         """As `_state`, the SE the posterior's and the unseen items' noise alone."""
+        scores = by_item_id(scores)
         idx, values = self._seen(scores)
         theta, precision = self._posterior(idx, values)
         seen = np.zeros(len(self.model.item_ids), dtype=bool)

@@ -76,6 +76,7 @@ from evo_merge.irt.responses import (
     RESERVED_SCENARIO,
     ResponseMatrix,
     binarise,
+    by_item_id,
     validate_responses,
 )
 from evo_merge.irt.result import Estimate
@@ -511,6 +512,7 @@ class Estimator:
         """Per-scenario estimates and, under "overall", the score over all items, with SEs: the
         scenarios' item-weighted mean, except for gp-IRT, whose overall mixes the anchors' own overall
         mean in (`estimate_with_overall`) and may lie outside its scenarios' range."""
+        scores = by_item_id(scores)
         row = np.array([scores.get(item, np.nan) for item in self.anchor_ids], dtype=float)
         bad = ~np.isnan(row) & ((row < 0) | (row > 1))
         if bad.any():
@@ -536,8 +538,12 @@ def _adaptive_table(estimator: AdaptiveEstimator, matrix: ResponseMatrix) -> pd.
 
 
 def estimate_table(estimator: Estimator | AdaptiveEstimator, responses: pd.DataFrame) -> pd.DataFrame:
-    """Estimates for every subject of a validated long table: columns subject,scenario,estimator,estimate,se."""
-    matrix = ResponseMatrix.from_long(responses, estimator.model.item_ids)
+    """Estimates for every subject of a response table (long or wide, validated here where it is not
+    `validate_responses`' long form): columns subject,scenario,estimator,estimate,se. Its ids are read
+    as text, as the model's are (a table of integer item ids fitted the model)."""
+    if list(responses.columns) != ["subject", "item", "score", "scenario"]:
+        responses = validate_responses(responses)
+    matrix = ResponseMatrix.from_long(responses.astype({"subject": str, "item": str}), estimator.model.item_ids)
     if isinstance(estimator, AdaptiveEstimator):
         return _adaptive_table(estimator, matrix)
     scores = matrix.scores[:, estimator.anchor_idx]

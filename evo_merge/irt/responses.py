@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -201,6 +202,29 @@ def _subject_column(columns: Sequence[str]) -> str:
     return "subject" if "subject" in columns else columns[0]
 
 
+def _index_as_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table whose ids are its index, as pandas leaves them (`df.pivot(index="subject", ...)`, a
+    `set_index(["subject", "item"])`): the index as columns, a nameless one of text as the subjects.
+    The index was ignored and a pivot's first item column read as the subject ids (audit 142). A
+    nameless index of numbers is a frame's row numbers (filtered rows keep theirs): ignored."""
+    index = frame.index
+    if any(name is not None for name in index.names):
+        return frame.reset_index()
+    if index.nlevels == 1 and not pd.api.types.is_numeric_dtype(index.dtype):
+        return frame.rename_axis("subject").reset_index()
+    return frame
+
+
+def _check_subject_ids(frame: pd.DataFrame, source: str) -> None:
+    """A wide table's subject column (its first, where none is named `subject`) holding fractions in
+    [0, 1] is a score column: the table has no subject ids."""
+    column = _subject_column(frame.columns)
+    values = pd.to_numeric(frame[column], errors="coerce")
+    if column != "subject" and values.notna().all() and values.between(0, 1).all() and (values % 1 != 0).any():
+        raise UserError(f"{source}: the first column ({column}) holds scores in [0, 1], not subject ids: give the "
+                        "subjects as a column named subject, or as the table's index")
+
+
 def _wide_to_long(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per cell, item by item (as `DataFrame.melt` orders them; melt itself takes a slice per
     column, seconds on a leaderboard's tens of thousands of items)."""
@@ -242,6 +266,7 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
     """
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise UserError(f"{source}: no responses")
+    frame = _index_as_columns(frame)
     _check_long_columns(frame.columns, source)
     if long_given := _is_long(frame):
         if "score" not in frame.columns:
@@ -250,13 +275,16 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
     else:
         if frame.shape[1] < 2:
             raise UserError(f"{source}: expected columns subject,item,score or one column per item")
+        _check_subject_ids(frame, source)
         long = _wide_to_long(frame)
         # a long table whose columns are named otherwise (`model,question,value`) reads as wide: its ids as scores
         wide = (f" (read as a wide table, one row per subject and a column per item; a long one needs columns "
                 f"subject,item,score, and these are {', '.join(map(str, frame.columns))})")
     if "scenario" not in long.columns:
         long["scenario"] = DEFAULT_SCENARIO
-    long = long[["subject", "item", "score", "scenario"]]
+    # as plain values: a `category` column (pandas writes them to parquet so) took no new value below
+    long = long[["subject", "item", "score", "scenario"]].astype({"subject": object, "item": object,
+                                                                  "scenario": object})
     for col in ("subject", "item"):
         if long[col].isna().any():
             row = int(np.flatnonzero(long[col].isna().to_numpy())[0])
@@ -298,6 +326,12 @@ def validate_responses(frame: pd.DataFrame, source: str = "responses") -> pd.Dat
     if long.empty:
         raise UserError(f"{source}: no responses")
     return long
+
+
+def by_item_id(scores: Mapping[Any, float]) -> dict[str, float]:
+    """Scores keyed by item ids as a fitted model holds them, as text (`validate_responses` reads
+    every id so): `estimate({0: 1.0})` on a model fitted on items 0, 1, ... said no anchor was scored."""
+    return {str(item): score for item, score in scores.items()}
 
 
 @dataclass(frozen=True)

@@ -582,3 +582,26 @@ def test_a_scenario_every_calibration_subject_aces_keeps_an_irt_error_from_the_s
     lam = b2 / (b2 + s2)
     values, _ = est.estimate_rows(row)
     assert values[0, easy] == pytest.approx(lam[0, easy] * 1.0 + (1 - lam[0, easy]) * irt[0, easy])
+
+
+def test_integer_ids_are_read_as_the_text_a_fitted_model_holds(make_model):
+    """A table of integer item ids fits a model whose ids are text ('0', '1', ...): `estimate({0: 1.0})`
+    then said no anchor was scored, and `estimate_table` on the table it was fitted on that item 0 is
+    not in the model (audit 142)."""
+    import dataclasses
+
+    from evo_merge.irt import AdaptiveEstimator
+
+    alpha, beta = np.array([1.0, 2.0, 0.5, 1.5]), np.array([0.0, 1.0, -1.0, 0.5])
+    model = dataclasses.replace(make_model(alpha, beta), item_ids=["0", "1", "2", "3"])
+    anchors = Anchors("kmeans-irt", 2, 0, {"all": ["0", "1"]}, {"all": [0.25, 0.75]})
+    estimator = Estimator(model, anchors, "pirt")
+    assert estimator.estimate({0: 1.0, 1: 0.0}) == estimator.estimate({"0": 1.0, "1": 0.0})
+    table = pd.DataFrame({"subject": [7, 7], "item": [0, 1], "score": [1.0, 0.0]})
+    row = estimate_table(estimator, table).set_index("scenario")
+    assert row.loc["all", "subject"] == "7"
+    assert row.loc["all", "estimate"] == pytest.approx(estimator.estimate({"0": 1.0, "1": 0.0})["all"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adaptive = AdaptiveEstimator(model)
+    assert adaptive.estimate({2: 1.0}) == adaptive.estimate({"2": 1.0})

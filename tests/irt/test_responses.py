@@ -50,6 +50,36 @@ def test_wide_csv_and_parquet_give_the_same_long_table(tmp_path):
     )
 
 
+def test_a_table_whose_ids_are_its_index_reads_them_there():
+    """`df.pivot(index="subject", ...)` keeps the subjects in the index: it was ignored and the first
+    item's column read as the subject ids, an item lost and graded scores fitted under names like
+    '0.306' without a word (audit 142). A nameless index of numbers is a frame's row numbers."""
+    from evo_merge.irt.responses import validate_responses
+
+    long = pd.DataFrame({"subject": ["a", "a", "b", "b"], "item": ["q1", "q2", "q1", "q2"],
+                         "score": [0.25, 0.5, 0.75, 1.0]})
+    expected = sorted(zip(long.subject, long["item"], long.score))
+    pivot = long.pivot(index="subject", columns="item", values="score")
+    for frame in (pivot, pivot.rename_axis(None), pivot.rename_axis("model"), long.set_index(["subject", "item"]),
+                  long[long.score > 0.2]):  # filtered rows: a nameless index of numbers, ignored
+        read = validate_responses(frame)
+        assert sorted(zip(read.subject, read["item"], read.score)) == expected, frame
+    with pytest.raises(UserError, match=r"the first column \(q1\) holds scores in \[0, 1\], not subject ids"):
+        validate_responses(pivot.reset_index(drop=True))  # the ids lost: a score column is no subject column
+
+
+def test_category_columns_as_pandas_writes_them_to_parquet_are_read(tmp_path):
+    """A `category` scenario column ended in pandas' "Cannot setitem on a Categorical with a new
+    category" traceback, from Python and from `irt fit` (audit 142)."""
+    frame = pd.DataFrame({"subject": ["a", "a", "b", "b"], "item": ["q1", "q2", "q1", "q2"],
+                          "score": [1.0, 0.0, 0.0, 1.0], "scenario": ["math", None, "math", None]})
+    frame[["subject", "item", "scenario"]] = frame[["subject", "item", "scenario"]].astype("category")
+    frame.to_parquet(tmp_path / "r.parquet")
+    read = load_responses(tmp_path / "r.parquet")
+    assert sorted(zip(read.subject, read["item"], read.scenario)) == [
+        ("a", "q1", "math"), ("a", "q2", "all"), ("b", "q1", "math"), ("b", "q2", "all")]
+
+
 
 @pytest.mark.parametrize(
     ("text", "name", "message"),
