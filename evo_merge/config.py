@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -623,6 +624,15 @@ class Campaign(_Checked):
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
     storage: StorageSpec = Field(default_factory=StorageSpec)
     tracking: TrackingSpec | None = None
+    # the folder of the file it was loaded from, which its relative paths were checked against (None:
+    # built in Python); not part of the campaign: a run folder's copy names the same models
+    _folder: Path | None = PrivateAttr(None)
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder its relative paths are read from: its file's (`Campaign.load`), None for a campaign
+        built in Python (read from the working directory, or the `root` given the runner)."""
+        return self._folder
 
     @field_validator("device")
     @classmethod
@@ -767,4 +777,7 @@ class Campaign(_Checked):
         data = load_yaml(path)
         refuse_other_kind(data, path, "merge_method", "a merge recipe, not a campaign file",
                           "evo-merge merge RECIPE --out DIR")
-        return validate(cls, data, path, context={"root": expand_home(path).absolute().parent})
+        folder = expand_home(path).absolute().parent
+        campaign = validate(cls, data, path, context={"root": folder})
+        campaign._folder = Path(os.path.abspath(folder))  # as the runner compares a root given it
+        return campaign

@@ -10,6 +10,7 @@ pick) and `export`. The evaluator is created only when something must be evaluat
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -104,9 +105,13 @@ class CampaignRunner:
         return search_space(self.workspace)
 
     @classmethod
-    def open(cls, campaign: Campaign, root: str | Path, run_dir: str | Path, progress: Progress = no_progress, *,
-             lock: bool = True) -> CampaignRunner:
-        """Open (or create) the run folder for `campaign` and build its tasks.
+    def open(cls, campaign: Campaign, root: str | Path | None = None, run_dir: str | Path | None = None,
+             progress: Progress = no_progress, *, lock: bool = True) -> CampaignRunner:
+        """Open (or create) the run folder `run_dir` for `campaign` and build its tasks. `root`: the
+        folder its relative paths are read from; a loaded campaign's are its file's folder (checked
+        there as it loaded, so another root is refused: a runner given the working directory merged
+        other models than `check_campaign_fits` had checked, audit 142), a campaign built in Python's
+        the working directory unless given.
 
         The folder is checked as `run` checks it (a folder of other files, or one holding a link,
         is refused), and a start that fails here leaves no folder it created, so the corrected
@@ -117,13 +122,16 @@ class CampaignRunner:
         if not isinstance(campaign, Campaign):  # a path or a dict: found here, not as an AttributeError deep inside
             raise TypeError("CampaignRunner.open takes a Campaign (Campaign.load(path)), "
                             f"not {type(campaign).__name__}")
+        if run_dir is None:
+            raise TypeError("CampaignRunner.open needs run_dir: the folder the run is written to")
+        root = _campaign_root(campaign, root)
         run_dir = expand_home(run_dir)
         check_run_folder(run_dir, option=None)
         new = not run_dir.exists()
         with RunLock(run_dir) if lock else nullcontext():
             workspace = None
             try:
-                workspace = Workspace.open(campaign, expand_home(root), run_dir)
+                workspace = Workspace.open(campaign, root, run_dir)
                 spec = workspace.campaign
                 tasks = campaign_tasks(spec)
                 record_facts(workspace.store, spec, {name: len(task.item_ids) for name, task in tasks.items()},
@@ -529,3 +537,14 @@ def _refuse_an_input(evaluation: Evaluation, workspace: Workspace) -> None:
             raise UserError(visible(f"--pick {evaluation.id}: {what} itself ({model}), an input of the campaign, not "
                                     f"a merge: nothing to export (`{shell('evo-merge', 'status', workspace.run_dir)}` "
                                     "shows its scores)"))
+
+
+def _campaign_root(campaign: Campaign, root: str | Path | None) -> Path:
+    """The folder `campaign`'s relative paths are read from (see `CampaignRunner.open`)."""
+    given = None if root is None else Path(os.path.abspath(expand_home(root)))
+    if campaign.folder is None:
+        return given or Path.cwd()
+    if given is not None and given != campaign.folder:
+        raise UserError(f"root {given}: the campaign was loaded from {campaign.folder}, against which its relative "
+                        "paths were checked; leave root out (or give that folder)")
+    return campaign.folder

@@ -197,6 +197,28 @@ def test_a_root_under_home_resolves_the_campaign_s_relative_paths(tmp_path, monk
     assert (home / "run" / "state.sqlite").is_file() and not (tmp_path / "elsewhere" / "~").exists()
 
 
+def test_a_loaded_campaign_s_paths_are_read_from_its_file_s_folder(tmp_path, monkeypatch):
+    """docs/campaigns.md gave `root=Path(".")`: for a campaign file in another folder the runner read
+    its relative paths from the working directory, and merged other models than the file's folder
+    holds, which `check_campaign_fits` and `run` had checked (audit 142). A loaded campaign's root is
+    its file's folder: left out, it is; another is refused."""
+    base, fts = save_tiny_family(tmp_path / "configs" / "zoo", "llama", n_finetunes=2)
+    save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, seed=1)  # the same names where the user stands
+    config = campaign_config(base, fts, algorithm={"population": 2, "generations": 1, "seed": 2})
+    config["base_model"] = "zoo/" + base.name
+    config["models"] = ["zoo/" + f.name for f in fts]
+    (tmp_path / "configs" / "c.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    campaign = Campaign.load("configs/c.yaml")
+    with pytest.raises(UserError, match=f"root {tmp_path}: the campaign was loaded from {tmp_path / 'configs'}"):
+        CampaignRunner.open(campaign, root=Path("."), run_dir="run")
+    assert not (tmp_path / "run").exists()
+    with CampaignRunner.open(campaign, run_dir="run") as runner:
+        assert runner.workspace.base == base and runner.workspace.models == fts
+    with CampaignRunner.open(campaign, "configs/../configs", "run") as runner:  # the same folder, spelt otherwise
+        assert runner.workspace.base == base
+
+
 def test_a_library_user_exports_an_evaluation_as_export_pick_does(tmp_path, zoo, monkeypatch):
     """`runner.export_evaluation` measures a search candidate known by its estimate alone, stores
     the measurement, and writes the folder its recipe rebuilds; an id with no evaluation is refused
