@@ -259,7 +259,7 @@ def register_method(
             return func
         common = dict(n_models=n_models, base=base, uses_weights=uses_weights, check=check, on_models=on_models,
                       threaded=threaded, keeps_unchanged=keeps_unchanged, streams=streams, work_copies=work_copies,
-                      module=func.__module__,
+                      module=getattr(func, "__module__", None) or "",  # None for a function exec() made
                       description=(func.__doc__ or "").strip().split("\n")[0])
         if scale is None:
             method = MergeMethod(name, tuple(hyperparameters), fn=func, **common)
@@ -405,7 +405,7 @@ def method_origin(name: str) -> str | None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if (module == ep.module or module.startswith(f"{ep.module}.")) and ep.dist is not None:
             return f"the package {ep.dist.name} {ep.dist.version}"
-    return f"the module {module}"
+    return f"the module {module}" if module else "code of no module (made by exec)"
 
 
 def list_methods() -> list[str]:

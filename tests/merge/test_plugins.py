@@ -165,3 +165,14 @@ def test_a_declaration_no_merge_can_use_is_refused_when_registered(name, hyperpa
     with pytest.raises(ValueError, match=re.escape(message)):
         register_method(name, hyperparameters=hyperparameters, replace=True)(lambda base, deltas, *rest: base)
     assert name not in list_methods()
+
+
+def test_a_method_a_function_of_no_module_defines_is_one_of_your_own(site):
+    """A function `exec(code, {})` makes has no `__module__`: it registered, and a campaign then ended
+    in "'NoneType' object has no attribute 'split'" (audit 142)."""
+    namespace: dict = {}
+    exec(METHOD.format(name="nomodule"), namespace)  # the test's own text
+    method = get_method("nomodule")
+    assert namespace["method"].__module__ is None and not method.is_builtin
+    assert registry.method_code("nomodule") is None  # no file holds it, as a notebook cell's
+    assert registry.method_origin("nomodule") == "code of no module (made by exec)"
