@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import random
 import re
 from array import array
 from collections import Counter
@@ -255,7 +256,20 @@ def _shipped_name(path: Path) -> str | None:
     return next(filter(None, (shipped_benchmark(part) for part in (path.stem, path.parent.name))), None)
 
 
+@contextlib.contextmanager
+def _callers_random_kept() -> Iterator[None]:
+    """Python's global `random` as the caller left it: lm-eval draws from it building a task (a task
+    id, eagerly), so a seeded script drew otherwise after opening a campaign, and otherwise again
+    where the task was built already (audit 142)."""
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 @_quiet()  # lm-eval's registry and datasets' loading, quiet for the call
+@_callers_random_kept()
 def load_lm_eval_tasks(spec: str | Path) -> tuple[str, dict[str, Any]]:
     """The lm-eval Task objects a spec names, by task name, and the name they go by: one task from
     a registry name, a task YAML or a folder of task YAMLs (a `Path`, or a string with a `/` or a

@@ -964,3 +964,16 @@ def test_a_task_of_the_users_files_edited_within_a_process_is_read_again(tmp_pat
     assert edited is not first and edited.items_digest != first.items_digest
     assert resolve_task(spec, limit=4) is edited
     assert resolve_task("seq", limit=4) is resolve_task("seq", limit=4)  # a shipped name is built once
+
+
+def test_building_a_task_leaves_the_callers_random_stream_as_it_was(monkeypatch):
+    """lm-eval draws from Python's global `random` building a task: a seeded notebook got other draws
+    after opening a campaign (audit 142)."""
+    import random
+
+    monkeypatch.setattr(registry, "_CACHE", {})
+    random.seed(0)
+    expected = random.random()
+    random.seed(0)
+    resolve_task("seq", limit=4)
+    assert random.random() == expected
