@@ -100,6 +100,10 @@ def check_campaign_fits(campaign_file: str | Path, run_dir: str | Path, evaluato
     machine's (none here for a remote cluster)."""
     from evo_merge.search.capacity import check_fits
 
+    if not isinstance(campaign_file, (str, Path)):  # a Campaign: os.fspath's TypeError named no way on
+        raise TypeError(f"check_campaign_fits takes the campaign's file, as `run` checks it, not "
+                        f"{type(campaign_file).__name__}; write a campaign made in Python to a file first "
+                        "(yaml.safe_dump(campaign.model_dump(mode='json')))")
     campaign_file, run_dir = expand_home(campaign_file), expand_home(run_dir)
     campaign, base, models, resuming = planned_campaign(campaign_file, run_dir, evaluator=evaluator)
     check_fits(campaign, base, models, resuming=resuming,

@@ -50,6 +50,10 @@ def test_a_library_run_holds_the_folder_s_lock_while_it_works(tmp_path, zoo):
     assert "balanced" in (run / "report.md").read_text()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):  # the with block closed the database
         runner.workspace.store.evaluations()
+    # and the runner says so, as a notebook's next cell would use it (sqlite's error, audit 142)
+    for use in (runner.run, lambda: runner.export_evaluation(1, tmp_path / "pick")):
+        with pytest.raises(UserError, match=f"this runner of {run} was closed when its `with` block ended"):
+            use()
 
 
 def test_a_failed_start_leaves_no_folder_and_the_corrected_campaign_starts_in_it(tmp_path, zoo):
@@ -83,6 +87,16 @@ def test_a_path_or_a_dict_for_the_campaign_is_named(tmp_path, zoo):
         with pytest.raises(TypeError, match=r"takes a Campaign \(Campaign.load\(path\)\)"):
             CampaignRunner.open(wrong, tmp_path, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    # the other way round: the preflight reads the file (os.fspath's TypeError named no way on, audit 142)
+    from evo_merge.search.preflight import check_campaign_fits
+
+    made = small(zoo)
+    with pytest.raises(TypeError, match=r"takes the campaign's file, as `run` checks it, not Campaign; write"):
+        check_campaign_fits(made, tmp_path / "run")
+    written = tmp_path / "made.yaml"  # as the message says, and it loads as the same campaign
+    written.write_text(yaml.safe_dump(made.model_dump(mode="json")))
+    assert Campaign.load(written).model_dump() == made.model_dump()
+    check_campaign_fits(written, tmp_path / "run")
 
 
 def test_closing_lets_go_of_the_loaded_models_and_a_later_run_makes_them_again(tmp_path, zoo):
