@@ -8,7 +8,7 @@ the two backends, fit time on 100 subjects x 5,000 items, estimate time per subj
 validation gain of IRT anchors.
 
     .venv/bin/python scripts/bench_irt.py
-        [--only few-subjects|tiny-lm|leaderboard|classifiers|refit|sparse-calibration|pyirt-defaults]
+        [--only few-subjects|tiny-lm|leaderboard|balance|classifiers|refit|sparse-calibration|pyirt-defaults|synthetic]
         [--subjects 8,12,20,40] [--seeds 3] [--draws 200] [--anchor-draws 10]
         [--pyirt-epochs 1000] [--skip-pyirt-large] [--threads 2]
 
@@ -567,11 +567,13 @@ def main() -> None:
     parser.add_argument("--pyirt-epochs", type=int, default=1000)
     parser.add_argument("--skip-pyirt-large", action="store_true", help="skip py-irt on 100 x 5,000 (slow)")
     parser.add_argument("--only", choices=("few-subjects", "tiny-lm", "leaderboard", "balance", "classifiers",
-                                           "pyirt-defaults", "refit", "sparse-calibration"),
+                                           "pyirt-defaults", "refit", "sparse-calibration", "synthetic"),
                         default=None, help="one part: the few-calibration-subjects tables (synthetic and tiny-lm), "
                         "the tiny-lm one alone, the leaderboard-shaped or classifier responses, one anchor draw "
                         "against balanced ones, a mid-campaign refit, "
-                        "py-irt at its defaults, or warm-up merges measured on part of the items")
+                        "py-irt at its defaults, warm-up merges measured on part of the items, or the synthetic "
+                        "parts (recovery, the backends' agreement, fit and estimate times, IRT anchors on "
+                        "heterogeneous items, merges)")
     parser.add_argument("--pyirt-families", default="arith", help="tiny-lm families for py-irt at its defaults")
     parser.add_argument("--subjects", default=",".join(map(str, FEW_SUBJECTS)),
                         help="calibration subjects per row of the synthetic few-subjects table")
@@ -602,12 +604,11 @@ def main() -> None:
         sparse_calibration(args.seeds, args.anchor_draws)
     if args.only in (None, "pyirt-defaults"):
         pyirt_defaults(args.pyirt_families.split(","))
-    if args.only is not None:
-        return
-    recovery(args.pyirt_epochs)
-    large(args.pyirt_epochs, args.skip_pyirt_large)
-    heterogeneous()
-    merges()
+    if args.only in (None, "synthetic"):
+        recovery(args.pyirt_epochs)
+        large(args.pyirt_epochs, args.skip_pyirt_large)
+        heterogeneous()
+        merges()
 
 
 if __name__ == "__main__":
