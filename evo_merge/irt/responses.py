@@ -42,7 +42,7 @@ def load_responses(path: str | Path, *, items_as_rows: bool = False,
     column) or a long one without one.
     """
     path = Path(path)
-    frame = _read_table(path, "responses")
+    frame = _index_as_columns(_read_table(path, "responses"))  # a parquet file keeps a pivot's index
     _check_long_columns(frame.columns, str(path))  # before any reading of it as wide (--items-as-rows, scenarios)
     if items_as_rows:
         frame = _items_by_subjects(frame, path)
@@ -203,16 +203,17 @@ def _subject_column(columns: Sequence[str]) -> str:
 
 
 def _index_as_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """A table whose ids are its index, as pandas leaves them (`df.pivot(index="subject", ...)`, a
-    `set_index(["subject", "item"])`): the index as columns, a nameless one of text as the subjects.
-    The index was ignored and a pivot's first item column read as the subject ids (audit 142). A
-    nameless index of numbers is a frame's row numbers (filtered rows keep theirs): ignored."""
-    index = frame.index
-    if any(name is not None for name in index.names):
-        return frame.reset_index()
-    if index.nlevels == 1 and not pd.api.types.is_numeric_dtype(index.dtype):
-        return frame.rename_axis("subject").reset_index()
-    return frame
+    """A table whose ids are in its index, as pandas leaves them (`df.pivot(index="subject", ...)`, a
+    `set_index(["subject", "item"])`): its named levels as columns. The index was ignored and a pivot's
+    first item column read as the subject ids (audit 142). A level named as a column already is that
+    column; beside a `subject` column only an `item` level is read; a nameless index is the frame's row
+    labels (a filter's, a date's), ignored as before."""
+    if twice := [name for name in frame.index.names if name is not None and name in frame.columns]:
+        frame = frame.reset_index(level=twice, drop=True)  # pandas would call the name ambiguous
+    levels = [name for name in frame.index.names if name is not None]
+    if "subject" in frame.columns:
+        levels = [name for name in levels if name == "item"]
+    return frame.reset_index(level=levels) if levels else frame
 
 
 def _check_subject_ids(frame: pd.DataFrame, source: str) -> None:

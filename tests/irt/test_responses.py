@@ -50,7 +50,7 @@ def test_wide_csv_and_parquet_give_the_same_long_table(tmp_path):
     )
 
 
-def test_a_table_whose_ids_are_its_index_reads_them_there():
+def test_a_table_whose_ids_are_its_index_reads_them_there(tmp_path):
     """`df.pivot(index="subject", ...)` keeps the subjects in the index: it was ignored and the first
     item's column read as the subject ids, an item lost and graded scores fitted under names like
     '0.306' without a word (audit 142). A nameless index of numbers is a frame's row numbers."""
@@ -60,10 +60,20 @@ def test_a_table_whose_ids_are_its_index_reads_them_there():
                          "score": [0.25, 0.5, 0.75, 1.0]})
     expected = sorted(zip(long.subject, long["item"], long.score))
     pivot = long.pivot(index="subject", columns="item", values="score")
-    for frame in (pivot, pivot.rename_axis(None), pivot.rename_axis("model"), long.set_index(["subject", "item"]),
-                  long[long.score > 0.2]):  # filtered rows: a nameless index of numbers, ignored
+    labelled = long.set_index(pd.Index(["r1", "r2", "r3", "r4"]))  # a nameless index is row labels, ignored
+    for frame in (pivot, pivot.rename_axis("model"), long.set_index(["subject", "item"]), labelled,
+                  long.set_index("subject", drop=False), long.set_index(pd.date_range("2026-01-01", periods=4)),
+                  long[long.score > 0.2], pivot.reset_index().rename_axis("row")):  # a row index beside subject
         read = validate_responses(frame)
         assert sorted(zip(read.subject, read["item"], read.score)) == expected, frame
+    # as a file: parquet keeps the pivot's index, and the long and transposed readings read it too
+    pivot.to_parquet(tmp_path / "wide.parquet")
+    pivot.T.to_parquet(tmp_path / "rows.parquet")
+    pd.DataFrame({"item": ["q1", "q2"], "scenario": ["a", "b"]}).to_csv(tmp_path / "s.csv", index=False)
+    for read in (load_responses(tmp_path / "wide.parquet"),
+                 load_responses(tmp_path / "rows.parquet", items_as_rows=True),
+                 load_responses(tmp_path / "wide.parquet", scenarios=tmp_path / "s.csv")):
+        assert sorted(zip(read.subject, read["item"], read.score)) == expected
     with pytest.raises(UserError, match=r"the first column \(q1\) holds scores in \[0, 1\], not subject ids"):
         validate_responses(pivot.reset_index(drop=True))  # the ids lost: a score column is no subject column
 
