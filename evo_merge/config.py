@@ -687,6 +687,15 @@ class Campaign(_Checked):
         return unread + self.estimator.ignored_settings()
 
     @model_validator(mode="after")
+    def _pyirt_seed(self) -> Campaign:
+        """py-irt seeds numpy's legacy generator (32 bits): a larger `algorithm.seed` was accepted and
+        failed the run after its calibration, reported as a diverged fit (audit 143)."""
+        if self.estimator.backend == "pyirt" and self.algorithm.seed >= 2**32:
+            raise ValueError(f"algorithm.seed: estimator.backend pyirt takes a seed below {2**32:,}, got "
+                             f"{self.algorithm.seed}")
+        return self
+
+    @model_validator(mode="after")
     def _base(self) -> Campaign:
         if self.base_model is None and self.align is None:
             raise ValueError("base_model: required (or give `align` to merge models from different initialisations)")

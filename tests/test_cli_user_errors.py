@@ -4,6 +4,7 @@ work and without touching anything (found by a review that tried them one by one
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -139,6 +140,20 @@ def test_an_align_spec_file_that_is_not_there_is_named_by_plan(tmp_path, family)
 def test_a_check_of_the_whole_campaign_names_its_key_without_a_top_level_marker(tmp_path, family):
     path = campaign(tmp_path, family, final={"picks": {"mine": {"weights": {"arth": 1}}}})
     one_line_error(*invoke("plan", path), f"{path}: final.picks.mine.weights.arth: not a task name (tasks: arith)")
+
+
+def test_a_seed_py_irt_cannot_take_is_refused_when_the_file_is_read(tmp_path, family):
+    """py-irt seeds numpy's legacy generator (32 bits): the run failed after calibration, its fit
+    retried and reported as diverged (audit 143). The torch backend takes the seed."""
+    from evo_merge.irt.backends import fit_pyirt
+
+    big = {"algorithm": {"population": 4, "generations": 1, "seed": 2**32}}
+    one_line_error(*invoke("plan", campaign(tmp_path, family, estimator={"backend": "pyirt"}, **big)),
+                   "algorithm.seed: estimator.backend pyirt takes a seed below 4,294,967,296, got 4294967296")
+    code, output = invoke("plan", campaign(tmp_path, family, **big))
+    assert "seed" not in output, output
+    with pytest.raises(UserError, match="seed 4294967296: py-irt takes a seed below 4,294,967,296"):
+        fit_pyirt(np.zeros((4, 3)), 1, seed=2**32)  # from Python or `irt fit --backend pyirt --seed`
 
 
 def test_task_names_that_differ_in_case_alone_are_refused(tmp_path, family):

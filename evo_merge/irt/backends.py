@@ -156,6 +156,9 @@ def _lbfgs(y: np.ndarray, observed: np.ndarray, theta0: np.ndarray, alpha0: np.n
     return canonical(*(p.detach().numpy().astype(np.float64) for p in (alpha, beta, theta)))
 
 
+PYIRT_SEEDS = 2**32  # py-irt draws from numpy's legacy global generator, seeded with 32 bits
+
+
 def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = PYIRT_EPOCHS,
               lr: float = PYIRT_LR) -> FittedParams:
     """py-irt's multidim_2pl (variational, seeded); σ(Σ_d a_d(θ_d − b_d)) gives β_i = Σ_d a_id b_id.
@@ -172,6 +175,8 @@ def fit_pyirt(binary: np.ndarray, dims: int, seed: int = 0, epochs: int = PYIRT_
     except ImportError as exc:  # py-irt needs Python < 3.12
         raise UserError(f"backend 'pyirt' is unavailable ({exc}); use --backend torch") from None
     py_irt.anchor_utils.console.quiet = True  # its own console, not silenced by verbose=False
+    if not 0 <= seed < PYIRT_SEEDS:  # numpy's legacy generator's seeds: a larger one was retried as "diverged"
+        raise UserError(f"seed {seed}: py-irt takes a seed below {PYIRT_SEEDS:,} (the torch backend takes any)")
     rate, steps = lr, epochs
     for attempt in range(PYIRT_RETRIES + 1):
         start = time.perf_counter()
