@@ -293,18 +293,33 @@ class Strict(BaseModel):
 
 def _boolean_for_a_number(value: Any, kinds: list[Any], where: str) -> tuple[str, bool] | None:
     """Where in `value` a boolean sits that none of `kinds` takes as itself, and the boolean, or None.
-    Inside a mapping or a list too: `objective.weights: {lang: no}` was read as a weight of 0.0 (audit
-    140). A section's own fields are its validator's (`kinds` a model: not entered here)."""
+    Inside a mapping or a list of numbers too: `objective.weights: {lang: no}` was read as a weight of
+    0.0 (audit 140). Only where the schema holds such a container: a section (a model, optional or
+    not) checks its own fields, and a value of another shape is pydantic's to name."""
     if isinstance(value, bool):
         return (where, value) if kinds and not any(_admits_bool(kind) for kind in kinds) else None
-    if not isinstance(value, (dict, list)) or any(isinstance(k, type) and issubclass(k, BaseModel) for k in kinds):
+    members = [member for kind in kinds for member in _members(kind)]
+    if any(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
         return None
-    for part, inner in value.items() if isinstance(value, dict) else enumerate(value):
-        below = f"{where}.{part}" if isinstance(value, dict) else f"{where}[{part}]"
-        found = _boolean_for_a_number(inner, [t for kind in kinds for t in _inside(kind, part)], below.lstrip("."))
-        if found is not None:
+    if isinstance(value, dict):  # the value type of the mappings the schema takes here
+        held, parts = [get_args(m)[-1] for m in members if get_origin(m) in (dict, Mapping) and get_args(m)], [
+            (f"{where}.{key}", inner) for key, inner in value.items()]
+    elif isinstance(value, list):  # the item type of the lists
+        held, parts = [get_args(m)[0] for m in members if get_origin(m) in (list, tuple, Sequence) and get_args(m)], [
+            (f"{where}[{index}]", inner) for index, inner in enumerate(value)]
+    else:
+        return None
+    for below, inner in parts if held else ():
+        if (found := _boolean_for_a_number(inner, held, below.lstrip("."))) is not None:
             return found
     return None
+
+
+def _members(kind: Any) -> list[Any]:
+    """The types a union (an optional type too) holds, or the type itself."""
+    if get_origin(kind) in (Union, types.UnionType):
+        return [member for arg in get_args(kind) for member in _members(arg)]
+    return [kind]
 
 
 def _admits_bool(annotation: Any) -> bool:

@@ -110,6 +110,9 @@ def campaign(tmp_path, family, **sections):
     ("final", {"picks": {"mine": {"weights": {"arith": True}}}}, "final.picks.mine.weights: a number or a name goes "
      "here, not the boolean true (at arith)"),
     ("final", {"race": [False, 0.5]}, "final.race: a number or a name goes here, not the boolean false (at [0])"),
+    # an optional section checks its own fields, and a value of another shape is named as such (audit 143)
+    ("align", {"arch": "mlp", "seed": True}, "align.seed: a number or a name goes here, not the boolean true"),
+    ("objective", {"weights": [True]}, "objective.weights: expected a mapping of keys ({key: value, ...}), not a list"),
     # a race of one stage at the whole set measures every finalist whole and races nothing
     ("final", {"race": [1.0]}, "final.race: give increasing fractions in (0, 1), got [1.0]"),
     # a population of one has no parents to cross: a one-line refusal, not an error of the optimiser later
