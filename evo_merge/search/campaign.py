@@ -97,14 +97,6 @@ class CampaignRunner:
         self._evaluator: Evaluator | None = None
         self._locking = lock
         self.followed = False  # whether the campaign's trackers follow it (report.tracking.follow_campaign)
-        self._closed = False  # its `with` block ended: the run's database is closed
-
-    def _check_open(self) -> None:
-        """A runner used after its `with` block (a notebook's next cell) ended in sqlite's "Cannot
-        operate on a closed database" (audit 142)."""
-        if self._closed:
-            raise UserError(f"this runner of {self.workspace.run_dir} was closed when its `with` block ended; open "
-                            "the run again (CampaignRunner.open with the same run_dir) to go on")
 
     @cached_property
     def space(self) -> SearchSpace:
@@ -390,7 +382,6 @@ class CampaignRunner:
         """The whole campaign: (candidates measured on every search item, exported picks name ->
         (evaluation id, folder)). The run is marked finished at the end, after `report` (told the
         picks) has written what the user reads: a run cut short while writing it is not finished."""
-        self._check_open()
         with RunLock(self.workspace.run_dir) if self._locking else nullcontext():
             return self._run(report)
 
@@ -465,7 +456,6 @@ class CampaignRunner:
         size), and the model files are checked unchanged since the run read them, after the
         measuring's minutes: the card's scores are of those weights. The run folder's lock is held
         throughout, as `run` holds it (`lock=False`: the caller holds it, as the command does)."""
-        self._check_open()
         with RunLock(self.workspace.run_dir) if self._locking else nullcontext():
             return self._export_evaluation(eid, out, overwrite)
 
@@ -510,7 +500,6 @@ class CampaignRunner:
             self.close()
         finally:
             self.workspace.store.close()
-            self._closed = True
 
 
 def _nothing_measured(store: CampaignStore, failures: dict[str, str]) -> UserError:
@@ -555,7 +544,15 @@ def _campaign_root(campaign: Campaign, root: str | Path | None) -> Path:
     given = None if root is None else Path(os.path.abspath(expand_home(root)))
     if campaign.folder is None:
         return given or Path.cwd()
-    if given is not None and given != campaign.folder:
+    if given is not None and not _same_folder(given, campaign.folder):
         raise UserError(f"root {given}: the campaign was loaded from {campaign.folder}, against which its relative "
                         "paths were checked; leave root out (or give that folder)")
     return campaign.folder
+
+
+def _same_folder(one: Path, other: Path) -> bool:
+    """The same folder however spelt (through a link, resolved), where both are there to compare."""
+    try:
+        return one == other or os.path.samefile(one, other)
+    except OSError:
+        return False

@@ -7,6 +7,7 @@ itself finds a misfit only once the models are loaded."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from evo_merge.config import Campaign, EvaluatorSpec
@@ -100,7 +101,7 @@ def check_campaign_fits(campaign_file: str | Path, run_dir: str | Path, evaluato
     machine's (none here for a remote cluster)."""
     from evo_merge.search.capacity import check_fits
 
-    if not isinstance(campaign_file, (str, Path)):  # a Campaign: os.fspath's TypeError named no way on
+    if not isinstance(campaign_file, (str, os.PathLike)):  # a Campaign: os.fspath's TypeError named no way on
         raise TypeError(f"check_campaign_fits takes the campaign's file, as `run` checks it, not "
                         f"{type(campaign_file).__name__}; write a campaign made in Python to a file first "
                         "(yaml.safe_dump(campaign.model_dump(mode='json')))")

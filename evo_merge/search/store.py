@@ -160,6 +160,25 @@ class Evaluation:
     estimate_se: dict[str, float] | None = None
 
 
+class ClosedStoreError(UserError):
+    """A store used after it was closed."""
+
+
+class _ClosedDatabase:
+    """A closed store's database: any use says so. sqlite's "Cannot operate on a closed database"
+    was what a notebook's next cell got from a runner whose `with` block had ended (audit 142)."""
+
+    def __init__(self, path: Path):
+        self._path = path
+
+    def close(self) -> None:
+        """Closing again is no mistake (a `with` block after `close`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ClosedStoreError(f"{self._path}: the run's database was closed (its runner's `with` block ended, or its "
+                        "store was closed); open the run again to go on (CampaignRunner.open with the same run_dir)")
+
+
 class CampaignStore:
     DB = "state.sqlite"
 
@@ -170,6 +189,7 @@ class CampaignStore:
 
     def close(self) -> None:
         self.db.close()
+        self.db = _ClosedDatabase(self.run_dir / self.DB)
 
     def __enter__(self) -> CampaignStore:
         return self
@@ -480,6 +500,8 @@ class CampaignStore:
         the flag again): `status` called the store damaged where `resume` mended it (audit 127)."""
         try:
             flag = self.get_meta(FINISHED_META)
+        except ClosedStoreError:
+            raise
         except UserError:
             return False
         return bool(flag) and self.generations_completed() >= generations

@@ -3,9 +3,9 @@ run folder's checks and lock, a failed start that leaves no folder, and models r
 
 import logging
 import os
-import sqlite3
 from pathlib import Path
 
+import py
 import pytest
 import yaml
 from campaigns import campaign_config  # tests/search is on sys.path
@@ -48,11 +48,11 @@ def test_a_library_run_holds_the_folder_s_lock_while_it_works(tmp_path, zoo):
     assert seen and seen[0] != "none"
     assert holder(run) is None and (run / "models" / "balanced" / "config.json").is_file()
     assert "balanced" in (run / "report.md").read_text()
-    with pytest.raises(sqlite3.ProgrammingError, match="closed"):  # the with block closed the database
-        runner.workspace.store.evaluations()
-    # and the runner says so, as a notebook's next cell would use it (sqlite's error, audit 142)
-    for use in (runner.run, lambda: runner.export_evaluation(1, tmp_path / "pick")):
-        with pytest.raises(UserError, match=f"this runner of {run} was closed when its `with` block ended"):
+    # the with block closed the database, and any use says so, as a notebook's next cell would use the
+    # runner (sqlite's "Cannot operate on a closed database", audit 142)
+    for use in (runner.workspace.store.evaluations, runner.run, runner.finished, runner.measure_final,
+                lambda: runner.export_evaluation(1, tmp_path / "pick")):
+        with pytest.raises(UserError, match=f"{run / 'state.sqlite'}: the run's database was closed"):
             use()
 
 
@@ -97,6 +97,7 @@ def test_a_path_or_a_dict_for_the_campaign_is_named(tmp_path, zoo):
     written.write_text(yaml.safe_dump(made.model_dump(mode="json")))
     assert Campaign.load(written).model_dump() == made.model_dump()
     check_campaign_fits(written, tmp_path / "run")
+    check_campaign_fits(py.path.local(written), tmp_path / "run")  # any os.PathLike, as pytest's tmpdir
 
 
 def test_closing_lets_go_of_the_loaded_models_and_a_later_run_makes_them_again(tmp_path, zoo):
@@ -179,7 +180,7 @@ def test_leaving_the_block_closes_the_database_where_stopping_the_evaluator_fail
     with pytest.raises(RuntimeError, match="cluster gone"):
         with CampaignRunner.open(small(zoo), tmp_path, tmp_path / "run") as runner:
             runner._evaluator = Stuck()
-    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+    with pytest.raises(UserError, match="the run's database was closed"):
         runner.workspace.store.db.execute("SELECT 1")
 
 
@@ -229,8 +230,10 @@ def test_a_loaded_campaign_s_paths_are_read_from_its_file_s_folder(tmp_path, mon
     assert not (tmp_path / "run").exists()
     with CampaignRunner.open(campaign, run_dir="run") as runner:
         assert runner.workspace.base == base and runner.workspace.models == fts
-    with CampaignRunner.open(campaign, "configs/../configs", "run") as runner:  # the same folder, spelt otherwise
-        assert runner.workspace.base == base
+    (tmp_path / "link").symlink_to(tmp_path / "configs")
+    for same in ("configs/../configs", tmp_path / "link", (tmp_path / "link").resolve()):  # spelt otherwise
+        with CampaignRunner.open(campaign, same, "run") as runner:
+            assert runner.workspace.base == base
 
 
 def test_a_library_user_exports_an_evaluation_as_export_pick_does(tmp_path, zoo, monkeypatch):
