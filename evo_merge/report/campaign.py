@@ -223,7 +223,7 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
                race: dict | None, running: str | None = None) -> list[str]:
     """The report's opening lines: whether it is finished, evaluations, items spent, held-out items, the race."""
     n_search = int((table.phase == SEARCH).sum())
-    spent, full, saving = search_saving(store, facts, n_search)
+    spent, full, saving = search_saving(store, facts, int(((table.phase == SEARCH) & (table.status == "ok")).sum()))
     n_failed = int((table.status == "failed").sum())
     unmeasured = len(store.measure_failures())  # worked on their anchors, failed when measured in the final phase
     done, total = store.generations_completed(), facts["generations"]

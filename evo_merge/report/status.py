@@ -89,7 +89,7 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
         lines.append(race)
     if rounds := rounds_summary(store.get_meta(PICKS_META)):
         lines.append(rounds)
-    spent, full, saving = search_saving(store, facts, len(search))
+    spent, full, saving = search_saving(store, facts, sum(e.status == "ok" for e in search))
     saved = f" ({saving:.1f}x saving)" if saving is not None else ""
     compared = f"{spent:,} vs {full:,} for a full-evaluation search{saved}" if search else NO_SEARCH[finished]
     lines.append(f"item evaluations in search: {compared}; in total {item_totals(store)}")
