@@ -120,8 +120,10 @@ def _best_lines(objectives: Objectives, competing: list[Evaluation], sampled: di
         else:
             since = ""
         better = "higher" if objectives.goodness({task: 1.0}, task) > 0 else "lower"
+        # a standard merge competes as measured: said, so the line is not read as a search candidate's (audit 144)
+        kind = ", a standard merge" if best.phase == BASELINE else ""
         lines.append(f"best {task} in the search ({better} is better): {value} "
-                     f"{'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method}){since}")
+                     f"{'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method}{kind}){since}")
     return lines
 
 

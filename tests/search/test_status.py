@@ -59,8 +59,8 @@ def test_the_best_line_says_measured_only_of_a_candidate_scored_on_every_search_
     from evo_merge.report.status import _best_lines
     from evo_merge.search.store import Evaluation
 
-    def best(items, se=None, measured=None, key="k"):
-        return Evaluation(1, key, "search", 1, "ties", "ok", {"a": 0.7}, measured, items, 1.0, None, se)
+    def best(items, se=None, measured=None, key="k", phase="search"):
+        return Evaluation(1, key, phase, 1, "ties", "ok", {"a": 0.7}, measured, items, 1.0, None, se)
 
     objectives = Objectives.of(["a"], ["maximize"])
     (line,) = _best_lines(objectives, [best(100, measured={"a": 0.7})], {}, 100)
@@ -71,6 +71,9 @@ def test_the_best_line_says_measured_only_of_a_candidate_scored_on_every_search_
     assert line.endswith("0.700 ± 0.020 estimated (evaluation 1, ties); measured 0.660 since")
     (line,) = _best_lines(objectives, [best(12, se={"a": 0.02})], {"k": {"a": 0.68}}, 100)
     assert line.endswith("; 0.680 on the race's last sample, which the picks were chosen on")
+    # a standard merge competes measured: named as one, not read as a search candidate's (audit 144)
+    (line,) = _best_lines(objectives, [best(100, measured={"a": 0.7}, phase="baseline")], {}, 100)
+    assert line.endswith("0.700 measured (evaluation 1, ties, a standard merge)")
 
 
 def test_a_minimised_task_is_best_when_lowest(run):
