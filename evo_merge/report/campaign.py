@@ -265,7 +265,8 @@ def _markdown(run_dir: Path, store: CampaignStore, evaluations: Sequence[Evaluat
         "## Reference models and measured candidates",
         "",
         (
-            "Estimated (`est_`) and measured on the search items (`meas_`)"
+            "Estimated (`est_`: for a candidate scored on every search item, a reference model or a standard "
+            "merge, its measured score, with no SE) and measured on the search items (`meas_`)"
             + (", and on the held-out items (`held_`)" if any(holdout.values()) else "")
             + ("; `pool_`: the estimate pooled over similar recipes, on which the final phase chose what to measure"
                if any(column.startswith("pool_") for column in summary.columns) else "")
