@@ -100,7 +100,9 @@ def scores_section(scores: Scores | None, errors: Scores | None = None, note: st
         se = ", with the estimate's standard error" if errors.get("estimated") else ""
         index = ("; only measured scores are in the `model-index` metadata, each named with the items it was "
                  "measured on") if published else ""
-        lines += [f"Estimated scores come from a few anchor items and an IRT model{se}{index}.", ""]
+        # an adaptive test's items are chosen per candidate, not anchors (the sentence said anchors of both, audit 144)
+        lines += [f"Estimated scores come from part of each task's items (anchor items, or those an adaptive test "
+                  f"chose) and an IRT model{se}{index}.", ""]
     if held_out:
         where = "published (`model-index`; " if published else "to quote ("
         score = f"their score is the one {where}a task too small to hold items out gives its score on all its items)"

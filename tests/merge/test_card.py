@@ -271,7 +271,8 @@ def test_a_mass_card_names_no_model_index_it_does_not_have(zoo):
     scores = {"estimated": {"a": 0.5}, "measured_search_items": {"a": 0.6}, "measured": {"a": 0.55}}
     card = ModelCard(mass_card(["a", "b"], [str(f) for f in fts], str(base), routing, scores))
     assert "model-index" not in card.text and "model-index" not in card.data.to_dict()
-    assert "Estimated scores come from a few anchor items and an IRT model." in card.text
+    assert ("Estimated scores come from part of each task's items (anchor items, or those an adaptive test chose) "
+            "and an IRT model.") in card.text
     assert "their score is the one to quote" in card.text
     merged = ModelCard(model_card(recipe_for(base, fts), scores=scores))
     assert "only measured scores are in the `model-index` metadata" in merged.text
