@@ -274,6 +274,8 @@ class CampaignRunner:
                             "keeps one item for the search)", name, held, asked)
         self.workspace.store.set_meta(HOLDOUT_META, self.holdout)
         standard, random = self.warmup_merges(self.space)
+        if standard:  # named from the start: a report of a run cut short before the final phase left them blank
+            self.workspace.store.set_meta(BASELINES_META, {c.key: label for label, c in _baselines(self.space).items()})
         subjects = self.scoring.subjects(len(self.workspace.models), standard + random)
         self.workspace.store.set_meta(CALIBRATION_META, len(subjects))
         for label, candidate in subjects:  # a base or endpoint that failed stopped the run here: tried again

@@ -15,7 +15,7 @@ from evo_merge.config import Campaign
 from evo_merge.search.campaign import CampaignRunner
 from evo_merge.search.candidate import standard_merges
 from evo_merge.search.front import candidates
-from evo_merge.search.store import BASELINE, CALIBRATION, SEARCH
+from evo_merge.search.store import BASELINE, BASELINES_META, CALIBRATION, SEARCH
 from evo_merge.zoo.tiny import save_tiny_family
 
 sys.path.insert(0, str(Path(__file__).parent))  # agreement_task, the plugin task the campaigns score
@@ -67,6 +67,12 @@ def test_the_standard_merges_are_the_first_warm_ups_one_method_after_another(tmp
         assert evaluation.items_evaluated == search_item_count(runner)
         assert evaluation.measured == pytest.approx(evaluation.estimates)
     assert fitted_subjects(runner) == 8  # base, 2 endpoints, 5 warm-ups
+    # named as the standard merges they are from the start: a report of a run cut short in the search
+    # left the baseline column blank (audit 144)
+    named = store.get_meta(BASELINES_META)
+    assert {e.key: named[e.key] for e in baselines} == {standard[label].key: label for label in (
+        "task_arithmetic lambda=0.5", "ties density=0.2", "tsv alpha=1", "task_arithmetic lambda=0.7",
+        "task_arithmetic lambda=1.0")}
     runner.search()
     # the search seeds the standard merges: it looks them up, spending nothing more on them
     after = {e.key: e for e in store.evaluations(BASELINE)}
