@@ -27,6 +27,7 @@ from evo_merge.search.kinds import rounded_storage_note
 from evo_merge.search.layout import EVALUATIONS_CSV, PARETO_CSV, PARETO_PNG, PROGRESS_PNG, REPORT_HTML, REPORT_MD
 from evo_merge.search.metrics import (
     NO_SEARCH,
+    NONE_SCORED,
     item_totals,
     mixed_revisions_note,
     picks_no_better_than_inputs,
@@ -223,7 +224,8 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
                race: dict | None, running: str | None = None) -> list[str]:
     """The report's opening lines: whether it is finished, evaluations, items spent, held-out items, the race."""
     n_search = int((table.phase == SEARCH).sum())
-    spent, full, saving = search_saving(store, facts, int(((table.phase == SEARCH) & (table.status == "ok")).sum()))
+    n_scored = int(((table.phase == SEARCH) & (table.status == "ok")).sum())
+    spent, full, saving = search_saving(store, facts, n_scored)
     n_failed = int((table.status == "failed").sum())
     unmeasured = len(store.measure_failures())  # worked on their anchors, failed when measured in the final phase
     done, total = store.generations_completed(), facts["generations"]
@@ -237,8 +239,8 @@ def _run_facts(run_dir: Path, store: CampaignStore, facts: dict, table: pd.DataF
         f"evaluations: {len(table)} ({n_search} search candidates, {n_failed} failed"
         + (f", {unmeasured} failed when measured in the final phase" if unmeasured else "") + ")",
         (f"item evaluations in the search phase: {spent:,}; a full-evaluation search would have spent {full:,}"
-         + (f" ({saving:.1f}x more)" if saving is not None else "")) if n_search
-        else f"item evaluations in the search phase: {NO_SEARCH[finished]}",
+         + (f" ({saving:.1f}x more)" if saving is not None else "")) if n_scored
+        else f"item evaluations in the search phase: {NONE_SCORED if n_search else NO_SEARCH[finished]}",
         f"item evaluations in total: {item_totals(store)}",
         _holdout_fact(store.get_meta(HOLDOUT_META, {})),
     ]

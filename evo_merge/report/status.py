@@ -15,6 +15,7 @@ from evo_merge.search.irt_files import changed_irt_models
 from evo_merge.search.layout import IRT_FOLDER
 from evo_merge.search.metrics import (
     NO_SEARCH,
+    NONE_SCORED,
     item_totals,
     mixed_revisions_note,
     picks_no_better_than_inputs,
@@ -89,9 +90,11 @@ def status_lines(run: Path, store: CampaignStore, facts: dict[str, Any], pid: st
         lines.append(race)
     if rounds := rounds_summary(store.get_meta(PICKS_META)):
         lines.append(rounds)
-    spent, full, saving = search_saving(store, facts, sum(e.status == "ok" for e in search))
+    scored = sum(e.status == "ok" for e in search)
+    spent, full, saving = search_saving(store, facts, scored)
     saved = f" ({saving:.1f}x saving)" if saving is not None else ""
-    compared = f"{spent:,} vs {full:,} for a full-evaluation search{saved}" if search else NO_SEARCH[finished]
+    compared = (f"{spent:,} vs {full:,} for a full-evaluation search{saved}" if scored
+                else NONE_SCORED if search else NO_SEARCH[finished])
     lines.append(f"item evaluations in search: {compared}; in total {item_totals(store)}")
     # what the store holds (scenario names, methods, folders) cannot drive the terminal, nor start a line
     return [visible(line) for line in lines]

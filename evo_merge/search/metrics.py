@@ -78,6 +78,8 @@ def item_totals(store: CampaignStore) -> str:
 # nothing); a finished one asked only candidates measured before it (its seeds, looked up)
 NO_SEARCH = {False: "none yet (no search candidate)",
              True: "none (every candidate it asked was measured before it: the endpoints and standard merges)"}
+# and of a search every candidate of which failed (no saving to compare: "0 vs 0", audit 145)
+NONE_SCORED = "none scored: every search candidate failed (the failures say why)"
 
 
 def search_saving(store: CampaignStore, facts: Mapping, n_scored: int) -> tuple[int, int, float | None]:

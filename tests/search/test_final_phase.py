@@ -478,6 +478,13 @@ def test_the_search_saving_counts_failed_candidates_on_neither_side(finished, tm
     assert f"item evaluations in search: {spent:,} vs {(n_search - 1) * 180:,} for a full-evaluation" in result.output
     assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
     assert f"would have spent {(n_search - 1) * 180:,}" in (run / "report.md").read_text()
+    with sqlite3.connect(run / "state.sqlite") as db:  # every one failed: no saving to speak of ("0 vs 0")
+        db.execute("UPDATE evaluations SET status = 'failed', items_evaluated = 0, error = 'RuntimeError: x', "
+                   "estimates = NULL WHERE phase = 'search'")
+    result = CliRunner().invoke(cli, ["status", str(run)], terminal_width=200)
+    assert "item evaluations in search: none scored: every search candidate failed" in result.output
+    assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
+    assert "search phase: none scored: every search candidate failed" in (run / "report.md").read_text()
 
 
 def test_a_resumed_export_removes_what_a_killed_one_left_half_written(finished, tmp_path):
