@@ -206,11 +206,14 @@ def _index_as_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """A table whose ids are in its index, as pandas leaves them (`df.pivot(index="subject", ...)`, a
     `set_index(["subject", "item"])`): its named levels as columns. The index was ignored and a pivot's
     first item column read as the subject ids (audit 142). A level named as a column already is that
-    column; beside a `subject` column only an `item` level is read; a nameless index is the frame's row
-    labels (a filter's, a date's), ignored as before."""
+    column; beside a `subject` column only an `item` level is read; a nameless index, or one of
+    numbers, is the frame's row labels (a filter's, a date's), ignored as before."""
     if twice := [name for name in frame.index.names if name is not None and name in frame.columns]:
         frame = frame.reset_index(level=twice, drop=True)  # pandas would call the name ambiguous
-    levels = [name for name in frame.index.names if name is not None]
+    # a named level of numbers is row numbers too (`row`, beside a subject column named `model`, audit 145)
+    levels = [name for name, level in zip(frame.index.names, frame.index.levels if frame.index.nlevels > 1
+                                          else [frame.index])
+              if name is not None and not pd.api.types.is_numeric_dtype(level.dtype)]
     if "subject" in frame.columns:
         levels = [name for name in levels if name == "item"]
     return frame.reset_index(level=levels) if levels else frame

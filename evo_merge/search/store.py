@@ -175,6 +175,8 @@ class _ClosedDatabase:
         """Closing again is no mistake (a `with` block after `close`)."""
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # Python's own lookups (copy, pickle, hasattr of a protocol): not a use
+            raise AttributeError(name)
         raise ClosedStoreError(f"{self._path}: the run's database was closed (its runner's `with` block ended, or its "
                         "store was closed); open the run again to go on (CampaignRunner.open with the same run_dir)")
 

@@ -63,7 +63,8 @@ def test_a_table_whose_ids_are_its_index_reads_them_there(tmp_path):
     labelled = long.set_index(pd.Index(["r1", "r2", "r3", "r4"]))  # a nameless index is row labels, ignored
     for frame in (pivot, pivot.rename_axis("model"), long.set_index(["subject", "item"]), labelled,
                   long.set_index("subject", drop=False), long.set_index(pd.date_range("2026-01-01", periods=4)),
-                  long[long.score > 0.2], pivot.reset_index().rename_axis("row")):  # a row index beside subject
+                  long[long.score > 0.2], pivot.reset_index().rename_axis("row"),  # a row index beside subject
+                  pivot.reset_index().rename(columns={"subject": "model"}).rename_axis("row")):  # numbered rows
         read = validate_responses(frame)
         assert sorted(zip(read.subject, read["item"], read.score)) == expected, frame
     # as a file: parquet keeps the pivot's index, and the long and transposed readings read it too
