@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evo_merge.errors import MissingModel, UserError, first_line
+from evo_merge.markup import shell
 from evo_merge.user_paths import expand_home
 from evo_merge.weights.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Checkpoint, weight_files
 from evo_merge.weights.lora import LoraCheckpoint
@@ -202,7 +203,9 @@ def _snapshot(repo: str, revision: str | None, key: str, looked_in: str = "here"
     # a relative name that is no folder here is taken for a Hub id: say both, a typo'd path is likelier
     model = repo + (f"@{revision}" if revision else "")
     where = f"{key}: no folder {repo} {looked_in}, and Hub model {model}"
-    def fetch(local_only: bool) -> Path:
+    download = shell("hf", "download", repo, *(["--revision", revision] if revision else []))
+
+    def snapshot(local_only: bool) -> Path:
         folder = snapshot_download(repo, revision=revision, local_files_only=local_only, allow_patterns=SNAPSHOT_FILES)
         return _checked_snapshot(Path(folder), repo, f"{key}: Hub model {model}")
 
@@ -213,10 +216,10 @@ def _snapshot(repo: str, revision: str | None, key: str, looked_in: str = "here"
         # model); one a download left short is completed where the Hub can be reached
         if revision is not None and _COMMIT.match(revision) and not offline:
             with contextlib.suppress(LocalEntryNotFoundError):
-                folder = fetch(local_only=True)
+                folder = snapshot(local_only=True)
                 problem = _missing_weights(folder)
         if folder is None or problem:
-            folder = fetch(local_only=offline)
+            folder = snapshot(local_only=offline)
             problem = _missing_weights(folder)
     except GatedRepoError:
         raise UserError(f"{where} is gated: accept its terms on the Hub and log in (huggingface-cli login)") from None
@@ -226,15 +229,13 @@ def _snapshot(repo: str, revision: str | None, key: str, looked_in: str = "here"
         raise UserError(f"{where}: no such revision") from None
     except LocalEntryNotFoundError:
         hint = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
-        fetch = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
         # missing here, as a moved folder is: a run folder's own campaign says how to mend either
-        raise MissingModel(f"{where} is not in the local cache and {hint} (`{fetch}` where the Hub can be reached "
+        raise MissingModel(f"{where} is not in the local cache and {hint} (`{download}` where the Hub can be reached "
                            "fills the cache)") from None
     except (HfHubHTTPError, OSError) as err:
         raise UserError(f"{where}: {first_line(err)}") from None
     if problem:
-        fetch_command = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
-        raise UserError(f"{key}: Hub model {model}: {problem} (a download cut short? `{fetch_command}` completes it)")
+        raise UserError(f"{key}: Hub model {model}: {problem} (a download cut short? `{download}` completes it)")
     return folder
 
 
@@ -257,8 +258,7 @@ def _checked_snapshot(folder: Path, repo: str, where: str) -> Path:
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    repo_folder = expand_home(constants.HF_HUB_CACHE).resolve() / repo_folder_name(repo_id=repo,
-                                                                                         repo_type="model")
+    repo_folder = expand_home(constants.HF_HUB_CACHE).resolve() / repo_folder_name(repo_id=repo, repo_type="model")
     real = folder.resolve()
     if real.parent != repo_folder.resolve() / "snapshots" or not _COMMIT.match(real.name):
         raise UserError(f"{where} resolves to {real}, not a commit's snapshot folder in {repo_folder}/snapshots "
