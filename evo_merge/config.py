@@ -274,6 +274,8 @@ class EstimatorSpec(_Checked):
         return self
 
 
+LEGACY_SEEDS = 2**32  # the seeds numpy's legacy generator takes (CMA-ES's and py-irt's draws)
+
 # pymoo's MOEA/D is steady-state (one candidate per ask), which would evaluate one candidate at a
 # time; NSGA-III and SMS-EMOA cover many objectives with a generation batched over the evaluator
 MULTI_OBJECTIVE_ALGORITHMS = ("nsga2", "nsga3", "smsemoa")
@@ -293,15 +295,6 @@ class AlgorithmSpec(_Checked):
         True, description="start generation 1 with each endpoint alone (looked up from calibration; "
         "not for cmaes) and the standard merges of the configured methods (task arithmetic lambda "
         "0.3-1 within its range, TIES density 0.2, TSV-M alpha 1; weight 1 each), the rest random")
-
-    @model_validator(mode="after")
-    def _cma_seed(self) -> AlgorithmSpec:
-        """CMA-ES draws from numpy's legacy generator, which takes 32-bit seeds: a larger one was
-        accepted here and failed the run after its calibration (audit 140). The other algorithms
-        take any seed, and run folders holding one still load."""
-        if self.name == "cmaes" and self.seed >= 2**32:
-            raise ValueError(f"seed: cmaes takes a seed below {2**32:,}, got {self.seed}")
-        return self
 
 
 class ObjectiveSpec(_Checked):
@@ -687,12 +680,15 @@ class Campaign(_Checked):
         return unread + self.estimator.ignored_settings()
 
     @model_validator(mode="after")
-    def _pyirt_seed(self) -> Campaign:
-        """py-irt seeds numpy's legacy generator (32 bits): a larger `algorithm.seed` was accepted and
-        failed the run after its calibration, reported as a diverged fit (audit 143)."""
-        if self.estimator.backend == "pyirt" and self.algorithm.seed >= 2**32:
-            raise ValueError(f"algorithm.seed: estimator.backend pyirt takes a seed below {2**32:,}, got "
-                             f"{self.algorithm.seed}")
+    def _legacy_seed(self) -> Campaign:
+        """CMA-ES and py-irt draw from numpy's legacy generator, which takes 32-bit seeds: a larger
+        `algorithm.seed` was accepted and failed the run after its calibration (audits 140, 143). The
+        other settings take any seed, and run folders holding one still load."""
+        users = [name for name, uses in (("algorithm.name cmaes", self.algorithm.name == "cmaes"),
+                                         ("estimator.backend pyirt", self.estimator.backend == "pyirt")) if uses]
+        if users and self.algorithm.seed >= LEGACY_SEEDS:
+            raise ValueError(f"algorithm.seed: {users[0]} takes a seed below {LEGACY_SEEDS:,}, "
+                             f"got {self.algorithm.seed}")
         return self
 
     @model_validator(mode="after")

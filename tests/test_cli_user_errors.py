@@ -118,7 +118,8 @@ def campaign(tmp_path, family, **sections):
     # a population of one has no parents to cross: a one-line refusal, not an error of the optimiser later
     ("algorithm", {"population": 1}, "algorithm.population: Input should be greater than or equal to 2"),
     # CMA-ES seeds numpy's legacy generator (32 bits): `plan` said "fits", the run failed after calibration
-    ("algorithm", {"name": "cmaes", "seed": 2**32}, "algorithm: seed: cmaes takes a seed below 4,294,967,296, got "),
+    ("algorithm", {"name": "cmaes", "seed": 2**32},
+     "algorithm.seed: algorithm.name cmaes takes a seed below 4,294,967,296, got "),
     ("align", {"arch": "mlp", "seed": 2**64}, "align.seed: Input should be less than 18446744073709551616"),
     # no density of the searched range keeps DELLA's probabilities in (0, 1): every candidate failed after calibration
     ("methods", {"della": {"epsilon": 0.5}}, "methods: della: epsilon 0.5 must keep density 0.2 +/- epsilon in (0, 1) "
