@@ -541,9 +541,10 @@ def estimate_table(estimator: Estimator | AdaptiveEstimator, responses: pd.DataF
     """Estimates for every subject of a response table (long or wide, validated here where it is not
     `validate_responses`' long form): columns subject,scenario,estimator,estimate,se. Its ids are read
     as text, as the model's are (a table of integer item ids fitted the model)."""
-    if list(responses.columns) != ["subject", "item", "score", "scenario"]:
-        responses = validate_responses(responses)
-    matrix = ResponseMatrix.from_long(responses.astype({"subject": str, "item": str}), estimator.model.item_ids)
+    if list(responses.columns) != ["subject", "item", "score", "scenario"] or not all(
+            pd.api.types.is_string_dtype(responses[column]) for column in ("subject", "item")):
+        responses = validate_responses(responses)  # a validated table is not copied again
+    matrix = ResponseMatrix.from_long(responses, estimator.model.item_ids)
     if isinstance(estimator, AdaptiveEstimator):
         return _adaptive_table(estimator, matrix)
     scores = matrix.scores[:, estimator.anchor_idx]

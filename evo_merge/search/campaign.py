@@ -275,7 +275,7 @@ class CampaignRunner:
         self.workspace.store.set_meta(HOLDOUT_META, self.holdout)
         standard, random = self.warmup_merges(self.space)
         if standard:  # named from the start: a report of a run cut short before the final phase left them blank
-            self.workspace.store.set_meta(BASELINES_META, {c.key: label for label, c in _baselines(self.space).items()})
+            self.workspace.store.set_meta(BASELINES_META, _baseline_labels(self.space))
         subjects = self.scoring.subjects(len(self.workspace.models), standard + random)
         self.workspace.store.set_meta(CALIBRATION_META, len(subjects))
         for label, candidate in subjects:  # a base or endpoint that failed stopped the run here: tried again
@@ -360,7 +360,7 @@ class CampaignRunner:
     def evaluate_baselines(self) -> None:
         """The standard merges the genome can express, on the anchors like any candidate (those
         the search seeded are looked up): part of the front and picks unless `final.baselines` is off."""
-        merges = {c.key: label for label, c in _baselines(self.space).items()}
+        merges = _baseline_labels(self.space)
         self.workspace.store.set_meta(BASELINES_META, merges)
         if self.workspace.campaign.final.baselines:
             self.ledger.evaluate(
@@ -522,6 +522,11 @@ def _baselines(space: SearchSpace) -> dict[str, Candidate]:
     endpoints = {endpoint_candidate(i, space.n_models).key for i in range(space.n_models)}
     return {label: c for label, c in standard_merges(space.n_models).items()
             if c.key not in endpoints and space.expressible([c])}
+
+
+def _baseline_labels(space: SearchSpace) -> dict[str, str]:
+    """Each baseline's candidate key -> the standard merge it is (`BASELINES_META`)."""
+    return {c.key: label for label, c in _baselines(space).items()}
 
 
 def _refuse_an_input(evaluation: Evaluation, workspace: Workspace) -> None:
