@@ -27,7 +27,14 @@ Job = tuple[Candidate, Items]
 
 
 class CandidateFailed(Exception):
-    """The candidate could not be built or scored (NaN weights, OOM, an exception in a task)."""
+    """The candidate could not be built or scored (NaN weights, OOM, an exception in a task).
+    `items_spent`: the items its tasks scored before one failed, whose scores are not kept (a
+    failed candidate gets the worst fitness on every task) but whose cost was paid: a run's item
+    totals count them."""
+
+    def __init__(self, message: str, items_spent: int = 0) -> None:
+        super().__init__(message)
+        self.items_spent = items_spent
 
 
 Result = tuple[int, "ItemScores | CandidateFailed", float]  # (job index, scores or failure, seconds)

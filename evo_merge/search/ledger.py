@@ -89,7 +89,12 @@ class EvaluationLedger:
         it had (and the step's items), and the failure is recorded first, so a resume makes the
         same decision."""
         if isinstance(outcome, CandidateFailed):
-            return self._end_test(key, str(outcome))
+            ended = self._end_test(key, str(outcome))
+            if outcome.items_spent:  # the items its tasks scored before one failed: paid for, not kept
+                previous = self.store.get(key)
+                self.store.add_items(key, {}, previous.estimates, previous.estimate_se, seconds,
+                                     items_unkept=outcome.items_spent)
+            return ended
         stored = self.store.item_scores(key)
         scores = {n: {**stored.get(n, {}), **outcome.get(n, {})} for n in self.scoring.names}
         try:
@@ -124,6 +129,8 @@ class EvaluationLedger:
                phase: str, generation: int | None, whole: bool) -> None:
         """Store an evaluation; scored on every search item (`whole`), with its measurement, at once."""
         scores, estimates, se, status, error = {}, None, None, "failed", None
+        # the items scored, counted in its cost where they are not kept (it failed on a later task, or its estimate)
+        spent = outcome.items_spent if isinstance(outcome, CandidateFailed) else sum(map(len, outcome.values()))
         if isinstance(outcome, CandidateFailed):
             error = str(outcome)
         else:
@@ -135,7 +142,8 @@ class EvaluationLedger:
         measured = (self.scoring.search_scores(scores) if whole else self._whole(scores)) if status == "ok" else None
         self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method, status=status,
                        estimates=estimates, item_scores=scores, seconds=seconds, error=error,
-                       estimate_se=se if status == "ok" else None, measured=measured)
+                       estimate_se=se if status == "ok" else None, measured=measured,
+                       items_unkept=0 if status == "ok" else spent)
         if status != "ok":
             self._say_failed(candidate.key, error, "stored as failed, with the worst fitness on every task (its "
                              "other tasks' scores too), and not tried again by a resume")

@@ -86,8 +86,11 @@ class LocalEvaluator:
                 series = self._scored(name, model, ids, told)
                 scores[name] = {str(k): float(v) for k, v in series.items()}
                 before += len(ids)
+        except CandidateFailed as failed:
+            raise CandidateFailed(str(failed), items_spent=before) from None
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:  # the cache is emptied in `evaluate_many`
-            raise CandidateFailed(f"out of memory while evaluating ({EVALUATION_OOM_HINT}): {described(exc)}") from exc
+            raise CandidateFailed(f"out of memory while evaluating ({EVALUATION_OOM_HINT}): {described(exc)}",
+                                  items_spent=before) from exc
         return scores
 
     def _scored(self, name: str, model: torch.nn.Module, ids: list[str],
@@ -115,7 +118,8 @@ class LocalEvaluator:
             except Exception as exc:  # noqa: BLE001  merge or evaluation failed (a plugin may raise anything)
                 # a new exception, not `exc`: the traceback of `exc` (or of its cause) holds the frames of the
                 # failed merge or forward pass, whose tensors would stay on the GPU while the next candidate runs
-                outcome = CandidateFailed(str(exc) if isinstance(exc, CandidateFailed) else described(exc))
+                outcome = CandidateFailed(str(exc), exc.items_spent) if isinstance(exc, CandidateFailed) else (
+                    CandidateFailed(described(exc)))
             if self.bench.device.type == "cuda":  # free the candidate's activations before the next one
                 torch.cuda.empty_cache()
             yield index, outcome, time.perf_counter() - start

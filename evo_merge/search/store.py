@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     estimates TEXT,                -- JSON {task: estimated full score}
     estimate_se TEXT,              -- JSON {task: standard error of the estimate}
     measured TEXT,                 -- JSON {task: score on every item}, once measured
-    items_evaluated INTEGER NOT NULL DEFAULT 0,   -- when evaluated (anchors, or all items)
+    items_evaluated INTEGER NOT NULL DEFAULT 0,   -- when evaluated (anchors, or all items; failed: before it)
     items_measured INTEGER NOT NULL DEFAULT 0,    -- added later by the final phase (its race, then every item)
     items_by_export INTEGER NOT NULL DEFAULT 0,   -- those of items_measured that `export --pick` measured
     seconds REAL,
@@ -272,11 +272,13 @@ class CampaignStore:
         error: str | None = None,
         estimate_se: Mapping[str, float] | None = None,
         measured: Mapping[str, float] | None = None,
+        items_unkept: int = 0,
     ) -> Evaluation:
         """Record one evaluation and its per-item scores atomically; `measured`, its scores on every
-        search item when it was scored on them all, in the same transaction."""
+        search item when it was scored on them all, in the same transaction. `items_unkept`: items
+        scored but not kept (a candidate that failed on a later task), counted in its items."""
         scores = item_scores or {}
-        n_items = sum(len(s) for s in scores.values())
+        n_items = sum(len(s) for s in scores.values()) + items_unkept
         with self._transaction():
             cursor = self.db.execute(
                 "INSERT INTO evaluations (key, phase, generation, method, genome, status, estimates, estimate_se,"
@@ -302,13 +304,14 @@ class CampaignStore:
 
     def add_items(self, key: str, item_scores: Mapping[str, Mapping[str, float]], estimates: Mapping[str, float],
                   estimate_se: Mapping[str, float] | None, seconds: float,
-                  measured: Mapping[str, float] | None = None) -> Evaluation:
+                  measured: Mapping[str, float] | None = None, items_unkept: int = 0) -> Evaluation:
         """More items scored for an evaluation (an adaptive test's next step), with the estimates
         they lead to, and its scores on the search items where the step gave it every one
-        (`measured`), in one transaction: a kill between two left it unmeasured for the search."""
+        (`measured`), in one transaction: a kill between two left it unmeasured for the search.
+        `items_unkept`: items the step scored but did not keep (it failed on a later task)."""
         evaluation = self._stored(key)
         with self._transaction():
-            new = self._insert_scores(evaluation.id, item_scores)
+            new = self._insert_scores(evaluation.id, item_scores) + items_unkept
             self.db.execute(
                 "UPDATE evaluations SET estimates = ?, estimate_se = ?, items_evaluated = items_evaluated + ?,"
                 " seconds = COALESCE(seconds, 0) + ?, measured = COALESCE(?, measured) WHERE id = ?",

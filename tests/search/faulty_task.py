@@ -37,7 +37,7 @@ class FaultyAgreementTask(AgreementTask):
             raise RuntimeError("scorer failed once")
         elif self.fault == "held-out" and len(scores) == 17 and not os.path.exists(self.failures):  # a bad held-out
             raise RuntimeError("Context is not a string")  # row, until fixed (`failures`: a file that says so)
-        elif self.fault in ("race", "picks") and self._fails_on(model, len(scores)):
+        elif self.fault in ("race", "picks", "anchors") and self._fails_on(model, len(scores)):
             if self.failures:
                 with open(self.failures, "a") as log:
                     log.write("failed\n")
@@ -45,8 +45,10 @@ class FaultyAgreementTask(AgreementTask):
         return scores
 
     def _fails_on(self, model, n_items: int) -> bool:
-        """Half the models fail (by their weights), and only on the final phase's item counts:
-        the race's samples (`race`: 11-30 items) or a pick's rest (`picks`: 31 to all but one)."""
-        low, high = (10, 30) if self.fault == "race" else (30, len(self._ids) - 1)
+        """Half the models fail (by their weights), and only on some item counts: the race's samples
+        (`race`: 11-30 items), a pick's rest (`picks`: 31 to all but one), or anything short of every
+        item (`anchors`: a search candidate, never a calibration subject)."""
+        short = len(self._ids) - 1
+        low, high = {"race": (10, 30), "picks": (30, short), "anchors": (0, short)}[self.fault]
         weights = next(model.parameters()).detach().float().numpy().tobytes()
         return low < n_items <= high and hashlib.sha256(weights).digest()[0] % 2 == 0

@@ -368,6 +368,35 @@ def test_failed_candidates_are_recorded_and_the_campaign_goes_on(tmp_path, zoo, 
     assert re.search(rf"^evaluations: \d+ \(\d+ search, {failed[0] + 1} failed", status.output, re.M), status.output
 
 
+def test_a_candidate_failing_on_its_second_task_counts_the_items_its_first_task_scored(tmp_path, zoo):
+    """A candidate whose second task raised recorded 0 items though its first task had scored its
+    anchors: a failing run's item totals undercounted what it spent (audit 144)."""
+    base, fts = zoo
+    tasks = [{"task": "agreement_task:AgreementTask", "name": "agree0",
+              "options": {"reference": str(fts[0]), "name": "agree0", "seed": 0}},
+             {"task": "faulty_task:FaultyAgreementTask", "name": "agree1",
+              "options": {"reference": str(fts[1]), "name": "agree1", "seed": 1, "fault": "anchors"}}]
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(campaign(tmp_path, zoo, tasks=tasks)), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    with closing(sqlite3.connect(run / "state.sqlite")) as db:
+        # (a candidate the final phase measured holds every item: left out)
+        rows = db.execute("SELECT e.status, e.items_evaluated, COUNT(s.item) FROM evaluations e LEFT JOIN item_scores "
+                          "s ON s.evaluation_id = e.id AND s.task = 'agree0' WHERE e.phase = 'search' "
+                          "AND e.items_measured = 0 GROUP BY e.id").fetchall()
+    failed = [items for status, items, _ in rows if status == "failed"]
+    first_task = {kept for status, _, kept in rows if status == "ok"}  # agree0's anchors, the same for every candidate
+    assert failed and len(first_task) == 1 and failed == [first_task.pop()] * len(failed)
+    with closing(sqlite3.connect(run / "state.sqlite")) as db:  # what status says the search spent counts them
+        spent, measured_later = db.execute("SELECT SUM(items_evaluated), SUM(items_measured) FROM evaluations "
+                                           "WHERE phase = 'search'").fetchone()
+        kept = db.execute("SELECT COUNT(*) FROM item_scores s JOIN evaluations e ON s.evaluation_id = e.id "
+                          "WHERE e.phase = 'search'").fetchone()[0]
+    assert spent == kept - measured_later + sum(failed)
+    status = CliRunner().invoke(cli, ["status", str(run)], terminal_width=200)
+    assert f"item evaluations in search: {spent:,} vs" in status.output, status.output
+
+
 def test_warm_ups_that_failed_are_said_to_be_left_out_of_the_calibration_on_every_open(tmp_path, zoo, caplog):
     """A plugin failing every evaluation failed the warm-ups too; after the fix, the resume calibrated on
     fewer subjects than a fresh run, without a word (audit 135)."""

@@ -1,8 +1,10 @@
 """The local evaluator's check for non-finite merged weights."""
 
+import pickle
 import weakref
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -64,3 +66,19 @@ def test_a_candidate_out_of_memory_keeps_nothing_of_its_attempt(monkeypatch, whe
     _, outcome, _ = next(evaluator.evaluate_many([(Candidate("linear", (1.0,)), {"t": None})]))
     assert isinstance(outcome, CandidateFailed) and f"out of memory while {where}" in str(outcome)
     assert held[0]() is None
+
+
+def test_a_candidate_failing_on_a_later_task_says_how_many_items_its_earlier_tasks_scored(monkeypatch):
+    """The items scored before a task failed are counted in the run's totals (they were paid for),
+    also from a dask worker, whose failure comes back pickled."""
+    model = nn.Linear(2, 2)
+    monkeypatch.setattr(local, "candidate_kind", lambda method: SimpleNamespace(build=lambda bench, candidate: model))
+    good = SimpleNamespace(name="good", item_ids=["a", "b", "c"], evaluate=lambda model, tokenizer, items: pd.Series(
+        1.0, index=list(items)))
+    bad = SimpleNamespace(name="bad", item_ids=["x"], evaluate=lambda model, tokenizer, items: {}["broken"])
+    bench = SimpleNamespace(device=torch.device("cpu"), tokenizer=None, merger=SimpleNamespace(on_tensor=None))
+    evaluator = local.LocalEvaluator(bench, {"good": good, "bad": bad})
+    _, outcome, _ = next(evaluator.evaluate_many([(Candidate("linear", (1.0,)), {"good": None, "bad": None})]))
+    assert isinstance(outcome, CandidateFailed) and "task 'bad'" in str(outcome) and outcome.items_spent == 3
+    back = pickle.loads(pickle.dumps(outcome))
+    assert (str(back), back.items_spent) == (str(outcome), 3)
