@@ -104,11 +104,15 @@ def _best_lines(objectives: Objectives, competing: list[Evaluation], sampled: di
                 search_items: int) -> list[str]:
     """A line per task: the search's best by what it was told, measured or estimated (± SE), and its
     measurement or race score since, where the final phase took one (the highest of many estimates
-    runs high). A candidate the final phase measured higher than its estimate does not count here:
-    the picks, chosen on measurements, are listed apart."""
+    runs high). A candidate the final phase measured higher than its estimate does not count as the
+    best here (the picks, chosen on measurements, are listed apart), but is named where it measured
+    better than the best's own figure: a standard merge's line read as the run's best."""
     lines = []
     for task in objectives.names if competing else ():
         best = max(competing, key=lambda e: objectives.goodness(e.estimates, task))
+        own = (best.measured or {}).get(task, best.estimates[task])
+        rival = max((e for e in competing if e.measured and task in e.measured and e is not best),
+                    key=lambda e: objectives.goodness(e.measured, task), default=None)
         se = (best.estimate_se or {}).get(task)
         value = f"{best.estimates[task]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
         # a standard merge, or any candidate of a full-evaluation run, is scored on every search item, no SE
@@ -125,6 +129,8 @@ def _best_lines(objectives: Objectives, competing: list[Evaluation], sampled: di
         better = "higher" if objectives.goodness({task: 1.0}, task) > 0 else "lower"
         # a standard merge competes as measured: said, so the line is not read as a search candidate's (audit 144)
         kind = ", a standard merge" if best.phase == BASELINE else ""
+        if rival is not None and objectives.goodness(rival.measured, task) > objectives.goodness({task: own}, task):
+            since += f"; evaluation {rival.id} ({rival.method}) measured {better}: {rival.measured[task]:.3f}"
         lines.append(f"best {task} in the search ({better} is better): {value} "
                      f"{'measured' if measured else 'estimated'} (evaluation {best.id}, {best.method}{kind}){since}")
     return lines

@@ -76,6 +76,31 @@ def test_the_best_line_says_measured_only_of_a_candidate_scored_on_every_search_
     assert line.endswith("0.700 measured (evaluation 1, ties, a standard merge)")
 
 
+def test_the_best_line_names_a_candidate_measured_better_than_the_best_since():
+    """The best by estimates may be a standard merge (measured) while a search candidate, estimated
+    lower, measured higher in the final phase: the line read as the run's best (audit 145). Named
+    where it beats the best's own figure (its measurement, else its estimate); not otherwise."""
+    from evo_merge.report.status import _best_lines
+    from evo_merge.search.store import Evaluation
+
+    def evaluation(eid, estimate, measured=None, phase="search", se=None, method="ties"):
+        return Evaluation(eid, f"k{eid}", phase, 1, method, "ok", {"a": estimate}, measured, 100 if se is None else 12,
+                          1.0, None, se)
+
+    standard = evaluation(1, 0.70, {"a": 0.70}, phase="baseline", method="linear")
+    searched = evaluation(2, 0.68, {"a": 0.74}, se={"a": 0.02})
+    (line,) = _best_lines(Objectives.of(["a"], ["maximize"]), [standard, searched], {}, 100)
+    assert line == ("best a in the search (higher is better): 0.700 measured (evaluation 1, linear, a standard "
+                    "merge); evaluation 2 (ties) measured higher: 0.740")
+    lower = evaluation(2, 0.68, {"a": 0.66}, se={"a": 0.02})
+    (line,) = _best_lines(Objectives.of(["a"], ["maximize"]), [standard, lower], {}, 100)
+    assert line.endswith("(evaluation 1, linear, a standard merge)")
+    # a minimised task: lower is better; the estimated best measured 0.30 since, another 0.25
+    best, other = evaluation(1, 0.20, {"a": 0.30}, se={"a": 0.02}), evaluation(2, 0.22, {"a": 0.25}, se={"a": 0.02})
+    (line,) = _best_lines(Objectives.of(["a"], ["minimize"]), [best, other], {}, 100)
+    assert line.endswith("; measured 0.300 since; evaluation 2 (ties) measured lower: 0.250")
+
+
 def test_a_minimised_task_is_best_when_lowest(run):
     store = CampaignStore(run)
     ok = [e for e in store.evaluations("search") if e.status == "ok"]
