@@ -50,6 +50,20 @@ def test_the_command_list_loads_no_fitting_code():
     assert "heavy: []" in done.stdout and "irt" in done.stdout, done.stdout
 
 
+def test_the_campaign_runner_loads_scikit_learn_only_to_cluster_or_pool():
+    """scikit-learn (a second of imports) serves k-means anchors (30+ calibration subjects) and
+    the final phase's pooled estimates alone: `plan`, `export --pick` of a measured pick and a
+    finished run's `resume` imported it for nothing (audit 146: 5.1 s -> 3.8 s for such an export)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport evo_merge.search.campaign, evo_merge.cli.campaign, evo_merge.irt.anchors\n"
+            "print('heavy:', sorted(m for m in ('sklearn',) if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "heavy: []" in done.stdout, done.stdout
+
+
 def test_the_report_loads_no_scoring_code():
     """`report` imported the export path, and with it the scorer and scikit-learn (1.8 s), for one
     note on how the search kept its candidates (`search.kinds.rounded_storage_note`)."""

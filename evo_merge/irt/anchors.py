@@ -43,8 +43,6 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 
 from evo_merge.errors import UserError
 from evo_merge.files import atomic_write, parse_json
@@ -222,6 +220,9 @@ def _clusters(features: np.ndarray, n_clusters: int, seed: int) -> list[np.ndarr
            features.shape, features.dtype.str, n_clusters, seed)
     if (known := _CLUSTERS.get(key)) is not None:
         return known
+    from sklearn.cluster import KMeans  # a second's import, for k-means anchors alone (30+ calibration subjects)
+    from sklearn.exceptions import ConvergenceWarning
+
     n_clusters = min(n_clusters, len(np.unique(features, axis=0)))
     with warnings.catch_warnings():  # near-duplicate rows can still leave a cluster empty: skipped below
         warnings.filterwarnings("ignore", "Number of distinct clusters", ConvergenceWarning)

@@ -23,9 +23,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.space import SearchSpace
@@ -59,6 +56,11 @@ def pooled(evaluations: Sequence[Evaluation], space: SearchSpace, names: Sequenc
 
 def _posterior_mean(x: np.ndarray, y: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """The GP posterior mean at `x` of scores `y` observed with variances `noise`, on the scale of `y`."""
+    # imported here: a second of sklearn that `plan`, `export` and `resume` of a finished run would pay for nothing
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
     centre, scale = float(y.mean()), float(y.std()) or 1.0
     target, alpha = (y - centre) / scale, noise / scale**2 + 1e-10
     kernel = (ConstantKernel(1.0, (1e-3, 1e2)) * Matern(np.ones(x.shape[1]), (1e-2, 1e2), nu=2.5)
