@@ -320,6 +320,9 @@ class EvaluatorSpec(_Checked):
     address: str | None = Field(None, description="scheduler address (tcp://host:8786) of a running cluster")
     n_workers: int | None = Field(None, ge=1, description="start a LocalCluster of this many workers "
                                   "(one per GPU at most when evaluating on GPUs)")
+    score_cache: str | None = Field(
+        None, description="a file of item scores kept across runs: a later campaign on the same models, tasks and "
+        "settings reads them instead of merging and scoring again (local evaluation only); None: no cache")
 
     @field_validator("address")
     @classmethod
@@ -340,6 +343,8 @@ class EvaluatorSpec(_Checked):
             extra = "address" if self.address is not None else "n_workers" if self.n_workers is not None else None
             if extra:
                 raise ValueError(f"{extra}: only for kind: dask")
+        elif self.score_cache is not None:  # a job's scores kept by the worker that scored them: not yet
+            raise ValueError("score_cache: only for kind: local")
         elif (self.address is None) == (self.n_workers is None):
             both = "" if self.address is None else ", not both"
             raise ValueError(f"kind dask: give either `address` (a running scheduler) or `n_workers` (start a "

@@ -64,6 +64,7 @@ algorithm: {{name: nsga2, population: {population}, generations: {generations}, 
 # In this process; or {{kind: dask, n_workers: 2}} / {{kind: dask, address: tcp://host:8786}}
 # (pip install 'evo-merge[distributed]'): workers load the models once, the driver keeps the store.
 # sequence_tokens (default {sequence_tokens}): your tasks' longest prompt and continuation, for `evo-merge plan`.
+# score_cache: FILE keeps item scores for later campaigns on the same models and tasks (local only).
 evaluator: {{kind: local, batch_size: {batch_size}}}
 
 # After the search: each pick's top_k candidates by estimate (default {top_k}) and evaluate_top

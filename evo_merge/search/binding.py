@@ -70,9 +70,10 @@ def fingerprinted(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION, as_
     """What identifies a run's computation, as JSON: where it is evaluated (local or which
     cluster) is left out, so a run started locally can be resumed on a cluster and back; so are
     settings at their defaults, so a setting added in a later version leaves older runs resumable;
-    so is where it is tracked (trackers observe, they compute nothing), and the sequence length the
-    memory plan assumes. A task's options are keyword arguments, so their order in the file is left
-    out too (a folder written before defaults version 8 holds them in the file's order). With an older
+    so is where it is tracked (trackers observe, they compute nothing), the sequence length the
+    memory plan assumes, and the score cache (where scores measured before are read from). A task's
+    options are keyword arguments, so their order in the file is left out too (a folder written
+    before defaults version 8 holds them in the file's order). With an older
     `written_at`, a setting at the value it defaulted to then, since changed, is left out too: the
     fingerprint a run folder written then holds. Of the evaluator only its batch size counts; up to
     0.x an evaluator section written out (`kind: dask` at the default batch size, or `kind: local`)
@@ -90,8 +91,8 @@ def fingerprinted(campaign: Campaign, *, written_at: int = DEFAULTS_VERSION, as_
                  else EvaluatorSpec(batch_size=campaign.evaluator.batch_size))
     where = campaign.model_copy(update={"evaluator": evaluator, "storage": storage})
     # the sequence length only sizes the memory plan's activations
-    return where.model_dump_json(exclude={"evaluator": {"address", "n_workers", "sequence_tokens"}, "tracking": True},
-                                 exclude_defaults=True)
+    return where.model_dump_json(exclude={"evaluator": {"address", "n_workers", "sequence_tokens", "score_cache"},
+                                          "tracking": True}, exclude_defaults=True)
 
 
 def as_written_at(campaign: Campaign, version: int) -> Campaign:

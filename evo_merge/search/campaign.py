@@ -38,6 +38,7 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import small_pick_samples
 from evo_merge.search.refine import resolve_front
 from evo_merge.search.run_folder import check_run_folder, remove_unused_run_folder
+from evo_merge.search.score_cache import KeptScores, ScoreCache, score_keys
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace, coefficient_groups
 from evo_merge.search.store import (
@@ -143,6 +144,7 @@ class CampaignRunner:
                 check_picks_held_out(workspace.store)
                 runner.check_task_data()
                 runner.check_method_code()
+                runner.ledger.kept = kept_scores(workspace, tasks, progress)
             except BaseException:
                 if workspace is not None:
                     workspace.store.close()
@@ -502,6 +504,45 @@ class CampaignRunner:
             self.close()
         finally:
             self.workspace.store.close()
+            if self.ledger.kept is not None:
+                self.ledger.kept.cache.close()
+
+
+def kept_scores(workspace: Workspace, tasks: dict[str, FitnessTask], progress: Progress = no_progress
+                ) -> KeptScores | None:
+    """The score cache the campaign names (`evaluator.score_cache`), with this run's keys: every
+    file of its models hashed whole (once per file: a minute per 7B model), its tasks' digests;
+    None where it names none."""
+    spec = workspace.campaign
+    if spec.evaluator.score_cache is None:
+        return None
+    from evo_merge.merge.registry import get_method
+    from evo_merge.weights.devices import resolve_device
+    from evo_merge.weights.digest import model_file_paths
+
+    cache = ScoreCache(Path(spec.evaluator.score_cache))
+    files = [model_file_paths(ref) for ref in workspace.evaluated_references()]
+    stage, total = "score cache: hashing the models' files", sum(map(len, files))
+    progress(stage, 0, total)
+    for done, file in enumerate((f for model in files for f in model), start=1):
+        cache.file_digest(file)
+        progress(stage, done, total)
+    methods: dict[str, str | None] = {"task_arithmetic": ""}  # the base and the endpoints are its candidates
+    for name in spec.methods:  # evo-merge's own change with its version, which the keys hold
+        builtin = name == MASS or get_method(name).is_builtin
+        code = None if builtin else method_code(name)
+        methods[name] = "" if builtin else None if code is None else code[1]
+    settings = {"dtype": workspace.dtype_name(), "storage": workspace.stored_dtype_name(),
+                "device": resolve_device(spec.device).type, "batch_size": spec.evaluator.batch_size}
+    keys = score_keys(cache, files, settings, methods,
+                      {name: getattr(task, "items_digest", None) for name, task in tasks.items()})
+    if skipped := [name for name in tasks if name not in keys.tasks]:
+        log.info("score cache %s: task(s) %s give no digest of how their items are scored, so their scores are "
+                 "not kept", cache.path, ", ".join(skipped))
+    if unknown := [name for name, code in methods.items() if code is None]:
+        log.info("score cache %s: no file holds the code of merge method(s) %s, so their candidates' scores are "
+                 "not kept", cache.path, ", ".join(unknown))
+    return KeptScores(cache, keys)
 
 
 def _nothing_measured(store: CampaignStore, failures: dict[str, str]) -> UserError:

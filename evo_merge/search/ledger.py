@@ -11,12 +11,22 @@ batch, each step stored with the estimate it leads to.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from evo_merge.errors import message_line
 from evo_merge.progress import Progress, no_progress
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.evaluator import ITEMS, JOB_PARTS, CandidateFailed, Evaluator, Items, ItemScores, JobProgress
+from evo_merge.search.evaluator import (
+    ITEMS,
+    JOB_PARTS,
+    CandidateFailed,
+    Evaluator,
+    Items,
+    ItemScores,
+    Job,
+    JobProgress,
+)
+from evo_merge.search.score_cache import KeptScores
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.store import ADAPTIVE_FAILED, MEASURE_FAILED, CampaignStore, Evaluation
 
@@ -28,8 +38,9 @@ class EvaluationLedger:
     only when missing and stored as its scores arrive (the module's docstring says why)."""
 
     def __init__(self, store: CampaignStore, evaluator: Callable[[], Evaluator], scoring: Scoring,
-                 progress: Progress = no_progress):
+                 progress: Progress = no_progress, kept: KeptScores | None = None):
         self.store, self._evaluator, self.scoring, self.progress = store, evaluator, scoring, progress
+        self.kept = kept  # the score cache (`evaluator.score_cache`), where the campaign names one
 
     def evaluate(self, candidates: Sequence[Candidate], *, phase: str, generation: int | None,
                  items: Items | Callable[[str], Items], stage: str,
@@ -49,15 +60,39 @@ class EvaluationLedger:
         self.progress(stage, done, len(unique))
         if todo:
             jobs = [(c, wanted[c.key]) for c in todo]
-            for index, outcome, seconds in self._evaluator().evaluate_many(jobs, self._job(stage)):
+            for index, outcome, seconds, cached in self._outcomes(jobs, self._job(stage)):
                 candidate = todo[index]
                 self._store(candidate, outcome, seconds, (phases or {}).get(candidate.key, phase), generation,
-                            whole[candidate.key])
+                            whole[candidate.key], cached)
                 done += 1
                 self.progress(stage, done, len(unique))
         if not all(whole.values()):  # anchors: an adaptive test may want more
             self._adapt(unique, stage)
         return [self.store.get(c.key) for c in candidates]
+
+    def _outcomes(self, jobs: Sequence[Job], job_progress: JobProgress | None = None
+                  ) -> Iterator[tuple[int, ItemScores | CandidateFailed, float, int]]:
+        """Each job's outcome: (its index, its scores or failure, seconds, how many of its scores the
+        score cache answered). With a cache, a job's tasks the cache keeps are answered from it and
+        the others scored (and kept), one job at a time in order, so the evaluations are stored in the
+        order a run without it stores them; a job the cache answers whole loads no model."""
+        if self.kept is None:
+            for index, outcome, seconds in self._evaluator().evaluate_many(jobs, job_progress):
+                yield index, outcome, seconds, 0
+            return
+        for index, (candidate, items) in enumerate(jobs):
+            asked = {name: self.scoring.tasks[name].item_ids if ids is None else ids for name, ids in items.items()}
+            kept, rest = self.kept.split(candidate, asked)
+            outcome: ItemScores | CandidateFailed = kept
+            seconds = 0.0
+            if rest:
+                ((_, scored, seconds),) = list(self._evaluator().evaluate_many([(candidate, rest)], job_progress))
+                if isinstance(scored, CandidateFailed):
+                    outcome = scored
+                else:
+                    self.kept.keep(candidate, scored)
+                    outcome = {name: kept[name] if name in kept else scored[name] for name in asked}
+            yield index, outcome, seconds, 0 if isinstance(outcome, CandidateFailed) else sum(map(len, kept.values()))
 
     def _job(self, stage: str) -> JobProgress:
         """The progress of each candidate within `stage`, its merge and its items apart (minutes
@@ -78,12 +113,12 @@ class EvaluationLedger:
             if not jobs:
                 return
             self.progress(f"{stage} (adaptive step)", 0, len(jobs))
-            for done, (index, outcome, seconds) in enumerate(self._evaluator().evaluate_many(jobs), start=1):
-                if not self._store_step(jobs[index][0].key, outcome, seconds):
+            for done, (index, outcome, seconds, cached) in enumerate(self._outcomes(jobs), start=1):
+                if not self._store_step(jobs[index][0].key, outcome, seconds, cached):
                     failed.add(jobs[index][0].key)
                 self.progress(f"{stage} (adaptive step)", done, len(jobs))
 
-    def _store_step(self, key: str, outcome: ItemScores | CandidateFailed, seconds: float) -> bool:
+    def _store_step(self, key: str, outcome: ItemScores | CandidateFailed, seconds: float, cached: int) -> bool:
         """Store an adaptive step with the estimate it leads to; False where the step failed (its
         scoring raised, or its estimate did not come out): the test ends there, keeping the estimate
         it had (and the step's items), and the failure is recorded first, so a resume makes the
@@ -103,10 +138,10 @@ class EvaluationLedger:
             ended = self._end_test(key, f"estimation failed: {exc}")
             previous = self.store.get(key)
             self.store.add_items(key, outcome, previous.estimates, previous.estimate_se, seconds,
-                                 measured=self._whole(scores))  # scored on every item, it needs no estimate
+                                 measured=self._whole(scores), cached=cached)  # on every item, it needs no estimate
             return ended
         # a test that reached every search item measured its candidate, as anchors that are every item do
-        self.store.add_items(key, outcome, estimates, se, seconds, measured=self._whole(scores))
+        self.store.add_items(key, outcome, estimates, se, seconds, measured=self._whole(scores), cached=cached)
         return True
 
     def _end_test(self, key: str, error: str) -> bool:
@@ -126,10 +161,11 @@ class EvaluationLedger:
                     self.store.add_measurement(evaluation.key, whole, {})
 
     def _store(self, candidate: Candidate, outcome: ItemScores | CandidateFailed, seconds: float,
-               phase: str, generation: int | None, whole: bool) -> None:
+               phase: str, generation: int | None, whole: bool, cached: int = 0) -> None:
         """Store an evaluation; scored on every search item (`whole`), with its measurement, at once."""
         scores, estimates, se, status, error = {}, None, None, "failed", None
-        # the items scored, counted in its cost where they are not kept (it failed on a later task, or its estimate)
+        # the items scored (not those the score cache answered), counted in its cost where they are not kept (it
+        # failed on a later task, or its estimate)
         spent = outcome.items_spent if isinstance(outcome, CandidateFailed) else sum(map(len, outcome.values()))
         if isinstance(outcome, CandidateFailed):
             error = str(outcome)
@@ -143,7 +179,7 @@ class EvaluationLedger:
         self.store.add(candidate.key, phase=phase, generation=generation, method=candidate.method, status=status,
                        estimates=estimates, item_scores=scores, seconds=seconds, error=error,
                        estimate_se=se if status == "ok" else None, measured=measured,
-                       items_unkept=0 if status == "ok" else spent)
+                       items_unkept=0 if status == "ok" else spent - cached, cached=cached if status == "ok" else 0)
         if status != "ok":
             self._say_failed(candidate.key, error, "stored as failed, with the worst fitness on every task (its "
                              "other tasks' scores too), and not tried again by a resume")
@@ -176,13 +212,14 @@ class EvaluationLedger:
         if not todo:
             return
         jobs = [(Candidate.from_key(e.key), items) for e, items in todo]
-        for done, (index, outcome, _) in enumerate(self._evaluator().evaluate_many(jobs, self._job(stage)), start=1):
+        for done, (index, outcome, _, cached) in enumerate(self._outcomes(jobs, self._job(stage)), start=1):
             key = todo[index][0].key
             if isinstance(outcome, CandidateFailed):  # it worked on the anchors: report, keep the estimate
                 self.store.set_meta(MEASURE_FAILED + key, str(outcome))
                 self._say_failed(key, outcome, "it keeps its estimate and is measured no further", ": measuring it")
             else:
-                self.store.add_measurement(key, self._search_measurement(key, outcome), outcome, by_export=by_export)
+                self.store.add_measurement(key, self._search_measurement(key, outcome), outcome, by_export=by_export,
+                                           cached=cached)
             self.progress(stage, done, len(todo))
 
     def _search_measurement(self, key: str, new: ItemScores) -> dict[str, float] | None:

@@ -17,7 +17,7 @@ from evo_merge.irt.kinds import ADAPTIVE, ADAPTIVE_ERROR_REVISION, POSTERIOR_SE_
 from evo_merge.search.candidate import reference_candidates
 from evo_merge.search.holdout import search_item_count
 from evo_merge.search.objectives import Objectives
-from evo_merge.search.store import BASELINE, SEARCH, CampaignStore, Evaluation
+from evo_merge.search.store import BASELINE, FROM_CACHE_META, SEARCH, CampaignStore, Evaluation
 
 
 def generation_metrics(evaluations: Sequence[Evaluation], objectives: Objectives, generation: int,
@@ -65,12 +65,15 @@ PHASE_NAMES = {BASELINE: "standard merges"}  # a phase as the item totals name i
 
 def item_totals(store: CampaignStore) -> str:
     """'N (calibration a, search b, standard merges c, final phase d)': every item evaluation of
-    the run, each phase's share named, so the parts add up to the total. The standard merges'
-    share is mostly their measurement as warm-ups, which reads as spent on baselines otherwise."""
+    the run, each phase's share named, so the parts add up to the total, and how many of them the
+    score cache answered. The standard merges' share is mostly their measurement as warm-ups, which
+    reads as spent on baselines otherwise."""
     phases = store.items_by_phase()
     parts = ", ".join(f"{PHASE_NAMES.get(phase, phase)} {n:,}" for phase, n in phases.items()
                       if n or phase in (SEARCH, "final phase"))
-    return f"{sum(phases.values()):,} ({parts})"
+    # scores an earlier run measured count as items the campaign asked for; said, as they cost this run nothing
+    cached = store.get_meta(FROM_CACHE_META, 0)
+    return f"{sum(phases.values()):,} ({parts})" + (f", {cached:,} of them read from the score cache" if cached else "")
 
 
 # what `status` and the report say of a search that scored no candidate of its own, by whether the run

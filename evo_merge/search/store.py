@@ -138,6 +138,9 @@ ANCHORS_META = Record("anchors", dict[str, dict[str, int]])  # task -> scenario 
 # items `export --pick` spent measuring candidates, in folders from before `items_by_export` counted them
 PICK_MEASURED_META = Record("items_measured_by_export", int)
 FINISHED_META = Record("finished", bool)  # set when the run's final phase and exports are done
+# how many of the item scores the run holds the score cache answered (`evaluator.score_cache`): counted in the
+#   items, which say what a campaign asks, though not scored by this run
+FROM_CACHE_META = Record("items_from_score_cache", Annotated[int, Field(ge=0)])
 MIXED_META = Record("estimator_revisions", list[int])  # where a resumed folder's estimates mix revisions: those it
 #   holds (0: unrecorded)
 MEASURE_FAILED = "measure_failed:"  # + key: the error of a final-phase measurement that failed
@@ -273,13 +276,16 @@ class CampaignStore:
         estimate_se: Mapping[str, float] | None = None,
         measured: Mapping[str, float] | None = None,
         items_unkept: int = 0,
+        cached: int = 0,
     ) -> Evaluation:
         """Record one evaluation and its per-item scores atomically; `measured`, its scores on every
         search item when it was scored on them all, in the same transaction. `items_unkept`: items
-        scored but not kept (a candidate that failed on a later task), counted in its items."""
+        scored but not kept (a candidate that failed on a later task), counted in its items;
+        `cached`: how many of its scores the score cache answered (`FROM_CACHE_META`)."""
         scores = item_scores or {}
         n_items = sum(len(s) for s in scores.values()) + items_unkept
         with self._transaction():
+            self._count_cached(cached)
             cursor = self.db.execute(
                 "INSERT INTO evaluations (key, phase, generation, method, genome, status, estimates, estimate_se,"
                 " measured, items_evaluated, seconds, error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -304,13 +310,15 @@ class CampaignStore:
 
     def add_items(self, key: str, item_scores: Mapping[str, Mapping[str, float]], estimates: Mapping[str, float],
                   estimate_se: Mapping[str, float] | None, seconds: float,
-                  measured: Mapping[str, float] | None = None, items_unkept: int = 0) -> Evaluation:
+                  measured: Mapping[str, float] | None = None, items_unkept: int = 0,
+                  cached: int = 0) -> Evaluation:
         """More items scored for an evaluation (an adaptive test's next step), with the estimates
         they lead to, and its scores on the search items where the step gave it every one
         (`measured`), in one transaction: a kill between two left it unmeasured for the search.
         `items_unkept`: items the step scored but did not keep (it failed on a later task)."""
         evaluation = self._stored(key)
         with self._transaction():
+            self._count_cached(cached)
             new = self._insert_scores(evaluation.id, item_scores) + items_unkept
             self.db.execute(
                 "UPDATE evaluations SET estimates = ?, estimate_se = ?, items_evaluated = items_evaluated + ?,"
@@ -320,13 +328,15 @@ class CampaignStore:
         return self._stored(key)
 
     def add_measurement(self, key: str, measured: Mapping[str, float] | None,
-                        item_scores: Mapping[str, Mapping[str, float]], *, by_export: bool = False) -> Evaluation:
+                        item_scores: Mapping[str, Mapping[str, float]], *, by_export: bool = False,
+                        cached: int = 0) -> Evaluation:
         """Store final-phase item scores of an existing evaluation (items already stored are kept),
         with its scores on every search item once it has them all (`measured`; None: a race stage).
         `by_export`: `export --pick` measured them, counted apart from the final phase in the same
         transaction (a kill between the two records left the totals wrong for good)."""
         evaluation = self._stored(key)
         with self._transaction():
+            self._count_cached(cached)
             new = self._insert_scores(evaluation.id, item_scores)
             self.db.execute(
                 "UPDATE evaluations SET measured = COALESCE(?, measured), items_measured = items_measured + ?,"
@@ -518,6 +528,11 @@ class CampaignStore:
         before = self.db.total_changes
         self.db.executemany("INSERT OR IGNORE INTO item_scores VALUES (?, ?, ?, ?)", rows)
         return self.db.total_changes - before
+
+    def _count_cached(self, n: int) -> None:
+        """Add `n` to the item scores the score cache answered, in the caller's transaction."""
+        if n:
+            self.set_meta(FROM_CACHE_META, self.get_meta(FROM_CACHE_META, 0) + n)
 
     def _transaction(self):
         return _Transaction(self.db)

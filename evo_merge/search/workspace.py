@@ -112,10 +112,13 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     storage = campaign.storage
     if storage.disk_dir is not None:
         storage = storage.model_copy(update={"disk_dir": absolute(storage.disk_dir)})
+    evaluator = campaign.evaluator
+    if evaluator.score_cache is not None:
+        evaluator = evaluator.model_copy(update={"score_cache": absolute(evaluator.score_cache)})
     return campaign.model_copy(update={"base_model": campaign.base_model and model(campaign.base_model, "base_model"),
                                        "models": [model(m, f"models.{i}") for i, m in enumerate(campaign.models)],
                                        "tasks": tasks, "estimator": estimator, "align": align, "tracking": tracking,
-                                       "storage": storage})
+                                       "storage": storage, "evaluator": evaluator})
 
 
 def with_disk_dir(campaign: Campaign, run_dir: Path) -> Campaign:
@@ -235,6 +238,13 @@ class Workspace:
         """The aligned copies an aligned campaign merges (`aligned/` in the run folder), by key."""
         return {"aligned.base": ModelRef(str(self.base), self.base),
                 **{f"aligned.{i}": ModelRef(str(path), path) for i, path in enumerate(self.models)}}
+
+    def evaluated_references(self) -> list[ModelRef]:
+        """The base then each endpoint, as the evaluator reads them: an aligned campaign's aligned copies."""
+        refs = self.aligned_references() if self.campaign.align is not None else campaign_references(self.campaign)
+        base = "aligned.base" if self.campaign.align is not None else "base_model"
+        prefix = "aligned" if self.campaign.align is not None else "models"
+        return [refs[base], *(refs[f"{prefix}.{i}"] for i in range(len(self.models)))]
 
     def sources(self) -> tuple[str, list[str]]:
         """(base, endpoints) as recipes and evaluators name them: folders, or Hub ids with the

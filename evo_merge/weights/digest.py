@@ -73,6 +73,13 @@ def _combined_digest(folder: Path, names: tuple[str, ...]) -> str:
     return digest.hexdigest()[:16]
 
 
+def model_file_paths(ref: ModelRef) -> list[Path]:
+    """Every file a model is built and scored from: its weight files (an index's shards), its LoRA
+    adapter's weights and config, and the `MODEL_FILES` its folder holds."""
+    folder = ref.path if ref.path.is_dir() else ref.path.parent
+    return _read_files(ref) + [folder / name for name in MODEL_FILES if (folder / name).is_file()]
+
+
 def former_weights_digests(ref: ModelRef) -> tuple[str, str]:
     """The digests run folders recorded before, each checked as it was made, then replaced:
     the evenly spaced samples alone (before every tensor's ends), and before that the weight files
