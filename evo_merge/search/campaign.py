@@ -534,8 +534,9 @@ def kept_scores(workspace: Workspace, tasks: dict[str, FitnessTask], progress: P
         methods[name] = "" if builtin else None if code is None else code[1]
     settings = {"dtype": workspace.dtype_name(), "storage": workspace.stored_dtype_name(),
                 "device": resolve_device(spec.device).type, "batch_size": spec.evaluator.batch_size}
+    options = {spec_task.label: sorted(spec_task.options.items()) for spec_task in spec.tasks}
     keys = score_keys(cache, files, settings, methods,
-                      {name: getattr(task, "items_digest", None) for name, task in tasks.items()})
+                      {name: (getattr(task, "items_digest", None), options[name]) for name, task in tasks.items()})
     if skipped := [name for name in tasks if name not in keys.tasks]:
         log.info("score cache %s: task(s) %s give no digest of how their items are scored, so their scores are "
                  "not kept", cache.path, ", ".join(skipped))

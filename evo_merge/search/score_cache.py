@@ -11,8 +11,8 @@ score is kept under two keys, and served only where both are equal:
   generation config, tokenizer), the candidate's recipe (its key), the evaluation and storage
   dtypes, the device type and batch size, and the code (evo-merge's, torch's and transformers'
   versions; a merge method of your own, its file's digest);
-- the task's: its `items_digest` (what its items say and how they are scored) and lm-eval's and
-  evo-merge's versions.
+- the task's: its `items_digest` (what its items say and how they are scored), the options the
+  campaign gives it, and lm-eval's and evo-merge's versions.
 A task that gives no digest (a plugin's) and a method whose code no file holds (a notebook's) are
 never cached: nothing would tell a change. A task's scores are served only where every item a
 job asks of it is kept; otherwise the task is scored again whole, as a run without the cache
@@ -134,20 +134,23 @@ class ScoreKeys:
 
 
 def score_keys(cache: ScoreCache, model_files: Sequence[Sequence[Path]], settings: Mapping[str, Any],
-               methods: Mapping[str, str | None], task_digests: Mapping[str, str | None]) -> ScoreKeys:
+               methods: Mapping[str, str | None], tasks: Mapping[str, tuple[str | None, Mapping[str, Any]]]
+               ) -> ScoreKeys:
     """The run's keys: `model_files`, the files each model (the base, then each endpoint) is read
     from; `settings`, what else decides a candidate's scores (dtypes, device type, batch size);
     `methods`, each method's code digest ("" for one that changes with evo-merge alone, None where
-    no file holds it); `task_digests`, each task's `items_digest` (None: it gives none)."""
+    no file holds it); `tasks`, each task's `items_digest` (None: it gives none) and the options
+    the campaign gives it (`metric: acc_norm` scores the same items otherwise)."""
     versions = {name: package_version(name) for name in ("torch", "transformers")}
     files = [[[file.name, cache.file_digest(file)] for file in files] for files in model_files]
     code = {name: digest for name, digest in methods.items() if digest is not None}
     setup = _key({"scheme": SCHEME, "evo_merge": __version__, "versions": versions, "models": files,
                   "settings": dict(settings), "code": code})
     lm_eval = package_version("lm_eval")
-    tasks = {name: _key({"scheme": SCHEME, "evo_merge": __version__, "lm_eval": lm_eval, "items": digest})
-             for name, digest in task_digests.items() if _scoring_known(digest)}
-    return ScoreKeys(setup, frozenset(code), tasks)
+    task_keys = {name: _key({"scheme": SCHEME, "evo_merge": __version__, "lm_eval": lm_eval, "items": digest,
+                             "options": dict(options)})
+                 for name, (digest, options) in tasks.items() if _scoring_known(digest)}
+    return ScoreKeys(setup, frozenset(code), task_keys)
 
 
 def _scoring_known(digest: str | None) -> bool:

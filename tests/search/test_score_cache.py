@@ -32,7 +32,7 @@ def models(tmp_path):
 
 
 def _keys(cache, models, settings=SETTINGS, methods=None, tasks=None):
-    return score_keys(cache, models, settings, methods or {"task_arithmetic": ""}, tasks or {"t": TASK})
+    return score_keys(cache, models, settings, methods or {"task_arithmetic": ""}, tasks or {"t": (TASK, {})})
 
 
 def test_scores_are_served_only_where_every_asked_item_is_kept(tmp_path):
@@ -89,7 +89,8 @@ def test_every_part_of_a_key_changes_it(tmp_path, models):
     models[1][0].write_bytes(b"x" * 300)  # a fine-tune retrained in place
     others.append(_keys(cache, models).model(TA))
     assert len({model, *others}) == len(others) + 1
-    assert _keys(cache, models, tasks={"t": "0123456789abcdef:0000000000000000"}).tasks["t"] != task
+    assert _keys(cache, models, tasks={"t": ("0123456789abcdef:0000000000000000", {})}).tasks["t"] != task
+    assert _keys(cache, models, tasks={"t": (TASK, {"metric": "acc_norm"})}).tasks["t"] != task
 
 
 def test_what_nothing_would_tell_changed_is_never_kept(tmp_path, models):
@@ -97,7 +98,7 @@ def test_what_nothing_would_tell_changed_is_never_kept(tmp_path, models):
     a method whose code no file holds (a notebook's)."""
     cache = ScoreCache(tmp_path / "scores.sqlite")
     keys = _keys(cache, models, methods={"task_arithmetic": "", "notebook": None},
-                 tasks={"t": TASK, "plugin": None, "docs": "0123456789abcdef"})
+                 tasks={"t": (TASK, {}), "plugin": (None, {}), "docs": ("0123456789abcdef", {})})
     assert set(keys.tasks) == {"t"}
     assert keys.model(Candidate("notebook", (1.0, 1.0))) is None
     kept = KeptScores(cache, keys)
