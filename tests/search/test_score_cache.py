@@ -132,3 +132,54 @@ def test_the_cache_is_not_part_of_what_a_run_computes(tmp_path):
     assert config_fingerprint(Campaign(**cached)) == config_fingerprint(Campaign(**config))
     with pytest.raises(ValueError, match="score_cache: only for kind: local"):
         Campaign(**{**config, "evaluator": {"kind": "dask", "n_workers": 2, "score_cache": "scores.sqlite"}})
+
+
+def test_adaptive_steps_and_measurements_read_the_cache_as_the_first_scoring_does(tmp_path):
+    """Through the ledger: a second store fed from the cache alone (its evaluator may not be made)
+    holds what the first scored, step by step and measured whole, and counts what the cache answered;
+    a task the cache does not keep is scored again, the others read."""
+    from agreement_task import AgreementTask  # tests/search is on sys.path
+    from test_adaptive_failures import Stepwise
+
+    from evo_merge.search.ledger import EvaluationLedger
+    from evo_merge.search.local import LocalEvaluator
+    from evo_merge.search.store import FROM_CACHE_META, CampaignStore
+    from evo_merge.search.workbench import Workbench
+    from evo_merge.zoo.tiny import save_tiny_family
+
+    base, fts = save_tiny_family(tmp_path / "zoo", "llama", n_finetunes=2, noise=0.08)
+    workbench = Workbench.open(base, fts, device="cpu")
+    tasks = {f"agree{i}": AgreementTask(str(f), name=f"agree{i}", n_items=12, seed=i) for i, f in enumerate(fts)}
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    models = [[base / "model.safetensors"], [f / "model.safetensors" for f in fts]]
+    keys = score_keys(cache, models, SETTINGS, {"task_arithmetic": ""}, {name: (TASK, {}) for name in tasks})
+    candidates = [Candidate("task_arithmetic", (1.0, 0.0), (("lambda", 1.0),)),
+                  Candidate("task_arithmetic", (0.3, 0.9), (("lambda", 1.0),))]
+    first = {name: task.item_ids[:4] for name, task in tasks.items()}
+
+    def campaign(folder, evaluator, kept):
+        store = CampaignStore(folder)
+        ledger = EvaluationLedger(store, evaluator, Stepwise(tasks), kept=kept)
+        evaluations = ledger.evaluate(candidates, phase="search", generation=1, items=first, stage="search")
+        ledger.measure(evaluations, "final")
+        return store, [(e.key, e.status, e.estimates, e.measured, e.items_evaluated)
+                       for e in store.evaluations()], [store.item_scores(c.key) for c in candidates]
+
+    def nobody():
+        raise AssertionError("the evaluator was made: something was not read from the cache")
+
+    scored, rows, scores = campaign(tmp_path / "a", lambda: LocalEvaluator(workbench, tasks), KeptScores(cache, keys))
+    assert all(len(s[name]) == 12 for s in scores for name in tasks)  # 4 first, 2 a step to 8, then measured whole
+    assert scored.get_meta(FROM_CACHE_META) is None
+    read, rows_read, scores_read = campaign(tmp_path / "b", nobody, KeptScores(cache, keys))
+    assert (rows_read, scores_read) == (rows, scores)
+    assert read.get_meta(FROM_CACHE_META) == 2 * 2 * 12  # every score the run holds
+    one = score_keys(cache, models, SETTINGS, {"task_arithmetic": ""}, {"agree0": (TASK, {}), "agree1": (None, {})})
+    evaluator = LocalEvaluator(workbench, tasks)
+    asked = []
+    evaluate = evaluator.evaluate
+    evaluator.evaluate = lambda candidate, items, *rest: asked.append(dict(items)) or evaluate(candidate, items, *rest)
+    half, rows_half, scores_half = campaign(tmp_path / "c", lambda: evaluator, KeptScores(cache, one))
+    assert (rows_half, scores_half) == (rows, scores)
+    assert asked and all(set(items) == {"agree1"} for items in asked)  # agree0 read, agree1 scored
+    assert half.get_meta(FROM_CACHE_META) == 2 * 12
