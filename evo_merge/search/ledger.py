@@ -73,8 +73,8 @@ class EvaluationLedger:
     def _outcomes(self, jobs: Sequence[Job], job_progress: JobProgress | None = None
                   ) -> Iterator[tuple[int, ItemScores | CandidateFailed, float, int]]:
         """Each job's outcome: (its index, its scores or failure, seconds, how many of its scores the
-        score cache answered). With a cache, a job's tasks the cache keeps are answered from it and
-        the others scored (and kept), one job at a time in order, so the evaluations are stored in the
+        score cache answered). With a cache, a job's items the cache keeps are read from it and the
+        others scored (and kept), one job at a time in order, so the evaluations are stored in the
         order a run without it stores them; a job the cache answers whole loads no model."""
         if self.kept is None:
             for index, outcome, seconds in self._evaluator().evaluate_many(jobs, job_progress):
@@ -91,7 +91,8 @@ class EvaluationLedger:
                     outcome = scored
                 else:
                     self.kept.keep(candidate, scored)
-                    outcome = {name: kept[name] if name in kept else scored[name] for name in asked}
+                    both = {name: {**kept.get(name, {}), **scored.get(name, {})} for name in asked}
+                    outcome = {name: {item: both[name][item] for item in items} for name, items in asked.items()}
             yield index, outcome, seconds, 0 if isinstance(outcome, CandidateFailed) else sum(map(len, kept.values()))
 
     def _job(self, stage: str) -> JobProgress:

@@ -14,9 +14,10 @@ score is kept under two keys, and served only where both are equal:
 - the task's: its `items_digest` (what its items say and how they are scored), the options the
   campaign gives it, and lm-eval's and evo-merge's versions.
 A task that gives no digest (a plugin's) and a method whose code no file holds (a notebook's) are
-never cached: nothing would tell a change. A task's scores are served only where every item a
-job asks of it is kept; otherwise the task is scored again whole, as a run without the cache
-would. Whole files are hashed once and remembered by path, size and modification time.
+never cached: nothing would tell a change. The items a job asks that are kept are read, the
+others scored (a follow-up of another seed holds out other items, so the standard merges it
+measures share most of their items with an earlier run's). Whole files are hashed once and
+remembered by path, size and modification time.
 
 The file holds numbers and digests only: nothing in it executes, and a value that is not a finite
 number is refused naming the file.
@@ -83,12 +84,10 @@ class ScoreCache:
     def close(self) -> None:
         self.db.close()
 
-    def scores(self, model: str, task: str, items: Sequence[str]) -> dict[str, float] | None:
-        """The kept score of each of `items`, or None unless every one is kept."""
+    def scores(self, model: str, task: str, items: Sequence[str]) -> dict[str, float]:
+        """The kept score of each of `items` that has one."""
         kept = dict(self.db.execute("SELECT item, score FROM scores WHERE model = ? AND task = ?", (model, task)))
-        if not all(item in kept for item in items):
-            return None
-        scores = {item: kept[item] for item in items}
+        scores = {item: kept[item] for item in items if item in kept}
         if bad := next((item for item, score in scores.items()
                         if not isinstance(score, float) or not math.isfinite(score)), None):
             raise UserError(f"evaluator.score_cache: {self.path} keeps {scores[bad]!r} as item {bad!r}'s score, "
@@ -168,14 +167,15 @@ class KeptScores:
 
     def split(self, candidate: Candidate,
               asked: Mapping[str, Sequence[str]]) -> tuple[ItemScores, dict[str, list[str]]]:
-        """(the scores of each task whose asked items are all kept, the other tasks' asked items)."""
+        """(the kept scores of the asked items, per task; the asked items none is kept of, per task)."""
         model = self.keys.model(candidate)
         kept: ItemScores = {}
         for name, items in asked.items():
             task = self.keys.tasks.get(name)
             if model is not None and task is not None and (scores := self.cache.scores(model, task, items)):
                 kept[name] = scores
-        return kept, {name: list(items) for name, items in asked.items() if name not in kept}
+        rest = {name: [i for i in items if i not in kept.get(name, {})] for name, items in asked.items()}
+        return kept, {name: items for name, items in rest.items() if items}
 
     def keep(self, candidate: Candidate, scores: ItemScores) -> None:
         model = self.keys.model(candidate)

@@ -35,15 +35,19 @@ def _keys(cache, models, settings=SETTINGS, methods=None, tasks=None):
     return score_keys(cache, models, settings, methods or {"task_arithmetic": ""}, tasks or {"t": (TASK, {})})
 
 
-def test_scores_are_served_only_where_every_asked_item_is_kept(tmp_path):
+def test_the_kept_items_are_served_under_their_keys_and_the_rest_scored(tmp_path, models):
     cache = ScoreCache(tmp_path / "c" / "scores.sqlite")  # its folder made
     cache.keep("m", "t", {"a": 1.0, "b": 0.25})
     assert cache.scores("m", "t", ["b", "a"]) == {"b": 0.25, "a": 1.0}
-    assert cache.scores("m", "t", ["a", "c"]) is None
-    assert cache.scores("other", "t", ["a"]) is None and cache.scores("m", "other", ["a"]) is None
+    assert cache.scores("m", "t", ["a", "c"]) == {"a": 1.0}
+    assert cache.scores("other", "t", ["a"]) == {} and cache.scores("m", "other", ["a"]) == {}
     cache.close()
     again = ScoreCache(tmp_path / "c" / "scores.sqlite")  # kept in the file
     assert again.scores("m", "t", ["a"]) == {"a": 1.0}
+    kept = KeptScores(again, _keys(again, models, tasks={"t": (TASK, {}), "u": (TASK, {"limit": 10})}))
+    kept.keep(TA, {"t": {"a": 1.0, "b": 0.0}})
+    assert kept.split(TA, {"t": ["a", "c", "b"], "u": ["a"]}) == ({"t": {"a": 1.0, "b": 0.0}}, {"t": ["c"], "u": ["a"]})
+    assert kept.split(TA, {"t": ["b"]}) == ({"t": {"b": 0.0}}, {})
 
 
 def test_a_damaged_cache_is_refused_naming_the_file(tmp_path):
