@@ -511,7 +511,7 @@ class CampaignRunner:
 def kept_scores(workspace: Workspace, tasks: dict[str, FitnessTask], progress: Progress = no_progress
                 ) -> KeptScores | None:
     """The score cache the campaign names (`evaluator.score_cache`), with this run's keys: every
-    file of its models hashed whole (once per file: a minute per 7B model), its tasks' digests;
+    file of its models hashed whole (once per file: 12 s or more per 7B model), its tasks' digests;
     None where it names none."""
     spec = workspace.campaign
     if spec.evaluator.score_cache is None:
