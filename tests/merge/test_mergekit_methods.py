@@ -138,6 +138,13 @@ def test_karcher_mean_of_the_base_and_the_models():
     assert torch.allclose(out, T([math.sqrt(0.5), math.sqrt(0.5)]), atol=1e-5)
 
 
+def test_karcher_scales_the_mean_direction_by_the_mean_norm_of_unequal_models():
+    """Unit norms could not tell the mean norm from the largest (audit 147): the base (2, 0) and a
+    model (0, 1) give the 45-degree direction scaled by (2 + 1) / 2 = 1.5, not by 2."""
+    out = run("karcher", T([2.0, 0.0]), [T([-2.0, 1.0])], max_iter=50, tol=1e-9)
+    assert torch.allclose(out, 1.5 * T([math.sqrt(0.5), math.sqrt(0.5)]), atol=1e-5)
+
+
 def test_nearswap_swaps_close_entries_and_blends_far_ones():
     base, delta = T([0.0, 0.0]), T([0.005, 0.04])
     out = run("nearswap", base, [delta], t=0.01)  # weight min(1, 0.01/0.005)=1, 0.01/0.04=0.25
