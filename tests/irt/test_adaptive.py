@@ -272,3 +272,12 @@ def test_the_overall_se_follows_the_one_ability_every_scenario_shares(make_model
     rmse = np.sqrt(np.mean(np.square(errors)))
     assert 0.8 < np.sqrt(np.mean(np.square(se))) / rmse < 1.25, (np.sqrt(np.mean(np.square(se))), rmse)
     assert np.sqrt(np.mean(np.square(independent))) < 0.8 * rmse
+
+
+def test_an_item_of_no_ability_information_is_picked_for_its_own_noise(make_model):
+    """Scoring an item removes the θ-variance it informs and its own Bernoulli noise, p(1 − p)/N²,
+    from the scenario's estimate. By hand, at the prior (θ = 0, N = 2): q0 (α = 0, p = 0.5) tells
+    nothing of θ and carries 0.25/4 = 0.0625 of noise; q1 (α = 0.3, β = 4, p = 0.018) removes about
+    6e-8 of θ-variance and 0.0044 of noise. q0 first; by θ-information alone, q1 (audit 147)."""
+    model = make_model([0.0, 0.3], [0.0, 4.0])
+    assert AdaptiveTest(model, step=1, target_se=1e-6).next_items({}) == ["q0"]

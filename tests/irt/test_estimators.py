@@ -48,6 +48,19 @@ def test_anchor_and_pirt_match_hand_computation(make_model):
     assert got["overall"] == got["all"]
 
 
+def test_a_row_missing_anchors_grows_its_anchor_variance_by_the_weighted_effective_sizes(make_model):
+    """n_eff = (Σw)²/Σw² of the set over that of the anchors a row scored, by hand, with unequal
+    weights: counted unweighted, a row that scored every anchor got 0.96-0.98 instead of 1 on
+    stratified-irt anchors, every candidate's SE too small (audit 147)."""
+    model = make_model(np.ones(4), np.zeros(4))
+    anchors = Anchors("kmeans-irt", 3, 0, {"all": ["q0", "q1", "q2"]}, {"all": [0.5, 0.25, 0.25]})
+    rows = np.array([[1.0, 0.0, 1.0], [np.nan, 0.0, 1.0], [1.0, np.nan, 1.0], [np.nan] * 3])
+    whole = 1.0 / 0.375  # (0.5 + 0.25 + 0.25)² / (0.25 + 0.0625 + 0.0625)
+    factor = Estimator(model, anchors, "anchor").anchor_variance_factor(rows)[:, 0]
+    assert factor[:3] == pytest.approx([1.0, whole / (0.5**2 / 0.125), whole / (0.75**2 / 0.3125)])
+    assert np.isinf(factor[3])
+
+
 def test_all_items_seen_gives_the_exact_mean(two_scenarios):
     *_, responses, model = two_scenarios
     anchors = select_anchors(model, 1000, "random")

@@ -50,6 +50,19 @@ def _errors(rows, evaluations):
     return np.abs(np.array([e.estimates["t"] for e in evaluations]) - truth).mean()
 
 
+def test_pooled_estimates_follow_the_scores_scale():
+    """Scores and their SEs shrunk by k about c pool to the pooled values shrunk alike: the GP fits
+    standardised scores, so their noise must be standardised too (left raw, estimates looked 25-400x
+    more precise than they are, which a fitted white noise hides where the SEs are alike: audit 147)."""
+    evaluations = [replace(e, estimate_se={"t": (0.02, 0.15)[i % 2]}) for i, (e, _) in enumerate(_noisy())]
+    c, k = 0.5, 0.5  # SEs unlike each other: a white noise fitted to one scale cannot stand in for them
+    shrunk = [replace(e, estimates={"t": c + k * (e.estimates["t"] - c)}, estimate_se={"t": k * e.estimate_se["t"]})
+              for e in evaluations]
+    wide = np.array([e.estimates["t"] for e in pooled(evaluations, SPACE, ["t"])])
+    narrow = np.array([e.estimates["t"] for e in pooled(shrunk, SPACE, ["t"])])
+    assert narrow == pytest.approx(c + k * (wide - c), abs=1e-4)
+
+
 def test_pooling_recovers_a_smooth_score_from_noisy_estimates():
     """Each estimate is 0.05 off on average; its neighbours' estimates say where it lies, so the
     pooled estimates are several times closer to the truth."""

@@ -59,3 +59,25 @@ def test_the_digest_sees_one_small_tensor_edited_where_the_samples_miss_it(tmp_p
     save_file({**weights, "model.norm.weight": weights["model.norm.weight"] * 1.5}, folder / "model.safetensors")
     assert former_weights_digests(ref)[0] == former  # what run folders recorded until now could not tell
     assert weights_digest(ref) != before
+
+
+def test_the_digest_sees_a_tensor_edited_only_at_its_end(tmp_path):
+    """Each tensor's first and last bytes are read: an edit of a tensor's last entries alone,
+    where the evenly spaced samples miss it, changes the digest (reading only the first bytes
+    passed every test, audit 147)."""
+    from evo_merge.weights.digest import TENSOR_BYTES, former_weights_digests
+
+    torch.manual_seed(0)
+    tail = torch.randn(1024)  # 4 KiB: its last 16 bytes lie past its first TENSOR_BYTES
+    assert tail.numel() * 4 > TENSOR_BYTES + 16
+    weights = {"model.embed.weight": torch.randn(2048, 2048), "model.tail.weight": tail}
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file(weights, folder / "model.safetensors")
+    ref = ModelRef("m", folder)
+    before, former = weights_digest(ref), former_weights_digests(ref)[0]
+    edited = tail.clone()
+    edited[-4:] += 1.0
+    save_file({**weights, "model.tail.weight": edited}, folder / "model.safetensors")
+    assert former_weights_digests(ref)[0] == former  # the samples miss it
+    assert weights_digest(ref) != before
