@@ -7,6 +7,7 @@ torch through the candidate kinds, whose notes it prints, and pymoo through the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +93,10 @@ def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | N
                             "connect to it (or --scheduler local)")
         return campaign
     where = {"kind": "local", "address": None} if scheduler == "local" else {"kind": "dask", "address": scheduler}
+    if where["kind"] == "dask" and campaign.evaluator.score_cache is not None:  # not part of the run: left here
+        logging.getLogger(__name__).warning(
+            "evaluator.score_cache serves local evaluation only: this run goes on the cluster without it")
+        where["score_cache"] = None
     try:  # the file's other settings kept (`sequence_tokens` sizes the memory plan)
         evaluator = EvaluatorSpec.model_validate({**campaign.evaluator.model_dump(), **where, "n_workers": None})
     except ValidationError as error:

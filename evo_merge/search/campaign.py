@@ -38,7 +38,7 @@ from evo_merge.search.objectives import Objectives
 from evo_merge.search.race import small_pick_samples
 from evo_merge.search.refine import resolve_front
 from evo_merge.search.run_folder import check_run_folder, remove_unused_run_folder
-from evo_merge.search.score_cache import KeptScores, ScoreCache, score_keys
+from evo_merge.search.score_cache import CacheUnusable, KeptScores, ScoreCache, score_keys
 from evo_merge.search.scoring import Scoring
 from evo_merge.search.space import SearchSpace, coefficient_groups
 from evo_merge.search.store import (
@@ -516,11 +516,17 @@ def kept_scores(workspace: Workspace, tasks: dict[str, FitnessTask], progress: P
     spec = workspace.campaign
     if spec.evaluator.score_cache is None:
         return None
+    import torch
+
     from evo_merge.merge.registry import get_method
     from evo_merge.weights.devices import resolve_device
     from evo_merge.weights.digest import model_file_paths
 
-    cache = ScoreCache(Path(spec.evaluator.score_cache))
+    try:
+        cache = ScoreCache(Path(spec.evaluator.score_cache))
+    except CacheUnusable as exc:  # a saving, not the run's record: the run goes on scoring everything itself
+        log.warning("evaluator.score_cache: %s; this run goes on without it", exc)
+        return None
     files = [model_file_paths(ref) for ref in workspace.evaluated_references()]
     stage, total = "score cache: hashing the models' files", sum(map(len, files))
     progress(stage, 0, total)
@@ -532,15 +538,18 @@ def kept_scores(workspace: Workspace, tasks: dict[str, FitnessTask], progress: P
         builtin = name == MASS or get_method(name).is_builtin
         code = None if builtin else method_code(name)
         methods[name] = "" if builtin else None if code is None else code[1]
-    settings = {"dtype": workspace.dtype_name(), "storage": workspace.stored_dtype_name(),
-                "device": resolve_device(spec.device).type, "batch_size": spec.evaluator.batch_size}
+    device = resolve_device(spec.device)
+    settings = {"dtype": workspace.dtype_name(), "storage": workspace.stored_dtype_name(), "device": device.type,
+                # another GPU model may round otherwise
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                "batch_size": spec.evaluator.batch_size}
     options = {spec_task.label: sorted(spec_task.options.items()) for spec_task in spec.tasks}
     keys = score_keys(cache, files, settings, methods,
                       {name: (getattr(task, "items_digest", None), options[name]) for name, task in tasks.items()})
     if skipped := [name for name in tasks if name not in keys.tasks]:
         log.info("score cache %s: task(s) %s give no digest of how their items are scored, so their scores are "
                  "not kept", cache.path, ", ".join(skipped))
-    if unknown := [name for name, code in methods.items() if code is None]:
+    if unknown := [name for name, code in methods.items() if code is None]:  # (a notebook's)
         log.info("score cache %s: no file holds the code of merge method(s) %s, so their candidates' scores are "
                  "not kept", cache.path, ", ".join(unknown))
     return KeptScores(cache, keys)

@@ -8,9 +8,10 @@ another seed, a follow-up on a run's IRT models, a fixed campaign started in a n
 score is kept under two keys, and served only where both are equal:
 - the model's: everything that decides the weights scored and how they are run: a SHA-256 of
   every file of the base and the endpoints that a run reads (weights, LoRA adapters, config,
-  generation config, tokenizer), the candidate's recipe (its key), the evaluation and storage
-  dtypes, the device type and batch size, and the code (evo-merge's, torch's and transformers'
-  versions; a merge method of your own, its file's digest);
+  generation config, tokenizer), the candidate's recipe (its key) and its own method's code (a
+  method of your own: its file's digest; another method list in the campaign leaves the key), the
+  evaluation and storage dtypes, the device type (a GPU's model too) and batch size, and the code
+  that merges and scores (`source_digest`: evo-merge's own files; torch's and transformers' versions);
 - the task's: its `items_digest` (what its items say and how they are scored), the options the
   campaign gives it, and lm-eval's and evo-merge's versions.
 A task that gives no digest (a plugin's) and a method whose code no file holds (a notebook's) are
@@ -19,12 +20,14 @@ others scored (a follow-up of another seed holds out other items, so the standar
 measures share most of their items with an earlier run's). Whole files are hashed once and
 remembered by path, size and modification time.
 
-The file holds numbers and digests only: nothing in it executes, and a value that is not a finite
-number is refused naming the file.
+The file holds numbers and digests only: nothing in it executes. A file that cannot serve (another
+program's database, a damaged value, a disk that refuses it) is said so, naming it, and the run goes
+on without it: the run's own store is its record, the cache a saving.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,27 +40,41 @@ from pathlib import Path
 from typing import Any
 
 from evo_merge import __version__
-from evo_merge.errors import UserError
 from evo_merge.search.candidate import Candidate
 from evo_merge.search.evaluator import ItemScores
 
 log = logging.getLogger(__name__)
 
 SCHEME = 1  # how keys are made: a change makes every key new, so nothing kept under the old way is served
+FORMAT = f"evo-merge score cache {SCHEME}"  # what a file made as a score cache says it is
+TABLES = {"cache", "scores", "files"}
 _SCHEMA = """
+CREATE TABLE cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scores (
     model TEXT NOT NULL, task TEXT NOT NULL, item TEXT NOT NULL, score REAL NOT NULL,
     PRIMARY KEY (model, task, item)
 );
 CREATE TABLE IF NOT EXISTS files (
-    path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, digest TEXT NOT NULL,
-    PRIMARY KEY (path, size, mtime_ns)
+    path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (path, size, mtime_ns, inode, ctime_ns)
 );
 """
 
 
 def _key(parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+@functools.cache
+def source_digest() -> str:
+    """A digest of every Python file of the installed evo_merge package: its version number stays the
+    same across commits (a built-in method's trimming changed under one version), so the code a
+    score was measured with is named by its text. Read once per process (about a megabyte)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def package_version(name: str) -> str | None:
@@ -67,19 +84,35 @@ def package_version(name: str) -> str | None:
         return None
 
 
+class CacheUnusable(Exception):
+    """The file cannot serve as a score cache (another program's database, a folder, a disk that
+    refuses it): said, and the run goes on without it."""
+
+
 class ScoreCache:
     """The SQLite file of kept scores, shared by every run that names it (one writer at a time;
-    SQLite waits for the other)."""
+    SQLite waits for the other). Marked as a score cache when made, so that another program's
+    database (or a run's own state.sqlite) named by mistake is refused, never written into."""
 
     def __init__(self, path: Path) -> None:
+        """Raises `CacheUnusable` naming the file where it cannot be a score cache."""
         self.path = path
+        if path.is_dir():
+            raise CacheUnusable(f"{path} is a folder: name a file")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=120, isolation_level=None)
-            self.db.executescript(_SCHEMA)
+            tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                self.db.executescript(_SCHEMA)
+                self.db.execute("INSERT INTO cache VALUES (?, ?)", ("format", FORMAT))
+            elif tables != TABLES or self.db.execute("SELECT value FROM cache WHERE key = 'format'").fetchone() != (
+                    FORMAT,):
+                self.db.close()
+                raise CacheUnusable(f"{path} is a database of something else (tables: {', '.join(sorted(tables))}); "
+                                    "name another file")
         except (OSError, sqlite3.Error) as exc:
-            raise UserError(f"evaluator.score_cache: {path}: cannot be used as a score cache ({exc}); name "
-                            "another file, or remove this one") from None
+            raise CacheUnusable(f"{path}: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
@@ -90,8 +123,8 @@ class ScoreCache:
         scores = {item: kept[item] for item in items if item in kept}
         if bad := next((item for item, score in scores.items()
                         if not isinstance(score, float) or not math.isfinite(score)), None):
-            raise UserError(f"evaluator.score_cache: {self.path} keeps {scores[bad]!r} as item {bad!r}'s score, "
-                            "not a finite number (the file was edited or damaged); remove it")
+            raise CacheUnusable(f"{self.path} keeps {scores[bad]!r} as item {bad!r}'s score, not a finite number "
+                                "(the file was edited or damaged)")
         return scores
 
     def keep(self, model: str, task: str, scores: Mapping[str, float]) -> None:
@@ -105,17 +138,24 @@ class ScoreCache:
         self.db.execute("COMMIT")
 
     def file_digest(self, file: Path) -> str:
-        """SHA-256 of the whole file, remembered by its resolved path, size and modification time
-        (a 7B checkpoint's 15 GB take 12 s or more; a rewritten file has another time)."""
+        """SHA-256 of the whole file, remembered by its resolved path, size, modification time, inode
+        and status-change time (a 7B checkpoint's 15 GB take 12 s or more): a file rewritten or
+        copied in has another inode or change time, which no tool sets back (an archive's fixed
+        modification times, `touch -r`, do not fool it). A cache that cannot be written (a team's
+        read-only file) hashes without remembering."""
         real = file.resolve()
         stat = real.stat()
-        row = (str(real), stat.st_size, stat.st_mtime_ns)
-        known = self.db.execute("SELECT digest FROM files WHERE path = ? AND size = ? AND mtime_ns = ?", row).fetchone()
+        row = (str(real), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+        known = self.db.execute("SELECT digest FROM files WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ? "
+                                "AND ctime_ns = ?", row).fetchone()
         if known is not None:
             return known[0]
         with real.open("rb") as fh:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (*row, digest))
+        try:
+            self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", (*row, digest))
+        except sqlite3.Error as exc:
+            log.debug("score cache %s: the digest of %s not remembered (%s)", self.path, real, exc)
         return digest
 
 
@@ -124,12 +164,15 @@ class ScoreKeys:
     """The keys a run's scores are kept under: one per candidate (None: its method's code is not
     known) and one per task that gives a digest."""
 
-    setup: str  # what every candidate's key shares: the models' files, dtypes, device, code
-    methods: frozenset[str]  # the methods whose code is known
+    setup: str  # what every candidate's key shares: the models' files, dtypes, device, evo-merge's code
+    methods: Mapping[str, str]  # each method whose code is known -> its file's digest ("": evo-merge's own)
     tasks: Mapping[str, str]
 
     def model(self, candidate: Candidate) -> str | None:
-        return _key([self.setup, candidate.key]) if candidate.method in self.methods else None
+        """Its key: the setup, its recipe and its own method's code (another method list in the
+        campaign, or another plugin's file edited, leaves it)."""
+        code = self.methods.get(candidate.method)
+        return None if code is None else _key([self.setup, candidate.key, code])
 
 
 def score_keys(cache: ScoreCache, model_files: Sequence[Sequence[Path]], settings: Mapping[str, Any],
@@ -142,14 +185,14 @@ def score_keys(cache: ScoreCache, model_files: Sequence[Sequence[Path]], setting
     the campaign gives it (`metric: acc_norm` scores the same items otherwise)."""
     versions = {name: package_version(name) for name in ("torch", "transformers")}
     files = [[[file.name, cache.file_digest(file)] for file in files] for files in model_files]
-    code = {name: digest for name, digest in methods.items() if digest is not None}
-    setup = _key({"scheme": SCHEME, "evo_merge": __version__, "versions": versions, "models": files,
-                  "settings": dict(settings), "code": code})
+    evo_merge = [__version__, source_digest()]
+    setup = _key({"scheme": SCHEME, "evo_merge": evo_merge, "versions": versions, "models": files,
+                  "settings": dict(settings)})
     lm_eval = package_version("lm_eval")
-    task_keys = {name: _key({"scheme": SCHEME, "evo_merge": __version__, "lm_eval": lm_eval, "items": digest,
+    task_keys = {name: _key({"scheme": SCHEME, "evo_merge": evo_merge, "lm_eval": lm_eval, "items": digest,
                              "options": dict(options)})
                  for name, (digest, options) in tasks.items() if _scoring_known(digest)}
-    return ScoreKeys(setup, frozenset(code), task_keys)
+    return ScoreKeys(setup, {name: code for name, code in methods.items() if code is not None}, task_keys)
 
 
 def _scoring_known(digest: str | None) -> bool:
@@ -159,8 +202,8 @@ def _scoring_known(digest: str | None) -> bool:
 
 class KeptScores:
     """A run's view of the cache: what is kept of a candidate's scores, and keeping what it scored.
-    A cache that fails to keep (a full disk, a file another process holds too long) is said once
-    and left: the run's own store is its record, the cache a saving."""
+    A cache that fails (a full disk, a file another process holds too long, a damaged value) is
+    said once and left: the run's own store is its record, the cache a saving."""
 
     def __init__(self, cache: ScoreCache, keys: ScoreKeys) -> None:
         self.cache, self.keys, self.broken = cache, keys, False
@@ -172,8 +215,14 @@ class KeptScores:
         kept: ItemScores = {}
         for name, items in asked.items():
             task = self.keys.tasks.get(name)
-            if model is not None and task is not None and (scores := self.cache.scores(model, task, items)):
-                kept[name] = scores
+            if model is None or task is None or self.broken:
+                continue
+            try:
+                if scores := self.cache.scores(model, task, items):
+                    kept[name] = scores
+            except (CacheUnusable, sqlite3.Error) as exc:
+                self._leave("reading", exc)
+                kept = {}
         rest = {name: [i for i in items if i not in kept.get(name, {})] for name, items in asked.items()}
         return kept, {name: items for name, items in rest.items() if items}
 
@@ -186,6 +235,9 @@ class KeptScores:
                 if (task := self.keys.tasks.get(name)) is not None:
                     self.cache.keep(model, task, items)
         except sqlite3.Error as exc:
-            self.broken = True
-            log.warning("evaluator.score_cache: %s: keeping scores failed (%s); this run keeps no more there",
-                        self.cache.path, exc)
+            self._leave("keeping scores", exc)
+
+    def _leave(self, what: str, exc: Exception) -> None:
+        self.broken = True
+        log.warning("evaluator.score_cache: %s: %s failed (%s); this run reads and keeps no more there",
+                    self.cache.path, what, exc)

@@ -651,6 +651,39 @@ def test_a_scheduler_named_on_the_command_line_keeps_the_evaluators_other_settin
                                                                                        None, 4096)
 
 
+def test_a_score_cache_goes_with_the_run_to_a_cluster_only_said_left(caplog):
+    """It serves local evaluation: `resume --scheduler tcp://...` of a run with one was refused,
+    naming a setting the run's fingerprint leaves out (audit 148)."""
+    from evo_merge.cli.campaign import _evaluated_where
+    from evo_merge.config import Campaign
+
+    cached = Campaign(base_model="b", models=["m"], tasks=[{"task": "arith"}],
+                      evaluator={"score_cache": "scores.sqlite", "batch_size": 4})
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        remote = _evaluated_where(cached, Path("c.yaml"), "tcp://head:8786").evaluator
+    assert (remote.kind, remote.score_cache, remote.batch_size) == ("dask", None, 4)
+    assert [r.getMessage() for r in caplog.records] == [
+        "evaluator.score_cache serves local evaluation only: this run goes on the cluster without it"]
+    assert _evaluated_where(cached, Path("c.yaml"), "local").evaluator.score_cache == "scores.sqlite"
+
+
+def test_a_score_cache_that_cannot_serve_is_said_and_the_run_goes_on(tmp_path, zoo, caplog):
+    """Another program's database named as the cache: never written into, said naming it, and the
+    run scores everything itself (it stopped at its start, blaming the campaign database, audit 148)."""
+    grades = tmp_path / "grades.sqlite"
+    with closing(sqlite3.connect(grades)) as db:
+        db.execute("CREATE TABLE scores (student TEXT, grade REAL)")
+    before = grades.read_bytes()
+    config = campaign(tmp_path, zoo, evaluator={"score_cache": str(grades)},
+                      algorithm={"population": 4, "generations": 1, "seed": 3})
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        result = CliRunner().invoke(cli, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert f"evaluator.score_cache: {grades} is a database of something else (tables: scores); name another file; " \
+           "this run goes on without it" in [r.getMessage() for r in caplog.records]
+    assert grades.read_bytes() == before
+
+
 def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zoo):
     from evo_merge.config import AlgorithmSpec, Campaign
     from evo_merge.search.binding import config_fingerprint

@@ -1,18 +1,21 @@
 """The score cache's file and keys: a score is served only under keys made of everything that
-decides it, and only where every item asked of a task is kept."""
+decides it; the kept items of a task are read and the others scored; a file that cannot serve is
+said so and left, the run going on without it."""
 
 import hashlib
 import logging
 import os
 import sqlite3
+from contextlib import closing
 
 import pytest
 
 from evo_merge.config import Campaign
-from evo_merge.errors import UserError
+from evo_merge.search import score_cache
 from evo_merge.search.binding import config_fingerprint
 from evo_merge.search.candidate import Candidate
-from evo_merge.search.score_cache import KeptScores, ScoreCache, score_keys
+from evo_merge.search.score_cache import CacheUnusable, KeptScores, ScoreCache, score_keys
+from evo_merge.search.store import CampaignStore
 
 TASK = "0123456789abcdef:fedcba9876543210"  # an lm-eval task's items_digest: <docs>:<definition>
 SETTINGS = {"dtype": "float32", "storage": "float32", "device": "cpu", "batch_size": 32}
@@ -50,19 +53,40 @@ def test_the_kept_items_are_served_under_their_keys_and_the_rest_scored(tmp_path
     assert kept.split(TA, {"t": ["b"]}) == ({"t": {"b": 0.0}}, {})
 
 
-def test_a_damaged_cache_is_refused_naming_the_file(tmp_path):
+def test_a_file_that_cannot_be_a_score_cache_is_said_so_naming_it(tmp_path):
+    """Another program's database, a run's own state.sqlite named by mistake, a folder, a file that
+    is no database: never written into, and named (the run goes on without a cache)."""
+    (tmp_path / "text.sqlite").write_text("not a database, but long enough to be read as one" * 20)
+    with pytest.raises(CacheUnusable, match=r"text.sqlite: file is not a database"):
+        ScoreCache(tmp_path / "text.sqlite")
+    foreign = tmp_path / "foreign.sqlite"
+    with closing(sqlite3.connect(foreign)) as db:
+        db.execute("CREATE TABLE scores (student TEXT, grade REAL)")
+    before = foreign.read_bytes()
+    with pytest.raises(CacheUnusable, match=r"foreign.sqlite is a database of something else \(tables: scores\)"):
+        ScoreCache(foreign)
+    assert foreign.read_bytes() == before
+    CampaignStore(tmp_path / "run").close()
+    with pytest.raises(CacheUnusable, match=r"state.sqlite is a database of something else"):
+        ScoreCache(tmp_path / "run" / "state.sqlite")
+    with pytest.raises(CacheUnusable, match=r"is a folder: name a file"):
+        ScoreCache(tmp_path / "run")
+
+
+def test_a_damaged_value_is_said_once_and_the_cache_left(tmp_path, models, caplog):
     path = tmp_path / "scores.sqlite"
     cache = ScoreCache(path)
-    cache.keep("m", "t", {"a": 1.0})
-    cache.db.execute("UPDATE scores SET score = 'many'")
-    with pytest.raises(UserError, match=rf"evaluator.score_cache: {path} keeps 'many' as item 'a'"):
-        cache.scores("m", "t", ["a"])
-    cache.db.execute("UPDATE scores SET score = ?", (float("inf"),))
-    with pytest.raises(UserError, match="not a finite number"):
-        cache.scores("m", "t", ["a"])
-    (tmp_path / "text.sqlite").write_text("not a database, but long enough to be read as one" * 20)
-    with pytest.raises(UserError, match=r"text.sqlite: cannot be used as a score cache"):
-        ScoreCache(tmp_path / "text.sqlite").scores("m", "t", ["a"])
+    kept = KeptScores(cache, _keys(cache, models))
+    kept.keep(TA, {"t": {"a": 1.0, "b": 0.0}})
+    cache.db.execute("UPDATE scores SET score = 'many' WHERE item = 'a'")
+    with pytest.raises(CacheUnusable, match=rf"{path} keeps 'many' as item 'a'"):
+        cache.scores(kept.keys.model(TA), kept.keys.tasks["t"], ["a"])
+    with caplog.at_level(logging.WARNING, logger="evo_merge"):
+        assert kept.split(TA, {"t": ["a", "b"]}) == ({}, {"t": ["a", "b"]})
+        assert kept.split(TA, {"t": ["b"]}) == ({}, {"t": ["b"]})  # left: not read again
+    assert [r.getMessage() for r in caplog.records] == [
+        f"evaluator.score_cache: {path}: reading failed ({path} keeps 'many' as item 'a''s score, not a finite "
+        "number (the file was edited or damaged)); this run reads and keeps no more there"]
 
 
 def test_a_file_is_hashed_whole_once_and_again_when_rewritten(tmp_path):
@@ -73,12 +97,23 @@ def test_a_file_is_hashed_whole_once_and_again_when_rewritten(tmp_path):
     assert first == hashlib.sha256(b"a" * 4096).hexdigest()
     cache.db.execute("UPDATE files SET digest = 'remembered'")
     assert cache.file_digest(file) == "remembered"  # read by path, size and time, not hashed again
-    file.write_bytes(b"b" * 4096)  # the same size, another time
-    os.utime(file, ns=(file.stat().st_atime_ns, file.stat().st_mtime_ns + 1_000_000))
-    assert cache.file_digest(file) == hashlib.sha256(b"b" * 4096).hexdigest()
+    times = (file.stat().st_atime_ns, file.stat().st_mtime_ns)
+    file.write_bytes(b"b" * 4096)  # the same size, and the time set back as `touch -r` or an archive sets it
+    os.utime(file, ns=times)
+    assert cache.file_digest(file) == hashlib.sha256(b"b" * 4096).hexdigest()  # its change time is another
 
 
-def test_every_part_of_a_key_changes_it(tmp_path, models):
+def test_a_cache_that_cannot_be_written_still_hashes(tmp_path, monkeypatch):
+    """A team's read-only cache: the digests are computed, not remembered."""
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    file = tmp_path / "w.bin"
+    file.write_bytes(b"a" * 10)
+    cache.db.close()
+    cache.db = sqlite3.connect(f"file:{tmp_path / 'scores.sqlite'}?mode=ro", uri=True, isolation_level=None)
+    assert cache.file_digest(file) == hashlib.sha256(b"a" * 10).hexdigest()
+
+
+def test_every_part_of_a_key_changes_it(tmp_path, models, monkeypatch):
     cache = ScoreCache(tmp_path / "scores.sqlite")
     keys = _keys(cache, models)
     model, task = keys.model(TA), keys.tasks["t"]
@@ -88,11 +123,17 @@ def test_every_part_of_a_key_changes_it(tmp_path, models):
                                   ("batch_size", 16)]]
     others.append(keys.model(Candidate("task_arithmetic", (0.5, 1.0), (("lambda", 0.9),))))
     others.append(_keys(cache, models[::-1]).model(TA))  # the endpoint given as the base
-    plugin = {"task_arithmetic": "", "mine": "abc"}
-    others.append(_keys(cache, models, methods=plugin).model(TA))  # a method's code is part of the setup
+    with monkeypatch.context() as patched:  # evo-merge's own code edited (its version number stays)
+        patched.setattr(score_cache, "source_digest", lambda: "another")
+        others.append(_keys(cache, models).model(TA))
     models[1][0].write_bytes(b"x" * 300)  # a fine-tune retrained in place
     others.append(_keys(cache, models).model(TA))
     assert len({model, *others}) == len(others) + 1
+    # a candidate's key holds its own method's code alone: another method list leaves it
+    plugin = _keys(cache, models, methods={"task_arithmetic": "", "mine": "abc"})
+    assert plugin.model(TA) == _keys(cache, models).model(TA)
+    mine = Candidate("mine", (1.0, 1.0))
+    assert plugin.model(mine) != _keys(cache, models, methods={"task_arithmetic": "", "mine": "abd"}).model(mine)
     assert _keys(cache, models, tasks={"t": ("0123456789abcdef:0000000000000000", {})}).tasks["t"] != task
     assert _keys(cache, models, tasks={"t": (TASK, {"metric": "acc_norm"})}).tasks["t"] != task
 
@@ -125,7 +166,7 @@ def test_a_cache_that_fails_to_keep_is_said_once_and_left(tmp_path, models, monk
         kept.keep(TA, {"t": {"b": 1.0}})
     said = [r.getMessage() for r in caplog.records]
     assert said == [f"evaluator.score_cache: {cache.path}: keeping scores failed (database or disk is full); this "
-                    "run keeps no more there"]
+                    "run reads and keeps no more there"]
 
 
 def test_the_cache_is_not_part_of_what_a_run_computes(tmp_path):
