@@ -528,11 +528,11 @@ def kept_scores(workspace: Workspace, tasks: dict[str, FitnessTask], progress: P
         log.warning("evaluator.score_cache: %s; this run goes on without it", exc)
         return None
     files = [model_file_paths(ref) for ref in workspace.evaluated_references()]
-    stage, total = "score cache: hashing the models' files", sum(map(len, files))
+    stage, total, digests = "score cache: hashing the models' files", sum(map(len, files)), []
     progress(stage, 0, total)
-    for done, file in enumerate((f for model in files for f in model), start=1):
-        cache.file_digest(file)
-        progress(stage, done, total)
+    for model in files:  # once each: a read-only cache remembers none, and a 7B model's files take 12 s or more
+        digests.append([(file.name, cache.file_digest(file)) for file in model])
+        progress(stage, sum(map(len, digests)), total)
     methods: dict[str, str | None] = {"task_arithmetic": ""}  # the base and the endpoints are its candidates
     for name in spec.methods:  # evo-merge's own change with its version, which the keys hold
         builtin = name == MASS or get_method(name).is_builtin
@@ -544,7 +544,7 @@ def kept_scores(workspace: Workspace, tasks: dict[str, FitnessTask], progress: P
                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                 "batch_size": spec.evaluator.batch_size}
     options = {spec_task.label: sorted(spec_task.options.items()) for spec_task in spec.tasks}
-    keys = score_keys(cache, files, settings, methods,
+    keys = score_keys(digests, settings, methods,
                       {name: (getattr(task, "items_digest", None), options[name]) for name, task in tasks.items()})
     if skipped := [name for name in tasks if name not in keys.tasks]:
         log.info("score cache %s: task(s) %s give no digest of how their items are scored, so their scores are "

@@ -18,7 +18,7 @@ A task that gives no digest (a plugin's) and a method whose code no file holds (
 never cached: nothing would tell a change. The items a job asks that are kept are read, the
 others scored (a follow-up of another seed holds out other items, so the standard merges it
 measures share most of their items with an earlier run's). Whole files are hashed once and
-remembered by path, size and modification time.
+remembered by path, size, modification time, inode and change time (`ScoreCache.file_digest`).
 
 The file holds numbers and digests only: nothing in it executes. A file that cannot serve (another
 program's database, a damaged value, a disk that refuses it) is said so, naming it, and the run goes
@@ -102,17 +102,28 @@ class ScoreCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=120, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheUnusable(f"{path}: {exc}") from None
+        try:
+            self._check_format()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _check_format(self) -> None:
+        """Mark a new (empty) file as a score cache; refuse one that is not marked as one."""
+        try:
             tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not tables:
                 self.db.executescript(_SCHEMA)
                 self.db.execute("INSERT INTO cache VALUES (?, ?)", ("format", FORMAT))
-            elif tables != TABLES or self.db.execute("SELECT value FROM cache WHERE key = 'format'").fetchone() != (
-                    FORMAT,):
-                self.db.close()
-                raise CacheUnusable(f"{path} is a database of something else (tables: {', '.join(sorted(tables))}); "
-                                    "name another file")
-        except (OSError, sqlite3.Error) as exc:
-            raise CacheUnusable(f"{path}: {exc}") from None
+                return
+            marked = tables == TABLES and self.db.execute("SELECT value FROM cache WHERE key = 'format'").fetchone()
+        except sqlite3.Error as exc:
+            raise CacheUnusable(f"{self.path}: {exc}") from None
+        if marked != (FORMAT,):
+            raise CacheUnusable(f"{self.path} is a database of something else (tables: {', '.join(sorted(tables))}); "
+                                "name another file")
 
     def close(self) -> None:
         self.db.close()
@@ -175,18 +186,19 @@ class ScoreKeys:
         return None if code is None else _key([self.setup, candidate.key, code])
 
 
-def score_keys(cache: ScoreCache, model_files: Sequence[Sequence[Path]], settings: Mapping[str, Any],
+def score_keys(model_files: Sequence[Sequence[tuple[str, str]]], settings: Mapping[str, Any],
                methods: Mapping[str, str | None], tasks: Mapping[str, tuple[str | None, Mapping[str, Any]]]
                ) -> ScoreKeys:
-    """The run's keys: `model_files`, the files each model (the base, then each endpoint) is read
-    from; `settings`, what else decides a candidate's scores (dtypes, device type, batch size);
+    """The run's keys: `model_files`, (name, `file_digest`) of each file each model (the base, then
+    each endpoint) is read from; `settings`, what else decides a candidate's scores (dtypes, device
+    type, batch size);
     `methods`, each method's code digest ("" for one that changes with evo-merge alone, None where
     no file holds it); `tasks`, each task's `items_digest` (None: it gives none) and the options
     the campaign gives it (`metric: acc_norm` scores the same items otherwise)."""
     versions = {name: package_version(name) for name in ("torch", "transformers")}
-    files = [[[file.name, cache.file_digest(file)] for file in files] for files in model_files]
     evo_merge = [__version__, source_digest()]
-    setup = _key({"scheme": SCHEME, "evo_merge": evo_merge, "versions": versions, "models": files,
+    setup = _key({"scheme": SCHEME, "evo_merge": evo_merge, "versions": versions,
+                  "models": [[list(named) for named in files] for files in model_files],
                   "settings": dict(settings)})
     lm_eval = package_version("lm_eval")
     task_keys = {name: _key({"scheme": SCHEME, "evo_merge": evo_merge, "lm_eval": lm_eval, "items": digest,

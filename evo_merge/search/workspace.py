@@ -240,11 +240,13 @@ class Workspace:
                 **{f"aligned.{i}": ModelRef(str(path), path) for i, path in enumerate(self.models)}}
 
     def evaluated_references(self) -> list[ModelRef]:
-        """The base then each endpoint, as the evaluator reads them: an aligned campaign's aligned copies."""
-        refs = self.aligned_references() if self.campaign.align is not None else campaign_references(self.campaign)
-        base = "aligned.base" if self.campaign.align is not None else "base_model"
-        prefix = "aligned" if self.campaign.align is not None else "models"
-        return [refs[base], *(refs[f"{prefix}.{i}"] for i in range(len(self.models)))]
+        """The base then each endpoint, as the evaluator reads them: an aligned campaign's aligned
+        copies, or the models the campaign names (checked as the workspace opened)."""
+        if self.campaign.align is not None:
+            return list(self.aligned_references().values())
+        named = {"base_model": self.campaign.base_model}
+        named.update((f"models.{i}", m) for i, m in enumerate(self.campaign.models))
+        return [model_reference(value, key) for key, value in named.items()]
 
     def sources(self) -> tuple[str, list[str]]:
         """(base, endpoints) as recipes and evaluators name them: folders, or Hub ids with the

@@ -684,6 +684,24 @@ def test_a_score_cache_that_cannot_serve_is_said_and_the_run_goes_on(tmp_path, z
     assert grades.read_bytes() == before
 
 
+def test_opening_a_run_with_a_score_cache_hashes_each_model_file_once(tmp_path, zoo, monkeypatch):
+    """A 7B model's files take 12 s or more to hash: keys were made by hashing them again, which a
+    cache that cannot remember digests (a read-only one) paid twice."""
+    from evo_merge.config import Campaign
+    from evo_merge.search.campaign import CampaignRunner
+    from evo_merge.search.score_cache import ScoreCache
+
+    hashed = []
+    digest = ScoreCache.file_digest
+    monkeypatch.setattr(ScoreCache, "file_digest", lambda self, file: hashed.append(file) or digest(self, file))
+    config = campaign(tmp_path, zoo, evaluator={"score_cache": "scores.sqlite"})
+    with CampaignRunner.open(Campaign.load(config), run_dir=tmp_path / "run") as runner:
+        assert runner.ledger.kept is not None
+    base, fts = zoo
+    weights = {f for folder in (base, *fts) for f in Path(folder).glob("*.safetensors")}
+    assert len(hashed) == len(set(hashed)) and weights <= set(hashed)  # each file once, every weight file
+
+
 def test_a_setting_added_later_at_its_default_keeps_the_fingerprint(tmp_path, zoo):
     from evo_merge.config import AlgorithmSpec, Campaign
     from evo_merge.search.binding import config_fingerprint

@@ -35,7 +35,11 @@ def models(tmp_path):
 
 
 def _keys(cache, models, settings=SETTINGS, methods=None, tasks=None):
-    return score_keys(cache, models, settings, methods or {"task_arithmetic": ""}, tasks or {"t": (TASK, {})})
+    return score_keys(_digests(cache, models), settings, methods or {"task_arithmetic": ""}, tasks or {"t": (TASK, {})})
+
+
+def _digests(cache, models):
+    return [[(file.name, cache.file_digest(file)) for file in files] for files in models]
 
 
 def test_the_kept_items_are_served_under_their_keys_and_the_rest_scored(tmp_path, models):
@@ -197,7 +201,7 @@ def test_adaptive_steps_and_measurements_read_the_cache_as_the_first_scoring_doe
     tasks = {f"agree{i}": AgreementTask(str(f), name=f"agree{i}", n_items=12, seed=i) for i, f in enumerate(fts)}
     cache = ScoreCache(tmp_path / "scores.sqlite")
     models = [[base / "model.safetensors"], [f / "model.safetensors" for f in fts]]
-    keys = score_keys(cache, models, SETTINGS, {"task_arithmetic": ""}, {name: (TASK, {}) for name in tasks})
+    keys = score_keys(_digests(cache, models), SETTINGS, {"task_arithmetic": ""}, {name: (TASK, {}) for name in tasks})
     candidates = [Candidate("task_arithmetic", (1.0, 0.0), (("lambda", 1.0),)),
                   Candidate("task_arithmetic", (0.3, 0.9), (("lambda", 1.0),))]
     first = {name: task.item_ids[:4] for name, task in tasks.items()}
@@ -219,7 +223,8 @@ def test_adaptive_steps_and_measurements_read_the_cache_as_the_first_scoring_doe
     read, rows_read, scores_read = campaign(tmp_path / "b", nobody, KeptScores(cache, keys))
     assert (rows_read, scores_read) == (rows, scores)
     assert read.get_meta(FROM_CACHE_META) == 2 * 2 * 12  # every score the run holds
-    one = score_keys(cache, models, SETTINGS, {"task_arithmetic": ""}, {"agree0": (TASK, {}), "agree1": (None, {})})
+    one = score_keys(_digests(cache, models), SETTINGS, {"task_arithmetic": ""},
+                     {"agree0": (TASK, {}), "agree1": (None, {})})
     evaluator = LocalEvaluator(workbench, tasks)
     asked = []
     evaluate = evaluator.evaluate
