@@ -51,8 +51,15 @@ TRACKING = click.option(
     "results, and your tracking credentials, to a server it names unless you say so")
 
 
+SCORE_CACHE = click.option(
+    "--score-cache/--no-score-cache", default=None,
+    help="read and write the score cache the run folder's campaign.yaml names (or not): a folder cannot choose "
+    "the file its resume writes into and takes measurements from unless you say so (a run you started, or "
+    "resumed with --score-cache, needs no word again)")
+
+
 def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None = None,
-            tracking: bool | None = False):
+            tracking: bool | None = False, score_cache: bool | None = None):
     """The runner of a run folder: with `campaign_file`, the user's campaign (`run`); else the
     folder's own, which names no scheduler to connect to (`_evaluated_where`) and reports to its
     trackers only as `tracking` says (`_tracked_where`; False for commands that track nothing). The
@@ -71,6 +78,7 @@ def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None 
         campaign = Campaign.load(campaign_file)
     if own:
         campaign = _tracked_where(_evaluated_where(campaign, campaign_file, scheduler), campaign_file, tracking)
+        campaign = _cached_where(campaign, campaign_file, score_cache)
     with naming_file(campaign_file):  # the tasks and models it names, resolved as the runner opens
         return CampaignRunner.open(campaign, campaign_file.parent, run, lock=False)  # the command holds the lock
 
@@ -136,6 +144,33 @@ def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | Non
                     "folder does not carry your word for it (not started, or resumed with --tracking, by you here); a "
                     "run folder does not choose where its results go: pass --tracking to report there, or "
                     "--no-tracking")
+
+
+def _cached_where(campaign: Campaign, campaign_file: Path, score_cache: bool | None) -> Campaign:
+    """The campaign with the score cache `--score-cache` allows. A run folder may come from someone
+    else, and the cache its campaign.yaml names is a file the resume writes into and reads scores
+    from as its own measurements (another user's cache, a file made where the folder says). So it is
+    used where the user says so, or where the folder carries their mark (`trust.mark_score_cache`);
+    otherwise the run goes on without it, saying so: its results are the same, only slower."""
+    from evo_merge.search.binding import open_records
+    from evo_merge.search.trust import score_cache_trusted
+    from evo_merge.search.workspace import absolute_path
+
+    named = campaign.evaluator.score_cache
+    if named is None or score_cache is True:
+        return campaign
+    if score_cache is None:
+        store = open_records(campaign_file.parent)
+        try:
+            if score_cache_trusted(store, absolute_path(named, campaign_file.parent)):
+                return campaign
+        finally:
+            store.close()
+        logging.getLogger(__name__).warning(
+            "%s: evaluator.score_cache names %s, and this run folder does not carry your word for it (not started, "
+            "or resumed with --score-cache, by you here); this run goes on without it: pass --score-cache to read "
+            "and write that file", campaign_file, named)
+    return campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"score_cache": None})})
 
 
 def _summary_table(runner: CampaignRunner, picks: dict[str, Evaluation]):
@@ -242,8 +277,10 @@ def start_campaign(campaign_file: Path, out: Path, trust_tasks: bool = False) ->
 @RUN_DIR
 @SCHEDULER
 @TRACKING
+@SCORE_CACHE
 @TRUST_TASKS
-def resume(run: Path, scheduler: str | None, tracking: bool | None, trust_tasks: bool) -> None:
+def resume(run: Path, scheduler: str | None, tracking: bool | None, score_cache: bool | None,
+           trust_tasks: bool) -> None:
     """Continue an interrupted campaign: replays the search from the stored evaluations, evaluating
     only what is missing."""
     from evo_merge.config import Campaign
@@ -257,7 +294,7 @@ def resume(run: Path, scheduler: str | None, tracking: bool | None, trust_tasks:
         evaluator = _evaluated_where(Campaign.load(campaign_file), campaign_file, scheduler).evaluator
     check_campaign_fits(campaign_file, run, evaluator)  # memory plan (#13) of where it runs, as for `run`
     with _holding(run):
-        with _runner(run, scheduler=scheduler, tracking=tracking) as runner:
+        with _runner(run, scheduler=scheduler, tracking=tracking, score_cache=score_cache) as runner:
             _run(runner)
 
 
@@ -356,6 +393,7 @@ def _moved_on(run: Path, running: str | None) -> bool:
 @REVISION
 @click.option("--dry-run", is_flag=True, help="list what --push-to-hub would upload; upload nothing")
 @SCHEDULER
+@SCORE_CACHE
 @TRUST_TASKS
 def export(
     run: Path,
@@ -367,6 +405,7 @@ def export(
     revision: str | None,
     dry_run: bool,
     scheduler: str | None,
+    score_cache: bool | None,
     trust_tasks: bool,
 ) -> None:
     """Export one evaluated candidate of a run as a model folder (merged from the checkpoints by its
@@ -392,7 +431,7 @@ def export(
     check_outside_run(out, run, "its picks in models/, which `resume` restores")  # its records would name another
     check_output_folder(expand_home(out), overwrite)  # before measuring, not after
     with _holding(run, again="run the export again to finish it"):
-        with _runner(run, scheduler=scheduler) as runner:
+        with _runner(run, scheduler=scheduler, score_cache=score_cache) as runner:
             store = runner.workspace.store
             eid = _pick_id(pick, store.exported(), run)
             spent = store.items_evaluated(measured=True)

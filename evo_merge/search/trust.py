@@ -8,7 +8,9 @@ without this user's mark run no task code until the user says so (`--trust-tasks
 scheduler address and tracking servers need the user's word. Someone else's folder cannot carry
 the mark: they do not have the key. A folder keeps the marks of every user who ran it. Its
 trackers are marked the same way (`mark_tracking`): a run you started, or resumed with
-`--tracking`, reports where its campaign.yaml says without being told again.
+`--tracking`, reports where its campaign.yaml says without being told again; and so is its score
+cache (`mark_score_cache`): a folder someone sent names the file a resume reads scores from and
+writes into.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from evo_merge.tasks.registry import code_it_runs, code_location
 
 TRUST_META = Record("trusted_tasks", list[str])  # HMACs of the campaign's tasks, one per user's key
 TRACKING_TRUST_META = Record("trusted_tracking", list[str])  # HMACs of its trackers, one per user's key
+SCORE_CACHE_TRUST_META = Record("trusted_score_cache", list[str])  # HMACs of its cache's path, one per user's key
 KEY_BYTES = 32
 MARKS_KEPT = 16  # the latest users' marks: a folder on a shared disk, or one user's several machines
 
@@ -121,6 +124,13 @@ def mark_tracking(store: CampaignStore, tracking: TrackingSpec | None) -> None:
         _add_mark(store, TRACKING_TRUST_META, tracking_digest(tracking), "--tracking")
 
 
+def mark_score_cache(store: CampaignStore, path: str | None) -> None:
+    """Mark the folder as reading and writing the score cache at `path` (absolute) by this user's
+    word: named in the campaign a `run` started, or allowed by `resume --score-cache`."""
+    if path is not None:
+        _add_mark(store, SCORE_CACHE_TRUST_META, _text_digest(path), "--score-cache")
+
+
 def is_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> bool:
     """Whether this user's key marked the folder with these tasks. A damaged key file is an error
     (the user's own folder would read as someone else's)."""
@@ -130,6 +140,15 @@ def is_trusted(store: CampaignStore, tasks: Sequence[TaskSpec]) -> bool:
 def tracking_trusted(store: CampaignStore, tracking: TrackingSpec) -> bool:
     """Whether this user's key marked the folder as reporting to these trackers."""
     return _carries(store, TRACKING_TRUST_META, tracking_digest(tracking))
+
+
+def score_cache_trusted(store: CampaignStore, path: str) -> bool:
+    """Whether this user's key marked the folder as using the score cache at `path` (absolute)."""
+    return _carries(store, SCORE_CACHE_TRUST_META, _text_digest(path))
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _add_mark(store: CampaignStore, record: Record, digest: str, word: str) -> None:

@@ -40,7 +40,7 @@ from evo_merge.search.kinds import candidate_kind
 from evo_merge.search.layout import ALIGNED_FOLDER, CAMPAIGN_FILE
 from evo_merge.search.run_folder import STARTED_FILES, check_in_place, folder_identity
 from evo_merge.search.store import FACTS_META, CampaignStore, Record
-from evo_merge.search.trust import mark_tracking, mark_trusted
+from evo_merge.search.trust import mark_score_cache, mark_tracking, mark_trusted
 from evo_merge.user_paths import expand_home
 from evo_merge.weights.checkpoint import weight_files
 from evo_merge.weights.digest import (
@@ -67,6 +67,11 @@ MODEL_FILES_META = Record("model_files", dict[str, str | dict[str, str | None]])
 FRESH_RUN_FILES = {*STARTED_FILES, CAMPAIGN_FILE}
 
 
+def absolute_path(value: str, root: Path) -> str:
+    """A path the campaign file at `root` names, as a run records it: absolute, normalised, symlinks kept."""
+    return os.path.abspath(root / expand_home(value))
+
+
 def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     """The campaign with every relative path made absolute against `root` (the campaign file's
     folder): models and LoRA adapters (Hub ids kept), alignment data and permutation specs, the
@@ -74,7 +79,7 @@ def resolve_campaign(campaign: Campaign, root: Path) -> Campaign:
     stores and fingerprints this form, so it resumes from whatever folder its command runs in."""
 
     def absolute(value: str) -> str:
-        return os.path.abspath(root / expand_home(value))  # normalised, symlinks kept
+        return absolute_path(value, root)
 
     def model(value: str, key: str) -> str:
         """A local folder made absolute; a Hub id (`org/name[@rev]`, not a local path) kept as
@@ -206,6 +211,7 @@ class Workspace:
             # leave the user's own folder taken for a received one
             mark_trusted(store, campaign.tasks)
             mark_tracking(store, campaign.tracking)
+            mark_score_cache(store, campaign.evaluator.score_cache)
             _check_weights(store, refs)
             models = [refs[f"models.{i}"] for i in range(len(campaign.models))]
             opened = folder_identity(run_dir)

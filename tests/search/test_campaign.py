@@ -684,6 +684,51 @@ def test_a_score_cache_that_cannot_serve_is_said_and_the_run_goes_on(tmp_path, z
     assert grades.read_bytes() == before
 
 
+def test_a_run_folder_s_score_cache_is_used_by_the_user_s_word_alone(tmp_path, zoo, monkeypatch, caplog):
+    """A folder someone sent names the file its resume writes into and takes measurements from: it
+    was read and written unasked (audit 148). The user's own run keeps it without a word; a file the
+    folder's campaign.yaml names that the user never said is left alone, said once, the run going on."""
+    config = campaign(tmp_path, zoo, evaluator={"score_cache": "scores.sqlite"},
+                      algorithm={"population": 4, "generations": 1, "seed": 3})
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(config), "--out", str(run)]).exit_code == 0
+    own = run / "campaign.yaml"
+    sent = tmp_path / "sent.sqlite"  # the line edited as a sender would (the fingerprint leaves it out)
+    data = yaml.safe_load(own.read_text())
+    assert data["evaluator"]["score_cache"] == str(tmp_path / "scores.sqlite")  # stored absolute
+    data["evaluator"]["score_cache"] = str(sent)
+    own.write_text(yaml.safe_dump(data))
+    warning = (f"{own}: evaluator.score_cache names {sent}, and this run folder does not carry your word for it (not "
+               "started, or resumed with --score-cache, by you here); this run goes on without it: pass "
+               "--score-cache to read and write that file")
+    for word in ([], ["--no-score-cache"]):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="evo_merge"):
+            result = CliRunner().invoke(cli, ["resume", str(run), *word])
+        assert result.exit_code == 0, result.output
+        assert not sent.exists()
+        assert (warning in [r.getMessage() for r in caplog.records]) == (word == [])
+    assert CliRunner().invoke(cli, ["resume", str(run), "--score-cache"]).exit_code == 0
+    assert sent.exists()  # made by the word, which marks the folder
+    sent.unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        assert CliRunner().invoke(cli, ["resume", str(run)]).exit_code == 0
+    assert sent.exists() and warning not in [r.getMessage() for r in caplog.records]  # the word, once given, is kept
+    sent.unlink()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another-user"))  # the folder sent to someone else
+    (pick, *_) = pd.read_csv(run / "pareto.csv")["id"]
+    exported = CliRunner().invoke(cli, ["export", str(run), "--pick", str(pick), "--out", str(tmp_path / "pick"),
+                                        "--trust-tasks"])
+    assert exported.exit_code == 0, exported.output
+    assert not sent.exists()
+    data["evaluator"]["score_cache"] = str(tmp_path / "scores.sqlite")
+    own.write_text(yaml.safe_dump(data))  # the file its own runner named: the other user's word is needed too
+    before = (tmp_path / "scores.sqlite").read_bytes()
+    assert CliRunner().invoke(cli, ["resume", str(run), "--trust-tasks"]).exit_code == 0
+    assert (tmp_path / "scores.sqlite").read_bytes() == before
+
+
 def test_opening_a_run_with_a_score_cache_hashes_each_model_file_once(tmp_path, zoo, monkeypatch):
     """A 7B model's files take 12 s or more to hash: keys were made by hashing them again, which a
     cache that cannot remember digests (a read-only one) paid twice."""
