@@ -67,7 +67,7 @@ class MassFactors:
                             "with the other methods, which write an untied output)")
         names = [n for n in heads.merge_targets(base, endpoints) if base.dtype(n).is_floating_point]
         out = cls({}, {}, {}, {}, stash)
-        similarity = _Similarity(len(endpoints))
+        similarity = _Similarity(base, endpoints)
         for name in track(names, len(names)) if track else names:
             sources = [heads.source_name(c, name) for c in (base, *endpoints)]  # a tied head is the embedding
             theta0 = stash.upcast(base.tensor(name, COMPUTE_DTYPE))
@@ -80,7 +80,7 @@ class MassFactors:
             out.base[name] = stash.keep(theta0, dtype)
             out.stored_dtypes[name] = base.dtype(name)
             if is_decomposed(theta0, name, _NO_EMBEDDINGS):
-                similarity.add(theta0, deltas)
+                similarity.add(name, theta0, deltas)
                 k = tsv_rank(theta0, len(endpoints))
                 # vt keeps V^T's rows as the SVD returns them, so products match `tsv_c` bit for bit;
                 # copies of the top-k slices only (views would keep the whole SVD alive)
@@ -89,7 +89,7 @@ class MassFactors:
                                      for u, s, v in triplets]
             else:
                 out.dense[name] = [stash.keep(d, dtype) for d in deltas]
-        similarity.check(base, endpoints)
+        similarity.check()
         return out
 
     def follow(self, device: torch.device) -> None:
@@ -174,26 +174,37 @@ class _Similarity:
     """Cosine between each endpoint's and the base's 2-D weights, all matrices together.
 
     Fine-tunes stay close to their base (near 1); models trained apart are near 0 even when
-    every name and shape matches, and task vectors between them mean nothing.
+    every name and shape matches, and task vectors between them mean nothing. A matrix of its own
+    below TENSOR_MIN_COSINE is refused as it is read, before its SVDs: said after the last one, a
+    separately trained model cost the whole decomposition (an hour or more of a 7B model's on a CPU).
     """
 
     MIN_COSINE = 0.5
+    TENSOR_MIN_COSINE = 0.2  # one matrix replaced, not fine-tuned: its change outweighs it several times
 
-    def __init__(self, n: int):
-        self.dots, self.norms, self.base_norm = [0.0] * n, [0.0] * n, 0.0
+    def __init__(self, base: Checkpoint, endpoints: Sequence[Checkpoint]):
+        self.base, self.endpoints = base, endpoints
+        self.dots, self.norms, self.base_norm = [0.0] * len(endpoints), [0.0] * len(endpoints), 0.0
 
-    def add(self, theta0: torch.Tensor, deltas: Sequence[torch.Tensor]) -> None:
-        self.base_norm += float(theta0.square().sum())
+    def add(self, name: str, theta0: torch.Tensor, deltas: Sequence[torch.Tensor]) -> None:
+        base_norm = float(theta0.square().sum())
+        self.base_norm += base_norm
         for t, delta in enumerate(deltas):
             theta = theta0 + delta
-            self.dots[t] += float((theta * theta0).sum())
-            self.norms[t] += float(theta.square().sum())
+            dot, norm = float((theta * theta0).sum()), float(theta.square().sum())
+            self.dots[t] += dot
+            self.norms[t] += norm
+            if norm and base_norm:  # a matrix of zeros on either side tells nothing on its own
+                self._refuse_below(self.endpoints[t], dot, norm, base_norm, self.TENSOR_MIN_COSINE, f"their {name}")
 
-    def check(self, base: Checkpoint, endpoints: Sequence[Checkpoint]) -> None:
-        for ep, dot, norm in zip(endpoints, self.dots, self.norms):
-            cosine = dot / max((norm * self.base_norm) ** 0.5, 1e-30)
-            if cosine < self.MIN_COSINE:
-                raise UserError(
-                    f"{ep.path} does not look fine-tuned from base {base.path}: the cosine of their 2-D weights "
-                    f"is {cosine:.2f} (fine-tunes of a base are near 1, separately trained models near 0)"
-                )
+    def check(self) -> None:
+        for ep, dot, norm in zip(self.endpoints, self.dots, self.norms):
+            self._refuse_below(ep, dot, norm, self.base_norm, self.MIN_COSINE, "their 2-D weights")
+
+    def _refuse_below(self, ep: Checkpoint, dot: float, norm: float, base_norm: float, least: float, what: str) -> None:
+        cosine = dot / max((norm * base_norm) ** 0.5, 1e-30)
+        if cosine < least:
+            raise UserError(
+                f"{ep.path} does not look fine-tuned from base {self.base.path}: the cosine of {what} is "
+                f"{cosine:.2f} (fine-tunes of a base are near 1, separately trained models near 0)"
+            )

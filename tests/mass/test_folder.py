@@ -266,6 +266,29 @@ def test_cli_routes_on_the_last_token_and_links_the_base_when_asked(llama_family
     assert not torch.equal(mean.routed_state(**ids), loaded.routed_state(**ids))  # the option reached routing
 
 
+def test_a_model_trained_apart_is_refused_at_its_first_matrix_before_any_svd(llama_family, tmp_path, monkeypatch):
+    """Said after the last SVD, a separately trained endpoint cost the whole decomposition (an hour
+    or more of a 7B model's on a CPU): refused at the first matrix read, naming it and its cosine."""
+    import evo_merge.mass.factors as factors
+
+    base, endpoints = llama_family
+    other, _ = save_tiny_family(tmp_path / "other", "llama", n_finetunes=0, seed=5)  # same names, apart
+    first = Checkpoint.open(base)
+    names = [n for n in factors.heads.merge_targets(first, [Checkpoint.open(other)])
+             if factors.is_decomposed(first.tensor(n, torch.float32), n, factors._NO_EMBEDDINGS)]
+    a, b = first.tensor(names[0], torch.float32), Checkpoint.open(other).tensor(names[0], torch.float32)
+    cosine = float((a * b).sum() / (a.norm() * b.norm()))  # by hand: independent inits are near 0
+    assert abs(cosine) < 0.2
+    svds = []
+    monkeypatch.setattr(factors, "top_k_svd", lambda d, k: svds.append(d) or torch.linalg.svd(d)[:k])
+    with pytest.raises(UserError) as refused:
+        factors.MassFactors.build(first, [Checkpoint.open(endpoints[0]), Checkpoint.open(other)])
+    assert str(refused.value) == (
+        f"{other} does not look fine-tuned from base {base}: the cosine of their {names[0]} is {cosine:.2f} "
+        "(fine-tunes of a base are near 1, separately trained models near 0)")
+    assert svds == []
+
+
 @pytest.mark.parametrize("case", ["layer", "base", "factors", "threshold", "base again", "twice", "nan"])
 def test_cli_bad_input_is_one_line_exit_2(case, zoo, llama_family, saved, tmp_path):
     base, endpoints = llama_family
