@@ -55,6 +55,7 @@ from evo_merge.search.store import (
 from evo_merge.search.study import GenerationDone, run_search
 from evo_merge.search.workspace import Workspace, record_facts
 from evo_merge.tasks.base import FitnessTask
+from evo_merge.tasks.registry import task_code
 from evo_merge.user_paths import expand_home
 from evo_merge.weights.export import check_output_folder
 
@@ -63,6 +64,7 @@ TASK_DATA_META = Record("task_data", dict[str, str])  # task -> digest of its it
 # task -> the scheme its digest's definition was computed under, where not the first (`digest_scheme`)
 TASK_DATA_SCHEMES_META = Record("task_data_schemes", dict[str, int])
 METHOD_CODE_META = Record("method_code", dict[str, str])  # a method of your own -> digest of its file, as first read
+TASK_CODE_META = Record("task_code", dict[str, str])  # a plugin task -> digest of its files, as first read
 
 
 def campaign_objectives(campaign: Campaign) -> Objectives:
@@ -144,6 +146,7 @@ class CampaignRunner:
                 check_picks_held_out(workspace.store)
                 runner.check_task_data()
                 runner.check_method_code()
+                runner.check_task_code()
                 runner.ledger.kept = kept_scores(workspace, tasks, progress)
             except BaseException:
                 if workspace is not None:
@@ -212,25 +215,38 @@ class CampaignRunner:
         """A merge method of your own whose code changed between a run and its resume merged the
         candidates after it otherwise than those before, and a pick measured before the change was
         exported with the weights of the code after (audit 135). The file defining each such method
-        is recorded when the run first opens and compared after; evo-merge's own methods are not
-        (they change with evo-merge), nor one that no file holds (a notebook's). A run begun before
-        the record holds none and gains none: the code it ran is not known, and a finished folder's
-        export writes nothing new."""
+        is recorded when the run first opens and compared after (`_check_code`); evo-merge's own
+        methods are not (they change with evo-merge), nor one that no file holds (a notebook's)."""
+        self._check_code(METHOD_CODE_META, "merge method", {
+            name: code for name in self.workspace.campaign.methods
+            if name != MASS and (code := method_code(name)) is not None})
+
+    def check_task_code(self) -> None:
+        """A plugin task whose code changed between a run and its resume (its scoring edited)
+        scored the candidates after it otherwise than those before, and the run ranked them on both:
+        its files are recorded and compared as a method's are (`task_code`). Tasks built from files
+        of items are checked on their data instead (`check_task_data`)."""
+        specs = {spec.label: spec.task for spec in self.workspace.campaign.tasks}
+        self._check_code(TASK_CODE_META, "task", {
+            name: code for name, task in self.tasks.items() if (code := task_code(specs[name], task)) is not None})
+
+    def _check_code(self, record: Record, kind: str, now: dict[str, tuple[str, str]]) -> None:
+        """Refuse code (name -> (its files, their digest)) changed since the run recorded it; record
+        what it has not. A run begun before the record holds none and gains none: the code it ran is
+        not known (audit 136), and a finished folder's export writes nothing new."""
         store = self.workspace.store
-        recorded = store.get_meta(METHOD_CODE_META)
+        recorded = store.get_meta(record)
         if recorded is None and store.items_evaluated():  # a run begun before the record: its code then is unknown
             return
         recorded = recorded or {}
-        now = {name: code for name in self.workspace.campaign.methods
-               if name != MASS and (code := method_code(name)) is not None}
         for name, (file, digest) in sorted(now.items()):
             if recorded.get(name, digest) != digest:
-                raise UserError(f"merge method {name!r}: its code ({file}) changed since this run began, and the run's "
-                                "candidates were merged by the code it had then; restore it, or start the campaign in "
-                                "a new run folder")
+                raise UserError(f"{kind} {name!r}: its code ({file}) changed since this run began, and the run's "
+                                "candidates were " + ("merged" if kind == "merge method" else "scored") + " by the "
+                                "code it had then; restore it, or start the campaign in a new run folder")
         digests = {name: digest for name, (_, digest) in now.items()}
         if {**recorded, **digests} != recorded:
-            store.set_meta(METHOD_CODE_META, {**recorded, **digests})
+            store.set_meta(record, {**recorded, **digests})
 
     @property
     def progress(self) -> Progress:

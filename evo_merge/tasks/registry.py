@@ -15,12 +15,14 @@ what it says is the same (a notebook that edits a task's data and runs again get
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.machinery
 import inspect
 import json
 import logging
 import re
+import sys
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -196,6 +198,38 @@ def code_location(spec: str) -> str | None:
         found = importlib.machinery.PathFinder.find_spec(spec.split(":")[0].split(".")[0])
         return None if found is None else str(found.origin or list(found.submodule_search_locations or []))
     return str(expand_home(spec).resolve())
+
+
+def task_code(spec: str, task: FitnessTask) -> tuple[str, str] | None:
+    """(the files defining a plugin task, a digest of their text), for a run folder to see the
+    task's code change between a run and its resume: the module its `module:attr` or entry point
+    names and the module of the task's class, where they are not evo-merge's own (those change
+    with evo-merge; a task built from an lm-eval file has its `items_digest`). None for a task
+    that is no plugin, or whose code no file holds (a notebook's)."""
+    if _PLUGIN.match(spec):
+        module = spec.split(":")[0]
+    elif (ep := next((ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec), None)) is not None:
+        module = ep.module
+    else:
+        return None
+    package = Path(__file__).resolve().parents[1]
+    files = set()
+    for defining in (sys.modules.get(module), inspect.getmodule(type(task))):
+        try:
+            file = defining and inspect.getsourcefile(defining)
+        except TypeError:  # a built-in module, a notebook's `__main__`
+            file = None
+        if file and not Path(file).resolve().is_relative_to(package):
+            files.add(file)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        try:
+            digest.update(Path(file).read_bytes())
+        except OSError:
+            return None
+    return ", ".join(sorted(files)), digest.hexdigest()[:16]
 
 
 def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask:

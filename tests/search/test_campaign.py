@@ -1601,6 +1601,42 @@ def test_a_merge_method_of_your_own_whose_code_changed_is_refused_on_resume(tmp_
         assert store.get_meta(METHOD_CODE_META) is None
 
 
+def test_a_plugin_task_whose_code_changed_is_refused_on_resume(tmp_path, zoo, monkeypatch):
+    """A plugin task's scoring edited between a run and its resume scored the candidates after it
+    otherwise than those before, and the run ranked them on both without a word. Its files (the
+    module the campaign names and its task's class) are recorded and compared, as a method's are."""
+    import importlib
+
+    from campaigns import agreement_tasks
+
+    from evo_merge.config import Campaign
+    from evo_merge.errors import UserError
+    from evo_merge.search.campaign import TASK_CODE_META, CampaignRunner
+    from evo_merge.search.store import CampaignStore
+
+    code = "from agreement_task import AgreementTask\n\n\ndef make(**options):\n    return AgreementTask(**options)\n"
+    module = tmp_path / "evo_test_own_task.py"
+    module.write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("evo_test_own_task")
+    _, fts = zoo
+    tasks = [{**task, "task": "evo_test_own_task:make"} if i == 0 else task
+             for i, task in enumerate(agreement_tasks(fts))]
+    path = campaign(tmp_path, zoo, tasks=tasks)
+    run = tmp_path / "run"
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+    with closing(CampaignStore(run)) as store:
+        assert set(store.get_meta(TASK_CODE_META)) == {"agree0", "agree1"}  # agree1's class file is a plugin's too
+    edited = code.replace("AgreementTask(**options)", "AgreementTask(**{**options, 'seq_len': 5})")
+    module.write_text(edited)
+    files = ", ".join(sorted([str(module), str(Path(__file__).parent / "agreement_task.py")]))
+    with pytest.raises(UserError, match=re.escape(f"task 'agree0': its code ({files}) changed since this run began, "
+                                                  "and the run's candidates were scored by the code it had then")):
+        CampaignRunner.open(Campaign.load(path), tmp_path, run)
+    module.write_text(code)
+    CampaignRunner.open(Campaign.load(path), tmp_path, run).close()
+
+
 def test_a_run_written_before_anchor_sets_resumes_on_its_one_set(tmp_path, zoo):
     """Defaults version 9 scores each candidate on one of 8 anchor sets; a version-8 folder scored
     every candidate on one, so it resumes with that one (the first set, the campaign's seed),
