@@ -174,7 +174,9 @@ def _add_mark(store: CampaignStore, record: Record, digest: str, word: str) -> N
 
 
 def _carries(store: CampaignStore, record: Record, digest: str) -> bool:
-    """Whether `record` holds this user's keyed mark of `digest`; a damaged key file is an error."""
+    """Whether `record` holds this user's keyed mark of `digest`; a damaged key file is an error. A
+    damaged record was refused as damage to restore from a backup, where the user's word replaces
+    it (`_add_mark`)."""
     try:
         key = _read_key(key_file())
     except DamagedKey as exc:
@@ -183,8 +185,12 @@ def _carries(store: CampaignStore, record: Record, digest: str) -> bool:
         return False
     if key is None:
         return False
+    try:
+        marks = store.get_meta(record, [])
+    except UserError:  # a damaged record carries no mark: refused as unmarked, with the word that replaces it
+        return False
     mark = _mark(key, digest)
-    return any(hmac.compare_digest(mark, recorded) for recorded in store.get_meta(record, []))
+    return any(hmac.compare_digest(mark, recorded) for recorded in marks)
 
 
 def _mark(key: bytes, digest: str) -> str:

@@ -304,7 +304,8 @@ def test_a_damaged_mark_is_replaced_when_the_user_says_the_code_may_run(received
     store.db.execute("UPDATE meta SET value = '5' WHERE key = ?", (TRUST_META.key,))
     store.db.commit()
     store.close()
-    assert invoke("resume", run).exit_code == 2  # damaged: no mark of this user's
+    refused = invoke("resume", run)  # damaged: no mark of this user's
+    assert refused.exit_code == 2 and "does not carry your key's mark" in refused.output, refused.output
     result = invoke("resume", run, "--trust-tasks")
     assert result.exit_code == 0, result.output
     assert invoke("resume", run).exit_code == 0
