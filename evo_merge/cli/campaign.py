@@ -8,8 +8,9 @@ torch through the candidate kinds, whose notes it prints, and pymoo through the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ from evo_merge.user_paths import expand_home
 if TYPE_CHECKING:
     from evo_merge.config import Campaign
     from evo_merge.search.campaign import CampaignRunner
-    from evo_merge.search.store import Evaluation
+    from evo_merge.search.store import CampaignStore, Evaluation
 
 RUN_DIR = click.argument("run", type=UserPath(path_type=Path))
 
@@ -59,11 +60,14 @@ SCORE_CACHE = click.option(
 
 
 def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None = None,
-            tracking: bool | None = False, score_cache: bool | None = None):
+            tracking: bool | None = False, score_cache: bool | None = None, folder: Path | None = None):
     """The runner of a run folder: with `campaign_file`, the user's campaign (`run`); else the
-    folder's own, which names no scheduler to connect to (`_evaluated_where`) and reports to its
-    trackers only as `tracking` says (`_tracked_where`; False for commands that track nothing). The
-    task code it names is the caller's to check first (`check_tasks_trusted`)."""
+    folder's own, which names no scheduler to connect to (`_evaluated_where`), reports to its
+    trackers only as `tracking` says (`_tracked_where`; False for commands that track nothing) and
+    uses its score cache as `score_cache` says (`_cached_where`). A `campaign_file` that is the run
+    folder `folder`'s own (`run RUN/campaign.yaml --out ...`) is held to the same rules, the user's
+    word being the folder's marks alone (`run` takes no such options). The task code it names is
+    the caller's to check first (`check_tasks_trusted`)."""
     from evo_merge.config import Campaign
     from evo_merge.errors import naming_file
     from evo_merge.search.campaign import CampaignRunner
@@ -72,18 +76,37 @@ def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None 
         from evo_merge.search.binding import open_run
 
         open_run(run).close()
-    own = campaign_file is None
+        folder, tracking_word = run, "pass"
+    else:
+        tracking, score_cache, tracking_word = None, None, "resume the folder with"
     campaign_file = campaign_file or _campaign_file(run)
     with naming_file(campaign_file):
         campaign = Campaign.load(campaign_file)
-    if own:
-        campaign = _tracked_where(_evaluated_where(campaign, campaign_file, scheduler), campaign_file, tracking)
-        campaign = _cached_where(campaign, campaign_file, score_cache)
+    if folder is not None:
+        words = _Words(tracking_word, "" if tracking_word == "pass" else
+                       ", or run a copy of the file, once read, from outside the folder")
+        campaign = _evaluated_where(campaign, campaign_file, scheduler, words)
+        campaign = _tracked_where(campaign, campaign_file, tracking, words)
+        campaign = _cached_where(campaign, campaign_file, score_cache, words)
     with naming_file(campaign_file):  # the tasks and models it names, resolved as the runner opens
         return CampaignRunner.open(campaign, campaign_file.parent, run, lock=False)  # the command holds the lock
 
 
-def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | None) -> Campaign:
+@dataclass(frozen=True)
+class _Words:
+    """How a refusal asks for the user's word: `resume` and `export` take it as options ("pass
+    --tracking"); `run` of a run folder's own campaign.yaml takes none, so it names the command that
+    does, and the way around it (a file read and copied out is the user's own)."""
+
+    verb: str = "pass"
+    otherwise: str = ""
+
+    def ask(self, option: str, alternative: str = "") -> str:
+        return f"{self.verb} {option}{alternative}{self.otherwise}"
+
+
+def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | None,
+                     words: _Words = _Words()) -> Campaign:
     """The campaign evaluated where `--scheduler` says. A run folder may come from someone else, and a
     dask scheduler runs what it is given and answers in pickles: so the address a folder's own
     campaign.yaml names is used only when the user names it too."""
@@ -97,8 +120,8 @@ def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | N
     if scheduler is None:
         if named is not None:
             raise UserError(f"{campaign_file}: evaluator.address sends this run's work to the dask scheduler at "
-                            f"{named}; a run folder does not choose where its work goes: pass --scheduler {named} to "
-                            "connect to it (or --scheduler local)")
+                            f"{named}; a run folder does not choose where its work goes: "
+                            + words.ask(f"--scheduler {named}", " to connect to it (or --scheduler local)"))
         return campaign
     where = {"kind": "local", "address": None} if scheduler == "local" else {"kind": "dask", "address": scheduler}
     if where["kind"] == "dask" and campaign.evaluator.score_cache is not None:  # not part of the run: left here
@@ -112,7 +135,8 @@ def _evaluated_where(campaign: Campaign, campaign_file: Path, scheduler: str | N
     return campaign.model_copy(update={"evaluator": evaluator})
 
 
-def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | None) -> Campaign:
+def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | None,
+                   words: _Words = _Words()) -> Campaign:
     """The campaign with the trackers `--tracking` allows. A run folder may come from someone else:
     a tracking server it names (an MLflow URI, W&B online under its entity) would get the run's
     results and the user's credentials (MLflow sends its token to any URI), and a file store
@@ -121,7 +145,6 @@ def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | Non
     the user's mark, `trust.mark_tracking`). Trackers that go where the user's own environment says
     (no `uri`: MLFLOW_TRACKING_URI; W&B offline) need no word."""
     from evo_merge.errors import UserError
-    from evo_merge.search.binding import open_records
     from evo_merge.search.trust import tracking_trusted
 
     spec = campaign.tracking
@@ -134,25 +157,21 @@ def _tracked_where(campaign: Campaign, campaign_file: Path, tracking: bool | Non
         if spec.wandb is not None and spec.wandb.mode == "online" else [])
     if not named:
         return campaign
-    store = open_records(campaign_file.parent)
-    try:
-        if tracking_trusted(store, spec):  # the user's own run, reporting there by their word
-            return campaign
-    finally:
-        store.close()
+    if _marked(campaign_file.parent, lambda store: tracking_trusted(store, spec)):  # the user's own, by their word
+        return campaign
     raise UserError(f"{campaign_file}: tracking reports this run's results to {' and '.join(named)}, and this run "
                     "folder does not carry your word for it (not started, or resumed with --tracking, by you here); a "
-                    "run folder does not choose where its results go: pass --tracking to report there, or "
-                    "--no-tracking")
+                    "run folder does not choose where its results go: "
+                    + words.ask("--tracking", " to report there, or --no-tracking"))
 
 
-def _cached_where(campaign: Campaign, campaign_file: Path, score_cache: bool | None) -> Campaign:
+def _cached_where(campaign: Campaign, campaign_file: Path, score_cache: bool | None,
+                  words: _Words = _Words()) -> Campaign:
     """The campaign with the score cache `--score-cache` allows. A run folder may come from someone
     else, and the cache its campaign.yaml names is a file the resume writes into and reads scores
     from as its own measurements (another user's cache, a file made where the folder says). So it is
     used where the user says so, or where the folder carries their mark (`trust.mark_score_cache`);
     otherwise the run goes on without it, saying so: its results are the same, only slower."""
-    from evo_merge.search.binding import open_records
     from evo_merge.search.trust import score_cache_trusted
     from evo_merge.search.workspace import absolute_path
 
@@ -160,17 +179,29 @@ def _cached_where(campaign: Campaign, campaign_file: Path, score_cache: bool | N
     if named is None or score_cache is True:
         return campaign
     if score_cache is None:
-        store = open_records(campaign_file.parent)
-        try:
-            if score_cache_trusted(store, absolute_path(named, campaign_file.parent)):
-                return campaign
-        finally:
-            store.close()
+        path = absolute_path(named, campaign_file.parent)
+        if _marked(campaign_file.parent, lambda store: score_cache_trusted(store, path)):
+            return campaign
         logging.getLogger(__name__).warning(
             "%s: evaluator.score_cache names %s, and this run folder does not carry your word for it (not started, "
-            "or resumed with --score-cache, by you here); this run goes on without it: pass --score-cache to read "
-            "and write that file", campaign_file, named)
+            "or resumed with --score-cache, by you here); this run goes on without it: %s", campaign_file, named,
+            words.ask("--score-cache", " to read and write that file"))
     return campaign.model_copy(update={"evaluator": campaign.evaluator.model_copy(update={"score_cache": None})})
+
+
+def _marked(folder: Path, carries: Callable[[CampaignStore], bool]) -> bool:
+    """Whether run folder `folder`'s records carry the user's mark (`carries`); a folder holding no
+    records (a run's tables copied, its database left out) carries none."""
+    from evo_merge.search.binding import open_records
+    from evo_merge.search.store import CampaignStore
+
+    if not (folder / CampaignStore.DB).exists():
+        return False
+    store = open_records(folder)
+    try:
+        return carries(store)
+    finally:
+        store.close()
 
 
 def _summary_table(runner: CampaignRunner, picks: dict[str, Evaluation]):
@@ -259,13 +290,13 @@ def start_campaign(campaign_file: Path, out: Path, trust_tasks: bool = False) ->
     from evo_merge.search.run_folder import check_run_folder, remove_unused_run_folder
 
     check_run_folder(out)  # links and foreign folders refused before the plan reads a store in it
-    if (folder := run_folder_of(campaign_file, out)) is not None:
+    if (folder := run_folder_of(campaign_file, out)) is not None:  # its scheduler, trackers and cache: by marks alone
         check_tasks_trusted(campaign_file, folder, trust_tasks)
     check_campaign_fits(campaign_file, out)  # memory plan (#13): exit 2 before the run folder or any evaluation
     new = not out.exists()
     with _holding(out):
         try:
-            with _runner(out, campaign_file) as runner:  # its database closed however the run ends
+            with _runner(out, campaign_file, folder=folder) as runner:  # its database closed however the run ends
                 _run(runner)
         except (Exception, KeyboardInterrupt):
             if new:  # a failed or interrupted start leaves no folder bound to its config

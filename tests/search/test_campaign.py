@@ -729,6 +729,42 @@ def test_a_run_folder_s_score_cache_is_used_by_the_user_s_word_alone(tmp_path, z
     assert (tmp_path / "scores.sqlite").read_bytes() == before
 
 
+def test_run_of_a_run_folder_s_own_campaign_file_asks_the_word_resume_asks(tmp_path, zoo, monkeypatch, caplog):
+    """`run SENT/campaign.yaml --out SENT` connected to the scheduler the folder names, reported to its
+    trackers and used its score cache, where `resume SENT` asks the user's word for each; the user's
+    own folder carries their marks."""
+    fresh = tmp_path / "run"
+    mine = campaign(tmp_path, zoo, evaluator={"score_cache": "scores.sqlite"},
+                    algorithm={"population": 4, "generations": 1, "seed": 3})
+    assert CliRunner().invoke(cli, ["run", str(mine), "--out", str(fresh)]).exit_code == 0
+    config = fresh / "campaign.yaml"
+    (tmp_path / "scores.sqlite").unlink()
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        assert CliRunner().invoke(cli, ["run", str(config), "--out", str(fresh)]).exit_code == 0
+    assert (tmp_path / "scores.sqlite").exists() and "does not carry your word" not in caplog.text
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another-user"))  # the folder as someone else gets it
+    before = (tmp_path / "scores.sqlite").read_bytes()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evo_merge"):
+        again = CliRunner().invoke(cli, ["run", str(config), "--out", str(fresh), "--trust-tasks"])
+    assert again.exit_code == 0, again.output
+    assert (f"{config}: evaluator.score_cache names {tmp_path / 'scores.sqlite'}, and this run folder does not carry "
+            "your word for it (not started, or resumed with --score-cache, by you here); this run goes on without it: "
+            "resume the folder with --score-cache to read and write that file, or run a copy of the file, once read, "
+            "from outside the folder") in [r.getMessage() for r in caplog.records]
+    assert (tmp_path / "scores.sqlite").read_bytes() == before
+    data = yaml.safe_load(config.read_text())
+    data["evaluator"].update(kind="dask", address="tcp://127.0.0.1:9", score_cache=None)  # left out of the fingerprint
+    config.write_text(yaml.safe_dump(data))
+    for args in (["run", str(config), "--out", str(fresh)], ["run", str(config), "--out", str(tmp_path / "mine")]):
+        refused = CliRunner().invoke(cli, [*args, "--trust-tasks"])
+        assert refused.exit_code == 2 and refused.output.strip() == (
+            f"error: {config}: evaluator.address sends this run's work to the dask scheduler at tcp://127.0.0.1:9; a "
+            "run folder does not choose where its work goes: resume the folder with --scheduler tcp://127.0.0.1:9 to "
+            "connect to it (or --scheduler local), or run a copy of the file, once read, from outside the folder")
+    assert not (tmp_path / "mine").exists()
+
+
 def test_opening_a_run_with_a_score_cache_hashes_each_model_file_once(tmp_path, zoo, monkeypatch):
     """A 7B model's files take 12 s or more to hash: keys were made by hashing them again, which a
     cache that cannot remember digests (a read-only one) paid twice."""
