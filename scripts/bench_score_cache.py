@@ -1,9 +1,12 @@
 """What the score cache saves: the same campaign run three times and a follow-up of another seed.
 
     .venv/bin/python scripts/bench_score_cache.py --zoo runs/zoo/tiny-lm --out runs/bench-cache [--size 8x4]
+    .venv/bin/python scripts/bench_score_cache.py --campaign scripts/smollm2_campaign.yaml --out runs/bench-cache-135m \
+        --runs cold,warm,seed1
 
-Runs the example campaign (`evo-merge init`'s, at `--size` population x generations) over the zoo:
-(1) without the cache; (2) with `evaluator.score_cache`, which starts empty (it hashes the
+Runs the example campaign (`evo-merge init`'s, at `--size` population x generations) over the zoo,
+or the campaign file `--campaign` names (its models read from its own folder), the runs `--runs`
+lists of these: (1) without the cache; (2) with `evaluator.score_cache`, which starts empty (it hashes the
 models' files and keeps every score); (3) again with the cache, in a new folder; (4) with the
 cache and another `algorithm.seed`, which reads the calibration's base and endpoints; (5) that
 seed without the cache. Prints each run's wall time, the ratio to its cacheless twin, how many
@@ -29,15 +32,30 @@ from evo_merge.cli import cli
 from evo_merge.cli.template import campaign_text
 from evo_merge.search.store import FROM_CACHE_META, CampaignStore
 
+# run -> (algorithm.seed, with the cache), in the order they run; each cached run's cacheless twin
+RUNS = {"plain": (0, False), "cold": (0, True), "warm": (0, True), "seed1": (1, True), "seed1-plain": (1, False)}
+TWINS = {"cold": "plain", "warm": "plain", "seed1": "seed1-plain"}
 COLUMNS = "key, phase, generation, method, status, estimates, estimate_se, measured, items_evaluated, items_measured"
 
 
-def campaign(out: Path, zoo: Path, name: str, size: str, *, seed: int, cache: bool) -> Path:
+def template(zoo: Path, size: str) -> dict:
+    """The example campaign over `zoo` at `size` (population x generations)."""
     population, generations = map(int, size.split("x"))
     families = sorted(p.name for p in zoo.iterdir() if p.is_dir() and p.name != "base")
-    config = yaml.safe_load(campaign_text(zoo.resolve(), families, name=name, population=population,
-                                          generations=generations))
-    config["algorithm"]["seed"] = seed
+    return yaml.safe_load(campaign_text(zoo.resolve(), families, name="bench", population=population,
+                                        generations=generations))
+
+
+def own_file(path: Path) -> dict:
+    """A campaign file with its models' paths made absolute (they are read from its own folder)."""
+    config = yaml.safe_load(path.read_text())
+    config["base_model"] = os.path.abspath(path.parent / config["base_model"])
+    config["models"] = [os.path.abspath(path.parent / model) for model in config["models"]]
+    return config
+
+
+def campaign(out: Path, base: dict, name: str, *, seed: int, cache: bool) -> Path:
+    config = {**base, "name": name, "algorithm": {**base["algorithm"], "seed": seed}}
     if cache:
         config["evaluator"] = {**config.get("evaluator", {}), "score_cache": "scores.sqlite"}
     path = out / f"{name}.yaml"
@@ -65,29 +83,40 @@ def stored(folder: Path) -> tuple[list, list]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--zoo", type=Path, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--zoo", type=Path, help="a zoo folder: the example campaign over it")
+    where.add_argument("--campaign", type=Path, help="a campaign file to run instead (its seed and cache set here)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--size", default="8x4")
+    parser.add_argument("--size", default="8x4", help="population x generations of the example campaign")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"which of {', '.join(RUNS)}, in that order")
     args = parser.parse_args()
+    chosen = args.runs.split(",")
+    if unknown := set(chosen) - set(RUNS):
+        parser.error(f"--runs: unknown {', '.join(sorted(unknown))} (known: {', '.join(RUNS)})")
+    base = template(args.zoo, args.size) if args.zoo else own_file(args.campaign)
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    plan = [("plain", 0, False), ("cold", 0, True), ("warm", 0, True), ("seed1", 1, True), ("seed1-plain", 1, False)]
     results = {}
-    for name, seed, cache in plan:
+    for name in (name for name in RUNS if name in chosen):
+        seed, cache = RUNS[name]
         load = os.getloadavg()[0]
-        seconds, answered = run(campaign(args.out, args.zoo, name, args.size, seed=seed, cache=cache), args.out / name)
+        seconds, answered = run(campaign(args.out, base, name, seed=seed, cache=cache), args.out / name)
         results[name] = (seconds, answered, load)
         print(f"{name:12s} {seconds:7.1f} s  (load {load:.2f})  {answered:,} item scores from the cache", flush=True)
-    twins = {"cold": "plain", "warm": "plain", "seed1": "seed1-plain"}
     print("\n| run | wall s | vs its cacheless twin | item scores from the cache | store equal to the twin's |")
     print("|---|---|---|---|---|")
-    for name, twin in twins.items():
+    for name, twin in TWINS.items():
+        if name not in results:
+            continue
         seconds, answered, load = results[name]
         evaluations, scores = stored(args.out / name)
-        same = (evaluations, scores) == stored(args.out / twin)
-        print(f"| {name} | {seconds:.1f} | {seconds / results[twin][0]:.2f}x | {answered:,} of {len(scores):,} | "
-              f"{'yes' if same else 'NO'} |")
+        if twin in results:
+            same = "yes" if (evaluations, scores) == stored(args.out / twin) else "NO"
+            ratio = f"{seconds / results[twin][0]:.2f}x"
+        else:
+            same = ratio = "(not run)"
+        print(f"| {name} | {seconds:.1f} | {ratio} | {answered:,} of {len(scores):,} | {same} |")
 
 
 if __name__ == "__main__":

@@ -76,15 +76,14 @@ def _runner(run: Path, campaign_file: Path | None = None, scheduler: str | None 
         from evo_merge.search.binding import open_run
 
         open_run(run).close()
-        folder, tracking_word = run, "pass"
-    else:
-        tracking, score_cache, tracking_word = None, None, "resume the folder with"
+        folder, words = run, _Words()
+    else:  # `run`: a run folder's own file is used by the folder's marks alone
+        tracking = score_cache = None
+        words = _Words("resume the folder with", ", or run a copy of the file, once read, from outside the folder")
     campaign_file = campaign_file or _campaign_file(run)
     with naming_file(campaign_file):
         campaign = Campaign.load(campaign_file)
     if folder is not None:
-        words = _Words(tracking_word, "" if tracking_word == "pass" else
-                       ", or run a copy of the file, once read, from outside the folder")
         campaign = _evaluated_where(campaign, campaign_file, scheduler, words)
         campaign = _tracked_where(campaign, campaign_file, tracking, words)
         campaign = _cached_where(campaign, campaign_file, score_cache, words)
