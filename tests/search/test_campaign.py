@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from campaigns import campaign_config  # tests/search is on sys.path
+from campaigns import agreement_tasks, campaign_config  # tests/search is on sys.path
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
@@ -763,6 +763,32 @@ def test_run_of_a_run_folder_s_own_campaign_file_asks_the_word_resume_asks(tmp_p
             "run folder does not choose where its work goes: resume the folder with --scheduler tcp://127.0.0.1:9 to "
             "connect to it (or --scheduler local), or run a copy of the file, once read, from outside the folder")
     assert not (tmp_path / "mine").exists()
+
+
+def test_a_run_s_score_cache_keys_hold_its_storage_dtype_and_each_task_s_options(tmp_path, zoo, monkeypatch):
+    """What the campaign decides beyond the models: scores merged from task vectors kept in bfloat16,
+    or of a task given other options, were served to a run keeping float32 or giving its own."""
+    from agreement_task import AgreementTask  # tests/search is on sys.path
+
+    from evo_merge.config import Campaign
+    from evo_merge.search.campaign import CampaignRunner
+    from evo_merge.search.candidate import Candidate
+
+    monkeypatch.setattr(AgreementTask, "items_digest", "0123456789abcdef:fedcba9876543210", raising=False)
+    candidate = Candidate("task_arithmetic", (0.5, 1.0), (("lambda", 1.0),))
+
+    def keys(name, **overrides):
+        config = campaign(tmp_path, zoo, evaluator={"score_cache": "scores.sqlite"}, **overrides)
+        with CampaignRunner.open(Campaign.load(config), run_dir=tmp_path / name) as runner:
+            return runner.ledger.kept.keys.model(candidate), dict(runner.ledger.kept.keys.tasks)
+
+    model, tasks = keys("float32", storage={"dtype": "float32"})
+    assert keys("bfloat16", storage={"dtype": "bfloat16"})[0] != model
+    _, fts = zoo
+    other = agreement_tasks(fts)
+    other[1]["options"]["delay"] = 0.001  # an option of agree1 alone
+    _, changed = keys("options", storage={"dtype": "float32"}, tasks=other)
+    assert changed["agree0"] == tasks["agree0"] and changed["agree1"] != tasks["agree1"]
 
 
 def test_opening_a_run_with_a_score_cache_hashes_each_model_file_once(tmp_path, zoo, monkeypatch):

@@ -58,6 +58,22 @@ def test_generation_task_uses_its_filtered_metric(char_lm):
         LMEvalTask(BENCHMARKS_DIR / "seq", metric="acc")
 
 
+def test_a_task_of_two_filters_is_scored_by_the_filter_its_metric_names(char_lm, tmp_path):
+    """lm-eval logs a sample per filter: the scores were taken from whichever came last. A second
+    filter answering every item right (`oracle`) must not leak into the `strip` scores."""
+    model, tok = char_lm
+    yaml_text = (BENCHMARKS_DIR / "seq" / "evo_seq.yaml").read_text()
+    shutil.copytree(BENCHMARKS_DIR / "seq", tmp_path / "t", ignore=shutil.ignore_patterns("*.yaml"))
+    (tmp_path / "t" / "utils.py").write_text(
+        "def oracle(resps, docs):\n    return [[doc['answer'] for r in rs] for rs, doc in zip(resps, docs)]\n")
+    (tmp_path / "t" / "task.yaml").write_text(yaml_text.replace("task: evo_seq", "task: two_filters").replace(
+        "metric_list:", "  - name: oracle\n    filter:\n      - function: custom\n"
+        "        filter_fn: !function utils.oracle\n      - function: take_first\nmetric_list:"))
+    scores = {metric: LMEvalTask(tmp_path / "t", metric=metric, limit=4).evaluate(model, tok).tolist()
+              for metric in ("exact_match,strip", "exact_match,oracle")}
+    assert scores == {"exact_match,strip": [0.0] * 4, "exact_match,oracle": [1.0] * 4}  # a random LM; the answers
+
+
 def test_local_data_files_resolve_against_the_yaml_not_the_cwd(tmp_path, monkeypatch):
     shutil.copytree(BENCHMARKS_DIR / "lang", tmp_path / "deep" / "lang")
     monkeypatch.chdir(tmp_path)
