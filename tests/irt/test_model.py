@@ -73,20 +73,21 @@ def test_graded_scores_are_binarised_per_scenario_for_fitting():
     assert model.responses[:, 30:].max() == pytest.approx(0.8)  # raw scores are kept
 
 
-def test_map_logistic_matches_scipy_and_stays_finite():
+@pytest.mark.parametrize("mean", [(0.0, 0.0), (0.7, -0.4)])  # the second: mp-IRT's prior on merge coefficients
+def test_map_logistic_matches_scipy_and_stays_finite(mean):
     rng = np.random.default_rng(0)
     design, offset = rng.normal(size=(15, 2)), rng.normal(size=15)
     y = (rng.random(15) < 0.6).astype(float)
     y[3] = np.nan
-    prec = np.eye(2) / 1.5**2
+    prec, mean = np.array([[1.0, 0.3], [0.3, 0.8]]) / 1.5**2, np.array(mean)
 
     def neg_post(z):
         logit = design @ z - offset
         ok = ~np.isnan(y)
-        return -(y[ok] * logit[ok] - np.logaddexp(0, logit[ok])).sum() + 0.5 * z @ prec @ z
+        return -(y[ok] * logit[ok] - np.logaddexp(0, logit[ok])).sum() + 0.5 * (z - mean) @ prec @ (z - mean)
 
     expected = minimize(neg_post, np.zeros(2), method="BFGS", options={"gtol": 1e-10}).x
-    got = map_logistic(design, offset, y[None], np.zeros(2), prec)[0]
+    got = map_logistic(design, offset, y[None], mean, prec)[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     all_right = map_logistic(np.abs(design), offset, np.ones((1, 15)), np.zeros(2), prec)[0]
     assert np.isfinite(all_right).all() and (all_right > 0).all()

@@ -188,6 +188,16 @@ def test_auto_storage_keeps_the_checkpoints_dtype(family, tmp_path):
     assert {t.dtype for t in bf16._base.values()} == {torch.bfloat16}
 
 
+def test_auto_storage_keeps_a_tensor_in_the_widest_of_its_inputs_dtypes(family, bf16_family):
+    """A bfloat16 base with float32 fine-tunes (or the reverse): kept in the first input's dtype,
+    the float32 task vectors were rounded to bfloat16, and no merge equalled the file merge's."""
+    (base, fts), (bf16_base, bf16_fts) = family, bf16_family
+    name = "model.layers.0.mlp.down_proj.weight"
+    for inputs in ([bf16_base, fts[0]], [base, bf16_fts[0]], [bf16_base, bf16_fts[0], fts[1]]):
+        assert Storage().stored_dtype([Checkpoint.open(p) for p in inputs], [name] * len(inputs)) == torch.float32
+    assert Storage().stored_dtype([Checkpoint.open(p) for p in (bf16_base, *bf16_fts)], [name] * 4) == torch.bfloat16
+
+
 @pytest.mark.parametrize("module_dtype", [torch.float32, torch.bfloat16])
 def test_bfloat16_task_arithmetic_is_within_the_rounding_bound_elementwise(family, module_dtype):
     """|merged_bf16 - merged_f32| <= 2^-8 (|theta0| + |lambda| sum_t |w_t| |tau_t|) per entry: base and
