@@ -56,6 +56,16 @@ def test_the_paired_difference_and_its_floor_by_hand():
     assert sample.score(b, 0.5) == {"t": pytest.approx(0.5)}
 
 
+def test_scenarios_weigh_by_their_share_of_the_items():
+    """Scenario `x` holds 6 of 8 items, `y` 2: b right on every x item alone scores 6/8 = 0.75 on
+    every item, and so on any sample (weighted equally, 0.5)."""
+    ids = [f"x{i}" for i in range(6)] + [f"y{i}" for i in range(2)]
+    sample = RaceSample({"t": ids}, {"t": {i: i[0] for i in ids}}, seed=3)
+    b = {"t": {i: 1.0 if i[0] == "x" else 0.0 for i in ids}}
+    assert sample.score(b, 0.5) == {"t": pytest.approx(0.75)}
+    assert sample.difference({"t": dict.fromkeys(ids, 0.0)}, b, 0.5)["t"][0] == pytest.approx(0.75)
+
+
 def test_the_standard_error_matches_the_spread_over_sample_draws():
     """Two correlated candidates on 600 items in 3 scenarios: over 300 sample draws, the error of
     the estimated difference against the true one (every item) has the spread the SEs say."""
