@@ -681,3 +681,18 @@ def test_a_campaign_sized_fit_is_the_same_on_any_number_of_threads():
     finally:
         torch.set_num_threads(before)
     assert all(np.array_equal(getattr(fits[0], p), getattr(fits[1], p)) for p in ("alpha", "beta", "theta"))
+
+
+def test_a_cell_no_subject_was_scored_on_is_left_out_of_the_fit():
+    """An item only three subjects were scored on, all right: an easy item to the fit. Missing cells
+    counted as wrong answers (no mask) made it a hard one, right for one subject in ten."""
+    from evo_merge.irt.backends import fit_torch
+
+    rng = np.random.default_rng(0)
+    theta, beta = rng.normal(size=(30, 1)), rng.normal(size=20)
+    binary = (rng.random((30, 20)) < expit(theta - beta)).astype(float)
+    binary[:, 0] = np.nan
+    binary[:3, 0] = 1.0
+    fitted = fit_torch(binary, 1)
+    easy = expit(fitted.theta @ fitted.alpha.T - fitted.beta)[:, 0]
+    assert easy.mean() > 0.5
