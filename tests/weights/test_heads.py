@@ -50,3 +50,14 @@ def test_a_tied_head_reads_its_embedding_and_a_stored_copy_is_no_head_of_its_own
     assert json.loads((own / "config.json").read_text())["tie_word_embeddings"] is False
     with Checkpoint.open(own) as untied:
         assert not ties_embeddings(untied) and is_own_head(untied, head) and head in merged_names(untied)
+
+
+def test_a_tied_head_reads_the_embedding_nearest_its_own_prefix():
+    """A model of two stacks (a multimodal one: its vision tower's text embedding first by name): the
+    head of `language_model` reads `language_model`'s embedding, not the first one listed."""
+    from evo_merge.weights.heads import source_name
+
+    names = ["a_tower.embed_tokens.weight", "language_model.model.embed_tokens.weight",
+             "language_model.model.norm.weight"]
+    checkpoint = type("Stored", (), {"names": names, "__contains__": lambda self, n: n in names})()
+    assert source_name(checkpoint, "language_model.lm_head.weight") == "language_model.model.embed_tokens.weight"
