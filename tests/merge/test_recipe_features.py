@@ -1237,6 +1237,24 @@ def test_a_union_token_a_model_lacks_takes_the_base_s_row_when_the_base_has_it(d
     assert torch.allclose(embed[ids], torch.tensor([[0.5] * 32, [-0.5] * 32]), atol=1e-6)
 
 
+@pytest.mark.parametrize("base", [True, False])
+def test_a_union_token_the_base_lacks_takes_the_mean_row_of_the_models_that_have_it(deep, tmp_path, base):
+    """tokenizer_source union, the chat tokens in two models (rows +-0.5 and +-1.5), not in ft1 nor in
+    the base: each model that lacks one takes the mean of the rows of those that have it, +-1.0.
+    Task arithmetic at weights 1 over a base without them: 1.0 + (0.5 - 1.0) + (1.5 - 1.0) = 1.0 (the
+    first model's row, 0.5, gave 1.5); linear without a base, equal weights over chat, chat3 and ft1:
+    (0.5 + 1.5 + 1.0) / 3 = 1.0 (the tokenizer's donor taken as a base gave its own row to ft1)."""
+    chat3 = _with_chat_tokens(deep["ft1"], tmp_path / "chat3", 1.5)
+    models = [{"model": str(deep["chat"])}, {"model": str(chat3)}]
+    recipe = ({"merge_method": "task_arithmetic", "base_model": str(deep["base"]), "models": models} if base else
+              {"merge_method": "linear", "models": [*models, {"model": str(deep["ft1"])}]})
+    result, out = merge(tmp_path, {**recipe, "dtype": "float32", "tokenizer_source": "union"})
+    assert result.exit_code == 0, result.output
+    ids = AutoTokenizer.from_pretrained(out).convert_tokens_to_ids(CHAT_TOKENS)
+    embed = tensors_of(out)["model.embed_tokens.weight"]
+    assert torch.allclose(embed[ids], torch.tensor([[1.0] * 32, [-1.0] * 32]), atol=1e-6)
+
+
 def test_max_shard_size_splits_the_weights_into_an_indexed_set_that_loads_as_one_file(deep, tmp_path):
     """mergekit's --out-shard-size: hosting and upload setups that want smaller files (audit 137)."""
     recipe = tmp_path / "r.yaml"
