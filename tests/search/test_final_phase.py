@@ -271,6 +271,12 @@ def test_near_duplicates_are_one_candidate():
     assert same(a, Candidate("ties", (0.504, 0.5), (("density", 0.3),)))
     assert not same(a, Candidate("tsv", (0.5, 0.5), ()))
     assert Distinct(_space(), 0.0).same(a, Candidate("ties", (0.5012, 0.4991), (("density", 0.3004),)))  # rounded
+    # two methods of the same parameters are two merges; so are two values of a parameter not searched
+    both = Distinct(SearchSpace({"ties": {"density": (0.0, 1.0)}, "dare_ties": {"density": (0.0, 1.0)}}, 2,
+                                (0.0, 1.0)), 0.02)
+    assert not both.same(a, Candidate("dare_ties", (0.5, 0.5), (("density", 0.3),)))
+    fixed = Distinct(SearchSpace({"ties": {}}, 2, (0.0, 1.0)), 0.02)
+    assert not fixed.same(a, Candidate("ties", (0.5, 0.5), (("density", 0.8),)))
 
 
 def test_each_pick_measures_its_top_k_distinct_candidates(tmp_path):
