@@ -301,3 +301,23 @@ def test_a_run_stopped_in_calibration_has_no_search_to_compare(tmp_path):
             none = "none (every candidate it asked was measured before it: the endpoints and standard merges)"
             assert f"item evaluations in search: {none}; in total" in printed and "(finished)" in printed, printed
             assert f"item evaluations in the search phase: {none}" in report
+
+
+def test_a_generation_s_items_count_its_failed_candidates_and_its_metrics_their_estimates_alone():
+    """By hand: generation 1 holds an ok candidate (10 items, estimates 0.2 / 0.6) and one that
+    failed after 7 items; generation 2 an ok one (5 items, 0.5 / 0.1). Items up to generation 1: 17
+    (a failing run spends them too); up to 2: 22; best per task over the ok estimates."""
+    from evo_merge.search.metrics import generation_metrics
+    from evo_merge.search.objectives import Objectives
+    from evo_merge.search.store import SEARCH, Evaluation
+
+    def evaluation(i, generation, status, items, estimates=None):
+        return Evaluation(i, f"k{i}", SEARCH, generation, "task_arithmetic", status, estimates, None, items, 1.0,
+                          None if status == "ok" else "raised")
+
+    evaluations = [evaluation(1, 1, "ok", 10, {"a": 0.2, "b": 0.6}), evaluation(2, 1, "failed", 7),
+                   evaluation(3, 2, "ok", 5, {"a": 0.5, "b": 0.1})]
+    objectives = Objectives.of(["a", "b"], ["maximize"] * 2)
+    first, second = (generation_metrics(evaluations, objectives, g) for g in (1, 2))
+    assert (first["items"], first["best_a"], first["best_b"]) == (17.0, 0.2, 0.6)
+    assert (second["items"], second["best_a"], second["best_b"]) == (22.0, 0.5, 0.6)
