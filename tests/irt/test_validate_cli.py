@@ -725,3 +725,21 @@ def test_clustered_anchors_of_a_sparse_table_s_cross_fit_folds_are_chosen(files)
                      repeats=1, draws=5)
     assert set(table.method) == {"kmeans-irt", "kmeans-correctness", "stratified-irt", "random"}
     assert table["mae"].notna().all()
+
+
+def test_the_table_pools_the_folds_by_their_held_out_subjects_by_hand():
+    """Two folds of 1 and 3 held-out subjects (weights 1/4, 3/4), two anchor draws. gp-IRT's pooled
+    MAE per draw: 0.175 and 0.225, mean 0.2; its SE ratio sqrt(mean SE^2 / mean error^2) =
+    sqrt(0.004375 / 0.0175) = 0.5. Random sampling: MAE 0.225, spread sqrt(1/16 * 0.04^2 + 9/16 *
+    0.02^2) = 0.018028 (folds independent), so gp-IRT is at 0.2 / 0.225 = 0.889 of it."""
+    from evo_merge.irt.validation import _table
+
+    fold0 = np.array([[0.1, 0.0, 0.01, 0.04], [0.3, 1.0, 0.01, 0.04]])  # per draw: MAE, beyond 2 SE, SE^2, error^2
+    fold1 = np.array([[0.2, 0.0, 0.0025, 0.01], [0.2, 0.0, 0.0025, 0.01]])
+    table = _table({(10, "random", "gpirt"): [fold0, fold1]}, {10: [(0.3, 0.04), (0.2, 0.02)]}, draws=200,
+                   held=np.array([1, 3]), budgets=[10], scenario_sizes=[20, 20], n_model_items=40,
+                   default_method="random", balance=200).set_index("estimator")
+    assert table.loc["gpirt", ["mae", "beyond_2se", "se_ratio"]].tolist() == pytest.approx([0.2, 0.125, 0.5])
+    assert table.loc["gpirt", "vs_baseline"] == pytest.approx(0.2 / 0.225)
+    assert table.loc[table.index != "gpirt", ["mae", "sd"]].values.ravel().tolist() == pytest.approx(
+        [0.225, 0.000325**0.5])
