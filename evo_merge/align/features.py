@@ -144,10 +144,13 @@ def _correlations(models: Sequence[nn.Module], spec: PermSpec, data: torch.Tenso
             sums[g] = sums.get(g, 0) + z.sum(0)
             outer[g] = outer.get(g, 0) + z.T @ z
             count[g] = count.get(g, 0) + len(z)
-    out = {}
-    for g in sums:
-        mean = sums[g] / count[g]
-        cov = outer[g] / count[g] - torch.outer(mean, mean)
-        std = cov.diagonal().clamp_min(1e-12).sqrt()
-        out[g] = (cov / torch.outer(std, std)).numpy()
-    return out
+    return {g: moments_correlation(sums[g], outer[g], count[g]) for g in sums}
+
+
+def moments_correlation(total: torch.Tensor, outer: torch.Tensor, count: int) -> np.ndarray:
+    """Pearson correlation between the columns of rows known only by their sum `total`, the sum of
+    their outer products `outer` and their `count` (activations gathered a batch at a time)."""
+    mean = total / count
+    cov = outer / count - torch.outer(mean, mean)
+    std = cov.diagonal().clamp_min(1e-12).sqrt()
+    return (cov / torch.outer(std, std)).numpy()

@@ -117,3 +117,18 @@ def test_zip_of_a_model_with_itself_is_the_model():
     data = torch.randn(64, 20, generator=torch.Generator().manual_seed(0))
     merged = with_state(net, zip_merge(spec, net, net, data, f=0.5))
     torch.testing.assert_close(merged(data), net(data), rtol=1e-4, atol=1e-5)
+
+
+def test_correlations_equal_numpy_s():
+    """Matching by activations ranks units by Pearson correlation: rows against rows, and columns
+    from the moments gathered batch by batch, as numpy computes them (no centring, or a variance
+    for a standard deviation, gave other matches)."""
+    from evo_merge.align.features import moments_correlation, pearson_rows
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 50, generator=gen) + 2.0, torch.randn(4, 50, generator=gen) * 3.0 - 1.0
+    y[0] = 0.5 * x[0] + 0.2 * y[0]
+    expected = np.corrcoef(torch.cat([x, y]).double().numpy())[:3, 3:]
+    np.testing.assert_allclose(pearson_rows(x, y), expected, atol=1e-5)
+    z = torch.cat([x, y]).T.double()  # 50 rows of 7 columns
+    np.testing.assert_allclose(moments_correlation(z.sum(0), z.T @ z, len(z)), np.corrcoef(z.T.numpy()), atol=1e-9)
