@@ -2,6 +2,7 @@
 of averaged networks, measured by scripts/bench_align.py and checked here against statistics
 computed by hand."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -23,17 +24,21 @@ def hidden_stats(model: nn.Sequential, data: torch.Tensor) -> list[tuple[torch.T
     return stats
 
 
-def test_repair_gives_each_hidden_layer_the_endpoints_weighted_statistics():
+@pytest.mark.parametrize("given", [[0.25, 0.75], None])  # None: the endpoints weighed equally
+def test_repair_gives_each_hidden_layer_the_endpoints_weighted_statistics(given):
+    """...and leaves the output layer as merged (its outputs are the logits, not a hidden layer)."""
     torch.manual_seed(3)
     data = torch.randn(512, 6)
     endpoints = [mlp(1), mlp(2)]
-    weights = [0.25, 0.75]
+    weights = given or [0.5, 0.5]
     merged = mlp(0)
     with torch.no_grad():
         for name, p in merged.named_parameters():
             p.copy_(sum(w * dict(e.named_parameters())[name] for w, e in zip(weights, endpoints)))
     before = hidden_stats(merged, data)
-    repair(merged, endpoints, data, weights)
+    head = [p.clone() for p in merged[-1].parameters()]
+    repair(merged, endpoints, data, given)
+    assert all(torch.equal(p, q) for p, q in zip(merged[-1].parameters(), head))
     targets = [[sum(w * s[i][k] for w, s in zip(weights, (hidden_stats(e, data) for e in endpoints)))
                 for k in (0, 1)] for i in range(2)]
     after = hidden_stats(merged, data)
