@@ -188,6 +188,17 @@ def test_auto_storage_keeps_the_checkpoints_dtype(family, tmp_path):
     assert {t.dtype for t in bf16._base.values()} == {torch.bfloat16}
 
 
+def test_pieces_are_kept_per_value_of_the_parameters_they_depend_on(family):
+    """TSV-C's `task` picks whose reconstruction a merge is: one merger asked for task 1 after task 0
+    must give what a fresh one gives for task 1, not task 0's kept pieces."""
+    name = "model.layers.0.mlp.up_proj.weight"
+    one = merger(family)
+    first = dict(one.tensors("tsv_c", [1.0] * 3, {"task": 0}))[name].clone()
+    second = dict(one.tensors("tsv_c", [1.0] * 3, {"task": 1}))[name].clone()
+    fresh = dict(merger(family).tensors("tsv_c", [1.0] * 3, {"task": 1}))[name]
+    assert torch.equal(second, fresh) and not torch.equal(first, second)
+
+
 def test_auto_storage_keeps_a_tensor_in_the_widest_of_its_inputs_dtypes(family, bf16_family):
     """A bfloat16 base with float32 fine-tunes (or the reverse): kept in the first input's dtype,
     the float32 task vectors were rounded to bfloat16, and no merge equalled the file merge's."""

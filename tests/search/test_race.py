@@ -66,6 +66,18 @@ def test_scenarios_weigh_by_their_share_of_the_items():
     assert sample.difference({"t": dict.fromkeys(ids, 0.0)}, b, 0.5)["t"][0] == pytest.approx(0.75)
 
 
+def test_the_paired_spread_is_the_sample_variance_by_hand():
+    """One scenario of 8 items, half sampled: differences 1, -1, 1, -1 (mean 0), whose sample variance
+    (n - 1 = 3) is 4/3: SE sqrt(4/3 / 4 * (1 - 4/8)) = sqrt(1/6)."""
+    ids = [f"x{i}" for i in range(8)]
+    sample = RaceSample({"t": ids}, {"t": dict.fromkeys(ids, "x")}, seed=3)
+    drawn = sample.items(0.5)["t"]
+    a = {"t": dict.fromkeys(ids, 0.5)}
+    b = {"t": {i: 0.5 + (1.0 if drawn.index(i) % 2 == 0 else -1.0) if i in drawn else 0.5 for i in ids}}
+    mean, se = sample.difference(a, b, 0.5)["t"]
+    assert mean == pytest.approx(0.0) and se == pytest.approx((1 / 6) ** 0.5)
+
+
 def test_the_standard_error_matches_the_spread_over_sample_draws():
     """Two correlated candidates on 600 items in 3 scenarios: over 300 sample draws, the error of
     the estimated difference against the true one (every item) has the spread the SEs say."""

@@ -109,6 +109,18 @@ def test_dtype_cast_on_write_and_config(llama_family, tmp_path):
     assert model.dtype == torch.bfloat16
 
 
+def test_a_folder_of_two_dtypes_keeps_the_config_s_own(llama_family, tmp_path):
+    """Tensors written in two dtypes (norms kept in float32 beside bfloat16 matrices): no one dtype
+    is the folder's, so the copied config's stays; naming one of them made `dtype="auto"` load the
+    whole model in it."""
+    base, _ = llama_family
+    mixed = ((name, t if "norm" in name else t.bfloat16()) for name, t in _stream(base))
+    out = write_model_folder(tmp_path / "m", mixed, copy_from=base, config={"torch_dtype": "bfloat16"})
+    config = json.loads((out / "config.json").read_text())
+    assert config["torch_dtype"] == "bfloat16" and config.get("dtype") == json.loads(
+        (base / "config.json").read_text()).get("dtype")
+
+
 def test_config_overrides_and_legacy_torch_dtype_key(llama_family, tmp_path):
     base, _ = llama_family
     out = write_model_folder(
