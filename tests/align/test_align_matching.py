@@ -132,3 +132,23 @@ def test_correlations_equal_numpy_s():
     np.testing.assert_allclose(pearson_rows(x, y), expected, atol=1e-5)
     z = torch.cat([x, y]).T.double()  # 50 rows of 7 columns
     np.testing.assert_allclose(moments_correlation(z.sum(0), z.T @ z, len(z)), np.corrcoef(z.T.numpy()), atol=1e-9)
+
+
+def test_mudsc_s_balance_search_scores_aligned_averages(monkeypatch):
+    """`search_f` scores each f's merge of the reference with the other model aligned to it: of a
+    permuted copy, the merge is the model itself (its average with itself) wherever the matching
+    recovers the copy (every f of the grid but 0 here). Averaged unaligned, the merges it ranked were
+    none of them the model."""
+    import evo_merge.align.api as api
+
+    net = trained_like(CONFIGS["mlp"], seed=0)
+    spec, _, permuted, _ = _permuted(CONFIGS["mlp"]["arch"], net, seed=3)
+    other = with_state(net, permuted)
+    data = torch.randn(64, CONFIGS["mlp"].get("in_dim", 64), generator=torch.Generator().manual_seed(1))
+    scored, score = [], api.merge_score
+    monkeypatch.setattr(api, "merge_score", lambda merged, *args: scored.append(merged.state_dict()) or score(
+        merged, *args))
+    api.search_f(spec, net, other, data)
+    itself = [all(torch.allclose(merged[name], tensor, atol=1e-6) for name, tensor in net.state_dict().items())
+              for merged in scored]
+    assert itself == [False, True, True, True, True]
