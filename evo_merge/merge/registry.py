@@ -11,18 +11,16 @@ the pieces once (e.g. TSV-M's orthogonalised factors) and each candidate costs o
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from evo_merge.code_files import files_digest, source_file
 from evo_merge.dtype_names import float32_refusal
 from evo_merge.errors import UserError, described, did_you_mean
 from evo_merge.merge.pieces import Piece, add_to, takes_base
@@ -384,14 +382,9 @@ def method_code(name: str) -> tuple[str, str] | None:
     with evo-merge, whose run folders record their defaults version) and for one defined where no
     file holds it (a notebook cell)."""
     method = get_method(name)
-    if method.is_builtin:
+    if method.is_builtin or (file := source_file(method.pieces or method.fn)) is None:
         return None
-    try:
-        file = inspect.getsourcefile(method.pieces or method.fn)
-        text = Path(file).read_bytes() if file else None
-    except (TypeError, OSError):
-        return None
-    return None if text is None else (file, hashlib.sha256(text).hexdigest()[:16])
+    return None if (digest := files_digest([file])) is None else (file, digest)
 
 
 def method_origin(name: str) -> str | None:

@@ -217,7 +217,7 @@ class CampaignRunner:
         exported with the weights of the code after (audit 135). The file defining each such method
         is recorded when the run first opens and compared after (`_check_code`); evo-merge's own
         methods are not (they change with evo-merge), nor one that no file holds (a notebook's)."""
-        self._check_code(METHOD_CODE_META, "merge method", {
+        self._check_code(METHOD_CODE_META, "merge method", "merged", {
             name: code for name in self.workspace.campaign.methods
             if name != MASS and (code := method_code(name)) is not None})
 
@@ -227,11 +227,12 @@ class CampaignRunner:
         its files are recorded and compared as a method's are (`task_code`). Tasks built from files
         of items are checked on their data instead (`check_task_data`)."""
         specs = {spec.label: spec.task for spec in self.workspace.campaign.tasks}
-        self._check_code(TASK_CODE_META, "task", {
+        self._check_code(TASK_CODE_META, "task", "scored", {
             name: code for name, task in self.tasks.items() if (code := task_code(specs[name], task)) is not None})
 
-    def _check_code(self, record: Record, kind: str, now: dict[str, tuple[str, str]]) -> None:
-        """Refuse code (name -> (its files, their digest)) changed since the run recorded it; record
+    def _check_code(self, record: Record, kind: str, done: str, now: dict[str, tuple[str, str]]) -> None:
+        """Refuse code (name -> (its files, their digest)) changed since the run recorded it, the run's
+        candidates having been `done` (merged, scored) by the code it had then; record
         what it has not. A run begun before the record holds none and gains none: the code it ran is
         not known (audit 136), and a finished folder's export writes nothing new."""
         store = self.workspace.store
@@ -242,8 +243,8 @@ class CampaignRunner:
         for name, (file, digest) in sorted(now.items()):
             if recorded.get(name, digest) != digest:
                 raise UserError(f"{kind} {name!r}: its code ({file}) changed since this run began, and the run's "
-                                "candidates were " + ("merged" if kind == "merge method" else "scored") + " by the "
-                                "code it had then; restore it, or start the campaign in a new run folder")
+                                f"candidates were {done} by the code it had then; restore it, or start the campaign "
+                                "in a new run folder")
         digests = {name: digest for name, (_, digest) in now.items()}
         if {**recorded, **digests} != recorded:
             store.set_meta(record, {**recorded, **digests})

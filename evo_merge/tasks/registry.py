@@ -15,7 +15,6 @@ what it says is the same (a notebook that edits a task's data and runs again get
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.machinery
 import inspect
@@ -24,10 +23,11 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
+from evo_merge.code_files import files_digest, source_file
 from evo_merge.errors import UserError, described
 from evo_merge.schema import is_path_like
 from evo_merge.shipped import shipped_benchmark, shipped_benchmarks, shipped_dir
@@ -141,19 +141,17 @@ def _build(spec: str, settings: dict[str, Any]) -> FitnessTask:
 
     if _PLUGIN.match(spec):
         return _from_plugin(_import_attribute(spec), spec, settings)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == spec:
-            try:
-                loaded = ep.load()
-            except (ImportError, AttributeError) as exc:  # a package removed or renamed since it was installed
-                package = f" of the package {ep.dist.name}" if ep.dist is not None else ""
-                raise UserError(f"task {spec!r}: its entry point{package} ({ep.value}) cannot be loaded ({exc}); "
-                                "reinstall or remove that package") from None
-            except Exception as exc:  # noqa: BLE001  the plugin's own code as it is imported (a SyntaxError)
-                package = f" of the package {ep.dist.name}" if ep.dist is not None else ""
-                raise UserError(f"task {spec!r}: importing its entry point{package} ({ep.value}) raised "
-                                f"{described(exc)} (--debug shows where)") from exc
-            return _from_plugin(loaded, spec, settings)
+    if (ep := _entry_point(spec)) is not None:
+        package = f" of the package {ep.dist.name}" if ep.dist is not None else ""
+        try:
+            loaded = ep.load()
+        except (ImportError, AttributeError) as exc:  # a package removed or renamed since it was installed
+            raise UserError(f"task {spec!r}: its entry point{package} ({ep.value}) cannot be loaded ({exc}); "
+                            "reinstall or remove that package") from None
+        except Exception as exc:  # noqa: BLE001  the plugin's own code as it is imported (a SyntaxError)
+            raise UserError(f"task {spec!r}: importing its entry point{package} ({ep.value}) raised "
+                            f"{described(exc)} (--debug shows where)") from exc
+        return _from_plugin(loaded, spec, settings)
     if is_path_like(spec):
         return _made(LMEvalTask, spec, settings, spec)
     if (name := shipped_benchmark(spec)) is not None:
@@ -178,7 +176,7 @@ def code_it_runs(spec: str) -> str | None:
     None for an entry point, a shipped benchmark or an lm-eval registry name."""
     if _PLUGIN.match(spec):
         return f"the plugin {spec} (imported and called)"
-    if any(ep.name == spec for ep in entry_points(group=ENTRY_POINT_GROUP)):
+    if _entry_point(spec) is not None:
         return None
     if is_path_like(spec):
         return f"the lm-eval task file {spec} (its YAML may run Python beside it)"
@@ -208,28 +206,20 @@ def task_code(spec: str, task: FitnessTask) -> tuple[str, str] | None:
     that is no plugin, or whose code no file holds (a notebook's)."""
     if _PLUGIN.match(spec):
         module = spec.split(":")[0]
-    elif (ep := next((ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec), None)) is not None:
+    elif (ep := _entry_point(spec)) is not None:
         module = ep.module
     else:
         return None
     package = Path(__file__).resolve().parents[1]
-    files = set()
-    for defining in (sys.modules.get(module), inspect.getmodule(type(task))):
-        try:
-            file = defining and inspect.getsourcefile(defining)
-        except TypeError:  # a built-in module, a notebook's `__main__`
-            file = None
-        if file and not Path(file).resolve().is_relative_to(package):
-            files.add(file)
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for file in sorted(files):
-        try:
-            digest.update(Path(file).read_bytes())
-        except OSError:
-            return None
-    return ", ".join(sorted(files)), digest.hexdigest()[:16]
+    files = {file for defining in (sys.modules.get(module), inspect.getmodule(type(task)))
+             if defining is not None and (file := source_file(defining)) is not None
+             and not Path(file).resolve().is_relative_to(package)}
+    return None if not files or (digest := files_digest(files)) is None else (", ".join(sorted(files)), digest)
+
+
+def _entry_point(name: str) -> EntryPoint | None:
+    """The installed entry point of the task group named `name`; None."""
+    return next((ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name), None)
 
 
 def resolve_task(spec: str | Path | FitnessTask, **settings: Any) -> FitnessTask:

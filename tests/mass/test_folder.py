@@ -289,6 +289,27 @@ def test_a_model_trained_apart_is_refused_at_its_first_matrix_before_any_svd(lla
     assert svds == []
 
 
+def test_a_matrix_of_zeros_is_not_judged_on_its_own_and_the_whole_model_still_is(tmp_path):
+    """A base matrix of zeros that a fine-tune trained (a zero-initialised projection) has no cosine of
+    its own: it is not refused alone, and the cosine over every matrix decides. By hand, with an
+    identity matrix the fine-tune left: <theta, theta0> = 2, |theta0|^2 = 2, |theta|^2 = 2 + 4 c^2 for
+    the zeros trained to c: 2 / sqrt(2 * 6) = 0.58 at c = 1 (kept), 2 / sqrt(2 * 38) = 0.23 at c = 3."""
+    from types import SimpleNamespace
+
+    from evo_merge.mass.factors import _Similarity
+
+    base, endpoint = SimpleNamespace(path=tmp_path / "base"), SimpleNamespace(path=tmp_path / "ft")
+    for c in (1.0, 3.0):
+        similarity = _Similarity(base, [endpoint])
+        similarity.add("model.zero_init.weight", torch.zeros(2, 2), [torch.full((2, 2), c)])
+        similarity.add("model.kept.weight", torch.eye(2), [torch.zeros(2, 2)])
+        if c == 1.0:
+            similarity.check()
+        else:
+            with pytest.raises(UserError, match="the cosine of their 2-D weights is 0.23"):
+                similarity.check()
+
+
 @pytest.mark.parametrize("case", ["layer", "base", "factors", "threshold", "base again", "twice", "nan"])
 def test_cli_bad_input_is_one_line_exit_2(case, zoo, llama_family, saved, tmp_path):
     base, endpoints = llama_family
